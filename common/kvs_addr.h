@@ -1,0 +1,26 @@
+/*
+ * kvs_addr: parsing of listen/connect addresses as written in config and on
+ * the command line: "HOST:PORT", "[IPV6]:PORT", or "unix:/path/to.sock".
+ */
+#ifndef KVS_ADDR_H
+#define KVS_ADDR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvs_addr_s {
+    int is_unix;       /* 1: `path` is set; 0: `host`/`port` are set */
+    char host[256];    /* numeric address or name, without brackets */
+    uint16_t port;
+    char path[108];    /* sun_path limit */
+} kvs_addr_t;
+
+/* Parses `s`. Returns 0, or KVS_EINVAL with a reason in err[0..errlen) such
+ * as "port must be 1-65535". Port 0 is accepted only when allow_port0. */
+int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, size_t errlen);
+
+/* Formats an address back to text ("127.0.0.1:9527", "[::1]:9527",
+ * "unix:/x.sock"). Returns `buf`. */
+const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len);
+
+#endif

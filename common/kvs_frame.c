@@ -1,0 +1,126 @@
+/*
+ * kvs_frame: streaming decoder and header codec for length-prefixed frames.
+ *
+ * The decoder owns one buffer. Readers ask for space at its end, read into
+ * it, commit, then pull complete frames out as pointers into the buffer. The
+ * region [start, end) holds unconsumed bytes. Before handing out space the
+ * decoder compacts (moves the unconsumed tail to the front) or grows, but
+ * never beyond what the largest allowed frame needs, so a peer cannot make
+ * it allocate more than max + header + read size.
+ *
+ * Invariant on errors: once a header announces an oversized or compressed
+ * frame, `err` sticks and next() returns it forever; the stream has no way
+ * to resynchronize, so the owner must close the connection.
+ */
+#include "kvs_frame.h"
+#include "kvs_err.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void kvs_frame_put_header(uint8_t out[KVS_FRAME_HEADER], uint32_t len)
+{
+    out[0] = (uint8_t)(len >> 24);
+    out[1] = (uint8_t)(len >> 16);
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+}
+
+uint32_t kvs_frame_get_header(const uint8_t in[KVS_FRAME_HEADER], int *compressed)
+{
+    uint32_t h = (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 | in[3];
+    if (compressed != NULL)
+        *compressed = (h & KVS_FRAME_COMPRESSED) != 0;
+    return h & KVS_FRAME_LEN_MASK;
+}
+
+void kvs_frame_dec_init(kvs_frame_dec_t *d, uint32_t max)
+{
+    memset(d, 0, sizeof(*d));
+    d->max = max;
+}
+
+void kvs_frame_dec_close(kvs_frame_dec_t *d)
+{
+    free(d->buf);
+    d->buf = NULL;
+    d->cap = d->start = d->end = 0;
+}
+
+int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len)
+{
+    if (d->start == d->end) {
+        d->start = d->end = 0; /* empty: rewind for free */
+    } else if (d->cap - d->end < want && d->start > 0) {
+        /* Compact before growing: the consumed prefix is free space. */
+        memmove(d->buf, d->buf + d->start, d->end - d->start);
+        d->end -= d->start;
+        d->start = 0;
+    }
+    if (d->cap - d->end < want) {
+        /* Grow by doubling, but never past what a maximal frame plus one
+         * read needs (more only if the owner left whole frames unconsumed). */
+        size_t limit = (size_t)d->max + KVS_FRAME_HEADER + want;
+        if (limit < d->end + want)
+            limit = d->end + want;
+        size_t cap = d->cap ? d->cap : 16384;
+        while (cap - d->end < want)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        uint8_t *p = realloc(d->buf, cap);
+        if (p == NULL)
+            return -ENOMEM;
+        d->buf = p;
+        d->cap = cap;
+    }
+    *base = d->buf + d->end;
+    *len = d->cap - d->end;
+    return 0;
+}
+
+void kvs_frame_dec_commit(kvs_frame_dec_t *d, size_t n)
+{
+    d->end += n;
+}
+
+int kvs_frame_dec_feed(kvs_frame_dec_t *d, const uint8_t *data, size_t len)
+{
+    uint8_t *base;
+    size_t room;
+    int rc = kvs_frame_dec_space(d, len, &base, &room);
+    if (rc != 0)
+        return rc;
+    memcpy(base, data, len);
+    kvs_frame_dec_commit(d, len);
+    return 0;
+}
+
+int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
+{
+    if (d->bad_len != 0)
+        return KVS_ETOOBIG;
+    size_t avail = d->end - d->start;
+    if (avail < KVS_FRAME_HEADER)
+        return 0;
+    int compressed;
+    uint32_t n = kvs_frame_get_header(d->buf + d->start, &compressed);
+    if (compressed)
+        return KVS_EPROTO;
+    if (n > d->max) {
+        d->bad_len = n;
+        return KVS_ETOOBIG;
+    }
+    if (avail - KVS_FRAME_HEADER < n)
+        return 0;
+    *payload = d->buf + d->start + KVS_FRAME_HEADER;
+    *len = n;
+    d->start += KVS_FRAME_HEADER + n;
+    return 1;
+}
+
+size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d)
+{
+    return d->end - d->start;
+}

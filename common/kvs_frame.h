@@ -1,0 +1,74 @@
+/*
+ * kvs_frame: the length-prefixed framing of the kvs wire protocol, pure
+ * (no I/O). A frame is a 4-byte big-endian header followed by the payload:
+ * bits 0-30 of the header are the payload length, bit 31 says the payload is
+ * compressed (reserved: rejected until compression exists).
+ *
+ * The decoder is streaming: bytes are read straight into its buffer (no
+ * copy), then complete frames are handed out as pointers into that buffer.
+ * The size check happens on the header, before a byte of an oversized
+ * payload is buffered.
+ */
+#ifndef KVS_FRAME_H
+#define KVS_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_FRAME_HEADER 4u
+#define KVS_FRAME_COMPRESSED 0x80000000u
+#define KVS_FRAME_LEN_MASK 0x7fffffffu
+#define KVS_FRAME_DEFAULT_MAX (4u * 1024u * 1024u)
+
+/* Writes the header for a payload of `len` bytes into out[0..3]. */
+void kvs_frame_put_header(uint8_t out[KVS_FRAME_HEADER], uint32_t len);
+
+/* Reads a header: returns the payload length with the flag bit masked off and
+ * stores the flag bit in *compressed (may be NULL). */
+uint32_t kvs_frame_get_header(const uint8_t in[KVS_FRAME_HEADER], int *compressed);
+
+typedef struct kvs_frame_dec_s {
+    uint8_t *buf;   /* owned; capacity `cap` */
+    size_t cap;
+    size_t start;   /* first unconsumed byte */
+    size_t end;     /* one past the last byte read */
+    uint32_t max;   /* largest payload accepted */
+    uint32_t bad_len; /* on KVS_ETOOBIG: the announced length */
+} kvs_frame_dec_t;
+
+/* Initializes a decoder that accepts payloads up to `max` bytes. Owns no
+ * memory until the first kvs_frame_dec_space(). */
+void kvs_frame_dec_init(kvs_frame_dec_t *d, uint32_t max);
+
+/* Frees the decoder's buffer. */
+void kvs_frame_dec_close(kvs_frame_dec_t *d);
+
+/* Returns space to read at least `want` more bytes into (the buffer grows or
+ * compacts as needed, never beyond what one maximal frame needs plus `want`).
+ * Returns 0 and sets *base and *len, or -ENOMEM. The space is valid until the
+ * next call on the decoder. */
+int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len);
+
+/* Records that `n` bytes were written at the space last returned. */
+void kvs_frame_dec_commit(kvs_frame_dec_t *d, size_t n);
+
+/* Appends `len` bytes copied from `data` (for callers that do not read into
+ * the decoder's space). Returns 0 or -ENOMEM. */
+int kvs_frame_dec_feed(kvs_frame_dec_t *d, const uint8_t *data, size_t len);
+
+/* Takes the next complete frame. Returns:
+ *   1             a frame: *payload and *len point into the decoder's buffer
+ *                 and stay valid until the next call that adds bytes
+ *                 (space or feed); consecutive next() calls keep earlier
+ *                 frames valid;
+ *   0             no complete frame buffered yet;
+ *   KVS_ETOOBIG   the header announces more than `max` (d->bad_len holds
+ *                 the length); the stream cannot be resynchronized;
+ *   KVS_EPROTO    the compressed bit is set (unsupported).
+ * After an error the decoder stays in error; close the connection. */
+int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len);
+
+/* Bytes buffered and not yet handed out (a partial frame, if any). */
+size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * kvs_log: levelled logging to stderr, one line per event:
+ *
+ *   2026-11-22T02:43:41.123Z node[2] INFO  opened shard-2 (3 tables)
+ *
+ * The role ("node", "router", "cli", ...) and shard id (-1 = none) are set
+ * once at start by kvs_log_init. Logging is process-global by nature; it is
+ * the only process-wide state in common/, and it is written only at start.
+ */
+#ifndef KVS_LOG_H
+#define KVS_LOG_H
+
+typedef enum {
+    KVS_LOG_DEBUG = 0,
+    KVS_LOG_INFO = 1,
+    KVS_LOG_WARN = 2,
+    KVS_LOG_ERROR = 3,
+} kvs_log_level_t;
+
+/* Sets the role name (copied, truncated to 15 bytes), the shard id shown in
+ * brackets (negative: none) and the minimum level that is printed. */
+void kvs_log_init(const char *role, int shard, kvs_log_level_t level);
+
+/* Changes the minimum level. */
+void kvs_log_set_level(kvs_log_level_t level);
+
+/* Parses "debug", "info", "warn"/"warning", "error". Returns 0 and sets *out,
+ * or KVS_EINVAL for any other string. */
+int kvs_log_level_parse(const char *s, kvs_log_level_t *out);
+
+/* True when a message at `level` would be printed. */
+int kvs_log_enabled(kvs_log_level_t level);
+
+/* Prints one line (a trailing newline is added). */
+void kvs_log(kvs_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define kvs_debug(...) kvs_log(KVS_LOG_DEBUG, __VA_ARGS__)
+#define kvs_info(...) kvs_log(KVS_LOG_INFO, __VA_ARGS__)
+#define kvs_warn(...) kvs_log(KVS_LOG_WARN, __VA_ARGS__)
+#define kvs_error(...) kvs_log(KVS_LOG_ERROR, __VA_ARGS__)
+
+#endif

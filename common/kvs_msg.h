@@ -1,0 +1,92 @@
+/*
+ * kvs_msg: protobuf glue shared by every process that speaks kvs.
+ *
+ * - an arena allocator for protobuf-c, so decoding a request costs no
+ *   malloc on the hot path (reset once per batch of requests);
+ * - request validation with the exact status and message the user sees,
+ *   shared by the worker and the router so bad input gets the same answer
+ *   wherever it enters;
+ * - frame encoding straight into an output buffer (header + packed message).
+ */
+#ifndef KVS_MSG_H
+#define KVS_MSG_H
+
+#include "kvs.pb-c.h"
+#include "kvs_buf.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_MAX_TABLE 200 /* bytes in a table name */
+#define KVS_MAX_KEY 511   /* bytes in a key: LMDB's compiled-in key limit */
+
+enum {
+    KVS_STATUS_OK = 200,
+    KVS_STATUS_BAD_REQUEST = 400,
+    KVS_STATUS_NOT_FOUND = 404,
+    KVS_STATUS_TOO_LARGE = 413,
+    KVS_STATUS_INTERNAL = 500,
+    KVS_STATUS_UNAVAILABLE = 503,
+    KVS_STATUS_NO_SPACE = 507,
+};
+
+/* ---- arena allocator ------------------------------------------------- */
+
+typedef struct kvs_arena_chunk_s kvs_arena_chunk_t;
+
+typedef struct kvs_arena_s {
+    ProtobufCAllocator pb; /* hand &arena->pb to protobuf-c */
+    kvs_arena_chunk_t *head;
+    size_t used;           /* bytes used in head */
+    size_t big;            /* bytes in chunks beyond the first, since reset */
+} kvs_arena_t;
+
+/* Initializes an arena; no memory is taken until the first allocation. */
+void kvs_arena_init(kvs_arena_t *a);
+
+/* Releases everything allocated since the last reset, keeping one chunk for
+ * reuse. Every pointer the arena handed out becomes invalid. */
+void kvs_arena_reset(kvs_arena_t *a);
+
+/* Frees all memory. */
+void kvs_arena_close(kvs_arena_t *a);
+
+/* Allocates `n` bytes aligned for any type, or returns NULL. */
+void *kvs_arena_alloc(kvs_arena_t *a, size_t n);
+
+/* ---- requests -------------------------------------------------------- */
+
+/* Decodes a CommandRequest with memory from `arena` (NULL = malloc; then
+ * free with kvs__command_request__free_unpacked). Returns NULL when the
+ * bytes are not a CommandRequest. */
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len);
+
+/* Checks a decoded request before it is executed: a command is set and
+ * known, no unknown fields, table and keys are valid, values are present.
+ * Returns 200 when valid; otherwise the status (400) with a message saying
+ * what to change written into msg[0..len). */
+uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len);
+
+/* The command's name as clients know it ("Hget", ...), or "none". */
+const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);
+
+/* The table a request names, or NULL (Ping, no command). */
+const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
+
+/* ---- values ----------------------------------------------------------- */
+
+/* Decodes a stored Value (its encoded bytes) into *out using `arena` for
+ * any memory (string/bytes point into the arena). Returns 0 or KVS_EPROTO. */
+int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
+
+/* ---- responses -------------------------------------------------------- */
+
+/* Appends one frame holding `m` (header + packed bytes) to `out`. Returns 0,
+ * -ENOMEM, or KVS_ETOOBIG when the packed size exceeds `max_frame`. */
+int kvs_msg_append(kvs_buf_t *out, const ProtobufCMessage *m, size_t max_frame);
+
+/* Appends a response frame with just a status and a printf-style message. */
+int kvs_msg_append_status(kvs_buf_t *out, uint32_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

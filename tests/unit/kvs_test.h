@@ -1,0 +1,85 @@
+/*
+ * kvs_test: the smallest test harness that does the job.
+ *
+ * A test file defines cases with KVS_TEST(name) { ... } at the start of a
+ * line (CMake greps for that to register one ctest per case), lists them in
+ * KVS_TEST_MAIN, and each case runs in its own process: `test_x name`.
+ * Without an argument every case runs in turn (handy under a debugger).
+ * A failed CHECK prints file:line and the expression, then aborts.
+ */
+#ifndef KVS_TEST_H
+#define KVS_TEST_H
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} kvs_test_case_t;
+
+#define KVS_TEST(name) static void test_##name(void)
+#define KVS_CASE(name) {#name, test_##name}
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                             \
+    do {                                                                                           \
+        long long kvs_a_ = (long long)(a), kvs_b_ = (long long)(b);                                \
+        if (kvs_a_ != kvs_b_) {                                                                    \
+            fprintf(stderr, "%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__,  \
+                    #a, #b, kvs_a_, kvs_b_);                                                       \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *kvs_a_ = (a), *kvs_b_ = (b);                                                   \
+        if (strcmp(kvs_a_, kvs_b_) != 0) {                                                         \
+            fprintf(stderr, "%s:%d: CHECK_STR(%s, %s) failed: \"%s\" != \"%s\"\n", __FILE__,       \
+                    __LINE__, #a, #b, kvs_a_, kvs_b_);                                             \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* Substring check, for error messages. */
+#define CHECK_CONTAINS(hay, needle)                                                                \
+    do {                                                                                           \
+        const char *kvs_h_ = (hay), *kvs_n_ = (needle);                                           \
+        if (strstr(kvs_h_, kvs_n_) == NULL) {                                                      \
+            fprintf(stderr, "%s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__,         \
+                    kvs_h_, kvs_n_);                                                               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define KVS_TEST_MAIN(...)                                                                         \
+    int main(int argc, char **argv)                                                                \
+    {                                                                                              \
+        static const kvs_test_case_t cases[] = {__VA_ARGS__};                                      \
+        size_t n = sizeof(cases) / sizeof(cases[0]);                                               \
+        int ran = 0;                                                                               \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (argc > 1 && strcmp(argv[1], cases[i].name) != 0)                                   \
+                continue;                                                                          \
+            cases[i].fn();                                                                         \
+            printf("ok %s\n", cases[i].name);                                                      \
+            ran++;                                                                                 \
+        }                                                                                          \
+        if (ran == 0) {                                                                            \
+            fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "(any)");              \
+            return 2;                                                                              \
+        }                                                                                          \
+        return 0;                                                                                  \
+    }
+
+#endif
