@@ -1,0 +1,1092 @@
+/*
+ * kvs_config: config.yaml -> kvs_config_t, nginx style: a table of
+ * directives says, for every key, where it goes, what type it is, its default
+ * and its range. The loader only walks the YAML tree and looks keys up in the
+ * table, so adding a key is adding one row (plus the struct field).
+ *
+ * How it works: libyaml composes the whole file into a yaml_document_t (one
+ * document only). A fresh config is first filled with the defaults, which are
+ * written in the table as text and parsed by the same setters as the file's
+ * values, so a default can never be out of its own range. The walk then
+ * visits the top-level mapping; a key that is a section ("cluster") recurses
+ * one level, a key that is a directive ("cluster.shards") is set, anything
+ * else is an unknown key. Cross-key rules (partitions >= shards, ...) are
+ * checked last, pointing at the value the user wrote.
+ *
+ * Errors: the first problem found stops the load and becomes one message,
+ * "file:line:column: what is wrong", with the 1-based position of the
+ * offending node (libyaml marks are 0-based). Nothing is logged here; the
+ * caller decides.
+ *
+ * Ownership: every string and array hangs off the kvs_config_t and is freed by
+ * kvs_config_free; on any error the half-built config is freed before
+ * returning, so callers never see one. The yaml document lives only for the
+ * duration of a parse. Aliases are harmless: the walk follows the directive
+ * table (at most three levels deep), not the data, so a cyclic or repeated
+ * alias cannot make it loop or blow up.
+ *
+ * Threads: no global state; parse as many configs in parallel as you like.
+ */
+#include "kvs_config.h"
+
+#include "kvs_err.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define KVS_CONFIG_MAX_FILE (64u << 20) /* a config file larger than this is a mistake */
+#define KVS_TABLE_NAME_MAX 200
+#define KVS_TOPIC_NAME_MAX 249 /* Kafka's own limit */
+
+typedef enum {
+    D_STRING,     /* char *; F_NONEMPTY forbids "" */
+    D_LISTEN,     /* char *, HOST:PORT or [V6]:PORT; F_OPTIONAL allows "" */
+    D_UINT32,     /* uint32_t in [min, max] */
+    D_SIZE,       /* uint64_t bytes in [min, max] */
+    D_DURATION,   /* uint64_t milliseconds in [min, max] */
+    D_ENUM,       /* one of names (case-insensitive): int index, or F_TEXT: char * */
+    D_BINDINGS,   /* kafka.bindings list */
+    D_PROPERTIES, /* kafka.properties mapping */
+    D_REMOTE,     /* cluster.remote list */
+} dtype_t;
+
+#define F_NONEMPTY 1u
+#define F_OPTIONAL 2u
+#define F_TEXT 4u
+
+typedef struct {
+    const char *path;         /* "section.key" or "key" */
+    dtype_t type;             /* how the value is parsed and stored */
+    size_t off;               /* field in kvs_config_t */
+    const char *def;          /* default, parsed like a value from the file */
+    uint64_t min, max;        /* numeric range */
+    const char *range;        /* range or choices in words, for messages */
+    const char *const *names; /* D_ENUM: accepted words; the index is the value */
+    unsigned flags;
+} directive_t;
+
+static const char *const sync_names[] = {"full", "batch", "none", NULL};
+static const char *const level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
+static const char *const format_names[] = {"raw", "string", "value", NULL};
+
+_Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
+               "sync_names order must match kvs_sync_t");
+_Static_assert(KVS_FORMAT_RAW == 0 && KVS_FORMAT_STRING == 1 && KVS_FORMAT_VALUE == 2,
+               "format_names order must match kvs_format_t");
+_Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
+
+#define OFF(field) offsetof(kvs_config_t, field)
+#define KIB 1024ull
+#define MIB (1024ull * KIB)
+#define GIB (1024ull * MIB)
+
+static const directive_t directives[] = {
+    {"data_dir", D_STRING, OFF(data_dir), "./data", 0, 0, NULL, NULL, F_NONEMPTY},
+    {"cluster.shards", D_UINT32, OFF(shards), "4", 1, 1024, NULL, NULL, 0},
+    {"cluster.partitions", D_UINT32, OFF(partitions), "64", 1, 65536, NULL, NULL, 0},
+    {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
+    {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m",
+     NULL, 0},
+    {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
+    {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
+    {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
+     NULL, 0},
+    {"storage.map_size", D_SIZE, OFF(map_size), "1GiB", MIB, UINT64_MAX, "at least 1MiB", NULL, 0},
+    {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
+    {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
+    {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, 0},
+    {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
+    {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
+    {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
+     F_TEXT},
+};
+
+#define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
+
+typedef struct {
+    const char *name; /* file name for messages */
+    yaml_document_t *doc;
+    kvs_config_t *cfg;
+    char *err;
+    size_t errlen;
+    unsigned char seen[N_DIRECTIVES]; /* set by the file, not defaulted */
+    yaml_mark_t marks[N_DIRECTIVES];  /* where the file set it */
+    char desc[64];                    /* scratch for describe() */
+} cfg_ctx_t;
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Writes "name:line:col: message" (or "name: message" without a mark) and
+ * returns KVS_ECONFIG, so callers can `return cfg_error(...)`. */
+__attribute__((format(printf, 3, 4))) static int cfg_error(cfg_ctx_t *ctx, const yaml_mark_t *mark,
+                                                           const char *fmt, ...)
+{
+    if (ctx->err == NULL || ctx->errlen == 0)
+        return KVS_ECONFIG;
+    int n;
+    if (mark != NULL)
+        n = snprintf(ctx->err, ctx->errlen, "%s:%zu:%zu: ", ctx->name, mark->line + 1,
+                     mark->column + 1);
+    else
+        n = snprintf(ctx->err, ctx->errlen, "%s: ", ctx->name);
+    if (n >= 0 && (size_t)n < ctx->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->err + n, ctx->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return KVS_ECONFIG;
+}
+
+static int cfg_oom(cfg_ctx_t *ctx)
+{
+    if (ctx->err != NULL && ctx->errlen > 0)
+        snprintf(ctx->err, ctx->errlen, "%s: out of memory", ctx->name);
+    return -ENOMEM;
+}
+
+/* Turns a libyaml failure into a message with libyaml's own words. */
+static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
+{
+    switch (p->error) {
+    case YAML_MEMORY_ERROR:
+        return cfg_oom(ctx);
+    case YAML_READER_ERROR:
+        return cfg_error(ctx, NULL, "%s at byte offset %zu", p->problem ? p->problem : "bad input",
+                         p->problem_offset);
+    default:
+        break;
+    }
+    const char *problem = p->problem ? p->problem : "invalid YAML";
+    if (p->context == NULL)
+        return cfg_error(ctx, &p->problem_mark, "%s", problem);
+    return cfg_error(ctx, &p->problem_mark, "%s (%s at line %zu column %zu)", problem, p->context,
+                     p->context_mark.line + 1, p->context_mark.column + 1);
+}
+
+/* ---- yaml node helpers --------------------------------------------------- */
+
+static yaml_node_t *node_at(const cfg_ctx_t *ctx, int index)
+{
+    yaml_node_t *n = yaml_document_get_node(ctx->doc, index);
+    assert(n != NULL);
+    return n;
+}
+
+static const char *scalar_text(const yaml_node_t *n)
+{
+    assert(n->type == YAML_SCALAR_NODE);
+    return (const char *)n->data.scalar.value;
+}
+
+/* YAML's null: an empty plain scalar, ~, or null. Quoted "" is a string. */
+static int is_null(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return 0;
+    const char *s = scalar_text(n);
+    return s[0] == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
+           strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
+}
+
+/* What a node is, for "expected X, got Y" messages. Valid until next call. */
+static const char *describe(cfg_ctx_t *ctx, const yaml_node_t *n)
+{
+    if (n->type == YAML_MAPPING_NODE)
+        return "a mapping";
+    if (n->type == YAML_SEQUENCE_NODE)
+        return "a list";
+    if (is_null(n))
+        return "null";
+    const char *s = scalar_text(n);
+    snprintf(ctx->desc, sizeof(ctx->desc), "\"%.40s%s\"", s, strlen(s) > 40 ? "..." : "");
+    return ctx->desc;
+}
+
+/* Fetches the text of a non-null scalar value, or says what `path` expected. */
+static int scalar_value(cfg_ctx_t *ctx, const yaml_node_t *n, const char *path, const char *what,
+                        const char **text)
+{
+    if (n->type != YAML_SCALAR_NODE || is_null(n))
+        return cfg_error(ctx, &n->start_mark, "%s: expected %s, got %s", path, what,
+                         describe(ctx, n));
+    if (strlen(scalar_text(n)) != n->data.scalar.length)
+        return cfg_error(ctx, &n->start_mark, "%s: NUL bytes are not allowed", path);
+    *text = scalar_text(n);
+    return 0;
+}
+
+/* Checks the key of `pair` (in mapping `map`): a string, not seen before in
+ * the same mapping. `where` names the mapping in messages (NULL: top level). */
+static int check_key(cfg_ctx_t *ctx, const yaml_node_t *map, const yaml_node_pair_t *pair,
+                     const char *where)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key);
+    const char *in = where ? " in " : "", *q = where ? "\"" : "", *w = where ? where : "";
+    if (key->type != YAML_SCALAR_NODE || strlen(scalar_text(key)) != key->data.scalar.length)
+        return cfg_error(ctx, &key->start_mark, "keys must be plain strings%s%s%s%s", in, q, w, q);
+    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < pair; p++) {
+        const yaml_node_t *prev = node_at(ctx, p->key);
+        if (prev->type == YAML_SCALAR_NODE && strcmp(scalar_text(prev), scalar_text(key)) == 0)
+            return cfg_error(ctx, &key->start_mark,
+                             "duplicate key \"%.80s\"%s%s%s%s (first at line %zu)",
+                             scalar_text(key), in, q, w, q, prev->start_mark.line + 1);
+    }
+    return 0;
+}
+
+static int unknown_key(cfg_ctx_t *ctx, const yaml_node_t *key, const char *where)
+{
+    if (where == NULL)
+        return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\"", scalar_text(key));
+    return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\" in \"%s\"", scalar_text(key),
+                     where);
+}
+
+/* ---- value parsers -------------------------------------------------------- */
+
+typedef struct {
+    const char *suffix;
+    uint64_t mult;
+} unit_t;
+
+static const unit_t size_units[] = {
+    {"", 1},
+    {"B", 1},
+    {"KiB", 1ull << 10},
+    {"MiB", 1ull << 20},
+    {"GiB", 1ull << 30},
+    {"TiB", 1ull << 40},
+    {"kB", 1000ull},
+    {"MB", 1000000ull},
+    {"GB", 1000000000ull},
+    {"TB", 1000000000000ull},
+    {NULL, 0},
+};
+
+static const unit_t duration_units[] = {
+    {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {NULL, 0},
+};
+
+/* Parses leading decimal digits (at least one) without overflow. */
+static int parse_digits(const char *s, uint64_t *out, const char **end)
+{
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        uint64_t d = (uint64_t)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return KVS_EINVAL;
+        v = v * 10 + d;
+    }
+    if (p == s)
+        return KVS_EINVAL;
+    *out = v;
+    *end = p;
+    return 0;
+}
+
+/* "<digits><suffix>" with a suffix from `units`, times its multiplier. */
+static int parse_scaled(const char *s, const unit_t *units, uint64_t *out)
+{
+    uint64_t n;
+    const char *end;
+    if (s == NULL || parse_digits(s, &n, &end) != 0)
+        return KVS_EINVAL;
+    for (const unit_t *u = units; u->suffix != NULL; u++) {
+        if (strcmp(end, u->suffix) != 0)
+            continue;
+        if (n > UINT64_MAX / u->mult)
+            return KVS_EINVAL;
+        *out = n * u->mult;
+        return 0;
+    }
+    return KVS_EINVAL;
+}
+
+int kvs_config_parse_size(const char *s, uint64_t *out)
+{
+    return parse_scaled(s, size_units, out);
+}
+
+int kvs_config_parse_duration_ms(const char *s, uint64_t *out)
+{
+    return parse_scaled(s, duration_units, out);
+}
+
+/* Index of `s` in a NULL-terminated word list (case-insensitive), or -1. */
+static int match_word(const char *const *names, const char *s)
+{
+    for (int i = 0; names[i] != NULL; i++)
+        if (strcasecmp(names[i], s) == 0)
+            return i;
+    return -1;
+}
+
+/* Checks "HOST:PORT" or "[V6]:PORT" with port 1..65535. On failure returns
+ * -1 and sets *why. A deliberately small check: resolving is the listener's
+ * job, this only catches what is certainly wrong. */
+static int check_listen(const char *s, unsigned *port, const char **why)
+{
+    const char *colon;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close == s + 1) {
+            *why = close == NULL ? "missing ']' after the IPv6 address" : "empty address in []";
+            return -1;
+        }
+        colon = close + 1;
+        if (*colon != ':') {
+            *why = "missing :PORT";
+            return -1;
+        }
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) {
+            *why = "missing :PORT";
+            return -1;
+        }
+        if (colon == s) {
+            *why = "missing host (use 0.0.0.0:PORT for every interface)";
+            return -1;
+        }
+        if (memchr(s, ':', (size_t)(colon - s)) != NULL) {
+            *why = "an IPv6 address must be in brackets, as in [::1]:9527";
+            return -1;
+        }
+    }
+    if (strpbrk(s, " \t\r\n") != NULL) {
+        *why = "spaces are not allowed";
+        return -1;
+    }
+    uint64_t v;
+    const char *end;
+    if (parse_digits(colon + 1, &v, &end) != 0 || *end != '\0' || v < 1 || v > 65535) {
+        *why = "port must be 1-65535";
+        return -1;
+    }
+    *port = (unsigned)v;
+    return 0;
+}
+
+/* ---- setters: one per directive type, from text ------------------------- */
+
+static void *field(cfg_ctx_t *ctx, const directive_t *d)
+{
+    return (char *)ctx->cfg + d->off;
+}
+
+static int store_string(cfg_ctx_t *ctx, char **slot, const char *text)
+{
+    char *copy = strdup(text);
+    if (copy == NULL)
+        return cfg_oom(ctx);
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+static int set_string(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    if ((d->flags & F_NONEMPTY) && text[0] == '\0')
+        return cfg_error(ctx, m, "%s must not be empty", d->path);
+    return store_string(ctx, field(ctx, d), text);
+}
+
+static int set_listen(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    unsigned port;
+    const char *why;
+    if (!((d->flags & F_OPTIONAL) && text[0] == '\0') && check_listen(text, &port, &why) != 0)
+        return cfg_error(ctx, m, "%s must be %sHOST:PORT or [IPV6]:PORT (got \"%.80s\"): %s",
+                         d->path, (d->flags & F_OPTIONAL) ? "\"\", " : "", text, why);
+    return store_string(ctx, field(ctx, d), text);
+}
+
+static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    uint64_t v;
+    const char *end;
+    if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
+        return cfg_error(ctx, m, "%s must be an integer from %llu to %llu (got \"%.80s\")", d->path,
+                         (unsigned long long)d->min, (unsigned long long)d->max, text);
+    *(uint32_t *)field(ctx, d) = (uint32_t)v;
+    return 0;
+}
+
+static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    uint64_t v;
+    if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
+        return cfg_error(ctx, m,
+                         "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "
+                         "GiB, TiB, kB, MB, GB or TB, as in 4MiB)",
+                         d->path, text);
+    if (d->type == D_DURATION && kvs_config_parse_duration_ms(text, &v) != 0)
+        return cfg_error(ctx, m,
+                         "%s: \"%.80s\" is not a duration (write milliseconds, or a number with "
+                         "ms, s or m, as in 1s)",
+                         d->path, text);
+    if (v < d->min || v > d->max)
+        return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);
+    *(uint64_t *)field(ctx, d) = v;
+    return 0;
+}
+
+static int set_enum(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    int i = match_word(d->names, text);
+    if (i < 0)
+        return cfg_error(ctx, m, "%s must be one of %s (got \"%.80s\")", d->path, d->range, text);
+    if (d->flags & F_TEXT)
+        return store_string(ctx, field(ctx, d), d->names[i]);
+    memcpy(field(ctx, d), &i, sizeof(i));
+    return 0;
+}
+
+/* Sets a scalar directive from text (a file value or the default). */
+static int set_value(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    switch (d->type) {
+    case D_STRING:
+        return set_string(ctx, d, text, m);
+    case D_LISTEN:
+        return set_listen(ctx, d, text, m);
+    case D_UINT32:
+        return set_uint32(ctx, d, text, m);
+    case D_SIZE:
+    case D_DURATION:
+        return set_u64(ctx, d, text, m);
+    case D_ENUM:
+        return set_enum(ctx, d, text, m);
+    default:
+        assert(0 && "not a scalar directive");
+        return KVS_EINVAL;
+    }
+}
+
+static const char *expected(const directive_t *d)
+{
+    switch (d->type) {
+    case D_UINT32:
+        return "an integer";
+    case D_SIZE:
+        return "a size such as 4MiB";
+    case D_DURATION:
+        return "a duration such as 1s";
+    case D_LISTEN:
+        return "HOST:PORT";
+    default:
+        return "a string";
+    }
+}
+
+/* ---- kafka.bindings and kafka.properties ---------------------------------- */
+
+/* Table names as the node enforces them: 1..200 bytes, "__" is reserved. */
+static const char *table_name_problem(const char *t)
+{
+    if (t[0] == '\0')
+        return "table names must not be empty";
+    if (strlen(t) > KVS_TABLE_NAME_MAX)
+        return "table names must be at most 200 bytes";
+    if (strncmp(t, "__", 2) == 0)
+        return "table names must not start with \"__\" (reserved)";
+    return NULL;
+}
+
+/* Kafka's own topic rule: 1..249 of [a-zA-Z0-9._-], not "." or "..". */
+static const char *topic_name_problem(const char *t)
+{
+    size_t len = strlen(t);
+    if (len == 0)
+        return "topic names must not be empty";
+    if (len > KVS_TOPIC_NAME_MAX)
+        return "topic names must be at most 249 characters";
+    if (strcmp(t, ".") == 0 || strcmp(t, "..") == 0 ||
+        strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
+        return "Kafka topic names use only letters, digits, '.', '_' and '-'";
+    return NULL;
+}
+
+typedef struct {
+    yaml_mark_t topic, table;
+} binding_marks_t;
+
+static int binding_name(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, char **slot,
+                        const char *(*problem)(const char *), yaml_mark_t *mark)
+{
+    const char *text, *why;
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if ((why = problem(text)) != NULL)
+        return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
+    *mark = val->start_mark;
+    return store_string(ctx, slot, text);
+}
+
+static int binding_field(cfg_ctx_t *ctx, const char *label, kvs_binding_t *b,
+                         const yaml_node_pair_t *pair, binding_marks_t *marks)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text;
+    char path[64];
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "topic") == 0)
+        return binding_name(ctx, path, val, &b->topic, topic_name_problem, &marks->topic);
+    if (strcmp(k, "table") == 0)
+        return binding_name(ctx, path, val, &b->table, table_name_problem, &marks->table);
+    if (strcmp(k, "format") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    int i = match_word(format_names, text);
+    if (i < 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s must be one of raw, string, value (got \"%.80s\")", path, text);
+    b->format = (kvs_format_t)i;
+    return 0;
+}
+
+/* A topic feeds one table, and a table takes its partition count from one
+ * topic (placement), so both must be unique across bindings. */
+static int binding_unique(cfg_ctx_t *ctx, const char *label, size_t idx,
+                          const binding_marks_t *marks)
+{
+    const kvs_config_t *c = ctx->cfg;
+    const kvs_binding_t *b = &c->bindings[idx];
+    for (size_t j = 0; j < idx; j++) {
+        if (strcmp(c->bindings[j].topic, b->topic) == 0)
+            return cfg_error(ctx, &marks->topic,
+                             "%s.topic: topic \"%s\" is already bound in kafka.bindings[%zu]",
+                             label, b->topic, j);
+        if (strcmp(c->bindings[j].table, b->table) == 0)
+            return cfg_error(ctx, &marks->table,
+                             "%s.table: table \"%s\" is already bound to topic \"%s\" in "
+                             "kafka.bindings[%zu] (a table takes its partitions from one topic)",
+                             label, b->table, c->bindings[j].topic, j);
+    }
+    return 0;
+}
+
+static int parse_binding(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    snprintf(label, sizeof(label), "kafka.bindings[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping with topic and table, got %s", label,
+                         describe(ctx, item));
+    kvs_binding_t *b = &ctx->cfg->bindings[ctx->cfg->n_bindings++]; /* zeroed: format raw */
+    binding_marks_t marks;
+    memset(&marks, 0, sizeof(marks));
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = binding_field(ctx, label, b, p, &marks);
+        if (rc != 0)
+            return rc;
+    }
+    if (b->topic == NULL || b->table == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"%s\"", label,
+                         b->topic == NULL ? "topic" : "table");
+    return binding_unique(ctx, label, idx, &marks);
+}
+
+static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "kafka.bindings: expected a list of {topic, table, format}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->bindings = calloc(n, sizeof(kvs_binding_t));
+    if (ctx->cfg->bindings == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_binding(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text;
+    char path[128];
+    if (k[0] == '\0')
+        return cfg_error(ctx, &key->start_mark,
+                         "kafka.properties: property names must not be empty");
+    snprintf(path, sizeof(path), "kafka.properties.%.80s", k);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    kvs_kv_t *kv = &ctx->cfg->kafka_properties[ctx->cfg->n_kafka_properties++];
+    kv->key = strdup(k);
+    kv->value = strdup(text);
+    return kv->key == NULL || kv->value == NULL ? cfg_oom(ctx) : 0;
+}
+
+static int set_properties(cfg_ctx_t *ctx, const yaml_node_t *map)
+{
+    if (is_null(map))
+        return 0;
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &map->start_mark,
+                         "kafka.properties: expected a mapping of librdkafka properties, got %s",
+                         describe(ctx, map));
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->kafka_properties = calloc(n, sizeof(kvs_kv_t));
+    if (ctx->cfg->kafka_properties == NULL)
+        return cfg_oom(ctx);
+    const yaml_node_pair_t *p;
+    for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, map, p, "kafka.properties");
+        if (rc == 0)
+            rc = add_property(ctx, p);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- cluster.remote ------------------------------------------------------- */
+
+static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
+                        const yaml_node_pair_t *pair, int *have_shard)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text, *why;
+    char path[64];
+    unsigned port;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    int rc = scalar_value(ctx, val, path, "a value", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "shard") == 0) {
+        uint64_t v;
+        const char *end;
+        if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v >= ctx->cfg->shards)
+            return cfg_error(ctx, &val->start_mark,
+                             "%s must be a shard id from 0 to %u (cluster.shards - 1), got "
+                             "\"%.40s\"",
+                             path, ctx->cfg->shards - 1, text);
+        r->shard = (uint32_t)v;
+        *have_shard = 1;
+        return 0;
+    }
+    if (strcmp(k, "address") != 0)
+        return unknown_key(ctx, key, label);
+    if (check_listen(text, &port, &why) != 0)
+        return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
+    return store_string(ctx, &r->address, text);
+}
+
+static int parse_remote(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    snprintf(label, sizeof(label), "cluster.remote[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {shard: N, address: HOST:PORT}, got %s", label,
+                         describe(ctx, item));
+    kvs_remote_t *r = &ctx->cfg->remote[ctx->cfg->n_remote++];
+    int have_shard = 0;
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = remote_field(ctx, label, r, p, &have_shard);
+        if (rc != 0)
+            return rc;
+    }
+    if (!have_shard || r->address == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"%s\"", label,
+                         have_shard ? "address" : "shard");
+    for (size_t j = 0; j + 1 < ctx->cfg->n_remote; j++)
+        if (ctx->cfg->remote[j].shard == r->shard)
+            return cfg_error(ctx, &item->start_mark, "%s: shard %u is already listed in %s[%zu]",
+                             label, r->shard, "cluster.remote", j);
+    return 0;
+}
+
+static int cmp_remote(const void *a, const void *b)
+{
+    uint32_t x = ((const kvs_remote_t *)a)->shard, y = ((const kvs_remote_t *)b)->shard;
+    return x < y ? -1 : x > y;
+}
+
+/* Needs cluster.shards, so `cluster.shards` must come first in the file when
+ * both are given; check_remote re-validates after the walk. */
+static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "cluster.remote: expected a list of {shard, address}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->remote = calloc(n, sizeof(kvs_remote_t));
+    if (ctx->cfg->remote == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_remote(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    qsort(ctx->cfg->remote, ctx->cfg->n_remote, sizeof(kvs_remote_t), cmp_remote);
+    return 0;
+}
+
+const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard)
+{
+    for (size_t i = 0; i < cfg->n_remote; i++)
+        if (cfg->remote[i].shard == shard)
+            return &cfg->remote[i];
+    return NULL;
+}
+
+/* ---- the walk ------------------------------------------------------------- */
+
+static const directive_t *find_directive(const char *path)
+{
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (strcmp(directives[i].path, path) == 0)
+            return &directives[i];
+    return NULL;
+}
+
+static size_t directive_index(const char *path)
+{
+    const directive_t *d = find_directive(path);
+    assert(d != NULL);
+    return (size_t)(d - directives);
+}
+
+/* True when some directive lives under `path` ("cluster" for "cluster.shards"). */
+static int is_section(const char *path)
+{
+    size_t len = strlen(path);
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (strncmp(directives[i].path, path, len) == 0 && directives[i].path[len] == '.')
+            return 1;
+    return 0;
+}
+
+static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
+{
+    size_t i = (size_t)(d - directives);
+    ctx->seen[i] = 1;
+    ctx->marks[i] = val->start_mark;
+    if (d->type == D_BINDINGS)
+        return set_bindings(ctx, val);
+    if (d->type == D_PROPERTIES)
+        return set_properties(ctx, val);
+    if (d->type == D_REMOTE)
+        return set_remote(ctx, val);
+    const char *text;
+    int rc = scalar_value(ctx, val, d->path, expected(d), &text);
+    if (rc != 0)
+        return rc;
+    return set_value(ctx, d, text, &val->start_mark);
+}
+
+static int walk_map(cfg_ctx_t *ctx, const yaml_node_t *map, const char *section);
+
+/* A section with no value ("cluster:" with every key commented out) keeps
+ * its defaults. */
+static int walk_section(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val)
+{
+    if (is_null(val))
+        return 0;
+    if (val->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &val->start_mark, "%s: expected a mapping, got %s", path,
+                         describe(ctx, val));
+    return walk_map(ctx, val, path);
+}
+
+static int walk_pair(cfg_ctx_t *ctx, const char *section, const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key);
+    char path[96];
+    int n = section ? snprintf(path, sizeof(path), "%s.%s", section, k)
+                    : snprintf(path, sizeof(path), "%s", k);
+    /* A dotted key ("cluster.shards: 4") is not a shorthand: it is unknown. */
+    if (strchr(k, '.') == NULL && n > 0 && (size_t)n < sizeof(path)) {
+        const directive_t *d = find_directive(path);
+        if (d != NULL)
+            return apply(ctx, d, val);
+        if (section == NULL && is_section(path))
+            return walk_section(ctx, path, val);
+    }
+    return unknown_key(ctx, key, section);
+}
+
+static int walk_map(cfg_ctx_t *ctx, const yaml_node_t *map, const char *section)
+{
+    const yaml_node_pair_t *p;
+    for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, map, p, section);
+        if (rc == 0)
+            rc = walk_pair(ctx, section, p);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int walk_root(cfg_ctx_t *ctx)
+{
+    const yaml_node_t *root = yaml_document_get_root_node(ctx->doc);
+    if (root == NULL || is_null(root))
+        return 0; /* empty file, or only comments */
+    if (root->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &root->start_mark,
+                         "the top level must be a mapping of keys such as \"data_dir: ./data\", "
+                         "got %s",
+                         describe(ctx, root));
+    return walk_map(ctx, root, NULL);
+}
+
+/* ---- cross-key rules --------------------------------------------------------- */
+
+static int check_partitions(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    if (c->partitions >= c->shards)
+        return 0;
+    size_t ip = directive_index("cluster.partitions"), is = directive_index("cluster.shards");
+    const yaml_mark_t *m = ctx->seen[ip] ? &ctx->marks[ip] : &ctx->marks[is];
+    return cfg_error(ctx, m, "cluster.partitions (%u%s) must be >= cluster.shards (%u)",
+                     c->partitions, ctx->seen[ip] ? "" : ", the default", c->shards);
+}
+
+/* Remote shard ids were checked against cluster.shards as the file set it
+ * so far; check again now that every key is known. */
+static int check_remote(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    for (size_t i = 0; i < c->n_remote; i++) {
+        if (c->remote[i].shard < c->shards)
+            continue;
+        size_t ir = directive_index("cluster.remote");
+        return cfg_error(ctx, &ctx->marks[ir],
+                         "cluster.remote names shard %u but cluster.shards is %u (ids 0..%u)",
+                         c->remote[i].shard, c->shards, c->shards - 1);
+    }
+    return 0;
+}
+
+/* Shard N listens on node.listen's PORT+N, so the last shard's port must exist. */
+static int check_node_ports(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    unsigned port;
+    const char *why;
+    if (c->node_listen[0] == '\0' || check_listen(c->node_listen, &port, &why) != 0)
+        return 0;
+    if ((uint64_t)port + c->shards - 1 <= 65535)
+        return 0;
+    size_t i = directive_index("node.listen");
+    return cfg_error(ctx, &ctx->marks[i],
+                     "node.listen port %u + highest shard id %u is past 65535 (shard N listens "
+                     "on PORT+N)",
+                     port, c->shards - 1);
+}
+
+/* ---- entry points ------------------------------------------------------------ */
+
+static int apply_defaults(cfg_ctx_t *ctx)
+{
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        if (directives[i].def == NULL)
+            continue;
+        int rc = set_value(ctx, &directives[i], directives[i].def, NULL);
+        assert(rc != KVS_ECONFIG); /* a default outside its own range */
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Composes the document and builds the config from it. After the document
+ * the stream must end: a second document would be silently ignored. */
+static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
+{
+    yaml_document_t doc, extra;
+    if (!yaml_parser_load(parser, &doc))
+        return yaml_error(ctx, parser);
+    ctx->doc = &doc;
+    int rc = walk_root(ctx);
+    if (rc == 0)
+        rc = check_partitions(ctx);
+    if (rc == 0)
+        rc = check_node_ports(ctx);
+    if (rc == 0)
+        rc = check_remote(ctx);
+    ctx->doc = NULL;
+    yaml_document_delete(&doc);
+    if (rc != 0)
+        return rc;
+    if (!yaml_parser_load(parser, &extra))
+        return yaml_error(ctx, parser);
+    const yaml_node_t *root = yaml_document_get_root_node(&extra);
+    if (root != NULL)
+        rc = cfg_error(ctx, &root->start_mark, "only one YAML document is allowed");
+    yaml_document_delete(&extra);
+    return rc;
+}
+
+static int parse_as(const char *name, const char *stored_path, const char *text, size_t len,
+                    kvs_config_t **out, char *err, size_t errlen)
+{
+    cfg_ctx_t ctx;
+    yaml_parser_t parser;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.name = name;
+    ctx.err = err;
+    ctx.errlen = errlen;
+    *out = NULL;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (!yaml_parser_initialize(&parser))
+        return cfg_oom(&ctx);
+    int rc = -ENOMEM;
+    ctx.cfg = calloc(1, sizeof(*ctx.cfg));
+    if (ctx.cfg == NULL || (ctx.cfg->path = strdup(stored_path)) == NULL) {
+        cfg_oom(&ctx);
+        goto done;
+    }
+    if ((rc = apply_defaults(&ctx)) != 0)
+        goto done;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)(text ? text : ""),
+                                 text ? len : 0);
+    rc = build(&ctx, &parser);
+done:
+    yaml_parser_delete(&parser);
+    if (rc != 0)
+        kvs_config_free(ctx.cfg);
+    else
+        *out = ctx.cfg;
+    return rc;
+}
+
+int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out, char *err,
+                     size_t errlen)
+{
+    return parse_as(name ? name : "<string>", "<string>", text, len, out, err, errlen);
+}
+
+/* Reads a whole file into a malloc'd buffer. Returns 0 or -errno. */
+static int read_fd(int fd, char **text, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return -ENOMEM;
+    for (;;) {
+        if (n == cap) {
+            char *bigger = cap >= KVS_CONFIG_MAX_FILE ? NULL : realloc(buf, cap * 2);
+            if (bigger == NULL) {
+                free(buf);
+                return cap >= KVS_CONFIG_MAX_FILE ? -EFBIG : -ENOMEM;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            return -e;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+static int file_error(const char *path, const char *what, int rc, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: %s: %s", path, what, kvs_strerror(rc));
+    return rc;
+}
+
+int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int fd;
+    *out = NULL;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return file_error(path, "cannot open", -errno, err, errlen);
+    int rc = read_fd(fd, &text, &len);
+    close(fd);
+    if (rc != 0)
+        return file_error(path, "cannot read", rc, err, errlen);
+    rc = parse_as(path, path, text, len, out, err, errlen);
+    free(text);
+    return rc;
+}
+
+void kvs_config_free(kvs_config_t *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive_t *d = &directives[i];
+        if (d->type == D_STRING || d->type == D_LISTEN ||
+            (d->type == D_ENUM && (d->flags & F_TEXT)))
+            free(*(char **)((char *)cfg + d->off));
+    }
+    for (size_t i = 0; i < cfg->n_bindings; i++) {
+        free(cfg->bindings[i].topic);
+        free(cfg->bindings[i].table);
+    }
+    free(cfg->bindings);
+    for (size_t i = 0; i < cfg->n_remote; i++)
+        free(cfg->remote[i].address);
+    free(cfg->remote);
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
+        free(cfg->kafka_properties[i].key);
+        free(cfg->kafka_properties[i].value);
+    }
+    free(cfg->kafka_properties);
+    free(cfg->path);
+    free(cfg);
+}

@@ -1,0 +1,139 @@
+/*
+ * kvs_config: config.yaml -> an immutable kvs_config_t.
+ *
+ * One file drives a node. Every key has a default, so an empty file (or the
+ * shipped config.yaml) is a working single-node setup with Kafka off. The
+ * loader is a table of directives (path, type, where it goes, how it is
+ * checked); a key not in the table is an error, never silently ignored, and
+ * every error is reported as "file:line:column: message" so the user can go
+ * straight to it.
+ *
+ * Recognized keys and defaults:
+ *
+ *   data_dir: ./data
+ *   cluster:
+ *     shards: 4              1..1024
+ *     partitions: 64         >= shards, <= 65536
+ *     remote: []             shards served by other nodes:
+ *                            - {shard: 2, address: HOST:PORT}
+ *                            (not spawned here; the router connects there)
+ *   router:
+ *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT
+ *     timeout: 5s            a shard that does not answer within this gets
+ *                            the request answered 503
+ *   node:
+ *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
+ *                            also listens on TCP port PORT+N
+ *   storage:
+ *     sync: batch            full | batch | none
+ *     sync_interval: 1s      duration (ms, s, m); how often `batch` syncs
+ *     map_size: 1GiB         initial LMDB map size; grows automatically
+ *     max_tables: 256        named LMDB databases per shard, 1..32000
+ *   limits:
+ *     max_frame: 4MiB        size; 1KiB .. 1GiB
+ *     max_inflight: 1024     requests in flight per router client before
+ *                            the router stops reading from it; 1..1000000
+ *   kafka:
+ *     brokers: ""            "" = ingestion off
+ *     group_id: kvs
+ *     bindings: []           - {topic: T, table: X, format: raw|string|value}
+ *     properties: {}         librdkafka properties passed through as-is
+ *   log:
+ *     level: info            debug | info | warn | error
+ *
+ * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
+ * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
+ * plain integer (milliseconds) or a suffix ms, s, m.
+ */
+#ifndef KVS_CONFIG_H
+#define KVS_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    KVS_SYNC_FULL = 0,  /* fsync on every commit */
+    KVS_SYNC_BATCH = 1, /* no fsync per commit; mdb_env_sync every sync_interval */
+    KVS_SYNC_NONE = 2,  /* never fsync; the OS writes back when it likes */
+} kvs_sync_t;
+
+typedef enum {
+    KVS_FORMAT_RAW = 0,    /* payload stored as Value.binary_value */
+    KVS_FORMAT_STRING = 1, /* payload must be UTF-8; stored as Value.string_value */
+    KVS_FORMAT_VALUE = 2,  /* payload is an encoded kvs.Value, stored as-is */
+} kvs_format_t;
+
+typedef struct kvs_binding_s {
+    char *topic;
+    char *table;
+    kvs_format_t format;
+} kvs_binding_t;
+
+typedef struct kvs_kv_s {
+    char *key;
+    char *value;
+} kvs_kv_t;
+
+typedef struct kvs_remote_s {
+    uint32_t shard;
+    char *address; /* HOST:PORT of the worker serving it */
+} kvs_remote_t;
+
+typedef struct kvs_config_s {
+    char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
+    char *data_dir;
+
+    uint32_t shards;
+    uint32_t partitions;
+    kvs_remote_t *remote; /* sorted by shard */
+    size_t n_remote;
+
+    char *router_listen;
+    uint64_t router_timeout_ms;
+    char *node_listen; /* "" when unset */
+
+    kvs_sync_t sync;
+    uint64_t sync_interval_ms;
+    uint64_t map_size;
+    uint32_t max_tables;
+
+    uint64_t max_frame;
+    uint32_t max_inflight;
+
+    char *kafka_brokers; /* "" = off */
+    char *kafka_group_id;
+    kvs_binding_t *bindings;
+    size_t n_bindings;
+    kvs_kv_t *kafka_properties;
+    size_t n_kafka_properties;
+
+    char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
+} kvs_config_t;
+
+/* Loads and validates `path`. On success returns 0 and *out owns a config
+ * (free with kvs_config_free). On failure returns KVS_ECONFIG (or -errno if
+ * the file cannot be read) and writes "file:line:column: message" (or
+ * "file: message" when there is no position) into err[0..errlen); *out is
+ * then NULL. err may be NULL when errlen is 0. */
+int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen);
+
+/* Same, from a string; `name` stands in for the file name in messages. */
+int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out,
+                     char *err, size_t errlen);
+
+/* The remote entry for `shard`, or NULL when the shard is local. */
+const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
+
+/* Frees a config and everything it owns. NULL is allowed. */
+void kvs_config_free(kvs_config_t *cfg);
+
+/* Parses a size ("4MiB", "1000", "2GB"). Returns 0 or KVS_EINVAL (*out is
+ * untouched) for anything else: empty, a sign, spaces, fractions, an unknown
+ * suffix, or a value past UINT64_MAX. */
+int kvs_config_parse_size(const char *s, uint64_t *out);
+
+/* Parses a duration ("250ms", "1s", "2m", "500" = ms). Returns 0 or KVS_EINVAL,
+ * with the same rules as kvs_config_parse_size. */
+int kvs_config_parse_duration_ms(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,613 @@
+/*
+ * test_config: kvs_config loads config.yaml into a kvs_config_t with every
+ * default, refuses bad files with "file:line:column: message", and parses
+ * sizes and durations. Messages are checked exactly (they are the user
+ * interface), and so are their positions.
+ */
+#include "kvs_config.h"
+#include "kvs_err.h"
+#include "kvs_test.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+static char err[512];
+
+/* Parses `text` as "config.yaml"; expects success. */
+static kvs_config_t *parse_ok(const char *text)
+{
+    kvs_config_t *cfg = NULL;
+    int rc = kvs_config_parse("config.yaml", text, strlen(text), &cfg, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "unexpected error: %s\n", err);
+    CHECK_EQ(rc, 0);
+    CHECK(cfg != NULL);
+    return cfg;
+}
+
+/* Parses `text` as "config.yaml"; expects KVS_ECONFIG and exactly `msg`. */
+static void parse_fails(const char *text, const char *msg)
+{
+    kvs_config_t *cfg = (kvs_config_t *)&cfg; /* must be reset to NULL */
+    int rc = kvs_config_parse("config.yaml", text, strlen(text), &cfg, err, sizeof(err));
+    CHECK_EQ(rc, KVS_ECONFIG);
+    CHECK(cfg == NULL);
+    CHECK_STR(err, msg);
+}
+
+static void check_defaults(const kvs_config_t *c)
+{
+    CHECK_STR(c->data_dir, "./data");
+    CHECK_EQ(c->shards, 4);
+    CHECK_EQ(c->partitions, 64);
+    CHECK_STR(c->router_listen, "127.0.0.1:9527");
+    CHECK_STR(c->node_listen, "");
+    CHECK_EQ(c->sync, KVS_SYNC_BATCH);
+    CHECK_EQ(c->sync_interval_ms, 1000);
+    CHECK_EQ(c->map_size, 1ull << 30);
+    CHECK_EQ(c->max_tables, 256);
+    CHECK_EQ(c->max_frame, 4ull << 20);
+    CHECK_STR(c->kafka_brokers, "");
+    CHECK_STR(c->kafka_group_id, "kvs");
+    CHECK_EQ(c->n_bindings, 0);
+    CHECK(c->bindings == NULL);
+    CHECK_EQ(c->n_kafka_properties, 0);
+    CHECK(c->kafka_properties == NULL);
+    CHECK_STR(c->log_level, "info");
+}
+
+KVS_TEST(defaults_from_empty_string)
+{
+    kvs_config_t *c = parse_ok("");
+    check_defaults(c);
+    CHECK_STR(c->path, "<string>");
+    kvs_config_free(c);
+}
+
+KVS_TEST(comments_and_empty_sections_are_defaults)
+{
+    static const char *const texts[] = {
+        "# nothing but comments\n\n   # indented comment\n",
+        "---\n",
+        "~\n",
+        "cluster:\n  # shards: 8\nkafka:\n  bindings: []\n  properties: {}\nlog: ~\n",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        kvs_config_t *c = parse_ok(texts[i]);
+        check_defaults(c);
+        kvs_config_free(c);
+    }
+}
+
+static const char full_yaml[] = "# kvs node configuration\n"
+                                "data_dir: /var/lib/kvs       # shard-<id>/ lives here\n"
+                                "cluster:\n"
+                                "  shards: 8\n"
+                                "  partitions: 128\n"
+                                "router:\n"
+                                "  listen: \"[::1]:7000\"\n"
+                                "node:\n"
+                                "  listen: 0.0.0.0:7100\n"
+                                "storage:\n"
+                                "  sync: full\n"
+                                "  sync_interval: 250ms\n"
+                                "  map_size: 2GiB\n"
+                                "  max_tables: 1000\n"
+                                "limits:\n"
+                                "  max_frame: 16MiB\n"
+                                "kafka:\n"
+                                "  brokers: \"k1:9092,k2:9092\"\n"
+                                "  group_id: kvs-prod\n"
+                                "  bindings:\n"
+                                "    - {topic: users, table: users, format: raw}\n"
+                                "    - topic: events.v1\n"
+                                "      table: events\n"
+                                "      format: value\n"
+                                "    - {topic: names, table: names}\n"
+                                "  properties:\n"
+                                "    security.protocol: ssl\n"
+                                "    fetch.wait.max.ms: 50\n"
+                                "    enable.partition.eof: false\n"
+                                "log:\n"
+                                "  level: debug\n";
+
+KVS_TEST(full_file_parses)
+{
+    kvs_config_t *c = parse_ok(full_yaml);
+    CHECK_STR(c->data_dir, "/var/lib/kvs");
+    CHECK_EQ(c->shards, 8);
+    CHECK_EQ(c->partitions, 128);
+    CHECK_STR(c->router_listen, "[::1]:7000");
+    CHECK_STR(c->node_listen, "0.0.0.0:7100");
+    CHECK_EQ(c->sync, KVS_SYNC_FULL);
+    CHECK_EQ(c->sync_interval_ms, 250);
+    CHECK_EQ(c->map_size, 2ull << 30);
+    CHECK_EQ(c->max_tables, 1000);
+    CHECK_EQ(c->max_frame, 16ull << 20);
+    CHECK_STR(c->kafka_brokers, "k1:9092,k2:9092");
+    CHECK_STR(c->kafka_group_id, "kvs-prod");
+    CHECK_EQ(c->n_bindings, 3);
+    CHECK_STR(c->bindings[0].topic, "users");
+    CHECK_STR(c->bindings[0].table, "users");
+    CHECK_EQ(c->bindings[0].format, KVS_FORMAT_RAW);
+    CHECK_STR(c->bindings[1].topic, "events.v1");
+    CHECK_STR(c->bindings[1].table, "events");
+    CHECK_EQ(c->bindings[1].format, KVS_FORMAT_VALUE);
+    CHECK_STR(c->bindings[2].topic, "names");
+    CHECK_EQ(c->bindings[2].format, KVS_FORMAT_RAW);
+    CHECK_EQ(c->n_kafka_properties, 3);
+    CHECK_STR(c->kafka_properties[0].key, "security.protocol");
+    CHECK_STR(c->kafka_properties[0].value, "ssl");
+    CHECK_STR(c->kafka_properties[1].key, "fetch.wait.max.ms");
+    CHECK_STR(c->kafka_properties[1].value, "50");
+    CHECK_STR(c->kafka_properties[2].key, "enable.partition.eof");
+    CHECK_STR(c->kafka_properties[2].value, "false");
+    CHECK_STR(c->log_level, "debug");
+    kvs_config_free(c);
+}
+
+KVS_TEST(unknown_top_level_key)
+{
+    parse_fails("data_dir: /x\nshards: 4\n", "config.yaml:2:1: unknown key \"shards\"");
+    /* A dotted key is not a shorthand for a nested one. */
+    parse_fails("cluster.shards: 4\n", "config.yaml:1:1: unknown key \"cluster.shards\"");
+}
+
+KVS_TEST(unknown_nested_key)
+{
+    parse_fails("cluster:\n"
+                "    shards: 4\n"
+                "    shard: 4\n",
+                "config.yaml:3:5: unknown key \"shard\" in \"cluster\"");
+    parse_fails("storage:\n  sync: full\n  fsync: yes\n",
+                "config.yaml:3:3: unknown key \"fsync\" in \"storage\"");
+}
+
+KVS_TEST(duplicate_key)
+{
+    parse_fails("cluster:\n  shards: 4\n  shards: 8\n",
+                "config.yaml:3:3: duplicate key \"shards\" in \"cluster\" (first at line 2)");
+    parse_fails("log: {level: info}\ncluster: {}\nlog: {level: debug}\n",
+                "config.yaml:3:1: duplicate key \"log\" (first at line 1)");
+}
+
+KVS_TEST(shards_range_and_type)
+{
+    parse_fails("cluster:\n  shards: 0\n",
+                "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"0\")");
+    parse_fails(
+        "cluster:\n  shards: 1025\n",
+        "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"1025\")");
+    parse_fails("cluster:\n  shards: -1\n",
+                "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"-1\")");
+    parse_fails("cluster:\n  shards: {a: 1}\n",
+                "config.yaml:2:11: cluster.shards: expected an integer, got a mapping");
+    parse_fails("storage: {max_tables: 32001}\n",
+                "config.yaml:1:23: storage.max_tables must be an integer from 1 to 32000 (got "
+                "\"32001\")");
+}
+
+KVS_TEST(partitions_less_than_shards)
+{
+    parse_fails("data_dir: ./d\n"
+                "cluster:\n"
+                "  shards: 4\n"
+                "  partitions: 2\n",
+                "config.yaml:4:15: cluster.partitions (2) must be >= cluster.shards (4)");
+    /* Defaulted partitions: point at shards and say the 64 was not written. */
+    parse_fails("cluster:\n  shards: 128\n",
+                "config.yaml:2:11: cluster.partitions (64, the default) must be >= "
+                "cluster.shards (128)");
+    kvs_config_t *c = parse_ok("cluster: {shards: 128, partitions: 128}\n");
+    CHECK_EQ(c->partitions, 128);
+    kvs_config_free(c);
+}
+
+KVS_TEST(bad_sync_enum)
+{
+    parse_fails("data_dir: ./d\n"
+                "cluster:\n"
+                "  shards: 4\n"
+                "router:\n"
+                "  listen: 127.0.0.1:1\n"
+                "storage:\n"
+                "  sync: fast\n",
+                "config.yaml:7:9: storage.sync must be one of full, batch, none (got \"fast\")");
+    kvs_config_t *c = parse_ok("storage: {sync: none}\n");
+    CHECK_EQ(c->sync, KVS_SYNC_NONE);
+    kvs_config_free(c);
+}
+
+KVS_TEST(bad_size_values)
+{
+    parse_fails("limits:\n  max_frame: 4 megs\n",
+                "config.yaml:2:14: limits.max_frame: \"4 megs\" is not a size (write bytes, or a "
+                "number with B, KiB, MiB, GiB, TiB, kB, MB, GB or TB, as in 4MiB)");
+    parse_fails("limits:\n  max_frame: 2GiB\n",
+                "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"2GiB\")");
+    parse_fails("limits:\n  max_frame: 1023\n",
+                "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"1023\")");
+    parse_fails("storage:\n  map_size: 1000kB\n",
+                "config.yaml:2:13: storage.map_size must be at least 1MiB (got \"1000kB\")");
+    kvs_config_t *c = parse_ok("limits: {max_frame: 1GiB}\nstorage: {map_size: 1MiB}\n");
+    CHECK_EQ(c->max_frame, 1ull << 30);
+    CHECK_EQ(c->map_size, 1ull << 20);
+    kvs_config_free(c);
+}
+
+KVS_TEST(bad_duration_values)
+{
+    parse_fails("storage:\n  sync_interval: soon\n",
+                "config.yaml:2:18: storage.sync_interval: \"soon\" is not a duration (write "
+                "milliseconds, or a number with ms, s or m, as in 1s)");
+    parse_fails("storage:\n  sync_interval: 0ms\n",
+                "config.yaml:2:18: storage.sync_interval must be from 1ms to 1h (got \"0ms\")");
+    parse_fails("storage:\n  sync_interval: 61m\n",
+                "config.yaml:2:18: storage.sync_interval must be from 1ms to 1h (got \"61m\")");
+    kvs_config_t *c = parse_ok("storage: {sync_interval: 60m}\n");
+    CHECK_EQ(c->sync_interval_ms, 3600000);
+    kvs_config_free(c);
+}
+
+KVS_TEST(listen_addresses)
+{
+    parse_fails("router:\n  listen: localhost:0\n",
+                "config.yaml:2:11: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\"localhost:0\"): port must be 1-65535");
+    parse_fails("router:\n  listen: \"::1:80\"\n",
+                "config.yaml:2:11: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\"::1:80\"): an IPv6 address must be in brackets, as in [::1]:9527");
+    parse_fails("router:\n  listen: \":80\"\n",
+                "config.yaml:2:11: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\":80\"): missing host (use 0.0.0.0:PORT for every interface)");
+    parse_fails("router: {listen: \"\"}\n", "config.yaml:1:18: router.listen must be HOST:PORT "
+                                            "or [IPV6]:PORT (got \"\"): missing :PORT");
+    parse_fails("node:\n  listen: myhost\n",
+                "config.yaml:2:11: node.listen must be \"\", HOST:PORT or [IPV6]:PORT (got "
+                "\"myhost\"): missing :PORT");
+    /* Shard N listens on PORT+N: 65534 + 3 does not fit. */
+    parse_fails("node:\n  listen: 0.0.0.0:65534\n",
+                "config.yaml:2:11: node.listen port 65534 + highest shard id 3 is past 65535 "
+                "(shard N listens on PORT+N)");
+    kvs_config_t *c = parse_ok("router: {listen: \"[fe80::1]:1\"}\nnode: {listen: h:65532}\n");
+    CHECK_STR(c->router_listen, "[fe80::1]:1");
+    CHECK_STR(c->node_listen, "h:65532");
+    kvs_config_free(c);
+}
+
+KVS_TEST(null_and_wrong_type_values)
+{
+    parse_fails("data_dir: ~\n", "config.yaml:1:11: data_dir: expected a string, got null");
+    parse_fails("data_dir:\n", "config.yaml:1:10: data_dir: expected a string, got null");
+    parse_fails("data_dir: \"\"\n", "config.yaml:1:11: data_dir must not be empty");
+    parse_fails("data_dir: [a, b]\n", "config.yaml:1:11: data_dir: expected a string, got a list");
+    parse_fails("cluster: 4\n", "config.yaml:1:10: cluster: expected a mapping, got \"4\"");
+    parse_fails("kafka:\n  group_id: \"\"\n", "config.yaml:2:13: kafka.group_id must not be empty");
+    /* Quoted "" is a string: Kafka off. */
+    kvs_config_t *c = parse_ok("kafka: {brokers: \"\"}\n");
+    CHECK_STR(c->kafka_brokers, "");
+    kvs_config_free(c);
+}
+
+KVS_TEST(log_levels)
+{
+    static const char *const ok[][2] = {
+        {"debug", "debug"},     {"info", "info"},   {"warn", "warn"},
+        {"warning", "warning"}, {"ERROR", "error"},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        char text[64];
+        snprintf(text, sizeof(text), "log: {level: %s}\n", ok[i][0]);
+        kvs_config_t *c = parse_ok(text);
+        CHECK_STR(c->log_level, ok[i][1]);
+        kvs_config_free(c);
+    }
+    parse_fails("log:\n  level: loud\n", "config.yaml:2:10: log.level must be one of debug, info, "
+                                         "warn, error (got \"loud\")");
+}
+
+KVS_TEST(bindings_default_format_and_block_style)
+{
+    kvs_config_t *c = parse_ok("kafka:\n"
+                               "  brokers: localhost:9092\n"
+                               "  bindings:\n"
+                               "    - topic: users\n"
+                               "      table: users_t\n"
+                               "    - topic: names\n"
+                               "      table: names\n"
+                               "      format: string\n");
+    CHECK_EQ(c->n_bindings, 2);
+    CHECK_STR(c->bindings[0].topic, "users");
+    CHECK_STR(c->bindings[0].table, "users_t");
+    CHECK_EQ(c->bindings[0].format, KVS_FORMAT_RAW);
+    CHECK_STR(c->bindings[1].topic, "names");
+    CHECK_EQ(c->bindings[1].format, KVS_FORMAT_STRING);
+    kvs_config_free(c);
+}
+
+KVS_TEST(bindings_errors)
+{
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, format: json}\n",
+                "config.yaml:3:36: kafka.bindings[0].format must be one of raw, string, value "
+                "(got \"json\")");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t}\n",
+                "config.yaml:3:7: kafka.bindings[0]: missing \"table\"");
+    parse_fails("kafka:\n  bindings:\n    - {table: t}\n",
+                "config.yaml:3:7: kafka.bindings[0]: missing \"topic\"");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitions: 3}\n",
+                "config.yaml:3:28: unknown key \"partitions\" in \"kafka.bindings[0]\"");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: __kvs}\n",
+                "config.yaml:3:25: kafka.bindings[0].table: table names must not start with "
+                "\"__\" (reserved) (got \"__kvs\")");
+    parse_fails("kafka:\n  bindings:\n    - {topic: \"\", table: t}\n",
+                "config.yaml:3:15: kafka.bindings[0].topic: topic names must not be empty (got "
+                "\"\")");
+    parse_fails("kafka:\n  bindings:\n    - {topic: a b, table: t}\n",
+                "config.yaml:3:15: kafka.bindings[0].topic: Kafka topic names use only letters, "
+                "digits, '.', '_' and '-' (got \"a b\")");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, topic: u, table: x}\n",
+                "config.yaml:3:18: duplicate key \"topic\" in \"kafka.bindings[0]\" (first at "
+                "line 3)");
+    parse_fails("kafka:\n  bindings:\n    - users\n",
+                "config.yaml:3:7: kafka.bindings[0]: expected a mapping with topic and table, "
+                "got \"users\"");
+    parse_fails("kafka:\n  bindings: {topic: t}\n",
+                "config.yaml:2:13: kafka.bindings: expected a list of {topic, table, format}, got "
+                "a mapping");
+}
+
+KVS_TEST(bindings_table_name_length)
+{
+    char text[512], name[202];
+    memset(name, 'x', 201);
+    name[201] = '\0';
+    snprintf(text, sizeof(text), "kafka: {bindings: [{topic: t, table: %s}]}\n", name);
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_parse("config.yaml", text, strlen(text), &c, err, sizeof(err)),
+             KVS_ECONFIG);
+    CHECK_CONTAINS(err, "config.yaml:1:38: kafka.bindings[0].table: table names must be at "
+                        "most 200 bytes");
+    name[200] = '\0'; /* exactly 200 is fine */
+    snprintf(text, sizeof(text), "kafka: {bindings: [{topic: t, table: %s}]}\n", name);
+    c = parse_ok(text);
+    CHECK_EQ(strlen(c->bindings[0].table), 200);
+    kvs_config_free(c);
+}
+
+KVS_TEST(bindings_duplicates)
+{
+    parse_fails("kafka:\n"
+                "  bindings:\n"
+                "    - {topic: users, table: a}\n"
+                "    - {topic: users, table: b}\n",
+                "config.yaml:4:15: kafka.bindings[1].topic: topic \"users\" is already bound in "
+                "kafka.bindings[0]");
+    parse_fails("kafka:\n"
+                "  bindings:\n"
+                "    - {topic: t1, table: a}\n"
+                "    - {topic: t2, table: a}\n",
+                "config.yaml:4:26: kafka.bindings[1].table: table \"a\" is already bound to topic "
+                "\"t1\" in kafka.bindings[0] (a table takes its partitions from one topic)");
+}
+
+KVS_TEST(kafka_properties)
+{
+    kvs_config_t *c = parse_ok("kafka:\n"
+                               "  properties:\n"
+                               "    socket.timeout.ms: 5000\n"
+                               "    api.version.request: true\n"
+                               "    client.id: \"kvs node\"\n");
+    CHECK_EQ(c->n_kafka_properties, 3);
+    CHECK_STR(c->kafka_properties[0].key, "socket.timeout.ms");
+    CHECK_STR(c->kafka_properties[0].value, "5000");
+    CHECK_STR(c->kafka_properties[1].key, "api.version.request");
+    CHECK_STR(c->kafka_properties[1].value, "true");
+    CHECK_STR(c->kafka_properties[2].key, "client.id");
+    CHECK_STR(c->kafka_properties[2].value, "kvs node");
+    kvs_config_free(c);
+    parse_fails("kafka:\n  properties:\n    acks: [1, 2]\n",
+                "config.yaml:3:11: kafka.properties.acks: expected a string, got a list");
+    parse_fails("kafka:\n  properties:\n    acks: ~\n",
+                "config.yaml:3:11: kafka.properties.acks: expected a string, got null");
+    parse_fails(
+        "kafka:\n  properties:\n    acks: all\n    acks: 1\n",
+        "config.yaml:4:5: duplicate key \"acks\" in \"kafka.properties\" (first at line 3)");
+    parse_fails("kafka:\n  properties: [acks]\n",
+                "config.yaml:2:15: kafka.properties: expected a mapping of librdkafka "
+                "properties, got a list");
+}
+
+KVS_TEST(yaml_syntax_error)
+{
+    parse_fails(
+        "cluster:\n  shards: 4\n partitions: 8\n",
+        "config.yaml:3:2: did not find expected key (while parsing a block mapping at line 1 "
+        "column 1)");
+    parse_fails("data_dir: a: b\n",
+                "config.yaml:1:12: mapping values are not allowed in this context");
+    parse_fails("cluster: {shards: 4\n",
+                "config.yaml:2:1: did not find expected ',' or '}' (while parsing a flow "
+                "mapping at line 1 column 10)");
+    parse_fails("\tcluster: {}\n", "config.yaml:1:1: found character that cannot start any "
+                                   "token (while scanning for the next token at line 1 column 1)");
+}
+
+KVS_TEST(top_level_must_be_one_mapping)
+{
+    parse_fails("- data_dir: x\n", "config.yaml:1:1: the top level must be a mapping of keys "
+                                   "such as \"data_dir: ./data\", got a list");
+    parse_fails("hello\n", "config.yaml:1:1: the top level must be a mapping of keys such as "
+                           "\"data_dir: ./data\", got \"hello\"");
+    parse_fails("data_dir: a\n---\ndata_dir: b\n",
+                "config.yaml:3:1: only one YAML document is allowed");
+}
+
+KVS_TEST(aliases_are_bounded)
+{
+    /* An alias that points back at its own parent must not loop. */
+    parse_fails("kafka: &k\n  properties: *k\n",
+                "config.yaml:1:8: kafka.properties.properties: expected a string, got a mapping");
+    kvs_config_t *c = parse_ok("cluster:\n  shards: &n 16\n  partitions: *n\n");
+    CHECK_EQ(c->partitions, 16);
+    kvs_config_free(c);
+}
+
+KVS_TEST(error_buffer_is_optional_and_bounded)
+{
+    const char *text = "cluster:\n  shard: 4\n";
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_parse("config.yaml", text, strlen(text), &c, NULL, 0), KVS_ECONFIG);
+    CHECK(c == NULL);
+    char small[16];
+    memset(small, 'z', sizeof(small));
+    CHECK_EQ(kvs_config_parse("config.yaml", text, strlen(text), &c, small, sizeof(small)),
+             KVS_ECONFIG);
+    CHECK_STR(small, "config.yaml:2:3");
+}
+
+KVS_TEST(load_from_temp_file)
+{
+    char path[] = "/tmp/kvs_test_config_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, full_yaml, strlen(full_yaml)), (long long)strlen(full_yaml));
+    close(fd);
+    kvs_config_t *c = NULL;
+    int rc = kvs_config_load(path, &c, err, sizeof(err));
+    CHECK_EQ(rc, 0);
+    CHECK_STR(c->path, path);
+    CHECK_EQ(c->shards, 8);
+    CHECK_EQ(c->n_bindings, 3);
+    CHECK_STR(c->log_level, "debug");
+    kvs_config_free(c);
+
+    /* Errors from a file name the file. */
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs("storage:\n  sync: fast\n", f);
+    fclose(f);
+    CHECK_EQ(kvs_config_load(path, &c, err, sizeof(err)), KVS_ECONFIG);
+    CHECK(c == NULL);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "%s:2:9: storage.sync must be one of full, batch, none (got \"fast\")", path);
+    CHECK_STR(err, want);
+    unlink(path);
+}
+
+KVS_TEST(load_missing_file_and_directory)
+{
+    kvs_config_t *c = (kvs_config_t *)&c;
+    CHECK_EQ(kvs_config_load("/nonexistent/kvs/config.yaml", &c, err, sizeof(err)), -ENOENT);
+    CHECK(c == NULL);
+    CHECK_STR(err, "/nonexistent/kvs/config.yaml: cannot open: No such file or directory");
+    CHECK_EQ(kvs_config_load("/tmp", &c, err, sizeof(err)), -EISDIR);
+    CHECK_STR(err, "/tmp: cannot read: Is a directory");
+}
+
+KVS_TEST(parse_size_table)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        uint64_t want;
+    } cases[] = {
+        {"0", 0, 0},
+        {"1000", 0, 1000},
+        {"17B", 0, 17},
+        {"1KiB", 0, 1024},
+        {"4MiB", 0, 4ull << 20},
+        {"3GiB", 0, 3ull << 30},
+        {"2TiB", 0, 2ull << 40},
+        {"5kB", 0, 5000},
+        {"2MB", 0, 2000000},
+        {"2GB", 0, 2000000000ull},
+        {"1TB", 0, 1000000000000ull},
+        {"18446744073709551615", 0, UINT64_MAX},
+        {"16777215TiB", 0, 16777215ull << 40},
+        {"18446744073709551616", KVS_EINVAL, 0}, /* digits overflow */
+        {"16777216TiB", KVS_EINVAL, 0},          /* multiplication overflows */
+        {"", KVS_EINVAL, 0},
+        {"-1", KVS_EINVAL, 0},
+        {"+1", KVS_EINVAL, 0},
+        {"MiB", KVS_EINVAL, 0},
+        {"4 MiB", KVS_EINVAL, 0},
+        {" 4", KVS_EINVAL, 0},
+        {"4mib", KVS_EINVAL, 0},
+        {"4KB", KVS_EINVAL, 0},
+        {"1.5GiB", KVS_EINVAL, 0},
+        {"4MiBx", KVS_EINVAL, 0},
+        {"0x10", KVS_EINVAL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t v = 12345;
+        int rc = kvs_config_parse_size(cases[i].in, &v);
+        if (rc != cases[i].rc)
+            fprintf(stderr, "case \"%s\"\n", cases[i].in);
+        CHECK_EQ(rc, cases[i].rc);
+        if (rc == 0)
+            CHECK(v == cases[i].want);
+        else
+            CHECK_EQ(v, 12345); /* untouched on failure */
+    }
+}
+
+KVS_TEST(parse_duration_table)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        uint64_t want;
+    } cases[] = {
+        {"0", 0, 0},
+        {"500", 0, 500},
+        {"250ms", 0, 250},
+        {"1s", 0, 1000},
+        {"2m", 0, 120000},
+        {"60m", 0, 3600000},
+        {"18446744073709551615ms", 0, UINT64_MAX},
+        {"18446744073709551615s", KVS_EINVAL, 0},
+        {"", KVS_EINVAL, 0},
+        {"-5s", KVS_EINVAL, 0},
+        {"s", KVS_EINVAL, 0},
+        {"1h", KVS_EINVAL, 0},
+        {"1 s", KVS_EINVAL, 0},
+        {"1.5s", KVS_EINVAL, 0},
+        {"10sec", KVS_EINVAL, 0},
+        {"1S", KVS_EINVAL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t v = 777;
+        int rc = kvs_config_parse_duration_ms(cases[i].in, &v);
+        if (rc != cases[i].rc)
+            fprintf(stderr, "case \"%s\"\n", cases[i].in);
+        CHECK_EQ(rc, cases[i].rc);
+        if (rc == 0)
+            CHECK(v == cases[i].want);
+        else
+            CHECK_EQ(v, 777);
+    }
+}
+
+KVS_TEST(free_accepts_null)
+{
+    kvs_config_free(NULL);
+    kvs_config_t *c = parse_ok("log: {level: warn}\n");
+    CHECK_STR(c->log_level, "warn");
+    kvs_config_free(c);
+}
+
+KVS_TEST_MAIN(KVS_CASE(defaults_from_empty_string),
+              KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
+              KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
+              KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
+              KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
+              KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
+              KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
+              KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
+              KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
+              KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
+              KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
+              KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+              KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null))
