@@ -1,0 +1,348 @@
+/*
+ * node_cmd: the nine hash commands plus Hscan and Ping, on one shard.
+ *
+ * Values are stored as encoded kvs.Value bytes, so reads copy stored bytes
+ * straight into the response (kvs_resp) without decoding them. Writes that
+ * return the previous value copy it into the response *before* writing,
+ * because LMDB may reuse the page the old value lived on.
+ *
+ * Multi-key writes reserve room for all their keys first, so the whole
+ * command lands in one LMDB txn: a crash shows all of it or none of it.
+ *
+ * Every error a user can cause becomes a status and a message; storage
+ * errors map to 507 (full, limit) or 500 (anything else).
+ */
+#include "node_cmd.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_resp.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef int (*cmd_fn)(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r);
+
+/* Replaces a partial response with an error for a storage failure. */
+static void store_error(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table, int err)
+{
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    switch (err) {
+    case KVS_EFULL:
+        kvs_resp_status(r, KVS_STATUS_NO_SPACE);
+        kvs_resp_message(r, "storage is full; nothing from this request was stored (free disk "
+                            "space on the data directory)");
+        break;
+    case KVS_ELIMIT:
+        kvs_resp_status(r, KVS_STATUS_NO_SPACE);
+        kvs_resp_message(r,
+                         "cannot create table \"%s\": this shard already holds storage.max_tables "
+                         "(%u) tables; raise the limit in config.yaml",
+                         table, ctx->max_tables);
+        break;
+    default:
+        kvs_resp_status(r, KVS_STATUS_INTERNAL);
+        kvs_resp_message(r, "storage error (%s); nothing from this request was stored",
+                         kvs_strerror(err));
+        break;
+    }
+}
+
+/* Appends the stored value of `key` (or an empty Value) to `values`.
+ * Returns 1 if found, 0 if not, or a negative error. */
+static int append_stored(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table,
+                         const ProtobufCBinaryData *key)
+{
+    node_slice_t v;
+    int rc = node_store_get(ctx->store, table, key->data, key->len, &v);
+    if (rc == KVS_ENOTFOUND) {
+        kvs_resp_value(r, NULL, 0);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    kvs_resp_value(r, v.p, v.len);
+    return 1;
+}
+
+/* The response grew past max_frame: replace it with 413. */
+static int too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, const char *hint)
+{
+    size_t size = kvs_resp_size(r);
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r, "%s answer would exceed limits.max_frame (%zu bytes, at least %zu); %s",
+                     cmd, ctx->max_frame, size, hint);
+    return 0;
+}
+
+/* Encodes a request Value for storage into arena memory. */
+static int encode_value(node_cmd_ctx_t *ctx, const Kvs__Value *v, node_slice_t *out)
+{
+    size_t n = kvs__value__get_packed_size(v);
+    uint8_t *p = kvs_arena_alloc(&ctx->arena, n ? n : 1);
+    if (p == NULL)
+        return -ENOMEM;
+    kvs__value__pack(v, p);
+    out->p = p;
+    out->len = n;
+    return 0;
+}
+
+/* ---- single-key --------------------------------------------------------- */
+
+static int cmd_hget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hget *m = req->hget;
+    node_slice_t v;
+    int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
+    if (rc == KVS_ENOTFOUND) {
+        kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
+        kvs_resp_message(r, "key not found in table \"%s\"", m->table);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_value(r, v.p, v.len);
+    return 0;
+}
+
+static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hset *m = req->hset;
+    node_slice_t enc;
+    int rc = encode_value(ctx, m->value, &enc);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    rc = append_stored(ctx, r, m->table, &m->key);
+    if (rc < 0)
+        return rc;
+    return node_store_put(ctx->store, m->table, m->key.data, m->key.len, enc.p, enc.len);
+}
+
+static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hdel *m = req->hdel;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    int rc = append_stored(ctx, r, m->table, &m->key);
+    if (rc <= 0)
+        return rc; /* absent: nothing to delete, the empty Value says so */
+    rc = node_store_del(ctx->store, m->table, m->key.data, m->key.len);
+    return rc == KVS_ENOTFOUND ? 0 : rc;
+}
+
+static int cmd_hexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hexist *m = req->hexist;
+    node_slice_t v;
+    int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
+    if (rc != 0 && rc != KVS_ENOTFOUND)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_bool(r, rc == 0);
+    return 0;
+}
+
+/* ---- multi-key ------------------------------------------------------------ */
+
+static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hmget *m = req->hmget;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_keys; i++) {
+        int rc = append_stored(ctx, r, m->table, &m->keys[i]);
+        if (rc < 0)
+            return rc;
+        if (kvs_resp_size(r) > ctx->max_frame)
+            return too_large(ctx, r, "Hmget", "ask for fewer keys per request");
+    }
+    return 0;
+}
+
+static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hmexist *m = req->hmexist;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_keys; i++) {
+        node_slice_t v;
+        int rc = node_store_get(ctx->store, m->table, m->keys[i].data, m->keys[i].len, &v);
+        if (rc != 0 && rc != KVS_ENOTFOUND)
+            return rc;
+        kvs_resp_bool(r, rc == 0);
+    }
+    return 0;
+}
+
+static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hmset *m = req->hmset;
+    size_t bytes = 0;
+    for (size_t i = 0; i < m->n_pairs; i++)
+        bytes += m->pairs[i]->key.len + kvs__value__get_packed_size(m->pairs[i]->value);
+    int rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_pairs && rc == 0; i++) {
+        const Kvs__Kvpair *p = m->pairs[i];
+        node_slice_t enc;
+        rc = encode_value(ctx, p->value, &enc);
+        if (rc == 0)
+            rc = append_stored(ctx, r, m->table, &p->key);
+        if (rc >= 0)
+            rc = node_store_put(ctx->store, m->table, p->key.data, p->key.len, enc.p, enc.len);
+    }
+    node_store_reserve_end(ctx->store);
+    return rc;
+}
+
+static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hmdel *m = req->hmdel;
+    size_t bytes = 0;
+    for (size_t i = 0; i < m->n_keys; i++)
+        bytes += m->keys[i].len;
+    int rc = node_store_reserve(ctx->store, m->n_keys, bytes);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_keys && rc >= 0; i++) {
+        rc = append_stored(ctx, r, m->table, &m->keys[i]);
+        if (rc == 1) {
+            rc = node_store_del(ctx->store, m->table, m->keys[i].data, m->keys[i].len);
+            if (rc == KVS_ENOTFOUND) /* the same key twice in one request */
+                rc = 0;
+        }
+    }
+    node_store_reserve_end(ctx->store);
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- whole table ------------------------------------------------------------ */
+
+typedef struct scan_state_s {
+    node_cmd_ctx_t *ctx;
+    kvs_resp_t *r;
+    uint32_t left;     /* pairs still wanted (UINT32_MAX: all) */
+    uint32_t taken;    /* pairs added so far */
+    size_t limit;      /* response bytes allowed */
+    int overflow;      /* stopped because of `limit` */
+    node_slice_t next; /* first key not returned, copied */
+    uint8_t next_buf[KVS_MAX_KEY];
+} scan_state_t;
+
+static int scan_one(void *arg, node_slice_t key, node_slice_t val)
+{
+    scan_state_t *st = arg;
+    /* The first pair is always taken, however large, so a walk always
+     * makes progress; later ones must fit the soft limit. */
+    if (st->left == 0 ||
+        (st->taken > 0 && kvs_resp_size(st->r) + key.len + val.len + 16 > st->limit)) {
+        st->overflow = st->left != 0;
+        size_t n = key.len < sizeof(st->next_buf) ? key.len : sizeof(st->next_buf);
+        memcpy(st->next_buf, key.p, n);
+        st->next.p = st->next_buf;
+        st->next.len = n;
+        return 1;
+    }
+    kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
+    st->left--;
+    st->taken++;
+    return 0;
+}
+
+static int cmd_hgetall(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    scan_state_t st = {.ctx = ctx, .r = r, .left = UINT32_MAX, .limit = ctx->max_frame};
+    kvs_resp_status(r, KVS_STATUS_OK);
+    int rc = node_store_scan(ctx->store, req->hgetall->table, NULL, 0, scan_one, &st);
+    if (rc != 0)
+        return rc;
+    if (st.overflow || kvs_resp_size(r) > ctx->max_frame)
+        return too_large(ctx, r, "Hgetall", "read the table in pages with Hscan");
+    return 0;
+}
+
+static int cmd_hscan(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hscan *m = req->hscan;
+    uint32_t count = m->count == 0 ? NODE_SCAN_DEFAULT : m->count;
+    if (count > NODE_SCAN_MAX)
+        count = NODE_SCAN_MAX;
+    /* Leave room for the cursor and the frame itself. */
+    scan_state_t st = {.ctx = ctx, .r = r, .left = count, .limit = ctx->max_frame - 1024};
+    kvs_resp_status(r, KVS_STATUS_OK);
+    int rc = node_store_scan(ctx->store, m->table, m->cursor.data, m->cursor.len, scan_one, &st);
+    if (rc != 0)
+        return rc;
+    if (st.next.len > 0)
+        kvs_resp_cursor(r, st.next.p, st.next.len);
+    return 0;
+}
+
+static int cmd_ping(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    (void)ctx;
+    (void)req;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_message(r, "PONG");
+    return 0;
+}
+
+static const cmd_fn commands[] = {
+    [KVS__COMMAND_REQUEST__COMMAND_HGET] = cmd_hget,
+    [KVS__COMMAND_REQUEST__COMMAND_HGETALL] = cmd_hgetall,
+    [KVS__COMMAND_REQUEST__COMMAND_HMGET] = cmd_hmget,
+    [KVS__COMMAND_REQUEST__COMMAND_HSET] = cmd_hset,
+    [KVS__COMMAND_REQUEST__COMMAND_HMSET] = cmd_hmset,
+    [KVS__COMMAND_REQUEST__COMMAND_HDEL] = cmd_hdel,
+    [KVS__COMMAND_REQUEST__COMMAND_HMDEL] = cmd_hmdel,
+    [KVS__COMMAND_REQUEST__COMMAND_HEXIST] = cmd_hexist,
+    [KVS__COMMAND_REQUEST__COMMAND_HMEXIST] = cmd_hmexist,
+    [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = cmd_hscan,
+    [KVS__COMMAND_REQUEST__COMMAND_PING] = cmd_ping,
+};
+
+int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
+{
+    kvs_resp_t r;
+    kvs_resp_begin(&r, out);
+    size_t c = (size_t)req->command_case;
+    int rc = KVS_EINVAL;
+    if (c < sizeof(commands) / sizeof(commands[0]) && commands[c] != NULL)
+        rc = commands[c](ctx, req, &r);
+    if (rc == -ENOMEM) {
+        kvs_resp_abort(&r);
+        return kvs_msg_append_status(out, KVS_STATUS_INTERNAL, "server out of memory");
+    }
+    if (rc == KVS_EINVAL) {
+        kvs_resp_abort(&r);
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, "unsupported command");
+    }
+    if (rc != 0)
+        store_error(ctx, &r, kvs_msg_request_table(req), rc);
+    return kvs_resp_end(&r);
+}
+
+int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    char msg[512];
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+    int rc;
+    if (req == NULL) {
+        rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                   "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
+                                   len);
+    } else {
+        uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
+        if (st != KVS_STATUS_OK)
+            rc = kvs_msg_append_status(out, st, "%s", msg);
+        else
+            rc = node_cmd_execute(ctx, req, out);
+    }
+    kvs_arena_reset(&ctx->arena);
+    return rc;
+}

@@ -1,0 +1,293 @@
+/*
+ * kvs-node: one shard worker.
+ *
+ *   kvs-node --config FILE --shard N [--listen HOST:PORT] [--socket PATH]
+ *
+ * Opens <data_dir>/shard-N/ (one LMDB environment), listens on a unix
+ * socket (default <data_dir>/shard-N.sock) and, if asked, on TCP, and serves
+ * the kvs protocol until SIGTERM/SIGINT. On the first signal it stops
+ * accepting, answers what it received, commits, closes the environment and
+ * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
+ *
+ * Normally started by kvs-router; runs stand-alone just as well.
+ */
+#include "kvs_addr.h"
+#include "kvs_config.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "node_server.h"
+#include "node_store.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define DRAIN_TIMEOUT_MS 10000
+
+typedef struct node_args_s {
+    const char *config;
+    long shard;
+    const char *listen;
+    const char *socket;
+} node_args_t;
+
+typedef struct node_main_s {
+    uv_loop_t *loop;
+    node_server_t *srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain;
+    int signals;
+    int exit_code;
+} node_main_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvs-node --config FILE --shard N [--listen HOST:PORT] [--socket PATH]\n"
+               "\n"
+               "Serves shard N of the cluster described by FILE from <data_dir>/shard-N/.\n"
+               "  --config FILE       config.yaml (required)\n"
+               "  --shard N           shard id, 0 <= N < cluster.shards (required)\n"
+               "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
+               "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n");
+}
+
+static int parse_args(int argc, char **argv, node_args_t *a)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"shard", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'}, {"socket", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    memset(a, 0, sizeof(*a));
+    a->shard = -1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:s:l:u:h", opts, NULL)) != -1) {
+        char *end;
+        switch (ch) {
+        case 'c':
+            a->config = optarg;
+            break;
+        case 's':
+            a->shard = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || a->shard < 0) {
+                fprintf(stderr, "kvs-node: --shard must be a non-negative integer\n");
+                return -1;
+            }
+            break;
+        case 'l':
+            a->listen = optarg;
+            break;
+        case 'u':
+            a->socket = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (a->config == NULL || a->shard < 0 || optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Works out the addresses to listen on. Returns the count or -1. */
+static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_t addrs[2])
+{
+    char err[256], text[4200];
+    int n = 0;
+    if (a->socket != NULL)
+        snprintf(text, sizeof(text), "unix:%s", a->socket);
+    else
+        snprintf(text, sizeof(text), "unix:%s/shard-%ld.sock", cfg->data_dir, a->shard);
+    if (kvs_addr_parse(text, 0, &addrs[n], err, sizeof(err)) != 0) {
+        kvs_error("socket path: %s; pass a shorter one with --socket", err);
+        return -1;
+    }
+    n++;
+    if (a->listen != NULL) {
+        if (kvs_addr_parse(a->listen, 1, &addrs[n], err, sizeof(err)) != 0) {
+            kvs_error("--listen: %s", err);
+            return -1;
+        }
+        n++;
+    } else if (cfg->node_listen[0] != '\0') {
+        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], err, sizeof(err)) != 0 ||
+            addrs[n].port + a->shard > 65535) {
+            kvs_error("node.listen \"%s\": cannot derive shard %ld's port", cfg->node_listen,
+                      a->shard);
+            return -1;
+        }
+        addrs[n].port = (uint16_t)(addrs[n].port + a->shard);
+        n++;
+    }
+    return n;
+}
+
+/* ---- signals and shutdown --------------------------------------------------- */
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_stopped(void *arg)
+{
+    node_main_t *m = arg;
+    uv_walk(m->loop, close_any, NULL); /* signals, drain timer */
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    node_main_t *m = t->data;
+    kvs_warn("clients did not drain within %d ms; closing them", DRAIN_TIMEOUT_MS);
+    node_server_abort_clients(m->srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    node_main_t *m = h->data;
+    if (m->signals++ > 0) {
+        kvs_warn("second signal: closing clients now");
+        node_server_abort_clients(m->srv);
+        return;
+    }
+    kvs_info("received %s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    uv_timer_init(m->loop, &m->drain);
+    m->drain.data = m;
+    uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
+    uv_unref((uv_handle_t *)&m->drain);
+    node_server_stop(m->srv, on_stopped, m);
+}
+
+static void watch_signals(node_main_t *m)
+{
+    uv_signal_init(m->loop, &m->sigterm);
+    uv_signal_init(m->loop, &m->sigint);
+    m->sigterm.data = m->sigint.data = m;
+    uv_signal_start(&m->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m->sigint, on_signal, SIGINT);
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out)
+{
+    char dir[4096], placement[64], err[1024];
+    snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
+    snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards,
+             cfg->partitions);
+    int rc = make_dirs(cfg->data_dir);
+    if (rc != 0) {
+        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
+        return rc;
+    }
+    node_store_opts_t so = {
+        .dir = dir,
+        .shard = (uint32_t)shard,
+        .placement = placement,
+        .map_size = cfg->map_size,
+        .max_tables = cfg->max_tables,
+        .sync = cfg->sync,
+        .fail_cb = node_server_fail_cb,
+        .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
+    };
+    rc = node_store_open(&so, out, err, sizeof(err));
+    if (rc != 0)
+        kvs_error("%s", err);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    node_args_t args;
+    char err[1024];
+    kvs_config_t *cfg = NULL;
+    node_store_t *store = NULL;
+    node_main_t m = {.exit_code = 0};
+
+    signal(SIGPIPE, SIG_IGN);
+    kvs_log_init("node", -1, KVS_LOG_INFO);
+    if (parse_args(argc, argv, &args) != 0)
+        return 2;
+    if (kvs_config_load(args.config, &cfg, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
+        return 1;
+    }
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse(cfg->log_level, &level);
+    kvs_log_init("node", (int)args.shard, level);
+    if ((uint32_t)args.shard >= cfg->shards) {
+        kvs_error("--shard %ld is out of range: %s has cluster.shards = %u (shards 0..%u)",
+                  args.shard, args.config, cfg->shards, cfg->shards - 1);
+        kvs_config_free(cfg);
+        return 1;
+    }
+    kvs_addr_t addrs[2];
+    int n_addrs = listen_addrs(cfg, &args, addrs);
+    if (n_addrs < 0 || open_store(cfg, args.shard, &store) != 0) {
+        kvs_config_free(cfg);
+        return 1;
+    }
+
+    m.loop = uv_default_loop();
+    node_server_opts_t so = {
+        .loop = m.loop,
+        .store = store,
+        .max_frame = (uint32_t)cfg->max_frame,
+        .max_tables = cfg->max_tables,
+        .addrs = addrs,
+        .n_addrs = (size_t)n_addrs,
+        .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
+    };
+    if (node_server_start(&so, &m.srv) != 0) {
+        node_store_close(store);
+        kvs_config_free(cfg);
+        return 1;
+    }
+    node_store_set_fail_arg(store, m.srv);
+    watch_signals(&m);
+    kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard,
+             cfg->data_dir, args.shard, node_store_table_count(store),
+             cfg->sync == KVS_SYNC_FULL ? "full" : cfg->sync == KVS_SYNC_BATCH ? "batch" : "none");
+
+    uv_run(m.loop, UV_RUN_DEFAULT);
+
+    int rc = node_store_close(store);
+    if (rc != 0) {
+        kvs_error("closing the store: %s", kvs_strerror(rc));
+        m.exit_code = 1;
+    }
+    node_server_free(m.srv);
+    uv_loop_close(m.loop);
+    kvs_config_free(cfg);
+    kvs_info("stopped");
+    return m.exit_code;
+}

@@ -1,0 +1,378 @@
+/*
+ * node_server: the worker's network side. Accepts clients on a unix socket
+ * and/or TCP, runs each request frame through node_cmd as it arrives, and at
+ * the end of every loop turn (the flusher's `before` step) commits the
+ * turn's write batch, then writes every client's responses in one go.
+ *
+ * Acknowledgement rule: a response is written only after the batch it ran
+ * in has committed. Responses are encoded immediately (in request order)
+ * into the client's output buffer, which is not flushed before the commit.
+ *
+ * Batch failure: each client remembers where in its output buffer its
+ * first response of the current batch starts (mark) and how many responses
+ * followed (marked). If the batch cannot commit, those responses are cut
+ * off and replaced by as many error responses, so nothing that was not
+ * stored is acknowledged and no uncommitted read is shown. A failure raised
+ * while a client's own request executes is applied after that request
+ * returns, so the handler's partial output is never cut under its feet.
+ *
+ * Shutdown: stop listening, let every client's queued responses drain,
+ * then close. The caller closes the store after the loop ends.
+ */
+#include "node_server.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_msg.h"
+#include "node_cmd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct node_client_s node_client_t;
+
+struct node_client_s {
+    kvs_conn_t conn;
+    node_server_t *srv;
+    uint64_t mark_gen; /* batch generation `mark` refers to (0 = none) */
+    size_t mark;       /* out offset of the first response in that batch */
+    uint32_t marked;   /* responses since mark */
+    node_client_t *batch_next; /* members of the current turn */
+    int on_batch_list;
+    node_client_t *prev, *next; /* all clients */
+};
+
+struct node_server_s {
+    uv_loop_t *loop;
+    node_store_t *store;
+    node_cmd_ctx_t cmd;
+    uint32_t max_frame;
+    kvs_listener_t listeners[2];
+    int n_listeners;
+    kvs_flusher_t flusher;
+    uv_timer_t sync_timer;
+    int sync_timer_on;
+    node_client_t *clients;
+    size_t n_clients;
+    node_client_t *batch_members;
+    node_client_t *executing;  /* client whose request is running */
+    uint64_t exec_fail_gen;    /* a batch failure raised during it */
+    int exec_fail_err;
+    int stopping;
+    node_server_stopped_cb on_stopped;
+    void *stopped_arg;
+    int closing_handles;
+};
+
+/* ---- batch failure ----------------------------------------------------- */
+
+static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (err == KVS_EFULL)
+            kvs_msg_append_status(out, KVS_STATUS_NO_SPACE,
+                                  "storage is full: the write batch holding this request was "
+                                  "not stored (free disk space on the data directory)");
+        else
+            kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                                  "storage error (%s): the write batch holding this request was "
+                                  "not stored",
+                                  kvs_strerror(err));
+    }
+}
+
+/* Replaces a client's responses from the failed batch with errors. */
+static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from, uint32_t extra)
+{
+    kvs_buf_t *out = &cl->conn.out;
+    uint32_t n = extra;
+    if (cl->mark_gen == gen) {
+        from = cl->mark;
+        n += cl->marked;
+    }
+    if (out->len > from)
+        out->len = from;
+    append_batch_errors(out, n, err);
+    cl->mark_gen = 0;
+    cl->marked = 0;
+}
+
+static void on_batch_failed(void *arg, uint64_t gen, int err)
+{
+    node_server_t *srv = arg;
+    kvs_error("write batch %llu failed: %s; its requests are answered with errors",
+              (unsigned long long)gen, kvs_strerror(err));
+    for (node_client_t *cl = srv->batch_members; cl != NULL; cl = cl->batch_next) {
+        if (cl == srv->executing) {
+            srv->exec_fail_gen = gen; /* applied when its request returns */
+            srv->exec_fail_err = err;
+            continue;
+        }
+        if (cl->mark_gen == gen)
+            rewrite_failed(cl, gen, err, cl->mark, 0);
+    }
+    if (srv->executing != NULL && srv->exec_fail_gen == 0) {
+        srv->exec_fail_gen = gen;
+        srv->exec_fail_err = err;
+    }
+}
+
+/* After a request ran: note that its response belongs to the open batch,
+ * or apply a failure raised while it ran. */
+static void track_batch(node_client_t *cl, size_t before)
+{
+    node_server_t *srv = cl->srv;
+    if (srv->exec_fail_gen != 0) {
+        rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
+        srv->exec_fail_gen = 0;
+        return;
+    }
+    uint64_t gen = node_store_batch_gen(srv->store);
+    if (gen == 0)
+        return;
+    if (cl->mark_gen != gen) {
+        cl->mark_gen = gen;
+        cl->mark = before;
+        cl->marked = 0;
+    }
+    cl->marked++;
+    if (!cl->on_batch_list) {
+        cl->on_batch_list = 1;
+        cl->batch_next = srv->batch_members;
+        srv->batch_members = cl;
+    }
+}
+
+static void batch_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->batch_members; *p != NULL; p = &(*p)->batch_next) {
+        if (*p == cl) {
+            *p = cl->batch_next;
+            break;
+        }
+    }
+    cl->on_batch_list = 0;
+}
+
+/* The flusher's `before` step: end of a loop turn. */
+static void on_turn_end(kvs_flusher_t *f)
+{
+    node_server_t *srv = f->data;
+    node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
+    while (srv->batch_members != NULL) {
+        node_client_t *cl = srv->batch_members;
+        srv->batch_members = cl->batch_next;
+        cl->on_batch_list = 0;
+        cl->mark_gen = 0;
+        cl->marked = 0;
+    }
+}
+
+/* ---- clients ------------------------------------------------------------- */
+
+static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    node_client_t *cl = c->data;
+    node_server_t *srv = cl->srv;
+    size_t before = c->out.len;
+    srv->executing = cl;
+    int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
+    srv->executing = NULL;
+    track_batch(cl, before);
+    if (rc != 0) {
+        kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
+        kvs_conn_close(c);
+        return;
+    }
+    kvs_conn_queue(c);
+}
+
+static void on_conn_error(kvs_conn_t *c, int err)
+{
+    node_client_t *cl = c->data;
+    if (err == KVS_ETOOBIG) {
+        kvs_warn("client sent a frame header announcing %u bytes (limits.max_frame is %u); "
+                 "closing it",
+                 c->dec.bad_len, cl->srv->max_frame);
+        kvs_msg_append_status(&c->out, KVS_STATUS_TOO_LARGE,
+                              "frame of %u bytes exceeds limits.max_frame (%u bytes); the "
+                              "connection is closed",
+                              c->dec.bad_len, cl->srv->max_frame);
+    } else if (err == KVS_EPROTO) {
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "compressed frames are not supported (header bit 31 set); the "
+                              "connection is closed");
+    }
+    kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
+}
+
+static void maybe_stopped(node_server_t *srv);
+
+static void on_conn_closed(kvs_conn_t *c)
+{
+    node_client_t *cl = c->data;
+    node_server_t *srv = cl->srv;
+    if (cl->on_batch_list)
+        batch_list_remove(srv, cl);
+    if (cl->prev != NULL)
+        cl->prev->next = cl->next;
+    else
+        srv->clients = cl->next;
+    if (cl->next != NULL)
+        cl->next->prev = cl->prev;
+    srv->n_clients--;
+    free(cl);
+    maybe_stopped(srv);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    node_server_t *srv = server->data;
+    if (status != 0) {
+        kvs_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    node_client_t *cl = calloc(1, sizeof(*cl));
+    if (cl == NULL) {
+        kvs_error("out of memory accepting a client");
+        return;
+    }
+    cl->srv = srv;
+    int is_unix = server->type == UV_NAMED_PIPE;
+    kvs_conn_init(&cl->conn, srv->loop, is_unix, srv->max_frame, on_frame, on_conn_error,
+                  on_conn_closed);
+    cl->conn.data = cl;
+    cl->conn.flusher = &srv->flusher;
+    cl->next = srv->clients;
+    if (srv->clients != NULL)
+        srv->clients->prev = cl;
+    srv->clients = cl;
+    srv->n_clients++;
+    int rc = kvs_conn_accept(&cl->conn, server);
+    if (rc != 0) {
+        kvs_warn("accept failed: %s", uv_strerror(rc));
+        kvs_conn_close(&cl->conn);
+    }
+}
+
+/* ---- sync timer (storage.sync: batch) -------------------------------------- */
+
+static void on_sync_timer(uv_timer_t *t)
+{
+    node_server_t *srv = t->data;
+    int rc = node_store_sync(srv->store);
+    if (rc != 0)
+        kvs_error("periodic sync failed: %s", kvs_strerror(rc));
+}
+
+/* ---- start / stop -------------------------------------------------------------- */
+
+static int add_listener(node_server_t *srv, const kvs_addr_t *a)
+{
+    char text[160];
+    kvs_listener_t *l = &srv->listeners[srv->n_listeners];
+    int rc = kvs_listen(srv->loop, a, l, on_connection);
+    if (rc != 0) {
+        kvs_error("cannot listen on %s: %s", kvs_addr_format(a, text, sizeof(text)),
+                  uv_strerror(rc));
+        return rc;
+    }
+    l->handle.data = srv;
+    srv->n_listeners++;
+    kvs_info("listening on %s", kvs_addr_format(a, text, sizeof(text)));
+    return 0;
+}
+
+int node_server_start(const node_server_opts_t *o, node_server_t **out)
+{
+    node_server_t *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL)
+        return -ENOMEM;
+    srv->loop = o->loop;
+    srv->store = o->store;
+    srv->max_frame = o->max_frame;
+    srv->cmd.store = o->store;
+    srv->cmd.max_frame = o->max_frame;
+    srv->cmd.max_tables = o->max_tables;
+    kvs_arena_init(&srv->cmd.arena);
+    int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
+    for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
+        rc = add_listener(srv, &o->addrs[i]);
+    if (rc == 0 && o->sync_interval_ms > 0) {
+        uv_timer_init(o->loop, &srv->sync_timer);
+        srv->sync_timer.data = srv;
+        uv_timer_start(&srv->sync_timer, on_sync_timer, o->sync_interval_ms,
+                       o->sync_interval_ms);
+        srv->sync_timer_on = 1;
+    }
+    if (rc != 0) {
+        /* Handles already open are closed by the caller's loop teardown. */
+        return rc;
+    }
+    *out = srv;
+    return 0;
+}
+
+void node_server_fail_cb(void *arg, uint64_t gen, int err)
+{
+    on_batch_failed(arg, gen, err);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    node_server_t *srv = h->data;
+    if (--srv->closing_handles == 0 && srv->on_stopped != NULL)
+        srv->on_stopped(srv->stopped_arg);
+}
+
+static void close_handle(node_server_t *srv, uv_handle_t *h)
+{
+    h->data = srv;
+    srv->closing_handles++;
+    uv_close(h, on_handle_closed);
+}
+
+static void maybe_stopped(node_server_t *srv)
+{
+    if (!srv->stopping || srv->n_clients > 0 || srv->closing_handles > 0)
+        return;
+    node_store_end_turn(srv->store);
+    uv_check_stop(&srv->flusher.check);
+    close_handle(srv, (uv_handle_t *)&srv->flusher.check);
+    if (srv->sync_timer_on)
+        close_handle(srv, (uv_handle_t *)&srv->sync_timer);
+}
+
+void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    srv->on_stopped = cb;
+    srv->stopped_arg = arg;
+    for (int i = 0; i < srv->n_listeners; i++)
+        uv_close(&srv->listeners[i].handle, NULL);
+    srv->n_listeners = 0;
+    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next)
+        kvs_conn_close_after_flush(&cl->conn);
+    kvs_info("shutting down: %zu client(s) draining", srv->n_clients);
+    maybe_stopped(srv);
+}
+
+void node_server_free(node_server_t *srv)
+{
+    if (srv == NULL)
+        return;
+    kvs_arena_close(&srv->cmd.arena);
+    free(srv);
+}
+
+size_t node_server_clients(const node_server_t *srv)
+{
+    return srv->n_clients;
+}
+
+void node_server_abort_clients(node_server_t *srv)
+{
+    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next)
+        kvs_conn_close(&cl->conn);
+}

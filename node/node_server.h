@@ -1,0 +1,47 @@
+/*
+ * node_server: the worker's listeners, clients and per-turn group commit.
+ * See node_server.c for the acknowledgement rule.
+ */
+#ifndef NODE_SERVER_H
+#define NODE_SERVER_H
+
+#include "kvs_addr.h"
+#include "kvs_conn.h"
+#include "node_store.h"
+
+#include <uv.h>
+
+typedef struct node_server_s node_server_t;
+
+typedef void (*node_server_stopped_cb)(void *arg);
+
+typedef struct node_server_opts_s {
+    uv_loop_t *loop;
+    node_store_t *store; /* opened with fail_cb = node_server_fail_cb; see below */
+    uint32_t max_frame;
+    uint32_t max_tables;
+    const kvs_addr_t *addrs; /* 1 or 2 addresses to listen on */
+    size_t n_addrs;
+    uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
+} node_server_opts_t;
+
+/* Starts listening. Returns 0 and *out, or a uv error (logged). */
+int node_server_start(const node_server_opts_t *o, node_server_t **out);
+
+/* The store's fail_cb. The store is opened before the server exists, so
+ * node_main passes a trampoline whose argument it fills in after start. */
+void node_server_fail_cb(void *arg, uint64_t gen, int err);
+
+/* Graceful stop: close the listeners, answer what was received, flush and
+ * close every client, commit; then `cb` runs (once all handles are closed). */
+void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg);
+
+/* Closes every client at once (drain took too long). */
+void node_server_abort_clients(node_server_t *srv);
+
+/* Frees the server after it stopped. */
+void node_server_free(node_server_t *srv);
+
+size_t node_server_clients(const node_server_t *srv);
+
+#endif

@@ -1,0 +1,118 @@
+/*
+ * node_store: a shard's LMDB environment. The only file that includes
+ * lmdb.h; LMDB error codes are translated to KVS_E* codes here.
+ *
+ * Transactions follow the worker's loop turns:
+ *  - reads use one read snapshot per turn (a reused read txn, renewed on
+ *    the turn's first read, reset at node_store_end_turn);
+ *  - writes join the turn's write batch (one write txn, opened on the first
+ *    write); once a batch is open, reads use it too, so a client that
+ *    pipelines a write and then a read of the same key sees its write;
+ *  - node_store_end_turn commits the batch; the caller acknowledges writes
+ *    only after it returned 0.
+ * Each batch has a generation number (node_store_batch_gen). If a batch
+ * fails to commit, fail_cb is told its generation so the caller can turn
+ * every answer it prepared inside that batch into an error.
+ *
+ * Memory: values returned by get/scan point into LMDB pages and are valid
+ * only until the next call on the store. Copy before calling again.
+ *
+ * Threads: one thread only (the worker's loop thread). One process only:
+ * open takes an exclusive lock on the directory.
+ */
+#ifndef NODE_STORE_H
+#define NODE_STORE_H
+
+#include "kvs_config.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct node_store_s node_store_t;
+
+typedef struct node_slice_s {
+    const uint8_t *p;
+    size_t len;
+} node_slice_t;
+
+/* A batch of generation `gen` failed to commit with `err`; nothing it wrote
+ * is stored. */
+typedef void (*node_store_fail_cb)(void *arg, uint64_t gen, int err);
+
+typedef struct node_store_opts_s {
+    const char *dir;       /* the shard's directory; created if missing */
+    uint32_t shard;        /* recorded at creation, checked at every open */
+    const char *placement; /* placement fingerprint, likewise */
+    uint64_t map_size;     /* initial map size in bytes; grows on demand */
+    uint32_t max_tables;
+    kvs_sync_t sync;
+    node_store_fail_cb fail_cb;
+    void *fail_arg;
+} node_store_opts_t;
+
+/* Opens (creating if needed) the environment in o->dir. Refuses, with
+ * KVS_EMISMATCH and a message in err, an environment created for another
+ * shard or placement or by an unknown format version, and, with -EBUSY, a
+ * directory another process has open. Returns 0 and *out, or an error with
+ * err[0..errlen) saying what is wrong and what to do. */
+int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
+
+/* Sets the argument passed to fail_cb (for owners created after the store). */
+void node_store_set_fail_arg(node_store_t *s, void *arg);
+
+/* Commits any open batch, syncs to disk, and closes. NULL is allowed.
+ * Returns 0 or the commit error. */
+int node_store_close(node_store_t *s);
+
+/* Looks up `key` in `table`. Returns 0 and *val, KVS_ENOTFOUND (also for a
+ * table that does not exist), or KVS_ESTORE. */
+int node_store_get(node_store_t *s, const char *table, const void *key, size_t klen,
+                   node_slice_t *val);
+
+/* Stores `val` under `key` in `table` (created on first write) within the
+ * turn's batch. Returns 0, KVS_ELIMIT (storage.max_tables reached),
+ * KVS_EFULL (disk full), or KVS_ESTORE. */
+int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
+                   const void *val, size_t vlen);
+
+/* Deletes `key` within the turn's batch. Returns 0, KVS_ENOTFOUND, or an
+ * error as for put. */
+int node_store_del(node_store_t *s, const char *table, const void *key, size_t klen);
+
+/* Called for each pair in key order; return nonzero to stop. */
+typedef int (*node_store_scan_cb)(void *arg, node_slice_t key, node_slice_t val);
+
+/* Walks `table` in key order starting at the first key >= `from` (flen 0:
+ * from the start). A missing table walks nothing. Returns 0 or KVS_ESTORE. */
+int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,
+                    node_store_scan_cb cb, void *arg);
+
+/* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
+ * way as get/put: meta writes join the turn's batch, so data and the
+ * metadata describing it (e.g. Kafka offsets) commit atomically. */
+int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val);
+int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen);
+
+/* Reserves room in the turn's batch for `ops` writes totalling `bytes`, so
+ * that they all land in the same LMDB txn (no early commit between them):
+ * what makes a multi-key write atomic. Call node_store_reserve_end after
+ * the writes. Returns 0 or an error as for put. */
+int node_store_reserve(node_store_t *s, size_t ops, size_t bytes);
+void node_store_reserve_end(node_store_t *s);
+
+/* Generation of the open write batch; 0 when none is open. */
+uint64_t node_store_batch_gen(const node_store_t *s);
+
+/* Ends the turn: commits the open batch (if any) and releases the read
+ * snapshot. Returns 0 or the commit error (fail_cb has run for it). */
+int node_store_end_turn(node_store_t *s);
+
+/* Forces committed data to disk (for storage.sync: batch). Returns 0 or an
+ * error. */
+int node_store_sync(node_store_t *s);
+
+/* Number of tables, and the current map size in bytes. */
+uint32_t node_store_table_count(const node_store_t *s);
+uint64_t node_store_map_size(const node_store_t *s);
+
+#endif

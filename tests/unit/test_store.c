@@ -1,0 +1,325 @@
+/*
+ * Unit tests for node_store: identity checks, locking, per-turn batches,
+ * map growth, multi-write reservations, table limits and scans. Each case
+ * uses a fresh temporary directory.
+ */
+#include "kvs_err.h"
+#include "kvs_test.h"
+#include "node_store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+static char envdir[300];
+
+static void remove_dir(void)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+static void fresh_dir(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvs-test-store-XXXXXX");
+    CHECK(mkdtemp(tmpdir) != NULL);
+    atexit(remove_dir);
+    snprintf(envdir, sizeof(envdir), "%s/shard-0", tmpdir);
+}
+
+static node_store_opts_t opts(uint32_t shard, const char *placement)
+{
+    node_store_opts_t o = {
+        .dir = envdir,
+        .shard = shard,
+        .placement = placement,
+        .map_size = 1u << 20,
+        .max_tables = 8,
+        .sync = KVS_SYNC_NONE,
+    };
+    return o;
+}
+
+static node_store_t *open_ok(node_store_opts_t o)
+{
+    node_store_t *s = NULL;
+    char err[512] = "";
+    int rc = node_store_open(&o, &s, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "open: %s\n", err);
+    CHECK_EQ(rc, 0);
+    return s;
+}
+
+static void put_str(node_store_t *s, const char *t, const char *k, const char *v)
+{
+    CHECK_EQ(node_store_put(s, t, k, strlen(k), v, strlen(v)), 0);
+}
+
+static int get_is(node_store_t *s, const char *t, const char *k, const char *want)
+{
+    node_slice_t v;
+    int rc = node_store_get(s, t, k, strlen(k), &v);
+    if (want == NULL)
+        return rc == KVS_ENOTFOUND;
+    return rc == 0 && v.len == strlen(want) && memcmp(v.p, want, v.len) == 0;
+}
+
+KVS_TEST(reopen_keeps_data)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p1"));
+    put_str(s, "users", "42", "alice");
+    put_str(s, "orders", "1", "book");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+    s = open_ok(opts(0, "p1"));
+    CHECK_EQ(node_store_table_count(s), 2);
+    CHECK(get_is(s, "users", "42", "alice"));
+    CHECK(get_is(s, "orders", "1", "book"));
+    CHECK(get_is(s, "users", "43", NULL));
+    CHECK(get_is(s, "nosuch", "1", NULL));
+    node_store_close(s);
+}
+
+KVS_TEST(refuses_other_shard)
+{
+    fresh_dir();
+    node_store_close(open_ok(opts(0, "p1")));
+    node_store_opts_t o = opts(1, "p1");
+    node_store_t *s = NULL;
+    char err[512] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_EMISMATCH);
+    CHECK(s == NULL);
+    CHECK_CONTAINS(err, "shard \"0\"");
+    CHECK_CONTAINS(err, "shard \"1\"");
+}
+
+KVS_TEST(refuses_other_placement)
+{
+    fresh_dir();
+    node_store_close(open_ok(opts(0, "shards=4 partitions=64")));
+    node_store_opts_t o = opts(0, "shards=8 partitions=64");
+    node_store_t *s = NULL;
+    char err[512] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_EMISMATCH);
+    CHECK_CONTAINS(err, "placement");
+    CHECK_CONTAINS(err, "shards=4 partitions=64");
+}
+
+KVS_TEST(second_open_is_refused)
+{
+    fresh_dir();
+    node_store_t *a = open_ok(opts(0, "p"));
+    node_store_opts_t o = opts(0, "p");
+    node_store_t *b = NULL;
+    char err[512] = "";
+    CHECK_EQ(node_store_open(&o, &b, err, sizeof(err)), -EBUSY);
+    CHECK_CONTAINS(err, "in use by another kvs-node");
+    node_store_close(a);
+    node_store_close(open_ok(opts(0, "p"))); /* free again once closed */
+}
+
+KVS_TEST(batch_reads_its_own_writes)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    CHECK_EQ(node_store_batch_gen(s), 0);
+    put_str(s, "t", "k", "v1");
+    uint64_t gen = node_store_batch_gen(s);
+    CHECK(gen != 0);
+    CHECK(get_is(s, "t", "k", "v1"));
+    put_str(s, "t", "k", "v2");
+    CHECK_EQ(node_store_batch_gen(s), gen);
+    CHECK(get_is(s, "t", "k", "v2"));
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_batch_gen(s), 0);
+    CHECK(get_is(s, "t", "k", "v2"));
+    CHECK_EQ(node_store_del(s, "t", "k", 1), 0);
+    CHECK_EQ(node_store_del(s, "t", "k", 1), KVS_ENOTFOUND);
+    CHECK_EQ(node_store_del(s, "nosuch", "k", 1), KVS_ENOTFOUND);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "k", NULL));
+    node_store_close(s);
+}
+
+KVS_TEST(uncommitted_batch_is_lost_on_crash)
+{
+    /* A child process writes without ending its turn and dies: nothing of
+     * the batch may be visible afterwards. */
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    put_str(s, "t", "committed", "yes");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        node_store_t *c = open_ok(opts(0, "p"));
+        put_str(c, "t", "pending", "no");
+        _exit(0); /* no end_turn, no close */
+    }
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    s = open_ok(opts(0, "p"));
+    CHECK(get_is(s, "t", "committed", "yes"));
+    CHECK(get_is(s, "t", "pending", NULL));
+    node_store_close(s);
+}
+
+KVS_TEST(map_grows_before_it_is_full)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p")); /* 1 MiB map */
+    char key[32], val[1000];
+    memset(val, 'x', sizeof(val));
+    for (int turn = 0; turn < 40; turn++) {
+        for (int i = 0; i < 500; i++) {
+            snprintf(key, sizeof(key), "k%06d", turn * 500 + i);
+            CHECK_EQ(node_store_put(s, "big", key, strlen(key), val, sizeof(val)), 0);
+        }
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK(node_store_map_size(s) > 20u << 20); /* 20,000 values of 1 KB */
+    snprintf(key, sizeof(key), "k%06d", 19999);
+    node_slice_t v;
+    CHECK_EQ(node_store_get(s, "big", key, strlen(key), &v), 0);
+    CHECK_EQ(v.len, sizeof(val));
+    node_store_close(s);
+}
+
+KVS_TEST(one_huge_turn_commits_early_and_keeps_everything)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    char key[32], val[200];
+    memset(val, 'y', sizeof(val));
+    uint64_t first = 0;
+    int gens = 0;
+    for (int i = 0; i < 50000; i++) {
+        snprintf(key, sizeof(key), "k%06d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        if (node_store_batch_gen(s) != first) {
+            first = node_store_batch_gen(s);
+            gens++;
+        }
+    }
+    CHECK(gens > 1); /* the 1 MiB map could not hold it in one batch */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    int n = 0;
+    for (int i = 0; i < 50000; i += 997) {
+        snprintf(key, sizeof(key), "k%06d", i);
+        node_slice_t v;
+        CHECK_EQ(node_store_get(s, "t", key, strlen(key), &v), 0);
+        n++;
+    }
+    CHECK(n > 50);
+    node_store_close(s);
+}
+
+KVS_TEST(reserve_keeps_writes_in_one_batch)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    char key[32], val[200];
+    memset(val, 'z', sizeof(val));
+    CHECK_EQ(node_store_reserve(s, 3000, 3000 * (sizeof(val) + 8)), 0);
+    uint64_t gen = node_store_batch_gen(s);
+    CHECK(gen != 0);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(key, sizeof(key), "r%06d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        CHECK_EQ(node_store_batch_gen(s), gen);
+    }
+    node_store_reserve_end(s);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+}
+
+KVS_TEST(table_limit_is_enforced)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 2;
+    node_store_t *s = open_ok(o);
+    put_str(s, "a", "k", "v");
+    put_str(s, "b", "k", "v");
+    CHECK_EQ(node_store_put(s, "c", "k", 1, "v", 1), KVS_ELIMIT);
+    put_str(s, "a", "k2", "v2"); /* existing tables still work */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 2);
+    node_store_close(s);
+}
+
+typedef struct {
+    char keys[16][16];
+    int n;
+    int stop_at;
+} scan_seen_t;
+
+static int collect(void *arg, node_slice_t k, node_slice_t v)
+{
+    scan_seen_t *seen = arg;
+    (void)v;
+    if (seen->n == seen->stop_at)
+        return 1;
+    memcpy(seen->keys[seen->n], k.p, k.len);
+    seen->keys[seen->n][k.len] = '\0';
+    seen->n++;
+    return 0;
+}
+
+KVS_TEST(scan_in_key_order_from_a_start_key)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    const char *keys[] = {"d", "a", "c", "e", "b"};
+    for (int i = 0; i < 5; i++)
+        put_str(s, "t", keys[i], "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    scan_seen_t seen = {.stop_at = 16};
+    CHECK_EQ(node_store_scan(s, "t", NULL, 0, collect, &seen), 0);
+    CHECK_EQ(seen.n, 5);
+    CHECK_STR(seen.keys[0], "a");
+    CHECK_STR(seen.keys[4], "e");
+    scan_seen_t from = {.stop_at = 2};
+    CHECK_EQ(node_store_scan(s, "t", "bb", 2, collect, &from), 0);
+    CHECK_EQ(from.n, 2);
+    CHECK_STR(from.keys[0], "c");
+    CHECK_STR(from.keys[1], "d");
+    scan_seen_t none = {.stop_at = 16};
+    CHECK_EQ(node_store_scan(s, "missing", NULL, 0, collect, &none), 0);
+    CHECK_EQ(none.n, 0);
+    node_store_close(s);
+}
+
+KVS_TEST(meta_commits_with_data)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    put_str(s, "t", "k", "v");
+    CHECK_EQ(node_store_meta_put(s, "offset/topic/0", "17", 2), 0);
+    node_slice_t v;
+    CHECK_EQ(node_store_meta_get(s, "offset/topic/0", &v), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    s = open_ok(opts(0, "p"));
+    CHECK_EQ(node_store_meta_get(s, "offset/topic/0", &v), 0);
+    CHECK(v.len == 2 && memcmp(v.p, "17", 2) == 0);
+    CHECK_EQ(node_store_meta_get(s, "shard", &v), 0);
+    CHECK(v.len == 1 && v.p[0] == '0');
+    node_store_close(s);
+}
+
+KVS_TEST_MAIN(KVS_CASE(reopen_keeps_data), KVS_CASE(refuses_other_shard),
+              KVS_CASE(refuses_other_placement), KVS_CASE(second_open_is_refused),
+              KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
+              KVS_CASE(map_grows_before_it_is_full),
+              KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
+              KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
+              KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))
