@@ -29,6 +29,7 @@
 #define DEFAULT_HIGH_WATER (16u * 1024u * 1024u)
 
 static void conn_update_reading(kvs_conn_t *c);
+static void conn_linger(kvs_conn_t *c);
 static void conn_deliver(kvs_conn_t *c);
 
 int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_frame,
@@ -47,6 +48,13 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
     c->on_close = on_close;
     int rc = is_unix ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
     c->h.handle.data = c;
+    if (rc != 0)
+        return rc;
+    c->open_handles = 1;
+    rc = uv_timer_init(loop, &c->linger);
+    c->linger.data = c;
+    if (rc == 0)
+        c->open_handles = 2;
     return rc;
 }
 
@@ -76,6 +84,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     kvs_conn_t *c = s->data;
     (void)buf;
+    if (c->lingering) { /* discard input until the peer closes */
+        if (n < 0)
+            kvs_conn_close(c);
+        return;
+    }
     if (n > 0) {
         kvs_frame_dec_commit(&c->dec, (size_t)n);
         conn_deliver(c);
@@ -90,6 +103,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
      * write fails and we close then). The owner decides when to close,
      * since only it knows what is still pending. */
     c->eof = 1;
+    c->peer_eof = 1;
     conn_update_reading(c);
     if (c->on_error != NULL)
         c->on_error(c, KVS_ECLOSED);
@@ -134,7 +148,7 @@ static void conn_deliver(kvs_conn_t *c)
 
 static void conn_update_reading(kvs_conn_t *c)
 {
-    if (c->closing)
+    if (c->closing || c->lingering)
         return;
     int want = !c->paused && !c->close_after_flush && !c->eof &&
                kvs_conn_backlog(c) < c->high_water;
@@ -231,7 +245,7 @@ void kvs_conn_flush(kvs_conn_t *c)
         }
         c->writing = 1;
     } else if (c->close_after_flush) {
-        kvs_conn_close(c);
+        conn_linger(c);
         return;
     }
     conn_update_reading(c);
@@ -253,9 +267,47 @@ void kvs_conn_queue(kvs_conn_t *c)
 
 /* ---- closing ---------------------------------------------------------- */
 
+static void on_linger_timeout(uv_timer_t *t)
+{
+    kvs_conn_close(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    kvs_conn_t *c = req->data;
+    if (c->closing)
+        return;
+    if (status != 0 || uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
+        kvs_conn_close(c);
+        return;
+    }
+    c->reading = 1;
+    uv_timer_start(&c->linger, on_linger_timeout, KVS_CONN_LINGER_MS, 0);
+}
+
+/* Everything owed is written: close, lingering if the peer may still be
+ * sending (see kvs_conn_close_after_flush). */
+static void conn_linger(kvs_conn_t *c)
+{
+    if (c->peer_eof || c->lingering || c->open_handles < 2) {
+        kvs_conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    if (c->reading) {
+        uv_read_stop(&c->h.stream);
+        c->reading = 0;
+    }
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, &c->h.stream, on_shutdown) != 0)
+        kvs_conn_close(c);
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     kvs_conn_t *c = h->data;
+    if (--c->open_handles > 0)
+        return;
     kvs_frame_dec_close(&c->dec);
     kvs_buf_free(&c->out);
     kvs_buf_free(&c->wbuf);
@@ -283,6 +335,8 @@ void kvs_conn_close(kvs_conn_t *c)
     if (c->reading)
         uv_read_stop(&c->h.stream);
     c->reading = 0;
+    if (c->open_handles > 1)
+        uv_close((uv_handle_t *)&c->linger, on_handle_closed);
     uv_close(&c->h.handle, on_handle_closed);
 }
 

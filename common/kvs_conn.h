@@ -28,6 +28,8 @@
 
 #include <uv.h>
 
+#define KVS_CONN_LINGER_MS 2000
+
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;
 
@@ -57,9 +59,13 @@ struct kvs_conn_s {
     kvs_buf_t out;        /* queued, not yet handed to the socket */
     kvs_buf_t wbuf;       /* handed to the in-flight uv_write */
     uv_write_t wreq;
+    uv_shutdown_t sreq;
+    uv_timer_t linger;    /* bounds a lingering close */
+    int open_handles;     /* stream + timer; on_close runs when both closed */
     size_t high_water;    /* pause reading above this much queued output */
     unsigned reading : 1, writing : 1, closing : 1, close_after_flush : 1, paused : 1,
-        in_frames : 1, eof : 1, broken : 1;
+        in_frames : 1, eof : 1, broken : 1, lingering : 1,
+        peer_eof : 1;
     kvs_conn_frame_cb on_frame;
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;
@@ -98,7 +104,11 @@ void kvs_conn_pause(kvs_conn_t *c);
 void kvs_conn_resume(kvs_conn_t *c);
 
 /* Closes once queued output is written (or at once if there is none).
- * No more frames are delivered. */
+ * No more frames are delivered. Unless the peer already sent EOF, the close
+ * lingers (nginx style): the sending side is shut down and input is read
+ * and discarded until the peer closes or KVS_CONN_LINGER_MS pass, so that
+ * unread pipelined requests do not make the kernel reset the connection
+ * and destroy answers the peer has not read yet. */
 void kvs_conn_close_after_flush(kvs_conn_t *c);
 
 /* Closes now; queued output is dropped. close_cb runs later. Idempotent. */

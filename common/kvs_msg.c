@@ -54,6 +54,8 @@ void kvs_arena_init(kvs_arena_t *a)
 
 void *kvs_arena_alloc(kvs_arena_t *a, size_t n)
 {
+    if (n > SIZE_MAX / 2)
+        return NULL; /* no such request is genuine; rounding would wrap */
     n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     if (a->head == NULL || a->head->size - a->used < n) {
         size_t size = n > ARENA_CHUNK ? n : ARENA_CHUNK;
@@ -98,6 +100,28 @@ void kvs_arena_close(kvs_arena_t *a)
     a->head = NULL;
 }
 
+int kvs_utf8_valid(const void *p, size_t n)
+{
+    const uint8_t *s = p;
+        size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (len == 0 || i + len > n)
+            return 0;
+        for (size_t k = 1; k < len; k++)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+        if ((len == 2 && c < 0xc2) || (len == 3 && c == 0xe0 && s[i + 1] < 0xa0) ||
+            (len == 3 && c == 0xed && s[i + 1] >= 0xa0) ||
+            (len == 4 && c == 0xf0 && s[i + 1] < 0x90) || (len == 4 && c > 0xf4) ||
+            (len == 4 && c == 0xf4 && s[i + 1] >= 0x90))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
 /* ---- requests --------------------------------------------------------- */
 
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
@@ -119,6 +143,7 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HMEXIST] = "Hmexist",
         [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = "Hscan",
         [KVS__COMMAND_REQUEST__COMMAND_PING] = "Ping",
+        [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -151,6 +176,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hscan->base;
     case KVS__COMMAND_REQUEST__COMMAND_PING:
         return &r->ping->base;
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        return &r->info->base;
     default:
         return NULL;
     }
@@ -159,7 +186,7 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req)
 {
     const ProtobufCMessage *body = request_body(req);
-    if (body == NULL || req->command_case == KVS__COMMAND_REQUEST__COMMAND_PING)
+    if (body == NULL)
         return NULL;
     /* Every table-bearing command has `string table = 1`; the descriptor
      * says where protobuf-c put it. */
@@ -242,7 +269,8 @@ static uint32_t check_hmset(const Kvs__Hmset *m, char *msg, size_t len)
     for (size_t i = 0; i < m->n_pairs; i++) {
         const Kvs__Kvpair *p = m->pairs[i];
         char where[48];
-        uint32_t st = check_key("Hmset", "pairs.key", (long)i, &p->key, msg, len);
+        snprintf(where, sizeof(where), "pairs[%zu].key", i);
+        uint32_t st = check_key("Hmset", where, -1, &p->key, msg, len);
         if (st != KVS_STATUS_OK)
             return st;
         snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
@@ -291,7 +319,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
         if (req->base.n_unknown_fields > 0)
             return bad(msg, len,
                        "unsupported command (CommandRequest field %u); this server supports "
-                       "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping",
+                       "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info",
                        req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
@@ -309,6 +337,69 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
             return st;
     }
     return check_body(req, cmd, msg, len);
+}
+
+/* ---- raw string check ------------------------------------------------- */
+
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (b < 0x80)
+            return 0;
+    }
+    return -1;
+}
+
+/* Walks one message's wire bytes; recurses into sub-messages. Malformed
+ * input is left to the decoder (which already accepted it). */
+static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                              const uint8_t *end, const char *path, int depth, char *msg,
+                              size_t mlen)
+{
+    char sub[128];
+    while (p < end && depth < 8) {
+        uint64_t tag, n;
+        if (read_varint(&p, end, &tag) != 0)
+            return KVS_STATUS_OK;
+        unsigned wt = (unsigned)(tag & 7);
+        if (wt == 0 ? read_varint(&p, end, &n) != 0 : wt == 1 ? (p += 8) > end
+                                                     : wt == 5 ? (p += 4) > end
+                                                               : wt != 2)
+            return KVS_STATUS_OK;
+        if (wt != 2)
+            continue;
+        if (read_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p))
+            return KVS_STATUS_OK;
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+        if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+            (memchr(p, 0, n) != NULL || !kvs_utf8_valid(p, n)))
+            return bad(msg, mlen, "%s.%s is not valid UTF-8 text (or holds a NUL byte); send "
+                                  "arbitrary bytes as binary fields",
+                       path, f->name);
+        if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            /* Paths read as users write them: Hset.value.string_value. */
+            const ProtobufCMessageDescriptor *fd = f->descriptor;
+            if (depth == 0)
+                snprintf(sub, sizeof(sub), "%s", fd->short_name);
+            else
+                snprintf(sub, sizeof(sub), "%s.%s", path, f->name);
+            uint32_t st = check_strings(f->descriptor, p, p + n, sub, depth + 1, msg, mlen);
+            if (st != KVS_STATUS_OK)
+                return st;
+        }
+        p += n;
+    }
+    return KVS_STATUS_OK;
+}
+
+uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen)
+{
+    return check_strings(&kvs__command_request__descriptor, p, p + len, "CommandRequest", 0, msg,
+                         mlen);
 }
 
 /* ---- values ----------------------------------------------------------- */

@@ -61,11 +61,22 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n);
  * bytes are not a CommandRequest. */
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len);
 
+/* Checks every string field in the encoded request `p` (found through the
+ * message descriptors) for NUL bytes and invalid UTF-8, which protobuf-c
+ * would silently truncate or pass on (a table "a\0b" would alias "a").
+ * Returns 200, or 400 with the field named in msg. Call on bytes that
+ * decoded as a CommandRequest. */
+uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen);
+
 /* Checks a decoded request before it is executed: a command is set and
  * known, no unknown fields, table and keys are valid, values are present.
  * Returns 200 when valid; otherwise the status (400) with a message saying
  * what to change written into msg[0..len). */
 uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len);
+
+/* True when p[0..n) is well-formed UTF-8 (no overlongs, no surrogates, at
+ * most U+10FFFF): what protobuf runtimes demand of string fields. */
+int kvs_utf8_valid(const void *p, size_t n);
 
 /* The command's name as clients know it ("Hget", ...), or "none". */
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);

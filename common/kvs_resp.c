@@ -131,7 +131,8 @@ void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc,
     n += put_varint(d + n, inner);
     n += put_varint(d + n, F_PAIR_KEY << 3 | WT_LEN);
     n += put_varint(d + n, klen);
-    memcpy(d + n, key, klen);
+    if (klen > 0)
+        memcpy(d + n, key, klen);
     n += klen;
     n += put_varint(d + n, F_PAIR_VALUE << 3 | WT_LEN);
     n += put_varint(d + n, len);

@@ -1,0 +1,166 @@
+/*
+ * test_addr: kvs_addr parses the three address forms users write in config
+ * files and on command lines ("host:port", "[v6]:port", "unix:/path"),
+ * rejects everything else with a reason that quotes the input, and formats
+ * an address back to the text it came from.
+ */
+#include "kvs_addr.h"
+#include "kvs_err.h"
+#include "kvs_test.h"
+
+static char err[256];
+
+static kvs_addr_t parse_ok(const char *s, int allow0)
+{
+    kvs_addr_t a;
+    err[0] = '\0';
+    int rc = kvs_addr_parse(s, allow0, &a, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "\"%s\": unexpected error: %s\n", s, err);
+    CHECK_EQ(rc, 0);
+    return a;
+}
+
+/* Expects KVS_EINVAL with a reason containing `why` and the input quoted. */
+static void parse_fails(const char *s, int allow0, const char *why)
+{
+    kvs_addr_t a;
+    char quoted[400];
+    err[0] = '\0';
+    CHECK_EQ(kvs_addr_parse(s, allow0, &a, err, sizeof(err)), KVS_EINVAL);
+    CHECK_CONTAINS(err, why);
+    snprintf(quoted, sizeof(quoted), "\"%s\"", s);
+    if (strlen(s) < 100)
+        CHECK_CONTAINS(err, quoted);
+    /* No error buffer is fine too. */
+    CHECK_EQ(kvs_addr_parse(s, allow0, &a, NULL, 0), KVS_EINVAL);
+}
+
+KVS_TEST(host_port)
+{
+    kvs_addr_t a = parse_ok("127.0.0.1:9527", 0);
+    CHECK_EQ(a.is_unix, 0);
+    CHECK_STR(a.host, "127.0.0.1");
+    CHECK_EQ(a.port, 9527);
+    a = parse_ok("localhost:1", 0);
+    CHECK_STR(a.host, "localhost");
+    CHECK_EQ(a.port, 1);
+    a = parse_ok("db-1.example.com:65535", 0);
+    CHECK_STR(a.host, "db-1.example.com");
+    CHECK_EQ(a.port, 65535);
+    a = parse_ok("0.0.0.0:0", 1);
+    CHECK_STR(a.host, "0.0.0.0");
+    CHECK_EQ(a.port, 0);
+}
+
+KVS_TEST(ipv6_in_brackets)
+{
+    kvs_addr_t a = parse_ok("[::1]:7000", 0);
+    CHECK_EQ(a.is_unix, 0);
+    CHECK_STR(a.host, "::1");
+    CHECK_EQ(a.port, 7000);
+    a = parse_ok("[2001:db8::42]:443", 0);
+    CHECK_STR(a.host, "2001:db8::42");
+    CHECK_EQ(a.port, 443);
+    a = parse_ok("[::]:0", 1);
+    CHECK_STR(a.host, "::");
+    CHECK_EQ(a.port, 0);
+}
+
+KVS_TEST(unix_path)
+{
+    kvs_addr_t a = parse_ok("unix:/tmp/kvs.sock", 0);
+    CHECK_EQ(a.is_unix, 1);
+    CHECK_STR(a.path, "/tmp/kvs.sock");
+    CHECK_STR(a.host, "");
+    CHECK_EQ(a.port, 0);
+    parse_fails("unix:", 0, "unix socket path is empty");
+}
+
+KVS_TEST(bad_ports)
+{
+    parse_fails("host:0", 0, "port must be 1-65535");
+    parse_fails("host:65536", 0, "port must be 1-65535");
+    parse_fails("host:65536", 1, "port must be 0-65535");
+    parse_fails("host:abc", 0, "port must be 1-65535");
+    parse_fails("host:abc", 1, "port must be 0-65535");
+    parse_fails("host:", 0, "port must be 1-65535");
+    parse_fails("host:-1", 1, "port must be 0-65535");
+    parse_fails("host:80x", 0, "port must be 1-65535");
+    parse_fails("host:99999999999999999999999", 0, "port must be 1-65535");
+    parse_fails("[::1]:0", 0, "port must be 1-65535");
+    parse_fails("[::1]:", 0, "port must be 1-65535");
+}
+
+KVS_TEST(missing_colon)
+{
+    parse_fails("localhost", 0, "expected HOST:PORT");
+    parse_fails("", 0, "expected HOST:PORT");
+    parse_fails(":80", 0, "host is empty");
+    parse_fails("[]:80", 0, "host is empty");
+}
+
+KVS_TEST(ipv6_without_brackets)
+{
+    parse_fails("::1:80", 0, "IPv6 addresses need brackets");
+    parse_fails("2001:db8::1:443", 0, "IPv6 addresses need brackets");
+    parse_fails("[::1]80", 0, "expected [IPV6]:PORT");
+    parse_fails("[::1", 0, "expected [IPV6]:PORT");
+    parse_fails("[::1]", 0, "expected [IPV6]:PORT");
+}
+
+KVS_TEST(too_long)
+{
+    char s[400];
+    /* unix: sun_path holds 107 bytes and the NUL. */
+    memcpy(s, "unix:/", 6);
+    memset(s + 6, 'p', 106);
+    s[6 + 106] = '\0';
+    kvs_addr_t a = parse_ok(s, 0);
+    CHECK_EQ(strlen(a.path), 107);
+    memcpy(s + 6 + 106, "p", 2);
+    parse_fails(s, 0, "unix socket path is longer than 107 bytes");
+
+    /* host: 255 bytes fit, 256 do not. */
+    memset(s, 'h', 255);
+    memcpy(s + 255, ":80", 4);
+    a = parse_ok(s, 0);
+    CHECK_EQ(strlen(a.host), 255);
+    memset(s, 'h', 256);
+    memcpy(s + 256, ":80", 4);
+    parse_fails(s, 0, "host name is too long");
+}
+
+KVS_TEST(format_round_trip)
+{
+    static const char *const texts[] = {
+        "127.0.0.1:9527",  "localhost:1",        "[::1]:7000",
+        "[fe80::1]:65535", "unix:/tmp/kvs.sock", "unix:relative/path.sock",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        kvs_addr_t a = parse_ok(texts[i], 0), b;
+        char buf[300];
+        CHECK(kvs_addr_format(&a, buf, sizeof(buf)) == buf);
+        CHECK_STR(buf, texts[i]);
+        b = parse_ok(buf, 0);
+        CHECK_EQ(b.is_unix, a.is_unix);
+        CHECK_STR(b.host, a.host);
+        CHECK_EQ(b.port, a.port);
+        CHECK_STR(b.path, a.path);
+    }
+}
+
+KVS_TEST(format_port0_and_truncation)
+{
+    kvs_addr_t a = parse_ok("[::]:0", 1);
+    char buf[64];
+    CHECK_STR(kvs_addr_format(&a, buf, sizeof(buf)), "[::]:0");
+    /* A short buffer gets a NUL-terminated prefix. */
+    a = parse_ok("127.0.0.1:9527", 0);
+    CHECK_STR(kvs_addr_format(&a, buf, 6), "127.0");
+}
+
+KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
+              KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
+              KVS_CASE(too_long), KVS_CASE(format_round_trip),
+              KVS_CASE(format_port0_and_truncation))
