@@ -1,0 +1,1438 @@
+/*
+ * kvs-cli: a redis-cli-like client for kvs routers and nodes.
+ *
+ *   kvs-cli [OPTIONS] COMMAND ARGS...   run one command; the exit status says how it went
+ *   kvs-cli [OPTIONS]                   a session: commands read line by line from stdin
+ *
+ * The client is deliberately simple: one blocking socket, one request in
+ * flight, no event loop. Each command becomes one kvs.CommandRequest sent as
+ * a length-prefixed frame; the reply frame is checked (bit 31 set or more
+ * than 64 MiB is a protocol error, since no server sends that) and decoded
+ * with protobuf-c. `--timeout` bounds connecting and waiting for each reply.
+ *
+ * Memory: two arenas. `arena` holds what one command builds (its request,
+ * values read from files, a session line's argument table) and is reset
+ * before the next command; `reply` holds one packed request and one decoded
+ * response and is reset before every exchange, so `hscanall` can walk a
+ * table of any size with the memory of one page.
+ *
+ * Exit status (also the result of every internal command runner):
+ *   0 the server answered 200;
+ *   1 it answered anything else (hget of a missing key prints (nil) too);
+ *   2 usage error, connection failure, timeout or protocol error.
+ * A session ends with 1 when any of its commands failed, else 0.
+ *
+ * Session lines are split like a shell would: whitespace separates tokens,
+ * "double quotes" understand \n \t \r \\ \" \xHH, 'single quotes' are literal
+ * except \'. Tokens are byte strings (a \x00 is allowed), so keys and binary
+ * values can hold any byte; strings sent as protobuf `string` fields must be
+ * NUL-free UTF-8. Options may lead a session line (`--int hset t k 5`) and
+ * then apply to that line only.
+ *
+ * Options must come before the command, so that a value such as -5 is never
+ * taken for an option.
+ */
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_msg.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef KVS_VERSION
+#define KVS_VERSION "0.1.0"
+#endif
+
+#define CLI_MAX_REPLY (64u * 1024u * 1024u)
+
+enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
+
+typedef enum { VT_STRING, VT_INT, VT_FLOAT, VT_BOOL, VT_BINARY } cli_vtype_t;
+
+/* What a reply carries, and so how it is printed. */
+typedef enum { SHAPE_PING, SHAPE_VALUE, SHAPE_LIST, SHAPE_PAIRS, SHAPE_SCAN } cli_shape_t;
+
+/* One argument: bytes, not necessarily NUL-terminated. */
+typedef struct cli_arg_s {
+    const char *p;
+    size_t len;
+} cli_arg_t;
+
+typedef struct cli_s {
+    const char *host;
+    const char *port;
+    const char *socket; /* overrides host/port when set */
+    double timeout;     /* seconds; 0 = wait forever */
+    cli_vtype_t vtype;  /* type of hset/hmset values */
+    int raw;
+    int session;     /* commands come from stdin */
+    int stdin_taken; /* stdin carries commands or "@-" was read */
+    int fd;          /* -1 when not connected */
+    char name[400];  /* "127.0.0.1:9527" or "unix:/path", for messages */
+    kvs_arena_t arena;
+    kvs_arena_t reply;
+} cli_t;
+
+typedef struct cli_cmd_s cli_cmd_t;
+typedef int (*cli_build_fn)(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                            Kvs__CommandRequest *req);
+typedef int (*cli_run_fn)(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc);
+
+struct cli_cmd_s {
+    const char *name;
+    const char *args;
+    const char *help;
+    int min, max; /* argument count after the name; max -1 = no limit */
+    int step;     /* arguments past `min` come in groups of `step` */
+    Kvs__CommandRequest__CommandCase cc;
+    cli_build_fn build;
+    cli_shape_t shape;
+    cli_run_fn run;
+};
+
+/* ---- memory -------------------------------------------------------------------- */
+
+/* Allocates from an arena; a command-line tool has nothing better to do than
+ * exit when memory runs out. */
+static void *cli_alloc(kvs_arena_t *a, size_t n)
+{
+    void *p = kvs_arena_alloc(a, n ? n : 1);
+    if (p == NULL) {
+        fprintf(stderr, "kvs-cli: out of memory\n");
+        exit(CLI_USAGE);
+    }
+    return p;
+}
+
+static int arg_is(cli_arg_t a, const char *word)
+{
+    size_t n = strlen(word);
+    return a.len == n && strncasecmp(a.p, word, n) == 0;
+}
+
+/* ---- transport ------------------------------------------------------------------ */
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A deadline `timeout` seconds from now; 0 means none. */
+static double deadline_after(double timeout)
+{
+    return timeout > 0 ? now_sec() + timeout : 0;
+}
+
+/* Waits until `fd` is ready for `events`. Returns 0, -ETIMEDOUT or -errno. */
+static int wait_fd(int fd, short events, double deadline)
+{
+    for (;;) {
+        int ms = -1;
+        if (deadline > 0) {
+            double left = deadline - now_sec();
+            if (left <= 0)
+                return -ETIMEDOUT;
+            ms = left > 1e6 ? 1000000000 : (int)(left * 1000.0) + 1;
+        }
+        struct pollfd p = {.fd = fd, .events = events};
+        int rc = poll(&p, 1, ms);
+        if (rc > 0)
+            return 0;
+        if (rc < 0 && errno != EINTR)
+            return -errno;
+    }
+}
+
+/* Connects `fd` to `sa` before `deadline`; `fd` is blocking again after.
+ * Returns 0 or -errno. */
+static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len, double deadline)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    if (connect(fd, sa, len) < 0) {
+        if (errno != EINPROGRESS)
+            return -errno;
+        int rc = wait_fd(fd, POLLOUT, deadline);
+        if (rc != 0)
+            return rc;
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+            return -errno;
+        if (err != 0)
+            return -err;
+    }
+    return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+static int connect_unix(const char *path, double deadline, int *out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = connect_fd(fd, (const struct sockaddr *)&sa, sizeof(sa), deadline);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* Tries every address `host` resolves to. On a resolver failure returns
+ * KVS_ENOTFOUND with the reason in *why; else 0 or the last -errno. */
+static int connect_tcp(const char *host, const char *port, double deadline, int *out,
+                       const char **why)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
+    int g = getaddrinfo(host, port, &hints, &res);
+    if (g != 0) {
+        *why = gai_strerror(g);
+        return KVS_ENOTFOUND;
+    }
+    int rc = -ECONNREFUSED;
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            rc = -errno;
+            continue;
+        }
+        rc = connect_fd(fd, ai->ai_addr, ai->ai_addrlen, deadline);
+        if (rc == 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            *out = fd;
+            break;
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+/* SO_RCVTIMEO/SO_SNDTIMEO, so that no blocking call outlives the timeout. */
+static int set_timeouts(int fd, double timeout)
+{
+    if (timeout <= 0)
+        return 0;
+    struct timeval tv;
+    tv.tv_sec = (time_t)timeout;
+    tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0)
+        return -errno;
+    return 0;
+}
+
+/* Connects c->fd. Returns 0, or CLI_USAGE after saying why it could not. */
+static int cli_connect(cli_t *c)
+{
+    double deadline = deadline_after(c->timeout);
+    const char *why = NULL;
+    int fd = -1;
+    int rc = c->socket != NULL ? connect_unix(c->socket, deadline, &fd)
+                               : connect_tcp(c->host, c->port, deadline, &fd, &why);
+    if (rc == 0 && (rc = set_timeouts(fd, c->timeout)) != 0)
+        close(fd);
+    if (rc == 0) {
+        c->fd = fd;
+        return 0;
+    }
+    if (why != NULL)
+        fprintf(stderr, "kvs-cli: cannot resolve host \"%s\": %s\n", c->host, why);
+    else
+        fprintf(stderr, "kvs-cli: cannot connect to %s: %s\n", c->name, strerror(-rc));
+    return CLI_USAGE;
+}
+
+static void cli_disconnect(cli_t *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+}
+
+static int send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Reads exactly `n` bytes before `deadline`. Returns 0, -ETIMEDOUT,
+ * KVS_ECLOSED (the peer closed first) or -errno. */
+static int recv_all(int fd, uint8_t *p, size_t n, double deadline)
+{
+    while (n > 0) {
+        int rc = wait_fd(fd, POLLIN, deadline);
+        if (rc != 0)
+            return rc;
+        ssize_t k = recv(fd, p, n, 0);
+        if (k == 0)
+            return KVS_ECLOSED;
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Reads one response frame. Returns 0 with *out in c->reply memory, an
+ * error from recv_all, or KVS_EPROTO with the reason in why[0..len). */
+static int read_reply(cli_t *c, Kvs__CommandResponse **out, char *why, size_t len)
+{
+    double deadline = deadline_after(c->timeout);
+    uint8_t h[KVS_FRAME_HEADER];
+    int rc = recv_all(c->fd, h, sizeof(h), deadline);
+    if (rc != 0)
+        return rc;
+    int compressed;
+    uint32_t n = kvs_frame_get_header(h, &compressed);
+    if (compressed) {
+        snprintf(why, len, "reply frame has the compressed bit set (unsupported)");
+        return KVS_EPROTO;
+    }
+    if (n > CLI_MAX_REPLY) {
+        snprintf(why, len, "reply frame announces %" PRIu32 " bytes (the limit is 64 MiB)", n);
+        return KVS_EPROTO;
+    }
+    uint8_t *payload = cli_alloc(&c->reply, n);
+    rc = recv_all(c->fd, payload, n, deadline);
+    if (rc != 0)
+        return rc;
+    *out = kvs__command_response__unpack(&c->reply.pb, n, payload);
+    if (*out == NULL) {
+        snprintf(why, len, "reply (%" PRIu32 " bytes) is not a kvs.CommandResponse", n);
+        return KVS_EPROTO;
+    }
+    return 0;
+}
+
+/* Sends one request and reads its response. A server that refuses a request
+ * (too large, say) answers and closes, possibly before it read all of it,
+ * so a failed send still looks for that answer before giving up. */
+static int exchange(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **out, char *why,
+                    size_t len)
+{
+    size_t n = kvs__command_request__get_packed_size(req);
+    if (n > KVS_FRAME_LEN_MASK) {
+        snprintf(why, len, "request of %zu bytes cannot be framed (limit 2 GiB)", n);
+        return KVS_EPROTO;
+    }
+    uint8_t *buf = cli_alloc(&c->reply, KVS_FRAME_HEADER + n);
+    kvs_frame_put_header(buf, (uint32_t)n);
+    kvs__command_request__pack(req, buf + KVS_FRAME_HEADER);
+    int rc = send_all(c->fd, buf, KVS_FRAME_HEADER + n);
+    if (rc == 0)
+        return read_reply(c, out, why, len);
+    if (rc != -EPIPE && rc != -ECONNRESET)
+        return rc;
+    return read_reply(c, out, why, len) == 0 ? 0 : rc;
+}
+
+static void report_io_error(const cli_t *c, int rc, const char *why)
+{
+    if (rc == -ETIMEDOUT)
+        fprintf(stderr, "kvs-cli: %s: no reply within %g s (see --timeout)\n", c->name, c->timeout);
+    else if (rc == KVS_ECLOSED)
+        fprintf(stderr, "kvs-cli: %s: the server closed the connection\n", c->name);
+    else if (rc == KVS_EPROTO)
+        fprintf(stderr, "kvs-cli: %s: protocol error: %s (is this a kvs server?)\n", c->name, why);
+    else
+        fprintf(stderr, "kvs-cli: %s: %s\n", c->name, strerror(-rc));
+}
+
+/* Connects if needed, sends `req` and decodes the response into c->reply
+ * memory (valid until the next call). Returns 0, or CLI_USAGE after saying
+ * what went wrong; the connection is dropped then, and the next call
+ * reconnects. */
+static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **resp)
+{
+    kvs_arena_reset(&c->reply);
+    if (c->fd < 0 && cli_connect(c) != 0)
+        return CLI_USAGE;
+    char why[160] = "";
+    int rc = exchange(c, req, resp, why, sizeof(why));
+    if (rc == 0)
+        return 0;
+    fflush(stdout);
+    report_io_error(c, rc, why);
+    cli_disconnect(c);
+    return CLI_USAGE;
+}
+
+/* ---- output ----------------------------------------------------------------------- */
+
+/* Prints bytes in double quotes; quotes and backslashes are escaped and every
+ * byte outside printable ASCII becomes \xHH. */
+static void put_quoted_to(FILE *f, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    putc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '"' || p[i] == '\\')
+            fprintf(f, "\\%c", p[i]);
+        else if (p[i] >= 0x20 && p[i] < 0x7f)
+            putc(p[i], f);
+        else
+            fprintf(f, "\\x%02x", p[i]);
+    }
+    putc('"', f);
+}
+
+/* Writes bytes as they are (for --raw). */
+static void put_bytes(const void *data, size_t n)
+{
+    if (n > 0)
+        fwrite(data, 1, n, stdout);
+}
+
+static void put_quoted(const void *data, size_t n)
+{
+    put_quoted_to(stdout, data, n);
+}
+
+/* The shortest %g form that reads back as the same double (at most %.17g). */
+static void format_double(double d, char *buf, size_t len)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, len, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            return;
+    }
+}
+
+static void put_value_raw(const Kvs__Value *v)
+{
+    char num[64];
+    switch (v == NULL ? KVS__VALUE__KIND__NOT_SET : v->kind_case) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+        fputs(v->string_value, stdout);
+        break;
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        put_bytes(v->binary_value.data, v->binary_value.len);
+        break;
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        printf("%" PRId64, v->integer_value);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        format_double(v->float_value, num, sizeof(num));
+        fputs(num, stdout);
+        break;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        fputs(v->bool_value ? "true" : "false", stdout);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Prints one value without a newline, tagged by type (or bare with --raw). */
+static void put_value(const cli_t *c, const Kvs__Value *v)
+{
+    char num[64];
+    if (c->raw) {
+        put_value_raw(v);
+        return;
+    }
+    switch (v == NULL ? KVS__VALUE__KIND__NOT_SET : v->kind_case) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+        put_quoted(v->string_value, strlen(v->string_value));
+        break;
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        fputs("(binary) ", stdout);
+        put_quoted(v->binary_value.data, v->binary_value.len);
+        break;
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        printf("(integer) %" PRId64, v->integer_value);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        format_double(v->float_value, num, sizeof(num));
+        printf("(float) %s", num);
+        break;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        fputs(v->bool_value ? "(true)" : "(false)", stdout);
+        break;
+    default:
+        fputs("(nil)", stdout);
+        break;
+    }
+}
+
+static void put_values(const cli_t *c, const Kvs__CommandResponse *r)
+{
+    if (r->n_values == 0 && !c->raw)
+        puts("(empty)");
+    for (size_t i = 0; i < r->n_values; i++) {
+        if (!c->raw)
+            printf("%zu) ", i + 1);
+        put_value(c, r->values[i]);
+        putchar('\n');
+    }
+}
+
+/* Prints pairs numbered from first + 1 (`1) "key" => value`); with --raw,
+ * a key line then a value line. */
+static void put_pairs(const cli_t *c, Kvs__Kvpair *const *pairs, size_t n, size_t first)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (c->raw) {
+            put_bytes(pairs[i]->key.data, pairs[i]->key.len);
+            putchar('\n');
+        } else {
+            printf("%zu) ", first + i + 1);
+            put_quoted(pairs[i]->key.data, pairs[i]->key.len);
+            fputs(" => ", stdout);
+        }
+        put_value(c, pairs[i]->value);
+        putchar('\n');
+    }
+}
+
+static void put_cursor(const cli_t *c, const ProtobufCBinaryData *cur)
+{
+    if (c->raw) {
+        put_bytes(cur->data, cur->len);
+    } else if (cur->len == 0) {
+        fputs("cursor: (end)", stdout);
+    } else {
+        fputs("cursor: ", stdout);
+        put_quoted(cur->data, cur->len);
+    }
+    putchar('\n');
+}
+
+static void put_reply(const cli_t *c, cli_shape_t shape, const Kvs__CommandResponse *r)
+{
+    switch (shape) {
+    case SHAPE_PING:
+        puts(r->message[0] != '\0' ? r->message : "PONG");
+        break;
+    case SHAPE_VALUE:
+        put_value(c, r->n_values > 0 ? r->values[0] : NULL);
+        putchar('\n');
+        break;
+    case SHAPE_LIST:
+        put_values(c, r);
+        break;
+    case SHAPE_PAIRS:
+        if (r->n_pairs == 0 && !c->raw)
+            puts("(empty)");
+        put_pairs(c, r->pairs, r->n_pairs, 0);
+        break;
+    case SHAPE_SCAN:
+        if (c->raw) /* cursor first, as redis-cli --raw scan does */
+            put_cursor(c, &r->cursor);
+        if (r->n_pairs == 0 && !c->raw)
+            puts("(empty)");
+        put_pairs(c, r->pairs, r->n_pairs, 0);
+        if (!c->raw)
+            put_cursor(c, &r->cursor);
+        break;
+    }
+}
+
+/* Turns a response status into an exit status, printing any error. */
+static int check_status(const cli_t *c, const cli_cmd_t *cmd, const Kvs__CommandResponse *r)
+{
+    if (r->status == KVS_STATUS_OK)
+        return CLI_OK;
+    if (r->status == KVS_STATUS_NOT_FOUND && cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HGET) {
+        puts(c->raw ? "" : "(nil)");
+        return CLI_FAILED;
+    }
+    fflush(stdout);
+    fprintf(stderr, "(error) %" PRIu32 " %s\n", r->status, r->message);
+    return CLI_FAILED;
+}
+
+/* ---- arguments ------------------------------------------------------------------- */
+
+/* 1 when p[0..n) is well-formed UTF-8 (no overlongs, surrogates or code
+ * points past U+10FFFF), as protobuf requires of `string` fields. */
+static int utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned b = p[i];
+        size_t k;
+        uint32_t cp, min;
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        if (b >= 0xc2 && b <= 0xdf)
+            k = 1, cp = b & 0x1f, min = 0x80;
+        else if (b >= 0xe0 && b <= 0xef)
+            k = 2, cp = b & 0x0f, min = 0x800;
+        else if (b >= 0xf0 && b <= 0xf4)
+            k = 3, cp = b & 0x07, min = 0x10000;
+        else
+            return 0;
+        if (n - i <= k)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (p[i + j] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* Copies an argument into a NUL-terminated string for a protobuf `string`
+ * field. Returns 0, or CLI_USAGE after saying what is wrong with it. */
+static int arg_string(cli_t *c, const char *what, cli_arg_t a, char **out)
+{
+    const char *hint =
+        c->vtype == VT_STRING && strcmp(what, "value") == 0 ? "; pass --binary to store bytes" : "";
+    if (memchr(a.p, '\0', a.len) != NULL) {
+        fprintf(stderr, "kvs-cli: the %s contains a NUL byte%s\n", what, hint);
+        return CLI_USAGE;
+    }
+    if (!utf8_valid((const unsigned char *)a.p, a.len)) {
+        fprintf(stderr, "kvs-cli: the %s is not valid UTF-8%s\n", what, hint);
+        return CLI_USAGE;
+    }
+    char *s = cli_alloc(&c->arena, a.len + 1);
+    memcpy(s, a.p, a.len);
+    s[a.len] = '\0';
+    *out = s;
+    return 0;
+}
+
+static ProtobufCBinaryData arg_bytes(cli_arg_t a)
+{
+    ProtobufCBinaryData b = {.len = a.len, .data = (uint8_t *)a.p};
+    return b;
+}
+
+/* Copies a short argument into buf for strto*(); 0 or -1 if it cannot be a
+ * number (too long, empty, or holds a NUL). */
+static int arg_number_text(cli_arg_t a, char *buf, size_t len)
+{
+    if (a.len == 0 || a.len >= len || memchr(a.p, '\0', a.len) != NULL ||
+        isspace((unsigned char)a.p[0]))
+        return -1;
+    memcpy(buf, a.p, a.len);
+    buf[a.len] = '\0';
+    return 0;
+}
+
+static int value_int(cli_arg_t a, Kvs__Value *v)
+{
+    char buf[64], *end;
+    int ok = arg_number_text(a, buf, sizeof(buf)) == 0;
+    if (ok) {
+        errno = 0;
+        v->integer_value = strtoll(buf, &end, 10);
+        ok = errno == 0 && *end == '\0';
+    }
+    if (!ok) {
+        fprintf(stderr, "kvs-cli: --int value \"%.*s\" is not a signed 64-bit integer\n",
+                (int)(a.len > 64 ? 64 : a.len), a.p);
+        return CLI_USAGE;
+    }
+    v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    return 0;
+}
+
+static int value_float(cli_arg_t a, Kvs__Value *v)
+{
+    char buf[400], *end;
+    int ok = arg_number_text(a, buf, sizeof(buf)) == 0;
+    if (ok) {
+        errno = 0;
+        v->float_value = strtod(buf, &end);
+        ok = *end == '\0' && !(errno == ERANGE && isinf(v->float_value));
+    }
+    if (!ok) {
+        fprintf(stderr, "kvs-cli: --float value \"%.*s\" is not a number a double can hold\n",
+                (int)(a.len > 64 ? 64 : a.len), a.p);
+        return CLI_USAGE;
+    }
+    v->kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+    return 0;
+}
+
+static int value_bool(cli_arg_t a, Kvs__Value *v)
+{
+    v->kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+    if (arg_is(a, "true") || arg_is(a, "yes") || arg_is(a, "1")) {
+        v->bool_value = 1;
+        return 0;
+    }
+    if (arg_is(a, "false") || arg_is(a, "no") || arg_is(a, "0")) {
+        v->bool_value = 0;
+        return 0;
+    }
+    fprintf(stderr, "kvs-cli: --bool value \"%.*s\" is not one of true/false, yes/no, 1/0\n",
+            (int)(a.len > 64 ? 64 : a.len), a.p);
+    return CLI_USAGE;
+}
+
+/* Reads all of `fd` into a malloc'ed buffer. Returns 0 or -errno. */
+static int read_fd_all(int fd, uint8_t **out, size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    uint8_t *buf = malloc(cap);
+    for (;;) {
+        if (buf == NULL)
+            return -ENOMEM;
+        ssize_t k = read(fd, buf + n, cap - n);
+        if (k == 0)
+            break;
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            int err = -errno;
+            free(buf);
+            return err;
+        }
+        n += (size_t)k;
+        if (n == cap) {
+            uint8_t *p = realloc(buf, cap *= 2);
+            if (p == NULL)
+                free(buf);
+            buf = p;
+        }
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* --binary @FILE / @-: the value is the file's (or stdin's) content. */
+static int value_file(cli_t *c, cli_arg_t a, Kvs__Value *v)
+{
+    char *path;
+    cli_arg_t name = {a.p + 1, a.len - 1};
+    if (arg_string(c, "file name", name, &path) != 0)
+        return CLI_USAGE;
+    int is_stdin = strcmp(path, "-") == 0;
+    if (is_stdin && c->stdin_taken) {
+        fprintf(stderr, "kvs-cli: @- cannot read stdin: it is %s\n",
+                c->session ? "where commands come from" : "already read by an earlier @-");
+        return CLI_USAGE;
+    }
+    int fd = is_stdin ? 0 : open(path, O_RDONLY | O_CLOEXEC);
+    uint8_t *data = NULL;
+    size_t n = 0;
+    int rc = fd < 0 ? -errno : read_fd_all(fd, &data, &n);
+    if (!is_stdin && fd >= 0)
+        close(fd);
+    c->stdin_taken |= is_stdin;
+    if (rc != 0) {
+        fprintf(stderr, "kvs-cli: cannot read %s: %s\n", is_stdin ? "stdin" : path, strerror(-rc));
+        return CLI_USAGE;
+    }
+    v->kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    v->binary_value.data = cli_alloc(&c->arena, n);
+    v->binary_value.len = n;
+    memcpy(v->binary_value.data, data, n);
+    free(data);
+    return 0;
+}
+
+/* Builds a Value from an argument, typed by c->vtype. Returns 0 or
+ * CLI_USAGE after saying why the argument does not fit the type. */
+static int arg_value(cli_t *c, cli_arg_t a, Kvs__Value **out)
+{
+    Kvs__Value *v = cli_alloc(&c->arena, sizeof(*v));
+    kvs__value__init(v);
+    *out = v;
+    switch (c->vtype) {
+    case VT_INT:
+        return value_int(a, v);
+    case VT_FLOAT:
+        return value_float(a, v);
+    case VT_BOOL:
+        return value_bool(a, v);
+    case VT_BINARY:
+        if (a.len > 0 && a.p[0] == '@')
+            return value_file(c, a, v);
+        v->kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+        v->binary_value = arg_bytes(a);
+        return 0;
+    default:
+        v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
+        return arg_string(c, "value", a, &v->string_value);
+    }
+}
+
+/* hscan's COUNT: 0..UINT32_MAX (0 lets the server choose). */
+static int arg_count(cli_arg_t a, uint32_t *out)
+{
+    char buf[32], *end;
+    unsigned long long n = 0;
+    int ok = arg_number_text(a, buf, sizeof(buf)) == 0 && isdigit((unsigned char)buf[0]);
+    if (ok) {
+        errno = 0;
+        n = strtoull(buf, &end, 10);
+        ok = errno == 0 && *end == '\0' && n <= UINT32_MAX;
+    }
+    if (!ok) {
+        fprintf(stderr, "kvs-cli: COUNT \"%.*s\" is not a number from 0 to 4294967295\n",
+                (int)(a.len > 64 ? 64 : a.len), a.p);
+        return CLI_USAGE;
+    }
+    *out = (uint32_t)n;
+    return 0;
+}
+
+/* ---- request builders ----------------------------------------------------------- */
+
+/* A new, initialized protobuf-c message of descriptor `d` in c->arena. */
+static void *cli_new(cli_t *c, const ProtobufCMessageDescriptor *d)
+{
+    void *p = cli_alloc(&c->arena, d->sizeof_message);
+    protobuf_c_message_init(d, p);
+    return p;
+}
+
+static int build_ping(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    (void)argv;
+    req->ping = cli_new(c, &kvs__ping__descriptor);
+    req->command_case = cmd->cc;
+    return 0;
+}
+
+/* hget, hdel, hexist: TABLE KEY. */
+static int build_key(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                     Kvs__CommandRequest *req)
+{
+    char *table;
+    if (arg_string(c, "table name", argv[0], &table) != 0)
+        return CLI_USAGE;
+    ProtobufCBinaryData key = arg_bytes(argv[1]);
+    req->command_case = cmd->cc;
+    if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HGET) {
+        req->hget = cli_new(c, &kvs__hget__descriptor);
+        req->hget->table = table;
+        req->hget->key = key;
+    } else if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HDEL) {
+        req->hdel = cli_new(c, &kvs__hdel__descriptor);
+        req->hdel->table = table;
+        req->hdel->key = key;
+    } else {
+        req->hexist = cli_new(c, &kvs__hexist__descriptor);
+        req->hexist->table = table;
+        req->hexist->key = key;
+    }
+    return 0;
+}
+
+/* hmget, hmdel, hmexist: TABLE KEY... (the argument list ends with NULL). */
+static int build_keys(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    char *table;
+    if (arg_string(c, "table name", argv[0], &table) != 0)
+        return CLI_USAGE;
+    size_t n = 0;
+    while (argv[1 + n].p != NULL)
+        n++;
+    ProtobufCBinaryData *keys = cli_alloc(&c->arena, n * sizeof(*keys));
+    for (size_t i = 0; i < n; i++)
+        keys[i] = arg_bytes(argv[1 + i]);
+    req->command_case = cmd->cc;
+    if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HMGET) {
+        Kvs__Hmget *m = req->hmget = cli_new(c, &kvs__hmget__descriptor);
+        m->table = table;
+        m->n_keys = n;
+        m->keys = keys;
+    } else if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HMDEL) {
+        Kvs__Hmdel *m = req->hmdel = cli_new(c, &kvs__hmdel__descriptor);
+        m->table = table;
+        m->n_keys = n;
+        m->keys = keys;
+    } else {
+        Kvs__Hmexist *m = req->hmexist = cli_new(c, &kvs__hmexist__descriptor);
+        m->table = table;
+        m->n_keys = n;
+        m->keys = keys;
+    }
+    return 0;
+}
+
+static int build_hset(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    Kvs__Hset *m = cli_new(c, &kvs__hset__descriptor);
+    if (arg_string(c, "table name", argv[0], &m->table) != 0 ||
+        arg_value(c, argv[2], &m->value) != 0)
+        return CLI_USAGE;
+    m->key = arg_bytes(argv[1]);
+    req->command_case = cmd->cc;
+    req->hset = m;
+    return 0;
+}
+
+static int build_hmset(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                       Kvs__CommandRequest *req)
+{
+    Kvs__Hmset *m = cli_new(c, &kvs__hmset__descriptor);
+    if (arg_string(c, "table name", argv[0], &m->table) != 0)
+        return CLI_USAGE;
+    while (argv[1 + 2 * m->n_pairs].p != NULL)
+        m->n_pairs++;
+    m->pairs = cli_alloc(&c->arena, m->n_pairs * sizeof(*m->pairs));
+    for (size_t i = 0; i < m->n_pairs; i++) {
+        Kvs__Kvpair *p = cli_new(c, &kvs__kvpair__descriptor);
+        p->key = arg_bytes(argv[1 + 2 * i]);
+        if (arg_value(c, argv[2 + 2 * i], &p->value) != 0)
+            return CLI_USAGE;
+        m->pairs[i] = p;
+    }
+    req->command_case = cmd->cc;
+    req->hmset = m;
+    return 0;
+}
+
+static int build_hgetall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                         Kvs__CommandRequest *req)
+{
+    req->hgetall = cli_new(c, &kvs__hgetall__descriptor);
+    req->command_case = cmd->cc;
+    return arg_string(c, "table name", argv[0], &req->hgetall->table);
+}
+
+/* hscan TABLE [CURSOR [COUNT]]; the cursor is bytes, "" = start. */
+static int build_hscan(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                       Kvs__CommandRequest *req)
+{
+    Kvs__Hscan *m = cli_new(c, &kvs__hscan__descriptor);
+    if (arg_string(c, "table name", argv[0], &m->table) != 0)
+        return CLI_USAGE;
+    if (argv[1].p != NULL)
+        m->cursor = arg_bytes(argv[1]);
+    if (argv[1].p != NULL && argv[2].p != NULL && arg_count(argv[2], &m->count) != 0)
+        return CLI_USAGE;
+    req->command_case = cmd->cc;
+    req->hscan = m;
+    return 0;
+}
+
+/* ---- command runners ------------------------------------------------------------- */
+
+/* One request, one reply, printed by the command's shape. */
+static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    (void)argc;
+    Kvs__CommandRequest req;
+    kvs__command_request__init(&req);
+    int rc = cmd->build(c, cmd, argv, &req);
+    Kvs__CommandResponse *r = NULL;
+    if (rc == 0)
+        rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc == 0)
+        put_reply(c, cmd->shape, r);
+    return rc;
+}
+
+/* Holds a copy of the cursor to send next, since each reply's memory is
+ * gone by the time the next request is sent. 0 or -ENOMEM. */
+static int keep_cursor(ProtobufCBinaryData *keep, const ProtobufCBinaryData *cur)
+{
+    uint8_t *p = realloc(keep->data, cur->len ? cur->len : 1);
+    if (p == NULL)
+        return -ENOMEM;
+    if (cur->len > 0)
+        memcpy(p, cur->data, cur->len);
+    keep->data = p;
+    keep->len = cur->len;
+    return 0;
+}
+
+/* Fetches and prints one hscanall page; moves *cursor on (to empty at the
+ * end). Returns an exit status. */
+static int scan_page(cli_t *c, const cli_cmd_t *cmd, Kvs__CommandRequest *req,
+                     ProtobufCBinaryData *cursor, size_t *total)
+{
+    Kvs__CommandResponse *r;
+    req->hscan->cursor = *cursor;
+    int rc = cli_call(c, req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    put_pairs(c, r->pairs, r->n_pairs, *total);
+    *total += r->n_pairs;
+    if (r->n_pairs == 0 && r->cursor.len > 0 && r->cursor.len == cursor->len &&
+        memcmp(r->cursor.data, cursor->data, cursor->len) == 0) {
+        fflush(stdout);
+        fprintf(stderr, "kvs-cli: the server returned no pairs and the same cursor; the pair at ");
+        put_quoted_to(stderr, cursor->data, cursor->len);
+        fprintf(stderr, " may be too large for one page\n");
+        return CLI_FAILED;
+    }
+    if (keep_cursor(cursor, &r->cursor) != 0) {
+        fprintf(stderr, "kvs-cli: out of memory\n");
+        return CLI_USAGE;
+    }
+    return CLI_OK;
+}
+
+/* hscanall TABLE [COUNT]: hscan pages until the cursor comes back empty. */
+static int run_scanall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    Kvs__CommandRequest req;
+    kvs__command_request__init(&req);
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    req.hscan = cli_new(c, &kvs__hscan__descriptor);
+    if (arg_string(c, "table name", argv[0], &req.hscan->table) != 0 ||
+        (argc > 1 && arg_count(argv[1], &req.hscan->count) != 0))
+        return CLI_USAGE;
+    ProtobufCBinaryData cursor = {0, NULL};
+    size_t total = 0;
+    int rc;
+    do
+        rc = scan_page(c, cmd, &req, &cursor, &total);
+    while (rc == 0 && cursor.len > 0);
+    if (rc == 0 && total == 0 && !c->raw)
+        puts("(empty)");
+    free(cursor.data);
+    return rc;
+}
+
+#define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
+
+static const cli_cmd_t commands[] = {
+    {"ping", "", "check that the server answers", 0, 0, 1, CC(PING), build_ping, SHAPE_PING,
+     run_simple},
+    {"hget", "TABLE KEY", "the value of KEY", 2, 2, 1, CC(HGET), build_key, SHAPE_VALUE,
+     run_simple},
+    {"hset", "TABLE KEY VALUE", "set KEY; prints the previous value", 3, 3, 1, CC(HSET), build_hset,
+     SHAPE_VALUE, run_simple},
+    {"hdel", "TABLE KEY", "delete KEY; prints the previous value", 2, 2, 1, CC(HDEL), build_key,
+     SHAPE_VALUE, run_simple},
+    {"hexist", "TABLE KEY", "whether KEY exists", 2, 2, 1, CC(HEXIST), build_key, SHAPE_VALUE,
+     run_simple},
+    {"hmget", "TABLE KEY [KEY ...]", "the value of each KEY", 2, -1, 1, CC(HMGET), build_keys,
+     SHAPE_LIST, run_simple},
+    {"hmset", "TABLE KEY VALUE [KEY VALUE ...]", "set each KEY; prints the previous values", 3, -1,
+     2, CC(HMSET), build_hmset, SHAPE_LIST, run_simple},
+    {"hmdel", "TABLE KEY [KEY ...]", "delete each KEY; prints the previous values", 2, -1, 1,
+     CC(HMDEL), build_keys, SHAPE_LIST, run_simple},
+    {"hmexist", "TABLE KEY [KEY ...]", "whether each KEY exists", 2, -1, 1, CC(HMEXIST), build_keys,
+     SHAPE_LIST, run_simple},
+    {"hgetall", "TABLE", "every pair of a small table (else use hscan)", 1, 1, 1, CC(HGETALL),
+     build_hgetall, SHAPE_PAIRS, run_simple},
+    {"hscan", "TABLE [CURSOR [COUNT]]", "one page in key order; CURSOR \"\" starts", 1, 3, 1,
+     CC(HSCAN), build_hscan, SHAPE_SCAN, run_simple},
+    {"hscanall", "TABLE [COUNT]", "every pair, fetched COUNT at a time", 1, 2, 1, CC(HSCAN), NULL,
+     SHAPE_PAIRS, run_scanall},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void put_commands(FILE *f)
+{
+    char line[64];
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        snprintf(line, sizeof(line), "%s %s", commands[i].name, commands[i].args);
+        fprintf(f, "  %-38s %s\n", line, commands[i].help);
+    }
+}
+
+static const cli_cmd_t *find_command(cli_arg_t name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (arg_is(name, commands[i].name))
+            return &commands[i];
+    return NULL;
+}
+
+/* Runs argv[0] with its arguments. argv[argc].p must be NULL. */
+static int run_command(cli_t *c, const cli_arg_t *argv, int argc)
+{
+    if (arg_is(argv[0], "help")) {
+        put_commands(stdout);
+        return CLI_OK;
+    }
+    const cli_cmd_t *cmd = find_command(argv[0]);
+    if (cmd == NULL) {
+        fprintf(stderr, "kvs-cli: unknown command \"%.*s\"; %s lists the commands\n",
+                (int)(argv[0].len > 64 ? 64 : argv[0].len), argv[0].p,
+                c->session ? "'help'" : "'kvs-cli --help'");
+        return CLI_USAGE;
+    }
+    int n = argc - 1;
+    if (n < cmd->min || (cmd->max >= 0 && n > cmd->max) || (n - cmd->min) % cmd->step != 0) {
+        fprintf(stderr, "kvs-cli: wrong number of arguments for '%s'\nusage: %s%s%s%s\n", cmd->name,
+                c->session ? "" : "kvs-cli [OPTIONS] ", cmd->name, cmd->args[0] ? " " : "",
+                cmd->args);
+        return CLI_USAGE;
+    }
+    return cmd->run(c, cmd, argv + 1, n);
+}
+
+/* ---- sessions -------------------------------------------------------------------- */
+
+/* Decodes a double-quoted token part starting at s[*i] == '"' into s[*w...]
+ * (in place: output never overtakes input). Returns 0 or -1 if unclosed. */
+static int read_dquoted(char *s, size_t n, size_t *i, size_t *w)
+{
+    static const char from[] = "ntrab\\\"", to[] = "\n\t\r\a\b\\\"";
+    for ((*i)++; *i < n && s[*i] != '"'; (*i)++) {
+        if (s[*i] != '\\' || *i + 1 >= n) {
+            s[(*w)++] = s[*i];
+            continue;
+        }
+        char e = s[++(*i)];
+        const char *m = strchr(from, e);
+        if (e == 'x' && *i + 2 < n && isxdigit((unsigned char)s[*i + 1]) &&
+            isxdigit((unsigned char)s[*i + 2])) {
+            char hex[3] = {s[*i + 1], s[*i + 2], 0};
+            s[(*w)++] = (char)strtol(hex, NULL, 16);
+            *i += 2;
+        } else {
+            s[(*w)++] = m != NULL && e != '\0' ? to[m - from] : e;
+        }
+    }
+    if (*i >= n)
+        return -1;
+    (*i)++;
+    return 0;
+}
+
+/* Single quotes: literal bytes, except \' for a quote. */
+static int read_squoted(char *s, size_t n, size_t *i, size_t *w)
+{
+    for ((*i)++; *i < n && s[*i] != '\''; (*i)++) {
+        if (s[*i] == '\\' && *i + 1 < n && s[*i + 1] == '\'')
+            (*i)++;
+        s[(*w)++] = s[*i];
+    }
+    if (*i >= n)
+        return -1;
+    (*i)++;
+    return 0;
+}
+
+/* Splits a line into tokens, decoding quotes in place. `out` has room for
+ * n / 2 + 2 entries; a NULL entry follows the last token. Returns the token
+ * count, or -1 when a quote is not closed. */
+static int split_line(char *s, size_t n, cli_arg_t *out)
+{
+    size_t i = 0, w = 0;
+    int count = 0;
+    for (;;) {
+        while (i < n && isspace((unsigned char)s[i]))
+            i++;
+        if (i >= n)
+            break;
+        size_t start = w;
+        while (i < n && !isspace((unsigned char)s[i])) {
+            int rc = 0;
+            if (s[i] == '"')
+                rc = read_dquoted(s, n, &i, &w);
+            else if (s[i] == '\'')
+                rc = read_squoted(s, n, &i, &w);
+            else
+                s[w++] = s[i++];
+            if (rc != 0)
+                return -1;
+        }
+        out[count].p = s + start;
+        out[count++].len = w - start;
+    }
+    out[count].p = NULL;
+    out[count].len = 0;
+    return count;
+}
+
+/* Consumes leading value-type options of a session line. Returns how many
+ * tokens were options, or -1 after naming one it does not know. */
+static int line_options(cli_t *c, const cli_arg_t *argv, int argc)
+{
+    static const struct {
+        const char *name;
+        cli_vtype_t type;
+    } types[] = {{"--string", VT_STRING},
+                 {"--int", VT_INT},
+                 {"--float", VT_FLOAT},
+                 {"--bool", VT_BOOL},
+                 {"--binary", VT_BINARY}};
+    int k = 0;
+    for (; k < argc && argv[k].len > 2 && memcmp(argv[k].p, "--", 2) == 0; k++) {
+        size_t t = 0;
+        while (t < sizeof(types) / sizeof(types[0]) && !arg_is(argv[k], types[t].name))
+            t++;
+        if (t == sizeof(types) / sizeof(types[0])) {
+            fprintf(stderr,
+                    "kvs-cli: unknown option \"%.*s\" (a line may start with --string, "
+                    "--int, --float, --bool or --binary)\n",
+                    (int)(argv[k].len > 64 ? 64 : argv[k].len), argv[k].p);
+            return -1;
+        }
+        c->vtype = types[t].type;
+    }
+    return k;
+}
+
+/* Runs one session line. Returns its exit status; sets *quit on quit/exit. */
+static int run_line(cli_t *c, char *line, size_t n, int *quit)
+{
+    kvs_arena_reset(&c->arena);
+    size_t lead = 0;
+    while (lead < n && isspace((unsigned char)line[lead]))
+        lead++;
+    if (lead == n || line[lead] == '#')
+        return CLI_OK;
+    cli_arg_t *argv = cli_alloc(&c->arena, (n / 2 + 2) * sizeof(*argv));
+    int argc = split_line(line, n, argv);
+    if (argc < 0) {
+        fprintf(stderr, "kvs-cli: unbalanced quotes: close every \" and ' on the line\n");
+        return CLI_USAGE;
+    }
+    if (argc == 1 && (arg_is(argv[0], "quit") || arg_is(argv[0], "exit"))) {
+        *quit = 1;
+        return CLI_OK;
+    }
+    cli_vtype_t saved = c->vtype;
+    int k = line_options(c, argv, argc);
+    int rc = k < 0 ? CLI_USAGE : k == argc ? CLI_OK : run_command(c, argv + k, argc - k);
+    c->vtype = saved;
+    return rc;
+}
+
+/* Reads commands from stdin until EOF or quit. A prompt is shown only to a
+ * terminal; a piped session stops at nothing and reports any failure in its
+ * exit status. */
+static int run_session(cli_t *c)
+{
+    int tty = isatty(STDIN_FILENO);
+    c->session = 1;
+    c->stdin_taken = 1;
+    if (cli_connect(c) != 0 && !tty)
+        return CLI_USAGE;
+    char *line = NULL;
+    size_t cap = 0;
+    int failed = 0, quit = 0;
+    while (!quit) {
+        if (tty) {
+            printf("%s> ", c->name);
+            fflush(stdout);
+        }
+        ssize_t n = getline(&line, &cap, stdin);
+        if (n < 0) {
+            if (tty)
+                putchar('\n');
+            break;
+        }
+        failed |= run_line(c, line, (size_t)n, &quit) != CLI_OK;
+        fflush(stdout);
+    }
+    free(line);
+    return failed ? CLI_FAILED : CLI_OK;
+}
+
+static int run_oneshot(cli_t *c, int argc, char **argv)
+{
+    cli_arg_t *args = cli_alloc(&c->arena, ((size_t)argc + 1) * sizeof(*args));
+    for (int i = 0; i < argc; i++) {
+        args[i].p = argv[i];
+        args[i].len = strlen(argv[i]);
+    }
+    args[argc].p = NULL;
+    args[argc].len = 0;
+    return run_command(c, args, argc);
+}
+
+/* ---- options ---------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvs-cli [OPTIONS] [COMMAND [ARG...]]\n"
+               "\n"
+               "Talks to a kvs router or node. With a COMMAND, runs it once; without one,\n"
+               "reads commands line by line from stdin (with a prompt on a terminal).\n"
+               "Options come before the command.\n"
+               "\n"
+               "Connection:\n"
+               "  --host HOST        server host (default 127.0.0.1)\n"
+               "  --port PORT        server port (default 9527)\n"
+               "  --socket PATH      unix socket; overrides --host and --port\n"
+               "  --timeout SECONDS  limit on connecting and on each reply (default 10; 0 = none)\n"
+               "Values of hset and hmset (default --string):\n"
+               "  --string           UTF-8 text\n"
+               "  --int              signed 64-bit integer\n"
+               "  --float            double\n"
+               "  --bool             true/false, yes/no, 1/0\n"
+               "  --binary           the argument's bytes; @FILE reads a file, @- stdin\n"
+               "Output:\n"
+               "  --raw              bare values, one per line, no quotes or type tags\n"
+               "  -h, --help         this help\n"
+               "  --version          print the version\n"
+               "\n"
+               "Commands (names are case-insensitive):\n");
+    put_commands(f);
+    fprintf(f, "\n"
+               "In a session, 'help' lists the commands, 'quit' or 'exit' ends it, tokens\n"
+               "may be \"quoted\" (with \\n \\t \\\\ \\\" \\xHH escapes) or 'quoted', and a line\n"
+               "may start with a value option (--int hset t k 5).\n"
+               "\n"
+               "Exit status: 0 ok; 1 the server answered with an error (or hget found no\n"
+               "key); 2 usage error, connection failure, timeout or protocol error.\n");
+}
+
+static int parse_port(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 1 || v > 65535) {
+        fprintf(stderr, "kvs-cli: --port \"%s\" must be a number from 1 to 65535\n", s);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_timeout(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v >= 0) || v > 1e9) {
+        fprintf(stderr, "kvs-cli: --timeout \"%s\" must be a number of seconds (0 = none)\n", s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* One option. Returns -1 to go on, or an exit status. */
+static int apply_option(cli_t *c, int ch, const char *arg)
+{
+    switch (ch) {
+    case 'H':
+        c->host = arg;
+        return -1;
+    case 'p':
+        c->port = arg;
+        return parse_port(arg) == 0 ? -1 : CLI_USAGE;
+    case 's':
+        c->socket = arg;
+        return -1;
+    case 't':
+        return parse_timeout(arg, &c->timeout) == 0 ? -1 : CLI_USAGE;
+    case 'r':
+        c->raw = 1;
+        return -1;
+    case 'h':
+        usage(stdout);
+        return CLI_OK;
+    case 'V':
+        printf("kvs-cli %s\n", KVS_VERSION);
+        return CLI_OK;
+    case VT_STRING + 1000:
+    case VT_INT + 1000:
+    case VT_FLOAT + 1000:
+    case VT_BOOL + 1000:
+    case VT_BINARY + 1000:
+        c->vtype = (cli_vtype_t)(ch - 1000);
+        return -1;
+    case ':':
+        fprintf(stderr, "kvs-cli: option %s needs an argument; try 'kvs-cli --help'\n", arg);
+        return CLI_USAGE;
+    default:
+        fprintf(stderr, "kvs-cli: unknown option %s; try 'kvs-cli --help'\n", arg);
+        return CLI_USAGE;
+    }
+}
+
+/* Parses the options before the command. Returns -1 to go on (optind is
+ * the command), or an exit status. */
+static int parse_options(cli_t *c, int argc, char **argv)
+{
+    static const struct option opts[] = {{"host", required_argument, NULL, 'H'},
+                                         {"port", required_argument, NULL, 'p'},
+                                         {"socket", required_argument, NULL, 's'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"raw", no_argument, NULL, 'r'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"string", no_argument, NULL, VT_STRING + 1000},
+                                         {"int", no_argument, NULL, VT_INT + 1000},
+                                         {"float", no_argument, NULL, VT_FLOAT + 1000},
+                                         {"bool", no_argument, NULL, VT_BOOL + 1000},
+                                         {"binary", no_argument, NULL, VT_BINARY + 1000},
+                                         {NULL, 0, NULL, 0}};
+    int ch;
+    opterr = 0; /* apply_option words the errors */
+    while ((ch = getopt_long(argc, argv, "+:h", opts, NULL)) != -1) {
+        const char *arg = ch == '?' || ch == ':' ? argv[optind - 1] : optarg;
+        int rc = apply_option(c, ch, arg);
+        if (rc >= 0)
+            return rc;
+    }
+    if (c->socket != NULL)
+        snprintf(c->name, sizeof(c->name), "unix:%s", c->socket);
+    else if (strchr(c->host, ':') != NULL)
+        snprintf(c->name, sizeof(c->name), "[%s]:%s", c->host, c->port);
+    else
+        snprintf(c->name, sizeof(c->name), "%s:%s", c->host, c->port);
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    cli_t c = {.host = "127.0.0.1", .port = "9527", .timeout = 10, .fd = -1};
+    kvs_arena_init(&c.arena);
+    kvs_arena_init(&c.reply);
+    signal(SIGPIPE, SIG_IGN);
+    int rc = parse_options(&c, argc, argv);
+    if (rc < 0)
+        rc = optind < argc ? run_oneshot(&c, argc - optind, argv + optind) : run_session(&c);
+    cli_disconnect(&c);
+    kvs_arena_close(&c.arena);
+    kvs_arena_close(&c.reply);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "kvs-cli: cannot write the output: %s\n", strerror(errno));
+        if (rc == CLI_OK)
+            rc = CLI_USAGE;
+    }
+    return rc;
+}
