@@ -548,6 +548,19 @@ static int binding_field(cfg_ctx_t *ctx, const char *label, kvs_binding_t *b,
         return binding_name(ctx, path, val, &b->topic, topic_name_problem, &marks->topic);
     if (strcmp(k, "table") == 0)
         return binding_name(ctx, path, val, &b->table, table_name_problem, &marks->table);
+    if (strcmp(k, "partitions") == 0) {
+        uint64_t v;
+        const char *end;
+        int rc = scalar_value(ctx, val, path, "an integer", &text);
+        if (rc != 0)
+            return rc;
+        if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < 1 || v > 100000)
+            return cfg_error(ctx, &val->start_mark,
+                             "%s must be the topic's partition count, 1 to 100000 (got \"%.40s\")",
+                             path, text);
+        b->partitions = (uint32_t)v;
+        return 0;
+    }
     if (strcmp(k, "format") != 0)
         return unknown_key(ctx, key, label);
     int rc = scalar_value(ctx, val, path, "a string", &text);
@@ -761,6 +774,20 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
     }
     qsort(ctx->cfg->remote, ctx->cfg->n_remote, sizeof(kvs_remote_t), cmp_remote);
     return 0;
+}
+
+const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
+{
+    for (size_t i = 0; i < cfg->n_bindings; i++)
+        if (strcmp(cfg->bindings[i].table, table) == 0)
+            return &cfg->bindings[i];
+    return NULL;
+}
+
+uint32_t kvs_config_table_partitions(const kvs_config_t *cfg, const char *table)
+{
+    const kvs_binding_t *b = kvs_config_binding(cfg, table);
+    return b != NULL && b->partitions > 0 ? b->partitions : cfg->partitions;
 }
 
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard)

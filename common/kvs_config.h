@@ -36,7 +36,9 @@
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
- *     bindings: []           - {topic: T, table: X, format: raw|string|value}
+ *     bindings: []           - {topic: T, table: X, format: raw|string|value,
+ *                               partitions: N}  (N defaults to cluster.partitions;
+ *                               workers check it against the topic at start)
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
@@ -67,6 +69,7 @@ typedef struct kvs_binding_s {
     char *topic;
     char *table;
     kvs_format_t format;
+    uint32_t partitions; /* the topic's partition count; 0 = cluster.partitions */
 } kvs_binding_t;
 
 typedef struct kvs_kv_s {
@@ -120,6 +123,13 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
 /* Same, from a string; `name` stands in for the file name in messages. */
 int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out,
                      char *err, size_t errlen);
+
+/* The partition count placement uses for `table`: its binding's topic
+ * partition count, or cluster.partitions for tables bound to no topic. */
+uint32_t kvs_config_table_partitions(const kvs_config_t *cfg, const char *table);
+
+/* The binding of `table`, or NULL. */
+const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table);
 
 /* The remote entry for `shard`, or NULL when the shard is local. */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);

@@ -99,7 +99,7 @@ static const char full_yaml[] = "# kvs node configuration\n"
                                 "  brokers: \"k1:9092,k2:9092\"\n"
                                 "  group_id: kvs-prod\n"
                                 "  bindings:\n"
-                                "    - {topic: users, table: users, format: raw}\n"
+                                "    - {topic: users, table: users, format: raw, partitions: 12}\n"
                                 "    - topic: events.v1\n"
                                 "      table: events\n"
                                 "      format: value\n"
@@ -135,6 +135,11 @@ KVS_TEST(full_file_parses)
     CHECK_EQ(c->bindings[1].format, KVS_FORMAT_VALUE);
     CHECK_STR(c->bindings[2].topic, "names");
     CHECK_EQ(c->bindings[2].format, KVS_FORMAT_RAW);
+    CHECK_EQ(c->bindings[0].partitions, 12);
+    CHECK_EQ(c->bindings[1].partitions, 0);
+    CHECK_EQ(kvs_config_table_partitions(c, "users"), 12);
+    CHECK_EQ(kvs_config_table_partitions(c, "events"), 128);
+    CHECK_EQ(kvs_config_table_partitions(c, "unbound"), 128);
     CHECK_EQ(c->n_kafka_properties, 3);
     CHECK_STR(c->kafka_properties[0].key, "security.protocol");
     CHECK_STR(c->kafka_properties[0].value, "ssl");
@@ -334,8 +339,11 @@ KVS_TEST(bindings_errors)
                 "config.yaml:3:7: kafka.bindings[0]: missing \"table\"");
     parse_fails("kafka:\n  bindings:\n    - {table: t}\n",
                 "config.yaml:3:7: kafka.bindings[0]: missing \"topic\"");
-    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitions: 3}\n",
-                "config.yaml:3:28: unknown key \"partitions\" in \"kafka.bindings[0]\"");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partition: 3}\n",
+                "config.yaml:3:28: unknown key \"partition\" in \"kafka.bindings[0]\"");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitions: 0}\n",
+                "config.yaml:3:40: kafka.bindings[0].partitions must be the topic's partition "
+                "count, 1 to 100000 (got \"0\")");
     parse_fails("kafka:\n  bindings:\n    - {topic: t, table: __kvs}\n",
                 "config.yaml:3:25: kafka.bindings[0].table: table names must not start with "
                 "\"__\" (reserved) (got \"__kvs\")");
@@ -597,7 +605,46 @@ KVS_TEST(free_accepts_null)
     kvs_config_free(c);
 }
 
-KVS_TEST_MAIN(KVS_CASE(defaults_from_empty_string),
+KVS_TEST(cluster_remote_and_router_keys)
+{
+    kvs_config_t *c = parse_ok("cluster:\n"
+                               "  shards: 4\n"
+                               "  remote:\n"
+                               "    - {shard: 3, address: \"127.0.0.1:9803\"}\n"
+                               "    - {shard: 2, address: \"10.1.2.3:9802\"}\n"
+                               "router:\n"
+                               "  timeout: 250ms\n"
+                               "limits:\n"
+                               "  max_inflight: 8\n");
+    CHECK_EQ(c->n_remote, 2);
+    CHECK_EQ(c->remote[0].shard, 2); /* sorted by shard */
+    CHECK_STR(c->remote[0].address, "10.1.2.3:9802");
+    CHECK(kvs_config_remote(c, 3) != NULL);
+    CHECK(kvs_config_remote(c, 0) == NULL);
+    CHECK_EQ(c->router_timeout_ms, 250);
+    CHECK_EQ(c->max_inflight, 8);
+    kvs_config_free(c);
+    c = parse_ok("");
+    CHECK_EQ(c->n_remote, 0);
+    CHECK_EQ(c->router_timeout_ms, 5000);
+    CHECK_EQ(c->max_inflight, 1024);
+    kvs_config_free(c);
+    parse_fails("cluster:\n  remote:\n    - {shard: 9, address: \"h:1\"}\n",
+                "config.yaml:3:15: cluster.remote[0].shard must be a shard id from 0 to 3 "
+                "(cluster.shards - 1), got \"9\"");
+    parse_fails("cluster:\n  remote:\n    - {shard: 1}\n",
+                "config.yaml:3:7: cluster.remote[0]: missing \"address\"");
+    parse_fails("cluster:\n  remote:\n    - {shard: 1, address: h:1}\n    - {shard: 1, "
+                "address: h:2}\n",
+                "config.yaml:4:7: cluster.remote[1]: shard 1 is already listed in "
+                "cluster.remote[0]");
+    parse_fails("cluster:\n  remote:\n    - {shard: 1, address: nope}\n",
+                "config.yaml:3:27: cluster.remote[0].address: missing :PORT (got \"nope\")");
+    parse_fails("cluster:\n  remote:\n    - {shard: 3, address: \"h:1\"}\n  shards: 2\n",
+                "config.yaml:3:5: cluster.remote names shard 3 but cluster.shards is 2 (ids 0..1)");
+}
+
+KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),

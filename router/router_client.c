@@ -1,0 +1,213 @@
+/*
+ * router_client: the router's client side. Accepts connections, turns each
+ * frame into a router_req_t queued at the client's FIFO tail, and writes
+ * answers strictly in FIFO order as their requests complete (a later
+ * request that finishes first waits for the ones before it).
+ *
+ * Back-pressure: a client with limits.max_inflight requests in its FIFO is
+ * paused (no more reading) until answers drain, so one client cannot make
+ * the router buffer without bound.
+ *
+ * Lifetimes: a client that goes away leaves its unfinished requests
+ * orphaned (req->client = NULL); each frees itself when its last part
+ * answers. The client struct itself is freed in its connection's close
+ * callback, after its FIFO was emptied or orphaned.
+ */
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "router.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct router_client_s {
+    kvs_conn_t conn;
+    router_t *router;
+    router_req_t *head, *tail; /* FIFO of requests, oldest first */
+    uint32_t inflight;
+    int closing_when_drained; /* peer hung up or broke framing: close once answered */
+    router_client_t *prev, *next;
+};
+
+static void client_maybe_close(router_client_t *cl)
+{
+    if (cl->closing_when_drained && cl->head == NULL)
+        kvs_conn_close_after_flush(&cl->conn);
+}
+
+/* Moves completed requests at the FIFO head into the output buffer. */
+static void client_flush_done(router_client_t *cl)
+{
+    int wrote = 0;
+    while (cl->head != NULL && cl->head->done) {
+        router_req_t *req = cl->head;
+        cl->head = req->next;
+        if (cl->head == NULL)
+            cl->tail = NULL;
+        cl->inflight--;
+        if (req->resp.len == 0 || kvs_buf_append(&cl->conn.out, req->resp.data, req->resp.len)) {
+            kvs_error("cannot queue an answer (out of memory); closing the client");
+            router_req_free(req);
+            kvs_conn_close(&cl->conn);
+            return;
+        }
+        router_req_free(req);
+        wrote = 1;
+    }
+    if (wrote)
+        kvs_conn_queue(&cl->conn);
+    if (cl->conn.paused && !cl->closing_when_drained &&
+        cl->inflight < cl->router->cfg->max_inflight)
+        kvs_conn_resume(&cl->conn);
+    client_maybe_close(cl);
+}
+
+void router_client_req_done(router_client_t *cl)
+{
+    client_flush_done(cl);
+}
+
+static router_req_t *client_enqueue(router_client_t *cl)
+{
+    router_req_t *req = router_req_new(cl);
+    if (req == NULL)
+        return NULL;
+    if (cl->tail != NULL)
+        cl->tail->next = req;
+    else
+        cl->head = req;
+    cl->tail = req;
+    cl->inflight++;
+    return req;
+}
+
+static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    router_client_t *cl = c->data;
+    router_req_t *req = client_enqueue(cl);
+    if (req == NULL) {
+        kvs_error("out of memory for a request; closing the client");
+        kvs_conn_close(c);
+        return;
+    }
+    router_route(cl->router, req, payload, len);
+    if (req->done && req == cl->head)
+        client_flush_done(cl);
+    if (cl->inflight >= cl->router->cfg->max_inflight && !c->paused && !c->closing)
+        kvs_conn_pause(c);
+}
+
+static void on_conn_error(kvs_conn_t *c, int err)
+{
+    router_client_t *cl = c->data;
+    router_t *r = cl->router;
+    if (err == KVS_ETOOBIG || err == KVS_EPROTO) {
+        router_req_t *req = client_enqueue(cl);
+        if (req != NULL && err == KVS_ETOOBIG)
+            router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                     "frame of %u bytes exceeds limits.max_frame (%llu bytes); "
+                                     "the connection is closed",
+                                     c->dec.bad_len, (unsigned long long)r->cfg->max_frame);
+        else if (req != NULL)
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     "compressed frames are not supported (header bit 31 set); "
+                                     "the connection is closed");
+    }
+    cl->closing_when_drained = 1;
+    client_flush_done(cl);
+}
+
+static void on_conn_closed(kvs_conn_t *c)
+{
+    router_client_t *cl = c->data;
+    router_t *r = cl->router;
+    for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
+        next = req->next;
+        req->next = NULL;
+        if (req->done)
+            router_req_free(req);
+        else
+            req->client = NULL; /* frees itself when its parts answer */
+    }
+    if (cl->prev != NULL)
+        cl->prev->next = cl->next;
+    else
+        r->clients = cl->next;
+    if (cl->next != NULL)
+        cl->next->prev = cl->prev;
+    r->n_clients--;
+    free(cl);
+    if (r->draining && r->n_clients == 0 && r->on_drained != NULL)
+        r->on_drained(r);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    router_t *r = server->data;
+    if (status != 0) {
+        kvs_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    router_client_t *cl = calloc(1, sizeof(*cl));
+    if (cl == NULL) {
+        kvs_error("out of memory accepting a client");
+        return;
+    }
+    cl->router = r;
+    kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
+                  on_frame, on_conn_error, on_conn_closed);
+    cl->conn.data = cl;
+    cl->conn.flusher = &r->flusher;
+    cl->next = r->clients;
+    if (r->clients != NULL)
+        r->clients->prev = cl;
+    r->clients = cl;
+    r->n_clients++;
+    int rc = kvs_conn_accept(&cl->conn, server);
+    if (rc != 0) {
+        kvs_warn("accept failed: %s", uv_strerror(rc));
+        kvs_conn_close(&cl->conn);
+    }
+}
+
+int router_clients_listen(router_t *r)
+{
+    kvs_addr_t addr;
+    char err[256];
+    int rc = kvs_addr_parse(r->cfg->router_listen, 0, &addr, err, sizeof(err));
+    if (rc != 0) {
+        kvs_error("router.listen: %s", err);
+        return rc;
+    }
+    rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
+    if (rc != 0) {
+        kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));
+        return rc;
+    }
+    r->listener.handle.data = r;
+    r->listening = 1;
+    kvs_info("accepting clients on %s", r->cfg->router_listen);
+    return 0;
+}
+
+void router_clients_drain(router_t *r)
+{
+    r->draining = 1;
+    if (r->listening) {
+        uv_close(&r->listener.handle, NULL);
+        r->listening = 0;
+    }
+    for (router_client_t *cl = r->clients; cl != NULL; cl = cl->next) {
+        kvs_conn_pause(&cl->conn);
+        cl->closing_when_drained = 1;
+        client_maybe_close(cl);
+    }
+    if (r->n_clients == 0 && r->on_drained != NULL)
+        r->on_drained(r);
+}
+
+void router_clients_abort(router_t *r)
+{
+    for (router_client_t *cl = r->clients; cl != NULL; cl = cl->next)
+        kvs_conn_close(&cl->conn);
+}

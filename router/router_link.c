@@ -1,0 +1,305 @@
+/*
+ * router_link: one connection per shard, a FIFO of pending requests, and
+ * the reconnect/timeout machinery.
+ *
+ * Invariants:
+ *  - fifo[head .. head+count) are the requests sent on the current
+ *    connection, oldest first; the worker answers them in that order.
+ *  - Every pending request gets exactly one on_reply: its answer, or a
+ *    failure when the connection breaks, times out or the link stops.
+ *  - A kvs_conn belongs to one connection attempt; it is heap memory freed
+ *    in its close callback, so a broken connection can be dropped while the
+ *    link immediately starts another.
+ *  - One timer serves two purposes: while down it is the reconnect backoff,
+ *    while up it fires at the oldest request's deadline.
+ */
+#include "router_link.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_log.h"
+#include "kvs_msg.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 1000
+
+static void link_connect(router_link_t *l);
+static void link_arm_timer(router_link_t *l);
+
+/* ---- FIFO -------------------------------------------------------------- */
+
+static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
+{
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        router_link_pending_t *n = malloc(cap * sizeof(*n));
+        if (n == NULL)
+            return -ENOMEM;
+        for (size_t i = 0; i < l->count; i++)
+            n[i] = l->fifo[(l->head + i) % l->cap];
+        free(l->fifo);
+        l->fifo = n;
+        l->cap = cap;
+        l->head = 0;
+    }
+    router_link_pending_t *p = &l->fifo[(l->head + l->count) % l->cap];
+    p->ctx = ctx;
+    p->part = part;
+    p->deadline = uv_now(l->loop) + l->timeout_ms;
+    l->count++;
+    return 0;
+}
+
+static router_link_pending_t fifo_pop(router_link_t *l)
+{
+    router_link_pending_t p = l->fifo[l->head];
+    l->head = (l->head + 1) % l->cap;
+    l->count--;
+    return p;
+}
+
+/* Fails every pending request with `why`. Callbacks may send new requests
+ * (they fail at once, the link being down), so pop one at a time. */
+static void fail_all(router_link_t *l, const char *why)
+{
+    char msg[400];
+    snprintf(msg, sizeof(msg), "shard %u is unavailable: %s", l->shard, why);
+    while (l->count > 0) {
+        router_link_pending_t p = fifo_pop(l);
+        l->on_reply(p.ctx, p.part, NULL, 0, msg);
+    }
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+static void on_conn_closed(kvs_conn_t *c)
+{
+    free(c);
+}
+
+/* Drops the connection, fails what was pending, and schedules a reconnect. */
+static void link_down(router_link_t *l, const char *why)
+{
+    int was_up = l->up;
+    snprintf(l->last_error, sizeof(l->last_error), "%s", why);
+    if (l->conn != NULL) {
+        l->conn->data = NULL;
+        kvs_conn_close(l->conn);
+        l->conn = NULL;
+    }
+    l->up = 0;
+    if (was_up)
+        kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
+    fail_all(l, why);
+    if (was_up && l->on_state != NULL)
+        l->on_state(l, 0);
+    link_arm_timer(l);
+}
+
+static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    router_link_t *l = c->data;
+    if (l->count == 0) {
+        link_down(l, "worker sent an answer nobody asked for");
+        return;
+    }
+    router_link_pending_t p = fifo_pop(l);
+    l->on_reply(p.ctx, p.part, payload, len, NULL);
+    if (l->conn == c)
+        link_arm_timer(l);
+}
+
+static void on_conn_error(kvs_conn_t *c, int err)
+{
+    router_link_t *l = c->data;
+    if (l == NULL)
+        return;
+    link_down(l, err == KVS_ECLOSED ? "worker closed the connection" : kvs_strerror(err));
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    router_link_t *l = req->data;
+    kvs_conn_t *c = (kvs_conn_t *)req->handle->data;
+    l->connecting = 0;
+    if (l->stopping || status != 0 || kvs_conn_start(c) != 0) {
+        if (!l->stopping && status != 0)
+            snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s",
+                     l->addr_text, uv_strerror(status));
+        kvs_conn_close(c);
+        if (c == l->conn)
+            l->conn = NULL;
+        if (!l->stopping)
+            link_arm_timer(l);
+        return;
+    }
+    l->up = 1;
+    l->backoff_ms = BACKOFF_MIN_MS;
+    l->last_error[0] = '\0';
+    kvs_info("link to shard %u (%s) up", l->shard, l->addr_text);
+    if (l->on_state != NULL)
+        l->on_state(l, 1);
+}
+
+static void link_connect(router_link_t *l)
+{
+    kvs_conn_t *c = malloc(sizeof(*c));
+    if (c == NULL)
+        return;
+    int rc = kvs_conn_init(c, l->loop, l->addr.is_unix, l->max_frame, on_frame, on_conn_error,
+                           on_conn_closed);
+    c->data = l;
+    c->flusher = l->flusher;
+    l->conn = c;
+    l->connect_req.data = l;
+    if (rc == 0) {
+        if (l->addr.is_unix) {
+            uv_pipe_connect(&l->connect_req, &c->h.pipe, l->addr.path, on_connected);
+        } else {
+            struct sockaddr_storage ss;
+            rc = kvs_resolve(l->loop, &l->addr, &ss);
+            if (rc == 0)
+                rc = uv_tcp_connect(&l->connect_req, &c->h.tcp, (struct sockaddr *)&ss,
+                                    on_connected);
+        }
+    }
+    if (rc != 0) {
+        snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
+                 uv_strerror(rc));
+        kvs_conn_close(c);
+        l->conn = NULL;
+        link_arm_timer(l);
+        return;
+    }
+    l->connecting = 1;
+}
+
+/* ---- timer ------------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *t)
+{
+    router_link_t *l = t->data;
+    if (l->stopping)
+        return;
+    if (!l->up) {
+        if (!l->connecting && l->conn == NULL)
+            link_connect(l);
+        return;
+    }
+    if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
+        char why[96];
+        snprintf(why, sizeof(why),
+                 "no answer within router.timeout (%llu ms); the request may or may not have "
+                 "been applied",
+                 (unsigned long long)l->timeout_ms);
+        link_down(l, why);
+        return;
+    }
+    link_arm_timer(l);
+}
+
+static void link_arm_timer(router_link_t *l)
+{
+    if (l->stopping)
+        return;
+    if (!l->up) {
+        if (l->connecting)
+            return;
+        uv_timer_start(&l->timer, on_timer, l->backoff_ms, 0);
+        l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+        return;
+    }
+    if (l->count == 0) {
+        uv_timer_stop(&l->timer);
+        return;
+    }
+    uint64_t now = uv_now(l->loop), dl = l->fifo[l->head].deadline;
+    uv_timer_start(&l->timer, on_timer, dl > now ? dl - now : 0, 0);
+}
+
+/* ---- API ---------------------------------------------------------------------- */
+
+int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
+                      uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
+                      router_link_reply_cb on_reply, router_link_state_cb on_state)
+{
+    memset(l, 0, sizeof(*l));
+    l->loop = loop;
+    l->shard = shard;
+    l->addr = *addr;
+    kvs_addr_format(addr, l->addr_text, sizeof(l->addr_text));
+    l->timeout_ms = timeout_ms;
+    l->max_frame = max_frame;
+    l->flusher = flusher;
+    l->on_reply = on_reply;
+    l->on_state = on_state;
+    l->backoff_ms = BACKOFF_MIN_MS;
+    snprintf(l->last_error, sizeof(l->last_error), "not connected yet");
+    int rc = uv_timer_init(loop, &l->timer);
+    if (rc != 0)
+        return rc;
+    l->timer.data = l;
+    link_connect(l);
+    return 0;
+}
+
+static int link_usable(router_link_t *l)
+{
+    return l->up && l->conn != NULL && !l->conn->closing;
+}
+
+int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx,
+                     uint32_t part)
+{
+    if (!link_usable(l))
+        return KVS_ECLOSED;
+    uint8_t hdr[KVS_FRAME_HEADER];
+    kvs_frame_put_header(hdr, (uint32_t)len);
+    if (kvs_buf_reserve(&l->conn->out, sizeof(hdr) + len) != 0 || fifo_push(l, ctx, part) != 0)
+        return -ENOMEM;
+    kvs_buf_append(&l->conn->out, hdr, sizeof(hdr));
+    kvs_buf_append(&l->conn->out, payload, len);
+    kvs_conn_queue(l->conn);
+    if (l->count == 1)
+        link_arm_timer(l);
+    return 0;
+}
+
+int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part)
+{
+    if (!link_usable(l))
+        return KVS_ECLOSED;
+    if (fifo_push(l, ctx, part) != 0)
+        return -ENOMEM;
+    int rc = kvs_msg_append(&l->conn->out, m, SIZE_MAX);
+    if (rc != 0) {
+        l->count--; /* undo the push: nothing was sent */
+        return rc;
+    }
+    kvs_conn_queue(l->conn);
+    if (l->count == 1)
+        link_arm_timer(l);
+    return 0;
+}
+
+void router_link_stop(router_link_t *l)
+{
+    if (l->stopping)
+        return;
+    fail_all(l, "the router is shutting down");
+    l->stopping = 1;
+    if (l->conn != NULL) {
+        l->conn->data = NULL;
+        kvs_conn_close(l->conn);
+        l->conn = NULL;
+    }
+    uv_timer_stop(&l->timer);
+    uv_close((uv_handle_t *)&l->timer, NULL);
+    free(l->fifo);
+    l->fifo = NULL;
+    l->count = l->cap = 0;
+}

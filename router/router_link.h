@@ -1,0 +1,81 @@
+/*
+ * router_link: the router's connection to one shard worker (local unix
+ * socket or remote TCP), with a FIFO of requests awaiting their answer.
+ *
+ * Workers answer in request order, so the n-th response on a link belongs
+ * to the n-th request sent: the FIFO needs no ids. A link is "up" once
+ * connected; while down, sends fail at once (the caller answers 503) and the
+ * link reconnects in the background. When the connection breaks, or the
+ * oldest request waits past the timeout, every pending request is failed
+ * with 503 and the link starts over: answers can no longer be matched.
+ */
+#ifndef ROUTER_LINK_H
+#define ROUTER_LINK_H
+
+#include "kvs_addr.h"
+#include "kvs_conn.h"
+
+#include <protobuf-c/protobuf-c.h>
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct router_link_s router_link_t;
+
+/* A pending request's answer arrived (payload = encoded CommandResponse,
+ * valid during the call), or it failed (payload NULL; status 503 and a
+ * message saying why). `ctx`/`part` are what router_link_send was given. */
+typedef void (*router_link_reply_cb)(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
+                                     const char *failure);
+
+/* The link came up (1) or went down (0). */
+typedef void (*router_link_state_cb)(router_link_t *l, int up);
+
+typedef struct router_link_pending_s {
+    void *ctx;
+    uint32_t part;
+    uint64_t deadline; /* uv_now-based, ms */
+} router_link_pending_t;
+
+struct router_link_s {
+    uv_loop_t *loop;
+    uint32_t shard;
+    kvs_addr_t addr;
+    char addr_text[160];
+    kvs_conn_t *conn; /* NULL while down */
+    uv_connect_t connect_req;
+    int connecting;
+    int up;
+    int stopping;
+    uv_timer_t timer; /* reconnect backoff, and request deadlines */
+    uint64_t backoff_ms;
+    uint64_t timeout_ms;
+    uint32_t max_frame;
+    router_link_pending_t *fifo; /* ring buffer */
+    size_t head, count, cap;
+    kvs_flusher_t *flusher;
+    router_link_reply_cb on_reply;
+    router_link_state_cb on_state;
+    char last_error[320];
+    void *data;
+};
+
+/* Initializes and starts connecting. Returns 0 or a uv error. */
+int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
+                      uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
+                      router_link_reply_cb on_reply, router_link_state_cb on_state);
+
+/* Queues one request frame (payload without header; the link adds it).
+ * Returns 0, or KVS_ECLOSED when the link is down (l->last_error says
+ * why), or -ENOMEM. */
+int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx,
+                     uint32_t part);
+
+/* Same, packing a protobuf message. */
+int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part);
+
+/* Fails every pending request and closes the connection; no reconnect.
+ * The link's handles are closed; `l` must stay valid until the loop ran. */
+void router_link_stop(router_link_t *l);
+
+#endif

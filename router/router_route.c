@@ -1,0 +1,598 @@
+/*
+ * router_route: where each request goes, and how answers come back.
+ *
+ *  - Bad input is answered here with kvs_msg_validate, the function the
+ *    workers use, so the router's 400s read exactly like a worker's.
+ *  - Single-key commands (Hget Hset Hdel Hexist) are forwarded as the
+ *    client's raw payload, and the worker's raw answer is passed back: no
+ *    re-encoding on the hot path.
+ *  - Multi-key commands (Hmget Hmset Hmdel Hmexist) are split per shard
+ *    (one sub-request per shard, sent in parallel) and merged back into the
+ *    client's key order. Each shard applies its part atomically; there is
+ *    no atomicity across shards.
+ *  - Hgetall fans out to every shard and k-way merges the pairs into one
+ *    key-ordered answer, refused with 413 past limits.max_frame.
+ *  - Hscan walks shards one after another. The router's cursor is
+ *    'S' + shard (2 bytes, big-endian) + the worker's own cursor.
+ *
+ * A request with several parts keeps a route_merge_t; the parts' raw
+ * answers are copied in as they arrive and decoded once all are in.
+ */
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_log.h"
+#include "kvs_place.h"
+#include "router.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CURSOR_TAG 'S'
+
+typedef struct route_merge_s {
+    Kvs__CommandRequest__CommandCase cmd;
+    router_t *router;
+    uint32_t nparts;
+    uint32_t *part_shard; /* shard of each part */
+    kvs_buf_t *answers;   /* raw answer payload of each part */
+    uint8_t *failed;      /* part failed at the link (answers holds the message) */
+    size_t nkeys;
+    uint32_t *key_part;   /* multi-key: the part each key went to */
+    uint32_t *key_index;  /* ... and its index inside that part */
+} route_merge_t;
+
+/* ---- request lifecycle ---------------------------------------------------- */
+
+router_req_t *router_req_new(router_client_t *cl)
+{
+    router_req_t *req = calloc(1, sizeof(*req));
+    if (req != NULL)
+        req->client = cl;
+    return req;
+}
+
+static void merge_free(route_merge_t *m)
+{
+    if (m == NULL)
+        return;
+    for (uint32_t i = 0; i < m->nparts; i++)
+        kvs_buf_free(&m->answers[i]);
+    free(m->answers);
+    free(m->part_shard);
+    free(m->failed);
+    free(m->key_part);
+    free(m->key_index);
+    free(m);
+}
+
+void router_req_free(router_req_t *req)
+{
+    kvs_buf_free(&req->resp);
+    merge_free(req->merge);
+    free(req);
+}
+
+static void req_complete(router_req_t *req)
+{
+    req->done = 1;
+    merge_free(req->merge);
+    req->merge = NULL;
+    if (req->client == NULL) {
+        if (!req->in_route)
+            router_req_free(req); /* its client left; nobody wants the answer */
+        return;
+    }
+    if (!req->in_route)
+        router_client_req_done(req->client);
+}
+
+void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    req->resp.len = 0;
+    if (kvs_msg_append_status(&req->resp, status, "%s", text) != 0)
+        req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
+    req_complete(req);
+}
+
+/* ---- answers ----------------------------------------------------------------- */
+
+static void set_frame(kvs_buf_t *b, const uint8_t *payload, size_t len)
+{
+    uint8_t hdr[KVS_FRAME_HEADER];
+    kvs_frame_put_header(hdr, (uint32_t)len);
+    b->len = 0;
+    if (kvs_buf_append(b, hdr, sizeof(hdr)) != 0 || kvs_buf_append(b, payload, len) != 0)
+        b->len = 0;
+}
+
+static void merge_finish(router_req_t *req);
+
+void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
+                        const char *failure)
+{
+    router_req_t *req = ctx;
+    if (req == NULL)
+        return; /* an internal probe */
+    route_merge_t *m = req->merge;
+    if (m == NULL) { /* single part: pass the worker's answer through */
+        if (failure != NULL)
+            router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s", failure);
+        else {
+            set_frame(&req->resp, payload, len);
+            req_complete(req);
+        }
+        return;
+    }
+    kvs_buf_t *a = &m->answers[part];
+    a->len = 0;
+    if (failure != NULL) {
+        m->failed[part] = 1;
+        kvs_buf_append(a, failure, strlen(failure) + 1);
+    } else {
+        kvs_buf_append(a, payload, len);
+    }
+    if (--req->parts_left == 0)
+        merge_finish(req);
+}
+
+/* Decodes every part's answer. If a part failed (or answered non-200),
+ * finishes `req` with that status and returns NULL. */
+static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
+    if (rs == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        if (m->failed[i]) {
+            router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s",
+                                     (const char *)m->answers[i].data);
+            return NULL;
+        }
+        rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
+        if (rs[i] == NULL) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u sent an answer that is not a CommandResponse",
+                                     m->part_shard[i]);
+            return NULL;
+        }
+        if (rs[i]->status != KVS_STATUS_OK) {
+            router_req_finish_status(req, rs[i]->status, "%s", rs[i]->message);
+            return NULL;
+        }
+    }
+    return rs;
+}
+
+/* Packs `resp` as the client's answer, or 413 when it is too large. */
+static void finish_packed(router_req_t *req, Kvs__CommandResponse *resp, const char *cmd,
+                          const char *hint)
+{
+    router_t *r = req->merge->router;
+    req->resp.len = 0;
+    int rc = kvs_msg_append(&req->resp, &resp->base, r->cfg->max_frame);
+    if (rc == KVS_ETOOBIG) {
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                 "%s answer would exceed limits.max_frame (%llu bytes); %s", cmd,
+                                 (unsigned long long)r->cfg->max_frame, hint);
+        return;
+    }
+    if (rc != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    req_complete(req);
+}
+
+static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.n_values = m->nkeys;
+    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
+    if (out.values == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    for (size_t i = 0; i < m->nkeys; i++) {
+        Kvs__CommandResponse *pr = rs[m->key_part[i]];
+        if (m->key_index[i] >= pr->n_values) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u answered %zu values for more keys",
+                                     m->part_shard[m->key_part[i]], pr->n_values);
+            return;
+        }
+        out.values[i] = pr->values[m->key_index[i]];
+    }
+    finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+}
+
+static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
+{
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->data, b->data, n);
+    return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* k-way merge of the shards' key-ordered pairs. */
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    size_t total = 0;
+    for (uint32_t i = 0; i < m->nparts; i++)
+        total += rs[i]->n_pairs;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.pairs = kvs_arena_alloc(arena, (total ? total : 1) * sizeof(*out.pairs));
+    size_t *pos = kvs_arena_alloc(arena, m->nparts * sizeof(*pos));
+    if (out.pairs == NULL || pos == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    memset(pos, 0, m->nparts * sizeof(*pos));
+    for (out.n_pairs = 0; out.n_pairs < total; out.n_pairs++) {
+        uint32_t best = UINT32_MAX;
+        for (uint32_t i = 0; i < m->nparts; i++) {
+            if (pos[i] == rs[i]->n_pairs)
+                continue;
+            if (best == UINT32_MAX ||
+                key_cmp(&rs[i]->pairs[pos[i]]->key, &rs[best]->pairs[pos[best]]->key) < 0)
+                best = i;
+        }
+        out.pairs[out.n_pairs] = rs[best]->pairs[pos[best]++];
+    }
+    finish_packed(req, &out, "Hgetall", "read the table in pages with Hscan");
+}
+
+/* Rewrites a worker's Hscan cursor into the router's. */
+static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse *w = rs[0];
+    uint32_t shard = m->part_shard[0], next = shard;
+    ProtobufCBinaryData inner = w->cursor;
+    if (inner.len == 0) {
+        next = shard + 1; /* this shard is done */
+        inner.data = NULL;
+    }
+    if (next < m->router->shards) {
+        uint8_t *c = kvs_arena_alloc(arena, 3 + inner.len);
+        if (c == NULL) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            return;
+        }
+        c[0] = CURSOR_TAG;
+        c[1] = (uint8_t)(next >> 8);
+        c[2] = (uint8_t)next;
+        if (inner.len > 0)
+            memcpy(c + 3, inner.data, inner.len);
+        w->cursor.data = c;
+        w->cursor.len = 3 + inner.len;
+    } else {
+        w->cursor.len = 0;
+        w->cursor.data = NULL;
+    }
+    finish_packed(req, w, "Hscan", "ask for a smaller count");
+}
+
+static void merge_finish(router_req_t *req)
+{
+    route_merge_t *m = req->merge;
+    kvs_arena_t *arena = &m->router->merge_arena;
+    Kvs__CommandResponse **rs = decode_parts(req, arena);
+    if (rs != NULL) {
+        switch (m->cmd) {
+        case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+            merge_pairs(req, rs, arena);
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+            merge_scan(req, rs, arena);
+            break;
+        default:
+            merge_keys(req, rs, arena);
+            break;
+        }
+    }
+    kvs_arena_reset(arena);
+}
+
+/* ---- sending -------------------------------------------------------------------- */
+
+static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cmd,
+                                uint32_t nparts, size_t nkeys)
+{
+    route_merge_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    m->cmd = cmd;
+    m->router = r;
+    m->nparts = nparts;
+    m->nkeys = nkeys;
+    m->part_shard = calloc(nparts, sizeof(*m->part_shard));
+    m->answers = calloc(nparts, sizeof(*m->answers));
+    m->failed = calloc(nparts, 1);
+    m->key_part = calloc(nkeys ? nkeys : 1, sizeof(*m->key_part));
+    m->key_index = calloc(nkeys ? nkeys : 1, sizeof(*m->key_index));
+    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index) {
+        merge_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* Sends part `part` to `shard`; a down link fails the part at once. */
+static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
+                      const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen)
+{
+    router_link_t *l = &r->links[shard];
+    int rc = msg != NULL ? router_link_send_msg(l, msg, req, part)
+                         : router_link_send(l, raw, rawlen, req, part);
+    if (rc == 0)
+        return;
+    char why[400];
+    if (rc == KVS_ECLOSED)
+        snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
+                 l->last_error);
+    else
+        snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
+    router_route_reply(req, part, NULL, 0, why);
+}
+
+/* Tables bound to a Kafka topic are placed by the topic's partition count,
+ * so a key lands on the shard that ingests its partition. */
+static uint32_t key_shard(router_t *r, const char *table, const ProtobufCBinaryData *key)
+{
+    uint32_t partitions = r->cfg->n_bindings > 0 ? kvs_config_table_partitions(r->cfg, table)
+                                                 : r->cfg->partitions;
+    return kvs_place_key_shard(key->data, key->len, partitions, r->shards);
+}
+
+/* The keys of a multi-key request, whatever its type. */
+static size_t request_keys(const Kvs__CommandRequest *q, const ProtobufCBinaryData **keys)
+{
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+        *keys = q->hmget->keys;
+        return q->hmget->n_keys;
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        *keys = q->hmdel->keys;
+        return q->hmdel->n_keys;
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        *keys = q->hmexist->keys;
+        return q->hmexist->n_keys;
+    default:
+        *keys = NULL;
+        return 0;
+    }
+}
+
+static const ProtobufCBinaryData *nth_key(const Kvs__CommandRequest *q, size_t i)
+{
+    const ProtobufCBinaryData *keys;
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET)
+        return &q->hmset->pairs[i]->key;
+    request_keys(q, &keys);
+    return &keys[i];
+}
+
+static size_t nkeys_of(const Kvs__CommandRequest *q)
+{
+    const ProtobufCBinaryData *keys;
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET)
+        return q->hmset->n_pairs;
+    return request_keys(q, &keys);
+}
+
+/* Builds the sub-request holding keys sel[0..n) of `q`, in arena memory. */
+static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const size_t *sel,
+                            size_t n, Kvs__CommandRequest *sub)
+{
+    kvs_arena_t *a = &r->arena;
+    kvs__command_request__init(sub);
+    sub->command_case = q->command_case;
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
+        Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
+        if (m == NULL || pairs == NULL)
+            return -ENOMEM;
+        kvs__hmset__init(m);
+        m->table = q->hmset->table;
+        for (size_t i = 0; i < n; i++)
+            pairs[i] = q->hmset->pairs[sel[i]];
+        m->pairs = pairs;
+        m->n_pairs = n;
+        sub->hmset = m;
+        return 0;
+    }
+    /* Hmget, Hmdel and Hmexist have the same shape: {table, repeated keys}. */
+    Kvs__Hmget *m = kvs_arena_alloc(a, sizeof(*m));
+    ProtobufCBinaryData *keys = kvs_arena_alloc(a, n * sizeof(*keys));
+    if (m == NULL || keys == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        keys[i] = *nth_key(q, sel[i]);
+    const ProtobufCMessageDescriptor *d =
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET    ? &kvs__hmget__descriptor
+        : q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL  ? &kvs__hmdel__descriptor
+                                                                  : &kvs__hmexist__descriptor;
+    protobuf_c_message_init(d, m);
+    m->table = (char *)kvs_msg_request_table(q);
+    m->keys = keys;
+    m->n_keys = n;
+    sub->hmget = m; /* the oneof members share storage */
+    return 0;
+}
+
+/* Splits a multi-key request per shard. */
+static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                        const uint8_t *raw, size_t rawlen)
+{
+    size_t n = nkeys_of(q);
+    const char *table = kvs_msg_request_table(q);
+    uint32_t *shard_of = kvs_arena_alloc(&r->arena, n * sizeof(*shard_of));
+    uint32_t *part_of_shard = kvs_arena_alloc(&r->arena, r->shards * sizeof(*part_of_shard));
+    if (shard_of == NULL || part_of_shard == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    uint32_t nparts = 0;
+    for (uint32_t s = 0; s < r->shards; s++)
+        part_of_shard[s] = UINT32_MAX;
+    for (size_t i = 0; i < n; i++) {
+        shard_of[i] = key_shard(r, table, nth_key(q, i));
+        if (part_of_shard[shard_of[i]] == UINT32_MAX)
+            part_of_shard[shard_of[i]] = nparts++;
+    }
+    if (nparts == 1) { /* all keys on one shard: forward as is */
+        req->parts_left = 1;
+        send_part(r, req, 0, shard_of[0], NULL, raw, rawlen);
+        return;
+    }
+    route_merge_t *m = merge_new(r, q->command_case, nparts, n);
+    size_t *sel = kvs_arena_alloc(&r->arena, n * sizeof(*sel));
+    if (m == NULL || sel == NULL) {
+        merge_free(m);
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    req->merge = m;
+    req->parts_left = nparts;
+    uint32_t *count = kvs_arena_alloc(&r->arena, nparts * sizeof(*count));
+    memset(count, 0, nparts * sizeof(*count));
+    for (size_t i = 0; i < n; i++) {
+        uint32_t p = part_of_shard[shard_of[i]];
+        m->part_shard[p] = shard_of[i];
+        m->key_part[i] = p;
+        m->key_index[i] = count[p]++;
+    }
+    for (uint32_t p = 0; p < nparts; p++) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (m->key_part[i] == p)
+                sel[k++] = i;
+        Kvs__CommandRequest sub;
+        if (build_subrequest(r, q, sel, k, &sub) != 0)
+            router_route_reply(req, p, NULL, 0, "router out of memory");
+        else
+            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0);
+    }
+}
+
+static void route_hgetall(router_t *r, router_req_t *req, const uint8_t *raw, size_t rawlen)
+{
+    route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_HGETALL, r->shards, 0);
+    if (m == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    req->merge = m;
+    req->parts_left = r->shards;
+    for (uint32_t s = 0; s < r->shards; s++) {
+        m->part_shard[s] = s;
+        send_part(r, req, s, s, NULL, raw, rawlen);
+    }
+}
+
+static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandRequest *q)
+{
+    const ProtobufCBinaryData *c = &q->hscan->cursor;
+    uint32_t shard = 0;
+    if (c->len > 0) {
+        if (c->len < 3 || c->data[0] != CURSOR_TAG ||
+            (shard = (uint32_t)c->data[1] << 8 | c->data[2]) >= r->shards) {
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     "Hscan.cursor is not a cursor this cluster returned; start "
+                                     "with an empty cursor");
+            return;
+        }
+    }
+    route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_HSCAN, 1, 0);
+    if (m == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    m->part_shard[0] = shard;
+    req->merge = m;
+    req->parts_left = 1;
+    Kvs__Hscan inner = *q->hscan;
+    inner.cursor.data = c->len > 3 ? c->data + 3 : NULL;
+    inner.cursor.len = c->len > 3 ? c->len - 3 : 0;
+    Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
+    sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    sub.hscan = &inner;
+    send_part(r, req, 0, shard, &sub.base, NULL, 0);
+}
+
+static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
+{
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+        return &q->hget->key;
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        return &q->hset->key;
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+        return &q->hdel->key;
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+        return &q->hexist->key;
+    default:
+        return NULL;
+    }
+}
+
+static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                          const uint8_t *raw, size_t rawlen)
+{
+    const ProtobufCBinaryData *key = single_key(q);
+    if (key != NULL) {
+        req->parts_left = 1;
+        send_part(r, req, 0, key_shard(r, kvs_msg_request_table(q), key), NULL, raw, rawlen);
+        return;
+    }
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_PING:
+        router_req_finish_status(req, KVS_STATUS_OK, "PONG");
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+        route_hgetall(r, req, raw, rawlen);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+        route_hscan(r, req, q);
+        break;
+    default:
+        route_multi(r, req, q, raw, rawlen);
+        break;
+    }
+}
+
+void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len)
+{
+    char msg[512];
+    req->in_route = 1;
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
+    if (q == NULL) {
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
+                                 len);
+    } else {
+        uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
+        if (st == KVS_STATUS_OK)
+            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        if (st != KVS_STATUS_OK)
+            router_req_finish_status(req, st, "%s", msg);
+        else
+            route_decoded(r, req, q, payload, len);
+    }
+    kvs_arena_reset(&r->arena);
+    req->in_route = 0;
+}

@@ -1,0 +1,429 @@
+/*
+ * router_supervisor: spawn, reap, restart with backoff, drain.
+ *
+ * Each shard has one sup_worker_t with an embedded restart timer; a running
+ * worker also has a heap uv_process_t. A process handle lives exactly as
+ * long as one child: it is closed in its exit callback and freed in its
+ * close callback, so a respawn never reuses a handle libuv may still hold.
+ *
+ * Invariants:
+ *  - w->proc != NULL  <=>  w->pid != 0  <=>  the child is not yet reaped;
+ *    n_running counts those workers.
+ *  - A worker is in exactly one of: running, waiting on its restart timer,
+ *    or idle (stopping). Restarts are never scheduled once `stopping`.
+ *  - n_open counts initialised handles whose close callback has not run
+ *    (every restart timer, the grace timer, live and closing process
+ *    handles). Once `closing` is set no handle is opened any more, so the
+ *    close callback that brings n_open to 0 is the last one, and it alone
+ *    calls `done`. Nothing touches the supervisor after `done`, which may
+ *    free it.
+ *  - Backoff state per worker: backoff_ms is the delay of the next restart;
+ *    restarts counts restarts (and failed respawns) since the last run that
+ *    lasted stable_ms. Both reset after such a run.
+ *
+ * argv is built once (exe, args..., "--shard", <slot>, NULL); the slot is
+ * pointed at the worker's own shard string right before each uv_spawn,
+ * which has finished with argv when it returns.
+ *
+ * A failed router_sup_start that already spawned workers cannot free them
+ * synchronously (children must be reaped, handles closed): it goes through
+ * the stop path with SIGKILL and an internal `done` that frees the
+ * supervisor.
+ *
+ * Single-threaded: everything runs on the loop thread.
+ */
+#include "router_supervisor.h"
+#include "kvs_log.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct sup_worker_s {
+    router_sup_t *sup;
+    uint32_t shard;
+    char shard_arg[12];  /* decimal shard id, the argv slot value */
+    uv_process_t *proc;  /* live child's handle, NULL when not running */
+    pid_t pid;           /* 0 when not running */
+    uv_timer_t restart;  /* pending restart */
+    uint64_t started_ms; /* loop time of the last successful spawn */
+    uint64_t backoff_ms; /* delay of the next restart */
+    uint32_t restarts;   /* since the last stable run */
+} sup_worker_t;
+
+struct router_sup_s {
+    uv_loop_t *loop;
+    char **argv; /* exe, args..., "--shard", slot, NULL; strings owned except slot */
+    size_t argc;
+    uint64_t backoff_min_ms, backoff_max_ms, stable_ms, stop_grace_ms;
+    uint32_t crash_loop_limit;
+    router_sup_event_cb on_event;
+    void *arg;
+    sup_worker_t *w;
+    size_t n;
+    uv_timer_t grace;
+    size_t n_running;
+    size_t n_open;
+    unsigned stopping : 1, closing : 1, done_called : 1;
+    router_sup_done_cb done;
+    void *done_arg;
+};
+
+static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_signal);
+
+/* The loop's time, refreshed: the cached time can lag by a whole loop turn,
+ * and a timer armed from it would fire that much early (a grace period or a
+ * backoff must never be shorter than configured). */
+static uint64_t sup_now(router_sup_t *s)
+{
+    uv_update_time(s->loop);
+    return uv_now(s->loop);
+}
+
+/* "SIGKILL" rather than strsignal's "Killed": the name operators grep for. */
+static const char *sig_name(int sig, char *buf, size_t len)
+{
+    static const struct {
+        int sig;
+        const char *name;
+    } names[] = {
+        {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+        {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+        {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+        {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGXCPU, "SIGXCPU"},
+        {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (names[i].sig == sig)
+            return names[i].name;
+    snprintf(buf, len, "%d", sig);
+    return buf;
+}
+
+static int sup_check_opts(const router_sup_opts_t *o)
+{
+    if (o->loop == NULL || o->exe == NULL || o->backoff_min_ms == 0 ||
+        o->backoff_max_ms < o->backoff_min_ms || (o->n_shards > 0 && o->shards == NULL))
+        return UV_EINVAL;
+    for (size_t i = 0; i < o->n_shards; i++)
+        for (size_t j = i + 1; j < o->n_shards; j++)
+            if (o->shards[i] == o->shards[j])
+                return UV_EINVAL;
+    return 0;
+}
+
+/* Builds s->argv; on failure whatever was copied is released by sup_release. */
+static int sup_copy_argv(router_sup_t *s, const router_sup_opts_t *o)
+{
+    size_t n_args = 0;
+    while (o->args != NULL && o->args[n_args] != NULL)
+        n_args++;
+    s->argc = n_args + 3; /* exe, args..., "--shard", slot */
+    s->argv = calloc(s->argc + 1, sizeof(*s->argv));
+    if (s->argv == NULL)
+        return UV_ENOMEM;
+    s->argv[0] = strdup(o->exe);
+    for (size_t i = 0; i < n_args; i++)
+        s->argv[1 + i] = strdup(o->args[i]);
+    s->argv[n_args + 1] = strdup("--shard");
+    for (size_t i = 0; i < s->argc - 1; i++)
+        if (s->argv[i] == NULL)
+            return UV_ENOMEM;
+    return 0;
+}
+
+static void sup_release(router_sup_t *s)
+{
+    if (s->argv != NULL)
+        for (size_t i = 0; i < s->argc - 1; i++) /* the slot is not owned */
+            free(s->argv[i]);
+    free(s->argv);
+    free(s->w);
+    free(s);
+}
+
+static router_sup_t *sup_new(const router_sup_opts_t *o)
+{
+    router_sup_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->loop = o->loop;
+    s->backoff_min_ms = o->backoff_min_ms;
+    s->backoff_max_ms = o->backoff_max_ms;
+    s->stable_ms = o->stable_ms;
+    s->stop_grace_ms = o->stop_grace_ms;
+    s->crash_loop_limit = o->crash_loop_limit;
+    s->on_event = o->on_event;
+    s->arg = o->arg;
+    s->n = o->n_shards;
+    s->w = calloc(s->n > 0 ? s->n : 1, sizeof(*s->w));
+    if (s->w == NULL || sup_copy_argv(s, o) != 0) {
+        sup_release(s);
+        return NULL;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        w->sup = s;
+        w->shard = o->shards[i];
+        w->backoff_ms = s->backoff_min_ms;
+        snprintf(w->shard_arg, sizeof(w->shard_arg), "%" PRIu32, w->shard);
+    }
+    return s;
+}
+
+/* One of the supervisor's handles finished closing; the last one calls done. */
+static void sup_handle_closed(router_sup_t *s)
+{
+    assert(s->n_open > 0);
+    if (--s->n_open > 0 || !s->closing)
+        return;
+    s->done_called = 1;
+    s->done(s->done_arg); /* may free s: nothing after this */
+}
+
+static void sup_on_grace_close(uv_handle_t *h)
+{
+    sup_handle_closed(h->data);
+}
+
+static void worker_on_timer_close(uv_handle_t *h)
+{
+    sup_worker_t *w = h->data;
+    sup_handle_closed(w->sup);
+}
+
+static void worker_on_proc_close(uv_handle_t *h)
+{
+    sup_worker_t *w = h->data;
+    free(h);
+    sup_handle_closed(w->sup);
+}
+
+/* Once stopping and the last worker is reaped: close every timer. */
+static void sup_maybe_finish(router_sup_t *s)
+{
+    if (!s->stopping || s->closing || s->n_running > 0)
+        return;
+    s->closing = 1;
+    for (size_t i = 0; i < s->n; i++)
+        uv_close((uv_handle_t *)&s->w[i].restart, worker_on_timer_close);
+    uv_close((uv_handle_t *)&s->grace, sup_on_grace_close);
+}
+
+/* Spawns w's child. On failure the handle is closed and nothing changes. */
+static int worker_spawn(sup_worker_t *w)
+{
+    router_sup_t *s = w->sup;
+    uv_process_t *proc = malloc(sizeof(*proc));
+    if (proc == NULL)
+        return UV_ENOMEM;
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_IGNORE},
+        {.flags = UV_INHERIT_FD, .data.fd = 1},
+        {.flags = UV_INHERIT_FD, .data.fd = 2},
+    };
+    uv_process_options_t po = {
+        .exit_cb = worker_on_exit,
+        .file = s->argv[0],
+        .args = s->argv,
+        .stdio_count = 3,
+        .stdio = stdio,
+    };
+    s->argv[s->argc - 1] = w->shard_arg;
+    int rc = uv_spawn(s->loop, proc, &po);
+    proc->data = w;
+    s->n_open++; /* a failed uv_spawn still initialised the handle */
+    if (rc != 0) {
+        uv_close((uv_handle_t *)proc, worker_on_proc_close);
+        return rc;
+    }
+    w->proc = proc;
+    w->pid = proc->pid;
+    w->started_ms = sup_now(s);
+    s->n_running++;
+    return 0;
+}
+
+static void worker_on_restart(uv_timer_t *t);
+
+/* Arms the restart timer with the current backoff and advances the backoff;
+ * at or over the crash-loop limit the delay is backoff_max_ms, said loudly. */
+static void worker_schedule_restart(sup_worker_t *w)
+{
+    router_sup_t *s = w->sup;
+    uint64_t delay = w->backoff_ms;
+    w->backoff_ms = delay > s->backoff_max_ms / 2 ? s->backoff_max_ms : delay * 2;
+    w->restarts++;
+    if (s->crash_loop_limit > 0 && w->restarts >= s->crash_loop_limit) {
+        delay = s->backoff_max_ms;
+        kvs_error("shard %" PRIu32 " is crash-looping: %" PRIu32
+                  " restarts without staying up %" PRIu64 " ms; restarting it in %" PRIu64 " ms",
+                  w->shard, w->restarts, s->stable_ms, delay);
+    } else {
+        kvs_info("restarting shard %" PRIu32 " in %" PRIu64 " ms", w->shard, delay);
+    }
+    sup_now(s);
+    uv_timer_start(&w->restart, worker_on_restart, delay, 0);
+}
+
+static void worker_on_restart(uv_timer_t *t)
+{
+    sup_worker_t *w = t->data;
+    router_sup_t *s = w->sup;
+    assert(!s->stopping && w->proc == NULL);
+    int rc = worker_spawn(w);
+    if (rc != 0) {
+        kvs_error("cannot start shard %" PRIu32 " (%s): %s", w->shard, s->argv[0], uv_strerror(rc));
+        worker_schedule_restart(w);
+        return;
+    }
+    kvs_info("started shard %" PRIu32 " (pid %d)", w->shard, (int)w->pid);
+    if (s->on_event != NULL)
+        s->on_event(s->arg, w->shard, 1, 0, 0);
+}
+
+static void worker_log_exit(const sup_worker_t *w, pid_t pid, int64_t status, int sig)
+{
+    /* While stopping, a clean exit or death by our own signals is expected;
+     * anything else (a crash during drain) still deserves a warning. */
+    int expected =
+        w->sup->stopping && (sig == SIGTERM || sig == SIGKILL || (sig == 0 && status == 0));
+    kvs_log_level_t level = expected ? KVS_LOG_INFO : KVS_LOG_WARN;
+    char buf[16];
+    if (sig != 0)
+        kvs_log(level, "shard %" PRIu32 " (pid %d) killed by signal %s", w->shard, (int)pid,
+                sig_name(sig, buf, sizeof(buf)));
+    else
+        kvs_log(level, "shard %" PRIu32 " (pid %d) exited with status %" PRId64, w->shard, (int)pid,
+                status);
+}
+
+static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_signal)
+{
+    sup_worker_t *w = proc->data;
+    router_sup_t *s = w->sup;
+    pid_t pid = w->pid;
+    uint64_t uptime = sup_now(s) - w->started_ms;
+    w->proc = NULL;
+    w->pid = 0;
+    s->n_running--;
+    uv_close((uv_handle_t *)proc, worker_on_proc_close);
+    worker_log_exit(w, pid, exit_status, term_signal);
+    if (s->on_event != NULL)
+        s->on_event(s->arg, w->shard, 0, exit_status, term_signal); /* may call stop */
+    if (s->stopping) {
+        sup_maybe_finish(s);
+        return;
+    }
+    if (uptime >= s->stable_ms) {
+        w->backoff_ms = s->backoff_min_ms;
+        w->restarts = 0;
+    }
+    worker_schedule_restart(w);
+}
+
+static void sup_on_grace(uv_timer_t *t)
+{
+    router_sup_t *s = t->data;
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        if (w->proc == NULL)
+            continue;
+        kvs_warn("shard %" PRIu32 " (pid %d) still running %" PRIu64
+                 " ms after SIGTERM; sending SIGKILL",
+                 w->shard, (int)w->pid, s->stop_grace_ms);
+        uv_process_kill(w->proc, SIGKILL); /* ESRCH: already gone, its exit_cb is due */
+    }
+}
+
+/* Sends `sig` to every running worker and arms the grace timer, if any. */
+static void sup_signal_all(router_sup_t *s, int sig)
+{
+    char buf[16];
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        uv_timer_stop(&w->restart);
+        if (w->proc == NULL)
+            continue;
+        kvs_info("stopping shard %" PRIu32 " (pid %d) with %s", w->shard, (int)w->pid,
+                 sig_name(sig, buf, sizeof(buf)));
+        uv_process_kill(w->proc, sig);
+    }
+    if (s->n_running > 0 && sig != SIGKILL) {
+        sup_now(s);
+        uv_timer_start(&s->grace, sup_on_grace, s->stop_grace_ms, 0);
+    }
+}
+
+static void sup_free_cb(void *arg)
+{
+    router_sup_free(arg);
+}
+
+/* A spawn failed in router_sup_start: kill what did start, free on done. */
+static void sup_abort_start(router_sup_t *s)
+{
+    s->stopping = 1;
+    s->on_event = NULL;
+    s->done = sup_free_cb;
+    s->done_arg = s;
+    sup_signal_all(s, SIGKILL);
+    sup_maybe_finish(s);
+}
+
+int router_sup_start(const router_sup_opts_t *o, router_sup_t **out)
+{
+    *out = NULL;
+    int rc = sup_check_opts(o);
+    if (rc != 0)
+        return rc;
+    router_sup_t *s = sup_new(o);
+    if (s == NULL)
+        return UV_ENOMEM;
+    uv_timer_init(s->loop, &s->grace);
+    s->grace.data = s;
+    s->n_open++;
+    for (size_t i = 0; i < s->n; i++) {
+        uv_timer_init(s->loop, &s->w[i].restart);
+        s->w[i].restart.data = &s->w[i];
+        s->n_open++;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        rc = worker_spawn(&s->w[i]);
+        if (rc != 0) {
+            sup_abort_start(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+pid_t router_sup_pid(const router_sup_t *s, uint32_t shard)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].shard == shard)
+            return s->w[i].pid;
+    return 0;
+}
+
+void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)
+{
+    assert(!s->stopping && done != NULL);
+    s->stopping = 1;
+    s->done = done;
+    s->done_arg = arg;
+    sup_signal_all(s, SIGTERM);
+    sup_maybe_finish(s);
+}
+
+void router_sup_free(router_sup_t *s)
+{
+    if (s == NULL)
+        return;
+    assert(s->done_called && s->n_open == 0);
+    sup_release(s);
+}

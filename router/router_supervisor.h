@@ -1,0 +1,107 @@
+/*
+ * router_supervisor: spawns and supervises the local kvs-node workers of a
+ * kvs-router, the way an nginx master keeps its workers.
+ *
+ * Each local shard gets one worker, started with uv_spawn (fork+exec) as
+ *
+ *     exe args... --shard N
+ *
+ * with stdin ignored and stdout/stderr inherited, so workers log to the
+ * router's stderr. A worker that exits is logged, reported through on_event
+ * and restarted after an exponential backoff (backoff_min_ms doubling up to
+ * backoff_max_ms). A worker that stayed up stable_ms resets its backoff. A
+ * shard that restarts crash_loop_limit times without one stable run is
+ * reported as crash-looping at ERROR level on every further restart, and is
+ * retried every backoff_max_ms for as long as the router runs.
+ *
+ * router_sup_stop is the graceful quit: no more restarts, SIGTERM to every
+ * worker, SIGKILL to stragglers after stop_grace_ms, and `done` once every
+ * worker has been reaped and every handle closed.
+ *
+ * The supervisor installs no signal handler (libuv's own SIGCHLD handling
+ * aside); the router's main turns SIGTERM/SIGINT into router_sup_stop.
+ * Single-threaded: every function runs on the loop's thread.
+ */
+#ifndef ROUTER_SUPERVISOR_H
+#define ROUTER_SUPERVISOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <uv.h>
+
+typedef struct router_sup_s router_sup_t;
+
+/* A worker changed state. Either it started (running = 1, exit_status =
+ * term_signal = 0; router_sup_pid gives its pid), or it exited (running = 0;
+ * exit_status and term_signal as libuv reports them: term_signal is the
+ * signal that killed it, or 0 after a normal exit with exit_status).
+ * Workers spawned by router_sup_start itself are not announced: they are
+ * running when it returns 0. Every later restart and every exit, including
+ * those caused by router_sup_stop, is. Never called from inside
+ * router_sup_start or router_sup_stop, never after `done`. The callback may
+ * call router_sup_pid and router_sup_stop. */
+typedef void (*router_sup_event_cb)(void *arg, uint32_t shard, int running, int64_t exit_status,
+                                    int term_signal);
+
+/* router_sup_stop has finished: every worker has exited and every handle of
+ * the supervisor is closed. router_sup_free may be called from here. */
+typedef void (*router_sup_done_cb)(void *arg);
+
+typedef struct router_sup_opts_s {
+    uv_loop_t *loop;
+    /* Path of the worker binary (kvs-node). Copied. */
+    const char *exe;
+    /* NULL-terminated extra argv after the exe, before "--shard N", e.g.
+     * {"--config", "/abs/config.yaml", NULL}; NULL for none. Copied. */
+    const char *const *args;
+    /* Local shard ids to run, no duplicates. Copied. May be empty. */
+    const uint32_t *shards;
+    size_t n_shards;
+    uint64_t backoff_min_ms;   /* first restart delay (> 0, e.g. 100) */
+    uint64_t backoff_max_ms;   /* cap (>= backoff_min_ms, e.g. 10000) */
+    uint64_t stable_ms;        /* a worker up this long resets its backoff (e.g. 30000) */
+    uint32_t crash_loop_limit; /* restarts without a stable run that make it a crash loop; 0: never
+                                  reported */
+    uint64_t stop_grace_ms; /* after router_sup_stop: SIGKILL stragglers after this (e.g. 10000) */
+    router_sup_event_cb on_event; /* may be NULL */
+    void *arg;                    /* passed to on_event */
+} router_sup_opts_t;
+
+/* Validates `o`, copies what it needs (o and everything it points to may be
+ * released on return) and spawns every worker now. On success returns 0 and
+ * sets *out to a supervisor owned by the caller, to be stopped with
+ * router_sup_stop and released with router_sup_free.
+ *
+ * Errors (*out is set to NULL):
+ *   UV_EINVAL  missing loop or exe, backoff_min_ms == 0,
+ *              backoff_max_ms < backoff_min_ms, duplicate shard ids;
+ *   UV_ENOMEM  out of memory;
+ *   any uv_spawn error for the first failing worker, e.g. UV_ENOENT (no such
+ *              exe) or UV_EACCES (not executable).
+ * The error itself is not logged: the caller decides what it means. When a
+ * spawn fails after others succeeded, those workers are killed (SIGKILL,
+ * logged) and reaped, and the partial supervisor releases itself while the
+ * loop runs; so run the loop (uv_run) before uv_loop_close, as after any
+ * failed uv_spawn. on_event is never called for that partial supervisor. */
+int router_sup_start(const router_sup_opts_t *o, router_sup_t **out);
+
+/* The pid of the worker of `shard`, or 0 when it is not running (waiting
+ * for a restart, stopped, or not a shard of this supervisor). */
+pid_t router_sup_pid(const router_sup_t *s, uint32_t shard);
+
+/* Starts the graceful stop: cancels pending restarts, sends SIGTERM to every
+ * running worker and, stop_grace_ms later, SIGKILL to those still running
+ * (logged as a warning naming them). Exits keep being reported through
+ * on_event. `done(arg)` runs exactly once, from the loop, after the last
+ * worker exited and all the supervisor's handles are closed; even when
+ * nothing is running it runs asynchronously, never inside this call.
+ * Must be called at most once per supervisor. */
+void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg);
+
+/* Releases the supervisor. Only after `done` ran (from inside done is fine).
+ * NULL is ignored. */
+void router_sup_free(router_sup_t *s);
+
+#endif

@@ -1,0 +1,412 @@
+"""Harness for the kvs-router integration tests.
+
+Router starts a real build/kvs-router (which spawns one kvs-node per local
+shard) with its own temporary directory (config, data, stderr log), and always
+cleans up after itself: the router and every worker started for its config
+are killed, the directory is removed.
+
+Placement is computed here independently of the C code: murmur2 is a Python
+port of the Kafka Java client's Utils.murmur2 (the default partitioner).
+
+Environment: KVS_BUILD_DIR (default ../../build) locates kvs-router, kvs-node
+and py/kvs_pb2.py (through kvstest).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from kvstest import BUILD_DIR, HOST, Client, encode, free_port
+
+START_TIMEOUT = 15.0  # router start (all local workers up) and stop are bounded by this
+
+# ---- placement ------------------------------------------------------------------
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data):
+    """Kafka's org.apache.kafka.common.utils.Utils.murmur2, as a signed 32-bit int."""
+    data = bytes(data)
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    for i in range(length // 4):
+        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
+        k = (k * _M) & _MASK
+        k ^= k >> 24  # Java >>> on an int: unsigned
+        k = (k * _M) & _MASK
+        h = (h * _M) & _MASK
+        h ^= k
+    tail = length & ~3
+    rem = length % 4
+    if rem == 3:
+        h ^= data[tail + 2] << 16
+    if rem >= 2:
+        h ^= data[tail + 1] << 8
+    if rem >= 1:
+        h ^= data[tail]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h - (1 << 32) if h >= (1 << 31) else h
+
+
+def partition_of(key, partitions):
+    """Kafka's default partitioner: toPositive(murmur2(key)) % partitions."""
+    key = key.encode() if isinstance(key, str) else bytes(key)
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def shard_of(key, partitions, shards):
+    return partition_of(key, partitions) % shards
+
+
+def keys_by_shard(prefix, n_per_shard, partitions, shards):
+    """{shard: [n_per_shard keys "<prefix><i>" that live on that shard]}."""
+    out = {s: [] for s in range(shards)}
+    i = 0
+    while any(len(v) < n_per_shard for v in out.values()):
+        k = ("%s%d" % (prefix, i)).encode()
+        s = shard_of(k, partitions, shards)
+        if len(out[s]) < n_per_shard:
+            out[s].append(k)
+        i += 1
+    return out
+
+
+# ---- processes ---------------------------------------------------------------------
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def _alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2:][:1]
+    return state not in (b"Z", b"X")
+
+
+def procs_for_config(config):
+    """{pid: argv} of every live process whose argv has `--config <config>`."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        argv = _cmdline(pid)
+        if not argv or pid == os.getpid():
+            continue
+        for i in range(len(argv) - 1):
+            if argv[i] == "--config" and argv[i + 1] == config:
+                if _alive(pid):
+                    out[pid] = argv
+                break
+    return out
+
+
+def free_port_range(n, tries=200):
+    """A base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
+    for _ in range(tries):
+        base = free_port()
+        if base + n - 1 > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((HOST, p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no range of %d free ports found" % n)
+
+
+def pipeline_threaded(client, reqs, timeout=30.0):
+    """Sends every request from a thread (so a router that stops reading
+    cannot deadlock the test) while this thread reads len(reqs) answers.
+    Returns the answers in order."""
+    data = b"".join(encode(r) for r in reqs)
+    err = []
+
+    def sender():
+        try:
+            client.sock.sendall(data)
+        except OSError as e:  # reported by the reader's shortfall
+            err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < len(reqs):
+        if time.monotonic() > deadline:
+            raise AssertionError("only %d of %d answers within %.0f s"
+                                 % (len(out), len(reqs), timeout))
+        out.append(client.recv())
+    t.join(timeout)
+    if err:
+        raise AssertionError("sending failed: %r" % (err[0],))
+    return out
+
+
+# ---- router ---------------------------------------------------------------------------
+
+
+class Router:
+    """A kvs-router process with its own temporary data directory.
+
+    shards/partitions: cluster section; sync: storage.sync; node_listen:
+    "127.0.0.1:PORT" (workers also serve TCP on PORT+N) or None; remote:
+    {shard: "HOST:PORT"} for cluster.remote; max_frame, max_inflight,
+    timeout: limits.max_frame, limits.max_inflight, router.timeout;
+    extra_yaml: more top-level YAML appended to the config.
+    """
+
+    def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
+                 max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
+                 name="router"):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="kvs-rt-")
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config = os.path.join(self.dir, "config.yaml")
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.shards = shards
+        self.partitions = partitions
+        self.remote = dict(remote or {})
+        self.port = free_port()
+        self.proc = None
+        self.log_text = ""
+        self.exe = os.path.join(BUILD_DIR, "kvs-router")
+        lines = [
+            "data_dir: %s" % self.data_dir,
+            "cluster:",
+            "  shards: %d" % shards,
+            "  partitions: %d" % partitions,
+        ]
+        if self.remote:
+            lines.append("  remote:")
+            for s, addr in sorted(self.remote.items()):
+                lines.append('    - {shard: %d, address: "%s"}' % (s, addr))
+        router = ['listen: "%s:%d"' % (HOST, self.port)]
+        if timeout is not None:
+            router.append("timeout: %s" % timeout)
+        lines.append("router: {%s}" % ", ".join(router))
+        if node_listen is not None:
+            lines.append('node: {listen: "%s"}' % node_listen)
+        lines.append("storage: {sync: %s}" % sync)
+        limits = []
+        if max_frame is not None:
+            limits.append("max_frame: %s" % max_frame)
+        if max_inflight is not None:
+            limits.append("max_inflight: %d" % max_inflight)
+        if limits:
+            lines.append("limits: {%s}" % ", ".join(limits))
+        lines.append("log: {level: info}")
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines) + "\n" + extra_yaml)
+        if start:
+            self.start()
+
+    # ---- addresses and clients
+    @property
+    def addr(self):
+        return (HOST, self.port)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def local_shards(self):
+        return [s for s in range(self.shards) if s not in self.remote]
+
+    def socket_path(self, shard):
+        return os.path.join(self.data_dir, "shard-%d.sock" % shard)
+
+    def client(self, timeout=10.0):
+        return Client(self.addr, timeout=timeout)
+
+    def worker_client(self, shard, timeout=10.0):
+        """A direct connection to local worker `shard` on its unix socket."""
+        return Client(self.socket_path(shard), timeout=timeout)
+
+    def shard_of(self, key):
+        return shard_of(key, self.partitions, self.shards)
+
+    # ---- processes
+    def spawn(self):
+        """Starts kvs-router on this config without waiting; returns the Popen."""
+        log = open(self.log_path, "ab")
+        try:
+            return subprocess.Popen([self.exe, "--config", self.config],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            log.close()
+
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.proc = self.spawn()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kvs-router exited with %d at start:\n%s"
+                                   % (self.proc.returncode, self.stderr()))
+            try:
+                socket.create_connection(self.addr, timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("kvs-router did not accept on %s:%d within %.0f s:\n%s"
+                           % (HOST, self.port, START_TIMEOUT, self.stderr()))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def workers(self):
+        """{shard: pid} of the live kvs-node processes running this config."""
+        out = {}
+        for pid, argv in procs_for_config(self.config).items():
+            if not os.path.basename(argv[0]).startswith("kvs-node"):
+                continue
+            if "--shard" in argv:
+                i = argv.index("--shard")
+                if i + 1 < len(argv) and argv[i + 1].isdigit():
+                    out[int(argv[i + 1])] = pid
+        return out
+
+    def worker_pid(self, shard):
+        return self.workers().get(shard)
+
+    def wait_worker(self, shard, not_pid=None, timeout=10.0):
+        """Waits until a worker for `shard` with a pid other than not_pid runs;
+        returns its pid (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.worker_pid(shard)
+            if pid is not None and pid != not_pid:
+                return pid
+            time.sleep(0.01)
+        return None
+
+    def kill_worker(self, shard):
+        """SIGKILLs the worker of `shard`; returns its pid."""
+        pid = self.worker_pid(shard)
+        if pid is None:
+            raise RuntimeError("no worker for shard %d:\n%s" % (shard, self.stderr()))
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_all_gone(self, timeout=START_TIMEOUT):
+        """True once no process runs this config (router and workers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not procs_for_config(self.config) and not self.alive():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self, timeout=START_TIMEOUT):
+        """SIGTERM, wait up to `timeout` s; returns the exit code (None if it
+        hung, in which case it is killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            return None
+
+    def kill_all(self):
+        """SIGKILLs the router and every process started for this config."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        for _ in range(3):
+            left = procs_for_config(self.config)
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(_alive(p) for p in left):
+                time.sleep(0.01)
+
+    def stderr(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return self.log_text
+
+    def close(self):
+        """Kills anything left running and removes the temporary directory."""
+        self.kill_all()
+        self.log_text = self.stderr()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RouterTestCase(unittest.TestCase):
+    """Base class: self.router(...) starts a Router that is always cleaned up;
+    if the test fails, every router's stderr (with its workers') is printed."""
+
+    def router(self, start=True, **kw):
+        r = Router(start=False, **kw)
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        if start:
+            r.start()
+        return r
+
+    def run(self, result=None):
+        self._routers = []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            for r in self._routers:
+                sys.stderr.write("\n---- kvs-router %s stderr (%s) ----\n%s\n"
+                                 % (r.name, self.id(), r.log_text or r.stderr()))
+        return out
+
+    def assertOk(self, resp):
+        self.assertEqual(resp.status, 200, resp.message)
+
+    def assertUnavailable(self, resp, shard):
+        """503 whose message names `shard`."""
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("shard %d" % shard, resp.message)

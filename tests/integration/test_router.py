@@ -1,0 +1,697 @@
+"""kvs-router: placement, multi-key merging, scans, supervision, shutdown,
+multi-node routing, bad input, locking, config validation, back-pressure.
+
+Every test starts real kvs-router processes (which spawn real kvs-node
+workers) on loopback through routertest.Router, and checks where data lands
+by asking the workers directly on their unix sockets. The expected shard of
+every key is computed in Python (routertest.murmur2, a port of the Kafka Java
+client's partitioner), independently of the C placement code.
+"""
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import unittest
+
+from kvstest import (COMPRESSED, Client, encode, frame, pb, pyval, req_hdel, req_hexist,
+                     req_hget, req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset,
+                     req_hscan, req_hset, req_ping)
+from routertest import (RouterTestCase, free_port_range, keys_by_shard, murmur2,
+                        pipeline_threaded, procs_for_config, shard_of)
+
+SHARDS = 4
+PARTITIONS = 64
+
+
+def batches(seq, n):
+    seq = list(seq)
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class RouterTest(RouterTestCase):
+    # ---- helpers ----------------------------------------------------------------
+
+    def write_all(self, client, table, items, batch=1000):
+        """Hset every (key, value) through `client`, pipelined in batches;
+        every answer must be 200."""
+        for chunk in batches(items, batch):
+            answers = pipeline_threaded(client, [req_hset(table, k, v) for k, v in chunk])
+            for (k, _), a in zip(chunk, answers):
+                self.assertEqual(a.status, 200, "Hset %r: %s" % (k, a.message))
+
+    def read_all(self, client, table, expect, batch=1000):
+        """Hget every key of `expect` through `client`: 200 and the value."""
+        items = list(expect.items())
+        for chunk in batches(items, batch):
+            answers = pipeline_threaded(client, [req_hget(table, k) for k, _ in chunk])
+            for (k, v), a in zip(chunk, answers):
+                self.assertEqual(a.status, 200, "Hget %r: %s" % (k, a.message))
+                self.assertEqual(pyval(a.values[0]), v, "Hget %r" % k)
+
+    def timed(self, client, req):
+        t0 = time.monotonic()
+        resp = client.call(req)
+        return resp, time.monotonic() - t0
+
+    # ---- placement -----------------------------------------------------------------
+
+    def test_murmur2_matches_kafka(self):
+        # Vectors from Kafka's UtilsTest.testMurmur2 (the Java client's partitioner).
+        self.assertEqual(murmur2(b"21"), -973932308)
+        self.assertEqual(murmur2(b"foobar"), -790332482)
+        self.assertEqual(murmur2(b"a-little-bit-long-string"), -985981536)
+        self.assertEqual(murmur2(b"a-little-bit-longer-string"), -1486304829)
+        self.assertEqual(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971)
+        self.assertEqual(murmur2(b"abc"), 479470107)
+
+    def test_placement_10000_keys_each_on_its_shard(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS)
+        keys = [("key-%d" % i).encode() for i in range(10000)]
+        expect = {k: ("v%d" % i if i % 3 else i) for i, k in enumerate(keys)}
+        with r.client() as c:
+            self.write_all(c, "place", list(expect.items()))
+            self.read_all(c, "place", expect)
+        owner = {k: r.shard_of(k) for k in keys}
+        self.assertEqual(sorted(set(owner.values())), list(range(SHARDS)),
+                         "10,000 keys should cover every shard")
+        for s in range(SHARDS):
+            with r.worker_client(s) as w:
+                resp = w.hmexist("place", keys)
+                self.assertOk(resp)
+                got = [v.bool_value for v in resp.values]
+                self.assertEqual(len(got), len(keys))
+                wrong = [(k, owner[k]) for k, present in zip(keys, got)
+                         if present != (owner[k] == s)]
+                self.assertEqual(wrong[:10], [],
+                                 "shard %d: %d keys present/absent against placement "
+                                 "(key, expected shard)" % (s, len(wrong)))
+                # And single-key Hexist agrees for a sample.
+                for k in keys[:200]:
+                    a = w.hexist("place", k)
+                    self.assertOk(a)
+                    self.assertEqual(a.values[0].bool_value, owner[k] == s, (s, k))
+                # The owner holds the value the router acknowledged.
+                mine = [k for k in keys if owner[k] == s][:200]
+                resp = w.hmget("place", mine)
+                self.assertOk(resp)
+                self.assertEqual([pyval(v) for v in resp.values], [expect[k] for k in mine])
+
+    # ---- multi-key commands ----------------------------------------------------------
+
+    def test_multi_key_commands_across_shards(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS)
+        per = keys_by_shard("mk", 10, PARTITIONS, SHARDS)
+        # Interleave so consecutive keys are on different shards.
+        keys = [per[s][i] for i in range(10) for s in range(SHARDS)]
+        rnd = random.Random(7)
+        rnd.shuffle(keys)
+        v1 = {k: "one-%s" % k.decode() for k in keys}
+        v2 = {k: i for i, k in enumerate(keys)}
+        missing = [k + b"-missing" for k in keys[:8]]
+        with r.client() as c:
+            # Hmset on fresh keys: every previous value is empty.
+            resp = c.hmset("mk", [(k, v1[k]) for k in keys])
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values], [None] * len(keys))
+            # Hmset again (other order): previous values come back in request order.
+            order2 = list(reversed(keys))
+            resp = c.hmset("mk", [(k, v2[k]) for k in order2])
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values], [v1[k] for k in order2])
+            # Hmget: key order, missing keys as empty Values, duplicates answered twice.
+            ask = []
+            for i, k in enumerate(keys):
+                ask.append(k)
+                if i % 5 == 0:
+                    ask.append(missing[i % len(missing)])
+                if i % 7 == 0:
+                    ask.append(keys[0])
+            ask.append(keys[-1])
+            self.assertGreater(len(set(r.shard_of(k) for k in ask)), SHARDS - 1)
+            resp = c.hmget("mk", ask)
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values], [v2.get(k) for k in ask])
+            # Hmexist: same order, bools.
+            resp = c.hmexist("mk", ask)
+            self.assertOk(resp)
+            self.assertEqual([v.WhichOneof("kind") for v in resp.values],
+                             ["bool_value"] * len(ask))
+            self.assertEqual([v.bool_value for v in resp.values], [k in v2 for k in ask])
+            # Duplicate keys in one Hmset apply in request order (like the worker).
+            dk = [per[0][0], per[1][0], per[0][0], per[2][0], per[1][0]]
+            resp = c.hmset("mk", [(dk[0], "d1"), (dk[1], "d2"), (dk[2], "d3"), (dk[3], "d4"),
+                                  (dk[4], "d5")])
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values],
+                             [v2[dk[0]], v2[dk[1]], "d1", v2[dk[3]], "d2"])
+            v2.update({dk[0]: "d3", dk[1]: "d5", dk[3]: "d4"})
+            resp = c.hmget("mk", dk)
+            self.assertEqual([pyval(v) for v in resp.values], [v2[k] for k in dk])
+            # Hmdel: previous value per key in order; a duplicate's second
+            # occurrence finds it already deleted; missing keys give empty.
+            dele = keys[:12] + [keys[3], missing[0]]
+            resp = c.hmdel("mk", dele)
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values],
+                             [v2[k] for k in keys[:12]] + [None, None])
+            resp = c.hmexist("mk", dele)
+            self.assertOk(resp)
+            self.assertEqual([v.bool_value for v in resp.values], [False] * len(dele))
+            resp = c.hmget("mk", keys)
+            self.assertEqual([pyval(v) for v in resp.values],
+                             [None] * 12 + [v2[k] for k in keys[12:]])
+            # Every value is on its own shard only.
+            for s in range(SHARDS):
+                with r.worker_client(s) as w:
+                    resp = w.hmexist("mk", keys[12:])
+                    self.assertEqual([v.bool_value for v in resp.values],
+                                     [r.shard_of(k) == s for k in keys[12:]], "shard %d" % s)
+            # A bigger random workload against a model.
+            model = {k: v2[k] for k in keys[12:]}
+            universe = [("rk%d" % i).encode() for i in range(300)] + keys
+            for step in range(30):
+                pick = [rnd.choice(universe) for _ in range(rnd.randint(1, 60))]
+                op = step % 3
+                if op == 0:
+                    pairs = [(k, "s%d-%d" % (step, j)) for j, k in enumerate(pick)]
+                    expect = []
+                    for k, v in pairs:
+                        expect.append(model.get(k))
+                        model[k] = v
+                    resp = c.hmset("mk", pairs)
+                elif op == 1:
+                    expect = [model.get(k) for k in pick]
+                    resp = c.hmget("mk", pick)
+                else:
+                    expect = []
+                    for k in pick:
+                        expect.append(model.pop(k, None))
+                    resp = c.hmdel("mk", pick)
+                self.assertOk(resp)
+                self.assertEqual([pyval(v) for v in resp.values], expect, "step %d" % step)
+            resp = c.hmexist("mk", universe)
+            self.assertEqual([v.bool_value for v in resp.values], [k in model for k in universe])
+
+    # ---- scans -----------------------------------------------------------------------
+
+    def scan_pages(self, c, table, count):
+        """Walks with Hscan; returns the list of pages (lists of (key, value))."""
+        pages, cursor = [], b""
+        for _ in range(100000):
+            resp = c.hscan(table, cursor, count)
+            self.assertOk(resp)
+            pages.append([(p.key, pyval(p.value)) for p in resp.pairs])
+            if not resp.cursor:
+                return pages
+            self.assertEqual(resp.cursor[:1], b"S", "router cursor: %r" % resp.cursor[:20])
+            self.assertGreater(resp.cursor, cursor, "Hscan made no progress")
+            cursor = resp.cursor
+        self.fail("Hscan did not finish")
+
+    def test_hscan_and_hgetall(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS)
+        keys = [("scan-%05d" % i).encode() for i in range(10000)]
+        expect = {k: i for i, k in enumerate(keys)}
+        with r.client() as c:
+            for chunk in batches(keys, 500):
+                self.assertOk(c.hmset("scan", [(k, expect[k]) for k in chunk]))
+            for count, limit in ((333, 333), (0, 100)):
+                pages = self.scan_pages(c, "scan", count)
+                for p in pages:
+                    self.assertLessEqual(len(p), limit, "count %d" % count)
+                got = [kv for p in pages for kv in p]
+                seen = [k for k, _ in got]
+                self.assertEqual(len(seen), len(set(seen)), "count %d: duplicates" % count)
+                self.assertEqual(set(seen), set(keys), "count %d: missing or extra keys" % count)
+                self.assertEqual(dict(got), expect)
+                self.assertGreaterEqual(len(pages), len(keys) // limit)
+            # Hgetall of the whole table fits 4 MiB: every pair in global key order.
+            resp = c.hgetall("scan")
+            self.assertOk(resp)
+            self.assertEqual([(p.key, pyval(p.value)) for p in resp.pairs],
+                             sorted(expect.items()))
+            # A small table with keys of every shard, in mixed-length byte order.
+            small = {b"b": 1, b"a": "x", b"ab": 2.5, b"\x00z": True, b"\xff": b"bin",
+                     b"a\x00": 3, b"zz": "last", b"B": 4, b"10": 5, b"9": 6, b"100": 7}
+            self.assertGreater(len(set(r.shard_of(k) for k in small)), 2)
+            self.assertOk(c.hmset("small", list(small.items())))
+            resp = c.hgetall("small")
+            self.assertOk(resp)
+            self.assertEqual([(p.key, pyval(p.value)) for p in resp.pairs], sorted(small.items()))
+            # An empty / unknown table: 200, nothing.
+            resp = c.hgetall("nothing-here")
+            self.assertOk(resp)
+            self.assertEqual(len(resp.pairs), 0)
+            resp = c.hscan("nothing-here", b"", 10)
+            self.assertOk(resp)
+            self.assertEqual(len(resp.pairs), 0)
+            # Forged cursors: 400 naming the cursor, the connection stays usable.
+            for forged in (b"x", b"S", b"S\x00", b"T\x00\x00abc", b"S\x00\x04",
+                           b"S\xff\xff", b"S\x01\x00key"):
+                resp = c.hscan("scan", forged, 10)
+                self.assertEqual(resp.status, 400, "cursor %r: %s" % (forged, resp.message))
+                self.assertIn("cursor", resp.message)
+            self.assertEqual(c.ping().message, "PONG")
+
+    def test_hgetall_larger_than_max_frame_is_413(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, max_frame="64KiB")
+        keys = [("big-%04d" % i).encode() for i in range(2000)]
+        val = {k: ("%04d" % i).encode() * 25 for i, k in enumerate(keys)}  # 100 bytes
+        with r.client() as c:
+            self.write_all(c, "big", list(val.items()), batch=200)
+            resp = c.hgetall("big")
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("Hscan", resp.message)
+            self.assertEqual(len(resp.pairs), 0)
+            # The connection still works and Hscan reads the whole table.
+            self.assertEqual(c.ping().message, "PONG")
+            pages = self.scan_pages(c, "big", 10000)
+            got = [kv for p in pages for kv in p]
+            self.assertEqual(len(got), len(keys))
+            self.assertEqual(dict(got), val)
+
+    # ---- supervision -----------------------------------------------------------------
+
+    def test_killed_worker_is_restarted_and_others_keep_serving(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, sync="batch")
+        per = keys_by_shard("kill", 200, PARTITIONS, SHARDS)
+        expect = {k: "val-%s" % k.decode() for s in per for k in per[s]}
+        victim = 1
+        with r.client() as c:
+            self.write_all(c, "k9", list(expect.items()))
+            before = r.workers()
+            self.assertEqual(sorted(before), list(range(SHARDS)), r.stderr())
+            old = r.kill_worker(victim)
+            t_kill = time.monotonic()
+            saw_503 = 0
+            recovered = False
+            i = 0
+            while time.monotonic() - t_kill < 8.0:
+                vk = per[victim][i % 200]
+                ok_shard = [s for s in range(SHARDS) if s != victim][i % (SHARDS - 1)]
+                ok_key = per[ok_shard][i % 200]
+                i += 1
+                resp, dt = self.timed(c, req_hget("k9", vk))
+                self.assertLess(dt, 1.0, "Hget on the dead shard took %.2f s" % dt)
+                if resp.status == 503:
+                    self.assertIn("shard %d" % victim, resp.message)
+                    saw_503 += 1
+                else:
+                    self.assertEqual(resp.status, 200, resp.message)
+                    self.assertEqual(pyval(resp.values[0]), expect[vk])
+                resp, dt = self.timed(c, req_hget("k9", ok_key))
+                self.assertLess(dt, 1.0, "Hget on live shard %d took %.2f s" % (ok_shard, dt))
+                self.assertEqual(resp.status, 200,
+                                 "shard %d while %d is down: %s" % (ok_shard, victim,
+                                                                    resp.message))
+                self.assertEqual(pyval(resp.values[0]), expect[ok_key])
+                if saw_503 and r.worker_pid(victim) not in (None, old):
+                    # Restarted: every acknowledged key of the victim is back.
+                    resp = c.hmget("k9", per[victim])
+                    if resp.status == 200:
+                        self.assertEqual([pyval(v) for v in resp.values],
+                                         [expect[k] for k in per[victim]])
+                        recovered = True
+                        break
+                time.sleep(0.005)
+            elapsed = time.monotonic() - t_kill
+            self.assertGreater(saw_503, 0, "no 503 from the killed shard")
+            self.assertTrue(recovered, "shard %d not serving its data %.1f s after kill -9"
+                            % (victim, elapsed))
+            self.assertLess(elapsed, 5.5, "recovery took %.1f s" % elapsed)
+            new = r.worker_pid(victim)
+            self.assertNotIn(new, (None, old))
+            after = r.workers()
+            for s in range(SHARDS):
+                if s != victim:
+                    self.assertEqual(after.get(s), before[s], "shard %d restarted too" % s)
+            self.read_all(c, "k9", expect)
+        # The router says what happened to the worker.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "killed by signal SIGKILL" not in r.stderr():
+            time.sleep(0.05)
+        self.assertIn("shard %d (pid %d) killed by signal SIGKILL" % (victim, old), r.stderr())
+
+    # ---- shutdown ---------------------------------------------------------------------
+
+    def sigterm_while_pipelining(self, n, slow_reader):
+        """Pipelines n fresh Hsets on one connection, SIGTERMs the router while
+        they are in flight, reads every answer until the router closes, then
+        checks: answers well-formed and 200, clean EOF (no reset), exit code
+        0, no process left, and after a restart exactly the answered writes
+        are stored (nothing applied without an answer, nothing answered lost).
+
+        slow_reader: the client uses a small receive buffer and does not read
+        until 1 s after the signal (a busy or distant client)."""
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, sync="batch")
+        keys = [("term-%05d" % i).encode() for i in range(n)]
+        data = b"".join(encode(req_hset("term", k, i)) for i, k in enumerate(keys))
+        c = r.client(timeout=15.0)
+        self.addCleanup(c.close)
+        if slow_reader:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.assertEqual(c.ping().message, "PONG")
+        send_err = []
+
+        def sender():
+            try:
+                c.sock.sendall(data)
+            except OSError as e:  # the router may close before reading it all
+                send_err.append(e)
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        answers, end = [], None
+        if slow_reader:
+            time.sleep(0.02)
+        else:
+            answers.append(c.recv())  # the router is busy with the pipeline
+        r.proc.send_signal(signal.SIGTERM)
+        if slow_reader:
+            time.sleep(1.0)
+        while True:
+            try:
+                got = c.recv_raw()
+            except ConnectionResetError:
+                end = "reset"
+                break
+            except EOFError as e:
+                self.fail("garbled stream after %d answers: %s" % (len(answers), e))
+            if got is None:
+                end = "eof"
+                break
+            word, payload = got
+            self.assertFalse(word & COMPRESSED)
+            resp = pb.CommandResponse()
+            resp.ParseFromString(payload)
+            answers.append(resp)
+        t.join(15)
+        k = len(answers)
+        for i, a in enumerate(answers):
+            self.assertEqual(a.status, 200, "answer %d: %d %s" % (i, a.status, a.message))
+            self.assertEqual(len(a.values), 1)
+            self.assertIsNone(pyval(a.values[0]), "answer %d is not a fresh Hset's" % i)
+        self.assertLessEqual(k, n)
+        rc = r.proc.wait(15)
+        self.assertEqual(rc, 0, "kvs-router exit code after SIGTERM")
+        self.assertTrue(r.wait_all_gone(15), "processes left: %r" % procs_for_config(r.config))
+        # Restart on the same data: what was answered is stored, and nothing
+        # was applied without its answer reaching the client.
+        r.proc = None
+        r.start()
+        with r.client() as c2:
+            resp = c2.hmexist("term", keys)
+            self.assertOk(resp)
+            present = [i for i, v in enumerate(resp.values) if v.bool_value]
+            self.assertEqual(len(present), k,
+                             "the client got %d answers (then %s) but %d writes were applied: "
+                             "%d acknowledgements were lost"
+                             % (k, end, len(present), len(present) - k))
+            self.assertEqual(present, list(range(k)))
+            resp = c2.hmget("term", keys[:k])
+            self.assertEqual([pyval(v) for v in resp.values], list(range(k)))
+        self.assertEqual(end, "eof", "the router reset the connection after %d answers "
+                         "instead of closing it cleanly" % k)
+
+    def test_sigterm_answers_pipelined_requests_then_exits_0(self):
+        self.sigterm_while_pipelining(5000, slow_reader=False)
+
+    def test_sigterm_with_slow_reader_loses_no_answers(self):
+        self.sigterm_while_pipelining(20000, slow_reader=True)
+
+    # ---- several nodes ---------------------------------------------------------------------
+
+    def wait_all_shards(self, router, probe, timeout=10.0):
+        """Waits until `router` answers 200 for Hmexist over keys of every shard."""
+        deadline = time.monotonic() + timeout
+        last = None
+        with router.client() as c:
+            while time.monotonic() < deadline:
+                last = c.hmexist("probe", probe)
+                if last.status == 200:
+                    return
+                time.sleep(0.05)
+        self.fail("router %s never reached every shard: %d %s"
+                  % (router.name, last.status, last.message))
+
+    def test_two_nodes_share_four_shards(self):
+        base_a = free_port_range(SHARDS)
+        base_b = free_port_range(SHARDS)
+        for _ in range(20):
+            if abs(base_a - base_b) >= SHARDS:
+                break
+            base_b = free_port_range(SHARDS)
+        self.assertGreaterEqual(abs(base_a - base_b), SHARDS)
+        a = self.router(start=False, name="A", shards=SHARDS, partitions=PARTITIONS,
+                        node_listen="127.0.0.1:%d" % base_a,
+                        remote={2: "127.0.0.1:%d" % (base_b + 2),
+                                3: "127.0.0.1:%d" % (base_b + 3)})
+        b = self.router(start=False, name="B", shards=SHARDS, partitions=PARTITIONS,
+                        node_listen="127.0.0.1:%d" % base_b,
+                        remote={0: "127.0.0.1:%d" % base_a, 1: "127.0.0.1:%d" % (base_a + 1)})
+        a.start()
+        b.start()
+        self.assertEqual(sorted(a.workers()), [0, 1])
+        self.assertEqual(sorted(b.workers()), [2, 3])
+        per = keys_by_shard("probe", 1, PARTITIONS, SHARDS)
+        probe = [per[s][0] for s in range(SHARDS)]
+        self.wait_all_shards(a, probe)
+        self.wait_all_shards(b, probe)
+        ka = [("from-a-%d" % i).encode() for i in range(2000)]
+        kb = [("from-b-%d" % i).encode() for i in range(2000)]
+        va = {k: "A%d" % i for i, k in enumerate(ka)}
+        vb = {k: i for i, k in enumerate(kb)}
+        with a.client() as ca, b.client() as cb:
+            self.write_all(ca, "two", list(va.items()))
+            self.read_all(cb, "two", va)
+            self.write_all(cb, "two", list(vb.items()))
+            self.read_all(ca, "two", vb)
+            both = ka + kb
+            resp = ca.hmget("two", both)
+            self.assertOk(resp)
+            self.assertEqual([pyval(v) for v in resp.values], [va.get(k, vb.get(k)) for k in both])
+        # Each key is stored on the worker that owns its shard, on its node.
+        for s in range(SHARDS):
+            node = a if s < 2 else b
+            with node.worker_client(s) as w:
+                resp = w.hmexist("two", both)
+                self.assertOk(resp)
+                self.assertEqual([v.bool_value for v in resp.values],
+                                 [shard_of(k, PARTITIONS, SHARDS) == s for k in both],
+                                 "shard %d on node %s" % (s, node.name))
+        # Node B goes away entirely (router and workers, kill -9).
+        b.kill_all()
+        self.assertTrue(b.wait_all_gone(10))
+        by_shard = {s: [k for k in both if shard_of(k, PARTITIONS, SHARDS) == s][:50]
+                    for s in range(SHARDS)}
+        expect = dict(va)
+        expect.update(vb)
+        with a.client() as ca:
+            for rnd in range(2):  # right away, and again once the link noticed
+                for s in range(SHARDS):
+                    for k in by_shard[s]:
+                        resp, dt = self.timed(ca, req_hget("two", k))
+                        self.assertLess(dt, 1.0, "shard %d answered after %.2f s" % (s, dt))
+                        if s < 2:
+                            self.assertEqual(resp.status, 200, resp.message)
+                            self.assertEqual(pyval(resp.values[0]), expect[k])
+                        else:
+                            self.assertUnavailable(resp, s)
+                time.sleep(0.5)
+            # A multi-key request touching a lost shard: 503 naming it.
+            resp = ca.hmget("two", [by_shard[0][0], by_shard[2][0]])
+            self.assertUnavailable(resp, 2)
+            resp = ca.hmget("two", by_shard[0] + by_shard[1])
+            self.assertOk(resp)
+        self.assertEqual(a.stop(), 0)
+
+    # ---- bad input ---------------------------------------------------------------------------
+
+    def test_bad_input_answers_like_a_worker(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS)
+
+        def raw(req):
+            return req.SerializeToString()
+
+        hset_no_value = pb.CommandRequest()
+        hset_no_value.hset.table, hset_no_value.hset.key = "t", b"k"
+        hset_empty_value = pb.CommandRequest()
+        hset_empty_value.hset.table, hset_empty_value.hset.key = "t", b"k"
+        hset_empty_value.hset.value.SetInParent()
+        hmset_no_value = pb.CommandRequest()
+        hmset_no_value.hmset.table = "t"
+        p = hmset_no_value.hmset.pairs.add()
+        p.key = b"k"
+        bad = [
+            ("no command", b""),
+            ("empty table", raw(req_hget("", "k"))),
+            ("empty table Hgetall", raw(req_hgetall(""))),
+            ("reserved table", raw(req_hget("__kvs", "k"))),
+            ("reserved table Hgetall", raw(req_hgetall("__kvs"))),
+            ("reserved table Hscan", raw(req_hscan("__kvs"))),
+            ("reserved table Hmset", raw(req_hmset("__kvs", [("k", "v")]))),
+            ("table too long", raw(req_hget("x" * 201, "k"))),
+            ("empty key", raw(req_hget("t", ""))),
+            ("empty key Hset", raw(req_hset("t", "", "v"))),
+            ("empty key in Hmget", raw(req_hmget("t", ["a", "", "b"]))),
+            ("key too long", raw(req_hexist("t", b"k" * 512))),
+            ("Hmget without keys", raw(req_hmget("t", []))),
+            ("Hmdel without keys", raw(req_hmdel("t", []))),
+            ("Hmset without pairs", raw(req_hmset("t", []))),
+            ("Hset without value", raw(hset_no_value)),
+            ("Hset with an empty Value", raw(hset_empty_value)),
+            ("Hmset pair without value", raw(hmset_no_value)),
+            ("unknown command field 60", b"\xe2\x03\x00"),
+            ("unknown field beside Hget", raw(req_hget("t", "k")) + b"\xe2\x03\x00"),
+            ("garbage payload", b"\xff\xff\xff\xff\xff"),
+            ("truncated Hget", raw(req_hget("t", "key"))[:-2]),
+        ]
+        with r.client() as c, r.worker_client(0) as w:
+            for name, payload in bad:
+                c.send_raw(frame(payload))
+                via_router = c.recv()
+                w.send_raw(frame(payload))
+                direct = w.recv()
+                self.assertEqual(direct.status, 400, "%s (worker): %s" % (name, direct.message))
+                self.assertEqual((via_router.status, via_router.message),
+                                 (direct.status, direct.message), name)
+                self.assertTrue(via_router.message, name)
+                self.assertEqual(len(via_router.values) + len(via_router.pairs), 0, name)
+            # The same connection still serves good requests.
+            self.assertEqual(c.ping().message, "PONG")
+            self.assertOk(c.hset("t", "k", "v"))
+            self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+            # A compressed frame: 400 and close, like the worker.
+            c.send_raw(frame(raw(req_ping()), COMPRESSED))
+            resp = c.recv()
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("compress", resp.message)
+            c.sock.settimeout(3)
+            self.assertTrue(c.at_eof())
+        # An oversized frame header: 413 naming the limit, then the router closes.
+        with r.client() as c:
+            c.send_raw(struct.pack(">I", 0x7FFFFFF0))
+            resp = c.recv()
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("max_frame", resp.message)
+            c.sock.settimeout(3)
+            try:
+                self.assertTrue(c.at_eof(), "expected the connection to close after 413")
+            except socket.timeout:
+                self.fail("connection still open 3 s after the 413")
+        with r.client() as c:  # another header just over 4 MiB, with a body following
+            c.send_raw(struct.pack(">I", 4 * 1024 * 1024 + 1) + b"\x00" * 1000)
+            resp = c.recv()
+            self.assertEqual(resp.status, 413, resp.message)
+            c.sock.settimeout(3)
+            self.assertTrue(c.at_eof())
+        # The router is unharmed.
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+            self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+        self.assertTrue(r.alive())
+
+    # ---- locking and config ---------------------------------------------------------------
+
+    def test_second_router_on_same_data_dir_refuses(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS)
+        workers = r.workers()
+        self.assertEqual(sorted(workers), list(range(SHARDS)))
+        with r.client() as c:
+            self.assertOk(c.hset("lock", "k", "before"))
+        second = subprocess.Popen([r.exe, "--config", r.config], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = second.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            out, err = second.communicate()
+            self.fail("second kvs-router still running after 5 s:\n%s" % err.decode())
+        text = (out + err).decode("utf-8", "replace")
+        self.assertNotEqual(second.returncode, 0, text)
+        self.assertIn("another kvs-router", text)
+        self.assertIn("router.lock", text)
+        # No worker was spawned or disturbed; the first router keeps serving.
+        self.assertEqual(r.workers(), workers)
+        self.assertTrue(r.alive())
+        per = keys_by_shard("after", 5, PARTITIONS, SHARDS)
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("lock", "k").values[0]), "before")
+            for s in range(SHARDS):
+                for k in per[s]:
+                    self.assertOk(c.hset("lock", k, s))
+            resp = c.hmget("lock", [k for s in range(SHARDS) for k in per[s]])
+            self.assertEqual([pyval(v) for v in resp.values],
+                             [s for s in range(SHARDS) for _ in per[s]])
+        self.assertEqual(r.stop(), 0)
+
+    def test_partitions_below_shards_is_refused(self):
+        r = self.router(start=False, shards=4, partitions=2)
+        with open(r.config) as f:
+            lines = f.read().split("\n")
+        line = next(i + 1 for i, l in enumerate(lines) if l.strip().startswith("partitions:"))
+        col_key = lines[line - 1].index("partitions") + 1
+        col_val = lines[line - 1].index("2") + 1
+        proc = r.spawn()
+        try:
+            rc = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self.fail("kvs-router still running with partitions < shards:\n" + r.stderr())
+        text = r.stderr()
+        self.assertNotEqual(rc, 0, text)
+        m = re.search(re.escape(r.config) + r":(\d+):(\d+): cluster\.partitions \(2\) must be "
+                      r">= cluster\.shards \(4\)", text)
+        self.assertIsNotNone(m, text)
+        self.assertEqual(int(m.group(1)), line, text)
+        self.assertIn(int(m.group(2)), (col_key, col_val), text)
+        self.assertEqual(procs_for_config(r.config), {}, "workers were started")
+        with self.assertRaises(OSError):
+            socket.create_connection(r.addr, timeout=1).close()
+
+    # ---- back-pressure ----------------------------------------------------------------------
+
+    def test_backpressure_max_inflight_keeps_order(self):
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, max_inflight=8)
+        n = 500
+        keys = [("bp-%d" % i).encode() for i in range(n + 1)]
+        reqs, expect = [], []
+        for j in range(n):
+            reqs.append(req_hset("bp", keys[j], j))
+            expect.append(("set", None))
+            reqs.append(req_hget("bp", keys[j]))
+            expect.append(("get", j))
+            window = keys[max(0, j - 5):j + 1]
+            reqs.append(req_hmget("bp", window + [keys[j + 1]]))
+            expect.append(("mget", list(range(max(0, j - 5), j + 1)) + [None]))
+            reqs.append(req_hexist("bp", keys[j + 1]))
+            expect.append(("exist", False))
+        self.assertEqual(len(reqs), 2000)
+        with r.client(timeout=20) as c:
+            answers = pipeline_threaded(c, reqs, timeout=45)
+            self.assertEqual(len(answers), 2000)
+            for i, ((kind, want), a) in enumerate(zip(expect, answers)):
+                self.assertEqual(a.status, 200, "answer %d (%s): %s" % (i, kind, a.message))
+                if kind == "set":
+                    self.assertIsNone(pyval(a.values[0]), i)
+                elif kind == "get":
+                    self.assertEqual(pyval(a.values[0]), want, i)
+                elif kind == "mget":
+                    self.assertEqual([pyval(v) for v in a.values], want, i)
+                else:
+                    self.assertEqual(a.values[0].bool_value, want, i)
+            # A second client is served while the first one is being throttled.
+            with r.client() as other:
+                self.assertEqual(other.ping().message, "PONG")
+            self.assertEqual(c.ping().message, "PONG")
+
+
+if __name__ == "__main__":
+    unittest.main()

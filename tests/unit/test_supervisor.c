@@ -1,0 +1,583 @@
+/*
+ * Tests for router_supervisor with small shell scripts as fake workers,
+ * written into a fresh temporary directory per case. Every script starts
+ * with d=<that dir>; "recording" scripts write "<pid> <argv...>" to
+ * $d/shard-<N> (via rename, so a reader never sees half a line).
+ *
+ * Each case runs the loop with UV_RUN_ONCE until a condition holds; a
+ * 10 ms tick keeps the loop waking up to poll files, and a 10 s watchdog
+ * timer fails the case if a condition never comes true.
+ */
+#include "kvs_test.h"
+#include "kvs_log.h"
+#include "router_supervisor.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MAX_EV 64
+
+/* Records its argv and pid, then becomes `sleep 30` (same pid). */
+#define REC_BODY                                                                                   \
+    "for a; do s=$a; done\n"                                                                       \
+    "echo \"$$ $*\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" \"$d/shard-$s\"\n"
+
+typedef struct {
+    uint32_t shard;
+    int running;
+    int64_t status;
+    int sig;
+    uint64_t at_ms;
+} ev_t;
+
+typedef struct {
+    uv_loop_t loop;
+    uv_timer_t tick, watchdog;
+    char dir[64];
+    char log_path[128];
+    int saved_stderr; /* -1 unless stderr is being captured */
+    router_sup_t *sup;
+    ev_t ev[MAX_EV];
+    size_t n_ev;
+    int stop_on_exit; /* call router_sup_stop from the first exit event */
+    int done;
+    uint64_t done_at;
+} tctx_t;
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static void capture_end(tctx_t *t);
+
+static void on_tick(uv_timer_t *h)
+{
+    (void)h;
+}
+
+static void on_watchdog(uv_timer_t *h)
+{
+    tctx_t *t = h->data;
+    capture_end(t);
+    fprintf(stderr, "watchdog: test did not finish within 10 s\n");
+    abort();
+}
+
+#define RUN_UNTIL(t, cond)                                                                         \
+    do {                                                                                           \
+        while (!(cond))                                                                            \
+            uv_run(&(t)->loop, UV_RUN_ONCE);                                                       \
+    } while (0)
+
+static void t_init(tctx_t *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->saved_stderr = -1;
+    kvs_log_init("test", -1, KVS_LOG_INFO);
+    CHECK_EQ(uv_loop_init(&t->loop), 0);
+    snprintf(t->dir, sizeof(t->dir), "/tmp/kvs-sup-XXXXXX");
+    CHECK(mkdtemp(t->dir) != NULL);
+    snprintf(t->log_path, sizeof(t->log_path), "%s/stderr.log", t->dir);
+    uv_timer_init(&t->loop, &t->tick);
+    uv_timer_start(&t->tick, on_tick, 10, 10);
+    uv_timer_init(&t->loop, &t->watchdog);
+    t->watchdog.data = t;
+    uv_timer_start(&t->watchdog, on_watchdog, 10000, 0);
+}
+
+static void rm_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    CHECK(d != NULL);
+    struct dirent *e;
+    char path[512];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        CHECK_EQ(unlink(path), 0);
+    }
+    closedir(d);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
+/* Closes the test's own timers, drains the loop, checks that nothing of the
+ * supervisor's is left in it, and removes the directory. */
+static void t_close(tctx_t *t)
+{
+    capture_end(t);
+    uv_close((uv_handle_t *)&t->tick, NULL);
+    uv_close((uv_handle_t *)&t->watchdog, NULL);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    CHECK_EQ(uv_loop_close(&t->loop), 0);
+    rm_dir(t->dir);
+}
+
+/* Writes an executable script "#!/bin/sh\nd=<dir>\n<body>" to dir/name. */
+static void t_script(tctx_t *t, const char *name, const char *body, char *path, size_t len)
+{
+    snprintf(path, len, "%s/%s", t->dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fprintf(f, "#!/bin/sh\nd='%s'\n%s", t->dir, body);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(chmod(path, 0755), 0);
+}
+
+static void on_done(void *arg)
+{
+    tctx_t *t = arg;
+    CHECK(!t->done);
+    t->done = 1;
+    t->done_at = now_ms();
+}
+
+static void on_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
+{
+    tctx_t *t = arg;
+    CHECK(t->n_ev < MAX_EV);
+    CHECK(!t->done);
+    t->ev[t->n_ev++] = (ev_t){shard, running, status, sig, now_ms()};
+    if (running) {
+        CHECK(router_sup_pid(t->sup, shard) > 0);
+        CHECK_EQ(status, 0);
+        CHECK_EQ(sig, 0);
+    } else {
+        CHECK_EQ(router_sup_pid(t->sup, shard), 0);
+    }
+    if (!running && t->stop_on_exit) {
+        t->stop_on_exit = 0;
+        router_sup_stop(t->sup, on_done, t);
+        CHECK(!t->done);
+    }
+}
+
+static router_sup_opts_t t_opts(tctx_t *t, const char *exe, const char *const *args,
+                                const uint32_t *shards, size_t n)
+{
+    return (router_sup_opts_t){
+        .loop = &t->loop,
+        .exe = exe,
+        .args = args,
+        .shards = shards,
+        .n_shards = n,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 1000,
+        .stable_ms = 30000,
+        .crash_loop_limit = 5,
+        .stop_grace_ms = 5000,
+        .on_event = on_event,
+        .arg = t,
+    };
+}
+
+/* Stops the supervisor, runs the loop until done, frees it. */
+static void t_stop(tctx_t *t)
+{
+    router_sup_stop(t->sup, on_done, t);
+    CHECK(!t->done); /* never synchronously */
+    RUN_UNTIL(t, t->done);
+    router_sup_free(t->sup);
+    t->sup = NULL;
+}
+
+/* Reads $dir/shard-N into buf; 0 when it does not exist yet. */
+static int shard_file(tctx_t *t, uint32_t shard, char *buf, size_t len)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/shard-%u", t->dir, (unsigned)shard);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    CHECK(fgets(buf, (int)len, f) != NULL);
+    fclose(f);
+    buf[strcspn(buf, "\n")] = '\0';
+    return 1;
+}
+
+static void unlink_shard_file(tctx_t *t, uint32_t shard)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/shard-%u", t->dir, (unsigned)shard);
+    CHECK_EQ(unlink(path), 0);
+}
+
+/* Waits for $dir/shard-N and returns the pid written in it. */
+static pid_t wait_shard_pid(tctx_t *t, uint32_t shard, char *line, size_t len)
+{
+    RUN_UNTIL(t, shard_file(t, shard, line, len));
+    return (pid_t)atoi(line);
+}
+
+/* stderr (kvs_log's and the workers') goes to dir/stderr.log until capture_end. */
+static void capture_start(tctx_t *t)
+{
+    fflush(stderr);
+    t->saved_stderr = dup(STDERR_FILENO);
+    CHECK(t->saved_stderr >= 0);
+    int fd = open(t->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    CHECK(fd >= 0);
+    CHECK(dup2(fd, STDERR_FILENO) >= 0);
+    close(fd);
+}
+
+static void capture_end(tctx_t *t)
+{
+    if (t->saved_stderr < 0)
+        return;
+    fflush(stderr);
+    dup2(t->saved_stderr, STDERR_FILENO);
+    close(t->saved_stderr);
+    t->saved_stderr = -1;
+}
+
+/* The captured log so far, NUL-terminated, in a static buffer. */
+static const char *read_log(tctx_t *t)
+{
+    static char buf[65536];
+    FILE *f = fopen(t->log_path, "r");
+    CHECK(f != NULL);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The log line containing `needle` (copied into line), or NULL. */
+static const char *log_line(const char *log, const char *needle, char *line, size_t len)
+{
+    const char *p = strstr(log, needle);
+    if (p == NULL)
+        return NULL;
+    while (p > log && p[-1] != '\n')
+        p--;
+    size_t n = strcspn(p, "\n");
+    snprintf(line, len, "%.*s", (int)n, p);
+    return line;
+}
+
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(hay, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static size_t exits(const tctx_t *t)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n_ev; i++)
+        n += !t->ev[i].running;
+    return n;
+}
+
+KVS_TEST(spawns_every_shard_with_its_args)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], cfg[256], line[512], want[512];
+    t_script(&t, "rec.sh", REC_BODY "exec sleep 30\n", exe, sizeof(exe));
+    snprintf(cfg, sizeof(cfg), "%s/config.yaml", t.dir);
+    const char *args[] = {"--config", cfg, NULL};
+    const uint32_t shards[] = {0, 1, 5};
+    router_sup_opts_t o = t_opts(&t, exe, args, shards, 3);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    for (size_t i = 0; i < 3; i++) {
+        pid_t pid = wait_shard_pid(&t, shards[i], line, sizeof(line));
+        CHECK(pid > 0);
+        CHECK_EQ(router_sup_pid(t.sup, shards[i]), pid);
+        snprintf(want, sizeof(want), "%d --config %s --shard %u", (int)pid, cfg,
+                 (unsigned)shards[i]);
+        CHECK_STR(line, want);
+    }
+    CHECK_EQ(router_sup_pid(t.sup, 7), 0);
+    CHECK_EQ(t.n_ev, 0); /* the initial spawns are not announced */
+    t_stop(&t);
+    CHECK_EQ(t.n_ev, 3);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(t.ev[i].running, 0);
+        CHECK_EQ(t.ev[i].sig, SIGTERM);
+    }
+    t_close(&t);
+}
+
+KVS_TEST(restarts_a_killed_worker)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "rec.sh", REC_BODY "exec sleep 30\n", exe, sizeof(exe));
+    const uint32_t shards[] = {2};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.backoff_min_ms = 200;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t pid1 = wait_shard_pid(&t, 2, line, sizeof(line));
+    CHECK_EQ(router_sup_pid(t.sup, 2), pid1);
+    unlink_shard_file(&t, 2);
+    CHECK_EQ(kill(pid1, SIGKILL), 0);
+    RUN_UNTIL(&t, t.n_ev >= 2);
+    CHECK_EQ(t.ev[0].shard, 2);
+    CHECK_EQ(t.ev[0].running, 0);
+    CHECK_EQ(t.ev[0].sig, SIGKILL);
+    CHECK_EQ(t.ev[1].shard, 2);
+    CHECK_EQ(t.ev[1].running, 1);
+    CHECK(t.ev[1].at_ms - t.ev[0].at_ms >= 190); /* not before backoff_min_ms */
+    pid_t pid2 = router_sup_pid(t.sup, 2);
+    CHECK(pid2 > 0 && pid2 != pid1);
+    CHECK_EQ(wait_shard_pid(&t, 2, line, sizeof(line)), pid2);
+    t_stop(&t);
+    CHECK_EQ(t.n_ev, 3);
+    CHECK_EQ(t.ev[2].running, 0);
+    CHECK_EQ(t.ev[2].sig, SIGTERM);
+    t_close(&t);
+}
+
+KVS_TEST(backoff_grows_for_a_crash_loop)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "crash.sh", "exit 3\n", exe, sizeof(exe));
+    const uint32_t shards[] = {3};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.backoff_min_ms = 50;
+    o.backoff_max_ms = 400;
+    o.crash_loop_limit = 4;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, exits(&t) >= 6);
+    t_stop(&t); /* a restart is pending, nothing runs: done still comes later */
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+
+    /* exit, start, exit, start, ..., exit */
+    CHECK_EQ(t.n_ev, 11);
+    const uint64_t want[] = {50, 100, 200, 400, 400};
+    for (size_t i = 0; i < t.n_ev; i++) {
+        CHECK_EQ(t.ev[i].running, i % 2);
+        if (t.ev[i].running)
+            continue;
+        CHECK_EQ(t.ev[i].status, 3);
+        CHECK_EQ(t.ev[i].sig, 0);
+    }
+    for (size_t k = 0; k < 5; k++) {
+        uint64_t gap = t.ev[2 * k + 1].at_ms - t.ev[2 * k].at_ms;
+        fprintf(stderr, "restart %zu after %" PRIu64 " ms (backoff %" PRIu64 ")\n", k + 1, gap,
+                want[k]);
+        CHECK(gap >= want[k] * 9 / 10);
+        CHECK(gap <= want[k] * 2 + 150); /* loose: loaded CI machines */
+    }
+    CHECK_CONTAINS(log, "shard 3 (pid ");
+    CHECK_CONTAINS(log, "exited with status 3");
+    CHECK_CONTAINS(log, "restarting shard 3 in 50 ms");
+    CHECK_CONTAINS(log, "restarting shard 3 in 100 ms");
+    CHECK_CONTAINS(log, "restarting shard 3 in 200 ms");
+    CHECK(log_line(log, "crash-looping", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "ERROR");
+    CHECK_CONTAINS(line, "shard 3 is crash-looping: 4 restarts");
+    CHECK_CONTAINS(line, "in 400 ms");
+    CHECK_EQ(count_of(log, "crash-looping"), 3); /* restarts 4, 5 and 6 */
+    CHECK(strstr(log, "crash-looping") > strstr(log, "in 200 ms"));
+    t_close(&t);
+}
+
+KVS_TEST(stable_worker_resets_backoff)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256];
+    t_script(&t, "short.sh", "sleep 0.3\nexit 1\n", exe, sizeof(exe));
+    const uint32_t shards[] = {1};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.backoff_min_ms = 50;
+    o.stable_ms = 200;
+    o.crash_loop_limit = 2;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, exits(&t) >= 4);
+    t_stop(&t);
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    CHECK_EQ(count_of(log, "restarting shard 1 in 50 ms"), 4);
+    CHECK(strstr(log, "in 100 ms") == NULL);
+    CHECK(strstr(log, "crash-looping") == NULL);
+    t_close(&t);
+}
+
+KVS_TEST(stop_terminates_workers_and_calls_done)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    /* A well-behaved worker: on SIGTERM it exits with status 10 + shard. */
+    t_script(&t, "graceful.sh",
+             "for a; do s=$a; done\n"
+             "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"
+             "sleep 30 & c=$!\n" REC_BODY "wait $c\n",
+             exe, sizeof(exe));
+    const uint32_t shards[] = {0, 1};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
+    o.backoff_min_ms = 20;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    wait_shard_pid(&t, 0, line, sizeof(line));
+    wait_shard_pid(&t, 1, line, sizeof(line));
+    t_stop(&t);
+    CHECK_EQ(t.n_ev, 2);
+    for (size_t i = 0; i < 2; i++) {
+        CHECK_EQ(t.ev[i].running, 0);
+        CHECK_EQ(t.ev[i].sig, 0);
+        CHECK_EQ(t.ev[i].status, 10 + t.ev[i].shard);
+    }
+    CHECK(t.ev[0].shard != t.ev[1].shard);
+    /* Well past backoff_min_ms: nothing is restarted. */
+    uint64_t until = now_ms() + 200;
+    RUN_UNTIL(&t, now_ms() >= until);
+    CHECK_EQ(t.n_ev, 2);
+    t_close(&t);
+}
+
+KVS_TEST(stop_from_an_event_callback)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256];
+    t_script(&t, "crash.sh", "exit 3\n", exe, sizeof(exe));
+    const uint32_t shards[] = {0};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.backoff_min_ms = 20;
+    t.stop_on_exit = 1;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, t.done);
+    router_sup_free(t.sup);
+    CHECK_EQ(t.n_ev, 1);
+    CHECK_EQ(t.ev[0].status, 3);
+    uint64_t until = now_ms() + 100;
+    RUN_UNTIL(&t, now_ms() >= until);
+    CHECK_EQ(t.n_ev, 1);
+    t_close(&t);
+}
+
+KVS_TEST(stop_kills_stragglers_after_grace)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512], want[64];
+    t_script(&t, "stubborn.sh", "trap '' TERM\n" REC_BODY "exec sleep 30\n", exe, sizeof(exe));
+    const uint32_t shards[] = {4};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.stop_grace_ms = 300;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t pid = wait_shard_pid(&t, 4, line, sizeof(line));
+    uint64_t t0 = now_ms();
+    t_stop(&t);
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    uint64_t took = t.done_at - t0;
+    CHECK(took >= 290 && took < 5000);
+    CHECK_EQ(t.n_ev, 1);
+    CHECK_EQ(t.ev[0].running, 0);
+    CHECK_EQ(t.ev[0].sig, SIGKILL);
+    CHECK(log_line(log, "sending SIGKILL", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "WARN");
+    snprintf(want, sizeof(want), "shard 4 (pid %d)", (int)pid);
+    CHECK_CONTAINS(line, want);
+    CHECK_CONTAINS(log, "killed by signal SIGKILL");
+    t_close(&t);
+}
+
+KVS_TEST(restart_survives_a_vanished_exe)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], away[300];
+    t_script(&t, "crash.sh", "exit 1\n", exe, sizeof(exe));
+    snprintf(away, sizeof(away), "%s.away", exe);
+    const uint32_t shards[] = {6};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.backoff_min_ms = 100;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, t.n_ev >= 1);
+    CHECK_EQ(rename(exe, away), 0); /* the restart is 100 ms away */
+    RUN_UNTIL(&t, strstr(read_log(&t), "cannot start shard 6") != NULL);
+    CHECK_EQ(t.n_ev, 1);
+    CHECK_EQ(router_sup_pid(t.sup, 6), 0);
+    CHECK_EQ(rename(away, exe), 0);
+    RUN_UNTIL(&t, t.n_ev >= 2);
+    CHECK_EQ(t.ev[1].running, 1);
+    CHECK(t.ev[1].at_ms - t.ev[0].at_ms >= 270); /* 100 ms, failed spawn, 200 ms */
+    t_stop(&t);
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    char line[512];
+    CHECK(log_line(log, "cannot start shard 6", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "ERROR");
+    CHECK_CONTAINS(line, "no such file or directory");
+    CHECK_CONTAINS(log, "restarting shard 6 in 200 ms");
+    t_close(&t);
+}
+
+KVS_TEST(missing_exe_fails_start)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256];
+    snprintf(exe, sizeof(exe), "%s/no-such-kvs-node", t.dir);
+    const uint32_t shards[] = {0, 1};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
+    t.sup = (router_sup_t *)&t; /* must be reset */
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_ENOENT);
+    CHECK(t.sup == NULL);
+    /* Present but not executable. */
+    t_script(&t, "noexec.sh", "exit 0\n", exe, sizeof(exe));
+    CHECK_EQ(chmod(exe, 0644), 0);
+    o.exe = exe;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EACCES);
+    CHECK(t.sup == NULL);
+    CHECK_EQ(t.n_ev, 0);
+    t_close(&t); /* the loop must drain to empty: nothing leaks */
+}
+
+KVS_TEST(start_rejects_bad_options)
+{
+    tctx_t t;
+    t_init(&t);
+    const uint32_t dup[] = {1, 2, 1};
+    router_sup_opts_t o = t_opts(&t, "/bin/true", NULL, dup, 3);
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.n_shards = 2;
+    o.backoff_min_ms = 0;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.backoff_min_ms = 500;
+    o.backoff_max_ms = 100;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.backoff_max_ms = 1000;
+    o.exe = NULL;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    CHECK(t.sup == NULL);
+    /* No shards is valid: stop completes at once (asynchronously). */
+    o.exe = "/bin/true";
+    o.n_shards = 0;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    t_stop(&t);
+    t_close(&t);
+}
+
+KVS_TEST_MAIN(KVS_CASE(spawns_every_shard_with_its_args), KVS_CASE(restarts_a_killed_worker),
+              KVS_CASE(backoff_grows_for_a_crash_loop), KVS_CASE(stable_worker_resets_backoff),
+              KVS_CASE(stop_terminates_workers_and_calls_done),
+              KVS_CASE(stop_from_an_event_callback), KVS_CASE(stop_kills_stragglers_after_grace),
+              KVS_CASE(restart_survives_a_vanished_exe), KVS_CASE(missing_exe_fails_start),
+              KVS_CASE(start_rejects_bad_options))
