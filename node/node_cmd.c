@@ -18,6 +18,7 @@
 #include "kvs_resp.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef int (*cmd_fn)(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r);
@@ -90,6 +91,24 @@ static int encode_value(node_cmd_ctx_t *ctx, const Kvs__Value *v, node_slice_t *
     return 0;
 }
 
+/* Every stored pair must be readable back: an Hget, Hscan or Hgetall answer
+ * holding it (plus a cursor of up to a key) has to fit in max_frame. */
+static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBinaryData *key,
+                          size_t vlen)
+{
+    size_t need = key->len + vlen + KVS_MAX_KEY + 64;
+    if (need <= ctx->max_frame)
+        return 0;
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "value of %zu bytes is too large: an answer holding it must fit in "
+                     "limits.max_frame (%zu bytes), so keys plus values may be at most %zu bytes",
+                     vlen, ctx->max_frame, ctx->max_frame - KVS_MAX_KEY - 64);
+    return 1;
+}
+
 /* ---- single-key --------------------------------------------------------- */
 
 static int cmd_hget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
@@ -116,6 +135,8 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     int rc = encode_value(ctx, m->value, &enc);
     if (rc != 0)
         return rc;
+    if (pair_too_large(ctx, r, &m->key, enc.len))
+        return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
     rc = append_stored(ctx, r, m->table, &m->key);
     if (rc < 0)
@@ -180,8 +201,12 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
 {
     const Kvs__Hmset *m = req->hmset;
     size_t bytes = 0;
-    for (size_t i = 0; i < m->n_pairs; i++)
-        bytes += m->pairs[i]->key.len + kvs__value__get_packed_size(m->pairs[i]->value);
+    for (size_t i = 0; i < m->n_pairs; i++) {
+        size_t vlen = kvs__value__get_packed_size(m->pairs[i]->value);
+        if (pair_too_large(ctx, r, &m->pairs[i]->key, vlen))
+            return 0;
+        bytes += m->pairs[i]->key.len + vlen;
+    }
     int rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
         return rc;
@@ -292,6 +317,23 @@ static int cmd_ping(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     return 0;
 }
 
+static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    char key[64];
+    uint8_t enc[16];
+    (void)req;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    if (ctx->ingest != NULL)
+        node_ingest_info(ctx->ingest, r); /* "kafka.*" sorts before "shard.*" */
+    snprintf(key, sizeof(key), "shard.%03u.map_size", ctx->shard);
+    kvs_resp_pair(r, key, strlen(key), enc,
+                  kvs_value_encode_int(enc, (int64_t)node_store_map_size(ctx->store)));
+    snprintf(key, sizeof(key), "shard.%03u.tables", ctx->shard);
+    kvs_resp_pair(r, key, strlen(key), enc,
+                  kvs_value_encode_int(enc, node_store_table_count(ctx->store)));
+    return 0;
+}
+
 static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HGET] = cmd_hget,
     [KVS__COMMAND_REQUEST__COMMAND_HGETALL] = cmd_hgetall,
@@ -304,6 +346,7 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HMEXIST] = cmd_hmexist,
     [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = cmd_hscan,
     [KVS__COMMAND_REQUEST__COMMAND_PING] = cmd_ping,
+    [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
 };
 
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
@@ -338,6 +381,8 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
                                    len);
     } else {
         uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
+        if (st == KVS_STATUS_OK)
+            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
         if (st != KVS_STATUS_OK)
             rc = kvs_msg_append_status(out, st, "%s", msg);
         else

@@ -15,6 +15,7 @@
 #include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
 
@@ -24,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define DRAIN_TIMEOUT_MS 10000
 
@@ -33,11 +36,13 @@ typedef struct node_args_s {
     long shard;
     const char *listen;
     const char *socket;
+    int exit_with_parent;
 } node_args_t;
 
 typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
+    node_ingest_t *ingest;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
     int signals;
@@ -52,7 +57,9 @@ static void usage(FILE *f)
                "  --config FILE       config.yaml (required)\n"
                "  --shard N           shard id, 0 <= N < cluster.shards (required)\n"
                "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
-               "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n");
+               "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n"
+               "  --exit-with-parent  drain and exit when the parent process dies (used by\n"
+               "                      kvs-router, so workers never outlive their router)\n");
 }
 
 static int parse_args(int argc, char **argv, node_args_t *a)
@@ -60,6 +67,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"shard", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'}, {"socket", required_argument, NULL, 'u'},
+        {"exit-with-parent", no_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->shard = -1;
@@ -82,6 +90,9 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             break;
         case 'u':
             a->socket = optarg;
+            break;
+        case 'p':
+            a->exit_with_parent = 1;
             break;
         case 'h':
             usage(stdout);
@@ -171,6 +182,17 @@ static void on_drain_timeout(uv_timer_t *t)
     node_server_abort_clients(m->srv);
 }
 
+static void begin_shutdown(node_main_t *m)
+{
+    if (m->ingest != NULL)
+        node_ingest_stop(m->ingest);
+    uv_timer_init(m->loop, &m->drain);
+    m->drain.data = m;
+    uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
+    uv_unref((uv_handle_t *)&m->drain);
+    node_server_stop(m->srv, on_stopped, m);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     node_main_t *m = h->data;
@@ -180,11 +202,46 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     kvs_info("received %s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    uv_timer_init(m->loop, &m->drain);
-    m->drain.data = m;
-    uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
-    uv_unref((uv_handle_t *)&m->drain);
-    node_server_stop(m->srv, on_stopped, m);
+    begin_shutdown(m);
+}
+
+static void on_ingest_fatal(void *arg, const char *msg)
+{
+    node_main_t *m = arg;
+    kvs_error("%s", msg);
+    m->exit_code = 1;
+    if (m->signals++ == 0)
+        begin_shutdown(m);
+}
+
+static void on_turn(void *arg, int rc)
+{
+    node_main_t *m = arg;
+    if (m->ingest != NULL)
+        node_ingest_turn_done(m->ingest, rc);
+}
+
+/* Starts Kafka ingestion when brokers and bindings are configured. */
+static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t *store)
+{
+    char err[512];
+    if (cfg->kafka_brokers[0] == '\0' || cfg->n_bindings == 0)
+        return 0;
+    node_ingest_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .store = store,
+        .on_fatal = on_ingest_fatal,
+        .arg = m,
+    };
+    int rc = node_ingest_start(&o, &m->ingest, err, sizeof(err));
+    if (rc != 0) {
+        kvs_error("%s", err);
+        return rc;
+    }
+    node_server_set_ingest(m->srv, m->ingest, on_turn, m);
+    return 0;
 }
 
 static void watch_signals(node_main_t *m)
@@ -235,8 +292,16 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("node", -1, KVS_LOG_INFO);
+    pid_t parent = getppid();
     if (parse_args(argc, argv, &args) != 0)
         return 2;
+    /* SIGTERM (a graceful drain) when the router dies, even by SIGKILL; the
+     * getppid check covers a parent that died before prctl took effect. */
+    if (args.exit_with_parent &&
+        (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
+        kvs_error("parent process is gone; not starting");
+        return 1;
+    }
     if (kvs_config_load(args.config, &cfg, err, sizeof(err)) != 0) {
         kvs_error("%s", err);
         return 1;
@@ -266,6 +331,7 @@ int main(int argc, char **argv)
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
+        .shard = (uint32_t)args.shard,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
@@ -274,12 +340,18 @@ int main(int argc, char **argv)
     }
     node_store_set_fail_arg(store, m.srv);
     watch_signals(&m);
+    if (start_ingest(&m, cfg, args.shard, store) != 0) {
+        m.exit_code = 1;
+        m.signals = 1;
+        begin_shutdown(&m);
+    }
     kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard,
              cfg->data_dir, args.shard, node_store_table_count(store),
              cfg->sync == KVS_SYNC_FULL ? "full" : cfg->sync == KVS_SYNC_BATCH ? "batch" : "none");
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 
+    node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     int rc = node_store_close(store);
     if (rc != 0) {
         kvs_error("closing the store: %s", kvs_strerror(rc));

@@ -61,6 +61,8 @@ struct node_server_s {
     node_server_stopped_cb on_stopped;
     void *stopped_arg;
     int closing_handles;
+    node_server_turn_cb turn_cb;
+    void *turn_arg;
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -157,7 +159,9 @@ static void batch_list_remove(node_server_t *srv, node_client_t *cl)
 static void on_turn_end(kvs_flusher_t *f)
 {
     node_server_t *srv = f->data;
-    node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
+    int rc = node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
+    if (srv->turn_cb != NULL)
+        srv->turn_cb(srv->turn_arg, rc);
     while (srv->batch_members != NULL) {
         node_client_t *cl = srv->batch_members;
         srv->batch_members = cl->batch_next;
@@ -293,6 +297,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.store = o->store;
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
+    srv->cmd.shard = o->shard;
     kvs_arena_init(&srv->cmd.arena);
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
@@ -310,6 +315,14 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     }
     *out = srv;
     return 0;
+}
+
+void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_server_turn_cb cb,
+                            void *arg)
+{
+    srv->cmd.ingest = ingest;
+    srv->turn_cb = cb;
+    srv->turn_arg = arg;
 }
 
 void node_server_fail_cb(void *arg, uint64_t gen, int err)

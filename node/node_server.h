@@ -7,6 +7,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_conn.h"
+#include "node_ingest.h"
 #include "node_store.h"
 
 #include <uv.h>
@@ -23,7 +24,16 @@ typedef struct node_server_opts_s {
     const kvs_addr_t *addrs; /* 1 or 2 addresses to listen on */
     size_t n_addrs;
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
+    uint32_t shard;
 } node_server_opts_t;
+
+/* Runs after every turn's commit attempt with its result (Kafka ingestion
+ * learns here whether its records are stored). */
+typedef void (*node_server_turn_cb)(void *arg, int rc);
+
+/* Sets the turn hook, and the ingest shown by Info (either may be NULL). */
+void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_server_turn_cb cb,
+                            void *arg);
 
 /* Starts listening. Returns 0 and *out, or a uv error (logged). */
 int node_server_start(const node_server_opts_t *o, node_server_t **out);

@@ -57,9 +57,11 @@ struct node_store_s {
     MDB_txn *wtxn;   /* the open batch, or NULL */
     uint64_t gen;    /* generation of the open batch (0 = none) */
     uint64_t next_gen;
+    uint64_t last_failed_gen; /* most recent batch that failed (0 = none) */
     size_t txn_pages;  /* worst-case pages the batch may have dirtied */
     size_t txn_budget; /* pages the batch may use before an early commit */
-    size_t prepaid;    /* pages reserved by node_store_reserve, not yet used */
+    int reserved;      /* inside node_store_reserve .. reserve_end: no early commit */
+    int reserve_err;   /* why the reserved batch is gone, if it failed */
     size_t psize;
     uint64_t map_size;
     table_t *tables;
@@ -191,6 +193,7 @@ static int batch_commit(node_store_t *s)
     s->gen = 0;
     if (rc != 0) {
         tables_settle(s, 1);
+        s->last_failed_gen = gen;
         int err = map_err("commit", rc);
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
@@ -205,7 +208,9 @@ static int batch_commit(node_store_t *s)
 static int batch_fail(node_store_t *s, const char *what, int rc)
 {
     int err = map_err(what, rc);
+    s->reserve_err = err; /* the rest of a reservation must not start anew */
     uint64_t gen = s->gen;
+    s->last_failed_gen = gen;
     mdb_txn_abort(s->wtxn);
     s->wtxn = NULL;
     s->gen = 0;
@@ -275,10 +280,8 @@ static size_t op_pages(node_store_t *s, size_t ops, size_t bytes)
 static int batch_room(node_store_t *s, size_t bytes)
 {
     size_t pages = op_pages(s, 1, bytes);
-    if (s->wtxn != NULL && s->prepaid >= pages) {
-        s->prepaid -= pages;
-        return 0;
-    }
+    if (s->reserved) /* paid for by node_store_reserve; never split a reservation */
+        return s->wtxn != NULL ? 0 : s->reserve_err;
     if (s->wtxn != NULL && s->txn_pages + pages <= s->txn_budget) {
         s->txn_pages += pages;
         return 0;
@@ -295,7 +298,7 @@ static int batch_room(node_store_t *s, size_t bytes)
 
 int node_store_reserve(node_store_t *s, size_t ops, size_t bytes)
 {
-    size_t pages = op_pages(s, ops, bytes);
+    size_t pages = op_pages(s, ops, bytes) + 2 * ops; /* + each op's own rounding */
     if (s->wtxn == NULL || s->txn_pages + pages > s->txn_budget) {
         int rc = batch_commit(s);
         if (rc == 0)
@@ -304,18 +307,24 @@ int node_store_reserve(node_store_t *s, size_t ops, size_t bytes)
             return rc;
     }
     s->txn_pages += pages;
-    s->prepaid = pages;
+    s->reserved = 1;
+    s->reserve_err = KVS_ESTORE;
     return 0;
 }
 
 void node_store_reserve_end(node_store_t *s)
 {
-    s->prepaid = 0;
+    s->reserved = 0;
 }
 
 uint64_t node_store_batch_gen(const node_store_t *s)
 {
     return s->gen;
+}
+
+uint64_t node_store_last_failed_gen(const node_store_t *s)
+{
+    return s->last_failed_gen;
 }
 
 int node_store_end_turn(node_store_t *s)

@@ -103,6 +103,10 @@ void node_store_reserve_end(node_store_t *s);
 /* Generation of the open write batch; 0 when none is open. */
 uint64_t node_store_batch_gen(const node_store_t *s);
 
+/* Generation of the most recent batch that failed to commit (0 = none).
+ * Generations only grow, so "did any batch since G fail" is a comparison. */
+uint64_t node_store_last_failed_gen(const node_store_t *s);
+
 /* Ends the turn: commits the open batch (if any) and releases the read
  * snapshot. Returns 0 or the commit error (fail_cb has run for it). */
 int node_store_end_turn(node_store_t *s);

@@ -1,0 +1,771 @@
+/*
+ * node_ingest: Kafka -> LMDB, partition-aligned and exactly once.
+ *
+ * Ownership is placement: this shard consumes partition p of a bound topic
+ * iff p % shards == shard, assigned explicitly (rd_kafka_assign; no group
+ * rebalancing). At start a background metadata query (in libuv's thread
+ * pool, so reads are served meanwhile) checks every bound topic's partition
+ * count against the configured one: a mismatch would silently misroute
+ * keys, so it is fatal with a message saying what to set.
+ *
+ * Flow: librdkafka's threads fetch into the consumer queue; the queue's IO
+ * event wakes a uv_poll on the loop thread, which drains up to
+ * MAX_PER_TURN records per loop turn into the worker's write batch (the
+ * same LMDB txn client writes use). For each partition touched, the record
+ * after the last applied one ("next") and the applied/skipped counters go
+ * into __kvs in that same txn, reserved up front so no early commit can
+ * split data from its offsets. So after a crash a record is either applied
+ * with its offset or neither: nothing lost, nothing applied twice.
+ *
+ * A batch whose commit fails is re-read: offsets are reloaded from LMDB (the
+ * source of truth) and the partitions re-assigned there; librdkafka drops
+ * messages fetched under the old assignment, and records below a
+ * partition's next offset are ignored in any case.
+ *
+ * After LMDB commits, a 1 s timer commits the same offsets to the consumer
+ * group (asynchronously) so standard lag tools work.
+ *
+ * Records with no key, or a payload the binding's format rejects, are
+ * skipped and counted (and logged, rate-limited): never a crash or a stall.
+ * Threads: librdkafka runs its own; everything here runs on the loop thread
+ * except metadata_work, which touches only the rdkafka handle.
+ */
+#include "node_ingest.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_msg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BATCH 1024
+#define MAX_PER_TURN 16384
+#define METADATA_TIMEOUT_MS 2000
+#define TICK_MS 1000
+#define REPORT_EVERY_TICKS 30
+#define LOG_EVERY_MS 10000
+
+typedef struct part_s {
+    int owned;
+    int dirty;
+    int gap_logged;
+    int64_t next;           /* offset of the next record to apply */
+    uint64_t applied;       /* records applied, ever */
+    uint64_t skipped;       /* records skipped (no key, bad payload), ever */
+    int64_t committed_next; /* `next` as last committed to LMDB */
+    int64_t group_next;     /* `next` as last committed to the consumer group */
+} part_t;
+
+typedef struct topic_s {
+    const kvs_binding_t *b;
+    uint32_t partitions; /* expected (configured) */
+    int32_t actual;      /* from the brokers; -1 = not known yet */
+    rd_kafka_topic_t *rkt;
+    part_t *parts;       /* indexed by partition */
+} topic_t;
+
+struct node_ingest_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    uint32_t shard;
+    node_store_t *store;
+    node_ingest_fatal_cb on_fatal;
+    void *arg;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q;
+    int pipefd[2];
+    uv_poll_t poll;
+    uv_idle_t idle;
+    uv_timer_t timer;
+    uv_work_t work;
+    int work_busy;
+    topic_t *topics; /* sorted by topic name */
+    size_t n_topics;
+    int assigned;
+    int stopping;
+    int64_t reset_offset; /* where a partition with no stored offset starts */
+    uint64_t pending_gen; /* first batch generation holding unconfirmed records */
+    int rewind;           /* a batch was lost: reload offsets, re-assign */
+    unsigned ticks;
+    uint64_t last_skip_log, last_err_log;
+    kvs_buf_t scratch;    /* encoded Value of the record being applied */
+    kvs_arena_t arena;
+};
+
+static void ingest_assign(node_ingest_t *in);
+static void on_idle(uv_idle_t *h);
+
+/* ---- metadata keys ------------------------------------------------------ */
+
+static void meta_key(char *buf, size_t len, const topic_t *t, int32_t p)
+{
+    snprintf(buf, len, "kafka/%s/%d", t->b->topic, p);
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Loads next/applied/skipped of a partition from LMDB (committed state). */
+static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
+{
+    char key[320];
+    node_slice_t v;
+    part_t *pt = &t->parts[p];
+    meta_key(key, sizeof(key), t, p);
+    if (node_store_meta_get(in->store, key, &v) == 0 && v.len == 24) {
+        pt->next = (int64_t)get_u64(v.p);
+        pt->applied = get_u64(v.p + 8);
+        pt->skipped = get_u64(v.p + 16);
+    } else {
+        pt->next = -1; /* none stored: start at auto.offset.reset */
+        pt->applied = pt->skipped = 0;
+    }
+    pt->committed_next = pt->next;
+    pt->dirty = 0;
+}
+
+static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
+{
+    char key[320];
+    uint8_t v[24];
+    part_t *pt = &t->parts[p];
+    meta_key(key, sizeof(key), t, p);
+    put_u64(v, (uint64_t)pt->next);
+    put_u64(v + 8, pt->applied);
+    put_u64(v + 16, pt->skipped);
+    pt->dirty = 0;
+    return node_store_meta_put(in->store, key, v, sizeof(v));
+}
+
+/* ---- applying records ----------------------------------------------------- */
+
+static topic_t *topic_of(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        if (in->topics[i].rkt == m->rkt ||
+            strcmp(in->topics[i].b->topic, rd_kafka_topic_name(m->rkt)) == 0)
+            return &in->topics[i];
+    return NULL;
+}
+
+/* Encodes a payload as the Value the binding's format says. Returns NULL
+ * with *why set when the format rejects it. */
+static const uint8_t *encode_payload(node_ingest_t *in, const topic_t *t,
+                                     const rd_kafka_message_t *m, size_t *len, const char **why)
+{
+    const uint8_t *p = m->payload;
+    switch (t->b->format) {
+    case KVS_FORMAT_VALUE: {
+        Kvs__Value *v = kvs__value__unpack(&in->arena.pb, m->len, p);
+        int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
+                 v->base.n_unknown_fields == 0;
+        kvs_arena_reset(&in->arena);
+        if (!ok) {
+            *why = "payload is not an encoded kvs.Value";
+            return NULL;
+        }
+        *len = m->len;
+        return p;
+    }
+    case KVS_FORMAT_STRING:
+        if (!kvs_utf8_valid(p, m->len)) {
+            *why = "payload is not valid UTF-8";
+            return NULL;
+        }
+        /* fall through */
+    default:
+        in->scratch.len = 0;
+        if (kvs_buf_reserve(&in->scratch, m->len + 16) != 0) {
+            *why = "out of memory";
+            return NULL;
+        }
+        *len = kvs_value_encode_bytes(in->scratch.data, t->b->format == KVS_FORMAT_STRING, p,
+                                      m->len);
+        return in->scratch.data;
+    }
+}
+
+static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message_t *m,
+                     const char *why)
+{
+    uint64_t now = uv_now(in->loop);
+    if (now - in->last_skip_log < LOG_EVERY_MS && in->last_skip_log != 0)
+        return;
+    in->last_skip_log = now;
+    kvs_warn("kafka %s [%d] offset %lld skipped: %s (further skips are counted, logged at most "
+             "every %d s)",
+             t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
+}
+
+/* Applies one record to the batch. Returns 0 or a store error. */
+static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
+{
+    const char *why = NULL;
+    int rc = 0;
+    if (m->key == NULL || m->key_len == 0)
+        why = "record has no key";
+    else if (m->key_len > KVS_MAX_KEY)
+        why = "key longer than 511 bytes";
+    else if (m->payload == NULL) {
+        rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
+        if (rc == KVS_ENOTFOUND)
+            rc = 0;
+    } else {
+        size_t len;
+        const uint8_t *v = encode_payload(in, t, m, &len, &why);
+        if (v != NULL)
+            rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
+    }
+    if (rc != 0)
+        return rc;
+    if (why != NULL) {
+        pt->skipped++;
+        log_skip(in, t, m, why);
+    } else {
+        pt->applied++;
+    }
+    pt->next = m->offset + 1;
+    pt->dirty = 1;
+    return 0;
+}
+
+static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    uint64_t now = uv_now(in->loop);
+    if (now - in->last_err_log < LOG_EVERY_MS && in->last_err_log != 0)
+        return;
+    in->last_err_log = now;
+    kvs_warn("kafka: %s%s%s: %s (reads keep being served; ingestion resumes when Kafka is back)",
+             m->rkt ? rd_kafka_topic_name(m->rkt) : "consumer", m->rkt ? " partition " : "",
+             m->rkt ? "" : "", rd_kafka_message_errstr(m));
+}
+
+/* Applies `n` records in one reservation, then saves every touched
+ * partition's offsets in the same txn. Returns 0 or a store error. */
+static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += msgs[i]->key_len + msgs[i]->len + 64;
+    int rc = node_store_reserve(in->store, 2 * n, bytes);
+    if (rc != 0)
+        return rc;
+    if (in->pending_gen == 0)
+        in->pending_gen = node_store_batch_gen(in->store);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rd_kafka_message_t *m = msgs[i];
+        topic_t *t = m->err == 0 || m->rkt != NULL ? topic_of(in, m) : NULL;
+        if (m->err != 0) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                log_consumer_error(in, m);
+            continue;
+        }
+        if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+            !t->parts[m->partition].owned)
+            continue; /* not ours: cannot happen with explicit assignment */
+        part_t *pt = &t->parts[m->partition];
+        if (m->offset < pt->next)
+            continue; /* already applied (re-delivered after a re-assign) */
+        if (pt->next >= 0 && m->offset > pt->next && pt->applied + pt->skipped > 0 &&
+            !pt->gap_logged) {
+            /* Compaction and transaction markers leave gaps too, so this is
+             * a note, once per partition and run, not an error. */
+            pt->gap_logged = 1;
+            kvs_warn("kafka %s [%d]: resumed at offset %lld but offsets %lld..%lld are gone "
+                     "(retention or compaction); auto.offset.reset decides what happens",
+                     t->b->topic, m->partition, (long long)m->offset, (long long)pt->next,
+                     (long long)m->offset - 1);
+        }
+        rc = apply_one(in, t, pt, m);
+    }
+    for (size_t i = 0; i < in->n_topics && rc == 0; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions && rc == 0; p++)
+            if (in->topics[i].parts[p].dirty)
+                rc = part_save(in, &in->topics[i], (int32_t)p);
+    node_store_reserve_end(in->store);
+    return rc;
+}
+
+static void pump(node_ingest_t *in)
+{
+    rd_kafka_message_t *msgs[BATCH];
+    size_t total = 0;
+    ssize_t n = 0;
+    while (!in->stopping && in->assigned && !in->rewind && total < MAX_PER_TURN) {
+        n = rd_kafka_consume_batch_queue(in->q, 0, msgs, BATCH);
+        if (n <= 0)
+            break;
+        int rc = apply_batch(in, msgs, (size_t)n);
+        for (ssize_t i = 0; i < n; i++)
+            rd_kafka_message_destroy(msgs[i]);
+        if (rc != 0) {
+            kvs_error("applying Kafka records failed (%s); they will be re-read",
+                      kvs_strerror(rc));
+            in->rewind = 1;
+            break;
+        }
+        total += (size_t)n;
+        if (n < BATCH)
+            break;
+    }
+    /* The queue wakes us only when it goes from empty to non-empty, so while
+     * it may hold more, keep pumping on the following turns. */
+    if (!in->stopping && in->assigned && !in->rewind && (n == BATCH || total >= MAX_PER_TURN))
+        uv_idle_start(&in->idle, on_idle);
+    else
+        uv_idle_stop(&in->idle);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    pump(h->data);
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    node_ingest_t *in = h->data;
+    char buf[256];
+    (void)events;
+    if (status < 0)
+        return;
+    while (read(in->pipefd[0], buf, sizeof(buf)) > 0) {
+    }
+    pump(in);
+}
+
+/* ---- after each turn ---------------------------------------------------------- */
+
+/* Reloads every owned partition's offsets from LMDB and re-assigns there. */
+static void rewind_all(node_ingest_t *in)
+{
+    kvs_warn("re-reading Kafka records from the last committed offsets");
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+            if (in->topics[i].parts[p].owned)
+                part_load(in, &in->topics[i], (int32_t)p);
+    node_store_end_turn(in->store); /* release the read snapshot part_load used */
+    in->rewind = 0;
+    ingest_assign(in);
+}
+
+void node_ingest_turn_done(node_ingest_t *in, int rc)
+{
+    (void)rc; /* what matters is whether *our* batches failed */
+    if (in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen)
+        in->rewind = 1;
+    in->pending_gen = 0;
+    if (in->rewind) {
+        rewind_all(in);
+        return;
+    }
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+            in->topics[i].parts[p].committed_next = in->topics[i].parts[p].next;
+}
+
+/* ---- consumer group commit and periodic report ---------------------------------- */
+
+static void commit_group(node_ingest_t *in)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!pt->owned || pt->committed_next < 0 || pt->committed_next == pt->group_next)
+                continue;
+            rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
+                pt->committed_next;
+            pt->group_next = pt->committed_next;
+        }
+    }
+    if (l->cnt > 0)
+        rd_kafka_commit(in->rk, l, 1); /* async; LMDB stays the source of truth */
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static int64_t end_offset(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    int64_t lo, hi;
+    if (rd_kafka_get_watermark_offsets(in->rk, t->b->topic, p, &lo, &hi) != 0 || hi < 0)
+        return -1;
+    return hi;
+}
+
+static void report(node_ingest_t *in)
+{
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        uint64_t applied = 0, skipped = 0, lag = 0;
+        int unknown = 0;
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!pt->owned)
+                continue;
+            int64_t end = end_offset(in, t, (int32_t)p);
+            applied += pt->applied;
+            skipped += pt->skipped;
+            if (end < 0)
+                unknown = 1;
+            else if (end > pt->next)
+                lag += (uint64_t)(end - (pt->next < 0 ? 0 : pt->next));
+        }
+        kvs_info("kafka %s -> %s: applied %llu, skipped %llu, lag %llu%s", t->b->topic,
+                 t->b->table, (unsigned long long)applied, (unsigned long long)skipped,
+                 (unsigned long long)lag, unknown ? " (end offsets not known yet)" : "");
+    }
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    if (!in->assigned)
+        return;
+    commit_group(in);
+    if (++in->ticks % REPORT_EVERY_TICKS == 0)
+        report(in);
+}
+
+/* ---- Info ------------------------------------------------------------------------ */
+
+static void info_int(kvs_resp_t *r, const char *key, int64_t v)
+{
+    uint8_t enc[16];
+    kvs_resp_pair(r, key, strlen(key), enc, kvs_value_encode_int(enc, v));
+}
+
+void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
+{
+    char key[400];
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!pt->owned)
+                continue;
+            int64_t end = end_offset(in, t, (int32_t)p), next = pt->next < 0 ? 0 : pt->next;
+            int n = snprintf(key, sizeof(key), "kafka.%s.%05u.", t->b->topic, p);
+            snprintf(key + n, sizeof(key) - (size_t)n, "applied");
+            info_int(r, key, (int64_t)pt->applied);
+            snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
+            info_int(r, key, end);
+            snprintf(key + n, sizeof(key) - (size_t)n, "lag");
+            info_int(r, key, end < 0 ? -1 : end > next ? end - next : 0);
+            snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
+            info_int(r, key, pt->next);
+            snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
+            info_int(r, key, (int64_t)pt->skipped);
+        }
+    }
+}
+
+/* ---- metadata check and assignment ------------------------------------------------ */
+
+/* Asks for every topic (not just ours): a metadata request naming a topic
+ * makes brokers with auto-creation on (and the mock cluster) create it, so
+ * a misspelled binding would silently become a new topic. */
+static void metadata_work(uv_work_t *w)
+{
+    node_ingest_t *in = w->data;
+    const struct rd_kafka_metadata *md = NULL;
+    for (size_t i = 0; i < in->n_topics; i++)
+        in->topics[i].actual = -1;
+    if (rd_kafka_metadata(in->rk, 1, NULL, &md, METADATA_TIMEOUT_MS) != 0)
+        return;
+    for (int k = 0; k < md->topic_cnt; k++) {
+        if (md->topics[k].err != 0)
+            continue;
+        for (size_t i = 0; i < in->n_topics; i++)
+            if (strcmp(md->topics[k].topic, in->topics[i].b->topic) == 0)
+                in->topics[i].actual = md->topics[k].partition_cnt;
+    }
+    rd_kafka_metadata_destroy(md);
+}
+
+static void start_metadata(node_ingest_t *in);
+
+static void metadata_done(uv_work_t *w, int status)
+{
+    node_ingest_t *in = w->data;
+    char msg[600];
+    in->work_busy = 0;
+    if (in->stopping || status != 0)
+        return;
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        if (t->actual < 0) {
+            uint64_t now = uv_now(in->loop);
+            if (in->last_err_log == 0 || now - in->last_err_log >= LOG_EVERY_MS) {
+                in->last_err_log = now;
+                kvs_warn("kafka: no metadata for topic %s yet (brokers %s unreachable, or the "
+                         "topic does not exist); reads are served, ingestion waits",
+                         t->b->topic, in->cfg->kafka_brokers);
+            }
+            start_metadata(in);
+            return;
+        }
+        if ((uint32_t)t->actual != t->partitions) {
+            snprintf(msg, sizeof(msg),
+                     "kafka topic %s has %d partitions but kvs places table %s by %u (%s); set "
+                     "partitions: %d in its kafka.bindings entry, or the keys would be looked up "
+                     "on the wrong shard",
+                     t->b->topic, t->actual, t->b->table, t->partitions,
+                     t->b->partitions ? "kafka.bindings[].partitions" : "cluster.partitions",
+                     t->actual);
+            in->on_fatal(in->arg, msg);
+            return;
+        }
+    }
+    ingest_assign(in);
+}
+
+static void on_retry(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    if (in->stopping || in->work_busy)
+        return;
+    in->work_busy = 1;
+    in->work.data = in;
+    uv_queue_work(in->loop, &in->work, metadata_work, metadata_done);
+}
+
+static void start_metadata(node_ingest_t *in)
+{
+    /* First attempt at once, retries every 2 s (the query itself waits up
+     * to METADATA_TIMEOUT_MS in the thread pool). */
+    uv_timer_start(&in->timer, on_retry, in->ticks++ == 0 ? 0 : 2000, 0);
+}
+
+static void ingest_assign(node_ingest_t *in)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!pt->owned)
+                continue;
+            if (!in->assigned)
+                part_load(in, t, (int32_t)p);
+            rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
+                pt->next >= 0 ? pt->next : in->reset_offset;
+        }
+    }
+    rd_kafka_resp_err_t err = rd_kafka_assign(in->rk, l);
+    if (err != 0)
+        kvs_error("kafka: assign failed: %s", rd_kafka_err2str(err));
+    else
+        kvs_info("kafka: consuming %d partition(s) owned by shard %u", l->cnt, in->shard);
+    rd_kafka_topic_partition_list_destroy(l);
+    in->assigned = 1;
+    in->ticks = 0;
+    uv_timer_start(&in->timer, on_tick, TICK_MS, TICK_MS);
+    pump(in);
+}
+
+/* ---- start / stop ------------------------------------------------------------------ */
+
+static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
+    kvs_log(level <= 3 ? KVS_LOG_ERROR : level == 4 ? KVS_LOG_WARN : level <= 6 ? KVS_LOG_INFO
+                                                                               : KVS_LOG_DEBUG,
+            "librdkafka %s: %s", fac, buf);
+}
+
+static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
+{
+    char why[256];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
+        return 0;
+    snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
+    return KVS_ECONFIG;
+}
+
+/* Settings kvs ships with (measured in tests/bench/ingest.sh), then the
+ * user's kafka.properties, which win. */
+static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
+{
+    char client_id[64];
+    snprintf(client_id, sizeof(client_id), "kvs-shard-%u", in->shard);
+    const char *defaults[][2] = {
+        {"bootstrap.servers", in->cfg->kafka_brokers},
+        {"group.id", in->cfg->kafka_group_id},
+        {"client.id", client_id},
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"auto.offset.reset", "earliest"},
+        {"fetch.wait.max.ms", "50"},
+        {"queued.min.messages", "1000000"},
+        {"log.connection.close", "false"},
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
+        rc = set_prop(conf, defaults[i][0], defaults[i][1], err, errlen);
+    for (size_t i = 0; rc == 0 && i < in->cfg->n_kafka_properties; i++)
+        rc = set_prop(conf, in->cfg->kafka_properties[i].key, in->cfg->kafka_properties[i].value,
+                      err, errlen);
+    if (rc != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    char reset[32] = "earliest";
+    size_t n = sizeof(reset);
+    rd_kafka_conf_get(conf, "auto.offset.reset", reset, &n);
+    in->reset_offset = strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 ||
+                               strcmp(reset, "end") == 0
+                           ? RD_KAFKA_OFFSET_END
+                           : RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
+    return conf;
+}
+
+static int cmp_topic(const void *a, const void *b)
+{
+    return strcmp(((const topic_t *)a)->b->topic, ((const topic_t *)b)->b->topic);
+}
+
+/* One topic_t per binding, sorted by name; parts owned by this shard. */
+static int make_topics(node_ingest_t *in)
+{
+    const kvs_config_t *cfg = in->cfg;
+    in->topics = calloc(cfg->n_bindings, sizeof(*in->topics));
+    if (in->topics == NULL)
+        return -ENOMEM;
+    in->n_topics = cfg->n_bindings;
+    for (size_t i = 0; i < cfg->n_bindings; i++) {
+        topic_t *t = &in->topics[i];
+        t->b = &cfg->bindings[i];
+        t->partitions = kvs_config_table_partitions(cfg, t->b->table);
+        t->actual = -1;
+        t->parts = calloc(t->partitions, sizeof(*t->parts));
+        if (t->parts == NULL)
+            return -ENOMEM;
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            t->parts[p].owned = p % cfg->shards == in->shard;
+            t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
+        }
+    }
+    qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);
+    for (size_t i = 0; i < in->n_topics; i++)
+        in->topics[i].rkt = rd_kafka_topic_new(in->rk, in->topics[i].b->topic, NULL);
+    return 0;
+}
+
+static int start_queue(node_ingest_t *in)
+{
+    if (pipe2(in->pipefd, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -errno;
+    rd_kafka_poll_set_consumer(in->rk);
+    in->q = rd_kafka_queue_get_consumer(in->rk);
+    rd_kafka_queue_io_event_enable(in->q, in->pipefd[1], "1", 1);
+    int rc = uv_poll_init(in->loop, &in->poll, in->pipefd[0]);
+    if (rc != 0)
+        return rc;
+    in->poll.data = in;
+    uv_idle_init(in->loop, &in->idle);
+    in->idle.data = in;
+    uv_timer_init(in->loop, &in->timer);
+    in->timer.data = in;
+    return uv_poll_start(&in->poll, UV_READABLE, on_readable);
+}
+
+int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)
+{
+    char why[512];
+    node_ingest_t *in = calloc(1, sizeof(*in));
+    if (in == NULL)
+        return -ENOMEM;
+    in->loop = o->loop;
+    in->cfg = o->cfg;
+    in->shard = o->shard;
+    in->store = o->store;
+    in->on_fatal = o->on_fatal;
+    in->arg = o->arg;
+    in->pipefd[0] = in->pipefd[1] = -1;
+    kvs_buf_init(&in->scratch);
+    kvs_arena_init(&in->arena);
+    rd_kafka_conf_t *conf = make_conf(in, err, errlen);
+    if (conf == NULL) {
+        free(in);
+        return KVS_ECONFIG;
+    }
+    in->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+    if (in->rk == NULL) {
+        snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
+        rd_kafka_conf_destroy(conf);
+        free(in);
+        return KVS_ECONFIG;
+    }
+    int rc = make_topics(in);
+    if (rc == 0)
+        rc = start_queue(in);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start Kafka ingestion: %s", kvs_strerror(rc));
+        node_ingest_stop(in);
+        *out = in; /* the caller frees it after the loop ran */
+        return rc;
+    }
+    kvs_info("kafka: ingesting %zu topic(s) from %s", in->n_topics, in->cfg->kafka_brokers);
+    start_metadata(in);
+    *out = in;
+    return 0;
+}
+
+void node_ingest_stop(node_ingest_t *in)
+{
+    if (in->stopping)
+        return;
+    in->stopping = 1;
+    if (in->assigned)
+        commit_group(in);
+    if (uv_is_active((uv_handle_t *)&in->poll) || in->poll.loop != NULL)
+        uv_close((uv_handle_t *)&in->poll, NULL);
+    if (in->idle.loop != NULL)
+        uv_close((uv_handle_t *)&in->idle, NULL);
+    if (in->timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->timer, NULL);
+}
+
+void node_ingest_free(node_ingest_t *in)
+{
+    if (in == NULL)
+        return;
+    if (in->q != NULL) {
+        rd_kafka_queue_io_event_enable(in->q, -1, NULL, 0);
+        rd_kafka_queue_destroy(in->q);
+    }
+    for (size_t i = 0; i < in->n_topics; i++) {
+        if (in->topics[i].rkt != NULL)
+            rd_kafka_topic_destroy(in->topics[i].rkt);
+        free(in->topics[i].parts);
+    }
+    free(in->topics);
+    if (in->rk != NULL)
+        rd_kafka_destroy_flags(in->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    if (in->pipefd[0] >= 0)
+        close(in->pipefd[0]);
+    if (in->pipefd[1] >= 0)
+        close(in->pipefd[1]);
+    kvs_buf_free(&in->scratch);
+    kvs_arena_close(&in->arena);
+    free(in);
+}

@@ -1,0 +1,52 @@
+/*
+ * node_ingest: materializes the Kafka partitions a shard owns into its LMDB
+ * environment. The only file that includes rdkafka.h.
+ *
+ * Exactly once: a batch of records and, per partition touched, the next
+ * offset plus applied/skipped counters are written in the same LMDB txn (the
+ * worker's turn batch). On start the worker resumes from those offsets. A
+ * batch that fails to commit is re-read from Kafka. Offsets are also
+ * committed to the consumer group, after LMDB, for standard lag tooling.
+ */
+#ifndef NODE_INGEST_H
+#define NODE_INGEST_H
+
+#include "kvs_config.h"
+#include "kvs_resp.h"
+#include "node_store.h"
+
+#include <uv.h>
+
+typedef struct node_ingest_s node_ingest_t;
+
+/* A start-up check failed (e.g. a topic's partition count differs from the
+ * configured one): the worker must not run. `msg` says what to change. */
+typedef void (*node_ingest_fatal_cb)(void *arg, const char *msg);
+
+typedef struct node_ingest_opts_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    uint32_t shard;
+    node_store_t *store;
+    node_ingest_fatal_cb on_fatal;
+    void *arg;
+} node_ingest_opts_t;
+
+/* Creates the consumer and starts, in the background, the metadata check
+ * and assignment of every partition this shard owns. Returns 0, or
+ * KVS_ECONFIG with err saying which property librdkafka refused. */
+int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen);
+
+/* Called after each turn's commit attempt (rc = node_store_end_turn's). */
+void node_ingest_turn_done(node_ingest_t *in, int rc);
+
+/* Appends Info pairs (sorted by key) describing every owned partition:
+ * kafka.<topic>.<partition>.{applied,end_offset,lag,next_offset,skipped}. */
+void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
+
+/* Stops consuming and closes the loop handles; the consumer is destroyed by
+ * node_ingest_free after the loop ran. */
+void node_ingest_stop(node_ingest_t *in);
+void node_ingest_free(node_ingest_t *in);
+
+#endif
