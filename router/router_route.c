@@ -10,8 +10,8 @@
  *    (one sub-request per shard, sent in parallel) and merged back into the
  *    client's key order. Each shard applies its part atomically; there is
  *    no atomicity across shards.
- *  - Hgetall fans out to every shard and k-way merges the pairs into one
- *    key-ordered answer, refused with 413 past limits.max_frame.
+ *  - Hgetall (and Info) fan out to every shard and k-way merge the pairs
+ *    into one key-ordered answer, refused with 413 past limits.max_frame.
  *  - Hscan walks shards one after another. The router's cursor is
  *    'S' + shard (2 bytes, big-endian) + the worker's own cursor.
  *
@@ -252,7 +252,7 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
         }
         out.pairs[out.n_pairs] = rs[best]->pairs[pos[best]++];
     }
-    finish_packed(req, &out, "Hgetall", "read the table in pages with Hscan");
+    finish_packed(req, &out, kvs_msg_command_name(m->cmd), "read the table in pages with Hscan");
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -294,6 +294,7 @@ static void merge_finish(router_req_t *req)
     if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+        case KVS__COMMAND_REQUEST__COMMAND_INFO:
             merge_pairs(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
@@ -489,9 +490,11 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     }
 }
 
-static void route_hgetall(router_t *r, router_req_t *req, const uint8_t *raw, size_t rawlen)
+/* Hgetall and Info: the same request to every shard, pairs merged. */
+static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+                         const uint8_t *raw, size_t rawlen)
 {
-    route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_HGETALL, r->shards, 0);
+    route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
@@ -564,7 +567,8 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
         router_req_finish_status(req, KVS_STATUS_OK, "PONG");
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-        route_hgetall(r, req, raw, rawlen);
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        route_fanout(r, req, q->command_case, raw, rawlen);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         route_hscan(r, req, q);

@@ -838,6 +838,15 @@ static int build_ping(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     return 0;
 }
 
+static int build_info(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    (void)argv;
+    req->info = cli_new(c, &kvs__info__descriptor);
+    req->command_case = cmd->cc;
+    return 0;
+}
+
 /* hget, hdel, hexist: TABLE KEY. */
 static int build_key(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
                      Kvs__CommandRequest *req)
@@ -1065,6 +1074,8 @@ static const cli_cmd_t commands[] = {
      CC(HSCAN), build_hscan, SHAPE_SCAN, run_simple},
     {"hscanall", "TABLE [COUNT]", "every pair, fetched COUNT at a time", 1, 2, 1, CC(HSCAN), NULL,
      SHAPE_PAIRS, run_scanall},
+    {"info", "", "node state: per-partition Kafka offsets, lag, skipped records; shards", 0, 0, 1,
+     CC(INFO), build_info, SHAPE_PAIRS, run_simple},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds kvs twice (release, and with AddressSanitizer + UBSan) and runs
+# every test (unit and integration) in both builds. Installs missing
+# packages first. Exits non-zero if anything fails.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+jobs=$(nproc)
+export KVS_DEPS_FLAGS=--test
+
+echo "== release build"
+"$top/deploy/build.sh" "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+echo "== sanitizer build (ASan + UBSan)"
+"$top/deploy/build.sh" "$top/build-asan" -DCMAKE_BUILD_TYPE=Debug -DKVS_SANITIZE=ON
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+status=0
+echo "== tests (release)"
+(cd "$top/build" && ctest --output-on-failure -j "$jobs") || status=1
+echo "== tests (sanitizers)"
+(cd "$top/build-asan" && ctest --output-on-failure -j "$jobs") || status=1
+exit $status
