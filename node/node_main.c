@@ -14,6 +14,7 @@
 #include "kvs_addr.h"
 #include "kvs_config.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_log.h"
 #include "node_ingest.h"
 #include "node_server.h"
@@ -26,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define DRAIN_TIMEOUT_MS 10000
@@ -106,24 +106,6 @@ static int parse_args(int argc, char **argv, node_args_t *a)
         usage(stderr);
         return -1;
     }
-    return 0;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return -errno;
     return 0;
 }
 
@@ -261,7 +243,7 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out)
     snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
     snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards,
              cfg->partitions);
-    int rc = make_dirs(cfg->data_dir);
+    int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;

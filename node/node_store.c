@@ -26,15 +26,14 @@
  */
 #include "node_store.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -473,19 +472,14 @@ static int lock_dir(node_store_t *s, const char *dir, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/kvs.lock", dir);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lock_fd < 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -errno;
-    }
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
+    s->lock_fd = kvs_lock_file(path);
+    if (s->lock_fd == -EBUSY)
         snprintf(err, errlen,
                  "%s is in use by another kvs-node process (lock %s held); stop it first", dir,
                  path);
-        return e == EWOULDBLOCK ? -EBUSY : -e;
-    }
-    return 0;
+    else if (s->lock_fd < 0)
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(-s->lock_fd));
+    return s->lock_fd < 0 ? s->lock_fd : 0;
 }
 
 /* Checks (or, in a fresh env, records) one identity field in __kvs. */

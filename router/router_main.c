@@ -16,20 +16,18 @@
  */
 #include "kvs_config.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_log.h"
 #include "router.h"
 #include "router_supervisor.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define READY_TIMEOUT_MS 30000
@@ -81,44 +79,24 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     return 0;
 }
 
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -errno : 0;
-}
-
 /* One router per data directory: an flock held for the process's life. */
 static int take_lock(const kvs_config_t *cfg)
 {
     char path[4200];
-    int rc = make_dirs(cfg->data_dir);
+    int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
     snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        kvs_error("%s: cannot open: %s", path, strerror(errno));
-        return -errno;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int fd = kvs_lock_file(path);
+    if (fd == -EBUSY)
         kvs_error("another kvs-router is already running on data_dir %s (it holds %s); stop it "
                   "first or use another data_dir",
                   cfg->data_dir, path);
-        close(fd);
-        return -EBUSY;
-    }
-    return 0; /* fd stays open (and locked) until exit */
+    else if (fd < 0)
+        kvs_error("%s: cannot open: %s", path, kvs_strerror(fd));
+    return fd < 0 ? fd : 0; /* fd stays open (and locked) until exit */
 }
 
 /* ---- links ----------------------------------------------------------------- */
