@@ -69,12 +69,11 @@ static int append_stored(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table,
 /* The response grew past max_frame: replace it with 413. */
 static int too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, const char *hint)
 {
-    size_t size = kvs_resp_size(r);
     kvs_resp_abort(r);
     kvs_resp_begin(r, r->out);
     kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r, "%s answer would exceed limits.max_frame (%zu bytes, at least %zu); %s",
-                     cmd, ctx->max_frame, size, hint);
+    kvs_resp_message(r, "%s answer would exceed limits.max_frame (%zu bytes); %s", cmd,
+                     ctx->max_frame, hint);
     return 0;
 }
 
