@@ -527,7 +527,7 @@ typedef struct {
 static int binding_name(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, char **slot,
                         const char *(*problem)(const char *), yaml_mark_t *mark)
 {
-    const char *text, *why;
+    const char *text = NULL, *why;
     int rc = scalar_value(ctx, val, path, "a string", &text);
     if (rc != 0)
         return rc;
@@ -541,7 +541,7 @@ static int binding_field(cfg_ctx_t *ctx, const char *label, kvs_binding_t *b,
                          const yaml_node_pair_t *pair, binding_marks_t *marks)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
-    const char *k = scalar_text(key), *text;
+    const char *k = scalar_text(key), *text = NULL;
     char path[64];
     snprintf(path, sizeof(path), "%s.%s", label, k);
     if (strcmp(k, "topic") == 0)
@@ -645,7 +645,7 @@ static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
 static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
-    const char *k = scalar_text(key), *text;
+    const char *k = scalar_text(key), *text = NULL;
     char path[128];
     if (k[0] == '\0')
         return cfg_error(ctx, &key->start_mark,
@@ -691,7 +691,7 @@ static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
                         const yaml_node_pair_t *pair, int *have_shard)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
-    const char *k = scalar_text(key), *text, *why;
+    const char *k = scalar_text(key), *text = NULL, *why;
     char path[64];
     unsigned port;
     snprintf(path, sizeof(path), "%s.%s", label, k);
@@ -836,7 +836,7 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_properties(ctx, val);
     if (d->type == D_REMOTE)
         return set_remote(ctx, val);
-    const char *text;
+    const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
         return rc;

@@ -195,6 +195,22 @@ void kvs_conn_resume(kvs_conn_t *c)
 
 /* ---- writing ---------------------------------------------------------- */
 
+/* A write failed: the peer is gone. The owner hears of it as an EOF (so
+ * a router link fails its pending requests now, not at their deadline),
+ * then the connection closes without lingering. */
+static void conn_write_failed(kvs_conn_t *c, int status)
+{
+    if (c->closing)
+        return;
+    kvs_debug("connection write error: %s", uv_strerror(status));
+    c->eof = 1;
+    c->peer_eof = 1;
+    c->out.len = 0;
+    if (c->on_error != NULL && !c->broken)
+        c->on_error(c, KVS_ECLOSED);
+    kvs_conn_close(c);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     kvs_conn_t *c = req->data;
@@ -202,8 +218,9 @@ static void on_write(uv_write_t *req, int status)
     c->wbuf.len = 0;
     if (status != 0) {
         if (status != UV_ECANCELED)
-            kvs_debug("connection write error: %s", uv_strerror(status));
-        kvs_conn_close(c);
+            conn_write_failed(c, status);
+        else
+            kvs_conn_close(c);
         return;
     }
     /* Never flush from here when a flusher owns this connection: output
@@ -223,8 +240,7 @@ void kvs_conn_flush(kvs_conn_t *c)
         if (n > 0) {
             kvs_buf_consume(&c->out, (size_t)n);
         } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
-            kvs_debug("connection write error: %s", uv_strerror(n));
-            kvs_conn_close(c);
+            conn_write_failed(c, n);
             return;
         }
     }
@@ -240,7 +256,7 @@ void kvs_conn_flush(kvs_conn_t *c)
         int rc = uv_write(&c->wreq, &c->h.stream, &b, 1, on_write);
         if (rc != 0) {
             c->wbuf.len = 0;
-            kvs_conn_close(c);
+            conn_write_failed(c, rc);
             return;
         }
         c->writing = 1;

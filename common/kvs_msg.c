@@ -224,6 +224,8 @@ static uint32_t check_key(const char *cmd, const char *field, long idx, const Pr
                           char *msg, size_t len)
 {
     char where[64];
+    if (k->len > 0 && k->len <= KVS_MAX_KEY)
+        return KVS_STATUS_OK; /* the common case: no name to format */
     if (idx >= 0)
         snprintf(where, sizeof(where), "%s.%s[%ld]", cmd, field, idx);
     else
@@ -268,6 +270,11 @@ static uint32_t check_hmset(const Kvs__Hmset *m, char *msg, size_t len)
         return bad(msg, len, "Hmset.pairs is empty; give at least one pair");
     for (size_t i = 0; i < m->n_pairs; i++) {
         const Kvs__Kvpair *p = m->pairs[i];
+        const Kvs__Value *v = p->value;
+        int key_ok = p->key.len > 0 && p->key.len <= KVS_MAX_KEY;
+        if (key_ok && v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
+            v->base.n_unknown_fields == 0)
+            continue; /* the common case: no name to format */
         char where[48];
         snprintf(where, sizeof(where), "pairs[%zu].key", i);
         uint32_t st = check_key("Hmset", where, -1, &p->key, msg, len);
@@ -353,13 +360,27 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return -1;
 }
 
+/* Where check_strings is, as a chain of names up to the top; turned into
+ * text ("Hset.value.string_value") only when there is an error to report. */
+typedef struct wire_path_s {
+    const char *name;
+    const struct wire_path_s *up;
+} wire_path_t;
+
+static size_t path_text(const wire_path_t *p, char *buf, size_t len)
+{
+    size_t n = p->up != NULL ? path_text(p->up, buf, len) : 0;
+    int k = snprintf(buf + n, len - n, "%s%s", n > 0 ? "." : "", p->name);
+    return k < 0 ? n : n + (size_t)k >= len ? len - 1 : n + (size_t)k;
+}
+
 /* Walks one message's wire bytes; recurses into sub-messages. Malformed
  * input is left to the decoder (which already accepted it). */
 static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
-                              const uint8_t *end, const char *path, int depth, char *msg,
+                              const uint8_t *end, const wire_path_t *path, int depth, char *msg,
                               size_t mlen)
 {
-    char sub[128];
+    char where[160];
     while (p < end && depth < 8) {
         uint64_t tag, n;
         if (read_varint(&p, end, &tag) != 0)
@@ -376,18 +397,19 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
         const ProtobufCFieldDescriptor *f =
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
         if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
-            (memchr(p, 0, n) != NULL || !kvs_utf8_valid(p, n)))
-            return bad(msg, mlen, "%s.%s is not valid UTF-8 text (or holds a NUL byte); send "
+            (memchr(p, 0, n) != NULL || !kvs_utf8_valid(p, n))) {
+            wire_path_t leaf = {f->name, path};
+            path_text(&leaf, where, sizeof(where));
+            return bad(msg, mlen, "%s is not valid UTF-8 text (or holds a NUL byte); send "
                                   "arbitrary bytes as binary fields",
-                       path, f->name);
+                       where);
+        }
         if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
-            /* Paths read as users write them: Hset.value.string_value. */
+            /* Paths read as users write them: Hset.value.string_value (the
+             * command's message name, then field names). */
             const ProtobufCMessageDescriptor *fd = f->descriptor;
-            if (depth == 0)
-                snprintf(sub, sizeof(sub), "%s", fd->short_name);
-            else
-                snprintf(sub, sizeof(sub), "%s.%s", path, f->name);
-            uint32_t st = check_strings(f->descriptor, p, p + n, sub, depth + 1, msg, mlen);
+            wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path};
+            uint32_t st = check_strings(fd, p, p + n, &sub, depth + 1, msg, mlen);
             if (st != KVS_STATUS_OK)
                 return st;
         }
@@ -398,8 +420,8 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
 
 uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen)
 {
-    return check_strings(&kvs__command_request__descriptor, p, p + len, "CommandRequest", 0, msg,
-                         mlen);
+    wire_path_t top = {"CommandRequest", NULL};
+    return check_strings(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
 }
 
 /* ---- values ----------------------------------------------------------- */
@@ -408,6 +430,18 @@ int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__
 {
     *out = kvs__value__unpack(&arena->pb, len, p);
     return *out != NULL ? 0 : KVS_EPROTO;
+}
+
+int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
+{
+    char msg[160];
+    Kvs__Value *v = kvs__value__unpack(&arena->pb, len, p);
+    int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
+             v->base.n_unknown_fields == 0 &&
+             check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,
+                           msg, sizeof(msg)) == KVS_STATUS_OK;
+    kvs_arena_reset(arena);
+    return ok;
 }
 
 /* ---- responses -------------------------------------------------------- */

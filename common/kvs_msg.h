@@ -90,6 +90,11 @@ const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
  * any memory (string/bytes point into the arena). Returns 0 or KVS_EPROTO. */
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
 
+/* True when p[0..len) is an encoded Value a client could read back: it
+ * decodes, has a kind set, no unknown fields, and its strings are UTF-8.
+ * `arena` is scratch (reset before returning). */
+int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len);
+
 /* ---- responses -------------------------------------------------------- */
 
 /* Appends one frame holding `m` (header + packed bytes) to `out`. Returns 0,

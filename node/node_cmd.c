@@ -166,6 +166,46 @@ static int cmd_hexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     return 0;
 }
 
+/* Bytes the stored values of `keys` take, for bounding an answer before
+ * anything is written. Returns a negative error, or 0 with *total set. */
+static int stored_bytes(node_cmd_ctx_t *ctx, const char *table, size_t n,
+                        const ProtobufCBinaryData *(*key_at)(const void *, size_t), const void *m,
+                        size_t *total)
+{
+    *total = 0;
+    for (size_t i = 0; i < n; i++) {
+        node_slice_t v;
+        const ProtobufCBinaryData *k = key_at(m, i);
+        int rc = node_store_get(ctx->store, table, k->data, k->len, &v);
+        if (rc == 0)
+            *total += v.len;
+        else if (rc != KVS_ENOTFOUND)
+            return rc;
+    }
+    return 0;
+}
+
+static const ProtobufCBinaryData *hmset_key(const void *m, size_t i)
+{
+    return &((const Kvs__Hmset *)m)->pairs[i]->key;
+}
+
+static const ProtobufCBinaryData *hmdel_key(const void *m, size_t i)
+{
+    return &((const Kvs__Hmdel *)m)->keys[i];
+}
+
+/* A multi-key write must know its answer fits max_frame before it writes:
+ * refusing afterwards would report failure for applied writes. `bound` is
+ * an upper bound of the previous values' bytes. */
+static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, size_t n,
+                            size_t bound)
+{
+    if (bound + 8 * n + 64 <= ctx->max_frame)
+        return 0;
+    return too_large(ctx, r, cmd, "nothing was written; send fewer keys per request") == 0;
+}
+
 /* ---- multi-key ------------------------------------------------------------ */
 
 static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
@@ -185,6 +225,8 @@ static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
 static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmexist *m = req->hmexist;
+    if (answer_too_large(ctx, r, "Hmexist", m->n_keys, 0))
+        return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
     for (size_t i = 0; i < m->n_keys; i++) {
         node_slice_t v;
@@ -199,14 +241,22 @@ static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_
 static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmset *m = req->hmset;
-    size_t bytes = 0;
+    size_t bytes = 0, news = 0, olds;
     for (size_t i = 0; i < m->n_pairs; i++) {
         size_t vlen = kvs__value__get_packed_size(m->pairs[i]->value);
         if (pair_too_large(ctx, r, &m->pairs[i]->key, vlen))
             return 0;
         bytes += m->pairs[i]->key.len + vlen;
+        news += vlen;
     }
-    int rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
+    /* A previous value is either stored now or, for a key repeated in the
+     * request, an earlier pair's new value: both sums bound the answer. */
+    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &olds);
+    if (rc != 0)
+        return rc;
+    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, olds + news))
+        return 0;
+    rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
@@ -226,10 +276,15 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
 static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmdel *m = req->hmdel;
-    size_t bytes = 0;
+    size_t bytes = 0, olds;
     for (size_t i = 0; i < m->n_keys; i++)
         bytes += m->keys[i].len;
-    int rc = node_store_reserve(ctx->store, m->n_keys, bytes);
+    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &olds);
+    if (rc != 0)
+        return rc;
+    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, olds))
+        return 0;
+    rc = node_store_reserve(ctx->store, m->n_keys, bytes);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);

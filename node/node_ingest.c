@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BATCH 1024
@@ -171,18 +172,13 @@ static const uint8_t *encode_payload(node_ingest_t *in, const topic_t *t,
 {
     const uint8_t *p = m->payload;
     switch (t->b->format) {
-    case KVS_FORMAT_VALUE: {
-        Kvs__Value *v = kvs__value__unpack(&in->arena.pb, m->len, p);
-        int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
-                 v->base.n_unknown_fields == 0;
-        kvs_arena_reset(&in->arena);
-        if (!ok) {
-            *why = "payload is not an encoded kvs.Value";
+    case KVS_FORMAT_VALUE:
+        if (!kvs_msg_value_valid(&in->arena, p, m->len)) {
+            *why = "payload is not an encoded kvs.Value (with valid UTF-8 strings)";
             return NULL;
         }
         *len = m->len;
         return p;
-    }
     case KVS_FORMAT_STRING:
         if (!kvs_utf8_valid(p, m->len)) {
             *why = "payload is not valid UTF-8";
@@ -245,15 +241,30 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     return 0;
 }
 
+static void log_group_error(node_ingest_t *in, const char *what)
+{
+    uint64_t now = uv_now(in->loop);
+    if (now - in->last_err_log < LOG_EVERY_MS && in->last_err_log != 0)
+        return;
+    in->last_err_log = now;
+    kvs_warn("kafka: committing offsets to consumer group %s failed: %s (retried every second; "
+             "the offsets in LMDB are what ingestion resumes from)",
+             in->cfg->kafka_group_id, what);
+}
+
 static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
 {
     uint64_t now = uv_now(in->loop);
     if (now - in->last_err_log < LOG_EVERY_MS && in->last_err_log != 0)
         return;
     in->last_err_log = now;
-    kvs_warn("kafka: %s%s%s: %s (reads keep being served; ingestion resumes when Kafka is back)",
-             m->rkt ? rd_kafka_topic_name(m->rkt) : "consumer", m->rkt ? " partition " : "",
-             m->rkt ? "" : "", rd_kafka_message_errstr(m));
+    if (m->rkt != NULL)
+        kvs_warn("kafka: %s [%d]: %s (reads keep being served; ingestion resumes when Kafka is "
+                 "back)",
+                 rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_message_errstr(m));
+    else
+        kvs_warn("kafka: %s (reads keep being served; ingestion resumes when Kafka is back)",
+                 rd_kafka_message_errstr(m));
 }
 
 /* Applies `n` records in one reservation, then saves every touched
@@ -392,12 +403,34 @@ static void commit_group(node_ingest_t *in)
                 continue;
             rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
                 pt->committed_next;
-            pt->group_next = pt->committed_next;
         }
     }
+    /* Async; on_commit records what the group really stored. LMDB stays the
+     * source of truth, so a failed commit only delays lag tools. */
     if (l->cnt > 0)
-        rd_kafka_commit(in->rk, l, 1); /* async; LMDB stays the source of truth */
+        rd_kafka_commit(in->rk, l, 1);
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Offset commit result, served on the loop thread from the consumer queue. */
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    node_ingest_t *in = opaque;
+    (void)rk;
+    for (int i = 0; offsets != NULL && i < offsets->cnt; i++) {
+        const rd_kafka_topic_partition_t *o = &offsets->elems[i];
+        for (size_t k = 0; k < in->n_topics; k++) {
+            topic_t *t = &in->topics[k];
+            if (strcmp(t->b->topic, o->topic) != 0 || o->partition < 0 ||
+                (uint32_t)o->partition >= t->partitions)
+                continue;
+            if (err == 0 && o->err == 0)
+                t->parts[o->partition].group_next = o->offset;
+        }
+    }
+    if (err != 0 && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        log_group_error(in, rd_kafka_err2str(err));
 }
 
 static int64_t end_offset(node_ingest_t *in, const topic_t *t, int32_t p)
@@ -561,8 +594,6 @@ static void ingest_assign(node_ingest_t *in)
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            if (!in->assigned)
-                part_load(in, t, (int32_t)p);
             rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
                 pt->next >= 0 ? pt->next : in->reset_offset;
         }
@@ -581,9 +612,20 @@ static void ingest_assign(node_ingest_t *in)
 
 /* ---- start / stop ------------------------------------------------------------------ */
 
+/* Called from librdkafka's threads. While a broker is down it logs every
+ * reconnect attempt; at most one warning per second gets through (a racy
+ * but harmless check: worst case two lines). */
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
+    static _Atomic long last_warn;
     (void)rk;
+    if (level <= 4) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (ts.tv_sec == last_warn)
+            return;
+        last_warn = ts.tv_sec;
+    }
     /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
     kvs_log(level <= 3 ? KVS_LOG_ERROR : level == 4 ? KVS_LOG_WARN : level <= 6 ? KVS_LOG_INFO
                                                                                : KVS_LOG_DEBUG,
@@ -635,6 +677,8 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
                            ? RD_KAFKA_OFFSET_END
                            : RD_KAFKA_OFFSET_BEGINNING;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
+    rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
+    rd_kafka_conf_set_opaque(conf, in);
     return conf;
 }
 
@@ -724,6 +768,11 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         *out = in; /* the caller frees it after the loop ran */
         return rc;
     }
+    /* Info shows the stored state even before Kafka answers. */
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+            if (in->topics[i].parts[p].owned)
+                part_load(in, &in->topics[i], (int32_t)p);
     kvs_info("kafka: ingesting %zu topic(s) from %s", in->n_topics, in->cfg->kafka_brokers);
     start_metadata(in);
     *out = in;

@@ -344,7 +344,7 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     char why[400];
     if (rc == KVS_ECLOSED)
         snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
-                 l->last_error);
+                 l->last_error[0] ? l->last_error : "its connection is closing");
     else
         snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
     router_route_reply(req, part, NULL, 0, why);
@@ -470,6 +470,10 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     req->merge = m;
     req->parts_left = nparts;
     uint32_t *count = kvs_arena_alloc(&r->arena, nparts * sizeof(*count));
+    if (count == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
     memset(count, 0, nparts * sizeof(*count));
     for (size_t i = 0; i < n; i++) {
         uint32_t p = part_of_shard[shard_of[i]];

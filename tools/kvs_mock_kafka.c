@@ -523,7 +523,7 @@ static int ctl_result(rd_kafka_resp_err_t e, char *err, size_t errlen)
 static int parse_broker(const mock_t *m, const char *s, int allow_all, int32_t *out, char *err,
                         size_t errlen)
 {
-    int id;
+    int id = 0;
     if (allow_all && (strcasecmp(s, "all") == 0 || strcmp(s, "-1") == 0)) {
         *out = -1;
         return 0;
@@ -578,7 +578,7 @@ static int parse_kafka_err(const char *s, rd_kafka_resp_err_t *out, char *err, s
 
 static int ctl_broker_down(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 {
-    int32_t id;
+    int32_t id = 0;
     (void)argc;
     if (parse_broker(m, argv[1], 1, &id, err, errlen) != 0)
         return -1;
@@ -587,7 +587,7 @@ static int ctl_broker_down(mock_t *m, int argc, char **argv, char *err, size_t e
 
 static int ctl_broker_up(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 {
-    int32_t id;
+    int32_t id = 0;
     (void)argc;
     if (parse_broker(m, argv[1], 1, &id, err, errlen) != 0)
         return -1;
@@ -596,7 +596,7 @@ static int ctl_broker_up(mock_t *m, int argc, char **argv, char *err, size_t err
 
 static int ctl_rtt(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 {
-    int32_t id;
+    int32_t id = 0;
     int ms;
     (void)argc;
     if (parse_broker(m, argv[1], 1, &id, err, errlen) != 0)
@@ -633,8 +633,8 @@ static int ctl_leader(mock_t *m, int argc, char **argv, char *err, size_t errlen
 
 static int ctl_error(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 {
-    int16_t api;
-    rd_kafka_resp_err_t code;
+    int16_t api = 0;
+    rd_kafka_resp_err_t code = RD_KAFKA_RESP_ERR_NO_ERROR;
     int cnt = 1;
     if (parse_api(argv[1], &api, err, errlen) != 0 ||
         parse_kafka_err(argv[2], &code, err, errlen) != 0)
@@ -653,7 +653,7 @@ static int ctl_error(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 
 static int ctl_clear_errors(mock_t *m, int argc, char **argv, char *err, size_t errlen)
 {
-    int16_t api;
+    int16_t api = 0;
     (void)argc;
     if (parse_api(argv[1], &api, err, errlen) != 0)
         return -1;
