@@ -1,0 +1,332 @@
+"""Harness for the Kafka ingestion integration tests.
+
+MockKafka starts build/kvs-mock-kafka (librdkafka's mock cluster) on
+loopback with its own temporary directory, waits for its --ready-file, and
+exposes `bootstrap`; with control=True it drives the cluster through the
+mock's stdin control commands (broker-down/up, rtt, error ...). It is always
+stopped with SIGTERM, and killed if that does not end it.
+
+Producing: `produce` uses python3-confluent-kafka with the Java-compatible
+partitioner (murmur2_random) and batching, so the mock (which keeps at most
+~5 MiB or 100,000 message sets per partition and silently drops the oldest)
+gets few, large message sets; value=None produces a tombstone, key=None a
+keyless record. `kcat_produce` feeds `key:value` lines to kcat.
+
+Reading Kafka back: `watermarks` and `committed` use a confluent-kafka
+Consumer (assign only, never subscribe: the mock refuses assign-style
+commits for a group once anyone subscribed to it).
+
+kvs side: `ingest_yaml` builds the `kafka:` config section for a Router
+(routertest), `info(router)` returns the Info pairs as {name: int}, and
+`kafka_parts(info, topic)` regroups them per partition.
+
+Every wait is bounded.
+
+Environment: KVS_BUILD_DIR (default ../../build) locates kvs-mock-kafka.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from kvstest import BUILD_DIR, Client, pb, pyval
+
+try:
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+except ImportError:  # tests that need it skip themselves
+    Consumer = Producer = TopicPartition = KafkaException = None
+
+MOCK = os.path.join(BUILD_DIR, "kvs-mock-kafka")
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+READY_TIMEOUT = 15.0   # seconds for the mock to be ready
+CLIENT_TIMEOUT = 60.0  # seconds for one produce run
+
+
+def wait_until(pred, timeout, interval=0.05):
+    """Calls pred() until it returns a truthy value (returned) or `timeout`
+    seconds passed (the last falsy value is returned). Exceptions from pred
+    count as falsy while time is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = pred()
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise
+            v = None
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+# ---- the mock cluster ---------------------------------------------------------------
+
+
+class MockKafka:
+    """kvs-mock-kafka with `brokers` brokers and `topics` {name: partitions}."""
+
+    def __init__(self, topics, brokers=1, control=False):
+        self.dir = tempfile.mkdtemp(prefix="kvs-kafka-")
+        self.ready = os.path.join(self.dir, "ready")
+        self.log_path = os.path.join(self.dir, "mock.log")
+        self.control_enabled = control
+        self.log_text = ""
+        cmd = [MOCK, "--brokers", str(brokers), "--ready-file", self.ready]
+        for name, parts in sorted(topics.items()):
+            cmd += ["--topic", "%s:%d" % (name, parts)]
+        if control:
+            cmd.append("--control")
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE if control else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        finally:
+            log.close()
+        try:
+            self.bootstrap = self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None:
+                raise RuntimeError("kvs-mock-kafka exited with %d before it was ready:\n%s"
+                                   % (self.proc.returncode, self.stderr()))
+            if time.monotonic() > deadline:
+                raise RuntimeError("kvs-mock-kafka not ready after %.0f s:\n%s"
+                                   % (READY_TIMEOUT, self.stderr()))
+            time.sleep(0.02)
+        with open(self.ready) as f:
+            bootstrap = f.read().strip()
+        line = self.proc.stdout.readline()  # "bootstrap.servers=..." comes first
+        if line.strip() != "bootstrap.servers=%s" % bootstrap:
+            raise RuntimeError("kvs-mock-kafka printed %r, ready file says %r" % (line, bootstrap))
+        return bootstrap
+
+    def control(self, line):
+        """Sends one control command; returns its one-line answer ("ok" or
+        "error: ..."). Requires control=True."""
+        assert self.control_enabled, "MockKafka(control=True) is needed for control commands"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError("kvs-mock-kafka closed its stdout (exit %r):\n%s"
+                               % (self.proc.poll(), self.stderr()))
+        return answer.rstrip("\n")
+
+    def ctl(self, line):
+        """control() that must answer "ok"."""
+        answer = self.control(line)
+        if answer != "ok":
+            raise AssertionError("kvs-mock-kafka control %r answered %r" % (line, answer))
+
+    def stderr(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return self.log_text
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, then SIGKILL if it does not exit within `timeout` s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        return self.proc.returncode
+
+    def close(self):
+        self.stop()
+        self.log_text = self.stderr()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- producing --------------------------------------------------------------------------
+
+
+def producer(bootstrap, **extra):
+    """A confluent-kafka Producer with the Java-compatible partitioner and
+    batching (few, large message sets per partition)."""
+    conf = {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+            "linger.ms": 50, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
+            "enable.idempotence": False, "acks": "all"}
+    conf.update(extra)
+    return Producer(conf)
+
+
+def produce(bootstrap, topic, records, timeout=CLIENT_TIMEOUT, **extra):
+    """Produces (key, value) pairs in order (key None = keyless, value None =
+    tombstone). Returns [(partition, offset)] per record, in input order.
+    Raises AssertionError if any record was not delivered."""
+    prod = producer(bootstrap, **extra)
+    placed = [None] * len(records)
+    errors = []
+
+    def on_delivery(i):
+        def cb(err, msg):
+            if err is not None:
+                errors.append((i, err))
+            else:
+                placed[i] = (msg.partition(), msg.offset())
+        return cb
+
+    for i, (k, v) in enumerate(records):
+        while True:
+            try:
+                prod.produce(topic, key=k, value=v, on_delivery=on_delivery(i))
+                break
+            except BufferError:
+                prod.poll(0.05)
+        if i % 1000 == 0:
+            prod.poll(0)
+    left = prod.flush(timeout)
+    if errors or left:
+        raise AssertionError("produce to %s: %d delivery errors (first %r), %d undelivered"
+                             % (topic, len(errors), errors[:1], left))
+    return placed
+
+
+def kcat_produce(bootstrap, topic, pairs, null_empty=False, timeout=CLIENT_TIMEOUT):
+    """Produces key:value lines with kcat and the murmur2_random partitioner.
+    Keys and values must hold neither ':' nor a newline. null_empty: an
+    empty value is produced as a NULL payload (kcat -Z)."""
+    data = b"".join(k + b":" + v + b"\n" for k, v in pairs)
+    cmd = [KCAT, "-P", "-b", bootstrap, "-t", topic, "-K:",
+           "-X", "partitioner=murmur2_random", "-X", "linger.ms=50"]
+    if null_empty:
+        cmd.append("-Z")
+    r = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("kcat %s failed (%d): %s"
+                             % (" ".join(cmd), r.returncode, r.stderr.decode(errors="replace")))
+
+
+def kcat_consume(bootstrap, topic, sizes=False, timeout=CLIENT_TIMEOUT):
+    """[(key, partition, offset)] of every record in the topic (kcat -C to
+    the end of every partition); sizes=True adds the payload size (-1 for a
+    NULL payload) to each tuple."""
+    r = subprocess.run([KCAT, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e",
+                        "-q", "-f", "%k\t%p\t%o\t%S\n"], capture_output=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("kcat -C failed (%d): %s"
+                             % (r.returncode, r.stderr.decode(errors="replace")))
+    out = []
+    for line in r.stdout.splitlines():
+        k, p, o, n = line.split(b"\t")
+        out.append((k, int(p), int(o), int(n)) if sizes else (k, int(p), int(o)))
+    return out
+
+
+# ---- reading Kafka's view ------------------------------------------------------------------
+
+
+def consumer(bootstrap, group="kvs-test-reader", **extra):
+    conf = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "log_level": 3}
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def watermarks(bootstrap, topic, partitions, timeout=10.0):
+    """{partition: (low, high)} as the brokers report them now."""
+    c = consumer(bootstrap)
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def committed(bootstrap, group, topic, partitions, timeout=10.0):
+    """{partition: committed offset} of consumer group `group` (negative =
+    none committed)."""
+    c = consumer(bootstrap, group=group)
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+# ---- the kvs side -------------------------------------------------------------------------------
+
+
+def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None):
+    """The `kafka:` section of a kvs config. bindings: [(topic, table,
+    format, partitions)]."""
+    lines = ["kafka:", '  brokers: "%s"' % bootstrap, "  group_id: %s" % group_id,
+             "  bindings:"]
+    for topic, table, fmt, parts in bindings:
+        lines.append("    - {topic: %s, table: %s, format: %s%s}"
+                     % (topic, table, fmt, "" if parts is None else ", partitions: %d" % parts))
+    props = dict(properties or {})
+    if props:
+        lines.append("  properties:")
+        for k, v in sorted(props.items()):
+            lines.append('    "%s": "%s"' % (k, v))
+    return "\n".join(lines) + "\n"
+
+
+def info_pairs(addr, timeout=10.0):
+    """The Info answer of the server at addr ((host, port) or a unix socket
+    path) as {name: Python value}; raises AssertionError unless 200."""
+    req = pb.CommandRequest()
+    req.info.SetInParent()
+    with Client(addr, timeout=timeout) as c:
+        resp = c.call(req)
+    if resp.status != 200:
+        raise AssertionError("Info: %d %s" % (resp.status, resp.message))
+    return {p.key.decode(): pyval(p.value) for p in resp.pairs}
+
+
+def info(router, timeout=10.0):
+    """Info through the router: every shard's pairs merged."""
+    return info_pairs(router.addr, timeout)
+
+
+def kafka_parts(pairs, topic):
+    """Info pairs -> {partition: {"applied", "end_offset", "lag",
+    "next_offset", "skipped"}} for `topic`."""
+    prefix = "kafka.%s." % topic
+    out = {}
+    for k, v in pairs.items():
+        if not k.startswith(prefix):
+            continue
+        part, _, field = k[len(prefix):].rpartition(".")
+        out.setdefault(int(part), {})[field] = v
+    return out
+
+
+def caught_up(router, topic, ends):
+    """The per-partition Info of `topic` if every partition in `ends`
+    ({partition: end offset}) is reported with next_offset == end and lag 0,
+    else None."""
+    parts = kafka_parts(info(router), topic)
+    for p, end in ends.items():
+        st = parts.get(p)
+        if st is None or st.get("next_offset") != end or st.get("lag") != 0:
+            return None
+    return parts

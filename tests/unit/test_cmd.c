@@ -1,0 +1,907 @@
+/*
+ * Unit tests for node_cmd: every command's semantics, driven the way
+ * node_server drives it. Each case opens a real node_store in a fresh
+ * mkdtemp directory, packs a CommandRequest with protobuf-c, hands the
+ * payload to node_cmd_frame and decodes the one response frame it appends.
+ * The directory is removed as soon as the store is open: LMDB keeps working
+ * on its open descriptors, and nothing is left behind even when a failed
+ * CHECK aborts the process (atexit handlers do not run then).
+ *
+ * Turns: the server calls node_store_end_turn after each batch of requests
+ * read in one loop turn. Cases call end_turn() where a turn would end, and
+ * leave it out on purpose where they test read-your-writes inside a turn.
+ *
+ * Memory: decoded responses live in an arena that is closed at exit, so a
+ * case may keep several responses at once; sanitizer builds see no leak.
+ */
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_test.h"
+#include "node_cmd.h"
+
+#include <unistd.h>
+
+#define TABLE "users"
+
+typedef struct {
+    char dir[64];
+    node_store_t *store;
+    node_cmd_ctx_t ctx;
+    kvs_arena_t resp_arena; /* decoded responses, for the whole case */
+    size_t last_len;        /* payload bytes of the last response frame */
+} fixture_t;
+
+static fixture_t fx;
+
+/* ---- fixture ---------------------------------------------------------------- */
+
+static void remove_dir(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx.dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", fx.dir);
+}
+
+static void teardown(void)
+{
+    CHECK_EQ(node_store_close(fx.store), 0);
+    kvs_arena_close(&fx.ctx.arena);
+    kvs_arena_close(&fx.resp_arena);
+}
+
+/* Opens a store for shard 3 and a command context with these limits. */
+static void setup(size_t max_frame, uint32_t max_tables)
+{
+    char envdir[96], err[512] = "";
+    snprintf(fx.dir, sizeof(fx.dir), "/tmp/kvs-test-cmd-XXXXXX");
+    CHECK(mkdtemp(fx.dir) != NULL);
+    snprintf(envdir, sizeof(envdir), "%s/shard-3", fx.dir);
+    node_store_opts_t o = {
+        .dir = envdir,
+        .shard = 3,
+        .placement = "test",
+        .map_size = 8u << 20,
+        .max_tables = max_tables,
+        .sync = KVS_SYNC_NONE,
+    };
+    int rc = node_store_open(&o, &fx.store, err, sizeof(err));
+    remove_dir(); /* LMDB goes on through its open descriptors */
+    if (rc != 0)
+        fprintf(stderr, "node_store_open: %s\n", err);
+    CHECK_EQ(rc, 0);
+    fx.ctx.store = fx.store;
+    fx.ctx.max_frame = max_frame;
+    fx.ctx.max_tables = max_tables;
+    fx.ctx.shard = 3;
+    fx.ctx.ingest = NULL;
+    kvs_arena_init(&fx.ctx.arena);
+    kvs_arena_init(&fx.resp_arena);
+    atexit(teardown);
+}
+
+static void setup_default(void)
+{
+    setup(KVS_FRAME_DEFAULT_MAX, 16);
+}
+
+static void end_turn(void)
+{
+    CHECK_EQ(node_store_end_turn(fx.store), 0);
+}
+
+/* ---- running requests -------------------------------------------------------- */
+
+/* Decodes the one frame `out` must hold (header + CommandResponse). */
+static Kvs__CommandResponse *decode_one(const kvs_buf_t *out)
+{
+    int compressed = 1;
+    CHECK(out->len >= KVS_FRAME_HEADER);
+    uint32_t len = kvs_frame_get_header(out->data, &compressed);
+    CHECK_EQ(compressed, 0);
+    CHECK_EQ(out->len, KVS_FRAME_HEADER + len);
+    fx.last_len = len;
+    Kvs__CommandResponse *r =
+        kvs__command_response__unpack(&fx.resp_arena.pb, len, out->data + KVS_FRAME_HEADER);
+    CHECK(r != NULL);
+    return r;
+}
+
+/* Runs raw payload bytes through node_cmd_frame. */
+static Kvs__CommandResponse *run_raw(const uint8_t *p, size_t n)
+{
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    CHECK_EQ(node_cmd_frame(&fx.ctx, p, n, &out), 0);
+    Kvs__CommandResponse *r = decode_one(&out);
+    kvs_buf_free(&out);
+    return r;
+}
+
+/* Packs `q` into malloc'd bytes (*n set); free the result. */
+static uint8_t *pack_request(const Kvs__CommandRequest *q, size_t *n)
+{
+    *n = kvs__command_request__get_packed_size(q);
+    uint8_t *p = malloc(*n ? *n : 1);
+    CHECK(p != NULL);
+    kvs__command_request__pack(q, p);
+    return p;
+}
+
+static Kvs__CommandResponse *run(const Kvs__CommandRequest *q)
+{
+    size_t n;
+    uint8_t *p = pack_request(q, &n);
+    Kvs__CommandResponse *r = run_raw(p, n);
+    free(p);
+    return r;
+}
+
+/* Runs a request whose command is `c` with body `body`. */
+static Kvs__CommandResponse *run_cmd(Kvs__CommandRequest__CommandCase c, void *body)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = c;
+    q.hget = body; /* the oneof members share storage */
+    return run(&q);
+}
+
+/* ---- values and keys ---------------------------------------------------------- */
+
+static ProtobufCBinaryData bin(const char *s)
+{
+    return (ProtobufCBinaryData){strlen(s), (uint8_t *)s};
+}
+
+static Kvs__Value vstr(const char *s)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    v.string_value = (char *)s;
+    return v;
+}
+
+static Kvs__Value vint(int64_t i)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = i;
+    return v;
+}
+
+static void check_status(const Kvs__CommandResponse *r, uint32_t status)
+{
+    if (r->status != status)
+        fprintf(stderr, "status %u: %s\n", r->status, r->message);
+    CHECK_EQ(r->status, status);
+}
+
+/* The one value of a 200 answer (Hget, Hset, Hdel, Hexist). */
+static const Kvs__Value *value0(const Kvs__CommandResponse *r)
+{
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    return r->values[0];
+}
+
+static void check_str(const Kvs__Value *v, const char *s)
+{
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
+    CHECK_STR(v->string_value, s);
+}
+
+static void check_empty(const Kvs__Value *v)
+{
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND__NOT_SET);
+}
+
+static void check_bool(const Kvs__Value *v, int b)
+{
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
+    CHECK_EQ(v->bool_value, b);
+}
+
+static void check_key(ProtobufCBinaryData k, const void *want, size_t len)
+{
+    CHECK_EQ(k.len, len);
+    CHECK(len == 0 || memcmp(k.data, want, len) == 0);
+}
+
+/* Byte order, shorter first on a common prefix (LMDB's default order). */
+static int key_cmp(ProtobufCBinaryData a, ProtobufCBinaryData b)
+{
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n > 0 ? memcmp(a.data, b.data, n) : 0;
+    return c != 0 ? c : (a.len > b.len) - (a.len < b.len);
+}
+
+/* ---- commands ------------------------------------------------------------------ */
+
+static Kvs__CommandResponse *hget(const char *t, const char *k)
+{
+    Kvs__Hget m = KVS__HGET__INIT;
+    m.table = (char *)t;
+    m.key = bin(k);
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HGET, &m);
+}
+
+static Kvs__CommandResponse *hset_key(const char *t, ProtobufCBinaryData k, Kvs__Value v)
+{
+    Kvs__Hset m = KVS__HSET__INIT;
+    m.table = (char *)t;
+    m.key = k;
+    m.value = &v;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HSET, &m);
+}
+
+static Kvs__CommandResponse *hset(const char *t, const char *k, Kvs__Value v)
+{
+    return hset_key(t, bin(k), v);
+}
+
+/* Stores a string value and checks the write was accepted. */
+static void put(const char *t, const char *k, const char *v)
+{
+    check_status(hset(t, k, vstr(v)), 200);
+}
+
+static Kvs__CommandResponse *hdel(const char *t, const char *k)
+{
+    Kvs__Hdel m = KVS__HDEL__INIT;
+    m.table = (char *)t;
+    m.key = bin(k);
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HDEL, &m);
+}
+
+static Kvs__CommandResponse *hexist(const char *t, const char *k)
+{
+    Kvs__Hexist m = KVS__HEXIST__INIT;
+    m.table = (char *)t;
+    m.key = bin(k);
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HEXIST, &m);
+}
+
+/* Hmget, Hmdel and Hmexist share one shape: {table, repeated keys}. */
+static Kvs__CommandResponse *multi(Kvs__CommandRequest__CommandCase c, const char *t, size_t n,
+                                   const char *const *keys)
+{
+    ProtobufCBinaryData kb[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++)
+        kb[i] = bin(keys[i]);
+    Kvs__Hmget m;
+    protobuf_c_message_init(c == KVS__COMMAND_REQUEST__COMMAND_HMDEL     ? &kvs__hmdel__descriptor
+                            : c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ? &kvs__hmexist__descriptor
+                                                                         : &kvs__hmget__descriptor,
+                            &m);
+    m.table = (char *)t;
+    m.n_keys = n;
+    m.keys = kb;
+    return run_cmd(c, &m);
+}
+
+static Kvs__CommandResponse *hmset(const char *t, size_t n, const char *const *keys,
+                                   const char *const *vals)
+{
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value values[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        kvs__kvpair__init(&pairs[i]);
+        values[i] = vstr(vals[i]);
+        pairs[i].key = bin(keys[i]);
+        pairs[i].value = &values[i];
+        pp[i] = &pairs[i];
+    }
+    Kvs__Hmset m = KVS__HMSET__INIT;
+    m.table = (char *)t;
+    m.n_pairs = n;
+    m.pairs = pp;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+}
+
+static Kvs__CommandResponse *hgetall(const char *t)
+{
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    m.table = (char *)t;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &m);
+}
+
+static Kvs__CommandResponse *hscan(const char *t, ProtobufCBinaryData cursor, uint32_t count)
+{
+    Kvs__Hscan m = KVS__HSCAN__INIT;
+    m.table = (char *)t;
+    m.cursor = cursor;
+    m.count = count;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HSCAN, &m);
+}
+
+/* Stores keys "k00000".."k<n-1>" with small integer values. */
+static void fill_numbered(const char *t, int n)
+{
+    char key[16];
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "k%05d", i);
+        check_status(hset(t, key, vint(i)), 200);
+    }
+    end_turn();
+}
+
+/* A string of `n` copies of `c` (malloc'd). */
+static char *repeat(char c, size_t n)
+{
+    char *s = malloc(n + 1);
+    CHECK(s != NULL);
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* ---- single-key commands ------------------------------------------------------------ */
+
+KVS_TEST(hget_missing_is_404_naming_table)
+{
+    setup_default();
+    Kvs__CommandResponse *r = hget(TABLE, "nobody");
+    check_status(r, 404);
+    CHECK_CONTAINS(r->message, "\"" TABLE "\"");
+    CHECK_EQ(r->n_values, 0);
+    put(TABLE, "alice", "x");
+    end_turn();
+    check_status(hget(TABLE, "bob"), 404); /* table exists, key does not */
+}
+
+KVS_TEST(hset_returns_previous_value)
+{
+    setup_default();
+    Kvs__CommandResponse *r = hset(TABLE, "alice", vstr("one"));
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    check_empty(r->values[0]);
+    end_turn();
+    r = hset(TABLE, "alice", vint(-7));
+    CHECK_EQ(r->n_values, 1);
+    check_str(r->values[0], "one");
+    end_turn();
+    r = hget(TABLE, "alice");
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    CHECK_EQ(r->values[0]->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+    CHECK_EQ(r->values[0]->integer_value, -7);
+}
+
+KVS_TEST(hdel_returns_previous_or_empty)
+{
+    setup_default();
+    put(TABLE, "alice", "one");
+    end_turn();
+    Kvs__CommandResponse *r = hdel(TABLE, "alice");
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    check_str(r->values[0], "one");
+    end_turn();
+    check_status(hget(TABLE, "alice"), 404);
+    r = hdel(TABLE, "alice");
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    check_empty(r->values[0]);
+    check_empty(value0(hdel("no_such_table", "alice")));
+}
+
+KVS_TEST(hexist_and_hmexist)
+{
+    setup_default();
+    put(TABLE, "a", "1");
+    put(TABLE, "c", "3");
+    end_turn();
+    Kvs__CommandResponse *r = hexist(TABLE, "a");
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    check_bool(r->values[0], 1);
+    check_bool(value0(hexist(TABLE, "b")), 0);
+    check_bool(value0(hexist("no_such_table", "a")), 0);
+    const char *keys[] = {"c", "b", "a", "a"};
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMEXIST, TABLE, 4, keys);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 4);
+    check_bool(r->values[0], 1);
+    check_bool(r->values[1], 0);
+    check_bool(r->values[2], 1);
+    check_bool(r->values[3], 1);
+}
+
+/* ---- multi-key commands ----------------------------------------------------------------- */
+
+KVS_TEST(hmget_keeps_request_order_with_missing)
+{
+    setup_default();
+    put(TABLE, "a", "va");
+    put(TABLE, "b", "vb");
+    end_turn();
+    const char *keys[] = {"b", "missing", "a", "b"};
+    Kvs__CommandResponse *r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 4, keys);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 4);
+    check_str(r->values[0], "vb");
+    check_empty(r->values[1]);
+    check_str(r->values[2], "va");
+    check_str(r->values[3], "vb");
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, "no_such_table", 2, keys);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 2);
+    check_empty(r->values[0]);
+    check_empty(r->values[1]);
+}
+
+KVS_TEST(hmset_returns_previous_values)
+{
+    setup_default();
+    put(TABLE, "a", "old-a");
+    end_turn();
+    const char *keys[] = {"a", "c", "c"};
+    const char *vals[] = {"new-a", "c1", "c2"};
+    Kvs__CommandResponse *r = hmset(TABLE, 3, keys, vals);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 3);
+    check_str(r->values[0], "old-a");
+    check_empty(r->values[1]);
+    check_str(r->values[2], "c1"); /* the same key twice: applied in order */
+    end_turn();
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 2, keys);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 2);
+    check_str(r->values[0], "new-a");
+    check_str(r->values[1], "c2");
+}
+
+KVS_TEST(hmdel_same_key_twice)
+{
+    setup_default();
+    put(TABLE, "a", "va");
+    put(TABLE, "b", "vb");
+    end_turn();
+    const char *keys[] = {"a", "missing", "a", "b"};
+    Kvs__CommandResponse *r = multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, TABLE, 4, keys);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 4);
+    check_str(r->values[0], "va");
+    check_empty(r->values[1]);
+    check_empty(r->values[2]); /* already deleted by keys[0] */
+    check_str(r->values[3], "vb");
+    end_turn();
+    check_status(hget(TABLE, "a"), 404);
+    check_status(hget(TABLE, "b"), 404);
+}
+
+/* ---- whole-table commands ---------------------------------------------------------------- */
+
+KVS_TEST(hgetall_returns_pairs_in_key_order)
+{
+    setup_default();
+    static const uint8_t k_ff[] = {0xff}, k_a0[] = {'a', 0x00}, k_nul[] = {0x00};
+    check_status(hset(TABLE, "b", vstr("2")), 200);
+    check_status(hset_key(TABLE, (ProtobufCBinaryData){1, (uint8_t *)k_ff}, vstr("ff")), 200);
+    check_status(hset(TABLE, "ab", vstr("3")), 200);
+    check_status(hset_key(TABLE, (ProtobufCBinaryData){2, (uint8_t *)k_a0}, vstr("a0")), 200);
+    check_status(hset(TABLE, "a", vstr("1")), 200);
+    check_status(hset_key(TABLE, (ProtobufCBinaryData){1, (uint8_t *)k_nul}, vstr("nul")), 200);
+    put("other", "zz", "elsewhere");
+    end_turn();
+    Kvs__CommandResponse *r = hgetall(TABLE);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 6);
+    check_key(r->pairs[0]->key, k_nul, 1);
+    check_key(r->pairs[1]->key, "a", 1);
+    check_key(r->pairs[2]->key, k_a0, 2);
+    check_key(r->pairs[3]->key, "ab", 2);
+    check_key(r->pairs[4]->key, "b", 1);
+    check_key(r->pairs[5]->key, k_ff, 1);
+    check_str(r->pairs[0]->value, "nul");
+    check_str(r->pairs[3]->value, "3");
+    check_status(hgetall("no_such_table"), 200);
+    CHECK_EQ(hgetall("no_such_table")->n_pairs, 0);
+}
+
+KVS_TEST(hscan_pages_with_count_and_cursor)
+{
+    setup_default();
+    fill_numbered(TABLE, 25);
+    ProtobufCBinaryData cursor = {0, NULL};
+    int seen = 0, pages = 0;
+    do {
+        Kvs__CommandResponse *r = hscan(TABLE, cursor, 10);
+        check_status(r, 200);
+        CHECK_EQ(r->n_pairs, pages < 2 ? 10 : 5);
+        for (size_t i = 0; i < r->n_pairs; i++, seen++) {
+            char key[16];
+            snprintf(key, sizeof(key), "k%05d", seen);
+            check_key(r->pairs[i]->key, key, strlen(key));
+            CHECK_EQ(r->pairs[i]->value->integer_value, seen);
+        }
+        cursor = r->cursor;
+        pages++;
+        end_turn();
+    } while (cursor.len > 0);
+    CHECK_EQ(seen, 25);
+    CHECK_EQ(pages, 3);
+}
+
+KVS_TEST(hscan_exact_multiple_ends_with_empty_cursor)
+{
+    setup_default();
+    fill_numbered(TABLE, 20);
+    Kvs__CommandResponse *r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 10);
+    CHECK_EQ(r->n_pairs, 10);
+    check_key(r->cursor, "k00010", 6);
+    r = hscan(TABLE, r->cursor, 10);
+    CHECK_EQ(r->n_pairs, 10);
+    CHECK_EQ(r->cursor.len, 0);
+    r = hscan("no_such_table", (ProtobufCBinaryData){0, NULL}, 10);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 0);
+    CHECK_EQ(r->cursor.len, 0);
+}
+
+KVS_TEST(hscan_default_count)
+{
+    setup_default();
+    fill_numbered(TABLE, NODE_SCAN_DEFAULT + 50);
+    Kvs__CommandResponse *r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 0);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, NODE_SCAN_DEFAULT);
+    CHECK(r->cursor.len > 0);
+}
+
+KVS_TEST(hscan_count_is_capped)
+{
+    setup_default();
+    fill_numbered(TABLE, NODE_SCAN_MAX + 5);
+    Kvs__CommandResponse *r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 3 * NODE_SCAN_MAX);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, NODE_SCAN_MAX);
+    char key[16];
+    snprintf(key, sizeof(key), "k%05d", NODE_SCAN_MAX);
+    check_key(r->cursor, key, strlen(key));
+    r = hscan(TABLE, r->cursor, 3 * NODE_SCAN_MAX);
+    CHECK_EQ(r->n_pairs, 5);
+    CHECK_EQ(r->cursor.len, 0);
+}
+
+/* A cursor is just "the first key not returned yet"; one longer than any
+ * key (validation allows KVS_MAX_KEY + 16 bytes) must not be a storage
+ * error. */
+KVS_TEST(hscan_cursor_longer_than_a_key)
+{
+    setup_default();
+    put(TABLE, "a", "1");
+    end_turn();
+    char *c = repeat('0', KVS_MAX_KEY + 10);
+    Kvs__CommandResponse *r = hscan(TABLE, bin(c), 10);
+    free(c);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 1); /* "a" sorts after "000..." */
+    CHECK_EQ(r->cursor.len, 0);
+}
+
+KVS_TEST(ping_and_info)
+{
+    setup_default();
+    Kvs__Ping ping = KVS__PING__INIT;
+    Kvs__CommandResponse *r = run_cmd(KVS__COMMAND_REQUEST__COMMAND_PING, &ping);
+    check_status(r, 200);
+    CHECK_STR(r->message, "PONG");
+    put("t1", "k", "v");
+    put("t2", "k", "v");
+    end_turn();
+    Kvs__Info info = KVS__INFO__INIT;
+    r = run_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    check_status(r, 200);
+    int found = 0;
+    for (size_t i = 0; i < r->n_pairs; i++) {
+        if (i > 0) /* sorted by key */
+            CHECK(key_cmp(r->pairs[i - 1]->key, r->pairs[i]->key) < 0);
+        if (r->pairs[i]->key.len == strlen("shard.003.tables") &&
+            memcmp(r->pairs[i]->key.data, "shard.003.tables", r->pairs[i]->key.len) == 0) {
+            CHECK_EQ(r->pairs[i]->value->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+            CHECK_EQ(r->pairs[i]->value->integer_value, 2);
+            found = 1;
+        }
+    }
+    CHECK(found);
+}
+
+/* ---- bad input ------------------------------------------------------------------------------ */
+
+KVS_TEST(garbage_payload_is_400_and_stores_nothing)
+{
+    setup_default();
+    static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    Kvs__CommandResponse *r = run_raw(junk, sizeof(junk));
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "not a valid kvs.CommandRequest");
+    /* A valid Hset cut short: the write must not happen. */
+    Kvs__Value v = vstr("value");
+    Kvs__Hset m = KVS__HSET__INIT;
+    m.table = TABLE;
+    m.key = bin("alice");
+    m.value = &v;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    q.hset = &m;
+    size_t n;
+    uint8_t *p = pack_request(&q, &n);
+    check_status(run_raw(p, n - 3), 400);
+    free(p);
+    end_turn();
+    check_status(hget(TABLE, "alice"), 404);
+    CHECK_EQ(node_store_table_count(fx.store), 0);
+}
+
+KVS_TEST(validation_errors_are_400)
+{
+    setup_default();
+    Kvs__CommandResponse *r = hset("", "k", vstr("v"));
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hset.table is empty");
+    r = hset(TABLE, "", vstr("v"));
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hset.key is empty");
+    r = hset("__kvs", "k", vstr("v"));
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "reserved");
+    r = hset(TABLE, "k", (Kvs__Value)KVS__VALUE__INIT);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hset.value is missing");
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 0, NULL);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hmget.keys is empty");
+    r = hset("bad\xff", "k", vstr("v"));
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "not valid UTF-8");
+    Kvs__CommandRequest none = KVS__COMMAND_REQUEST__INIT;
+    r = run(&none);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "no command");
+    end_turn();
+    CHECK_EQ(node_store_table_count(fx.store), 0);
+}
+
+/* ---- sizes -------------------------------------------------------------------------------------
+ */
+
+KVS_TEST(hgetall_over_max_frame_is_413)
+{
+    setup(4096, 16);
+    char *v = repeat('v', 500);
+    char key[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        put(TABLE, key, v);
+    }
+    free(v);
+    end_turn();
+    Kvs__CommandResponse *r = hgetall(TABLE);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "Hscan");
+    CHECK_EQ(r->n_pairs, 0);
+    const char *keys[] = {"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"};
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 10, keys);
+    check_status(r, 413);
+    CHECK_EQ(r->n_values, 0);
+    check_status(multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 5, keys), 200);
+}
+
+/* Hmset and Hmdel answer with the previous values, which can be much
+ * larger than the request: three 1,500-byte values stored one by one (each
+ * fine) come back together past a 4 KiB max_frame. The answer must then be
+ * 413, like Hmget's, and the write must not happen: a frame larger than
+ * max_frame breaks the router's link to this worker (KVS_ETOOBIG, every
+ * pending request on it 503) after the write was applied. */
+static const char *const big_keys[] = {"a", "b", "c"};
+
+/* Stores the three keys with 1,500-byte values; returns the value. */
+static char *put_big_values(void)
+{
+    setup(4096, 16);
+    char *v = repeat('v', 1500);
+    for (int i = 0; i < 3; i++)
+        put(TABLE, big_keys[i], v);
+    end_turn();
+    return v;
+}
+
+static void check_big_values_kept(const char *v)
+{
+    end_turn();
+    for (int i = 0; i < 3; i++)
+        check_str(value0(hget(TABLE, big_keys[i])), v);
+}
+
+KVS_TEST(hmset_answer_over_max_frame_is_413)
+{
+    char *v = put_big_values();
+    const char *small[] = {"1", "2", "3"};
+    Kvs__CommandResponse *r = hmset(TABLE, 3, big_keys, small);
+    CHECK(fx.last_len <= fx.ctx.max_frame);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "max_frame");
+    check_big_values_kept(v);
+    free(v);
+}
+
+KVS_TEST(hmdel_answer_over_max_frame_is_413)
+{
+    char *v = put_big_values();
+    Kvs__CommandResponse *r = multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, TABLE, 3, big_keys);
+    CHECK(fx.last_len <= fx.ctx.max_frame);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "max_frame");
+    check_big_values_kept(v);
+    free(v);
+}
+
+/* Hmexist answers 4 bytes per key (a bool Value) for 3 bytes of request per
+ * 1-byte key: a request that fits max_frame can ask for an answer that
+ * does not. */
+KVS_TEST(hmexist_answer_over_max_frame_is_413)
+{
+    const size_t max_frame = 4096, n = 1300;
+    setup(max_frame, 16);
+    put(TABLE, "a", "1");
+    end_turn();
+    ProtobufCBinaryData *kb = calloc(n, sizeof(*kb));
+    CHECK(kb != NULL);
+    for (size_t i = 0; i < n; i++)
+        kb[i] = bin("a");
+    Kvs__Hmexist m = KVS__HMEXIST__INIT;
+    m.table = TABLE;
+    m.n_keys = n;
+    m.keys = kb;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMEXIST;
+    q.hmexist = &m;
+    CHECK(kvs__command_request__get_packed_size(&q) <= max_frame); /* a valid request */
+    Kvs__CommandResponse *r = run(&q);
+    free(kb);
+    CHECK(fx.last_len <= max_frame);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "max_frame");
+}
+
+/* need = key + encoded value + KVS_MAX_KEY + 64 must fit max_frame. */
+KVS_TEST(value_too_large_to_read_back_is_413)
+{
+    setup(4096, 16);
+    char *v = repeat('v', 4000);
+    Kvs__CommandResponse *r = hset(TABLE, "big", vstr(v));
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "max_frame");
+    const char *keys[] = {"small", "big"};
+    const char *vals[] = {"ok", v};
+    r = hmset(TABLE, 2, keys, vals);
+    check_status(r, 413);
+    free(v);
+    end_turn();
+    check_status(hget(TABLE, "big"), 404);
+    check_status(hget(TABLE, "small"), 404); /* the whole Hmset was refused */
+    CHECK_EQ(node_store_table_count(fx.store), 0);
+}
+
+/* The largest pair allowed (511-byte key, value at the limit) is larger
+ * than Hscan's soft page limit: it must still be returned, alone, with a
+ * 511-byte cursor, and the frame must fit max_frame. */
+KVS_TEST(hscan_oversized_pair_makes_progress)
+{
+    const size_t max_frame = 4096;
+    setup(max_frame, 16);
+    char *kb = repeat('b', KVS_MAX_KEY), *kc = repeat('c', KVS_MAX_KEY);
+    size_t vlen = max_frame - KVS_MAX_KEY - KVS_MAX_KEY - 64 - 3; /* string tag + 2-byte len */
+    char *v = repeat('v', vlen + 1);
+    put(TABLE, "a", "small");
+    check_status(hset(TABLE, kb, vstr(v)), 413); /* one byte over the limit */
+    v[vlen] = '\0';
+    check_status(hset(TABLE, kb, vstr(v)), 200);
+    check_status(hset(TABLE, kc, vstr("small")), 200);
+    end_turn();
+    Kvs__CommandResponse *r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 10);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 1);
+    check_key(r->cursor, kb, KVS_MAX_KEY);
+    r = hscan(TABLE, r->cursor, 10);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 1);
+    check_key(r->pairs[0]->key, kb, KVS_MAX_KEY);
+    check_str(r->pairs[0]->value, v);
+    check_key(r->cursor, kc, KVS_MAX_KEY);
+    CHECK(fx.last_len <= max_frame);
+    r = hscan(TABLE, r->cursor, 10);
+    CHECK_EQ(r->n_pairs, 1);
+    CHECK_EQ(r->cursor.len, 0);
+    check_status(hget(TABLE, kb), 200);
+    CHECK(fx.last_len <= max_frame);
+    free(kb);
+    free(kc);
+    free(v);
+}
+
+/* ---- storage limits and turns ------------------------------------------------------------------
+ */
+
+KVS_TEST(table_limit_is_507_naming_the_setting)
+{
+    setup(KVS_FRAME_DEFAULT_MAX, 2);
+    put("t1", "k", "v1");
+    put("t2", "k", "v2");
+    Kvs__CommandResponse *r = hset("t3", "k", vstr("v3"));
+    check_status(r, 507);
+    CHECK_CONTAINS(r->message, "storage.max_tables");
+    CHECK_CONTAINS(r->message, "\"t3\"");
+    CHECK_EQ(r->n_values, 0);
+    const char *keys[] = {"a", "b"};
+    r = hmset("t3", 2, keys, keys);
+    check_status(r, 507);
+    CHECK_CONTAINS(r->message, "storage.max_tables");
+    put("t1", "k2", "still writable"); /* the turn's batch is intact */
+    end_turn();
+    check_str(value0(hget("t1", "k")), "v1");
+    check_str(value0(hget("t2", "k")), "v2");
+    check_str(value0(hget("t1", "k2")), "still writable");
+    check_status(hget("t3", "k"), 404);
+    CHECK_EQ(node_store_table_count(fx.store), 2);
+}
+
+KVS_TEST(read_your_writes_within_a_turn)
+{
+    setup_default();
+    put(TABLE, "alice", "v1");
+    check_str(value0(hget(TABLE, "alice")), "v1"); /* no end_turn in between */
+    check_str(value0(hset(TABLE, "alice", vstr("v2"))), "v1");
+    check_str(value0(hget(TABLE, "alice")), "v2");
+    check_bool(value0(hexist(TABLE, "alice")), 1);
+    CHECK_EQ(hgetall(TABLE)->n_pairs, 1);
+    check_str(value0(hdel(TABLE, "alice")), "v2");
+    check_status(hget(TABLE, "alice"), 404);
+    put(TABLE, "bob", "b");
+    end_turn();
+    check_status(hget(TABLE, "alice"), 404);
+    check_str(value0(hget(TABLE, "bob")), "b");
+}
+
+/* node_cmd_frame appends: pipelined requests leave their frames in order. */
+KVS_TEST(frames_append_in_request_order)
+{
+    setup_default();
+    Kvs__Ping ping = KVS__PING__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_PING;
+    q.ping = &ping;
+    size_t n;
+    uint8_t *p = pack_request(&q, &n);
+    static const uint8_t junk[] = {0xff};
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    CHECK_EQ(node_cmd_frame(&fx.ctx, p, n, &out), 0);
+    size_t first = out.len;
+    CHECK_EQ(node_cmd_frame(&fx.ctx, junk, sizeof(junk), &out), 0);
+    free(p);
+    kvs_buf_t second = {out.data + first, out.len - first, out.len - first};
+    check_status(decode_one(&second), 400);
+    out.len = first;
+    check_status(decode_one(&out), 200);
+    kvs_buf_free(&out);
+}
+
+KVS_TEST_MAIN(
+    KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
+    KVS_CASE(hdel_returns_previous_or_empty), KVS_CASE(hexist_and_hmexist),
+    KVS_CASE(hmget_keeps_request_order_with_missing), KVS_CASE(hmset_returns_previous_values),
+    KVS_CASE(hmdel_same_key_twice), KVS_CASE(hgetall_returns_pairs_in_key_order),
+    KVS_CASE(hscan_pages_with_count_and_cursor),
+    KVS_CASE(hscan_exact_multiple_ends_with_empty_cursor), KVS_CASE(hscan_default_count),
+    KVS_CASE(hscan_count_is_capped), KVS_CASE(hscan_cursor_longer_than_a_key),
+    KVS_CASE(ping_and_info), KVS_CASE(garbage_payload_is_400_and_stores_nothing),
+    KVS_CASE(validation_errors_are_400), KVS_CASE(hgetall_over_max_frame_is_413),
+    KVS_CASE(hmset_answer_over_max_frame_is_413), KVS_CASE(hmdel_answer_over_max_frame_is_413),
+    KVS_CASE(hmexist_answer_over_max_frame_is_413), KVS_CASE(value_too_large_to_read_back_is_413),
+    KVS_CASE(hscan_oversized_pair_makes_progress), KVS_CASE(table_limit_is_507_naming_the_setting),
+    KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order))

@@ -1,0 +1,1030 @@
+/*
+ * Unit tests for router_route: placement, forwarding, split/merge, fan-out
+ * and Hscan cursors, without sockets or a loop.
+ *
+ * This binary links router_route.c alone and defines the three functions it
+ * calls outside itself:
+ *  - router_link_send and router_link_send_msg record every part sent (the
+ *    shard, found from the link's index in r.links, and ctx, part and the
+ *    packed payload) and fail with KVS_ECLOSED, as a real link does, when
+ *    the case has marked the link down (link->up == 0);
+ *  - router_client_req_done counts completions: it must run exactly once
+ *    per request that completes after router_route returned, and never
+ *    while router_route runs (the client checks req->done itself then).
+ * Cases then play the workers: they answer recorded parts through
+ * router_route_reply, in whatever order the case wants, and read the
+ * client's answer (one complete frame) from req->resp.
+ *
+ * Placement is taken from kvs_place_key_shard, the function the router is
+ * meant to use (tested on its own in test_place).
+ */
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_place.h"
+#include "kvs_test.h"
+#include "router.h"
+
+#define SHARDS 4
+#define PARTITIONS 64
+#define MAX_SENT 32
+#define KEYS_PER_SHARD 8
+#define TABLE "users"
+
+typedef struct {
+    uint32_t shard;
+    void *ctx;
+    uint32_t part;
+    int raw; /* router_link_send (bytes as given) rather than _send_msg */
+    uint8_t *bytes;
+    size_t len;
+} sent_t;
+
+typedef struct {
+    router_t r;
+    kvs_config_t *cfg;
+    router_req_t *req;
+    uint8_t *payload; /* the request last routed */
+    size_t payload_len;
+    int routing; /* inside router_route */
+    int done_calls;
+    int done_calls_in_route;
+    sent_t sent[MAX_SENT];
+    size_t n_sent;
+    kvs_arena_t arena; /* decoded messages, for the whole case */
+    char keys[SHARDS][KEYS_PER_SHARD][16];
+} fixture_t;
+
+static fixture_t fx;
+static char fake_client; /* router_client_t is opaque: any unique address */
+#define CLIENT ((router_client_t *)&fake_client)
+
+/* ---- stubs for what router_route.c calls ---------------------------------------- */
+
+static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint32_t part, int raw)
+{
+    size_t shard = (size_t)(l - fx.r.links);
+    CHECK(shard < fx.r.shards);
+    CHECK_EQ(l->shard, shard);
+    if (!l->up)
+        return KVS_ECLOSED;
+    CHECK(fx.n_sent < MAX_SENT);
+    sent_t *s = &fx.sent[fx.n_sent++];
+    *s = (sent_t){.shard = (uint32_t)shard, .ctx = ctx, .part = part, .raw = raw, .len = n};
+    s->bytes = malloc(n ? n : 1);
+    CHECK(s->bytes != NULL);
+    memcpy(s->bytes, p, n);
+    return 0;
+}
+
+int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx, uint32_t part)
+{
+    return record(l, payload, len, ctx, part, 1);
+}
+
+int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *p = malloc(n ? n : 1);
+    CHECK(p != NULL);
+    protobuf_c_message_pack(m, p);
+    int rc = record(l, p, n, ctx, part, 0);
+    free(p);
+    return rc;
+}
+
+void router_client_req_done(router_client_t *cl)
+{
+    CHECK(cl == CLIENT);
+    CHECK(fx.req != NULL && fx.req->done);
+    fx.done_calls++;
+    if (fx.routing)
+        fx.done_calls_in_route++;
+}
+
+/* ---- fixture ------------------------------------------------------------------------ */
+
+static void clear_sent(void)
+{
+    for (size_t i = 0; i < fx.n_sent; i++)
+        free(fx.sent[i].bytes);
+    fx.n_sent = 0;
+}
+
+static void teardown(void)
+{
+    if (fx.req != NULL)
+        router_req_free(fx.req);
+    clear_sent();
+    free(fx.payload);
+    free(fx.r.links);
+    kvs_arena_close(&fx.r.arena);
+    kvs_arena_close(&fx.r.merge_arena);
+    kvs_arena_close(&fx.arena);
+    kvs_config_free(fx.cfg);
+}
+
+/* Fills fx.keys[s] with the first keys "key<N>" placed on shard s. */
+static void find_keys(void)
+{
+    int have[SHARDS] = {0}, total = 0;
+    for (int n = 0; total < SHARDS * KEYS_PER_SHARD; n++) {
+        char k[16];
+        snprintf(k, sizeof(k), "key%d", n);
+        uint32_t s = kvs_place_key_shard(k, strlen(k), PARTITIONS, SHARDS);
+        if (have[s] < KEYS_PER_SHARD) {
+            memcpy(fx.keys[s][have[s]++], k, sizeof(k));
+            total++;
+        }
+    }
+}
+
+/* A router with SHARDS links, all up, and limits.max_frame = `max_frame`. */
+static void setup_frame(const char *max_frame)
+{
+    char yaml[256], err[256] = "";
+    snprintf(yaml, sizeof(yaml),
+             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n", SHARDS,
+             PARTITIONS, max_frame);
+    int rc = kvs_config_parse("test.yaml", yaml, strlen(yaml), &fx.cfg, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "config: %s\n", err);
+    CHECK_EQ(rc, 0);
+    fx.r.cfg = fx.cfg;
+    fx.r.shards = fx.cfg->shards;
+    fx.r.links = calloc(fx.r.shards, sizeof(*fx.r.links));
+    CHECK(fx.r.links != NULL);
+    for (uint32_t s = 0; s < fx.r.shards; s++) {
+        fx.r.links[s].shard = s;
+        fx.r.links[s].up = 1;
+        fx.r.links[s].max_frame = (uint32_t)fx.cfg->max_frame;
+    }
+    kvs_arena_init(&fx.r.arena);
+    kvs_arena_init(&fx.r.merge_arena);
+    kvs_arena_init(&fx.arena);
+    find_keys();
+    atexit(teardown);
+}
+
+static void setup(void)
+{
+    setup_frame("4MiB");
+}
+
+static void set_down(uint32_t shard)
+{
+    fx.r.links[shard].up = 0;
+    snprintf(fx.r.links[shard].last_error, sizeof(fx.r.links[shard].last_error),
+             "connect: connection refused");
+}
+
+/* ---- requests in ----------------------------------------------------------------------- */
+
+/* Routes `payload` as a new request of the fake client (freeing the last). */
+static void route_raw(const uint8_t *payload, size_t len)
+{
+    if (fx.req != NULL)
+        router_req_free(fx.req);
+    clear_sent();
+    uint8_t *copy = malloc(len ? len : 1); /* `payload` may be the old fx.payload */
+    CHECK(copy != NULL);
+    memcpy(copy, payload, len);
+    free(fx.payload);
+    fx.payload = copy;
+    fx.payload_len = len;
+    fx.req = router_req_new(CLIENT);
+    CHECK(fx.req != NULL);
+    fx.done_calls = fx.done_calls_in_route = 0;
+    fx.routing = 1;
+    router_route(&fx.r, fx.req, fx.payload, len);
+    fx.routing = 0;
+}
+
+static void route(const Kvs__CommandRequest *q)
+{
+    size_t n = kvs__command_request__get_packed_size(q);
+    uint8_t *p = malloc(n ? n : 1);
+    CHECK(p != NULL);
+    kvs__command_request__pack(q, p);
+    route_raw(p, n);
+    free(p);
+}
+
+/* Routes a request whose command is `c` with body `body`. */
+static void route_cmd(Kvs__CommandRequest__CommandCase c, void *body)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = c;
+    q.hget = body; /* the oneof members share storage */
+    route(&q);
+}
+
+static ProtobufCBinaryData bin(const char *s)
+{
+    return (ProtobufCBinaryData){strlen(s), (uint8_t *)s};
+}
+
+static Kvs__Value vstr(const char *s)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    v.string_value = (char *)s;
+    return v;
+}
+
+/* Routes a single-key command (Hget, Hset, Hdel, Hexist) on `key`. */
+static void route_single(Kvs__CommandRequest__CommandCase c, const char *key)
+{
+    Kvs__Value v = vstr("value");
+    /* Hget, Hdel and Hexist are Hset without its last field (value): the
+     * same struct serves all four, initialized by the right descriptor. */
+    Kvs__Hset m = KVS__HSET__INIT;
+    const ProtobufCMessageDescriptor *d =
+        c == KVS__COMMAND_REQUEST__COMMAND_HGET     ? &kvs__hget__descriptor
+        : c == KVS__COMMAND_REQUEST__COMMAND_HDEL   ? &kvs__hdel__descriptor
+        : c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ? &kvs__hexist__descriptor
+                                                    : &kvs__hset__descriptor;
+    protobuf_c_message_init(d, &m);
+    m.table = TABLE;
+    m.key = bin(key);
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET)
+        m.value = &v;
+    route_cmd(c, &m);
+}
+
+/* Routes a multi-key command (Hmget, Hmset, Hmdel, Hmexist) on keys[0..n).
+ * Hmset stores the value "set:<key>" under each key. */
+static void route_multi(Kvs__CommandRequest__CommandCase c, size_t n, const char *const *keys)
+{
+    ProtobufCBinaryData kb[16];
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value vals[16];
+    char text[16][32];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        kb[i] = bin(keys[i]);
+        snprintf(text[i], sizeof(text[i]), "set:%s", keys[i]);
+        vals[i] = vstr(text[i]);
+        kvs__kvpair__init(&pairs[i]);
+        pairs[i].key = kb[i];
+        pairs[i].value = &vals[i];
+        pp[i] = &pairs[i];
+    }
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        Kvs__Hmset m = KVS__HMSET__INIT;
+        m.table = TABLE;
+        m.n_pairs = n;
+        m.pairs = pp;
+        route_cmd(c, &m);
+        return;
+    }
+    Kvs__Hmget m; /* Hmdel and Hmexist have the same layout */
+    protobuf_c_message_init(c == KVS__COMMAND_REQUEST__COMMAND_HMDEL     ? &kvs__hmdel__descriptor
+                            : c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ? &kvs__hmexist__descriptor
+                                                                         : &kvs__hmget__descriptor,
+                            &m);
+    m.table = TABLE;
+    m.n_keys = n;
+    m.keys = kb;
+    route_cmd(c, &m);
+}
+
+static void route_hscan(const void *cursor, size_t len, uint32_t count)
+{
+    Kvs__Hscan m = KVS__HSCAN__INIT;
+    m.table = TABLE;
+    m.cursor = (ProtobufCBinaryData){len, (uint8_t *)cursor};
+    m.count = count;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HSCAN, &m);
+}
+
+/* ---- what was sent ------------------------------------------------------------------------ */
+
+/* Index of the one part sent to `shard`. */
+static size_t sent_to(uint32_t shard)
+{
+    size_t found = MAX_SENT;
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        if (fx.sent[i].shard == shard) {
+            CHECK_EQ(found, MAX_SENT); /* one part per shard */
+            found = i;
+        }
+    }
+    CHECK(found != MAX_SENT);
+    return found;
+}
+
+static int sent_is_client_payload(size_t i)
+{
+    const sent_t *s = &fx.sent[i];
+    return s->len == fx.payload_len && memcmp(s->bytes, fx.payload, s->len) == 0;
+}
+
+static Kvs__CommandRequest *sent_request(size_t i)
+{
+    Kvs__CommandRequest *q =
+        kvs__command_request__unpack(&fx.arena.pb, fx.sent[i].len, fx.sent[i].bytes);
+    CHECK(q != NULL);
+    CHECK_EQ(q->base.n_unknown_fields, 0);
+    return q;
+}
+
+/* Key `i` of a decoded multi-key request, whatever its type. */
+static ProtobufCBinaryData nth_key(const Kvs__CommandRequest *q, size_t i, size_t *n)
+{
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+        *n = q->hmset->n_pairs;
+        return i < *n ? q->hmset->pairs[i]->key : (ProtobufCBinaryData){0, NULL};
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        *n = q->hmget->n_keys; /* same layout for all three */
+        return i < *n ? q->hmget->keys[i] : (ProtobufCBinaryData){0, NULL};
+    default:
+        CHECK(0);
+        return (ProtobufCBinaryData){0, NULL};
+    }
+}
+
+static int bin_is(ProtobufCBinaryData b, const void *s, size_t len)
+{
+    return b.len == len && (len == 0 || memcmp(b.data, s, len) == 0);
+}
+
+/* ---- answers out ---------------------------------------------------------------------------- */
+
+static void reply_bytes(size_t i, const uint8_t *p, size_t n)
+{
+    router_route_reply(fx.sent[i].ctx, fx.sent[i].part, p, n, NULL);
+}
+
+static void reply(size_t i, const Kvs__CommandResponse *resp)
+{
+    size_t n = kvs__command_response__get_packed_size(resp);
+    uint8_t *p = malloc(n ? n : 1);
+    CHECK(p != NULL);
+    kvs__command_response__pack(resp, p);
+    reply_bytes(i, p, n);
+    free(p);
+}
+
+static void reply_failure(size_t i, const char *why)
+{
+    router_route_reply(fx.sent[i].ctx, fx.sent[i].part, NULL, 0, why);
+}
+
+static void reply_status(size_t i, uint32_t status, const char *msg)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = (char *)msg;
+    reply(i, &r);
+}
+
+/* Answers part `i` with 200 and one string value "v:<key>" per key of that
+ * part's request. */
+static void reply_values_from_keys(size_t i)
+{
+    Kvs__CommandRequest *q = sent_request(i);
+    size_t n;
+    nth_key(q, 0, &n);
+    Kvs__Value vals[16], *vp[16];
+    char text[16][32];
+    CHECK(n <= 16);
+    for (size_t k = 0; k < n; k++) {
+        ProtobufCBinaryData key = nth_key(q, k, &n);
+        snprintf(text[k], sizeof(text[k]), "v:%.*s", (int)key.len, (const char *)key.data);
+        vals[k] = vstr(text[k]);
+        vp[k] = &vals[k];
+    }
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = n;
+    r.values = vp;
+    reply(i, &r);
+}
+
+/* Answers part `i` with 200 and pairs keys[0..n) (values "v:<key>"). */
+static void reply_pairs(size_t i, size_t n, const ProtobufCBinaryData *keys, const void *cursor,
+                        size_t clen)
+{
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value vals[16];
+    char text[16][600];
+    CHECK(n <= 16);
+    for (size_t k = 0; k < n; k++) {
+        kvs__kvpair__init(&pairs[k]);
+        snprintf(text[k], sizeof(text[k]), "v:%.*s", (int)keys[k].len, (const char *)keys[k].data);
+        vals[k] = vstr(text[k]);
+        pairs[k].key = keys[k];
+        pairs[k].value = &vals[k];
+        pp[k] = &pairs[k];
+    }
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_pairs = n;
+    r.pairs = pp;
+    r.cursor = (ProtobufCBinaryData){clen, (uint8_t *)cursor};
+    reply(i, &r);
+}
+
+/* ---- the client's answer ------------------------------------------------------------------------
+ */
+
+static void check_pending(void)
+{
+    CHECK(!fx.req->done);
+    CHECK_EQ(fx.done_calls, 0);
+}
+
+static Kvs__CommandResponse *decode_resp(void)
+{
+    const kvs_buf_t *b = &fx.req->resp;
+    int compressed = 1;
+    CHECK(b->len >= KVS_FRAME_HEADER);
+    uint32_t len = kvs_frame_get_header(b->data, &compressed);
+    CHECK_EQ(compressed, 0);
+    CHECK_EQ(b->len, KVS_FRAME_HEADER + len);
+    Kvs__CommandResponse *r =
+        kvs__command_response__unpack(&fx.arena.pb, len, b->data + KVS_FRAME_HEADER);
+    CHECK(r != NULL);
+    return r;
+}
+
+/* The request completed inside router_route: the client was not called. */
+static Kvs__CommandResponse *answer_sync(void)
+{
+    CHECK(fx.req->done);
+    CHECK_EQ(fx.done_calls, 0);
+    return decode_resp();
+}
+
+/* The request completed later: the client was told exactly once. */
+static Kvs__CommandResponse *answer_async(void)
+{
+    CHECK(fx.req->done);
+    CHECK_EQ(fx.done_calls, 1);
+    CHECK_EQ(fx.done_calls_in_route, 0);
+    return decode_resp();
+}
+
+static void check_status(const Kvs__CommandResponse *r, uint32_t status)
+{
+    if (r->status != status)
+        fprintf(stderr, "status %u: %s\n", r->status, r->message);
+    CHECK_EQ(r->status, status);
+}
+
+static void check_str(const Kvs__Value *v, const char *s)
+{
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
+    CHECK_STR(v->string_value, s);
+}
+
+/* ---- single-key
+ * ------------------------------------------------------------------------------------ */
+
+/* The client's bytes go to the key's shard unchanged; the worker's bytes
+ * come back unchanged (with a frame header). */
+static void check_single_passthrough(Kvs__CommandRequest__CommandCase c, const char *key)
+{
+    route_single(c, key);
+    check_pending();
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(fx.sent[0].raw);
+    CHECK_EQ(fx.sent[0].shard, kvs_place_key_shard(key, strlen(key), PARTITIONS, SHARDS));
+    CHECK_EQ(fx.sent[0].part, 0);
+    CHECK(fx.sent[0].ctx == fx.req);
+    CHECK(sent_is_client_payload(0));
+    /* Fields in an unusual order: a re-encoding router would reorder them. */
+    static const uint8_t answer[] = {0x12, 0x02, 'o', 'k', 0x08, 0xc8, 0x01, 0x1a, 0x00};
+    reply_bytes(0, answer, sizeof(answer));
+    CHECK(fx.req->done);
+    CHECK_EQ(fx.done_calls, 1);
+    CHECK_EQ(fx.req->resp.len, KVS_FRAME_HEADER + sizeof(answer));
+    CHECK_EQ(kvs_frame_get_header(fx.req->resp.data, NULL), sizeof(answer));
+    CHECK(memcmp(fx.req->resp.data + KVS_FRAME_HEADER, answer, sizeof(answer)) == 0);
+}
+
+KVS_TEST(single_key_forwarded_raw)
+{
+    setup();
+    static const Kvs__CommandRequest__CommandCase cmds[] = {
+        KVS__COMMAND_REQUEST__COMMAND_HGET, KVS__COMMAND_REQUEST__COMMAND_HSET,
+        KVS__COMMAND_REQUEST__COMMAND_HDEL, KVS__COMMAND_REQUEST__COMMAND_HEXIST};
+    for (size_t c = 0; c < 4; c++)
+        for (uint32_t s = 0; s < SHARDS; s++)
+            check_single_passthrough(cmds[c], fx.keys[s][c]);
+}
+
+/* ---- multi-key split and merge
+ * ------------------------------------------------------------------------ */
+
+/* Keys on shards 2, 0, 2, 3, 0, 2 (the first one twice). */
+static void split_merge(Kvs__CommandRequest__CommandCase c)
+{
+    setup();
+    const char *keys[] = {fx.keys[2][0], fx.keys[0][0], fx.keys[2][1],
+                          fx.keys[3][0], fx.keys[0][1], fx.keys[2][0]};
+    const size_t n = 6;
+    route_multi(c, n, keys);
+    check_pending();
+    CHECK_EQ(fx.n_sent, 3);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        if (s == 1)
+            continue; /* no key there: nothing sent (sent_to checks one each) */
+        size_t i = sent_to(s);
+        CHECK(!fx.sent[i].raw);
+        CHECK(fx.sent[i].ctx == fx.req);
+        Kvs__CommandRequest *q = sent_request(i);
+        CHECK_EQ(q->command_case, c);
+        CHECK_STR(kvs_msg_request_table(q), TABLE);
+        size_t want = 0, got;
+        for (size_t k = 0; k < n; k++) {
+            if (kvs_place_key_shard(keys[k], strlen(keys[k]), PARTITIONS, SHARDS) != s)
+                continue;
+            CHECK(bin_is(nth_key(q, want, &got), keys[k], strlen(keys[k])));
+            if (c == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+                char v[32];
+                snprintf(v, sizeof(v), "set:%s", keys[k]);
+                check_str(q->hmset->pairs[want]->value, v);
+            }
+            want++;
+        }
+        CHECK_EQ(got, want);
+    }
+    int part_used[3] = {0}; /* parts are numbered 0..2, one per shard */
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        CHECK(fx.sent[i].part < 3 && !part_used[fx.sent[i].part]);
+        part_used[fx.sent[i].part] = 1;
+    }
+    reply_values_from_keys(sent_to(3)); /* out of order */
+    check_pending();
+    reply_values_from_keys(sent_to(0));
+    check_pending();
+    reply_values_from_keys(sent_to(2));
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, n);
+    for (size_t k = 0; k < n; k++) {
+        char v[32];
+        snprintf(v, sizeof(v), "v:%s", keys[k]);
+        check_str(r->values[k], v);
+    }
+}
+
+KVS_TEST(hmget_split_merge)
+{
+    split_merge(KVS__COMMAND_REQUEST__COMMAND_HMGET);
+}
+
+KVS_TEST(hmset_split_merge)
+{
+    split_merge(KVS__COMMAND_REQUEST__COMMAND_HMSET);
+}
+
+KVS_TEST(hmdel_split_merge)
+{
+    split_merge(KVS__COMMAND_REQUEST__COMMAND_HMDEL);
+}
+
+KVS_TEST(hmexist_split_merge)
+{
+    split_merge(KVS__COMMAND_REQUEST__COMMAND_HMEXIST);
+}
+
+KVS_TEST(multi_key_on_one_shard_forwarded_raw)
+{
+    setup();
+    static const Kvs__CommandRequest__CommandCase cmds[] = {
+        KVS__COMMAND_REQUEST__COMMAND_HMGET, KVS__COMMAND_REQUEST__COMMAND_HMSET,
+        KVS__COMMAND_REQUEST__COMMAND_HMDEL, KVS__COMMAND_REQUEST__COMMAND_HMEXIST};
+    static const uint8_t answer[] = {0x08, 0xc8, 0x01, 0x1a, 0x02, 0x28, 0x01, 0x1a, 0x00};
+    for (size_t c = 0; c < 4; c++) {
+        const char *keys[] = {fx.keys[1][2], fx.keys[1][0], fx.keys[1][1]};
+        route_multi(cmds[c], 3, keys);
+        check_pending();
+        CHECK_EQ(fx.n_sent, 1);
+        CHECK_EQ(fx.sent[0].shard, 1);
+        CHECK(fx.sent[0].raw);
+        CHECK(sent_is_client_payload(0));
+        reply_bytes(0, answer, sizeof(answer));
+        CHECK(fx.req->done);
+        CHECK_EQ(fx.done_calls, 1);
+        CHECK_EQ(fx.req->resp.len, KVS_FRAME_HEADER + sizeof(answer));
+        CHECK(memcmp(fx.req->resp.data + KVS_FRAME_HEADER, answer, sizeof(answer)) == 0);
+    }
+}
+
+KVS_TEST(part_error_status_reaches_client)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 507, "storage is full; free disk space");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 507);
+    CHECK_STR(r->message, "storage is full; free disk space");
+    CHECK_EQ(r->n_values, 0);
+}
+
+/* A part whose answer does not match its request is the shard's fault: 500. */
+KVS_TEST(malformed_part_answer_is_500)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[0][1], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, keys);
+    reply_values_from_keys(sent_to(3));
+    Kvs__CommandResponse one = KVS__COMMAND_RESPONSE__INIT; /* 200, but no values */
+    one.status = 200;
+    reply(sent_to(0), &one);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 500);
+    CHECK_CONTAINS(r->message, "shard 0");
+
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, keys);
+    static const uint8_t junk[] = {0xff, 0xff, 0xff};
+    reply_bytes(sent_to(3), junk, sizeof(junk));
+    reply_values_from_keys(sent_to(0));
+    r = answer_async();
+    check_status(r, 500);
+    CHECK_CONTAINS(r->message, "shard 3");
+}
+
+/* ---- unavailable shards
+ * -------------------------------------------------------------------------------- */
+
+KVS_TEST(down_shard_is_503_at_once)
+{
+    setup();
+    set_down(2);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[2][0]);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 2");
+    CHECK_CONTAINS(r->message, "connection refused");
+    CHECK_EQ(fx.n_sent, 0);
+
+    const char *keys[] = {fx.keys[2][0], fx.keys[2][1]}; /* one part, down */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    check_status(answer_sync(), 503);
+
+    for (uint32_t s = 0; s < SHARDS; s++)
+        set_down(s);
+    Kvs__Hgetall all = KVS__HGETALL__INIT;
+    all.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);
+    r = answer_sync();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 0");
+    route_hscan(NULL, 0, 0);
+    check_status(answer_sync(), 503);
+}
+
+/* With other parts in flight the router waits for them (their links still
+ * hold the request), then answers 503 naming the shard that was down. */
+KVS_TEST(down_shard_among_parts_is_503)
+{
+    setup();
+    set_down(1);
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, keys);
+    CHECK_EQ(fx.n_sent, 2);
+    check_pending();
+    reply_values_from_keys(sent_to(3));
+    reply_values_from_keys(sent_to(0));
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1");
+
+    set_down(2);
+    Kvs__Hgetall all = KVS__HGETALL__INIT;
+    all.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);
+    CHECK_EQ(fx.n_sent, 2);
+    reply_pairs(sent_to(0), 0, NULL, NULL, 0);
+    reply_pairs(sent_to(3), 0, NULL, NULL, 0);
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1");
+}
+
+/* A link that fails a pending part later (timeout, broken connection). */
+KVS_TEST(link_failure_after_send_is_503)
+{
+    setup();
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[3][0]);
+    reply_failure(0, "shard 3 did not answer within router.timeout (5000 ms)");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_STR(r->message, "shard 3 did not answer within router.timeout (5000 ms)");
+
+    const char *keys[] = {fx.keys[0][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
+    reply_failure(sent_to(3), "shard 3: connection reset");
+    check_pending();
+    reply_values_from_keys(sent_to(0));
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_STR(r->message, "shard 3: connection reset");
+}
+
+/* ---- fan-out
+ * ------------------------------------------------------------------------------------------------
+ */
+
+static void route_hgetall(void)
+{
+    Kvs__Hgetall all = KVS__HGETALL__INIT;
+    all.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);
+}
+
+/* Every shard gets the client's bytes, once, as part == shard. */
+static void check_fanout_sent(void)
+{
+    check_pending();
+    CHECK_EQ(fx.n_sent, SHARDS);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        size_t i = sent_to(s);
+        CHECK(fx.sent[i].raw);
+        CHECK_EQ(fx.sent[i].part, s);
+        CHECK(sent_is_client_payload(i));
+    }
+}
+
+KVS_TEST(hgetall_merges_in_byte_order)
+{
+    setup();
+    route_hgetall();
+    check_fanout_sent();
+    /* "a" (shard 3) is a prefix of "a\0" (shard 0): the shorter sorts first
+     * even when it comes from a later part. */
+    const ProtobufCBinaryData s0[] = {
+        {1, (uint8_t *)"\x00"}, {2, (uint8_t *)"a\x00"}, {1, (uint8_t *)"d"}};
+    const ProtobufCBinaryData s2[] = {
+        {2, (uint8_t *)"ab"}, {1, (uint8_t *)"b"}, {1, (uint8_t *)"\xff"}};
+    const ProtobufCBinaryData s3[] = {{1, (uint8_t *)"a"}, {1, (uint8_t *)"c"}};
+    reply_pairs(sent_to(2), 3, s2, NULL, 0);
+    reply_pairs(sent_to(0), 3, s0, NULL, 0);
+    reply_pairs(sent_to(3), 2, s3, NULL, 0);
+    check_pending();
+    reply_pairs(sent_to(1), 0, NULL, NULL, 0);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    const ProtobufCBinaryData want[] = {s0[0], s3[0], s0[1], s2[0], s2[1], s3[1], s0[2], s2[2]};
+    CHECK_EQ(r->n_pairs, 8);
+    for (size_t i = 0; i < 8; i++) {
+        char v[16];
+        CHECK(bin_is(r->pairs[i]->key, want[i].data, want[i].len));
+        snprintf(v, sizeof(v), "v:%.*s", (int)want[i].len, (const char *)want[i].data);
+        check_str(r->pairs[i]->value, v);
+    }
+}
+
+KVS_TEST(merged_answer_over_max_frame_is_413)
+{
+    setup_frame("1KiB");
+    char keys[SHARDS][3][64];
+    ProtobufCBinaryData kb[SHARDS][3];
+    route_hgetall();
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        for (int k = 0; k < 3; k++) { /* ~3 * 2 * 60 bytes per shard: each fits */
+            memset(keys[s][k], 'a' + s * 3 + k, 60);
+            kb[s][k] = (ProtobufCBinaryData){60, (uint8_t *)keys[s][k]};
+        }
+        reply_pairs(sent_to(s), 3, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "Hscan");
+    CHECK_CONTAINS(r->message, "max_frame");
+
+    const char *mk[] = {fx.keys[0][0], fx.keys[1][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, mk);
+    char big[600];
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    Kvs__Value v = vstr(big), *vp[1] = {&v};
+    Kvs__CommandResponse part = KVS__COMMAND_RESPONSE__INIT;
+    part.status = 200;
+    part.n_values = 1;
+    part.values = vp;
+    reply(sent_to(0), &part);
+    reply(sent_to(1), &part);
+    r = answer_async();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "fewer keys");
+}
+
+KVS_TEST(info_fans_out_and_merges)
+{
+    setup();
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    check_fanout_sent();
+    char names[SHARDS][2][32];
+    ProtobufCBinaryData kb[SHARDS][2];
+    for (uint32_t s = SHARDS; s-- > 0;) {
+        snprintf(names[s][0], sizeof(names[s][0]), "shard.%03u.map_size", s);
+        snprintf(names[s][1], sizeof(names[s][1]), "shard.%03u.tables", s);
+        kb[s][0] = bin(names[s][0]);
+        kb[s][1] = bin(names[s][1]);
+        reply_pairs(sent_to(s), 2, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 2 * SHARDS);
+    for (size_t i = 0; i < 2 * SHARDS; i++)
+        CHECK(bin_is(r->pairs[i]->key, names[i / 2][i % 2], strlen(names[i / 2][i % 2])));
+}
+
+/* ---- Hscan cursors
+ * --------------------------------------------------------------------------------------------- */
+
+/* Checks the one part of an Hscan (its shard, count and the worker cursor
+ * it carries) and returns its index in fx.sent. */
+static size_t check_hscan_sent(uint32_t shard, const char *inner, uint32_t count)
+{
+    check_pending();
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].shard, shard);
+    Kvs__CommandRequest *q = sent_request(0);
+    CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HSCAN);
+    CHECK_STR(q->hscan->table, TABLE);
+    CHECK_EQ(q->hscan->count, count);
+    CHECK(bin_is(q->hscan->cursor, inner, strlen(inner)));
+    return 0;
+}
+
+static void check_cursor(const Kvs__CommandResponse *r, const void *want, size_t len)
+{
+    check_status(r, 200);
+    CHECK(bin_is(r->cursor, want, len));
+}
+
+KVS_TEST(hscan_walks_shards_in_turn)
+{
+    setup();
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    route_hscan(NULL, 0, 7);
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, "k2", 2);
+    Kvs__CommandResponse *r = answer_async();
+    CHECK_EQ(r->n_pairs, 1);
+    CHECK(bin_is(r->pairs[0]->key, "k1", 2));
+    check_cursor(r, "S\x00\x00k2", 5);
+
+    route_hscan("S\x00\x00k2", 5, 7); /* shard 0 from k2: exhausted */
+    reply_pairs(check_hscan_sent(0, "k2", 7), 1, page, NULL, 0);
+    check_cursor(answer_async(), "S\x00\x01", 3);
+
+    route_hscan("S\x00\x01", 3, 0); /* shard 1 from its start: empty */
+    reply_pairs(check_hscan_sent(1, "", 0), 0, NULL, NULL, 0);
+    r = answer_async();
+    CHECK_EQ(r->n_pairs, 0);
+    check_cursor(r, "S\x00\x02", 3);
+
+    route_hscan("S\x00\x03", 3, 5); /* the last shard */
+    reply_pairs(check_hscan_sent(3, "", 5), 1, page, "zz", 2);
+    check_cursor(answer_async(), "S\x00\x03zz", 5);
+    route_hscan("S\x00\x03zz", 5, 5);
+    reply_pairs(check_hscan_sent(3, "zz", 5), 1, page, NULL, 0);
+    check_cursor(answer_async(), "", 0); /* the walk is complete */
+}
+
+KVS_TEST(hscan_forged_cursor_is_400)
+{
+    setup();
+    static const struct {
+        const char *c;
+        size_t len;
+    } bad[] = {{"X\x00\x00", 3}, {"S\x00", 2}, {"S", 1}, {"S\x00\x04", 3}, {"S\x01\x00k", 4}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        route_hscan(bad[i].c, bad[i].len, 0);
+        Kvs__CommandResponse *r = answer_sync();
+        check_status(r, 400);
+        CHECK_CONTAINS(r->message, "Hscan.cursor");
+        CHECK_EQ(fx.n_sent, 0);
+    }
+}
+
+/* ---- answered by the router itself
+ * ------------------------------------------------------------------------------- */
+
+KVS_TEST(ping_answered_locally)
+{
+    setup();
+    Kvs__Ping ping = KVS__PING__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_PING, &ping);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 200);
+    CHECK_STR(r->message, "PONG");
+    CHECK_EQ(fx.n_sent, 0);
+}
+
+/* Routes `q` and checks the 400 reads exactly as kvs_msg_validate says. */
+static void check_bad_like_validate(const Kvs__CommandRequest *q)
+{
+    char msg[512];
+    CHECK_EQ(kvs_msg_validate(q, msg, sizeof(msg)), 400);
+    route(q);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK_STR(r->message, msg);
+    CHECK_EQ(fx.n_sent, 0);
+}
+
+KVS_TEST(bad_input_is_400_like_a_worker)
+{
+    setup();
+    Kvs__Value v = vstr("x"), none = KVS__VALUE__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    check_bad_like_validate(&q); /* no command */
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    q.hset = &hs;
+    hs.table = "";
+    hs.key = bin("k");
+    hs.value = &v;
+    check_bad_like_validate(&q); /* empty table */
+    hs.table = "__kvs";
+    check_bad_like_validate(&q); /* reserved table */
+    hs.table = TABLE;
+    hs.key = bin("");
+    check_bad_like_validate(&q); /* empty key */
+    hs.key = bin("k");
+    hs.value = &none;
+    check_bad_like_validate(&q); /* no value */
+    Kvs__Hmget mg = KVS__HMGET__INIT;
+    mg.table = TABLE;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    q.hmget = &mg;
+    check_bad_like_validate(&q); /* no keys */
+
+    static const uint8_t junk[] = {0xff, 0xff, 0xff};
+    route_raw(junk, sizeof(junk));
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "not a valid kvs.CommandRequest");
+
+    char msg[512];
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    fx.payload[4] = 0xff; /* Hget{table: "users"} -> "\xffsers": not UTF-8 */
+    CHECK_EQ(kvs_msg_check_strings(fx.payload, fx.payload_len, msg, sizeof(msg)), 400);
+    route_raw(fx.payload, fx.payload_len);
+    r = answer_sync();
+    check_status(r, 400);
+    CHECK_STR(r->message, msg);
+}
+
+/* ---- orphaned requests
+ * ------------------------------------------------------------------------------------------ */
+
+/* The client went away: the request must free itself on its last answer
+ * without telling anyone (LSan checks the freeing in sanitizer builds). */
+static router_req_t *orphan(void)
+{
+    router_req_t *req = fx.req;
+    req->client = NULL;
+    fx.req = NULL;
+    return req;
+}
+
+KVS_TEST(orphaned_request_frees_itself)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, keys);
+    orphan();
+    reply_values_from_keys(sent_to(2));
+    reply_values_from_keys(sent_to(0));
+    reply_values_from_keys(sent_to(3));
+
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    orphan();
+    reply_status(0, 404, "key not found");
+
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    orphan();
+    reply_failure(sent_to(0), "shard 0: connection reset");
+    reply_values_from_keys(sent_to(3));
+    reply_status(sent_to(2), 507, "full");
+
+    route_hgetall();
+    orphan();
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_pairs(sent_to(s), 0, NULL, NULL, 0);
+    CHECK_EQ(fx.done_calls, 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
+              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+              KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
+              KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
+              KVS_CASE(down_shard_is_503_at_once), KVS_CASE(down_shard_among_parts_is_503),
+              KVS_CASE(link_failure_after_send_is_503), KVS_CASE(hgetall_merges_in_byte_order),
+              KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
+              KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
+              KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
+              KVS_CASE(orphaned_request_frees_itself))
