@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# compare_redis.sh: kvs against Redis, same machine, same run, same workload.
+#
+#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--no-build]
+#
+# Builds a release kvs (build-release/), installs redis-server and
+# redis-tools with apt-get if they are missing (needs root), starts a kvs
+# node (kvs-router with N shards, storage.sync: batch) and a redis-server
+# (appendonly yes, appendfsync everysec: the comparable durability) on free
+# loopback ports with temporary directories, then runs every workload of
+# {HSET, HGET} x {pipeline 1, 16} with 50 clients, 100-byte values and a
+# 100,000-key space, first against kvs (kvs-bench) and then against Redis
+# (redis-benchmark), and prints one table with both results and their ratio.
+#
+# Both servers run in one invocation on purpose: these machines are noisy,
+# and only a same-run ratio means something. With --repeat N every workload
+# runs N times on each server, alternating, and the table shows medians.
+# --no-build reuses build-release/ as it is.
+#
+# HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
+# the rest; both count as successes). Redis' HGET is a custom command hitting
+# the fields `redis-benchmark -t hset` writes (key myhash, field
+# element:__rand_int__, with the same -r key space).
+#
+# A second table shows how much CPU each side used during each run (percent
+# of one core, client and server), to check that the load generator was not
+# the bottleneck.
+#
+# Everything started here is stopped and every temporary file removed on
+# exit, also on Ctrl-C or error. Servers listen on 127.0.0.1 only. Every wait
+# and every benchmark run is bounded by a timeout.
+set -euo pipefail
+
+SHARDS=2
+REQUESTS=200000
+REPEAT=1
+BUILD=1
+CLIENTS=50
+KEYSPACE=100000
+VALUE_SIZE=100
+START_TIMEOUT=30 # seconds for a server to answer after start
+RUN_TIMEOUT=600  # seconds for one benchmark run
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CMDLINE="$(printf '%q ' "$0" "$@")"
+CMDLINE=${CMDLINE% }
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --shards) SHARDS=${2:?--shards wants a number}; shift 2 ;;
+    --requests) REQUESTS=${2:?--requests wants a number}; shift 2 ;;
+    --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ $SHARDS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --shards wants a positive number" >&2; exit 2; }
+[[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --requests wants a positive number" >&2; exit 2; }
+[[ $REPEAT =~ ^[1-9][0-9]?$ ]] || { echo "compare_redis.sh: --repeat wants a number from 1 to 99" >&2; exit 2; }
+
+cd "$ROOT"
+BIN=$ROOT/build-release
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvs-vs-redis.XXXXXX")
+KVS_PID=
+REDIS_PID=
+CLIENT_PID=
+
+say() { echo "compare_redis: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# Stops a process we started: SIGTERM, then SIGKILL after `grace` seconds.
+stop_pid() {
+    local pid=$1 grace=$2 i
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    stop_pid "$CLIENT_PID" 5
+    stop_pid "$KVS_PID" 15 # the router stops its workers itself
+    stop_pid "$REDIS_PID" 10
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A loopback port nobody listens on (nothing answers a connect to it).
+free_port() {
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        [ "$p" != "${1:-}" ] || continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+build_kvs() {
+    say "building a release kvs in build-release/ (log: build-release/compare_build.log)"
+    mkdir -p "$BIN"
+    if ! { cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release &&
+        cmake --build build-release -j --target kvs-router kvs-node kvs-bench kvs-cli; } \
+        >"$BIN/compare_build.log" 2>&1; then
+        tail -n 30 "$BIN/compare_build.log" >&2
+        die "the release build failed"
+    fi
+}
+
+install_redis() {
+    command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null &&
+        command -v redis-cli >/dev/null && return 0
+    [ "$(id -u)" = 0 ] || die "redis-server/redis-tools are missing: run as root, or apt-get install redis-server redis-tools"
+    say "installing redis-server and redis-tools with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >"$TMP/apt.log" 2>&1 ||
+        { tail -n 20 "$TMP/apt.log" >&2; die "apt-get install redis-server redis-tools failed"; }
+}
+
+# Waits until `check` succeeds; fails with the log when `pid` died or time ran out.
+wait_ready() {
+    local name=$1 pid=$2 log=$3 check=$4 i
+    for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "$name exited during start-up"; }
+        if eval "$check" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$log" >&2
+    die "$name did not answer within ${START_TIMEOUT}s"
+}
+
+start_kvs() {
+    KVS_PORT=$(free_port)
+    local partitions=$((SHARDS > 64 ? SHARDS : 64))
+    cat >"$TMP/kvs.yaml" <<EOF
+data_dir: $TMP/kvs-data
+cluster:
+  shards: $SHARDS
+  partitions: $partitions
+router:
+  listen: 127.0.0.1:$KVS_PORT
+storage:
+  sync: batch
+log:
+  level: warn
+EOF
+    "$BIN/kvs-router" --config "$TMP/kvs.yaml" >"$TMP/kvs.log" 2>&1 &
+    KVS_PID=$!
+    wait_ready kvs-router "$KVS_PID" "$TMP/kvs.log" \
+        "'$BIN/kvs-cli' --port $KVS_PORT --timeout 1 ping"
+}
+
+start_redis() {
+    REDIS_PORT=$(free_port "$KVS_PORT")
+    mkdir -p "$TMP/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no --appendonly yes \
+        --appendfsync everysec --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
+    REDIS_PID=$!
+    wait_ready redis-server "$REDIS_PID" "$TMP/redis.log" \
+        "[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" = PONG ]"
+}
+
+# CPU ticks (user + system) used so far by the given processes.
+cpu_ticks() {
+    local t=0 pid line f
+    for pid in "$@"; do
+        line=$(cut -d')' -f2 "/proc/$pid/stat" 2>/dev/null) || continue
+        read -r -a f <<<"$line"
+        t=$((t + f[11] + f[12])) # utime, stime: fields 14 and 15 of stat
+    done
+    echo "$t"
+}
+
+# User + system seconds of the reaped children in a `times` output file.
+children_cpu() {
+    tail -n 1 "$1" | tr 'ms' '  ' | awk '{ print $1 * 60 + $2 + $3 * 60 + $4 }'
+}
+
+# Runs a client command in the background (so a signal interrupts the wait
+# and the trap cleans up at once) under `timeout`; sets ELAPSED and
+# CLIENT_CPU (seconds), SERVER_CPU (seconds used meanwhile by the processes
+# in SERVER_PIDS) and leaves the client's stdout in $TMP/out. The `times`
+# builtin runs in this shell (no fork), so between the two snapshots only
+# the client is reaped.
+run_client() {
+    local tick t0 t1 start end
+    tick=$(getconf CLK_TCK)
+    t0=$(cpu_ticks "${SERVER_PIDS[@]}")
+    times >"$TMP/times0"
+    start=$EPOCHREALTIME
+    timeout "$RUN_TIMEOUT" "$@" >"$TMP/out" 2>"$TMP/err" &
+    CLIENT_PID=$!
+    if ! wait "$CLIENT_PID"; then
+        CLIENT_PID=
+        cat "$TMP/err" >&2
+        die "failed (or timed out after ${RUN_TIMEOUT}s): $*"
+    fi
+    end=$EPOCHREALTIME
+    times >"$TMP/times1"
+    CLIENT_PID=
+    t1=$(cpu_ticks "${SERVER_PIDS[@]}")
+    ELAPSED=$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
+    CLIENT_CPU=$(awk -v a="$(children_cpu "$TMP/times0")" -v b="$(children_cpu "$TMP/times1")" \
+        'BEGIN { print b - a }')
+    SERVER_CPU=$(awk -v a="$t0" -v b="$t1" -v t="$tick" 'BEGIN { print (b - a) / t }')
+}
+
+pct() { awk -v c="$1" -v e="$2" 'BEGIN { printf "%.0f", (e > 0 ? 100 * c / e : 0) }'; }
+
+# kvs-bench --json: sets OPS P50 P99 (ms) and checks for errors.
+run_kvs() {
+    local test=$1 pipe=$2 line
+    mapfile -t SERVER_PIDS < <(echo "$KVS_PID"; pgrep -P "$KVS_PID" || true)
+    run_client "$BIN/kvs-bench" -h 127.0.0.1 -p "$KVS_PORT" -c "$CLIENTS" \
+        -n "$REQUESTS" -P "$pipe" -r "$KEYSPACE" -d "$VALUE_SIZE" -t "$test" --json -q
+    line=$(head -n 1 "$TMP/out")
+    OPS=$(sed -n 's/.*"ops_per_sec":\([0-9.]*\).*/\1/p' <<<"$line")
+    P50=$(sed -n 's/.*"p50":\([0-9.]*\).*/\1/p' <<<"$line" | awk '{ printf "%.3f", $1 / 1000 }')
+    P99=$(sed -n 's/.*"p99":\([0-9.]*\).*/\1/p' <<<"$line" | awk '{ printf "%.3f", $1 / 1000 }')
+    local errors
+    errors=$(sed -n 's/.*"errors":\([0-9]*\).*/\1/p' <<<"$line")
+    [ -n "$OPS" ] || die "cannot parse kvs-bench output: $line"
+    [ "$errors" = 0 ] || NOTES+=("kvs $test P=$pipe: $errors errors: $line")
+}
+
+# redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms",
+# "p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms".
+run_redis() {
+    local test=$1 pipe=$2 line
+    local args=(-h 127.0.0.1 -p "$REDIS_PORT" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
+        -r "$KEYSPACE" -d "$VALUE_SIZE" --csv)
+    if [ "$test" = hset ]; then
+        args+=(-t hset)
+    else
+        args+=(hget myhash element:__rand_int__)
+    fi
+    SERVER_PIDS=("$REDIS_PID")
+    run_client redis-benchmark "${args[@]}"
+    line=$(grep -v '^"test"' "$TMP/out" | tail -n 1 | tr -d '"\r')
+    OPS=$(cut -d, -f2 <<<"$line")
+    P50=$(cut -d, -f5 <<<"$line")
+    P99=$(cut -d, -f7 <<<"$line")
+    [[ $OPS =~ ^[0-9.]+$ ]] || die "cannot parse redis-benchmark output: $(cat "$TMP/out")"
+}
+
+# The median of the numbers on stdin, one per line.
+median() {
+    sort -g | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
+}
+
+# Column `col` (1-based) of the samples in file `f`, as a median.
+col_median() { cut -d' ' -f"$2" "$1" | median; }
+
+# Runs one workload on both servers, alternating, REPEAT times, and appends
+# a row of medians to the tables. A sample is "ops p50 p99 client% server%".
+run_workload() {
+    local test=$1 pipe=$2 name i k="$TMP/k.samples" r="$TMP/r.samples"
+    name="${test^^} P=$pipe"
+    : >"$k"
+    : >"$r"
+    for ((i = 1; i <= REPEAT; i++)); do
+        say "$name: kvs (run $i of $REPEAT)"
+        run_kvs "$test" "$pipe"
+        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$k"
+        say "$name: redis (run $i of $REPEAT)"
+        run_redis "$test" "$pipe"
+        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$r"
+    done
+    local k_ops r_ops
+    k_ops=$(col_median "$k" 1)
+    r_ops=$(col_median "$r" 1)
+    ROWS+=("$(printf '%-10s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
+        "$name" "$k_ops" "$r_ops" "$(awk -v a="$k_ops" -v b="$r_ops" 'BEGIN { print a / b }')" \
+        "$(col_median "$k" 3)" "$(col_median "$r" 3)" "$(col_median "$k" 2)" \
+        "$(col_median "$r" 2)")")
+    CPU_ROWS+=("$(printf '%-10s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
+        "$(col_median "$k" 4)" "$(col_median "$k" 5)" "$(col_median "$r" 4)" \
+        "$(col_median "$r" 5)")")
+}
+
+print_tables() {
+    echo
+    printf '%-10s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
+        "redis ops/s" ratio "kvs p99 ms" "redis p99 ms" "kvs p50 ms" "redis p50 ms"
+    printf -- '-%.0s' {1..101}
+    echo
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "CPU during each run, percent of one core (client = kvs-bench / redis-benchmark;"
+    echo "server = kvs-router + its kvs-node workers / redis-server):"
+    printf '%-10s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
+        "redis client" "redis server"
+    printf '%s\n' "${CPU_ROWS[@]}"
+    if [ ${#NOTES[@]} -gt 0 ]; then
+        echo
+        printf 'note: %s\n' "${NOTES[@]}"
+    fi
+}
+
+main() {
+    echo "command: $CMDLINE"
+    [ "$BUILD" = 1 ] && build_kvs
+    [ -x "$BIN/kvs-bench" ] || die "$BIN/kvs-bench is missing (run without --no-build)"
+    install_redis
+    start_kvs
+    start_redis
+    echo "kvs: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) release," \
+        "$SHARDS shards, storage.sync batch; $(redis-server --version | cut -d' ' -f1-3)," \
+        "appendonly yes, appendfsync everysec; $(nproc) cores, load average" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "workload: $CLIENTS clients, $REQUESTS requests, keyspace $KEYSPACE," \
+        "$VALUE_SIZE-byte values; median of $REPEAT run(s) per cell"
+    ROWS=()
+    CPU_ROWS=()
+    NOTES=()
+    for test in hset hget; do
+        for pipe in 1 16; do
+            run_workload "$test" "$pipe"
+        done
+    done
+    print_tables
+}
+
+main

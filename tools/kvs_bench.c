@@ -1,0 +1,1018 @@
+/*
+ * kvs-bench: a load generator for kvs routers and nodes, in the spirit of
+ * redis-benchmark.
+ *
+ *   kvs-bench [-c CLIENTS] [-n REQUESTS] [-P PIPELINE] [-r KEYSPACE] [-d BYTES]
+ *             [-t hset,hget,hmget,mixed,ping] [--json | -q] ...
+ *
+ * One libuv loop drives every connection (kvs_conn, with a kvs_flusher so
+ * all requests queued in one loop turn leave in one write per connection).
+ * Each connection keeps up to PIPELINE requests in flight: every response
+ * decoded frees a window slot that is refilled at once, so the window stays
+ * full; requests refilled while one read's worth of responses is handled go
+ * out together at the end of that loop turn. The tests in -t run one after
+ * the other over the same connections.
+ *
+ * Cost per request, kept far below the server's: a request is a memcpy of a
+ * frame packed once per test kind with protobuf-c (a template), with the 12
+ * key digits patched in place; a response is not unpacked, only scanned for
+ * its status field (full decoding happens for the first error message only).
+ *
+ * Latency is measured per request from the moment its frame was queued to
+ * the moment its response was seen (uv_hrtime, nanoseconds), in a
+ * log-linear histogram (bench_hist, <= 1% error). The clock is read once per
+ * burst of responses that arrived together, and that reading also stamps
+ * the requests queued in their place. Responses on a connection come back
+ * in request order, so a ring of send times per connection matches them.
+ *
+ * Memory: everything is allocated at start-up (clients, rings, templates);
+ * connection output buffers grow to one window of requests and stay there.
+ * Exit status: 0 when every test ran to the end (error statuses are
+ * reported, not fatal), 1 when the server cannot be reached or a connection
+ * breaks mid-run, 2 for usage errors.
+ */
+#include "bench_hist.h"
+#include "kvs_addr.h"
+#include "kvs_conn.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_msg.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define BENCH_KEY_DIGITS 12 /* "key:%012d" */
+#define BENCH_KEY_PREFIX "key:"
+#define BENCH_MAX_TESTS 32
+#define BENCH_MAX_STATUS 8 /* distinct statuses tracked by value */
+#define BENCH_PROGRESS_MS 250
+#define BENCH_MAX_VALUE (1024u * 1024u)
+
+typedef enum { K_HSET, K_HGET, K_HMGET, K_PING, K_COUNT, K_MIXED = K_COUNT } bench_kind_t;
+
+typedef struct bench_test_s {
+    const char *name;  /* as given to -t */
+    const char *title; /* as reported */
+    bench_kind_t kind;
+} bench_test_t;
+
+static const bench_test_t TESTS[] = {
+    {"hset", "HSET", K_HSET},    {"hget", "HGET", K_HGET}, {"hmget", "HMGET", K_HMGET},
+    {"mixed", "MIXED", K_MIXED}, {"ping", "PING", K_PING},
+};
+
+/* A packed request frame and where its key digits are, per kind. */
+typedef struct bench_tmpl_s {
+    kvs_buf_t frame;
+    uint32_t *digits; /* offset of each key's first digit */
+    unsigned nkeys;
+} bench_tmpl_t;
+
+typedef struct bench_opts_s {
+    uint64_t clients, requests, pipeline, keyspace, value_size, keys, warmup, seed;
+    double read_ratio;
+    const char *table;
+    const bench_test_t *tests[BENCH_MAX_TESTS];
+    unsigned ntests;
+    kvs_addr_t addr;
+    int json, quiet;
+} bench_opts_t;
+
+typedef struct bench_status_s {
+    uint32_t status;
+    uint64_t count;
+} bench_status_t;
+
+/* One run of one test: what is measured and reported. */
+typedef struct bench_run_s {
+    const bench_test_t *test;
+    int measured; /* 0 during --warmup */
+    uint64_t total, issued, done;
+    uint64_t start_ns, end_ns;
+    uint64_t errors, not_found, other_status;
+    bench_status_t status[BENCH_MAX_STATUS];
+    unsigned nstatus;
+    char first_error[256];
+    bench_hist_t hist;
+} bench_run_t;
+
+typedef struct bench_s bench_t;
+
+typedef struct bench_client_s {
+    kvs_conn_t conn;
+    uv_connect_t connect;
+    bench_t *b;
+    unsigned id;
+    uint64_t head, inflight; /* ring of send times: [head, head + inflight) */
+    uint64_t *sent_at;
+    uint64_t clock; /* see client_clock */
+    int clock_valid;
+} bench_client_t;
+
+struct bench_s {
+    bench_opts_t o;
+    uv_loop_t *loop;
+    kvs_flusher_t flusher;
+    uv_timer_t progress;
+    int progress_on; /* stderr is a terminal */
+    bench_client_t *clients;
+    uint64_t connected;
+    int finishing;
+    unsigned next_test; /* index into o.tests of the test after this run */
+    bench_tmpl_t tmpl[K_COUNT];
+    uint8_t *value;
+    uint64_t rng;
+    char name[400]; /* the server, for messages */
+    bench_run_t run;
+};
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static void progress_clear(bench_t *b)
+{
+    if (b->progress_on)
+        fputs("\r\033[K", stderr);
+}
+
+/* Reports a failure that ends the run and exits with status 1. */
+static void bench_fail(bench_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bench_fail(bench_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    progress_clear(b);
+    fflush(stdout);
+    fputs("kvs-bench: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    /* xorshift64*: plenty random for picking keys, and a few ns per call */
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+
+static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324"
+                                  "25262728293031323334353637383940414243444546474849"
+                                  "50515253545556575859606162636465666768697071727374"
+                                  "75767778798081828384858687888990919293949596979899";
+
+/* Writes v < 10^6 as 6 digits, zero-padded. */
+static void put_6digits(uint8_t *p, uint32_t v)
+{
+    uint32_t hi = v / 10000, mid = v / 100 % 100, lo = v % 100;
+    memcpy(p, DIGIT_PAIRS + 2 * hi, 2);
+    memcpy(p + 2, DIGIT_PAIRS + 2 * mid, 2);
+    memcpy(p + 4, DIGIT_PAIRS + 2 * lo, 2);
+}
+
+/* Writes v < 10^12 as BENCH_KEY_DIGITS digits, zero-padded: two pairs at a
+ * time from a table, in 32-bit arithmetic (this runs for every key sent). */
+static void put_digits(uint8_t *p, uint64_t v)
+{
+    put_6digits(p, (uint32_t)(v / 1000000));
+    put_6digits(p + 6, (uint32_t)(v % 1000000));
+}
+
+/* A uniform number in [0, n) from one random draw, without a division. */
+static uint64_t rng_below(uint64_t *s, uint64_t n)
+{
+    __extension__ typedef unsigned __int128 u128;
+    return (uint64_t)(((u128)rng_next(s) * n) >> 64);
+}
+
+/* ---- request templates ------------------------------------------------------------ */
+
+/* The messages one request is made of; they live on the packer's stack. */
+typedef struct bench_msgs_s {
+    Kvs__CommandRequest req;
+    Kvs__Hset hset;
+    Kvs__Hget hget;
+    Kvs__Hmget hmget;
+    Kvs__Ping ping;
+    Kvs__Value val;
+} bench_msgs_t;
+
+/* Points m->req at a request of `kind` on key `k` (every hmget key is `k`;
+ * `keys` has room for them). */
+static void fill_request(bench_t *b, bench_kind_t kind, ProtobufCBinaryData k,
+                         ProtobufCBinaryData *keys, bench_msgs_t *m)
+{
+    *m = (bench_msgs_t){KVS__COMMAND_REQUEST__INIT, KVS__HSET__INIT, KVS__HGET__INIT,
+                        KVS__HMGET__INIT,           KVS__PING__INIT, KVS__VALUE__INIT};
+    m->val.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    m->val.string_value = (char *)b->value;
+    m->hset.table = m->hget.table = m->hmget.table = (char *)b->o.table;
+    m->hset.key = m->hget.key = k;
+    m->hset.value = &m->val;
+    for (uint64_t i = 0; kind == K_HMGET && i < b->o.keys; i++)
+        keys[i] = k;
+    m->hmget.n_keys = kind == K_HMGET ? b->o.keys : 0;
+    m->hmget.keys = keys;
+    switch (kind) {
+    case K_HSET:
+        m->req.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+        m->req.hset = &m->hset;
+        break;
+    case K_HGET:
+        m->req.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+        m->req.hget = &m->hget;
+        break;
+    case K_HMGET:
+        m->req.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+        m->req.hmget = &m->hmget;
+        break;
+    default:
+        m->req.command_case = KVS__COMMAND_REQUEST__COMMAND_PING;
+        m->req.ping = &m->ping;
+        break;
+    }
+}
+
+/* Packs one request frame of `kind` whose keys are all "key:DDDD..." with
+ * every digit `digit` into `out` (emptied first). Returns 0 or an error. */
+static int pack_request(bench_t *b, bench_kind_t kind, char digit, kvs_buf_t *out)
+{
+    char key[sizeof(BENCH_KEY_PREFIX) + BENCH_KEY_DIGITS];
+    memcpy(key, BENCH_KEY_PREFIX, sizeof(BENCH_KEY_PREFIX) - 1);
+    memset(key + sizeof(BENCH_KEY_PREFIX) - 1, digit, BENCH_KEY_DIGITS);
+    ProtobufCBinaryData k = {sizeof(key) - 1, (uint8_t *)key};
+    ProtobufCBinaryData *keys = calloc(b->o.keys, sizeof(*keys));
+    if (keys == NULL)
+        return -ENOMEM;
+    bench_msgs_t m;
+    fill_request(b, kind, k, keys, &m);
+    out->len = 0;
+    int rc = kvs_msg_append(out, &m.req.base, KVS_FRAME_DEFAULT_MAX);
+    free(keys);
+    return rc;
+}
+
+/* Builds the template of `kind`: the request packed with all-zero digits,
+ * and the digit offsets found by diffing it against all-one digits (so no
+ * table name or value can be mistaken for a key). */
+static int tmpl_build(bench_t *b, bench_kind_t kind, bench_tmpl_t *t)
+{
+    kvs_buf_t other;
+    kvs_buf_init(&other);
+    kvs_buf_init(&t->frame);
+    int rc = pack_request(b, kind, '0', &t->frame);
+    if (rc == 0)
+        rc = pack_request(b, kind, '1', &other);
+    if (rc == 0 && other.len != t->frame.len)
+        rc = KVS_EPROTO;
+    unsigned want = kind == K_HMGET ? (unsigned)b->o.keys : kind == K_PING ? 0u : 1u;
+    t->digits = rc == 0 ? calloc(want ? want : 1, sizeof(*t->digits)) : NULL;
+    if (rc == 0 && t->digits == NULL)
+        rc = -ENOMEM;
+    t->nkeys = 0;
+    for (size_t i = 0; rc == 0 && i < other.len; i++) {
+        if (t->frame.data[i] == other.data[i])
+            continue;
+        if (t->nkeys == want || i + BENCH_KEY_DIGITS > other.len) {
+            rc = KVS_EPROTO;
+            break;
+        }
+        t->digits[t->nkeys++] = (uint32_t)i;
+        i += BENCH_KEY_DIGITS - 1;
+    }
+    if (rc == 0 && t->nkeys != want)
+        rc = KVS_EPROTO;
+    kvs_buf_free(&other);
+    return rc;
+}
+
+/* The value every hset writes: printable bytes, made once. */
+static int make_value(bench_t *b)
+{
+    static const char set[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    b->value = malloc(b->o.value_size + 1);
+    if (b->value == NULL)
+        return -ENOMEM;
+    for (uint64_t i = 0; i < b->o.value_size; i++)
+        b->value[i] = (uint8_t)set[rng_next(&b->rng) % (sizeof(set) - 1)];
+    b->value[b->o.value_size] = '\0';
+    return 0;
+}
+
+static void tmpl_init_all(bench_t *b)
+{
+    if (make_value(b) != 0)
+        bench_fail(b, "out of memory");
+    for (int k = 0; k < K_COUNT; k++) {
+        int rc = tmpl_build(b, (bench_kind_t)k, &b->tmpl[k]);
+        if (rc == KVS_ETOOBIG)
+            bench_fail(b, "a request does not fit in a %u-byte frame (lower -d or --keys)",
+                       KVS_FRAME_DEFAULT_MAX);
+        if (rc != 0)
+            bench_fail(b, "cannot build the %s request template: %s", TESTS[k].title,
+                       kvs_strerror(rc));
+    }
+}
+
+static void tmpl_free_all(bench_t *b)
+{
+    for (int k = 0; k < K_COUNT; k++) {
+        kvs_buf_free(&b->tmpl[k].frame);
+        free(b->tmpl[k].digits);
+    }
+    free(b->value);
+}
+
+/* ---- responses -------------------------------------------------------------------- */
+
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t byte = *(*p)++;
+        x |= (uint64_t)(byte & 0x7f) << shift;
+        if ((byte & 0x80) == 0) {
+            *v = x;
+            return 0;
+        }
+    }
+    return KVS_EPROTO;
+}
+
+/* Finds CommandResponse.status (field 1, varint) without unpacking the
+ * rest; absent means 0 (proto3). Returns 0 or KVS_EPROTO. */
+static int response_status(const uint8_t *p, size_t len, uint32_t *status)
+{
+    const uint8_t *end = p + len;
+    if (len >= 3 && p[0] == 0x08 && (p[1] & 0x80) && !(p[2] & 0x80)) {
+        *status = (uint32_t)(p[1] & 0x7f) | (uint32_t)p[2] << 7; /* status 128..16383 first */
+        return 0;
+    }
+    *status = 0;
+    while (p < end) {
+        uint64_t tag, v;
+        if (read_varint(&p, end, &tag) != 0)
+            return KVS_EPROTO;
+        switch (tag & 7) {
+        case 0:
+            if (read_varint(&p, end, &v) != 0)
+                return KVS_EPROTO;
+            if (tag >> 3 == 1) {
+                *status = (uint32_t)v;
+                return 0;
+            }
+            break;
+        case 2:
+            if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
+                return KVS_EPROTO;
+            p += v;
+            break;
+        case 1:
+        case 5:
+            if ((size_t)(end - p) < ((tag & 7) == 1 ? 8u : 4u))
+                return KVS_EPROTO;
+            p += (tag & 7) == 1 ? 8 : 4;
+            break;
+        default:
+            return KVS_EPROTO;
+        }
+    }
+    return 0;
+}
+
+/* Keeps the first error's status and message for the report. */
+static void note_first_error(bench_run_t *r, uint32_t st, const uint8_t *p, size_t len)
+{
+    if (r->first_error[0] != '\0')
+        return;
+    Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, p);
+    snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " %s", st,
+             m != NULL && m->message != NULL ? m->message : "");
+    if (m != NULL)
+        kvs__command_response__free_unpacked(m, NULL);
+}
+
+static void count_status(bench_run_t *r, uint32_t st, const uint8_t *p, size_t len)
+{
+    unsigned i;
+    for (i = 0; i < r->nstatus && r->status[i].status != st; i++)
+        ;
+    if (i < r->nstatus) {
+        r->status[i].count++;
+    } else if (i < BENCH_MAX_STATUS) {
+        r->status[i].status = st;
+        r->status[i].count = 1;
+        r->nstatus++;
+    } else {
+        r->other_status++;
+    }
+    if (st == KVS_STATUS_NOT_FOUND)
+        r->not_found++; /* only Hget answers 404: a key never written */
+    else if (st != KVS_STATUS_OK) {
+        r->errors++;
+        note_first_error(r, st, p, len);
+    }
+}
+
+/* ---- requests --------------------------------------------------------------------- */
+
+/* Appends one request to c's output, queued at time `now`. */
+static void client_send(bench_client_t *c, uint64_t now)
+{
+    bench_t *b = c->b;
+    bench_kind_t kind = b->run.test->kind;
+    if (kind == K_MIXED) {
+        double u = (double)(rng_next(&b->rng) >> 11) * 0x1.0p-53;
+        kind = u < b->o.read_ratio ? K_HGET : K_HSET;
+    }
+    const bench_tmpl_t *t = &b->tmpl[kind];
+    kvs_buf_t *out = &c->conn.out;
+    if (kvs_buf_reserve(out, t->frame.len) != 0)
+        bench_fail(b, "out of memory");
+    uint8_t *p = out->data + out->len;
+    memcpy(p, t->frame.data, t->frame.len);
+    for (unsigned i = 0; b->o.keyspace > 0 && i < t->nkeys; i++)
+        put_digits(p + t->digits[i], rng_below(&b->rng, b->o.keyspace));
+    out->len += t->frame.len;
+    uint64_t slot = (c->head + c->inflight) % b->o.pipeline;
+    c->sent_at[slot] = now;
+    c->inflight++;
+    b->run.issued++;
+}
+
+/* Tops c's window up to the pipeline depth while requests remain, noting
+ * `now` as their queueing time; what is appended leaves at the end of this
+ * loop turn (the flusher). */
+static void client_fill(bench_client_t *c, uint64_t now)
+{
+    bench_t *b = c->b;
+    int sent = 0;
+    while (c->inflight < b->o.pipeline && b->run.issued < b->run.total) {
+        client_send(c, now);
+        sent = 1;
+    }
+    if (sent)
+        kvs_conn_queue(&c->conn);
+}
+
+/* ---- reporting -------------------------------------------------------------------- */
+
+static double run_seconds(const bench_run_t *r)
+{
+    uint64_t ns = r->end_ns > r->start_ns ? r->end_ns - r->start_ns : 1;
+    return (double)ns / 1e9;
+}
+
+static double pct_ms(const bench_run_t *r, double p)
+{
+    return (double)bench_hist_percentile(&r->hist, p) / 1e6;
+}
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+static void report_json(const bench_t *b, const bench_run_t *r)
+{
+    const bench_hist_t *h = &r->hist;
+    double s = run_seconds(r);
+    printf("{\"test\":\"%s\",\"requests\":%" PRIu64 ",\"seconds\":%.6f,\"ops_per_sec\":%.2f,"
+           "\"errors\":%" PRIu64 ",\"not_found\":%" PRIu64 ",\"status\":{",
+           r->test->name, r->done, s, (double)r->done / s, r->errors, r->not_found);
+    for (unsigned i = 0; i < r->nstatus; i++)
+        printf("%s\"%" PRIu32 "\":%" PRIu64, i ? "," : "", r->status[i].status, r->status[i].count);
+    if (r->other_status > 0)
+        printf("%s\"other\":%" PRIu64, r->nstatus ? "," : "", r->other_status);
+    printf("},\"latency_us\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p99_9\":%.3f,"
+           "\"max\":%.3f,\"mean\":%.3f},",
+           pct_ms(r, 50) * 1e3, pct_ms(r, 90) * 1e3, pct_ms(r, 99) * 1e3, pct_ms(r, 99.9) * 1e3,
+           (double)h->max / 1e3, bench_hist_mean(h) / 1e3);
+    printf("\"clients\":%" PRIu64 ",\"pipeline\":%" PRIu64 ",\"value_size\":%" PRIu64
+           ",\"keyspace\":%" PRIu64 ",\"table\":",
+           b->o.clients, b->o.pipeline, b->o.value_size, b->o.keyspace);
+    json_string(b->o.table);
+    if (r->test->kind == K_HMGET)
+        printf(",\"keys_per_request\":%" PRIu64, b->o.keys);
+    if (r->test->kind == K_MIXED)
+        printf(",\"read_ratio\":%.3f", b->o.read_ratio);
+    if (r->first_error[0] != '\0') {
+        printf(",\"first_error\":");
+        json_string(r->first_error);
+    }
+    printf("}\n");
+}
+
+static void report_human(const bench_t *b, const bench_run_t *r)
+{
+    double s = run_seconds(r);
+    printf("====== %s ======\n", r->test->title);
+    printf("  %" PRIu64 " requests completed in %.3f seconds\n", r->done, s);
+    printf("  %" PRIu64 " parallel clients, pipeline %" PRIu64 "\n", b->o.clients, b->o.pipeline);
+    printf("  %" PRIu64 " bytes values, key space %" PRIu64 ", table \"%s\"", b->o.value_size,
+           b->o.keyspace, b->o.table);
+    if (r->test->kind == K_HMGET)
+        printf(", %" PRIu64 " keys per request", b->o.keys);
+    if (r->test->kind == K_MIXED)
+        printf(", %.0f%% reads", b->o.read_ratio * 100.0);
+    printf("\n\n  throughput: %.2f requests per second\n", (double)r->done / s);
+    printf("  latency (msec): mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
+           bench_hist_mean(&r->hist) / 1e6, pct_ms(r, 50), pct_ms(r, 90), pct_ms(r, 99),
+           pct_ms(r, 99.9), (double)r->hist.max / 1e6);
+    printf("  status:");
+    for (unsigned i = 0; i < r->nstatus; i++)
+        printf(" %" PRIu32 " x %" PRIu64, r->status[i].status, r->status[i].count);
+    if (r->other_status > 0)
+        printf(" other x %" PRIu64, r->other_status);
+    printf("\n  errors: %" PRIu64 ", not found: %" PRIu64 "\n", r->errors, r->not_found);
+    if (r->first_error[0] != '\0')
+        printf("  first error: %s\n", r->first_error);
+    printf("\n");
+}
+
+static void report(const bench_t *b, const bench_run_t *r)
+{
+    if (b->o.json)
+        report_json(b, r);
+    else if (b->o.quiet && r->errors == 0)
+        printf("%s: %.2f requests per second, p50=%.3f msec\n", r->test->title,
+               (double)r->done / run_seconds(r), pct_ms(r, 50));
+    else if (b->o.quiet)
+        printf("%s: %.2f requests per second, p50=%.3f msec, %" PRIu64 " errors (first: %s)\n",
+               r->test->title, (double)r->done / run_seconds(r), pct_ms(r, 50), r->errors,
+               r->first_error);
+    else
+        report_human(b, r);
+    fflush(stdout);
+}
+
+/* ---- runs ------------------------------------------------------------------------- */
+
+static void on_progress(uv_timer_t *t)
+{
+    bench_t *b = t->data;
+    const bench_run_t *r = &b->run;
+    double s = (double)(uv_hrtime() - r->start_ns) / 1e9;
+    fprintf(stderr, "\r\033[K%s%s: %.2f rps, %.0f%% done", r->test->title,
+            r->measured ? "" : " (warmup)", s > 0 ? (double)r->done / s : 0.0,
+            100.0 * (double)r->done / (double)r->total);
+}
+
+static void bench_shutdown(bench_t *b);
+
+/* Starts a run of `test`: measured, or a warmup of --warmup requests. */
+static void run_start(bench_t *b, const bench_test_t *test, int measured)
+{
+    bench_run_t *r = &b->run;
+    memset(r, 0, offsetof(bench_run_t, hist));
+    bench_hist_init(&r->hist);
+    r->test = test;
+    r->measured = measured;
+    r->total = measured ? b->o.requests : b->o.warmup;
+    r->start_ns = uv_hrtime();
+    if (b->progress_on)
+        uv_timer_start(&b->progress, on_progress, BENCH_PROGRESS_MS, BENCH_PROGRESS_MS);
+    for (uint64_t i = 0; i < b->o.clients; i++)
+        client_fill(&b->clients[i], uv_hrtime());
+}
+
+/* Starts the next run: the warmup of the next test, or its measured run,
+ * or shuts down when every test has run. */
+static void run_next(bench_t *b)
+{
+    const bench_run_t *r = &b->run;
+    if (r->test != NULL && !r->measured) {
+        run_start(b, r->test, 1);
+        return;
+    }
+    if (b->next_test == b->o.ntests) {
+        bench_shutdown(b);
+        return;
+    }
+    const bench_test_t *t = b->o.tests[b->next_test++];
+    run_start(b, t, b->o.warmup == 0);
+}
+
+static void run_finish(bench_t *b)
+{
+    bench_run_t *r = &b->run;
+    r->end_ns = uv_hrtime();
+    if (b->progress_on) {
+        uv_timer_stop(&b->progress);
+        progress_clear(b);
+    }
+    if (r->measured)
+        report(b, r);
+    run_next(b);
+}
+
+/* ---- connections ------------------------------------------------------------------ */
+
+/* Whether another complete frame is already buffered in `d`. */
+static int frame_buffered(const kvs_frame_dec_t *d)
+{
+    size_t avail = d->end - d->start;
+    return avail >= KVS_FRAME_HEADER &&
+           avail - KVS_FRAME_HEADER >= kvs_frame_get_header(d->buf + d->start, NULL);
+}
+
+/* The clock for a response (and for the requests it makes room for): read
+ * once per burst of frames that arrived together, since a clock read costs
+ * as much as handling a frame and the frames of a burst are handled within
+ * a microsecond or two of each other. */
+static uint64_t client_clock(bench_client_t *c)
+{
+    if (!c->clock_valid) {
+        c->clock = uv_hrtime();
+        c->clock_valid = 1;
+    }
+    if (!frame_buffered(&c->conn.dec))
+        c->clock_valid = 0; /* the next frame comes with a later read */
+    return c->clock;
+}
+
+static void on_frame(kvs_conn_t *conn, const uint8_t *payload, size_t len)
+{
+    bench_client_t *c = conn->data;
+    bench_t *b = c->b;
+    uint64_t now = client_clock(c);
+    uint32_t st;
+    if (c->inflight == 0)
+        bench_fail(b, "%s sent a response nobody asked for (connection %u)", b->name, c->id);
+    if (response_status(payload, len, &st) != 0)
+        bench_fail(b, "%s sent a response that is not a kvs.CommandResponse (%zu bytes)", b->name,
+                   len);
+    uint64_t t0 = c->sent_at[c->head];
+    c->head = c->head + 1 == b->o.pipeline ? 0 : c->head + 1;
+    c->inflight--;
+    bench_run_t *r = &b->run;
+    if (r->measured) {
+        bench_hist_record(&r->hist, now - t0);
+        count_status(r, st, payload, len);
+    }
+    if (++r->done == r->total) {
+        run_finish(b);
+        return;
+    }
+    client_fill(c, now);
+}
+
+static void on_conn_error(kvs_conn_t *conn, int err)
+{
+    bench_client_t *c = conn->data;
+    bench_t *b = c->b;
+    if (b->finishing) {
+        kvs_conn_close(conn);
+        return;
+    }
+    const char *why = err == KVS_ECLOSED   ? "the server closed the connection"
+                      : err == KVS_ETOOBIG ? "a response frame exceeds the 4 MiB limit"
+                      : err == KVS_EPROTO  ? "a response frame has the compressed bit set"
+                                           : kvs_strerror(err);
+    bench_fail(b,
+               "connection %u to %s broke during %s (%" PRIu64 " of %" PRIu64
+               " responses received): %s",
+               c->id, b->name, b->run.test ? b->run.test->title : "start-up", b->run.done,
+               b->run.total, why);
+}
+
+static void on_conn_close(kvs_conn_t *conn)
+{
+    bench_client_t *c = conn->data;
+    bench_t *b = c->b;
+    if (!b->finishing)
+        bench_fail(b, "connection %u to %s broke during %s: write failed", c->id, b->name,
+                   b->run.test ? b->run.test->title : "start-up");
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    bench_client_t *c = req->data;
+    bench_t *b = c->b;
+    if (status != 0)
+        bench_fail(b, "cannot connect to %s: %s (is the server running?)", b->name,
+                   uv_strerror(status));
+    int rc = kvs_conn_start(&c->conn);
+    if (rc != 0)
+        bench_fail(b, "cannot read from %s: %s", b->name, uv_strerror(rc));
+    if (++b->connected == b->o.clients)
+        run_next(b);
+}
+
+/* Initializes every client and starts connecting them all. */
+static void clients_connect(bench_t *b)
+{
+    struct sockaddr_storage ss;
+    const kvs_addr_t *a = &b->o.addr;
+    int rc = a->is_unix ? 0 : kvs_resolve(b->loop, a, &ss);
+    if (rc != 0)
+        bench_fail(b, "cannot resolve %s: %s", b->name, uv_strerror(rc));
+    for (uint64_t i = 0; i < b->o.clients; i++) {
+        bench_client_t *c = &b->clients[i];
+        c->b = b;
+        c->id = (unsigned)i;
+        c->sent_at = calloc(b->o.pipeline, sizeof(*c->sent_at));
+        if (c->sent_at == NULL)
+            bench_fail(b, "out of memory");
+        rc = kvs_conn_init(&c->conn, b->loop, a->is_unix, KVS_FRAME_DEFAULT_MAX, on_frame,
+                           on_conn_error, on_conn_close);
+        if (rc != 0)
+            bench_fail(b, "cannot create a connection: %s", uv_strerror(rc));
+        c->conn.data = c;
+        c->conn.flusher = &b->flusher;
+        c->connect.data = c;
+        if (a->is_unix)
+            uv_pipe_connect(&c->connect, &c->conn.h.pipe, a->path, on_connect);
+        else
+            rc = uv_tcp_connect(&c->connect, &c->conn.h.tcp, (const struct sockaddr *)&ss,
+                                on_connect);
+        if (rc != 0)
+            bench_fail(b, "cannot connect to %s: %s", b->name, uv_strerror(rc));
+    }
+}
+
+static void bench_shutdown(bench_t *b)
+{
+    b->finishing = 1;
+    for (uint64_t i = 0; i < b->o.clients; i++)
+        kvs_conn_close(&b->clients[i].conn);
+    kvs_flusher_close(&b->flusher);
+    uv_close((uv_handle_t *)&b->progress, NULL);
+}
+
+/* ---- options ---------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvs-bench [OPTIONS]\n"
+            "\n"
+            "Load generator for a kvs router or node, like redis-benchmark: CLIENTS\n"
+            "connections on one event loop, each keeping PIPELINE requests in flight, until\n"
+            "REQUESTS responses came back; then the next test. Reports ops/s and latency\n"
+            "percentiles (queued-to-answered, histogram with <= 1%% error).\n"
+            "\n"
+            "Connection:\n"
+            "  -h, --host HOST        server host (default 127.0.0.1)\n"
+            "  -p, --port PORT        server port (default 9527)\n"
+            "  -s, --socket PATH      unix socket; overrides --host and --port\n"
+            "Workload:\n"
+            "  -c, --clients N        parallel connections (default 50)\n"
+            "  -n, --requests N       requests per test (default 100000)\n"
+            "  -P, --pipeline N       requests in flight per connection (default 1)\n"
+            "  -r, --keyspace N       random keys key:%%012d drawn from [0, N) (default 100000;\n"
+            "                         0 = always the one key key:000000000000)\n"
+            "  -d, --data-size N      value size in bytes for hset (default 100)\n"
+            "  -t, --tests LIST       comma-separated, run in order (default hset,hget):\n"
+            "                           hset   Hset of a random key\n"
+            "                           hget   Hget of a random key\n"
+            "                           hmget  Hmget of --keys random keys\n"
+            "                           mixed  hget with probability --read-ratio, else hset\n"
+            "                           ping   Ping (answered by the router itself)\n"
+            "      --keys K           keys per hmget (default 10)\n"
+            "      --read-ratio F     share of reads in mixed, 0..1 (default 0.9)\n"
+            "      --table NAME       table to use (default bench)\n"
+            "      --warmup N         requests sent before each test, not measured (default 0)\n"
+            "      --seed N           random seed for keys and values (default 1)\n"
+            "Output:\n"
+            "      --json             one JSON object per test on stdout\n"
+            "  -q, --quiet            one line per test\n"
+            "      --help             this help\n"
+            "\n"
+            "Statuses: every answer other than 200 is counted by status. 404 (Hget of a key\n"
+            "never written) is counted as \"not found\", not as an error: run hset before\n"
+            "hget (as the default order does) so most keys exist; with -r R and -n N about\n"
+            "R*exp(-N/R) keys are still missing. Any other status counts as an error.\n"
+            "Exit status: 0 when all tests ran, 1 when the server cannot be reached or a\n"
+            "connection breaks, 2 for usage errors.\n");
+}
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("kvs-bench: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs(" (see kvs-bench --help)\n", stderr);
+    exit(2);
+}
+
+static uint64_t parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*s == '\0' || *s == '-' || *end != '\0' || errno != 0 || v < min || v > max)
+        usage_error("%s wants a whole number from %" PRIu64 " to %" PRIu64 ", got \"%s\"", opt, min,
+                    max, s);
+    return (uint64_t)v;
+}
+
+static double parse_ratio(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno != 0 || !(v >= 0.0 && v <= 1.0))
+        usage_error("%s wants a number from 0 to 1, got \"%s\"", opt, s);
+    return v;
+}
+
+static void parse_tests(bench_opts_t *o, const char *list)
+{
+    char buf[512];
+    if (strlen(list) >= sizeof(buf))
+        usage_error("-t list is too long");
+    strcpy(buf, list);
+    o->ntests = 0;
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        size_t i;
+        for (i = 0; i < sizeof(TESTS) / sizeof(TESTS[0]); i++)
+            if (strcasecmp(tok, TESTS[i].name) == 0)
+                break;
+        if (i == sizeof(TESTS) / sizeof(TESTS[0]))
+            usage_error("unknown test \"%s\" in -t (known: hset, hget, hmget, mixed, ping)", tok);
+        if (o->ntests == BENCH_MAX_TESTS)
+            usage_error("-t names more than %d tests", BENCH_MAX_TESTS);
+        o->tests[o->ntests++] = &TESTS[i];
+    }
+    if (o->ntests == 0)
+        usage_error("-t names no test");
+}
+
+static void opts_defaults(bench_opts_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->clients = 50;
+    o->requests = 100000;
+    o->pipeline = 1;
+    o->keyspace = 100000;
+    o->value_size = 100;
+    o->keys = 10;
+    o->seed = 1;
+    o->read_ratio = 0.9;
+    o->table = "bench";
+    snprintf(o->addr.host, sizeof(o->addr.host), "127.0.0.1");
+    o->addr.port = 9527;
+    parse_tests(o, "hset,hget");
+}
+
+enum { OPT_KEYS = 256, OPT_RATIO, OPT_TABLE, OPT_WARMUP, OPT_SEED, OPT_JSON, OPT_HELP };
+
+static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'},
+                                          {"port", required_argument, NULL, 'p'},
+                                          {"socket", required_argument, NULL, 's'},
+                                          {"clients", required_argument, NULL, 'c'},
+                                          {"requests", required_argument, NULL, 'n'},
+                                          {"pipeline", required_argument, NULL, 'P'},
+                                          {"keyspace", required_argument, NULL, 'r'},
+                                          {"data-size", required_argument, NULL, 'd'},
+                                          {"tests", required_argument, NULL, 't'},
+                                          {"quiet", no_argument, NULL, 'q'},
+                                          {"keys", required_argument, NULL, OPT_KEYS},
+                                          {"read-ratio", required_argument, NULL, OPT_RATIO},
+                                          {"table", required_argument, NULL, OPT_TABLE},
+                                          {"warmup", required_argument, NULL, OPT_WARMUP},
+                                          {"seed", required_argument, NULL, OPT_SEED},
+                                          {"json", no_argument, NULL, OPT_JSON},
+                                          {"help", no_argument, NULL, OPT_HELP},
+                                          {NULL, 0, NULL, 0}};
+
+/* Applies one connection option; returns 0 if `ch` is not one. */
+static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
+{
+    if (ch == 'h') {
+        if (strlen(arg) >= sizeof(o->addr.host) || arg[0] == '\0')
+            usage_error("--host wants a host name or address, got \"%s\"", arg);
+        snprintf(o->addr.host, sizeof(o->addr.host), "%s", arg);
+    } else if (ch == 'p') {
+        o->addr.port = (uint16_t)parse_u64("--port", arg, 1, 65535);
+    } else if (ch == 's') {
+        if (strlen(arg) >= sizeof(o->addr.path) || arg[0] == '\0')
+            usage_error("--socket path must be 1 to %zu bytes", sizeof(o->addr.path) - 1);
+        snprintf(o->addr.path, sizeof(o->addr.path), "%s", arg);
+        o->addr.is_unix = 1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Applies one workload or output option; returns 0 if `ch` is not one. */
+static int parse_load_opt(bench_opts_t *o, int ch, const char *arg)
+{
+    switch (ch) {
+    case 'c':
+        o->clients = parse_u64("-c", arg, 1, 10000);
+        break;
+    case 'n':
+        o->requests = parse_u64("-n", arg, 1, 1000000000000ull);
+        break;
+    case 'P':
+        o->pipeline = parse_u64("-P", arg, 1, 100000);
+        break;
+    case 'r':
+        o->keyspace = parse_u64("-r", arg, 0, 1000000000000ull);
+        break;
+    case 'd':
+        o->value_size = parse_u64("-d", arg, 0, BENCH_MAX_VALUE);
+        break;
+    case 't':
+        parse_tests(o, arg);
+        break;
+    case 'q':
+        o->quiet = 1;
+        break;
+    case OPT_KEYS:
+        o->keys = parse_u64("--keys", arg, 1, 10000);
+        break;
+    case OPT_RATIO:
+        o->read_ratio = parse_ratio("--read-ratio", arg);
+        break;
+    case OPT_WARMUP:
+        o->warmup = parse_u64("--warmup", arg, 0, 1000000000000ull);
+        break;
+    case OPT_SEED:
+        o->seed = parse_u64("--seed", arg, 0, UINT64_MAX);
+        break;
+    case OPT_JSON:
+        o->json = 1;
+        break;
+    case OPT_TABLE:
+        if (arg[0] == '\0' || strlen(arg) > KVS_MAX_TABLE)
+            usage_error("--table wants a name of 1 to %d bytes", KVS_MAX_TABLE);
+        o->table = arg;
+        break;
+    default:
+        return 0;
+    }
+    return 1;
+}
+
+static void parse_args(int argc, char **argv, bench_opts_t *o)
+{
+    int ch;
+    opts_defaults(o);
+    while ((ch = getopt_long(argc, argv, "h:p:s:c:n:P:r:d:t:q", LONG_OPTS, NULL)) != -1) {
+        if (ch == OPT_HELP) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!parse_conn_opt(o, ch, optarg) && !parse_load_opt(o, ch, optarg)) {
+            fputs("kvs-bench: see kvs-bench --help\n", stderr);
+            exit(2);
+        }
+    }
+    if (optind != argc)
+        usage_error("unexpected argument \"%s\"", argv[optind]);
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    static bench_t b; /* large (the histogram): static, not on the stack */
+    parse_args(argc, argv, &b.o);
+    signal(SIGPIPE, SIG_IGN);
+    b.loop = uv_default_loop();
+    b.rng = b.o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
+    kvs_addr_format(&b.o.addr, b.name, sizeof(b.name));
+    b.progress_on = isatty(STDERR_FILENO);
+    tmpl_init_all(&b);
+    b.clients = calloc(b.o.clients, sizeof(*b.clients));
+    if (b.clients == NULL || kvs_flusher_init(&b.flusher, b.loop, NULL, &b) != 0 ||
+        uv_timer_init(b.loop, &b.progress) != 0)
+        bench_fail(&b, "cannot set up the event loop");
+    b.progress.data = &b;
+    clients_connect(&b);
+    uv_run(b.loop, UV_RUN_DEFAULT);
+    for (uint64_t i = 0; i < b.o.clients; i++)
+        free(b.clients[i].sent_at);
+    free(b.clients);
+    tmpl_free_all(&b);
+    uv_loop_close(b.loop);
+    return 0;
+}
