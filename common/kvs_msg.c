@@ -424,6 +424,105 @@ uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t m
     return check_strings(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
 }
 
+/* ---- fast path --------------------------------------------------------- */
+
+/* A length-delimited field: tag, then length, then bytes within [p, end). */
+static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                      size_t *n)
+{
+    uint64_t len;
+    if (read_varint(p, end, tag) != 0)
+        return -1;
+    switch (*tag & 7) {
+    case 0:
+        *v = *p;
+        if (read_varint(p, end, &len) != 0)
+            return -1;
+        *n = (size_t)(*p - *v);
+        return 0;
+    case 1:
+        if (end - *p < 8)
+            return -1;
+        *v = *p;
+        *n = 8;
+        *p += 8;
+        return 0;
+    case 2:
+        if (read_varint(p, end, &len) != 0 || len > (uint64_t)(end - *p))
+            return -1;
+        *v = *p;
+        *n = (size_t)len;
+        *p += len;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+static int text_ok(const uint8_t *p, size_t n)
+{
+    return memchr(p, 0, n) == NULL && kvs_utf8_valid(p, n);
+}
+
+/* A Value with exactly one known member of the right wire type. */
+static int peek_value(const uint8_t *p, size_t len)
+{
+    static const unsigned wire[6] = {9, 2, 2, 0, 1, 0}; /* by field number; 9 = none */
+    const uint8_t *end = p + len, *v;
+    uint64_t tag;
+    size_t n;
+    if (peek_field(&p, end, &tag, &v, &n) != 0 || p != end)
+        return 0;
+    unsigned f = (unsigned)(tag >> 3);
+    if (f < 1 || f > 5 || (tag & 7) != wire[f])
+        return 0;
+    return f != 1 || text_ok(v, n);
+}
+
+int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
+{
+    const uint8_t *end = p + len, *body, *v, *value = NULL;
+    uint64_t tag;
+    size_t blen, n, vlen = 0;
+    if (peek_field(&p, end, &tag, &body, &blen) != 0 || p != end || (tag & 7) != 2)
+        return 0;
+    out->cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
+    if (out->cmd != KVS__COMMAND_REQUEST__COMMAND_HGET &&
+        out->cmd != KVS__COMMAND_REQUEST__COMMAND_HSET &&
+        out->cmd != KVS__COMMAND_REQUEST__COMMAND_HDEL &&
+        out->cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST)
+        return 0;
+    out->table = out->key = NULL;
+    for (p = body, end = body + blen; p < end;) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0 || (tag & 7) != 2)
+            return 0;
+        if (tag >> 3 == 1 && out->table == NULL) {
+            out->table = v;
+            out->table_len = n;
+        } else if (tag >> 3 == 2 && out->key == NULL) {
+            out->key = v;
+            out->key_len = n;
+        } else if (tag >> 3 == 3 && value == NULL &&
+                   out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+            value = v;
+            vlen = n;
+        } else {
+            return 0; /* unknown or repeated field */
+        }
+    }
+    if (out->table == NULL || out->table_len == 0 || out->table_len > KVS_MAX_TABLE ||
+        (out->table[0] == '_' && out->table_len > 1 && out->table[1] == '_') ||
+        !text_ok(out->table, out->table_len))
+        return 0;
+    if (out->key == NULL || out->key_len == 0 || out->key_len > KVS_MAX_KEY)
+        return 0;
+    if (out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET && (value == NULL || !peek_value(value, vlen)))
+        return 0;
+    out->value = value;
+    out->value_len = vlen;
+    return 1;
+}
+
 /* ---- values ----------------------------------------------------------- */
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)

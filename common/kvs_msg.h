@@ -68,6 +68,25 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
  * decoded as a CommandRequest. */
 uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen);
 
+/* What kvs_msg_peek found in a single-key request. */
+typedef struct kvs_peek_s {
+    Kvs__CommandRequest__CommandCase cmd; /* Hget, Hset, Hdel or Hexist */
+    const uint8_t *table;                 /* not NUL-terminated */
+    size_t table_len;
+    const uint8_t *key;
+    size_t key_len;
+    const uint8_t *value; /* Hset: the encoded Value, as stored */
+    size_t value_len;
+} kvs_peek_t;
+
+/* The router's fast path: finds the table and key of an Hget, Hset, Hdel
+ * or Hexist request straight from its wire bytes, without decoding. Returns
+ * 1 only when the request is certainly valid (every check kvs_msg_validate
+ * and kvs_msg_check_strings make passes); 0 when anything is unusual (an
+ * error, another command, unknown or repeated fields), and the caller must
+ * decode and validate in full, which also writes the right message. */
+int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out);
+
 /* Checks a decoded request before it is executed: a command is set and
  * known, no unknown fields, table and keys are valid, values are present.
  * Returns 200 when valid; otherwise the status (400) with a message saying

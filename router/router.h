@@ -29,6 +29,8 @@ struct router_s {
     size_t n_clients;
     kvs_arena_t arena;       /* request decode scratch, reset per request */
     kvs_arena_t merge_arena; /* answer decode scratch, reset per merge */
+    router_req_t *free_reqs; /* recycled requests: no malloc per request */
+    size_t n_free_reqs;
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
 };
@@ -48,12 +50,20 @@ void router_clients_abort(router_t *r);
 /* A request of `cl` is complete (called by the route module). */
 void router_client_req_done(router_client_t *cl);
 
+/* A single-part request's answer arrived: when `req` is at the head of its
+ * client's FIFO, the frame goes straight into the client's output (one
+ * copy) and 1 is returned, `req` then being freed; otherwise 0, and the
+ * caller keeps the answer in req->resp. */
+int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
+                          size_t len);
+
 /* ---- requests (router_route.c) --------------------------------------------- */
 
 /* A client request travelling through the router. The response is built in
  * `resp` (a complete frame); `done` says it is ready. Requests are kept in
  * their client's FIFO and leave in order. */
 struct router_req_s {
+    router_t *router;
     router_client_t *client; /* NULL once the client is gone */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
@@ -64,8 +74,11 @@ struct router_req_s {
 };
 
 /* Allocates a request for `cl` (which queues it at its FIFO tail before
- * routing it). Returns NULL on memory exhaustion. */
-router_req_t *router_req_new(router_client_t *cl);
+ * routing it), recycling freed ones. Returns NULL on memory exhaustion. */
+router_req_t *router_req_new(router_t *r, router_client_t *cl);
+
+/* Frees the recycled requests (at shutdown). */
+void router_reqs_release(router_t *r);
 
 /* Routes one request frame: answers it locally (bad input, Ping) or
  * forwards it to the shard(s). Parts that complete during this call do not

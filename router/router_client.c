@@ -14,6 +14,7 @@
  * callback, after its FIFO was emptied or orphaned.
  */
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "router.h"
 
@@ -67,9 +68,30 @@ void router_client_req_done(router_client_t *cl)
     client_flush_done(cl);
 }
 
+int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
+                          size_t len)
+{
+    uint8_t hdr[KVS_FRAME_HEADER];
+    if (req != cl->head || cl->conn.closing)
+        return 0;
+    kvs_frame_put_header(hdr, (uint32_t)len);
+    if (kvs_buf_reserve(&cl->conn.out, sizeof(hdr) + len) != 0)
+        return 0;
+    kvs_buf_append(&cl->conn.out, hdr, sizeof(hdr));
+    kvs_buf_append(&cl->conn.out, payload, len);
+    cl->head = req->next;
+    if (cl->head == NULL)
+        cl->tail = NULL;
+    cl->inflight--;
+    router_req_free(req);
+    kvs_conn_queue(&cl->conn);
+    client_flush_done(cl); /* later answers may have been waiting on this one */
+    return 1;
+}
+
 static router_req_t *client_enqueue(router_client_t *cl)
 {
-    router_req_t *req = router_req_new(cl);
+    router_req_t *req = router_req_new(cl->router, cl);
     if (req == NULL)
         return NULL;
     if (cl->tail != NULL)

@@ -309,6 +309,7 @@ int main(int argc, char **argv)
     if (m.sup != NULL)
         router_sup_free(m.sup);
     free(m.r.links);
+    router_reqs_release(&m.r);
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);
     uv_loop_close(m.r.loop);

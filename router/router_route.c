@@ -46,12 +46,36 @@ typedef struct route_merge_s {
 
 /* ---- request lifecycle ---------------------------------------------------- */
 
-router_req_t *router_req_new(router_client_t *cl)
+#define REQ_POOL_MAX 4096
+#define REQ_KEEP_BUF 16384 /* a recycled request keeps a response buffer this small */
+
+router_req_t *router_req_new(router_t *r, router_client_t *cl)
 {
-    router_req_t *req = calloc(1, sizeof(*req));
-    if (req != NULL)
-        req->client = cl;
+    router_req_t *req = r->free_reqs;
+    if (req != NULL) {
+        r->free_reqs = req->next;
+        r->n_free_reqs--;
+        kvs_buf_t keep = req->resp;
+        memset(req, 0, sizeof(*req));
+        req->resp = keep;
+        req->resp.len = 0;
+    } else if ((req = calloc(1, sizeof(*req))) == NULL) {
+        return NULL;
+    }
+    req->router = r;
+    req->client = cl;
     return req;
+}
+
+void router_reqs_release(router_t *r)
+{
+    while (r->free_reqs != NULL) {
+        router_req_t *req = r->free_reqs;
+        r->free_reqs = req->next;
+        kvs_buf_free(&req->resp);
+        free(req);
+    }
+    r->n_free_reqs = 0;
 }
 
 static void merge_free(route_merge_t *m)
@@ -70,9 +94,19 @@ static void merge_free(route_merge_t *m)
 
 void router_req_free(router_req_t *req)
 {
-    kvs_buf_free(&req->resp);
+    router_t *r = req->router;
     merge_free(req->merge);
-    free(req);
+    req->merge = NULL;
+    if (req->resp.cap > REQ_KEEP_BUF)
+        kvs_buf_free(&req->resp);
+    if (r->n_free_reqs >= REQ_POOL_MAX) {
+        kvs_buf_free(&req->resp);
+        free(req);
+        return;
+    }
+    req->next = r->free_reqs;
+    r->free_reqs = req;
+    r->n_free_reqs++;
 }
 
 static void req_complete(router_req_t *req)
@@ -125,7 +159,8 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     if (m == NULL) { /* single part: pass the worker's answer through */
         if (failure != NULL)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s", failure);
-        else {
+        else if (req->client == NULL || req->in_route ||
+                 !router_client_deliver(req->client, req, payload, len)) {
             set_frame(&req->resp, payload, len);
             req_complete(req);
         }
@@ -359,6 +394,18 @@ static uint32_t key_shard(router_t *r, const char *table, const ProtobufCBinaryD
     return kvs_place_key_shard(key->data, key->len, partitions, r->shards);
 }
 
+/* key_shard for a peeked request, whose table is not NUL-terminated. */
+static uint32_t peek_shard(router_t *r, const kvs_peek_t *pk)
+{
+    uint32_t partitions = r->cfg->partitions;
+    for (size_t i = 0; i < r->cfg->n_bindings; i++) {
+        const kvs_binding_t *b = &r->cfg->bindings[i];
+        if (strlen(b->table) == pk->table_len && memcmp(b->table, pk->table, pk->table_len) == 0)
+            partitions = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    }
+    return kvs_place_key_shard(pk->key, pk->key_len, partitions, r->shards);
+}
+
 /* The keys of a multi-key request, whatever its type. */
 static size_t request_keys(const Kvs__CommandRequest *q, const ProtobufCBinaryData **keys)
 {
@@ -586,7 +633,14 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len)
 {
     char msg[512];
+    kvs_peek_t pk;
     req->in_route = 1;
+    if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
+        req->parts_left = 1;
+        send_part(r, req, 0, peek_shard(r, &pk), NULL, payload, len);
+        req->in_route = 0;
+        return;
+    }
     Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
     if (q == NULL) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,

@@ -979,7 +979,94 @@ KVS_TEST(msg_append_too_big)
     kvs_buf_free(&out);
 }
 
-KVS_TEST_MAIN(KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
+/* kvs_msg_peek must never accept what the full path refuses, and must
+ * accept the plain valid single-key requests (the router's hot path). */
+static int peek_agrees(const Kvs__CommandRequest *q)
+{
+    uint8_t buf[2048];
+    char m[512];
+    size_t n = kvs__command_request__pack(q, buf);
+    kvs_peek_t pk;
+    int fast = kvs_msg_peek(buf, n, &pk);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n);
+    uint32_t st = d == NULL ? 400 : kvs_msg_validate(d, m, sizeof(m));
+    if (st == 200)
+        st = kvs_msg_check_strings(buf, n, m, sizeof(m));
+    if (fast) {
+        CHECK_EQ(st, 200);
+        const char *table = kvs_msg_request_table(d);
+        CHECK_EQ(pk.table_len, strlen(table));
+        CHECK(memcmp(pk.table, table, pk.table_len) == 0);
+        CHECK_EQ(pk.cmd, d->command_case);
+    }
+    kvs_arena_close(&a);
+    return fast;
+}
+
+KVS_TEST(peek_agrees_with_full_validation)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    uint8_t key[600];
+    memset(key, 'k', sizeof(key));
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &hg;
+    hg.table = "users";
+    hg.key = (ProtobufCBinaryData){2, key};
+    CHECK(peek_agrees(&q) == 1);
+    hg.key.len = 511;
+    CHECK(peek_agrees(&q) == 1);
+    hg.key.len = 512; /* too long */
+    CHECK(peek_agrees(&q) == 0);
+    hg.key.len = 0;
+    CHECK(peek_agrees(&q) == 0);
+    hg.key.len = 3;
+    hg.table = "__kvs";
+    CHECK(peek_agrees(&q) == 0);
+    hg.table = "";
+    CHECK(peek_agrees(&q) == 0);
+    hg.table = "_ok";
+    CHECK(peek_agrees(&q) == 1);
+    hg.table = "\xff\xfe";
+    CHECK(peek_agrees(&q) == 0);
+    hg.table = "t";
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    q.hset = &hs;
+    hs.table = "t";
+    hs.key = (ProtobufCBinaryData){1, key};
+    CHECK(peek_agrees(&q) == 0); /* no value */
+    hs.value = &v;
+    CHECK(peek_agrees(&q) == 0); /* empty value */
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = -5;
+    CHECK(peek_agrees(&q) == 1);
+    v.kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+    v.float_value = 2.5;
+    CHECK(peek_agrees(&q) == 1);
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    v.string_value = "caf\xc3\xa9";
+    CHECK(peek_agrees(&q) == 1);
+    v.string_value = "bad\xc3";
+    CHECK(peek_agrees(&q) == 0);
+    v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    v.binary_value = (ProtobufCBinaryData){3, (uint8_t *)"\0\1\2"};
+    CHECK(peek_agrees(&q) == 1);
+    /* Other commands and odd encodings always take the full path. */
+    static const uint8_t twice[] = {0x0a, 0x05, 0x0a, 0x01, 't', 0x12, 0x00,
+                                    0x0a, 0x05, 0x0a, 0x01, 't', 0x12, 0x00};
+    kvs_peek_t pk;
+    CHECK(kvs_msg_peek(twice, sizeof(twice), &pk) == 0);
+    static const uint8_t unknown[] = {0x0a, 0x08, 0x0a, 0x01, 't', 0x12, 0x01, 'k', 0x20, 0x01};
+    CHECK(kvs_msg_peek(unknown, sizeof(unknown), &pk) == 0);
+    static const uint8_t ping[] = {0x5a, 0x00};
+    CHECK(kvs_msg_peek(ping, sizeof(ping), &pk) == 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
               KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
