@@ -234,24 +234,32 @@ void kvs_conn_flush(kvs_conn_t *c)
 {
     if (c->closing || c->writing)
         return;
+    size_t done = 0;
     if (c->out.len > 0) {
         uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
         int n = uv_try_write(&c->h.stream, &b, 1);
         if (n > 0) {
-            kvs_buf_consume(&c->out, (size_t)n);
+            done = (size_t)n;
         } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
             conn_write_failed(c, n);
             return;
         }
     }
-    if (c->out.len > 0) {
+    if (done == c->out.len) {
+        c->out.len = 0;
+        if (c->close_after_flush) {
+            conn_linger(c);
+            return;
+        }
+    } else {
         /* The rest goes through a uv_write that owns the bytes: swap the
-         * buffers so `out` keeps accepting (into wbuf's old storage). */
+         * buffers so `out` keeps accepting (into wbuf's old storage), and
+         * write from where uv_try_write stopped (no memmove). */
         kvs_buf_t t = c->wbuf;
         c->wbuf = c->out;
         c->out = t;
         c->out.len = 0;
-        uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
+        uv_buf_t b = uv_buf_init((char *)c->wbuf.data + done, (unsigned)(c->wbuf.len - done));
         c->wreq.data = c;
         int rc = uv_write(&c->wreq, &c->h.stream, &b, 1, on_write);
         if (rc != 0) {
@@ -260,9 +268,6 @@ void kvs_conn_flush(kvs_conn_t *c)
             return;
         }
         c->writing = 1;
-    } else if (c->close_after_flush) {
-        conn_linger(c);
-        return;
     }
     conn_update_reading(c);
 }
