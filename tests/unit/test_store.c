@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -316,7 +318,60 @@ KVS_TEST(meta_commits_with_data)
     node_store_close(s);
 }
 
-KVS_TEST_MAIN(KVS_CASE(reopen_keeps_data), KVS_CASE(refuses_other_shard),
+/* A full disk, simulated without privileges: RLIMIT_FSIZE stops the data
+ * file from growing (writes past it fail with EFBIG; SIGXFSZ ignored). A
+ * write that cannot get space must fail with KVS_EFULL, never crash
+ * (a write map would SIGBUS on a hole), and leave committed data intact;
+ * once space is back, writes work again. */
+static void full_disk(kvs_sync_t sync)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p");
+    o.sync = sync;
+    node_store_t *s = open_ok(o);
+    put_str(s, "t", "before", "kept");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    char path[400];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/data.mdb", envdir);
+    CHECK_EQ(stat(path, &st), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, rl;
+    CHECK_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    rl = old;
+    rl.rlim_cur = (rlim_t)st.st_size + 4096;
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    char key[32], val[4000];
+    memset(val, 'v', sizeof(val));
+    int rc = 0;
+    for (int i = 0; i < 200000 && rc == 0; i++) {
+        snprintf(key, sizeof(key), "k%07d", i);
+        rc = node_store_put(s, "t", key, strlen(key), val, sizeof(val));
+        if (rc == 0 && i % 100 == 99)
+            rc = node_store_end_turn(s);
+    }
+    CHECK_EQ(rc, KVS_EFULL);
+    node_store_end_turn(s);
+    CHECK(get_is(s, "t", "before", "kept"));
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    put_str(s, "t", "after", "works");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "after", "works"));
+    CHECK(get_is(s, "t", "before", "kept"));
+    node_store_close(s);
+}
+
+KVS_TEST(full_disk_fails_writes_with_write_map)
+{
+    full_disk(KVS_SYNC_NONE);
+}
+
+KVS_TEST(full_disk_fails_writes_without_write_map)
+{
+    full_disk(KVS_SYNC_FULL);
+}
+
+KVS_TEST_MAIN(KVS_CASE(full_disk_fails_writes_with_write_map), KVS_CASE(full_disk_fails_writes_without_write_map), KVS_CASE(reopen_keeps_data), KVS_CASE(refuses_other_shard),
               KVS_CASE(refuses_other_placement), KVS_CASE(second_open_is_refused),
               KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
               KVS_CASE(map_grows_before_it_is_full),
