@@ -178,6 +178,23 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         merge_finish(req);
 }
 
+/* The failure message of part `i`, with a warning when it was one part of
+ * a write split over shards: each shard applies its own part, so the other
+ * shards may have stored theirs whatever this one says. */
+static void finish_part_failure(router_req_t *req, uint32_t i, uint32_t status, const char *msg)
+{
+    route_merge_t *m = req->merge;
+    int split_write = m->nparts > 1 && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+                                        m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL);
+    if (split_write)
+        router_req_finish_status(req, status,
+                                 "%s (for the keys on shard %u; %s spans %u shards and is not "
+                                 "atomic across them: other shards may have applied their keys)",
+                                 msg, m->part_shard[i], kvs_msg_command_name(m->cmd), m->nparts);
+    else
+        router_req_finish_status(req, status, "%s", msg);
+}
+
 /* Decodes every part's answer. If a part failed (or answered non-200),
  * finishes `req` with that status and returns NULL. */
 static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena)
@@ -190,8 +207,7 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
     }
     for (uint32_t i = 0; i < m->nparts; i++) {
         if (m->failed[i]) {
-            router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s",
-                                     (const char *)m->answers[i].data);
+            finish_part_failure(req, i, KVS_STATUS_UNAVAILABLE, (const char *)m->answers[i].data);
             return NULL;
         }
         rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
@@ -202,7 +218,7 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
             return NULL;
         }
         if (rs[i]->status != KVS_STATUS_OK) {
-            router_req_finish_status(req, rs[i]->status, "%s", rs[i]->message);
+            finish_part_failure(req, i, rs[i]->status, rs[i]->message);
             return NULL;
         }
     }
