@@ -43,9 +43,13 @@ static void remove_dir(void)
         fprintf(stderr, "could not remove %s\n", fx.dir);
 }
 
+/* Idempotent: also runs before the next case when all run in one process. */
 static void teardown(void)
 {
+    if (fx.store == NULL)
+        return;
     CHECK_EQ(node_store_close(fx.store), 0);
+    fx.store = NULL;
     kvs_arena_close(&fx.ctx.arena);
     kvs_arena_close(&fx.resp_arena);
 }
@@ -54,6 +58,10 @@ static void teardown(void)
 static void setup(size_t max_frame, uint32_t max_tables)
 {
     char envdir[96], err[512] = "";
+    static int registered;
+    teardown();
+    if (!registered++)
+        atexit(teardown);
     snprintf(fx.dir, sizeof(fx.dir), "/tmp/kvs-test-cmd-XXXXXX");
     CHECK(mkdtemp(fx.dir) != NULL);
     snprintf(envdir, sizeof(envdir), "%s/shard-3", fx.dir);
@@ -77,7 +85,6 @@ static void setup(size_t max_frame, uint32_t max_tables)
     fx.ctx.ingest = NULL;
     kvs_arena_init(&fx.ctx.arena);
     kvs_arena_init(&fx.resp_arena);
-    atexit(teardown);
 }
 
 static void setup_default(void)
