@@ -91,6 +91,7 @@ struct node_ingest_s {
     int stopping;
     int64_t reset_offset; /* where a partition with no stored offset starts */
     uint64_t pending_gen; /* first batch generation holding unconfirmed records */
+    size_t n_owned;       /* partitions this shard owns, over all topics */
     int rewind;           /* a batch was lost: reload offsets, re-assign */
     unsigned ticks;
     uint64_t last_skip_log, last_err_log;
@@ -271,10 +272,12 @@ static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
  * partition's offsets in the same txn. Returns 0 or a store error. */
 static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
 {
-    size_t bytes = 0;
+    /* One write per record, plus one offsets record per partition touched
+     * (at most the partitions this shard owns). */
+    size_t bytes = 0, parts = in->n_owned < n ? in->n_owned : n;
     for (size_t i = 0; i < n; i++)
-        bytes += msgs[i]->key_len + msgs[i]->len + 64;
-    int rc = node_store_reserve(in->store, 2 * n, bytes);
+        bytes += msgs[i]->key_len + msgs[i]->len + 16;
+    int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
@@ -705,6 +708,7 @@ static int make_topics(node_ingest_t *in)
             return -ENOMEM;
         for (uint32_t p = 0; p < t->partitions; p++) {
             t->parts[p].owned = p % cfg->shards == in->shard;
+            in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
         }
     }
