@@ -9,10 +9,10 @@
 #include <stdint.h>
 
 typedef struct kvs_addr_s {
-    int is_unix;       /* 1: `path` is set; 0: `host`/`port` are set */
-    char host[256];    /* numeric address or name, without brackets */
+    int is_unix;    /* 1: `path` is set; 0: `host`/`port` are set */
+    char host[256]; /* numeric address or name, without brackets */
     uint16_t port;
-    char path[108];    /* sun_path limit */
+    char path[108]; /* sun_path limit */
 } kvs_addr_t;
 
 /* Parses `s`. Returns 0, or KVS_EINVAL with a reason in err[0..errlen) such

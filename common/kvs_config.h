@@ -121,8 +121,8 @@ typedef struct kvs_config_s {
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen);
 
 /* Same, from a string; `name` stands in for the file name in messages. */
-int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out,
-                     char *err, size_t errlen);
+int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out, char *err,
+                     size_t errlen);
 
 /* The partition count placement uses for `table`: its binding's topic
  * partition count, or cluster.partitions for tables bound to no topic. */

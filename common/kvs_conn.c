@@ -150,8 +150,8 @@ static void conn_update_reading(kvs_conn_t *c)
 {
     if (c->closing || c->lingering)
         return;
-    int want = !c->paused && !c->close_after_flush && !c->eof &&
-               kvs_conn_backlog(c) < c->high_water;
+    int want =
+        !c->paused && !c->close_after_flush && !c->eof && kvs_conn_backlog(c) < c->high_water;
     if (want && !c->reading) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
             c->reading = 1;

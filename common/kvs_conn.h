@@ -56,16 +56,15 @@ struct kvs_conn_s {
         uv_pipe_t pipe;
     } h;
     kvs_frame_dec_t dec;
-    kvs_buf_t out;        /* queued, not yet handed to the socket */
-    kvs_buf_t wbuf;       /* handed to the in-flight uv_write */
+    kvs_buf_t out;  /* queued, not yet handed to the socket */
+    kvs_buf_t wbuf; /* handed to the in-flight uv_write */
     uv_write_t wreq;
     uv_shutdown_t sreq;
-    uv_timer_t linger;    /* bounds a lingering close */
-    int open_handles;     /* stream + timer; on_close runs when both closed */
-    size_t high_water;    /* pause reading above this much queued output */
+    uv_timer_t linger; /* bounds a lingering close */
+    int open_handles;  /* stream + timer; on_close runs when both closed */
+    size_t high_water; /* pause reading above this much queued output */
     unsigned reading : 1, writing : 1, closing : 1, close_after_flush : 1, paused : 1,
-        in_frames : 1, eof : 1, broken : 1, lingering : 1,
-        peer_eof : 1;
+        in_frames : 1, eof : 1, broken : 1, lingering : 1, peer_eof : 1;
     kvs_conn_frame_cb on_frame;
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;

@@ -28,11 +28,11 @@ void kvs_frame_put_header(uint8_t out[KVS_FRAME_HEADER], uint32_t len);
 uint32_t kvs_frame_get_header(const uint8_t in[KVS_FRAME_HEADER], int *compressed);
 
 typedef struct kvs_frame_dec_s {
-    uint8_t *buf;   /* owned; capacity `cap` */
+    uint8_t *buf; /* owned; capacity `cap` */
     size_t cap;
-    size_t start;   /* first unconsumed byte */
-    size_t end;     /* one past the last byte read */
-    uint32_t max;   /* largest payload accepted */
+    size_t start;     /* first unconsumed byte */
+    size_t end;       /* one past the last byte read */
+    uint32_t max;     /* largest payload accepted */
     uint32_t bad_len; /* on KVS_ETOOBIG: the announced length */
 } kvs_frame_dec_t;
 

@@ -103,7 +103,7 @@ void kvs_arena_close(kvs_arena_t *a)
 int kvs_utf8_valid(const void *p, size_t n)
 {
     const uint8_t *s = p;
-        size_t i = 0;
+    size_t i = 0;
     while (i < n) {
         uint8_t c = s[i];
         size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
@@ -190,13 +190,15 @@ const char *kvs_msg_request_table(const Kvs__CommandRequest *req)
         return NULL;
     /* Every table-bearing command has `string table = 1`; the descriptor
      * says where protobuf-c put it. */
-    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(body->descriptor, 1);
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(body->descriptor, 1);
     if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING)
         return NULL;
     return *(char *const *)(const void *)((const char *)body + f->offset);
 }
 
-static uint32_t bad(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
 {
@@ -215,13 +217,14 @@ static uint32_t check_table(const char *cmd, const char *table, char *msg, size_
     if (n > KVS_MAX_TABLE)
         return bad(msg, len, "%s.table is %zu bytes; the maximum is %d", cmd, n, KVS_MAX_TABLE);
     if (table[0] == '_' && table[1] == '_')
-        return bad(msg, len, "%s.table \"%s\" is reserved (names starting with \"__\" belong to kvs)",
-                   cmd, table);
+        return bad(msg, len,
+                   "%s.table \"%s\" is reserved (names starting with \"__\" belong to kvs)", cmd,
+                   table);
     return KVS_STATUS_OK;
 }
 
-static uint32_t check_key(const char *cmd, const char *field, long idx, const ProtobufCBinaryData *k,
-                          char *msg, size_t len)
+static uint32_t check_key(const char *cmd, const char *field, long idx,
+                          const ProtobufCBinaryData *k, char *msg, size_t len)
 {
     char where[64];
     if (k->len > 0 && k->len <= KVS_MAX_KEY)
@@ -260,7 +263,8 @@ static uint32_t check_value(const char *where, const Kvs__Value *v, char *msg, s
                    where);
     }
     if (v->base.n_unknown_fields > 0)
-        return bad(msg, len, "%s has an unsupported field %u", where, v->base.unknown_fields[0].tag);
+        return bad(msg, len, "%s has an unsupported field %u", where,
+                   v->base.unknown_fields[0].tag);
     return KVS_STATUS_OK;
 }
 
@@ -386,9 +390,10 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
         if (read_varint(&p, end, &tag) != 0)
             return KVS_STATUS_OK;
         unsigned wt = (unsigned)(tag & 7);
-        if (wt == 0 ? read_varint(&p, end, &n) != 0 : wt == 1 ? (p += 8) > end
-                                                     : wt == 5 ? (p += 4) > end
-                                                               : wt != 2)
+        if (wt == 0   ? read_varint(&p, end, &n) != 0
+            : wt == 1 ? (p += 8) > end
+            : wt == 5 ? (p += 4) > end
+                      : wt != 2)
             return KVS_STATUS_OK;
         if (wt != 2)
             continue;
@@ -400,8 +405,9 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
             (memchr(p, 0, n) != NULL || !kvs_utf8_valid(p, n))) {
             wire_path_t leaf = {f->name, path};
             path_text(&leaf, where, sizeof(where));
-            return bad(msg, mlen, "%s is not valid UTF-8 text (or holds a NUL byte); send "
-                                  "arbitrary bytes as binary fields",
+            return bad(msg, mlen,
+                       "%s is not valid UTF-8 text (or holds a NUL byte); send "
+                       "arbitrary bytes as binary fields",
                        where);
         }
         if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
@@ -516,7 +522,8 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
         return 0;
     if (out->key == NULL || out->key_len == 0 || out->key_len > KVS_MAX_KEY)
         return 0;
-    if (out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET && (value == NULL || !peek_value(value, vlen)))
+    if (out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET &&
+        (value == NULL || !peek_value(value, vlen)))
         return 0;
     out->value = value;
     out->value_len = vlen;

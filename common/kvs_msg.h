@@ -37,8 +37,8 @@ typedef struct kvs_arena_chunk_s kvs_arena_chunk_t;
 typedef struct kvs_arena_s {
     ProtobufCAllocator pb; /* hand &arena->pb to protobuf-c */
     kvs_arena_chunk_t *head;
-    size_t used;           /* bytes used in head */
-    size_t big;            /* bytes in chunks beyond the first, since reset */
+    size_t used; /* bytes used in head */
+    size_t big;  /* bytes in chunks beyond the first, since reset */
 } kvs_arena_t;
 
 /* Initializes an arena; no memory is taken until the first allocation. */

@@ -460,9 +460,9 @@ static int fast_path(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_resp_t *r)
             return 0;
         kvs_resp_status(r, KVS_STATUS_OK);
         rc = append_stored(ctx, r, table, &key);
-        return rc < 0 ? rc
-                      : node_store_put(ctx->store, table, key.data, key.len, pk->value,
-                                       pk->value_len);
+        return rc < 0
+                   ? rc
+                   : node_store_put(ctx->store, table, key.data, key.len, pk->value, pk->value_len);
     default: /* Hdel */
         kvs_resp_status(r, KVS_STATUS_OK);
         rc = append_stored(ctx, r, table, &key);

@@ -67,7 +67,7 @@ typedef struct topic_s {
     uint32_t partitions; /* expected (configured) */
     int32_t actual;      /* from the brokers; -1 = not known yet */
     rd_kafka_topic_t *rkt;
-    part_t *parts;       /* indexed by partition */
+    part_t *parts; /* indexed by partition */
 } topic_t;
 
 struct node_ingest_s {
@@ -95,7 +95,7 @@ struct node_ingest_s {
     int rewind;           /* a batch was lost: reload offsets, re-assign */
     unsigned ticks;
     uint64_t last_skip_log, last_err_log;
-    kvs_buf_t scratch;    /* encoded Value of the record being applied */
+    kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
 };
 
@@ -192,8 +192,8 @@ static const uint8_t *encode_payload(node_ingest_t *in, const topic_t *t,
             *why = "out of memory";
             return NULL;
         }
-        *len = kvs_value_encode_bytes(in->scratch.data, t->b->format == KVS_FORMAT_STRING, p,
-                                      m->len);
+        *len =
+            kvs_value_encode_bytes(in->scratch.data, t->b->format == KVS_FORMAT_STRING, p, m->len);
         return in->scratch.data;
     }
 }
@@ -329,8 +329,7 @@ static void pump(node_ingest_t *in)
         for (ssize_t i = 0; i < n; i++)
             rd_kafka_message_destroy(msgs[i]);
         if (rc != 0) {
-            kvs_error("applying Kafka records failed (%s); they will be re-read",
-                      kvs_strerror(rc));
+            kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
             in->rewind = 1;
             break;
         }
@@ -462,9 +461,9 @@ static void report(node_ingest_t *in)
             else if (end > pt->next)
                 lag += (uint64_t)(end - (pt->next < 0 ? 0 : pt->next));
         }
-        kvs_info("kafka %s -> %s: applied %llu, skipped %llu, lag %llu%s", t->b->topic,
-                 t->b->table, (unsigned long long)applied, (unsigned long long)skipped,
-                 (unsigned long long)lag, unknown ? " (end offsets not known yet)" : "");
+        kvs_info("kafka %s -> %s: applied %llu, skipped %llu, lag %llu%s", t->b->topic, t->b->table,
+                 (unsigned long long)applied, (unsigned long long)skipped, (unsigned long long)lag,
+                 unknown ? " (end offsets not known yet)" : "");
     }
 }
 
@@ -630,8 +629,10 @@ static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, con
         last_warn = ts.tv_sec;
     }
     /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
-    kvs_log(level <= 3 ? KVS_LOG_ERROR : level == 4 ? KVS_LOG_WARN : level <= 6 ? KVS_LOG_INFO
-                                                                               : KVS_LOG_DEBUG,
+    kvs_log(level <= 3   ? KVS_LOG_ERROR
+            : level == 4 ? KVS_LOG_WARN
+            : level <= 6 ? KVS_LOG_INFO
+                         : KVS_LOG_DEBUG,
             "librdkafka %s: %s", fac, buf);
 }
 
@@ -675,10 +676,10 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
     char reset[32] = "earliest";
     size_t n = sizeof(reset);
     rd_kafka_conf_get(conf, "auto.offset.reset", reset, &n);
-    in->reset_offset = strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 ||
-                               strcmp(reset, "end") == 0
-                           ? RD_KAFKA_OFFSET_END
-                           : RD_KAFKA_OFFSET_BEGINNING;
+    in->reset_offset =
+        strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 || strcmp(reset, "end") == 0
+            ? RD_KAFKA_OFFSET_END
+            : RD_KAFKA_OFFSET_BEGINNING;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_opaque(conf, in);

@@ -64,11 +64,13 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv, node_args_t *a)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"shard", required_argument, NULL, 's'},
-        {"listen", required_argument, NULL, 'l'}, {"socket", required_argument, NULL, 'u'},
-        {"exit-with-parent", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"shard", required_argument, NULL, 's'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"socket", required_argument, NULL, 'u'},
+                                         {"exit-with-parent", no_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->shard = -1;
     int ch;
@@ -241,8 +243,7 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out)
 {
     char dir[4096], placement[64], err[1024];
     snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
-    snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards,
-             cfg->partitions);
+    snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards, cfg->partitions);
     int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
@@ -279,8 +280,7 @@ int main(int argc, char **argv)
         return 2;
     /* SIGTERM (a graceful drain) when the router dies, even by SIGKILL; the
      * getppid check covers a parent that died before prctl took effect. */
-    if (args.exit_with_parent &&
-        (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
+    if (args.exit_with_parent && (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
         kvs_error("parent process is gone; not starting");
         return 1;
     }
@@ -327,9 +327,11 @@ int main(int argc, char **argv)
         m.signals = 1;
         begin_shutdown(&m);
     }
-    kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard,
-             cfg->data_dir, args.shard, node_store_table_count(store),
-             cfg->sync == KVS_SYNC_FULL ? "full" : cfg->sync == KVS_SYNC_BATCH ? "batch" : "none");
+    kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard, cfg->data_dir,
+             args.shard, node_store_table_count(store),
+             cfg->sync == KVS_SYNC_FULL    ? "full"
+             : cfg->sync == KVS_SYNC_BATCH ? "batch"
+                                           : "none");
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 

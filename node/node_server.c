@@ -33,9 +33,9 @@ typedef struct node_client_s node_client_t;
 struct node_client_s {
     kvs_conn_t conn;
     node_server_t *srv;
-    uint64_t mark_gen; /* batch generation `mark` refers to (0 = none) */
-    size_t mark;       /* out offset of the first response in that batch */
-    uint32_t marked;   /* responses since mark */
+    uint64_t mark_gen;         /* batch generation `mark` refers to (0 = none) */
+    size_t mark;               /* out offset of the first response in that batch */
+    uint32_t marked;           /* responses since mark */
     node_client_t *batch_next; /* members of the current turn */
     int on_batch_list;
     node_client_t *prev, *next; /* all clients */
@@ -54,8 +54,8 @@ struct node_server_s {
     node_client_t *clients;
     size_t n_clients;
     node_client_t *batch_members;
-    node_client_t *executing;  /* client whose request is running */
-    uint64_t exec_fail_gen;    /* a batch failure raised during it */
+    node_client_t *executing; /* client whose request is running */
+    uint64_t exec_fail_gen;   /* a batch failure raised during it */
     int exec_fail_err;
     int stopping;
     node_server_stopped_cb on_stopped;
@@ -305,8 +305,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     if (rc == 0 && o->sync_interval_ms > 0) {
         uv_timer_init(o->loop, &srv->sync_timer);
         srv->sync_timer.data = srv;
-        uv_timer_start(&srv->sync_timer, on_sync_timer, o->sync_interval_ms,
-                       o->sync_interval_ms);
+        uv_timer_start(&srv->sync_timer, on_sync_timer, o->sync_interval_ms, o->sync_interval_ms);
         srv->sync_timer_on = 1;
     }
     if (rc != 0) {

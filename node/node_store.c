@@ -49,9 +49,9 @@
 
 #define FORMAT_VERSION "1"
 #define META_DB "__kvs"
-#define OP_PAGES_BASE 6           /* pages a write may dirty: path copy + split */
-#define MIN_FREE_PAGES 16384      /* keep at least 64 MiB (4 KiB pages) free */
-#define MAX_BATCH_PAGES 16384     /* a batch may touch at most this much before an early commit */
+#define OP_PAGES_BASE 6            /* pages a write may dirty: path copy + split */
+#define MIN_FREE_PAGES 16384       /* keep at least 64 MiB (4 KiB pages) free */
+#define MAX_BATCH_PAGES 16384      /* a batch may touch at most this much before an early commit */
 #define PREALLOC_CHUNK (64u << 20) /* write map: allocate ahead in steps of this */
 
 typedef struct table_s {
@@ -63,16 +63,16 @@ typedef struct table_s {
 struct node_store_s {
     MDB_env *env;
     MDB_dbi meta;
-    MDB_txn *rtxn;   /* reused read txn; reset between turns */
+    MDB_txn *rtxn; /* reused read txn; reset between turns */
     int rtxn_live;
-    MDB_txn *wtxn;   /* the open batch, or NULL */
-    uint64_t gen;    /* generation of the open batch (0 = none) */
+    MDB_txn *wtxn; /* the open batch, or NULL */
+    uint64_t gen;  /* generation of the open batch (0 = none) */
     uint64_t next_gen;
     uint64_t last_failed_gen; /* most recent batch that failed (0 = none) */
-    size_t txn_pages;  /* worst-case pages the batch may have dirtied */
-    size_t txn_budget; /* pages the batch may use before an early commit */
-    int reserved;      /* inside node_store_reserve .. reserve_end: no early commit */
-    int reserve_err;   /* why the reserved batch is gone, if it failed */
+    size_t txn_pages;         /* worst-case pages the batch may have dirtied */
+    size_t txn_budget;        /* pages the batch may use before an early commit */
+    int reserved;             /* inside node_store_reserve .. reserve_end: no early commit */
+    int reserve_err;          /* why the reserved batch is gone, if it failed */
     size_t psize;
     uint64_t map_size;
     table_t *tables;

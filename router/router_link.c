@@ -128,8 +128,8 @@ static void on_connected(uv_connect_t *req, int status)
     l->connecting = 0;
     if (l->stopping || status != 0 || kvs_conn_start(c) != 0) {
         if (!l->stopping && status != 0)
-            snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s",
-                     l->addr_text, uv_strerror(status));
+            snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
+                     uv_strerror(status));
         kvs_conn_close(c);
         if (c == l->conn)
             l->conn = NULL;
@@ -252,8 +252,7 @@ static int link_usable(router_link_t *l)
     return l->up && l->conn != NULL && !l->conn->closing;
 }
 
-int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx,
-                     uint32_t part)
+int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx, uint32_t part)
 {
     if (!link_usable(l))
         return KVS_ECLOSED;

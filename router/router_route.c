@@ -40,8 +40,8 @@ typedef struct route_merge_s {
     kvs_buf_t *answers;   /* raw answer payload of each part */
     uint8_t *failed;      /* part failed at the link (answers holds the message) */
     size_t nkeys;
-    uint32_t *key_part;   /* multi-key: the part each key went to */
-    uint32_t *key_index;  /* ... and its index inside that part */
+    uint32_t *key_part;  /* multi-key: the part each key went to */
+    uint32_t *key_index; /* ... and its index inside that part */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -361,8 +361,8 @@ static void merge_finish(router_req_t *req)
 
 /* ---- sending -------------------------------------------------------------------- */
 
-static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cmd,
-                                uint32_t nparts, size_t nkeys)
+static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cmd, uint32_t nparts,
+                                size_t nkeys)
 {
     route_merge_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
@@ -405,8 +405,8 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
  * so a key lands on the shard that ingests its partition. */
 static uint32_t key_shard(router_t *r, const char *table, const ProtobufCBinaryData *key)
 {
-    uint32_t partitions = r->cfg->n_bindings > 0 ? kvs_config_table_partitions(r->cfg, table)
-                                                 : r->cfg->partitions;
+    uint32_t partitions =
+        r->cfg->n_bindings > 0 ? kvs_config_table_partitions(r->cfg, table) : r->cfg->partitions;
     return kvs_place_key_shard(key->data, key->len, partitions, r->shards);
 }
 
@@ -459,8 +459,8 @@ static size_t nkeys_of(const Kvs__CommandRequest *q)
 }
 
 /* Builds the sub-request holding keys sel[0..n) of `q`, in arena memory. */
-static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const size_t *sel,
-                            size_t n, Kvs__CommandRequest *sub)
+static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const size_t *sel, size_t n,
+                            Kvs__CommandRequest *sub)
 {
     kvs_arena_t *a = &r->arena;
     kvs__command_request__init(sub);
@@ -487,9 +487,9 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     for (size_t i = 0; i < n; i++)
         keys[i] = *nth_key(q, sel[i]);
     const ProtobufCMessageDescriptor *d =
-        q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET    ? &kvs__hmget__descriptor
-        : q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL  ? &kvs__hmdel__descriptor
-                                                                  : &kvs__hmexist__descriptor;
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
+        : q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
+                                                                 : &kvs__hmexist__descriptor;
     protobuf_c_message_init(d, m);
     m->table = (char *)kvs_msg_request_table(q);
     m->keys = keys;

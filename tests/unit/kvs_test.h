@@ -21,7 +21,10 @@ typedef struct {
 } kvs_test_case_t;
 
 #define KVS_TEST(name) static void test_##name(void)
-#define KVS_CASE(name) {#name, test_##name}
+#define KVS_CASE(name)                                                                             \
+    {                                                                                              \
+#name, test_##name                                                                         \
+    }
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -54,10 +57,10 @@ typedef struct {
 /* Substring check, for error messages. */
 #define CHECK_CONTAINS(hay, needle)                                                                \
     do {                                                                                           \
-        const char *kvs_h_ = (hay), *kvs_n_ = (needle);                                           \
+        const char *kvs_h_ = (hay), *kvs_n_ = (needle);                                            \
         if (strstr(kvs_h_, kvs_n_) == NULL) {                                                      \
-            fprintf(stderr, "%s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__,         \
-                    kvs_h_, kvs_n_);                                                               \
+            fprintf(stderr, "%s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__, kvs_h_, \
+                    kvs_n_);                                                                       \
             abort();                                                                               \
         }                                                                                          \
     } while (0)

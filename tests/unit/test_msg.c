@@ -1066,8 +1066,8 @@ KVS_TEST(peek_agrees_with_full_validation)
     CHECK(kvs_msg_peek(ping, sizeof(ping), &pk) == 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
-              KVS_CASE(validate_unknown_command_field),
+KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok),
+              KVS_CASE(validate_no_command), KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
               KVS_CASE(validate_hset_value), KVS_CASE(validate_hset_value_unknown_kind),

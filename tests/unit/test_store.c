@@ -371,10 +371,11 @@ KVS_TEST(full_disk_fails_writes_without_write_map)
     full_disk(KVS_SYNC_FULL);
 }
 
-KVS_TEST_MAIN(KVS_CASE(full_disk_fails_writes_with_write_map), KVS_CASE(full_disk_fails_writes_without_write_map), KVS_CASE(reopen_keeps_data), KVS_CASE(refuses_other_shard),
-              KVS_CASE(refuses_other_placement), KVS_CASE(second_open_is_refused),
-              KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
-              KVS_CASE(map_grows_before_it_is_full),
+KVS_TEST_MAIN(KVS_CASE(full_disk_fails_writes_with_write_map),
+              KVS_CASE(full_disk_fails_writes_without_write_map), KVS_CASE(reopen_keeps_data),
+              KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
+              KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
+              KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
               KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
               KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
               KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))
