@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 
-from kvstest import BUILD_DIR, Client, pb, pyval
+from kvstest import BUILD_DIR, Client, Managed, pb, pyval
 
 try:
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -66,7 +66,7 @@ def wait_until(pred, timeout, interval=0.05):
 # ---- the mock cluster ---------------------------------------------------------------
 
 
-class MockKafka:
+class MockKafka(Managed):
     """kvs-mock-kafka with `brokers` brokers and `topics` {name: partitions}."""
 
     def __init__(self, topics, brokers=1, control=False):
@@ -128,12 +128,8 @@ class MockKafka:
         if answer != "ok":
             raise AssertionError("kvs-mock-kafka control %r answered %r" % (line, answer))
 
-    def stderr(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return self.log_text
+    def _kill(self):
+        self.stop()
 
     def stop(self, timeout=10.0):
         """SIGTERM, then SIGKILL if it does not exit within `timeout` s."""
@@ -151,18 +147,6 @@ class MockKafka:
                 except OSError:
                     pass
         return self.proc.returncode
-
-    def close(self):
-        self.stop()
-        self.log_text = self.stderr()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 # ---- producing --------------------------------------------------------------------------
 

@@ -314,7 +314,32 @@ class Client:
 # ---- node ---------------------------------------------------------------------
 
 
-class Node:
+class Managed:
+    """What every harness of a process under test shares: a temporary
+    directory, a log file (self.log_path) that survives the process, and
+    cleanup that always runs. Subclasses define _kill()."""
+
+    def stderr(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return self.log_text
+
+    def close(self):
+        """Kills anything left running and removes the temporary directory."""
+        self._kill()
+        self.log_text = self.stderr()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Node(Managed):
     """A kvs-node process serving shard 0 of a one-shard cluster.
 
     sync: storage.sync; storage: more storage keys (e.g. {"map_size": "1MiB"});
@@ -413,24 +438,8 @@ class Node:
             raise RuntimeError("kvs-node exited with %r on SIGTERM:\n%s" % (rc, self.stderr()))
         self.start()
 
-    def stderr(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return self.log_text
-
-    def close(self):
-        """Kills anything left running and removes the temporary directory."""
+    def _kill(self):
         self.kill9()
-        self.log_text = self.stderr()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class NodeTestCase(unittest.TestCase):

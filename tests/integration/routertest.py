@@ -22,7 +22,7 @@ import threading
 import time
 import unittest
 
-from kvstest import BUILD_DIR, HOST, Client, encode, free_port
+from kvstest import BUILD_DIR, HOST, Client, Managed, encode, free_port
 
 START_TIMEOUT = 15.0  # router start (all local workers up) and stop are bounded by this
 
@@ -174,7 +174,7 @@ def pipeline_threaded(client, reqs, timeout=30.0):
 # ---- router ---------------------------------------------------------------------------
 
 
-class Router:
+class Router(Managed):
     """A kvs-router process with its own temporary data directory.
 
     shards/partitions: cluster section; sync: storage.sync; node_listen:
@@ -360,25 +360,8 @@ class Router:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and any(_alive(p) for p in left):
                 time.sleep(0.01)
-
-    def stderr(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return self.log_text
-
-    def close(self):
-        """Kills anything left running and removes the temporary directory."""
+    def _kill(self):
         self.kill_all()
-        self.log_text = self.stderr()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class RouterTestCase(unittest.TestCase):
