@@ -360,6 +360,7 @@ class Router(Managed):
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and any(_alive(p) for p in left):
                 time.sleep(0.01)
+
     def _kill(self):
         self.kill_all()
 
