@@ -179,6 +179,12 @@ int kvs_conn_start(kvs_conn_t *c)
     return rc;
 }
 
+void kvs_conn_stop_reading(kvs_conn_t *c)
+{
+    c->eof = 1; /* as if the peer had finished sending */
+    conn_update_reading(c);
+}
+
 void kvs_conn_pause(kvs_conn_t *c)
 {
     c->paused = 1;

@@ -95,6 +95,10 @@ void kvs_conn_flush(kvs_conn_t *c);
  * turn; without a flusher, flushes now. */
 void kvs_conn_queue(kvs_conn_t *c);
 
+/* Stops reading new bytes for good; frames already buffered are still
+ * delivered (unless paused). For draining at shutdown. */
+void kvs_conn_stop_reading(kvs_conn_t *c);
+
 /* Stops delivering frames (and reading) until kvs_conn_resume. Frames
  * already buffered are kept. */
 void kvs_conn_pause(kvs_conn_t *c);

@@ -433,11 +433,22 @@ uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t m
 /* ---- fast path --------------------------------------------------------- */
 
 /* A length-delimited field: tag, then length, then bytes within [p, end). */
+/* A tag or a length prefix as protobuf-c reads them: at most 5 bytes and
+ * 32 bits. Anything longer the decoder refuses, so peek must refuse it too
+ * (an Hset accepted here stores its Value bytes unchecked). */
+static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    const uint8_t *start = *p;
+    if (read_varint(p, end, v) != 0 || *p - start > 5 || *v > UINT32_MAX)
+        return -1;
+    return 0;
+}
+
 static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                       size_t *n)
 {
     uint64_t len;
-    if (read_varint(p, end, tag) != 0)
+    if (read_varint32(p, end, tag) != 0 || (*tag >> 3) == 0 || (*tag >> 3) >= (1u << 29))
         return -1;
     switch (*tag & 7) {
     case 0:
@@ -454,7 +465,7 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
         *p += 8;
         return 0;
     case 2:
-        if (read_varint(p, end, &len) != 0 || len > (uint64_t)(end - *p))
+        if (read_varint32(p, end, &len) != 0 || len > (uint64_t)(end - *p))
             return -1;
         *v = *p;
         *n = (size_t)len;

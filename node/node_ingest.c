@@ -316,12 +316,40 @@ static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
     return rc;
 }
 
+/* True once a batch holding records not yet confirmed has failed: applying
+ * more would store offsets past records that are lost, so everything waits
+ * for the rewind at the end of the turn. */
+static int batch_lost(node_ingest_t *in)
+{
+    if (in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen)
+        in->rewind = 1;
+    return in->rewind;
+}
+
+/* Before assignment the queue holds only events (errors while brokers are
+ * unreachable); serve them so they do not pile up. */
+static void drain_events(node_ingest_t *in)
+{
+    rd_kafka_message_t *msgs[64];
+    ssize_t n;
+    while ((n = rd_kafka_consume_batch_queue(in->q, 0, msgs, 64)) > 0)
+        for (ssize_t i = 0; i < n; i++) {
+            if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                log_consumer_error(in, msgs[i]);
+            rd_kafka_message_destroy(msgs[i]);
+        }
+}
+
 static void pump(node_ingest_t *in)
 {
     rd_kafka_message_t *msgs[BATCH];
     size_t total = 0;
     ssize_t n = 0;
-    while (!in->stopping && in->assigned && !in->rewind && total < MAX_PER_TURN) {
+    if (!in->stopping && !in->assigned) {
+        drain_events(in);
+        return;
+    }
+    while (!in->stopping && in->assigned && !batch_lost(in) && total < MAX_PER_TURN) {
         n = rd_kafka_consume_batch_queue(in->q, 0, msgs, BATCH);
         if (n <= 0)
             break;
@@ -686,9 +714,14 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
     return conf;
 }
 
+/* In the order of their Info keys, "kafka.<topic>.": a plain strcmp of
+ * the names would put "a" before "a-b", whose keys sort first ('-' < '.'). */
 static int cmp_topic(const void *a, const void *b)
 {
-    return strcmp(((const topic_t *)a)->b->topic, ((const topic_t *)b)->b->topic);
+    char x[300], y[300];
+    snprintf(x, sizeof(x), "%s.", ((const topic_t *)a)->b->topic);
+    snprintf(y, sizeof(y), "%s.", ((const topic_t *)b)->b->topic);
+    return strcmp(x, y);
 }
 
 /* One topic_t per binding, sorted by name; parts owned by this shard. */

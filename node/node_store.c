@@ -214,6 +214,7 @@ static int batch_commit(node_store_t *s)
         return err;
     }
     tables_settle(s, 0);
+    read_release(s); /* a snapshot from before this commit must not be read again */
     return 0;
 }
 
@@ -226,6 +227,7 @@ static int batch_fail(node_store_t *s, const char *what, int rc)
     uint64_t gen = s->gen;
     s->last_failed_gen = gen;
     mdb_txn_abort(s->wtxn);
+    read_release(s);
     s->wtxn = NULL;
     s->gen = 0;
     tables_settle(s, 1);
@@ -288,14 +290,18 @@ static int preallocate(node_store_t *s, uint64_t end)
     if (mdb_env_get_fd(s->env, &fd) != 0)
         return KVS_ESTORE;
     uint64_t want = end + PREALLOC_CHUNK < s->map_size ? end + PREALLOC_CHUNK : s->map_size;
+    if (want < end)
+        want = end;
     int rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(want - s->alloc_end));
-    if (rc != 0 && want > end) /* short of room for the chunk: try what is needed */
+    if (rc != 0 && want > end) { /* short of room for the chunk: try what is needed */
+        want = end;
         rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(end - s->alloc_end));
+    }
     if (rc != 0) {
         kvs_error("cannot allocate disk space for the next write batch: %s", strerror(rc));
         return rc == ENOSPC || rc == EDQUOT || rc == EFBIG ? KVS_EFULL : KVS_ESTORE;
     }
-    s->alloc_end = rc == 0 && want > end ? want : end;
+    s->alloc_end = want; /* exactly what the successful call allocated */
     return 0;
 }
 

@@ -30,9 +30,11 @@ struct router_client_s {
     router_client_t *prev, *next;
 };
 
+/* Closes once every request received has been answered. A paused client
+ * may still hold complete frames in its buffer: those count as received. */
 static void client_maybe_close(router_client_t *cl)
 {
-    if (cl->closing_when_drained && cl->head == NULL)
+    if (cl->closing_when_drained && cl->head == NULL && !cl->conn.paused)
         kvs_conn_close_after_flush(&cl->conn);
 }
 
@@ -57,8 +59,7 @@ static void client_flush_done(router_client_t *cl)
     }
     if (wrote)
         kvs_conn_queue(&cl->conn);
-    if (cl->conn.paused && !cl->closing_when_drained &&
-        cl->inflight < cl->router->cfg->max_inflight)
+    if (cl->conn.paused && cl->inflight < cl->router->cfg->max_inflight)
         kvs_conn_resume(&cl->conn);
     client_maybe_close(cl);
 }
@@ -219,8 +220,11 @@ void router_clients_drain(router_t *r)
         uv_close(&r->listener.handle, NULL);
         r->listening = 0;
     }
-    for (router_client_t *cl = r->clients; cl != NULL; cl = cl->next) {
-        kvs_conn_pause(&cl->conn);
+    /* Stop reading new bytes, but answer every request already received,
+     * including complete frames a paused client still has buffered. */
+    for (router_client_t *cl = r->clients, *next; cl != NULL; cl = next) {
+        next = cl->next;
+        kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
         client_maybe_close(cl);
     }

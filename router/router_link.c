@@ -154,6 +154,10 @@ static void link_connect(router_link_t *l)
                            on_conn_closed);
     c->data = l;
     c->flusher = l->flusher;
+    /* A link must always read answers: stopping because its own requests
+     * are queued deadlocks against a worker stuck writing answers. Memory
+     * is bounded by the clients' limits.max_inflight instead. */
+    c->high_water = SIZE_MAX;
     l->conn = c;
     l->connect_req.data = l;
     if (rc == 0) {

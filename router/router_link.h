@@ -57,6 +57,7 @@ struct router_link_s {
     router_link_reply_cb on_reply;
     router_link_state_cb on_state;
     char last_error[320];
+    int seen_up; /* came up at least once (for the router's readiness) */
     void *data;
 };
 

@@ -104,8 +104,9 @@ static int take_lock(const kvs_config_t *cfg)
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
-    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || !up)
+    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || !up || l->seen_up)
         return;
+    l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
         return;
     m->ready = 1;

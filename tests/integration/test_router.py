@@ -692,6 +692,20 @@ class RouterTest(RouterTestCase):
                 self.assertEqual(other.ping().message, "PONG")
             self.assertEqual(c.ping().message, "PONG")
 
+    def test_large_pipelined_values_do_not_stall_a_link(self):
+        # 600 Hsets of 100 KB over 10 keys: the answers carry 100 KB previous
+        # values, so router->worker requests and worker->router answers each
+        # queue tens of MB at once. A link that stopped reading answers while
+        # its own requests were queued deadlocked until router.timeout.
+        r = self.router(shards=1, partitions=8, timeout="3s")
+        val = b"x" * 100000
+        reqs = [req_hset("big", ("k%d" % (i % 10)).encode(), val) for i in range(600)]
+        with r.client(timeout=20) as c:
+            answers = pipeline_threaded(c, reqs, timeout=45)
+        statuses = [a.status for a in answers]
+        self.assertEqual(statuses.count(200), 600, "statuses: %s" % {s: statuses.count(s)
+                                                                       for s in set(statuses)})
+
 
 if __name__ == "__main__":
     unittest.main()

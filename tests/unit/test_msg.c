@@ -1064,6 +1064,34 @@ KVS_TEST(peek_agrees_with_full_validation)
     CHECK(kvs_msg_peek(unknown, sizeof(unknown), &pk) == 0);
     static const uint8_t ping[] = {0x5a, 0x00};
     CHECK(kvs_msg_peek(ping, sizeof(ping), &pk) == 0);
+    /* Varints protobuf-c refuses: a 6-byte tag, a 6-byte length, a field
+     * number past 2^29 that would truncate to Hset's. */
+    static const uint8_t long_tag[] = {0x8a, 0x80, 0x80, 0x80, 0x80, 0x00, 0x06,
+                                       0x0a, 0x01, 't',  0x12, 0x01, 'k'};
+    static const uint8_t long_len[] = {0x0a, 0x86, 0x80, 0x80, 0x80, 0x80, 0x00,
+                                       0x0a, 0x01, 't',  0x12, 0x01, 'k'};
+    static const uint8_t huge_field[] = {0xa2, 0x80, 0x80, 0x80, 0x10, 0x06,
+                                         0x0a, 0x01, 't',  0x12, 0x01, 'k'};
+    /* A Value whose tag takes 6 bytes: stored as-is it would be unreadable. */
+    static const uint8_t long_value_tag[] = {0x22, 0x0f, 0x0a, 0x01, 't',  0x12, 0x01, 'k', 0x1a,
+                                             0x07, 0x98, 0x80, 0x80, 0x80, 0x80, 0x00, 0x02};
+    const uint8_t *odd[] = {long_tag, long_len, huge_field, long_value_tag};
+    size_t odd_len[] = {sizeof(long_tag), sizeof(long_len), sizeof(huge_field),
+                        sizeof(long_value_tag)};
+    for (size_t i = 0; i < 4; i++) {
+        kvs_arena_t a;
+        kvs_arena_init(&a);
+        Kvs__CommandRequest *d = kvs_msg_decode_request(&a, odd[i], odd_len[i]);
+        Kvs__Value *v = NULL;
+        /* The full path refuses each: protobuf-c cannot decode it, sees no
+         * known command in it, or (the Value) cannot decode it once stored. */
+        int refused = d == NULL || d->command_case == KVS__COMMAND_REQUEST__COMMAND__NOT_SET ||
+                      (d->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
+                       kvs_msg_decode_value(&a, odd[i] + 10, 7, &v) != 0);
+        CHECK(refused);
+        CHECK(kvs_msg_peek(odd[i], odd_len[i], &pk) == 0);
+        kvs_arena_close(&a);
+    }
 }
 
 KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok),
