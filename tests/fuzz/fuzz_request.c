@@ -177,6 +177,27 @@ static void check_verdict(uint32_t st, const char *msg, size_t mlen)
 
 /* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
  * the request is valid (any status may follow from executing it). */
+/* The fast path (kvs_msg_peek) may only say yes to what the full path
+ * accepts, with the same command, table and key, and an Hset's Value bytes
+ * must decode on their own (they are stored as sent). */
+static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandRequest *req,
+                       uint32_t valid, uint32_t strings)
+{
+    kvs_peek_t pk;
+    if (!kvs_msg_peek(data, size, &pk))
+        return;
+    FUZZ_CHECK(valid == KVS_STATUS_OK && strings == KVS_STATUS_OK);
+    FUZZ_CHECK(pk.cmd == req->command_case);
+    const char *table = kvs_msg_request_table(req);
+    FUZZ_CHECK(table != NULL && strlen(table) == pk.table_len &&
+               memcmp(table, pk.table, pk.table_len) == 0);
+    if (pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        Kvs__Value *v = NULL;
+        FUZZ_CHECK(kvs_msg_value_valid(&fx.arena, pk.value, pk.value_len));
+        FUZZ_CHECK(kvs_msg_decode_value(&fx.arena, pk.value, pk.value_len, &v) == 0);
+    }
+}
+
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];
@@ -196,6 +217,7 @@ static uint32_t decode_and_validate(const uint8_t *data, size_t size)
     check_verdict(strings, msg, sizeof(msg));
     if (valid == KVS_STATUS_OK && table != NULL) /* a valid table is a valid C string */
         FUZZ_CHECK(table[0] != '\0' && strlen(table) <= KVS_MAX_TABLE);
+    check_peek(data, size, req, valid, strings);
     kvs_arena_reset(&fx.arena);
     return valid != KVS_STATUS_OK ? valid : strings;
 }
