@@ -319,6 +319,25 @@ class Managed:
     directory, a log file (self.log_path) that survives the process, and
     cleanup that always runs. Subclasses define _kill()."""
 
+    def wait_accepting(self, name, timeout):
+        """Waits until self.addr accepts TCP connections; raises, with the
+        process's stderr, if it exits or does not accept in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %d at start:\n%s"
+                                   % (name, self.proc.returncode, self.stderr()))
+            try:
+                socket.create_connection(self.addr, timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("%s did not accept on %s:%d within %.0f s:\n%s"
+                           % (name, self.addr[0], self.addr[1], timeout, self.stderr()))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
     def stderr(self):
         try:
             with open(self.log_path, "rb") as f:
@@ -397,21 +416,7 @@ class Node(Managed):
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kvs-node exited with %d at start:\n%s"
-                                   % (self.proc.returncode, self.stderr()))
-            try:
-                socket.create_connection(self.addr, timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("kvs-node did not accept on %s:%d within %.0f s:\n%s"
-                           % (HOST, self.port, TIMEOUT, self.stderr()))
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
+        self.wait_accepting("kvs-node", TIMEOUT)
 
     def stop(self):
         """SIGTERM, wait up to 10 s; returns the exit code (None if it hung,

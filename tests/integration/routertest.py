@@ -268,21 +268,7 @@ class Router(Managed):
     def start(self):
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = self.spawn()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kvs-router exited with %d at start:\n%s"
-                                   % (self.proc.returncode, self.stderr()))
-            try:
-                socket.create_connection(self.addr, timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("kvs-router did not accept on %s:%d within %.0f s:\n%s"
-                           % (HOST, self.port, START_TIMEOUT, self.stderr()))
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
+        self.wait_accepting("kvs-router", START_TIMEOUT)
 
     def workers(self):
         """{shard: pid} of the live kvs-node processes running this config."""
