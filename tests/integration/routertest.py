@@ -12,7 +12,6 @@ Environment: KVS_BUILD_DIR (default ../../build) locates kvs-router, kvs-node
 and py/kvs_pb2.py (through kvstest).
 """
 import os
-import shutil
 import signal
 import socket
 import subprocess

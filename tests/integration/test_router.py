@@ -7,7 +7,6 @@ by asking the workers directly on their unix sockets. The expected shard of
 every key is computed in Python (routertest.murmur2, a port of the Kafka Java
 client's partitioner), independently of the C placement code.
 """
-import os
 import random
 import re
 import signal
@@ -18,9 +17,8 @@ import threading
 import time
 import unittest
 
-from kvstest import (COMPRESSED, Client, encode, frame, pb, pyval, req_hdel, req_hexist,
-                     req_hget, req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset,
-                     req_hscan, req_hset, req_ping)
+from kvstest import (COMPRESSED, encode, frame, pb, pyval, req_hexist, req_hget, req_hgetall,
+                     req_hmdel, req_hmget, req_hmset, req_hscan, req_hset, req_ping)
 from routertest import (RouterTestCase, free_port_range, keys_by_shard, murmur2,
                         pipeline_threaded, procs_for_config, shard_of)
 
