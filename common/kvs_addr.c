@@ -19,7 +19,7 @@ static int fail(char *err, size_t errlen, const char *what, const char *s)
 
 static int parse_port(const char *p, int allow0, uint16_t *out)
 {
-    if (*p == '\0')
+    if (*p < '0' || *p > '9') /* strtol would take " 80" and "+80" */
         return -1;
     char *end;
     long v = strtol(p, &end, 10);

@@ -90,6 +90,8 @@ KVS_TEST(bad_ports)
     parse_fails("host:99999999999999999999999", 0, "port must be 1-65535");
     parse_fails("[::1]:0", 0, "port must be 1-65535");
     parse_fails("[::1]:", 0, "port must be 1-65535");
+    parse_fails("host: 80", 0, "port must be 1-65535");
+    parse_fails("host:+80", 0, "port must be 1-65535");
 }
 
 KVS_TEST(missing_colon)
