@@ -195,8 +195,37 @@ static void finish_part_failure(router_req_t *req, uint32_t i, uint32_t status, 
         router_req_finish_status(req, status, "%s", msg);
 }
 
+/* Info stands in for a shard that could not answer with a single pair,
+ * "shard.<id>.unavailable" = 1, so the rest of the cluster is still shown
+ * (Info is what an operator asks for when something is down). */
+static Kvs__CommandResponse *info_unavailable(kvs_arena_t *arena, uint32_t shard)
+{
+    Kvs__CommandResponse *r = kvs_arena_alloc(arena, sizeof(*r));
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, sizeof(*p));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, sizeof(*pp));
+    Kvs__Value *v = kvs_arena_alloc(arena, sizeof(*v));
+    char *key = kvs_arena_alloc(arena, 32);
+    if (r == NULL || p == NULL || pp == NULL || v == NULL || key == NULL)
+        return NULL;
+    kvs__command_response__init(r);
+    kvs__kvpair__init(p);
+    kvs__value__init(v);
+    int n = snprintf(key, 32, "shard.%03u.unavailable", shard);
+    v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v->integer_value = 1;
+    p->key.data = (uint8_t *)key;
+    p->key.len = (size_t)n;
+    p->value = v;
+    pp[0] = p;
+    r->status = KVS_STATUS_OK;
+    r->n_pairs = 1;
+    r->pairs = pp;
+    return r;
+}
+
 /* Decodes every part's answer. If a part failed (or answered non-200),
- * finishes `req` with that status and returns NULL. */
+ * finishes `req` with that status and returns NULL; for Info such a part
+ * becomes info_unavailable instead. */
 static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
@@ -206,6 +235,17 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
         return NULL;
     }
     for (uint32_t i = 0; i < m->nparts; i++) {
+        if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO &&
+            (m->failed[i] ||
+             (rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len,
+                                                    m->answers[i].data)) == NULL ||
+             rs[i]->status != KVS_STATUS_OK)) {
+            if ((rs[i] = info_unavailable(arena, m->part_shard[i])) == NULL) {
+                router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+                return NULL;
+            }
+            continue;
+        }
         if (m->failed[i]) {
             finish_part_failure(req, i, KVS_STATUS_UNAVAILABLE, (const char *)m->answers[i].data);
             return NULL;

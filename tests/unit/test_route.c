@@ -861,6 +861,34 @@ KVS_TEST(info_fans_out_and_merges)
         CHECK(bin_is(r->pairs[i]->key, names[i / 2][i % 2], strlen(names[i / 2][i % 2])));
 }
 
+/* A shard that cannot answer does not hide the others from Info: it shows
+ * as shard.<id>.unavailable, in key order. */
+KVS_TEST(info_reports_an_unavailable_shard)
+{
+    setup();
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    check_fanout_sent();
+    char names[SHARDS][32];
+    ProtobufCBinaryData kb[SHARDS][1];
+    for (uint32_t s = SHARDS; s-- > 0;) {
+        snprintf(names[s], sizeof(names[s]), "shard.%03u.tables", s);
+        kb[s][0] = bin(names[s]);
+        if (s == 2)
+            reply_failure(sent_to(s), "shard 2 is unavailable: worker closed the connection");
+        else
+            reply_pairs(sent_to(s), 1, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, SHARDS);
+    static const char *const want[] = {"shard.000.tables", "shard.001.tables",
+                                       "shard.002.unavailable", "shard.003.tables"};
+    for (size_t i = 0; i < SHARDS; i++)
+        CHECK(bin_is(r->pairs[i]->key, want[i], strlen(want[i])));
+    CHECK_EQ(r->pairs[2]->value->integer_value, 1);
+}
+
 /* ---- Hscan cursors
  * --------------------------------------------------------------------------------------------- */
 
@@ -1046,6 +1074,6 @@ KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(down_shard_is_503_at_once), KVS_CASE(down_shard_among_parts_is_503),
               KVS_CASE(link_failure_after_send_is_503), KVS_CASE(hgetall_merges_in_byte_order),
               KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
-              KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
-              KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
-              KVS_CASE(orphaned_request_frees_itself))
+              KVS_CASE(info_reports_an_unavailable_shard), KVS_CASE(hscan_walks_shards_in_turn),
+              KVS_CASE(hscan_forged_cursor_is_400), KVS_CASE(ping_answered_locally),
+              KVS_CASE(bad_input_is_400_like_a_worker), KVS_CASE(orphaned_request_frees_itself))
