@@ -338,6 +338,21 @@ class Managed:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    stop_timeout = TIMEOUT
+
+    def stop(self, timeout=None):
+        """SIGTERM, wait up to `timeout` s (default stop_timeout); returns the
+        exit code (None if it hung, in which case it is killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout or self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            return None
+
     def stderr(self):
         try:
             with open(self.log_path, "rb") as f:
@@ -417,19 +432,6 @@ class Node(Managed):
         finally:
             log.close()
         self.wait_accepting("kvs-node", TIMEOUT)
-
-    def stop(self):
-        """SIGTERM, wait up to 10 s; returns the exit code (None if it hung,
-        in which case it is killed)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            return None
 
     def kill9(self):
         if self.proc is not None and self.proc.poll() is None:

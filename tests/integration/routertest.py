@@ -312,18 +312,7 @@ class Router(Managed):
             time.sleep(0.02)
         return False
 
-    def stop(self, timeout=START_TIMEOUT):
-        """SIGTERM, wait up to `timeout` s; returns the exit code (None if it
-        hung, in which case it is killed)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            return None
+    stop_timeout = START_TIMEOUT
 
     def kill_all(self):
         """SIGKILLs the router and every process started for this config."""
