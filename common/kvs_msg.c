@@ -122,6 +122,60 @@ int kvs_utf8_valid(const void *p, size_t n)
     return 1;
 }
 
+/* Bytes of the character at s[0..n) as kvs_msg_quote copies it unescaped:
+ * printable ASCII other than `"` and `\`, or a valid UTF-8 sequence that is
+ * not a C1 control (U+0080-U+009F); 0 when it must be escaped. */
+static size_t plain_char(const uint8_t *s, size_t n)
+{
+    if (s[0] >= 0x20 && s[0] < 0x7f)
+        return s[0] == '"' || s[0] == '\\' ? 0 : 1;
+    size_t len = (s[0] >> 5) == 6 ? 2 : (s[0] >> 4) == 14 ? 3 : (s[0] >> 3) == 30 ? 4 : 0;
+    if (len == 0 || len > n || !kvs_utf8_valid(s, len) || (s[0] == 0xc2 && s[1] < 0xa0))
+        return 0;
+    return len;
+}
+
+/* Width of s[i] escaped, and the bytes it consumes (*step). */
+static size_t quoted_width(const uint8_t *s, size_t n, size_t *step)
+{
+    size_t k = plain_char(s, n);
+    *step = k > 0 ? k : 1;
+    return k > 0 ? k : s[0] == '"' || s[0] == '\\' ? 2 : 4;
+}
+
+const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *s = p;
+    size_t o = 0, i, step, total = 0;
+    for (i = 0; i < n; i += step)
+        total += quoted_width(s + i, n - i, &step);
+    size_t room = total < cap ? total : cap - 4; /* all of it, or some and "..." */
+    for (i = 0; i < n; i += step) {
+        size_t w = quoted_width(s + i, n - i, &step);
+        if (o + w > room)
+            break;
+        if (w == step) { /* plain: an escape is wider than the byte it stands for */
+            memcpy(out + o, s + i, w);
+        } else if (w == 2) {
+            out[o] = '\\';
+            out[o + 1] = (char)s[i];
+        } else {
+            out[o] = '\\';
+            out[o + 1] = 'x';
+            out[o + 2] = hex[s[i] >> 4];
+            out[o + 3] = hex[s[i] & 15];
+        }
+        o += w;
+    }
+    if (i < n) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 /* ---- requests --------------------------------------------------------- */
 
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
@@ -268,6 +322,26 @@ static uint32_t check_value(const char *where, const Kvs__Value *v, char *msg, s
     return KVS_STATUS_OK;
 }
 
+/* One Kvpair of an Hset or Hmset; `where` names it ("Hset.pair",
+ * "Hmset.pairs[3]"), `idx` is its index or -1. */
+static uint32_t check_pair(const char *where, long idx, const Kvs__Kvpair *p, char *msg, size_t len)
+{
+    char name[48];
+    if (idx >= 0)
+        snprintf(name, sizeof(name), "%s[%ld]", where, idx);
+    else
+        snprintf(name, sizeof(name), "%s", where);
+    if (p == NULL)
+        return bad(msg, len, "%s is missing; give a Kvpair {key, value}", name);
+    if (p->base.n_unknown_fields > 0)
+        return bad(msg, len, "%s has an unsupported field %u", name, p->base.unknown_fields[0].tag);
+    uint32_t st = check_key(name, "key", -1, &p->key, msg, len);
+    if (st != KVS_STATUS_OK)
+        return st;
+    strncat(name, ".value", sizeof(name) - strlen(name) - 1);
+    return check_value(name, p->value, msg, len);
+}
+
 static uint32_t check_hmset(const Kvs__Hmset *m, char *msg, size_t len)
 {
     if (m->n_pairs == 0)
@@ -276,16 +350,10 @@ static uint32_t check_hmset(const Kvs__Hmset *m, char *msg, size_t len)
         const Kvs__Kvpair *p = m->pairs[i];
         const Kvs__Value *v = p->value;
         int key_ok = p->key.len > 0 && p->key.len <= KVS_MAX_KEY;
-        if (key_ok && v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
-            v->base.n_unknown_fields == 0)
+        if (key_ok && p->base.n_unknown_fields == 0 && v != NULL &&
+            v->kind_case != KVS__VALUE__KIND__NOT_SET && v->base.n_unknown_fields == 0)
             continue; /* the common case: no name to format */
-        char where[48];
-        snprintf(where, sizeof(where), "pairs[%zu].key", i);
-        uint32_t st = check_key("Hmset", where, -1, &p->key, msg, len);
-        if (st != KVS_STATUS_OK)
-            return st;
-        snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
-        st = check_value(where, p->value, msg, len);
+        uint32_t st = check_pair("Hmset.pairs", (long)i, p, msg, len);
         if (st != KVS_STATUS_OK)
             return st;
     }
@@ -302,10 +370,8 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
         return check_key(cmd, "key", -1, &r->hdel->key, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
         return check_key(cmd, "key", -1, &r->hexist->key, msg, len);
-    case KVS__COMMAND_REQUEST__COMMAND_HSET: {
-        uint32_t st = check_key(cmd, "key", -1, &r->hset->key, msg, len);
-        return st != KVS_STATUS_OK ? st : check_value("Hset.value", r->hset->value, msg, len);
-    }
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        return check_pair("Hset.pair", -1, r->hset->pair, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HMGET:
         return check_keys(cmd, r->hmget->n_keys, r->hmget->keys, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
@@ -338,6 +404,12 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     if (req->base.n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: CommandRequest has unknown field %u beside %s",
                    req->base.unknown_fields[0].tag, cmd);
+    if (body->n_unknown_fields > 0 && req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
+        body->unknown_fields[0].tag == 3)
+        return bad(msg, len,
+                   "Hset has field 3, kvs 0.1's separate value: Hset is now {table = 1, "
+                   "Kvpair pair = 2} as in the original KV protocol; regenerate the client "
+                   "from proto/kvs.proto");
     if (body->n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: %s has unknown field %u", cmd,
                    body->unknown_fields[0].tag);
@@ -365,7 +437,8 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 }
 
 /* Where check_strings is, as a chain of names up to the top; turned into
- * text ("Hset.value.string_value") only when there is an error to report. */
+ * text ("Hset.pair.value.string_value") only when there is an error to
+ * report. */
 typedef struct wire_path_s {
     const char *name;
     const struct wire_path_s *up;
@@ -378,8 +451,17 @@ static size_t path_text(const wire_path_t *p, char *buf, size_t len)
     return k < 0 ? n : n + (size_t)k >= len ? len - 1 : n + (size_t)k;
 }
 
+/* Value.string_value: text, but `bytes` in the C binding (see
+ * proto/kvs_c.cmake), so the descriptor says BYTES. */
+static int is_value_text(const ProtobufCMessageDescriptor *d, const ProtobufCFieldDescriptor *f)
+{
+    return d == &kvs__value__descriptor && f->id == 1;
+}
+
 /* Walks one message's wire bytes; recurses into sub-messages. Malformed
- * input is left to the decoder (which already accepted it). */
+ * input is left to the decoder (which already accepted it). String fields
+ * (table names) must be NUL-free UTF-8; Value.string_value must be UTF-8
+ * and may hold U+0000 like any other code point. */
 static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                               const uint8_t *end, const wire_path_t *path, int depth, char *msg,
                               size_t mlen)
@@ -401,18 +483,22 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
             return KVS_STATUS_OK;
         const ProtobufCFieldDescriptor *f =
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
-        if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
-            (memchr(p, 0, n) != NULL || !kvs_utf8_valid(p, n))) {
+        int text = f != NULL && (f->type == PROTOBUF_C_TYPE_STRING || is_value_text(d, f));
+        if (text && !kvs_utf8_valid(p, n)) {
             wire_path_t leaf = {f->name, path};
             path_text(&leaf, where, sizeof(where));
             return bad(msg, mlen,
-                       "%s is not valid UTF-8 text (or holds a NUL byte); send "
-                       "arbitrary bytes as binary fields",
+                       "%s is not valid UTF-8 text; send arbitrary bytes as binary fields", where);
+        }
+        if (text && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL) {
+            wire_path_t leaf = {f->name, path};
+            path_text(&leaf, where, sizeof(where));
+            return bad(msg, mlen, "%s holds a NUL byte (U+0000), which table names may not contain",
                        where);
         }
         if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
-            /* Paths read as users write them: Hset.value.string_value (the
-             * command's message name, then field names). */
+            /* Paths read as users write them: Hset.pair.value.string_value
+             * (the command's message name, then field names). */
             const ProtobufCMessageDescriptor *fd = f->descriptor;
             wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path};
             uint32_t st = check_strings(fd, p, p + n, &sub, depth + 1, msg, mlen);
@@ -476,12 +562,14 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     }
 }
 
-static int text_ok(const uint8_t *p, size_t n)
+/* A table name: NUL-free UTF-8. */
+static int name_ok(const uint8_t *p, size_t n)
 {
     return memchr(p, 0, n) == NULL && kvs_utf8_valid(p, n);
 }
 
-/* A Value with exactly one known member of the right wire type. */
+/* A Value with exactly one known member of the right wire type; text is
+ * UTF-8 (a NUL is a code point like any other there). */
 static int peek_value(const uint8_t *p, size_t len)
 {
     static const unsigned wire[6] = {9, 2, 2, 0, 1, 0}; /* by field number; 9 = none */
@@ -493,14 +581,37 @@ static int peek_value(const uint8_t *p, size_t len)
     unsigned f = (unsigned)(tag >> 3);
     if (f < 1 || f > 5 || (tag & 7) != wire[f])
         return 0;
-    return f != 1 || text_ok(v, n);
+    return f != 1 || kvs_utf8_valid(v, n);
+}
+
+/* An Hset's Kvpair: key and value, each exactly once, nothing else. */
+static int peek_pair(const uint8_t *p, size_t len, kvs_peek_t *out)
+{
+    const uint8_t *end = p + len, *v;
+    uint64_t tag;
+    size_t n;
+    out->key = out->value = NULL;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0 || (tag & 7) != 2)
+            return 0;
+        if (tag >> 3 == 1 && out->key == NULL) {
+            out->key = v;
+            out->key_len = n;
+        } else if (tag >> 3 == 2 && out->value == NULL) {
+            out->value = v;
+            out->value_len = n;
+        } else {
+            return 0; /* unknown or repeated field */
+        }
+    }
+    return out->key != NULL && out->value != NULL && peek_value(out->value, out->value_len);
 }
 
 int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
 {
-    const uint8_t *end = p + len, *body, *v, *value = NULL;
+    const uint8_t *end = p + len, *body, *v;
     uint64_t tag;
-    size_t blen, n, vlen = 0;
+    size_t blen, n;
     if (peek_field(&p, end, &tag, &body, &blen) != 0 || p != end || (tag & 7) != 2)
         return 0;
     out->cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
@@ -509,36 +620,32 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
         out->cmd != KVS__COMMAND_REQUEST__COMMAND_HDEL &&
         out->cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST)
         return 0;
-    out->table = out->key = NULL;
+    /* Hget, Hdel, Hexist: {table = 1, key = 2}; Hset: {table = 1,
+     * pair = 2 {key = 1, value = 2}}. */
+    int hset = out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET;
+    out->table = out->key = out->value = NULL;
+    out->value_len = 0;
     for (p = body, end = body + blen; p < end;) {
         if (peek_field(&p, end, &tag, &v, &n) != 0 || (tag & 7) != 2)
             return 0;
         if (tag >> 3 == 1 && out->table == NULL) {
             out->table = v;
             out->table_len = n;
-        } else if (tag >> 3 == 2 && out->key == NULL) {
+        } else if (tag >> 3 == 2 && out->key == NULL && !hset) {
             out->key = v;
             out->key_len = n;
-        } else if (tag >> 3 == 3 && value == NULL &&
-                   out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET) {
-            value = v;
-            vlen = n;
+        } else if (tag >> 3 == 2 && out->key == NULL) {
+            if (!peek_pair(v, n, out)) /* anything unusual: the full path decides */
+                return 0;
         } else {
             return 0; /* unknown or repeated field */
         }
     }
     if (out->table == NULL || out->table_len == 0 || out->table_len > KVS_MAX_TABLE ||
         (out->table[0] == '_' && out->table_len > 1 && out->table[1] == '_') ||
-        !text_ok(out->table, out->table_len))
+        !name_ok(out->table, out->table_len))
         return 0;
-    if (out->key == NULL || out->key_len == 0 || out->key_len > KVS_MAX_KEY)
-        return 0;
-    if (out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET &&
-        (value == NULL || !peek_value(value, vlen)))
-        return 0;
-    out->value = value;
-    out->value_len = vlen;
-    return 1;
+    return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
 }
 
 /* ---- values ----------------------------------------------------------- */

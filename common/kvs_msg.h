@@ -61,11 +61,12 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n);
  * bytes are not a CommandRequest. */
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len);
 
-/* Checks every string field in the encoded request `p` (found through the
- * message descriptors) for NUL bytes and invalid UTF-8, which protobuf-c
- * would silently truncate or pass on (a table "a\0b" would alias "a").
- * Returns 200, or 400 with the field named in msg. Call on bytes that
- * decoded as a CommandRequest. */
+/* Checks every text field in the encoded request `p` (found through the
+ * message descriptors), which protobuf-c would pass on unchecked: table
+ * names must be UTF-8 without NUL bytes (protobuf-c would cut "a\0b" to
+ * "a", aliasing another table); Value.string_value must be UTF-8 and may
+ * hold U+0000. Returns 200, or 400 with the field named in msg. Call on
+ * bytes that decoded as a CommandRequest. */
 uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen);
 
 /* What kvs_msg_peek found in a single-key request. */
@@ -73,9 +74,9 @@ typedef struct kvs_peek_s {
     Kvs__CommandRequest__CommandCase cmd; /* Hget, Hset, Hdel or Hexist */
     const uint8_t *table;                 /* not NUL-terminated */
     size_t table_len;
-    const uint8_t *key;
+    const uint8_t *key; /* Hset: Hset.pair.key */
     size_t key_len;
-    const uint8_t *value; /* Hset: the encoded Value, as stored */
+    const uint8_t *value; /* Hset: the encoded Hset.pair.value, as stored */
     size_t value_len;
 } kvs_peek_t;
 
@@ -96,6 +97,14 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
 /* True when p[0..n) is well-formed UTF-8 (no overlongs, no surrogates, at
  * most U+10FFFF): what protobuf runtimes demand of string fields. */
 int kvs_utf8_valid(const void *p, size_t n);
+
+/* Writes p[0..n) into out[0..cap) as text fit for a message (a key in a
+ * 404, say): printable ASCII and valid UTF-8 stay as they are, `"` and `\`
+ * are escaped, any other byte (control characters, invalid UTF-8) becomes
+ * \xHH. Text that does not fit ends with "..." after a whole character.
+ * Always NUL-terminated and valid UTF-8; cap must be at least 4. Returns
+ * out. */
+const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n);
 
 /* The command's name as clients know it ("Hget", ...), or "none". */
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);

@@ -170,9 +170,10 @@ void kvs_resp_abort(kvs_resp_t *r)
 
 size_t kvs_value_encode_int(uint8_t *buf, int64_t v)
 {
-    uint64_t zz = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); /* sint64: zigzag */
+    /* int64, as the original protocol has it (not sint64): the two's
+     * complement bits as a varint, so a negative number takes 10 bytes. */
     size_t n = put_varint(buf, F_V_INTEGER << 3 | WT_VARINT);
-    return n + put_varint(buf + n, zz);
+    return n + put_varint(buf + n, (uint64_t)v);
 }
 
 size_t kvs_value_encode_float(uint8_t *buf, double v)

@@ -57,8 +57,9 @@ int kvs_resp_end(kvs_resp_t *r);
 void kvs_resp_abort(kvs_resp_t *r);
 
 /* Helpers for building encoded kvs.Value bytes (for tools and tests).
- * Each writes into buf (at least 16 bytes for scalars) and returns the
- * length; for string/binary the caller's buffer must hold len + 11. */
+ * Each writes into buf (at least 16 bytes for scalars: an int64 takes up to
+ * 11) and returns the length; for string/binary the caller's buffer must
+ * hold len + 11. */
 size_t kvs_value_encode_int(uint8_t *buf, int64_t v);
 size_t kvs_value_encode_float(uint8_t *buf, double v);
 size_t kvs_value_encode_bool(uint8_t *buf, int v);

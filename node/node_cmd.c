@@ -77,7 +77,9 @@ static int too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, const 
     return 0;
 }
 
-/* Encodes a request Value for storage into arena memory. */
+/* Encodes a request Value for storage into arena memory. Exact for every
+ * kind: the C binding holds string_value with its length (a NUL inside
+ * survives; see proto/kvs_c.cmake). */
 static int encode_value(node_cmd_ctx_t *ctx, const Kvs__Value *v, node_slice_t *out)
 {
     size_t n = kvs__value__get_packed_size(v);
@@ -110,14 +112,23 @@ static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBin
 
 /* ---- single-key --------------------------------------------------------- */
 
+/* Hget's 404, naming table and key (as the original protocol does); a key
+ * that is not printable text is shown escaped. */
+static void not_found(kvs_resp_t *r, const char *table, const ProtobufCBinaryData *key)
+{
+    char shown[256];
+    kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
+    kvs_resp_message(r, "key \"%s\" not found in table \"%s\"",
+                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), table);
+}
+
 static int cmd_hget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hget *m = req->hget;
     node_slice_t v;
     int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
     if (rc == KVS_ENOTFOUND) {
-        kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
-        kvs_resp_message(r, "key not found in table \"%s\"", m->table);
+        not_found(r, m->table, &m->key);
         return 0;
     }
     if (rc != 0)
@@ -130,17 +141,18 @@ static int cmd_hget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
 static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hset *m = req->hset;
+    const ProtobufCBinaryData *key = &m->pair->key;
     node_slice_t enc;
-    int rc = encode_value(ctx, m->value, &enc);
+    int rc = encode_value(ctx, m->pair->value, &enc);
     if (rc != 0)
         return rc;
-    if (pair_too_large(ctx, r, &m->key, enc.len))
+    if (pair_too_large(ctx, r, key, enc.len))
         return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
-    rc = append_stored(ctx, r, m->table, &m->key);
+    rc = append_stored(ctx, r, m->table, key);
     if (rc < 0)
         return rc;
-    return node_store_put(ctx->store, m->table, m->key.data, m->key.len, enc.p, enc.len);
+    return node_store_put(ctx->store, m->table, key->data, key->len, enc.p, enc.len);
 }
 
 static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
@@ -439,8 +451,7 @@ static int fast_path(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_resp_t *r)
     case KVS__COMMAND_REQUEST__COMMAND_HGET:
         rc = node_store_get(ctx->store, table, key.data, key.len, &v);
         if (rc == KVS_ENOTFOUND) {
-            kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
-            kvs_resp_message(r, "key not found in table \"%s\"", table);
+            not_found(r, table, &key);
             return 0;
         }
         if (rc == 0) {

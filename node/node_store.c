@@ -47,7 +47,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define FORMAT_VERSION "1"
+/* What the stored bytes mean. 1: kvs 0.1, Value.integer_value as sint64.
+ * 2: the original KV protocol's int64 (kvs.proto says why). Stored values
+ * are encoded Values served as they are, so a format-1 environment would
+ * answer wrong integers: format_check refuses it. */
+#define FORMAT_VERSION "2"
 #define META_DB "__kvs"
 #define OP_PAGES_BASE 6            /* pages a write may dirty: path copy + split */
 #define MIN_FREE_PAGES 16384       /* keep at least 64 MiB (4 KiB pages) free */
@@ -631,6 +635,24 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
     return 0;
 }
 
+/* Refuses an environment whose stored values this build would misread,
+ * saying what to do; a new environment gets FORMAT_VERSION. */
+static int format_check(MDB_txn *txn, MDB_dbi meta, const char *dir, char *err, size_t errlen)
+{
+    MDB_val k = {sizeof("format_version") - 1, (void *)"format_version"}, v;
+    int rc = mdb_get(txn, meta, &k, &v);
+    if (rc != 0 || v.mv_size != 1 || *(const char *)v.mv_data != '1') /* new, current, newer */
+        return meta_check(txn, meta, "format_version", FORMAT_VERSION, dir, err, errlen);
+    snprintf(err, errlen,
+             "%s was written by an older kvs wire format (format_version 1: integers "
+             "encoded as sint64); this kvs stores format_version %s (int64, as in the original KV "
+             "protocol) and would misread its integers, so it refuses to open it. Move the "
+             "directory away and load the data again (tables bound to Kafka topics re-ingest "
+             "from the topic by themselves)",
+             dir, FORMAT_VERSION);
+    return KVS_EMISMATCH;
+}
+
 static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
     MDB_txn *txn = NULL;
@@ -645,7 +667,7 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
             mdb_txn_abort(txn);
         return KVS_ESTORE;
     }
-    rc = meta_check(txn, s->meta, "format_version", FORMAT_VERSION, o->dir, err, errlen);
+    rc = format_check(txn, s->meta, o->dir, err, errlen);
     if (rc == 0)
         rc = meta_check(txn, s->meta, "shard", shard, o->dir, err, errlen);
     if (rc == 0)

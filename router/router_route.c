@@ -650,7 +650,7 @@ static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
     case KVS__COMMAND_REQUEST__COMMAND_HGET:
         return &q->hget->key;
     case KVS__COMMAND_REQUEST__COMMAND_HSET:
-        return &q->hset->key;
+        return &q->hset->pair->key; /* validated: the pair is there */
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
         return &q->hdel->key;
     case KVS__COMMAND_REQUEST__COMMAND_HEXIST:

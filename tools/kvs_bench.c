@@ -202,6 +202,7 @@ static uint64_t rng_below(uint64_t *s, uint64_t n)
 typedef struct bench_msgs_s {
     Kvs__CommandRequest req;
     Kvs__Hset hset;
+    Kvs__Kvpair pair;
     Kvs__Hget hget;
     Kvs__Hmget hmget;
     Kvs__Ping ping;
@@ -213,13 +214,16 @@ typedef struct bench_msgs_s {
 static void fill_request(bench_t *b, bench_kind_t kind, ProtobufCBinaryData k,
                          ProtobufCBinaryData *keys, bench_msgs_t *m)
 {
-    *m = (bench_msgs_t){KVS__COMMAND_REQUEST__INIT, KVS__HSET__INIT, KVS__HGET__INIT,
-                        KVS__HMGET__INIT,           KVS__PING__INIT, KVS__VALUE__INIT};
+    *m = (bench_msgs_t){
+        KVS__COMMAND_REQUEST__INIT, KVS__HSET__INIT, KVS__KVPAIR__INIT, KVS__HGET__INIT,
+        KVS__HMGET__INIT,           KVS__PING__INIT, KVS__VALUE__INIT};
     m->val.kind_case = KVS__VALUE__KIND_STRING_VALUE;
-    m->val.string_value = (char *)b->value;
+    m->val.string_value.data = b->value;
+    m->val.string_value.len = (size_t)b->o.value_size;
     m->hset.table = m->hget.table = m->hmget.table = (char *)b->o.table;
-    m->hset.key = m->hget.key = k;
-    m->hset.value = &m->val;
+    m->pair.key = m->hget.key = k;
+    m->pair.value = &m->val;
+    m->hset.pair = &m->pair;
     for (uint64_t i = 0; kind == K_HMGET && i < b->o.keys; i++)
         keys[i] = k;
     m->hmget.n_keys = kind == K_HMGET ? b->o.keys : 0;

@@ -25,9 +25,9 @@
  * Session lines are split like a shell would: whitespace separates tokens,
  * "double quotes" understand \n \t \r \\ \" \xHH, 'single quotes' are literal
  * except \'. Tokens are byte strings (a \x00 is allowed), so keys and binary
- * values can hold any byte; strings sent as protobuf `string` fields must be
- * NUL-free UTF-8. Options may lead a session line (`--int hset t k 5`) and
- * then apply to that line only.
+ * values can hold any byte; table names must be NUL-free UTF-8, and string
+ * values UTF-8 (where a \x00 is a character like any other). Options may
+ * lead a session line (`--int hset t k 5`) and then apply to that line only.
  *
  * Options must come before the command, so that a value such as -5 is never
  * taken for an option.
@@ -443,7 +443,7 @@ static void put_value_raw(const Kvs__Value *v)
     char num[64];
     switch (v == NULL ? KVS__VALUE__KIND__NOT_SET : v->kind_case) {
     case KVS__VALUE__KIND_STRING_VALUE:
-        fputs(v->string_value, stdout);
+        put_bytes(v->string_value.data, v->string_value.len);
         break;
     case KVS__VALUE__KIND_BINARY_VALUE:
         put_bytes(v->binary_value.data, v->binary_value.len);
@@ -473,7 +473,7 @@ static void put_value(const cli_t *c, const Kvs__Value *v)
     }
     switch (v == NULL ? KVS__VALUE__KIND__NOT_SET : v->kind_case) {
     case KVS__VALUE__KIND_STRING_VALUE:
-        put_quoted(v->string_value, strlen(v->string_value));
+        put_quoted(v->string_value.data, v->string_value.len);
         break;
     case KVS__VALUE__KIND_BINARY_VALUE:
         fputs("(binary) ", stdout);
@@ -623,14 +623,12 @@ static int utf8_valid(const unsigned char *p, size_t n)
  * field. Returns 0, or CLI_USAGE after saying what is wrong with it. */
 static int arg_string(cli_t *c, const char *what, cli_arg_t a, char **out)
 {
-    const char *hint =
-        c->vtype == VT_STRING && strcmp(what, "value") == 0 ? "; pass --binary to store bytes" : "";
     if (memchr(a.p, '\0', a.len) != NULL) {
-        fprintf(stderr, "kvs-cli: the %s contains a NUL byte%s\n", what, hint);
+        fprintf(stderr, "kvs-cli: the %s contains a NUL byte\n", what);
         return CLI_USAGE;
     }
     if (!utf8_valid((const unsigned char *)a.p, a.len)) {
-        fprintf(stderr, "kvs-cli: the %s is not valid UTF-8%s\n", what, hint);
+        fprintf(stderr, "kvs-cli: the %s is not valid UTF-8\n", what);
         return CLI_USAGE;
     }
     char *s = cli_alloc(&c->arena, a.len + 1);
@@ -644,6 +642,18 @@ static ProtobufCBinaryData arg_bytes(cli_arg_t a)
 {
     ProtobufCBinaryData b = {.len = a.len, .data = (uint8_t *)a.p};
     return b;
+}
+
+/* A string value: UTF-8, where a NUL is a character like any other (the C
+ * binding carries string_value with its length). Returns 0 or CLI_USAGE. */
+static int arg_text(cli_arg_t a, ProtobufCBinaryData *out)
+{
+    if (!utf8_valid((const unsigned char *)a.p, a.len)) {
+        fprintf(stderr, "kvs-cli: the value is not valid UTF-8; pass --binary to store bytes\n");
+        return CLI_USAGE;
+    }
+    *out = arg_bytes(a);
+    return 0;
 }
 
 /* Copies a short argument into buf for strto*(); 0 or -1 if it cannot be a
@@ -795,7 +805,7 @@ static int arg_value(cli_t *c, cli_arg_t a, Kvs__Value **out)
         return 0;
     default:
         v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
-        return arg_string(c, "value", a, &v->string_value);
+        return arg_text(a, &v->string_value);
     }
 }
 
@@ -909,10 +919,11 @@ static int build_hset(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
                       Kvs__CommandRequest *req)
 {
     Kvs__Hset *m = cli_new(c, &kvs__hset__descriptor);
+    m->pair = cli_new(c, &kvs__kvpair__descriptor);
     if (arg_string(c, "table name", argv[0], &m->table) != 0 ||
-        arg_value(c, argv[2], &m->value) != 0)
+        arg_value(c, argv[2], &m->pair->value) != 0)
         return CLI_USAGE;
-    m->key = arg_bytes(argv[1]);
+    m->pair->key = arg_bytes(argv[1]);
     req->command_case = cmd->cc;
     req->hset = m;
     return 0;

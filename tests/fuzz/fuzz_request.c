@@ -175,11 +175,11 @@ static void check_verdict(uint32_t st, const char *msg, size_t mlen)
     }
 }
 
-/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
- * the request is valid (any status may follow from executing it). */
 /* The fast path (kvs_msg_peek) may only say yes to what the full path
- * accepts, with the same command, table and key, and an Hset's Value bytes
- * must decode on their own (they are stored as sent). */
+ * accepts, and must read the request exactly as protobuf-c does: the same
+ * command, table and key, and for an Hset the same Value, byte for byte
+ * (protobuf-c packs the Value it decoded; peek hands on the bytes it will
+ * store, which must also be a valid Value on their own). */
 static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandRequest *req,
                        uint32_t valid, uint32_t strings)
 {
@@ -191,13 +191,30 @@ static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandReque
     const char *table = kvs_msg_request_table(req);
     FUZZ_CHECK(table != NULL && strlen(table) == pk.table_len &&
                memcmp(table, pk.table, pk.table_len) == 0);
-    if (pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+    int hset = pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET;
+    /* Hget, Hdel and Hexist share one layout; Hset's key is in its pair. */
+    const ProtobufCBinaryData *key = hset ? &req->hset->pair->key : &req->hget->key;
+    FUZZ_CHECK(key->len == pk.key_len && memcmp(key->data, pk.key, pk.key_len) == 0);
+    if (hset) { /* a scratch arena: value_valid resets the one it is given */
+        kvs_arena_t scratch;
+        kvs_arena_init(&scratch);
         Kvs__Value *v = NULL;
-        FUZZ_CHECK(kvs_msg_value_valid(&fx.arena, pk.value, pk.value_len));
-        FUZZ_CHECK(kvs_msg_decode_value(&fx.arena, pk.value, pk.value_len, &v) == 0);
+        const Kvs__Value *want = req->hset->pair->value;
+        FUZZ_CHECK(kvs_msg_value_valid(&scratch, pk.value, pk.value_len));
+        FUZZ_CHECK(kvs_msg_decode_value(&scratch, pk.value, pk.value_len, &v) == 0);
+        size_t n = kvs__value__get_packed_size(want);
+        uint8_t *a = kvs_arena_alloc(&scratch, n + 1), *b = kvs_arena_alloc(&scratch, n + 1);
+        FUZZ_CHECK(a != NULL && b != NULL);
+        FUZZ_CHECK(kvs__value__get_packed_size(v) == n);
+        kvs__value__pack(want, a);
+        kvs__value__pack(v, b);
+        FUZZ_CHECK(memcmp(a, b, n) == 0);
+        kvs_arena_close(&scratch);
     }
 }
 
+/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
+ * the request is valid (any status may follow from executing it). */
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];

@@ -81,8 +81,8 @@ def req_hget(table, key):
 
 def req_hset(table, key, val):
     r = pb.CommandRequest()
-    r.hset.table, r.hset.key = table, kbytes(key)
-    r.hset.value.CopyFrom(value(val))
+    r.hset.table, r.hset.pair.key = table, kbytes(key)
+    r.hset.pair.value.CopyFrom(value(val))
     return r
 
 

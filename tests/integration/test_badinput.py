@@ -51,9 +51,10 @@ def ld(field, payload):
 
 
 def raw_hset(table, key, value_bytes):
-    """CommandRequest{hset{table, key, value}} from raw bytes, so that strings
-    that are not UTF-8 can be sent (Python's protobuf refuses to build them)."""
-    return ld(4, ld(1, table) + ld(2, key) + ld(3, value_bytes))
+    """CommandRequest{hset{table, pair{key, value}}} from raw bytes, so that
+    strings that are not UTF-8 can be sent (Python's protobuf refuses to build
+    them)."""
+    return ld(4, ld(1, table) + ld(2, ld(1, key) + ld(2, value_bytes)))
 
 
 def hget_with_extra_field():
@@ -181,7 +182,7 @@ class BadInputTest(NodeTestCase):
         self.assertBad(c.hgetall(""), "Hgetall.table")
         self.assertBad(c.hscan(""), "Hscan.table")
         self.assertBad(c.hget("bad", ""), "Hget.key")
-        self.assertBad(c.hset("bad", "", 1), "Hset.key")
+        self.assertBad(c.hset("bad", "", 1), "Hset.pair.key")
         self.assertBad(c.hdel("bad", ""), "Hdel.key")
         self.assertBad(c.hexist("bad", ""), "Hexist.key")
         self.assertBad(c.hmget("bad", []), "Hmget.keys")
@@ -191,7 +192,7 @@ class BadInputTest(NodeTestCase):
         self.assertBad(c.hmset("bad", []), "Hmset.pairs")
         self.assertBad(c.hmset("bad", [("a", 1), ("", 2)]), "Hmset.pairs")
         self.assertBad(c.hget("bad", b"k" * 512), "Hget.key", "511")
-        self.assertBad(c.hset("bad", b"k" * 512, 1), "Hset.key")
+        self.assertBad(c.hset("bad", b"k" * 512, 1), "Hset.pair.key")
         self.assertBad(c.hmset("bad", [("a", 1), (b"k" * 512, 2)]), "Hmset.pairs")
         self.assertBad(c.hmdel("bad", ["a", b"k" * 512]), "Hmdel.keys[1]")
         self.assertBad(c.hget("__kvs", "k"), "table", "reserved")
@@ -199,11 +200,14 @@ class BadInputTest(NodeTestCase):
         self.assertBad(c.hset("__anything", "k", 1), "table", "reserved")
         self.assertBad(c.hgetall("__kvs"), "table", "reserved")
         self.assertBad(c.hset("x" * 201, "k", 1), "Hset.table", "200")
-        # Hset without a value, and with a Value that has no kind set
-        self.assertBad(c.call(pb.CommandRequest(hset=pb.Hset(table="bad", key=b"k"))),
-                       "Hset.value")
-        self.assertBad(c.call(pb.CommandRequest(hset=pb.Hset(table="bad", key=b"k",
-                                                             value=pb.Value()))), "Hset.value")
+        # Hset without a pair, without a value, and with a Value that has no
+        # kind set
+        self.assertBad(c.call(pb.CommandRequest(hset=pb.Hset(table="bad"))), "Hset.pair")
+        self.assertBad(c.call(pb.CommandRequest(hset=pb.Hset(table="bad",
+                                                             pair=pb.Kvpair(key=b"k")))),
+                       "Hset.pair.value")
+        self.assertBad(c.call(pb.CommandRequest(hset=pb.Hset(
+            table="bad", pair=pb.Kvpair(key=b"k", value=pb.Value())))), "Hset.pair.value")
         self.assertBad(c.call(pb.CommandRequest(hmset=pb.Hmset(
             table="bad", pairs=[pb.Kvpair(key=b"a")]))), "Hmset.pairs[0].value")
         # The limits themselves are fine.
@@ -221,9 +225,11 @@ class BadInputTest(NodeTestCase):
         self.assertEqual(r.status, 400, r.message)
         self.assertIn("15", r.message)  # names the field it does not know
         # A Value kind from the future (Value field 9) is refused, not stored.
-        body = pb.Hset(table="bad", key=b"fv").SerializeToString() + b"\x1a\x02\x48\x01"
-        c.send_raw(frame(b"\x22" + bytes([len(body)]) + body))
-        self.assertBad(c.recv(), "Hset.value")
+        c.send_raw(frame(raw_hset(b"bad", b"fv", b"\x48\x01")))
+        self.assertBad(c.recv(), "Hset.pair.value")
+        # kvs 0.1's Hset{table, value = 3} says what the shape is now.
+        c.send_raw(frame(ld(4, ld(1, b"bad") + ld(3, ld(1, b"v")))))
+        self.assertBad(c.recv(), "Hset has field 3", "pair")
         self.assertEqual(c.ping().status, 200)
 
     def scenario_string_value_not_utf8(self):
@@ -235,21 +241,20 @@ class BadInputTest(NodeTestCase):
             c.send_raw(frame(raw_hset(b"bad", b"u8", ld(1, bad))))
             r = c.recv()
             self.assertEqual(r.status, 400, "string_value %r: %d %s" % (bad, r.status, r.message))
-            self.assertIn("Hset.value", r.message)
+            self.assertIn("Hset.pair.value.string_value", r.message)
         self.assertEqual(c.hexist("bad", "u8").values[0].bool_value, False)
         self.assertOk(c.hset("bad", "u8", "\u00e9"))  # valid UTF-8 is fine
         self.assertOk(c.hdel("bad", "u8"))
 
     def scenario_string_value_with_nul(self):
-        # U+0000 is valid UTF-8, but C strings end at it: the value must be
-        # stored whole or refused (400), never silently cut to "a".
-        r = self.c.hset("bad", "nul", "a\x00b")
-        if r.status == 200:
-            self.assertEqual(pyval(self.c.hget("bad", "nul").values[0]), "a\x00b")
-            self.assertOk(self.c.hdel("bad", "nul"))
-        else:
-            self.assertBad(r, "Hset.value")
-        self.assertEqual(self.c.hexist("bad", "nul").values[0].bool_value, False)
+        # U+0000 is valid UTF-8 and valid protobuf: stored and served whole
+        # (C strings end at it, so nothing may pass it through one).
+        c = self.c
+        for text in ("a\x00b", "\x00", "x\x00", "\x00\u00e9\x00"):
+            self.assertOk(c.hset("bad", "nul", text))
+            self.assertEqual(pyval(c.hget("bad", "nul").values[0]), text)
+        self.assertEqual(pyval(c.hdel("bad", "nul").values[0]), "\x00\u00e9\x00")
+        self.assertEqual(c.hexist("bad", "nul").values[0].bool_value, False)
 
     def scenario_table_not_utf8(self):
         c = self.c
@@ -350,7 +355,7 @@ class BadInputTest(NodeTestCase):
             r = self.c.call(req)
             self.assertIn(r.status, (200, 413), r.message)
             if r.status == 200:
-                accepted[key.encode()] = req.hset.value.binary_value
+                accepted[key.encode()] = req.hset.pair.value.binary_value
             self.assertEqual(self.c.hexist(table, key).values[0].bool_value, r.status == 200)
         for key in (b"a-small", b"big" + b"z" * 500, b"zz"):  # long next key = long cursor
             self.assertOk(self.c.hset("b", key, key.decode()[:8]))

@@ -319,6 +319,23 @@ class CliTest(unittest.TestCase):
         # help lists the commands.
         self.assertIn("hscan TABLE [CURSOR [COUNT]]", self.ok(input=b"help\n"))
 
+    def test_text_with_nul_in_a_session(self):
+        # U+0000 is text: a string value may hold it (sent whole, shown
+        # escaped, or raw with --raw); a table name may not.
+        script = (b'hset t nul "a\\x00b\\x00"\n'
+                  b"hget t nul\n"
+                  b"hmget t nul\n")
+        self.assertEqual(self.ok(input=script), '(nil)\n"a\\x00b\\x00"\n1) "a\\x00b\\x00"\n')
+        p = self.cli("--raw", "hget", "t", "nul")
+        self.assertEqual((p.returncode, p.stdout), (0, b"a\x00b\x00\n"))
+        req = pb.CommandRequest()
+        req.hget.table, req.hget.key = "t", b"nul"
+        resp = self.node.call(req)
+        self.assertEqual(resp.values[0].string_value, "a\x00b\x00")  # stored as text, whole
+        p = self.cli(input=b'hset "t\\x00x" k v\n')
+        self.assertEqual((p.returncode, p.stdout), (1, b""))
+        self.assertIn(b"the table name contains a NUL byte", p.stderr)
+
     def test_usage_errors_exit_2(self):
         p = self.cli("hget", "t")
         self.assertEqual(p.returncode, 2)

@@ -60,9 +60,9 @@ def _frame(req):
 
 
 def hset_frame(table, i):
-    """Frame of Hset{table, key:str(i), value:{string_value:str(i)}}."""
+    """Frame of Hset{table, pair{key:str(i), value:{string_value:str(i)}}}."""
     k = b"%d" % i
-    return _frame(_ld(4, _ld(1, table) + _ld(2, k) + _ld(3, _ld(1, k))))
+    return _frame(_ld(4, _ld(1, table) + _ld(2, _ld(1, k) + _ld(2, _ld(1, k)))))
 
 
 def hmset_frame(table, b):

@@ -368,6 +368,39 @@ class IngestTest(unittest.TestCase):
                          "Hget of such a key gave %s" % (st, readable))
         self.assertEqual(sum(s["applied"] for s in st.values()), 20)
 
+    def test_text_with_nul_ingested_whole(self):
+        # U+0000 is valid UTF-8: a string-format payload holding it, and an
+        # encoded Value whose string_value holds it, are stored and served
+        # byte for byte by every read (the router merges Hmget, Hgetall and
+        # Hscan answers from several shards).
+        parts = 4
+        m = self.mock({"strt": parts, "valt": parts})
+        texts = {b"k-%d" % i: "t\x00%d\x00" % i + "\x00" * (i % 3) for i in range(24)}
+        produce(m.bootstrap, "strt", [(k, t.encode()) for k, t in texts.items()])
+        vals = []
+        for k, t in texts.items():
+            x = pb.Value()
+            x.string_value = t
+            vals.append((k, x.SerializeToString()))
+        produce(m.bootstrap, "valt", vals)
+        r = self.router(m, [("strt", "strtab", "string", parts), ("valt", "valtab", "value", parts)])
+        for topic in ("strt", "valt"):
+            ends = self.ends(m, topic, parts)
+            self.assert_exactly_once(self.wait_caught_up(r, topic, ends), ends)
+        keys = sorted(texts)
+        with r.client() as c:
+            for table in ("strtab", "valtab"):
+                for k in keys[:4]:
+                    self.assertEqual(pyval(c.hget(table, k).values[0]), texts[k], k)
+                resp = c.hmget(table, keys)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertEqual([pyval(x) for x in resp.values], [texts[k] for k in keys])
+                resp = c.hgetall(table)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertEqual({p.key: pyval(p.value) for p in resp.pairs}, texts)
+                self.assertEqual(dict(c.scan_all(table, count=5)), texts)
+        self.assertEqual(sum(s["skipped"] for s in kafka_parts(info(r), "strt").values()), 0)
+
     def test_kill9_mid_ingest_exactly_once(self):
         topic, parts, n, nkeys = "users", 16, 200000, 20000
         m = self.mock({topic: parts}, control=True)
@@ -659,9 +692,14 @@ class IngestTest(unittest.TestCase):
             b"bool-false": v(bool_value=False),
             b"str": v(string_value="h\u00e9llo w\u00f6rld \U0001F600"),
             b"str-empty": v(string_value=""),
+            b"str-nul": v(string_value="\x00a\x00b\x00"),  # U+0000 is text like any other
             b"bin": v(binary_value=bytes(range(256))),
             b"bin-empty": v(binary_value=b""),
         }
+        # The payloads are the original KV protocol's encoding: integers are
+        # int64 (two's complement varint, ten bytes when negative), not sint64.
+        self.assertEqual(values[b"int-neg"].SerializeToString(), b"\x18\xf9" + b"\xff" * 8 + b"\x01")
+        self.assertEqual(values[b"int-pos"].SerializeToString(), b"\x18\x2a")
         recs = [(k, val.SerializeToString()) for k, val in values.items()]
         # A later record of another type replaces the earlier one.
         recs.insert(0, (b"int-pos", v(string_value="old").SerializeToString()))

@@ -3,9 +3,12 @@
 Each test starts its own one-shard kvs-node on loopback (see kvstest.Node).
 """
 import math
+import os
 import random
+import shutil
 import signal
 import struct
+import subprocess
 import unittest
 
 from kvstest import (NodeTestCase, pyval, req_hdel, req_hexist, req_hget, req_hmget, req_hmset,
@@ -318,6 +321,34 @@ class NodeTest(NodeTestCase):
             self.assertEqual(c.hget("r", "k0").status, 404)
             self.assertOk(c.hset("r", "after", 1))
         self.assertEqual(self.n.stop(), 0, self.n.stderr())
+
+    def test_refuses_data_of_an_older_wire_format(self):
+        # kvs 0.1 stored integers as sint64 (format_version 1): served as
+        # int64 they would be wrong, so the worker refuses the directory,
+        # says why and what to do, and leaves it as it was.
+        mdb_load = shutil.which("mdb_load")
+        self.assertIsNotNone(mdb_load, "mdb_load (lmdb-utils) is needed: deploy/install-deps.sh")
+        self.assertOk(self.c.hset("t", "k", -3))
+        self.c.close()
+        self.assertEqual(self.n.stop(), 0, self.n.stderr())
+        env = os.path.join(self.n.data_dir, "shard-0")
+
+        def set_format(version):
+            subprocess.run([mdb_load, "-T", "-s", "__kvs", env], check=True, timeout=10,
+                           input=b"format_version\n%s\n" % version)
+        set_format(b"1")
+        p = subprocess.run([self.n.exe, "--config", self.n.config, "--shard", "0",
+                            "--listen", "%s:%d" % self.n.addr],
+                           capture_output=True, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        err = p.stderr.decode()
+        self.assertIn(env + " was written by an older kvs wire format", err)
+        self.assertIn("sint64", err)
+        self.assertIn("Move the directory away", err)
+        set_format(b"2")  # what it would be, had it been written as int64
+        self.n.start()
+        with self.n.client() as c:
+            self.assertEqual(vals(c.hget("t", "k")), [-3])
 
     def test_sigterm_answers_what_it_received(self):
         # Requests already sent when SIGTERM arrives are answered and stored.

@@ -16,6 +16,7 @@
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_resp.h"
 #include "kvs_test.h"
 #include "node_cmd.h"
 
@@ -160,12 +161,18 @@ static ProtobufCBinaryData bin(const char *s)
     return (ProtobufCBinaryData){strlen(s), (uint8_t *)s};
 }
 
-static Kvs__Value vstr(const char *s)
+/* Text of n bytes (it may hold U+0000). */
+static Kvs__Value vtext(const char *s, size_t n)
 {
     Kvs__Value v = KVS__VALUE__INIT;
     v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
-    v.string_value = (char *)s;
+    v.string_value = (ProtobufCBinaryData){n, (uint8_t *)s};
     return v;
+}
+
+static Kvs__Value vstr(const char *s)
+{
+    return vtext(s, strlen(s));
 }
 
 static Kvs__Value vint(int64_t i)
@@ -191,10 +198,16 @@ static const Kvs__Value *value0(const Kvs__CommandResponse *r)
     return r->values[0];
 }
 
-static void check_str(const Kvs__Value *v, const char *s)
+static void check_text(const Kvs__Value *v, const char *s, size_t n)
 {
     CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
-    CHECK_STR(v->string_value, s);
+    CHECK_EQ(v->string_value.len, n);
+    CHECK(n == 0 || memcmp(v->string_value.data, s, n) == 0);
+}
+
+static void check_str(const Kvs__Value *v, const char *s)
+{
+    check_text(v, s, strlen(s));
 }
 
 static void check_empty(const Kvs__Value *v)
@@ -235,9 +248,11 @@ static Kvs__CommandResponse *hget(const char *t, const char *k)
 static Kvs__CommandResponse *hset_key(const char *t, ProtobufCBinaryData k, Kvs__Value v)
 {
     Kvs__Hset m = KVS__HSET__INIT;
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
     m.table = (char *)t;
-    m.key = k;
-    m.value = &v;
+    m.pair = &pair;
+    pair.key = k;
+    pair.value = &v;
     return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HSET, &m);
 }
 
@@ -287,15 +302,14 @@ static Kvs__CommandResponse *multi(Kvs__CommandRequest__CommandCase c, const cha
     return run_cmd(c, &m);
 }
 
-static Kvs__CommandResponse *hmset(const char *t, size_t n, const char *const *keys,
-                                   const char *const *vals)
+/* Hmset of keys[i] => values[i]. */
+static Kvs__CommandResponse *hmset_values(const char *t, size_t n, const char *const *keys,
+                                          Kvs__Value *values)
 {
     Kvs__Kvpair pairs[16], *pp[16];
-    Kvs__Value values[16];
     CHECK(n <= 16);
     for (size_t i = 0; i < n; i++) {
         kvs__kvpair__init(&pairs[i]);
-        values[i] = vstr(vals[i]);
         pairs[i].key = bin(keys[i]);
         pairs[i].value = &values[i];
         pp[i] = &pairs[i];
@@ -305,6 +319,16 @@ static Kvs__CommandResponse *hmset(const char *t, size_t n, const char *const *k
     m.n_pairs = n;
     m.pairs = pp;
     return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+}
+
+static Kvs__CommandResponse *hmset(const char *t, size_t n, const char *const *keys,
+                                   const char *const *vals)
+{
+    Kvs__Value values[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++)
+        values[i] = vstr(vals[i]);
+    return hmset_values(t, n, keys, values);
 }
 
 static Kvs__CommandResponse *hgetall(const char *t)
@@ -351,11 +375,30 @@ KVS_TEST(hget_missing_is_404_naming_table)
     setup_default();
     Kvs__CommandResponse *r = hget(TABLE, "nobody");
     check_status(r, 404);
-    CHECK_CONTAINS(r->message, "\"" TABLE "\"");
+    CHECK_CONTAINS(r->message, "key \"nobody\" not found in table \"" TABLE "\"");
     CHECK_EQ(r->n_values, 0);
     put(TABLE, "alice", "x");
     end_turn();
-    check_status(hget(TABLE, "bob"), 404); /* table exists, key does not */
+    r = hget(TABLE, "bob"); /* table exists, key does not */
+    check_status(r, 404);
+    CHECK_CONTAINS(r->message, "key \"bob\" not found in table \"" TABLE "\"");
+    /* A binary key is shown escaped (the message is UTF-8 text); the full
+     * decoder's path (a request peek leaves alone) says the same. */
+    Kvs__Hget m = KVS__HGET__INIT;
+    m.table = TABLE;
+    m.key = (ProtobufCBinaryData){4, (uint8_t *)"b\0\xff\""};
+    r = run_cmd(KVS__COMMAND_REQUEST__COMMAND_HGET, &m);
+    check_status(r, 404);
+    CHECK_CONTAINS(r->message, "key \"b\\x00\\xff\\\"\" not found in table \"" TABLE "\"");
+    /* Hget{table "x", key "b", table "users"}: table given twice, so only
+     * the full decoder reads it (the last one counts). */
+    static const uint8_t twice[] = {0x0a, 0x0d, 0x0a, 0x01, 'x', 0x12, 0x01, 'b',
+                                    0x0a, 0x05, 'u',  's',  'e', 'r',  's'};
+    kvs_peek_t pk;
+    CHECK(kvs_msg_peek(twice, sizeof(twice), &pk) == 0);
+    r = run_raw(twice, sizeof(twice));
+    check_status(r, 404);
+    CHECK_CONTAINS(r->message, "key \"b\" not found in table \"" TABLE "\"");
 }
 
 KVS_TEST(hset_returns_previous_value)
@@ -375,6 +418,101 @@ KVS_TEST(hset_returns_previous_value)
     CHECK_EQ(r->n_values, 1);
     CHECK_EQ(r->values[0]->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
     CHECK_EQ(r->values[0]->integer_value, -7);
+}
+
+/* Hset of key => v with the table given twice ("x", then `t`): valid
+ * protobuf (the last one counts) that kvs_msg_peek leaves to the full
+ * decoder, so node_cmd packs the decoded Value again before storing it. */
+static Kvs__CommandResponse *hset_full_path(const char *t, const char *key, Kvs__Value v)
+{
+    Kvs__Hset m = KVS__HSET__INIT;
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    m.table = (char *)t;
+    m.pair = &pair;
+    pair.key = bin(key);
+    pair.value = &v;
+    uint8_t buf[256] = {0x22, 0, 0x0a, 0x01, 'x'};
+    size_t n = kvs__hset__get_packed_size(&m);
+    CHECK(n + 3 < 128);
+    kvs__hset__pack(&m, buf + 5);
+    buf[1] = (uint8_t)(n + 3);
+    kvs_peek_t pk;
+    CHECK(kvs_msg_peek(buf, n + 5, &pk) == 0);
+    return run_raw(buf, n + 5);
+}
+
+KVS_TEST(text_with_nul_reads_back_whole)
+{
+    /* U+0000 inside string_value is valid UTF-8 and valid protobuf: the fast
+     * path (Hset as sent), the full decoder (which packs decoded Values
+     * again: Hset it cannot peek, Hmset) and every read keep it whole. */
+    static const char a[] = "a\0b", b[] = "\0\0tail", c[] = "x\0", a2[] = "\0";
+    setup_default();
+    check_empty(value0(hset(TABLE, "a", vtext(a, 3))));
+    check_empty(value0(hset_full_path(TABLE, "b", vtext(b, 6))));
+    const char *keys[] = {"c", "d"};
+    Kvs__Value vals[] = {vtext(c, 2), vint(INT64_MIN)};
+    check_status(hmset_values(TABLE, 2, keys, vals), 200);
+    end_turn();
+    check_text(value0(hget(TABLE, "a")), a, 3);
+    check_text(value0(hget(TABLE, "b")), b, 6);
+    check_text(value0(hget(TABLE, "c")), c, 2);
+    CHECK(value0(hget(TABLE, "d"))->integer_value == INT64_MIN);
+    const char *all[] = {"d", "c", "b", "a"};
+    Kvs__CommandResponse *r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 4, all);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 4);
+    CHECK(r->values[0]->integer_value == INT64_MIN);
+    check_text(r->values[1], c, 2);
+    check_text(r->values[2], b, 6);
+    check_text(r->values[3], a, 3);
+    r = hgetall(TABLE);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 4);
+    check_text(r->pairs[0]->value, a, 3);
+    check_text(r->pairs[1]->value, b, 6);
+    check_text(r->pairs[2]->value, c, 2);
+    r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 2);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 2);
+    check_text(r->pairs[1]->value, b, 6);
+    r = hscan(TABLE, r->cursor, 2);
+    CHECK_EQ(r->n_pairs, 2);
+    check_text(r->pairs[0]->value, c, 2);
+    /* Previous values come back whole too. */
+    check_text(value0(hset_full_path(TABLE, "a", vtext(a2, 1))), a, 3);
+    check_text(value0(hdel(TABLE, "a")), a2, 1);
+}
+
+KVS_TEST(integers_are_int64_on_every_path)
+{
+    /* Stored Values are the request's int64 bytes (fast path) or protobuf-c's
+     * int64 packing (full path); either reads back the same number, and the
+     * stored bytes are the original protocol's encoding of it. */
+    static const int64_t ints[] = {0, 5, -1, -3, INT64_MIN, INT64_MAX};
+    setup_default();
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "f%zu", i);
+        check_status(hset(TABLE, k, vint(ints[i])), 200);
+        k[0] = 's';
+        check_status(hset_full_path(TABLE, k, vint(ints[i])), 200);
+    }
+    end_turn();
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        char k[16];
+        uint8_t enc[16];
+        size_t n = kvs_value_encode_int(enc, ints[i]);
+        for (int path = 0; path < 2; path++) {
+            snprintf(k, sizeof(k), "%c%zu", path ? 's' : 'f', i);
+            node_slice_t v;
+            CHECK_EQ(node_store_get(fx.store, TABLE, k, strlen(k), &v), 0);
+            CHECK(v.len == n && memcmp(v.p, enc, n) == 0);
+            const Kvs__Value *got = value0(hget(TABLE, k));
+            CHECK_EQ(got->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+            CHECK(got->integer_value == ints[i]);
+        }
+    }
 }
 
 KVS_TEST(hdel_returns_previous_or_empty)
@@ -629,9 +767,11 @@ KVS_TEST(garbage_payload_is_400_and_stores_nothing)
     /* A valid Hset cut short: the write must not happen. */
     Kvs__Value v = vstr("value");
     Kvs__Hset m = KVS__HSET__INIT;
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
     m.table = TABLE;
-    m.key = bin("alice");
-    m.value = &v;
+    m.pair = &pair;
+    pair.key = bin("alice");
+    pair.value = &v;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
     q.hset = &m;
@@ -652,13 +792,13 @@ KVS_TEST(validation_errors_are_400)
     CHECK_CONTAINS(r->message, "Hset.table is empty");
     r = hset(TABLE, "", vstr("v"));
     check_status(r, 400);
-    CHECK_CONTAINS(r->message, "Hset.key is empty");
+    CHECK_CONTAINS(r->message, "Hset.pair.key is empty");
     r = hset("__kvs", "k", vstr("v"));
     check_status(r, 400);
     CHECK_CONTAINS(r->message, "reserved");
     r = hset(TABLE, "k", (Kvs__Value)KVS__VALUE__INIT);
     check_status(r, 400);
-    CHECK_CONTAINS(r->message, "Hset.value is missing");
+    CHECK_CONTAINS(r->message, "Hset.pair.value is missing");
     r = multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 0, NULL);
     check_status(r, 400);
     CHECK_CONTAINS(r->message, "Hmget.keys is empty");
@@ -900,6 +1040,7 @@ KVS_TEST(frames_append_in_request_order)
 
 KVS_TEST_MAIN(
     KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
+    KVS_CASE(text_with_nul_reads_back_whole), KVS_CASE(integers_are_int64_on_every_path),
     KVS_CASE(hdel_returns_previous_or_empty), KVS_CASE(hexist_and_hmexist),
     KVS_CASE(hmget_keeps_request_order_with_missing), KVS_CASE(hmset_returns_previous_values),
     KVS_CASE(hmdel_same_key_twice), KVS_CASE(hgetall_returns_pairs_in_key_order),

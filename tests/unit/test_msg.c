@@ -39,6 +39,7 @@ typedef struct {
     Kvs__Hgetall hgetall;
     Kvs__Hmget hmget;
     Kvs__Hset hset;
+    Kvs__Kvpair hpair; /* hset.pair */
     Kvs__Hmset hmset;
     Kvs__Hdel hdel;
     Kvs__Hmdel hmdel;
@@ -72,7 +73,11 @@ static void req_init_parts(req_t *q, char *table, ProtobufCBinaryData key)
     q->hget.table = q->hgetall.table = q->hmget.table = q->hset.table = table;
     q->hmset.table = q->hdel.table = q->hmdel.table = q->hexist.table = table;
     q->hmexist.table = q->hscan.table = table;
-    q->hget.key = q->hset.key = q->hdel.key = q->hexist.key = key;
+    q->hget.key = q->hdel.key = q->hexist.key = key;
+    Kvs__Kvpair hpair = KVS__KVPAIR__INIT;
+    q->hpair = hpair;
+    q->hpair.key = key;
+    q->hset.pair = &q->hpair;
 }
 
 static void req_init_lists(req_t *q)
@@ -81,9 +86,9 @@ static void req_init_lists(req_t *q)
     Kvs__Value v = KVS__VALUE__INIT;
     Kvs__Kvpair p = KVS__KVPAIR__INIT;
     v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
-    v.string_value = "v";
+    v.string_value = bin("v");
     q->value = v;
-    q->hset.value = &q->value;
+    q->hpair.value = &q->value;
     for (int i = 0; i < 3; i++) {
         q->keys[i] = bin(names[i]);
         q->pvalue[i] = v;
@@ -259,11 +264,12 @@ KVS_TEST(validate_key_rules)
         const char *name = kvs_msg_command_name(CMD(i));
         char want[128];
         req_t q;
+        const char *key = CMD(i) == KVS__COMMAND_REQUEST__COMMAND_HSET ? "pair.key" : "key";
         req_make(&q, CMD(i), "t", empty);
-        snprintf(want, sizeof(want), "%s.key is empty", name);
+        snprintf(want, sizeof(want), "%s.%s is empty", name, key);
         expect_bad(&q.r, want);
         req_make(&q, CMD(i), "t", long512);
-        snprintf(want, sizeof(want), "%s.key is 512 bytes; the maximum is 511", name);
+        snprintf(want, sizeof(want), "%s.%s is 512 bytes; the maximum is 511", name, key);
         expect_bad(&q.r, want);
         req_make(&q, CMD(i), "t", long511);
         expect_ok(&q.r);
@@ -301,20 +307,28 @@ KVS_TEST(validate_hset_value)
 {
     req_t q;
     req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
-    q.hset.value = NULL;
-    expect_bad(&q.r, "Hset.value is missing");
+    q.hset.pair = NULL;
+    expect_bad(&q.r, "Hset.pair is missing");
+    q.hset.pair = &q.hpair;
+    q.hpair.value = NULL;
+    expect_bad(&q.r, "Hset.pair.value is missing");
     /* An empty Value (no kind set) is no value either. */
     Kvs__Value none = KVS__VALUE__INIT;
-    q.hset.value = &none;
-    expect_bad(&q.r, "Hset.value is missing");
+    q.hpair.value = &none;
+    expect_bad(&q.r, "Hset.pair.value is missing");
     /* Every kind is a value, including the zero ones. */
     Kvs__Value v = KVS__VALUE__INIT;
-    q.hset.value = &v;
+    q.hpair.value = &v;
     v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE, v.integer_value = 0;
+    expect_ok(&q.r);
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE, v.integer_value = INT64_MIN;
     expect_ok(&q.r);
     v.kind_case = KVS__VALUE__KIND_BOOL_VALUE, v.bool_value = 0;
     expect_ok(&q.r);
-    v.kind_case = KVS__VALUE__KIND_STRING_VALUE, v.string_value = "";
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE, v.string_value = bin("");
+    expect_ok(&q.r);
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    v.string_value = (ProtobufCBinaryData){3, (uint8_t *)"a\0b"};
     expect_ok(&q.r);
     v.kind_case = KVS__VALUE__KIND_BINARY_VALUE, v.binary_value.len = 0;
     expect_ok(&q.r);
@@ -324,15 +338,114 @@ KVS_TEST(validate_hset_value)
 
 KVS_TEST(validate_hset_value_unknown_kind)
 {
-    /* Hset{table "t", key "k", value = Value{field 9 = 1}}: a kind from a
-     * newer client. */
-    static const uint8_t kind9[] = {0x22, 0x0a, 0x0a, 0x01, 't',  0x12,
-                                    0x01, 'k',  0x1a, 0x02, 0x48, 0x01};
-    expect_bad_bytes(kind9, sizeof(kind9), "Hset.value holds an unsupported Value kind (field 9)");
+    /* Hset{table "t", pair {key "k", value = Value{field 9 = 1}}}: a kind
+     * from a newer client. */
+    static const uint8_t kind9[] = {0x22, 0x0c, 0x0a, 0x01, 't',  0x12, 0x07,
+                                    0x0a, 0x01, 'k',  0x12, 0x02, 0x48, 0x01};
+    expect_bad_bytes(kind9, sizeof(kind9),
+                     "Hset.pair.value holds an unsupported Value kind (field 9)");
     /* Value{string "v", field 9 = 1}. */
-    static const uint8_t extra9[] = {0x22, 0x0d, 0x0a, 0x01, 't', 0x12, 0x01, 'k',
-                                     0x1a, 0x05, 0x0a, 0x01, 'v', 0x48, 0x01};
-    expect_bad_bytes(extra9, sizeof(extra9), "Hset.value has an unsupported field 9");
+    static const uint8_t extra9[] = {0x22, 0x0f, 0x0a, 0x01, 't',  0x12, 0x0a, 0x0a, 0x01,
+                                     'k',  0x12, 0x05, 0x0a, 0x01, 'v',  0x48, 0x01};
+    expect_bad_bytes(extra9, sizeof(extra9), "Hset.pair.value has an unsupported field 9");
+    /* Kvpair{key "k", value {string "v"}, field 9 = 1}. */
+    static const uint8_t pair9[] = {0x22, 0x0f, 0x0a, 0x01, 't',  0x12, 0x0a, 0x0a, 0x01,
+                                    'k',  0x12, 0x03, 0x0a, 0x01, 'v',  0x48, 0x01};
+    expect_bad_bytes(pair9, sizeof(pair9), "Hset.pair has an unsupported field 9");
+    /* The same in an Hmset's pair. */
+    static const uint8_t hmset9[] = {0x2a, 0x0f, 0x0a, 0x01, 't',  0x12, 0x0a, 0x0a, 0x01,
+                                     'k',  0x12, 0x03, 0x0a, 0x01, 'v',  0x48, 0x01};
+    expect_bad_bytes(hmset9, sizeof(hmset9), "Hmset.pairs[0] has an unsupported field 9");
+}
+
+KVS_TEST(validate_hset_old_shape)
+{
+    /* kvs 0.1's Hset{table "t", value = 3: Value{string "v"}}: the message
+     * says what the shape is now. */
+    static const uint8_t old[] = {0x22, 0x08, 0x0a, 0x01, 't', 0x1a, 0x03, 0x0a, 0x01, 'v'};
+    expect_bad_bytes(old, sizeof(old), "Hset has field 3");
+    CHECK_CONTAINS(msg, "Kvpair pair = 2");
+    /* The original protocol's Hset{table "t", pair {key "k", value {int
+     * 5}}} byte for byte, as a client generated from its schema sends it. */
+    static const uint8_t orig[] = {0x22, 0x0c, 0x0a, 0x01, 't',  0x12, 0x07,
+                                   0x0a, 0x01, 'k',  0x12, 0x02, 0x18, 0x05};
+    CHECK_EQ(validate_bytes(orig, sizeof(orig)), KVS_STATUS_OK);
+    kvs_peek_t pk;
+    CHECK(kvs_msg_peek(orig, sizeof(orig), &pk) == 1);
+    CHECK_EQ(pk.cmd, KVS__COMMAND_REQUEST__COMMAND_HSET);
+    CHECK(pk.key_len == 1 && pk.key[0] == 'k');
+    CHECK(pk.value_len == 2 && pk.value == orig + 12);
+}
+
+/* kvs_msg_check_strings on a packed request: the status, message in msg. */
+static uint32_t check_strings_of(const Kvs__CommandRequest *r)
+{
+    uint8_t buf[1024];
+    size_t n = protobuf_c_message_get_packed_size(&r->base);
+    CHECK(n <= sizeof(buf));
+    protobuf_c_message_pack(&r->base, buf);
+    msg[0] = '\0';
+    return kvs_msg_check_strings(buf, n, msg, sizeof(msg));
+}
+
+KVS_TEST(check_strings_nul_rules)
+{
+    /* U+0000 is a code point like any other in string_value (Hset and
+     * Hmset alike); table names may not hold it; invalid UTF-8 is refused
+     * in both, naming the field. */
+    req_t q;
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
+    q.value.string_value = (ProtobufCBinaryData){5, (uint8_t *)"\0a\0b\0"};
+    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    q.value.string_value = (ProtobufCBinaryData){4, (uint8_t *)"a\0\xc3"};
+    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hset.pair.value.string_value is not valid UTF-8");
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HMSET, "t", bin("k"));
+    q.pvalue[1].string_value = (ProtobufCBinaryData){3, (uint8_t *)"x\0y"};
+    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    q.pvalue[2].string_value = (ProtobufCBinaryData){2, (uint8_t *)"\xed\xa0"};
+    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hmset.pairs.value.string_value is not valid UTF-8");
+    /* A binary value is not text at all. */
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
+    q.value.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    q.value.binary_value = (ProtobufCBinaryData){2, (uint8_t *)"\xff\0"};
+    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    /* Tables: "a\0b" would alias "a" in C. */
+    static const uint8_t nul_table[] = {0x0a, 0x08, 0x0a, 0x03, 'a', 0x00, 'b', 0x12, 0x01, 'k'};
+    CHECK_EQ(kvs_msg_check_strings(nul_table, sizeof(nul_table), msg, sizeof(msg)),
+             KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hget.table holds a NUL byte");
+    kvs_peek_t pk;
+    CHECK(kvs_msg_peek(nul_table, sizeof(nul_table), &pk) == 0);
+}
+
+KVS_TEST(quote_for_messages)
+{
+    char out[64];
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "user:42", 7), "user:42");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "caf\xc3\xa9", 5), "caf\xc3\xa9"); /* UTF-8 kept */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "a\0\xff\n\"\\", 6), "a\\x00\\xff\\x0a\\\"\\\\");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xc2\x85", 2), "\\xc2\\x85"); /* C1 control */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "", 0), "");
+    /* Exactly fitting text is whole; longer text ends in "..." after a
+     * whole character, never inside an escape or a UTF-8 sequence. */
+    char eight[8];
+    CHECK_STR(kvs_msg_quote(eight, sizeof(eight), "abcdefg", 7), "abcdefg");
+    CHECK_STR(kvs_msg_quote(eight, sizeof(eight), "abcdefgh", 8), "abcd...");
+    CHECK_STR(kvs_msg_quote(eight, sizeof(eight),
+                            "ab\x01"
+                            "cdefgh",
+                            9),
+              "ab...");
+    CHECK_STR(kvs_msg_quote(eight, sizeof(eight), "abc\xe2\x82\xacxyz", 9), "abc...");
+    static uint8_t k511[511];
+    memset(k511, 0xff, sizeof(k511));
+    char big[256];
+    kvs_msg_quote(big, sizeof(big), k511, sizeof(k511));
+    CHECK(strlen(big) < sizeof(big));
+    CHECK(kvs_utf8_valid(big, strlen(big)));
+    CHECK_CONTAINS(big, "\\xff...");
 }
 
 KVS_TEST(validate_hmset_pairs)
@@ -608,7 +721,7 @@ KVS_TEST(decode_value_with_arena)
     size_t n = kvs_value_encode_bytes(buf, 1, "hello", 5);
     CHECK_EQ(kvs_msg_decode_value(&a, buf, n, &v), 0);
     CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
-    CHECK_STR(v->string_value, "hello");
+    CHECK(v->string_value.len == 5 && memcmp(v->string_value.data, "hello", 5) == 0);
     n = kvs_value_encode_int(buf, -42);
     CHECK_EQ(kvs_msg_decode_value(&a, buf, n, &v), 0);
     CHECK_EQ(v->integer_value, -42);
@@ -671,7 +784,7 @@ KVS_TEST(resp_every_field_decodes)
     CHECK_EQ(m->values[0]->integer_value, -7);
     CHECK_EQ(m->values[1]->kind_case, KVS__VALUE__KIND__NOT_SET);
     CHECK_EQ(m->values[2]->kind_case, KVS__VALUE__KIND_STRING_VALUE);
-    CHECK_STR(m->values[2]->string_value, "txt");
+    check_bin(m->values[2]->string_value, "txt", 3);
     CHECK_EQ(m->values[3]->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
     CHECK_EQ(m->values[3]->bool_value, 1);
     CHECK_EQ(m->values[4]->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
@@ -845,6 +958,31 @@ static Kvs__Value *decode_value(const uint8_t *enc, size_t n, Kvs__Value__KindCa
     return v;
 }
 
+KVS_TEST(value_encode_int_is_plain_int64)
+{
+    /* The original protocol's int64, byte for byte: the two's complement
+     * bits as a varint (a negative number takes ten bytes), not sint64's
+     * zigzag (where 5 would read back as -3). */
+    static const struct {
+        int64_t v;
+        size_t n;
+        uint8_t enc[11];
+    } golden[] = {
+        {0, 2, {0x18, 0x00}},
+        {5, 2, {0x18, 0x05}},
+        {300, 3, {0x18, 0xac, 0x02}},
+        {-1, 11, {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
+        {-3, 11, {0x18, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
+        {INT64_MAX, 10, {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}},
+        {INT64_MIN, 11, {0x18, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}},
+    };
+    for (size_t i = 0; i < sizeof(golden) / sizeof(golden[0]); i++) {
+        uint8_t enc[16];
+        CHECK_EQ(kvs_value_encode_int(enc, golden[i].v), golden[i].n);
+        CHECK(memcmp(enc, golden[i].enc, golden[i].n) == 0);
+    }
+}
+
 KVS_TEST(value_encode_int)
 {
     static const int64_t ints[] = {0,         1,         -1,           63,
@@ -901,12 +1039,17 @@ KVS_TEST(value_encode_bytes_and_string)
         check_bin(v->binary_value, data, lens[i]);
         kvs__value__free_unpacked(v, NULL);
     }
-    static const char *const strs[] = {"", "hello", "h\xc3\xa9llo w\xc3\xb6rld"};
-    for (size_t i = 0; i < 3; i++) {
+    /* Text with U+0000 inside decodes and packs again whole (decode_value
+     * compares the repacked bytes). */
+    static const struct {
+        const char *s;
+        size_t n;
+    } strs[] = {{"", 0}, {"hello", 5}, {"h\xc3\xa9llo w\xc3\xb6rld", 13}, {"a\0b\0", 4}};
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
         uint8_t enc[64];
-        size_t n = kvs_value_encode_bytes(enc, 1, strs[i], strlen(strs[i]));
+        size_t n = kvs_value_encode_bytes(enc, 1, strs[i].s, strs[i].n);
         Kvs__Value *v = decode_value(enc, n, KVS__VALUE__KIND_STRING_VALUE);
-        CHECK_STR(v->string_value, strs[i]);
+        check_bin(v->string_value, strs[i].s, strs[i].n);
         kvs__value__free_unpacked(v, NULL);
     }
 }
@@ -1000,6 +1143,16 @@ static int peek_agrees(const Kvs__CommandRequest *q)
         CHECK_EQ(pk.table_len, strlen(table));
         CHECK(memcmp(pk.table, table, pk.table_len) == 0);
         CHECK_EQ(pk.cmd, d->command_case);
+        const ProtobufCBinaryData *key = pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET
+                                             ? &d->hset->pair->key
+                                             : &d->hget->key; /* Hget, Hdel, Hexist alike */
+        check_bin(*key, pk.key, pk.key_len);
+        if (pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET) { /* the Value, byte for byte */
+            uint8_t again[1024];
+            size_t vn = kvs__value__pack(d->hset->pair->value, again);
+            CHECK_EQ(vn, pk.value_len);
+            CHECK(memcmp(again, pk.value, vn) == 0);
+        }
     }
     kvs_arena_close(&a);
     return fast;
@@ -1009,6 +1162,7 @@ KVS_TEST(peek_agrees_with_full_validation)
 {
     Kvs__Value v = KVS__VALUE__INIT;
     Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Kvpair hp = KVS__KVPAIR__INIT;
     Kvs__Hget hg = KVS__HGET__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     uint8_t key[600];
@@ -1037,24 +1191,37 @@ KVS_TEST(peek_agrees_with_full_validation)
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
     q.hset = &hs;
     hs.table = "t";
-    hs.key = (ProtobufCBinaryData){1, key};
+    CHECK(peek_agrees(&q) == 0); /* no pair */
+    hs.pair = &hp;
+    hp.key = (ProtobufCBinaryData){1, key};
     CHECK(peek_agrees(&q) == 0); /* no value */
-    hs.value = &v;
+    hp.value = &v;
     CHECK(peek_agrees(&q) == 0); /* empty value */
     v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
-    v.integer_value = -5;
-    CHECK(peek_agrees(&q) == 1);
+    static const int64_t ints[] = {-5, 0, INT64_MIN, INT64_MAX, -1};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        v.integer_value = ints[i];
+        CHECK(peek_agrees(&q) == 1);
+    }
     v.kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
     v.float_value = 2.5;
     CHECK(peek_agrees(&q) == 1);
     v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
-    v.string_value = "caf\xc3\xa9";
+    v.string_value = bin("caf\xc3\xa9");
     CHECK(peek_agrees(&q) == 1);
-    v.string_value = "bad\xc3";
+    v.string_value = (ProtobufCBinaryData){3, (uint8_t *)"a\0b"}; /* U+0000 is text */
+    CHECK(peek_agrees(&q) == 1);
+    v.string_value = bin("");
+    CHECK(peek_agrees(&q) == 1);
+    v.string_value = bin("bad\xc3");
     CHECK(peek_agrees(&q) == 0);
     v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
     v.binary_value = (ProtobufCBinaryData){3, (uint8_t *)"\0\1\2"};
     CHECK(peek_agrees(&q) == 1);
+    hp.key.len = 0;
+    CHECK(peek_agrees(&q) == 0); /* empty key */
+    hp.key.len = 512;
+    CHECK(peek_agrees(&q) == 0);
     /* Other commands and odd encodings always take the full path. */
     static const uint8_t twice[] = {0x0a, 0x05, 0x0a, 0x01, 't', 0x12, 0x00,
                                     0x0a, 0x05, 0x0a, 0x01, 't', 0x12, 0x00};
@@ -1064,6 +1231,17 @@ KVS_TEST(peek_agrees_with_full_validation)
     CHECK(kvs_msg_peek(unknown, sizeof(unknown), &pk) == 0);
     static const uint8_t ping[] = {0x5a, 0x00};
     CHECK(kvs_msg_peek(ping, sizeof(ping), &pk) == 0);
+    /* Hset with two pairs (protobuf merges them), a pair with an unknown
+     * field, a pair with its key twice: valid protobuf, full path only. */
+    static const uint8_t two_pairs[] = {0x22, 0x11, 0x0a, 0x01, 't',  0x12, 0x07, 0x0a, 0x01, 'k',
+                                        0x12, 0x02, 0x18, 0x05, 0x12, 0x04, 0x12, 0x02, 0x18, 0x06};
+    CHECK(kvs_msg_peek(two_pairs, sizeof(two_pairs), &pk) == 0);
+    static const uint8_t pair_extra[] = {0x22, 0x0e, 0x0a, 0x01, 't',  0x12, 0x09, 0x0a,
+                                         0x01, 'k',  0x12, 0x02, 0x18, 0x05, 0x48, 0x01};
+    CHECK(kvs_msg_peek(pair_extra, sizeof(pair_extra), &pk) == 0);
+    static const uint8_t key_twice[] = {0x22, 0x0f, 0x0a, 0x01, 't',  0x12, 0x0a, 0x0a, 0x01,
+                                        'k',  0x0a, 0x01, 'j',  0x12, 0x02, 0x18, 0x05};
+    CHECK(kvs_msg_peek(key_twice, sizeof(key_twice), &pk) == 0);
     /* Varints protobuf-c refuses: a 6-byte tag, a 6-byte length, a field
      * number past 2^29 that would truncate to Hset's. */
     static const uint8_t long_tag[] = {0x8a, 0x80, 0x80, 0x80, 0x80, 0x00, 0x06,
@@ -1073,8 +1251,9 @@ KVS_TEST(peek_agrees_with_full_validation)
     static const uint8_t huge_field[] = {0xa2, 0x80, 0x80, 0x80, 0x10, 0x06,
                                          0x0a, 0x01, 't',  0x12, 0x01, 'k'};
     /* A Value whose tag takes 6 bytes: stored as-is it would be unreadable. */
-    static const uint8_t long_value_tag[] = {0x22, 0x0f, 0x0a, 0x01, 't',  0x12, 0x01, 'k', 0x1a,
-                                             0x07, 0x98, 0x80, 0x80, 0x80, 0x80, 0x00, 0x02};
+    static const uint8_t long_value_tag[] = {0x22, 0x11, 0x0a, 0x01, 't',  0x12, 0x0c,
+                                             0x0a, 0x01, 'k',  0x12, 0x07, 0x98, 0x80,
+                                             0x80, 0x80, 0x80, 0x00, 0x02};
     const uint8_t *odd[] = {long_tag, long_len, huge_field, long_value_tag};
     size_t odd_len[] = {sizeof(long_tag), sizeof(long_len), sizeof(huge_field),
                         sizeof(long_value_tag)};
@@ -1087,7 +1266,7 @@ KVS_TEST(peek_agrees_with_full_validation)
          * known command in it, or (the Value) cannot decode it once stored. */
         int refused = d == NULL || d->command_case == KVS__COMMAND_REQUEST__COMMAND__NOT_SET ||
                       (d->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
-                       kvs_msg_decode_value(&a, odd[i] + 10, 7, &v) != 0);
+                       kvs_msg_decode_value(&a, odd[i] + 12, 7, &v) != 0);
         CHECK(refused);
         CHECK(kvs_msg_peek(odd[i], odd_len[i], &pk) == 0);
         kvs_arena_close(&a);
@@ -1099,6 +1278,8 @@ KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_ever
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
               KVS_CASE(validate_hset_value), KVS_CASE(validate_hset_value_unknown_kind),
+              KVS_CASE(validate_hset_old_shape), KVS_CASE(check_strings_nul_rules),
+              KVS_CASE(quote_for_messages), KVS_CASE(value_encode_int_is_plain_int64),
               KVS_CASE(validate_hmset_pairs), KVS_CASE(validate_hmset_pair_keys),
               KVS_CASE(validate_hscan_cursor), KVS_CASE(decode_garbage_is_null),
               KVS_CASE(request_table_and_command_names), KVS_CASE(arena_many_allocations),

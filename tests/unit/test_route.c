@@ -240,36 +240,59 @@ static ProtobufCBinaryData bin(const char *s)
     return (ProtobufCBinaryData){strlen(s), (uint8_t *)s};
 }
 
-static Kvs__Value vstr(const char *s)
+static Kvs__Value vtext(const char *s, size_t n)
 {
     Kvs__Value v = KVS__VALUE__INIT;
     v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
-    v.string_value = (char *)s;
+    v.string_value = (ProtobufCBinaryData){n, (uint8_t *)s};
     return v;
+}
+
+static Kvs__Value vstr(const char *s)
+{
+    return vtext(s, strlen(s));
+}
+
+/* The text values of split/merge cases: `tag`, U+0000, then the key's
+ * bytes, into buf (at least klen + 8 bytes). The NUL is valid text that
+ * protobuf-c would cut if the router ever packed a Value as a C string. */
+static size_t text_of(char *buf, const char *tag, const void *key, size_t klen)
+{
+    size_t n = strlen(tag);
+    memcpy(buf, tag, n);
+    buf[n++] = '\0';
+    memcpy(buf + n, key, klen);
+    return n + klen;
 }
 
 /* Routes a single-key command (Hget, Hset, Hdel, Hexist) on `key`. */
 static void route_single(Kvs__CommandRequest__CommandCase c, const char *key)
 {
-    Kvs__Value v = vstr("value");
-    /* Hget, Hdel and Hexist are Hset without its last field (value): the
-     * same struct serves all four, initialized by the right descriptor. */
-    Kvs__Hset m = KVS__HSET__INIT;
-    const ProtobufCMessageDescriptor *d =
-        c == KVS__COMMAND_REQUEST__COMMAND_HGET     ? &kvs__hget__descriptor
-        : c == KVS__COMMAND_REQUEST__COMMAND_HDEL   ? &kvs__hdel__descriptor
-        : c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ? &kvs__hexist__descriptor
-                                                    : &kvs__hset__descriptor;
-    protobuf_c_message_init(d, &m);
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        Kvs__Value v = vstr("value");
+        Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+        Kvs__Hset m = KVS__HSET__INIT;
+        m.table = TABLE;
+        m.pair = &pair;
+        pair.key = bin(key);
+        pair.value = &v;
+        route_cmd(c, &m);
+        return;
+    }
+    /* Hget, Hdel and Hexist have the same layout: one struct serves all
+     * three, initialized by the right descriptor. */
+    Kvs__Hget m;
+    protobuf_c_message_init(c == KVS__COMMAND_REQUEST__COMMAND_HDEL     ? &kvs__hdel__descriptor
+                            : c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ? &kvs__hexist__descriptor
+                                                                        : &kvs__hget__descriptor,
+                            &m);
     m.table = TABLE;
     m.key = bin(key);
-    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET)
-        m.value = &v;
     route_cmd(c, &m);
 }
 
 /* Routes a multi-key command (Hmget, Hmset, Hmdel, Hmexist) on keys[0..n).
- * Hmset stores the value "set:<key>" under each key. */
+ * Hmset stores the text text_of("set", key) under each key. */
 static void route_multi(Kvs__CommandRequest__CommandCase c, size_t n, const char *const *keys)
 {
     ProtobufCBinaryData kb[16];
@@ -279,8 +302,8 @@ static void route_multi(Kvs__CommandRequest__CommandCase c, size_t n, const char
     CHECK(n <= 16);
     for (size_t i = 0; i < n; i++) {
         kb[i] = bin(keys[i]);
-        snprintf(text[i], sizeof(text[i]), "set:%s", keys[i]);
-        vals[i] = vstr(text[i]);
+        CHECK(kb[i].len + 8 <= sizeof(text[i]));
+        vals[i] = vtext(text[i], text_of(text[i], "set", kb[i].data, kb[i].len));
         kvs__kvpair__init(&pairs[i]);
         pairs[i].key = kb[i];
         pairs[i].value = &vals[i];
@@ -398,8 +421,8 @@ static void reply_status(size_t i, uint32_t status, const char *msg)
     reply(i, &r);
 }
 
-/* Answers part `i` with 200 and one string value "v:<key>" per key of that
- * part's request. */
+/* Answers part `i` with 200 and one string value text_of("v", key) per
+ * key of that part's request. */
 static void reply_values_from_keys(size_t i)
 {
     Kvs__CommandRequest *q = sent_request(i);
@@ -410,8 +433,8 @@ static void reply_values_from_keys(size_t i)
     CHECK(n <= 16);
     for (size_t k = 0; k < n; k++) {
         ProtobufCBinaryData key = nth_key(q, k, &n);
-        snprintf(text[k], sizeof(text[k]), "v:%.*s", (int)key.len, (const char *)key.data);
-        vals[k] = vstr(text[k]);
+        CHECK(key.len + 8 <= sizeof(text[k]));
+        vals[k] = vtext(text[k], text_of(text[k], "v", key.data, key.len));
         vp[k] = &vals[k];
     }
     Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
@@ -421,7 +444,7 @@ static void reply_values_from_keys(size_t i)
     reply(i, &r);
 }
 
-/* Answers part `i` with 200 and pairs keys[0..n) (values "v:<key>"). */
+/* Answers part `i` with 200 and pairs keys[0..n) (values text_of("v", key)). */
 static void reply_pairs(size_t i, size_t n, const ProtobufCBinaryData *keys, const void *cursor,
                         size_t clen)
 {
@@ -431,8 +454,8 @@ static void reply_pairs(size_t i, size_t n, const ProtobufCBinaryData *keys, con
     CHECK(n <= 16);
     for (size_t k = 0; k < n; k++) {
         kvs__kvpair__init(&pairs[k]);
-        snprintf(text[k], sizeof(text[k]), "v:%.*s", (int)keys[k].len, (const char *)keys[k].data);
-        vals[k] = vstr(text[k]);
+        CHECK(keys[k].len + 8 <= sizeof(text[k]));
+        vals[k] = vtext(text[k], text_of(text[k], "v", keys[k].data, keys[k].len));
         pairs[k].key = keys[k];
         pairs[k].value = &vals[k];
         pp[k] = &pairs[k];
@@ -492,10 +515,19 @@ static void check_status(const Kvs__CommandResponse *r, uint32_t status)
     CHECK_EQ(r->status, status);
 }
 
-static void check_str(const Kvs__Value *v, const char *s)
+static void check_text(const Kvs__Value *v, const void *s, size_t n)
 {
     CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
-    CHECK_STR(v->string_value, s);
+    CHECK_EQ(v->string_value.len, n);
+    CHECK(n == 0 || memcmp(v->string_value.data, s, n) == 0);
+}
+
+/* `v` is text_of(tag, key). */
+static void check_text_of(const Kvs__Value *v, const char *tag, const void *key, size_t klen)
+{
+    char want[600];
+    CHECK(klen + 8 <= sizeof(want));
+    check_text(v, want, text_of(want, tag, key, klen));
 }
 
 /* ---- single-key
@@ -561,11 +593,8 @@ static void split_merge(Kvs__CommandRequest__CommandCase c)
             if (kvs_place_key_shard(keys[k], strlen(keys[k]), PARTITIONS, SHARDS) != s)
                 continue;
             CHECK(bin_is(nth_key(q, want, &got), keys[k], strlen(keys[k])));
-            if (c == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
-                char v[32];
-                snprintf(v, sizeof(v), "set:%s", keys[k]);
-                check_str(q->hmset->pairs[want]->value, v);
-            }
+            if (c == KVS__COMMAND_REQUEST__COMMAND_HMSET) /* the text, NUL and all */
+                check_text_of(q->hmset->pairs[want]->value, "set", keys[k], strlen(keys[k]));
             want++;
         }
         CHECK_EQ(got, want);
@@ -583,11 +612,8 @@ static void split_merge(Kvs__CommandRequest__CommandCase c)
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 200);
     CHECK_EQ(r->n_values, n);
-    for (size_t k = 0; k < n; k++) {
-        char v[32];
-        snprintf(v, sizeof(v), "v:%s", keys[k]);
-        check_str(r->values[k], v);
-    }
+    for (size_t k = 0; k < n; k++)
+        check_text_of(r->values[k], "v", keys[k], strlen(keys[k]));
 }
 
 KVS_TEST(hmget_split_merge)
@@ -797,10 +823,8 @@ KVS_TEST(hgetall_merges_in_byte_order)
     const ProtobufCBinaryData want[] = {s0[0], s3[0], s0[1], s2[0], s2[1], s3[1], s0[2], s2[2]};
     CHECK_EQ(r->n_pairs, 8);
     for (size_t i = 0; i < 8; i++) {
-        char v[16];
         CHECK(bin_is(r->pairs[i]->key, want[i].data, want[i].len));
-        snprintf(v, sizeof(v), "v:%.*s", (int)want[i].len, (const char *)want[i].data);
-        check_str(r->pairs[i]->value, v);
+        check_text_of(r->pairs[i]->value, "v", want[i].data, want[i].len);
     }
 }
 
@@ -989,21 +1013,25 @@ KVS_TEST(bad_input_is_400_like_a_worker)
     setup();
     Kvs__Value v = vstr("x"), none = KVS__VALUE__INIT;
     Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Kvpair hp = KVS__KVPAIR__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     check_bad_like_validate(&q); /* no command */
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
     q.hset = &hs;
     hs.table = "";
-    hs.key = bin("k");
-    hs.value = &v;
-    check_bad_like_validate(&q); /* empty table */
+    check_bad_like_validate(&q); /* empty table, no pair */
+    hs.table = TABLE;
+    check_bad_like_validate(&q); /* no pair */
+    hs.pair = &hp;
+    hp.key = bin("k");
+    hp.value = &v;
     hs.table = "__kvs";
     check_bad_like_validate(&q); /* reserved table */
     hs.table = TABLE;
-    hs.key = bin("");
+    hp.key = bin("");
     check_bad_like_validate(&q); /* empty key */
-    hs.key = bin("k");
-    hs.value = &none;
+    hp.key = bin("k");
+    hp.value = &none;
     check_bad_like_validate(&q); /* no value */
     Kvs__Hmget mg = KVS__HMGET__INIT;
     mg.table = TABLE;

@@ -114,6 +114,33 @@ KVS_TEST(refuses_other_placement)
     CHECK_CONTAINS(err, "shards=4 partitions=64");
 }
 
+KVS_TEST(refuses_older_wire_format)
+{
+    /* An environment of kvs 0.1 (format_version 1: sint64 integers) would
+     * be served with every integer misread: refused, saying why and what
+     * to do; nothing in it is changed. */
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p1"));
+    node_slice_t v;
+    CHECK_EQ(node_store_meta_get(s, "format_version", &v), 0);
+    CHECK(v.len == 1 && v.p[0] == '2'); /* what a new environment gets */
+    put_str(s, "users", "42", "alice");
+    CHECK_EQ(node_store_meta_put(s, "format_version", "1", 1), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+    node_store_opts_t o = opts(0, "p1");
+    char err[512] = "";
+    for (int i = 0; i < 2; i++) { /* refused every time: the marker stays */
+        s = NULL;
+        CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_EMISMATCH);
+        CHECK(s == NULL);
+        CHECK_CONTAINS(err, envdir);
+        CHECK_CONTAINS(err, "older kvs wire format");
+        CHECK_CONTAINS(err, "sint64");
+        CHECK_CONTAINS(err, "Move the directory away");
+    }
+}
+
 KVS_TEST(second_open_is_refused)
 {
     fresh_dir();
@@ -374,8 +401,9 @@ KVS_TEST(full_disk_fails_writes_without_write_map)
 KVS_TEST_MAIN(KVS_CASE(full_disk_fails_writes_with_write_map),
               KVS_CASE(full_disk_fails_writes_without_write_map), KVS_CASE(reopen_keeps_data),
               KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
-              KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
-              KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
+              KVS_CASE(refuses_older_wire_format), KVS_CASE(second_open_is_refused),
+              KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
+              KVS_CASE(map_grows_before_it_is_full),
               KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
               KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
               KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))
