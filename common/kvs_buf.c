@@ -1,7 +1,8 @@
 /*
  * kvs_buf: growable byte buffer. Capacity doubles (from 4 KiB) so a stream
  * of appends costs amortized O(1); memory is only returned by kvs_buf_free,
- * which connections call when a buffer grew far past its usual size.
+ * which connections call once a buffer that grew past KVS_CONN_KEEP_BUFFER
+ * has drained.
  */
 #include "kvs_buf.h"
 

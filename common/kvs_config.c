@@ -104,6 +104,15 @@ static const directive_t directives[] = {
     {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
     {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
     {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, 0},
+    {"limits.client_output", D_SIZE, OFF(client_output), "64MiB", 64 * KIB, UINT64_MAX / 4,
+     "at least 64KiB", NULL, 0},
+    {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, 0},
+    {"limits.idle_timeout", D_DURATION, OFF(idle_timeout_ms), "0", 0, 604800000,
+     "from 0 (never) to 7 days", NULL, 0},
+    {"limits.frame_timeout", D_DURATION, OFF(frame_timeout_ms), "30s", 0, 3600000,
+     "from 0 (never) to 1h", NULL, 0},
+    {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
+     "at least 1MiB", NULL, 0},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
@@ -947,6 +956,33 @@ static int check_node_ports(cfg_ctx_t *ctx)
                      port, c->shards - 1);
 }
 
+/* A connection stops being served at a quarter of limits.client_output and
+ * may still receive the answers it already asked for; answers are up to
+ * max_frame, so the hard limit must leave room for them. An incomplete
+ * frame may hold max_frame bytes of input. Defaults grow with max_frame;
+ * values the file sets must fit it. */
+static int check_limits(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    size_t io = directive_index("limits.client_output"),
+           ii = directive_index("limits.input_buffers");
+    if (!ctx->seen[io] && c->client_output < 4 * c->max_frame)
+        c->client_output = 4 * c->max_frame;
+    if (!ctx->seen[ii] && c->input_buffers < c->max_frame)
+        c->input_buffers = c->max_frame;
+    if (c->client_output < 4 * c->max_frame)
+        return cfg_error(ctx, &ctx->marks[io],
+                         "limits.client_output (%llu bytes) must be at least 4 x limits.max_frame "
+                         "(%llu bytes)",
+                         (unsigned long long)c->client_output, (unsigned long long)c->max_frame);
+    if (c->input_buffers < c->max_frame)
+        return cfg_error(ctx, &ctx->marks[ii],
+                         "limits.input_buffers (%llu bytes) must be at least limits.max_frame "
+                         "(%llu bytes), or no client could send a maximal frame",
+                         (unsigned long long)c->input_buffers, (unsigned long long)c->max_frame);
+    return 0;
+}
+
 /* ---- entry points ------------------------------------------------------------ */
 
 static int apply_defaults(cfg_ctx_t *ctx)
@@ -977,6 +1013,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_node_ports(ctx);
     if (rc == 0)
         rc = check_remote(ctx);
+    if (rc == 0)
+        rc = check_limits(ctx);
     ctx->doc = NULL;
     yaml_document_delete(&doc);
     if (rc != 0)

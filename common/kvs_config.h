@@ -33,6 +33,16 @@
  *     max_frame: 4MiB        size; 1KiB .. 1GiB
  *     max_inflight: 1024     requests in flight per router client before
  *                            the router stops reading from it; 1..1000000
+ *     client_output: 64MiB   answers a connection may owe: at a quarter of
+ *                            this its requests stop being executed, past it
+ *                            the connection is closed; >= 4 x max_frame
+ *     max_clients: 10000     connections per listener; more are refused
+ *                            (lowered at start to what the descriptor
+ *                            limit allows)
+ *     idle_timeout: 0        close clients idle this long (0 = never)
+ *     frame_timeout: 30s     a request frame must arrive whole within this
+ *     input_buffers: 256MiB  memory all connections' incomplete frames may
+ *                            hold together; >= max_frame
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
@@ -102,6 +112,11 @@ typedef struct kvs_config_s {
 
     uint64_t max_frame;
     uint32_t max_inflight;
+    uint64_t client_output;    /* bytes of answers a connection may owe before it is closed */
+    uint32_t max_clients;      /* connections per listener */
+    uint64_t idle_timeout_ms;  /* 0 = never */
+    uint64_t frame_timeout_ms; /* 0 = never */
+    uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
 
     char *kafka_brokers; /* "" = off */
     char *kafka_group_id;

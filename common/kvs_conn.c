@@ -1,36 +1,61 @@
 /*
- * kvs_conn: framed connection, per-turn write batching and back-pressure.
+ * kvs_conn: framed connection, per-turn write batching, and the bounds that
+ * keep one peer from costing the process more than its share.
  *
  * Invariants:
- *  - At most one uv_write is in flight (`writing`); its bytes live in
- *    `wbuf`, which nobody touches until the write callback. Output appended
- *    meanwhile waits in `out`; the write callback sends it. So bytes leave
- *    in exactly the order they were appended.
- *  - `in_frames` is set while frames are being delivered; pause, resume and
- *    close requested from inside a frame callback take effect when the
- *    callback returns, never under the delivering loop's feet.
- *  - Reading is on iff not paused, not closing, not over the high-water mark.
+ *  - At most one uv_write is in flight (KVS_CONN_WRITING); its bytes are
+ *    wbuf[woff, woff + wchunk), and nobody touches wbuf until the write
+ *    callback. Output appended meanwhile waits in `out`, which becomes the
+ *    next wbuf once the current one is written. So bytes leave in exactly
+ *    the order they were appended, in writes of at most max_write bytes.
+ *  - Frames are delivered only from the read callback, kvs_conn_resume and
+ *    the delivery kick (a zero-delay timer), never from a flush: a flush can
+ *    run inside a flusher's turn-end step, where executing a request would
+ *    put its answer out ahead of the commit it depends on.
+ *  - KVS_CONN_DELIVERING is set while frames are being delivered; pause,
+ *    resume and close requested from inside a frame callback take effect
+ *    when the callback returns, never under the delivering loop's feet.
+ *  - Delivery is allowed iff not paused, framing intact, not shutting or
+ *    closing, and pending output below high_water. Reading is on iff
+ *    delivery is allowed and input has not ended or been stopped. Neither is
+ *    stored: conn_can_deliver and conn_update_reading derive them.
  *  - The conn's memory is the owner's; it is released only from on_close,
- *    which runs after libuv is done with the handle (and after a cancelled
- *    write's callback).
+ *    which runs after libuv is done with both handles (and after a
+ *    cancelled write's callback).
+ *
+ * Groups: the members of a kvs_conn_group are on an intrusive list, swept
+ * once a second for frame and idle timeouts (a timer per connection would
+ * cost a heap operation per read on the hot path). Decoder memory beyond
+ * KVS_CONN_INPUT_FREE per member is charged to the group before it is
+ * allocated; it is uncharged when the buffer shrinks or the member closes.
  */
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define READ_SIZE 65536
-#define DEFAULT_HIGH_WATER (16u * 1024u * 1024u)
+#define SWEEP_MS 1000
+
+_Static_assert(KVS_CONN_MAX_WRITE <= UINT32_MAX, "a write must fit uv_buf_t's unsigned length");
 
 static void conn_update_reading(kvs_conn_t *c);
 static void conn_linger(kvs_conn_t *c);
 static void conn_deliver(kvs_conn_t *c);
+static void conn_kick(kvs_conn_t *c);
+
+static int has(const kvs_conn_t *c, unsigned f)
+{
+    return (c->flags & f) != 0;
+}
 
 int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_frame,
                   kvs_conn_frame_cb on_frame, kvs_conn_error_cb on_error,
@@ -40,19 +65,21 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
     kvs_frame_dec_init(&c->dec, max_frame);
     kvs_buf_init(&c->out);
     kvs_buf_init(&c->wbuf);
-    c->high_water = DEFAULT_HIGH_WATER;
-    if (c->high_water < 2u * max_frame)
-        c->high_water = 2u * max_frame;
+    c->high_water = KVS_CONN_DEFAULT_HIGH_WATER;
+    if (c->high_water < 2u * (size_t)max_frame)
+        c->high_water = 2u * (size_t)max_frame;
+    c->max_write = KVS_CONN_MAX_WRITE;
     c->on_frame = on_frame;
     c->on_error = on_error;
     c->on_close = on_close;
+    snprintf(c->peer, sizeof(c->peer), "%s", is_unix ? "unix socket peer" : "TCP peer");
     int rc = is_unix ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
     c->h.handle.data = c;
     if (rc != 0)
         return rc;
     c->open_handles = 1;
-    rc = uv_timer_init(loop, &c->linger);
-    c->linger.data = c;
+    rc = uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
     if (rc == 0)
         c->open_handles = 2;
     return rc;
@@ -60,7 +87,90 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
 
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
-    return c->out.len + c->wbuf.len;
+    return c->out.len + (c->wbuf.len - c->woff);
+}
+
+size_t kvs_conn_pending(const kvs_conn_t *c)
+{
+    return kvs_conn_backlog(c) + c->held;
+}
+
+int kvs_conn_has_frame(const kvs_conn_t *c)
+{
+    return !has(c, KVS_CONN_FRAME_ERROR) && kvs_frame_dec_ready(&c->dec);
+}
+
+/* ---- limits --------------------------------------------------------------- */
+
+/* Past the hard limit the peer is not reading what it asked for: close it
+ * (its output is dropped), naming it. Returns 1 if it was closed. */
+static int conn_check_hard(kvs_conn_t *c)
+{
+    if (c->hard_limit == 0 || has(c, KVS_CONN_CLOSING) || kvs_conn_pending(c) <= c->hard_limit)
+        return 0;
+    kvs_warn("closing %s: %zu bytes of answers are waiting for it, more than "
+             "limits.client_output (%zu); it sends requests faster than it reads the answers",
+             c->peer, kvs_conn_pending(c), c->hard_limit);
+    kvs_conn_close(c);
+    return 1;
+}
+
+/* Pending output went down: if delivery stopped at the high-water mark and
+ * may go on now, schedule it (never deliver from here: see invariants). */
+static void conn_output_drained(kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
+        c->flags &= ~KVS_CONN_OUTPUT_FULL;
+        conn_kick(c);
+    }
+    conn_update_reading(c);
+}
+
+void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
+{
+    if (delta < 0 && (size_t)-delta > c->held)
+        delta = -(ptrdiff_t)c->held;
+    c->held = (size_t)((ptrdiff_t)c->held + delta);
+    if (delta > 0)
+        conn_check_hard(c);
+    else if (delta < 0)
+        conn_output_drained(c);
+}
+
+/* Gives back buffer memory that a burst left behind. */
+static void conn_trim_output(kvs_conn_t *c)
+{
+    if (c->out.len == 0 && c->out.cap > KVS_CONN_KEEP_BUFFER)
+        kvs_buf_free(&c->out);
+    if (c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_KEEP_BUFFER)
+        kvs_buf_free(&c->wbuf);
+}
+
+/* ---- input accounting (groups) ------------------------------------------- */
+
+static size_t chargeable(size_t cap)
+{
+    return cap > KVS_CONN_INPUT_FREE ? cap - KVS_CONN_INPUT_FREE : 0;
+}
+
+/* Brings the group's charge for this member in line with `cap`. */
+static void conn_charge(kvs_conn_t *c, size_t cap)
+{
+    kvs_conn_group_t *g = c->group;
+    size_t want = chargeable(cap);
+    if (g == NULL)
+        return;
+    g->input_used = g->input_used - c->charged + want;
+    c->charged = want;
+}
+
+/* Whether growing the decoder to `cap` fits the group's input budget. */
+static int conn_budget_allows(const kvs_conn_t *c, size_t cap)
+{
+    const kvs_conn_group_t *g = c->group;
+    if (g == NULL || g->limits.input_budget == 0 || chargeable(cap) <= c->charged)
+        return 1;
+    return g->input_used - c->charged + chargeable(cap) <= g->limits.input_budget;
 }
 
 /* ---- reading ---------------------------------------------------------- */
@@ -71,66 +181,118 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     uint8_t *base;
     size_t len;
     (void)suggested;
-    if (kvs_frame_dec_space(&c->dec, READ_SIZE, &base, &len) != 0) {
-        buf->base = NULL; /* libuv reports UV_ENOBUFS to on_read */
-        buf->len = 0;
+    buf->base = NULL; /* on failure libuv reports UV_ENOBUFS to on_read */
+    buf->len = 0;
+    if (has(c, KVS_CONN_LINGERING)) { /* discarding: any small buffer will do */
+        static char sink[4096];
+        buf->base = sink;
+        buf->len = sizeof(sink);
         return;
     }
+    size_t cap = kvs_frame_dec_space_cap(&c->dec, READ_SIZE);
+    if (!conn_budget_allows(c, cap))
+        return;
+    if (kvs_frame_dec_space(&c->dec, READ_SIZE, &base, &len) != 0)
+        return;
+    conn_charge(c, c->dec.cap);
     buf->base = (char *)base;
     buf->len = len;
 }
 
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+/* Input has ended for `err`: tell the owner once, or close after flushing
+ * when it has no on_error. */
+static void conn_input_ended(kvs_conn_t *c, int err)
 {
-    kvs_conn_t *c = s->data;
-    (void)buf;
-    if (c->lingering) { /* discard input until the peer closes */
-        if (n < 0)
-            kvs_conn_close(c);
-        return;
-    }
-    if (n > 0) {
-        kvs_frame_dec_commit(&c->dec, (size_t)n);
-        conn_deliver(c);
-        return;
-    }
-    if (n == 0)
-        return; /* EAGAIN */
-    if (n != UV_EOF)
-        kvs_debug("connection read error: %s", uv_strerror((int)n));
-    /* Peer closed its side (or broke). Requests already received still get
-     * their answers (a half-closed peer reads them; for a vanished one the
-     * write fails and we close then). The owner decides when to close,
-     * since only it knows what is still pending. */
-    c->eof = 1;
-    c->peer_eof = 1;
     conn_update_reading(c);
-    if (c->on_error != NULL)
-        c->on_error(c, KVS_ECLOSED);
-    else
-        kvs_conn_close_after_flush(c);
-}
-
-/* The stream cannot be resynchronized: stop reading and delivering, and let
- * the owner answer what it still owes before it closes. */
-static void conn_frame_error(kvs_conn_t *c, int err)
-{
-    c->eof = 1;
-    c->broken = 1;
-    conn_update_reading(c);
+    if (has(c, KVS_CONN_ERROR_TOLD))
+        return;
+    c->flags |= KVS_CONN_ERROR_TOLD;
     if (c->on_error != NULL)
         c->on_error(c, err);
     else
         kvs_conn_close_after_flush(c);
 }
 
-/* Hands every complete buffered frame to on_frame, until paused or closed. */
+/* The next frame does not fit the group's input budget. */
+static void conn_over_budget(kvs_conn_t *c)
+{
+    kvs_warn("closing %s: its incomplete request would take the memory held by all clients' "
+             "incomplete requests past limits.input_buffers (%zu bytes)",
+             c->peer, c->group->limits.input_budget);
+    c->flags |= KVS_CONN_READ_REFUSED;
+    c->partial_since_ms = 0;
+    conn_input_ended(c, KVS_ELIMIT);
+}
+
+/* Notes when an incomplete frame started to wait (for the frame timeout). */
+static void conn_track_partial(kvs_conn_t *c)
+{
+    int partial = has(c, KVS_CONN_READING) && kvs_frame_dec_pending(&c->dec) > 0 &&
+                  !kvs_frame_dec_ready(&c->dec);
+    if (!partial)
+        c->partial_since_ms = 0;
+    else if (c->partial_since_ms == 0)
+        c->partial_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    kvs_conn_t *c = s->data;
+    (void)buf;
+    if (has(c, KVS_CONN_LINGERING)) { /* discard input until the peer closes */
+        if (n < 0)
+            kvs_conn_close(c);
+        return;
+    }
+    if (n > 0) {
+        kvs_frame_dec_commit(&c->dec, (size_t)n);
+        c->last_input_ms = uv_now(c->h.handle.loop);
+        conn_deliver(c);
+        conn_track_partial(c);
+        return;
+    }
+    if (n == 0)
+        return; /* EAGAIN */
+    if (n == UV_ENOBUFS && !conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, READ_SIZE))) {
+        conn_over_budget(c);
+        return;
+    }
+    if (n != UV_EOF)
+        kvs_debug("%s: read error: %s", c->peer, uv_strerror((int)n));
+    /* Peer closed its side (or broke). Requests already received still get
+     * their answers (a half-closed peer reads them; for a vanished one the
+     * write fails and we close then). The owner decides when to close,
+     * since only it knows what is still pending. */
+    c->flags |= KVS_CONN_READ_EOF;
+    c->partial_since_ms = 0;
+    conn_input_ended(c, KVS_ECLOSED);
+}
+
+/* The stream cannot be resynchronized: no more frames; let the owner answer
+ * what it still owes before it closes. */
+static void conn_frame_error(kvs_conn_t *c, int err)
+{
+    c->flags |= KVS_CONN_FRAME_ERROR;
+    c->partial_since_ms = 0;
+    conn_input_ended(c, err);
+}
+
+static int conn_can_deliver(const kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
+                   KVS_CONN_CLOSING))
+        return 0;
+    return kvs_conn_pending(c) < c->high_water;
+}
+
+/* Hands every complete buffered frame to on_frame, until delivery is no
+ * longer allowed. */
 static void conn_deliver(kvs_conn_t *c)
 {
-    if (c->in_frames)
+    if (has(c, KVS_CONN_DELIVERING))
         return; /* the outer loop picks up the rest */
-    c->in_frames = 1;
-    while (!c->paused && !c->closing && !c->close_after_flush && !c->broken) {
+    c->flags |= KVS_CONN_DELIVERING;
+    while (conn_can_deliver(c)) {
         const uint8_t *p;
         size_t len;
         int rc = kvs_frame_dec_next(&c->dec, &p, &len);
@@ -142,22 +304,71 @@ static void conn_deliver(kvs_conn_t *c)
         }
         c->on_frame(c, p, len);
     }
-    c->in_frames = 0;
+    c->flags &= ~KVS_CONN_DELIVERING;
+    if (has(c, KVS_CONN_CLOSING))
+        return;
+    if (kvs_conn_pending(c) >= c->high_water && kvs_frame_dec_ready(&c->dec))
+        c->flags |= KVS_CONN_OUTPUT_FULL; /* resumes when the output drains */
+    if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
+        conn_charge(c, 0);
     conn_update_reading(c);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    kvs_conn_t *c = t->data;
+    conn_deliver(c);
+    conn_track_partial(c);
+    /* The answers just produced would otherwise wait for the flusher's
+     * check step, which runs only after the loop polled, and a poll with
+     * nothing else to wake it can block for a long time. Running the
+     * flusher here keeps its order: `before` (the commit), then writes. */
+    if (c->flusher != NULL && c->queued)
+        kvs_flusher_run(c->flusher);
+}
+
+/* Delivers buffered frames on the next loop turn. */
+static void conn_kick(kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING) || c->open_handles < 2)
+        return;
+    uv_timer_start(&c->timer, on_kick, 0, 0);
 }
 
 static void conn_update_reading(kvs_conn_t *c)
 {
-    if (c->closing || c->lingering)
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
         return;
-    int want =
-        !c->paused && !c->close_after_flush && !c->eof && kvs_conn_backlog(c) < c->high_water;
-    if (want && !c->reading) {
+    int want = conn_can_deliver(c) &&
+               !has(c, KVS_CONN_READ_STOPPED | KVS_CONN_READ_EOF | KVS_CONN_READ_REFUSED);
+    if (want && !has(c, KVS_CONN_READING)) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
-            c->reading = 1;
-    } else if (!want && c->reading) {
+            c->flags |= KVS_CONN_READING;
+        conn_track_partial(c); /* a wait we caused does not count against the peer */
+    } else if (!want && has(c, KVS_CONN_READING)) {
         uv_read_stop(&c->h.stream);
-        c->reading = 0;
+        c->flags &= ~KVS_CONN_READING;
+        c->partial_since_ms = 0;
+    }
+}
+
+/* Notes "address:port" of the peer of an accepted TCP connection. */
+static void conn_note_peer(kvs_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[INET6_ADDRSTRLEN];
+    if (c->h.handle.type != UV_TCP ||
+        uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(c->peer, sizeof(c->peer), "%s:%u", host, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%u", host, ntohs(a->sin6_port));
     }
 }
 
@@ -166,6 +377,7 @@ int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server)
     int rc = uv_accept(server, &c->h.stream);
     if (rc != 0)
         return rc;
+    conn_note_peer(c);
     return kvs_conn_start(c);
 }
 
@@ -173,30 +385,32 @@ int kvs_conn_start(kvs_conn_t *c)
 {
     if (c->h.handle.type == UV_TCP)
         uv_tcp_nodelay(&c->h.tcp, 1);
+    c->last_input_ms = uv_now(c->h.handle.loop);
     int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
     if (rc == 0)
-        c->reading = 1;
+        c->flags |= KVS_CONN_READING;
     return rc;
 }
 
 void kvs_conn_stop_reading(kvs_conn_t *c)
 {
-    c->eof = 1; /* as if the peer had finished sending */
+    c->flags |= KVS_CONN_READ_STOPPED;
     conn_update_reading(c);
 }
 
 void kvs_conn_pause(kvs_conn_t *c)
 {
-    c->paused = 1;
+    c->flags |= KVS_CONN_PAUSED;
     conn_update_reading(c);
 }
 
 void kvs_conn_resume(kvs_conn_t *c)
 {
-    if (!c->paused)
+    if (!has(c, KVS_CONN_PAUSED))
         return;
-    c->paused = 0;
+    c->flags &= ~KVS_CONN_PAUSED;
     conn_deliver(c);
+    conn_track_partial(c);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -206,86 +420,115 @@ void kvs_conn_resume(kvs_conn_t *c)
  * then the connection closes without lingering. */
 static void conn_write_failed(kvs_conn_t *c, int status)
 {
-    if (c->closing)
+    if (has(c, KVS_CONN_CLOSING))
         return;
-    kvs_debug("connection write error: %s", uv_strerror(status));
-    c->eof = 1;
-    c->peer_eof = 1;
+    kvs_debug("%s: write error: %s", c->peer, uv_strerror(status));
     c->out.len = 0;
-    if (c->on_error != NULL && !c->broken)
-        c->on_error(c, KVS_ECLOSED);
+    conn_input_ended(c, KVS_ECLOSED);
     kvs_conn_close(c);
+}
+
+static void on_write(uv_write_t *req, int status);
+
+/* Writes wbuf[woff..len) in chunks of at most max_write bytes: what the
+ * socket takes at once through uv_try_write, the rest of a chunk through a
+ * uv_write. Returns 0 (all written, or a write in flight) or an error. */
+static int conn_write_wbuf(kvs_conn_t *c)
+{
+    while (c->woff < c->wbuf.len) {
+        size_t left = c->wbuf.len - c->woff;
+        size_t chunk = left < c->max_write ? left : c->max_write;
+        uv_buf_t b = uv_buf_init((char *)c->wbuf.data + c->woff, (unsigned)chunk);
+        int n = uv_try_write(&c->h.stream, &b, 1);
+        if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
+            return n;
+        if (n > 0) {
+            c->woff += (size_t)n;
+            if ((size_t)n == chunk)
+                continue;
+            b = uv_buf_init((char *)c->wbuf.data + c->woff, (unsigned)(chunk - (size_t)n));
+        }
+        c->wreq.data = c;
+        c->wchunk = b.len;
+        int rc = uv_write(&c->wreq, &c->h.stream, &b, 1, on_write);
+        if (rc != 0)
+            return rc;
+        c->flags |= KVS_CONN_WRITING;
+        return 0;
+    }
+    c->wbuf.len = 0;
+    c->woff = 0;
+    return 0;
 }
 
 static void on_write(uv_write_t *req, int status)
 {
     kvs_conn_t *c = req->data;
-    c->writing = 0;
-    c->wbuf.len = 0;
+    c->flags &= ~KVS_CONN_WRITING;
     if (status != 0) {
+        c->wbuf.len = c->woff = 0;
         if (status != UV_ECANCELED)
             conn_write_failed(c, status);
         else
             kvs_conn_close(c);
         return;
     }
-    /* Never flush from here when a flusher owns this connection: output
-     * appended earlier in this loop turn may wait on the flusher's `before`
-     * step (e.g. a commit) and must not leave ahead of it. */
-    kvs_conn_queue(c);
-    conn_update_reading(c);
+    c->woff += c->wchunk;
+    int rc = conn_write_wbuf(c);
+    if (rc != 0) {
+        conn_write_failed(c, rc);
+        return;
+    }
+    if (!has(c, KVS_CONN_WRITING)) {
+        /* Never flush `out` from here when a flusher owns this connection:
+         * output appended earlier in this loop turn may wait on the
+         * flusher's `before` step (e.g. a commit) and must not leave ahead
+         * of it. */
+        conn_trim_output(c);
+        kvs_conn_queue(c);
+    }
+    conn_output_drained(c);
 }
 
 void kvs_conn_flush(kvs_conn_t *c)
 {
-    if (c->closing || c->writing)
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_WRITING | KVS_CONN_LINGERING))
         return;
-    size_t done = 0;
     if (c->out.len > 0) {
-        uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-        int n = uv_try_write(&c->h.stream, &b, 1);
-        if (n > 0) {
-            done = (size_t)n;
-        } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
-            conn_write_failed(c, n);
-            return;
-        }
-    }
-    if (done == c->out.len) {
-        c->out.len = 0;
-        if (c->close_after_flush) {
-            conn_linger(c);
-            return;
-        }
-    } else {
-        /* The rest goes through a uv_write that owns the bytes: swap the
-         * buffers so `out` keeps accepting (into wbuf's old storage), and
-         * write from where uv_try_write stopped (no memmove). */
+        /* wbuf is empty here: swap, so `out` keeps accepting while the
+         * bytes it held are written from wbuf. */
         kvs_buf_t t = c->wbuf;
         c->wbuf = c->out;
         c->out = t;
         c->out.len = 0;
-        uv_buf_t b = uv_buf_init((char *)c->wbuf.data + done, (unsigned)(c->wbuf.len - done));
-        c->wreq.data = c;
-        int rc = uv_write(&c->wreq, &c->h.stream, &b, 1, on_write);
+        c->woff = 0;
+        int rc = conn_write_wbuf(c);
         if (rc != 0) {
-            c->wbuf.len = 0;
+            c->wbuf.len = c->woff = 0;
             conn_write_failed(c, rc);
             return;
         }
-        c->writing = 1;
     }
-    conn_update_reading(c);
+    if (!has(c, KVS_CONN_WRITING)) {
+        conn_trim_output(c);
+        if (has(c, KVS_CONN_SHUTTING)) {
+            conn_linger(c);
+            return;
+        }
+    }
+    conn_output_drained(c);
 }
 
 void kvs_conn_queue(kvs_conn_t *c)
 {
+    if (conn_check_hard(c))
+        return;
     kvs_flusher_t *f = c->flusher;
     if (f == NULL) {
         kvs_conn_flush(c);
         return;
     }
-    if (c->queued || c->closing)
+    if (c->queued || has(c, KVS_CONN_CLOSING))
         return;
     c->queued = 1;
     c->flush_next = f->head;
@@ -302,32 +545,52 @@ static void on_linger_timeout(uv_timer_t *t)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     kvs_conn_t *c = req->data;
-    if (c->closing)
+    if (has(c, KVS_CONN_CLOSING))
         return;
     if (status != 0 || uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
         kvs_conn_close(c);
         return;
     }
-    c->reading = 1;
-    uv_timer_start(&c->linger, on_linger_timeout, KVS_CONN_LINGER_MS, 0);
+    c->flags |= KVS_CONN_READING;
+    uv_timer_start(&c->timer, on_linger_timeout, KVS_CONN_LINGER_MS, 0);
 }
 
 /* Everything owed is written: close, lingering if the peer may still be
  * sending (see kvs_conn_close_after_flush). */
 static void conn_linger(kvs_conn_t *c)
 {
-    if (c->peer_eof || c->lingering || c->open_handles < 2) {
+    if (has(c, KVS_CONN_READ_EOF | KVS_CONN_LINGERING) || c->open_handles < 2) {
         kvs_conn_close(c);
         return;
     }
-    c->lingering = 1;
-    if (c->reading) {
+    c->flags |= KVS_CONN_LINGERING;
+    uv_timer_stop(&c->timer); /* no delivery kicks any more */
+    if (has(c, KVS_CONN_READING)) {
         uv_read_stop(&c->h.stream);
-        c->reading = 0;
+        c->flags &= ~KVS_CONN_READING;
     }
+    /* Input from now on is discarded: give the decoder's memory back. */
+    kvs_frame_dec_close(&c->dec);
+    conn_charge(c, 0);
     c->sreq.data = c;
     if (uv_shutdown(&c->sreq, &c->h.stream, on_shutdown) != 0)
         kvs_conn_close(c);
+}
+
+static void group_leave(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (g == NULL)
+        return;
+    conn_charge(c, 0);
+    if (c->grp_prev != NULL)
+        c->grp_prev->grp_next = c->grp_next;
+    else
+        g->head = c->grp_next;
+    if (c->grp_next != NULL)
+        c->grp_next->grp_prev = c->grp_prev;
+    g->count--;
+    c->group = NULL;
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -343,28 +606,155 @@ static void on_handle_closed(uv_handle_t *h)
 
 void kvs_conn_close_after_flush(kvs_conn_t *c)
 {
-    if (c->closing)
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_SHUTTING))
         return;
-    c->close_after_flush = 1;
+    c->flags |= KVS_CONN_SHUTTING;
     conn_update_reading(c);
-    if (c->writing)
-        return; /* on_write flushes the rest, then closes */
+    if (has(c, KVS_CONN_WRITING))
+        return; /* on_write queues the rest; the flush then closes */
     kvs_conn_queue(c);
 }
 
 void kvs_conn_close(kvs_conn_t *c)
 {
-    if (c->closing)
+    if (has(c, KVS_CONN_CLOSING))
         return;
-    c->closing = 1;
+    c->flags |= KVS_CONN_CLOSING;
+    group_leave(c);
     if (c->flusher != NULL && c->queued)
         kvs_flusher_forget(c->flusher, c);
-    if (c->reading)
+    if (has(c, KVS_CONN_READING))
         uv_read_stop(&c->h.stream);
-    c->reading = 0;
+    c->flags &= ~KVS_CONN_READING;
     if (c->open_handles > 1)
-        uv_close((uv_handle_t *)&c->linger, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close(&c->h.handle, on_handle_closed);
+}
+
+/* ---- groups ------------------------------------------------------------- */
+
+/* Closes members whose started frame is overdue, and idle members. */
+static void on_sweep(uv_timer_t *t)
+{
+    kvs_conn_group_t *g = t->data;
+    uint64_t now = uv_now(g->loop);
+    const kvs_conn_limits_t *lim = &g->limits;
+    for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
+        next = c->grp_next; /* closing unlinks c */
+        if (lim->frame_timeout_ms > 0 && c->partial_since_ms != 0 &&
+            now - (c->partial_since_ms - 1) >= lim->frame_timeout_ms) {
+            kvs_warn("closing %s: a request frame it started (%zu bytes so far) did not "
+                     "complete within limits.frame_timeout (%llu ms)",
+                     c->peer, kvs_frame_dec_pending(&c->dec),
+                     (unsigned long long)lim->frame_timeout_ms);
+            kvs_conn_close(c);
+            continue;
+        }
+        if (lim->idle_timeout_ms > 0 && c->owed == 0 && kvs_conn_pending(c) == 0 &&
+            kvs_frame_dec_pending(&c->dec) == 0 && !has(c, KVS_CONN_SHUTTING) &&
+            now - c->last_input_ms >= lim->idle_timeout_ms) {
+            kvs_info("closing %s %s: idle for limits.idle_timeout (%llu ms)", g->what, c->peer,
+                     (unsigned long long)lim->idle_timeout_ms);
+            kvs_conn_close(c);
+        }
+    }
+}
+
+void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg)
+{
+    memset(l, 0, sizeof(*l));
+    l->hard_limit = (size_t)cfg->client_output;
+    l->high_water = l->hard_limit / 4;
+    l->frame_timeout_ms = cfg->frame_timeout_ms;
+    l->idle_timeout_ms = cfg->idle_timeout_ms;
+    l->input_budget = (size_t)cfg->input_buffers;
+}
+
+uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return configured;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+    uint64_t room = fds > reserve ? (fds - reserve) / (listeners ? listeners : 1) : 0;
+    if (room >= configured)
+        return configured;
+    uint32_t cap = room > 0 ? (uint32_t)room : 1;
+    /* Loud only when the cap is low enough to matter. */
+    kvs_log(cap < 1000 ? KVS_LOG_WARN : KVS_LOG_INFO,
+            "limits.max_clients %u does not fit the descriptor limit (%llu, RLIMIT_NOFILE) with "
+            "%u kept for kvs itself; serving at most %u clients per listener (raise the limit "
+            "with ulimit -n or LimitNOFILE=)",
+            configured, (unsigned long long)fds, reserve, cap);
+    return cap;
+}
+
+int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_limits_t *limits,
+                        const char *what)
+{
+    memset(g, 0, sizeof(*g));
+    g->loop = loop;
+    g->limits = *limits;
+    g->what = what;
+    int rc = uv_timer_init(loop, &g->sweep);
+    if (rc != 0)
+        return rc;
+    g->sweep.data = g;
+    if (limits->frame_timeout_ms > 0 || limits->idle_timeout_ms > 0) {
+        uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+        uv_unref((uv_handle_t *)&g->sweep); /* never keeps the loop alive by itself */
+    }
+    return 0;
+}
+
+void kvs_conn_group_close(kvs_conn_group_t *g)
+{
+    uv_timer_stop(&g->sweep);
+    uv_close((uv_handle_t *)&g->sweep, NULL);
+}
+
+void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
+{
+    c->group = g;
+    c->grp_prev = NULL;
+    c->grp_next = g->head;
+    if (g->head != NULL)
+        g->head->grp_prev = c;
+    g->head = c;
+    g->count++;
+    if (g->limits.high_water > 0)
+        c->high_water = g->limits.high_water;
+    c->hard_limit = g->limits.hard_limit;
+}
+
+static void on_refused_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
+{
+    kvs_listener_t *h = malloc(sizeof(*h));
+    if (h == NULL)
+        return UV_ENOMEM;
+    int rc = server->type == UV_NAMED_PIPE ? uv_pipe_init(server->loop, &h->pipe, 0)
+                                           : uv_tcp_init(server->loop, &h->tcp);
+    if (rc != 0) {
+        free(h);
+        return rc;
+    }
+    rc = uv_accept(server, &h->stream);
+    if (rc == 0) {
+        uv_buf_t b = uv_buf_init((char *)msg, (unsigned)len);
+        uv_try_write(&h->stream, &b, 1); /* best effort: the peer learns why */
+    }
+    uv_close(&h->handle, on_refused_closed);
+    return rc;
 }
 
 /* ---- flusher ---------------------------------------------------------- */

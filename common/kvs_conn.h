@@ -2,50 +2,97 @@
  * kvs_conn: one framed connection over a libuv stream (TCP or unix socket).
  *
  * Reading: bytes go straight into the frame decoder's buffer; every complete
- * frame is handed to frame_cb, in order, inside the read callback. The
- * payload pointer is valid only during the callback.
+ * frame is handed to frame_cb, in order. The payload pointer is valid only
+ * during the callback.
  *
  * Writing: the owner appends encoded frames to `out` (kvs_msg_append) and
- * calls kvs_conn_flush, typically once per loop turn for every connection
- * that got output (kvs_flusher does that bookkeeping), so many responses
- * leave in one system call. At most one uv_write is in flight per
- * connection; bytes appended meanwhile wait in `out` and go with the next.
+ * calls kvs_conn_queue, which flushes once per loop turn through a
+ * kvs_flusher (or at once without one), so many responses leave in one
+ * system call. At most one uv_write is in flight per connection; bytes
+ * appended meanwhile wait in `out` and go with the next. No single write is
+ * larger than KVS_CONN_MAX_WRITE, whatever the backlog.
  *
- * Back-pressure: when queued output exceeds `high_water`, reading stops
- * until the peer has taken it, so a client that pipelines without reading
- * cannot make the server buffer without bound.
+ * Output bounds (Redis's client output buffer limits are the model). A
+ * connection's *pending output* is what it owes the peer: bytes queued or in
+ * flight, plus bytes its owner holds for it elsewhere (kvs_conn_hold: the
+ * router keeps answers that wait for an earlier request's). While pending
+ * output is at or above `high_water`, no more frames are *delivered* (so no
+ * more requests are executed, and nothing more is read); delivery resumes
+ * by itself once the peer has taken enough. Past `hard_limit` the
+ * connection is closed and the peer named in the log. So a peer that
+ * pipelines without reading costs at most high_water plus what its
+ * requests already in flight produce, and never more than hard_limit.
+ *
+ * Input bounds, for members of a kvs_conn_group (a listener's clients): a
+ * frame that has started must complete within the group's frame timeout;
+ * the decoder memory all members hold beyond KVS_CONN_INPUT_FREE bytes each
+ * is capped by the group's input budget (a connection whose next frame
+ * would pass it gets on_error(KVS_ELIMIT)); an optional idle timeout closes
+ * members that sent nothing for that long and are owed nothing. Buffers
+ * that grew far past their usual size are given back once they drain.
+ *
+ * State: one bit per condition, each with one meaning (KVS_CONN_* flags,
+ * libuv style); whether to read and whether to deliver are derived from
+ * them, never stored.
  *
  * Lifetime: kvs_conn_close starts an asynchronous close; close_cb runs once
- * the handle is closed, and only then may the owner free the memory. After
- * close no callback but close_cb runs.
+ * the handles are closed, and only then may the owner free the memory.
+ * After close no callback but close_cb runs.
  */
 #ifndef KVS_CONN_H
 #define KVS_CONN_H
 
 #include "kvs_addr.h"
 #include "kvs_buf.h"
+#include "kvs_config.h"
 #include "kvs_frame.h"
 
 #include <uv.h>
 
 #define KVS_CONN_LINGER_MS 2000
+#define KVS_CONN_MAX_WRITE (1u << 30)           /* bytes per uv_write: fits uv_buf_t's unsigned */
+#define KVS_CONN_INPUT_FREE (128u * 1024u)      /* decoder bytes per connection not charged */
+#define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* an idle buffer above this is given back */
+#define KVS_CONN_DEFAULT_HIGH_WATER (16u << 20) /* when the owner sets none */
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;
+typedef struct kvs_conn_group_s kvs_conn_group_t;
+
+/* Connection state bits (kvs_conn_t.flags). Each says one thing. */
+enum {
+    KVS_CONN_READING = 1u << 0,       /* uv_read_start is active */
+    KVS_CONN_WRITING = 1u << 1,       /* a uv_write is in flight (its bytes are in wbuf) */
+    KVS_CONN_PAUSED = 1u << 2,        /* the owner paused delivery (kvs_conn_pause) */
+    KVS_CONN_READ_STOPPED = 1u << 3,  /* the owner stopped reading for good (drain) */
+    KVS_CONN_READ_EOF = 1u << 4,      /* the peer sent EOF, or reading failed: no more input */
+    KVS_CONN_FRAME_ERROR = 1u << 5,   /* the input broke a framing rule: no more frames */
+    KVS_CONN_OUTPUT_FULL = 1u << 6,   /* delivery stopped at high_water, waits for a drain */
+    KVS_CONN_DELIVERING = 1u << 7,    /* inside the frame delivery loop */
+    KVS_CONN_SHUTTING = 1u << 8,      /* close once the queued output is written */
+    KVS_CONN_LINGERING = 1u << 9,     /* write side shut; input discarded until EOF or timeout */
+    KVS_CONN_CLOSING = 1u << 10,      /* uv_close was called */
+    KVS_CONN_ERROR_TOLD = 1u << 11,   /* on_error has run (it runs at most once) */
+    KVS_CONN_READ_REFUSED = 1u << 12, /* the group's input budget refused more input */
+};
 
 /* A complete frame arrived. The owner may append output, pause, or close. */
 typedef void (*kvs_conn_frame_cb)(kvs_conn_t *c, const uint8_t *payload, size_t len);
 
-/* Either the stream broke a framing rule (err = KVS_ETOOBIG, with the
- * announced length in c->dec.bad_len, or KVS_EPROTO): reading has stopped
- * for good; the owner appends its last response(s) and closes (usually
- * kvs_conn_close_after_flush) once it owes the peer nothing more; or
- * the peer closed its side (err = KVS_ECLOSED): reading has stopped and the
- * owner closes (usually kvs_conn_close_after_flush) once nothing it owes the
- * peer is pending. Without an on_error callback both close after flush. */
+/* Input has ended, once per connection:
+ *   KVS_ECLOSED  the peer closed its side, or a read or write failed;
+ *   KVS_ETOOBIG  a frame header announced more than max_frame (the length
+ *                is in c->dec.bad_len);
+ *   KVS_EPROTO   a frame header had the reserved compression bit set;
+ *   KVS_ELIMIT   the group's input budget has no room for the next frame.
+ * No more frames are read; frames already buffered are still delivered
+ * after KVS_ECLOSED (the peer may be half-closed), not after the others.
+ * The owner appends its last response(s) and closes, usually with
+ * kvs_conn_close_after_flush once it owes the peer nothing more. Without an
+ * on_error callback the connection closes after flushing. */
 typedef void (*kvs_conn_error_cb)(kvs_conn_t *c, int err);
 
-/* The handle is closed; the owner may free the connection now. */
+/* The handles are closed; the owner may free the connection now. */
 typedef void (*kvs_conn_close_cb)(kvs_conn_t *c);
 
 struct kvs_conn_s {
@@ -57,43 +104,66 @@ struct kvs_conn_s {
     } h;
     kvs_frame_dec_t dec;
     kvs_buf_t out;  /* queued, not yet handed to the socket */
-    kvs_buf_t wbuf; /* handed to the in-flight uv_write */
+    kvs_buf_t wbuf; /* being written: [woff, wlen) of it is in flight or next */
+    size_t woff;    /* bytes of wbuf already written */
+    size_t wchunk;  /* bytes the in-flight uv_write covers */
     uv_write_t wreq;
     uv_shutdown_t sreq;
-    uv_timer_t linger; /* bounds a lingering close */
+    uv_timer_t timer;  /* lingering deadline; otherwise a zero-delay delivery kick */
     int open_handles;  /* stream + timer; on_close runs when both closed */
-    size_t high_water; /* pause reading above this much queued output */
-    unsigned reading : 1, writing : 1, closing : 1, close_after_flush : 1, paused : 1,
-        in_frames : 1, eof : 1, broken : 1, lingering : 1, peer_eof : 1;
+    unsigned flags;    /* KVS_CONN_* */
+    size_t high_water; /* no frames are delivered while pending output is at or above */
+    size_t hard_limit; /* close when pending output passes this (0: no limit) */
+    size_t held;       /* output the owner holds for this peer outside `out` */
+    size_t owed;       /* requests the owner has not answered yet (for the idle timeout) */
+    size_t max_write;  /* bytes per write (KVS_CONN_MAX_WRITE; smaller in tests) */
     kvs_conn_frame_cb on_frame;
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;
-    kvs_flusher_t *flusher; /* optional */
-    kvs_conn_t *flush_next; /* flusher's intrusive list */
-    int queued;             /* on the flusher's list */
-    void *data;             /* the owner's */
+    kvs_flusher_t *flusher;  /* optional */
+    kvs_conn_t *flush_next;  /* flusher's intrusive list */
+    int queued;              /* on the flusher's list */
+    kvs_conn_group_t *group; /* optional, see kvs_conn_join */
+    kvs_conn_t *grp_prev, *grp_next;
+    size_t charged;            /* decoder bytes charged to the group's input budget */
+    uint64_t last_input_ms;    /* loop time of the last bytes read */
+    uint64_t partial_since_ms; /* loop time an incomplete frame started to wait (0: none) */
+    char peer[64];             /* "1.2.3.4:5678", for log lines about this peer */
+    void *data;                /* the owner's */
 };
 
 /* Initializes `c` for `loop`. is_unix picks a pipe or a TCP handle. The
- * callbacks may be NULL except on_close. Returns 0 or a uv error. */
+ * callbacks may be NULL except on_close. high_water starts at
+ * KVS_CONN_DEFAULT_HIGH_WATER (at least 2 * max_frame) and hard_limit at 0;
+ * the owner may change both before traffic starts. Returns 0 or a uv error
+ * (then still kvs_conn_close it). */
 int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_frame,
                   kvs_conn_frame_cb on_frame, kvs_conn_error_cb on_error,
                   kvs_conn_close_cb on_close);
 
-/* Accepts a pending connection from `server` into an initialized `c` and
- * starts reading. On failure the caller must still kvs_conn_close(c). */
+/* Accepts a pending connection from `server` into an initialized `c`, notes
+ * the peer's address and starts reading. On failure the caller must still
+ * kvs_conn_close(c). */
 int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server);
 
 /* Starts reading on a connected stream (after a uv_connect). */
 int kvs_conn_start(kvs_conn_t *c);
 
 /* Hands queued output to the socket (uv_try_write, then uv_write for the
- * rest). Safe to call at any time; a no-op while closing. */
+ * rest). Never delivers frames. Safe to call at any time; a no-op while
+ * closing. */
 void kvs_conn_flush(kvs_conn_t *c);
 
-/* Puts `c` on its flusher's list so it is flushed at the end of this loop
- * turn; without a flusher, flushes now. */
+/* Call after appending to `out`: checks the hard limit (closing the
+ * connection past it), then puts `c` on its flusher's list so it is flushed
+ * at the end of this loop turn; without a flusher, flushes now. */
 void kvs_conn_queue(kvs_conn_t *c);
+
+/* The owner holds `delta` more (or, negative, fewer) bytes of output for
+ * this peer outside `out` (for example answers waiting for an earlier one).
+ * They count as pending output for the limits; past hard_limit the
+ * connection is closed. */
+void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta);
 
 /* Stops reading new bytes for good; frames already buffered are still
  * delivered (unless paused). For draining at shutdown. */
@@ -103,8 +173,14 @@ void kvs_conn_stop_reading(kvs_conn_t *c);
  * already buffered are kept. */
 void kvs_conn_pause(kvs_conn_t *c);
 
-/* Resumes delivery: buffered frames are delivered before this returns. */
+/* Resumes delivery: buffered frames are delivered before this returns
+ * (unless the output is full; then once it drains). */
 void kvs_conn_resume(kvs_conn_t *c);
+
+/* True when a complete frame waits in the decoder, not yet delivered: a
+ * request received but not yet executed (paused, or held back by the output
+ * limit). */
+int kvs_conn_has_frame(const kvs_conn_t *c);
 
 /* Closes once queued output is written (or at once if there is none).
  * No more frames are delivered. Unless the peer already sent EOF, the close
@@ -117,8 +193,61 @@ void kvs_conn_close_after_flush(kvs_conn_t *c);
 /* Closes now; queued output is dropped. close_cb runs later. Idempotent. */
 void kvs_conn_close(kvs_conn_t *c);
 
-/* Bytes queued or in flight. */
+/* Bytes queued or being written. */
 size_t kvs_conn_backlog(const kvs_conn_t *c);
+
+/* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
+size_t kvs_conn_pending(const kvs_conn_t *c);
+
+/* ---- groups: limits shared by a listener's connections ------------------ */
+
+typedef struct kvs_conn_limits_s {
+    size_t high_water;         /* per connection: stop delivering frames at this output */
+    size_t hard_limit;         /* per connection: close past this output (0: none) */
+    uint64_t frame_timeout_ms; /* a started frame must complete within this (0: none) */
+    uint64_t idle_timeout_ms;  /* close members idle this long (0: never) */
+    size_t input_budget;       /* decoder bytes all members may hold beyond their free
+                                  KVS_CONN_INPUT_FREE each (0: no limit) */
+} kvs_conn_limits_t;
+
+struct kvs_conn_group_s {
+    uv_loop_t *loop;
+    kvs_conn_limits_t limits;
+    uv_timer_t sweep; /* once a second: frame and idle timeouts */
+    kvs_conn_t *head; /* members */
+    size_t count;
+    size_t input_used; /* decoder bytes charged by all members */
+    const char *what;  /* "client", for log lines */
+};
+
+/* The limits config.yaml sets (limits.*): high water at a quarter of
+ * client_output, hard limit at client_output. */
+void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg);
+
+/* How many clients a listener may take: `configured` (limits.max_clients),
+ * lowered so that `listeners` such listeners plus `reserve` descriptors
+ * the process needs for itself (links, workers, files, the log) fit the
+ * descriptor limit. Raises the soft RLIMIT_NOFILE to the hard one first
+ * (as Redis and nginx do). Logs a warning when it had to lower the cap. */
+uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve);
+
+/* Starts a group on `loop` with `limits` (copied). `what` names members in
+ * log lines and must outlive the group. Returns 0 or a uv error. */
+int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_limits_t *limits,
+                        const char *what);
+
+/* Closes the group's timer (members must have left or be closing). */
+void kvs_conn_group_close(kvs_conn_group_t *g);
+
+/* Makes `c` (initialized, not yet accepted) a member: it takes the group's
+ * output limits and is subject to its input limits until it closes. */
+void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
+
+/* Accepts a pending connection from `server` only to refuse it: writes
+ * `msg[0..len)` (a complete frame, small enough for the socket buffer) if
+ * the socket takes it at once, and closes. For a listener at its
+ * connection limit. Returns 0 or a uv error. */
+int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len);
 
 /* ---- flusher: flush every queued connection once per loop turn -------- */
 
@@ -155,7 +284,7 @@ typedef union kvs_listener_u {
 } kvs_listener_t;
 
 /* Resolves a TCP address (numeric or a name, synchronously: for start-up
- * and connection setup, not the hot path). Returns 0 or a uv error. */
+ * only, never on a running loop). Returns 0 or a uv error. */
 int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out);
 
 /* Binds and listens on `addr` (TCP with SO_REUSEADDR, or a unix socket whose

@@ -48,27 +48,44 @@ void kvs_frame_dec_close(kvs_frame_dec_t *d)
     d->cap = d->start = d->end = 0;
 }
 
+/* Where the data will start and end once space() has rewound or compacted
+ * for `want` more bytes. */
+static size_t end_after_compaction(const kvs_frame_dec_t *d, size_t want)
+{
+    if (d->start == d->end)
+        return 0; /* empty: rewind for free */
+    if (d->cap - d->end < want && d->start > 0)
+        return d->end - d->start; /* the consumed prefix is free space */
+    return d->end;
+}
+
+size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want)
+{
+    size_t end = end_after_compaction(d, want);
+    if (d->cap - end >= want)
+        return d->cap;
+    /* Grow by doubling, but never past what a maximal frame plus one read
+     * needs (more only if the owner left whole frames unconsumed). */
+    size_t limit = (size_t)d->max + KVS_FRAME_HEADER + want;
+    if (limit < end + want)
+        limit = end + want;
+    size_t cap = d->cap ? d->cap : 16384;
+    while (cap - end < want)
+        cap *= 2;
+    return cap > limit ? limit : cap;
+}
+
 int kvs_frame_dec_space(kvs_frame_dec_t *d, size_t want, uint8_t **base, size_t *len)
 {
-    if (d->start == d->end) {
-        d->start = d->end = 0; /* empty: rewind for free */
-    } else if (d->cap - d->end < want && d->start > 0) {
-        /* Compact before growing: the consumed prefix is free space. */
-        memmove(d->buf, d->buf + d->start, d->end - d->start);
-        d->end -= d->start;
+    size_t cap = kvs_frame_dec_space_cap(d, want);
+    size_t end = end_after_compaction(d, want);
+    if (end != d->end) {
+        if (end > 0)
+            memmove(d->buf, d->buf + d->start, end);
         d->start = 0;
+        d->end = end;
     }
-    if (d->cap - d->end < want) {
-        /* Grow by doubling, but never past what a maximal frame plus one
-         * read needs (more only if the owner left whole frames unconsumed). */
-        size_t limit = (size_t)d->max + KVS_FRAME_HEADER + want;
-        if (limit < d->end + want)
-            limit = d->end + want;
-        size_t cap = d->cap ? d->cap : 16384;
-        while (cap - d->end < want)
-            cap *= 2;
-        if (cap > limit)
-            cap = limit;
+    if (cap != d->cap) {
         uint8_t *p = realloc(d->buf, cap);
         if (p == NULL)
             return -ENOMEM;
@@ -123,4 +140,26 @@ int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
 size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d)
 {
     return d->end - d->start;
+}
+
+int kvs_frame_dec_ready(const kvs_frame_dec_t *d)
+{
+    if (d->bad_len != 0)
+        return 1;
+    size_t avail = d->end - d->start;
+    if (avail < KVS_FRAME_HEADER)
+        return 0;
+    int compressed;
+    uint32_t n = kvs_frame_get_header(d->buf + d->start, &compressed);
+    return compressed || n > d->max || avail - KVS_FRAME_HEADER >= n;
+}
+
+int kvs_frame_dec_shrink(kvs_frame_dec_t *d, size_t keep)
+{
+    if (d->start != d->end || d->cap <= keep)
+        return 0;
+    free(d->buf);
+    d->buf = NULL;
+    d->cap = d->start = d->end = 0;
+    return 1;
 }

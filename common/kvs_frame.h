@@ -71,4 +71,17 @@ int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
 /* Bytes buffered and not yet handed out (a partial frame, if any). */
 size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d);
 
+/* True when next() would return a frame or an error now (rather than 0):
+ * a complete frame, or a header that breaks the rules, is buffered. */
+int kvs_frame_dec_ready(const kvs_frame_dec_t *d);
+
+/* The capacity the buffer will have after kvs_frame_dec_space(d, want)
+ * (today's capacity when no growth is needed). For budgeting before the
+ * allocation happens. */
+size_t kvs_frame_dec_space_cap(const kvs_frame_dec_t *d, size_t want);
+
+/* Gives the buffer's memory back when it holds nothing and its capacity is
+ * above `keep` bytes. Returns 1 if it did. */
+int kvs_frame_dec_shrink(kvs_frame_dec_t *d, size_t keep);
+
 #endif

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +276,10 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("node", -1, KVS_LOG_INFO);
+    /* Buffers above this size get their own mapping, so freeing one after
+     * a burst gives the memory back to the system at once (glibc would
+     * otherwise raise the threshold and keep it in the heap). */
+    mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
     pid_t parent = getppid();
     if (parse_args(argc, argv, &args) != 0)
         return 2;
@@ -310,6 +315,7 @@ int main(int argc, char **argv)
         .store = store,
         .max_frame = (uint32_t)cfg->max_frame,
         .max_tables = cfg->max_tables,
+        .limits = cfg,
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,

@@ -28,11 +28,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Descriptors kept back from clients: LMDB's files, Kafka's sockets and
+ * pipes, the log. */
+#define NODE_FD_RESERVE 128
+
 typedef struct node_client_s node_client_t;
 
 struct node_client_s {
     kvs_conn_t conn;
     node_server_t *srv;
+    int listener;              /* index of the listener it came through */
     uint64_t mark_gen;         /* batch generation `mark` refers to (0 = none) */
     size_t mark;               /* out offset of the first response in that batch */
     uint32_t marked;           /* responses since mark */
@@ -47,7 +52,11 @@ struct node_server_s {
     node_cmd_ctx_t cmd;
     uint32_t max_frame;
     kvs_listener_t listeners[2];
+    size_t listener_clients[2]; /* clients per listener, each capped at max_clients */
     int n_listeners;
+    uint32_t max_clients;
+    uint64_t refused_log_ms;
+    kvs_conn_group_t group; /* every client, under limits.* */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
     int sync_timer_on;
@@ -205,6 +214,10 @@ static void on_conn_error(kvs_conn_t *c, int err)
         kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
                               "compressed frames are not supported (header bit 31 set); the "
                               "connection is closed");
+    } else if (err == KVS_ELIMIT) {
+        kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
+                              "the server is short of memory for incomplete requests "
+                              "(limits.input_buffers); the connection is closed, retry");
     }
     kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
 }
@@ -224,8 +237,28 @@ static void on_conn_closed(kvs_conn_t *c)
     if (cl->next != NULL)
         cl->next->prev = cl->prev;
     srv->n_clients--;
+    srv->listener_clients[cl->listener]--;
     free(cl);
     maybe_stopped(srv);
+}
+
+/* At limits.max_clients on this listener: accept only to say why. */
+static void refuse_client(node_server_t *srv, uv_stream_t *server)
+{
+    kvs_buf_t b;
+    kvs_buf_init(&b);
+    if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                              "too many clients (limits.max_clients = %u); retry later",
+                              srv->max_clients) == 0)
+        kvs_conn_refuse(server, b.data, b.len);
+    kvs_buf_free(&b);
+    uint64_t now = uv_now(srv->loop);
+    if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
+        srv->refused_log_ms = now;
+        kvs_warn("refusing clients: limits.max_clients (%u) reached on a listener (logged at "
+                 "most every 10 s)",
+                 srv->max_clients);
+    }
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -235,17 +268,25 @@ static void on_connection(uv_stream_t *server, int status)
         kvs_warn("accept failed: %s", uv_strerror(status));
         return;
     }
+    int li = server == &srv->listeners[1].stream ? 1 : 0;
+    if (srv->listener_clients[li] >= srv->max_clients) {
+        refuse_client(srv, server);
+        return;
+    }
     node_client_t *cl = calloc(1, sizeof(*cl));
     if (cl == NULL) {
         kvs_error("out of memory accepting a client");
         return;
     }
     cl->srv = srv;
+    cl->listener = li;
+    srv->listener_clients[li]++;
     int is_unix = server->type == UV_NAMED_PIPE;
     kvs_conn_init(&cl->conn, srv->loop, is_unix, srv->max_frame, on_frame, on_conn_error,
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
+    kvs_conn_join(&cl->conn, &srv->group);
     cl->next = srv->clients;
     if (srv->clients != NULL)
         srv->clients->prev = cl;
@@ -299,7 +340,13 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_tables = o->max_tables;
     srv->cmd.shard = o->shard;
     kvs_arena_init(&srv->cmd.arena);
+    srv->max_clients =
+        kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, o->limits);
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
+    if (rc == 0)
+        rc = kvs_conn_group_init(&srv->group, o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
         rc = add_listener(srv, &o->addrs[i]);
     if (rc == 0 && o->sync_interval_ms > 0) {
@@ -350,6 +397,8 @@ static void maybe_stopped(node_server_t *srv)
     node_store_end_turn(srv->store);
     uv_check_stop(&srv->flusher.check);
     close_handle(srv, (uv_handle_t *)&srv->flusher.check);
+    uv_timer_stop(&srv->group.sweep);
+    close_handle(srv, (uv_handle_t *)&srv->group.sweep);
     if (srv->sync_timer_on)
         close_handle(srv, (uv_handle_t *)&srv->sync_timer);
 }

@@ -21,7 +21,8 @@ typedef struct node_server_opts_s {
     node_store_t *store; /* opened with fail_cb = node_server_fail_cb; see below */
     uint32_t max_frame;
     uint32_t max_tables;
-    const kvs_addr_t *addrs; /* 1 or 2 addresses to listen on */
+    const kvs_config_t *limits; /* limits.* for client connections */
+    const kvs_addr_t *addrs;    /* 1 or 2 addresses to listen on */
     size_t n_addrs;
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
     uint32_t shard;

@@ -23,6 +23,9 @@ struct router_s {
     router_link_t *links; /* one per shard, index = shard id */
     uint32_t shards;
     kvs_flusher_t flusher;
+    kvs_conn_group_t group; /* the clients, under limits.* */
+    uint32_t max_clients;   /* limits.max_clients, fitted to the descriptor limit */
+    uint64_t refused_log_ms;
     kvs_listener_t listener;
     int listening;
     router_client_t *clients;
@@ -47,8 +50,9 @@ void router_clients_drain(router_t *r);
 /* Closes every client now. */
 void router_clients_abort(router_t *r);
 
-/* A request of `cl` is complete (called by the route module). */
-void router_client_req_done(router_client_t *cl);
+/* `req`, a request of `cl`, is complete (called by the route module); its
+ * answer is in req->resp. */
+void router_client_req_done(router_client_t *cl, router_req_t *req);
 
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
@@ -67,6 +71,7 @@ struct router_req_s {
     router_client_t *client; /* NULL once the client is gone */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
+    size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */
     int done;
     int in_route;
     uint32_t parts_left;

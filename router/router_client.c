@@ -4,9 +4,16 @@
  * answers strictly in FIFO order as their requests complete (a later
  * request that finishes first waits for the ones before it).
  *
- * Back-pressure: a client with limits.max_inflight requests in its FIFO is
- * paused (no more reading) until answers drain, so one client cannot make
- * the router buffer without bound.
+ * Bounds: a client with limits.max_inflight requests in its FIFO is paused
+ * (no more reading) until answers drain. Completed answers waiting for an
+ * earlier request's are "held" output (kvs_conn_hold), and so is a whole
+ * frame's worth for each whole-table read (Hgetall, Hscan, Info) in flight
+ * (req->reserve), so kvs_conn's output limits count them: at the
+ * high-water mark (a quarter of limits.client_output) the client's frames
+ * stop being routed, past limits.client_output it is closed. Together these
+ * bound what one client can make the router buffer, and how much work it
+ * can queue on the links that all clients share. Clients beyond
+ * limits.max_clients are refused with 503.
  *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
@@ -21,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define ROUTER_FD_RESERVE 64
+
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
@@ -34,8 +43,22 @@ struct router_client_s {
  * may still hold complete frames in its buffer: those count as received. */
 static void client_maybe_close(router_client_t *cl)
 {
-    if (cl->closing_when_drained && cl->head == NULL && !cl->conn.paused)
+    if (cl->closing_when_drained && cl->head == NULL && !kvs_conn_has_frame(&cl->conn))
         kvs_conn_close_after_flush(&cl->conn);
+}
+
+/* Pauses or resumes reading by the number of requests in flight. */
+static void client_track_inflight(router_client_t *cl)
+{
+    kvs_conn_t *c = &cl->conn;
+    c->owed = cl->inflight;
+    if (c->flags & KVS_CONN_CLOSING)
+        return;
+    int paused = (c->flags & KVS_CONN_PAUSED) != 0;
+    if (!paused && cl->inflight >= cl->router->cfg->max_inflight)
+        kvs_conn_pause(c);
+    else if (paused && cl->inflight < cl->router->cfg->max_inflight)
+        kvs_conn_resume(c);
 }
 
 /* Moves completed requests at the FIFO head into the output buffer. */
@@ -48,24 +71,28 @@ static void client_flush_done(router_client_t *cl)
         if (cl->head == NULL)
             cl->tail = NULL;
         cl->inflight--;
-        if (req->resp.len == 0 || kvs_buf_append(&cl->conn.out, req->resp.data, req->resp.len)) {
+        size_t len = req->resp.len;
+        if (len == 0 || kvs_buf_append(&cl->conn.out, req->resp.data, len)) {
             kvs_error("cannot queue an answer (out of memory); closing the client");
             router_req_free(req);
             kvs_conn_close(&cl->conn);
             return;
         }
+        kvs_conn_hold(&cl->conn, -(ptrdiff_t)len); /* now in `out` instead */
         router_req_free(req);
         wrote = 1;
     }
     if (wrote)
         kvs_conn_queue(&cl->conn);
-    if (cl->conn.paused && cl->inflight < cl->router->cfg->max_inflight)
-        kvs_conn_resume(&cl->conn);
+    client_track_inflight(cl);
     client_maybe_close(cl);
 }
 
-void router_client_req_done(router_client_t *cl)
+void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
+    /* The reservation becomes the answer; may close the client. */
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->resp.len - (ptrdiff_t)req->reserve);
+    req->reserve = 0;
     client_flush_done(cl);
 }
 
@@ -73,13 +100,14 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
                           size_t len)
 {
     uint8_t hdr[KVS_FRAME_HEADER];
-    if (req != cl->head || cl->conn.closing)
+    if (req != cl->head || (cl->conn.flags & KVS_CONN_CLOSING))
         return 0;
     kvs_frame_put_header(hdr, (uint32_t)len);
     if (kvs_buf_reserve(&cl->conn.out, sizeof(hdr) + len) != 0)
         return 0;
     kvs_buf_append(&cl->conn.out, hdr, sizeof(hdr));
     kvs_buf_append(&cl->conn.out, payload, len);
+    kvs_conn_hold(&cl->conn, -(ptrdiff_t)req->reserve);
     cl->head = req->next;
     if (cl->head == NULL)
         cl->tail = NULL;
@@ -114,10 +142,11 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         return;
     }
     router_route(cl->router, req, payload, len);
-    if (req->done && req == cl->head)
-        client_flush_done(cl);
-    if (cl->inflight >= cl->router->cfg->max_inflight && !c->paused && !c->closing)
-        kvs_conn_pause(c);
+    kvs_conn_hold(c, (ptrdiff_t)req->reserve);
+    if (req->done)
+        router_client_req_done(cl, req);
+    else
+        client_track_inflight(cl);
 }
 
 static void on_conn_error(kvs_conn_t *c, int err)
@@ -135,6 +164,12 @@ static void on_conn_error(kvs_conn_t *c, int err)
             router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                                      "compressed frames are not supported (header bit 31 set); "
                                      "the connection is closed");
+    } else if (err == KVS_ELIMIT) {
+        router_req_t *req = client_enqueue(cl);
+        if (req != NULL)
+            router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
+                                     "the server is short of memory for incomplete requests "
+                                     "(limits.input_buffers); the connection is closed, retry");
     }
     cl->closing_when_drained = 1;
     client_flush_done(cl);
@@ -164,11 +199,34 @@ static void on_conn_closed(kvs_conn_t *c)
         r->on_drained(r);
 }
 
+/* At limits.max_clients: accept only to say why, then close. */
+static void refuse_client(router_t *r, uv_stream_t *server)
+{
+    kvs_buf_t b;
+    kvs_buf_init(&b);
+    if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                              "too many clients (limits.max_clients = %u); retry later",
+                              r->max_clients) == 0)
+        kvs_conn_refuse(server, b.data, b.len);
+    kvs_buf_free(&b);
+    uint64_t now = uv_now(r->loop);
+    if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
+        r->refused_log_ms = now;
+        kvs_warn("refusing clients: %zu connected, limits.max_clients is %u (logged at most "
+                 "every 10 s)",
+                 r->n_clients, r->max_clients);
+    }
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     router_t *r = server->data;
     if (status != 0) {
         kvs_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    if (r->n_clients >= r->max_clients) {
+        refuse_client(r, server);
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
@@ -181,6 +239,7 @@ static void on_connection(uv_stream_t *server, int status)
                   on_frame, on_conn_error, on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
+    kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
     if (r->clients != NULL)
         r->clients->prev = cl;
@@ -202,6 +261,14 @@ int router_clients_listen(router_t *r)
         kvs_error("router.listen: %s", err);
         return rc;
     }
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, r->cfg);
+    rc = kvs_conn_group_init(&r->group, r->loop, &limits, "client");
+    if (rc != 0)
+        return rc;
+    /* Descriptors kept back: a link per shard, worker spawns, the lock
+     * file, the log, name resolution. */
+    r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, 1, r->shards + ROUTER_FD_RESERVE);
     rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));

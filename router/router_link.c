@@ -154,9 +154,10 @@ static void link_connect(router_link_t *l)
                            on_conn_closed);
     c->data = l;
     c->flusher = l->flusher;
-    /* A link must always read answers: stopping because its own requests
-     * are queued deadlocks against a worker stuck writing answers. Memory
-     * is bounded by the clients' limits.max_inflight instead. */
+    /* A link must always read and deliver answers: stopping because its
+     * own requests are queued deadlocks against a worker stuck writing
+     * answers, and would hold up every client of the shard. Its output is
+     * bounded in link_usable instead. */
     c->high_water = SIZE_MAX;
     l->conn = c;
     l->connect_req.data = l;
@@ -251,15 +252,24 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
     return 0;
 }
 
+/* KVS_ECLOSED while the link is down; KVS_ELIMIT while limits.client_output
+ * bytes of requests are already queued for a worker that does not take
+ * them (hung or overloaded): new requests are refused rather than buffered
+ * without bound. */
 static int link_usable(router_link_t *l)
 {
-    return l->up && l->conn != NULL && !l->conn->closing;
+    if (!l->up || l->conn == NULL || (l->conn->flags & KVS_CONN_CLOSING))
+        return KVS_ECLOSED;
+    if (l->max_queue > 0 && kvs_conn_backlog(l->conn) >= l->max_queue)
+        return KVS_ELIMIT;
+    return 0;
 }
 
 int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx, uint32_t part)
 {
-    if (!link_usable(l))
-        return KVS_ECLOSED;
+    int rc = link_usable(l);
+    if (rc != 0)
+        return rc;
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
     if (kvs_buf_reserve(&l->conn->out, sizeof(hdr) + len) != 0 || fifo_push(l, ctx, part) != 0)
@@ -274,11 +284,12 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
 
 int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part)
 {
-    if (!link_usable(l))
-        return KVS_ECLOSED;
+    int rc = link_usable(l);
+    if (rc != 0)
+        return rc;
     if (fifo_push(l, ctx, part) != 0)
         return -ENOMEM;
-    int rc = kvs_msg_append(&l->conn->out, m, SIZE_MAX);
+    rc = kvs_msg_append(&l->conn->out, m, SIZE_MAX);
     if (rc != 0) {
         l->count--; /* undo the push: nothing was sent */
         return rc;

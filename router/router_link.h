@@ -51,6 +51,7 @@ struct router_link_s {
     uint64_t backoff_ms;
     uint64_t timeout_ms;
     uint32_t max_frame;
+    size_t max_queue;            /* bytes of requests queued before sends are refused (0: none) */
     router_link_pending_t *fifo; /* ring buffer */
     size_t head, count, cap;
     kvs_flusher_t *flusher;
@@ -68,7 +69,7 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
 
 /* Queues one request frame (payload without header; the link adds it).
  * Returns 0, or KVS_ECLOSED when the link is down (l->last_error says
- * why), or -ENOMEM. */
+ * why), KVS_ELIMIT when max_queue bytes are already queued, or -ENOMEM. */
 int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx,
                      uint32_t part);
 

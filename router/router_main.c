@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
@@ -143,6 +144,7 @@ static int start_links(router_main_t *m)
         if (rc != 0)
             return rc;
         m->r.links[s].data = m;
+        m->r.links[s].max_queue = (size_t)cfg->client_output;
     }
     return 0;
 }
@@ -286,6 +288,10 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("router", -1, KVS_LOG_INFO);
+    /* Buffers above this size get their own mapping, so freeing one after
+     * a burst gives the memory back to the system at once (glibc would
+     * otherwise raise the threshold and keep it in the heap). */
+    mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
     if (parse_args(argc, argv, &m) != 0)
         return 2;
     if (kvs_config_load(m.config_path, &cfg, err, sizeof(err)) != 0) {

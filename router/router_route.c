@@ -120,7 +120,7 @@ static void req_complete(router_req_t *req)
         return;
     }
     if (!req->in_route)
-        router_client_req_done(req->client);
+        router_client_req_done(req->client, req);
 }
 
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
@@ -436,6 +436,11 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     if (rc == KVS_ECLOSED)
         snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
                  l->last_error[0] ? l->last_error : "its connection is closing");
+    else if (rc == KVS_ELIMIT)
+        snprintf(why, sizeof(why),
+                 "shard %u is overloaded: %zu bytes of requests are waiting for it "
+                 "(limits.client_output); nothing was sent, retry shortly",
+                 shard, l->max_queue);
     else
         snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
     router_route_reply(req, part, NULL, 0, why);
@@ -601,6 +606,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
 static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
                          const uint8_t *raw, size_t rawlen)
 {
+    req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -618,6 +624,7 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
 {
     const ProtobufCBinaryData *c = &q->hscan->cursor;
     uint32_t shard = 0;
+    req->reserve = r->cfg->max_frame;
     if (c->len > 0) {
         if (c->len < 3 || c->data[0] != CURSOR_TAG ||
             (shard = (uint32_t)c->data[1] << 8 | c->data[2]) >= r->shards) {

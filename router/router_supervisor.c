@@ -275,6 +275,15 @@ static void worker_on_restart(uv_timer_t *t)
     router_sup_t *s = w->sup;
     assert(!s->stopping && w->proc == NULL);
     int rc = worker_spawn(w);
+    if (rc == UV_EMFILE || rc == UV_ENFILE) {
+        /* Out of descriptors is the process's condition, not the worker's:
+         * no crash loop, no growing backoff; try again soon. */
+        kvs_error("cannot start shard %" PRIu32 ": %s; retrying in %" PRIu64 " ms", w->shard,
+                  uv_strerror(rc), s->backoff_min_ms);
+        sup_now(s);
+        uv_timer_start(&w->restart, worker_on_restart, s->backoff_min_ms, 0);
+        return;
+    }
     if (rc != 0) {
         kvs_error("cannot start shard %" PRIu32 " (%s): %s", w->shard, s->argv[0], uv_strerror(rc));
         worker_schedule_restart(w);

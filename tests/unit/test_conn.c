@@ -56,6 +56,11 @@ struct server_s {
     kvs_flusher_cb before;
     void (*on_tick)(server_t *s);
     unsigned tick_ms;
+    int use_group;            /* the connection joins a group with `limits` */
+    kvs_conn_limits_t limits; /* for use_group */
+    kvs_conn_group_t group;
+    size_t max_write;      /* 0: the connection's default */
+    size_t hold_per_frame; /* echo also holds this many bytes per frame (kvs_conn_hold) */
 
     /* Where the client connects. */
     uint16_t port;
@@ -111,7 +116,7 @@ static void on_conn_error(kvs_conn_t *c, int err)
     server_t *s = c->data;
     s->errors++;
     s->last_err = err;
-    CHECK(!c->reading);
+    CHECK(!(c->flags & KVS_CONN_READING));
     if (err != KVS_ECLOSED) {
         s->bad_len = c->dec.bad_len;
         send_back(c, "bye", 3);
@@ -136,10 +141,14 @@ static void on_connection(uv_stream_t *server, int status)
              0);
     s->conn.data = s;
     s->conn.flusher = &s->flusher;
+    if (s->use_group)
+        kvs_conn_join(&s->conn, &s->group);
     if (s->high_water != 0)
         s->conn.high_water = s->high_water;
+    if (s->max_write != 0)
+        s->conn.max_write = s->max_write;
     CHECK_EQ(kvs_conn_accept(&s->conn, server), 0);
-    CHECK(s->conn.reading);
+    CHECK(s->conn.flags & KVS_CONN_READING);
     if (s->send_buffer != 0) {
         int v = s->send_buffer;
         CHECK_EQ(uv_send_buffer_size(&s->conn.h.handle, &v), 0);
@@ -154,8 +163,8 @@ static void on_deadline(uv_timer_t *t)
             "case timed out after %d ms: accepted %d closed %d frames %d errors %d "
             "reading %d backlog %zu stopped %d events \"%s\"\n",
             DEADLINE_MS, s->accepted, s->closed, s->frames, s->errors,
-            s->accepted ? (int)s->conn.reading : -1, s->accepted ? kvs_conn_backlog(&s->conn) : 0,
-            s->stopped, s->events);
+            s->accepted ? (int)(s->conn.flags & KVS_CONN_READING) : -1,
+            s->accepted ? kvs_conn_backlog(&s->conn) : 0, s->stopped, s->events);
     abort();
 }
 
@@ -170,11 +179,14 @@ static void on_tick(uv_timer_t *t)
 static void on_done(uv_async_t *a)
 {
     server_t *s = a->data;
-    s->closed_before_done = s->closed;
+    /* Closed, or closing (its close callback may run after this one). */
+    s->closed_before_done = s->closed || (s->accepted && (s->conn.flags & KVS_CONN_CLOSING));
     if (s->accepted)
         kvs_conn_close(&s->conn);
     uv_close(&s->lis.handle, NULL);
     kvs_flusher_close(&s->flusher);
+    if (s->use_group)
+        kvs_conn_group_close(&s->group);
     uv_close((uv_handle_t *)&s->deadline, NULL);
     uv_close((uv_handle_t *)&s->tick, NULL);
     uv_close((uv_handle_t *)&s->done, NULL);
@@ -341,6 +353,8 @@ static void server_run(server_t *s)
         CHECK_EQ(uv_timer_start(&s->tick, on_tick, s->tick_ms, s->tick_ms), 0);
     CHECK_EQ(uv_async_init(&s->loop, &s->done, on_done), 0);
     s->done.data = s;
+    if (s->use_group)
+        CHECK_EQ(kvs_conn_group_init(&s->group, &s->loop, &s->limits, "test client"), 0);
     server_listen(s);
 
     CHECK_EQ(pthread_create(&s->thread, NULL, client_main, s), 0);
@@ -505,7 +519,7 @@ static void before_flush(kvs_flusher_t *f)
     if (!s->patch_pending)
         return;
     record(s, 'B');
-    CHECK(!s->conn.writing);
+    CHECK(!(s->conn.flags & KVS_CONN_WRITING));
     CHECK(s->conn.out.len >= s->patch_pos + 7); /* still queued, not written */
     memcpy(s->conn.out.data + s->patch_pos, "commit!", 7);
     s->patch_pending = 0;
@@ -555,7 +569,7 @@ static void bp_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
 static void bp_tick(server_t *s)
 {
     kvs_conn_t *c = &s->conn;
-    if (s->stopped || c->reading)
+    if (s->stopped || (c->flags & KVS_CONN_READING))
         return;
     CHECK(kvs_conn_backlog(c) >= c->high_water);
     s->stopped = 1;
@@ -644,8 +658,8 @@ static void pause_tick(server_t *s)
     if (s->resumed || s->frames == 0)
         return;
     CHECK_EQ(s->frames, 1);
-    CHECK(c->paused);
-    CHECK(!c->reading);
+    CHECK(c->flags & KVS_CONN_PAUSED);
+    CHECK(!(c->flags & KVS_CONN_READING));
     CHECK_EQ(kvs_frame_dec_pending(&c->dec), 2 * KVS_FRAME_HEADER + strlen("two") + 5);
     if (++s->ticks_paused < 3)
         return;
@@ -654,8 +668,8 @@ static void pause_tick(server_t *s)
     s->resumed = 1;
     CHECK_EQ(s->frames, 3);
     CHECK_EQ(kvs_frame_dec_pending(&c->dec), 0);
-    CHECK(!c->paused);
-    CHECK(c->reading);
+    CHECK(!(c->flags & KVS_CONN_PAUSED));
+    CHECK(c->flags & KVS_CONN_READING);
 }
 
 static void client_three_at_once(server_t *s, int fd)
@@ -687,9 +701,314 @@ KVS_TEST(pause_resume_delivers_buffered_frames)
     CHECK_STR(s.events, "PR");
 }
 
+/* ---- output bounds ----------------------------------------------------------------- */
+
+#define OB_FRAME 1024u
+#define OB_FRAMES 2000u
+#define OB_HIGH_WATER (64u * 1024u)
+
+/* Sends OB_FRAMES frames in as few writes as the socket takes, reading
+ * nothing until told to; then reads every echo back and checks it. */
+static void client_flood_then_read(server_t *s, int fd)
+{
+    const size_t one = KVS_FRAME_HEADER + OB_FRAME, total = (size_t)OB_FRAMES * one;
+    uint8_t *in = malloc(total), *back = malloc(total);
+    CHECK(in != NULL && back != NULL);
+    for (size_t i = 0; i < OB_FRAMES; i++) {
+        kvs_frame_put_header(in + i * one, OB_FRAME);
+        memset(in + i * one + KVS_FRAME_HEADER, (int)(i & 0xff), OB_FRAME);
+    }
+    size_t sent = 0, got = 0;
+    while (sent < total || got < total) {
+        int drain = atomic_load(&s->drain);
+        struct pollfd p = {fd, (short)((sent < total ? POLLOUT : 0) | (drain ? POLLIN : 0)), 0};
+        int rc = poll(&p, 1, 10);
+        CHECK(rc >= 0 || errno == EINTR);
+        if (rc <= 0)
+            continue;
+        if (p.revents & POLLOUT) {
+            ssize_t w = send(fd, in + sent, total - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            CHECK(w > 0 || errno == EAGAIN || errno == EINTR);
+            sent += w > 0 ? (size_t)w : 0;
+        }
+        if (p.revents & POLLIN) {
+            ssize_t r = recv(fd, back + got, total - got, MSG_DONTWAIT);
+            CHECK(r > 0 || (r < 0 && (errno == EAGAIN || errno == EINTR)));
+            got += r > 0 ? (size_t)r : 0;
+        }
+    }
+    CHECK(memcmp(in, back, total) == 0);
+    free(in);
+    free(back);
+}
+
+/* Echo, recording how far pending output grows, and how many frames were
+ * executed after delivery first stopped at the mark. */
+static void ob_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    size_t before = kvs_conn_pending(c);
+    CHECK(before < c->high_water); /* never executed at or above the mark */
+    echo_frame(c, p, len);
+    if (s->stopped)
+        s->frames_after_stop++;
+    if (kvs_conn_pending(c) > s->max_backlog)
+        s->max_backlog = kvs_conn_pending(c);
+}
+
+/* Once delivery has stopped with frames still buffered, let the client read. */
+static void ob_tick(server_t *s)
+{
+    kvs_conn_t *c = &s->conn;
+    if (s->stopped || !(c->flags & KVS_CONN_OUTPUT_FULL))
+        return;
+    CHECK(kvs_conn_has_frame(c)); /* received, not executed */
+    CHECK(!(c->flags & KVS_CONN_READING));
+    s->stopped = 1;
+    atomic_store(&s->drain, 1);
+}
+
+/* A peer that sends without reading gets its requests executed only until
+ * its answers reach the high-water mark, even when they all arrived in one
+ * read; the rest run once it reads. */
+KVS_TEST(output_mark_stops_execution_not_just_reading)
+{
+    server_t s;
+    server_init(&s, 0, client_flood_then_read);
+    s.high_water = OB_HIGH_WATER;
+    s.send_buffer = 16 * 1024;
+    s.client_rcvbuf = 16 * 1024;
+    s.on_frame = ob_frame;
+    s.on_tick = ob_tick;
+    s.tick_ms = 2;
+    server_run(&s);
+    CHECK_EQ(s.frames, OB_FRAMES);
+    CHECK(s.stopped);
+    CHECK(s.frames_after_stop > 0);
+    /* At most one answer past the mark. */
+    CHECK(s.max_backlog < OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME);
+}
+
+/* Echo that also holds bytes for the peer, as the router holds answers
+ * waiting for an earlier one, and never gives them back. */
+static void hold_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    echo_frame(c, p, len);
+    kvs_conn_hold(c, (ptrdiff_t)s->hold_per_frame);
+}
+
+/* Sends frames one by one without reading; the server must close the
+ * connection once it owes more than the hard limit. */
+static void client_until_closed(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t frame[KVS_FRAME_HEADER + 100];
+    kvs_frame_put_header(frame, 100);
+    memset(frame + KVS_FRAME_HEADER, 'x', 100);
+    for (int i = 0; i < 100000; i++) {
+        ssize_t w = send(fd, frame, sizeof(frame), MSG_NOSIGNAL);
+        if (w < 0)
+            return; /* reset by the server: closed */
+        struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
+        if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+            return;
+        usleep(100);
+    }
+    CHECK(!"the server never closed the connection");
+}
+
+KVS_TEST(hard_limit_closes_with_held_output)
+{
+    server_t s;
+    server_init(&s, 0, client_until_closed);
+    s.use_group = 1;
+    s.limits.high_water = 1u << 30; /* only the hard limit acts */
+    s.limits.hard_limit = 64 * 1024;
+    s.hold_per_frame = 1000;
+    s.on_frame = hold_frame;
+    server_run(&s);
+    CHECK(s.closed_before_done);
+    CHECK(s.frames >= 60 && s.frames <= 70); /* 64 KiB / 1000 held + echoed bytes */
+}
+
+/* ---- writes of bounded size ------------------------------------------------------------ */
+
+#define BIG_FRAME (300u * 1024u)
+
+static void client_one_big_echo(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *in = malloc(BIG_FRAME), *back = malloc(BIG_FRAME);
+    CHECK(in != NULL && back != NULL);
+    for (size_t i = 0; i < BIG_FRAME; i++)
+        in[i] = (uint8_t)(i * 31u + 7u);
+    send_frame(fd, in, BIG_FRAME);
+    CHECK_EQ(read_frame(fd, back, BIG_FRAME), BIG_FRAME);
+    CHECK(memcmp(in, back, BIG_FRAME) == 0);
+    free(in);
+    free(back);
+}
+
+/* Output larger than one write's limit leaves in several writes, all of it,
+ * in order (the limit keeps every write within uv_buf_t's unsigned length
+ * whatever the backlog; a small one here exercises the same path). */
+KVS_TEST(output_larger_than_a_write_leaves_whole)
+{
+    server_t s;
+    server_init(&s, 0, client_one_big_echo);
+    s.max_write = 1000;
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+}
+
+/* ---- buffers are given back ---------------------------------------------------------------- */
+
+static void client_burst_then_wait(server_t *s, int fd)
+{
+    client_one_big_echo(s, fd);
+    atomic_store(&s->drain, 1); /* the burst is over */
+    while (atomic_load(&s->drain) != 2)
+        usleep(1000);
+}
+
+static void shrink_tick(server_t *s)
+{
+    kvs_conn_t *c = &s->conn;
+    if (atomic_load(&s->drain) != 1)
+        return;
+    if (c->dec.cap > KVS_CONN_KEEP_BUFFER || c->out.cap > KVS_CONN_KEEP_BUFFER ||
+        c->wbuf.cap > KVS_CONN_KEEP_BUFFER)
+        return; /* not yet: the last write may still be in flight */
+    s->resumed = 1;
+    atomic_store(&s->drain, 2);
+}
+
+KVS_TEST(buffers_shrink_after_a_burst)
+{
+    server_t s;
+    server_init(&s, 1, client_burst_then_wait);
+    s.on_tick = shrink_tick;
+    s.tick_ms = 5;
+    server_run(&s);
+    CHECK(s.resumed); /* every buffer went back under KVS_CONN_KEEP_BUFFER */
+}
+
+/* ---- input bounds (groups) --------------------------------------------------------------------
+ */
+
+/* Starts a 1000-byte frame, sends 10 bytes of it, and waits for the server
+ * to close the connection. */
+static void client_stall_mid_frame(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t part[KVS_FRAME_HEADER + 10];
+    kvs_frame_put_header(part, 1000);
+    memset(part + KVS_FRAME_HEADER, 'y', 10);
+    send_all(fd, part, sizeof(part));
+    expect_eof(fd);
+}
+
+KVS_TEST(frame_timeout_closes_a_stalled_frame)
+{
+    server_t s;
+    server_init(&s, 0, client_stall_mid_frame);
+    s.use_group = 1;
+    s.limits.frame_timeout_ms = 200;
+    server_run(&s);
+    CHECK_EQ(s.frames, 0);
+    CHECK(s.closed_before_done);
+}
+
+/* A frame sent slowly but completed in time is served. */
+static void client_slow_but_whole(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t frame[KVS_FRAME_HEADER + 4];
+    kvs_frame_put_header(frame, 4);
+    memcpy(frame + KVS_FRAME_HEADER, "slow", 4);
+    for (size_t i = 0; i < sizeof(frame); i++) {
+        send_all(fd, frame + i, 1);
+        usleep(200 * 1000); /* 1.6 s in all, each gap below the timeout */
+    }
+    expect_frame(fd, "slow");
+}
+
+KVS_TEST(frame_timeout_spares_a_frame_that_completes)
+{
+    server_t s;
+    server_init(&s, 0, client_slow_but_whole);
+    s.use_group = 1;
+    s.limits.frame_timeout_ms = 2500;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1); /* and the client got its echo: not closed on the way */
+}
+
+/* Announces a 2 MiB frame and sends 1 MiB of it: more than the group's
+ * input budget allows one connection to buffer. */
+static void client_big_partial(server_t *s, int fd)
+{
+    (void)s;
+    const size_t part = 1u << 20;
+    uint8_t *buf = calloc(1, KVS_FRAME_HEADER + part);
+    CHECK(buf != NULL);
+    kvs_frame_put_header(buf, 2u << 20);
+    ssize_t n = 0;
+    for (size_t off = 0; off < KVS_FRAME_HEADER + part; off += (size_t)n) {
+        n = send(fd, buf + off, KVS_FRAME_HEADER + part - off, MSG_NOSIGNAL);
+        if (n <= 0)
+            break; /* the server may close while we still send */
+    }
+    free(buf);
+    expect_frame(fd, "bye");
+}
+
+KVS_TEST(input_budget_refuses_a_frame_that_does_not_fit)
+{
+    server_t s;
+    server_init(&s, 0, client_big_partial);
+    s.max_frame = 4u << 20;
+    s.use_group = 1;
+    s.limits.input_budget = 256 * 1024;
+    server_run(&s);
+    CHECK_EQ(s.errors, 1);
+    CHECK_EQ(s.last_err, KVS_ELIMIT);
+    CHECK_EQ(s.frames, 0);
+    CHECK_EQ(s.group.input_used, 0); /* its charge went back when it closed */
+}
+
+static void client_idle(server_t *s, int fd)
+{
+    (void)s;
+    send_frame(fd, "hi", 2);
+    expect_frame(fd, "hi");
+    expect_eof(fd); /* closed by the idle timeout */
+}
+
+KVS_TEST(idle_timeout_closes_an_idle_member)
+{
+    server_t s;
+    server_init(&s, 1, client_idle);
+    s.use_group = 1;
+    s.limits.idle_timeout_ms = 300;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.closed_before_done);
+}
+
 KVS_TEST_MAIN(KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
               KVS_CASE(flusher_before_runs_before_bytes_leave),
               KVS_CASE(backpressure_stops_and_resumes_reading),
-              KVS_CASE(pause_resume_delivers_buffered_frames))
+              KVS_CASE(pause_resume_delivers_buffered_frames),
+              KVS_CASE(output_mark_stops_execution_not_just_reading),
+              KVS_CASE(hard_limit_closes_with_held_output),
+              KVS_CASE(output_larger_than_a_write_leaves_whole),
+              KVS_CASE(buffers_shrink_after_a_burst),
+              KVS_CASE(frame_timeout_closes_a_stalled_frame),
+              KVS_CASE(frame_timeout_spares_a_frame_that_completes),
+              KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
+              KVS_CASE(idle_timeout_closes_an_idle_member))

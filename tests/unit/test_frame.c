@@ -532,6 +532,73 @@ KVS_TEST(buf_many_appends)
     kvs_buf_free(&b);
 }
 
+/* ready() says whether next() would hand out something now. */
+KVS_TEST(ready_means_next_has_a_frame_or_an_error)
+{
+    kvs_frame_dec_t d;
+    uint8_t hdr[KVS_FRAME_HEADER];
+    const uint8_t *p;
+    size_t n;
+    kvs_frame_dec_init(&d, 100);
+    CHECK(!kvs_frame_dec_ready(&d));
+    kvs_frame_put_header(hdr, 3);
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr, 2), 0);
+    CHECK(!kvs_frame_dec_ready(&d)); /* half a header */
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr + 2, 2), 0);
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"ab", 2), 0);
+    CHECK(!kvs_frame_dec_ready(&d)); /* payload incomplete */
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"c", 1), 0);
+    CHECK(kvs_frame_dec_ready(&d));
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), 1);
+    CHECK(!kvs_frame_dec_ready(&d));
+    kvs_frame_put_header(hdr, 101); /* too big: an error is ready at once */
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr, sizeof(hdr)), 0);
+    CHECK(kvs_frame_dec_ready(&d));
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), KVS_ETOOBIG);
+    kvs_frame_dec_close(&d);
+}
+
+/* space_cap() predicts exactly the capacity space() then has. */
+KVS_TEST(space_cap_predicts_growth)
+{
+    kvs_frame_dec_t d;
+    uint8_t *base;
+    size_t len;
+    kvs_frame_dec_init(&d, 1u << 20);
+    for (int i = 0; i < 40; i++) {
+        size_t want = 1000u + (size_t)i * 7919u;
+        size_t cap = kvs_frame_dec_space_cap(&d, want);
+        CHECK_EQ(kvs_frame_dec_space(&d, want, &base, &len), 0);
+        CHECK_EQ(d.cap, cap);
+        CHECK(len >= want);
+        kvs_frame_dec_commit(&d, want / 2); /* a partial frame that keeps growing */
+    }
+    kvs_frame_dec_close(&d);
+}
+
+/* shrink() frees a large, empty buffer, and only that. */
+KVS_TEST(shrink_frees_only_an_empty_large_buffer)
+{
+    kvs_frame_dec_t d;
+    uint8_t *base;
+    size_t len;
+    const uint8_t *p;
+    size_t n;
+    kvs_frame_dec_init(&d, 1u << 20);
+    CHECK_EQ(kvs_frame_dec_space(&d, 500000, &base, &len), 0);
+    kvs_frame_put_header(base, 10);
+    kvs_frame_dec_commit(&d, KVS_FRAME_HEADER + 5);
+    CHECK(!kvs_frame_dec_shrink(&d, 4096)); /* holds a partial frame */
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"12345", 5), 0);
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), 1);
+    CHECK(!kvs_frame_dec_shrink(&d, 1u << 30)); /* small enough to keep */
+    CHECK(kvs_frame_dec_shrink(&d, 4096));
+    CHECK_EQ(d.cap, 0);
+    CHECK(d.buf == NULL);
+    CHECK_EQ(kvs_frame_dec_space(&d, 10, &base, &len), 0); /* usable again */
+    kvs_frame_dec_close(&d);
+}
+
 KVS_TEST_MAIN(KVS_CASE(header_put_is_big_endian), KVS_CASE(header_round_trip),
               KVS_CASE(header_bit31_is_compressed_flag), KVS_CASE(decode_one_byte_at_a_time),
               KVS_CASE(decode_many_frames_in_one_feed), KVS_CASE(decode_frame_split_across_feeds),
@@ -543,4 +610,6 @@ KVS_TEST_MAIN(KVS_CASE(header_put_is_big_endian), KVS_CASE(header_round_trip),
               KVS_CASE(space_never_grows_beyond_max_frame_plus_want),
               KVS_CASE(feed_larger_than_buffer), KVS_CASE(buf_append_and_consume),
               KVS_CASE(buf_reserve_keeps_content), KVS_CASE(buf_reserve_impossible_is_enomem),
-              KVS_CASE(buf_many_appends))
+              KVS_CASE(buf_many_appends), KVS_CASE(ready_means_next_has_a_frame_or_an_error),
+              KVS_CASE(space_cap_predicts_growth),
+              KVS_CASE(shrink_frees_only_an_empty_large_buffer))

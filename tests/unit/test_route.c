@@ -103,9 +103,10 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 0;
 }
 
-void router_client_req_done(router_client_t *cl)
+void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     CHECK(cl == CLIENT);
+    CHECK(req == fx.req);
     CHECK(fx.req != NULL && fx.req->done);
     fx.done_calls++;
     if (fx.routing)

@@ -1,0 +1,337 @@
+"""Per-client bounds, with the real binaries: what one hostile client can make
+a node spend (memory, descriptors, time) stays within the documented limits,
+and other clients keep being served meanwhile.
+
+Memory is read from /proc/<pid>/status (RssAnon: heap and anonymous
+mappings; LMDB's file pages are not counted, they belong to the page cache).
+In a sanitizer build the memory figures are ASan's (shadow, quarantine), so
+there only the behaviour is checked, not the numbers.
+"""
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+import unittest
+
+from kvstest import SANITIZED, NodeTestCase, encode, req_hget, req_hgetall, req_ping
+from routertest import Router, RouterTestCase
+
+MIB = 1 << 20
+
+
+def rss_anon(pid):
+    """Anonymous resident memory of `pid` in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon for %d" % pid)
+
+
+def fill_table(client, table, n, size):
+    """n keys of `size`-byte string values in `table`, 100 keys per Hmset."""
+    for i in range(0, n, 100):
+        pairs = [("k%06d" % j, "v" * size) for j in range(i, min(n, i + 100))]
+        resp = client.hmset(table, pairs)
+        assert resp.status == 200, resp.message
+
+
+def raw_connect(addr, timeout=10.0):
+    family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(addr)
+    return s
+
+
+def read_frame(sock):
+    """One frame's payload, or None at EOF/reset."""
+    def need(n):
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            try:
+                k = sock.recv_into(view[got:])
+            except ConnectionResetError:
+                return None
+            if k == 0:
+                return None
+            got += k
+        return bytes(buf)
+    hdr = need(4)
+    if hdr is None:
+        return None
+    return need(struct.unpack(">I", hdr)[0] & 0x7FFFFFFF)
+
+
+def closed_by_peer(sock, timeout):
+    """True when the peer closes `sock` within `timeout` s (answers before
+    the close are read and dropped)."""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(1 << 20):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+class WorkerOutputTest(NodeTestCase):
+    def test_worker_stops_executing_for_a_client_that_does_not_read(self):
+        """150 Hgetall of a 1 MiB table sent in one write: the worker runs
+        them only while its answers to that client stay under the high-water
+        mark (a quarter of limits.client_output), so its memory stays
+        bounded; once the client reads, every answer arrives, in order."""
+        n = self.node()
+        with n.client(unix=True) as c:
+            fill_table(c, "big", 1000, 1000)
+        base = rss_anon(n.pid)
+        s = raw_connect(n.socket_path)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(encode(req_hgetall("big")) * 150)
+        peak = base
+        for _ in range(40):  # 2 s: long enough for the old code to run them all
+            time.sleep(0.05)
+            peak = max(peak, rss_anon(n.pid))
+        if not SANITIZED:
+            self.assertLess(peak - base, 48 * MIB, "worker grew by %d MiB" % ((peak - base) >> 20))
+        for i in range(150):
+            payload = read_frame(s)
+            self.assertIsNotNone(payload, "answer %d missing" % i)
+            self.assertGreater(len(payload), 1000 * 1000)
+        with n.client(unix=True) as c:
+            self.assertOk(c.ping())
+
+    @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
+    def test_buffers_are_given_back_after_a_burst(self):
+        """After answers of 3 MiB each went out, the worker's anonymous memory
+        returns near where it was: grown buffers are freed once drained."""
+        n = self.node()
+        with n.client(unix=True) as c:
+            fill_table(c, "big", 3000, 1000)
+            c.hgetall("big")
+            time.sleep(0.2)
+            base = rss_anon(n.pid)
+            for _ in range(5):
+                resps = c.pipeline([req_hgetall("big")] * 8)
+                self.assertTrue(all(r.status == 200 for r in resps))
+            time.sleep(0.3)
+            after = rss_anon(n.pid)
+        self.assertLess(after - base, 8 * MIB, "kept %d MiB after the burst" % ((after - base) >> 20))
+
+
+class RouterBoundsTest(RouterTestCase):
+    def router_and_pids(self, **kw):
+        r = self.router(**kw)
+        pids = [r.pid] + sorted(r.workers().values())
+        return r, pids
+
+    def test_client_that_pipelines_without_reading_is_bounded(self):
+        """150 Hgetall of a 1 MiB table in one write, never read: the router
+        routes them only while the answers it owes that client stay under the
+        high-water mark, so router and workers stay bounded and another
+        client is served throughout (no 503 from a flooded link); once the
+        client reads, it gets every answer, in order."""
+        r, pids = self.router_and_pids(shards=2)
+        with r.client() as c:
+            fill_table(c, "big", 1000, 1000)
+            expected = c.hgetall("big")
+        self.assertOk(expected)
+        base = {p: rss_anon(p) for p in pids}
+        hostile = raw_connect(r.addr)
+        self.addCleanup(hostile.close)
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        hostile.sendall(encode(req_hgetall("big")) * 150)
+        peak = dict(base)
+        deadline = time.monotonic() + 3.0
+        with r.client() as other:
+            i = 0
+            while time.monotonic() < deadline:
+                self.assertOk(other.hset("t", "k%d" % i, "v"))
+                self.assertOk(other.hget("t", "k%d" % i))
+                i += 1
+                for p in pids:
+                    peak[p] = max(peak[p], rss_anon(p))
+        grown = {p: (peak[p] - base[p]) >> 20 for p in pids}
+        if not SANITIZED:
+            self.assertLess(grown[r.pid], 48, "router grew by %d MiB" % grown[r.pid])
+            for p in pids[1:]:
+                self.assertLess(grown[p], 48, "worker grew by %d MiB" % grown[p])
+        want = expected.SerializeToString()
+        for i in range(150):
+            payload = read_frame(hostile)
+            self.assertIsNotNone(payload, "answer %d missing" % i)
+            self.assertEqual(payload, want)
+
+    def test_client_owed_more_than_client_output_is_closed(self):
+        """Answers already asked for that exceed limits.client_output close
+        the client, and the log names it; the others are not affected."""
+        r = self.router(shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
+        with r.client() as c:
+            self.assertOk(c.hset("t", "big", b"x" * (200 * 1024)))
+        hostile = raw_connect(r.addr)
+        self.addCleanup(hostile.close)
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        hostile.sendall(encode(req_hget("t", "big")) * 100)
+        time.sleep(0.5)
+        with r.client() as other:
+            self.assertOk(other.hget("t", "big"))
+        self.assertTrue(closed_by_peer(hostile, 5.0))
+        self.assertIn("limits.client_output", r.stderr())
+
+    def test_stalled_partial_frames_are_bounded_in_memory_and_time(self):
+        """20 connections each stall one byte short of a 4 MiB frame: past
+        limits.input_buffers new ones are refused with 503, and every stalled
+        one is closed after limits.frame_timeout; other clients are served."""
+        r, pids = self.router_and_pids(
+            shards=1, extra_yaml="limits: {frame_timeout: 1s, input_buffers: 16MiB}\n")
+        base = rss_anon(r.pid)
+        body = b"\0" * ((4 << 20) - 1)
+        socks, refused = [], 0
+        for _ in range(20):
+            s = raw_connect(r.addr)
+            self.addCleanup(s.close)
+            s.sendall(struct.pack(">I", 4 << 20))
+            try:
+                s.sendall(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            socks.append(s)
+        time.sleep(0.3)
+        grown = (rss_anon(r.pid) - base) >> 20
+        if not SANITIZED:
+            self.assertLess(grown, 40, "router holds %d MiB of partial frames" % grown)
+        for s in socks:
+            s.settimeout(0.2)
+            try:
+                payload = read_frame(s)
+            except socket.timeout:
+                continue
+            if payload:
+                self.assertIn(b"limits.input_buffers", payload)
+                refused += 1
+        self.assertGreaterEqual(refused, 14)  # 16 MiB hold about four 4 MiB frames
+        with r.client() as c:
+            self.assertOk(c.ping())
+        self.assertTrue(all(closed_by_peer(s, 4.0) for s in socks))
+        self.assertIn("limits.frame_timeout", r.stderr())
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+
+    def test_connections_past_max_clients_are_refused_politely(self):
+        r = self.router(shards=1, extra_yaml="limits: {max_clients: 20}\n")
+        held = []
+        for _ in range(20):  # one by one, each served: all 20 are in
+            c = r.client()
+            self.addCleanup(c.close)
+            self.assertOk(c.ping())
+            held.append(c)
+        extra = raw_connect(r.addr)
+        self.addCleanup(extra.close)
+        payload = read_frame(extra)
+        self.assertIsNotNone(payload)
+        self.assertIn(b"limits.max_clients", payload)
+        self.assertTrue(closed_by_peer(extra, 3.0))
+        for c in held[:5]:
+            c.close()
+        deadline = time.monotonic() + 5
+        while True:  # the router notices the closes on its next turns
+            with r.client() as c:
+                try:
+                    if c.ping().status == 200:
+                        break
+                except (ConnectionError, OSError, AssertionError):
+                    pass
+            self.assertLess(time.monotonic(), deadline, "no room after clients left")
+            time.sleep(0.05)
+        self.assertIn("refusing clients", r.stderr())
+
+    def test_idle_timeout_closes_idle_clients_only(self):
+        r = self.router(shards=1, extra_yaml="limits: {idle_timeout: 1s}\n")
+        idle = raw_connect(r.addr)
+        self.addCleanup(idle.close)
+        with r.client() as busy:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 2.5:
+                self.assertOk(busy.ping())
+                time.sleep(0.2)
+            self.assertTrue(closed_by_peer(idle, 0.5))
+            self.assertOk(busy.ping())
+
+    def test_descriptor_limit_lowers_max_clients_and_workers_still_restart(self):
+        """With RLIMIT_NOFILE at 256, the router lowers max_clients so its own
+        descriptors stay in reserve: clients past it are refused, and a
+        killed worker is restarted at once, not after a crash-loop backoff."""
+        r = NofileRouter(nofile=256, shards=2)
+        self.addCleanup(r.close)
+        self._routers.append(r)
+        r.start()
+        self.assertIn("does not fit the descriptor limit", r.stderr())
+        conns, refused = [], 0
+        for _ in range(300):
+            try:
+                s = raw_connect(r.addr, timeout=2.0)
+            except OSError:
+                break
+            self.addCleanup(s.close)
+            conns.append(s)
+        readable, _, _ = select.select(conns, [], [], 2.0)  # refused ones get 503 at once
+        for s in readable:
+            s.settimeout(1.0)
+            try:
+                payload = read_frame(s)
+            except OSError:
+                continue
+            if payload and b"limits.max_clients" in payload:
+                refused += 1
+        self.assertGreater(refused, 0)
+        old = r.kill_worker(0)
+        t0 = time.monotonic()
+        self.assertIsNotNone(r.wait_worker(0, not_pid=old, timeout=5.0))
+        self.assertLess(time.monotonic() - t0, 3.0)
+        for s in conns[:50]:
+            s.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with r.client(timeout=2.0) as c:
+                    resp = c.hset("t", "key-on-any-shard", "v")
+                    if resp.status == 200 and c.call(req_ping()).status == 200:
+                        break
+            except (ConnectionError, OSError, AssertionError):
+                pass
+            self.assertLess(time.monotonic(), deadline, r.stderr())
+            time.sleep(0.1)
+
+
+class NofileRouter(Router):
+    """A router started with a hard RLIMIT_NOFILE of `nofile`."""
+
+    def __init__(self, nofile, **kw):
+        self.nofile = nofile
+        super().__init__(start=False, **kw)
+
+    def spawn(self):
+        import subprocess
+        log = open(self.log_path, "ab")
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        try:
+            return subprocess.Popen([self.exe, "--config", self.config],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    preexec_fn=limit)
+        finally:
+            log.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
