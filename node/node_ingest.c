@@ -37,6 +37,7 @@
  * partitioner the producers really use, it is found where it is. It is
  * counted per partition (`misplaced`, a subset of `applied`, persisted with
  * the other counters) and reported within a batch, at most every 10 s.
+ *
  * Threads: librdkafka runs its own; everything here runs on the loop thread
  * except metadata_work, which touches only the rdkafka handle.
  */
