@@ -546,6 +546,44 @@ static int binding_name(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val
     return store_string(ctx, slot, text);
 }
 
+static int binding_partitions(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val,
+                              kvs_binding_t *b)
+{
+    uint64_t v;
+    const char *end, *text = NULL;
+    int rc = scalar_value(ctx, val, path, "an integer", &text);
+    if (rc != 0)
+        return rc;
+    if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < 1 || v > 100000)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s must be the topic's partition count, 1 to 100000 (got \"%.40s\")",
+                         path, text);
+    b->partitions = (uint32_t)v;
+    return 0;
+}
+
+/* partitioner: the kvs names only; librdkafka's names get a hint. */
+static int binding_partitioner(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val,
+                               kvs_binding_t *b)
+{
+    const char *text = NULL, *hint = NULL;
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (kvs_place_partitioner_parse(text, &b->partitioner, &hint) == 0)
+        return 0;
+    if (hint != NULL)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: \"%.40s\" is librdkafka's name; the kvs name of that partitioner "
+                         "is %s (one of murmur2, crc32, fnv1a, none)",
+                         path, text, hint);
+    return cfg_error(
+        ctx, &val->start_mark,
+        "%s must be one of murmur2 (Java client default), crc32 (librdkafka "
+        "default: kcat, confluent-kafka), fnv1a (Sarama default), none (got \"%.80s\")",
+        path, text);
+}
+
 static int binding_field(cfg_ctx_t *ctx, const char *label, kvs_binding_t *b,
                          const yaml_node_pair_t *pair, binding_marks_t *marks)
 {
@@ -557,19 +595,10 @@ static int binding_field(cfg_ctx_t *ctx, const char *label, kvs_binding_t *b,
         return binding_name(ctx, path, val, &b->topic, topic_name_problem, &marks->topic);
     if (strcmp(k, "table") == 0)
         return binding_name(ctx, path, val, &b->table, table_name_problem, &marks->table);
-    if (strcmp(k, "partitions") == 0) {
-        uint64_t v;
-        const char *end;
-        int rc = scalar_value(ctx, val, path, "an integer", &text);
-        if (rc != 0)
-            return rc;
-        if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < 1 || v > 100000)
-            return cfg_error(ctx, &val->start_mark,
-                             "%s must be the topic's partition count, 1 to 100000 (got \"%.40s\")",
-                             path, text);
-        b->partitions = (uint32_t)v;
-        return 0;
-    }
+    if (strcmp(k, "partitions") == 0)
+        return binding_partitions(ctx, path, val, b);
+    if (strcmp(k, "partitioner") == 0)
+        return binding_partitioner(ctx, path, val, b);
     if (strcmp(k, "format") != 0)
         return unknown_key(ctx, key, label);
     int rc = scalar_value(ctx, val, path, "a string", &text);
@@ -626,6 +655,7 @@ static int parse_binding(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
     if (b->topic == NULL || b->table == NULL)
         return cfg_error(ctx, &item->start_mark, "%s: missing \"%s\"", label,
                          b->topic == NULL ? "topic" : "table");
+    b->table_len = strlen(b->table);
     return binding_unique(ctx, label, idx, &marks);
 }
 
@@ -787,8 +817,13 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
 
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
 {
+    return kvs_config_binding_n(cfg, table, strlen(table));
+}
+
+const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *table, size_t len)
+{
     for (size_t i = 0; i < cfg->n_bindings; i++)
-        if (strcmp(cfg->bindings[i].table, table) == 0)
+        if (cfg->bindings[i].table_len == len && memcmp(cfg->bindings[i].table, table, len) == 0)
             return &cfg->bindings[i];
     return NULL;
 }

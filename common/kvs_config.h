@@ -47,8 +47,12 @@
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
  *     bindings: []           - {topic: T, table: X, format: raw|string|value,
- *                               partitions: N}  (N defaults to cluster.partitions;
- *                               workers check it against the topic at start)
+ *                               partitions: N, partitioner: P}
+ *                               N defaults to cluster.partitions; workers check
+ *                               it against the topic at start. P is how the
+ *                               topic's producers place keys: murmur2 (default,
+ *                               Java), crc32 (librdkafka), fnv1a (Sarama) or
+ *                               none (they choose; reads ask every shard)
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
@@ -59,6 +63,8 @@
  */
 #ifndef KVS_CONFIG_H
 #define KVS_CONFIG_H
+
+#include "kvs_place.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -78,8 +84,10 @@ typedef enum {
 typedef struct kvs_binding_s {
     char *topic;
     char *table;
+    size_t table_len; /* strlen(table), for lookups by a length-delimited name */
     kvs_format_t format;
-    uint32_t partitions; /* the topic's partition count; 0 = cluster.partitions */
+    uint32_t partitions;           /* the topic's partition count; 0 = cluster.partitions */
+    kvs_partitioner_t partitioner; /* how the topic's producers place keys */
 } kvs_binding_t;
 
 typedef struct kvs_kv_s {
@@ -145,6 +153,11 @@ uint32_t kvs_config_table_partitions(const kvs_config_t *cfg, const char *table)
 
 /* The binding of `table`, or NULL. */
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table);
+
+/* The binding of the table named table[0..len) (not NUL-terminated), or
+ * NULL. Cheap enough for every request: one length compare per binding,
+ * memcmp only on equal lengths. */
+const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *table, size_t len);
 
 /* The remote entry for `shard`, or NULL when the shard is local. */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);

@@ -27,6 +27,17 @@
  *
  * Records with no key, or a payload the binding's format rejects, are
  * skipped and counted (and logged, rate-limited): never a crash or a stall.
+ *
+ * Every applied keyed record is also checked against the binding's
+ * partitioner (node_placecheck): one that came on another partition than
+ * its key's is misplaced. It is still stored, since the topic is the
+ * source of truth and dropping data would be worse than not finding it by
+ * key: Hscan and Hgetall show it, point reads through the router look on
+ * the expected shard and miss it, and once the binding names the
+ * partitioner the producers really use, it is found where it is. It is
+ * counted per partition (`misplaced`, a subset of `applied`, persisted with
+ * the other counters) and reported within a batch, at most every 10 s.
+ *
  * Threads: librdkafka runs its own; everything here runs on the loop thread
  * except metadata_work, which touches only the rdkafka handle.
  */
@@ -34,6 +45,7 @@
 #include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "node_placecheck.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +70,7 @@ typedef struct part_s {
     int64_t next;           /* offset of the next record to apply */
     uint64_t applied;       /* records applied, ever */
     uint64_t skipped;       /* records skipped (no key, bad payload), ever */
+    uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
 } part_t;
@@ -67,7 +80,8 @@ typedef struct topic_s {
     uint32_t partitions; /* expected (configured) */
     int32_t actual;      /* from the brokers; -1 = not known yet */
     rd_kafka_topic_t *rkt;
-    part_t *parts; /* indexed by partition */
+    part_t *parts;           /* indexed by partition */
+    node_placecheck_t check; /* are records on their keys' partitions? */
 } topic_t;
 
 struct node_ingest_s {
@@ -123,20 +137,29 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
-/* Loads next/applied/skipped of a partition from LMDB (committed state). */
+/* The per-partition record in __kvs: little-endian u64s next, applied,
+ * skipped, misplaced. Records written before `misplaced` existed hold the
+ * first three only (24 bytes) and load with misplaced = 0; a longer record
+ * (a later version adding fields) loads the fields known here. */
+#define META_V1_LEN 24
+#define META_LEN 32
+
+/* Loads next/applied/skipped/misplaced of a partition from LMDB (committed
+ * state). */
 static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 {
     char key[320];
     node_slice_t v;
     part_t *pt = &t->parts[p];
     meta_key(key, sizeof(key), t, p);
-    if (node_store_meta_get(in->store, key, &v) == 0 && v.len == 24) {
+    if (node_store_meta_get(in->store, key, &v) == 0 && v.len >= META_V1_LEN) {
         pt->next = (int64_t)get_u64(v.p);
         pt->applied = get_u64(v.p + 8);
         pt->skipped = get_u64(v.p + 16);
+        pt->misplaced = v.len >= META_LEN ? get_u64(v.p + 24) : 0;
     } else {
         pt->next = -1; /* none stored: start at auto.offset.reset */
-        pt->applied = pt->skipped = 0;
+        pt->applied = pt->skipped = pt->misplaced = 0;
     }
     pt->committed_next = pt->next;
     pt->dirty = 0;
@@ -145,12 +168,13 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
 {
     char key[320];
-    uint8_t v[24];
+    uint8_t v[META_LEN];
     part_t *pt = &t->parts[p];
     meta_key(key, sizeof(key), t, p);
     put_u64(v, (uint64_t)pt->next);
     put_u64(v + 8, pt->applied);
     put_u64(v + 16, pt->skipped);
+    put_u64(v + 24, pt->misplaced);
     pt->dirty = 0;
     return node_store_meta_put(in->store, key, v, sizeof(v));
 }
@@ -236,6 +260,8 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
         log_skip(in, t, m, why);
     } else {
         pt->applied++;
+        pt->misplaced +=
+            (uint64_t)node_placecheck_record(&t->check, m->key, m->key_len, m->partition);
     }
     pt->next = m->offset + 1;
     pt->dirty = 1;
@@ -266,6 +292,18 @@ static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
     else
         kvs_warn("kafka: %s (reads keep being served; ingestion resumes when Kafka is back)",
                  rd_kafka_message_errstr(m));
+}
+
+/* Logs what node_placecheck reports for `t` (`tick`: the periodic flush;
+ * else the end of a batch). */
+static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
+{
+    char line[1536];
+    uint64_t now = uv_now(in->loop);
+    int level = tick ? node_placecheck_tick(&t->check, t->b->topic, now, line, sizeof(line))
+                     : node_placecheck_batch_end(&t->check, t->b->topic, now, line, sizeof(line));
+    if (level >= 0)
+        kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
 /* Applies `n` records in one reservation, then saves every touched
@@ -313,6 +351,8 @@ static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
             if (in->topics[i].parts[p].dirty)
                 rc = part_save(in, &in->topics[i], (int32_t)p);
     node_store_reserve_end(in->store);
+    for (size_t i = 0; i < in->n_topics && rc == 0; i++)
+        report_misplaced(in, &in->topics[i], 0);
     return rc;
 }
 
@@ -475,7 +515,7 @@ static void report(node_ingest_t *in)
 {
     for (size_t i = 0; i < in->n_topics; i++) {
         topic_t *t = &in->topics[i];
-        uint64_t applied = 0, skipped = 0, lag = 0;
+        uint64_t applied = 0, skipped = 0, misplaced = 0, lag = 0;
         int unknown = 0;
         for (uint32_t p = 0; p < t->partitions; p++) {
             part_t *pt = &t->parts[p];
@@ -484,14 +524,16 @@ static void report(node_ingest_t *in)
             int64_t end = end_offset(in, t, (int32_t)p);
             applied += pt->applied;
             skipped += pt->skipped;
+            misplaced += pt->misplaced;
             if (end < 0)
                 unknown = 1;
             else if (end > pt->next)
                 lag += (uint64_t)(end - (pt->next < 0 ? 0 : pt->next));
         }
-        kvs_info("kafka %s -> %s: applied %llu, skipped %llu, lag %llu%s", t->b->topic, t->b->table,
-                 (unsigned long long)applied, (unsigned long long)skipped, (unsigned long long)lag,
-                 unknown ? " (end offsets not known yet)" : "");
+        kvs_info("kafka %s -> %s: applied %llu (misplaced %llu), skipped %llu, lag %llu%s",
+                 t->b->topic, t->b->table, (unsigned long long)applied,
+                 (unsigned long long)misplaced, (unsigned long long)skipped,
+                 (unsigned long long)lag, unknown ? " (end offsets not known yet)" : "");
     }
 }
 
@@ -501,6 +543,8 @@ static void on_tick(uv_timer_t *h)
     if (!in->assigned)
         return;
     commit_group(in);
+    for (size_t i = 0; i < in->n_topics; i++)
+        report_misplaced(in, &in->topics[i], 1);
     if (++in->ticks % REPORT_EVERY_TICKS == 0)
         report(in);
 }
@@ -530,6 +574,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, end);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
             info_int(r, key, end < 0 ? -1 : end > next ? end - next : 0);
+            snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
+            info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
             info_int(r, key, pt->next);
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
@@ -737,6 +783,7 @@ static int make_topics(node_ingest_t *in)
         t->b = &cfg->bindings[i];
         t->partitions = kvs_config_table_partitions(cfg, t->b->table);
         t->actual = -1;
+        node_placecheck_init(&t->check, t->b->partitioner, t->partitions);
         t->parts = calloc(t->partitions, sizeof(*t->parts));
         if (t->parts == NULL)
             return -ENOMEM;

@@ -3,7 +3,7 @@
  * environment. The only file that includes rdkafka.h.
  *
  * Exactly once: a batch of records and, per partition touched, the next
- * offset plus applied/skipped counters are written in the same LMDB txn (the
+ * offset plus applied/skipped/misplaced counters are written in the same LMDB txn (the
  * worker's turn batch). On start the worker resumes from those offsets. A
  * batch that fails to commit is re-read from Kafka. Offsets are also
  * committed to the consumer group, after LMDB, for standard lag tooling.
@@ -41,7 +41,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,next_offset,skipped}. */
+ * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,skipped}. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by

@@ -14,6 +14,13 @@
  *    into one key-ordered answer, refused with 413 past limits.max_frame.
  *  - Hscan walks shards one after another. The router's cursor is
  *    'S' + shard (2 bytes, big-endian) + the worker's own cursor.
+ *  - A table bound to a topic is placed by its binding's partitioner (the
+ *    one its producers use). With `partitioner: none` no function of the
+ *    key gives its shard: reads (Hget Hexist Hmget Hmexist) go to every
+ *    shard owning one of the table's partitions and the answer is taken
+ *    from the shard that has the key; writes are refused (400), since kvs
+ *    could not say where a key it wrote belongs, nor find it later beside
+ *    the records of the same key the producers place.
  *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
@@ -42,6 +49,7 @@ typedef struct route_merge_s {
     size_t nkeys;
     uint32_t *key_part;  /* multi-key: the part each key went to */
     uint32_t *key_index; /* ... and its index inside that part */
+    int anywhere;        /* every part got the whole request: the key may be on any */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -377,12 +385,115 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     finish_packed(req, w, "Hscan", "ask for a smaller count");
 }
 
+/* ---- partitioner none: merging "who has it" ----------------------------------- */
+
+/* True when a part's answer to Hget or Hexist says the key is there. */
+static int found_one(Kvs__CommandRequest__CommandCase cmd, const Kvs__CommandResponse *r)
+{
+    if (r->status != KVS_STATUS_OK)
+        return 0;
+    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST)
+        return 1;
+    return r->n_values == 1 && r->values[0]->kind_case == KVS__VALUE__KIND_BOOL_VALUE &&
+           r->values[0]->bool_value;
+}
+
+/* Hget or Hexist asked of every owning shard: the answer of the shard that
+ * has the key, passed through as it came. Otherwise an error a shard gave
+ * (other than "not found"), else 503 if a shard could not answer (the key
+ * may be there), else one shard's "not found" answer. */
+static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    uint32_t miss = UINT32_MAX, failed = UINT32_MAX;
+    Kvs__CommandResponse *error = NULL;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        if (m->failed[i]) {
+            failed = failed == UINT32_MAX ? i : failed;
+            continue;
+        }
+        Kvs__CommandResponse *r =
+            kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
+        if (r == NULL) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u sent an answer that is not a CommandResponse",
+                                     m->part_shard[i]);
+            return;
+        }
+        if (found_one(m->cmd, r)) {
+            set_frame(&req->resp, m->answers[i].data, m->answers[i].len);
+            req_complete(req);
+            return;
+        }
+        if (r->status == KVS_STATUS_NOT_FOUND || r->status == KVS_STATUS_OK)
+            miss = miss == UINT32_MAX ? i : miss;
+        else if (error == NULL)
+            error = r;
+    }
+    if (error != NULL)
+        router_req_finish_status(req, error->status, "%s", error->message);
+    else if (failed != UINT32_MAX)
+        router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
+                                 "%s (the table has partitioner: none, so its keys may be on any "
+                                 "shard that owns one of its partitions; whether this one is "
+                                 "stored is unknown until that shard answers)",
+                                 (const char *)m->answers[failed].data);
+    else {
+        set_frame(&req->resp, m->answers[miss].data, m->answers[miss].len);
+        req_complete(req);
+    }
+}
+
+/* Hmget or Hmexist asked of every owning shard, each answering for every
+ * key: per key, the value of the first shard that has it (Hmget: a Value
+ * with a kind; Hmexist: true), else the first shard's "missing". */
+static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.n_values = m->nkeys;
+    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
+    if (out.values == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    for (uint32_t p = 0; p < m->nparts; p++)
+        if (rs[p]->n_values != m->nkeys) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u answered %zu values for %zu keys", m->part_shard[p],
+                                     rs[p]->n_values, m->nkeys);
+            return;
+        }
+    for (size_t i = 0; i < m->nkeys; i++) {
+        out.values[i] = rs[0]->values[i];
+        for (uint32_t p = 0; p < m->nparts; p++) {
+            const Kvs__Value *v = rs[p]->values[i];
+            if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMEXIST
+                    ? v->kind_case == KVS__VALUE__KIND_BOOL_VALUE && v->bool_value
+                    : v->kind_case != KVS__VALUE__KIND__NOT_SET) {
+                out.values[i] = rs[p]->values[i];
+                break;
+            }
+        }
+    }
+    finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+}
+
 static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
     kvs_arena_t *arena = &m->router->merge_arena;
+    if (m->anywhere && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
+                        m->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST)) {
+        merge_found_one(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
     Kvs__CommandResponse **rs = decode_parts(req, arena);
-    if (rs != NULL) {
+    if (rs != NULL && m->anywhere) {
+        merge_found_keys(req, rs, arena);
+    } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
         case KVS__COMMAND_REQUEST__COMMAND_INFO:
@@ -446,25 +557,23 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     router_route_reply(req, part, NULL, 0, why);
 }
 
-/* Tables bound to a Kafka topic are placed by the topic's partition count,
- * so a key lands on the shard that ingests its partition. */
-static uint32_t key_shard(router_t *r, const char *table, const ProtobufCBinaryData *key)
+/* The binding of the table named table[0..len), or NULL (unbound). */
+static const kvs_binding_t *table_binding(const router_t *r, const void *table, size_t len)
 {
-    uint32_t partitions =
-        r->cfg->n_bindings > 0 ? kvs_config_table_partitions(r->cfg, table) : r->cfg->partitions;
-    return kvs_place_key_shard(key->data, key->len, partitions, r->shards);
+    return r->cfg->n_bindings > 0 ? kvs_config_binding_n(r->cfg, table, len) : NULL;
 }
 
-/* key_shard for a peeked request, whose table is not NUL-terminated. */
-static uint32_t peek_shard(router_t *r, const kvs_peek_t *pk)
+/* The shard of `key` in a table with binding `b` (NULL: bound to no topic,
+ * placed by murmur2 over cluster.partitions). A table bound to a topic is
+ * placed by the topic's partition count and its producers' partitioner, so
+ * a key lands on the shard that ingests its partition. b->partitioner must
+ * not be none. */
+static uint32_t place_key(const router_t *r, const kvs_binding_t *b, const void *key, size_t len)
 {
-    uint32_t partitions = r->cfg->partitions;
-    for (size_t i = 0; i < r->cfg->n_bindings; i++) {
-        const kvs_binding_t *b = &r->cfg->bindings[i];
-        if (strlen(b->table) == pk->table_len && memcmp(b->table, pk->table, pk->table_len) == 0)
-            partitions = b->partitions > 0 ? b->partitions : r->cfg->partitions;
-    }
-    return kvs_place_key_shard(pk->key, pk->key_len, partitions, r->shards);
+    if (b == NULL)
+        return kvs_place_key_shard(key, len, r->cfg->partitions, r->shards);
+    uint32_t partitions = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    return kvs_place_shard(kvs_place_partition_by(b->partitioner, key, len, partitions), r->shards);
 }
 
 /* The keys of a multi-key request, whatever its type. */
@@ -543,12 +652,11 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     return 0;
 }
 
-/* Splits a multi-key request per shard. */
+/* Splits a multi-key request on a table with binding `b` (or NULL) per shard. */
 static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                        const uint8_t *raw, size_t rawlen)
+                        const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
 {
     size_t n = nkeys_of(q);
-    const char *table = kvs_msg_request_table(q);
     uint32_t *shard_of = kvs_arena_alloc(&r->arena, n * sizeof(*shard_of));
     uint32_t *part_of_shard = kvs_arena_alloc(&r->arena, r->shards * sizeof(*part_of_shard));
     if (shard_of == NULL || part_of_shard == NULL) {
@@ -559,7 +667,8 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     for (uint32_t s = 0; s < r->shards; s++)
         part_of_shard[s] = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
-        shard_of[i] = key_shard(r, table, nth_key(q, i));
+        const ProtobufCBinaryData *key = nth_key(q, i);
+        shard_of[i] = place_key(r, b, key->data, key->len);
         if (part_of_shard[shard_of[i]] == UINT32_MAX)
             part_of_shard[shard_of[i]] = nparts++;
     }
@@ -667,13 +776,74 @@ static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
     }
 }
 
+/* A read of a `partitioner: none` table: the whole request goes to every
+ * shard owning one of the table's partitions, and the answers are merged
+ * by who has each key. */
+static void route_anywhere(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                           const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
+{
+    uint32_t partitions = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    uint32_t n = kvs_place_owning_shards(partitions, r->shards);
+    if (n == 1) { /* one shard owns every partition: forward as is */
+        req->parts_left = 1;
+        send_part(r, req, 0, 0, NULL, raw, rawlen);
+        return;
+    }
+    route_merge_t *m = merge_new(r, q->command_case, n, nkeys_of(q));
+    if (m == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    m->anywhere = 1;
+    req->merge = m;
+    req->parts_left = n;
+    for (uint32_t s = 0; s < n; s++) {
+        m->part_shard[s] = s;
+        send_part(r, req, s, s, NULL, raw, rawlen);
+    }
+}
+
+/* Requests on a table bound with `partitioner: none` that need placement:
+ * point reads ask every owning shard; writes are refused. Returns 0 when
+ * `q` needs no placement (Hgetall, Hscan) and takes the usual path. */
+static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                          const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
+{
+    switch (q->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        route_anywhere(r, req, q, b, raw, rawlen);
+        return 1;
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        router_req_finish_status(
+            req, KVS_STATUS_BAD_REQUEST,
+            "%s: table \"%s\" is bound to Kafka topic \"%s\" with partitioner: none, so its "
+            "producers choose each key's partition and kvs cannot place a write; produce it to "
+            "topic \"%s\" instead (or bind the table with the partitioner its producers use)",
+            kvs_msg_command_name(q->command_case), b->table, b->topic, b->topic);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                           const uint8_t *raw, size_t rawlen)
 {
+    const char *table = kvs_msg_request_table(q);
+    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
+        route_unplaced(r, req, q, b, raw, rawlen))
+        return;
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
         req->parts_left = 1;
-        send_part(r, req, 0, key_shard(r, kvs_msg_request_table(q), key), NULL, raw, rawlen);
+        send_part(r, req, 0, place_key(r, b, key->data, key->len), NULL, raw, rawlen);
         return;
     }
     switch (q->command_case) {
@@ -688,7 +858,7 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
         route_hscan(r, req, q);
         break;
     default:
-        route_multi(r, req, q, raw, rawlen);
+        route_multi(r, req, q, b, raw, rawlen);
         break;
     }
 }
@@ -699,10 +869,13 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     kvs_peek_t pk;
     req->in_route = 1;
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
-        req->parts_left = 1;
-        send_part(r, req, 0, peek_shard(r, &pk), NULL, payload, len);
-        req->in_route = 0;
-        return;
+        const kvs_binding_t *b = table_binding(r, pk.table, pk.table_len);
+        if (b == NULL || b->partitioner != KVS_PARTITIONER_NONE) {
+            req->parts_left = 1;
+            send_part(r, req, 0, place_key(r, b, pk.key, pk.key_len), NULL, payload, len);
+            req->in_route = 0;
+            return;
+        } /* partitioner none: the full path asks every owning shard */
     }
     Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
     if (q == NULL) {

@@ -31,10 +31,18 @@
  *
  * Options must come before the command, so that a value such as -5 is never
  * taken for an option.
+ *
+ * `keyslot TABLE KEY` talks to no server: it computes the partition and
+ * shard of a key from the node's config (`--config FILE`, the file
+ * kvs-router runs with) with the same kvs_place functions the router uses,
+ * so a user can check by hand where a key lives and where a producer should
+ * have put it.
  */
+#include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_msg.h"
+#include "kvs_place.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -84,10 +92,12 @@ typedef struct cli_s {
     double timeout;     /* seconds; 0 = wait forever */
     cli_vtype_t vtype;  /* type of hset/hmset values */
     int raw;
-    int session;     /* commands come from stdin */
-    int stdin_taken; /* stdin carries commands or "@-" was read */
-    int fd;          /* -1 when not connected */
-    char name[400];  /* "127.0.0.1:9527" or "unix:/path", for messages */
+    int session;             /* commands come from stdin */
+    int stdin_taken;         /* stdin carries commands or "@-" was read */
+    int fd;                  /* -1 when not connected */
+    char name[400];          /* "127.0.0.1:9527" or "unix:/path", for messages */
+    const char *config_path; /* --config, for keyslot */
+    kvs_config_t *cfg;       /* loaded on first use */
     kvs_arena_t arena;
     kvs_arena_t reply;
 } cli_t;
@@ -1058,6 +1068,80 @@ static int run_scanall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     return rc;
 }
 
+/* ---- keyslot ------------------------------------------------------------------------ */
+
+/* Loads --config once. Returns 0, or CLI_USAGE after saying why not. */
+static int cli_config(cli_t *c)
+{
+    char err[1024];
+    if (c->cfg != NULL)
+        return 0;
+    if (c->config_path == NULL) {
+        fprintf(stderr, "kvs-cli: keyslot computes placement from the node's config: pass "
+                        "--config FILE (the file kvs-router runs with)\n");
+        return CLI_USAGE;
+    }
+    if (kvs_config_load(c->config_path, &c->cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "kvs-cli: %s\n", err);
+        return CLI_USAGE;
+    }
+    return 0;
+}
+
+/* Prints where a key of a `partitioner: none` table may be. */
+static void put_unplaced(const cli_t *c, const kvs_binding_t *b, uint32_t partitions)
+{
+    uint32_t owners = kvs_place_owning_shards(partitions, c->cfg->shards);
+    if (c->raw) {
+        printf("none 0-%u\n", owners - 1);
+        return;
+    }
+    printf("partition: chosen by the producers of topic %s (partitioner none, %u partitions)\n",
+           b->topic, partitions);
+    printf("shard: any of 0..%u (reads ask each of them; writes go through Kafka)\n", owners - 1);
+}
+
+/* keyslot TABLE KEY: the partition and shard of KEY, from --config. */
+static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    (void)cmd;
+    (void)argc;
+    int rc = cli_config(c);
+    if (rc != 0)
+        return rc;
+    if (argv[0].len == 0 || argv[1].len == 0 || argv[1].len > KVS_MAX_KEY) {
+        fprintf(stderr, "kvs-cli: keyslot needs a table name and a key of 1 to %d bytes\n",
+                KVS_MAX_KEY);
+        return CLI_USAGE;
+    }
+    const kvs_config_t *cfg = c->cfg;
+    const kvs_binding_t *b = kvs_config_binding_n(cfg, argv[0].p, argv[0].len);
+    uint32_t partitions = b != NULL && b->partitions > 0 ? b->partitions : cfg->partitions;
+    kvs_partitioner_t pt = b != NULL ? b->partitioner : KVS_PARTITIONER_MURMUR2;
+    if (pt == KVS_PARTITIONER_NONE) {
+        put_unplaced(c, b, partitions);
+        return CLI_OK;
+    }
+    uint32_t part = kvs_place_partition_by(pt, argv[1].p, argv[1].len, partitions);
+    uint32_t shard = kvs_place_shard(part, cfg->shards);
+    const kvs_remote_t *remote = kvs_config_remote(cfg, shard);
+    if (c->raw) {
+        printf("%u %u\n", part, shard);
+        return CLI_OK;
+    }
+    if (b != NULL)
+        printf("partition %u of %u (topic %s, partitioner %s)\n", part, partitions, b->topic,
+               kvs_place_partitioner_name(pt));
+    else
+        printf("partition %u of %u (table bound to no topic: cluster.partitions, murmur2)\n", part,
+               partitions);
+    if (remote != NULL)
+        printf("shard %u of %u (served by %s)\n", shard, cfg->shards, remote->address);
+    else
+        printf("shard %u of %u\n", shard, cfg->shards);
+    return CLI_OK;
+}
+
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
 
 static const cli_cmd_t commands[] = {
@@ -1087,6 +1171,8 @@ static const cli_cmd_t commands[] = {
      SHAPE_PAIRS, run_scanall},
     {"info", "", "node state: per-partition Kafka offsets, lag, skipped records; shards", 0, 0, 1,
      CC(INFO), build_info, SHAPE_PAIRS, run_simple},
+    {"keyslot", "TABLE KEY", "the partition and shard of KEY (from --config; no server asked)", 2,
+     2, 1, CC(_NOT_SET), NULL, SHAPE_VALUE, run_keyslot},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1320,6 +1406,7 @@ static void usage(FILE *f)
                "  --port PORT        server port (default 9527)\n"
                "  --socket PATH      unix socket; overrides --host and --port\n"
                "  --timeout SECONDS  limit on connecting and on each reply (default 10; 0 = none)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"
@@ -1378,6 +1465,9 @@ static int apply_option(cli_t *c, int ch, const char *arg)
     case 's':
         c->socket = arg;
         return -1;
+    case 'C':
+        c->config_path = arg;
+        return -1;
     case 't':
         return parse_timeout(arg, &c->timeout) == 0 ? -1 : CLI_USAGE;
     case 'r':
@@ -1412,6 +1502,7 @@ static int parse_options(cli_t *c, int argc, char **argv)
     static const struct option opts[] = {{"host", required_argument, NULL, 'H'},
                                          {"port", required_argument, NULL, 'p'},
                                          {"socket", required_argument, NULL, 's'},
+                                         {"config", required_argument, NULL, 'C'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"raw", no_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
@@ -1449,6 +1540,7 @@ int main(int argc, char **argv)
     if (rc < 0)
         rc = optind < argc ? run_oneshot(&c, argc - optind, argv + optind) : run_session(&c);
     cli_disconnect(&c);
+    kvs_config_free(c.cfg);
     kvs_arena_close(&c.arena);
     kvs_arena_close(&c.reply);
     if (fflush(stdout) != 0 || ferror(stdout)) {

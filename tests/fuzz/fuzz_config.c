@@ -44,6 +44,7 @@ static void check_config(const kvs_config_t *cfg)
     for (size_t i = 0; i < cfg->n_bindings; i++) {
         const kvs_binding_t *b = &cfg->bindings[i];
         FUZZ_CHECK(b->topic != NULL && b->table != NULL && b->format <= KVS_FORMAT_VALUE);
+        FUZZ_CHECK(b->partitioner <= KVS_PARTITIONER_NONE && b->table_len == strlen(b->table));
         FUZZ_CHECK(kvs_config_binding(cfg, b->table) == b); /* tables are unique */
         uint32_t parts = kvs_config_table_partitions(cfg, b->table);
         FUZZ_CHECK(parts == (b->partitions ? b->partitions : cfg->partitions));

@@ -153,11 +153,14 @@ class MockKafka(Managed):
 
 def producer(bootstrap, **extra):
     """A confluent-kafka Producer with the Java-compatible partitioner and
-    batching (few, large message sets per partition)."""
+    batching (few, large message sets per partition). partitioner=None
+    leaves librdkafka's default (consistent_random)."""
     conf = {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
             "linger.ms": 50, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
             "enable.idempotence": False, "acks": "all"}
     conf.update(extra)
+    if conf["partitioner"] is None:
+        del conf["partitioner"]
     return Producer(conf)
 
 
@@ -193,13 +196,16 @@ def produce(bootstrap, topic, records, timeout=CLIENT_TIMEOUT, **extra):
     return placed
 
 
-def kcat_produce(bootstrap, topic, pairs, null_empty=False, timeout=CLIENT_TIMEOUT):
-    """Produces key:value lines with kcat and the murmur2_random partitioner.
+def kcat_produce(bootstrap, topic, pairs, null_empty=False, timeout=CLIENT_TIMEOUT,
+                 partitioner="murmur2_random"):
+    """Produces key:value lines with kcat and the given librdkafka
+    partitioner (default murmur2_random; None = kcat's own default).
     Keys and values must hold neither ':' nor a newline. null_empty: an
     empty value is produced as a NULL payload (kcat -Z)."""
     data = b"".join(k + b":" + v + b"\n" for k, v in pairs)
-    cmd = [KCAT, "-P", "-b", bootstrap, "-t", topic, "-K:",
-           "-X", "partitioner=murmur2_random", "-X", "linger.ms=50"]
+    cmd = [KCAT, "-P", "-b", bootstrap, "-t", topic, "-K:", "-X", "linger.ms=50"]
+    if partitioner is not None:
+        cmd += ["-X", "partitioner=" + partitioner]
     if null_empty:
         cmd.append("-Z")
     r = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)
@@ -260,12 +266,14 @@ def committed(bootstrap, group, topic, partitions, timeout=10.0):
 
 def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None):
     """The `kafka:` section of a kvs config. bindings: [(topic, table,
-    format, partitions)]."""
+    format, partitions[, partitioner])]."""
     lines = ["kafka:", '  brokers: "%s"' % bootstrap, "  group_id: %s" % group_id,
              "  bindings:"]
-    for topic, table, fmt, parts in bindings:
-        lines.append("    - {topic: %s, table: %s, format: %s%s}"
-                     % (topic, table, fmt, "" if parts is None else ", partitions: %d" % parts))
+    for b in bindings:
+        topic, table, fmt, parts = b[:4]
+        lines.append("    - {topic: %s, table: %s, format: %s%s%s}"
+                     % (topic, table, fmt, "" if parts is None else ", partitions: %d" % parts,
+                        ", partitioner: %s" % b[4] if len(b) > 4 else ""))
     props = dict(properties or {})
     if props:
         lines.append("  properties:")
@@ -293,7 +301,7 @@ def info(router, timeout=10.0):
 
 def kafka_parts(pairs, topic):
     """Info pairs -> {partition: {"applied", "end_offset", "lag",
-    "next_offset", "skipped"}} for `topic`."""
+    "misplaced", "next_offset", "skipped"}} for `topic`."""
     prefix = "kafka.%s." % topic
     out = {}
     for k, v in pairs.items():

@@ -6,7 +6,10 @@ cleans up after itself: the router and every worker started for its config
 are killed, the directory is removed.
 
 Placement is computed here independently of the C code: murmur2 is a Python
-port of the Kafka Java client's Utils.murmur2 (the default partitioner).
+port of the Kafka Java client's Utils.murmur2 (the default partitioner);
+crc32 is Python's zlib.crc32 (librdkafka's consistent partitioner hashes
+with zlib's CRC-32), fnv1a a port of Go's hash/fnv FNV-1a with Sarama's sign
+handling.
 
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-router, kvs-node
 and py/kvs_pb2.py (through kvstest).
@@ -20,6 +23,7 @@ import tempfile
 import threading
 import time
 import unittest
+import zlib
 
 from kvstest import BUILD_DIR, HOST, Client, Managed, encode, free_port
 
@@ -62,6 +66,31 @@ def partition_of(key, partitions):
     """Kafka's default partitioner: toPositive(murmur2(key)) % partitions."""
     key = key.encode() if isinstance(key, str) else bytes(key)
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def fnv1a(data):
+    """32-bit FNV-1a, unsigned."""
+    h = 0x811C9DC5
+    for b in bytes(data):
+        h = ((h ^ b) * 0x01000193) & _MASK
+    return h
+
+
+def partition_by(partitioner, key, partitions):
+    """The partition a producer family puts `key` on: "murmur2" (Java,
+    librdkafka murmur2_random), "crc32" (librdkafka consistent_random, its
+    default), "fnv1a" (Sarama, librdkafka fnv1a_random)."""
+    key = key.encode() if isinstance(key, str) else bytes(key)
+    if partitioner == "murmur2":
+        return partition_of(key, partitions)
+    if partitioner == "crc32":
+        return zlib.crc32(key) % partitions
+    if partitioner == "fnv1a":
+        h = fnv1a(key)
+        if h & 0x80000000:  # negative as an int32: negated (Go's and librdkafka's abs)
+            h = (-h) & _MASK
+        return h % partitions
+    raise ValueError("no partitioner %r" % (partitioner,))
 
 
 def shard_of(key, partitions, shards):

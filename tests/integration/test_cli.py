@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import unittest
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.environ.get("KVS_BUILD_DIR") or os.path.join(HERE, "..", "..", "build")
@@ -335,6 +336,56 @@ class CliTest(unittest.TestCase):
         p = self.cli(input=b'hset "t\\x00x" k v\n')
         self.assertEqual((p.returncode, p.stdout), (1, b""))
         self.assertIn(b"the table name contains a NUL byte", p.stderr)
+
+    def test_keyslot_from_config(self):
+        # Computed from the config alone (no server is asked): the partition
+        # by the table's binding (partitioner, topic partition count) or by
+        # cluster.partitions with murmur2, and shard = partition % shards.
+        # Expected values come from outside kvs: Python's zlib.crc32, and the
+        # Kafka Java client's murmur2("foobar") = -790332482.
+        cfg = os.path.join(self.node.dir, "placement.yaml")
+        with open(cfg, "w") as f:
+            f.write("cluster: {shards: 4, partitions: 64,"
+                    " remote: [{shard: 3, address: \"10.0.0.2:9700\"}]}\n"
+                    "kafka:\n  bindings:\n"
+                    "    - {topic: users, table: users, partitions: 12, partitioner: crc32}\n"
+                    "    - {topic: ev, table: events, partitions: 2, partitioner: none}\n")
+        key = b"user-\xff\x00-1"  # any bytes, given through a session line
+        want = zlib.crc32(key) % 12
+        out = self.ok("--config", cfg, "keyslot", "users", "user-42", target=False)
+        p42 = zlib.crc32(b"user-42") % 12
+        self.assertEqual(out, "partition %d of 12 (topic users, partitioner crc32)\n"
+                              "shard %d of 4%s\n"
+                         % (p42, p42 % 4, " (served by 10.0.0.2:9700)" if p42 % 4 == 3 else ""))
+        self.assertEqual(self.ok("--config", cfg, "--raw", "keyslot", "foobar", "foobar",
+                                 target=False),
+                         "%d %d\n" % ((-790332482 & 0x7FFFFFFF) % 64,
+                                       (-790332482 & 0x7FFFFFFF) % 64 % 4))
+        self.assertEqual(self.ok("--config", cfg, "keyslot", "foobar", "foobar", target=False),
+                         "partition 62 of 64 (table bound to no topic: cluster.partitions, "
+                         "murmur2)\nshard 2 of 4\n")
+        self.assertEqual(self.ok("--config", cfg, "keyslot", "events", "k", target=False),
+                         "partition: chosen by the producers of topic ev (partitioner none, 2 "
+                         "partitions)\nshard: any of 0..1 (reads ask each of them; writes go "
+                         "through Kafka)\n")
+        self.assertEqual(self.ok("--config", cfg, "--raw", "keyslot", "events", "k",
+                                 target=False), "none 0-1\n")
+        # In a session (here against the test's node), keys may hold any byte.
+        out = self.ok("--config", cfg, "--raw", input=b'keyslot users "user-\\xff\\x00-1"\n')
+        self.assertEqual(out, "%d %d\n" % (want, want % 4))
+        # Without --config, or with a bad one: a usage error that says why.
+        p = self.cli("keyslot", "users", "k", target=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"pass --config FILE", p.stderr)
+        p = self.cli("--config", cfg, "keyslot", "users", "", target=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"a key of 1 to 511 bytes", p.stderr)
+        with open(cfg, "w") as f:
+            f.write("kafka:\n  bindings:\n    - {topic: t, table: t, partitioner: sarama}\n")
+        p = self.cli("--config", cfg, "keyslot", "t", "k", target=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"placement.yaml:3:41: kafka.bindings[0].partitioner must be one of",
+                      p.stderr)
 
     def test_usage_errors_exit_2(self):
         p = self.cli("hget", "t")

@@ -42,8 +42,10 @@ MDB_DUMP = shutil.which("mdb_dump")
 CATCH_UP = 60.0  # seconds for a router to ingest everything (200,000 records: ~2 s here)
 
 
-@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
-class IngestTest(unittest.TestCase):
+class KafkaFixtures:
+    """Fixtures and checks of the Kafka tests (mixed into unittest.TestCase
+    classes here and in test_partitioner.py)."""
+
     # ---- fixtures -----------------------------------------------------------------
 
     def run(self, result=None):
@@ -160,8 +162,9 @@ class IngestTest(unittest.TestCase):
                       "it must be slowed down more for this test" % (topic, lo, hi, got[-5:]))
         return got[-1]
 
-    # ---- tests ------------------------------------------------------------------------
 
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class IngestTest(KafkaFixtures, unittest.TestCase):
     def test_10000_records_land_on_their_shard(self):
         topic, parts, shards = "users", 8, 4
         m = self.mock({topic: parts})
@@ -596,8 +599,9 @@ class IngestTest(unittest.TestCase):
             meta = {}
             for s in range(4):
                 meta.update(self.kafka_meta(os.path.join(r.data_dir, "shard-%d" % s), topic))
-            self.assertEqual(meta, {p: (end, end, 0) for p, end in ends1.items()},
-                             "LMDB __kvs kafka/<topic>/<p> = (next, applied, skipped)")
+            self.assertEqual(meta, {p: (end, end, 0, 0) for p, end in ends1.items()},
+                             "LMDB __kvs kafka/<topic>/<p> = (next, applied, skipped, "
+                             "misplaced)")
 
         produce(m.bootstrap, topic, second)
         ends2 = self.ends(m, topic, parts)
@@ -611,8 +615,9 @@ class IngestTest(unittest.TestCase):
         self.assert_values(r.addr, "users", latest)
 
     def kafka_meta(self, env, topic):
-        """{partition: (next, applied, skipped)} from `mdb_dump -s __kvs env`
-        (hex dump: after HEADER=END, lines alternate key and value)."""
+        """{partition: (next, applied, skipped, misplaced)} from `mdb_dump -s
+        __kvs env` (hex dump: after HEADER=END, lines alternate key and
+        value)."""
         out = subprocess.run([MDB_DUMP, "-s", "__kvs", env], capture_output=True, timeout=10)
         self.assertEqual(out.returncode, 0, out.stderr)
         lines = out.stdout.decode().splitlines()
@@ -623,9 +628,9 @@ class IngestTest(unittest.TestCase):
         for kh, vh in zip(body[0::2], body[1::2]):
             k, v = bytes.fromhex(kh), bytes.fromhex(vh)
             if k.startswith(prefix):
-                self.assertEqual(len(v), 24, k)
+                self.assertEqual(len(v), 32, k)
                 res[int(k[len(prefix):])] = tuple(int.from_bytes(v[i:i + 8], "little")
-                                                  for i in (0, 8, 16))
+                                                  for i in (0, 8, 16, 24))
         return res
 
     def test_consumer_group_offsets_committed(self):

@@ -644,6 +644,47 @@ KVS_TEST(cluster_remote_and_router_keys)
                 "config.yaml:3:5: cluster.remote names shard 3 but cluster.shards is 2 (ids 0..1)");
 }
 
+KVS_TEST(bindings_partitioner)
+{
+    kvs_config_t *c = parse_ok("kafka:\n"
+                               "  bindings:\n"
+                               "    - {topic: a, table: ta}\n"
+                               "    - {topic: b, table: tb, partitioner: murmur2}\n"
+                               "    - {topic: c, table: tc, partitioner: crc32}\n"
+                               "    - {topic: d, table: td, partitioner: FNV1A}\n"
+                               "    - {topic: e, table: te, partitioner: none, partitions: 8}\n");
+    CHECK_EQ(c->n_bindings, 5);
+    CHECK_EQ(c->bindings[0].partitioner, KVS_PARTITIONER_MURMUR2); /* the default */
+    CHECK_EQ(c->bindings[1].partitioner, KVS_PARTITIONER_MURMUR2);
+    CHECK_EQ(c->bindings[2].partitioner, KVS_PARTITIONER_CRC32);
+    CHECK_EQ(c->bindings[3].partitioner, KVS_PARTITIONER_FNV1A);
+    CHECK_EQ(c->bindings[4].partitioner, KVS_PARTITIONER_NONE);
+    CHECK_EQ(c->bindings[4].partitions, 8);
+    /* lookups by a length-delimited name */
+    CHECK(kvs_config_binding_n(c, "tcx", 2) == &c->bindings[2]);
+    CHECK(kvs_config_binding_n(c, "tc", 1) == NULL);
+    CHECK(kvs_config_binding_n(c, "tcx", 3) == NULL);
+    CHECK(kvs_config_binding(c, "te") == &c->bindings[4]);
+    CHECK_EQ(c->bindings[4].table_len, 2);
+    kvs_config_free(c);
+
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitioner: murmur3}\n",
+                "config.yaml:3:41: kafka.bindings[0].partitioner must be one of murmur2 (Java "
+                "client default), crc32 (librdkafka default: kcat, confluent-kafka), fnv1a "
+                "(Sarama default), none (got \"murmur3\")");
+    parse_fails("kafka:\n  bindings:\n    - topic: t\n      table: t\n"
+                "      partitioner: consistent_random\n",
+                "config.yaml:5:20: kafka.bindings[0].partitioner: \"consistent_random\" is "
+                "librdkafka's name; the kvs name of that partitioner is crc32 (one of murmur2, "
+                "crc32, fnv1a, none)");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitioner: murmur2_random}\n",
+                "config.yaml:3:41: kafka.bindings[0].partitioner: \"murmur2_random\" is "
+                "librdkafka's name; the kvs name of that partitioner is murmur2 (one of murmur2, "
+                "crc32, fnv1a, none)");
+    parse_fails("kafka:\n  bindings:\n    - {topic: t, table: t, partitioner: [crc32]}\n",
+                "config.yaml:3:41: kafka.bindings[0].partitioner: expected a string, got a list");
+}
+
 KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
@@ -657,4 +698,5 @@ KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_e
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
               KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
               KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
-              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null))
+              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
+              KVS_CASE(bindings_partitioner))

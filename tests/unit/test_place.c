@@ -11,7 +11,16 @@
  *    Utils.murmur2, copied verbatim into a Java class and run on OpenJDK 17;
  *    that copy reproduces every vector above, so it is the reference.
  *
- * test_place_rdkafka.c cross-checks 10,000 random keys against librdkafka.
+ * crc32 and fnv1a likewise take their vectors from outside kvs:
+ *
+ *  - CRC-32: the standard check value (crc32("123456789") = 0xcbf43926) and
+ *    values printed by zlib's crc32() (Python's zlib.crc32).
+ *  - FNV-1a: the reference FNV test suite (fnv1a_32 of "", "a", "foobar"),
+ *    and librdkafka's rdfnv1a.c unit test, whose partitioner-ready values
+ *    (after the sign handling) it took from Go's hash/fnv, i.e. Sarama.
+ *
+ * test_place_rdkafka.c cross-checks many random keys against librdkafka's
+ * own partitioner functions.
  */
 #include "kvs_place.h"
 #include "kvs_test.h"
@@ -230,6 +239,148 @@ KVS_TEST(key_shard_composes_partition_and_shard)
     }
 }
 
+KVS_TEST(crc32_vectors)
+{
+    static const unsigned char all[256] = {
+#define B4(n) n, n + 1, n + 2, n + 3
+#define B16(n) B4(n), B4(n + 4), B4(n + 8), B4(n + 12)
+#define B64(n) B16(n), B16(n + 16), B16(n + 32), B16(n + 48)
+        B64(0), B64(64), B64(128), B64(192)};
+    const vector_t v[] = {
+        STR_VEC("", 0x00000000u),
+        STR_VEC("a", 0xe8b7be43u),
+        STR_VEC("abc", 0x352441c2u),
+        STR_VEC("123456789", 0xcbf43926u),
+        STR_VEC("kafka", 0x5bbc7517u),
+        STR_VEC("\xff", 0xff000000u),
+        {"\0", 1, 0xd202ef8du},
+        STR_VEC("The quick brown fox jumps over the lazy dog", 0x414fa339u),
+        {(const char *)all, sizeof(all), 0x29058c73u},
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        CHECK_EQ(kvs_crc32(v[i].key, v[i].len), v[i].want);
+        /* consistent: the CRC taken as unsigned, modulo the count */
+        CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_CRC32, v[i].key, v[i].len, 1000),
+                 v[i].want % 1000u);
+    }
+    CHECK_EQ(kvs_crc32(NULL, 0), 0);
+}
+
+KVS_TEST(fnv1a_vectors)
+{
+    CHECK_EQ(kvs_fnv1a("", 0), 0x811c9dc5u);
+    CHECK_EQ(kvs_fnv1a(NULL, 0), 0x811c9dc5u);
+    CHECK_EQ(kvs_fnv1a("a", 1), 0xe40c292cu);
+    CHECK_EQ(kvs_fnv1a("foobar", 6), 0xbf9cf968u);
+
+    /* librdkafka unittest_fnv1a: |fnv1a| as Sarama computes it. With
+     * UINT32_MAX partitions the partition is that value itself. */
+    static const char unaligned[] = "PreAmbleWillBeRemoved,ThePrePartThatIs";
+    const vector_t v[] = {
+        STR_VEC("kafka", 0x0d33c4e1u),
+        STR_VEC("giberish123456789", 0x77a58295u),
+        STR_VEC("1234", 0x023bdd03u),
+        STR_VEC("234", 0x2dea3cd2u),
+        STR_VEC("34", 0x740fa83eu),
+        STR_VEC("4", 0x310ca263u),
+        {unaligned, sizeof(unaligned) - 1, 0x65cbd69cu},
+        {unaligned + 1, sizeof(unaligned) - 2, 0x6e49c79au},
+        {unaligned + 2, sizeof(unaligned) - 3, 0x69eed356u},
+        {unaligned + 3, sizeof(unaligned) - 4, 0x6abcc023u},
+        STR_VEC("", 0x7ee3623bu),
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, v[i].key, v[i].len, UINT32_MAX),
+                 v[i].want);
+}
+
+KVS_TEST(fnv1a_negates_rather_than_masks)
+{
+    /* "foobar" hashes to 0xbf9cf968, negative as an int32: librdkafka and
+     * Sarama negate it (0x40630698), Java-style masking would give
+     * 0x3f9cf968. */
+    CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, "foobar", 6, UINT32_MAX), 0x40630698u);
+    CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, "foobar", 6, 1000), 0x40630698u % 1000);
+    /* "hp4gi_" hashes to 0x80000000 (INT32_MIN, found by search): negation
+     * wraps to itself, and the unsigned value is taken modulo the count. */
+    CHECK_EQ(kvs_fnv1a("hp4gi_", 6), 0x80000000u);
+    CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, "hp4gi_", 6, 1000), 0x80000000u % 1000u);
+    CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, "hp4gi_", 6, 7), 0x80000000u % 7u);
+}
+
+KVS_TEST(partition_by_dispatches)
+{
+    static const uint32_t counts[] = {1, 2, 3, 7, 8, 64, 100, 16384, 100000};
+    unsigned char key[24];
+    for (uint32_t i = 0; i < 2048; i++) {
+        for (size_t b = 0; b < sizeof(key); b++)
+            key[b] = (unsigned char)(i * 59u + b * 13u);
+        size_t len = i % (sizeof(key) + 1);
+        for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+            uint32_t n = counts[c], h = kvs_fnv1a(key, len);
+            CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, key, len, n),
+                     kvs_place_partition(key, len, n));
+            CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_CRC32, key, len, n),
+                     kvs_crc32(key, len) % n);
+            CHECK_EQ(kvs_place_partition_by(KVS_PARTITIONER_FNV1A, key, len, n),
+                     (h & 0x80000000u ? 0u - h : h) % n);
+            for (int p = 0; p < KVS_PARTITIONER_HASHES; p++)
+                CHECK(kvs_place_partition_by((kvs_partitioner_t)p, key, len, n) < n);
+        }
+    }
+}
+
+KVS_TEST(partitioner_names)
+{
+    kvs_partitioner_t p = KVS_PARTITIONER_NONE;
+    const char *hint = "unset";
+    static const char *const names[] = {"murmur2", "crc32", "fnv1a", "none"};
+    for (int i = 0; i < 4; i++) {
+        CHECK_STR(kvs_place_partitioner_name((kvs_partitioner_t)i), names[i]);
+        CHECK_EQ(kvs_place_partitioner_parse(names[i], &p, &hint), 0);
+        CHECK_EQ(p, i);
+        CHECK(hint == NULL);
+    }
+    CHECK_EQ(kvs_place_partitioner_parse("CRC32", &p, NULL), 0);
+    CHECK_EQ(p, KVS_PARTITIONER_CRC32);
+    CHECK_STR(kvs_place_partitioner_name((kvs_partitioner_t)17), "?");
+    /* librdkafka's names are refused, with the kvs name as a hint */
+    static const char *const alias[][2] = {{"consistent_random", "crc32"},
+                                           {"consistent", "crc32"},
+                                           {"murmur2_random", "murmur2"},
+                                           {"fnv1a_random", "fnv1a"},
+                                           {"random", "none"}};
+    for (size_t i = 0; i < sizeof(alias) / sizeof(alias[0]); i++) {
+        p = KVS_PARTITIONER_FNV1A;
+        CHECK_EQ(kvs_place_partitioner_parse(alias[i][0], &p, &hint), -1);
+        CHECK_EQ(p, KVS_PARTITIONER_FNV1A);
+        CHECK(hint != NULL);
+        CHECK_STR(hint, alias[i][1]);
+    }
+    CHECK_EQ(kvs_place_partitioner_parse("", &p, &hint), -1);
+    CHECK(hint == NULL);
+    CHECK_EQ(kvs_place_partitioner_parse("murmur3", &p, &hint), -1);
+    CHECK(hint == NULL);
+}
+
+KVS_TEST(owning_shards)
+{
+    CHECK_EQ(kvs_place_owning_shards(64, 4), 4);
+    CHECK_EQ(kvs_place_owning_shards(4, 4), 4);
+    CHECK_EQ(kvs_place_owning_shards(2, 4), 2);
+    CHECK_EQ(kvs_place_owning_shards(1, 4), 1);
+    CHECK_EQ(kvs_place_owning_shards(5, 1), 1);
+    /* exactly the shards some partition maps to */
+    for (uint32_t parts = 1; parts <= 12; parts++)
+        for (uint32_t shards = 1; shards <= 12; shards++) {
+            uint32_t seen = 0;
+            for (uint32_t p = 0; p < parts; p++)
+                if (kvs_place_shard(p, shards) + 1 > seen)
+                    seen = kvs_place_shard(p, shards) + 1;
+            CHECK_EQ(kvs_place_owning_shards(parts, shards), seen);
+        }
+}
+
 KVS_TEST_MAIN(KVS_CASE(murmur2_kafka_vectors), KVS_CASE(murmur2_librdkafka_vectors),
               KVS_CASE(murmur2_empty_key), KVS_CASE(murmur2_lengths_1_to_5),
               KVS_CASE(murmur2_high_bit_bytes), KVS_CASE(murmur2_any_alignment),
@@ -237,4 +388,7 @@ KVS_TEST_MAIN(KVS_CASE(murmur2_kafka_vectors), KVS_CASE(murmur2_librdkafka_vecto
               KVS_CASE(partition_matches_formula_on_kafka_vectors),
               KVS_CASE(partition_single_partition_is_zero), KVS_CASE(partition_in_range),
               KVS_CASE(shard_is_partition_mod_shards), KVS_CASE(shard_round_robin_is_balanced),
-              KVS_CASE(key_shard_composes_partition_and_shard))
+              KVS_CASE(key_shard_composes_partition_and_shard), KVS_CASE(crc32_vectors),
+              KVS_CASE(fnv1a_vectors), KVS_CASE(fnv1a_negates_rather_than_masks),
+              KVS_CASE(partition_by_dispatches), KVS_CASE(partitioner_names),
+              KVS_CASE(owning_shards))

@@ -156,13 +156,14 @@ static void find_keys(void)
     }
 }
 
-/* A router with SHARDS links, all up, and limits.max_frame = `max_frame`. */
-static void setup_frame(const char *max_frame)
+/* A router with SHARDS links, all up, limits.max_frame = `max_frame`, and
+ * `extra` appended to its config (e.g. a kafka section). */
+static void setup_config(const char *max_frame, const char *extra)
 {
-    char yaml[256], err[256] = "";
+    char yaml[1024], err[256] = "";
     snprintf(yaml, sizeof(yaml),
-             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n", SHARDS,
-             PARTITIONS, max_frame);
+             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n%s", SHARDS,
+             PARTITIONS, max_frame, extra);
     int rc = kvs_config_parse("test.yaml", yaml, strlen(yaml), &fx.cfg, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "config: %s\n", err);
@@ -181,6 +182,11 @@ static void setup_frame(const char *max_frame)
     kvs_arena_init(&fx.arena);
     find_keys();
     atexit(teardown);
+}
+
+static void setup_frame(const char *max_frame)
+{
+    setup_config(max_frame, "");
 }
 
 static void setup(void)
@@ -1096,6 +1102,366 @@ KVS_TEST(orphaned_request_frees_itself)
     CHECK_EQ(fx.done_calls, 0);
 }
 
+/* ---- placement by the binding's partitioner
+ * ----------------------------------------------------------------------- */
+
+/* TABLE bound to a topic of `partitions` partitions with `partitioner`. */
+static void setup_bound(const char *partitioner, int partitions)
+{
+    char extra[256];
+    snprintf(extra, sizeof(extra),
+             "kafka:\n  bindings:\n    - {topic: t-users, table: %s, partitions: %d, "
+             "partitioner: %s}\n    - {topic: other, table: %sx, partitioner: none}\n",
+             TABLE, partitions, partitioner, TABLE);
+    teardown(); /* a case may set up several routers in turn */
+    setup_config("4MiB", extra);
+}
+
+/* A single-key request that kvs_msg_peek refuses (its key field comes
+ * twice; protobuf keeps the last), so it takes the decoding path: the
+ * decoy key is forgotten and `key` is the one placed. */
+static void route_hget_decoded(const char *decoy, const char *key)
+{
+    uint8_t body[256], req[260];
+    size_t n = 0, tl = strlen(TABLE), dl = strlen(decoy), kl = strlen(key);
+    CHECK(tl < 100 && dl < 100 && kl < 40);
+    body[n++] = 0x0a; /* table = 1 */
+    body[n++] = (uint8_t)tl;
+    memcpy(body + n, TABLE, tl), n += tl;
+    body[n++] = 0x12; /* key = 2 */
+    body[n++] = (uint8_t)dl;
+    memcpy(body + n, decoy, dl), n += dl;
+    body[n++] = 0x12;
+    body[n++] = (uint8_t)kl;
+    memcpy(body + n, key, kl), n += kl;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(&kvs__command_request__descriptor, "hget");
+    CHECK(f != NULL && f->id < 16 && n < 128);
+    req[0] = (uint8_t)(f->id << 3 | 2);
+    req[1] = (uint8_t)n;
+    memcpy(req + 2, body, n);
+    kvs_peek_t pk;
+    CHECK(!kvs_msg_peek(req, n + 2, &pk));
+    route_raw(req, n + 2);
+}
+
+KVS_TEST(bound_table_placed_by_its_partitioner)
+{
+    static const struct {
+        const char *name;
+        kvs_partitioner_t p;
+    } ps[] = {{"murmur2", KVS_PARTITIONER_MURMUR2},
+              {"crc32", KVS_PARTITIONER_CRC32},
+              {"fnv1a", KVS_PARTITIONER_FNV1A}};
+    const uint32_t parts = 12;
+    for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++) {
+        setup_bound(ps[i].name, (int)parts);
+        int differs = 0;
+        for (int k = 0; k < 64; k++) {
+            char key[16];
+            snprintf(key, sizeof(key), "user-%d", k);
+            uint32_t want =
+                kvs_place_shard(kvs_place_partition_by(ps[i].p, key, strlen(key), parts), SHARDS);
+            differs += want != kvs_place_key_shard(key, strlen(key), parts, SHARDS);
+            route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, key); /* the peek path */
+            CHECK_EQ(fx.n_sent, 1);
+            CHECK_EQ(fx.sent[0].shard, want);
+            CHECK(sent_is_client_payload(0));
+            route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, key);
+            CHECK_EQ(fx.n_sent, 1);
+            CHECK_EQ(fx.sent[0].shard, want);
+            route_hget_decoded("decoy", key); /* the decoding path */
+            CHECK_EQ(fx.n_sent, 1);
+            CHECK_EQ(fx.sent[0].shard, want);
+        }
+        /* otherwise this case could not tell the partitioners apart */
+        CHECK(ps[i].p == KVS_PARTITIONER_MURMUR2 ? differs == 0 : differs > 16);
+
+        /* multi-key: each part holds exactly the keys of its shard */
+        const char *keys[] = {"a-1", "b-22", "c-333", "d-4444", "e-55555", "f-666666", "g-7"};
+        const size_t n = sizeof(keys) / sizeof(keys[0]);
+        route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, n, keys);
+        size_t seen = 0;
+        for (size_t j = 0; j < fx.n_sent; j++) {
+            size_t got;
+            if (fx.sent[j].raw) { /* all keys on one shard */
+                CHECK_EQ(fx.n_sent, 1);
+                seen = n;
+                break;
+            }
+            Kvs__CommandRequest *q = sent_request(j);
+            nth_key(q, 0, &got);
+            for (size_t k = 0; k < got; k++) {
+                ProtobufCBinaryData key = nth_key(q, k, &got);
+                CHECK_EQ(kvs_place_shard(kvs_place_partition_by(ps[i].p, key.data, key.len, parts),
+                                         SHARDS),
+                         fx.sent[j].shard);
+            }
+            seen += got;
+        }
+        CHECK_EQ(seen, n);
+    }
+}
+
+KVS_TEST(unbound_table_beside_bindings_is_murmur2)
+{
+    char extra[256];
+    snprintf(extra, sizeof(extra),
+             "kafka:\n  bindings:\n    - {topic: t, table: %s2, partitions: 8, partitioner: "
+             "crc32}\n    - {topic: u, table: %.4s, partitioner: none}\n",
+             TABLE, TABLE);
+    setup_config("4MiB", extra);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        for (int k = 0; k < KEYS_PER_SHARD; k++) {
+            route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[s][k]);
+            CHECK_EQ(fx.n_sent, 1);
+            CHECK_EQ(fx.sent[0].shard, s);
+        }
+}
+
+/* ---- partitioner: none
+ * ---------------------------------------------------------------------------------------- */
+
+/* Answers part `i` (a whole Hget) with 200 and the value "on-<shard>". */
+static void reply_found(size_t i)
+{
+    char text[16];
+    snprintf(text, sizeof(text), "on-%u", fx.sent[i].shard);
+    Kvs__Value v = vstr(text), *vp = &v;
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = 1;
+    r.values = &vp;
+    reply(i, &r);
+}
+
+static void reply_bool(size_t i, int b)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+    v.bool_value = b;
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = 1;
+    r.values = &vp;
+    reply(i, &r);
+}
+
+/* The client's request went, unchanged, to shards 0..n-1 (part = shard). */
+static void check_asked_owners(uint32_t n)
+{
+    check_pending();
+    CHECK_EQ(fx.n_sent, n);
+    for (uint32_t s = 0; s < n; s++) {
+        size_t i = sent_to(s);
+        CHECK(fx.sent[i].raw);
+        CHECK_EQ(fx.sent[i].part, s);
+        CHECK(sent_is_client_payload(i));
+    }
+}
+
+KVS_TEST(none_hget_answered_by_the_shard_that_has_it)
+{
+    setup_bound("none", 8);
+    for (uint32_t has = 0; has < SHARDS; has++) {
+        route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+        check_asked_owners(SHARDS);
+        for (uint32_t s = SHARDS; s-- > 0;) { /* answers in any order */
+            if (s == has)
+                reply_found(sent_to(s));
+            else
+                reply_status(sent_to(s), 404, "key not found in table \"users\"");
+        }
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 200);
+        CHECK_EQ(r->n_values, 1);
+        char want[16];
+        snprintf(want, sizeof(want), "on-%u", has);
+        check_str(r->values[0], want);
+    }
+    /* nowhere: the workers' own 404 */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_status(sent_to(s), 404, "key not found in table \"users\"");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 404);
+    CHECK_STR(r->message, "key not found in table \"users\"");
+}
+
+KVS_TEST(none_hget_failures)
+{
+    setup_bound("none", 8);
+    /* A shard that cannot answer might hold the key: 503, not 404. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    reply_failure(sent_to(2), "shard 2 did not answer within router.timeout (5000 ms)");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 2)
+            reply_status(sent_to(s), 404, "key not found");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 2 did not answer");
+    CHECK_CONTAINS(r->message, "partitioner: none");
+    /* ...but when another shard has it, that is the answer */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    reply_failure(sent_to(2), "shard 2: connection reset");
+    reply_found(sent_to(3));
+    reply_status(sent_to(0), 404, "key not found");
+    reply_status(sent_to(1), 404, "key not found");
+    r = answer_async();
+    check_status(r, 200);
+    check_str(r->values[0], "on-3");
+    /* a shard's error other than 404 is reported */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    reply_status(sent_to(1), 500, "storage: Input/output error");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 1)
+            reply_status(sent_to(s), 404, "key not found");
+    r = answer_async();
+    check_status(r, 500);
+    CHECK_STR(r->message, "storage: Input/output error");
+    /* a down link fails its part at once; the others are still waited for */
+    set_down(0);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    CHECK_EQ(fx.n_sent, SHARDS - 1);
+    check_pending();
+    for (uint32_t s = 1; s < SHARDS; s++)
+        reply_status(sent_to(s), 404, "key not found");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 0 is unavailable");
+}
+
+KVS_TEST(none_asks_only_shards_that_own_partitions)
+{
+    setup_bound("none", 2); /* partitions 0 and 1: shards 0 and 1 */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HEXIST, "k");
+    check_asked_owners(2);
+    reply_bool(sent_to(1), 1);
+    reply_bool(sent_to(0), 0);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->values[0]->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
+    CHECK_EQ(r->values[0]->bool_value, 1);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HEXIST, "k");
+    reply_bool(sent_to(1), 0);
+    reply_bool(sent_to(0), 0);
+    r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->values[0]->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
+    CHECK_EQ(r->values[0]->bool_value, 0);
+
+    setup_bound("none", 1); /* one shard owns everything: forwarded as is */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].shard, 0);
+    CHECK(sent_is_client_payload(0));
+    reply_found(0);
+    r = answer_async();
+    check_status(r, 200);
+    check_str(r->values[0], "on-0");
+}
+
+/* Answers part `i` (a whole Hmget or Hmexist of `n` keys): key k is found
+ * there when has[k] == the part's shard. */
+static void reply_multi_found(size_t i, size_t n, const uint32_t *has, int exist)
+{
+    Kvs__Value vals[8], *vp[8];
+    char text[8][16];
+    CHECK(n <= 8);
+    for (size_t k = 0; k < n; k++) {
+        kvs__value__init(&vals[k]);
+        if (exist) {
+            vals[k].kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+            vals[k].bool_value = has[k] == fx.sent[i].shard;
+        } else if (has[k] == fx.sent[i].shard) {
+            snprintf(text[k], sizeof(text[k]), "k%zu-on-%u", k, fx.sent[i].shard);
+            vals[k] = vstr(text[k]);
+        }
+        vp[k] = &vals[k];
+    }
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = n;
+    r.values = vp;
+    reply(i, &r);
+}
+
+KVS_TEST(none_hmget_and_hmexist_merge_per_key)
+{
+    setup_bound("none", 16);
+    const char *keys[] = {"a", "b", "c", "d", "e"};
+    const uint32_t has[] = {2, 0, 99, 3, 2}; /* "c" is nowhere */
+    for (int exist = 0; exist < 2; exist++) {
+        route_multi(exist ? KVS__COMMAND_REQUEST__COMMAND_HMEXIST
+                          : KVS__COMMAND_REQUEST__COMMAND_HMGET,
+                    5, keys);
+        check_asked_owners(SHARDS);
+        for (uint32_t s = 0; s < SHARDS; s++)
+            reply_multi_found(sent_to(s), 5, has, exist);
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 200);
+        CHECK_EQ(r->n_values, 5);
+        for (size_t k = 0; k < 5; k++) {
+            if (exist) {
+                CHECK_EQ(r->values[k]->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
+                CHECK_EQ(r->values[k]->bool_value, has[k] < SHARDS);
+            } else if (has[k] < SHARDS) {
+                char want[16];
+                snprintf(want, sizeof(want), "k%zu-on-%u", k, has[k]);
+                check_str(r->values[k], want);
+            } else {
+                CHECK_EQ(r->values[k]->kind_case, KVS__VALUE__KIND__NOT_SET);
+            }
+        }
+    }
+    /* a shard that cannot answer: the keys may be there, so 503 */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 5, keys);
+    reply_failure(sent_to(1), "shard 1: connection reset");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 1)
+            reply_multi_found(sent_to(s), 5, has, 0);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1: connection reset");
+    /* an answer with the wrong number of values is the shard's fault */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 5, keys);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_multi_found(sent_to(s), s == 3 ? 4 : 5, has, 0);
+    r = answer_async();
+    check_status(r, 500);
+    CHECK_CONTAINS(r->message, "shard 3 answered 4 values for 5 keys");
+}
+
+KVS_TEST(none_writes_are_refused)
+{
+    setup_bound("none", 8);
+    static const Kvs__CommandRequest__CommandCase singles[] = {KVS__COMMAND_REQUEST__COMMAND_HSET,
+                                                               KVS__COMMAND_REQUEST__COMMAND_HDEL};
+    static const Kvs__CommandRequest__CommandCase multis[] = {KVS__COMMAND_REQUEST__COMMAND_HMSET,
+                                                              KVS__COMMAND_REQUEST__COMMAND_HMDEL};
+    const char *keys[] = {"a", "b", "c"};
+    for (int i = 0; i < 4; i++) {
+        if (i < 2)
+            route_single(singles[i], "k");
+        else
+            route_multi(multis[i - 2], 3, keys);
+        Kvs__CommandResponse *r = answer_sync();
+        check_status(r, 400);
+        CHECK_EQ(fx.n_sent, 0);
+        CHECK_CONTAINS(r->message, "table \"users\" is bound to Kafka topic \"t-users\" with "
+                                   "partitioner: none");
+        CHECK_CONTAINS(r->message, "produce it to topic \"t-users\" instead");
+    }
+    /* whole-table reads need no placement: unchanged */
+    Kvs__Hgetall all = KVS__HGETALL__INIT;
+    all.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    route_hscan(NULL, 0, 0);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].shard, 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
@@ -1105,4 +1471,9 @@ KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
               KVS_CASE(info_reports_an_unavailable_shard), KVS_CASE(hscan_walks_shards_in_turn),
               KVS_CASE(hscan_forged_cursor_is_400), KVS_CASE(ping_answered_locally),
-              KVS_CASE(bad_input_is_400_like_a_worker), KVS_CASE(orphaned_request_frees_itself))
+              KVS_CASE(bad_input_is_400_like_a_worker), KVS_CASE(orphaned_request_frees_itself),
+              KVS_CASE(bound_table_placed_by_its_partitioner),
+              KVS_CASE(unbound_table_beside_bindings_is_murmur2),
+              KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
+              KVS_CASE(none_asks_only_shards_that_own_partitions),
+              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused))

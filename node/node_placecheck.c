@@ -1,0 +1,208 @@
+/*
+ * node_placecheck: are the records of a bound topic on the partitions their
+ * keys belong to?
+ *
+ * Partition-aligned ingestion only works when kvs computes the partition of
+ * a key exactly as the topic's producers did. When it does not (a binding
+ * with the Java murmur2 for a topic written by kcat, which hashes with
+ * CRC-32; records sent to explicit partitions), nothing fails: records are
+ * ingested, just on shards the router never asks for their keys. So each
+ * applied keyed record is checked here, and the misplaced ones are made
+ * loud:
+ *
+ *  - the caller counts them per partition (Info `misplaced`, persisted with
+ *    the other counters);
+ *  - a report names the topic, an example key (escaped), the partition it
+ *    came on and the one kvs expected, and which `partitioner:` value would
+ *    have placed them where they came: every other known partitioner is
+ *    tried on each misplaced record, and one that fits them all is named;
+ *    if none does, the producers choose partitions themselves and
+ *    `partitioner: none` is the advice;
+ *  - the first report comes at the end of the first batch with a misplaced
+ *    record (within a second of ingestion starting), later ones at most
+ *    every NODE_PLACECHECK_EVERY_MS per topic;
+ *  - the first batch of keyed records is judged: if it is nearly all
+ *    misplaced, the binding names the wrong partitioner and the report is an
+ *    ERROR. "Nearly all" is relative to what a wrong hash would do: a record
+ *    still lands on its expected partition by chance 1 time in P, so a wrong
+ *    partitioner misplaces about (P-1)/P of the records; at least three
+ *    quarters of that share counts (3 in 8 records with 2 partitions, 21 in
+ *    32 with 8).
+ *
+ * What happens to a misplaced record is the caller's decision (it is
+ * stored: see node_ingest.c); this module only counts and words.
+ */
+#include "node_placecheck.h"
+
+#include "kvs_log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void node_placecheck_init(node_placecheck_t *c, kvs_partitioner_t partitioner, uint32_t partitions)
+{
+    memset(c, 0, sizeof(*c));
+    c->partitioner = partitioner;
+    c->partitions = partitions;
+}
+
+void node_placecheck_escape(const void *key, size_t n, size_t shown, char *out, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *k = key;
+    size_t w = 0;
+    for (size_t i = 0; i < n && i < shown && w + 5 < len; i++) {
+        unsigned char b = k[i];
+        if (b >= 0x20 && b <= 0x7e && b != '"' && b != '\\') {
+            out[w++] = (char)b;
+        } else {
+            out[w++] = '\\';
+            out[w++] = 'x';
+            out[w++] = hex[b >> 4];
+            out[w++] = hex[b & 15];
+        }
+    }
+    if (n > shown && w + 4 <= len) {
+        memcpy(out + w, "...", 3);
+        w += 3;
+    }
+    out[w < len ? w : len - 1] = '\0';
+}
+
+int node_placecheck_record(node_placecheck_t *c, const void *key, size_t len, int32_t partition)
+{
+    if (c->partitioner == KVS_PARTITIONER_NONE)
+        return 0;
+    c->batch_checked++;
+    uint32_t want = kvs_place_partition_by(c->partitioner, key, len, c->partitions);
+    if (partition >= 0 && want == (uint32_t)partition)
+        return 0;
+    c->batch_misplaced++;
+    int first = c->pending++ == 0;
+    if (first) {
+        node_placecheck_escape(key, len, NODE_PLACECHECK_KEY_SHOWN, c->example, sizeof(c->example));
+        c->example_came = partition;
+        c->example_want = want;
+    }
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
+        int fits = q != (int)c->partitioner && partition >= 0 &&
+                   kvs_place_partition_by((kvs_partitioner_t)q, key, len, c->partitions) ==
+                       (uint32_t)partition;
+        c->match[q] += (uint64_t)fits;
+        if (first)
+            c->example_matches[q] = fits;
+    }
+    return 1;
+}
+
+/* Names the partitioners set in `which` ("crc32", "crc32 and fnv1a").
+ * Returns how many. */
+static int names(const int *which, char *out, size_t len)
+{
+    int n = 0;
+    out[0] = '\0';
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++) {
+        if (!which[q])
+            continue;
+        size_t used = strlen(out);
+        snprintf(out + used, len - used, "%s%s", n > 0 ? " and " : "",
+                 kvs_place_partitioner_name((kvs_partitioner_t)q));
+        n++;
+    }
+    return n;
+}
+
+/* The advice: which partitioner would have placed the pending records where
+ * they came. */
+static void advice(const node_placecheck_t *c, const char *topic, char *out, size_t len)
+{
+    int all[KVS_PARTITIONER_HASHES];
+    char list[64];
+    for (int q = 0; q < KVS_PARTITIONER_HASHES; q++)
+        all[q] = q != (int)c->partitioner && c->match[q] == c->pending;
+    int n = names(all, list, sizeof(list));
+    if (n == 1)
+        snprintf(out, len,
+                 "partitioner: %s places every one of them where it came: set partitioner: %s in "
+                 "the kafka.bindings entry of topic %s",
+                 list, list, topic);
+    else if (n > 1)
+        snprintf(out, len,
+                 "partitioners %s each place every one of them where it came (too few records "
+                 "to tell them apart): set the one the producers use in the kafka.bindings "
+                 "entry of topic %s",
+                 list, topic);
+    else if (names(c->example_matches, list, sizeof(list)) > 0)
+        snprintf(out, len,
+                 "no partitioner kvs knows places all of them where they came (%s fits the "
+                 "example only): if the producers choose partitions themselves, set partitioner: "
+                 "none in the kafka.bindings entry of topic %s",
+                 list, topic);
+    else
+        snprintf(out, len,
+                 "no partitioner kvs knows (murmur2, crc32, fnv1a) places them where they came: "
+                 "the producers choose partitions themselves (explicit partitions or a custom "
+                 "partitioner), so set partitioner: none in the kafka.bindings entry of topic %s",
+                 topic);
+}
+
+/* Writes the report of the pending records and starts a new period. */
+static void report(node_placecheck_t *c, const char *topic, const char *lead, uint64_t now_ms,
+                   char *buf, size_t len)
+{
+    char tip[400];
+    advice(c, topic, tip, sizeof(tip));
+    snprintf(buf, len,
+             "kafka %s: %s%llu record(s) came on another partition than partitioner: %s gives "
+             "their key, e.g. key \"%s\" came on partition %d where kvs expected %u; %s. Misplaced "
+             "records are stored and counted (Info kafka.%s.<partition>.misplaced), but point "
+             "reads through the router look on the expected shard and miss them (reported at "
+             "most every %d s)",
+             topic, lead, (unsigned long long)c->pending,
+             kvs_place_partitioner_name(c->partitioner), c->example, c->example_came,
+             c->example_want, tip, topic, NODE_PLACECHECK_EVERY_MS / 1000);
+    c->pending = 0;
+    memset(c->match, 0, sizeof(c->match));
+    c->reported = 1;
+    c->last_report_ms = now_ms;
+}
+
+/* True when `misplaced` of `checked` records is nearly the share a wrong
+ * partitioner misplaces: misplaced >= 3/4 * (P-1)/P * checked. */
+static int nearly_all(uint64_t misplaced, uint64_t checked, uint32_t partitions)
+{
+    return partitions > 1 && misplaced > 0 &&
+           misplaced * 4 * partitions >= checked * 3 * (uint64_t)(partitions - 1);
+}
+
+int node_placecheck_batch_end(node_placecheck_t *c, const char *topic, uint64_t now_ms, char *buf,
+                              size_t len)
+{
+    int error = 0;
+    char lead[160] = "";
+    if (!c->judged && c->batch_checked > 0) {
+        c->judged = 1;
+        error = nearly_all(c->batch_misplaced, c->batch_checked, c->partitions);
+        if (error)
+            snprintf(lead, sizeof(lead),
+                     "nearly all records of the first batch (%llu of %llu) are misplaced, so "
+                     "the binding's partitioner is not the producers': ",
+                     (unsigned long long)c->batch_misplaced, (unsigned long long)c->batch_checked);
+    }
+    c->batch_checked = c->batch_misplaced = 0;
+    if (c->pending == 0)
+        return -1;
+    if (!error && c->reported && now_ms - c->last_report_ms < NODE_PLACECHECK_EVERY_MS)
+        return -1;
+    report(c, topic, lead, now_ms, buf, len);
+    return error ? KVS_LOG_ERROR : KVS_LOG_WARN;
+}
+
+int node_placecheck_tick(node_placecheck_t *c, const char *topic, uint64_t now_ms, char *buf,
+                         size_t len)
+{
+    if (c->pending == 0 || (c->reported && now_ms - c->last_report_ms < NODE_PLACECHECK_EVERY_MS))
+        return -1;
+    report(c, topic, "", now_ms, buf, len);
+    return KVS_LOG_WARN;
+}

@@ -1,0 +1,204 @@
+/*
+ * test_placecheck: node_placecheck counts records that came on another
+ * partition than their key's, words the report (example key, partitions,
+ * which partitioner would have matched), judges the first batch and keeps
+ * the rate limit. Records are "produced" here by computing their partition
+ * with kvs_place (tested against librdkafka in test_place_rdkafka).
+ */
+#include "kvs_log.h"
+#include "kvs_test.h"
+#include "node_placecheck.h"
+
+#define P 8
+
+static char line[2048];
+
+/* Feeds keys "key-<i>" for i in [from, to), each on the partition `by`
+ * places it (or on i % P when `by` is none: explicit partitions). Returns
+ * how many the check said were misplaced. */
+static uint64_t feed(node_placecheck_t *c, kvs_partitioner_t by, int from, int to)
+{
+    uint64_t mis = 0;
+    for (int i = from; i < to; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "key-%d", i);
+        uint32_t p = by == KVS_PARTITIONER_NONE ? (uint32_t)i % P
+                                                : kvs_place_partition_by(by, key, strlen(key), P);
+        mis += (uint64_t)node_placecheck_record(c, key, strlen(key), (int32_t)p);
+    }
+    return mis;
+}
+
+/* How many of keys [from, to) `a` and `b` place differently. */
+static uint64_t differ(kvs_partitioner_t a, kvs_partitioner_t b, int from, int to)
+{
+    uint64_t n = 0;
+    for (int i = from; i < to; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "key-%d", i);
+        n += kvs_place_partition_by(a, key, strlen(key), P) !=
+             kvs_place_partition_by(b, key, strlen(key), P);
+    }
+    return n;
+}
+
+KVS_TEST(matching_partitioner_is_silent)
+{
+    for (int p = 0; p < KVS_PARTITIONER_HASHES; p++) {
+        node_placecheck_t c;
+        node_placecheck_init(&c, (kvs_partitioner_t)p, P);
+        CHECK_EQ(feed(&c, (kvs_partitioner_t)p, 0, 2000), 0);
+        CHECK_EQ(node_placecheck_batch_end(&c, "t", 1000, line, sizeof(line)), -1);
+        CHECK_EQ(node_placecheck_tick(&c, "t", 100000, line, sizeof(line)), -1);
+    }
+}
+
+KVS_TEST(none_checks_nothing)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_NONE, P);
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_CRC32, 0, 500), 0);
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_NONE, 0, 500), 0);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 1000, line, sizeof(line)), -1);
+}
+
+/* kcat's default (crc32) into a murmur2 binding: counted exactly, an ERROR
+ * at the end of the first batch naming crc32, then rate-limited. */
+KVS_TEST(wrong_partitioner_named_at_error)
+{
+    static const struct {
+        kvs_partitioner_t binding, producer;
+        const char *advice;
+    } cases[] = {
+        {KVS_PARTITIONER_MURMUR2, KVS_PARTITIONER_CRC32, "set partitioner: crc32 in"},
+        {KVS_PARTITIONER_MURMUR2, KVS_PARTITIONER_FNV1A, "set partitioner: fnv1a in"},
+        {KVS_PARTITIONER_CRC32, KVS_PARTITIONER_MURMUR2, "set partitioner: murmur2 in"},
+        {KVS_PARTITIONER_FNV1A, KVS_PARTITIONER_CRC32, "set partitioner: crc32 in"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        node_placecheck_t c;
+        node_placecheck_init(&c, cases[i].binding, P);
+        uint64_t want = differ(cases[i].binding, cases[i].producer, 0, 1000);
+        CHECK(want > 800); /* about 7 in 8 */
+        CHECK_EQ(feed(&c, cases[i].producer, 0, 1000), want);
+        CHECK_EQ(node_placecheck_batch_end(&c, "users", 5000, line, sizeof(line)), KVS_LOG_ERROR);
+        char lead[400];
+        snprintf(lead, sizeof(lead),
+                 "kafka users: nearly all records of the first batch (%llu of 1000) are "
+                 "misplaced, so the binding's partitioner is not the producers': %llu record(s) "
+                 "came on another partition than partitioner: %s gives their key, e.g. key \"key-",
+                 (unsigned long long)want, (unsigned long long)want,
+                 kvs_place_partitioner_name(cases[i].binding));
+        CHECK_CONTAINS(line, lead);
+        CHECK_CONTAINS(line, cases[i].advice);
+        CHECK_CONTAINS(line, "topic users");
+        CHECK_CONTAINS(line, "Info kafka.users.<partition>.misplaced");
+
+        /* more within 10 s: counted, not logged; then one WARN for them */
+        uint64_t more = differ(cases[i].binding, cases[i].producer, 1000, 1100);
+        CHECK_EQ(feed(&c, cases[i].producer, 1000, 1100), more);
+        CHECK_EQ(node_placecheck_batch_end(&c, "users", 9000, line, sizeof(line)), -1);
+        CHECK_EQ(node_placecheck_tick(&c, "users", 14999, line, sizeof(line)), -1);
+        CHECK_EQ(node_placecheck_tick(&c, "users", 15000, line, sizeof(line)), KVS_LOG_WARN);
+        char count[64];
+        snprintf(count, sizeof(count), "kafka users: %llu record(s) came",
+                 (unsigned long long)more);
+        CHECK_CONTAINS(line, count);
+        CHECK_CONTAINS(line, cases[i].advice);
+        CHECK_EQ(node_placecheck_tick(&c, "users", 30000, line, sizeof(line)), -1); /* none left */
+    }
+}
+
+/* The example is the first misplaced record, with both partitions. */
+KVS_TEST(report_shows_the_example)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, P);
+    const char key[] = "we\"ird\\\x01\xff";
+    uint32_t want = kvs_place_partition(key, sizeof(key) - 1, P);
+    int32_t came = (int32_t)((want + 3) % P);
+    CHECK_EQ(node_placecheck_record(&c, key, sizeof(key) - 1, came), 1);
+    CHECK_EQ(node_placecheck_record(&c, "other", 5, (int32_t)((want + 1) % P)), 1);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 1, line, sizeof(line)), KVS_LOG_ERROR);
+    char ex[200];
+    snprintf(ex, sizeof(ex),
+             "2 record(s) came on another partition than partitioner: murmur2 gives their key, "
+             "e.g. key \"we\\x22ird\\x5c\\x01\\xff\" came on partition %d where kvs expected %u; ",
+             came, want);
+    CHECK_CONTAINS(line, ex);
+}
+
+/* Explicit partitions fit no hash: the advice is partitioner: none. */
+KVS_TEST(explicit_partitions_advise_none)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_CRC32, P);
+    uint64_t mis = feed(&c, KVS_PARTITIONER_NONE, 0, 400);
+    CHECK(mis > 300);
+    CHECK_EQ(node_placecheck_batch_end(&c, "ev", 1, line, sizeof(line)), KVS_LOG_ERROR);
+    CHECK_CONTAINS(line, "no partitioner kvs knows");
+    CHECK_CONTAINS(line, "set partitioner: none in the kafka.bindings entry of topic ev");
+    CHECK(strstr(line, "set partitioner: murmur2") == NULL);
+    CHECK(strstr(line, "set partitioner: fnv1a") == NULL);
+}
+
+/* A few misplaced records among many: reported at once, as a WARN. */
+KVS_TEST(few_misplaced_is_a_warning)
+{
+    node_placecheck_t c;
+    node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, P);
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_MURMUR2, 0, 100), 0);
+    CHECK_EQ(
+        node_placecheck_record(&c, "x", 1, (int32_t)((kvs_place_partition("x", 1, P) + 1) % P)), 1);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 7, line, sizeof(line)), KVS_LOG_WARN);
+    CHECK_CONTAINS(line, "kafka t: 1 record(s) came on another partition");
+    CHECK(strstr(line, "first batch") == NULL);
+    /* only the first batch is judged: a later all-misplaced batch is a WARN */
+    CHECK_EQ(feed(&c, KVS_PARTITIONER_CRC32, 0, 200) > 0, 1);
+    CHECK_EQ(node_placecheck_batch_end(&c, "t", 20000, line, sizeof(line)), KVS_LOG_WARN);
+}
+
+/* "Nearly all" is relative to the (P-1)/P a wrong hash misplaces. */
+KVS_TEST(nearly_all_threshold)
+{
+    static const struct {
+        uint32_t partitions;
+        int misplaced, checked, error;
+    } cases[] = {{2, 3, 8, 1}, {2, 2, 8, 0}, {8, 21, 32, 1}, {8, 20, 32, 0}, {8, 1, 1, 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        node_placecheck_t c;
+        node_placecheck_init(&c, KVS_PARTITIONER_MURMUR2, cases[i].partitions);
+        for (int k = 0; k < cases[i].checked; k++) {
+            char key[16];
+            snprintf(key, sizeof(key), "k%d", k);
+            uint32_t want = kvs_place_partition(key, strlen(key), cases[i].partitions);
+            uint32_t p = k < cases[i].misplaced ? (want + 1) % cases[i].partitions : want;
+            CHECK_EQ(node_placecheck_record(&c, key, strlen(key), (int32_t)p),
+                     k < cases[i].misplaced);
+        }
+        CHECK_EQ(node_placecheck_batch_end(&c, "t", 1, line, sizeof(line)),
+                 cases[i].error ? KVS_LOG_ERROR : KVS_LOG_WARN);
+    }
+}
+
+KVS_TEST(escape)
+{
+    char out[300];
+    node_placecheck_escape("plain-key_1", 11, 64, out, sizeof(out));
+    CHECK_STR(out, "plain-key_1");
+    node_placecheck_escape("a\"b\\c\n\0\x7f\x80", 9, 64, out, sizeof(out));
+    CHECK_STR(out, "a\\x22b\\x5cc\\x0a\\x00\\x7f\\x80");
+    node_placecheck_escape("abcdefgh", 8, 4, out, sizeof(out));
+    CHECK_STR(out, "abcd...");
+    node_placecheck_escape("", 0, 4, out, sizeof(out));
+    CHECK_STR(out, "");
+    char small[8]; /* bounded: never past the buffer, always terminated */
+    node_placecheck_escape("\xff\xff\xff\xff", 4, 64, small, sizeof(small));
+    CHECK(strlen(small) < sizeof(small));
+    CHECK_STR(small, "\\xff");
+}
+
+KVS_TEST_MAIN(KVS_CASE(matching_partitioner_is_silent), KVS_CASE(none_checks_nothing),
+              KVS_CASE(wrong_partitioner_named_at_error), KVS_CASE(report_shows_the_example),
+              KVS_CASE(explicit_partitions_advise_none), KVS_CASE(few_misplaced_is_a_warning),
+              KVS_CASE(nearly_all_threshold), KVS_CASE(escape))
