@@ -529,6 +529,11 @@ static void check_text(const Kvs__Value *v, const void *s, size_t n)
     CHECK(n == 0 || memcmp(v->string_value.data, s, n) == 0);
 }
 
+static void check_str(const Kvs__Value *v, const char *s)
+{
+    check_text(v, s, strlen(s));
+}
+
 /* `v` is text_of(tag, key). */
 static void check_text_of(const Kvs__Value *v, const char *tag, const void *key, size_t klen)
 {
