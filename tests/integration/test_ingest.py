@@ -32,7 +32,7 @@ import time
 import unittest
 
 from kvstest import Client, pb, pyval, req_hmget
-from routertest import Router, partition_of
+from routertest import Router, partition_of, procs_for_config
 import kafkatest
 from kafkatest import (KCAT, MockKafka, caught_up, committed, info, ingest_yaml, kafka_parts,
                        kcat_consume, kcat_produce, produce, wait_until, watermarks)
@@ -532,18 +532,30 @@ class IngestTest(unittest.TestCase):
                 self._routers.append(r)
                 self.addCleanup(r.close)
                 r.proc = r.spawn()
-                want = re.compile(r"node\[(\d)\] ERROR .*kafka topic users has 8 partitions "
-                                  r"but kvs places table users by %d .*partitions: 8"
-                                  % (parts or 64))
-                exited = re.compile(r"router WARN +shard (\d) \(pid \d+\) exited with status 1")
-                self.assertTrue(wait_until(lambda: len(set(want.findall(r.stderr()))) == 4, 15),
-                                "every worker must refuse the mismatch with a clear message")
-                self.assertTrue(wait_until(lambda: len(set(exited.findall(r.stderr()))) == 4, 15),
-                                "every worker must exit with status 1")
+                why = (r"kafka topic users has 8 partitions but kvs places table users by %d "
+                       r".*partitions: 8" % (parts or 64))
+                # A config that can never work is not restarted: the worker
+                # exits with EX_CONFIG (78), the router stops with 78 too and
+                # says why in its last line.
+                try:
+                    rc = r.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.fail("kvs-router still running 20 s after its workers refused the "
+                              "mismatch:\n" + r.stderr())
                 log = r.stderr()
+                self.assertEqual(rc, 78, log)
+                self.assertRegex(log, r"node\[(\d)\] ERROR .*" + why)
+                self.assertRegex(log, r"router ERROR +shard \d \(pid \d+\) exited with status 78 "
+                                      r"\(a fatal error: not restarting it\): " + why)
+                last = log.rstrip("\n").split("\n")[-1]
+                self.assertRegex(last, r"router ERROR +stopped: shard \d cannot run with this "
+                                       r"configuration: " + why + r".*\(kvs-node exited with "
+                                       r"status 78, EX_CONFIG; fix the config and start again\)")
                 self.assertIn(names, log)
+                self.assertNotIn("restarting shard", log)
                 self.assertNotIn("kafka: consuming", log, "no partition may be consumed")
-                r.kill_all()
+                self.assertTrue(r.wait_all_gone(10), "processes left: %r"
+                                % procs_for_config(r.config))
 
     def test_resume_after_restart_applies_nothing_twice(self):
         topic, parts = "users", 8
