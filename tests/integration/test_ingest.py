@@ -694,6 +694,43 @@ class IngestTest(unittest.TestCase):
             self.assertEqual(resp.status, 200, resp.message)
             self.assertEqual(list(resp.values), [values[k] for k in sorted(values)])
 
+    def test_info_next_offset_before_any_record(self):
+        """Before a partition has given a record, Info shows where ingestion
+        starts, not "-1": the partition's first offset (0 for an empty
+        one) with auto.offset.reset earliest, its end with latest; lag is
+        measured from there."""
+        topic, parts = "sparse", 8
+        m = self.mock({topic: parts})
+        # Two records: at most two of the eight partitions are not empty.
+        placed = produce(m.bootstrap, topic, [(b"a", b"1"), (b"b", b"2")])
+        ends = self.ends(m, topic, parts)
+        used = {p for p, _ in placed}
+        self.assertEqual(sum(ends.values()), 2)
+        r = self.router(m, [(topic, "sparse", "raw", parts)])
+        st = self.wait_caught_up(r, topic, ends)
+        for p in range(parts):
+            self.assertEqual(st[p]["next_offset"], ends[p], "partition %d: %r" % (p, st[p]))
+            self.assertEqual(st[p]["lag"], 0, "partition %d: %r" % (p, st[p]))
+            if p not in used:
+                self.assertEqual((st[p]["next_offset"], st[p]["applied"]), (0, 0), st[p])
+        self.assertEqual(r.stop(), 0)
+
+        # auto.offset.reset latest: records produced before the first start
+        # are never read, so they are not lag; ingestion starts at the end.
+        m2 = self.mock({"late": 4})
+        produce(m2.bootstrap, "late", [(b"k-%d" % i, b"old") for i in range(40)])
+        ends = self.ends(m2, "late", 4)
+        r2 = self.router(m2, [("late", "late", "raw", 4)],
+                         properties={"auto.offset.reset": "latest"})
+        st = self.wait_caught_up(r2, "late", ends)
+        self.assertEqual({p: (s["next_offset"], s["lag"], s["applied"]) for p, s in st.items()},
+                         {p: (end, 0, 0) for p, end in ends.items()})
+        produce(m2.bootstrap, "late", [(b"k-%d" % i, b"new") for i in range(40)])
+        ends2 = self.ends(m2, "late", 4)
+        st = self.wait_caught_up(r2, "late", ends2)
+        self.assertEqual(sum(s["applied"] for s in st.values()), 40)
+        self.assert_values(r2.addr, "late", {b"k-%d" % i: b"new" for i in range(40)})
+
 
 if __name__ == "__main__":
     unittest.main()
