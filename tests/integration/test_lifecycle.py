@@ -21,8 +21,7 @@ import sys
 import time
 
 from kvstest import BUILD_DIR, HOST, pyval, req_hget, req_hset
-from routertest import (Router, RouterTestCase, free_port, keys_by_shard, procs_for_config,
-                        shard_of)
+from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config, shard_of
 
 EX_CONFIG = 78
 SLOW_HOST = "slow-shard.kvs.test"
@@ -207,11 +206,14 @@ class LifecycleTest(RouterTestCase):
         per = keys_by_shard("dns", 20, 16, 2)
         k0, k1 = per[0][0], per[1][0]
         self.assertEqual((shard_of(k0, 16, 2), shard_of(k1, 16, 2)), (0, 1))
-        lookups = lambda: r.stderr().count("kvs-test-slow-resolver: looking up " + SLOW_HOST)
+
+        def lookups():
+            return r.stderr().count("kvs-test-slow-resolver: looking up " + SLOW_HOST)
+
         worst = [0.0]
 
         def probe(c):
-            """Shard 0 answers at once; returns shard 1's status."""
+            """Shard 0 answers at once; returns the answer of shard 1."""
             t0 = time.monotonic()
             a = c.call(req_hset("t", k0, "v0"))
             b = c.call(req_hget("t", k1))
