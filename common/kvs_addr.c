@@ -2,20 +2,27 @@
  * kvs_addr: text <-> address. Accepts the three forms users write:
  * "host:port", "[v6]:port" and "unix:/path". Only parsing; resolving and
  * binding are done by the caller (libuv), so this stays pure and testable.
+ *
+ * Parsing is complete, so a bad address is refused where it is written (a
+ * config file, a command line) rather than when the process first binds or
+ * connects: a bracketed host must be an IPv6 address (inet_pton, with an
+ * optional %zone), a host of digits and dots must be an IPv4 address in
+ * dotted-quad form (inet_pton: "300.1.1.1" and "127.1" are refused, though
+ * getaddrinfo would read the latter), and anything else must be a DNS host
+ * name: labels of 1 to 63 letters, digits, '-' or '_' (Docker and Compose
+ * names use '_'), not starting or ending with '-', at most 253 bytes, an
+ * optional trailing dot. Whether a name resolves is only known later.
  */
 #include "kvs_addr.h"
 #include "kvs_err.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errlen, const char *what, const char *s)
-{
-    if (err != NULL && errlen > 0)
-        snprintf(err, errlen, "%s (got \"%s\")", what, s);
-    return KVS_EINVAL;
-}
+#define HOST_NAME_MAX_LEN 253 /* DNS: 255 octets on the wire, 253 as text */
+#define LABEL_MAX_LEN 63
 
 static int parse_port(const char *p, int allow0, uint16_t *out)
 {
@@ -29,46 +36,149 @@ static int parse_port(const char *p, int allow0, uint16_t *out)
     return 0;
 }
 
-int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, size_t errlen)
+/* A bracketed host: an IPv6 address, optionally with a %zone (interface). */
+static const char *check_ipv6(const char *h)
 {
-    memset(out, 0, sizeof(*out));
-    if (strncmp(s, "unix:", 5) == 0) {
-        const char *path = s + 5;
-        if (*path == '\0')
-            return fail(err, errlen, "unix socket path is empty", s);
-        if (strlen(path) >= sizeof(out->path))
-            return fail(err, errlen, "unix socket path is longer than 107 bytes", s);
-        out->is_unix = 1;
-        strcpy(out->path, path);
-        return 0;
+    char addr[64];
+    const char *pct = strchr(h, '%');
+    size_t n = pct != NULL ? (size_t)(pct - h) : strlen(h);
+    if (n >= sizeof(addr))
+        return "not a valid IPv6 address";
+    memcpy(addr, h, n);
+    addr[n] = '\0';
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, addr, &a6) != 1)
+        return "not a valid IPv6 address";
+    if (pct != NULL &&
+        (pct[1] == '\0' || strspn(pct + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
+                                           "WXYZ0123456789_.-") != strlen(pct + 1)))
+        return "not a valid IPv6 zone after '%'";
+    return NULL;
+}
+
+/* One label of a host name, [p, p+n). */
+static const char *check_label(const char *p, size_t n)
+{
+    if (n == 0)
+        return "empty label in the host name (two dots in a row, or a leading dot)";
+    if (n > LABEL_MAX_LEN)
+        return "a host name label is longer than 63 bytes";
+    if (p[0] == '-' || p[n - 1] == '-')
+        return "a host name label must not start or end with '-'";
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return "a host name may only contain letters, digits, '-', '_' and '.'";
     }
-    const char *colon;
-    size_t hostlen;
-    const char *host = s;
+    return NULL;
+}
+
+/* An unbracketed host: a dotted-quad IPv4 address or a DNS name. */
+static const char *check_host(const char *h)
+{
+    size_t len = strlen(h);
+    if (strspn(h, "0123456789.") == len) {
+        struct in_addr a4;
+        return inet_pton(AF_INET, h, &a4) == 1
+                   ? NULL
+                   : "not a valid IPv4 address (four numbers 0-255, as in 10.0.0.1)";
+    }
+    if (len > 0 && h[len - 1] == '.')
+        len--; /* a fully qualified name */
+    if (len > HOST_NAME_MAX_LEN)
+        return "host name is too long (at most 253 bytes)";
+    const char *p = h, *end = h + len;
+    while (p <= end) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        size_t n = dot != NULL ? (size_t)(dot - p) : (size_t)(end - p);
+        const char *why = check_label(p, n);
+        if (why != NULL)
+            return why;
+        p += n + 1;
+    }
+    return NULL;
+}
+
+static int parse_unix(const char *s, kvs_addr_t *out, const char **why)
+{
+    const char *path = s + 5;
+    if (*path == '\0') {
+        *why = "unix socket path is empty";
+        return KVS_EINVAL;
+    }
+    if (strlen(path) >= sizeof(out->path)) {
+        *why = "unix socket path is longer than 107 bytes";
+        return KVS_EINVAL;
+    }
+    out->is_unix = 1;
+    strcpy(out->path, path);
+    return 0;
+}
+
+/* Splits "host:port" or "[v6]:port": the host is [*host, *host + *hostlen),
+ * *colon points at the ':' before the port. */
+static const char *split_host(const char *s, const char **host, size_t *hostlen, const char **colon)
+{
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
-        if (close == NULL || close[1] != ':')
-            return fail(err, errlen, "expected [IPV6]:PORT", s);
-        host = s + 1;
-        hostlen = (size_t)(close - host);
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL)
-            return fail(err, errlen, "expected HOST:PORT", s);
-        hostlen = (size_t)(colon - s);
-        if (memchr(s, ':', hostlen) != NULL)
-            return fail(err, errlen, "IPv6 addresses need brackets: [ADDR]:PORT", s);
+        if (close == NULL)
+            return "missing ']' after the IPv6 address";
+        if (close == s + 1)
+            return "empty address in []";
+        if (close[1] != ':')
+            return "missing :PORT";
+        *host = s + 1;
+        *hostlen = (size_t)(close - *host);
+        *colon = close + 1;
+        return NULL;
     }
-    if (hostlen == 0)
-        return fail(err, errlen, "host is empty; expected HOST:PORT", s);
-    if (hostlen >= sizeof(out->host))
-        return fail(err, errlen, "host name is too long", s);
-    if (parse_port(colon + 1, allow_port0, &out->port) != 0)
-        return fail(err, errlen, allow_port0 ? "port must be 0-65535" : "port must be 1-65535", s);
-    memcpy(out->host, host, hostlen);
-    out->host[hostlen] = '\0';
+    *colon = strrchr(s, ':');
+    if (*colon == NULL)
+        return "missing :PORT";
+    if (*colon == s)
+        return "missing host (use 0.0.0.0:PORT for every interface)";
+    *host = s;
+    *hostlen = (size_t)(*colon - s);
+    if (memchr(s, ':', *hostlen) != NULL)
+        return "an IPv6 address must be in brackets, as in [::1]:9527";
+    return NULL;
+}
+
+int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const char **why)
+{
+    memset(out, 0, sizeof(*out));
+    if (strncmp(s, "unix:", 5) == 0)
+        return parse_unix(s, out, why);
+    const char *host = NULL, *colon = NULL;
+    size_t hostlen = 0;
+    if (strpbrk(s, " \t\r\n") != NULL)
+        *why = "spaces are not allowed";
+    else
+        *why = split_host(s, &host, &hostlen, &colon);
+    if (*why == NULL && hostlen >= sizeof(out->host))
+        *why = "host name is too long (at most 253 bytes)";
+    if (*why == NULL && parse_port(colon + 1, allow_port0, &out->port) != 0)
+        *why = allow_port0 ? "port must be 0-65535" : "port must be 1-65535";
+    if (*why == NULL) {
+        memcpy(out->host, host, hostlen);
+        out->host[hostlen] = '\0';
+        *why = s[0] == '[' ? check_ipv6(out->host) : check_host(out->host);
+    }
+    if (*why != NULL) {
+        memset(out, 0, sizeof(*out));
+        return KVS_EINVAL;
+    }
     return 0;
+}
+
+int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    int rc = kvs_addr_parse_why(s, allow_port0, out, &why);
+    if (rc != 0 && err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s (got \"%s\")", why, s);
+    return rc;
 }
 
 const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len)

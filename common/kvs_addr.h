@@ -16,8 +16,16 @@ typedef struct kvs_addr_s {
 } kvs_addr_t;
 
 /* Parses `s`. Returns 0, or KVS_EINVAL with a reason in err[0..errlen) such
- * as "port must be 1-65535". Port 0 is accepted only when allow_port0. */
+ * as "port must be 1-65535 (got \"h:0\")". Port 0 is accepted only when
+ * allow_port0. The host is checked completely (see kvs_addr.c): an IPv4
+ * address must be a valid dotted quad, a bracketed one a valid IPv6
+ * address, anything else a syntactically valid host name. err may be NULL
+ * when errlen is 0. On error *out is zeroed. */
 int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, size_t errlen);
+
+/* Same, but on KVS_EINVAL sets *why to the bare reason (a static string,
+ * without the input), for callers that word the message themselves. */
+int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const char **why);
 
 /* Formats an address back to text ("127.0.0.1:9527", "[::1]:9527",
  * "unix:/x.sock"). Returns `buf`. */

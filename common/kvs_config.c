@@ -29,6 +29,7 @@
  */
 #include "kvs_config.h"
 
+#include "kvs_addr.h"
 #include "kvs_err.h"
 
 #include <assert.h>
@@ -44,7 +45,9 @@
 
 #define KVS_CONFIG_MAX_FILE (64u << 20) /* a config file larger than this is a mistake */
 #define KVS_TABLE_NAME_MAX 200
-#define KVS_TOPIC_NAME_MAX 249 /* Kafka's own limit */
+#define KVS_TOPIC_NAME_MAX 249  /* Kafka's own limit */
+#define KVS_SOCKET_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 */
+#define KVS_PATH_MAX 4096       /* PATH_MAX, with the NUL */
 
 typedef enum {
     D_STRING,     /* char *; F_NONEMPTY forbids "" */
@@ -96,6 +99,8 @@ static const directive_t directives[] = {
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
      0},
+    {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
+     "from 1ms to 1h", NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
@@ -125,6 +130,8 @@ static const directive_t directives[] = {
 
 typedef struct {
     const char *name; /* file name for messages */
+    const char *text; /* the whole file, for positions of reader errors */
+    size_t len;
     yaml_document_t *doc;
     kvs_config_t *cfg;
     char *err;
@@ -165,15 +172,51 @@ static int cfg_oom(cfg_ctx_t *ctx)
     return -ENOMEM;
 }
 
+/* Line and column (0-based, like libyaml's marks) of byte `off` of the
+ * text: lines end at \n, \r\n, \r, NEL, LS or PS (YAML's line breaks);
+ * columns count characters, so UTF-8 continuation bytes are not counted. */
+static yaml_mark_t offset_mark(const cfg_ctx_t *ctx, size_t off)
+{
+    const unsigned char *t = (const unsigned char *)ctx->text;
+    yaml_mark_t m = {.index = off, .line = 0, .column = 0};
+    if (off > ctx->len)
+        off = ctx->len;
+    for (size_t i = 0; i < off; i++) {
+        size_t brk = 0;
+        if (t[i] == '\n' || (t[i] == '\r' && (i + 1 >= ctx->len || t[i + 1] != '\n')))
+            brk = 1;
+        else if (t[i] == 0xc2 && i + 1 < off && t[i + 1] == 0x85)
+            brk = 2; /* NEL */
+        else if (t[i] == 0xe2 && i + 2 < off && t[i + 1] == 0x80 &&
+                 (t[i + 2] == 0xa8 || t[i + 2] == 0xa9))
+            brk = 3; /* LS, PS */
+        if (brk > 0) {
+            m.line++;
+            m.column = 0;
+            i += brk - 1;
+        } else if ((t[i] & 0xc0) != 0x80) {
+            m.column++;
+        }
+    }
+    return m;
+}
+
 /* Turns a libyaml failure into a message with libyaml's own words. */
 static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
 {
     switch (p->error) {
     case YAML_MEMORY_ERROR:
         return cfg_oom(ctx);
-    case YAML_READER_ERROR:
-        return cfg_error(ctx, NULL, "%s at byte offset %zu", p->problem ? p->problem : "bad input",
-                         p->problem_offset);
+    case YAML_READER_ERROR: {
+        /* libyaml's reader gives only a byte offset (no mark): count the
+         * lines and characters before it, as its marks do. */
+        yaml_mark_t m = offset_mark(ctx, p->problem_offset);
+        const char *what = p->problem ? p->problem : "bad input";
+        if (p->problem_value >= 0)
+            return cfg_error(ctx, &m, "%s (byte 0x%02x); the file must be UTF-8 text", what,
+                             (unsigned)p->problem_value & 0xffu);
+        return cfg_error(ctx, &m, "%s; the file must be UTF-8 text", what);
+    }
     default:
         break;
     }
@@ -343,49 +386,21 @@ static int match_word(const char *const *names, const char *s)
     return -1;
 }
 
-/* Checks "HOST:PORT" or "[V6]:PORT" with port 1..65535. On failure returns
- * -1 and sets *why. A deliberately small check: resolving is the listener's
- * job, this only catches what is certainly wrong. */
+/* Checks "HOST:PORT" or "[V6]:PORT" with port 1..65535, completely (see
+ * kvs_addr: IPv4 and IPv6 addresses must parse, host names must be
+ * syntactically valid), so a bad address is refused at load, not when the
+ * router or a worker first binds or connects. A unix socket is not a TCP
+ * address. On failure returns -1 and sets *why. */
 static int check_listen(const char *s, unsigned *port, const char **why)
 {
-    const char *colon;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (close == NULL || close == s + 1) {
-            *why = close == NULL ? "missing ']' after the IPv6 address" : "empty address in []";
-            return -1;
-        }
-        colon = close + 1;
-        if (*colon != ':') {
-            *why = "missing :PORT";
-            return -1;
-        }
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL) {
-            *why = "missing :PORT";
-            return -1;
-        }
-        if (colon == s) {
-            *why = "missing host (use 0.0.0.0:PORT for every interface)";
-            return -1;
-        }
-        if (memchr(s, ':', (size_t)(colon - s)) != NULL) {
-            *why = "an IPv6 address must be in brackets, as in [::1]:9527";
-            return -1;
-        }
-    }
-    if (strpbrk(s, " \t\r\n") != NULL) {
-        *why = "spaces are not allowed";
+    kvs_addr_t a;
+    if (strncmp(s, "unix:", 5) == 0) {
+        *why = "a unix socket is not allowed here";
         return -1;
     }
-    uint64_t v;
-    const char *end;
-    if (parse_digits(colon + 1, &v, &end) != 0 || *end != '\0' || v < 1 || v > 65535) {
-        *why = "port must be 1-65535";
+    if (kvs_addr_parse_why(s, 0, &a, why) != 0)
         return -1;
-    }
-    *port = (unsigned)v;
+    *port = a.port;
     return 0;
 }
 
@@ -1018,6 +1033,43 @@ static int check_limits(cfg_ctx_t *ctx)
     return 0;
 }
 
+/* The highest shard id this node runs itself (not in cluster.remote), or
+ * -1 when every shard is remote. */
+static long highest_local_shard(const kvs_config_t *c)
+{
+    for (long s = (long)c->shards - 1; s >= 0; s--)
+        if (kvs_config_remote(c, (uint32_t)s) == NULL)
+            return s;
+    return -1;
+}
+
+/* Paths derived from data_dir must fit where they go: every local worker's
+ * socket <data_dir>/shard-N.sock in a unix socket address (107 bytes), and
+ * router.lock and the files of <data_dir>/shard-N/ in PATH_MAX. Checked here so a long
+ * data_dir is a config error, not a failure after the workers started. */
+static int check_paths(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    size_t i = directive_index("data_dir"), dlen = strlen(c->data_dir);
+    const yaml_mark_t *m = ctx->seen[i] ? &ctx->marks[i] : NULL;
+    long top = highest_local_shard(c);
+    char sock[32];
+    int n = top < 0 ? 0 : snprintf(sock, sizeof(sock), "/shard-%ld.sock", top);
+    if (n > 0 && dlen + (size_t)n > KVS_SOCKET_PATH_MAX)
+        return cfg_error(ctx, m,
+                         "data_dir is too long for the workers' unix sockets: \"%.80s%s%s\" is "
+                         "%zu bytes, a unix socket path may have at most %d; use a shorter "
+                         "data_dir (a symlink to the real directory works)",
+                         c->data_dir, dlen > 80 ? "..." : "", sock, dlen + (size_t)n,
+                         KVS_SOCKET_PATH_MAX);
+    n = top < 0 ? snprintf(sock, sizeof(sock), "/router.lock")
+                : snprintf(sock, sizeof(sock), "/shard-%ld/data.mdb", top);
+    if (n > 0 && dlen + (size_t)n >= KVS_PATH_MAX)
+        return cfg_error(ctx, m, "data_dir is too long: paths under it must stay below %d bytes",
+                         KVS_PATH_MAX);
+    return 0;
+}
+
 /* ---- entry points ------------------------------------------------------------ */
 
 static int apply_defaults(cfg_ctx_t *ctx)
@@ -1049,6 +1101,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
     if (rc == 0)
         rc = check_remote(ctx);
     if (rc == 0)
+        rc = check_paths(ctx);
+    if (rc == 0)
         rc = check_limits(ctx);
     ctx->doc = NULL;
     yaml_document_delete(&doc);
@@ -1070,6 +1124,8 @@ static int parse_as(const char *name, const char *stored_path, const char *text,
     yaml_parser_t parser;
     memset(&ctx, 0, sizeof(ctx));
     ctx.name = name;
+    ctx.text = text ? text : "";
+    ctx.len = text ? len : 0;
     ctx.err = err;
     ctx.errlen = errlen;
     *out = NULL;

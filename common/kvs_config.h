@@ -10,7 +10,8 @@
  *
  * Recognized keys and defaults:
  *
- *   data_dir: ./data
+ *   data_dir: ./data         <data_dir>/shard-N.sock must fit a unix socket
+ *                            path (107 bytes) for every local shard N
  *   cluster:
  *     shards: 4              1..1024
  *     partitions: 64         >= shards, <= 65536
@@ -18,9 +19,13 @@
  *                            - {shard: 2, address: HOST:PORT}
  *                            (not spawned here; the router connects there)
  *   router:
- *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT
+ *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT; checked at load: an
+ *                            IPv4/IPv6 address must parse, a name must be a
+ *                            valid host name (resolved later, at bind)
  *     timeout: 5s            a shard that does not answer within this gets
  *                            the request answered 503
+ *     ready_timeout: 30s     the local workers must all answer within this
+ *                            at start, or the router gives up (exit 1)
  *   node:
  *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
  *                            also listens on TCP port PORT+N
@@ -111,6 +116,7 @@ typedef struct kvs_config_s {
 
     char *router_listen;
     uint64_t router_timeout_ms;
+    uint64_t router_ready_timeout_ms;
     char *node_listen; /* "" when unset */
 
     kvs_sync_t sync;

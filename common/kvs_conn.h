@@ -283,8 +283,10 @@ typedef union kvs_listener_u {
     uv_pipe_t pipe;
 } kvs_listener_t;
 
-/* Resolves a TCP address (numeric or a name, synchronously: for start-up
- * only, never on a running loop). Returns 0 or a uv error. */
+/* Resolves a TCP address (numeric or a name) synchronously: only at
+ * start-up (binding listeners, before any client is served) and in tools;
+ * anything that resolves while serving uses uv_getaddrinfo with a callback
+ * (router_link). Returns 0 or a uv error. */
 int kvs_resolve(uv_loop_t *loop, const kvs_addr_t *a, struct sockaddr_storage *out);
 
 /* Binds and listens on `addr` (TCP with SO_REUSEADDR, or a unix socket whose

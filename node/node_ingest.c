@@ -511,6 +511,30 @@ static int64_t end_offset(node_ingest_t *in, const topic_t *t, int32_t p)
     return hi;
 }
 
+/* The offset of the next record of partition p that ingestion applies:
+ * the stored one, or, before any record of it was applied, where
+ * auto.offset.reset starts it: the partition's first offset (earliest, the
+ * default) or its end (latest), as the brokers last told; -1 while they
+ * have not. So an empty partition shows 0, not "-1 = nothing read". */
+static int64_t next_offset(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    int64_t lo, hi, next = t->parts[p].next;
+    if (next >= 0)
+        return next;
+    if (rd_kafka_get_watermark_offsets(in->rk, t->b->topic, p, &lo, &hi) != 0)
+        return -1;
+    next = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+    return next < 0 ? -1 : next;
+}
+
+/* Records between next and end; -1 when either is not known. */
+static int64_t part_lag(int64_t next, int64_t end)
+{
+    if (next < 0 || end < 0)
+        return -1;
+    return end > next ? end - next : 0;
+}
+
 static void report(node_ingest_t *in)
 {
     for (size_t i = 0; i < in->n_topics; i++) {
@@ -521,14 +545,14 @@ static void report(node_ingest_t *in)
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            int64_t end = end_offset(in, t, (int32_t)p);
+            int64_t l = part_lag(next_offset(in, t, (int32_t)p), end_offset(in, t, (int32_t)p));
             applied += pt->applied;
             skipped += pt->skipped;
             misplaced += pt->misplaced;
-            if (end < 0)
+            if (l < 0)
                 unknown = 1;
-            else if (end > pt->next)
-                lag += (uint64_t)(end - (pt->next < 0 ? 0 : pt->next));
+            else
+                lag += (uint64_t)l;
         }
         kvs_info("kafka %s -> %s: applied %llu (misplaced %llu), skipped %llu, lag %llu%s",
                  t->b->topic, t->b->table, (unsigned long long)applied,
@@ -566,18 +590,18 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            int64_t end = end_offset(in, t, (int32_t)p), next = pt->next < 0 ? 0 : pt->next;
+            int64_t end = end_offset(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
             int n = snprintf(key, sizeof(key), "kafka.%s.%05u.", t->b->topic, p);
             snprintf(key + n, sizeof(key) - (size_t)n, "applied");
             info_int(r, key, (int64_t)pt->applied);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
-            info_int(r, key, end < 0 ? -1 : end > next ? end - next : 0);
+            info_int(r, key, part_lag(next, end));
             snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
-            info_int(r, key, pt->next);
+            info_int(r, key, next);
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
         }

@@ -41,7 +41,11 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,skipped}. */
+ * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,skipped}.
+ * next_offset is the offset of the next record to apply; before the
+ * partition gave any, where ingestion starts (its first offset, or its end
+ * with auto.offset.reset latest). end_offset, lag and a next_offset not
+ * stored yet are -1 while the brokers have not told them. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by

@@ -10,6 +10,17 @@
  * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
  *
  * Normally started by kvs-router; runs stand-alone just as well.
+ *
+ * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
+ * sysexits.h) when the configuration can never work for this shard, so a
+ * supervisor must not restart it: the config file is invalid, the shard or
+ * a derived address or path does not fit, the data directory belongs to
+ * another shard or placement, librdkafka refuses a kafka.properties entry,
+ * or a bound topic's partition count differs from the configured one. 1
+ * for anything that may pass by itself (a port in use, a data directory
+ * locked by a worker still stopping, brokers, disks). With --report-fd N
+ * the reason for an EX_CONFIG exit is also written to fd N (one line), so
+ * kvs-router can say why it stopped.
  */
 #include "kvs_addr.h"
 #include "kvs_config.h"
@@ -27,7 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/prctl.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 #define DRAIN_TIMEOUT_MS 10000
@@ -38,6 +51,7 @@ typedef struct node_args_s {
     const char *listen;
     const char *socket;
     int exit_with_parent;
+    int report_fd; /* -1: none */
 } node_args_t;
 
 typedef struct node_main_s {
@@ -48,6 +62,8 @@ typedef struct node_main_s {
     uv_timer_t drain;
     int signals;
     int exit_code;
+    int report_fd;    /* --report-fd, or -1 */
+    char fatal[1024]; /* why the exit status is EX_CONFIG */
 } node_main_t;
 
 static void usage(FILE *f)
@@ -60,7 +76,9 @@ static void usage(FILE *f)
                "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
                "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n"
                "  --exit-with-parent  drain and exit when the parent process dies (used by\n"
-               "                      kvs-router, so workers never outlive their router)\n");
+               "                      kvs-router, so workers never outlive their router)\n"
+               "  --report-fd N       on a configuration error (exit status 78), also write\n"
+               "                      the reason to fd N (used by kvs-router)\n");
 }
 
 static int parse_args(int argc, char **argv, node_args_t *a)
@@ -70,10 +88,12 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"listen", required_argument, NULL, 'l'},
                                          {"socket", required_argument, NULL, 'u'},
                                          {"exit-with-parent", no_argument, NULL, 'p'},
+                                         {"report-fd", required_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->shard = -1;
+    a->report_fd = -1;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:l:u:h", opts, NULL)) != -1) {
         char *end;
@@ -97,6 +117,15 @@ static int parse_args(int argc, char **argv, node_args_t *a)
         case 'p':
             a->exit_with_parent = 1;
             break;
+        case 'r': {
+            long fd = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || fd < 3 || fd > 1024) {
+                fprintf(stderr, "kvs-node: --report-fd must be a file descriptor from 3 to 1024\n");
+                return -1;
+            }
+            a->report_fd = (int)fd;
+            break;
+        }
         case 'h':
             usage(stdout);
             exit(0);
@@ -112,37 +141,72 @@ static int parse_args(int argc, char **argv, node_args_t *a)
     return 0;
 }
 
-/* Works out the addresses to listen on. Returns the count or -1. */
-static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_t addrs[2])
+/* Works out the addresses to listen on. Returns the count, or -1 with the
+ * reason in err. */
+static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_t addrs[2],
+                        char *err, size_t errlen)
 {
-    char err[256], text[4200];
+    char why[256], text[4200];
     int n = 0;
     if (a->socket != NULL)
         snprintf(text, sizeof(text), "unix:%s", a->socket);
     else
         snprintf(text, sizeof(text), "unix:%s/shard-%ld.sock", cfg->data_dir, a->shard);
-    if (kvs_addr_parse(text, 0, &addrs[n], err, sizeof(err)) != 0) {
-        kvs_error("socket path: %s; pass a shorter one with --socket", err);
+    if (kvs_addr_parse(text, 0, &addrs[n], why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "socket path: %s; pass a shorter one with --socket", why);
         return -1;
     }
     n++;
     if (a->listen != NULL) {
-        if (kvs_addr_parse(a->listen, 1, &addrs[n], err, sizeof(err)) != 0) {
-            kvs_error("--listen: %s", err);
+        if (kvs_addr_parse(a->listen, 1, &addrs[n], why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "--listen: %s", why);
             return -1;
         }
         n++;
     } else if (cfg->node_listen[0] != '\0') {
-        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], err, sizeof(err)) != 0 ||
+        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], why, sizeof(why)) != 0 ||
             addrs[n].port + a->shard > 65535) {
-            kvs_error("node.listen \"%s\": cannot derive shard %ld's port", cfg->node_listen,
-                      a->shard);
+            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port",
+                     cfg->node_listen, a->shard);
             return -1;
         }
         addrs[n].port = (uint16_t)(addrs[n].port + a->shard);
         n++;
     }
     return n;
+}
+
+/* ---- exit status -------------------------------------------------------------- */
+
+/* The configuration can never work for this shard: logs why, keeps it for
+ * the report fd, and sets the exit status to EX_CONFIG. Returns EX_CONFIG. */
+__attribute__((format(printf, 2, 3))) static int config_fatal(node_main_t *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->fatal, sizeof(m->fatal), fmt, ap);
+    va_end(ap);
+    kvs_error("%s", m->fatal);
+    m->exit_code = EX_CONFIG;
+    return EX_CONFIG;
+}
+
+/* Writes the EX_CONFIG reason to the report fd (one line), if asked to. */
+static int finish(const node_main_t *m, int code)
+{
+    if (code != EX_CONFIG || m->report_fd < 0 || m->fatal[0] == '\0')
+        return code;
+    char line[sizeof(m->fatal) + 1];
+    int n = snprintf(line, sizeof(line), "%s\n", m->fatal);
+    for (size_t off = 0; n > 0 && off < (size_t)n;) {
+        ssize_t w = write(m->report_fd, line + off, (size_t)n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break; /* nobody listens: the log has it */
+        off += (size_t)w;
+    }
+    return code;
 }
 
 /* ---- signals and shutdown --------------------------------------------------- */
@@ -190,11 +254,12 @@ static void on_signal(uv_signal_t *h, int signum)
     begin_shutdown(m);
 }
 
+/* A bound topic does not match the config (its partition count): running
+ * on would misplace keys, and restarting cannot help. */
 static void on_ingest_fatal(void *arg, const char *msg)
 {
     node_main_t *m = arg;
-    kvs_error("%s", msg);
-    m->exit_code = 1;
+    config_fatal(m, "%s", msg);
     if (m->signals++ == 0)
         begin_shutdown(m);
 }
@@ -221,10 +286,12 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
         .arg = m,
     };
     int rc = node_ingest_start(&o, &m->ingest, err, sizeof(err));
-    if (rc != 0) {
+    if (rc == KVS_ECONFIG)
+        config_fatal(m, "%s", err);
+    else if (rc != 0)
         kvs_error("%s", err);
+    if (rc != 0)
         return rc;
-    }
     node_server_set_ingest(m->srv, m->ingest, on_turn, m);
     return 0;
 }
@@ -240,14 +307,16 @@ static void watch_signals(node_main_t *m)
 
 /* ---- main --------------------------------------------------------------------- */
 
-static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out)
+/* Opens the shard's environment. Returns 0, or an error with err set. */
+static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, char *err,
+                      size_t errlen)
 {
-    char dir[4096], placement[64], err[1024];
+    char dir[4096], placement[64];
     snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
     snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards, cfg->partitions);
     int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
-        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
+        snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
     node_store_opts_t so = {
@@ -260,19 +329,46 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out)
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
-    rc = node_store_open(&so, out, err, sizeof(err));
-    if (rc != 0)
+    return node_store_open(&so, out, err, errlen);
+}
+
+/* Everything before the loop: config, addresses, store. Returns 0, or the
+ * exit status (the reason logged). */
+static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, kvs_addr_t addrs[2],
+                   int *n_addrs, node_store_t **store)
+{
+    char err[1024];
+    if (kvs_config_load(args->config, cfg, err, sizeof(err)) != 0)
+        return config_fatal(m, "%s", err);
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse((*cfg)->log_level, &level);
+    kvs_log_init("node", (int)args->shard, level);
+    if ((uint32_t)args->shard >= (*cfg)->shards)
+        return config_fatal(m,
+                            "--shard %ld is out of range: %s has cluster.shards = %u (shards "
+                            "0..%u)",
+                            args->shard, args->config, (*cfg)->shards, (*cfg)->shards - 1);
+    *n_addrs = listen_addrs(*cfg, args, addrs, err, sizeof(err));
+    if (*n_addrs < 0)
+        return config_fatal(m, "%s", err);
+    int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
+    if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
+        return config_fatal(m, "%s", err);
+    if (rc != 0) {
         kvs_error("%s", err);
-    return rc;
+        return 1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     node_args_t args;
-    char err[1024];
     kvs_config_t *cfg = NULL;
     node_store_t *store = NULL;
-    node_main_t m = {.exit_code = 0};
+    node_main_t m = {.exit_code = 0, .report_fd = -1};
+    kvs_addr_t addrs[2];
+    int n_addrs = 0;
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("node", -1, KVS_LOG_INFO);
@@ -283,30 +379,17 @@ int main(int argc, char **argv)
     pid_t parent = getppid();
     if (parse_args(argc, argv, &args) != 0)
         return 2;
+    m.report_fd = args.report_fd;
     /* SIGTERM (a graceful drain) when the router dies, even by SIGKILL; the
      * getppid check covers a parent that died before prctl took effect. */
     if (args.exit_with_parent && (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
         kvs_error("parent process is gone; not starting");
         return 1;
     }
-    if (kvs_config_load(args.config, &cfg, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        return 1;
-    }
-    kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(cfg->log_level, &level);
-    kvs_log_init("node", (int)args.shard, level);
-    if ((uint32_t)args.shard >= cfg->shards) {
-        kvs_error("--shard %ld is out of range: %s has cluster.shards = %u (shards 0..%u)",
-                  args.shard, args.config, cfg->shards, cfg->shards - 1);
+    int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
+    if (rc != 0) {
         kvs_config_free(cfg);
-        return 1;
-    }
-    kvs_addr_t addrs[2];
-    int n_addrs = listen_addrs(cfg, &args, addrs);
-    if (n_addrs < 0 || open_store(cfg, args.shard, &store) != 0) {
-        kvs_config_free(cfg);
-        return 1;
+        return finish(&m, rc);
     }
 
     m.loop = uv_default_loop();
@@ -329,7 +412,8 @@ int main(int argc, char **argv)
     node_store_set_fail_arg(store, m.srv);
     watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0) {
-        m.exit_code = 1;
+        if (m.exit_code == 0)
+            m.exit_code = 1;
         m.signals = 1;
         begin_shutdown(&m);
     }
@@ -342,14 +426,15 @@ int main(int argc, char **argv)
     uv_run(m.loop, UV_RUN_DEFAULT);
 
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
-    int rc = node_store_close(store);
+    rc = node_store_close(store);
     if (rc != 0) {
         kvs_error("closing the store: %s", kvs_strerror(rc));
-        m.exit_code = 1;
+        if (m.exit_code == 0)
+            m.exit_code = 1;
     }
     node_server_free(m.srv);
     uv_loop_close(m.loop);
     kvs_config_free(cfg);
     kvs_info("stopped");
-    return m.exit_code;
+    return finish(&m, m.exit_code);
 }

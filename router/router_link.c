@@ -12,6 +12,19 @@
  *    link immediately starts another.
  *  - One timer serves two purposes: while down it is the reconnect backoff,
  *    while up it fires at the oldest request's deadline.
+ *  - A remote shard named by host name is resolved again on every
+ *    (re)connect, so a moved node is found, and asynchronously
+ *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
+ *    resolver delays only this link, never the loop. `resolving` is set
+ *    while a lookup is in flight; it counts as connecting (no second
+ *    attempt starts). A lookup cannot be abandoned once a thread runs it:
+ *    router_link_stop cancels it if it has not started, and otherwise its
+ *    callback, which the loop always runs, sees `stopping` and only frees
+ *    the result; so the link must outlive the loop run (it does: the
+ *    router frees links after uv_run returns). Numeric addresses are not
+ *    resolved at all. When a name has several addresses, a failed connect
+ *    tries the next one at once (ai_next walks ai_list, freed once up, out
+ *    of addresses, or stopped).
  */
 #include "router_link.h"
 #include "kvs_err.h"
@@ -29,6 +42,7 @@
 
 static void link_connect(router_link_t *l);
 static void link_arm_timer(router_link_t *l);
+static void link_retry(router_link_t *l);
 
 /* ---- FIFO -------------------------------------------------------------- */
 
@@ -79,6 +93,13 @@ static void fail_all(router_link_t *l, const char *why)
 static void on_conn_closed(kvs_conn_t *c)
 {
     free(c);
+}
+
+static void link_forget_addrs(router_link_t *l)
+{
+    if (l->ai_list != NULL)
+        uv_freeaddrinfo(l->ai_list);
+    l->ai_list = l->ai_next = NULL;
 }
 
 /* Drops the connection, fails what was pending, and schedules a reconnect. */
@@ -134,9 +155,10 @@ static void on_connected(uv_connect_t *req, int status)
         if (c == l->conn)
             l->conn = NULL;
         if (!l->stopping)
-            link_arm_timer(l);
+            link_retry(l); /* the name's next address, or later */
         return;
     }
+    link_forget_addrs(l);
     l->up = 1;
     l->backoff_ms = BACKOFF_MIN_MS;
     l->last_error[0] = '\0';
@@ -145,11 +167,16 @@ static void on_connected(uv_connect_t *req, int status)
         l->on_state(l, 1);
 }
 
-static void link_connect(router_link_t *l)
+/* Starts a connection to `sa` (NULL for the unix socket). On failure the
+ * reason is kept and a retry is scheduled. */
+static void link_dial(router_link_t *l, const struct sockaddr *sa)
 {
     kvs_conn_t *c = malloc(sizeof(*c));
-    if (c == NULL)
+    if (c == NULL) {
+        snprintf(l->last_error, sizeof(l->last_error), "out of memory");
+        link_arm_timer(l);
         return;
+    }
     int rc = kvs_conn_init(c, l->loop, l->addr.is_unix, l->max_frame, on_frame, on_conn_error,
                            on_conn_closed);
     c->data = l;
@@ -162,25 +189,91 @@ static void link_connect(router_link_t *l)
     l->conn = c;
     l->connect_req.data = l;
     if (rc == 0) {
-        if (l->addr.is_unix) {
+        if (sa == NULL)
             uv_pipe_connect(&l->connect_req, &c->h.pipe, l->addr.path, on_connected);
-        } else {
-            struct sockaddr_storage ss;
-            rc = kvs_resolve(l->loop, &l->addr, &ss);
-            if (rc == 0)
-                rc = uv_tcp_connect(&l->connect_req, &c->h.tcp, (struct sockaddr *)&ss,
-                                    on_connected);
-        }
+        else
+            rc = uv_tcp_connect(&l->connect_req, &c->h.tcp, sa, on_connected);
     }
     if (rc != 0) {
         snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
                  uv_strerror(rc));
         kvs_conn_close(c);
         l->conn = NULL;
-        link_arm_timer(l);
+        link_retry(l);
         return;
     }
     l->connecting = 1;
+}
+
+/* Dials the next address the name resolved to. */
+static void link_dial_next(router_link_t *l)
+{
+    const struct addrinfo *ai = l->ai_next;
+    l->ai_next = ai->ai_next;
+    link_dial(l, ai->ai_addr); /* uv_tcp_connect copies the address */
+}
+
+/* A connection attempt failed: a name that resolved to several addresses
+ * (IPv6 and IPv4, several A records) tries the next one at once, as
+ * clients of such names do; after the last, the backoff timer decides. */
+static void link_retry(router_link_t *l)
+{
+    if (l->ai_next != NULL) {
+        link_dial_next(l);
+        return;
+    }
+    link_forget_addrs(l);
+    link_arm_timer(l);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    router_link_t *l = req->data;
+    l->resolving = 0;
+    if (l->stopping) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status != 0 || res == NULL) {
+        snprintf(l->last_error, sizeof(l->last_error), "cannot resolve %s: %s", l->addr.host,
+                 status != 0 ? uv_strerror(status) : "no address");
+        uv_freeaddrinfo(res);
+        link_arm_timer(l);
+        return;
+    }
+    l->ai_list = l->ai_next = res;
+    link_dial_next(l);
+}
+
+/* Connects: at once to a unix socket or a numeric address, through an
+ * asynchronous lookup for a host name. */
+static void link_connect(router_link_t *l)
+{
+    struct sockaddr_storage ss;
+    if (l->addr.is_unix) {
+        link_dial(l, NULL);
+        return;
+    }
+    if (uv_ip4_addr(l->addr.host, l->addr.port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(l->addr.host, l->addr.port, (struct sockaddr_in6 *)&ss) == 0) {
+        link_dial(l, (const struct sockaddr *)&ss);
+        return;
+    }
+    struct addrinfo hints;
+    char port[8];
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof(port), "%u", l->addr.port);
+    l->resolve_req.data = l;
+    int rc = uv_getaddrinfo(l->loop, &l->resolve_req, on_resolved, l->addr.host, port, &hints);
+    if (rc != 0) {
+        snprintf(l->last_error, sizeof(l->last_error), "cannot resolve %s: %s", l->addr.host,
+                 uv_strerror(rc));
+        link_arm_timer(l);
+        return;
+    }
+    l->resolving = 1;
 }
 
 /* ---- timer ------------------------------------------------------------------ */
@@ -191,7 +284,7 @@ static void on_timer(uv_timer_t *t)
     if (l->stopping)
         return;
     if (!l->up) {
-        if (!l->connecting && l->conn == NULL)
+        if (!l->connecting && !l->resolving && l->conn == NULL)
             link_connect(l);
         return;
     }
@@ -212,7 +305,7 @@ static void link_arm_timer(router_link_t *l)
     if (l->stopping)
         return;
     if (!l->up) {
-        if (l->connecting)
+        if (l->connecting || l->resolving)
             return;
         uv_timer_start(&l->timer, on_timer, l->backoff_ms, 0);
         l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
@@ -302,8 +395,8 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
 
 void router_link_stop(router_link_t *l)
 {
-    if (l->stopping)
-        return;
+    if (l->loop == NULL || l->stopping)
+        return; /* never started (a failed start-up), or stopped already */
     fail_all(l, "the router is shutting down");
     l->stopping = 1;
     if (l->conn != NULL) {
@@ -311,6 +404,9 @@ void router_link_stop(router_link_t *l)
         kvs_conn_close(l->conn);
         l->conn = NULL;
     }
+    if (l->resolving)
+        uv_cancel((uv_req_t *)&l->resolve_req); /* UV_EBUSY once a thread runs it */
+    link_forget_addrs(l);
     uv_timer_stop(&l->timer);
     uv_close((uv_handle_t *)&l->timer, NULL);
     free(l->fifo);

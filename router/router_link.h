@@ -44,6 +44,10 @@ struct router_link_s {
     char addr_text[160];
     kvs_conn_t *conn; /* NULL while down */
     uv_connect_t connect_req;
+    uv_getaddrinfo_t resolve_req; /* a host name's lookup, in flight while `resolving` */
+    int resolving;
+    struct addrinfo *ai_list; /* the last lookup's addresses, while trying them */
+    struct addrinfo *ai_next; /* the next one to try, or NULL */
     int connecting;
     int up;
     int stopping;
@@ -62,7 +66,8 @@ struct router_link_s {
     void *data;
 };
 
-/* Initializes and starts connecting. Returns 0 or a uv error. */
+/* Initializes and starts connecting (a host name is resolved
+ * asynchronously, again at every reconnect). Returns 0 or a uv error. */
 int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
                       uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
                       router_link_reply_cb on_reply, router_link_state_cb on_state);
@@ -77,7 +82,9 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
 int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part);
 
 /* Fails every pending request and closes the connection; no reconnect.
- * The link's handles are closed; `l` must stay valid until the loop ran. */
+ * The link's handles are closed; `l` must stay valid until the loop ran
+ * (a name lookup in flight still calls back into it). A zeroed link that
+ * was never started, or one already stopped, is left alone. */
 void router_link_stop(router_link_t *l);
 
 #endif

@@ -12,7 +12,19 @@
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting, answer every request already
  * received, close clients, stop the workers (SIGTERM, SIGKILL after a grace
- * period), exit 0. A second signal closes clients at once.
+ * period), exit 0. A second signal closes clients at once. Workers run in
+ * their own process group (and die with the router through
+ * PR_SET_PDEATHSIG), so a terminal's Ctrl-C, which signals the whole
+ * foreground group, reaches only the router and drains exactly like
+ * SIGTERM; no worker is restarted once the shutdown began.
+ *
+ * The shutdown has one entry, shutdown_begin, whatever the cause (a signal,
+ * the readiness timeout, a worker's fatal exit, a failed start), and each
+ * step runs once: draining, then stopping links and workers. Exit status:
+ * 0 after a signal, 1 when the node could not start (or listen), 2 for a
+ * bad command line, 78 (EX_CONFIG) for a config file that does not load or
+ * when a worker reported that its configuration can never work (its
+ * message is the router's last log line).
  */
 #include "kvs_config.h"
 #include "kvs_err.h"
@@ -29,11 +41,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 #include <unistd.h>
 
-#define READY_TIMEOUT_MS 30000
 #define DRAIN_TIMEOUT_MS 10000
 #define WORKER_GRACE_MS 10000
+#define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
+#define REPORT_FD_ARG "3"
 
 typedef struct router_main_s {
     router_t r;
@@ -43,7 +57,10 @@ typedef struct router_main_s {
     uv_timer_t timer; /* readiness deadline, then drain deadline */
     int signals;
     int ready;
+    int shutting_down;    /* shutdown_begin ran: draining clients */
+    int workers_stopping; /* links and workers are being stopped */
     int exit_code;
+    char final_msg[800]; /* the last log line, when a worker's exit stopped the node */
     uint32_t local_up;
     uint32_t n_local;
 } router_main_t;
@@ -100,12 +117,15 @@ static int take_lock(const kvs_config_t *cfg)
     return fd < 0 ? fd : 0; /* fd stays open (and locked) until exit */
 }
 
+static void shutdown_begin(router_main_t *m, int exit_code);
+
 /* ---- links ----------------------------------------------------------------- */
 
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
-    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || !up || l->seen_up)
+    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || m->shutting_down || !up ||
+        l->seen_up)
         return;
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
@@ -113,8 +133,7 @@ static void on_link_state(router_link_t *l, int up)
     m->ready = 1;
     uv_timer_stop(&m->timer);
     if (router_clients_listen(&m->r) != 0) {
-        m->exit_code = 1;
-        uv_kill(getpid(), SIGTERM); /* unwind through the normal shutdown */
+        shutdown_begin(m, 1);
         return;
     }
     kvs_info("node ready: %u shards (%u local)", m->r.shards, m->n_local);
@@ -135,7 +154,7 @@ static int start_links(router_main_t *m)
         else
             snprintf(text, sizeof(text), "unix:%s/shard-%u.sock", cfg->data_dir, s);
         if (kvs_addr_parse(text, 0, &addr, err, sizeof(err)) != 0) {
-            kvs_error("shard %u address: %s", s, err);
+            kvs_error("shard %u address: %s", s, err); /* the config load checked it */
             return KVS_EINVAL;
         }
         int rc = router_link_start(&m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms,
@@ -150,6 +169,24 @@ static int start_links(router_main_t *m)
 }
 
 /* ---- workers --------------------------------------------------------------------- */
+
+/* A worker exited with EX_CONFIG: its configuration can never work (a
+ * binding's partition count differs from the topic's, its data directory
+ * belongs to another shard, ...). The supervisor does not restart it, and
+ * a node missing a shard for good is not a node: stop, saying why. */
+static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
+{
+    router_main_t *m = arg;
+    if (running || sig != 0 || status != EX_CONFIG)
+        return;
+    const char *why = router_sup_report(m->sup, shard);
+    snprintf(m->final_msg, sizeof(m->final_msg),
+             "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
+             "status %d, EX_CONFIG; fix the config and start again)",
+             shard, why[0] ? why : "see its error above", EX_CONFIG);
+    kvs_error("shard %u cannot run with this configuration; stopping the node", shard);
+    shutdown_begin(m, EX_CONFIG);
+}
 
 static int start_workers(router_main_t *m, const char *argv0)
 {
@@ -166,7 +203,8 @@ static int start_workers(router_main_t *m, const char *argv0)
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (kvs_config_remote(cfg, s) == NULL)
             local[m->n_local++] = s;
-    const char *args[] = {"--config", m->config_path, "--exit-with-parent", NULL};
+    const char *args[] = {"--config",    m->config_path, "--exit-with-parent",
+                          "--report-fd", REPORT_FD_ARG,  NULL};
     router_sup_opts_t o = {
         .loop = m->r.loop,
         .exe = exe,
@@ -178,6 +216,11 @@ static int start_workers(router_main_t *m, const char *argv0)
         .stable_ms = 30000,
         .crash_loop_limit = 5,
         .stop_grace_ms = WORKER_GRACE_MS,
+        .detach = 1,
+        .report_fd = REPORT_FD,
+        .fatal_status = EX_CONFIG,
+        .on_event = on_worker_event,
+        .arg = m,
     };
     int rc = router_sup_start(&o, &m->sup);
     free(local);
@@ -201,8 +244,15 @@ static void on_workers_stopped(void *arg)
     uv_walk(m->r.loop, close_any, NULL);
 }
 
-static void stop_workers(router_main_t *m)
+/* Every client is gone: stop the links and the workers, once. */
+static void on_drained(router_t *r)
 {
+    router_main_t *m = (router_main_t *)r; /* r is the first member */
+    if (m->workers_stopping)
+        return;
+    m->workers_stopping = 1;
+    uv_timer_stop(&m->timer);
+    kvs_info("clients drained; stopping workers");
     for (uint32_t s = 0; s < m->r.shards && m->r.links != NULL; s++)
         router_link_stop(&m->r.links[s]);
     if (m->sup != NULL)
@@ -211,42 +261,50 @@ static void stop_workers(router_main_t *m)
         on_workers_stopped(m);
 }
 
-static void on_drained(router_t *r)
-{
-    router_main_t *m = (router_main_t *)r; /* r is the first member */
-    uv_timer_stop(&m->timer);
-    kvs_info("clients drained; stopping workers");
-    stop_workers(m);
-}
-
-static void on_timer(uv_timer_t *t)
+static void on_drain_timeout(uv_timer_t *t)
 {
     router_main_t *m = t->data;
-    if (!m->ready && !m->r.draining) {
-        kvs_error("local shards did not come up within %d s (see the worker errors above); "
-                  "giving up",
-                  READY_TIMEOUT_MS / 1000);
-        m->exit_code = 1;
-        m->r.on_drained = on_drained;
-        router_clients_drain(&m->r);
-        return;
-    }
     kvs_warn("clients did not drain within %d ms; closing them", DRAIN_TIMEOUT_MS);
     router_clients_abort(&m->r);
+}
+
+/* The one way into the shutdown: stop accepting, hold worker restarts,
+ * answer what was received, then stop everything (on_drained). Later calls
+ * only raise the exit code. */
+static void shutdown_begin(router_main_t *m, int exit_code)
+{
+    if (m->exit_code == 0)
+        m->exit_code = exit_code;
+    if (m->shutting_down)
+        return;
+    m->shutting_down = 1;
+    if (m->sup != NULL)
+        router_sup_hold(m->sup);
+    uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
+    m->r.on_drained = on_drained;
+    router_clients_drain(&m->r); /* may call on_drained at once */
+}
+
+static void on_ready_timeout(uv_timer_t *t)
+{
+    router_main_t *m = t->data;
+    kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
+              "errors above); giving up",
+              (unsigned long long)m->r.cfg->router_ready_timeout_ms);
+    shutdown_begin(m, 1);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     router_main_t *m = h->data;
-    if (m->signals++ > 0) {
-        kvs_warn("second signal: closing clients now");
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (m->signals++ > 0 || m->shutting_down) {
+        kvs_warn("%s while shutting down: closing clients now", name);
         router_clients_abort(&m->r);
         return;
     }
-    kvs_info("received %s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    uv_timer_start(&m->timer, on_timer, DRAIN_TIMEOUT_MS, 0);
-    m->r.on_drained = on_drained;
-    router_clients_drain(&m->r);
+    kvs_info("received %s: draining", name);
+    shutdown_begin(m, 0);
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -276,7 +334,7 @@ static int router_start(router_main_t *m, const char *argv0)
         m->ready = 1;
         return router_clients_listen(r);
     }
-    uv_timer_start(&m->timer, on_timer, READY_TIMEOUT_MS, 0);
+    uv_timer_start(&m->timer, on_ready_timeout, r->cfg->router_ready_timeout_ms, 0);
     return 0;
 }
 
@@ -296,7 +354,7 @@ int main(int argc, char **argv)
         return 2;
     if (kvs_config_load(m.config_path, &cfg, err, sizeof(err)) != 0) {
         kvs_error("%s", err);
-        return 1;
+        return EX_CONFIG;
     }
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse(cfg->log_level, &level);
@@ -306,12 +364,8 @@ int main(int argc, char **argv)
         kvs_config_free(cfg);
         return 1;
     }
-    if (router_start(&m, argv[0]) != 0) {
-        m.exit_code = 1;
-        m.signals = 1;
-        m.r.on_drained = on_drained;
-        router_clients_drain(&m.r);
-    }
+    if (router_start(&m, argv[0]) != 0)
+        shutdown_begin(&m, 1);
     uv_run(m.r.loop, UV_RUN_DEFAULT);
     if (m.sup != NULL)
         router_sup_free(m.sup);
@@ -321,6 +375,9 @@ int main(int argc, char **argv)
     kvs_arena_close(&m.r.merge_arena);
     uv_loop_close(m.r.loop);
     kvs_config_free(cfg);
-    kvs_info("stopped");
+    if (m.final_msg[0] != '\0')
+        kvs_error("%s", m.final_msg);
+    else
+        kvs_info("stopped");
     return m.exit_code;
 }

@@ -10,10 +10,14 @@
  *  - w->proc != NULL  <=>  w->pid != 0  <=>  the child is not yet reaped;
  *    n_running counts those workers.
  *  - A worker is in exactly one of: running, waiting on its restart timer,
- *    or idle (stopping). Restarts are never scheduled once `stopping`.
+ *    or idle (stopping, holding, or exited with fatal_status). Restarts are
+ *    never scheduled once `stopping` or `holding`.
+ *  - w->report != NULL only while the child runs (with report_fd set): the
+ *    pipe is read once, without waiting, in the exit callback, and closed
+ *    there; the text stays in w->report_text until the next spawn.
  *  - n_open counts initialised handles whose close callback has not run
  *    (every restart timer, the grace timer, live and closing process
- *    handles). Once `closing` is set no handle is opened any more, so the
+ *    handles and report pipes). Once `closing` is set no handle is opened any more, so the
  *    close callback that brings n_open to 0 is the last one, and it alone
  *    calls `done`. Nothing touches the supervisor after `done`, which may
  *    free it.
@@ -36,22 +40,28 @@
 #include "kvs_log.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#define SUP_MAX_REPORT_FD 9
 
 typedef struct sup_worker_s {
     router_sup_t *sup;
     uint32_t shard;
-    char shard_arg[12];  /* decimal shard id, the argv slot value */
-    uv_process_t *proc;  /* live child's handle, NULL when not running */
-    pid_t pid;           /* 0 when not running */
-    uv_timer_t restart;  /* pending restart */
-    uint64_t started_ms; /* loop time of the last successful spawn */
-    uint64_t backoff_ms; /* delay of the next restart */
-    uint32_t restarts;   /* since the last stable run */
+    char shard_arg[12];    /* decimal shard id, the argv slot value */
+    uv_process_t *proc;    /* live child's handle, NULL when not running */
+    uv_pipe_t *report;     /* our end of the child's report_fd, NULL when none */
+    char report_text[512]; /* what the last child wrote there before exiting */
+    pid_t pid;             /* 0 when not running */
+    uv_timer_t restart;    /* pending restart */
+    uint64_t started_ms;   /* loop time of the last successful spawn */
+    uint64_t backoff_ms;   /* delay of the next restart */
+    uint32_t restarts;     /* since the last stable run */
 } sup_worker_t;
 
 struct router_sup_s {
@@ -60,6 +70,7 @@ struct router_sup_s {
     size_t argc;
     uint64_t backoff_min_ms, backoff_max_ms, stable_ms, stop_grace_ms;
     uint32_t crash_loop_limit;
+    int detach, report_fd, fatal_status;
     router_sup_event_cb on_event;
     void *arg;
     sup_worker_t *w;
@@ -67,7 +78,7 @@ struct router_sup_s {
     uv_timer_t grace;
     size_t n_running;
     size_t n_open;
-    unsigned stopping : 1, closing : 1, done_called : 1;
+    unsigned stopping : 1, closing : 1, done_called : 1, holding : 1;
     router_sup_done_cb done;
     void *done_arg;
 };
@@ -106,7 +117,9 @@ static const char *sig_name(int sig, char *buf, size_t len)
 static int sup_check_opts(const router_sup_opts_t *o)
 {
     if (o->loop == NULL || o->exe == NULL || o->backoff_min_ms == 0 ||
-        o->backoff_max_ms < o->backoff_min_ms || (o->n_shards > 0 && o->shards == NULL))
+        o->backoff_max_ms < o->backoff_min_ms || (o->n_shards > 0 && o->shards == NULL) ||
+        (o->report_fd != 0 && (o->report_fd < 3 || o->report_fd > SUP_MAX_REPORT_FD)) ||
+        o->fatal_status < 0 || o->fatal_status > 255)
         return UV_EINVAL;
     for (size_t i = 0; i < o->n_shards; i++)
         for (size_t j = i + 1; j < o->n_shards; j++)
@@ -156,6 +169,9 @@ static router_sup_t *sup_new(const router_sup_opts_t *o)
     s->stable_ms = o->stable_ms;
     s->stop_grace_ms = o->stop_grace_ms;
     s->crash_loop_limit = o->crash_loop_limit;
+    s->detach = o->detach;
+    s->report_fd = o->report_fd;
+    s->fatal_status = o->fatal_status;
     s->on_event = o->on_event;
     s->arg = o->arg;
     s->n = o->n_shards;
@@ -202,6 +218,9 @@ static void worker_on_proc_close(uv_handle_t *h)
     sup_handle_closed(w->sup);
 }
 
+/* The report pipe shares the process handle's close path: freed, counted. */
+#define worker_on_report_close worker_on_proc_close
+
 /* Once stopping and the last worker is reaped: close every timer. */
 static void sup_maybe_finish(router_sup_t *s)
 {
@@ -213,24 +232,55 @@ static void sup_maybe_finish(router_sup_t *s)
     uv_close((uv_handle_t *)&s->grace, sup_on_grace_close);
 }
 
-/* Spawns w's child. On failure the handle is closed and nothing changes. */
+/* Our end of the child's report_fd: a socketpair libuv creates at spawn
+ * (non-blocking on our side). Nothing reads it while the child runs; what
+ * the child wrote is taken when it exits (worker_take_report). */
+static int report_open(sup_worker_t *w, uv_stdio_container_t *slot)
+{
+    router_sup_t *s = w->sup;
+    uv_pipe_t *p = malloc(sizeof(*p));
+    if (p == NULL)
+        return UV_ENOMEM;
+    uv_pipe_init(s->loop, p, 0); /* cannot fail without IPC */
+    p->data = w;
+    s->n_open++;
+    w->report = p;
+    slot->flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    slot->data.stream = (uv_stream_t *)p;
+    return 0;
+}
+
+static void report_close(sup_worker_t *w)
+{
+    if (w->report == NULL)
+        return;
+    uv_close((uv_handle_t *)w->report, worker_on_report_close);
+    w->report = NULL;
+}
+
+/* Spawns w's child. On failure the handles are closed and nothing changes. */
 static int worker_spawn(sup_worker_t *w)
 {
     router_sup_t *s = w->sup;
-    uv_process_t *proc = malloc(sizeof(*proc));
-    if (proc == NULL)
-        return UV_ENOMEM;
-    uv_stdio_container_t stdio[3] = {
+    uv_stdio_container_t stdio[SUP_MAX_REPORT_FD + 1] = {
         {.flags = UV_IGNORE},
         {.flags = UV_INHERIT_FD, .data.fd = 1},
         {.flags = UV_INHERIT_FD, .data.fd = 2},
     };
+    if (s->report_fd > 0 && report_open(w, &stdio[s->report_fd]) != 0)
+        return UV_ENOMEM;
+    uv_process_t *proc = malloc(sizeof(*proc));
+    if (proc == NULL) {
+        report_close(w);
+        return UV_ENOMEM;
+    }
     uv_process_options_t po = {
         .exit_cb = worker_on_exit,
         .file = s->argv[0],
         .args = s->argv,
-        .stdio_count = 3,
-        .stdio = stdio,
+        .stdio_count = s->report_fd > 0 ? s->report_fd + 1 : 3,
+        .stdio = stdio, /* slots between 2 and report_fd are zero: UV_IGNORE */
+        .flags = s->detach ? UV_PROCESS_DETACHED : 0,
     };
     s->argv[s->argc - 1] = w->shard_arg;
     int rc = uv_spawn(s->loop, proc, &po);
@@ -238,11 +288,13 @@ static int worker_spawn(sup_worker_t *w)
     s->n_open++; /* a failed uv_spawn still initialised the handle */
     if (rc != 0) {
         uv_close((uv_handle_t *)proc, worker_on_proc_close);
+        report_close(w);
         return rc;
     }
     w->proc = proc;
     w->pid = proc->pid;
     w->started_ms = sup_now(s);
+    w->report_text[0] = '\0';
     s->n_running++;
     return 0;
 }
@@ -273,7 +325,7 @@ static void worker_on_restart(uv_timer_t *t)
 {
     sup_worker_t *w = t->data;
     router_sup_t *s = w->sup;
-    assert(!s->stopping && w->proc == NULL);
+    assert(!s->stopping && !s->holding && w->proc == NULL);
     int rc = worker_spawn(w);
     if (rc == UV_EMFILE || rc == UV_ENFILE) {
         /* Out of descriptors is the process's condition, not the worker's:
@@ -294,17 +346,57 @@ static void worker_on_restart(uv_timer_t *t)
         s->on_event(s->arg, w->shard, 1, 0, 0);
 }
 
+/* Takes what the exited child wrote to its report pipe: it wrote before
+ * exiting, so it is all in the socket buffer by now (no waiting for EOF).
+ * Kept as one line of printable text; the pipe is closed. */
+static void worker_take_report(sup_worker_t *w)
+{
+    char *t = w->report_text;
+    size_t n = 0, cap = sizeof(w->report_text) - 1;
+    uv_os_fd_t fd;
+    if (w->report != NULL && uv_fileno((uv_handle_t *)w->report, &fd) == 0) {
+        while (n < cap) {
+            ssize_t r = read(fd, t + n, cap - n);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break; /* EAGAIN: nothing more was written */
+            n += (size_t)r;
+        }
+    }
+    report_close(w);
+    while (n > 0 && (t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == ' '))
+        n--;
+    t[n] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)t[i] < 0x20 || t[i] == 0x7f)
+            t[i] = ' ';
+}
+
+static int worker_fatal(const router_sup_t *s, int64_t status, int sig)
+{
+    return s->fatal_status != 0 && sig == 0 && status == s->fatal_status;
+}
+
 static void worker_log_exit(const sup_worker_t *w, pid_t pid, int64_t status, int sig)
 {
     /* While stopping, a clean exit or death by our own signals is expected;
-     * anything else (a crash during drain) still deserves a warning. */
-    int expected =
-        w->sup->stopping && (sig == SIGTERM || sig == SIGKILL || (sig == 0 && status == 0));
-    kvs_log_level_t level = expected ? KVS_LOG_INFO : KVS_LOG_WARN;
+     * anything else (a crash during drain) still deserves a warning, and an
+     * exit that forbids restarts an error. */
+    const router_sup_t *s = w->sup;
+    int expected = (s->stopping || s->holding) &&
+                   (sig == SIGTERM || sig == SIGKILL || (sig == 0 && status == 0));
+    int fatal = worker_fatal(s, status, sig);
+    kvs_log_level_t level = fatal ? KVS_LOG_ERROR : expected ? KVS_LOG_INFO : KVS_LOG_WARN;
     char buf[16];
     if (sig != 0)
         kvs_log(level, "shard %" PRIu32 " (pid %d) killed by signal %s", w->shard, (int)pid,
                 sig_name(sig, buf, sizeof(buf)));
+    else if (fatal)
+        kvs_log(level,
+                "shard %" PRIu32 " (pid %d) exited with status %" PRId64
+                " (a fatal error: not restarting it)%s%s",
+                w->shard, (int)pid, status, w->report_text[0] ? ": " : "", w->report_text);
     else
         kvs_log(level, "shard %" PRIu32 " (pid %d) exited with status %" PRId64, w->shard, (int)pid,
                 status);
@@ -320,11 +412,18 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     w->pid = 0;
     s->n_running--;
     uv_close((uv_handle_t *)proc, worker_on_proc_close);
+    worker_take_report(w);
     worker_log_exit(w, pid, exit_status, term_signal);
     if (s->on_event != NULL)
         s->on_event(s->arg, w->shard, 0, exit_status, term_signal); /* may call stop */
     if (s->stopping) {
         sup_maybe_finish(s);
+        return;
+    }
+    if (worker_fatal(s, exit_status, term_signal))
+        return; /* idle until router_sup_stop */
+    if (s->holding) {
+        kvs_info("not restarting shard %" PRIu32 ": shutting down", w->shard);
         return;
     }
     if (uptime >= s->stable_ms) {
@@ -417,6 +516,21 @@ pid_t router_sup_pid(const router_sup_t *s, uint32_t shard)
         if (s->w[i].shard == shard)
             return s->w[i].pid;
     return 0;
+}
+
+const char *router_sup_report(const router_sup_t *s, uint32_t shard)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].shard == shard)
+            return s->w[i].report_text;
+    return "";
+}
+
+void router_sup_hold(router_sup_t *s)
+{
+    s->holding = 1;
+    for (size_t i = 0; i < s->n; i++)
+        uv_timer_stop(&s->w[i].restart);
 }
 
 void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)

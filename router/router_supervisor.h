@@ -14,9 +14,23 @@
  * reported as crash-looping at ERROR level on every further restart, and is
  * retried every backoff_max_ms for as long as the router runs.
  *
- * router_sup_stop is the graceful quit: no more restarts, SIGTERM to every
- * worker, SIGKILL to stragglers after stop_grace_ms, and `done` once every
- * worker has been reaped and every handle closed.
+ * A worker that exits with fatal_status (kvs-node uses EX_CONFIG, 78: its
+ * configuration can never work) is not restarted: restarting it would only
+ * fail again. With report_fd set, each worker gets a pipe on that fd; what
+ * it wrote there before exiting (kvs-node: the reason for a fatal exit) is
+ * logged with the exit and kept for router_sup_report.
+ *
+ * With `detach`, every worker runs in its own session and process group
+ * (UV_PROCESS_DETACHED), so a signal to the router's process group (a
+ * terminal's Ctrl-C) reaches only the router, which then stops the workers
+ * in order; workers must then die with their parent by themselves
+ * (kvs-node --exit-with-parent sets PR_SET_PDEATHSIG).
+ *
+ * router_sup_hold starts a shutdown without stopping anyone yet: workers
+ * that exit from then on are not restarted. router_sup_stop is the graceful
+ * quit: no more restarts, SIGTERM to every worker, SIGKILL to stragglers
+ * after stop_grace_ms, and `done` once every worker has been reaped and
+ * every handle closed.
  *
  * The supervisor installs no signal handler (libuv's own SIGCHLD handling
  * aside); the router's main turns SIGTERM/SIGINT into router_sup_stop.
@@ -65,6 +79,9 @@ typedef struct router_sup_opts_s {
     uint32_t crash_loop_limit; /* restarts without a stable run that make it a crash loop; 0: never
                                   reported */
     uint64_t stop_grace_ms; /* after router_sup_stop: SIGKILL stragglers after this (e.g. 10000) */
+    int detach;             /* 1: each worker in its own session and process group */
+    int report_fd;          /* 0, or 3..9: the child's fd of a pipe it may report on */
+    int fatal_status;       /* 0, or an exit status (1..255) that is never restarted */
     router_sup_event_cb on_event; /* may be NULL */
     void *arg;                    /* passed to on_event */
 } router_sup_opts_t;
@@ -76,7 +93,8 @@ typedef struct router_sup_opts_s {
  *
  * Errors (*out is set to NULL):
  *   UV_EINVAL  missing loop or exe, backoff_min_ms == 0,
- *              backoff_max_ms < backoff_min_ms, duplicate shard ids;
+ *              backoff_max_ms < backoff_min_ms, duplicate shard ids,
+ *              report_fd not 0 or 3..9, fatal_status not 0..255;
  *   UV_ENOMEM  out of memory;
  *   any uv_spawn error for the first failing worker, e.g. UV_ENOENT (no such
  *              exe) or UV_EACCES (not executable).
@@ -90,6 +108,17 @@ int router_sup_start(const router_sup_opts_t *o, router_sup_t **out);
 /* The pid of the worker of `shard`, or 0 when it is not running (waiting
  * for a restart, stopped, or not a shard of this supervisor). */
 pid_t router_sup_pid(const router_sup_t *s, uint32_t shard);
+
+/* What the last worker of `shard` wrote to report_fd before it exited, as
+ * one line of printable text ("" if nothing, or while it runs). Owned by
+ * the supervisor, valid until the shard's next restart; call it from
+ * on_event to explain an exit. */
+const char *router_sup_report(const router_sup_t *s, uint32_t shard);
+
+/* The router is shutting down but its workers must keep serving what is in
+ * flight: pending restarts are cancelled and a worker that exits from now
+ * on is not restarted (logged). router_sup_stop may follow. Idempotent. */
+void router_sup_hold(router_sup_t *s);
 
 /* Starts the graceful stop: cancels pending restarts, sends SIGTERM to every
  * running worker and, stop_grace_ms later, SIGKILL to those still running

@@ -209,13 +209,19 @@ class Router(Managed):
     "127.0.0.1:PORT" (workers also serve TCP on PORT+N) or None; remote:
     {shard: "HOST:PORT"} for cluster.remote; max_frame, max_inflight,
     timeout: limits.max_frame, limits.max_inflight, router.timeout;
-    extra_yaml: more top-level YAML appended to the config.
+    router_yaml: more "key: value" entries of the router section;
+    extra_yaml: more top-level YAML appended to the config;
+    env: more environment variables for the router (and so its workers);
+    new_session: start the router in its own session and process group
+    (its pid is the group id), as a shell does with a job.
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
-                 name="router"):
+                 name="router", router_yaml=(), env=None, new_session=False):
         self.name = name
+        self.env = dict(env or {})
+        self.new_session = new_session
         self.dir = tempfile.mkdtemp(prefix="kvs-rt-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -240,6 +246,7 @@ class Router(Managed):
         router = ['listen: "%s:%d"' % (HOST, self.port)]
         if timeout is not None:
             router.append("timeout: %s" % timeout)
+        router.extend(router_yaml)
         lines.append("router: {%s}" % ", ".join(router))
         if node_listen is not None:
             lines.append('node: {listen: "%s"}' % node_listen)
@@ -288,8 +295,10 @@ class Router(Managed):
         """Starts kvs-router on this config without waiting; returns the Popen."""
         log = open(self.log_path, "ab")
         try:
+            env = dict(os.environ, **self.env) if self.env else None
             return subprocess.Popen([self.exe, "--config", self.config],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                    start_new_session=self.new_session)
         finally:
             log.close()
 

@@ -32,7 +32,7 @@ import time
 import unittest
 
 from kvstest import Client, pb, pyval, req_hmget
-from routertest import Router, partition_of
+from routertest import Router, partition_of, procs_for_config
 import kafkatest
 from kafkatest import (KCAT, MockKafka, caught_up, committed, info, ingest_yaml, kafka_parts,
                        kcat_consume, kcat_produce, produce, wait_until, watermarks)
@@ -568,18 +568,30 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                 self._routers.append(r)
                 self.addCleanup(r.close)
                 r.proc = r.spawn()
-                want = re.compile(r"node\[(\d)\] ERROR .*kafka topic users has 8 partitions "
-                                  r"but kvs places table users by %d .*partitions: 8"
-                                  % (parts or 64))
-                exited = re.compile(r"router WARN +shard (\d) \(pid \d+\) exited with status 1")
-                self.assertTrue(wait_until(lambda: len(set(want.findall(r.stderr()))) == 4, 15),
-                                "every worker must refuse the mismatch with a clear message")
-                self.assertTrue(wait_until(lambda: len(set(exited.findall(r.stderr()))) == 4, 15),
-                                "every worker must exit with status 1")
+                why = (r"kafka topic users has 8 partitions but kvs places table users by %d "
+                       r".*partitions: 8" % (parts or 64))
+                # A config that can never work is not restarted: the worker
+                # exits with EX_CONFIG (78), the router stops with 78 too and
+                # says why in its last line.
+                try:
+                    rc = r.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.fail("kvs-router still running 20 s after its workers refused the "
+                              "mismatch:\n" + r.stderr())
                 log = r.stderr()
+                self.assertEqual(rc, 78, log)
+                self.assertRegex(log, r"node\[(\d)\] ERROR .*" + why)
+                self.assertRegex(log, r"router ERROR +shard \d \(pid \d+\) exited with status 78 "
+                                      r"\(a fatal error: not restarting it\): " + why)
+                last = log.rstrip("\n").split("\n")[-1]
+                self.assertRegex(last, r"router ERROR +stopped: shard \d cannot run with this "
+                                       r"configuration: " + why + r".*\(kvs-node exited with "
+                                       r"status 78, EX_CONFIG; fix the config and start again\)")
                 self.assertIn(names, log)
+                self.assertNotIn("restarting shard", log)
                 self.assertNotIn("kafka: consuming", log, "no partition may be consumed")
-                r.kill_all()
+                self.assertTrue(r.wait_all_gone(10), "processes left: %r"
+                                % procs_for_config(r.config))
 
     def test_resume_after_restart_applies_nothing_twice(self):
         topic, parts = "users", 8
@@ -724,6 +736,43 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
             resp = c.hmget("typed", sorted(values))
             self.assertEqual(resp.status, 200, resp.message)
             self.assertEqual(list(resp.values), [values[k] for k in sorted(values)])
+
+    def test_info_next_offset_before_any_record(self):
+        """Before a partition has given a record, Info shows where ingestion
+        starts, not "-1": the partition's first offset (0 for an empty
+        one) with auto.offset.reset earliest, its end with latest; lag is
+        measured from there."""
+        topic, parts = "sparse", 8
+        m = self.mock({topic: parts})
+        # Two records: at most two of the eight partitions are not empty.
+        placed = produce(m.bootstrap, topic, [(b"a", b"1"), (b"b", b"2")])
+        ends = self.ends(m, topic, parts)
+        used = {p for p, _ in placed}
+        self.assertEqual(sum(ends.values()), 2)
+        r = self.router(m, [(topic, "sparse", "raw", parts)])
+        st = self.wait_caught_up(r, topic, ends)
+        for p in range(parts):
+            self.assertEqual(st[p]["next_offset"], ends[p], "partition %d: %r" % (p, st[p]))
+            self.assertEqual(st[p]["lag"], 0, "partition %d: %r" % (p, st[p]))
+            if p not in used:
+                self.assertEqual((st[p]["next_offset"], st[p]["applied"]), (0, 0), st[p])
+        self.assertEqual(r.stop(), 0)
+
+        # auto.offset.reset latest: records produced before the first start
+        # are never read, so they are not lag; ingestion starts at the end.
+        m2 = self.mock({"late": 4})
+        produce(m2.bootstrap, "late", [(b"k-%d" % i, b"old") for i in range(40)])
+        ends = self.ends(m2, "late", 4)
+        r2 = self.router(m2, [("late", "late", "raw", 4)],
+                         properties={"auto.offset.reset": "latest"})
+        st = self.wait_caught_up(r2, "late", ends)
+        self.assertEqual({p: (s["next_offset"], s["lag"], s["applied"]) for p, s in st.items()},
+                         {p: (end, 0, 0) for p, end in ends.items()})
+        produce(m2.bootstrap, "late", [(b"k-%d" % i, b"new") for i in range(40)])
+        ends2 = self.ends(m2, "late", 4)
+        st = self.wait_caught_up(r2, "late", ends2)
+        self.assertEqual(sum(s["applied"] for s in st.values()), 40)
+        self.assert_values(r2.addr, "late", {b"k-%d" % i: b"new" for i in range(40)})
 
 
 if __name__ == "__main__":

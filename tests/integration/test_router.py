@@ -7,6 +7,7 @@ by asking the workers directly on their unix sockets. The expected shard of
 every key is computed in Python (routertest.murmur2, a port of the Kafka Java
 client's partitioner), independently of the C placement code.
 """
+import os
 import random
 import re
 import signal
@@ -368,7 +369,7 @@ class RouterTest(RouterTestCase):
 
     # ---- shutdown ---------------------------------------------------------------------
 
-    def sigterm_while_pipelining(self, n, slow_reader):
+    def sigterm_while_pipelining(self, n, slow_reader, sigint_group=False):
         """Pipelines n fresh Hsets on one connection, SIGTERMs the router while
         they are in flight, reads every answer until the router closes, then
         checks: answers well-formed and 200, clean EOF (no reset), exit code
@@ -376,8 +377,12 @@ class RouterTest(RouterTestCase):
         are stored (nothing applied without an answer, nothing answered lost).
 
         slow_reader: the client uses a small receive buffer and does not read
-        until 1 s after the signal (a busy or distant client)."""
-        r = self.router(shards=SHARDS, partitions=PARTITIONS, sync="batch")
+        until 1 s after the signal (a busy or distant client).
+        sigint_group: instead of SIGTERM to the router, SIGINT to its whole
+        process group, as a terminal's Ctrl-C does (the router runs in a
+        session of its own, like a shell job)."""
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, sync="batch",
+                        new_session=sigint_group)
         keys = [("term-%05d" % i).encode() for i in range(n)]
         data = b"".join(encode(req_hset("term", k, i)) for i, k in enumerate(keys))
         c = r.client(timeout=15.0)
@@ -400,7 +405,10 @@ class RouterTest(RouterTestCase):
             time.sleep(0.02)
         else:
             answers.append(c.recv())  # the router is busy with the pipeline
-        r.proc.send_signal(signal.SIGTERM)
+        if sigint_group:
+            os.killpg(r.proc.pid, signal.SIGINT)
+        else:
+            r.proc.send_signal(signal.SIGTERM)
         if slow_reader:
             time.sleep(1.0)
         while True:
@@ -427,8 +435,19 @@ class RouterTest(RouterTestCase):
             self.assertIsNone(pyval(a.values[0]), "answer %d is not a fresh Hset's" % i)
         self.assertLessEqual(k, n)
         rc = r.proc.wait(15)
-        self.assertEqual(rc, 0, "kvs-router exit code after SIGTERM")
+        self.assertEqual(rc, 0, "kvs-router exit code after %s"
+                         % ("SIGINT to its group" if sigint_group else "SIGTERM"))
         self.assertTrue(r.wait_all_gone(15), "processes left: %r" % procs_for_config(r.config))
+        log = r.stderr()
+        self.assertIn("received %s: draining" % ("SIGINT" if sigint_group else "SIGTERM"), log)
+        # Only the router got the signal; it stopped the workers itself, in
+        # order, and restarted none of them.
+        drained = log.find("clients drained; stopping workers")
+        self.assertGreater(drained, 0, log)
+        self.assertEqual(re.findall(r"node\[\d+\] \w+ +received SIG\w+", log[:drained]), [],
+                         "a worker was signalled before the router had drained")
+        self.assertNotIn("restarting shard", log)
+        self.assertNotIn("started shard", log)
         # Restart on the same data: what was answered is stored, and nothing
         # was applied without its answer reaching the client.
         r.proc = None
@@ -452,6 +471,12 @@ class RouterTest(RouterTestCase):
 
     def test_sigterm_with_slow_reader_loses_no_answers(self):
         self.sigterm_while_pipelining(20000, slow_reader=True)
+
+    def test_sigint_to_the_process_group_drains_like_sigterm(self):
+        """Ctrl-C in a terminal signals the whole foreground process group:
+        the workers must not hear it, or they close while the router still
+        drains (503s) and the router restarts them."""
+        self.sigterm_while_pipelining(5000, slow_reader=False, sigint_group=True)
 
     # ---- several nodes ---------------------------------------------------------------------
 

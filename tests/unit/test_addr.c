@@ -90,25 +90,25 @@ KVS_TEST(bad_ports)
     parse_fails("host:99999999999999999999999", 0, "port must be 1-65535");
     parse_fails("[::1]:0", 0, "port must be 1-65535");
     parse_fails("[::1]:", 0, "port must be 1-65535");
-    parse_fails("host: 80", 0, "port must be 1-65535");
+    parse_fails("host: 80", 0, "spaces are not allowed");
     parse_fails("host:+80", 0, "port must be 1-65535");
 }
 
 KVS_TEST(missing_colon)
 {
-    parse_fails("localhost", 0, "expected HOST:PORT");
-    parse_fails("", 0, "expected HOST:PORT");
-    parse_fails(":80", 0, "host is empty");
-    parse_fails("[]:80", 0, "host is empty");
+    parse_fails("localhost", 0, "missing :PORT");
+    parse_fails("", 0, "missing :PORT");
+    parse_fails(":80", 0, "missing host (use 0.0.0.0:PORT for every interface)");
+    parse_fails("[]:80", 0, "empty address in []");
 }
 
 KVS_TEST(ipv6_without_brackets)
 {
-    parse_fails("::1:80", 0, "IPv6 addresses need brackets");
-    parse_fails("2001:db8::1:443", 0, "IPv6 addresses need brackets");
-    parse_fails("[::1]80", 0, "expected [IPV6]:PORT");
-    parse_fails("[::1", 0, "expected [IPV6]:PORT");
-    parse_fails("[::1]", 0, "expected [IPV6]:PORT");
+    parse_fails("::1:80", 0, "an IPv6 address must be in brackets, as in [::1]:9527");
+    parse_fails("2001:db8::1:443", 0, "an IPv6 address must be in brackets");
+    parse_fails("[::1]80", 0, "missing :PORT");
+    parse_fails("[::1", 0, "missing ']' after the IPv6 address");
+    parse_fails("[::1]", 0, "missing :PORT");
 }
 
 KVS_TEST(too_long)
@@ -123,14 +123,65 @@ KVS_TEST(too_long)
     memcpy(s + 6 + 106, "p", 2);
     parse_fails(s, 0, "unix socket path is longer than 107 bytes");
 
-    /* host: 255 bytes fit, 256 do not. */
-    memset(s, 'h', 255);
-    memcpy(s + 255, ":80", 4);
+    /* host: a 253-byte name (four labels of 63) fits, 254 bytes do not;
+     * a trailing dot does not count. */
+    memset(s, 'h', 253);
+    s[63] = s[127] = s[191] = '.';
+    memcpy(s + 253, ":80", 4);
     a = parse_ok(s, 0);
-    CHECK_EQ(strlen(a.host), 255);
-    memset(s, 'h', 256);
-    memcpy(s + 256, ":80", 4);
+    CHECK_EQ(strlen(a.host), 253);
+    memcpy(s + 253, ".:80", 5);
+    a = parse_ok(s, 0);
+    CHECK_EQ(strlen(a.host), 254);
+    memcpy(s + 253, "h:80", 5);
+    parse_fails(s, 0, "host name is too long (at most 253 bytes)");
+    memset(s, 'h', 300);
+    memcpy(s + 300, ":80", 4);
     parse_fails(s, 0, "host name is too long");
+}
+
+/* Every host is checked where it is written, not when it is first used. */
+KVS_TEST(hosts_are_validated)
+{
+    parse_fails("300.1.1.1:9527", 0, "not a valid IPv4 address (four numbers 0-255");
+    parse_fails("1.2.3:80", 0, "not a valid IPv4 address");
+    parse_fails("127.1:80", 0, "not a valid IPv4 address"); /* getaddrinfo would take it */
+    parse_fails("1.2.3.4.5:80", 0, "not a valid IPv4 address");
+    parse_fails("2130706433:80", 0, "not a valid IPv4 address");
+    parse_fails("[::g]:80", 0, "not a valid IPv6 address");
+    parse_fails("[1.2.3.4]:80", 0, "not a valid IPv6 address");
+    parse_fails("[fe80::1%]:80", 0, "not a valid IPv6 zone after '%'");
+    parse_fails("[fe80::1%e/0]:80", 0, "not a valid IPv6 zone after '%'");
+    parse_fails("a..b:80", 0, "empty label in the host name");
+    parse_fails(".a:80", 0, "empty label in the host name");
+    parse_fails("-a.example:80", 0, "must not start or end with '-'");
+    parse_fails("a-.example:80", 0, "must not start or end with '-'");
+    parse_fails("ex@mple:80", 0, "a host name may only contain letters, digits, '-', '_' and '.'");
+    parse_fails("h\xc3\xa9:80", 0, "a host name may only contain");
+    char s[100];
+    memset(s, 'a', 64);
+    memcpy(s + 64, ".b:80", 6);
+    parse_fails(s, 0, "a host name label is longer than 63 bytes");
+    s[1] = '.'; /* labels of 1 and 62 */
+    parse_ok(s, 0);
+
+    kvs_addr_t a = parse_ok("[fe80::1%eth0]:80", 0);
+    CHECK_STR(a.host, "fe80::1%eth0");
+    a = parse_ok("[::ffff:10.0.0.1]:80", 0);
+    CHECK_STR(a.host, "::ffff:10.0.0.1");
+    a = parse_ok("kvs_node-1.example.com.:80", 0);
+    CHECK_STR(a.host, "kvs_node-1.example.com.");
+    a = parse_ok("255.255.255.255:1", 0);
+    CHECK_STR(a.host, "255.255.255.255");
+    a = parse_ok("1e100.net:1", 0); /* digits and letters: a name */
+    CHECK_STR(a.host, "1e100.net");
+
+    /* The bare reason, for callers that word the message themselves. */
+    const char *why = NULL;
+    CHECK_EQ(kvs_addr_parse_why("300.1.1.1:9527", 0, &a, &why), KVS_EINVAL);
+    CHECK_STR(why, "not a valid IPv4 address (four numbers 0-255, as in 10.0.0.1)");
+    CHECK_STR(a.host, ""); /* zeroed on error */
+    CHECK_EQ(kvs_addr_parse_why("h:1", 0, &a, &why), 0);
 }
 
 KVS_TEST(format_round_trip)
@@ -164,5 +215,5 @@ KVS_TEST(format_port0_and_truncation)
 
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
-              KVS_CASE(too_long), KVS_CASE(format_round_trip),
+              KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
               KVS_CASE(format_port0_and_truncation))

@@ -54,6 +54,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->n_kafka_properties, 0);
     CHECK(c->kafka_properties == NULL);
     CHECK_STR(c->log_level, "info");
+    CHECK_EQ(c->router_ready_timeout_ms, 30000);
 }
 
 KVS_TEST(defaults_from_empty_string)
@@ -274,6 +275,23 @@ KVS_TEST(listen_addresses)
     parse_fails("node:\n  listen: 0.0.0.0:65534\n",
                 "config.yaml:2:11: node.listen port 65534 + highest shard id 3 is past 65535 "
                 "(shard N listens on PORT+N)");
+    /* Hosts are checked completely at load, not when first bound. */
+    parse_fails("router:\n  listen: 300.1.1.1:9527\n",
+                "config.yaml:2:11: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\"300.1.1.1:9527\"): not a valid IPv4 address (four numbers 0-255, as in "
+                "10.0.0.1)");
+    parse_fails("router:\n  listen: \"[::g]:9527\"\n",
+                "config.yaml:2:11: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\"[::g]:9527\"): not a valid IPv6 address");
+    parse_fails("router: {listen: \"my host:1\"}\n",
+                "config.yaml:1:18: router.listen must be HOST:PORT or [IPV6]:PORT (got \"my "
+                "host:1\"): spaces are not allowed");
+    parse_fails("node:\n  listen: bad_-.example:7000\n",
+                "config.yaml:2:11: node.listen must be \"\", HOST:PORT or [IPV6]:PORT (got "
+                "\"bad_-.example:7000\"): a host name label must not start or end with '-'");
+    parse_fails("router: {listen: \"unix:/tmp/r.sock\"}\n",
+                "config.yaml:1:18: router.listen must be HOST:PORT or [IPV6]:PORT (got "
+                "\"unix:/tmp/r.sock\"): a unix socket is not allowed here");
     kvs_config_t *c = parse_ok("router: {listen: \"[fe80::1]:1\"}\nnode: {listen: h:65532}\n");
     CHECK_STR(c->router_listen, "[fe80::1]:1");
     CHECK_STR(c->node_listen, "h:65532");
@@ -438,6 +456,80 @@ KVS_TEST(yaml_syntax_error)
                 "mapping at line 1 column 10)");
     parse_fails("\tcluster: {}\n", "config.yaml:1:1: found character that cannot start any "
                                    "token (while scanning for the next token at line 1 column 1)");
+}
+
+/* Bytes that are not UTF-8 text are named by line and column, like every
+ * other error (libyaml itself only gives a byte offset for them). */
+KVS_TEST(reader_errors_have_positions)
+{
+    static const char nul[] = "router: {listen: \"h:1\"}\ndata_dir: a\0b\n";
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_parse("config.yaml", nul, sizeof(nul) - 1, &c, err, sizeof(err)),
+             KVS_ECONFIG);
+    CHECK(c == NULL);
+    CHECK_STR(err, "config.yaml:2:12: control characters are not allowed (byte 0x00); the file "
+                   "must be UTF-8 text");
+    parse_fails("log:\n  level: \"d\xc3\xa9"
+                "bug\"\r\n  x: \xff\n",
+                "config.yaml:3:6: invalid leading UTF-8 octet (byte 0xff); the file must be "
+                "UTF-8 text");
+    /* Columns count characters: "é" before the bad byte is one column. */
+    parse_fails("data_dir: \"\xc3\xa9\xc3(\"\n",
+                "config.yaml:1:14: invalid trailing UTF-8 octet (byte 0x28); the file must be "
+                "UTF-8 text");
+    parse_fails("# a\rdata_dir: \x01\n", "config.yaml:2:11: control characters are not allowed "
+                                         "(byte 0x01); the file must be UTF-8 text");
+}
+
+/* Paths derived from data_dir are checked at load: a worker socket that
+ * does not fit sun_path would otherwise fail only once workers start. */
+KVS_TEST(data_dir_length)
+{
+    char text[5000], want[600], dir[4200];
+    /* "/shard-3.sock" is 13 bytes: a 94-byte data_dir makes 107, the most. */
+    memset(dir, 'd', 94);
+    dir[0] = '/';
+    dir[94] = '\0';
+    snprintf(text, sizeof(text), "data_dir: %s\n", dir);
+    kvs_config_t *c = parse_ok(text);
+    kvs_config_free(c);
+    memcpy(dir + 94, "d", 2);
+    snprintf(text, sizeof(text), "cluster: {shards: 4}\ndata_dir: %s\n", dir);
+    snprintf(want, sizeof(want),
+             "config.yaml:2:11: data_dir is too long for the workers' unix sockets: "
+             "\"%.80s.../shard-3.sock\" is 108 bytes, a unix socket path may have at most 107; "
+             "use a shorter data_dir (a symlink to the real directory works)",
+             dir);
+    parse_fails(text, want);
+    /* Shard 10 has one digit more than shard 9... */
+    dir[94] = '\0';
+    snprintf(text, sizeof(text), "data_dir: %s\ncluster: {shards: 11}\n", dir);
+    parse_fails(text, "config.yaml:1:11: data_dir is too long for the workers' unix sockets: "
+                      "\"/ddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+                      "dddddddd.../shard-10.sock\" is 108 bytes, a unix socket path may have at "
+                      "most 107; use a shorter data_dir (a symlink to the real directory works)");
+    /* ...but only local shards have sockets: with shard 10 remote, it fits. */
+    snprintf(text, sizeof(text),
+             "data_dir: %s\ncluster: {shards: 11, remote: [{shard: 10, address: \"h:1\"}]}\n", dir);
+    c = parse_ok(text);
+    kvs_config_free(c);
+    /* Every shard remote: no socket, only PATH_MAX applies. */
+    memset(dir, 'd', 4090);
+    dir[0] = '/';
+    dir[4090] = '\0';
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\ndata_dir: %s\n", dir);
+    parse_fails(text, "config.yaml:2:11: data_dir is too long: paths under it must stay below "
+                      "4096 bytes");
+}
+
+KVS_TEST(ready_timeout)
+{
+    kvs_config_t *c = parse_ok("router: {ready_timeout: 2m}\n");
+    CHECK_EQ(c->router_ready_timeout_ms, 120000);
+    kvs_config_free(c);
+    parse_fails("router:\n  ready_timeout: 0s\n",
+                "config.yaml:2:18: router.ready_timeout must be from 1ms to 1h (got \"0s\")");
 }
 
 KVS_TEST(top_level_must_be_one_mapping)
@@ -640,6 +732,12 @@ KVS_TEST(cluster_remote_and_router_keys)
                 "cluster.remote[0]");
     parse_fails("cluster:\n  remote:\n    - {shard: 1, address: nope}\n",
                 "config.yaml:3:27: cluster.remote[0].address: missing :PORT (got \"nope\")");
+    parse_fails("cluster:\n  remote:\n    - {shard: 1, address: \"300.1.1.1:9527\"}\n",
+                "config.yaml:3:27: cluster.remote[0].address: not a valid IPv4 address (four "
+                "numbers 0-255, as in 10.0.0.1) (got \"300.1.1.1:9527\")");
+    parse_fails("cluster:\n  remote:\n    - {shard: 1, address: \"a..b:1\"}\n",
+                "config.yaml:3:27: cluster.remote[0].address: empty label in the host name (two "
+                "dots in a row, or a leading dot) (got \"a..b:1\")");
     parse_fails("cluster:\n  remote:\n    - {shard: 3, address: \"h:1\"}\n  shards: 2\n",
                 "config.yaml:3:5: cluster.remote names shard 3 but cluster.shards is 2 (ids 0..1)");
 }
@@ -696,7 +794,8 @@ KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_e
               KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
               KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
-              KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
-              KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
-              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
-              KVS_CASE(bindings_partitioner))
+              KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
+              KVS_CASE(ready_timeout), KVS_CASE(error_buffer_is_optional_and_bounded),
+              KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
+              KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table),
+              KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))

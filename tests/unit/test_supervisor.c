@@ -33,6 +33,7 @@ typedef struct {
     int64_t status;
     int sig;
     uint64_t at_ms;
+    char report[128]; /* router_sup_report at an exit */
 } ev_t;
 
 typedef struct {
@@ -143,7 +144,11 @@ static void on_event(void *arg, uint32_t shard, int running, int64_t status, int
     tctx_t *t = arg;
     CHECK(t->n_ev < MAX_EV);
     CHECK(!t->done);
-    t->ev[t->n_ev++] = (ev_t){shard, running, status, sig, now_ms()};
+    ev_t *e = &t->ev[t->n_ev++];
+    *e = (ev_t){shard, running, status, sig, now_ms(), ""};
+    snprintf(e->report, sizeof(e->report), "%s", router_sup_report(t->sup, shard));
+    if (running)
+        CHECK_STR(e->report, ""); /* a new run starts with nothing reported */
     if (running) {
         CHECK(router_sup_pid(t->sup, shard) > 0);
         CHECK_EQ(status, 0);
@@ -567,6 +572,16 @@ KVS_TEST(start_rejects_bad_options)
     o.exe = NULL;
     CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
     CHECK(t.sup == NULL);
+    o.exe = "/bin/true";
+    o.report_fd = 2; /* stdio is not ours to replace */
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.report_fd = 10;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.report_fd = 0;
+    o.fatal_status = 256;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.fatal_status = 0;
+    CHECK(t.sup == NULL);
     /* No shards is valid: stop completes at once (asynchronously). */
     o.exe = "/bin/true";
     o.n_shards = 0;
@@ -575,9 +590,149 @@ KVS_TEST(start_rejects_bad_options)
     t_close(&t);
 }
 
+/* A worker whose exit status says "this can never work" (kvs-node's
+ * EX_CONFIG) is not restarted, and what it wrote on its report fd explains
+ * the exit; any other status is restarted as before, with its report. */
+KVS_TEST(fatal_status_is_not_restarted_and_reported)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "fatal.sh",
+             "for a; do s=$a; done\n"
+             "if [ \"$s\" = 1 ]; then printf 'kafka topic t has 8 partitions\\nset 8\\n' >&5; "
+             "exit 78; fi\n"
+             "echo \"transient $s\" >&5; exit 3\n",
+             exe, sizeof(exe));
+    const uint32_t shards[] = {1, 2};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
+    o.backoff_min_ms = 50;
+    o.report_fd = 5;
+    o.fatal_status = 78;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, exits(&t) >= 4); /* shard 2: exit, restart, exit, ... */
+    uint64_t until = now_ms() + 300;
+    RUN_UNTIL(&t, now_ms() >= until);
+    size_t fatal = 0, transient = 0;
+    for (size_t i = 0; i < t.n_ev; i++) {
+        if (t.ev[i].running) {
+            CHECK_EQ(t.ev[i].shard, 2); /* shard 1 is never restarted */
+            continue;
+        }
+        if (t.ev[i].shard == 1) {
+            fatal++;
+            CHECK_EQ(t.ev[i].status, 78);
+            CHECK_STR(t.ev[i].report, "kafka topic t has 8 partitions set 8"); /* one line */
+        } else {
+            transient++;
+            CHECK_EQ(t.ev[i].status, 3);
+            CHECK_STR(t.ev[i].report, "transient 2");
+        }
+    }
+    CHECK_EQ(fatal, 1);
+    CHECK(transient >= 3);
+    CHECK_STR(router_sup_report(t.sup, 1), "kafka topic t has 8 partitions set 8");
+    CHECK_EQ(router_sup_pid(t.sup, 1), 0);
+    t_stop(&t);
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    CHECK(log_line(log, "exited with status 78", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "ERROR");
+    CHECK_CONTAINS(line, "(a fatal error: not restarting it): kafka topic t has 8 partitions");
+    CHECK(strstr(log, "restarting shard 1") == NULL);
+    CHECK_CONTAINS(log, "restarting shard 2 in 50 ms");
+    t_close(&t);
+}
+
+/* After router_sup_hold, no worker is restarted: neither one that exits
+ * later nor one already waiting for its restart; the others keep running
+ * until router_sup_stop. */
+KVS_TEST(hold_stops_restarts)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "mixed.sh",
+             "for a; do s=$a; done\n"
+             "if [ \"$s\" = 3 ]; then exit 3; fi\n" REC_BODY "exec sleep 30\n",
+             exe, sizeof(exe));
+    const uint32_t shards[] = {0, 1, 3};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 3);
+    o.backoff_min_ms = 400;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, exits(&t) >= 1);
+    CHECK_EQ(t.ev[0].shard, 3); /* crashed: its restart is 400 ms away */
+    router_sup_hold(t.sup);
+    router_sup_hold(t.sup); /* idempotent */
+    pid_t p0 = wait_shard_pid(&t, 0, line, sizeof(line));
+    pid_t p1 = wait_shard_pid(&t, 1, line, sizeof(line));
+    CHECK_EQ(kill(p1, SIGKILL), 0);
+    RUN_UNTIL(&t, exits(&t) >= 2);
+    uint64_t until = now_ms() + 1000; /* well past both backoffs */
+    RUN_UNTIL(&t, now_ms() >= until);
+    CHECK_EQ(t.n_ev, 2); /* two exits, no start */
+    CHECK_EQ(t.ev[1].shard, 1);
+    CHECK_EQ(t.ev[1].sig, SIGKILL);
+    CHECK_EQ(router_sup_pid(t.sup, 0), p0);
+    CHECK_EQ(router_sup_pid(t.sup, 1), 0);
+    CHECK_EQ(router_sup_pid(t.sup, 3), 0);
+    t_stop(&t);
+    capture_end(&t);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    CHECK_EQ(t.n_ev, 3);
+    CHECK_EQ(t.ev[2].shard, 0);
+    CHECK_EQ(t.ev[2].sig, SIGTERM);
+    CHECK_CONTAINS(log, "not restarting shard 1: shutting down");
+    CHECK(log_line(log, "killed by signal SIGKILL", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "INFO"); /* expected while shutting down */
+    CHECK(strstr(log, "started shard") == NULL);
+    t_close(&t);
+}
+
+/* With detach, a worker leads its own session and process group: a signal
+ * to the supervisor's group (a terminal's Ctrl-C) does not reach it. */
+KVS_TEST(detach_puts_workers_in_their_own_group)
+{
+    for (int detach = 0; detach <= 1; detach++) {
+        tctx_t t;
+        t_init(&t);
+        char exe[256], line[512];
+        t_script(&t, "group.sh",
+                 "for a; do s=$a; done\n"
+                 "read -r _ _ _ _ pg sid _ < /proc/$$/stat\n"
+                 "echo \"$$ $pg $sid\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" "
+                 "\"$d/shard-$s\"\n"
+                 "exec sleep 30\n",
+                 exe, sizeof(exe));
+        const uint32_t shards[] = {0};
+        router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+        o.detach = detach;
+        CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+        pid_t pid = wait_shard_pid(&t, 0, line, sizeof(line));
+        long got_pid, pg, sid;
+        CHECK_EQ(sscanf(line, "%ld %ld %ld", &got_pid, &pg, &sid), 3);
+        if (detach) {
+            CHECK_EQ(pg, pid);
+            CHECK_EQ(sid, pid);
+            CHECK(pg != (long)getpgrp());
+        } else {
+            CHECK_EQ(pg, (long)getpgrp());
+        }
+        t_stop(&t);
+        CHECK_EQ(t.ev[0].sig, SIGTERM);
+        t_close(&t);
+    }
+}
+
 KVS_TEST_MAIN(KVS_CASE(spawns_every_shard_with_its_args), KVS_CASE(restarts_a_killed_worker),
               KVS_CASE(backoff_grows_for_a_crash_loop), KVS_CASE(stable_worker_resets_backoff),
               KVS_CASE(stop_terminates_workers_and_calls_done),
               KVS_CASE(stop_from_an_event_callback), KVS_CASE(stop_kills_stragglers_after_grace),
               KVS_CASE(restart_survives_a_vanished_exe), KVS_CASE(missing_exe_fails_start),
-              KVS_CASE(start_rejects_bad_options))
+              KVS_CASE(start_rejects_bad_options),
+              KVS_CASE(fatal_status_is_not_restarted_and_reported), KVS_CASE(hold_stops_restarts),
+              KVS_CASE(detach_puts_workers_in_their_own_group))

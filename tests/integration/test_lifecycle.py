@@ -1,0 +1,264 @@
+"""kvs-router start-up and shutdown when something is wrong: a config error
+found at load (by position, before any worker starts), a worker whose
+configuration can never work (not restarted: the router stops with
+EX_CONFIG and the worker's reason), a signal after the readiness timeout,
+and a remote shard whose name takes seconds to resolve (no client waits
+for it).
+
+Every test starts real kvs-router processes on loopback through
+routertest.Router. Two use helpers built next to the binaries: a fake
+kvs-node (a Python script placed beside a copy of kvs-router, which spawns
+the kvs-node of its own directory) and libkvs_test_slow_resolver.so, an
+LD_PRELOAD getaddrinfo shim that makes one name slow (see its source).
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from kvstest import BUILD_DIR, HOST, pyval, req_hget, req_hset
+from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config, shard_of
+
+EX_CONFIG = 78
+SLOW_HOST = "slow-shard.kvs.test"
+SLOW_MS = 2000
+
+
+def wait_until(pred, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    return pred()
+
+
+class LifecycleTest(RouterTestCase):
+    # ---- helpers --------------------------------------------------------------
+
+    def exits_at_once(self, r, timeout=10):
+        """Spawns r's router, which must exit by itself; returns (rc, log)."""
+        r.proc = r.spawn()
+        try:
+            rc = r.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-router still running after %d s:\n%s" % (timeout, r.stderr()))
+        return rc, r.stderr()
+
+    def assert_nothing_started(self, r):
+        self.assertEqual(procs_for_config(r.config), {}, "workers were started")
+        self.assertNotIn("started shard", r.stderr())
+        with self.assertRaises(OSError):
+            socket.create_connection(r.addr, timeout=1).close()
+
+    def set_config_line(self, r, key, value):
+        """Replaces the top-level `key:` line of r's config."""
+        with open(r.config) as f:
+            lines = f.read().split("\n")
+        i = next(i for i, line in enumerate(lines) if line.startswith(key + ":"))
+        lines[i] = "%s: %s" % (key, value)
+        with open(r.config, "w") as f:
+            f.write("\n".join(lines))
+        return i + 1
+
+    # ---- config errors at load ------------------------------------------------------
+
+    def test_long_data_dir_is_a_config_error(self):
+        """A data_dir whose worker sockets do not fit a unix socket address
+        (107 bytes) used to abort the router (SIGABRT) after it started."""
+        r = self.router(start=False, shards=4)
+        # <data_dir>/shard-3.sock must be 108 bytes: one too many.
+        data_dir = os.path.join(r.dir, "")
+        data_dir += "d" * (108 - len("/shard-3.sock") - len(data_dir))
+        line = self.set_config_line(r, "data_dir", data_dir)
+        rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, EX_CONFIG, log)
+        self.assertRegex(log, re.escape(r.config) + r":%d:11: data_dir is too long for the "
+                         r"workers' unix sockets: \".*/shard-3\.sock\" is 108 bytes, a unix "
+                         r"socket path may have at most 107" % line)
+        self.assert_nothing_started(r)
+        # One byte shorter, the same node starts and serves.
+        self.set_config_line(r, "data_dir", data_dir[:-1])
+        r.start()
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual(r.stop(), 0)
+
+    def test_bad_listen_address_is_refused_at_load(self):
+        """router.listen 300.1.1.1:PORT used to pass validation and fail only
+        after every worker had started."""
+        r = self.router(start=False, shards=2)
+        with open(r.config) as f:
+            text = f.read()
+        text = text.replace('listen: "%s:%d"' % (HOST, r.port), 'listen: "300.1.1.1:%d"' % r.port)
+        with open(r.config, "w") as f:
+            f.write(text)
+        line = 1 + text.split("\n").index(next(x for x in text.split("\n") if "300.1" in x))
+        rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, EX_CONFIG, log)
+        self.assertRegex(log, re.escape(r.config) + r":%d:\d+: router\.listen must be HOST:PORT "
+                         r"or \[IPV6\]:PORT \(got \"300\.1\.1\.1:%d\"\): not a valid IPv4 address"
+                         % (line, r.port))
+        self.assert_nothing_started(r)
+
+    # ---- a worker whose configuration can never work ----------------------------------
+
+    def test_worker_config_error_stops_the_router_with_ex_config(self):
+        """Workers that refuse their data directory (created for another
+        placement) exit with EX_CONFIG; restarting them cannot help, so the
+        router stops at once with 78 and the reason, instead of restarting
+        them with backoff forever."""
+        r = self.router(shards=2, partitions=16)
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual(r.stop(), 0)
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("partitions: 16", "partitions: 32"))
+        rc, log = self.exits_at_once(r, timeout=15)
+        self.assertEqual(rc, EX_CONFIG, log)
+        why = (r"\S+/shard-\d was created with placement \"shards=2 partitions=16\" but this worker "
+               r"has placement \"shards=2 partitions=32\"; refusing to open it")
+        self.assertRegex(log, r"node\[\d\] ERROR +" + why)
+        self.assertRegex(log, r"router ERROR +shard \d \(pid \d+\) exited with status 78 \(a "
+                              r"fatal error: not restarting it\): " + why)
+        last = log.rstrip("\n").split("\n")[-1]
+        self.assertRegex(last, r"router ERROR +stopped: shard \d cannot run with this "
+                               r"configuration: " + why + r".* \(kvs-node exited with status 78, "
+                               r"EX_CONFIG; fix the config and start again\)$")
+        self.assertNotIn("restarting shard", log)
+        self.assertTrue(r.wait_all_gone(10), "processes left: %r" % procs_for_config(r.config))
+
+    # ---- readiness timeout -----------------------------------------------------------
+
+    def fake_node_router(self, ready_timeout):
+        """A Router whose kvs-router copy spawns a fake kvs-node that never
+        answers and, on SIGTERM, takes 1.5 s to exit."""
+        r = self.router(start=False, shards=1, router_yaml=["ready_timeout: %s" % ready_timeout])
+        bindir = os.path.join(r.dir, "bin")
+        os.mkdir(bindir)
+        r.exe = os.path.join(bindir, "kvs-router")
+        shutil.copy2(os.path.join(BUILD_DIR, "kvs-router"), r.exe)
+        fake = os.path.join(bindir, "kvs-node")
+        with open(fake, "w") as f:
+            f.write("#!%s\n"
+                    "import signal, sys, time\n"
+                    "def term(*_):\n"
+                    "    sys.stderr.write('fake kvs-node: SIGTERM, exiting in 1.5 s\\n')\n"
+                    "    time.sleep(1.5)\n"
+                    "    sys.exit(0)\n"
+                    "signal.signal(signal.SIGTERM, term)\n"
+                    "time.sleep(30)\n" % sys.executable)
+        os.chmod(fake, 0o755)
+        return r
+
+    def test_sigterm_after_the_ready_timeout(self):
+        """The readiness timeout starts the shutdown; a SIGTERM while it is
+        still stopping the workers used to stop the supervisor a second time
+        (an assertion in debug builds)."""
+        r = self.fake_node_router("300ms")
+        r.proc = r.spawn()
+        self.assertTrue(wait_until(lambda: "fake kvs-node: SIGTERM" in r.stderr(), 10),
+                        "the readiness timeout did not stop the worker:\n" + r.stderr())
+        r.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = r.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-router did not exit:\n" + r.stderr())
+        log = r.stderr()
+        self.assertEqual(rc, 1, log)  # it never became ready: a failed start
+        self.assertIn("local shards did not come up within router.ready_timeout (300 ms", log)
+        self.assertIn("SIGTERM while shutting down: closing clients now", log)
+        self.assertEqual(log.count("stopping shard 0"), 1, log)
+        self.assertRegex(log, r"shard 0 \(pid \d+\) exited with status 0")
+        self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
+
+    # ---- slow name resolution -----------------------------------------------------
+
+    def test_slow_name_resolution_blocks_no_client(self):
+        """Remote shard 1 is named by a host name that takes 2 s to resolve
+        (every time: the link resolves again at each reconnect). Clients of
+        shard 0 must be answered at once all along, shard 1's requests get
+        503 at once while it is unreachable, its name's second address
+        (127.0.0.1 after ::1) is tried, and a SIGTERM during a lookup is a
+        clean exit."""
+        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+        self.assertTrue(os.path.exists(shim), shim)
+        port = free_port()
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST,
+               "KVS_TEST_SLOW_MS": str(SLOW_MS),
+               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        r = self.router(shards=2, partitions=16, remote={1: "%s:%d" % (SLOW_HOST, port)}, env=env)
+        # Shard 1 of the same cluster, served by a kvs-node on `port`.
+        node_log = open(os.path.join(r.dir, "node1.log"), "wb")
+        self.addCleanup(node_log.close)
+        node = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
+                                 "--shard", "1", "--listen", "%s:%d" % (HOST, port)],
+                                stdin=subprocess.DEVNULL, stdout=node_log, stderr=node_log)
+        self.addCleanup(lambda: node.poll() is None and (node.kill(), node.wait()))
+        per = keys_by_shard("dns", 20, 16, 2)
+        k0, k1 = per[0][0], per[1][0]
+        self.assertEqual((shard_of(k0, 16, 2), shard_of(k1, 16, 2)), (0, 1))
+
+        def lookups():
+            return r.stderr().count("kvs-test-slow-resolver: looking up " + SLOW_HOST)
+
+        worst = [0.0]
+
+        def probe(c):
+            """Shard 0 answers at once; returns the answer of shard 1."""
+            t0 = time.monotonic()
+            a = c.call(req_hset("t", k0, "v0"))
+            b = c.call(req_hget("t", k1))
+            dt = time.monotonic() - t0
+            worst[0] = max(worst[0], dt)
+            self.assertOk(a)
+            self.assertLess(dt, 0.5, "two requests took %.2f s while %s was being resolved"
+                            % (dt, SLOW_HOST))
+            return b
+
+        with r.client() as c:
+            # The first lookup is in flight; shard 1 comes up once it is done.
+            def shard1_up():
+                b = probe(c)
+                if b.status == 503:
+                    self.assertIn("shard 1", b.message)
+                return b.status in (200, 404)
+
+            self.assertTrue(wait_until(shard1_up, 10, 0.05),
+                            "shard 1 never came up through the slow name:\n" + r.stderr())
+            self.assertOk(c.hset("t", k1, "v1"))
+            self.assertGreaterEqual(lookups(), 1)
+            # Shard 1's node goes away: every reconnect resolves for 2 s.
+            node.kill()
+            node.wait()
+            before = lookups()
+            t_end = time.monotonic() + 2.5 * SLOW_MS / 1000.0
+            while time.monotonic() < t_end or lookups() < before + 2:
+                b = probe(c)
+                if b.status != 200:
+                    self.assertEqual(b.status, 503, b.message)
+                    self.assertIn("shard 1", b.message)
+                self.assertLess(time.monotonic(), t_end + 10, "no further lookups")
+                time.sleep(0.05)
+            self.assertEqual(pyval(c.hget("t", k0).values[0]), "v0")
+        # SIGTERM while a lookup is in flight: a clean, prompt exit.
+        n = lookups()
+        self.assertTrue(wait_until(lambda: lookups() > n, 5), r.stderr())
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 0, r.stderr())
+        self.assertLess(time.monotonic() - t0, SLOW_MS / 1000.0 + 3)
+        self.assertTrue(r.wait_all_gone(5))
+        sys.stderr.write("slowest pair of requests: %.3f s\n" % worst[0])
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()

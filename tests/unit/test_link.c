@@ -1,0 +1,162 @@
+/*
+ * test_link: router_link's connection lifecycle on a real loop, against a
+ * listener of the test's own on 127.0.0.1: a link named by host name
+ * resolves it without blocking the loop and comes up, a link stopped while
+ * its lookup is in flight calls nothing back and leaves a loop that closes
+ * cleanly, and stopping a link that never started (a router whose start-up
+ * failed half-way) or stopping twice is harmless.
+ *
+ * "localhost" is the one name used: it resolves from /etc/hosts, no DNS
+ * server is asked. It may resolve to ::1 before 127.0.0.1, which the link
+ * must get past by trying the next address.
+ */
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_test.h"
+#include "router_link.h"
+
+#include <uv.h>
+
+typedef struct {
+    uv_loop_t loop;
+    uv_tcp_t server;
+    uv_tcp_t peer;
+    int accepted;
+    int ups, downs, replies;
+    uint16_t port;
+} tctx_t;
+
+static tctx_t *g; /* link callbacks carry no context of their own */
+
+static void on_state(router_link_t *l, int up)
+{
+    (void)l;
+    if (up)
+        g->ups++;
+    else
+        g->downs++;
+}
+
+static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
+                     const char *failure)
+{
+    (void)ctx, (void)part, (void)payload, (void)len, (void)failure;
+    g->replies++;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    tctx_t *t = server->data;
+    CHECK_EQ(status, 0);
+    CHECK(!t->accepted);
+    uv_tcp_init(&t->loop, &t->peer);
+    CHECK_EQ(uv_accept(server, (uv_stream_t *)&t->peer), 0);
+    t->accepted = 1;
+}
+
+static void t_init(tctx_t *t)
+{
+    memset(t, 0, sizeof(*t));
+    g = t;
+    kvs_log_init("test", -1, KVS_LOG_INFO);
+    CHECK_EQ(uv_loop_init(&t->loop), 0);
+    struct sockaddr_in sa;
+    CHECK_EQ(uv_ip4_addr("127.0.0.1", 0, &sa), 0);
+    CHECK_EQ(uv_tcp_init(&t->loop, &t->server), 0);
+    t->server.data = t;
+    CHECK_EQ(uv_tcp_bind(&t->server, (const struct sockaddr *)&sa, 0), 0);
+    CHECK_EQ(uv_listen((uv_stream_t *)&t->server, 8, on_connection), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    CHECK_EQ(uv_tcp_getsockname(&t->server, (struct sockaddr *)&ss, &len), 0);
+    t->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* Closes the test's handles, runs the loop dry, and checks that nothing of
+ * the link is left in it. */
+static void t_close(tctx_t *t)
+{
+    uv_close((uv_handle_t *)&t->server, NULL);
+    if (t->accepted)
+        uv_close((uv_handle_t *)&t->peer, NULL);
+    CHECK_EQ(uv_run(&t->loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&t->loop), 0);
+}
+
+static void link_start(tctx_t *t, router_link_t *l, const char *host)
+{
+    char text[300], err[256];
+    kvs_addr_t addr;
+    snprintf(text, sizeof(text), "%s:%u", host, t->port);
+    CHECK_EQ(kvs_addr_parse(text, 0, &addr, err, sizeof(err)), 0);
+    CHECK_EQ(router_link_start(l, &t->loop, 7, &addr, 1000, 4096, NULL, on_reply, on_state), 0);
+}
+
+KVS_TEST(name_is_resolved_and_link_comes_up)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "localhost");
+    CHECK(l.resolving); /* asynchronous: not resolved inside router_link_start */
+    CHECK(!l.up);
+    uint64_t deadline = uv_now(&t.loop) + 10000;
+    while (!(l.up && t.accepted) && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK(l.up);
+    CHECK(t.accepted);
+    CHECK_EQ(t.ups, 1);
+    CHECK(!l.resolving);
+    CHECK(l.ai_list == NULL); /* the addresses are let go once up */
+    router_link_stop(&l);
+    router_link_stop(&l); /* twice is harmless */
+    t_close(&t);
+    CHECK_EQ(t.downs, 0);
+    CHECK_EQ(t.replies, 0);
+}
+
+KVS_TEST(numeric_address_is_not_resolved)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "127.0.0.1");
+    CHECK(!l.resolving);
+    CHECK(l.connecting);
+    while (!l.up)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    router_link_stop(&l);
+    t_close(&t);
+}
+
+KVS_TEST(stop_while_resolving)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "localhost");
+    CHECK(l.resolving);
+    router_link_stop(&l);
+    /* The lookup completes (or is cancelled) on the loop, and nothing else
+     * happens: no connection, no state change. */
+    t_close(&t);
+    CHECK(!l.resolving);
+    CHECK(!t.accepted);
+    CHECK_EQ(t.ups, 0);
+    CHECK_EQ(t.downs, 0);
+    CHECK(l.conn == NULL);
+    CHECK(l.ai_list == NULL);
+}
+
+KVS_TEST(stop_of_a_link_never_started)
+{
+    router_link_t l;
+    memset(&l, 0, sizeof(l)); /* what a router's calloc'd link array holds */
+    router_link_stop(&l);
+    router_link_stop(&l);
+    CHECK(!l.stopping); /* untouched */
+}
+
+KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
+              KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
+              KVS_CASE(stop_of_a_link_never_started))
