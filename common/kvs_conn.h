@@ -76,7 +76,10 @@ enum {
     KVS_CONN_READ_REFUSED = 1u << 12, /* the group's input budget refused more input */
 };
 
-/* A complete frame arrived. The owner may append output, pause, or close. */
+/* A complete frame arrived. The owner may append output, pause, or close.
+ * When the owner made the decoder skip oversized frames
+ * (kvs_frame_dec_skip_oversized on c->dec), payload is NULL for a frame
+ * that was stepped over and len is its announced length. */
 typedef void (*kvs_conn_frame_cb)(kvs_conn_t *c, const uint8_t *payload, size_t len);
 
 /* Input has ended, once per connection:

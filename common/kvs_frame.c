@@ -10,7 +10,11 @@
  *
  * Invariant on errors: once a header announces an oversized or compressed
  * frame, `err` sticks and next() returns it forever; the stream has no way
- * to resynchronize, so the owner must close the connection.
+ * to resynchronize, so the owner must close the connection. Except in skip
+ * mode, for oversized frames: the header is consumed, `skip` counts the
+ * payload bytes still to come, and next() drops buffered bytes against it
+ * before it looks for the following header; the region [start, end) then
+ * begins with up to `skip` bytes that belong to no frame.
  */
 #include "kvs_frame.h"
 #include "kvs_err.h"
@@ -39,6 +43,11 @@ void kvs_frame_dec_init(kvs_frame_dec_t *d, uint32_t max)
 {
     memset(d, 0, sizeof(*d));
     d->max = max;
+}
+
+void kvs_frame_dec_skip_oversized(kvs_frame_dec_t *d)
+{
+    d->skip_big = 1;
 }
 
 void kvs_frame_dec_close(kvs_frame_dec_t *d)
@@ -114,10 +123,24 @@ int kvs_frame_dec_feed(kvs_frame_dec_t *d, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* Drops buffered bytes of a skipped frame's payload; returns the bytes of
+ * it still to come. */
+static size_t discard(kvs_frame_dec_t *d)
+{
+    size_t n = d->end - d->start;
+    if (n > d->skip)
+        n = d->skip;
+    d->start += n;
+    d->skip -= n;
+    return d->skip;
+}
+
 int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
 {
     if (d->bad_len != 0)
         return KVS_ETOOBIG;
+    if (d->skip > 0 && discard(d) > 0)
+        return 0;
     size_t avail = d->end - d->start;
     if (avail < KVS_FRAME_HEADER)
         return 0;
@@ -125,6 +148,14 @@ int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
     uint32_t n = kvs_frame_get_header(d->buf + d->start, &compressed);
     if (compressed)
         return KVS_EPROTO;
+    if (n > d->max && d->skip_big) {
+        d->start += KVS_FRAME_HEADER;
+        d->skip = n;
+        discard(d);
+        *payload = NULL;
+        *len = n;
+        return KVS_FRAME_SKIPPED;
+    }
     if (n > d->max) {
         d->bad_len = n;
         return KVS_ETOOBIG;
@@ -147,10 +178,11 @@ int kvs_frame_dec_ready(const kvs_frame_dec_t *d)
     if (d->bad_len != 0)
         return 1;
     size_t avail = d->end - d->start;
-    if (avail < KVS_FRAME_HEADER)
+    if (avail < d->skip + KVS_FRAME_HEADER) /* a skipped payload comes first */
         return 0;
+    avail -= d->skip;
     int compressed;
-    uint32_t n = kvs_frame_get_header(d->buf + d->start, &compressed);
+    uint32_t n = kvs_frame_get_header(d->buf + d->start + d->skip, &compressed);
     return compressed || n > d->max || avail - KVS_FRAME_HEADER >= n;
 }
 

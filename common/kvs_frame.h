@@ -7,7 +7,10 @@
  * The decoder is streaming: bytes are read straight into its buffer (no
  * copy), then complete frames are handed out as pointers into that buffer.
  * The size check happens on the header, before a byte of an oversized
- * payload is buffered.
+ * payload is buffered. By default an oversized frame ends the stream; a
+ * decoder told to skip them (kvs_frame_dec_skip_oversized) reports each one
+ * and discards its payload as it arrives instead, still buffering none of
+ * it.
  */
 #ifndef KVS_FRAME_H
 #define KVS_FRAME_H
@@ -19,6 +22,7 @@
 #define KVS_FRAME_COMPRESSED 0x80000000u
 #define KVS_FRAME_LEN_MASK 0x7fffffffu
 #define KVS_FRAME_DEFAULT_MAX (4u * 1024u * 1024u)
+#define KVS_FRAME_SKIPPED 2 /* kvs_frame_dec_next: an oversized frame was stepped over */
 
 /* Writes the header for a payload of `len` bytes into out[0..3]. */
 void kvs_frame_put_header(uint8_t out[KVS_FRAME_HEADER], uint32_t len);
@@ -34,11 +38,21 @@ typedef struct kvs_frame_dec_s {
     size_t end;       /* one past the last byte read */
     uint32_t max;     /* largest payload accepted */
     uint32_t bad_len; /* on KVS_ETOOBIG: the announced length */
+    int skip_big;     /* step over oversized frames instead of failing */
+    size_t skip;      /* bytes of a skipped frame's payload still to discard */
 } kvs_frame_dec_t;
 
 /* Initializes a decoder that accepts payloads up to `max` bytes. Owns no
  * memory until the first kvs_frame_dec_space(). */
 void kvs_frame_dec_init(kvs_frame_dec_t *d, uint32_t max);
+
+/* Makes the decoder step over frames whose header announces more than
+ * `max`, rather than stop: kvs_frame_dec_next reports each such frame once
+ * (KVS_FRAME_SKIPPED) and then discards its payload as the bytes arrive,
+ * buffering none of it. Only for a peer that keeps to the framing even
+ * when it breaks the size limit (the router's link to a worker): one
+ * oversized answer then costs its own request, not the connection. */
+void kvs_frame_dec_skip_oversized(kvs_frame_dec_t *d);
 
 /* Frees the decoder's buffer. */
 void kvs_frame_dec_close(kvs_frame_dec_t *d);
@@ -62,6 +76,10 @@ int kvs_frame_dec_feed(kvs_frame_dec_t *d, const uint8_t *data, size_t len);
  *                 (space or feed); consecutive next() calls keep earlier
  *                 frames valid;
  *   0             no complete frame buffered yet;
+ *   KVS_FRAME_SKIPPED  (only after kvs_frame_dec_skip_oversized) the
+ *                 header announces more than `max`: *payload is NULL and
+ *                 *len the announced length; the payload is discarded as
+ *                 it arrives, and the frames after it follow as usual;
  *   KVS_ETOOBIG   the header announces more than `max` (d->bad_len holds
  *                 the length); the stream cannot be resynchronized;
  *   KVS_EPROTO    the compressed bit is set (unsupported).

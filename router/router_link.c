@@ -25,6 +25,13 @@
  *    resolved at all. When a name has several addresses, a failed connect
  *    tries the next one at once (ai_next walks ai_list, freed once up, out
  *    of addresses, or stopped).
+ *  - An answer larger than limits.max_frame does not break the link: the
+ *    decoder steps over it (kvs_frame_dec_skip_oversized), buffering none
+ *    of it, and that one request fails (on_reply with no payload and the
+ *    answer's length); the answers after it are matched as usual. Workers
+ *    never send one (node_cmd checks every answer); a node whose
+ *    limits.max_frame is larger than this router's could, and one request
+ *    is all it may cost.
  */
 #include "router_link.h"
 #include "kvs_err.h"
@@ -121,6 +128,26 @@ static void link_down(router_link_t *l, const char *why)
     link_arm_timer(l);
 }
 
+/* An answer over max_frame was stepped over: its request fails alone. */
+static void on_oversized(router_link_t *l, router_link_pending_t p, size_t len)
+{
+    char why[320];
+    uint64_t now = uv_now(l->loop);
+    if (l->oversized_log_ms == 0 || now - l->oversized_log_ms >= 10000) {
+        l->oversized_log_ms = now;
+        kvs_warn("shard %u (%s) sent an answer of %zu bytes, more than limits.max_frame (%u); "
+                 "it was dropped and its request failed, the link stays up (does that node "
+                 "have a larger limits.max_frame? logged at most every 10 s)",
+                 l->shard, l->addr_text, len, l->max_frame);
+    }
+    snprintf(why, sizeof(why),
+             "shard %u answered with %zu bytes, more than limits.max_frame (%u bytes) allows, "
+             "so the answer was dropped (that node's limits.max_frame is larger than this "
+             "router's: give every node the same)",
+             l->shard, len, l->max_frame);
+    l->on_reply(p.ctx, p.part, NULL, len, why);
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     router_link_t *l = c->data;
@@ -129,7 +156,10 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         return;
     }
     router_link_pending_t p = fifo_pop(l);
-    l->on_reply(p.ctx, p.part, payload, len, NULL);
+    if (payload == NULL)
+        on_oversized(l, p, len);
+    else
+        l->on_reply(p.ctx, p.part, payload, len, NULL);
     if (l->conn == c)
         link_arm_timer(l);
 }
@@ -181,6 +211,7 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
                            on_conn_closed);
     c->data = l;
     c->flusher = l->flusher;
+    kvs_frame_dec_skip_oversized(&c->dec); /* an oversized answer fails its request only */
     /* A link must always read and deliver answers: stopping because its
      * own requests are queued deadlocks against a worker stuck writing
      * answers, and would hold up every client of the shard. Its output is

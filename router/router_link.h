@@ -23,8 +23,12 @@
 typedef struct router_link_s router_link_t;
 
 /* A pending request's answer arrived (payload = encoded CommandResponse,
- * valid during the call), or it failed (payload NULL; status 503 and a
- * message saying why). `ctx`/`part` are what router_link_send was given. */
+ * valid during the call), or it failed: payload NULL and `failure` says
+ * why. With len 0 the link failed (answer 503: the request may or may not
+ * have been applied); with len > 0 the worker did answer, in len bytes,
+ * more than max_frame, and that answer was dropped (the link is fine; a
+ * read is answered 413, a write 500 as it may have been applied).
+ * `ctx`/`part` are what router_link_send was given. */
 typedef void (*router_link_reply_cb)(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                                      const char *failure);
 
@@ -62,7 +66,8 @@ struct router_link_s {
     router_link_reply_cb on_reply;
     router_link_state_cb on_state;
     char last_error[320];
-    int seen_up; /* came up at least once (for the router's readiness) */
+    int seen_up;               /* came up at least once (for the router's readiness) */
+    uint64_t oversized_log_ms; /* last log line about an oversized answer */
     void *data;
 };
 

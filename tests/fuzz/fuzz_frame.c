@@ -12,16 +12,22 @@
  *               otherwise (b & 0x7f) * 128 + 1 bytes;
  *   the rest    the stream itself.
  *
+ * Every input runs twice: with the decoder as clients get it, and in skip
+ * mode (kvs_frame_dec_skip_oversized, as the router's links have it).
+ *
  * A reference decoder (a few lines, working on the whole stream) says what
  * every kvs_frame_dec_next call must return, and the harness checks:
  *   - each frame is exactly the reference frame (length and bytes), its
  *     length is at most max, and frames handed out by consecutive next()
  *     calls stay intact until more bytes are added;
  *   - oversized and compressed headers give KVS_ETOOBIG / KVS_EPROTO, and
- *     the error sticks (bad_len holds the announced length);
- *   - pending() is always the bytes fed and not handed out; when frames are
- *     pulled after every read, pending never exceeds max + header + the
- *     read size, and the buffer never grows past what the contract allows;
+ *     the error sticks (bad_len holds the announced length); in skip mode
+ *     an oversized header gives KVS_FRAME_SKIPPED once, with the announced
+ *     length and no payload, and the frames after it follow intact;
+ *   - pending() is always the bytes fed and not handed out (or dropped, in
+ *     skip mode, as of the last next() call); when frames are pulled after
+ *     every read, pending never exceeds max + header + the read size, and
+ *     the buffer never grows past what the contract allows;
  *   - the whole space dec_space hands out is writable (ASan checks it).
  * Memory errors, leaks and UB are left to the sanitizers.
  */
@@ -49,13 +55,16 @@ typedef struct run_s {
     const uint8_t *s; /* the stream */
     size_t slen;
     size_t fed;      /* stream bytes given to the decoder */
-    size_t consumed; /* stream offset of the first byte not handed out */
+    size_t consumed; /* stream offset of the first byte not handed out (skip mode: may be
+                        past `fed`, inside a skipped payload not all fed yet) */
+    size_t start;    /* stream offset of the decoder's first byte, as of the last next() */
     int use_space;
-    int err; /* sticky error seen; nothing more is fed */
+    int skip; /* skip mode */
+    int err;  /* sticky error seen; nothing more is fed */
 } run_t;
 
 typedef struct expect_s {
-    int rc;       /* 1, 0, KVS_ETOOBIG or KVS_EPROTO */
+    int rc;       /* 1, 0, KVS_FRAME_SKIPPED, KVS_ETOOBIG or KVS_EPROTO */
     int alt_rc;   /* also acceptable (both error conditions hold), else rc */
     uint32_t len; /* frame or announced length */
 } expect_t;
@@ -64,6 +73,8 @@ typedef struct expect_s {
 static expect_t reference_next(const run_t *r)
 {
     expect_t e = {0, 0, 0};
+    if (r->consumed > r->fed)
+        return e; /* a skipped payload is still arriving */
     size_t avail = r->fed - r->consumed;
     if (avail < KVS_FRAME_HEADER)
         return e;
@@ -71,6 +82,10 @@ static expect_t reference_next(const run_t *r)
     uint32_t word = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
     int compressed = (word & KVS_FRAME_COMPRESSED) != 0;
     e.len = word & KVS_FRAME_LEN_MASK;
+    if (!compressed && e.len > r->max && r->skip) {
+        e.rc = e.alt_rc = KVS_FRAME_SKIPPED;
+        return e;
+    }
     if (compressed || e.len > r->max) {
         e.rc = compressed ? KVS_EPROTO : KVS_ETOOBIG;
         e.alt_rc = compressed && e.len > r->max ? KVS_ETOOBIG : e.rc;
@@ -92,6 +107,14 @@ static void check_error(run_t *r, int rc, const expect_t *e)
     r->err = rc;
 }
 
+/* The decoder's first byte after a next() call: skipped bytes already fed
+ * are dropped by then. */
+static void note_start(run_t *r)
+{
+    r->start = r->consumed < r->fed ? r->consumed : r->fed;
+    FUZZ_CHECK(kvs_frame_dec_pending(&r->dec) == r->fed - r->start);
+}
+
 /* Pulls frames until next() returns 0 or an error, checking each one. */
 static void drain(run_t *r)
 {
@@ -103,8 +126,16 @@ static void drain(run_t *r)
         expect_t e = reference_next(r);
         int rc = kvs_frame_dec_next(&r->dec, &p, &len);
         FUZZ_CHECK(rc == e.rc || rc == e.alt_rc);
-        if (rc == 0)
+        if (rc == 0) {
+            note_start(r);
             break;
+        }
+        if (rc == KVS_FRAME_SKIPPED) {
+            FUZZ_CHECK(p == NULL && len == e.len && len > r->max);
+            r->consumed += KVS_FRAME_HEADER + len;
+            note_start(r);
+            continue;
+        }
         if (rc != 1) {
             check_error(r, rc, &e);
             break;
@@ -117,7 +148,7 @@ static void drain(run_t *r)
             kept_len[nkept++] = len;
         }
         r->consumed += KVS_FRAME_HEADER + len;
-        FUZZ_CHECK(kvs_frame_dec_pending(&r->dec) == r->fed - r->consumed);
+        note_start(r);
     }
     /* Earlier frames must survive later next() calls. */
     for (size_t i = 0; i < nkept; i++)
@@ -163,22 +194,19 @@ static void header_roundtrip(const uint8_t *s, size_t len)
     FUZZ_CHECK(memcmp(out, s, KVS_FRAME_HEADER) == 0);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void run_one(const uint8_t *data, size_t size, int skip)
 {
     static const uint32_t maxes[4] = {4096, 64, 1, 0};
     static const unsigned cadences[4] = {1, 2, 7, 0};
-    if (size < 2)
-        return 0;
     size_t nsizes = (size_t)(data[0] & 7) + 1;
-    if (size < 1 + nsizes)
-        return 0;
     const uint8_t *sizes = data + 1;
     unsigned every = cadences[(data[0] >> 3) & 3];
-    run_t r = {.max = maxes[data[0] >> 6], .use_space = (data[0] >> 5) & 1};
+    run_t r = {.max = maxes[data[0] >> 6], .use_space = (data[0] >> 5) & 1, .skip = skip};
     r.s = data + 1 + nsizes;
     r.slen = size - 1 - nsizes;
-    header_roundtrip(r.s, r.slen);
     kvs_frame_dec_init(&r.dec, r.max);
+    if (skip)
+        kvs_frame_dec_skip_oversized(&r.dec);
 
     for (size_t i = 0; r.fed < r.slen && !r.err; i++) {
         size_t n = piece_size(sizes[i % nsizes]);
@@ -187,7 +215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t before = kvs_frame_dec_pending(&r.dec), cap_before = r.dec.cap;
         size_t want = add_piece(&r, n);
         size_t pending = kvs_frame_dec_pending(&r.dec);
-        FUZZ_CHECK(pending == r.fed - r.consumed && pending == before + n);
+        FUZZ_CHECK(pending == r.fed - r.start && pending == before + n);
         /* The buffer grows only as far as one maximal frame plus the read,
          * or the bytes the owner left buffered plus the read. */
         size_t bound = (size_t)r.max + KVS_FRAME_HEADER + want;
@@ -202,5 +230,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!r.err)
         drain(&r);
     kvs_frame_dec_close(&r.dec);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return 0;
+    size_t nsizes = (size_t)(data[0] & 7) + 1;
+    if (size < 1 + nsizes)
+        return 0;
+    header_roundtrip(data + 1 + nsizes, size - 1 - nsizes);
+    run_one(data, size, 0);
+    run_one(data, size, 1);
     return 0;
 }

@@ -361,7 +361,8 @@ KVS_TEST(space_commit_compacts_partial_frame)
 /* Streams `stream` through space()/commit() in reads of at most `chunk`
  * bytes, asking for `want` bytes of space each time and draining frames
  * after each read, the way kvs_conn does. Checks the capacity bound after
- * every space() and returns the number of frames decoded. */
+ * every space() and returns the number of frames decoded (skipped ones, in
+ * skip mode, not counted). */
 static unsigned stream_through(kvs_frame_dec_t *d, const kvs_buf_t *stream, size_t want,
                                size_t chunk)
 {
@@ -387,8 +388,11 @@ static unsigned stream_through(kvs_frame_dec_t *d, const kvs_buf_t *stream, size
         off += n;
         const uint8_t *p;
         size_t len;
-        while (kvs_frame_dec_next(d, &p, &len) == 1)
-            frames++;
+        int rc;
+        while ((rc = kvs_frame_dec_next(d, &p, &len)) != 0) {
+            CHECK(rc == 1 || rc == KVS_FRAME_SKIPPED); /* skipped: counted by the caller */
+            frames += rc == 1;
+        }
     }
     return frames;
 }
@@ -433,6 +437,137 @@ KVS_TEST(feed_larger_than_buffer)
     expect_none(&d);
     kvs_frame_dec_close(&d);
     kvs_buf_free(&stream);
+}
+
+/* ---- skipping oversized frames ------------------------------------------- */
+
+/* Expects the next result to be a skipped frame of `len` bytes. */
+static void expect_skipped(kvs_frame_dec_t *d, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)"not touched";
+    size_t n = 0;
+    CHECK_EQ(kvs_frame_dec_next(d, &p, &n), KVS_FRAME_SKIPPED);
+    CHECK(p == NULL);
+    CHECK_EQ(n, len);
+}
+
+/* small, oversized, small, oversized (twice max), small: in skip mode the
+ * oversized ones are reported and stepped over, and the frames around them
+ * arrive intact, whichever way the bytes are cut. */
+static void skip_stream(kvs_buf_t *stream, uint32_t max)
+{
+    kvs_buf_init(stream);
+    add_frame(stream, 10, 1);
+    add_frame(stream, max + 1, 2);
+    add_frame(stream, max, 3);
+    add_frame(stream, 2 * max, 4);
+    add_frame(stream, 0, 5);
+}
+
+static void expect_skip_stream(kvs_frame_dec_t *d, uint32_t max)
+{
+    expect_frame(d, 10, 1);
+    expect_skipped(d, max + 1);
+    expect_frame(d, max, 3);
+    expect_skipped(d, 2 * max);
+    expect_frame(d, 0, 5);
+    expect_none(d);
+}
+
+KVS_TEST(skip_mode_steps_over_oversized_frames)
+{
+    const uint32_t max = 100;
+    kvs_buf_t stream;
+    skip_stream(&stream, max);
+    kvs_frame_dec_t d;
+    kvs_frame_dec_init(&d, max); /* all at once */
+    kvs_frame_dec_skip_oversized(&d);
+    CHECK_EQ(kvs_frame_dec_feed(&d, stream.data, stream.len), 0);
+    expect_skip_stream(&d, max);
+    CHECK_EQ(kvs_frame_dec_pending(&d), 0);
+    kvs_frame_dec_close(&d);
+
+    /* One byte at a time, draining after each: the skipped frames are
+     * reported once their header is in, before their payload. */
+    kvs_frame_dec_init(&d, max);
+    kvs_frame_dec_skip_oversized(&d);
+    unsigned frames = 0, skipped = 0;
+    for (size_t i = 0; i < stream.len; i++) {
+        CHECK_EQ(kvs_frame_dec_feed(&d, stream.data + i, 1), 0);
+        const uint8_t *p;
+        size_t n;
+        int rc;
+        while ((rc = kvs_frame_dec_next(&d, &p, &n)) != 0) {
+            CHECK(rc == 1 || rc == KVS_FRAME_SKIPPED);
+            if (rc == 1)
+                frames++;
+            else
+                skipped++;
+        }
+        CHECK(d.cap <= (size_t)max + KVS_FRAME_HEADER + 1); /* nothing skipped is kept */
+    }
+    CHECK_EQ(frames, 3);
+    CHECK_EQ(skipped, 2);
+    CHECK_EQ(kvs_frame_dec_pending(&d), 0);
+    kvs_frame_dec_close(&d);
+    kvs_buf_free(&stream);
+}
+
+KVS_TEST(skip_mode_buffers_nothing_of_a_skipped_payload)
+{
+    /* A huge frame read in socket-sized pieces: the buffer stays within one
+     * maximal frame plus the read size, as for frames it keeps. */
+    const uint32_t max = 4096;
+    kvs_buf_t stream;
+    kvs_buf_init(&stream);
+    add_frame(&stream, 7, 1);
+    add_frame(&stream, 1u << 20, 2);
+    add_frame(&stream, max, 3);
+    kvs_frame_dec_t d;
+    kvs_frame_dec_init(&d, max);
+    kvs_frame_dec_skip_oversized(&d);
+    CHECK_EQ(stream_through(&d, &stream, 1024, 65536), 2); /* the two kept frames */
+    CHECK_EQ(kvs_frame_dec_pending(&d), 0);
+    CHECK_EQ(d.skip, 0);
+    kvs_frame_dec_close(&d);
+    kvs_buf_free(&stream);
+}
+
+KVS_TEST(skip_mode_ready_looks_past_the_skipped_payload)
+{
+    const uint32_t max = 8;
+    kvs_frame_dec_t d;
+    uint8_t hdr[KVS_FRAME_HEADER];
+    kvs_frame_dec_init(&d, max);
+    kvs_frame_dec_skip_oversized(&d);
+    kvs_frame_put_header(hdr, 20);
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr, sizeof(hdr)), 0);
+    CHECK(kvs_frame_dec_ready(&d)); /* the oversized header is reportable at once */
+    expect_skipped(&d, 20);
+    CHECK(!kvs_frame_dec_ready(&d));
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"0123456789", 10), 0);
+    expect_none(&d); /* 10 of the 20 bytes dropped */
+    CHECK(!kvs_frame_dec_ready(&d));
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"0123456789", 10), 0);
+    kvs_frame_put_header(hdr, 2);
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr, sizeof(hdr)), 0);
+    CHECK(!kvs_frame_dec_ready(&d)); /* the next frame's payload is not in yet */
+    CHECK_EQ(kvs_frame_dec_feed(&d, (const uint8_t *)"ok", 2), 0);
+    CHECK(kvs_frame_dec_ready(&d));
+    const uint8_t *p;
+    size_t n;
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), 1);
+    CHECK_EQ(n, 2);
+    CHECK(memcmp(p, "ok", 2) == 0);
+    kvs_frame_dec_close(&d);
+
+    /* Without skip mode the same header is the stream's end, as before. */
+    kvs_frame_dec_init(&d, max);
+    kvs_frame_put_header(hdr, 20);
+    CHECK_EQ(kvs_frame_dec_feed(&d, hdr, sizeof(hdr)), 0);
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), KVS_ETOOBIG);
+    CHECK_EQ(kvs_frame_dec_next(&d, &p, &n), KVS_ETOOBIG);
+    kvs_frame_dec_close(&d);
 }
 
 /* ---- kvs_buf ------------------------------------------------------------ */
@@ -612,4 +747,7 @@ KVS_TEST_MAIN(KVS_CASE(header_put_is_big_endian), KVS_CASE(header_round_trip),
               KVS_CASE(buf_reserve_keeps_content), KVS_CASE(buf_reserve_impossible_is_enomem),
               KVS_CASE(buf_many_appends), KVS_CASE(ready_means_next_has_a_frame_or_an_error),
               KVS_CASE(space_cap_predicts_growth),
-              KVS_CASE(shrink_frees_only_an_empty_large_buffer))
+              KVS_CASE(shrink_frees_only_an_empty_large_buffer),
+              KVS_CASE(skip_mode_steps_over_oversized_frames),
+              KVS_CASE(skip_mode_buffers_nothing_of_a_skipped_payload),
+              KVS_CASE(skip_mode_ready_looks_past_the_skipped_payload))

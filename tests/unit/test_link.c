@@ -4,13 +4,15 @@
  * resolves it without blocking the loop and comes up, a link stopped while
  * its lookup is in flight calls nothing back and leaves a loop that closes
  * cleanly, and stopping a link that never started (a router whose start-up
- * failed half-way) or stopping twice is harmless.
+ * failed half-way) or stopping twice is harmless. An answer larger than
+ * max_frame fails its own request and no other: the link stays up.
  *
  * "localhost" is the one name used: it resolves from /etc/hosts, no DNS
  * server is asked. It may resolve to ::1 before 127.0.0.1, which the link
  * must get past by trying the next address.
  */
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_test.h"
 #include "router_link.h"
@@ -24,6 +26,12 @@ typedef struct {
     int accepted;
     int ups, downs, replies;
     uint16_t port;
+    struct {
+        uintptr_t ctx;
+        size_t len;
+        int has_payload;
+        char failure[400];
+    } got[8]; /* the first replies, in order */
 } tctx_t;
 
 static tctx_t *g; /* link callbacks carry no context of their own */
@@ -40,7 +48,14 @@ static void on_state(router_link_t *l, int up)
 static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                      const char *failure)
 {
-    (void)ctx, (void)part, (void)payload, (void)len, (void)failure;
+    (void)part;
+    if (g->replies < 8) {
+        g->got[g->replies].ctx = (uintptr_t)ctx;
+        g->got[g->replies].len = len;
+        g->got[g->replies].has_payload = payload != NULL;
+        snprintf(g->got[g->replies].failure, sizeof(g->got[0].failure), "%s",
+                 failure ? failure : "");
+    }
     g->replies++;
 }
 
@@ -157,6 +172,75 @@ KVS_TEST(stop_of_a_link_never_started)
     CHECK(!l.stopping); /* untouched */
 }
 
+static void on_peer_written(uv_write_t *w, int status)
+{
+    CHECK_EQ(status, 0);
+    free(w);
+}
+
+/* Queues `n` bytes (which must stay valid) to the accepted peer; the loop
+ * writes them as the link reads. */
+static void peer_write(tctx_t *t, const void *p, size_t n)
+{
+    uv_write_t *w = malloc(sizeof(*w));
+    CHECK(w != NULL);
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    CHECK_EQ(uv_write(w, (uv_stream_t *)&t->peer, &b, 1, on_peer_written), 0);
+}
+
+static void peer_frame(tctx_t *t, const void *p, uint32_t n)
+{
+    static uint8_t hdrs[8][KVS_FRAME_HEADER];
+    static unsigned next;
+    uint8_t *hdr = hdrs[next++ % 8];
+    kvs_frame_put_header(hdr, n);
+    peer_write(t, hdr, KVS_FRAME_HEADER);
+    if (n > 0)
+        peer_write(t, p, n);
+}
+
+/* A worker answers three pipelined requests, the second with a frame
+ * larger than the link's max_frame (4096): that request alone fails, with
+ * the answer's size; the first and third get their answers and the link
+ * never goes down. */
+KVS_TEST(oversized_answer_fails_only_its_request)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "127.0.0.1");
+    while (!(l.up && t.accepted))
+        uv_run(&t.loop, UV_RUN_ONCE);
+    for (uintptr_t i = 1; i <= 3; i++)
+        CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)i, 0), 0);
+    static uint8_t big[20000];
+    memset(big, 'x', sizeof(big));
+    peer_frame(&t, "first", 5);
+    peer_frame(&t, big, sizeof(big));
+    peer_frame(&t, "third", 5);
+    uint64_t deadline = uv_now(&t.loop) + 10000;
+    while (t.replies < 3 && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(t.replies, 3);
+    CHECK_EQ(t.got[0].ctx, 1);
+    CHECK(t.got[0].has_payload);
+    CHECK_EQ(t.got[0].len, 5);
+    CHECK_EQ(t.got[1].ctx, 2);
+    CHECK(!t.got[1].has_payload);
+    CHECK_EQ(t.got[1].len, sizeof(big));
+    CHECK_CONTAINS(t.got[1].failure, "max_frame");
+    CHECK_CONTAINS(t.got[1].failure, "shard 7");
+    CHECK_EQ(t.got[2].ctx, 3);
+    CHECK(t.got[2].has_payload);
+    CHECK_EQ(t.got[2].len, 5);
+    CHECK(l.up);
+    CHECK_EQ(t.downs, 0);
+    CHECK(l.conn->dec.cap <= 4096 + KVS_FRAME_HEADER + 65536); /* nothing of it was kept */
+    router_link_stop(&l);
+    t_close(&t);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
-              KVS_CASE(stop_of_a_link_never_started))
+              KVS_CASE(stop_of_a_link_never_started),
+              KVS_CASE(oversized_answer_fails_only_its_request))
