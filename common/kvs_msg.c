@@ -668,6 +668,18 @@ int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
     return ok;
 }
 
+/* ---- answer sizes ------------------------------------------------------ */
+
+size_t kvs_msg_answer_bound(size_t n, size_t bytes)
+{
+    return bytes + 8 * n + 64;
+}
+
+size_t kvs_msg_pair_max(size_t max_frame)
+{
+    return max_frame > KVS_MAX_KEY + 64 ? max_frame - KVS_MAX_KEY - 64 : 0;
+}
+
 /* ---- responses -------------------------------------------------------- */
 
 int kvs_msg_append(kvs_buf_t *out, const ProtobufCMessage *m, size_t max_frame)

@@ -22,6 +22,7 @@
 
 enum {
     KVS_STATUS_OK = 200,
+    KVS_STATUS_PARTIAL = 207, /* a split write applied on some shards only (router) */
     KVS_STATUS_BAD_REQUEST = 400,
     KVS_STATUS_NOT_FOUND = 404,
     KVS_STATUS_TOO_LARGE = 413,
@@ -122,6 +123,23 @@ int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__
  * decodes, has a kind set, no unknown fields, and its strings are UTF-8.
  * `arena` is scratch (reset before returning). */
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len);
+
+/* ---- answer sizes ------------------------------------------------------ */
+
+/* An upper bound of the payload of an answer holding `n` Values whose
+ * encoded bytes sum to `bytes` (plus a status): each Value costs a tag and
+ * a length prefix (at most 6 bytes; 8 are counted) and the status less
+ * than 64. A worker refuses an Hmset or Hmdel whose bound passes its limit
+ * before it writes anything; the router splits answer budgets with the same
+ * arithmetic, so the two agree. */
+size_t kvs_msg_answer_bound(size_t n, size_t bytes);
+
+/* The most bytes a key plus its encoded Value may take in a store whose
+ * answers are at most `max_frame` bytes: an answer holding the pair (an
+ * Hget, an Hscan page with a cursor of up to a key) must fit, so that every
+ * stored pair can be read back. max_frame - KVS_MAX_KEY - 64 (0 when
+ * max_frame is smaller). */
+size_t kvs_msg_pair_max(size_t max_frame);
 
 /* ---- responses -------------------------------------------------------- */
 

@@ -11,6 +11,18 @@
  *
  * Every error a user can cause becomes a status and a message; storage
  * errors map to 507 (full, limit) or 500 (anything else).
+ *
+ * No answer is larger than limits.max_frame: a larger frame would break
+ * the connection it goes on, and the router's link to this worker carries
+ * every client's requests for the shard. Writes check before they write
+ * (an Hset/Hdel's previous value once copied in, an Hmset/Hmdel's bound of
+ * its previous values, against max_frame or the part's answer_budget), so
+ * a 413 always means nothing was written. Every answer then passes one
+ * last size comparison before its frame is closed (finish): a read of a
+ * value stored under a larger max_frame, an Info of many partitions, or
+ * anything else that outgrew the limit becomes that request's 413, with a
+ * message saying what to do. An Hscan or Hgetall that meets a pair too
+ * large to be answered names its key.
  */
 #include "node_cmd.h"
 #include "kvs_err.h"
@@ -77,6 +89,27 @@ static int too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, const 
     return 0;
 }
 
+/* A single stored value cannot be answered under today's max_frame (it was
+ * stored under a larger one): 413 naming the key and the limit that would
+ * do. `need` is the answer's payload size; `write` says the request was a
+ * write (which then wrote nothing). */
+static int value_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
+                           const ProtobufCBinaryData *key, size_t need, int write)
+{
+    char shown[128];
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "%s answer would take %zu bytes for the %s value of key \"%s\", more than "
+                     "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
+                     "%sraise limits.max_frame to at least %zu bytes to %s it",
+                     cmd, need, write ? "previous" : "stored",
+                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), ctx->max_frame,
+                     write ? "nothing was written; " : "", need, write ? "change" : "read");
+    return 0;
+}
+
 /* Encodes a request Value for storage into arena memory. Exact for every
  * kind: the C binding holds string_value with its length (a NUL inside
  * survives; see proto/kvs_c.cmake). */
@@ -97,8 +130,8 @@ static int encode_value(node_cmd_ctx_t *ctx, const Kvs__Value *v, node_slice_t *
 static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBinaryData *key,
                           size_t vlen)
 {
-    size_t need = key->len + vlen + KVS_MAX_KEY + 64;
-    if (need <= ctx->max_frame)
+    size_t max = kvs_msg_pair_max(ctx->max_frame);
+    if (key->len + vlen <= max)
         return 0;
     kvs_resp_abort(r);
     kvs_resp_begin(r, r->out);
@@ -106,7 +139,20 @@ static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBin
     kvs_resp_message(r,
                      "value of %zu bytes is too large: an answer holding it must fit in "
                      "limits.max_frame (%zu bytes), so keys plus values may be at most %zu bytes",
-                     vlen, ctx->max_frame, ctx->max_frame - KVS_MAX_KEY - 64);
+                     vlen, ctx->max_frame, max);
+    return 1;
+}
+
+/* An Hset's or Hdel's answer, holding the previous value, must fit before
+ * the write happens: a previous value stored under a larger max_frame
+ * makes it 413 and nothing is written. Returns 1 if it did. */
+static int previous_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
+                              const ProtobufCBinaryData *key)
+{
+    size_t need = kvs_resp_size(r);
+    if (need <= ctx->max_frame)
+        return 0;
+    value_too_large(ctx, r, cmd, key, need, 1);
     return 1;
 }
 
@@ -150,8 +196,8 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
         return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
     rc = append_stored(ctx, r, m->table, key);
-    if (rc < 0)
-        return rc;
+    if (rc < 0 || previous_too_large(ctx, r, "Hset", key))
+        return rc < 0 ? rc : 0;
     return node_store_put(ctx->store, m->table, key->data, key->len, enc.p, enc.len);
 }
 
@@ -162,6 +208,8 @@ static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     int rc = append_stored(ctx, r, m->table, &m->key);
     if (rc <= 0)
         return rc; /* absent: nothing to delete, the empty Value says so */
+    if (previous_too_large(ctx, r, "Hdel", &m->key))
+        return 0;
     rc = node_store_del(ctx->store, m->table, m->key.data, m->key.len);
     return rc == KVS_ENOTFOUND ? 0 : rc;
 }
@@ -207,15 +255,34 @@ static const ProtobufCBinaryData *hmdel_key(const void *m, size_t i)
     return &((const Kvs__Hmdel *)m)->keys[i];
 }
 
-/* A multi-key write must know its answer fits max_frame before it writes:
- * refusing afterwards would report failure for applied writes. `bound` is
- * an upper bound of the previous values' bytes. */
+/* A multi-key write must know its answer fits before it writes: refusing
+ * afterwards would report failure for applied writes. `bytes` is an upper
+ * bound of the n previous values' bytes; the answer may take at most
+ * max_frame, or `budget` when that is smaller and not 0 (the router's
+ * share of the merged answer for this part). Returns 1 when it answered
+ * 413. */
 static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, size_t n,
-                            size_t bound)
+                            size_t bytes, uint32_t budget)
 {
-    if (bound + 8 * n + 64 <= ctx->max_frame)
+    size_t need = kvs_msg_answer_bound(n, bytes);
+    if (budget == 0 || budget >= ctx->max_frame) {
+        if (need <= ctx->max_frame)
+            return 0;
+        return too_large(ctx, r, cmd,
+                         "nothing was written; send fewer keys per request (or raise "
+                         "limits.max_frame)") == 0;
+    }
+    if (need <= budget)
         return 0;
-    return too_large(ctx, r, cmd, "nothing was written; send fewer keys per request") == 0;
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "%s answer (the previous values of %zu key%s) could take up to %zu bytes, "
+                     "more than its answer_budget of %u bytes (its share of limits.max_frame, "
+                     "%zu bytes); nothing was written; send fewer keys per request",
+                     cmd, n, n == 1 ? "" : "s", need, budget, ctx->max_frame);
+    return 1;
 }
 
 /* ---- multi-key ------------------------------------------------------------ */
@@ -225,11 +292,16 @@ static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     const Kvs__Hmget *m = req->hmget;
     kvs_resp_status(r, KVS_STATUS_OK);
     for (size_t i = 0; i < m->n_keys; i++) {
+        size_t before = kvs_resp_size(r);
         int rc = append_stored(ctx, r, m->table, &m->keys[i]);
         if (rc < 0)
             return rc;
-        if (kvs_resp_size(r) > ctx->max_frame)
-            return too_large(ctx, r, "Hmget", "ask for fewer keys per request");
+        size_t now = kvs_resp_size(r);
+        if (now <= ctx->max_frame)
+            continue;
+        if (now - before + 3 > ctx->max_frame) /* this value alone: no fewer keys will do */
+            return value_too_large(ctx, r, "Hmget", &m->keys[i], now - before + 3, 0);
+        return too_large(ctx, r, "Hmget", "ask for fewer keys per request");
     }
     return 0;
 }
@@ -237,7 +309,7 @@ static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
 static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmexist *m = req->hmexist;
-    if (answer_too_large(ctx, r, "Hmexist", m->n_keys, 0))
+    if (answer_too_large(ctx, r, "Hmexist", m->n_keys, 0, 0))
         return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
     for (size_t i = 0; i < m->n_keys; i++) {
@@ -266,7 +338,7 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &olds);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, olds + news))
+    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, olds + news, m->answer_budget))
         return 0;
     rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
@@ -294,7 +366,7 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &olds);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, olds))
+    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, olds, m->answer_budget))
         return 0;
     rc = node_store_reserve(ctx->store, m->n_keys, bytes);
     if (rc != 0)
@@ -321,23 +393,40 @@ typedef struct scan_state_s {
     uint32_t taken;    /* pairs added so far */
     size_t limit;      /* response bytes allowed */
     int overflow;      /* stopped because of `limit` */
+    int whole;         /* Hgetall: any pair no answer can hold stops the walk */
+    int huge;          /* stopped at a pair no answer can hold (`next` is its key) */
+    size_t huge_len;   /* ... its key plus value bytes */
     node_slice_t next; /* first key not returned, copied */
     uint8_t next_buf[KVS_MAX_KEY];
 } scan_state_t;
+
+static int scan_stop(scan_state_t *st, node_slice_t key)
+{
+    size_t n = key.len < sizeof(st->next_buf) ? key.len : sizeof(st->next_buf);
+    memcpy(st->next_buf, key.p, n);
+    st->next.p = st->next_buf;
+    st->next.len = n;
+    return 1;
+}
 
 static int scan_one(void *arg, node_slice_t key, node_slice_t val)
 {
     scan_state_t *st = arg;
     /* The first pair is always taken, however large, so a walk always
-     * makes progress; later ones must fit the soft limit. */
+     * makes progress; later ones must fit the soft limit. A pair that no
+     * answer can hold (stored under a larger max_frame) stops the walk
+     * where it would be taken (Hscan: at the start of a page; Hgetall:
+     * anywhere): the command says so rather than send it. */
+    if ((st->taken == 0 || st->whole) && st->left != 0 &&
+        key.len + val.len > kvs_msg_pair_max(st->ctx->max_frame)) {
+        st->huge = 1;
+        st->huge_len = key.len + val.len;
+        return scan_stop(st, key);
+    }
     if (st->left == 0 ||
         (st->taken > 0 && kvs_resp_size(st->r) + key.len + val.len + 16 > st->limit)) {
         st->overflow = st->left != 0;
-        size_t n = key.len < sizeof(st->next_buf) ? key.len : sizeof(st->next_buf);
-        memcpy(st->next_buf, key.p, n);
-        st->next.p = st->next_buf;
-        st->next.len = n;
-        return 1;
+        return scan_stop(st, key);
     }
     kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
     st->left--;
@@ -345,13 +434,33 @@ static int scan_one(void *arg, node_slice_t key, node_slice_t val)
     return 0;
 }
 
+/* A walk stopped at a pair no answer can hold: 413 naming its key. */
+static int pair_unreadable(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
+                           const scan_state_t *st)
+{
+    char shown[128];
+    size_t need = st->huge_len + KVS_MAX_KEY + 64;
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "%s reached key \"%s\", whose key and value take %zu bytes: more than an "
+                     "answer may hold under limits.max_frame (%zu bytes; it was stored under a "
+                     "larger limit); raise limits.max_frame to at least %zu bytes to read it",
+                     cmd, kvs_msg_quote(shown, sizeof(shown), st->next.p, st->next.len),
+                     st->huge_len, ctx->max_frame, need);
+    return 0;
+}
+
 static int cmd_hgetall(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
-    scan_state_t st = {.ctx = ctx, .r = r, .left = UINT32_MAX, .limit = ctx->max_frame};
+    scan_state_t st = {.ctx = ctx, .r = r, .left = UINT32_MAX, .limit = ctx->max_frame, .whole = 1};
     kvs_resp_status(r, KVS_STATUS_OK);
     int rc = node_store_scan(ctx->store, req->hgetall->table, NULL, 0, scan_one, &st);
     if (rc != 0)
         return rc;
+    if (st.huge)
+        return pair_unreadable(ctx, r, "Hgetall", &st);
     if (st.overflow || kvs_resp_size(r) > ctx->max_frame)
         return too_large(ctx, r, "Hgetall", "read the table in pages with Hscan");
     return 0;
@@ -369,6 +478,8 @@ static int cmd_hscan(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = node_store_scan(ctx->store, m->table, m->cursor.data, m->cursor.len, scan_one, &st);
     if (rc != 0)
         return rc;
+    if (st.huge)
+        return pair_unreadable(ctx, r, "Hscan", &st);
     if (st.next.len > 0)
         kvs_resp_cursor(r, st.next.p, st.next.len);
     return 0;
@@ -398,6 +509,42 @@ static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     kvs_resp_pair(r, key, strlen(key), enc,
                   kvs_value_encode_int(enc, node_store_table_count(ctx->store)));
     return 0;
+}
+
+/* Every answer's last check before its frame is closed: one size
+ * comparison. An answer past max_frame (a read of a value stored under a
+ * larger limit, an Info listing many partitions, ...) becomes this
+ * request's 413; writes checked before writing, so none gets here with
+ * its write applied. Returns kvs_resp_end's result. */
+static int finish(node_cmd_ctx_t *ctx, kvs_resp_t *r, Kvs__CommandRequest__CommandCase cmd)
+{
+    size_t n = kvs_resp_size(r);
+    if (n <= ctx->max_frame)
+        return kvs_resp_end(r);
+    char hint[160];
+    switch (cmd) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+        snprintf(hint, sizeof(hint), "read the table in pages with Hscan");
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        snprintf(hint, sizeof(hint), "ask for fewer keys per request");
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        snprintf(hint, sizeof(hint),
+                 "it lists six numbers per Kafka partition this shard owns; raise "
+                 "limits.max_frame to at least %zu bytes",
+                 n);
+        break;
+    default: /* Hget of a value stored under a larger limit */
+        snprintf(hint, sizeof(hint),
+                 "the value was stored under a larger limit: raise limits.max_frame to at "
+                 "least %zu bytes to read it",
+                 n);
+        break;
+    }
+    too_large(ctx, r, kvs_msg_command_name(cmd), hint);
+    return kvs_resp_end(r);
 }
 
 static const cmd_fn commands[] = {
@@ -433,7 +580,7 @@ int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_bu
     }
     if (rc != 0)
         store_error(ctx, &r, kvs_msg_request_table(req), rc);
-    return kvs_resp_end(&r);
+    return finish(ctx, &r, req->command_case);
 }
 
 /* The single-key commands straight from their wire bytes (kvs_msg_peek
@@ -471,14 +618,16 @@ static int fast_path(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_resp_t *r)
             return 0;
         kvs_resp_status(r, KVS_STATUS_OK);
         rc = append_stored(ctx, r, table, &key);
-        return rc < 0
-                   ? rc
-                   : node_store_put(ctx->store, table, key.data, key.len, pk->value, pk->value_len);
+        if (rc < 0 || previous_too_large(ctx, r, "Hset", &key))
+            return rc < 0 ? rc : 0;
+        return node_store_put(ctx->store, table, key.data, key.len, pk->value, pk->value_len);
     default: /* Hdel */
         kvs_resp_status(r, KVS_STATUS_OK);
         rc = append_stored(ctx, r, table, &key);
         if (rc <= 0)
             return rc;
+        if (previous_too_large(ctx, r, "Hdel", &key))
+            return 0;
         rc = node_store_del(ctx->store, table, key.data, key.len);
         return rc == KVS_ENOTFOUND ? 0 : rc;
     }
@@ -495,7 +644,7 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
         table[pk->table_len] = '\0';
         store_error(ctx, &r, table, rc);
     }
-    return kvs_resp_end(&r);
+    return finish(ctx, &r, pk->cmd);
 }
 
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)

@@ -27,6 +27,10 @@
  *
  * Records with no key, or a payload the binding's format rejects, are
  * skipped and counted (and logged, rate-limited): never a crash or a stall.
+ * So is a record whose key and value could never be read back: every
+ * answer is at most limits.max_frame, so such a pair would only make every
+ * read of its key (and every Hscan over it) fail; the same bound refuses
+ * it from clients (kvs_msg_pair_max).
  *
  * Every applied keyed record is also checked against the binding's
  * partitioner (node_placecheck): one that came on another partition than
@@ -237,6 +241,7 @@ static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
+    char big[224];
     const char *why = NULL;
     int rc = 0;
     if (m->key == NULL || m->key_len == 0)
@@ -248,9 +253,16 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
         if (rc == KVS_ENOTFOUND)
             rc = 0;
     } else {
-        size_t len;
+        size_t len, max = kvs_msg_pair_max(in->cfg->max_frame);
         const uint8_t *v = encode_payload(in, t, m, &len, &why);
-        if (v != NULL)
+        if (v != NULL && m->key_len + len > max) {
+            snprintf(big, sizeof(big),
+                     "value too large to be read back: key and value take %zu bytes, more than "
+                     "the %zu an answer may hold under limits.max_frame (%llu bytes); raise "
+                     "limits.max_frame to store such records",
+                     m->key_len + len, max, (unsigned long long)in->cfg->max_frame);
+            why = big;
+        } else if (v != NULL)
             rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
     }
     if (rc != 0)

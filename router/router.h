@@ -74,6 +74,7 @@ struct router_req_s {
     size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */
     int done;
     int in_route;
+    Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
 };

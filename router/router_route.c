@@ -10,8 +10,23 @@
  *    (one sub-request per shard, sent in parallel) and merged back into the
  *    client's key order. Each shard applies its part atomically; there is
  *    no atomicity across shards.
+ *  - A split Hmset or Hmdel answers with previous values the router cannot
+ *    know in advance, yet 413 must mean nothing was written. So each part
+ *    carries an answer budget (plan_write, split_budget), the budgets
+ *    adding up to max_frame, and a worker refuses its part, writing
+ *    nothing, when its bound of the answer passes the budget: the answers
+ *    of the parts that write always fit one merged answer. merge_write
+ *    then says what happened: 200; 413 (or the refusal's status) when
+ *    every part was refused; 207 listing the keys not written when only
+ *    some were; 503 naming what is known of each shard when a part got no
+ *    answer.
  *  - Hgetall (and Info) fan out to every shard and k-way merge the pairs
  *    into one key-ordered answer, refused with 413 past limits.max_frame.
+ *  - No answer leaves larger than limits.max_frame: merged answers are
+ *    packed against it, passed-through ones came over a link whose decoder
+ *    stops at it, and an answer the link had to step over for its size
+ *    fails that request alone (413 for a read, 500 for a write, which may
+ *    have been applied).
  *  - Hscan walks shards one after another. The router's cursor is
  *    'S' + shard (2 bytes, big-endian) + the worker's own cursor.
  *  - A table bound to a topic is placed by its binding's partitioner (the
@@ -45,11 +60,12 @@ typedef struct route_merge_s {
     uint32_t nparts;
     uint32_t *part_shard; /* shard of each part */
     kvs_buf_t *answers;   /* raw answer payload of each part */
-    uint8_t *failed;      /* part failed at the link (answers holds the message) */
+    uint32_t *failed;     /* part got no answer: the status to report (answers holds why) */
     size_t nkeys;
-    uint32_t *key_part;  /* multi-key: the part each key went to */
-    uint32_t *key_index; /* ... and its index inside that part */
-    int anywhere;        /* every part got the whole request: the key may be on any */
+    ProtobufCBinaryData *keys; /* split write: the request's keys (copies), for a 207 */
+    uint32_t *key_part;        /* multi-key: the part each key went to */
+    uint32_t *key_index;       /* ... and its index inside that part */
+    int anywhere;              /* every part got the whole request: the key may be on any */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -97,6 +113,7 @@ static void merge_free(route_merge_t *m)
     free(m->failed);
     free(m->key_part);
     free(m->key_index);
+    free(m->keys);
     free(m);
 }
 
@@ -131,15 +148,49 @@ static void req_complete(router_req_t *req)
         router_client_req_done(req->client, req);
 }
 
+/* Ends text[0..n) (n = what snprintf reported) within `cap` bytes and
+ * `max` bytes of text, at a whole UTF-8 character: a message cut in the
+ * middle of one would not be a valid protobuf string, and one larger than
+ * the frame could not be sent. */
+static void cut_text(char *text, int n, size_t cap, size_t max)
+{
+    size_t end = n < 0 ? 0 : (size_t)n;
+    if (end >= cap)
+        end = cap - 1;
+    if (end > max)
+        end = max;
+    size_t i = end;
+    while (i > 0 && end - i < 4 && ((unsigned char)text[i - 1] & 0xc0) == 0x80)
+        i--; /* back to the last character's first byte */
+    if (i > 0) {
+        unsigned char c = (unsigned char)text[i - 1];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+        if (end - (i - 1) < len)
+            end = i - 1; /* that character was cut: drop it */
+    }
+    text[end] = '\0';
+}
+
+/* Room for a message in an answer of at most max_frame bytes that holds
+ * little else (a status). */
+static size_t message_room(const router_t *r)
+{
+    return (size_t)r->cfg->max_frame - 64;
+}
+
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
 {
     char text[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    cut_text(text, n, sizeof(text), message_room(req->router));
+    Kvs__CommandResponse resp = KVS__COMMAND_RESPONSE__INIT;
+    resp.status = status;
+    resp.message = text;
     req->resp.len = 0;
-    if (kvs_msg_append_status(&req->resp, status, "%s", text) != 0)
+    if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
         req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
     req_complete(req);
 }
@@ -157,6 +208,23 @@ static void set_frame(kvs_buf_t *b, const uint8_t *payload, size_t len)
 
 static void merge_finish(router_req_t *req);
 
+static int is_write(Kvs__CommandRequest__CommandCase cmd)
+{
+    return cmd == KVS__COMMAND_REQUEST__COMMAND_HSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
+           cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* The status of a request that got no answer (see router_link_reply_cb):
+ * 503 when the link failed; when the answer came but was dropped for its
+ * size, 413 for a read (nothing changed) and 500 for a write (it may have
+ * been applied, so 413 would say too much). */
+static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len)
+{
+    if (len == 0)
+        return KVS_STATUS_UNAVAILABLE;
+    return is_write(cmd) ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
+}
+
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                         const char *failure)
 {
@@ -166,7 +234,9 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     route_merge_t *m = req->merge;
     if (m == NULL) { /* single part: pass the worker's answer through */
         if (failure != NULL)
-            router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s", failure);
+            router_req_finish_status(
+                req, failure_status(req->cmd, len), "%s%s", failure,
+                len > 0 && is_write(req->cmd) ? "; the write may have been applied there" : "");
         else if (req->client == NULL || req->in_route ||
                  !router_client_deliver(req->client, req, payload, len)) {
             set_frame(&req->resp, payload, len);
@@ -177,30 +247,13 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     kvs_buf_t *a = &m->answers[part];
     a->len = 0;
     if (failure != NULL) {
-        m->failed[part] = 1;
+        m->failed[part] = failure_status(m->cmd, len);
         kvs_buf_append(a, failure, strlen(failure) + 1);
     } else {
         kvs_buf_append(a, payload, len);
     }
     if (--req->parts_left == 0)
         merge_finish(req);
-}
-
-/* The failure message of part `i`, with a warning when it was one part of
- * a write split over shards: each shard applies its own part, so the other
- * shards may have stored theirs whatever this one says. */
-static void finish_part_failure(router_req_t *req, uint32_t i, uint32_t status, const char *msg)
-{
-    route_merge_t *m = req->merge;
-    int split_write = m->nparts > 1 && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-                                        m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL);
-    if (split_write)
-        router_req_finish_status(req, status,
-                                 "%s (for the keys on shard %u; %s spans %u shards and is not "
-                                 "atomic across them: other shards may have applied their keys)",
-                                 msg, m->part_shard[i], kvs_msg_command_name(m->cmd), m->nparts);
-    else
-        router_req_finish_status(req, status, "%s", msg);
 }
 
 /* Info stands in for a shard that could not answer with a single pair,
@@ -231,6 +284,31 @@ static Kvs__CommandResponse *info_unavailable(kvs_arena_t *arena, uint32_t shard
     return r;
 }
 
+/* Info's part `i`: its pairs, or info_unavailable for a shard that could
+ * not answer. A shard whose Info is too large for a frame (413, from the
+ * worker or for an answer the link dropped) makes the whole Info 413: the
+ * merged answer could not be smaller, and "unavailable" would be untrue.
+ * Returns NULL once `req` is finished. */
+static Kvs__CommandResponse *decode_info_part(router_req_t *req, uint32_t i, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse *r = NULL;
+    const char *why = (const char *)m->answers[i].data;
+    uint32_t st = m->failed[i];
+    if (st == 0) {
+        r = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
+        st = r == NULL ? KVS_STATUS_INTERNAL : r->status;
+        why = r != NULL ? r->message : "";
+    }
+    if (st == KVS_STATUS_TOO_LARGE) {
+        router_req_finish_status(req, st, "shard %u: %s", m->part_shard[i], why);
+        return NULL;
+    }
+    if (st != KVS_STATUS_OK && (r = info_unavailable(arena, m->part_shard[i])) == NULL)
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+    return r;
+}
+
 /* Decodes every part's answer. If a part failed (or answered non-200),
  * finishes `req` with that status and returns NULL; for Info such a part
  * becomes info_unavailable instead. */
@@ -243,19 +321,13 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
         return NULL;
     }
     for (uint32_t i = 0; i < m->nparts; i++) {
-        if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO &&
-            (m->failed[i] ||
-             (rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len,
-                                                    m->answers[i].data)) == NULL ||
-             rs[i]->status != KVS_STATUS_OK)) {
-            if ((rs[i] = info_unavailable(arena, m->part_shard[i])) == NULL) {
-                router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO) {
+            if ((rs[i] = decode_info_part(req, i, arena)) == NULL)
                 return NULL;
-            }
             continue;
         }
         if (m->failed[i]) {
-            finish_part_failure(req, i, KVS_STATUS_UNAVAILABLE, (const char *)m->answers[i].data);
+            router_req_finish_status(req, m->failed[i], "%s", (const char *)m->answers[i].data);
             return NULL;
         }
         rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
@@ -266,7 +338,7 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
             return NULL;
         }
         if (rs[i]->status != KVS_STATUS_OK) {
-            finish_part_failure(req, i, rs[i]->status, rs[i]->message);
+            router_req_finish_status(req, rs[i]->status, "%s", rs[i]->message);
             return NULL;
         }
     }
@@ -317,6 +389,176 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
 }
 
+/* ---- split writes: what was applied where ----------------------------------- */
+
+/* What became of each part of an Hmset or Hmdel split over shards. A
+ * worker's error answer means it wrote nothing (node_cmd's contract: a
+ * write that fails or is refused changes nothing); a part with no answer
+ * (the link failed, or its answer was dropped) may or may not have been
+ * applied. */
+enum { PART_APPLIED = 1, PART_REFUSED, PART_UNKNOWN };
+
+/* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
+ * shard order) into buf; returns how many. */
+static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8_t o, char *buf,
+                           size_t len)
+{
+    uint32_t count = 0;
+    size_t n = 0;
+    for (uint32_t p = 0; p < m->nparts; p++)
+        count += outcome[p] == o;
+    int k = snprintf(buf, len, "%s", count == 1 ? "shard" : "shards");
+    n = k > 0 ? (size_t)k : 0;
+    uint32_t listed = 0;
+    for (uint32_t s = 0; s < m->router->shards && listed < count; s++)
+        for (uint32_t p = 0; p < m->nparts; p++) {
+            if (m->part_shard[p] != s || outcome[p] != o || n >= len)
+                continue;
+            k = snprintf(buf + n, len - n, "%s %u", listed++ > 0 ? "," : "", s);
+            n += k > 0 ? (size_t)k : 0;
+        }
+    return count;
+}
+
+/* Some part got no answer: 503 (or the status its failure gave), naming
+ * what is known of every shard. */
+static void write_unknown(router_req_t *req, const uint8_t *outcome, uint32_t u)
+{
+    route_merge_t *m = req->merge;
+    char applied[160], refused[160], unknown[160], why[160];
+    const char *msg = (const char *)m->answers[u].data;
+    uint32_t status = m->failed[u];
+    if (status == 0) {
+        snprintf(why, sizeof(why), "shard %u sent an answer that is not a CommandResponse",
+                 m->part_shard[u]);
+        msg = why;
+        status = KVS_STATUS_INTERNAL;
+    }
+    uint32_t na = shard_list(m, outcome, PART_APPLIED, applied, sizeof(applied));
+    uint32_t nr = shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
+    shard_list(m, outcome, PART_UNKNOWN, unknown, sizeof(unknown));
+    router_req_finish_status(req, status,
+                             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s"
+                             "%s may or may not have written)",
+                             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
+                             na ? " applied their keys, " : "", nr ? refused : "",
+                             nr ? " wrote nothing, " : "", unknown);
+}
+
+/* Every part refused: nothing was written anywhere, and the first
+ * refusal says why. */
+static void write_refused(router_req_t *req, Kvs__CommandResponse **rs, uint32_t first)
+{
+    route_merge_t *m = req->merge;
+    router_req_finish_status(req, rs[first]->status,
+                             "%s (shard %u; every one of the %u shards holding the keys refused "
+                             "its part: nothing was written)",
+                             rs[first]->message, m->part_shard[first], m->nparts);
+}
+
+/* 207: some shards wrote their keys, the others refused theirs. The answer
+ * says exactly what happened (see kvs.proto, CommandResponse.status):
+ * previous values for the written keys, the unwritten keys in `pairs`;
+ * what does not fit max_frame is left out, the message saying so. */
+static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const uint8_t *outcome,
+                          uint32_t first, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__Value empty = KVS__VALUE__INIT;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    char wrote[160], refused[160], text[1024];
+    size_t unwritten = 0;
+    for (size_t i = 0; i < m->nkeys; i++)
+        unwritten += outcome[m->key_part[i]] != PART_APPLIED;
+    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
+    out.pairs = kvs_arena_alloc(arena, unwritten * sizeof(*out.pairs));
+    Kvs__Kvpair *kp = kvs_arena_alloc(arena, unwritten * sizeof(*kp));
+    if (out.values == NULL || out.pairs == NULL || kp == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const Kvs__CommandResponse *pr = rs[m->key_part[i]];
+        out.values[i] = &empty;
+        if (outcome[m->key_part[i]] != PART_APPLIED) {
+            kvs__kvpair__init(&kp[out.n_pairs]);
+            kp[out.n_pairs].key = m->keys[i];
+            out.pairs[out.n_pairs] = &kp[out.n_pairs];
+            out.n_pairs++;
+        } else if (m->key_index[i] < pr->n_values) {
+            out.values[i] = pr->values[m->key_index[i]];
+        } else {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u answered %zu values for more keys",
+                                     m->part_shard[m->key_part[i]], pr->n_values);
+            return;
+        }
+    }
+    out.n_values = m->nkeys;
+    shard_list(m, outcome, PART_APPLIED, wrote, sizeof(wrote));
+    shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
+    out.status = KVS_STATUS_PARTIAL;
+    out.message = text;
+    static const char *const left_out[] = {
+        "", "; previous values left out: they do not fit limits.max_frame",
+        "; previous values and keys left out: they do not fit limits.max_frame"};
+    for (int stage = 0; stage < 3; stage++) {
+        int n = snprintf(text, sizeof(text),
+                         "%s partly applied: the keys on %s were written (their previous values "
+                         "are in values); the %zu key%s on %s were not (listed in pairs): %s%s",
+                         kvs_msg_command_name(m->cmd), wrote, unwritten, unwritten == 1 ? "" : "s",
+                         refused, rs[first]->message, left_out[stage]);
+        cut_text(text, n, sizeof(text), message_room(m->router));
+        out.n_values = stage == 0 ? m->nkeys : 0;
+        out.n_pairs = stage == 2 ? 0 : unwritten;
+        req->resp.len = 0;
+        int rc = kvs_msg_append(&req->resp, &out.base, m->router->cfg->max_frame);
+        if (rc == 0) {
+            req_complete(req);
+            return;
+        }
+        if (rc != KVS_ETOOBIG)
+            break;
+    }
+    router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+}
+
+/* An Hmset or Hmdel split over shards: the merged previous values when
+ * every shard applied its part; otherwise an answer that says exactly
+ * which shards wrote and which did not (or may have). */
+static void merge_write(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
+    uint8_t *outcome = kvs_arena_alloc(arena, m->nparts);
+    if (rs == NULL || outcome == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    uint32_t applied = 0, refused = UINT32_MAX, unknown = UINT32_MAX;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        rs[i] = m->failed[i] ? NULL
+                             : kvs__command_response__unpack(&arena->pb, m->answers[i].len,
+                                                             m->answers[i].data);
+        outcome[i] = rs[i] == NULL                    ? PART_UNKNOWN
+                     : rs[i]->status == KVS_STATUS_OK ? PART_APPLIED
+                                                      : PART_REFUSED;
+        applied += outcome[i] == PART_APPLIED;
+        if (outcome[i] == PART_REFUSED && refused == UINT32_MAX)
+            refused = i;
+        if (outcome[i] == PART_UNKNOWN && unknown == UINT32_MAX)
+            unknown = i;
+    }
+    if (unknown != UINT32_MAX)
+        write_unknown(req, outcome, unknown);
+    else if (refused == UINT32_MAX)
+        merge_keys(req, rs, arena);
+    else if (applied == 0)
+        write_refused(req, rs, refused);
+    else
+        write_partial(req, rs, outcome, refused, arena);
+}
+
 static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
 {
     size_t n = a->len < b->len ? a->len : b->len;
@@ -351,7 +593,11 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
         }
         out.pairs[out.n_pairs] = rs[best]->pairs[pos[best]++];
     }
-    finish_packed(req, &out, kvs_msg_command_name(m->cmd), "read the table in pages with Hscan");
+    finish_packed(req, &out, kvs_msg_command_name(m->cmd),
+                  m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO
+                      ? "it lists six numbers per Kafka partition of every shard; raise "
+                        "limits.max_frame"
+                      : "read the table in pages with Hscan");
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -408,6 +654,10 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
     uint32_t miss = UINT32_MAX, failed = UINT32_MAX;
     Kvs__CommandResponse *error = NULL;
     for (uint32_t i = 0; i < m->nparts; i++) {
+        if (m->failed[i] == KVS_STATUS_TOO_LARGE) { /* its answer (the key's?) was dropped */
+            router_req_finish_status(req, m->failed[i], "%s", (const char *)m->answers[i].data);
+            return;
+        }
         if (m->failed[i]) {
             failed = failed == UINT32_MAX ? i : failed;
             continue;
@@ -490,6 +740,12 @@ static void merge_finish(router_req_t *req)
         kvs_arena_reset(arena);
         return;
     }
+    if (!m->anywhere && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+                         m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)) {
+        merge_write(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
     Kvs__CommandResponse **rs = decode_parts(req, arena);
     if (rs != NULL && m->anywhere) {
         merge_found_keys(req, rs, arena);
@@ -524,7 +780,7 @@ static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cm
     m->nkeys = nkeys;
     m->part_shard = calloc(nparts, sizeof(*m->part_shard));
     m->answers = calloc(nparts, sizeof(*m->answers));
-    m->failed = calloc(nparts, 1);
+    m->failed = calloc(nparts, sizeof(*m->failed));
     m->key_part = calloc(nkeys ? nkeys : 1, sizeof(*m->key_part));
     m->key_index = calloc(nkeys ? nkeys : 1, sizeof(*m->key_index));
     if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index) {
@@ -612,9 +868,10 @@ static size_t nkeys_of(const Kvs__CommandRequest *q)
     return request_keys(q, &keys);
 }
 
-/* Builds the sub-request holding keys sel[0..n) of `q`, in arena memory. */
+/* Builds the sub-request holding keys sel[0..n) of `q`, in arena memory;
+ * an Hmset or Hmdel part gets answer_budget `budget`. */
 static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const size_t *sel, size_t n,
-                            Kvs__CommandRequest *sub)
+                            uint32_t budget, Kvs__CommandRequest *sub)
 {
     kvs_arena_t *a = &r->arena;
     kvs__command_request__init(sub);
@@ -630,26 +887,134 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
             pairs[i] = q->hmset->pairs[sel[i]];
         m->pairs = pairs;
         m->n_pairs = n;
+        m->answer_budget = budget;
         sub->hmset = m;
         return 0;
     }
-    /* Hmget, Hmdel and Hmexist have the same shape: {table, repeated keys}. */
-    Kvs__Hmget *m = kvs_arena_alloc(a, sizeof(*m));
+    /* Hmget, Hmdel and Hmexist begin alike: {table, repeated keys} (Hmdel
+     * has answer_budget after them). */
+    const ProtobufCMessageDescriptor *d =
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
+        : q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
+                                                                 : &kvs__hmexist__descriptor;
+    Kvs__Hmget *m = kvs_arena_alloc(a, d->sizeof_message);
     ProtobufCBinaryData *keys = kvs_arena_alloc(a, n * sizeof(*keys));
     if (m == NULL || keys == NULL)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++)
         keys[i] = *nth_key(q, sel[i]);
-    const ProtobufCMessageDescriptor *d =
-        q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
-        : q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
-                                                                 : &kvs__hmexist__descriptor;
     protobuf_c_message_init(d, m);
     m->table = (char *)kvs_msg_request_table(q);
     m->keys = keys;
     m->n_keys = n;
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+        ((Kvs__Hmdel *)(void *)m)->answer_budget = budget;
     sub->hmget = m; /* the oneof members share storage */
     return 0;
+}
+
+/* Gives each part of a split Hmset or Hmdel its answer budget, so that
+ * answers within their budgets always fit one merged answer of `total`
+ * bytes (a worker refuses its part, writing nothing, when its bound of
+ * the answer passes its budget). What the router knows of a part's bound,
+ * known[p] (its new values and the framing of its keys), the part gets
+ * outright; the rest, room for previous values the router cannot know, is
+ * split in proportion to weight[p] (README, "Multi-key commands", says
+ * which weights and why). Returns 0, or -1 when the known bounds alone
+ * pass `total`: every part would refuse. */
+static int split_budget(uint64_t total, uint32_t nparts, const uint64_t *known,
+                        const uint64_t *weight, uint32_t *budget)
+{
+    uint64_t sum = 0, wsum = 0, given = 0;
+    for (uint32_t p = 0; p < nparts; p++) {
+        sum += known[p];
+        wsum += weight[p];
+    }
+    if (sum > total)
+        return -1;
+    uint64_t rest = total - sum; /* total <= max_frame <= 1 GiB: no product overflows */
+    for (uint32_t p = 0; p < nparts; p++) {
+        uint64_t share = p + 1 == nparts ? rest - given : wsum ? rest * weight[p] / wsum : 0;
+        given += share;
+        budget[p] = (uint32_t)(known[p] + share);
+    }
+    return 0;
+}
+
+/* Keeps a copy of the request's keys with the merge (one allocation), so
+ * a 207 can list the keys that were not written. */
+static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t keybytes)
+{
+    route_merge_t *m = req->merge;
+    m->keys = malloc(m->nkeys * sizeof(*m->keys) + keybytes);
+    if (m->keys == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return -1;
+    }
+    uint8_t *p = (uint8_t *)(m->keys + m->nkeys);
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const ProtobufCBinaryData *k = nth_key(q, i);
+        memcpy(p, k->data, k->len);
+        m->keys[i].data = p;
+        m->keys[i].len = k->len;
+        p += k->len;
+    }
+    return 0;
+}
+
+/* A split Hmset or Hmdel, before its parts go out: refuses at once what no
+ * shard could accept (a pair too large to read back; an answer that cannot
+ * fit whatever the previous values are), gives each part its budget, and
+ * keeps the request's keys for a 207. Returns 0, or -1 when `req` was
+ * answered. Weights: Hmset, the part's new value bytes (previous values
+ * are most often about as large as the values that replace them); Hmdel,
+ * its keys. */
+static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                      uint32_t *budget)
+{
+    route_merge_t *m = req->merge;
+    int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
+    const char *cmd = kvs_msg_command_name(q->command_case);
+    uint64_t *known = kvs_arena_alloc(&r->arena, 3 * m->nparts * sizeof(*known));
+    if (known == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return -1;
+    }
+    uint64_t *weight = known + m->nparts, *news = weight + m->nparts;
+    memset(known, 0, 3 * m->nparts * sizeof(*known));
+    size_t pair_max = kvs_msg_pair_max(r->cfg->max_frame), keybytes = 0;
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const ProtobufCBinaryData *k = nth_key(q, i);
+        size_t v = hmset ? kvs__value__get_packed_size(q->hmset->pairs[i]->value) : 0;
+        if (k->len + v > pair_max) {
+            router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                     "Hmset.pairs[%zu]: value of %zu bytes is too large: an answer "
+                                     "holding it must fit in limits.max_frame (%llu bytes), so "
+                                     "keys plus values may be at most %zu bytes; nothing was "
+                                     "written",
+                                     i, v, (unsigned long long)r->cfg->max_frame, pair_max);
+            return -1;
+        }
+        keybytes += k->len;
+        known[m->key_part[i]]++; /* the part's keys, for now */
+        news[m->key_part[i]] += v;
+    }
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        weight[p] = hmset ? news[p] : known[p];
+        known[p] = kvs_msg_answer_bound(known[p], news[p]);
+    }
+    uint32_t asked = hmset ? q->hmset->answer_budget : q->hmdel->answer_budget;
+    uint64_t total = asked != 0 && asked < r->cfg->max_frame ? asked : r->cfg->max_frame;
+    if (split_budget(total, m->nparts, known, weight, budget) != 0) {
+        router_req_finish_status(
+            req, KVS_STATUS_TOO_LARGE,
+            "%s answer would exceed %s (%llu bytes); nothing was written; "
+            "send fewer keys per request",
+            cmd, total < r->cfg->max_frame ? "its answer_budget" : "limits.max_frame",
+            (unsigned long long)total);
+        return -1;
+    }
+    return keep_keys(req, q, keybytes);
 }
 
 /* Splits a multi-key request on a table with binding `b` (or NULL) per shard. */
@@ -698,13 +1063,16 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         m->key_part[i] = p;
         m->key_index[i] = count[p]++;
     }
+    memset(count, 0, nparts * sizeof(*count)); /* now: each part's answer budget (0 = none) */
+    if (is_write(q->command_case) && plan_write(r, req, q, count) != 0)
+        return;
     for (uint32_t p = 0; p < nparts; p++) {
         size_t k = 0;
         for (size_t i = 0; i < n; i++)
             if (m->key_part[i] == p)
                 sel[k++] = i;
         Kvs__CommandRequest sub;
-        if (build_subrequest(r, q, sel, k, &sub) != 0)
+        if (build_subrequest(r, q, sel, k, count[p], &sub) != 0)
             router_route_reply(req, p, NULL, 0, "router out of memory");
         else
             send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0);
@@ -870,6 +1238,7 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     req->in_route = 1;
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
         const kvs_binding_t *b = table_binding(r, pk.table, pk.table_len);
+        req->cmd = pk.cmd;
         if (b == NULL || b->partitioner != KVS_PARTITIONER_NONE) {
             req->parts_left = 1;
             send_part(r, req, 0, place_key(r, b, pk.key, pk.key_len), NULL, payload, len);
@@ -883,6 +1252,7 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
                                  "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
                                  len);
     } else {
+        req->cmd = q->command_case;
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));

@@ -283,7 +283,8 @@ static Kvs__CommandResponse *hexist(const char *t, const char *k)
     return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HEXIST, &m);
 }
 
-/* Hmget, Hmdel and Hmexist share one shape: {table, repeated keys}. */
+/* Hmget, Hmdel and Hmexist begin alike: {table, repeated keys}; Hmdel,
+ * the largest (answer_budget follows), holds any of them. */
 static Kvs__CommandResponse *multi(Kvs__CommandRequest__CommandCase c, const char *t, size_t n,
                                    const char *const *keys)
 {
@@ -291,7 +292,7 @@ static Kvs__CommandResponse *multi(Kvs__CommandRequest__CommandCase c, const cha
     CHECK(n <= 16);
     for (size_t i = 0; i < n; i++)
         kb[i] = bin(keys[i]);
-    Kvs__Hmget m;
+    Kvs__Hmdel m;
     protobuf_c_message_init(c == KVS__COMMAND_REQUEST__COMMAND_HMDEL     ? &kvs__hmdel__descriptor
                             : c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ? &kvs__hmexist__descriptor
                                                                          : &kvs__hmget__descriptor,
@@ -971,6 +972,173 @@ KVS_TEST(hscan_oversized_pair_makes_progress)
     free(v);
 }
 
+/* ---- answer budgets and answers over max_frame ----------------------------- */
+
+/* Hmset of keys[i] => vals[i] with answer_budget `budget`. */
+static Kvs__CommandResponse *hmset_budget(const char *t, size_t n, const char *const *keys,
+                                          const char *const *vals, uint32_t budget)
+{
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value values[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        values[i] = vstr(vals[i]);
+        kvs__kvpair__init(&pairs[i]);
+        pairs[i].key = bin(keys[i]);
+        pairs[i].value = &values[i];
+        pp[i] = &pairs[i];
+    }
+    Kvs__Hmset m = KVS__HMSET__INIT;
+    m.table = (char *)t;
+    m.n_pairs = n;
+    m.pairs = pp;
+    m.answer_budget = budget;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+}
+
+static Kvs__CommandResponse *hmdel_budget(const char *t, size_t n, const char *const *keys,
+                                          uint32_t budget)
+{
+    ProtobufCBinaryData kb[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++)
+        kb[i] = bin(keys[i]);
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    m.table = (char *)t;
+    m.n_keys = n;
+    m.keys = kb;
+    m.answer_budget = budget;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HMDEL, &m);
+}
+
+/* answer_budget (the router's share of the merged answer for this part)
+ * bounds the answer like a smaller max_frame: over it, 413 and nothing is
+ * written; 0, or more than max_frame, leaves max_frame the limit. */
+KVS_TEST(answer_budget_refuses_before_writing)
+{
+    setup(KVS_FRAME_DEFAULT_MAX, 16);
+    char *v = repeat('v', 1000);
+    for (int i = 0; i < 3; i++)
+        put(TABLE, big_keys[i], v);
+    end_turn();
+    const char *small[] = {"1", "2", "3"};
+    /* Previous values ~3 x 1003 bytes: over a 2,000-byte budget. */
+    Kvs__CommandResponse *r = hmset_budget(TABLE, 3, big_keys, small, 2000);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "answer_budget of 2000 bytes");
+    CHECK_CONTAINS(r->message, "nothing was written");
+    r = hmdel_budget(TABLE, 3, big_keys, 2000);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "answer_budget");
+    end_turn();
+    for (int i = 0; i < 3; i++)
+        check_str(value0(hget(TABLE, big_keys[i])), v);
+    /* Within the budget: applied. */
+    r = hmset_budget(TABLE, 3, big_keys, small, 4000);
+    check_status(r, 200);
+    for (int i = 0; i < 3; i++)
+        check_str(r->values[i], v);
+    r = hmdel_budget(TABLE, 3, big_keys, 0);
+    check_status(r, 200);
+    for (int i = 0; i < 3; i++)
+        check_str(r->values[i], small[i]);
+    end_turn();
+    check_status(hget(TABLE, "a"), 404);
+    free(v);
+
+    /* A budget above max_frame does not lift max_frame. */
+    v = put_big_values(); /* 3 x 1,500 bytes under a 4 KiB max_frame */
+    r = hmset_budget(TABLE, 3, big_keys, small, 1u << 30);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "limits.max_frame");
+    check_big_values_kept(v);
+    free(v);
+}
+
+/* Runs `q` through node_cmd_execute, the handlers behind the decoder (the
+ * path every request the fast path does not take goes). */
+static Kvs__CommandResponse *run_execute(Kvs__CommandRequest__CommandCase c, void *body)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = c;
+    q.hget = body;
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    CHECK_EQ(node_cmd_execute(&fx.ctx, &q, &out), 0);
+    Kvs__CommandResponse *r = decode_one(&out);
+    kvs_buf_free(&out);
+    return r;
+}
+
+/* A 413 for a value stored under a larger max_frame: the frame fits the
+ * limit, and the message says what to raise it to. */
+static void check_unreadable(const Kvs__CommandResponse *r, const char *key)
+{
+    check_status(r, 413);
+    CHECK(fx.last_len <= fx.ctx.max_frame);
+    CHECK_CONTAINS(r->message, "raise limits.max_frame to at least");
+    if (key != NULL)
+        CHECK_CONTAINS(r->message, key);
+    CHECK_EQ(r->n_values, 0);
+    CHECK_EQ(r->n_pairs, 0);
+}
+
+/* A value stored while limits.max_frame was larger, read after it was
+ * lowered: every answer that would hold it is that request's 413, within
+ * the limit (a larger frame would break the router's link to the worker,
+ * shared by every client of the shard); writes that would return it as
+ * their previous value change nothing. */
+KVS_TEST(value_stored_under_a_larger_max_frame)
+{
+    setup(64 * 1024, 16);
+    char *v = repeat('v', 10000);
+    put(TABLE, "a", "small");
+    put(TABLE, "big", v);
+    put(TABLE, "small", "small");
+    end_turn();
+    fx.ctx.max_frame = 4096; /* the node restarted with a smaller limit */
+
+    check_unreadable(hget(TABLE, "big"), NULL); /* the fast path */
+    Kvs__Hget g = KVS__HGET__INIT;
+    g.table = TABLE;
+    g.key = bin("big");
+    check_unreadable(run_execute(KVS__COMMAND_REQUEST__COMMAND_HGET, &g), NULL);
+    check_bool(value0(hexist(TABLE, "big")), 1); /* what fits is answered */
+    check_str(value0(hget(TABLE, "small")), "small");
+    const char *mk[] = {"small", "big"};
+    check_unreadable(multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 2, mk), "\"big\"");
+    check_unreadable(hgetall(TABLE), "\"big\"");
+    /* Hscan: the page before it ends there; the page that would start
+     * with it is 413 naming it. */
+    Kvs__CommandResponse *r = hscan(TABLE, (ProtobufCBinaryData){0, NULL}, 10);
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 1);
+    check_key(r->pairs[0]->key, "a", 1);
+    check_key(r->cursor, "big", 3);
+    check_unreadable(hscan(TABLE, r->cursor, 10), "\"big\"");
+
+    /* Writes that would answer with it: 413, nothing written. */
+    check_unreadable(hset(TABLE, "big", vstr("x")), "\"big\"");
+    check_unreadable(hset_full_path(TABLE, "big", vstr("x")), "\"big\"");
+    check_unreadable(hdel(TABLE, "big"), "\"big\"");
+    Kvs__Hdel d = KVS__HDEL__INIT;
+    d.table = TABLE;
+    d.key = bin("big");
+    check_unreadable(run_execute(KVS__COMMAND_REQUEST__COMMAND_HDEL, &d), "\"big\"");
+    const char *x[] = {"x", "x"};
+    r = hmset(TABLE, 2, mk, x);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "nothing was written");
+    r = multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, TABLE, 2, mk);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "nothing was written");
+    end_turn();
+    fx.ctx.max_frame = 64 * 1024;
+    check_str(value0(hget(TABLE, "big")), v);
+    check_str(value0(hget(TABLE, "small")), "small");
+    free(v);
+}
+
 /* ---- storage limits and turns ------------------------------------------------------------------
  */
 
@@ -1039,6 +1207,7 @@ KVS_TEST(frames_append_in_request_order)
 }
 
 KVS_TEST_MAIN(
+    KVS_CASE(answer_budget_refuses_before_writing), KVS_CASE(value_stored_under_a_larger_max_frame),
     KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
     KVS_CASE(text_with_nul_reads_back_whole), KVS_CASE(integers_are_int64_on_every_path),
     KVS_CASE(hdel_returns_previous_or_empty), KVS_CASE(hexist_and_hmexist),

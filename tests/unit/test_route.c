@@ -324,7 +324,7 @@ static void route_multi(Kvs__CommandRequest__CommandCase c, size_t n, const char
         route_cmd(c, &m);
         return;
     }
-    Kvs__Hmget m; /* Hmdel and Hmexist have the same layout */
+    Kvs__Hmdel m; /* Hmget and Hmexist begin alike; Hmdel has answer_budget after */
     protobuf_c_message_init(c == KVS__COMMAND_REQUEST__COMMAND_HMDEL     ? &kvs__hmdel__descriptor
                             : c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ? &kvs__hmexist__descriptor
                                                                          : &kvs__hmget__descriptor,
@@ -671,20 +671,328 @@ KVS_TEST(multi_key_on_one_shard_forwarded_raw)
     }
 }
 
+/* A read's part that answers an error: that status, that message. */
 KVS_TEST(part_error_status_reaches_client)
 {
     setup();
     const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
-    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, keys);
     reply_values_from_keys(sent_to(0));
     reply_status(sent_to(1), 507, "storage is full; free disk space");
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 507);
-    /* The shard's own words, plus the warning that a split write is not
-     * atomic: the other shard stored its keys. */
-    CHECK_CONTAINS(r->message, "storage is full; free disk space");
-    CHECK_CONTAINS(r->message, "not atomic across them");
+    CHECK_STR(r->message, "storage is full; free disk space");
     CHECK_EQ(r->n_values, 0);
+}
+
+/* ---- split writes: answer budgets and what was applied where
+ * -------------------------------------------------------------------------- */
+
+/* Routes an Hmset of keys[i] => a binary value of sizes[i] bytes, with the
+ * client's answer_budget `budget` (0: none). */
+static void route_hmset_sized(size_t n, const char *const *keys, const size_t *sizes,
+                              uint32_t budget)
+{
+    static uint8_t bytes[8192];
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value vals[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(sizes[i] <= sizeof(bytes));
+        kvs__value__init(&vals[i]);
+        vals[i].kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+        vals[i].binary_value = (ProtobufCBinaryData){sizes[i], bytes};
+        kvs__kvpair__init(&pairs[i]);
+        pairs[i].key = bin(keys[i]);
+        pairs[i].value = &vals[i];
+        pp[i] = &pairs[i];
+    }
+    Kvs__Hmset m = KVS__HMSET__INIT;
+    m.table = TABLE;
+    m.n_pairs = n;
+    m.pairs = pp;
+    m.answer_budget = budget;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+}
+
+static void route_hmdel_budget(size_t n, const char *const *keys, uint32_t budget)
+{
+    ProtobufCBinaryData kb[16];
+    CHECK(n <= 16);
+    for (size_t i = 0; i < n; i++)
+        kb[i] = bin(keys[i]);
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    m.table = TABLE;
+    m.n_keys = n;
+    m.keys = kb;
+    m.answer_budget = budget;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HMDEL, &m);
+}
+
+/* The answer_budget of the part sent to `shard`. */
+static uint32_t budget_of(uint32_t shard)
+{
+    Kvs__CommandRequest *q = sent_request(sent_to(shard));
+    return q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET ? q->hmset->answer_budget
+                                                                  : q->hmdel->answer_budget;
+}
+
+/* The encoded size of a binary Value of n bytes (n < 16384). */
+static uint64_t bin_value_size(size_t n)
+{
+    return 1 + (n < 128 ? 1 : 2) + n;
+}
+
+/* Each part of a split Hmset gets its own answer bound (new values and
+ * framing) plus a share of the rest of max_frame in proportion to its new
+ * value bytes; the budgets add up to max_frame exactly, so answers within
+ * them always fit one merged answer. */
+KVS_TEST(split_hmset_budgets_fill_max_frame_by_value_bytes)
+{
+    setup_frame("64KiB");
+    const uint64_t total = 65536;
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[0][1], fx.keys[3][0]};
+    const size_t sizes[] = {1000, 3000, 1000, 10};
+    route_hmset_sized(4, keys, sizes, 0);
+    check_pending();
+    CHECK_EQ(fx.n_sent, 3);
+    uint64_t w0 = 2 * bin_value_size(1000), w1 = bin_value_size(3000), w3 = bin_value_size(10);
+    uint64_t k0 = kvs_msg_answer_bound(2, w0), k1 = kvs_msg_answer_bound(1, w1),
+             k3 = kvs_msg_answer_bound(1, w3);
+    uint64_t rest = total - k0 - k1 - k3, w = w0 + w1 + w3;
+    uint64_t b0 = budget_of(0), b1 = budget_of(1), b3 = budget_of(3);
+    CHECK_EQ(b0 + b1 + b3, total);
+    /* Floors, the last part (shard 3's, in key order) taking what is left. */
+    CHECK_EQ(b0, k0 + rest * w0 / w);
+    CHECK_EQ(b1, k1 + rest * w1 / w);
+    CHECK(b3 >= k3 + rest * w3 / w && b3 <= k3 + rest * w3 / w + 2);
+    CHECK(b1 > b0 && b0 > b3);
+
+    /* A client's own answer_budget, below max_frame, is what is split. */
+    const size_t small[] = {10, 10, 10, 10};
+    route_hmset_sized(4, keys, small, 5000);
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK_EQ((uint64_t)budget_of(0) + budget_of(1) + budget_of(3), 5000);
+    /* ... and one above max_frame is max_frame. */
+    route_hmset_sized(4, keys, small, 1u << 30);
+    CHECK_EQ((uint64_t)budget_of(0) + budget_of(1) + budget_of(3), total);
+
+    /* All keys on one shard: forwarded as the client sent it (its budget
+     * as it gave it: the worker applies it). */
+    const char *one[] = {fx.keys[2][0], fx.keys[2][1]};
+    route_hmset_sized(2, one, small, 777);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(sent_is_client_payload(0));
+    CHECK_EQ(budget_of(2), 777);
+}
+
+/* Hmdel knows nothing of the previous values: the rest is shared by keys. */
+KVS_TEST(split_hmdel_budgets_fill_max_frame_by_keys)
+{
+    setup_frame("64KiB");
+    const uint64_t total = 65536;
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0], fx.keys[0][1], fx.keys[0][2]};
+    route_hmdel_budget(4, keys, 0);
+    CHECK_EQ(fx.n_sent, 2);
+    uint64_t k0 = kvs_msg_answer_bound(3, 0), k2 = kvs_msg_answer_bound(1, 0);
+    uint64_t rest = total - k0 - k2;
+    CHECK_EQ((uint64_t)budget_of(0), k0 + rest * 3 / 4);
+    CHECK_EQ((uint64_t)budget_of(0) + budget_of(2), total);
+    for (size_t i = 0; i < fx.n_sent; i++) { /* the keys went as ever */
+        Kvs__CommandRequest *q = sent_request(i);
+        CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HMDEL);
+        CHECK_EQ(q->hmdel->n_keys, fx.sent[i].shard == 0 ? 3 : 1);
+    }
+}
+
+/* What no shard could accept is refused before anything is sent: 413
+ * then means nothing was written anywhere. */
+KVS_TEST(split_write_refused_before_sending)
+{
+    setup_frame("4KiB");
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
+    /* The new values alone (the worker's bound counts them) pass the frame. */
+    const size_t two[] = {2000, 2100};
+    route_hmset_sized(2, keys, two, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "nothing was written");
+    CHECK_CONTAINS(r->message, "limits.max_frame");
+    CHECK_EQ(fx.n_sent, 0);
+    /* A pair that could never be read back, as a worker would find. */
+    const size_t one_big[] = {10, 3600};
+    route_hmset_sized(2, keys, one_big, 0);
+    r = answer_sync();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "Hmset.pairs[1]");
+    CHECK_CONTAINS(r->message, "nothing was written");
+    CHECK_EQ(fx.n_sent, 0);
+    /* An Hmdel whose client budget cannot even hold the framing. */
+    route_hmdel_budget(2, keys, 100);
+    r = answer_sync();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "answer_budget");
+    CHECK_EQ(fx.n_sent, 0);
+}
+
+/* Every shard refused its part (each over its budget): nothing was
+ * written, and the client gets 413 saying so. */
+KVS_TEST(split_write_refused_everywhere_is_413)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]};
+    static const Kvs__CommandRequest__CommandCase cmds[] = {KVS__COMMAND_REQUEST__COMMAND_HMSET,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMDEL};
+    for (int c = 0; c < 2; c++) {
+        route_multi(cmds[c], 3, keys);
+        reply_status(sent_to(3), 413, "answer over its answer_budget; nothing was written");
+        reply_status(sent_to(0), 413, "answer over its answer_budget; nothing was written");
+        check_pending();
+        reply_status(sent_to(1), 413, "answer over its answer_budget; nothing was written");
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 413);
+        CHECK_CONTAINS(r->message, "answer over its answer_budget");
+        CHECK_CONTAINS(r->message, "every one of the 3 shards");
+        CHECK_EQ(r->n_values, 0);
+    }
+}
+
+/* Some shards applied their keys, another refused its part: not 413 (that
+ * would deny the writes that happened) but 207, saying exactly which keys
+ * were written: previous values for them, the others listed in pairs. */
+KVS_TEST(split_write_partly_applied_is_207)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[2][0], fx.keys[0][1],
+                          fx.keys[1][1]};
+    static const Kvs__CommandRequest__CommandCase cmds[] = {KVS__COMMAND_REQUEST__COMMAND_HMSET,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMDEL};
+    for (int c = 0; c < 2; c++) {
+        route_multi(cmds[c], 5, keys);
+        reply_values_from_keys(sent_to(0));
+        reply_status(sent_to(1), 413, "answer over its answer_budget; send fewer keys");
+        reply_values_from_keys(sent_to(2));
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 207);
+        CHECK_CONTAINS(r->message, kvs_msg_command_name(cmds[c]));
+        CHECK_CONTAINS(r->message, "partly applied");
+        CHECK_CONTAINS(r->message, "the keys on shards 0, 2 were written");
+        CHECK_CONTAINS(r->message, "the 2 keys on shard 1 were not");
+        CHECK_CONTAINS(r->message, "answer over its answer_budget; send fewer keys");
+        CHECK_EQ(r->n_values, 5);
+        for (size_t k = 0; k < 5; k++) {
+            if (k == 1 || k == 4)
+                CHECK_EQ(r->values[k]->kind_case, KVS__VALUE__KIND__NOT_SET);
+            else
+                check_text_of(r->values[k], "v", keys[k], strlen(keys[k]));
+        }
+        CHECK_EQ(r->n_pairs, 2);
+        CHECK(bin_is(r->pairs[0]->key, keys[1], strlen(keys[1])));
+        CHECK(bin_is(r->pairs[1]->key, keys[4], strlen(keys[4])));
+        CHECK(r->pairs[0]->value == NULL && r->pairs[1]->value == NULL);
+    }
+    /* A storage error is a refusal too (the shard wrote nothing). */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 507, "storage is full; free disk space");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 207);
+    CHECK_CONTAINS(r->message, "storage is full");
+}
+
+/* A 207 that does not fit max_frame leaves out the previous values first
+ * (the keys not written are what a client must act on), and says so. */
+KVS_TEST(partial_answer_leaves_out_what_does_not_fit)
+{
+    setup_frame("1KiB");
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
+    char big[901];
+    memset(big, 'p', 900);
+    big[900] = '\0';
+    Kvs__Value v = vstr(big), *vp[1] = {&v};
+    Kvs__CommandResponse part = KVS__COMMAND_RESPONSE__INIT;
+    part.status = 200;
+    part.n_values = 1;
+    part.values = vp;
+    reply(sent_to(0), &part);
+    reply_status(sent_to(1), 507, "storage is full; free disk space");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 207);
+    CHECK(fx.req->resp.len <= KVS_FRAME_HEADER + 1024);
+    CHECK_CONTAINS(r->message, "previous values left out");
+    CHECK_EQ(r->n_values, 0);
+    CHECK_EQ(r->n_pairs, 1);
+    CHECK(bin_is(r->pairs[0]->key, keys[1], strlen(keys[1])));
+
+    /* A refusal whose message alone nearly fills the frame: the answer's
+     * message is cut to fit, at a whole character (valid UTF-8). */
+    char why[1001];
+    for (size_t i = 0; i + 2 < sizeof(why); i += 2)
+        memcpy(why + i, "\xc3\xa9", 2); /* U+00E9, two bytes */
+    why[sizeof(why) - 1] = '\0';
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 507, why);
+    r = answer_async();
+    check_status(r, 207);
+    CHECK(fx.req->resp.len <= KVS_FRAME_HEADER + 1024);
+    CHECK(kvs_utf8_valid(r->message, strlen(r->message)));
+    CHECK_CONTAINS(r->message, "\xc3\xa9\xc3\xa9");
+}
+
+/* A part with no answer may or may not have been applied: the client is
+ * told what is known of every shard. */
+KVS_TEST(split_write_with_unknown_part_says_what_is_known)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 507, "storage is full; free disk space");
+    reply_failure(sent_to(3), "shard 3 is unavailable: worker closed the connection");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 3 is unavailable: worker closed the connection");
+    CHECK_CONTAINS(r->message, "shard 0 applied their keys");
+    CHECK_CONTAINS(r->message, "shard 1 wrote nothing");
+    CHECK_CONTAINS(r->message, "shard 3 may or may not have written");
+}
+
+/* An answer the link dropped for its size (a node with a larger
+ * max_frame): that request fails, 413 for a read (nothing changed), 500
+ * for a write (it may have been applied: 413 would deny it). */
+KVS_TEST(oversized_part_answer_fails_that_request_only)
+{
+    setup();
+    const char *why = "shard 2 answered with 70000 bytes, more than limits.max_frame";
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[2][0]);
+    router_route_reply(fx.sent[0].ctx, fx.sent[0].part, NULL, 70000, why);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, why);
+
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[2][0]);
+    router_route_reply(fx.sent[0].ctx, fx.sent[0].part, NULL, 70000, why);
+    r = answer_async();
+    check_status(r, 500);
+    CHECK_CONTAINS(r->message, why);
+    CHECK_CONTAINS(r->message, "may have been applied");
+
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    router_route_reply(fx.sent[sent_to(2)].ctx, fx.sent[sent_to(2)].part, NULL, 70000, why);
+    r = answer_async();
+    check_status(r, 413);
+
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    router_route_reply(fx.sent[sent_to(2)].ctx, fx.sent[sent_to(2)].part, NULL, 70000, why);
+    r = answer_async();
+    check_status(r, 500);
+    CHECK_CONTAINS(r->message, "shard 0 applied their keys");
+    CHECK_CONTAINS(r->message, "shard 2 may or may not have written");
 }
 
 /* A part whose answer does not match its request is the shard's fault: 500. */
@@ -923,6 +1231,54 @@ KVS_TEST(info_reports_an_unavailable_shard)
     for (size_t i = 0; i < SHARDS; i++)
         CHECK(bin_is(r->pairs[i]->key, want[i], strlen(want[i])));
     CHECK_EQ(r->pairs[2]->value->integer_value, 1);
+}
+
+/* A shard whose Info does not fit a frame makes Info 413 (naming it), not
+ * "unavailable": the shard is up, and the merged answer could only be
+ * larger. Whether the worker said so or its answer was dropped. */
+KVS_TEST(info_too_large_on_a_shard_is_413)
+{
+    setup();
+    for (int how = 0; how < 2; how++) {
+        Kvs__Info info = KVS__INFO__INIT;
+        route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+        check_fanout_sent();
+        for (uint32_t s = 0; s < SHARDS; s++) {
+            if (s != 1)
+                reply_pairs(sent_to(s), 0, NULL, NULL, 0);
+            else if (how == 0)
+                reply_status(sent_to(s), 413, "Info answer would exceed limits.max_frame");
+            else
+                router_route_reply(fx.sent[sent_to(s)].ctx, fx.sent[sent_to(s)].part, NULL, 9000000,
+                                   "shard 1 answered with 9000000 bytes");
+        }
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 413);
+        CHECK_CONTAINS(r->message, "shard 1");
+        CHECK_EQ(r->n_pairs, 0);
+    }
+}
+
+/* Every shard's Info fits, all of them together do not: 413 saying what
+ * to do about Info (not about Hgetall's pages). */
+KVS_TEST(merged_info_over_max_frame_is_413)
+{
+    setup_frame("1KiB");
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    char names[SHARDS][3][100];
+    ProtobufCBinaryData kb[SHARDS][3];
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        for (int k = 0; k < 3; k++) {
+            snprintf(names[s][k], sizeof(names[s][k]), "kafka.%080u.%u.applied", s, k);
+            kb[s][k] = bin(names[s][k]);
+        }
+        reply_pairs(sent_to(s), 3, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "Kafka partition");
+    CHECK_CONTAINS(r->message, "raise limits.max_frame");
 }
 
 /* ---- Hscan cursors
@@ -1471,12 +1827,22 @@ KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
-              KVS_CASE(down_shard_is_503_at_once), KVS_CASE(down_shard_among_parts_is_503),
-              KVS_CASE(link_failure_after_send_is_503), KVS_CASE(hgetall_merges_in_byte_order),
-              KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
-              KVS_CASE(info_reports_an_unavailable_shard), KVS_CASE(hscan_walks_shards_in_turn),
-              KVS_CASE(hscan_forged_cursor_is_400), KVS_CASE(ping_answered_locally),
-              KVS_CASE(bad_input_is_400_like_a_worker), KVS_CASE(orphaned_request_frees_itself),
+              KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
+              KVS_CASE(split_hmdel_budgets_fill_max_frame_by_keys),
+              KVS_CASE(split_write_refused_before_sending),
+              KVS_CASE(split_write_refused_everywhere_is_413),
+              KVS_CASE(split_write_partly_applied_is_207),
+              KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
+              KVS_CASE(split_write_with_unknown_part_says_what_is_known),
+              KVS_CASE(oversized_part_answer_fails_that_request_only),
+              KVS_CASE(info_too_large_on_a_shard_is_413),
+              KVS_CASE(merged_info_over_max_frame_is_413), KVS_CASE(down_shard_is_503_at_once),
+              KVS_CASE(down_shard_among_parts_is_503), KVS_CASE(link_failure_after_send_is_503),
+              KVS_CASE(hgetall_merges_in_byte_order), KVS_CASE(merged_answer_over_max_frame_is_413),
+              KVS_CASE(info_fans_out_and_merges), KVS_CASE(info_reports_an_unavailable_shard),
+              KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
+              KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
+              KVS_CASE(orphaned_request_frees_itself),
               KVS_CASE(bound_table_placed_by_its_partitioner),
               KVS_CASE(unbound_table_beside_bindings_is_murmur2),
               KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
