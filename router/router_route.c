@@ -456,6 +456,44 @@ static void write_refused(router_req_t *req, Kvs__CommandResponse **rs, uint32_t
                              rs[first]->message, m->part_shard[first], m->nparts);
 }
 
+/* Fills a 207's values (previous values of written keys; `empty` for the
+ * others) and pairs (the keys not written), in arena memory. Returns 0, or
+ * -1 once `req` is finished with an error. */
+static int partial_lists(router_req_t *req, Kvs__CommandResponse **rs, const uint8_t *outcome,
+                         Kvs__Value *empty, Kvs__CommandResponse *out, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    size_t unwritten = 0;
+    for (size_t i = 0; i < m->nkeys; i++)
+        unwritten += outcome[m->key_part[i]] != PART_APPLIED;
+    out->values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out->values));
+    out->pairs = kvs_arena_alloc(arena, unwritten * sizeof(*out->pairs));
+    Kvs__Kvpair *kp = kvs_arena_alloc(arena, unwritten * sizeof(*kp));
+    if (out->values == NULL || out->pairs == NULL || kp == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const Kvs__CommandResponse *pr = rs[m->key_part[i]];
+        out->values[i] = empty;
+        if (outcome[m->key_part[i]] != PART_APPLIED) {
+            kvs__kvpair__init(&kp[out->n_pairs]);
+            kp[out->n_pairs].key = m->keys[i];
+            out->pairs[out->n_pairs] = &kp[out->n_pairs];
+            out->n_pairs++;
+        } else if (m->key_index[i] < pr->n_values) {
+            out->values[i] = pr->values[m->key_index[i]];
+        } else {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u answered %zu values for more keys",
+                                     m->part_shard[m->key_part[i]], pr->n_values);
+            return -1;
+        }
+    }
+    out->n_values = m->nkeys;
+    return 0;
+}
+
 /* 207: some shards wrote their keys, the others refused theirs. The answer
  * says exactly what happened (see kvs.proto, CommandResponse.status):
  * previous values for the written keys, the unwritten keys in `pairs`;
@@ -467,34 +505,9 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
     Kvs__Value empty = KVS__VALUE__INIT;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
     char wrote[160], refused[160], text[1024];
-    size_t unwritten = 0;
-    for (size_t i = 0; i < m->nkeys; i++)
-        unwritten += outcome[m->key_part[i]] != PART_APPLIED;
-    out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
-    out.pairs = kvs_arena_alloc(arena, unwritten * sizeof(*out.pairs));
-    Kvs__Kvpair *kp = kvs_arena_alloc(arena, unwritten * sizeof(*kp));
-    if (out.values == NULL || out.pairs == NULL || kp == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+    if (partial_lists(req, rs, outcome, &empty, &out, arena) != 0)
         return;
-    }
-    for (size_t i = 0; i < m->nkeys; i++) {
-        const Kvs__CommandResponse *pr = rs[m->key_part[i]];
-        out.values[i] = &empty;
-        if (outcome[m->key_part[i]] != PART_APPLIED) {
-            kvs__kvpair__init(&kp[out.n_pairs]);
-            kp[out.n_pairs].key = m->keys[i];
-            out.pairs[out.n_pairs] = &kp[out.n_pairs];
-            out.n_pairs++;
-        } else if (m->key_index[i] < pr->n_values) {
-            out.values[i] = pr->values[m->key_index[i]];
-        } else {
-            router_req_finish_status(req, KVS_STATUS_INTERNAL,
-                                     "shard %u answered %zu values for more keys",
-                                     m->part_shard[m->key_part[i]], pr->n_values);
-            return;
-        }
-    }
-    out.n_values = m->nkeys;
+    size_t unwritten = out.n_pairs;
     shard_list(m, outcome, PART_APPLIED, wrote, sizeof(wrote));
     shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
     out.status = KVS_STATUS_PARTIAL;
@@ -1017,6 +1030,25 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     return keep_keys(req, q, keybytes);
 }
 
+/* Sends each part of a split request: its keys (sel is scratch for n
+ * indexes) and answer budget. */
+static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, size_t *sel,
+                       const uint32_t *budget)
+{
+    route_merge_t *m = req->merge;
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        size_t k = 0;
+        for (size_t i = 0; i < m->nkeys; i++)
+            if (m->key_part[i] == p)
+                sel[k++] = i;
+        Kvs__CommandRequest sub;
+        if (build_subrequest(r, q, sel, k, budget[p], &sub) != 0)
+            router_route_reply(req, p, NULL, 0, "router out of memory");
+        else
+            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0);
+    }
+}
+
 /* Splits a multi-key request on a table with binding `b` (or NULL) per shard. */
 static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                         const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
@@ -1066,17 +1098,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     memset(count, 0, nparts * sizeof(*count)); /* now: each part's answer budget (0 = none) */
     if (is_write(q->command_case) && plan_write(r, req, q, count) != 0)
         return;
-    for (uint32_t p = 0; p < nparts; p++) {
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++)
-            if (m->key_part[i] == p)
-                sel[k++] = i;
-        Kvs__CommandRequest sub;
-        if (build_subrequest(r, q, sel, k, count[p], &sub) != 0)
-            router_route_reply(req, p, NULL, 0, "router out of memory");
-        else
-            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0);
-    }
+    send_parts(r, req, q, sel, count);
 }
 
 /* Hgetall and Info: the same request to every shard, pairs merged. */
