@@ -1690,6 +1690,17 @@ KVS_TEST(none_hget_failures)
     r = answer_async();
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shard 0 is unavailable");
+    fx.r.links[0].up = 1;
+    /* an answer dropped for its size (the key's, most likely): 413 */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
+    router_route_reply(fx.sent[sent_to(2)].ctx, fx.sent[sent_to(2)].part, NULL, 9000000,
+                       "shard 2 answered with 9000000 bytes");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 2)
+            reply_status(sent_to(s), 404, "key not found");
+    r = answer_async();
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "9000000 bytes");
 }
 
 KVS_TEST(none_asks_only_shards_that_own_partitions)
