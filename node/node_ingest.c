@@ -17,10 +17,12 @@
  * split data from its offsets. So after a crash a record is either applied
  * with its offset or neither: nothing lost, nothing applied twice.
  *
- * A batch whose commit fails is re-read: offsets are reloaded from LMDB (the
- * source of truth) and the partitions re-assigned there; librdkafka drops
- * messages fetched under the old assignment, and records below a
- * partition's next offset are ignored in any case.
+ * A batch whose commit fails (or any write of which fails: the store then
+ * aborts the whole batch, so no record commits without its offset) is
+ * re-read: offsets are reloaded from LMDB (the source of truth) and the
+ * partitions re-assigned there; librdkafka drops messages fetched under the
+ * old assignment, and records below a partition's next offset are ignored
+ * in any case.
  *
  * After LMDB commits, a 1 s timer commits the same offsets to the consumer
  * group (asynchronously) so standard lag tools work.
@@ -269,7 +271,9 @@ static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
 }
 
 /* Applies `n` records in one reservation, then saves every touched
- * partition's offsets in the same txn. Returns 0 or a store error. */
+ * partition's offsets in the same txn. Returns 0 or a store error; then
+ * the whole write batch is aborted (node_store_reserve_end), so no record
+ * commits without its offset. */
 static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
 {
     /* One write per record, plus one offsets record per partition touched
@@ -312,8 +316,7 @@ static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
         for (uint32_t p = 0; p < in->topics[i].partitions && rc == 0; p++)
             if (in->topics[i].parts[p].dirty)
                 rc = part_save(in, &in->topics[i], (int32_t)p);
-    node_store_reserve_end(in->store);
-    return rc;
+    return node_store_reserve_end(in->store, rc);
 }
 
 /* True once a batch holding records not yet confirmed has failed: applying

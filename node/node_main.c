@@ -274,6 +274,7 @@ int main(int argc, char **argv)
     node_main_t m = {.exit_code = 0};
 
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
     kvs_log_init("node", -1, KVS_LOG_INFO);
     pid_t parent = getppid();
     if (parse_args(argc, argv, &args) != 0)
