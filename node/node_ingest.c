@@ -22,7 +22,8 @@
  * re-read: offsets are reloaded from LMDB (the source of truth) and the
  * partitions re-assigned there; librdkafka drops messages fetched under the
  * old assignment, and records below a partition's next offset are ignored
- * in any case.
+ * in any case. Every bound table exists from the start (node_store_open
+ * creates it), so the table limit never stops ingestion.
  *
  * After LMDB commits, a 1 s timer commits the same offsets to the consumer
  * group (asynchronously) so standard lag tools work.

@@ -41,9 +41,10 @@
  * key costs nothing, and many small writes cost about their bytes, not a
  * path per key (see batch_pages).
  *
- * Table handles. Every existing table is opened once at start; tables are
- * only created by this process (single writer, enforced by a lock file), so
- * a name not in the cache does not exist. A table created
+ * Table handles. Every existing table is opened once at start (refusing to
+ * start if they exceed storage.max_tables, rather than hiding some);
+ * tables are only created by this process (single writer, enforced by a
+ * lock file), so a name not in the cache does not exist. A table created
  * inside a batch is "pending" until the commit: if the batch fails LMDB
  * closes its handle and we forget it.
  */
@@ -55,6 +56,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +69,8 @@
 #define META_DB "__kvs"
 #define MIN_FREE_PAGES 16384  /* keep at least 64 MiB (4 KiB pages) of map free */
 #define MAX_BATCH_PAGES 16384 /* a batch may dirty at most this much before an early commit */
+#define NAMES_SHOWN 5         /* table names an error message lists */
+#define NAME_CAP 256          /* longest table name read back, plus NUL (kvs allows 200) */
 
 typedef struct table_s {
     char *name; /* NULL = empty slot */
@@ -667,11 +671,56 @@ static void note_depth(node_store_t *s, MDB_txn *txn, MDB_dbi dbi)
         s->depth = st.ms_depth;
 }
 
-/* Opens a handle for every existing table (the keys of the main DB). */
-static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
+/* What open_tables found: how many tables are stored, the first few names. */
+typedef struct table_census_s {
+    uint32_t stored;
+    uint32_t missing; /* of the tables the caller needs, not stored yet */
+    char names[NAMES_SHOWN][NAME_CAP];
+} table_census_t;
+
+/* printf to the end of the string in buf[0..len). */
+static void appendf(char *buf, size_t len, const char *fmt, ...)
+{
+    size_t at = strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    if (at + 1 < len)
+        vsnprintf(buf + at, len - at, fmt, ap);
+    va_end(ap);
+}
+
+/* Refuses more tables than storage.max_tables: LMDB would not open the
+ * rest, and their data would silently vanish from every answer. */
+static int tables_fit(const node_store_opts_t *o, const table_census_t *c, char *err, size_t errlen)
+{
+    uint32_t need = c->stored + c->missing;
+    uint32_t shown = c->stored < NAMES_SHOWN ? c->stored : NAMES_SHOWN;
+    if (need <= o->max_tables)
+        return 0;
+    snprintf(err, errlen, "%s holds %u table(s)", o->dir, c->stored);
+    for (uint32_t i = 0; i < shown; i++)
+        appendf(err, errlen, "%s\"%s\"", i == 0 ? " (" : ", ", c->names[i]);
+    if (c->stored > shown)
+        appendf(err, errlen, " and %u more", c->stored - shown);
+    if (shown > 0)
+        appendf(err, errlen, ")");
+    if (c->missing > 0)
+        appendf(err, errlen, " and kafka.bindings need %u more not created yet", c->missing);
+    appendf(err, errlen,
+            ", but storage.max_tables is %u; set storage.max_tables to at least %u (with a "
+            "lower limit some tables would be unreachable; kvs never drops a table)",
+            o->max_tables, need);
+    return KVS_ELIMIT;
+}
+
+/* Opens a handle for every existing table (the keys of the main DB), and
+ * creates the tables o->tables names that do not exist yet. */
+static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o, char *err,
+                       size_t errlen)
 {
     MDB_dbi main;
     MDB_cursor *cur;
+    table_census_t c = {0};
     int rc = mdb_dbi_open(txn, NULL, 0, &main);
     if (rc == 0)
         rc = mdb_cursor_open(txn, main, &cur);
@@ -683,7 +732,7 @@ static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
     note_depth(s, txn, 0); /* the freelist */
     note_depth(s, txn, s->meta);
     MDB_val k, v;
-    char name[256];
+    char name[NAME_CAP];
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         if (k.mv_size == 0 || k.mv_size >= sizeof(name))
             continue;
@@ -691,13 +740,36 @@ static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
         name[k.mv_size] = '\0';
         if (strcmp(name, META_DB) == 0)
             continue;
+        if (c.stored < NAMES_SHOWN)
+            memcpy(c.names[c.stored], name, k.mv_size + 1);
         MDB_dbi dbi;
-        if (mdb_dbi_open(txn, name, 0, &dbi) != 0 || table_add(s, name, dbi, 0) != 0)
-            continue;
+        if (++c.stored > o->max_tables || mdb_dbi_open(txn, name, 0, &dbi) != 0)
+            continue; /* refused below */
+        if (table_add(s, name, dbi, 0) != 0)
+            return -ENOMEM;
         note_depth(s, txn, dbi);
     }
     mdb_cursor_close(cur);
-    return 0;
+    for (size_t i = 0; i < o->n_tables; i++) {
+        MDB_val key = {strlen(o->tables[i]), (void *)o->tables[i]}, val;
+        int dup = 0;
+        for (size_t j = 0; j < i; j++)
+            dup |= strcmp(o->tables[i], o->tables[j]) == 0;
+        c.missing += !dup && mdb_get(txn, main, &key, &val) == MDB_NOTFOUND;
+    }
+    rc = tables_fit(o, &c, err, errlen);
+    for (size_t i = 0; rc == 0 && i < o->n_tables; i++) {
+        MDB_dbi dbi;
+        if (table_slot(s, o->tables[i])->name != NULL)
+            continue;
+        rc = mdb_dbi_open(txn, o->tables[i], MDB_CREATE, &dbi);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot create table \"%s\": %s", o->tables[i], mdb_strerror(rc));
+            return KVS_ESTORE;
+        }
+        rc = table_add(s, o->tables[i], dbi, 0);
+    }
+    return rc;
 }
 
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
@@ -747,7 +819,7 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
     if (rc == 0)
         rc = meta_check(txn, s->meta, "placement", o->placement, o->dir, err, errlen);
     if (rc == 0)
-        rc = open_tables(s, txn, err, errlen);
+        rc = open_tables(s, txn, o, err, errlen);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;

@@ -46,16 +46,21 @@ typedef struct node_store_opts_s {
     const char *placement; /* placement fingerprint, likewise */
     uint64_t map_size;     /* initial map size in bytes; grows on demand */
     uint32_t max_tables;
+    const char *const *tables; /* created at open if missing (Kafka-bound tables) */
+    size_t n_tables;
     kvs_sync_t sync;
     node_store_fail_cb fail_cb;
     void *fail_arg;
 } node_store_opts_t;
 
-/* Opens (creating if needed) the environment in o->dir. Refuses, with
- * KVS_EMISMATCH and a message in err, an environment created for another
- * shard or placement or by an unknown format version, and, with -EBUSY, a
- * directory another process has open. Returns 0 and *out, or an error with
- * err[0..errlen) saying what is wrong and what to do. */
+/* Opens (creating if needed) the environment in o->dir, and creates the
+ * tables in o->tables that do not exist yet, so that they never meet the
+ * table limit later. Refuses, with KVS_EMISMATCH and a message in err, an
+ * environment created for another shard or placement or by an unknown
+ * format version; with KVS_ELIMIT, one whose tables (plus those o->tables
+ * still needs) exceed o->max_tables, naming some and the value to set; and
+ * with -EBUSY, a directory another process has open. Returns 0 and *out, or
+ * an error with err[0..errlen) saying what is wrong and what to do. */
 int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
 
 /* Sets the argument passed to fail_cb (for owners created after the store). */

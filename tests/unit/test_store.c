@@ -618,6 +618,61 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
     node_store_close(s);
 }
 
+/* ---- table limit at open ---------------------------------------------- */
+
+/* Lowering storage.max_tables below the tables stored is refused at open,
+ * naming tables and the value to set, instead of hiding tables. */
+KVS_TEST(refuses_more_tables_than_max_tables)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    const char *names[] = {"t1", "t2", "t3", "t4", "t5", "t6", "t7"};
+    for (int i = 0; i < 7; i++)
+        put_str(s, names[i], "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 3;
+    char err[1024] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_ELIMIT);
+    CHECK_CONTAINS(err, "holds 7 table(s) (\"t1\", \"t2\", \"t3\", \"t4\", \"t5\" and 2 more)");
+    CHECK_CONTAINS(err, "storage.max_tables is 3");
+    CHECK_CONTAINS(err, "at least 7");
+    o.max_tables = 7;
+    s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 7);
+    CHECK(get_is(s, "t7", "k", "v"));
+    node_store_close(s);
+}
+
+/* Tables named at open (Kafka-bound ones) exist from the start, so clients
+ * creating tables cannot take their room; and they count against the
+ * limit at open. */
+KVS_TEST(tables_named_at_open_are_created)
+{
+    fresh_dir();
+    const char *bound[] = {"bound", "bound2", "bound"};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 3;
+    o.tables = bound;
+    o.n_tables = 3;
+    node_store_t *s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 2);
+    put_str(s, "client", "k", "v");
+    CHECK_EQ(node_store_put(s, "client2", "k", 1, "v", 1), KVS_ELIMIT);
+    put_str(s, "bound", "k", "v");
+    put_str(s, "bound2", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    const char *more[] = {"bound", "new1", "new2"};
+    o.tables = more;
+    o.max_tables = 4;
+    char err[1024] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_ELIMIT);
+    CHECK_CONTAINS(err, "kafka.bindings need 2 more");
+    CHECK_CONTAINS(err, "at least 5");
+}
+
 KVS_TEST_MAIN(KVS_CASE(full_disk_fails_the_commit_sync_none),
               KVS_CASE(full_disk_fails_the_commit_sync_batch),
               KVS_CASE(full_disk_fails_the_commit_sync_full),
@@ -626,11 +681,11 @@ KVS_TEST_MAIN(KVS_CASE(full_disk_fails_the_commit_sync_none),
               KVS_CASE(deleting_absent_keys_costs_nothing),
               KVS_CASE(many_small_writes_do_not_balloon_the_map),
               KVS_CASE(error_mid_reservation_aborts_the_batch),
-
-              KVS_CASE(reopen_keeps_data), KVS_CASE(refuses_other_shard),
-              KVS_CASE(refuses_other_placement), KVS_CASE(second_open_is_refused),
-              KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
-              KVS_CASE(map_grows_before_it_is_full),
+              KVS_CASE(refuses_more_tables_than_max_tables),
+              KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
+              KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
+              KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
+              KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
               KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
               KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
               KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))
