@@ -34,7 +34,8 @@ import unittest
 from kvstest import Client, Node, pb, pyval, req_hmget
 from routertest import Router, partition_of
 import kafkatest
-from kafkatest import (KCAT, MockKafka, caught_up, committed, info, ingest_yaml, kafka_parts,
+from kafkatest import (KCAT, MockKafka, caught_up, committed, info, info_pairs, ingest_yaml,
+                       kafka_parts,
                        kcat_consume, kcat_produce, produce, wait_until, watermarks)
 
 HAVE_CK = kafkatest.Producer is not None
@@ -586,6 +587,31 @@ class IngestTest(unittest.TestCase):
             self.assert_exactly_once(self.wait_caught_up(n, t, ends), ends)
             self.assert_values(n.addr, table, dict(recs[t]))
         self.assertNotIn("not stored", n.stderr())
+
+    def test_full_disk_pauses_ingestion_and_loses_nothing(self):
+        # While the worker's data file cannot grow, batches of records fail
+        # at commit. No record may be stored without its offset, retries
+        # back off instead of spinning (and logging) many times a second,
+        # and once there is room every record is applied exactly once.
+        m = self.mock({"users": 4})
+        n = self.node(m, [("users", "users", "raw", 4)])
+        n.limit_growth(0)
+        recs = [(b"k-%d" % i, b"x" * 1000 + b"%d" % i) for i in range(3000)]
+        produce(m.bootstrap, "users", recs)
+        ends = self.ends(m, "users", 4)
+        self.assertTrue(wait_until(lambda: "not stored" in n.stderr(), 15),
+                        "no batch of records failed: the file size limit did not bite")
+        time.sleep(3)
+        log = n.stderr()
+        self.assertLessEqual(log.count("write batch"), 12, "retries must back off")
+        self.assertLessEqual(log.count("re-reading"), 2, "the log must not be flooded")
+        for p, st in kafka_parts(info_pairs(n.addr), "users").items():
+            self.assertEqual(st["applied"], max(st["next_offset"], 0),
+                             "partition %d: records stored without their offsets: %r" % (p, st))
+            self.assertLess(st["next_offset"], ends[p])
+        n.unlimit_growth()
+        self.assert_exactly_once(self.wait_caught_up(n, "users", ends), ends)
+        self.assert_values(n.addr, "users", dict(recs))
 
     def test_resume_after_restart_applies_nothing_twice(self):
         topic, parts = "users", 8
