@@ -75,9 +75,9 @@
 #include <stdint.h>
 
 typedef enum {
-    KVS_SYNC_FULL = 0,  /* fsync on every commit */
-    KVS_SYNC_BATCH = 1, /* no fsync per commit; mdb_env_sync every sync_interval */
-    KVS_SYNC_NONE = 2,  /* never fsync; the OS writes back when it likes */
+    KVS_SYNC_FULL = 0,  /* data and metadata synced at every commit */
+    KVS_SYNC_BATCH = 1, /* data synced at every commit, metadata every sync_interval */
+    KVS_SYNC_NONE = 2,  /* never synced; the OS writes back when it likes */
 } kvs_sync_t;
 
 typedef enum {

@@ -178,21 +178,31 @@ static int cmd_hexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     return 0;
 }
 
-/* Bytes the stored values of `keys` take, for bounding an answer before
- * anything is written. Returns a negative error, or 0 with *total set. */
+/* What the keys of a multi-key write hold now. */
+typedef struct stored_s {
+    size_t bytes;     /* of the stored values: bounds the answer */
+    size_t found;     /* keys that exist */
+    size_t key_bytes; /* of the keys that exist */
+} stored_t;
+
+/* Looks up `keys` before anything is written, to bound the answer and to
+ * price what a delete will write. Returns a negative error or 0. */
 static int stored_bytes(node_cmd_ctx_t *ctx, const char *table, size_t n,
                         const ProtobufCBinaryData *(*key_at)(const void *, size_t), const void *m,
-                        size_t *total)
+                        stored_t *out)
 {
-    *total = 0;
+    memset(out, 0, sizeof(*out));
     for (size_t i = 0; i < n; i++) {
         node_slice_t v;
         const ProtobufCBinaryData *k = key_at(m, i);
         int rc = node_store_get(ctx->store, table, k->data, k->len, &v);
-        if (rc == 0)
-            *total += v.len;
-        else if (rc != KVS_ENOTFOUND)
+        if (rc == 0) {
+            out->bytes += v.len;
+            out->found++;
+            out->key_bytes += k->len;
+        } else if (rc != KVS_ENOTFOUND) {
             return rc;
+        }
     }
     return 0;
 }
@@ -253,7 +263,8 @@ static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_
 static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmset *m = req->hmset;
-    size_t bytes = 0, news = 0, olds;
+    size_t bytes = 0, news = 0;
+    stored_t old;
     for (size_t i = 0; i < m->n_pairs; i++) {
         size_t vlen = kvs__value__get_packed_size(m->pairs[i]->value);
         if (pair_too_large(ctx, r, &m->pairs[i]->key, vlen))
@@ -263,10 +274,10 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     }
     /* A previous value is either stored now or, for a key repeated in the
      * request, an earlier pair's new value: both sums bound the answer. */
-    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &olds);
+    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, olds + news))
+    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news))
         return 0;
     rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
@@ -281,22 +292,21 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
         if (rc >= 0)
             rc = node_store_put(ctx->store, m->table, p->key.data, p->key.len, enc.p, enc.len);
     }
-    node_store_reserve_end(ctx->store);
-    return rc;
+    return node_store_reserve_end(ctx->store, rc);
 }
 
 static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmdel *m = req->hmdel;
-    size_t bytes = 0, olds;
-    for (size_t i = 0; i < m->n_keys; i++)
-        bytes += m->keys[i].len;
-    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &olds);
+    stored_t old;
+    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, olds))
+    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, old.bytes))
         return 0;
-    rc = node_store_reserve(ctx->store, m->n_keys, bytes);
+    /* Only keys that exist are written: deleting absent keys costs nothing. */
+    if (old.found > 0)
+        rc = node_store_reserve(ctx->store, old.found, old.key_bytes);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
@@ -308,8 +318,8 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
                 rc = 0;
         }
     }
-    node_store_reserve_end(ctx->store);
-    return rc < 0 ? rc : 0;
+    rc = rc < 0 ? rc : 0;
+    return old.found > 0 ? node_store_reserve_end(ctx->store, rc) : rc;
 }
 
 /* ---- whole table ------------------------------------------------------------ */
