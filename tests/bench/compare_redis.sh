@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # compare_redis.sh: kvs against Redis, same machine, same run, same workload.
 #
-#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--no-build]
+#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE] [--no-build]
 #
 # Builds a release kvs (build-release/), installs redis-server and
 # redis-tools with apt-get if they are missing (needs root), starts a kvs
@@ -15,7 +15,9 @@
 # Both servers run in one invocation on purpose: these machines are noisy,
 # and only a same-run ratio means something. With --repeat N every workload
 # runs N times on each server, alternating, and the table shows medians.
-# --no-build reuses build-release/ as it is.
+# --no-build reuses build-release/ as it is. --sync picks kvs's
+# storage.sync (full, batch, none; default batch) and Redis's matching
+# appendfsync (always, everysec, no).
 #
 # HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
 # the rest; both count as successes). Redis' HGET is a custom command hitting
@@ -35,6 +37,7 @@ SHARDS=2
 REQUESTS=200000
 REPEAT=1
 BUILD=1
+SYNC=batch
 CLIENTS=50
 KEYSPACE=100000
 VALUE_SIZE=100
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
     --requests) REQUESTS=${2:?--requests wants a number}; shift 2 ;;
     --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --sync) SYNC=${2:?--sync wants full, batch or none}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -61,6 +65,12 @@ done
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --shards wants a positive number" >&2; exit 2; }
 [[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --requests wants a positive number" >&2; exit 2; }
 [[ $REPEAT =~ ^[1-9][0-9]?$ ]] || { echo "compare_redis.sh: --repeat wants a number from 1 to 99" >&2; exit 2; }
+case "$SYNC" in
+full) FSYNC=always ;;
+batch) FSYNC=everysec ;;
+none) FSYNC=no ;;
+*) echo "compare_redis.sh: --sync wants full, batch or none" >&2; exit 2 ;;
+esac
 
 cd "$ROOT"
 BIN=$ROOT/build-release
@@ -131,7 +141,7 @@ cluster:
 router:
   listen: 127.0.0.1:$KVS_PORT
 storage:
-  sync: batch
+  sync: $SYNC
 log:
   level: warn
 EOF
@@ -145,7 +155,7 @@ start_redis() {
     REDIS_PORT=$(free_port "$KVS_PORT")
     mkdir -p "$TMP/redis"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no --appendonly yes \
-        --appendfsync everysec --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
+        --appendfsync "$FSYNC" --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
     REDIS_PID=$!
     wait_ready redis-server "$REDIS_PID" "$TMP/redis.log" \
         "[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" = PONG ]"
@@ -296,8 +306,8 @@ main() {
     start_kvs
     start_redis
     echo "kvs: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) release," \
-        "$SHARDS shards, storage.sync batch; $(redis-server --version | cut -d' ' -f1-3)," \
-        "appendonly yes, appendfsync everysec; $(nproc) cores, load average" \
+        "$SHARDS shards, storage.sync $SYNC; $(redis-server --version | cut -d' ' -f1-3)," \
+        "appendonly yes, appendfsync $FSYNC; $(nproc) cores, load average" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "workload: $CLIENTS clients, $REQUESTS requests, keyspace $KEYSPACE," \
         "$VALUE_SIZE-byte values; median of $REPEAT run(s) per cell"
