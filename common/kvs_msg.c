@@ -198,6 +198,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = "Hscan",
         [KVS__COMMAND_REQUEST__COMMAND_PING] = "Ping",
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
+        [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
+        [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -232,6 +234,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->ping->base;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         return &r->info->base;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return &r->hincr->base;
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+        return &r->hlen->base;
     default:
         return NULL;
     }
@@ -384,6 +390,10 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
         if (r->hscan->cursor.len > KVS_MAX_KEY + 16)
             return bad(msg, len, "Hscan.cursor is not a cursor this server returned");
         return KVS_STATUS_OK;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        if (r->hincr->by_case == KVS__HINCR__BY__NOT_SET)
+            return bad(msg, len, "Hincr needs an increment: set by_int or by_float");
+        return check_key(cmd, "key", -1, &r->hincr->key, msg, len);
     default:
         return KVS_STATUS_OK;
     }
@@ -394,10 +404,12 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     const ProtobufCMessage *body = request_body(req);
     if (body == NULL) {
         if (req->base.n_unknown_fields > 0)
-            return bad(msg, len,
-                       "unsupported command (CommandRequest field %u); this server supports "
-                       "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info",
-                       req->base.unknown_fields[0].tag);
+            return bad(
+                msg, len,
+                "unsupported command (CommandRequest field %u); this server supports "
+                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Hincr "
+                "Hlen",
+                req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
     const char *cmd = kvs_msg_command_name(req->command_case);

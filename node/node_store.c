@@ -581,6 +581,23 @@ int node_store_scan(node_store_t *s, const char *table, const void *from, size_t
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : map_err("mdb_cursor_get", rc);
 }
 
+int node_store_count(node_store_t *s, const char *table, uint64_t *n)
+{
+    MDB_dbi dbi;
+    *n = 0;
+    if (table_dbi(s, table, 0, &dbi) != 0)
+        return 0;
+    MDB_txn *txn = read_txn(s);
+    if (txn == NULL)
+        return KVS_ESTORE;
+    MDB_stat st;
+    int rc = mdb_stat(txn, dbi, &st);
+    if (rc != 0)
+        return map_err("mdb_stat", rc);
+    *n = st.ms_entries;
+    return 0;
+}
+
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
 {
     MDB_txn *txn = read_txn(s);

@@ -96,6 +96,10 @@ typedef int (*node_store_scan_cb)(void *arg, node_slice_t key, node_slice_t val)
 int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,
                     node_store_scan_cb cb, void *arg);
 
+/* Number of keys in `table` as of the read snapshot (the open batch when
+ * one is open); 0 for a table that does not exist. Returns 0 or KVS_ESTORE. */
+int node_store_count(node_store_t *s, const char *table, uint64_t *n);
+
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
  * way as get/put: meta writes join the turn's batch, so data and the
  * metadata describing it (e.g. Kafka offsets) commit atomically. */

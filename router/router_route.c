@@ -480,6 +480,30 @@ static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_a
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
 }
 
+/* Hlen: the shards' counts added up. */
+static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
+{
+    route_merge_t *m = req->merge;
+    int64_t sum = 0;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        if (rs[i]->n_values != 1 || rs[i]->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u sent an Hlen answer without a count",
+                                     m->part_shard[i]);
+            return;
+        }
+        sum += rs[i]->values[0]->integer_value;
+    }
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = sum;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.values = &vp;
+    out.n_values = 1;
+    finish_packed(req, &out, "Hlen", "");
+}
+
 static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
@@ -501,6 +525,9 @@ static void merge_finish(router_req_t *req)
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+            merge_sum(req, rs);
             break;
         default:
             merge_keys(req, rs, arena);
@@ -715,7 +742,8 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
 static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
                          const uint8_t *raw, size_t rawlen)
 {
-    req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
+    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN)
+        req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -771,6 +799,8 @@ static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
         return &q->hdel->key;
     case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
         return &q->hexist->key;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return &q->hincr->key;
     default:
         return NULL;
     }
@@ -820,6 +850,7 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
     case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
         router_req_finish_status(
             req, KVS_STATUS_BAD_REQUEST,
             "%s: table \"%s\" is bound to Kafka topic \"%s\" with partitioner: none, so its "
@@ -852,6 +883,7 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         route_fanout(r, req, q->command_case, raw, rawlen);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
