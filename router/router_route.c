@@ -105,6 +105,8 @@ void router_req_free(router_req_t *req)
     router_t *r = req->router;
     merge_free(req->merge);
     req->merge = NULL;
+    free(req->rctx);
+    req->rctx = NULL;
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
@@ -117,7 +119,7 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
-static void req_complete(router_req_t *req)
+void router_req_complete(router_req_t *req)
 {
     req->done = 1;
     merge_free(req->merge);
@@ -141,7 +143,7 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
     req->resp.len = 0;
     if (kvs_msg_append_status(&req->resp, status, "%s", text) != 0)
         req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
-    req_complete(req);
+    router_req_complete(req);
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -170,7 +172,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         else if (req->client == NULL || req->in_route ||
                  !router_client_deliver(req->client, req, payload, len)) {
             set_frame(&req->resp, payload, len);
-            req_complete(req);
+            router_req_complete(req);
         }
         return;
     }
@@ -290,7 +292,7 @@ static void finish_packed(router_req_t *req, Kvs__CommandResponse *resp, const c
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    req_complete(req);
+    router_req_complete(req);
 }
 
 static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
@@ -422,7 +424,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
         }
         if (found_one(m->cmd, r)) {
             set_frame(&req->resp, m->answers[i].data, m->answers[i].len);
-            req_complete(req);
+            router_req_complete(req);
             return;
         }
         if (r->status == KVS_STATUS_NOT_FOUND || r->status == KVS_STATUS_OK)
@@ -440,7 +442,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
                                  (const char *)m->answers[failed].data);
     else {
         set_frame(&req->resp, m->answers[miss].data, m->answers[miss].len);
-        req_complete(req);
+        router_req_complete(req);
     }
 }
 

@@ -24,7 +24,12 @@
 # the fields `redis-benchmark -t hset` writes (key myhash, field
 # element:__rand_int__, with the same -r key space).
 #
-# A second table shows how much CPU each side used during each run (percent
+# A second table repeats every workload with the *same* load generator on
+# both sides: redis-benchmark against kvs's Redis protocol listener
+# (router.resp_listen) and against redis-server, so the client's own cost
+# cancels out (at pipeline 1 redis-benchmark is itself the bottleneck).
+#
+# A last table shows how much CPU each side used during each run (percent
 # of one core, client and server), to check that the load generator was not
 # the bottleneck.
 #
@@ -132,6 +137,7 @@ wait_ready() {
 
 start_kvs() {
     KVS_PORT=$(free_port)
+    KVS_RESP_PORT=$(free_port "$KVS_PORT")
     local partitions=$((SHARDS > 64 ? SHARDS : 64))
     cat >"$TMP/kvs.yaml" <<EOF
 data_dir: $TMP/kvs-data
@@ -140,6 +146,7 @@ cluster:
   partitions: $partitions
 router:
   listen: 127.0.0.1:$KVS_PORT
+  resp_listen: 127.0.0.1:$KVS_RESP_PORT
 storage:
   sync: $SYNC
 log:
@@ -152,7 +159,7 @@ EOF
 }
 
 start_redis() {
-    REDIS_PORT=$(free_port "$KVS_PORT")
+    REDIS_PORT=$(free_port "$KVS_RESP_PORT")
     mkdir -p "$TMP/redis"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no --appendonly yes \
         --appendfsync "$FSYNC" --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
@@ -226,16 +233,22 @@ run_kvs() {
 
 # redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms",
 # "p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms".
+# Against redis-server, or (third argument "kvs") kvs's RESP listener.
 run_redis() {
-    local test=$1 pipe=$2 line
-    local args=(-h 127.0.0.1 -p "$REDIS_PORT" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
+    local test=$1 pipe=$2 target=${3:-redis} line port=$REDIS_PORT
+    if [ "$target" = kvs ]; then
+        port=$KVS_RESP_PORT
+        mapfile -t SERVER_PIDS < <(echo "$KVS_PID"; pgrep -P "$KVS_PID" || true)
+    else
+        SERVER_PIDS=("$REDIS_PID")
+    fi
+    local args=(-h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
         -r "$KEYSPACE" -d "$VALUE_SIZE" --csv)
     if [ "$test" = hset ]; then
         args+=(-t hset)
     else
         args+=(hget myhash element:__rand_int__)
     fi
-    SERVER_PIDS=("$REDIS_PID")
     run_client redis-benchmark "${args[@]}"
     line=$(grep -v '^"test"' "$TMP/out" | tail -n 1 | tr -d '"\r')
     OPS=$(cut -d, -f2 <<<"$line")
@@ -254,14 +267,20 @@ col_median() { cut -d' ' -f"$2" "$1" | median; }
 
 # Runs one workload on both servers, alternating, REPEAT times, and appends
 # a row of medians to the tables. A sample is "ops p50 p99 client% server%".
+# With DRIVER=resp, redis-benchmark drives kvs too (its RESP listener).
 run_workload() {
     local test=$1 pipe=$2 name i k="$TMP/k.samples" r="$TMP/r.samples"
     name="${test^^} P=$pipe"
+    [ "$DRIVER" = resp ] && name="$name r"
     : >"$k"
     : >"$r"
     for ((i = 1; i <= REPEAT; i++)); do
         say "$name: kvs (run $i of $REPEAT)"
-        run_kvs "$test" "$pipe"
+        if [ "$DRIVER" = resp ]; then
+            run_redis "$test" "$pipe" kvs
+        else
+            run_kvs "$test" "$pipe"
+        fi
         echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$k"
         say "$name: redis (run $i of $REPEAT)"
         run_redis "$test" "$pipe"
@@ -270,26 +289,29 @@ run_workload() {
     local k_ops r_ops
     k_ops=$(col_median "$k" 1)
     r_ops=$(col_median "$r" 1)
-    ROWS+=("$(printf '%-10s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
+    ROWS+=("$(printf '%-12s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
         "$name" "$k_ops" "$r_ops" "$(awk -v a="$k_ops" -v b="$r_ops" 'BEGIN { print a / b }')" \
         "$(col_median "$k" 3)" "$(col_median "$r" 3)" "$(col_median "$k" 2)" \
         "$(col_median "$r" 2)")")
-    CPU_ROWS+=("$(printf '%-10s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
+    CPU_ROWS+=("$(printf '%-12s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
         "$(col_median "$k" 4)" "$(col_median "$k" 5)" "$(col_median "$r" 4)" \
         "$(col_median "$r" 5)")")
 }
 
 print_tables() {
     echo
-    printf '%-10s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
+    printf '%-12s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
         "redis ops/s" ratio "kvs p99 ms" "redis p99 ms" "kvs p50 ms" "redis p50 ms"
-    printf -- '-%.0s' {1..101}
+    printf -- '-%.0s' {1..103}
     echo
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "CPU during each run, percent of one core (client = kvs-bench / redis-benchmark;"
+    echo "Rows marked r: redis-benchmark drives both servers (kvs through its Redis"
+    echo "protocol listener); the others: kvs-bench drives kvs, redis-benchmark Redis."
+    echo
+    echo "CPU during each run, percent of one core (client = kvs-bench or redis-benchmark;"
     echo "server = kvs-router + its kvs-node workers / redis-server):"
-    printf '%-10s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
+    printf '%-12s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
         "redis client" "redis server"
     printf '%s\n' "${CPU_ROWS[@]}"
     if [ ${#NOTES[@]} -gt 0 ]; then
@@ -314,9 +336,11 @@ main() {
     ROWS=()
     CPU_ROWS=()
     NOTES=()
-    for test in hset hget; do
-        for pipe in 1 16; do
-            run_workload "$test" "$pipe"
+    for DRIVER in own resp; do
+        for test in hset hget; do
+            for pipe in 1 16; do
+                run_workload "$test" "$pipe"
+            done
         done
     done
     print_tables
