@@ -660,6 +660,124 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
     return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
 }
 
+static uint8_t *put_varint(uint8_t *d, uint64_t v)
+{
+    while (v >= 0x80) {
+        *d++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *d++ = (uint8_t)v;
+    return d;
+}
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+int kvs_msg_encode_key_request(kvs_buf_t *out, Kvs__CommandRequest__CommandCase cmd, const void *t,
+                               size_t tlen, const void *k, size_t klen)
+{
+    /* CommandRequest { <cmd> = { table = 1; key = 2 } }: every single-key
+     * command has that shape. protobuf-c omits an empty string or bytes. */
+    size_t body =
+        (tlen ? 1 + varint_size(tlen) + tlen : 0) + (klen ? 1 + varint_size(klen) + klen : 0);
+    size_t total = varint_size((uint64_t)cmd << 3 | 2) + varint_size(body) + body;
+    if (kvs_buf_reserve(out, total) != 0)
+        return -ENOMEM;
+    uint8_t *d = out->data + out->len;
+    d = put_varint(d, (uint64_t)cmd << 3 | 2);
+    d = put_varint(d, body);
+    if (tlen) {
+        *d++ = 0x0a;
+        d = put_varint(d, tlen);
+        memcpy(d, t, tlen);
+        d += tlen;
+    }
+    if (klen) {
+        *d++ = 0x12;
+        d = put_varint(d, klen);
+        memcpy(d, k, klen);
+        d += klen;
+    }
+    out->len += total;
+    return 0;
+}
+
+int kvs_msg_answer_peek(const uint8_t *p, size_t len, kvs_answer_peek_t *out)
+{
+    const uint8_t *end = p + len, *v;
+    uint64_t tag;
+    size_t n;
+    memset(out, 0, sizeof(*out));
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return 0;
+        if (tag == (1 << 3 | 0)) { /* status */
+            uint64_t s;
+            const uint8_t *q = v;
+            if (read_varint(&q, v + n, &s) != 0 || s > UINT32_MAX)
+                return 0;
+            out->status = (uint32_t)s;
+        } else if (tag == (2 << 3 | 2)) {
+            out->message = v;
+            out->message_len = n;
+        } else if (tag == (3 << 3 | 2)) {
+            if (out->n_values++ == 0) {
+                out->value = v;
+                out->value_len = n;
+            }
+        } else {
+            return 0; /* pairs, a cursor, or anything unexpected */
+        }
+    }
+    return 1;
+}
+
+int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
+{
+    const uint8_t *end = p + len, *v, *q;
+    uint64_t tag, x;
+    size_t n;
+    memset(out, 0, sizeof(*out));
+    out->kind = KVS__VALUE__KIND__NOT_SET;
+    if (len == 0)
+        return 1;
+    if (peek_field(&p, end, &tag, &v, &n) != 0 || p != end)
+        return 0;
+    switch (tag) {
+    case 1 << 3 | 2:
+    case 2 << 3 | 2:
+        out->kind = tag >> 3 == 1 ? KVS__VALUE__KIND_STRING_VALUE : KVS__VALUE__KIND_BINARY_VALUE;
+        out->bytes = v;
+        out->len = n;
+        return 1;
+    case 3 << 3 | 0:
+    case 5 << 3 | 0:
+        q = v;
+        if (read_varint(&q, v + n, &x) != 0)
+            return 0;
+        out->kind = tag >> 3 == 3 ? KVS__VALUE__KIND_INTEGER_VALUE : KVS__VALUE__KIND_BOOL_VALUE;
+        out->integer = (int64_t)x;
+        out->boolean = x != 0;
+        return 1;
+    case 4 << 3 | 1:
+        x = 0;
+        for (int i = 7; i >= 0; i--)
+            x = x << 8 | v[i];
+        memcpy(&out->real, &x, sizeof(x));
+        out->kind = KVS__VALUE__KIND_FLOAT_VALUE;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* ---- values ----------------------------------------------------------- */
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)

@@ -388,9 +388,15 @@ static int put_line(kvs_buf_t *b, char type, const char *s, size_t n)
 
 static int put_num(kvs_buf_t *b, char type, long long v)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", v);
-    return put_line(b, type, num, (size_t)n);
+    char num[24], *e = num + sizeof(num), *s = e;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do { /* no snprintf: this runs for every reply */
+        *--s = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--s = '-';
+    return put_line(b, type, s, (size_t)(e - s));
 }
 
 int kvs_redis_simple(kvs_buf_t *b, const char *s)

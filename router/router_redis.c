@@ -260,31 +260,31 @@ static void oom(router_req_t *req)
     reply_error(req, "ERR the server is out of memory");
 }
 
-static void cmd_hget(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+/* The single-key reads (HGET, HSTRLEN, HEXISTS), the hot path: the kvs
+ * request is written straight from the arguments, no protobuf-c messages. */
+static void route_key_request(router_redis_t *rs, router_req_t *req,
+                              Kvs__CommandRequest__CommandCase kc, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
-    Kvs__Hget m = KVS__HGET__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, &a[1])) == NULL)
+    kvs_buf_t *b = &rs->r->redis_pack;
+    b->len = 0;
+    if (kvs_msg_encode_key_request(b, kc, a[1].p, a[1].len, a[2].p, a[2].len) != 0)
         return oom(req);
-    m.key = bytes_of(&a[2]);
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
-    q.hget = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    req->rcmd = (uint8_t)cmd->rcmd;
+    router_route(rs->r, req, b->data, b->len);
+}
+
+static void cmd_hget(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl;
+    route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HGET, cmd);
 }
 
 static void cmd_hexists(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                         const cmd_t *cmd)
 {
-    const kvs_redis_arg_t *a = rs->ps.argv;
-    Kvs__Hexist m = KVS__HEXIST__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, &a[1])) == NULL)
-        return oom(req);
-    m.key = bytes_of(&a[2]);
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HEXIST;
-    q.hexist = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    (void)cl;
+    route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HEXIST, cmd);
 }
 
 /* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
@@ -1101,9 +1101,71 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     }
 }
 
+/* A value read without decoding, as Redis shows it (see value_text). */
+static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
+{
+    char num[32];
+    size_t n;
+    switch (v->kind) {
+    case KVS__VALUE__KIND__NOT_SET:
+        return kvs_redis_null(out, resp3);
+    case KVS__VALUE__KIND_STRING_VALUE:
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        return kvs_redis_bulk(out, v->bytes, v->len);
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        n = (size_t)snprintf(num, sizeof(num), "%lld", (long long)v->integer);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        n = kvs_redis_format_double(num, v->real);
+        break;
+    default:
+        n = (size_t)snprintf(num, sizeof(num), "%d", v->boolean ? 1 : 0);
+        break;
+    }
+    return kvs_redis_bulk(out, num, n);
+}
+
+/* The answers of the single-key commands, read without decoding them (the
+ * hot path). Returns 1 when it wrote the reply (*rc its result), 0 when the
+ * answer needs the full decoder. */
+static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                       kvs_buf_t *out, int *rc)
+{
+    kvs_answer_peek_t a;
+    kvs_value_peek_t v;
+    int rcmd = req->rcmd;
+    if ((rcmd != RC_HGET && rcmd != RC_HEXISTS && rcmd != RC_HSET && rcmd != RC_HSETNX &&
+         rcmd != RC_HSTRLEN) ||
+        !kvs_msg_answer_peek(payload, len, &a) || a.status != KVS_STATUS_OK || a.n_values != 1 ||
+        !kvs_msg_value_peek(a.value, a.value_len, &v))
+        return 0;
+    switch (rcmd) {
+    case RC_HGET:
+        *rc = bulk_peeked(out, &v, rs->resp3);
+        return 1;
+    case RC_HEXISTS:
+        *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND_BOOL_VALUE && v.boolean);
+        return 1;
+    case RC_HSET:
+    case RC_HSETNX:
+        *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND__NOT_SET);
+        return 1;
+    default: /* RC_HSTRLEN */
+        if (v.kind == KVS__VALUE__KIND_STRING_VALUE || v.kind == KVS__VALUE__KIND_BINARY_VALUE ||
+            v.kind == KVS__VALUE__KIND__NOT_SET) {
+            *rc = kvs_redis_integer(out, (int64_t)v.len);
+            return 1;
+        }
+        return 0;
+    }
+}
+
 int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
                         kvs_buf_t *out)
 {
+    int fast_rc;
+    if (answer_fast(rs, req, payload, len, out, &fast_rc))
+        return fast_rc;
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
