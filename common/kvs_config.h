@@ -19,7 +19,8 @@
  *                            - {shard: 2, address: HOST:PORT}
  *                            (not spawned here; the router connects there)
  *   router:
- *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT; checked at load: an
+ *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT
+ *     resp_listen: ""        HOST:PORT for Redis protocol clients; "" = off; checked at load: an
  *                            IPv4/IPv6 address must parse, a name must be a
  *                            valid host name (resolved later, at bind)
  *     timeout: 5s            a shard that does not answer within this gets
@@ -75,9 +76,9 @@
 #include <stdint.h>
 
 typedef enum {
-    KVS_SYNC_FULL = 0,  /* fsync on every commit */
-    KVS_SYNC_BATCH = 1, /* no fsync per commit; mdb_env_sync every sync_interval */
-    KVS_SYNC_NONE = 2,  /* never fsync; the OS writes back when it likes */
+    KVS_SYNC_FULL = 0,  /* data and metadata synced at every commit */
+    KVS_SYNC_BATCH = 1, /* data synced at every commit, metadata every sync_interval */
+    KVS_SYNC_NONE = 2,  /* never synced; the OS writes back when it likes */
 } kvs_sync_t;
 
 typedef enum {
@@ -115,6 +116,7 @@ typedef struct kvs_config_s {
     size_t n_remote;
 
     char *router_listen;
+    char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
     char *node_listen; /* "" when unset */

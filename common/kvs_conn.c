@@ -95,9 +95,38 @@ size_t kvs_conn_pending(const kvs_conn_t *c)
     return kvs_conn_backlog(c) + c->held;
 }
 
+/* The next message: 1 with its bytes, 0 when incomplete, or an error. */
+static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
+{
+    if (c->codec == NULL)
+        return kvs_frame_dec_next(&c->dec, msg, len);
+    const uint8_t *p;
+    size_t n, used = 0;
+    kvs_frame_dec_data(&c->dec, &p, &n);
+    int rc = c->codec->next(c->codec->state, p, n, c->dec.max, &used);
+    if (rc <= 0)
+        return rc < 0 ? KVS_EPROTO : 0;
+    kvs_frame_dec_consume(&c->dec, used);
+    *msg = p;
+    *len = used;
+    return 1;
+}
+
+/* Whether a complete message (or an error) waits in the decoder. A codec
+ * is asked by parsing (it keeps progress, so asking again is cheap). */
+static int conn_ready(const kvs_conn_t *c)
+{
+    if (c->codec == NULL)
+        return kvs_frame_dec_ready(&c->dec);
+    const uint8_t *p;
+    size_t n, used;
+    kvs_frame_dec_data(&c->dec, &p, &n);
+    return n > 0 && c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0;
+}
+
 int kvs_conn_has_frame(const kvs_conn_t *c)
 {
-    return !has(c, KVS_CONN_FRAME_ERROR) && kvs_frame_dec_ready(&c->dec);
+    return !has(c, KVS_CONN_FRAME_ERROR) && conn_ready(c);
 }
 
 /* ---- limits --------------------------------------------------------------- */
@@ -227,8 +256,7 @@ static void conn_over_budget(kvs_conn_t *c)
 /* Notes when an incomplete frame started to wait (for the frame timeout). */
 static void conn_track_partial(kvs_conn_t *c)
 {
-    int partial = has(c, KVS_CONN_READING) && kvs_frame_dec_pending(&c->dec) > 0 &&
-                  !kvs_frame_dec_ready(&c->dec);
+    int partial = has(c, KVS_CONN_READING) && kvs_frame_dec_pending(&c->dec) > 0 && !conn_ready(c);
     if (!partial)
         c->partial_since_ms = 0;
     else if (c->partial_since_ms == 0)
@@ -295,7 +323,7 @@ static void conn_deliver(kvs_conn_t *c)
     while (conn_can_deliver(c)) {
         const uint8_t *p;
         size_t len;
-        int rc = kvs_frame_dec_next(&c->dec, &p, &len);
+        int rc = conn_next(c, &p, &len);
         if (rc == 0)
             break;
         if (rc < 0) {
@@ -307,7 +335,7 @@ static void conn_deliver(kvs_conn_t *c)
     c->flags &= ~KVS_CONN_DELIVERING;
     if (has(c, KVS_CONN_CLOSING))
         return;
-    if (kvs_conn_pending(c) >= c->high_water && kvs_frame_dec_ready(&c->dec))
+    if (kvs_conn_pending(c) >= c->high_water && conn_ready(c))
         c->flags |= KVS_CONN_OUTPUT_FULL; /* resumes when the output drains */
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
         conn_charge(c, 0);

@@ -76,17 +76,31 @@ enum {
     KVS_CONN_READ_REFUSED = 1u << 12, /* the group's input budget refused more input */
 };
 
-/* A complete frame arrived. The owner may append output, pause, or close.
- * When the owner made the decoder skip oversized frames
- * (kvs_frame_dec_skip_oversized on c->dec), payload is NULL for a frame
- * that was stepped over and len is its announced length. */
+/* A message codec other than kvs frames (the Redis protocol), set by the
+ * owner before traffic starts. `next` takes the next complete message from
+ * the buffered bytes p[0..len): it returns 1 with *used = the message's
+ * length in bytes (the message itself, parsed, is in the codec's state and
+ * valid until the next call), 0 when more bytes are needed (progress may
+ * be kept in the state, relative to p), or a negative error after which
+ * the stream cannot go on. A message may be at most `max` bytes. */
+typedef struct kvs_codec_s {
+    int (*next)(void *state, const uint8_t *p, size_t len, size_t max, size_t *used);
+    void *state;
+} kvs_codec_t;
+
+/* A complete frame (or codec message: its bytes) arrived. The owner may
+ * append output, pause, or close. When the owner made the decoder skip
+ * oversized frames (kvs_frame_dec_skip_oversized on c->dec, without a
+ * codec), payload is NULL for a frame that was stepped over and len is its
+ * announced length. */
 typedef void (*kvs_conn_frame_cb)(kvs_conn_t *c, const uint8_t *payload, size_t len);
 
 /* Input has ended, once per connection:
  *   KVS_ECLOSED  the peer closed its side, or a read or write failed;
  *   KVS_ETOOBIG  a frame header announced more than max_frame (the length
  *                is in c->dec.bad_len);
- *   KVS_EPROTO   a frame header had the reserved compression bit set;
+ *   KVS_EPROTO   a frame header had the reserved compression bit set, or
+ *                the codec found a protocol error (its state says which);
  *   KVS_ELIMIT   the group's input budget has no room for the next frame.
  * No more frames are read; frames already buffered are still delivered
  * after KVS_ECLOSED (the peer may be half-closed), not after the others.
@@ -105,11 +119,12 @@ struct kvs_conn_s {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    kvs_frame_dec_t dec;
-    kvs_buf_t out;  /* queued, not yet handed to the socket */
-    kvs_buf_t wbuf; /* being written: [woff, wlen) of it is in flight or next */
-    size_t woff;    /* bytes of wbuf already written */
-    size_t wchunk;  /* bytes the in-flight uv_write covers */
+    kvs_frame_dec_t dec;      /* input buffer; frames unless `codec` is set */
+    const kvs_codec_t *codec; /* NULL: kvs frames */
+    kvs_buf_t out;            /* queued, not yet handed to the socket */
+    kvs_buf_t wbuf;           /* being written: [woff, wlen) of it is in flight or next */
+    size_t woff;              /* bytes of wbuf already written */
+    size_t wchunk;            /* bytes the in-flight uv_write covers */
     uv_write_t wreq;
     uv_shutdown_t sreq;
     uv_timer_t timer;  /* lingering deadline; otherwise a zero-delay delivery kick */

@@ -173,6 +173,17 @@ size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d)
     return d->end - d->start;
 }
 
+void kvs_frame_dec_data(const kvs_frame_dec_t *d, const uint8_t **p, size_t *len)
+{
+    *p = d->buf + d->start;
+    *len = d->end - d->start;
+}
+
+void kvs_frame_dec_consume(kvs_frame_dec_t *d, size_t n)
+{
+    d->start += n <= d->end - d->start ? n : d->end - d->start;
+}
+
 int kvs_frame_dec_ready(const kvs_frame_dec_t *d)
 {
     if (d->bad_len != 0)

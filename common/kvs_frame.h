@@ -89,6 +89,12 @@ int kvs_frame_dec_next(kvs_frame_dec_t *d, const uint8_t **payload, size_t *len)
 /* Bytes buffered and not yet handed out (a partial frame, if any). */
 size_t kvs_frame_dec_pending(const kvs_frame_dec_t *d);
 
+/* The bytes buffered and not yet handed out, for a codec other than
+ * frames that splits them itself (valid until the next call that adds
+ * bytes), and consuming what it took. */
+void kvs_frame_dec_data(const kvs_frame_dec_t *d, const uint8_t **p, size_t *len);
+void kvs_frame_dec_consume(kvs_frame_dec_t *d, size_t n);
+
 /* True when next() would return a frame or an error now (rather than 0):
  * a complete frame, or a header that breaks the rules, is buffered. */
 int kvs_frame_dec_ready(const kvs_frame_dec_t *d);

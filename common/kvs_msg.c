@@ -198,6 +198,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = "Hscan",
         [KVS__COMMAND_REQUEST__COMMAND_PING] = "Ping",
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
+        [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
+        [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -232,6 +234,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->ping->base;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         return &r->info->base;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return &r->hincr->base;
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+        return &r->hlen->base;
     default:
         return NULL;
     }
@@ -384,6 +390,10 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
         if (r->hscan->cursor.len > KVS_MAX_KEY + 16)
             return bad(msg, len, "Hscan.cursor is not a cursor this server returned");
         return KVS_STATUS_OK;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        if (r->hincr->by_case == KVS__HINCR__BY__NOT_SET)
+            return bad(msg, len, "Hincr needs an increment: set by_int or by_float");
+        return check_key(cmd, "key", -1, &r->hincr->key, msg, len);
     default:
         return KVS_STATUS_OK;
     }
@@ -394,10 +404,12 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     const ProtobufCMessage *body = request_body(req);
     if (body == NULL) {
         if (req->base.n_unknown_fields > 0)
-            return bad(msg, len,
-                       "unsupported command (CommandRequest field %u); this server supports "
-                       "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info",
-                       req->base.unknown_fields[0].tag);
+            return bad(
+                msg, len,
+                "unsupported command (CommandRequest field %u); this server supports "
+                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Hincr "
+                "Hlen",
+                req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
     const char *cmd = kvs_msg_command_name(req->command_case);
@@ -646,6 +658,124 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
         !name_ok(out->table, out->table_len))
         return 0;
     return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
+}
+
+static uint8_t *put_varint(uint8_t *d, uint64_t v)
+{
+    while (v >= 0x80) {
+        *d++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *d++ = (uint8_t)v;
+    return d;
+}
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+int kvs_msg_encode_key_request(kvs_buf_t *out, Kvs__CommandRequest__CommandCase cmd, const void *t,
+                               size_t tlen, const void *k, size_t klen)
+{
+    /* CommandRequest { <cmd> = { table = 1; key = 2 } }: every single-key
+     * command has that shape. protobuf-c omits an empty string or bytes. */
+    size_t body =
+        (tlen ? 1 + varint_size(tlen) + tlen : 0) + (klen ? 1 + varint_size(klen) + klen : 0);
+    size_t total = varint_size((uint64_t)cmd << 3 | 2) + varint_size(body) + body;
+    if (kvs_buf_reserve(out, total) != 0)
+        return -ENOMEM;
+    uint8_t *d = out->data + out->len;
+    d = put_varint(d, (uint64_t)cmd << 3 | 2);
+    d = put_varint(d, body);
+    if (tlen) {
+        *d++ = 0x0a;
+        d = put_varint(d, tlen);
+        memcpy(d, t, tlen);
+        d += tlen;
+    }
+    if (klen) {
+        *d++ = 0x12;
+        d = put_varint(d, klen);
+        memcpy(d, k, klen);
+        d += klen;
+    }
+    out->len += total;
+    return 0;
+}
+
+int kvs_msg_answer_peek(const uint8_t *p, size_t len, kvs_answer_peek_t *out)
+{
+    const uint8_t *end = p + len, *v;
+    uint64_t tag;
+    size_t n;
+    memset(out, 0, sizeof(*out));
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return 0;
+        if (tag == (1 << 3 | 0)) { /* status */
+            uint64_t s;
+            const uint8_t *q = v;
+            if (read_varint(&q, v + n, &s) != 0 || s > UINT32_MAX)
+                return 0;
+            out->status = (uint32_t)s;
+        } else if (tag == (2 << 3 | 2)) {
+            out->message = v;
+            out->message_len = n;
+        } else if (tag == (3 << 3 | 2)) {
+            if (out->n_values++ == 0) {
+                out->value = v;
+                out->value_len = n;
+            }
+        } else {
+            return 0; /* pairs, a cursor, or anything unexpected */
+        }
+    }
+    return 1;
+}
+
+int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
+{
+    const uint8_t *end = p + len, *v, *q;
+    uint64_t tag, x;
+    size_t n;
+    memset(out, 0, sizeof(*out));
+    out->kind = KVS__VALUE__KIND__NOT_SET;
+    if (len == 0)
+        return 1;
+    if (peek_field(&p, end, &tag, &v, &n) != 0 || p != end)
+        return 0;
+    switch (tag) {
+    case 1 << 3 | 2:
+    case 2 << 3 | 2:
+        out->kind = tag >> 3 == 1 ? KVS__VALUE__KIND_STRING_VALUE : KVS__VALUE__KIND_BINARY_VALUE;
+        out->bytes = v;
+        out->len = n;
+        return 1;
+    case 3 << 3 | 0:
+    case 5 << 3 | 0:
+        q = v;
+        if (read_varint(&q, v + n, &x) != 0)
+            return 0;
+        out->kind = tag >> 3 == 3 ? KVS__VALUE__KIND_INTEGER_VALUE : KVS__VALUE__KIND_BOOL_VALUE;
+        out->integer = (int64_t)x;
+        out->boolean = x != 0;
+        return 1;
+    case 4 << 3 | 1:
+        x = 0;
+        for (int i = 7; i >= 0; i--)
+            x = x << 8 | v[i];
+        memcpy(&out->real, &x, sizeof(x));
+        out->kind = KVS__VALUE__KIND_FLOAT_VALUE;
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* ---- values ----------------------------------------------------------- */

@@ -89,6 +89,42 @@ typedef struct kvs_peek_s {
  * decode and validate in full, which also writes the right message. */
 int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out);
 
+/* Appends the encoded CommandRequest of a single-key command (`cmd`: Hget,
+ * Hdel or Hexist) on table t[0..tlen) and key k[0..klen), without building
+ * protobuf-c messages: the bytes protobuf-c would pack. Returns 0 or
+ * -ENOMEM. (Validation happens where the request is routed.) */
+int kvs_msg_encode_key_request(kvs_buf_t *out, Kvs__CommandRequest__CommandCase cmd, const void *t,
+                               size_t tlen, const void *k, size_t klen);
+
+/* What kvs_msg_answer_peek found in a CommandResponse. */
+typedef struct kvs_answer_peek_s {
+    uint32_t status;
+    const uint8_t *message; /* not NUL-terminated; NULL when absent */
+    size_t message_len;
+    size_t n_values;
+    const uint8_t *value; /* the first of `values`: an encoded Value */
+    size_t value_len;
+} kvs_answer_peek_t;
+
+/* Reads status, message and the values of an encoded CommandResponse
+ * without decoding it: 1 when it holds nothing else (no pairs, no cursor,
+ * no unknown field) and is well-formed, else 0 (decode it in full). */
+int kvs_msg_answer_peek(const uint8_t *p, size_t len, kvs_answer_peek_t *out);
+
+/* What kvs_msg_value_peek found in an encoded Value. */
+typedef struct kvs_value_peek_s {
+    Kvs__Value__KindCase kind; /* KVS__VALUE__KIND__NOT_SET for an empty Value */
+    const uint8_t *bytes;      /* string_value / binary_value */
+    size_t len;
+    int64_t integer;
+    double real;
+    int boolean;
+} kvs_value_peek_t;
+
+/* Reads an encoded Value (one member, or none) without decoding it.
+ * Returns 1, or 0 when it is anything else (decode it in full). */
+int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
+
 /* Checks a decoded request before it is executed: a command is set and
  * known, no unknown fields, table and keys are valid, values are present.
  * Returns 200 when valid; otherwise the status (400) with a message saying

@@ -11,7 +11,7 @@ build_pkgs=(build-essential cmake pkg-config
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build.
-test_pkgs=(python3 python3-protobuf protobuf-compiler kcat
+test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
            python3-confluent-kafka lmdb-utils)
 
 want=("${build_pkgs[@]}")

@@ -30,6 +30,8 @@
 #include "kvs_resp.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -196,9 +198,101 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
         return 0;
     kvs_resp_status(r, KVS_STATUS_OK);
     rc = append_stored(ctx, r, m->table, key);
-    if (rc < 0 || previous_too_large(ctx, r, "Hset", key))
-        return rc < 0 ? rc : 0;
+    if (rc < 0 || previous_too_large(ctx, r, "Hset", key) || (rc == 1 && m->if_absent))
+        return rc < 0 ? rc : 0; /* present and if_absent: the previous value says so */
     return node_store_put(ctx->store, m->table, key->data, key->len, enc.p, enc.len);
+}
+
+/* ---- read-modify-write ---------------------------------------------------- */
+
+/* The number a stored Value holds for Hincr: integer_value, float_value
+ * (by_float only), or text that reads as one whole number. Returns 0, or
+ * a 400 message. */
+static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int want_float,
+                                 int64_t *i, double *d)
+{
+    Kvs__Value *val;
+    if (kvs_msg_decode_value(&ctx->arena, v->p, v->len, &val) != 0)
+        return "the stored value cannot be read";
+    const char *not = want_float ? "hash value is not a float" : "hash value is not an integer";
+    switch (val->kind_case) {
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        *i = val->integer_value;
+        *d = (double)val->integer_value;
+        return NULL;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        *d = val->float_value;
+        return want_float ? NULL : not ;
+    case KVS__VALUE__KIND_STRING_VALUE: {
+        char text[64];
+        size_t n = val->string_value.len;
+        if (n == 0 || n >= sizeof(text))
+            return not ;
+        memcpy(text, val->string_value.data, n);
+        text[n] = '\0';
+        char *end;
+        errno = 0;
+        if (want_float) {
+            *d = strtod(text, &end);
+            return end == text + n && errno == 0 && isfinite(*d) && text[0] != ' ' ? NULL : not ;
+        }
+        long long ll = strtoll(text, &end, 10);
+        if (end != text + n || errno != 0 || text[0] == ' ' || text[0] == '+' ||
+            (text[0] == '0' && n > 1) || (text[0] == '-' && (n == 1 || text[1] == '0')))
+            return not ;
+        *i = ll;
+        return NULL;
+    }
+    default:
+        return not ;
+    }
+}
+
+/* Hincr: the stored number plus the increment, written in the same batch
+ * as the read, so nothing can come between them (one writer per shard). */
+static int cmd_hincr(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const Kvs__Hincr *m = req->hincr;
+    int by_float = m->by_case == KVS__HINCR__BY_BY_FLOAT;
+    int64_t i = 0;
+    double d = 0;
+    node_slice_t v;
+    int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
+    if (rc != 0 && rc != KVS_ENOTFOUND)
+        return rc;
+    const char *bad = rc == 0 ? stored_number(ctx, &v, by_float, &i, &d) : NULL;
+    if (bad == NULL && !by_float &&
+        ((m->by_int > 0 && i > INT64_MAX - m->by_int) ||
+         (m->by_int < 0 && i < INT64_MIN - m->by_int)))
+        bad = "increment or decrement would overflow";
+    if (bad == NULL && by_float && !isfinite(d + m->by_float))
+        bad = "increment would produce NaN or Infinity";
+    if (bad != NULL) {
+        kvs_resp_status(r, KVS_STATUS_BAD_REQUEST);
+        kvs_resp_message(r, "Hincr of table \"%s\": %s; nothing was changed", m->table, bad);
+        return 0;
+    }
+    uint8_t enc[16];
+    size_t n = by_float ? kvs_value_encode_float(enc, d + m->by_float)
+                        : kvs_value_encode_int(enc, i + m->by_int);
+    rc = node_store_put(ctx->store, m->table, m->key.data, m->key.len, enc, n);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_value(r, enc, n);
+    return 0;
+}
+
+static int cmd_hlen(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    uint64_t n = 0;
+    uint8_t enc[16];
+    int rc = node_store_count(ctx->store, req->hlen->table, &n);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_value(r, enc, kvs_value_encode_int(enc, (int64_t)n));
+    return 0;
 }
 
 static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
@@ -226,21 +320,31 @@ static int cmd_hexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_r
     return 0;
 }
 
-/* Bytes the stored values of `keys` take, for bounding an answer before
- * anything is written. Returns a negative error, or 0 with *total set. */
+/* What the keys of a multi-key write hold now. */
+typedef struct stored_s {
+    size_t bytes;     /* of the stored values: bounds the answer */
+    size_t found;     /* keys that exist */
+    size_t key_bytes; /* of the keys that exist */
+} stored_t;
+
+/* Looks up `keys` before anything is written, to bound the answer and to
+ * price what a delete will write. Returns a negative error or 0. */
 static int stored_bytes(node_cmd_ctx_t *ctx, const char *table, size_t n,
                         const ProtobufCBinaryData *(*key_at)(const void *, size_t), const void *m,
-                        size_t *total)
+                        stored_t *out)
 {
-    *total = 0;
+    memset(out, 0, sizeof(*out));
     for (size_t i = 0; i < n; i++) {
         node_slice_t v;
         const ProtobufCBinaryData *k = key_at(m, i);
         int rc = node_store_get(ctx->store, table, k->data, k->len, &v);
-        if (rc == 0)
-            *total += v.len;
-        else if (rc != KVS_ENOTFOUND)
+        if (rc == 0) {
+            out->bytes += v.len;
+            out->found++;
+            out->key_bytes += k->len;
+        } else if (rc != KVS_ENOTFOUND) {
             return rc;
+        }
     }
     return 0;
 }
@@ -325,7 +429,8 @@ static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_
 static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmset *m = req->hmset;
-    size_t bytes = 0, news = 0, olds;
+    size_t bytes = 0, news = 0;
+    stored_t old;
     for (size_t i = 0; i < m->n_pairs; i++) {
         size_t vlen = kvs__value__get_packed_size(m->pairs[i]->value);
         if (pair_too_large(ctx, r, &m->pairs[i]->key, vlen))
@@ -335,10 +440,10 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     }
     /* A previous value is either stored now or, for a key repeated in the
      * request, an earlier pair's new value: both sums bound the answer. */
-    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &olds);
+    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, olds + news, m->answer_budget))
+    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news, m->answer_budget))
         return 0;
     rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
@@ -353,22 +458,21 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
         if (rc >= 0)
             rc = node_store_put(ctx->store, m->table, p->key.data, p->key.len, enc.p, enc.len);
     }
-    node_store_reserve_end(ctx->store);
-    return rc;
+    return node_store_reserve_end(ctx->store, rc);
 }
 
 static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmdel *m = req->hmdel;
-    size_t bytes = 0, olds;
-    for (size_t i = 0; i < m->n_keys; i++)
-        bytes += m->keys[i].len;
-    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &olds);
+    stored_t old;
+    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, olds, m->answer_budget))
+    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, old.bytes, m->answer_budget))
         return 0;
-    rc = node_store_reserve(ctx->store, m->n_keys, bytes);
+    /* Only keys that exist are written: deleting absent keys costs nothing. */
+    if (old.found > 0)
+        rc = node_store_reserve(ctx->store, old.found, old.key_bytes);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
@@ -380,8 +484,8 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
                 rc = 0;
         }
     }
-    node_store_reserve_end(ctx->store);
-    return rc < 0 ? rc : 0;
+    rc = rc < 0 ? rc : 0;
+    return old.found > 0 ? node_store_reserve_end(ctx->store, rc) : rc;
 }
 
 /* ---- whole table ------------------------------------------------------------ */
@@ -560,6 +664,8 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = cmd_hscan,
     [KVS__COMMAND_REQUEST__COMMAND_PING] = cmd_ping,
     [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
+    [KVS__COMMAND_REQUEST__COMMAND_HINCR] = cmd_hincr,
+    [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_hlen,
 };
 
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)

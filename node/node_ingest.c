@@ -17,10 +17,14 @@
  * split data from its offsets. So after a crash a record is either applied
  * with its offset or neither: nothing lost, nothing applied twice.
  *
- * A batch whose commit fails is re-read: offsets are reloaded from LMDB (the
- * source of truth) and the partitions re-assigned there; librdkafka drops
- * messages fetched under the old assignment, and records below a
- * partition's next offset are ignored in any case.
+ * A batch whose commit fails (or any write of which fails: the store then
+ * aborts the whole batch, so no record commits without its offset) is
+ * re-read: offsets are reloaded from LMDB (the source of truth) and the
+ * partitions re-assigned there after a pause that doubles while losses
+ * repeat; messages fetched under the old assignment are dropped, and
+ * records below a partition's next offset are ignored in any case. Every
+ * bound table exists from the start (node_store_open creates it), so the
+ * table limit never stops ingestion.
  *
  * After LMDB commits, a 1 s timer commits the same offsets to the consumer
  * group (asynchronously) so standard lag tools work.
@@ -66,6 +70,9 @@
 #define TICK_MS 1000
 #define REPORT_EVERY_TICKS 30
 #define LOG_EVERY_MS 10000
+#define RESERVE_BYTES (8u << 20) /* records applied in one reservation, at most */
+#define RETRY_MIN_MS 100 /* after a lost batch, re-read after this, doubling per loss in a row */
+#define RETRY_MAX_MS 10000
 
 typedef struct part_s {
     int owned;
@@ -101,6 +108,7 @@ struct node_ingest_s {
     uv_poll_t poll;
     uv_idle_t idle;
     uv_timer_t timer;
+    uv_timer_t retry; /* re-assigns after a lost batch (backoff) */
     uv_work_t work;
     int work_busy;
     topic_t *topics; /* sorted by topic name */
@@ -111,8 +119,10 @@ struct node_ingest_s {
     uint64_t pending_gen; /* first batch generation holding unconfirmed records */
     size_t n_owned;       /* partitions this shard owns, over all topics */
     int rewind;           /* a batch was lost: reload offsets, re-assign */
+    int rewind_err;       /* why */
+    unsigned losses;      /* batches lost in a row */
     unsigned ticks;
-    uint64_t last_skip_log, last_err_log;
+    uint64_t last_skip_log, last_err_log, last_loss_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
 };
@@ -318,15 +328,20 @@ static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
         kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
-/* Applies `n` records in one reservation, then saves every touched
- * partition's offsets in the same txn. Returns 0 or a store error. */
-static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
+static size_t record_bytes(const rd_kafka_message_t *m)
+{
+    return m->key_len + m->len + 16; /* + the encoded Value's header */
+}
+
+/* Applies `n` records (`bytes` of record_bytes) in one reservation, then
+ * saves every touched partition's offsets in the same txn. Returns 0 or a
+ * store error; then the whole write batch is aborted
+ * (node_store_reserve_end), so no record commits without its offset. */
+static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, size_t bytes)
 {
     /* One write per record, plus one offsets record per partition touched
      * (at most the partitions this shard owns). */
-    size_t bytes = 0, parts = in->n_owned < n ? in->n_owned : n;
-    for (size_t i = 0; i < n; i++)
-        bytes += msgs[i]->key_len + msgs[i]->len + 16;
+    size_t parts = in->n_owned < n ? in->n_owned : n;
     int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
     if (rc != 0)
         return rc;
@@ -362,7 +377,22 @@ static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
         for (uint32_t p = 0; p < in->topics[i].partitions && rc == 0; p++)
             if (in->topics[i].parts[p].dirty)
                 rc = part_save(in, &in->topics[i], (int32_t)p);
-    node_store_reserve_end(in->store);
+    return node_store_reserve_end(in->store, rc);
+}
+
+/* Applies `n` records in reservations of at most RESERVE_BYTES each (a
+ * reservation is one txn's share, held in memory until the commit).
+ * Returns 0 or the first store error. */
+static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0;) {
+        size_t j = i + 1, bytes = record_bytes(msgs[i]);
+        while (j < n && bytes + record_bytes(msgs[j]) <= RESERVE_BYTES)
+            bytes += record_bytes(msgs[j++]);
+        rc = apply_some(in, msgs + i, j - i, bytes);
+        i = j;
+    }
     for (size_t i = 0; i < in->n_topics && rc == 0; i++)
         report_misplaced(in, &in->topics[i], 0);
     return rc;
@@ -409,8 +439,8 @@ static void pump(node_ingest_t *in)
         for (ssize_t i = 0; i < n; i++)
             rd_kafka_message_destroy(msgs[i]);
         if (rc != 0) {
-            kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
-            in->rewind = 1;
+            in->rewind = 1; /* logged by rewind_all */
+            in->rewind_err = rc;
             break;
         }
         total += (size_t)n;
@@ -444,24 +474,51 @@ static void on_readable(uv_poll_t *h, int status, int events)
 
 /* ---- after each turn ---------------------------------------------------------- */
 
-/* Reloads every owned partition's offsets from LMDB and re-assigns there. */
+static void on_reassign(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    if (!in->stopping)
+        ingest_assign(in);
+}
+
+/* A batch holding records was lost: reloads every owned partition's
+ * offsets from LMDB and re-reads from there. Consuming pauses first, for
+ * RETRY_MIN_MS doubling with every loss in a row (up to RETRY_MAX_MS), so
+ * a lasting cause (a full disk) neither spins nor floods the log. */
 static void rewind_all(node_ingest_t *in)
 {
-    kvs_warn("re-reading Kafka records from the last committed offsets");
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
     node_store_end_turn(in->store); /* release the read snapshot part_load used */
     in->rewind = 0;
-    ingest_assign(in);
+    unsigned shift = in->losses < 7 ? in->losses : 7;
+    uint64_t delay = (uint64_t)RETRY_MIN_MS << shift;
+    delay = delay < RETRY_MAX_MS ? delay : RETRY_MAX_MS;
+    in->losses++;
+    uint64_t now = uv_now(in->loop);
+    if (in->losses == 1 || now - in->last_loss_log >= LOG_EVERY_MS) {
+        in->last_loss_log = now;
+        kvs_warn("kafka: a write batch holding records was not stored (%s); re-reading from the "
+                 "last committed offsets in %llu ms (%u lost in a row; logged at most every %d s)",
+                 kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses,
+                 LOG_EVERY_MS / 1000);
+    }
+    in->rewind_err = 0;
+    in->assigned = 0; /* pump drops what the old assignment fetched */
+    rd_kafka_assign(in->rk, NULL);
+    uv_timer_start(&in->retry, on_reassign, delay, 0);
 }
 
 void node_ingest_turn_done(node_ingest_t *in, int rc)
 {
-    (void)rc; /* what matters is whether *our* batches failed */
     if (in->pending_gen != 0 && node_store_last_failed_gen(in->store) >= in->pending_gen)
         in->rewind = 1;
+    else if (in->pending_gen != 0)
+        in->losses = 0; /* records were stored */
+    if (in->rewind && in->rewind_err == 0)
+        in->rewind_err = rc != 0 ? rc : KVS_ESTORE;
     in->pending_gen = 0;
     if (in->rewind) {
         rewind_all(in);
@@ -850,6 +907,8 @@ static int start_queue(node_ingest_t *in)
     in->idle.data = in;
     uv_timer_init(in->loop, &in->timer);
     in->timer.data = in;
+    uv_timer_init(in->loop, &in->retry);
+    in->retry.data = in;
     return uv_poll_start(&in->poll, UV_READABLE, on_readable);
 }
 
@@ -913,6 +972,8 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->idle, NULL);
     if (in->timer.loop != NULL)
         uv_close((uv_handle_t *)&in->timer, NULL);
+    if (in->retry.loop != NULL)
+        uv_close((uv_handle_t *)&in->retry, NULL);
 }
 
 void node_ingest_free(node_ingest_t *in)

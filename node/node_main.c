@@ -319,17 +319,29 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
         snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
+    /* Tables Kafka writes to exist from the start, so clients creating
+     * tables can never leave ingestion without room for them. */
+    int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
+    const char **bound = calloc(cfg->n_bindings + 1, sizeof(*bound));
+    if (bound == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; ingest && i < cfg->n_bindings; i++)
+        bound[i] = cfg->bindings[i].table;
     node_store_opts_t so = {
         .dir = dir,
         .shard = (uint32_t)shard,
         .placement = placement,
         .map_size = cfg->map_size,
         .max_tables = cfg->max_tables,
+        .tables = bound,
+        .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
-    return node_store_open(&so, out, err, errlen);
+    rc = node_store_open(&so, out, err, errlen);
+    free(bound);
+    return rc;
 }
 
 /* Everything before the loop: config, addresses, store. Returns 0, or the
@@ -371,6 +383,7 @@ int main(int argc, char **argv)
     int n_addrs = 0;
 
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
     kvs_log_init("node", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would

@@ -1,37 +1,52 @@
 /*
  * node_store: one shard's LMDB environment, one named database per table,
  * and the reserved __kvs database for metadata (format version, shard id,
- * placement fingerprint, later Kafka offsets).
+ * placement fingerprint, Kafka offsets).
  *
  * Group commit. All writes of a loop turn go into one write txn (the
  * "batch"), committed by node_store_end_turn before any of them is
- * acknowledged. With sync: full the commit fsyncs; with batch/none the env
- * runs MDB_NOSYNC and node_store_sync is called on a timer (batch) or never.
- * Either way a commit is atomic: after kill -9 a batch is wholly there or
- * wholly absent.
+ * acknowledged. A commit is atomic: after kill -9 a batch is wholly there
+ * or wholly absent. What reaches the disk when is storage.sync, mapped onto
+ * the LMDB flags whose guarantees lmdb.h documents:
+ *  - full: no flag. Each commit syncs the data pages, then writes the meta
+ *    page synchronously; a committed batch survives power loss.
+ *  - batch: MDB_NOMETASYNC. Each commit syncs the data pages before it
+ *    writes the meta page, but does not sync the meta page; the next commit
+ *    or node_store_sync (every storage.sync_interval) does. lmdb.h: "This
+ *    optimization maintains database integrity, but a system crash may undo
+ *    the last committed transaction."
+ *  - none: MDB_NOSYNC. Nothing is synced; lmdb.h: "a system crash can
+ *    corrupt the database or lose the last transactions", integrity being
+ *    kept only on a filesystem that preserves write order.
+ * No mode uses MDB_WRITEMAP: with it, MDB_NOSYNC keeps no integrity on a
+ * system crash even there, and pages written through a map into a sparse
+ * file on a full disk are a SIGBUS, not an error. Without it LMDB keeps a
+ * batch's dirty pages in memory and writes them at commit.
  *
- * Write map. With sync: batch or none the env runs MDB_WRITEMAP: writes go
- * straight into the shared mapping instead of through a pwrite per dirty
- * page at commit (measured: HSET throughput x1.5, worker CPU halved). sync:
- * full keeps ordinary writes (a write map would msync the whole map on
- * every commit). In both modes the data file is preallocated
- * (posix_fallocate) past every page a batch may touch before the batch
- * starts, so a full disk fails there, as KVS_EFULL, before anything is
- * written (a write map would otherwise SIGBUS on a hole).
+ * Disk. kvs reserves no disk space ahead: LMDB grows the data file as it
+ * writes, and reuses pages freed by earlier commits first (pages a commit
+ * frees become reusable two commits later: LMDB keeps the previous snapshot
+ * whole). A commit that cannot get space fails whole, before LMDB writes the
+ * meta page, so the previous state stands, and fail_cb turns every answer of
+ * the batch into an error. Deletes and overwrites mostly reuse freed pages,
+ * so they keep working on a full disk whenever LMDB can commit them.
  *
- * Map growth. LMDB fails a write with MDB_MAP_FULL when the map is full, and
- * a failed write poisons its whole txn. So before every write we check the
- * batch's worst-case page use against the room left; when it would not fit
- * we commit the batch early, grow the map (which LMDB allows only with no
- * txn active in the process, hence the read snapshot is released first) and
- * open a new batch. The estimate is deliberately pessimistic: growing the
- * map costs address space, not disk.
+ * Map growth. The map is address space, not disk. LMDB fails a write with
+ * MDB_MAP_FULL when the map is full, and a failed write poisons its whole
+ * txn. So before every write we check the batch's worst-case page use
+ * (batch_pages) against the room left; when it would not fit we commit the
+ * batch early, grow the map (which LMDB allows only with no txn active in
+ * the process, hence the read snapshot is released first) and open a new
+ * batch. The worst case is priced from real sizes: a delete of an absent
+ * key costs nothing, and many small writes cost about their bytes, not a
+ * path per key (see batch_pages).
  *
- * Table handles. Every existing table is opened once at start; tables are
- * only created by this process (single writer, enforced by a lock file), so
- * a name not in the cache does not exist. A table created inside a batch is
- * "pending" until the commit: if the batch fails LMDB closes its handle and
- * we forget it.
+ * Table handles. Every existing table is opened once at start (refusing to
+ * start if they exceed storage.max_tables, rather than hiding some);
+ * tables are only created by this process (single writer, enforced by a
+ * lock file), so a name not in the cache does not exist. A table created
+ * inside a batch is "pending" until the commit: if the batch fails LMDB
+ * closes its handle and we forget it.
  */
 #include "node_store.h"
 #include "kvs_err.h"
@@ -41,10 +56,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 /* What the stored bytes mean. 1: kvs 0.1, Value.integer_value as sint64.
@@ -53,10 +71,10 @@
  * answer wrong integers: format_check refuses it. */
 #define FORMAT_VERSION "2"
 #define META_DB "__kvs"
-#define OP_PAGES_BASE 6            /* pages a write may dirty: path copy + split */
-#define MIN_FREE_PAGES 16384       /* keep at least 64 MiB (4 KiB pages) free */
-#define MAX_BATCH_PAGES 16384      /* a batch may touch at most this much before an early commit */
-#define PREALLOC_CHUNK (64u << 20) /* write map: allocate ahead in steps of this */
+#define MIN_FREE_PAGES 16384  /* keep at least 64 MiB (4 KiB pages) of map free */
+#define MAX_BATCH_PAGES 16384 /* a batch may dirty at most this much before an early commit */
+#define NAMES_SHOWN 5         /* table names an error message lists */
+#define NAME_CAP 256          /* longest table name read back, plus NUL (kvs allows 200) */
 
 typedef struct table_s {
     char *name; /* NULL = empty slot */
@@ -73,10 +91,15 @@ struct node_store_s {
     uint64_t gen;  /* generation of the open batch (0 = none) */
     uint64_t next_gen;
     uint64_t last_failed_gen; /* most recent batch that failed (0 = none) */
-    size_t txn_pages;         /* worst-case pages the batch may have dirtied */
+    size_t op_pages;          /* sum of the batch's writes' worst cases */
+    size_t bytes;             /* keys and values the batch wrote */
+    size_t used;              /* pages in use when the batch began */
     size_t txn_budget;        /* pages the batch may use before an early commit */
     int reserved;             /* inside node_store_reserve .. reserve_end: no early commit */
+    int reserve_wrote;        /* the reservation has written something */
     int reserve_err;          /* why the reserved batch is gone, if it failed */
+    int grow;                 /* MDB_MAP_FULL happened: grow the map before the next batch */
+    unsigned depth;           /* deepest tree seen (B-tree levels) */
     size_t psize;
     uint64_t map_size;
     table_t *tables;
@@ -85,11 +108,11 @@ struct node_store_s {
     uint32_t n_pending; /* tables created in the open batch */
     uint32_t max_tables;
     int lock_fd;
-    int writemap;       /* env runs MDB_WRITEMAP */
-    uint64_t alloc_end; /* bytes of the data file known to be allocated */
     node_store_fail_cb fail_cb;
     void *fail_arg;
 };
+
+static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
 
 /* ---- errors --------------------------------------------------------- */
 
@@ -100,7 +123,6 @@ static int map_err(const char *what, int rc)
         return 0;
     case MDB_NOTFOUND:
         return KVS_ENOTFOUND;
-    case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
     case EFBIG: /* the file may not grow (RLIMIT_FSIZE): as good as full */
@@ -112,6 +134,48 @@ static int map_err(const char *what, int rc)
         kvs_error("%s: %s", what, mdb_strerror(rc));
         return KVS_ESTORE;
     }
+}
+
+/* True when the data file cannot take `need` more bytes: its file system
+ * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
+static int out_of_room(node_store_t *s, uint64_t need)
+{
+    int fd;
+    struct stat st;
+    struct statvfs vfs;
+    struct rlimit rl;
+    if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
+        return 0;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (uint64_t)st.st_size + need > (uint64_t)rl.rlim_cur)
+        return 1;
+    if (fstatvfs(fd, &vfs) != 0)
+        return 0;
+    /* root may use the blocks reserved for it, others may not */
+    uint64_t blocks = geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail;
+    return blocks * vfs.f_frsize < need;
+}
+
+/* An error from a call that writes to the data file (a commit, or a write
+ * that made LMDB spill dirty pages early). LMDB reports a write cut short
+ * by a full disk or a file size limit as EIO ("short write"); this tells
+ * that apart from a real I/O error, so a full disk is always KVS_EFULL. */
+static int write_err(node_store_t *s, const char *what, int rc)
+{
+    if (rc == MDB_MAP_FULL) {
+        /* batch_pages was too low: a bug, but only this batch pays for it */
+        kvs_error("%s: LMDB map full (%llu MiB); growing it before the next batch", what,
+                  (unsigned long long)(s->map_size >> 20));
+        s->grow = 1;
+        return KVS_ESTORE;
+    }
+    if (rc == EIO && out_of_room(s, (uint64_t)batch_pages(s, 0, 0) * s->psize)) {
+        kvs_error("%s: write cut short: the file system is full or the data file reached its "
+                  "size limit",
+                  what);
+        return KVS_EFULL;
+    }
+    return map_err(what, rc);
 }
 
 /* ---- table cache ------------------------------------------------------ */
@@ -201,32 +265,38 @@ static MDB_txn *read_txn(node_store_t *s)
     return s->rtxn;
 }
 
-static int batch_commit(node_store_t *s)
+static size_t pages_of(const node_store_t *s, size_t bytes)
 {
-    if (s->wtxn == NULL)
-        return 0;
-    int rc = mdb_txn_commit(s->wtxn);
-    uint64_t gen = s->gen;
-    s->wtxn = NULL;
-    s->gen = 0;
-    if (rc != 0) {
-        tables_settle(s, 1);
-        s->last_failed_gen = gen;
-        int err = map_err("commit", rc);
-        if (s->fail_cb != NULL)
-            s->fail_cb(s->fail_arg, gen, err);
-        return err;
-    }
-    tables_settle(s, 0);
-    read_release(s); /* a snapshot from before this commit must not be read again */
-    return 0;
+    return (bytes + s->psize - 1) / s->psize;
 }
 
-/* A write failed inside the batch: LMDB has poisoned the txn, so the whole
- * batch is lost. Aborts it and reports the generation as failed. */
-static int batch_fail(node_store_t *s, const char *what, int rc)
+/* Worst case of one write of `bytes` (key and value): a copy of every page
+ * on its path and a split on every level (two pages per level, and a new
+ * root), plus the overflow pages of a large value. */
+static size_t write_pages(const node_store_t *s, size_t bytes)
 {
-    int err = map_err(what, rc);
+    return 2 * (size_t)s->depth + 3 + pages_of(s, bytes);
+}
+
+/* Worst-case pages the open batch dirties if it takes writes priced
+ * `op_pages` (write_pages each) and `bytes` more. The smaller of two
+ * bounds: the sum of the writes' worst cases, and a bound by size, since a
+ * txn copies no page twice: every page in use copied once and split once,
+ * plus four pages per page of bytes written. Many small writes thus cost
+ * about their bytes, not a path each. On top, what the commit writes
+ * itself: the freelist record (8 bytes per page freed) and table records. */
+static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes)
+{
+    size_t by_ops = s->op_pages + op_pages;
+    size_t by_size = 2 * s->used + 4 * pages_of(s, s->bytes + bytes) + 2 * (size_t)s->depth + 16;
+    size_t pages = by_ops < by_size ? by_ops : by_size;
+    return pages + pages / 128 + 16;
+}
+
+/* Fails the open batch with `err` (a KVS_E* code): LMDB cannot undo part
+ * of a txn, so the whole batch is aborted and its generation reported. */
+static int batch_abort(node_store_t *s, int err)
+{
     s->reserve_err = err; /* the rest of a reservation must not start anew */
     uint64_t gen = s->gen;
     s->last_failed_gen = gen;
@@ -240,35 +310,58 @@ static int batch_fail(node_store_t *s, const char *what, int rc)
     return err;
 }
 
-/* Grows the map when less than a quarter (or MIN_FREE_PAGES) is free, or
- * when `need` pages would not fit. No txn may be active. */
-static int map_grow(node_store_t *s, size_t need)
+/* A write failed inside the batch: LMDB has poisoned the txn. */
+static int batch_fail(node_store_t *s, const char *what, int rc)
 {
-    MDB_envinfo info;
-    mdb_env_info(s->env, &info);
+    return batch_abort(s, write_err(s, what, rc));
+}
+
+static int batch_commit(node_store_t *s)
+{
+    if (s->wtxn == NULL)
+        return 0;
+    int rc = mdb_txn_commit(s->wtxn); /* frees the txn, also when it fails */
+    uint64_t gen = s->gen;
+    s->wtxn = NULL;
+    s->gen = 0;
+    if (rc != 0) {
+        /* LMDB writes the meta page last: a failed commit left the previous
+         * state whole. Nothing of the batch is stored; say so. */
+        int err = write_err(s, "commit", rc);
+        tables_settle(s, 1);
+        s->last_failed_gen = gen;
+        read_release(s);
+        if (s->fail_cb != NULL)
+            s->fail_cb(s->fail_arg, gen, err);
+        return err;
+    }
+    tables_settle(s, 0);
+    read_release(s); /* a snapshot from before this commit must not be read again */
+    return 0;
+}
+
+/* Grows the map when less than a quarter (or MIN_FREE_PAGES) is free, when
+ * `need` pages would not fit twice, or after an MDB_MAP_FULL. No txn may be
+ * active. */
+static void map_grow(node_store_t *s, size_t need)
+{
     size_t total = s->map_size / s->psize;
-    size_t used = (size_t)info.me_last_pgno + 1;
-    size_t free_pages = total > used ? total - used : 0;
+    size_t free_pages = total > s->used ? total - s->used : 0;
     size_t want = need * 2;
     if (want < MIN_FREE_PAGES)
         want = MIN_FREE_PAGES;
     if (want < total / 4)
         want = total / 4;
-    if (free_pages >= want)
-        return 0;
-    uint64_t size = s->map_size;
-    while (size / s->psize < used + want)
+    if (free_pages >= want && !s->grow)
+        return;
+    uint64_t size = s->grow ? s->map_size * 2 : s->map_size;
+    s->grow = 0;
+    while (size / s->psize < s->used + want)
         size *= 2;
     read_release(s);
-    /* mdb_env_set_mapsize unmaps before it remaps, so if it fails the env
-     * is unusable. With a write map it grows the file (ftruncate), which
-     * can fail (file size limit): grow the file first, where a failure is
-     * just a full disk. */
-    int fd;
-    struct stat st;
-    if (s->writemap && mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
-        (uint64_t)st.st_size < size && ftruncate(fd, (off_t)size) != 0)
-        return map_err("growing the data file", errno);
+    /* Without a write map this only remaps: it costs address space, not
+     * disk. mdb_env_set_mapsize unmaps before it remaps, so if it fails the
+     * env is unusable. */
     int rc = mdb_env_set_mapsize(s->env, (size_t)size);
     if (rc != 0) {
         kvs_error("mdb_env_set_mapsize to %llu bytes failed: %s; the environment is unusable, "
@@ -279,60 +372,32 @@ static int map_grow(node_store_t *s, size_t need)
     kvs_info("map size grown from %llu to %llu MiB", (unsigned long long)(s->map_size >> 20),
              (unsigned long long)(size >> 20));
     s->map_size = size;
-    return 0;
 }
 
-/* Makes sure the data file's blocks exist up to `end` bytes, so no write
- * of the batch needs new disk space: through a write map a hole on a full
- * disk would be SIGBUS, and through pwrite a short write that LMDB reports
- * as EIO. Here a full disk is ENOSPC, before anything is written. */
-static int preallocate(node_store_t *s, uint64_t end)
+/* Opens a batch that starts with writes priced `op_pages` and `bytes`,
+ * growing the map first if their worst case would not fit. */
+static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
 {
-    if (end <= s->alloc_end)
-        return 0;
-    int fd;
-    if (mdb_env_get_fd(s->env, &fd) != 0)
-        return KVS_ESTORE;
-    uint64_t want = end + PREALLOC_CHUNK < s->map_size ? end + PREALLOC_CHUNK : s->map_size;
-    if (want < end)
-        want = end;
-    int rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(want - s->alloc_end));
-    if (rc != 0 && want > end) { /* short of room for the chunk: try what is needed */
-        want = end;
-        rc = posix_fallocate(fd, (off_t)s->alloc_end, (off_t)(end - s->alloc_end));
-    }
-    if (rc != 0) {
-        kvs_error("cannot allocate disk space for the next write batch: %s", strerror(rc));
-        return rc == ENOSPC || rc == EDQUOT || rc == EFBIG ? KVS_EFULL : KVS_ESTORE;
-    }
-    s->alloc_end = want; /* exactly what the successful call allocated */
-    return 0;
-}
-
-static int batch_begin(node_store_t *s, size_t need)
-{
-    int rc = map_grow(s, need);
-    if (rc != 0)
-        return rc;
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
-    size_t total = s->map_size / s->psize;
-    size_t used = (size_t)info.me_last_pgno + 1;
-    size_t budget = (total - used) / 2;
+    s->used = (size_t)info.me_last_pgno + 1;
+    s->op_pages = 0;
+    s->bytes = 0;
+    size_t need = batch_pages(s, op_pages, bytes);
+    map_grow(s, need);
+    size_t budget = (s->map_size / s->psize - s->used) / 2;
     if (budget > MAX_BATCH_PAGES)
         budget = MAX_BATCH_PAGES;
     if (budget < need)
         budget = need;
-    rc = preallocate(s, (uint64_t)(used + budget) * s->psize);
-    if (rc != 0)
-        return rc;
-    rc = mdb_txn_begin(s->env, NULL, 0, &s->wtxn);
+    int rc = mdb_txn_begin(s->env, NULL, 0, &s->wtxn);
     if (rc != 0) {
         s->wtxn = NULL;
         return map_err("mdb_txn_begin", rc);
     }
     s->gen = ++s->next_gen;
-    s->txn_pages = 0;
+    s->op_pages = op_pages;
+    s->bytes = bytes;
     s->txn_budget = budget;
     return 0;
 }
@@ -340,49 +405,58 @@ static int batch_begin(node_store_t *s, size_t need)
 /* Makes sure a write of `bytes` can join the batch without MDB_MAP_FULL:
  * opens the batch, or commits it early and opens a new one when the
  * worst-case estimate would exceed its budget. */
-static size_t op_pages(node_store_t *s, size_t ops, size_t bytes)
-{
-    return ops * (OP_PAGES_BASE + 2) + 2 * ((bytes + s->psize - 1) / s->psize);
-}
-
 static int batch_room(node_store_t *s, size_t bytes)
 {
-    size_t pages = op_pages(s, 1, bytes);
     if (s->reserved) /* paid for by node_store_reserve; never split a reservation */
         return s->wtxn != NULL ? 0 : s->reserve_err;
-    if (s->wtxn != NULL && s->txn_pages + pages <= s->txn_budget) {
-        s->txn_pages += pages;
+    size_t pages = write_pages(s, bytes);
+    if (s->wtxn != NULL && batch_pages(s, pages, bytes) <= s->txn_budget) {
+        s->op_pages += pages;
+        s->bytes += bytes;
         return 0;
     }
     int rc = batch_commit(s);
-    if (rc != 0)
-        return rc;
-    rc = batch_begin(s, pages);
-    if (rc != 0)
-        return rc;
-    s->txn_pages = pages;
-    return 0;
+    return rc != 0 ? rc : batch_begin(s, pages, bytes);
+}
+
+/* After a write to `dbi` succeeded: the reservation (if any) now holds a
+ * write, and the tree may have grown a level. */
+static void wrote(node_store_t *s, MDB_dbi dbi)
+{
+    MDB_stat st;
+    s->reserve_wrote |= s->reserved;
+    if (mdb_stat(s->wtxn, dbi, &st) == 0 && st.ms_depth > s->depth)
+        s->depth = st.ms_depth;
 }
 
 int node_store_reserve(node_store_t *s, size_t ops, size_t bytes)
 {
-    size_t pages = op_pages(s, ops, bytes) + 2 * ops; /* + each op's own rounding */
-    if (s->wtxn == NULL || s->txn_pages + pages > s->txn_budget) {
+    /* each write's worst case, and each value's rounding to whole pages */
+    size_t pages = ops * (write_pages(s, 0) + 1) + pages_of(s, bytes);
+    if (s->wtxn == NULL || batch_pages(s, pages, bytes) > s->txn_budget) {
         int rc = batch_commit(s);
         if (rc == 0)
-            rc = batch_begin(s, pages);
+            rc = batch_begin(s, pages, bytes);
         if (rc != 0)
             return rc;
+    } else {
+        s->op_pages += pages;
+        s->bytes += bytes;
     }
-    s->txn_pages += pages;
     s->reserved = 1;
+    s->reserve_wrote = 0;
     s->reserve_err = KVS_ESTORE;
     return 0;
 }
 
-void node_store_reserve_end(node_store_t *s)
+int node_store_reserve_end(node_store_t *s, int rc)
 {
+    int wrote_some = s->reserve_wrote;
     s->reserved = 0;
+    s->reserve_wrote = 0;
+    if (rc != 0 && wrote_some && s->wtxn != NULL)
+        return batch_abort(s, rc); /* no prefix of the reservation may commit */
+    return rc;
 }
 
 uint64_t node_store_batch_gen(const node_store_t *s)
@@ -416,8 +490,10 @@ static int table_dbi(node_store_t *s, const char *table, int create, MDB_dbi *db
     if (s->n_tables >= s->max_tables)
         return KVS_ELIMIT;
     int rc = mdb_dbi_open(s->wtxn, table, MDB_CREATE, dbi);
+    if (rc == MDB_DBS_FULL)
+        return KVS_ELIMIT; /* refused before anything was written */
     if (rc != 0)
-        return map_err("mdb_dbi_open", rc);
+        return batch_fail(s, "mdb_dbi_open", rc);
     return table_add(s, table, *dbi, 1);
 }
 
@@ -452,23 +528,32 @@ int node_store_put(node_store_t *s, const char *table, const void *key, size_t k
         return rc;
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
     rc = mdb_put(s->wtxn, dbi, &k, &v, 0);
-    return rc == 0 ? 0 : batch_fail(s, "mdb_put", rc);
+    if (rc != 0)
+        return batch_fail(s, "mdb_put", rc);
+    wrote(s, dbi);
+    return 0;
 }
 
 int node_store_del(node_store_t *s, const char *table, const void *key, size_t klen)
 {
-    MDB_dbi dbi;
-    int rc = table_dbi(s, table, 0, &dbi);
+    node_slice_t old;
+    int rc = node_store_get(s, table, key, klen, &old);
     if (rc != 0)
-        return rc;
+        return rc; /* absent: nothing to write, no batch to open */
     rc = batch_room(s, klen);
+    MDB_dbi dbi;
+    if (rc == 0)
+        rc = table_dbi(s, table, 0, &dbi);
     if (rc != 0)
         return rc;
     MDB_val k = {klen, (void *)key};
     rc = mdb_del(s->wtxn, dbi, &k, NULL);
     if (rc == MDB_NOTFOUND)
         return KVS_ENOTFOUND;
-    return rc == 0 ? 0 : batch_fail(s, "mdb_del", rc);
+    if (rc != 0)
+        return batch_fail(s, "mdb_del", rc);
+    wrote(s, dbi);
+    return 0;
 }
 
 int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,
@@ -496,6 +581,23 @@ int node_store_scan(node_store_t *s, const char *table, const void *from, size_t
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : map_err("mdb_cursor_get", rc);
 }
 
+int node_store_count(node_store_t *s, const char *table, uint64_t *n)
+{
+    MDB_dbi dbi;
+    *n = 0;
+    if (table_dbi(s, table, 0, &dbi) != 0)
+        return 0;
+    MDB_txn *txn = read_txn(s);
+    if (txn == NULL)
+        return KVS_ESTORE;
+    MDB_stat st;
+    int rc = mdb_stat(txn, dbi, &st);
+    if (rc != 0)
+        return map_err("mdb_stat", rc);
+    *n = st.ms_entries;
+    return 0;
+}
+
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
 {
     MDB_txn *txn = read_txn(s);
@@ -517,12 +619,16 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
         return rc;
     MDB_val k = {strlen(key), (void *)key}, v = {vlen, (void *)val};
     rc = mdb_put(s->wtxn, s->meta, &k, &v, 0);
-    return rc == 0 ? 0 : batch_fail(s, "mdb_put meta", rc);
+    if (rc != 0)
+        return batch_fail(s, "mdb_put meta", rc);
+    wrote(s, s->meta);
+    return 0;
 }
 
 int node_store_sync(node_store_t *s)
 {
-    return map_err("mdb_env_sync", mdb_env_sync(s->env, 1));
+    int rc = mdb_env_sync(s->env, 1);
+    return rc == 0 ? 0 : write_err(s, "mdb_env_sync", rc);
 }
 
 uint32_t node_store_table_count(const node_store_t *s)
@@ -579,11 +685,63 @@ static int meta_check(MDB_txn *txn, MDB_dbi meta, const char *key, const char *w
     return 0;
 }
 
-/* Opens a handle for every existing table (the keys of the main DB). */
-static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
+static void note_depth(node_store_t *s, MDB_txn *txn, MDB_dbi dbi)
+{
+    MDB_stat st;
+    if (mdb_stat(txn, dbi, &st) == 0 && st.ms_depth > s->depth)
+        s->depth = st.ms_depth;
+}
+
+/* What open_tables found: how many tables are stored, the first few names. */
+typedef struct table_census_s {
+    uint32_t stored;
+    uint32_t missing; /* of the tables the caller needs, not stored yet */
+    char names[NAMES_SHOWN][NAME_CAP];
+} table_census_t;
+
+/* printf to the end of the string in buf[0..len). */
+static void appendf(char *buf, size_t len, const char *fmt, ...)
+{
+    size_t at = strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    if (at + 1 < len)
+        vsnprintf(buf + at, len - at, fmt, ap);
+    va_end(ap);
+}
+
+/* Refuses more tables than storage.max_tables: LMDB would not open the
+ * rest, and their data would silently vanish from every answer. */
+static int tables_fit(const node_store_opts_t *o, const table_census_t *c, char *err, size_t errlen)
+{
+    uint32_t need = c->stored + c->missing;
+    uint32_t shown = c->stored < NAMES_SHOWN ? c->stored : NAMES_SHOWN;
+    if (need <= o->max_tables)
+        return 0;
+    snprintf(err, errlen, "%s holds %u table(s)", o->dir, c->stored);
+    for (uint32_t i = 0; i < shown; i++)
+        appendf(err, errlen, "%s\"%s\"", i == 0 ? " (" : ", ", c->names[i]);
+    if (c->stored > shown)
+        appendf(err, errlen, " and %u more", c->stored - shown);
+    if (shown > 0)
+        appendf(err, errlen, ")");
+    if (c->missing > 0)
+        appendf(err, errlen, " and kafka.bindings need %u more not created yet", c->missing);
+    appendf(err, errlen,
+            ", but storage.max_tables is %u; set storage.max_tables to at least %u (with a "
+            "lower limit some tables would be unreachable; kvs never drops a table)",
+            o->max_tables, need);
+    return KVS_ELIMIT;
+}
+
+/* Opens a handle for every existing table (the keys of the main DB), and
+ * creates the tables o->tables names that do not exist yet. */
+static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o, char *err,
+                       size_t errlen)
 {
     MDB_dbi main;
     MDB_cursor *cur;
+    table_census_t c = {0};
     int rc = mdb_dbi_open(txn, NULL, 0, &main);
     if (rc == 0)
         rc = mdb_cursor_open(txn, main, &cur);
@@ -591,8 +749,11 @@ static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
         snprintf(err, errlen, "cannot list tables: %s", mdb_strerror(rc));
         return KVS_ESTORE;
     }
+    note_depth(s, txn, main);
+    note_depth(s, txn, 0); /* the freelist */
+    note_depth(s, txn, s->meta);
     MDB_val k, v;
-    char name[256];
+    char name[NAME_CAP];
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         if (k.mv_size == 0 || k.mv_size >= sizeof(name))
             continue;
@@ -600,21 +761,45 @@ static int open_tables(node_store_t *s, MDB_txn *txn, char *err, size_t errlen)
         name[k.mv_size] = '\0';
         if (strcmp(name, META_DB) == 0)
             continue;
+        if (c.stored < NAMES_SHOWN)
+            memcpy(c.names[c.stored], name, k.mv_size + 1);
         MDB_dbi dbi;
-        if (mdb_dbi_open(txn, name, 0, &dbi) != 0 || table_add(s, name, dbi, 0) != 0)
-            continue;
+        if (++c.stored > o->max_tables || mdb_dbi_open(txn, name, 0, &dbi) != 0)
+            continue; /* refused below */
+        if (table_add(s, name, dbi, 0) != 0)
+            return -ENOMEM;
+        note_depth(s, txn, dbi);
     }
     mdb_cursor_close(cur);
-    return 0;
+    for (size_t i = 0; i < o->n_tables; i++) {
+        MDB_val key = {strlen(o->tables[i]), (void *)o->tables[i]}, val;
+        int dup = 0;
+        for (size_t j = 0; j < i; j++)
+            dup |= strcmp(o->tables[i], o->tables[j]) == 0;
+        c.missing += !dup && mdb_get(txn, main, &key, &val) == MDB_NOTFOUND;
+    }
+    rc = tables_fit(o, &c, err, errlen);
+    for (size_t i = 0; rc == 0 && i < o->n_tables; i++) {
+        MDB_dbi dbi;
+        if (table_slot(s, o->tables[i])->name != NULL)
+            continue;
+        rc = mdb_dbi_open(txn, o->tables[i], MDB_CREATE, &dbi);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot create table \"%s\": %s", o->tables[i], mdb_strerror(rc));
+            return KVS_ESTORE;
+        }
+        rc = table_add(s, o->tables[i], dbi, 0);
+    }
+    return rc;
 }
 
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
-    unsigned flags = MDB_NOTLS;
-    if (o->sync != KVS_SYNC_FULL) {
-        flags |= MDB_NOSYNC | MDB_WRITEMAP;
-        s->writemap = 1;
-    }
+    unsigned flags = MDB_NOTLS; /* see the file comment for what each mode keeps */
+    if (o->sync == KVS_SYNC_BATCH)
+        flags |= MDB_NOMETASYNC;
+    else if (o->sync == KVS_SYNC_NONE)
+        flags |= MDB_NOSYNC;
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(s->env, o->max_tables + 1);
@@ -673,7 +858,7 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
     if (rc == 0)
         rc = meta_check(txn, s->meta, "placement", o->placement, o->dir, err, errlen);
     if (rc == 0)
-        rc = open_tables(s, txn, err, errlen);
+        rc = open_tables(s, txn, o, err, errlen);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;

@@ -11,8 +11,9 @@
  *  - node_store_end_turn commits the batch; the caller acknowledges writes
  *    only after it returned 0.
  * Each batch has a generation number (node_store_batch_gen). If a batch
- * fails to commit, fail_cb is told its generation so the caller can turn
- * every answer it prepared inside that batch into an error.
+ * fails to commit (a full disk fails a commit, never an earlier step), or
+ * is aborted by a failed write, fail_cb is told its generation so the caller
+ * can turn every answer it prepared inside that batch into an error.
  *
  * Memory: values returned by get/scan point into LMDB pages and are valid
  * only until the next call on the store. Copy before calling again.
@@ -45,16 +46,21 @@ typedef struct node_store_opts_s {
     const char *placement; /* placement fingerprint, likewise */
     uint64_t map_size;     /* initial map size in bytes; grows on demand */
     uint32_t max_tables;
+    const char *const *tables; /* created at open if missing (Kafka-bound tables) */
+    size_t n_tables;
     kvs_sync_t sync;
     node_store_fail_cb fail_cb;
     void *fail_arg;
 } node_store_opts_t;
 
-/* Opens (creating if needed) the environment in o->dir. Refuses, with
- * KVS_EMISMATCH and a message in err, an environment created for another
- * shard or placement or by an unknown format version, and, with -EBUSY, a
- * directory another process has open. Returns 0 and *out, or an error with
- * err[0..errlen) saying what is wrong and what to do. */
+/* Opens (creating if needed) the environment in o->dir, and creates the
+ * tables in o->tables that do not exist yet, so that they never meet the
+ * table limit later. Refuses, with KVS_EMISMATCH and a message in err, an
+ * environment created for another shard or placement or by an unknown
+ * format version; with KVS_ELIMIT, one whose tables (plus those o->tables
+ * still needs) exceed o->max_tables, naming some and the value to set; and
+ * with -EBUSY, a directory another process has open. Returns 0 and *out, or
+ * an error with err[0..errlen) saying what is wrong and what to do. */
 int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
 
 /* Sets the argument passed to fail_cb (for owners created after the store). */
@@ -70,13 +76,16 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
                    node_slice_t *val);
 
 /* Stores `val` under `key` in `table` (created on first write) within the
- * turn's batch. Returns 0, KVS_ELIMIT (storage.max_tables reached),
- * KVS_EFULL (disk full), or KVS_ESTORE. */
+ * turn's batch. Returns 0; KVS_ELIMIT (storage.max_tables reached; nothing
+ * written); or the error (KVS_EFULL, KVS_ESTORE) of a batch that failed
+ * with this write, or of the early commit before it (fail_cb has run). A
+ * full disk usually shows at the commit, in node_store_end_turn. */
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen);
 
-/* Deletes `key` within the turn's batch. Returns 0, KVS_ENOTFOUND, or an
- * error as for put. */
+/* Deletes `key` within the turn's batch. Returns 0, KVS_ENOTFOUND (the key
+ * or table does not exist; then no batch is opened and nothing written), or
+ * an error as for put. */
 int node_store_del(node_store_t *s, const char *table, const void *key, size_t klen);
 
 /* Called for each pair in key order; return nonzero to stop. */
@@ -87,18 +96,30 @@ typedef int (*node_store_scan_cb)(void *arg, node_slice_t key, node_slice_t val)
 int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,
                     node_store_scan_cb cb, void *arg);
 
+/* Number of keys in `table` as of the read snapshot (the open batch when
+ * one is open); 0 for a table that does not exist. Returns 0 or KVS_ESTORE. */
+int node_store_count(node_store_t *s, const char *table, uint64_t *n);
+
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
  * way as get/put: meta writes join the turn's batch, so data and the
  * metadata describing it (e.g. Kafka offsets) commit atomically. */
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val);
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen);
 
-/* Reserves room in the turn's batch for `ops` writes totalling `bytes`, so
- * that they all land in the same LMDB txn (no early commit between them):
- * what makes a multi-key write atomic. Call node_store_reserve_end after
- * the writes. Returns 0 or an error as for put. */
+/* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
+ * keys and values, so that they all land in the same LMDB txn (no early
+ * commit between them): what makes a multi-key write atomic. Price only
+ * writes that will happen (a delete of an absent key writes nothing). On
+ * success the caller must call node_store_reserve_end after the writes;
+ * on failure nothing was reserved. Returns 0 or an error as for put. */
 int node_store_reserve(node_store_t *s, size_t ops, size_t bytes);
-void node_store_reserve_end(node_store_t *s);
+
+/* Ends a reservation; `rc` is the caller's result for its writes. If rc is
+ * an error and some of the reservation's writes were made, the whole batch
+ * is aborted (fail_cb runs for it): LMDB cannot undo part of a txn, and a
+ * prefix of a multi-key write (or of Kafka records without their offsets)
+ * must never commit. Returns rc. */
+int node_store_reserve_end(node_store_t *s, int rc);
 
 /* Generation of the open write batch; 0 when none is open. */
 uint64_t node_store_batch_gen(const node_store_t *s);
@@ -111,8 +132,8 @@ uint64_t node_store_last_failed_gen(const node_store_t *s);
  * snapshot. Returns 0 or the commit error (fail_cb has run for it). */
 int node_store_end_turn(node_store_t *s);
 
-/* Forces committed data to disk (for storage.sync: batch). Returns 0 or an
- * error. */
+/* Forces committed data and metadata to disk (for storage.sync: batch,
+ * whose commits leave the last meta page unsynced). Returns 0 or an error. */
 int node_store_sync(node_store_t *s);
 
 /* Number of tables, and the current map size in bytes. */

@@ -29,9 +29,17 @@ struct router_s {
     kvs_listener_t listener;
     int listening;
     router_client_t *clients;
-    size_t n_clients;
+    size_t n_clients;        /* both front doors */
+    size_t n_resp_clients;   /* of which RESP */
     kvs_arena_t arena;       /* request decode scratch, reset per request */
     kvs_arena_t merge_arena; /* answer decode scratch, reset per merge */
+    kvs_arena_t redis_arena; /* RESP command -> kvs request, reset per command */
+    kvs_arena_t reply_arena; /* kvs answer -> RESP reply, reset per answer */
+    kvs_buf_t redis_pack;    /* the packed kvs request of a RESP command */
+    struct router_redis_cursors_s *redis_cursors; /* HSCAN cursors (router_redis) */
+    uint64_t next_client_id;
+    kvs_listener_t resp_listener; /* router.resp_listen, when set */
+    int resp_listening;
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
     int draining;
@@ -40,7 +48,8 @@ struct router_s {
 
 /* ---- clients (router_client.c) ------------------------------------------ */
 
-/* Starts accepting clients on cfg->router_listen. Returns 0 or a uv error. */
+/* Starts accepting clients on cfg->router_listen, and Redis protocol
+ * clients on cfg->resp_listen when set. Returns 0 or a uv error. */
 int router_clients_listen(router_t *r);
 
 /* Stops accepting; every client is answered what it sent, then closed.
@@ -53,6 +62,18 @@ void router_clients_abort(router_t *r);
 /* `req`, a request of `cl`, is complete (called by the route module); its
  * answer is in req->resp. */
 void router_client_req_done(router_client_t *cl, router_req_t *req);
+
+/* Queues a new request at `cl`'s FIFO tail (NULL when out of memory; the
+ * client is then closed). */
+router_req_t *router_client_enqueue(router_client_t *cl);
+
+/* `req` of `cl` went through router_route (or was finished by the front
+ * door): accounts its reservation and delivers it if it is done. */
+void router_client_routed(router_client_t *cl, router_req_t *req);
+
+/* Stop reading `cl`; close once every request received is answered
+ * (Redis QUIT). */
+void router_client_close_after_answers(router_client_t *cl);
 
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
@@ -72,6 +93,10 @@ struct router_req_s {
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
     size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */
+    uint8_t raw;    /* resp holds the reply in the client's protocol (RESP), not a frame */
+    uint8_t rcmd;   /* RESP clients: how the kvs answer is shown (router_redis) */
+    uint8_t rflags; /* ... and its options */
+    void *rctx;     /* ... and its context (malloc'd, freed with the request) */
     int done;
     int in_route;
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
@@ -94,6 +119,9 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 /* Completes `req` with a status and message. */
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Marks `req` done (its answer is in req->resp) and tells its client. */
+void router_req_complete(router_req_t *req);
 
 /* Frees a request (its client is done with it, or gone and it completed). */
 void router_req_free(router_req_t *req);

@@ -24,6 +24,7 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "router.h"
+#include "router_redis.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -36,8 +37,30 @@ struct router_client_s {
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
+    router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
     router_client_t *prev, *next;
 };
+
+/* Appends the answer of `req` to the client's output in its protocol:
+ * `payload` is the kvs answer (an encoded CommandResponse); RESP clients
+ * get it converted, or req->resp as it is when the front door already
+ * wrote the reply. Returns 0 or -ENOMEM. */
+static int client_write(router_client_t *cl, router_req_t *req, const uint8_t *payload, size_t len)
+{
+    kvs_buf_t *out = &cl->conn.out;
+    if (cl->redis != NULL) {
+        if (req->raw)
+            return kvs_buf_append(out, req->resp.data, req->resp.len);
+        return router_redis_answer(cl->redis, req, payload, len, out);
+    }
+    uint8_t hdr[KVS_FRAME_HEADER];
+    kvs_frame_put_header(hdr, (uint32_t)len);
+    if (kvs_buf_reserve(out, sizeof(hdr) + len) != 0)
+        return -ENOMEM;
+    kvs_buf_append(out, hdr, sizeof(hdr));
+    kvs_buf_append(out, payload, len);
+    return 0;
+}
 
 /* Closes once every request received has been answered. A paused client
  * may still hold complete frames in its buffer: those count as received. */
@@ -72,7 +95,14 @@ static void client_flush_done(router_client_t *cl)
             cl->tail = NULL;
         cl->inflight--;
         size_t len = req->resp.len;
-        if (len == 0 || kvs_buf_append(&cl->conn.out, req->resp.data, len)) {
+        int rc;
+        if (len == 0)
+            rc = -ENOMEM;
+        else if (cl->redis == NULL || req->raw) /* a frame, or a reply already in RESP */
+            rc = kvs_buf_append(&cl->conn.out, req->resp.data, len);
+        else
+            rc = client_write(cl, req, req->resp.data + KVS_FRAME_HEADER, len - KVS_FRAME_HEADER);
+        if (rc != 0) {
             kvs_error("cannot queue an answer (out of memory); closing the client");
             router_req_free(req);
             kvs_conn_close(&cl->conn);
@@ -99,14 +129,10 @@ void router_client_req_done(router_client_t *cl, router_req_t *req)
 int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
                           size_t len)
 {
-    uint8_t hdr[KVS_FRAME_HEADER];
     if (req != cl->head || (cl->conn.flags & KVS_CONN_CLOSING))
         return 0;
-    kvs_frame_put_header(hdr, (uint32_t)len);
-    if (kvs_buf_reserve(&cl->conn.out, sizeof(hdr) + len) != 0)
+    if (client_write(cl, req, payload, len) != 0)
         return 0;
-    kvs_buf_append(&cl->conn.out, hdr, sizeof(hdr));
-    kvs_buf_append(&cl->conn.out, payload, len);
     kvs_conn_hold(&cl->conn, -(ptrdiff_t)req->reserve);
     cl->head = req->next;
     if (cl->head == NULL)
@@ -118,11 +144,14 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 1;
 }
 
-static router_req_t *client_enqueue(router_client_t *cl)
+router_req_t *router_client_enqueue(router_client_t *cl)
 {
     router_req_t *req = router_req_new(cl->router, cl);
-    if (req == NULL)
+    if (req == NULL) {
+        kvs_error("out of memory for a request; closing the client");
+        kvs_conn_close(&cl->conn);
         return NULL;
+    }
     if (cl->tail != NULL)
         cl->tail->next = req;
     else
@@ -132,29 +161,46 @@ static router_req_t *client_enqueue(router_client_t *cl)
     return req;
 }
 
-static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+void router_client_routed(router_client_t *cl, router_req_t *req)
 {
-    router_client_t *cl = c->data;
-    router_req_t *req = client_enqueue(cl);
-    if (req == NULL) {
-        kvs_error("out of memory for a request; closing the client");
-        kvs_conn_close(c);
-        return;
-    }
-    router_route(cl->router, req, payload, len);
-    kvs_conn_hold(c, (ptrdiff_t)req->reserve);
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->reserve);
     if (req->done)
         router_client_req_done(cl, req);
     else
         client_track_inflight(cl);
 }
 
+void router_client_close_after_answers(router_client_t *cl)
+{
+    kvs_conn_stop_reading(&cl->conn);
+    cl->closing_when_drained = 1;
+    client_maybe_close(cl);
+}
+
+static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    router_client_t *cl = c->data;
+    if (cl->redis != NULL) {
+        router_redis_command(cl->redis, cl);
+        return;
+    }
+    router_req_t *req = router_client_enqueue(cl);
+    if (req == NULL)
+        return;
+    router_route(cl->router, req, payload, len);
+    router_client_routed(cl, req);
+}
+
 static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
-    if (err == KVS_ETOOBIG || err == KVS_EPROTO) {
-        router_req_t *req = client_enqueue(cl);
+    if (cl->redis != NULL && (err == KVS_EPROTO || err == KVS_ELIMIT)) {
+        router_req_t *req = router_client_enqueue(cl);
+        if (req != NULL)
+            router_redis_input_error(cl->redis, req, err);
+    } else if (err == KVS_ETOOBIG || err == KVS_EPROTO) {
+        router_req_t *req = router_client_enqueue(cl);
         if (req != NULL && err == KVS_ETOOBIG)
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                      "frame of %u bytes exceeds limits.max_frame (%llu bytes); "
@@ -165,7 +211,7 @@ static void on_conn_error(kvs_conn_t *c, int err)
                                      "compressed frames are not supported (header bit 31 set); "
                                      "the connection is closed");
     } else if (err == KVS_ELIMIT) {
-        router_req_t *req = client_enqueue(cl);
+        router_req_t *req = router_client_enqueue(cl);
         if (req != NULL)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
                                      "the server is short of memory for incomplete requests "
@@ -194,19 +240,25 @@ static void on_conn_closed(kvs_conn_t *c)
     if (cl->next != NULL)
         cl->next->prev = cl->prev;
     r->n_clients--;
+    if (cl->redis != NULL)
+        r->n_resp_clients--;
+    router_redis_free(cl->redis);
     free(cl);
     if (r->draining && r->n_clients == 0 && r->on_drained != NULL)
         r->on_drained(r);
 }
 
 /* At limits.max_clients: accept only to say why, then close. */
-static void refuse_client(router_t *r, uv_stream_t *server)
+static void refuse_client(router_t *r, uv_stream_t *server, int resp)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
-    if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                              "too many clients (limits.max_clients = %u); retry later",
-                              r->max_clients) == 0)
+    if (resp)
+        kvs_conn_refuse(server, router_redis_too_many_clients,
+                        strlen(router_redis_too_many_clients));
+    else if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                   "too many clients (limits.max_clients = %u); retry later",
+                                   r->max_clients) == 0)
         kvs_conn_refuse(server, b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(r->loop);
@@ -225,18 +277,25 @@ static void on_connection(uv_stream_t *server, int status)
         kvs_warn("accept failed: %s", uv_strerror(status));
         return;
     }
-    if (r->n_clients >= r->max_clients) {
-        refuse_client(r, server);
+    int resp = server == &r->resp_listener.stream;
+    size_t n = resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients;
+    if (n >= r->max_clients) {
+        refuse_client(r, server, resp);
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
-    if (cl == NULL) {
+    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, ++r->next_client_id)) == NULL)) {
         kvs_error("out of memory accepting a client");
+        free(cl);
         return;
     }
     cl->router = r;
     kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
                   on_frame, on_conn_error, on_conn_closed);
+    if (resp) {
+        cl->conn.codec = router_redis_codec(cl->redis);
+        r->n_resp_clients++;
+    }
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
     kvs_conn_join(&cl->conn, &r->group);
@@ -250,6 +309,28 @@ static void on_connection(uv_stream_t *server, int status)
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
     }
+}
+
+static int listen_resp(router_t *r)
+{
+    kvs_addr_t addr;
+    char err[256];
+    if (r->cfg->resp_listen[0] == '\0')
+        return 0;
+    int rc = kvs_addr_parse(r->cfg->resp_listen, 0, &addr, err, sizeof(err));
+    if (rc != 0) {
+        kvs_error("router.resp_listen: %s", err);
+        return rc;
+    }
+    rc = kvs_listen(r->loop, &addr, &r->resp_listener, on_connection);
+    if (rc != 0) {
+        kvs_error("cannot listen on %s: %s", r->cfg->resp_listen, uv_strerror(rc));
+        return rc;
+    }
+    r->resp_listener.handle.data = r;
+    r->resp_listening = 1;
+    kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
+    return 0;
 }
 
 int router_clients_listen(router_t *r)
@@ -268,7 +349,8 @@ int router_clients_listen(router_t *r)
         return rc;
     /* Descriptors kept back: a link per shard, worker spawns, the lock
      * file, the log, name resolution. */
-    r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, 1, r->shards + ROUTER_FD_RESERVE);
+    r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
+                                          r->shards + ROUTER_FD_RESERVE);
     rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));
@@ -277,7 +359,7 @@ int router_clients_listen(router_t *r)
     r->listener.handle.data = r;
     r->listening = 1;
     kvs_info("accepting clients on %s", r->cfg->router_listen);
-    return 0;
+    return listen_resp(r);
 }
 
 void router_clients_drain(router_t *r)
@@ -286,6 +368,10 @@ void router_clients_drain(router_t *r)
     if (r->listening) {
         uv_close(&r->listener.handle, NULL);
         r->listening = 0;
+    }
+    if (r->resp_listening) {
+        uv_close(&r->resp_listener.handle, NULL);
+        r->resp_listening = 0;
     }
     /* Stop reading new bytes, but answer every request already received,
      * including complete frames a paused client still has buffered. */

@@ -31,6 +31,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "router.h"
+#include "router_redis.h"
 #include "router_supervisor.h"
 
 #include <errno.h>
@@ -316,6 +317,9 @@ static int router_start(router_main_t *m, const char *argv0)
     r->shards = r->cfg->shards;
     kvs_arena_init(&r->arena);
     kvs_arena_init(&r->merge_arena);
+    kvs_arena_init(&r->redis_arena);
+    kvs_arena_init(&r->reply_arena);
+    kvs_buf_init(&r->redis_pack);
     int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
@@ -373,6 +377,10 @@ int main(int argc, char **argv)
     router_reqs_release(&m.r);
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);
+    kvs_arena_close(&m.r.redis_arena);
+    kvs_arena_close(&m.r.reply_arena);
+    kvs_buf_free(&m.r.redis_pack);
+    router_redis_cursors_free(&m.r);
     uv_loop_close(m.r.loop);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')

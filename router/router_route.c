@@ -122,6 +122,8 @@ void router_req_free(router_req_t *req)
     router_t *r = req->router;
     merge_free(req->merge);
     req->merge = NULL;
+    free(req->rctx);
+    req->rctx = NULL;
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
@@ -134,7 +136,7 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
-static void req_complete(router_req_t *req)
+void router_req_complete(router_req_t *req)
 {
     req->done = 1;
     merge_free(req->merge);
@@ -192,7 +194,7 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
     req->resp.len = 0;
     if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
         req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
-    req_complete(req);
+    router_req_complete(req);
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -211,7 +213,8 @@ static void merge_finish(router_req_t *req);
 static int is_write(Kvs__CommandRequest__CommandCase cmd)
 {
     return cmd == KVS__COMMAND_REQUEST__COMMAND_HSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
-           cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+           cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
 /* The status of a request that got no answer (see router_link_reply_cb):
@@ -240,7 +243,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         else if (req->client == NULL || req->in_route ||
                  !router_client_deliver(req->client, req, payload, len)) {
             set_frame(&req->resp, payload, len);
-            req_complete(req);
+            router_req_complete(req);
         }
         return;
     }
@@ -362,7 +365,7 @@ static void finish_packed(router_req_t *req, Kvs__CommandResponse *resp, const c
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    req_complete(req);
+    router_req_complete(req);
 }
 
 static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
@@ -527,7 +530,7 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
         req->resp.len = 0;
         int rc = kvs_msg_append(&req->resp, &out.base, m->router->cfg->max_frame);
         if (rc == 0) {
-            req_complete(req);
+            router_req_complete(req);
             return;
         }
         if (rc != KVS_ETOOBIG)
@@ -685,7 +688,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
         }
         if (found_one(m->cmd, r)) {
             set_frame(&req->resp, m->answers[i].data, m->answers[i].len);
-            req_complete(req);
+            router_req_complete(req);
             return;
         }
         if (r->status == KVS_STATUS_NOT_FOUND || r->status == KVS_STATUS_OK)
@@ -703,7 +706,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
                                  (const char *)m->answers[failed].data);
     else {
         set_frame(&req->resp, m->answers[miss].data, m->answers[miss].len);
-        req_complete(req);
+        router_req_complete(req);
     }
 }
 
@@ -743,6 +746,30 @@ static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_a
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
 }
 
+/* Hlen: the shards' counts added up. */
+static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
+{
+    route_merge_t *m = req->merge;
+    int64_t sum = 0;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        if (rs[i]->n_values != 1 || rs[i]->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "shard %u sent an Hlen answer without a count",
+                                     m->part_shard[i]);
+            return;
+        }
+        sum += rs[i]->values[0]->integer_value;
+    }
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = sum;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.values = &vp;
+    out.n_values = 1;
+    finish_packed(req, &out, "Hlen", "");
+}
+
 static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
@@ -770,6 +797,9 @@ static void merge_finish(router_req_t *req)
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+            merge_sum(req, rs);
             break;
         default:
             merge_keys(req, rs, arena);
@@ -1105,7 +1135,8 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
 static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
                          const uint8_t *raw, size_t rawlen)
 {
-    req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
+    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN)
+        req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -1161,6 +1192,8 @@ static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
         return &q->hdel->key;
     case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
         return &q->hexist->key;
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return &q->hincr->key;
     default:
         return NULL;
     }
@@ -1210,6 +1243,7 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
     case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
         router_req_finish_status(
             req, KVS_STATUS_BAD_REQUEST,
             "%s: table \"%s\" is bound to Kafka topic \"%s\" with partitioner: none, so its "
@@ -1242,6 +1276,7 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         route_fanout(r, req, q->command_case, raw, rawlen);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:

@@ -18,8 +18,8 @@
  *            record.
  *   lmdb     (b) consumes every record into memory (untimed), then times
  *            applying them to a fresh LMDB environment (one named database,
- *            MDB_NOSYNC as kvs runs with storage.sync: batch, and with
- *            --writemap MDB_WRITEMAP, which kvs adds for batch/none) in write txns of
+ *            MDB_NOSYNC as kvs runs with storage.sync: none, and with
+ *            --writemap MDB_WRITEMAP too: LMDB's fastest, an upper bound) in write txns of
  *            --batch records: put for a payload, del for a null payload. Values
  *            are stored as kvs stores a raw-format binding's payload (an
  *            encoded kvs.Value), so the bytes written match kvs's.
@@ -114,8 +114,8 @@ static void usage(FILE *f)
            "           to the high watermarks; prints records, seconds, records/s. --set\n"
            "           passes librdkafka properties (fetch.wait.max.ms, queued.min.messages)\n"
            "  lmdb     (b) reads every record into memory (untimed), then times applying\n"
-           "           them to a fresh LMDB env in D (MDB_NOSYNC, plus MDB_WRITEMAP with\n"
-           "           --writemap, as kvs runs with storage.sync batch or none) in txns of\n"
+           "           them to a fresh LMDB env in D (MDB_NOSYNC, as kvs runs with\n"
+           "           storage.sync none, plus MDB_WRITEMAP with --writemap) in txns of\n"
            "           --batch records\n");
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # compare_redis.sh: kvs against Redis, same machine, same run, same workload.
 #
-#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--no-build]
+#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE] [--no-build]
 #
 # Builds a release kvs (build-release/), installs redis-server and
 # redis-tools with apt-get if they are missing (needs root), starts a kvs
@@ -15,14 +15,21 @@
 # Both servers run in one invocation on purpose: these machines are noisy,
 # and only a same-run ratio means something. With --repeat N every workload
 # runs N times on each server, alternating, and the table shows medians.
-# --no-build reuses build-release/ as it is.
+# --no-build reuses build-release/ as it is. --sync picks kvs's
+# storage.sync (full, batch, none; default batch) and Redis's matching
+# appendfsync (always, everysec, no).
 #
 # HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
 # the rest; both count as successes). Redis' HGET is a custom command hitting
 # the fields `redis-benchmark -t hset` writes (key myhash, field
 # element:__rand_int__, with the same -r key space).
 #
-# A second table shows how much CPU each side used during each run (percent
+# A second table repeats every workload with the *same* load generator on
+# both sides: redis-benchmark against kvs's Redis protocol listener
+# (router.resp_listen) and against redis-server, so the client's own cost
+# cancels out (at pipeline 1 redis-benchmark is itself the bottleneck).
+#
+# A last table shows how much CPU each side used during each run (percent
 # of one core, client and server), to check that the load generator was not
 # the bottleneck.
 #
@@ -35,6 +42,7 @@ SHARDS=2
 REQUESTS=200000
 REPEAT=1
 BUILD=1
+SYNC=batch
 CLIENTS=50
 KEYSPACE=100000
 VALUE_SIZE=100
@@ -54,6 +62,7 @@ while [ $# -gt 0 ]; do
     --requests) REQUESTS=${2:?--requests wants a number}; shift 2 ;;
     --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --sync) SYNC=${2:?--sync wants full, batch or none}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -61,6 +70,12 @@ done
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --shards wants a positive number" >&2; exit 2; }
 [[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --requests wants a positive number" >&2; exit 2; }
 [[ $REPEAT =~ ^[1-9][0-9]?$ ]] || { echo "compare_redis.sh: --repeat wants a number from 1 to 99" >&2; exit 2; }
+case "$SYNC" in
+full) FSYNC=always ;;
+batch) FSYNC=everysec ;;
+none) FSYNC=no ;;
+*) echo "compare_redis.sh: --sync wants full, batch or none" >&2; exit 2 ;;
+esac
 
 cd "$ROOT"
 BIN=$ROOT/build-release
@@ -122,6 +137,7 @@ wait_ready() {
 
 start_kvs() {
     KVS_PORT=$(free_port)
+    KVS_RESP_PORT=$(free_port "$KVS_PORT")
     local partitions=$((SHARDS > 64 ? SHARDS : 64))
     cat >"$TMP/kvs.yaml" <<EOF
 data_dir: $TMP/kvs-data
@@ -130,8 +146,9 @@ cluster:
   partitions: $partitions
 router:
   listen: 127.0.0.1:$KVS_PORT
+  resp_listen: 127.0.0.1:$KVS_RESP_PORT
 storage:
-  sync: batch
+  sync: $SYNC
 log:
   level: warn
 EOF
@@ -142,10 +159,10 @@ EOF
 }
 
 start_redis() {
-    REDIS_PORT=$(free_port "$KVS_PORT")
+    REDIS_PORT=$(free_port "$KVS_RESP_PORT")
     mkdir -p "$TMP/redis"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no --appendonly yes \
-        --appendfsync everysec --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
+        --appendfsync "$FSYNC" --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
     REDIS_PID=$!
     wait_ready redis-server "$REDIS_PID" "$TMP/redis.log" \
         "[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" = PONG ]"
@@ -216,16 +233,22 @@ run_kvs() {
 
 # redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms",
 # "p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms".
+# Against redis-server, or (third argument "kvs") kvs's RESP listener.
 run_redis() {
-    local test=$1 pipe=$2 line
-    local args=(-h 127.0.0.1 -p "$REDIS_PORT" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
+    local test=$1 pipe=$2 target=${3:-redis} line port=$REDIS_PORT
+    if [ "$target" = kvs ]; then
+        port=$KVS_RESP_PORT
+        mapfile -t SERVER_PIDS < <(echo "$KVS_PID"; pgrep -P "$KVS_PID" || true)
+    else
+        SERVER_PIDS=("$REDIS_PID")
+    fi
+    local args=(-h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
         -r "$KEYSPACE" -d "$VALUE_SIZE" --csv)
     if [ "$test" = hset ]; then
         args+=(-t hset)
     else
         args+=(hget myhash element:__rand_int__)
     fi
-    SERVER_PIDS=("$REDIS_PID")
     run_client redis-benchmark "${args[@]}"
     line=$(grep -v '^"test"' "$TMP/out" | tail -n 1 | tr -d '"\r')
     OPS=$(cut -d, -f2 <<<"$line")
@@ -244,14 +267,20 @@ col_median() { cut -d' ' -f"$2" "$1" | median; }
 
 # Runs one workload on both servers, alternating, REPEAT times, and appends
 # a row of medians to the tables. A sample is "ops p50 p99 client% server%".
+# With DRIVER=resp, redis-benchmark drives kvs too (its RESP listener).
 run_workload() {
     local test=$1 pipe=$2 name i k="$TMP/k.samples" r="$TMP/r.samples"
     name="${test^^} P=$pipe"
+    [ "$DRIVER" = resp ] && name="$name r"
     : >"$k"
     : >"$r"
     for ((i = 1; i <= REPEAT; i++)); do
         say "$name: kvs (run $i of $REPEAT)"
-        run_kvs "$test" "$pipe"
+        if [ "$DRIVER" = resp ]; then
+            run_redis "$test" "$pipe" kvs
+        else
+            run_kvs "$test" "$pipe"
+        fi
         echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$k"
         say "$name: redis (run $i of $REPEAT)"
         run_redis "$test" "$pipe"
@@ -260,26 +289,29 @@ run_workload() {
     local k_ops r_ops
     k_ops=$(col_median "$k" 1)
     r_ops=$(col_median "$r" 1)
-    ROWS+=("$(printf '%-10s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
+    ROWS+=("$(printf '%-12s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
         "$name" "$k_ops" "$r_ops" "$(awk -v a="$k_ops" -v b="$r_ops" 'BEGIN { print a / b }')" \
         "$(col_median "$k" 3)" "$(col_median "$r" 3)" "$(col_median "$k" 2)" \
         "$(col_median "$r" 2)")")
-    CPU_ROWS+=("$(printf '%-10s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
+    CPU_ROWS+=("$(printf '%-12s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
         "$(col_median "$k" 4)" "$(col_median "$k" 5)" "$(col_median "$r" 4)" \
         "$(col_median "$r" 5)")")
 }
 
 print_tables() {
     echo
-    printf '%-10s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
+    printf '%-12s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
         "redis ops/s" ratio "kvs p99 ms" "redis p99 ms" "kvs p50 ms" "redis p50 ms"
-    printf -- '-%.0s' {1..101}
+    printf -- '-%.0s' {1..103}
     echo
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "CPU during each run, percent of one core (client = kvs-bench / redis-benchmark;"
+    echo "Rows marked r: redis-benchmark drives both servers (kvs through its Redis"
+    echo "protocol listener); the others: kvs-bench drives kvs, redis-benchmark Redis."
+    echo
+    echo "CPU during each run, percent of one core (client = kvs-bench or redis-benchmark;"
     echo "server = kvs-router + its kvs-node workers / redis-server):"
-    printf '%-10s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
+    printf '%-12s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
         "redis client" "redis server"
     printf '%s\n' "${CPU_ROWS[@]}"
     if [ ${#NOTES[@]} -gt 0 ]; then
@@ -296,17 +328,19 @@ main() {
     start_kvs
     start_redis
     echo "kvs: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) release," \
-        "$SHARDS shards, storage.sync batch; $(redis-server --version | cut -d' ' -f1-3)," \
-        "appendonly yes, appendfsync everysec; $(nproc) cores, load average" \
+        "$SHARDS shards, storage.sync $SYNC; $(redis-server --version | cut -d' ' -f1-3)," \
+        "appendonly yes, appendfsync $FSYNC; $(nproc) cores, load average" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "workload: $CLIENTS clients, $REQUESTS requests, keyspace $KEYSPACE," \
         "$VALUE_SIZE-byte values; median of $REPEAT run(s) per cell"
     ROWS=()
     CPU_ROWS=()
     NOTES=()
-    for test in hset hget; do
-        for pipe in 1 16; do
-            run_workload "$test" "$pipe"
+    for DRIVER in own resp; do
+        for test in hset hget; do
+            for pipe in 1 16; do
+                run_workload "$test" "$pipe"
+            done
         done
     done
     print_tables

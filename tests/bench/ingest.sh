@@ -19,8 +19,9 @@
 #                every --kafka-set; for reference also with librdkafka's own
 #                defaults;
 #   (b) lmdb     applying the records to a fresh LMDB environment in one
-#                process with the flags kvs's storage.sync batch uses
-#                (MDB_NOSYNC | MDB_WRITEMAP), write txns of B records (default
+#                process with LMDB's fastest flags (MDB_NOSYNC | MDB_WRITEMAP,
+#                no sync at all: an upper bound for kvs, whose storage.sync
+#                batch syncs data at every commit), write txns of B records (default
 #                10000) (kvs-ingest-bench lmdb; the read into memory is untimed);
 #   (c) kvs      for every shard count S in --shards (default 2): a kvs-router
 #                with cluster.shards S, storage.sync batch, a fresh data_dir and

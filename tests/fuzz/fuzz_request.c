@@ -124,8 +124,8 @@ static void remove_tree(const char *dir)
     nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Bytes the store's data file takes on disk (it is sparse: a large map
- * costs nothing until pages are written). */
+/* Bytes the store's data file takes on disk (st_blocks: what is
+ * allocated, not the apparent size). */
 static uint64_t disk_use(void)
 {
     char path[320];

@@ -10,6 +10,7 @@ Environment: KVS_BUILD_DIR (default ../../build) locates kvs-node and
 py/kvs_pb2.py (also found through PYTHONPATH).
 """
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -450,6 +451,20 @@ class Node(Managed):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(TIMEOUT)
+
+    def data_file(self):
+        return os.path.join(self.data_dir, "shard-0", "data.mdb")
+
+    def limit_growth(self, room):
+        """A full disk without privileges: from now on the running worker's
+        data.mdb may grow by `room` bytes at most (RLIMIT_FSIZE; writes past
+        it fail as on a full disk)."""
+        limit = os.stat(self.data_file()).st_size + room
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    def unlimit_growth(self):
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
     def restart(self):
         """Clean stop (must exit 0), then start again on the same port and data."""

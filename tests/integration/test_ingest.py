@@ -31,10 +31,11 @@ import sys
 import time
 import unittest
 
-from kvstest import Client, pb, pyval, req_hmget
+from kvstest import Client, Node, pb, pyval, req_hmget
 from routertest import Router, partition_of, procs_for_config
 import kafkatest
-from kafkatest import (KCAT, MockKafka, caught_up, committed, info, ingest_yaml, kafka_parts,
+from kafkatest import (KCAT, MockKafka, caught_up, committed, info, info_pairs, ingest_yaml,
+                       kafka_parts,
                        kcat_consume, kcat_produce, produce, wait_until, watermarks)
 
 HAVE_CK = kafkatest.Producer is not None
@@ -49,7 +50,7 @@ class KafkaFixtures:
     # ---- fixtures -----------------------------------------------------------------
 
     def run(self, result=None):
-        self._routers, self._mocks = [], []
+        self._routers, self._mocks, self._nodes = [], [], []
         before = len(result.failures) + len(result.errors) if result else 0
         out = super().run(result)
         if result is not None and len(result.failures) + len(result.errors) > before:
@@ -57,6 +58,9 @@ class KafkaFixtures:
                 text = r.log_text or r.stderr()
                 sys.stderr.write("\n---- kvs-router stderr (%s), last 12000 chars ----\n%s\n"
                                  % (self.id(), text[-12000:]))
+            for n in self._nodes:
+                sys.stderr.write("\n---- kvs-node stderr (%s), last 12000 chars ----\n%s\n"
+                                 % (self.id(), (n.log_text or n.stderr())[-12000:]))
             for m in self._mocks:
                 sys.stderr.write("\n---- kvs-mock-kafka stderr (%s) ----\n%s\n"
                                  % (self.id(), m.stderr()[-4000:]))
@@ -81,6 +85,16 @@ class KafkaFixtures:
             self.assertIsNotNone(wait_until(lambda: len(r.workers()) == shards, 10),
                                  "not every worker runs: %r" % r.workers())
         return r
+
+    def node(self, mock, bindings, storage=None):
+        """A lone kvs-node (shard 0 of 1: it owns every partition) ingesting
+        `bindings` [(topic, table, format, partitions)]."""
+        n = Node(storage=storage, start=False, extra_yaml=ingest_yaml(
+            mock.bootstrap, bindings, properties={"reconnect.backoff.max.ms": "500"}))
+        self._nodes.append(n)
+        self.addCleanup(n.close)
+        n.start()
+        return n
 
     # ---- helpers --------------------------------------------------------------------
 
@@ -592,6 +606,60 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                 self.assertNotIn("kafka: consuming", log, "no partition may be consumed")
                 self.assertTrue(r.wait_all_gone(10), "processes left: %r"
                                 % procs_for_config(r.config))
+
+    def test_table_limit_never_stops_ingestion(self):
+        # Two bound tables and storage.max_tables: 4. The bound tables exist
+        # from the start, so a client creating tables until it is refused
+        # gets two, and ingestion into both bound tables goes on. (Once
+        # clients had taken every slot, ingestion used to fail mid-batch,
+        # commit a prefix without its offsets and retry forever.)
+        m = self.mock({"ta": 4, "tb": 4})
+        n = self.node(m, [("ta", "a", "raw", 4), ("tb", "b", "raw", 4)],
+                      storage={"max_tables": 4})
+        created = 0
+        with n.client() as c:
+            for i in range(10):
+                r = c.hset("client%d" % i, "k", "v")
+                if r.status != 200:
+                    self.assertEqual(r.status, 507, r.message)
+                    self.assertIn("storage.max_tables (4)", r.message)
+                    break
+                created += 1
+        self.assertEqual(created, 2, "clients may create max_tables minus the bound tables")
+        recs = {t: [(b"%s-%d" % (t.encode(), i), b"v%d" % i) for i in range(1000)]
+                for t in ("ta", "tb")}
+        for t, rs in recs.items():
+            produce(m.bootstrap, t, rs)
+        for t, table in (("ta", "a"), ("tb", "b")):
+            ends = self.ends(m, t, 4)
+            self.assert_exactly_once(self.wait_caught_up(n, t, ends), ends)
+            self.assert_values(n.addr, table, dict(recs[t]))
+        self.assertNotIn("not stored", n.stderr())
+
+    def test_full_disk_pauses_ingestion_and_loses_nothing(self):
+        # While the worker's data file cannot grow, batches of records fail
+        # at commit. No record may be stored without its offset, retries
+        # back off instead of spinning (and logging) many times a second,
+        # and once there is room every record is applied exactly once.
+        m = self.mock({"users": 4})
+        n = self.node(m, [("users", "users", "raw", 4)])
+        n.limit_growth(0)
+        recs = [(b"k-%d" % i, b"x" * 1000 + b"%d" % i) for i in range(3000)]
+        produce(m.bootstrap, "users", recs)
+        ends = self.ends(m, "users", 4)
+        self.assertTrue(wait_until(lambda: "not stored" in n.stderr(), 15),
+                        "no batch of records failed: the file size limit did not bite")
+        time.sleep(3)
+        log = n.stderr()
+        self.assertLessEqual(log.count("write batch"), 12, "retries must back off")
+        self.assertLessEqual(log.count("re-reading"), 2, "the log must not be flooded")
+        for p, st in kafka_parts(info_pairs(n.addr), "users").items():
+            self.assertEqual(st["applied"], max(st["next_offset"], 0),
+                             "partition %d: records stored without their offsets: %r" % (p, st))
+            self.assertLess(st["next_offset"], ends[p])
+        n.unlimit_growth()
+        self.assert_exactly_once(self.wait_caught_up(n, "users", ends), ends)
+        self.assert_values(n.addr, "users", dict(recs))
 
     def test_resume_after_restart_applies_nothing_twice(self):
         topic, parts = "users", 8

@@ -350,6 +350,32 @@ class NodeTest(NodeTestCase):
         with self.n.client() as c:
             self.assertEqual(vals(c.hget("t", "k")), [-3])
 
+    def test_lower_max_tables_is_refused_at_start(self):
+        # Restarted with storage.max_tables below the tables it holds, a
+        # worker used to start and answer 404 for the tables that no longer
+        # fit. It must refuse, naming tables and the value to set.
+        n = self.node(storage={"max_tables": 10})
+        with n.client() as c:
+            for i in range(7):
+                self.assertOk(c.hset("table%d" % i, "k", i))
+        self.assertEqual(n.stop(), 0, n.stderr())
+        with open(n.config) as f:
+            text = f.read()
+        with open(n.config, "w") as f:
+            f.write(text.replace("max_tables: 10", "max_tables: 3"))
+        with self.assertRaises(RuntimeError):
+            n.start()
+        self.assertNotEqual(n.proc.returncode, 0)
+        log = n.stderr()
+        self.assertIn('holds 7 table(s) ("table0", "table1", "table2", "table3", "table4" and '
+                      '2 more)', log)
+        self.assertIn("storage.max_tables is 3; set storage.max_tables to at least 7", log)
+        with open(n.config, "w") as f:
+            f.write(text.replace("max_tables: 10", "max_tables: 7"))
+        n.start()
+        with n.client() as c:
+            self.assertEqual(vals(c.hget("table6", "k")), [6])
+
     def test_sigterm_answers_what_it_received(self):
         # Requests already sent when SIGTERM arrives are answered and stored.
         reqs = [req_hset("drain", "k%d" % i, i) for i in range(500)]

@@ -1206,6 +1206,128 @@ KVS_TEST(frames_append_in_request_order)
     kvs_buf_free(&out);
 }
 
+/* ---- Hset if_absent, Hincr, Hlen (the Redis front door's commands) ---------- */
+
+static Kvs__CommandResponse *hset_if_absent(const char *t, const char *key, Kvs__Value v)
+{
+    Kvs__Hset m = KVS__HSET__INIT;
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    m.table = (char *)t;
+    m.pair = &pair;
+    m.if_absent = 1;
+    pair.key = bin(key);
+    pair.value = &v;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HSET, &m);
+}
+
+KVS_TEST(hset_if_absent_stores_only_new_keys)
+{
+    setup_default();
+    check_empty(value0(hset_if_absent(TABLE, "k", vstr("first"))));
+    end_turn();
+    check_str(value0(hset_if_absent(TABLE, "k", vstr("second"))), "first");
+    end_turn();
+    check_str(value0(hget(TABLE, "k")), "first"); /* unchanged */
+}
+
+static Kvs__CommandResponse *hincr_int(const char *t, const char *key, int64_t by)
+{
+    Kvs__Hincr m = KVS__HINCR__INIT;
+    m.table = (char *)t;
+    m.key = bin(key);
+    m.by_case = KVS__HINCR__BY_BY_INT;
+    m.by_int = by;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HINCR, &m);
+}
+
+static Kvs__CommandResponse *hincr_float(const char *t, const char *key, double by)
+{
+    Kvs__Hincr m = KVS__HINCR__INIT;
+    m.table = (char *)t;
+    m.key = bin(key);
+    m.by_case = KVS__HINCR__BY_BY_FLOAT;
+    m.by_float = by;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HINCR, &m);
+}
+
+KVS_TEST(hincr_adds_to_integers_and_numeric_text)
+{
+    setup_default();
+    const Kvs__Value *v = value0(hincr_int(TABLE, "n", 5)); /* absent counts as 0 */
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+    CHECK_EQ(v->integer_value, 5);
+    CHECK_EQ(value0(hincr_int(TABLE, "n", -8))->integer_value, -3);
+    hset(TABLE, "t", vstr("-40"));
+    CHECK_EQ(value0(hincr_int(TABLE, "t", 2))->integer_value, -38);
+    end_turn();
+    v = value0(hget(TABLE, "t")); /* the result is stored as an integer */
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+    CHECK_EQ(v->integer_value, -38);
+    v = value0(hincr_float(TABLE, "t", 0.5));
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_FLOAT_VALUE);
+    CHECK(v->float_value == -37.5);
+    hset(TABLE, "f", vstr("1.25e1"));
+    CHECK(value0(hincr_float(TABLE, "f", 1))->float_value == 13.5);
+}
+
+KVS_TEST(hincr_refuses_and_changes_nothing)
+{
+    setup_default();
+    hset(TABLE, "s", vstr("12x"));
+    hset(TABLE, "lead", vstr("012"));
+    hset(TABLE, "f", vstr("1.5"));
+    hset(TABLE, "max", vint(INT64_MAX));
+    hset(TABLE, "min", vint(INT64_MIN));
+    end_turn();
+    Kvs__CommandResponse *r = hincr_int(TABLE, "s", 1);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "hash value is not an integer");
+    check_status(hincr_int(TABLE, "lead", 1), 400);
+    check_status(hincr_int(TABLE, "f", 1), 400);
+    r = hincr_int(TABLE, "max", 1);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "increment or decrement would overflow");
+    check_status(hincr_int(TABLE, "min", -1), 400);
+    r = hincr_float(TABLE, "s", 1);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "hash value is not a float");
+    hset(TABLE, "big", vstr("1e308"));
+    r = hincr_float(TABLE, "big", 1e308);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "NaN or Infinity");
+    end_turn();
+    CHECK_EQ(value0(hget(TABLE, "max"))->integer_value, INT64_MAX);
+    check_str(value0(hget(TABLE, "s")), "12x");
+    /* An increment is needed. */
+    Kvs__Hincr m = KVS__HINCR__INIT;
+    m.table = (char *)TABLE;
+    m.key = bin("n");
+    check_status(run_cmd(KVS__COMMAND_REQUEST__COMMAND_HINCR, &m), 400);
+}
+
+static Kvs__CommandResponse *hlen(const char *t)
+{
+    Kvs__Hlen m = KVS__HLEN__INIT;
+    m.table = (char *)t;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HLEN, &m);
+}
+
+KVS_TEST(hlen_counts_keys)
+{
+    setup_default();
+    CHECK_EQ(value0(hlen("nosuch"))->integer_value, 0);
+    for (int i = 0; i < 37; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        hset(TABLE, k, vint(i));
+    }
+    CHECK_EQ(value0(hlen(TABLE))->integer_value, 37); /* the open batch counts */
+    end_turn();
+    hdel(TABLE, "k3");
+    end_turn();
+    CHECK_EQ(value0(hlen(TABLE))->integer_value, 36);
+}
+
 KVS_TEST_MAIN(
     KVS_CASE(answer_budget_refuses_before_writing), KVS_CASE(value_stored_under_a_larger_max_frame),
     KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
@@ -1221,4 +1343,7 @@ KVS_TEST_MAIN(
     KVS_CASE(hmset_answer_over_max_frame_is_413), KVS_CASE(hmdel_answer_over_max_frame_is_413),
     KVS_CASE(hmexist_answer_over_max_frame_is_413), KVS_CASE(value_too_large_to_read_back_is_413),
     KVS_CASE(hscan_oversized_pair_makes_progress), KVS_CASE(table_limit_is_507_naming_the_setting),
-    KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order))
+    KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
+    KVS_CASE(hset_if_absent_stores_only_new_keys),
+    KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
+    KVS_CASE(hlen_counts_keys))

@@ -1273,7 +1273,124 @@ KVS_TEST(peek_agrees_with_full_validation)
     }
 }
 
-KVS_TEST_MAIN(KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok),
+/* ---- encoding key requests, peeking at answers --------------------------------- */
+
+KVS_TEST(encode_key_request_is_what_protobuf_c_packs)
+{
+    const char *tables[] = {"t", "",
+                            "a-long-table-name-of-some-length-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"};
+    static uint8_t bigkey[300];
+    memset(bigkey, 0xfe, sizeof(bigkey));
+    const ProtobufCBinaryData keys[] = {
+        {1, (uint8_t *)"k"}, {0, NULL}, {3, (uint8_t *)"a\0b"}, {sizeof(bigkey), bigkey}};
+    const Kvs__CommandRequest__CommandCase cmds[] = {KVS__COMMAND_REQUEST__COMMAND_HGET,
+                                                     KVS__COMMAND_REQUEST__COMMAND_HDEL,
+                                                     KVS__COMMAND_REQUEST__COMMAND_HEXIST};
+    for (size_t c = 0; c < 3; c++)
+        for (size_t t = 0; t < 3; t++)
+            for (size_t k = 0; k < 4; k++) {
+                Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+                Kvs__Hget m = KVS__HGET__INIT; /* Hdel and Hexist have the same layout */
+                m.table = (char *)tables[t];
+                m.key = keys[k];
+                q.command_case = cmds[c];
+                q.hget = &m;
+                uint8_t want[1024];
+                size_t n = kvs__command_request__pack(&q, want);
+                kvs_buf_t b;
+                kvs_buf_init(&b);
+                CHECK_EQ(kvs_msg_encode_key_request(&b, cmds[c], tables[t], strlen(tables[t]),
+                                                    keys[k].data, keys[k].len),
+                         0);
+                CHECK_EQ(b.len, n);
+                CHECK(memcmp(b.data, want, n) == 0);
+                kvs_buf_free(&b);
+            }
+}
+
+static size_t pack_answer(uint8_t *buf, uint32_t status, const char *msg, Kvs__Value **vals,
+                          size_t nv, int with_pair)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    Kvs__Kvpair p = KVS__KVPAIR__INIT, *pp = &p;
+    r.status = status;
+    r.message = (char *)msg;
+    r.values = vals;
+    r.n_values = nv;
+    if (with_pair) {
+        p.key = (ProtobufCBinaryData){1, (uint8_t *)"k"};
+        r.pairs = &pp;
+        r.n_pairs = 1;
+    }
+    return kvs__command_response__pack(&r, buf);
+}
+
+KVS_TEST(answer_and_value_peek_agree_with_the_decoder)
+{
+    Kvs__Value vs[6];
+    for (int i = 0; i < 6; i++)
+        kvs__value__init(&vs[i]);
+    vs[1].kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    vs[1].string_value = (ProtobufCBinaryData){3, (uint8_t *)"x\0y"};
+    vs[2].kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    vs[2].binary_value = (ProtobufCBinaryData){2, (uint8_t *)"\xff\x00"};
+    vs[3].kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    vs[3].integer_value = INT64_MIN;
+    vs[4].kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+    vs[4].float_value = -0.1;
+    vs[5].kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+    vs[5].bool_value = 1;
+    uint8_t buf[512];
+    for (int i = 0; i < 6; i++) {
+        Kvs__Value *vp[2] = {&vs[i], &vs[(i + 1) % 6]};
+        size_t n = pack_answer(buf, 200, i == 3 ? "note" : NULL, vp, 2, 0);
+        kvs_answer_peek_t a;
+        CHECK_EQ(kvs_msg_answer_peek(buf, n, &a), 1);
+        CHECK_EQ(a.status, 200);
+        CHECK_EQ(a.n_values, 2);
+        CHECK_EQ(a.message_len, i == 3 ? 4 : 0);
+        kvs_value_peek_t v;
+        CHECK_EQ(kvs_msg_value_peek(a.value, a.value_len, &v), 1);
+        CHECK_EQ(v.kind, vs[i].kind_case);
+        switch (v.kind) {
+        case KVS__VALUE__KIND_STRING_VALUE:
+            CHECK(v.len == 3 && memcmp(v.bytes, "x\0y", 3) == 0);
+            break;
+        case KVS__VALUE__KIND_BINARY_VALUE:
+            CHECK(v.len == 2 && memcmp(v.bytes, "\xff\x00", 2) == 0);
+            break;
+        case KVS__VALUE__KIND_INTEGER_VALUE:
+            CHECK(v.integer == INT64_MIN);
+            break;
+        case KVS__VALUE__KIND_FLOAT_VALUE:
+            CHECK(v.real == -0.1);
+            break;
+        case KVS__VALUE__KIND_BOOL_VALUE:
+            CHECK(v.boolean == 1);
+            break;
+        default:
+            break;
+        }
+    }
+    /* Anything beyond status, message and values: decode in full. */
+    size_t n = pack_answer(buf, 200, NULL, NULL, 0, 1);
+    kvs_answer_peek_t a;
+    CHECK_EQ(kvs_msg_answer_peek(buf, n, &a), 0);
+    n = pack_answer(buf, 404, "key not found", NULL, 0, 0);
+    CHECK_EQ(kvs_msg_answer_peek(buf, n, &a), 1);
+    CHECK_EQ(a.status, 404);
+    CHECK_EQ(a.n_values, 0);
+    CHECK(a.message_len == 13 && memcmp(a.message, "key not found", 13) == 0);
+    CHECK_EQ(kvs_msg_answer_peek(buf, n - 1, &a), 0); /* cut short */
+    kvs_value_peek_t v;
+    const uint8_t two[] = {0x08, 0x01, 0x08, 0x02}; /* integer twice: not one member */
+    CHECK_EQ(kvs_msg_value_peek(two, sizeof(two), &v), 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
+              KVS_CASE(answer_and_value_peek_agree_with_the_decoder),
+              KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok),
               KVS_CASE(validate_no_command), KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),

@@ -1205,6 +1205,40 @@ KVS_TEST(info_fans_out_and_merges)
         CHECK(bin_is(r->pairs[i]->key, names[i / 2][i % 2], strlen(names[i / 2][i % 2])));
 }
 
+/* Hlen asks every shard and adds the counts up; a shard that cannot answer
+ * makes it 503 (a count without it would be wrong). */
+KVS_TEST(hlen_sums_every_shard)
+{
+    setup();
+    Kvs__Hlen m = KVS__HLEN__INIT;
+    m.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HLEN, &m);
+    check_fanout_sent();
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        Kvs__Value v = KVS__VALUE__INIT, *vp[1] = {&v};
+        v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+        v.integer_value = 10 * (int64_t)s + 1;
+        Kvs__CommandResponse part = KVS__COMMAND_RESPONSE__INIT;
+        part.status = 200;
+        part.n_values = 1;
+        part.values = vp;
+        reply(sent_to(s), &part);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    CHECK_EQ(r->values[0]->integer_value, 1 + 11 + 21 + 31);
+
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HLEN, &m);
+    reply_failure(sent_to(1), "shard 1 is unavailable: test");
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 1)
+            reply_status(sent_to(s), 200, "");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1");
+}
+
 /* A shard that cannot answer does not hide the others from Info: it shows
  * as shard.<id>.unavailable, in key order. */
 KVS_TEST(info_reports_an_unavailable_shard)
@@ -1834,8 +1868,8 @@ KVS_TEST(none_writes_are_refused)
     CHECK_EQ(fx.sent[0].shard, 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
-              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
+              KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
               KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),

@@ -1,7 +1,12 @@
 /*
  * Unit tests for node_store: identity checks, locking, per-turn batches,
- * map growth, multi-write reservations, table limits and scans. Each case
- * uses a fresh temporary directory.
+ * map growth, multi-write reservations, table limits, scans, and disk use:
+ * full disks, failed commits, and what a write costs in disk and map. Each
+ * case uses a fresh temporary directory.
+ *
+ * A full disk is simulated without privileges with RLIMIT_FSIZE: the data
+ * file may not grow past the limit (writes past it fail with EFBIG, or are
+ * cut short, which LMDB reports as EIO; SIGXFSZ is ignored).
  */
 #include "kvs_err.h"
 #include "kvs_test.h"
@@ -226,7 +231,7 @@ KVS_TEST(one_huge_turn_commits_early_and_keeps_everything)
 {
     fresh_dir();
     node_store_t *s = open_ok(opts(0, "p"));
-    char key[32], val[200];
+    char key[32], val[1000];
     memset(val, 'y', sizeof(val));
     uint64_t first = 0;
     int gens = 0;
@@ -238,7 +243,7 @@ KVS_TEST(one_huge_turn_commits_early_and_keeps_everything)
             gens++;
         }
     }
-    CHECK(gens > 1); /* the 1 MiB map could not hold it in one batch */
+    CHECK(gens > 1); /* 50 MB is more than one batch may dirty */
     CHECK_EQ(node_store_end_turn(s), 0);
     int n = 0;
     for (int i = 0; i < 50000; i += 997) {
@@ -265,7 +270,7 @@ KVS_TEST(reserve_keeps_writes_in_one_batch)
         CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
         CHECK_EQ(node_store_batch_gen(s), gen);
     }
-    node_store_reserve_end(s);
+    CHECK_EQ(node_store_reserve_end(s, 0), 0);
     CHECK_EQ(node_store_end_turn(s), 0);
     node_store_close(s);
 }
@@ -345,61 +350,366 @@ KVS_TEST(meta_commits_with_data)
     node_store_close(s);
 }
 
-/* A full disk, simulated without privileges: RLIMIT_FSIZE stops the data
- * file from growing (writes past it fail with EFBIG; SIGXFSZ ignored). A
- * write that cannot get space must fail with KVS_EFULL, never crash
- * (a write map would SIGBUS on a hole), and leave committed data intact;
- * once space is back, writes work again. */
-static void full_disk(kvs_sync_t sync)
+/* ---- disk ------------------------------------------------------------- */
+
+typedef struct {
+    int calls;
+    uint64_t gen;
+    int err;
+} failed_t;
+
+static void on_fail(void *arg, uint64_t gen, int err)
+{
+    failed_t *f = arg;
+    f->calls++;
+    f->gen = gen;
+    f->err = err;
+}
+
+static struct rlimit saved_fsize;
+
+static uint64_t data_size(struct stat *st)
+{
+    char path[400];
+    snprintf(path, sizeof(path), "%s/data.mdb", envdir);
+    CHECK_EQ(stat(path, st), 0);
+    return (uint64_t)st->st_size;
+}
+
+/* Lets data.mdb grow by `room` bytes at most from now on. */
+static void limit_growth(uint64_t room)
+{
+    struct stat st;
+    struct rlimit rl;
+    signal(SIGXFSZ, SIG_IGN);
+    CHECK_EQ(getrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
+    rl = saved_fsize;
+    rl.rlim_cur = (rlim_t)(data_size(&st) + room);
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void unlimit_growth(void)
+{
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
+}
+
+/* Writes 4 KB values under k<i> until a commit fails; returns how many
+ * were stored (committed). */
+static int fill(node_store_t *s, failed_t *f)
+{
+    char key[32], val[4000];
+    memset(val, 'v', sizeof(val));
+    int stored = 0;
+    for (int i = 0; i < 100000; i++) {
+        snprintf(key, sizeof(key), "k%07d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        int rc = node_store_end_turn(s);
+        if (rc != 0) {
+            CHECK_EQ(rc, KVS_EFULL);
+            CHECK_EQ(f->calls, 1);
+            return stored;
+        }
+        stored++;
+    }
+    CHECK(!"the disk never filled up");
+    return 0;
+}
+
+/* A full disk fails the commit, not an earlier step: every write of the
+ * batch is accepted into it, the commit fails with KVS_EFULL, fail_cb is
+ * told that batch's generation, nothing of it is stored, earlier data is
+ * intact, and once there is room again writes work. */
+static void commit_fails_on_full_disk(kvs_sync_t sync)
 {
     fresh_dir();
+    failed_t f = {0};
     node_store_opts_t o = opts(0, "p");
     o.sync = sync;
+    o.fail_cb = on_fail;
+    o.fail_arg = &f;
     node_store_t *s = open_ok(o);
     put_str(s, "t", "before", "kept");
     CHECK_EQ(node_store_end_turn(s), 0);
-    char path[400];
-    struct stat st;
-    snprintf(path, sizeof(path), "%s/data.mdb", envdir);
-    CHECK_EQ(stat(path, &st), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit old, rl;
-    CHECK_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-    rl = old;
-    rl.rlim_cur = (rlim_t)st.st_size + 4096;
-    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &rl), 0);
-    char key[32], val[4000];
-    memset(val, 'v', sizeof(val));
-    int rc = 0;
-    for (int i = 0; i < 200000 && rc == 0; i++) {
-        snprintf(key, sizeof(key), "k%07d", i);
-        rc = node_store_put(s, "t", key, strlen(key), val, sizeof(val));
-        if (rc == 0 && i % 100 == 99)
-            rc = node_store_end_turn(s);
+    limit_growth(0);
+    char key[32], val[1000];
+    memset(val, 'x', sizeof(val));
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "new%04d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
     }
-    CHECK_EQ(rc, KVS_EFULL);
-    node_store_end_turn(s);
+    put_str(s, "t", "before", "overwritten");
+    uint64_t gen = node_store_batch_gen(s);
+    CHECK(gen != 0);
+    CHECK(get_is(s, "t", "new0299", NULL) == 0); /* the batch reads its own writes */
+    CHECK_EQ(node_store_end_turn(s), KVS_EFULL);
+    CHECK_EQ(f.calls, 1);
+    CHECK_EQ(f.gen, gen);
+    CHECK_EQ(f.err, KVS_EFULL);
+    CHECK_EQ(node_store_last_failed_gen(s), gen);
+    CHECK(get_is(s, "t", "new0000", NULL));
+    CHECK(get_is(s, "t", "new0299", NULL));
     CHECK(get_is(s, "t", "before", "kept"));
-    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    unlimit_growth();
     put_str(s, "t", "after", "works");
     CHECK_EQ(node_store_end_turn(s), 0);
     CHECK(get_is(s, "t", "after", "works"));
     CHECK(get_is(s, "t", "before", "kept"));
+    CHECK_EQ(f.calls, 1);
+    node_store_close(s);
+    s = open_ok(opts(0, "p"));
+    CHECK(get_is(s, "t", "before", "kept"));
+    CHECK(get_is(s, "t", "new0000", NULL));
     node_store_close(s);
 }
 
-KVS_TEST(full_disk_fails_writes_with_write_map)
+KVS_TEST(full_disk_fails_the_commit_sync_none)
 {
-    full_disk(KVS_SYNC_NONE);
+    commit_fails_on_full_disk(KVS_SYNC_NONE);
 }
 
-KVS_TEST(full_disk_fails_writes_without_write_map)
+KVS_TEST(full_disk_fails_the_commit_sync_batch)
 {
-    full_disk(KVS_SYNC_FULL);
+    commit_fails_on_full_disk(KVS_SYNC_BATCH);
 }
 
-KVS_TEST_MAIN(KVS_CASE(full_disk_fails_writes_with_write_map),
-              KVS_CASE(full_disk_fails_writes_without_write_map), KVS_CASE(reopen_keeps_data),
+KVS_TEST(full_disk_fails_the_commit_sync_full)
+{
+    commit_fails_on_full_disk(KVS_SYNC_FULL);
+}
+
+/* A node with little room left still takes small writes: nothing is
+ * reserved ahead of what a batch writes. */
+KVS_TEST(small_room_takes_small_writes)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.map_size = 64u << 20;
+    o.fail_cb = on_fail;
+    o.fail_arg = &f;
+    node_store_t *s = open_ok(o);
+    put_str(s, "t", "first", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    limit_growth(512u << 10); /* 512 KiB left */
+    char key[32], val[100];
+    memset(val, 's', sizeof(val));
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "s%05d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(f.calls, 0);
+    unlimit_growth();
+    CHECK(get_is(s, "t", "first", "v"));
+    node_store_close(s);
+}
+
+/* On a full disk a delete still commits (LMDB takes the pages it dirties
+ * from those earlier commits freed), and the space it frees is reusable
+ * from the second commit after it (LMDB keeps the previous snapshot whole):
+ * after deleting two 16 KB values and one more commit, a 16 KB value (its
+ * pages plus a copy of its tree path) fits again. */
+KVS_TEST(deletes_work_on_a_full_disk)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.fail_cb = on_fail;
+    o.fail_arg = &f;
+    node_store_t *s = open_ok(o);
+    char big[16000];
+    memset(big, 'b', sizeof(big));
+    CHECK_EQ(node_store_put(s, "t", "big1", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_put(s, "t", "big2", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    limit_growth(256u << 10);
+    CHECK(fill(s, &f) > 10);
+    CHECK_EQ(node_store_put(s, "t", "big3", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_end_turn(s), KVS_EFULL); /* really full */
+    CHECK_EQ(node_store_del(s, "t", "big1", 4), 0);
+    CHECK_EQ(node_store_del(s, "t", "big2", 4), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "big1", NULL));
+    CHECK_EQ(node_store_del(s, "t", "k0000000", 8), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_put(s, "t", "big3", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_slice_t v;
+    CHECK_EQ(node_store_get(s, "t", "big3", 4, &v), 0);
+    CHECK_EQ(v.len, sizeof(big));
+    CHECK_EQ(f.calls, 2); /* the fill and the first big3 */
+    unlimit_growth();
+    node_store_close(s);
+}
+
+static uint64_t allocated(void)
+{
+    struct stat st;
+    data_size(&st);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+/* Disk allocated follows the bytes written, within a small factor (B-tree
+ * pages are half full after splits, and a commit's freed pages wait two
+ * commits for reuse); nothing is allocated ahead. */
+KVS_TEST(disk_use_follows_bytes_written)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    char key[32], val[100];
+    memset(val, 'd', sizeof(val));
+    uint64_t written = 0;
+    for (int turn = 0; turn < 40; turn++) {
+        for (int i = 0; i < 500; i++) {
+            snprintf(key, sizeof(key), "d%06d", turn * 500 + i);
+            CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+            written += strlen(key) + sizeof(val);
+        }
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    uint64_t disk = allocated();
+    fprintf(stderr, "%llu bytes written, %llu allocated\n", (unsigned long long)written,
+            (unsigned long long)disk);
+    CHECK(disk <= 3 * written + (256u << 10));
+    node_store_close(s);
+}
+
+/* A delete of an absent key writes nothing: no batch, no disk, no map. */
+KVS_TEST(deleting_absent_keys_costs_nothing)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    put_str(s, "t", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    uint64_t disk = allocated(), map = node_store_map_size(s);
+    char key[32];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "absent%06d", i);
+        CHECK_EQ(node_store_del(s, "t", key, strlen(key)), KVS_ENOTFOUND);
+    }
+    CHECK_EQ(node_store_batch_gen(s), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(allocated(), disk);
+    CHECK_EQ(node_store_map_size(s), map);
+    node_store_close(s);
+}
+
+/* A reservation of many small writes is priced by their bytes, not by a
+ * tree path per key: 100,000 writes of 10 bytes into a small environment
+ * cannot dirty more than a few MiB, so the map must not grow to GiBs. */
+KVS_TEST(many_small_writes_do_not_balloon_the_map)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p");
+    o.map_size = 64u << 20;
+    node_store_t *s = open_ok(o);
+    put_str(s, "t", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_reserve(s, 100000, 1000000), 0);
+    CHECK_EQ(node_store_reserve_end(s, 0), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(node_store_map_size(s) <= 128u << 20);
+    node_store_close(s);
+}
+
+/* An error after some of a reservation's writes (say, Kafka records whose
+ * offsets cannot be saved) aborts the whole batch: no prefix commits. */
+KVS_TEST(error_mid_reservation_aborts_the_batch)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.fail_cb = on_fail;
+    o.fail_arg = &f;
+    node_store_t *s = open_ok(o);
+    put_str(s, "t", "other", "client");
+    uint64_t gen = node_store_batch_gen(s);
+    CHECK_EQ(node_store_reserve(s, 3, 30), 0);
+    put_str(s, "t", "a", "1");
+    put_str(s, "t", "b", "2");
+    CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE);
+    CHECK_EQ(f.calls, 1);
+    CHECK_EQ(f.gen, gen);
+    CHECK_EQ(node_store_last_failed_gen(s), gen);
+    CHECK_EQ(node_store_batch_gen(s), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "a", NULL));
+    CHECK(get_is(s, "t", "other", NULL));
+    /* An error before any write changes nothing. */
+    put_str(s, "t", "other", "again");
+    CHECK_EQ(node_store_reserve(s, 1, 10), 0);
+    CHECK_EQ(node_store_reserve_end(s, KVS_ELIMIT), KVS_ELIMIT);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "other", "again"));
+    CHECK_EQ(f.calls, 1);
+    node_store_close(s);
+}
+
+/* ---- table limit at open ---------------------------------------------- */
+
+/* Lowering storage.max_tables below the tables stored is refused at open,
+ * naming tables and the value to set, instead of hiding tables. */
+KVS_TEST(refuses_more_tables_than_max_tables)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    const char *names[] = {"t1", "t2", "t3", "t4", "t5", "t6", "t7"};
+    for (int i = 0; i < 7; i++)
+        put_str(s, names[i], "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 3;
+    char err[1024] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_ELIMIT);
+    CHECK_CONTAINS(err, "holds 7 table(s) (\"t1\", \"t2\", \"t3\", \"t4\", \"t5\" and 2 more)");
+    CHECK_CONTAINS(err, "storage.max_tables is 3");
+    CHECK_CONTAINS(err, "at least 7");
+    o.max_tables = 7;
+    s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 7);
+    CHECK(get_is(s, "t7", "k", "v"));
+    node_store_close(s);
+}
+
+/* Tables named at open (Kafka-bound ones) exist from the start, so clients
+ * creating tables cannot take their room; and they count against the
+ * limit at open. */
+KVS_TEST(tables_named_at_open_are_created)
+{
+    fresh_dir();
+    const char *bound[] = {"bound", "bound2", "bound"};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 3;
+    o.tables = bound;
+    o.n_tables = 3;
+    node_store_t *s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 2);
+    put_str(s, "client", "k", "v");
+    CHECK_EQ(node_store_put(s, "client2", "k", 1, "v", 1), KVS_ELIMIT);
+    put_str(s, "bound", "k", "v");
+    put_str(s, "bound2", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    const char *more[] = {"bound", "new1", "new2"};
+    o.tables = more;
+    o.max_tables = 4;
+    char err[1024] = "";
+    CHECK_EQ(node_store_open(&o, &s, err, sizeof(err)), KVS_ELIMIT);
+    CHECK_CONTAINS(err, "kafka.bindings need 2 more");
+    CHECK_CONTAINS(err, "at least 5");
+}
+
+KVS_TEST_MAIN(KVS_CASE(full_disk_fails_the_commit_sync_none),
+              KVS_CASE(full_disk_fails_the_commit_sync_batch),
+              KVS_CASE(full_disk_fails_the_commit_sync_full),
+              KVS_CASE(small_room_takes_small_writes), KVS_CASE(deletes_work_on_a_full_disk),
+              KVS_CASE(disk_use_follows_bytes_written),
+              KVS_CASE(deleting_absent_keys_costs_nothing),
+              KVS_CASE(many_small_writes_do_not_balloon_the_map),
+              KVS_CASE(error_mid_reservation_aborts_the_batch),
+              KVS_CASE(refuses_more_tables_than_max_tables),
+              KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
               KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
               KVS_CASE(refuses_older_wire_format), KVS_CASE(second_open_is_refused),
               KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),

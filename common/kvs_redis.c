@@ -1,0 +1,577 @@
+/*
+ * kvs_redis: RESP request parsing and reply writing.
+ *
+ * Parsing follows what Redis's own server accepts (networking.c), so a
+ * client that works against Redis works here, byte for byte the same
+ * errors included:
+ *  - a request starting with '*' is a multibulk: "*<n>\r\n" then n times
+ *    "$<len>\r\n<len bytes>\r\n"; n <= 0 is an empty request; n above
+ *    KVS_REDIS_MAX_ARGS, a length that is not a number, or a bulk not
+ *    starting with '$' are protocol errors;
+ *  - anything else is an inline request: one line, split into words with
+ *    Redis's quoting rules (sdssplitargs).
+ * Multibulk progress survives across calls as offsets from the request's
+ * first byte (the caller's buffer may be compacted in between): each call
+ * resumes at `pos` with the arguments read so far in `offs`.
+ *
+ * Every length is checked against the bytes actually present before it is
+ * used, and no request may pass `max_request` bytes, so a hostile length
+ * cannot make the parser read or allocate beyond what arrived.
+ */
+#include "kvs_redis.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void kvs_redis_parser_init(kvs_redis_parser_t *ps)
+{
+    memset(ps, 0, sizeof(*ps));
+    kvs_buf_init(&ps->scratch);
+}
+
+void kvs_redis_parser_close(kvs_redis_parser_t *ps)
+{
+    free(ps->argv);
+    free(ps->offs);
+    kvs_buf_free(&ps->scratch);
+    memset(ps, 0, sizeof(*ps));
+}
+
+void kvs_redis_parser_reset(kvs_redis_parser_t *ps)
+{
+    ps->want = 0;
+    ps->pos = 0;
+    ps->argc = 0;
+}
+
+static int fail(kvs_redis_parser_t *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(kvs_redis_parser_t *ps, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ps->errbuf, sizeof(ps->errbuf), fmt, ap);
+    va_end(ap);
+    ps->error = ps->errbuf;
+    kvs_redis_parser_reset(ps);
+    return -1;
+}
+
+/* Room for n arguments. */
+static int grow(kvs_redis_parser_t *ps, size_t n)
+{
+    if (n <= ps->cap)
+        return 0;
+    size_t cap = ps->cap ? ps->cap : 16;
+    while (cap < n)
+        cap *= 2;
+    kvs_redis_arg_t *a = realloc(ps->argv, cap * sizeof(*a));
+    if (a == NULL)
+        return -ENOMEM;
+    ps->argv = a;
+    size_t *o = realloc(ps->offs, cap * 2 * sizeof(*o));
+    if (o == NULL)
+        return -ENOMEM;
+    ps->offs = o;
+    ps->cap = cap;
+    return 0;
+}
+
+/* A decimal integer filling p[0..n) exactly, Redis's string2ll rules. */
+static int parse_ll(const uint8_t *p, size_t n, long long *out)
+{
+    if (n == 0 || n > 20)
+        return -1;
+    size_t i = 0;
+    int neg = 0;
+    if (p[0] == '-') {
+        neg = 1;
+        if (++i == n)
+            return -1;
+    }
+    if (p[i] == '0' && n - i > 1)
+        return -1; /* no leading zeros */
+    unsigned long long v = 0;
+    for (; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        unsigned d = (unsigned)(p[i] - '0');
+        if (v > (ULLONG_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (neg) {
+        if (v > (unsigned long long)LLONG_MAX + 1)
+            return -1;
+        *out = v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
+    } else {
+        if (v > (unsigned long long)LLONG_MAX)
+            return -1;
+        *out = (long long)v;
+    }
+    return 0;
+}
+
+/* The line starting at p[pos]: its end (the '\r'), or NULL with *more when
+ * the CRLF has not arrived. */
+static const uint8_t *line_end(const uint8_t *p, size_t len, size_t pos)
+{
+    if (pos >= len)
+        return NULL;
+    const uint8_t *cr = memchr(p + pos, '\r', len - pos);
+    if (cr == NULL || cr + 1 >= p + len)
+        return NULL; /* CR not here, or LF not yet */
+    return cr;
+}
+
+/* ---- multibulk ---------------------------------------------------------------- */
+
+static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t *used)
+{
+    const uint8_t *cr = line_end(p, len, 0);
+    if (cr == NULL) {
+        if (len > KVS_REDIS_MAX_INLINE)
+            return fail(ps, "Protocol error: too big mbulk count string");
+        return 0;
+    }
+    long long n;
+    if (parse_ll(p + 1, (size_t)(cr - p - 1), &n) != 0 || n > KVS_REDIS_MAX_ARGS)
+        return fail(ps, "Protocol error: invalid multibulk length");
+    size_t at = (size_t)(cr - p) + 2;
+    if (n <= 0) { /* an empty request: nothing to run */
+        ps->argc = 0;
+        *used = at;
+        return 1;
+    }
+    if (grow(ps, (size_t)n) != 0)
+        return -ENOMEM;
+    ps->want = (size_t)n;
+    ps->argc = 0;
+    ps->pos = at;
+    return 2; /* go on with the bulks */
+}
+
+static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                       size_t *used)
+{
+    while (ps->argc < ps->want) {
+        size_t pos = ps->pos;
+        const uint8_t *cr = line_end(p, len, pos);
+        if (cr == NULL) {
+            if (len - pos > KVS_REDIS_MAX_INLINE)
+                return fail(ps, "Protocol error: too big bulk count string");
+            return 0;
+        }
+        if (p[pos] != '$')
+            return fail(ps, "Protocol error: expected '$', got '%c'", p[pos]);
+        long long n;
+        if (parse_ll(p + pos + 1, (size_t)(cr - p) - pos - 1, &n) != 0 || n < 0 ||
+            (unsigned long long)n > max_request)
+            return fail(ps, "Protocol error: invalid bulk length");
+        size_t start = (size_t)(cr - p) + 2;
+        if (start + (size_t)n + 2 > max_request)
+            return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
+                        max_request);
+        if (len < start + (size_t)n + 2)
+            return 0; /* the bulk has not all arrived */
+        ps->offs[2 * ps->argc] = start;
+        ps->offs[2 * ps->argc + 1] = (size_t)n;
+        ps->argc++;
+        ps->pos = start + (size_t)n + 2; /* the CRLF after the data is skipped, as Redis does */
+    }
+    for (size_t i = 0; i < ps->argc; i++) {
+        ps->argv[i].p = p + ps->offs[2 * i];
+        ps->argv[i].len = ps->offs[2 * i + 1];
+    }
+    *used = ps->pos;
+    ps->want = 0;
+    ps->pos = 0;
+    return 1;
+}
+
+/* ---- inline ----------------------------------------------------------------------- */
+
+static int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int is_space(uint8_t c)
+{
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\0';
+}
+
+/* One word of an inline request starting at s[*i], unescaped into `out`,
+ * with sdssplitargs's rules: quotes may open anywhere in a word, a closing
+ * quote must be followed by a space or the end. Returns 0 or -1 for
+ * unbalanced quotes. */
+static int inline_word(const uint8_t *s, size_t n, size_t *i, kvs_buf_t *out)
+{
+    uint8_t q = 0; /* the open quote, or 0 */
+    size_t k = *i;
+    for (;;) {
+        if (k >= n) {
+            if (q != 0)
+                return -1;
+            break;
+        }
+        uint8_t c = s[k], b;
+        if (q == '"' && c == '\\' && k + 3 < n && s[k + 1] == 'x' && hexval(s[k + 2]) >= 0 &&
+            hexval(s[k + 3]) >= 0) {
+            b = (uint8_t)(hexval(s[k + 2]) * 16 + hexval(s[k + 3]));
+            k += 4;
+        } else if (q == '"' && c == '\\' && k + 1 < n) {
+            uint8_t e = s[k + 1];
+            b = e == 'n'   ? '\n'
+                : e == 'r' ? '\r'
+                : e == 't' ? '\t'
+                : e == 'b' ? '\b'
+                : e == 'a' ? '\a'
+                           : e;
+            k += 2;
+        } else if (q == '\'' && c == '\\' && k + 1 < n && s[k + 1] == '\'') {
+            b = '\'';
+            k += 2;
+        } else if (q != 0 && c == q) {
+            if (k + 1 < n && !is_space(s[k + 1]))
+                return -1; /* closing quote must be followed by a space */
+            k++;
+            break;
+        } else if (q == 0 && is_space(c)) {
+            break;
+        } else if (q == 0 && (c == '"' || c == '\'')) {
+            q = c;
+            k++;
+            continue;
+        } else {
+            b = c;
+            k++;
+        }
+        kvs_buf_append(out, &b, 1);
+    }
+    *i = k;
+    return 0;
+}
+
+/* Splits s[0..n) like sdssplitargs into ps->scratch / argv. */
+static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
+{
+    kvs_buf_t *sc = &ps->scratch;
+    sc->len = 0;
+    if (kvs_buf_reserve(sc, n + 1) != 0)
+        return -ENOMEM;
+    size_t argc = 0, i = 0;
+    for (;;) {
+        while (i < n && is_space(s[i]))
+            i++;
+        if (i >= n)
+            break;
+        if (grow(ps, argc + 1) != 0)
+            return -ENOMEM;
+        ps->offs[2 * argc] = sc->len;
+        if (inline_word(s, n, &i, sc) != 0)
+            return fail(ps, "Protocol error: unbalanced quotes in request");
+        ps->offs[2 * argc + 1] = sc->len - ps->offs[2 * argc];
+        argc++;
+    }
+    /* scratch never grows past the n + 1 bytes reserved: pointers are stable. */
+    for (size_t k = 0; k < argc; k++) {
+        ps->argv[k].p = sc->data + ps->offs[2 * k];
+        ps->argv[k].len = ps->offs[2 * k + 1];
+    }
+    ps->argc = argc;
+    return 1;
+}
+
+static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t *used)
+{
+    const uint8_t *nl =
+        memchr(p, '\n', len < KVS_REDIS_MAX_INLINE + 2 ? len : KVS_REDIS_MAX_INLINE + 2);
+    if (nl == NULL) {
+        if (len > KVS_REDIS_MAX_INLINE)
+            return fail(ps, "Protocol error: too big inline request");
+        return 0;
+    }
+    size_t n = (size_t)(nl - p);
+    if (n > KVS_REDIS_MAX_INLINE)
+        return fail(ps, "Protocol error: too big inline request");
+    size_t line = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
+    int rc = split_inline(ps, p, line);
+    if (rc == 1)
+        *used = n + 1;
+    return rc;
+}
+
+int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                    size_t *used)
+{
+    *used = 0;
+    ps->error = NULL;
+    if (ps->want == 0) {
+        if (len == 0)
+            return 0;
+        if (p[0] != '*') {
+            ps->argc = 0;
+            return parse_inline(ps, p, len, used);
+        }
+        int rc = parse_count(ps, p, len, used);
+        if (rc != 2)
+            return rc;
+    }
+    int rc = parse_bulks(ps, p, len, max_request, used);
+    if (rc == 0 && len > max_request)
+        return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
+                    max_request);
+    return rc;
+}
+
+/* ---- arguments --------------------------------------------------------------------- */
+
+int kvs_redis_arg_is(const kvs_redis_arg_t *a, const char *w)
+{
+    size_t n = strlen(w);
+    return a->len == n && strncasecmp((const char *)a->p, w, n) == 0;
+}
+
+int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out)
+{
+    long long v;
+    if (parse_ll(a->p, a->len, &v) != 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
+{
+    char buf[64];
+    if (a->len == 0 || a->len >= sizeof(buf))
+        return -1;
+    memcpy(buf, a->p, a->len);
+    buf[a->len] = '\0';
+    if (buf[0] == ' ' || buf[0] == '\t' || buf[0] == '\n')
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(buf, &end);
+    if (end != buf + a->len || errno == ERANGE || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- replies ------------------------------------------------------------------------ */
+
+static int put_line(kvs_buf_t *b, char type, const char *s, size_t n)
+{
+    if (kvs_buf_reserve(b, n + 3) != 0)
+        return -ENOMEM;
+    b->data[b->len++] = (uint8_t)type;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
+    return 0;
+}
+
+static int put_num(kvs_buf_t *b, char type, long long v)
+{
+    char num[24], *e = num + sizeof(num), *s = e;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do { /* no snprintf: this runs for every reply */
+        *--s = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--s = '-';
+    return put_line(b, type, s, (size_t)(e - s));
+}
+
+int kvs_redis_simple(kvs_buf_t *b, const char *s)
+{
+    return put_line(b, '+', s, strlen(s));
+}
+
+int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(text))
+        n = sizeof(text) - 1;
+    for (int i = 0; i < n; i++) /* an error is one line */
+        if (text[i] == '\r' || text[i] == '\n')
+            text[i] = ' ';
+    return put_line(b, '-', text, (size_t)n);
+}
+
+int kvs_redis_integer(kvs_buf_t *b, int64_t v)
+{
+    return put_num(b, ':', v);
+}
+
+int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len)
+{
+    if (put_num(b, '$', (long long)len) != 0 || kvs_buf_reserve(b, len + 2) != 0)
+        return -ENOMEM;
+    if (len > 0)
+        memcpy(b->data + b->len, p, len);
+    b->len += len;
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
+    return 0;
+}
+
+int kvs_redis_null(kvs_buf_t *b, int resp3)
+{
+    return resp3 ? kvs_buf_append(b, "_\r\n", 3) : kvs_buf_append(b, "$-1\r\n", 5);
+}
+
+int kvs_redis_array(kvs_buf_t *b, size_t n)
+{
+    return put_num(b, '*', (long long)n);
+}
+
+int kvs_redis_map(kvs_buf_t *b, size_t n, int resp3)
+{
+    return resp3 ? put_num(b, '%', (long long)n) : put_num(b, '*', 2 * (long long)n);
+}
+
+size_t kvs_redis_format_double(char *buf, double v)
+{
+    if (isinf(v))
+        return (size_t)snprintf(buf, 32, "%s", v > 0 ? "inf" : "-inf");
+    /* The shortest of %.15g .. %.17g that reads back exactly. */
+    for (int prec = 15; prec <= 17; prec++) {
+        int n = snprintf(buf, 32, "%.*g", prec, v);
+        if (prec == 17 || strtod(buf, NULL) == v)
+            return (size_t)n;
+    }
+    return 0; /* not reached */
+}
+
+int kvs_redis_double(kvs_buf_t *b, double v, int resp3)
+{
+    char num[32];
+    size_t n = kvs_redis_format_double(num, v);
+    return resp3 ? put_line(b, ',', num, n) : kvs_redis_bulk(b, num, n);
+}
+
+int kvs_redis_bool(kvs_buf_t *b, int v, int resp3)
+{
+    if (resp3)
+        return kvs_buf_append(b, v ? "#t\r\n" : "#f\r\n", 4);
+    return kvs_buf_append(b, v ? ":1\r\n" : ":0\r\n", 4);
+}
+
+int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3)
+{
+    if (!resp3)
+        return kvs_redis_bulk(b, p, len);
+    if (put_num(b, '=', (long long)len + 4) != 0 || kvs_buf_reserve(b, len + 6) != 0)
+        return -ENOMEM;
+    memcpy(b->data + b->len, "txt:", 4);
+    b->len += 4;
+    memcpy(b->data + b->len, p, len);
+    b->len += len;
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
+    return 0;
+}
+
+/* ---- glob --------------------------------------------------------------------------- */
+
+static uint8_t fold(uint8_t c, int nocase)
+{
+    return nocase && c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
+}
+
+/* Does the class starting at pat[*pi] ('[' already consumed) contain c?
+ * Advances *pi past the closing ']' (or to the end). */
+static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, int nocase)
+{
+    size_t i = *pi;
+    int neg = 0, match = 0;
+    if (i < plen && pat[i] == '^') {
+        neg = 1;
+        i++;
+    }
+    for (; i < plen && pat[i] != ']'; i++) {
+        if (pat[i] == '\\' && i + 1 < plen) {
+            i++;
+            match |= fold(pat[i], nocase) == fold(c, nocase);
+        } else if (i + 2 < plen && pat[i + 1] == '-' && pat[i + 2] != ']') {
+            uint8_t lo = fold(pat[i], nocase), hi = fold(pat[i + 2], nocase), x = fold(c, nocase);
+            if (lo > hi) {
+                uint8_t t = lo;
+                lo = hi;
+                hi = t;
+            }
+            match |= x >= lo && x <= hi;
+            i += 2;
+        } else {
+            match |= fold(pat[i], nocase) == fold(c, nocase);
+        }
+    }
+    *pi = i < plen ? i + 1 : i;
+    return neg ? !match : match;
+}
+
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase)
+{
+    size_t pi = 0, si = 0, star_p = (size_t)-1, star_s = 0;
+    while (si < slen) {
+        if (pi < plen && pat[pi] == '*') {
+            while (pi < plen && pat[pi] == '*')
+                pi++;
+            if (pi == plen)
+                return 1;
+            star_p = pi; /* retry from here, one more byte of s eaten by the star */
+            star_s = si;
+            continue;
+        }
+        if (pi < plen) {
+            size_t next = pi + 1;
+            int ok;
+            if (pat[pi] == '?') {
+                ok = 1;
+            } else if (pat[pi] == '[') {
+                next = pi + 1;
+                ok = class_match(pat, plen, &next, s[si], nocase);
+            } else if (pat[pi] == '\\' && pi + 1 < plen) {
+                ok = fold(pat[pi + 1], nocase) == fold(s[si], nocase);
+                next = pi + 2;
+            } else {
+                ok = fold(pat[pi], nocase) == fold(s[si], nocase);
+            }
+            if (ok) {
+                pi = next;
+                si++;
+                continue;
+            }
+        }
+        if (star_p == (size_t)-1)
+            return 0;
+        pi = star_p; /* backtrack: the last star takes one more byte */
+        si = ++star_s;
+    }
+    while (pi < plen && pat[pi] == '*')
+        pi++;
+    return pi == plen;
+}

@@ -1,0 +1,109 @@
+/*
+ * kvs_redis: the Redis protocol (RESP2 and RESP3), pure codec, no I/O.
+ *
+ * Requests: a client sends either a multibulk array of bulk strings
+ * ("*2\r\n$4\r\nHGET\r\n...") or an inline command (a text line, words
+ * split on spaces, "double" and 'single' quotes with Redis's escapes).
+ * kvs_redis_parse takes one request from the front of a byte range and
+ * yields its arguments; it keeps its progress between calls, so a large
+ * request arriving in many reads is scanned once, not once per read.
+ * Protocol errors carry the text Redis itself sends ("Protocol error: ...")
+ * so clients and tests see what they know.
+ *
+ * Bounds: a request may be at most `max_request` bytes in all (kvs passes
+ * limits.max_frame), a multibulk at most KVS_REDIS_MAX_ARGS arguments, an
+ * inline request at most KVS_REDIS_MAX_INLINE bytes.
+ *
+ * Replies: small writers that append RESP to a kvs_buf; with `resp3` set
+ * they use RESP3's null, map, double and boolean types, else RESP2's
+ * equivalents (what Redis does after HELLO 2 / HELLO 3).
+ *
+ * Not named kvs_resp: that is the protobuf response encoder.
+ */
+#ifndef KVS_REDIS_H
+#define KVS_REDIS_H
+
+#include "kvs_buf.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_REDIS_MAX_ARGS (1024 * 1024)
+#define KVS_REDIS_MAX_INLINE (64 * 1024)
+
+typedef struct kvs_redis_arg_s {
+    const uint8_t *p;
+    size_t len;
+} kvs_redis_arg_t;
+
+typedef struct kvs_redis_parser_s {
+    /* The request last parsed: argv[0..argc). Multibulk arguments point into
+     * the bytes given to kvs_redis_parse, inline ones into `scratch`; both
+     * stay valid until the next call. */
+    size_t argc;
+    kvs_redis_arg_t *argv;
+    const char *error; /* after -1: the message, e.g. "Protocol error: ..." */
+
+    /* Progress through a multibulk not yet complete (offsets from the start
+     * of the request, so the caller may move the bytes between calls). */
+    size_t want;  /* arguments announced, 0 = no multibulk in progress */
+    size_t pos;   /* where parsing resumes */
+    size_t *offs; /* offset and length of each argument read so far */
+    size_t cap;   /* capacity of argv and offs */
+    kvs_buf_t scratch;
+    char errbuf[96];
+} kvs_redis_parser_t;
+
+void kvs_redis_parser_init(kvs_redis_parser_t *ps);
+void kvs_redis_parser_close(kvs_redis_parser_t *ps);
+
+/* Parses one request from p[0..len). Returns:
+ *   1   a request: ps->argc/argv are set, *used is its length in bytes;
+ *       argc may be 0 for an empty line or an empty multibulk (skip it);
+ *   0   more bytes are needed (*used is 0; call again with the same bytes
+ *       plus more: progress is kept);
+ *  -1   a protocol error: ps->error says which; the stream cannot go on.
+ * Returns -ENOMEM when memory for the arguments is short. */
+int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                    size_t *used);
+
+/* Forgets a request in progress (the bytes it was reading went away). */
+void kvs_redis_parser_reset(kvs_redis_parser_t *ps);
+
+/* True when `a` equals the ASCII word `w`, ignoring case. */
+int kvs_redis_arg_is(const kvs_redis_arg_t *a, const char *w);
+
+/* Parses a whole argument as a signed 64-bit decimal integer the way Redis
+ * does (no spaces, no leading '+' or zeros). Returns 0 or -1. */
+int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out);
+
+/* Parses a whole argument as a finite double (strtod grammar, no spaces,
+ * "inf" and "nan" refused). Returns 0 or -1. */
+int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
+
+/* ---- replies -------------------------------------------------------------- */
+
+/* Each returns 0 or -ENOMEM. */
+int kvs_redis_simple(kvs_buf_t *b, const char *s);      /* +s */
+int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...) /* -... (newlines become spaces) */
+    __attribute__((format(printf, 2, 3)));
+int kvs_redis_integer(kvs_buf_t *b, int64_t v);                             /* :v */
+int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len);                /* $len */
+int kvs_redis_null(kvs_buf_t *b, int resp3);                                /* $-1 or _ */
+int kvs_redis_array(kvs_buf_t *b, size_t n);                                /* *n */
+int kvs_redis_map(kvs_buf_t *b, size_t n, int resp3);                       /* %n, or *2n */
+int kvs_redis_double(kvs_buf_t *b, double v, int resp3);                    /* ,v or a bulk */
+int kvs_redis_bool(kvs_buf_t *b, int v, int resp3);                         /* #t/#f or :1/:0 */
+int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =txt: or bulk */
+
+/* Writes `v` as Redis writes doubles in replies and stored text (%.17g,
+ * shortest form that reads back the same). Returns the length. `buf` holds
+ * at least 32 bytes. */
+size_t kvs_redis_format_double(char *buf, double v);
+
+/* Redis's glob matching (stringmatchlen): *, ?, [...] with ranges and ^,
+ * backslash escapes. Iterative and bounded: no pattern can make it
+ * exponential. */
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase);
+
+#endif

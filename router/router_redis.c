@@ -1,0 +1,1185 @@
+/*
+ * router_redis: RESP commands in, kvs requests through the router, RESP
+ * replies out.
+ *
+ * A command goes through three steps:
+ *  1. the connection's codec (kvs_redis_parse) splits the input into
+ *     commands; router_redis_command looks the name up in `commands`,
+ *     checks the arity as Redis does, and calls the command's handler;
+ *  2. the handler either finishes the request itself with a RESP reply
+ *     (req->raw: resp already holds the client's bytes), or builds the
+ *     kvs CommandRequest (protobuf-c messages in the router's redis_arena,
+ *     packed into redis_pack) and hands it to router_route, noting in
+ *     req->rcmd how the answer is to be shown;
+ *  3. when the answer reaches the head of the client's FIFO,
+ *     router_redis_answer decodes it (reply_arena) and writes Redis's
+ *     reply shape: bulk or null for HGET, a count for HSET/HDEL, a map in
+ *     RESP3 for HGETALL, and so on. kvs statuses other than 200 become
+ *     "-ERR <message>".
+ *
+ * HSCAN cursors: Redis clients treat a cursor as a number ("0" starts and
+ * ends a walk); kvs's is bytes (shard and next key). The router keeps the
+ * bytes in a ring of ROUTER_REDIS_CURSORS slots and hands out the slot's
+ * sequence number; a number whose slot was reused is an invalid cursor.
+ *
+ * Everything runs on the router's loop thread.
+ */
+#include "router_redis.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_log.h"
+#include "kvs_msg.h"
+#include "kvs_redis.h"
+#include "router.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ROUTER_REDIS_CURSORS 16384
+#define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
+
+const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
+
+/* How a kvs answer is shown (req->rcmd). */
+enum {
+    RC_NONE = 0,
+    RC_HGET,
+    RC_HSET,   /* number of fields that were new */
+    RC_HSETNX, /* 1 if stored */
+    RC_OK,     /* +OK (HMSET) */
+    RC_HMGET,
+    RC_HDEL, /* number of fields removed */
+    RC_HEXISTS,
+    RC_HGETALL,
+    RC_HKEYS,
+    RC_HVALS,
+    RC_HLEN,
+    RC_HSTRLEN,
+    RC_HINCRBY,
+    RC_HINCRBYFLOAT,
+    RC_HSCAN,
+    RC_EXISTS,
+    RC_INFO,
+};
+
+struct router_redis_s {
+    router_t *r;
+    kvs_redis_parser_t ps;
+    kvs_codec_t codec;
+    uint64_t id;
+    int resp3;
+    int quit;   /* QUIT seen: later commands are ignored */
+    char *name; /* CLIENT SETNAME, or NULL */
+};
+
+typedef struct cursor_slot_s {
+    uint64_t seq; /* 0: empty */
+    char *table;
+    uint8_t *bytes;
+    size_t len;
+} cursor_slot_t;
+
+struct router_redis_cursors_s {
+    cursor_slot_t slots[ROUTER_REDIS_CURSORS];
+    uint64_t next;
+};
+
+/* HSCAN's MATCH pattern, kept with the request until its answer. */
+typedef struct scan_ctx_s {
+    char table[KVS_MAX_TABLE + 1];
+    size_t plen;
+    uint8_t pat[]; /* plen bytes, or none without MATCH */
+} scan_ctx_t;
+
+/* ---- parsing ------------------------------------------------------------------ */
+
+static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
+{
+    router_redis_t *rs = state;
+    if (rs->quit) { /* after QUIT every byte is dropped, as one empty command */
+        rs->ps.argc = 0;
+        *used = len;
+        return len > 0;
+    }
+    int rc = kvs_redis_parse(&rs->ps, p, len, max, used);
+    if (rc == -ENOMEM) {
+        rs->ps.error = "ERR the server is out of memory";
+        return -1;
+    }
+    return rc;
+}
+
+router_redis_t *router_redis_new(router_t *r, uint64_t client_id)
+{
+    router_redis_t *rs = calloc(1, sizeof(*rs));
+    if (rs == NULL)
+        return NULL;
+    rs->r = r;
+    rs->id = client_id;
+    kvs_redis_parser_init(&rs->ps);
+    rs->codec.next = codec_next;
+    rs->codec.state = rs;
+    return rs;
+}
+
+void router_redis_free(router_redis_t *rs)
+{
+    if (rs == NULL)
+        return;
+    kvs_redis_parser_close(&rs->ps);
+    free(rs->name);
+    free(rs);
+}
+
+const kvs_codec_t *router_redis_codec(router_redis_t *rs)
+{
+    return &rs->codec;
+}
+
+/* ---- replies built here ------------------------------------------------------- */
+
+/* Finishes `req` with the RESP bytes now in req->resp. */
+static void finish_raw(router_req_t *req)
+{
+    req->raw = 1;
+    router_req_complete(req);
+}
+
+static void reply_error(router_req_t *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void reply_error(router_req_t *req, const char *fmt, ...)
+{
+    char text[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    req->resp.len = 0;
+    kvs_redis_error(&req->resp, "%s", text);
+    finish_raw(req);
+}
+
+static void reply_ok(router_req_t *req)
+{
+    req->resp.len = 0;
+    kvs_redis_simple(&req->resp, "OK");
+    finish_raw(req);
+}
+
+/* An argument shown in an error message: at most 128 bytes, as Redis. */
+static int shown(const kvs_redis_arg_t *a)
+{
+    return a->len > 128 ? 128 : (int)a->len;
+}
+
+void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err)
+{
+    if (err == KVS_ELIMIT)
+        reply_error(req, "ERR the server is short of memory for incomplete requests "
+                         "(limits.input_buffers); the connection is closed");
+    else if (rs->ps.error != NULL && strncmp(rs->ps.error, "ERR ", 4) == 0)
+        reply_error(req, "%s", rs->ps.error);
+    else
+        reply_error(req, "ERR %s", rs->ps.error != NULL ? rs->ps.error : "Protocol error");
+}
+
+/* ---- kvs requests -------------------------------------------------------------- */
+
+typedef struct cmd_s cmd_t;
+typedef void (*cmd_fn)(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                       const cmd_t *cmd);
+
+struct cmd_s {
+    const char *name; /* lower case */
+    int arity;        /* Redis's convention: -N means at least N */
+    const char *flags;
+    int first, last, step; /* key positions, for COMMAND */
+    cmd_fn fn;
+    int rcmd;
+};
+
+/* A NUL-terminated copy of a table name in the router's redis_arena (names
+ * are checked by router_route like any other). */
+static char *table_of(router_redis_t *rs, const kvs_redis_arg_t *a)
+{
+    char *t = kvs_arena_alloc(&rs->r->redis_arena, a->len + 1);
+    if (t != NULL) {
+        memcpy(t, a->p, a->len);
+        t[a->len] = '\0';
+    }
+    return t;
+}
+
+static ProtobufCBinaryData bytes_of(const kvs_redis_arg_t *a)
+{
+    return (ProtobufCBinaryData){a->len, (uint8_t *)a->p};
+}
+
+/* A written bulk string as a Value: text when it is valid UTF-8. */
+static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a)
+{
+    Kvs__Value *v = kvs_arena_alloc(&rs->r->redis_arena, sizeof(*v));
+    if (v == NULL)
+        return NULL;
+    kvs__value__init(v);
+    if (kvs_utf8_valid(a->p, a->len)) {
+        v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
+        v->string_value = bytes_of(a);
+    } else {
+        v->kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+        v->binary_value = bytes_of(a);
+    }
+    return v;
+}
+
+/* Packs `q` and routes it; the answer is shown as `rcmd`. */
+static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                          const Kvs__CommandRequest *q, int rcmd)
+{
+    router_t *r = rs->r;
+    kvs_buf_t *b = &r->redis_pack;
+    size_t n = protobuf_c_message_get_packed_size(&q->base);
+    b->len = 0;
+    req->rcmd = (uint8_t)rcmd;
+    if (kvs_buf_reserve(b, n ? n : 1) != 0) {
+        reply_error(req, "ERR the server is out of memory");
+        return;
+    }
+    protobuf_c_message_pack(&q->base, b->data);
+    router_route(r, req, b->data, n);
+    (void)cl; /* router_redis_command delivers */
+}
+
+static void oom(router_req_t *req)
+{
+    reply_error(req, "ERR the server is out of memory");
+}
+
+/* The single-key reads (HGET, HSTRLEN, HEXISTS), the hot path: the kvs
+ * request is written straight from the arguments, no protobuf-c messages. */
+static void route_key_request(router_redis_t *rs, router_req_t *req,
+                              Kvs__CommandRequest__CommandCase kc, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    kvs_buf_t *b = &rs->r->redis_pack;
+    b->len = 0;
+    if (kvs_msg_encode_key_request(b, kc, a[1].p, a[1].len, a[2].p, a[2].len) != 0)
+        return oom(req);
+    req->rcmd = (uint8_t)cmd->rcmd;
+    router_route(rs->r, req, b->data, b->len);
+}
+
+static void cmd_hget(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl;
+    route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HGET, cmd);
+}
+
+static void cmd_hexists(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd)
+{
+    (void)cl;
+    route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HEXIST, cmd);
+}
+
+/* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
+ * if_absent), several as one Hmset. */
+static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t n = (rs->ps.argc - 2) / 2;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    kvs_arena_t *ar = &rs->r->redis_arena;
+    if ((rs->ps.argc - 2) % 2 != 0)
+        return reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    char *table = table_of(rs, &a[1]);
+    Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
+    Kvs__Kvpair **pp = kvs_arena_alloc(ar, n * sizeof(*pp));
+    if (table == NULL || pairs == NULL || pp == NULL)
+        return oom(req);
+    for (size_t i = 0; i < n; i++) {
+        kvs__kvpair__init(&pairs[i]);
+        pairs[i].key = bytes_of(&a[2 + 2 * i]);
+        if ((pairs[i].value = value_of(rs, &a[3 + 2 * i])) == NULL)
+            return oom(req);
+        pp[i] = &pairs[i];
+    }
+    Kvs__Hset one = KVS__HSET__INIT;
+    Kvs__Hmset many = KVS__HMSET__INIT;
+    if (n == 1) {
+        one.table = table;
+        one.pair = pp[0];
+        one.if_absent = cmd->rcmd == RC_HSETNX;
+        q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+        q.hset = &one;
+    } else {
+        many.table = table;
+        many.pairs = pp;
+        many.n_pairs = n;
+        q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMSET;
+        q.hmset = &many;
+    }
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* HMGET and HDEL: one field as Hget/Hdel, several as Hmget/Hmdel. */
+static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t n = rs->ps.argc - 2;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    char *table = table_of(rs, &a[1]);
+    ProtobufCBinaryData *keys = kvs_arena_alloc(&rs->r->redis_arena, n * sizeof(*keys));
+    if (table == NULL || keys == NULL)
+        return oom(req);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = bytes_of(&a[2 + i]);
+    Kvs__Hmget mg = KVS__HMGET__INIT;
+    Kvs__Hmdel md = KVS__HMDEL__INIT;
+    Kvs__Hdel d1 = KVS__HDEL__INIT;
+    if (cmd->rcmd == RC_HMGET) {
+        mg.table = table;
+        mg.keys = keys;
+        mg.n_keys = n;
+        q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+        q.hmget = &mg;
+    } else if (n == 1) {
+        d1.table = table;
+        d1.key = keys[0];
+        q.command_case = KVS__COMMAND_REQUEST__COMMAND_HDEL;
+        q.hdel = &d1;
+    } else {
+        md.table = table;
+        md.keys = keys;
+        md.n_keys = n;
+        q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+        q.hmdel = &md;
+    }
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* HGETALL, HKEYS, HVALS: Hgetall, shown three ways. */
+static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd)
+{
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if ((m.table = table_of(rs, &rs->ps.argv[1])) == NULL)
+        return oom(req);
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    q.hgetall = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* HLEN and EXISTS (a table exists when it has a key). */
+static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    if (cmd->rcmd == RC_EXISTS && rs->ps.argc != 2)
+        return reply_error(req, "ERR kvs answers EXISTS for one key at a time");
+    Kvs__Hlen m = KVS__HLEN__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if ((m.table = table_of(rs, &rs->ps.argv[1])) == NULL)
+        return oom(req);
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    q.hlen = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    Kvs__Hincr m = KVS__HINCR__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if (cmd->rcmd == RC_HINCRBY) {
+        int64_t by;
+        if (kvs_redis_arg_int(&a[3], &by) != 0)
+            return reply_error(req, "ERR value is not an integer or out of range");
+        m.by_case = KVS__HINCR__BY_BY_INT;
+        m.by_int = by;
+    } else {
+        double by;
+        if (kvs_redis_arg_double(&a[3], &by) != 0)
+            return reply_error(req, "ERR value is not a valid float");
+        m.by_case = KVS__HINCR__BY_BY_FLOAT;
+        m.by_float = by;
+    }
+    if ((m.table = table_of(rs, &a[1])) == NULL)
+        return oom(req);
+    m.key = bytes_of(&a[2]);
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HINCR;
+    q.hincr = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* ---- HSCAN ---------------------------------------------------------------------------- */
+
+static struct router_redis_cursors_s *cursors(router_t *r)
+{
+    if (r->redis_cursors == NULL) {
+        r->redis_cursors = calloc(1, sizeof(*r->redis_cursors));
+        if (r->redis_cursors != NULL)
+            r->redis_cursors->next = 1;
+    }
+    return r->redis_cursors;
+}
+
+void router_redis_cursors_free(router_t *r)
+{
+    struct router_redis_cursors_s *cs = r->redis_cursors;
+    if (cs == NULL)
+        return;
+    for (size_t i = 0; i < ROUTER_REDIS_CURSORS; i++) {
+        free(cs->slots[i].table);
+        free(cs->slots[i].bytes);
+    }
+    free(cs);
+    r->redis_cursors = NULL;
+}
+
+/* Keeps `bytes` for `table`; returns the number to give the client, or 0
+ * when out of memory. */
+static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes, size_t len)
+{
+    struct router_redis_cursors_s *cs = cursors(r);
+    if (cs == NULL)
+        return 0;
+    uint64_t seq = cs->next++;
+    cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
+    char *t = strdup(table);
+    uint8_t *b = malloc(len ? len : 1);
+    if (t == NULL || b == NULL) {
+        free(t);
+        free(b);
+        return 0;
+    }
+    free(s->table);
+    free(s->bytes);
+    memcpy(b, bytes, len);
+    *s = (cursor_slot_t){seq, t, b, len};
+    return seq;
+}
+
+/* The kvs cursor a number stands for, or NULL (never given, or forgotten). */
+static const cursor_slot_t *cursor_find(router_t *r, uint64_t seq, const char *table)
+{
+    struct router_redis_cursors_s *cs = cursors(r);
+    if (cs == NULL || seq == 0)
+        return NULL;
+    const cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
+    return s->seq == seq && strcmp(s->table, table) == 0 ? s : NULL;
+}
+
+static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    int64_t seq, count = 10;
+    const kvs_redis_arg_t *match = NULL;
+    if (a[1].len > KVS_MAX_TABLE)
+        return reply_error(req, "ERR the key (a kvs table name) is longer than %d bytes",
+                           KVS_MAX_TABLE);
+    if (kvs_redis_arg_int(&a[2], &seq) != 0 || seq < 0)
+        return reply_error(req, "ERR invalid cursor");
+    for (size_t i = 3; i < rs->ps.argc; i += 2) {
+        if (i + 1 >= rs->ps.argc)
+            return reply_error(req, "ERR syntax error");
+        if (kvs_redis_arg_is(&a[i], "count")) {
+            if (kvs_redis_arg_int(&a[i + 1], &count) != 0 || count < 1)
+                return reply_error(req, count < 1 ? "ERR syntax error"
+                                                  : "ERR value is not an integer or out of range");
+        } else if (kvs_redis_arg_is(&a[i], "match")) {
+            match = &a[i + 1];
+        } else {
+            return reply_error(req, "ERR syntax error");
+        }
+    }
+    scan_ctx_t *sc = calloc(1, sizeof(*sc) + (match ? match->len : 0));
+    if (sc == NULL)
+        return oom(req);
+    memcpy(sc->table, a[1].p, a[1].len);
+    if (match != NULL) {
+        memcpy(sc->pat, match->p, match->len);
+        sc->plen = match->len;
+    }
+    req->rctx = sc;
+    req->rflags = match != NULL;
+    Kvs__Hscan m = KVS__HSCAN__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    m.table = sc->table;
+    m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
+    if (seq != 0) {
+        const cursor_slot_t *s = cursor_find(rs->r, (uint64_t)seq, sc->table);
+        if (s == NULL)
+            return reply_error(req, "ERR invalid cursor");
+        m.cursor = (ProtobufCBinaryData){s->len, s->bytes};
+    }
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    q.hscan = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* ---- INFO --------------------------------------------------------------------------------- */
+
+static void cmd_info(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    Kvs__Info m = KVS__INFO__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    int server_only = 0;
+    for (size_t i = 1; i < rs->ps.argc; i++)
+        server_only |= kvs_redis_arg_is(&rs->ps.argv[i], "server");
+    req->rflags = (uint8_t)server_only;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_INFO;
+    q.info = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+/* "# Server" as Redis writes it, with the version clients check. */
+static void info_server(router_redis_t *rs, kvs_buf_t *t)
+{
+    char line[256];
+    int n = snprintf(line, sizeof(line),
+                     "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
+                     "kvs_version:0.1.0\r\nos:Linux\r\narch_bits:%zu\r\nprocess_id:%ld\r\n"
+                     "\r\n# Clients\r\nconnected_clients:%zu\r\n",
+                     REDIS_COMPAT_VERSION, sizeof(void *) * 8, (long)getpid(), rs->r->n_clients);
+    kvs_buf_append(t, line, (size_t)n);
+}
+
+/* ---- commands kvs answers itself --------------------------------------------------------------
+ */
+
+static void cmd_ping(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl, (void)cmd;
+    req->resp.len = 0;
+    if (rs->ps.argc > 2)
+        return reply_error(req, "ERR wrong number of arguments for 'ping' command");
+    if (rs->ps.argc == 2)
+        kvs_redis_bulk(&req->resp, rs->ps.argv[1].p, rs->ps.argv[1].len);
+    else
+        kvs_redis_simple(&req->resp, "PONG");
+    finish_raw(req);
+}
+
+static void cmd_echo(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl, (void)cmd;
+    req->resp.len = 0;
+    kvs_redis_bulk(&req->resp, rs->ps.argv[1].p, rs->ps.argv[1].len);
+    finish_raw(req);
+}
+
+static void cmd_select(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    int64_t db;
+    (void)cl, (void)cmd;
+    if (kvs_redis_arg_int(&rs->ps.argv[1], &db) != 0)
+        return reply_error(req, "ERR value is not an integer or out of range");
+    if (db != 0)
+        return reply_error(req, "ERR DB index is out of range");
+    reply_ok(req);
+}
+
+static void cmd_quit(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl, (void)cmd;
+    rs->quit = 1;
+    reply_ok(req);
+}
+
+static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)cl, (void)cmd;
+    if (rs->ps.argc > 3)
+        return reply_error(req, "ERR syntax error");
+    if (rs->ps.argc == 2)
+        return reply_error(req, "ERR AUTH <password> called without any password configured for "
+                                "the default user. Are you sure your configuration is correct?");
+    if (!kvs_redis_arg_is(&rs->ps.argv[1], "default"))
+        return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+    reply_ok(req);
+}
+
+/* A client name may not hold spaces, newlines or other special bytes. */
+static int name_ok(const kvs_redis_arg_t *a)
+{
+    for (size_t i = 0; i < a->len; i++)
+        if (a->p[i] < '!' || a->p[i] > '~')
+            return 0;
+    return 1;
+}
+
+static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
+{
+    char *n = NULL;
+    if (a->len > 0) {
+        if ((n = malloc(a->len + 1)) == NULL)
+            return -ENOMEM;
+        memcpy(n, a->p, a->len);
+        n[a->len] = '\0';
+    }
+    free(rs->name);
+    rs->name = n;
+    return 0;
+}
+
+static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc;
+    (void)cl, (void)cmd;
+    req->resp.len = 0;
+    if (kvs_redis_arg_is(&a[1], "id") && argc == 2) {
+        kvs_redis_integer(&req->resp, (int64_t)rs->id);
+    } else if (kvs_redis_arg_is(&a[1], "getname") && argc == 2) {
+        if (rs->name != NULL)
+            kvs_redis_bulk(&req->resp, rs->name, strlen(rs->name));
+        else
+            kvs_redis_null(&req->resp, rs->resp3);
+    } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
+        if (!name_ok(&a[2]))
+            return reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
+                                    "characters.");
+        if (set_name(rs, &a[2]) != 0)
+            return oom(req);
+        kvs_redis_simple(&req->resp, "OK");
+    } else if (kvs_redis_arg_is(&a[1], "setinfo") && argc == 4) {
+        kvs_redis_simple(&req->resp, "OK"); /* lib-name / lib-ver: noted by nobody */
+    } else {
+        return reply_error(req,
+                           "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
+                           "Try CLIENT HELP.",
+                           shown(&a[1]), (const char *)a[1].p);
+    }
+    finish_raw(req);
+}
+
+/* HELLO [protover [AUTH user pass] [SETNAME name]] */
+static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    int64_t ver = rs->resp3 ? 3 : 2;
+    (void)cl, (void)cmd;
+    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
+        req->resp.len = 0;
+        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
+        return finish_raw(req);
+    }
+    for (size_t i = 2; i < rs->ps.argc; i++) {
+        if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
+            if (!kvs_redis_arg_is(&a[i + 1], "default"))
+                return reply_error(req, "WRONGPASS invalid username-password pair or user is "
+                                        "disabled.");
+            i += 2;
+        } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
+            if (!name_ok(&a[i + 1]))
+                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
+                                        "special characters.");
+            if (set_name(rs, &a[++i]) != 0)
+                return oom(req);
+        } else {
+            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
+                               (const char *)a[i].p);
+        }
+    }
+    rs->resp3 = ver == 3;
+    kvs_buf_t *b = &req->resp;
+    b->len = 0;
+    kvs_redis_map(b, 7, rs->resp3);
+    kvs_redis_bulk(b, "server", 6);
+    kvs_redis_bulk(b, "redis", 5);
+    kvs_redis_bulk(b, "version", 7);
+    kvs_redis_bulk(b, REDIS_COMPAT_VERSION, strlen(REDIS_COMPAT_VERSION));
+    kvs_redis_bulk(b, "proto", 5);
+    kvs_redis_integer(b, ver);
+    kvs_redis_bulk(b, "id", 2);
+    kvs_redis_integer(b, (int64_t)rs->id);
+    kvs_redis_bulk(b, "mode", 4);
+    kvs_redis_bulk(b, "standalone", 10);
+    kvs_redis_bulk(b, "role", 4);
+    kvs_redis_bulk(b, "master", 6);
+    kvs_redis_bulk(b, "modules", 7);
+    kvs_redis_array(b, 0);
+    finish_raw(req);
+}
+
+/* CONFIG GET: the few parameters clients and redis-benchmark ask for. */
+static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    static const char *const params[][2] = {
+        {"save", ""},
+        {"appendonly", "no"},
+        {"databases", "1"},
+        {"maxmemory", "0"},
+    };
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    (void)cl, (void)cmd;
+    if (!kvs_redis_arg_is(&a[1], "get"))
+        return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
+    size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
+    int hit[sizeof(params) / sizeof(params[0])] = {0};
+    for (size_t i = 0; i < np; i++)
+        for (size_t k = 2; k < rs->ps.argc; k++)
+            if (!hit[i] && kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
+                                          strlen(params[i][0]), 1)) {
+                hit[i] = 1;
+                hits++;
+            }
+    kvs_buf_t *b = &req->resp;
+    b->len = 0;
+    kvs_redis_map(b, hits, rs->resp3);
+    for (size_t i = 0; i < np; i++)
+        if (hit[i]) {
+            kvs_redis_bulk(b, params[i][0], strlen(params[i][0]));
+            kvs_redis_bulk(b, params[i][1], strlen(params[i][1]));
+        }
+    finish_raw(req);
+}
+
+static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    (void)rs, (void)cl, (void)cmd;
+    reply_error(req, "ERR kvs does not delete a whole hash (a table spans every shard and may be "
+                     "bound to Kafka); delete its fields with HDEL");
+}
+
+static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd);
+
+/* Kept in the order clients send them most: the lookup is linear. */
+static const cmd_t commands[] = {
+    {"hget", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HGET},
+    {"hset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSET},
+    {"hmget", -3, "readonly fast", 1, 1, 1, cmd_fields, RC_HMGET},
+    {"hmset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_OK},
+    {"hdel", -3, "write fast", 1, 1, 1, cmd_fields, RC_HDEL},
+    {"hexists", 3, "readonly fast", 1, 1, 1, cmd_hexists, RC_HEXISTS},
+    {"hgetall", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HGETALL},
+    {"hsetnx", 4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSETNX},
+    {"hincrby", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBY},
+    {"hincrbyfloat", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBYFLOAT},
+    {"hkeys", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HKEYS},
+    {"hvals", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HVALS},
+    {"hlen", 2, "readonly fast", 1, 1, 1, cmd_hlen, RC_HLEN},
+    {"hstrlen", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HSTRLEN},
+    {"hscan", -3, "readonly", 1, 1, 1, cmd_hscan, RC_HSCAN},
+    {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS},
+    {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE},
+    {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE},
+    {"echo", 2, "fast", 0, 0, 0, cmd_echo, RC_NONE},
+    {"info", -1, "loading stale", 0, 0, 0, cmd_info, RC_INFO},
+    {"command", -1, "loading stale", 0, 0, 0, cmd_command, RC_NONE},
+    {"client", -2, "loading stale", 0, 0, 0, cmd_client, RC_NONE},
+    {"hello", -1, "fast noauth", 0, 0, 0, cmd_hello, RC_NONE},
+    {"auth", -2, "fast noauth", 0, 0, 0, cmd_auth, RC_NONE},
+    {"select", 2, "fast loading stale", 0, 0, 0, cmd_select, RC_NONE},
+    {"config", -2, "admin loading stale", 0, 0, 0, cmd_config, RC_NONE},
+    {"quit", -1, "fast noauth", 0, 0, 0, cmd_quit, RC_NONE},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const cmd_t *lookup(const kvs_redis_arg_t *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (kvs_redis_arg_is(name, commands[i].name))
+            return &commands[i];
+    return NULL;
+}
+
+static void put_simple_or_bulk(kvs_buf_t *b, const char *s)
+{
+    kvs_redis_simple(b, s);
+}
+
+/* One COMMAND INFO entry, as Redis 7 lays it out. */
+static void command_entry(kvs_buf_t *b, const cmd_t *c)
+{
+    char flags[64];
+    size_t nflags = 0;
+    kvs_redis_array(b, 10);
+    kvs_redis_bulk(b, c->name, strlen(c->name));
+    kvs_redis_integer(b, c->arity);
+    snprintf(flags, sizeof(flags), "%s", c->flags);
+    for (char *s = flags; *s != '\0'; s++)
+        nflags += (s == flags || s[-1] == ' ') && *s != ' ';
+    kvs_redis_array(b, nflags);
+    for (char *tok = strtok(flags, " "); tok != NULL; tok = strtok(NULL, " "))
+        put_simple_or_bulk(b, tok);
+    kvs_redis_integer(b, c->first);
+    kvs_redis_integer(b, c->last);
+    kvs_redis_integer(b, c->step);
+    kvs_redis_array(b, 0); /* ACL categories */
+    kvs_redis_array(b, 0); /* tips */
+    kvs_redis_array(b, 0); /* key specs */
+    kvs_redis_array(b, 0); /* subcommands */
+}
+
+/* COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND DOCS [name...]. */
+static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc;
+    kvs_buf_t *b = &req->resp;
+    (void)cl, (void)cmd;
+    b->len = 0;
+    if (argc == 1) {
+        kvs_redis_array(b, N_COMMANDS);
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            command_entry(b, &commands[i]);
+    } else if (kvs_redis_arg_is(&a[1], "count") && argc == 2) {
+        kvs_redis_integer(b, N_COMMANDS);
+    } else if (kvs_redis_arg_is(&a[1], "info")) {
+        kvs_redis_array(b, argc - 2);
+        for (size_t i = 2; i < argc; i++) {
+            const cmd_t *c = lookup(&a[i]);
+            if (c != NULL)
+                command_entry(b, c);
+            else
+                kvs_redis_null(b, rs->resp3);
+        }
+    } else if (kvs_redis_arg_is(&a[1], "docs")) {
+        size_t n = 0;
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            for (size_t k = 2; k <= argc; k++)
+                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
+                    n++;
+                    break;
+                }
+        kvs_redis_map(b, n, rs->resp3);
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            for (size_t k = 2; k <= argc; k++)
+                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
+                    kvs_redis_bulk(b, commands[i].name, strlen(commands[i].name));
+                    kvs_redis_map(b, 1, rs->resp3);
+                    kvs_redis_bulk(b, "group", 5);
+                    kvs_redis_bulk(b, commands[i].rcmd != RC_NONE ? "hash" : "connection",
+                                   commands[i].rcmd != RC_NONE ? 4 : 10);
+                    break;
+                }
+    } else {
+        return reply_error(req, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.", shown(&a[1]),
+                           (const char *)a[1].p);
+    }
+    finish_raw(req);
+}
+
+/* Redis's "unknown command" error, word for word. */
+static void unknown_command(router_redis_t *rs, router_req_t *req)
+{
+    char args[200];
+    size_t n = 0;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    args[0] = '\0';
+    for (size_t i = 1; i < rs->ps.argc && n < 128; i++) {
+        int k = snprintf(args + n, sizeof(args) - n, "'%.*s' ",
+                         (int)(128 - n < a[i].len ? 128 - n : a[i].len), (const char *)a[i].p);
+        if (k < 0 || (size_t)k >= sizeof(args) - n)
+            break;
+        n += (size_t)k;
+    }
+    reply_error(req, "ERR unknown command '%.*s', with args beginning with: %s", shown(&a[0]),
+                (const char *)a[0].p, args);
+}
+
+void router_redis_command(router_redis_t *rs, router_client_t *cl)
+{
+    if (rs->quit) {
+        router_client_close_after_answers(cl); /* the rest of the input is gone now */
+        return;
+    }
+    if (rs->ps.argc == 0)
+        return; /* an empty line or empty multibulk: no reply, as Redis */
+    router_req_t *req = router_client_enqueue(cl);
+    if (req == NULL)
+        return; /* the client is being closed for lack of memory */
+    const cmd_t *cmd = lookup(&rs->ps.argv[0]);
+    size_t argc = rs->ps.argc;
+    /* As in router_route: a request finished while its command runs is
+     * delivered after, by router_client_routed, never under the handler. */
+    req->in_route = 1;
+    if (cmd == NULL)
+        unknown_command(rs, req);
+    else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
+             (cmd->arity < 0 && argc < (size_t)-cmd->arity))
+        reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    else
+        cmd->fn(rs, cl, req, cmd);
+    req->in_route = 0;
+    kvs_arena_reset(&rs->r->redis_arena);
+    router_client_routed(cl, req);
+    if (rs->quit)
+        router_client_close_after_answers(cl);
+}
+
+/* ---- answers ------------------------------------------------------------------------------- */
+
+/* A stored Value as Redis shows it: bytes for text and binary, decimal text
+ * for numbers and bools. */
+static void value_text(const Kvs__Value *v, char *num, const uint8_t **p, size_t *n)
+{
+    switch (v->kind_case) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+        *p = v->string_value.data;
+        *n = v->string_value.len;
+        return;
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        *p = v->binary_value.data;
+        *n = v->binary_value.len;
+        return;
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        *n = (size_t)snprintf(num, 32, "%lld", (long long)v->integer_value);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        *n = kvs_redis_format_double(num, v->float_value);
+        break;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        *n = (size_t)snprintf(num, 32, "%d", v->bool_value ? 1 : 0);
+        break;
+    default:
+        *n = 0;
+        break;
+    }
+    *p = (const uint8_t *)num;
+}
+
+static int bulk_value(kvs_buf_t *out, const Kvs__Value *v, int resp3)
+{
+    char num[32];
+    const uint8_t *p;
+    size_t n;
+    if (v == NULL || v->kind_case == KVS__VALUE__KIND__NOT_SET)
+        return kvs_redis_null(out, resp3);
+    value_text(v, num, &p, &n);
+    return kvs_redis_bulk(out, p, n);
+}
+
+static int is_empty(const Kvs__Value *v)
+{
+    return v == NULL || v->kind_case == KVS__VALUE__KIND__NOT_SET;
+}
+
+/* HINCRBY's errors in Redis's words (the kvs message says more). */
+static int incr_error(kvs_buf_t *out, const char *msg)
+{
+    static const char *const known[] = {
+        "hash value is not an integer",
+        "hash value is not a float",
+        "increment or decrement would overflow",
+        "increment would produce NaN or Infinity",
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strstr(msg, known[i]) != NULL)
+            return kvs_redis_error(out, "ERR %s", known[i]);
+    return kvs_redis_error(out, "ERR %s", msg);
+}
+
+static int answer_pairs(router_redis_t *rs, router_req_t *req, const Kvs__CommandResponse *a,
+                        kvs_buf_t *out)
+{
+    size_t n = a->n_pairs;
+    if (req->rcmd == RC_HGETALL)
+        kvs_redis_map(out, n, rs->resp3);
+    else
+        kvs_redis_array(out, n);
+    for (size_t i = 0; i < n; i++) {
+        const Kvs__Kvpair *p = a->pairs[i];
+        if (req->rcmd != RC_HVALS)
+            kvs_redis_bulk(out, p->key.data, p->key.len);
+        if (req->rcmd != RC_HKEYS)
+            bulk_value(out, p->value, rs->resp3);
+    }
+    return 0;
+}
+
+static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__CommandResponse *a,
+                       kvs_buf_t *out)
+{
+    const scan_ctx_t *sc = req->rctx;
+    char num[24];
+    uint64_t seq = 0;
+    if (a->cursor.len > 0 &&
+        (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
+        return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_pairs; i++)
+        n += !req->rflags ||
+             kvs_redis_glob(sc->pat, sc->plen, a->pairs[i]->key.data, a->pairs[i]->key.len, 0);
+    kvs_redis_array(out, 2);
+    int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+    kvs_redis_bulk(out, num, (size_t)k);
+    kvs_redis_array(out, 2 * n);
+    for (size_t i = 0; i < a->n_pairs; i++) {
+        const Kvs__Kvpair *p = a->pairs[i];
+        if (req->rflags && !kvs_redis_glob(sc->pat, sc->plen, p->key.data, p->key.len, 0))
+            continue;
+        kvs_redis_bulk(out, p->key.data, p->key.len);
+        bulk_value(out, p->value, rs->resp3);
+    }
+    return 0;
+}
+
+static int answer_info(router_redis_t *rs, router_req_t *req, const Kvs__CommandResponse *a,
+                       kvs_buf_t *out)
+{
+    kvs_buf_t t;
+    kvs_buf_init(&t);
+    info_server(rs, &t);
+    if (!req->rflags) {
+        kvs_buf_append(&t, "\r\n# Kvs\r\n", 9);
+        for (size_t i = 0; i < a->n_pairs; i++) {
+            char num[32];
+            const uint8_t *p;
+            size_t n;
+            value_text(a->pairs[i]->value, num, &p, &n);
+            kvs_buf_append(&t, a->pairs[i]->key.data, a->pairs[i]->key.len);
+            kvs_buf_append(&t, ":", 1);
+            kvs_buf_append(&t, p, n);
+            kvs_buf_append(&t, "\r\n", 2);
+        }
+    }
+    int rc = kvs_redis_verbatim(out, t.data, t.len, rs->resp3);
+    kvs_buf_free(&t);
+    return rc;
+}
+
+/* The reply for a 200 answer. */
+static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandResponse *a,
+                     kvs_buf_t *out)
+{
+    const Kvs__Value *v0 = a->n_values > 0 ? a->values[0] : NULL;
+    char num[32];
+    const uint8_t *p;
+    size_t n, count = 0;
+    switch (req->rcmd) {
+    case RC_HGET:
+        return bulk_value(out, v0, rs->resp3);
+    case RC_HSET:
+    case RC_HDEL:
+        for (size_t i = 0; i < a->n_values; i++)
+            count += req->rcmd == RC_HSET ? is_empty(a->values[i]) : !is_empty(a->values[i]);
+        return kvs_redis_integer(out, (int64_t)count);
+    case RC_HSETNX:
+        return kvs_redis_integer(out, is_empty(v0));
+    case RC_OK:
+        return kvs_redis_simple(out, "OK");
+    case RC_HMGET:
+        kvs_redis_array(out, a->n_values);
+        for (size_t i = 0; i < a->n_values; i++)
+            bulk_value(out, a->values[i], rs->resp3);
+        return 0;
+    case RC_HEXISTS:
+        return kvs_redis_integer(out, v0 != NULL && v0->bool_value);
+    case RC_HGETALL:
+    case RC_HKEYS:
+    case RC_HVALS:
+        return answer_pairs(rs, req, a, out);
+    case RC_HLEN:
+    case RC_EXISTS:
+        n = v0 != NULL ? (size_t)v0->integer_value : 0;
+        return kvs_redis_integer(out, req->rcmd == RC_EXISTS ? n > 0 : (int64_t)n);
+    case RC_HSTRLEN:
+        if (is_empty(v0))
+            return kvs_redis_integer(out, 0);
+        value_text(v0, num, &p, &n);
+        return kvs_redis_integer(out, (int64_t)n);
+    case RC_HINCRBY:
+        return kvs_redis_integer(out, v0 != NULL ? v0->integer_value : 0);
+    case RC_HINCRBYFLOAT:
+        return bulk_value(out, v0, rs->resp3);
+    case RC_HSCAN:
+        return answer_scan(rs, req, a, out);
+    case RC_INFO:
+        return answer_info(rs, req, a, out);
+    default:
+        return kvs_redis_error(out, "ERR internal error: no reply shape for this command");
+    }
+}
+
+/* A value read without decoding, as Redis shows it (see value_text). */
+static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
+{
+    char num[32];
+    size_t n;
+    switch (v->kind) {
+    case KVS__VALUE__KIND__NOT_SET:
+        return kvs_redis_null(out, resp3);
+    case KVS__VALUE__KIND_STRING_VALUE:
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        return kvs_redis_bulk(out, v->bytes, v->len);
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        n = (size_t)snprintf(num, sizeof(num), "%lld", (long long)v->integer);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        n = kvs_redis_format_double(num, v->real);
+        break;
+    default:
+        n = (size_t)snprintf(num, sizeof(num), "%d", v->boolean ? 1 : 0);
+        break;
+    }
+    return kvs_redis_bulk(out, num, n);
+}
+
+/* The answers of the single-key commands, read without decoding them (the
+ * hot path). Returns 1 when it wrote the reply (*rc its result), 0 when the
+ * answer needs the full decoder. */
+static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                       kvs_buf_t *out, int *rc)
+{
+    kvs_answer_peek_t a;
+    kvs_value_peek_t v;
+    int rcmd = req->rcmd;
+    if ((rcmd != RC_HGET && rcmd != RC_HEXISTS && rcmd != RC_HSET && rcmd != RC_HSETNX &&
+         rcmd != RC_HSTRLEN) ||
+        !kvs_msg_answer_peek(payload, len, &a) || a.status != KVS_STATUS_OK || a.n_values != 1 ||
+        !kvs_msg_value_peek(a.value, a.value_len, &v))
+        return 0;
+    switch (rcmd) {
+    case RC_HGET:
+        *rc = bulk_peeked(out, &v, rs->resp3);
+        return 1;
+    case RC_HEXISTS:
+        *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND_BOOL_VALUE && v.boolean);
+        return 1;
+    case RC_HSET:
+    case RC_HSETNX:
+        *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND__NOT_SET);
+        return 1;
+    default: /* RC_HSTRLEN */
+        if (v.kind == KVS__VALUE__KIND_STRING_VALUE || v.kind == KVS__VALUE__KIND_BINARY_VALUE ||
+            v.kind == KVS__VALUE__KIND__NOT_SET) {
+            *rc = kvs_redis_integer(out, (int64_t)v.len);
+            return 1;
+        }
+        return 0;
+    }
+}
+
+int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                        kvs_buf_t *out)
+{
+    int fast_rc;
+    if (answer_fast(rs, req, payload, len, out, &fast_rc))
+        return fast_rc;
+    kvs_arena_t *ar = &rs->r->reply_arena;
+    Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
+    int rc;
+    if (a == NULL)
+        rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
+    else if (a->status == KVS_STATUS_OK)
+        rc = answer_ok(rs, req, a, out);
+    else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
+        rc = req->rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+    else if (req->rcmd == RC_HINCRBY || req->rcmd == RC_HINCRBYFLOAT)
+        rc = a->status == KVS_STATUS_BAD_REQUEST ? incr_error(out, a->message)
+                                                 : kvs_redis_error(out, "ERR %s", a->message);
+    else
+        rc = kvs_redis_error(out, "ERR %s", a->message);
+    kvs_arena_reset(ar);
+    return rc;
+}

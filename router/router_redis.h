@@ -1,0 +1,61 @@
+/*
+ * router_redis: the router's second front door, the Redis protocol (RESP2,
+ * and RESP3 after HELLO 3), for redis-cli, redis-benchmark and every Redis
+ * client library. A Redis key is a kvs table, a hash field is a kvs key.
+ *
+ * Each RESP command becomes one router request in the client's FIFO, like
+ * a protobuf frame: commands kvs answers by itself (PING, ECHO, HELLO,
+ * COMMAND, CLIENT, SELECT, CONFIG GET, QUIT, AUTH) are finished here with
+ * their RESP reply; the hash commands are turned into a kvs CommandRequest
+ * and go through router_route, the same routing, fan-out, bounds and
+ * limits as protobuf clients, and their kvs answer is turned into the
+ * reply shape Redis gives (router_redis_answer).
+ *
+ * Values: a bulk string written is stored as string_value when it is valid
+ * UTF-8, else binary_value; integer, float and bool values read back as
+ * decimal text ("1"/"0" for bools).
+ */
+#ifndef ROUTER_REDIS_H
+#define ROUTER_REDIS_H
+
+#include "kvs_buf.h"
+#include "kvs_conn.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct router_s router_t;
+typedef struct router_client_s router_client_t;
+typedef struct router_req_s router_req_t;
+typedef struct router_redis_s router_redis_t;
+
+/* Per-client RESP state (parser, protocol version, name). NULL when out of
+ * memory. */
+router_redis_t *router_redis_new(router_t *r, uint64_t client_id);
+void router_redis_free(router_redis_t *rs);
+
+/* The codec to set on the client's connection. */
+const kvs_codec_t *router_redis_codec(router_redis_t *rs);
+
+/* The connection delivered a complete command (it is in rs's parser):
+ * runs it as zero or one request of `cl`. */
+void router_redis_command(router_redis_t *rs, router_client_t *cl);
+
+/* Input ended with `err` (KVS_EPROTO: the parser's error; KVS_ELIMIT: the
+ * input budget): writes the error reply Redis would give into `req`. */
+void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err);
+
+/* Appends the RESP reply for `req` to `out`, given the kvs answer payload
+ * (an encoded CommandResponse). Returns 0 or -ENOMEM. */
+int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                        kvs_buf_t *out);
+
+/* The reply to a connection refused at limits.max_clients. */
+extern const char router_redis_too_many_clients[];
+
+/* Cursor registry for HSCAN (router-wide): Redis cursors are numbers, kvs
+ * cursors are bytes, so the router keeps the bytes and hands out a number.
+ * Bounded: the oldest of ROUTER_REDIS_CURSORS entries is forgotten first. */
+void router_redis_cursors_free(router_t *r);
+
+#endif

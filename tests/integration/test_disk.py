@@ -1,0 +1,250 @@
+"""Disk: what writes cost on disk and in the LMDB map, full and nearly full
+disks, and failed commits, through a real kvs-node.
+
+A full disk is made without privileges by lowering the running worker's
+RLIMIT_FSIZE (Node.limit_growth): its data file may not grow past the limit,
+and a write past it fails as on a full disk (EFBIG, or a short write that
+LMDB reports as EIO; kvs-node ignores SIGXFSZ). These variants always run.
+When the test may mount (root in CI), the full-disk scenario also runs on a
+small tmpfs, where the failure is a real ENOSPC; otherwise it is skipped.
+
+What is checked:
+  - disk allocated (st_blocks of data.mdb) stays within a small factor of
+    the bytes written, and a delete of absent keys allocates nothing and
+    does not grow the map;
+  - with little room left, small writes are still taken;
+  - on a full disk, deletes still commit and the space they free is reused;
+  - a commit that fails turns every answer of its batch into an error (from
+    several clients pipelining at once) and none of its writes is visible.
+"""
+import os
+import subprocess
+import threading
+import unittest
+
+from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset
+
+def allocated(n):
+    """Bytes of disk data.mdb takes (st_blocks), not its apparent size."""
+    return os.stat(n.data_file()).st_blocks * 512
+
+
+def map_size(client):
+    req = pb.CommandRequest()
+    req.info.SetInParent()
+    resp = client.call(req)
+    assert resp.status == 200, resp.message
+    pairs = {p.key.decode(): pyval(p.value) for p in resp.pairs}
+    return pairs["shard.000.map_size"]
+
+
+class DiskTest(NodeTestCase):
+    def assertStatus(self, resp, status):
+        self.assertEqual(resp.status, status, resp.message)
+
+    def fill(self, c, table="fill", size=4000):
+        """Writes `size`-byte values until not even one more fits: 20 per
+        pipeline until a batch gets 507, then one at a time. Returns the keys
+        stored (every answer is 200 until the first 507)."""
+        stored, batch = [], 20
+        for i in range(5000):
+            keys = ["f%06d" % (i * 20 + j) for j in range(batch)]
+            answers = c.pipeline(req_hset(table, k, "v" * size) for k in keys)
+            for k, a in zip(keys, answers):
+                if a.status == 507:
+                    self.assertIn("storage is full", a.message)
+                    if batch == 1:
+                        return stored
+                    batch = 1
+                    break
+                self.assertStatus(a, 200)
+                stored.append(k)
+        self.fail("the data file never filled up")
+
+    def on_tmpfs(self, n, size):
+        """Starts node n (created with start=False) with its data_dir on a
+        tmpfs of `size`; skips the test where mounting is not allowed."""
+        os.makedirs(n.data_dir)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs",
+                                  n.data_dir], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL).returncode
+        if mounted != 0:
+            self.skipTest("cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE variant ran")
+
+        def unmount():
+            n.kill9()
+            subprocess.run(["umount", n.data_dir], check=False)
+
+        self.addCleanup(unmount)
+        n.start()
+        return n
+
+    # ---- what writes cost --------------------------------------------------
+
+    def test_hmdel_of_absent_keys_allocates_nothing(self):
+        # One Hmdel of 20,000 absent keys (~260 KB) used to reserve 10 pages
+        # per key: 845 MiB of data.mdb and a map doubled to 2 GiB.
+        n = self.node()
+        with n.client() as c:
+            self.assertOk(c.hset("t", "present", "v"))
+            disk, mapped = allocated(n), map_size(c)
+            keys = ["absent%06d" % i for i in range(20000)]
+            r = c.call(req_hmdel("t", keys))
+            self.assertOk(r)
+            self.assertEqual(len(r.values), len(keys))
+            self.assertTrue(all(pyval(v) is None for v in r.values))
+            self.assertEqual(allocated(n), disk)
+            self.assertEqual(map_size(c), mapped)
+            self.assertEqual(pyval(c.hget("t", "present").values[0]), "v")
+
+    def test_hmdel_of_many_keys_does_not_balloon_the_map(self):
+        # Deleting 20,000 small keys in one request dirties at most the few
+        # hundred pages they live on; priced at a tree path per key it grew
+        # the map by GiBs.
+        n = self.node()
+        with n.client() as c:
+            keys = ["k%06d" % i for i in range(20000)]
+            for i in range(0, len(keys), 5000):
+                self.assertOk(c.hmset("t", [(k, "v") for k in keys[i:i + 5000]]))
+            mapped = map_size(c)
+            r = c.hmdel("t", keys)
+            self.assertOk(r)
+            self.assertTrue(all(pyval(v) == "v" for v in r.values))
+            self.assertEqual(map_size(c), mapped)
+            self.assertEqual(c.hget("t", "k000000").status, 404)
+
+    def test_disk_allocated_follows_bytes_written(self):
+        n = self.node()
+        written = 0
+        with n.client() as c:
+            for b in range(40):
+                pairs = [("k%05d" % (b * 100 + i), "x" * 1000) for i in range(100)]
+                self.assertOk(c.hmset("t", pairs))
+                written += sum(len(k) + len(v) for k, v in pairs)
+            for i in range(200):  # single writes, overwrites of the same size
+                self.assertOk(c.hset("t", "k%05d" % i, "y" * 1000))
+        # B-tree pages after splits are at least half full, and a commit's
+        # freed pages wait two commits for reuse: within 2x, plus a little.
+        self.assertLessEqual(allocated(n), 2 * written + (1 << 20),
+                             "data.mdb takes %d bytes for %d bytes written"
+                             % (allocated(n), written))
+
+    # ---- small and full disks ----------------------------------------------
+
+    def small_room_takes_small_writes(self, n):
+        """2,000 writes of 100 bytes on node n, which has about 1 MiB of
+        room: every one is taken (each batch used to reserve up to 64 MiB
+        ahead, and answered 507 when it could not)."""
+        with n.client() as c:
+            for b in range(20):
+                answers = c.pipeline(req_hset("t", "s%05d" % (b * 100 + i), "v" * 100)
+                                     for i in range(100))
+                for a in answers:
+                    self.assertStatus(a, 200)
+            self.assertEqual(pyval(c.hget("t", "s01999").values[0]), "v" * 100)
+        self.assertEqual(n.stop(), 0, n.stderr())
+
+    def test_small_room_takes_small_writes(self):
+        for sync in ("full", "batch", "none"):
+            with self.subTest(sync=sync):
+                n = self.node(sync=sync)
+                n.limit_growth(1 << 20)
+                self.small_room_takes_small_writes(n)
+
+    def test_small_tmpfs_takes_small_writes(self):
+        n = self.on_tmpfs(self.node(start=False), "2m")
+        self.small_room_takes_small_writes(n)
+
+    def full_disk_deletes_then_writes(self, n):
+        """Fills node n's disk; then deletes commit, and once two 16 KB
+        values are deleted and one more commit happened (LMDB reuses a
+        commit's freed pages from the second commit after it), a 16 KB value
+        fits again. Data stored before stays intact throughout."""
+        with n.client() as c:
+            self.assertOk(c.hmset("t", [("big1", "b" * 16000), ("big2", "b" * 16000)]))
+            stored = self.fill(c)
+            self.assertGreater(len(stored), 10)
+            self.assertStatus(c.hset("t", "big3", "b" * 16000), 507)
+            r = c.hmdel("t", ["big1", "big2"])
+            self.assertOk(r)
+            self.assertEqual([pyval(v) for v in r.values], ["b" * 16000] * 2)
+            self.assertOk(c.hdel("fill", stored[0]))
+            self.assertOk(c.hset("t", "big3", "b" * 16000))
+            self.assertEqual(c.hget("t", "big1").status, 404)
+            self.assertEqual(pyval(c.hget("t", "big3").values[0]), "b" * 16000)
+            self.assertEqual(pyval(c.hget("fill", stored[-1]).values[0]), "v" * 4000)
+        self.assertEqual(n.stop(), 0, n.stderr())
+
+    def test_deletes_work_on_a_full_disk(self):
+        n = self.node()
+        with n.client() as c:
+            self.assertOk(c.hset("t", "warm", "up"))
+        n.limit_growth(512 << 10)
+        self.full_disk_deletes_then_writes(n)
+
+    def test_deletes_work_on_a_full_tmpfs(self):
+        n = self.on_tmpfs(self.node(start=False), "2m")
+        self.full_disk_deletes_then_writes(n)
+        self.assertRegex(n.stderr(), "file system is full|No space left on device")
+
+    # ---- a commit that fails -------------------------------------------------
+
+    def test_failed_commit_fails_every_answer_of_its_batch(self):
+        # The data file may not grow at all: any batch holding a new 20 KB
+        # value (five pages in a row, which no freed space holds) fails at
+        # mdb_txn_commit. Four clients pipeline writes and reads of their
+        # own new keys at the same moment; every write must get 507 (not
+        # 200), no read may show an uncommitted value, and afterwards none
+        # of the writes is there. (Deletes are left out: a delete may well
+        # commit on a full disk.)
+        n = self.node()
+        with n.client() as c:
+            self.assertOk(c.hmset("t", [("old%d" % i, "kept") for i in range(50)]))
+        n.limit_growth(0)
+        clients = [n.client() for _ in range(4)]
+        for c in clients:
+            self.addCleanup(c.close)
+        answers = [None] * len(clients)
+        start = threading.Barrier(len(clients))
+
+        def run(i, c):
+            reqs = []
+            for j in range(25):
+                reqs.append(req_hset("t", "new-%d-%d" % (i, j), "n" * 20000))
+                reqs.append(req_hget("t", "new-%d-%d" % (i, j)))
+                reqs.append(req_hget("t", "old%d" % j))
+            start.wait(10)
+            answers[i] = (reqs, c.pipeline(reqs))
+
+        threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertFalse(any(t.is_alive() for t in threads), "clients hung")
+        for i, (reqs, resps) in enumerate(answers):
+            for req, resp in zip(reqs, resps):
+                if req.WhichOneof("command") == "hset":
+                    self.assertStatus(resp, 507)
+                    self.assertIn("write batch holding this request was not stored",
+                                  resp.message)
+                elif req.hget.key.startswith(b"new"):
+                    # inside the failed batch: an error; before it: missing
+                    self.assertIn(resp.status, (404, 507), resp.message)
+                elif resp.status == 200:
+                    self.assertEqual(pyval(resp.values[0]), "kept")
+                else:
+                    self.assertStatus(resp, 507)
+        with n.client() as c:
+            for i in range(4):
+                self.assertEqual(c.hget("t", "new-%d-0" % i).status, 404)
+                self.assertEqual(pyval(c.hget("t", "old%d" % i).values[0]), "kept")
+            n.unlimit_growth()
+            self.assertOk(c.hset("t", "new-0-0", "now"))
+            self.assertEqual(pyval(c.hget("t", "new-0-0").values[0]), "now")
+        self.assertIn("write batch", n.stderr())
+        self.assertEqual(n.stop(), 0, n.stderr())
+
+
+if __name__ == "__main__":
+    unittest.main()

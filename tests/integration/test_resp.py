@@ -1,0 +1,323 @@
+"""The Redis protocol front door (router.resp_listen), driven by real Redis
+clients only: redis-cli (one-shot, interactive under a pty, --pipe),
+redis-benchmark, and Debian's python3-redis; RESP3 and protocol errors on a
+raw socket, byte for byte. Values written through one protocol are read
+back through the other.
+"""
+import os
+import pty
+import select
+import socket
+import subprocess
+import time
+import unittest
+
+import redis
+
+from kvstest import SANITIZED, pb, pyval, req_hget, req_hset
+from routertest import RouterTestCase, free_port
+
+CLI = "redis-cli"
+BENCH = "redis-benchmark"
+
+
+class RespTestCase(RouterTestCase):
+    def resp_router(self, shards=2, extra=""):
+        self.rport = free_port()
+        r = self.router(shards=shards,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport],
+                        extra_yaml=extra)
+        self.r = r
+        return r
+
+    def redis(self, **kw):
+        c = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def cli(self, *args, input=None, timeout=60):
+        return subprocess.run([CLI, "-h", "127.0.0.1", "-p", str(self.rport)] + list(args),
+                              input=input, capture_output=True, timeout=timeout)
+
+    def raw(self):
+        s = socket.create_connection(("127.0.0.1", self.rport), timeout=10)
+        self.addCleanup(s.close)
+        return s
+
+    def exchange(self, s, data, want_len=None, until=None):
+        """Sends `data`; reads until `until` (bytes) ends the reply, or EOF."""
+        s.sendall(data)
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if until is not None and got.endswith(until):
+                return got
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                return got
+            if not chunk:
+                return got
+            got += chunk
+        return got
+
+
+class RedisPyTest(RespTestCase):
+    def test_every_hash_command_through_redis_py(self):
+        self.resp_router()
+        c = self.redis()
+        self.assertTrue(c.ping())
+        self.assertEqual(c.echo("hi"), b"hi")
+        self.assertEqual(c.hset("h", "f1", "v1"), 1)
+        self.assertEqual(c.hset("h", mapping={"f1": "x", "f2": "v2", "f3": "v3"}), 2)
+        self.assertEqual(c.hget("h", "f1"), b"x")
+        self.assertIsNone(c.hget("h", "missing"))
+        self.assertIsNone(c.hget("nosuchtable", "f"))
+        self.assertEqual(c.hmget("h", ["f1", "nope", "f3"]), [b"x", None, b"v3"])
+        self.assertEqual(c.hgetall("h"), {b"f1": b"x", b"f2": b"v2", b"f3": b"v3"})
+        self.assertEqual(sorted(c.hkeys("h")), [b"f1", b"f2", b"f3"])
+        self.assertEqual(sorted(c.hvals("h")), [b"v2", b"v3", b"x"])
+        self.assertEqual(c.hlen("h"), 3)
+        self.assertEqual(c.hlen("nosuchtable"), 0)
+        self.assertEqual(c.hstrlen("h", "f2"), 2)
+        self.assertEqual(c.hstrlen("h", "nope"), 0)
+        self.assertTrue(c.hexists("h", "f1"))
+        self.assertFalse(c.hexists("h", "nope"))
+        self.assertFalse(c.hsetnx("h", "f1", "other"))
+        self.assertTrue(c.hsetnx("h", "f4", "v4"))
+        self.assertEqual(c.hget("h", "f1"), b"x")
+        self.assertEqual(c.hmset("h2", {"a": "1", "b": "2"}), True)
+        self.assertEqual(c.hdel("h", "f1", "f2", "nope", "f1"), 2)
+        self.assertEqual(c.hincrby("n", "c", 5), 5)
+        self.assertEqual(c.hincrby("n", "c", -7), -2)
+        self.assertAlmostEqual(c.hincrbyfloat("n", "f", 1.5), 1.5)
+        self.assertAlmostEqual(c.hincrbyfloat("n", "f", 0.25), 1.75)
+        self.assertEqual(c.exists("h"), 1)
+        self.assertEqual(c.exists("nosuchtable"), 0)
+        self.assertTrue(c.execute_command("SELECT", 0))
+
+    def test_errors_as_redis_gives_them(self):
+        self.resp_router()
+        c = self.redis()
+        c.hset("h", "s", "abc")
+        with self.assertRaisesRegex(redis.ResponseError, "^hash value is not an integer$"):
+            c.hincrby("h", "s", 1)
+        c.hset("h", "big", str(2**63 - 1))
+        with self.assertRaisesRegex(redis.ResponseError, "would overflow"):
+            c.hincrby("h", "big", 1)
+        self.assertEqual(c.hget("h", "big"), str(2**63 - 1).encode())  # unchanged
+        with self.assertRaisesRegex(redis.ResponseError, "value is not an integer"):
+            c.execute_command("HINCRBY", "h", "x", "1.5")
+        with self.assertRaisesRegex(
+                redis.ResponseError,
+                r"^unknown command 'NOSUCH', with args beginning with: 'a' 'b' $"):
+            c.execute_command("NOSUCH", "a", "b")
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    "^wrong number of arguments for 'hget' command$"):
+            c.execute_command("HGET", "h")
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    "wrong number of arguments for 'hset' command"):
+            c.execute_command("HSET", "h", "f", "v", "g")
+        with self.assertRaisesRegex(redis.ResponseError, "DB index is out of range"):
+            c.execute_command("SELECT", 1)
+        with self.assertRaisesRegex(redis.ResponseError, "HDEL"):
+            c.delete("h")
+        with self.assertRaisesRegex(redis.ResponseError, "reserved"):  # kvs's own rules
+            c.hset("__kvs", "f", "v")
+
+    def test_pipelines_keep_order(self):
+        self.resp_router(shards=4)
+        c = self.redis()
+        p = c.pipeline(transaction=False)
+        for i in range(500):
+            p.hset("t", "k%d" % i, "v%d" % i)
+            p.hget("t", "k%d" % (i // 2))
+        out = p.execute()
+        for i in range(500):
+            self.assertEqual(out[2 * i], 1)
+            self.assertEqual(out[2 * i + 1], ("v%d" % (i // 2)).encode())
+
+    def test_hscan_iter_walks_every_field_once(self):
+        self.resp_router(shards=4)
+        c = self.redis()
+        want = {("f%04d" % i).encode(): ("v%d" % i).encode() for i in range(1200)}
+        c.hset("big", mapping=want)
+        got = {}
+        for k, v in c.hscan_iter("big", count=100):
+            self.assertNotIn(k, got)
+            got[k] = v
+        self.assertEqual(got, want)
+        matched = dict(c.hscan_iter("big", match="f00*", count=7))
+        self.assertEqual(set(matched), {k for k in want if k.startswith(b"f00")})
+        with self.assertRaisesRegex(redis.ResponseError, "invalid cursor"):
+            c.hscan("big", cursor=987654321)
+
+    def test_client_commands(self):
+        self.resp_router()
+        c = self.redis()
+        self.assertIsInstance(c.client_id(), int)
+        self.assertTrue(c.client_setname("worker-1"))
+        self.assertEqual(c.client_getname(), "worker-1")
+        with self.assertRaisesRegex(redis.ResponseError, "cannot contain spaces"):
+            c.client_setname("a b")
+        info = c.info()
+        self.assertEqual(info["redis_version"], "7.0.15")
+        self.assertIn("kvs_version", info)
+        self.assertEqual(c.config_get("appendonly"), {"appendonly": "no"})
+        self.assertGreater(c.command_count(), 10)
+
+
+class CrossProtocolTest(RespTestCase):
+    def test_values_read_back_through_the_other_protocol(self):
+        r = self.resp_router()
+        c = self.redis()
+        c.hset("x", "text", "h\u00e9llo")
+        c.hset("x", "bin", b"\xff\x00\xfe")
+        with r.client() as pbc:
+            self.assertEqual(pyval(pbc.hget("x", "text").values[0]), "h\u00e9llo")
+            self.assertEqual(pbc.hget("x", "text").values[0].WhichOneof("kind"), "string_value")
+            self.assertEqual(pyval(pbc.hget("x", "bin").values[0]), b"\xff\x00\xfe")
+            self.assertEqual(pbc.hget("x", "bin").values[0].WhichOneof("kind"), "binary_value")
+            for k, v in [("i", -42), ("f", 0.1), ("t", True), ("n", False), ("s", "a\0b")]:
+                self.assertEqual(pbc.hset("y", k, v).status, 200)
+        self.assertEqual(c.hget("y", "i"), b"-42")
+        self.assertEqual(c.hget("y", "f"), b"0.1")
+        self.assertEqual(c.hget("y", "t"), b"1")
+        self.assertEqual(c.hget("y", "n"), b"0")
+        self.assertEqual(c.hget("y", "s"), b"a\0b")
+        self.assertEqual(c.hincrby("y", "i", 2), -40)
+        with r.client() as pbc:
+            v = pbc.hget("y", "i").values[0]
+            self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))
+
+
+class RedisCliTest(RespTestCase):
+    def test_one_shot(self):
+        self.resp_router()
+        self.assertEqual(self.cli("hset", "t", "a", "1", "b", "2").stdout, b"2\n")
+        self.assertEqual(self.cli("hgetall", "t").stdout, b"a\n1\nb\n2\n")
+        self.assertEqual(self.cli("hmget", "t", "a", "zz").stdout, b"1\n\n")
+        out = self.cli("hincrby", "t", "a", "x")
+        self.assertIn(b"ERR value is not an integer or out of range", out.stdout + out.stderr)
+        self.assertEqual(self.cli("-3", "hgetall", "t").stdout, b"a 1\nb 2\n")  # a map
+
+    def test_interactive_under_a_pty(self):
+        self.resp_router()
+        pid, fd = pty.fork()
+        if pid == 0:  # a dumb terminal: no escape sequences to answer
+            os.execvpe(CLI, [CLI, "-h", "127.0.0.1", "-p", str(self.rport)],
+                       dict(os.environ, TERM="dumb", HOME="/nonexistent"))
+        self.addCleanup(lambda: (os.kill(pid, 9), os.waitpid(pid, 0)))
+        prompt = ("127.0.0.1:%d> " % self.rport).encode()
+
+        def until(marker):
+            got = b""
+            deadline = time.monotonic() + 10
+            while marker not in got and time.monotonic() < deadline:
+                r, _, _ = select.select([fd], [], [], 0.5)
+                if r:
+                    got += os.read(fd, 4096)
+            self.assertIn(marker, got)
+            return got
+
+        until(prompt)
+        os.write(fd, b"hset t f v\r")
+        self.assertIn(b"(integer) 1", until(prompt))
+        os.write(fd, b"hget t f\r")
+        self.assertIn(b'"v"', until(prompt))
+        os.write(fd, b"hget t nope\r")
+        self.assertIn(b"(nil)", until(prompt))
+        os.write(fd, b"nosuch\r")
+        self.assertIn(b"(error) ERR unknown command 'nosuch'", until(prompt))
+        os.write(fd, b"quit\r")
+
+    def test_pipe_mass_insertion(self):
+        r = self.resp_router(shards=2)
+        n = 100000
+        cmds = b"".join(b"*4\r\n$4\r\nHSET\r\n$4\r\nmass\r\n$%d\r\n%s\r\n$1\r\nv\r\n"
+                        % (len(k), k) for k in (b"f%d" % i for i in range(n)))
+        out = self.cli("--pipe", input=cmds, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"errors: 0, replies: %d" % n, out.stdout + out.stderr)
+        self.assertEqual(self.cli("hlen", "mass").stdout, b"%d\n" % n)
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("mass", "f99999").values[0]), "v")
+
+
+class RedisBenchmarkTest(RespTestCase):
+    def bench(self, *args):
+        out = subprocess.run([BENCH, "-h", "127.0.0.1", "-p", str(self.rport), "-q"] + list(args),
+                             capture_output=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"requests per second", out.stdout)
+        return out.stdout
+
+    def test_hset_and_hget_pipelined_and_not(self):
+        self.resp_router(shards=2)
+        n = "5000" if SANITIZED else "20000"
+        self.bench("-t", "hset", "-n", n, "-r", "1000")
+        self.bench("-t", "hset", "-n", n, "-r", "1000", "-P", "16")
+        self.bench("-n", n, "-r", "1000", "hget", "myhash", "element:__rand_int__")
+        self.bench("-n", n, "-r", "1000", "-P", "16", "hget", "myhash", "element:__rand_int__")
+        self.assertGreater(int(self.cli("hlen", "myhash").stdout), 500)
+
+
+class RawProtocolTest(RespTestCase):
+    def test_resp3_after_hello_3(self):
+        self.resp_router()
+        s = self.raw()
+        hello = self.exchange(s, b"HELLO 3\r\n", until=b"*0\r\n")
+        self.assertTrue(hello.startswith(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), hello)
+        self.assertIn(b"$5\r\nproto\r\n:3\r\n", hello)
+        self.assertEqual(self.exchange(s, b"HSET h a 1\r\n", until=b"\r\n"), b":1\r\n")
+        self.assertEqual(self.exchange(s, b"HGETALL h\r\n", until=b"$1\r\n1\r\n"),
+                         b"%1\r\n$1\r\na\r\n$1\r\n1\r\n")
+        self.assertEqual(self.exchange(s, b"HGET h nope\r\n", until=b"\r\n"), b"_\r\n")
+        self.assertEqual(self.exchange(s, b"HELLO 2\r\n", until=b"*0\r\n")[:3], b"*14")
+        self.assertEqual(self.exchange(s, b"HGET h nope\r\n", until=b"\r\n"), b"$-1\r\n")
+        self.assertEqual(self.exchange(s, b"HELLO 4\r\n", until=b"\r\n"),
+                         b"-NOPROTO unsupported protocol version\r\n")
+
+    def test_inline_and_empty_commands(self):
+        self.resp_router()
+        s = self.raw()
+        self.assertEqual(self.exchange(s, b"\r\n\r\nPING\r\n", until=b"\r\n"), b"+PONG\r\n")
+        self.assertEqual(self.exchange(s, b'HSET t "a b" "x\\x00y"\n', until=b"\r\n"), b":1\r\n")
+        self.assertEqual(self.exchange(s, b"HGET t 'a b'\r\n", until=b"y\r\n"), b"$3\r\nx\0y\r\n")
+        self.assertEqual(self.exchange(s, b"*0\r\n*-1\r\nPING\r\n", until=b"\r\n"), b"+PONG\r\n")
+
+    def test_protocol_errors_answer_then_close(self):
+        self.resp_router()
+        cases = [
+            (b"*20000000\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+            (b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n",
+             b"-ERR Protocol error: expected '$', got 'f'\r\n"),
+            (b"*1\r\n$-5\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+            (b'HSET t "unterminated\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+            (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n"),
+        ]
+        for data, want in cases:
+            s = self.raw()
+            got = self.exchange(s, b"PING\r\n" + data)  # until the server closes
+            self.assertEqual(got, b"+PONG\r\n" + want, data)
+
+    def test_quit_answers_then_closes_and_ignores_the_rest(self):
+        self.resp_router()
+        s = self.raw()
+        got = self.exchange(s, b"PING\r\nQUIT\r\nHSET t after quit\r\n")
+        self.assertEqual(got, b"+PONG\r\n+OK\r\n")
+        self.assertIsNone(self.redis().hget("t", "after"))
+
+    def test_max_clients_refused_like_redis(self):
+        self.resp_router(extra="limits: {max_clients: 3}\n")
+        held = []
+        for _ in range(3):
+            s = self.raw()
+            self.assertEqual(self.exchange(s, b"PING\r\n", until=b"\r\n"), b"+PONG\r\n")
+            held.append(s)
+        s = self.raw()
+        self.assertEqual(self.exchange(s, b""), b"-ERR max number of clients reached\r\n")
+
+
+if __name__ == "__main__":
+    unittest.main()

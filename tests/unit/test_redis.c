@@ -1,0 +1,312 @@
+/*
+ * test_redis: the RESP codec (kvs_redis) without sockets.
+ *
+ * Parsing cases feed whole requests, byte-at-a-time requests (progress kept
+ * across calls), pipelines, and every protocol error Redis itself reports,
+ * with Redis's words. Reply cases compare bytes. Glob cases follow Redis's
+ * stringmatchlen, plus a pattern that would be exponential for a naive
+ * backtracking matcher.
+ */
+#include "kvs_redis.h"
+#include "kvs_test.h"
+
+#include <errno.h>
+#include <math.h>
+
+#define MAXREQ (1u << 20)
+
+static kvs_redis_parser_t ps;
+
+static void setup(void)
+{
+    kvs_redis_parser_init(&ps);
+}
+
+static void teardown(void)
+{
+    kvs_redis_parser_close(&ps);
+}
+
+/* Parses `s` as one request; checks it used exactly all of it. */
+static void parse_whole(const char *s, size_t n)
+{
+    size_t used;
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, n, MAXREQ, &used), 1);
+    CHECK_EQ(used, n);
+}
+
+static void check_arg(size_t i, const char *want, size_t n)
+{
+    CHECK(i < ps.argc);
+    CHECK_EQ(ps.argv[i].len, n);
+    CHECK(n == 0 || memcmp(ps.argv[i].p, want, n) == 0);
+}
+
+#define ARG(i, lit) check_arg((i), (lit), sizeof(lit) - 1)
+
+static void parse_error(const char *s, size_t n, const char *msg)
+{
+    size_t used;
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, n, MAXREQ, &used), -1);
+    CHECK(ps.error != NULL);
+    CHECK_STR(ps.error, msg);
+}
+
+KVS_TEST(multibulk_whole)
+{
+    setup();
+    const char r[] = "*3\r\n$4\r\nHGET\r\n$1\r\nt\r\n$3\r\na\0b\r\n";
+    parse_whole(r, sizeof(r) - 1);
+    CHECK_EQ(ps.argc, 3);
+    ARG(0, "HGET");
+    ARG(1, "t");
+    ARG(2, "a\0b");
+    teardown();
+}
+
+KVS_TEST(multibulk_byte_by_byte_keeps_progress)
+{
+    setup();
+    const char r[] = "*2\r\n$4\r\nPING\r\n$11\r\nhello world\r\n";
+    size_t n = sizeof(r) - 1, used = 0;
+    for (size_t k = 1; k < n; k++) {
+        CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)r, k, MAXREQ, &used), 0);
+        CHECK_EQ(used, 0);
+    }
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)r, n, MAXREQ, &used), 1);
+    CHECK_EQ(used, n);
+    ARG(0, "PING");
+    ARG(1, "hello world");
+    teardown();
+}
+
+/* The caller may move the bytes between calls (a compacted buffer). */
+KVS_TEST(multibulk_survives_a_moved_buffer)
+{
+    setup();
+    const char r[] = "*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    char a[64], b[64];
+    size_t used;
+    memcpy(a, r, 15);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)a, 15, MAXREQ, &used), 0);
+    memset(a, 'x', sizeof(a));
+    memcpy(b, r, sizeof(r) - 1);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)b, sizeof(r) - 1, MAXREQ, &used), 1);
+    ARG(0, "GET");
+    ARG(1, "key");
+    teardown();
+}
+
+KVS_TEST(pipeline_of_mixed_requests)
+{
+    setup();
+    const char r[] = "*1\r\n$4\r\nPING\r\nPING\r\n\r\n*0\r\n*-1\r\nECHO \"a b\"\n";
+    const uint8_t *p = (const uint8_t *)r;
+    size_t n = sizeof(r) - 1, used;
+    size_t want_argc[] = {1, 1, 0, 0, 0, 2};
+    for (size_t i = 0; i < sizeof(want_argc) / sizeof(want_argc[0]); i++) {
+        CHECK_EQ(kvs_redis_parse(&ps, p, n, MAXREQ, &used), 1);
+        CHECK_EQ(ps.argc, want_argc[i]);
+        p += used;
+        n -= used;
+    }
+    ARG(1, "a b");
+    CHECK_EQ(n, 0);
+    teardown();
+}
+
+KVS_TEST(inline_quoting_like_redis)
+{
+    setup();
+    const char r[] = "hset  t \"a\\x00\\n\\\"q\" 'it\\'s' mid\"dle word\"\r\n";
+    parse_whole(r, sizeof(r) - 1);
+    CHECK_EQ(ps.argc, 5);
+    ARG(0, "hset");
+    ARG(1, "t");
+    ARG(2, "a\0\n\"q");
+    ARG(3, "it's");
+    ARG(4, "middle word");
+    teardown();
+}
+
+KVS_TEST(inline_errors)
+{
+    setup();
+    parse_error("set \"abc\n", 9, "Protocol error: unbalanced quotes in request");
+    parse_error("set \"a\"b\n", 9, "Protocol error: unbalanced quotes in request");
+    parse_error("set 'a\n", 7, "Protocol error: unbalanced quotes in request");
+    size_t big = KVS_REDIS_MAX_INLINE + 10, used;
+    char *s = malloc(big);
+    CHECK(s != NULL);
+    memset(s, 'a', big);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, big, MAXREQ, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: too big inline request");
+    free(s);
+    teardown();
+}
+
+KVS_TEST(multibulk_errors_with_redis_words)
+{
+    setup();
+    parse_error("*20000000\r\n", 11, "Protocol error: invalid multibulk length");
+    parse_error("*x\r\n", 4, "Protocol error: invalid multibulk length");
+    parse_error("*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n", 26,
+                "Protocol error: expected '$', got 'f'");
+    parse_error("*1\r\n$-1\r\n", 9, "Protocol error: invalid bulk length");
+    parse_error("*1\r\n$01\r\n", 9, "Protocol error: invalid bulk length");
+    parse_error("*1\r\n$99999999999999999999999\r\n", 30, "Protocol error: invalid bulk length");
+    teardown();
+}
+
+/* Lengths are checked against the limit before anything waits for them. */
+KVS_TEST(request_larger_than_the_limit_is_refused_early)
+{
+    setup();
+    size_t used;
+    const char a[] = "*1\r\n$2000\r\n";
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)a, sizeof(a) - 1, 1000, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: invalid bulk length");
+    const char b[] = "*2\r\n$600\r\n";
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)b, sizeof(b) - 1, 1000, &used), 0);
+    char c[700] = "*2\r\n$600\r\n";
+    memset(c + 10, 'x', 600);
+    memcpy(c + 610, "\r\n$600\r\n", 8);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)c, 618, 1000, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: request larger than limits.max_frame (1000 bytes)");
+    teardown();
+}
+
+KVS_TEST(arguments_as_numbers)
+{
+    kvs_redis_arg_t a;
+    int64_t v;
+    double d;
+#define SETA(lit) (a.p = (const uint8_t *)(lit), a.len = sizeof(lit) - 1)
+    SETA("-9223372036854775808");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), 0);
+    CHECK(v == INT64_MIN);
+    SETA("9223372036854775807");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), 0);
+    CHECK(v == INT64_MAX);
+    SETA("9223372036854775808");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("+1");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("01");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA(" 1");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("1.5e3");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(d == 1500.0);
+    SETA("inf");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    SETA("1x");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    CHECK(kvs_redis_arg_is(&(kvs_redis_arg_t){(const uint8_t *)"hGeT", 4}, "HGET"));
+    CHECK(!kvs_redis_arg_is(&(kvs_redis_arg_t){(const uint8_t *)"HGETX", 5}, "HGET"));
+#undef SETA
+}
+
+static void check_buf(kvs_buf_t *b, const char *want, size_t n)
+{
+    if (b->len != n || memcmp(b->data, want, n) != 0)
+        fprintf(stderr, "got \"%.*s\"\n", (int)b->len, (const char *)b->data);
+    CHECK_EQ(b->len, n);
+    CHECK(memcmp(b->data, want, n) == 0);
+    b->len = 0;
+}
+
+#define BUF(b, lit) check_buf((b), (lit), sizeof(lit) - 1)
+
+KVS_TEST(replies_resp2_and_resp3)
+{
+    kvs_buf_t b;
+    kvs_buf_init(&b);
+    kvs_redis_simple(&b, "OK");
+    BUF(&b, "+OK\r\n");
+    kvs_redis_error(&b, "ERR bad\r\nthing %d", 7);
+    BUF(&b, "-ERR bad  thing 7\r\n");
+    kvs_redis_integer(&b, -42);
+    BUF(&b, ":-42\r\n");
+    kvs_redis_bulk(&b, "a\0b", 3);
+    BUF(&b, "$3\r\na\0b\r\n");
+    kvs_redis_bulk(&b, "", 0);
+    BUF(&b, "$0\r\n\r\n");
+    kvs_redis_null(&b, 0);
+    BUF(&b, "$-1\r\n");
+    kvs_redis_null(&b, 1);
+    BUF(&b, "_\r\n");
+    kvs_redis_map(&b, 2, 0);
+    BUF(&b, "*4\r\n");
+    kvs_redis_map(&b, 2, 1);
+    BUF(&b, "%2\r\n");
+    kvs_redis_double(&b, 0.1, 1);
+    BUF(&b, ",0.1\r\n");
+    kvs_redis_double(&b, 2.5, 0);
+    BUF(&b, "$3\r\n2.5\r\n");
+    kvs_redis_bool(&b, 1, 1);
+    BUF(&b, "#t\r\n");
+    kvs_redis_bool(&b, 0, 0);
+    BUF(&b, ":0\r\n");
+    kvs_redis_verbatim(&b, "x", 1, 1);
+    BUF(&b, "=5\r\ntxt:x\r\n");
+    kvs_buf_free(&b);
+}
+
+KVS_TEST(doubles_are_shortest_exact)
+{
+    char s[32];
+    double vals[] = {0.1, 1.0 / 3, 1e300, -2.5, 10.0, 5e-324, 123456789.125};
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        size_t n = kvs_redis_format_double(s, vals[i]);
+        CHECK_EQ(n, strlen(s));
+        CHECK(strtod(s, NULL) == vals[i]);
+    }
+    kvs_redis_format_double(s, 0.1);
+    CHECK_STR(s, "0.1");
+    kvs_redis_format_double(s, 10.0);
+    CHECK_STR(s, "10");
+    kvs_redis_format_double(s, INFINITY);
+    CHECK_STR(s, "inf");
+}
+
+static int glob(const char *p, const char *s)
+{
+    return kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)s, strlen(s), 0);
+}
+
+KVS_TEST(glob_like_redis)
+{
+    CHECK(glob("*", ""));
+    CHECK(glob("*", "abc"));
+    CHECK(glob("a*c", "abbbc"));
+    CHECK(!glob("a*c", "abbbd"));
+    CHECK(glob("h?llo", "hello"));
+    CHECK(!glob("h?llo", "hllo"));
+    CHECK(glob("h[ae]llo", "hallo"));
+    CHECK(!glob("h[ae]llo", "hillo"));
+    CHECK(glob("h[^e]llo", "hallo"));
+    CHECK(!glob("h[^e]llo", "hello"));
+    CHECK(glob("h[a-b]llo", "hbllo"));
+    CHECK(glob("h[b-a]llo", "hallo")); /* reversed range, as Redis */
+    CHECK(glob("h\\*llo", "h*llo"));
+    CHECK(!glob("h\\*llo", "hello"));
+    CHECK(glob("user:*:name", "user:42:name"));
+    CHECK(!glob("user:*:name", "user:42:nam"));
+    CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1));
+    /* Exponential for naive backtracking; linear-ish here. */
+    char s[201], p[64];
+    memset(s, 'a', 200);
+    s[200] = '\0';
+    snprintf(p, sizeof(p), "a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b");
+    CHECK(!glob(p, s));
+}
+
+KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(multibulk_byte_by_byte_keeps_progress),
+              KVS_CASE(multibulk_survives_a_moved_buffer), KVS_CASE(pipeline_of_mixed_requests),
+              KVS_CASE(inline_quoting_like_redis), KVS_CASE(inline_errors),
+              KVS_CASE(multibulk_errors_with_redis_words),
+              KVS_CASE(request_larger_than_the_limit_is_refused_early),
+              KVS_CASE(arguments_as_numbers), KVS_CASE(replies_resp2_and_resp3),
+              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis))
