@@ -359,6 +359,7 @@ int main(int argc, char **argv)
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse(cfg->log_level, &level);
     kvs_log_set_level(level);
+    kvs_log_set_format(cfg->log_format);
     m.r.cfg = cfg;
     if (take_lock(cfg) != 0) {
         kvs_config_free(cfg);
