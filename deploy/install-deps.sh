@@ -4,15 +4,17 @@
 # nothing but check. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-# Build toolchain and the five libraries kvs links against.
+# Build toolchain and the libraries kvs links against (libedit: kvs-cli's
+# line editor).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
-# ingestion; clang's runtime gives the sanitizer build.
+# ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
+# line editor a real terminal.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat
-           python3-confluent-kafka lmdb-utils)
+           python3-confluent-kafka lmdb-utils tmux)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then
