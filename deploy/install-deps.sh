@@ -5,10 +5,10 @@
 set -euo pipefail
 
 # Build toolchain and the libraries kvs links against (libedit: kvs-cli's
-# line editor).
+# line editor; libsystemd: the router's readiness notification).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
