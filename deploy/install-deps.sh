@@ -12,9 +12,10 @@ build_pkgs=(build-essential cmake pkg-config
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
-# line editor a real terminal.
+# line editor a real terminal; systemd's systemd-analyze checks the unit
+# file.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat
-           python3-confluent-kafka lmdb-utils tmux)
+           python3-confluent-kafka lmdb-utils tmux systemd)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then

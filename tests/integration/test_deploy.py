@@ -1,22 +1,32 @@
-"""Deployment: systemd readiness.
+"""Deployment: systemd readiness and the systemd unit.
 
 NotifyTest starts kvs-router with NOTIFY_SOCKET naming a unix datagram
 socket the test owns, as systemd does for Type=notify services, and reads
 what the router sends: READY=1 only once clients are accepted (a client
 connected the moment it arrives is served), never when a worker cannot
 start, STOPPING=1 on SIGTERM, STATUS= lines on the way.
+
+UnitFileTest checks deploy/kvs.service with systemd-analyze: `verify` on a
+copy whose ExecStart points at this build's kvs-router (verify requires the
+binary to exist), and `security --offline` for the sandboxing's exposure.
 """
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 import unittest
 
-from kvstest import Client
+from kvstest import BUILD_DIR, Client
 from routertest import RouterTestCase
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.normpath(os.path.join(HERE, "..", ".."))
+DEPLOY = os.path.join(TOP, "deploy")
+ANALYZE = shutil.which("systemd-analyze")
 WAIT = 15.0
 
 
@@ -146,6 +156,90 @@ class NotifyTest(RouterTestCase):
             self.assertEqual(c.hget("t", "k").status, 200)
         self.assertTrue(r.alive())
         self.assertEqual(r.stop(), 0)
+
+
+# ---- the systemd unit --------------------------------------------------------------------
+
+
+def unit_copy(tmpdir):
+    """deploy/kvs.service with ExecStart on this build's kvs-router."""
+    with open(os.path.join(DEPLOY, "kvs.service")) as f:
+        text = f.read()
+    router = os.path.join(os.path.abspath(BUILD_DIR), "kvs-router")
+    text, n = re.subn(r"^ExecStart=/usr/local/bin/kvs-router ", "ExecStart=%s " % router, text,
+                      flags=re.M)
+    assert n == 1, "ExecStart=/usr/local/bin/kvs-router not found in deploy/kvs.service"
+    path = os.path.join(tmpdir, "kvs.service")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def unit_settings(path):
+    """{key: [values]} of a unit file (keys may repeat)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith(("#", ";", "[")):
+                k, v = line.split("=", 1)
+                out.setdefault(k, []).append(v)
+    return out
+
+
+@unittest.skipUnless(ANALYZE, "systemd-analyze is missing (deploy/install-deps.sh --test "
+                              "installs the systemd package)")
+class UnitFileTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kvs-unit-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def analyze(self, *args):
+        return subprocess.run([ANALYZE] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60, text=True)
+
+    def test_systemd_analyze_verify(self):
+        # A trivial unit first: where systemd-analyze cannot work at all
+        # (no systemd tree, a restricted sandbox), say so instead of failing.
+        probe = os.path.join(self.dir, "probe.service")
+        with open(probe, "w") as f:
+            f.write("[Service]\nExecStart=/bin/true\n")
+        p = self.analyze("verify", "--man=no", probe)
+        if p.returncode != 0:
+            self.skipTest("systemd-analyze verify does not work here: %s" % p.stderr.strip())
+        path = unit_copy(self.dir)
+        p = self.analyze("verify", "--man=no", path)
+        ours = [line for line in p.stderr.splitlines() if "kvs.service" in line]
+        self.assertEqual((p.returncode, ours), (0, []), p.stderr)
+
+    def test_sandboxing_exposure(self):
+        # systemd's own score: 1.6 today ("OK"); fail past 2.0, so a
+        # sandboxing option lost in an edit is noticed.
+        path = unit_copy(self.dir)
+        p = self.analyze("security", "--offline=yes", "--threshold=20", path)
+        m = re.search(r"Overall exposure level for kvs.service: ([0-9.]+)", p.stdout)
+        if m is None and "offline" in p.stderr:
+            self.skipTest("systemd-analyze security --offline is not supported here: %s"
+                          % p.stderr.strip())
+        self.assertIsNotNone(m, p.stdout + p.stderr)
+        self.assertLessEqual(float(m.group(1)), 2.0, p.stdout)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_what_the_unit_promises(self):
+        s = unit_settings(os.path.join(DEPLOY, "kvs.service"))
+        want = {"Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
+                "KillMode": "mixed", "RestartPreventExitStatus": "78", "User": "kvs",
+                "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/kvs",
+                "WorkingDirectory": "/var/lib/kvs"}
+        for k, v in want.items():
+            self.assertEqual(s.get(k), [v], k)
+        self.assertGreaterEqual(int(s["LimitNOFILE"][0]), 65536)
+        # The drain (10 s) and the workers' grace period (10 s) fit in the
+        # stop timeout; the readiness timeout (router.ready_timeout, 30 s
+        # by default) in the start timeout.
+        self.assertGreater(int(s["TimeoutStopSec"][0]), 20)
+        self.assertGreater(int(s["TimeoutStartSec"][0]), 30)
 
 
 if __name__ == "__main__":
