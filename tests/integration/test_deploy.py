@@ -1,4 +1,4 @@
-"""Deployment: systemd readiness and the systemd unit.
+"""Deployment: systemd readiness and the files under deploy/.
 
 NotifyTest starts kvs-router with NOTIFY_SOCKET naming a unix datagram
 socket the test owns, as systemd does for Type=notify services, and reads
@@ -9,6 +9,11 @@ start, STOPPING=1 on SIGTERM, STATUS= lines on the way.
 UnitFileTest checks deploy/kvs.service with systemd-analyze: `verify` on a
 copy whose ExecStart points at this build's kvs-router (verify requires the
 binary to exist), and `security --offline` for the sandboxing's exposure.
+
+ContainerFilesTest lints what cannot be run here (no Docker engine): the
+compose file parses, mounts files that exist and load as kvs configs whose
+nodes agree on one cluster; the Dockerfile copies files that exist, and its
+runtime package list covers every library the binaries link.
 """
 import os
 import re
@@ -23,9 +28,16 @@ import unittest
 from kvstest import BUILD_DIR, Client
 from routertest import RouterTestCase
 
+try:
+    import yaml
+except ImportError:  # deploy/install-deps.sh --test installs python3-yaml
+    yaml = None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.normpath(os.path.join(HERE, "..", ".."))
 DEPLOY = os.path.join(TOP, "deploy")
+COMPOSE_DIR = os.path.join(DEPLOY, "compose")
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
 ANALYZE = shutil.which("systemd-analyze")
 WAIT = 15.0
 
@@ -240,6 +252,127 @@ class UnitFileTest(unittest.TestCase):
         # by default) in the start timeout.
         self.assertGreater(int(s["TimeoutStopSec"][0]), 20)
         self.assertGreater(int(s["TimeoutStartSec"][0]), 30)
+
+
+# ---- container files ------------------------------------------------------------------
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def config_loads(path):
+    """kvs's own loader accepts `path` (kvs-cli keyslot loads it, no server)."""
+    p = subprocess.run([CLI, "--config", path, "keyslot", "t", "k"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30, text=True)
+    return p.returncode == 0, p.stderr
+
+
+@unittest.skipUnless(yaml, "python3-yaml is missing (deploy/install-deps.sh --test installs it)")
+class ContainerFilesTest(unittest.TestCase):
+    def test_compose_cluster_is_consistent(self):
+        compose = load_yaml(os.path.join(COMPOSE_DIR, "compose.yaml"))
+        services = compose["services"]
+        self.assertEqual(sorted(services),
+                         ["kafka", "kafka-init", "kvs-a", "kvs-b", "kvs-c", "prometheus"])
+        # Every file it mounts or builds from exists.
+        for name, svc in services.items():
+            for vol in svc.get("volumes", []):
+                src = vol.split(":")[0]
+                if src.startswith("."):
+                    self.assertTrue(os.path.exists(os.path.join(COMPOSE_DIR, src)), (name, src))
+                else:
+                    self.assertIn(src, compose.get("volumes", {}), (name, src))
+            if "build" in svc:
+                ctx = os.path.join(COMPOSE_DIR, svc["build"]["context"])
+                self.assertTrue(os.path.isfile(os.path.join(ctx, svc["build"]["dockerfile"])))
+            for dep in svc.get("depends_on", {}):
+                self.assertIn(dep, services, name)
+
+        # The kvs nodes: configs kvs loads, one cluster, every shard served
+        # by exactly one node, remote addresses that lead there.
+        kafka_init = services["kafka-init"]["command"]
+        topic = kafka_init[kafka_init.index("--topic") + 1]
+        topic_parts = int(kafka_init[kafka_init.index("--partitions") + 1])
+        nodes = {}
+        for name in ("kvs-a", "kvs-b", "kvs-c"):
+            svc = services[name]
+            mount = [v for v in svc["volumes"] if v.split(":")[1] == svc["command"][-1]]
+            self.assertEqual(len(mount), 1, (name, svc["volumes"]))
+            path = os.path.join(COMPOSE_DIR, mount[0].split(":")[0])
+            ok, err = config_loads(path)
+            self.assertTrue(ok, "%s: %s" % (path, err))
+            nodes[name] = cfg = load_yaml(path)
+            self.assertEqual(svc["ports"][0].split(":")[1], cfg["router"]["listen"].split(":")[1])
+            self.assertEqual(cfg["kafka"]["brokers"], "kafka:9092")
+            self.assertEqual([(b["topic"], b["partitions"]) for b in cfg["kafka"]["bindings"]],
+                             [(topic, topic_parts)])
+        clusters = {(c["cluster"]["shards"], c["cluster"]["partitions"]) for c in nodes.values()}
+        self.assertEqual(len(clusters), 1, clusters)
+        shards = clusters.pop()[0]
+        owner = {}
+        for name, cfg in nodes.items():
+            remote = {r["shard"] for r in cfg["cluster"]["remote"]}
+            for s in set(range(shards)) - remote:
+                self.assertNotIn(s, owner, "shard %d runs on %s and %s" % (s, owner.get(s), name))
+                owner[s] = name
+        self.assertEqual(sorted(owner), list(range(shards)))
+        for name, cfg in nodes.items():
+            for r in cfg["cluster"]["remote"]:
+                host, port = r["address"].rsplit(":", 1)
+                base = int(nodes[owner[r["shard"]]]["node"]["listen"].rsplit(":", 1)[1])
+                self.assertEqual((host, int(port)), (owner[r["shard"]], base + r["shard"]),
+                                 (name, r))
+
+        # Prometheus scrapes the three nodes.
+        prom = load_yaml(os.path.join(COMPOSE_DIR, "prometheus.yml"))
+        targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"]
+                   for t in sc["targets"]]
+        self.assertEqual(sorted(t.split(":")[0] for t in targets), sorted(nodes))
+
+    def dockerfile(self):
+        with open(os.path.join(DEPLOY, "Dockerfile")) as f:
+            return f.read().replace("\\\n", " ")
+
+    def test_dockerfile_copies_existing_files(self):
+        stages = re.findall(r"^FROM (\S+)", self.dockerfile(), flags=re.M)
+        self.assertEqual(stages, ["debian:12", "debian:12-slim"])
+        copies = re.findall(r"^COPY (?!--from)(.+)$", self.dockerfile(), flags=re.M)
+        self.assertTrue(copies)
+        for c in copies:
+            for src in c.split()[:-1]:
+                self.assertTrue(os.path.exists(os.path.join(TOP, src)), src)
+        self.assertRegex(self.dockerfile(), r"(?m)^USER kvs$")
+        ok, err = config_loads(os.path.join(DEPLOY, "docker", "config.yaml"))
+        self.assertTrue(ok, err)
+
+    def test_runtime_packages_cover_the_binaries(self):
+        # Every library kvs-router, kvs-node and kvs-cli link against comes
+        # from a package `install-deps.sh --runtime` installs (or libc6,
+        # which every image has). Sanitizer runtimes are the build's own.
+        with open(os.path.join(DEPLOY, "install-deps.sh")) as f:
+            m = re.search(r"runtime_pkgs=\(([^)]*)\)", f.read())
+        self.assertIsNotNone(m)
+        runtime = set(m.group(1).split()) | {"libc6"}
+        needed = set()
+        for exe in ("kvs-router", "kvs-node", "kvs-cli"):
+            out = subprocess.run(["readelf", "-d", os.path.join(BUILD_DIR, exe)],
+                                 stdout=subprocess.PIPE, check=True, text=True).stdout
+            needed |= set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
+        needed = {lib for lib in needed if not re.match(r"lib(asan|ubsan|lsan)\.", lib)}
+        self.assertIn("libedit.so.2", needed)
+        p = subprocess.run(["dpkg", "-S"] + ["*/" + lib for lib in sorted(needed)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        owners = {}
+        for line in p.stdout.splitlines():
+            pkgs, path = line.split(": ", 1)
+            for pkg in pkgs.split(", "):
+                owners.setdefault(os.path.basename(path), set()).add(pkg.split(":")[0])
+        for lib in sorted(needed):
+            pkgs = owners.get(lib, set())
+            self.assertTrue(pkgs & runtime, "%s comes from %s, not in runtime_pkgs %s"
+                            % (lib, sorted(pkgs), sorted(runtime)))
 
 
 if __name__ == "__main__":
