@@ -1511,7 +1511,9 @@ static void usage(FILE *f)
     fprintf(f, "\n"
                "In a session, 'help' lists the commands, 'quit' or 'exit' ends it, tokens\n"
                "may be \"quoted\" (with \\n \\t \\\\ \\\" \\xHH escapes) or 'quoted', and a line\n"
-               "may start with a value option (--int hset t k 5).\n"
+               "may start with a value option (--int hset t k 5). On a terminal, lines are\n"
+               "edited with history (~/.kvscli_history; KVSCLI_HISTFILE), TAB completes\n"
+               "command names, and a command's arguments are hinted at the right.\n"
                "\n"
                "Exit status: 0 ok; 1 the server answered with an error (or hget found no\n"
                "key); 2 usage error, connection failure, timeout or protocol error.\n");
