@@ -79,12 +79,16 @@ typedef struct {
 static const char *const sync_names[] = {"full", "batch", "none", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
 static const char *const format_names[] = {"raw", "string", "value", NULL};
+static const char *const log_format_names[] = {"text", "json", NULL};
 
 _Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
                "sync_names order must match kvs_sync_t");
 _Static_assert(KVS_FORMAT_RAW == 0 && KVS_FORMAT_STRING == 1 && KVS_FORMAT_VALUE == 2,
                "format_names order must match kvs_format_t");
+_Static_assert(KVS_LOG_TEXT == 0 && KVS_LOG_JSON == 1,
+               "log_format_names order must match kvs_log_format_t");
 _Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(kvs_log_format_t) == sizeof(int), "enum fields are stored as int");
 
 #define OFF(field) offsetof(kvs_config_t, field)
 #define KIB 1024ull
@@ -125,6 +129,7 @@ static const directive_t directives[] = {
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
      F_TEXT},
+    {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))

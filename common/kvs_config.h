@@ -62,6 +62,7 @@
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
+ *     format: text           text | json (one JSON object per line)
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -70,6 +71,7 @@
 #ifndef KVS_CONFIG_H
 #define KVS_CONFIG_H
 
+#include "kvs_log.h"
 #include "kvs_place.h"
 
 #include <stddef.h>
@@ -142,6 +144,7 @@ typedef struct kvs_config_s {
     size_t n_kafka_properties;
 
     char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
+    kvs_log_format_t log_format;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config

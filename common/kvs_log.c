@@ -2,23 +2,36 @@
  * kvs_log: one formatted line per call, written with a single write(2) so
  * lines from several processes sharing a terminal or journal never
  * interleave mid-line. Timestamps are UTC with milliseconds.
+ *
+ * Both formats first print the message with vsnprintf into a buffer of
+ * KVS_LOG_MSG_MAX bytes (a longer message is cut there). Text lines then
+ * carry it as it is; JSON lines carry it through json_string, which escapes
+ * what JSON requires and replaces what is not UTF-8, and which stops at a
+ * character boundary when the 4 KiB line would overflow, so the object is
+ * always closed.
  */
 #include "kvs_log.h"
 #include "kvs_err.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
+#define KVS_LOG_MSG_MAX 2048  /* a text line, and a message in a JSON line */
+#define KVS_LOG_JSON_MAX 4096 /* a JSON line: PIPE_BUF, so a pipe gets it whole */
+
 static char log_role[16] = "kvs";
 static int log_shard = -1;
 static kvs_log_level_t log_level = KVS_LOG_INFO;
+static kvs_log_format_t log_format = KVS_LOG_TEXT;
 
 static const char *const level_names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+static const char *const json_levels[] = {"debug", "info", "warn", "error"};
 
 void kvs_log_init(const char *role, int shard, kvs_log_level_t level)
 {
@@ -30,6 +43,11 @@ void kvs_log_init(const char *role, int shard, kvs_log_level_t level)
 void kvs_log_set_level(kvs_log_level_t level)
 {
     log_level = level;
+}
+
+void kvs_log_set_format(kvs_log_format_t format)
+{
+    log_format = format;
 }
 
 int kvs_log_level_parse(const char *s, kvs_log_level_t *out)
@@ -52,35 +70,180 @@ int kvs_log_enabled(kvs_log_level_t level)
     return level >= log_level;
 }
 
-void kvs_log(kvs_log_level_t level, const char *fmt, ...)
+/* ---- JSON strings -------------------------------------------------------- */
+
+/* Length of the well-formed UTF-8 sequence at p[0..n) (RFC 3629: no
+ * overlong forms, no surrogates, nothing past U+10FFFF), or 0 when it is
+ * not one; then *bad is the length of its maximal invalid prefix (at least
+ * 1), which becomes one U+FFFD. */
+static size_t utf8_seq(const unsigned char *p, size_t n, size_t *bad)
 {
-    if (level < log_level)
-        return;
-    char line[2048];
+    unsigned char c = p[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4;
+    else
+        len = 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    size_t i = 1;
+    for (; len > 0 && i < len && i < n; i++) {
+        if (p[i] < (i == 1 ? lo : 0x80) || p[i] > (i == 1 ? hi : 0xbf))
+            break;
+    }
+    if (len > 0 && i == len)
+        return len;
+    *bad = i;
+    return 0;
+}
+
+/* The length of s[0..n) without a UTF-8 sequence cut short at its end (by
+ * the message buffer's limit), so a cut message does not end in U+FFFD. */
+static size_t utf8_uncut(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = p[n - back];
+        if ((c & 0xc0) == 0x80)
+            continue; /* a continuation byte: look further back for the lead */
+        size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return want > back ? n - back : n;
+    }
+    return n;
+}
+
+/* The JSON form of the character at p[0..n): writes it to esc (room for
+ * 6 bytes), sets *used to the input bytes it stands for and returns its
+ * length. */
+static size_t json_char(const unsigned char *p, size_t n, char esc[6], size_t *used)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char c = p[0];
+    size_t bad = 1;
+    *used = 1;
+    if (c == '"' || c == '\\') {
+        esc[0] = '\\';
+        esc[1] = (char)c;
+        return 2;
+    }
+    if (c < 0x20 || c == 0x7f) {
+        const char *short_form = c == '\n'   ? "\\n"
+                                 : c == '\t' ? "\\t"
+                                 : c == '\r' ? "\\r"
+                                 : c == '\b' ? "\\b"
+                                 : c == '\f' ? "\\f"
+                                             : NULL;
+        if (short_form != NULL) {
+            memcpy(esc, short_form, 2);
+            return 2;
+        }
+        memcpy(esc, "\\u00", 4);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        return 6;
+    }
+    size_t len = utf8_seq(p, n, &bad);
+    if (len == 0) {
+        *used = bad;
+        memcpy(esc, "\xef\xbf\xbd", 3); /* U+FFFD */
+        return 3;
+    }
+    *used = len;
+    if (len == 3 && c == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)) {
+        /* U+2028, U+2029: valid JSON, but line breaks to JavaScript and to
+         * some log viewers. */
+        memcpy(esc, p[2] == 0xa8 ? "\\u2028" : "\\u2029", 6);
+        return 6;
+    }
+    memcpy(esc, p, len);
+    return len;
+}
+
+/* Appends s[0..n) as a JSON string (quotes included) to out[*w..cap),
+ * keeping `reserve` bytes free after it. A string that does not fit is cut
+ * before the first character that does not, and still closed. */
+static void json_string(char *out, size_t *w, size_t cap, size_t reserve, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t room = cap - reserve - 1; /* the closing quote */
+    out[(*w)++] = '"';
+    for (size_t i = 0; i < n;) {
+        char esc[6];
+        size_t used;
+        size_t len = json_char(p + i, n - i, esc, &used);
+        if (*w + len > room)
+            break;
+        memcpy(out + *w, esc, len);
+        *w += len;
+        i += used;
+    }
+    out[(*w)++] = '"';
+}
+
+/* ---- lines --------------------------------------------------------------- */
+
+/* "2026-11-22T02:43:41.123Z", now, into out. */
+static void stamp(char out[32])
+{
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+static size_t text_line(char *line, size_t cap, kvs_log_level_t level, const char *when,
+                        const char *msg)
+{
     int k;
     if (log_shard >= 0)
-        k = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s[%d] %s ", ts.tv_nsec / 1000000,
-                     log_role, log_shard, level_names[level]);
+        k = snprintf(line, cap, "%s %s[%d] %s %s", when, log_role, log_shard, level_names[level],
+                     msg);
     else
-        k = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s ", ts.tv_nsec / 1000000, log_role,
-                     level_names[level]);
-    n += (size_t)k;
-    va_list ap;
-    va_start(ap, fmt);
-    k = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
-    va_end(ap);
-    if (k < 0)
-        k = 0;
-    n += (size_t)k;
-    if (n > sizeof(line) - 2)
-        n = sizeof(line) - 2; /* truncated: keep the newline */
+        k = snprintf(line, cap, "%s %s %s %s", when, log_role, level_names[level], msg);
+    size_t n = k < 0 ? 0 : (size_t)k;
+    if (n > cap - 2)
+        n = cap - 2; /* truncated: keep the newline */
     line[n++] = '\n';
-    const char *p = line;
+    return n;
+}
+
+static size_t json_line(char *line, size_t cap, kvs_log_level_t level, const char *when,
+                        const char *msg, size_t msg_len)
+{
+    size_t w = 0;
+    int k = snprintf(line, cap, "{\"time\":\"%s\",\"level\":\"%s\",\"role\":", when,
+                     json_levels[level]);
+    w = (size_t)k;
+    json_string(line, &w, cap, 96, log_role, strlen(log_role));
+    if (log_shard >= 0) {
+        k = snprintf(line + w, cap - w, ",\"shard\":%d", log_shard);
+        w += (size_t)k;
+    }
+    memcpy(line + w, ",\"message\":", 11);
+    w += 11;
+    json_string(line, &w, cap, 2, msg, msg_len);
+    line[w++] = '}';
+    line[w++] = '\n';
+    return w;
+}
+
+static void write_all(const char *p, size_t n)
+{
     while (n > 0) {
         ssize_t w = write(STDERR_FILENO, p, n);
         if (w < 0) {
@@ -91,4 +254,26 @@ void kvs_log(kvs_log_level_t level, const char *fmt, ...)
         p += w;
         n -= (size_t)w;
     }
+}
+
+void kvs_log(kvs_log_level_t level, const char *fmt, ...)
+{
+    if (level < log_level)
+        return;
+    char msg[KVS_LOG_MSG_MAX], when[32], line[KVS_LOG_JSON_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    size_t msg_len = k < 0 ? 0 : (size_t)k;
+    if (msg_len >= sizeof(msg)) /* cut: not inside a character */
+        msg_len = utf8_uncut(msg, sizeof(msg) - 1);
+    msg[msg_len] = '\0';
+    stamp(when);
+    size_t n;
+    if (log_format == KVS_LOG_JSON)
+        n = json_line(line, sizeof(line), level, when, msg, msg_len);
+    else
+        n = text_line(line, KVS_LOG_MSG_MAX, level, when, msg);
+    write_all(line, n);
 }

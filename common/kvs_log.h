@@ -1,11 +1,26 @@
 /*
- * kvs_log: levelled logging to stderr, one line per event:
+ * kvs_log: levelled logging to stderr, one line per event, as text
  *
  *   2026-11-22T02:43:41.123Z node[2] INFO  opened shard-2 (3 tables)
  *
+ * or (log.format: json) as one JSON object per line, for log shippers:
+ *
+ *   {"time":"2026-11-22T02:43:41.123Z","level":"info","role":"node","shard":2,
+ *    "message":"opened shard-2 (3 tables)"}
+ *
+ * (on one line). "shard" is present only when the process has one. Every
+ * string is valid JSON text whatever the message holds: quotes, backslashes
+ * and control characters are escaped, and bytes that are not UTF-8 become
+ * U+FFFD, one per maximal invalid sequence (Unicode's recommended practice).
+ * A line is at most 4 KiB (PIPE_BUF, so it reaches a pipe whole); a longer
+ * message is cut at a character boundary and the line still closes.
+ *
  * The role ("node", "router", "cli", ...) and shard id (-1 = none) are set
- * once at start by kvs_log_init. Logging is process-global by nature; it is
- * the only process-wide state in common/, and it is written only at start.
+ * once at start by kvs_log_init, the format by kvs_log_set_format once the
+ * config is loaded (lines before that, such as a config error, are text).
+ * Logging is process-global by nature; it is the only process-wide state in
+ * common/, written only at start, so kvs_log may be called from any thread
+ * (librdkafka's log callback runs on its own threads).
  */
 #ifndef KVS_LOG_H
 #define KVS_LOG_H
@@ -17,12 +32,21 @@ typedef enum {
     KVS_LOG_ERROR = 3,
 } kvs_log_level_t;
 
+typedef enum {
+    KVS_LOG_TEXT = 0, /* the human-readable line above */
+    KVS_LOG_JSON = 1, /* one JSON object per line */
+} kvs_log_format_t;
+
 /* Sets the role name (copied, truncated to 15 bytes), the shard id shown in
  * brackets (negative: none) and the minimum level that is printed. */
 void kvs_log_init(const char *role, int shard, kvs_log_level_t level);
 
 /* Changes the minimum level. */
 void kvs_log_set_level(kvs_log_level_t level);
+
+/* Sets the line format (kvs_log_init does not change it; the default is
+ * KVS_LOG_TEXT). */
+void kvs_log_set_format(kvs_log_format_t format);
 
 /* Parses "debug", "info", "warn"/"warning", "error". Returns 0 and sets *out,
  * or KVS_EINVAL for any other string. */

@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
 # Installs exactly what kvs needs to build, run and test on Debian 12.
+#   deploy/install-deps.sh            build dependencies
+#   deploy/install-deps.sh --test     build and test dependencies
+#   deploy/install-deps.sh --runtime  only what the built binaries need to run
+#                                     (the container image's last stage)
 # Idempotent: packages already present are skipped, so a second run does
 # nothing but check. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-# Build toolchain and the five libraries kvs links against.
+# Build toolchain and the libraries kvs links against (libedit: kvs-cli's
+# line editor; libsystemd: the router's readiness notification).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
-# ingestion; clang's runtime gives the sanitizer build.
+# ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
+# line editor a real terminal; systemd's systemd-analyze checks the unit
+# file and python3-yaml reads the compose file.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
-           python3-confluent-kafka lmdb-utils)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml)
 
-want=("${build_pkgs[@]}")
-if [ "${1:-}" = "--test" ]; then
-    want+=("${test_pkgs[@]}")
-fi
+# The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
+# aside), by Debian 12 package name; test_deploy.py checks this list
+# against the binaries.
+runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
+              libsystemd0)
+
+case "${1:-}" in
+"") want=("${build_pkgs[@]}") ;;
+--test) want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+--runtime) want=("${runtime_pkgs[@]}") ;;
+*) echo "usage: $0 [--test | --runtime]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do

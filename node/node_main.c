@@ -355,6 +355,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse((*cfg)->log_level, &level);
     kvs_log_init("node", (int)args->shard, level);
+    kvs_log_set_format((*cfg)->log_format);
     if ((uint32_t)args->shard >= (*cfg)->shards)
         return config_fatal(m,
                             "--shard %ld is out of range: %s has cluster.shards = %u (shards "

@@ -10,6 +10,11 @@
  * accepting clients once every local shard answers. Remote shards are not
  * waited for: their requests get 503 until their node is reachable.
  *
+ * Under systemd (Type=notify) the router sends READY=1 once it accepts
+ * clients, STOPPING=1 when the shutdown begins, and STATUS= lines
+ * (router_notify). SIGHUP, systemd's reload, is logged and changes
+ * nothing until live reload exists.
+ *
  * Shutdown (SIGTERM/SIGINT): stop accepting, answer every request already
  * received, close clients, stop the workers (SIGTERM, SIGKILL after a grace
  * period), exit 0. A second signal closes clients at once. Workers run in
@@ -32,6 +37,7 @@
 #include "kvs_log.h"
 #include "router.h"
 #include "router_redis.h"
+#include "router_notify.h"
 #include "router_supervisor.h"
 
 #include <errno.h>
@@ -54,7 +60,7 @@ typedef struct router_main_s {
     router_t r;
     const char *config_path;
     router_sup_t *sup;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer; /* readiness deadline, then drain deadline */
     int signals;
     int ready;
@@ -120,6 +126,20 @@ static int take_lock(const kvs_config_t *cfg)
 
 static void shutdown_begin(router_main_t *m, int exit_code);
 
+/* Every local shard answers (or there is none): accept clients and say so.
+ * Returns 0 or a uv error. */
+static int become_ready(router_main_t *m)
+{
+    m->ready = 1;
+    int rc = router_clients_listen(&m->r);
+    if (rc != 0)
+        return rc;
+    kvs_info("node ready: %u shards (%u local)", m->r.shards, m->n_local);
+    router_notify_ready("serving clients on %s: %u shards (%u local)", m->r.cfg->router_listen,
+                        m->r.shards, m->n_local);
+    return 0;
+}
+
 /* ---- links ----------------------------------------------------------------- */
 
 static void on_link_state(router_link_t *l, int up)
@@ -131,13 +151,9 @@ static void on_link_state(router_link_t *l, int up)
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
         return;
-    m->ready = 1;
     uv_timer_stop(&m->timer);
-    if (router_clients_listen(&m->r) != 0) {
+    if (become_ready(m) != 0)
         shutdown_begin(m, 1);
-        return;
-    }
-    kvs_info("node ready: %u shards (%u local)", m->r.shards, m->n_local);
 }
 
 static int start_links(router_main_t *m)
@@ -254,6 +270,7 @@ static void on_drained(router_t *r)
     m->workers_stopping = 1;
     uv_timer_stop(&m->timer);
     kvs_info("clients drained; stopping workers");
+    router_notify_status("clients drained; stopping workers");
     for (uint32_t s = 0; s < m->r.shards && m->r.links != NULL; s++)
         router_link_stop(&m->r.links[s]);
     if (m->sup != NULL)
@@ -279,6 +296,10 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
+    if (exit_code == 0)
+        router_notify_stopping("draining clients");
+    else
+        router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
     if (m->sup != NULL)
         router_sup_hold(m->sup);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
@@ -308,6 +329,16 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
+/* Live reload (SIGHUP, systemctl reload) does not exist yet: say so, and
+ * keep running with the configuration loaded at start. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    kvs_warn("received SIGHUP: live reload is not supported yet; the configuration loaded at "
+             "start stays in use (restart the node to apply changes)");
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 
 static int router_start(router_main_t *m, const char *argv0)
@@ -323,9 +354,11 @@ static int router_start(router_main_t *m, const char *argv0)
     int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
+    uv_signal_init(r->loop, &m->sighup);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     if (rc == 0)
@@ -334,10 +367,9 @@ static int router_start(router_main_t *m, const char *argv0)
         rc = start_links(m);
     if (rc != 0)
         return rc;
-    if (m->n_local == 0) { /* a pure routing node: nothing local to wait for */
-        m->ready = 1;
-        return router_clients_listen(r);
-    }
+    if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
+        return become_ready(m);
+    router_notify_status("starting: waiting for %u local shard(s)", m->n_local);
     uv_timer_start(&m->timer, on_ready_timeout, r->cfg->router_ready_timeout_ms, 0);
     return 0;
 }
@@ -363,6 +395,7 @@ int main(int argc, char **argv)
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse(cfg->log_level, &level);
     kvs_log_set_level(level);
+    kvs_log_set_format(cfg->log_format);
     m.r.cfg = cfg;
     if (take_lock(cfg) != 0) {
         kvs_config_free(cfg);

@@ -32,12 +32,19 @@
  * Options must come before the command, so that a value such as -5 is never
  * taken for an option.
  *
+ * On a terminal (stdin and stdout both ttys), a session reads lines through
+ * cli_edit (libedit): editing, history in ~/.kvscli_history (never a line
+ * whose command is `auth`, nor one that does not parse), TAB completion of
+ * command names and a hint of their arguments. Piped input is read with
+ * getline exactly as without a terminal.
+ *
  * `keyslot TABLE KEY` talks to no server: it computes the partition and
  * shard of a key from the node's config (`--config FILE`, the file
  * kvs-router runs with) with the same kvs_place functions the router uses,
  * so a user can check by hand where a key lives and where a producer should
  * have put it.
  */
+#include "cli_edit.h"
 #include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
@@ -49,6 +56,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <locale.h>
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -1348,9 +1356,83 @@ static int run_line(cli_t *c, char *line, size_t n, int *quit)
     return rc;
 }
 
+/* Whether the history may keep line[0..n): it parses, and its command
+ * (after the line's options) is not `auth`, whose argument is a secret. A
+ * line that does not parse is not kept either: what it would run is not
+ * known, so neither is whether it holds a secret. */
+static int history_keeps(cli_t *c, const char *line, size_t n)
+{
+    char *copy = cli_alloc(&c->arena, n + 1);
+    memcpy(copy, line, n);
+    cli_arg_t *argv = cli_alloc(&c->arena, (n / 2 + 2) * sizeof(*argv));
+    int argc = split_line(copy, n, argv);
+    if (argc <= 0)
+        return 0;
+    int k = 0;
+    while (k < argc && argv[k].len > 2 && memcmp(argv[k].p, "--", 2) == 0)
+        k++;
+    return k == argc || !arg_is(argv[k], "auth");
+}
+
+/* A session on a terminal, through the line editor. Returns as
+ * run_session does. */
+static int run_edited(cli_t *c, cli_edit_t *e)
+{
+    int failed = 0, quit = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    while (!quit) {
+        size_t n;
+        const char *in = cli_edit_gets(e, &n);
+        if (in == NULL) {
+            putchar('\n');
+            break;
+        }
+        if (n + 1 > cap) {
+            free(line);
+            cap = n + 1;
+            line = malloc(cap);
+            if (line == NULL) {
+                fprintf(stderr, "kvs-cli: out of memory\n");
+                return CLI_USAGE;
+            }
+        }
+        memcpy(line, in, n); /* run_line decodes it in place */
+        kvs_arena_reset(&c->arena);
+        if (history_keeps(c, line, n))
+            cli_edit_remember(e, line, n);
+        failed |= run_line(c, line, n, &quit) != CLI_OK;
+        fflush(stdout);
+    }
+    free(line);
+    return failed ? CLI_FAILED : CLI_OK;
+}
+
+/* The line editor for a session on a terminal, or NULL (then lines are
+ * read without editing). */
+static cli_edit_t *session_editor(const cli_t *c)
+{
+    static cli_word_t words[N_COMMANDS + 3];
+    size_t n = 0;
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        words[n++] = (cli_word_t){commands[i].name, commands[i].args};
+    words[n++] = (cli_word_t){"help", ""};
+    words[n++] = (cli_word_t){"quit", ""};
+    words[n++] = (cli_word_t){"exit", ""};
+    /* libedit reads and shows multibyte characters in the user's locale;
+     * nothing else in kvs-cli depends on it (tokens are bytes). */
+    const char *loc = setlocale(LC_CTYPE, "");
+    if (loc == NULL || strcmp(loc, "C") == 0 || strcmp(loc, "POSIX") == 0)
+        setlocale(LC_CTYPE, "C.UTF-8");
+    char prompt[sizeof(c->name) + 3], history[4096];
+    snprintf(prompt, sizeof(prompt), "%s> ", c->name);
+    int has_file = cli_edit_history_path(history, sizeof(history)) == 0;
+    return cli_edit_new("kvs-cli", prompt, words, n, has_file ? history : NULL);
+}
+
 /* Reads commands from stdin until EOF or quit. A prompt is shown only to a
- * terminal; a piped session stops at nothing and reports any failure in its
- * exit status. */
+ * terminal (with line editing when stdout is one too); a piped session
+ * stops at nothing and reports any failure in its exit status. */
 static int run_session(cli_t *c)
 {
     int tty = isatty(STDIN_FILENO);
@@ -1358,6 +1440,12 @@ static int run_session(cli_t *c)
     c->stdin_taken = 1;
     if (cli_connect(c) != 0 && !tty)
         return CLI_USAGE;
+    cli_edit_t *e = tty && isatty(STDOUT_FILENO) ? session_editor(c) : NULL;
+    if (e != NULL) {
+        int rc = run_edited(c, e);
+        cli_edit_free(e);
+        return rc;
+    }
     char *line = NULL;
     size_t cap = 0;
     int failed = 0, quit = 0;
@@ -1423,7 +1511,9 @@ static void usage(FILE *f)
     fprintf(f, "\n"
                "In a session, 'help' lists the commands, 'quit' or 'exit' ends it, tokens\n"
                "may be \"quoted\" (with \\n \\t \\\\ \\\" \\xHH escapes) or 'quoted', and a line\n"
-               "may start with a value option (--int hset t k 5).\n"
+               "may start with a value option (--int hset t k 5). On a terminal, lines are\n"
+               "edited with history (~/.kvscli_history; KVSCLI_HISTFILE), TAB completes\n"
+               "command names, and a command's arguments are hinted at the right.\n"
                "\n"
                "Exit status: 0 ok; 1 the server answered with an error (or hget found no\n"
                "key); 2 usage error, connection failure, timeout or protocol error.\n");

@@ -42,6 +42,7 @@ static void check_config(const kvs_config_t *cfg)
     FUZZ_CHECK(cfg->max_frame >= 1024 && cfg->max_frame <= (1u << 30));
     FUZZ_CHECK(cfg->max_inflight >= 1 && cfg->max_inflight <= 1000000);
     FUZZ_CHECK(cfg->sync <= KVS_SYNC_NONE);
+    FUZZ_CHECK(cfg->log_format == KVS_LOG_TEXT || cfg->log_format == KVS_LOG_JSON);
     for (size_t i = 0; i < cfg->n_bindings; i++) {
         const kvs_binding_t *b = &cfg->bindings[i];
         FUZZ_CHECK(b->topic != NULL && b->table != NULL && b->format <= KVS_FORMAT_VALUE);

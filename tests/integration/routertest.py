@@ -211,6 +211,7 @@ class Router(Managed):
     timeout: limits.max_frame, limits.max_inflight, router.timeout;
     router_yaml: more "key: value" entries of the router section;
     extra_yaml: more top-level YAML appended to the config;
+    log: the log section, as YAML flow text ("{level: info}");
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
     (its pid is the group id), as a shell does with a job.
@@ -218,7 +219,7 @@ class Router(Managed):
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
-                 name="router", router_yaml=(), env=None, new_session=False):
+                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}"):
         self.name = name
         self.env = dict(env or {})
         self.new_session = new_session
@@ -258,7 +259,7 @@ class Router(Managed):
             limits.append("max_inflight: %d" % max_inflight)
         if limits:
             lines.append("limits: {%s}" % ", ".join(limits))
-        lines.append("log: {level: info}")
+        lines.append("log: %s" % log)
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n" + extra_yaml)
         if start:

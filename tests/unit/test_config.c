@@ -54,6 +54,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->n_kafka_properties, 0);
     CHECK(c->kafka_properties == NULL);
     CHECK_STR(c->log_level, "info");
+    CHECK_EQ(c->log_format, KVS_LOG_TEXT);
     CHECK_EQ(c->router_ready_timeout_ms, 30000);
 }
 
@@ -327,6 +328,30 @@ KVS_TEST(log_levels)
     }
     parse_fails("log:\n  level: loud\n", "config.yaml:2:10: log.level must be one of debug, info, "
                                          "warn, error (got \"loud\")");
+}
+
+KVS_TEST(log_formats)
+{
+    static const struct {
+        const char *text;
+        kvs_log_format_t want;
+    } ok[] = {{"text", KVS_LOG_TEXT}, {"json", KVS_LOG_JSON}, {"JSON", KVS_LOG_JSON}};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        char text[64];
+        snprintf(text, sizeof(text), "log: {level: debug, format: %s}\n", ok[i].text);
+        kvs_config_t *c = parse_ok(text);
+        CHECK_EQ(c->log_format, ok[i].want);
+        CHECK_STR(c->log_level, "debug");
+        kvs_config_free(c);
+    }
+    parse_fails("log:\n  level: info\n  format: yaml\n",
+                "config.yaml:3:11: log.format must be one of text, json (got \"yaml\")");
+    parse_fails("log: {format: \"\"}\n",
+                "config.yaml:1:15: log.format must be one of text, json (got \"\")");
+    parse_fails("log: {format: [json]}\n",
+                "config.yaml:1:15: log.format: expected a string, got a list");
+    parse_fails("log: {format: json, format: text}\n",
+                "config.yaml:1:21: duplicate key \"format\" in \"log\" (first at line 1)");
 }
 
 KVS_TEST(bindings_default_format_and_block_style)
@@ -789,7 +814,7 @@ KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_e
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
               KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
               KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
-              KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
+              KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
               KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
               KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
               KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),

@@ -1,0 +1,379 @@
+"""Deployment: systemd readiness and the files under deploy/.
+
+NotifyTest starts kvs-router with NOTIFY_SOCKET naming a unix datagram
+socket the test owns, as systemd does for Type=notify services, and reads
+what the router sends: READY=1 only once clients are accepted (a client
+connected the moment it arrives is served), never when a worker cannot
+start, STOPPING=1 on SIGTERM, STATUS= lines on the way.
+
+UnitFileTest checks deploy/kvs.service with systemd-analyze: `verify` on a
+copy whose ExecStart points at this build's kvs-router (verify requires the
+binary to exist), and `security --offline` for the sandboxing's exposure.
+
+ContainerFilesTest lints what cannot be run here (no Docker engine): the
+compose file parses, mounts files that exist and load as kvs configs whose
+nodes agree on one cluster; the Dockerfile copies files that exist, and its
+runtime package list covers every library the binaries link.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from kvstest import BUILD_DIR, Client
+from routertest import RouterTestCase
+
+try:
+    import yaml
+except ImportError:  # deploy/install-deps.sh --test installs python3-yaml
+    yaml = None
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.normpath(os.path.join(HERE, "..", ".."))
+DEPLOY = os.path.join(TOP, "deploy")
+COMPOSE_DIR = os.path.join(DEPLOY, "compose")
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
+ANALYZE = shutil.which("systemd-analyze")
+WAIT = 15.0
+
+
+# ---- sd_notify ---------------------------------------------------------------------
+
+
+class NotifySocket:
+    """A unix datagram socket in a temporary directory, like systemd's."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="kvs-notify-")
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []  # every message so far, as {key: value}
+
+    def close(self):
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def receive(self, timeout):
+        """The next message, or None after `timeout` seconds."""
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        msg = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
+        self.messages.append(msg)
+        return msg
+
+    def wait_for(self, key, timeout=WAIT):
+        """Receives until a message holds `key`; returns it (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.receive(deadline - time.monotonic())
+            if msg is not None and key in msg:
+                return msg
+        return None
+
+    def drain(self):
+        while self.receive(0.05) is not None:
+            pass
+        return self.messages
+
+
+class NotifyTest(RouterTestCase):
+    def notify_socket(self):
+        n = NotifySocket()
+        self.addCleanup(n.close)
+        return n
+
+    def test_ready_once_accepting_and_stopping_on_sigterm(self):
+        n = self.notify_socket()
+        r = self.router(shards=3, start=False, env={"NOTIFY_SOCKET": n.path})
+        r.proc = r.spawn()
+        ready = n.wait_for("READY")
+        self.assertIsNotNone(ready, "no READY=1 within %.0f s:\n%s" % (WAIT, r.stderr()))
+        # At the moment READY=1 arrives the router accepts and serves, and
+        # every local worker is up.
+        with Client(r.addr, timeout=5) as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(sorted(r.workers()), [0, 1, 2])
+        self.assertEqual(ready["READY"], "1")
+        self.assertIn("serving clients on 127.0.0.1:%d" % r.port, ready["STATUS"])
+        before = n.messages[:-1]
+        self.assertTrue(any(m.get("STATUS", "").startswith("starting: waiting for 3 local")
+                            for m in before), n.messages)
+        self.assertFalse(any("READY" in m or "STOPPING" in m for m in before), n.messages)
+
+        r.proc.send_signal(signal.SIGTERM)
+        stopping = n.wait_for("STOPPING")
+        self.assertIsNotNone(stopping, "no STOPPING=1 after SIGTERM:\n%s" % r.stderr())
+        self.assertEqual(stopping["STATUS"], "draining clients")
+        self.assertEqual(r.proc.wait(WAIT), 0)
+        statuses = [m.get("STATUS") for m in n.drain()]
+        self.assertIn("clients drained; stopping workers", statuses)
+        self.assertEqual(sum("READY" in m for m in n.messages), 1)
+
+    def test_no_ready_when_a_worker_cannot_start(self):
+        # A data directory made for another placement: the worker refuses it
+        # (EX_CONFIG), so the node never becomes ready and says why.
+        r = self.router(shards=1, partitions=8)
+        self.assertEqual(r.stop(), 0)
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("  partitions: 8\n", "  partitions: 16\n"))
+        n = self.notify_socket()
+        r.env["NOTIFY_SOCKET"] = n.path
+        r.proc = r.spawn()
+        self.assertEqual(r.proc.wait(WAIT), 78, r.stderr())
+        msgs = n.drain()
+        self.assertFalse(any("READY" in m for m in msgs), msgs)
+        stopping = [m for m in msgs if "STOPPING" in m]
+        self.assertEqual(len(stopping), 1, msgs)
+        self.assertIn("shard 0 cannot run with this configuration", stopping[0]["STATUS"])
+
+    def test_without_notify_socket_nothing_is_sent(self):
+        # Outside systemd the router runs as before (no warning either).
+        r = self.router(shards=1)
+        with r.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+        self.assertNotIn("notify", r.stderr())
+
+    def test_unreachable_notify_socket_is_reported_once(self):
+        missing = os.path.join(tempfile.gettempdir(), "kvs-no-such-notify-socket-%d" % os.getpid())
+        r = self.router(shards=1, env={"NOTIFY_SOCKET": missing})
+        with r.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+        self.assertEqual(r.stderr().count("cannot notify the service manager at "
+                                          "NOTIFY_SOCKET=%s" % missing), 1, r.stderr())
+
+    def test_sighup_is_logged_and_changes_nothing(self):
+        # systemctl reload sends SIGHUP (ExecReload): until live reload
+        # exists the node must survive it, not die of it.
+        r = self.router(shards=1)
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            r.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + WAIT
+            while "received SIGHUP" not in r.stderr() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertIn("received SIGHUP: live reload is not supported yet", r.stderr())
+            self.assertEqual(c.hget("t", "k").status, 200)
+        self.assertTrue(r.alive())
+        self.assertEqual(r.stop(), 0)
+
+
+# ---- the systemd unit --------------------------------------------------------------------
+
+
+def unit_copy(tmpdir):
+    """deploy/kvs.service with ExecStart on this build's kvs-router."""
+    with open(os.path.join(DEPLOY, "kvs.service")) as f:
+        text = f.read()
+    router = os.path.join(os.path.abspath(BUILD_DIR), "kvs-router")
+    text, n = re.subn(r"^ExecStart=/usr/local/bin/kvs-router ", "ExecStart=%s " % router, text,
+                      flags=re.M)
+    assert n == 1, "ExecStart=/usr/local/bin/kvs-router not found in deploy/kvs.service"
+    path = os.path.join(tmpdir, "kvs.service")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def unit_settings(path):
+    """{key: [values]} of a unit file (keys may repeat)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith(("#", ";", "[")):
+                k, v = line.split("=", 1)
+                out.setdefault(k, []).append(v)
+    return out
+
+
+@unittest.skipUnless(ANALYZE, "systemd-analyze is missing (deploy/install-deps.sh --test "
+                              "installs the systemd package)")
+class UnitFileTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kvs-unit-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def analyze(self, *args):
+        return subprocess.run([ANALYZE] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60, text=True)
+
+    def test_systemd_analyze_verify(self):
+        # A trivial unit first: where systemd-analyze cannot work at all
+        # (no systemd tree, a restricted sandbox), say so instead of failing.
+        probe = os.path.join(self.dir, "probe.service")
+        with open(probe, "w") as f:
+            f.write("[Service]\nExecStart=/bin/true\n")
+        p = self.analyze("verify", "--man=no", probe)
+        if p.returncode != 0:
+            self.skipTest("systemd-analyze verify does not work here: %s" % p.stderr.strip())
+        path = unit_copy(self.dir)
+        p = self.analyze("verify", "--man=no", path)
+        ours = [line for line in p.stderr.splitlines() if "kvs.service" in line]
+        self.assertEqual((p.returncode, ours), (0, []), p.stderr)
+
+    def test_sandboxing_exposure(self):
+        # systemd's own score: 1.6 today ("OK"); fail past 2.0, so a
+        # sandboxing option lost in an edit is noticed.
+        path = unit_copy(self.dir)
+        p = self.analyze("security", "--offline=yes", "--threshold=20", path)
+        m = re.search(r"Overall exposure level for kvs.service: ([0-9.]+)", p.stdout)
+        if m is None and "offline" in p.stderr:
+            self.skipTest("systemd-analyze security --offline is not supported here: %s"
+                          % p.stderr.strip())
+        self.assertIsNotNone(m, p.stdout + p.stderr)
+        self.assertLessEqual(float(m.group(1)), 2.0, p.stdout)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    def test_what_the_unit_promises(self):
+        s = unit_settings(os.path.join(DEPLOY, "kvs.service"))
+        want = {"Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
+                "KillMode": "mixed", "RestartPreventExitStatus": "78", "User": "kvs",
+                "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/kvs",
+                "WorkingDirectory": "/var/lib/kvs"}
+        for k, v in want.items():
+            self.assertEqual(s.get(k), [v], k)
+        self.assertGreaterEqual(int(s["LimitNOFILE"][0]), 65536)
+        # The drain (10 s) and the workers' grace period (10 s) fit in the
+        # stop timeout; the readiness timeout (router.ready_timeout, 30 s
+        # by default) in the start timeout.
+        self.assertGreater(int(s["TimeoutStopSec"][0]), 20)
+        self.assertGreater(int(s["TimeoutStartSec"][0]), 30)
+
+
+# ---- container files ------------------------------------------------------------------
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def config_loads(path):
+    """kvs's own loader accepts `path` (kvs-cli keyslot loads it, no server)."""
+    p = subprocess.run([CLI, "--config", path, "keyslot", "t", "k"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30, text=True)
+    return p.returncode == 0, p.stderr
+
+
+@unittest.skipUnless(yaml, "python3-yaml is missing (deploy/install-deps.sh --test installs it)")
+class ContainerFilesTest(unittest.TestCase):
+    def test_compose_cluster_is_consistent(self):
+        compose = load_yaml(os.path.join(COMPOSE_DIR, "compose.yaml"))
+        services = compose["services"]
+        self.assertEqual(sorted(services),
+                         ["kafka", "kafka-init", "kvs-a", "kvs-b", "kvs-c", "prometheus"])
+        # Every file it mounts or builds from exists.
+        for name, svc in services.items():
+            for vol in svc.get("volumes", []):
+                src = vol.split(":")[0]
+                if src.startswith("."):
+                    self.assertTrue(os.path.exists(os.path.join(COMPOSE_DIR, src)), (name, src))
+                else:
+                    self.assertIn(src, compose.get("volumes", {}), (name, src))
+            if "build" in svc:
+                ctx = os.path.join(COMPOSE_DIR, svc["build"]["context"])
+                self.assertTrue(os.path.isfile(os.path.join(ctx, svc["build"]["dockerfile"])))
+            for dep in svc.get("depends_on", {}):
+                self.assertIn(dep, services, name)
+
+        # The kvs nodes: configs kvs loads, one cluster, every shard served
+        # by exactly one node, remote addresses that lead there.
+        kafka_init = services["kafka-init"]["command"]
+        topic = kafka_init[kafka_init.index("--topic") + 1]
+        topic_parts = int(kafka_init[kafka_init.index("--partitions") + 1])
+        nodes = {}
+        for name in ("kvs-a", "kvs-b", "kvs-c"):
+            svc = services[name]
+            mount = [v for v in svc["volumes"] if v.split(":")[1] == svc["command"][-1]]
+            self.assertEqual(len(mount), 1, (name, svc["volumes"]))
+            path = os.path.join(COMPOSE_DIR, mount[0].split(":")[0])
+            ok, err = config_loads(path)
+            self.assertTrue(ok, "%s: %s" % (path, err))
+            nodes[name] = cfg = load_yaml(path)
+            self.assertEqual(svc["ports"][0].split(":")[1], cfg["router"]["listen"].split(":")[1])
+            self.assertEqual(cfg["kafka"]["brokers"], "kafka:9092")
+            self.assertEqual([(b["topic"], b["partitions"]) for b in cfg["kafka"]["bindings"]],
+                             [(topic, topic_parts)])
+        clusters = {(c["cluster"]["shards"], c["cluster"]["partitions"]) for c in nodes.values()}
+        self.assertEqual(len(clusters), 1, clusters)
+        shards = clusters.pop()[0]
+        owner = {}
+        for name, cfg in nodes.items():
+            remote = {r["shard"] for r in cfg["cluster"]["remote"]}
+            for s in set(range(shards)) - remote:
+                self.assertNotIn(s, owner, "shard %d runs on %s and %s" % (s, owner.get(s), name))
+                owner[s] = name
+        self.assertEqual(sorted(owner), list(range(shards)))
+        for name, cfg in nodes.items():
+            for r in cfg["cluster"]["remote"]:
+                host, port = r["address"].rsplit(":", 1)
+                base = int(nodes[owner[r["shard"]]]["node"]["listen"].rsplit(":", 1)[1])
+                self.assertEqual((host, int(port)), (owner[r["shard"]], base + r["shard"]),
+                                 (name, r))
+
+        # Prometheus scrapes the three nodes.
+        prom = load_yaml(os.path.join(COMPOSE_DIR, "prometheus.yml"))
+        targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"]
+                   for t in sc["targets"]]
+        self.assertEqual(sorted(t.split(":")[0] for t in targets), sorted(nodes))
+
+    def dockerfile(self):
+        with open(os.path.join(DEPLOY, "Dockerfile")) as f:
+            return f.read().replace("\\\n", " ")
+
+    def test_dockerfile_copies_existing_files(self):
+        stages = re.findall(r"^FROM (\S+)", self.dockerfile(), flags=re.M)
+        self.assertEqual(stages, ["debian:12", "debian:12-slim"])
+        copies = re.findall(r"^COPY (?!--from)(.+)$", self.dockerfile(), flags=re.M)
+        self.assertTrue(copies)
+        for c in copies:
+            for src in c.split()[:-1]:
+                self.assertTrue(os.path.exists(os.path.join(TOP, src)), src)
+        self.assertRegex(self.dockerfile(), r"(?m)^USER kvs$")
+        ok, err = config_loads(os.path.join(DEPLOY, "docker", "config.yaml"))
+        self.assertTrue(ok, err)
+
+    def test_runtime_packages_cover_the_binaries(self):
+        # Every library kvs-router, kvs-node and kvs-cli link against comes
+        # from a package `install-deps.sh --runtime` installs (or libc6,
+        # which every image has). Sanitizer runtimes are the build's own.
+        with open(os.path.join(DEPLOY, "install-deps.sh")) as f:
+            m = re.search(r"runtime_pkgs=\(([^)]*)\)", f.read())
+        self.assertIsNotNone(m)
+        runtime = set(m.group(1).split()) | {"libc6"}
+        needed = set()
+        for exe in ("kvs-router", "kvs-node", "kvs-cli"):
+            out = subprocess.run(["readelf", "-d", os.path.join(BUILD_DIR, exe)],
+                                 stdout=subprocess.PIPE, check=True, text=True).stdout
+            needed |= set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
+        needed = {lib for lib in needed if not re.match(r"lib(asan|ubsan|lsan)\.", lib)}
+        self.assertIn("libedit.so.2", needed)
+        p = subprocess.run(["dpkg", "-S"] + ["*/" + lib for lib in sorted(needed)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        owners = {}
+        for line in p.stdout.splitlines():
+            pkgs, path = line.split(": ", 1)
+            for pkg in pkgs.split(", "):
+                owners.setdefault(os.path.basename(path), set()).add(pkg.split(":")[0])
+        for lib in sorted(needed):
+            pkgs = owners.get(lib, set())
+            self.assertTrue(pkgs & runtime, "%s comes from %s, not in runtime_pkgs %s"
+                            % (lib, sorted(pkgs), sorted(runtime)))
+
+
+if __name__ == "__main__":
+    unittest.main()
