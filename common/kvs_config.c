@@ -59,11 +59,14 @@ typedef enum {
     D_BINDINGS,   /* kafka.bindings list */
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
+    D_PLUGINS,    /* plugins list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
+#define F_LIVE 8u /* may change in a running process (SIGHUP) */
+#define F_OFF 16u /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -103,33 +106,38 @@ static const directive_t directives[] = {
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
     {"router.resp_listen", D_LISTEN, OFF(resp_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
-     0},
+     F_LIVE},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
-     "from 1ms to 1h", NULL, 0},
+     "from 1ms to 1h", NULL, F_LIVE},
+    {"router.metrics_listen", D_LISTEN, OFF(metrics_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
-     NULL, 0},
+     NULL, F_LIVE},
     {"storage.map_size", D_SIZE, OFF(map_size), "1GiB", MIB, UINT64_MAX, "at least 1MiB", NULL, 0},
     {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
     {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
-    {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, 0},
+    {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, F_LIVE},
     {"limits.client_output", D_SIZE, OFF(client_output), "64MiB", 64 * KIB, UINT64_MAX / 4,
-     "at least 64KiB", NULL, 0},
-    {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, 0},
+     "at least 64KiB", NULL, F_LIVE},
+    {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, F_LIVE},
     {"limits.idle_timeout", D_DURATION, OFF(idle_timeout_ms), "0", 0, 604800000,
-     "from 0 (never) to 7 days", NULL, 0},
+     "from 0 (never) to 7 days", NULL, F_LIVE},
     {"limits.frame_timeout", D_DURATION, OFF(frame_timeout_ms), "30s", 0, 3600000,
-     "from 0 (never) to 1h", NULL, 0},
+     "from 0 (never) to 1h", NULL, F_LIVE},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
-     "at least 1MiB", NULL, 0},
+     "at least 1MiB", NULL, F_LIVE},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
-     F_TEXT},
-    {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, 0},
+     F_TEXT | F_LIVE},
+    {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, F_LIVE},
+    {"log.slow_threshold", D_DURATION, OFF(slow_threshold_ms), "10ms", 0, 3600000,
+     "from 0 (every request) to 1h, or off", NULL, F_LIVE | F_OFF},
+    {"log.slow_max", D_UINT32, OFF(slow_max), "128", 1, 100000, NULL, NULL, F_LIVE},
+    {"plugins", D_PLUGINS, 0, NULL, 0, 0, NULL, NULL, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
@@ -458,6 +466,10 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
 static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     uint64_t v;
+    if ((d->flags & F_OFF) && strcasecmp(text, "off") == 0) {
+        *(uint64_t *)field(ctx, d) = UINT64_MAX;
+        return 0;
+    }
     if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "
@@ -466,8 +478,8 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     if (d->type == D_DURATION && kvs_config_parse_duration_ms(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a duration (write milliseconds, or a number with "
-                         "ms, s or m, as in 1s)",
-                         d->path, text);
+                         "ms, s or m, as in 1s%s)",
+                         d->path, text, (d->flags & F_OFF) ? "; or off" : "");
     if (v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);
     *(uint64_t *)field(ctx, d) = v;
@@ -836,6 +848,70 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
     return 0;
 }
 
+/* ---- plugins -------------------------------------------------------------------- */
+
+/* One plugins entry: "PATH" or {path: PATH, arg: TEXT}. Whether the file
+ * exists and is a plugin is checked where it is loaded (kvs_plugins). */
+static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    const char *text = NULL;
+    snprintf(label, sizeof(label), "plugins[%zu]", idx);
+    kvs_plugin_conf_t *pl = &ctx->cfg->plugins[ctx->cfg->n_plugins++];
+    pl->line = (uint32_t)item->start_mark.line + 1;
+    pl->column = (uint32_t)item->start_mark.column + 1;
+    if (item->type != YAML_MAPPING_NODE) {
+        int rc = scalar_value(ctx, item, label, "a path or {path, arg}", &text);
+        return rc != 0 ? rc : store_string(ctx, &pl->path, text);
+    }
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        const yaml_node_t *key = node_at(ctx, p->key), *val = node_at(ctx, p->value);
+        char path[64];
+        int rc = check_key(ctx, item, p, label);
+        if (rc != 0)
+            return rc;
+        const char *k = scalar_text(key);
+        if (strcmp(k, "path") != 0 && strcmp(k, "arg") != 0)
+            return unknown_key(ctx, key, label);
+        snprintf(path, sizeof(path), "%s.%s", label, k);
+        if ((rc = scalar_value(ctx, val, path, "a string", &text)) != 0 ||
+            (rc = store_string(ctx, k[0] == 'p' ? &pl->path : &pl->arg, text)) != 0)
+            return rc;
+    }
+    if (pl->path == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"path\"", label);
+    return 0;
+}
+
+static int set_plugins(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "plugins: expected a list of shared object paths, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->plugins = calloc(n, sizeof(kvs_plugin_conf_t));
+    if (ctx->cfg->plugins == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        kvs_plugin_conf_t *pl = &ctx->cfg->plugins[i];
+        int rc = parse_plugin(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc == 0 && pl->path[0] == '\0')
+            rc = cfg_error(ctx, &node_at(ctx, seq->data.sequence.items.start[i])->start_mark,
+                           "plugins[%zu]: the path is empty", i);
+        if (rc == 0 && pl->arg == NULL)
+            rc = store_string(ctx, &pl->arg, "");
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
 {
     return kvs_config_binding_n(cfg, table, strlen(table));
@@ -901,6 +977,8 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_properties(ctx, val);
     if (d->type == D_REMOTE)
         return set_remote(ctx, val);
+    if (d->type == D_PLUGINS)
+        return set_plugins(ctx, val);
     const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
@@ -1249,6 +1327,123 @@ void kvs_config_free(kvs_config_t *cfg)
         free(cfg->kafka_properties[i].value);
     }
     free(cfg->kafka_properties);
+    for (size_t i = 0; i < cfg->n_plugins; i++) {
+        free(cfg->plugins[i].path);
+        free(cfg->plugins[i].arg);
+    }
+    free(cfg->plugins);
     free(cfg->path);
     free(cfg);
+}
+
+/* ---- live reload ------------------------------------------------------------ */
+
+static int str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static int bindings_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_bindings != b->n_bindings)
+        return 0;
+    for (size_t i = 0; i < a->n_bindings; i++) {
+        const kvs_binding_t *x = &a->bindings[i], *y = &b->bindings[i];
+        if (!str_eq(x->topic, y->topic) || !str_eq(x->table, y->table) || x->format != y->format ||
+            x->partitions != y->partitions || x->partitioner != y->partitioner)
+            return 0;
+    }
+    return 1;
+}
+
+static int properties_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_kafka_properties != b->n_kafka_properties)
+        return 0;
+    for (size_t i = 0; i < a->n_kafka_properties; i++)
+        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
+            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
+            return 0;
+    return 1;
+}
+
+static int remote_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_remote != b->n_remote)
+        return 0;
+    for (size_t i = 0; i < a->n_remote; i++)
+        if (a->remote[i].shard != b->remote[i].shard ||
+            !str_eq(a->remote[i].address, b->remote[i].address))
+            return 0;
+    return 1;
+}
+
+static int plugins_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_plugins != b->n_plugins)
+        return 0;
+    for (size_t i = 0; i < a->n_plugins; i++)
+        if (!str_eq(a->plugins[i].path, b->plugins[i].path) ||
+            !str_eq(a->plugins[i].arg, b->plugins[i].arg))
+            return 0;
+    return 1;
+}
+
+/* Whether directive `d` has the same value in both configs. */
+static int directive_eq(const directive_t *d, const kvs_config_t *a, const kvs_config_t *b)
+{
+    const char *pa = (const char *)a + d->off, *pb = (const char *)b + d->off;
+    switch (d->type) {
+    case D_STRING:
+    case D_LISTEN:
+        return str_eq(*(char *const *)(const void *)pa, *(char *const *)(const void *)pb);
+    case D_ENUM:
+        if (d->flags & F_TEXT)
+            return str_eq(*(char *const *)(const void *)pa, *(char *const *)(const void *)pb);
+        return memcmp(pa, pb, sizeof(int)) == 0;
+    case D_UINT32:
+        return memcmp(pa, pb, sizeof(uint32_t)) == 0;
+    case D_SIZE:
+    case D_DURATION:
+        return memcmp(pa, pb, sizeof(uint64_t)) == 0;
+    case D_BINDINGS:
+        return bindings_eq(a, b);
+    case D_PROPERTIES:
+        return properties_eq(a, b);
+    case D_REMOTE:
+        return remote_eq(a, b);
+    case D_PLUGINS:
+        return plugins_eq(a, b);
+    }
+    return 0;
+}
+
+/* Appends ", name" (or "name" first) to list[0..len). */
+static void list_add(char *list, size_t len, const char *name)
+{
+    size_t at = strlen(list);
+    if (at + 1 < len)
+        snprintf(list + at, len - at, "%s%s", at > 0 ? ", " : "", name);
+}
+
+int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
+                            size_t clen, char *fixed, size_t flen)
+{
+    if (clen > 0)
+        changed[0] = '\0';
+    if (flen > 0)
+        fixed[0] = '\0';
+    int refused = 0;
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive_t *d = &directives[i];
+        if (directive_eq(d, cur, next))
+            continue;
+        if (d->flags & F_LIVE) {
+            list_add(changed, clen, d->path);
+        } else {
+            list_add(fixed, flen, d->path);
+            refused = 1;
+        }
+    }
+    return refused ? KVS_ECONFIG : 0;
 }

@@ -27,6 +27,8 @@
  *                            the request answered 503
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
+ *     metrics_listen: ""     HOST:PORT serving Prometheus metrics over HTTP
+ *                            (GET /metrics); "" = off
  *   node:
  *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
  *                            also listens on TCP port PORT+N
@@ -63,6 +65,16 @@
  *   log:
  *     level: info            debug | info | warn | error
  *     format: text           text | json (one JSON object per line)
+ *     slow_threshold: 10ms   requests slower than this go to the slow log;
+ *                            0 = every request, off = no slow log
+ *     slow_max: 128          slow log entries kept, 1..100000
+ *   plugins: []              shared objects with request hooks, loaded at
+ *                            start: - PATH, or - {path: PATH, arg: TEXT}
+ *
+ * Live reload (SIGHUP): kvs_config_reload_check says which keys differ and
+ * whether all of them may change in a running process: log.*, router.timeout,
+ * router.ready_timeout, storage.sync_interval and limits.* except max_frame
+ * may; every other key may not.
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -103,6 +115,18 @@ typedef struct kvs_kv_s {
     char *value;
 } kvs_kv_t;
 
+/* One entry of `plugins`: the shared object, the text handed to its init,
+ * and where the entry is in the file (1-based; 0 when not from a file), so
+ * a plugin that cannot load is reported at its line. */
+typedef struct kvs_plugin_conf_s {
+    char *path;
+    char *arg; /* "" when not given */
+    uint32_t line, column;
+} kvs_plugin_conf_t;
+
+/* log.slow_threshold: off. */
+#define KVS_SLOWLOG_OFF UINT64_MAX
+
 typedef struct kvs_remote_s {
     uint32_t shard;
     char *address; /* HOST:PORT of the worker serving it */
@@ -121,7 +145,8 @@ typedef struct kvs_config_s {
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
-    char *node_listen; /* "" when unset */
+    char *metrics_listen; /* "" = no metrics listener */
+    char *node_listen;    /* "" when unset */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -145,6 +170,11 @@ typedef struct kvs_config_s {
 
     char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
     kvs_log_format_t log_format;
+    uint64_t slow_threshold_ms; /* KVS_SLOWLOG_OFF: no slow log; 0: every request */
+    uint32_t slow_max;          /* entries the slow log keeps */
+
+    kvs_plugin_conf_t *plugins;
+    size_t n_plugins;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config
@@ -172,6 +202,14 @@ const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *t
 
 /* The remote entry for `shard`, or NULL when the shard is local. */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
+
+/* Live reload: compares the running config `cur` with a freshly loaded
+ * `next`. Writes the keys that differ and may change live into
+ * changed[0..clen) ("log.level, limits.max_inflight", "" when none) and
+ * those that differ and may not into fixed[0..flen). Returns 0 when
+ * `fixed` is empty (next may replace cur), KVS_ECONFIG otherwise. */
+int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
+                            size_t clen, char *fixed, size_t flen);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

@@ -234,8 +234,11 @@ struct kvs_conn_group_s {
     uv_timer_t sweep; /* once a second: frame and idle timeouts */
     kvs_conn_t *head; /* members */
     size_t count;
-    size_t input_used; /* decoder bytes charged by all members */
-    const char *what;  /* "client", for log lines */
+    size_t input_used;  /* decoder bytes charged by all members */
+    const char *what;   /* "client", for log lines */
+    uint64_t joined;    /* members ever (connections accepted) */
+    uint64_t bytes_in;  /* bytes members read */
+    uint64_t bytes_out; /* bytes members wrote */
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -253,6 +256,12 @@ uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned 
  * log lines and must outlive the group. Returns 0 or a uv error. */
 int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_limits_t *limits,
                         const char *what);
+
+/* New limits for a running group (a live reload): members keep their
+ * connections; output limits apply to each at once (a member past the new
+ * hard limit is closed when it next queues output), timeouts from the next
+ * sweep, the input budget from the next read. */
+void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits);
 
 /* Closes the group's timer (members must have left or be closing). */
 void kvs_conn_group_close(kvs_conn_group_t *g);
@@ -275,11 +284,13 @@ struct kvs_flusher_s {
     uv_check_t check;
     kvs_conn_t *head;
     kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
+    kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
     void *data;
 };
 
 /* Starts a check handle on `loop` that, after each poll, calls `before`
- * (if set) and then flushes every connection queued with kvs_conn_queue. */
+ * (if set), flushes every connection queued with kvs_conn_queue, then
+ * calls `after` (if set). */
 int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, void *data);
 
 /* Flushes what is queued right now (also used by the check handle). */

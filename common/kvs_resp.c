@@ -22,6 +22,7 @@
 #define F_VALUES 3
 #define F_PAIRS 4
 #define F_CURSOR 5
+#define F_OPS 7
 /* Kvpair fields */
 #define F_PAIR_KEY 1
 #define F_PAIR_VALUE 2
@@ -145,6 +146,11 @@ void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len)
 {
     if (len > 0)
         put_len_field(r, F_CURSOR, cur, len);
+}
+
+void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len)
+{
+    put_len_field(r, F_OPS, packed, len);
 }
 
 size_t kvs_resp_size(const kvs_resp_t *r)

@@ -9,7 +9,7 @@
  * parses.
  *
  * Usage: begin, then fields in this order: status, message, values, pairs,
- * cursor (protobuf allows any order; keeping one makes output canonical),
+ * cursor, ops (protobuf allows any order; keeping one makes output canonical),
  * then end. Memory errors are sticky and reported by end.
  */
 #ifndef KVS_RESP_H
@@ -45,6 +45,9 @@ void kvs_resp_bool(kvs_resp_t *r, int b);
 void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len);
 
 void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len);
+
+/* `ops` (field 7): `packed` is an encoded kvs.OpsAnswer. */
+void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len);
 
 /* Payload bytes written so far (without the header). */
 size_t kvs_resp_size(const kvs_resp_t *r);

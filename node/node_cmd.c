@@ -26,6 +26,7 @@
  */
 #include "node_cmd.h"
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_resp.h"
 
@@ -615,6 +616,48 @@ static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     return 0;
 }
 
+/* ---- operations -------------------------------------------------------------- */
+
+/* Packs `ops` into the answer (field 7) with status 200. */
+static int put_ops(node_cmd_ctx_t *ctx, kvs_resp_t *r, const Kvs__OpsAnswer *ops)
+{
+    size_t n = kvs__ops_answer__get_packed_size(ops);
+    uint8_t *p = kvs_arena_alloc(&ctx->arena, n ? n : 1);
+    if (p == NULL)
+        return -ENOMEM;
+    kvs__ops_answer__pack(ops, p);
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_ops(r, p, n);
+    return 0;
+}
+
+static int cmd_metrics(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    kvs_mb_t b;
+    (void)req;
+    kvs_mb_init(&b, &ctx->arena);
+    if (ctx->metrics != NULL)
+        ctx->metrics(ctx->metrics_arg, &b);
+    if (b.failed)
+        return -ENOMEM;
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    ops.metrics = b.fams;
+    ops.n_metrics = b.n;
+    return put_ops(ctx, r, &ops);
+}
+
+static int cmd_slowlog(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    if (ctx->slowlog != NULL &&
+        kvs_slowlog_answer(ctx->slowlog, req->slowlog->count, &ctx->arena, &ops) != 0)
+        return -ENOMEM;
+    int rc = put_ops(ctx, r, &ops); /* packed: the entries may go now */
+    if (rc == 0 && ctx->slowlog != NULL && req->slowlog->reset)
+        kvs_slowlog_reset(ctx->slowlog);
+    return rc;
+}
+
 /* Every answer's last check before its frame is closed: one size
  * comparison. An answer past max_frame (a read of a value stored under a
  * larger limit, an Info listing many partitions, ...) becomes this
@@ -666,6 +709,8 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
     [KVS__COMMAND_REQUEST__COMMAND_HINCR] = cmd_hincr,
     [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_hlen,
+    [KVS__COMMAND_REQUEST__COMMAND_METRICS] = cmd_metrics,
+    [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
 };
 
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
@@ -753,27 +798,111 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
     return finish(ctx, &r, pk->cmd);
 }
 
+/* ---- hooks ------------------------------------------------------------------- */
+
+/* RECEIVED for a valid request: notes what it is and runs the hooks.
+ * Returns 0, or the status a hook stopped it with (its message in msg). */
+static uint32_t hook_received(node_cmd_ctx_t *ctx, uint32_t cmd, const void *table,
+                              size_t table_len, uint32_t keys, char *msg, size_t mlen)
+{
+    kvs_request_info_t *in = &ctx->info;
+    in->command = cmd;
+    in->command_name = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)cmd);
+    in->table = table;
+    in->table_len = table_len > UINT32_MAX ? UINT32_MAX : (uint32_t)table_len;
+    in->keys = keys;
+    in->write = (uint32_t)kvs_msg_is_write((Kvs__CommandRequest__CommandCase)cmd);
+    if (!kvs_hook_any(ctx->hooks, KVS_HOOK_RECEIVED))
+        return 0;
+    in->now_ns = kvs_now_ns();
+    return kvs_hook_run(ctx->hooks, KVS_HOOK_RECEIVED, in, msg, mlen);
+}
+
+/* EXECUTED: the answer appended at out[start..) is known; a hook may
+ * replace it. Returns rc, or the result of appending the replacement. */
+static int hook_executed(node_cmd_ctx_t *ctx, kvs_buf_t *out, size_t start, int rc)
+{
+    char msg[KVS_HOOK_MSG];
+    kvs_request_info_t *in = &ctx->info;
+    if (rc != 0 || out->len < start + KVS_FRAME_HEADER)
+        return rc;
+    in->status = kvs_msg_answer_status(out->data + start + KVS_FRAME_HEADER,
+                                       out->len - start - KVS_FRAME_HEADER);
+    in->now_ns = kvs_now_ns();
+    uint32_t st = kvs_hook_run(ctx->hooks, KVS_HOOK_EXECUTED, in, msg, sizeof(msg));
+    if (st == 0)
+        return 0;
+    out->len = start;
+    in->status = st;
+    return kvs_msg_append_status(out, st, "%s", msg);
+}
+
+/* A valid decoded request: RECEIVED, then (unless a hook stopped it) run. */
+static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
+{
+    char msg[KVS_HOOK_MSG];
+    if (ctx->hooks != NULL) {
+        const char *table = kvs_msg_request_table(req);
+        uint32_t st = hook_received(ctx, req->command_case, table, table ? strlen(table) : 0,
+                                    kvs_msg_request_keys(req), msg, sizeof(msg));
+        if (st != 0)
+            return kvs_msg_append_status(out, st, "%s", msg);
+    }
+    return node_cmd_execute(ctx, req, out);
+}
+
+/* A request that did not decode or validate: 400, no RECEIVED (EXECUTED
+ * still sees what it asked for). */
+static int refuse(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, uint32_t st, const char *msg,
+                  kvs_buf_t *out)
+{
+    if (ctx->hooks != NULL && req != NULL) {
+        kvs_request_info_t *in = &ctx->info;
+        const char *table = kvs_msg_request_table(req);
+        in->command = req->command_case < KVS_METRICS_COMMANDS ? (uint32_t)req->command_case : 0;
+        in->command_name = kvs_msg_command_name(req->command_case);
+        in->write = (uint32_t)kvs_msg_is_write(req->command_case);
+        in->keys = kvs_msg_request_keys(req);
+        in->table = table;
+        in->table_len = table != NULL && strlen(table) <= UINT32_MAX ? (uint32_t)strlen(table) : 0;
+    }
+    return kvs_msg_append_status(out, st, "%s", msg);
+}
+
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     char msg[512];
     kvs_peek_t pk;
-    if (kvs_msg_peek(payload, len, &pk))
-        return run_fast(ctx, &pk, out);
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+    size_t start = out->len;
     int rc;
-    if (req == NULL) {
-        rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
-                                   "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
-                                   len);
-    } else {
-        uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
-        if (st == KVS_STATUS_OK)
-            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
-        if (st != KVS_STATUS_OK)
-            rc = kvs_msg_append_status(out, st, "%s", msg);
-        else
-            rc = node_cmd_execute(ctx, req, out);
+    if (ctx->hooks != NULL) {
+        kvs_request_info_t *in = &ctx->info;
+        in->struct_size = sizeof(*in);
+        in->command = 0;
+        in->command_name = "none";
+        in->table = NULL;
+        in->table_len = in->keys = in->write = in->status = 0;
+        in->received_ns = kvs_now_ns();
     }
+    if (kvs_msg_peek(payload, len, &pk)) {
+        uint32_t st = ctx->hooks == NULL
+                          ? 0
+                          : hook_received(ctx, pk.cmd, pk.table, pk.table_len, 1, msg, sizeof(msg));
+        rc = st != 0 ? kvs_msg_append_status(out, st, "%s", msg) : run_fast(ctx, &pk, out);
+    } else {
+        Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+        uint32_t st = KVS_STATUS_OK;
+        if (req == NULL) {
+            st = KVS_STATUS_BAD_REQUEST;
+            snprintf(msg, sizeof(msg),
+                     "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
+        } else if ((st = kvs_msg_validate(req, msg, sizeof(msg))) == KVS_STATUS_OK) {
+            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        }
+        rc = st != KVS_STATUS_OK ? refuse(ctx, req, st, msg, out) : run_decoded(ctx, req, out);
+    }
+    if (ctx->hooks != NULL)
+        rc = hook_executed(ctx, out, start, rc);
     kvs_arena_reset(&ctx->arena);
     return rc;
 }

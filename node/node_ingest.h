@@ -12,6 +12,7 @@
 #define NODE_INGEST_H
 
 #include "kvs_config.h"
+#include "kvs_metrics.h"
 #include "kvs_resp.h"
 #include "node_store.h"
 
@@ -47,6 +48,11 @@ void node_ingest_turn_done(node_ingest_t *in, int rc);
  * with auto.offset.reset latest). end_offset, lag and a next_offset not
  * stored yet are -1 while the brokers have not told them. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
+
+/* Adds the per-partition families (kvs_partition_*, labelled shard, topic
+ * and partition: applied, skipped and misplaced records, next and end
+ * offsets, lag, serving) to `b`. */
+void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */

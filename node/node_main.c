@@ -11,6 +11,16 @@
  *
  * Normally started by kvs-router; runs stand-alone just as well.
  *
+ * SIGHUP re-reads the config file (kvs-router forwards its own SIGHUP to
+ * its workers, which re-read the same file). A file that does not load,
+ * or that changes a key that cannot change live (kvs_config_reload_check),
+ * leaves the running configuration as it was, saying why; otherwise the
+ * live keys apply (log level and format, slow log, limits for the clients,
+ * storage.sync_interval). The config loaded at start stays allocated for
+ * the process's life: Kafka ingestion holds pointers into its bindings,
+ * which cannot change live. A reloaded config replaces the previous
+ * reloaded one, which nothing refers to once node_server_reload returned.
+ *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
@@ -27,6 +37,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_plugins.h"
 #include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
@@ -58,7 +69,10 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
-    uv_signal_t sigterm, sigint;
+    const char *config_path;
+    const kvs_config_t *running; /* the config in force (the start one, or `reloaded`) */
+    kvs_config_t *reloaded;      /* the last config a reload swapped in, or NULL */
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -296,13 +310,56 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     return 0;
 }
 
+/* SIGHUP: reload the config file (see the file comment). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    node_main_t *m = h->data;
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
+    (void)signum;
+    if (m->signals > 0)
+        return; /* shutting down */
+    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        node_server_count_reload(m->srv, "error");
+        return;
+    }
+    if (kvs_config_reload_check(m->running, next, changed, sizeof(changed), fixed, sizeof(fixed)) !=
+        0) {
+        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
+                  "it for that); the running configuration is unchanged",
+                  fixed);
+        node_server_count_reload(m->srv, "refused");
+        kvs_config_free(next);
+        return;
+    }
+    if (node_server_reload(m->srv, next) != 0) {
+        kvs_error("reload: out of memory; the running configuration is unchanged");
+        node_server_count_reload(m->srv, "error");
+        kvs_config_free(next);
+        return;
+    }
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse(next->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format(next->log_format);
+    kvs_config_free(m->reloaded); /* nothing refers to it any more */
+    m->reloaded = next;
+    m->running = next;
+    node_server_count_reload(m->srv, "ok");
+    kvs_info("configuration reloaded from %s (%s)", m->config_path,
+             changed[0] ? changed : "nothing changed");
+}
+
 static void watch_signals(node_main_t *m)
 {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
+    uv_signal_init(m->loop, &m->sighup);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
 }
 
 /* ---- main --------------------------------------------------------------------- */
@@ -400,11 +457,20 @@ int main(int argc, char **argv)
         kvs_error("parent process is gone; not starting");
         return 1;
     }
+    kvs_plugins_t *plugins = NULL;
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
+    if (rc == 0) {
+        char err[4600];
+        if (kvs_plugins_load(cfg, "node", (int)args.shard, &plugins, err, sizeof(err)) != 0)
+            rc = config_fatal(&m, "%s", err);
+    }
     if (rc != 0) {
+        node_store_close(store);
         kvs_config_free(cfg);
         return finish(&m, rc);
     }
+    m.config_path = args.config;
+    m.running = cfg;
 
     m.loop = uv_default_loop();
     node_server_opts_t so = {
@@ -417,9 +483,11 @@ int main(int argc, char **argv)
         .n_addrs = (size_t)n_addrs,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
+        .plugins = plugins,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
+        kvs_plugins_free(plugins);
         kvs_config_free(cfg);
         return 1;
     }
@@ -447,7 +515,9 @@ int main(int argc, char **argv)
             m.exit_code = 1;
     }
     node_server_free(m.srv);
+    kvs_plugins_free(plugins); /* no hook runs any more */
     uv_loop_close(m.loop);
+    kvs_config_free(m.reloaded);
     kvs_config_free(cfg);
     kvs_info("stopped");
     return finish(&m, m.exit_code);

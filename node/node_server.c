@@ -16,6 +16,14 @@
  * while a client's own request executes is applied after that request
  * returns, so the handler's partial output is never cut under its feet.
  *
+ * Hooks: the worker's chain (kvs_hook) holds the built-in metrics hook and
+ * the slow log (both at EXECUTED: a worker's service time) and the
+ * plugins' hooks. node_cmd runs RECEIVED and EXECUTED as each request
+ * runs. Only when some hook wants the send events does each request leave
+ * a record (its info, with table and peer copied) for the turn's end:
+ * BEFORE_SEND runs after the commit, AFTER_SEND once the turn's answers
+ * were handed to the sockets.
+ *
  * Shutdown: stop listening, let every client's queued responses drain,
  * then close. The caller closes the store after the loop ends.
  */
@@ -25,6 +33,8 @@
 #include "kvs_msg.h"
 #include "node_cmd.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,9 +44,19 @@
 
 typedef struct node_client_s node_client_t;
 
+/* A request answered this turn, kept for BEFORE_SEND and AFTER_SEND. */
+typedef struct turn_rec_s {
+    kvs_request_info_t info;
+    char table[KVS_MAX_TABLE + 1];
+    char peer[64];
+} turn_rec_t;
+
+#define TURN_RECS_KEEP 4096 /* a record array larger than this is given back after its turn */
+
 struct node_client_s {
     kvs_conn_t conn;
     node_server_t *srv;
+    uint64_t id;               /* unique within the process, for hooks */
     int listener;              /* index of the listener it came through */
     uint64_t mark_gen;         /* batch generation `mark` refers to (0 = none) */
     size_t mark;               /* out offset of the first response in that batch */
@@ -72,6 +92,17 @@ struct node_server_s {
     int closing_handles;
     node_server_turn_cb turn_cb;
     void *turn_arg;
+    /* operations */
+    kvs_hook_chain_t chain;
+    const kvs_plugins_t *plugins;
+    kvs_req_metrics_t reqm;
+    kvs_slowlog_t slowlog;
+    uint64_t next_client_id;
+    uint64_t reloads[3]; /* ok, error, refused */
+    double start_time;
+    char shard_label[16];
+    turn_rec_t *recs; /* requests of this turn, for the send events */
+    size_t n_recs, cap_recs;
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -164,6 +195,58 @@ static void batch_list_remove(node_server_t *srv, node_client_t *cl)
     cl->on_batch_list = 0;
 }
 
+/* ---- send events -------------------------------------------------------------- */
+
+/* Keeps the request node_cmd just ran for the turn's send events. */
+static void keep_record(node_server_t *srv)
+{
+    if (srv->n_recs == srv->cap_recs) {
+        size_t cap = srv->cap_recs ? srv->cap_recs * 2 : 64;
+        turn_rec_t *r = realloc(srv->recs, cap * sizeof(*r));
+        if (r == NULL) {
+            kvs_warn("out of memory: a request's send hooks are skipped");
+            return;
+        }
+        srv->recs = r;
+        srv->cap_recs = cap;
+    }
+    turn_rec_t *r = &srv->recs[srv->n_recs++];
+    const kvs_request_info_t *in = &srv->cmd.info;
+    size_t n = in->table != NULL && in->table_len < sizeof(r->table) ? in->table_len : 0;
+    r->info = *in;
+    memcpy(r->table, in->table != NULL ? in->table : "", n);
+    r->table[n] = '\0';
+    r->info.table = in->table != NULL ? r->table : NULL;
+    r->info.table_len = (uint32_t)n;
+    snprintf(r->peer, sizeof(r->peer), "%s", in->peer);
+    r->info.peer = r->peer;
+}
+
+static void run_send_event(node_server_t *srv, kvs_hook_event_t ev)
+{
+    char msg[KVS_HOOK_MSG];
+    if (srv->n_recs == 0 || !kvs_hook_any(&srv->chain, ev))
+        return;
+    uint64_t now = kvs_now_ns();
+    for (size_t i = 0; i < srv->n_recs; i++) {
+        srv->recs[i].info.now_ns = now;
+        kvs_hook_run(&srv->chain, ev, &srv->recs[i].info, msg, sizeof(msg));
+    }
+}
+
+/* The flusher's `after` step: the turn's answers went to the sockets. */
+static void on_flushed(kvs_flusher_t *f)
+{
+    node_server_t *srv = f->data;
+    run_send_event(srv, KVS_HOOK_AFTER_SEND);
+    srv->n_recs = 0;
+    if (srv->cap_recs > TURN_RECS_KEEP) {
+        free(srv->recs);
+        srv->recs = NULL;
+        srv->cap_recs = 0;
+    }
+}
+
 /* The flusher's `before` step: end of a loop turn. */
 static void on_turn_end(kvs_flusher_t *f)
 {
@@ -171,6 +254,7 @@ static void on_turn_end(kvs_flusher_t *f)
     int rc = node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
     if (srv->turn_cb != NULL)
         srv->turn_cb(srv->turn_arg, rc);
+    run_send_event(srv, KVS_HOOK_BEFORE_SEND);
     while (srv->batch_members != NULL) {
         node_client_t *cl = srv->batch_members;
         srv->batch_members = cl->batch_next;
@@ -188,9 +272,15 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     node_server_t *srv = cl->srv;
     size_t before = c->out.len;
     srv->executing = cl;
+    srv->cmd.info.peer = c->peer;
+    srv->cmd.info.identity = "";
+    srv->cmd.info.conn_id = cl->id;
     int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
     srv->executing = NULL;
     track_batch(cl, before);
+    if (kvs_hook_any(&srv->chain, KVS_HOOK_BEFORE_SEND) ||
+        kvs_hook_any(&srv->chain, KVS_HOOK_AFTER_SEND))
+        keep_record(srv);
     if (rc != 0) {
         kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
         kvs_conn_close(c);
@@ -279,6 +369,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     cl->srv = srv;
+    cl->id = ++srv->next_client_id;
     cl->listener = li;
     srv->listener_clients[li]++;
     int is_unix = server->type == UV_NAMED_PIPE;
@@ -307,6 +398,137 @@ static void on_sync_timer(uv_timer_t *t)
     int rc = node_store_sync(srv->store);
     if (rc != 0)
         kvs_error("periodic sync failed: %s", kvs_strerror(rc));
+}
+
+/* ---- operations ----------------------------------------------------------------- */
+
+/* The built-in metrics hook (EXECUTED): one counter, one histogram. */
+static uint32_t metrics_hook(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
+                             char *msg, size_t msglen)
+{
+    node_server_t *srv = state;
+    (void)ev;
+    (void)msg;
+    (void)msglen;
+    kvs_req_metrics_count(&srv->reqm, req->command, req->status, req->now_ns - req->received_ns);
+    return 0;
+}
+
+/* Builds the chain: metrics, the slow log when on, then the plugins. */
+static void build_chain(node_server_t *srv)
+{
+    kvs_hook_chain_init(&srv->chain);
+    kvs_hook_add(&srv->chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), metrics_hook, srv, 0);
+    if (kvs_slowlog_on(&srv->slowlog))
+        kvs_hook_add(&srv->chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), kvs_slowlog_hook, &srv->slowlog,
+                     0);
+    if (kvs_plugins_attach(srv->plugins, &srv->chain) != 0)
+        kvs_warn("the request hook chain is full: some plugin hooks are left out");
+}
+
+static void store_metrics(node_server_t *srv, kvs_mb_t *b)
+{
+    node_store_stats_t st;
+    const char *sh = srv->shard_label;
+    node_store_stats(srv->store, &st);
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+        {"kvs_lmdb_map_size_bytes", "Size of the LMDB map (address space, not disk), bytes."},
+        {"kvs_lmdb_page_size_bytes", "LMDB page size, bytes."},
+        {"kvs_lmdb_pages_used", "Pages of the LMDB data file in use (last page number + 1)."},
+        {"kvs_lmdb_readers", "LMDB reader slots in use."},
+        {"kvs_lmdb_max_readers", "LMDB reader slots."},
+        {"kvs_lmdb_tables", "Tables (named LMDB databases) in the shard."},
+    };
+    double v[] = {(double)st.map_size, (double)st.page_size,   (double)st.pages_used,
+                  (double)st.readers,  (double)st.max_readers, (double)st.tables};
+    for (size_t i = 0; i < sizeof(gauges) / sizeof(gauges[0]); i++)
+        kvs_mb_sample(
+            b, kvs_mb_family(b, gauges[i].name, KVS__METRIC_FAMILY__TYPE__GAUGE, gauges[i].help),
+            v[i], 1, "shard", sh);
+    kvs_mb_hist(b,
+                kvs_mb_family(b, "kvs_commit_batch_writes", KVS__METRIC_FAMILY__TYPE__HISTOGRAM,
+                              "Writes per committed group-commit batch (client writes and Kafka "
+                              "records with their offsets)."),
+                st.batch_writes, node_store_batch_bounds, NODE_BATCH_BUCKETS, 1, 1, "shard", sh);
+    kvs_mb_hist(b,
+                kvs_mb_family(b, "kvs_commit_duration_seconds", KVS__METRIC_FAMILY__TYPE__HISTOGRAM,
+                              "Time an LMDB commit of a batch took (its disk sync included)."),
+                st.commit_ns, kvs_latency_bounds_ns, KVS_LATENCY_BUCKETS, 1e-9, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_commit_failures_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Batches that failed to commit or were aborted (their requests "
+                                "were answered with errors)."),
+                  (double)st.failed_batches, 1, "shard", sh);
+}
+
+static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
+{
+    const char *sh = srv->shard_label;
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_connections", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                "Connections open to the worker (the router's links included)."),
+                  (double)srv->n_clients, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_connections_accepted_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Connections the worker accepted."),
+                  (double)srv->group.joined, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_received_bytes_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Bytes the worker read from its connections."),
+                  (double)srv->group.bytes_in, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_sent_bytes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Bytes the worker wrote to its connections."),
+                  (double)srv->group.bytes_out, 1, "shard", sh);
+}
+
+/* node_cmd's Metrics: every family of this worker. */
+static void server_metrics(void *arg, kvs_mb_t *b)
+{
+    node_server_t *srv = arg;
+    const char *labels[] = {"shard", srv->shard_label};
+    const char *process[] = {"role", "node", "shard", srv->shard_label};
+    kvs_mb_requests(b, &srv->reqm, "kvs_worker_", "a worker executed (its service time)", 1,
+                    labels);
+    conn_metrics(srv, b);
+    store_metrics(srv, b);
+    if (srv->cmd.ingest != NULL)
+        node_ingest_metrics(srv->cmd.ingest, b, srv->shard_label);
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
+                      "load), refused (a key that cannot change live changed).");
+    static const char *const results[] = {"ok", "error", "refused"};
+    for (int i = 0; i < 3; i++)
+        kvs_mb_sample(b, f, (double)srv->reloads[i], 3, "role", "node", "shard", srv->shard_label,
+                      "result", results[i]);
+    kvs_mb_process(b, srv->start_time, 2, process);
+}
+
+void node_server_count_reload(node_server_t *srv, const char *result)
+{
+    int i = strcmp(result, "ok") == 0 ? 0 : strcmp(result, "error") == 0 ? 1 : 2;
+    srv->reloads[i]++;
+}
+
+int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
+{
+    kvs_conn_limits_t limits;
+    if (kvs_slowlog_configure(&srv->slowlog, cfg->slow_threshold_ms, cfg->slow_max) != 0)
+        return -ENOMEM;
+    build_chain(srv);
+    kvs_conn_limits_from_config(&limits, cfg);
+    kvs_conn_group_set_limits(&srv->group, &limits);
+    srv->max_clients =
+        kvs_conn_max_clients(cfg->max_clients, (unsigned)srv->n_listeners, NODE_FD_RESERVE);
+    if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH)
+        uv_timer_start(&srv->sync_timer, on_sync_timer, cfg->sync_interval_ms,
+                       cfg->sync_interval_ms);
+    return 0;
 }
 
 /* ---- start / stop -------------------------------------------------------------- */
@@ -340,11 +562,26 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_tables = o->max_tables;
     srv->cmd.shard = o->shard;
     kvs_arena_init(&srv->cmd.arena);
+    srv->plugins = o->plugins;
+    srv->start_time = kvs_metrics_unix_now();
+    snprintf(srv->shard_label, sizeof(srv->shard_label), "%u", o->shard);
+    kvs_slowlog_init(&srv->slowlog);
+    if (kvs_slowlog_configure(&srv->slowlog, o->limits->slow_threshold_ms, o->limits->slow_max) !=
+        0) {
+        free(srv);
+        return -ENOMEM;
+    }
+    build_chain(srv);
+    srv->cmd.hooks = &srv->chain;
+    srv->cmd.slowlog = &srv->slowlog;
+    srv->cmd.metrics = server_metrics;
+    srv->cmd.metrics_arg = srv;
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, o->limits);
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
+    srv->flusher.after = on_flushed;
     if (rc == 0)
         rc = kvs_conn_group_init(&srv->group, o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
@@ -424,6 +661,8 @@ void node_server_free(node_server_t *srv)
     if (srv == NULL)
         return;
     kvs_arena_close(&srv->cmd.arena);
+    kvs_slowlog_free(&srv->slowlog);
+    free(srv->recs);
     free(srv);
 }
 

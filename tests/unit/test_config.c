@@ -808,7 +808,97 @@ KVS_TEST(bindings_partitioner)
                 "config.yaml:3:41: kafka.bindings[0].partitioner: expected a string, got a list");
 }
 
-KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_empty_string),
+KVS_TEST(ops_keys_defaults_and_values)
+{
+    kvs_config_t *c = parse_ok("");
+    CHECK_STR(c->metrics_listen, "");
+    CHECK_EQ(c->slow_threshold_ms, 10);
+    CHECK_EQ(c->slow_max, 128);
+    CHECK_EQ(c->n_plugins, 0);
+    kvs_config_free(c);
+    c = parse_ok("router: {metrics_listen: \"127.0.0.1:9100\"}\n"
+                 "log: {slow_threshold: 0, slow_max: 5}\n");
+    CHECK_STR(c->metrics_listen, "127.0.0.1:9100");
+    CHECK_EQ(c->slow_threshold_ms, 0);
+    CHECK_EQ(c->slow_max, 5);
+    kvs_config_free(c);
+    c = parse_ok("log: {slow_threshold: off}\n");
+    CHECK_EQ(c->slow_threshold_ms, KVS_SLOWLOG_OFF);
+    kvs_config_free(c);
+    c = parse_ok("log: {slow_threshold: 2s}\n");
+    CHECK_EQ(c->slow_threshold_ms, 2000);
+    kvs_config_free(c);
+    parse_fails("log: {slow_threshold: soon}\n",
+                "config.yaml:1:23: log.slow_threshold: \"soon\" is not a duration (write "
+                "milliseconds, or a number with ms, s or m, as in 1s; or off)");
+    parse_fails("log: {slow_max: 0}\n",
+                "config.yaml:1:17: log.slow_max must be an integer from 1 to 100000 (got \"0\")");
+    parse_fails("router: {metrics_listen: \"unix:/x\"}\n",
+                "config.yaml:1:26: router.metrics_listen must be \"\", HOST:PORT or [IPV6]:PORT "
+                "(got \"unix:/x\"): a unix socket is not allowed here");
+}
+
+KVS_TEST(plugins_list)
+{
+    kvs_config_t *c = parse_ok("log: {level: info}\n"
+                               "plugins:\n"
+                               "  - ./a.so\n"
+                               "  - {path: /opt/b.so, arg: \"file=/tmp/x\"}\n");
+    CHECK_EQ(c->n_plugins, 2);
+    CHECK_STR(c->plugins[0].path, "./a.so");
+    CHECK_STR(c->plugins[0].arg, "");
+    CHECK_EQ(c->plugins[0].line, 3);
+    CHECK_EQ(c->plugins[0].column, 5);
+    CHECK_STR(c->plugins[1].path, "/opt/b.so");
+    CHECK_STR(c->plugins[1].arg, "file=/tmp/x");
+    CHECK_EQ(c->plugins[1].line, 4);
+    kvs_config_free(c);
+    c = parse_ok("plugins: []\n");
+    CHECK_EQ(c->n_plugins, 0);
+    kvs_config_free(c);
+    parse_fails("plugins: ./a.so\n",
+                "config.yaml:1:10: plugins: expected a list of shared object paths, got "
+                "\"./a.so\"");
+    parse_fails("plugins:\n  - {arg: x}\n", "config.yaml:2:5: plugins[0]: missing \"path\"");
+    parse_fails("plugins:\n  - {path: a.so, args: x}\n",
+                "config.yaml:2:18: unknown key \"args\" in \"plugins[0]\"");
+    parse_fails("plugins:\n  - \"\"\n", "config.yaml:2:5: plugins[0]: the path is empty");
+    parse_fails("plugins:\n  - [a.so]\n",
+                "config.yaml:2:5: plugins[0]: expected a path or {path, arg}, got a list");
+}
+
+KVS_TEST(reload_check_names_the_keys)
+{
+    char changed[256], fixed[256];
+    kvs_config_t *a = parse_ok("log: {level: info}\nlimits: {max_inflight: 10}\n");
+    kvs_config_t *same = parse_ok("limits: {max_inflight: 10}\n");
+    CHECK_EQ(kvs_config_reload_check(a, same, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "");
+    CHECK_STR(fixed, "");
+    kvs_config_t *live = parse_ok("log: {level: debug, slow_threshold: off}\n"
+                                  "limits: {max_inflight: 20, client_output: 128MiB}\n"
+                                  "router: {timeout: 1s}\n");
+    CHECK_EQ(kvs_config_reload_check(a, live, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "router.timeout, limits.max_inflight, limits.client_output, log.level, "
+                       "log.slow_threshold");
+    CHECK_STR(fixed, "");
+    kvs_config_t *not_live =
+        parse_ok("log: {level: debug}\ncluster: {shards: 2}\nlimits: {max_inflight: 10, "
+                 "max_frame: 1MiB}\nkafka: {bindings: [{topic: t, table: t}]}\n"
+                 "plugins: [x.so]\n");
+    CHECK_EQ(kvs_config_reload_check(a, not_live, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(changed, "log.level");
+    CHECK_STR(fixed, "cluster.shards, limits.max_frame, kafka.bindings, plugins");
+    kvs_config_free(a);
+    kvs_config_free(same);
+    kvs_config_free(live);
+    kvs_config_free(not_live);
+}
+
+KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
+              KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
+              KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
