@@ -7,7 +7,11 @@
 
 #include "kvs_config.h"
 #include "kvs_conn.h"
+#include "kvs_hook.h"
+#include "kvs_metrics.h"
 #include "kvs_msg.h"
+#include "kvs_plugins.h"
+#include "kvs_slowlog.h"
 #include "router_link.h"
 
 #include <stdint.h>
@@ -44,6 +48,15 @@ struct router_s {
     size_t n_free_reqs;
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
+    /* operations (router_ops.c) */
+    kvs_hook_chain_t chain;       /* the request hooks: metrics, slow log, plugins */
+    const kvs_plugins_t *plugins; /* loaded at start, or NULL */
+    kvs_req_metrics_t reqm;       /* requests by command and status, end to end */
+    kvs_slowlog_t slowlog;
+    uint64_t accepted[2], refused[2]; /* clients, by protocol (0 kvs, 1 RESP) */
+    /* More families for Metrics (the supervisor's, the process's), or NULL. */
+    void (*add_metrics)(router_t *r, kvs_mb_t *b);
+    struct router_http_s *http; /* router.metrics_listen, when set */
 };
 
 /* ---- clients (router_client.c) ------------------------------------------ */
@@ -51,6 +64,10 @@ struct router_s {
 /* Starts accepting clients on cfg->router_listen, and Redis protocol
  * clients on cfg->resp_listen when set. Returns 0 or a uv error. */
 int router_clients_listen(router_t *r);
+
+/* A reload: applies `next`'s limits.* to the clients (connected ones too,
+ * see kvs_conn_group_set_limits) and recomputes the client cap. */
+void router_clients_reload(router_t *r, const kvs_config_t *next);
 
 /* Stops accepting; every client is answered what it sent, then closed.
  * r->on_drained runs when the last one is gone. */
@@ -102,6 +119,15 @@ struct router_req_s {
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
+    /* hooks: what they see of the request, and how far it got */
+    kvs_request_info_t info;
+    uint8_t stopped;  /* a RECEIVED hook stopped it: no EXECUTED */
+    uint8_t executed; /* EXECUTED ran */
+    uint8_t internal; /* not a client's (a metrics scrape): no hooks, not counted */
+    void (*on_done)(router_req_t *req); /* internal requests: the answer is in resp */
+    void *done_arg;
+    /* Past this point nothing is zeroed when a request is recycled. */
+    char table_copy[KVS_MAX_TABLE + 1]; /* info.table, kept while hooks read it later */
 };
 
 /* Allocates a request for `cl` (which queues it at its FIFO tail before
@@ -125,6 +151,54 @@ void router_req_complete(router_req_t *req);
 
 /* Frees a request (its client is done with it, or gone and it completed). */
 void router_req_free(router_req_t *req);
+
+/* ---- operations (router_ops.c) --------------------------------------------- */
+
+/* Sets up metrics, the slow log (cfg's log.slow_*) and the hook chain
+ * (built-in hooks, then `plugins`). Returns 0 or -ENOMEM. */
+int router_ops_init(router_t *r, const kvs_config_t *cfg, const kvs_plugins_t *plugins);
+
+/* Applies a reloaded config's slow log settings and rebuilds the chain.
+ * Returns 0 or -ENOMEM (nothing changed). */
+int router_ops_reload(router_t *r, const kvs_config_t *cfg);
+
+/* RECEIVED for a valid request of command `cmd` on table[0..tlen) (NULL:
+ * none) naming `keys` keys: notes what hooks see of it and runs them. The
+ * table is copied into the request only while some hook reads it after
+ * RECEIVED (the slow log, plugins); otherwise hooks see it during RECEIVED
+ * only. Returns 1 when a hook stopped the request, which is then answered
+ * (router_req_finish_status) with the hook's status and message. */
+int router_ops_received(router_t *r, router_req_t *req, uint32_t cmd, const void *table,
+                        size_t tlen, uint32_t keys);
+
+/* A request `q` that decoded but is not valid: answers `st` and `msg`
+ * without RECEIVED; EXECUTED and the send events see what it asked for. */
+void router_ops_refused(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, uint32_t st,
+                        const char *msg);
+
+/* Slowlog: answers `req` from the router's own log (end-to-end times,
+ * clients' addresses), emptying it afterwards if asked. */
+void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q);
+
+/* Frees what router_ops_init allocated. */
+void router_ops_close(router_t *r);
+
+/* The router's own families (requests, clients, links); then
+ * r->add_metrics's. */
+void router_ops_metrics(router_t *r, kvs_mb_t *b);
+
+/* Runs send event `ev` (BEFORE_SEND or AFTER_SEND) for `req`, whose
+ * answer goes into its client's output now. Nothing registered, nothing
+ * done: not even the clock is read. */
+static inline void router_req_send_event(router_req_t *req, kvs_hook_event_t ev)
+{
+    router_t *r = req->router;
+    char msg[KVS_HOOK_MSG];
+    if (req->internal || !kvs_hook_any(&r->chain, ev))
+        return;
+    req->info.now_ns = kvs_now_ns();
+    kvs_hook_run(&r->chain, ev, &req->info, msg, sizeof(msg));
+}
 
 /* The reply callback given to every link. */
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,

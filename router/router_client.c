@@ -15,6 +15,12 @@
  * can queue on the links that all clients share. Clients beyond
  * limits.max_clients are refused with 503.
  *
+ * Hooks: a request's info (what hooks see) starts at router_client_enqueue
+ * with the client's address and the time it was received; router_route
+ * adds the rest. The send events run here, as each answer goes into the
+ * client's output: BEFORE_SEND just before, AFTER_SEND just after (the
+ * metrics hook and the slow log take the end-to-end time there).
+ *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
  * answers. The client struct itself is freed in its connection's close
@@ -34,6 +40,7 @@
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
+    uint64_t id;               /* unique within the process (hooks' conn_id) */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
@@ -96,6 +103,7 @@ static void client_flush_done(router_client_t *cl)
         cl->inflight--;
         size_t len = req->resp.len;
         int rc;
+        router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
         if (len == 0)
             rc = -ENOMEM;
         else if (cl->redis == NULL || req->raw) /* a frame, or a reply already in RESP */
@@ -109,6 +117,7 @@ static void client_flush_done(router_client_t *cl)
             return;
         }
         kvs_conn_hold(&cl->conn, -(ptrdiff_t)len); /* now in `out` instead */
+        router_req_send_event(req, KVS_HOOK_AFTER_SEND);
         router_req_free(req);
         wrote = 1;
     }
@@ -131,6 +140,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
 {
     if (req != cl->head || (cl->conn.flags & KVS_CONN_CLOSING))
         return 0;
+    router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
     if (client_write(cl, req, payload, len) != 0)
         return 0;
     kvs_conn_hold(&cl->conn, -(ptrdiff_t)req->reserve);
@@ -138,6 +148,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     if (cl->head == NULL)
         cl->tail = NULL;
     cl->inflight--;
+    router_req_send_event(req, KVS_HOOK_AFTER_SEND);
     router_req_free(req);
     kvs_conn_queue(&cl->conn);
     client_flush_done(cl); /* later answers may have been waiting on this one */
@@ -158,6 +169,13 @@ router_req_t *router_client_enqueue(router_client_t *cl)
         cl->head = req;
     cl->tail = req;
     cl->inflight++;
+    kvs_request_info_t *in = &req->info;
+    in->struct_size = sizeof(*in);
+    in->command_name = "none";
+    in->peer = cl->conn.peer;
+    in->identity = "";
+    in->conn_id = cl->id;
+    in->received_ns = kvs_now_ns();
     return req;
 }
 
@@ -228,10 +246,12 @@ static void on_conn_closed(kvs_conn_t *c)
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
         req->next = NULL;
-        if (req->done)
+        if (req->done) {
             router_req_free(req);
-        else
+        } else {
             req->client = NULL; /* frees itself when its parts answer */
+            req->info.peer = "(gone)";
+        }
     }
     if (cl->prev != NULL)
         cl->prev->next = cl->next;
@@ -261,6 +281,7 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
                                    r->max_clients) == 0)
         kvs_conn_refuse(server, b.data, b.len);
     kvs_buf_free(&b);
+    r->refused[resp != 0]++;
     uint64_t now = uv_now(r->loop);
     if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
         r->refused_log_ms = now;
@@ -284,12 +305,15 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
-    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, ++r->next_client_id)) == NULL)) {
+    uint64_t id = ++r->next_client_id;
+    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, id)) == NULL)) {
         kvs_error("out of memory accepting a client");
         free(cl);
         return;
     }
     cl->router = r;
+    cl->id = id;
+    r->accepted[resp != 0]++;
     kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
                   on_frame, on_conn_error, on_conn_closed);
     if (resp) {
@@ -360,6 +384,17 @@ int router_clients_listen(router_t *r)
     r->listening = 1;
     kvs_info("accepting clients on %s", r->cfg->router_listen);
     return listen_resp(r);
+}
+
+void router_clients_reload(router_t *r, const kvs_config_t *next)
+{
+    if (!r->listening)
+        return; /* not accepting yet: router_clients_listen reads the new config */
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, next);
+    kvs_conn_group_set_limits(&r->group, &limits);
+    r->max_clients = kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1,
+                                          r->shards + ROUTER_FD_RESERVE);
 }
 
 void router_clients_drain(router_t *r)

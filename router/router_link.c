@@ -120,6 +120,7 @@ static void link_down(router_link_t *l, const char *why)
         l->conn = NULL;
     }
     l->up = 0;
+    l->downs += was_up != 0;
     if (was_up)
         kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
     fail_all(l, why);

@@ -68,6 +68,7 @@ struct router_link_s {
     char last_error[320];
     int seen_up;               /* came up at least once (for the router's readiness) */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
+    uint64_t downs;            /* times the link went down after being up (metrics) */
     void *data;
 };
 

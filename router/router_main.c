@@ -12,8 +12,20 @@
  *
  * Under systemd (Type=notify) the router sends READY=1 once it accepts
  * clients, STOPPING=1 when the shutdown begins, and STATUS= lines
- * (router_notify). SIGHUP, systemd's reload, is logged and changes
- * nothing until live reload exists.
+ * (router_notify), RELOADING=1 around a reload.
+ *
+ * Live reload (SIGHUP, systemctl reload): the file is loaded again into a
+ * new config, built whole before anything uses it (nginx style). If it
+ * does not load, or a key that cannot change live differs
+ * (kvs_config_reload_check names them), the running config stays and the
+ * log says why, positioned; the workers are not told. Otherwise the new
+ * config's live keys are applied (apply_reload) and it replaces the
+ * running one, and the router forwards SIGHUP to its local workers, which
+ * re-read the same file the same way (kvs-node). Config lifetimes: the
+ * config loaded at start lives until exit; a reloaded one lives until the
+ * next reload replaces it. That is safe because nothing keeps a pointer
+ * into r->cfg across loop turns: every user reads r->cfg when it runs,
+ * and links, client groups and the slow log copy the values they keep.
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting, answer every request already
  * received, close clients, stop the workers (SIGTERM, SIGKILL after a grace
@@ -35,9 +47,11 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_plugins.h"
 #include "router.h"
-#include "router_redis.h"
+#include "router_http.h"
 #include "router_notify.h"
+#include "router_redis.h"
 #include "router_supervisor.h"
 
 #include <errno.h>
@@ -70,6 +84,12 @@ typedef struct router_main_s {
     char final_msg[800]; /* the last log line, when a worker's exit stopped the node */
     uint32_t local_up;
     uint32_t n_local;
+    kvs_plugins_t *plugins;
+    kvs_config_t *start_cfg; /* loaded at start; lives until exit */
+    kvs_config_t *reloaded;  /* the config the last reload swapped in, or NULL */
+    uint64_t *restarts;      /* per shard: times its worker was started again */
+    uint64_t reloads[3];     /* ok, error, refused */
+    double start_time;
 } router_main_t;
 
 static void usage(FILE *f)
@@ -194,6 +214,8 @@ static int start_links(router_main_t *m)
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     router_main_t *m = arg;
+    if (running && m->restarts != NULL && shard < m->r.shards)
+        m->restarts[shard]++; /* the supervisor reports starts after the first only */
     if (running || sig != 0 || status != EX_CONFIG)
         return;
     const char *why = router_sup_report(m->sup, shard);
@@ -215,8 +237,11 @@ static int start_workers(router_main_t *m, const char *argv0)
     snprintf(dir, sizeof(dir), "%s", dirname(exe));
     snprintf(exe, sizeof(exe), "%s/kvs-node", dir);
     uint32_t *local = calloc(cfg->shards, sizeof(*local));
-    if (local == NULL)
+    m->restarts = calloc(cfg->shards, sizeof(*m->restarts));
+    if (local == NULL || m->restarts == NULL) {
+        free(local);
         return -ENOMEM;
+    }
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (kvs_config_remote(cfg, s) == NULL)
             local[m->n_local++] = s;
@@ -302,6 +327,7 @@ static void shutdown_begin(router_main_t *m, int exit_code)
         router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
     if (m->sup != NULL)
         router_sup_hold(m->sup);
+    router_http_stop(m->r.http);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
     router_clients_drain(&m->r); /* may call on_drained at once */
@@ -329,14 +355,115 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
-/* Live reload (SIGHUP, systemctl reload) does not exist yet: say so, and
- * keep running with the configuration loaded at start. */
+/* ---- live reload ---------------------------------------------------------------- */
+
+/* Applies the live keys of `next` (checked by kvs_config_reload_check):
+ * the slow log and hook chain, the log, client limits (to connected
+ * clients too, see kvs_conn_group_set_limits; limits.max_inflight and
+ * max_clients are read as requests and connections come), links'
+ * router.timeout (for requests sent from now on) and request queue bound.
+ * Returns 0, or -ENOMEM with nothing changed. */
+static int apply_reload(router_main_t *m, const kvs_config_t *next)
+{
+    router_t *r = &m->r;
+    if (router_ops_reload(r, next) != 0)
+        return -ENOMEM;
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse(next->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format(next->log_format);
+    if (r->listening) { /* the client group exists once the router accepts clients */
+        kvs_conn_limits_t limits;
+        kvs_conn_limits_from_config(&limits, next);
+        kvs_conn_group_set_limits(&r->group, &limits);
+        r->max_clients =
+            kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1, r->shards + 64);
+    }
+    for (uint32_t s = 0; s < r->shards && r->links != NULL; s++) {
+        r->links[s].timeout_ms = next->router_timeout_ms;
+        r->links[s].max_queue = (size_t)next->client_output;
+    }
+    /* TLS material and users (issue 14's security module) reload here, once
+     * they exist: after the checks above, before the swap. */
+    return 0;
+}
+
+/* Sends SIGHUP to every local worker that runs; returns how many. */
+static uint32_t forward_sighup(router_main_t *m)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < m->r.shards && m->sup != NULL; s++) {
+        pid_t pid = kvs_config_remote(m->r.cfg, s) == NULL ? router_sup_pid(m->sup, s) : 0;
+        if (pid > 0 && uv_kill(pid, SIGHUP) == 0)
+            n++;
+    }
+    return n;
+}
+
 static void on_sighup(uv_signal_t *h, int signum)
 {
-    (void)h;
+    router_main_t *m = h->data;
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
     (void)signum;
-    kvs_warn("received SIGHUP: live reload is not supported yet; the configuration loaded at "
-             "start stays in use (restart the node to apply changes)");
+    if (m->shutting_down)
+        return;
+    if (m->ready)
+        router_notify_reloading("reloading %s", m->config_path);
+    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        m->reloads[1]++;
+    } else if (kvs_config_reload_check(m->r.cfg, next, changed, sizeof(changed), fixed,
+                                       sizeof(fixed)) != 0) {
+        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
+                  "it for that); the running configuration is unchanged",
+                  fixed);
+        m->reloads[2]++;
+    } else if (apply_reload(m, next) != 0) {
+        kvs_error("reload: out of memory; the running configuration is unchanged");
+        m->reloads[1]++;
+    } else {
+        m->r.cfg = next;
+        kvs_config_free(m->reloaded); /* nothing refers to it any more (see above) */
+        m->reloaded = next;
+        next = NULL;
+        m->reloads[0]++;
+        uint32_t n = forward_sighup(m);
+        kvs_info("configuration reloaded from %s (%s); told %u worker(s)", m->config_path,
+                 changed[0] ? changed : "nothing changed", n);
+    }
+    kvs_config_free(next);
+    if (m->ready)
+        router_notify_ready("serving clients on %s: %u shards (%u local)", m->r.cfg->router_listen,
+                            m->r.shards, m->n_local);
+}
+
+/* More Metrics families: what only main knows (workers, reloads, the
+ * process). */
+static void main_metrics(router_t *r, kvs_mb_t *b)
+{
+    router_main_t *m = (router_main_t *)r; /* r is the first member */
+    static const char *const labels[] = {"role", "router"};
+    Kvs__MetricFamily *restarts =
+        kvs_mb_family(b, "kvs_worker_restarts_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Times the router started the shard's worker again after it exited.");
+    Kvs__MetricFamily *up = kvs_mb_family(b, "kvs_worker_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                          "1 while the shard's worker process runs.");
+    for (uint32_t s = 0; s < r->shards && m->restarts != NULL; s++) {
+        if (kvs_config_remote(r->cfg, s) != NULL)
+            continue;
+        const char *shard = kvs_mb_printf(b, "%u", s);
+        kvs_mb_sample(b, restarts, (double)m->restarts[s], 1, "shard", shard);
+        kvs_mb_sample(b, up, m->sup != NULL && router_sup_pid(m->sup, s) > 0, 1, "shard", shard);
+    }
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
+                      "load), refused (a key that cannot change live changed).");
+    static const char *const results[] = {"ok", "error", "refused"};
+    for (int i = 0; i < 3; i++)
+        kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "router", "result", results[i]);
+    kvs_mb_process(b, m->start_time, 1, labels);
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -361,10 +488,15 @@ static int router_start(router_main_t *m, const char *argv0)
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
+    r->add_metrics = main_metrics;
+    if (rc == 0)
+        rc = router_ops_init(r, r->cfg, m->plugins);
     if (rc == 0)
         rc = start_workers(m, argv0);
     if (rc == 0)
         rc = start_links(m);
+    if (rc == 0 && r->cfg->metrics_listen[0] != '\0')
+        rc = router_http_start(r, r->cfg->metrics_listen, &r->http);
     if (rc != 0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
@@ -377,7 +509,7 @@ static int router_start(router_main_t *m, const char *argv0)
 int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
-    char err[1024];
+    char err[4600];
     kvs_config_t *cfg = NULL;
 
     signal(SIGPIPE, SIG_IGN);
@@ -397,9 +529,16 @@ int main(int argc, char **argv)
     kvs_log_set_level(level);
     kvs_log_set_format(cfg->log_format);
     m.r.cfg = cfg;
+    m.start_cfg = cfg;
+    m.start_time = kvs_metrics_unix_now();
     if (take_lock(cfg) != 0) {
         kvs_config_free(cfg);
         return 1;
+    }
+    if (kvs_plugins_load(cfg, "router", -1, &m.plugins, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
+        kvs_config_free(cfg);
+        return EX_CONFIG;
     }
     if (router_start(&m, argv[0]) != 0)
         shutdown_begin(&m, 1);
@@ -407,7 +546,11 @@ int main(int argc, char **argv)
     if (m.sup != NULL)
         router_sup_free(m.sup);
     free(m.r.links);
+    free(m.restarts);
     router_reqs_release(&m.r);
+    router_http_free(m.r.http);
+    router_ops_close(&m.r);
+    kvs_plugins_free(m.plugins); /* no hook runs any more */
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);
     kvs_arena_close(&m.r.redis_arena);
@@ -415,6 +558,7 @@ int main(int argc, char **argv)
     kvs_buf_free(&m.r.redis_pack);
     router_redis_cursors_free(&m.r);
     uv_loop_close(m.r.loop);
+    kvs_config_free(m.reloaded);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);

@@ -740,6 +740,57 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
     finish_raw(req);
 }
 
+/* One SLOWLOG GET entry, in Redis's shape: id, Unix time (s), duration
+ * (us), the request as arguments (command, table, "N keys"), client
+ * address, client name (kvs keeps none). */
+static void slowlog_entry(kvs_buf_t *b, const kvs_slowlog_entry_t *e)
+{
+    char keys[32];
+    const char *cmd = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)e->command);
+    int n = snprintf(keys, sizeof(keys), "%u key%s", e->keys, e->keys == 1 ? "" : "s");
+    kvs_redis_array(b, 6);
+    kvs_redis_integer(b, (int64_t)e->id);
+    kvs_redis_integer(b, e->time_us / 1000000);
+    kvs_redis_integer(b, (int64_t)e->duration_us);
+    kvs_redis_array(b, 3);
+    kvs_redis_bulk(b, cmd, strlen(cmd));
+    kvs_redis_bulk(b, e->table, strlen(e->table));
+    kvs_redis_bulk(b, keys, (size_t)n);
+    kvs_redis_bulk(b, e->client, strlen(e->client));
+    kvs_redis_bulk(b, "", 0);
+}
+
+/* SLOWLOG GET [count] | LEN | RESET: the router's slow log. */
+static void cmd_slowlog(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    kvs_slowlog_t *log = &rs->r->slowlog;
+    kvs_buf_t *b = &req->resp;
+    (void)cl, (void)cmd;
+    b->len = 0;
+    if (kvs_redis_arg_is(&a[1], "get") && rs->ps.argc <= 3) {
+        int64_t count = KVS_SLOWLOG_DEFAULT_COUNT;
+        if (rs->ps.argc == 3 && (kvs_redis_arg_int(&a[2], &count) != 0 || count < -1))
+            return reply_error(req, "ERR count should be greater than or equal to -1");
+        uint32_t n = count < 0 || count > (int64_t)log->len ? log->len : (uint32_t)count;
+        kvs_redis_array(b, n);
+        for (uint32_t i = 0; i < n; i++)
+            slowlog_entry(b, kvs_slowlog_get(log, i));
+    } else if (kvs_redis_arg_is(&a[1], "len") && rs->ps.argc == 2) {
+        kvs_redis_integer(b, log->len);
+    } else if (kvs_redis_arg_is(&a[1], "reset") && rs->ps.argc == 2) {
+        kvs_slowlog_reset(log);
+        kvs_redis_simple(b, "OK");
+    } else {
+        return reply_error(req,
+                           "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
+                           "Try SLOWLOG GET [count], SLOWLOG LEN or SLOWLOG RESET.",
+                           shown(&a[1]), (const char *)a[1].p);
+    }
+    finish_raw(req);
+}
+
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     (void)rs, (void)cl, (void)cmd;
@@ -778,6 +829,7 @@ static const cmd_t commands[] = {
     {"auth", -2, "fast noauth", 0, 0, 0, cmd_auth, RC_NONE},
     {"select", 2, "fast loading stale", 0, 0, 0, cmd_select, RC_NONE},
     {"config", -2, "admin loading stale", 0, 0, 0, cmd_config, RC_NONE},
+    {"slowlog", -2, "admin random loading stale", 0, 0, 0, cmd_slowlog, RC_NONE},
     {"quit", -1, "fast noauth", 0, 0, 0, cmd_quit, RC_NONE},
 };
 
