@@ -19,9 +19,10 @@ build_pkgs=(build-essential cmake pkg-config
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
 # line editor a real terminal; systemd's systemd-analyze checks the unit
-# file and python3-yaml reads the compose file.
+# file and python3-yaml reads the compose file; prometheus brings promtool,
+# which checks the /metrics text.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
-           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml prometheus)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
