@@ -32,6 +32,7 @@
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "kvs_time.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -275,6 +276,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n > 0) {
         if (c->group != NULL)
             c->group->bytes_in += (uint64_t)n;
+        if (c->stamp_reads) { /* one clock read per read, however many requests it holds */
+            c->read_ns = kvs_now_ns();
+            if (c->flusher != NULL)
+                c->flusher->now_ns = c->read_ns;
+        }
         kvs_frame_dec_commit(&c->dec, (size_t)n);
         c->last_input_ms = uv_now(c->h.handle.loop);
         conn_deliver(c);

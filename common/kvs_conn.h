@@ -145,6 +145,8 @@ struct kvs_conn_s {
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;            /* decoder bytes charged to the group's input budget */
     uint64_t last_input_ms;    /* loop time of the last bytes read */
+    uint64_t read_ns;          /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;           /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms; /* loop time an incomplete frame started to wait (0: none) */
     char peer[64];             /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                /* the owner's */
@@ -285,6 +287,8 @@ struct kvs_flusher_s {
     kvs_conn_t *head;
     kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
     kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
+    uint64_t now_ns;       /* read_ns of its latest read by a stamp_reads member: the
+                              loop's latest precise time, without a clock read per request */
     void *data;
 };
 

@@ -28,7 +28,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <time.h>
 
 #define KVS_HOOK_MAX 16          /* hooks per event */
 #define KVS_HOOK_KEEP_REQUEST 1u /* the hook reads table and peer after RECEIVED */
@@ -64,14 +63,6 @@ static inline int kvs_hook_keep_request(const kvs_hook_chain_t *c)
 static inline int kvs_hook_any(const kvs_hook_chain_t *c, kvs_hook_event_t ev)
 {
     return c->n[ev] != 0;
-}
-
-/* CLOCK_MONOTONIC in nanoseconds (the clock uv_hrtime reads). */
-static inline uint64_t kvs_hook_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Slow part of kvs_hook_run: calls the hooks of `ev` from the first. */

@@ -24,17 +24,10 @@
 #include "kvs_buf.h"
 #include "kvs_msg.h"
 
+#include "kvs_time.h"
+
 #include <stddef.h>
 #include <stdint.h>
-#include <time.h>
-
-/* CLOCK_MONOTONIC in nanoseconds, for durations. */
-static inline uint64_t kvs_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 #define KVS_HIST_MAX 16 /* bucket bounds per histogram (+Inf is one more) */
 

@@ -101,8 +101,10 @@ typedef struct kvs_request_info_s {
     const char *peer;     /* the client's address ("127.0.0.1:5000"); NUL-terminated */
     const char *identity; /* who the client authenticated as; "" when nobody */
     uint64_t conn_id;     /* the connection, unique within the process */
-    uint64_t received_ns; /* CLOCK_MONOTONIC when the request arrived */
-    uint64_t now_ns;      /* CLOCK_MONOTONIC when this event began */
+    uint64_t received_ns; /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
+    uint64_t now_ns;      /* CLOCK_MONOTONIC at this event; at the router's send events, the
+                             time of the read that brought the answer (no clock read per
+                             request), which is close to it */
 } kvs_request_info_t;
 
 /* A hook (see above). `state` is what add_hook was given. Returns 0 or a

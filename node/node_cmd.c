@@ -882,7 +882,8 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         in->command_name = "none";
         in->table = NULL;
         in->table_len = in->keys = in->write = in->status = 0;
-        in->received_ns = kvs_now_ns();
+        if (in->received_ns == 0) /* the caller may say when the request's bytes were read */
+            in->received_ns = kvs_now_ns();
     }
     if (kvs_msg_peek(payload, len, &pk)) {
         uint32_t st = ctx->hooks == NULL
@@ -901,8 +902,10 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         }
         rc = st != KVS_STATUS_OK ? refuse(ctx, req, st, msg, out) : run_decoded(ctx, req, out);
     }
-    if (ctx->hooks != NULL)
+    if (ctx->hooks != NULL) {
         rc = hook_executed(ctx, out, start, rc);
+        ctx->info.received_ns = 0;
+    }
     kvs_arena_reset(&ctx->arena);
     return rc;
 }

@@ -29,7 +29,8 @@ typedef struct node_cmd_ctx_s {
     kvs_arena_t arena;     /* per-request scratch; reset by node_cmd_frame */
     /* Operations (all optional). With `hooks`, node_cmd_frame runs the
      * RECEIVED and EXECUTED events of every request, filling `info` (the
-     * caller sets its peer, identity and conn_id beforehand); `slowlog`
+     * caller sets its peer, identity and conn_id beforehand, and may set
+     * received_ns, else it is now; it is 0 again afterwards); `slowlog`
      * answers Slowlog; `metrics` adds the process's families for Metrics. */
     const kvs_hook_chain_t *hooks;
     kvs_request_info_t info;

@@ -275,6 +275,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->cmd.info.peer = c->peer;
     srv->cmd.info.identity = "";
     srv->cmd.info.conn_id = cl->id;
+    srv->cmd.info.received_ns = c->read_ns; /* noted once per read by kvs_conn */
     int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
     srv->executing = NULL;
     track_batch(cl, before);
@@ -377,6 +378,7 @@ static void on_connection(uv_stream_t *server, int status)
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
+    cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &srv->group);
     cl->next = srv->clients;
     if (srv->clients != NULL)

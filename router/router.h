@@ -187,16 +187,27 @@ void router_ops_close(router_t *r);
  * r->add_metrics's. */
 void router_ops_metrics(router_t *r, kvs_mb_t *b);
 
+/* The router's time for hooks, without a clock read per request: the time
+ * of the latest read on its loop (a client's request, a worker's answers:
+ * kvs_conn notes it once per read, and router_req_complete after a merge),
+ * or the loop's own time (ms) when that is later (an answer a timer made,
+ * such as a shard's timeout). */
+static inline uint64_t router_now_ns(const router_t *r)
+{
+    uint64_t loop_ns = uv_now(r->loop) * 1000000u;
+    return r->flusher.now_ns > loop_ns ? r->flusher.now_ns : loop_ns;
+}
+
 /* Runs send event `ev` (BEFORE_SEND or AFTER_SEND) for `req`, whose
  * answer goes into its client's output now. Nothing registered, nothing
- * done: not even the clock is read. */
+ * done. */
 static inline void router_req_send_event(router_req_t *req, kvs_hook_event_t ev)
 {
     router_t *r = req->router;
     char msg[KVS_HOOK_MSG];
     if (req->internal || !kvs_hook_any(&r->chain, ev))
         return;
-    req->info.now_ns = kvs_now_ns();
+    req->info.now_ns = router_now_ns(r);
     kvs_hook_run(&r->chain, ev, &req->info, msg, sizeof(msg));
 }
 

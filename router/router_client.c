@@ -16,7 +16,8 @@
  * limits.max_clients are refused with 503.
  *
  * Hooks: a request's info (what hooks see) starts at router_client_enqueue
- * with the client's address and the time it was received; router_route
+ * with the client's address and the time it was received (the time its
+ * bytes were read, which kvs_conn notes once per read); router_route
  * adds the rest. The send events run here, as each answer goes into the
  * client's output: BEFORE_SEND just before, AFTER_SEND just after (the
  * metrics hook and the slow log take the end-to-end time there).
@@ -175,7 +176,7 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     in->peer = cl->conn.peer;
     in->identity = "";
     in->conn_id = cl->id;
-    in->received_ns = kvs_now_ns();
+    in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
 }
 
@@ -322,6 +323,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
+    cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
     if (r->clients != NULL)
