@@ -149,8 +149,8 @@ static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
         *used = at;
         return 1;
     }
-    if (grow(ps, (size_t)n) != 0)
-        return -ENOMEM;
+    /* Room for the arguments grows as they arrive: a count costs nothing
+     * until the bytes it announces are here. */
     ps->want = (size_t)n;
     ps->argc = 0;
     ps->pos = at;
@@ -180,6 +180,8 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
                         max_request);
         if (len < start + (size_t)n + 2)
             return 0; /* the bulk has not all arrived */
+        if (grow(ps, ps->argc + 1) != 0)
+            return -ENOMEM;
         ps->offs[2 * ps->argc] = start;
         ps->offs[2 * ps->argc + 1] = (size_t)n;
         ps->argc++;
@@ -314,11 +316,28 @@ static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, si
     return rc;
 }
 
+/* Gives back argument arrays and scratch that one large request left, once
+ * it is done (the arguments it returned are dead by the next call). */
+static void shrink(kvs_redis_parser_t *ps)
+{
+    if (ps->cap > KVS_REDIS_KEEP_ARGS) {
+        free(ps->argv);
+        free(ps->offs);
+        ps->argv = NULL;
+        ps->offs = NULL;
+        ps->cap = 0;
+    }
+    if (ps->scratch.cap > 4096)
+        kvs_buf_free(&ps->scratch);
+}
+
 int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
                     size_t *used)
 {
     *used = 0;
     ps->error = NULL;
+    if (ps->want == 0)
+        shrink(ps);
     if (ps->want == 0) {
         if (len == 0)
             return 0;

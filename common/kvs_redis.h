@@ -12,7 +12,9 @@
  *
  * Bounds: a request may be at most `max_request` bytes in all (kvs passes
  * limits.max_frame), a multibulk at most KVS_REDIS_MAX_ARGS arguments, an
- * inline request at most KVS_REDIS_MAX_INLINE bytes.
+ * inline request at most KVS_REDIS_MAX_INLINE bytes. Memory follows the
+ * bytes that arrived, never a count announced ahead of them, and what one
+ * large request needed is given back before the next.
  *
  * Replies: small writers that append RESP to a kvs_buf; with `resp3` set
  * they use RESP3's null, map, double and boolean types, else RESP2's
@@ -30,6 +32,7 @@
 
 #define KVS_REDIS_MAX_ARGS (1024 * 1024)
 #define KVS_REDIS_MAX_INLINE (64 * 1024)
+#define KVS_REDIS_KEEP_ARGS 1024 /* argument arrays kept between requests */
 
 typedef struct kvs_redis_arg_s {
     const uint8_t *p;

@@ -176,6 +176,32 @@ KVS_TEST(request_larger_than_the_limit_is_refused_early)
     teardown();
 }
 
+/* An announced count costs nothing until its bytes arrive; a large
+ * request's arrays are given back before the next one. */
+KVS_TEST(memory_follows_the_bytes_not_the_counts)
+{
+    setup();
+    size_t used;
+    const char head[] = "*1000000\r\n$1\r\na\r\n";
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)head, sizeof(head) - 1, MAXREQ, &used), 0);
+    CHECK(ps.cap <= 16); /* one argument arrived, not a million slots */
+    kvs_redis_parser_reset(&ps);
+    kvs_buf_t big;
+    kvs_buf_init(&big);
+    char hdr[32];
+    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n", 5000);
+    kvs_buf_append(&big, hdr, (size_t)n);
+    for (int i = 0; i < 5000; i++)
+        kvs_buf_append(&big, "$1\r\nx\r\n", 7);
+    CHECK_EQ(kvs_redis_parse(&ps, big.data, big.len, MAXREQ, &used), 1);
+    CHECK_EQ(ps.argc, 5000);
+    CHECK(ps.cap >= 5000);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)"PING\r\n", 6, MAXREQ, &used), 1);
+    CHECK(ps.cap <= KVS_REDIS_KEEP_ARGS);
+    kvs_buf_free(&big);
+    teardown();
+}
+
 KVS_TEST(arguments_as_numbers)
 {
     kvs_redis_arg_t a;
@@ -303,7 +329,8 @@ KVS_TEST(glob_like_redis)
     CHECK(!glob(p, s));
 }
 
-KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(multibulk_byte_by_byte_keeps_progress),
+KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
+              KVS_CASE(multibulk_byte_by_byte_keeps_progress),
               KVS_CASE(multibulk_survives_a_moved_buffer), KVS_CASE(pipeline_of_mixed_requests),
               KVS_CASE(inline_quoting_like_redis), KVS_CASE(inline_errors),
               KVS_CASE(multibulk_errors_with_redis_words),
