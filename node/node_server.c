@@ -56,7 +56,7 @@ struct node_server_s {
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
-    kvs_conn_group_t group; /* every client, under limits.* */
+    kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
     int sync_timer_on;
@@ -286,7 +286,7 @@ static void on_connection(uv_stream_t *server, int status)
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
-    kvs_conn_join(&cl->conn, &srv->group);
+    kvs_conn_join(&cl->conn, &srv->groups[li]);
     cl->next = srv->clients;
     if (srv->clients != NULL)
         srv->clients->prev = cl;
@@ -344,9 +344,14 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, o->limits);
+    /* A router's link to its workers is idle whenever its clients are: an
+     * idle timeout here would only break links. And each listener has its
+     * own input budget, so clients of the TCP listener cannot starve the
+     * local router's link on the unix socket. */
+    limits.idle_timeout_ms = 0;
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
-    if (rc == 0)
-        rc = kvs_conn_group_init(&srv->group, o->loop, &limits, "client");
+    for (int i = 0; rc == 0 && i < 2; i++)
+        rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
         rc = add_listener(srv, &o->addrs[i]);
     if (rc == 0 && o->sync_interval_ms > 0) {
@@ -397,8 +402,10 @@ static void maybe_stopped(node_server_t *srv)
     node_store_end_turn(srv->store);
     uv_check_stop(&srv->flusher.check);
     close_handle(srv, (uv_handle_t *)&srv->flusher.check);
-    uv_timer_stop(&srv->group.sweep);
-    close_handle(srv, (uv_handle_t *)&srv->group.sweep);
+    for (int i = 0; i < 2; i++) {
+        uv_timer_stop(&srv->groups[i].sweep);
+        close_handle(srv, (uv_handle_t *)&srv->groups[i].sweep);
+    }
     if (srv->sync_timer_on)
         close_handle(srv, (uv_handle_t *)&srv->sync_timer);
 }
