@@ -13,6 +13,7 @@
 #include "kvs_msg.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_pos.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -413,6 +414,10 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     if (body->n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: %s has unknown field %u", cmd,
                    body->unknown_fields[0].tag);
+    if (req->min_position.len > 0 && !kvs_pos_valid(req->min_position.data, req->min_position.len))
+        return bad(msg, len,
+                   "CommandRequest.min_position is not a position token: pass back a "
+                   "CommandResponse.position exactly as kvs returned it");
     const char *table = kvs_msg_request_table(req);
     if (table != NULL) {
         uint32_t st = check_table(cmd, table, msg, len);

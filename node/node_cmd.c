@@ -498,12 +498,64 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
     return kvs_resp_end(&r);
 }
 
+/* ---- tables bound to a Kafka topic ------------------------------------------------ */
+
+/* The binding of table[0..len), or NULL (unbound, or no checks wanted). */
+static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *table, size_t len)
+{
+    if (ctx->cfg == NULL || ctx->cfg->n_bindings == 0 || ctx->ungated || table == NULL)
+        return NULL;
+    return kvs_config_binding_n(ctx->cfg, table, len);
+}
+
+static int is_read(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+/* A request on a bound table, before the ordinary handlers. Returns 0 when
+ * they should run it now, 1 when it was answered or deferred here, or a
+ * negative error. */
+static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
+                         const Kvs__CommandRequest *req, const uint8_t *payload, size_t len,
+                         kvs_buf_t *out)
+{
+    if (is_read(req->command_case) && ctx->reads != NULL)
+        return node_reads_admit(ctx->reads, b, req, payload, len, ctx->defer, ctx->defer_arg,
+                                &ctx->arena, out);
+    return 0;
+}
+
+/* The fast path's share of bound_request: a single-key request with no
+ * options. */
+static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk,
+                        kvs_buf_t *out)
+{
+    if (is_read(pk->cmd) && ctx->reads != NULL)
+        return node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len, out);
+    return 0;
+}
+
+int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    int was = ctx->ungated;
+    ctx->ungated = 1;
+    int rc = node_cmd_frame(ctx, payload, len, out);
+    ctx->ungated = was;
+    return rc;
+}
+
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     char msg[512];
     kvs_peek_t pk;
-    if (kvs_msg_peek(payload, len, &pk))
-        return run_fast(ctx, &pk, out);
+    if (kvs_msg_peek(payload, len, &pk)) {
+        const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
+        int rc = b != NULL ? bound_peeked(ctx, b, &pk, out) : 0;
+        return rc == 0 ? run_fast(ctx, &pk, out) : rc < 0 ? rc : 0;
+    }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
     int rc;
     if (req == NULL) {
@@ -514,10 +566,15 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        const char *table = kvs_msg_request_table(req);
+        const kvs_binding_t *b =
+            st == KVS_STATUS_OK && table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
         if (st != KVS_STATUS_OK)
             rc = kvs_msg_append_status(out, st, "%s", msg);
-        else
+        else if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
             rc = node_cmd_execute(ctx, req, out);
+        else if (rc > 0)
+            rc = 0;
     }
     kvs_arena_reset(&ctx->arena);
     return rc;

@@ -43,6 +43,7 @@
  */
 #include "node_ingest.h"
 #include "kvs_err.h"
+#include "kvs_fresh.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "node_placecheck.h"
@@ -111,6 +112,13 @@ struct node_ingest_s {
     uint64_t last_skip_log, last_err_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
+    /* Test hook (KVS_TEST_INGEST_DELAY_MS, test builds only): apply one
+     * record at a time, each no sooner than throttle_ms after it was taken
+     * from the queue and after the one before. 0 = off. */
+    uint64_t throttle_ms;
+    rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
+    uint64_t throttled_at, last_apply;
+    uv_timer_t throttle_timer;
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -380,6 +388,8 @@ static void drain_events(node_ingest_t *in)
         }
 }
 
+static void pump_throttled(node_ingest_t *in);
+
 static void pump(node_ingest_t *in)
 {
     rd_kafka_message_t *msgs[BATCH];
@@ -387,6 +397,10 @@ static void pump(node_ingest_t *in)
     ssize_t n = 0;
     if (!in->stopping && !in->assigned) {
         drain_events(in);
+        return;
+    }
+    if (in->throttle_ms > 0) {
+        pump_throttled(in);
         return;
     }
     while (!in->stopping && in->assigned && !batch_lost(in) && total < MAX_PER_TURN) {
@@ -418,6 +432,41 @@ static void on_idle(uv_idle_t *h)
     pump(h->data);
 }
 
+static void on_throttle(uv_timer_t *h)
+{
+    pump(h->data);
+}
+
+/* The test throttle: one record per throttle_ms (see node_ingest_s). */
+static void pump_throttled(node_ingest_t *in)
+{
+    while (!in->stopping && in->assigned && !batch_lost(in)) {
+        uint64_t now = uv_now(in->loop);
+        if (in->throttled == NULL) {
+            if (rd_kafka_consume_batch_queue(in->q, 0, &in->throttled, 1) <= 0) {
+                in->throttled = NULL;
+                return; /* the queue's IO event wakes us */
+            }
+            in->throttled_at = now;
+        }
+        uint64_t due = in->throttled_at > in->last_apply ? in->throttled_at : in->last_apply;
+        due += in->throttle_ms;
+        if (now < due) {
+            uv_timer_start(&in->throttle_timer, on_throttle, due - now, 0);
+            return;
+        }
+        int rc = apply_batch(in, &in->throttled, 1);
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+        in->last_apply = now;
+        if (rc != 0) {
+            kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
+            in->rewind = 1;
+            return;
+        }
+    }
+}
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     node_ingest_t *in = h->data;
@@ -436,6 +485,10 @@ static void on_readable(uv_poll_t *h, int status, int events)
 static void rewind_all(node_ingest_t *in)
 {
     kvs_warn("re-reading Kafka records from the last committed offsets");
+    if (in->throttled != NULL) {
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+    }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
@@ -573,6 +626,26 @@ static void on_tick(uv_timer_t *h)
         report(in);
 }
 
+/* ---- freshness -------------------------------------------------------------------- */
+
+static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        if (in->topics[i].b == b)
+            return &in->topics[i];
+    return NULL;
+}
+
+int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return KVS_ENOTFOUND;
+    out->next = next_offset(in, t, (int32_t)p);
+    out->end = end_offset(in, t, (int32_t)p);
+    return 0;
+}
+
 /* ---- Info ------------------------------------------------------------------------ */
 
 static void info_int(kvs_resp_t *r, const char *key, int64_t v)
@@ -602,6 +675,9 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
             info_int(r, key, next);
+            snprintf(key + n, sizeof(key) - (size_t)n, "serving");
+            kvs_fresh_part_t fp = {.next = next, .end = end};
+            info_int(r, key, kvs_fresh_serving(&fp, in->cfg->kafka_max_lag));
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
         }
@@ -838,7 +914,26 @@ static int start_queue(node_ingest_t *in)
     in->idle.data = in;
     uv_timer_init(in->loop, &in->timer);
     in->timer.data = in;
+    uv_timer_init(in->loop, &in->throttle_timer);
+    in->throttle_timer.data = in;
     return uv_poll_start(&in->poll, UV_READABLE, on_readable);
+}
+
+/* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
+ * while a worker lags. Compiled in only with KVS_TEST_HOOKS; never a
+ * config key. */
+static void read_test_hooks(node_ingest_t *in)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *d = getenv("KVS_TEST_INGEST_DELAY_MS");
+    if (d != NULL && *d != '\0') {
+        in->throttle_ms = strtoull(d, NULL, 10);
+        kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
+                 (unsigned long long)in->throttle_ms);
+    }
+#else
+    (void)in;
+#endif
 }
 
 int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)
@@ -854,6 +949,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->on_fatal = o->on_fatal;
     in->arg = o->arg;
     in->pipefd[0] = in->pipefd[1] = -1;
+    read_test_hooks(in);
     kvs_buf_init(&in->scratch);
     kvs_arena_init(&in->arena);
     rd_kafka_conf_t *conf = make_conf(in, err, errlen);
@@ -901,12 +997,16 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->idle, NULL);
     if (in->timer.loop != NULL)
         uv_close((uv_handle_t *)&in->timer, NULL);
+    if (in->throttle_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->throttle_timer, NULL);
 }
 
 void node_ingest_free(node_ingest_t *in)
 {
     if (in == NULL)
         return;
+    if (in->throttled != NULL)
+        rd_kafka_message_destroy(in->throttled);
     if (in->q != NULL) {
         rd_kafka_queue_io_event_enable(in->q, -1, NULL, 0);
         rd_kafka_queue_destroy(in->q);

@@ -12,6 +12,7 @@
 #define NODE_INGEST_H
 
 #include "kvs_config.h"
+#include "kvs_fresh.h"
 #include "kvs_resp.h"
 #include "node_store.h"
 
@@ -41,12 +42,20 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,skipped}.
+ * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,serving,skipped}.
+ * serving is 1 when the partition serves reads (lag unknown or within
+ * kafka.max_lag; kvs_fresh), 0 while it catches up.
  * next_offset is the offset of the next record to apply; before the
  * partition gave any, where ingestion starts (its first offset, or its end
  * with auto.offset.reset latest). end_offset, lag and a next_offset not
  * stored yet are -1 while the brokers have not told them. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
+
+/* The freshness of partition `p` of binding `b`'s topic as this worker
+ * sees it: next = the offset of the next record to apply (see Info's
+ * next_offset), end = the end offset as last heard (-1 either when not
+ * known). Returns 0, or KVS_ENOTFOUND when this shard does not own it. */
+int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */

@@ -58,6 +58,7 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
+    node_reads_t *reads; /* NULL when no table is bound */
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
     int signals;
@@ -233,6 +234,7 @@ static void on_drain_timeout(uv_timer_t *t)
 
 static void begin_shutdown(node_main_t *m)
 {
+    node_reads_stop(m->reads); /* answers waiting reads first: clients then drain */
     if (m->ingest != NULL)
         node_ingest_stop(m->ingest);
     uv_timer_init(m->loop, &m->drain);
@@ -269,6 +271,30 @@ static void on_turn(void *arg, int rc)
     node_main_t *m = arg;
     if (m->ingest != NULL)
         node_ingest_turn_done(m->ingest, rc);
+    if (m->reads != NULL)
+        node_reads_turn(m->reads);
+}
+
+/* The freshness rules for reads of bound tables (after start_ingest: with
+ * Kafka off they still answer reads that demand a position). */
+static int start_reads(node_main_t *m, const kvs_config_t *cfg, long shard)
+{
+    if (cfg->n_bindings == 0)
+        return 0;
+    node_reads_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .ingest = m->ingest,
+        .exec = node_server_execute,
+        .exec_arg = m->srv,
+    };
+    int rc = node_reads_new(&o, &m->reads);
+    if (rc != 0)
+        return rc;
+    node_server_set_reads(m->srv, m->reads);
+    node_server_set_ingest(m->srv, m->ingest, on_turn, m);
+    return 0;
 }
 
 /* Starts Kafka ingestion when brokers and bindings are configured. */
@@ -411,7 +437,7 @@ int main(int argc, char **argv)
     }
     node_store_set_fail_arg(store, m.srv);
     watch_signals(&m);
-    if (start_ingest(&m, cfg, args.shard, store) != 0) {
+    if (start_ingest(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
             m.exit_code = 1;
         m.signals = 1;
@@ -425,6 +451,7 @@ int main(int argc, char **argv)
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 
+    node_reads_free(m.reads);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {

@@ -18,7 +18,10 @@ commits for a group once anyone subscribed to it).
 
 kvs side: `ingest_yaml` builds the `kafka:` config section for a Router
 (routertest), `info(router)` returns the Info pairs as {name: int}, and
-`kafka_parts(info, topic)` regroups them per partition.
+`kafka_parts(info, topic)` regroups them per partition. `pos_token` and
+`pos_entries` write and read position tokens (CommandResponse.position,
+CommandRequest.min_position) by the encoding documented in kvs.proto,
+independently of kvs's own C code.
 
 Every wait is bounded.
 
@@ -264,11 +267,68 @@ def committed(bootstrap, group, topic, partitions, timeout=10.0):
 # ---- the kvs side -------------------------------------------------------------------------------
 
 
-def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None):
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7f) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pos_token(entries):
+    """A position token for [(topic, partition, offset)] (any order; the
+    highest offset per partition wins); b"" for none."""
+    best = {}
+    for t, p, o in entries:
+        t = t.encode() if isinstance(t, str) else t
+        best[(t, p)] = max(o, best.get((t, p), -1))
+    if not best:
+        return b""
+    out = bytearray([1])
+    for t in sorted({t for t, _ in best}):
+        parts = sorted(p for tt, p in best if tt == t)
+        out += _varint(len(t)) + t + _varint(len(parts))
+        for p in parts:
+            out += _varint(p) + _varint(best[(t, p)])
+    return bytes(out)
+
+
+def pos_entries(tok):
+    """[(topic, partition, offset)] of a position token, in token order."""
+    if not tok:
+        return []
+    assert tok[0] == 1, "unknown position token version %d" % tok[0]
+    i, out = 1, []
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = tok[i]
+            i += 1
+            n |= (b & 0x7f) << shift
+            shift += 7
+            if b < 0x80:
+                return n
+
+    while i < len(tok):
+        tl = varint()
+        topic = tok[i:i + tl].decode()
+        i += tl
+        for _ in range(varint()):
+            p = varint()
+            out.append((topic, p, varint()))
+    return out
+
+
+def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None, max_lag=None):
     """The `kafka:` section of a kvs config. bindings: [(topic, table,
     format, partitions[, partitioner])]."""
     lines = ["kafka:", '  brokers: "%s"' % bootstrap, "  group_id: %s" % group_id,
              "  bindings:"]
+    if max_lag is not None:
+        lines.insert(3, "  max_lag: %d" % max_lag)
     for b in bindings:
         topic, table, fmt, parts = b[:4]
         lines.append("    - {topic: %s, table: %s, format: %s%s%s}"
