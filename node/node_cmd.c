@@ -515,6 +515,22 @@ static int is_read(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
 }
 
+/* A write to a bound table: through its topic (node_writes). */
+static int bound_write(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                       kvs_buf_t *out)
+{
+    if (ctx->writes == NULL) {
+        int rc = kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "%s: table \"%s\" is bound to Kafka topic %s, so writes to it go through the "
+            "topic, but Kafka is off on this node (kafka.brokers is empty); nothing was written",
+            kvs_msg_command_name(req->command_case), b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
+    int rc = node_writes_request(ctx->writes, b, req, ctx->defer, ctx->defer_arg, &ctx->arena, out);
+    return rc == 0 ? 1 : rc;
+}
+
 /* A request on a bound table, before the ordinary handlers. Returns 0 when
  * they should run it now, 1 when it was answered or deferred here, or a
  * negative error. */
@@ -522,18 +538,27 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
                          const Kvs__CommandRequest *req, const uint8_t *payload, size_t len,
                          kvs_buf_t *out)
 {
-    if (is_read(req->command_case) && ctx->reads != NULL)
+    if (!is_read(req->command_case))
+        return bound_write(ctx, b, req, out);
+    if (ctx->reads != NULL)
         return node_reads_admit(ctx->reads, b, req, payload, len, ctx->defer, ctx->defer_arg,
                                 &ctx->arena, out);
     return 0;
 }
 
 /* The fast path's share of bound_request: a single-key request with no
- * options. */
+ * options. A write is decoded (it waits for Kafka: decoding is nothing
+ * beside that). */
 static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk,
-                        kvs_buf_t *out)
+                        const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
-    if (is_read(pk->cmd) && ctx->reads != NULL)
+    if (!is_read(pk->cmd)) {
+        Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+        int rc = req != NULL ? bound_write(ctx, b, req, out) : -ENOMEM;
+        kvs_arena_reset(&ctx->arena);
+        return rc;
+    }
+    if (ctx->reads != NULL)
         return node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len, out);
     return 0;
 }
@@ -553,7 +578,7 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
     kvs_peek_t pk;
     if (kvs_msg_peek(payload, len, &pk)) {
         const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
-        int rc = b != NULL ? bound_peeked(ctx, b, &pk, out) : 0;
+        int rc = b != NULL ? bound_peeked(ctx, b, &pk, payload, len, out) : 0;
         return rc == 0 ? run_fast(ctx, &pk, out) : rc < 0 ? rc : 0;
     }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);

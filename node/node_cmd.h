@@ -13,6 +13,7 @@
 #include "node_reads.h"
 #include "node_slot.h"
 #include "node_store.h"
+#include "node_writes.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@ typedef struct node_cmd_ctx_s {
      * or in unit tests: then every table is served directly). */
     const kvs_config_t *cfg; /* the bindings */
     node_reads_t *reads;     /* freshness rules for their reads */
+    node_writes_t *writes;   /* their writes, log-first; NULL: Kafka is off */
     node_defer_fn defer;     /* a request's answer comes later (node_slot.h) */
     void *defer_arg;
     int ungated; /* executing a read node_reads let through: no second check */

@@ -119,6 +119,7 @@ struct node_ingest_s {
     rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
+    node_ingest_own_t own; /* this worker's own records (log-first writes) */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -242,6 +243,33 @@ static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message
              t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
 }
 
+/* A record this worker produced, that a write waits for: hands the value
+ * the record replaces (as stored now, before it is applied) to the write.
+ * Only while writes are outstanding is a record's header looked at. */
+static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *id;
+    size_t n;
+    node_slice_t v;
+    if (in->own.claim == NULL || *in->own.outstanding == 0 ||
+        rd_kafka_message_headers(m, &hdrs) != 0 ||
+        rd_kafka_header_get_last(hdrs, NODE_INGEST_OWN_HEADER, &id, &n) != 0 ||
+        n != NODE_INGEST_OWN_ID_LEN)
+        return 0;
+    kvs_buf_t *prev =
+        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store));
+    if (prev == NULL)
+        return 0;
+    prev->len = 0;
+    int rc = node_store_get(in->store, t->b->table, m->key, m->key_len, &v);
+    if (rc == KVS_ENOTFOUND)
+        return 0;
+    if (rc == 0 && kvs_buf_append(prev, v.p, v.len) != 0)
+        rc = -ENOMEM;
+    return rc;
+}
+
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
@@ -252,13 +280,17 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     else if (m->key_len > KVS_MAX_KEY)
         why = "key longer than 511 bytes";
     else if (m->payload == NULL) {
-        rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
+        rc = capture_own(in, t, m);
+        if (rc == 0)
+            rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
         if (rc == KVS_ENOTFOUND)
             rc = 0;
     } else {
         size_t len;
         const uint8_t *v = encode_payload(in, t, m, &len, &why);
         if (v != NULL)
+            rc = capture_own(in, t, m);
+        if (v != NULL && rc == 0)
             rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
     }
     if (rc != 0)
@@ -644,6 +676,45 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
     out->next = next_offset(in, t, (int32_t)p);
     out->end = end_offset(in, t, (int32_t)p);
     return 0;
+}
+
+int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return -1;
+    return t->parts[p].committed_next;
+}
+
+int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return !in->stopping && t != NULL && p < t->partitions && t->parts[p].owned;
+}
+
+/* ---- this worker's own records ------------------------------------------------------ */
+
+void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own)
+{
+    in->own = *own;
+}
+
+int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
+{
+    rd_kafka_message_t *m = (rd_kafka_message_t *)record;
+    topic_t *t = topic_of(in, m);
+    if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
+        m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
+        return 0; /* not next in its partition: ingestion applies it when it reads it */
+    int rc = apply_batch(in, &m, 1);
+    if (rc != 0) {
+        kvs_error("applying an acknowledged record failed (%s); it will be re-read",
+                  kvs_strerror(rc));
+        in->rewind = 1;
+        return rc;
+    }
+    return 1;
 }
 
 /* ---- Info ------------------------------------------------------------------------ */

@@ -57,6 +57,46 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
  * known). Returns 0, or KVS_ENOTFOUND when this shard does not own it. */
 int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out);
 
+/* The committed next offset of partition `p` of `b`'s topic (every record
+ * below it is in LMDB), or -1 when none is stored or the shard does not
+ * own it. Up to date after node_ingest_turn_done. */
+int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* True when this worker ingests partition `p` of `b`'s topic (it owns it,
+ * and ingestion is not stopping), so it will apply its own writes to it.
+ * Ingestion need not have started yet: records written before it starts
+ * are read like any others (from the stored offsets, or from the start
+ * with auto.offset.reset earliest; with latest and nothing stored, a
+ * partition is read from where it ends when ingestion starts, as for any
+ * producer's records). */
+int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* ---- this worker's own records (log-first writes, node_writes) ---------- */
+
+#define NODE_INGEST_OWN_HEADER "kvs.writer" /* = NODE_PRODUCE_HEADER */
+#define NODE_INGEST_OWN_ID_LEN 16
+
+typedef struct node_ingest_own_s {
+    /* A record carrying header `id` is about to be applied at (partition,
+     * offset) in batch `gen`: returns the buffer that receives the value
+     * it replaces (an encoded Value, left empty when the key had none), or
+     * NULL when no write waits for it. */
+    kvs_buf_t *(*claim)(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
+                        uint64_t gen);
+    const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
+    void *arg;
+} node_ingest_own_t;
+
+void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own);
+
+/* A record this worker produced was acknowledged; `record` is librdkafka's
+ * delivered message (node_delivery_t.record, opaque here). If it is the
+ * next record of its partition, applies it now, in the turn's batch, as
+ * ingestion would (claim included): returns 1. Returns 0 when ingestion
+ * will apply it when it reads it (records before it are not applied yet,
+ * or ingestion is not running), or a store error. */
+int node_ingest_apply_delivered(node_ingest_t *in, const void *record);
+
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */
 void node_ingest_stop(node_ingest_t *in);

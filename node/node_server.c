@@ -672,6 +672,11 @@ void node_server_set_reads(node_server_t *srv, node_reads_t *reads)
     srv->cmd.reads = reads;
 }
 
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes)
+{
+    srv->cmd.writes = writes;
+}
+
 int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     node_server_t *srv = arg;

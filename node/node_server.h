@@ -10,6 +10,7 @@
 #include "node_ingest.h"
 #include "node_reads.h"
 #include "node_store.h"
+#include "node_writes.h"
 
 #include <uv.h>
 
@@ -39,6 +40,9 @@ void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_serv
 
 /* Sets the freshness rules for reads of bound tables (NULL: none). */
 void node_server_set_reads(node_server_t *srv, node_reads_t *reads);
+
+/* Sets the log-first writes of bound tables (NULL: Kafka off). */
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
 
 /* Executes a request now, without freshness checks (node_reads_exec_cb,
  * with the server as `arg`). */

@@ -243,6 +243,34 @@ def consumer(bootstrap, group="kvs-test-reader", **extra):
     return Consumer(conf)
 
 
+def read_topic(bootstrap, topic, partitions, timeout=30.0):
+    """Every record of the topic as (partition, offset, key, value, headers)
+    (value None = tombstone; headers a dict), partitions in order, each in
+    offset order. Reads to the end offsets the brokers report now."""
+    ends = watermarks(bootstrap, topic, partitions)
+    c = consumer(bootstrap, group="kvs-test-topic-reader")
+    out = []
+    try:
+        want = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in want])
+        got = {p: [] for p in want}
+        deadline = time.monotonic() + timeout
+        while any(len(got[p]) < want[p] - ends[p][0] for p in want):
+            if time.monotonic() > deadline:
+                raise AssertionError("reading %s back timed out: have %r of %r"
+                                     % (topic, {p: len(v) for p, v in got.items()}, want))
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            got[m.partition()].append((m.partition(), m.offset(), m.key(), m.value(),
+                                       dict(m.headers() or [])))
+        for p in sorted(got):
+            out.extend(sorted(got[p], key=lambda r: r[1]))
+    finally:
+        c.close()
+    return out
+
+
 def watermarks(bootstrap, topic, partitions, timeout=10.0):
     """{partition: (low, high)} as the brokers report them now."""
     c = consumer(bootstrap)
