@@ -9,9 +9,11 @@
  *     applied yet) exceeds kafka.max_lag serves no reads of that
  *     partition, unless the read accepts stale data: a worker that was
  *     down for hours, or a new one filling up, must not answer with an old
- *     table as if it were current. An unknown lag (the brokers were not
- *     reached since start) does not close the gate: a worker keeps serving
- *     what it has while Kafka is away.
+ *     table as if it were current. Right after a copy starts its lag is
+ *     not known until the brokers answer; while it "settles" (the caller
+ *     decides for how long) it serves no reads either. A lag still unknown
+ *     after that (the brokers are unreachable) does not close the gate: a
+ *     worker keeps serving what it has while Kafka is away.
  *  2. Minimum position. A read that must see the record at offset o of
  *     the partition (its own earlier write, say) is served only once the
  *     copy has applied it (next > o); until then it is "behind" by
@@ -30,12 +32,16 @@
 typedef struct kvs_fresh_part_s {
     int64_t next; /* offset of the next record to apply (all below are applied); -1 unknown */
     int64_t end;  /* the partition's end offset (high watermark) as last heard; -1 unknown */
+    int settling; /* just started, end not heard yet: its lag is not known yet */
 } kvs_fresh_part_t;
 
+/* Verdicts, from best to worst (a read touching several partitions gets
+ * the worst). */
 typedef enum {
     KVS_FRESH_SERVE = 0,       /* serve the read */
     KVS_FRESH_BEHIND = 1,      /* not yet at the read's position: wait, or 503 */
-    KVS_FRESH_CATCHING_UP = 2, /* lag above max_lag: 503 (unless stale is accepted) */
+    KVS_FRESH_STARTING = 2,    /* settling: wait for the lag to be known, or 503 */
+    KVS_FRESH_CATCHING_UP = 3, /* lag above max_lag: 503 (unless stale is accepted) */
 } kvs_fresh_verdict_t;
 
 /* Records not applied yet (end - next, never negative), or -1 when either
@@ -44,7 +50,7 @@ int64_t kvs_fresh_lag(const kvs_fresh_part_t *p);
 
 /* The verdict for a read of partition `p`. `min_offset` is the offset of
  * the record the read must see (-1: none); `accept_stale` lifts the
- * catch-up gate (not the minimum position). *count, when not NULL, gets
+ * catch-up gate, settling included (not the minimum position). *count, when not NULL, gets
  * the lag (CATCHING_UP) or the records still missing (BEHIND), else 0. */
 kvs_fresh_verdict_t kvs_fresh_decide(const kvs_fresh_part_t *p, uint64_t max_lag,
                                      int64_t min_offset, int accept_stale, uint64_t *count);

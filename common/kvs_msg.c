@@ -653,6 +653,24 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
     return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
 }
 
+int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8_t **v, size_t *n)
+{
+    const uint8_t *end = p + len, *val;
+    uint64_t tag;
+    size_t vlen;
+    int found = 0;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &val, &vlen) != 0)
+            return -1;
+        if ((tag >> 3) == field && (tag & 7) == 2) {
+            *v = val;
+            *n = vlen;
+            found = 1; /* the last occurrence wins, as in protobuf */
+        }
+    }
+    return found;
+}
+
 /* ---- values ----------------------------------------------------------- */
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)

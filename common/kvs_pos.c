@@ -165,6 +165,23 @@ int kvs_pos_format(const uint8_t *tok, size_t len, char *out, size_t cap)
 
 /* ---- building ---------------------------------------------------------- */
 
+size_t kvs_pos_encode_one(uint8_t *out, const char *topic, size_t topic_len, uint32_t partition,
+                          int64_t offset)
+{
+    if (topic_len == 0 || topic_len > KVS_POS_TOPIC_MAX || partition >= PARTITION_LIMIT ||
+        offset < 0)
+        return 0;
+    size_t n = 0;
+    out[n++] = KVS_POS_VERSION;
+    n += put_varint(out + n, topic_len);
+    memcpy(out + n, topic, topic_len);
+    n += topic_len;
+    out[n++] = 1;
+    n += put_varint(out + n, partition);
+    n += put_varint(out + n, (uint64_t)offset);
+    return n;
+}
+
 void kvs_pos_set_init(kvs_pos_set_t *s)
 {
     s->e = NULL;

@@ -83,6 +83,15 @@ int kvs_pos_format(const uint8_t *tok, size_t len, char *out, size_t cap);
 
 /* ---- building tokens ------------------------------------------------- */
 
+/* Bytes a token of one position takes at most. */
+#define KVS_POS_ONE_MAX (1 + 2 + KVS_POS_TOPIC_MAX + 1 + 5 + 10)
+
+/* Writes the token holding just (topic, partition, offset) into
+ * out[0..KVS_POS_ONE_MAX) without allocating; returns its length, or 0
+ * when the position is out of range (as for kvs_pos_set_add). */
+size_t kvs_pos_encode_one(uint8_t *out, const char *topic, size_t topic_len, uint32_t partition,
+                          int64_t offset);
+
 typedef struct kvs_pos_set_s {
     kvs_pos_entry_t *e;
     size_t n, cap;

@@ -546,21 +546,15 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
     return 0;
 }
 
-/* The fast path's share of bound_request: a single-key request with no
- * options. A write is decoded (it waits for Kafka: decoding is nothing
- * beside that). */
-static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk,
-                        const uint8_t *payload, size_t len, kvs_buf_t *out)
+/* The fast path's share of bound_request: a single-key read with no
+ * options that may be served now takes the fast path (0); anything else
+ * the full one (1): writes wait for Kafka (decoding is nothing beside
+ * that), a read the freshness rules hold back is answered or waits. */
+static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk)
 {
-    if (!is_read(pk->cmd)) {
-        Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
-        int rc = req != NULL ? bound_write(ctx, b, req, out) : -ENOMEM;
-        kvs_arena_reset(&ctx->arena);
-        return rc;
-    }
-    if (ctx->reads != NULL)
-        return node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len, out);
-    return 0;
+    if (!is_read(pk->cmd))
+        return 1;
+    return ctx->reads != NULL && node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len) != 0;
 }
 
 int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
@@ -578,8 +572,8 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
     kvs_peek_t pk;
     if (kvs_msg_peek(payload, len, &pk)) {
         const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
-        int rc = b != NULL ? bound_peeked(ctx, b, &pk, payload, len, out) : 0;
-        return rc == 0 ? run_fast(ctx, &pk, out) : rc < 0 ? rc : 0;
+        if (b == NULL || !bound_peeked(ctx, b, &pk))
+            return run_fast(ctx, &pk, out);
     }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
     int rc;

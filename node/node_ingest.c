@@ -120,6 +120,7 @@ struct node_ingest_s {
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
     node_ingest_own_t own; /* this worker's own records (log-first writes) */
+    uint64_t started_ms;   /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -675,6 +676,7 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
     out->end = end_offset(in, t, (int32_t)p);
+    out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     return 0;
 }
 
@@ -747,7 +749,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
             info_int(r, key, next);
             snprintf(key + n, sizeof(key) - (size_t)n, "serving");
-            kvs_fresh_part_t fp = {.next = next, .end = end};
+            kvs_fresh_part_t fp;
+            node_ingest_fresh(in, t->b, p, &fp);
             info_int(r, key, kvs_fresh_serving(&fp, in->cfg->kafka_max_lag));
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
@@ -1020,6 +1023,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->on_fatal = o->on_fatal;
     in->arg = o->arg;
     in->pipefd[0] = in->pipefd[1] = -1;
+    in->started_ms = uv_now(in->loop);
     read_test_hooks(in);
     kvs_buf_init(&in->scratch);
     kvs_arena_init(&in->arena);

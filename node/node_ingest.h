@@ -51,10 +51,18 @@ void node_ingest_turn_done(node_ingest_t *in, int rc);
  * stored yet are -1 while the brokers have not told them. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
 
+/* How long after start a partition whose end offset was not heard yet
+ * counts as settling (kvs_fresh: no reads until the lag is known). Long
+ * enough for reachable brokers to answer; a worker whose brokers stay
+ * unreachable serves what it has after it. */
+#define NODE_INGEST_SETTLE_MS 2000
+
 /* The freshness of partition `p` of binding `b`'s topic as this worker
  * sees it: next = the offset of the next record to apply (see Info's
  * next_offset), end = the end offset as last heard (-1 either when not
- * known). Returns 0, or KVS_ENOTFOUND when this shard does not own it. */
+ * known), settling while the end was not heard in the first
+ * NODE_INGEST_SETTLE_MS. Returns 0, or KVS_ENOTFOUND when this shard does
+ * not own it. */
 int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out);
 
 /* The committed next offset of partition `p` of `b`'s topic (every record

@@ -36,7 +36,7 @@ struct waiter_s {
     node_slot_t *slot;
     const kvs_binding_t *b;
     uint32_t partition; /* the condition that held it back last: */
-    int64_t need;       /* ... the record at this offset must be applied */
+    int64_t need;       /* ... the record at this offset must be applied (-1: settling) */
     uint64_t deadline;  /* uv_now-based */
     size_t len;
     uint8_t payload[]; /* the request */
@@ -50,6 +50,7 @@ struct node_reads_s {
     node_reads_exec_cb exec;
     void *exec_arg;
     uv_timer_t timer;
+    uv_timer_t poll; /* while reads wait for a partition to settle: nothing else wakes them */
     int stopping;
     waiter_t *head, *tail; /* deadline order */
     size_t waiting;
@@ -199,6 +200,15 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
         (unsigned long long)c->count, c->b->topic, c->partition, c->rd->cfg->kafka_max_lag);
 }
 
+static int answer_starting(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "starting: this worker has not heard from the brokers yet how far behind it is on topic "
+        "%s partition %u; retry shortly, or set accept_stale to read what it has",
+        c->b->topic, c->partition);
+}
+
 static int answer_behind(const check_t *c, kvs_buf_t *out)
 {
     if (c->rd->ingest == NULL)
@@ -219,6 +229,7 @@ static int answer_behind(const check_t *c, kvs_buf_t *out)
 /* ---- waiting ---------------------------------------------------------------------- */
 
 static void on_timer(uv_timer_t *t);
+static void on_poll(uv_timer_t *t);
 
 static void arm_timer(node_reads_t *rd)
 {
@@ -244,7 +255,7 @@ static int wait_for(node_reads_t *rd, const check_t *c, const uint8_t *payload, 
     w->next = NULL;
     w->b = c->b;
     w->partition = c->partition;
-    w->need = c->need;
+    w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
     w->deadline = uv_now(rd->loop) + node_wait_ms(rd->cfg);
     w->len = len;
     memcpy(w->payload, payload, len);
@@ -256,6 +267,8 @@ static int wait_for(node_reads_t *rd, const check_t *c, const uint8_t *payload, 
     rd->waiting++;
     if (rd->head == w)
         arm_timer(rd);
+    if (w->need < 0 && !uv_is_active((uv_handle_t *)&rd->poll))
+        uv_timer_start(&rd->poll, on_poll, 20, 20);
     return 0;
 }
 
@@ -270,6 +283,8 @@ static void finish(node_reads_t *rd, waiter_t *w, const check_t *c)
                                        "the worker is shutting down; retry the read");
         else if (c->verdict == KVS_FRESH_CATCHING_UP)
             rc = answer_catching_up(c, out);
+        else if (c->verdict == KVS_FRESH_STARTING)
+            rc = answer_starting(c, out);
         else if (c->verdict == KVS_FRESH_BEHIND)
             rc = answer_behind(c, out);
         else
@@ -302,23 +317,29 @@ static int recheck(node_reads_t *rd, waiter_t *w, check_t *c)
         c->verdict = KVS_FRESH_SERVE; /* let the handler say what is wrong */
         return 1;
     }
-    if (c->verdict != KVS_FRESH_BEHIND)
+    if (c->verdict != KVS_FRESH_BEHIND && c->verdict != KVS_FRESH_STARTING)
         return 1;
     w->partition = c->partition;
-    w->need = c->need;
+    w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
     return 0;
+}
+
+/* Whether the condition that held `w` back last is met now. */
+static int condition_met(node_reads_t *rd, const waiter_t *w)
+{
+    kvs_fresh_part_t st;
+    if (rd->ingest == NULL || node_ingest_fresh(rd->ingest, w->b, w->partition, &st) != 0)
+        return 0;
+    return w->need < 0 ? !st.settling : st.next > w->need;
 }
 
 void node_reads_turn(node_reads_t *rd)
 {
     waiter_t **prev = &rd->head, *before = NULL;
+    int settling = 0;
     while (*prev != NULL) {
         waiter_t *w = *prev;
-        kvs_fresh_part_t st;
-        int met =
-            !node_slot_wanted(w->slot) ||
-            (rd->ingest != NULL && node_ingest_fresh(rd->ingest, w->b, w->partition, &st) == 0 &&
-             st.next > w->need);
+        int met = !node_slot_wanted(w->slot) || condition_met(rd, w);
         check_t c;
         if (met && (!node_slot_wanted(w->slot) || recheck(rd, w, &c))) {
             unlink_waiter(rd, prev, w, before);
@@ -327,10 +348,18 @@ void node_reads_turn(node_reads_t *rd)
             continue;
         }
         kvs_arena_reset(&rd->arena);
+        settling |= w->need < 0;
         before = w;
         prev = &w->next;
     }
     arm_timer(rd);
+    if (!settling)
+        uv_timer_stop(&rd->poll);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    node_reads_turn(t->data);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -362,34 +391,23 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
     int rc = check_request(&c, req, arena);
     if (rc != 0)
         return rc;
-    switch (c.verdict) {
-    case KVS_FRESH_SERVE:
+    if (c.verdict == KVS_FRESH_SERVE)
         return 0;
-    case KVS_FRESH_CATCHING_UP:
-        rc = answer_catching_up(&c, out);
-        break;
-    default:
-        if (rd->ingest != NULL && defer != NULL && !rd->stopping) {
-            rc = wait_for(rd, &c, payload, len, defer, defer_arg);
-            if (rc == 0)
-                return 1;
-        }
-        rc = answer_behind(&c, out);
-        break;
-    }
+    if (c.verdict != KVS_FRESH_CATCHING_UP && rd->ingest != NULL && defer != NULL &&
+        !rd->stopping && wait_for(rd, &c, payload, len, defer, defer_arg) == 0)
+        return 1;
+    rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
+         : c.verdict == KVS_FRESH_STARTING  ? answer_starting(&c, out)
+                                            : answer_behind(&c, out);
     return rc == 0 ? 1 : rc;
 }
 
-int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *key, size_t klen,
-                         kvs_buf_t *out)
+int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *key, size_t klen)
 {
     check_t c;
     check_init(&c, rd, b);
     check_key(&c, key, klen);
-    if (c.verdict == KVS_FRESH_SERVE)
-        return 0;
-    int rc = answer_catching_up(&c, out); /* no position: only the gate can refuse */
-    return rc == 0 ? 1 : rc;
+    return c.verdict == KVS_FRESH_SERVE ? 0 : -EAGAIN;
 }
 
 /* ---- life cycle --------------------------------------------------------------------- */
@@ -408,6 +426,8 @@ int node_reads_new(const node_reads_opts_t *o, node_reads_t **out)
     kvs_arena_init(&rd->arena);
     uv_timer_init(rd->loop, &rd->timer);
     rd->timer.data = rd;
+    uv_timer_init(rd->loop, &rd->poll);
+    rd->poll.data = rd;
     *out = rd;
     return 0;
 }
@@ -424,6 +444,7 @@ void node_reads_stop(node_reads_t *rd)
     }
     rd->tail = NULL;
     uv_close((uv_handle_t *)&rd->timer, NULL);
+    uv_close((uv_handle_t *)&rd->poll, NULL);
 }
 
 void node_reads_free(node_reads_t *rd)

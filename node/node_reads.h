@@ -55,10 +55,10 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
                      const uint8_t *payload, size_t len, node_defer_fn defer, void *defer_arg,
                      kvs_arena_t *arena, kvs_buf_t *out);
 
-/* The same for a read of one key with no request options (the fast path):
- * only the catch-up gate applies. Returns 0 (serve) or 1 (503 appended). */
-int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *key, size_t klen,
-                         kvs_buf_t *out);
+/* The fast path's check of a read of one key with no request options:
+ * returns 0 when it may be served now, -EAGAIN when not (the caller then
+ * takes node_reads_admit, which answers or waits). */
+int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *key, size_t klen);
 
 /* After each turn's commit: serves (or refuses) the waiting reads that no
  * longer wait. */

@@ -309,6 +309,13 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- main --------------------------------------------------------------------------- */
 
+/* Each loop turn, before the answers and requests queued in it are
+ * written: requests held behind a connection's writes that may go now. */
+static void on_flush(kvs_flusher_t *f)
+{
+    router_route_release(f->data);
+}
+
 static int router_start(router_main_t *m, const char *argv0)
 {
     router_t *r = &m->r;
@@ -316,7 +323,7 @@ static int router_start(router_main_t *m, const char *argv0)
     r->shards = r->cfg->shards;
     kvs_arena_init(&r->arena);
     kvs_arena_init(&r->merge_arena);
-    int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
+    int rc = kvs_flusher_init(&r->flusher, r->loop, on_flush, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
     m->sigterm.data = m->sigint.data = m;
@@ -373,6 +380,7 @@ int main(int argc, char **argv)
     router_reqs_release(&m.r);
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);
+    kvs_buf_free(&m.r.scratch);
     uv_loop_close(m.r.loop);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')

@@ -24,11 +24,22 @@
  *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
+ *
+ * Sessions (router_session.h): the positions of a connection's writes to
+ * bound tables are noted from their answers (a single part's raw answer is
+ * scanned for CommandResponse.position; a split write's parts' positions
+ * are merged into its answer) and attached to the connection's later reads
+ * of those tables as min_position, merged with any the client gave (a
+ * single-key read's bytes get the field appended; other reads are packed
+ * again). Reads that come while the connection's bound writes are in
+ * flight, and whatever follows them, are held and routed (with positions)
+ * from the flusher's `before` step once those writes are answered.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "router.h"
 
 #include <errno.h>
@@ -105,6 +116,7 @@ void router_req_free(router_req_t *req)
     router_t *r = req->router;
     merge_free(req->merge);
     req->merge = NULL;
+    kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
@@ -117,9 +129,39 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
+/* A write to a bound table was answered (or failed): the session's reads
+ * held behind it may go once no other is in flight. */
+static void write_finished(router_req_t *req)
+{
+    if (!req->bound_write)
+        return;
+    req->bound_write = 0;
+    if (req->client == NULL)
+        return;
+    router_session_t *s = router_client_session(req->client);
+    if (s->writes > 0)
+        s->writes--;
+    if (s->writes == 0 && s->held != NULL && !s->on_release_list) {
+        router_t *r = req->router;
+        s->on_release_list = 1;
+        s->next = r->release;
+        r->release = s;
+    }
+}
+
+/* Notes a write answer's position in its connection's session. */
+static void note_position(router_req_t *req, const uint8_t *tok, size_t len)
+{
+    if (req->client != NULL && len > 0 &&
+        router_session_note(router_client_session(req->client), req->router->cfg, tok, len) != 0)
+        kvs_warn("out of memory noting a write's position: a later read on the same connection "
+                 "may not see it");
+}
+
 static void req_complete(router_req_t *req)
 {
     req->done = 1;
+    write_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
     if (req->client == NULL) {
@@ -165,6 +207,12 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         return; /* an internal probe */
     route_merge_t *m = req->merge;
     if (m == NULL) { /* single part: pass the worker's answer through */
+        const uint8_t *tok;
+        size_t toklen;
+        if (req->bound_write && failure == NULL &&
+            kvs_msg_find_bytes(payload, len, 6, &tok, &toklen) == 1) /* position */
+            note_position(req, tok, toklen);
+        write_finished(req);
         if (failure != NULL)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE, "%s", failure);
         else if (req->client == NULL || req->in_route ||
@@ -186,21 +234,70 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         merge_finish(req);
 }
 
+static int is_split_write(const route_merge_t *m)
+{
+    return m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* The positions the parts of a split write answered (successful or not:
+ * a 503 may carry the position of records Kafka has), merged into `tok`
+ * and noted in the session. */
+static void merge_positions(router_req_t *req, kvs_arena_t *arena, kvs_buf_t *tok)
+{
+    route_merge_t *m = req->merge;
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        const uint8_t *p;
+        size_t n;
+        if (!m->failed[i] &&
+            kvs_msg_find_bytes(m->answers[i].data, m->answers[i].len, 6, &p, &n) == 1)
+            kvs_pos_set_add_token(&set, p, n);
+    }
+    (void)arena;
+    if (kvs_pos_set_encode(&set, tok) != 0)
+        tok->len = 0;
+    kvs_pos_set_free(&set);
+    note_position(req, tok->data, tok->len);
+}
+
+/* Completes `req` with a status, a message and a position. */
+static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok,
+                              const char *text)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = (char *)text;
+    r.position.data = tok->data;
+    r.position.len = tok->len;
+    req->resp.len = 0;
+    if (kvs_msg_append(&req->resp, &r.base, SIZE_MAX) != 0)
+        req->resp.len = 0;
+    req_complete(req);
+}
+
 /* The failure message of part `i`, with a warning when it was one part of
  * a write split over shards: each shard applies its own part, so the other
- * shards may have stored theirs whatever this one says. */
+ * shards may have stored theirs whatever this one says (their positions
+ * come with the answer). */
 static void finish_part_failure(router_req_t *req, uint32_t i, uint32_t status, const char *msg)
 {
     route_merge_t *m = req->merge;
-    int split_write = m->nparts > 1 && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-                                        m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL);
-    if (split_write)
-        router_req_finish_status(req, status,
-                                 "%s (for the keys on shard %u; %s spans %u shards and is not "
-                                 "atomic across them: other shards may have applied their keys)",
-                                 msg, m->part_shard[i], kvs_msg_command_name(m->cmd), m->nparts);
-    else
+    if (m->nparts > 1 && is_split_write(m)) {
+        char text[1200];
+        kvs_buf_t tok;
+        kvs_buf_init(&tok);
+        merge_positions(req, &m->router->merge_arena, &tok);
+        snprintf(text, sizeof(text),
+                 "%s (for the keys on shard %u; %s spans %u shards and is not atomic across "
+                 "them: other shards may have applied their keys)",
+                 msg, m->part_shard[i], kvs_msg_command_name(m->cmd), m->nparts);
+        finish_status_pos(req, status, &tok, text);
+        kvs_buf_free(&tok);
+    } else {
         router_req_finish_status(req, status, "%s", msg);
+    }
 }
 
 /* Info stands in for a shard that could not answer with a single pair,
@@ -314,7 +411,15 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         }
         out.values[i] = pr->values[m->key_index[i]];
     }
+    kvs_buf_t tok;
+    kvs_buf_init(&tok);
+    if (is_split_write(m)) {
+        merge_positions(req, arena, &tok);
+        out.position.data = tok.data;
+        out.position.len = tok.len;
+    }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+    kvs_buf_free(&tok);
 }
 
 static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
@@ -619,6 +724,8 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     kvs_arena_t *a = &r->arena;
     kvs__command_request__init(sub);
     sub->command_case = q->command_case;
+    sub->min_position = q->min_position; /* every part reads at least as fresh */
+    sub->accept_stale = q->accept_stale;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
@@ -757,6 +864,8 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
     sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
     sub.hscan = &inner;
+    sub.min_position = q->min_position;
+    sub.accept_stale = q->accept_stale;
     send_part(r, req, 0, shard, &sub.base, NULL, 0);
 }
 
@@ -832,14 +941,9 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
-static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                          const uint8_t *raw, size_t rawlen)
+static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                         const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
 {
-    const char *table = kvs_msg_request_table(q);
-    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
-        route_unplaced(r, req, q, b, raw, rawlen))
-        return;
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
         req->parts_left = 1;
@@ -863,19 +967,177 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
+/* ---- sessions: holding, positions ------------------------------------------------ */
+
+static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* Holds `req` back when its session holds earlier requests, or when it
+ * reads a bound table (`bound_read`) while the session's writes to bound
+ * tables are in flight. Returns 1 when held (or answered: out of memory). */
+static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len)
+{
+    if (req->client == NULL || req->releasing)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    if (s->held == NULL && !(bound_read && s->writes > 0))
+        return 0;
+    req->held_payload.len = 0;
+    if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    req->held = 1;
+    req->held_read = bound_read;
+    req->held_next = NULL;
+    if (s->held_tail != NULL)
+        s->held_tail->held_next = req;
+    else
+        s->held = req;
+    s->held_tail = req;
+    router_client_hold(req->client, (ptrdiff_t)len);
+    return 1;
+}
+
+/* A write to a bound table is on its way: the session's reads wait for it. */
+static void mark_write(router_req_t *req)
+{
+    if (req->client == NULL || req->bound_write)
+        return;
+    req->bound_write = 1;
+    router_client_session(req->client)->writes++;
+}
+
+/* Adds the session's positions in b's topic (of `partition`, or all when
+ * negative) to a read's min_position; the merged token goes into `tok`
+ * and q->min_position points there. Returns 1 when q changed, 0 when the
+ * session knows no position there, or -ENOMEM. */
+static int attach_positions(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                            const kvs_binding_t *b, int64_t partition, kvs_buf_t *tok)
+{
+    if (req->client == NULL)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    int rc = router_session_add(s, r->cfg, b, partition, &set);
+    if (rc == 0 && set.n == 0) {
+        kvs_pos_set_free(&set);
+        return 0;
+    }
+    if (rc == 0)
+        rc = kvs_pos_set_add_token(&set, q->min_position.data, q->min_position.len);
+    if (rc == 0)
+        rc = kvs_pos_set_encode(&set, tok);
+    kvs_pos_set_free(&set);
+    if (rc != 0)
+        return rc < 0 ? rc : -ENOMEM;
+    q->min_position.data = tok->data;
+    q->min_position.len = tok->len;
+    return 1;
+}
+
+/* The single-key fast path's attach: the client's bytes with a
+ * min_position field appended (protobuf reads a message's fields in any
+ * order), built in r->scratch, for a read of a key whose partition the
+ * session wrote to. Returns 1 when `*payload` now points there. */
+static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *b,
+                           const kvs_peek_t *pk, const uint8_t **payload, size_t *len)
+{
+    if (req->client == NULL)
+        return 0;
+    uint32_t parts = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    uint32_t p = kvs_place_partition_by(b->partitioner, pk->key, pk->key_len, parts);
+    int64_t off = router_session_get(router_client_session(req->client), r->cfg, b, p);
+    if (off < 0)
+        return 0;
+    uint8_t tok[KVS_POS_ONE_MAX], hdr[4];
+    size_t n = kvs_pos_encode_one(tok, b->topic, strlen(b->topic), p, off);
+    size_t h = 0;
+    hdr[h++] = 0xa2; /* field 100, length-delimited: tag varint 0xa2 0x06 */
+    hdr[h++] = 0x06;
+    if (n >= 128)
+        hdr[h++] = (uint8_t)(n | 0x80), hdr[h++] = (uint8_t)(n >> 7);
+    else
+        hdr[h++] = (uint8_t)n;
+    kvs_buf_t *out = &r->scratch;
+    out->len = 0;
+    if (n == 0 || kvs_buf_reserve(out, *len + h + n) != 0)
+        return 0; /* without it: the worker answers from what it has */
+    kvs_buf_append(out, *payload, *len);
+    kvs_buf_append(out, hdr, h);
+    kvs_buf_append(out, tok, n);
+    *payload = out->data;
+    *len = out->len;
+    return 1;
+}
+
+static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                          const uint8_t *raw, size_t rawlen)
+{
+    const char *table = kvs_msg_request_table(q);
+    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
+    if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
+        return;
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
+        route_unplaced(r, req, q, b, raw, rawlen))
+        return;
+    kvs_buf_t tok, packed;
+    kvs_buf_init(&tok);
+    kvs_buf_init(&packed);
+    if (b != NULL && is_write_cmd(q->command_case))
+        mark_write(req);
+    if (b != NULL && is_read_cmd(q->command_case)) {
+        int rc = attach_positions(r, req, q, b, -1, &tok);
+        if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
+            raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
+            rawlen = packed.len - KVS_FRAME_HEADER;
+        }
+    }
+    route_placed(r, req, q, b, raw, rawlen);
+    kvs_buf_free(&tok);
+    kvs_buf_free(&packed);
+}
+
+/* The hot path: a valid single-key request on a table bound to no topic or
+ * placed by a partitioner. Returns 0 when it must take the full path. */
+static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
+                        const uint8_t *payload, size_t len)
+{
+    const kvs_binding_t *b = table_binding(r, pk->table, pk->table_len);
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE)
+        return 0; /* the full path asks every owning shard */
+    int read = pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
+               pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
+    if (hold(req, b != NULL && read, payload, len))
+        return 1;
+    if (b != NULL && !read)
+        mark_write(req);
+    else if (b != NULL)
+        append_position(r, req, b, pk, &payload, &len);
+    req->parts_left = 1;
+    send_part(r, req, 0, place_key(r, b, pk->key, pk->key_len), NULL, payload, len);
+    return 1;
+}
+
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len)
 {
     char msg[512];
     kvs_peek_t pk;
     req->in_route = 1;
-    if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
-        const kvs_binding_t *b = table_binding(r, pk.table, pk.table_len);
-        if (b == NULL || b->partitioner != KVS_PARTITIONER_NONE) {
-            req->parts_left = 1;
-            send_part(r, req, 0, place_key(r, b, pk.key, pk.key_len), NULL, payload, len);
-            req->in_route = 0;
-            return;
-        } /* partitioner none: the full path asks every owning shard */
+    if (kvs_msg_peek(payload, len, &pk) && route_peeked(r, req, &pk, payload, len)) {
+        req->in_route = 0;
+        return;
     }
     Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
     if (q == NULL) {
@@ -893,4 +1155,55 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     }
     kvs_arena_reset(&r->arena);
     req->in_route = 0;
+}
+
+/* ---- releasing held requests ------------------------------------------------------ */
+
+/* Routes the session's held requests that may go now, in order: up to
+ * the first read of a bound table while a write is (again) in flight. */
+static void release_session(router_t *r, router_session_t *s)
+{
+    while (s->held != NULL) {
+        router_req_t *req = s->held;
+        if (req->held_read && s->writes > 0)
+            return; /* a write released just before it is in flight */
+        s->held = req->held_next;
+        if (s->held == NULL)
+            s->held_tail = NULL;
+        req->held = 0;
+        req->held_next = NULL;
+        router_client_t *cl = req->client;
+        size_t len = req->held_payload.len;
+        router_client_hold(cl, -(ptrdiff_t)len);
+        req->releasing = 1;
+        router_route(r, req, req->held_payload.data, len);
+        req->releasing = 0;
+        router_client_hold(cl, (ptrdiff_t)req->reserve);
+        if (req->done)
+            router_client_req_done(cl, req); /* may free it */
+    }
+}
+
+void router_route_release(router_t *r)
+{
+    while (r->release != NULL) {
+        router_session_t *s = r->release;
+        r->release = s->next;
+        s->on_release_list = 0;
+        s->next = NULL;
+        release_session(r, s);
+    }
+}
+
+void router_route_forget(router_t *r, router_session_t *s)
+{
+    if (s->on_release_list) {
+        for (router_session_t **p = &r->release; *p != NULL; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        s->on_release_list = 0;
+    }
+    s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
 }

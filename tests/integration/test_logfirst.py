@@ -12,11 +12,13 @@ kvs's C code.
 
 Every wait is bounded; every process is killed at cleanup.
 """
+import os
+import subprocess
 import threading
 import time
 import unittest
 
-from kvstest import (Client, pb, pyval, req_hdel, req_hget, req_hgetall, req_hmdel, req_hmget,
+from kvstest import (BUILD_DIR, Client, pb, pyval, req_hdel, req_hget, req_hgetall, req_hmdel, req_hmget,
                      req_hmset, req_hset)
 from routertest import partition_of
 import kafkatest
@@ -408,6 +410,57 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                 resp = c.hget("users", k)
                 self.assertEqual(pyval(resp.values[0]), b"v%d" % i, resp.message)
 
+    def test_pipelined_reads_see_the_writes_before_them(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "20"})
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k0", b"v0").status, 200)
+            # pipelined: each read sees the write sent just before it (the
+            # router holds it until the write is answered)
+            reqs = []
+            for i in range(5):
+                reqs += [req_hset("users", b"p", b"x%d" % i), req_hget("users", b"p"),
+                         req_hmget("users", [b"p", b"k0", b"nope"])]
+            out = c.pipeline(reqs)
+            for i in range(5):
+                self.assertEqual(out[3 * i].status, 200, out[3 * i].message)
+                self.assertEqual(pyval(out[3 * i + 1].values[0]), b"x%d" % i, out[3 * i + 1])
+                self.assertEqual([pyval(v) for v in out[3 * i + 2].values],
+                                 [b"x%d" % i, b"v0", None])
+            # a split write, then a read of all its keys
+            keys = [b"s%d" % i for i in range(12)]
+            out = c.pipeline([req_hmset("users", [(k, b"m-" + k) for k in keys]),
+                              req_hmget("users", keys)])
+            self.assertEqual(out[0].status, 200, out[0].message)
+            self.assertEqual(len({p for _, p, _ in pos_entries(out[0].position)}),
+                             len({partition_of(k, parts) for k in keys}),
+                             "the answer names every partition the write touched")
+            self.assertEqual([pyval(v) for v in out[1].values], [b"m-" + k for k in keys])
+
+    def test_session_reads_wait_for_an_acknowledged_write(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        # applying takes 2.5 s per record, longer than a write may wait:
+        # the write's answer is 503 with its position (Kafka has it)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "2500"})
+        with r.client() as a:
+            resp = a.hset("users", b"k", b"new")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.position)
+            # the same connection reads with that position without asking:
+            # never the missing key it would see without one
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                resp = a.hget("users", b"k")
+                if resp.status == 200:
+                    break
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("behind by 1 records", resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"new")
+
     def test_position_from_another_connection_never_reads_stale(self):
         parts = 4
         m = self.mock({"users": parts})
@@ -491,6 +544,38 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             ok = wait_until(lambda: c.hset("users", b"k", b"3").status == 200, 20, 0.2)
             self.assertTrue(ok, "writes work again once the broker is back")
             self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"3")
+
+    def test_cli_prints_and_takes_positions(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "string", parts)], shards=2, timeout="1s")
+        p = partition_of(b"k", parts)
+
+        def cli(*args):
+            return subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(r.port)] +
+                                  list(args), capture_output=True, timeout=30)
+
+        out = cli("--position", "hset", "users", "k", "v1")
+        self.assertEqual((out.returncode, out.stderr), (0, b""))
+        self.assertEqual(out.stdout.decode(), "(nil)\nposition: users:%d:0\n" % p)
+        out = cli("--raw", "--position", "hmset", "users", "k", "v2", "k", "v3")
+        self.assertEqual(out.stdout.decode(), "v1\nv2\nusers:%d:2\n" % p)
+        out = cli("--min-position", "users:%d:2" % p, "hget", "users", "k")
+        self.assertEqual((out.returncode, out.stdout), (0, b'"v3"\n'), out.stderr)
+        out = cli("--min-position", "users:%d:50,other:0:1" % p, "hget", "users", "k")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"(error) 503 behind by 48 records", out.stderr)
+        out = cli("--stale", "hget", "users", "k")
+        self.assertEqual((out.returncode, out.stdout), (0, b'"v3"\n'), out.stderr)
+        for bad in ("users", "users:1", "users:x:1", "users:1:2,"):
+            out = cli("--min-position", bad, "hget", "users", "k")
+            self.assertEqual(out.returncode, 2, bad)
+            self.assertIn(b"kvs-cli: --min-position:", out.stderr)
+        # a session reads its own writes (the router attaches its positions)
+        out = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(r.port)],
+                             input=b"hset users s 1\nhget users s\nhdel users s\nhget users s\n",
+                             capture_output=True, timeout=30)
+        self.assertEqual(out.stdout, b'(nil)\n"1"\n"1"\n(nil)\n', out.stderr)
 
     def test_kafka_off_refuses_writes_to_bound_tables(self):
         from routertest import Router

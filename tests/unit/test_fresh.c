@@ -76,4 +76,28 @@ KVS_TEST(minimum_position)
     CHECK_EQ(decide(0, 500, 100, 9, 1, NULL), KVS_FRESH_BEHIND);
 }
 
-KVS_TEST_MAIN(KVS_CASE(lag), KVS_CASE(catch_up_gate), KVS_CASE(minimum_position))
+KVS_TEST(settling)
+{
+    uint64_t n = 99;
+    kvs_fresh_part_t p = {.next = 40, .end = -1, .settling = 1};
+    /* just started, end offset not heard yet: no reads, positions or not */
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_STARTING);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 10, 0, &n), KVS_FRESH_STARTING);
+    CHECK(!kvs_fresh_serving(&p, 100));
+    /* ... unless stale data is accepted (a position still applies) */
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 1, &n), KVS_FRESH_SERVE);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 45, 1, &n), KVS_FRESH_BEHIND);
+    CHECK_EQ(n, 6);
+    /* once the end is known the lag decides, settling or not */
+    p.end = 41;
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_SERVE);
+    p.end = 400;
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_CATCHING_UP);
+    /* the verdicts order from best to worst */
+    CHECK(KVS_FRESH_SERVE < KVS_FRESH_BEHIND && KVS_FRESH_BEHIND < KVS_FRESH_STARTING &&
+          KVS_FRESH_STARTING < KVS_FRESH_CATCHING_UP);
+}
+
+KVS_TEST_MAIN(KVS_CASE(lag), KVS_CASE(catch_up_gate), KVS_CASE(minimum_position),
+              KVS_CASE(settling))

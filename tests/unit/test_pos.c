@@ -229,8 +229,29 @@ KVS_TEST(many_entries_encode_in_order)
     kvs_pos_set_free(&s);
 }
 
-KVS_TEST_MAIN(KVS_CASE(encodes_exact_bytes), KVS_CASE(empty_set_is_empty_token),
-              KVS_CASE(large_offsets_round_trip), KVS_CASE(rejects_bad_entries),
-              KVS_CASE(decodes_only_canonical_tokens), KVS_CASE(merging_tokens_keeps_the_highest),
-              KVS_CASE(text_form_round_trip), KVS_CASE(text_form_errors),
-              KVS_CASE(many_entries_encode_in_order))
+KVS_TEST(encode_one_matches_a_set)
+{
+    uint8_t one[KVS_POS_ONE_MAX];
+    char topic[KVS_POS_TOPIC_MAX];
+    memset(topic, 'q', sizeof(topic));
+    /* the largest one fits KVS_POS_ONE_MAX and decodes */
+    size_t n = kvs_pos_encode_one(one, topic, sizeof(topic), 0x7fffffff, INT64_MAX);
+    CHECK(n > 0 && n <= KVS_POS_ONE_MAX);
+    CHECK(kvs_pos_valid(one, n));
+    CHECK_EQ(kvs_pos_find(one, n, topic, sizeof(topic), 0x7fffffff), INT64_MAX);
+    /* the same bytes a set encodes */
+    kvs_pos_set_t s;
+    kvs_pos_set_init(&s);
+    CHECK_EQ(kvs_pos_set_add(&s, "users", 5, 3, 17), 0);
+    n = kvs_pos_encode_one(one, "users", 5, 3, 17);
+    check_encoded(&s, one, n);
+    kvs_pos_set_free(&s);
+    CHECK_EQ(kvs_pos_encode_one(one, "", 0, 0, 0), 0);
+    CHECK_EQ(kvs_pos_encode_one(one, "t", 1, 0, -1), 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(encodes_exact_bytes), KVS_CASE(encode_one_matches_a_set),
+              KVS_CASE(empty_set_is_empty_token), KVS_CASE(large_offsets_round_trip),
+              KVS_CASE(rejects_bad_entries), KVS_CASE(decodes_only_canonical_tokens),
+              KVS_CASE(merging_tokens_keeps_the_highest), KVS_CASE(text_form_round_trip),
+              KVS_CASE(text_form_errors), KVS_CASE(many_entries_encode_in_order))
