@@ -6,6 +6,12 @@
  * said where the partition starts: for a minimum position that counts as
  * next = 0 (every record of the partition is still missing), for the lag
  * as unknown.
+ *
+ * Waiting is for records that exist: a read is "behind" only when the
+ * record it needs is below the end offset the copy knows; one past it
+ * (not written yet as far as the copy knows, or the end unknown because
+ * the brokers cannot be reached) is "ahead" and refused at once, so that a
+ * made-up position cannot make a reader wait out its whole time.
  */
 #include "kvs_fresh.h"
 
@@ -32,12 +38,13 @@ kvs_fresh_verdict_t kvs_fresh_decide(const kvs_fresh_part_t *p, uint64_t max_lag
         return KVS_FRESH_CATCHING_UP;
     }
     int64_t next = p->next < 0 ? 0 : p->next;
-    if (min_offset >= 0 && next <= min_offset) {
-        if (count != NULL)
-            *count = (uint64_t)(min_offset - next) + 1;
-        return KVS_FRESH_BEHIND;
-    }
-    return KVS_FRESH_SERVE;
+    if (min_offset < 0 || next > min_offset)
+        return KVS_FRESH_SERVE;
+    if (count != NULL)
+        *count = (uint64_t)(min_offset - next) + 1;
+    if (p->end >= 0 && min_offset < p->end)
+        return KVS_FRESH_BEHIND; /* the record is in the topic: it will be applied */
+    return p->settling ? KVS_FRESH_STARTING : KVS_FRESH_AHEAD;
 }
 
 int kvs_fresh_serving(const kvs_fresh_part_t *p, uint64_t max_lag)

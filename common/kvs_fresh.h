@@ -16,8 +16,11 @@
  *     worker keeps serving what it has while Kafka is away.
  *  2. Minimum position. A read that must see the record at offset o of
  *     the partition (its own earlier write, say) is served only once the
- *     copy has applied it (next > o); until then it is "behind" by
- *     o + 1 - next records, and the caller waits (bounded) or answers 503.
+ *     copy has applied it (next > o). Until then, if the record is in the
+ *     topic (o < end) the read is "behind" by o + 1 - next records and the
+ *     caller waits (bounded) or answers 503; if it is past the end the copy
+ *     knows, the read is "ahead" and refused at once: nothing says the
+ *     record will ever come.
  *
  * Pure functions of their arguments: no clock, no I/O.
  */
@@ -31,7 +34,8 @@
 /* What a copy knows about one partition. */
 typedef struct kvs_fresh_part_s {
     int64_t next; /* offset of the next record to apply (all below are applied); -1 unknown */
-    int64_t end;  /* the partition's end offset (high watermark) as last heard; -1 unknown */
+    int64_t end;  /* the partition's end offset as last heard (the brokers' high watermark,
+                     or past the copy's own acknowledged writes); -1 unknown */
     int settling; /* just started, end not heard yet: its lag is not known yet */
 } kvs_fresh_part_t;
 
@@ -39,9 +43,10 @@ typedef struct kvs_fresh_part_s {
  * the worst). */
 typedef enum {
     KVS_FRESH_SERVE = 0,       /* serve the read */
-    KVS_FRESH_BEHIND = 1,      /* not yet at the read's position: wait, or 503 */
-    KVS_FRESH_STARTING = 2,    /* settling: wait for the lag to be known, or 503 */
-    KVS_FRESH_CATCHING_UP = 3, /* lag above max_lag: 503 (unless stale is accepted) */
+    KVS_FRESH_BEHIND = 1,      /* the read's position is in the topic, not applied yet: wait */
+    KVS_FRESH_STARTING = 2,    /* settling: wait for the end offset to be known */
+    KVS_FRESH_AHEAD = 3,       /* the position is past the end the copy knows: 503 now */
+    KVS_FRESH_CATCHING_UP = 4, /* lag above max_lag: 503 now (unless stale is accepted) */
 } kvs_fresh_verdict_t;
 
 /* Records not applied yet (end - next, never negative), or -1 when either

@@ -74,6 +74,7 @@ typedef struct part_s {
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
+    int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
 } part_t;
 
 typedef struct topic_s {
@@ -676,8 +677,18 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
     out->end = end_offset(in, t, (int32_t)p);
+    if (t->parts[p].produced_end > out->end)
+        out->end = t->parts[p].produced_end; /* acknowledged before a fetch told */
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     return 0;
+}
+
+void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
+                               int64_t offset)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t != NULL && p < t->partitions && offset + 1 > t->parts[p].produced_end)
+        t->parts[p].produced_end = offset + 1;
 }
 
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
@@ -965,6 +976,7 @@ static int make_topics(node_ingest_t *in)
             t->parts[p].owned = p % cfg->shards == in->shard;
             in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
+            t->parts[p].produced_end = -1;
         }
     }
     qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);

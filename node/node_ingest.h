@@ -60,10 +60,16 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
 /* The freshness of partition `p` of binding `b`'s topic as this worker
  * sees it: next = the offset of the next record to apply (see Info's
  * next_offset), end = the end offset as last heard (-1 either when not
- * known), settling while the end was not heard in the first
- * NODE_INGEST_SETTLE_MS. Returns 0, or KVS_ENOTFOUND when this shard does
- * not own it. */
+ * known; at least past this worker's own acknowledged records), settling
+ * while the end was not heard in the first NODE_INGEST_SETTLE_MS. Returns 0, or KVS_ENOTFOUND when
+ * this shard does not own it. */
 int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out);
+
+/* A record this worker produced was acknowledged at `offset` of
+ * partition `p`: the partition reaches at least past it (a read may wait
+ * for it before a fetch reports the new end). */
+void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
+                               int64_t offset);
 
 /* The committed next offset of partition `p` of `b`'s topic (every record
  * below it is in LMDB), or -1 when none is stored or the shard does not

@@ -200,6 +200,30 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
         (unsigned long long)c->count, c->b->topic, c->partition, c->rd->cfg->kafka_max_lag);
 }
 
+static int answer_ahead(const check_t *c, kvs_buf_t *out)
+{
+    if (c->rd->ingest == NULL)
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "behind by %llu records: the read needs offset %lld of topic %s partition %u, but "
+            "this node ingests no Kafka records (kafka.brokers is empty)",
+            (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition);
+    if (c->state.end < 0)
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "behind by %llu records: the read needs offset %lld of topic %s partition %u, and "
+            "this worker cannot reach the brokers to catch up (it has applied up to offset %lld); "
+            "retry later",
+            (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
+            (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "position ahead of the topic: the read needs offset %lld of topic %s partition %u, but "
+        "the partition ends at offset %lld as far as this worker knows; pass a position kvs "
+        "returned, or retry shortly if it was just written",
+        (long long)c->need, c->b->topic, c->partition, (long long)c->state.end - 1);
+}
+
 static int answer_starting(const check_t *c, kvs_buf_t *out)
 {
     return kvs_msg_append_status(
@@ -211,12 +235,6 @@ static int answer_starting(const check_t *c, kvs_buf_t *out)
 
 static int answer_behind(const check_t *c, kvs_buf_t *out)
 {
-    if (c->rd->ingest == NULL)
-        return kvs_msg_append_status(
-            out, KVS_STATUS_UNAVAILABLE,
-            "behind by %llu records: the read needs offset %lld of topic %s partition %u, but "
-            "this node ingests no Kafka records (kafka.brokers is empty)",
-            (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition);
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
         "behind by %llu records: the read needs offset %lld of topic %s partition %u, and this "
@@ -285,6 +303,8 @@ static void finish(node_reads_t *rd, waiter_t *w, const check_t *c)
             rc = answer_catching_up(c, out);
         else if (c->verdict == KVS_FRESH_STARTING)
             rc = answer_starting(c, out);
+        else if (c->verdict == KVS_FRESH_AHEAD)
+            rc = answer_ahead(c, out);
         else if (c->verdict == KVS_FRESH_BEHIND)
             rc = answer_behind(c, out);
         else
@@ -393,10 +413,11 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
         return rc;
     if (c.verdict == KVS_FRESH_SERVE)
         return 0;
-    if (c.verdict != KVS_FRESH_CATCHING_UP && rd->ingest != NULL && defer != NULL &&
-        !rd->stopping && wait_for(rd, &c, payload, len, defer, defer_arg) == 0)
+    if ((c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING) && rd->ingest != NULL &&
+        defer != NULL && !rd->stopping && wait_for(rd, &c, payload, len, defer, defer_arg) == 0)
         return 1;
     rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
+         : c.verdict == KVS_FRESH_AHEAD     ? answer_ahead(&c, out)
          : c.verdict == KVS_FRESH_STARTING  ? answer_starting(&c, out)
                                             : answer_behind(&c, out);
     return rc == 0 ? 1 : rc;

@@ -56,6 +56,7 @@ struct rec_s {
     rec_t *hnext;       /* hash chain */
     rec_t *settle_next; /* claimed, waiting for the turn's commit verdict */
     wreq_t *w;          /* NULL once its request was answered */
+    const kvs_binding_t *b;
     uint64_t seq;
     int32_t partition;
     int64_t offset; /* -1 until known */
@@ -288,6 +289,8 @@ static void on_delivery(void *arg, const node_delivery_t *d)
     rec_t *r = d->opaque;
     char msg[700];
     r->delivered = 1;
+    if (d->ok && d->offset >= 0 && !wr->stopping)
+        node_ingest_note_produced(wr->ingest, r->b, (uint32_t)r->partition, d->offset);
     if (r->w == NULL) {
         rec_release(wr, r);
         return;
@@ -629,6 +632,7 @@ static wreq_t *wreq_new(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
             return NULL;
         }
         w->recs[i]->w = w;
+        w->recs[i]->b = b;
         w->recs[i]->partition = items[i].partition;
     }
     return w;

@@ -58,13 +58,16 @@ KVS_TEST(minimum_position)
     CHECK_EQ(n, 1);
     CHECK_EQ(decide(4, 10, 100, 9, 0, &n), KVS_FRESH_BEHIND);
     CHECK_EQ(n, 6);
-    /* nothing applied, start unknown: every record up to it is missing */
-    CHECK_EQ(decide(-1, -1, 100, 0, 0, &n), KVS_FRESH_BEHIND);
+    /* nothing applied, start unknown, brokers not reached: nothing to wait for */
+    CHECK_EQ(decide(-1, -1, 100, 0, 0, &n), KVS_FRESH_AHEAD);
     CHECK_EQ(n, 1);
-    /* a position past the known end is still only "behind" (the end heard
-     * may be older than the write that made the position) */
-    CHECK_EQ(decide(10, 10, 100, 50, 0, &n), KVS_FRESH_BEHIND);
+    CHECK_EQ(decide(-1, 1, 100, 0, 0, &n), KVS_FRESH_BEHIND);
+    /* a position past the known end: ahead, refused at once */
+    CHECK_EQ(decide(10, 10, 100, 50, 0, &n), KVS_FRESH_AHEAD);
     CHECK_EQ(n, 41);
+    CHECK_EQ(decide(10, 11, 100, 10, 0, &n), KVS_FRESH_BEHIND); /* the last record: behind */
+    CHECK_EQ(decide(10, 11, 100, 11, 0, &n), KVS_FRESH_AHEAD);  /* one past it: ahead */
+    CHECK_EQ(decide(10, -1, 100, 10, 1, &n), KVS_FRESH_AHEAD);  /* end unknown */
     /* accepting stale data does not lift a position the read asked for */
     CHECK_EQ(decide(4, 10, 100, 9, 1, &n), KVS_FRESH_BEHIND);
     /* the gate comes first: a catching-up copy says so at once */
@@ -85,9 +88,11 @@ KVS_TEST(settling)
     CHECK_EQ(n, 0);
     CHECK_EQ(kvs_fresh_decide(&p, 100, 10, 0, &n), KVS_FRESH_STARTING);
     CHECK(!kvs_fresh_serving(&p, 100));
-    /* ... unless stale data is accepted (a position still applies) */
+    /* ... unless stale data is accepted; a position not applied yet still
+     * waits for the end offset (only then can it tell behind from ahead) */
     CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 1, &n), KVS_FRESH_SERVE);
-    CHECK_EQ(kvs_fresh_decide(&p, 100, 45, 1, &n), KVS_FRESH_BEHIND);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 39, 1, &n), KVS_FRESH_SERVE);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 45, 1, &n), KVS_FRESH_STARTING);
     CHECK_EQ(n, 6);
     /* once the end is known the lag decides, settling or not */
     p.end = 41;
@@ -96,7 +101,7 @@ KVS_TEST(settling)
     CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_CATCHING_UP);
     /* the verdicts order from best to worst */
     CHECK(KVS_FRESH_SERVE < KVS_FRESH_BEHIND && KVS_FRESH_BEHIND < KVS_FRESH_STARTING &&
-          KVS_FRESH_STARTING < KVS_FRESH_CATCHING_UP);
+          KVS_FRESH_STARTING < KVS_FRESH_AHEAD && KVS_FRESH_AHEAD < KVS_FRESH_CATCHING_UP);
 }
 
 KVS_TEST_MAIN(KVS_CASE(lag), KVS_CASE(catch_up_gate), KVS_CASE(minimum_position),
