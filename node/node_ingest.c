@@ -348,15 +348,34 @@ static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
         kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
+/* True when `m` is a record of ours at or past its partition's next
+ * offset: one apply_batch would apply. */
+static int to_apply(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    topic_t *t = m->err == 0 ? topic_of(in, m) : NULL;
+    return t != NULL && m->partition >= 0 && (uint32_t)m->partition < t->partitions &&
+           t->parts[m->partition].owned && m->offset >= t->parts[m->partition].next;
+}
+
 /* Applies `n` records in one reservation, then saves every touched
  * partition's offsets in the same txn. Returns 0 or a store error. */
 static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
 {
     /* One write per record, plus one offsets record per partition touched
-     * (at most the partitions this shard owns). */
-    size_t bytes = 0, parts = in->n_owned < n ? in->n_owned : n;
-    for (size_t i = 0; i < n; i++)
+     * (at most the partitions this shard owns). Records applied already
+     * (this worker's own writes, applied when Kafka acknowledged them, come
+     * back through the consumer) need no room: a batch of only those opens
+     * no transaction. */
+    size_t bytes = 0, todo = 0, parts = in->n_owned < n ? in->n_owned : n;
+    for (size_t i = 0; i < n; i++) {
         bytes += msgs[i]->key_len + msgs[i]->len + 16;
+        todo += (size_t)to_apply(in, msgs[i]);
+    }
+    for (size_t i = 0; todo == 0 && i < n; i++)
+        if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_consumer_error(in, msgs[i]);
+    if (todo == 0)
+        return 0;
     int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
     if (rc != 0)
         return rc;
