@@ -38,6 +38,19 @@
  * counted per partition (`misplaced`, a subset of `applied`, persisted with
  * the other counters) and reported within a batch, at most every 10 s.
  *
+ * This worker's own writes (node_writes, log-first) are records like any
+ * others, applied here exactly once with their offsets. While some are
+ * outstanding, each record's "kvs.writer" header is read as it is applied,
+ * so the write waiting for it gets the value it replaced (the claim). One
+ * whose acknowledgement says it is the next record of its partition is
+ * applied at once through apply_batch (node_ingest_apply_delivered),
+ * instead of after the consumer fetched it back; the consumer then skips
+ * it as already applied.
+ *
+ * Freshness (node_ingest_fresh, for kvs_fresh): next, the end offset
+ * (the brokers' high watermark, or past the worker's own acknowledged
+ * records), and whether the partition still settles after start.
+ *
  * Threads: librdkafka runs its own; everything here runs on the loop thread
  * except metadata_work, which touches only the rdkafka handle.
  */

@@ -1,12 +1,18 @@
 /*
  * node_ingest: materializes the Kafka partitions a shard owns into its LMDB
- * environment. The only file that includes rdkafka.h.
+ * environment. With node_produce.c (the producer of log-first writes), the
+ * only file that includes rdkafka.h.
  *
  * Exactly once: a batch of records and, per partition touched, the next
  * offset plus applied/skipped/misplaced counters are written in the same LMDB txn (the
  * worker's turn batch). On start the worker resumes from those offsets. A
  * batch that fails to commit is re-read from Kafka. Offsets are also
  * committed to the consumer group, after LMDB, for standard lag tooling.
+ *
+ * Writes to bound tables reach LMDB only through here too: node_writes
+ * produces them and recognizes them when they are applied (claims), and
+ * one acknowledged while it is its partition's next record is applied on
+ * the spot (node_ingest_apply_delivered), in the same way, offsets and all.
  */
 #ifndef NODE_INGEST_H
 #define NODE_INGEST_H
