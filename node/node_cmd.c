@@ -9,6 +9,11 @@
  * Multi-key writes reserve room for all their keys first, so the whole
  * command lands in one LMDB txn: a crash shows all of it or none of it.
  *
+ * Tables bound to a Kafka topic are not written here: their writes go to
+ * node_writes (log-first, through the topic), and their reads pass
+ * node_reads (the freshness rules) first, which lets them through to the
+ * handlers here, answers 503, or makes them wait (ungated on their return).
+ *
  * Every error a user can cause becomes a status and a message; storage
  * errors map to 507 (full, limit) or 500 (anything else).
  */

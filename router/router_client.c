@@ -12,12 +12,14 @@
  * high-water mark (a quarter of limits.client_output) the client's frames
  * stop being routed, past limits.client_output it is closed. Together these
  * bound what one client can make the router buffer, and how much work it
- * can queue on the links that all clients share. Clients beyond
- * limits.max_clients are refused with 503.
+ * can queue on the links that all clients share. Requests a client's
+ * session holds back (router_session.h: reads behind its writes to bound
+ * tables) are held bytes too. Clients beyond limits.max_clients are
+ * refused with 503.
  *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
- * answers. The client struct itself is freed in its connection's close
+ * answers. Held requests were never sent: they are freed with the client. The client struct itself is freed in its connection's close
  * callback, after its FIFO was emptied or orphaned.
  */
 #include "kvs_err.h"
