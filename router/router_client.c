@@ -19,8 +19,9 @@
  *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
- * answers. Held requests were never sent: they are freed with the client. The client struct itself is freed in its connection's close
- * callback, after its FIFO was emptied or orphaned.
+ * answers. Held requests were never sent: they are freed with the client.
+ * The client struct itself is freed in its connection's close callback,
+ * after its FIFO was emptied or orphaned.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
