@@ -54,7 +54,8 @@ struct node_slot_s {
     uint64_t gen;      /* batch the answer was built in (0: none) */
     size_t held;       /* bytes held against the connection for it */
     int done;
-    int ordered; /* the client's later requests wait for this answer */
+    int deferred; /* a handler holds it (node_slot_done will come) */
+    int ordered;  /* the client's later requests wait for this answer */
 };
 
 struct node_client_s {
@@ -320,6 +321,7 @@ static node_slot_t *defer_current(void *arg, size_t cost, int ordered)
     if (srv->exec_slot == NULL && (srv->exec_slot = slot_push(cl)) == NULL)
         return NULL;
     srv->exec_deferred = 1;
+    srv->exec_slot->deferred = 1;
     srv->exec_slot->held = cost;
     srv->exec_slot->ordered = ordered;
     kvs_conn_hold(&cl->conn, (ptrdiff_t)cost);
@@ -514,7 +516,7 @@ static void on_conn_closed(kvs_conn_t *c)
         resume_list_remove(srv, cl);
     for (node_slot_t *sl = cl->head, *next; sl != NULL; sl = next) {
         next = sl->next;
-        if (sl->done)
+        if (sl->done || !sl->deferred)
             slot_free(sl);
         else
             sl->cl = NULL; /* freed by node_slot_done */
