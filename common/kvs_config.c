@@ -126,6 +126,7 @@ static const directive_t directives[] = {
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"kafka.max_lag", D_UINT32, OFF(kafka_max_lag), "10000", 0, UINT32_MAX, NULL, NULL, 0},
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
      F_TEXT},

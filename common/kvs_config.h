@@ -59,6 +59,8 @@
  *                               topic's producers place keys: murmur2 (default,
  *                               Java), crc32 (librdkafka), fnv1a (Sarama) or
  *                               none (they choose; reads ask every shard)
+ *     max_lag: 10000         records a worker may be behind on a partition
+ *                            and still serve reads of it (catch-up gate)
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
@@ -140,6 +142,7 @@ typedef struct kvs_config_s {
     char *kafka_group_id;
     kvs_binding_t *bindings;
     size_t n_bindings;
+    uint32_t kafka_max_lag; /* catch-up gate, in records */
     kvs_kv_t *kafka_properties;
     size_t n_kafka_properties;
 

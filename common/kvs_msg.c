@@ -13,6 +13,7 @@
 #include "kvs_msg.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_pos.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -425,6 +426,10 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     if (body->n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: %s has unknown field %u", cmd,
                    body->unknown_fields[0].tag);
+    if (req->min_position.len > 0 && !kvs_pos_valid(req->min_position.data, req->min_position.len))
+        return bad(msg, len,
+                   "CommandRequest.min_position is not a position token: pass back a "
+                   "CommandResponse.position exactly as kvs returned it");
     const char *table = kvs_msg_request_table(req);
     if (table != NULL) {
         uint32_t st = check_table(cmd, table, msg, len);
@@ -776,6 +781,24 @@ int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
     default:
         return 0;
     }
+}
+
+int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8_t **v, size_t *n)
+{
+    const uint8_t *end = p + len, *val;
+    uint64_t tag;
+    size_t vlen;
+    int found = 0;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &val, &vlen) != 0)
+            return -1;
+        if ((tag >> 3) == field && (tag & 7) == 2) {
+            *v = val;
+            *n = vlen;
+            found = 1; /* the last occurrence wins, as in protobuf */
+        }
+    }
+    return found;
 }
 
 /* ---- values ----------------------------------------------------------- */

@@ -125,6 +125,13 @@ typedef struct kvs_value_peek_s {
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
+/* Finds the length-delimited top-level field `field` of the encoded
+ * message p[0..len) without decoding it (the last occurrence, as protobuf
+ * reads it). Returns 1 with *v and *n set, 0 when absent, -1 when the bytes
+ * are not a well-formed message of varint, 64-bit and length-delimited
+ * fields (what CommandResponse holds). */
+int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8_t **v, size_t *n);
+
 /* Checks a decoded request before it is executed: a command is set and
  * known, no unknown fields, table and keys are valid, values are present.
  * Returns 200 when valid; otherwise the status (400) with a message saying

@@ -22,6 +22,7 @@
 #define F_VALUES 3
 #define F_PAIRS 4
 #define F_CURSOR 5
+#define F_POSITION 6
 /* Kvpair fields */
 #define F_PAIR_KEY 1
 #define F_PAIR_VALUE 2
@@ -145,6 +146,12 @@ void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len)
 {
     if (len > 0)
         put_len_field(r, F_CURSOR, cur, len);
+}
+
+void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len)
+{
+    if (len > 0)
+        put_len_field(r, F_POSITION, tok, len);
 }
 
 size_t kvs_resp_size(const kvs_resp_t *r)

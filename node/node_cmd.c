@@ -9,6 +9,11 @@
  * Multi-key writes reserve room for all their keys first, so the whole
  * command lands in one LMDB txn: a crash shows all of it or none of it.
  *
+ * Tables bound to a Kafka topic are not written here: their writes go to
+ * node_writes (log-first, through the topic), and their reads pass
+ * node_reads (the freshness rules) first, which lets them through to the
+ * handlers here, answers 503, or makes them wait (ungated on their return).
+ *
  * Every error a user can cause becomes a status and a message; storage
  * errors map to 507 (full, limit) or 500 (anything else).
  *
@@ -753,12 +758,112 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
     return finish(ctx, &r, pk->cmd);
 }
 
+/* ---- tables bound to a Kafka topic ------------------------------------------------ */
+
+/* The binding of table[0..len), or NULL (unbound, or no checks wanted). */
+static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *table, size_t len)
+{
+    if (ctx->cfg == NULL || ctx->cfg->n_bindings == 0 || ctx->ungated || table == NULL)
+        return NULL;
+    return kvs_config_binding_n(ctx->cfg, table, len);
+}
+
+static int is_read(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+/* A write to a bound table: through its topic (node_writes). */
+static int bound_write(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                       kvs_buf_t *out)
+{
+    if (ctx->writes == NULL) {
+        int rc = kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "%s: table \"%s\" is bound to Kafka topic %s, so writes to it go through the "
+            "topic, but Kafka is off on this node (kafka.brokers is empty); nothing was written",
+            kvs_msg_command_name(req->command_case), b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
+    int rc = node_writes_request(ctx->writes, b, req, ctx->defer, ctx->defer_arg, &ctx->arena, out);
+    return rc == 0 ? 1 : rc;
+}
+
+/* A request on a bound table, before the ordinary handlers. Returns 0 when
+ * they should run it now, 1 when it was answered or deferred here, or a
+ * negative error. */
+static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
+                         const Kvs__CommandRequest *req, const uint8_t *payload, size_t len,
+                         kvs_buf_t *out)
+{
+    const char *refused = NULL;
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        if (req->hset->if_absent)
+            refused = "Hset with if_absent (Redis HSETNX)";
+        else
+            return bound_write(ctx, b, req, out);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        return bound_write(ctx, b, req, out);
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
+        break;
+    default:
+        if (!is_read(req->command_case))
+            return 0; /* Hlen and the rest: as for any table */
+        break;
+    }
+    if (refused != NULL) {
+        /* Their check and write must be one step on the data; through the
+         * topic they would be two, with other writers in between. */
+        int rc = kvs_msg_append_status(
+            out, KVS_STATUS_BAD_REQUEST,
+            "%s is not supported on table \"%s\": it is bound to Kafka topic %s, whose "
+            "writes are produced, so a read-modify-write could interleave with other writers; "
+            "nothing was written",
+            refused, b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
+    if (ctx->reads != NULL)
+        return node_reads_admit(ctx->reads, b, req, payload, len, ctx->defer, ctx->defer_arg,
+                                &ctx->arena, out);
+    return 0;
+}
+
+/* The fast path's share of bound_request: a single-key read with no
+ * options that may be served now takes the fast path (0); anything else
+ * the full one (1): writes wait for Kafka (decoding is nothing beside
+ * that), a read the freshness rules hold back is answered or waits. */
+static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk)
+{
+    if (!is_read(pk->cmd))
+        return 1;
+    return ctx->reads != NULL && node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len) != 0;
+}
+
+int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    int was = ctx->ungated;
+    ctx->ungated = 1;
+    int rc = node_cmd_frame(ctx, payload, len, out);
+    ctx->ungated = was;
+    return rc;
+}
+
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     char msg[512];
     kvs_peek_t pk;
-    if (kvs_msg_peek(payload, len, &pk))
-        return run_fast(ctx, &pk, out);
+    if (kvs_msg_peek(payload, len, &pk)) {
+        const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
+        if (b == NULL || !bound_peeked(ctx, b, &pk))
+            return run_fast(ctx, &pk, out);
+    }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
     int rc;
     if (req == NULL) {
@@ -769,10 +874,15 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        const char *table = kvs_msg_request_table(req);
+        const kvs_binding_t *b =
+            st == KVS_STATUS_OK && table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
         if (st != KVS_STATUS_OK)
             rc = kvs_msg_append_status(out, st, "%s", msg);
-        else
+        else if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
             rc = node_cmd_execute(ctx, req, out);
+        else if (rc > 0)
+            rc = 0;
     }
     kvs_arena_reset(&ctx->arena);
     return rc;

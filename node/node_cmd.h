@@ -7,9 +7,13 @@
 #define NODE_CMD_H
 
 #include "kvs_buf.h"
+#include "kvs_config.h"
 #include "kvs_msg.h"
 #include "node_ingest.h"
+#include "node_reads.h"
+#include "node_slot.h"
 #include "node_store.h"
+#include "node_writes.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +28,14 @@ typedef struct node_cmd_ctx_s {
     uint32_t shard;
     node_ingest_t *ingest; /* NULL when Kafka is off */
     kvs_arena_t arena;     /* per-request scratch; reset by node_cmd_frame */
+    /* Tables bound to Kafka topics (all NULL/0 when the config binds none,
+     * or in unit tests: then every table is served directly). */
+    const kvs_config_t *cfg; /* the bindings */
+    node_reads_t *reads;     /* freshness rules for their reads */
+    node_writes_t *writes;   /* their writes, log-first; NULL: Kafka is off */
+    node_defer_fn defer;     /* a request's answer comes later (node_slot.h) */
+    void *defer_arg;
+    int ungated; /* executing a read node_reads let through: no second check */
 } node_cmd_ctx_t;
 
 /* Decodes, validates and executes the request in `payload`, appending one
@@ -32,7 +44,12 @@ typedef struct node_cmd_ctx_s {
  * connection should then be closed). */
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
-/* Executes a decoded, validated request (same contract). */
+/* Executes a decoded, validated request (same contract), as if no table
+ * were bound. */
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out);
+
+/* node_cmd_frame without the freshness checks of bound tables' reads (for
+ * node_reads, once a read may be served). Same contract. */
+int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
 #endif

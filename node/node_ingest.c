@@ -46,11 +46,25 @@
  * counted per partition (`misplaced`, a subset of `applied`, persisted with
  * the other counters) and reported within a batch, at most every 10 s.
  *
+ * This worker's own writes (node_writes, log-first) are records like any
+ * others, applied here exactly once with their offsets. While some are
+ * outstanding, each record's "kvs.writer" header is read as it is applied,
+ * so the write waiting for it gets the value it replaced (the claim). One
+ * whose acknowledgement says it is the next record of its partition is
+ * applied at once through apply_batch (node_ingest_apply_delivered),
+ * instead of after the consumer fetched it back; the consumer then skips
+ * it as already applied.
+ *
+ * Freshness (node_ingest_fresh, for kvs_fresh): next, the end offset
+ * (the brokers' high watermark, or past the worker's own acknowledged
+ * records), and whether the partition still settles after start.
+ *
  * Threads: librdkafka runs its own; everything here runs on the loop thread
  * except metadata_work, which touches only the rdkafka handle.
  */
 #include "node_ingest.h"
 #include "kvs_err.h"
+#include "kvs_fresh.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "node_placecheck.h"
@@ -84,6 +98,7 @@ typedef struct part_s {
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
+    int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
 } part_t;
 
 typedef struct topic_s {
@@ -125,6 +140,15 @@ struct node_ingest_s {
     uint64_t last_skip_log, last_err_log, last_loss_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
+    /* Test hook (KVS_TEST_INGEST_DELAY_MS, test builds only): apply one
+     * record at a time, each no sooner than throttle_ms after it was taken
+     * from the queue and after the one before. 0 = off. */
+    uint64_t throttle_ms;
+    rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
+    uint64_t throttled_at, last_apply;
+    uv_timer_t throttle_timer;
+    node_ingest_own_t own; /* this worker's own records (log-first writes) */
+    uint64_t started_ms;   /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -248,6 +272,33 @@ static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message
              t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
 }
 
+/* A record this worker produced, that a write waits for: hands the value
+ * the record replaces (as stored now, before it is applied) to the write.
+ * Only while writes are outstanding is a record's header looked at. */
+static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *id;
+    size_t n;
+    node_slice_t v;
+    if (in->own.claim == NULL || *in->own.outstanding == 0 ||
+        rd_kafka_message_headers(m, &hdrs) != 0 ||
+        rd_kafka_header_get_last(hdrs, NODE_INGEST_OWN_HEADER, &id, &n) != 0 ||
+        n != NODE_INGEST_OWN_ID_LEN)
+        return 0;
+    kvs_buf_t *prev =
+        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store));
+    if (prev == NULL)
+        return 0;
+    prev->len = 0;
+    int rc = node_store_get(in->store, t->b->table, m->key, m->key_len, &v);
+    if (rc == KVS_ENOTFOUND)
+        return 0;
+    if (rc == 0 && kvs_buf_append(prev, v.p, v.len) != 0)
+        rc = -ENOMEM;
+    return rc;
+}
+
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
@@ -259,7 +310,9 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     else if (m->key_len > KVS_MAX_KEY)
         why = "key longer than 511 bytes";
     else if (m->payload == NULL) {
-        rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
+        rc = capture_own(in, t, m);
+        if (rc == 0)
+            rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
         if (rc == KVS_ENOTFOUND)
             rc = 0;
     } else {
@@ -272,7 +325,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
                      "limits.max_frame to store such records",
                      m->key_len + len, max, (unsigned long long)in->cfg->max_frame);
             why = big;
-        } else if (v != NULL)
+        } else if (v != NULL && (rc = capture_own(in, t, m)) == 0)
             rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
     }
     if (rc != 0)
@@ -328,6 +381,15 @@ static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
         kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
+/* True when `m` is a record of ours at or past its partition's next
+ * offset: one apply_batch would apply. */
+static int to_apply(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    topic_t *t = m->err == 0 ? topic_of(in, m) : NULL;
+    return t != NULL && m->partition >= 0 && (uint32_t)m->partition < t->partitions &&
+           t->parts[m->partition].owned && m->offset >= t->parts[m->partition].next;
+}
+
 static size_t record_bytes(const rd_kafka_message_t *m)
 {
     return m->key_len + m->len + 16; /* + the encoded Value's header */
@@ -340,8 +402,18 @@ static size_t record_bytes(const rd_kafka_message_t *m)
 static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, size_t bytes)
 {
     /* One write per record, plus one offsets record per partition touched
-     * (at most the partitions this shard owns). */
-    size_t parts = in->n_owned < n ? in->n_owned : n;
+     * (at most the partitions this shard owns). Records applied already
+     * (this worker's own writes, applied when Kafka acknowledged them, come
+     * back through the consumer) need no room: a batch of only those opens
+     * no transaction. */
+    size_t todo = 0, parts = in->n_owned < n ? in->n_owned : n;
+    for (size_t i = 0; i < n; i++)
+        todo += (size_t)to_apply(in, msgs[i]);
+    for (size_t i = 0; todo == 0 && i < n; i++)
+        if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_consumer_error(in, msgs[i]);
+    if (todo == 0)
+        return 0;
     int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
     if (rc != 0)
         return rc;
@@ -422,6 +494,8 @@ static void drain_events(node_ingest_t *in)
         }
 }
 
+static void pump_throttled(node_ingest_t *in);
+
 static void pump(node_ingest_t *in)
 {
     rd_kafka_message_t *msgs[BATCH];
@@ -429,6 +503,10 @@ static void pump(node_ingest_t *in)
     ssize_t n = 0;
     if (!in->stopping && !in->assigned) {
         drain_events(in);
+        return;
+    }
+    if (in->throttle_ms > 0) {
+        pump_throttled(in);
         return;
     }
     while (!in->stopping && in->assigned && !batch_lost(in) && total < MAX_PER_TURN) {
@@ -460,6 +538,41 @@ static void on_idle(uv_idle_t *h)
     pump(h->data);
 }
 
+static void on_throttle(uv_timer_t *h)
+{
+    pump(h->data);
+}
+
+/* The test throttle: one record per throttle_ms (see node_ingest_s). */
+static void pump_throttled(node_ingest_t *in)
+{
+    while (!in->stopping && in->assigned && !batch_lost(in)) {
+        uint64_t now = uv_now(in->loop);
+        if (in->throttled == NULL) {
+            if (rd_kafka_consume_batch_queue(in->q, 0, &in->throttled, 1) <= 0) {
+                in->throttled = NULL;
+                return; /* the queue's IO event wakes us */
+            }
+            in->throttled_at = now;
+        }
+        uint64_t due = in->throttled_at > in->last_apply ? in->throttled_at : in->last_apply;
+        due += in->throttle_ms;
+        if (now < due) {
+            uv_timer_start(&in->throttle_timer, on_throttle, due - now, 0);
+            return;
+        }
+        int rc = apply_batch(in, &in->throttled, 1);
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+        in->last_apply = now;
+        if (rc != 0) {
+            kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
+            in->rewind = 1;
+            return;
+        }
+    }
+}
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     node_ingest_t *in = h->data;
@@ -487,6 +600,10 @@ static void on_reassign(uv_timer_t *h)
  * a lasting cause (a full disk) neither spins nor floods the log. */
 static void rewind_all(node_ingest_t *in)
 {
+    if (in->throttled != NULL) {
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+    }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
@@ -642,6 +759,76 @@ static void on_tick(uv_timer_t *h)
         report(in);
 }
 
+/* ---- freshness -------------------------------------------------------------------- */
+
+static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        if (in->topics[i].b == b)
+            return &in->topics[i];
+    return NULL;
+}
+
+int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return KVS_ENOTFOUND;
+    out->next = next_offset(in, t, (int32_t)p);
+    out->end = end_offset(in, t, (int32_t)p);
+    if (t->parts[p].produced_end > out->end)
+        out->end = t->parts[p].produced_end; /* acknowledged before a fetch told */
+    out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
+    return 0;
+}
+
+void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
+                               int64_t offset)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t != NULL && p < t->partitions && offset + 1 > t->parts[p].produced_end)
+        t->parts[p].produced_end = offset + 1;
+}
+
+int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return -1;
+    return t->parts[p].committed_next;
+}
+
+int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return !in->stopping && t != NULL && p < t->partitions && t->parts[p].owned;
+}
+
+/* ---- this worker's own records ------------------------------------------------------ */
+
+void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own)
+{
+    in->own = *own;
+}
+
+int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
+{
+    rd_kafka_message_t *m = (rd_kafka_message_t *)record;
+    topic_t *t = topic_of(in, m);
+    if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
+        m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
+        return 0; /* not next in its partition: ingestion applies it when it reads it */
+    int rc = apply_batch(in, &m, 1);
+    if (rc != 0) {
+        kvs_error("applying an acknowledged record failed (%s); it will be re-read",
+                  kvs_strerror(rc));
+        in->rewind = 1;
+        return rc;
+    }
+    return 1;
+}
+
 /* ---- Info ------------------------------------------------------------------------ */
 
 static void info_int(kvs_resp_t *r, const char *key, int64_t v)
@@ -671,6 +858,10 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
             info_int(r, key, next);
+            snprintf(key + n, sizeof(key) - (size_t)n, "serving");
+            kvs_fresh_part_t fp;
+            node_ingest_fresh(in, t->b, p, &fp);
+            info_int(r, key, kvs_fresh_serving(&fp, in->cfg->kafka_max_lag));
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
         }
@@ -884,6 +1075,7 @@ static int make_topics(node_ingest_t *in)
             t->parts[p].owned = p % cfg->shards == in->shard;
             in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
+            t->parts[p].produced_end = -1;
         }
     }
     qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);
@@ -909,7 +1101,26 @@ static int start_queue(node_ingest_t *in)
     in->timer.data = in;
     uv_timer_init(in->loop, &in->retry);
     in->retry.data = in;
+    uv_timer_init(in->loop, &in->throttle_timer);
+    in->throttle_timer.data = in;
     return uv_poll_start(&in->poll, UV_READABLE, on_readable);
+}
+
+/* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
+ * while a worker lags. Compiled in only with KVS_TEST_HOOKS; never a
+ * config key. */
+static void read_test_hooks(node_ingest_t *in)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *d = getenv("KVS_TEST_INGEST_DELAY_MS");
+    if (d != NULL && *d != '\0') {
+        in->throttle_ms = strtoull(d, NULL, 10);
+        kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
+                 (unsigned long long)in->throttle_ms);
+    }
+#else
+    (void)in;
+#endif
 }
 
 int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)
@@ -925,6 +1136,8 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->on_fatal = o->on_fatal;
     in->arg = o->arg;
     in->pipefd[0] = in->pipefd[1] = -1;
+    in->started_ms = uv_now(in->loop);
+    read_test_hooks(in);
     kvs_buf_init(&in->scratch);
     kvs_arena_init(&in->arena);
     rd_kafka_conf_t *conf = make_conf(in, err, errlen);
@@ -974,12 +1187,16 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->timer, NULL);
     if (in->retry.loop != NULL)
         uv_close((uv_handle_t *)&in->retry, NULL);
+    if (in->throttle_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->throttle_timer, NULL);
 }
 
 void node_ingest_free(node_ingest_t *in)
 {
     if (in == NULL)
         return;
+    if (in->throttled != NULL)
+        rd_kafka_message_destroy(in->throttled);
     if (in->q != NULL) {
         rd_kafka_queue_io_event_enable(in->q, -1, NULL, 0);
         rd_kafka_queue_destroy(in->q);

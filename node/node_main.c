@@ -58,6 +58,8 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
+    node_reads_t *reads;   /* NULL when no table is bound */
+    node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
     int signals;
@@ -218,9 +220,13 @@ static void close_any(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* Every client is gone, so no write waits any more: Kafka can stop. */
 static void on_stopped(void *arg)
 {
     node_main_t *m = arg;
+    node_writes_stop(m->writes);
+    if (m->ingest != NULL)
+        node_ingest_stop(m->ingest);
     uv_walk(m->loop, close_any, NULL); /* signals, drain timer */
 }
 
@@ -231,10 +237,13 @@ static void on_drain_timeout(uv_timer_t *t)
     node_server_abort_clients(m->srv);
 }
 
+/* Stops taking requests; answers what was received. Writes in flight
+ * still complete (ingestion runs on until the clients are gone), waiting
+ * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
-    if (m->ingest != NULL)
-        node_ingest_stop(m->ingest);
+    node_reads_stop(m->reads);
+    node_writes_drain(m->writes);
     uv_timer_init(m->loop, &m->drain);
     m->drain.data = m;
     uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
@@ -269,6 +278,70 @@ static void on_turn(void *arg, int rc)
     node_main_t *m = arg;
     if (m->ingest != NULL)
         node_ingest_turn_done(m->ingest, rc);
+    if (m->writes != NULL)
+        node_writes_turn(m->writes);
+    if (m->reads != NULL)
+        node_reads_turn(m->reads);
+}
+
+/* The producer failed for good: stop (exit 1) so the router restarts the
+ * worker with a new one. */
+static void on_writes_fatal(void *arg, const char *msg)
+{
+    node_main_t *m = arg;
+    (void)msg; /* logged by node_writes */
+    if (m->exit_code == 0)
+        m->exit_code = 1;
+    if (m->signals++ == 0)
+        begin_shutdown(m);
+}
+
+/* Log-first writes of bound tables (with Kafka on). */
+static int start_writes(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t *store)
+{
+    char err[512];
+    if (m->ingest == NULL)
+        return 0;
+    node_writes_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .max_frame = (size_t)cfg->max_frame,
+        .store = store,
+        .ingest = m->ingest,
+        .on_fatal = on_writes_fatal,
+        .arg = m,
+    };
+    int rc = node_writes_start(&o, &m->writes, err, sizeof(err));
+    if (rc == KVS_ECONFIG)
+        config_fatal(m, "%s", err);
+    else if (rc != 0)
+        kvs_error("%s", err);
+    if (rc == 0)
+        node_server_set_writes(m->srv, m->writes);
+    return rc;
+}
+
+/* The freshness rules for reads of bound tables (after start_ingest: with
+ * Kafka off they still answer reads that demand a position). */
+static int start_reads(node_main_t *m, const kvs_config_t *cfg, long shard)
+{
+    if (cfg->n_bindings == 0)
+        return 0;
+    node_reads_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .ingest = m->ingest,
+        .exec = node_server_execute,
+        .exec_arg = m->srv,
+    };
+    int rc = node_reads_new(&o, &m->reads);
+    if (rc != 0)
+        return rc;
+    node_server_set_reads(m->srv, m->reads);
+    node_server_set_ingest(m->srv, m->ingest, on_turn, m);
+    return 0;
 }
 
 /* Starts Kafka ingestion when brokers and bindings are configured. */
@@ -425,7 +498,8 @@ int main(int argc, char **argv)
     }
     node_store_set_fail_arg(store, m.srv);
     watch_signals(&m);
-    if (start_ingest(&m, cfg, args.shard, store) != 0) {
+    if (start_ingest(&m, cfg, args.shard, store) != 0 ||
+        start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
             m.exit_code = 1;
         m.signals = 1;
@@ -439,6 +513,8 @@ int main(int argc, char **argv)
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 
+    node_reads_free(m.reads);
+    node_writes_free(m.writes);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {

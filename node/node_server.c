@@ -16,7 +16,19 @@
  * while a client's own request executes is applied after that request
  * returns, so the handler's partial output is never cut under its feet.
  *
- * Shutdown: stop listening, let every client's queued responses drain,
+ * Deferred answers (node_slot.h): a request that cannot be answered while
+ * it executes takes a slot in its client's FIFO of pending answers. While
+ * a client's FIFO is not empty, every later answer is built in a slot of
+ * its own (behind the earlier ones) instead of in the output buffer. Slots
+ * move into the output buffer, in order, at the end of the loop turn,
+ * after the commit: so the acknowledgement rule holds for them too, and a
+ * batch failure rewrites a slot built inside the failed batch like any
+ * other answer of that batch. A slot's request counts as owed output
+ * (kvs_conn_hold) while it waits, so waiting requests are bounded by the
+ * connection's output limits.
+ *
+ * Shutdown: stop listening, let every client's queued responses (and
+ * waiting answers, which the owner of the waits fails on shutdown) drain,
  * then close. The caller closes the store after the loop ends.
  */
 #include "node_server.h"
@@ -24,6 +36,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "node_cmd.h"
+#include "node_slot.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +47,17 @@
 
 typedef struct node_client_s node_client_t;
 
+struct node_slot_s {
+    node_client_t *cl; /* NULL once the client is gone */
+    node_slot_t *next; /* the client's FIFO */
+    kvs_buf_t buf;     /* the answer */
+    uint64_t gen;      /* batch the answer was built in (0: none) */
+    size_t held;       /* bytes held against the connection for it */
+    int done;
+    int deferred; /* a handler holds it (node_slot_done will come) */
+    int ordered;  /* the client's later requests wait for this answer */
+};
+
 struct node_client_s {
     kvs_conn_t conn;
     node_server_t *srv;
@@ -43,6 +67,13 @@ struct node_client_s {
     uint32_t marked;           /* responses since mark */
     node_client_t *batch_next; /* members of the current turn */
     int on_batch_list;
+    node_slot_t *head, *tail;  /* answers that wait (FIFO), oldest first */
+    size_t open;               /* slots not done yet */
+    node_client_t *ready_next; /* clients whose FIFO head may be done */
+    int on_ready_list;
+    int waiting_ordered;        /* paused behind an ordered slot */
+    node_client_t *resume_next; /* clients to resume on the next loop turn */
+    int on_resume_list;
     node_client_t *prev, *next; /* all clients */
 };
 
@@ -63,7 +94,13 @@ struct node_server_s {
     node_client_t *clients;
     size_t n_clients;
     node_client_t *batch_members;
+    node_client_t *ready;  /* clients with done slots to move out */
+    node_client_t *resume; /* clients to resume (from resume_timer) */
+    uv_timer_t resume_timer;
+    uv_idle_t kick;           /* active while answers wait for the turn's end: no blocking poll */
     node_client_t *executing; /* client whose request is running */
+    node_slot_t *exec_slot;   /* the slot its answer goes into, if any */
+    int exec_deferred;        /* ... taken by the handler (answer later) */
     uint64_t exec_fail_gen;   /* a batch failure raised during it */
     int exec_fail_err;
     int stopping;
@@ -91,7 +128,8 @@ static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
     }
 }
 
-/* Replaces a client's responses from the failed batch with errors. */
+/* Replaces a client's responses from the failed batch with errors: those
+ * in its output buffer since the mark, and those waiting in slots. */
 static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from, uint32_t extra)
 {
     kvs_buf_t *out = &cl->conn.out;
@@ -100,11 +138,33 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
         from = cl->mark;
         n += cl->marked;
     }
-    if (out->len > from)
-        out->len = from;
-    append_batch_errors(out, n, err);
+    if (n > 0) {
+        if (out->len > from)
+            out->len = from;
+        append_batch_errors(out, n, err);
+    }
     cl->mark_gen = 0;
     cl->marked = 0;
+    for (node_slot_t *s = cl->head; s != NULL; s = s->next) {
+        if (!s->done || s->gen != gen)
+            continue;
+        size_t before = s->buf.len;
+        s->buf.len = 0;
+        append_batch_errors(&s->buf, 1, err);
+        kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)before);
+        s->held = s->held - before + s->buf.len;
+        s->gen = 0;
+    }
+}
+
+static int has_gen(const node_client_t *cl, uint64_t gen)
+{
+    if (cl->mark_gen == gen)
+        return 1;
+    for (const node_slot_t *s = cl->head; s != NULL; s = s->next)
+        if (s->done && s->gen == gen)
+            return 1;
+    return 0;
 }
 
 static void on_batch_failed(void *arg, uint64_t gen, int err)
@@ -118,7 +178,7 @@ static void on_batch_failed(void *arg, uint64_t gen, int err)
             srv->exec_fail_err = err;
             continue;
         }
-        if (cl->mark_gen == gen)
+        if (has_gen(cl, gen))
             rewrite_failed(cl, gen, err, cl->mark, 0);
     }
     if (srv->executing != NULL && srv->exec_fail_gen == 0) {
@@ -127,30 +187,222 @@ static void on_batch_failed(void *arg, uint64_t gen, int err)
     }
 }
 
+static void batch_list_add(node_server_t *srv, node_client_t *cl)
+{
+    if (!cl->on_batch_list) {
+        cl->on_batch_list = 1;
+        cl->batch_next = srv->batch_members;
+        srv->batch_members = cl;
+    }
+}
+
 /* After a request ran: note that its response belongs to the open batch,
- * or apply a failure raised while it ran. */
-static void track_batch(node_client_t *cl, size_t before)
+ * or apply a failure raised while it ran. `slot` is where the answer went
+ * (finished already), or NULL: the output buffer, from offset `before`. */
+static void track_batch(node_client_t *cl, node_slot_t *slot, size_t before)
 {
     node_server_t *srv = cl->srv;
     if (srv->exec_fail_gen != 0) {
-        rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
+        if (slot != NULL) {
+            slot->gen = srv->exec_fail_gen;
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, 0, 0);
+        } else {
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
+        }
         srv->exec_fail_gen = 0;
         return;
     }
     uint64_t gen = node_store_batch_gen(srv->store);
     if (gen == 0)
         return;
-    if (cl->mark_gen != gen) {
-        cl->mark_gen = gen;
-        cl->mark = before;
-        cl->marked = 0;
+    if (slot != NULL) {
+        slot->gen = gen;
+    } else {
+        if (cl->mark_gen != gen) {
+            cl->mark_gen = gen;
+            cl->mark = before;
+            cl->marked = 0;
+        }
+        cl->marked++;
     }
-    cl->marked++;
-    if (!cl->on_batch_list) {
-        cl->on_batch_list = 1;
-        cl->batch_next = srv->batch_members;
-        srv->batch_members = cl;
+    batch_list_add(srv, cl);
+}
+
+/* ---- slots ------------------------------------------------------------------ */
+
+static node_slot_t *slot_push(node_client_t *cl)
+{
+    node_slot_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->cl = cl;
+    if (cl->tail != NULL)
+        cl->tail->next = s;
+    else
+        cl->head = s;
+    cl->tail = s;
+    cl->open++;
+    cl->conn.owed = cl->open;
+    return s;
+}
+
+static void slot_free(node_slot_t *s)
+{
+    kvs_buf_free(&s->buf);
+    free(s);
+}
+
+static void on_kick(uv_idle_t *h)
+{
+    (void)h; /* its being active is what counts: the loop does not block before its turn ends */
+}
+
+/* A slot answered from a timer must not wait for whatever wakes the loop
+ * next: the idle handle keeps the poll from blocking until flush_slots. */
+static void ready_add(node_server_t *srv, node_client_t *cl)
+{
+    if (!cl->on_ready_list) {
+        cl->on_ready_list = 1;
+        cl->ready_next = srv->ready;
+        srv->ready = cl;
+        if (!uv_is_closing((uv_handle_t *)&srv->kick))
+            uv_idle_start(&srv->kick, on_kick);
     }
+}
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    node_server_t *srv = t->data;
+    while (srv->resume != NULL) {
+        node_client_t *cl = srv->resume;
+        srv->resume = cl->resume_next;
+        cl->on_resume_list = 0;
+        if (!cl->waiting_ordered)
+            kvs_conn_resume(&cl->conn); /* runs its buffered requests now */
+    }
+}
+
+/* An ordered slot is answered: the client's later requests may run, but
+ * not from here (this may be inside the turn's commit step, where a
+ * request would write into a batch that is already committed): on the
+ * next loop turn. */
+static void resume_later(node_server_t *srv, node_client_t *cl)
+{
+    cl->waiting_ordered = 0;
+    if (!cl->on_resume_list) {
+        cl->on_resume_list = 1;
+        cl->resume_next = srv->resume;
+        srv->resume = cl;
+    }
+    uv_timer_start(&srv->resume_timer, on_resume_timer, 0, 0);
+}
+
+/* Marks a slot answered; its bytes are held for the connection until they
+ * move into its output buffer. */
+static void slot_finish(node_slot_t *s)
+{
+    node_client_t *cl = s->cl;
+    s->done = 1;
+    if (s->ordered)
+        resume_later(cl->srv, cl);
+    cl->open--;
+    cl->conn.owed = cl->open;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)s->held);
+    s->held = s->buf.len;
+    ready_add(cl->srv, cl);
+}
+
+static node_slot_t *defer_current(void *arg, size_t cost, int ordered)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->exec_deferred)
+        return NULL;
+    if (srv->exec_slot == NULL && (srv->exec_slot = slot_push(cl)) == NULL)
+        return NULL;
+    srv->exec_deferred = 1;
+    srv->exec_slot->deferred = 1;
+    srv->exec_slot->held = cost;
+    srv->exec_slot->ordered = ordered;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)cost);
+    if (ordered) {
+        cl->waiting_ordered = 1;
+        kvs_conn_pause(&cl->conn);
+    }
+    return srv->exec_slot;
+}
+
+kvs_buf_t *node_slot_buf(node_slot_t *s)
+{
+    return &s->buf;
+}
+
+int node_slot_wanted(const node_slot_t *s)
+{
+    return s->cl != NULL;
+}
+
+void node_slot_done(node_slot_t *s)
+{
+    if (s->cl == NULL) {
+        slot_free(s); /* orphaned: nobody wants the answer */
+        return;
+    }
+    slot_finish(s);
+}
+
+/* Moves the done slots at the head of each ready client's FIFO into its
+ * output buffer (after the turn's commit). */
+static void flush_slots(node_server_t *srv)
+{
+    uv_idle_stop(&srv->kick);
+    while (srv->ready != NULL) {
+        node_client_t *cl = srv->ready;
+        srv->ready = cl->ready_next;
+        cl->on_ready_list = 0;
+        int moved = 0;
+        while (cl->head != NULL && cl->head->done) {
+            node_slot_t *s = cl->head;
+            cl->head = s->next;
+            if (cl->head == NULL)
+                cl->tail = NULL;
+            if (kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
+                kvs_error("cannot queue an answer (out of memory); closing the connection");
+                slot_free(s);
+                kvs_conn_close(&cl->conn);
+                break;
+            }
+            kvs_conn_hold(&cl->conn, -(ptrdiff_t)s->held);
+            slot_free(s);
+            moved = 1;
+        }
+        if (moved)
+            kvs_conn_queue(&cl->conn);
+        if (srv->stopping && cl->head == NULL)
+            kvs_conn_close_after_flush(&cl->conn);
+    }
+}
+
+static void resume_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->resume; *p != NULL; p = &(*p)->resume_next) {
+        if (*p == cl) {
+            *p = cl->resume_next;
+            break;
+        }
+    }
+    cl->on_resume_list = 0;
+}
+
+static void ready_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->ready; *p != NULL; p = &(*p)->ready_next) {
+        if (*p == cl) {
+            *p = cl->ready_next;
+            break;
+        }
+    }
+    cl->on_ready_list = 0;
 }
 
 static void batch_list_remove(node_server_t *srv, node_client_t *cl)
@@ -177,7 +429,12 @@ static void on_turn_end(kvs_flusher_t *f)
         cl->on_batch_list = 0;
         cl->mark_gen = 0;
         cl->marked = 0;
+        for (node_slot_t *sl = cl->head; sl != NULL; sl = sl->next)
+            sl->gen = 0; /* committed */
+        if (cl->head != NULL && cl->head->done)
+            ready_add(srv, cl);
     }
+    flush_slots(srv);
 }
 
 /* ---- clients ------------------------------------------------------------- */
@@ -186,17 +443,40 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
-    size_t before = c->out.len;
+    node_slot_t *slot = NULL;
+    if (cl->head != NULL && (slot = slot_push(cl)) == NULL) {
+        kvs_error("out of memory for an answer; closing the connection");
+        kvs_conn_close(c);
+        return;
+    }
+    kvs_buf_t *out = slot != NULL ? &slot->buf : &c->out;
+    size_t before = out->len;
     srv->executing = cl;
-    int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
+    srv->exec_slot = slot;
+    srv->exec_deferred = 0;
+    int rc = node_cmd_frame(&srv->cmd, payload, len, out);
+    slot = srv->exec_slot;
+    int deferred = srv->exec_deferred;
     srv->executing = NULL;
-    track_batch(cl, before);
+    srv->exec_slot = NULL;
     if (rc != 0) {
         kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
         kvs_conn_close(c);
         return;
     }
-    kvs_conn_queue(c);
+    if (deferred) {
+        /* No answer yet; but a batch that failed while it ran may hold
+         * earlier answers of this client. */
+        if (srv->exec_fail_gen != 0 && has_gen(cl, srv->exec_fail_gen))
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, cl->mark, 0);
+        srv->exec_fail_gen = 0;
+        return;
+    }
+    if (slot != NULL)
+        slot_finish(slot);
+    track_batch(cl, slot, before);
+    if (slot == NULL)
+        kvs_conn_queue(c);
 }
 
 static void on_conn_error(kvs_conn_t *c, int err)
@@ -230,6 +510,17 @@ static void on_conn_closed(kvs_conn_t *c)
     node_server_t *srv = cl->srv;
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
+    if (cl->on_ready_list)
+        ready_list_remove(srv, cl);
+    if (cl->on_resume_list)
+        resume_list_remove(srv, cl);
+    for (node_slot_t *sl = cl->head, *next; sl != NULL; sl = next) {
+        next = sl->next;
+        if (sl->done || !sl->deferred)
+            slot_free(sl);
+        else
+            sl->cl = NULL; /* freed by node_slot_done */
+    }
     if (cl->prev != NULL)
         cl->prev->next = cl->next;
     else
@@ -339,6 +630,9 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
     srv->cmd.shard = o->shard;
+    srv->cmd.defer = defer_current;
+    srv->cmd.defer_arg = srv;
+    srv->cmd.cfg = o->limits;
     kvs_arena_init(&srv->cmd.arena);
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
@@ -349,6 +643,10 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
      * own input budget, so clients of the TCP listener cannot starve the
      * local router's link on the unix socket. */
     limits.idle_timeout_ms = 0;
+    uv_timer_init(o->loop, &srv->resume_timer);
+    srv->resume_timer.data = srv;
+    uv_idle_init(o->loop, &srv->kick);
+    srv->kick.data = srv;
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
@@ -374,6 +672,22 @@ void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_serv
     srv->cmd.ingest = ingest;
     srv->turn_cb = cb;
     srv->turn_arg = arg;
+}
+
+void node_server_set_reads(node_server_t *srv, node_reads_t *reads)
+{
+    srv->cmd.reads = reads;
+}
+
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes)
+{
+    srv->cmd.writes = writes;
+}
+
+int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    return node_cmd_frame_ungated(&srv->cmd, payload, len, out);
 }
 
 void node_server_fail_cb(void *arg, uint64_t gen, int err)
@@ -406,6 +720,8 @@ static void maybe_stopped(node_server_t *srv)
         uv_timer_stop(&srv->groups[i].sweep);
         close_handle(srv, (uv_handle_t *)&srv->groups[i].sweep);
     }
+    close_handle(srv, (uv_handle_t *)&srv->resume_timer);
+    close_handle(srv, (uv_handle_t *)&srv->kick);
     if (srv->sync_timer_on)
         close_handle(srv, (uv_handle_t *)&srv->sync_timer);
 }
@@ -420,8 +736,12 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
     for (int i = 0; i < srv->n_listeners; i++)
         uv_close(&srv->listeners[i].handle, NULL);
     srv->n_listeners = 0;
-    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next)
-        kvs_conn_close_after_flush(&cl->conn);
+    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next) {
+        if (cl->head == NULL)
+            kvs_conn_close_after_flush(&cl->conn);
+        else
+            kvs_conn_stop_reading(&cl->conn); /* closed once its answers are out */
+    }
     kvs_info("shutting down: %zu client(s) draining", srv->n_clients);
     maybe_stopped(srv);
 }

@@ -8,7 +8,9 @@
 #include "kvs_addr.h"
 #include "kvs_conn.h"
 #include "node_ingest.h"
+#include "node_reads.h"
 #include "node_store.h"
+#include "node_writes.h"
 
 #include <uv.h>
 
@@ -21,7 +23,7 @@ typedef struct node_server_opts_s {
     node_store_t *store; /* opened with fail_cb = node_server_fail_cb; see below */
     uint32_t max_frame;
     uint32_t max_tables;
-    const kvs_config_t *limits; /* limits.* for client connections */
+    const kvs_config_t *limits; /* the config: limits.* for clients, the bindings */
     const kvs_addr_t *addrs;    /* 1 or 2 addresses to listen on */
     size_t n_addrs;
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
@@ -35,6 +37,16 @@ typedef void (*node_server_turn_cb)(void *arg, int rc);
 /* Sets the turn hook, and the ingest shown by Info (either may be NULL). */
 void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_server_turn_cb cb,
                             void *arg);
+
+/* Sets the freshness rules for reads of bound tables (NULL: none). */
+void node_server_set_reads(node_server_t *srv, node_reads_t *reads);
+
+/* Sets the log-first writes of bound tables (NULL: Kafka off). */
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
+
+/* Executes a request now, without freshness checks (node_reads_exec_cb,
+ * with the server as `arg`). */
+int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
 /* Starts listening. Returns 0 and *out, or a uv error (logged). */
 int node_server_start(const node_server_opts_t *o, node_server_t **out);

@@ -9,6 +9,7 @@
 #include "kvs_conn.h"
 #include "kvs_msg.h"
 #include "router_link.h"
+#include "router_session.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -42,6 +43,8 @@ struct router_s {
     int resp_listening;
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
+    router_session_t *release; /* sessions whose held requests may go now */
+    kvs_buf_t scratch;         /* a request with positions attached, being sent */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
 };
@@ -75,6 +78,13 @@ void router_client_routed(router_client_t *cl, router_req_t *req);
  * (Redis QUIT). */
 void router_client_close_after_answers(router_client_t *cl);
 
+/* The client's session (positions, held requests). */
+router_session_t *router_client_session(router_client_t *cl);
+
+/* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
+ * requests held back count against its output limits. */
+void router_client_hold(router_client_t *cl, ptrdiff_t delta);
+
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
  * copy) and 1 is returned, `req` then being freed; otherwise 0, and the
@@ -102,6 +112,14 @@ struct router_req_s {
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
+    int bound_write;             /* a write to a bound table, counted in the session's writes */
+    /* Held back by the session (router_session.h) until earlier writes
+     * are answered: the request's bytes, kept until it is routed. */
+    int held;
+    int held_read;           /* it is a read of a bound table */
+    int releasing;           /* being routed from the held list: not held again */
+    router_req_t *held_next; /* the session's held list */
+    kvs_buf_t held_payload;
 };
 
 /* Allocates a request for `cl` (which queues it at its FIFO tail before
@@ -115,6 +133,14 @@ void router_reqs_release(router_t *r);
  * forwards it to the shard(s). Parts that complete during this call do not
  * notify the client (req->in_route); the caller checks req->done after. */
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len);
+
+/* Routes the held requests of the sessions on r->release that may go now
+ * (the flusher's `before` step, so never inside another routing). */
+void router_route_release(router_t *r);
+
+/* Forgets a closing client's held requests and its place on the release
+ * list; the requests are freed. */
+void router_route_forget(router_t *r, router_session_t *s);
 
 /* Completes `req` with a status and message. */
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)

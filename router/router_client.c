@@ -12,13 +12,16 @@
  * high-water mark (a quarter of limits.client_output) the client's frames
  * stop being routed, past limits.client_output it is closed. Together these
  * bound what one client can make the router buffer, and how much work it
- * can queue on the links that all clients share. Clients beyond
- * limits.max_clients are refused with 503.
+ * can queue on the links that all clients share. Requests a client's
+ * session holds back (router_session.h: reads behind its writes to bound
+ * tables) are held bytes too. Clients beyond limits.max_clients are
+ * refused with 503.
  *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
- * answers. The client struct itself is freed in its connection's close
- * callback, after its FIFO was emptied or orphaned.
+ * answers. Held requests were never sent: they are freed with the client.
+ * The client struct itself is freed in its connection's close callback,
+ * after its FIFO was emptied or orphaned.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
@@ -34,6 +37,7 @@
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
+    router_session_t session;  /* positions of its writes, requests held behind them */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
@@ -116,6 +120,16 @@ static void client_flush_done(router_client_t *cl)
         kvs_conn_queue(&cl->conn);
     client_track_inflight(cl);
     client_maybe_close(cl);
+}
+
+router_session_t *router_client_session(router_client_t *cl)
+{
+    return &cl->session;
+}
+
+void router_client_hold(router_client_t *cl, ptrdiff_t delta)
+{
+    kvs_conn_hold(&cl->conn, delta);
 }
 
 void router_client_req_done(router_client_t *cl, router_req_t *req)
@@ -225,14 +239,16 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
+    router_route_forget(r, &cl->session);
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
         req->next = NULL;
-        if (req->done)
-            router_req_free(req);
+        if (req->done || req->held)
+            router_req_free(req); /* a held request was never sent */
         else
             req->client = NULL; /* frees itself when its parts answer */
     }
+    router_session_free(&cl->session);
     if (cl->prev != NULL)
         cl->prev->next = cl->next;
     else
@@ -290,6 +306,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     cl->router = r;
+    router_session_init(&cl->session);
     kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
                   on_frame, on_conn_error, on_conn_closed);
     if (resp) {

@@ -341,6 +341,13 @@ static void on_sighup(uv_signal_t *h, int signum)
 
 /* ---- main --------------------------------------------------------------------------- */
 
+/* Each loop turn, before the answers and requests queued in it are
+ * written: requests held behind a connection's writes that may go now. */
+static void on_flush(kvs_flusher_t *f)
+{
+    router_route_release(f->data);
+}
+
 static int router_start(router_main_t *m, const char *argv0)
 {
     router_t *r = &m->r;
@@ -351,7 +358,7 @@ static int router_start(router_main_t *m, const char *argv0)
     kvs_arena_init(&r->redis_arena);
     kvs_arena_init(&r->reply_arena);
     kvs_buf_init(&r->redis_pack);
-    int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
+    int rc = kvs_flusher_init(&r->flusher, r->loop, on_flush, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
     uv_signal_init(r->loop, &m->sighup);
@@ -414,6 +421,7 @@ int main(int argc, char **argv)
     kvs_arena_close(&m.r.reply_arena);
     kvs_buf_free(&m.r.redis_pack);
     router_redis_cursors_free(&m.r);
+    kvs_buf_free(&m.r.scratch);
     uv_loop_close(m.r.loop);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')

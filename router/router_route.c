@@ -39,11 +39,22 @@
  *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
+ *
+ * Sessions (router_session.h): the positions of a connection's writes to
+ * bound tables are noted from their answers (a single part's raw answer is
+ * scanned for CommandResponse.position; a split write's parts' positions
+ * are merged into its answer) and attached to the connection's later reads
+ * of those tables as min_position, merged with any the client gave (a
+ * single-key read's bytes get the field appended; other reads are packed
+ * again). Reads that come while the connection's bound writes are in
+ * flight, and whatever follows them, are held and routed (with positions)
+ * from the flusher's `before` step once those writes are answered.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "router.h"
 
 #include <errno.h>
@@ -124,6 +135,7 @@ void router_req_free(router_req_t *req)
     req->merge = NULL;
     free(req->rctx);
     req->rctx = NULL;
+    kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
@@ -136,9 +148,39 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
+/* A write to a bound table was answered (or failed): the session's reads
+ * held behind it may go once no other is in flight. */
+static void write_finished(router_req_t *req)
+{
+    if (!req->bound_write)
+        return;
+    req->bound_write = 0;
+    if (req->client == NULL)
+        return;
+    router_session_t *s = router_client_session(req->client);
+    if (s->writes > 0)
+        s->writes--;
+    if (s->writes == 0 && s->held != NULL && !s->on_release_list) {
+        router_t *r = req->router;
+        s->on_release_list = 1;
+        s->next = r->release;
+        r->release = s;
+    }
+}
+
+/* Notes a write answer's position in its connection's session. */
+static void note_position(router_req_t *req, const uint8_t *tok, size_t len)
+{
+    if (req->client != NULL && len > 0 &&
+        router_session_note(router_client_session(req->client), req->router->cfg, tok, len) != 0)
+        kvs_warn("out of memory noting a write's position: a later read on the same connection "
+                 "may not see it");
+}
+
 void router_req_complete(router_req_t *req)
 {
     req->done = 1;
+    write_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
     if (req->client == NULL) {
@@ -236,6 +278,12 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         return; /* an internal probe */
     route_merge_t *m = req->merge;
     if (m == NULL) { /* single part: pass the worker's answer through */
+        const uint8_t *tok;
+        size_t toklen;
+        if (req->bound_write && failure == NULL &&
+            kvs_msg_find_bytes(payload, len, 6, &tok, &toklen) == 1) /* position */
+            note_position(req, tok, toklen);
+        write_finished(req);
         if (failure != NULL)
             router_req_finish_status(
                 req, failure_status(req->cmd, len), "%s%s", failure,
@@ -257,6 +305,49 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     }
     if (--req->parts_left == 0)
         merge_finish(req);
+}
+
+static int is_split_write(const route_merge_t *m)
+{
+    return m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* The positions the parts of a split write answered (successful or not:
+ * a 503 may carry the position of records Kafka has), merged into `tok`
+ * and noted in the session. */
+static void merge_positions(router_req_t *req, kvs_arena_t *arena, kvs_buf_t *tok)
+{
+    route_merge_t *m = req->merge;
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        const uint8_t *p;
+        size_t n;
+        if (!m->failed[i] &&
+            kvs_msg_find_bytes(m->answers[i].data, m->answers[i].len, 6, &p, &n) == 1)
+            kvs_pos_set_add_token(&set, p, n);
+    }
+    (void)arena;
+    if (kvs_pos_set_encode(&set, tok) != 0)
+        tok->len = 0;
+    kvs_pos_set_free(&set);
+    note_position(req, tok->data, tok->len);
+}
+
+/* Completes `req` with a status, a message and a position. */
+static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok,
+                              const char *text)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = (char *)text;
+    r.position.data = tok->data;
+    r.position.len = tok->len;
+    req->resp.len = 0;
+    if (kvs_msg_append(&req->resp, &r.base, SIZE_MAX) != 0)
+        req->resp.len = 0;
+    router_req_complete(req);
 }
 
 /* Info stands in for a shard that could not answer with a single pair,
@@ -389,7 +480,15 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         }
         out.values[i] = pr->values[m->key_index[i]];
     }
+    kvs_buf_t tok;
+    kvs_buf_init(&tok);
+    if (is_split_write(m)) {
+        merge_positions(req, arena, &tok);
+        out.position.data = tok.data;
+        out.position.len = tok.len;
+    }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+    kvs_buf_free(&tok);
 }
 
 /* ---- split writes: what was applied where ----------------------------------- */
@@ -440,12 +539,18 @@ static void write_unknown(router_req_t *req, const uint8_t *outcome, uint32_t u)
     uint32_t na = shard_list(m, outcome, PART_APPLIED, applied, sizeof(applied));
     uint32_t nr = shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
     shard_list(m, outcome, PART_UNKNOWN, unknown, sizeof(unknown));
-    router_req_finish_status(req, status,
-                             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s"
-                             "%s may or may not have written)",
-                             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
-                             na ? " applied their keys, " : "", nr ? refused : "",
-                             nr ? " wrote nothing, " : "", unknown);
+    char text[1200];
+    snprintf(text, sizeof(text),
+             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s may or may not "
+             "have written)",
+             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
+             na ? " applied their keys, " : "", nr ? refused : "", nr ? " wrote nothing, " : "",
+             unknown);
+    kvs_buf_t tok; /* the positions of the parts that did answer */
+    kvs_buf_init(&tok);
+    merge_positions(req, &m->router->merge_arena, &tok);
+    finish_status_pos(req, status, &tok, text);
+    kvs_buf_free(&tok);
 }
 
 /* Every part refused: nothing was written anywhere, and the first
@@ -510,6 +615,11 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
     char wrote[160], refused[160], text[1024];
     if (partial_lists(req, rs, outcome, &empty, &out, arena) != 0)
         return;
+    kvs_buf_t tok; /* the positions of the parts written */
+    kvs_buf_init(&tok);
+    merge_positions(req, arena, &tok);
+    out.position.data = tok.data;
+    out.position.len = tok.len;
     size_t unwritten = out.n_pairs;
     shard_list(m, outcome, PART_APPLIED, wrote, sizeof(wrote));
     shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
@@ -530,12 +640,14 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
         req->resp.len = 0;
         int rc = kvs_msg_append(&req->resp, &out.base, m->router->cfg->max_frame);
         if (rc == 0) {
+            kvs_buf_free(&tok);
             router_req_complete(req);
             return;
         }
         if (rc != KVS_ETOOBIG)
             break;
     }
+    kvs_buf_free(&tok);
     router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
 }
 
@@ -919,6 +1031,8 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     kvs_arena_t *a = &r->arena;
     kvs__command_request__init(sub);
     sub->command_case = q->command_case;
+    sub->min_position = q->min_position; /* every part reads at least as fresh */
+    sub->accept_stale = q->accept_stale;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
@@ -1013,7 +1127,7 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
  * are most often about as large as the values that replace them); Hmdel,
  * its keys. */
 static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                      uint32_t *budget)
+                      const kvs_binding_t *b, uint32_t *budget)
 {
     route_merge_t *m = req->merge;
     int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
@@ -1042,12 +1156,19 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
         known[m->key_part[i]]++; /* the part's keys, for now */
         news[m->key_part[i]] += v;
     }
+    /* A table bound to a topic is written through it (node_writes): each
+     * part's answer also carries its position (what node_writes counts),
+     * and the merged answer the positions of every part together. */
+    size_t topic = b != NULL ? strlen(b->topic) : 0;
+    uint64_t positions = b != NULL ? (uint64_t)m->nkeys * (topic + 24) + 64 : 0;
     for (uint32_t p = 0; p < m->nparts; p++) {
         weight[p] = hmset ? news[p] : known[p];
-        known[p] = kvs_msg_answer_bound(known[p], news[p]);
+        uint64_t tok = b != NULL ? 24 * known[p] + 64 + topic : 0;
+        known[p] = kvs_msg_answer_bound(known[p], news[p]) + tok;
     }
     uint32_t asked = hmset ? q->hmset->answer_budget : q->hmdel->answer_budget;
     uint64_t total = asked != 0 && asked < r->cfg->max_frame ? asked : r->cfg->max_frame;
+    total = total > positions ? total - positions : 0;
     if (split_budget(total, m->nparts, known, weight, budget) != 0) {
         router_req_finish_status(
             req, KVS_STATUS_TOO_LARGE,
@@ -1126,7 +1247,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         m->key_index[i] = count[p]++;
     }
     memset(count, 0, nparts * sizeof(*count)); /* now: each part's answer budget (0 = none) */
-    if (is_write(q->command_case) && plan_write(r, req, q, count) != 0)
+    if (is_write(q->command_case) && plan_write(r, req, q, b, count) != 0)
         return;
     send_parts(r, req, q, sel, count);
 }
@@ -1178,6 +1299,8 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
     sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
     sub.hscan = &inner;
+    sub.min_position = q->min_position;
+    sub.accept_stale = q->accept_stale;
     send_part(r, req, 0, shard, &sub.base, NULL, 0);
 }
 
@@ -1256,14 +1379,9 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
-static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                          const uint8_t *raw, size_t rawlen)
+static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                         const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
 {
-    const char *table = kvs_msg_request_table(q);
-    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
-        route_unplaced(r, req, q, b, raw, rawlen))
-        return;
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
         req->parts_left = 1;
@@ -1288,17 +1406,177 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
+/* ---- sessions: holding, positions ------------------------------------------------ */
+
+static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* Holds `req` back when its session holds earlier requests, or when it
+ * reads a bound table (`bound_read`) while the session's writes to bound
+ * tables are in flight. Returns 1 when held (or answered: out of memory). */
+static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len)
+{
+    if (req->client == NULL || req->releasing)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    if (s->held == NULL && !(bound_read && s->writes > 0))
+        return 0;
+    req->held_payload.len = 0;
+    if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    req->held = 1;
+    req->held_read = bound_read;
+    req->held_next = NULL;
+    if (s->held_tail != NULL)
+        s->held_tail->held_next = req;
+    else
+        s->held = req;
+    s->held_tail = req;
+    router_client_hold(req->client, (ptrdiff_t)len);
+    return 1;
+}
+
+/* A write to a bound table is on its way: the session's reads wait for it. */
+static void mark_write(router_req_t *req)
+{
+    if (req->client == NULL || req->bound_write)
+        return;
+    req->bound_write = 1;
+    router_client_session(req->client)->writes++;
+}
+
+/* Adds the session's positions in b's topic (of `partition`, or all when
+ * negative) to a read's min_position; the merged token goes into `tok`
+ * and q->min_position points there. Returns 1 when q changed, 0 when the
+ * session knows no position there, or -ENOMEM. */
+static int attach_positions(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                            const kvs_binding_t *b, int64_t partition, kvs_buf_t *tok)
+{
+    if (req->client == NULL)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    int rc = router_session_add(s, r->cfg, b, partition, &set);
+    if (rc == 0 && set.n == 0) {
+        kvs_pos_set_free(&set);
+        return 0;
+    }
+    if (rc == 0)
+        rc = kvs_pos_set_add_token(&set, q->min_position.data, q->min_position.len);
+    if (rc == 0)
+        rc = kvs_pos_set_encode(&set, tok);
+    kvs_pos_set_free(&set);
+    if (rc != 0)
+        return rc < 0 ? rc : -ENOMEM;
+    q->min_position.data = tok->data;
+    q->min_position.len = tok->len;
+    return 1;
+}
+
+/* The single-key fast path's attach: the client's bytes with a
+ * min_position field appended (protobuf reads a message's fields in any
+ * order), built in r->scratch, for a read of a key whose partition the
+ * session wrote to. Returns 1 when `*payload` now points there. */
+static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *b,
+                           const kvs_peek_t *pk, const uint8_t **payload, size_t *len)
+{
+    if (req->client == NULL)
+        return 0;
+    uint32_t parts = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    uint32_t p = kvs_place_partition_by(b->partitioner, pk->key, pk->key_len, parts);
+    int64_t off = router_session_get(router_client_session(req->client), r->cfg, b, p);
+    if (off < 0)
+        return 0;
+    uint8_t tok[KVS_POS_ONE_MAX], hdr[4];
+    size_t n = kvs_pos_encode_one(tok, b->topic, strlen(b->topic), p, off);
+    size_t h = 0;
+    hdr[h++] = 0xa2; /* field 100, length-delimited: tag varint 0xa2 0x06 */
+    hdr[h++] = 0x06;
+    if (n >= 128)
+        hdr[h++] = (uint8_t)(n | 0x80), hdr[h++] = (uint8_t)(n >> 7);
+    else
+        hdr[h++] = (uint8_t)n;
+    kvs_buf_t *out = &r->scratch;
+    out->len = 0;
+    if (n == 0 || kvs_buf_reserve(out, *len + h + n) != 0)
+        return 0; /* without it: the worker answers from what it has */
+    kvs_buf_append(out, *payload, *len);
+    kvs_buf_append(out, hdr, h);
+    kvs_buf_append(out, tok, n);
+    *payload = out->data;
+    *len = out->len;
+    return 1;
+}
+
+static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                          const uint8_t *raw, size_t rawlen)
+{
+    const char *table = kvs_msg_request_table(q);
+    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
+    if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
+        return;
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
+        route_unplaced(r, req, q, b, raw, rawlen))
+        return;
+    kvs_buf_t tok, packed;
+    kvs_buf_init(&tok);
+    kvs_buf_init(&packed);
+    if (b != NULL && is_write_cmd(q->command_case))
+        mark_write(req);
+    if (b != NULL && is_read_cmd(q->command_case)) {
+        int rc = attach_positions(r, req, q, b, -1, &tok);
+        if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
+            raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
+            rawlen = packed.len - KVS_FRAME_HEADER;
+        }
+    }
+    route_placed(r, req, q, b, raw, rawlen);
+    kvs_buf_free(&tok);
+    kvs_buf_free(&packed);
+}
+
+/* The hot path: a valid single-key request on a table bound to no topic or
+ * placed by a partitioner. Returns 0 when it must take the full path. */
+static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
+                        const uint8_t *payload, size_t len)
+{
+    const kvs_binding_t *b = table_binding(r, pk->table, pk->table_len);
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE)
+        return 0; /* the full path asks every owning shard */
+    int read = pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
+               pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
+    if (hold(req, b != NULL && read, payload, len))
+        return 1;
+    if (b != NULL && !read)
+        mark_write(req);
+    else if (b != NULL)
+        append_position(r, req, b, pk, &payload, &len);
+    req->parts_left = 1;
+    send_part(r, req, 0, place_key(r, b, pk->key, pk->key_len), NULL, payload, len);
+    return 1;
+}
+
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len)
 {
     char msg[512];
     kvs_peek_t pk;
     req->in_route = 1;
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
-        const kvs_binding_t *b = table_binding(r, pk.table, pk.table_len);
         req->cmd = pk.cmd;
-        if (b == NULL || b->partitioner != KVS_PARTITIONER_NONE) {
-            req->parts_left = 1;
-            send_part(r, req, 0, place_key(r, b, pk.key, pk.key_len), NULL, payload, len);
+        if (route_peeked(r, req, &pk, payload, len)) {
             req->in_route = 0;
             return;
         } /* partitioner none: the full path asks every owning shard */
@@ -1320,4 +1598,55 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
     }
     kvs_arena_reset(&r->arena);
     req->in_route = 0;
+}
+
+/* ---- releasing held requests ------------------------------------------------------ */
+
+/* Routes the session's held requests that may go now, in order: up to
+ * the first read of a bound table while a write is (again) in flight. */
+static void release_session(router_t *r, router_session_t *s)
+{
+    while (s->held != NULL) {
+        router_req_t *req = s->held;
+        if (req->held_read && s->writes > 0)
+            return; /* a write released just before it is in flight */
+        s->held = req->held_next;
+        if (s->held == NULL)
+            s->held_tail = NULL;
+        req->held = 0;
+        req->held_next = NULL;
+        router_client_t *cl = req->client;
+        size_t len = req->held_payload.len;
+        router_client_hold(cl, -(ptrdiff_t)len);
+        req->releasing = 1;
+        router_route(r, req, req->held_payload.data, len);
+        req->releasing = 0;
+        router_client_hold(cl, (ptrdiff_t)req->reserve);
+        if (req->done)
+            router_client_req_done(cl, req); /* may free it */
+    }
+}
+
+void router_route_release(router_t *r)
+{
+    while (r->release != NULL) {
+        router_session_t *s = r->release;
+        r->release = s->next;
+        s->on_release_list = 0;
+        s->next = NULL;
+        release_session(r, s);
+    }
+}
+
+void router_route_forget(router_t *r, router_session_t *s)
+{
+    if (s->on_release_list) {
+        for (router_session_t **p = &r->release; *p != NULL; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        s->on_release_list = 0;
+    }
+    s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
 }

@@ -38,6 +38,13 @@
  * command names and a hint of their arguments. Piped input is read with
  * getline exactly as without a terminal.
  *
+ * Tables bound to Kafka topics: --position prints a write's position (as
+ * text, "topic:partition:offset,..."), --min-position POS sends it back
+ * with every request (reads then see at least those writes, from any
+ * connection), --stale lets reads be served by a worker that is catching
+ * up. Within one session the router attaches the session's own positions
+ * by itself.
+ *
  * `keyslot TABLE KEY` talks to no server: it computes the partition and
  * shard of a key from the node's config (`--config FILE`, the file
  * kvs-router runs with) with the same kvs_place functions the router uses,
@@ -50,6 +57,7 @@
 #include "kvs_frame.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -108,6 +116,9 @@ typedef struct cli_s {
     kvs_config_t *cfg;       /* loaded on first use */
     kvs_arena_t arena;
     kvs_arena_t reply;
+    int show_position;      /* --position: print the position of writes */
+    kvs_buf_t min_position; /* --min-position, as a token */
+    int stale;              /* --stale */
 } cli_t;
 
 typedef struct cli_cmd_s cli_cmd_t;
@@ -406,7 +417,11 @@ static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
     if (c->fd < 0 && cli_connect(c) != 0)
         return CLI_USAGE;
     char why[160] = "";
-    int rc = exchange(c, req, resp, why, sizeof(why));
+    Kvs__CommandRequest with = *req; /* the request-level options of the command line */
+    with.min_position.data = c->min_position.data;
+    with.min_position.len = c->min_position.len;
+    with.accept_stale = c->stale;
+    int rc = exchange(c, &with, resp, why, sizeof(why));
     if (rc == 0)
         return 0;
     fflush(stdout);
@@ -584,6 +599,18 @@ static void put_reply(const cli_t *c, cli_shape_t shape, const Kvs__CommandRespo
             put_cursor(c, &r->cursor);
         break;
     }
+}
+
+/* --position: a write's position, as text ("topic:partition:offset,...");
+ * pass it to --min-position to read at least that fresh. */
+static void put_position(const cli_t *c, const Kvs__CommandResponse *r)
+{
+    char text[4096];
+    if (!c->show_position || r->position.len == 0)
+        return;
+    if (kvs_pos_format(r->position.data, r->position.len, text, sizeof(text)) != 0)
+        snprintf(text, sizeof(text), "(not a position token)");
+    printf(c->raw ? "%s\n" : "position: %s\n", text);
 }
 
 /* Turns a response status into an exit status, printing any error. */
@@ -1004,10 +1031,12 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     Kvs__CommandResponse *r = NULL;
     if (rc == 0)
         rc = cli_call(c, &req, &r);
-    if (rc == 0)
-        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    rc = check_status(c, cmd, r);
     if (rc == 0)
         put_reply(c, cmd->shape, r);
+    put_position(c, r); /* a 503 may carry one too: the write may be applied later */
     return rc;
 }
 
@@ -1501,6 +1530,11 @@ static void usage(FILE *f)
                "  --float            double\n"
                "  --bool             true/false, yes/no, 1/0\n"
                "  --binary           the argument's bytes; @FILE reads a file, @- stdin\n"
+               "Freshness (tables bound to Kafka topics):\n"
+               "  --position         after a write, print its position (topic:partition:offset)\n"
+               "  --min-position POS read at least as fresh as POS (as --position prints it);\n"
+               "                     waits for it, or 503 \"behind by N records\"\n"
+               "  --stale            read even from a worker that is catching up\n"
                "Output:\n"
                "  --raw              bare values, one per line, no quotes or type tags\n"
                "  -h, --help         this help\n"
@@ -1563,6 +1597,26 @@ static int apply_option(cli_t *c, int ch, const char *arg)
     case 'r':
         c->raw = 1;
         return -1;
+    case 'P':
+        c->show_position = 1;
+        return -1;
+    case 'S':
+        c->stale = 1;
+        return -1;
+    case 'M': {
+        char err[256];
+        kvs_pos_set_t set;
+        kvs_pos_set_init(&set);
+        int rc = kvs_pos_set_parse(&set, arg, err, sizeof(err));
+        c->min_position.len = 0;
+        if (rc == 0)
+            rc = kvs_pos_set_encode(&set, &c->min_position);
+        kvs_pos_set_free(&set);
+        if (rc == 0)
+            return -1;
+        fprintf(stderr, "kvs-cli: --min-position: %s\n", rc == -ENOMEM ? "out of memory" : err);
+        return CLI_USAGE;
+    }
     case 'h':
         usage(stdout);
         return CLI_OK;
@@ -1595,6 +1649,9 @@ static int parse_options(cli_t *c, int argc, char **argv)
                                          {"config", required_argument, NULL, 'C'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"raw", no_argument, NULL, 'r'},
+                                         {"position", no_argument, NULL, 'P'},
+                                         {"min-position", required_argument, NULL, 'M'},
+                                         {"stale", no_argument, NULL, 'S'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"string", no_argument, NULL, VT_STRING + 1000},
@@ -1633,6 +1690,7 @@ int main(int argc, char **argv)
     kvs_config_free(c.cfg);
     kvs_arena_close(&c.arena);
     kvs_arena_close(&c.reply);
+    kvs_buf_free(&c.min_position);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "kvs-cli: cannot write the output: %s\n", strerror(errno));
         if (rc == CLI_OK)

@@ -49,6 +49,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->max_frame, 4ull << 20);
     CHECK_STR(c->kafka_brokers, "");
     CHECK_STR(c->kafka_group_id, "kvs");
+    CHECK_EQ(c->kafka_max_lag, 10000);
     CHECK_EQ(c->n_bindings, 0);
     CHECK(c->bindings == NULL);
     CHECK_EQ(c->n_kafka_properties, 0);
@@ -100,6 +101,7 @@ static const char full_yaml[] = "# kvs node configuration\n"
                                 "kafka:\n"
                                 "  brokers: \"k1:9092,k2:9092\"\n"
                                 "  group_id: kvs-prod\n"
+                                "  max_lag: 0\n"
                                 "  bindings:\n"
                                 "    - {topic: users, table: users, format: raw, partitions: 12}\n"
                                 "    - topic: events.v1\n"
@@ -128,6 +130,7 @@ KVS_TEST(full_file_parses)
     CHECK_EQ(c->max_frame, 16ull << 20);
     CHECK_STR(c->kafka_brokers, "k1:9092,k2:9092");
     CHECK_STR(c->kafka_group_id, "kvs-prod");
+    CHECK_EQ(c->kafka_max_lag, 0);
     CHECK_EQ(c->n_bindings, 3);
     CHECK_STR(c->bindings[0].topic, "users");
     CHECK_STR(c->bindings[0].table, "users");
@@ -307,6 +310,9 @@ KVS_TEST(null_and_wrong_type_values)
     parse_fails("data_dir: [a, b]\n", "config.yaml:1:11: data_dir: expected a string, got a list");
     parse_fails("cluster: 4\n", "config.yaml:1:10: cluster: expected a mapping, got \"4\"");
     parse_fails("kafka:\n  group_id: \"\"\n", "config.yaml:2:13: kafka.group_id must not be empty");
+    parse_fails("kafka:\n  max_lag: -1\n",
+                "config.yaml:2:12: kafka.max_lag must be an integer from 0 to 4294967295 (got "
+                "\"-1\")");
     /* Quoted "" is a string: Kafka off. */
     kvs_config_t *c = parse_ok("kafka: {brokers: \"\"}\n");
     CHECK_STR(c->kafka_brokers, "");

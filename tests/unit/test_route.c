@@ -21,6 +21,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "kvs_test.h"
 #include "router.h"
 
@@ -52,6 +53,11 @@ typedef struct {
     size_t n_sent;
     kvs_arena_t arena; /* decoded messages, for the whole case */
     char keys[SHARDS][KEYS_PER_SHARD][16];
+    router_session_t session; /* the fake client's */
+    ptrdiff_t held;           /* bytes router_client_hold was told of */
+    int many;                 /* several requests at once: any may complete */
+    router_req_t *completed[8];
+    size_t n_completed;
 } fixture_t;
 
 static fixture_t fx;
@@ -103,9 +109,27 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 0;
 }
 
+router_session_t *router_client_session(router_client_t *cl)
+{
+    CHECK(cl == CLIENT);
+    return &fx.session;
+}
+
+void router_client_hold(router_client_t *cl, ptrdiff_t delta)
+{
+    CHECK(cl == CLIENT);
+    fx.held += delta;
+    CHECK(fx.held >= 0);
+}
+
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     CHECK(cl == CLIENT);
+    if (fx.many) { /* the session cases keep their requests themselves */
+        CHECK(req->done && fx.n_completed < 8);
+        fx.completed[fx.n_completed++] = req;
+        return;
+    }
     CHECK(req == fx.req);
     CHECK(fx.req != NULL && fx.req->done);
     fx.done_calls++;
@@ -122,12 +146,12 @@ static void clear_sent(void)
     fx.n_sent = 0;
 }
 
+static void drop_req(void);
+
 /* Idempotent: runs from atexit once per case set up in this process. */
 static void teardown(void)
 {
-    if (fx.req != NULL)
-        router_req_free(fx.req);
-    fx.req = NULL;
+    drop_req();
     clear_sent();
     free(fx.payload);
     fx.payload = NULL;
@@ -138,6 +162,10 @@ static void teardown(void)
     kvs_arena_close(&fx.r.merge_arena);
     kvs_arena_close(&fx.arena);
     kvs_config_free(fx.cfg);
+    router_session_free(&fx.session);
+    router_session_init(&fx.session);
+    kvs_buf_free(&fx.r.scratch);
+    fx.held = 0;
     fx.cfg = NULL;
 }
 
@@ -204,10 +232,26 @@ static void set_down(uint32_t shard)
 /* ---- requests in ----------------------------------------------------------------------- */
 
 /* Routes `payload` as a new request of the fake client (freeing the last). */
+/* Frees the last request, answered or not. The real router never drops an
+ * unanswered request of a live client, so what it left in the client's
+ * session (a write in flight, a held request) is undone here. */
+static void drop_req(void)
+{
+    if (fx.req == NULL)
+        return;
+    if (fx.req->bound_write && fx.session.writes > 0)
+        fx.session.writes--;
+    if (fx.req->held) {
+        fx.held -= (ptrdiff_t)fx.req->held_payload.len;
+        router_route_forget(&fx.r, &fx.session);
+    }
+    router_req_free(fx.req);
+    fx.req = NULL;
+}
+
 static void route_raw(const uint8_t *payload, size_t len)
 {
-    if (fx.req != NULL)
-        router_req_free(fx.req);
+    drop_req();
     clear_sent();
     uint8_t *copy = malloc(len ? len : 1); /* `payload` may be the old fx.payload */
     CHECK(copy != NULL);
@@ -1868,6 +1912,275 @@ KVS_TEST(none_writes_are_refused)
     CHECK_EQ(fx.sent[0].shard, 0);
 }
 
+/* ---- sessions: read-your-writes ---------------------------------------------------------- */
+
+/* A request of the fake client routed by hand (the session cases keep
+ * several alive), from a packed CommandRequest. */
+static router_req_t *route_req(const Kvs__CommandRequest *q)
+{
+    size_t n = kvs__command_request__get_packed_size(q);
+    uint8_t *p = malloc(n ? n : 1);
+    CHECK(p != NULL);
+    kvs__command_request__pack(q, p);
+    router_req_t *req = router_req_new(&fx.r, CLIENT);
+    CHECK(req != NULL);
+    router_route(&fx.r, req, p, n);
+    free(p); /* the router copied what it keeps */
+    return req;
+}
+
+static router_req_t *route_key_req(Kvs__CommandRequest__CommandCase c, const char *table,
+                                   const char *key)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Value v = vstr("x");
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    q.command_case = c;
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        pair.key = bin(key);
+        pair.value = &v;
+        hs.table = (char *)table;
+        hs.pair = &pair;
+        q.hset = &hs;
+    } else {
+        hg.table = (char *)table;
+        hg.key = bin(key);
+        q.hget = &hg;
+    }
+    return route_req(&q);
+}
+
+/* Answers sent part `i` with 200, one empty value and `pos` as position. */
+static void reply_with_position(size_t i, const uint8_t *pos, size_t len)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = 1;
+    r.values = &vp;
+    r.position = (ProtobufCBinaryData){len, (uint8_t *)pos};
+    reply(i, &r);
+}
+
+static uint32_t users_partition(const char *key)
+{
+    return kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, key, strlen(key), 12);
+}
+
+KVS_TEST(session_read_carries_its_writes_position)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *key = "user-7";
+    uint32_t p = users_partition(key);
+    router_req_t *w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.session.writes, 1);
+    uint8_t tok[KVS_POS_ONE_MAX];
+    size_t n = kvs_pos_encode_one(tok, "t-users", 7, p, 41);
+    reply_with_position(0, tok, n);
+    CHECK_EQ(fx.n_completed, 1);
+    CHECK(fx.completed[0] == w);
+    CHECK_EQ(fx.session.writes, 0);
+    CHECK_EQ(router_session_get(&fx.session, fx.cfg, &fx.cfg->bindings[0], p), 41);
+    /* the answer passes through with its position */
+    Kvs__CommandResponse *a =
+        kvs__command_response__unpack(&fx.arena.pb, w->resp.len - 4, w->resp.data + 4);
+    CHECK(a != NULL && a->position.len == n && memcmp(a->position.data, tok, n) == 0);
+    router_req_free(w);
+
+    /* a read of that key (the fast path) carries the position */
+    clear_sent();
+    router_req_t *rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(!rd->held);
+    Kvs__CommandRequest *q = sent_request(0);
+    CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HGET);
+    CHECK(q->hget->key.len == strlen(key) && memcmp(q->hget->key.data, key, strlen(key)) == 0);
+    CHECK(q->min_position.len == n && memcmp(q->min_position.data, tok, n) == 0);
+    router_req_free(rd);
+
+    /* ... a key of another partition does not (its bytes go as they came) */
+    const char *other = "user-8";
+    for (int i = 9; users_partition(other) == p; i++) {
+        static char buf[16];
+        snprintf(buf, sizeof(buf), "user-%d", i);
+        other = buf;
+    }
+    clear_sent();
+    rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, other);
+    CHECK_EQ(sent_request(0)->min_position.len, 0);
+    router_req_free(rd);
+
+    /* multi-key reads: every part carries the client's position merged
+     * with the session's; accept_stale goes along */
+    Kvs__CommandRequest mq = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmget hm = KVS__HMGET__INIT;
+    ProtobufCBinaryData keys[8];
+    char names[8][16];
+    for (int i = 0; i < 8; i++) {
+        snprintf(names[i], sizeof(names[i]), "k-%d", i);
+        keys[i] = bin(names[i]);
+    }
+    uint8_t client_tok[KVS_POS_ONE_MAX];
+    size_t cn = kvs_pos_encode_one(client_tok, "t-users", 7, (p + 1) % 12, 5);
+    hm.table = TABLE;
+    hm.n_keys = 8;
+    hm.keys = keys;
+    mq.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    mq.hmget = &hm;
+    mq.min_position = (ProtobufCBinaryData){cn, client_tok};
+    mq.accept_stale = 1;
+    clear_sent();
+    rd = route_req(&mq);
+    CHECK(fx.n_sent > 1);
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        q = sent_request(i);
+        CHECK(q->accept_stale);
+        CHECK_EQ(kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, p), 41);
+        CHECK_EQ(
+            kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, (p + 1) % 12), 5);
+    }
+    router_req_free(rd);
+
+    /* whole-table reads too; tables bound to no topic never */
+    Kvs__Hgetall ga = KVS__HGETALL__INIT;
+    Kvs__CommandRequest gq = KVS__COMMAND_REQUEST__INIT;
+    ga.table = TABLE;
+    gq.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    gq.hgetall = &ga;
+    clear_sent();
+    rd = route_req(&gq);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    for (size_t i = 0; i < fx.n_sent; i++)
+        CHECK_EQ(kvs_pos_find(sent_request(i)->min_position.data, sent_request(i)->min_position.len,
+                              "t-users", 7, p),
+                 41);
+    router_req_free(rd);
+    clear_sent();
+    rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", key);
+    CHECK(fx.sent[0].raw);
+    CHECK_EQ(sent_request(0)->min_position.len, 0);
+    router_req_free(rd);
+}
+
+KVS_TEST(session_holds_reads_behind_its_writes)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *key = "user-7";
+    uint32_t p = users_partition(key);
+    router_req_t *w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    size_t wpart = 0;
+    /* a read of the table while the write is in flight is held, and so is
+     * everything after it, bound or not */
+    router_req_t *r1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, key);
+    router_req_t *r2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(r1->held && r1->held_read && r2->held && !r2->held_read);
+    CHECK(fx.held > 0);
+    router_route_release(&fx.r); /* nothing may go yet */
+    CHECK_EQ(fx.n_sent, 1);
+    /* a read of an unbound table with nothing held goes at once: tested by
+     * the other cases; here the write is answered, then the held go, in
+     * order, the first with the write's position */
+    uint8_t tok[KVS_POS_ONE_MAX];
+    size_t n = kvs_pos_encode_one(tok, "t-users", 7, p, 3);
+    reply_with_position(wpart, tok, n);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(fx.session.on_release_list);
+    router_route_release(&fx.r);
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK(!r1->held && !r2->held);
+    CHECK_EQ(fx.held, 0);
+    Kvs__CommandRequest *q = sent_request(1);
+    CHECK_EQ(q->hget->key.len, strlen(key));
+    CHECK_EQ(kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, p), 3);
+    q = sent_request(2);
+    CHECK_STR(q->hget->table, "plain");
+    CHECK_EQ(q->min_position.len, 0);
+    router_req_free(w);
+    router_req_free(r1);
+    router_req_free(r2);
+}
+
+KVS_TEST(session_release_stops_at_the_next_write)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    router_req_t *w1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, "a");
+    router_req_t *r1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, "a");
+    router_req_t *w2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, "b");
+    router_req_t *r2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, "b");
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(r1->held && w2->held && r2->held);
+    reply_with_position(0, NULL, 0); /* answered without a position: still released */
+    router_route_release(&fx.r);
+    /* r1 and w2 go; r2 waits for w2 */
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK(!r1->held && !w2->held && r2->held);
+    CHECK_EQ(fx.session.writes, 1);
+    reply_failure(2, "shard 1 is unavailable"); /* w2 fails: the read goes anyway */
+    router_route_release(&fx.r);
+    CHECK_EQ(fx.n_sent, 4);
+    CHECK(!r2->held);
+    CHECK_EQ(fx.session.writes, 0);
+    router_req_free(w1);
+    router_req_free(r1);
+    router_req_free(w2);
+    router_req_free(r2);
+}
+
+KVS_TEST(split_write_answer_merges_positions)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *keys[] = {"a-1", "b-22", "c-333", "d-4444", "e-55555", "f-666666", "g-7"};
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    ProtobufCBinaryData kb[7];
+    for (int i = 0; i < 7; i++)
+        kb[i] = bin(keys[i]);
+    m.table = TABLE;
+    m.n_keys = 7;
+    m.keys = kb;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+    q.hmdel = &m;
+    router_req_t *req = route_req(&q);
+    CHECK(fx.n_sent > 1);
+    CHECK_EQ(fx.session.writes, 1);
+    /* each part answers its keys with a position of its own partition */
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        Kvs__CommandRequest *sq = sent_request(i);
+        Kvs__Value empty = KVS__VALUE__INIT, *vp[7];
+        for (int k = 0; k < 7; k++)
+            vp[k] = &empty;
+        uint8_t tok[KVS_POS_ONE_MAX];
+        size_t n = kvs_pos_encode_one(tok, "t-users", 7, fx.sent[i].shard, 100 + i);
+        Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+        r.status = 200;
+        r.n_values = sq->hmdel->n_keys;
+        r.values = vp;
+        r.position = (ProtobufCBinaryData){n, tok};
+        reply(i, &r);
+    }
+    CHECK(req->done);
+    Kvs__CommandResponse *a =
+        kvs__command_response__unpack(&fx.arena.pb, req->resp.len - 4, req->resp.data + 4);
+    CHECK(a != NULL && a->status == 200 && a->n_values == 7);
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        CHECK_EQ(kvs_pos_find(a->position.data, a->position.len, "t-users", 7, fx.sent[i].shard),
+                 (int64_t)(100 + i));
+        CHECK_EQ(router_session_get(&fx.session, fx.cfg, &fx.cfg->bindings[0], fx.sent[i].shard),
+                 (int64_t)(100 + i));
+    }
+    CHECK_EQ(fx.session.writes, 0);
+    router_req_free(req);
+}
+
 KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
               KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
@@ -1892,4 +2205,8 @@ KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw
               KVS_CASE(unbound_table_beside_bindings_is_murmur2),
               KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
               KVS_CASE(none_asks_only_shards_that_own_partitions),
-              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused))
+              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused),
+              KVS_CASE(session_read_carries_its_writes_position),
+              KVS_CASE(session_holds_reads_behind_its_writes),
+              KVS_CASE(session_release_stops_at_the_next_write),
+              KVS_CASE(split_write_answer_merges_positions))
