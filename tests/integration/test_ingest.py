@@ -73,13 +73,15 @@ class KafkaFixtures:
         return m
 
     def router(self, mock, bindings, shards=4, properties=None, start=True, group_id="kvs",
-               max_lag=None, env=None, timeout=None):
+               max_lag=None, env=None, timeout=None, router_yaml=()):
         """A Router with Kafka ingestion: bindings [(topic, table, format,
         partitions)]; max_lag: kafka.max_lag; env: for the router and its
-        workers (test hooks); timeout: router.timeout."""
+        workers (test hooks); timeout: router.timeout; router_yaml: more
+        entries of the router section."""
         props = {"reconnect.backoff.max.ms": "500"}
         props.update(properties or {})
         r = Router(shards=shards, partitions=64, start=False, env=env, timeout=timeout,
+                   router_yaml=router_yaml,
                    extra_yaml=ingest_yaml(mock.bootstrap, bindings, group_id, props, max_lag))
         self._routers.append(r)
         self.addCleanup(r.close)

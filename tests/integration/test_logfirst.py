@@ -326,6 +326,45 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                       resp.message)
         self.assertEqual(watermarks(m.bootstrap, "users", parts)[1], (0, 0))
 
+    def test_read_modify_writes_on_bound_tables_are_refused(self):
+        """Hincr and Hset if_absent (Redis HINCRBY, HSETNX) would read and
+        write in two steps through the topic: refused, nothing produced;
+        Hlen is a read like any other. The Redis front door says the same."""
+        import redis
+        from routertest import free_port
+        parts = 4
+        m = self.mock({"users": parts})
+        rport = free_port()
+        r = self.router(m, [("users", "users", "value", parts)], shards=2,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"n", 5).status, 200)
+            req = pb.CommandRequest()
+            req.hincr.table, req.hincr.key, req.hincr.by_int = "users", b"n", 1
+            resp = c.call(req)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("Hincr (Redis HINCRBY/HINCRBYFLOAT) is not supported", resp.message)
+            req = pb.CommandRequest()
+            req.hset.table, req.hset.pair.key = "users", b"new"
+            req.hset.pair.value.string_value = "x"
+            req.hset.if_absent = True
+            resp = c.call(req)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("if_absent", resp.message)
+            req = pb.CommandRequest()
+            req.hlen.table = "users"
+            resp = c.call(req)
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 1), resp.message)
+        rc = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        with self.assertRaisesRegex(redis.ResponseError, "not supported on table"):
+            rc.hincrby("users", "n", 1)
+        self.assertEqual(rc.hset("users", "r", "via-redis"), 1)  # produced, then applied
+        self.assertEqual(rc.hget("users", "r"), b"via-redis")
+        self.assertEqual(rc.hlen("users"), 2)
+        recs = read_topic(m.bootstrap, "users", parts)
+        self.assertEqual(sorted(k for _, _, k, _, _ in recs), [b"n", b"r"])
+
     def test_unbound_tables_write_directly(self):
         parts = 4
         m = self.mock({"users": parts})
