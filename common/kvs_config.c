@@ -8,8 +8,8 @@
  * document only). A fresh config is first filled with the defaults, which are
  * written in the table as text and parsed by the same setters as the file's
  * values, so a default can never be out of its own range. The walk then
- * visits the top-level mapping; a key that is a section ("cluster") recurses
- * one level, a key that is a directive ("cluster.shards") is set, anything
+ * visits the top-level mapping; a key that is a section ("cluster", or
+ * "tls.router") recurses, a key that is a directive ("cluster.shards") is set, anything
  * else is an unknown key. Cross-key rules (partitions >= shards, ...) are
  * checked last, pointing at the value the user wrote.
  *
@@ -56,6 +56,7 @@ typedef enum {
     D_SIZE,       /* uint64_t bytes in [min, max] */
     D_DURATION,   /* uint64_t milliseconds in [min, max] */
     D_ENUM,       /* one of names (case-insensitive): int index, or F_TEXT: char * */
+    D_BOOL,       /* int 0/1: true/false, yes/no, on/off */
     D_BINDINGS,   /* kafka.bindings list */
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
@@ -79,12 +80,17 @@ typedef struct {
 static const char *const sync_names[] = {"full", "batch", "none", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
 static const char *const format_names[] = {"raw", "string", "value", NULL};
+static const char *const version_names[] = {"TLS1.2", "TLS1.3", NULL};
+static const char *const client_cert_names[] = {"none", "optional", "require", NULL};
 
 _Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
                "sync_names order must match kvs_sync_t");
 _Static_assert(KVS_FORMAT_RAW == 0 && KVS_FORMAT_STRING == 1 && KVS_FORMAT_VALUE == 2,
                "format_names order must match kvs_format_t");
 _Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
+_Static_assert(KVS_CLIENT_CERT_NONE == 0 && KVS_CLIENT_CERT_OPTIONAL == 1 &&
+                   KVS_CLIENT_CERT_REQUIRE == 2,
+               "client_cert_names order must match kvs_client_cert_t");
 
 #define OFF(field) offsetof(kvs_config_t, field)
 #define KIB 1024ull
@@ -124,6 +130,32 @@ static const directive_t directives[] = {
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
      F_TEXT},
+    {"tls.cert", D_STRING, OFF(tls_cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.key", D_STRING, OFF(tls_key), "", 0, 0, NULL, NULL, 0},
+    {"tls.ca", D_STRING, OFF(tls_ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.min_version", D_ENUM, OFF(tls_min_version), "TLS1.2", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.max_version", D_ENUM, OFF(tls_max_version), "TLS1.3", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.ciphers", D_STRING, OFF(tls_ciphers), "", 0, 0, NULL, NULL, 0},
+    {"tls.ciphersuites", D_STRING, OFF(tls_ciphersuites), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.enabled", D_BOOL, OFF(tls_router.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.router.client_cert", D_ENUM, OFF(tls_router.client_cert), "none", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.router.cert", D_STRING, OFF(tls_router.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.key", D_STRING, OFF(tls_router.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.ca", D_STRING, OFF(tls_router.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.enabled", D_BOOL, OFF(tls_node.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.node.client_cert", D_ENUM, OFF(tls_node.client_cert), "require", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.node.cert", D_STRING, OFF(tls_node.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.key", D_STRING, OFF(tls_node.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.ca", D_STRING, OFF(tls_node.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.enabled", D_BOOL, OFF(tls_link.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.link.cert", D_STRING, OFF(tls_link.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.key", D_STRING, OFF(tls_link.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.ca", D_STRING, OFF(tls_link.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.verify_host", D_BOOL, OFF(tls_link.verify_host), "true", 0, 0, NULL, NULL, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
@@ -468,6 +500,16 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     return 0;
 }
 
+static int set_bool(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    static const char *const names[] = {"false", "true", "no", "yes", "off", "on", NULL};
+    int i = match_word(names, text);
+    if (i < 0)
+        return cfg_error(ctx, m, "%s must be true or false (got \"%.80s\")", d->path, text);
+    *(int *)field(ctx, d) = i % 2;
+    return 0;
+}
+
 static int set_enum(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     int i = match_word(d->names, text);
@@ -494,6 +536,8 @@ static int set_value(cfg_ctx_t *ctx, const directive_t *d, const char *text, con
         return set_u64(ctx, d, text, m);
     case D_ENUM:
         return set_enum(ctx, d, text, m);
+    case D_BOOL:
+        return set_bool(ctx, d, text, m);
     default:
         assert(0 && "not a scalar directive");
         return KVS_EINVAL;
@@ -511,6 +555,8 @@ static const char *expected(const directive_t *d)
         return "a duration such as 1s";
     case D_LISTEN:
         return "HOST:PORT";
+    case D_BOOL:
+        return "true or false";
     default:
         return "a string";
     }
@@ -928,7 +974,7 @@ static int walk_pair(cfg_ctx_t *ctx, const char *section, const yaml_node_pair_t
         const directive_t *d = find_directive(path);
         if (d != NULL)
             return apply(ctx, d, val);
-        if (section == NULL && is_section(path))
+        if (is_section(path))
             return walk_section(ctx, path, val);
     }
     return unknown_key(ctx, key, section);
@@ -1070,6 +1116,59 @@ static int check_paths(cfg_ctx_t *ctx)
     return 0;
 }
 
+/* An endpoint's cert, key and ca default to tls.cert, tls.key, tls.ca. */
+static int inherit_tls(cfg_ctx_t *ctx, kvs_tls_endpoint_t *e)
+{
+    kvs_config_t *c = ctx->cfg;
+    char **own[] = {&e->cert, &e->key, &e->ca};
+    char *shared[] = {c->tls_cert, c->tls_key, c->tls_ca};
+    for (size_t i = 0; i < 3; i++)
+        if ((*own[i])[0] == '\0' && store_string(ctx, own[i], shared[i]) != 0)
+            return -ENOMEM;
+    return 0;
+}
+
+/* An enabled endpoint must have what its handshakes need. */
+static int check_endpoint(cfg_ctx_t *ctx, const char *name, kvs_tls_endpoint_t *e, int listener)
+{
+    char path[40];
+    snprintf(path, sizeof(path), "tls.%s.enabled", name);
+    const yaml_mark_t *m = &ctx->marks[directive_index(path)];
+    if (!e->enabled)
+        return 0;
+    if (e->cert[0] == '\0' || e->key[0] == '\0')
+        return cfg_error(ctx, m,
+                         "%s is true but there is no certificate and key: set tls.cert and "
+                         "tls.key (or tls.%s.cert and tls.%s.key)",
+                         path, name, name);
+    if (e->ca[0] == '\0' && (!listener || e->client_cert != KVS_CLIENT_CERT_NONE))
+        return cfg_error(ctx, m,
+                         "%s is true but there is no CA bundle to verify %s certificates with: "
+                         "set tls.ca (or tls.%s.ca)%s",
+                         path, listener ? "client" : "the workers'", name,
+                         listener ? ", or client_cert: none" : "");
+    return 0;
+}
+
+static int check_tls(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    if (c->tls_min_version > c->tls_max_version)
+        return cfg_error(ctx, &ctx->marks[directive_index("tls.min_version")],
+                         "tls.min_version is above tls.max_version");
+    int rc = 0;
+    kvs_tls_endpoint_t *eps[] = {&c->tls_router, &c->tls_node, &c->tls_link};
+    for (size_t i = 0; rc == 0 && i < 3; i++)
+        rc = inherit_tls(ctx, eps[i]);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "router", &c->tls_router, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "node", &c->tls_node, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "link", &c->tls_link, 0);
+    return rc;
+}
+
 /* ---- entry points ------------------------------------------------------------ */
 
 static int apply_defaults(cfg_ctx_t *ctx)
@@ -1104,6 +1203,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_paths(ctx);
     if (rc == 0)
         rc = check_limits(ctx);
+    if (rc == 0)
+        rc = check_tls(ctx);
     ctx->doc = NULL;
     yaml_document_delete(&doc);
     if (rc != 0)

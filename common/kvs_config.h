@@ -61,6 +61,27 @@
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
+ *   tls:                     TLS material shared by the endpoints below
+ *     cert: ""               PEM certificate chain this node presents
+ *     key: ""                its PEM private key
+ *     ca: ""                 PEM CA bundle peers' certificates must chain to
+ *     min_version: TLS1.2    TLS1.2 | TLS1.3
+ *     max_version: TLS1.3
+ *     ciphers: <AEAD, ECDHE> TLS 1.2 cipher list (OpenSSL syntax)
+ *     ciphersuites: <AEAD>   TLS 1.3 suites
+ *     router:                the router's client listener (router.listen)
+ *       enabled: false
+ *       client_cert: none    none | optional | require
+ *       cert, key, ca: ""    this endpoint's own (default: tls.cert/key/ca)
+ *     node:                  workers' TCP listeners (node.listen)
+ *       enabled: false
+ *       client_cert: require
+ *       cert, key, ca: ""
+ *     link:                  the router's links to cluster.remote workers
+ *       enabled: false       (mutual TLS: needs a certificate, key and CA)
+ *       cert, key, ca: ""
+ *       verify_host: true    the worker's certificate must name the host
+ *                            of its cluster.remote address
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -99,6 +120,22 @@ typedef struct kvs_kv_s {
     char *key;
     char *value;
 } kvs_kv_t;
+
+typedef enum {
+    KVS_CLIENT_CERT_NONE = 0,     /* no client certificate is asked for */
+    KVS_CLIENT_CERT_OPTIONAL = 1, /* asked for; verified when sent */
+    KVS_CLIENT_CERT_REQUIRE = 2,  /* required and verified */
+} kvs_client_cert_t;
+
+/* One TLS endpoint (tls.router, tls.node, tls.link). After loading, cert,
+ * key and ca are the effective ones: the endpoint's own, or tls.cert,
+ * tls.key, tls.ca. */
+typedef struct kvs_tls_endpoint_s {
+    int enabled;
+    char *cert, *key, *ca;
+    int client_cert; /* kvs_client_cert_t (listeners) */
+    int verify_host; /* tls.link */
+} kvs_tls_endpoint_t;
 
 typedef struct kvs_remote_s {
     uint32_t shard;
@@ -140,6 +177,11 @@ typedef struct kvs_config_s {
     size_t n_kafka_properties;
 
     char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
+
+    char *tls_cert, *tls_key, *tls_ca;
+    int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
+    char *tls_ciphers, *tls_ciphersuites;
+    kvs_tls_endpoint_t tls_router, tls_node, tls_link;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config

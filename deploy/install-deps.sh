@@ -4,15 +4,16 @@
 # nothing but check. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-# Build toolchain and the five libraries kvs links against.
+# Build toolchain and the six libraries kvs links against.
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libssl-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
-# ingestion; clang's runtime gives the sanitizer build.
+# ingestion; clang's runtime gives the sanitizer build; the openssl command
+# makes the TLS tests' certificates and is an independent TLS client.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat
-           python3-confluent-kafka lmdb-utils)
+           python3-confluent-kafka lmdb-utils openssl)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then

@@ -9,6 +9,10 @@
  * accepting, answers what it received, commits, closes the environment and
  * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
  *
+ * With tls.node enabled the TCP listener speaks TLS (mutual TLS by
+ * default); SIGHUP reloads its certificate, key and CA from their files
+ * (connections already open keep theirs).
+ *
  * Normally started by kvs-router; runs stand-alone just as well.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
@@ -58,7 +62,8 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -296,13 +301,31 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     return 0;
 }
 
+/* SIGHUP: reload what can change live (today the TLS material). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    node_main_t *m = h->data;
+    char err[600];
+    (void)signum;
+    if (m->tls == NULL)
+        return;
+    if (kvs_tls_ctx_reload(m->tls, err, sizeof(err)) == 0)
+        kvs_info("received SIGHUP: tls.node certificate, key and CA reloaded; new connections use "
+                 "them");
+    else
+        kvs_error("received SIGHUP: tls.node reload failed, still using the previous material: %s",
+                  err);
+}
+
 static void watch_signals(node_main_t *m)
 {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
+    uv_signal_init(m->loop, &m->sighup);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
 }
 
 /* ---- main --------------------------------------------------------------------- */
@@ -351,6 +374,12 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     *n_addrs = listen_addrs(*cfg, args, addrs, err, sizeof(err));
     if (*n_addrs < 0)
         return config_fatal(m, "%s", err);
+    if ((*cfg)->tls_node.enabled && *n_addrs > 1) {
+        int rc = kvs_conn_tls_from_config(*cfg, &(*cfg)->tls_node, "tls.node", 1, &m->tls, err,
+                                          sizeof(err));
+        if (rc != 0)
+            return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    }
     int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
@@ -388,6 +417,7 @@ int main(int argc, char **argv)
     }
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
     if (rc != 0) {
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return finish(&m, rc);
     }
@@ -401,11 +431,13 @@ int main(int argc, char **argv)
         .limits = cfg,
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
+        .tls = m.tls,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return 1;
     }
@@ -434,6 +466,7 @@ int main(int argc, char **argv)
     }
     node_server_free(m.srv);
     uv_loop_close(m.loop);
+    kvs_tls_ctx_free(m.tls);
     kvs_config_free(cfg);
     kvs_info("stopped");
     return finish(&m, m.exit_code);

@@ -52,7 +52,8 @@ struct node_server_s {
     node_cmd_ctx_t cmd;
     uint32_t max_frame;
     kvs_listener_t listeners[2];
-    size_t listener_clients[2]; /* clients per listener, each capped at max_clients */
+    kvs_tls_ctx_t *listener_tls[2]; /* TLS of each listener, or NULL */
+    size_t listener_clients[2];     /* clients per listener, each capped at max_clients */
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
@@ -218,6 +219,13 @@ static void on_conn_error(kvs_conn_t *c, int err)
         kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
                               "the server is short of memory for incomplete requests "
                               "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS) { /* sent in the clear: the client speaks plaintext */
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port requires TLS (tls.node); connect with TLS and a client "
+                              "certificate");
+    } else if (err == KVS_ETLSHELLO) {
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port does not use TLS; connect without TLS");
     }
     kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
 }
@@ -243,14 +251,14 @@ static void on_conn_closed(kvs_conn_t *c)
 }
 
 /* At limits.max_clients on this listener: accept only to say why. */
-static void refuse_client(node_server_t *srv, uv_stream_t *server)
+static void refuse_client(node_server_t *srv, uv_stream_t *server, int li)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                               "too many clients (limits.max_clients = %u); retry later",
                               srv->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+        kvs_conn_refuse(server, srv->listener_tls[li] != NULL ? NULL : b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(srv->loop);
     if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
@@ -270,7 +278,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
     if (srv->listener_clients[li] >= srv->max_clients) {
-        refuse_client(srv, server);
+        refuse_client(srv, server, li);
         return;
     }
     node_client_t *cl = calloc(1, sizeof(*cl));
@@ -292,7 +300,11 @@ static void on_connection(uv_stream_t *server, int status)
         srv->clients->prev = cl;
     srv->clients = cl;
     srv->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = srv->listener_tls[li] != NULL
+                 ? kvs_conn_use_tls(&cl->conn, srv->listener_tls[li], NULL)
+                 : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -311,10 +323,11 @@ static void on_sync_timer(uv_timer_t *t)
 
 /* ---- start / stop -------------------------------------------------------------- */
 
-static int add_listener(node_server_t *srv, const kvs_addr_t *a)
+static int add_listener(node_server_t *srv, const kvs_addr_t *a, kvs_tls_ctx_t *tls)
 {
     char text[160];
     kvs_listener_t *l = &srv->listeners[srv->n_listeners];
+    srv->listener_tls[srv->n_listeners] = a->is_unix ? NULL : tls;
     int rc = kvs_listen(srv->loop, a, l, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", kvs_addr_format(a, text, sizeof(text)),
@@ -323,7 +336,12 @@ static int add_listener(node_server_t *srv, const kvs_addr_t *a)
     }
     l->handle.data = srv;
     srv->n_listeners++;
-    kvs_info("listening on %s", kvs_addr_format(a, text, sizeof(text)));
+    kvs_info("listening on %s%s", kvs_addr_format(a, text, sizeof(text)),
+             srv->listener_tls[srv->n_listeners - 1] ? " (TLS)" : "");
+    if (!a->is_unix && tls == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address and clients connect without TLS: anyone who can "
+                 "reach it can read and write this shard (see README, Security)",
+                 text);
     return 0;
 }
 
@@ -348,7 +366,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     if (rc == 0)
         rc = kvs_conn_group_init(&srv->group, o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
-        rc = add_listener(srv, &o->addrs[i]);
+        rc = add_listener(srv, &o->addrs[i], o->tls);
     if (rc == 0 && o->sync_interval_ms > 0) {
         uv_timer_init(o->loop, &srv->sync_timer);
         srv->sync_timer.data = srv;

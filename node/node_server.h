@@ -24,6 +24,7 @@ typedef struct node_server_opts_s {
     const kvs_config_t *limits; /* limits.* for client connections */
     const kvs_addr_t *addrs;    /* 1 or 2 addresses to listen on */
     size_t n_addrs;
+    kvs_tls_ctx_t *tls; /* TLS for the TCP listener (tls.node), or NULL; outlives the server */
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
     uint32_t shard;
 } node_server_opts_t;

@@ -28,6 +28,8 @@ struct router_s {
     uint64_t refused_log_ms;
     kvs_listener_t listener;
     int listening;
+    kvs_tls_ctx_t *tls;      /* tls.router: the client listener's, or NULL */
+    kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
     router_client_t *clients;
     size_t n_clients;
     kvs_arena_t arena;       /* request decode scratch, reset per request */

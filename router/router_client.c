@@ -170,6 +170,16 @@ static void on_conn_error(kvs_conn_t *c, int err)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
                                      "the server is short of memory for incomplete requests "
                                      "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS || err == KVS_ETLSHELLO) {
+        /* In the clear either way: a plaintext client reads it, a TLS
+         * client learns from its first bytes that this is no TLS port. */
+        router_req_t *req = client_enqueue(cl);
+        if (req != NULL)
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     err == KVS_ENOTLS
+                                         ? "this port requires TLS (tls.router); connect with "
+                                           "TLS (kvs-cli --tls)"
+                                         : "this port does not use TLS; connect without TLS");
     }
     cl->closing_when_drained = 1;
     client_flush_done(cl);
@@ -207,7 +217,7 @@ static void refuse_client(router_t *r, uv_stream_t *server)
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                               "too many clients (limits.max_clients = %u); retry later",
                               r->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+        kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
     kvs_buf_free(&b);
     uint64_t now = uv_now(r->loop);
     if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
@@ -245,7 +255,9 @@ static void on_connection(uv_stream_t *server, int status)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = r->tls != NULL ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -276,7 +288,12 @@ int router_clients_listen(router_t *r)
     }
     r->listener.handle.data = r;
     r->listening = 1;
-    kvs_info("accepting clients on %s", r->cfg->router_listen);
+    kvs_info("accepting clients on %s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "");
+    if (r->tls == NULL && !kvs_addr_is_loopback(&addr))
+        kvs_warn("router.listen %s is not a loopback address and clients connect without TLS: "
+                 "anyone who can reach it can read and write every table (see README, "
+                 "Security)",
+                 r->cfg->router_listen);
     return 0;
 }
 

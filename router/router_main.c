@@ -18,6 +18,12 @@
  * foreground group, reaches only the router and drains exactly like
  * SIGTERM; no worker is restarted once the shutdown began.
  *
+ * SIGHUP reloads the TLS certificates, keys and CAs of the client listener
+ * and the links from their files (rotation: connections already open keep
+ * theirs, new ones use the new material; a file that does not load leaves
+ * the old material in use, logged) and is passed on to every local worker,
+ * which does the same for its TCP listener.
+ *
  * The shutdown has one entry, shutdown_begin, whatever the cause (a signal,
  * the readiness timeout, a worker's fatal exit, a failed start), and each
  * step runs once: draining, then stopping links and workers. Exit status:
@@ -53,7 +59,7 @@ typedef struct router_main_s {
     router_t r;
     const char *config_path;
     router_sup_t *sup;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer; /* readiness deadline, then drain deadline */
     int signals;
     int ready;
@@ -157,9 +163,9 @@ static int start_links(router_main_t *m)
             kvs_error("shard %u address: %s", s, err); /* the config load checked it */
             return KVS_EINVAL;
         }
-        int rc = router_link_start(&m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms,
-                                   (uint32_t)cfg->max_frame, &m->r.flusher, router_route_reply,
-                                   on_link_state);
+        int rc = router_link_start(
+            &m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms, (uint32_t)cfg->max_frame,
+            &m->r.flusher, rem != NULL ? m->r.link_tls : NULL, router_route_reply, on_link_state);
         if (rc != 0)
             return rc;
         m->r.links[s].data = m;
@@ -307,6 +313,57 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
+/* ---- TLS -------------------------------------------------------------------------- */
+
+/* Builds the TLS contexts the config asks for. Returns 0, or EX_CONFIG
+ * after logging why (a file that does not load can never start). */
+static int tls_start(router_main_t *m)
+{
+    const kvs_config_t *cfg = m->r.cfg;
+    char err[600];
+    int rc = 0;
+    if (cfg->tls_router.enabled)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, &m->r.tls, err,
+                                      sizeof(err));
+    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, &m->r.link_tls, err,
+                                      sizeof(err));
+    if (rc == 0)
+        return 0;
+    kvs_error("%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    return EX_CONFIG;
+}
+
+/* Reloads one context; the old material stays in use if the new does not load. */
+static void tls_reload(kvs_tls_ctx_t *c)
+{
+    char err[600];
+    if (c == NULL)
+        return;
+    if (kvs_tls_ctx_reload(c, err, sizeof(err)) == 0)
+        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
+                 kvs_tls_ctx_what(c));
+    else
+        kvs_error("%s: reload failed, still using the previous material: %s", kvs_tls_ctx_what(c),
+                  err);
+}
+
+/* SIGHUP: what can change live. Today: TLS material, here and in every
+ * local worker. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    router_main_t *m = h->data;
+    (void)signum;
+    kvs_info("received SIGHUP: reloading TLS material");
+    tls_reload(m->r.tls);
+    tls_reload(m->r.link_tls);
+    for (uint32_t s = 0; m->sup != NULL && s < m->r.shards; s++) {
+        pid_t pid = router_sup_pid(m->sup, s);
+        if (pid > 0)
+            uv_kill(pid, SIGHUP);
+    }
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 
 static int router_start(router_main_t *m, const char *argv0)
@@ -319,9 +376,11 @@ static int router_start(router_main_t *m, const char *argv0)
     int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
+    uv_signal_init(r->loop, &m->sighup);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     if (rc == 0)
@@ -364,6 +423,11 @@ int main(int argc, char **argv)
         kvs_config_free(cfg);
         return 1;
     }
+    int rc = tls_start(&m);
+    if (rc != 0) {
+        kvs_config_free(cfg);
+        return rc;
+    }
     if (router_start(&m, argv[0]) != 0)
         shutdown_begin(&m, 1);
     uv_run(m.r.loop, UV_RUN_DEFAULT);
@@ -374,6 +438,8 @@ int main(int argc, char **argv)
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);
     uv_loop_close(m.r.loop);
+    kvs_tls_ctx_free(m.r.tls);
+    kvs_tls_ctx_free(m.r.link_tls);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);
