@@ -31,6 +31,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
+#include "kvs_token.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -60,6 +61,7 @@ typedef enum {
     D_BINDINGS,   /* kafka.bindings list */
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
+    D_USERS,      /* users list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
@@ -124,6 +126,9 @@ static const directive_t directives[] = {
      "from 0 (never) to 1h", NULL, 0},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
      "at least 1MiB", NULL, 0},
+    {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, 0},
+    {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
+     NULL, NULL, 0},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
@@ -156,6 +161,7 @@ static const directive_t directives[] = {
     {"tls.link.key", D_STRING, OFF(tls_link.key), "", 0, 0, NULL, NULL, 0},
     {"tls.link.ca", D_STRING, OFF(tls_link.ca), "", 0, 0, NULL, NULL, 0},
     {"tls.link.verify_host", D_BOOL, OFF(tls_link.verify_host), "true", 0, 0, NULL, NULL, 0},
+    {"users", D_USERS, 0, NULL, 0, 0, NULL, NULL, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
@@ -903,6 +909,168 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard)
     return NULL;
 }
 
+/* ---- users ------------------------------------------------------------------ */
+
+#define KVS_USER_NAME_MAX 255
+
+/* Names are matched against certificate names: printable text, no control
+ * characters (so a log line naming a user is one line). */
+static const char *user_name_problem(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0)
+        return "must not be empty";
+    if (len > KVS_USER_NAME_MAX)
+        return "must be at most 255 bytes";
+    for (const unsigned char *p = (const unsigned char *)n; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return "must not contain control characters";
+    return NULL;
+}
+
+static int grant_right(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, unsigned *rights)
+{
+    static const char *const words[] = {"read", "write", "admin", NULL};
+    const char *text = NULL;
+    int rc = scalar_value(ctx, val, path, "read, write or admin", &text);
+    if (rc != 0)
+        return rc;
+    int i = match_word(words, text);
+    if (i < 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: \"%.40s\" is not a right (read, write or admin)", path, text);
+    *rights |= 1u << i;
+    return 0;
+}
+
+/* One `pattern: rights` entry of a user's allow mapping. */
+static int parse_grant(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                       const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *pat = scalar_text(key);
+    char path[300];
+    snprintf(path, sizeof(path), "%s.allow[\"%.200s\"]", label, pat);
+    if (pat[0] == '\0' || strlen(pat) > 2 * KVS_TABLE_NAME_MAX)
+        return cfg_error(ctx, &key->start_mark,
+                         "%s.allow: a table pattern must be 1 to 400 bytes (\"*\" is every "
+                         "table)",
+                         label);
+    kvs_grant_t *g = &u->grants[u->n_grants++];
+    if (store_string(ctx, &g->pattern, pat) != 0)
+        return -ENOMEM;
+    if (val->type != YAML_SEQUENCE_NODE)
+        return grant_right(ctx, path, val, &g->rights);
+    for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top;
+         it++) {
+        int rc = grant_right(ctx, path, node_at(ctx, *it), &g->rights);
+        if (rc != 0)
+            return rc;
+    }
+    if (g->rights == 0)
+        return cfg_error(ctx, &val->start_mark, "%s: give at least one right", path);
+    return 0;
+}
+
+static int parse_allow(cfg_ctx_t *ctx, const char *label, kvs_user_t *u, const yaml_node_t *map)
+{
+    if (is_null(map))
+        return 0;
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &map->start_mark,
+                         "%s.allow: expected a mapping of table pattern to rights, as in "
+                         "{\"orders*\": [read, write]}, got %s",
+                         label, describe(ctx, map));
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    u->grants = calloc(n ? n : 1, sizeof(*u->grants));
+    if (u->grants == NULL)
+        return cfg_oom(ctx);
+    char where[48];
+    snprintf(where, sizeof(where), "%s.allow", label);
+    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        int rc = check_key(ctx, map, p, where);
+        if (rc == 0)
+            rc = parse_grant(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int user_field(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                      const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text = NULL, *why;
+    char path[64];
+    kvs_token_hash_t h;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "allow") == 0)
+        return parse_allow(ctx, label, u, val);
+    if (strcmp(k, "name") != 0 && strcmp(k, "token") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "name") == 0) {
+        if ((why = user_name_problem(text)) != NULL)
+            return cfg_error(ctx, &val->start_mark, "%s %s", path, why);
+        return store_string(ctx, &u->name, text);
+    }
+    if (kvs_token_parse(text, &h, &why) != 0) /* never echo it: it may be a token itself */
+        return cfg_error(ctx, &val->start_mark, "%s: %s", path, why);
+    return store_string(ctx, &u->token, text);
+}
+
+static int parse_user(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[32];
+    snprintf(label, sizeof(label), "users[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {name, token, allow}, got %s", label,
+                         describe(ctx, item));
+    kvs_user_t *u = &ctx->cfg->users[ctx->cfg->n_users++];
+    for (const yaml_node_pair_t *p = item->data.mapping.pairs.start;
+         p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = user_field(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    if (u->name == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"name\"", label);
+    for (size_t j = 0; j + 1 < ctx->cfg->n_users; j++)
+        if (strcmp(ctx->cfg->users[j].name, u->name) == 0)
+            return cfg_error(ctx, &item->start_mark, "%s: user \"%s\" is already users[%zu]", label,
+                             u->name, j);
+    return 0;
+}
+
+static int set_users(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "users: expected a list of {name, token, allow}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->users = calloc(n, sizeof(kvs_user_t));
+    if (ctx->cfg->users == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_user(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- the walk ------------------------------------------------------------- */
 
 static const directive_t *find_directive(const char *path)
@@ -941,6 +1109,8 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_properties(ctx, val);
     if (d->type == D_REMOTE)
         return set_remote(ctx, val);
+    if (d->type == D_USERS)
+        return set_users(ctx, val);
     const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
@@ -1344,6 +1514,14 @@ void kvs_config_free(kvs_config_t *cfg)
         free(cfg->kafka_properties[i].value);
     }
     free(cfg->kafka_properties);
+    for (size_t i = 0; i < cfg->n_users; i++) {
+        free(cfg->users[i].name);
+        free(cfg->users[i].token);
+        for (size_t j = 0; j < cfg->users[i].n_grants; j++)
+            free(cfg->users[i].grants[j].pattern);
+        free(cfg->users[i].grants);
+    }
+    free(cfg->users);
     free(cfg->path);
     free(cfg);
 }

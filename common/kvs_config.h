@@ -48,6 +48,11 @@
  *     frame_timeout: 30s     a request frame must arrive whole within this
  *     input_buffers: 256MiB  memory all connections' incomplete frames may
  *                            hold together; >= max_frame
+ *     auth_failures: 3       failed Auth attempts on one connection before it
+ *                            is closed; 1..100
+ *     auth_failures_per_minute: 20   failed Auth attempts per client address
+ *                            per minute; beyond, Auth is refused unchecked
+ *                            until the minute is over; 1..100000
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
@@ -82,6 +87,15 @@
  *       cert, key, ca: ""
  *       verify_host: true    the worker's certificate must name the host
  *                            of its cluster.remote address
+ *   users: []                - name: alice          (unique; a client
+ *                                                     certificate whose CN or
+ *                                                     SAN is this name is alice)
+ *                              token: pbkdf2-sha256$...   (kvs-cli hash-token;
+ *                                                     none: certificate only)
+ *                              allow: {"orders*": [read, write], "*": read}
+ *                            rights on table patterns (fnmatch globs): read,
+ *                            write, admin. With no users, every client may
+ *                            do everything.
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -137,6 +151,25 @@ typedef struct kvs_tls_endpoint_s {
     int verify_host; /* tls.link */
 } kvs_tls_endpoint_t;
 
+/* Rights a user may hold on tables (kvs_grant_t.rights). */
+enum {
+    KVS_RIGHT_READ = 1u,  /* Hget Hmget Hexist Hmexist Hgetall Hscan */
+    KVS_RIGHT_WRITE = 2u, /* Hset Hmset Hdel Hmdel */
+    KVS_RIGHT_ADMIN = 4u, /* Info (on "*") and operational commands */
+};
+
+typedef struct kvs_grant_s {
+    char *pattern;   /* a glob over table names (fnmatch, no flags: * matches any run) */
+    unsigned rights; /* KVS_RIGHT_* */
+} kvs_grant_t;
+
+typedef struct kvs_user_s {
+    char *name;
+    char *token; /* its hash in kvs_token's text form (validated), or NULL */
+    kvs_grant_t *grants;
+    size_t n_grants;
+} kvs_user_t;
+
 typedef struct kvs_remote_s {
     uint32_t shard;
     char *address; /* HOST:PORT of the worker serving it */
@@ -168,6 +201,8 @@ typedef struct kvs_config_s {
     uint64_t idle_timeout_ms;  /* 0 = never */
     uint64_t frame_timeout_ms; /* 0 = never */
     uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
+    uint32_t auth_failures;    /* failed Auth attempts per connection before it is closed */
+    uint32_t auth_failures_per_minute; /* per client address */
 
     char *kafka_brokers; /* "" = off */
     char *kafka_group_id;
@@ -182,6 +217,9 @@ typedef struct kvs_config_s {
     int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
     char *tls_ciphers, *tls_ciphersuites;
     kvs_tls_endpoint_t tls_router, tls_node, tls_link;
+
+    kvs_user_t *users; /* none: no authentication, no authorization */
+    size_t n_users;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config

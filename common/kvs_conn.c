@@ -447,6 +447,22 @@ int kvs_conn_use_tls(kvs_conn_t *c, kvs_tls_ctx_t *ctx, const char *host)
     return kvs_tls_new(ctx, host, &c->cout, &c->tls);
 }
 
+int kvs_conn_peer_is_local(const kvs_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (c->h.handle.type != UV_TCP)
+        return 1;
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family != AF_INET6)
+        return 0;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
 const char *kvs_conn_tls_error(const kvs_conn_t *c)
 {
     return c->tls != NULL ? kvs_tls_error(c->tls) : "";

@@ -186,6 +186,10 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
  * may be NULL). Returns 0 or -ENOMEM. */
 int kvs_conn_use_tls(kvs_conn_t *c, kvs_tls_ctx_t *ctx, const char *host);
 
+/* True when the peer is on this machine: a unix socket, or TCP from a
+ * loopback address (127.0.0.0/8, ::1, or IPv4-mapped 127.x). */
+int kvs_conn_peer_is_local(const kvs_conn_t *c);
+
 /* Why TLS failed on `c` ("" when it did not, or c is plaintext). */
 const char *kvs_conn_tls_error(const kvs_conn_t *c);
 

@@ -198,6 +198,7 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = "Hscan",
         [KVS__COMMAND_REQUEST__COMMAND_PING] = "Ping",
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
+        [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -232,6 +233,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->ping->base;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         return &r->info->base;
+    case KVS__COMMAND_REQUEST__COMMAND_AUTH:
+        return &r->auth->base;
     default:
         return NULL;
     }
@@ -240,8 +243,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req)
 {
     const ProtobufCMessage *body = request_body(req);
-    if (body == NULL)
-        return NULL;
+    if (body == NULL || req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return NULL; /* Auth's field 1 is a user name */
     /* Every table-bearing command has `string table = 1`; the descriptor
      * says where protobuf-c put it. */
     const ProtobufCFieldDescriptor *f =
@@ -394,10 +397,11 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     const ProtobufCMessage *body = request_body(req);
     if (body == NULL) {
         if (req->base.n_unknown_fields > 0)
-            return bad(msg, len,
-                       "unsupported command (CommandRequest field %u); this server supports "
-                       "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info",
-                       req->base.unknown_fields[0].tag);
+            return bad(
+                msg, len,
+                "unsupported command (CommandRequest field %u); this server supports "
+                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth",
+                req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
     const char *cmd = kvs_msg_command_name(req->command_case);
@@ -413,6 +417,8 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
     if (body->n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: %s has unknown field %u", cmd,
                    body->unknown_fields[0].tag);
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return req->auth->user[0] == '\0' ? bad(msg, len, "Auth.user is empty") : KVS_STATUS_OK;
     const char *table = kvs_msg_request_table(req);
     if (table != NULL) {
         uint32_t st = check_table(cmd, table, msg, len);

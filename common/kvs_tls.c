@@ -653,6 +653,11 @@ static int match_text(const ASN1_STRING *s, int (*match)(void *, const char *), 
     return r;
 }
 
+int kvs_tls_peer_verified(const kvs_tls_t *t)
+{
+    return SSL_get0_peer_certificate(t->ssl) != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK;
+}
+
 int kvs_tls_peer_names(const kvs_tls_t *t, int (*match)(void *arg, const char *name), void *arg)
 {
     X509 *cert = SSL_get0_peer_certificate(t->ssl);

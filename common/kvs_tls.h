@@ -151,6 +151,9 @@ const char *kvs_tls_error(const kvs_tls_t *t);
 const char *kvs_tls_version(const kvs_tls_t *t);
 const char *kvs_tls_cipher(const kvs_tls_t *t);
 
+/* 1 when the peer presented a certificate that verified. */
+int kvs_tls_peer_verified(const kvs_tls_t *t);
+
 /* Calls match(arg, name) for every name of the peer's verified certificate
  * (the subject's CN, then each subjectAltName that is a DNS name, an
  * e-mail address or a URI), until it returns non-zero; returns that value,

@@ -64,6 +64,7 @@ typedef struct node_main_s {
     node_ingest_t *ingest;
     uv_signal_t sigterm, sigint, sighup;
     kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
+    kvs_auth_t *auth;   /* users, or NULL */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -423,6 +424,13 @@ int main(int argc, char **argv)
     }
 
     m.loop = uv_default_loop();
+    if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
+        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        node_store_close(store);
+        kvs_tls_ctx_free(m.tls);
+        kvs_config_free(cfg);
+        return 1;
+    }
     node_server_opts_t so = {
         .loop = m.loop,
         .store = store,
@@ -432,11 +440,13 @@ int main(int argc, char **argv)
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
         .tls = m.tls,
+        .auth = m.auth,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
+        kvs_auth_free(m.auth);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return 1;
@@ -466,6 +476,7 @@ int main(int argc, char **argv)
     }
     node_server_free(m.srv);
     uv_loop_close(m.loop);
+    kvs_auth_free(m.auth);
     kvs_tls_ctx_free(m.tls);
     kvs_config_free(cfg);
     kvs_info("stopped");

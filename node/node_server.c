@@ -16,6 +16,13 @@
  * while a client's own request executes is applied after that request
  * returns, so the handler's partial output is never cut under its feet.
  *
+ * Identity (users configured): TCP clients are authenticated by their TLS
+ * certificate (a remote router's included) or by Auth, and every request
+ * is authorized (node_cmd); unix socket clients (the local router) are
+ * trusted. An Auth whose token is being checked pauses its client; its
+ * answer is appended when the check is done, in a later turn, so it never
+ * belongs to a write batch.
+ *
  * Shutdown: stop listening, let every client's queued responses drain,
  * then close. The caller closes the store after the loop ends.
  */
@@ -43,6 +50,8 @@ struct node_client_s {
     uint32_t marked;           /* responses since mark */
     node_client_t *batch_next; /* members of the current turn */
     int on_batch_list;
+    kvs_auth_conn_t auth;       /* who it is (users configured) */
+    int auth_close;             /* Auth failed too often: close after its answer */
     node_client_t *prev, *next; /* all clients */
 };
 
@@ -57,6 +66,7 @@ struct node_server_s {
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
+    kvs_auth_t *auth;
     kvs_conn_group_t group; /* every client, under limits.* */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
@@ -183,21 +193,69 @@ static void on_turn_end(kvs_flusher_t *f)
 
 /* ---- clients ------------------------------------------------------------- */
 
+/* ---- identity ---------------------------------------------------------------- */
+
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    node_client_t *cl = arg;
+    kvs_msg_append_status(&cl->conn.out, status, "%s", msg);
+    if (close)
+        kvs_conn_close_after_flush(&cl->conn);
+    else
+        kvs_conn_resume(&cl->conn);
+    kvs_conn_queue(&cl->conn);
+}
+
+/* node_cmd's Auth hook, for the client being executed. */
+static int node_auth(void *arg, const Kvs__Auth *m, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    char msg[400];
+    uint32_t st = kvs_auth_begin(srv->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl, msg,
+                                 sizeof(msg), &cl->auth_close);
+    if (st == 0) {
+        kvs_conn_pause(&cl->conn); /* later requests run as whoever the Auth makes it */
+        return NODE_CMD_DEFERRED;
+    }
+    return kvs_msg_append_status(out, st, "%s", msg);
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    node_client_t *cl = c->data;
+    node_server_t *srv = cl->srv;
+    const char *who =
+        srv->auth != NULL ? kvs_auth_by_certificate(srv->auth, &cl->auth, c->tls) : NULL;
+    if (who != NULL)
+        kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
+    else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls))
+        kvs_warn("%s: its certificate names no user (users: in config.yaml; a router's node "
+                 "certificate needs one), so it may only Ping and Auth",
+                 c->peer);
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
     size_t before = c->out.len;
     srv->executing = cl;
+    srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
     int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
     srv->executing = NULL;
+    if (rc == NODE_CMD_DEFERRED)
+        return; /* no answer yet: nothing joins the batch */
     track_batch(cl, before);
     if (rc != 0) {
         kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
         kvs_conn_close(c);
         return;
     }
-    kvs_conn_queue(c);
+    if (cl->auth_close) /* Auth failed once too often */
+        kvs_conn_close_after_flush(c);
+    else
+        kvs_conn_queue(c);
 }
 
 static void on_conn_error(kvs_conn_t *c, int err)
@@ -236,6 +294,7 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
+    kvs_auth_conn_close(&cl->auth);
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
     if (cl->prev != NULL)
@@ -294,6 +353,7 @@ static void on_connection(uv_stream_t *server, int status)
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
+    cl->conn.on_ready = on_tls_ready;
     kvs_conn_join(&cl->conn, &srv->group);
     cl->next = srv->clients;
     if (srv->clients != NULL)
@@ -305,6 +365,9 @@ static void on_connection(uv_stream_t *server, int status)
                  : 0;
     if (rc == 0)
         rc = kvs_conn_accept(&cl->conn, server);
+    /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
+    kvs_auth_conn_init(&cl->auth, is_unix,
+                       srv->listener_tls[li] != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -338,9 +401,14 @@ static int add_listener(node_server_t *srv, const kvs_addr_t *a, kvs_tls_ctx_t *
     srv->n_listeners++;
     kvs_info("listening on %s%s", kvs_addr_format(a, text, sizeof(text)),
              srv->listener_tls[srv->n_listeners - 1] ? " (TLS)" : "");
-    if (!a->is_unix && tls == NULL && !kvs_addr_is_loopback(a))
-        kvs_warn("%s is not a loopback address and clients connect without TLS: anyone who can "
-                 "reach it can read and write this shard (see README, Security)",
+    if (!a->is_unix && tls == NULL && srv->auth == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address, clients connect without TLS and no users are "
+                 "configured: anyone who can reach it can read and write this shard (see README, "
+                 "Security)",
+                 text);
+    else if (!a->is_unix && tls == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address and clients connect without TLS: other hosts "
+                 "cannot authenticate (routers of other nodes included); enable tls.node",
                  text);
     return 0;
 }
@@ -357,6 +425,11 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
     srv->cmd.shard = o->shard;
+    srv->auth = o->auth;
+    if (o->auth != NULL) {
+        srv->cmd.on_auth = node_auth;
+        srv->cmd.auth_arg = srv;
+    }
     kvs_arena_init(&srv->cmd.arena);
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);

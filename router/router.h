@@ -5,6 +5,7 @@
 #ifndef ROUTER_H
 #define ROUTER_H
 
+#include "kvs_auth.h"
 #include "kvs_config.h"
 #include "kvs_conn.h"
 #include "kvs_msg.h"
@@ -30,6 +31,7 @@ struct router_s {
     int listening;
     kvs_tls_ctx_t *tls;      /* tls.router: the client listener's, or NULL */
     kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
+    kvs_auth_t *auth;        /* users, or NULL when none are configured */
     router_client_t *clients;
     size_t n_clients;
     kvs_arena_t arena;       /* request decode scratch, reset per request */
@@ -63,6 +65,11 @@ void router_client_req_done(router_client_t *cl, router_req_t *req);
 int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
                           size_t len);
 
+/* An Auth request `req` of `cl` (validated; `m` valid during the call):
+ * answered now or, once its token is checked, later; the client reads
+ * nothing more meanwhile. */
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m);
+
 /* ---- requests (router_route.c) --------------------------------------------- */
 
 /* A client request travelling through the router. The response is built in
@@ -71,6 +78,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
 struct router_req_s {
     router_t *router;
     router_client_t *client; /* NULL once the client is gone */
+    kvs_auth_conn_t *who;    /* its client's identity when users are configured, else NULL */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
     size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */

@@ -424,6 +424,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = tls_start(&m);
+    if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m.r.auth)) != 0) {
+        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        rc = 1;
+    }
     if (rc != 0) {
         kvs_config_free(cfg);
         return rc;
@@ -440,6 +444,7 @@ int main(int argc, char **argv)
     uv_loop_close(m.r.loop);
     kvs_tls_ctx_free(m.r.tls);
     kvs_tls_ctx_free(m.r.link_tls);
+    kvs_auth_free(m.r.auth);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);

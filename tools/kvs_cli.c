@@ -32,6 +32,12 @@
  * Options must come before the command, so that a value such as -5 is never
  * taken for an option.
  *
+ * Authentication: with --user (and --token, or the environment variable
+ * KVS_TOKEN, which stays out of `ps`), every new connection sends Auth
+ * first, as redis-cli does with -a; `auth USER TOKEN` does it by hand in a
+ * session. `hash-token` talks to no server: it prints the stored form of a
+ * token (kvs_token) for the `users:` section of config.yaml.
+ *
  * `keyslot TABLE KEY` talks to no server: it computes the partition and
  * shard of a key from the node's config (`--config FILE`, the file
  * kvs-router runs with) with the same kvs_place functions the router uses,
@@ -44,6 +50,7 @@
 #include "kvs_frame.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
+#include "kvs_token.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -92,9 +99,10 @@ typedef struct cli_s {
     int use_tls;     /* --tls */
     const char *cacert, *cert, *key;
     int insecure;
-    char name[400];          /* "127.0.0.1:9527" or "unix:/path", for messages */
-    const char *config_path; /* --config, for keyslot */
-    kvs_config_t *cfg;       /* loaded on first use */
+    const char *user, *token; /* --user, --token (or KVS_TOKEN): Auth on every connection */
+    char name[400];           /* "127.0.0.1:9527" or "unix:/path", for messages */
+    const char *config_path;  /* --config, for keyslot */
+    kvs_config_t *cfg;        /* loaded on first use */
     kvs_arena_t arena;
     kvs_arena_t reply;
 } cli_t;
@@ -252,17 +260,46 @@ static void report_io_error(const cli_t *c, int rc, const char *why)
         fprintf(stderr, "kvs-cli: %s: %s\n", c->name, strerror(-rc));
 }
 
-/* Connects if needed, sends `req` and decodes the response into c->reply
- * memory (valid until the next call). Returns 0, or CLI_USAGE after saying
- * what went wrong; the connection is dropped then, and the next call
- * reconnects. */
+/* --user: authenticates a new connection. Returns 0, CLI_FAILED (the
+ * server refused: said why), or an exchange error with why set. */
+static int cli_auth(cli_t *c, char *why, size_t len)
+{
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Auth m = KVS__AUTH__INIT;
+    Kvs__CommandResponse *r;
+    m.user = (char *)c->user;
+    m.token = (char *)(c->token != NULL ? c->token : "");
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_AUTH;
+    req.auth = &m;
+    int rc = exchange(c, &req, &r, why, len);
+    if (rc != 0 || r->status == KVS_STATUS_OK)
+        return rc;
+    fflush(stdout);
+    fprintf(stderr, "kvs-cli: %s: authentication as \"%s\" failed: %" PRIu32 " %s\n", c->name,
+            c->user, r->status, r->message);
+    return CLI_FAILED;
+}
+
+/* Connects if needed (and authenticates, with --user), sends `req` and
+ * decodes the response into c->reply memory (valid until the next call).
+ * Returns 0, CLI_FAILED when authentication was refused, or CLI_USAGE
+ * after saying what went wrong; the connection is dropped then, and the
+ * next call reconnects. */
 static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **resp)
 {
-    kvs_arena_reset(&c->reply);
-    if (c->net.fd < 0 && cli_connect(c) != 0)
-        return CLI_USAGE;
     char why[160] = "";
-    int rc = exchange(c, req, resp, why, sizeof(why));
+    int rc = 0;
+    kvs_arena_reset(&c->reply);
+    if (c->net.fd < 0) {
+        if (cli_connect(c) != 0)
+            return CLI_USAGE;
+        if (c->user != NULL && (rc = cli_auth(c, why, sizeof(why))) == CLI_FAILED) {
+            cli_disconnect(c);
+            return CLI_FAILED;
+        }
+    }
+    if (rc == 0)
+        rc = exchange(c, req, resp, why, sizeof(why));
     if (rc == 0)
         return 0;
     fflush(stdout);
@@ -1006,6 +1043,75 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     return CLI_OK;
 }
 
+/* auth USER TOKEN. */
+static int build_auth(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    Kvs__Auth *m = cli_new(c, &kvs__auth__descriptor);
+    int rc = arg_string(c, "user name", argv[0], &m->user);
+    if (rc == 0)
+        rc = arg_string(c, "token", argv[1], &m->token);
+    req->auth = m;
+    req->command_case = cmd->cc;
+    return rc;
+}
+
+/* The token to hash: the argument, or (none, or "-") stdin's first line. */
+static int token_text(const cli_arg_t *argv, int argc, char *buf, size_t cap, size_t *len)
+{
+    if (argc >= 1 && !arg_is(argv[0], "-")) {
+        if (argv[0].len >= cap)
+            return -1;
+        memcpy(buf, argv[0].p, argv[0].len);
+        *len = argv[0].len;
+        return 0;
+    }
+    if (fgets(buf, (int)cap, stdin) == NULL)
+        return -1;
+    *len = strcspn(buf, "\r\n");
+    return 0;
+}
+
+/* hash-token [TOKEN|- [ITERATIONS]]: the stored form of a token. */
+static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char token[KVS_TOKEN_MAX + 2], text[KVS_TOKEN_TEXT];
+    size_t len = 0;
+    uint64_t iterations = KVS_TOKEN_ITERATIONS;
+    kvs_token_hash_t h;
+    (void)cmd;
+    (void)c;
+    if (argc >= 2) {
+        char num[16];
+        char *end;
+        snprintf(num, sizeof(num), "%.*s", (int)(argv[1].len < 15 ? argv[1].len : 15), argv[1].p);
+        iterations = strtoull(num, &end, 10);
+        if (*end != '\0' || argv[1].len > 15 || iterations < KVS_TOKEN_MIN_ITERATIONS ||
+            iterations > KVS_TOKEN_MAX_ITERATIONS) {
+            fprintf(stderr, "kvs-cli: hash-token: ITERATIONS must be a number from %u to %u\n",
+                    KVS_TOKEN_MIN_ITERATIONS, KVS_TOKEN_MAX_ITERATIONS);
+            return CLI_USAGE;
+        }
+    }
+    if (token_text(argv, argc, token, sizeof(token), &len) != 0 || len == 0 ||
+        len > KVS_TOKEN_MAX || memchr(token, '\0', len) != NULL ||
+        !utf8_valid((const unsigned char *)token, len)) {
+        fprintf(stderr,
+                "kvs-cli: hash-token: give a token of 1 to %u bytes of UTF-8 text, as "
+                "the argument or on stdin\n",
+                KVS_TOKEN_MAX);
+        return CLI_USAGE;
+    }
+    int rc = kvs_token_make(token, len, (uint32_t)iterations, &h);
+    explicit_bzero(token, sizeof(token));
+    if (rc != 0 || kvs_token_format(&h, text, sizeof(text)) != 0) {
+        fprintf(stderr, "kvs-cli: hash-token: cannot hash: %s\n", kvs_strerror(rc));
+        return CLI_USAGE;
+    }
+    puts(text);
+    return CLI_OK;
+}
+
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
 
 static const cli_cmd_t commands[] = {
@@ -1037,6 +1143,11 @@ static const cli_cmd_t commands[] = {
      CC(INFO), build_info, SHAPE_PAIRS, run_simple},
     {"keyslot", "TABLE KEY", "the partition and shard of KEY (from --config; no server asked)", 2,
      2, 1, CC(_NOT_SET), NULL, SHAPE_VALUE, run_keyslot},
+    {"auth", "USER TOKEN", "authenticate this connection as USER", 2, 2, 1, CC(AUTH), build_auth,
+     SHAPE_PING, run_simple},
+    {"hash-token", "[TOKEN|- [ITERATIONS]]",
+     "print the hash of TOKEN (default: stdin) for config.yaml users (no server asked)", 0, 2, 1,
+     CC(_NOT_SET), NULL, SHAPE_VALUE, run_hash_token},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1276,6 +1387,9 @@ static void usage(FILE *f)
                "  --cert FILE        client certificate (PEM), for servers that ask for one\n"
                "  --key FILE         its private key (default: --cert, if the file holds both)\n"
                "  --insecure         do not verify the server's certificate (testing only)\n"
+               "  --user NAME        authenticate every connection as NAME (Auth)\n"
+               "  --token TOKEN      its token (default: the environment variable KVS_TOKEN,\n"
+               "                     which other users cannot see in ps)\n"
                "  --config FILE      the node's config.yaml, for keyslot (no server needed)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
@@ -1362,6 +1476,12 @@ static int apply_option(cli_t *c, int ch, const char *arg)
         c->insecure = 1;
         c->use_tls = 1;
         return -1;
+    case 'U':
+        c->user = arg;
+        return -1;
+    case 'O':
+        c->token = arg;
+        return -1;
     case 'h':
         usage(stdout);
         return CLI_OK;
@@ -1399,6 +1519,8 @@ static int parse_options(cli_t *c, int argc, char **argv)
                                          {"cert", required_argument, NULL, 'E'},
                                          {"key", required_argument, NULL, 'K'},
                                          {"insecure", no_argument, NULL, 'I'},
+                                         {"user", required_argument, NULL, 'U'},
+                                         {"token", required_argument, NULL, 'O'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"string", no_argument, NULL, VT_STRING + 1000},
@@ -1415,6 +1537,8 @@ static int parse_options(cli_t *c, int argc, char **argv)
         if (rc >= 0)
             return rc;
     }
+    if (c->user != NULL && c->token == NULL)
+        c->token = getenv("KVS_TOKEN");
     if (c->socket != NULL)
         snprintf(c->name, sizeof(c->name), "unix:%s", c->socket);
     else if (strchr(c->host, ':') != NULL)

@@ -103,6 +103,13 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 0;
 }
 
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
+{
+    (void)cl;
+    (void)m;
+    router_req_finish_status(req, 599, "test: no Auth here");
+}
+
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     CHECK(cl == CLIENT);
