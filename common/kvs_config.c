@@ -1491,6 +1491,13 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
     return rc;
 }
 
+int kvs_config_secret_key(const char *key)
+{
+    size_t n = strlen(key);
+    return strncmp(key, "sasl.", 5) == 0 || strncmp(key, "ssl.key.", 8) == 0 ||
+           (n >= 9 && strcmp(key + n - 9, ".password") == 0);
+}
+
 void kvs_config_free(kvs_config_t *cfg)
 {
     if (cfg == NULL)

@@ -248,6 +248,12 @@ const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *t
 /* The remote entry for `shard`, or NULL when the shard is local. */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
 
+/* True for a kafka.properties key whose value is a secret and must never
+ * be logged or shown: *.password, sasl.*, ssl.key.* (librdkafka's
+ * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
+ * sasl.oauthbearer.client.secret, ...). */
+int kvs_config_secret_key(const char *key);
+
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);
 

@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define READ_SIZE 65536
@@ -1115,7 +1116,11 @@ static int listen_unix(uv_loop_t *loop, const kvs_addr_t *a, kvs_listener_t *l)
      * caller holds the lock that makes this path ours, so remove it. */
     if (unlink(a->path) != 0 && errno != ENOENT)
         return -errno;
-    return uv_pipe_bind(&l->pipe, a->path);
+    rc = uv_pipe_bind(&l->pipe, a->path);
+    /* The node's user only (its directory is private too). */
+    if (rc == 0 && chmod(a->path, 0600) != 0)
+        return -errno;
+    return rc;
 }
 
 int kvs_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t *l, uv_connection_cb cb)

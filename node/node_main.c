@@ -19,8 +19,9 @@
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement, librdkafka refuses a kafka.properties entry,
- * or a bound topic's partition count differs from the configured one. 1
+ * another shard or placement or every user may write to it, TLS material
+ * does not load, librdkafka refuses a kafka.properties entry, or a bound
+ * topic's partition count differs from the configured one. 1
  * for anything that may pass by itself (a port in use, a data directory
  * locked by a worker still stopping, brokers, disks). With --report-fd N
  * the reason for an EX_CONFIG exit is also written to fd N (one line), so
@@ -343,6 +344,8 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
         snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
+    if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
+        return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
     node_store_opts_t so = {
         .dir = dir,
         .shard = (uint32_t)shard,

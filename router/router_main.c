@@ -28,9 +28,10 @@
  * the readiness timeout, a worker's fatal exit, a failed start), and each
  * step runs once: draining, then stopping links and workers. Exit status:
  * 0 after a signal, 1 when the node could not start (or listen), 2 for a
- * bad command line, 78 (EX_CONFIG) for a config file that does not load or
- * when a worker reported that its configuration can never work (its
- * message is the router's last log line).
+ * bad command line, 78 (EX_CONFIG) for a config file that does not load
+ * (TLS material that does not load included), a data directory other
+ * users may write to, or when a worker reported that its configuration can
+ * never work (its message is the router's last log line).
  */
 #include "kvs_config.h"
 #include "kvs_err.h"
@@ -103,14 +104,19 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     return 0;
 }
 
-/* One router per data directory: an flock held for the process's life. */
+/* One router per data directory: an flock held for the process's life.
+ * Returns 0, 1, or EX_CONFIG for a data directory others may write to. */
 static int take_lock(const kvs_config_t *cfg)
 {
-    char path[4200];
+    char path[4200], why[4400];
     int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return rc;
+        return 1;
+    }
+    if (kvs_fs_check_private(cfg->data_dir, why, sizeof(why)) != 0) {
+        kvs_error("%s", why);
+        return EX_CONFIG;
     }
     snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
     int fd = kvs_lock_file(path);
@@ -120,7 +126,7 @@ static int take_lock(const kvs_config_t *cfg)
                   cfg->data_dir, path);
     else if (fd < 0)
         kvs_error("%s: cannot open: %s", path, kvs_strerror(fd));
-    return fd < 0 ? fd : 0; /* fd stays open (and locked) until exit */
+    return fd < 0 ? 1 : 0; /* fd stays open (and locked) until exit */
 }
 
 static void shutdown_begin(router_main_t *m, int exit_code);
@@ -419,11 +425,12 @@ int main(int argc, char **argv)
     kvs_log_level_parse(cfg->log_level, &level);
     kvs_log_set_level(level);
     m.r.cfg = cfg;
-    if (take_lock(cfg) != 0) {
+    int rc = take_lock(cfg);
+    if (rc != 0) {
         kvs_config_free(cfg);
-        return 1;
+        return rc;
     }
-    int rc = tls_start(&m);
+    rc = tls_start(&m);
     if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m.r.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         rc = 1;

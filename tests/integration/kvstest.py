@@ -462,7 +462,7 @@ class Node(Managed):
     tls = None  # a client ssl.SSLContext for the TCP listener (tls.node), or None
 
     def __init__(self, sync="batch", max_frame=None, extra_yaml="", storage=None, start=True,
-                 tls=None):
+                 tls=None, log_level="info"):
         self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="kvs-it-")
         self.data_dir = os.path.join(self.dir, "data")
@@ -479,7 +479,7 @@ class Node(Managed):
             "cluster: {shards: 1, partitions: 8}",
             "storage: {%s}" % ", ".join("%s: %s" % kv for kv in
                                         [("sync", sync)] + sorted((storage or {}).items())),
-            "log: {level: info}",
+            "log: {level: %s}" % log_level,
         ]
         if max_frame is not None:
             lines.append("limits: {max_frame: %s}" % max_frame)

@@ -6,6 +6,7 @@ with the openssl command; clients are Python's ssl module (a second TLS
 implementation), `openssl s_client` (a third) and kvs-cli / kvs-bench
 (kvs's own). Every server runs on loopback, every wait is bounded.
 """
+import json
 import os
 import re
 import shutil
@@ -332,3 +333,93 @@ class TlsClusterTest(RouterTestCase):
             self.assertIn("shard 0", r.message)
             self.assertIn("TLS with the worker failed", r.message)
         self.assertIn("certificate has expired", a.stderr())
+
+
+class KafkaSecretsTest(NodeTestCase):
+    """kafka.properties carries the brokers' SSL and SASL settings to
+    librdkafka; secrets in it never reach a log line or Info."""
+
+    SECRETS = ("pw-s3cret-sasl", "pw-s3cret-key")
+
+    def kafka_yaml(self, **props):
+        base = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                "sasl.username": "kvs", "sasl.password": self.SECRETS[0],
+                "ssl.ca.location": cert_path("ca.crt"),
+                "ssl.certificate.location": cert_path("node.crt"),
+                "ssl.key.location": cert_path("node.key"),
+                "ssl.key.password": self.SECRETS[1], "debug": "security,conf,broker"}
+        base.update(props)
+        return ("kafka:\n  brokers: \"127.0.0.1:1\"\n  bindings: [{topic: t, table: t}]\n"
+                "  properties:\n" + "".join('    %s: "%s"\n' % kv for kv in base.items()))
+
+    def test_ssl_and_sasl_settings_are_accepted_and_never_logged(self):
+        n = self.node(extra_yaml=self.kafka_yaml(), log_level="debug")
+        with n.client(unix=True) as c:
+            self.assertEqual(c.ping().message, "PONG")
+            info = c.call(_info())
+            self.assertOk(info)
+        time.sleep(1.0)  # librdkafka tries the (absent) broker meanwhile, logging at debug
+        log = n.stderr()
+        self.assertIn("kafka", log)
+        for s in self.SECRETS:
+            self.assertNotIn(s, log)
+            self.assertFalse(any(s.encode() in p.key for p in info.pairs))
+
+    def test_a_refused_secret_is_named_but_not_shown(self):
+        n = self.node(extra_yaml=self.kafka_yaml(**{"sasl.oauthbearer.method": "pw-s3cret-x"}),
+                      start=False)
+        p = subprocess.run([n.exe, "--config", n.config, "--shard", "0"], capture_output=True,
+                           timeout=20)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn(b"kafka property sasl.oauthbearer.method: librdkafka refused its value "
+                      b"(not shown", p.stderr)
+        self.assertNotIn(b"s3cret", p.stderr)
+
+
+class PrivateFilesTest(RouterTestCase):
+    """The data directory and what is in it are the node user's alone."""
+
+    def test_data_dir_shards_and_sockets_are_private(self):
+        r = self.router(shards=2, partitions=8)
+        mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+        self.assertEqual(mode(r.data_dir), 0o700)
+        self.assertEqual(mode(os.path.join(r.data_dir, "router.lock")), 0o600)
+        for s in range(2):
+            self.assertEqual(mode(r.socket_path(s)), 0o600, "shard-%d.sock" % s)
+            shard = os.path.join(r.data_dir, "shard-%d" % s)
+            self.assertEqual(mode(shard), 0o700)
+            self.assertEqual(mode(os.path.join(shard, "data.mdb")), 0o600)
+
+    def test_world_writable_data_dir_is_refused(self):
+        r = self.router(shards=1, partitions=8, start=False)
+        os.makedirs(r.data_dir)
+        os.chmod(r.data_dir, 0o777)
+        p = r.spawn()
+        self.assertEqual(p.wait(10), 78)
+        self.assertIn("is writable by every user (mode 0777)", r.stderr())
+        self.assertEqual(os.listdir(r.data_dir), [])  # nothing was created in it
+        w = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config, "--shard",
+                            "0"], capture_output=True, timeout=10)
+        self.assertEqual(w.returncode, 78)
+        self.assertIn(b"is writable by every user", w.stderr)
+
+
+class TlsLoadTest(RouterTestCase):
+    def test_load_over_tls_keeps_the_router_healthy(self):
+        r = self.router(shards=2, partitions=8, tls=tls_context(),
+                        extra_yaml=tls_yaml(router={"enabled": "true"}))
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-bench"), "-p", str(r.port), "--tls",
+                            "--cacert", cert_path("ca.crt"), "-c", "16", "-n", "20000", "-P",
+                            "16", "-d", "300", "-t", "hset,hget,hmget,mixed,ping", "--json"],
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        runs = [json.loads(line) for line in p.stdout.decode().splitlines()]
+        self.assertEqual([x["test"] for x in runs], ["hset", "hget", "hmget", "mixed", "ping"])
+        for x in runs:
+            self.assertEqual(x["errors"], 0, x)
+            self.assertEqual(x["requests"], 20000, x)
+        self.assertTrue(r.alive())
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertEqual(log_lines(r.stderr(), "WARN|ERROR"), [])
+        self.assertEqual(r.stop(), 0)

@@ -881,8 +881,28 @@ KVS_TEST(users_and_their_grants)
                 "config.yaml:1:8: users: expected a list of {name, token, allow}, got a mapping");
 }
 
+KVS_TEST(secret_kafka_properties)
+{
+    static const char *const secret[] = {"sasl.password",         "sasl.username",
+                                         "sasl.mechanism",        "sasl.oauthbearer.client.secret",
+                                         "ssl.key.password",      "ssl.key.pem",
+                                         "ssl.keystore.password", "x.password"};
+    static const char *const open[] = {"bootstrap.servers",
+                                       "security.protocol",
+                                       "ssl.ca.location",
+                                       "ssl.certificate.pem",
+                                       "password",
+                                       "ssl.keystore.location",
+                                       "debug"};
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+        CHECK(kvs_config_secret_key(secret[i]));
+    for (size_t i = 0; i < sizeof(open) / sizeof(open[0]); i++)
+        CHECK(!kvs_config_secret_key(open[i]));
+}
+
 KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
-              KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_empty_string),
+              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_remote_and_router_keys),
+              KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
