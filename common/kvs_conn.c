@@ -53,6 +53,7 @@
 #include <unistd.h>
 
 #define READ_SIZE 65536
+#define TLS_RECORD 16384 /* most plaintext one TLS record holds: decrypted one at a time */
 #define SWEEP_MS 1000
 
 _Static_assert(KVS_CONN_MAX_WRITE <= UINT32_MAX, "a write must fit uv_buf_t's unsigned length");
@@ -704,11 +705,11 @@ static int conn_tls_decrypt(kvs_conn_t *c)
     for (;;) {
         uint8_t *base;
         size_t len, got;
-        if (!conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, READ_SIZE))) {
+        if (!conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, TLS_RECORD))) {
             conn_over_budget(c);
             return KVS_ELIMIT;
         }
-        if (kvs_frame_dec_space(&c->dec, READ_SIZE, &base, &len) != 0)
+        if (kvs_frame_dec_space(&c->dec, TLS_RECORD, &base, &len) != 0)
             return -ENOMEM;
         conn_charge(c, c->dec.cap);
         int rc = kvs_tls_read(c->tls, base, len, &got);

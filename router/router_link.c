@@ -10,8 +10,10 @@
  *  - A kvs_conn belongs to one connection attempt; it is heap memory freed
  *    in its close callback, so a broken connection can be dropped while the
  *    link immediately starts another.
- *  - One timer serves two purposes: while down it is the reconnect backoff,
- *    while up it fires at the oldest request's deadline.
+ *  - One timer serves three purposes: while down it is the reconnect
+ *    backoff, during a TLS handshake its deadline (router.timeout: a worker
+ *    that accepts but never answers must not hold the link forever), while
+ *    up it fires at the oldest request's deadline.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
  *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
@@ -113,6 +115,7 @@ static void link_down(router_link_t *l, const char *why)
         l->conn = NULL;
     }
     l->up = 0;
+    l->handshaking = 0;
     if (was_up)
         kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
     fail_all(l, why);
@@ -152,10 +155,12 @@ static void on_conn_error(kvs_conn_t *c, int err)
 static void link_up(router_link_t *l)
 {
     link_forget_addrs(l);
+    l->handshaking = 0;
     l->up = 1;
     l->backoff_ms = BACKOFF_MIN_MS;
     l->last_error[0] = '\0';
     kvs_info("link to shard %u (%s) up%s", l->shard, l->addr_text, l->tls ? " (TLS)" : "");
+    link_arm_timer(l); /* ends a handshake deadline */
     if (l->on_state != NULL)
         l->on_state(l, 1);
 }
@@ -183,8 +188,12 @@ static void on_connected(uv_connect_t *req, int status)
             link_retry(l); /* the name's next address, or later */
         return;
     }
-    if (c->tls == NULL)
+    if (c->tls == NULL) {
         link_up(l);
+        return;
+    }
+    l->handshaking = 1;
+    link_arm_timer(l);
 }
 
 /* Starts a connection to `sa` (NULL for the unix socket). On failure the
@@ -307,6 +316,15 @@ static void on_timer(uv_timer_t *t)
     router_link_t *l = t->data;
     if (l->stopping)
         return;
+    if (l->handshaking) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "the TLS handshake with the worker did not complete within router.timeout "
+                 "(%llu ms)",
+                 (unsigned long long)l->timeout_ms);
+        link_down(l, why);
+        return;
+    }
     if (!l->up) {
         if (!l->connecting && !l->resolving && l->conn == NULL)
             link_connect(l);
@@ -328,6 +346,10 @@ static void link_arm_timer(router_link_t *l)
 {
     if (l->stopping)
         return;
+    if (l->handshaking) {
+        uv_timer_start(&l->timer, on_timer, l->timeout_ms, 0);
+        return;
+    }
     if (!l->up) {
         if (l->connecting || l->resolving)
             return;

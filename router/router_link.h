@@ -50,6 +50,7 @@ struct router_link_s {
     struct addrinfo *ai_list; /* the last lookup's addresses, while trying them */
     struct addrinfo *ai_next; /* the next one to try, or NULL */
     int connecting;
+    int handshaking; /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
     int stopping;
     uv_timer_t timer; /* reconnect backoff, and request deadlines */
@@ -71,7 +72,8 @@ struct router_link_s {
 /* Initializes and starts connecting (a host name is resolved
  * asynchronously, again at every reconnect). With `tls` (a client context,
  * which must outlive the link) every connection is TLS and the link is up
- * once the handshake completed. Returns 0 or a uv error. */
+ * once the handshake completed, which must happen within `timeout_ms`.
+ * Returns 0 or a uv error. */
 int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
                       uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
                       kvs_tls_ctx_t *tls, router_link_reply_cb on_reply,

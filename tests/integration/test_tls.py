@@ -305,8 +305,35 @@ class TlsClusterTest(RouterTestCase):
             with Client(("127.0.0.1", base_a), tls=tls_context(), timeout=FAST) as c:
                 c.ping()
         self.assertEqual(shard_of(keys[0], PARTITIONS, SHARDS), 0)
+        # SIGHUP reaches the router and, through it, its workers.
+        os.kill(a.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while (len(log_lines(a.stderr(), r"node\[\d\].*tls.node certificate, key and CA "
+                             r"reloaded")) < 2 and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.assertIn("tls.link: certificate, key and CA reloaded", a.stderr())
+        self.assertEqual(len(log_lines(a.stderr(), r"node\[[01]\].*tls.node certificate, key "
+                                       r"and CA reloaded")), 2, a.stderr())
+        with a.client() as ca:
+            self.assertOk(ca.hmget("two", keys))
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
+
+    def test_a_worker_that_never_answers_the_handshake_does_not_hold_the_link(self):
+        mute = socket.socket()
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(16)  # the kernel accepts; nobody ever answers
+        self.addCleanup(mute.close)
+        a = self.router(shards=2, partitions=8, timeout="1s",
+                        remote={1: "127.0.0.1:%d" % mute.getsockname()[1]},
+                        extra_yaml=tls_yaml(link={"enabled": "true"}))
+        k = keys_by_shard("k", 1, 8, 2)[1][0]
+        time.sleep(1.5)
+        with a.client() as c:
+            r = c.call(req_hget("t", k))
+        self.assertEqual(r.status, 503, r.message)
+        self.assertIn("TLS handshake with the worker did not complete within router.timeout",
+                      r.message)
 
     def test_link_without_client_certificate_is_refused_by_the_worker(self):
         base_a = free_port_range(2)
