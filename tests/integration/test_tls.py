@@ -436,7 +436,7 @@ class TlsLoadTest(RouterTestCase):
         r = self.router(shards=2, partitions=8, tls=tls_context(),
                         extra_yaml=tls_yaml(router={"enabled": "true"}))
         p = subprocess.run([os.path.join(BUILD_DIR, "kvs-bench"), "-p", str(r.port), "--tls",
-                            "--cacert", cert_path("ca.crt"), "-c", "16", "-n", "20000", "-P",
+                            "--cacert", cert_path("ca.crt"), "-c", "8", "-n", "5000", "-P",
                             "16", "-d", "300", "-t", "hset,hget,hmget,mixed,ping", "--json"],
                            capture_output=True, timeout=120)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -444,7 +444,7 @@ class TlsLoadTest(RouterTestCase):
         self.assertEqual([x["test"] for x in runs], ["hset", "hget", "hmget", "mixed", "ping"])
         for x in runs:
             self.assertEqual(x["errors"], 0, x)
-            self.assertEqual(x["requests"], 20000, x)
+            self.assertEqual(x["requests"], 5000, x)
         self.assertTrue(r.alive())
         with r.client() as c:
             self.assertEqual(c.ping().message, "PONG")
