@@ -8,8 +8,8 @@
  * document only). A fresh config is first filled with the defaults, which are
  * written in the table as text and parsed by the same setters as the file's
  * values, so a default can never be out of its own range. The walk then
- * visits the top-level mapping; a key that is a section ("cluster") recurses
- * one level, a key that is a directive ("cluster.shards") is set, anything
+ * visits the top-level mapping; a key that is a section ("cluster", or
+ * "tls.router") recurses, a key that is a directive ("cluster.shards") is set, anything
  * else is an unknown key. Cross-key rules (partitions >= shards, ...) are
  * checked last, pointing at the value the user wrote.
  *
@@ -31,6 +31,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
+#include "kvs_token.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -56,9 +57,11 @@ typedef enum {
     D_SIZE,       /* uint64_t bytes in [min, max] */
     D_DURATION,   /* uint64_t milliseconds in [min, max] */
     D_ENUM,       /* one of names (case-insensitive): int index, or F_TEXT: char * */
+    D_BOOL,       /* int 0/1: true/false, yes/no, on/off */
     D_BINDINGS,   /* kafka.bindings list */
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
+    D_USERS,      /* users list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
@@ -80,6 +83,8 @@ static const char *const sync_names[] = {"full", "batch", "none", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
 static const char *const format_names[] = {"raw", "string", "value", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
+static const char *const version_names[] = {"TLS1.2", "TLS1.3", NULL};
+static const char *const client_cert_names[] = {"none", "optional", "require", NULL};
 
 _Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
                "sync_names order must match kvs_sync_t");
@@ -89,6 +94,9 @@ _Static_assert(KVS_LOG_TEXT == 0 && KVS_LOG_JSON == 1,
                "log_format_names order must match kvs_log_format_t");
 _Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(kvs_log_format_t) == sizeof(int), "enum fields are stored as int");
+_Static_assert(KVS_CLIENT_CERT_NONE == 0 && KVS_CLIENT_CERT_OPTIONAL == 1 &&
+                   KVS_CLIENT_CERT_REQUIRE == 2,
+               "client_cert_names order must match kvs_client_cert_t");
 
 #define OFF(field) offsetof(kvs_config_t, field)
 #define KIB 1024ull
@@ -123,6 +131,9 @@ static const directive_t directives[] = {
      "from 0 (never) to 1h", NULL, 0},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
      "at least 1MiB", NULL, 0},
+    {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, 0},
+    {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
+     NULL, NULL, 0},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
@@ -131,6 +142,33 @@ static const directive_t directives[] = {
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
      F_TEXT},
     {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, 0},
+    {"tls.cert", D_STRING, OFF(tls_cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.key", D_STRING, OFF(tls_key), "", 0, 0, NULL, NULL, 0},
+    {"tls.ca", D_STRING, OFF(tls_ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.min_version", D_ENUM, OFF(tls_min_version), "TLS1.2", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.max_version", D_ENUM, OFF(tls_max_version), "TLS1.3", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.ciphers", D_STRING, OFF(tls_ciphers), "", 0, 0, NULL, NULL, 0},
+    {"tls.ciphersuites", D_STRING, OFF(tls_ciphersuites), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.enabled", D_BOOL, OFF(tls_router.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.router.client_cert", D_ENUM, OFF(tls_router.client_cert), "none", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.router.cert", D_STRING, OFF(tls_router.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.key", D_STRING, OFF(tls_router.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.ca", D_STRING, OFF(tls_router.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.enabled", D_BOOL, OFF(tls_node.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.node.client_cert", D_ENUM, OFF(tls_node.client_cert), "require", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.node.cert", D_STRING, OFF(tls_node.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.key", D_STRING, OFF(tls_node.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.ca", D_STRING, OFF(tls_node.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.enabled", D_BOOL, OFF(tls_link.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.link.cert", D_STRING, OFF(tls_link.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.key", D_STRING, OFF(tls_link.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.ca", D_STRING, OFF(tls_link.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.verify_host", D_BOOL, OFF(tls_link.verify_host), "true", 0, 0, NULL, NULL, 0},
+    {"users", D_USERS, 0, NULL, 0, 0, NULL, NULL, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
@@ -475,6 +513,16 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     return 0;
 }
 
+static int set_bool(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    static const char *const names[] = {"false", "true", "no", "yes", "off", "on", NULL};
+    int i = match_word(names, text);
+    if (i < 0)
+        return cfg_error(ctx, m, "%s must be true or false (got \"%.80s\")", d->path, text);
+    *(int *)field(ctx, d) = i % 2;
+    return 0;
+}
+
 static int set_enum(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     int i = match_word(d->names, text);
@@ -501,6 +549,8 @@ static int set_value(cfg_ctx_t *ctx, const directive_t *d, const char *text, con
         return set_u64(ctx, d, text, m);
     case D_ENUM:
         return set_enum(ctx, d, text, m);
+    case D_BOOL:
+        return set_bool(ctx, d, text, m);
     default:
         assert(0 && "not a scalar directive");
         return KVS_EINVAL;
@@ -518,6 +568,8 @@ static const char *expected(const directive_t *d)
         return "a duration such as 1s";
     case D_LISTEN:
         return "HOST:PORT";
+    case D_BOOL:
+        return "true or false";
     default:
         return "a string";
     }
@@ -864,6 +916,168 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard)
     return NULL;
 }
 
+/* ---- users ------------------------------------------------------------------ */
+
+#define KVS_USER_NAME_MAX 255
+
+/* Names are matched against certificate names: printable text, no control
+ * characters (so a log line naming a user is one line). */
+static const char *user_name_problem(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0)
+        return "must not be empty";
+    if (len > KVS_USER_NAME_MAX)
+        return "must be at most 255 bytes";
+    for (const unsigned char *p = (const unsigned char *)n; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return "must not contain control characters";
+    return NULL;
+}
+
+static int grant_right(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, unsigned *rights)
+{
+    static const char *const words[] = {"read", "write", "admin", NULL};
+    const char *text = NULL;
+    int rc = scalar_value(ctx, val, path, "read, write or admin", &text);
+    if (rc != 0)
+        return rc;
+    int i = match_word(words, text);
+    if (i < 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: \"%.40s\" is not a right (read, write or admin)", path, text);
+    *rights |= 1u << i;
+    return 0;
+}
+
+/* One `pattern: rights` entry of a user's allow mapping. */
+static int parse_grant(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                       const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *pat = scalar_text(key);
+    char path[300];
+    snprintf(path, sizeof(path), "%s.allow[\"%.200s\"]", label, pat);
+    if (pat[0] == '\0' || strlen(pat) > 2 * KVS_TABLE_NAME_MAX)
+        return cfg_error(ctx, &key->start_mark,
+                         "%s.allow: a table pattern must be 1 to 400 bytes (\"*\" is every "
+                         "table)",
+                         label);
+    kvs_grant_t *g = &u->grants[u->n_grants++];
+    if (store_string(ctx, &g->pattern, pat) != 0)
+        return -ENOMEM;
+    if (val->type != YAML_SEQUENCE_NODE)
+        return grant_right(ctx, path, val, &g->rights);
+    for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top;
+         it++) {
+        int rc = grant_right(ctx, path, node_at(ctx, *it), &g->rights);
+        if (rc != 0)
+            return rc;
+    }
+    if (g->rights == 0)
+        return cfg_error(ctx, &val->start_mark, "%s: give at least one right", path);
+    return 0;
+}
+
+static int parse_allow(cfg_ctx_t *ctx, const char *label, kvs_user_t *u, const yaml_node_t *map)
+{
+    if (is_null(map))
+        return 0;
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &map->start_mark,
+                         "%s.allow: expected a mapping of table pattern to rights, as in "
+                         "{\"orders*\": [read, write]}, got %s",
+                         label, describe(ctx, map));
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    u->grants = calloc(n ? n : 1, sizeof(*u->grants));
+    if (u->grants == NULL)
+        return cfg_oom(ctx);
+    char where[48];
+    snprintf(where, sizeof(where), "%s.allow", label);
+    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        int rc = check_key(ctx, map, p, where);
+        if (rc == 0)
+            rc = parse_grant(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int user_field(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                      const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text = NULL, *why;
+    char path[64];
+    kvs_token_hash_t h;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "allow") == 0)
+        return parse_allow(ctx, label, u, val);
+    if (strcmp(k, "name") != 0 && strcmp(k, "token") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "name") == 0) {
+        if ((why = user_name_problem(text)) != NULL)
+            return cfg_error(ctx, &val->start_mark, "%s %s", path, why);
+        return store_string(ctx, &u->name, text);
+    }
+    if (kvs_token_parse(text, &h, &why) != 0) /* never echo it: it may be a token itself */
+        return cfg_error(ctx, &val->start_mark, "%s: %s", path, why);
+    return store_string(ctx, &u->token, text);
+}
+
+static int parse_user(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[32];
+    snprintf(label, sizeof(label), "users[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {name, token, allow}, got %s", label,
+                         describe(ctx, item));
+    kvs_user_t *u = &ctx->cfg->users[ctx->cfg->n_users++];
+    for (const yaml_node_pair_t *p = item->data.mapping.pairs.start;
+         p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = user_field(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    if (u->name == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"name\"", label);
+    for (size_t j = 0; j + 1 < ctx->cfg->n_users; j++)
+        if (strcmp(ctx->cfg->users[j].name, u->name) == 0)
+            return cfg_error(ctx, &item->start_mark, "%s: user \"%s\" is already users[%zu]", label,
+                             u->name, j);
+    return 0;
+}
+
+static int set_users(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "users: expected a list of {name, token, allow}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->users = calloc(n, sizeof(kvs_user_t));
+    if (ctx->cfg->users == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_user(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- the walk ------------------------------------------------------------- */
 
 static const directive_t *find_directive(const char *path)
@@ -902,6 +1116,8 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_properties(ctx, val);
     if (d->type == D_REMOTE)
         return set_remote(ctx, val);
+    if (d->type == D_USERS)
+        return set_users(ctx, val);
     const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
@@ -935,7 +1151,7 @@ static int walk_pair(cfg_ctx_t *ctx, const char *section, const yaml_node_pair_t
         const directive_t *d = find_directive(path);
         if (d != NULL)
             return apply(ctx, d, val);
-        if (section == NULL && is_section(path))
+        if (is_section(path))
             return walk_section(ctx, path, val);
     }
     return unknown_key(ctx, key, section);
@@ -1077,6 +1293,59 @@ static int check_paths(cfg_ctx_t *ctx)
     return 0;
 }
 
+/* An endpoint's cert, key and ca default to tls.cert, tls.key, tls.ca. */
+static int inherit_tls(cfg_ctx_t *ctx, kvs_tls_endpoint_t *e)
+{
+    kvs_config_t *c = ctx->cfg;
+    char **own[] = {&e->cert, &e->key, &e->ca};
+    char *shared[] = {c->tls_cert, c->tls_key, c->tls_ca};
+    for (size_t i = 0; i < 3; i++)
+        if ((*own[i])[0] == '\0' && store_string(ctx, own[i], shared[i]) != 0)
+            return -ENOMEM;
+    return 0;
+}
+
+/* An enabled endpoint must have what its handshakes need. */
+static int check_endpoint(cfg_ctx_t *ctx, const char *name, kvs_tls_endpoint_t *e, int listener)
+{
+    char path[40];
+    snprintf(path, sizeof(path), "tls.%s.enabled", name);
+    const yaml_mark_t *m = &ctx->marks[directive_index(path)];
+    if (!e->enabled)
+        return 0;
+    if (e->cert[0] == '\0' || e->key[0] == '\0')
+        return cfg_error(ctx, m,
+                         "%s is true but there is no certificate and key: set tls.cert and "
+                         "tls.key (or tls.%s.cert and tls.%s.key)",
+                         path, name, name);
+    if (e->ca[0] == '\0' && (!listener || e->client_cert != KVS_CLIENT_CERT_NONE))
+        return cfg_error(ctx, m,
+                         "%s is true but there is no CA bundle to verify %s certificates with: "
+                         "set tls.ca (or tls.%s.ca)%s",
+                         path, listener ? "client" : "the workers'", name,
+                         listener ? ", or client_cert: none" : "");
+    return 0;
+}
+
+static int check_tls(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    if (c->tls_min_version > c->tls_max_version)
+        return cfg_error(ctx, &ctx->marks[directive_index("tls.min_version")],
+                         "tls.min_version is above tls.max_version");
+    int rc = 0;
+    kvs_tls_endpoint_t *eps[] = {&c->tls_router, &c->tls_node, &c->tls_link};
+    for (size_t i = 0; rc == 0 && i < 3; i++)
+        rc = inherit_tls(ctx, eps[i]);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "router", &c->tls_router, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "node", &c->tls_node, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "link", &c->tls_link, 0);
+    return rc;
+}
+
 /* ---- entry points ------------------------------------------------------------ */
 
 static int apply_defaults(cfg_ctx_t *ctx)
@@ -1111,6 +1380,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_paths(ctx);
     if (rc == 0)
         rc = check_limits(ctx);
+    if (rc == 0)
+        rc = check_tls(ctx);
     ctx->doc = NULL;
     yaml_document_delete(&doc);
     if (rc != 0)
@@ -1227,6 +1498,13 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
     return rc;
 }
 
+int kvs_config_secret_key(const char *key)
+{
+    size_t n = strlen(key);
+    return strncmp(key, "sasl.", 5) == 0 || strncmp(key, "ssl.key.", 8) == 0 ||
+           (n >= 9 && strcmp(key + n - 9, ".password") == 0);
+}
+
 void kvs_config_free(kvs_config_t *cfg)
 {
     if (cfg == NULL)
@@ -1250,6 +1528,14 @@ void kvs_config_free(kvs_config_t *cfg)
         free(cfg->kafka_properties[i].value);
     }
     free(cfg->kafka_properties);
+    for (size_t i = 0; i < cfg->n_users; i++) {
+        free(cfg->users[i].name);
+        free(cfg->users[i].token);
+        for (size_t j = 0; j < cfg->users[i].n_grants; j++)
+            free(cfg->users[i].grants[j].pattern);
+        free(cfg->users[i].grants);
+    }
+    free(cfg->users);
     free(cfg->path);
     free(cfg);
 }

@@ -49,6 +49,11 @@
  *     frame_timeout: 30s     a request frame must arrive whole within this
  *     input_buffers: 256MiB  memory all connections' incomplete frames may
  *                            hold together; >= max_frame
+ *     auth_failures: 3       failed Auth attempts on one connection before it
+ *                            is closed; 1..100
+ *     auth_failures_per_minute: 20   failed Auth attempts per client address
+ *                            per minute; beyond, Auth is refused unchecked
+ *                            until the minute is over; 1..100000
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
@@ -65,6 +70,36 @@
  *   log:
  *     level: info            debug | info | warn | error
  *     format: text           text | json (one JSON object per line)
+ *   tls:                     TLS material shared by the endpoints below
+ *     cert: ""               PEM certificate chain this node presents
+ *     key: ""                its PEM private key
+ *     ca: ""                 PEM CA bundle peers' certificates must chain to
+ *     min_version: TLS1.2    TLS1.2 | TLS1.3
+ *     max_version: TLS1.3
+ *     ciphers: <AEAD, ECDHE> TLS 1.2 cipher list (OpenSSL syntax)
+ *     ciphersuites: <AEAD>   TLS 1.3 suites
+ *     router:                the router's client listener (router.listen)
+ *       enabled: false
+ *       client_cert: none    none | optional | require
+ *       cert, key, ca: ""    this endpoint's own (default: tls.cert/key/ca)
+ *     node:                  workers' TCP listeners (node.listen)
+ *       enabled: false
+ *       client_cert: require
+ *       cert, key, ca: ""
+ *     link:                  the router's links to cluster.remote workers
+ *       enabled: false       (mutual TLS: needs a certificate, key and CA)
+ *       cert, key, ca: ""
+ *       verify_host: true    the worker's certificate must name the host
+ *                            of its cluster.remote address
+ *   users: []                - name: alice          (unique; a client
+ *                                                     certificate whose CN or
+ *                                                     SAN is this name is alice)
+ *                              token: pbkdf2-sha256$...   (kvs-cli hash-token;
+ *                                                     none: certificate only)
+ *                              allow: {"orders*": [read, write], "*": read}
+ *                            rights on table patterns (fnmatch globs): read,
+ *                            write, admin. With no users, every client may
+ *                            do everything.
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -105,6 +140,41 @@ typedef struct kvs_kv_s {
     char *value;
 } kvs_kv_t;
 
+typedef enum {
+    KVS_CLIENT_CERT_NONE = 0,     /* no client certificate is asked for */
+    KVS_CLIENT_CERT_OPTIONAL = 1, /* asked for; verified when sent */
+    KVS_CLIENT_CERT_REQUIRE = 2,  /* required and verified */
+} kvs_client_cert_t;
+
+/* One TLS endpoint (tls.router, tls.node, tls.link). After loading, cert,
+ * key and ca are the effective ones: the endpoint's own, or tls.cert,
+ * tls.key, tls.ca. */
+typedef struct kvs_tls_endpoint_s {
+    int enabled;
+    char *cert, *key, *ca;
+    int client_cert; /* kvs_client_cert_t (listeners) */
+    int verify_host; /* tls.link */
+} kvs_tls_endpoint_t;
+
+/* Rights a user may hold on tables (kvs_grant_t.rights). */
+enum {
+    KVS_RIGHT_READ = 1u,  /* Hget Hmget Hexist Hmexist Hgetall Hscan */
+    KVS_RIGHT_WRITE = 2u, /* Hset Hmset Hdel Hmdel */
+    KVS_RIGHT_ADMIN = 4u, /* Info (on "*") and operational commands */
+};
+
+typedef struct kvs_grant_s {
+    char *pattern;   /* a glob over table names (fnmatch, no flags: * matches any run) */
+    unsigned rights; /* KVS_RIGHT_* */
+} kvs_grant_t;
+
+typedef struct kvs_user_s {
+    char *name;
+    char *token; /* its hash in kvs_token's text form (validated), or NULL */
+    kvs_grant_t *grants;
+    size_t n_grants;
+} kvs_user_t;
+
 typedef struct kvs_remote_s {
     uint32_t shard;
     char *address; /* HOST:PORT of the worker serving it */
@@ -137,6 +207,8 @@ typedef struct kvs_config_s {
     uint64_t idle_timeout_ms;  /* 0 = never */
     uint64_t frame_timeout_ms; /* 0 = never */
     uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
+    uint32_t auth_failures;    /* failed Auth attempts per connection before it is closed */
+    uint32_t auth_failures_per_minute; /* per client address */
 
     char *kafka_brokers; /* "" = off */
     char *kafka_group_id;
@@ -148,6 +220,14 @@ typedef struct kvs_config_s {
 
     char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
     kvs_log_format_t log_format;
+
+    char *tls_cert, *tls_key, *tls_ca;
+    int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
+    char *tls_ciphers, *tls_ciphersuites;
+    kvs_tls_endpoint_t tls_router, tls_node, tls_link;
+
+    kvs_user_t *users; /* none: no authentication, no authorization */
+    size_t n_users;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config
@@ -175,6 +255,12 @@ const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *t
 
 /* The remote entry for `shard`, or NULL when the shard is local. */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
+
+/* True for a kafka.properties key whose value is a secret and must never
+ * be logged or shown: *.password, sasl.*, ssl.key.* (librdkafka's
+ * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
+ * sasl.oauthbearer.client.secret, ...). */
+int kvs_config_secret_key(const char *key);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

@@ -201,6 +201,7 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
         [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
         [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
+        [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -239,6 +240,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hincr->base;
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         return &r->hlen->base;
+    case KVS__COMMAND_REQUEST__COMMAND_AUTH:
+        return &r->auth->base;
     default:
         return NULL;
     }
@@ -247,8 +250,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req)
 {
     const ProtobufCMessage *body = request_body(req);
-    if (body == NULL)
-        return NULL;
+    if (body == NULL || req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return NULL; /* Auth's field 1 is a user name */
     /* Every table-bearing command has `string table = 1`; the descriptor
      * says where protobuf-c put it. */
     const ProtobufCFieldDescriptor *f =
@@ -408,8 +411,8 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
             return bad(
                 msg, len,
                 "unsupported command (CommandRequest field %u); this server supports "
-                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Hincr "
-                "Hlen",
+                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth "
+                "Hincr Hlen",
                 req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
@@ -430,6 +433,8 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
         return bad(msg, len,
                    "CommandRequest.min_position is not a position token: pass back a "
                    "CommandResponse.position exactly as kvs returned it");
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return req->auth->user[0] == '\0' ? bad(msg, len, "Auth.user is empty") : KVS_STATUS_OK;
     const char *table = kvs_msg_request_table(req);
     if (table != NULL) {
         uint32_t st = check_table(cmd, table, msg, len);

@@ -24,6 +24,8 @@ enum {
     KVS_STATUS_OK = 200,
     KVS_STATUS_PARTIAL = 207, /* a split write applied on some shards only (router) */
     KVS_STATUS_BAD_REQUEST = 400,
+    KVS_STATUS_UNAUTHENTICATED = 401,
+    KVS_STATUS_FORBIDDEN = 403,
     KVS_STATUS_NOT_FOUND = 404,
     KVS_STATUS_TOO_LARGE = 413,
     KVS_STATUS_INTERNAL = 500,
@@ -153,7 +155,7 @@ const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n);
 /* The command's name as clients know it ("Hget", ...), or "none". */
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);
 
-/* The table a request names, or NULL (Ping, no command). */
+/* The table a request names, or NULL (Ping, Info, Auth, no command). */
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
 
 /* ---- values ----------------------------------------------------------- */

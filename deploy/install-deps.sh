@@ -9,23 +9,24 @@
 set -euo pipefail
 
 # Build toolchain and the libraries kvs links against (libedit: kvs-cli's
-# line editor; libsystemd: the router's readiness notification).
+# line editor; libsystemd: the router's readiness notification; libssl: TLS).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev libssl-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
 # line editor a real terminal; systemd's systemd-analyze checks the unit
-# file and python3-yaml reads the compose file.
+# file and python3-yaml reads the compose file; the openssl command makes
+# the TLS tests' certificates and is an independent TLS client.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
-           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
 # against the binaries.
 runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
-              libsystemd0)
+              libsystemd0 libssl3)
 
 case "${1:-}" in
 "") want=("${build_pkgs[@]}") ;;

@@ -28,6 +28,10 @@
  * anything else that outgrew the limit becomes that request's 413, with a
  * message saying what to do. An Hscan or Hgetall that meets a pair too
  * large to be answered names its key.
+ *
+ * With users configured (ctx->who), each request is authorized after it
+ * was validated and before it touches storage; Auth goes to the server's
+ * hook, which may answer later.
  */
 #include "node_cmd.h"
 #include "kvs_err.h"
@@ -673,9 +677,33 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_hlen,
 };
 
+static int run_auth(node_cmd_ctx_t *ctx, const Kvs__Auth *m, kvs_buf_t *out)
+{
+    if (ctx->on_auth == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Auth: this server has no users configured (users: in "
+                                     "config.yaml); every client may do everything");
+    return ctx->on_auth(ctx->auth_arg, m, out);
+}
+
+/* Whether ctx->who may run `cmd` on the table; if not, its 401 or 403 is
+ * appended (*rc: what to return). */
+static int allowed(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                   size_t tlen, kvs_buf_t *out, int *rc)
+{
+    char msg[512];
+    uint32_t st = kvs_auth_check(ctx->who, cmd, table, tlen, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        return 1;
+    *rc = kvs_msg_append_status(out, st, "%s", msg);
+    return 0;
+}
+
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
 {
     kvs_resp_t r;
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return run_auth(ctx, req->auth, out);
     kvs_resp_begin(&r, out);
     size_t c = (size_t)req->command_case;
     int rc = KVS_EINVAL;
@@ -859,13 +887,15 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
 {
     char msg[512];
     kvs_peek_t pk;
+    int rc;
     if (kvs_msg_peek(payload, len, &pk)) {
+        if (ctx->who != NULL && !allowed(ctx, pk.cmd, pk.table, pk.table_len, out, &rc))
+            return rc;
         const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
         if (b == NULL || !bound_peeked(ctx, b, &pk))
             return run_fast(ctx, &pk, out);
     }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
-    int rc;
     if (req == NULL) {
         rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                                    "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
@@ -874,11 +904,13 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
-        const char *table = kvs_msg_request_table(req);
-        const kvs_binding_t *b =
-            st == KVS_STATUS_OK && table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
+        const char *table = st == KVS_STATUS_OK ? kvs_msg_request_table(req) : NULL;
+        const kvs_binding_t *b = table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
         if (st != KVS_STATUS_OK)
             rc = kvs_msg_append_status(out, st, "%s", msg);
+        else if (ctx->who != NULL && !allowed(ctx, req->command_case, table,
+                                              table != NULL ? strlen(table) : 0, out, &rc))
+            ; /* answered 401 or 403 */
         else if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
             rc = node_cmd_execute(ctx, req, out);
         else if (rc > 0)

@@ -6,6 +6,7 @@
 #ifndef NODE_CMD_H
 #define NODE_CMD_H
 
+#include "kvs_auth.h"
 #include "kvs_buf.h"
 #include "kvs_config.h"
 #include "kvs_msg.h"
@@ -20,14 +21,20 @@
 
 #define NODE_SCAN_DEFAULT 100
 #define NODE_SCAN_MAX 10000
+/* An Auth request (validated): append its answer to `out`, or take a slot
+ * (ctx->defer) and answer through it later; return 0, or -ENOMEM. */
+typedef int (*node_cmd_auth_fn)(void *arg, const Kvs__Auth *m, kvs_buf_t *out);
 
 typedef struct node_cmd_ctx_s {
     node_store_t *store;
     size_t max_frame;    /* largest response allowed */
     uint32_t max_tables; /* for the message when the limit is hit */
     uint32_t shard;
-    node_ingest_t *ingest; /* NULL when Kafka is off */
-    kvs_arena_t arena;     /* per-request scratch; reset by node_cmd_frame */
+    node_ingest_t *ingest;    /* NULL when Kafka is off */
+    kvs_arena_t arena;        /* per-request scratch; reset by node_cmd_frame */
+    kvs_auth_conn_t *who;     /* the requester's identity when users are configured, else NULL */
+    node_cmd_auth_fn on_auth; /* NULL: no users, Auth is answered 400 */
+    void *auth_arg;
     /* Tables bound to Kafka topics (all NULL/0 when the config binds none,
      * or in unit tests: then every table is served directly). */
     const kvs_config_t *cfg; /* the bindings */
@@ -40,8 +47,10 @@ typedef struct node_cmd_ctx_s {
 
 /* Decodes, validates and executes the request in `payload`, appending one
  * response frame to `out`. Bad input yields a 400 response and changes
- * nothing. Returns 0, or -ENOMEM when not even an error response fits (the
- * connection should then be closed). */
+ * nothing; with ctx->who set, a request its user may not make gets 401 or
+ * 403 and changes nothing. Returns 0 (the answer appended, or to come through
+ * a slot: see node_slot.h), or -ENOMEM when not even an error response
+ * fits (the connection should then be closed). */
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
 /* Executes a decoded, validated request (same contract), as if no table

@@ -975,10 +975,25 @@ static void ingest_assign(node_ingest_t *in)
 /* Called from librdkafka's threads. While a broker is down it logs every
  * reconnect attempt; at most one warning per second gets through (a racy
  * but harmless check: worst case two lines). */
+/* Overwrites with '*' every occurrence in `line` of a secret
+ * kafka.properties value (kvs_config_secret_key; values of 4 bytes and
+ * more). librdkafka already redacts secrets in what it logs; this is the
+ * second line of defence. Runs on librdkafka's threads: cfg is immutable. */
+static void scrub_secrets(const kvs_config_t *cfg, char *line)
+{
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
+        const kvs_kv_t *kv = &cfg->kafka_properties[i];
+        size_t n = strlen(kv->value);
+        if (n < 4 || !kvs_config_secret_key(kv->key))
+            continue;
+        for (char *p = strstr(line, kv->value); p != NULL; p = strstr(p + n, kv->value))
+            memset(p, '*', n);
+    }
+}
+
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
-    (void)rk;
     if (level <= 4) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -986,20 +1001,34 @@ static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, con
             return;
         last_warn = ts.tv_sec;
     }
+    char line[2048];
+    const node_ingest_t *in = rd_kafka_opaque(rk);
+    snprintf(line, sizeof(line), "%s", buf);
+    if (in != NULL)
+        scrub_secrets(in->cfg, line);
     /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
     kvs_log(level <= 3   ? KVS_LOG_ERROR
             : level == 4 ? KVS_LOG_WARN
             : level <= 6 ? KVS_LOG_INFO
                          : KVS_LOG_DEBUG,
-            "librdkafka %s: %s", fac, buf);
+            "librdkafka %s: %s", fac, line);
 }
 
+/* Sets one property. A refused secret (kvs_config_secret_key) is named
+ * but neither its value nor librdkafka's words (which quote it) appear in
+ * the message. */
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
 {
     char why[256];
     if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
         return 0;
-    snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
+    if (kvs_config_secret_key(k))
+        snprintf(err, errlen,
+                 "kafka property %s: librdkafka refused its value (not shown: it may be a "
+                 "secret); see librdkafka's CONFIGURATION.md for what it accepts",
+                 k);
+    else
+        snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
     return KVS_ECONFIG;
 }
 

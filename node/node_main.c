@@ -9,14 +9,19 @@
  * accepting, answers what it received, commits, closes the environment and
  * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
  *
+ * With tls.node enabled the TCP listener speaks TLS (mutual TLS by
+ * default); SIGHUP reloads its certificate, key and CA from their files
+ * (connections already open keep theirs).
+ *
  * Normally started by kvs-router; runs stand-alone just as well.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement, librdkafka refuses a kafka.properties entry,
- * or a bound topic's partition count differs from the configured one. 1
+ * another shard or placement or every user may write to it, TLS material
+ * does not load, librdkafka refuses a kafka.properties entry, or a bound
+ * topic's partition count differs from the configured one. 1
  * for anything that may pass by itself (a port in use, a data directory
  * locked by a worker still stopping, brokers, disks). With --report-fd N
  * the reason for an EX_CONFIG exit is also written to fd N (one line), so
@@ -60,7 +65,9 @@ typedef struct node_main_s {
     node_ingest_t *ingest;
     node_reads_t *reads;   /* NULL when no table is bound */
     node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
+    kvs_auth_t *auth;   /* users, or NULL */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -369,13 +376,31 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     return 0;
 }
 
+/* SIGHUP: reload what can change live (today the TLS material). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    node_main_t *m = h->data;
+    char err[600];
+    (void)signum;
+    if (m->tls == NULL)
+        return;
+    if (kvs_tls_ctx_reload(m->tls, err, sizeof(err)) == 0)
+        kvs_info("received SIGHUP: tls.node certificate, key and CA reloaded; new connections use "
+                 "them");
+    else
+        kvs_error("received SIGHUP: tls.node reload failed, still using the previous material: %s",
+                  err);
+}
+
 static void watch_signals(node_main_t *m)
 {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
+    uv_signal_init(m->loop, &m->sighup);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
 }
 
 /* ---- main --------------------------------------------------------------------- */
@@ -392,6 +417,8 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
         snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
+    if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
+        return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
@@ -437,6 +464,12 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     *n_addrs = listen_addrs(*cfg, args, addrs, err, sizeof(err));
     if (*n_addrs < 0)
         return config_fatal(m, "%s", err);
+    if ((*cfg)->tls_node.enabled && *n_addrs > 1) {
+        int rc = kvs_conn_tls_from_config(*cfg, &(*cfg)->tls_node, "tls.node", 1, &m->tls, err,
+                                          sizeof(err));
+        if (rc != 0)
+            return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    }
     int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
@@ -475,11 +508,19 @@ int main(int argc, char **argv)
     }
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
     if (rc != 0) {
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return finish(&m, rc);
     }
 
     m.loop = uv_default_loop();
+    if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
+        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        node_store_close(store);
+        kvs_tls_ctx_free(m.tls);
+        kvs_config_free(cfg);
+        return 1;
+    }
     node_server_opts_t so = {
         .loop = m.loop,
         .store = store,
@@ -488,11 +529,15 @@ int main(int argc, char **argv)
         .limits = cfg,
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
+        .tls = m.tls,
+        .auth = m.auth,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
+        kvs_auth_free(m.auth);
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return 1;
     }
@@ -524,6 +569,8 @@ int main(int argc, char **argv)
     }
     node_server_free(m.srv);
     uv_loop_close(m.loop);
+    kvs_auth_free(m.auth);
+    kvs_tls_ctx_free(m.tls);
     kvs_config_free(cfg);
     kvs_info("stopped");
     return finish(&m, m.exit_code);

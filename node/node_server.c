@@ -27,6 +27,13 @@
  * (kvs_conn_hold) while it waits, so waiting requests are bounded by the
  * connection's output limits.
  *
+ * Identity (users configured): TCP clients are authenticated by their TLS
+ * certificate (a remote router's included) or by Auth, and every request
+ * is authorized (node_cmd); unix socket clients (the local router) are
+ * trusted. An Auth whose token is being checked pauses its client; its
+ * answer is appended when the check is done, in a later turn, so it never
+ * belongs to a write batch.
+ *
  * Shutdown: stop listening, let every client's queued responses (and
  * waiting answers, which the owner of the waits fails on shutdown) drain,
  * then close. The caller closes the store after the loop ends.
@@ -74,6 +81,9 @@ struct node_client_s {
     int waiting_ordered;        /* paused behind an ordered slot */
     node_client_t *resume_next; /* clients to resume on the next loop turn */
     int on_resume_list;
+    kvs_auth_conn_t auth;       /* who it is (users configured) */
+    int auth_close;             /* Auth failed too often: close after its answer */
+    node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
 };
 
@@ -83,10 +93,12 @@ struct node_server_s {
     node_cmd_ctx_t cmd;
     uint32_t max_frame;
     kvs_listener_t listeners[2];
-    size_t listener_clients[2]; /* clients per listener, each capped at max_clients */
+    kvs_tls_ctx_t *listener_tls[2]; /* TLS of each listener, or NULL */
+    size_t listener_clients[2];     /* clients per listener, each capped at max_clients */
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
+    kvs_auth_t *auth;
     kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
@@ -378,7 +390,7 @@ static void flush_slots(node_server_t *srv)
         }
         if (moved)
             kvs_conn_queue(&cl->conn);
-        if (srv->stopping && cl->head == NULL)
+        if ((srv->stopping || cl->auth_close) && cl->head == NULL)
             kvs_conn_close_after_flush(&cl->conn);
     }
 }
@@ -439,6 +451,53 @@ static void on_turn_end(kvs_flusher_t *f)
 
 /* ---- clients ------------------------------------------------------------- */
 
+/* ---- identity ---------------------------------------------------------------- */
+
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    node_client_t *cl = arg;
+    node_slot_t *slot = cl->auth_slot;
+    cl->auth_slot = NULL;
+    if (slot == NULL)
+        return;
+    kvs_msg_append_status(node_slot_buf(slot), status, "%s", msg);
+    if (close)
+        cl->auth_close = 1; /* closed once its answer is out (flush_slots) */
+    node_slot_done(slot);
+}
+
+/* node_cmd's Auth hook, for the client being executed. A token check runs
+ * in the thread pool: the answer takes an ordered slot, so the client's
+ * later requests wait and run as whoever the Auth makes it, and answers
+ * keep their order. */
+static int node_auth(void *arg, const Kvs__Auth *m, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    char msg[400];
+    uint32_t st = kvs_auth_begin(srv->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl, msg,
+                                 sizeof(msg), &cl->auth_close);
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    if ((cl->auth_slot = defer_current(srv, 64, 1)) == NULL)
+        return -ENOMEM; /* the connection is closed, which cancels the check */
+    return 0;
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    node_client_t *cl = c->data;
+    node_server_t *srv = cl->srv;
+    const char *who =
+        srv->auth != NULL ? kvs_auth_by_certificate(srv->auth, &cl->auth, c->tls) : NULL;
+    if (who != NULL)
+        kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
+    else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls))
+        kvs_warn("%s: its certificate names no user (users: in config.yaml; a router's node "
+                 "certificate needs one), so it may only Ping and Auth",
+                 c->peer);
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
@@ -454,6 +513,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->executing = cl;
     srv->exec_slot = slot;
     srv->exec_deferred = 0;
+    srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
     int rc = node_cmd_frame(&srv->cmd, payload, len, out);
     slot = srv->exec_slot;
     int deferred = srv->exec_deferred;
@@ -475,7 +535,9 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     if (slot != NULL)
         slot_finish(slot);
     track_batch(cl, slot, before);
-    if (slot == NULL)
+    if (slot == NULL && cl->auth_close) /* Auth failed once too often */
+        kvs_conn_close_after_flush(c);
+    else if (slot == NULL)
         kvs_conn_queue(c);
 }
 
@@ -498,6 +560,13 @@ static void on_conn_error(kvs_conn_t *c, int err)
         kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
                               "the server is short of memory for incomplete requests "
                               "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS) { /* sent in the clear: the client speaks plaintext */
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port requires TLS (tls.node); connect with TLS and a client "
+                              "certificate");
+    } else if (err == KVS_ETLSHELLO) {
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port does not use TLS; connect without TLS");
     }
     kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
 }
@@ -508,6 +577,11 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
+    kvs_auth_conn_close(&cl->auth); /* a token check in flight is cancelled: */
+    if (cl->auth_slot != NULL) {    /* its slot will never be answered */
+        cl->auth_slot->deferred = 0;
+        cl->auth_slot = NULL;
+    }
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
     if (cl->on_ready_list)
@@ -534,14 +608,14 @@ static void on_conn_closed(kvs_conn_t *c)
 }
 
 /* At limits.max_clients on this listener: accept only to say why. */
-static void refuse_client(node_server_t *srv, uv_stream_t *server)
+static void refuse_client(node_server_t *srv, uv_stream_t *server, int li)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                               "too many clients (limits.max_clients = %u); retry later",
                               srv->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+        kvs_conn_refuse(server, srv->listener_tls[li] != NULL ? NULL : b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(srv->loop);
     if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
@@ -561,7 +635,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
     if (srv->listener_clients[li] >= srv->max_clients) {
-        refuse_client(srv, server);
+        refuse_client(srv, server, li);
         return;
     }
     node_client_t *cl = calloc(1, sizeof(*cl));
@@ -577,13 +651,21 @@ static void on_connection(uv_stream_t *server, int status)
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
+    cl->conn.on_ready = on_tls_ready;
     kvs_conn_join(&cl->conn, &srv->groups[li]);
     cl->next = srv->clients;
     if (srv->clients != NULL)
         srv->clients->prev = cl;
     srv->clients = cl;
     srv->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = srv->listener_tls[li] != NULL
+                 ? kvs_conn_use_tls(&cl->conn, srv->listener_tls[li], NULL)
+                 : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
+    /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
+    kvs_auth_conn_init(&cl->auth, is_unix,
+                       srv->listener_tls[li] != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -602,10 +684,11 @@ static void on_sync_timer(uv_timer_t *t)
 
 /* ---- start / stop -------------------------------------------------------------- */
 
-static int add_listener(node_server_t *srv, const kvs_addr_t *a)
+static int add_listener(node_server_t *srv, const kvs_addr_t *a, kvs_tls_ctx_t *tls)
 {
     char text[160];
     kvs_listener_t *l = &srv->listeners[srv->n_listeners];
+    srv->listener_tls[srv->n_listeners] = a->is_unix ? NULL : tls;
     int rc = kvs_listen(srv->loop, a, l, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", kvs_addr_format(a, text, sizeof(text)),
@@ -614,7 +697,17 @@ static int add_listener(node_server_t *srv, const kvs_addr_t *a)
     }
     l->handle.data = srv;
     srv->n_listeners++;
-    kvs_info("listening on %s", kvs_addr_format(a, text, sizeof(text)));
+    kvs_info("listening on %s%s", kvs_addr_format(a, text, sizeof(text)),
+             srv->listener_tls[srv->n_listeners - 1] ? " (TLS)" : "");
+    if (!a->is_unix && tls == NULL && srv->auth == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address, clients connect without TLS and no users are "
+                 "configured: anyone who can reach it can read and write this shard (see README, "
+                 "Security)",
+                 text);
+    else if (!a->is_unix && tls == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address and clients connect without TLS: other hosts "
+                 "cannot authenticate (routers of other nodes included); enable tls.node",
+                 text);
     return 0;
 }
 
@@ -633,6 +726,11 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.defer = defer_current;
     srv->cmd.defer_arg = srv;
     srv->cmd.cfg = o->limits;
+    srv->auth = o->auth;
+    if (o->auth != NULL) {
+        srv->cmd.on_auth = node_auth;
+        srv->cmd.auth_arg = srv;
+    }
     kvs_arena_init(&srv->cmd.arena);
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
@@ -651,7 +749,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
-        rc = add_listener(srv, &o->addrs[i]);
+        rc = add_listener(srv, &o->addrs[i], o->tls);
     if (rc == 0 && o->sync_interval_ms > 0) {
         uv_timer_init(o->loop, &srv->sync_timer);
         srv->sync_timer.data = srv;

@@ -6,6 +6,7 @@
 #define NODE_SERVER_H
 
 #include "kvs_addr.h"
+#include "kvs_auth.h"
 #include "kvs_conn.h"
 #include "node_ingest.h"
 #include "node_reads.h"
@@ -26,6 +27,8 @@ typedef struct node_server_opts_s {
     const kvs_config_t *limits; /* the config: limits.* for clients, the bindings */
     const kvs_addr_t *addrs;    /* 1 or 2 addresses to listen on */
     size_t n_addrs;
+    kvs_tls_ctx_t *tls; /* TLS for the TCP listener (tls.node), or NULL; outlives the server */
+    kvs_auth_t *auth;   /* users, or NULL when none are configured; outlives the server */
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
     uint32_t shard;
 } node_server_opts_t;

@@ -806,7 +806,7 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
     if (rc == 0)
         rc = mdb_env_set_mapsize(s->env, (size_t)o->map_size);
     if (rc == 0)
-        rc = mdb_env_open(s->env, o->dir, flags, 0644);
+        rc = mdb_env_open(s->env, o->dir, flags, 0600); /* the node's user only */
     if (rc != 0) {
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
         return KVS_ESTORE;
@@ -885,7 +885,7 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
         s->tables_cap *= 2;
     s->tables = calloc(s->tables_cap, sizeof(*s->tables));
     int rc = s->tables == NULL ? -ENOMEM : 0;
-    if (rc == 0 && mkdir(o->dir, 0755) != 0 && errno != EEXIST) {
+    if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
         snprintf(err, errlen, "%s: cannot create directory: %s", o->dir, strerror(errno));
     }

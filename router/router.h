@@ -5,6 +5,7 @@
 #ifndef ROUTER_H
 #define ROUTER_H
 
+#include "kvs_auth.h"
 #include "kvs_config.h"
 #include "kvs_conn.h"
 #include "kvs_msg.h"
@@ -29,6 +30,9 @@ struct router_s {
     uint64_t refused_log_ms;
     kvs_listener_t listener;
     int listening;
+    kvs_tls_ctx_t *tls;      /* tls.router: the client listener's, or NULL */
+    kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
+    kvs_auth_t *auth;        /* users, or NULL when none are configured */
     router_client_t *clients;
     size_t n_clients;        /* both front doors */
     size_t n_resp_clients;   /* of which RESP */
@@ -92,6 +96,15 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta);
 int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
                           size_t len);
 
+/* An Auth request `req` of `cl` (validated; `m` valid during the call):
+ * answered now or, once its token is checked, later; the client reads
+ * nothing more meanwhile. */
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m);
+
+/* May `cl` run commands that need a right? (No users configured, or it is
+ * authenticated.) */
+int router_client_authenticated(const router_client_t *cl);
+
 /* ---- requests (router_route.c) --------------------------------------------- */
 
 /* A client request travelling through the router. The response is built in
@@ -100,6 +113,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
 struct router_req_s {
     router_t *router;
     router_client_t *client; /* NULL once the client is gone */
+    kvs_auth_conn_t *who;    /* its client's identity when users are configured, else NULL */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
     size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */

@@ -17,6 +17,12 @@
  * tables) are held bytes too. Clients beyond limits.max_clients are
  * refused with 503.
  *
+ * Identity (users configured): each client has a kvs_auth_conn_t, set by
+ * its TLS certificate when the handshake completes, or by Auth. While an
+ * Auth's token is being checked the client is paused (auth_req), so the
+ * requests after it run as whoever it makes the client; the answer takes
+ * its place in the FIFO like any other.
+ *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
  * answers. Held requests were never sent: they are freed with the client.
@@ -42,6 +48,8 @@ struct router_client_s {
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
+    kvs_auth_conn_t auth;     /* who it is (users configured) */
+    router_req_t *auth_req;   /* an Auth whose token is being checked, or NULL */
     router_client_t *prev, *next;
 };
 
@@ -82,9 +90,10 @@ static void client_track_inflight(router_client_t *cl)
     if (c->flags & KVS_CONN_CLOSING)
         return;
     int paused = (c->flags & KVS_CONN_PAUSED) != 0;
-    if (!paused && cl->inflight >= cl->router->cfg->max_inflight)
+    int hold = cl->inflight >= cl->router->cfg->max_inflight || cl->auth_req != NULL;
+    if (!paused && hold)
         kvs_conn_pause(c);
-    else if (paused && cl->inflight < cl->router->cfg->max_inflight)
+    else if (paused && !hold)
         kvs_conn_resume(c);
 }
 
@@ -166,6 +175,7 @@ router_req_t *router_client_enqueue(router_client_t *cl)
         kvs_conn_close(&cl->conn);
         return NULL;
     }
+    req->who = cl->router->auth != NULL ? &cl->auth : NULL;
     if (cl->tail != NULL)
         cl->tail->next = req;
     else
@@ -209,7 +219,8 @@ static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
-    if (cl->redis != NULL && (err == KVS_EPROTO || err == KVS_ELIMIT)) {
+    if (cl->redis != NULL &&
+        (err == KVS_EPROTO || err == KVS_ELIMIT || err == KVS_ENOTLS || err == KVS_ETLSHELLO)) {
         router_req_t *req = router_client_enqueue(cl);
         if (req != NULL)
             router_redis_input_error(cl->redis, req, err);
@@ -230,21 +241,79 @@ static void on_conn_error(kvs_conn_t *c, int err)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
                                      "the server is short of memory for incomplete requests "
                                      "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS || err == KVS_ETLSHELLO) {
+        /* In the clear either way: a plaintext client reads it, a TLS
+         * client learns from its first bytes that this is no TLS port. */
+        router_req_t *req = router_client_enqueue(cl);
+        if (req != NULL)
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     err == KVS_ENOTLS
+                                         ? "this port requires TLS (tls.router); connect with "
+                                           "TLS (kvs-cli --tls)"
+                                         : "this port does not use TLS; connect without TLS");
     }
     cl->closing_when_drained = 1;
     client_flush_done(cl);
+}
+
+/* ---- identity ---------------------------------------------------------------- */
+
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    router_client_t *cl = arg;
+    router_req_t *req = cl->auth_req;
+    cl->auth_req = NULL; /* before the answer: its flush resumes the client */
+    if (close) {
+        kvs_conn_stop_reading(&cl->conn);
+        cl->closing_when_drained = 1;
+    }
+    router_req_finish_status(req, status, "%s", msg);
+}
+
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
+{
+    char msg[400];
+    int close = 0;
+    uint32_t st = kvs_auth_begin(cl->router->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl,
+                                 msg, sizeof(msg), &close);
+    if (st == 0) {
+        cl->auth_req = req; /* answered by on_auth_done; the client waits */
+        return;
+    }
+    if (close) {
+        kvs_conn_stop_reading(&cl->conn);
+        cl->closing_when_drained = 1;
+    }
+    router_req_finish_status(req, st, "%s", msg);
+}
+
+int router_client_authenticated(const router_client_t *cl)
+{
+    return cl->router->auth == NULL || cl->auth.trusted || cl->auth.user != NULL;
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    router_client_t *cl = c->data;
+    const char *who = cl->router->auth != NULL
+                          ? kvs_auth_by_certificate(cl->router->auth, &cl->auth, c->tls)
+                          : NULL;
+    if (who != NULL)
+        kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
 }
 
 static void on_conn_closed(kvs_conn_t *c)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
+    kvs_auth_conn_close(&cl->auth);
     router_route_forget(r, &cl->session);
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
         req->next = NULL;
-        if (req->done || req->held)
-            router_req_free(req); /* a held request was never sent */
+        /* done; held (never sent); or an Auth (no part will finish it) */
+        if (req->done || req->held || req == cl->auth_req)
+            router_req_free(req);
         else
             req->client = NULL; /* frees itself when its parts answer */
     }
@@ -270,12 +339,12 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
     kvs_buf_t b;
     kvs_buf_init(&b);
     if (resp)
-        kvs_conn_refuse(server, router_redis_too_many_clients,
+        kvs_conn_refuse(server, r->tls != NULL ? NULL : (const void *)router_redis_too_many_clients,
                         strlen(router_redis_too_many_clients));
     else if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                                    "too many clients (limits.max_clients = %u); retry later",
                                    r->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+        kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
     kvs_buf_free(&b);
     uint64_t now = uv_now(r->loop);
     if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
@@ -315,13 +384,18 @@ static void on_connection(uv_stream_t *server, int status)
     }
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
+    cl->conn.on_ready = on_tls_ready;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
     if (r->clients != NULL)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = r->tls != NULL ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
+    /* Tokens only where nobody can overhear them. */
+    kvs_auth_conn_init(&cl->auth, 0, r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -375,7 +449,18 @@ int router_clients_listen(router_t *r)
     }
     r->listener.handle.data = r;
     r->listening = 1;
-    kvs_info("accepting clients on %s", r->cfg->router_listen);
+    kvs_info("accepting clients on %s%s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "",
+             r->auth ? ", users required" : "");
+    if (r->tls == NULL && r->auth == NULL && !kvs_addr_is_loopback(&addr))
+        kvs_warn("router.listen %s is not a loopback address, clients connect without TLS and "
+                 "no users are configured: anyone who can reach it can read and write every "
+                 "table (see README, Security)",
+                 r->cfg->router_listen);
+    else if (r->tls == NULL && !kvs_addr_is_loopback(&addr))
+        kvs_warn("router.listen %s is not a loopback address and clients connect without TLS: "
+                 "tokens sent from other hosts are refused (they would travel in the clear), "
+                 "so those clients cannot authenticate; enable tls.router",
+                 r->cfg->router_listen);
     return listen_resp(r);
 }
 

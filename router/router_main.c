@@ -23,13 +23,20 @@
  * foreground group, reaches only the router and drains exactly like
  * SIGTERM; no worker is restarted once the shutdown began.
  *
+ * SIGHUP reloads the TLS certificates, keys and CAs of the client listener
+ * and the links from their files (rotation: connections already open keep
+ * theirs, new ones use the new material; a file that does not load leaves
+ * the old material in use, logged) and is passed on to every local worker,
+ * which does the same for its TCP listener.
+ *
  * The shutdown has one entry, shutdown_begin, whatever the cause (a signal,
  * the readiness timeout, a worker's fatal exit, a failed start), and each
  * step runs once: draining, then stopping links and workers. Exit status:
  * 0 after a signal, 1 when the node could not start (or listen), 2 for a
- * bad command line, 78 (EX_CONFIG) for a config file that does not load or
- * when a worker reported that its configuration can never work (its
- * message is the router's last log line).
+ * bad command line, 78 (EX_CONFIG) for a config file that does not load
+ * (TLS material that does not load included), a data directory other
+ * users may write to, or when a worker reported that its configuration can
+ * never work (its message is the router's last log line).
  */
 #include "kvs_config.h"
 #include "kvs_err.h"
@@ -104,14 +111,19 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     return 0;
 }
 
-/* One router per data directory: an flock held for the process's life. */
+/* One router per data directory: an flock held for the process's life.
+ * Returns 0, 1, or EX_CONFIG for a data directory others may write to. */
 static int take_lock(const kvs_config_t *cfg)
 {
-    char path[4200];
+    char path[4200], why[4400];
     int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return rc;
+        return 1;
+    }
+    if (kvs_fs_check_private(cfg->data_dir, why, sizeof(why)) != 0) {
+        kvs_error("%s", why);
+        return EX_CONFIG;
     }
     snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
     int fd = kvs_lock_file(path);
@@ -121,7 +133,7 @@ static int take_lock(const kvs_config_t *cfg)
                   cfg->data_dir, path);
     else if (fd < 0)
         kvs_error("%s: cannot open: %s", path, kvs_strerror(fd));
-    return fd < 0 ? fd : 0; /* fd stays open (and locked) until exit */
+    return fd < 0 ? 1 : 0; /* fd stays open (and locked) until exit */
 }
 
 static void shutdown_begin(router_main_t *m, int exit_code);
@@ -174,9 +186,9 @@ static int start_links(router_main_t *m)
             kvs_error("shard %u address: %s", s, err); /* the config load checked it */
             return KVS_EINVAL;
         }
-        int rc = router_link_start(&m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms,
-                                   (uint32_t)cfg->max_frame, &m->r.flusher, router_route_reply,
-                                   on_link_state);
+        int rc = router_link_start(
+            &m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms, (uint32_t)cfg->max_frame,
+            &m->r.flusher, rem != NULL ? m->r.link_tls : NULL, router_route_reply, on_link_state);
         if (rc != 0)
             return rc;
         m->r.links[s].data = m;
@@ -329,14 +341,55 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
-/* Live reload (SIGHUP, systemctl reload) does not exist yet: say so, and
- * keep running with the configuration loaded at start. */
+/* ---- TLS -------------------------------------------------------------------------- */
+
+/* Builds the TLS contexts the config asks for. Returns 0, or EX_CONFIG
+ * after logging why (a file that does not load can never start). */
+static int tls_start(router_main_t *m)
+{
+    const kvs_config_t *cfg = m->r.cfg;
+    char err[600];
+    int rc = 0;
+    if (cfg->tls_router.enabled)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, &m->r.tls, err,
+                                      sizeof(err));
+    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, &m->r.link_tls, err,
+                                      sizeof(err));
+    if (rc == 0)
+        return 0;
+    kvs_error("%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    return EX_CONFIG;
+}
+
+/* Reloads one context; the old material stays in use if the new does not load. */
+static void tls_reload(kvs_tls_ctx_t *c)
+{
+    char err[600];
+    if (c == NULL)
+        return;
+    if (kvs_tls_ctx_reload(c, err, sizeof(err)) == 0)
+        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
+                 kvs_tls_ctx_what(c));
+    else
+        kvs_error("%s: reload failed, still using the previous material: %s", kvs_tls_ctx_what(c),
+                  err);
+}
+
+/* SIGHUP: what can change live. Today: TLS material, here and in every
+ * local worker. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
-    (void)h;
+    router_main_t *m = h->data;
     (void)signum;
-    kvs_warn("received SIGHUP: live reload is not supported yet; the configuration loaded at "
-             "start stays in use (restart the node to apply changes)");
+    kvs_info("received SIGHUP: reloading TLS material");
+    tls_reload(m->r.tls);
+    tls_reload(m->r.link_tls);
+    for (uint32_t s = 0; m->sup != NULL && s < m->r.shards; s++) {
+        pid_t pid = router_sup_pid(m->sup, s);
+        if (pid > 0)
+            uv_kill(pid, SIGHUP);
+    }
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -404,9 +457,19 @@ int main(int argc, char **argv)
     kvs_log_set_level(level);
     kvs_log_set_format(cfg->log_format);
     m.r.cfg = cfg;
-    if (take_lock(cfg) != 0) {
+    int rc = take_lock(cfg);
+    if (rc != 0) {
         kvs_config_free(cfg);
-        return 1;
+        return rc;
+    }
+    rc = tls_start(&m);
+    if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m.r.auth)) != 0) {
+        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        rc = 1;
+    }
+    if (rc != 0) {
+        kvs_config_free(cfg);
+        return rc;
     }
     if (router_start(&m, argv[0]) != 0)
         shutdown_begin(&m, 1);
@@ -423,6 +486,9 @@ int main(int argc, char **argv)
     router_redis_cursors_free(&m.r);
     kvs_buf_free(&m.r.scratch);
     uv_loop_close(m.r.loop);
+    kvs_tls_ctx_free(m.r.tls);
+    kvs_tls_ctx_free(m.r.link_tls);
+    kvs_auth_free(m.r.auth);
     kvs_config_free(cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);

@@ -64,6 +64,8 @@ enum {
     RC_HSCAN,
     RC_EXISTS,
     RC_INFO,
+    RC_AUTH,  /* +OK */
+    RC_HELLO, /* HELLO ... AUTH: the HELLO reply once authenticated */
 };
 
 struct router_redis_s {
@@ -74,6 +76,11 @@ struct router_redis_s {
     int resp3;
     int quit;   /* QUIT seen: later commands are ignored */
     char *name; /* CLIENT SETNAME, or NULL */
+    /* HELLO ... AUTH being checked (the client reads nothing meanwhile):
+     * applied when the check succeeds. */
+    int hello_ver;
+    int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
+    char *hello_name;
 };
 
 typedef struct cursor_slot_s {
@@ -132,6 +139,7 @@ void router_redis_free(router_redis_t *rs)
         return;
     kvs_redis_parser_close(&rs->ps);
     free(rs->name);
+    free(rs->hello_name);
     free(rs);
 }
 
@@ -182,6 +190,11 @@ void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err)
     if (err == KVS_ELIMIT)
         reply_error(req, "ERR the server is short of memory for incomplete requests "
                          "(limits.input_buffers); the connection is closed");
+    else if (err == KVS_ENOTLS)
+        reply_error(req, "ERR this port requires TLS (tls.router); connect with TLS "
+                         "(redis-cli --tls)");
+    else if (err == KVS_ETLSHELLO)
+        reply_error(req, "ERR this port does not use TLS; connect without TLS");
     else if (rs->ps.error != NULL && strncmp(rs->ps.error, "ERR ", 4) == 0)
         reply_error(req, "%s", rs->ps.error);
     else
@@ -591,15 +604,52 @@ static void cmd_quit(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     reply_ok(req);
 }
 
+/* Users configured: AUTH's (or HELLO AUTH's) user and token go to the
+ * router's Auth, answered later as `rcmd`. A user or token kvs could not
+ * have (not NUL-free UTF-8) fails like a wrong token, without a check. */
+static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                       const kvs_redis_arg_t *user, const kvs_redis_arg_t *token, int rcmd)
+{
+    static const char default_user[] = "default";
+    kvs_arena_t *ar = &rs->r->redis_arena;
+    Kvs__Auth m = KVS__AUTH__INIT;
+    const kvs_redis_arg_t *parts[2] = {user, token};
+    char *copies[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        const kvs_redis_arg_t *a = parts[i];
+        if (a == NULL)
+            continue;
+        if (memchr(a->p, 0, a->len) != NULL || !kvs_utf8_valid(a->p, a->len))
+            return reply_error(req, "WRONGPASS invalid username-password pair or user is "
+                                    "disabled.");
+        if ((copies[i] = kvs_arena_alloc(ar, a->len + 1)) == NULL)
+            return oom(req);
+        memcpy(copies[i], a->p, a->len);
+        copies[i][a->len] = '\0';
+    }
+    m.user = user != NULL ? copies[0] : (char *)default_user;
+    m.token = copies[1];
+    if (m.user[0] == '\0')
+        return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+    req->rcmd = (uint8_t)rcmd;
+    router_client_auth(cl, req, &m);
+}
+
+/* AUTH [user] token. Without users it behaves as a Redis without a
+ * password: only the user "default", with any token. */
 static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    (void)cl, (void)cmd;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    (void)cmd;
     if (rs->ps.argc > 3)
         return reply_error(req, "ERR syntax error");
+    if (rs->r->auth != NULL)
+        return start_auth(rs, cl, req, rs->ps.argc == 3 ? &a[1] : NULL, &a[rs->ps.argc - 1],
+                          RC_AUTH);
     if (rs->ps.argc == 2)
         return reply_error(req, "ERR AUTH <password> called without any password configured for "
                                 "the default user. Are you sure your configuration is correct?");
-    if (!kvs_redis_arg_is(&rs->ps.argv[1], "default"))
+    if (!kvs_redis_arg_is(&a[1], "default"))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     reply_ok(req);
 }
@@ -658,44 +708,16 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
     finish_raw(req);
 }
 
-/* HELLO [protover [AUTH user pass] [SETNAME name]] */
-static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+/* HELLO's reply: the server's map, in the protocol now chosen. */
+static void hello_reply(router_redis_t *rs, kvs_buf_t *b)
 {
-    const kvs_redis_arg_t *a = rs->ps.argv;
-    int64_t ver = rs->resp3 ? 3 : 2;
-    (void)cl, (void)cmd;
-    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
-        req->resp.len = 0;
-        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
-        return finish_raw(req);
-    }
-    for (size_t i = 2; i < rs->ps.argc; i++) {
-        if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
-            if (!kvs_redis_arg_is(&a[i + 1], "default"))
-                return reply_error(req, "WRONGPASS invalid username-password pair or user is "
-                                        "disabled.");
-            i += 2;
-        } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
-            if (!name_ok(&a[i + 1]))
-                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
-            if (set_name(rs, &a[++i]) != 0)
-                return oom(req);
-        } else {
-            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
-                               (const char *)a[i].p);
-        }
-    }
-    rs->resp3 = ver == 3;
-    kvs_buf_t *b = &req->resp;
-    b->len = 0;
     kvs_redis_map(b, 7, rs->resp3);
     kvs_redis_bulk(b, "server", 6);
     kvs_redis_bulk(b, "redis", 5);
     kvs_redis_bulk(b, "version", 7);
     kvs_redis_bulk(b, REDIS_COMPAT_VERSION, strlen(REDIS_COMPAT_VERSION));
     kvs_redis_bulk(b, "proto", 5);
-    kvs_redis_integer(b, ver);
+    kvs_redis_integer(b, rs->resp3 ? 3 : 2);
     kvs_redis_bulk(b, "id", 2);
     kvs_redis_integer(b, (int64_t)rs->id);
     kvs_redis_bulk(b, "mode", 4);
@@ -704,7 +726,78 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     kvs_redis_bulk(b, "master", 6);
     kvs_redis_bulk(b, "modules", 7);
     kvs_redis_array(b, 0);
+}
+
+/* HELLO [protover [AUTH user pass] [SETNAME name]]. With users configured,
+ * AUTH is checked first (in the background) and nothing changes unless it
+ * succeeds, as in Redis. */
+static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    const kvs_redis_arg_t *user = NULL, *token = NULL, *name = NULL;
+    int64_t ver = rs->resp3 ? 3 : 2;
+    (void)cmd;
+    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
+        req->resp.len = 0;
+        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
+        return finish_raw(req);
+    }
+    for (size_t i = 2; i < rs->ps.argc; i++) {
+        if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
+            user = &a[i + 1];
+            token = &a[i + 2];
+            i += 2;
+        } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
+            if (!name_ok(&a[i + 1]))
+                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
+                                        "special characters.");
+            name = &a[++i];
+        } else {
+            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
+                               (const char *)a[i].p);
+        }
+    }
+    if (rs->r->auth != NULL && user != NULL) {
+        char *n = NULL;
+        if (name != NULL && name->len > 0) {
+            if ((n = malloc(name->len + 1)) == NULL)
+                return oom(req);
+            memcpy(n, name->p, name->len);
+            n[name->len] = '\0';
+        }
+        free(rs->hello_name);
+        rs->hello_name = n;
+        rs->hello_rename = name != NULL;
+        rs->hello_ver = (int)ver;
+        return start_auth(rs, cl, req, user, token, RC_HELLO);
+    }
+    if (user != NULL && !kvs_redis_arg_is(user, "default"))
+        return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+    if (user == NULL && !router_client_authenticated(cl))
+        return reply_error(req, "NOAUTH HELLO must be called with the client already "
+                                "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                "option can be used to authenticate the client and select the "
+                                "RESP protocol version at the same time");
+    if (name != NULL && set_name(rs, name) != 0)
+        return oom(req);
+    rs->resp3 = ver == 3;
+    req->resp.len = 0;
+    hello_reply(rs, &req->resp);
     finish_raw(req);
+}
+
+/* A HELLO ... AUTH checked out: its protocol and name take effect. */
+static int hello_done(router_redis_t *rs, kvs_buf_t *out)
+{
+    rs->resp3 = rs->hello_ver == 3;
+    if (rs->hello_rename) {
+        free(rs->name);
+        rs->name = rs->hello_name;
+        rs->hello_name = NULL;
+    }
+    rs->hello_rename = 0;
+    hello_reply(rs, out);
+    return 0;
 }
 
 /* CONFIG GET: the few parameters clients and redis-benchmark ask for. */
@@ -908,6 +1001,8 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
              (cmd->arity < 0 && argc < (size_t)-cmd->arity))
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    else if (!router_client_authenticated(cl) && strstr(cmd->flags, "noauth") == NULL)
+        reply_error(req, "NOAUTH Authentication required.");
     else
         cmd->fn(rs, cl, req, cmd);
     req->in_route = 0;
@@ -1096,6 +1191,10 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return answer_scan(rs, req, a, out);
     case RC_INFO:
         return answer_info(rs, req, a, out);
+    case RC_AUTH:
+        return kvs_redis_simple(out, "OK");
+    case RC_HELLO:
+        return hello_done(rs, out);
     default:
         return kvs_redis_error(out, "ERR internal error: no reply shape for this command");
     }
@@ -1175,6 +1274,18 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
         rc = answer_ok(rs, req, a, out);
     else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
         rc = req->rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+    else if (a->status == KVS_STATUS_UNAUTHENTICATED &&
+             (req->rcmd == RC_AUTH || req->rcmd == RC_HELLO))
+        rc = strncmp(a->message, "invalid user or token", 21) == 0
+                 ? kvs_redis_error(out,
+                                   "WRONGPASS invalid username-password pair or user is "
+                                   "disabled.%s",
+                                   a->message + 21)
+                 : kvs_redis_error(out, "WRONGPASS %s", a->message);
+    else if (a->status == KVS_STATUS_UNAUTHENTICATED)
+        rc = kvs_redis_error(out, "NOAUTH %s", a->message);
+    else if (a->status == KVS_STATUS_FORBIDDEN)
+        rc = kvs_redis_error(out, "NOPERM %s", a->message);
     else if (req->rcmd == RC_HINCRBY || req->rcmd == RC_HINCRBYFLOAT)
         rc = a->status == KVS_STATUS_BAD_REQUEST ? incr_error(out, a->message)
                                                  : kvs_redis_error(out, "ERR %s", a->message);

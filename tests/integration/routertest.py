@@ -214,13 +214,16 @@ class Router(Managed):
     log: the log section, as YAML flow text ("{level: info}");
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
-    (its pid is the group id), as a shell does with a job.
+    (its pid is the group id), as a shell does with a job;
+    tls: a client ssl.SSLContext that client() connects with (tls.router).
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
-                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}"):
+                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
+                 tls=None):
         self.name = name
+        self.tls = tls
         self.env = dict(env or {})
         self.new_session = new_session
         self.dir = tempfile.mkdtemp(prefix="kvs-rt-")
@@ -281,8 +284,8 @@ class Router(Managed):
     def socket_path(self, shard):
         return os.path.join(self.data_dir, "shard-%d.sock" % shard)
 
-    def client(self, timeout=10.0):
-        return Client(self.addr, timeout=timeout)
+    def client(self, timeout=10.0, tls=None):
+        return Client(self.addr, timeout=timeout, tls=tls or self.tls)
 
     def worker_client(self, shard, timeout=10.0):
         """A direct connection to local worker `shard` on its unix socket."""

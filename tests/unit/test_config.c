@@ -57,6 +57,15 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_STR(c->log_level, "info");
     CHECK_EQ(c->log_format, KVS_LOG_TEXT);
     CHECK_EQ(c->router_ready_timeout_ms, 30000);
+    CHECK(!c->tls_router.enabled && !c->tls_node.enabled && !c->tls_link.enabled);
+    CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_NONE);
+    CHECK_EQ(c->tls_node.client_cert, KVS_CLIENT_CERT_REQUIRE);
+    CHECK_EQ(c->tls_link.verify_host, 1);
+    CHECK_EQ(c->tls_min_version, 0);
+    CHECK_EQ(c->tls_max_version, 1);
+    CHECK_EQ(c->n_users, 0);
+    CHECK_EQ(c->auth_failures, 3);
+    CHECK_EQ(c->auth_failures_per_minute, 20);
 }
 
 KVS_TEST(defaults_from_empty_string)
@@ -814,7 +823,117 @@ KVS_TEST(bindings_partitioner)
                 "config.yaml:3:41: kafka.bindings[0].partitioner: expected a string, got a list");
 }
 
-KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(defaults_from_empty_string),
+KVS_TEST(tls_sections_inherit_and_check)
+{
+    kvs_config_t *c = parse_ok("tls:\n"
+                               "  cert: /n.crt\n"
+                               "  key: /n.key\n"
+                               "  ca: /ca.crt\n"
+                               "  min_version: tls1.3\n"
+                               "  router: {enabled: yes, client_cert: optional, cert: /r.crt}\n"
+                               "  node: {enabled: true}\n"
+                               "  link: {enabled: on, verify_host: false}\n");
+    CHECK(c->tls_router.enabled && c->tls_node.enabled && c->tls_link.enabled);
+    CHECK_STR(c->tls_router.cert, "/r.crt"); /* its own */
+    CHECK_STR(c->tls_router.key, "/n.key");  /* inherited */
+    CHECK_STR(c->tls_node.ca, "/ca.crt");
+    CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_OPTIONAL);
+    CHECK_EQ(c->tls_link.verify_host, 0);
+    CHECK_EQ(c->tls_min_version, 1);
+    kvs_config_free(c);
+    parse_fails("tls:\n  router:\n    enabled: true\n",
+                "config.yaml:3:14: tls.router.enabled is true but there is no certificate and "
+                "key: set tls.cert and tls.key (or tls.router.cert and tls.router.key)");
+    parse_fails("tls: {cert: a, key: b, node: {enabled: true}}\n",
+                "config.yaml:1:40: tls.node.enabled is true but there is no CA bundle to verify "
+                "client certificates with: set tls.ca (or tls.node.ca), or client_cert: none");
+    parse_fails("tls: {cert: a, key: b, link: {enabled: true}}\n",
+                "config.yaml:1:40: tls.link.enabled is true but there is no CA bundle to verify "
+                "the workers' certificates with: set tls.ca (or tls.link.ca)");
+    parse_fails("tls: {router: {enabled: maybe}}\n",
+                "config.yaml:1:25: tls.router.enabled must be true or false (got \"maybe\")");
+    parse_fails("tls: {router: {port: 1}}\n",
+                "config.yaml:1:16: unknown key \"port\" in \"tls.router\"");
+    parse_fails("tls: {min_version: TLS1.3, max_version: TLS1.2}\n",
+                "config.yaml:1:20: tls.min_version is above tls.max_version");
+    parse_fails("tls: {min_version: SSLv3}\n", "config.yaml:1:20: tls.min_version must be one of "
+                                               "TLS1.2, TLS1.3 (got \"SSLv3\")");
+}
+
+#define HASH "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE"
+
+KVS_TEST(users_and_their_grants)
+{
+    kvs_config_t *c = parse_ok("users:\n"
+                               "  - name: alice\n"
+                               "    token: " HASH "\n"
+                               "    allow: {\"orders*\": [read, write], \"*\": read}\n"
+                               "  - name: router-b\n"
+                               "    allow:\n"
+                               "      \"*\": [read, write, admin]\n"
+                               "limits: {auth_failures: 5, auth_failures_per_minute: 7}\n");
+    CHECK_EQ(c->n_users, 2);
+    CHECK_STR(c->users[0].name, "alice");
+    CHECK_STR(c->users[0].token, HASH);
+    CHECK_EQ(c->users[0].n_grants, 2);
+    CHECK_STR(c->users[0].grants[0].pattern, "orders*");
+    CHECK_EQ(c->users[0].grants[0].rights, KVS_RIGHT_READ | KVS_RIGHT_WRITE);
+    CHECK_EQ(c->users[0].grants[1].rights, KVS_RIGHT_READ);
+    CHECK(c->users[1].token == NULL);
+    CHECK_EQ(c->users[1].grants[0].rights, KVS_RIGHT_READ | KVS_RIGHT_WRITE | KVS_RIGHT_ADMIN);
+    CHECK_EQ(c->auth_failures, 5);
+    CHECK_EQ(c->auth_failures_per_minute, 7);
+    kvs_config_free(c);
+    parse_fails("users: [{token: " HASH "}]\n", "config.yaml:1:9: users[0]: missing \"name\"");
+    parse_fails("users: [{name: a}, {name: a}]\n",
+                "config.yaml:1:20: users[1]: user \"a\" is already users[0]");
+    parse_fails("users: [{name: a, token: hunter2}]\n",
+                "config.yaml:1:26: users[0].token: not a token hash: expected "
+                "pbkdf2-sha256$ITERATIONS$SALT$HASH (make one with kvs-cli hash-token)");
+    parse_fails("users: [{name: a, token: \"pbkdf2-sha256$10$c2FsdHNhbHRzYWx0$YWFh\"}]\n",
+                "config.yaml:1:26: users[0].token: the iteration count must be a number from "
+                "1000 to 100000000");
+    parse_fails("users: [{name: a, token: \"pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$YWFh\"}]\n",
+                "config.yaml:1:26: users[0].token: the hash must be 32 bytes in base64 (RFC "
+                "4648, no padding)");
+    parse_fails("users: [{name: a, allow: {t: [read, drop]}}]\n",
+                "config.yaml:1:37: users[0].allow[\"t\"]: \"drop\" is not a right (read, write "
+                "or admin)");
+    parse_fails("users: [{name: a, allow: [t]}]\n",
+                "config.yaml:1:26: users[0].allow: expected a mapping of table pattern to "
+                "rights, as in {\"orders*\": [read, write]}, got a list");
+    parse_fails("users: [{name: a, allow: {t: []}}]\n",
+                "config.yaml:1:30: users[0].allow[\"t\"]: give at least one right");
+    parse_fails("users: [{name: a, role: x}]\n",
+                "config.yaml:1:19: unknown key \"role\" in \"users[0]\"");
+    parse_fails("users: [{name: \"a\\tb\"}]\n",
+                "config.yaml:1:16: users[0].name must not contain control characters");
+    parse_fails("users: {a: 1}\n",
+                "config.yaml:1:8: users: expected a list of {name, token, allow}, got a mapping");
+}
+
+KVS_TEST(secret_kafka_properties)
+{
+    static const char *const secret[] = {"sasl.password",         "sasl.username",
+                                         "sasl.mechanism",        "sasl.oauthbearer.client.secret",
+                                         "ssl.key.password",      "ssl.key.pem",
+                                         "ssl.keystore.password", "x.password"};
+    static const char *const open[] = {"bootstrap.servers",
+                                       "security.protocol",
+                                       "ssl.ca.location",
+                                       "ssl.certificate.pem",
+                                       "password",
+                                       "ssl.keystore.location",
+                                       "debug"};
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+        CHECK(kvs_config_secret_key(secret[i]));
+    for (size_t i = 0; i < sizeof(open) / sizeof(open[0]); i++)
+        CHECK(!kvs_config_secret_key(open[i]));
+}
+
+KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
+              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_remote_and_router_keys),
+              KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),

@@ -104,7 +104,8 @@ static void link_start(tctx_t *t, router_link_t *l, const char *host)
     kvs_addr_t addr;
     snprintf(text, sizeof(text), "%s:%u", host, t->port);
     CHECK_EQ(kvs_addr_parse(text, 0, &addr, err, sizeof(err)), 0);
-    CHECK_EQ(router_link_start(l, &t->loop, 7, &addr, 1000, 4096, NULL, on_reply, on_state), 0);
+    CHECK_EQ(router_link_start(l, &t->loop, 7, &addr, 1000, 4096, NULL, NULL, on_reply, on_state),
+             0);
 }
 
 KVS_TEST(name_is_resolved_and_link_comes_up)

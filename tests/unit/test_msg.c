@@ -204,10 +204,21 @@ KVS_TEST(validate_unknown_command_field)
     static const uint8_t f60[] = {0xe2, 0x03, 0x00};
     expect_bad_bytes(f60, sizeof(f60), "unsupported command");
     CHECK_CONTAINS(msg, "field 60");
-    /* Field 13, the first number reserved for later commands. */
-    static const uint8_t f13[] = {0x6a, 0x00};
-    expect_bad_bytes(f13, sizeof(f13), "unsupported command");
-    CHECK_CONTAINS(msg, "field 13");
+    /* Field 63, the last number reserved for later commands. */
+    static const uint8_t f63[] = {0xfa, 0x03, 0x00};
+    expect_bad_bytes(f63, sizeof(f63), "unsupported command");
+    CHECK_CONTAINS(msg, "field 63");
+    /* Field 13 is Auth: an empty one names its missing user; its user is
+     * not a table. */
+    static const uint8_t auth[] = {0x6a, 0x00};
+    expect_bad_bytes(auth, sizeof(auth), "Auth.user is empty");
+    static const uint8_t auth_u[] = {0x6a, 0x03, 0x0a, 0x01, 'u'};
+    CHECK_EQ(validate_bytes(auth_u, sizeof(auth_u)), KVS_STATUS_OK);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u));
+    CHECK(r != NULL);
+    CHECK(kvs_msg_request_table(r) == NULL);
+    CHECK_STR(kvs_msg_command_name(r->command_case), "Auth");
+    kvs__command_request__free_unpacked(r, NULL);
     /* An unknown field beside a known command. */
     static const uint8_t ping60[] = {0x5a, 0x00, 0xe2, 0x03, 0x00};
     expect_bad_bytes(ping60, sizeof(ping60), "unknown field 60");
