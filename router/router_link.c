@@ -13,7 +13,8 @@
  *  - One timer serves three purposes: while down it is the reconnect
  *    backoff, during a TLS handshake its deadline (router.timeout: a worker
  *    that accepts but never answers must not hold the link forever), while
- *    up it fires at the oldest request's deadline.
+ *    up it fires at the oldest request's deadline: router.timeout after it
+ *    was sent or after the answer before it arrived, whichever is later.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
  *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
@@ -77,11 +78,20 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     return 0;
 }
 
+/* Pops the oldest request. The next one's clock starts no earlier than
+ * now: a worker working through a deep pipeline of large requests is
+ * making progress, and only a worker that owes answers and sends none for
+ * router.timeout is taken for hung. */
 static router_link_pending_t fifo_pop(router_link_t *l)
 {
     router_link_pending_t p = l->fifo[l->head];
     l->head = (l->head + 1) % l->cap;
     l->count--;
+    if (l->count > 0) {
+        uint64_t dl = uv_now(l->loop) + l->timeout_ms;
+        if (l->fifo[l->head].deadline < dl)
+            l->fifo[l->head].deadline = dl;
+    }
     return p;
 }
 
