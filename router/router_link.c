@@ -398,11 +398,16 @@ static void link_arm_timer(router_link_t *l)
         l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
         return;
     }
-    if (l->count == 0) {
-        uv_timer_stop(&l->timer);
+    /* Up: the timer need only fire no later than the oldest request's
+     * deadline. Deadlines only move later, so a timer already due sooner
+     * is kept (it fires early and re-arms), and an idle link keeps its
+     * timer until it fires and finds nothing due: re-arming on every
+     * answer cost a timer-heap update per request. */
+    if (l->count == 0)
         return;
-    }
     uint64_t now = uv_now(l->loop), dl = l->fifo[l->head].deadline;
+    if (uv_is_active((uv_handle_t *)&l->timer) && now + uv_timer_get_due_in(&l->timer) <= dl)
+        return;
     uv_timer_start(&l->timer, on_timer, dl > now ? dl - now : 0, 0);
 }
 
