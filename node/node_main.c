@@ -165,11 +165,14 @@ static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_
             return -1;
         }
         n++;
-    } else if (cfg->node_listen[0] != '\0') {
-        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], why, sizeof(why)) != 0 ||
+    } else if (cfg->node_listen[0] != '\0' || cfg->self != NULL) {
+        /* With a cluster map and no node.listen: where the map says peers
+         * find this node's workers. */
+        const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen : cfg->self->address;
+        if (kvs_addr_parse(base, 0, &addrs[n], why, sizeof(why)) != 0 ||
             addrs[n].port + a->shard > 65535) {
-            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port",
-                     cfg->node_listen, a->shard);
+            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port", base,
+                     a->shard);
             return -1;
         }
         addrs[n].port = (uint16_t)(addrs[n].port + a->shard);

@@ -56,6 +56,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "router.h"
+#include "router_send.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -77,6 +78,7 @@ typedef struct route_merge_s {
     uint32_t *key_part;        /* multi-key: the part each key went to */
     uint32_t *key_index;       /* ... and its index inside that part */
     int anywhere;              /* every part got the whole request: the key may be on any */
+    router_try_t *tries;       /* each part's replicas */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -90,10 +92,12 @@ router_req_t *router_req_new(router_t *r, router_client_t *cl)
     if (req != NULL) {
         r->free_reqs = req->next;
         r->n_free_reqs--;
-        kvs_buf_t keep = req->resp;
+        kvs_buf_t keep = req->resp, bytes = req->try0.bytes;
         memset(req, 0, sizeof(*req));
         req->resp = keep;
         req->resp.len = 0;
+        req->try0.bytes = bytes;
+        req->try0.bytes.len = 0;
     } else if ((req = calloc(1, sizeof(*req))) == NULL) {
         return NULL;
     }
@@ -108,6 +112,7 @@ void router_reqs_release(router_t *r)
         router_req_t *req = r->free_reqs;
         r->free_reqs = req->next;
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
     }
     r->n_free_reqs = 0;
@@ -117,8 +122,12 @@ static void merge_free(route_merge_t *m)
 {
     if (m == NULL)
         return;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < m->nparts; i++) {
         kvs_buf_free(&m->answers[i]);
+        if (m->tries != NULL)
+            kvs_buf_free(&m->tries[i].bytes);
+    }
+    free(m->tries);
     free(m->answers);
     free(m->part_shard);
     free(m->failed);
@@ -138,8 +147,11 @@ void router_req_free(router_req_t *req)
     kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
+    if (req->try0.bytes.cap > REQ_KEEP_BUF)
+        kvs_buf_free(&req->try0.bytes);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
         return;
     }
@@ -259,6 +271,43 @@ static int is_write(Kvs__CommandRequest__CommandCase cmd)
            cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
+/* Reads: sent again to another replica when the first fails them. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c)
+{
+    switch (c) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A write to a table bound to no topic, on a shard with several
+ * replicas: there is no single writer (each replica would hold what was
+ * written to it alone), so it is refused. Returns 1 when `req` was. */
+static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t tlen, uint32_t shard)
+{
+    if (!is_write(cmd) || r->sets == NULL || r->sets[shard].n < 2)
+        return 0;
+    int n = tlen > 200 ? 200 : (int)tlen;
+    router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                             "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u "
+                             "replicas: a write to an unbound table would reach one copy only. "
+                             "Bind the table to a topic (kafka.bindings) so every replica applies "
+                             "its writes, or serve shard %u from one node; nothing was written",
+                             kvs_msg_command_name(cmd), n, (const char *)table, shard,
+                             r->sets[shard].n, shard);
+    return 1;
+}
+
 /* The status of a request that got no answer (see router_link_reply_cb):
  * 503 when the link failed; when the answer came but was dropped for its
  * size, 413 for a read (nothing changed) and 500 for a write (it may have
@@ -277,6 +326,9 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     if (req == NULL)
         return; /* an internal probe */
     route_merge_t *m = req->merge;
+    router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
+    if (router_send_answered(req->router, req, t, part, payload, len, failure))
+        return;      /* sent to another replica: its answer comes later */
     if (m == NULL) { /* single part: pass the worker's answer through */
         const uint8_t *tok;
         size_t toklen;
@@ -938,34 +990,23 @@ static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cm
     m->failed = calloc(nparts, sizeof(*m->failed));
     m->key_part = calloc(nkeys ? nkeys : 1, sizeof(*m->key_part));
     m->key_index = calloc(nkeys ? nkeys : 1, sizeof(*m->key_index));
-    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index) {
+    m->tries = calloc(nparts, sizeof(*m->tries));
+    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index || !m->tries) {
         merge_free(m);
         return NULL;
     }
     return m;
 }
 
-/* Sends part `part` to `shard`; a down link fails the part at once. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c);
+
+/* Sends part `part` to a replica of `shard`; when none takes it, the part
+ * fails at once. */
 static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
                       const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen)
 {
-    router_link_t *l = &r->links[shard];
-    int rc = msg != NULL ? router_link_send_msg(l, msg, req, part)
-                         : router_link_send(l, raw, rawlen, req, part);
-    if (rc == 0)
-        return;
-    char why[400];
-    if (rc == KVS_ECLOSED)
-        snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
-                 l->last_error[0] ? l->last_error : "its connection is closing");
-    else if (rc == KVS_ELIMIT)
-        snprintf(why, sizeof(why),
-                 "shard %u is overloaded: %zu bytes of requests are waiting for it "
-                 "(limits.client_output); nothing was sent, retry shortly",
-                 shard, l->max_queue);
-    else
-        snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
-    router_route_reply(req, part, NULL, 0, why);
+    router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
+    router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
 /* The binding of the table named table[0..len), or NULL (unbound). */
@@ -1219,6 +1260,10 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         shard_of[i] = place_key(r, b, key->data, key->len);
         if (part_of_shard[shard_of[i]] == UINT32_MAX)
             part_of_shard[shard_of[i]] = nparts++;
+        const char *table = kvs_msg_request_table(q);
+        if (b == NULL &&
+            unbound_refused(r, req, q->command_case, table, strlen(table), shard_of[i]))
+            return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
         req->parts_left = 1;
@@ -1384,8 +1429,12 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
 {
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
+        uint32_t shard = place_key(r, b, key->data, key->len);
+        const char *table = kvs_msg_request_table(q);
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, strlen(table), shard))
+            return;
         req->parts_left = 1;
-        send_part(r, req, 0, place_key(r, b, key->data, key->len), NULL, raw, rawlen);
+        send_part(r, req, 0, shard, NULL, raw, rawlen);
         return;
     }
     switch (q->command_case) {
@@ -1560,12 +1609,15 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
                pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
     if (hold(req, b != NULL && read, payload, len))
         return 1;
+    uint32_t shard = place_key(r, b, pk->key, pk->key_len);
+    if (b == NULL && !read && unbound_refused(r, req, pk->cmd, pk->table, pk->table_len, shard))
+        return 1;
     if (b != NULL && !read)
         mark_write(req);
     else if (b != NULL)
         append_position(r, req, b, pk, &payload, &len);
     req->parts_left = 1;
-    send_part(r, req, 0, place_key(r, b, pk->key, pk->key_len), NULL, payload, len);
+    send_part(r, req, 0, shard, NULL, payload, len);
     return 1;
 }
 
