@@ -36,6 +36,9 @@ typedef struct node_cmd_ctx_s {
     node_defer_fn defer;     /* a request's answer comes later (node_slot.h) */
     void *defer_arg;
     int ungated; /* executing a read node_reads let through: no second check */
+    /* The shard has several replicas (cluster.nodes): writes to tables
+     * bound to no topic are refused, as they would reach this copy only. */
+    uint32_t replicas;
 } node_cmd_ctx_t;
 
 /* Decodes, validates and executes the request in `payload`, appending one

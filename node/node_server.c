@@ -633,6 +633,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.defer = defer_current;
     srv->cmd.defer_arg = srv;
     srv->cmd.cfg = o->limits;
+    srv->cmd.replicas = kvs_config_replica_count(o->limits, o->shard);
     kvs_arena_init(&srv->cmd.arena);
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);

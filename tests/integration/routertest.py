@@ -214,12 +214,15 @@ class Router(Managed):
     log: the log section, as YAML flow text ("{level: info}");
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
-    (its pid is the group id), as a shell does with a job.
+    (its pid is the group id), as a shell does with a job;
+    cluster_yaml: more lines of the cluster section (e.g. a `nodes:` map),
+    indented as they go there; node_name: node.name.
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
-                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}"):
+                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
+                 cluster_yaml=(), node_name=None):
         self.name = name
         self.env = dict(env or {})
         self.new_session = new_session
@@ -240,6 +243,7 @@ class Router(Managed):
             "  shards: %d" % shards,
             "  partitions: %d" % partitions,
         ]
+        lines.extend(cluster_yaml)
         if self.remote:
             lines.append("  remote:")
             for s, addr in sorted(self.remote.items()):
@@ -249,8 +253,13 @@ class Router(Managed):
             router.append("timeout: %s" % timeout)
         router.extend(router_yaml)
         lines.append("router: {%s}" % ", ".join(router))
+        node = []
         if node_listen is not None:
-            lines.append('node: {listen: "%s"}' % node_listen)
+            node.append('listen: "%s"' % node_listen)
+        if node_name is not None:
+            node.append("name: %s" % node_name)
+        if node:
+            lines.append("node: {%s}" % ", ".join(node))
         lines.append("storage: {sync: %s}" % sync)
         limits = []
         if max_frame is not None:

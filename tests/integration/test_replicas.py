@@ -1,0 +1,281 @@
+"""Integration tests for replicas (issue 13): every shard on several nodes
+(cluster.nodes), reads that fail over to another replica within the retry
+budget, writes to bound tables through any live replica, per-replica
+consumer groups, digests that prove replicas converged, and a new replica
+that starts from a peer's snapshot.
+
+Several kvs nodes (one kvs-router each, with its kvs-node workers) run on
+this machine, each with its own data directory and its workers on their
+own TCP ports (the map's addresses), all ingesting from one kvs-mock-kafka.
+Every wait is bounded; every process is killed at cleanup.
+"""
+import os
+import random
+import signal
+import threading
+import time
+import unittest
+
+import kafkatest
+from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
+from kvstest import Client, pb, pyval, req_hget, req_hset
+from routertest import Router, free_port_range, partition_of
+
+SHARDS = 4
+PARTITIONS = 64      # cluster.partitions (tables bound to no topic)
+TOPIC_PARTS = 8      # the bound topic's partitions: two per shard
+TOPIC = "users"
+TABLE = "users"
+# 3 nodes, 4 shards, 2 replicas each: a serves 0 1, b 0 2 3, c 1 2 3.
+LAYOUT = {"a": [0, 1], "b": [0, 2, 3], "c": [1, 2, 3]}
+
+
+def shard_of_key(key):
+    return partition_of(key, TOPIC_PARTS) % SHARDS
+
+
+def hget_at(table, key, position=b""):
+    r = req_hget(table, key)
+    if position:
+        r.min_position = position
+    return r
+
+
+class ReplicaFixtures:
+    """A cluster of named nodes over one mock Kafka (mixed into a TestCase)."""
+
+    def run(self, result=None):
+        self._routers, self._mocks = [], []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            import sys
+            for r in self._routers:
+                text = r.log_text or r.stderr()
+                sys.stderr.write("\n---- node %s stderr (%s), last 8000 chars ----\n%s\n"
+                                 % (r.name, self.id(), text[-8000:]))
+        return out
+
+    def mock(self):
+        m = MockKafka({TOPIC: TOPIC_PARTS})
+        self._mocks.append(m)
+        self.addCleanup(m.close)
+        return m
+
+    def bases(self, names):
+        """A base port per node name, their ranges of SHARDS ports disjoint."""
+        out, used = {}, []
+        for n in names:
+            for _ in range(50):
+                b = free_port_range(SHARDS)
+                if all(abs(b - u) >= SHARDS for u in used):
+                    break
+            out[n] = b
+            used.append(b)
+        return out
+
+    def node(self, mock, name, layout, bases, timeout="2s", max_lag=None, env=None,
+             router_yaml=(), extra=""):
+        """Router `name` of the cluster `layout` {name: shards} (not started)."""
+        nodes = ["  nodes:"]
+        for n, shards in layout.items():
+            nodes.append('    - {name: %s, address: "127.0.0.1:%d", shards: [%s]}'
+                         % (n, bases[n], ", ".join(str(s) for s in shards)))
+        r = Router(shards=SHARDS, partitions=PARTITIONS, start=False, name=name,
+                   timeout=timeout, env=env, cluster_yaml=nodes + list(extra.splitlines()),
+                   node_name=name, router_yaml=router_yaml,
+                   extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", TOPIC_PARTS)],
+                                          "kvs", {"reconnect.backoff.max.ms": "500"}, max_lag))
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        return r
+
+    def cluster(self, layout=LAYOUT, **kw):
+        mock = self.mock()
+        bases = self.bases(layout)
+        routers = {n: self.node(mock, n, layout, bases, **kw) for n in layout}
+        for r in routers.values():
+            r.start()
+        for r in routers.values():
+            self.wait_serving(r)
+        return mock, bases, routers
+
+    def wait_serving(self, router, timeout=20):
+        """Until `router` answers a read of every shard (not 503)."""
+        probes = {}
+        i = 0
+        while len(probes) < SHARDS:
+            k = b"probe-%d" % i
+            probes.setdefault(shard_of_key(k), k)
+            i += 1
+        last = None
+        deadline = time.monotonic() + timeout
+        with router.client() as c:
+            while time.monotonic() < deadline:
+                resps = [c.call(req_hget(TABLE, k)) for k in probes.values()]
+                if all(r.status in (200, 404) for r in resps):
+                    return
+                last = [(r.status, r.message) for r in resps if r.status not in (200, 404)]
+                time.sleep(0.05)
+        self.fail("node %s does not serve every shard: %r" % (router.name, last))
+
+    def worker_info(self, router, shard):
+        return info_pairs(router.socket_path(shard))
+
+
+class Traffic:
+    """Writers and readers through some routers, recording what happened.
+
+    Each writer owns its keys and writes each once (key -> value), keeping
+    the acknowledged ones with their position; readers read acknowledged
+    keys at their write's position (min_position), so any replica that
+    answers must have applied the write: the only right answers are 200
+    with the value (every other answer is recorded as a failure)."""
+
+    def __init__(self, routers, writers_per_router=1, readers_per_router=1, pause=0.004):
+        self.routers = routers
+        self.acked = {}  # key -> (value, position)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.read_fail = []
+        self.write_status = {}
+        self.reads = 0
+        self.pause = pause
+        self.threads = []
+        for ri, r in enumerate(routers):
+            for w in range(writers_per_router):
+                self.threads.append(threading.Thread(target=self.writer, args=(r, "%d-%d" % (ri, w)),
+                                                     daemon=True))
+            for _ in range(readers_per_router):
+                self.threads.append(threading.Thread(target=self.reader, args=(r,), daemon=True))
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def writer(self, router, tag):
+        i = 0
+        with router.client(timeout=20) as c:
+            while not self.stop.is_set():
+                key, val = ("w%s-%d" % (tag, i)).encode(), "v%s-%d" % (tag, i)
+                i += 1
+                resp = c.call(req_hset(TABLE, key, val))
+                with self.lock:
+                    self.write_status[resp.status] = self.write_status.get(resp.status, 0) + 1
+                    if resp.status == 200:
+                        self.acked[key] = (val, resp.position)
+                time.sleep(self.pause)
+
+    def reader(self, router):
+        rnd = random.Random(hash(router.name))
+        with router.client(timeout=20) as c:
+            while not self.stop.is_set():
+                with self.lock:
+                    if not self.acked:
+                        key = None
+                    else:
+                        key = rnd.choice(list(self.acked))
+                        val, pos = self.acked[key]
+                if key is None:
+                    time.sleep(0.01)
+                    continue
+                t0 = time.monotonic()
+                resp = c.call(hget_at(TABLE, key, pos))
+                self.reads += 1
+                if resp.status != 200 or pyval(resp.values[0]) != val:
+                    self.read_fail.append((router.name, key, resp.status, resp.message,
+                                           time.monotonic() - t0))
+                time.sleep(self.pause)
+
+
+class ReplicaTest(ReplicaFixtures, unittest.TestCase):
+
+    def test_kill_a_whole_node_reads_and_writes_go_on(self):
+        mock, bases, rt = self.cluster(max_lag=20)
+        a, b, c = rt["a"], rt["b"], rt["c"]
+        traffic = Traffic([a, c])
+        traffic.start()
+        time.sleep(1.0)
+        b.kill_all()  # kill -9: router and every worker of node b
+        time.sleep(2.0)
+        down_reads = traffic.reads
+        # b comes back slowly ingesting (1 ms per record), behind by more
+        # than max_lag on its partitions: it must not serve them until it
+        # caught up; a's and c's clients see nothing of it.
+        b.env["KVS_TEST_INGEST_DELAY_MS"] = "1"
+        b.proc = None
+        b.start()
+        behind = []
+        for s in LAYOUT["b"]:
+            parts = kafka_parts(self.worker_info(b, s), TOPIC)
+            behind += [(s, p) for p, v in parts.items() if v["serving"] == 0]
+        self.assertTrue(behind, "node b's workers serve right after a restart behind the topic")
+        with b.client() as cb:  # b's router serves at once: other replicas answer meanwhile
+            with traffic.lock:
+                sample = random.Random(1).sample(sorted(traffic.acked), 20)
+                want = {k: traffic.acked[k] for k in sample}
+            for k, (val, pos) in want.items():
+                resp = cb.call(hget_at(TABLE, k, pos))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, val), resp.message)
+        time.sleep(1.0)
+        traffic.finish()
+        self.assertEqual(traffic.read_fail, [], "reads through a and c failed")
+        self.assertGreater(traffic.reads - down_reads, 20)
+        self.assertGreater(len(traffic.acked), 100)
+        self.assertEqual(set(traffic.write_status) - {200, 503}, set(), traffic.write_status)
+        # b catches up, then serves every acknowledged write itself.
+        for s in LAYOUT["b"]:
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["serving"] == 1 and v["lag"] == 0 for v in
+                kafka_parts(self.worker_info(b, s), TOPIC).values()), 30),
+                "shard %d on b never caught up" % s)
+        acked = dict(traffic.acked)
+        for s in LAYOUT["b"]:
+            keys = [k for k in acked if shard_of_key(k) == s]
+            with Client(b.socket_path(s)) as w:
+                for k in keys:
+                    resp = w.call(hget_at(TABLE, k, acked[k][1]))
+                    self.assertEqual(resp.status, 200, resp.message)
+                    self.assertEqual(pyval(resp.values[0]), acked[k][0])
+
+    def test_consumer_group_and_info_name_the_replica(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
+        with rt["a"].client() as c:
+            self.assertEqual(c.call(req_hset(TABLE, b"k1", "v1")).status, 200)
+        pairs = self.worker_info(rt["b"], 0)
+        self.assertEqual(pairs["shard.000.node"], "b")
+        self.assertEqual(pairs["shard.000.replicas"], 2)
+        self.assertIn("consumer group kvs.b", rt["b"].stderr())
+        self.assertIn("consumer group kvs.a", rt["a"].stderr())
+
+    def test_unbound_writes_refused_on_replicated_shards(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1]})
+        keys = {}
+        i = 0
+        while len(keys) < SHARDS:
+            k = b"plain-%d" % i
+            keys.setdefault(partition_of(k, PARTITIONS) % SHARDS, k)
+            i += 1
+        with rt["a"].client() as c:
+            for s, k in sorted(keys.items()):
+                resp = c.call(req_hset("plain", k, "x"))
+                if s in (0, 1):
+                    self.assertEqual(resp.status, 400, resp.message)
+                    self.assertIn("is bound to no Kafka topic, and shard %d has 2 replicas" % s,
+                                  resp.message)
+                else:  # one copy: written as ever
+                    self.assertEqual(resp.status, 200, resp.message)
+        with Client(rt["b"].socket_path(0)) as w:  # a worker refuses it too
+            resp = w.call(req_hset("plain", keys[0], "x"))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("Bind the table to a topic", resp.message)
+
+
+if __name__ == "__main__":
+    unittest.main()
