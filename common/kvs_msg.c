@@ -201,6 +201,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
         [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
         [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
+        [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
+        [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -239,6 +241,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hincr->base;
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         return &r->hlen->base;
+    case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
+        return &r->digest->base;
+    case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
+        return &r->snapshot->base;
     default:
         return NULL;
     }
@@ -409,7 +415,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
                 msg, len,
                 "unsupported command (CommandRequest field %u); this server supports "
                 "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Hincr "
-                "Hlen",
+                "Hlen Digest Snapshot",
                 req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }

@@ -918,6 +918,13 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
             st == KVS_STATUS_OK && table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
         if (st != KVS_STATUS_OK)
             rc = kvs_msg_append_status(out, st, "%s", msg);
+        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
+            rc = node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
+        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
+            rc = ctx->snapshot != NULL
+                     ? ctx->snapshot(ctx->snapshot_arg, out)
+                     : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                             "Snapshot is not available on this server");
         else if (b == NULL && table != NULL &&
                  (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
             rc = rc < 0 ? rc : 0;

@@ -60,6 +60,7 @@ typedef struct node_main_s {
     node_ingest_t *ingest;
     node_reads_t *reads;   /* NULL when no table is bound */
     node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
+    node_digest_t *digest;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
     int signals;
@@ -245,6 +246,7 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
+    node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
     uv_timer_init(m->loop, &m->drain);
@@ -500,6 +502,8 @@ int main(int argc, char **argv)
         return 1;
     }
     node_store_set_fail_arg(store, m.srv);
+    m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
+    node_server_set_digest(m.srv, m.digest);
     watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
@@ -518,6 +522,7 @@ int main(int argc, char **argv)
 
     node_reads_free(m.reads);
     node_writes_free(m.writes);
+    node_digest_free(m.digest);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {

@@ -685,6 +685,11 @@ void node_server_set_writes(node_server_t *srv, node_writes_t *writes)
     srv->cmd.writes = writes;
 }
 
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
+{
+    srv->cmd.digest = digest;
+}
+
 int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     node_server_t *srv = arg;

@@ -7,6 +7,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_conn.h"
+#include "node_digest.h"
 #include "node_ingest.h"
 #include "node_reads.h"
 #include "node_store.h"
@@ -43,6 +44,9 @@ void node_server_set_reads(node_server_t *srv, node_reads_t *reads);
 
 /* Sets the log-first writes of bound tables (NULL: Kafka off). */
 void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
+
+/* Sets the Digest command's state (NULL: not available). */
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest);
 
 /* Executes a request now, without freshness checks (node_reads_exec_cb,
  * with the server as `arg`). */

@@ -1573,6 +1573,15 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
 static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
                           const uint8_t *raw, size_t rawlen)
 {
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 "%s is a worker command: it is about one copy of one shard, so "
+                                 "send it to each replica's worker (kvs-cli digest TABLE does), "
+                                 "not through the router",
+                                 kvs_msg_command_name(q->command_case));
+        return;
+    }
     const char *table = kvs_msg_request_table(q);
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))

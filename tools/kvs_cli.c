@@ -51,10 +51,12 @@
  * so a user can check by hand where a key lives and where a producer should
  * have put it.
  */
+#include "cli_digest.h"
 #include "cli_edit.h"
 #include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
@@ -1179,6 +1181,50 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     return CLI_OK;
 }
 
+/* digest TABLE [--node NAME]: with --config, every replica of every shard
+ * (or of NAME's shards) compared (cli_digest); without, the one server
+ * connected to (a worker: its socket or TCP port). */
+static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char *table = NULL, *node = NULL;
+    if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
+        fprintf(stderr, "usage: kvs-cli [--config FILE] digest TABLE [--node NAME]\n");
+        return CLI_USAGE;
+    }
+    if (arg_string(c, "table name", argv[0], &table) != 0 ||
+        (argc == 3 && arg_string(c, "node name", argv[2], &node) != 0))
+        return CLI_USAGE;
+    if (c->config_path != NULL) {
+        int rc = cli_config(c);
+        if (rc != 0)
+            return rc;
+        rc = cli_digest_run(c->cfg, table, node, c->timeout, c->raw);
+        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+    }
+    Kvs__CommandRequest req;
+    Kvs__Digest *d = cli_new(c, &kvs__digest__descriptor);
+    kvs__command_request__init(&req);
+    req.command_case = cmd->cc;
+    req.digest = d;
+    d->table = table;
+    Kvs__CommandResponse *r = NULL;
+    int rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
+    if (r->n_values < 2 || r->values[0]->binary_value.len != KVS_HASH_LEN) {
+        fprintf(stderr, "kvs-cli: %s: the Digest answer holds no digest\n", c->name);
+        return CLI_FAILED;
+    }
+    kvs_hash_hex(r->values[0]->binary_value.data, hex);
+    if (r->position.len > 0)
+        kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
+    printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
+    return CLI_OK;
+}
+
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
 
 static const cli_cmd_t commands[] = {
@@ -1210,6 +1256,9 @@ static const cli_cmd_t commands[] = {
      CC(INFO), build_info, SHAPE_PAIRS, run_simple},
     {"keyslot", "TABLE KEY", "the partition and shard of KEY (from --config; no server asked)", 2,
      2, 1, CC(_NOT_SET), NULL, SHAPE_VALUE, run_keyslot},
+    {"digest", "TABLE [--node NAME]",
+     "compare every replica's digest of TABLE (with --config; else the server's own)", 1, 3, 1,
+     CC(DIGEST), NULL, SHAPE_VALUE, run_digest},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1523,7 +1572,8 @@ static void usage(FILE *f)
                "  --port PORT        server port (default 9527)\n"
                "  --socket PATH      unix socket; overrides --host and --port\n"
                "  --timeout SECONDS  limit on connecting and on each reply (default 10; 0 = none)\n"
-               "  --config FILE      the node's config.yaml, for keyslot (no server needed)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed) and\n"
+               "                     digest (every replica it lists)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"
