@@ -27,6 +27,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "node_bootstrap.h"
 #include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
@@ -61,6 +62,7 @@ typedef struct node_main_s {
     node_reads_t *reads;   /* NULL when no table is bound */
     node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
     node_digest_t *digest;
+    node_snapshot_t *snapshot;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
     int signals;
@@ -442,7 +444,14 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     *n_addrs = listen_addrs(*cfg, args, addrs, err, sizeof(err));
     if (*n_addrs < 0)
         return config_fatal(m, "%s", err);
-    int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
+    /* A new replica copies a peer's environment before opening its own. */
+    m->loop = uv_default_loop();
+    int rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    if (rc == -ECANCELED)
+        return 0;
+    if (rc != 0)
+        kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
+    rc = open_store(*cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
@@ -479,8 +488,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
-    if (rc != 0) {
+    if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
         kvs_config_free(cfg);
+        if (m.loop != NULL)
+            uv_loop_close(m.loop);
         return finish(&m, rc);
     }
 
@@ -504,6 +515,9 @@ int main(int argc, char **argv)
     node_store_set_fail_arg(store, m.srv);
     m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
     node_server_set_digest(m.srv, m.digest);
+    m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
+                                   cfg->frame_timeout_ms);
+    node_server_set_snapshot(m.srv, m.snapshot);
     watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
@@ -523,6 +537,7 @@ int main(int argc, char **argv)
     node_reads_free(m.reads);
     node_writes_free(m.writes);
     node_digest_free(m.digest);
+    node_snapshot_free(m.snapshot);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {

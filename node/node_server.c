@@ -75,6 +75,7 @@ struct node_client_s {
     node_client_t *resume_next; /* clients to resume on the next loop turn */
     int on_resume_list;
     node_client_t *prev, *next; /* all clients */
+    int streaming;              /* handed to the snapshot sender: serves nothing else */
 };
 
 struct node_server_s {
@@ -109,6 +110,7 @@ struct node_server_s {
     int closing_handles;
     node_server_turn_cb turn_cb;
     void *turn_arg;
+    node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -455,6 +457,11 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->exec_slot = slot;
     srv->exec_deferred = 0;
     int rc = node_cmd_frame(&srv->cmd, payload, len, out);
+    if (cl->streaming) { /* Snapshot took the connection: nothing else is answered on it */
+        srv->executing = NULL;
+        srv->exec_slot = NULL;
+        return;
+    }
     slot = srv->exec_slot;
     int deferred = srv->exec_deferred;
     srv->executing = NULL;
@@ -508,6 +515,8 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
+    if (cl->streaming)
+        node_snapshot_gone(srv->snapshot, c);
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
     if (cl->on_ready_list)
@@ -690,6 +699,34 @@ void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
     srv->cmd.digest = digest;
 }
 
+/* node_cmd's Snapshot hook: the client that asked becomes the stream's
+ * receiver, if the request is alone on its connection. */
+static int take_snapshot(void *arg, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->snapshot == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
+    if (cl->head != NULL || srv->exec_slot != NULL || kvs_conn_has_frame(&cl->conn) ||
+        kvs_conn_backlog(&cl->conn) > 0 || out->len > 0)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Snapshot must be alone on its connection (the stream "
+                                     "takes it over): open a connection for it");
+    int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    cl->streaming = 1;
+    kvs_conn_pause(&cl->conn);
+    return 0;
+}
+
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn)
+{
+    srv->snapshot = sn;
+    srv->cmd.snapshot = sn != NULL ? take_snapshot : NULL;
+    srv->cmd.snapshot_arg = srv;
+}
+
 int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
     node_server_t *srv = arg;
@@ -743,7 +780,9 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
         uv_close(&srv->listeners[i].handle, NULL);
     srv->n_listeners = 0;
     for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next) {
-        if (cl->head == NULL)
+        if (cl->streaming)
+            kvs_conn_close(&cl->conn); /* a snapshot is not worth the wait */
+        else if (cl->head == NULL)
             kvs_conn_close_after_flush(&cl->conn);
         else
             kvs_conn_stop_reading(&cl->conn); /* closed once its answers are out */

@@ -10,6 +10,7 @@
 #include "node_digest.h"
 #include "node_ingest.h"
 #include "node_reads.h"
+#include "node_snapshot.h"
 #include "node_store.h"
 #include "node_writes.h"
 
@@ -47,6 +48,9 @@ void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
 
 /* Sets the Digest command's state (NULL: not available). */
 void node_server_set_digest(node_server_t *srv, node_digest_t *digest);
+
+/* Sets the Snapshot command's sender (NULL: not available). */
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn);
 
 /* Executes a request now, without freshness checks (node_reads_exec_cb,
  * with the server as `arg`). */

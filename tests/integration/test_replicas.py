@@ -290,6 +290,93 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(resp.status, 400)
         self.assertIn("worker command", resp.message)
 
+    @unittest.skipIf(kafkatest.Producer is None, "python3-confluent-kafka is not installed")
+    def test_new_replica_from_a_snapshot_then_the_old_one_leaves(self):
+        before = 4000
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        kafkatest.produce(mock.bootstrap, TOPIC,
+                          [(b"old-%d" % i, b"o%d" % i) for i in range(before)])
+        for r in (a, b):
+            for s in range(SHARDS):
+                self.assertIsNotNone(wait_until(lambda: all(
+                    v["lag"] == 0 and v["next_offset"] > 0
+                    for v in kafka_parts(self.worker_info(r, s), TOPIC).values()), 30))
+        traffic = Traffic([a])  # a's clients read and write through the whole move
+        traffic.start()
+        # d joins as a third replica of every shard: its map lists a and b
+        # (a's and b's own maps change when they restart; until then they
+        # serve without d, which is fine).
+        layout_d = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
+        bases["d"] = self.bases(["a", "b", "d"])["d"]
+        while any(abs(bases["d"] - bases[n]) < SHARDS for n in ("a", "b")):
+            bases["d"] = free_port_range(SHARDS)
+        d = self.node(mock, "d", layout_d, bases)
+        d.start()
+        self.wait_serving(d)
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["serving"] == 1 and v["lag"] == 0
+                for v in kafka_parts(self.worker_info(d, s), TOPIC).values()), 30))
+        log = d.stderr()
+        self.assertEqual(log.count("copying a snapshot from node a"), SHARDS, log[-3000:])
+        self.assertEqual(log.count("copied shard"), SHARDS, log[-3000:])
+        # d read only the tail from Kafka: the records before it joined came in the copy.
+        ingested = sum(v["ingested"] for s in range(SHARDS)
+                       for v in kafka_parts(self.worker_info(d, s), TOPIC).values())
+        applied = sum(v["applied"] for s in range(SHARDS)
+                      for v in kafka_parts(self.worker_info(d, s), TOPIC).values())
+        self.assertGreaterEqual(applied, before)
+        self.assertLess(ingested, before // 4, "d replayed the topic instead of copying")
+        # The old replica leaves (stopped the graceful way); a's clients see nothing of it.
+        b.stop()
+        time.sleep(1.0)
+        traffic.finish()
+        self.assertEqual(traffic.read_fail, [])
+        self.assertEqual(set(traffic.write_status), {200}, traffic.write_status)
+        self.assertGreater(traffic.reads, 50)
+        # d serves every record, the old ones (from the copy) and the new ones.
+        with d.client() as c:
+            for i in range(0, before, 97):
+                resp = c.call(req_hget(TABLE, b"old-%d" % i))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "o%d" % i))
+            for k, (val, pos) in list(traffic.acked.items())[::7]:
+                resp = c.call(hget_at(TABLE, k, pos))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, val), resp.message)
+        # a and d, the shard's replicas now, agree.
+        a.stop()
+        a.proc = None
+        a.close()
+        rt2 = self.node(mock, "a", {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        rt2.start()
+        rc, out = self.digest(rt2)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count("replicas agree"), SHARDS, out)
+
+    def test_bootstrap_replay_when_no_peer_can_send(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3]})
+        with rt["a"].client() as c:
+            for i in range(50):
+                self.assertEqual(c.call(req_hset(TABLE, b"r%d" % i, "v%d" % i)).status, 200)
+        rt["a"].stop()
+        layout = {"a": [0, 1, 2, 3], "e": [0, 1, 2, 3]}
+        bases["e"] = free_port_range(SHARDS)
+        while abs(bases["e"] - bases["a"]) < SHARDS:
+            bases["e"] = free_port_range(SHARDS)
+        e = self.node(mock, "e", layout, bases)
+        e.start()
+        self.wait_serving(e)
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["lag"] == 0 for v in kafka_parts(self.worker_info(e, s), TOPIC).values()), 30))
+        log = e.stderr()
+        self.assertIn("could send a snapshot: starting empty", log)
+        with e.client() as c:
+            for i in range(50):
+                resp = c.call(req_hget(TABLE, b"r%d" % i))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v%d" % i))
+
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
         with rt["a"].client() as c:
