@@ -747,24 +747,25 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
 }
 
 /* k-way merge of the shards' key-ordered pairs. */
-static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
+                        kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     size_t total = 0;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < nparts; i++)
         total += rs[i]->n_pairs;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
     out.status = KVS_STATUS_OK;
     out.pairs = kvs_arena_alloc(arena, (total ? total : 1) * sizeof(*out.pairs));
-    size_t *pos = kvs_arena_alloc(arena, m->nparts * sizeof(*pos));
+    size_t *pos = kvs_arena_alloc(arena, nparts * sizeof(*pos));
     if (out.pairs == NULL || pos == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    memset(pos, 0, m->nparts * sizeof(*pos));
+    memset(pos, 0, nparts * sizeof(*pos));
     for (out.n_pairs = 0; out.n_pairs < total; out.n_pairs++) {
         uint32_t best = UINT32_MAX;
-        for (uint32_t i = 0; i < m->nparts; i++) {
+        for (uint32_t i = 0; i < nparts; i++) {
             if (pos[i] == rs[i]->n_pairs)
                 continue;
             if (best == UINT32_MAX ||
@@ -778,6 +779,57 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
                       ? "it lists six numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
+}
+
+/* The router's own Info pairs (sorted): its replica retries and budget. */
+static Kvs__CommandResponse *router_info(router_t *r, kvs_arena_t *arena)
+{
+    static const char *const names[] = {"router.replica_reads", "router.replica_retries",
+                                        "router.replica_retries_refused"};
+    const uint64_t vals[] = {r->budget.reads, r->budget.retries, r->budget.refused};
+    Kvs__CommandResponse *out = kvs_arena_alloc(arena, sizeof(*out));
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, 3 * sizeof(*p));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, 3 * sizeof(*pp));
+    Kvs__Value *v = kvs_arena_alloc(arena, 3 * sizeof(*v));
+    if (out == NULL || p == NULL || pp == NULL || v == NULL)
+        return NULL;
+    kvs__command_response__init(out);
+    for (int i = 0; i < 3; i++) {
+        kvs__kvpair__init(&p[i]);
+        kvs__value__init(&v[i]);
+        v[i].kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+        v[i].integer_value = (int64_t)vals[i];
+        p[i].key.data = (uint8_t *)names[i];
+        p[i].key.len = strlen(names[i]);
+        p[i].value = &v[i];
+        pp[i] = &p[i];
+    }
+    out->pairs = pp;
+    out->n_pairs = 3;
+    return out;
+}
+
+/* Info: every shard's pairs and, when some shard has replicas, the
+ * router's own, merged in key order. */
+static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    int replicated = 0;
+    for (uint32_t s = 0; m->router->sets != NULL && s < m->router->shards; s++)
+        replicated |= m->router->sets[s].n > 1;
+    if (!replicated) {
+        merge_pairs(req, rs, m->nparts, arena);
+        return;
+    }
+    Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
+    Kvs__CommandResponse *mine = router_info(m->router, arena);
+    if (all == NULL || mine == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    memcpy(all, rs, m->nparts * sizeof(*all));
+    all[m->nparts] = mine;
+    merge_pairs(req, all, m->nparts + 1, arena);
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -956,8 +1008,10 @@ static void merge_finish(router_req_t *req)
     } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+            merge_pairs(req, rs, m->nparts, arena);
+            break;
         case KVS__COMMAND_REQUEST__COMMAND_INFO:
-            merge_pairs(req, rs, arena);
+            merge_info(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);

@@ -377,6 +377,53 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 resp = c.call(req_hget(TABLE, b"r%d" % i))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v%d" % i))
 
+    def test_hung_replica_costs_a_timeout_and_retries_stay_within_budget(self):
+        layout = {"a": [0, 1], "b": [2, 3], "c": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout, timeout="1s",
+                                       router_yaml=("retry_percent: 10", "retry_burst: 20"))
+        a, b = rt["a"], rt["b"]
+        keys = []
+        i = 0
+        with a.client() as c:
+            while len(keys) < 40:
+                k = b"h%d" % i
+                i += 1
+                if shard_of_key(k) in (2, 3):  # b and c serve these; a has no copy
+                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                    keys.append(k)
+        hung = list(b.workers().values())
+        self.assertEqual(len(hung), 2)
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in hung])
+        lat, statuses, lock = [], {}, threading.Lock()
+        stop = time.monotonic() + 4.0
+
+        def reader(n):
+            rnd = random.Random(n)
+            with a.client(timeout=20) as c:
+                while time.monotonic() < stop:
+                    t0 = time.monotonic()
+                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
+                    with lock:
+                        lat.append(time.monotonic() - t0)
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        lat.sort()
+        p99 = lat[int(len(lat) * 0.99)]
+        pairs = info_pairs(a.addr)
+        reads, retries = pairs["router.replica_reads"], pairs["router.replica_retries"]
+        self.assertLess(p99, 1.0 + 0.5, "p99 %.3f s with router.timeout 1 s" % p99)
+        self.assertGreater(retries, 0)  # the hung replica's requests went elsewhere
+        self.assertLessEqual(retries, reads * 10 // 100 + 20)
+        self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
+        self.assertGreater(len(lat), 200)
+
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
         with rt["a"].client() as c:

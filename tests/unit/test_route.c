@@ -2371,6 +2371,34 @@ KVS_TEST(replica_unbound_writes_refused)
     CHECK_EQ(fx.n_sent, 1);
 }
 
+KVS_TEST(replica_info_shows_retries)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    reply_status(0, 503, "starting");
+    reply_status(1, 404, "not found");
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    ProtobufCBinaryData kb[1];
+    char name[SHARDS][32];
+    for (size_t i = 0; i < SHARDS; i++) {
+        snprintf(name[i], sizeof(name[i]), "shard.%03u.tables", fx.sent[i].shard);
+        kb[0] = bin(name[i]);
+        reply_pairs(i, 1, kb, NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, SHARDS + 3);
+    CHECK(bin_is(r->pairs[0]->key, "router.replica_reads", 20));
+    CHECK_EQ(r->pairs[0]->value->integer_value, 1 + SHARDS); /* the Hget, and the Info's parts */
+    CHECK(bin_is(r->pairs[1]->key, "router.replica_retries", 22));
+    CHECK_EQ(r->pairs[1]->value->integer_value, 1);
+    CHECK(bin_is(r->pairs[2]->key, "router.replica_retries_refused", 30));
+    CHECK_EQ(r->pairs[2]->value->integer_value, 0);
+    CHECK(bin_is(r->pairs[3]->key, "shard.000.tables", 16));
+}
+
 KVS_TEST(replica_retry_budget)
 {
     setup_replicas(0, 1); /* one retry in the bucket, no deposits */
@@ -2403,8 +2431,9 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_split_read_retries_its_part),
               KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
               KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
-              KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
-              KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+              KVS_CASE(replica_info_shows_retries), KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
+              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
               KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
