@@ -651,7 +651,7 @@ static int finish(node_cmd_ctx_t *ctx, kvs_resp_t *r, Kvs__CommandRequest__Comma
         break;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         snprintf(hint, sizeof(hint),
-                 "it lists six numbers per Kafka partition this shard owns; raise "
+                 "it lists eight numbers per Kafka partition this shard owns; raise "
                  "limits.max_frame to at least %zu bytes",
                  n);
         break;

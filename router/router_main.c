@@ -5,10 +5,12 @@
  *
  * Start-up: load and validate the config, take <data_dir>/router.lock (a
  * second router on the same data refuses), spawn a kvs-node for every local
- * shard (every shard not listed in cluster.remote), connect a link to every
- * shard (unix socket for local ones, TCP for remote ones), and start
- * accepting clients once every local shard answers. Remote shards are not
- * waited for: their requests get 503 until their node is reachable.
+ * shard (those this node's entry in cluster.nodes lists, or every shard not
+ * in cluster.remote), connect a link to every replica of every shard
+ * (kvs_cluster: unix socket for this node's own, TCP for the others;
+ * router_replica chooses among them per request), and start accepting
+ * clients once every local worker answers. Remote replicas are not waited
+ * for: requests go to the replicas that are up, and get 503 while none is.
  *
  * Under systemd (Type=notify) the router sends READY=1 once it accepts
  * clients, STOPPING=1 when the shutdown begins, and STATUS= lines

@@ -37,6 +37,16 @@
  *    could not say where a key it wrote belongs, nor find it later beside
  *    the records of the same key the producers place.
  *
+ * Replicas: every part goes to one replica of its shard through
+ * router_send (router_replica has the policy): a read that fails there is
+ * sent again to another replica within the retry budget before its
+ * failure is answered (router_route_reply asks router_send_answered
+ * first); a write goes to the first live replica and is never resent; a
+ * write to a table bound to no topic on a shard with several replicas is
+ * refused (400), as there is no single writer. Digest and Snapshot are
+ * about one copy and go to workers directly (400 here). Info adds the
+ * router's replica counters when some shard has replicas.
+ *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
  *
@@ -776,7 +786,7 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, uint32_t n
     }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd),
                   m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO
-                      ? "it lists six numbers per Kafka partition of every shard; raise "
+                      ? "it lists eight numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
 }
