@@ -1317,16 +1317,17 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         return;
     }
     uint32_t nparts = 0;
+    const char *table = kvs_msg_request_table(q);
+    size_t tlen = table != NULL ? strlen(table) : 0;
     for (uint32_t s = 0; s < r->shards; s++)
         part_of_shard[s] = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
         const ProtobufCBinaryData *key = nth_key(q, i);
         shard_of[i] = place_key(r, b, key->data, key->len);
-        if (part_of_shard[shard_of[i]] == UINT32_MAX)
-            part_of_shard[shard_of[i]] = nparts++;
-        const char *table = kvs_msg_request_table(q);
-        if (b == NULL &&
-            unbound_refused(r, req, q->command_case, table, strlen(table), shard_of[i]))
+        if (part_of_shard[shard_of[i]] != UINT32_MAX)
+            continue; /* this shard's replicas were checked with an earlier key */
+        part_of_shard[shard_of[i]] = nparts++;
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, tlen, shard_of[i]))
             return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
