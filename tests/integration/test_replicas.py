@@ -12,6 +12,7 @@ Every wait is bounded; every process is killed at cleanup.
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ import unittest
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
 from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
-from routertest import Router, free_port_range, partition_of
+from routertest import Router, partition_of
 
 SHARDS = 4
 PARTITIONS = 64      # cluster.partitions (tables bound to no topic)
@@ -29,6 +30,29 @@ TOPIC = "users"
 TABLE = "users"
 # 3 nodes, 4 shards, 2 replicas each: a serves 0 1, b 0 2 3, c 1 2 3.
 LAYOUT = {"a": [0, 1], "b": [0, 2, 3], "c": [1, 2, 3]}
+
+
+def low_port_range(n, used, tries=500):
+    """A base port in 20000..32000 (below Linux's ephemeral ports) whose n
+    ports are free now and clear of the ranges starting at `used`."""
+    rnd = random.Random()
+    for _ in range(tries):
+        base = rnd.randrange(20000, 32000 - n)
+        if any(abs(base - u) < n for u in used):
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free range of %d ports below 32000" % n)
 
 
 def shard_of_key(key):
@@ -63,16 +87,16 @@ class ReplicaFixtures:
         self.addCleanup(m.close)
         return m
 
-    def bases(self, names):
-        """A base port per node name, their ranges of SHARDS ports disjoint."""
-        out, used = {}, []
+    def bases(self, names, avoid=()):
+        """A base port per node name, their ranges of SHARDS ports disjoint
+        (and from `avoid`). Below the kernel's ephemeral range: a worker
+        restarted (or one that copied a snapshot, after its outgoing
+        connection) must bind its port again, which an outgoing connection
+        of any process could otherwise have taken meanwhile."""
+        out, used = {}, list(avoid)
         for n in names:
-            for _ in range(50):
-                b = free_port_range(SHARDS)
-                if all(abs(b - u) >= SHARDS for u in used):
-                    break
-            out[n] = b
-            used.append(b)
+            out[n] = low_port_range(SHARDS, used)
+            used.append(out[n])
         return out
 
     def node(self, mock, name, layout, bases, timeout="2s", max_lag=None, env=None,
@@ -99,7 +123,24 @@ class ReplicaFixtures:
             r.start()
         for r in routers.values():
             self.wait_serving(r)
+            self.wait_workers(r)
         return mock, bases, routers
+
+    def wait_workers(self, router, timeout=30):
+        """Until every worker of `router` answers Ping itself: a new
+        replica's worker answers 503 while it tries to copy a snapshot."""
+        req = pb.CommandRequest()
+        req.ping.SetInParent()
+
+        def up(s):
+            try:
+                with Client(router.socket_path(s), timeout=5) as c:
+                    return c.call(req).status == 200
+            except OSError:
+                return False
+        for s in router.workers():
+            self.assertIsNotNone(wait_until(lambda: up(s), timeout),
+                                 "worker %d of node %s never served" % (s, router.name))
 
     def wait_serving(self, router, timeout=20):
         """Until `router` answers a read of every shard (not 503)."""
@@ -176,7 +217,7 @@ class Traffic:
                 with self.lock:
                     self.write_status[resp.status] = self.write_status.get(resp.status, 0) + 1
                     if resp.status == 200:
-                        self.acked[key] = (val, resp.position)
+                        self.acked[key] = (val, resp.position, time.monotonic())
                 time.sleep(self.pause)
 
     def reader(self, router):
@@ -184,11 +225,14 @@ class Traffic:
         with router.client(timeout=20) as c:
             while not self.stop.is_set():
                 with self.lock:
-                    if not self.acked:
-                        key = None
-                    else:
-                        key = rnd.choice(list(self.acked))
-                        val, pos = self.acked[key]
+                    # A position handed to another connection may be past
+                    # the end its replica has heard of for a fetch's time
+                    # (503 "ahead", README: Freshness): read writes that
+                    # are a little older.
+                    old = [k for k, v in self.acked.items() if v[2] < time.monotonic() - 0.5]
+                    key = rnd.choice(old) if old else None
+                    if key is not None:
+                        val, pos, _ = self.acked[key]
                 if key is None:
                     time.sleep(0.01)
                     continue
@@ -225,9 +269,10 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertTrue(behind, "node b's workers serve right after a restart behind the topic")
         with b.client() as cb:  # b's router serves at once: other replicas answer meanwhile
             with traffic.lock:
-                sample = random.Random(1).sample(sorted(traffic.acked), 20)
+                settled = [k for k, v in traffic.acked.items() if v[2] < time.monotonic() - 0.5]
+                sample = random.Random(1).sample(sorted(settled), 20)
                 want = {k: traffic.acked[k] for k in sample}
-            for k, (val, pos) in want.items():
+            for k, (val, pos, _) in want.items():
                 resp = cb.call(hget_at(TABLE, k, pos))
                 self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
                                  (200, val), resp.message)
@@ -309,12 +354,11 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         # (a's and b's own maps change when they restart; until then they
         # serve without d, which is fine).
         layout_d = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
-        bases["d"] = self.bases(["a", "b", "d"])["d"]
-        while any(abs(bases["d"] - bases[n]) < SHARDS for n in ("a", "b")):
-            bases["d"] = free_port_range(SHARDS)
+        bases.update(self.bases(["d"], avoid=bases.values()))
         d = self.node(mock, "d", layout_d, bases)
         d.start()
         self.wait_serving(d)
+        self.wait_workers(d)
         for s in range(SHARDS):
             self.assertIsNotNone(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0
@@ -341,7 +385,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             for i in range(0, before, 97):
                 resp = c.call(req_hget(TABLE, b"old-%d" % i))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "o%d" % i))
-            for k, (val, pos) in list(traffic.acked.items())[::7]:
+            for k, (val, pos, _) in list(traffic.acked.items())[::7]:
                 resp = c.call(hget_at(TABLE, k, pos))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, val), resp.message)
         # a and d, the shard's replicas now, agree.
@@ -361,12 +405,11 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 self.assertEqual(c.call(req_hset(TABLE, b"r%d" % i, "v%d" % i)).status, 200)
         rt["a"].stop()
         layout = {"a": [0, 1, 2, 3], "e": [0, 1, 2, 3]}
-        bases["e"] = free_port_range(SHARDS)
-        while abs(bases["e"] - bases["a"]) < SHARDS:
-            bases["e"] = free_port_range(SHARDS)
+        bases.update(self.bases(["e"], avoid=bases.values()))
         e = self.node(mock, "e", layout, bases)
         e.start()
         self.wait_serving(e)
+        self.wait_workers(e)
         for s in range(SHARDS):
             self.assertIsNotNone(wait_until(lambda: all(
                 v["lag"] == 0 for v in kafka_parts(self.worker_info(e, s), TOPIC).values()), 30))
