@@ -203,6 +203,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
         [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
         [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
+        [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
+        [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -243,6 +245,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hlen->base;
     case KVS__COMMAND_REQUEST__COMMAND_AUTH:
         return &r->auth->base;
+    case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
+        return &r->digest->base;
+    case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
+        return &r->snapshot->base;
     default:
         return NULL;
     }
@@ -413,7 +419,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
                 msg, len,
                 "unsupported command (CommandRequest field %u); this server supports "
                 "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth "
-                "Hincr Hlen",
+                "Hincr Hlen Digest Snapshot",
                 req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }

@@ -48,7 +48,9 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,serving,skipped}.
+ * kafka.<topic>.<partition>.{applied,end_offset,ingested,lag,misplaced,next_offset,serving,
+ * skipped}. ingested: records this process took from Kafka (applied counts
+ * every record the environment ever applied, a snapshot's included).
  * serving is 1 when the partition serves reads (lag unknown or within
  * kafka.max_lag; kvs_fresh), 0 while it catches up.
  * next_offset is the offset of the next record to apply; before the
@@ -116,6 +118,19 @@ void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own);
  * will apply it when it reads it (records before it are not applied yet,
  * or ingestion is not running), or a store error. */
 int node_ingest_apply_delivered(node_ingest_t *in, const void *record);
+
+/* The consumer group this node commits offsets to (malloc'd, NULL when
+ * out of memory): kafka.group_id, or "<group_id>.<node.name>" when the
+ * node has a name, so that every replica of a shard has its own group and
+ * lag tools show each one. */
+char *node_ingest_group(const kvs_config_t *cfg);
+
+/* Where partition `p` of `b`'s topic keeps its offsets in the shard's
+ * __kvs metadata (node_store_meta_get), and the next offset such a value
+ * holds (-1 for a value that is not one). What a copy of the environment
+ * (a snapshot, a digest's read) tells about how far it got. */
+void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len);
+int64_t node_ingest_meta_next(const void *val, size_t len);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */

@@ -32,6 +32,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "node_bootstrap.h"
 #include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
@@ -68,6 +69,8 @@ typedef struct node_main_s {
     uv_signal_t sigterm, sigint, sighup;
     kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
     kvs_auth_t *auth;   /* users, or NULL */
+    node_digest_t *digest;
+    node_snapshot_t *snapshot;
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -172,11 +175,14 @@ static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_
             return -1;
         }
         n++;
-    } else if (cfg->node_listen[0] != '\0') {
-        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], why, sizeof(why)) != 0 ||
+    } else if (cfg->node_listen[0] != '\0' || cfg->self != NULL) {
+        /* With a cluster map and no node.listen: where the map says peers
+         * find this node's workers. */
+        const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen : cfg->self->address;
+        if (kvs_addr_parse(base, 0, &addrs[n], why, sizeof(why)) != 0 ||
             addrs[n].port + a->shard > 65535) {
-            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port",
-                     cfg->node_listen, a->shard);
+            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port", base,
+                     a->shard);
             return -1;
         }
         addrs[n].port = (uint16_t)(addrs[n].port + a->shard);
@@ -249,6 +255,7 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
+    node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
     uv_timer_init(m->loop, &m->drain);
@@ -470,7 +477,14 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
         if (rc != 0)
             return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
     }
-    int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
+    /* A new replica copies a peer's environment before opening its own. */
+    m->loop = uv_default_loop();
+    int rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    if (rc == -ECANCELED)
+        return 0;
+    if (rc != 0)
+        kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
+    rc = open_store(*cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
@@ -507,9 +521,11 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
-    if (rc != 0) {
+    if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
+        if (m.loop != NULL)
+            uv_loop_close(m.loop);
         return finish(&m, rc);
     }
 
@@ -542,6 +558,11 @@ int main(int argc, char **argv)
         return 1;
     }
     node_store_set_fail_arg(store, m.srv);
+    m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
+    node_server_set_digest(m.srv, m.digest);
+    m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
+                                   cfg->frame_timeout_ms);
+    node_server_set_snapshot(m.srv, m.snapshot);
     watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
@@ -560,6 +581,8 @@ int main(int argc, char **argv)
 
     node_reads_free(m.reads);
     node_writes_free(m.writes);
+    node_digest_free(m.digest);
+    node_snapshot_free(m.snapshot);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {
