@@ -355,6 +355,23 @@ static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_
     router_req_complete(req);
 }
 
+/* One integer pair of an Info answer, in `arena`; NULL when out of memory. */
+static Kvs__Kvpair *info_pair(kvs_arena_t *arena, const char *key, int64_t value)
+{
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, sizeof(*p));
+    Kvs__Value *v = kvs_arena_alloc(arena, sizeof(*v));
+    if (p == NULL || v == NULL)
+        return NULL;
+    kvs__kvpair__init(p);
+    kvs__value__init(v);
+    v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v->integer_value = value;
+    p->key.data = (uint8_t *)key;
+    p->key.len = strlen(key);
+    p->value = v;
+    return p;
+}
+
 /* Info stands in for a shard that could not answer with a single pair,
  * "shard.<id>.unavailable" = 1, so the rest of the cluster is still shown
  * (Info is what an operator asks for when something is down). */
@@ -699,25 +716,26 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
 }
 
-/* k-way merge of the shards' key-ordered pairs. */
-static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+/* k-way merge of the key-ordered pairs of rs[0..nparts). */
+static void merge_pairs_of(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
+                           kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     size_t total = 0;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < nparts; i++)
         total += rs[i]->n_pairs;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
     out.status = KVS_STATUS_OK;
     out.pairs = kvs_arena_alloc(arena, (total ? total : 1) * sizeof(*out.pairs));
-    size_t *pos = kvs_arena_alloc(arena, m->nparts * sizeof(*pos));
+    size_t *pos = kvs_arena_alloc(arena, nparts * sizeof(*pos));
     if (out.pairs == NULL || pos == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    memset(pos, 0, m->nparts * sizeof(*pos));
+    memset(pos, 0, nparts * sizeof(*pos));
     for (out.n_pairs = 0; out.n_pairs < total; out.n_pairs++) {
         uint32_t best = UINT32_MAX;
-        for (uint32_t i = 0; i < m->nparts; i++) {
+        for (uint32_t i = 0; i < nparts; i++) {
             if (pos[i] == rs[i]->n_pairs)
                 continue;
             if (best == UINT32_MAX ||
@@ -731,6 +749,39 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
                       ? "it lists six numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
+}
+
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    merge_pairs_of(req, rs, req->merge->nparts, arena);
+}
+
+/* Info: the shards' pairs and the answering router process's own, which
+ * say which of the node's router processes answered (router.process),
+ * how many there are, and its clients (both front doors). */
+static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    const router_t *r = m->router;
+    const char *const keys[] = {"router.clients", "router.process", "router.processes"};
+    const int64_t vals[] = {(int64_t)r->n_clients, r->proc_index, r->n_procs > 0 ? r->n_procs : 1};
+    Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
+    Kvs__CommandResponse *own = kvs_arena_alloc(arena, sizeof(*own));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, 3 * sizeof(*pp));
+    for (size_t i = 0; pp != NULL && i < 3; i++)
+        if ((pp[i] = info_pair(arena, keys[i], vals[i])) == NULL)
+            pp = NULL;
+    if (all == NULL || own == NULL || pp == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    kvs__command_response__init(own);
+    own->status = KVS_STATUS_OK;
+    own->n_pairs = 3; /* in key order */
+    own->pairs = pp;
+    memcpy(all, rs, m->nparts * sizeof(*all));
+    all[m->nparts] = own;
+    merge_pairs_of(req, all, m->nparts + 1, arena);
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -909,8 +960,10 @@ static void merge_finish(router_req_t *req)
     } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-        case KVS__COMMAND_REQUEST__COMMAND_INFO:
             merge_pairs(req, rs, arena);
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_INFO:
+            merge_info(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);

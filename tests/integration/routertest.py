@@ -215,13 +215,15 @@ class Router(Managed):
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
     (its pid is the group id), as a shell does with a job;
+    processes: router.processes (1 unless a test asks for more: the
+    suite's tests of one router's behaviour stay exact);
     tls: a client ssl.SSLContext that client() connects with (tls.router).
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
                  name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
-                 tls=None):
+                 tls=None, processes=1):
         self.name = name
         self.tls = tls
         self.env = dict(env or {})
@@ -248,6 +250,8 @@ class Router(Managed):
             for s, addr in sorted(self.remote.items()):
                 lines.append('    - {shard: %d, address: "%s"}' % (s, addr))
         router = ['listen: "%s:%d"' % (HOST, self.port)]
+        if processes is not None:
+            router.append("processes: %s" % processes)
         if timeout is not None:
             router.append("timeout: %s" % timeout)
         router.extend(router_yaml)
