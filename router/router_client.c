@@ -377,8 +377,9 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
-    uint64_t id = r->id_base | (++r->next_client_id & ROUTER_ID_COUNTER_MASK);
-    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, id)) == NULL)) {
+    if (cl == NULL ||
+        (resp && (cl->redis = router_redis_new(
+                      r, r->id_base | (++r->next_client_id & ROUTER_ID_COUNTER_MASK))) == NULL)) {
         kvs_error("out of memory accepting a client");
         free(cl);
         return;

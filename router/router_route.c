@@ -756,15 +756,20 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
     merge_pairs_of(req, rs, req->merge->nparts, arena);
 }
 
-/* Info: the shards' pairs and the answering router process's own, which
- * say which of the node's router processes answered (router.process),
- * how many there are, and its clients (both front doors). */
+/* Info: the shards' pairs and, when the node runs several router
+ * processes, the answering one's own, which say which of them answered
+ * (router.process), how many there are, and its clients (both front
+ * doors). With one router process Info is what it always was. */
 static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     const router_t *r = m->router;
+    if (r->n_procs <= 1) {
+        merge_pairs(req, rs, arena);
+        return;
+    }
     const char *const keys[] = {"router.clients", "router.process", "router.processes"};
-    const int64_t vals[] = {(int64_t)r->n_clients, r->proc_index, r->n_procs > 0 ? r->n_procs : 1};
+    const int64_t vals[] = {(int64_t)r->n_clients, r->proc_index, r->n_procs};
     Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
     Kvs__CommandResponse *own = kvs_arena_alloc(arena, sizeof(*own));
     Kvs__Kvpair **pp = kvs_arena_alloc(arena, 3 * sizeof(*pp));
