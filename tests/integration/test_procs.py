@@ -244,6 +244,20 @@ class ProcsTest(ProcsTestCase):
         except OSError:
             pass
 
+    def test_sighup_reaches_every_router_and_worker(self):
+        r = self.node(resp=False)
+        before = dict(self.routers(r)), dict(r.workers())
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: all("router[%d] INFO  received SIGHUP: reloading TLS "
+                                               "material" % i in r.stderr() for i in (0, 1))),
+                        r.stderr())
+        self.assertIn("router INFO  SIGHUP: passed on to 2 router process(es) and 2 worker(s)",
+                      r.stderr())
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
+        self.assertEqual(r.stop(), 0)
+
     def test_hscan_cursor_of_another_router_is_refused(self):
         r = self.node()
         a, b = self.redis_on(0), self.redis_on(1)
