@@ -60,8 +60,11 @@ class ProcsTestCase(RouterTestCase):
         yaml = list(kw.pop("router_yaml", []))
         if resp:
             yaml.append('resp_listen: "%s:%d"' % (HOST, self.rport))
-        return self.router(shards=shards, partitions=16, processes=processes, router_yaml=yaml,
-                           **kw)
+        r = self.router(shards=shards, partitions=16, processes=processes, router_yaml=yaml,
+                        **kw)
+        # The port answers once any router listens; the node is ready once all do.
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr()), r.stderr())
+        return r
 
     def routers(self, r):
         """{index: pid} of r's live router processes."""
