@@ -26,7 +26,8 @@
 #define KVS_LOG_JSON_MAX 4096 /* a JSON line: PIPE_BUF, so a pipe gets it whole */
 
 static char log_role[16] = "kvs";
-static int log_shard = -1;
+static int log_shard = -1;         /* the process's index in its role, -1 = none */
+static char log_key[16] = "shard"; /* what the index is called in JSON lines */
 static kvs_log_level_t log_level = KVS_LOG_INFO;
 static kvs_log_format_t log_format = KVS_LOG_TEXT;
 
@@ -36,8 +37,15 @@ static const char *const json_levels[] = {"debug", "info", "warn", "error"};
 void kvs_log_init(const char *role, int shard, kvs_log_level_t level)
 {
     snprintf(log_role, sizeof(log_role), "%s", role);
+    snprintf(log_key, sizeof(log_key), "shard");
     log_shard = shard;
     log_level = level;
+}
+
+void kvs_log_set_index(const char *key, int index)
+{
+    snprintf(log_key, sizeof(log_key), "%s", key);
+    log_shard = index;
 }
 
 void kvs_log_set_level(kvs_log_level_t level)
@@ -231,7 +239,7 @@ static size_t json_line(char *line, size_t cap, kvs_log_level_t level, const cha
     w = (size_t)k;
     json_string(line, &w, cap, 96, log_role, strlen(log_role));
     if (log_shard >= 0) {
-        k = snprintf(line + w, cap - w, ",\"shard\":%d", log_shard);
+        k = snprintf(line + w, cap - w, ",\"%s\":%d", log_key, log_shard);
         w += (size_t)k;
     }
     memcpy(line + w, ",\"message\":", 11);

@@ -21,6 +21,12 @@
  * ends a walk); kvs's is bytes (shard and next key). The router keeps the
  * bytes in a ring of ROUTER_REDIS_CURSORS slots and hands out the slot's
  * sequence number; a number whose slot was reused is an invalid cursor.
+ * The ring belongs to one router process, so the number carries the
+ * process's id base (router_procs.h: its index and generation): a cursor
+ * handed out by another router process of the node (a client that
+ * reconnected and reached another one) or by this one before it
+ * restarted is refused with a message saying so, never resolved to
+ * another walk that happens to have the same sequence number.
  *
  * Everything runs on the router's loop thread.
  */
@@ -31,6 +37,7 @@
 #include "kvs_msg.h"
 #include "kvs_redis.h"
 #include "router.h"
+#include "router_procs.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -461,7 +468,9 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     struct router_redis_cursors_s *cs = cursors(r);
     if (cs == NULL)
         return 0;
-    uint64_t seq = cs->next++;
+    uint64_t seq = cs->next++ & ROUTER_ID_COUNTER_MASK;
+    if (seq == 0) /* wrapped: 0 ends a walk */
+        seq = cs->next++;
     cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
     char *t = strdup(table);
     uint8_t *b = malloc(len ? len : 1);
@@ -474,7 +483,14 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     free(s->bytes);
     memcpy(b, bytes, len);
     *s = (cursor_slot_t){seq, t, b, len};
-    return seq;
+    return r->id_base | seq;
+}
+
+/* Was cursor number `n` handed out by another router process (or this
+ * one's predecessor)? */
+static int cursor_foreign(const router_t *r, uint64_t n)
+{
+    return (n & ~ROUTER_ID_COUNTER_MASK) != r->id_base;
 }
 
 /* The kvs cursor a number stands for, or NULL (never given, or forgotten). */
@@ -525,7 +541,14 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     m.table = sc->table;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
     if (seq != 0) {
-        const cursor_slot_t *s = cursor_find(rs->r, (uint64_t)seq, sc->table);
+        if (cursor_foreign(rs->r, (uint64_t)seq))
+            return reply_error(req, "ERR invalid cursor: not handed out by this router process "
+                                    "(a cursor lives in the kvs router process that returned "
+                                    "it: another one of this node's, reached by a new "
+                                    "connection, or this one before it restarted); start the "
+                                    "scan again with 0");
+        const cursor_slot_t *s =
+            cursor_find(rs->r, (uint64_t)seq & ROUTER_ID_COUNTER_MASK, sc->table);
         if (s == NULL)
             return reply_error(req, "ERR invalid cursor");
         m.cursor = (ProtobufCBinaryData){s->len, s->bytes};

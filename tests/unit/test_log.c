@@ -716,6 +716,36 @@ KVS_TEST(json_levels_and_no_shard)
     free(text);
 }
 
+KVS_TEST(router_index_in_text_and_json)
+{
+    kvs_log_init("router", -1, KVS_LOG_INFO);
+    kvs_log_set_index("router", 1);
+    capture_t c;
+    size_t len;
+    capture_start(&c);
+    kvs_info("accepting");
+    char *text = capture_end(&c, NULL);
+    check_matches(text, "^" STAMP " router\\[1\\] INFO  accepting\n$");
+    free(text);
+    kvs_log_set_format(KVS_LOG_JSON);
+    capture_start(&c);
+    kvs_info("accepting");
+    text = capture_end(&c, &len);
+    CHECK(strstr(text, "\"role\":\"router\",\"router\":1,\"message\":\"accepting\"}") != NULL);
+    CHECK(strstr(text, "shard") == NULL);
+    free(text);
+    /* kvs_log_init starts over: a shard again. */
+    kvs_log_init("node", 3, KVS_LOG_INFO);
+    capture_start(&c);
+    kvs_info("x");
+    text = capture_end(&c, &len);
+    jdoc_t d;
+    check_json_line(text, len, &d, "info", "node", 3);
+    json_free(&d);
+    free(text);
+    kvs_log_set_format(KVS_LOG_TEXT);
+}
+
 KVS_TEST(json_escapes_quotes_backslashes_and_controls)
 {
     /* Every control character, DEL, quotes and backslashes, as a key
@@ -871,10 +901,10 @@ KVS_TEST(json_checker_is_strict)
     json_free(&d);
 }
 
-KVS_TEST_MAIN(KVS_CASE(level_parse_names), KVS_CASE(level_parse_rejects_other_strings),
-              KVS_CASE(line_format_with_shard), KVS_CASE(line_format_without_shard),
-              KVS_CASE(shard_zero_is_shown), KVS_CASE(role_truncated_to_15_bytes),
-              KVS_CASE(levels_below_threshold_print_nothing),
+KVS_TEST_MAIN(KVS_CASE(router_index_in_text_and_json), KVS_CASE(level_parse_names),
+              KVS_CASE(level_parse_rejects_other_strings), KVS_CASE(line_format_with_shard),
+              KVS_CASE(line_format_without_shard), KVS_CASE(shard_zero_is_shown),
+              KVS_CASE(role_truncated_to_15_bytes), KVS_CASE(levels_below_threshold_print_nothing),
               KVS_CASE(long_message_truncated_with_newline),
               KVS_CASE(message_of_exactly_the_line_size), KVS_CASE(json_line_fields),
               KVS_CASE(json_levels_and_no_shard),
