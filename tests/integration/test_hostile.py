@@ -1,0 +1,139 @@
+"""Hostile clients against the front doors' TLS, Auth and Redis protocol
+bounds: what a client that cheats at the byte level (a TLS record left
+unfinished, a TLS handshake on a plaintext Redis port, a flood of Auth
+attempts, a Redis request of a million empty arguments) can make a node
+spend, and that each such client is told, bounded and logged.
+
+TLS is spoken through Python's ssl.MemoryBIO, so a test decides exactly
+which ciphertext bytes reach the server and when. Memory is read from
+/proc/<pid>/status as in test_bounds (the figures are skipped in a
+sanitizer build).
+"""
+import socket
+import ssl
+import time
+
+from kvstest import encode, req_ping, tls_context, tls_yaml
+from routertest import RouterTestCase, free_port
+from test_bounds import closed_by_peer
+
+FAST = 3.0  # seconds within which a refused peer must be told
+
+
+class BioClient:
+    """A TLS client whose ciphertext passes through memory: `records(data)`
+    encrypts without sending, `send(raw)` puts any bytes on the wire."""
+
+    def __init__(self, addr, ctx=None, server_hostname="localhost"):
+        self.sock = socket.create_connection(addr, timeout=FAST)
+        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = (ctx or tls_context()).wrap_bio(self.inb, self.outb,
+                                                   server_hostname=server_hostname)
+        deadline = time.monotonic() + FAST
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outb.read())
+                data = self.sock.recv(65536)
+                if not data or time.monotonic() > deadline:
+                    raise ConnectionError("handshake did not complete")
+                self.inb.write(data)
+        self.sock.sendall(self.outb.read())
+
+    def records(self, data):
+        """The ciphertext of `data`, not sent."""
+        self.tls.write(data)
+        return self.outb.read()
+
+    def send(self, raw):
+        self.sock.sendall(raw)
+
+    def recv_frame(self):
+        """The next answer frame's payload (TLS 1.3 tickets are taken on the way)."""
+        buf = b""
+        while True:
+            try:
+                buf += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError("closed")
+                self.inb.write(data)
+                continue
+            if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                return buf[4:]
+
+    def close(self):
+        self.sock.close()
+
+
+def client_hello():
+    """The first flight of a TLS client: a ClientHello record."""
+    inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = tls_context().wrap_bio(inb, outb, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outb.read()
+
+
+class TlsRecordTest(RouterTestCase):
+    def test_unfinished_tls_record_after_the_handshake_times_out(self):
+        """A TLS record started and never finished waits inside the session,
+        where the frame decoder cannot see it: it is a request started like
+        any other, and limits.frame_timeout closes the connection."""
+        r = self.router(shards=1, partitions=8, tls=tls_context(), extra_yaml=(
+            tls_yaml(router={"enabled": "true"}) + "limits: {frame_timeout: 1s}\n"))
+        hostile = BioClient(r.addr)
+        self.addCleanup(hostile.close)
+        hostile.send(hostile.records(encode(req_ping())))
+        self.assertIn(b"PONG", hostile.recv_frame())
+        rec = hostile.records(encode(req_ping()))
+        hostile.send(rec[:-1])  # all but the record's last byte
+        idle = BioClient(r.addr)  # handshake done, nothing started: never timed out
+        self.addCleanup(idle.close)
+        t0 = time.monotonic()
+        self.assertTrue(closed_by_peer(hostile.sock, 4.0), "the unfinished record was not "
+                        "bounded by limits.frame_timeout")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.5)
+        self.assertIn("a TLS record it started did not complete within limits.frame_timeout",
+                      r.stderr())
+        idle.send(idle.records(encode(req_ping())))
+        self.assertIn(b"PONG", idle.recv_frame())
+
+
+class RespTlsHelloTest(RouterTestCase):
+    def test_tls_client_on_the_plaintext_redis_port_is_told_fast_and_logged(self):
+        """A ClientHello on the plaintext Redis port is recognized as TLS,
+        answered in plaintext and logged once, as on the protobuf port: not
+        parsed as inline commands (its bytes up to the first 0x0a would be
+        one, answered with an "unknown command" error full of binary)."""
+        port = free_port()
+        r = self.router(shards=1, partitions=8,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        s = socket.create_connection(("127.0.0.1", port), timeout=FAST)
+        self.addCleanup(s.close)
+        t0 = time.monotonic()
+        s.sendall(client_hello())
+        got = b""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            got += data
+        self.assertLess(time.monotonic() - t0, FAST)
+        self.assertEqual(got, b"-ERR this port does not use TLS; connect without TLS\r\n")
+        with self.assertRaises(ssl.SSLError):  # a real TLS client fails at once too
+            tls_context().wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                                               timeout=FAST),
+                                      server_hostname="localhost")
+        deadline = time.monotonic() + FAST
+        while r.stderr().count("TLS handshake on a plaintext port") < 2:
+            self.assertLess(time.monotonic(), deadline, r.stderr())
+            time.sleep(0.02)
+        lines = [x for x in r.stderr().splitlines() if "WARN" in x or "ERROR" in x]
+        self.assertEqual(len(lines), 2, lines)  # one per attempt
+
