@@ -13,8 +13,9 @@ import socket
 import ssl
 import time
 
-from kvstest import encode, req_ping, tls_context, tls_yaml
+from kvstest import Client, encode, req_ping, tls_context, tls_yaml
 from routertest import RouterTestCase, free_port
+from test_auth import req_auth, token_hash
 from test_bounds import closed_by_peer
 
 FAST = 3.0  # seconds within which a refused peer must be told
@@ -137,3 +138,27 @@ class RespTlsHelloTest(RouterTestCase):
         lines = [x for x in r.stderr().splitlines() if "WARN" in x or "ERROR" in x]
         self.assertEqual(len(lines), 2, lines)  # one per attempt
 
+
+class AuthFloodTest(RouterTestCase):
+    def test_auth_flood_from_one_address_is_checked_at_its_limit_only(self):
+        """30 connections from one address send a wrong Auth at once: its
+        checks run one at a time, so limits.auth_failures_per_minute (5)
+        bounds how many tokens are hashed, the rest are refused unchecked;
+        a pool of connections sending the right token at once gets in."""
+        users = ('users:\n  - {name: alice, token: "%s", allow: {"*": [read]}}\n'
+                 % token_hash("alice-pw"))
+        r = self.router(shards=1, partitions=8,
+                        extra_yaml=users + "limits: {auth_failures_per_minute: 5}\n")
+        pool = [Client(r.addr) for _ in range(10)]
+        for c in pool:
+            self.addCleanup(c.close)
+            c.send(req_auth("alice", "alice-pw"))
+        self.assertEqual([c.recv().status for c in pool], [200] * 10)
+        flood = [Client(r.addr) for _ in range(30)]
+        for c in flood:
+            self.addCleanup(c.close)
+            c.send(req_auth("alice", "guess"))
+        msgs = [c.recv().message for c in flood]
+        checked = [m for m in msgs if m == "invalid user or token"]
+        unchecked = [m for m in msgs if "too many failed Auth attempts from 127.0.0.1" in m]
+        self.assertEqual((len(checked), len(unchecked)), (5, 25), msgs)
