@@ -13,10 +13,10 @@ import socket
 import ssl
 import time
 
-from kvstest import Client, encode, req_ping, tls_context, tls_yaml
+from kvstest import SANITIZED, Client, encode, req_ping, tls_context, tls_yaml
 from routertest import RouterTestCase, free_port
 from test_auth import req_auth, token_hash
-from test_bounds import closed_by_peer
+from test_bounds import MIB, closed_by_peer, rss_anon
 
 FAST = 3.0  # seconds within which a refused peer must be told
 
@@ -162,3 +162,34 @@ class AuthFloodTest(RouterTestCase):
         checked = [m for m in msgs if m == "invalid user or token"]
         unchecked = [m for m in msgs if "too many failed Auth attempts from 127.0.0.1" in m]
         self.assertEqual((len(checked), len(unchecked)), (5, 25), msgs)
+
+
+class RespMemoryTest(RouterTestCase):
+    def test_incomplete_redis_requests_cost_their_bytes_only(self):
+        """16 Redis clients each stall 2 MiB into a multibulk of a million
+        empty arguments (6 bytes each): the router holds their bytes, which
+        limits.input_buffers counts, and nothing per argument besides (16
+        bytes of arrays for each 6 of input, before)."""
+        port = free_port()
+        r = self.router(shards=1, partitions=8,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        base = rss_anon(r.pid)
+        body = b"*1000000\r\n" + b"$0\r\n\r\n" * (2 * MIB // 6)
+        socks = []
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", port), timeout=FAST)
+            self.addCleanup(s.close)
+            s.sendall(body)
+            socks.append(s)
+        sent = 16 * len(body)
+        deadline = time.monotonic() + 10
+        while rss_anon(r.pid) - base < sent and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the router holds what was sent
+        with socket.create_connection(("127.0.0.1", port), timeout=FAST) as c:
+            c.sendall(b"PING\r\n")
+            self.assertEqual(c.recv(64), b"+PONG\r\n")
+        grown = rss_anon(r.pid) - base
+        if not SANITIZED:
+            self.assertLess(grown, sent + sent // 2 + 16 * MIB,
+                            "the router holds %d MiB for %d MiB of incomplete requests"
+                            % (grown >> 20, sent >> 20))
