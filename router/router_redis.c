@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
+#define ROUTER_REDIS_MAX_NAME 512     /* bytes in a client name: kept for the connection's life */
 #define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
@@ -663,6 +664,22 @@ static int name_ok(const kvs_redis_arg_t *a)
     return 1;
 }
 
+/* Answers the error for a client name kvs does not take; returns 1 then.
+ * A name lives as long as its connection, which nothing else counts: its
+ * length is bounded, or one client could pin limits.max_frame bytes. */
+static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (a->len > ROUTER_REDIS_MAX_NAME) {
+        reply_error(req, "ERR Client names may be at most %d bytes", ROUTER_REDIS_MAX_NAME);
+        return 1;
+    }
+    if (!name_ok(a)) {
+        reply_error(req, "ERR Client names cannot contain spaces, newlines or special characters.");
+        return 1;
+    }
+    return 0;
+}
+
 static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
 {
     char *n = NULL;
@@ -691,9 +708,8 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
         else
             kvs_redis_null(&req->resp, rs->resp3);
     } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
-        if (!name_ok(&a[2]))
-            return reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                    "characters.");
+        if (name_refused(req, &a[2]))
+            return;
         if (set_name(rs, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
@@ -748,9 +764,8 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
             token = &a[i + 2];
             i += 2;
         } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
-            if (!name_ok(&a[i + 1]))
-                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
+            if (name_refused(req, &a[i + 1]))
+                return;
             name = &a[++i];
         } else {
             return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
@@ -784,6 +799,15 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     req->resp.len = 0;
     hello_reply(rs, &req->resp);
     finish_raw(req);
+}
+
+/* A HELLO ... AUTH that failed: nothing of it takes effect, its name is
+ * forgotten. */
+static void hello_failed(router_redis_t *rs)
+{
+    free(rs->hello_name);
+    rs->hello_name = NULL;
+    rs->hello_rename = 0;
 }
 
 /* A HELLO ... AUTH checked out: its protocol and name take effect. */
@@ -1268,6 +1292,8 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
+    if (req->rcmd == RC_HELLO && (a == NULL || a->status != KVS_STATUS_OK))
+        hello_failed(rs);
     if (a == NULL)
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)

@@ -193,3 +193,53 @@ class RespMemoryTest(RouterTestCase):
             self.assertLess(grown, sent + sent // 2 + 16 * MIB,
                             "the router holds %d MiB for %d MiB of incomplete requests"
                             % (grown >> 20, sent >> 20))
+
+    def test_client_names_are_bounded_before_and_after_auth(self):
+        """A client name lives as long as its connection and nothing counts
+        it: CLIENT SETNAME and HELLO ... SETNAME take at most 512 bytes. 20
+        clients that never authenticate, each sending HELLO ... SETNAME with
+        a 3 MiB name, leave the router nothing to keep (before, each failed
+        HELLO kept its name until the connection closed)."""
+        port = free_port()
+        users = ('users:\n  - {name: alice, token: "%s", allow: {"*": [read]}}\n'
+                 % token_hash("alice-pw"))
+        r = self.router(shards=1, partitions=8, extra_yaml=users,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        base = rss_anon(r.pid)
+        name = b"n" * (3 * MIB)
+        hello = b"*7\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n" \
+                b"$5\r\nguess\r\n$7\r\nSETNAME\r\n$%d\r\n%s\r\n" % (len(name), name)
+        socks = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port), timeout=FAST)
+            self.addCleanup(s.close)
+            s.sendall(hello)
+            socks.append(s)
+        for s in socks:
+            self.assertTrue(s.recv(4096).startswith(b"-"))
+        grown = rss_anon(r.pid) - base
+        if not SANITIZED:
+            self.assertLess(grown, 16 * MIB, "20 clients that never authenticated cost the "
+                            "router %d MiB" % (grown >> 20))
+
+        def call(s, want, *args):
+            """Sends a command; returns the first len(want) bytes of its reply."""
+            s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a)
+                                                        for a in args))
+            got = b""
+            while len(got) < len(want):
+                data = s.recv(len(want) - len(got))
+                if not data:
+                    break
+                got += data
+            return got
+        too_long = b"-ERR Client names may be at most 512 bytes\r\n"
+        named = b"$512\r\n" + b"x" * 512 + b"\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=FAST) as s:
+            self.assertEqual(call(s, too_long, b"HELLO", b"3", b"AUTH", b"alice", b"alice-pw",
+                                  b"SETNAME", b"x" * 513), too_long)
+            self.assertEqual(call(s, b"+OK\r\n", b"AUTH", b"alice", b"alice-pw"), b"+OK\r\n")
+            self.assertEqual(call(s, b"+OK\r\n", b"CLIENT", b"SETNAME", b"x" * 512), b"+OK\r\n")
+            self.assertEqual(call(s, named, b"CLIENT", b"GETNAME"), named)
+            self.assertEqual(call(s, too_long, b"CLIENT", b"SETNAME", b"y" * 513), too_long)
+            self.assertEqual(call(s, named, b"CLIENT", b"GETNAME"), named)
