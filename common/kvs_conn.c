@@ -296,14 +296,16 @@ static void conn_over_budget(kvs_conn_t *c)
     conn_input_ended(c, KVS_ELIMIT);
 }
 
-/* A TLS handshake the peer started, or a TLS record it left unfinished
- * (its bytes wait inside the session, where the decoder cannot see them). */
+/* A TLS handshake not yet complete (a TLS client sends its ClientHello as
+ * soon as it connects: one that sends nothing is hanging too), or a TLS
+ * record the peer left unfinished (its bytes wait inside the session,
+ * where the decoder cannot see them). */
 static int conn_tls_partial(const kvs_conn_t *c)
 {
     if (c->tls == NULL)
         return 0;
     if (!has(c, KVS_CONN_TLS_READY))
-        return !kvs_tls_untouched(c->tls);
+        return 1;
     return kvs_tls_mid_record(c->tls);
 }
 
@@ -494,6 +496,7 @@ int kvs_conn_start(kvs_conn_t *c)
         if (rc != 0 && rc != -EAGAIN)
             return KVS_ETLS;
         conn_tls_send(c); /* `out` waits for the handshake */
+        conn_track_partial(c); /* the handshake's time runs from now */
     }
     return 0;
 }

@@ -106,6 +106,24 @@ class TlsRecordTest(RouterTestCase):
         self.assertIn(b"PONG", idle.recv_frame())
 
 
+    def test_tls_connection_that_never_starts_its_handshake_times_out(self):
+        """A TLS client sends its ClientHello as soon as it connects; a
+        connection to a TLS port that sends nothing holds a session and a
+        client slot: its handshake's limits.frame_timeout runs from the
+        accept, not from a first byte that may never come."""
+        r = self.router(shards=1, partitions=8, tls=tls_context(), extra_yaml=(
+            tls_yaml(router={"enabled": "true"}) + "limits: {frame_timeout: 1s}\n"))
+        silent = socket.create_connection(r.addr, timeout=FAST)
+        self.addCleanup(silent.close)
+        t0 = time.monotonic()
+        self.assertTrue(closed_by_peer(silent, 4.0), "a silent TLS connection was kept")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.5)
+        self.assertIn("its TLS handshake did not complete within limits.frame_timeout",
+                      r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+
 class RespTlsHelloTest(RouterTestCase):
     def test_tls_client_on_the_plaintext_redis_port_is_told_fast_and_logged(self):
         """A ClientHello on the plaintext Redis port is recognized as TLS,
