@@ -181,6 +181,31 @@ class AuthFloodTest(RouterTestCase):
         unchecked = [m for m in msgs if "too many failed Auth attempts from 127.0.0.1" in m]
         self.assertEqual((len(checked), len(unchecked)), (5, 25), msgs)
 
+    def test_a_user_name_cannot_forge_log_lines(self):
+        """The failed-Auth log line quotes the user name a client sent, before
+        it authenticated: a newline in it must not start a line of its own,
+        an ESC must not reach the operator's terminal (both doors)."""
+        port = free_port()
+        users = ('users:\n  - {name: alice, token: "%s", allow: {"*": [read]}}\n'
+                 % token_hash("alice-pw"))
+        r = self.router(shards=1, partitions=8, extra_yaml=users,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        forged = "2026-01-01T00:00:00.000Z router ERROR  forged"
+        with Client(r.addr) as c:
+            self.assertEqual(c.call(req_auth("x\n" + forged + " \x1b[2J", "t")).status, 401)
+        with socket.create_connection(("127.0.0.1", port), timeout=FAST) as s:
+            s.sendall(b'AUTH "y\\r\\n%s" t\r\n' % forged.encode())
+            self.assertTrue(s.recv(4096).startswith(b"-WRONGPASS"))
+        deadline = time.monotonic() + FAST
+        while r.stderr().count("failed Auth as") < 2:
+            self.assertLess(time.monotonic(), deadline, r.stderr())
+            time.sleep(0.02)
+        log = r.stderr()
+        self.assertFalse([x for x in log.splitlines() if x.startswith(forged[:24])], log)
+        self.assertNotIn("\x1b", log)
+        self.assertIn('failed Auth as "x\\n%s \\x1b[2J"' % forged, log)
+        self.assertIn('failed Auth as "y\\r\\n%s"' % forged, log)
+
 
 class RespMemoryTest(RouterTestCase):
     def test_incomplete_redis_requests_cost_their_bytes_only(self):
