@@ -525,9 +525,23 @@ static uint8_t fold(uint8_t c, int nocase)
     return nocase && c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
 }
 
+/* One step of matching work spent from *budget (NULL: unbounded); 0 once
+ * it is gone. */
+static int spend(uint64_t *budget)
+{
+    if (budget == NULL)
+        return 1;
+    if (*budget == 0)
+        return 0;
+    (*budget)--;
+    return 1;
+}
+
 /* Does the class starting at pat[*pi] ('[' already consumed) contain c?
- * Advances *pi past the closing ']' (or to the end). */
-static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, int nocase)
+ * Advances *pi past the closing ']' (or to the end). Returns 1, 0, or -1
+ * when the budget ran out (a class costs a step per byte). */
+static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, int nocase,
+                       uint64_t *budget)
 {
     size_t i = *pi;
     int neg = 0, match = 0;
@@ -536,6 +550,8 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
         i++;
     }
     for (; i < plen && pat[i] != ']'; i++) {
+        if (!spend(budget))
+            return -1;
         if (pat[i] == '\\' && i + 1 < plen) {
             i++;
             match |= fold(pat[i], nocase) == fold(c, nocase);
@@ -556,10 +572,13 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
     return neg ? !match : match;
 }
 
-int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase)
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase,
+                   uint64_t *budget)
 {
     size_t pi = 0, si = 0, star_p = (size_t)-1, star_s = 0;
     while (si < slen) {
+        if (!spend(budget))
+            return -1;
         if (pi < plen && pat[pi] == '*') {
             while (pi < plen && pat[pi] == '*')
                 pi++;
@@ -576,7 +595,8 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
                 ok = 1;
             } else if (pat[pi] == '[') {
                 next = pi + 1;
-                ok = class_match(pat, plen, &next, s[si], nocase);
+                if ((ok = class_match(pat, plen, &next, s[si], nocase, budget)) < 0)
+                    return -1;
             } else if (pat[pi] == '\\' && pi + 1 < plen) {
                 ok = fold(pat[pi + 1], nocase) == fold(s[si], nocase);
                 next = pi + 2;

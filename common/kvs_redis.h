@@ -108,8 +108,12 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =
 size_t kvs_redis_format_double(char *buf, double v);
 
 /* Redis's glob matching (stringmatchlen): *, ?, [...] with ranges and ^,
- * backslash escapes. Iterative and bounded: no pattern can make it
- * exponential. */
-int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase);
+ * backslash escapes. Iterative: no pattern can make it exponential, but a
+ * pattern's cost still grows with its length times the string's (a long
+ * [...] class is scanned at every position a star tries), so a caller on
+ * an event loop passes a budget of steps, spent across calls (NULL: no
+ * bound). Returns 1 (matches), 0, or -1 when the budget ran out. */
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase,
+                   uint64_t *budget);
 
 #endif

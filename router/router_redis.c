@@ -40,8 +40,9 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define ROUTER_REDIS_MAX_NAME 512     /* bytes in a client name: kept for the connection's life */
-#define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
+#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
+#define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
 
@@ -839,13 +840,16 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
         return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
     size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
     int hit[sizeof(params) / sizeof(params[0])] = {0};
+    uint64_t budget = ROUTER_REDIS_GLOB_STEPS;
     for (size_t i = 0; i < np; i++)
-        for (size_t k = 2; k < rs->ps.argc; k++)
-            if (!hit[i] && kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
-                                          strlen(params[i][0]), 1)) {
-                hit[i] = 1;
-                hits++;
-            }
+        for (size_t k = 2; k < rs->ps.argc && !hit[i]; k++) {
+            int m = kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
+                                   strlen(params[i][0]), 1, &budget);
+            if (m < 0)
+                return reply_error(req, "ERR CONFIG GET patterns too costly to match");
+            hit[i] = m;
+            hits += (size_t)m;
+        }
     kvs_buf_t *b = &req->resp;
     b->len = 0;
     kvs_redis_map(b, hits, rs->resp3);
@@ -1121,21 +1125,34 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     const scan_ctx_t *sc = req->rctx;
     char num[24];
-    uint64_t seq = 0;
+    uint64_t seq = 0, budget = ROUTER_REDIS_GLOB_STEPS;
+    uint8_t *hit = kvs_arena_alloc(&rs->r->reply_arena, a->n_pairs + 1);
+    if (hit == NULL)
+        return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_pairs; i++) { /* on the loop: within a budget */
+        const ProtobufCBinaryData *key = &a->pairs[i]->key;
+        int m =
+            req->rflags ? kvs_redis_glob(sc->pat, sc->plen, key->data, key->len, 0, &budget) : 1;
+        if (m < 0)
+            return kvs_redis_error(out,
+                                   "ERR MATCH pattern too costly to match against a page of %zu "
+                                   "fields: use a shorter pattern (fewer or shorter [...] "
+                                   "classes) or a smaller COUNT",
+                                   a->n_pairs);
+        hit[i] = (uint8_t)m;
+        n += (size_t)m;
+    }
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_pairs; i++)
-        n += !req->rflags ||
-             kvs_redis_glob(sc->pat, sc->plen, a->pairs[i]->key.data, a->pairs[i]->key.len, 0);
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
     kvs_redis_array(out, 2 * n);
     for (size_t i = 0; i < a->n_pairs; i++) {
         const Kvs__Kvpair *p = a->pairs[i];
-        if (req->rflags && !kvs_redis_glob(sc->pat, sc->plen, p->key.data, p->key.len, 0))
+        if (!hit[i])
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, rs->resp3);

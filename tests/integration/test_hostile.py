@@ -286,3 +286,40 @@ class RespMemoryTest(RouterTestCase):
             self.assertEqual(call(s, named, b"CLIENT", b"GETNAME"), named)
             self.assertEqual(call(s, too_long, b"CLIENT", b"SETNAME", b"y" * 513), too_long)
             self.assertEqual(call(s, named, b"CLIENT", b"GETNAME"), named)
+
+
+def resp_command(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class RespGlobTest(RouterTestCase):
+    def test_a_costly_match_pattern_does_not_hold_the_router(self):
+        """HSCAN's MATCH runs on the router's loop, for every field of a
+        page; its cost is the pattern's length times the field's. A 256 KiB
+        [...] class against 20 fields of 503 bytes held every client of the
+        router for 12 s: the work per page is bounded now, and past the
+        bound the client gets an error instead."""
+        port = free_port()
+        self.router(shards=1, partitions=8, router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.addCleanup(s.close)
+        s.sendall(b"".join(resp_command(b"HSET", b"t", b"%03d" % i + b"a" * 500, b"v")
+                           for i in range(20)))
+        got = b""
+        while got.count(b"\r\n") < 20:
+            got += s.recv(4096)
+        self.assertEqual(got, b":1\r\n" * 20)
+        s.sendall(resp_command(b"HSCAN", b"t", b"0", b"MATCH", b"01*", b"COUNT", b"100"))
+        got = b""
+        while not got.endswith(b"$1\r\nv\r\n") or got.count(b"$1\r\nv\r\n") < 10:
+            got += s.recv(65536)
+        self.assertEqual(got.count(b"$503\r\n01"), 10)  # 010..019
+        t0 = time.monotonic()
+        s.sendall(resp_command(b"HSCAN", b"t", b"0", b"MATCH",
+                               b"*[" + b"b" * (256 << 10) + b"]", b"COUNT", b"20"))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as other:
+            other.sendall(b"PING\r\n")
+            self.assertEqual(other.recv(64), b"+PONG\r\n")
+        self.assertLess(time.monotonic() - t0, FAST, "the router's loop was held")
+        got = s.recv(4096)
+        self.assertTrue(got.startswith(b"-ERR MATCH pattern too costly"), got)

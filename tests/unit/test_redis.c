@@ -352,7 +352,7 @@ KVS_TEST(doubles_are_shortest_exact)
 
 static int glob(const char *p, const char *s)
 {
-    return kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)s, strlen(s), 0);
+    return kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)s, strlen(s), 0, NULL);
 }
 
 KVS_TEST(glob_like_redis)
@@ -373,13 +373,50 @@ KVS_TEST(glob_like_redis)
     CHECK(!glob("h\\*llo", "hello"));
     CHECK(glob("user:*:name", "user:42:name"));
     CHECK(!glob("user:*:name", "user:42:nam"));
-    CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1));
+    CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1, NULL));
     /* Exponential for naive backtracking; linear-ish here. */
     char s[201], p[64];
     memset(s, 'a', 200);
     s[200] = '\0';
     snprintf(p, sizeof(p), "a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b");
     CHECK(!glob(p, s));
+}
+
+/* A pattern's cost grows with its length times the string's: a long class
+ * tried at every position of a long key would hold the event loop for
+ * seconds. The budget bounds it, across calls; ordinary patterns spend a
+ * few steps per byte of the string. */
+KVS_TEST(glob_work_is_bounded_by_a_budget)
+{
+    size_t plen = 100002;
+    uint8_t *pat = malloc(plen);
+    CHECK(pat != NULL);
+    pat[0] = '*';
+    pat[1] = '[';
+    memset(pat + 2, 'b', plen - 3);
+    pat[plen - 1] = ']';
+    uint8_t key[500];
+    memset(key, 'a', sizeof(key));
+    uint64_t budget = 1000000; /* 50 million steps unbounded */
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key), 0, &budget), -1);
+    CHECK_EQ(budget, 0);
+    key[499] = 'b';
+    budget = 200000000;
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key), 0, &budget), 1);
+    free(pat);
+    budget = 100;
+    const char *p = "user:*:name", *k = "user:42:name";
+    CHECK_EQ(
+        kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)k, strlen(k), 0, &budget),
+        1);
+    CHECK(budget >= 100 - 3 * strlen(k));
+    int rc;
+    size_t calls = 0;
+    while ((rc = kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)k, strlen(k), 0,
+                                &budget)) == 1)
+        calls++;
+    CHECK_EQ(rc, -1);
+    CHECK(calls >= 2);
 }
 
 KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
@@ -390,4 +427,5 @@ KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_t
               KVS_CASE(multibulk_errors_with_redis_words),
               KVS_CASE(request_larger_than_the_limit_is_refused_early),
               KVS_CASE(arguments_as_numbers), KVS_CASE(replies_resp2_and_resp3),
-              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis))
+              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis),
+              KVS_CASE(glob_work_is_bounded_by_a_budget))
