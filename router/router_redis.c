@@ -47,7 +47,9 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
+#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
+#define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
 
@@ -686,6 +688,22 @@ static int name_ok(const kvs_redis_arg_t *a)
     return 1;
 }
 
+/* Answers the error for a client name kvs does not take; returns 1 then.
+ * A name lives as long as its connection, which nothing else counts: its
+ * length is bounded, or one client could pin limits.max_frame bytes. */
+static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (a->len > ROUTER_REDIS_MAX_NAME) {
+        reply_error(req, "ERR Client names may be at most %d bytes", ROUTER_REDIS_MAX_NAME);
+        return 1;
+    }
+    if (!name_ok(a)) {
+        reply_error(req, "ERR Client names cannot contain spaces, newlines or special characters.");
+        return 1;
+    }
+    return 0;
+}
+
 static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
 {
     char *n = NULL;
@@ -714,9 +732,8 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
         else
             kvs_redis_null(&req->resp, rs->resp3);
     } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
-        if (!name_ok(&a[2]))
-            return reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                    "characters.");
+        if (name_refused(req, &a[2]))
+            return;
         if (set_name(rs, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
@@ -771,9 +788,8 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
             token = &a[i + 2];
             i += 2;
         } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
-            if (!name_ok(&a[i + 1]))
-                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
+            if (name_refused(req, &a[i + 1]))
+                return;
             name = &a[++i];
         } else {
             return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
@@ -809,6 +825,15 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     finish_raw(req);
 }
 
+/* A HELLO ... AUTH that failed: nothing of it takes effect, its name is
+ * forgotten. */
+static void hello_failed(router_redis_t *rs)
+{
+    free(rs->hello_name);
+    rs->hello_name = NULL;
+    rs->hello_rename = 0;
+}
+
 /* A HELLO ... AUTH checked out: its protocol and name take effect. */
 static int hello_done(router_redis_t *rs, kvs_buf_t *out)
 {
@@ -838,13 +863,16 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
         return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
     size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
     int hit[sizeof(params) / sizeof(params[0])] = {0};
+    uint64_t budget = ROUTER_REDIS_GLOB_STEPS;
     for (size_t i = 0; i < np; i++)
-        for (size_t k = 2; k < rs->ps.argc; k++)
-            if (!hit[i] && kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
-                                          strlen(params[i][0]), 1)) {
-                hit[i] = 1;
-                hits++;
-            }
+        for (size_t k = 2; k < rs->ps.argc && !hit[i]; k++) {
+            int m = kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
+                                   strlen(params[i][0]), 1, &budget);
+            if (m < 0)
+                return reply_error(req, "ERR CONFIG GET patterns too costly to match");
+            hit[i] = m;
+            hits += (size_t)m;
+        }
     kvs_buf_t *b = &req->resp;
     b->len = 0;
     kvs_redis_map(b, hits, rs->resp3);
@@ -1120,21 +1148,34 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     const scan_ctx_t *sc = req->rctx;
     char num[24];
-    uint64_t seq = 0;
+    uint64_t seq = 0, budget = ROUTER_REDIS_GLOB_STEPS;
+    uint8_t *hit = kvs_arena_alloc(&rs->r->reply_arena, a->n_pairs + 1);
+    if (hit == NULL)
+        return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_pairs; i++) { /* on the loop: within a budget */
+        const ProtobufCBinaryData *key = &a->pairs[i]->key;
+        int m =
+            req->rflags ? kvs_redis_glob(sc->pat, sc->plen, key->data, key->len, 0, &budget) : 1;
+        if (m < 0)
+            return kvs_redis_error(out,
+                                   "ERR MATCH pattern too costly to match against a page of %zu "
+                                   "fields: use a shorter pattern (fewer or shorter [...] "
+                                   "classes) or a smaller COUNT",
+                                   a->n_pairs);
+        hit[i] = (uint8_t)m;
+        n += (size_t)m;
+    }
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_pairs; i++)
-        n += !req->rflags ||
-             kvs_redis_glob(sc->pat, sc->plen, a->pairs[i]->key.data, a->pairs[i]->key.len, 0);
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
     kvs_redis_array(out, 2 * n);
     for (size_t i = 0; i < a->n_pairs; i++) {
         const Kvs__Kvpair *p = a->pairs[i];
-        if (req->rflags && !kvs_redis_glob(sc->pat, sc->plen, p->key.data, p->key.len, 0))
+        if (!hit[i])
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, rs->resp3);
@@ -1291,6 +1332,8 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
+    if (req->rcmd == RC_HELLO && (a == NULL || a->status != KVS_STATUS_OK))
+        hello_failed(rs);
     if (a == NULL)
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)
