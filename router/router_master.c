@@ -473,7 +473,10 @@ static int start_routers(master_t *m)
     }
     for (uint32_t i = 0; i < m->n_procs; i++)
         ids[i] = i;
-    const char *args[] = {"--config", m->config_path, "--processes", n_arg, NULL};
+    char pid_arg[24];
+    snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
+    const char *args[] = {"--config", m->config_path, "--processes", n_arg,
+                          "--master", pid_arg,          NULL};
     const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, m->config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
