@@ -258,6 +258,15 @@ class ProcsTest(ProcsTestCase):
                             "--router", "0"], stdin=subprocess.DEVNULL, capture_output=True,
                            timeout=10)
         self.assertEqual(p.returncode, 2, p.stderr)
+        # Workers likewise: the master names itself (--exit-with-parent=PID).
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
+                            "--shard", "0", "--socket", os.path.join(r.dir, "other.sock"),
+                            "--exit-with-parent=%d" % other],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"parent process is gone; not starting", p.stderr)
+        argv = open("/proc/%d/cmdline" % r.workers()[0], "rb").read().split(b"\0")
+        self.assertIn(b"--exit-with-parent=%d" % r.proc.pid, argv)
 
     @staticmethod
     def _cont(pid):
