@@ -191,3 +191,14 @@ const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len)
         snprintf(buf, len, "%s:%u", a->host, a->port);
     return buf;
 }
+
+int kvs_addr_is_loopback(const kvs_addr_t *a)
+{
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (a->is_unix || strcmp(a->host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, a->host, &v4) == 1)
+        return (ntohl(v4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, a->host, &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}

@@ -8,8 +8,8 @@
  * document only). A fresh config is first filled with the defaults, which are
  * written in the table as text and parsed by the same setters as the file's
  * values, so a default can never be out of its own range. The walk then
- * visits the top-level mapping; a key that is a section ("cluster") recurses
- * one level, a key that is a directive ("cluster.shards") is set, anything
+ * visits the top-level mapping; a key that is a section ("cluster", or
+ * "tls.router") recurses, a key that is a directive ("cluster.shards") is set, anything
  * else is an unknown key. Cross-key rules (partitions >= shards, ...) are
  * checked last, pointing at the value the user wrote.
  *
@@ -31,6 +31,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
+#include "kvs_token.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -56,17 +57,21 @@ typedef enum {
     D_SIZE,       /* uint64_t bytes in [min, max] */
     D_DURATION,   /* uint64_t milliseconds in [min, max] */
     D_ENUM,       /* one of names (case-insensitive): int index, or F_TEXT: char * */
+    D_BOOL,       /* int 0/1: true/false, yes/no, on/off */
     D_BINDINGS,   /* kafka.bindings list */
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
+    D_USERS,      /* users list */
+    D_NODES,      /* cluster.nodes list */
     D_PLUGINS,    /* plugins list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
-#define F_LIVE 8u /* may change in a running process (SIGHUP) */
-#define F_OFF 16u /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
+#define F_AUTO 8u  /* D_UINT32: "auto" is accepted and stored as 0 */
+#define F_LIVE 16u /* may change in a running process (SIGHUP) */
+#define F_OFF 32u  /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -83,6 +88,9 @@ static const char *const sync_names[] = {"full", "batch", "none", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
 static const char *const format_names[] = {"raw", "string", "value", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
+static const char *const version_names[] = {"TLS1.2", "TLS1.3", NULL};
+static const char *const client_cert_names[] = {"none", "optional", "require", NULL};
+static const char *const bootstrap_names[] = {"snapshot", "replay", NULL};
 
 _Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
                "sync_names order must match kvs_sync_t");
@@ -90,8 +98,14 @@ _Static_assert(KVS_FORMAT_RAW == 0 && KVS_FORMAT_STRING == 1 && KVS_FORMAT_VALUE
                "format_names order must match kvs_format_t");
 _Static_assert(KVS_LOG_TEXT == 0 && KVS_LOG_JSON == 1,
                "log_format_names order must match kvs_log_format_t");
+_Static_assert(KVS_BOOTSTRAP_SNAPSHOT == 0 && KVS_BOOTSTRAP_REPLAY == 1,
+               "bootstrap_names order must match kvs_bootstrap_t");
+_Static_assert(sizeof(kvs_bootstrap_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(kvs_log_format_t) == sizeof(int), "enum fields are stored as int");
+_Static_assert(KVS_CLIENT_CERT_NONE == 0 && KVS_CLIENT_CERT_OPTIONAL == 1 &&
+                   KVS_CLIENT_CERT_REQUIRE == 2,
+               "client_cert_names order must match kvs_client_cert_t");
 
 #define OFF(field) offsetof(kvs_config_t, field)
 #define KIB 1024ull
@@ -103,13 +117,21 @@ static const directive_t directives[] = {
     {"cluster.shards", D_UINT32, OFF(shards), "4", 1, 1024, NULL, NULL, 0},
     {"cluster.partitions", D_UINT32, OFF(partitions), "64", 1, 65536, NULL, NULL, 0},
     {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"cluster.bootstrap", D_ENUM, OFF(bootstrap), "snapshot", 0, 0, "snapshot, replay",
+     bootstrap_names, F_LIVE},
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
     {"router.resp_listen", D_LISTEN, OFF(resp_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
      F_LIVE},
+    {"router.processes", D_UINT32, OFF(router_processes), "auto", 1, KVS_ROUTER_PROCESSES_MAX, NULL,
+     NULL, F_AUTO},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
      "from 1ms to 1h", NULL, F_LIVE},
+    {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, F_LIVE},
+    {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, F_LIVE},
     {"router.metrics_listen", D_LISTEN, OFF(metrics_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
+    {"node.name", D_STRING, OFF(node_name), "", 0, 0, NULL, NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
@@ -127,9 +149,13 @@ static const directive_t directives[] = {
      "from 0 (never) to 1h", NULL, F_LIVE},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
      "at least 1MiB", NULL, F_LIVE},
+    {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, F_LIVE},
+    {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
+     NULL, NULL, F_LIVE},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"kafka.max_lag", D_UINT32, OFF(kafka_max_lag), "10000", 0, UINT32_MAX, NULL, NULL, F_LIVE},
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
      F_TEXT | F_LIVE},
@@ -137,6 +163,33 @@ static const directive_t directives[] = {
     {"log.slow_threshold", D_DURATION, OFF(slow_threshold_ms), "10ms", 0, 3600000,
      "from 0 (every request) to 1h, or off", NULL, F_LIVE | F_OFF},
     {"log.slow_max", D_UINT32, OFF(slow_max), "128", 1, 100000, NULL, NULL, F_LIVE},
+    {"tls.cert", D_STRING, OFF(tls_cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.key", D_STRING, OFF(tls_key), "", 0, 0, NULL, NULL, 0},
+    {"tls.ca", D_STRING, OFF(tls_ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.min_version", D_ENUM, OFF(tls_min_version), "TLS1.2", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.max_version", D_ENUM, OFF(tls_max_version), "TLS1.3", 0, 0, "TLS1.2, TLS1.3",
+     version_names, 0},
+    {"tls.ciphers", D_STRING, OFF(tls_ciphers), "", 0, 0, NULL, NULL, 0},
+    {"tls.ciphersuites", D_STRING, OFF(tls_ciphersuites), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.enabled", D_BOOL, OFF(tls_router.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.router.client_cert", D_ENUM, OFF(tls_router.client_cert), "none", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.router.cert", D_STRING, OFF(tls_router.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.key", D_STRING, OFF(tls_router.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.router.ca", D_STRING, OFF(tls_router.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.enabled", D_BOOL, OFF(tls_node.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.node.client_cert", D_ENUM, OFF(tls_node.client_cert), "require", 0, 0,
+     "none, optional, require", client_cert_names, 0},
+    {"tls.node.cert", D_STRING, OFF(tls_node.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.key", D_STRING, OFF(tls_node.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.node.ca", D_STRING, OFF(tls_node.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.enabled", D_BOOL, OFF(tls_link.enabled), "false", 0, 0, NULL, NULL, 0},
+    {"tls.link.cert", D_STRING, OFF(tls_link.cert), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.key", D_STRING, OFF(tls_link.key), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.ca", D_STRING, OFF(tls_link.ca), "", 0, 0, NULL, NULL, 0},
+    {"tls.link.verify_host", D_BOOL, OFF(tls_link.verify_host), "true", 0, 0, NULL, NULL, 0},
+    {"users", D_USERS, 0, NULL, 0, 0, NULL, NULL, 0},
     {"plugins", D_PLUGINS, 0, NULL, 0, 0, NULL, NULL, 0},
 };
 
@@ -152,6 +205,7 @@ typedef struct {
     size_t errlen;
     unsigned char seen[N_DIRECTIVES]; /* set by the file, not defaulted */
     yaml_mark_t marks[N_DIRECTIVES];  /* where the file set it */
+    yaml_mark_t *node_marks;          /* cluster.nodes[i]: name, address, shards (3 each) */
     char desc[64];                    /* scratch for describe() */
 } cfg_ctx_t;
 
@@ -456,9 +510,14 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
 {
     uint64_t v;
     const char *end;
+    if ((d->flags & F_AUTO) && strcasecmp(text, "auto") == 0) {
+        *(uint32_t *)field(ctx, d) = 0;
+        return 0;
+    }
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
-        return cfg_error(ctx, m, "%s must be an integer from %llu to %llu (got \"%.80s\")", d->path,
-                         (unsigned long long)d->min, (unsigned long long)d->max, text);
+        return cfg_error(ctx, m, "%s must be %san integer from %llu to %llu (got \"%.80s\")",
+                         d->path, (d->flags & F_AUTO) ? "auto or " : "", (unsigned long long)d->min,
+                         (unsigned long long)d->max, text);
     *(uint32_t *)field(ctx, d) = (uint32_t)v;
     return 0;
 }
@@ -483,6 +542,16 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     if (v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);
     *(uint64_t *)field(ctx, d) = v;
+    return 0;
+}
+
+static int set_bool(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    static const char *const names[] = {"false", "true", "no", "yes", "off", "on", NULL};
+    int i = match_word(names, text);
+    if (i < 0)
+        return cfg_error(ctx, m, "%s must be true or false (got \"%.80s\")", d->path, text);
+    *(int *)field(ctx, d) = i % 2;
     return 0;
 }
 
@@ -512,6 +581,8 @@ static int set_value(cfg_ctx_t *ctx, const directive_t *d, const char *text, con
         return set_u64(ctx, d, text, m);
     case D_ENUM:
         return set_enum(ctx, d, text, m);
+    case D_BOOL:
+        return set_bool(ctx, d, text, m);
     default:
         assert(0 && "not a scalar directive");
         return KVS_EINVAL;
@@ -529,6 +600,8 @@ static const char *expected(const directive_t *d)
         return "a duration such as 1s";
     case D_LISTEN:
         return "HOST:PORT";
+    case D_BOOL:
+        return "true or false";
     default:
         return "a string";
     }
@@ -848,6 +921,176 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
     return 0;
 }
 
+/* ---- cluster.nodes ------------------------------------------------------------ */
+
+/* A node's name goes into consumer group names, log lines and file names:
+ * keep it to characters that need no quoting anywhere. */
+static const char *node_name_problem(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0)
+        return "a node name must not be empty";
+    if (n > KVS_NODE_NAME_MAX)
+        return "a node name may have at most 64 characters";
+    for (const char *c = t; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '.' || *c == '_' || *c == '-'))
+            return "a node name may hold only letters, digits, '.', '_' and '-'";
+    return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* shards: [0, 1, 2]: ids only (checked against cluster.shards after the
+ * walk, which may set it later in the file); duplicates refused here. */
+static int node_shards(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, kvs_node_t *n)
+{
+    if (val->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: expected a list of shard ids such as [0, 1], got %s", path,
+                         describe(ctx, val));
+    size_t cnt = (size_t)(val->data.sequence.items.top - val->data.sequence.items.start);
+    n->shards = calloc(cnt ? cnt : 1, sizeof(*n->shards));
+    if (n->shards == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < cnt; i++) {
+        const yaml_node_t *item = node_at(ctx, val->data.sequence.items.start[i]);
+        const char *text = NULL, *end;
+        uint64_t v;
+        int rc = scalar_value(ctx, item, path, "a shard id", &text);
+        if (rc != 0)
+            return rc;
+        if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v >= 1024)
+            return cfg_error(ctx, &item->start_mark,
+                             "%s: \"%.40s\" is not a shard id (0 to cluster.shards - 1)", path,
+                             text);
+        for (size_t j = 0; j < n->n_shards; j++)
+            if (n->shards[j] == v)
+                return cfg_error(ctx, &item->start_mark, "%s: shard %llu is listed twice", path,
+                                 (unsigned long long)v);
+        n->shards[n->n_shards++] = (uint32_t)v;
+    }
+    qsort(n->shards, n->n_shards, sizeof(*n->shards), cmp_u32);
+    return 0;
+}
+
+static int node_field(cfg_ctx_t *ctx, const char *label, size_t idx, const yaml_node_pair_t *pair)
+{
+    kvs_node_t *n = &ctx->cfg->nodes[idx];
+    yaml_mark_t *marks = &ctx->node_marks[3 * idx];
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text = NULL, *why;
+    char path[64];
+    unsigned port;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "shards") == 0) {
+        marks[2] = val->start_mark;
+        return node_shards(ctx, path, val, n);
+    }
+    if (strcmp(k, "name") != 0 && strcmp(k, "address") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "name") == 0) {
+        if ((why = node_name_problem(text)) != NULL)
+            return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
+        marks[0] = val->start_mark;
+        return store_string(ctx, &n->name, text);
+    }
+    if (check_listen(text, &port, &why) != 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s must be HOST:PORT or [IPV6]:PORT, the node's workers' base address "
+                         "(shard N on PORT+N) (got \"%.80s\"): %s",
+                         path, text, why);
+    marks[1] = val->start_mark;
+    return store_string(ctx, &n->address, text);
+}
+
+static int parse_node(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    snprintf(label, sizeof(label), "cluster.nodes[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {name: N, address: HOST:PORT, shards: [..]}, "
+                         "got %s",
+                         label, describe(ctx, item));
+    ctx->cfg->n_nodes++;
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = node_field(ctx, label, idx, p);
+        if (rc != 0)
+            return rc;
+    }
+    const kvs_node_t *n = &ctx->cfg->nodes[idx];
+    if (n->name == NULL || n->address == NULL || n->shards == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"%s\"", label,
+                         n->name == NULL      ? "name"
+                         : n->address == NULL ? "address"
+                                              : "shards");
+    return 0;
+}
+
+static int set_nodes(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "cluster.nodes: expected a list of {name, address, shards}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->nodes = calloc(n, sizeof(kvs_node_t));
+    ctx->node_marks = calloc(3 * n, sizeof(yaml_mark_t));
+    if (ctx->cfg->nodes == NULL || ctx->node_marks == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_node(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int kvs_node_serves(const kvs_node_t *node, uint32_t shard)
+{
+    return bsearch(&shard, node->shards, node->n_shards, sizeof(*node->shards), cmp_u32) != NULL;
+}
+
+const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_nodes; i++)
+        if (strcmp(cfg->nodes[i].name, name) == 0)
+            return &cfg->nodes[i];
+    return NULL;
+}
+
+int kvs_config_local(const kvs_config_t *cfg, uint32_t shard)
+{
+    if (cfg->n_nodes > 0)
+        return cfg->self != NULL && kvs_node_serves(cfg->self, shard);
+    return kvs_config_remote(cfg, shard) == NULL;
+}
+
+uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard)
+{
+    if (cfg->n_nodes == 0)
+        return 1;
+    uint32_t n = 0;
+    for (size_t i = 0; i < cfg->n_nodes; i++)
+        n += (uint32_t)kvs_node_serves(&cfg->nodes[i], shard);
+    return n;
+}
+
 /* ---- plugins -------------------------------------------------------------------- */
 
 /* One plugins entry: "PATH" or {path: PATH, arg: TEXT}. Whether the file
@@ -939,6 +1182,168 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard)
     return NULL;
 }
 
+/* ---- users ------------------------------------------------------------------ */
+
+#define KVS_USER_NAME_MAX 255
+
+/* Names are matched against certificate names: printable text, no control
+ * characters (so a log line naming a user is one line). */
+static const char *user_name_problem(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0)
+        return "must not be empty";
+    if (len > KVS_USER_NAME_MAX)
+        return "must be at most 255 bytes";
+    for (const unsigned char *p = (const unsigned char *)n; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return "must not contain control characters";
+    return NULL;
+}
+
+static int grant_right(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, unsigned *rights)
+{
+    static const char *const words[] = {"read", "write", "admin", NULL};
+    const char *text = NULL;
+    int rc = scalar_value(ctx, val, path, "read, write or admin", &text);
+    if (rc != 0)
+        return rc;
+    int i = match_word(words, text);
+    if (i < 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: \"%.40s\" is not a right (read, write or admin)", path, text);
+    *rights |= 1u << i;
+    return 0;
+}
+
+/* One `pattern: rights` entry of a user's allow mapping. */
+static int parse_grant(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                       const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *pat = scalar_text(key);
+    char path[300];
+    snprintf(path, sizeof(path), "%s.allow[\"%.200s\"]", label, pat);
+    if (pat[0] == '\0' || strlen(pat) > 2 * KVS_TABLE_NAME_MAX)
+        return cfg_error(ctx, &key->start_mark,
+                         "%s.allow: a table pattern must be 1 to 400 bytes (\"*\" is every "
+                         "table)",
+                         label);
+    kvs_grant_t *g = &u->grants[u->n_grants++];
+    if (store_string(ctx, &g->pattern, pat) != 0)
+        return -ENOMEM;
+    if (val->type != YAML_SEQUENCE_NODE)
+        return grant_right(ctx, path, val, &g->rights);
+    for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top;
+         it++) {
+        int rc = grant_right(ctx, path, node_at(ctx, *it), &g->rights);
+        if (rc != 0)
+            return rc;
+    }
+    if (g->rights == 0)
+        return cfg_error(ctx, &val->start_mark, "%s: give at least one right", path);
+    return 0;
+}
+
+static int parse_allow(cfg_ctx_t *ctx, const char *label, kvs_user_t *u, const yaml_node_t *map)
+{
+    if (is_null(map))
+        return 0;
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &map->start_mark,
+                         "%s.allow: expected a mapping of table pattern to rights, as in "
+                         "{\"orders*\": [read, write]}, got %s",
+                         label, describe(ctx, map));
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    u->grants = calloc(n ? n : 1, sizeof(*u->grants));
+    if (u->grants == NULL)
+        return cfg_oom(ctx);
+    char where[48];
+    snprintf(where, sizeof(where), "%s.allow", label);
+    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        int rc = check_key(ctx, map, p, where);
+        if (rc == 0)
+            rc = parse_grant(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int user_field(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
+                      const yaml_node_pair_t *pair)
+{
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text = NULL, *why;
+    char path[64];
+    kvs_token_hash_t h;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "allow") == 0)
+        return parse_allow(ctx, label, u, val);
+    if (strcmp(k, "name") != 0 && strcmp(k, "token") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "name") == 0) {
+        if ((why = user_name_problem(text)) != NULL)
+            return cfg_error(ctx, &val->start_mark, "%s %s", path, why);
+        return store_string(ctx, &u->name, text);
+    }
+    if (kvs_token_parse(text, &h, &why) != 0) /* never echo it: it may be a token itself */
+        return cfg_error(ctx, &val->start_mark, "%s: %s", path, why);
+    return store_string(ctx, &u->token, text);
+}
+
+static int parse_user(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[32];
+    snprintf(label, sizeof(label), "users[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {name, token, allow}, got %s", label,
+                         describe(ctx, item));
+    kvs_user_t *u = &ctx->cfg->users[ctx->cfg->n_users++];
+    for (const yaml_node_pair_t *p = item->data.mapping.pairs.start;
+         p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = user_field(ctx, label, u, p);
+        if (rc != 0)
+            return rc;
+    }
+    if (u->name == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"name\"", label);
+    for (size_t j = 0; j + 1 < ctx->cfg->n_users; j++)
+        if (strcmp(ctx->cfg->users[j].name, u->name) == 0)
+            return cfg_error(ctx, &item->start_mark, "%s: user \"%s\" is already users[%zu]", label,
+                             u->name, j);
+    return 0;
+}
+
+static int set_users(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "users: expected a list of {name, token, allow}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->users = calloc(n, sizeof(kvs_user_t));
+    if (ctx->cfg->users == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_user(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- the walk ------------------------------------------------------------- */
 
 static const directive_t *find_directive(const char *path)
@@ -977,6 +1382,10 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_properties(ctx, val);
     if (d->type == D_REMOTE)
         return set_remote(ctx, val);
+    if (d->type == D_USERS)
+        return set_users(ctx, val);
+    if (d->type == D_NODES)
+        return set_nodes(ctx, val);
     if (d->type == D_PLUGINS)
         return set_plugins(ctx, val);
     const char *text = NULL;
@@ -1012,7 +1421,7 @@ static int walk_pair(cfg_ctx_t *ctx, const char *section, const yaml_node_pair_t
         const directive_t *d = find_directive(path);
         if (d != NULL)
             return apply(ctx, d, val);
-        if (section == NULL && is_section(path))
+        if (is_section(path))
             return walk_section(ctx, path, val);
     }
     return unknown_key(ctx, key, section);
@@ -1055,6 +1464,105 @@ static int check_partitions(cfg_ctx_t *ctx)
     const yaml_mark_t *m = ctx->seen[ip] ? &ctx->marks[ip] : &ctx->marks[is];
     return cfg_error(ctx, m, "cluster.partitions (%u%s) must be >= cluster.shards (%u)",
                      c->partitions, ctx->seen[ip] ? "" : ", the default", c->shards);
+}
+
+/* ---- the cluster map (cluster.nodes) ------------------------------------------ */
+
+static const yaml_mark_t *directive_mark(cfg_ctx_t *ctx, const char *path)
+{
+    size_t i = directive_index(path);
+    return ctx->seen[i] ? &ctx->marks[i] : NULL;
+}
+
+/* Two nodes on one host whose port ranges (PORT .. PORT+shards-1) overlap
+ * would have workers fight for a port. */
+static int nodes_collide(const kvs_config_t *c, const kvs_node_t *a, const kvs_node_t *b)
+{
+    kvs_addr_t x, y;
+    if (kvs_addr_parse(a->address, 0, &x, NULL, 0) != 0 ||
+        kvs_addr_parse(b->address, 0, &y, NULL, 0) != 0 || strcasecmp(x.host, y.host) != 0)
+        return 0;
+    uint32_t lo = x.port < y.port ? x.port : y.port, hi = x.port < y.port ? y.port : x.port;
+    return hi - lo < c->shards;
+}
+
+/* One node's entry against the rest of the file: shard ids in range, its
+ * ports exist, name and address unique. */
+static int check_node(cfg_ctx_t *ctx, size_t i)
+{
+    const kvs_config_t *c = ctx->cfg;
+    const kvs_node_t *n = &c->nodes[i];
+    const yaml_mark_t *m = &ctx->node_marks[3 * i];
+    kvs_addr_t a;
+    for (size_t k = 0; k < n->n_shards; k++)
+        if (n->shards[k] >= c->shards)
+            return cfg_error(ctx, &m[2],
+                             "cluster.nodes[%zu].shards names shard %u but cluster.shards is %u "
+                             "(ids 0..%u)",
+                             i, n->shards[k], c->shards, c->shards - 1);
+    if (kvs_addr_parse(n->address, 0, &a, NULL, 0) == 0 && (uint32_t)a.port + c->shards - 1 > 65535)
+        return cfg_error(ctx, &m[1],
+                         "cluster.nodes[%zu].address port %u + highest shard id %u is past "
+                         "65535 (shard N listens on PORT+N)",
+                         i, a.port, c->shards - 1);
+    for (size_t j = 0; j < i; j++) {
+        if (strcmp(c->nodes[j].name, n->name) == 0)
+            return cfg_error(ctx, &m[0],
+                             "cluster.nodes[%zu].name: \"%s\" is already the name of "
+                             "cluster.nodes[%zu]",
+                             i, n->name, j);
+        if (nodes_collide(c, &c->nodes[j], n))
+            return cfg_error(ctx, &m[1],
+                             "cluster.nodes[%zu].address %s: its workers' ports (PORT .. "
+                             "PORT+%u) overlap those of cluster.nodes[%zu] (%s) on the same host",
+                             i, n->address, c->shards - 1, j, c->nodes[j].address);
+    }
+    return 0;
+}
+
+/* The map as a whole: not mixed with cluster.remote, this node in it,
+ * every shard served, no shard on more than KVS_MAX_REPLICAS nodes. */
+static int check_nodes(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    const yaml_mark_t *nodes = directive_mark(ctx, "cluster.nodes");
+    const char *why = node_name_problem(c->node_name);
+    if (c->node_name[0] != '\0' && why != NULL)
+        return cfg_error(ctx, directive_mark(ctx, "node.name"), "node.name: %s (got \"%.80s\")",
+                         why, c->node_name);
+    if (c->n_nodes == 0)
+        return 0;
+    if (c->n_remote > 0)
+        return cfg_error(ctx, directive_mark(ctx, "cluster.remote"),
+                         "cluster.remote and cluster.nodes cannot both be set: list every node, "
+                         "this one included, with its shards in cluster.nodes and drop "
+                         "cluster.remote");
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        int rc = check_node(ctx, i);
+        if (rc != 0)
+            return rc;
+    }
+    if (c->node_name[0] == '\0')
+        return cfg_error(ctx, nodes,
+                         "node.name must be set with cluster.nodes: it says which of the nodes "
+                         "listed is this one (e.g. \"%s\")",
+                         c->nodes[0].name);
+    if ((c->self = kvs_config_node(c, c->node_name)) == NULL)
+        return cfg_error(ctx, directive_mark(ctx, "node.name"),
+                         "node.name \"%s\" is not in cluster.nodes (the nodes listed are \"%s\"%s)",
+                         c->node_name, c->nodes[0].name, c->n_nodes > 1 ? ", ..." : "");
+    for (uint32_t s = 0; s < c->shards; s++) {
+        uint32_t n = kvs_config_replica_count(c, s);
+        if (n == 0)
+            return cfg_error(ctx, nodes,
+                             "shard %u is served by no node in cluster.nodes: every shard from 0 "
+                             "to %u must be in some node's shards",
+                             s, c->shards - 1);
+        if (n > KVS_MAX_REPLICAS)
+            return cfg_error(ctx, nodes, "shard %u is served by %u nodes; at most %d may serve one",
+                             s, n, KVS_MAX_REPLICAS);
+    }
+    return 0;
 }
 
 /* Remote shard ids were checked against cluster.shards as the file set it
@@ -1117,18 +1625,18 @@ static int check_limits(cfg_ctx_t *ctx)
     return 0;
 }
 
-/* The highest shard id this node runs itself (not in cluster.remote), or
- * -1 when every shard is remote. */
+/* The highest shard id this node runs itself, or -1 when it runs none. */
 static long highest_local_shard(const kvs_config_t *c)
 {
     for (long s = (long)c->shards - 1; s >= 0; s--)
-        if (kvs_config_remote(c, (uint32_t)s) == NULL)
+        if (kvs_config_local(c, (uint32_t)s))
             return s;
     return -1;
 }
 
 /* Paths derived from data_dir must fit where they go: every local worker's
- * socket <data_dir>/shard-N.sock in a unix socket address (107 bytes), and
+ * socket <data_dir>/shard-N.sock and every router process's
+ * <data_dir>/routerI.sock in a unix socket address (107 bytes), and
  * router.lock and the files of <data_dir>/shard-N/ in PATH_MAX. Checked here so a long
  * data_dir is a config error, not a failure after the workers started. */
 static int check_paths(cfg_ctx_t *ctx)
@@ -1146,12 +1654,76 @@ static int check_paths(cfg_ctx_t *ctx)
                          "data_dir (a symlink to the real directory works)",
                          c->data_dir, dlen > 80 ? "..." : "", sock, dlen + (size_t)n,
                          KVS_SOCKET_PATH_MAX);
+    /* Each router process's own socket, <data_dir>/routerI.sock (I below
+     * router.processes; auto takes at most 8). */
+    n = snprintf(sock, sizeof(sock), "/router%u.sock",
+                 (c->router_processes > 0 ? c->router_processes : 8) - 1);
+    if (dlen + (size_t)n > KVS_SOCKET_PATH_MAX)
+        return cfg_error(ctx, m,
+                         "data_dir is too long for the router processes' unix sockets: "
+                         "\"%.80s%s%s\" is %zu bytes, a unix socket path may have at most %d; use "
+                         "a shorter data_dir (a symlink to the real directory works)",
+                         c->data_dir, dlen > 80 ? "..." : "", sock, dlen + (size_t)n,
+                         KVS_SOCKET_PATH_MAX);
     n = top < 0 ? snprintf(sock, sizeof(sock), "/router.lock")
                 : snprintf(sock, sizeof(sock), "/shard-%ld/data.mdb", top);
     if (n > 0 && dlen + (size_t)n >= KVS_PATH_MAX)
         return cfg_error(ctx, m, "data_dir is too long: paths under it must stay below %d bytes",
                          KVS_PATH_MAX);
     return 0;
+}
+
+/* An endpoint's cert, key and ca default to tls.cert, tls.key, tls.ca. */
+static int inherit_tls(cfg_ctx_t *ctx, kvs_tls_endpoint_t *e)
+{
+    kvs_config_t *c = ctx->cfg;
+    char **own[] = {&e->cert, &e->key, &e->ca};
+    char *shared[] = {c->tls_cert, c->tls_key, c->tls_ca};
+    for (size_t i = 0; i < 3; i++)
+        if ((*own[i])[0] == '\0' && store_string(ctx, own[i], shared[i]) != 0)
+            return -ENOMEM;
+    return 0;
+}
+
+/* An enabled endpoint must have what its handshakes need. */
+static int check_endpoint(cfg_ctx_t *ctx, const char *name, kvs_tls_endpoint_t *e, int listener)
+{
+    char path[40];
+    snprintf(path, sizeof(path), "tls.%s.enabled", name);
+    const yaml_mark_t *m = &ctx->marks[directive_index(path)];
+    if (!e->enabled)
+        return 0;
+    if (e->cert[0] == '\0' || e->key[0] == '\0')
+        return cfg_error(ctx, m,
+                         "%s is true but there is no certificate and key: set tls.cert and "
+                         "tls.key (or tls.%s.cert and tls.%s.key)",
+                         path, name, name);
+    if (e->ca[0] == '\0' && (!listener || e->client_cert != KVS_CLIENT_CERT_NONE))
+        return cfg_error(ctx, m,
+                         "%s is true but there is no CA bundle to verify %s certificates with: "
+                         "set tls.ca (or tls.%s.ca)%s",
+                         path, listener ? "client" : "the workers'", name,
+                         listener ? ", or client_cert: none" : "");
+    return 0;
+}
+
+static int check_tls(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    if (c->tls_min_version > c->tls_max_version)
+        return cfg_error(ctx, &ctx->marks[directive_index("tls.min_version")],
+                         "tls.min_version is above tls.max_version");
+    int rc = 0;
+    kvs_tls_endpoint_t *eps[] = {&c->tls_router, &c->tls_node, &c->tls_link};
+    for (size_t i = 0; rc == 0 && i < 3; i++)
+        rc = inherit_tls(ctx, eps[i]);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "router", &c->tls_router, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "node", &c->tls_node, 1);
+    if (rc == 0)
+        rc = check_endpoint(ctx, "link", &c->tls_link, 0);
+    return rc;
 }
 
 /* ---- entry points ------------------------------------------------------------ */
@@ -1185,9 +1757,13 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
     if (rc == 0)
         rc = check_remote(ctx);
     if (rc == 0)
+        rc = check_nodes(ctx);
+    if (rc == 0)
         rc = check_paths(ctx);
     if (rc == 0)
         rc = check_limits(ctx);
+    if (rc == 0)
+        rc = check_tls(ctx);
     ctx->doc = NULL;
     yaml_document_delete(&doc);
     if (rc != 0)
@@ -1230,6 +1806,7 @@ static int parse_as(const char *name, const char *stored_path, const char *text,
     rc = build(&ctx, &parser);
 done:
     yaml_parser_delete(&parser);
+    free(ctx.node_marks);
     if (rc != 0)
         kvs_config_free(ctx.cfg);
     else
@@ -1284,6 +1861,54 @@ static int file_error(const char *path, const char *what, int rc, char *err, siz
     return rc;
 }
 
+/* Reads the whole content of `fd` from offset 0 with pread, leaving its
+ * offset alone (it may be shared with other processes). Returns 0 or -errno. */
+static int pread_fd(int fd, char **text, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return -ENOMEM;
+    for (;;) {
+        if (n == cap) {
+            char *bigger = cap >= KVS_CONFIG_MAX_FILE ? NULL : realloc(buf, cap * 2);
+            if (bigger == NULL) {
+                free(buf);
+                return cap >= KVS_CONFIG_MAX_FILE ? -EFBIG : -ENOMEM;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            return -e;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int rc = pread_fd(fd, &text, &len);
+    if (rc != 0)
+        return file_error(path, "cannot read", rc, err, errlen);
+    rc = parse_as(path, path, text, len, out, err, errlen);
+    free(text);
+    return rc;
+}
+
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen)
 {
     char *text = NULL;
@@ -1304,6 +1929,13 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
     return rc;
 }
 
+int kvs_config_secret_key(const char *key)
+{
+    size_t n = strlen(key);
+    return strncmp(key, "sasl.", 5) == 0 || strncmp(key, "ssl.key.", 8) == 0 ||
+           (n >= 9 && strcmp(key + n - 9, ".password") == 0);
+}
+
 void kvs_config_free(kvs_config_t *cfg)
 {
     if (cfg == NULL)
@@ -1322,11 +1954,25 @@ void kvs_config_free(kvs_config_t *cfg)
     for (size_t i = 0; i < cfg->n_remote; i++)
         free(cfg->remote[i].address);
     free(cfg->remote);
+    for (size_t i = 0; i < cfg->n_nodes; i++) {
+        free(cfg->nodes[i].name);
+        free(cfg->nodes[i].address);
+        free(cfg->nodes[i].shards);
+    }
+    free(cfg->nodes);
     for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
         free(cfg->kafka_properties[i].key);
         free(cfg->kafka_properties[i].value);
     }
     free(cfg->kafka_properties);
+    for (size_t i = 0; i < cfg->n_users; i++) {
+        free(cfg->users[i].name);
+        free(cfg->users[i].token);
+        for (size_t j = 0; j < cfg->users[i].n_grants; j++)
+            free(cfg->users[i].grants[j].pattern);
+        free(cfg->users[i].grants);
+    }
+    free(cfg->users);
     for (size_t i = 0; i < cfg->n_plugins; i++) {
         free(cfg->plugins[i].path);
         free(cfg->plugins[i].arg);
@@ -1378,6 +2024,44 @@ static int remote_eq(const kvs_config_t *a, const kvs_config_t *b)
     return 1;
 }
 
+static int nodes_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_nodes != b->n_nodes)
+        return 0;
+    for (size_t i = 0; i < a->n_nodes; i++) {
+        const kvs_node_t *x = &a->nodes[i], *y = &b->nodes[i];
+        if (!str_eq(x->name, y->name) || !str_eq(x->address, y->address) ||
+            x->n_shards != y->n_shards ||
+            (x->n_shards > 0 && memcmp(x->shards, y->shards, x->n_shards * sizeof(*x->shards))))
+            return 0;
+    }
+    return 1;
+}
+
+static int grants_eq(const kvs_user_t *x, const kvs_user_t *y)
+{
+    if (x->n_grants != y->n_grants)
+        return 0;
+    for (size_t g = 0; g < x->n_grants; g++)
+        if (!str_eq(x->grants[g].pattern, y->grants[g].pattern) ||
+            x->grants[g].rights != y->grants[g].rights)
+            return 0;
+    return 1;
+}
+
+static int users_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_users != b->n_users)
+        return 0;
+    for (size_t i = 0; i < a->n_users; i++) {
+        const kvs_user_t *x = &a->users[i], *y = &b->users[i];
+        if (!str_eq(x->name, y->name) || (x->token == NULL) != (y->token == NULL) ||
+            !str_eq(x->token, y->token) || !grants_eq(x, y))
+            return 0;
+    }
+    return 1;
+}
+
 static int plugins_eq(const kvs_config_t *a, const kvs_config_t *b)
 {
     if (a->n_plugins != b->n_plugins)
@@ -1401,6 +2085,8 @@ static int directive_eq(const directive_t *d, const kvs_config_t *a, const kvs_c
         if (d->flags & F_TEXT)
             return str_eq(*(char *const *)(const void *)pa, *(char *const *)(const void *)pb);
         return memcmp(pa, pb, sizeof(int)) == 0;
+    case D_BOOL:
+        return memcmp(pa, pb, sizeof(int)) == 0;
     case D_UINT32:
         return memcmp(pa, pb, sizeof(uint32_t)) == 0;
     case D_SIZE:
@@ -1412,10 +2098,51 @@ static int directive_eq(const directive_t *d, const kvs_config_t *a, const kvs_c
         return properties_eq(a, b);
     case D_REMOTE:
         return remote_eq(a, b);
+    case D_NODES:
+        return nodes_eq(a, b);
+    case D_USERS:
+        return users_eq(a, b);
     case D_PLUGINS:
         return plugins_eq(a, b);
     }
     return 0;
+}
+
+/* The size of a live directive's value (live keys are scalars, or a
+ * string: log.level). */
+static size_t live_size(const directive_t *d)
+{
+    switch (d->type) {
+    case D_ENUM:
+        return (d->flags & F_TEXT) ? sizeof(char *) : sizeof(int);
+    case D_BOOL:
+        return sizeof(int);
+    case D_UINT32:
+        return sizeof(uint32_t);
+    case D_SIZE:
+    case D_DURATION:
+        return sizeof(uint64_t);
+    case D_STRING:
+    case D_LISTEN:
+        return sizeof(char *);
+    default:
+        return 0; /* lists are never live */
+    }
+}
+
+void kvs_config_apply_live(kvs_config_t *cur, kvs_config_t *next)
+{
+    unsigned char tmp[sizeof(uint64_t) > sizeof(char *) ? sizeof(uint64_t) : sizeof(char *)];
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive_t *d = &directives[i];
+        size_t n = live_size(d);
+        if (!(d->flags & F_LIVE) || n == 0)
+            continue;
+        char *pa = (char *)cur + d->off, *pb = (char *)next + d->off;
+        memcpy(tmp, pa, n);
+        memcpy(pa, pb, n);
+        memcpy(pb, tmp, n);
+    }
 }
 
 /* Appends ", name" (or "name" first) to list[0..len). */

@@ -15,9 +15,18 @@
  *   cluster:
  *     shards: 4              1..1024
  *     partitions: 64         >= shards, <= 65536
- *     remote: []             shards served by other nodes:
+ *     remote: []             shards served by other nodes, one copy each:
  *                            - {shard: 2, address: HOST:PORT}
  *                            (not spawned here; the router connects there)
+ *     nodes: []              the cluster map with replicas (instead of
+ *                            remote): - {name: a, address: HOST:PORT,
+ *                            shards: [0, 1]}, every node that serves
+ *                            shards; address is its workers' base TCP
+ *                            address (shard N on PORT+N). Needs node.name.
+ *     bootstrap: snapshot    how a new replica with no data starts: snapshot
+ *                            (copy a live peer's environment, then the
+ *                            topic's tail; a full replay when no peer can
+ *                            send one) | replay (always the whole topic)
  *   router:
  *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT
  *     resp_listen: ""        HOST:PORT for Redis protocol clients; "" = off; checked at load: an
@@ -25,12 +34,24 @@
  *                            valid host name (resolved later, at bind)
  *     timeout: 5s            a shard that does not answer within this gets
  *                            the request answered 503
+ *     processes: auto        router processes sharing the listeners
+ *                            (SO_REUSEPORT); auto = the CPUs this process
+ *                            may run on, at most 8; 1..64. Stored as 0
+ *                            for auto (the master resolves it)
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
+ *     retry_percent: 10      reads retried on another replica may add at
+ *                            most this percent of reads (0..100) ...
+ *     retry_burst: 100       ... plus this many (token bucket per router)
  *     metrics_listen: ""     HOST:PORT serving Prometheus metrics over HTTP
  *                            (GET /metrics); "" = off
  *   node:
- *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
+ *     name: ""               this node's name in cluster.nodes (letters,
+ *                            digits, '.', '_', '-'; at most 64); with a name,
+ *                            Kafka offsets are committed under the consumer
+ *                            group "<kafka.group_id>.<name>"
+ *     listen: ""             "" = unix socket only (with cluster.nodes: this
+ *                            node's address there); "HOST:PORT" = shard N
  *                            also listens on TCP port PORT+N
  *   storage:
  *     sync: batch            full | batch | none
@@ -51,6 +72,11 @@
  *     frame_timeout: 30s     a request frame must arrive whole within this
  *     input_buffers: 256MiB  memory all connections' incomplete frames may
  *                            hold together; >= max_frame
+ *     auth_failures: 3       failed Auth attempts on one connection before it
+ *                            is closed; 1..100
+ *     auth_failures_per_minute: 20   failed Auth attempts per client address
+ *                            per minute; beyond, Auth is refused unchecked
+ *                            until the minute is over; 1..100000
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs
@@ -61,6 +87,8 @@
  *                               topic's producers place keys: murmur2 (default,
  *                               Java), crc32 (librdkafka), fnv1a (Sarama) or
  *                               none (they choose; reads ask every shard)
+ *     max_lag: 10000         records a worker may be behind on a partition
+ *                            and still serve reads of it (catch-up gate)
  *     properties: {}         librdkafka properties passed through as-is
  *   log:
  *     level: info            debug | info | warn | error
@@ -70,11 +98,47 @@
  *     slow_max: 128          slow log entries kept, 1..100000
  *   plugins: []              shared objects with request hooks, loaded at
  *                            start: - PATH, or - {path: PATH, arg: TEXT}
+ *   tls:                     TLS material shared by the endpoints below
+ *     cert: ""               PEM certificate chain this node presents
+ *     key: ""                its PEM private key
+ *     ca: ""                 PEM CA bundle peers' certificates must chain to
+ *     min_version: TLS1.2    TLS1.2 | TLS1.3
+ *     max_version: TLS1.3
+ *     ciphers: <AEAD, ECDHE> TLS 1.2 cipher list (OpenSSL syntax)
+ *     ciphersuites: <AEAD>   TLS 1.3 suites
+ *     router:                the router's client listener (router.listen)
+ *       enabled: false
+ *       client_cert: none    none | optional | require
+ *       cert, key, ca: ""    this endpoint's own (default: tls.cert/key/ca)
+ *     node:                  workers' TCP listeners (node.listen)
+ *       enabled: false
+ *       client_cert: require
+ *       cert, key, ca: ""
+ *     link:                  the router's links to cluster.remote workers
+ *       enabled: false       (mutual TLS: needs a certificate, key and CA)
+ *       cert, key, ca: ""
+ *       verify_host: true    the worker's certificate must name the host
+ *                            of its cluster.remote address
+ *   users: []                - name: alice          (unique; a client
+ *                                                     certificate whose CN or
+ *                                                     SAN is this name is alice)
+ *                              token: pbkdf2-sha256$...   (kvs-cli hash-token;
+ *                                                     none: certificate only)
+ *                              allow: {"orders*": [read, write], "*": read}
+ *                            rights on table patterns (fnmatch globs): read,
+ *                            write, admin. With no users, every client may
+ *                            do everything.
  *
  * Live reload (SIGHUP): kvs_config_reload_check says which keys differ and
- * whether all of them may change in a running process: log.*, router.timeout,
- * router.ready_timeout, storage.sync_interval and limits.* except max_frame
- * may; every other key may not.
+ * whether all of them may change in a running process, and
+ * kvs_config_apply_live moves the live keys' values into the running
+ * config (which keeps its address, so whoever holds a pointer to it reads
+ * the new values). Live: log.*, router.timeout, router.ready_timeout,
+ * router.retry_percent, router.retry_burst, storage.sync_interval,
+ * limits.* except max_frame, kafka.max_lag, cluster.bootstrap. Every other
+ * key may not change live: listeners, the cluster's shape, storage layout,
+ * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
+ * files are read again at every reload, at the paths configured).
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -115,6 +179,41 @@ typedef struct kvs_kv_s {
     char *value;
 } kvs_kv_t;
 
+typedef enum {
+    KVS_CLIENT_CERT_NONE = 0,     /* no client certificate is asked for */
+    KVS_CLIENT_CERT_OPTIONAL = 1, /* asked for; verified when sent */
+    KVS_CLIENT_CERT_REQUIRE = 2,  /* required and verified */
+} kvs_client_cert_t;
+
+/* One TLS endpoint (tls.router, tls.node, tls.link). After loading, cert,
+ * key and ca are the effective ones: the endpoint's own, or tls.cert,
+ * tls.key, tls.ca. */
+typedef struct kvs_tls_endpoint_s {
+    int enabled;
+    char *cert, *key, *ca;
+    int client_cert; /* kvs_client_cert_t (listeners) */
+    int verify_host; /* tls.link */
+} kvs_tls_endpoint_t;
+
+/* Rights a user may hold on tables (kvs_grant_t.rights). */
+enum {
+    KVS_RIGHT_READ = 1u,  /* Hget Hmget Hexist Hmexist Hgetall Hscan */
+    KVS_RIGHT_WRITE = 2u, /* Hset Hmset Hdel Hmdel */
+    KVS_RIGHT_ADMIN = 4u, /* Info (on "*") and operational commands */
+};
+
+typedef struct kvs_grant_s {
+    char *pattern;   /* a glob over table names (fnmatch, no flags: * matches any run) */
+    unsigned rights; /* KVS_RIGHT_* */
+} kvs_grant_t;
+
+typedef struct kvs_user_s {
+    char *name;
+    char *token; /* its hash in kvs_token's text form (validated), or NULL */
+    kvs_grant_t *grants;
+    size_t n_grants;
+} kvs_user_t;
+
 /* One entry of `plugins`: the shared object, the text handed to its init,
  * and where the entry is in the file (1-based; 0 when not from a file), so
  * a plugin that cannot load is reported at its line. */
@@ -132,6 +231,23 @@ typedef struct kvs_remote_s {
     char *address; /* HOST:PORT of the worker serving it */
 } kvs_remote_t;
 
+/* One node of cluster.nodes: the shards it serves and where. */
+typedef struct kvs_node_s {
+    char *name;
+    char *address;    /* HOST:PORT: its workers' base TCP address (shard N on PORT+N) */
+    uint32_t *shards; /* sorted, unique */
+    size_t n_shards;
+} kvs_node_t;
+
+typedef enum {
+    KVS_BOOTSTRAP_SNAPSHOT = 0, /* copy a live peer's environment, replay when none can */
+    KVS_BOOTSTRAP_REPLAY = 1,   /* always replay the topics from their start */
+} kvs_bootstrap_t;
+
+#define KVS_NODE_NAME_MAX 64
+#define KVS_MAX_REPLICAS 64         /* nodes serving one shard, at most */
+#define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
+
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
     char *data_dir;
@@ -140,13 +256,21 @@ typedef struct kvs_config_s {
     uint32_t partitions;
     kvs_remote_t *remote; /* sorted by shard */
     size_t n_remote;
+    kvs_node_t *nodes; /* cluster.nodes, in file order (the map) */
+    size_t n_nodes;
+    kvs_bootstrap_t bootstrap;
+    char *node_name;        /* node.name; "" when unset */
+    const kvs_node_t *self; /* this node's entry in `nodes`, or NULL without a map */
 
     char *router_listen;
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
-    char *metrics_listen; /* "" = no metrics listener */
-    char *node_listen;    /* "" when unset */
+    char *node_listen; /* "" when unset (with a map: self->address stands in) */
+    uint32_t retry_percent;
+    uint32_t retry_burst;
+    uint32_t router_processes; /* 0 = auto */
+    char *metrics_listen;      /* "" = no metrics listener */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -160,11 +284,14 @@ typedef struct kvs_config_s {
     uint64_t idle_timeout_ms;  /* 0 = never */
     uint64_t frame_timeout_ms; /* 0 = never */
     uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
+    uint32_t auth_failures;    /* failed Auth attempts per connection before it is closed */
+    uint32_t auth_failures_per_minute; /* per client address */
 
     char *kafka_brokers; /* "" = off */
     char *kafka_group_id;
     kvs_binding_t *bindings;
     size_t n_bindings;
+    uint32_t kafka_max_lag; /* catch-up gate, in records */
     kvs_kv_t *kafka_properties;
     size_t n_kafka_properties;
 
@@ -172,6 +299,14 @@ typedef struct kvs_config_s {
     kvs_log_format_t log_format;
     uint64_t slow_threshold_ms; /* KVS_SLOWLOG_OFF: no slow log; 0: every request */
     uint32_t slow_max;          /* entries the slow log keeps */
+
+    char *tls_cert, *tls_key, *tls_ca;
+    int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
+    char *tls_ciphers, *tls_ciphersuites;
+    kvs_tls_endpoint_t tls_router, tls_node, tls_link;
+
+    kvs_user_t *users; /* none: no authentication, no authorization */
+    size_t n_users;
 
     kvs_plugin_conf_t *plugins;
     size_t n_plugins;
@@ -183,6 +318,12 @@ typedef struct kvs_config_s {
  * "file: message" when there is no position) into err[0..errlen); *out is
  * then NULL. err may be NULL when errlen is 0. */
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen);
+
+/* Same, from the content of an open descriptor (read from offset 0 with
+ * pread, so its offset, which other processes may share, does not move);
+ * `path` names it in messages and in cfg->path. A router process loads
+ * the master's snapshot of the file this way. */
+int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen);
 
 /* Same, from a string; `name` stands in for the file name in messages. */
 int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out, char *err,
@@ -200,16 +341,45 @@ const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *tab
  * memcmp only on equal lengths. */
 const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *table, size_t len);
 
-/* The remote entry for `shard`, or NULL when the shard is local. */
+/* The remote entry for `shard`, or NULL when the shard is local
+ * (cluster.remote form only; NULL for every shard with cluster.nodes). */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
+
+/* True for a kafka.properties key whose value is a secret and must never
+ * be logged or shown: *.password, sasl.*, ssl.key.* (librdkafka's
+ * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
+ * sasl.oauthbearer.client.secret, ...). */
+int kvs_config_secret_key(const char *key);
+/* True when this node runs a worker for `shard`: with cluster.nodes, when
+ * its own entry lists the shard; otherwise when cluster.remote does not
+ * name it. */
+int kvs_config_local(const kvs_config_t *cfg, uint32_t shard);
+
+/* True when `node` serves `shard`. */
+int kvs_node_serves(const kvs_node_t *node, uint32_t shard);
+
+/* Copies of `shard` in the cluster: the nodes of cluster.nodes serving it,
+ * or 1 (its one worker, here or remote) without a map. */
+uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard);
+
+/* The node named `name` in cluster.nodes, or NULL. */
+const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name);
 
 /* Live reload: compares the running config `cur` with a freshly loaded
  * `next`. Writes the keys that differ and may change live into
  * changed[0..clen) ("log.level, limits.max_inflight", "" when none) and
  * those that differ and may not into fixed[0..flen). Returns 0 when
- * `fixed` is empty (next may replace cur), KVS_ECONFIG otherwise. */
+ * `fixed` is empty (next's live keys may be applied), KVS_ECONFIG
+ * otherwise. */
 int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
                             size_t clen, char *fixed, size_t flen);
+
+/* Live reload, after kvs_config_reload_check accepted `next`: swaps the
+ * value of every live key between `cur` and `next`, so `cur` (the running
+ * config, which keeps its address) holds the new values and `next` the
+ * old ones, to be freed with it. Keys that are not live are left alone
+ * (the check found them equal). */
+void kvs_config_apply_live(kvs_config_t *cur, kvs_config_t *next);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

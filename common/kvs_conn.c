@@ -23,6 +23,15 @@
  *    which runs after libuv is done with both handles (and after a
  *    cancelled write's callback).
  *
+ * TLS: `c->tls` set means ciphertext on the wire. Reads go into the
+ * session (kvs_tls_in_space/commit) and are pumped at once, entirely, into
+ * the decoder (conn_tls_input), so no plaintext ever waits inside OpenSSL
+ * for a read that may not come; delivery then runs as for plaintext. A
+ * flush encrypts all of `out` into `cout` (conn_tls_seal) and writes `cout`
+ * where a plaintext connection writes `out`; handshake output goes from
+ * `cout` to the socket as soon as it is made (conn_tls_send), never taking
+ * `out` along. On a shutdown, close_notify is sealed after the last answer.
+ *
  * Groups: the members of a kvs_conn_group are on an intrusive list, swept
  * once a second for frame and idle timeouts (a timer per connection would
  * cost a heap operation per read on the hot path). Decoder memory beyond
@@ -41,17 +50,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define READ_SIZE 65536
+#define TLS_RECORD 16384 /* most plaintext one TLS record holds: decrypted one at a time */
 #define SWEEP_MS 1000
 
 _Static_assert(KVS_CONN_MAX_WRITE <= UINT32_MAX, "a write must fit uv_buf_t's unsigned length");
+_Static_assert((int)KVS_TLS_PEER_NONE == KVS_CLIENT_CERT_NONE &&
+                   (int)KVS_TLS_PEER_OPTIONAL == KVS_CLIENT_CERT_OPTIONAL &&
+                   (int)KVS_TLS_PEER_REQUIRE == KVS_CLIENT_CERT_REQUIRE,
+               "tls.*.client_cert maps onto kvs_tls_peer_t");
 
 static void conn_update_reading(kvs_conn_t *c);
 static void conn_linger(kvs_conn_t *c);
 static void conn_deliver(kvs_conn_t *c);
 static void conn_kick(kvs_conn_t *c);
+static void conn_tls_input(kvs_conn_t *c);
+static void conn_tls_send(kvs_conn_t *c);
+static int conn_write_queue(kvs_conn_t *c, kvs_buf_t *q);
 
 static int has(const kvs_conn_t *c, unsigned f)
 {
@@ -65,6 +83,7 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
     memset(c, 0, sizeof(*c));
     kvs_frame_dec_init(&c->dec, max_frame);
     kvs_buf_init(&c->out);
+    kvs_buf_init(&c->cout);
     kvs_buf_init(&c->wbuf);
     c->high_water = KVS_CONN_DEFAULT_HIGH_WATER;
     if (c->high_water < 2u * (size_t)max_frame)
@@ -88,12 +107,23 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
 
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
-    return c->out.len + (c->wbuf.len - c->woff);
+    return c->out.len + c->cout.len + (c->wbuf.len - c->woff);
 }
 
 size_t kvs_conn_pending(const kvs_conn_t *c)
 {
     return kvs_conn_backlog(c) + c->held;
+}
+
+/* A codec's plaintext stream that starts with a TLS record header: a TLS
+ * client on a plaintext port. (A kvs frame decoder sees the same bytes as
+ * an oversized frame: conn_frame_error.) */
+static int conn_codec_hello(const kvs_conn_t *c, const uint8_t *p, size_t n)
+{
+    if (has(c, KVS_CONN_START_SEEN) || c->tls != NULL || n < 3)
+        return 0;
+    return kvs_tls_looks_like_hello((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+                                    (uint32_t)p[2] << 8);
 }
 
 /* The next message: 1 with its bytes, 0 when incomplete, or an error. */
@@ -104,9 +134,12 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
     const uint8_t *p;
     size_t n, used = 0;
     kvs_frame_dec_data(&c->dec, &p, &n);
+    if (conn_codec_hello(c, p, n))
+        return KVS_ETLSHELLO;
     int rc = c->codec->next(c->codec->state, p, n, c->dec.max, &used);
     if (rc <= 0)
         return rc < 0 ? KVS_EPROTO : 0;
+    c->flags |= KVS_CONN_START_SEEN;
     kvs_frame_dec_consume(&c->dec, used);
     *msg = p;
     *len = used;
@@ -122,7 +155,8 @@ static int conn_ready(const kvs_conn_t *c)
     const uint8_t *p;
     size_t n, used;
     kvs_frame_dec_data(&c->dec, &p, &n);
-    return n > 0 && c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0;
+    return n > 0 && (conn_codec_hello(c, p, n) ||
+                     c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0);
 }
 
 int kvs_conn_has_frame(const kvs_conn_t *c)
@@ -172,6 +206,8 @@ static void conn_trim_output(kvs_conn_t *c)
 {
     if (c->out.len == 0 && c->out.cap > KVS_CONN_KEEP_BUFFER)
         kvs_buf_free(&c->out);
+    if (c->cout.len == 0 && c->cout.cap > KVS_CONN_KEEP_BUFFER)
+        kvs_buf_free(&c->cout);
     if (c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_KEEP_BUFFER)
         kvs_buf_free(&c->wbuf);
 }
@@ -219,6 +255,13 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = sizeof(sink);
         return;
     }
+    if (c->tls != NULL) { /* ciphertext: into the session, pumped into the decoder */
+        if (kvs_tls_in_space(c->tls, READ_SIZE, &base, &len) == 0) {
+            buf->base = (char *)base;
+            buf->len = len;
+        }
+        return;
+    }
     size_t cap = kvs_frame_dec_space_cap(&c->dec, READ_SIZE);
     if (!conn_budget_allows(c, cap))
         return;
@@ -254,10 +297,25 @@ static void conn_over_budget(kvs_conn_t *c)
     conn_input_ended(c, KVS_ELIMIT);
 }
 
-/* Notes when an incomplete frame started to wait (for the frame timeout). */
+/* A TLS handshake not yet complete (a TLS client sends its ClientHello as
+ * soon as it connects: one that sends nothing is hanging too), or a TLS
+ * record the peer left unfinished (its bytes wait inside the session,
+ * where the decoder cannot see them). */
+static int conn_tls_partial(const kvs_conn_t *c)
+{
+    if (c->tls == NULL)
+        return 0;
+    if (!has(c, KVS_CONN_TLS_READY))
+        return 1;
+    return kvs_tls_mid_record(c->tls);
+}
+
+/* Notes when an incomplete frame (or TLS handshake or record) started to
+ * wait, for the frame timeout. */
 static void conn_track_partial(kvs_conn_t *c)
 {
-    int partial = has(c, KVS_CONN_READING) && kvs_frame_dec_pending(&c->dec) > 0 && !conn_ready(c);
+    int partial = has(c, KVS_CONN_READING) &&
+                  ((kvs_frame_dec_pending(&c->dec) > 0 && !conn_ready(c)) || conn_tls_partial(c));
     if (!partial)
         c->partial_since_ms = 0;
     else if (c->partial_since_ms == 0)
@@ -271,6 +329,12 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (has(c, KVS_CONN_LINGERING)) { /* discard input until the peer closes */
         if (n < 0)
             kvs_conn_close(c);
+        return;
+    }
+    if (n > 0 && c->tls != NULL) {
+        kvs_tls_in_commit(c->tls, (size_t)n);
+        c->last_input_ms = uv_now(c->h.handle.loop);
+        conn_tls_input(c);
         return;
     }
     if (n > 0) {
@@ -308,6 +372,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
  * what it still owes before it closes. */
 static void conn_frame_error(kvs_conn_t *c, int err)
 {
+    /* A header of 0x16 0x03 0x0N...: a TLS client on a plaintext port (read
+     * as a frame of over 352 MiB, so always KVS_ETOOBIG below that max). */
+    if (err == KVS_ETOOBIG && c->tls == NULL && kvs_tls_looks_like_hello(c->dec.bad_len))
+        err = KVS_ETLSHELLO;
+    if (err == KVS_ETLSHELLO)
+        kvs_warn("closing %s: it started a TLS handshake on a plaintext port (enable TLS on this "
+                 "listener, or connect without TLS)",
+                 c->peer);
     c->flags |= KVS_CONN_FRAME_ERROR;
     c->partial_since_ms = 0;
     conn_input_ended(c, err);
@@ -413,19 +485,54 @@ int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server)
     int rc = uv_accept(server, &c->h.stream);
     if (rc != 0)
         return rc;
-    conn_note_peer(c);
     return kvs_conn_start(c);
 }
 
 int kvs_conn_start(kvs_conn_t *c)
 {
-    if (c->h.handle.type == UV_TCP)
+    if (c->h.handle.type == UV_TCP) {
         uv_tcp_nodelay(&c->h.tcp, 1);
+        conn_note_peer(c);
+    }
     c->last_input_ms = uv_now(c->h.handle.loop);
     int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
-    if (rc == 0)
-        c->flags |= KVS_CONN_READING;
-    return rc;
+    if (rc != 0)
+        return rc;
+    c->flags |= KVS_CONN_READING;
+    if (c->tls != NULL) { /* a client's ClientHello; a server waits for one */
+        rc = kvs_tls_handshake(c->tls);
+        if (rc != 0 && rc != -EAGAIN)
+            return KVS_ETLS;
+        conn_tls_send(c); /* `out` waits for the handshake */
+        conn_track_partial(c); /* the handshake's time runs from now */
+    }
+    return 0;
+}
+
+int kvs_conn_use_tls(kvs_conn_t *c, kvs_tls_ctx_t *ctx, const char *host)
+{
+    return kvs_tls_new(ctx, host, &c->cout, &c->tls);
+}
+
+int kvs_conn_peer_is_local(const kvs_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (c->h.handle.type != UV_TCP)
+        return 1;
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family != AF_INET6)
+        return 0;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
+const char *kvs_conn_tls_error(const kvs_conn_t *c)
+{
+    return c->tls != NULL ? kvs_tls_error(c->tls) : "";
 }
 
 void kvs_conn_stop_reading(kvs_conn_t *c)
@@ -530,25 +637,39 @@ static void on_write(uv_write_t *req, int status)
     conn_output_drained(c);
 }
 
+/* Writes the bytes queued in `q` (`out`, or `cout` under TLS). wbuf is
+ * empty here: swap, so `q` keeps accepting while the bytes it held are
+ * written from wbuf. Returns 0, or an error after the connection was
+ * closed. */
+static int conn_write_queue(kvs_conn_t *c, kvs_buf_t *q)
+{
+    kvs_buf_t t = c->wbuf;
+    c->wbuf = *q;
+    *q = t;
+    q->len = 0;
+    c->woff = 0;
+    int rc = conn_write_wbuf(c);
+    if (rc != 0) {
+        c->wbuf.len = c->woff = 0;
+        conn_write_failed(c, rc);
+    }
+    return rc;
+}
+
+static int conn_tls_seal(kvs_conn_t *c);
+
 void kvs_conn_flush(kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_WRITING | KVS_CONN_LINGERING))
         return;
-    if (c->out.len > 0) {
-        /* wbuf is empty here: swap, so `out` keeps accepting while the
-         * bytes it held are written from wbuf. */
-        kvs_buf_t t = c->wbuf;
-        c->wbuf = c->out;
-        c->out = t;
-        c->out.len = 0;
-        c->woff = 0;
-        int rc = conn_write_wbuf(c);
-        if (rc != 0) {
-            c->wbuf.len = c->woff = 0;
-            conn_write_failed(c, rc);
+    kvs_buf_t *q = &c->out;
+    if (c->tls != NULL) {
+        if (conn_tls_seal(c) != 0)
             return;
-        }
+        q = &c->cout;
     }
+    if (q->len > 0 && conn_write_queue(c, q) != 0)
+        return;
     if (!has(c, KVS_CONN_WRITING)) {
         conn_trim_output(c);
         if (has(c, KVS_CONN_SHUTTING)) {
@@ -573,6 +694,157 @@ void kvs_conn_queue(kvs_conn_t *c)
     c->queued = 1;
     c->flush_next = f->head;
     f->head = c;
+}
+
+/* ---- TLS --------------------------------------------------------------- */
+
+/* Hands the ciphertext the session just made (handshake messages, alerts,
+ * tickets) to the socket now, unless a write is in flight (its callback
+ * queues a flush). Never touches `out`. */
+static void conn_tls_send(kvs_conn_t *c)
+{
+    if (c->cout.len == 0 || has(c, KVS_CONN_CLOSING | KVS_CONN_WRITING | KVS_CONN_LINGERING))
+        return;
+    conn_write_queue(c, &c->cout);
+}
+
+/* TLS failed (the handshake, or a record): one line naming the peer, the
+ * alert goes out, no more frames; the owner hears `err`. */
+static void conn_tls_failed(kvs_conn_t *c, int err)
+{
+    kvs_warn("closing %s: TLS %s failed: %s", c->peer,
+             has(c, KVS_CONN_TLS_READY) ? "connection" : "handshake", kvs_tls_error(c->tls));
+    c->flags |= KVS_CONN_TLS_FAILED | KVS_CONN_FRAME_ERROR;
+    c->partial_since_ms = 0;
+    conn_tls_send(c);
+    conn_input_ended(c, err == KVS_ENOTLS ? KVS_ENOTLS : KVS_ETLS);
+}
+
+/* A server's peer sent plaintext: drop TLS, so the owner can answer in the
+ * clear (a plaintext client would read nothing else), and end input. */
+static void conn_not_tls(kvs_conn_t *c)
+{
+    kvs_warn("closing %s: %s", c->peer, kvs_tls_error(c->tls));
+    kvs_tls_free(c->tls);
+    c->tls = NULL;
+    c->cout.len = 0;
+    c->flags |= KVS_CONN_FRAME_ERROR;
+    c->partial_since_ms = 0;
+    conn_input_ended(c, KVS_ENOTLS);
+}
+
+/* Advances the handshake with the input just read. Returns 1 once it is
+ * complete (on_ready has run and the connection is still open), else 0:
+ * it waits for more input, or it failed (handled here). */
+static int conn_tls_handshake(kvs_conn_t *c)
+{
+    int rc = kvs_tls_handshake(c->tls);
+    if (rc == -EAGAIN) {
+        kvs_tls_in_done(c->tls);
+        conn_tls_send(c);
+        conn_track_partial(c);
+        return 0;
+    }
+    if (rc != 0) {
+        kvs_tls_in_done(c->tls);
+        if (rc == KVS_ENOTLS && kvs_tls_is_server(c->tls))
+            conn_not_tls(c);
+        else
+            conn_tls_failed(c, rc);
+        return 0;
+    }
+    c->flags |= KVS_CONN_TLS_READY;
+    conn_tls_send(c);
+    kvs_debug("%s: %s %s", c->peer, kvs_tls_version(c->tls), kvs_tls_cipher(c->tls));
+    if (c->on_ready != NULL)
+        c->on_ready(c);
+    if (has(c, KVS_CONN_CLOSING))
+        return 0;
+    if (c->out.len > 0)
+        kvs_conn_queue(c); /* output that waited for the handshake */
+    return 1;
+}
+
+/* Decrypts every buffered record into the decoder, under the group's input
+ * budget. Returns -EAGAIN when all input is consumed, KVS_ECLOSED on the
+ * peer's close_notify, KVS_ELIMIT after refusing input over the budget,
+ * or another error. */
+static int conn_tls_decrypt(kvs_conn_t *c)
+{
+    for (;;) {
+        uint8_t *base;
+        size_t len, got;
+        if (!conn_budget_allows(c, kvs_frame_dec_space_cap(&c->dec, TLS_RECORD))) {
+            conn_over_budget(c);
+            return KVS_ELIMIT;
+        }
+        if (kvs_frame_dec_space(&c->dec, TLS_RECORD, &base, &len) != 0)
+            return -ENOMEM;
+        conn_charge(c, c->dec.cap);
+        int rc = kvs_tls_read(c->tls, base, len, &got);
+        if (rc != 0)
+            return rc;
+        kvs_frame_dec_commit(&c->dec, got);
+    }
+}
+
+/* Ciphertext arrived: finish the handshake, decrypt everything, deliver. */
+static void conn_tls_input(kvs_conn_t *c)
+{
+    if (!has(c, KVS_CONN_TLS_READY) && !conn_tls_handshake(c))
+        return;
+    int rc = conn_tls_decrypt(c);
+    kvs_tls_in_done(c->tls);
+    conn_tls_send(c); /* TLS 1.3 tickets, key updates */
+    if (rc == KVS_ELIMIT || has(c, KVS_CONN_CLOSING))
+        return;
+    conn_deliver(c);
+    conn_track_partial(c);
+    if (rc == -EAGAIN || has(c, KVS_CONN_CLOSING))
+        return;
+    if (rc == KVS_ECLOSED) { /* close_notify: an orderly EOF */
+        c->flags |= KVS_CONN_READ_EOF;
+        c->partial_since_ms = 0;
+        conn_input_ended(c, KVS_ECLOSED);
+        return;
+    }
+    if (rc == -ENOMEM) {
+        kvs_error("closing %s: out of memory decrypting its input", c->peer);
+        kvs_conn_close(c);
+        return;
+    }
+    conn_tls_failed(c, rc);
+}
+
+/* A flush under TLS: encrypts all of `out` into `cout` once the handshake
+ * is complete (before, `out` waits), and seals close_notify after the last
+ * answer of a shutdown. Output that can no longer be sent securely (TLS
+ * failed, or a shutdown before the handshake completed) is dropped: only
+ * what `cout` already holds (an alert) leaves. Returns 0, or an error after
+ * the connection was closed. */
+static int conn_tls_seal(kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_TLS_FAILED) || (has(c, KVS_CONN_SHUTTING) && !has(c, KVS_CONN_TLS_READY))) {
+        c->out.len = 0;
+        return 0;
+    }
+    if (!has(c, KVS_CONN_TLS_READY))
+        return 0;
+    if (c->out.len > 0) {
+        int rc = kvs_tls_write(c->tls, c->out.data, c->out.len);
+        c->out.len = 0;
+        if (rc != 0) {
+            kvs_error("closing %s: cannot encrypt its answers: %s", c->peer,
+                      rc == -ENOMEM ? "out of memory" : kvs_tls_error(c->tls));
+            kvs_conn_close(c);
+            return rc;
+        }
+    }
+    if (has(c, KVS_CONN_SHUTTING) && !has(c, KVS_CONN_TLS_SHUT)) {
+        c->flags |= KVS_CONN_TLS_SHUT;
+        kvs_tls_shutdown(c->tls); /* close_notify, after the last answer */
+    }
+    return 0;
 }
 
 /* ---- closing ---------------------------------------------------------- */
@@ -640,7 +912,10 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     kvs_frame_dec_close(&c->dec);
     kvs_buf_free(&c->out);
+    kvs_buf_free(&c->cout);
     kvs_buf_free(&c->wbuf);
+    kvs_tls_free(c->tls);
+    c->tls = NULL;
     c->on_close(c);
 }
 
@@ -683,10 +958,19 @@ static void on_sweep(uv_timer_t *t)
         next = c->grp_next; /* closing unlinks c */
         if (lim->frame_timeout_ms > 0 && c->partial_since_ms != 0 &&
             now - (c->partial_since_ms - 1) >= lim->frame_timeout_ms) {
-            kvs_warn("closing %s: a request frame it started (%zu bytes so far) did not "
-                     "complete within limits.frame_timeout (%llu ms)",
-                     c->peer, kvs_frame_dec_pending(&c->dec),
-                     (unsigned long long)lim->frame_timeout_ms);
+            if (c->tls != NULL && !has(c, KVS_CONN_TLS_READY))
+                kvs_warn("closing %s: its TLS handshake did not complete within "
+                         "limits.frame_timeout (%llu ms)",
+                         c->peer, (unsigned long long)lim->frame_timeout_ms);
+            else if (kvs_frame_dec_pending(&c->dec) == 0)
+                kvs_warn("closing %s: a TLS record it started did not complete within "
+                         "limits.frame_timeout (%llu ms)",
+                         c->peer, (unsigned long long)lim->frame_timeout_ms);
+            else
+                kvs_warn("closing %s: a request frame it started (%zu bytes so far) did not "
+                         "complete within limits.frame_timeout (%llu ms)",
+                         c->peer, kvs_frame_dec_pending(&c->dec),
+                         (unsigned long long)lim->frame_timeout_ms);
             kvs_conn_close(c);
             continue;
         }
@@ -708,6 +992,25 @@ void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg)
     l->frame_timeout_ms = cfg->frame_timeout_ms;
     l->idle_timeout_ms = cfg->idle_timeout_ms;
     l->input_budget = (size_t)cfg->input_buffers;
+}
+
+int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *e, const char *what,
+                             int server, kvs_tls_ctx_t **out, char *err, size_t errlen)
+{
+    kvs_tls_opts_t o = {
+        .role = server ? KVS_TLS_SERVER : KVS_TLS_CLIENT,
+        .cert = e->cert,
+        .key = e->key,
+        .ca = e->ca,
+        .peer = server ? (kvs_tls_peer_t)e->client_cert : KVS_TLS_PEER_REQUIRE,
+        .skip_host_check = !server && !e->verify_host,
+        .min_version = (kvs_tls_version_t)cfg->tls_min_version,
+        .max_version = (kvs_tls_version_t)cfg->tls_max_version,
+        .ciphers = cfg->tls_ciphers,
+        .ciphersuites = cfg->tls_ciphersuites,
+        .what = what,
+    };
+    return kvs_tls_ctx_new(&o, out, err, errlen);
 }
 
 uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve)
@@ -811,7 +1114,7 @@ int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
         return rc;
     }
     rc = uv_accept(server, &h->stream);
-    if (rc == 0) {
+    if (rc == 0 && msg != NULL && len > 0) {
         uv_buf_t b = uv_buf_init((char *)msg, (unsigned)len);
         uv_try_write(&h->stream, &b, 1); /* best effort: the peer learns why */
     }
@@ -911,7 +1214,11 @@ static int listen_unix(uv_loop_t *loop, const kvs_addr_t *a, kvs_listener_t *l)
      * caller holds the lock that makes this path ours, so remove it. */
     if (unlink(a->path) != 0 && errno != ENOENT)
         return -errno;
-    return uv_pipe_bind(&l->pipe, a->path);
+    rc = uv_pipe_bind(&l->pipe, a->path);
+    /* The node's user only (its directory is private too). */
+    if (rc == 0 && chmod(a->path, 0600) != 0)
+        return -errno;
+    return rc;
 }
 
 int kvs_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t *l, uv_connection_cb cb)

@@ -31,6 +31,26 @@
  * members that sent nothing for that long and are owed nothing. Buffers
  * that grew far past their usual size are given back once they drain.
  *
+ * TLS (kvs_conn_use_tls) lives entirely below the framing: ciphertext read
+ * from the socket goes into the session and the plaintext it yields into
+ * the frame decoder's buffer, under the same input budget; when `out` is
+ * flushed it is encrypted into `cout`, which then takes the place `out`
+ * has for a plaintext connection (the same write sizes, the same
+ * high-water and hard limits, which count `cout` too). Handshake bytes
+ * leave as soon as they are made; `out` is encrypted only where a
+ * plaintext connection would have written it, so nothing that waits on a
+ * flusher's `before` step leaves early. Frames are delivered only once the
+ * handshake completed (on_ready runs first). A handshake that fails, or a
+ * plaintext peer on a TLS connection (the first byte is not a TLS
+ * record), is logged once, naming the peer, and ends input with
+ * KVS_ETLS / KVS_ENOTLS; after KVS_ENOTLS the connection is plaintext
+ * again, so the owner can say in the peer's own protocol why it is closed.
+ * A plaintext connection whose stream starts with a TLS record (a
+ * ClientHello), whether it carries kvs frames or a codec's messages,
+ * reports KVS_ETLSHELLO the same way. A TLS record the peer started and
+ * did not finish counts as a started frame for the frame timeout. The
+ * plaintext path pays one branch per read and per flush for all this.
+ *
  * State: one bit per condition, each with one meaning (KVS_CONN_* flags,
  * libuv style); whether to read and whether to deliver are derived from
  * them, never stored.
@@ -46,6 +66,7 @@
 #include "kvs_buf.h"
 #include "kvs_config.h"
 #include "kvs_frame.h"
+#include "kvs_tls.h"
 
 #include <uv.h>
 
@@ -74,6 +95,10 @@ enum {
     KVS_CONN_CLOSING = 1u << 10,      /* uv_close was called */
     KVS_CONN_ERROR_TOLD = 1u << 11,   /* on_error has run (it runs at most once) */
     KVS_CONN_READ_REFUSED = 1u << 12, /* the group's input budget refused more input */
+    KVS_CONN_TLS_READY = 1u << 13,    /* the TLS handshake completed */
+    KVS_CONN_TLS_FAILED = 1u << 14,   /* TLS broke: nothing more is encrypted or decrypted */
+    KVS_CONN_TLS_SHUT = 1u << 15,     /* close_notify is queued */
+    KVS_CONN_START_SEEN = 1u << 16,   /* codec: the stream's start was checked for TLS */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the
@@ -101,7 +126,16 @@ typedef void (*kvs_conn_frame_cb)(kvs_conn_t *c, const uint8_t *payload, size_t 
  *                is in c->dec.bad_len);
  *   KVS_EPROTO   a frame header had the reserved compression bit set, or
  *                the codec found a protocol error (its state says which);
- *   KVS_ELIMIT   the group's input budget has no room for the next frame.
+ *   KVS_ELIMIT   the group's input budget has no room for the next frame;
+ *   KVS_ETLS     the TLS handshake or a record failed (logged, with the
+ *                reason in kvs_conn_tls_error); nothing more can be sent
+ *                but the alert already queued;
+ *   KVS_ENOTLS   TLS connection: the peer sent plaintext, or a server
+ *                answered plaintext (logged); a server-side connection is
+ *                plaintext from now on, so an answer appended now is sent
+ *                in the clear;
+ *   KVS_ETLSHELLO plaintext connection: the peer started a TLS handshake
+ *                (logged).
  * No more frames are read; frames already buffered are still delivered
  * after KVS_ECLOSED (the peer may be half-closed), not after the others.
  * The owner appends its last response(s) and closes, usually with
@@ -112,6 +146,11 @@ typedef void (*kvs_conn_error_cb)(kvs_conn_t *c, int err);
 /* The handles are closed; the owner may free the connection now. */
 typedef void (*kvs_conn_close_cb)(kvs_conn_t *c);
 
+/* TLS: the handshake completed (the peer's certificate, if any, is
+ * verified: kvs_tls_peer_names). No frame was delivered before. The owner
+ * may close. */
+typedef void (*kvs_conn_ready_cb)(kvs_conn_t *c);
+
 struct kvs_conn_s {
     union {
         uv_handle_t handle;
@@ -121,10 +160,12 @@ struct kvs_conn_s {
     } h;
     kvs_frame_dec_t dec;      /* input buffer; frames unless `codec` is set */
     const kvs_codec_t *codec; /* NULL: kvs frames */
-    kvs_buf_t out;            /* queued, not yet handed to the socket */
-    kvs_buf_t wbuf;           /* being written: [woff, wlen) of it is in flight or next */
-    size_t woff;              /* bytes of wbuf already written */
-    size_t wchunk;            /* bytes the in-flight uv_write covers */
+    kvs_buf_t out;  /* queued, not yet handed to the socket (TLS: not yet encrypted) */
+    kvs_buf_t cout; /* TLS: ciphertext queued, not yet handed to the socket */
+    kvs_tls_t *tls; /* NULL: plaintext */
+    kvs_buf_t wbuf; /* being written: [woff, wlen) of it is in flight or next */
+    size_t woff;    /* bytes of wbuf already written */
+    size_t wchunk;  /* bytes the in-flight uv_write covers */
     uv_write_t wreq;
     uv_shutdown_t sreq;
     uv_timer_t timer;  /* lingering deadline; otherwise a zero-delay delivery kick */
@@ -138,10 +179,11 @@ struct kvs_conn_s {
     kvs_conn_frame_cb on_frame;
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;
-    kvs_flusher_t *flusher;  /* optional */
-    kvs_conn_t *flush_next;  /* flusher's intrusive list */
-    int queued;              /* on the flusher's list */
-    kvs_conn_group_t *group; /* optional, see kvs_conn_join */
+    kvs_conn_ready_cb on_ready; /* TLS only; optional */
+    kvs_flusher_t *flusher;     /* optional */
+    kvs_conn_t *flush_next;     /* flusher's intrusive list */
+    int queued;                 /* on the flusher's list */
+    kvs_conn_group_t *group;    /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;            /* decoder bytes charged to the group's input budget */
     uint64_t last_input_ms;    /* loop time of the last bytes read */
@@ -161,12 +203,26 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
                   kvs_conn_frame_cb on_frame, kvs_conn_error_cb on_error,
                   kvs_conn_close_cb on_close);
 
+/* Makes `c` (initialized; not yet accepted or started) speak TLS with the
+ * settings of `ctx`, as a server or a client by ctx's role. A client
+ * verifies that the server's certificate names `host` (see kvs_tls_new;
+ * may be NULL). Returns 0 or -ENOMEM. */
+int kvs_conn_use_tls(kvs_conn_t *c, kvs_tls_ctx_t *ctx, const char *host);
+
+/* True when the peer is on this machine: a unix socket, or TCP from a
+ * loopback address (127.0.0.0/8, ::1, or IPv4-mapped 127.x). */
+int kvs_conn_peer_is_local(const kvs_conn_t *c);
+
+/* Why TLS failed on `c` ("" when it did not, or c is plaintext). */
+const char *kvs_conn_tls_error(const kvs_conn_t *c);
+
 /* Accepts a pending connection from `server` into an initialized `c`, notes
  * the peer's address and starts reading. On failure the caller must still
  * kvs_conn_close(c). */
 int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server);
 
-/* Starts reading on a connected stream (after a uv_connect). */
+/* Starts reading on a connected stream (after a uv_connect); a TLS
+ * client sends its ClientHello. Returns 0, a uv error, or KVS_ETLS. */
 int kvs_conn_start(kvs_conn_t *c);
 
 /* Hands queued output to the socket (uv_try_write, then uv_write for the
@@ -247,6 +303,14 @@ struct kvs_conn_group_s {
  * client_output, hard limit at client_output. */
 void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg);
 
+/* A TLS context for endpoint `e` of `cfg` (&cfg->tls_router, ...), named
+ * `what` ("tls.router") in messages: a server's for a listener, else a
+ * client's (a link: it always verifies the worker; e->verify_host says
+ * whether the certificate must also name the host). Returns what
+ * kvs_tls_ctx_new returns. */
+int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *e, const char *what,
+                             int server, kvs_tls_ctx_t **out, char *err, size_t errlen);
+
 /* How many clients a listener may take: `configured` (limits.max_clients),
  * lowered so that `listeners` such listeners plus `reserve` descriptors
  * the process needs for itself (links, workers, files, the log) fit the
@@ -273,8 +337,9 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 
 /* Accepts a pending connection from `server` only to refuse it: writes
- * `msg[0..len)` (a complete frame, small enough for the socket buffer) if
- * the socket takes it at once, and closes. For a listener at its
+ * `msg[0..len)` (a complete frame, small enough for the socket buffer; NULL
+ * for nothing, as on a TLS listener) if the socket takes it at once, and
+ * closes. For a listener at its
  * connection limit. Returns 0 or a uv error. */
 int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len);
 

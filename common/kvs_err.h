@@ -20,7 +20,10 @@
     X(KVS_ENOTFOUND, -30007, "not found")                                                          \
     X(KVS_EINVAL, -30008, "invalid argument")                                                      \
     X(KVS_ECLOSED, -30009, "connection closed")                                                    \
-    X(KVS_ELIMIT, -30010, "limit reached")
+    X(KVS_ELIMIT, -30010, "limit reached")                                                         \
+    X(KVS_ETLS, -30011, "TLS failure")                                                             \
+    X(KVS_ENOTLS, -30012, "the peer does not speak TLS")                                           \
+    X(KVS_ETLSHELLO, -30013, "the peer started TLS on a plaintext port")
 
 enum {
 #define KVS_ERR_ENUM(name, value, msg) name = value,

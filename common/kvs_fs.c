@@ -4,6 +4,7 @@
  * included): a stale lock file never blocks a restart.
  */
 #include "kvs_fs.h"
+#include "kvs_err.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,14 +27,36 @@ int kvs_mkdir_p(const char *path)
             return -errno;
         *p = '/';
     }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
         return -errno;
+    return 0;
+}
+
+int kvs_fs_check_private(const char *path, char *err, size_t len)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int e = errno;
+        snprintf(err, len, "data_dir %s: %s", path, strerror(e));
+        return -e;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, len, "data_dir %s is not a directory", path);
+        return KVS_EINVAL;
+    }
+    if (st.st_mode & S_IWOTH) {
+        snprintf(err, len,
+                 "data_dir %s is writable by every user (mode %04o): anyone could replace its "
+                 "shard data or sockets; refusing to start (chmod o-w it, or better 700)",
+                 path, (unsigned)(st.st_mode & 07777));
+        return KVS_EINVAL;
+    }
     return 0;
 }
 
 int kvs_lock_file(const char *path)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {

@@ -1,16 +1,26 @@
 /*
- * kvs_fs: the two filesystem chores every kvs process shares: creating the
- * data directory, and holding a lock file that makes a directory one
- * process's (a second router or worker on the same data refuses to start).
+ * kvs_fs: the filesystem chores every kvs process shares: creating the data
+ * directory (private to the node's user), refusing one anybody may write
+ * to, and holding a lock file that makes a directory one process's (a
+ * second router or worker on the same data refuses to start).
  */
 #ifndef KVS_FS_H
 #define KVS_FS_H
 
-/* mkdir -p: creates `path` and its missing parents (mode 0755). Returns 0
- * or -errno. */
+#include <stddef.h>
+
+/* mkdir -p: creates `path` (mode 0700: the data of kvs, its sockets and
+ * locks are the node user's alone) and its missing parents (0755).
+ * Returns 0 or -errno. */
 int kvs_mkdir_p(const char *path);
 
-/* Opens (creating) `path` and takes an exclusive, non-blocking flock on
+/* Checks that `path` (the data directory) is a directory other users may
+ * not write to: whoever can write there could swap shard data or sockets.
+ * Returns 0, or KVS_EINVAL (a world-writable directory, or not a
+ * directory) or -errno, with the reason in err[0..len). */
+int kvs_fs_check_private(const char *path, char *err, size_t len);
+
+/* Opens (creating, mode 0600) `path` and takes an exclusive, non-blocking flock on
  * it, held until the returned descriptor is closed or the process exits
  * (the descriptor is close-on-exec, so children do not inherit it).
  * Returns the descriptor, -EBUSY when another process holds the lock, or

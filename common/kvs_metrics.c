@@ -256,6 +256,26 @@ void kvs_mb_requests(kvs_mb_t *b, const kvs_req_metrics_t *m, const char *prefix
     }
 }
 
+void kvs_mb_label_all(kvs_mb_t *b, size_t from, const char *name, const char *value)
+{
+    const char *n = mb_strdup(b, name), *v = mb_strdup(b, value);
+    for (size_t i = from; i < b->n && !b->failed; i++) {
+        Kvs__MetricFamily *f = b->fams[i];
+        for (size_t k = 0; k < f->n_samples; k++) {
+            Kvs__MetricSample *x = f->samples[k];
+            char **labels = mb_alloc(b, (x->n_labels + 2) * sizeof(char *));
+            if (labels == NULL)
+                return;
+            labels[0] = (char *)n;
+            labels[1] = (char *)v;
+            if (x->n_labels > 0)
+                memcpy(labels + 2, x->labels, x->n_labels * sizeof(char *));
+            x->labels = labels;
+            x->n_labels += 2;
+        }
+    }
+}
+
 /* ---- process -------------------------------------------------------------------- */
 
 /* Resident memory in bytes, from /proc/self/statm (0 when unreadable). */

@@ -54,7 +54,7 @@ static inline void kvs_hist_observe(kvs_hist_t *h, const uint64_t *bounds, unsig
 
 /* ---- requests by command and status -------------------------------------- */
 
-#define KVS_METRICS_COMMANDS 18 /* CommandRequest oneof cases 0..17; others count as 0 */
+#define KVS_METRICS_COMMANDS 20 /* CommandRequest oneof cases 0..19; others count as 0 */
 
 /* The statuses counted on their own; any other is "other". */
 enum {
@@ -160,6 +160,11 @@ void kvs_mb_requests(kvs_mb_t *b, const kvs_req_metrics_t *m, const char *prefix
  * `labels` (role, and shard for a worker). start_time is the Unix time the
  * process started. */
 void kvs_mb_process(kvs_mb_t *b, double start_time, unsigned nlabels, const char *const *labels);
+
+/* Puts the label name="value" first on every sample of the families
+ * added since the list held `from` of them (a process's own families,
+ * told apart from another process's: router="1"). */
+void kvs_mb_label_all(kvs_mb_t *b, size_t from, const char *name, const char *value);
 
 /* A printf'd label value in the builder's arena ("" when out of memory). */
 const char *kvs_mb_printf(kvs_mb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

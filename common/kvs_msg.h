@@ -24,6 +24,8 @@ enum {
     KVS_STATUS_OK = 200,
     KVS_STATUS_PARTIAL = 207, /* a split write applied on some shards only (router) */
     KVS_STATUS_BAD_REQUEST = 400,
+    KVS_STATUS_UNAUTHENTICATED = 401,
+    KVS_STATUS_FORBIDDEN = 403,
     KVS_STATUS_NOT_FOUND = 404,
     KVS_STATUS_TOO_LARGE = 413,
     KVS_STATUS_INTERNAL = 500,
@@ -125,6 +127,13 @@ typedef struct kvs_value_peek_s {
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
+/* Finds the length-delimited top-level field `field` of the encoded
+ * message p[0..len) without decoding it (the last occurrence, as protobuf
+ * reads it). Returns 1 with *v and *n set, 0 when absent, -1 when the bytes
+ * are not a well-formed message of varint, 64-bit and length-delimited
+ * fields (what CommandResponse holds). */
+int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8_t **v, size_t *n);
+
 /* Checks a decoded request before it is executed: a command is set and
  * known, no unknown fields, table and keys are valid, values are present.
  * Returns 200 when valid; otherwise the status (400) with a message saying
@@ -146,7 +155,7 @@ const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n);
 /* The command's name as clients know it ("Hget", ...), or "none". */
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);
 
-/* The table a request names, or NULL (Ping, no command). */
+/* The table a request names, or NULL (Ping, Info, Auth, no command). */
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
 
 /* How many keys a request names: 1 for the single-key commands, the

@@ -9,7 +9,8 @@
  * parses.
  *
  * Usage: begin, then fields in this order: status, message, values, pairs,
- * cursor, ops (protobuf allows any order; keeping one makes output canonical),
+ * cursor, position, ops (protobuf allows any order; keeping one makes output
+ * canonical),
  * then end. Memory errors are sticky and reported by end.
  */
 #ifndef KVS_RESP_H
@@ -45,6 +46,10 @@ void kvs_resp_bool(kvs_resp_t *r, int b);
 void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len);
 
 void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len);
+
+/* CommandResponse.position: a position token (kvs_pos); nothing when len
+ * is 0. */
+void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len);
 
 /* `ops` (field 7): `packed` is an encoded kvs.OpsAnswer. */
 void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len);

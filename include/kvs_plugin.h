@@ -7,9 +7,9 @@
  *     - /usr/lib/kvs/audit_log.so
  *     - {path: ./my_plugin.so, arg: "any text the plugin reads"}
  *
- * kvs-router and every kvs-node worker dlopen each one at start (a relative
- * path is relative to the working directory) and read the object it exports
- * under the name "kvs_plugin" (KVS_PLUGIN_SYMBOL):
+ * Every kvs-router router process and every kvs-node worker dlopen each one
+ * at start (a relative path is relative to the working directory) and read
+ * the object it exports under the name "kvs_plugin" (KVS_PLUGIN_SYMBOL):
  *
  *   #include "kvs_plugin.h"
  *
@@ -39,8 +39,9 @@
  *   KVS_HOOK_BEFORE_SEND  the answer is about to be queued for the client;
  *   KVS_HOOK_AFTER_SEND   the answer is queued for the client (it leaves in
  *                         this loop turn; in a worker, after the commit).
- * A request that is not valid (400 before it is understood) skips RECEIVED;
- * one whose client left skips the send events. A hook runs on the loop
+ * A request that is not valid (400 before it is understood), or that its
+ * user may not make (access control answers 401 or 403 first), skips
+ * RECEIVED; one whose client left skips the send events. A hook runs on the loop
  * thread of its process and must not block: it holds up every client.
  *
  * A hook returns 0 to let the request go on, or a status (400..599) to stop
@@ -99,7 +100,9 @@ typedef struct kvs_request_info_s {
     uint32_t write;       /* 1 for a write command (Hset Hmset Hdel Hmdel Hincr) */
     uint32_t status;      /* the answer's status; 0 at RECEIVED */
     const char *peer;     /* the client's address ("127.0.0.1:5000"); NUL-terminated */
-    const char *identity; /* who the client authenticated as; "" when nobody */
+    const char *identity; /* the user the connection authenticated as (Auth, RESP AUTH,
+                             a client certificate); "" when nobody (no users configured,
+                             or a trusted unix socket peer); NUL-terminated */
     uint64_t conn_id;     /* the connection, unique within the process */
     uint64_t received_ns; /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
     uint64_t now_ns;      /* CLOCK_MONOTONIC at this event; at the router's send events, the

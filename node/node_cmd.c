@@ -9,6 +9,11 @@
  * Multi-key writes reserve room for all their keys first, so the whole
  * command lands in one LMDB txn: a crash shows all of it or none of it.
  *
+ * Tables bound to a Kafka topic are not written here: their writes go to
+ * node_writes (log-first, through the topic), and their reads pass
+ * node_reads (the freshness rules) first, which lets them through to the
+ * handlers here, answers 503, or makes them wait (ungated on their return).
+ *
  * Every error a user can cause becomes a status and a message; storage
  * errors map to 507 (full, limit) or 500 (anything else).
  *
@@ -23,6 +28,10 @@
  * anything else that outgrew the limit becomes that request's 413, with a
  * message saying what to do. An Hscan or Hgetall that meets a pair too
  * large to be answered names its key.
+ *
+ * With users configured (ctx->who), each request is authorized after it
+ * was validated and before it touches storage; Auth goes to the server's
+ * hook, which may answer later.
  */
 #include "node_cmd.h"
 #include "kvs_err.h"
@@ -610,6 +619,16 @@ static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     snprintf(key, sizeof(key), "shard.%03u.map_size", ctx->shard);
     kvs_resp_pair(r, key, strlen(key), enc,
                   kvs_value_encode_int(enc, (int64_t)node_store_map_size(ctx->store)));
+    if (ctx->cfg != NULL && ctx->cfg->node_name[0] != '\0') { /* which replica answered */
+        uint8_t name[KVS_NODE_NAME_MAX + 8];
+        snprintf(key, sizeof(key), "shard.%03u.node", ctx->shard);
+        kvs_resp_pair(
+            r, key, strlen(key), name,
+            kvs_value_encode_bytes(name, 1, ctx->cfg->node_name, strlen(ctx->cfg->node_name)));
+    }
+    snprintf(key, sizeof(key), "shard.%03u.replicas", ctx->shard);
+    kvs_resp_pair(r, key, strlen(key), enc,
+                  kvs_value_encode_int(enc, ctx->replicas > 0 ? ctx->replicas : 1));
     snprintf(key, sizeof(key), "shard.%03u.tables", ctx->shard);
     kvs_resp_pair(r, key, strlen(key), enc,
                   kvs_value_encode_int(enc, node_store_table_count(ctx->store)));
@@ -679,7 +698,7 @@ static int finish(node_cmd_ctx_t *ctx, kvs_resp_t *r, Kvs__CommandRequest__Comma
         break;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         snprintf(hint, sizeof(hint),
-                 "it lists six numbers per Kafka partition this shard owns; raise "
+                 "it lists eight numbers per Kafka partition this shard owns; raise "
                  "limits.max_frame to at least %zu bytes",
                  n);
         break;
@@ -713,9 +732,33 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
 };
 
+static int run_auth(node_cmd_ctx_t *ctx, const Kvs__Auth *m, kvs_buf_t *out)
+{
+    if (ctx->on_auth == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Auth: this server has no users configured (users: in "
+                                     "config.yaml); every client may do everything");
+    return ctx->on_auth(ctx->auth_arg, m, out);
+}
+
+/* Whether ctx->who may run `cmd` on the table; if not, its 401 or 403 is
+ * appended (*rc: what to return). */
+static int allowed(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                   size_t tlen, kvs_buf_t *out, int *rc)
+{
+    char msg[512];
+    uint32_t st = kvs_auth_check(ctx->who, cmd, table, tlen, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        return 1;
+    *rc = kvs_msg_append_status(out, st, "%s", msg);
+    return 0;
+}
+
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
 {
     kvs_resp_t r;
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
+        return run_auth(ctx, req->auth, out);
     kvs_resp_begin(&r, out);
     size_t c = (size_t)req->command_case;
     int rc = KVS_EINVAL;
@@ -798,38 +841,184 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
     return finish(ctx, &r, pk->cmd);
 }
 
+/* ---- tables bound to a Kafka topic ------------------------------------------------ */
+
+static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+}
+
+/* A write to a table bound to no topic, on a shard with several replicas:
+ * it would reach this copy only (kvs-router refuses it the same way).
+ * Returns 1 when refused (answered), 0 to go on, or a negative error. */
+static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t len, kvs_buf_t *out)
+{
+    if (ctx->replicas < 2 || !is_write_cmd(cmd) || ctx->ungated)
+        return 0;
+    int rc = kvs_msg_append_status(
+        out, KVS_STATUS_BAD_REQUEST,
+        "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u replicas: a write to "
+        "an unbound table would reach one copy only. Bind the table to a topic (kafka.bindings) "
+        "so every replica applies its writes, or serve shard %u from one node; nothing was "
+        "written",
+        kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table, ctx->shard,
+        ctx->replicas, ctx->shard);
+    return rc == 0 ? 1 : rc;
+}
+
+/* The binding of table[0..len), or NULL (unbound, or no checks wanted). */
+static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *table, size_t len)
+{
+    if (ctx->cfg == NULL || ctx->cfg->n_bindings == 0 || ctx->ungated || table == NULL)
+        return NULL;
+    return kvs_config_binding_n(ctx->cfg, table, len);
+}
+
+static int is_read(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+/* A write to a bound table: through its topic (node_writes). */
+static int bound_write(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                       kvs_buf_t *out)
+{
+    if (ctx->writes == NULL) {
+        int rc = kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "%s: table \"%s\" is bound to Kafka topic %s, so writes to it go through the "
+            "topic, but Kafka is off on this node (kafka.brokers is empty); nothing was written",
+            kvs_msg_command_name(req->command_case), b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
+    int rc = node_writes_request(ctx->writes, b, req, ctx->defer, ctx->defer_arg, &ctx->arena, out);
+    return rc == 0 ? 1 : rc;
+}
+
+/* A request on a bound table, before the ordinary handlers. Returns 0 when
+ * they should run it now, 1 when it was answered or deferred here, or a
+ * negative error. */
+static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
+                         const Kvs__CommandRequest *req, const uint8_t *payload, size_t len,
+                         kvs_buf_t *out)
+{
+    const char *refused = NULL;
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        if (req->hset->if_absent)
+            refused = "Hset with if_absent (Redis HSETNX)";
+        else
+            return bound_write(ctx, b, req, out);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        return bound_write(ctx, b, req, out);
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
+        break;
+    default:
+        if (!is_read(req->command_case))
+            return 0; /* Hlen and the rest: as for any table */
+        break;
+    }
+    if (refused != NULL) {
+        /* Their check and write must be one step on the data; through the
+         * topic they would be two, with other writers in between. */
+        int rc = kvs_msg_append_status(
+            out, KVS_STATUS_BAD_REQUEST,
+            "%s is not supported on table \"%s\": it is bound to Kafka topic %s, whose "
+            "writes are produced, so a read-modify-write could interleave with other writers; "
+            "nothing was written",
+            refused, b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
+    if (ctx->reads != NULL)
+        return node_reads_admit(ctx->reads, b, req, payload, len, ctx->defer, ctx->defer_arg,
+                                &ctx->arena, out);
+    return 0;
+}
+
+/* The fast path's share of bound_request: a single-key read with no
+ * options that may be served now takes the fast path (0); anything else
+ * the full one (1): writes wait for Kafka (decoding is nothing beside
+ * that), a read the freshness rules hold back is answered or waits. */
+static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk)
+{
+    if (!is_read(pk->cmd))
+        return 1;
+    return ctx->reads != NULL && node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len) != 0;
+}
+
+int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    int was = ctx->ungated;
+    ctx->ungated = 1;
+    int rc = node_cmd_frame(ctx, payload, len, out);
+    ctx->ungated = was;
+    return rc;
+}
+
 /* ---- hooks ------------------------------------------------------------------- */
 
-/* RECEIVED for a valid request: notes what it is and runs the hooks.
- * Returns 0, or the status a hook stopped it with (its message in msg). */
-static uint32_t hook_received(node_cmd_ctx_t *ctx, uint32_t cmd, const void *table,
-                              size_t table_len, uint32_t keys, char *msg, size_t mlen)
+/* A request begins: nothing known of it yet but when it arrived (the
+ * caller sets info.received_ns before each frame, 0 meaning now). */
+static void hook_begin(node_cmd_ctx_t *ctx)
 {
     kvs_request_info_t *in = &ctx->info;
-    in->command = cmd;
-    in->command_name = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)cmd);
+    in->struct_size = sizeof(*in);
+    in->command = 0;
+    in->command_name = "none";
+    in->table = NULL;
+    in->table_len = in->keys = in->write = in->status = 0;
+    if (in->received_ns == 0)
+        in->received_ns = kvs_now_ns();
+}
+
+/* Notes what the request asks for. The table must stay readable until
+ * the caller of node_cmd_frame is done with `info`: the request's bytes
+ * are; a decoded request's name lives in the arena, reset before
+ * node_cmd_frame returns, so it is copied (`copy`). */
+static void hook_note(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                      size_t table_len, uint32_t keys, int copy)
+{
+    kvs_request_info_t *in = &ctx->info;
+    if (copy && table != NULL) {
+        table_len = table_len < sizeof(ctx->table_copy) ? table_len : sizeof(ctx->table_copy) - 1;
+        memcpy(ctx->table_copy, table, table_len);
+        table = ctx->table_copy;
+    }
+    in->command = (uint32_t)cmd < KVS_METRICS_COMMANDS ? (uint32_t)cmd : 0;
+    in->command_name = kvs_msg_command_name(cmd);
     in->table = table;
     in->table_len = table_len > UINT32_MAX ? UINT32_MAX : (uint32_t)table_len;
     in->keys = keys;
-    in->write = (uint32_t)kvs_msg_is_write((Kvs__CommandRequest__CommandCase)cmd);
-    if (!kvs_hook_any(ctx->hooks, KVS_HOOK_RECEIVED))
-        return 0;
-    in->now_ns = kvs_now_ns();
-    return kvs_hook_run(ctx->hooks, KVS_HOOK_RECEIVED, in, msg, mlen);
+    in->write = (uint32_t)kvs_msg_is_write(cmd);
 }
 
-/* EXECUTED: the answer appended at out[start..) is known; a hook may
- * replace it. Returns rc, or the result of appending the replacement. */
-static int hook_executed(node_cmd_ctx_t *ctx, kvs_buf_t *out, size_t start, int rc)
+/* RECEIVED for a valid, allowed request. Returns 0, or the status a hook
+ * stopped it with (its message in msg). */
+static uint32_t hook_received(node_cmd_ctx_t *ctx, char *msg, size_t mlen)
+{
+    if (!kvs_hook_any(ctx->hooks, KVS_HOOK_RECEIVED))
+        return 0;
+    ctx->info.now_ns = kvs_now_ns();
+    return kvs_hook_run(ctx->hooks, KVS_HOOK_RECEIVED, &ctx->info, msg, mlen);
+}
+
+int node_cmd_executed(const kvs_hook_chain_t *hooks, kvs_request_info_t *in, kvs_buf_t *out,
+                      size_t start)
 {
     char msg[KVS_HOOK_MSG];
-    kvs_request_info_t *in = &ctx->info;
-    if (rc != 0 || out->len < start + KVS_FRAME_HEADER)
-        return rc;
     in->status = kvs_msg_answer_status(out->data + start + KVS_FRAME_HEADER,
                                        out->len - start - KVS_FRAME_HEADER);
     in->now_ns = kvs_now_ns();
-    uint32_t st = kvs_hook_run(ctx->hooks, KVS_HOOK_EXECUTED, in, msg, sizeof(msg));
+    uint32_t st = kvs_hook_run(hooks, KVS_HOOK_EXECUTED, in, msg, sizeof(msg));
     if (st == 0)
         return 0;
     out->len = start;
@@ -837,75 +1026,107 @@ static int hook_executed(node_cmd_ctx_t *ctx, kvs_buf_t *out, size_t start, int 
     return kvs_msg_append_status(out, st, "%s", msg);
 }
 
-/* A valid decoded request: RECEIVED, then (unless a hook stopped it) run. */
-static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out)
+/* EXECUTED once the answer appended at out[start..) is known; a hook may
+ * replace it. An answer that comes later (a slot: nothing was appended
+ * here) gets its EXECUTED from node_server when the slot is done. Returns
+ * rc, or the result of appending the replacement. */
+static int hook_executed(node_cmd_ctx_t *ctx, kvs_buf_t *out, size_t start, int rc)
 {
-    char msg[KVS_HOOK_MSG];
-    if (ctx->hooks != NULL) {
-        const char *table = kvs_msg_request_table(req);
-        uint32_t st = hook_received(ctx, req->command_case, table, table ? strlen(table) : 0,
-                                    kvs_msg_request_keys(req), msg, sizeof(msg));
-        if (st != 0)
-            return kvs_msg_append_status(out, st, "%s", msg);
-    }
-    return node_cmd_execute(ctx, req, out);
+    if (rc != 0 || out->len < start + KVS_FRAME_HEADER)
+        return rc;
+    return node_cmd_executed(ctx->hooks, &ctx->info, out, start);
 }
 
-/* A request that did not decode or validate: 400, no RECEIVED (EXECUTED
- * still sees what it asked for). */
-static int refuse(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, uint32_t st, const char *msg,
-                  kvs_buf_t *out)
+/* The fast path: a valid single-key request (access control and RECEIVED
+ * first). Returns 0 or a negative error when it is answered (or deferred),
+ * 1 when the full path must run it (RECEIVED has run). */
+static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kvs_buf_t *out)
 {
-    if (ctx->hooks != NULL && req != NULL) {
-        kvs_request_info_t *in = &ctx->info;
-        const char *table = kvs_msg_request_table(req);
-        in->command = req->command_case < KVS_METRICS_COMMANDS ? (uint32_t)req->command_case : 0;
-        in->command_name = kvs_msg_command_name(req->command_case);
-        in->write = (uint32_t)kvs_msg_is_write(req->command_case);
-        in->keys = kvs_msg_request_keys(req);
-        in->table = table;
-        in->table_len = table != NULL && strlen(table) <= UINT32_MAX ? (uint32_t)strlen(table) : 0;
-    }
-    return kvs_msg_append_status(out, st, "%s", msg);
+    char msg[KVS_HOOK_MSG];
+    int rc;
+    if (hooks)
+        hook_note(ctx, pk->cmd, pk->table, pk->table_len, 1, 0);
+    if (ctx->who != NULL && !allowed(ctx, pk->cmd, pk->table, pk->table_len, out, &rc))
+        return rc;
+    uint32_t st = hooks ? hook_received(ctx, msg, sizeof(msg)) : 0;
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
+    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, out) : 0;
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    if (b == NULL || !bound_peeked(ctx, b, pk))
+        return run_fast(ctx, pk, out);
+    return 1;
+}
+
+/* A valid, allowed request: the worker commands, then bound and unbound
+ * tables. */
+static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, const char *table,
+                       const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    const kvs_binding_t *b = table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
+    int rc;
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
+        return node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
+        return ctx->snapshot != NULL
+                   ? ctx->snapshot(ctx->snapshot_arg, out)
+                   : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                           "Snapshot is not available on this server");
+    if (b == NULL && table != NULL &&
+        (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
+        return rc < 0 ? rc : 0;
+    if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
+        return node_cmd_execute(ctx, req, out);
+    return rc > 0 ? 0 : rc;
+}
+
+/* The full path: decode, validate, access control, RECEIVED (unless the
+ * fast path ran it: `received`), run. */
+static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, int hooks,
+                         int received, kvs_buf_t *out)
+{
+    char msg[KVS_HOOK_MSG];
+    int rc;
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+    if (req == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
+                                     len);
+    uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+    const char *table = kvs_msg_request_table(req);
+    size_t tlen = table != NULL ? strlen(table) : 0;
+    if (hooks && !received) /* EXECUTED sees what a refused request asked for too */
+        hook_note(ctx, req->command_case, table, tlen, kvs_msg_request_keys(req), 1);
+    if (st != KVS_STATUS_OK)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    if (ctx->who != NULL && !allowed(ctx, req->command_case, table, tlen, out, &rc))
+        return rc; /* answered 401 or 403 */
+    st = hooks && !received ? hook_received(ctx, msg, sizeof(msg)) : 0;
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    return run_decoded(ctx, req, table, payload, len, out);
 }
 
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
-    char msg[512];
     kvs_peek_t pk;
     size_t start = out->len;
-    int rc;
-    if (ctx->hooks != NULL) {
-        kvs_request_info_t *in = &ctx->info;
-        in->struct_size = sizeof(*in);
-        in->command = 0;
-        in->command_name = "none";
-        in->table = NULL;
-        in->table_len = in->keys = in->write = in->status = 0;
-        if (in->received_ns == 0) /* the caller may say when the request's bytes were read */
-            in->received_ns = kvs_now_ns();
-    }
-    if (kvs_msg_peek(payload, len, &pk)) {
-        uint32_t st = ctx->hooks == NULL
-                          ? 0
-                          : hook_received(ctx, pk.cmd, pk.table, pk.table_len, 1, msg, sizeof(msg));
-        rc = st != 0 ? kvs_msg_append_status(out, st, "%s", msg) : run_fast(ctx, &pk, out);
-    } else {
-        Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
-        uint32_t st = KVS_STATUS_OK;
-        if (req == NULL) {
-            st = KVS_STATUS_BAD_REQUEST;
-            snprintf(msg, sizeof(msg),
-                     "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
-        } else if ((st = kvs_msg_validate(req, msg, sizeof(msg))) == KVS_STATUS_OK) {
-            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
-        }
-        rc = st != KVS_STATUS_OK ? refuse(ctx, req, st, msg, out) : run_decoded(ctx, req, out);
-    }
-    if (ctx->hooks != NULL) {
+    /* A read executed again once it may run (node_reads) had its events
+     * when it arrived; its answer's come with its slot (node_server). */
+    int hooks = ctx->hooks != NULL && !ctx->ungated;
+    int rc = 1, received = 0;
+    if (hooks)
+        hook_begin(ctx);
+    if (kvs_msg_peek(payload, len, &pk))
+        received = (rc = frame_peeked(ctx, &pk, hooks, out)) == 1;
+    if (rc == 1)
+        rc = frame_decoded(ctx, payload, len, hooks, received, out);
+    if (hooks)
         rc = hook_executed(ctx, out, start, rc);
-        ctx->info.received_ns = 0;
-    }
     kvs_arena_reset(&ctx->arena);
     return rc;
 }

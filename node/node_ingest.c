@@ -46,11 +46,25 @@
  * counted per partition (`misplaced`, a subset of `applied`, persisted with
  * the other counters) and reported within a batch, at most every 10 s.
  *
+ * This worker's own writes (node_writes, log-first) are records like any
+ * others, applied here exactly once with their offsets. While some are
+ * outstanding, each record's "kvs.writer" header is read as it is applied,
+ * so the write waiting for it gets the value it replaced (the claim). One
+ * whose acknowledgement says it is the next record of its partition is
+ * applied at once through apply_batch (node_ingest_apply_delivered),
+ * instead of after the consumer fetched it back; the consumer then skips
+ * it as already applied.
+ *
+ * Freshness (node_ingest_fresh, for kvs_fresh): next, the end offset
+ * (the brokers' high watermark, or past the worker's own acknowledged
+ * records), and whether the partition still settles after start.
+ *
  * Threads: librdkafka runs its own; everything here runs on the loop thread
  * except metadata_work, which touches only the rdkafka handle.
  */
 #include "node_ingest.h"
 #include "kvs_err.h"
+#include "kvs_fresh.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "node_placecheck.h"
@@ -82,8 +96,11 @@ typedef struct part_s {
     uint64_t applied;       /* records applied, ever */
     uint64_t skipped;       /* records skipped (no key, bad payload), ever */
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
+    uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
+                               bootstrapped from a snapshot shows only the tail it read) */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
+    int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
 } part_t;
 
 typedef struct topic_s {
@@ -125,6 +142,16 @@ struct node_ingest_s {
     uint64_t last_skip_log, last_err_log, last_loss_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
+    /* Test hook (KVS_TEST_INGEST_DELAY_MS, test builds only): apply one
+     * record at a time, each no sooner than throttle_ms after it was taken
+     * from the queue and after the one before. 0 = off. */
+    uint64_t throttle_ms;
+    rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
+    uint64_t throttled_at, last_apply;
+    uv_timer_t throttle_timer;
+    node_ingest_own_t own; /* this worker's own records (log-first writes) */
+    char *group;           /* the consumer group offsets are committed to */
+    uint64_t started_ms;   /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -134,7 +161,12 @@ static void on_idle(uv_idle_t *h);
 
 static void meta_key(char *buf, size_t len, const topic_t *t, int32_t p)
 {
-    snprintf(buf, len, "kafka/%s/%d", t->b->topic, p);
+    node_ingest_meta_key(t->b, (uint32_t)p, buf, len);
+}
+
+void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len)
+{
+    snprintf(buf, len, "kafka/%s/%u", b->topic, p);
 }
 
 static void put_u64(uint8_t *p, uint64_t v)
@@ -157,6 +189,11 @@ static uint64_t get_u64(const uint8_t *p)
  * (a later version adding fields) loads the fields known here. */
 #define META_V1_LEN 24
 #define META_LEN 32
+
+int64_t node_ingest_meta_next(const void *val, size_t len)
+{
+    return len >= META_V1_LEN ? (int64_t)get_u64(val) : -1;
+}
 
 /* Loads next/applied/skipped/misplaced of a partition from LMDB (committed
  * state). */
@@ -248,6 +285,33 @@ static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message
              t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
 }
 
+/* A record this worker produced, that a write waits for: hands the value
+ * the record replaces (as stored now, before it is applied) to the write.
+ * Only while writes are outstanding is a record's header looked at. */
+static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *id;
+    size_t n;
+    node_slice_t v;
+    if (in->own.claim == NULL || *in->own.outstanding == 0 ||
+        rd_kafka_message_headers(m, &hdrs) != 0 ||
+        rd_kafka_header_get_last(hdrs, NODE_INGEST_OWN_HEADER, &id, &n) != 0 ||
+        n != NODE_INGEST_OWN_ID_LEN)
+        return 0;
+    kvs_buf_t *prev =
+        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store));
+    if (prev == NULL)
+        return 0;
+    prev->len = 0;
+    int rc = node_store_get(in->store, t->b->table, m->key, m->key_len, &v);
+    if (rc == KVS_ENOTFOUND)
+        return 0;
+    if (rc == 0 && kvs_buf_append(prev, v.p, v.len) != 0)
+        rc = -ENOMEM;
+    return rc;
+}
+
 /* Applies one record to the batch. Returns 0 or a store error. */
 static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_message_t *m)
 {
@@ -259,7 +323,9 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
     else if (m->key_len > KVS_MAX_KEY)
         why = "key longer than 511 bytes";
     else if (m->payload == NULL) {
-        rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
+        rc = capture_own(in, t, m);
+        if (rc == 0)
+            rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
         if (rc == KVS_ENOTFOUND)
             rc = 0;
     } else {
@@ -272,7 +338,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
                      "limits.max_frame to store such records",
                      m->key_len + len, max, (unsigned long long)in->cfg->max_frame);
             why = big;
-        } else if (v != NULL)
+        } else if (v != NULL && (rc = capture_own(in, t, m)) == 0)
             rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
     }
     if (rc != 0)
@@ -286,6 +352,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
             (uint64_t)node_placecheck_record(&t->check, m->key, m->key_len, m->partition);
     }
     pt->next = m->offset + 1;
+    pt->ingested++;
     pt->dirty = 1;
     return 0;
 }
@@ -298,7 +365,7 @@ static void log_group_error(node_ingest_t *in, const char *what)
     in->last_err_log = now;
     kvs_warn("kafka: committing offsets to consumer group %s failed: %s (retried every second; "
              "the offsets in LMDB are what ingestion resumes from)",
-             in->cfg->kafka_group_id, what);
+             in->group, what);
 }
 
 static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
@@ -328,6 +395,15 @@ static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
         kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
+/* True when `m` is a record of ours at or past its partition's next
+ * offset: one apply_batch would apply. */
+static int to_apply(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    topic_t *t = m->err == 0 ? topic_of(in, m) : NULL;
+    return t != NULL && m->partition >= 0 && (uint32_t)m->partition < t->partitions &&
+           t->parts[m->partition].owned && m->offset >= t->parts[m->partition].next;
+}
+
 static size_t record_bytes(const rd_kafka_message_t *m)
 {
     return m->key_len + m->len + 16; /* + the encoded Value's header */
@@ -340,8 +416,18 @@ static size_t record_bytes(const rd_kafka_message_t *m)
 static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, size_t bytes)
 {
     /* One write per record, plus one offsets record per partition touched
-     * (at most the partitions this shard owns). */
-    size_t parts = in->n_owned < n ? in->n_owned : n;
+     * (at most the partitions this shard owns). Records applied already
+     * (this worker's own writes, applied when Kafka acknowledged them, come
+     * back through the consumer) need no room: a batch of only those opens
+     * no transaction. */
+    size_t todo = 0, parts = in->n_owned < n ? in->n_owned : n;
+    for (size_t i = 0; i < n; i++)
+        todo += (size_t)to_apply(in, msgs[i]);
+    for (size_t i = 0; todo == 0 && i < n; i++)
+        if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_consumer_error(in, msgs[i]);
+    if (todo == 0)
+        return 0;
     int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
     if (rc != 0)
         return rc;
@@ -422,6 +508,8 @@ static void drain_events(node_ingest_t *in)
         }
 }
 
+static void pump_throttled(node_ingest_t *in);
+
 static void pump(node_ingest_t *in)
 {
     rd_kafka_message_t *msgs[BATCH];
@@ -429,6 +517,10 @@ static void pump(node_ingest_t *in)
     ssize_t n = 0;
     if (!in->stopping && !in->assigned) {
         drain_events(in);
+        return;
+    }
+    if (in->throttle_ms > 0) {
+        pump_throttled(in);
         return;
     }
     while (!in->stopping && in->assigned && !batch_lost(in) && total < MAX_PER_TURN) {
@@ -460,6 +552,41 @@ static void on_idle(uv_idle_t *h)
     pump(h->data);
 }
 
+static void on_throttle(uv_timer_t *h)
+{
+    pump(h->data);
+}
+
+/* The test throttle: one record per throttle_ms (see node_ingest_s). */
+static void pump_throttled(node_ingest_t *in)
+{
+    while (!in->stopping && in->assigned && !batch_lost(in)) {
+        uint64_t now = uv_now(in->loop);
+        if (in->throttled == NULL) {
+            if (rd_kafka_consume_batch_queue(in->q, 0, &in->throttled, 1) <= 0) {
+                in->throttled = NULL;
+                return; /* the queue's IO event wakes us */
+            }
+            in->throttled_at = now;
+        }
+        uint64_t due = in->throttled_at > in->last_apply ? in->throttled_at : in->last_apply;
+        due += in->throttle_ms;
+        if (now < due) {
+            uv_timer_start(&in->throttle_timer, on_throttle, due - now, 0);
+            return;
+        }
+        int rc = apply_batch(in, &in->throttled, 1);
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+        in->last_apply = now;
+        if (rc != 0) {
+            kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
+            in->rewind = 1;
+            return;
+        }
+    }
+}
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     node_ingest_t *in = h->data;
@@ -487,6 +614,10 @@ static void on_reassign(uv_timer_t *h)
  * a lasting cause (a full disk) neither spins nor floods the log. */
 static void rewind_all(node_ingest_t *in)
 {
+    if (in->throttled != NULL) {
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+    }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
@@ -642,6 +773,76 @@ static void on_tick(uv_timer_t *h)
         report(in);
 }
 
+/* ---- freshness -------------------------------------------------------------------- */
+
+static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        if (in->topics[i].b == b)
+            return &in->topics[i];
+    return NULL;
+}
+
+int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return KVS_ENOTFOUND;
+    out->next = next_offset(in, t, (int32_t)p);
+    out->end = end_offset(in, t, (int32_t)p);
+    if (t->parts[p].produced_end > out->end)
+        out->end = t->parts[p].produced_end; /* acknowledged before a fetch told */
+    out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
+    return 0;
+}
+
+void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
+                               int64_t offset)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t != NULL && p < t->partitions && offset + 1 > t->parts[p].produced_end)
+        t->parts[p].produced_end = offset + 1;
+}
+
+int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return -1;
+    return t->parts[p].committed_next;
+}
+
+int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return !in->stopping && t != NULL && p < t->partitions && t->parts[p].owned;
+}
+
+/* ---- this worker's own records ------------------------------------------------------ */
+
+void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own)
+{
+    in->own = *own;
+}
+
+int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
+{
+    rd_kafka_message_t *m = (rd_kafka_message_t *)record;
+    topic_t *t = topic_of(in, m);
+    if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
+        m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
+        return 0; /* not next in its partition: ingestion applies it when it reads it */
+    int rc = apply_batch(in, &m, 1);
+    if (rc != 0) {
+        kvs_error("applying an acknowledged record failed (%s); it will be re-read",
+                  kvs_strerror(rc));
+        in->rewind = 1;
+        return rc;
+    }
+    return 1;
+}
+
 /* ---- Info ------------------------------------------------------------------------ */
 
 static void info_int(kvs_resp_t *r, const char *key, int64_t v)
@@ -665,12 +866,18 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->applied);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
+            snprintf(key + n, sizeof(key) - (size_t)n, "ingested");
+            info_int(r, key, (int64_t)pt->ingested);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
             info_int(r, key, part_lag(next, end));
             snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
             info_int(r, key, next);
+            snprintf(key + n, sizeof(key) - (size_t)n, "serving");
+            kvs_fresh_part_t fp;
+            node_ingest_fresh(in, t->b, p, &fp);
+            info_int(r, key, kvs_fresh_serving(&fp, in->cfg->kafka_max_lag));
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
         }
@@ -841,10 +1048,25 @@ static void ingest_assign(node_ingest_t *in)
 /* Called from librdkafka's threads. While a broker is down it logs every
  * reconnect attempt; at most one warning per second gets through (a racy
  * but harmless check: worst case two lines). */
+/* Overwrites with '*' every occurrence in `line` of a secret
+ * kafka.properties value (kvs_config_secret_key; values of 4 bytes and
+ * more). librdkafka already redacts secrets in what it logs; this is the
+ * second line of defence. Runs on librdkafka's threads: cfg is immutable. */
+static void scrub_secrets(const kvs_config_t *cfg, char *line)
+{
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
+        const kvs_kv_t *kv = &cfg->kafka_properties[i];
+        size_t n = strlen(kv->value);
+        if (n < 4 || !kvs_config_secret_key(kv->key))
+            continue;
+        for (char *p = strstr(line, kv->value); p != NULL; p = strstr(p + n, kv->value))
+            memset(p, '*', n);
+    }
+}
+
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
-    (void)rk;
     if (level <= 4) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -852,20 +1074,34 @@ static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, con
             return;
         last_warn = ts.tv_sec;
     }
+    char line[2048];
+    const node_ingest_t *in = rd_kafka_opaque(rk);
+    snprintf(line, sizeof(line), "%s", buf);
+    if (in != NULL)
+        scrub_secrets(in->cfg, line);
     /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
     kvs_log(level <= 3   ? KVS_LOG_ERROR
             : level == 4 ? KVS_LOG_WARN
             : level <= 6 ? KVS_LOG_INFO
                          : KVS_LOG_DEBUG,
-            "librdkafka %s: %s", fac, buf);
+            "librdkafka %s: %s", fac, line);
 }
 
+/* Sets one property. A refused secret (kvs_config_secret_key) is named
+ * but neither its value nor librdkafka's words (which quote it) appear in
+ * the message. */
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
 {
     char why[256];
     if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
         return 0;
-    snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
+    if (kvs_config_secret_key(k))
+        snprintf(err, errlen,
+                 "kafka property %s: librdkafka refused its value (not shown: it may be a "
+                 "secret); see librdkafka's CONFIGURATION.md for what it accepts",
+                 k);
+    else
+        snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
     return KVS_ECONFIG;
 }
 
@@ -873,11 +1109,12 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
  * user's kafka.properties, which win. */
 static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
 {
-    char client_id[64];
-    snprintf(client_id, sizeof(client_id), "kvs-shard-%u", in->shard);
+    char client_id[64 + KVS_NODE_NAME_MAX];
+    snprintf(client_id, sizeof(client_id), "kvs-%s%sshard-%u", in->cfg->node_name,
+             in->cfg->node_name[0] ? "-" : "", in->shard);
     const char *defaults[][2] = {
         {"bootstrap.servers", in->cfg->kafka_brokers},
-        {"group.id", in->cfg->kafka_group_id},
+        {"group.id", in->group},
         {"client.id", client_id},
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
@@ -941,6 +1178,7 @@ static int make_topics(node_ingest_t *in)
             t->parts[p].owned = p % cfg->shards == in->shard;
             in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
+            t->parts[p].produced_end = -1;
         }
     }
     qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);
@@ -966,7 +1204,26 @@ static int start_queue(node_ingest_t *in)
     in->timer.data = in;
     uv_timer_init(in->loop, &in->retry);
     in->retry.data = in;
+    uv_timer_init(in->loop, &in->throttle_timer);
+    in->throttle_timer.data = in;
     return uv_poll_start(&in->poll, UV_READABLE, on_readable);
+}
+
+/* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
+ * while a worker lags. Compiled in only with KVS_TEST_HOOKS; never a
+ * config key. */
+static void read_test_hooks(node_ingest_t *in)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *d = getenv("KVS_TEST_INGEST_DELAY_MS");
+    if (d != NULL && *d != '\0') {
+        in->throttle_ms = strtoull(d, NULL, 10);
+        kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
+                 (unsigned long long)in->throttle_ms);
+    }
+#else
+    (void)in;
+#endif
 }
 
 int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)
@@ -982,10 +1239,18 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->on_fatal = o->on_fatal;
     in->arg = o->arg;
     in->pipefd[0] = in->pipefd[1] = -1;
+    in->started_ms = uv_now(in->loop);
+    in->group = node_ingest_group(in->cfg);
+    if (in->group == NULL) {
+        free(in);
+        return -ENOMEM;
+    }
+    read_test_hooks(in);
     kvs_buf_init(&in->scratch);
     kvs_arena_init(&in->arena);
     rd_kafka_conf_t *conf = make_conf(in, err, errlen);
     if (conf == NULL) {
+        free(in->group);
         free(in);
         return KVS_ECONFIG;
     }
@@ -993,6 +1258,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     if (in->rk == NULL) {
         snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
         rd_kafka_conf_destroy(conf);
+        free(in->group);
         free(in);
         return KVS_ECONFIG;
     }
@@ -1010,7 +1276,8 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
-    kvs_info("kafka: ingesting %zu topic(s) from %s", in->n_topics, in->cfg->kafka_brokers);
+    kvs_info("kafka: ingesting %zu topic(s) from %s (consumer group %s)", in->n_topics,
+             in->cfg->kafka_brokers, in->group);
     start_metadata(in);
     *out = in;
     return 0;
@@ -1031,12 +1298,16 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->timer, NULL);
     if (in->retry.loop != NULL)
         uv_close((uv_handle_t *)&in->retry, NULL);
+    if (in->throttle_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->throttle_timer, NULL);
 }
 
 void node_ingest_free(node_ingest_t *in)
 {
     if (in == NULL)
         return;
+    if (in->throttled != NULL)
+        rd_kafka_message_destroy(in->throttled);
     if (in->q != NULL) {
         rd_kafka_queue_io_event_enable(in->q, -1, NULL, 0);
         rd_kafka_queue_destroy(in->q);
@@ -1055,5 +1326,15 @@ void node_ingest_free(node_ingest_t *in)
         close(in->pipefd[1]);
     kvs_buf_free(&in->scratch);
     kvs_arena_close(&in->arena);
+    free(in->group);
     free(in);
+}
+
+char *node_ingest_group(const kvs_config_t *cfg)
+{
+    size_t n = strlen(cfg->kafka_group_id) + strlen(cfg->node_name) + 2;
+    char *g = malloc(n);
+    if (g != NULL)
+        snprintf(g, n, "%s%s%s", cfg->kafka_group_id, cfg->node_name[0] ? "." : "", cfg->node_name);
+    return g;
 }

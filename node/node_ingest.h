@@ -1,17 +1,24 @@
 /*
  * node_ingest: materializes the Kafka partitions a shard owns into its LMDB
- * environment. The only file that includes rdkafka.h.
+ * environment. With node_produce.c (the producer of log-first writes), the
+ * only file that includes rdkafka.h.
  *
  * Exactly once: a batch of records and, per partition touched, the next
  * offset plus applied/skipped/misplaced counters are written in the same LMDB txn (the
  * worker's turn batch). On start the worker resumes from those offsets. A
  * batch that fails to commit is re-read from Kafka. Offsets are also
  * committed to the consumer group, after LMDB, for standard lag tooling.
+ *
+ * Writes to bound tables reach LMDB only through here too: node_writes
+ * produces them and recognizes them when they are applied (claims), and
+ * one acknowledged while it is its partition's next record is applied on
+ * the spot (node_ingest_apply_delivered), in the same way, offsets and all.
  */
 #ifndef NODE_INGEST_H
 #define NODE_INGEST_H
 
 #include "kvs_config.h"
+#include "kvs_fresh.h"
 #include "kvs_metrics.h"
 #include "kvs_resp.h"
 #include "node_store.h"
@@ -42,12 +49,89 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,skipped}.
+ * kafka.<topic>.<partition>.{applied,end_offset,ingested,lag,misplaced,next_offset,serving,
+ * skipped}. ingested: records this process took from Kafka (applied counts
+ * every record the environment ever applied, a snapshot's included).
+ * serving is 1 when the partition serves reads (lag unknown or within
+ * kafka.max_lag; kvs_fresh), 0 while it catches up.
  * next_offset is the offset of the next record to apply; before the
  * partition gave any, where ingestion starts (its first offset, or its end
  * with auto.offset.reset latest). end_offset, lag and a next_offset not
  * stored yet are -1 while the brokers have not told them. */
 void node_ingest_info(node_ingest_t *in, kvs_resp_t *r);
+
+/* How long after start a partition whose end offset was not heard yet
+ * counts as settling (kvs_fresh: no reads until the lag is known). Long
+ * enough for reachable brokers to answer; a worker whose brokers stay
+ * unreachable serves what it has after it. */
+#define NODE_INGEST_SETTLE_MS 2000
+
+/* The freshness of partition `p` of binding `b`'s topic as this worker
+ * sees it: next = the offset of the next record to apply (see Info's
+ * next_offset), end = the end offset as last heard (-1 either when not
+ * known; at least past this worker's own acknowledged records), settling
+ * while the end was not heard in the first NODE_INGEST_SETTLE_MS. Returns 0, or KVS_ENOTFOUND when
+ * this shard does not own it. */
+int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out);
+
+/* A record this worker produced was acknowledged at `offset` of
+ * partition `p`: the partition reaches at least past it (a read may wait
+ * for it before a fetch reports the new end). */
+void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
+                               int64_t offset);
+
+/* The committed next offset of partition `p` of `b`'s topic (every record
+ * below it is in LMDB), or -1 when none is stored or the shard does not
+ * own it. Up to date after node_ingest_turn_done. */
+int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* True when this worker ingests partition `p` of `b`'s topic (it owns it,
+ * and ingestion is not stopping), so it will apply its own writes to it.
+ * Ingestion need not have started yet: records written before it starts
+ * are read like any others (from the stored offsets, or from the start
+ * with auto.offset.reset earliest; with latest and nothing stored, a
+ * partition is read from where it ends when ingestion starts, as for any
+ * producer's records). */
+int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* ---- this worker's own records (log-first writes, node_writes) ---------- */
+
+#define NODE_INGEST_OWN_HEADER "kvs.writer" /* = NODE_PRODUCE_HEADER */
+#define NODE_INGEST_OWN_ID_LEN 16
+
+typedef struct node_ingest_own_s {
+    /* A record carrying header `id` is about to be applied at (partition,
+     * offset) in batch `gen`: returns the buffer that receives the value
+     * it replaces (an encoded Value, left empty when the key had none), or
+     * NULL when no write waits for it. */
+    kvs_buf_t *(*claim)(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
+                        uint64_t gen);
+    const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
+    void *arg;
+} node_ingest_own_t;
+
+void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own);
+
+/* A record this worker produced was acknowledged; `record` is librdkafka's
+ * delivered message (node_delivery_t.record, opaque here). If it is the
+ * next record of its partition, applies it now, in the turn's batch, as
+ * ingestion would (claim included): returns 1. Returns 0 when ingestion
+ * will apply it when it reads it (records before it are not applied yet,
+ * or ingestion is not running), or a store error. */
+int node_ingest_apply_delivered(node_ingest_t *in, const void *record);
+
+/* The consumer group this node commits offsets to (malloc'd, NULL when
+ * out of memory): kafka.group_id, or "<group_id>.<node.name>" when the
+ * node has a name, so that every replica of a shard has its own group and
+ * lag tools show each one. */
+char *node_ingest_group(const kvs_config_t *cfg);
+
+/* Where partition `p` of `b`'s topic keeps its offsets in the shard's
+ * __kvs metadata (node_store_meta_get), and the next offset such a value
+ * holds (-1 for a value that is not one). What a copy of the environment
+ * (a snapshot, a digest's read) tells about how far it got. */
+void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len);
+int64_t node_ingest_meta_next(const void *val, size_t len);
 
 /* Adds the per-partition families (kvs_partition_*, labelled shard, topic
  * and partition: applied, skipped and misplaced records, next and end

@@ -9,24 +9,28 @@
  * accepting, answers what it received, commits, closes the environment and
  * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
  *
+ * With tls.node enabled the TCP listener speaks TLS (mutual TLS by
+ * default).
+ *
  * Normally started by kvs-router; runs stand-alone just as well.
  *
- * SIGHUP re-reads the config file (kvs-router forwards its own SIGHUP to
- * its workers, which re-read the same file). A file that does not load,
- * or that changes a key that cannot change live (kvs_config_reload_check),
- * leaves the running configuration as it was, saying why; otherwise the
- * live keys apply (log level and format, slow log, limits for the clients,
- * storage.sync_interval). The config loaded at start stays allocated for
- * the process's life: Kafka ingestion holds pointers into its bindings,
- * which cannot change live. A reloaded config replaces the previous
- * reloaded one, which nothing refers to once node_server_reload returned.
+ * SIGHUP (the kvs-router master passes its own on once it accepted the
+ * file) re-reads the config file. A file that does not load, or that
+ * changes a key that cannot change live (kvs_config_reload_check), leaves
+ * everything as it was, saying why. Otherwise the live keys apply
+ * (kvs_config_apply_live moves them into the running config, which every
+ * module reads in place: log level and format, the slow log, limits for
+ * the clients, storage.sync_interval, kafka.max_lag, ...), then tls.node's
+ * certificate, key and CA are read again from their files (connections
+ * already open keep theirs).
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement, librdkafka refuses a kafka.properties entry,
- * or a bound topic's partition count differs from the configured one. 1
+ * another shard or placement or every user may write to it, TLS material
+ * does not load, librdkafka refuses a kafka.properties entry, or a bound
+ * topic's partition count differs from the configured one. 1
  * for anything that may pass by itself (a port in use, a data directory
  * locked by a worker still stopping, brokers, disks). With --report-fd N
  * the reason for an EX_CONFIG exit is also written to fd N (one line), so
@@ -37,6 +41,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "node_bootstrap.h"
 #include "kvs_plugins.h"
 #include "node_ingest.h"
 #include "node_server.h"
@@ -62,17 +67,23 @@ typedef struct node_args_s {
     const char *listen;
     const char *socket;
     int exit_with_parent;
-    int report_fd; /* -1: none */
+    long parent_pid; /* --exit-with-parent=PID: the parent it must have; 0: the one it has */
+    int report_fd;   /* -1: none */
 } node_args_t;
 
 typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
-    const char *config_path;
-    const kvs_config_t *running; /* the config in force (the start one, or `reloaded`) */
-    kvs_config_t *reloaded;      /* the last config a reload swapped in, or NULL */
+    node_reads_t *reads;   /* NULL when no table is bound */
+    node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
     uv_signal_t sigterm, sigint, sighup;
+    kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
+    kvs_auth_t *auth;   /* users, or NULL */
+    node_digest_t *digest;
+    node_snapshot_t *snapshot;
+    const char *config_path;
+    kvs_config_t *cfg; /* the running config (live reload changes its live keys in place) */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -89,8 +100,10 @@ static void usage(FILE *f)
                "  --shard N           shard id, 0 <= N < cluster.shards (required)\n"
                "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
                "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n"
-               "  --exit-with-parent  drain and exit when the parent process dies (used by\n"
-               "                      kvs-router, so workers never outlive their router)\n"
+               "  --exit-with-parent[=PID]\n"
+               "                      drain and exit when the parent process dies (used by\n"
+               "                      kvs-router, so workers never outlive their router);\n"
+               "                      with PID, refuse to start unless PID is the parent\n"
                "  --report-fd N       on a configuration error (exit status 78), also write\n"
                "                      the reason to fd N (used by kvs-router)\n");
 }
@@ -101,7 +114,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"shard", required_argument, NULL, 's'},
                                          {"listen", required_argument, NULL, 'l'},
                                          {"socket", required_argument, NULL, 'u'},
-                                         {"exit-with-parent", no_argument, NULL, 'p'},
+                                         {"exit-with-parent", optional_argument, NULL, 'p'},
                                          {"report-fd", required_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -130,6 +143,14 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             break;
         case 'p':
             a->exit_with_parent = 1;
+            if (optarg != NULL) {
+                a->parent_pid = strtol(optarg, &end, 10);
+                if (*optarg == '\0' || *end != '\0' || a->parent_pid < 1 ||
+                    a->parent_pid > INT32_MAX) {
+                    fprintf(stderr, "kvs-node: --exit-with-parent=PID needs a process id\n");
+                    return -1;
+                }
+            }
             break;
         case 'r': {
             long fd = strtol(optarg, &end, 10);
@@ -177,11 +198,14 @@ static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_
             return -1;
         }
         n++;
-    } else if (cfg->node_listen[0] != '\0') {
-        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], why, sizeof(why)) != 0 ||
+    } else if (cfg->node_listen[0] != '\0' || cfg->self != NULL) {
+        /* With a cluster map and no node.listen: where the map says peers
+         * find this node's workers. */
+        const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen : cfg->self->address;
+        if (kvs_addr_parse(base, 0, &addrs[n], why, sizeof(why)) != 0 ||
             addrs[n].port + a->shard > 65535) {
-            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port",
-                     cfg->node_listen, a->shard);
+            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port", base,
+                     a->shard);
             return -1;
         }
         addrs[n].port = (uint16_t)(addrs[n].port + a->shard);
@@ -232,9 +256,13 @@ static void close_any(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* Every client is gone, so no write waits any more: Kafka can stop. */
 static void on_stopped(void *arg)
 {
     node_main_t *m = arg;
+    node_writes_stop(m->writes);
+    if (m->ingest != NULL)
+        node_ingest_stop(m->ingest);
     uv_walk(m->loop, close_any, NULL); /* signals, drain timer */
 }
 
@@ -245,10 +273,14 @@ static void on_drain_timeout(uv_timer_t *t)
     node_server_abort_clients(m->srv);
 }
 
+/* Stops taking requests; answers what was received. Writes in flight
+ * still complete (ingestion runs on until the clients are gone), waiting
+ * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
-    if (m->ingest != NULL)
-        node_ingest_stop(m->ingest);
+    node_digest_stop(m->digest);
+    node_reads_stop(m->reads);
+    node_writes_drain(m->writes);
     uv_timer_init(m->loop, &m->drain);
     m->drain.data = m;
     uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
@@ -283,6 +315,70 @@ static void on_turn(void *arg, int rc)
     node_main_t *m = arg;
     if (m->ingest != NULL)
         node_ingest_turn_done(m->ingest, rc);
+    if (m->writes != NULL)
+        node_writes_turn(m->writes);
+    if (m->reads != NULL)
+        node_reads_turn(m->reads);
+}
+
+/* The producer failed for good: stop (exit 1) so the router restarts the
+ * worker with a new one. */
+static void on_writes_fatal(void *arg, const char *msg)
+{
+    node_main_t *m = arg;
+    (void)msg; /* logged by node_writes */
+    if (m->exit_code == 0)
+        m->exit_code = 1;
+    if (m->signals++ == 0)
+        begin_shutdown(m);
+}
+
+/* Log-first writes of bound tables (with Kafka on). */
+static int start_writes(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t *store)
+{
+    char err[512];
+    if (m->ingest == NULL)
+        return 0;
+    node_writes_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .max_frame = (size_t)cfg->max_frame,
+        .store = store,
+        .ingest = m->ingest,
+        .on_fatal = on_writes_fatal,
+        .arg = m,
+    };
+    int rc = node_writes_start(&o, &m->writes, err, sizeof(err));
+    if (rc == KVS_ECONFIG)
+        config_fatal(m, "%s", err);
+    else if (rc != 0)
+        kvs_error("%s", err);
+    if (rc == 0)
+        node_server_set_writes(m->srv, m->writes);
+    return rc;
+}
+
+/* The freshness rules for reads of bound tables (after start_ingest: with
+ * Kafka off they still answer reads that demand a position). */
+static int start_reads(node_main_t *m, const kvs_config_t *cfg, long shard)
+{
+    if (cfg->n_bindings == 0)
+        return 0;
+    node_reads_opts_t o = {
+        .loop = m->loop,
+        .cfg = cfg,
+        .shard = (uint32_t)shard,
+        .ingest = m->ingest,
+        .exec = node_server_execute,
+        .exec_arg = m->srv,
+    };
+    int rc = node_reads_new(&o, &m->reads);
+    if (rc != 0)
+        return rc;
+    node_server_set_reads(m->srv, m->reads);
+    node_server_set_ingest(m->srv, m->ingest, on_turn, m);
+    return 0;
 }
 
 /* Starts Kafka ingestion when brokers and bindings are configured. */
@@ -310,45 +406,58 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     return 0;
 }
 
-/* SIGHUP: reload the config file (see the file comment). */
-static void on_sighup(uv_signal_t *h, int signum)
+/* SIGHUP, step 1: the config file (see the file comment). Returns 0 when
+ * it was applied (or nothing changed), else nonzero after logging why. */
+static int reload_config(node_main_t *m)
 {
-    node_main_t *m = h->data;
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
-    (void)signum;
-    if (m->signals > 0)
-        return; /* shutting down */
     if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
         kvs_error("reload: %s; the running configuration is unchanged", err);
         node_server_count_reload(m->srv, "error");
-        return;
+        return -1;
     }
-    if (kvs_config_reload_check(m->running, next, changed, sizeof(changed), fixed, sizeof(fixed)) !=
-        0) {
+    int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
+    if (rc != 0) {
         kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
                   "it for that); the running configuration is unchanged",
                   fixed);
         node_server_count_reload(m->srv, "refused");
-        kvs_config_free(next);
-        return;
-    }
-    if (node_server_reload(m->srv, next) != 0) {
+    } else if ((rc = node_server_reload(m->srv, next)) != 0) {
         kvs_error("reload: out of memory; the running configuration is unchanged");
         node_server_count_reload(m->srv, "error");
-        kvs_config_free(next);
-        return;
+    } else {
+        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+        node_server_count_reload(m->srv, "ok");
+        kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                 changed[0] ? changed : "nothing changed");
     }
-    kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(next->log_level, &level);
-    kvs_log_set_level(level);
-    kvs_log_set_format(next->log_format);
-    kvs_config_free(m->reloaded); /* nothing refers to it any more */
-    m->reloaded = next;
-    m->running = next;
-    node_server_count_reload(m->srv, "ok");
-    kvs_info("configuration reloaded from %s (%s)", m->config_path,
-             changed[0] ? changed : "nothing changed");
+    kvs_config_free(next);
+    return rc;
+}
+
+/* SIGHUP (the master passes it on once its own check accepted the file):
+ * the config file's live keys, then the TLS material of tls.node. A
+ * refused reload changes neither. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    node_main_t *m = h->data;
+    char err[600];
+    (void)signum;
+    if (m->signals > 0)
+        return; /* shutting down */
+    if (reload_config(m) != 0 || m->tls == NULL)
+        return;
+    if (kvs_tls_ctx_reload(m->tls, err, sizeof(err)) == 0)
+        kvs_info("received SIGHUP: tls.node certificate, key and CA reloaded; new connections use "
+                 "them");
+    else
+        kvs_error("received SIGHUP: tls.node reload failed, still using the previous material: %s",
+                  err);
 }
 
 static void watch_signals(node_main_t *m)
@@ -376,6 +485,8 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
         snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
         return rc;
     }
+    if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
+        return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
@@ -421,7 +532,20 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     *n_addrs = listen_addrs(*cfg, args, addrs, err, sizeof(err));
     if (*n_addrs < 0)
         return config_fatal(m, "%s", err);
-    int rc = open_store(*cfg, args->shard, store, err, sizeof(err));
+    if ((*cfg)->tls_node.enabled && *n_addrs > 1) {
+        int rc = kvs_conn_tls_from_config(*cfg, &(*cfg)->tls_node, "tls.node", 1, &m->tls, err,
+                                          sizeof(err));
+        if (rc != 0)
+            return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    }
+    /* A new replica copies a peer's environment before opening its own. */
+    m->loop = uv_default_loop();
+    int rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    if (rc == -ECANCELED)
+        return 0;
+    if (rc != 0)
+        kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
+    rc = open_store(*cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
@@ -452,27 +576,41 @@ int main(int argc, char **argv)
         return 2;
     m.report_fd = args.report_fd;
     /* SIGTERM (a graceful drain) when the router dies, even by SIGKILL; the
-     * getppid check covers a parent that died before prctl took effect. */
+     * getppid check covers a parent that died before prctl took effect
+     * (with a PID, also one that died before this process began). */
+    if (args.parent_pid > 0)
+        parent = (pid_t)args.parent_pid;
     if (args.exit_with_parent && (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
         kvs_error("parent process is gone; not starting");
         return 1;
     }
     kvs_plugins_t *plugins = NULL;
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
-    if (rc == 0) {
+    if (rc == 0 && store != NULL) {
         char err[4600];
         if (kvs_plugins_load(cfg, "node", (int)args.shard, &plugins, err, sizeof(err)) != 0)
             rc = config_fatal(&m, "%s", err);
     }
-    if (rc != 0) {
+    if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
         node_store_close(store);
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
+        if (m.loop != NULL)
+            uv_loop_close(m.loop);
         return finish(&m, rc);
     }
     m.config_path = args.config;
-    m.running = cfg;
+    m.cfg = cfg;
 
     m.loop = uv_default_loop();
+    if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
+        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        node_store_close(store);
+        kvs_plugins_free(plugins);
+        kvs_tls_ctx_free(m.tls);
+        kvs_config_free(cfg);
+        return 1;
+    }
     node_server_opts_t so = {
         .loop = m.loop,
         .store = store,
@@ -481,6 +619,8 @@ int main(int argc, char **argv)
         .limits = cfg,
         .addrs = addrs,
         .n_addrs = (size_t)n_addrs,
+        .tls = m.tls,
+        .auth = m.auth,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
         .plugins = plugins,
@@ -488,12 +628,20 @@ int main(int argc, char **argv)
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
         kvs_plugins_free(plugins);
+        kvs_auth_free(m.auth);
+        kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return 1;
     }
     node_store_set_fail_arg(store, m.srv);
+    m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
+    node_server_set_digest(m.srv, m.digest);
+    m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
+                                   cfg->frame_timeout_ms);
+    node_server_set_snapshot(m.srv, m.snapshot);
     watch_signals(&m);
-    if (start_ingest(&m, cfg, args.shard, store) != 0) {
+    if (start_ingest(&m, cfg, args.shard, store) != 0 ||
+        start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
             m.exit_code = 1;
         m.signals = 1;
@@ -507,6 +655,10 @@ int main(int argc, char **argv)
 
     uv_run(m.loop, UV_RUN_DEFAULT);
 
+    node_reads_free(m.reads);
+    node_writes_free(m.writes);
+    node_digest_free(m.digest);
+    node_snapshot_free(m.snapshot);
     node_ingest_free(m.ingest); /* before the store: it may still hold a read */
     rc = node_store_close(store);
     if (rc != 0) {
@@ -517,7 +669,8 @@ int main(int argc, char **argv)
     node_server_free(m.srv);
     kvs_plugins_free(plugins); /* no hook runs any more */
     uv_loop_close(m.loop);
-    kvs_config_free(m.reloaded);
+    kvs_auth_free(m.auth);
+    kvs_tls_ctx_free(m.tls);
     kvs_config_free(cfg);
     kvs_info("stopped");
     return finish(&m, m.exit_code);

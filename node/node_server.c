@@ -16,22 +16,46 @@
  * while a client's own request executes is applied after that request
  * returns, so the handler's partial output is never cut under its feet.
  *
+ * Deferred answers (node_slot.h): a request that cannot be answered while
+ * it executes takes a slot in its client's FIFO of pending answers. While
+ * a client's FIFO is not empty, every later answer is built in a slot of
+ * its own (behind the earlier ones) instead of in the output buffer. Slots
+ * move into the output buffer, in order, at the end of the loop turn,
+ * after the commit: so the acknowledgement rule holds for them too, and a
+ * batch failure rewrites a slot built inside the failed batch like any
+ * other answer of that batch. A slot's request counts as owed output
+ * (kvs_conn_hold) while it waits, so waiting requests are bounded by the
+ * connection's output limits.
+ *
+ * Identity (users configured): TCP clients are authenticated by their TLS
+ * certificate (a remote router's included) or by Auth, and every request
+ * is authorized (node_cmd); unix socket clients (the local router) are
+ * trusted. An Auth whose token is being checked pauses its client; its
+ * answer is appended when the check is done, in a later turn, so it never
+ * belongs to a write batch.
+ *
  * Hooks: the worker's chain (kvs_hook) holds the built-in metrics hook and
  * the slow log (both at EXECUTED: a worker's service time) and the
  * plugins' hooks. node_cmd runs RECEIVED and EXECUTED as each request
- * runs. Only when some hook wants the send events does each request leave
- * a record (its info, with table and peer copied) for the turn's end:
- * BEFORE_SEND runs after the commit, AFTER_SEND once the turn's answers
- * were handed to the sockets.
+ * runs; a request answered through a slot keeps what hooks see of it (its
+ * info, with table and peer copied) in the slot, and its EXECUTED runs
+ * when the slot is done. Only when some hook wants the send events does
+ * each answer leave a record for the turn's end: BEFORE_SEND runs after
+ * the commit, once the turn's answers (slots included) are in the output
+ * buffers, AFTER_SEND once they were handed to the sockets.
  *
- * Shutdown: stop listening, let every client's queued responses drain,
+ * Shutdown: stop listening, let every client's queued responses (and
+ * waiting answers, which the owner of the waits fails on shutdown) drain,
  * then close. The caller closes the store after the loop ends.
  */
 #include "node_server.h"
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_time.h"
 #include "node_cmd.h"
+#include "node_slot.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -44,7 +68,8 @@
 
 typedef struct node_client_s node_client_t;
 
-/* A request answered this turn, kept for BEFORE_SEND and AFTER_SEND. */
+/* What hooks see of a request, kept past its frame: for the send events
+ * (a turn's records), and in a slot whose answer comes later. */
 typedef struct turn_rec_s {
     kvs_request_info_t info;
     char table[KVS_MAX_TABLE + 1];
@@ -52,6 +77,21 @@ typedef struct turn_rec_s {
 } turn_rec_t;
 
 #define TURN_RECS_KEEP 4096 /* a record array larger than this is given back after its turn */
+
+struct node_slot_s {
+    node_client_t *cl; /* NULL once the client is gone */
+    node_server_t *srv;
+    node_slot_t *next; /* the client's FIFO */
+    kvs_buf_t buf;     /* the answer */
+    uint64_t gen;      /* batch the answer was built in (0: none) */
+    size_t held;       /* bytes held against the connection for it */
+    int done;
+    int deferred;   /* a handler holds it (node_slot_done will come) */
+    int ordered;    /* the client's later requests wait for this answer */
+    int has_rec;    /* `rec` describes its request (hooks) */
+    int executed;   /* EXECUTED ran for it */
+    turn_rec_t rec; /* what hooks see of its request */
+};
 
 struct node_client_s {
     kvs_conn_t conn;
@@ -63,7 +103,18 @@ struct node_client_s {
     uint32_t marked;           /* responses since mark */
     node_client_t *batch_next; /* members of the current turn */
     int on_batch_list;
+    node_slot_t *head, *tail;  /* answers that wait (FIFO), oldest first */
+    size_t open;               /* slots not done yet */
+    node_client_t *ready_next; /* clients whose FIFO head may be done */
+    int on_ready_list;
+    int waiting_ordered;        /* paused behind an ordered slot */
+    node_client_t *resume_next; /* clients to resume on the next loop turn */
+    int on_resume_list;
+    kvs_auth_conn_t auth;       /* who it is (users configured) */
+    int auth_close;             /* Auth failed too often: close after its answer */
+    node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
+    int streaming;              /* handed to the snapshot sender: serves nothing else */
 };
 
 struct node_server_s {
@@ -72,18 +123,26 @@ struct node_server_s {
     node_cmd_ctx_t cmd;
     uint32_t max_frame;
     kvs_listener_t listeners[2];
-    size_t listener_clients[2]; /* clients per listener, each capped at max_clients */
+    kvs_tls_ctx_t *listener_tls[2]; /* TLS of each listener, or NULL */
+    size_t listener_clients[2];     /* clients per listener, each capped at max_clients */
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
-    kvs_conn_group_t group; /* every client, under limits.* */
+    kvs_auth_t *auth;
+    kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
     kvs_flusher_t flusher;
     uv_timer_t sync_timer;
     int sync_timer_on;
     node_client_t *clients;
     size_t n_clients;
     node_client_t *batch_members;
+    node_client_t *ready;  /* clients with done slots to move out */
+    node_client_t *resume; /* clients to resume (from resume_timer) */
+    uv_timer_t resume_timer;
+    uv_idle_t kick;           /* active while answers wait for the turn's end: no blocking poll */
     node_client_t *executing; /* client whose request is running */
+    node_slot_t *exec_slot;   /* the slot its answer goes into, if any */
+    int exec_deferred;        /* ... taken by the handler (answer later) */
     uint64_t exec_fail_gen;   /* a batch failure raised during it */
     int exec_fail_err;
     int stopping;
@@ -92,6 +151,7 @@ struct node_server_s {
     int closing_handles;
     node_server_turn_cb turn_cb;
     void *turn_arg;
+    node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
     /* operations */
     kvs_hook_chain_t chain;
     const kvs_plugins_t *plugins;
@@ -122,7 +182,8 @@ static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
     }
 }
 
-/* Replaces a client's responses from the failed batch with errors. */
+/* Replaces a client's responses from the failed batch with errors: those
+ * in its output buffer since the mark, and those waiting in slots. */
 static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from, uint32_t extra)
 {
     kvs_buf_t *out = &cl->conn.out;
@@ -131,11 +192,33 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
         from = cl->mark;
         n += cl->marked;
     }
-    if (out->len > from)
-        out->len = from;
-    append_batch_errors(out, n, err);
+    if (n > 0) {
+        if (out->len > from)
+            out->len = from;
+        append_batch_errors(out, n, err);
+    }
     cl->mark_gen = 0;
     cl->marked = 0;
+    for (node_slot_t *s = cl->head; s != NULL; s = s->next) {
+        if (!s->done || s->gen != gen)
+            continue;
+        size_t before = s->buf.len;
+        s->buf.len = 0;
+        append_batch_errors(&s->buf, 1, err);
+        kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)before);
+        s->held = s->held - before + s->buf.len;
+        s->gen = 0;
+    }
+}
+
+static int has_gen(const node_client_t *cl, uint64_t gen)
+{
+    if (cl->mark_gen == gen)
+        return 1;
+    for (const node_slot_t *s = cl->head; s != NULL; s = s->next)
+        if (s->done && s->gen == gen)
+            return 1;
+    return 0;
 }
 
 static void on_batch_failed(void *arg, uint64_t gen, int err)
@@ -149,7 +232,7 @@ static void on_batch_failed(void *arg, uint64_t gen, int err)
             srv->exec_fail_err = err;
             continue;
         }
-        if (cl->mark_gen == gen)
+        if (has_gen(cl, gen))
             rewrite_failed(cl, gen, err, cl->mark, 0);
     }
     if (srv->executing != NULL && srv->exec_fail_gen == 0) {
@@ -158,25 +241,8 @@ static void on_batch_failed(void *arg, uint64_t gen, int err)
     }
 }
 
-/* After a request ran: note that its response belongs to the open batch,
- * or apply a failure raised while it ran. */
-static void track_batch(node_client_t *cl, size_t before)
+static void batch_list_add(node_server_t *srv, node_client_t *cl)
 {
-    node_server_t *srv = cl->srv;
-    if (srv->exec_fail_gen != 0) {
-        rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
-        srv->exec_fail_gen = 0;
-        return;
-    }
-    uint64_t gen = node_store_batch_gen(srv->store);
-    if (gen == 0)
-        return;
-    if (cl->mark_gen != gen) {
-        cl->mark_gen = gen;
-        cl->mark = before;
-        cl->marked = 0;
-    }
-    cl->marked++;
     if (!cl->on_batch_list) {
         cl->on_batch_list = 1;
         cl->batch_next = srv->batch_members;
@@ -184,21 +250,64 @@ static void track_batch(node_client_t *cl, size_t before)
     }
 }
 
-static void batch_list_remove(node_server_t *srv, node_client_t *cl)
+/* After a request ran: note that its response belongs to the open batch,
+ * or apply a failure raised while it ran. `slot` is where the answer went
+ * (finished already), or NULL: the output buffer, from offset `before`. */
+static void track_batch(node_client_t *cl, node_slot_t *slot, size_t before)
 {
-    for (node_client_t **p = &srv->batch_members; *p != NULL; p = &(*p)->batch_next) {
-        if (*p == cl) {
-            *p = cl->batch_next;
-            break;
+    node_server_t *srv = cl->srv;
+    if (srv->exec_fail_gen != 0) {
+        if (slot != NULL) {
+            slot->gen = srv->exec_fail_gen;
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, 0, 0);
+        } else {
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, before, 1);
         }
+        srv->exec_fail_gen = 0;
+        return;
     }
-    cl->on_batch_list = 0;
+    uint64_t gen = node_store_batch_gen(srv->store);
+    if (gen == 0)
+        return;
+    if (slot != NULL) {
+        slot->gen = gen;
+    } else {
+        if (cl->mark_gen != gen) {
+            cl->mark_gen = gen;
+            cl->mark = before;
+            cl->marked = 0;
+        }
+        cl->marked++;
+    }
+    batch_list_add(srv, cl);
 }
 
 /* ---- send events -------------------------------------------------------------- */
 
-/* Keeps the request node_cmd just ran for the turn's send events. */
-static void keep_record(node_server_t *srv)
+/* Whether any hook wants the send events (then each answer leaves a
+ * record for the turn's end). */
+static int send_events_wanted(const node_server_t *srv)
+{
+    return kvs_hook_any(&srv->chain, KVS_HOOK_BEFORE_SEND) ||
+           kvs_hook_any(&srv->chain, KVS_HOOK_AFTER_SEND);
+}
+
+/* Copies `in` into `r`, with its table and peer (which die with the
+ * request's bytes and its connection). */
+static void rec_fill(turn_rec_t *r, const kvs_request_info_t *in)
+{
+    size_t n = in->table != NULL && in->table_len < sizeof(r->table) ? in->table_len : 0;
+    r->info = *in;
+    memcpy(r->table, in->table != NULL ? in->table : "", n);
+    r->table[n] = '\0';
+    r->info.table = in->table != NULL ? r->table : NULL;
+    r->info.table_len = (uint32_t)n;
+    snprintf(r->peer, sizeof(r->peer), "%s", in->peer != NULL ? in->peer : "");
+    r->info.peer = r->peer;
+}
+
+/* Keeps a request answered this turn for the turn's send events. */
+static void keep_record(node_server_t *srv, const kvs_request_info_t *in)
 {
     if (srv->n_recs == srv->cap_recs) {
         size_t cap = srv->cap_recs ? srv->cap_recs * 2 : 64;
@@ -210,16 +319,7 @@ static void keep_record(node_server_t *srv)
         srv->recs = r;
         srv->cap_recs = cap;
     }
-    turn_rec_t *r = &srv->recs[srv->n_recs++];
-    const kvs_request_info_t *in = &srv->cmd.info;
-    size_t n = in->table != NULL && in->table_len < sizeof(r->table) ? in->table_len : 0;
-    r->info = *in;
-    memcpy(r->table, in->table != NULL ? in->table : "", n);
-    r->table[n] = '\0';
-    r->info.table = in->table != NULL ? r->table : NULL;
-    r->info.table_len = (uint32_t)n;
-    snprintf(r->peer, sizeof(r->peer), "%s", in->peer);
-    r->info.peer = r->peer;
+    rec_fill(&srv->recs[srv->n_recs++], in);
 }
 
 static void run_send_event(node_server_t *srv, kvs_hook_event_t ev)
@@ -247,6 +347,202 @@ static void on_flushed(kvs_flusher_t *f)
     }
 }
 
+/* ---- slots ------------------------------------------------------------------ */
+
+static node_slot_t *slot_push(node_client_t *cl)
+{
+    node_slot_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->cl = cl;
+    s->srv = cl->srv;
+    if (cl->tail != NULL)
+        cl->tail->next = s;
+    else
+        cl->head = s;
+    cl->tail = s;
+    cl->open++;
+    cl->conn.owed = cl->open;
+    return s;
+}
+
+static void slot_free(node_slot_t *s)
+{
+    kvs_buf_free(&s->buf);
+    free(s);
+}
+
+static void on_kick(uv_idle_t *h)
+{
+    (void)h; /* its being active is what counts: the loop does not block before its turn ends */
+}
+
+/* A slot answered from a timer must not wait for whatever wakes the loop
+ * next: the idle handle keeps the poll from blocking until flush_slots. */
+static void ready_add(node_server_t *srv, node_client_t *cl)
+{
+    if (!cl->on_ready_list) {
+        cl->on_ready_list = 1;
+        cl->ready_next = srv->ready;
+        srv->ready = cl;
+        if (!uv_is_closing((uv_handle_t *)&srv->kick))
+            uv_idle_start(&srv->kick, on_kick);
+    }
+}
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    node_server_t *srv = t->data;
+    while (srv->resume != NULL) {
+        node_client_t *cl = srv->resume;
+        srv->resume = cl->resume_next;
+        cl->on_resume_list = 0;
+        if (!cl->waiting_ordered)
+            kvs_conn_resume(&cl->conn); /* runs its buffered requests now */
+    }
+}
+
+/* An ordered slot is answered: the client's later requests may run, but
+ * not from here (this may be inside the turn's commit step, where a
+ * request would write into a batch that is already committed): on the
+ * next loop turn. */
+static void resume_later(node_server_t *srv, node_client_t *cl)
+{
+    cl->waiting_ordered = 0;
+    if (!cl->on_resume_list) {
+        cl->on_resume_list = 1;
+        cl->resume_next = srv->resume;
+        srv->resume = cl;
+    }
+    uv_timer_start(&srv->resume_timer, on_resume_timer, 0, 0);
+}
+
+/* Marks a slot answered; its bytes are held for the connection until they
+ * move into its output buffer. */
+static void slot_finish(node_slot_t *s)
+{
+    node_client_t *cl = s->cl;
+    s->done = 1;
+    if (s->ordered)
+        resume_later(cl->srv, cl);
+    cl->open--;
+    cl->conn.owed = cl->open;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)s->held);
+    s->held = s->buf.len;
+    ready_add(cl->srv, cl);
+}
+
+static node_slot_t *defer_current(void *arg, size_t cost, int ordered)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->exec_deferred)
+        return NULL;
+    if (srv->exec_slot == NULL && (srv->exec_slot = slot_push(cl)) == NULL)
+        return NULL;
+    srv->exec_deferred = 1;
+    srv->exec_slot->deferred = 1;
+    srv->exec_slot->held = cost;
+    srv->exec_slot->ordered = ordered;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)cost);
+    if (ordered) {
+        cl->waiting_ordered = 1;
+        kvs_conn_pause(&cl->conn);
+    }
+    return srv->exec_slot;
+}
+
+kvs_buf_t *node_slot_buf(node_slot_t *s)
+{
+    return &s->buf;
+}
+
+int node_slot_wanted(const node_slot_t *s)
+{
+    return s->cl != NULL;
+}
+
+void node_slot_done(node_slot_t *s)
+{
+    if (s->has_rec && !s->executed && s->buf.len >= KVS_FRAME_HEADER) {
+        s->executed = 1; /* its answer is known now (the client may be gone: it ran all the same) */
+        if (node_cmd_executed(&s->srv->chain, &s->rec.info, &s->buf, 0) != 0)
+            kvs_error("out of memory replacing an answer a hook stopped; the answer stays");
+    }
+    if (s->cl == NULL) {
+        slot_free(s); /* orphaned: nobody wants the answer */
+        return;
+    }
+    slot_finish(s);
+}
+
+/* Moves the done slots at the head of each ready client's FIFO into its
+ * output buffer (after the turn's commit). */
+static void flush_slots(node_server_t *srv)
+{
+    uv_idle_stop(&srv->kick);
+    while (srv->ready != NULL) {
+        node_client_t *cl = srv->ready;
+        srv->ready = cl->ready_next;
+        cl->on_ready_list = 0;
+        int moved = 0;
+        while (cl->head != NULL && cl->head->done) {
+            node_slot_t *s = cl->head;
+            cl->head = s->next;
+            if (cl->head == NULL)
+                cl->tail = NULL;
+            if (kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
+                kvs_error("cannot queue an answer (out of memory); closing the connection");
+                slot_free(s);
+                kvs_conn_close(&cl->conn);
+                break;
+            }
+            kvs_conn_hold(&cl->conn, -(ptrdiff_t)s->held);
+            if (s->has_rec && send_events_wanted(srv))
+                keep_record(srv, &s->rec.info);
+            slot_free(s);
+            moved = 1;
+        }
+        if (moved)
+            kvs_conn_queue(&cl->conn);
+        if ((srv->stopping || cl->auth_close) && cl->head == NULL)
+            kvs_conn_close_after_flush(&cl->conn);
+    }
+}
+
+static void resume_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->resume; *p != NULL; p = &(*p)->resume_next) {
+        if (*p == cl) {
+            *p = cl->resume_next;
+            break;
+        }
+    }
+    cl->on_resume_list = 0;
+}
+
+static void ready_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->ready; *p != NULL; p = &(*p)->ready_next) {
+        if (*p == cl) {
+            *p = cl->ready_next;
+            break;
+        }
+    }
+    cl->on_ready_list = 0;
+}
+
+static void batch_list_remove(node_server_t *srv, node_client_t *cl)
+{
+    for (node_client_t **p = &srv->batch_members; *p != NULL; p = &(*p)->batch_next) {
+        if (*p == cl) {
+            *p = cl->batch_next;
+            break;
+        }
+    }
+    cl->on_batch_list = 0;
+}
+
 /* The flusher's `before` step: end of a loop turn. */
 static void on_turn_end(kvs_flusher_t *f)
 {
@@ -254,40 +550,135 @@ static void on_turn_end(kvs_flusher_t *f)
     int rc = node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
     if (srv->turn_cb != NULL)
         srv->turn_cb(srv->turn_arg, rc);
-    run_send_event(srv, KVS_HOOK_BEFORE_SEND);
     while (srv->batch_members != NULL) {
         node_client_t *cl = srv->batch_members;
         srv->batch_members = cl->batch_next;
         cl->on_batch_list = 0;
         cl->mark_gen = 0;
         cl->marked = 0;
+        for (node_slot_t *sl = cl->head; sl != NULL; sl = sl->next)
+            sl->gen = 0; /* committed */
+        if (cl->head != NULL && cl->head->done)
+            ready_add(srv, cl);
     }
+    flush_slots(srv);
+    run_send_event(srv, KVS_HOOK_BEFORE_SEND);
 }
 
 /* ---- clients ------------------------------------------------------------- */
+
+/* ---- identity ---------------------------------------------------------------- */
+
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    node_client_t *cl = arg;
+    node_slot_t *slot = cl->auth_slot;
+    cl->auth_slot = NULL;
+    if (slot == NULL)
+        return;
+    kvs_msg_append_status(node_slot_buf(slot), status, "%s", msg);
+    if (close)
+        cl->auth_close = 1; /* closed once its answer is out (flush_slots) */
+    node_slot_done(slot);
+}
+
+/* node_cmd's Auth hook, for the client being executed. A token check runs
+ * in the thread pool: the answer takes an ordered slot, so the client's
+ * later requests wait and run as whoever the Auth makes it, and answers
+ * keep their order. */
+static int node_auth(void *arg, const Kvs__Auth *m, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    char msg[400];
+    uint32_t st = kvs_auth_begin(srv->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl, msg,
+                                 sizeof(msg), &cl->auth_close);
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    if ((cl->auth_slot = defer_current(srv, 64, 1)) == NULL)
+        return -ENOMEM; /* the connection is closed, which cancels the check */
+    return 0;
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    node_client_t *cl = c->data;
+    node_server_t *srv = cl->srv;
+    const char *who =
+        srv->auth != NULL ? kvs_auth_by_certificate(srv->auth, &cl->auth, c->tls) : NULL;
+    if (who != NULL)
+        kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
+    else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls))
+        kvs_warn("%s: its certificate names no user (users: in config.yaml; a router's node "
+                 "certificate needs one), so it may only Ping and Auth",
+                 c->peer);
+}
+
+/* What hooks see of the client of the request about to run. */
+static void hook_identity(node_server_t *srv, node_client_t *cl)
+{
+    kvs_request_info_t *in = &srv->cmd.info;
+    const char *user = srv->auth != NULL ? kvs_auth_user_name(&cl->auth) : NULL;
+    in->peer = cl->conn.peer;
+    in->identity = user != NULL ? user : "";
+    in->conn_id = cl->id;
+    in->received_ns = cl->conn.read_ns; /* noted once per read by kvs_conn */
+}
 
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
-    size_t before = c->out.len;
+    node_slot_t *slot = NULL;
+    if (cl->head != NULL && (slot = slot_push(cl)) == NULL) {
+        kvs_error("out of memory for an answer; closing the connection");
+        kvs_conn_close(c);
+        return;
+    }
+    kvs_buf_t *out = slot != NULL ? &slot->buf : &c->out;
+    size_t before = out->len;
     srv->executing = cl;
-    srv->cmd.info.peer = c->peer;
-    srv->cmd.info.identity = "";
-    srv->cmd.info.conn_id = cl->id;
-    srv->cmd.info.received_ns = c->read_ns; /* noted once per read by kvs_conn */
-    int rc = node_cmd_frame(&srv->cmd, payload, len, &c->out);
+    srv->exec_slot = slot;
+    srv->exec_deferred = 0;
+    srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
+    hook_identity(srv, cl);
+    int rc = node_cmd_frame(&srv->cmd, payload, len, out);
+    if (cl->streaming) { /* Snapshot took the connection: nothing else is answered on it */
+        srv->executing = NULL;
+        srv->exec_slot = NULL;
+        return;
+    }
+    slot = srv->exec_slot;
+    int deferred = srv->exec_deferred;
     srv->executing = NULL;
-    track_batch(cl, before);
-    if (kvs_hook_any(&srv->chain, KVS_HOOK_BEFORE_SEND) ||
-        kvs_hook_any(&srv->chain, KVS_HOOK_AFTER_SEND))
-        keep_record(srv);
+    srv->exec_slot = NULL;
     if (rc != 0) {
         kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
         kvs_conn_close(c);
         return;
     }
-    kvs_conn_queue(c);
+    if (slot != NULL && (deferred || send_events_wanted(srv))) {
+        rec_fill(&slot->rec, &srv->cmd.info); /* EXECUTED (if deferred) and the send events */
+        slot->has_rec = 1;
+        slot->executed = !deferred;
+    } else if (slot == NULL && send_events_wanted(srv)) {
+        keep_record(srv, &srv->cmd.info);
+    }
+    if (deferred) {
+        /* No answer yet; but a batch that failed while it ran may hold
+         * earlier answers of this client. */
+        if (srv->exec_fail_gen != 0 && has_gen(cl, srv->exec_fail_gen))
+            rewrite_failed(cl, srv->exec_fail_gen, srv->exec_fail_err, cl->mark, 0);
+        srv->exec_fail_gen = 0;
+        return;
+    }
+    if (slot != NULL)
+        slot_finish(slot);
+    track_batch(cl, slot, before);
+    if (slot == NULL && cl->auth_close) /* Auth failed once too often */
+        kvs_conn_close_after_flush(c);
+    else if (slot == NULL)
+        kvs_conn_queue(c);
 }
 
 static void on_conn_error(kvs_conn_t *c, int err)
@@ -309,6 +700,13 @@ static void on_conn_error(kvs_conn_t *c, int err)
         kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
                               "the server is short of memory for incomplete requests "
                               "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS) { /* sent in the clear: the client speaks plaintext */
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port requires TLS (tls.node); connect with TLS and a client "
+                              "certificate");
+    } else if (err == KVS_ETLSHELLO) {
+        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+                              "this port does not use TLS; connect without TLS");
     }
     kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
 }
@@ -319,8 +717,26 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
+    kvs_auth_conn_close(&cl->auth); /* a token check in flight is cancelled: */
+    if (cl->auth_slot != NULL) {    /* its slot will never be answered */
+        cl->auth_slot->deferred = 0;
+        cl->auth_slot = NULL;
+    }
+    if (cl->streaming)
+        node_snapshot_gone(srv->snapshot, c);
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
+    if (cl->on_ready_list)
+        ready_list_remove(srv, cl);
+    if (cl->on_resume_list)
+        resume_list_remove(srv, cl);
+    for (node_slot_t *sl = cl->head, *next; sl != NULL; sl = next) {
+        next = sl->next;
+        if (sl->done || !sl->deferred)
+            slot_free(sl);
+        else
+            sl->cl = NULL; /* freed by node_slot_done */
+    }
     if (cl->prev != NULL)
         cl->prev->next = cl->next;
     else
@@ -334,14 +750,14 @@ static void on_conn_closed(kvs_conn_t *c)
 }
 
 /* At limits.max_clients on this listener: accept only to say why. */
-static void refuse_client(node_server_t *srv, uv_stream_t *server)
+static void refuse_client(node_server_t *srv, uv_stream_t *server, int li)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                               "too many clients (limits.max_clients = %u); retry later",
                               srv->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+        kvs_conn_refuse(server, srv->listener_tls[li] != NULL ? NULL : b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(srv->loop);
     if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
@@ -361,7 +777,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
     if (srv->listener_clients[li] >= srv->max_clients) {
-        refuse_client(srv, server);
+        refuse_client(srv, server, li);
         return;
     }
     node_client_t *cl = calloc(1, sizeof(*cl));
@@ -378,14 +794,22 @@ static void on_connection(uv_stream_t *server, int status)
                   on_conn_closed);
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
+    cl->conn.on_ready = on_tls_ready;
     cl->conn.stamp_reads = 1;
-    kvs_conn_join(&cl->conn, &srv->group);
+    kvs_conn_join(&cl->conn, &srv->groups[li]);
     cl->next = srv->clients;
     if (srv->clients != NULL)
         srv->clients->prev = cl;
     srv->clients = cl;
     srv->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = srv->listener_tls[li] != NULL
+                 ? kvs_conn_use_tls(&cl->conn, srv->listener_tls[li], NULL)
+                 : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
+    /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
+    kvs_auth_conn_init(&cl->auth, is_unix,
+                       srv->listener_tls[li] != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -468,6 +892,12 @@ static void store_metrics(node_server_t *srv, kvs_mb_t *b)
 static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
 {
     const char *sh = srv->shard_label;
+    uint64_t joined = 0, in = 0, out = 0;
+    for (int i = 0; i < 2; i++) {
+        joined += srv->groups[i].joined;
+        in += srv->groups[i].bytes_in;
+        out += srv->groups[i].bytes_out;
+    }
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_connections", KVS__METRIC_FAMILY__TYPE__GAUGE,
                                 "Connections open to the worker (the router's links included)."),
@@ -476,16 +906,16 @@ static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
                   kvs_mb_family(b, "kvs_worker_connections_accepted_total",
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Connections the worker accepted."),
-                  (double)srv->group.joined, 1, "shard", sh);
+                  (double)joined, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_received_bytes_total",
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Bytes the worker read from its connections."),
-                  (double)srv->group.bytes_in, 1, "shard", sh);
+                  (double)in, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_sent_bytes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Bytes the worker wrote to its connections."),
-                  (double)srv->group.bytes_out, 1, "shard", sh);
+                  (double)out, 1, "shard", sh);
 }
 
 /* node_cmd's Metrics: every family of this worker. */
@@ -498,6 +928,11 @@ static void server_metrics(void *arg, kvs_mb_t *b)
                     labels);
     conn_metrics(srv, b);
     store_metrics(srv, b);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_shard_replicas", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                "Copies of the shard in the cluster (cluster.nodes; 1 without "
+                                "replicas), this worker's included."),
+                  (double)srv->cmd.replicas, 1, "shard", srv->shard_label);
     if (srv->cmd.ingest != NULL)
         node_ingest_metrics(srv->cmd.ingest, b, srv->shard_label);
     Kvs__MetricFamily *f =
@@ -524,7 +959,9 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
         return -ENOMEM;
     build_chain(srv);
     kvs_conn_limits_from_config(&limits, cfg);
-    kvs_conn_group_set_limits(&srv->group, &limits);
+    limits.idle_timeout_ms = 0; /* as at start (node_server_start says why) */
+    for (int i = 0; i < 2; i++)
+        kvs_conn_group_set_limits(&srv->groups[i], &limits);
     srv->max_clients =
         kvs_conn_max_clients(cfg->max_clients, (unsigned)srv->n_listeners, NODE_FD_RESERVE);
     if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH)
@@ -535,10 +972,11 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
 
 /* ---- start / stop -------------------------------------------------------------- */
 
-static int add_listener(node_server_t *srv, const kvs_addr_t *a)
+static int add_listener(node_server_t *srv, const kvs_addr_t *a, kvs_tls_ctx_t *tls)
 {
     char text[160];
     kvs_listener_t *l = &srv->listeners[srv->n_listeners];
+    srv->listener_tls[srv->n_listeners] = a->is_unix ? NULL : tls;
     int rc = kvs_listen(srv->loop, a, l, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", kvs_addr_format(a, text, sizeof(text)),
@@ -547,7 +985,17 @@ static int add_listener(node_server_t *srv, const kvs_addr_t *a)
     }
     l->handle.data = srv;
     srv->n_listeners++;
-    kvs_info("listening on %s", kvs_addr_format(a, text, sizeof(text)));
+    kvs_info("listening on %s%s", kvs_addr_format(a, text, sizeof(text)),
+             srv->listener_tls[srv->n_listeners - 1] ? " (TLS)" : "");
+    if (!a->is_unix && tls == NULL && srv->auth == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address, clients connect without TLS and no users are "
+                 "configured: anyone who can reach it can read and write this shard (see README, "
+                 "Security)",
+                 text);
+    else if (!a->is_unix && tls == NULL && !kvs_addr_is_loopback(a))
+        kvs_warn("%s is not a loopback address and clients connect without TLS: other hosts "
+                 "cannot authenticate (routers of other nodes included); enable tls.node",
+                 text);
     return 0;
 }
 
@@ -563,6 +1011,15 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
     srv->cmd.shard = o->shard;
+    srv->cmd.defer = defer_current;
+    srv->cmd.defer_arg = srv;
+    srv->cmd.cfg = o->limits;
+    srv->auth = o->auth;
+    if (o->auth != NULL) {
+        srv->cmd.on_auth = node_auth;
+        srv->cmd.auth_arg = srv;
+    }
+    srv->cmd.replicas = kvs_config_replica_count(o->limits, o->shard);
     kvs_arena_init(&srv->cmd.arena);
     srv->plugins = o->plugins;
     srv->start_time = kvs_metrics_unix_now();
@@ -582,12 +1039,21 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, o->limits);
+    /* A router's link to its workers is idle whenever its clients are: an
+     * idle timeout here would only break links. And each listener has its
+     * own input budget, so clients of the TCP listener cannot starve the
+     * local router's link on the unix socket. */
+    limits.idle_timeout_ms = 0;
+    uv_timer_init(o->loop, &srv->resume_timer);
+    srv->resume_timer.data = srv;
+    uv_idle_init(o->loop, &srv->kick);
+    srv->kick.data = srv;
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
     srv->flusher.after = on_flushed;
-    if (rc == 0)
-        rc = kvs_conn_group_init(&srv->group, o->loop, &limits, "client");
+    for (int i = 0; rc == 0 && i < 2; i++)
+        rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
-        rc = add_listener(srv, &o->addrs[i]);
+        rc = add_listener(srv, &o->addrs[i], o->tls);
     if (rc == 0 && o->sync_interval_ms > 0) {
         uv_timer_init(o->loop, &srv->sync_timer);
         srv->sync_timer.data = srv;
@@ -608,6 +1074,55 @@ void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_serv
     srv->cmd.ingest = ingest;
     srv->turn_cb = cb;
     srv->turn_arg = arg;
+}
+
+void node_server_set_reads(node_server_t *srv, node_reads_t *reads)
+{
+    srv->cmd.reads = reads;
+}
+
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes)
+{
+    srv->cmd.writes = writes;
+}
+
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
+{
+    srv->cmd.digest = digest;
+}
+
+/* node_cmd's Snapshot hook: the client that asked becomes the stream's
+ * receiver, if the request is alone on its connection. */
+static int take_snapshot(void *arg, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->snapshot == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
+    if (cl->head != NULL || srv->exec_slot != NULL || kvs_conn_has_frame(&cl->conn) ||
+        kvs_conn_backlog(&cl->conn) > 0 || out->len > 0)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Snapshot must be alone on its connection (the stream "
+                                     "takes it over): open a connection for it");
+    int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    cl->streaming = 1;
+    kvs_conn_pause(&cl->conn);
+    return 0;
+}
+
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn)
+{
+    srv->snapshot = sn;
+    srv->cmd.snapshot = sn != NULL ? take_snapshot : NULL;
+    srv->cmd.snapshot_arg = srv;
+}
+
+int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    return node_cmd_frame_ungated(&srv->cmd, payload, len, out);
 }
 
 void node_server_fail_cb(void *arg, uint64_t gen, int err)
@@ -636,8 +1151,12 @@ static void maybe_stopped(node_server_t *srv)
     node_store_end_turn(srv->store);
     uv_check_stop(&srv->flusher.check);
     close_handle(srv, (uv_handle_t *)&srv->flusher.check);
-    uv_timer_stop(&srv->group.sweep);
-    close_handle(srv, (uv_handle_t *)&srv->group.sweep);
+    for (int i = 0; i < 2; i++) {
+        uv_timer_stop(&srv->groups[i].sweep);
+        close_handle(srv, (uv_handle_t *)&srv->groups[i].sweep);
+    }
+    close_handle(srv, (uv_handle_t *)&srv->resume_timer);
+    close_handle(srv, (uv_handle_t *)&srv->kick);
     if (srv->sync_timer_on)
         close_handle(srv, (uv_handle_t *)&srv->sync_timer);
 }
@@ -652,8 +1171,14 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
     for (int i = 0; i < srv->n_listeners; i++)
         uv_close(&srv->listeners[i].handle, NULL);
     srv->n_listeners = 0;
-    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next)
-        kvs_conn_close_after_flush(&cl->conn);
+    for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next) {
+        if (cl->streaming)
+            kvs_conn_close(&cl->conn); /* a snapshot is not worth the wait */
+        else if (cl->head == NULL)
+            kvs_conn_close_after_flush(&cl->conn);
+        else
+            kvs_conn_stop_reading(&cl->conn); /* closed once its answers are out */
+    }
     kvs_info("shutting down: %zu client(s) draining", srv->n_clients);
     maybe_stopped(srv);
 }

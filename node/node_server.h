@@ -6,10 +6,15 @@
 #define NODE_SERVER_H
 
 #include "kvs_addr.h"
+#include "kvs_auth.h"
 #include "kvs_conn.h"
 #include "kvs_plugins.h"
+#include "node_digest.h"
 #include "node_ingest.h"
+#include "node_reads.h"
+#include "node_snapshot.h"
 #include "node_store.h"
+#include "node_writes.h"
 
 #include <uv.h>
 
@@ -22,9 +27,11 @@ typedef struct node_server_opts_s {
     node_store_t *store; /* opened with fail_cb = node_server_fail_cb; see below */
     uint32_t max_frame;
     uint32_t max_tables;
-    const kvs_config_t *limits; /* limits.* for client connections */
+    const kvs_config_t *limits; /* the config: limits.* for clients, the bindings */
     const kvs_addr_t *addrs;    /* 1 or 2 addresses to listen on */
     size_t n_addrs;
+    kvs_tls_ctx_t *tls; /* TLS for the TCP listener (tls.node), or NULL; outlives the server */
+    kvs_auth_t *auth;   /* users, or NULL when none are configured; outlives the server */
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
     uint32_t shard;
     const kvs_plugins_t *plugins; /* their hooks join the chain (may be NULL) */
@@ -37,6 +44,22 @@ typedef void (*node_server_turn_cb)(void *arg, int rc);
 /* Sets the turn hook, and the ingest shown by Info (either may be NULL). */
 void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_server_turn_cb cb,
                             void *arg);
+
+/* Sets the freshness rules for reads of bound tables (NULL: none). */
+void node_server_set_reads(node_server_t *srv, node_reads_t *reads);
+
+/* Sets the log-first writes of bound tables (NULL: Kafka off). */
+void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
+
+/* Sets the Digest command's state (NULL: not available). */
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest);
+
+/* Sets the Snapshot command's sender (NULL: not available). */
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn);
+
+/* Executes a request now, without freshness checks (node_reads_exec_cb,
+ * with the server as `arg`). */
+int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
 /* Starts listening. Returns 0 and *out, or a uv error (logged). */
 int node_server_start(const node_server_opts_t *o, node_server_t **out);

@@ -2,12 +2,16 @@
  * audit_log: an example kvs plugin. Writes one line per write request the
  * router executed (Hset Hmset Hdel Hmdel Hincr) to a file:
  *
- *   2026-11-22T02:43:41.123Z client=127.0.0.1:51234 command=Hset table="users" keys=1 status=200
+ *   2026-11-22T02:43:41.123Z client=127.0.0.1:51234 user="alice" command=Hset table="users"
+ *   keys=1 status=200
  *
- * time (UTC, when the write arrived), the client's address, the command,
- * the table (quoted; `"` and `\` escaped, other bytes outside printable
- * ASCII as \xHH), how many keys it named, and its answer's status (a write
- * refused, or applied only in part, is audited too, with that status).
+ * (one line), time (UTC, when the write arrived), the client's address,
+ * the user it authenticated as (user=- when nobody: no users configured,
+ * or a trusted unix socket peer), the command, the table (quoted, as the
+ * user; `"` and `\` escaped, other bytes outside printable ASCII as \xHH),
+ * how many keys it named, and its answer's status (a write refused, or
+ * applied only in part, is audited too, with that status). Both front
+ * doors (kvs protocol and RESP) are audited alike.
  *
  * Configure it in config.yaml with the file as its argument:
  *
@@ -17,7 +21,8 @@
  * It hooks the router only (where clients' addresses are known); in the
  * workers it registers nothing. The file is opened for appending at start
  * (a file that cannot be opened refuses the start, naming it) and each
- * line is one write(2), so lines from one process never interleave. That
+ * line is one write(2) in append mode, so lines never interleave, not even
+ * those of several router processes (router.processes) sharing the file. That
  * is one system call per write request on the router's loop: fine for an
  * audit trail on a local disk, and a real deployment that cannot afford it
  * would buffer lines and flush them from a timer.
@@ -43,7 +48,7 @@ typedef struct audit_s {
     int failed; /* a write failed: said once */
 } audit_t;
 
-/* Appends the table name, quoted and escaped, to line[*n..cap). */
+/* Appends a table or user name, quoted and escaped, to line[*n..cap). */
 static void put_table(char *line, size_t *n, size_t cap, const char *t, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -92,9 +97,16 @@ static uint32_t audit_hook(void *state, kvs_hook_event_t event, const kvs_reques
     if (!req->write)
         return 0;
     stamp(when, sizeof(when), req);
-    int k = snprintf(line, sizeof(line), "%s client=%s command=%s table=", when, req->peer,
-                     req->command_name);
+    int k = snprintf(line, sizeof(line), "%s client=%s user=", when, req->peer);
     size_t n = k > 0 && (size_t)k < sizeof(line) ? (size_t)k : 0;
+    const char *user = KVS_PLUGIN_HAS(req, identity) && req->identity != NULL ? req->identity : "";
+    if (user[0] == '\0') {
+        line[n++] = '-';
+    } else {
+        put_table(line, &n, sizeof(line) / 2, user, strlen(user));
+    }
+    k = snprintf(line + n, sizeof(line) - n, " command=%s table=", req->command_name);
+    n += k > 0 && (size_t)k < sizeof(line) - n ? (size_t)k : 0;
     put_table(line, &n, sizeof(line) - 40, req->table ? req->table : "", req->table_len);
     k = snprintf(line + n, sizeof(line) - n, " keys=%u status=%u\n", req->keys, req->status);
     n += k > 0 ? (size_t)k : 0;

@@ -5,6 +5,7 @@
 #ifndef ROUTER_H
 #define ROUTER_H
 
+#include "kvs_auth.h"
 #include "kvs_config.h"
 #include "kvs_conn.h"
 #include "kvs_hook.h"
@@ -13,6 +14,8 @@
 #include "kvs_plugins.h"
 #include "kvs_slowlog.h"
 #include "router_link.h"
+#include "router_replica.h"
+#include "router_session.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -24,7 +27,10 @@ typedef struct router_req_s router_req_t;
 struct router_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
-    router_link_t *links; /* one per shard, index = shard id */
+    router_link_t *links; /* one per replica of each shard: shard s's are sets[s] */
+    uint32_t n_links;
+    router_set_t *sets;     /* per shard: its replicas' links */
+    router_budget_t budget; /* retries of reads on other replicas */
     uint32_t shards;
     kvs_flusher_t flusher;
     kvs_conn_group_t group; /* the clients, under limits.* */
@@ -32,6 +38,9 @@ struct router_s {
     uint64_t refused_log_ms;
     kvs_listener_t listener;
     int listening;
+    kvs_tls_ctx_t *tls;      /* tls.router: the client listener's, or NULL */
+    kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
+    kvs_auth_t *auth;        /* users, or NULL when none are configured */
     router_client_t *clients;
     size_t n_clients;        /* both front doors */
     size_t n_resp_clients;   /* of which RESP */
@@ -41,11 +50,21 @@ struct router_s {
     kvs_arena_t reply_arena; /* kvs answer -> RESP reply, reset per answer */
     kvs_buf_t redis_pack;    /* the packed kvs request of a RESP command */
     struct router_redis_cursors_s *redis_cursors; /* HSCAN cursors (router_redis) */
-    uint64_t next_client_id;
-    kvs_listener_t resp_listener; /* router.resp_listen, when set */
+    uint64_t next_client_id;                      /* RESP clients' CLIENT ID counter */
+    uint64_t next_conn_id;                        /* every connection's (hooks' conn_id) */
+    kvs_listener_t resp_listener;                 /* router.resp_listen, when set */
     int resp_listening;
+    kvs_listener_t admin_listener; /* <data_dir>/routerI.sock: this process's own, trusted */
+    int admin_listening;
+    uint32_t proc_index;       /* this router process's index (router_procs.h) */
+    uint32_t n_procs;          /* router.processes, resolved */
+    uint64_t id_base;          /* client ids and HSCAN cursor numbers: id_base | counter */
+    uint64_t listen_inodes[2]; /* the listeners' sockets: router.listen, resp_listen */
+    size_t n_listen;
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
+    router_session_t *release; /* sessions whose held requests may go now */
+    kvs_buf_t scratch;         /* a request with positions attached, being sent */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
     /* operations (router_ops.c) */
@@ -62,11 +81,18 @@ struct router_s {
 /* ---- clients (router_client.c) ------------------------------------------ */
 
 /* Starts accepting clients on cfg->router_listen, and Redis protocol
- * clients on cfg->resp_listen when set. Returns 0 or a uv error. */
+ * clients on cfg->resp_listen when set, each on a socket of its own that
+ * the node's other router processes share (SO_REUSEPORT, router_ports);
+ * their inodes go to r->listen_inodes. Also listens on this process's own
+ * unix socket (router_procs_admin_path; kvs protocol, trusted like the
+ * workers' sockets, no TLS, not counted in limits.max_clients), where the
+ * master asks for its metrics and an operator may reach this process.
+ * Returns 0 or a uv error. */
 int router_clients_listen(router_t *r);
 
 /* A reload: applies `next`'s limits.* to the clients (connected ones too,
- * see kvs_conn_group_set_limits) and recomputes the client cap. */
+ * see kvs_conn_group_set_limits) and recomputes the client cap. `next` is
+ * only read during the call. */
 void router_clients_reload(router_t *r, const kvs_config_t *next);
 
 /* Stops accepting; every client is answered what it sent, then closed.
@@ -92,12 +118,28 @@ void router_client_routed(router_client_t *cl, router_req_t *req);
  * (Redis QUIT). */
 void router_client_close_after_answers(router_client_t *cl);
 
+/* The client's session (positions, held requests). */
+router_session_t *router_client_session(router_client_t *cl);
+
+/* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
+ * requests held back count against its output limits. */
+void router_client_hold(router_client_t *cl, ptrdiff_t delta);
+
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
  * copy) and 1 is returned, `req` then being freed; otherwise 0, and the
  * caller keeps the answer in req->resp. */
 int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t *payload,
                           size_t len);
+
+/* An Auth request `req` of `cl` (validated; `m` valid during the call):
+ * answered now or, once its token is checked, later; the client reads
+ * nothing more meanwhile. */
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m);
+
+/* May `cl` run commands that need a right? (No users configured, or it is
+ * authenticated.) */
+int router_client_authenticated(const router_client_t *cl);
 
 /* ---- requests (router_route.c) --------------------------------------------- */
 
@@ -107,6 +149,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
 struct router_req_s {
     router_t *router;
     router_client_t *client; /* NULL once the client is gone */
+    kvs_auth_conn_t *who;    /* its client's identity when users are configured, else NULL */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
     size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */
@@ -119,6 +162,15 @@ struct router_req_s {
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
+    int bound_write;             /* a write to a bound table, counted in the session's writes */
+    router_try_t try0;           /* a single-part request's replicas (multi-part: the merge's) */
+    /* Held back by the session (router_session.h) until earlier writes
+     * are answered: the request's bytes, kept until it is routed. */
+    int held;
+    int held_read;           /* it is a read of a bound table */
+    int releasing;           /* being routed from the held list: not held again */
+    router_req_t *held_next; /* the session's held list */
+    kvs_buf_t held_payload;
     /* hooks: what they see of the request, and how far it got */
     kvs_request_info_t info;
     uint8_t stopped;  /* a RECEIVED hook stopped it: no EXECUTED */
@@ -142,6 +194,14 @@ void router_reqs_release(router_t *r);
  * notify the client (req->in_route); the caller checks req->done after. */
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len);
 
+/* Routes the held requests of the sessions on r->release that may go now
+ * (the flusher's `before` step, so never inside another routing). */
+void router_route_release(router_t *r);
+
+/* Forgets a closing client's held requests and its place on the release
+ * list; the requests are freed. */
+void router_route_forget(router_t *r, router_session_t *s);
+
 /* Completes `req` with a status and message. */
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -162,19 +222,22 @@ int router_ops_init(router_t *r, const kvs_config_t *cfg, const kvs_plugins_t *p
  * Returns 0 or -ENOMEM (nothing changed). */
 int router_ops_reload(router_t *r, const kvs_config_t *cfg);
 
-/* RECEIVED for a valid request of command `cmd` on table[0..tlen) (NULL:
- * none) naming `keys` keys: notes what hooks see of it and runs them. The
- * table is copied into the request only while some hook reads it after
- * RECEIVED (the slow log, plugins); otherwise hooks see it during RECEIVED
- * only. Returns 1 when a hook stopped the request, which is then answered
- * (router_req_finish_status) with the hook's status and message. */
-int router_ops_received(router_t *r, router_req_t *req, uint32_t cmd, const void *table,
-                        size_t tlen, uint32_t keys);
+/* Notes what hooks see of request `req`: command `cmd` on table[0..tlen)
+ * (NULL: none), naming `keys` keys. The table is copied into the request
+ * only while some hook reads it after RECEIVED (the slow log, plugins);
+ * otherwise it points into the request's bytes until router_ops_forget. */
+void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *table, size_t tlen,
+                     uint32_t keys);
 
-/* A request `q` that decoded but is not valid: answers `st` and `msg`
- * without RECEIVED; EXECUTED and the send events see what it asked for. */
-void router_ops_refused(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, uint32_t st,
-                        const char *msg);
+/* RECEIVED for a valid, allowed request (noted). Returns 1 when a hook
+ * stopped it, which is then answered (router_req_finish_status) with the
+ * hook's status and message. A held request being released had its
+ * RECEIVED already: 0. */
+int router_ops_received(router_t *r, router_req_t *req);
+
+/* The request's bytes are going: hooks that run later see no table
+ * unless it was copied. */
+void router_ops_forget(router_req_t *req);
 
 /* Slowlog: answers `req` from the router's own log (end-to-end times,
  * clients' addresses), emptying it afterwards if asked. */

@@ -12,27 +12,39 @@
  * high-water mark (a quarter of limits.client_output) the client's frames
  * stop being routed, past limits.client_output it is closed. Together these
  * bound what one client can make the router buffer, and how much work it
- * can queue on the links that all clients share. Clients beyond
- * limits.max_clients are refused with 503.
+ * can queue on the links that all clients share. Requests a client's
+ * session holds back (router_session.h: reads behind its writes to bound
+ * tables) are held bytes too. Clients beyond limits.max_clients are
+ * refused with 503.
+ *
+ * Identity (users configured): each client has a kvs_auth_conn_t, set by
+ * its TLS certificate when the handshake completes, or by Auth. While an
+ * Auth's token is being checked the client is paused (auth_req), so the
+ * requests after it run as whoever it makes the client; the answer takes
+ * its place in the FIFO like any other.
  *
  * Hooks: a request's info (what hooks see) starts at router_client_enqueue
- * with the client's address and the time it was received (the time its
- * bytes were read, which kvs_conn notes once per read); router_route
- * adds the rest. The send events run here, as each answer goes into the
- * client's output: BEFORE_SEND just before, AFTER_SEND just after (the
+ * with the client's address, the user it authenticated as (kvs_auth; ""
+ * when nobody) and the time it was received (the time its bytes were
+ * read, which kvs_conn notes once per read); router_route adds the rest. The send events run here,
+ * as each answer goes into the client's output: BEFORE_SEND just before, AFTER_SEND just after (the
  * metrics hook and the slow log take the end-to-end time there).
  *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
- * answers. The client struct itself is freed in its connection's close
- * callback, after its FIFO was emptied or orphaned.
+ * answers. Held requests were never sent: they are freed with the client.
+ * The client struct itself is freed in its connection's close callback,
+ * after its FIFO was emptied or orphaned.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "router.h"
+#include "router_ports.h"
+#include "router_procs.h"
 #include "router_redis.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,11 +53,14 @@
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
+    router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
+    kvs_auth_conn_t auth;     /* who it is (users configured) */
+    router_req_t *auth_req;   /* an Auth whose token is being checked, or NULL */
     router_client_t *prev, *next;
 };
 
@@ -86,9 +101,10 @@ static void client_track_inflight(router_client_t *cl)
     if (c->flags & KVS_CONN_CLOSING)
         return;
     int paused = (c->flags & KVS_CONN_PAUSED) != 0;
-    if (!paused && cl->inflight >= cl->router->cfg->max_inflight)
+    int hold = cl->inflight >= cl->router->cfg->max_inflight || cl->auth_req != NULL;
+    if (!paused && hold)
         kvs_conn_pause(c);
-    else if (paused && cl->inflight < cl->router->cfg->max_inflight)
+    else if (paused && !hold)
         kvs_conn_resume(c);
 }
 
@@ -128,6 +144,16 @@ static void client_flush_done(router_client_t *cl)
     client_maybe_close(cl);
 }
 
+router_session_t *router_client_session(router_client_t *cl)
+{
+    return &cl->session;
+}
+
+void router_client_hold(router_client_t *cl, ptrdiff_t delta)
+{
+    kvs_conn_hold(&cl->conn, delta);
+}
+
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     /* The reservation becomes the answer; may close the client. */
@@ -164,6 +190,7 @@ router_req_t *router_client_enqueue(router_client_t *cl)
         kvs_conn_close(&cl->conn);
         return NULL;
     }
+    req->who = cl->router->auth != NULL ? &cl->auth : NULL;
     if (cl->tail != NULL)
         cl->tail->next = req;
     else
@@ -173,8 +200,9 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     kvs_request_info_t *in = &req->info;
     in->struct_size = sizeof(*in);
     in->command_name = "none";
+    const char *user = req->who != NULL ? kvs_auth_user_name(req->who) : NULL;
     in->peer = cl->conn.peer;
-    in->identity = "";
+    in->identity = user != NULL ? user : ""; /* the user it authenticated as, both front doors */
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
@@ -214,7 +242,8 @@ static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
-    if (cl->redis != NULL && (err == KVS_EPROTO || err == KVS_ELIMIT)) {
+    if (cl->redis != NULL &&
+        (err == KVS_EPROTO || err == KVS_ELIMIT || err == KVS_ENOTLS || err == KVS_ETLSHELLO)) {
         router_req_t *req = router_client_enqueue(cl);
         if (req != NULL)
             router_redis_input_error(cl->redis, req, err);
@@ -235,25 +264,85 @@ static void on_conn_error(kvs_conn_t *c, int err)
             router_req_finish_status(req, KVS_STATUS_UNAVAILABLE,
                                      "the server is short of memory for incomplete requests "
                                      "(limits.input_buffers); the connection is closed, retry");
+    } else if (err == KVS_ENOTLS || err == KVS_ETLSHELLO) {
+        /* In the clear either way: a plaintext client reads it, a TLS
+         * client learns from its first bytes that this is no TLS port. */
+        router_req_t *req = router_client_enqueue(cl);
+        if (req != NULL)
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     err == KVS_ENOTLS
+                                         ? "this port requires TLS (tls.router); connect with "
+                                           "TLS (kvs-cli --tls)"
+                                         : "this port does not use TLS; connect without TLS");
     }
     cl->closing_when_drained = 1;
     client_flush_done(cl);
+}
+
+/* ---- identity ---------------------------------------------------------------- */
+
+static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
+{
+    router_client_t *cl = arg;
+    router_req_t *req = cl->auth_req;
+    cl->auth_req = NULL; /* before the answer: its flush resumes the client */
+    if (close) {
+        kvs_conn_stop_reading(&cl->conn);
+        cl->closing_when_drained = 1;
+    }
+    router_req_finish_status(req, status, "%s", msg);
+}
+
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
+{
+    char msg[400];
+    int close = 0;
+    uint32_t st = kvs_auth_begin(cl->router->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl,
+                                 msg, sizeof(msg), &close);
+    if (st == 0) {
+        cl->auth_req = req; /* answered by on_auth_done; the client waits */
+        return;
+    }
+    if (close) {
+        kvs_conn_stop_reading(&cl->conn);
+        cl->closing_when_drained = 1;
+    }
+    router_req_finish_status(req, st, "%s", msg);
+}
+
+int router_client_authenticated(const router_client_t *cl)
+{
+    return cl->router->auth == NULL || cl->auth.trusted || cl->auth.user != NULL;
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    router_client_t *cl = c->data;
+    const char *who = cl->router->auth != NULL
+                          ? kvs_auth_by_certificate(cl->router->auth, &cl->auth, c->tls)
+                          : NULL;
+    if (who != NULL)
+        kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
 }
 
 static void on_conn_closed(kvs_conn_t *c)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
+    kvs_auth_conn_close(&cl->auth);
+    router_route_forget(r, &cl->session);
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
         req->next = NULL;
-        if (req->done) {
+        /* done; held (never sent); or an Auth (no part will finish it) */
+        if (req->done || req->held || req == cl->auth_req) {
             router_req_free(req);
         } else {
             req->client = NULL; /* frees itself when its parts answer */
             req->info.peer = "(gone)";
         }
     }
+    router_session_free(&cl->session);
     if (cl->prev != NULL)
         cl->prev->next = cl->next;
     else
@@ -275,12 +364,18 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
     kvs_buf_t b;
     kvs_buf_init(&b);
     if (resp)
-        kvs_conn_refuse(server, router_redis_too_many_clients,
+        kvs_conn_refuse(server, r->tls != NULL ? NULL : (const void *)router_redis_too_many_clients,
                         strlen(router_redis_too_many_clients));
-    else if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                                   "too many clients (limits.max_clients = %u); retry later",
-                                   r->max_clients) == 0)
-        kvs_conn_refuse(server, b.data, b.len);
+    else if ((r->n_procs > 1
+                  ? kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                          "too many clients (%u, this router process's share of "
+                                          "limits.max_clients over %u router processes); retry "
+                                          "later",
+                                          r->max_clients, r->n_procs)
+                  : kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                          "too many clients (limits.max_clients = %u); retry later",
+                                          r->max_clients)) == 0)
+        kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
     kvs_buf_free(&b);
     r->refused[resp != 0]++;
     uint64_t now = uv_now(r->loop);
@@ -300,21 +395,24 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int resp = server == &r->resp_listener.stream;
+    int admin = server == &r->admin_listener.stream; /* private: not capped */
     size_t n = resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients;
-    if (n >= r->max_clients) {
+    if (!admin && n >= r->max_clients) {
         refuse_client(r, server, resp);
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
-    uint64_t id = ++r->next_client_id;
-    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, id)) == NULL)) {
+    if (cl == NULL ||
+        (resp && (cl->redis = router_redis_new(
+                      r, r->id_base | (++r->next_client_id & ROUTER_ID_COUNTER_MASK))) == NULL)) {
         kvs_error("out of memory accepting a client");
         free(cl);
         return;
     }
     cl->router = r;
-    cl->id = id;
+    cl->id = ++r->next_conn_id;
     r->accepted[resp != 0]++;
+    router_session_init(&cl->session);
     kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
                   on_frame, on_conn_error, on_conn_closed);
     if (resp) {
@@ -323,6 +421,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
+    cl->conn.on_ready = on_tls_ready;
     cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
@@ -330,11 +429,27 @@ static void on_connection(uv_stream_t *server, int status)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = kvs_conn_accept(&cl->conn, server);
+    int rc = r->tls != NULL && !admin ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
+    if (rc == 0)
+        rc = kvs_conn_accept(&cl->conn, server);
+    /* Tokens only where nobody can overhear them. The private socket's
+     * peers are the node's own user (its directory is private): trusted. */
+    kvs_auth_conn_init(&cl->auth, admin,
+                       admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
     }
+}
+
+static void listen_failed(const char *where, int rc)
+{
+    if (rc == UV_EADDRINUSE)
+        kvs_error("cannot listen on %s: %s (another process holds this port without sharing "
+                  "it, SO_REUSEPORT, or runs as another user); stop it or choose another port",
+                  where, uv_strerror(rc));
+    else
+        kvs_error("cannot listen on %s: %s", where, uv_strerror(rc));
 }
 
 static int listen_resp(router_t *r)
@@ -348,14 +463,40 @@ static int listen_resp(router_t *r)
         kvs_error("router.resp_listen: %s", err);
         return rc;
     }
-    rc = kvs_listen(r->loop, &addr, &r->resp_listener, on_connection);
+    rc = router_ports_listen(r->loop, &addr, &r->resp_listener, on_connection,
+                             &r->listen_inodes[r->n_listen]);
     if (rc != 0) {
-        kvs_error("cannot listen on %s: %s", r->cfg->resp_listen, uv_strerror(rc));
+        listen_failed(r->cfg->resp_listen, rc);
         return rc;
     }
+    r->n_listen++;
     r->resp_listener.handle.data = r;
     r->resp_listening = 1;
     kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
+    return 0;
+}
+
+/* This process's own socket (router_procs_admin_path). */
+static int listen_admin(router_t *r)
+{
+    kvs_addr_t addr;
+    char spec[4200], err[256];
+    int rc = router_procs_admin_path(r->cfg, r->proc_index, spec, sizeof(spec));
+    if (rc == 0)
+        rc = kvs_addr_parse(spec, 0, &addr, err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "the path is too long");
+    if (rc != 0) {
+        kvs_error("%s: %s (data_dir too long?)", spec, err);
+        return rc;
+    }
+    rc = kvs_listen(r->loop, &addr, &r->admin_listener, on_connection);
+    if (rc != 0) {
+        listen_failed(spec, rc);
+        return rc;
+    }
+    r->admin_listener.handle.data = r;
+    r->admin_listening = 1;
     return 0;
 }
 
@@ -377,15 +518,28 @@ int router_clients_listen(router_t *r)
      * file, the log, name resolution. */
     r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
                                           r->shards + ROUTER_FD_RESERVE);
-    rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
+    rc = router_ports_listen(r->loop, &addr, &r->listener, on_connection, &r->listen_inodes[0]);
     if (rc != 0) {
-        kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));
+        listen_failed(r->cfg->router_listen, rc);
         return rc;
     }
+    r->n_listen = 1;
     r->listener.handle.data = r;
     r->listening = 1;
-    kvs_info("accepting clients on %s", r->cfg->router_listen);
-    return listen_resp(r);
+    kvs_info("accepting clients on %s%s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "",
+             r->auth ? ", users required" : "");
+    if (r->tls == NULL && r->auth == NULL && !kvs_addr_is_loopback(&addr))
+        kvs_warn("router.listen %s is not a loopback address, clients connect without TLS and "
+                 "no users are configured: anyone who can reach it can read and write every "
+                 "table (see README, Security)",
+                 r->cfg->router_listen);
+    else if (r->tls == NULL && !kvs_addr_is_loopback(&addr))
+        kvs_warn("router.listen %s is not a loopback address and clients connect without TLS: "
+                 "tokens sent from other hosts are refused (they would travel in the clear), "
+                 "so those clients cannot authenticate; enable tls.router",
+                 r->cfg->router_listen);
+    rc = listen_resp(r);
+    return rc != 0 ? rc : listen_admin(r);
 }
 
 void router_clients_reload(router_t *r, const kvs_config_t *next)
@@ -409,6 +563,10 @@ void router_clients_drain(router_t *r)
     if (r->resp_listening) {
         uv_close(&r->resp_listener.handle, NULL);
         r->resp_listening = 0;
+    }
+    if (r->admin_listening) {
+        uv_close(&r->admin_listener.handle, NULL);
+        r->admin_listening = 0;
     }
     /* Stop reading new bytes, but answer every request already received,
      * including complete frames a paused client still has buffered. */

@@ -24,14 +24,14 @@
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
  * for another method, 414 for a URL over HTTP_MAX_URL bytes.
  *
- * A scrape is a Metrics request routed like a client's (router_route fans
- * it out to the local workers and merges their families with the
- * router's), marked internal: hooks and request metrics do not see it.
- * Its answer is rendered as text (kvs_metrics_render). If the connection
- * closes first, the request is left to free itself when it completes.
+ * A scrape is handed to the owner's callback (the master's router_scrape,
+ * which collects the families of every process of the node) with a token;
+ * the owner answers through router_http_done, at once or later. If the
+ * connection closes first, the token is orphaned and the answer dropped.
  */
 #include "router_http.h"
 #include "kvs_addr.h"
+#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
@@ -49,8 +49,15 @@
 
 typedef struct http_conn_s http_conn_t;
 
+struct router_http_scrape_s {
+    http_conn_t *hc; /* NULL once the connection is gone */
+};
+
 struct router_http_s {
-    router_t *r;
+    uv_loop_t *loop;
+    router_http_scrape_cb on_scrape;
+    void *arg;
+    int stopped;
     kvs_listener_t listener;
     int listening;
     kvs_conn_group_t group;
@@ -70,9 +77,9 @@ struct http_conn_s {
     size_t url_len;
     int url_too_long;
     int headers_done;
-    size_t head_bytes;    /* request line and header bytes seen (names and values) */
-    router_req_t *scrape; /* the Metrics request in flight, or NULL */
-    int keep_alive;       /* of the request being answered */
+    size_t head_bytes;            /* request line and header bytes seen (names and values) */
+    router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
+    int keep_alive;               /* of the request being answered */
     http_conn_t *prev, *next;
 };
 
@@ -215,53 +222,34 @@ static void respond_text(http_conn_t *hc, int status, const char *text, const ch
     respond(hc, status, "text/plain; charset=utf-8", text, strlen(text), extra);
 }
 
-/* The scrape's answer (a CommandResponse frame in req->resp) as text. */
-static void scrape_done(router_req_t *req)
+void router_http_done(router_http_scrape_t *s, int status, const void *body, size_t len)
 {
-    http_conn_t *hc = req->done_arg;
-    router_t *r = req->router;
-    if (hc == NULL) { /* the connection went away */
-        router_req_free(req);
+    http_conn_t *hc = s->hc;
+    free(s);
+    if (hc == NULL) /* the connection went away */
         return;
-    }
     hc->scrape = NULL;
-    Kvs__CommandResponse *a =
-        req->resp.len > KVS_FRAME_HEADER
-            ? kvs__command_response__unpack(&r->reply_arena.pb, req->resp.len - KVS_FRAME_HEADER,
-                                            req->resp.data + KVS_FRAME_HEADER)
-            : NULL;
-    kvs_buf_t body;
-    kvs_buf_init(&body);
-    if (a == NULL || a->status != KVS_STATUS_OK || a->ops == NULL)
-        respond_text(hc, 500, a != NULL ? a->message : "the router is out of memory\n", NULL);
-    else if (kvs_metrics_render(a->ops->metrics, a->ops->n_metrics, &body) != 0)
-        respond_text(hc, 500, "the router is out of memory\n", NULL);
+    if (hc->conn.flags & KVS_CONN_CLOSING)
+        return; /* going away (the listener stops) */
+    if (status == 200)
+        respond(hc, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, NULL);
     else
-        respond(hc, 200, "text/plain; version=0.0.4; charset=utf-8", body.data, body.len, NULL);
-    kvs_buf_free(&body);
-    kvs_arena_reset(&r->reply_arena);
-    router_req_free(req);
+        respond(hc, status, "text/plain; charset=utf-8", body, len, NULL);
     kvs_conn_resume(&hc->conn);
 }
 
-/* Routes a Metrics request for this connection. */
+/* Hands the scrape to the owner; one at a time per connection. */
 static void scrape(http_conn_t *hc)
 {
-    router_t *r = hc->h->r;
-    static const uint8_t metrics_request[] = {0x82, 0x01, 0x00}; /* CommandRequest{metrics: {}} */
-    router_req_t *req = router_req_new(r, NULL);
-    if (req == NULL) {
-        respond_text(hc, 500, "the router is out of memory\n", NULL);
+    router_http_scrape_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        respond_text(hc, 500, "out of memory\n", NULL);
         return;
     }
-    req->internal = 1;
-    req->on_done = scrape_done;
-    req->done_arg = hc;
-    hc->scrape = req;
+    s->hc = hc;
+    hc->scrape = s;
     kvs_conn_pause(&hc->conn); /* one request at a time */
-    router_route(r, req, metrics_request, sizeof(metrics_request));
-    if (req->done)
-        scrape_done(req);
+    hc->h->on_scrape(hc->h->arg, s);
 }
 
 /* A whole request arrived. */
@@ -312,7 +300,7 @@ static void on_conn_closed(kvs_conn_t *c)
     http_conn_t *hc = c->data;
     router_http_t *h = hc->h;
     if (hc->scrape != NULL)
-        hc->scrape->done_arg = NULL; /* frees itself when it completes */
+        hc->scrape->hc = NULL; /* router_http_done frees it */
     if (hc->prev != NULL)
         hc->prev->next = hc->next;
     else
@@ -330,7 +318,7 @@ static void refuse(router_http_t *h, uv_stream_t *server)
                                "Content-Length: 32\r\nConnection: close\r\n\r\n"
                                "too many connections; try again\n";
     kvs_conn_refuse(server, busy, sizeof(busy) - 1);
-    uint64_t now = uv_now(h->r->loop);
+    uint64_t now = uv_now(h->loop);
     if (h->refused_log_ms == 0 || now - h->refused_log_ms >= 10000) {
         h->refused_log_ms = now;
         kvs_warn("metrics listener: refusing connections past %d (logged at most every 10 s)",
@@ -351,8 +339,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (hc == NULL)
         return;
     hc->h = h;
-    kvs_conn_init(&hc->conn, h->r->loop, 0, HTTP_MAX_REQUEST, on_frame, on_conn_error,
-                  on_conn_closed);
+    kvs_conn_init(&hc->conn, h->loop, 0, HTTP_MAX_REQUEST, on_frame, on_conn_error, on_conn_closed);
     hc->conn.data = hc;
     hc->codec.next = codec_next;
     hc->codec.state = hc;
@@ -367,19 +354,23 @@ static void on_connection(uv_stream_t *server, int status)
         kvs_conn_close(&hc->conn);
 }
 
-int router_http_start(router_t *r, const char *listen, router_http_t **out)
+int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
+                      void *arg, router_http_t **out)
 {
     kvs_addr_t addr;
     char err[256];
     router_http_t *h = calloc(1, sizeof(*h));
+    *out = NULL;
     if (h == NULL)
         return UV_ENOMEM;
-    h->r = r;
+    h->loop = loop;
+    h->on_scrape = on_scrape;
+    h->arg = arg;
     int rc = kvs_addr_parse(listen, 0, &addr, err, sizeof(err));
     if (rc != 0) {
         kvs_error("router.metrics_listen: %s", err);
         free(h);
-        return rc;
+        return UV_EINVAL;
     }
     kvs_conn_limits_t limits = {
         .high_water = SIZE_MAX, /* one request at a time: nothing to hold back */
@@ -387,34 +378,32 @@ int router_http_start(router_t *r, const char *listen, router_http_t **out)
         .frame_timeout_ms = HTTP_TIMEOUT_MS,
         .idle_timeout_ms = HTTP_IDLE_MS,
     };
-    rc = kvs_conn_group_init(&h->group, r->loop, &limits, "metrics client");
+    rc = kvs_conn_group_init(&h->group, loop, &limits, "metrics client");
+    *out = h; /* from here the group's timer is a handle: router_http_stop closes it */
     if (rc == 0)
-        rc = kvs_listen(r->loop, &addr, &h->listener, on_connection);
+        rc = kvs_listen(loop, &addr, &h->listener, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s (router.metrics_listen): %s", listen, uv_strerror(rc));
-        *out = h; /* the group's timer is a handle: freed after the loop */
-        h->listening = 0;
         return rc;
     }
     h->listener.handle.data = h;
     h->listening = 1;
-    *out = h;
     kvs_info("serving metrics on http://%s/metrics", listen);
     return 0;
 }
 
 void router_http_stop(router_http_t *h)
 {
-    if (h == NULL || h->r == NULL)
+    if (h == NULL || h->stopped)
         return;
+    h->stopped = 1;
     if (h->listening)
         uv_close(&h->listener.handle, NULL);
     h->listening = 0;
     for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
         kvs_conn_close(&hc->conn);
-    if (!uv_is_closing((uv_handle_t *)&h->group.sweep))
+    if (h->group.loop != NULL && !uv_is_closing((uv_handle_t *)&h->group.sweep))
         kvs_conn_group_close(&h->group);
-    h->r = NULL;
 }
 
 void router_http_free(router_http_t *h)

@@ -10,8 +10,11 @@
  *  - A kvs_conn belongs to one connection attempt; it is heap memory freed
  *    in its close callback, so a broken connection can be dropped while the
  *    link immediately starts another.
- *  - One timer serves two purposes: while down it is the reconnect backoff,
- *    while up it fires at the oldest request's deadline.
+ *  - One timer serves three purposes: while down it is the reconnect
+ *    backoff, during a TLS handshake its deadline (router.timeout: a worker
+ *    that accepts but never answers must not hold the link forever), while
+ *    up it fires at the oldest request's deadline: router.timeout after it
+ *    was sent or after the answer before it arrived, whichever is later.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
  *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
@@ -75,11 +78,20 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     return 0;
 }
 
+/* Pops the oldest request. The next one's clock starts no earlier than
+ * now: a worker working through a deep pipeline of large requests is
+ * making progress, and only a worker that owes answers and sends none for
+ * router.timeout is taken for hung. */
 static router_link_pending_t fifo_pop(router_link_t *l)
 {
     router_link_pending_t p = l->fifo[l->head];
     l->head = (l->head + 1) % l->cap;
     l->count--;
+    if (l->count > 0) {
+        uint64_t dl = uv_now(l->loop) + l->timeout_ms;
+        if (l->fifo[l->head].deadline < dl)
+            l->fifo[l->head].deadline = dl;
+    }
     return p;
 }
 
@@ -121,6 +133,7 @@ static void link_down(router_link_t *l, const char *why)
     }
     l->up = 0;
     l->downs += was_up != 0;
+    l->handshaking = 0;
     if (was_up)
         kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
     fail_all(l, why);
@@ -168,9 +181,36 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_link_t *l = c->data;
+    char why[300];
     if (l == NULL)
         return;
+    if (err == KVS_ETLS || err == KVS_ENOTLS) {
+        snprintf(why, sizeof(why), "TLS with the worker failed: %s", kvs_conn_tls_error(c));
+        link_down(l, why);
+        return;
+    }
     link_down(l, err == KVS_ECLOSED ? "worker closed the connection" : kvs_strerror(err));
+}
+
+/* The connection can carry requests: connected, and for TLS, handshaken. */
+static void link_up(router_link_t *l)
+{
+    link_forget_addrs(l);
+    l->handshaking = 0;
+    l->up = 1;
+    l->backoff_ms = BACKOFF_MIN_MS;
+    l->last_error[0] = '\0';
+    kvs_info("link to shard %u (%s) up%s", l->shard, l->addr_text, l->tls ? " (TLS)" : "");
+    link_arm_timer(l); /* ends a handshake deadline */
+    if (l->on_state != NULL)
+        l->on_state(l, 1);
+}
+
+static void on_tls_ready(kvs_conn_t *c)
+{
+    router_link_t *l = c->data;
+    if (l != NULL && c == l->conn)
+        link_up(l);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -189,13 +229,12 @@ static void on_connected(uv_connect_t *req, int status)
             link_retry(l); /* the name's next address, or later */
         return;
     }
-    link_forget_addrs(l);
-    l->up = 1;
-    l->backoff_ms = BACKOFF_MIN_MS;
-    l->last_error[0] = '\0';
-    kvs_info("link to shard %u (%s) up", l->shard, l->addr_text);
-    if (l->on_state != NULL)
-        l->on_state(l, 1);
+    if (c->tls == NULL) {
+        link_up(l);
+        return;
+    }
+    l->handshaking = 1;
+    link_arm_timer(l);
 }
 
 /* Starts a connection to `sa` (NULL for the unix socket). On failure the
@@ -221,6 +260,10 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
     c->high_water = SIZE_MAX;
     l->conn = c;
     l->connect_req.data = l;
+    if (rc == 0 && l->tls != NULL) {
+        rc = kvs_conn_use_tls(c, l->tls, l->addr.host);
+        c->on_ready = on_tls_ready;
+    }
     if (rc == 0) {
         if (sa == NULL)
             uv_pipe_connect(&l->connect_req, &c->h.pipe, l->addr.path, on_connected);
@@ -316,6 +359,15 @@ static void on_timer(uv_timer_t *t)
     router_link_t *l = t->data;
     if (l->stopping)
         return;
+    if (l->handshaking) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "the TLS handshake with the worker did not complete within router.timeout "
+                 "(%llu ms)",
+                 (unsigned long long)l->timeout_ms);
+        link_down(l, why);
+        return;
+    }
     if (!l->up) {
         if (!l->connecting && !l->resolving && l->conn == NULL)
             link_connect(l);
@@ -337,6 +389,10 @@ static void link_arm_timer(router_link_t *l)
 {
     if (l->stopping)
         return;
+    if (l->handshaking) {
+        uv_timer_start(&l->timer, on_timer, l->timeout_ms, 0);
+        return;
+    }
     if (!l->up) {
         if (l->connecting || l->resolving)
             return;
@@ -344,11 +400,16 @@ static void link_arm_timer(router_link_t *l)
         l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
         return;
     }
-    if (l->count == 0) {
-        uv_timer_stop(&l->timer);
+    /* Up: the timer need only fire no later than the oldest request's
+     * deadline. Deadlines only move later, so a timer already due sooner
+     * is kept (it fires early and re-arms), and an idle link keeps its
+     * timer until it fires and finds nothing due: re-arming on every
+     * answer cost a timer-heap update per request. */
+    if (l->count == 0)
         return;
-    }
     uint64_t now = uv_now(l->loop), dl = l->fifo[l->head].deadline;
+    if (uv_is_active((uv_handle_t *)&l->timer) && now + uv_timer_get_due_in(&l->timer) <= dl)
+        return;
     uv_timer_start(&l->timer, on_timer, dl > now ? dl - now : 0, 0);
 }
 
@@ -356,7 +417,8 @@ static void link_arm_timer(router_link_t *l)
 
 int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
                       uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
-                      router_link_reply_cb on_reply, router_link_state_cb on_state)
+                      kvs_tls_ctx_t *tls, router_link_reply_cb on_reply,
+                      router_link_state_cb on_state)
 {
     memset(l, 0, sizeof(*l));
     l->loop = loop;
@@ -366,6 +428,7 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
     l->timeout_ms = timeout_ms;
     l->max_frame = max_frame;
     l->flusher = flusher;
+    l->tls = tls;
     l->on_reply = on_reply;
     l->on_state = on_state;
     l->backoff_ms = BACKOFF_MIN_MS;

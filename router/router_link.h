@@ -5,7 +5,8 @@
  * Workers answer in request order, so the n-th response on a link belongs
  * to the n-th request sent: the FIFO needs no ids. A link is "up" once
  * connected; while down, sends fail at once (the caller answers 503) and the
- * link reconnects in the background. When the connection breaks, or the
+ * link reconnects in the background (a TLS link is up once its handshake
+ * completed). When the connection breaks, or the
  * oldest request waits past the timeout, every pending request is failed
  * with 503 and the link starts over: answers can no longer be matched.
  */
@@ -53,6 +54,7 @@ struct router_link_s {
     struct addrinfo *ai_list; /* the last lookup's addresses, while trying them */
     struct addrinfo *ai_next; /* the next one to try, or NULL */
     int connecting;
+    int handshaking; /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
     int stopping;
     uv_timer_t timer; /* reconnect backoff, and request deadlines */
@@ -63,20 +65,28 @@ struct router_link_s {
     router_link_pending_t *fifo; /* ring buffer */
     size_t head, count, cap;
     kvs_flusher_t *flusher;
+    kvs_tls_ctx_t *tls; /* remote workers with tls.link: mutual TLS; NULL: plaintext */
     router_link_reply_cb on_reply;
     router_link_state_cb on_state;
     char last_error[320];
     int seen_up;               /* came up at least once (for the router's readiness) */
+    const char *node;          /* the replica's node name ("" without a map), for messages */
+    uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
+    uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
     void *data;
 };
 
 /* Initializes and starts connecting (a host name is resolved
- * asynchronously, again at every reconnect). Returns 0 or a uv error. */
+ * asynchronously, again at every reconnect). With `tls` (a client context,
+ * which must outlive the link) every connection is TLS and the link is up
+ * once the handshake completed, which must happen within `timeout_ms`.
+ * Returns 0 or a uv error. */
 int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const kvs_addr_t *addr,
                       uint64_t timeout_ms, uint32_t max_frame, kvs_flusher_t *flusher,
-                      router_link_reply_cb on_reply, router_link_state_cb on_state);
+                      kvs_tls_ctx_t *tls, router_link_reply_cb on_reply,
+                      router_link_state_cb on_state);
 
 /* Queues one request frame (payload without header; the link adds it).
  * Returns 0, or KVS_ECLOSED when the link is down (l->last_error says

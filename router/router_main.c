@@ -3,148 +3,210 @@
  *
  *   kvs-router --config FILE
  *
- * Start-up: load and validate the config, take <data_dir>/router.lock (a
- * second router on the same data refuses), spawn a kvs-node for every local
- * shard (every shard not listed in cluster.remote), connect a link to every
- * shard (unix socket for local ones, TCP for remote ones), and start
- * accepting clients once every local shard answers. Remote shards are not
- * waited for: their requests get 503 until their node is reachable.
+ * runs the node's master (router_master.c): it loads the config, takes
+ * <data_dir>/router.lock, spawns a kvs-node for every local shard (those this node's entry in
+ * cluster.nodes lists, or every shard not in cluster.remote) and
+ * router.processes router processes, supervises them all, tells systemd
+ * when the node is ready, and stops everything in order.
  *
- * Under systemd (Type=notify) the router sends READY=1 once it accepts
- * clients, STOPPING=1 when the shutdown begins, and STATUS= lines
- * (router_notify), RELOADING=1 around a reload.
+ * This file is also the router process the master starts:
  *
- * Live reload (SIGHUP, systemctl reload): the file is loaded again into a
- * new config, built whole before anything uses it (nginx style). If it
- * does not load, or a key that cannot change live differs
- * (kvs_config_reload_check names them), the running config stays and the
- * log says why, positioned; the workers are not told. Otherwise the new
- * config's live keys are applied (apply_reload) and it replaces the
- * running one, and the router forwards SIGHUP to its local workers, which
- * re-read the same file the same way (kvs-node). Config lifetimes: the
- * config loaded at start lives until exit; a reloaded one lives until the
- * next reload replaces it. That is safe because nothing keeps a pointer
- * into r->cfg across loop turns: every user reads r->cfg when it runs,
- * and links, client groups and the slow log copy the values they keep.
+ *   kvs-router --config FILE --processes N --master PID --generation G --router I
  *
- * Shutdown (SIGTERM/SIGINT): stop accepting, answer every request already
- * received, close clients, stop the workers (SIGTERM, SIGKILL after a grace
- * period), exit 0. A second signal closes clients at once. Workers run in
- * their own process group (and die with the router through
- * PR_SET_PDEATHSIG), so a terminal's Ctrl-C, which signals the whole
- * foreground group, reaches only the router and drains exactly like
- * SIGTERM; no worker is restarted once the shutdown began.
+ * with the descriptors router_procs.h lists (never started by hand). A
+ * router process loads the master's config snapshot, takes its share of
+ * the node-wide limits, connects a link to every shard (unix socket for
+ * local ones, TCP for remote ones), and once every local shard answers
+ * binds its own socket on the client ports (SO_REUSEPORT: all router
+ * processes share them, the kernel spreads connections) and tells the
+ * master. Remote shards are not waited for: their requests get 503 until
+ * their node is reachable. Everything a client sees lives in one router
+ * process: its connection, session, requests, HSCAN cursors; nothing is
+ * shared between router processes but the ports.
  *
- * The shutdown has one entry, shutdown_begin, whatever the cause (a signal,
- * the readiness timeout, a worker's fatal exit, a failed start), and each
- * step runs once: draining, then stopping links and workers. Exit status:
- * 0 after a signal, 1 when the node could not start (or listen), 2 for a
- * bad command line, 78 (EX_CONFIG) for a config file that does not load or
- * when a worker reported that its configuration can never work (its
- * message is the router's last log line).
+ * Shutdown of a router process (SIGTERM/SIGINT from the master, or the
+ * master's death through PR_SET_PDEATHSIG): stop accepting, answer every
+ * request already received, close clients, stop the links, exit 0. A
+ * second signal closes clients at once; clients still there after
+ * DRAIN_TIMEOUT_MS are closed too. The master stops the workers once every
+ * router process is gone.
+ *
+ * SIGHUP (passed on by the master once its own check accepted the file,
+ * see router_master.c) is a live reload: the router process loads the
+ * config file again itself, takes its share of it, and checks it against
+ * its running config with the same rules (kvs_config_reload_check: a file
+ * that does not load, or that changes a key that cannot change live,
+ * changes nothing, logged). Otherwise the live keys move into the running
+ * config (kvs_config_apply_live: r->cfg keeps its address, so every module
+ * reads the new values in place), the values modules copied are pushed to
+ * them (apply_reload), and the TLS certificates, keys and CAs of the
+ * client listener and the links are read again from their files
+ * (rotation: connections already open keep theirs, new ones use the new
+ * material; a file that does not load leaves the old material in use,
+ * logged).
+ *
+ * Operations: the request hooks, metrics and slow log (router_ops.c) of
+ * this process, its plugins (loaded at start; a plugin that does not load
+ * is a fatal configuration error, 78), and its own unix socket
+ * <data_dir>/routerI.sock (router_client.c), which the master's metrics
+ * listener asks for this process's metrics.
+ *
+ * Exit status (the master's, which is the node's): 0 after a signal, 1
+ * when the node could not start (or listen), 2 for a bad command line, 78
+ * (EX_CONFIG) for a config file that does not load (TLS material that does
+ * not load included), a data directory other users may write to, or when
+ * a worker or router process reported that its configuration can never
+ * work (its message is the master's last log line). A router process
+ * exits 0 after its drain, 1 when it cannot listen, 78 when its TLS
+ * material does not load; the reason goes to the master on its report
+ * descriptor too.
  */
+#include "kvs_cluster.h"
 #include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_plugins.h"
 #include "router.h"
-#include "router_http.h"
-#include "router_notify.h"
+#include "router_master.h"
+#include "router_procs.h"
 #include "router_redis.h"
-#include "router_supervisor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <malloc.h>
-#include <libgen.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sysexits.h>
 #include <unistd.h>
 
-#define DRAIN_TIMEOUT_MS 10000
-#define WORKER_GRACE_MS 10000
-#define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
-#define REPORT_FD_ARG "3"
+#define DRAIN_TIMEOUT_MS 10000 /* router_master.c allows this plus a margin */
 
 typedef struct router_main_s {
     router_t r;
+    kvs_config_t *cfg; /* r.cfg, writable: a reload changes its live keys in place */
+    kvs_plugins_t *plugins;
+    uint64_t reloads[3]; /* ok, error, refused */
+    double start_time;
     const char *config_path;
-    router_sup_t *sup;
+    long index; /* --router: this router process's index; -1: the master */
+    long gen;   /* --generation */
+    long n_procs;
+    long master; /* --master: the pid of the master that started this router process */
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer; /* readiness deadline, then drain deadline */
+    uv_timer_t timer; /* drain deadline */
     int signals;
     int ready;
-    int shutting_down;    /* shutdown_begin ran: draining clients */
-    int workers_stopping; /* links and workers are being stopped */
+    int shutting_down;  /* shutdown_begin ran: draining clients */
+    int links_stopping; /* clients are gone: links are being stopped */
     int exit_code;
-    char final_msg[800]; /* the last log line, when a worker's exit stopped the node */
     uint32_t local_up;
     uint32_t n_local;
-    kvs_plugins_t *plugins;
-    kvs_config_t *start_cfg; /* loaded at start; lives until exit */
-    kvs_config_t *reloaded;  /* the config the last reload swapped in, or NULL */
-    uint64_t *restarts;      /* per shard: times its worker was started again */
-    uint64_t reloads[3];     /* ok, error, refused */
-    double start_time;
 } router_main_t;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvs-router --config FILE\n"
                "\n"
-               "Starts a kvs node: spawns the local shard workers (kvs-node) and serves\n"
-               "clients on router.listen, routing every table/key to its shard.\n");
+               "Starts a kvs node: spawns the local shard workers (kvs-node) and\n"
+               "router.processes router processes, which serve clients on router.listen,\n"
+               "routing every table/key to its shard.\n");
+}
+
+/* A decimal number of --router, --generation, --processes or --master in [0, max];
+ * -1 for anything else. */
+static long number_arg(const char *s, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return errno == 0 && end != s && *end == '\0' && v >= 0 && v <= max ? v : -1;
 }
 
 static int parse_args(int argc, char **argv, router_main_t *m)
 {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int ch;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},    {"help", no_argument, NULL, 'h'},
+        {"router", required_argument, NULL, 'r'},    {"generation", required_argument, NULL, 'g'},
+        {"processes", required_argument, NULL, 'p'}, {"master", required_argument, NULL, 'm'},
+        {NULL, 0, NULL, 0}};
+    int ch, bad = 0;
+    m->index = m->gen = m->n_procs = m->master = -1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         if (ch == 'c') {
             m->config_path = optarg;
         } else if (ch == 'h') {
             usage(stdout);
             exit(0);
+        } else if (ch == 'r') {
+            bad |= (m->index = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX - 1)) < 0;
+        } else if (ch == 'g') {
+            bad |= (m->gen = number_arg(optarg, UINT32_MAX)) < 0;
+        } else if (ch == 'p') {
+            bad |= (m->n_procs = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX)) < 1;
+        } else if (ch == 'm') {
+            bad |= (m->master = number_arg(optarg, INT32_MAX)) < 1;
         } else {
-            usage(stderr);
-            return -1;
+            bad = 1;
         }
     }
-    if (m->config_path == NULL || optind != argc) {
+    /* --router needs the other three; the master takes none of them. */
+    if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs || m->master < 1))
+        bad = 1;
+    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0))
+        bad = 1;
+    if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
         return -1;
     }
     return 0;
 }
 
-/* One router per data directory: an flock held for the process's life. */
-static int take_lock(const kvs_config_t *cfg)
+/* Tells the master why this router process is about to exit (one line on
+ * the report descriptor, see router_procs.h), after logging it. */
+__attribute__((format(printf, 1, 2))) static void report_exit(const char *fmt, ...)
 {
-    char path[4200];
-    int rc = kvs_mkdir_p(cfg->data_dir);
-    if (rc != 0) {
-        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return rc;
+    char line[700];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n < sizeof(line) - 1 ? (size_t)n : sizeof(line) - 2;
+    kvs_error("%.*s", (int)len, line);
+    line[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(ROUTER_FD_REPORT, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
     }
-    snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
-    int fd = kvs_lock_file(path);
-    if (fd == -EBUSY)
-        kvs_error("another kvs-router is already running on data_dir %s (it holds %s); stop it "
-                  "first or use another data_dir",
-                  cfg->data_dir, path);
-    else if (fd < 0)
-        kvs_error("%s: cannot open: %s", path, kvs_strerror(fd));
-    return fd < 0 ? fd : 0; /* fd stays open (and locked) until exit */
 }
 
 static void shutdown_begin(router_main_t *m, int exit_code);
+
+/* Tells the master this router process accepts clients, naming its
+ * listeners' sockets (the master checks nobody else's share the port). */
+static void tell_listening(router_main_t *m)
+{
+    char line[96];
+    size_t len = router_procs_listening_line(line, sizeof(line), m->r.listen_inodes, m->r.n_listen);
+    ssize_t w;
+    do
+        w = write(ROUTER_FD_NOTIFY, line, len);
+    while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)len)
+        kvs_warn("cannot tell the master this router listens: %s", strerror(errno));
+}
 
 /* Every local shard answers (or there is none): accept clients and say so.
  * Returns 0 or a uv error. */
@@ -152,11 +214,13 @@ static int become_ready(router_main_t *m)
 {
     m->ready = 1;
     int rc = router_clients_listen(&m->r);
-    if (rc != 0)
+    if (rc != 0) {
+        report_exit("cannot listen for clients: %s (see above)", uv_strerror(rc));
         return rc;
-    kvs_info("node ready: %u shards (%u local)", m->r.shards, m->n_local);
-    router_notify_ready("serving clients on %s: %u shards (%u local)", m->r.cfg->router_listen,
-                        m->r.shards, m->n_local);
+    }
+    kvs_info("router %u of %u ready: %u shards (%u local)", m->r.proc_index, m->r.n_procs,
+             m->r.shards, m->n_local);
+    tell_listening(m);
     return 0;
 }
 
@@ -165,110 +229,51 @@ static int become_ready(router_main_t *m)
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
-    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || m->shutting_down || !up ||
-        l->seen_up)
-        return;
+    if (!l->addr.is_unix || m->ready || m->shutting_down || !up || l->seen_up)
+        return;     /* only this node's own workers (their unix sockets) are waited for */
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
         return;
-    uv_timer_stop(&m->timer);
     if (become_ready(m) != 0)
         shutdown_begin(m, 1);
 }
 
+/* One link per replica of every shard (kvs_cluster: the local one over
+ * its unix socket, the others over TCP), grouped per shard in r->sets. */
 static int start_links(router_main_t *m)
 {
     const kvs_config_t *cfg = m->r.cfg;
-    m->r.links = calloc(cfg->shards, sizeof(router_link_t));
-    if (m->r.links == NULL)
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    char err[256];
+    uint32_t total = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        total += kvs_config_replica_count(cfg, s);
+    m->r.links = calloc(total, sizeof(router_link_t));
+    m->r.sets = calloc(cfg->shards, sizeof(router_set_t));
+    if (m->r.links == NULL || m->r.sets == NULL)
         return -ENOMEM;
+    router_budget_init(&m->r.budget, cfg->retry_percent, cfg->retry_burst);
     for (uint32_t s = 0; s < cfg->shards; s++) {
-        const kvs_remote_t *rem = kvs_config_remote(cfg, s);
-        char text[4200], err[256];
-        kvs_addr_t addr;
-        if (rem != NULL)
-            snprintf(text, sizeof(text), "%s", rem->address);
-        else
-            snprintf(text, sizeof(text), "unix:%s/shard-%u.sock", cfg->data_dir, s);
-        if (kvs_addr_parse(text, 0, &addr, err, sizeof(err)) != 0) {
-            kvs_error("shard %u address: %s", s, err); /* the config load checked it */
+        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
+        if (n <= 0 || m->r.n_links + (uint32_t)n > total) {
+            kvs_error("shard %u: %s", s, n < 0 ? err : "no replica"); /* the config load checked */
             return KVS_EINVAL;
         }
-        int rc = router_link_start(&m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms,
-                                   (uint32_t)cfg->max_frame, &m->r.flusher, router_route_reply,
-                                   on_link_state);
-        if (rc != 0)
-            return rc;
-        m->r.links[s].data = m;
-        m->r.links[s].max_queue = (size_t)cfg->client_output;
+        m->r.sets[s] = (router_set_t){.first = m->r.n_links, .n = (uint32_t)n};
+        for (int i = 0; i < n; i++) {
+            router_link_t *l = &m->r.links[m->r.n_links++];
+            int rc = router_link_start(l, m->r.loop, s, &reps[i].addr, cfg->router_timeout_ms,
+                                       (uint32_t)cfg->max_frame, &m->r.flusher,
+                                       reps[i].addr.is_unix ? NULL : m->r.link_tls,
+                                       router_route_reply, on_link_state);
+            if (rc != 0)
+                return rc;
+            l->data = m;
+            l->node = reps[i].node;
+            l->max_queue = (size_t)cfg->client_output;
+        }
     }
     return 0;
-}
-
-/* ---- workers --------------------------------------------------------------------- */
-
-/* A worker exited with EX_CONFIG: its configuration can never work (a
- * binding's partition count differs from the topic's, its data directory
- * belongs to another shard, ...). The supervisor does not restart it, and
- * a node missing a shard for good is not a node: stop, saying why. */
-static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
-{
-    router_main_t *m = arg;
-    if (running && m->restarts != NULL && shard < m->r.shards)
-        m->restarts[shard]++; /* the supervisor reports starts after the first only */
-    if (running || sig != 0 || status != EX_CONFIG)
-        return;
-    const char *why = router_sup_report(m->sup, shard);
-    snprintf(m->final_msg, sizeof(m->final_msg),
-             "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
-             "status %d, EX_CONFIG; fix the config and start again)",
-             shard, why[0] ? why : "see its error above", EX_CONFIG);
-    kvs_error("shard %u cannot run with this configuration; stopping the node", shard);
-    shutdown_begin(m, EX_CONFIG);
-}
-
-static int start_workers(router_main_t *m, const char *argv0)
-{
-    const kvs_config_t *cfg = m->r.cfg;
-    char exe[4200], dir[4096];
-    size_t len = sizeof(exe);
-    if (uv_exepath(exe, &len) != 0)
-        snprintf(exe, sizeof(exe), "%s", argv0);
-    snprintf(dir, sizeof(dir), "%s", dirname(exe));
-    snprintf(exe, sizeof(exe), "%s/kvs-node", dir);
-    uint32_t *local = calloc(cfg->shards, sizeof(*local));
-    m->restarts = calloc(cfg->shards, sizeof(*m->restarts));
-    if (local == NULL || m->restarts == NULL) {
-        free(local);
-        return -ENOMEM;
-    }
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        if (kvs_config_remote(cfg, s) == NULL)
-            local[m->n_local++] = s;
-    const char *args[] = {"--config",    m->config_path, "--exit-with-parent",
-                          "--report-fd", REPORT_FD_ARG,  NULL};
-    router_sup_opts_t o = {
-        .loop = m->r.loop,
-        .exe = exe,
-        .args = args,
-        .shards = local,
-        .n_shards = m->n_local,
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 10000,
-        .stable_ms = 30000,
-        .crash_loop_limit = 5,
-        .stop_grace_ms = WORKER_GRACE_MS,
-        .detach = 1,
-        .report_fd = REPORT_FD,
-        .fatal_status = EX_CONFIG,
-        .on_event = on_worker_event,
-        .arg = m,
-    };
-    int rc = router_sup_start(&o, &m->sup);
-    free(local);
-    if (rc != 0)
-        kvs_error("cannot start workers (%s): %s", exe, uv_strerror(rc));
-    return rc;
 }
 
 /* ---- shutdown ------------------------------------------------------------------------ */
@@ -280,28 +285,18 @@ static void close_any(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-static void on_workers_stopped(void *arg)
-{
-    router_main_t *m = arg;
-    uv_walk(m->r.loop, close_any, NULL);
-}
-
-/* Every client is gone: stop the links and the workers, once. */
+/* Every client is gone: stop the links, once, and let the loop end. */
 static void on_drained(router_t *r)
 {
     router_main_t *m = (router_main_t *)r; /* r is the first member */
-    if (m->workers_stopping)
+    if (m->links_stopping)
         return;
-    m->workers_stopping = 1;
+    m->links_stopping = 1;
     uv_timer_stop(&m->timer);
-    kvs_info("clients drained; stopping workers");
-    router_notify_status("clients drained; stopping workers");
-    for (uint32_t s = 0; s < m->r.shards && m->r.links != NULL; s++)
-        router_link_stop(&m->r.links[s]);
-    if (m->sup != NULL)
-        router_sup_stop(m->sup, on_workers_stopped, m);
-    else
-        on_workers_stopped(m);
+    kvs_info("clients drained");
+    for (uint32_t i = 0; i < m->r.n_links; i++)
+        router_link_stop(&m->r.links[i]);
+    uv_walk(m->r.loop, close_any, NULL);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -311,9 +306,9 @@ static void on_drain_timeout(uv_timer_t *t)
     router_clients_abort(&m->r);
 }
 
-/* The one way into the shutdown: stop accepting, hold worker restarts,
- * answer what was received, then stop everything (on_drained). Later calls
- * only raise the exit code. */
+/* The one way into the shutdown: stop accepting, answer what was
+ * received, then stop the links (on_drained). Later calls only raise the
+ * exit code. */
 static void shutdown_begin(router_main_t *m, int exit_code)
 {
     if (m->exit_code == 0)
@@ -321,25 +316,9 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    if (exit_code == 0)
-        router_notify_stopping("draining clients");
-    else
-        router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
-    if (m->sup != NULL)
-        router_sup_hold(m->sup);
-    router_http_stop(m->r.http);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
     router_clients_drain(&m->r); /* may call on_drained at once */
-}
-
-static void on_ready_timeout(uv_timer_t *t)
-{
-    router_main_t *m = t->data;
-    kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
-              "errors above); giving up",
-              (unsigned long long)m->r.cfg->router_ready_timeout_ms);
-    shutdown_begin(m, 1);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -355,107 +334,102 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
-/* ---- live reload ---------------------------------------------------------------- */
+/* ---- TLS -------------------------------------------------------------------------- */
 
-/* Applies the live keys of `next` (checked by kvs_config_reload_check):
- * the slow log and hook chain, the log, client limits (to connected
- * clients too, see kvs_conn_group_set_limits; limits.max_inflight and
- * max_clients are read as requests and connections come), links'
- * router.timeout (for requests sent from now on) and request queue bound.
- * Returns 0, or -ENOMEM with nothing changed. */
-static int apply_reload(router_main_t *m, const kvs_config_t *next)
+/* Builds the TLS contexts the config asks for. Returns 0, or EX_CONFIG
+ * after reporting why (a file that does not load can never start). */
+static int tls_start(router_main_t *m)
+{
+    char err[600];
+    if (router_tls_load(m->r.cfg, &m->r.tls, &m->r.link_tls, err, sizeof(err)) == 0)
+        return 0;
+    report_exit("%s", err);
+    return EX_CONFIG;
+}
+
+/* Reloads one context; the old material stays in use if the new does not load. */
+static void tls_reload(kvs_tls_ctx_t *c)
+{
+    char err[600];
+    if (c == NULL)
+        return;
+    if (kvs_tls_ctx_reload(c, err, sizeof(err)) == 0)
+        kvs_info("%s: certificate, key and CA reloaded; new connections use them",
+                 kvs_tls_ctx_what(c));
+    else
+        kvs_error("%s: reload failed, still using the previous material: %s", kvs_tls_ctx_what(c),
+                  err);
+}
+
+/* Pushes the reloaded live keys to what copied them: the slow log and hook
+ * chain were rebuilt already; client limits (to connected clients too,
+ * see kvs_conn_group_set_limits), links' router.timeout (for requests
+ * sent from now on) and request queue bound, the retry budget. */
+static void apply_reload(router_main_t *m)
 {
     router_t *r = &m->r;
-    if (router_ops_reload(r, next) != 0)
-        return -ENOMEM;
+    const kvs_config_t *cfg = m->cfg;
+    router_clients_reload(r, cfg);
+    for (uint32_t i = 0; i < r->n_links && r->links != NULL; i++) {
+        r->links[i].timeout_ms = cfg->router_timeout_ms;
+        r->links[i].max_queue = (size_t)cfg->client_output;
+    }
+    router_budget_configure(&r->budget, cfg->retry_percent, cfg->retry_burst);
     kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(next->log_level, &level);
+    kvs_log_level_parse(cfg->log_level, &level);
     kvs_log_set_level(level);
-    kvs_log_set_format(next->log_format);
-    if (r->listening) { /* the client group exists once the router accepts clients */
-        kvs_conn_limits_t limits;
-        kvs_conn_limits_from_config(&limits, next);
-        kvs_conn_group_set_limits(&r->group, &limits);
-        r->max_clients =
-            kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1, r->shards + 64);
-    }
-    for (uint32_t s = 0; s < r->shards && r->links != NULL; s++) {
-        r->links[s].timeout_ms = next->router_timeout_ms;
-        r->links[s].max_queue = (size_t)next->client_output;
-    }
-    /* TLS material and users (issue 14's security module) reload here, once
-     * they exist: after the checks above, before the swap. */
-    return 0;
+    kvs_log_set_format(cfg->log_format);
 }
 
-/* Sends SIGHUP to every local worker that runs; returns how many. */
-static uint32_t forward_sighup(router_main_t *m)
+/* The config file, reloaded (see the file comment). Returns 0 when it
+ * applied, nonzero (logged) when nothing changed. */
+static int reload_config(router_main_t *m)
 {
-    uint32_t n = 0;
-    for (uint32_t s = 0; s < m->r.shards && m->sup != NULL; s++) {
-        pid_t pid = kvs_config_remote(m->r.cfg, s) == NULL ? router_sup_pid(m->sup, s) : 0;
-        if (pid > 0 && uv_kill(pid, SIGHUP) == 0)
-            n++;
-    }
-    return n;
-}
-
-static void on_sighup(uv_signal_t *h, int signum)
-{
-    router_main_t *m = h->data;
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
-    (void)signum;
-    if (m->shutting_down)
-        return;
-    if (m->ready)
-        router_notify_reloading("reloading %s", m->config_path);
     if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
         kvs_error("reload: %s; the running configuration is unchanged", err);
         m->reloads[1]++;
-    } else if (kvs_config_reload_check(m->r.cfg, next, changed, sizeof(changed), fixed,
-                                       sizeof(fixed)) != 0) {
+        return -1;
+    }
+    router_procs_share(next, m->r.proc_index, m->r.n_procs); /* as the running one was */
+    int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
+    if (rc != 0) {
         kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
                   "it for that); the running configuration is unchanged",
                   fixed);
         m->reloads[2]++;
-    } else if (apply_reload(m, next) != 0) {
+    } else if ((rc = router_ops_reload(&m->r, next)) != 0) {
         kvs_error("reload: out of memory; the running configuration is unchanged");
         m->reloads[1]++;
     } else {
-        m->r.cfg = next;
-        kvs_config_free(m->reloaded); /* nothing refers to it any more (see above) */
-        m->reloaded = next;
-        next = NULL;
+        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        apply_reload(m);
         m->reloads[0]++;
-        uint32_t n = forward_sighup(m);
-        kvs_info("configuration reloaded from %s (%s); told %u worker(s)", m->config_path,
-                 changed[0] ? changed : "nothing changed", n);
+        kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                 changed[0] ? changed : "nothing changed");
     }
     kvs_config_free(next);
-    if (m->ready)
-        router_notify_ready("serving clients on %s: %u shards (%u local)", m->r.cfg->router_listen,
-                            m->r.shards, m->n_local);
+    return rc;
 }
 
-/* More Metrics families: what only main knows (workers, reloads, the
- * process). */
+/* SIGHUP: the config's live keys, then the TLS material. A refused
+ * reload changes neither. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    router_main_t *m = h->data;
+    (void)signum;
+    if (m->shutting_down || reload_config(m) != 0)
+        return;
+    tls_reload(m->r.tls);
+    tls_reload(m->r.link_tls);
+}
+
+/* More Metrics families: what only main knows (reloads, the process). */
 static void main_metrics(router_t *r, kvs_mb_t *b)
 {
     router_main_t *m = (router_main_t *)r; /* r is the first member */
     static const char *const labels[] = {"role", "router"};
-    Kvs__MetricFamily *restarts =
-        kvs_mb_family(b, "kvs_worker_restarts_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
-                      "Times the router started the shard's worker again after it exited.");
-    Kvs__MetricFamily *up = kvs_mb_family(b, "kvs_worker_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                                          "1 while the shard's worker process runs.");
-    for (uint32_t s = 0; s < r->shards && m->restarts != NULL; s++) {
-        if (kvs_config_remote(r->cfg, s) != NULL)
-            continue;
-        const char *shard = kvs_mb_printf(b, "%u", s);
-        kvs_mb_sample(b, restarts, (double)m->restarts[s], 1, "shard", shard);
-        kvs_mb_sample(b, up, m->sup != NULL && router_sup_pid(m->sup, s) > 0, 1, "shard", shard);
-    }
     Kvs__MetricFamily *f =
         kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
@@ -468,7 +442,14 @@ static void main_metrics(router_t *r, kvs_mb_t *b)
 
 /* ---- main --------------------------------------------------------------------------- */
 
-static int router_start(router_main_t *m, const char *argv0)
+/* Each loop turn, before the answers and requests queued in it are
+ * written: requests held behind a connection's writes that may go now. */
+static void on_flush(kvs_flusher_t *f)
+{
+    router_route_release(f->data);
+}
+
+static int router_start(router_main_t *m)
 {
     router_t *r = &m->r;
     r->loop = uv_default_loop();
@@ -478,7 +459,7 @@ static int router_start(router_main_t *m, const char *argv0)
     kvs_arena_init(&r->redis_arena);
     kvs_arena_init(&r->reply_arena);
     kvs_buf_init(&r->redis_pack);
-    int rc = kvs_flusher_init(&r->flusher, r->loop, NULL, r);
+    int rc = kvs_flusher_init(&r->flusher, r->loop, on_flush, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
     uv_signal_init(r->loop, &m->sighup);
@@ -488,29 +469,138 @@ static int router_start(router_main_t *m, const char *argv0)
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
+    for (uint32_t s = 0; s < r->shards; s++)
+        if (kvs_config_local(r->cfg, s))
+            m->n_local++;
     r->add_metrics = main_metrics;
     if (rc == 0)
         rc = router_ops_init(r, r->cfg, m->plugins);
     if (rc == 0)
-        rc = start_workers(m, argv0);
-    if (rc == 0)
         rc = start_links(m);
-    if (rc == 0 && r->cfg->metrics_listen[0] != '\0')
-        rc = router_http_start(r, r->cfg->metrics_listen, &r->http);
     if (rc != 0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
         return become_ready(m);
-    router_notify_status("starting: waiting for %u local shard(s)", m->n_local);
-    uv_timer_start(&m->timer, on_ready_timeout, r->cfg->router_ready_timeout_ms, 0);
+    return 0; /* the master bounds the wait (router.ready_timeout) */
+}
+
+/* The descriptors the master passes (router_procs.h) must be there: a
+ * router process is never started by hand. Returns 0 or -1 after saying so. */
+static int check_descriptors(void)
+{
+    static const int fds[] = {ROUTER_FD_REPORT, ROUTER_FD_NOTIFY, ROUTER_FD_LOCK, ROUTER_FD_CONFIG};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (fcntl(fds[i], F_GETFD) < 0) {
+            kvs_error("kvs-router --router is started by the kvs-router master with descriptors "
+                      "3 to 6; start the node with kvs-router --config FILE");
+            return -1;
+        }
+        if (fds[i] != ROUTER_FD_CONFIG)
+            fcntl(fds[i], F_SETFD, FD_CLOEXEC); /* nothing this process starts needs them */
+    }
     return 0;
+}
+
+/* Loads the master's config snapshot and takes this process's part of it.
+ * Returns 0, or EX_CONFIG after reporting why. */
+static int load_config(router_main_t *m, kvs_config_t **cfg)
+{
+    char err[1024];
+    int rc = kvs_config_load_fd(m->config_path, ROUTER_FD_CONFIG, cfg, err, sizeof(err));
+    close(ROUTER_FD_CONFIG);
+    if (rc != 0) {
+        report_exit("%s", err);
+        return EX_CONFIG;
+    }
+    if (m->n_procs > 1)
+        kvs_log_set_index("router", (int)m->index);
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse((*cfg)->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format((*cfg)->log_format);
+    router_procs_share(*cfg, (uint32_t)m->index, (uint32_t)m->n_procs);
+    m->r.cfg = m->cfg = *cfg;
+    m->start_time = kvs_metrics_unix_now();
+    m->r.proc_index = (uint32_t)m->index;
+    m->r.n_procs = (uint32_t)m->n_procs;
+    m->r.id_base = router_procs_id_base((uint32_t)m->index, (uint32_t)m->gen);
+    return 0;
+}
+
+static void router_free(router_main_t *m)
+{
+    free(m->r.links);
+    free(m->r.sets);
+    router_reqs_release(&m->r);
+    kvs_arena_close(&m->r.arena);
+    kvs_arena_close(&m->r.merge_arena);
+    kvs_arena_close(&m->r.redis_arena);
+    kvs_arena_close(&m->r.reply_arena);
+    kvs_buf_free(&m->r.redis_pack);
+    router_redis_cursors_free(&m->r);
+    kvs_buf_free(&m->r.scratch);
+    uv_loop_close(m->r.loop);
+    kvs_tls_ctx_free(m->r.tls);
+    kvs_tls_ctx_free(m->r.link_tls);
+    kvs_auth_free(m->r.auth);
+    router_ops_close(&m->r);
+    kvs_plugins_free(m->plugins); /* no hook runs any more */
+}
+
+/* Loads the plugins config.yaml names. Returns 0, or EX_CONFIG after
+ * reporting why (a plugin that does not load can never start). */
+static int plugins_start(router_main_t *m)
+{
+    char err[4600];
+    if (kvs_plugins_load(m->cfg, "router", -1, &m->plugins, err, sizeof(err)) == 0)
+        return 0;
+    report_exit("%s", err);
+    return EX_CONFIG;
+}
+
+/* A router process, from its descriptors to its exit status. */
+static int router_process_run(router_main_t *m)
+{
+    kvs_config_t *cfg = NULL;
+    /* SIGTERM (a drain) when the master dies, even by SIGKILL; the
+     * getppid check covers a master that died before prctl took effect
+     * (even before this process began: then its parent is already init or
+     * a subreaper, never the pid --master names). */
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != (pid_t)m->master) {
+        kvs_error("the kvs-router master is gone; not starting");
+        return 1;
+    }
+    if (check_descriptors() != 0)
+        return 2;
+    unsetenv("NOTIFY_SOCKET"); /* only the master speaks to systemd (NotifyAccess=main) */
+    int rc = load_config(m, &cfg);
+    if (rc == 0)
+        rc = plugins_start(m);
+    if (rc == 0)
+        rc = tls_start(m);
+    if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m->r.auth)) != 0) {
+        report_exit("users: cannot set up authentication: %s", kvs_strerror(rc));
+        rc = 1;
+    }
+    if (rc != 0) {
+        kvs_tls_ctx_free(m->r.tls);
+        kvs_tls_ctx_free(m->r.link_tls);
+        kvs_plugins_free(m->plugins);
+        kvs_config_free(cfg);
+        return rc;
+    }
+    if (router_start(m) != 0)
+        shutdown_begin(m, 1);
+    uv_run(m->r.loop, UV_RUN_DEFAULT);
+    router_free(m);
+    kvs_config_free(cfg);
+    kvs_info("stopped");
+    return m->exit_code;
 }
 
 int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
-    char err[4600];
-    kvs_config_t *cfg = NULL;
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("router", -1, KVS_LOG_INFO);
@@ -520,49 +610,7 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
     if (parse_args(argc, argv, &m) != 0)
         return 2;
-    if (kvs_config_load(m.config_path, &cfg, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        return EX_CONFIG;
-    }
-    kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(cfg->log_level, &level);
-    kvs_log_set_level(level);
-    kvs_log_set_format(cfg->log_format);
-    m.r.cfg = cfg;
-    m.start_cfg = cfg;
-    m.start_time = kvs_metrics_unix_now();
-    if (take_lock(cfg) != 0) {
-        kvs_config_free(cfg);
-        return 1;
-    }
-    if (kvs_plugins_load(cfg, "router", -1, &m.plugins, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        kvs_config_free(cfg);
-        return EX_CONFIG;
-    }
-    if (router_start(&m, argv[0]) != 0)
-        shutdown_begin(&m, 1);
-    uv_run(m.r.loop, UV_RUN_DEFAULT);
-    if (m.sup != NULL)
-        router_sup_free(m.sup);
-    free(m.r.links);
-    free(m.restarts);
-    router_reqs_release(&m.r);
-    router_http_free(m.r.http);
-    router_ops_close(&m.r);
-    kvs_plugins_free(m.plugins); /* no hook runs any more */
-    kvs_arena_close(&m.r.arena);
-    kvs_arena_close(&m.r.merge_arena);
-    kvs_arena_close(&m.r.redis_arena);
-    kvs_arena_close(&m.r.reply_arena);
-    kvs_buf_free(&m.r.redis_pack);
-    router_redis_cursors_free(&m.r);
-    uv_loop_close(m.r.loop);
-    kvs_config_free(m.reloaded);
-    kvs_config_free(cfg);
-    if (m.final_msg[0] != '\0')
-        kvs_error("%s", m.final_msg);
-    else
-        kvs_info("stopped");
-    return m.exit_code;
+    if (m.index < 0)
+        return router_master_run(m.config_path, argv[0]);
+    return router_process_run(&m);
 }

@@ -6,15 +6,19 @@
  * moment the request was received to the moment its answer is queued for
  * the client), the slow log (AFTER_SEND, while log.slow_threshold is not
  * off), then every plugin's hooks. RECEIVED runs here, called by
- * router_route once a request is understood (router_ops_received);
- * EXECUTED runs in router_route as answers complete, the send events in
- * router_client as answers go out.
+ * router_route once a request is understood and allowed (access control,
+ * kvs_auth, decides first: a request it refuses never reaches RECEIVED,
+ * and hooks see its 401 or 403 at EXECUTED); EXECUTED runs in
+ * router_route as answers complete, the send events in router_client as
+ * answers go out. Both front doors go through here: a RESP command is a
+ * kvs request by then.
  *
- * Metrics: router_ops_metrics builds the router's own families at scrape
- * time from the counters the hot path keeps (requests, connections, bytes,
- * links); workers' come from their Metrics answers (router_route's
- * merge_metrics), and r->add_metrics adds what router_main knows (worker
- * restarts, reloads, the process).
+ * Metrics: router_ops_metrics builds this router process's own families at
+ * scrape time from the counters the hot path keeps (requests, connections,
+ * bytes, links, replica retries), every sample labelled router="I";
+ * workers' come from their Metrics answers (router_route's merge_metrics),
+ * and r->add_metrics adds what router_main knows (reloads, the process).
+ * The node's whole picture is the master's (router_scrape.c).
  *
  * Threads: the loop thread only.
  */
@@ -51,63 +55,44 @@ static void build_chain(router_t *r)
 
 /* ---- request events ---------------------------------------------------------------- */
 
-/* Fills what hooks see of a request. The table is copied into the
- * request only while some hook reads it after RECEIVED (the slow log,
- * plugins): returns 1 then; otherwise req->info.table points into the
- * client's bytes, and the caller clears it (forget_table) before they go. */
-static int note_request(router_t *r, router_req_t *req, uint32_t cmd, const void *table,
-                        size_t tlen, uint32_t keys)
+void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *table, size_t tlen,
+                     uint32_t keys)
 {
     kvs_request_info_t *in = &req->info;
     in->command = cmd < KVS_METRICS_COMMANDS ? cmd : 0;
     in->command_name = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)cmd);
     in->keys = keys;
     in->write = (uint32_t)kvs_msg_is_write((Kvs__CommandRequest__CommandCase)cmd);
-    int keep = !req->internal && kvs_hook_keep_request(&r->chain) && table != NULL;
-    if (keep) {
+    if (!req->internal && kvs_hook_keep_request(&r->chain) && table != NULL) {
         tlen = tlen <= KVS_MAX_TABLE ? tlen : KVS_MAX_TABLE;
         memcpy(req->table_copy, table, tlen);
         table = req->table_copy;
     }
     in->table = table;
     in->table_len = table != NULL ? (uint32_t)tlen : 0;
-    return keep;
 }
 
-static void forget_table(router_req_t *req, int kept)
+void router_ops_forget(router_req_t *req)
 {
-    if (!kept) {
+    if (req->info.table != req->table_copy) {
         req->info.table = NULL;
         req->info.table_len = 0;
     }
 }
 
-int router_ops_received(router_t *r, router_req_t *req, uint32_t cmd, const void *table,
-                        size_t tlen, uint32_t keys)
+int router_ops_received(router_t *r, router_req_t *req)
 {
     char msg[KVS_HOOK_MSG];
-    int kept = note_request(r, req, cmd, table, tlen, keys);
-    uint32_t st = 0;
-    if (!req->internal && kvs_hook_any(&r->chain, KVS_HOOK_RECEIVED)) {
-        req->info.now_ns = kvs_now_ns();
-        st = kvs_hook_run(&r->chain, KVS_HOOK_RECEIVED, &req->info, msg, sizeof(msg));
-    }
-    forget_table(req, kept);
+    /* A held request that is released ran RECEIVED when it arrived. */
+    if (req->internal || req->releasing || !kvs_hook_any(&r->chain, KVS_HOOK_RECEIVED))
+        return 0;
+    req->info.now_ns = kvs_now_ns();
+    uint32_t st = kvs_hook_run(&r->chain, KVS_HOOK_RECEIVED, &req->info, msg, sizeof(msg));
     if (st == 0)
         return 0;
     req->stopped = 1;
     router_req_finish_status(req, st, "%s", msg);
     return 1;
-}
-
-void router_ops_refused(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, uint32_t st,
-                        const char *msg)
-{
-    const char *table = kvs_msg_request_table(q);
-    int kept = note_request(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,
-                            kvs_msg_request_keys(q));
-    router_req_finish_status(req, st, "%s", msg); /* EXECUTED runs in here */
-    forget_table(req, kept);
 }
 
 void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q)
@@ -192,34 +177,65 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
 static void link_metrics(router_t *r, kvs_mb_t *b)
 {
     Kvs__MetricFamily *up = kvs_mb_family(b, "kvs_shard_link_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                                          "1 while the router's link to the shard's worker is "
-                                          "connected (its requests are served), else 0.");
+                                          "1 while the router's link to a worker of the shard "
+                                          "(a replica, named by node) is connected, else 0.");
     Kvs__MetricFamily *pend =
         kvs_mb_family(b, "kvs_shard_link_pending_requests", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                      "Requests sent to the shard and not answered yet.");
+                      "Requests sent on the link and not answered yet.");
     Kvs__MetricFamily *downs =
         kvs_mb_family(b, "kvs_shard_link_failures_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
-                      "Times the link to the shard went down (its pending requests got 503).");
-    for (uint32_t s = 0; s < r->shards && r->links != NULL; s++) {
-        const router_link_t *l = &r->links[s];
-        const char *shard = kvs_mb_printf(b, "%u", s);
-        const char *where = kvs_config_remote(r->cfg, s) != NULL ? "remote" : "local";
-        kvs_mb_sample(b, up, l->up ? 1 : 0, 2, "shard", shard, "location", where);
-        kvs_mb_sample(b, pend, (double)l->count, 2, "shard", shard, "location", where);
-        kvs_mb_sample(b, downs, (double)l->downs, 2, "shard", shard, "location", where);
+                      "Times the link went down (its pending requests got 503, or another "
+                      "replica).");
+    for (uint32_t i = 0; i < r->n_links && r->links != NULL; i++) {
+        const router_link_t *l = &r->links[i];
+        const char *shard = kvs_mb_printf(b, "%u", l->shard);
+        const char *where = l->addr.is_unix ? "local" : "remote";
+        const char *node = l->node != NULL ? l->node : "";
+        kvs_mb_sample(b, up, l->up ? 1 : 0, 3, "shard", shard, "node", node, "location", where);
+        kvs_mb_sample(b, pend, (double)l->count, 3, "shard", shard, "node", node, "location",
+                      where);
+        kvs_mb_sample(b, downs, (double)l->downs, 3, "shard", shard, "node", node, "location",
+                      where);
     }
+}
+
+/* Reads sent to shards with replicas, and their second tries
+ * (router_replica's budget). */
+static void replica_metrics(router_t *r, kvs_mb_t *b)
+{
+    const router_budget_t *bu = &r->budget;
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_replica_reads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Reads sent to shards with several replicas (each may be retried "
+                                "once on another replica)."),
+                  (double)bu->reads, 0);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_replica_retries_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Reads sent again to another replica after one failed them (link "
+                                "loss, timeout, 503)."),
+                  (double)bu->retries, 0);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_replica_retries_refused_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Retries the retry budget refused (router.retry_percent, "
+                                "router.retry_burst): the failure was answered."),
+                  (double)bu->refused, 0);
 }
 
 void router_ops_metrics(router_t *r, kvs_mb_t *b)
 {
+    size_t from = b->n;
     kvs_mb_requests(b, &r->reqm, "kvs_",
                     "answered by the router to its clients (end to end, both protocols)", 0, NULL);
     client_metrics(r, b);
     link_metrics(r, b);
+    replica_metrics(r, b);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_slowlog_length", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                                "Entries in the router's slow log."),
+                                "Entries in the router process's slow log."),
                   (double)r->slowlog.len, 0);
     if (r->add_metrics != NULL)
         r->add_metrics(r, b);
+    /* Every sample of this process says which router process it is. */
+    kvs_mb_label_all(b, from, "router", kvs_mb_printf(b, "%u", r->proc_index));
 }

@@ -21,6 +21,12 @@
  * ends a walk); kvs's is bytes (shard and next key). The router keeps the
  * bytes in a ring of ROUTER_REDIS_CURSORS slots and hands out the slot's
  * sequence number; a number whose slot was reused is an invalid cursor.
+ * The ring belongs to one router process, so the number carries the
+ * process's id base (router_procs.h: its index and generation): a cursor
+ * handed out by another router process of the node (a client that
+ * reconnected and reached another one) or by this one before it
+ * restarted is refused with a message saying so, never resolved to
+ * another walk that happens to have the same sequence number.
  *
  * Everything runs on the router's loop thread.
  */
@@ -31,6 +37,7 @@
 #include "kvs_msg.h"
 #include "kvs_redis.h"
 #include "router.h"
+#include "router_procs.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -40,7 +47,9 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
+#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
+#define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
 
@@ -64,6 +73,11 @@ enum {
     RC_HSCAN,
     RC_EXISTS,
     RC_INFO,
+    RC_AUTH,          /* +OK */
+    RC_HELLO,         /* HELLO ... AUTH: the HELLO reply once authenticated */
+    RC_SLOWLOG_GET,   /* the entries (rflags: GET 0, none) */
+    RC_SLOWLOG_LEN,   /* the number of entries */
+    RC_SLOWLOG_RESET, /* +OK */
 };
 
 struct router_redis_s {
@@ -74,6 +88,11 @@ struct router_redis_s {
     int resp3;
     int quit;   /* QUIT seen: later commands are ignored */
     char *name; /* CLIENT SETNAME, or NULL */
+    /* HELLO ... AUTH being checked (the client reads nothing meanwhile):
+     * applied when the check succeeds. */
+    int hello_ver;
+    int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
+    char *hello_name;
 };
 
 typedef struct cursor_slot_s {
@@ -132,6 +151,7 @@ void router_redis_free(router_redis_t *rs)
         return;
     kvs_redis_parser_close(&rs->ps);
     free(rs->name);
+    free(rs->hello_name);
     free(rs);
 }
 
@@ -182,6 +202,11 @@ void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err)
     if (err == KVS_ELIMIT)
         reply_error(req, "ERR the server is short of memory for incomplete requests "
                          "(limits.input_buffers); the connection is closed");
+    else if (err == KVS_ENOTLS)
+        reply_error(req, "ERR this port requires TLS (tls.router); connect with TLS "
+                         "(redis-cli --tls)");
+    else if (err == KVS_ETLSHELLO)
+        reply_error(req, "ERR this port does not use TLS; connect without TLS");
     else if (rs->ps.error != NULL && strncmp(rs->ps.error, "ERR ", 4) == 0)
         reply_error(req, "%s", rs->ps.error);
     else
@@ -448,7 +473,9 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     struct router_redis_cursors_s *cs = cursors(r);
     if (cs == NULL)
         return 0;
-    uint64_t seq = cs->next++;
+    uint64_t seq = cs->next++ & ROUTER_ID_COUNTER_MASK;
+    if (seq == 0) /* wrapped: 0 ends a walk */
+        seq = cs->next++;
     cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
     char *t = strdup(table);
     uint8_t *b = malloc(len ? len : 1);
@@ -461,7 +488,14 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     free(s->bytes);
     memcpy(b, bytes, len);
     *s = (cursor_slot_t){seq, t, b, len};
-    return seq;
+    return r->id_base | seq;
+}
+
+/* Was cursor number `n` handed out by another router process (or this
+ * one's predecessor)? */
+static int cursor_foreign(const router_t *r, uint64_t n)
+{
+    return (n & ~ROUTER_ID_COUNTER_MASK) != r->id_base;
 }
 
 /* The kvs cursor a number stands for, or NULL (never given, or forgotten). */
@@ -512,7 +546,14 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     m.table = sc->table;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
     if (seq != 0) {
-        const cursor_slot_t *s = cursor_find(rs->r, (uint64_t)seq, sc->table);
+        if (cursor_foreign(rs->r, (uint64_t)seq))
+            return reply_error(req, "ERR invalid cursor: not handed out by this router process "
+                                    "(a cursor lives in the kvs router process that returned "
+                                    "it: another one of this node's, reached by a new "
+                                    "connection, or this one before it restarted); start the "
+                                    "scan again with 0");
+        const cursor_slot_t *s =
+            cursor_find(rs->r, (uint64_t)seq & ROUTER_ID_COUNTER_MASK, sc->table);
         if (s == NULL)
             return reply_error(req, "ERR invalid cursor");
         m.cursor = (ProtobufCBinaryData){s->len, s->bytes};
@@ -591,15 +632,52 @@ static void cmd_quit(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     reply_ok(req);
 }
 
+/* Users configured: AUTH's (or HELLO AUTH's) user and token go to the
+ * router's Auth, answered later as `rcmd`. A user or token kvs could not
+ * have (not NUL-free UTF-8) fails like a wrong token, without a check. */
+static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                       const kvs_redis_arg_t *user, const kvs_redis_arg_t *token, int rcmd)
+{
+    static const char default_user[] = "default";
+    kvs_arena_t *ar = &rs->r->redis_arena;
+    Kvs__Auth m = KVS__AUTH__INIT;
+    const kvs_redis_arg_t *parts[2] = {user, token};
+    char *copies[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        const kvs_redis_arg_t *a = parts[i];
+        if (a == NULL)
+            continue;
+        if (memchr(a->p, 0, a->len) != NULL || !kvs_utf8_valid(a->p, a->len))
+            return reply_error(req, "WRONGPASS invalid username-password pair or user is "
+                                    "disabled.");
+        if ((copies[i] = kvs_arena_alloc(ar, a->len + 1)) == NULL)
+            return oom(req);
+        memcpy(copies[i], a->p, a->len);
+        copies[i][a->len] = '\0';
+    }
+    m.user = user != NULL ? copies[0] : (char *)default_user;
+    m.token = copies[1];
+    if (m.user[0] == '\0')
+        return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+    req->rcmd = (uint8_t)rcmd;
+    router_client_auth(cl, req, &m);
+}
+
+/* AUTH [user] token. Without users it behaves as a Redis without a
+ * password: only the user "default", with any token. */
 static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    (void)cl, (void)cmd;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    (void)cmd;
     if (rs->ps.argc > 3)
         return reply_error(req, "ERR syntax error");
+    if (rs->r->auth != NULL)
+        return start_auth(rs, cl, req, rs->ps.argc == 3 ? &a[1] : NULL, &a[rs->ps.argc - 1],
+                          RC_AUTH);
     if (rs->ps.argc == 2)
         return reply_error(req, "ERR AUTH <password> called without any password configured for "
                                 "the default user. Are you sure your configuration is correct?");
-    if (!kvs_redis_arg_is(&rs->ps.argv[1], "default"))
+    if (!kvs_redis_arg_is(&a[1], "default"))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     reply_ok(req);
 }
@@ -611,6 +689,22 @@ static int name_ok(const kvs_redis_arg_t *a)
         if (a->p[i] < '!' || a->p[i] > '~')
             return 0;
     return 1;
+}
+
+/* Answers the error for a client name kvs does not take; returns 1 then.
+ * A name lives as long as its connection, which nothing else counts: its
+ * length is bounded, or one client could pin limits.max_frame bytes. */
+static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (a->len > ROUTER_REDIS_MAX_NAME) {
+        reply_error(req, "ERR Client names may be at most %d bytes", ROUTER_REDIS_MAX_NAME);
+        return 1;
+    }
+    if (!name_ok(a)) {
+        reply_error(req, "ERR Client names cannot contain spaces, newlines or special characters.");
+        return 1;
+    }
+    return 0;
 }
 
 static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
@@ -641,9 +735,8 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
         else
             kvs_redis_null(&req->resp, rs->resp3);
     } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
-        if (!name_ok(&a[2]))
-            return reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                    "characters.");
+        if (name_refused(req, &a[2]))
+            return;
         if (set_name(rs, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
@@ -658,44 +751,16 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
     finish_raw(req);
 }
 
-/* HELLO [protover [AUTH user pass] [SETNAME name]] */
-static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+/* HELLO's reply: the server's map, in the protocol now chosen. */
+static void hello_reply(router_redis_t *rs, kvs_buf_t *b)
 {
-    const kvs_redis_arg_t *a = rs->ps.argv;
-    int64_t ver = rs->resp3 ? 3 : 2;
-    (void)cl, (void)cmd;
-    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
-        req->resp.len = 0;
-        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
-        return finish_raw(req);
-    }
-    for (size_t i = 2; i < rs->ps.argc; i++) {
-        if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
-            if (!kvs_redis_arg_is(&a[i + 1], "default"))
-                return reply_error(req, "WRONGPASS invalid username-password pair or user is "
-                                        "disabled.");
-            i += 2;
-        } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
-            if (!name_ok(&a[i + 1]))
-                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
-            if (set_name(rs, &a[++i]) != 0)
-                return oom(req);
-        } else {
-            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
-                               (const char *)a[i].p);
-        }
-    }
-    rs->resp3 = ver == 3;
-    kvs_buf_t *b = &req->resp;
-    b->len = 0;
     kvs_redis_map(b, 7, rs->resp3);
     kvs_redis_bulk(b, "server", 6);
     kvs_redis_bulk(b, "redis", 5);
     kvs_redis_bulk(b, "version", 7);
     kvs_redis_bulk(b, REDIS_COMPAT_VERSION, strlen(REDIS_COMPAT_VERSION));
     kvs_redis_bulk(b, "proto", 5);
-    kvs_redis_integer(b, ver);
+    kvs_redis_integer(b, rs->resp3 ? 3 : 2);
     kvs_redis_bulk(b, "id", 2);
     kvs_redis_integer(b, (int64_t)rs->id);
     kvs_redis_bulk(b, "mode", 4);
@@ -704,7 +769,86 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     kvs_redis_bulk(b, "master", 6);
     kvs_redis_bulk(b, "modules", 7);
     kvs_redis_array(b, 0);
+}
+
+/* HELLO [protover [AUTH user pass] [SETNAME name]]. With users configured,
+ * AUTH is checked first (in the background) and nothing changes unless it
+ * succeeds, as in Redis. */
+static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    const kvs_redis_arg_t *user = NULL, *token = NULL, *name = NULL;
+    int64_t ver = rs->resp3 ? 3 : 2;
+    (void)cmd;
+    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
+        req->resp.len = 0;
+        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
+        return finish_raw(req);
+    }
+    for (size_t i = 2; i < rs->ps.argc; i++) {
+        if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
+            user = &a[i + 1];
+            token = &a[i + 2];
+            i += 2;
+        } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
+            if (name_refused(req, &a[i + 1]))
+                return;
+            name = &a[++i];
+        } else {
+            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
+                               (const char *)a[i].p);
+        }
+    }
+    if (rs->r->auth != NULL && user != NULL) {
+        char *n = NULL;
+        if (name != NULL && name->len > 0) {
+            if ((n = malloc(name->len + 1)) == NULL)
+                return oom(req);
+            memcpy(n, name->p, name->len);
+            n[name->len] = '\0';
+        }
+        free(rs->hello_name);
+        rs->hello_name = n;
+        rs->hello_rename = name != NULL;
+        rs->hello_ver = (int)ver;
+        return start_auth(rs, cl, req, user, token, RC_HELLO);
+    }
+    if (user != NULL && !kvs_redis_arg_is(user, "default"))
+        return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
+    if (user == NULL && !router_client_authenticated(cl))
+        return reply_error(req, "NOAUTH HELLO must be called with the client already "
+                                "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                "option can be used to authenticate the client and select the "
+                                "RESP protocol version at the same time");
+    if (name != NULL && set_name(rs, name) != 0)
+        return oom(req);
+    rs->resp3 = ver == 3;
+    req->resp.len = 0;
+    hello_reply(rs, &req->resp);
     finish_raw(req);
+}
+
+/* A HELLO ... AUTH that failed: nothing of it takes effect, its name is
+ * forgotten. */
+static void hello_failed(router_redis_t *rs)
+{
+    free(rs->hello_name);
+    rs->hello_name = NULL;
+    rs->hello_rename = 0;
+}
+
+/* A HELLO ... AUTH checked out: its protocol and name take effect. */
+static int hello_done(router_redis_t *rs, kvs_buf_t *out)
+{
+    rs->resp3 = rs->hello_ver == 3;
+    if (rs->hello_rename) {
+        free(rs->name);
+        rs->name = rs->hello_name;
+        rs->hello_name = NULL;
+    }
+    rs->hello_rename = 0;
+    hello_reply(rs, out);
+    return 0;
 }
 
 /* CONFIG GET: the few parameters clients and redis-benchmark ask for. */
@@ -722,13 +866,16 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
         return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
     size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
     int hit[sizeof(params) / sizeof(params[0])] = {0};
+    uint64_t budget = ROUTER_REDIS_GLOB_STEPS;
     for (size_t i = 0; i < np; i++)
-        for (size_t k = 2; k < rs->ps.argc; k++)
-            if (!hit[i] && kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
-                                          strlen(params[i][0]), 1)) {
-                hit[i] = 1;
-                hits++;
-            }
+        for (size_t k = 2; k < rs->ps.argc && !hit[i]; k++) {
+            int m = kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
+                                   strlen(params[i][0]), 1, &budget);
+            if (m < 0)
+                return reply_error(req, "ERR CONFIG GET patterns too costly to match");
+            hit[i] = m;
+            hits += (size_t)m;
+        }
     kvs_buf_t *b = &req->resp;
     b->len = 0;
     kvs_redis_map(b, hits, rs->resp3);
@@ -743,52 +890,70 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
 /* One SLOWLOG GET entry, in Redis's shape: id, Unix time (s), duration
  * (us), the request as arguments (command, table, "N keys"), client
  * address, client name (kvs keeps none). */
-static void slowlog_entry(kvs_buf_t *b, const kvs_slowlog_entry_t *e)
+static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
 {
     char keys[32];
-    const char *cmd = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)e->command);
     int n = snprintf(keys, sizeof(keys), "%u key%s", e->keys, e->keys == 1 ? "" : "s");
     kvs_redis_array(b, 6);
     kvs_redis_integer(b, (int64_t)e->id);
     kvs_redis_integer(b, e->time_us / 1000000);
     kvs_redis_integer(b, (int64_t)e->duration_us);
     kvs_redis_array(b, 3);
-    kvs_redis_bulk(b, cmd, strlen(cmd));
+    kvs_redis_bulk(b, e->command, strlen(e->command));
     kvs_redis_bulk(b, e->table, strlen(e->table));
     kvs_redis_bulk(b, keys, (size_t)n);
     kvs_redis_bulk(b, e->client, strlen(e->client));
     kvs_redis_bulk(b, "", 0);
 }
 
-/* SLOWLOG GET [count] | LEN | RESET: the router's slow log. */
+/* SLOWLOG GET [count] | LEN | RESET: a kvs Slowlog request, so it goes
+ * through access control (admin), the hooks and the metrics like any
+ * other; the router process's own log answers it. */
 static void cmd_slowlog(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                         const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
-    kvs_slowlog_t *log = &rs->r->slowlog;
-    kvs_buf_t *b = &req->resp;
-    (void)cl, (void)cmd;
-    b->len = 0;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Slowlog m = KVS__SLOWLOG__INIT;
+    int rcmd;
+    (void)cmd;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SLOWLOG;
+    q.slowlog = &m;
+    m.count = 1; /* LEN and RESET need no entries: one is the least asked for */
     if (kvs_redis_arg_is(&a[1], "get") && rs->ps.argc <= 3) {
         int64_t count = KVS_SLOWLOG_DEFAULT_COUNT;
         if (rs->ps.argc == 3 && (kvs_redis_arg_int(&a[2], &count) != 0 || count < -1))
             return reply_error(req, "ERR count should be greater than or equal to -1");
-        uint32_t n = count < 0 || count > (int64_t)log->len ? log->len : (uint32_t)count;
-        kvs_redis_array(b, n);
-        for (uint32_t i = 0; i < n; i++)
-            slowlog_entry(b, kvs_slowlog_get(log, i));
+        m.count = count < 0 || count > UINT32_MAX ? UINT32_MAX : count == 0 ? 1 : (uint32_t)count;
+        req->rflags = count == 0; /* GET 0: an empty array */
+        rcmd = RC_SLOWLOG_GET;
     } else if (kvs_redis_arg_is(&a[1], "len") && rs->ps.argc == 2) {
-        kvs_redis_integer(b, log->len);
+        rcmd = RC_SLOWLOG_LEN;
     } else if (kvs_redis_arg_is(&a[1], "reset") && rs->ps.argc == 2) {
-        kvs_slowlog_reset(log);
-        kvs_redis_simple(b, "OK");
+        m.reset = 1;
+        rcmd = RC_SLOWLOG_RESET;
     } else {
         return reply_error(req,
                            "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
                            "Try SLOWLOG GET [count], SLOWLOG LEN or SLOWLOG RESET.",
                            shown(&a[1]), (const char *)a[1].p);
     }
-    finish_raw(req);
+    route_request(rs, cl, req, &q, rcmd);
+}
+
+/* The reply to a SLOWLOG command's Slowlog answer. */
+static int answer_slowlog(const router_req_t *req, const Kvs__CommandResponse *a, kvs_buf_t *out)
+{
+    const Kvs__OpsAnswer *ops = a->ops;
+    size_t n = ops != NULL && !req->rflags ? ops->n_slowlog : 0;
+    if (req->rcmd == RC_SLOWLOG_LEN)
+        return kvs_redis_integer(out, ops != NULL ? (int64_t)ops->slowlog_len : 0);
+    if (req->rcmd == RC_SLOWLOG_RESET)
+        return kvs_redis_simple(out, "OK");
+    kvs_redis_array(out, n);
+    for (size_t i = 0; i < n; i++)
+        slowlog_entry(out, ops->slowlog[i]);
+    return 0;
 }
 
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -960,6 +1125,8 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
              (cmd->arity < 0 && argc < (size_t)-cmd->arity))
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    else if (!router_client_authenticated(cl) && strstr(cmd->flags, "noauth") == NULL)
+        reply_error(req, "NOAUTH Authentication required.");
     else
         cmd->fn(rs, cl, req, cmd);
     req->in_route = 0;
@@ -1054,21 +1221,34 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     const scan_ctx_t *sc = req->rctx;
     char num[24];
-    uint64_t seq = 0;
+    uint64_t seq = 0, budget = ROUTER_REDIS_GLOB_STEPS;
+    uint8_t *hit = kvs_arena_alloc(&rs->r->reply_arena, a->n_pairs + 1);
+    if (hit == NULL)
+        return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_pairs; i++) { /* on the loop: within a budget */
+        const ProtobufCBinaryData *key = &a->pairs[i]->key;
+        int m =
+            req->rflags ? kvs_redis_glob(sc->pat, sc->plen, key->data, key->len, 0, &budget) : 1;
+        if (m < 0)
+            return kvs_redis_error(out,
+                                   "ERR MATCH pattern too costly to match against a page of %zu "
+                                   "fields: use a shorter pattern (fewer or shorter [...] "
+                                   "classes) or a smaller COUNT",
+                                   a->n_pairs);
+        hit[i] = (uint8_t)m;
+        n += (size_t)m;
+    }
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_pairs; i++)
-        n += !req->rflags ||
-             kvs_redis_glob(sc->pat, sc->plen, a->pairs[i]->key.data, a->pairs[i]->key.len, 0);
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
     kvs_redis_array(out, 2 * n);
     for (size_t i = 0; i < a->n_pairs; i++) {
         const Kvs__Kvpair *p = a->pairs[i];
-        if (req->rflags && !kvs_redis_glob(sc->pat, sc->plen, p->key.data, p->key.len, 0))
+        if (!hit[i])
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, rs->resp3);
@@ -1148,6 +1328,14 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return answer_scan(rs, req, a, out);
     case RC_INFO:
         return answer_info(rs, req, a, out);
+    case RC_AUTH:
+        return kvs_redis_simple(out, "OK");
+    case RC_HELLO:
+        return hello_done(rs, out);
+    case RC_SLOWLOG_GET:
+    case RC_SLOWLOG_LEN:
+    case RC_SLOWLOG_RESET:
+        return answer_slowlog(req, a, out);
     default:
         return kvs_redis_error(out, "ERR internal error: no reply shape for this command");
     }
@@ -1221,12 +1409,26 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
+    if (req->rcmd == RC_HELLO && (a == NULL || a->status != KVS_STATUS_OK))
+        hello_failed(rs);
     if (a == NULL)
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)
         rc = answer_ok(rs, req, a, out);
     else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
         rc = req->rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+    else if (a->status == KVS_STATUS_UNAUTHENTICATED &&
+             (req->rcmd == RC_AUTH || req->rcmd == RC_HELLO))
+        rc = strncmp(a->message, "invalid user or token", 21) == 0
+                 ? kvs_redis_error(out,
+                                   "WRONGPASS invalid username-password pair or user is "
+                                   "disabled.%s",
+                                   a->message + 21)
+                 : kvs_redis_error(out, "WRONGPASS %s", a->message);
+    else if (a->status == KVS_STATUS_UNAUTHENTICATED)
+        rc = kvs_redis_error(out, "NOAUTH %s", a->message);
+    else if (a->status == KVS_STATUS_FORBIDDEN)
+        rc = kvs_redis_error(out, "NOPERM %s", a->message);
     else if (req->rcmd == RC_HINCRBY || req->rcmd == RC_HINCRBYFLOAT)
         rc = a->status == KVS_STATUS_BAD_REQUEST ? incr_error(out, a->message)
                                                  : kvs_redis_error(out, "ERR %s", a->message);

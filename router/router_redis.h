@@ -42,7 +42,8 @@ const kvs_codec_t *router_redis_codec(router_redis_t *rs);
 void router_redis_command(router_redis_t *rs, router_client_t *cl);
 
 /* Input ended with `err` (KVS_EPROTO: the parser's error; KVS_ELIMIT: the
- * input budget): writes the error reply Redis would give into `req`. */
+ * input budget; KVS_ENOTLS / KVS_ETLSHELLO: plaintext on a TLS port or the
+ * reverse): writes the error reply Redis would give into `req`. */
 void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err);
 
 /* Appends the RESP reply for `req` to `out`, given the kvs answer payload

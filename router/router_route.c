@@ -37,14 +37,41 @@
  *    could not say where a key it wrote belongs, nor find it later beside
  *    the records of the same key the producers place.
  *
+ * With users configured, every request is authorized before it is routed
+ * (req->who, kvs_auth_check): on the fast path from the peeked table, on
+ * the full path after validation, so bad input still gets its 400 and a
+ * refused request costs no shard a thing. Auth is the client module's.
+ *
+ * Replicas: every part goes to one replica of its shard through
+ * router_send (router_replica has the policy): a read that fails there is
+ * sent again to another replica within the retry budget before its
+ * failure is answered (router_route_reply asks router_send_answered
+ * first); a write goes to the first live replica and is never resent; a
+ * write to a table bound to no topic on a shard with several replicas is
+ * refused (400), as there is no single writer. Digest and Snapshot are
+ * about one copy and go to workers directly (400 here). Info adds the
+ * router's replica counters when some shard has replicas.
+ *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
+ *
+ * Sessions (router_session.h): the positions of a connection's writes to
+ * bound tables are noted from their answers (a single part's raw answer is
+ * scanned for CommandResponse.position; a split write's parts' positions
+ * are merged into its answer) and attached to the connection's later reads
+ * of those tables as min_position, merged with any the client gave (a
+ * single-key read's bytes get the field appended; other reads are packed
+ * again). Reads that come while the connection's bound writes are in
+ * flight, and whatever follows them, are held and routed (with positions)
+ * from the flusher's `before` step once those writes are answered.
  */
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "router.h"
+#include "router_send.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -67,6 +94,7 @@ typedef struct route_merge_s {
     uint32_t *key_part;        /* multi-key: the part each key went to */
     uint32_t *key_index;       /* ... and its index inside that part */
     int anywhere;              /* every part got the whole request: the key may be on any */
+    router_try_t *tries;       /* each part's replicas */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -80,10 +108,12 @@ router_req_t *router_req_new(router_t *r, router_client_t *cl)
     if (req != NULL) {
         r->free_reqs = req->next;
         r->n_free_reqs--;
-        kvs_buf_t keep = req->resp;
+        kvs_buf_t keep = req->resp, bytes = req->try0.bytes;
         memset(req, 0, offsetof(router_req_t, table_copy)); /* not the table buffer */
         req->resp = keep;
         req->resp.len = 0;
+        req->try0.bytes = bytes;
+        req->try0.bytes.len = 0;
     } else if ((req = calloc(1, sizeof(*req))) == NULL) {
         return NULL;
     }
@@ -98,6 +128,7 @@ void router_reqs_release(router_t *r)
         router_req_t *req = r->free_reqs;
         r->free_reqs = req->next;
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
     }
     r->n_free_reqs = 0;
@@ -107,8 +138,12 @@ static void merge_free(route_merge_t *m)
 {
     if (m == NULL)
         return;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < m->nparts; i++) {
         kvs_buf_free(&m->answers[i]);
+        if (m->tries != NULL)
+            kvs_buf_free(&m->tries[i].bytes);
+    }
+    free(m->tries);
     free(m->answers);
     free(m->part_shard);
     free(m->failed);
@@ -125,16 +160,49 @@ void router_req_free(router_req_t *req)
     req->merge = NULL;
     free(req->rctx);
     req->rctx = NULL;
+    kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
+    if (req->try0.bytes.cap > REQ_KEEP_BUF)
+        kvs_buf_free(&req->try0.bytes);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
         return;
     }
     req->next = r->free_reqs;
     r->free_reqs = req;
     r->n_free_reqs++;
+}
+
+/* A write to a bound table was answered (or failed): the session's reads
+ * held behind it may go once no other is in flight. */
+static void write_finished(router_req_t *req)
+{
+    if (!req->bound_write)
+        return;
+    req->bound_write = 0;
+    if (req->client == NULL)
+        return;
+    router_session_t *s = router_client_session(req->client);
+    if (s->writes > 0)
+        s->writes--;
+    if (s->writes == 0 && s->held != NULL && !s->on_release_list) {
+        router_t *r = req->router;
+        s->on_release_list = 1;
+        s->next = r->release;
+        r->release = s;
+    }
+}
+
+/* Notes a write answer's position in its connection's session. */
+static void note_position(router_req_t *req, const uint8_t *tok, size_t len)
+{
+    if (req->client != NULL && len > 0 &&
+        router_session_note(router_client_session(req->client), req->router->cfg, tok, len) != 0)
+        kvs_warn("out of memory noting a write's position: a later read on the same connection "
+                 "may not see it");
 }
 
 static void req_executed(router_req_t *req);
@@ -144,6 +212,7 @@ void router_req_complete(router_req_t *req)
     if (req->merge != NULL) /* merging took time of its own: the hooks' clock must see it */
         req->router->flusher.now_ns = kvs_now_ns();
     req->done = 1;
+    write_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
     req_executed(req);
@@ -270,6 +339,43 @@ static int is_write(Kvs__CommandRequest__CommandCase cmd)
            cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
+/* Reads: sent again to another replica when the first fails them. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c)
+{
+    switch (c) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A write to a table bound to no topic, on a shard with several
+ * replicas: there is no single writer (each replica would hold what was
+ * written to it alone), so it is refused. Returns 1 when `req` was. */
+static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t tlen, uint32_t shard)
+{
+    if (!is_write(cmd) || r->sets == NULL || r->sets[shard].n < 2)
+        return 0;
+    int n = tlen > 200 ? 200 : (int)tlen;
+    router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                             "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u "
+                             "replicas: a write to an unbound table would reach one copy only. "
+                             "Bind the table to a topic (kafka.bindings) so every replica applies "
+                             "its writes, or serve shard %u from one node; nothing was written",
+                             kvs_msg_command_name(cmd), n, (const char *)table, shard,
+                             r->sets[shard].n, shard);
+    return 1;
+}
+
 /* The status of a request that got no answer (see router_link_reply_cb):
  * 503 when the link failed; when the answer came but was dropped for its
  * size, 413 for a read (nothing changed) and 500 for a write (it may have
@@ -309,7 +415,16 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     if (req == NULL)
         return; /* an internal probe */
     route_merge_t *m = req->merge;
+    router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
+    if (router_send_answered(req->router, req, t, part, payload, len, failure))
+        return;      /* sent to another replica: its answer comes later */
     if (m == NULL) { /* single part: pass the worker's answer through */
+        const uint8_t *tok;
+        size_t toklen;
+        if (req->bound_write && failure == NULL &&
+            kvs_msg_find_bytes(payload, len, 6, &tok, &toklen) == 1) /* position */
+            note_position(req, tok, toklen);
+        write_finished(req);
         if (failure != NULL)
             router_req_finish_status(
                 req, failure_status(req->cmd, len), "%s%s", failure,
@@ -332,6 +447,66 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     }
     if (--req->parts_left == 0)
         merge_finish(req);
+}
+
+static int is_split_write(const route_merge_t *m)
+{
+    return m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* The positions the parts of a split write answered (successful or not:
+ * a 503 may carry the position of records Kafka has), merged into `tok`
+ * and noted in the session. */
+static void merge_positions(router_req_t *req, kvs_arena_t *arena, kvs_buf_t *tok)
+{
+    route_merge_t *m = req->merge;
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        const uint8_t *p;
+        size_t n;
+        if (!m->failed[i] &&
+            kvs_msg_find_bytes(m->answers[i].data, m->answers[i].len, 6, &p, &n) == 1)
+            kvs_pos_set_add_token(&set, p, n);
+    }
+    (void)arena;
+    if (kvs_pos_set_encode(&set, tok) != 0)
+        tok->len = 0;
+    kvs_pos_set_free(&set);
+    note_position(req, tok->data, tok->len);
+}
+
+/* Completes `req` with a status, a message and a position. */
+static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok,
+                              const char *text)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = (char *)text;
+    r.position.data = tok->data;
+    r.position.len = tok->len;
+    req->resp.len = 0;
+    if (kvs_msg_append(&req->resp, &r.base, SIZE_MAX) != 0)
+        req->resp.len = 0;
+    router_req_complete(req);
+}
+
+/* One integer pair of an Info answer, in `arena`; NULL when out of memory. */
+static Kvs__Kvpair *info_pair(kvs_arena_t *arena, const char *key, int64_t value)
+{
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, sizeof(*p));
+    Kvs__Value *v = kvs_arena_alloc(arena, sizeof(*v));
+    if (p == NULL || v == NULL)
+        return NULL;
+    kvs__kvpair__init(p);
+    kvs__value__init(v);
+    v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v->integer_value = value;
+    p->key.data = (uint8_t *)key;
+    p->key.len = strlen(key);
+    p->value = v;
+    return p;
 }
 
 /* Info stands in for a shard that could not answer with a single pair,
@@ -464,7 +639,15 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         }
         out.values[i] = pr->values[m->key_index[i]];
     }
+    kvs_buf_t tok;
+    kvs_buf_init(&tok);
+    if (is_split_write(m)) {
+        merge_positions(req, arena, &tok);
+        out.position.data = tok.data;
+        out.position.len = tok.len;
+    }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+    kvs_buf_free(&tok);
 }
 
 /* ---- split writes: what was applied where ----------------------------------- */
@@ -515,12 +698,18 @@ static void write_unknown(router_req_t *req, const uint8_t *outcome, uint32_t u)
     uint32_t na = shard_list(m, outcome, PART_APPLIED, applied, sizeof(applied));
     uint32_t nr = shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
     shard_list(m, outcome, PART_UNKNOWN, unknown, sizeof(unknown));
-    router_req_finish_status(req, status,
-                             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s"
-                             "%s may or may not have written)",
-                             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
-                             na ? " applied their keys, " : "", nr ? refused : "",
-                             nr ? " wrote nothing, " : "", unknown);
+    char text[1200];
+    snprintf(text, sizeof(text),
+             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s may or may not "
+             "have written)",
+             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
+             na ? " applied their keys, " : "", nr ? refused : "", nr ? " wrote nothing, " : "",
+             unknown);
+    kvs_buf_t tok; /* the positions of the parts that did answer */
+    kvs_buf_init(&tok);
+    merge_positions(req, &m->router->merge_arena, &tok);
+    finish_status_pos(req, status, &tok, text);
+    kvs_buf_free(&tok);
 }
 
 /* Every part refused: nothing was written anywhere, and the first
@@ -585,6 +774,11 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
     char wrote[160], refused[160], text[1024];
     if (partial_lists(req, rs, outcome, &empty, &out, arena) != 0)
         return;
+    kvs_buf_t tok; /* the positions of the parts written */
+    kvs_buf_init(&tok);
+    merge_positions(req, arena, &tok);
+    out.position.data = tok.data;
+    out.position.len = tok.len;
     size_t unwritten = out.n_pairs;
     shard_list(m, outcome, PART_APPLIED, wrote, sizeof(wrote));
     shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
@@ -605,12 +799,14 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
         req->resp.len = 0;
         int rc = kvs_msg_append(&req->resp, &out.base, m->router->cfg->max_frame);
         if (rc == 0) {
+            kvs_buf_free(&tok);
             router_req_complete(req);
             return;
         }
         if (rc != KVS_ETOOBIG)
             break;
     }
+    kvs_buf_free(&tok);
     router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
 }
 
@@ -657,25 +853,26 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
 }
 
-/* k-way merge of the shards' key-ordered pairs. */
-static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+/* k-way merge of the key-ordered pairs of rs[0..nparts). */
+static void merge_pairs_of(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
+                           kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     size_t total = 0;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < nparts; i++)
         total += rs[i]->n_pairs;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
     out.status = KVS_STATUS_OK;
     out.pairs = kvs_arena_alloc(arena, (total ? total : 1) * sizeof(*out.pairs));
-    size_t *pos = kvs_arena_alloc(arena, m->nparts * sizeof(*pos));
+    size_t *pos = kvs_arena_alloc(arena, nparts * sizeof(*pos));
     if (out.pairs == NULL || pos == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    memset(pos, 0, m->nparts * sizeof(*pos));
+    memset(pos, 0, nparts * sizeof(*pos));
     for (out.n_pairs = 0; out.n_pairs < total; out.n_pairs++) {
         uint32_t best = UINT32_MAX;
-        for (uint32_t i = 0; i < m->nparts; i++) {
+        for (uint32_t i = 0; i < nparts; i++) {
             if (pos[i] == rs[i]->n_pairs)
                 continue;
             if (best == UINT32_MAX ||
@@ -686,9 +883,65 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
     }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd),
                   m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO
-                      ? "it lists six numbers per Kafka partition of every shard; raise "
+                      ? "it lists eight numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
+}
+
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    merge_pairs_of(req, rs, req->merge->nparts, arena);
+}
+
+/* Info: the shards' pairs and the router's own, merged in key order. The
+ * router adds its own only where they say something: which router process
+ * answered, how many there are and its clients (both front doors) when the
+ * node runs several; its replica reads, retries and refused retries when
+ * some shard has replicas. With one router process and no replicas Info is
+ * what it always was. */
+static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    const router_t *r = m->router;
+    int replicated = 0;
+    for (uint32_t s = 0; r->sets != NULL && s < r->shards; s++)
+        replicated |= r->sets[s].n > 1;
+    /* In key order: router.clients < router.process < router.processes
+     * < router.replica_*. */
+    const char *keys[6];
+    int64_t vals[6];
+    size_t n = 0;
+    if (r->n_procs > 1) {
+        keys[n] = "router.clients", vals[n++] = (int64_t)r->n_clients;
+        keys[n] = "router.process", vals[n++] = r->proc_index;
+        keys[n] = "router.processes", vals[n++] = r->n_procs;
+    }
+    if (replicated) {
+        keys[n] = "router.replica_reads", vals[n++] = (int64_t)r->budget.reads;
+        keys[n] = "router.replica_retries", vals[n++] = (int64_t)r->budget.retries;
+        keys[n] = "router.replica_retries_refused", vals[n++] = (int64_t)r->budget.refused;
+    }
+    if (n == 0) {
+        merge_pairs(req, rs, arena);
+        return;
+    }
+    Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
+    Kvs__CommandResponse *own = kvs_arena_alloc(arena, sizeof(*own));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, n * sizeof(*pp));
+    for (size_t i = 0; pp != NULL && i < n; i++)
+        if ((pp[i] = info_pair(arena, keys[i], vals[i])) == NULL)
+            pp = NULL;
+    if (all == NULL || own == NULL || pp == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    kvs__command_response__init(own);
+    own->status = KVS_STATUS_OK;
+    own->n_pairs = n;
+    own->pairs = pp;
+    memcpy(all, rs, m->nparts * sizeof(*all));
+    all[m->nparts] = own;
+    merge_pairs_of(req, all, m->nparts + 1, arena);
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -872,8 +1125,10 @@ static void merge_finish(router_req_t *req)
     } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-        case KVS__COMMAND_REQUEST__COMMAND_INFO:
             merge_pairs(req, rs, arena);
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_INFO:
+            merge_info(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);
@@ -906,34 +1161,23 @@ static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cm
     m->failed = calloc(nparts, sizeof(*m->failed));
     m->key_part = calloc(nkeys ? nkeys : 1, sizeof(*m->key_part));
     m->key_index = calloc(nkeys ? nkeys : 1, sizeof(*m->key_index));
-    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index) {
+    m->tries = calloc(nparts, sizeof(*m->tries));
+    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index || !m->tries) {
         merge_free(m);
         return NULL;
     }
     return m;
 }
 
-/* Sends part `part` to `shard`; a down link fails the part at once. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c);
+
+/* Sends part `part` to a replica of `shard`; when none takes it, the part
+ * fails at once. */
 static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
                       const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen)
 {
-    router_link_t *l = &r->links[shard];
-    int rc = msg != NULL ? router_link_send_msg(l, msg, req, part)
-                         : router_link_send(l, raw, rawlen, req, part);
-    if (rc == 0)
-        return;
-    char why[400];
-    if (rc == KVS_ECLOSED)
-        snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
-                 l->last_error[0] ? l->last_error : "its connection is closing");
-    else if (rc == KVS_ELIMIT)
-        snprintf(why, sizeof(why),
-                 "shard %u is overloaded: %zu bytes of requests are waiting for it "
-                 "(limits.client_output); nothing was sent, retry shortly",
-                 shard, l->max_queue);
-    else
-        snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
-    router_route_reply(req, part, NULL, 0, why);
+    router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
+    router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
 /* The binding of the table named table[0..len), or NULL (unbound). */
@@ -999,6 +1243,8 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     kvs_arena_t *a = &r->arena;
     kvs__command_request__init(sub);
     sub->command_case = q->command_case;
+    sub->min_position = q->min_position; /* every part reads at least as fresh */
+    sub->accept_stale = q->accept_stale;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));
@@ -1093,7 +1339,7 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
  * are most often about as large as the values that replace them); Hmdel,
  * its keys. */
 static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                      uint32_t *budget)
+                      const kvs_binding_t *b, uint32_t *budget)
 {
     route_merge_t *m = req->merge;
     int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
@@ -1122,12 +1368,19 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
         known[m->key_part[i]]++; /* the part's keys, for now */
         news[m->key_part[i]] += v;
     }
+    /* A table bound to a topic is written through it (node_writes): each
+     * part's answer also carries its position (what node_writes counts),
+     * and the merged answer the positions of every part together. */
+    size_t topic = b != NULL ? strlen(b->topic) : 0;
+    uint64_t positions = b != NULL ? (uint64_t)m->nkeys * (topic + 24) + 64 : 0;
     for (uint32_t p = 0; p < m->nparts; p++) {
         weight[p] = hmset ? news[p] : known[p];
-        known[p] = kvs_msg_answer_bound(known[p], news[p]);
+        uint64_t tok = b != NULL ? 24 * known[p] + 64 + topic : 0;
+        known[p] = kvs_msg_answer_bound(known[p], news[p]) + tok;
     }
     uint32_t asked = hmset ? q->hmset->answer_budget : q->hmdel->answer_budget;
     uint64_t total = asked != 0 && asked < r->cfg->max_frame ? asked : r->cfg->max_frame;
+    total = total > positions ? total - positions : 0;
     if (split_budget(total, m->nparts, known, weight, budget) != 0) {
         router_req_finish_status(
             req, KVS_STATUS_TOO_LARGE,
@@ -1171,13 +1424,18 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         return;
     }
     uint32_t nparts = 0;
+    const char *table = kvs_msg_request_table(q);
+    size_t tlen = table != NULL ? strlen(table) : 0;
     for (uint32_t s = 0; s < r->shards; s++)
         part_of_shard[s] = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
         const ProtobufCBinaryData *key = nth_key(q, i);
         shard_of[i] = place_key(r, b, key->data, key->len);
-        if (part_of_shard[shard_of[i]] == UINT32_MAX)
-            part_of_shard[shard_of[i]] = nparts++;
+        if (part_of_shard[shard_of[i]] != UINT32_MAX)
+            continue; /* this shard's replicas were checked with an earlier key */
+        part_of_shard[shard_of[i]] = nparts++;
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, tlen, shard_of[i]))
+            return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
         req->parts_left = 1;
@@ -1206,7 +1464,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         m->key_index[i] = count[p]++;
     }
     memset(count, 0, nparts * sizeof(*count)); /* now: each part's answer budget (0 = none) */
-    if (is_write(q->command_case) && plan_write(r, req, q, count) != 0)
+    if (is_write(q->command_case) && plan_write(r, req, q, b, count) != 0)
         return;
     send_parts(r, req, q, sel, count);
 }
@@ -1258,6 +1516,8 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
     sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
     sub.hscan = &inner;
+    sub.min_position = q->min_position;
+    sub.accept_stale = q->accept_stale;
     send_part(r, req, 0, shard, &sub.base, NULL, 0);
 }
 
@@ -1338,14 +1598,28 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
 
 /* ---- operations: Metrics and Slowlog ---------------------------------------------- */
 
-/* Metrics: asked of every local worker (remote shards report to their own
- * router), merged with the router's own families. */
-static void route_metrics(router_t *r, router_req_t *req, const uint8_t *raw, size_t rawlen)
+/* The link to shard s's worker on this node (its unix socket), or -1. */
+static int local_link(const router_t *r, uint32_t s)
+{
+    const router_set_t *set = &r->sets[s];
+    for (uint32_t i = set->first; i < set->first + set->n; i++)
+        if (r->links[i].addr.is_unix)
+            return (int)i;
+    return -1;
+}
+
+/* Metrics: this router process's own families and, unless the request
+ * asks for its own only (q->own: the master collects workers itself),
+ * every local worker's (remote shards report to their own node; replicas
+ * of a local shard on other nodes too). Asked of each worker on its own
+ * link, never another replica's, and never retried. */
+static void route_metrics(router_t *r, router_req_t *req, const Kvs__Metrics *q, const uint8_t *raw,
+                          size_t rawlen)
 {
     uint32_t n = 0;
     req->reserve = r->cfg->max_frame;
-    for (uint32_t s = 0; s < r->shards; s++)
-        n += kvs_config_remote(r->cfg, s) == NULL;
+    for (uint32_t s = 0; s < r->shards && !q->own; s++)
+        n += local_link(r, s) >= 0;
     route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_METRICS, n ? n : 1, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -1354,16 +1628,23 @@ static void route_metrics(router_t *r, router_req_t *req, const uint8_t *raw, si
     m->nparts = n;
     req->merge = m;
     req->parts_left = n;
-    if (n == 0) { /* a pure routing node */
+    if (n == 0) { /* its own only, or a pure routing node */
         merge_metrics(req, &r->merge_arena);
         kvs_arena_reset(&r->merge_arena);
         return;
     }
     for (uint32_t s = 0, p = 0; s < r->shards; s++) {
-        if (kvs_config_remote(r->cfg, s) != NULL)
+        int li = local_link(r, s);
+        if (li < 0)
             continue;
+        router_try_t *t = &m->tries[p];
+        t->shard = s;
+        t->link = (uint32_t)li;
+        t->tried = 1ull << ((uint32_t)li - r->sets[s].first);
         m->part_shard[p] = s;
-        send_part(r, req, p++, s, NULL, raw, rawlen);
+        if (router_link_send(&r->links[li], raw, rawlen, req, p) != 0)
+            router_route_reply(req, p, NULL, 0, "the shard's worker is unavailable");
+        p++;
     }
 }
 
@@ -1398,18 +1679,30 @@ static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
     finish_packed(req, &out, "Metrics", "raise limits.max_frame");
 }
 
-static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
-                          const uint8_t *raw, size_t rawlen)
+/* Whether req's client may run `cmd` on the table (NULL: none); if not,
+ * answers 401 or 403. */
+static int route_allowed(router_req_t *req, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                         size_t tlen)
 {
-    const char *table = kvs_msg_request_table(q);
-    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
-        route_unplaced(r, req, q, b, raw, rawlen))
-        return;
+    char msg[512];
+    uint32_t st = kvs_auth_check(req->who, cmd, table, tlen, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        return 1;
+    router_req_finish_status(req, st, "%s", msg);
+    return 0;
+}
+
+static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
+                         const kvs_binding_t *b, const uint8_t *raw, size_t rawlen)
+{
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
+        uint32_t shard = place_key(r, b, key->data, key->len);
+        const char *table = kvs_msg_request_table(q);
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, strlen(table), shard))
+            return;
         req->parts_left = 1;
-        send_part(r, req, 0, place_key(r, b, key->data, key->len), NULL, raw, rawlen);
+        send_part(r, req, 0, shard, NULL, raw, rawlen);
         return;
     }
     switch (q->command_case) {
@@ -1425,7 +1718,7 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
         route_hscan(r, req, q);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_METRICS:
-        route_metrics(r, req, raw, rawlen);
+        route_metrics(r, req, q->metrics, raw, rawlen);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
         router_ops_slowlog(r, req, q->slowlog);
@@ -1436,24 +1729,214 @@ static void route_decoded(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
+/* ---- sessions: holding, positions ------------------------------------------------ */
+
+static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+}
+
+/* Holds `req` back when its session holds earlier requests, or when it
+ * reads a bound table (`bound_read`) while the session's writes to bound
+ * tables are in flight. Returns 1 when held (or answered: out of memory). */
+static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len)
+{
+    if (req->client == NULL || req->releasing)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    if (s->held == NULL && !(bound_read && s->writes > 0))
+        return 0;
+    req->held_payload.len = 0;
+    if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    req->held = 1;
+    req->held_read = bound_read;
+    req->held_next = NULL;
+    if (s->held_tail != NULL)
+        s->held_tail->held_next = req;
+    else
+        s->held = req;
+    s->held_tail = req;
+    router_client_hold(req->client, (ptrdiff_t)len);
+    return 1;
+}
+
+/* A write to a bound table is on its way: the session's reads wait for it. */
+static void mark_write(router_req_t *req)
+{
+    if (req->client == NULL || req->bound_write)
+        return;
+    req->bound_write = 1;
+    router_client_session(req->client)->writes++;
+}
+
+/* Adds the session's positions in b's topic (of `partition`, or all when
+ * negative) to a read's min_position; the merged token goes into `tok`
+ * and q->min_position points there. Returns 1 when q changed, 0 when the
+ * session knows no position there, or -ENOMEM. */
+static int attach_positions(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                            const kvs_binding_t *b, int64_t partition, kvs_buf_t *tok)
+{
+    if (req->client == NULL)
+        return 0;
+    router_session_t *s = router_client_session(req->client);
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    int rc = router_session_add(s, r->cfg, b, partition, &set);
+    if (rc == 0 && set.n == 0) {
+        kvs_pos_set_free(&set);
+        return 0;
+    }
+    if (rc == 0)
+        rc = kvs_pos_set_add_token(&set, q->min_position.data, q->min_position.len);
+    if (rc == 0)
+        rc = kvs_pos_set_encode(&set, tok);
+    kvs_pos_set_free(&set);
+    if (rc != 0)
+        return rc < 0 ? rc : -ENOMEM;
+    q->min_position.data = tok->data;
+    q->min_position.len = tok->len;
+    return 1;
+}
+
+/* The single-key fast path's attach: the client's bytes with a
+ * min_position field appended (protobuf reads a message's fields in any
+ * order), built in r->scratch, for a read of a key whose partition the
+ * session wrote to. Returns 1 when `*payload` now points there. */
+static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *b,
+                           const kvs_peek_t *pk, const uint8_t **payload, size_t *len)
+{
+    if (req->client == NULL)
+        return 0;
+    uint32_t parts = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+    uint32_t p = kvs_place_partition_by(b->partitioner, pk->key, pk->key_len, parts);
+    int64_t off = router_session_get(router_client_session(req->client), r->cfg, b, p);
+    if (off < 0)
+        return 0;
+    uint8_t tok[KVS_POS_ONE_MAX], hdr[4];
+    size_t n = kvs_pos_encode_one(tok, b->topic, strlen(b->topic), p, off);
+    size_t h = 0;
+    hdr[h++] = 0xa2; /* field 100, length-delimited: tag varint 0xa2 0x06 */
+    hdr[h++] = 0x06;
+    if (n >= 128)
+        hdr[h++] = (uint8_t)(n | 0x80), hdr[h++] = (uint8_t)(n >> 7);
+    else
+        hdr[h++] = (uint8_t)n;
+    kvs_buf_t *out = &r->scratch;
+    out->len = 0;
+    if (n == 0 || kvs_buf_reserve(out, *len + h + n) != 0)
+        return 0; /* without it: the worker answers from what it has */
+    kvs_buf_append(out, *payload, *len);
+    kvs_buf_append(out, hdr, h);
+    kvs_buf_append(out, tok, n);
+    *payload = out->data;
+    *len = out->len;
+    return 1;
+}
+
+/* A valid request (`received`: the fast path checked it and ran RECEIVED
+ * already). */
+static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
+                          const uint8_t *raw, size_t rawlen, int received)
+{
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 "%s is a worker command: it is about one copy of one shard, so "
+                                 "send it to each replica's worker (kvs-cli digest TABLE does), "
+                                 "not through the router",
+                                 kvs_msg_command_name(q->command_case));
+        return;
+    }
+    const char *table = kvs_msg_request_table(q);
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH) {
+        if (router_ops_received(r, req))
+            return;
+        if (r->auth != NULL && req->client != NULL)
+            router_client_auth(req->client, req, q->auth);
+        else
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     "Auth: this server has no users configured (users: in "
+                                     "config.yaml); every client may do everything");
+        return;
+    }
+    if (!received && ((req->who != NULL && !route_allowed(req, q->command_case, table,
+                                                          table != NULL ? strlen(table) : 0)) ||
+                      router_ops_received(r, req)))
+        return;
+    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
+    if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
+        return;
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
+        route_unplaced(r, req, q, b, raw, rawlen))
+        return;
+    kvs_buf_t tok, packed;
+    kvs_buf_init(&tok);
+    kvs_buf_init(&packed);
+    if (b != NULL && is_write_cmd(q->command_case))
+        mark_write(req);
+    if (b != NULL && is_read_cmd(q->command_case)) {
+        int rc = attach_positions(r, req, q, b, -1, &tok);
+        if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
+            raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */
+            rawlen = packed.len - KVS_FRAME_HEADER;
+        }
+    }
+    route_placed(r, req, q, b, raw, rawlen);
+    kvs_buf_free(&tok);
+    kvs_buf_free(&packed);
+}
+
+/* The hot path: a valid single-key request on a table bound to no topic or
+ * placed by a partitioner. Returns 0 when it must take the full path. */
+static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
+                        const uint8_t *payload, size_t len)
+{
+    const kvs_binding_t *b = table_binding(r, pk->table, pk->table_len);
+    if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE)
+        return 0; /* the full path asks every owning shard */
+    int read = pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
+               pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
+    if (hold(req, b != NULL && read, payload, len))
+        return 1;
+    uint32_t shard = place_key(r, b, pk->key, pk->key_len);
+    if (b == NULL && !read && unbound_refused(r, req, pk->cmd, pk->table, pk->table_len, shard))
+        return 1;
+    if (b != NULL && !read)
+        mark_write(req);
+    else if (b != NULL)
+        append_position(r, req, b, pk, &payload, &len);
+    req->parts_left = 1;
+    send_part(r, req, 0, shard, NULL, payload, len);
+    return 1;
+}
+
 void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t len)
 {
     char msg[512];
     kvs_peek_t pk;
+    int received = 0;
     req->in_route = 1;
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
-        const kvs_binding_t *b = table_binding(r, pk.table, pk.table_len);
         req->cmd = pk.cmd;
-        if (router_ops_received(r, req, pk.cmd, pk.table, pk.table_len, 1)) {
-            req->in_route = 0;
-            return;
-        }
-        if (b == NULL || b->partitioner != KVS_PARTITIONER_NONE) {
-            req->parts_left = 1;
-            send_part(r, req, 0, place_key(r, b, pk.key, pk.key_len), NULL, payload, len);
+        router_ops_note(r, req, pk.cmd, pk.table, pk.table_len, 1);
+        if ((req->who != NULL && !route_allowed(req, pk.cmd, pk.table, pk.table_len)) ||
+            router_ops_received(r, req) || route_peeked(r, req, &pk, payload, len)) {
+            router_ops_forget(req);
             req->in_route = 0;
             return;
         } /* partitioner none: the full path asks every owning shard */
+        received = 1;
     }
     Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
     if (q == NULL) {
@@ -1465,15 +1948,67 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
-        if (st != KVS_STATUS_OK) {
-            router_ops_refused(r, req, q, st, msg);
-        } else {
-            const char *table = kvs_msg_request_table(q);
-            if (!router_ops_received(r, req, q->command_case, table, table ? strlen(table) : 0,
-                                     kvs_msg_request_keys(q)))
-                route_decoded(r, req, q, payload, len);
-        }
+        const char *table = kvs_msg_request_table(q);
+        if (!received) /* EXECUTED sees what a refused request asked for too */
+            router_ops_note(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,
+                            kvs_msg_request_keys(q));
+        if (st != KVS_STATUS_OK)
+            router_req_finish_status(req, st, "%s", msg);
+        else
+            route_decoded(r, req, q, payload, len, received);
     }
+    router_ops_forget(req);
     kvs_arena_reset(&r->arena);
     req->in_route = 0;
+}
+
+/* ---- releasing held requests ------------------------------------------------------ */
+
+/* Routes the session's held requests that may go now, in order: up to
+ * the first read of a bound table while a write is (again) in flight. */
+static void release_session(router_t *r, router_session_t *s)
+{
+    while (s->held != NULL) {
+        router_req_t *req = s->held;
+        if (req->held_read && s->writes > 0)
+            return; /* a write released just before it is in flight */
+        s->held = req->held_next;
+        if (s->held == NULL)
+            s->held_tail = NULL;
+        req->held = 0;
+        req->held_next = NULL;
+        router_client_t *cl = req->client;
+        size_t len = req->held_payload.len;
+        router_client_hold(cl, -(ptrdiff_t)len);
+        req->releasing = 1;
+        router_route(r, req, req->held_payload.data, len);
+        req->releasing = 0;
+        router_client_hold(cl, (ptrdiff_t)req->reserve);
+        if (req->done)
+            router_client_req_done(cl, req); /* may free it */
+    }
+}
+
+void router_route_release(router_t *r)
+{
+    while (r->release != NULL) {
+        router_session_t *s = r->release;
+        r->release = s->next;
+        s->on_release_list = 0;
+        s->next = NULL;
+        release_session(r, s);
+    }
+}
+
+void router_route_forget(router_t *r, router_session_t *s)
+{
+    if (s->on_release_list) {
+        for (router_session_t **p = &r->release; *p != NULL; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        s->on_release_list = 0;
+    }
+    s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
 }

@@ -25,6 +25,12 @@
  * the requests queued in their place. Responses on a connection come back
  * in request order, so a ring of send times per connection matches them.
  *
+ * TLS (--tls and friends, like redis-benchmark's): every connection runs
+ * kvs_conn over kvs_tls, so the load and its measurements go through the
+ * same TLS code the servers use; a connection counts as connected once its
+ * handshake completed. With --user, each connection sends Auth first and
+ * counts as connected once it was answered 200.
+ *
  * Memory: everything is allocated at start-up (clients, rings, templates);
  * connection output buffers grow to one window of requests and stay there.
  * Exit status: 0 when every test ran to the end (error statuses are
@@ -37,6 +43,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_msg.h"
+#include "kvs_varint.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -85,6 +92,9 @@ typedef struct bench_opts_s {
     unsigned ntests;
     kvs_addr_t addr;
     int json, quiet;
+    int tls, insecure;
+    const char *cacert, *cert, *key;
+    const char *user, *token; /* --user, --token (or KVS_TOKEN) */
 } bench_opts_t;
 
 typedef struct bench_status_s {
@@ -116,11 +126,13 @@ typedef struct bench_client_s {
     uint64_t *sent_at;
     uint64_t clock; /* see client_clock */
     int clock_valid;
+    int authing; /* its Auth is unanswered */
 } bench_client_t;
 
 struct bench_s {
     bench_opts_t o;
     uv_loop_t *loop;
+    kvs_tls_ctx_t *tls; /* --tls: the client context; NULL: plaintext */
     kvs_flusher_t flusher;
     uv_timer_t progress;
     int progress_on; /* stderr is a terminal */
@@ -340,20 +352,6 @@ static void tmpl_free_all(bench_t *b)
 
 /* ---- responses -------------------------------------------------------------------- */
 
-static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
-        uint8_t byte = *(*p)++;
-        x |= (uint64_t)(byte & 0x7f) << shift;
-        if ((byte & 0x80) == 0) {
-            *v = x;
-            return 0;
-        }
-    }
-    return KVS_EPROTO;
-}
-
 /* Finds CommandResponse.status (field 1, varint) without unpacking the
  * rest; absent means 0 (proto3). Returns 0 or KVS_EPROTO. */
 static int response_status(const uint8_t *p, size_t len, uint32_t *status)
@@ -366,11 +364,11 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
     *status = 0;
     while (p < end) {
         uint64_t tag, v;
-        if (read_varint(&p, end, &tag) != 0)
+        if (kvs_varint_get(&p, end, &tag) != 0)
             return KVS_EPROTO;
         switch (tag & 7) {
         case 0:
-            if (read_varint(&p, end, &v) != 0)
+            if (kvs_varint_get(&p, end, &v) != 0)
                 return KVS_EPROTO;
             if (tag >> 3 == 1) {
                 *status = (uint32_t)v;
@@ -378,7 +376,7 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
             }
             break;
         case 2:
-            if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
+            if (kvs_varint_get(&p, end, &v) != 0 || v > (uint64_t)(end - p))
                 return KVS_EPROTO;
             p += v;
             break;
@@ -656,10 +654,30 @@ static uint64_t client_clock(bench_client_t *c)
     return c->clock;
 }
 
+static void client_connected(bench_client_t *c);
+
+/* The answer to a connection's Auth. */
+static void auth_answered(bench_client_t *c, const uint8_t *payload, size_t len)
+{
+    bench_t *b = c->b;
+    uint32_t st;
+    c->authing = 0;
+    if (response_status(payload, len, &st) != 0 || st != KVS_STATUS_OK) {
+        Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, payload);
+        bench_fail(b, "authentication as \"%s\" failed: %s", b->o.user,
+                   m != NULL && m->message != NULL ? m->message : "no valid answer");
+    }
+    client_connected(c);
+}
+
 static void on_frame(kvs_conn_t *conn, const uint8_t *payload, size_t len)
 {
     bench_client_t *c = conn->data;
     bench_t *b = c->b;
+    if (c->authing) {
+        auth_answered(c, payload, len);
+        return;
+    }
     uint64_t now = client_clock(c);
     uint32_t st;
     if (c->inflight == 0)
@@ -693,7 +711,8 @@ static void on_conn_error(kvs_conn_t *conn, int err)
     const char *why = err == KVS_ECLOSED   ? "the server closed the connection"
                       : err == KVS_ETOOBIG ? "a response frame exceeds the 4 MiB limit"
                       : err == KVS_EPROTO  ? "a response frame has the compressed bit set"
-                                           : kvs_strerror(err);
+                      : err == KVS_ETLS || err == KVS_ENOTLS ? kvs_conn_tls_error(conn)
+                                                             : kvs_strerror(err);
     bench_fail(b,
                "connection %u to %s broke during %s (%" PRIu64 " of %" PRIu64
                " responses received): %s",
@@ -710,6 +729,39 @@ static void on_conn_close(kvs_conn_t *conn)
                    b->run.test ? b->run.test->title : "start-up");
 }
 
+/* The connection can carry requests (connected; for TLS, handshaken). */
+static void client_connected(bench_client_t *c)
+{
+    bench_t *b = c->b;
+    if (++b->connected == b->o.clients)
+        run_next(b);
+}
+
+/* Sends Auth (--user), or counts the connection as connected. */
+static void client_start(bench_client_t *c)
+{
+    bench_t *b = c->b;
+    if (b->o.user == NULL) {
+        client_connected(c);
+        return;
+    }
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Auth m = KVS__AUTH__INIT;
+    m.user = (char *)b->o.user;
+    m.token = (char *)(b->o.token != NULL ? b->o.token : "");
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_AUTH;
+    req.auth = &m;
+    if (kvs_msg_append(&c->conn.out, &req.base, SIZE_MAX) != 0)
+        bench_fail(b, "out of memory");
+    c->authing = 1;
+    kvs_conn_queue(&c->conn);
+}
+
+static void on_tls_ready(kvs_conn_t *conn)
+{
+    client_start(conn->data);
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     bench_client_t *c = req->data;
@@ -719,9 +771,10 @@ static void on_connect(uv_connect_t *req, int status)
                    uv_strerror(status));
     int rc = kvs_conn_start(&c->conn);
     if (rc != 0)
-        bench_fail(b, "cannot read from %s: %s", b->name, uv_strerror(rc));
-    if (++b->connected == b->o.clients)
-        run_next(b);
+        bench_fail(b, "cannot read from %s: %s", b->name,
+                   rc == KVS_ETLS ? kvs_conn_tls_error(&c->conn) : uv_strerror(rc));
+    if (b->tls == NULL)
+        client_start(c);
 }
 
 /* Initializes every client and starts connecting them all. */
@@ -745,6 +798,9 @@ static void clients_connect(bench_t *b)
             bench_fail(b, "cannot create a connection: %s", uv_strerror(rc));
         c->conn.data = c;
         c->conn.flusher = &b->flusher;
+        c->conn.on_ready = on_tls_ready;
+        if (b->tls != NULL && kvs_conn_use_tls(&c->conn, b->tls, a->is_unix ? NULL : a->host) != 0)
+            bench_fail(b, "out of memory");
         c->connect.data = c;
         if (a->is_unix)
             uv_pipe_connect(&c->connect, &c->conn.h.pipe, a->path, on_connect);
@@ -781,6 +837,13 @@ static void usage(FILE *f)
             "  -h, --host HOST        server host (default 127.0.0.1)\n"
             "  -p, --port PORT        server port (default 9527)\n"
             "  -s, --socket PATH      unix socket; overrides --host and --port\n"
+            "      --tls              connect with TLS (the certificate must name --host)\n"
+            "      --cacert FILE      CA bundle to verify the server with (default: system)\n"
+            "      --cert FILE        client certificate, for servers that ask for one\n"
+            "      --key FILE         its private key (default: --cert)\n"
+            "      --insecure         do not verify the server's certificate (testing only)\n"
+            "      --user NAME        authenticate every connection as NAME (Auth)\n"
+            "      --token TOKEN      its token (default: the environment variable KVS_TOKEN)\n"
             "Workload:\n"
             "  -c, --clients N        parallel connections (default 50)\n"
             "  -n, --requests N       requests per test (default 100000)\n"
@@ -884,7 +947,22 @@ static void opts_defaults(bench_opts_t *o)
     parse_tests(o, "hset,hget");
 }
 
-enum { OPT_KEYS = 256, OPT_RATIO, OPT_TABLE, OPT_WARMUP, OPT_SEED, OPT_JSON, OPT_HELP };
+enum {
+    OPT_KEYS = 256,
+    OPT_RATIO,
+    OPT_TABLE,
+    OPT_WARMUP,
+    OPT_SEED,
+    OPT_JSON,
+    OPT_HELP,
+    OPT_TLS,
+    OPT_CACERT,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_INSECURE,
+    OPT_USER,
+    OPT_TOKEN,
+};
 
 static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'},
                                           {"port", required_argument, NULL, 'p'},
@@ -903,6 +981,13 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
                                           {"seed", required_argument, NULL, OPT_SEED},
                                           {"json", no_argument, NULL, OPT_JSON},
                                           {"help", no_argument, NULL, OPT_HELP},
+                                          {"tls", no_argument, NULL, OPT_TLS},
+                                          {"cacert", required_argument, NULL, OPT_CACERT},
+                                          {"cert", required_argument, NULL, OPT_CERT},
+                                          {"key", required_argument, NULL, OPT_KEY},
+                                          {"insecure", no_argument, NULL, OPT_INSECURE},
+                                          {"user", required_argument, NULL, OPT_USER},
+                                          {"token", required_argument, NULL, OPT_TOKEN},
                                           {NULL, 0, NULL, 0}};
 
 /* Applies one connection option; returns 0 if `ch` is not one. */
@@ -919,10 +1004,47 @@ static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
             usage_error("--socket path must be 1 to %zu bytes", sizeof(o->addr.path) - 1);
         snprintf(o->addr.path, sizeof(o->addr.path), "%s", arg);
         o->addr.is_unix = 1;
+    } else if (ch == OPT_USER) {
+        o->user = arg;
+    } else if (ch == OPT_TOKEN) {
+        o->token = arg;
+    } else if (ch >= OPT_TLS && ch <= OPT_INSECURE) {
+        o->tls = 1;
+        if (ch == OPT_CACERT)
+            o->cacert = arg;
+        else if (ch == OPT_CERT)
+            o->cert = arg;
+        else if (ch == OPT_KEY)
+            o->key = arg;
+        else if (ch == OPT_INSECURE)
+            o->insecure = 1;
     } else {
         return 0;
     }
     return 1;
+}
+
+/* The TLS client context of --tls, --cacert, --cert, --key, --insecure. */
+static kvs_tls_ctx_t *tls_setup(const bench_opts_t *o)
+{
+    char err[600];
+    kvs_tls_ctx_t *c = NULL;
+    kvs_tls_opts_t t = {
+        .role = KVS_TLS_CLIENT,
+        .cert = o->cert,
+        .key = o->key != NULL ? o->key : o->cert,
+        .ca = o->cacert,
+        .peer = o->insecure ? KVS_TLS_PEER_NONE : KVS_TLS_PEER_REQUIRE,
+        .min_version = KVS_TLS_V12,
+        .max_version = KVS_TLS_V13,
+        .what = "--tls",
+    };
+    int rc = kvs_tls_ctx_new(&t, &c, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "kvs-bench: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+        exit(2);
+    }
+    return c;
 }
 
 /* Applies one workload or output option; returns 0 if `ch` is not one. */
@@ -992,6 +1114,8 @@ static void parse_args(int argc, char **argv, bench_opts_t *o)
     }
     if (optind != argc)
         usage_error("unexpected argument \"%s\"", argv[optind]);
+    if (o->user != NULL && o->token == NULL)
+        o->token = getenv("KVS_TOKEN");
 }
 
 /* ---- main ------------------------------------------------------------------------- */
@@ -1005,6 +1129,8 @@ int main(int argc, char **argv)
     b.rng = b.o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     kvs_addr_format(&b.o.addr, b.name, sizeof(b.name));
     b.progress_on = isatty(STDERR_FILENO);
+    if (b.o.tls)
+        b.tls = tls_setup(&b.o);
     tmpl_init_all(&b);
     b.clients = calloc(b.o.clients, sizeof(*b.clients));
     if (b.clients == NULL || kvs_flusher_init(&b.flusher, b.loop, NULL, &b) != 0 ||
@@ -1018,5 +1144,6 @@ int main(int argc, char **argv)
     free(b.clients);
     tmpl_free_all(&b);
     uv_loop_close(b.loop);
+    kvs_tls_ctx_free(b.tls);
     return 0;
 }

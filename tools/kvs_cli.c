@@ -38,18 +38,37 @@
  * command names and a hint of their arguments. Piped input is read with
  * getline exactly as without a terminal.
  *
+ * Tables bound to Kafka topics: --position prints a write's position (as
+ * text, "topic:partition:offset,..."), --min-position POS sends it back
+ * with every request (reads then see at least those writes, from any
+ * connection), --stale lets reads be served by a worker that is catching
+ * up. Within one session the router attaches the session's own positions
+ * by itself.
+ *
+ * Authentication: with --user (and --token, or the environment variable
+ * KVS_TOKEN, which stays out of `ps`), every new connection sends Auth
+ * first, as redis-cli does with -a; `auth USER TOKEN` does it by hand in a
+ * session. `hash-token` talks to no server: it prints the stored form of a
+ * token (kvs_token) for the `users:` section of config.yaml.
+ *
  * `keyslot TABLE KEY` talks to no server: it computes the partition and
  * shard of a key from the node's config (`--config FILE`, the file
  * kvs-router runs with) with the same kvs_place functions the router uses,
  * so a user can check by hand where a key lives and where a producer should
  * have put it.
  */
+#include "cli_digest.h"
 #include "cli_edit.h"
+#include "cli_net.h"
 #include "kvs_config.h"
+#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
+#include "kvs_token.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -58,19 +77,12 @@
 #include <inttypes.h>
 #include <locale.h>
 #include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,14 +112,21 @@ typedef struct cli_s {
     double timeout;     /* seconds; 0 = wait forever */
     cli_vtype_t vtype;  /* type of hset/hmset values */
     int raw;
-    int session;             /* commands come from stdin */
-    int stdin_taken;         /* stdin carries commands or "@-" was read */
-    int fd;                  /* -1 when not connected */
-    char name[400];          /* "127.0.0.1:9527" or "unix:/path", for messages */
-    const char *config_path; /* --config, for keyslot */
-    kvs_config_t *cfg;       /* loaded on first use */
+    int session;     /* commands come from stdin */
+    int stdin_taken; /* stdin carries commands or "@-" was read */
+    cli_net_t net;   /* the connection; net.fd is -1 when not connected */
+    int use_tls;     /* --tls */
+    const char *cacert, *cert, *key;
+    int insecure;
+    const char *user, *token; /* --user, --token (or KVS_TOKEN): Auth on every connection */
+    char name[400];           /* "127.0.0.1:9527" or "unix:/path", for messages */
+    const char *config_path;  /* --config, for keyslot */
+    kvs_config_t *cfg;        /* loaded on first use */
     kvs_arena_t arena;
     kvs_arena_t reply;
+    int show_position;      /* --position: print the position of writes */
+    kvs_buf_t min_position; /* --min-position, as a token */
+    int stale;              /* --stale */
 } cli_t;
 
 typedef struct cli_cmd_s cli_cmd_t;
@@ -149,195 +168,60 @@ static int arg_is(cli_arg_t a, const char *word)
 
 /* ---- transport ------------------------------------------------------------------ */
 
-static double now_sec(void)
+/* The TLS settings of --tls, --cacert, --cert, --key and --insecure, made
+ * once. Returns 0, or CLI_USAGE after saying why they do not load. */
+static int cli_tls_setup(cli_t *c)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* A deadline `timeout` seconds from now; 0 means none. */
-static double deadline_after(double timeout)
-{
-    return timeout > 0 ? now_sec() + timeout : 0;
-}
-
-/* Waits until `fd` is ready for `events`. Returns 0, -ETIMEDOUT or -errno. */
-static int wait_fd(int fd, short events, double deadline)
-{
-    for (;;) {
-        int ms = -1;
-        if (deadline > 0) {
-            double left = deadline - now_sec();
-            if (left <= 0)
-                return -ETIMEDOUT;
-            ms = left > 1e6 ? 1000000000 : (int)(left * 1000.0) + 1;
-        }
-        struct pollfd p = {.fd = fd, .events = events};
-        int rc = poll(&p, 1, ms);
-        if (rc > 0)
-            return 0;
-        if (rc < 0 && errno != EINTR)
-            return -errno;
-    }
-}
-
-/* Connects `fd` to `sa` before `deadline`; `fd` is blocking again after.
- * Returns 0 or -errno. */
-static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len, double deadline)
-{
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return -errno;
-    if (connect(fd, sa, len) < 0) {
-        if (errno != EINPROGRESS)
-            return -errno;
-        int rc = wait_fd(fd, POLLOUT, deadline);
-        if (rc != 0)
-            return rc;
-        int err = 0;
-        socklen_t el = sizeof(err);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
-            return -errno;
-        if (err != 0)
-            return -err;
-    }
-    return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
-}
-
-static int connect_unix(const char *path, double deadline, int *out)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path))
-        return -ENAMETOOLONG;
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int rc = connect_fd(fd, (const struct sockaddr *)&sa, sizeof(sa), deadline);
-    if (rc != 0) {
-        close(fd);
-        return rc;
-    }
-    *out = fd;
-    return 0;
-}
-
-/* Tries every address `host` resolves to. On a resolver failure returns
- * KVS_ENOTFOUND with the reason in *why; else 0 or the last -errno. */
-static int connect_tcp(const char *host, const char *port, double deadline, int *out,
-                       const char **why)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
-    int g = getaddrinfo(host, port, &hints, &res);
-    if (g != 0) {
-        *why = gai_strerror(g);
-        return KVS_ENOTFOUND;
-    }
-    int rc = -ECONNREFUSED;
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            rc = -errno;
-            continue;
-        }
-        rc = connect_fd(fd, ai->ai_addr, ai->ai_addrlen, deadline);
-        if (rc == 0) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-            *out = fd;
-            break;
-        }
-        close(fd);
-    }
-    freeaddrinfo(res);
-    return rc;
-}
-
-/* SO_RCVTIMEO/SO_SNDTIMEO, so that no blocking call outlives the timeout. */
-static int set_timeouts(int fd, double timeout)
-{
-    if (timeout <= 0)
+    char err[600];
+    if (!c->use_tls || c->net.tls_ctx != NULL)
         return 0;
-    struct timeval tv;
-    tv.tv_sec = (time_t)timeout;
-    tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0)
-        return -errno;
-    return 0;
+    kvs_tls_opts_t o = {
+        .role = KVS_TLS_CLIENT,
+        .cert = c->cert,
+        .key = c->key != NULL ? c->key : c->cert, /* a PEM file may hold both */
+        .ca = c->cacert,
+        .peer = c->insecure ? KVS_TLS_PEER_NONE : KVS_TLS_PEER_REQUIRE,
+        .min_version = KVS_TLS_V12,
+        .max_version = KVS_TLS_V13,
+        .what = "--tls",
+    };
+    int rc = kvs_tls_ctx_new(&o, &c->net.tls_ctx, err, sizeof(err));
+    if (rc == 0)
+        return 0;
+    fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    return CLI_USAGE;
 }
 
-/* Connects c->fd. Returns 0, or CLI_USAGE after saying why it could not. */
+/* Connects c->net. Returns 0, or CLI_USAGE after saying why it could not. */
 static int cli_connect(cli_t *c)
 {
-    double deadline = deadline_after(c->timeout);
-    const char *why = NULL;
-    int fd = -1;
-    int rc = c->socket != NULL ? connect_unix(c->socket, deadline, &fd)
-                               : connect_tcp(c->host, c->port, deadline, &fd, &why);
-    if (rc == 0 && (rc = set_timeouts(fd, c->timeout)) != 0)
-        close(fd);
-    if (rc == 0) {
-        c->fd = fd;
+    char why[700];
+    if (cli_tls_setup(c) != 0)
+        return CLI_USAGE;
+    int rc = cli_net_open(&c->net, c->socket, c->host, c->port, c->timeout, why, sizeof(why));
+    if (rc == 0)
         return 0;
-    }
-    if (why != NULL)
+    if (rc == KVS_ENOTFOUND)
         fprintf(stderr, "kvs-cli: cannot resolve host \"%s\": %s\n", c->host, why);
+    else if (rc == KVS_ETLS)
+        fprintf(stderr, "kvs-cli: %s: %s\n", c->name, why);
     else
-        fprintf(stderr, "kvs-cli: cannot connect to %s: %s\n", c->name, strerror(-rc));
+        fprintf(stderr, "kvs-cli: cannot connect to %s: %s\n", c->name, why);
     return CLI_USAGE;
 }
 
 static void cli_disconnect(cli_t *c)
 {
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-}
-
-static int send_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* Reads exactly `n` bytes before `deadline`. Returns 0, -ETIMEDOUT,
- * KVS_ECLOSED (the peer closed first) or -errno. */
-static int recv_all(int fd, uint8_t *p, size_t n, double deadline)
-{
-    while (n > 0) {
-        int rc = wait_fd(fd, POLLIN, deadline);
-        if (rc != 0)
-            return rc;
-        ssize_t k = recv(fd, p, n, 0);
-        if (k == 0)
-            return KVS_ECLOSED;
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
+    cli_net_close(&c->net);
 }
 
 /* Reads one response frame. Returns 0 with *out in c->reply memory, an
  * error from recv_all, or KVS_EPROTO with the reason in why[0..len). */
 static int read_reply(cli_t *c, Kvs__CommandResponse **out, char *why, size_t len)
 {
-    double deadline = deadline_after(c->timeout);
+    double deadline = cli_net_deadline(c->timeout);
     uint8_t h[KVS_FRAME_HEADER];
-    int rc = recv_all(c->fd, h, sizeof(h), deadline);
+    int rc = cli_net_recv(&c->net, h, sizeof(h), deadline);
     if (rc != 0)
         return rc;
     int compressed;
@@ -351,7 +235,7 @@ static int read_reply(cli_t *c, Kvs__CommandResponse **out, char *why, size_t le
         return KVS_EPROTO;
     }
     uint8_t *payload = cli_alloc(&c->reply, n);
-    rc = recv_all(c->fd, payload, n, deadline);
+    rc = cli_net_recv(&c->net, payload, n, deadline);
     if (rc != 0)
         return rc;
     *out = kvs__command_response__unpack(&c->reply.pb, n, payload);
@@ -376,7 +260,7 @@ static int exchange(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
     uint8_t *buf = cli_alloc(&c->reply, KVS_FRAME_HEADER + n);
     kvs_frame_put_header(buf, (uint32_t)n);
     kvs__command_request__pack(req, buf + KVS_FRAME_HEADER);
-    int rc = send_all(c->fd, buf, KVS_FRAME_HEADER + n);
+    int rc = cli_net_send(&c->net, buf, KVS_FRAME_HEADER + n);
     if (rc == 0)
         return read_reply(c, out, why, len);
     if (rc != -EPIPE && rc != -ECONNRESET)
@@ -392,21 +276,56 @@ static void report_io_error(const cli_t *c, int rc, const char *why)
         fprintf(stderr, "kvs-cli: %s: the server closed the connection\n", c->name);
     else if (rc == KVS_EPROTO)
         fprintf(stderr, "kvs-cli: %s: protocol error: %s (is this a kvs server?)\n", c->name, why);
+    else if (rc == KVS_ETLS)
+        fprintf(stderr, "kvs-cli: %s: TLS: %s\n", c->name, cli_net_tls_error(&c->net));
     else
         fprintf(stderr, "kvs-cli: %s: %s\n", c->name, strerror(-rc));
 }
 
-/* Connects if needed, sends `req` and decodes the response into c->reply
- * memory (valid until the next call). Returns 0, or CLI_USAGE after saying
- * what went wrong; the connection is dropped then, and the next call
- * reconnects. */
+/* --user: authenticates a new connection. Returns 0, CLI_FAILED (the
+ * server refused: said why), or an exchange error with why set. */
+static int cli_auth(cli_t *c, char *why, size_t len)
+{
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Auth m = KVS__AUTH__INIT;
+    Kvs__CommandResponse *r;
+    m.user = (char *)c->user;
+    m.token = (char *)(c->token != NULL ? c->token : "");
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_AUTH;
+    req.auth = &m;
+    int rc = exchange(c, &req, &r, why, len);
+    if (rc != 0 || r->status == KVS_STATUS_OK)
+        return rc;
+    fflush(stdout);
+    fprintf(stderr, "kvs-cli: %s: authentication as \"%s\" failed: %" PRIu32 " %s\n", c->name,
+            c->user, r->status, r->message);
+    return CLI_FAILED;
+}
+
+/* Connects if needed (and authenticates, with --user), sends `req` and
+ * decodes the response into c->reply memory (valid until the next call).
+ * Returns 0, CLI_FAILED when authentication was refused, or CLI_USAGE
+ * after saying what went wrong; the connection is dropped then, and the
+ * next call reconnects. */
 static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **resp)
 {
-    kvs_arena_reset(&c->reply);
-    if (c->fd < 0 && cli_connect(c) != 0)
-        return CLI_USAGE;
     char why[160] = "";
-    int rc = exchange(c, req, resp, why, sizeof(why));
+    Kvs__CommandRequest with = *req; /* the request-level options of the command line */
+    with.min_position.data = c->min_position.data;
+    with.min_position.len = c->min_position.len;
+    with.accept_stale = c->stale;
+    int rc = 0;
+    kvs_arena_reset(&c->reply);
+    if (c->net.fd < 0) {
+        if (cli_connect(c) != 0)
+            return CLI_USAGE;
+        if (c->user != NULL && (rc = cli_auth(c, why, sizeof(why))) == CLI_FAILED) {
+            cli_disconnect(c);
+            return CLI_FAILED;
+        }
+    }
+    if (rc == 0)
+        rc = exchange(c, &with, resp, why, sizeof(why));
     if (rc == 0)
         return 0;
     fflush(stdout);
@@ -584,6 +503,18 @@ static void put_reply(const cli_t *c, cli_shape_t shape, const Kvs__CommandRespo
             put_cursor(c, &r->cursor);
         break;
     }
+}
+
+/* --position: a write's position, as text ("topic:partition:offset,...");
+ * pass it to --min-position to read at least that fresh. */
+static void put_position(const cli_t *c, const Kvs__CommandResponse *r)
+{
+    char text[4096];
+    if (!c->show_position || r->position.len == 0)
+        return;
+    if (kvs_pos_format(r->position.data, r->position.len, text, sizeof(text)) != 0)
+        snprintf(text, sizeof(text), "(not a position token)");
+    printf(c->raw ? "%s\n" : "position: %s\n", text);
 }
 
 /* Turns a response status into an exit status, printing any error. */
@@ -1004,10 +935,12 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     Kvs__CommandResponse *r = NULL;
     if (rc == 0)
         rc = cli_call(c, &req, &r);
-    if (rc == 0)
-        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    rc = check_status(c, cmd, r);
     if (rc == 0)
         put_reply(c, cmd->shape, r);
+    put_position(c, r); /* a 503 may carry one too: the write may be applied later */
     return rc;
 }
 
@@ -1201,6 +1134,135 @@ static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     return CLI_OK;
 }
 
+/* auth USER TOKEN. */
+static int build_auth(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                      Kvs__CommandRequest *req)
+{
+    Kvs__Auth *m = cli_new(c, &kvs__auth__descriptor);
+    int rc = arg_string(c, "user name", argv[0], &m->user);
+    if (rc == 0)
+        rc = arg_string(c, "token", argv[1], &m->token);
+    req->auth = m;
+    req->command_case = cmd->cc;
+    return rc;
+}
+
+/* The token to hash: the argument, or (none, or "-") stdin's first line. */
+static int token_text(const cli_arg_t *argv, int argc, char *buf, size_t cap, size_t *len)
+{
+    if (argc >= 1 && !arg_is(argv[0], "-")) {
+        if (argv[0].len >= cap)
+            return -1;
+        memcpy(buf, argv[0].p, argv[0].len);
+        *len = argv[0].len;
+        return 0;
+    }
+    if (fgets(buf, (int)cap, stdin) == NULL)
+        return -1;
+    *len = strcspn(buf, "\r\n");
+    return 0;
+}
+
+/* hash-token [TOKEN|- [ITERATIONS]]: the stored form of a token. */
+static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char token[KVS_TOKEN_MAX + 2], text[KVS_TOKEN_TEXT];
+    size_t len = 0;
+    uint64_t iterations = KVS_TOKEN_ITERATIONS;
+    kvs_token_hash_t h;
+    (void)cmd;
+    (void)c;
+    if (argc >= 2) {
+        char num[16];
+        char *end;
+        snprintf(num, sizeof(num), "%.*s", (int)(argv[1].len < 15 ? argv[1].len : 15), argv[1].p);
+        iterations = strtoull(num, &end, 10);
+        if (*end != '\0' || argv[1].len > 15 || iterations < KVS_TOKEN_MIN_ITERATIONS ||
+            iterations > KVS_TOKEN_MAX_ITERATIONS) {
+            fprintf(stderr, "kvs-cli: hash-token: ITERATIONS must be a number from %u to %u\n",
+                    KVS_TOKEN_MIN_ITERATIONS, KVS_TOKEN_MAX_ITERATIONS);
+            return CLI_USAGE;
+        }
+    }
+    if (token_text(argv, argc, token, sizeof(token), &len) != 0 || len == 0 ||
+        len > KVS_TOKEN_MAX || memchr(token, '\0', len) != NULL ||
+        !utf8_valid((const unsigned char *)token, len)) {
+        fprintf(stderr,
+                "kvs-cli: hash-token: give a token of 1 to %u bytes of UTF-8 text, as "
+                "the argument or on stdin\n",
+                KVS_TOKEN_MAX);
+        return CLI_USAGE;
+    }
+    int rc = kvs_token_make(token, len, (uint32_t)iterations, &h);
+    explicit_bzero(token, sizeof(token));
+    if (rc != 0 || kvs_token_format(&h, text, sizeof(text)) != 0) {
+        fprintf(stderr, "kvs-cli: hash-token: cannot hash: %s\n", kvs_strerror(rc));
+        return CLI_USAGE;
+    }
+    puts(text);
+    return CLI_OK;
+}
+
+/* digest TABLE [--node NAME]: with --config, every replica of every shard
+ * (or of NAME's shards) compared (cli_digest); without, the one server
+ * connected to (a worker: its socket or TCP port). */
+static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char *table = NULL, *node = NULL;
+    if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
+        fprintf(stderr, "usage: kvs-cli [--config FILE] digest TABLE [--node NAME]\n");
+        return CLI_USAGE;
+    }
+    if (arg_string(c, "table name", argv[0], &table) != 0 ||
+        (argc == 3 && arg_string(c, "node name", argv[2], &node) != 0))
+        return CLI_USAGE;
+    if (c->config_path != NULL) {
+        int rc = cli_config(c);
+        if (rc != 0)
+            return rc;
+        /* TLS to other nodes' workers: --tls and its flags when given,
+         * else this node's own identity (tls.link, as its router's links). */
+        kvs_tls_ctx_t *own = NULL;
+        if (c->use_tls && cli_tls_setup(c) != 0)
+            return CLI_USAGE;
+        if (!c->use_tls && c->cfg->tls_link.enabled) {
+            char err[600];
+            rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, &own, err,
+                                          sizeof(err));
+            if (rc != 0) {
+                fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+                return CLI_USAGE;
+            }
+        }
+        rc = cli_digest_run(c->cfg, c->use_tls ? c->net.tls_ctx : own, table, node, c->timeout,
+                            c->raw);
+        kvs_tls_ctx_free(own);
+        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+    }
+    Kvs__CommandRequest req;
+    Kvs__Digest *d = cli_new(c, &kvs__digest__descriptor);
+    kvs__command_request__init(&req);
+    req.command_case = cmd->cc;
+    req.digest = d;
+    d->table = table;
+    Kvs__CommandResponse *r = NULL;
+    int rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
+    if (r->n_values < 2 || r->values[0]->binary_value.len != KVS_HASH_LEN) {
+        fprintf(stderr, "kvs-cli: %s: the Digest answer holds no digest\n", c->name);
+        return CLI_FAILED;
+    }
+    kvs_hash_hex(r->values[0]->binary_value.data, hex);
+    if (r->position.len > 0)
+        kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
+    printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
+    return CLI_OK;
+}
+
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
 
 static const cli_cmd_t commands[] = {
@@ -1234,6 +1296,14 @@ static const cli_cmd_t commands[] = {
      1, CC(SLOWLOG), NULL, SHAPE_VALUE, run_slowlog},
     {"keyslot", "TABLE KEY", "the partition and shard of KEY (from --config; no server asked)", 2,
      2, 1, CC(_NOT_SET), NULL, SHAPE_VALUE, run_keyslot},
+    {"auth", "USER TOKEN", "authenticate this connection as USER", 2, 2, 1, CC(AUTH), build_auth,
+     SHAPE_PING, run_simple},
+    {"hash-token", "[TOKEN|- [ITERATIONS]]",
+     "print the hash of TOKEN (default: stdin) for config.yaml users (no server asked)", 0, 2, 1,
+     CC(_NOT_SET), NULL, SHAPE_VALUE, run_hash_token},
+    {"digest", "TABLE [--node NAME]",
+     "compare every replica's digest of TABLE (with --config; else the server's own)", 1, 3, 1,
+     CC(DIGEST), NULL, SHAPE_VALUE, run_digest},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1547,13 +1617,28 @@ static void usage(FILE *f)
                "  --port PORT        server port (default 9527)\n"
                "  --socket PATH      unix socket; overrides --host and --port\n"
                "  --timeout SECONDS  limit on connecting and on each reply (default 10; 0 = none)\n"
-               "  --config FILE      the node's config.yaml, for keyslot (no server needed)\n"
+               "  --tls              connect with TLS; the server's certificate must name --host\n"
+               "  --cacert FILE      CA bundle (PEM) to verify the server with (default: the\n"
+               "                     system's CAs)\n"
+               "  --cert FILE        client certificate (PEM), for servers that ask for one\n"
+               "  --key FILE         its private key (default: --cert, if the file holds both)\n"
+               "  --insecure         do not verify the server's certificate (testing only)\n"
+               "  --user NAME        authenticate every connection as NAME (Auth)\n"
+               "  --token TOKEN      its token (default: the environment variable KVS_TOKEN,\n"
+               "                     which other users cannot see in ps)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed) and\n"
+               "                     digest (every replica it lists)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"
                "  --float            double\n"
                "  --bool             true/false, yes/no, 1/0\n"
                "  --binary           the argument's bytes; @FILE reads a file, @- stdin\n"
+               "Freshness (tables bound to Kafka topics):\n"
+               "  --position         after a write, print its position (topic:partition:offset)\n"
+               "  --min-position POS read at least as fresh as POS (as --position prints it);\n"
+               "                     waits for it, or 503 \"behind by N records\"\n"
+               "  --stale            read even from a worker that is catching up\n"
                "Output:\n"
                "  --raw              bare values, one per line, no quotes or type tags\n"
                "  -h, --help         this help\n"
@@ -1616,6 +1701,51 @@ static int apply_option(cli_t *c, int ch, const char *arg)
     case 'r':
         c->raw = 1;
         return -1;
+    case 'P':
+        c->show_position = 1;
+        return -1;
+    case 'S':
+        c->stale = 1;
+        return -1;
+    case 'M': {
+        char err[256];
+        kvs_pos_set_t set;
+        kvs_pos_set_init(&set);
+        int rc = kvs_pos_set_parse(&set, arg, err, sizeof(err));
+        c->min_position.len = 0;
+        if (rc == 0)
+            rc = kvs_pos_set_encode(&set, &c->min_position);
+        kvs_pos_set_free(&set);
+        if (rc == 0)
+            return -1;
+        fprintf(stderr, "kvs-cli: --min-position: %s\n", rc == -ENOMEM ? "out of memory" : err);
+        return CLI_USAGE;
+    }
+    case 'T':
+        c->use_tls = 1;
+        return -1;
+    case 'A':
+        c->cacert = arg;
+        c->use_tls = 1;
+        return -1;
+    case 'E':
+        c->cert = arg;
+        c->use_tls = 1;
+        return -1;
+    case 'K':
+        c->key = arg;
+        c->use_tls = 1;
+        return -1;
+    case 'I':
+        c->insecure = 1;
+        c->use_tls = 1;
+        return -1;
+    case 'U':
+        c->user = arg;
+        return -1;
+    case 'O':
+        c->token = arg;
+        return -1;
     case 'h':
         usage(stdout);
         return CLI_OK;
@@ -1648,6 +1778,16 @@ static int parse_options(cli_t *c, int argc, char **argv)
                                          {"config", required_argument, NULL, 'C'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"raw", no_argument, NULL, 'r'},
+                                         {"position", no_argument, NULL, 'P'},
+                                         {"min-position", required_argument, NULL, 'M'},
+                                         {"stale", no_argument, NULL, 'S'},
+                                         {"tls", no_argument, NULL, 'T'},
+                                         {"cacert", required_argument, NULL, 'A'},
+                                         {"cert", required_argument, NULL, 'E'},
+                                         {"key", required_argument, NULL, 'K'},
+                                         {"insecure", no_argument, NULL, 'I'},
+                                         {"user", required_argument, NULL, 'U'},
+                                         {"token", required_argument, NULL, 'O'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"string", no_argument, NULL, VT_STRING + 1000},
@@ -1664,6 +1804,8 @@ static int parse_options(cli_t *c, int argc, char **argv)
         if (rc >= 0)
             return rc;
     }
+    if (c->user != NULL && c->token == NULL)
+        c->token = getenv("KVS_TOKEN");
     if (c->socket != NULL)
         snprintf(c->name, sizeof(c->name), "unix:%s", c->socket);
     else if (strchr(c->host, ':') != NULL)
@@ -1675,7 +1817,7 @@ static int parse_options(cli_t *c, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    cli_t c = {.host = "127.0.0.1", .port = "9527", .timeout = 10, .fd = -1};
+    cli_t c = {.host = "127.0.0.1", .port = "9527", .timeout = 10, .net = {.fd = -1}};
     kvs_arena_init(&c.arena);
     kvs_arena_init(&c.reply);
     signal(SIGPIPE, SIG_IGN);
@@ -1683,9 +1825,11 @@ int main(int argc, char **argv)
     if (rc < 0)
         rc = optind < argc ? run_oneshot(&c, argc - optind, argv + optind) : run_session(&c);
     cli_disconnect(&c);
+    kvs_tls_ctx_free(c.net.tls_ctx);
     kvs_config_free(c.cfg);
     kvs_arena_close(&c.arena);
     kvs_arena_close(&c.reply);
+    kvs_buf_free(&c.min_position);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "kvs-cli: cannot write the output: %s\n", strerror(errno));
         if (rc == CLI_OK)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compare_redis.sh: kvs against Redis, same machine, same run, same workload.
 #
-#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE] [--no-build]
+#   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE]
+#                                [--processes N] [--no-build] [--no-tls]
 #
 # Builds a release kvs (build-release/), installs redis-server and
 # redis-tools with apt-get if they are missing (needs root), starts a kvs
@@ -17,7 +18,8 @@
 # runs N times on each server, alternating, and the table shows medians.
 # --no-build reuses build-release/ as it is. --sync picks kvs's
 # storage.sync (full, batch, none; default batch) and Redis's matching
-# appendfsync (always, everysec, no).
+# appendfsync (always, everysec, no). --processes sets kvs's
+# router.processes (default 1; auto for the machine's choice).
 #
 # HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
 # the rest; both count as successes). Redis' HGET is a custom command hitting
@@ -33,6 +35,14 @@
 # of one core, client and server), to check that the load generator was not
 # the bottleneck.
 #
+# Then the same workloads over TLS (unless --no-tls): a second kvs node with
+# tls.router enabled and a redis-server with --tls-port (Debian's Redis is
+# built with TLS), certificates made for the run by tests/make_certs.sh (EC
+# P-256; server authentication only, on both sides), kvs-bench --tls and
+# redis-benchmark --tls, each verifying the server against the test CA.
+# Their rows are marked "TLS", and a third table shows what TLS costs each
+# side: TLS ops/s as a fraction of the same workload's plaintext ops/s.
+#
 # Everything started here is stopped and every temporary file removed on
 # exit, also on Ctrl-C or error. Servers listen on 127.0.0.1 only. Every wait
 # and every benchmark run is bounded by a timeout.
@@ -42,7 +52,9 @@ SHARDS=2
 REQUESTS=200000
 REPEAT=1
 BUILD=1
-SYNC=batch
+SYNC="batch"
+PROCESSES=1
+TLS=1
 CLIENTS=50
 KEYSPACE=100000
 VALUE_SIZE=100
@@ -63,6 +75,8 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --sync) SYNC=${2:?--sync wants full, batch or none}; shift 2 ;;
+    --processes) PROCESSES=${2:?--processes wants a number or auto}; shift 2 ;;
+    --no-tls) TLS=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -83,6 +97,10 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvs-vs-redis.XXXXXX")
 KVS_PID=
 REDIS_PID=
 CLIENT_PID=
+KVS_TLS_PID=
+REDIS_TLS_PID=
+KVS_ARGS=()   # extra kvs-bench arguments (TLS)
+REDIS_ARGS=() # extra redis-benchmark arguments (TLS)
 
 say() { echo "compare_redis: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -95,6 +113,8 @@ cleanup() {
     stop_pid "$CLIENT_PID" 5
     stop_pid "$KVS_PID" 15 # the router stops its workers itself
     stop_pid "$REDIS_PID" 10
+    stop_pid "$KVS_TLS_PID" 15
+    stop_pid "$REDIS_TLS_PID" 10
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -135,37 +155,47 @@ wait_ready() {
     die "$name did not answer within ${START_TIMEOUT}s"
 }
 
+# start_kvs NAME [TLS-YAML [CLI-ARGS]]: a kvs node; sets KVS_PORT and KVS_PID.
 start_kvs() {
-    KVS_PORT=$(free_port)
-    KVS_RESP_PORT=$(free_port "$KVS_PORT")
+    local name=$1 tls=${2:-} cli=${3:-}
+    KVS_PORT=$(free_port "${REDIS_PORT:-}")
+    KVS_RESP_PORT=$(free_port "$KVS_PORT" "${REDIS_PORT:-}")
     local partitions=$((SHARDS > 64 ? SHARDS : 64))
-    cat >"$TMP/kvs.yaml" <<EOF
-data_dir: $TMP/kvs-data
+    cat >"$TMP/$name.yaml" <<EOF
+data_dir: $TMP/$name-data
 cluster:
   shards: $SHARDS
   partitions: $partitions
 router:
   listen: 127.0.0.1:$KVS_PORT
   resp_listen: 127.0.0.1:$KVS_RESP_PORT
+  processes: $PROCESSES
 storage:
   sync: $SYNC
 log:
   level: warn
+$tls
 EOF
-    "$BIN/kvs-router" --config "$TMP/kvs.yaml" >"$TMP/kvs.log" 2>&1 &
+    "$BIN/kvs-router" --config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1 &
     KVS_PID=$!
-    wait_ready kvs-router "$KVS_PID" "$TMP/kvs.log" \
-        "'$BIN/kvs-cli' --port $KVS_PORT --timeout 1 ping"
+    wait_ready kvs-router "$KVS_PID" "$TMP/$name.log" \
+        "'$BIN/kvs-cli' --port $KVS_PORT --timeout 1 $cli ping"
 }
 
+# start_redis NAME [SERVER-ARGS [CLI-ARGS]]: a redis-server; sets REDIS_PORT
+# and REDIS_PID. With TLS arguments, REDIS_PORT is its TLS port.
 start_redis() {
-    REDIS_PORT=$(free_port "$KVS_RESP_PORT")
-    mkdir -p "$TMP/redis"
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no --appendonly yes \
-        --appendfsync "$FSYNC" --save '' --dir "$TMP/redis" --logfile "$TMP/redis.log" &
+    local name=$1 tls=${2:-} cli=${3:-}
+    REDIS_PORT=$(free_port "$KVS_PORT" "$KVS_RESP_PORT")
+    local port=(--port "$REDIS_PORT")
+    [ -n "$tls" ] && port=(--port 0 --tls-port "$REDIS_PORT")
+    mkdir -p "$TMP/$name"
+    # shellcheck disable=SC2086 # $tls holds several words
+    redis-server --bind 127.0.0.1 "${port[@]}" $tls --daemonize no --appendonly yes \
+        --appendfsync "$FSYNC" --save '' --dir "$TMP/$name" --logfile "$TMP/$name.log" &
     REDIS_PID=$!
-    wait_ready redis-server "$REDIS_PID" "$TMP/redis.log" \
-        "[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" = PONG ]"
+    wait_ready redis-server "$REDIS_PID" "$TMP/$name.log" \
+        "[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT $cli ping)\" = PONG ]"
 }
 
 # CPU ticks (user + system) used so far by the given processes.
@@ -220,7 +250,8 @@ run_kvs() {
     local test=$1 pipe=$2 line
     mapfile -t SERVER_PIDS < <(echo "$KVS_PID"; pgrep -P "$KVS_PID" || true)
     run_client "$BIN/kvs-bench" -h 127.0.0.1 -p "$KVS_PORT" -c "$CLIENTS" \
-        -n "$REQUESTS" -P "$pipe" -r "$KEYSPACE" -d "$VALUE_SIZE" -t "$test" --json -q
+        -n "$REQUESTS" -P "$pipe" -r "$KEYSPACE" -d "$VALUE_SIZE" -t "$test" --json -q \
+        "${KVS_ARGS[@]}"
     line=$(head -n 1 "$TMP/out")
     OPS=$(sed -n 's/.*"ops_per_sec":\([0-9.]*\).*/\1/p' <<<"$line")
     P50=$(sed -n 's/.*"p50":\([0-9.]*\).*/\1/p' <<<"$line" | awk '{ printf "%.3f", $1 / 1000 }')
@@ -235,15 +266,15 @@ run_kvs() {
 # "p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms".
 # Against redis-server, or (third argument "kvs") kvs's RESP listener.
 run_redis() {
-    local test=$1 pipe=$2 target=${3:-redis} line port=$REDIS_PORT
+    local test=$1 pipe=$2 target=${3:-redis} line to=$REDIS_PORT
     if [ "$target" = kvs ]; then
-        port=$KVS_RESP_PORT
+        to=$KVS_RESP_PORT
         mapfile -t SERVER_PIDS < <(echo "$KVS_PID"; pgrep -P "$KVS_PID" || true)
     else
         SERVER_PIDS=("$REDIS_PID")
     fi
-    local args=(-h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
-        -r "$KEYSPACE" -d "$VALUE_SIZE" --csv)
+    local args=(-h 127.0.0.1 -p "$to" -c "$CLIENTS" -n "$REQUESTS" -P "$pipe"
+        -r "$KEYSPACE" -d "$VALUE_SIZE" --csv "${REDIS_ARGS[@]}")
     if [ "$test" = hset ]; then
         args+=(-t hset)
     else
@@ -266,11 +297,12 @@ median() {
 col_median() { cut -d' ' -f"$2" "$1" | median; }
 
 # Runs one workload on both servers, alternating, REPEAT times, and appends
-# a row of medians to the tables. A sample is "ops p50 p99 client% server%".
+# a row of medians to the tables (its name ends with $3, " TLS" or ""). A
+# sample is "ops p50 p99 client% server%". Sets K_OPS and R_OPS (medians).
 # With DRIVER=resp, redis-benchmark drives kvs too (its RESP listener).
 run_workload() {
     local test=$1 pipe=$2 name i k="$TMP/k.samples" r="$TMP/r.samples"
-    name="${test^^} P=$pipe"
+    name="${test^^} P=$pipe${3:-}"
     [ "$DRIVER" = resp ] && name="$name r"
     : >"$k"
     : >"$r"
@@ -289,20 +321,22 @@ run_workload() {
     local k_ops r_ops
     k_ops=$(col_median "$k" 1)
     r_ops=$(col_median "$r" 1)
-    ROWS+=("$(printf '%-12s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
+    K_OPS=$k_ops
+    R_OPS=$r_ops
+    ROWS+=("$(printf '%-14s | %11.0f | %11.0f | %5.2f | %10.3f | %12.3f | %10.3f | %12.3f' \
         "$name" "$k_ops" "$r_ops" "$(awk -v a="$k_ops" -v b="$r_ops" 'BEGIN { print a / b }')" \
         "$(col_median "$k" 3)" "$(col_median "$r" 3)" "$(col_median "$k" 2)" \
         "$(col_median "$r" 2)")")
-    CPU_ROWS+=("$(printf '%-12s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
+    CPU_ROWS+=("$(printf '%-14s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
         "$(col_median "$k" 4)" "$(col_median "$k" 5)" "$(col_median "$r" 4)" \
         "$(col_median "$r" 5)")")
 }
 
 print_tables() {
     echo
-    printf '%-12s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
+    printf '%-14s | %11s | %11s | %5s | %10s | %12s | %10s | %12s\n' workload "kvs ops/s" \
         "redis ops/s" ratio "kvs p99 ms" "redis p99 ms" "kvs p50 ms" "redis p50 ms"
-    printf -- '-%.0s' {1..103}
+    printf -- '-%.0s' {1..105}
     echo
     printf '%s\n' "${ROWS[@]}"
     echo
@@ -311,9 +345,16 @@ print_tables() {
     echo
     echo "CPU during each run, percent of one core (client = kvs-bench or redis-benchmark;"
     echo "server = kvs-router + its kvs-node workers / redis-server):"
-    printf '%-12s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
+    printf '%-14s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
         "redis client" "redis server"
     printf '%s\n' "${CPU_ROWS[@]}"
+    if [ ${#TLS_ROWS[@]} -gt 0 ]; then
+        echo
+        echo "What TLS costs: TLS ops/s as a fraction of the same workload's plaintext ops/s"
+        echo "(1.00 = free; target: kvs's fraction at least redis's):"
+        printf '%-10s | %9s | %11s\n' workload "kvs TLS" "redis TLS"
+        printf '%s\n' "${TLS_ROWS[@]}"
+    fi
     if [ ${#NOTES[@]} -gt 0 ]; then
         echo
         printf 'note: %s\n' "${NOTES[@]}"
@@ -325,8 +366,8 @@ main() {
     [ "$BUILD" = 1 ] && build_kvs
     [ -x "$BIN/kvs-bench" ] || die "$BIN/kvs-bench is missing (run without --no-build)"
     install_redis
-    start_kvs
-    start_redis
+    start_kvs kvs
+    start_redis redis
     echo "kvs: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) release," \
         "$SHARDS shards, storage.sync $SYNC; $(redis-server --version | cut -d' ' -f1-3)," \
         "appendonly yes, appendfsync $FSYNC; $(nproc) cores, load average" \
@@ -336,14 +377,55 @@ main() {
     ROWS=()
     CPU_ROWS=()
     NOTES=()
+    TLS_ROWS=()
+    declare -A plain_k plain_r
     for DRIVER in own resp; do
         for test in hset hget; do
             for pipe in 1 16; do
                 run_workload "$test" "$pipe"
+                if [ "$DRIVER" = own ]; then
+                    plain_k[$test$pipe]=$K_OPS
+                    plain_r[$test$pipe]=$R_OPS
+                fi
             done
         done
     done
+    if [ "$TLS" = 1 ]; then
+        start_tls_servers
+        for test in hset hget; do
+            for pipe in 1 16; do
+                run_workload "$test" "$pipe" " TLS"
+                TLS_ROWS+=("$(printf '%-10s | %9.2f | %11.2f' "${test^^} P=$pipe" \
+                    "$(awk -v a="$K_OPS" -v b="${plain_k[$test$pipe]}" 'BEGIN { print a / b }')" \
+                    "$(awk -v a="$R_OPS" -v b="${plain_r[$test$pipe]}" 'BEGIN { print a / b }')")")
+            done
+        done
+    fi
     print_tables
+}
+
+# The TLS servers: certificates for this run, a kvs node with tls.router and
+# a redis-server with --tls-port; both benchmarks verify them against the CA.
+# The plaintext servers are stopped first, so only one pair competes for CPU.
+start_tls_servers() {
+    local c="$TMP/certs"
+    command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl), or use --no-tls"
+    "$ROOT/tests/make_certs.sh" "$c" || die "cannot make test certificates"
+    say "starting the TLS servers"
+    stop_pid "$KVS_PID" 15
+    stop_pid "$REDIS_PID" 10
+    KVS_PID=
+    REDIS_PID=
+    start_kvs kvs-tls "tls:
+  cert: $c/node.crt
+  key: $c/node.key
+  router: {enabled: true}" "--tls --cacert $c/ca.crt"
+    KVS_TLS_PID=$KVS_PID
+    start_redis redis-tls "--tls-cert-file $c/node.crt --tls-key-file $c/node.key \
+--tls-ca-cert-file $c/ca.crt --tls-auth-clients no" "--tls --cacert $c/ca.crt"
+    REDIS_TLS_PID=$REDIS_PID
+    KVS_ARGS=(--tls --cacert "$c/ca.crt")
+    REDIS_ARGS=(--tls --cacert "$c/ca.crt")
 }
 
 main

@@ -15,12 +15,12 @@ stop_pid() {
 }
 
 # A loopback port nobody listens on (nothing answers a connect to it),
-# other than $1 if given.
+# other than any port given as an argument.
 free_port() {
     local p i
     for ((i = 0; i < 200; i++)); do
         p=$((20000 + RANDOM % 40000))
-        [ "$p" != "${1:-}" ] || continue
+        case " $* " in *" $p "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0

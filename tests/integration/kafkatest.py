@@ -18,7 +18,10 @@ commits for a group once anyone subscribed to it).
 
 kvs side: `ingest_yaml` builds the `kafka:` config section for a Router
 (routertest), `info(router)` returns the Info pairs as {name: int}, and
-`kafka_parts(info, topic)` regroups them per partition.
+`kafka_parts(info, topic)` regroups them per partition. `pos_token` and
+`pos_entries` write and read position tokens (CommandResponse.position,
+CommandRequest.min_position) by the encoding documented in kvs.proto,
+independently of kvs's own C code.
 
 Every wait is bounded.
 
@@ -240,6 +243,34 @@ def consumer(bootstrap, group="kvs-test-reader", **extra):
     return Consumer(conf)
 
 
+def read_topic(bootstrap, topic, partitions, timeout=30.0):
+    """Every record of the topic as (partition, offset, key, value, headers)
+    (value None = tombstone; headers a dict), partitions in order, each in
+    offset order. Reads to the end offsets the brokers report now."""
+    ends = watermarks(bootstrap, topic, partitions)
+    c = consumer(bootstrap, group="kvs-test-topic-reader")
+    out = []
+    try:
+        want = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in want])
+        got = {p: [] for p in want}
+        deadline = time.monotonic() + timeout
+        while any(len(got[p]) < want[p] - ends[p][0] for p in want):
+            if time.monotonic() > deadline:
+                raise AssertionError("reading %s back timed out: have %r of %r"
+                                     % (topic, {p: len(v) for p, v in got.items()}, want))
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            got[m.partition()].append((m.partition(), m.offset(), m.key(), m.value(),
+                                       dict(m.headers() or [])))
+        for p in sorted(got):
+            out.extend(sorted(got[p], key=lambda r: r[1]))
+    finally:
+        c.close()
+    return out
+
+
 def watermarks(bootstrap, topic, partitions, timeout=10.0):
     """{partition: (low, high)} as the brokers report them now."""
     c = consumer(bootstrap)
@@ -264,11 +295,68 @@ def committed(bootstrap, group, topic, partitions, timeout=10.0):
 # ---- the kvs side -------------------------------------------------------------------------------
 
 
-def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None):
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7f) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pos_token(entries):
+    """A position token for [(topic, partition, offset)] (any order; the
+    highest offset per partition wins); b"" for none."""
+    best = {}
+    for t, p, o in entries:
+        t = t.encode() if isinstance(t, str) else t
+        best[(t, p)] = max(o, best.get((t, p), -1))
+    if not best:
+        return b""
+    out = bytearray([1])
+    for t in sorted({t for t, _ in best}):
+        parts = sorted(p for tt, p in best if tt == t)
+        out += _varint(len(t)) + t + _varint(len(parts))
+        for p in parts:
+            out += _varint(p) + _varint(best[(t, p)])
+    return bytes(out)
+
+
+def pos_entries(tok):
+    """[(topic, partition, offset)] of a position token, in token order."""
+    if not tok:
+        return []
+    assert tok[0] == 1, "unknown position token version %d" % tok[0]
+    i, out = 1, []
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = tok[i]
+            i += 1
+            n |= (b & 0x7f) << shift
+            shift += 7
+            if b < 0x80:
+                return n
+
+    while i < len(tok):
+        tl = varint()
+        topic = tok[i:i + tl].decode()
+        i += tl
+        for _ in range(varint()):
+            p = varint()
+            out.append((topic, p, varint()))
+    return out
+
+
+def ingest_yaml(bootstrap, bindings, group_id="kvs", properties=None, max_lag=None):
     """The `kafka:` section of a kvs config. bindings: [(topic, table,
     format, partitions[, partitioner])]."""
     lines = ["kafka:", '  brokers: "%s"' % bootstrap, "  group_id: %s" % group_id,
              "  bindings:"]
+    if max_lag is not None:
+        lines.insert(3, "  max_lag: %d" % max_lag)
     for b in bindings:
         topic, table, fmt, parts = b[:4]
         lines.append("    - {topic: %s, table: %s, format: %s%s%s}"

@@ -9,11 +9,13 @@ kvs_pb2.CommandRequest objects so tests can pipeline them.
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-node and
 py/kvs_pb2.py (also found through PYTHONPATH).
 """
+import fcntl
 import os
 import resource
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -50,6 +52,60 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+# ---- TLS ----------------------------------------------------------------------
+
+
+def certs_dir():
+    """<build>/test-certs, made once by tests/make_certs.sh with the openssl
+    command (under a lock: parallel tests share one set; never committed).
+    Holds ca, node, node2, alice, bob, expired, wrong, other-ca,
+    server-wrongname (.crt and .key)."""
+    d = os.path.join(BUILD_DIR, "test-certs")
+    with open(d + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(d, "alice.crt")):
+            subprocess.run([os.path.join(HERE, "..", "make_certs.sh"), d], check=True,
+                           timeout=60)
+    return d
+
+
+def cert_path(name):
+    """Path of file `name` ("ca.crt", "alice.key") in certs_dir()."""
+    return os.path.join(certs_dir(), name)
+
+
+def tls_context(ca="ca", cert=None, verify=True, maximum=None):
+    """A client ssl.SSLContext trusting ca.crt (by default), presenting
+    <cert>.crt/<cert>.key if given; maximum: an ssl.TLSVersion."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        ctx.load_verify_locations(cert_path(ca + ".crt"))
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert_path(cert + ".crt"), cert_path(cert + ".key"))
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+def tls_yaml(router=None, node=None, link=None, cert="node", **shared):
+    """A `tls:` section with the test CA and <cert>.crt/.key; router, node,
+    link: dicts of that endpoint's keys (e.g. {"enabled": "true",
+    "client_cert": "require"}), or None; shared: more tls.* keys."""
+    lines = ["tls:",
+             "  cert: %s" % cert_path(cert + ".crt"),
+             "  key: %s" % cert_path(cert + ".key"),
+             "  ca: %s" % cert_path("ca.crt")]
+    lines += ["  %s: %s" % kv for kv in sorted(shared.items())]
+    for name, keys in (("router", router), ("node", node), ("link", link)):
+        if keys is not None:
+            lines.append("  %s: {%s}" % (name, ", ".join("%s: %s" % kv
+                                                          for kv in sorted(keys.items()))))
+    return "\n".join(lines) + "\n"
 
 
 # ---- values and requests ------------------------------------------------------
@@ -186,9 +242,12 @@ def parse_size(text):
 class Client:
     """One connection. addr: (host, port) for TCP or a str path for a unix socket.
     max_frame: if set, a response frame larger than this fails the test (the
-    limit holds in both directions: a router's decoder would refuse it)."""
+    limit holds in both directions: a router's decoder would refuse it).
+    tls: an ssl.SSLContext (see tls_context) to speak TLS; the server's
+    certificate must name server_hostname."""
 
-    def __init__(self, addr, timeout=TIMEOUT, max_frame=None):
+    def __init__(self, addr, timeout=TIMEOUT, max_frame=None, tls=None,
+                 server_hostname="localhost"):
         self.max_frame = max_frame
         if isinstance(addr, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -196,6 +255,12 @@ class Client:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(addr)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
+            except BaseException:
+                self.sock.close()
+                raise
         self.buf = bytearray()
 
     def close(self):
@@ -242,7 +307,7 @@ class Client:
         """True if the server closed the connection (no more frames, EOF)."""
         try:
             return self.recv_raw() is None
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             return True
 
     # protobuf
@@ -395,7 +460,11 @@ class Node(Managed):
     extra_yaml: more top-level YAML appended to the config.
     """
 
-    def __init__(self, sync="batch", max_frame=None, extra_yaml="", storage=None, start=True):
+    tls = None  # a client ssl.SSLContext for the TCP listener (tls.node), or None
+
+    def __init__(self, sync="batch", max_frame=None, extra_yaml="", storage=None, start=True,
+                 tls=None, log_level="info"):
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="kvs-it-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -411,7 +480,7 @@ class Node(Managed):
             "cluster: {shards: 1, partitions: 8}",
             "storage: {%s}" % ", ".join("%s: %s" % kv for kv in
                                         [("sync", sync)] + sorted((storage or {}).items())),
-            "log: {level: info}",
+            "log: {level: %s}" % log_level,
         ]
         if max_frame is not None:
             lines.append("limits: {max_frame: %s}" % max_frame)
@@ -433,7 +502,8 @@ class Node(Managed):
         return self.proc.pid if self.proc else None
 
     def client(self, unix=False):
-        return Client(self.socket_path if unix else self.addr, max_frame=self.max_frame)
+        return Client(self.socket_path if unix else self.addr, max_frame=self.max_frame,
+                      tls=None if unix else self.tls)
 
     def start(self):
         assert self.proc is None or self.proc.poll() is not None, "already running"

@@ -214,13 +214,20 @@ class Router(Managed):
     log: the log section, as YAML flow text ("{level: info}");
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
-    (its pid is the group id), as a shell does with a job.
+    (its pid is the group id), as a shell does with a job;
+    processes: router.processes (1 unless a test asks for more: the
+    suite's tests of one router's behaviour stay exact);
+    tls: a client ssl.SSLContext that client() connects with (tls.router).
+    cluster_yaml: more lines of the cluster section (e.g. a `nodes:` map),
+    indented as they go there; node_name: node.name.
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
-                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}"):
+                 name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
+                 tls=None, cluster_yaml=(), node_name=None, processes=1):
         self.name = name
+        self.tls = tls
         self.env = dict(env or {})
         self.new_session = new_session
         self.dir = tempfile.mkdtemp(prefix="kvs-rt-")
@@ -240,17 +247,25 @@ class Router(Managed):
             "  shards: %d" % shards,
             "  partitions: %d" % partitions,
         ]
+        lines.extend(cluster_yaml)
         if self.remote:
             lines.append("  remote:")
             for s, addr in sorted(self.remote.items()):
                 lines.append('    - {shard: %d, address: "%s"}' % (s, addr))
         router = ['listen: "%s:%d"' % (HOST, self.port)]
+        if processes is not None:
+            router.append("processes: %s" % processes)
         if timeout is not None:
             router.append("timeout: %s" % timeout)
         router.extend(router_yaml)
         lines.append("router: {%s}" % ", ".join(router))
+        node = []
         if node_listen is not None:
-            lines.append('node: {listen: "%s"}' % node_listen)
+            node.append('listen: "%s"' % node_listen)
+        if node_name is not None:
+            node.append("name: %s" % node_name)
+        if node:
+            lines.append("node: {%s}" % ", ".join(node))
         lines.append("storage: {sync: %s}" % sync)
         limits = []
         if max_frame is not None:
@@ -281,8 +296,8 @@ class Router(Managed):
     def socket_path(self, shard):
         return os.path.join(self.data_dir, "shard-%d.sock" % shard)
 
-    def client(self, timeout=10.0):
-        return Client(self.addr, timeout=timeout)
+    def client(self, timeout=10.0, tls=None):
+        return Client(self.addr, timeout=timeout, tls=tls or self.tls)
 
     def worker_client(self, shard, timeout=10.0):
         """A direct connection to local worker `shard` on its unix socket."""

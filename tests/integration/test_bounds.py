@@ -266,6 +266,16 @@ class RouterBoundsTest(RouterTestCase):
             self.assertTrue(closed_by_peer(idle, 0.5))
             self.assertOk(busy.ping())
 
+    def test_idle_timeout_spares_the_routers_links(self):
+        """The idle timeout is for clients: the router's links to its
+        workers, idle whenever its clients are, stay up."""
+        r = self.router(shards=2, extra_yaml="limits: {idle_timeout: 1s}\n")
+        time.sleep(3.0)
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+            self.assertOk(c.hget("t", "k"))
+        self.assertNotIn("down", r.stderr())
+
     def test_descriptor_limit_lowers_max_clients_and_workers_still_restart(self):
         """With RLIMIT_NOFILE at 256, the router lowers max_clients so its own
         descriptors stay in reserve: clients past it are refused, and a

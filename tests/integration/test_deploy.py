@@ -170,7 +170,9 @@ class NotifyTest(RouterTestCase):
             self.assertIn("configuration reloaded from %s (nothing changed)" % r.config,
                           r.stderr())
             self.assertEqual(c.hget("t", "k").status, 200)
+            self.assertEqual(c.hset("t", "k2", "v").status, 200)
         self.assertTrue(r.alive())
+        self.assertNotIn("killed by signal", r.stderr())
         self.assertEqual(r.stop(), 0)
 
 

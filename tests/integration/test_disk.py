@@ -65,7 +65,7 @@ class DiskTest(NodeTestCase):
         """Starts node n (created with start=False) with its data_dir on a
         tmpfs of `size`; skips the test where mounting is not allowed."""
         os.makedirs(n.data_dir)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs",
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size + ",mode=700", "tmpfs",
                                   n.data_dir], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL).returncode
         if mounted != 0:

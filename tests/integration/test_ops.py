@@ -1,8 +1,10 @@
-"""Operations end to end: Prometheus metrics (router.metrics_listen and the
-Metrics command), the slow log (kvs-cli slowlog, RESP SLOWLOG), request hook
-plugins (the shipped audit_log, a test plugin that refuses writes, plugins
-that must not load), and live reload on SIGHUP through the router to its
-workers.
+"""Operations end to end: Prometheus metrics (router.metrics_listen, served
+by the master for the whole node, and the Metrics command), the slow log
+(kvs-cli slowlog, RESP SLOWLOG), request hook plugins (the shipped
+audit_log, with the authenticated user on both front doors; a test plugin
+that refuses writes; plugins that must not load), and live reload on
+SIGHUP: the master checks the file, then its router processes and workers
+apply it.
 
 Metrics text is checked by promtool (Debian's prometheus package) and its
 values against known activity: N writes move the request counters by N.
@@ -22,6 +24,7 @@ import redis
 from kafkatest import MockKafka, ingest_yaml, produce, wait_until
 from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hset
 from routertest import RouterTestCase, free_port
+from test_auth import req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
@@ -132,7 +135,18 @@ class MetricsTest(RouterTestCase):
             self.assertEqual(total(after, "kvs_worker_restarts_total", shard=s), 0)
             self.assertGreater(total(after, "kvs_lmdb_map_size_bytes", shard=s), 0)
             self.assertGreater(total(after, "kvs_process_resident_memory_bytes", shard=s), 0)
-        self.assertGreater(total(after, "kvs_process_resident_memory_bytes", role="router"), 0)
+            self.assertEqual(total(after, "kvs_metrics_source_up", shard=s), 1)
+            self.assertEqual(total(after, "kvs_shard_replicas", shard=s), 1)
+        # The master serves the port: the router process's samples say
+        # which router process they are, the master's own are there too.
+        self.assertGreater(total(after, "kvs_process_resident_memory_bytes", role="router",
+                                 router="0"), 0)
+        self.assertGreater(total(after, "kvs_process_resident_memory_bytes", role="master"), 0)
+        self.assertEqual(total(after, "kvs_metrics_source_up", router="0"), 1)
+        self.assertEqual(total(after, "kvs_router_up", router="0"), 1)
+        self.assertTrue(all(ls.get("router") == "0" for n, ls, v in after
+                            if n == "kvs_requests_total"))
+        self.assertEqual(total(after, "kvs_replica_retries_total"), 0)
 
     def test_worker_restart_and_link_state_are_counted(self):
         r = self.metrics_router(shards=2, partitions=8)
@@ -270,12 +284,48 @@ class PluginTest(RouterTestCase):
         with open(audit) as f:
             lines = f.read().splitlines()
         self.assertEqual(len(lines), 4, lines)
-        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=127\.0\.0\.1:\d+"
+        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=127\.0\.0\.1:\d+ user=-"
         self.assertRegex(lines[0], "^%s command=Hset table=\"users\" keys=1 status=200$" % stamp)
         self.assertRegex(lines[1], r'^%s command=Hmset table="t \\"q\\"" keys=3 status=200$' % stamp)
         self.assertRegex(lines[2], "^%s command=Hdel table=\"users\" keys=1 status=200$" % stamp)
         self.assertRegex(lines[3], "^%s command=Hset table=\"users\" keys=1 status=400$" % stamp)
         self.assertIn("plugin audit_log loaded from", r.stderr())
+
+    def test_audit_log_names_the_user_on_both_front_doors(self):
+        rport = free_port()
+        r = self.router(shards=2, partitions=8, start=False, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        audit = os.path.join(r.dir, "audit.log")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.call(req_auth("alice", "alice-pw")).status, 200)
+            self.assertEqual(c.hset("orders", "o1", "x").status, 200)
+            self.assertEqual(c.hset("other", "o1", "x").status, 403)  # refused: audited too
+            self.assertEqual(c.call(slowlog_req()).status, 403)  # the slow log is admin's
+        ops = redis.Redis(host=HOST, port=rport, username="ops", password="ops-pw",
+                          socket_timeout=10)
+        self.addCleanup(ops.close)
+        self.assertEqual(ops.hset("pub", "k", "v"), 1)
+        self.assertGreaterEqual(ops.slowlog_len(), 0)  # admin: allowed
+        reader = redis.Redis(host=HOST, port=rport, username="reader", password="reader-pw",
+                             socket_timeout=10)
+        self.addCleanup(reader.close)
+        with self.assertRaisesRegex(redis.ResponseError, "may not run Slowlog"):
+            reader.slowlog_get()
+        with self.assertRaisesRegex(redis.ResponseError, "may not run Slowlog"):
+            reader.slowlog_reset()
+        with open(audit) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3, lines)
+        stamp = r"^\S+Z client=127\.0\.0\.1:\d+ "
+        self.assertRegex(lines[0], stamp + 'user="alice" command=Hset table="orders" keys=1 '
+                                           'status=200$')
+        self.assertRegex(lines[1], stamp + 'user="alice" command=Hset table="other" keys=1 '
+                                           'status=403$')
+        self.assertRegex(lines[2], stamp + 'user="ops" command=Hset table="pub" keys=1 '
+                                           'status=200$')
 
     def test_a_plugin_hook_refuses_writes(self):
         r = self.router(shards=2, partitions=8, start=False)
@@ -328,43 +378,47 @@ class ReloadTest(RouterTestCase):
         ok = wait_until(lambda: r.stderr().count(needle) >= before + count, WAIT)
         self.assertTrue(ok, "no %d x %r after SIGHUP:\n%s" % (count, needle, r.stderr()[-3000:]))
 
+    def metrics_router(self, **kw):
+        self.mport = free_port()
+        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+
     def reloads(self, r):
-        with r.client() as c:
-            resp = c.call(metrics_req())
-        out = {}
-        for f in resp.ops.metrics:
-            if f.name == "kvs_config_reloads_total":
-                for s in f.samples:
-                    ls = dict(zip(s.labels[::2], s.labels[1::2]))
-                    out[(ls["role"], ls.get("shard"), ls["result"])] = s.value
-        return out
+        """{(role, shard, result): count} of kvs_config_reloads_total, from
+        /metrics: the master's, the router process's and the workers'."""
+        status, _, body = http_get(self.mport)
+        self.assertEqual(status, 200, body)
+        return {(ls["role"], ls.get("shard"), ls["result"]): v
+                for n, ls, v in parse_metrics(body) if n == "kvs_config_reloads_total"}
 
     def test_good_config_reaches_router_and_workers(self):
-        r = self.router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")
+        r = self.metrics_router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")
         with r.client() as c:
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
-        # Level warn -> info: the reload lines (info) of the router and of
-        # both workers show the new level took effect in every process.
+        # Level warn -> info: the reload lines (info) of the master, the
+        # router process and both workers show the new level took effect
+        # in every process.
         self.rewrite(r, "log: {level: warn, slow_threshold: off}",
                      "log: {level: info, slow_threshold: 0}\nlimits: {max_inflight: 7}")
         self.hup(r, "configuration reloaded from %s (limits.max_inflight, log.level, "
-                    "log.slow_threshold)" % r.config, count=3)
+                    "log.slow_threshold)" % r.config, count=4)
         self.assertRegex(r.stderr(), r"node\[0\] INFO  configuration reloaded")
         self.assertRegex(r.stderr(), r"node\[1\] INFO  configuration reloaded")
-        self.assertRegex(r.stderr(), r"router INFO  configuration reloaded .* told 2 worker")
+        self.assertIn("router INFO  SIGHUP: passed on to 1 router process(es) and 2 worker(s)",
+                      r.stderr())
         with r.client() as c:  # the slow log is on now, in the router and the workers
             self.assertEqual(c.hset("t", "k", "w").status, 200)
             self.assertEqual(c.call(slowlog_req()).ops.slowlog[0].command, "Hset")
         with r.worker_client(r.shard_of(b"k")) as w:
             self.assertIn("Hset", [e.command for e in w.call(slowlog_req()).ops.slowlog])
         got = self.reloads(r)
+        self.assertEqual(got[("master", None, "ok")], 1)
         self.assertEqual(got[("router", None, "ok")], 1)
         self.assertEqual(got[("node", "0", "ok")], 1)
         self.assertEqual(got[("node", "1", "ok")], 1)
 
     def test_config_with_errors_changes_nothing(self):
-        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
         self.rewrite(r, "log: {level: info, slow_threshold: off}",
                      "log: {level: info, slow_threshold: 0, color: blue}")
         self.hup(r, "the running configuration is unchanged")
@@ -375,10 +429,12 @@ class ReloadTest(RouterTestCase):
         with r.client() as c:  # still serving, slow log still off
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
-        self.assertEqual(self.reloads(r)[("router", None, "error")], 1)
+        got = self.reloads(r)  # refused by the master: its children were not told
+        self.assertEqual(got[("master", None, "error")], 1)
+        self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
 
     def test_key_that_cannot_change_live_is_refused(self):
-        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
         self.rewrite(r, "  partitions: 8\n", "  partitions: 16\n")
         self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
         self.hup(r, "reload refused: cluster.partitions changed, which cannot change while the "
@@ -386,7 +442,31 @@ class ReloadTest(RouterTestCase):
         with r.client() as c:  # nothing of the file applied, not even the live key
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
-        self.assertEqual(self.reloads(r)[("router", None, "refused")], 1)
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "refused")], 1)
+        self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
+
+    def test_keys_of_security_and_replicas_are_classified(self):
+        """router.retry_burst (replicas' retry budget) and limits.auth_failures
+        change live in every process; users cannot (refused whole)."""
+        self.mport = free_port()
+        r = self.router(shards=2, partitions=8, extra_yaml=users_yaml(), max_inflight=1024,
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport),
+                                     "retry_burst: 100"])
+        self.rewrite(r, "retry_burst: 100", "retry_burst: 7")
+        self.rewrite(r, "limits: {max_inflight: 1024}",
+                     "limits: {max_inflight: 1024, auth_failures: 5}")
+        self.hup(r, "configuration reloaded from %s (router.retry_burst, limits.auth_failures)"
+                 % r.config, count=4)
+        self.rewrite(r, "  - name: reader\n", "  - name: reader2\n")
+        self.hup(r, "reload refused: users changed, which cannot change while the node runs")
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "ok")], 1)
+        self.assertEqual(got[("master", None, "refused")], 1)
+        self.assertEqual(got[("router", None, "ok")], 1)
+        self.assertEqual(got[("router", None, "refused")], 0)
+        with r.client() as c:  # the running users are the old ones
+            self.assertEqual(c.call(req_auth("reader", "reader-pw")).status, 200)
 
     def test_standalone_worker_reloads_on_sighup(self):
         node = Node(extra_yaml="")

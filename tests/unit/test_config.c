@@ -49,6 +49,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->max_frame, 4ull << 20);
     CHECK_STR(c->kafka_brokers, "");
     CHECK_STR(c->kafka_group_id, "kvs");
+    CHECK_EQ(c->kafka_max_lag, 10000);
     CHECK_EQ(c->n_bindings, 0);
     CHECK(c->bindings == NULL);
     CHECK_EQ(c->n_kafka_properties, 0);
@@ -56,6 +57,16 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_STR(c->log_level, "info");
     CHECK_EQ(c->log_format, KVS_LOG_TEXT);
     CHECK_EQ(c->router_ready_timeout_ms, 30000);
+    CHECK_EQ(c->router_processes, 0); /* auto */
+    CHECK(!c->tls_router.enabled && !c->tls_node.enabled && !c->tls_link.enabled);
+    CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_NONE);
+    CHECK_EQ(c->tls_node.client_cert, KVS_CLIENT_CERT_REQUIRE);
+    CHECK_EQ(c->tls_link.verify_host, 1);
+    CHECK_EQ(c->tls_min_version, 0);
+    CHECK_EQ(c->tls_max_version, 1);
+    CHECK_EQ(c->n_users, 0);
+    CHECK_EQ(c->auth_failures, 3);
+    CHECK_EQ(c->auth_failures_per_minute, 20);
 }
 
 KVS_TEST(defaults_from_empty_string)
@@ -100,6 +111,7 @@ static const char full_yaml[] = "# kvs node configuration\n"
                                 "kafka:\n"
                                 "  brokers: \"k1:9092,k2:9092\"\n"
                                 "  group_id: kvs-prod\n"
+                                "  max_lag: 0\n"
                                 "  bindings:\n"
                                 "    - {topic: users, table: users, format: raw, partitions: 12}\n"
                                 "    - topic: events.v1\n"
@@ -128,6 +140,7 @@ KVS_TEST(full_file_parses)
     CHECK_EQ(c->max_frame, 16ull << 20);
     CHECK_STR(c->kafka_brokers, "k1:9092,k2:9092");
     CHECK_STR(c->kafka_group_id, "kvs-prod");
+    CHECK_EQ(c->kafka_max_lag, 0);
     CHECK_EQ(c->n_bindings, 3);
     CHECK_STR(c->bindings[0].topic, "users");
     CHECK_STR(c->bindings[0].table, "users");
@@ -307,6 +320,9 @@ KVS_TEST(null_and_wrong_type_values)
     parse_fails("data_dir: [a, b]\n", "config.yaml:1:11: data_dir: expected a string, got a list");
     parse_fails("cluster: 4\n", "config.yaml:1:10: cluster: expected a mapping, got \"4\"");
     parse_fails("kafka:\n  group_id: \"\"\n", "config.yaml:2:13: kafka.group_id must not be empty");
+    parse_fails("kafka:\n  max_lag: -1\n",
+                "config.yaml:2:12: kafka.max_lag must be an integer from 0 to 4294967295 (got "
+                "\"-1\")");
     /* Quoted "" is a string: Kafka off. */
     kvs_config_t *c = parse_ok("kafka: {brokers: \"\"}\n");
     CHECK_STR(c->kafka_brokers, "");
@@ -538,14 +554,28 @@ KVS_TEST(data_dir_length)
              "data_dir: %s\ncluster: {shards: 11, remote: [{shard: 10, address: \"h:1\"}]}\n", dir);
     c = parse_ok(text);
     kvs_config_free(c);
-    /* Every shard remote: no socket, only PATH_MAX applies. */
-    memset(dir, 'd', 4090);
-    dir[0] = '/';
-    dir[4090] = '\0';
+    /* Every shard remote: no worker socket, but each router process has
+     * its own, <data_dir>/routerI.sock (I < router.processes; auto: 8). */
     snprintf(text, sizeof(text),
              "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\ndata_dir: %s\n", dir);
-    parse_fails(text, "config.yaml:2:11: data_dir is too long: paths under it must stay below "
-                      "4096 bytes");
+    c = parse_ok(text);
+    kvs_config_free(c);
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\nrouter: {processes: "
+             "10}\ndata_dir: %s\n",
+             dir);
+    c = parse_ok(text); /* "/router9.sock": 107 bytes, the most */
+    kvs_config_free(c);
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\nrouter: {processes: "
+             "11}\ndata_dir: %s\n",
+             dir);
+    snprintf(want, sizeof(want),
+             "config.yaml:3:11: data_dir is too long for the router processes' unix sockets: "
+             "\"%.80s.../router10.sock\" is 108 bytes, a unix socket path may have at most 107; "
+             "use a shorter data_dir (a symlink to the real directory works)",
+             dir);
+    parse_fails(text, want);
 }
 
 KVS_TEST(ready_timeout)
@@ -555,6 +585,68 @@ KVS_TEST(ready_timeout)
     kvs_config_free(c);
     parse_fails("router:\n  ready_timeout: 0s\n",
                 "config.yaml:2:18: router.ready_timeout must be from 1ms to 1h (got \"0s\")");
+}
+
+KVS_TEST(router_processes)
+{
+    kvs_config_t *c = parse_ok("router: {processes: 3}\n");
+    CHECK_EQ(c->router_processes, 3);
+    kvs_config_free(c);
+    c = parse_ok("router:\n  processes: AUTO\n");
+    CHECK_EQ(c->router_processes, 0);
+    kvs_config_free(c);
+    c = parse_ok("router: {processes: 64}\n");
+    CHECK_EQ(c->router_processes, 64);
+    kvs_config_free(c);
+    parse_fails("router:\n  processes: 0\n",
+                "config.yaml:2:14: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"0\")");
+    parse_fails("router: {processes: 65}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"65\")");
+    parse_fails("router: {processes: 99999999999999999999}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"99999999999999999999\")");
+    parse_fails("router: {processes: two}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"two\")");
+    parse_fails("router: {processes: -1}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"-1\")");
+    /* Keys without F_AUTO do not take "auto". */
+    parse_fails("cluster: {shards: auto}\n",
+                "config.yaml:1:19: cluster.shards must be an integer from 1 to 1024 "
+                "(got \"auto\")");
+}
+
+/* The snapshot a router process loads: the descriptor's whole content from
+ * offset 0, whatever its current offset, which stays where it was. */
+KVS_TEST(load_from_descriptor)
+{
+    char path[] = "/tmp/kvs_test_config_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, full_yaml, strlen(full_yaml)), (long long)strlen(full_yaml));
+    CHECK_EQ(lseek(fd, 5, SEEK_SET), 5);
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_load_fd("/etc/kvs/config.yaml", fd, &c, err, sizeof(err)), 0);
+    CHECK_STR(c->path, "/etc/kvs/config.yaml");
+    CHECK_EQ(c->shards, 8);
+    CHECK_EQ(c->n_bindings, 3);
+    kvs_config_free(c);
+    CHECK_EQ(lseek(fd, 0, SEEK_CUR), 5);
+    /* Errors name the path given. */
+    CHECK_EQ(ftruncate(fd, 0), 0);
+    const char bad[] = "storage:\n  sync: fast\n";
+    CHECK_EQ(pwrite(fd, bad, strlen(bad), 0), (long long)strlen(bad));
+    CHECK_EQ(kvs_config_load_fd("/etc/kvs/config.yaml", fd, &c, err, sizeof(err)), KVS_ECONFIG);
+    CHECK(c == NULL);
+    CHECK_STR(err, "/etc/kvs/config.yaml:2:9: storage.sync must be one of full, batch, none "
+                   "(got \"fast\")");
+    close(fd);
+    unlink(path);
+    CHECK_EQ(kvs_config_load_fd("snap", fd, &c, err, sizeof(err)), -EBADF);
+    CHECK_STR(err, "snap: cannot read: Bad file descriptor");
 }
 
 KVS_TEST(top_level_must_be_one_mapping)
@@ -896,9 +988,280 @@ KVS_TEST(reload_check_names_the_keys)
     kvs_config_free(not_live);
 }
 
-KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
-              KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
-              KVS_CASE(defaults_from_empty_string),
+KVS_TEST(tls_sections_inherit_and_check)
+{
+    kvs_config_t *c = parse_ok("tls:\n"
+                               "  cert: /n.crt\n"
+                               "  key: /n.key\n"
+                               "  ca: /ca.crt\n"
+                               "  min_version: tls1.3\n"
+                               "  router: {enabled: yes, client_cert: optional, cert: /r.crt}\n"
+                               "  node: {enabled: true}\n"
+                               "  link: {enabled: on, verify_host: false}\n");
+    CHECK(c->tls_router.enabled && c->tls_node.enabled && c->tls_link.enabled);
+    CHECK_STR(c->tls_router.cert, "/r.crt"); /* its own */
+    CHECK_STR(c->tls_router.key, "/n.key");  /* inherited */
+    CHECK_STR(c->tls_node.ca, "/ca.crt");
+    CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_OPTIONAL);
+    CHECK_EQ(c->tls_link.verify_host, 0);
+    CHECK_EQ(c->tls_min_version, 1);
+    kvs_config_free(c);
+    parse_fails("tls:\n  router:\n    enabled: true\n",
+                "config.yaml:3:14: tls.router.enabled is true but there is no certificate and "
+                "key: set tls.cert and tls.key (or tls.router.cert and tls.router.key)");
+    parse_fails("tls: {cert: a, key: b, node: {enabled: true}}\n",
+                "config.yaml:1:40: tls.node.enabled is true but there is no CA bundle to verify "
+                "client certificates with: set tls.ca (or tls.node.ca), or client_cert: none");
+    parse_fails("tls: {cert: a, key: b, link: {enabled: true}}\n",
+                "config.yaml:1:40: tls.link.enabled is true but there is no CA bundle to verify "
+                "the workers' certificates with: set tls.ca (or tls.link.ca)");
+    parse_fails("tls: {router: {enabled: maybe}}\n",
+                "config.yaml:1:25: tls.router.enabled must be true or false (got \"maybe\")");
+    parse_fails("tls: {router: {port: 1}}\n",
+                "config.yaml:1:16: unknown key \"port\" in \"tls.router\"");
+    parse_fails("tls: {min_version: TLS1.3, max_version: TLS1.2}\n",
+                "config.yaml:1:20: tls.min_version is above tls.max_version");
+    parse_fails("tls: {min_version: SSLv3}\n", "config.yaml:1:20: tls.min_version must be one of "
+                                               "TLS1.2, TLS1.3 (got \"SSLv3\")");
+}
+
+#define HASH "pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE"
+
+KVS_TEST(users_and_their_grants)
+{
+    kvs_config_t *c = parse_ok("users:\n"
+                               "  - name: alice\n"
+                               "    token: " HASH "\n"
+                               "    allow: {\"orders*\": [read, write], \"*\": read}\n"
+                               "  - name: router-b\n"
+                               "    allow:\n"
+                               "      \"*\": [read, write, admin]\n"
+                               "limits: {auth_failures: 5, auth_failures_per_minute: 7}\n");
+    CHECK_EQ(c->n_users, 2);
+    CHECK_STR(c->users[0].name, "alice");
+    CHECK_STR(c->users[0].token, HASH);
+    CHECK_EQ(c->users[0].n_grants, 2);
+    CHECK_STR(c->users[0].grants[0].pattern, "orders*");
+    CHECK_EQ(c->users[0].grants[0].rights, KVS_RIGHT_READ | KVS_RIGHT_WRITE);
+    CHECK_EQ(c->users[0].grants[1].rights, KVS_RIGHT_READ);
+    CHECK(c->users[1].token == NULL);
+    CHECK_EQ(c->users[1].grants[0].rights, KVS_RIGHT_READ | KVS_RIGHT_WRITE | KVS_RIGHT_ADMIN);
+    CHECK_EQ(c->auth_failures, 5);
+    CHECK_EQ(c->auth_failures_per_minute, 7);
+    kvs_config_free(c);
+    parse_fails("users: [{token: " HASH "}]\n", "config.yaml:1:9: users[0]: missing \"name\"");
+    parse_fails("users: [{name: a}, {name: a}]\n",
+                "config.yaml:1:20: users[1]: user \"a\" is already users[0]");
+    parse_fails("users: [{name: a, token: hunter2}]\n",
+                "config.yaml:1:26: users[0].token: not a token hash: expected "
+                "pbkdf2-sha256$ITERATIONS$SALT$HASH (make one with kvs-cli hash-token)");
+    parse_fails("users: [{name: a, token: \"pbkdf2-sha256$10$c2FsdHNhbHRzYWx0$YWFh\"}]\n",
+                "config.yaml:1:26: users[0].token: the iteration count must be a number from "
+                "1000 to 100000000");
+    parse_fails("users: [{name: a, token: \"pbkdf2-sha256$1000$c2FsdHNhbHRzYWx0$YWFh\"}]\n",
+                "config.yaml:1:26: users[0].token: the hash must be 32 bytes in base64 (RFC "
+                "4648, no padding)");
+    parse_fails("users: [{name: a, allow: {t: [read, drop]}}]\n",
+                "config.yaml:1:37: users[0].allow[\"t\"]: \"drop\" is not a right (read, write "
+                "or admin)");
+    parse_fails("users: [{name: a, allow: [t]}]\n",
+                "config.yaml:1:26: users[0].allow: expected a mapping of table pattern to "
+                "rights, as in {\"orders*\": [read, write]}, got a list");
+    parse_fails("users: [{name: a, allow: {t: []}}]\n",
+                "config.yaml:1:30: users[0].allow[\"t\"]: give at least one right");
+    parse_fails("users: [{name: a, role: x}]\n",
+                "config.yaml:1:19: unknown key \"role\" in \"users[0]\"");
+    parse_fails("users: [{name: \"a\\tb\"}]\n",
+                "config.yaml:1:16: users[0].name must not contain control characters");
+    parse_fails("users: {a: 1}\n",
+                "config.yaml:1:8: users: expected a list of {name, token, allow}, got a mapping");
+}
+
+KVS_TEST(secret_kafka_properties)
+{
+    static const char *const secret[] = {"sasl.password",         "sasl.username",
+                                         "sasl.mechanism",        "sasl.oauthbearer.client.secret",
+                                         "ssl.key.password",      "ssl.key.pem",
+                                         "ssl.keystore.password", "x.password"};
+    static const char *const open[] = {"bootstrap.servers",
+                                       "security.protocol",
+                                       "ssl.ca.location",
+                                       "ssl.certificate.pem",
+                                       "password",
+                                       "ssl.keystore.location",
+                                       "debug"};
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+        CHECK(kvs_config_secret_key(secret[i]));
+    for (size_t i = 0; i < sizeof(open) / sizeof(open[0]); i++)
+        CHECK(!kvs_config_secret_key(open[i]));
+}
+
+/* ---- cluster.nodes: the map with replicas ---------------------------------------- */
+
+#define MAP3                                                                                       \
+    "cluster:\n"                                                                                   \
+    "  shards: 4\n"                                                                                \
+    "  nodes:\n"                                                                                   \
+    "    - {name: a, address: \"127.0.0.1:9700\", shards: [0, 1, 2, 3]}\n"                         \
+    "    - {name: b, address: \"127.0.0.1:9710\", shards: [1, 0]}\n"                               \
+    "    - {name: c-2.x, address: \"host.example:9700\", shards: [2, 3]}\n"
+
+KVS_TEST(cluster_nodes_map)
+{
+    kvs_config_t *c = parse_ok("node: {name: b}\n" MAP3 "router: {retry_percent: 20, "
+                               "retry_burst: 7}\n");
+    CHECK_EQ(c->n_nodes, 3);
+    CHECK_STR(c->node_name, "b");
+    CHECK(c->self == &c->nodes[1]);
+    CHECK_EQ(c->nodes[1].n_shards, 2);
+    CHECK_EQ(c->nodes[1].shards[0], 0); /* sorted */
+    CHECK_EQ(c->nodes[1].shards[1], 1);
+    CHECK(kvs_config_local(c, 0) && kvs_config_local(c, 1));
+    CHECK(!kvs_config_local(c, 2) && !kvs_config_local(c, 3));
+    CHECK_EQ(kvs_config_replica_count(c, 0), 2);
+    CHECK_EQ(kvs_config_replica_count(c, 3), 2);
+    CHECK(kvs_config_node(c, "c-2.x") == &c->nodes[2]);
+    CHECK(kvs_config_node(c, "d") == NULL);
+    CHECK_EQ(c->bootstrap, KVS_BOOTSTRAP_SNAPSHOT);
+    CHECK_EQ(c->retry_percent, 20);
+    CHECK_EQ(c->retry_burst, 7);
+    kvs_config_free(c);
+    c = parse_ok("cluster: {bootstrap: replay}\n");
+    CHECK_EQ(c->bootstrap, KVS_BOOTSTRAP_REPLAY);
+    CHECK_EQ(c->retry_percent, 10);
+    CHECK_EQ(c->retry_burst, 100);
+    CHECK(c->self == NULL);
+    CHECK(kvs_config_local(c, 3)); /* no map, no remote: every shard here */
+    CHECK_EQ(kvs_config_replica_count(c, 3), 1);
+    kvs_config_free(c);
+    /* A node serving nothing routes only. */
+    c = parse_ok("node: {name: r}\ncluster:\n  shards: 1\n  nodes:\n"
+                 "    - {name: a, address: \"h:1\", shards: [0]}\n"
+                 "    - {name: r, address: \"h:2\", shards: []}\n");
+    CHECK(!kvs_config_local(c, 0));
+    kvs_config_free(c);
+}
+
+KVS_TEST(cluster_nodes_errors)
+{
+    parse_fails(MAP3, "config.yaml:4:5: node.name must be set with cluster.nodes: it says which "
+                      "of the nodes listed is this one (e.g. \"a\")");
+    parse_fails("node: {name: z}\n" MAP3,
+                "config.yaml:1:14: node.name \"z\" is not in cluster.nodes (the nodes listed are "
+                "\"a\", ...)");
+    parse_fails("node: {name: \"a b\"}\n",
+                "config.yaml:1:14: node.name: a node name may hold only letters, digits, '.', "
+                "'_' and '-' (got \"a b\")");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1, 3]}\n",
+                "config.yaml:5:5: shard 2 is served by no node in cluster.nodes: every shard "
+                "from 0 to 3 must be in some node's shards");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+                "  remote: [{shard: 1, address: \"h:9\"}]\n",
+                "config.yaml:6:11: cluster.remote and cluster.nodes cannot both be set: list "
+                "every node, this one included, with its shards in cluster.nodes and drop "
+                "cluster.remote");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+                "    - {name: a, address: \"h:5\", shards: [0]}\n",
+                "config.yaml:6:14: cluster.nodes[1].name: \"a\" is already the name of "
+                "cluster.nodes[0]");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:100\", shards: [0, 1, 2, 3]}\n"
+                "    - {name: b, address: \"h:103\", shards: [0]}\n",
+                "config.yaml:6:26: cluster.nodes[1].address h:103: its workers' ports (PORT .. "
+                "PORT+3) overlap those of cluster.nodes[0] (h:100) on the same host");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1, 2]}\n",
+                "config.yaml:5:41: cluster.nodes[0].shards names shard 2 but cluster.shards is 2 "
+                "(ids 0..1)");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\", shards: [0, 0]}\n",
+                "config.yaml:3:45: cluster.nodes[0].shards: shard 0 is listed twice");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\"}\n",
+                "config.yaml:3:7: cluster.nodes[0]: missing \"shards\"");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\", shards: 3}\n",
+                "config.yaml:3:41: cluster.nodes[0].shards: expected a list of shard ids such as "
+                "[0, 1], got \"3\"");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"unix:/x\", shards: [0]}\n",
+                "config.yaml:3:26: cluster.nodes[0].address must be HOST:PORT or [IPV6]:PORT, "
+                "the node's workers' base address (shard N on PORT+N) (got \"unix:/x\"): a unix "
+                "socket is not allowed here");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:65534\", shards: [0, 1, 2, 3]}\n",
+                "config.yaml:5:26: cluster.nodes[0].address port 65534 + highest shard id 3 is "
+                "past 65535 (shard N listens on PORT+N)");
+    parse_fails(
+        "cluster: {bootstrap: copy}\n",
+        "config.yaml:1:22: cluster.bootstrap must be one of snapshot, replay (got \"copy\")");
+    parse_fails("router: {retry_percent: 101}\n",
+                "config.yaml:1:25: router.retry_percent must be an integer from 0 to 100 (got "
+                "\"101\")");
+}
+
+KVS_TEST(reload_check_classifies_main_keys)
+{
+    char changed[512], fixed[512];
+    kvs_config_t *a = parse_ok("router: {processes: 2}\n");
+    kvs_config_t *live = parse_ok("router: {processes: 2, retry_percent: 20, retry_burst: 5}\n"
+                                  "kafka: {max_lag: 7}\n"
+                                  "cluster: {bootstrap: replay}\n"
+                                  "limits: {auth_failures: 9, auth_failures_per_minute: 99}\n");
+    CHECK_EQ(kvs_config_reload_check(a, live, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "cluster.bootstrap, router.retry_percent, router.retry_burst, "
+                       "limits.auth_failures, limits.auth_failures_per_minute, kafka.max_lag");
+    CHECK_STR(fixed, "");
+    kvs_config_t *not_live =
+        parse_ok("router: {processes: 3, resp_listen: \"127.0.0.1:6400\", metrics_listen: "
+                 "\"127.0.0.1:9100\"}\n"
+                 "node: {name: a}\n"
+                 "cluster:\n  nodes:\n    - {name: a, address: \"127.0.0.1:7000\", shards: [0, 1, "
+                 "2, 3]}\n"
+                 "tls: {min_version: TLS1.3, cert: /c, key: /k}\n"
+                 "users: [{name: alice, allow: {\"*\": read}}]\n");
+    CHECK_EQ(kvs_config_reload_check(a, not_live, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(changed, "");
+    CHECK_STR(fixed, "cluster.nodes, router.resp_listen, router.processes, "
+                     "router.metrics_listen, node.name, tls.cert, tls.key, tls.min_version, "
+                     "tls.router.cert, tls.router.key, tls.node.cert, tls.node.key, "
+                     "tls.link.cert, tls.link.key, users");
+    kvs_config_free(a);
+    kvs_config_free(live);
+    kvs_config_free(not_live);
+}
+
+KVS_TEST(apply_live_swaps_only_live_values)
+{
+    char changed[256], fixed[256];
+    kvs_config_t *cur = parse_ok("log: {level: info, slow_threshold: 5ms}\n"
+                                 "limits: {max_inflight: 10}\nrouter: {timeout: 2s}\n");
+    kvs_config_t *next = parse_ok("log: {level: DEBUG, format: json, slow_threshold: off}\n"
+                                  "limits: {max_inflight: 20}\nrouter: {timeout: 3s}\n"
+                                  "kafka: {max_lag: 3}\n");
+    const kvs_config_t *addr = cur;
+    CHECK_EQ(kvs_config_reload_check(cur, next, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    kvs_config_apply_live(cur, next);
+    CHECK(cur == addr);
+    CHECK_STR(cur->log_level, "debug");
+    CHECK_EQ(cur->log_format, KVS_LOG_JSON);
+    CHECK_EQ(cur->slow_threshold_ms, KVS_SLOWLOG_OFF);
+    CHECK_EQ(cur->max_inflight, 20);
+    CHECK_EQ(cur->router_timeout_ms, 3000);
+    CHECK_EQ(cur->kafka_max_lag, 3);
+    CHECK_STR(next->log_level, "info"); /* the old values, freed with next */
+    CHECK_EQ(next->max_inflight, 10);
+    CHECK_STR(cur->router_listen, "127.0.0.1:9527");
+    kvs_config_free(next);
+    kvs_config_free(cur);
+}
+
+KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
+              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map),
+              KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
+              KVS_CASE(ops_keys_defaults_and_values), KVS_CASE(plugins_list),
+              KVS_CASE(reload_check_names_the_keys), KVS_CASE(reload_check_classifies_main_keys),
+              KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
@@ -910,7 +1273,8 @@ KVS_TEST_MAIN(KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaul
               KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
               KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
-              KVS_CASE(ready_timeout), KVS_CASE(error_buffer_is_optional_and_bounded),
-              KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
-              KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table),
-              KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
+              KVS_CASE(ready_timeout), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+              KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+              KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
+              KVS_CASE(bindings_partitioner))

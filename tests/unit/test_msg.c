@@ -204,10 +204,21 @@ KVS_TEST(validate_unknown_command_field)
     static const uint8_t f60[] = {0xe2, 0x03, 0x00};
     expect_bad_bytes(f60, sizeof(f60), "unsupported command");
     CHECK_CONTAINS(msg, "field 60");
-    /* Field 13, the first number reserved for later commands. */
-    static const uint8_t f13[] = {0x6a, 0x00};
-    expect_bad_bytes(f13, sizeof(f13), "unsupported command");
-    CHECK_CONTAINS(msg, "field 13");
+    /* Field 63, the last number reserved for later commands. */
+    static const uint8_t f63[] = {0xfa, 0x03, 0x00};
+    expect_bad_bytes(f63, sizeof(f63), "unsupported command");
+    CHECK_CONTAINS(msg, "field 63");
+    /* Field 13 is Auth: an empty one names its missing user; its user is
+     * not a table. */
+    static const uint8_t auth[] = {0x6a, 0x00};
+    expect_bad_bytes(auth, sizeof(auth), "Auth.user is empty");
+    static const uint8_t auth_u[] = {0x6a, 0x03, 0x0a, 0x01, 'u'};
+    CHECK_EQ(validate_bytes(auth_u, sizeof(auth_u)), KVS_STATUS_OK);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u));
+    CHECK(r != NULL);
+    CHECK(kvs_msg_request_table(r) == NULL);
+    CHECK_STR(kvs_msg_command_name(r->command_case), "Auth");
+    kvs__command_request__free_unpacked(r, NULL);
     /* An unknown field beside a known command. */
     static const uint8_t ping60[] = {0x5a, 0x00, 0xe2, 0x03, 0x00};
     expect_bad_bytes(ping60, sizeof(ping60), "unknown field 60");
@@ -1388,10 +1399,42 @@ KVS_TEST(answer_and_value_peek_agree_with_the_decoder)
     CHECK_EQ(kvs_msg_value_peek(two, sizeof(two), &v), 0);
 }
 
+/* kvs_msg_find_bytes reads CommandResponse.position out of packed bytes as
+ * protobuf-c would, and kvs_resp writes it where protobuf-c reads it. */
+KVS_TEST(find_bytes_and_resp_position)
+{
+    static const uint8_t tok[] = {0x01, 0x01, 't', 0x01, 0x03, 0x11};
+    kvs_buf_t b;
+    kvs_resp_t r;
+    kvs_buf_init(&b);
+    kvs_resp_begin(&r, &b);
+    kvs_resp_status(&r, 200);
+    kvs_resp_value(&r, NULL, 0);
+    kvs_resp_position(&r, tok, sizeof(tok));
+    CHECK_EQ(kvs_resp_end(&r), 0);
+    const uint8_t *p = b.data + KVS_FRAME_HEADER;
+    size_t n = b.len - KVS_FRAME_HEADER, len = 0;
+    const uint8_t *v = NULL;
+    Kvs__CommandResponse *resp = kvs__command_response__unpack(NULL, n, p);
+    CHECK(resp != NULL && resp->position.len == sizeof(tok));
+    CHECK(memcmp(resp->position.data, tok, sizeof(tok)) == 0);
+    kvs__command_response__free_unpacked(resp, NULL);
+    CHECK_EQ(kvs_msg_find_bytes(p, n, 6, &v, &len), 1);
+    CHECK(len == sizeof(tok) && memcmp(v, tok, len) == 0);
+    CHECK_EQ(kvs_msg_find_bytes(p, n, 5, &v, &len), 0);      /* no cursor */
+    CHECK_EQ(kvs_msg_find_bytes(p, n - 1, 6, &v, &len), -1); /* cut short */
+    /* the last occurrence wins, as protobuf reads a repeated scalar field */
+    static const uint8_t twice[] = {0x32, 0x01, 'a', 0x08, 0x96, 0x01, 0x32, 0x02, 'b', 'c'};
+    CHECK_EQ(kvs_msg_find_bytes(twice, sizeof(twice), 6, &v, &len), 1);
+    CHECK(len == 2 && memcmp(v, "bc", 2) == 0);
+    kvs_buf_free(&b);
+}
+
 KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(answer_and_value_peek_agree_with_the_decoder),
-              KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(validate_every_command_ok),
-              KVS_CASE(validate_no_command), KVS_CASE(validate_unknown_command_field),
+              KVS_CASE(find_bytes_and_resp_position), KVS_CASE(peek_agrees_with_full_validation),
+              KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
+              KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
               KVS_CASE(validate_hset_value), KVS_CASE(validate_hset_value_unknown_kind),

@@ -21,6 +21,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "kvs_test.h"
 #include "router.h"
 
@@ -32,6 +33,7 @@
 
 typedef struct {
     uint32_t shard;
+    uint32_t link; /* index in r.links: which replica */
     void *ctx;
     uint32_t part;
     int raw; /* router_link_send (bytes as given) rather than _send_msg */
@@ -52,6 +54,11 @@ typedef struct {
     size_t n_sent;
     kvs_arena_t arena; /* decoded messages, for the whole case */
     char keys[SHARDS][KEYS_PER_SHARD][16];
+    router_session_t session; /* the fake client's */
+    ptrdiff_t held;           /* bytes router_client_hold was told of */
+    int many;                 /* several requests at once: any may complete */
+    router_req_t *completed[8];
+    size_t n_completed;
 } fixture_t;
 
 static fixture_t fx;
@@ -62,14 +69,19 @@ static char fake_client; /* router_client_t is opaque: any unique address */
 
 static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint32_t part, int raw)
 {
-    size_t shard = (size_t)(l - fx.r.links);
+    size_t idx = (size_t)(l - fx.r.links), shard = l->shard;
+    CHECK(idx < fx.r.n_links);
     CHECK(shard < fx.r.shards);
-    CHECK_EQ(l->shard, shard);
     if (!l->up)
         return KVS_ECLOSED;
     CHECK(fx.n_sent < MAX_SENT);
     sent_t *s = &fx.sent[fx.n_sent++];
-    *s = (sent_t){.shard = (uint32_t)shard, .ctx = ctx, .part = part, .raw = raw, .len = n};
+    *s = (sent_t){.shard = (uint32_t)shard,
+                  .link = (uint32_t)idx,
+                  .ctx = ctx,
+                  .part = part,
+                  .raw = raw,
+                  .len = n};
     s->bytes = malloc(n ? n : 1);
     CHECK(s->bytes != NULL);
     memcpy(s->bytes, p, n);
@@ -103,9 +115,34 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 0;
 }
 
+router_session_t *router_client_session(router_client_t *cl)
+{
+    CHECK(cl == CLIENT);
+    return &fx.session;
+}
+
+void router_client_hold(router_client_t *cl, ptrdiff_t delta)
+{
+    CHECK(cl == CLIENT);
+    fx.held += delta;
+    CHECK(fx.held >= 0);
+}
+
+void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
+{
+    (void)cl;
+    (void)m;
+    router_req_finish_status(req, 599, "test: no Auth here");
+}
+
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     CHECK(cl == CLIENT);
+    if (fx.many) { /* the session cases keep their requests themselves */
+        CHECK(req->done && fx.n_completed < 8);
+        fx.completed[fx.n_completed++] = req;
+        return;
+    }
     CHECK(req == fx.req);
     CHECK(fx.req != NULL && fx.req->done);
     fx.done_calls++;
@@ -122,22 +159,29 @@ static void clear_sent(void)
     fx.n_sent = 0;
 }
 
+static void drop_req(void);
+
 /* Idempotent: runs from atexit once per case set up in this process. */
 static void teardown(void)
 {
-    if (fx.req != NULL)
-        router_req_free(fx.req);
-    fx.req = NULL;
+    drop_req();
     clear_sent();
     free(fx.payload);
     fx.payload = NULL;
     free(fx.r.links);
     fx.r.links = NULL;
+    free(fx.r.sets);
+    fx.r.sets = NULL;
+    fx.r.n_links = 0;
     router_reqs_release(&fx.r);
     kvs_arena_close(&fx.r.arena);
     kvs_arena_close(&fx.r.merge_arena);
     kvs_arena_close(&fx.arena);
     kvs_config_free(fx.cfg);
+    router_session_free(&fx.session);
+    router_session_init(&fx.session);
+    kvs_buf_free(&fx.r.scratch);
+    fx.held = 0;
     fx.cfg = NULL;
 }
 
@@ -158,30 +202,43 @@ static void find_keys(void)
 
 /* A router with SHARDS links, all up, limits.max_frame = `max_frame`, and
  * `extra` appended to its config (e.g. a kafka section). */
-static void setup_config(const char *max_frame, const char *extra)
+static void setup_yaml(const char *yaml)
 {
-    char yaml[1024], err[256] = "";
-    snprintf(yaml, sizeof(yaml),
-             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n%s", SHARDS,
-             PARTITIONS, max_frame, extra);
+    char err[256] = "";
     int rc = kvs_config_parse("test.yaml", yaml, strlen(yaml), &fx.cfg, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "config: %s\n", err);
     CHECK_EQ(rc, 0);
     fx.r.cfg = fx.cfg;
     fx.r.shards = fx.cfg->shards;
-    fx.r.links = calloc(fx.r.shards, sizeof(*fx.r.links));
-    CHECK(fx.r.links != NULL);
-    for (uint32_t s = 0; s < fx.r.shards; s++) {
-        fx.r.links[s].shard = s;
-        fx.r.links[s].up = 1;
-        fx.r.links[s].max_frame = (uint32_t)fx.cfg->max_frame;
+    uint32_t reps = fx.cfg->n_nodes > 0 ? kvs_config_replica_count(fx.cfg, 0) : 1;
+    fx.r.n_links = fx.r.shards * reps; /* replicas of shard s: links[s * reps ..] */
+    fx.r.links = calloc(fx.r.n_links, sizeof(*fx.r.links));
+    fx.r.sets = calloc(fx.r.shards, sizeof(*fx.r.sets));
+    CHECK(fx.r.links != NULL && fx.r.sets != NULL);
+    router_budget_init(&fx.r.budget, fx.cfg->retry_percent, fx.cfg->retry_burst);
+    for (uint32_t i = 0; i < fx.r.n_links; i++) {
+        fx.r.links[i].shard = i / reps;
+        fx.r.links[i].up = 1;
+        fx.r.links[i].max_frame = (uint32_t)fx.cfg->max_frame;
+        fx.r.links[i].node = "";
     }
+    for (uint32_t s = 0; s < fx.r.shards; s++)
+        fx.r.sets[s] = (router_set_t){.first = s * reps, .n = reps};
     kvs_arena_init(&fx.r.arena);
     kvs_arena_init(&fx.r.merge_arena);
     kvs_arena_init(&fx.arena);
     find_keys();
     atexit(teardown);
+}
+
+static void setup_config(const char *max_frame, const char *extra)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n%s", SHARDS,
+             PARTITIONS, max_frame, extra);
+    setup_yaml(yaml);
 }
 
 static void setup_frame(const char *max_frame)
@@ -204,10 +261,26 @@ static void set_down(uint32_t shard)
 /* ---- requests in ----------------------------------------------------------------------- */
 
 /* Routes `payload` as a new request of the fake client (freeing the last). */
+/* Frees the last request, answered or not. The real router never drops an
+ * unanswered request of a live client, so what it left in the client's
+ * session (a write in flight, a held request) is undone here. */
+static void drop_req(void)
+{
+    if (fx.req == NULL)
+        return;
+    if (fx.req->bound_write && fx.session.writes > 0)
+        fx.session.writes--;
+    if (fx.req->held) {
+        fx.held -= (ptrdiff_t)fx.req->held_payload.len;
+        router_route_forget(&fx.r, &fx.session);
+    }
+    router_req_free(fx.req);
+    fx.req = NULL;
+}
+
 static void route_raw(const uint8_t *payload, size_t len)
 {
-    if (fx.req != NULL)
-        router_req_free(fx.req);
+    drop_req();
     clear_sent();
     uint8_t *copy = malloc(len ? len : 1); /* `payload` may be the old fx.payload */
     CHECK(copy != NULL);
@@ -1205,6 +1278,42 @@ KVS_TEST(info_fans_out_and_merges)
         CHECK(bin_is(r->pairs[i]->key, names[i / 2][i % 2], strlen(names[i / 2][i % 2])));
 }
 
+/* With several router processes, Info also says which one answered, how
+ * many there are and its clients, merged in key order between the
+ * shards' "kafka." and "shard." pairs. */
+KVS_TEST(info_names_the_router_process_when_several)
+{
+    setup();
+    fx.r.n_procs = 3;
+    fx.r.proc_index = 2;
+    fx.r.n_clients = 5;
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    check_fanout_sent();
+    char names[SHARDS][2][32];
+    ProtobufCBinaryData kb[SHARDS][2];
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        snprintf(names[s][0], sizeof(names[s][0]), "kafka.t.%05u.lag", s);
+        snprintf(names[s][1], sizeof(names[s][1]), "shard.%03u.tables", s);
+        kb[s][0] = bin(names[s][0]);
+        kb[s][1] = bin(names[s][1]);
+        reply_pairs(sent_to(s), 2, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 2 * SHARDS + 3);
+    static const char *const mine[] = {"router.clients", "router.process", "router.processes"};
+    static const int64_t vals[] = {5, 2, 3};
+    for (size_t i = 0; i < 3; i++) {
+        Kvs__Kvpair *p = r->pairs[SHARDS + i];
+        CHECK(bin_is(p->key, mine[i], strlen(mine[i])));
+        CHECK_EQ(p->value->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+        CHECK_EQ(p->value->integer_value, vals[i]);
+    }
+    CHECK(bin_is(r->pairs[SHARDS - 1]->key, names[SHARDS - 1][0], strlen(names[SHARDS - 1][0])));
+    CHECK(bin_is(r->pairs[SHARDS + 3]->key, names[0][1], strlen(names[0][1])));
+}
+
 /* Hlen asks every shard and adds the counts up; a shard that cannot answer
  * makes it 503 (a count without it would be wrong). */
 KVS_TEST(hlen_sums_every_shard)
@@ -1868,8 +1977,507 @@ KVS_TEST(none_writes_are_refused)
     CHECK_EQ(fx.sent[0].shard, 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
-              KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+/* ---- sessions: read-your-writes ---------------------------------------------------------- */
+
+/* A request of the fake client routed by hand (the session cases keep
+ * several alive), from a packed CommandRequest. */
+static router_req_t *route_req(const Kvs__CommandRequest *q)
+{
+    size_t n = kvs__command_request__get_packed_size(q);
+    uint8_t *p = malloc(n ? n : 1);
+    CHECK(p != NULL);
+    kvs__command_request__pack(q, p);
+    router_req_t *req = router_req_new(&fx.r, CLIENT);
+    CHECK(req != NULL);
+    router_route(&fx.r, req, p, n);
+    free(p); /* the router copied what it keeps */
+    return req;
+}
+
+static router_req_t *route_key_req(Kvs__CommandRequest__CommandCase c, const char *table,
+                                   const char *key)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Value v = vstr("x");
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    q.command_case = c;
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        pair.key = bin(key);
+        pair.value = &v;
+        hs.table = (char *)table;
+        hs.pair = &pair;
+        q.hset = &hs;
+    } else {
+        hg.table = (char *)table;
+        hg.key = bin(key);
+        q.hget = &hg;
+    }
+    return route_req(&q);
+}
+
+/* Answers sent part `i` with 200, one empty value and `pos` as position. */
+static void reply_with_position(size_t i, const uint8_t *pos, size_t len)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_values = 1;
+    r.values = &vp;
+    r.position = (ProtobufCBinaryData){len, (uint8_t *)pos};
+    reply(i, &r);
+}
+
+static uint32_t users_partition(const char *key)
+{
+    return kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, key, strlen(key), 12);
+}
+
+KVS_TEST(session_read_carries_its_writes_position)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *key = "user-7";
+    uint32_t p = users_partition(key);
+    router_req_t *w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.session.writes, 1);
+    uint8_t tok[KVS_POS_ONE_MAX];
+    size_t n = kvs_pos_encode_one(tok, "t-users", 7, p, 41);
+    reply_with_position(0, tok, n);
+    CHECK_EQ(fx.n_completed, 1);
+    CHECK(fx.completed[0] == w);
+    CHECK_EQ(fx.session.writes, 0);
+    CHECK_EQ(router_session_get(&fx.session, fx.cfg, &fx.cfg->bindings[0], p), 41);
+    /* the answer passes through with its position */
+    Kvs__CommandResponse *a =
+        kvs__command_response__unpack(&fx.arena.pb, w->resp.len - 4, w->resp.data + 4);
+    CHECK(a != NULL && a->position.len == n && memcmp(a->position.data, tok, n) == 0);
+    router_req_free(w);
+
+    /* a read of that key (the fast path) carries the position */
+    clear_sent();
+    router_req_t *rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(!rd->held);
+    Kvs__CommandRequest *q = sent_request(0);
+    CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HGET);
+    CHECK(q->hget->key.len == strlen(key) && memcmp(q->hget->key.data, key, strlen(key)) == 0);
+    CHECK(q->min_position.len == n && memcmp(q->min_position.data, tok, n) == 0);
+    router_req_free(rd);
+
+    /* ... a key of another partition does not (its bytes go as they came) */
+    const char *other = "user-8";
+    for (int i = 9; users_partition(other) == p; i++) {
+        static char buf[16];
+        snprintf(buf, sizeof(buf), "user-%d", i);
+        other = buf;
+    }
+    clear_sent();
+    rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, other);
+    CHECK_EQ(sent_request(0)->min_position.len, 0);
+    router_req_free(rd);
+
+    /* multi-key reads: every part carries the client's position merged
+     * with the session's; accept_stale goes along */
+    Kvs__CommandRequest mq = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmget hm = KVS__HMGET__INIT;
+    ProtobufCBinaryData keys[8];
+    char names[8][16];
+    for (int i = 0; i < 8; i++) {
+        snprintf(names[i], sizeof(names[i]), "k-%d", i);
+        keys[i] = bin(names[i]);
+    }
+    uint8_t client_tok[KVS_POS_ONE_MAX];
+    size_t cn = kvs_pos_encode_one(client_tok, "t-users", 7, (p + 1) % 12, 5);
+    hm.table = TABLE;
+    hm.n_keys = 8;
+    hm.keys = keys;
+    mq.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    mq.hmget = &hm;
+    mq.min_position = (ProtobufCBinaryData){cn, client_tok};
+    mq.accept_stale = 1;
+    clear_sent();
+    rd = route_req(&mq);
+    CHECK(fx.n_sent > 1);
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        q = sent_request(i);
+        CHECK(q->accept_stale);
+        CHECK_EQ(kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, p), 41);
+        CHECK_EQ(
+            kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, (p + 1) % 12), 5);
+    }
+    router_req_free(rd);
+
+    /* whole-table reads too; tables bound to no topic never */
+    Kvs__Hgetall ga = KVS__HGETALL__INIT;
+    Kvs__CommandRequest gq = KVS__COMMAND_REQUEST__INIT;
+    ga.table = TABLE;
+    gq.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    gq.hgetall = &ga;
+    clear_sent();
+    rd = route_req(&gq);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    for (size_t i = 0; i < fx.n_sent; i++)
+        CHECK_EQ(kvs_pos_find(sent_request(i)->min_position.data, sent_request(i)->min_position.len,
+                              "t-users", 7, p),
+                 41);
+    router_req_free(rd);
+    clear_sent();
+    rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", key);
+    CHECK(fx.sent[0].raw);
+    CHECK_EQ(sent_request(0)->min_position.len, 0);
+    router_req_free(rd);
+}
+
+KVS_TEST(session_holds_reads_behind_its_writes)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *key = "user-7";
+    uint32_t p = users_partition(key);
+    router_req_t *w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, key);
+    CHECK_EQ(fx.n_sent, 1);
+    size_t wpart = 0;
+    /* a read of the table while the write is in flight is held, and so is
+     * everything after it, bound or not */
+    router_req_t *r1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, key);
+    router_req_t *r2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, "plain", key);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(r1->held && r1->held_read && r2->held && !r2->held_read);
+    CHECK(fx.held > 0);
+    router_route_release(&fx.r); /* nothing may go yet */
+    CHECK_EQ(fx.n_sent, 1);
+    /* a read of an unbound table with nothing held goes at once: tested by
+     * the other cases; here the write is answered, then the held go, in
+     * order, the first with the write's position */
+    uint8_t tok[KVS_POS_ONE_MAX];
+    size_t n = kvs_pos_encode_one(tok, "t-users", 7, p, 3);
+    reply_with_position(wpart, tok, n);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(fx.session.on_release_list);
+    router_route_release(&fx.r);
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK(!r1->held && !r2->held);
+    CHECK_EQ(fx.held, 0);
+    Kvs__CommandRequest *q = sent_request(1);
+    CHECK_EQ(q->hget->key.len, strlen(key));
+    CHECK_EQ(kvs_pos_find(q->min_position.data, q->min_position.len, "t-users", 7, p), 3);
+    q = sent_request(2);
+    CHECK_STR(q->hget->table, "plain");
+    CHECK_EQ(q->min_position.len, 0);
+    router_req_free(w);
+    router_req_free(r1);
+    router_req_free(r2);
+}
+
+KVS_TEST(session_release_stops_at_the_next_write)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    router_req_t *w1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, "a");
+    router_req_t *r1 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, "a");
+    router_req_t *w2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, "b");
+    router_req_t *r2 = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, "b");
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK(r1->held && w2->held && r2->held);
+    reply_with_position(0, NULL, 0); /* answered without a position: still released */
+    router_route_release(&fx.r);
+    /* r1 and w2 go; r2 waits for w2 */
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK(!r1->held && !w2->held && r2->held);
+    CHECK_EQ(fx.session.writes, 1);
+    reply_failure(2, "shard 1 is unavailable"); /* w2 fails: the read goes anyway */
+    router_route_release(&fx.r);
+    CHECK_EQ(fx.n_sent, 4);
+    CHECK(!r2->held);
+    CHECK_EQ(fx.session.writes, 0);
+    router_req_free(w1);
+    router_req_free(r1);
+    router_req_free(w2);
+    router_req_free(r2);
+}
+
+KVS_TEST(split_write_answer_merges_positions)
+{
+    setup_bound("murmur2", 12);
+    fx.many = 1;
+    const char *keys[] = {"a-1", "b-22", "c-333", "d-4444", "e-55555", "f-666666", "g-7"};
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    ProtobufCBinaryData kb[7];
+    for (int i = 0; i < 7; i++)
+        kb[i] = bin(keys[i]);
+    m.table = TABLE;
+    m.n_keys = 7;
+    m.keys = kb;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+    q.hmdel = &m;
+    router_req_t *req = route_req(&q);
+    CHECK(fx.n_sent > 1);
+    CHECK_EQ(fx.session.writes, 1);
+    /* each part answers its keys with a position of its own partition */
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        Kvs__CommandRequest *sq = sent_request(i);
+        Kvs__Value empty = KVS__VALUE__INIT, *vp[7];
+        for (int k = 0; k < 7; k++)
+            vp[k] = &empty;
+        uint8_t tok[KVS_POS_ONE_MAX];
+        size_t n = kvs_pos_encode_one(tok, "t-users", 7, fx.sent[i].shard, 100 + i);
+        Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+        r.status = 200;
+        r.n_values = sq->hmdel->n_keys;
+        r.values = vp;
+        r.position = (ProtobufCBinaryData){n, tok};
+        reply(i, &r);
+    }
+    CHECK(req->done);
+    Kvs__CommandResponse *a =
+        kvs__command_response__unpack(&fx.arena.pb, req->resp.len - 4, req->resp.data + 4);
+    CHECK(a != NULL && a->status == 200 && a->n_values == 7);
+    for (size_t i = 0; i < fx.n_sent; i++) {
+        CHECK_EQ(kvs_pos_find(a->position.data, a->position.len, "t-users", 7, fx.sent[i].shard),
+                 (int64_t)(100 + i));
+        CHECK_EQ(router_session_get(&fx.session, fx.cfg, &fx.cfg->bindings[0], fx.sent[i].shard),
+                 (int64_t)(100 + i));
+    }
+    CHECK_EQ(fx.session.writes, 0);
+    router_req_free(req);
+}
+
+/* ---- replicas: choice, retries, the budget ----------------------------------------- */
+
+/* Nodes a (this one) and b both serve every shard: shard s's replicas are
+ * links 2s (a, local: its unix socket) and 2s + 1 (b). TABLE is bound to
+ * a topic (placed by murmur2 over PARTITIONS, as unbound tables are);
+ * "plain" is bound to none. */
+static void setup_replicas(int percent, int burst)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "node: {name: a}\ncluster:\n  shards: %d\n  partitions: %d\n  nodes:\n"
+             "    - {name: a, address: \"127.0.0.1:9700\", shards: [0, 1, 2, 3]}\n"
+             "    - {name: b, address: \"127.0.0.1:9800\", shards: [0, 1, 2, 3]}\n"
+             "router: {retry_percent: %d, retry_burst: %d}\n"
+             "kafka:\n  bindings:\n    - {topic: t-users, table: %s, partitions: %d}\n",
+             SHARDS, PARTITIONS, percent, burst, TABLE, PARTITIONS);
+    setup_yaml(yaml);
+    CHECK_EQ(fx.r.n_links, 2 * SHARDS);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        fx.r.links[2 * s].addr.is_unix = 1;
+        fx.r.links[2 * s].node = "a";
+        fx.r.links[2 * s + 1].node = "b";
+    }
+}
+
+static void route_key_in(const char *table, Kvs__CommandRequest__CommandCase c, const char *key)
+{
+    Kvs__Value v = vstr("value");
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        hs.table = (char *)table;
+        hs.pair = &pair;
+        pair.key = bin(key);
+        pair.value = &v;
+        route_cmd(c, &hs);
+    } else {
+        hg.table = (char *)table;
+        hg.key = bin(key);
+        route_cmd(c, &hg);
+    }
+}
+
+KVS_TEST(replica_read_prefers_local_and_retries_elsewhere)
+{
+    setup_replicas(10, 100);
+    const char *k = fx.keys[2][0];
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, k);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 4); /* shard 2, this node's own replica */
+    CHECK(sent_is_client_payload(0));
+    reply_status(0, 503, "catching up: lag 20000 records on topic t-users partition 3");
+    check_pending();
+    CHECK_EQ(fx.n_sent, 2); /* the same bytes, to node b */
+    CHECK_EQ(fx.sent[1].link, 5);
+    CHECK(sent_is_client_payload(1));
+    Kvs__Value v = vstr("there");
+    Kvs__Value *vp = &v;
+    Kvs__CommandResponse ok = KVS__COMMAND_RESPONSE__INIT;
+    ok.status = 200;
+    ok.n_values = 1;
+    ok.values = &vp;
+    reply(1, &ok);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    check_str(r->values[0], "there");
+    CHECK_EQ(fx.r.budget.retries, 1);
+    CHECK_EQ(fx.r.budget.reads, 1);
+    /* The local replica failed a request: it is avoided for a while. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[2][1]);
+    CHECK_EQ(fx.sent[0].link, 5);
+}
+
+KVS_TEST(replica_read_fails_once_every_replica_failed)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    CHECK_EQ(fx.sent[0].link, 2);
+    reply_failure(0, "shard 1 is unavailable: no answer within router.timeout");
+    CHECK_EQ(fx.n_sent, 2);
+    CHECK_EQ(fx.sent[1].link, 3);
+    reply_failure(1, "shard 1 is unavailable: worker closed the connection");
+    CHECK_EQ(fx.n_sent, 2); /* nobody left to ask */
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK(strstr(r->message, "worker closed the connection") != NULL);
+    /* A replica whose link is down is skipped at once, at no cost. */
+    router_replica_ok(&fx.r.links[2]);
+    router_replica_ok(&fx.r.links[3]);
+    fx.r.links[2].up = 0;
+    uint64_t retries = fx.r.budget.retries;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][1]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 3);
+    CHECK_EQ(fx.r.budget.retries, retries);
+}
+
+KVS_TEST(replica_split_read_retries_its_part)
+{
+    setup_replicas(10, 100);
+    const char *keys[] = {fx.keys[0][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, keys);
+    CHECK_EQ(fx.n_sent, 2);
+    size_t p3 = fx.sent[0].shard == 3 ? 0 : 1, p0 = 1 - p3;
+    CHECK_EQ(fx.sent[p3].link, 6);
+    reply_values_from_keys(p0);
+    reply_status(p3, 503, "behind by 3 records");
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK_EQ(fx.sent[2].link, 7);
+    CHECK_EQ(fx.sent[2].len, fx.sent[p3].len);
+    CHECK(memcmp(fx.sent[2].bytes, fx.sent[p3].bytes, fx.sent[2].len) == 0);
+    reply_values_from_keys(2);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 2);
+    check_text_of(r->values[1], "v", keys[1], strlen(keys[1]));
+}
+
+KVS_TEST(replica_writes_go_to_one_live_replica_and_are_never_resent)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][0]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 0); /* local first */
+    reply_failure(0, "shard 0 is unavailable: worker closed the connection");
+    CHECK_EQ(fx.n_sent, 1); /* it may have been applied: not sent again */
+    check_status(answer_async(), 503);
+    /* With the local link down, the write goes to the other replica. */
+    fx.r.links[0].up = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 1);
+    /* Every replica down: 503 at once, naming the shard. */
+    fx.r.links[1].up = 0;
+    snprintf(fx.r.links[1].last_error, sizeof(fx.r.links[1].last_error), "connection refused");
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
+    CHECK_EQ(fx.n_sent, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 503);
+    CHECK(strstr(r->message, "shard 0 is unavailable: connection refused (none of its 2 "
+                             "replicas took the request") != NULL);
+}
+
+KVS_TEST(replica_unbound_writes_refused)
+{
+    setup_replicas(10, 100);
+    route_key_in("plain", KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[1][0]);
+    CHECK_EQ(fx.n_sent, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK(strstr(r->message, "Hset: table \"plain\" is bound to no Kafka topic, and shard 1 has "
+                             "2 replicas") != NULL);
+    CHECK(strstr(r->message, "Bind the table to a topic (kafka.bindings)") != NULL);
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0]};
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    ProtobufCBinaryData kb[2] = {bin(keys[0]), bin(keys[1])};
+    m.table = "plain";
+    m.n_keys = 2;
+    m.keys = kb;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HMDEL, &m);
+    CHECK_EQ(fx.n_sent, 0);
+    check_status(answer_sync(), 400);
+    /* Reads of unbound tables are served as ever. */
+    route_key_in("plain", KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    CHECK_EQ(fx.n_sent, 1);
+}
+
+KVS_TEST(replica_info_shows_retries)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    reply_status(0, 503, "starting");
+    reply_status(1, 404, "not found");
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    ProtobufCBinaryData kb[1];
+    char name[SHARDS][32];
+    for (size_t i = 0; i < SHARDS; i++) {
+        snprintf(name[i], sizeof(name[i]), "shard.%03u.tables", fx.sent[i].shard);
+        kb[0] = bin(name[i]);
+        reply_pairs(i, 1, kb, NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, SHARDS + 3);
+    CHECK(bin_is(r->pairs[0]->key, "router.replica_reads", 20));
+    CHECK_EQ(r->pairs[0]->value->integer_value, 1 + SHARDS); /* the Hget, and the Info's parts */
+    CHECK(bin_is(r->pairs[1]->key, "router.replica_retries", 22));
+    CHECK_EQ(r->pairs[1]->value->integer_value, 1);
+    CHECK(bin_is(r->pairs[2]->key, "router.replica_retries_refused", 30));
+    CHECK_EQ(r->pairs[2]->value->integer_value, 0);
+    CHECK(bin_is(r->pairs[3]->key, "shard.000.tables", 16));
+}
+
+KVS_TEST(replica_retry_budget)
+{
+    setup_replicas(0, 1); /* one retry in the bucket, no deposits */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    reply_status(0, 503, "starting");
+    CHECK_EQ(fx.n_sent, 2);
+    reply_status(1, 404, "not found");
+    check_status(answer_async(), 404);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    reply_status(0, 503, "starting");
+    CHECK_EQ(fx.n_sent, 1); /* the budget is spent */
+    check_status(answer_async(), 503);
+    CHECK_EQ(fx.r.budget.retries, 1);
+    CHECK_EQ(fx.r.budget.refused, 1);
+    /* Deposits: 50% of reads, so two reads buy one retry. */
+    router_budget_t b;
+    router_budget_init(&b, 50, 2);
+    CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b));
+    router_budget_deposit(&b);
+    CHECK(!router_budget_take(&b));
+    router_budget_deposit(&b);
+    CHECK(router_budget_take(&b));
+    for (int i = 0; i < 100; i++)
+        router_budget_deposit(&b);
+    CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b)); /* cap */
+}
+
+KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
+              KVS_CASE(replica_read_fails_once_every_replica_failed),
+              KVS_CASE(replica_split_read_retries_its_part),
+              KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
+              KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
+              KVS_CASE(replica_info_shows_retries), KVS_CASE(info_names_the_router_process_when_several),
+              KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
+              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
               KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
@@ -1892,4 +2500,8 @@ KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw
               KVS_CASE(unbound_table_beside_bindings_is_murmur2),
               KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
               KVS_CASE(none_asks_only_shards_that_own_partitions),
-              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused))
+              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused),
+              KVS_CASE(session_read_carries_its_writes_position),
+              KVS_CASE(session_holds_reads_behind_its_writes),
+              KVS_CASE(session_release_stops_at_the_next_write),
+              KVS_CASE(split_write_answer_merges_positions))

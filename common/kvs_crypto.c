@@ -1,0 +1,53 @@
+/*
+ * kvs_crypto: thin wrappers over libcrypto, translating its 1/0 results
+ * into kvs's 0/negative convention and clearing its per-thread error queue,
+ * so a failure here is never reported later by an unrelated TLS call.
+ */
+#include "kvs_crypto.h"
+#include "kvs_err.h"
+
+#include <limits.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+int kvs_crypto_random(void *p, size_t n)
+{
+    if (n > INT_MAX || RAND_bytes(p, (int)n) != 1) {
+        ERR_clear_error();
+        return KVS_EINVAL;
+    }
+    return 0;
+}
+
+int kvs_crypto_pbkdf2(const void *pw, size_t pwlen, const uint8_t *salt, size_t saltlen,
+                      uint32_t iterations, uint8_t out[KVS_CRYPTO_SHA256])
+{
+    if (pwlen > INT_MAX || saltlen > INT_MAX || iterations == 0 || iterations > INT_MAX ||
+        PKCS5_PBKDF2_HMAC(pw, (int)pwlen, salt, (int)saltlen, (int)iterations, EVP_sha256(),
+                          KVS_CRYPTO_SHA256, out) != 1) {
+        ERR_clear_error();
+        return KVS_EINVAL;
+    }
+    return 0;
+}
+
+int kvs_crypto_hmac(const void *key, size_t klen, const void *msg, size_t mlen,
+                    uint8_t out[KVS_CRYPTO_SHA256])
+{
+    unsigned int n = 0;
+    if (klen > INT_MAX || HMAC(EVP_sha256(), key, (int)klen, msg, mlen, out, &n) == NULL ||
+        n != KVS_CRYPTO_SHA256) {
+        ERR_clear_error();
+        return KVS_EINVAL;
+    }
+    return 0;
+}
+
+int kvs_crypto_equal(const void *a, const void *b, size_t n)
+{
+    return CRYPTO_memcmp(a, b, n) == 0;
+}

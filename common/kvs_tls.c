@@ -1,0 +1,718 @@
+/*
+ * kvs_tls: OpenSSL behind kvs's own buffers. The only file that includes
+ * libssl's headers.
+ *
+ * Each session's SSL object reads and writes through one BIO of our own
+ * (a "memory BIO" whose memory is kvs's): writes append to the kvs_buf_t
+ * the owner gave kvs_tls_new, so ciphertext goes from OpenSSL's record
+ * buffer straight into the connection's output queue (one copy, the one
+ * OpenSSL makes anyway); reads take from the ciphertext the owner just
+ * read from the socket. An empty source answers "retry" (never EOF):
+ * end of stream is the owner's business, told to us by not calling.
+ *
+ * Input memory: a connection usually consumes all the ciphertext of a
+ * read before the next one, so the read buffer is one per thread
+ * (thread_local), not one per connection; only ciphertext left unread
+ * (the owner stopped early) is copied into the session's own buffer, by
+ * kvs_tls_in_done. With SSL_MODE_RELEASE_BUFFERS, OpenSSL's own record
+ * buffers are freed while a connection is idle too, so an idle TLS
+ * connection costs a few kilobytes, not tens.
+ *
+ * Contexts: an SSL_CTX per endpoint, built from the options and rebuilt on
+ * reload. SSL objects hold a reference to the SSL_CTX they were made from,
+ * so replacing the context's SSL_CTX never disturbs an open session.
+ *
+ * Errors: OpenSSL keeps an error queue per thread; it is cleared before
+ * each call that may fail and read right after, so one session's error is
+ * never blamed on another.
+ */
+#include "kvs_tls.h"
+#include "kvs_err.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#define SHARED_IN 65536u /* the per-thread ciphertext read buffer */
+#define KEEP_IN 65536u   /* a session's own input buffer above this is freed once empty */
+
+struct kvs_tls_ctx_s {
+    SSL_CTX *ssl;
+    kvs_tls_opts_t o; /* strings below are copies */
+    char *cert, *key, *ca, *ciphers, *ciphersuites, *what;
+};
+
+struct kvs_tls_s {
+    SSL *ssl;
+    kvs_buf_t *out;     /* where ciphertext goes */
+    kvs_buf_t own;      /* unread ciphertext kept by the session */
+    size_t own_off;     /* bytes of `own` already consumed */
+    const uint8_t *src; /* the shared buffer being read from, or NULL */
+    size_t src_len, src_off;
+    int in_shared; /* the last kvs_tls_in_space returned the shared buffer */
+    int role;
+    int ready;
+    int failed; /* 0, KVS_ETLS or KVS_ENOTLS */
+    int nomem;  /* an output append failed */
+    int shut;
+    int touched; /* ciphertext arrived */
+    int checked; /* the first bytes were checked for TLS */
+    /* Where the peer's ciphertext stands in its record framing (5-byte
+     * headers, the last two the body's length), for kvs_tls_mid_record. */
+    unsigned rec_hdr; /* header bytes of the next record seen so far (0..4) */
+    size_t rec_len;   /* the header's length, assembled */
+    size_t rec_left;  /* body bytes of the current record still to come */
+    char err[320];
+};
+
+static _Thread_local uint8_t shared_in[SHARED_IN];
+
+/* ---- the BIO --------------------------------------------------------------- */
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
+{
+    kvs_tls_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (kvs_buf_append(t->out, data, len) != 0) {
+        t->nomem = 1;
+        return 0;
+    }
+    *written = len;
+    return 1;
+}
+
+static int bio_read(BIO *b, char *data, size_t len, size_t *readbytes)
+{
+    kvs_tls_t *t = BIO_get_data(b);
+    const uint8_t *p;
+    size_t avail;
+    BIO_clear_retry_flags(b);
+    if (t->src != NULL) {
+        p = t->src + t->src_off;
+        avail = t->src_len - t->src_off;
+    } else {
+        p = t->own.data + t->own_off;
+        avail = t->own.len - t->own_off;
+    }
+    if (avail == 0) {
+        BIO_set_retry_read(b); /* more may come: the owner decides about EOF */
+        return 0;
+    }
+    size_t n = len < avail ? len : avail;
+    memcpy(data, p, n);
+    if (t->src != NULL)
+        t->src_off += n;
+    else
+        t->own_off += n;
+    *readbytes = n;
+    return 1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void bio_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "kvs buffers");
+    if (m == NULL)
+        return;
+    BIO_meth_set_write_ex(m, bio_write);
+    BIO_meth_set_read_ex(m, bio_read);
+    BIO_meth_set_ctrl(m, bio_ctrl);
+    BIO_meth_set_create(m, bio_create);
+    bio_method = m;
+}
+
+/* ---- contexts ------------------------------------------------------------- */
+
+/* The most recent OpenSSL error in words, or `fallback`. Clears the queue. */
+static const char *ssl_reason(char *buf, size_t len, const char *fallback)
+{
+    unsigned long e, last = 0;
+    while ((e = ERR_get_error()) != 0)
+        last = e;
+    if (last == 0)
+        return fallback;
+    const char *r = ERR_reason_error_string(last);
+    if (r != NULL)
+        snprintf(buf, len, "%s", r);
+    else
+        ERR_error_string_n(last, buf, len);
+    return buf;
+}
+
+__attribute__((format(printf, 3, 4))) static int ctx_error(char *err, size_t errlen,
+                                                           const char *fmt, ...)
+{
+    va_list ap;
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    ERR_clear_error();
+    return KVS_ECONFIG;
+}
+
+static int set_versions(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    static const int v[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    if (c->o.min_version > c->o.max_version)
+        return ctx_error(err, errlen, "%s: min_version is above max_version", c->what);
+    if (!SSL_CTX_set_min_proto_version(s, v[c->o.min_version]) ||
+        !SSL_CTX_set_max_proto_version(s, v[c->o.max_version]))
+        return ctx_error(err, errlen, "%s: cannot set the protocol versions", c->what);
+    return 0;
+}
+
+static int set_ciphers(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    char why[160];
+    if (!SSL_CTX_set_cipher_list(s, c->ciphers))
+        return ctx_error(err, errlen, "%s.ciphers \"%.200s\": %s (OpenSSL cipher list syntax)",
+                         c->what, c->ciphers, ssl_reason(why, sizeof(why), "no usable cipher"));
+    if (!SSL_CTX_set_ciphersuites(s, c->ciphersuites))
+        return ctx_error(err, errlen,
+                         "%s.ciphersuites \"%.200s\": %s (TLS 1.3 suites such as "
+                         "TLS_AES_128_GCM_SHA256, separated by ':')",
+                         c->what, c->ciphersuites, ssl_reason(why, sizeof(why), "no usable suite"));
+    return 0;
+}
+
+static int load_identity(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    char why[160];
+    if (c->cert[0] == '\0') {
+        if (c->o.role == KVS_TLS_SERVER)
+            return ctx_error(err, errlen, "%s: a TLS listener needs a certificate (cert) and key",
+                             c->what);
+        return 0;
+    }
+    if (c->key[0] == '\0')
+        return ctx_error(err, errlen, "%s: cert is set but key is not", c->what);
+    if (!SSL_CTX_use_certificate_chain_file(s, c->cert))
+        return ctx_error(err, errlen, "%s.cert %s: cannot load: %s", c->what, c->cert,
+                         ssl_reason(why, sizeof(why), "not a PEM certificate"));
+    if (!SSL_CTX_use_PrivateKey_file(s, c->key, SSL_FILETYPE_PEM)) {
+        const char *r = ssl_reason(why, sizeof(why), "not a PEM private key");
+        if (strstr(r, "mismatch") != NULL)
+            return ctx_error(err, errlen, "%s.key %s does not belong to the certificate in %s",
+                             c->what, c->key, c->cert);
+        return ctx_error(err, errlen, "%s.key %s: cannot load: %s", c->what, c->key, r);
+    }
+    if (!SSL_CTX_check_private_key(s))
+        return ctx_error(err, errlen, "%s.key %s does not belong to the certificate in %s", c->what,
+                         c->key, c->cert);
+    return 0;
+}
+
+static int load_trust(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    char why[160];
+    int server = c->o.role == KVS_TLS_SERVER;
+    if (c->o.peer == KVS_TLS_PEER_NONE)
+        return 0;
+    if (c->ca[0] == '\0') {
+        if (server)
+            return ctx_error(err, errlen,
+                             "%s: verifying client certificates needs a CA bundle (ca)", c->what);
+        if (!SSL_CTX_set_default_verify_paths(s))
+            return ctx_error(err, errlen, "%s: cannot load the system's CA certificates", c->what);
+        return 0;
+    }
+    if (!SSL_CTX_load_verify_locations(s, c->ca, NULL))
+        return ctx_error(err, errlen, "%s.ca %s: cannot load: %s", c->what, c->ca,
+                         ssl_reason(why, sizeof(why), "not a PEM CA bundle"));
+    if (server) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(c->ca);
+        if (names == NULL)
+            return ctx_error(err, errlen, "%s.ca %s: no CA certificate in it", c->what, c->ca);
+        SSL_CTX_set_client_CA_list(s, names);
+    }
+    return 0;
+}
+
+static int verify_mode(const kvs_tls_ctx_t *c)
+{
+    if (c->o.peer == KVS_TLS_PEER_NONE)
+        return SSL_VERIFY_NONE;
+    if (c->o.role == KVS_TLS_CLIENT || c->o.peer == KVS_TLS_PEER_OPTIONAL)
+        return SSL_VERIFY_PEER;
+    return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+}
+
+/* A fresh SSL_CTX from c's settings and files. */
+static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t errlen)
+{
+    SSL_CTX *s =
+        SSL_CTX_new(c->o.role == KVS_TLS_SERVER ? TLS_server_method() : TLS_client_method());
+    if (s == NULL)
+        return ctx_error(err, errlen, "%s: cannot create a TLS context (out of memory?)", c->what);
+    SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
+    int rc = set_versions(s, c, err, errlen);
+    if (rc == 0)
+        rc = set_ciphers(s, c, err, errlen);
+    if (rc == 0)
+        rc = load_identity(s, c, err, errlen);
+    if (rc == 0)
+        rc = load_trust(s, c, err, errlen);
+    if (rc != 0) {
+        SSL_CTX_free(s);
+        return rc;
+    }
+    SSL_CTX_set_verify(s, verify_mode(c), NULL);
+    if (c->o.role == KVS_TLS_SERVER)
+        SSL_CTX_set_session_id_context(s, (const unsigned char *)"kvs", 3);
+    *out = s;
+    return 0;
+}
+
+static char *dup_or(const char *s, const char *def)
+{
+    return strdup(s != NULL && s[0] != '\0' ? s : def);
+}
+
+int kvs_tls_ctx_new(const kvs_tls_opts_t *o, kvs_tls_ctx_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    pthread_once(&bio_once, bio_method_init);
+    if (bio_method == NULL)
+        return -ENOMEM;
+    kvs_tls_ctx_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->o = *o;
+    c->cert = dup_or(o->cert, "");
+    c->key = dup_or(o->key, "");
+    c->ca = dup_or(o->ca, "");
+    c->ciphers = dup_or(o->ciphers, KVS_TLS_DEFAULT_CIPHERS);
+    c->ciphersuites = dup_or(o->ciphersuites, KVS_TLS_DEFAULT_CIPHERSUITES);
+    c->what = dup_or(o->what, "tls");
+    if (!c->cert || !c->key || !c->ca || !c->ciphers || !c->ciphersuites || !c->what) {
+        kvs_tls_ctx_free(c);
+        return -ENOMEM;
+    }
+    int rc = ctx_build(c, &c->ssl, err, errlen);
+    if (rc != 0) {
+        kvs_tls_ctx_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+int kvs_tls_ctx_reload(kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    SSL_CTX *s;
+    int rc = ctx_build(c, &s, err, errlen);
+    if (rc != 0)
+        return rc;
+    SSL_CTX_free(c->ssl); /* open sessions hold their own reference */
+    c->ssl = s;
+    return 0;
+}
+
+const char *kvs_tls_ctx_what(const kvs_tls_ctx_t *c)
+{
+    return c->what;
+}
+
+void kvs_tls_ctx_free(kvs_tls_ctx_t *c)
+{
+    if (c == NULL)
+        return;
+    SSL_CTX_free(c->ssl);
+    free(c->cert);
+    free(c->key);
+    free(c->ca);
+    free(c->ciphers);
+    free(c->ciphersuites);
+    free(c->what);
+    free(c);
+}
+
+/* ---- sessions ------------------------------------------------------------- */
+
+/* A client verifies that the server's certificate names `host`: an IP
+ * address against its IP SANs, a name against its DNS names (and SNI). */
+static int set_host(kvs_tls_t *t, const kvs_tls_ctx_t *c, const char *host)
+{
+    unsigned char ip[16];
+    int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    if (!is_ip && !SSL_set_tlsext_host_name(t->ssl, host))
+        return -ENOMEM;
+    if (c->o.peer == KVS_TLS_PEER_NONE || c->o.skip_host_check)
+        return 0;
+    X509_VERIFY_PARAM *p = SSL_get0_param(t->ssl);
+    X509_VERIFY_PARAM_set_hostflags(p, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(p, host) : !X509_VERIFY_PARAM_set1_host(p, host, 0))
+        return -ENOMEM;
+    return 0;
+}
+
+int kvs_tls_new(kvs_tls_ctx_t *ctx, const char *host, kvs_buf_t *out, kvs_tls_t **tp)
+{
+    *tp = NULL;
+    kvs_tls_t *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -ENOMEM;
+    t->out = out;
+    t->role = ctx->o.role;
+    kvs_buf_init(&t->own);
+    BIO *b = BIO_new(bio_method);
+    t->ssl = SSL_new(ctx->ssl);
+    if (b == NULL || t->ssl == NULL) {
+        BIO_free(b);
+        kvs_tls_free(t);
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    BIO_set_data(b, t);
+    SSL_set_bio(t->ssl, b, b); /* one reference, owned by the SSL */
+    if (t->role == KVS_TLS_SERVER) {
+        SSL_set_accept_state(t->ssl);
+    } else {
+        SSL_set_connect_state(t->ssl);
+        if (host != NULL && host[0] != '\0' && set_host(t, ctx, host) != 0) {
+            kvs_tls_free(t);
+            ERR_clear_error();
+            return -ENOMEM;
+        }
+    }
+    *tp = t;
+    return 0;
+}
+
+void kvs_tls_free(kvs_tls_t *t)
+{
+    if (t == NULL)
+        return;
+    SSL_free(t->ssl);
+    kvs_buf_free(&t->own);
+    free(t);
+}
+
+int kvs_tls_in_space(kvs_tls_t *t, size_t want, uint8_t **base, size_t *len)
+{
+    kvs_tls_in_done(t);
+    size_t unread = t->own.len - t->own_off;
+    if (unread == 0 && want <= SHARED_IN) {
+        t->own.len = t->own_off = 0;
+        t->in_shared = 1;
+        *base = shared_in;
+        *len = SHARED_IN;
+        return 0;
+    }
+    if (t->own_off > 0) { /* compact: consumed ciphertext is free space */
+        memmove(t->own.data, t->own.data + t->own_off, unread);
+        t->own.len = unread;
+        t->own_off = 0;
+    }
+    if (kvs_buf_reserve(&t->own, want) != 0)
+        return -ENOMEM;
+    t->in_shared = 0;
+    *base = t->own.data + t->own.len;
+    *len = t->own.cap - t->own.len;
+    return 0;
+}
+
+/* Follows the record framing over p[0..n), the next ciphertext bytes. */
+static void track_records(kvs_tls_t *t, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (t->rec_left > 0) {
+            size_t k = n < t->rec_left ? n : t->rec_left;
+            t->rec_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        if (t->rec_hdr >= 3) /* the length: header bytes 3 and 4 */
+            t->rec_len = t->rec_len << 8 | *p;
+        p++;
+        n--;
+        if (++t->rec_hdr == 5) {
+            t->rec_left = t->rec_len;
+            t->rec_hdr = 0;
+            t->rec_len = 0;
+        }
+    }
+}
+
+void kvs_tls_in_commit(kvs_tls_t *t, size_t n)
+{
+    if (n > 0)
+        t->touched = 1;
+    track_records(t, t->in_shared ? shared_in : t->own.data + t->own.len, n);
+    if (t->in_shared) {
+        t->src = shared_in;
+        t->src_len = n;
+        t->src_off = 0;
+        t->in_shared = 0;
+    } else {
+        t->own.len += n;
+    }
+}
+
+void kvs_tls_in_done(kvs_tls_t *t)
+{
+    if (t->src != NULL && t->src_off < t->src_len) {
+        /* Unread: into our own buffer, behind what it still holds. */
+        if (kvs_buf_append(&t->own, t->src + t->src_off, t->src_len - t->src_off) != 0)
+            t->nomem = 1;
+    }
+    t->src = NULL;
+    t->src_len = t->src_off = 0;
+    if (t->own_off == t->own.len) {
+        t->own.len = t->own_off = 0;
+        if (t->own.cap > KEEP_IN)
+            kvs_buf_free(&t->own);
+    }
+}
+
+/* The next unread ciphertext bytes (up to 4), for the plaintext check. */
+static size_t peek_input(const kvs_tls_t *t, uint8_t b[4])
+{
+    const uint8_t *p = t->src != NULL ? t->src + t->src_off : t->own.data + t->own_off;
+    size_t n = t->src != NULL ? t->src_len - t->src_off : t->own.len - t->own_off;
+    n = n < 4 ? n : 4;
+    if (n > 0)
+        memcpy(b, p, n);
+    return n;
+}
+
+/* Marks the session failed with `code` and a reason. Returns code. */
+__attribute__((format(printf, 3, 4))) static int tls_fail(kvs_tls_t *t, int code, const char *fmt,
+                                                          ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof(t->err), fmt, ap);
+    va_end(ap);
+    t->failed = code;
+    ERR_clear_error();
+    return code;
+}
+
+/* Before the first handshake step that reads: the peer's first bytes must
+ * be a TLS record (a handshake, or for a client also an alert). */
+static int check_first_bytes(kvs_tls_t *t)
+{
+    uint8_t b[4];
+    size_t n = peek_input(t, b);
+    if (n == 0 || t->checked)
+        return 0;
+    t->checked = 1;
+    if (b[0] == 0x16 || (t->role == KVS_TLS_CLIENT && b[0] == 0x15))
+        return 0;
+    char hex[16] = "";
+    for (size_t i = 0, o = 0; i < n; i++)
+        o += (size_t)snprintf(hex + o, sizeof(hex) - o, "%s%02x", i ? " " : "", b[i]);
+    if (t->role == KVS_TLS_SERVER)
+        return tls_fail(t, KVS_ENOTLS,
+                        "it sent plaintext (first bytes %s), not a TLS handshake, to a TLS port",
+                        hex);
+    return tls_fail(t, KVS_ENOTLS,
+                    "the server answered plaintext (first bytes %s), not TLS: it does not use TLS "
+                    "on this port",
+                    hex);
+}
+
+/* Words for a failed SSL call: the verification result when a certificate
+ * was refused, else OpenSSL's reason. */
+static int fail_ssl(kvs_tls_t *t, int sslerr)
+{
+    char why[160];
+    if (t->nomem)
+        return tls_fail(t, -ENOMEM, "out of memory");
+    long vr = SSL_get_verify_result(t->ssl);
+    const char *reason = ssl_reason(why, sizeof(why), NULL);
+    if (vr != X509_V_OK && reason != NULL && strstr(reason, "certificate verify failed") != NULL)
+        return tls_fail(t, KVS_ETLS, "certificate verify failed: %s",
+                        X509_verify_cert_error_string(vr));
+    if (reason != NULL)
+        return tls_fail(t, KVS_ETLS, "%s", reason);
+    if (sslerr == SSL_ERROR_ZERO_RETURN)
+        return tls_fail(t, KVS_ETLS, "the peer closed TLS during the handshake");
+    return tls_fail(t, KVS_ETLS, "TLS error %d", sslerr);
+}
+
+int kvs_tls_handshake(kvs_tls_t *t)
+{
+    if (t->failed)
+        return t->failed;
+    if (t->ready)
+        return 0;
+    int rc = check_first_bytes(t);
+    if (rc != 0)
+        return rc;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        t->ready = 1;
+        return 0;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ && !t->nomem)
+        return -EAGAIN;
+    return fail_ssl(t, e);
+}
+
+int kvs_tls_read(kvs_tls_t *t, void *buf, size_t cap, size_t *got)
+{
+    if (t->failed)
+        return t->failed;
+    ERR_clear_error();
+    if (SSL_read_ex(t->ssl, buf, cap, got) == 1)
+        return 0;
+    int e = SSL_get_error(t->ssl, 0);
+    if (t->nomem)
+        return tls_fail(t, -ENOMEM, "out of memory");
+    if (e == SSL_ERROR_WANT_READ)
+        return -EAGAIN;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();
+        return KVS_ECLOSED;
+    }
+    return fail_ssl(t, e);
+}
+
+int kvs_tls_write(kvs_tls_t *t, const void *p, size_t n)
+{
+    size_t done;
+    if (t->failed)
+        return t->failed;
+    if (n == 0)
+        return 0;
+    ERR_clear_error();
+    if (SSL_write_ex(t->ssl, p, n, &done) == 1 && done == n)
+        return 0;
+    return fail_ssl(t, SSL_get_error(t->ssl, 0));
+}
+
+int kvs_tls_shutdown(kvs_tls_t *t)
+{
+    if (t->shut || t->failed || !t->ready)
+        return t->failed;
+    t->shut = 1;
+    ERR_clear_error();
+    SSL_shutdown(t->ssl); /* 0: sent, the peer's not seen yet; that is all we want */
+    ERR_clear_error();
+    return t->nomem ? -ENOMEM : 0;
+}
+
+int kvs_tls_ready(const kvs_tls_t *t)
+{
+    return t->ready;
+}
+
+int kvs_tls_is_server(const kvs_tls_t *t)
+{
+    return t->role == KVS_TLS_SERVER;
+}
+
+int kvs_tls_untouched(const kvs_tls_t *t)
+{
+    return !t->touched;
+}
+
+int kvs_tls_mid_record(const kvs_tls_t *t)
+{
+    return t->rec_hdr > 0 || t->rec_left > 0;
+}
+
+const char *kvs_tls_error(const kvs_tls_t *t)
+{
+    return t->err;
+}
+
+const char *kvs_tls_version(const kvs_tls_t *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+const char *kvs_tls_cipher(const kvs_tls_t *t)
+{
+    const char *c = SSL_get_cipher_name(t->ssl);
+    return c != NULL ? c : "none";
+}
+
+/* Text of an ASN.1 string if it holds no NUL (a NUL would let "alice\0x"
+ * pass for "alice"), as a NUL-terminated UTF-8 string to OPENSSL_free. */
+static char *asn1_text(const ASN1_STRING *s)
+{
+    unsigned char *u = NULL;
+    int n = ASN1_STRING_to_UTF8(&u, s);
+    if (n < 0)
+        return NULL;
+    if (memchr(u, 0, (size_t)n) != NULL) {
+        OPENSSL_free(u);
+        return NULL;
+    }
+    return (char *)u;
+}
+
+static int match_text(const ASN1_STRING *s, int (*match)(void *, const char *), void *arg)
+{
+    char *text = asn1_text(s);
+    if (text == NULL)
+        return 0;
+    int r = match(arg, text);
+    OPENSSL_free(text);
+    return r;
+}
+
+int kvs_tls_peer_verified(const kvs_tls_t *t)
+{
+    return SSL_get0_peer_certificate(t->ssl) != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK;
+}
+
+int kvs_tls_peer_names(const kvs_tls_t *t, int (*match)(void *arg, const char *name), void *arg)
+{
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return 0;
+    const X509_NAME *subj = X509_get_subject_name(cert);
+    int r = 0;
+    for (int i = -1; r == 0 && (i = X509_NAME_get_index_by_NID(subj, NID_commonName, i)) >= 0;)
+        r = match_text(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, i)), match, arg);
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; r == 0 && i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+        if (g->type == GEN_DNS || g->type == GEN_EMAIL || g->type == GEN_URI)
+            r = match_text(g->d.ia5, match, arg);
+    }
+    GENERAL_NAMES_free(sans);
+    ERR_clear_error();
+    return r;
+}
+
+int kvs_tls_looks_like_hello(uint32_t header)
+{
+    return (header >> 16) == 0x1603 && ((header >> 8) & 0xff) <= 0x04;
+}

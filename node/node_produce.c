@@ -1,0 +1,301 @@
+/*
+ * node_produce: an idempotent librdkafka producer on a libuv loop (see
+ * node_produce.h).
+ *
+ * librdkafka runs its own threads; its events (delivery reports, errors,
+ * logs) wait in the producer's main queue, which signals a pipe when it
+ * goes from empty to non-empty. A uv_poll on that pipe serves the queue on
+ * the loop thread (rd_kafka_poll until it is empty), so every callback
+ * here runs on the loop thread, like the rest of the worker.
+ *
+ * Why these defaults: enable.idempotence makes retries safe (the broker
+ * drops a retried batch it already has) and implies acks=all and at most 5
+ * requests in flight per broker, which keeps each partition's records in
+ * the order they were sent; linger.ms=0 sends at once (records still batch
+ * while earlier requests are in flight, which is when batching pays);
+ * message.timeout.ms stays within the time a worker lets a write wait, so a
+ * record is either acknowledged or given up by then; the queue is capped
+ * at 64 MiB per worker so that a broker outage cannot make a worker buffer
+ * without bound (sends beyond it fail at once, and the client is told).
+ */
+#include "node_produce.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "node_slot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct node_produce_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    node_delivery_cb on_delivery;
+    node_produce_fatal_cb on_fatal;
+    void *arg;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q;    /* the main queue: delivery reports, errors */
+    rd_kafka_topic_t **rkt; /* one per binding, in cfg->bindings order */
+    int pipefd[2];
+    uv_poll_t poll;
+    size_t outstanding;
+    int stopping;
+    int failed; /* a fatal error: no more sends */
+};
+
+/* ---- events ------------------------------------------------------------------ */
+
+static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    node_produce_t *pr = opaque;
+    (void)rk;
+    node_delivery_t d = {
+        .opaque = m->_private,
+        .ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR,
+        .why = m->err ? rd_kafka_err2str(m->err) : NULL,
+        .partition = m->partition,
+        .offset = m->err == 0 && m->offset >= 0 ? m->offset : -1,
+        .key = m->key,
+        .key_len = m->key_len,
+        .payload = m->payload,
+        .len = m->len,
+        .record = m,
+    };
+    pr->outstanding--;
+    pr->on_delivery(pr->arg, &d);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    node_produce_t *pr = opaque;
+    char why[512];
+    if (err != RD_KAFKA_RESP_ERR__FATAL) {
+        kvs_debug("kafka producer: %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        return;
+    }
+    rd_kafka_fatal_error(rk, why, sizeof(why));
+    if (pr->failed)
+        return;
+    pr->failed = 1;
+    char msg[700];
+    snprintf(msg, sizeof(msg), "the Kafka producer failed for good (%s); restarting the worker",
+             why);
+    pr->on_fatal(pr->arg, msg);
+}
+
+/* Called from librdkafka's threads: rate-limited like node_ingest's. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    static _Atomic long last_warn;
+    (void)rk;
+    if (level <= 4) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (ts.tv_sec == last_warn)
+            return;
+        last_warn = ts.tv_sec;
+    }
+    kvs_log(level <= 3   ? KVS_LOG_ERROR
+            : level == 4 ? KVS_LOG_WARN
+            : level <= 6 ? KVS_LOG_INFO
+                         : KVS_LOG_DEBUG,
+            "librdkafka producer %s: %s", fac, buf);
+}
+
+static void serve(node_produce_t *pr)
+{
+    while (rd_kafka_poll(pr->rk, 0) > 0) {
+    }
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    node_produce_t *pr = h->data;
+    char buf[256];
+    (void)events;
+    if (status < 0)
+        return;
+    while (read(pr->pipefd[0], buf, sizeof(buf)) > 0) {
+    }
+    serve(pr);
+}
+
+/* ---- sending ----------------------------------------------------------------- */
+
+static rd_kafka_topic_t *topic_of(node_produce_t *pr, const kvs_binding_t *b)
+{
+    for (size_t i = 0; i < pr->cfg->n_bindings; i++)
+        if (&pr->cfg->bindings[i] == b)
+            return pr->rkt[i];
+    return NULL;
+}
+
+int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partition,
+                      const void *key, size_t klen, const void *payload, size_t len,
+                      const uint8_t id[NODE_PRODUCE_ID_LEN], void *opaque, char *why, size_t whylen)
+{
+    rd_kafka_topic_t *rkt = topic_of(pr, b);
+    if (pr->stopping || pr->failed || rkt == NULL) {
+        snprintf(why, whylen, "%s",
+                 pr->failed ? "the Kafka producer failed for good" : "the worker is stopping");
+        return KVS_ECLOSED;
+    }
+    size_t plen = payload != NULL ? len : 0;
+    rd_kafka_resp_err_t err =
+        rd_kafka_producev(pr->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
+                          RD_KAFKA_V_VALUE((void *)payload, plen),
+                          RD_KAFKA_V_HEADER(NODE_PRODUCE_HEADER, id, NODE_PRODUCE_ID_LEN),
+                          RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        pr->outstanding++;
+        return 0;
+    }
+    snprintf(why, whylen, "%s", rd_kafka_err2str(err));
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        return KVS_ELIMIT;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        return KVS_ETOOBIG;
+    case RD_KAFKA_RESP_ERR__FATAL:
+        return KVS_ECLOSED;
+    default:
+        return KVS_EINVAL;
+    }
+}
+
+size_t node_produce_outstanding(const node_produce_t *pr)
+{
+    return pr->outstanding;
+}
+
+/* ---- start / stop ------------------------------------------------------------ */
+
+static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
+{
+    char why[256];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
+        return 0;
+    snprintf(err, errlen, "kafka property %s=%s (for the producer of writes): %s", k, v, why);
+    return KVS_ECONFIG;
+}
+
+static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err, size_t errlen)
+{
+    char client_id[64], timeout[32];
+    snprintf(client_id, sizeof(client_id), "kvs-shard-%u-writer", shard);
+    uint64_t wait = node_wait_ms(pr->cfg);
+    snprintf(timeout, sizeof(timeout), "%llu",
+             (unsigned long long)(wait > 8 ? wait - wait / 8 : 1));
+    const char *defaults[][2] = {
+        {"bootstrap.servers", pr->cfg->kafka_brokers},
+        {"client.id", client_id},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"linger.ms", "0"},
+        {"message.timeout.ms", timeout},
+        {"queue.buffering.max.kbytes", "65536"},
+        {"log.connection.close", "false"},
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
+        rc = set_prop(conf, defaults[i][0], defaults[i][1], err, errlen);
+    for (size_t i = 0; rc == 0 && i < pr->cfg->n_kafka_properties; i++)
+        rc = set_prop(conf, pr->cfg->kafka_properties[i].key, pr->cfg->kafka_properties[i].value,
+                      err, errlen);
+    if (rc != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_dr);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_opaque(conf, pr);
+    return conf;
+}
+
+static int start_poll(node_produce_t *pr)
+{
+    if (pipe2(pr->pipefd, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -errno;
+    pr->q = rd_kafka_queue_get_main(pr->rk);
+    rd_kafka_queue_io_event_enable(pr->q, pr->pipefd[1], "1", 1);
+    int rc = uv_poll_init(pr->loop, &pr->poll, pr->pipefd[0]);
+    if (rc != 0)
+        return rc;
+    pr->poll.data = pr;
+    return uv_poll_start(&pr->poll, UV_READABLE, on_readable);
+}
+
+int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char *err, size_t errlen)
+{
+    char why[512];
+    node_produce_t *pr = calloc(1, sizeof(*pr));
+    if (pr == NULL)
+        return -ENOMEM;
+    pr->loop = o->loop;
+    pr->cfg = o->cfg;
+    pr->on_delivery = o->on_delivery;
+    pr->on_fatal = o->on_fatal;
+    pr->arg = o->arg;
+    pr->pipefd[0] = pr->pipefd[1] = -1;
+    *out = pr;
+    rd_kafka_conf_t *conf = make_conf(pr, o->shard, err, errlen);
+    if (conf == NULL)
+        return KVS_ECONFIG;
+    pr->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
+    if (pr->rk == NULL) {
+        snprintf(err, errlen, "cannot create the Kafka producer of writes: %s", why);
+        rd_kafka_conf_destroy(conf);
+        return KVS_ECONFIG;
+    }
+    pr->rkt = calloc(o->cfg->n_bindings ? o->cfg->n_bindings : 1, sizeof(*pr->rkt));
+    if (pr->rkt == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < o->cfg->n_bindings; i++)
+        pr->rkt[i] = rd_kafka_topic_new(pr->rk, o->cfg->bindings[i].topic, NULL);
+    int rc = start_poll(pr);
+    if (rc != 0)
+        snprintf(err, errlen, "cannot start the Kafka producer of writes: %s", kvs_strerror(rc));
+    return rc;
+}
+
+void node_produce_stop(node_produce_t *pr)
+{
+    if (pr == NULL || pr->stopping)
+        return;
+    pr->stopping = 1;
+    if (pr->rk != NULL) {
+        rd_kafka_purge(pr->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        serve(pr); /* the purged records' reports */
+    }
+    if (pr->poll.loop != NULL)
+        uv_close((uv_handle_t *)&pr->poll, NULL);
+}
+
+void node_produce_free(node_produce_t *pr)
+{
+    if (pr == NULL)
+        return;
+    if (pr->q != NULL) {
+        rd_kafka_queue_io_event_enable(pr->q, -1, NULL, 0);
+        rd_kafka_queue_destroy(pr->q);
+    }
+    for (size_t i = 0; pr->rkt != NULL && i < pr->cfg->n_bindings; i++)
+        if (pr->rkt[i] != NULL)
+            rd_kafka_topic_destroy(pr->rkt[i]);
+    free(pr->rkt);
+    if (pr->rk != NULL)
+        rd_kafka_destroy(pr->rk);
+    if (pr->pipefd[0] >= 0)
+        close(pr->pipefd[0]);
+    if (pr->pipefd[1] >= 0)
+        close(pr->pipefd[1]);
+    free(pr);
+}

@@ -1,0 +1,477 @@
+/*
+ * node_reads: the freshness rules applied to reads of bound tables (see
+ * node_reads.h).
+ *
+ * A check walks the partitions a read touches and keeps the worst verdict
+ * (catching up > behind > serve) with the partition that caused it, so the
+ * answer can name it. Minimum positions come from the request's token: the
+ * entries of the table's topic are collected once (already in partition
+ * order, a token being canonical) and looked up by binary search, so a read
+ * of many keys with a large token costs n log m, never n * m.
+ *
+ * Waiting reads sit in one FIFO; all wait the same node_wait_ms, so the
+ * FIFO is also deadline order and one timer serves them all. Each remembers
+ * the one condition that held it back last; after a commit only reads whose
+ * condition is now met are checked in full again (another partition may
+ * hold them back next, or the gate may have closed meanwhile).
+ *
+ * Threads: the loop thread only.
+ */
+#include "node_reads.h"
+#include "kvs_err.h"
+#include "kvs_fresh.h"
+#include "kvs_log.h"
+#include "kvs_place.h"
+#include "kvs_pos.h"
+#include "kvs_resp.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct waiter_s waiter_t;
+
+struct waiter_s {
+    waiter_t *next;
+    node_slot_t *slot;
+    const kvs_binding_t *b;
+    uint32_t partition; /* the condition that held it back last: */
+    int64_t need;       /* ... the record at this offset must be applied (-1: settling) */
+    uint64_t deadline;  /* uv_now-based */
+    size_t len;
+    uint8_t payload[]; /* the request */
+};
+
+struct node_reads_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    uint32_t shard;
+    node_ingest_t *ingest;
+    node_reads_exec_cb exec;
+    void *exec_arg;
+    uv_timer_t timer;
+    uv_timer_t poll; /* while reads wait for a partition to settle: nothing else wakes them */
+    int stopping;
+    waiter_t *head, *tail; /* deadline order */
+    size_t waiting;
+    kvs_arena_t arena; /* decoding waiting reads again */
+};
+
+/* The outcome of checking one read. */
+typedef struct check_s {
+    node_reads_t *rd;
+    const kvs_binding_t *b;
+    uint32_t partitions;
+    const kvs_pos_entry_t *pos; /* min_position entries of b's topic, by partition */
+    size_t npos;
+    int stale;
+    kvs_fresh_verdict_t verdict; /* the worst so far */
+    uint32_t partition;          /* ... on this partition */
+    uint64_t count;              /* lag, or records missing */
+    int64_t need;                /* BEHIND: the offset the read needs */
+    kvs_fresh_part_t state;      /* the partition's state */
+} check_t;
+
+/* ---- checking ------------------------------------------------------------------ */
+
+static int64_t need_of(const check_t *c, uint32_t p)
+{
+    size_t lo = 0, hi = c->npos;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->pos[mid].partition == p)
+            return c->pos[mid].offset;
+        if (c->pos[mid].partition < p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+static void check_partition(check_t *c, uint32_t p)
+{
+    kvs_fresh_part_t st = {.next = -1, .end = -1};
+    uint64_t n;
+    if (c->verdict == KVS_FRESH_CATCHING_UP)
+        return; /* nothing is worse */
+    if (c->rd->ingest != NULL && node_ingest_fresh(c->rd->ingest, c->b, p, &st) != 0)
+        return; /* not a partition of this shard: nothing here depends on it */
+    int64_t need = need_of(c, p);
+    kvs_fresh_verdict_t v = kvs_fresh_decide(&st, c->rd->cfg->kafka_max_lag, need, c->stale, &n);
+    if (v > c->verdict) {
+        c->verdict = v;
+        c->partition = p;
+        c->count = n;
+        c->need = need;
+        c->state = st;
+    }
+}
+
+static void check_key(check_t *c, const void *key, size_t len)
+{
+    if (c->b->partitioner == KVS_PARTITIONER_NONE) {
+        for (uint32_t p = c->rd->shard; p < c->partitions; p += c->rd->cfg->shards)
+            check_partition(c, p);
+        return;
+    }
+    check_partition(c, kvs_place_partition_by(c->b->partitioner, key, len, c->partitions));
+}
+
+/* Collects the entries of b's topic from the request's min_position. */
+static int collect_positions(check_t *c, const ProtobufCBinaryData *tok, kvs_arena_t *arena)
+{
+    kvs_pos_iter_t it;
+    kvs_pos_entry_t e;
+    size_t cap = 0;
+    kvs_pos_entry_t *v = NULL;
+    if (tok->len == 0)
+        return 0;
+    size_t tlen = strlen(c->b->topic);
+    if (kvs_pos_iter_init(&it, tok->data, tok->len) != 0)
+        return 0; /* validated before: cannot happen */
+    while (kvs_pos_iter_next(&it, &e) == 1) {
+        if (e.topic_len != tlen || memcmp(e.topic, c->b->topic, tlen) != 0)
+            continue;
+        if (c->npos == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            kvs_pos_entry_t *nv = kvs_arena_alloc(arena, ncap * sizeof(*nv));
+            if (nv == NULL)
+                return -ENOMEM;
+            if (c->npos > 0)
+                memcpy(nv, v, c->npos * sizeof(*v));
+            v = nv;
+            cap = ncap;
+        }
+        v[c->npos++] = e;
+    }
+    c->pos = v;
+    return 0;
+}
+
+static void check_init(check_t *c, node_reads_t *rd, const kvs_binding_t *b)
+{
+    memset(c, 0, sizeof(*c));
+    c->rd = rd;
+    c->b = b;
+    c->partitions = b->partitions > 0 ? b->partitions : rd->cfg->partitions;
+    c->verdict = KVS_FRESH_SERVE;
+}
+
+/* Checks every partition `req` touches. Returns 0 or -ENOMEM. */
+static int check_request(check_t *c, const Kvs__CommandRequest *req, kvs_arena_t *arena)
+{
+    int rc = collect_positions(c, &req->min_position, arena);
+    if (rc != 0)
+        return rc;
+    c->stale = req->accept_stale;
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+        check_key(c, req->hget->key.data, req->hget->key.len);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+        check_key(c, req->hexist->key.data, req->hexist->key.len);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST: {
+        /* the two share their shape: {table, repeated keys} */
+        const Kvs__Hmget *m = req->hmget;
+        for (size_t i = 0; i < m->n_keys && c->verdict != KVS_FRESH_CATCHING_UP; i++)
+            check_key(c, m->keys[i].data, m->keys[i].len);
+        break;
+    }
+    default: /* Hgetall, Hscan: the whole table */
+        for (uint32_t p = c->rd->shard; p < c->partitions; p += c->rd->cfg->shards)
+            check_partition(c, p);
+        break;
+    }
+    return 0;
+}
+
+/* ---- answers ------------------------------------------------------------------- */
+
+static int answer_catching_up(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "catching up: lag %llu records on topic %s partition %u (kafka.max_lag is %u); this "
+        "worker serves the partition again once it is within kafka.max_lag: retry shortly, or "
+        "set accept_stale to read what it has",
+        (unsigned long long)c->count, c->b->topic, c->partition, c->rd->cfg->kafka_max_lag);
+}
+
+static int answer_ahead(const check_t *c, kvs_buf_t *out)
+{
+    if (c->rd->ingest == NULL)
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "behind by %llu records: the read needs offset %lld of topic %s partition %u, but "
+            "this node ingests no Kafka records (kafka.brokers is empty)",
+            (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition);
+    if (c->state.end < 0)
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "behind by %llu records: the read needs offset %lld of topic %s partition %u, and "
+            "this worker cannot reach the brokers to catch up (it has applied up to offset %lld); "
+            "retry later",
+            (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
+            (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "position ahead of the topic: the read needs offset %lld of topic %s partition %u, but "
+        "the partition ends at offset %lld as far as this worker knows; pass a position kvs "
+        "returned, or retry shortly if it was just written",
+        (long long)c->need, c->b->topic, c->partition, (long long)c->state.end - 1);
+}
+
+static int answer_starting(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "starting: this worker has not heard from the brokers yet how far behind it is on topic "
+        "%s partition %u; retry shortly, or set accept_stale to read what it has",
+        c->b->topic, c->partition);
+}
+
+static int answer_behind(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "behind by %llu records: the read needs offset %lld of topic %s partition %u, and this "
+        "worker has applied the partition up to offset %lld; waited %llu ms; retry shortly",
+        (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
+        (long long)(c->state.next < 0 ? -1 : c->state.next - 1),
+        (unsigned long long)node_wait_ms(c->rd->cfg));
+}
+
+/* ---- waiting ---------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+static void on_poll(uv_timer_t *t);
+
+static void arm_timer(node_reads_t *rd)
+{
+    if (rd->head == NULL || rd->stopping) {
+        uv_timer_stop(&rd->timer);
+        return;
+    }
+    uint64_t now = uv_now(rd->loop), dl = rd->head->deadline;
+    uv_timer_start(&rd->timer, on_timer, dl > now ? dl - now : 0, 0);
+}
+
+static int wait_for(node_reads_t *rd, const check_t *c, const uint8_t *payload, size_t len,
+                    node_defer_fn defer, void *defer_arg)
+{
+    waiter_t *w = malloc(sizeof(*w) + len);
+    if (w == NULL)
+        return -ENOMEM;
+    w->slot = defer(defer_arg, sizeof(*w) + len, 1);
+    if (w->slot == NULL) {
+        free(w);
+        return -ENOMEM;
+    }
+    w->next = NULL;
+    w->b = c->b;
+    w->partition = c->partition;
+    w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
+    w->deadline = uv_now(rd->loop) + node_wait_ms(rd->cfg);
+    w->len = len;
+    memcpy(w->payload, payload, len);
+    if (rd->tail != NULL)
+        rd->tail->next = w;
+    else
+        rd->head = w;
+    rd->tail = w;
+    rd->waiting++;
+    if (rd->head == w)
+        arm_timer(rd);
+    if (w->need < 0 && !uv_is_active((uv_handle_t *)&rd->poll))
+        uv_timer_start(&rd->poll, on_poll, 20, 20);
+    return 0;
+}
+
+/* Answers a waiting read (or drops it when its client is gone). */
+static void finish(node_reads_t *rd, waiter_t *w, const check_t *c)
+{
+    kvs_buf_t *out = node_slot_buf(w->slot);
+    int rc = 0;
+    if (node_slot_wanted(w->slot)) {
+        if (c == NULL)
+            rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                       "the worker is shutting down; retry the read");
+        else if (c->verdict == KVS_FRESH_CATCHING_UP)
+            rc = answer_catching_up(c, out);
+        else if (c->verdict == KVS_FRESH_STARTING)
+            rc = answer_starting(c, out);
+        else if (c->verdict == KVS_FRESH_AHEAD)
+            rc = answer_ahead(c, out);
+        else if (c->verdict == KVS_FRESH_BEHIND)
+            rc = answer_behind(c, out);
+        else
+            rc = rd->exec(rd->exec_arg, w->payload, w->len, out);
+        if (rc != 0) {
+            out->len = 0;
+            kvs_msg_append_status(out, KVS_STATUS_INTERNAL, "server out of memory");
+        }
+    }
+    node_slot_done(w->slot);
+    rd->waiting--;
+    free(w);
+}
+
+/* Unlinks w (whose predecessor is *prev). */
+static void unlink_waiter(node_reads_t *rd, waiter_t **prev, waiter_t *w, waiter_t *before)
+{
+    *prev = w->next;
+    if (rd->tail == w)
+        rd->tail = before;
+}
+
+/* Checks a waiting read again in full. Returns 1 when it no longer waits
+ * (c says how it ends), 0 when it still does (its condition updated). */
+static int recheck(node_reads_t *rd, waiter_t *w, check_t *c)
+{
+    check_init(c, rd, w->b);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&rd->arena, w->payload, w->len);
+    if (req == NULL || check_request(c, req, &rd->arena) != 0) {
+        c->verdict = KVS_FRESH_SERVE; /* let the handler say what is wrong */
+        return 1;
+    }
+    if (c->verdict != KVS_FRESH_BEHIND && c->verdict != KVS_FRESH_STARTING)
+        return 1;
+    w->partition = c->partition;
+    w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
+    return 0;
+}
+
+/* Whether the condition that held `w` back last is met now. */
+static int condition_met(node_reads_t *rd, const waiter_t *w)
+{
+    kvs_fresh_part_t st;
+    if (rd->ingest == NULL || node_ingest_fresh(rd->ingest, w->b, w->partition, &st) != 0)
+        return 0;
+    return w->need < 0 ? !st.settling : st.next > w->need;
+}
+
+void node_reads_turn(node_reads_t *rd)
+{
+    waiter_t **prev = &rd->head, *before = NULL;
+    int settling = 0;
+    while (*prev != NULL) {
+        waiter_t *w = *prev;
+        int met = !node_slot_wanted(w->slot) || condition_met(rd, w);
+        check_t c;
+        if (met && (!node_slot_wanted(w->slot) || recheck(rd, w, &c))) {
+            unlink_waiter(rd, prev, w, before);
+            finish(rd, w, node_slot_wanted(w->slot) ? &c : NULL);
+            kvs_arena_reset(&rd->arena);
+            continue;
+        }
+        kvs_arena_reset(&rd->arena);
+        settling |= w->need < 0;
+        before = w;
+        prev = &w->next;
+    }
+    arm_timer(rd);
+    if (!settling)
+        uv_timer_stop(&rd->poll);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    node_reads_turn(t->data);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    node_reads_t *rd = t->data;
+    uint64_t now = uv_now(rd->loop);
+    while (rd->head != NULL && rd->head->deadline <= now) {
+        waiter_t *w = rd->head;
+        check_t c;
+        rd->head = w->next;
+        if (rd->head == NULL)
+            rd->tail = NULL;
+        if (node_slot_wanted(w->slot))
+            recheck(rd, w, &c); /* the verdict now: served if it just got there */
+        finish(rd, w, node_slot_wanted(w->slot) ? &c : NULL);
+        kvs_arena_reset(&rd->arena);
+    }
+    arm_timer(rd);
+}
+
+/* ---- admission -------------------------------------------------------------------- */
+
+int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                     const uint8_t *payload, size_t len, node_defer_fn defer, void *defer_arg,
+                     kvs_arena_t *arena, kvs_buf_t *out)
+{
+    check_t c;
+    check_init(&c, rd, b);
+    int rc = check_request(&c, req, arena);
+    if (rc != 0)
+        return rc;
+    if (c.verdict == KVS_FRESH_SERVE)
+        return 0;
+    if ((c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING) && rd->ingest != NULL &&
+        defer != NULL && !rd->stopping && wait_for(rd, &c, payload, len, defer, defer_arg) == 0)
+        return 1;
+    rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
+         : c.verdict == KVS_FRESH_AHEAD     ? answer_ahead(&c, out)
+         : c.verdict == KVS_FRESH_STARTING  ? answer_starting(&c, out)
+                                            : answer_behind(&c, out);
+    return rc == 0 ? 1 : rc;
+}
+
+int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *key, size_t klen)
+{
+    check_t c;
+    check_init(&c, rd, b);
+    check_key(&c, key, klen);
+    return c.verdict == KVS_FRESH_SERVE ? 0 : -EAGAIN;
+}
+
+/* ---- life cycle --------------------------------------------------------------------- */
+
+int node_reads_new(const node_reads_opts_t *o, node_reads_t **out)
+{
+    node_reads_t *rd = calloc(1, sizeof(*rd));
+    if (rd == NULL)
+        return -ENOMEM;
+    rd->loop = o->loop;
+    rd->cfg = o->cfg;
+    rd->shard = o->shard;
+    rd->ingest = o->ingest;
+    rd->exec = o->exec;
+    rd->exec_arg = o->exec_arg;
+    kvs_arena_init(&rd->arena);
+    uv_timer_init(rd->loop, &rd->timer);
+    rd->timer.data = rd;
+    uv_timer_init(rd->loop, &rd->poll);
+    rd->poll.data = rd;
+    *out = rd;
+    return 0;
+}
+
+void node_reads_stop(node_reads_t *rd)
+{
+    if (rd == NULL || rd->stopping)
+        return;
+    rd->stopping = 1;
+    while (rd->head != NULL) {
+        waiter_t *w = rd->head;
+        rd->head = w->next;
+        finish(rd, w, NULL);
+    }
+    rd->tail = NULL;
+    uv_close((uv_handle_t *)&rd->timer, NULL);
+    uv_close((uv_handle_t *)&rd->poll, NULL);
+}
+
+void node_reads_free(node_reads_t *rd)
+{
+    if (rd == NULL)
+        return;
+    kvs_arena_close(&rd->arena);
+    free(rd);
+}

@@ -1,0 +1,809 @@
+/*
+ * node_writes: log-first writes (see node_writes.h for what they promise).
+ *
+ * A write request becomes a wreq_t holding one rec_t per key, in request
+ * order. A record settles once both halves of its acknowledgement are in:
+ *
+ *   acked      Kafka's delivery report said ok (node_produce);
+ *   committed  ingestion applied it (the claim: node_ingest hands over the
+ *              value it replaced) and the LMDB transaction holding it
+ *              committed (node_writes_turn, after each turn's commit).
+ *
+ * The two race freely: a delivery report may come first (the usual case;
+ * if the record is then the next one of its partition, it is applied on
+ * the spot, node_ingest_apply_delivered, instead of waiting for the
+ * consumer to fetch it back), or the consumer may read the record before
+ * its report arrives, or the report may carry no offset at all (a retry
+ * the broker recognized as already written). Matching never depends on
+ * that order: records are claimed by the id in their "kvs.writer" header
+ * (this incarnation's random prefix + a sequence number), found in a hash
+ * table while they are outstanding.
+ *
+ * A claim in a batch that then fails to commit is forgotten (applied = 0):
+ * ingestion re-reads the records from the last committed offsets, and the
+ * record is claimed again, with the value it replaces then. A record is
+ * committed iff the partition's committed next offset passed it.
+ *
+ * Lifetimes: a wreq lives until it is answered (all settled, a failure, or
+ * its deadline, node_wait_ms after it came). Its records may outlive it:
+ * each stays (detached, w = NULL) until its delivery report came, since
+ * librdkafka hands the record's pointer back then, and until the turn
+ * that decides its claim is over. Exactly one delivery report comes for
+ * every record sent (node_produce_stop purges the rest).
+ *
+ * A restart loses the in-memory state, never a record: after kill -9 the
+ * new incarnation applies the old one's records like any others, through
+ * ingestion, exactly once (the offsets are in LMDB with the data).
+ */
+#include "node_writes.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_place.h"
+#include "kvs_pos.h"
+#include "kvs_resp.h"
+#include "node_produce.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct rec_s rec_t;
+typedef struct wreq_s wreq_t;
+
+struct rec_s {
+    rec_t *hnext;       /* hash chain */
+    rec_t *settle_next; /* claimed, waiting for the turn's commit verdict */
+    wreq_t *w;          /* NULL once its request was answered */
+    const kvs_binding_t *b;
+    uint64_t seq;
+    int32_t partition;
+    int64_t offset; /* -1 until known */
+    uint64_t gen;   /* batch the claim happened in */
+    unsigned delivered : 1, acked : 1, applied : 1, committed : 1, on_settle : 1;
+    kvs_buf_t prev; /* the value the record replaced, as an encoded Value */
+};
+
+struct wreq_s {
+    wreq_t *next, *prev; /* deadline order (all wait the same time) */
+    node_slot_t *slot;
+    Kvs__CommandRequest__CommandCase cmd;
+    const kvs_binding_t *b;
+    uint64_t deadline;
+    size_t n, left; /* records, records not settled */
+    rec_t *recs[];  /* in request order */
+};
+
+struct node_writes_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    uint32_t shard;
+    size_t max_frame;
+    node_store_t *store;
+    node_ingest_t *ingest;
+    node_produce_t *producer;
+    node_writes_fatal_cb on_fatal;
+    void *arg;
+    uint8_t incarnation[8]; /* random: ids of an earlier run never match */
+    uint64_t next_seq;
+    rec_t **buckets; /* outstanding records by seq */
+    size_t nbuckets, nrecs;
+    size_t outstanding; /* records in the table: ingestion looks at headers while > 0 */
+    rec_t *settle;      /* claimed records awaiting the commit verdict */
+    wreq_t *head, *tail;
+    uv_timer_t timer;
+    int draining, stopping;
+};
+
+/* ---- records by id ------------------------------------------------------------- */
+
+static size_t bucket_of(const node_writes_t *wr, uint64_t seq)
+{
+    return (size_t)(seq * 0x9e3779b97f4a7c15ull >> 20) & (wr->nbuckets - 1);
+}
+
+static int table_grow(node_writes_t *wr)
+{
+    size_t n = wr->nbuckets ? wr->nbuckets * 2 : 1024;
+    rec_t **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return -ENOMEM;
+    rec_t **old = wr->buckets;
+    size_t oldn = wr->nbuckets;
+    wr->buckets = b;
+    wr->nbuckets = n;
+    for (size_t i = 0; i < oldn; i++)
+        for (rec_t *r = old[i], *next; r != NULL; r = next) {
+            next = r->hnext;
+            size_t k = bucket_of(wr, r->seq);
+            r->hnext = b[k];
+            b[k] = r;
+        }
+    free(old);
+    return 0;
+}
+
+static rec_t *rec_find(node_writes_t *wr, uint64_t seq)
+{
+    if (wr->nbuckets == 0)
+        return NULL;
+    for (rec_t *r = wr->buckets[bucket_of(wr, seq)]; r != NULL; r = r->hnext)
+        if (r->seq == seq)
+            return r;
+    return NULL;
+}
+
+static rec_t *rec_new(node_writes_t *wr)
+{
+    if (wr->nrecs >= wr->nbuckets && table_grow(wr) != 0)
+        return NULL;
+    rec_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->seq = wr->next_seq++;
+    r->offset = -1;
+    size_t k = bucket_of(wr, r->seq);
+    r->hnext = wr->buckets[k];
+    wr->buckets[k] = r;
+    wr->nrecs++;
+    wr->outstanding++;
+    return r;
+}
+
+/* Frees a record nobody needs any more: answered (or never sent), its
+ * delivery report in, and no claim verdict pending. */
+static void rec_release(node_writes_t *wr, rec_t *r)
+{
+    if (r->w != NULL || !r->delivered || r->on_settle)
+        return;
+    for (rec_t **p = &wr->buckets[bucket_of(wr, r->seq)]; *p != NULL; p = &(*p)->hnext)
+        if (*p == r) {
+            *p = r->hnext;
+            break;
+        }
+    wr->nrecs--;
+    wr->outstanding--;
+    kvs_buf_free(&r->prev);
+    free(r);
+}
+
+static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[NODE_PRODUCE_ID_LEN])
+{
+    memcpy(id, wr->incarnation, 8);
+    for (int i = 0; i < 8; i++)
+        id[8 + i] = (uint8_t)(seq >> (56 - 8 * i));
+}
+
+/* ---- answers ---------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+static void arm_timer(node_writes_t *wr)
+{
+    if (wr->head == NULL || wr->stopping) {
+        uv_timer_stop(&wr->timer);
+        return;
+    }
+    uint64_t now = uv_now(wr->loop), dl = wr->head->deadline;
+    uv_timer_start(&wr->timer, on_timer, dl > now ? dl - now : 0, 0);
+}
+
+/* The write's position so far: every record whose offset is known. */
+static int position_of(const wreq_t *w, kvs_buf_t *tok)
+{
+    kvs_pos_set_t set;
+    kvs_pos_set_init(&set);
+    int rc = 0;
+    for (size_t i = 0; i < w->n && rc == 0; i++)
+        if (w->recs[i]->offset >= 0)
+            rc = kvs_pos_set_add(&set, w->b->topic, strlen(w->b->topic),
+                                 (uint32_t)w->recs[i]->partition, w->recs[i]->offset);
+    if (rc == 0)
+        rc = kvs_pos_set_encode(&set, tok);
+    kvs_pos_set_free(&set);
+    return rc;
+}
+
+/* Answers `w` (the answer is in its slot already, or `status` != 0 writes
+ * one with `msg` and the position so far) and frees it; its records stay
+ * until their reports come. */
+static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, const char *msg)
+{
+    kvs_buf_t *out = node_slot_buf(w->slot);
+    if (status != 0 && node_slot_wanted(w->slot)) {
+        kvs_buf_t tok;
+        kvs_resp_t r;
+        kvs_buf_init(&tok);
+        out->len = 0;
+        kvs_resp_begin(&r, out);
+        kvs_resp_status(&r, status);
+        kvs_resp_message(&r, "%s", msg);
+        if (position_of(w, &tok) == 0)
+            kvs_resp_position(&r, tok.data, tok.len);
+        if (kvs_resp_end(&r) != 0)
+            kvs_msg_append_status(out, KVS_STATUS_INTERNAL, "server out of memory");
+        kvs_buf_free(&tok);
+    }
+    node_slot_done(w->slot);
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else if (wr->head == w)
+        wr->head = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    else if (wr->tail == w)
+        wr->tail = w->prev;
+    for (size_t i = 0; i < w->n; i++) {
+        w->recs[i]->w = NULL;
+        rec_release(wr, w->recs[i]);
+    }
+    free(w);
+}
+
+/* Every record settled: the answer a direct write gives, plus the position. */
+static void wreq_succeed(node_writes_t *wr, wreq_t *w)
+{
+    char msg[256];
+    kvs_buf_t *out = node_slot_buf(w->slot);
+    kvs_buf_t tok;
+    kvs_resp_t r;
+    kvs_buf_init(&tok);
+    out->len = 0;
+    kvs_resp_begin(&r, out);
+    kvs_resp_status(&r, KVS_STATUS_OK);
+    for (size_t i = 0; i < w->n; i++)
+        kvs_resp_value(&r, w->recs[i]->prev.data, w->recs[i]->prev.len);
+    int rc = position_of(w, &tok);
+    if (rc == 0)
+        kvs_resp_position(&r, tok.data, tok.len);
+    size_t size = kvs_resp_size(&r);
+    rc = rc != 0 ? rc : kvs_resp_end(&r);
+    kvs_buf_free(&tok);
+    if (rc == 0 && size <= wr->max_frame) {
+        wreq_end(wr, w, 0, NULL);
+        return;
+    }
+    if (rc == 0)
+        snprintf(msg, sizeof(msg),
+                 "%s was applied, but the previous values it replaced do not fit in an answer of "
+                 "limits.max_frame (%zu bytes); send fewer keys per request",
+                 kvs_msg_command_name(w->cmd), wr->max_frame);
+    wreq_end(wr, w, rc == 0 ? KVS_STATUS_TOO_LARGE : KVS_STATUS_INTERNAL,
+             rc == 0 ? msg : "server out of memory");
+}
+
+/* A record is acked and committed. */
+static void rec_settled(node_writes_t *wr, rec_t *r)
+{
+    wreq_t *w = r->w;
+    if (w != NULL && --w->left == 0)
+        wreq_succeed(wr, w);
+}
+
+/* ---- the two halves ------------------------------------------------------------------ */
+
+static void on_delivery(void *arg, const node_delivery_t *d)
+{
+    node_writes_t *wr = arg;
+    rec_t *r = d->opaque;
+    char msg[700];
+    r->delivered = 1;
+    if (d->ok && d->offset >= 0 && !wr->stopping)
+        node_ingest_note_produced(wr->ingest, r->b, (uint32_t)r->partition, d->offset);
+    if (r->w == NULL) {
+        rec_release(wr, r);
+        return;
+    }
+    wreq_t *w = r->w;
+    if (!d->ok) {
+        snprintf(msg, sizeof(msg),
+                 "%s: Kafka did not acknowledge the record of a key on topic %s partition %d (%s): "
+                 "the write may or may not have happened%s; read the key%s to find out",
+                 kvs_msg_command_name(w->cmd), w->b->topic, r->partition, d->why,
+                 w->n > 1 ? ", and other keys of this request may have been written" : "",
+                 w->n > 1 ? "s" : "");
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+        return;
+    }
+    r->acked = 1;
+    if (r->offset < 0)
+        r->offset = d->offset;
+    if (!r->applied && !wr->stopping) {
+        int rc = node_ingest_apply_delivered(wr->ingest, d->record);
+        if (rc < 0)
+            kvs_warn("applying an acknowledged write failed: %s", kvs_strerror(rc));
+    }
+    if (r->committed)
+        rec_settled(wr, r);
+}
+
+static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
+                           uint64_t gen)
+{
+    node_writes_t *wr = arg;
+    uint64_t seq = 0;
+    if (memcmp(id, wr->incarnation, 8) != 0)
+        return NULL; /* an earlier run's record: applied like any other */
+    for (int i = 0; i < 8; i++)
+        seq = seq << 8 | id[8 + i];
+    rec_t *r = rec_find(wr, seq);
+    if (r == NULL || r->w == NULL || r->partition != partition)
+        return NULL;
+    /* Claimed before at another offset: the same record twice in the log
+     * (a broker without idempotence); the second copy is not this write.
+     * At the same offset it is being re-applied after its batch failed. */
+    if (r->applied && r->offset != offset)
+        return NULL;
+    r->applied = 1;
+    r->offset = offset;
+    r->gen = gen;
+    if (!r->on_settle) {
+        r->on_settle = 1;
+        r->settle_next = wr->settle;
+        wr->settle = r;
+    }
+    return &r->prev;
+}
+
+void node_writes_turn(node_writes_t *wr)
+{
+    uint64_t open = node_store_batch_gen(wr->store);
+    rec_t **p = &wr->settle;
+    while (*p != NULL) {
+        rec_t *r = *p;
+        if (open != 0 && r->gen == open && r->w != NULL) {
+            p = &r->settle_next; /* claimed in a batch opened after the commit */
+            continue;
+        }
+        *p = r->settle_next;
+        int settle = 0;
+        if (r->w != NULL &&
+            node_ingest_committed(wr->ingest, r->w->b, (uint32_t)r->partition) > r->offset) {
+            r->committed = 1;
+            settle = r->acked;
+        } else {
+            r->applied = 0; /* its batch failed: claimed again when re-read */
+        }
+        r->on_settle = 0;
+        if (settle)
+            rec_settled(wr, r); /* may free r */
+        else
+            rec_release(wr, r);
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    node_writes_t *wr = t->data;
+    uint64_t now = uv_now(wr->loop);
+    char msg[512];
+    while (wr->head != NULL && wr->head->deadline <= now) {
+        wreq_t *w = wr->head;
+        int acked = 1;
+        for (size_t i = 0; i < w->n; i++)
+            acked &= w->recs[i]->acked;
+        if (acked)
+            snprintf(msg, sizeof(msg),
+                     "%s: Kafka acknowledged the write (see its position), but this worker did "
+                     "not apply it within %llu ms; it will be applied: read with this position "
+                     "as min_position to see it",
+                     kvs_msg_command_name(w->cmd), (unsigned long long)node_wait_ms(wr->cfg));
+        else
+            snprintf(msg, sizeof(msg),
+                     "%s: no acknowledgement from Kafka within %llu ms (topic %s): the write may "
+                     "or may not have happened; read the key%s to find out",
+                     kvs_msg_command_name(w->cmd), (unsigned long long)node_wait_ms(wr->cfg),
+                     w->b->topic, w->n > 1 ? "s" : "");
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+    }
+    arm_timer(wr);
+}
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+/* One key of a write: its partition and the record's payload. */
+typedef struct item_s {
+    const ProtobufCBinaryData *key;
+    const uint8_t *payload; /* NULL: a tombstone */
+    size_t len;
+    size_t vlen; /* the Value as stored (for size checks) */
+    int32_t partition;
+} item_t;
+
+static const char *kind_name(Kvs__Value__KindCase k)
+{
+    switch (k) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+        return "string_value";
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        return "binary_value";
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        return "integer_value";
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        return "float_value";
+    default:
+        return "bool_value";
+    }
+}
+
+/* The payload the binding's format makes of `v`, or 400 into msg. */
+static int encode_item(const kvs_binding_t *b, const Kvs__Value *v, kvs_arena_t *arena, item_t *it,
+                       char *msg, size_t mlen, const char *where)
+{
+    it->vlen = kvs__value__get_packed_size(v);
+    switch (b->format) {
+    case KVS_FORMAT_STRING:
+        if (v->kind_case == KVS__VALUE__KIND_STRING_VALUE) {
+            it->payload = v->string_value.data ? v->string_value.data : (const uint8_t *)"";
+            it->len = v->string_value.len;
+            return 0;
+        }
+        break;
+    case KVS_FORMAT_RAW:
+        if (v->kind_case == KVS__VALUE__KIND_BINARY_VALUE) {
+            it->payload = v->binary_value.data ? v->binary_value.data : (const uint8_t *)"";
+            it->len = v->binary_value.len;
+            return 0;
+        }
+        break;
+    default: {
+        uint8_t *p = kvs_arena_alloc(arena, it->vlen ? it->vlen : 1);
+        if (p == NULL)
+            return -ENOMEM;
+        kvs__value__pack(v, p);
+        it->payload = p;
+        it->len = it->vlen;
+        return 0;
+    }
+    }
+    snprintf(msg, mlen,
+             "%s is %s, but table \"%s\" is bound to topic %s with format: %s, which carries "
+             "only %s values; send a %s (or bind the table with format: value, which carries "
+             "every kind)",
+             where, kind_name(v->kind_case), b->table, b->topic,
+             b->format == KVS_FORMAT_STRING ? "string" : "raw",
+             b->format == KVS_FORMAT_STRING ? "text" : "binary",
+             b->format == KVS_FORMAT_STRING ? "string_value" : "binary_value");
+    return KVS_EINVAL;
+}
+
+/* The keys of `req` as items, or a 400 into msg (returns KVS_EINVAL). */
+static int collect_items(node_writes_t *wr, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                         kvs_arena_t *arena, item_t **out, size_t *n, char *msg, size_t mlen)
+{
+    const ProtobufCBinaryData *keys = NULL;
+    const Kvs__Kvpair *const *pairs = NULL;
+    const Kvs__Kvpair *one = NULL;
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        one = req->hset->pair;
+        pairs = &one, *n = 1;
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+        pairs = (const Kvs__Kvpair *const *)req->hmset->pairs, *n = req->hmset->n_pairs;
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+        keys = &req->hdel->key, *n = 1;
+        break;
+    default:
+        keys = req->hmdel->keys, *n = req->hmdel->n_keys;
+        break;
+    }
+    item_t *items = kvs_arena_alloc(arena, *n * sizeof(*items));
+    if (items == NULL)
+        return -ENOMEM;
+    memset(items, 0, *n * sizeof(*items));
+    for (size_t i = 0; i < *n; i++) {
+        char where[64];
+        items[i].key = pairs != NULL ? &pairs[i]->key : &keys[i];
+        if (pairs == NULL)
+            continue; /* a tombstone */
+        if (*n > 1)
+            snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
+        else
+            snprintf(where, sizeof(where), "Hset.pair.value");
+        int rc = encode_item(b, pairs[i]->value, arena, &items[i], msg, mlen, where);
+        if (rc != 0)
+            return rc;
+    }
+    (void)wr;
+    *out = items;
+    return 0;
+}
+
+/* Places every item; refuses keys this worker does not own. */
+static int place_items(node_writes_t *wr, const kvs_binding_t *b, item_t *items, size_t n,
+                       char *msg, size_t mlen, uint32_t *status)
+{
+    uint32_t partitions = b->partitions > 0 ? b->partitions : wr->cfg->partitions;
+    *status = KVS_STATUS_BAD_REQUEST;
+    if (b->partitioner == KVS_PARTITIONER_NONE) {
+        snprintf(msg, mlen,
+                 "table \"%s\" is bound to Kafka topic \"%s\" with partitioner: none, so its "
+                 "producers choose each key's partition and kvs cannot place a write; produce it "
+                 "to topic \"%s\" instead (or bind the table with the partitioner its producers "
+                 "use)",
+                 b->table, b->topic, b->topic);
+        return KVS_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t p = kvs_place_partition_by(b->partitioner, items[i].key->data, items[i].key->len,
+                                            partitions);
+        items[i].partition = (int32_t)p;
+        if (kvs_place_shard(p, wr->cfg->shards) != wr->shard) {
+            snprintf(msg, mlen,
+                     "a key of this write belongs to partition %u of topic %s, owned by shard %u, "
+                     "not this shard (%u): send writes through kvs-router",
+                     p, b->topic, kvs_place_shard(p, wr->cfg->shards), wr->shard);
+            return KVS_EINVAL;
+        }
+        if (!node_ingest_writable(wr->ingest, b, p)) {
+            *status = KVS_STATUS_UNAVAILABLE;
+            snprintf(msg, mlen,
+                     "this worker is stopping and no longer ingests topic %s partition %u; "
+                     "nothing was written, retry shortly",
+                     b->topic, p);
+            return KVS_EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The answer budget a split write's part carries (0: none). */
+static size_t answer_budget(const Kvs__CommandRequest *req)
+{
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET)
+        return req->hmset->answer_budget;
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+        return req->hmdel->answer_budget;
+    return 0;
+}
+
+/* Every pair must be readable back, and the answer must fit: checked
+ * before anything is produced (the rules of direct writes, node_cmd). */
+static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *items, size_t n,
+                       size_t budget, char *msg, size_t mlen)
+{
+    size_t olds = 0, news = 0;
+    for (size_t i = 0; i < n; i++) {
+        node_slice_t v;
+        size_t vlen = items[i].vlen;
+        if (items[i].key->len + vlen + KVS_MAX_KEY + 64 > wr->max_frame) {
+            snprintf(msg, mlen,
+                     "value of %zu bytes is too large: an answer holding it must fit in "
+                     "limits.max_frame (%zu bytes), so keys plus values may be at most %zu bytes",
+                     vlen, wr->max_frame, wr->max_frame - KVS_MAX_KEY - 64);
+            return KVS_ETOOBIG;
+        }
+        news += vlen;
+        int rc = node_store_get(wr->store, b->table, items[i].key->data, items[i].key->len, &v);
+        if (rc == 0)
+            olds += v.len;
+        else if (rc != KVS_ENOTFOUND)
+            return rc;
+    }
+    /* The answer: the previous values (each stored now, or an earlier
+     * pair's new value) and the position token. A split write's part may
+     * carry a smaller budget (Hmset/Hmdel.answer_budget, set by the router). */
+    size_t limit = budget > 0 && budget < wr->max_frame ? budget : wr->max_frame;
+    if (n > 1 && kvs_msg_answer_bound(n, olds + news) + 24 * n + 64 + strlen(b->topic) > limit) {
+        snprintf(msg, mlen,
+                 "answer would exceed %s (%zu bytes); nothing was written; send fewer keys per "
+                 "request",
+                 limit < wr->max_frame ? "this part's answer budget" : "limits.max_frame", limit);
+        return KVS_ETOOBIG;
+    }
+    return 0;
+}
+
+/* Sends every record of `w`. On a refusal after some were sent, the
+ * request fails with a message saying so. Returns 0, or the error of the
+ * first record (nothing sent; `w` untouched). */
+static int send_all(node_writes_t *wr, wreq_t *w, const item_t *items, char *why, size_t wlen)
+{
+    uint8_t id[NODE_PRODUCE_ID_LEN];
+    char msg[700];
+    for (size_t i = 0; i < w->n; i++) {
+        rec_t *r = w->recs[i];
+        make_id(wr, r->seq, id);
+        int rc =
+            node_produce_send(wr->producer, w->b, items[i].partition, items[i].key->data,
+                              items[i].key->len, items[i].payload, items[i].len, id, r, why, wlen);
+        if (rc == 0)
+            continue;
+        for (size_t k = i; k < w->n; k++)
+            w->recs[k]->delivered = 1; /* never sent: no report will come */
+        if (i == 0)
+            return rc;
+        snprintf(msg, sizeof(msg),
+                 "%s: Kafka took %zu of its %zu records, then refused one (%s): the keys sent "
+                 "may or may not be written, the rest were not; read the keys to find out",
+                 kvs_msg_command_name(w->cmd), i, w->n, why);
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+        return 0;
+    }
+    return 0;
+}
+
+static wreq_t *wreq_new(node_writes_t *wr, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                        const item_t *items, size_t n)
+{
+    wreq_t *w = calloc(1, sizeof(*w) + n * sizeof(rec_t *));
+    if (w == NULL)
+        return NULL;
+    w->cmd = req->command_case;
+    w->b = b;
+    w->n = w->left = n;
+    for (size_t i = 0; i < n; i++) {
+        if ((w->recs[i] = rec_new(wr)) == NULL) {
+            for (size_t k = 0; k < i; k++) {
+                w->recs[k]->delivered = 1;
+                w->recs[k]->w = NULL;
+                rec_release(wr, w->recs[k]);
+            }
+            free(w);
+            return NULL;
+        }
+        w->recs[i]->w = w;
+        w->recs[i]->b = b;
+        w->recs[i]->partition = items[i].partition;
+    }
+    return w;
+}
+
+static int refuse(kvs_buf_t *out, uint32_t status, const char *msg)
+{
+    return kvs_msg_append_status(out, status, "%s", msg);
+}
+
+/* Answers the refusal of a send that sent nothing. */
+static int refuse_send(node_writes_t *wr, const kvs_binding_t *b, int rc, const char *why,
+                       kvs_buf_t *out)
+{
+    char msg[700];
+    uint32_t st = rc == KVS_ETOOBIG ? KVS_STATUS_TOO_LARGE : KVS_STATUS_UNAVAILABLE;
+    snprintf(msg, sizeof(msg), "cannot produce to Kafka topic %s: %s; nothing was written%s",
+             b->topic, why,
+             rc == KVS_ETOOBIG  ? " (raise message.max.bytes in kafka.properties and on the "
+                                  "brokers, or write a smaller value)"
+             : rc == KVS_ELIMIT ? ", retry shortly"
+                                : "");
+    (void)wr;
+    return refuse(out, st, msg);
+}
+
+int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__CommandRequest *req,
+                        node_defer_fn defer, void *defer_arg, kvs_arena_t *arena, kvs_buf_t *out)
+{
+    char msg[700], why[256];
+    item_t *items;
+    size_t n, cost = 0;
+    uint32_t status = KVS_STATUS_BAD_REQUEST;
+    if (wr->draining || defer == NULL)
+        return refuse(out, KVS_STATUS_UNAVAILABLE,
+                      wr->draining ? "the worker is shutting down; nothing was written, retry"
+                                   : "writes to tables bound to a Kafka topic cannot wait for "
+                                     "Kafka here; nothing was written");
+    int rc = collect_items(wr, b, req, arena, &items, &n, msg, sizeof(msg));
+    if (rc == 0)
+        rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
+    if (rc == 0 && (rc = check_sizes(wr, b, items, n, answer_budget(req), msg, sizeof(msg))) ==
+                       KVS_ETOOBIG)
+        status = KVS_STATUS_TOO_LARGE;
+    if (rc == -ENOMEM)
+        return rc;
+    if (rc == KVS_EINVAL || rc == KVS_ETOOBIG)
+        return refuse(out, status, msg);
+    if (rc != 0)
+        return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                                     "storage error (%s); nothing was written", kvs_strerror(rc));
+    wreq_t *w = wreq_new(wr, b, req, items, n);
+    if (w == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        cost += sizeof(rec_t) + items[i].key->len + items[i].len;
+    if ((w->slot = defer(defer_arg, sizeof(*w) + cost, 0)) == NULL) {
+        for (size_t i = 0; i < n; i++)
+            w->recs[i]->delivered = 1, w->recs[i]->w = NULL, rec_release(wr, w->recs[i]);
+        free(w);
+        return -ENOMEM;
+    }
+    w->deadline = uv_now(wr->loop) + node_wait_ms(wr->cfg);
+    w->prev = wr->tail;
+    if (wr->tail != NULL)
+        wr->tail->next = w;
+    else
+        wr->head = w;
+    wr->tail = w;
+    if (wr->head == w)
+        arm_timer(wr);
+    rc = send_all(wr, w, items, why, sizeof(why));
+    if (rc != 0) {
+        kvs_buf_t *s = node_slot_buf(w->slot);
+        refuse_send(wr, b, rc, why, s);
+        wreq_end(wr, w, 0, NULL);
+    }
+    return 0;
+}
+
+/* ---- life cycle ---------------------------------------------------------------------- */
+
+static void on_producer_fatal(void *arg, const char *msg)
+{
+    node_writes_t *wr = arg;
+    kvs_error("%s", msg);
+    if (wr->on_fatal != NULL)
+        wr->on_fatal(wr->arg, msg);
+}
+
+int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *err, size_t errlen)
+{
+    node_writes_t *wr = calloc(1, sizeof(*wr));
+    if (wr == NULL)
+        return -ENOMEM;
+    *out = wr;
+    wr->loop = o->loop;
+    wr->cfg = o->cfg;
+    wr->shard = o->shard;
+    wr->max_frame = o->max_frame;
+    wr->store = o->store;
+    wr->ingest = o->ingest;
+    wr->on_fatal = o->on_fatal;
+    wr->arg = o->arg;
+    if (uv_random(NULL, NULL, wr->incarnation, sizeof(wr->incarnation), 0, NULL) != 0) {
+        uint64_t t = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+        memcpy(wr->incarnation, &t, sizeof(t));
+    }
+    uv_timer_init(wr->loop, &wr->timer);
+    wr->timer.data = wr;
+    node_produce_opts_t po = {
+        .loop = o->loop,
+        .cfg = o->cfg,
+        .shard = o->shard,
+        .on_delivery = on_delivery,
+        .on_fatal = on_producer_fatal,
+        .arg = wr,
+    };
+    int rc = node_produce_start(&po, &wr->producer, err, errlen);
+    if (rc != 0)
+        return rc;
+    node_ingest_own_t own = {.claim = on_claim, .outstanding = &wr->outstanding, .arg = wr};
+    node_ingest_set_own(o->ingest, &own);
+    return 0;
+}
+
+void node_writes_drain(node_writes_t *wr)
+{
+    if (wr != NULL)
+        wr->draining = 1;
+}
+
+void node_writes_stop(node_writes_t *wr)
+{
+    if (wr == NULL || wr->stopping)
+        return;
+    wr->draining = 1;
+    wr->stopping = 1;
+    while (wr->head != NULL)
+        wreq_end(wr, wr->head, KVS_STATUS_UNAVAILABLE,
+                 "the worker is shutting down: the write may or may not have happened; read the "
+                 "key to find out");
+    node_produce_stop(wr->producer); /* every report left, from here */
+    uv_close((uv_handle_t *)&wr->timer, NULL);
+}
+
+void node_writes_free(node_writes_t *wr)
+{
+    if (wr == NULL)
+        return;
+    node_produce_free(wr->producer);
+    for (size_t i = 0; i < wr->nbuckets; i++)
+        for (rec_t *r = wr->buckets[i], *next; r != NULL; r = next) {
+            next = r->hnext;
+            kvs_buf_free(&r->prev);
+            free(r);
+        }
+    free(wr->buckets);
+    free(wr);
+}

@@ -1,0 +1,66 @@
+/*
+ * router_session: what the router remembers about one client connection
+ * so that the client reads its own writes, without asking (session
+ * consistency).
+ *
+ *  - Positions: for each partition of a bound topic, the highest position
+ *    (record offset) of a write the router answered on this connection.
+ *    Later reads of the same table carry them as min_position, so a worker
+ *    (any copy of the shard, once there are several) serves the read only
+ *    once it has applied those writes.
+ *  - Order: reads of bound tables that arrive while the connection's
+ *    writes to bound tables are still in flight are held back (not sent)
+ *    until those writes are answered, and so is everything after a held
+ *    request. A pipelined write-then-read therefore reads the write, as it
+ *    would on a single server, and the read carries the write's position.
+ *
+ * Memory: one entry per partition the connection wrote to (at most the
+ * bound topics' partitions), plus held requests, which count against the
+ * connection's output limits (kvs_conn_hold) like answers it is owed.
+ */
+#ifndef ROUTER_SESSION_H
+#define ROUTER_SESSION_H
+
+#include "kvs_config.h"
+#include "kvs_pos.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct router_req_s router_req_t;
+
+typedef struct router_pos_s {
+    uint32_t binding; /* index in cfg->bindings */
+    uint32_t partition;
+    int64_t offset;
+} router_pos_t;
+
+typedef struct router_session_s {
+    router_pos_t *pos; /* sorted by (binding, partition) */
+    size_t n, cap;
+    uint32_t writes;                /* writes to bound tables sent and not answered */
+    router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
+    struct router_session_s *next;  /* on the router's release list */
+    int on_release_list;
+} router_session_t;
+
+void router_session_init(router_session_t *s);
+void router_session_free(router_session_t *s);
+
+/* Notes the positions of a write answer's token (entries naming no bound
+ * topic are ignored; a malformed token is ignored whole). Returns 0 or
+ * -ENOMEM. */
+int router_session_note(router_session_t *s, const kvs_config_t *cfg, const uint8_t *tok,
+                        size_t len);
+
+/* Adds to `set` the session's positions in `b`'s topic: of partition
+ * `partition`, or of every partition when it is negative. Returns 0 or
+ * -ENOMEM. The topic names stay valid as long as the config. */
+int router_session_add(const router_session_t *s, const kvs_config_t *cfg, const kvs_binding_t *b,
+                       int64_t partition, kvs_pos_set_t *set);
+
+/* The position noted for (b, partition), or -1. */
+int64_t router_session_get(const router_session_t *s, const kvs_config_t *cfg,
+                           const kvs_binding_t *b, uint32_t partition);
+
+#endif

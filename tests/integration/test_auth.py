@@ -1,0 +1,463 @@
+"""Authentication and authorization: users with tokens (Auth) or client
+certificates, rights on table patterns, 401/403, failure limits, and the
+tools' --user/--token. Real routers and workers on loopback; tokens hashed
+with kvs-cli hash-token at a low iteration count so each check is quick.
+"""
+import fnmatch
+import os
+import socket
+import subprocess
+import time
+
+import redis
+
+from kvstest import (BUILD_DIR, Client, NodeTestCase, cert_path, pb, pyval, req_hget,
+                     req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset, req_hscan,
+                     req_hset, tls_context, tls_yaml)
+from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard
+
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
+BENCH = os.path.join(BUILD_DIR, "kvs-bench")
+_HASHES = {}
+
+
+def token_hash(token):
+    """The stored form of `token`, from kvs-cli hash-token (1000 iterations)."""
+    if token not in _HASHES:
+        p = subprocess.run([CLI, "hash-token", "-", "1000"], input=token.encode(),
+                           capture_output=True, timeout=10, check=True)
+        _HASHES[token] = p.stdout.decode().strip()
+    return _HASHES[token]
+
+
+# user -> (token or None, {pattern: rights})
+USERS = {
+    "alice": ("alice-pw", {"orders*": ["read", "write"], "pub": ["read"]}),
+    "reader": ("reader-pw", {"*": ["read"]}),
+    "ops": ("ops-pw", {"*": ["read", "write", "admin"]}),
+    "kvs-node": (None, {"*": ["read", "write", "admin"]}),  # the nodes' certificate
+}
+
+
+def users_yaml(users=USERS, limits=""):
+    lines = ["users:"]
+    for name, (token, allow) in users.items():
+        lines.append("  - name: %s" % name)
+        if token is not None:
+            lines.append('    token: "%s"' % token_hash(token))
+        lines.append("    allow: {%s}" % ", ".join('"%s": [%s]' % (p, ", ".join(r))
+                                                   for p, r in allow.items()))
+    if limits:
+        lines.append("limits: {%s}" % limits)
+    return "\n".join(lines) + "\n"
+
+
+def req_auth(user, token):
+    r = pb.CommandRequest()
+    r.auth.user, r.auth.token = user, token
+    return r
+
+
+def req_info():
+    r = pb.CommandRequest()
+    r.info.SetInParent()
+    return r
+
+
+# command -> (right needed, request builder for a table)
+COMMANDS = {
+    "Hget": ("read", lambda t: req_hget(t, "k")),
+    "Hmget": ("read", lambda t: req_hmget(t, ["k", "k2"])),
+    "Hexist": ("read", lambda t: _hexist(t)),
+    "Hmexist": ("read", lambda t: req_hmexist(t, ["k"])),
+    "Hgetall": ("read", lambda t: req_hgetall(t)),
+    "Hscan": ("read", lambda t: req_hscan(t)),
+    "Hset": ("write", lambda t: req_hset(t, "k", "v")),
+    "Hmset": ("write", lambda t: req_hmset(t, {"k": 1, "k2": 2})),
+    "Hdel": ("write", lambda t: _hdel(t)),
+    "Hmdel": ("write", lambda t: req_hmdel(t, ["k9"])),
+    "Hincr": ("write", lambda t: _hincr(t)),
+    "Hlen": ("read", lambda t: _hlen(t)),
+}
+
+
+def _hincr(t):
+    r = pb.CommandRequest()
+    r.hincr.table, r.hincr.key, r.hincr.by_int = t, b"counter", 1
+    return r
+
+
+def _hlen(t):
+    r = pb.CommandRequest()
+    r.hlen.table = t
+    return r
+
+
+def _hexist(t):
+    r = pb.CommandRequest()
+    r.hexist.table, r.hexist.key = t, b"k"
+    return r
+
+
+def _hdel(t):
+    r = pb.CommandRequest()
+    r.hdel.table, r.hdel.key = t, b"k8"
+    return r
+
+
+def allowed(user, right, table):
+    return any(fnmatch.fnmatchcase(table, p) and right in r for p, r in USERS[user][1].items())
+
+
+class AuthTest(RouterTestCase):
+    def auth_router(self, tls=True, router_tls=None, limits="", **kw):
+        extra = users_yaml(limits=limits)
+        if tls:
+            keys = {"enabled": "true"}
+            keys.update(router_tls or {})
+            extra += tls_yaml(router=keys)
+        return self.router(shards=2, partitions=8, extra_yaml=extra,
+                           tls=tls_context() if tls else None, **kw)
+
+    def authed(self, r, user, **kw):
+        c = r.client(**kw)
+        self.addCleanup(c.close)
+        resp = c.call(req_auth(user, USERS[user][0]))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual(resp.message, 'authenticated as "%s"' % user)
+        return c
+
+    def test_unauthenticated_gets_401_for_all_but_ping_and_auth(self):
+        r = self.auth_router()
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+            for name, (_, build) in COMMANDS.items():
+                resp = c.call(build("orders"))
+                self.assertEqual(resp.status, 401, name)
+                self.assertIn("authentication required for %s" % name, resp.message)
+            self.assertEqual(c.call(req_info()).status, 401)
+        self.assertIn("users required", r.stderr())
+
+    def test_permission_matrix_through_the_router(self):
+        r = self.auth_router()
+        tables = ["orders", "orders-eu", "pub", "secret"]
+        with self.authed(r, "ops") as ops:  # seed every table
+            for t in tables:
+                self.assertOk(ops.hmset(t, {"k": "v", "k8": 8, "k9": 9}))
+        # A refused multi-key write changes nothing (one table: all or nothing).
+        with self.authed(r, "alice") as c:
+            self.assertEqual(c.hmset("pub", {"k": "new", "z": 1}).status, 403)
+        with self.authed(r, "reader") as c:
+            self.assertEqual(dict(c.scan_all("pub")), {b"k": "v", b"k8": 8, b"k9": 9})
+        for user in ("alice", "reader", "ops"):
+            c = self.authed(r, user)
+            for t in tables:
+                for name, (right, build) in COMMANDS.items():
+                    resp = c.call(build(t))
+                    if allowed(user, right, t):
+                        self.assertIn(resp.status, (200, 404), "%s %s %s: %s"
+                                      % (user, name, t, resp.message))
+                    else:
+                        self.assertEqual(resp.status, 403, "%s %s %s" % (user, name, t))
+                        self.assertEqual(resp.message,
+                                         'user "%s" may not run %s on table "%s": it needs %s'
+                                         % (user, name, t, right))
+            info = c.call(req_info())
+            if "admin" in USERS[user][1].get("*", []):
+                self.assertOk(info)
+            else:
+                self.assertEqual(info.status, 403)
+                self.assertIn('needs admin on "*"', info.message)
+
+    def test_auth_in_a_pipeline_applies_to_what_follows(self):
+        r = self.auth_router()
+        with r.client() as c:
+            got = c.pipeline([req_hset("orders", "p", 1), req_auth("alice", "alice-pw"),
+                              req_hset("orders", "p", 2), req_hget("orders", "p"),
+                              req_auth("alice", "wrong"), req_hget("orders", "p"),
+                              req_auth("reader", "reader-pw"), req_hset("orders", "p", 3)])
+            self.assertEqual([x.status for x in got], [401, 200, 200, 200, 401, 200, 200, 403])
+            self.assertEqual(pyval(got[3].values[0]), 2)
+            self.assertEqual(pyval(got[5].values[0]), 2)  # a failed Auth keeps the user
+
+    def test_wrong_tokens_close_the_connection_and_are_logged(self):
+        r = self.auth_router()
+        with r.client() as c:
+            for i in range(3):
+                resp = c.call(req_auth("alice", "nope%d" % i))
+                self.assertEqual(resp.status, 401)
+                self.assertIn("invalid user or token", resp.message)
+            self.assertIn("too many failures", resp.message)
+            self.assertTrue(c.at_eof())
+        with r.client() as c:  # unknown users get the same words
+            resp = c.call(req_auth("mallory", "x"))
+            self.assertEqual((resp.status, resp.message), (401, "invalid user or token"))
+        log = r.stderr()
+        self.assertRegex(log, r'auth: failed Auth as "alice" from 127\.0\.0\.1:\d+ \(3 on this '
+                              r'connection; closing it\)')
+        self.assertRegex(log, r'failed Auth as "mallory" from 127\.0\.0\.1:\d+')
+        self.assertNotIn("nope", log)
+
+    def test_failures_per_address_are_rate_limited(self):
+        r = self.auth_router(limits="auth_failures: 100, auth_failures_per_minute: 6")
+        with r.client() as c:
+            for i in range(6):
+                self.assertEqual(c.call(req_auth("alice", "bad%d" % i)).status, 401)
+            t0 = time.monotonic()
+            resp = c.call(req_auth("alice", "alice-pw"))  # refused unchecked
+            self.assertLess(time.monotonic() - t0, 1.0)
+            self.assertEqual(resp.status, 401)
+            self.assertIn("too many failed Auth attempts from 127.0.0.1", resp.message)
+            self.assertIn("retry in", resp.message)
+            self.assertEqual(c.call(req_hget("orders", "k")).status, 401)
+            # 30 more at once, refused unchecked: logged at most 5 a second.
+            got = c.pipeline([req_auth("alice", "x")] * 30)
+            self.assertEqual({x.status for x in got}, {401})
+        time.sleep(1.1)
+        with r.client() as c:
+            c.call(req_auth("alice", "again"))  # a later second: the dropped lines are summed up
+        # The limit counts seconds of the loop's clock; a wall-clock second
+        # overlaps two of them, each with 5 lines and a summary at most.
+        per_second = {}
+        lines = [x for x in r.stderr().splitlines() if "router WARN  auth: " in x]
+        for line in lines:
+            per_second[line[:19]] = per_second.get(line[:19], 0) + 1
+        self.assertLessEqual(max(per_second.values()), 2 * (5 + 1), per_second)
+        self.assertLess(len(lines), 6 + 1 + 30 + 1)  # the attempts: some were not logged
+        self.assertRegex(r.stderr(), r"auth: \d+ more failed Auth attempts were not logged")
+
+    def test_client_certificate_names_the_user(self):
+        r = self.auth_router(router_tls={"client_cert": "optional"})
+        with r.client(tls=tls_context(cert="alice")) as c:  # CN alice: no Auth needed
+            self.assertOk(c.hset("orders", "c", 1))
+            self.assertEqual(c.hset("pub", "c", 1).status, 403)
+        with r.client(tls=tls_context(cert="bob")) as c:  # bob is no user
+            self.assertEqual(c.hget("pub", "k").status, 401)
+            self.assertOk(c.call(req_auth("reader", "reader-pw")))
+            self.assertEqual(c.hget("pub", "c").status, 404)
+
+    def test_no_users_means_no_checks_and_auth_is_400(self):
+        r = self.router(shards=1, partitions=8)
+        with r.client() as c:
+            self.assertOk(c.hset("orders", "k", 1))
+            resp = c.call(req_auth("alice", "x"))
+            self.assertEqual(resp.status, 400)
+            self.assertIn("no users configured", resp.message)
+
+    def test_cli_and_bench_authenticate(self):
+        r = self.auth_router()
+        ca = ["--tls", "--cacert", cert_path("ca.crt")]
+        base = [CLI, "--port", str(r.port)] + ca
+        p = subprocess.run(base + ["--user", "alice", "--token", "alice-pw", "hset", "orders",
+                                   "x", "1"], capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        env = dict(os.environ, KVS_TOKEN="alice-pw")
+        p = subprocess.run(base + ["--user", "alice", "hget", "orders", "x"], env=env,
+                           capture_output=True, timeout=10)
+        self.assertEqual((p.returncode, p.stdout), (0, b'"1"\n'), p.stderr)
+        p = subprocess.run(base + ["--user", "alice", "--token", "no", "ping"],
+                           capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b'authentication as "alice" failed: 401 invalid user or token', p.stderr)
+        p = subprocess.run(base + ["hset", "pub", "x", "1"], input=b"", capture_output=True,
+                           timeout=10)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"401", p.stderr)
+        p = subprocess.run(base, input=b"auth reader reader-pw\nhset pub y 1\nhget pub k\n",
+                           capture_output=True, timeout=10)
+        self.assertIn(b'authenticated as "reader"', p.stdout)
+        self.assertIn(b"(error) 403", p.stderr)
+        p = subprocess.run([BENCH, "-p", str(r.port), "-c", "4", "-n", "2000", "-P", "8", "-q",
+                            "--table", "orders-bench", "--user", "alice", "--token", "alice-pw",
+                            "-t", "hset,hget"] + ca, capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"errors", p.stdout)
+        p = subprocess.run([BENCH, "-p", str(r.port), "-c", "2", "-n", "10", "-q", "--user",
+                            "alice", "--token", "bad"] + ca, capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b'authentication as "alice" failed', p.stderr)
+
+
+class RespAuthTest(RouterTestCase):
+    """The same users and rights through the Redis protocol listener."""
+
+    def resp_router(self, tls=False):
+        self.rport = free_port()
+        extra = users_yaml()
+        if tls:
+            extra += tls_yaml(router={"enabled": "true"})
+        return self.router(shards=2, partitions=8, extra_yaml=extra,
+                           router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport],
+                           tls=tls_context() if tls else None)
+
+    def redis(self, **kw):
+        c = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def raw(self, data, lines, end=None):
+        """Sends `data` on a fresh connection; returns what came back once it
+        holds `lines` lines, or ends with `end` if given."""
+        s = socket.create_connection(("127.0.0.1", self.rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(data)
+        got = b""
+        deadline = time.monotonic() + 10
+        while ((got.count(b"\r\n") < lines if end is None else not got.endswith(end))
+               and time.monotonic() < deadline):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def test_noauth_until_auth_then_rights_apply(self):
+        self.resp_router()
+        c = self.redis()
+        for call in (c.ping, lambda: c.hget("orders", "k"), lambda: c.hset("orders", "k", 1),
+                     c.info, lambda: c.execute_command("COMMAND", "COUNT")):
+            with self.assertRaisesRegex(redis.exceptions.AuthenticationError,
+                                        "Authentication required"):
+                call()
+        # (this redis-py raises WRONGPASS as a plain ResponseError, as for Redis)
+        with self.assertRaisesRegex(redis.exceptions.ResponseError, "^WRONGPASS invalid "
+                                    "username-password pair or user is disabled.$"):
+            c.execute_command("AUTH", "alice", "wrong")
+        with self.assertRaisesRegex(redis.exceptions.ResponseError, "WRONGPASS"):
+            self.redis().execute_command("AUTH", "alice-pw")  # no user "default"
+        self.assertTrue(c.execute_command("AUTH", "alice", "alice-pw"))
+        self.assertTrue(c.ping())
+        self.assertEqual(c.hset("orders", "k", "v"), 1)
+        self.assertEqual(c.hget("orders", "k"), b"v")
+        self.assertEqual(c.hincrby("orders-eu", "n", 5), 5)
+        self.assertEqual(c.hlen("orders"), 1)
+        with self.assertRaisesRegex(redis.exceptions.NoPermissionError,
+                                    'user "alice" may not run Hset on table "pub": it needs '
+                                    'write'):
+            c.hset("pub", "k", "v")
+        with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "Hincr"):
+            c.hincrby("pub", "n", 1)
+        with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "Hget"):
+            c.hget("secret", "k")
+        with self.assertRaisesRegex(redis.exceptions.NoPermissionError, 'needs admin on "\\*"'):
+            c.info()
+        # A failed AUTH keeps the user it had.
+        with self.assertRaisesRegex(redis.exceptions.ResponseError, "WRONGPASS"):
+            c.execute_command("AUTH", "ops", "wrong")
+        self.assertEqual(c.hget("orders", "k"), b"v")
+        # redis-py's own username/password: AUTH on every new connection.
+        ops = self.redis(username="ops", password="ops-pw")
+        self.assertIn("redis_version", ops.info())
+        self.assertEqual(ops.hget("orders", "k"), b"v")
+        bad = self.redis(username="ops", password="nope")
+        with self.assertRaisesRegex(redis.exceptions.RedisError, "WRONGPASS|Invalid"):
+            bad.ping()
+
+    def test_auth_in_a_pipeline_applies_to_what_follows(self):
+        self.resp_router()
+        got = self.raw(b"HSET orders p 1\r\nAUTH alice alice-pw\r\nHSET orders p 2\r\n"
+                       b"AUTH alice nope\r\nHGET orders p\r\nHSET pub p 1\r\n", 7)
+        self.assertEqual(got.split(b"\r\n")[:5],
+                         [b"-NOAUTH Authentication required.", b"+OK", b":1",
+                          b"-WRONGPASS invalid username-password pair or user is disabled.",
+                          b"$1"])
+        self.assertIn(b"-NOPERM user \"alice\" may not run Hset on table \"pub\"", got)
+
+    def test_hello_auth_switches_protocol_only_when_it_succeeds(self):
+        self.resp_router()
+        got = self.raw(b"HELLO 3\r\n", 1)
+        self.assertTrue(got.startswith(b"-NOAUTH HELLO must be called with the client already "
+                                       b"authenticated"), got)
+        got = self.raw(b"HELLO 3 AUTH reader nope SETNAME x\r\nCLIENT GETNAME\r\n"
+                       b"AUTH reader reader-pw\r\nCLIENT GETNAME\r\n"
+                       b"HELLO 3 AUTH reader reader-pw SETNAME rdr\r\nCLIENT GETNAME\r\n"
+                       b"HGET pub missing\r\n", 0, end=b"_\r\n")
+        lines = got.split(b"\r\n")
+        self.assertTrue(lines[0].startswith(b"-WRONGPASS"), got)
+        self.assertEqual(lines[1], b"-NOAUTH Authentication required.")
+        self.assertEqual(lines[2], b"+OK")
+        self.assertEqual(lines[3], b"$-1")  # the failed HELLO set no name, kept RESP2
+        self.assertEqual(lines[4], b"%7")  # RESP3 from here on
+        self.assertIn(b"$5\r\nproto\r\n:3\r\n", got)
+        self.assertIn(b"$3\r\nrdr\r\n", got)
+        self.assertTrue(got.endswith(b"_\r\n"), got)  # RESP3 null for a missing field
+
+    def test_redis_cli_over_tls_with_user_and_password(self):
+        self.resp_router(tls=True)
+        base = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.rport), "--tls", "--cacert",
+                cert_path("ca.crt"), "--no-auth-warning"]
+        p = subprocess.run(base + ["--user", "alice", "--pass", "alice-pw", "hset", "orders",
+                                   "t", "1"], capture_output=True, timeout=20)
+        self.assertEqual(p.stdout, b"1\n", p.stderr)
+        p = subprocess.run(base + ["--user", "reader", "--pass", "reader-pw", "hget", "orders",
+                                   "t"], capture_output=True, timeout=20)
+        self.assertEqual(p.stdout, b"1\n", p.stderr)
+        p = subprocess.run(base + ["--user", "reader", "--pass", "reader-pw", "hset", "orders",
+                                   "t", "2"], capture_output=True, timeout=20)
+        self.assertIn(b"NOPERM", p.stdout + p.stderr)
+        p = subprocess.run(base + ["hget", "orders", "t"], capture_output=True, timeout=20)
+        self.assertIn(b"NOAUTH", p.stdout + p.stderr)
+        # A plaintext client on the TLS port is told so, in plaintext.
+        got = self.raw(b"PING\r\n", 1)
+        self.assertEqual(got, b"-ERR this port requires TLS (tls.router); connect with TLS "
+                              b"(redis-cli --tls)\r\n")
+
+
+class AuthNodeTest(NodeTestCase):
+    def test_worker_authorizes_its_tcp_clients(self):
+        n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),
+                      tls=tls_context(cert="alice"))
+        with n.client() as c:  # alice by certificate
+            self.assertOk(c.hset("orders", "k", 1))
+            self.assertEqual(c.hset("pub", "k", 1).status, 403)
+            self.assertEqual(c.call(req_info()).status, 403)
+        with Client(n.addr, tls=tls_context(cert="bob")) as c:  # a valid cert, but no user
+            self.assertEqual(c.hget("orders", "k").status, 401)
+            resp = c.call(req_auth("ops", "ops-pw"))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertOk(c.call(req_info()))
+        with n.client(unix=True) as c:  # the local router's way in: trusted
+            self.assertOk(c.hset("pub", "k", 2))
+
+
+class AuthClusterTest(RouterTestCase):
+    def test_routers_authenticate_to_remote_workers_by_certificate(self):
+        base_a, base_b = free_port_range(2), None
+        for _ in range(20):
+            base_b = free_port_range(2)
+            if abs(base_a - base_b) >= 2:
+                break
+        both = {"enabled": "true"}
+        common = dict(shards=2, partitions=8, start=False, tls=tls_context())
+        rt = {"enabled": "true"}
+        a = self.router(name="A", node_listen="127.0.0.1:%d" % base_a,
+                        remote={1: "127.0.0.1:%d" % (base_b + 1)},
+                        extra_yaml=users_yaml() + tls_yaml(router=rt, node=both, link=both),
+                        **common)
+        # B's certificate (kvs-node-b) is no user on A: its link is refused 401.
+        b = self.router(name="B", node_listen="127.0.0.1:%d" % base_b,
+                        remote={0: "127.0.0.1:%d" % base_a},
+                        extra_yaml=users_yaml() + tls_yaml(router=rt, node=both, link=both,
+                                                           cert="node2"), **common)
+        a.start()
+        b.start()
+        per = keys_by_shard("k", 1, 8, 2)
+        k0, k1 = per[0][0], per[1][0]
+        with a.client() as ca:
+            self.assertOk(ca.call(req_auth("ops", "ops-pw")))
+            deadline = time.monotonic() + 10
+            while ca.call(req_hset("t", k1, 1)).status != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)  # A's link (CN kvs-node, a user) to B's worker 1
+            self.assertOk(ca.call(req_hset("t", k1, 1)))
+        with b.client() as cb:
+            self.assertOk(cb.call(req_auth("ops", "ops-pw")))
+            deadline = time.monotonic() + 10
+            resp = cb.call(req_hget("t", k0))
+            while resp.status == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                resp = cb.call(req_hget("t", k0))
+            self.assertEqual(resp.status, 401, resp.message)  # the worker refused B's router
+            self.assertOk(cb.call(req_hget("t", k1)))  # its own shard is fine
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+

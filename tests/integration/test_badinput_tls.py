@@ -1,0 +1,92 @@
+"""Bad input over TLS: test_badinput's scenarios against a worker whose TCP
+listener speaks (mutual) TLS, and the fuzz corpus (tests/fuzz/corpus)
+replayed through TLS connections, so TLS records cut frames at every odd
+place. Whatever arrives, the worker answers what it can, closes what it
+must, stays up and keeps serving others.
+"""
+import os
+import socket
+import ssl
+
+import test_badinput
+from kvstest import Client, NodeTestCase, encode, frame, req_ping, tls_context, tls_yaml
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "corpus")
+
+
+def tls_node_kw(kw):
+    kw = dict(kw)
+    kw["extra_yaml"] = kw.get("extra_yaml", "") + tls_yaml(node={"enabled": "true"})
+    kw["tls"] = tls_context(cert="node")
+    return kw
+
+
+class BadInputTlsTest(test_badinput.BadInputTest):
+    def node(self, **kw):
+        return super().node(**tls_node_kw(kw))
+
+    def test_all_bad_inputs_in_one_session(self):
+        self.assertIsInstance(self.c.sock, ssl.SSLSocket)
+        super().test_all_bad_inputs_in_one_session()
+
+    def test_sigterm_with_a_client_that_never_reads(self):
+        super().test_sigterm_with_a_client_that_never_reads()
+
+
+def pieces(data):
+    """Splits a fuzz_frame input into its stream's pieces (see
+    tests/fuzz/fuzz_frame.c: byte 0 says how many piece-size bytes follow)."""
+    if not data:
+        return []
+    n = (data[0] & 7) + 1
+    sizes = [b + 1 if b < 0x80 else (b & 0x7F) * 128 + 1 for b in data[1:1 + n]] or [len(data)]
+    stream, out, i = data[1 + n:], [], 0
+    while stream:
+        k = sizes[i % len(sizes)]
+        out.append(stream[:k])
+        stream = stream[k:]
+        i += 1
+    return out
+
+
+class FuzzCorpusTlsTest(NodeTestCase):
+    def tls_node(self):
+        return self.node(**tls_node_kw({"max_frame": "4KiB"}))  # the fuzz harness' limit
+
+    def test_request_corpus_over_tls(self):
+        n = self.tls_node()
+        d = os.path.join(CORPUS, "request")
+        names = sorted(os.listdir(d))
+        payloads = []
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                payloads.append(f.read())
+        with n.client() as c:
+            c.send_raw(b"".join(frame(p) for p in payloads))
+            for name in names:  # exactly one answer each, in order
+                r = c.recv()
+                self.assertIn(r.status, (200, 400, 404, 413), "%s: %s" % (name, r.message))
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertTrue(n.alive(), n.stderr())
+
+    def test_frame_corpus_over_tls(self):
+        n = self.tls_node()
+        bystander = n.client()
+        self.addCleanup(bystander.close)
+        d = os.path.join(CORPUS, "frame")
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), "rb") as f:
+                parts = pieces(f.read())
+            with Client(n.addr, tls=n.tls, timeout=0.5) as c:
+                for p in parts:  # each piece its own TLS record
+                    c.send_raw(p)
+                try:
+                    c.send_raw(encode(req_ping()))
+                    while True:  # answers, until the Ping's, an EOF or a quiet 0.5 s
+                        got = c.recv_raw()
+                        if got is None or b"PONG" in got[1]:
+                            break
+                except (socket.timeout, ConnectionError, ssl.SSLError, EOFError):
+                    pass
+            self.assertTrue(n.alive(), "died on %s:\n%s" % (name, n.stderr()))
+            self.assertEqual(bystander.ping().message, "PONG", name)

@@ -1,0 +1,633 @@
+"""Integration tests for tables bound to a Kafka topic as the topic's
+materialized view: positions, the catch-up gate (kafka.max_lag) and, for
+writes, log-first (issue 12). Real kvs-router, kvs-node workers and
+kvs-mock-kafka processes on loopback.
+
+Ingestion is slowed down where a test must act while a worker lags, with
+the test hook KVS_TEST_INGEST_DELAY_MS (kvs-node applies one record per
+that many milliseconds; compiled into test builds only, never a config
+key). Position tokens are written and read with kafkatest.pos_token /
+pos_entries, which follow the encoding documented in proto/kvs.proto, not
+kvs's C code.
+
+Every wait is bounded; every process is killed at cleanup.
+"""
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+from kvstest import (BUILD_DIR, Client, pb, pyval, req_hdel, req_hget, req_hgetall, req_hmdel, req_hmget,
+                     req_hmset, req_hset)
+from routertest import partition_of
+import kafkatest
+from kafkatest import (KCAT, info, info_pairs, kafka_parts, kcat_produce, pos_entries, pos_token,
+                       read_topic, wait_until, watermarks)
+from test_ingest import KafkaFixtures
+
+HAVE_CK = kafkatest.Producer is not None
+
+
+def keys_in_partition(p, partitions, n, prefix="k"):
+    """n keys whose murmur2 partition (Kafka's default) is p."""
+    out, i = [], 0
+    while len(out) < n:
+        k = b"%s-%d" % (prefix.encode(), i)
+        if partition_of(k, partitions) == p:
+            out.append(k)
+        i += 1
+    return out
+
+
+def with_options(req, position=b"", stale=False):
+    """`req` with CommandRequest.min_position / accept_stale set."""
+    if position:
+        req.min_position = position
+    if stale:
+        req.accept_stale = True
+    return req
+
+
+class FreshnessFixtures(KafkaFixtures):
+    def worker_parts(self, router, shard, topic):
+        """Per-partition Info of `topic` straight from worker `shard` (its
+        unix socket: Info through the router would fail while it restarts)."""
+        return kafka_parts(info_pairs(router.socket_path(shard)), topic)
+
+    def wait_applied(self, router, shard, topic, partition, n, timeout=30):
+        """Waits until the worker's next_offset on the partition is >= n."""
+        def pred():
+            st = self.worker_parts(router, shard, topic).get(partition, {})
+            return st.get("next_offset", -1) >= n and st
+        st = wait_until(pred, timeout, 0.02)
+        self.assertTrue(st, "shard %d never applied %d records of %s [%d]"
+                        % (shard, n, topic, partition))
+        return st
+
+
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class FreshnessTest(FreshnessFixtures, unittest.TestCase):
+    def test_catch_up_gate_until_within_max_lag(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        keys = keys_in_partition(0, parts, 80)
+        kcat_produce(m.bootstrap, topic, [(k, b"v-" + k) for k in keys])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, max_lag=5,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "40"})
+        seen, stale_ok = [], 0
+        deadline = time.monotonic() + 60
+        with r.client() as c:
+            while time.monotonic() < deadline:
+                resp = c.hget("users", keys[0])
+                st = self.worker_parts(r, 0, topic)[0]
+                seen.append((resp.status, resp.message, st))
+                if resp.status == 200:
+                    break
+                if resp.status == 503:
+                    # while it catches up, a read that accepts stale data is served
+                    s = c.call(with_options(req_hget("users", keys[0]), stale=True))
+                    self.assertIn(s.status, (200, 404), s.message)
+                    stale_ok += 1
+                time.sleep(0.05)
+            self.assertEqual(seen[-1][0], 200, "never served: %r" % seen[-5:])
+            self.assertEqual(pyval(resp.values[0]), b"v-" + keys[0])
+        refused = [(msg, st) for status, msg, st in seen if status == 503]
+        self.assertGreater(len(refused), 3, "the gate must have closed while it caught up: %r"
+                           % seen[:3])
+        self.assertGreater(stale_ok, 0)
+        for msg, st in refused:
+            self.assertIn("catching up: lag", msg)
+            self.assertIn("topic users partition 0", msg)
+            lag = int(msg.split("catching up: lag ")[1].split()[0])
+            self.assertGreater(lag, 5, msg)
+        self.assertTrue(all(status in (200, 503) for status, _, _ in seen), seen)
+        # Info said so too: not serving while refused (Info comes a moment
+        # after the read: only refusals well above max_lag are compared),
+        # serving once reads were served
+        for msg, st in refused:
+            if int(msg.split("catching up: lag ")[1].split()[0]) >= 15:
+                self.assertEqual(st["serving"], 0, (msg, st))
+        self.assertEqual(seen[-1][2]["serving"], 1, seen[-1])
+        self.assertLessEqual(seen[-1][2]["lag"], 5, seen[-1])
+        # partition 1 (shard 1) never lagged: served all along
+        with r.client() as c:
+            other = keys_in_partition(1, parts, 1)[0]
+            self.assertEqual(c.hget("users", other).status, 404)
+
+    def test_restarted_worker_catches_up_before_serving(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        keys = keys_in_partition(0, parts, 100)
+        kcat_produce(m.bootstrap, topic, [(k, b"v-" + k) for k in keys])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, max_lag=5,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "30"})
+        self.wait_applied(r, 0, topic, 0, 20)
+        old = r.workers()[0]
+        r.kill_worker(0)
+        self.assertIsNotNone(r.wait_worker(0, not_pid=old, timeout=10))
+        # keys[0] is stored (applied before the kill), yet the restarted
+        # worker must not serve it while it lags by more than max_lag
+        statuses = []
+        with r.client() as c:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                resp = c.hget("users", keys[0])
+                statuses.append(resp.status)
+                if resp.status == 200:
+                    break
+                self.assertEqual(resp.status, 503, resp.message)
+                if "catching up" not in resp.message:  # the restart itself: shard unavailable
+                    self.assertIn("shard 0", resp.message)
+                time.sleep(0.05)
+            self.assertEqual(resp.status, 200, statuses[-5:])
+            self.assertEqual(pyval(resp.values[0]), b"v-" + keys[0])
+        st = self.worker_parts(r, 0, topic)[0]
+        self.assertLessEqual(st["lag"], 5, st)
+        self.assertGreater(statuses.count(503), 3, statuses)
+
+    def test_read_with_position_waits_and_is_never_stale(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        key = keys_in_partition(1, parts, 1)[0]
+        other = keys_in_partition(0, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v%d" % i) for i in range(12)])
+        # 12 records of one key at offsets 0..11 of partition 1 (shard 1),
+        # applied at 10 per second; router.timeout 3 s: a read waits 2.4 s
+        # at most
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="3s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "100"})
+        self.wait_applied(r, 1, topic, 1, 1)
+        with r.client() as c:
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 11)])))
+            waited = time.monotonic() - t0
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"v11", "a read at a position sees that write")
+            self.assertGreater(waited, 0.3, "it had to wait for ingestion")
+            # a position already applied: at once; the value is at least that fresh
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 4)])))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"v11")
+            # positions of partitions the read does not touch do not hold it back
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", other),
+                                       pos_token([(topic, 1, 5000), ("elsewhere", 0, 7)])))
+            self.assertEqual(resp.status, 404, resp.message)
+            self.assertLess(time.monotonic() - t0, 1.0)
+            # a position past the end of the topic: 503 at once (nothing says
+            # that record will ever come), never stale data
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 5000)])))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("position ahead of the topic: the read needs offset 5000 of topic "
+                          "users partition 1, but the partition ends at offset 11", resp.message)
+            self.assertLess(time.monotonic() - t0, 1.0)
+            # whole-table reads wait for every partition of the shard
+            resp = c.call(with_options(req_hgetall("users"), pos_token([(topic, 1, 11)])))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual({p.key: pyval(p.value) for p in resp.pairs}, {key: b"v11"})
+
+    def test_waiting_reads_keep_their_order_and_others_are_served(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        key = keys_in_partition(1, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v%d" % i) for i in range(6)])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="5s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "100"})
+        self.wait_applied(r, 1, topic, 1, 1)
+        # pipelined on one connection: the waiting read's answer comes first,
+        # the later reads' after it, each as it should be
+        reqs = [with_options(req_hget("users", key), pos_token([(topic, 1, 5)])),
+                req_hget("users", b"absent"),
+                with_options(req_hmget("users", [key, b"absent"]), pos_token([(topic, 1, 3)]))]
+        with r.client() as c:
+            out = c.pipeline(reqs)
+        self.assertEqual([x.status for x in out], [200, 404, 200], [x.message for x in out])
+        self.assertEqual(pyval(out[0].values[0]), b"v5")
+        self.assertEqual([pyval(v) for v in out[2].values], [b"v5", None])
+
+    def test_malformed_position_is_refused(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2)
+        for bad in (b"\x01", b"\x02\x01t\x01\x00\x00", pos_token([(topic, 0, 1)]) + b"\x00"):
+            for addr in (r.addr, r.socket_path(0)):
+                with Client(addr) as c:
+                    resp = c.call(with_options(req_hget("users", b"k"), bad))
+                self.assertEqual(resp.status, 400, resp.message)
+                self.assertIn("min_position is not a position token", resp.message)
+
+
+def value_bytes(x):
+    """The payload format: value makes of a Python value: an encoded kvs.Value."""
+    v = pb.Value()
+    if isinstance(x, bool):
+        v.bool_value = x
+    elif isinstance(x, int):
+        v.integer_value = x
+    elif isinstance(x, float):
+        v.float_value = x
+    elif isinstance(x, str):
+        v.string_value = x
+    else:
+        v.binary_value = x
+    return v.SerializeToString()
+
+
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class LogFirstTest(FreshnessFixtures, unittest.TestCase):
+    def assert_position(self, resp, topic, records):
+        """resp.position names exactly the (partition, offset) pairs given."""
+        self.assertEqual(pos_entries(resp.position), sorted((topic, p, o) for p, o in records),
+                         resp)
+
+    def test_writes_go_through_the_topic(self):
+        parts = 4
+        m = self.mock({"st": parts, "rw": parts, "vl": parts})
+        r = self.router(m, [("st", "strs", "string", parts), ("rw", "raws", "raw", parts),
+                            ("vl", "vals", "value", parts)], shards=2)
+        ps = partition_of(b"k1", parts)
+        with r.client() as c:
+            resp = c.hset("strs", b"k1", "one")
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, None), resp.message)
+            self.assert_position(resp, "st", [(ps, 0)])
+            resp = c.hset("strs", b"k1", "two \x00 zwei")
+            self.assertEqual(pyval(resp.values[0]), "one")
+            self.assert_position(resp, "st", [(ps, 1)])
+            for bad, kind in ((b"bin", "binary_value"), (5, "integer_value"), (True, "bool_value")):
+                resp = c.hset("strs", b"k1", bad)
+                self.assertEqual(resp.status, 400, resp.message)
+                self.assertIn("Hset.pair.value is %s" % kind, resp.message)
+                self.assertIn("format: string, which carries only text values", resp.message)
+                self.assertEqual(resp.position, b"")
+            resp = c.hdel("strs", b"k1")
+            self.assertEqual(pyval(resp.values[0]), "two \x00 zwei")
+            self.assert_position(resp, "st", [(ps, 2)])
+            resp = c.hdel("strs", b"k1")  # deleting what is not there is a tombstone too
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, None))
+            self.assert_position(resp, "st", [(ps, 3)])
+            self.assertEqual(c.hget("strs", b"k1").status, 404)
+
+            resp = c.hset("raws", b"r1", b"\x00\xff")
+            self.assertEqual(resp.status, 200, resp.message)
+            resp = c.hset("raws", b"r1", "text")
+            self.assertEqual(resp.status, 400)
+            self.assertIn("format: raw, which carries only binary values", resp.message)
+            self.assertEqual(pyval(c.hget("raws", b"r1").values[0]), b"\x00\xff")
+
+            vals = [(b"v1", 42), (b"v1", -1.5), (b"v2", True), (b"v3", "txt"), (b"v4", b"b")]
+            prev = {}
+            for k, v in vals:
+                resp = c.hset("vals", k, v)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertEqual(pyval(resp.values[0]), prev.get(k))
+                prev[k] = v
+            # multi-key writes on one shard: one record per key, in order
+            same = [k for k in (b"m%d" % i for i in range(40))
+                    if partition_of(k, parts) % 2 == 0][:6]
+            resp = c.call(req_hmset("vals", [(k, i) for i, k in enumerate(same)]))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual([pyval(v) for v in resp.values], [None] * 6)
+            self.assertEqual(len(pos_entries(resp.position)),
+                             len({partition_of(k, parts) for k in same}))
+            resp = c.call(req_hmdel("vals", same[:3] + [same[0]]))
+            self.assertEqual([pyval(v) for v in resp.values], [0, 1, 2, None], resp.message)
+
+        recs = read_topic(m.bootstrap, "st", parts)
+        self.assertEqual([(p, o, k, v) for p, o, k, v, _ in recs],
+                         [(ps, 0, b"k1", b"one"), (ps, 1, b"k1", "two \x00 zwei".encode()),
+                          (ps, 2, b"k1", None), (ps, 3, b"k1", None)])
+        for rec in recs:
+            self.assertEqual(len(rec[4].get("kvs.writer", b"")), 16, rec)
+        self.assertEqual([(p, k, v) for p, o, k, v, _ in read_topic(m.bootstrap, "rw", parts)],
+                         [(partition_of(b"r1", parts), b"r1", b"\x00\xff")])
+        got = [(p, k, v) for p, o, k, v, _ in read_topic(m.bootstrap, "vl", parts)]
+        want = [(partition_of(k, parts), k, value_bytes(v)) for k, v in vals]
+        want += [(partition_of(k, parts), k, value_bytes(i)) for i, k in enumerate(same)]
+        want += [(partition_of(k, parts), k, None) for k in same[:3] + [same[0]]]
+        self.assertEqual(sorted(got, key=lambda x: x[0]), sorted(want, key=lambda x: x[0]))
+        for p in range(parts):  # in each partition, in the order they were written
+            self.assertEqual([x for x in got if x[0] == p], [x for x in want if x[0] == p])
+        # every record applied exactly once, by ingestion
+        st = kafka_parts(info(r), "vl")
+        self.assertEqual(sum(s["applied"] for s in st.values()), len(want))
+        self.assertEqual(sum(s["skipped"] for s in st.values()), 0)
+
+    def test_write_to_another_shards_key_on_a_worker_is_refused(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        key = keys_in_partition(1, parts, 1)[0]  # shard 1
+        with r.worker_client(0) as c:
+            resp = c.hset("users", key, b"x")
+        self.assertEqual(resp.status, 400, resp.message)
+        self.assertIn("owned by shard 1, not this shard (0): send writes through kvs-router",
+                      resp.message)
+        self.assertEqual(watermarks(m.bootstrap, "users", parts)[1], (0, 0))
+
+    def test_read_modify_writes_on_bound_tables_are_refused(self):
+        """Hincr and Hset if_absent (Redis HINCRBY, HSETNX) would read and
+        write in two steps through the topic: refused, nothing produced;
+        Hlen is a read like any other. The Redis front door says the same."""
+        import redis
+        from routertest import free_port
+        parts = 4
+        m = self.mock({"users": parts})
+        rport = free_port()
+        r = self.router(m, [("users", "users", "value", parts)], shards=2,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"n", 5).status, 200)
+            req = pb.CommandRequest()
+            req.hincr.table, req.hincr.key, req.hincr.by_int = "users", b"n", 1
+            resp = c.call(req)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("Hincr (Redis HINCRBY/HINCRBYFLOAT) is not supported", resp.message)
+            req = pb.CommandRequest()
+            req.hset.table, req.hset.pair.key = "users", b"new"
+            req.hset.pair.value.string_value = "x"
+            req.hset.if_absent = True
+            resp = c.call(req)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("if_absent", resp.message)
+            req = pb.CommandRequest()
+            req.hlen.table = "users"
+            resp = c.call(req)
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 1), resp.message)
+        rc = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        with self.assertRaisesRegex(redis.ResponseError, "not supported on table"):
+            rc.hincrby("users", "n", 1)
+        self.assertEqual(rc.hset("users", "r", "via-redis"), 1)  # produced, then applied
+        self.assertEqual(rc.hget("users", "r"), b"via-redis")
+        self.assertEqual(rc.hlen("users"), 2)
+        recs = read_topic(m.bootstrap, "users", parts)
+        self.assertEqual(sorted(k for _, _, k, _, _ in recs), [b"n", b"r"])
+
+    def test_unbound_tables_write_directly(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        with r.client() as c:
+            resp = c.hset("plain", b"k", "v")
+            self.assertEqual((resp.status, resp.position), (200, b""))
+            self.assertEqual(pyval(c.hset("plain", b"k", "w").values[0]), "v")
+        self.assertEqual(sum(hi for lo, hi in watermarks(m.bootstrap, "users", parts).values()), 0)
+
+    def test_no_record_written_twice_when_the_producer_retries(self):
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"warm", b"up").status, 200)  # producer connected
+            m.ctl("error Produce NOT_LEADER_FOR_PARTITION 3")
+            m.ctl("error Produce REQUEST_TIMED_OUT 2")
+            for i in range(20):
+                resp = c.hset("users", b"k%d" % (i % 5), b"v%d" % i)
+                self.assertEqual(resp.status, 200, resp.message)
+        recs = read_topic(m.bootstrap, "users", parts)
+        self.assertEqual(len(recs), 21, recs)
+        ids = [rec[4]["kvs.writer"] for rec in recs]
+        self.assertEqual(len(set(ids)), len(ids), "a record appears twice")
+        self.assertEqual(sorted(v for _, _, _, v, _ in recs),
+                         sorted([b"up"] + [b"v%d" % i for i in range(20)]))
+
+    def test_concurrent_writers_chain_in_topic_order(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "string", parts)], shards=2)
+        key, writers, each = b"hot", 4, 30
+        seen, errors = [], []
+
+        def writer(n):
+            try:
+                with r.client() as c:
+                    for i in range(each):
+                        v = "w%d-%d" % (n, i)
+                        resp = c.hset("users", key, v)
+                        if resp.status != 200:
+                            errors.append(resp.message)
+                            return
+                        seen.append((pyval(resp.values[0]), v, pos_entries(resp.position)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(seen), writers * each)
+        # every answer's previous value is the write just before it: one chain
+        after = {prev: new for prev, new, _ in seen}
+        self.assertEqual(len(after), len(seen), "two writes saw the same previous value")
+        chain, cur = [], None
+        while cur in after:
+            cur = after[cur]
+            chain.append(cur)
+        self.assertEqual(len(chain), len(seen), "the previous values do not form one chain")
+        # ... and that order is the topic's, which the positions name
+        p = partition_of(key, parts)
+        recs = read_topic(m.bootstrap, "users", parts)
+        self.assertEqual([v.decode() for _, _, _, v, _ in recs], chain)
+        offset_of = {new: pos for _, new, pos in seen}
+        self.assertEqual([offset_of[v] for v in chain], [[("users", p, o)] for o in range(len(chain))])
+
+    def test_read_your_writes_while_ingestion_is_slow(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        # every record waits 30 ms before it is applied, so no write is
+        # visible before its worker applied it
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "30"})
+        with r.client() as c:
+            for i in range(6):
+                k = b"k%d" % (i % 3)
+                self.assertEqual(c.hset("users", k, b"v%d" % i).status, 200)
+                resp = c.hget("users", k)
+                self.assertEqual(pyval(resp.values[0]), b"v%d" % i, resp.message)
+
+    def test_pipelined_reads_see_the_writes_before_them(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "20"})
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k0", b"v0").status, 200)
+            # pipelined: each read sees the write sent just before it (the
+            # router holds it until the write is answered)
+            reqs = []
+            for i in range(5):
+                reqs += [req_hset("users", b"p", b"x%d" % i), req_hget("users", b"p"),
+                         req_hmget("users", [b"p", b"k0", b"nope"])]
+            out = c.pipeline(reqs)
+            for i in range(5):
+                self.assertEqual(out[3 * i].status, 200, out[3 * i].message)
+                self.assertEqual(pyval(out[3 * i + 1].values[0]), b"x%d" % i, out[3 * i + 1])
+                self.assertEqual([pyval(v) for v in out[3 * i + 2].values],
+                                 [b"x%d" % i, b"v0", None])
+            # a split write, then a read of all its keys
+            keys = [b"s%d" % i for i in range(12)]
+            out = c.pipeline([req_hmset("users", [(k, b"m-" + k) for k in keys]),
+                              req_hmget("users", keys)])
+            self.assertEqual(out[0].status, 200, out[0].message)
+            self.assertEqual(len({p for _, p, _ in pos_entries(out[0].position)}),
+                             len({partition_of(k, parts) for k in keys}),
+                             "the answer names every partition the write touched")
+            self.assertEqual([pyval(v) for v in out[1].values], [b"m-" + k for k in keys])
+
+    def test_session_reads_wait_for_an_acknowledged_write(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        # applying takes 2.5 s per record, longer than a write may wait:
+        # the write's answer is 503 with its position (Kafka has it)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "2500"})
+        with r.client() as a:
+            resp = a.hset("users", b"k", b"new")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.position)
+            # the same connection reads with that position without asking:
+            # never the missing key it would see without one
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                resp = a.hget("users", b"k")
+                if resp.status == 200:
+                    break
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("behind by 1 records", resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"new")
+
+    def test_position_from_another_connection_never_reads_stale(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        # applying takes 2.5 s per record, longer than a write may wait
+        # (router.timeout 2 s: 1.6 s): the write's answer is 503, with its
+        # position, since Kafka has the record
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "2500"})
+        key = b"k"
+        with r.client() as a, r.client() as b:
+            resp = a.hset("users", key, b"new")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("Kafka acknowledged the write", resp.message)
+            pos = resp.position
+            self.assertEqual(pos_entries(pos), [("users", partition_of(key, parts), 0)])
+            # another connection reading at that position: waits, then 503
+            # or the new value; never the old one (there is none: 404 would be stale)
+            answers = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                resp = b.call(with_options(req_hget("users", key), pos))
+                answers.append(resp.status)
+                if resp.status == 200:
+                    break
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("behind by 1 records", resp.message)
+            self.assertEqual(answers[-1], 200, answers)
+            self.assertEqual(pyval(resp.values[0]), b"new")
+            # without a position the same connection may read what is there
+            self.assertEqual(b.hget("users", key).status, 200)
+
+    def test_kill9_between_ack_and_apply(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        # each record is applied 800 ms after the worker read it: a window
+        # between Kafka's acknowledgement and the apply to kill -9 in
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "800"})
+        key = keys_in_partition(0, parts, 1)[0]  # shard 0
+        acked = {}
+        with r.client() as c:
+            for i in range(2):
+                k = keys_in_partition(2, parts, 2, prefix="acked")[i]
+                self.assertEqual(c.hset("users", k, b"a%d" % i).status, 200)
+                acked[k] = b"a%d" % i
+        before = watermarks(m.bootstrap, "users", parts)[0][1]
+        old = r.workers()[0]
+        with r.client() as c:
+            c.send(req_hset("users", key, b"lost?"))
+            self.assertTrue(wait_until(
+                lambda: watermarks(m.bootstrap, "users", parts)[0][1] > before, 5, 0.01),
+                "the record never reached Kafka")
+            st = self.worker_parts(r, 0, "users")[0]
+            self.assertEqual(st["next_offset"], before, "applied already: no window")
+            r.kill_worker(0)
+            resp = c.recv()
+            self.assertEqual(resp.status, 503, resp.message)  # the client never saw it acknowledged
+        self.assertIsNotNone(r.wait_worker(0, not_pid=old, timeout=10))
+        ends = self.ends(m, "users", parts)
+        st = self.wait_caught_up(r, "users", ends)
+        self.assert_exactly_once(st, ends)
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("users", key).values[0]), b"lost?",
+                             "Kafka has the record: it was applied after the restart")
+            for k, v in acked.items():
+                self.assertEqual(pyval(c.hget("users", k).values[0]), v)
+
+    def test_broker_down_answers_may_or_may_not(self):
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"1").status, 200)
+            m.ctl("broker-down all")
+            t0 = time.monotonic()
+            resp = c.hset("users", b"k", b"2")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertLess(time.monotonic() - t0, 2.0, "answered before router.timeout")
+            m.ctl("broker-up all")
+            ok = wait_until(lambda: c.hset("users", b"k", b"3").status == 200, 20, 0.2)
+            self.assertTrue(ok, "writes work again once the broker is back")
+            self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"3")
+
+    def test_cli_prints_and_takes_positions(self):
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "string", parts)], shards=2, timeout="1s")
+        p = partition_of(b"k", parts)
+
+        def cli(*args):
+            return subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(r.port)] +
+                                  list(args), capture_output=True, timeout=30)
+
+        out = cli("--position", "hset", "users", "k", "v1")
+        self.assertEqual((out.returncode, out.stderr), (0, b""))
+        self.assertEqual(out.stdout.decode(), "(nil)\nposition: users:%d:0\n" % p)
+        out = cli("--raw", "--position", "hmset", "users", "k", "v2", "k", "v3")
+        self.assertEqual(out.stdout.decode(), "v1\nv2\nusers:%d:2\n" % p)
+        out = cli("--min-position", "users:%d:2" % p, "hget", "users", "k")
+        self.assertEqual((out.returncode, out.stdout), (0, b'"v3"\n'), out.stderr)
+        out = cli("--min-position", "users:%d:50,other:0:1" % p, "hget", "users", "k")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"(error) 503 position ahead of the topic: the read needs offset 50",
+                      out.stderr)
+        out = cli("--stale", "hget", "users", "k")
+        self.assertEqual((out.returncode, out.stdout), (0, b'"v3"\n'), out.stderr)
+        for bad in ("users", "users:1", "users:x:1", "users:1:2,"):
+            out = cli("--min-position", bad, "hget", "users", "k")
+            self.assertEqual(out.returncode, 2, bad)
+            self.assertIn(b"kvs-cli: --min-position:", out.stderr)
+        # a session reads its own writes (the router attaches its positions)
+        out = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(r.port)],
+                             input=b"hset users s 1\nhget users s\nhdel users s\nhget users s\n",
+                             capture_output=True, timeout=30)
+        self.assertEqual(out.stdout, b'(nil)\n"1"\n"1"\n(nil)\n', out.stderr)
+
+    def test_kafka_off_refuses_writes_to_bound_tables(self):
+        from routertest import Router
+        r = Router(shards=2, extra_yaml="kafka:\n  bindings:\n    - {topic: t, table: users}\n")
+        self.addCleanup(r.close)
+        with r.client() as c:
+            resp = c.hset("users", b"k", b"v")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("Kafka is off on this node (kafka.brokers is empty)", resp.message)
+            self.assertEqual(c.hget("users", b"k").status, 404)
+            self.assertEqual(c.hset("other", b"k", b"v").status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,455 @@
+"""TLS: the router's client listener, workers' TCP listeners with mutual
+TLS, router-to-remote-worker links, certificate checks, rotation on SIGHUP.
+
+Certificates are made at test time by tests/make_certs.sh (kvstest.certs_dir)
+with the openssl command; clients are Python's ssl module (a second TLS
+implementation), `openssl s_client` (a third) and kvs-cli / kvs-bench
+(kvs's own). Every server runs on loopback, every wait is bounded.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+
+from kvstest import (BUILD_DIR, NodeTestCase, cert_path, encode, pb, pyval, req_hget, req_ping,
+                     tls_context, tls_yaml)
+from routertest import RouterTestCase, free_port_range, keys_by_shard, shard_of
+
+SHARDS = 4
+PARTITIONS = 16
+FAST = 3.0  # seconds within which a refused connection must be told
+
+
+def every_command(test, c, table="t"):
+    """Runs each command once through client `c` and checks its answer."""
+    test.assertEqual(c.ping().message, "PONG")
+    test.assertOk(c.hset(table, "k1", "v1"))
+    test.assertEqual(pyval(c.hget(table, "k1").values[0]), "v1")
+    test.assertEqual(c.hget(table, "nope").status, 404)
+    test.assertTrue(c.hexist(table, "k1").values[0].bool_value)
+    pairs = {("m%d" % i).encode(): i for i in range(50)}
+    test.assertOk(c.hmset(table, pairs))
+    r = c.hmget(table, list(pairs) + [b"nope"])
+    test.assertEqual([pyval(v) for v in r.values], list(pairs.values()) + [None])
+    r = c.hmexist(table, [b"m1", b"nope"])
+    test.assertEqual([v.bool_value for v in r.values], [True, False])
+    r = c.hgetall(table)
+    test.assertOk(r)
+    test.assertEqual(len(r.pairs), 51)
+    expect = dict(pairs)
+    expect[b"k1"] = "v1"
+    test.assertEqual(dict(c.scan_all(table, count=7)), expect)
+    test.assertEqual(pyval(c.hdel(table, "k1").values[0]), "v1")
+    r = c.hmdel(table, [b"m1", b"m2"])
+    test.assertEqual([pyval(v) for v in r.values], [1, 2])
+    test.assertEqual(len(c.hgetall(table).pairs), 48)
+    r = c.call(_info())
+    test.assertOk(r)
+    test.assertTrue(any(p.key.endswith(b".tables") for p in r.pairs))
+    big = b"x" * 300000  # spans many TLS records both ways
+    test.assertOk(c.hset(table, "big", big))
+    test.assertEqual(pyval(c.hget(table, "big").values[0]), big)
+
+
+def _info():
+    r = pb.CommandRequest()
+    r.info.SetInParent()
+    return r
+
+
+def log_lines(text, pattern):
+    return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+class TlsRouterTest(RouterTestCase):
+    def tls_router(self, router=None, start=True, **kw):
+        keys = {"enabled": "true"}
+        keys.update(router or {})
+        return self.router(shards=2, partitions=8, extra_yaml=tls_yaml(router=keys, **kw),
+                           tls=tls_context(), start=start)
+
+    def test_every_command_round_trips_over_tls(self):
+        r = self.tls_router()
+        with r.client() as c:
+            self.assertEqual(c.sock.version(), "TLSv1.3")
+            every_command(self, c)
+        with r.client(tls=tls_context(maximum=ssl.TLSVersion.TLSv1_2)) as c:
+            self.assertEqual(c.sock.version(), "TLSv1.2")
+            every_command(self, c, "t12")
+        self.assertIn("(TLS)", r.stderr())
+        self.assertEqual(r.stop(), 0)
+
+    def test_plaintext_client_on_tls_port_is_told_and_logged_once(self):
+        r = self.tls_router()
+        before = r.stderr()
+        s = socket.create_connection(r.addr, timeout=FAST)
+        t0 = time.monotonic()
+        s.sendall(encode(req_ping()))
+        from kvstest import Client
+        c = Client.__new__(Client)  # read the plaintext answer with the usual parser
+        c.sock, c.buf, c.max_frame = s, bytearray(), None
+        resp = c.recv()
+        self.assertEqual(resp.status, 400, resp.message)
+        self.assertIn("requires TLS", resp.message)
+        self.assertTrue(c.at_eof())
+        self.assertLess(time.monotonic() - t0, FAST)
+        s.close()
+        time.sleep(0.2)
+        new = r.stderr()[len(before):]
+        self.assertEqual(len(log_lines(new, "plaintext.*not a TLS handshake")), 1, new)
+        self.assertEqual(len(log_lines(new, "WARN|ERROR")), 1, new)
+
+    def test_tls_client_on_plaintext_port_fails_fast_and_is_logged_once(self):
+        r = self.router(shards=1, partitions=8)
+        t0 = time.monotonic()
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            r.client(tls=tls_context())
+        self.assertLess(time.monotonic() - t0, FAST)
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(r.port), "--tls",
+                            "--cacert", cert_path("ca.crt"), "ping"],
+                           capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"does not use TLS on this port", p.stderr)
+        time.sleep(0.2)
+        lines = log_lines(r.stderr(), "WARN|ERROR")
+        self.assertEqual(len(lines), 2, lines)  # one per attempt
+        self.assertTrue(all("TLS handshake on a plaintext port" in x for x in lines), lines)
+
+    def test_openssl_s_client_handshakes_and_pings(self):
+        r = self.tls_router()
+        payload = req_ping().SerializeToString()
+        p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % r.port,
+                              "-CAfile", cert_path("ca.crt"), "-verify_return_error",
+                              "-verify_hostname", "localhost", "-quiet", "-no_ign_eof"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(struct.pack(">I", len(payload)) + payload)
+            p.stdin.flush()
+            head = p.stdout.read(4)
+            self.assertEqual(len(head), 4, p.stderr.read1(4096) if head == b"" else head)
+            body = p.stdout.read(struct.unpack(">I", head)[0])
+            resp = pb.CommandResponse()
+            resp.ParseFromString(body)
+            self.assertEqual(resp.message, "PONG")
+        finally:
+            p.stdin.close()
+            p.wait(10)
+            p.stdout.close()
+            p.stderr.close()
+
+    def test_client_certificates_required(self):
+        r = self.tls_router(router={"client_cert": "require"})
+        with r.client(tls=tls_context(cert="alice")) as c:
+            self.assertEqual(c.ping().message, "PONG")
+        before = r.stderr()
+        for cert, why in ((None, "certificate"), ("expired", "certificate has expired"),
+                          ("wrong", "unable to get local issuer certificate")):
+            t0 = time.monotonic()
+            with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError), msg=cert):
+                with r.client(tls=tls_context(cert=cert)) as c:
+                    c.ping()  # TLS 1.3: the refusal comes with the first read
+            self.assertLess(time.monotonic() - t0, FAST)
+            time.sleep(0.1)
+            new = r.stderr()[len(before):]
+            before = r.stderr()
+            lines = log_lines(new, "TLS handshake failed")
+            self.assertEqual(len(lines), 1, new)
+            self.assertIn(why, lines[0])
+            self.assertRegex(lines[0], r"closing 127\.0\.0\.1:\d+")
+
+    def test_min_version_tls13_refuses_tls12(self):
+        r = self.tls_router(min_version="TLS1.3")
+        with self.assertRaises(ssl.SSLError):
+            r.client(tls=tls_context(maximum=ssl.TLSVersion.TLSv1_2))
+        with r.client() as c:
+            self.assertEqual(c.sock.version(), "TLSv1.3")
+
+    def test_sighup_rotates_certificates_without_dropping_connections(self):
+        d = tempfile.mkdtemp(prefix="kvs-rot-")
+        self.addCleanup(shutil.rmtree, d, True)
+        for src, dst in (("node.crt", "cur.crt"), ("node.key", "cur.key")):
+            shutil.copy(cert_path(src), os.path.join(d, dst))
+        r = self.router(shards=1, partitions=8, start=False, tls=tls_context(), extra_yaml=(
+            "tls:\n  cert: %s\n  key: %s\n  router: {enabled: true}\n"
+            % (os.path.join(d, "cur.crt"), os.path.join(d, "cur.key"))))
+        r.start()
+        old = r.client()
+        self.addCleanup(old.close)
+        self.assertEqual(old.sock.getpeercert()["subject"], ((("commonName", "kvs-node"),),))
+        for src, dst in (("node2.crt", "cur.crt"), ("node2.key", "cur.key")):
+            shutil.copy(cert_path(src), os.path.join(d, dst))
+        os.kill(r.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reloaded" not in r.stderr() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIn("tls.router: certificate, key and CA reloaded", r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.sock.getpeercert()["subject"], ((("commonName", "kvs-node-b"),),))
+        self.assertEqual(old.ping().message, "PONG")  # the open connection kept its session
+        # A broken key: the reload fails, logged, and the last good material stays.
+        with open(os.path.join(d, "cur.key"), "w") as f:
+            f.write("garbage\n")
+        os.kill(r.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reload failed" not in r.stderr() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIn("tls.router: reload failed, still using the previous material", r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.sock.getpeercert()["subject"], ((("commonName", "kvs-node-b"),),))
+        self.assertTrue(r.alive())
+        self.assertEqual(r.stop(), 0)
+
+    def test_bad_tls_settings_stop_the_router_with_78(self):
+        cases = [
+            (tls_yaml(router={"enabled": "true"}).replace(cert_path("node.key"), "/nonexistent"),
+             "/nonexistent: cannot load"),
+            ("tls: {router: {enabled: true}}\n", "no certificate and key"),
+            (tls_yaml(router={"enabled": "true"}, ciphers='"NOPE"'), "tls.router.ciphers"),
+            (tls_yaml(router={"enabled": "true", "client_cert": "sometimes"}),
+             "client_cert must be one of none, optional, require"),
+        ]
+        for yaml, why in cases:
+            r = self.router(shards=1, partitions=8, extra_yaml=yaml, start=False)
+            p = r.spawn()
+            self.assertEqual(p.wait(10), 78, r.stderr())
+            self.assertIn(why, r.stderr())
+
+
+class TlsNodeTest(NodeTestCase):
+    """A worker's TCP listener with tls.node: mutual TLS by default."""
+
+    def tls_node(self, **node):
+        keys = {"enabled": "true"}
+        keys.update(node)
+        return self.node(extra_yaml=tls_yaml(node=keys), tls=tls_context(cert="node"))
+
+    def test_every_command_round_trips_to_a_worker_directly(self):
+        n = self.tls_node()
+        with n.client() as c:
+            every_command(self, c)
+        with n.client(unix=True) as c:  # the unix socket stays plaintext
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertIn("(TLS)", n.stderr())
+
+    def test_worker_refuses_missing_expired_and_foreign_certificates(self):
+        n = self.tls_node()
+        from kvstest import Client
+        for cert in (None, "expired", "wrong"):
+            with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError), msg=cert):
+                with Client(n.addr, tls=tls_context(cert=cert), timeout=FAST) as c:
+                    c.ping()
+        time.sleep(0.2)
+        self.assertEqual(len(log_lines(n.stderr(), "TLS handshake failed")), 3, n.stderr())
+        with n.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+    def test_sighup_reloads_the_worker_listener(self):
+        n = self.tls_node()
+        os.kill(n.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        # The config file first (live reload), then the TLS material.
+        while ("tls.node certificate, key and CA reloaded" not in n.stderr()
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        self.assertIn("configuration reloaded from %s (nothing changed)" % n.config, n.stderr())
+        self.assertIn("tls.node certificate, key and CA reloaded", n.stderr())
+        with n.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+
+class TlsClusterTest(RouterTestCase):
+    def test_two_nodes_talk_mutual_tls(self):
+        base_a = free_port_range(SHARDS)
+        base_b = free_port_range(SHARDS)
+        for _ in range(20):
+            if abs(base_a - base_b) >= SHARDS:
+                break
+            base_b = free_port_range(SHARDS)
+        both = {"enabled": "true"}
+        a = self.router(start=False, name="A", shards=SHARDS, partitions=PARTITIONS,
+                        node_listen="127.0.0.1:%d" % base_a,
+                        remote={2: "127.0.0.1:%d" % (base_b + 2),
+                                3: "127.0.0.1:%d" % (base_b + 3)},
+                        extra_yaml=tls_yaml(node=both, link=both))
+        b = self.router(start=False, name="B", shards=SHARDS, partitions=PARTITIONS,
+                        node_listen="127.0.0.1:%d" % base_b,
+                        remote={0: "127.0.0.1:%d" % base_a, 1: "127.0.0.1:%d" % (base_a + 1)},
+                        extra_yaml=tls_yaml(node=both, link=both, cert="node2"))
+        a.start()
+        b.start()
+        per = keys_by_shard("k", 20, PARTITIONS, SHARDS)
+        keys = [k for s in range(SHARDS) for k in per[s]]
+        deadline = time.monotonic() + 10
+        with a.client() as ca, b.client() as cb:
+            while time.monotonic() < deadline:
+                if ca.hmexist("two", keys).status == 200 and cb.hmexist("two", keys).status == 200:
+                    break
+                time.sleep(0.05)
+            for i, k in enumerate(keys):
+                self.assertOk(ca.hset("two", k, i))
+            r = cb.hmget("two", keys)
+            self.assertOk(r)
+            self.assertEqual([pyval(v) for v in r.values], list(range(len(keys))))
+        for router, remote in ((a, (2, 3)), (b, (0, 1))):
+            for s in remote:
+                self.assertRegex(router.stderr(), r"link to shard %d \(127\.0\.0\.1:\d+\) up "
+                                 r"\(TLS\)" % s)
+        # A plaintext client on a worker's TLS port is refused (mutual TLS).
+        from kvstest import Client
+        with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            with Client(("127.0.0.1", base_a), tls=tls_context(), timeout=FAST) as c:
+                c.ping()
+        self.assertEqual(shard_of(keys[0], PARTITIONS, SHARDS), 0)
+        # SIGHUP reaches the router and, through it, its workers.
+        os.kill(a.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while (len(log_lines(a.stderr(), r"node\[\d\].*tls.node certificate, key and CA "
+                             r"reloaded")) < 2 and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.assertIn("tls.link: certificate, key and CA reloaded", a.stderr())
+        self.assertEqual(len(log_lines(a.stderr(), r"node\[[01]\].*tls.node certificate, key "
+                                       r"and CA reloaded")), 2, a.stderr())
+        with a.client() as ca:
+            self.assertOk(ca.hmget("two", keys))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_worker_that_never_answers_the_handshake_does_not_hold_the_link(self):
+        mute = socket.socket()
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(16)  # the kernel accepts; nobody ever answers
+        self.addCleanup(mute.close)
+        a = self.router(shards=2, partitions=8, timeout="1s",
+                        remote={1: "127.0.0.1:%d" % mute.getsockname()[1]},
+                        extra_yaml=tls_yaml(link={"enabled": "true"}))
+        k = keys_by_shard("k", 1, 8, 2)[1][0]
+        time.sleep(1.5)
+        with a.client() as c:
+            r = c.call(req_hget("t", k))
+        self.assertEqual(r.status, 503, r.message)
+        self.assertIn("TLS handshake with the worker did not complete within router.timeout",
+                      r.message)
+
+    def test_link_without_client_certificate_is_refused_by_the_worker(self):
+        base_a = free_port_range(2)
+        a = self.router(start=False, name="A", shards=2, partitions=8,
+                        node_listen="127.0.0.1:%d" % base_a, remote={1: "127.0.0.1:1"},
+                        extra_yaml=tls_yaml(node={"enabled": "true"}))
+        a.start()
+        b = self.router(start=False, name="B", shards=2, partitions=8,
+                        remote={0: "127.0.0.1:%d" % base_a},
+                        extra_yaml=tls_yaml(link={"enabled": "true"}, cert="bob").replace(
+                            "  cert: %s" % cert_path("bob.crt"), "  cert: %s"
+                            % cert_path("expired.crt")).replace(cert_path("bob.key"),
+                                                                cert_path("expired.key")))
+        b.start()
+        k = keys_by_shard("k", 1, 8, 2)[0][0]
+        with b.client() as c:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                r = c.call(req_hget("t", k))
+                if "TLS" in r.message:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(r.status, 503, r.message)
+            self.assertIn("shard 0", r.message)
+            self.assertIn("TLS with the worker failed", r.message)
+        self.assertIn("certificate has expired", a.stderr())
+
+
+class KafkaSecretsTest(NodeTestCase):
+    """kafka.properties carries the brokers' SSL and SASL settings to
+    librdkafka; secrets in it never reach a log line or Info."""
+
+    SECRETS = ("pw-s3cret-sasl", "pw-s3cret-key")
+
+    def kafka_yaml(self, **props):
+        base = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                "sasl.username": "kvs", "sasl.password": self.SECRETS[0],
+                "ssl.ca.location": cert_path("ca.crt"),
+                "ssl.certificate.location": cert_path("node.crt"),
+                "ssl.key.location": cert_path("node.key"),
+                "ssl.key.password": self.SECRETS[1], "debug": "security,conf,broker"}
+        base.update(props)
+        return ("kafka:\n  brokers: \"127.0.0.1:1\"\n  bindings: [{topic: t, table: t}]\n"
+                "  properties:\n" + "".join('    %s: "%s"\n' % kv for kv in base.items()))
+
+    def test_ssl_and_sasl_settings_are_accepted_and_never_logged(self):
+        n = self.node(extra_yaml=self.kafka_yaml(), log_level="debug")
+        with n.client(unix=True) as c:
+            self.assertEqual(c.ping().message, "PONG")
+            info = c.call(_info())
+            self.assertOk(info)
+        time.sleep(1.0)  # librdkafka tries the (absent) broker meanwhile, logging at debug
+        log = n.stderr()
+        self.assertIn("kafka", log)
+        for s in self.SECRETS:
+            self.assertNotIn(s, log)
+            self.assertFalse(any(s.encode() in p.key for p in info.pairs))
+
+    def test_a_refused_secret_is_named_but_not_shown(self):
+        n = self.node(extra_yaml=self.kafka_yaml(**{"sasl.oauthbearer.method": "pw-s3cret-x"}),
+                      start=False)
+        p = subprocess.run([n.exe, "--config", n.config, "--shard", "0"], capture_output=True,
+                           timeout=20)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn(b"kafka property sasl.oauthbearer.method: librdkafka refused its value "
+                      b"(not shown", p.stderr)
+        self.assertNotIn(b"s3cret", p.stderr)
+
+
+class PrivateFilesTest(RouterTestCase):
+    """The data directory and what is in it are the node user's alone."""
+
+    def test_data_dir_shards_and_sockets_are_private(self):
+        r = self.router(shards=2, partitions=8)
+        mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+        self.assertEqual(mode(r.data_dir), 0o700)
+        self.assertEqual(mode(os.path.join(r.data_dir, "router.lock")), 0o600)
+        for s in range(2):
+            self.assertEqual(mode(r.socket_path(s)), 0o600, "shard-%d.sock" % s)
+            shard = os.path.join(r.data_dir, "shard-%d" % s)
+            self.assertEqual(mode(shard), 0o700)
+            self.assertEqual(mode(os.path.join(shard, "data.mdb")), 0o600)
+
+    def test_world_writable_data_dir_is_refused(self):
+        r = self.router(shards=1, partitions=8, start=False)
+        os.makedirs(r.data_dir)
+        os.chmod(r.data_dir, 0o777)
+        p = r.spawn()
+        self.assertEqual(p.wait(10), 78)
+        self.assertIn("is writable by every user (mode 0777)", r.stderr())
+        self.assertEqual(os.listdir(r.data_dir), [])  # nothing was created in it
+        w = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config, "--shard",
+                            "0"], capture_output=True, timeout=10)
+        self.assertEqual(w.returncode, 78)
+        self.assertIn(b"is writable by every user", w.stderr)
+
+
+class TlsLoadTest(RouterTestCase):
+    def test_load_over_tls_keeps_the_router_healthy(self):
+        r = self.router(shards=2, partitions=8, tls=tls_context(),
+                        extra_yaml=tls_yaml(router={"enabled": "true"}))
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-bench"), "-p", str(r.port), "--tls",
+                            "--cacert", cert_path("ca.crt"), "-c", "8", "-n", "5000", "-P",
+                            "16", "-d", "300", "-t", "hset,hget,hmget,mixed,ping", "--json"],
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        runs = [json.loads(line) for line in p.stdout.decode().splitlines()]
+        self.assertEqual([x["test"] for x in runs], ["hset", "hget", "hmget", "mixed", "ping"])
+        for x in runs:
+            self.assertEqual(x["errors"], 0, x)
+            self.assertEqual(x["requests"], 5000, x)
+        self.assertTrue(r.alive())
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertEqual(log_lines(r.stderr(), "WARN|ERROR"), [])
+        self.assertEqual(r.stop(), 0)
