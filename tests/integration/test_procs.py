@@ -296,6 +296,32 @@ class ProcsTest(ProcsTestCase):
         self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
         self.assertEqual(r.stop(), 0)
 
+    def test_reloaded_config_reaches_a_restarted_router_process(self):
+        """A live reload replaces the master's snapshot: a router process it
+        restarts afterwards runs the reloaded config, not the start one."""
+        r = self.node(resp=False, log="{level: info, slow_threshold: off}")
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 0"))
+        r.proc.send_signal(signal.SIGHUP)
+        line = "configuration reloaded from %s (log.slow_threshold)" % r.config
+        self.assertTrue(wait_until(lambda: r.stderr().count(line) == 5), r.stderr())
+        with open(r.config, "w") as f:  # the file changes again, unreloaded
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 1h"))
+        old = self.routers(r)[1]
+        os.kill(old, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: self.routers(r).get(1, old) != old and
+                                   "router 1 accepts clients again" in r.stderr()), r.stderr())
+        c = self.conn_on(r, 1)
+        self.assertOk(c.hset("t", "k", "v"))
+        req = pb.CommandRequest()
+        req.slowlog.count = 10
+        resp = c.call(req)
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("Hset", [e.command for e in resp.ops.slowlog])  # threshold 0, not off or 1h
+        self.assertEqual(r.stop(), 0)
+
     def test_hscan_cursor_of_another_router_is_refused(self):
         r = self.node()
         a, b = self.redis_on(0), self.redis_on(1)
