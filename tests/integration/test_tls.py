@@ -401,8 +401,8 @@ class KafkaSecretsTest(NodeTestCase):
         p = subprocess.run([n.exe, "--config", n.config, "--shard", "0"], capture_output=True,
                            timeout=20)
         self.assertEqual(p.returncode, 78, p.stderr)
-        self.assertIn(b"kafka property sasl.oauthbearer.method: librdkafka refused its value "
-                      b"(not shown", p.stderr)
+        self.assertIn(b"kafka property sasl.oauthbearer.method (for the consumer): librdkafka "
+                      b"refused its value (not shown", p.stderr)
         self.assertNotIn(b"s3cret", p.stderr)
 
 
