@@ -63,12 +63,15 @@ typedef enum {
     D_REMOTE,     /* cluster.remote list */
     D_USERS,      /* users list */
     D_NODES,      /* cluster.nodes list */
+    D_PLUGINS,    /* plugins list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
-#define F_AUTO 8u /* D_UINT32: "auto" is accepted and stored as 0 */
+#define F_AUTO 8u  /* D_UINT32: "auto" is accepted and stored as 0 */
+#define F_LIVE 16u /* may change in a running process (SIGHUP) */
+#define F_OFF 32u  /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -116,46 +119,50 @@ static const directive_t directives[] = {
     {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
     {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"cluster.bootstrap", D_ENUM, OFF(bootstrap), "snapshot", 0, 0, "snapshot, replay",
-     bootstrap_names, 0},
+     bootstrap_names, F_LIVE},
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
     {"router.resp_listen", D_LISTEN, OFF(resp_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
-     0},
+     F_LIVE},
     {"router.processes", D_UINT32, OFF(router_processes), "auto", 1, KVS_ROUTER_PROCESSES_MAX, NULL,
      NULL, F_AUTO},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
-     "from 1ms to 1h", NULL, 0},
-    {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, 0},
-    {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, 0},
+     "from 1ms to 1h", NULL, F_LIVE},
+    {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, F_LIVE},
+    {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, F_LIVE},
+    {"router.metrics_listen", D_LISTEN, OFF(metrics_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"node.name", D_STRING, OFF(node_name), "", 0, 0, NULL, NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
-     NULL, 0},
+     NULL, F_LIVE},
     {"storage.map_size", D_SIZE, OFF(map_size), "1GiB", MIB, UINT64_MAX, "at least 1MiB", NULL, 0},
     {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
     {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
-    {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, 0},
+    {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, F_LIVE},
     {"limits.client_output", D_SIZE, OFF(client_output), "64MiB", 64 * KIB, UINT64_MAX / 4,
-     "at least 64KiB", NULL, 0},
-    {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, 0},
+     "at least 64KiB", NULL, F_LIVE},
+    {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, F_LIVE},
     {"limits.idle_timeout", D_DURATION, OFF(idle_timeout_ms), "0", 0, 604800000,
-     "from 0 (never) to 7 days", NULL, 0},
+     "from 0 (never) to 7 days", NULL, F_LIVE},
     {"limits.frame_timeout", D_DURATION, OFF(frame_timeout_ms), "30s", 0, 3600000,
-     "from 0 (never) to 1h", NULL, 0},
+     "from 0 (never) to 1h", NULL, F_LIVE},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
-     "at least 1MiB", NULL, 0},
-    {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, 0},
+     "at least 1MiB", NULL, F_LIVE},
+    {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, F_LIVE},
     {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
-     NULL, NULL, 0},
+     NULL, NULL, F_LIVE},
     {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
-    {"kafka.max_lag", D_UINT32, OFF(kafka_max_lag), "10000", 0, UINT32_MAX, NULL, NULL, 0},
+    {"kafka.max_lag", D_UINT32, OFF(kafka_max_lag), "10000", 0, UINT32_MAX, NULL, NULL, F_LIVE},
     {"kafka.properties", D_PROPERTIES, 0, NULL, 0, 0, NULL, NULL, 0},
     {"log.level", D_ENUM, OFF(log_level), "info", 0, 0, "debug, info, warn, error", level_names,
-     F_TEXT},
-    {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, 0},
+     F_TEXT | F_LIVE},
+    {"log.format", D_ENUM, OFF(log_format), "text", 0, 0, "text, json", log_format_names, F_LIVE},
+    {"log.slow_threshold", D_DURATION, OFF(slow_threshold_ms), "10ms", 0, 3600000,
+     "from 0 (every request) to 1h, or off", NULL, F_LIVE | F_OFF},
+    {"log.slow_max", D_UINT32, OFF(slow_max), "128", 1, 100000, NULL, NULL, F_LIVE},
     {"tls.cert", D_STRING, OFF(tls_cert), "", 0, 0, NULL, NULL, 0},
     {"tls.key", D_STRING, OFF(tls_key), "", 0, 0, NULL, NULL, 0},
     {"tls.ca", D_STRING, OFF(tls_ca), "", 0, 0, NULL, NULL, 0},
@@ -183,6 +190,7 @@ static const directive_t directives[] = {
     {"tls.link.ca", D_STRING, OFF(tls_link.ca), "", 0, 0, NULL, NULL, 0},
     {"tls.link.verify_host", D_BOOL, OFF(tls_link.verify_host), "true", 0, 0, NULL, NULL, 0},
     {"users", D_USERS, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"plugins", D_PLUGINS, 0, NULL, 0, 0, NULL, NULL, 0},
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
@@ -517,6 +525,10 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
 static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     uint64_t v;
+    if ((d->flags & F_OFF) && strcasecmp(text, "off") == 0) {
+        *(uint64_t *)field(ctx, d) = UINT64_MAX;
+        return 0;
+    }
     if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "
@@ -525,8 +537,8 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     if (d->type == D_DURATION && kvs_config_parse_duration_ms(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a duration (write milliseconds, or a number with "
-                         "ms, s or m, as in 1s)",
-                         d->path, text);
+                         "ms, s or m, as in 1s%s)",
+                         d->path, text, (d->flags & F_OFF) ? "; or off" : "");
     if (v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);
     *(uint64_t *)field(ctx, d) = v;
@@ -1079,6 +1091,70 @@ uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard)
     return n;
 }
 
+/* ---- plugins -------------------------------------------------------------------- */
+
+/* One plugins entry: "PATH" or {path: PATH, arg: TEXT}. Whether the file
+ * exists and is a plugin is checked where it is loaded (kvs_plugins). */
+static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    const char *text = NULL;
+    snprintf(label, sizeof(label), "plugins[%zu]", idx);
+    kvs_plugin_conf_t *pl = &ctx->cfg->plugins[ctx->cfg->n_plugins++];
+    pl->line = (uint32_t)item->start_mark.line + 1;
+    pl->column = (uint32_t)item->start_mark.column + 1;
+    if (item->type != YAML_MAPPING_NODE) {
+        int rc = scalar_value(ctx, item, label, "a path or {path, arg}", &text);
+        return rc != 0 ? rc : store_string(ctx, &pl->path, text);
+    }
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        const yaml_node_t *key = node_at(ctx, p->key), *val = node_at(ctx, p->value);
+        char path[64];
+        int rc = check_key(ctx, item, p, label);
+        if (rc != 0)
+            return rc;
+        const char *k = scalar_text(key);
+        if (strcmp(k, "path") != 0 && strcmp(k, "arg") != 0)
+            return unknown_key(ctx, key, label);
+        snprintf(path, sizeof(path), "%s.%s", label, k);
+        if ((rc = scalar_value(ctx, val, path, "a string", &text)) != 0 ||
+            (rc = store_string(ctx, k[0] == 'p' ? &pl->path : &pl->arg, text)) != 0)
+            return rc;
+    }
+    if (pl->path == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"path\"", label);
+    return 0;
+}
+
+static int set_plugins(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "plugins: expected a list of shared object paths, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->plugins = calloc(n, sizeof(kvs_plugin_conf_t));
+    if (ctx->cfg->plugins == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        kvs_plugin_conf_t *pl = &ctx->cfg->plugins[i];
+        int rc = parse_plugin(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc == 0 && pl->path[0] == '\0')
+            rc = cfg_error(ctx, &node_at(ctx, seq->data.sequence.items.start[i])->start_mark,
+                           "plugins[%zu]: the path is empty", i);
+        if (rc == 0 && pl->arg == NULL)
+            rc = store_string(ctx, &pl->arg, "");
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
 {
     return kvs_config_binding_n(cfg, table, strlen(table));
@@ -1310,6 +1386,8 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_users(ctx, val);
     if (d->type == D_NODES)
         return set_nodes(ctx, val);
+    if (d->type == D_PLUGINS)
+        return set_plugins(ctx, val);
     const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
@@ -1557,7 +1635,8 @@ static long highest_local_shard(const kvs_config_t *c)
 }
 
 /* Paths derived from data_dir must fit where they go: every local worker's
- * socket <data_dir>/shard-N.sock in a unix socket address (107 bytes), and
+ * socket <data_dir>/shard-N.sock and every router process's
+ * <data_dir>/routerI.sock in a unix socket address (107 bytes), and
  * router.lock and the files of <data_dir>/shard-N/ in PATH_MAX. Checked here so a long
  * data_dir is a config error, not a failure after the workers started. */
 static int check_paths(cfg_ctx_t *ctx)
@@ -1573,6 +1652,17 @@ static int check_paths(cfg_ctx_t *ctx)
                          "data_dir is too long for the workers' unix sockets: \"%.80s%s%s\" is "
                          "%zu bytes, a unix socket path may have at most %d; use a shorter "
                          "data_dir (a symlink to the real directory works)",
+                         c->data_dir, dlen > 80 ? "..." : "", sock, dlen + (size_t)n,
+                         KVS_SOCKET_PATH_MAX);
+    /* Each router process's own socket, <data_dir>/routerI.sock (I below
+     * router.processes; auto takes at most 8). */
+    n = snprintf(sock, sizeof(sock), "/router%u.sock",
+                 (c->router_processes > 0 ? c->router_processes : 8) - 1);
+    if (dlen + (size_t)n > KVS_SOCKET_PATH_MAX)
+        return cfg_error(ctx, m,
+                         "data_dir is too long for the router processes' unix sockets: "
+                         "\"%.80s%s%s\" is %zu bytes, a unix socket path may have at most %d; use "
+                         "a shorter data_dir (a symlink to the real directory works)",
                          c->data_dir, dlen > 80 ? "..." : "", sock, dlen + (size_t)n,
                          KVS_SOCKET_PATH_MAX);
     n = top < 0 ? snprintf(sock, sizeof(sock), "/router.lock")
@@ -1883,6 +1973,204 @@ void kvs_config_free(kvs_config_t *cfg)
         free(cfg->users[i].grants);
     }
     free(cfg->users);
+    for (size_t i = 0; i < cfg->n_plugins; i++) {
+        free(cfg->plugins[i].path);
+        free(cfg->plugins[i].arg);
+    }
+    free(cfg->plugins);
     free(cfg->path);
     free(cfg);
+}
+
+/* ---- live reload ------------------------------------------------------------ */
+
+static int str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static int bindings_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_bindings != b->n_bindings)
+        return 0;
+    for (size_t i = 0; i < a->n_bindings; i++) {
+        const kvs_binding_t *x = &a->bindings[i], *y = &b->bindings[i];
+        if (!str_eq(x->topic, y->topic) || !str_eq(x->table, y->table) || x->format != y->format ||
+            x->partitions != y->partitions || x->partitioner != y->partitioner)
+            return 0;
+    }
+    return 1;
+}
+
+static int properties_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_kafka_properties != b->n_kafka_properties)
+        return 0;
+    for (size_t i = 0; i < a->n_kafka_properties; i++)
+        if (!str_eq(a->kafka_properties[i].key, b->kafka_properties[i].key) ||
+            !str_eq(a->kafka_properties[i].value, b->kafka_properties[i].value))
+            return 0;
+    return 1;
+}
+
+static int remote_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_remote != b->n_remote)
+        return 0;
+    for (size_t i = 0; i < a->n_remote; i++)
+        if (a->remote[i].shard != b->remote[i].shard ||
+            !str_eq(a->remote[i].address, b->remote[i].address))
+            return 0;
+    return 1;
+}
+
+static int nodes_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_nodes != b->n_nodes)
+        return 0;
+    for (size_t i = 0; i < a->n_nodes; i++) {
+        const kvs_node_t *x = &a->nodes[i], *y = &b->nodes[i];
+        if (!str_eq(x->name, y->name) || !str_eq(x->address, y->address) ||
+            x->n_shards != y->n_shards ||
+            (x->n_shards > 0 && memcmp(x->shards, y->shards, x->n_shards * sizeof(*x->shards))))
+            return 0;
+    }
+    return 1;
+}
+
+static int grants_eq(const kvs_user_t *x, const kvs_user_t *y)
+{
+    if (x->n_grants != y->n_grants)
+        return 0;
+    for (size_t g = 0; g < x->n_grants; g++)
+        if (!str_eq(x->grants[g].pattern, y->grants[g].pattern) ||
+            x->grants[g].rights != y->grants[g].rights)
+            return 0;
+    return 1;
+}
+
+static int users_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_users != b->n_users)
+        return 0;
+    for (size_t i = 0; i < a->n_users; i++) {
+        const kvs_user_t *x = &a->users[i], *y = &b->users[i];
+        if (!str_eq(x->name, y->name) || (x->token == NULL) != (y->token == NULL) ||
+            !str_eq(x->token, y->token) || !grants_eq(x, y))
+            return 0;
+    }
+    return 1;
+}
+
+static int plugins_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    if (a->n_plugins != b->n_plugins)
+        return 0;
+    for (size_t i = 0; i < a->n_plugins; i++)
+        if (!str_eq(a->plugins[i].path, b->plugins[i].path) ||
+            !str_eq(a->plugins[i].arg, b->plugins[i].arg))
+            return 0;
+    return 1;
+}
+
+/* Whether directive `d` has the same value in both configs. */
+static int directive_eq(const directive_t *d, const kvs_config_t *a, const kvs_config_t *b)
+{
+    const char *pa = (const char *)a + d->off, *pb = (const char *)b + d->off;
+    switch (d->type) {
+    case D_STRING:
+    case D_LISTEN:
+        return str_eq(*(char *const *)(const void *)pa, *(char *const *)(const void *)pb);
+    case D_ENUM:
+        if (d->flags & F_TEXT)
+            return str_eq(*(char *const *)(const void *)pa, *(char *const *)(const void *)pb);
+        return memcmp(pa, pb, sizeof(int)) == 0;
+    case D_BOOL:
+        return memcmp(pa, pb, sizeof(int)) == 0;
+    case D_UINT32:
+        return memcmp(pa, pb, sizeof(uint32_t)) == 0;
+    case D_SIZE:
+    case D_DURATION:
+        return memcmp(pa, pb, sizeof(uint64_t)) == 0;
+    case D_BINDINGS:
+        return bindings_eq(a, b);
+    case D_PROPERTIES:
+        return properties_eq(a, b);
+    case D_REMOTE:
+        return remote_eq(a, b);
+    case D_NODES:
+        return nodes_eq(a, b);
+    case D_USERS:
+        return users_eq(a, b);
+    case D_PLUGINS:
+        return plugins_eq(a, b);
+    }
+    return 0;
+}
+
+/* The size of a live directive's value (live keys are scalars, or a
+ * string: log.level). */
+static size_t live_size(const directive_t *d)
+{
+    switch (d->type) {
+    case D_ENUM:
+        return (d->flags & F_TEXT) ? sizeof(char *) : sizeof(int);
+    case D_BOOL:
+        return sizeof(int);
+    case D_UINT32:
+        return sizeof(uint32_t);
+    case D_SIZE:
+    case D_DURATION:
+        return sizeof(uint64_t);
+    case D_STRING:
+    case D_LISTEN:
+        return sizeof(char *);
+    default:
+        return 0; /* lists are never live */
+    }
+}
+
+void kvs_config_apply_live(kvs_config_t *cur, kvs_config_t *next)
+{
+    unsigned char tmp[sizeof(uint64_t) > sizeof(char *) ? sizeof(uint64_t) : sizeof(char *)];
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive_t *d = &directives[i];
+        size_t n = live_size(d);
+        if (!(d->flags & F_LIVE) || n == 0)
+            continue;
+        char *pa = (char *)cur + d->off, *pb = (char *)next + d->off;
+        memcpy(tmp, pa, n);
+        memcpy(pa, pb, n);
+        memcpy(pb, tmp, n);
+    }
+}
+
+/* Appends ", name" (or "name" first) to list[0..len). */
+static void list_add(char *list, size_t len, const char *name)
+{
+    size_t at = strlen(list);
+    if (at + 1 < len)
+        snprintf(list + at, len - at, "%s%s", at > 0 ? ", " : "", name);
+}
+
+int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
+                            size_t clen, char *fixed, size_t flen)
+{
+    if (clen > 0)
+        changed[0] = '\0';
+    if (flen > 0)
+        fixed[0] = '\0';
+    int refused = 0;
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive_t *d = &directives[i];
+        if (directive_eq(d, cur, next))
+            continue;
+        if (d->flags & F_LIVE) {
+            list_add(changed, clen, d->path);
+        } else {
+            list_add(fixed, flen, d->path);
+            refused = 1;
+        }
+    }
+    return refused ? KVS_ECONFIG : 0;
 }

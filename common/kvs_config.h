@@ -43,6 +43,8 @@
  *     retry_percent: 10      reads retried on another replica may add at
  *                            most this percent of reads (0..100) ...
  *     retry_burst: 100       ... plus this many (token bucket per router)
+ *     metrics_listen: ""     HOST:PORT serving Prometheus metrics over HTTP
+ *                            (GET /metrics); "" = off
  *   node:
  *     name: ""               this node's name in cluster.nodes (letters,
  *                            digits, '.', '_', '-'; at most 64); with a name,
@@ -91,6 +93,11 @@
  *   log:
  *     level: info            debug | info | warn | error
  *     format: text           text | json (one JSON object per line)
+ *     slow_threshold: 10ms   requests slower than this go to the slow log;
+ *                            0 = every request, off = no slow log
+ *     slow_max: 128          slow log entries kept, 1..100000
+ *   plugins: []              shared objects with request hooks, loaded at
+ *                            start: - PATH, or - {path: PATH, arg: TEXT}
  *   tls:                     TLS material shared by the endpoints below
  *     cert: ""               PEM certificate chain this node presents
  *     key: ""                its PEM private key
@@ -121,6 +128,17 @@
  *                            rights on table patterns (fnmatch globs): read,
  *                            write, admin. With no users, every client may
  *                            do everything.
+ *
+ * Live reload (SIGHUP): kvs_config_reload_check says which keys differ and
+ * whether all of them may change in a running process, and
+ * kvs_config_apply_live moves the live keys' values into the running
+ * config (which keeps its address, so whoever holds a pointer to it reads
+ * the new values). Live: log.*, router.timeout, router.ready_timeout,
+ * router.retry_percent, router.retry_burst, storage.sync_interval,
+ * limits.* except max_frame, kafka.max_lag, cluster.bootstrap. Every other
+ * key may not change live: listeners, the cluster's shape, storage layout,
+ * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
+ * files are read again at every reload, at the paths configured).
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -196,6 +214,18 @@ typedef struct kvs_user_s {
     size_t n_grants;
 } kvs_user_t;
 
+/* One entry of `plugins`: the shared object, the text handed to its init,
+ * and where the entry is in the file (1-based; 0 when not from a file), so
+ * a plugin that cannot load is reported at its line. */
+typedef struct kvs_plugin_conf_s {
+    char *path;
+    char *arg; /* "" when not given */
+    uint32_t line, column;
+} kvs_plugin_conf_t;
+
+/* log.slow_threshold: off. */
+#define KVS_SLOWLOG_OFF UINT64_MAX
+
 typedef struct kvs_remote_s {
     uint32_t shard;
     char *address; /* HOST:PORT of the worker serving it */
@@ -215,7 +245,7 @@ typedef enum {
 } kvs_bootstrap_t;
 
 #define KVS_NODE_NAME_MAX 64
-#define KVS_MAX_REPLICAS 64 /* nodes serving one shard, at most */
+#define KVS_MAX_REPLICAS 64         /* nodes serving one shard, at most */
 #define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
 
 typedef struct kvs_config_s {
@@ -240,6 +270,7 @@ typedef struct kvs_config_s {
     uint32_t retry_percent;
     uint32_t retry_burst;
     uint32_t router_processes; /* 0 = auto */
+    char *metrics_listen;      /* "" = no metrics listener */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -266,6 +297,8 @@ typedef struct kvs_config_s {
 
     char *log_level; /* validated: parses with kvs_log_level_parse; stored lowercase */
     kvs_log_format_t log_format;
+    uint64_t slow_threshold_ms; /* KVS_SLOWLOG_OFF: no slow log; 0: every request */
+    uint32_t slow_max;          /* entries the slow log keeps */
 
     char *tls_cert, *tls_key, *tls_ca;
     int tls_min_version, tls_max_version; /* 0 = TLS1.2, 1 = TLS1.3 */
@@ -274,6 +307,9 @@ typedef struct kvs_config_s {
 
     kvs_user_t *users; /* none: no authentication, no authorization */
     size_t n_users;
+
+    kvs_plugin_conf_t *plugins;
+    size_t n_plugins;
 } kvs_config_t;
 
 /* Loads and validates `path`. On success returns 0 and *out owns a config
@@ -328,6 +364,22 @@ uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard);
 
 /* The node named `name` in cluster.nodes, or NULL. */
 const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name);
+
+/* Live reload: compares the running config `cur` with a freshly loaded
+ * `next`. Writes the keys that differ and may change live into
+ * changed[0..clen) ("log.level, limits.max_inflight", "" when none) and
+ * those that differ and may not into fixed[0..flen). Returns 0 when
+ * `fixed` is empty (next's live keys may be applied), KVS_ECONFIG
+ * otherwise. */
+int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
+                            size_t clen, char *fixed, size_t flen);
+
+/* Live reload, after kvs_config_reload_check accepted `next`: swaps the
+ * value of every live key between `cur` and `next`, so `cur` (the running
+ * config, which keeps its address) holds the new values and `next` the
+ * old ones, to be freed with it. Keys that are not live are left alone
+ * (the check found them equal). */
+void kvs_config_apply_live(kvs_config_t *cur, kvs_config_t *next);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

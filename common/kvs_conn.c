@@ -41,6 +41,7 @@
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "kvs_time.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -337,6 +338,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     if (n > 0) {
+        if (c->group != NULL)
+            c->group->bytes_in += (uint64_t)n;
+        if (c->stamp_reads) { /* one clock read per read, however many requests it holds */
+            c->read_ns = kvs_now_ns();
+            if (c->flusher != NULL)
+                c->flusher->now_ns = c->read_ns;
+        }
         kvs_frame_dec_commit(&c->dec, (size_t)n);
         c->last_input_ms = uv_now(c->h.handle.loop);
         conn_deliver(c);
@@ -579,6 +587,8 @@ static int conn_write_wbuf(kvs_conn_t *c)
             return n;
         if (n > 0) {
             c->woff += (size_t)n;
+            if (c->group != NULL)
+                c->group->bytes_out += (uint64_t)n;
             if ((size_t)n == chunk)
                 continue;
             b = uv_buf_init((char *)c->wbuf.data + c->woff, (unsigned)(chunk - (size_t)n));
@@ -609,6 +619,8 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     c->woff += c->wchunk;
+    if (c->group != NULL)
+        c->group->bytes_out += c->wchunk;
     int rc = conn_write_wbuf(c);
     if (rc != 0) {
         conn_write_failed(c, rc);
@@ -1043,6 +1055,27 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
     return 0;
 }
 
+void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits)
+{
+    g->limits = *limits;
+    if (limits->frame_timeout_ms > 0 || limits->idle_timeout_ms > 0) {
+        if (!uv_is_active((uv_handle_t *)&g->sweep)) {
+            uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+            uv_unref((uv_handle_t *)&g->sweep);
+        }
+    } else {
+        uv_timer_stop(&g->sweep);
+    }
+    for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
+        next = c->grp_next; /* a member past the new hard limit closes and leaves */
+        if (limits->high_water > 0)
+            c->high_water = limits->high_water;
+        c->hard_limit = limits->hard_limit;
+        if (!conn_check_hard(c))
+            conn_output_drained(c);
+    }
+}
+
 void kvs_conn_group_close(kvs_conn_group_t *g)
 {
     uv_timer_stop(&g->sweep);
@@ -1058,6 +1091,7 @@ void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
         g->head->grp_prev = c;
     g->head = c;
     g->count++;
+    g->joined++;
     if (g->limits.high_water > 0)
         c->high_water = g->limits.high_water;
     c->hard_limit = g->limits.hard_limit;
@@ -1101,6 +1135,8 @@ void kvs_flusher_run(kvs_flusher_t *f)
         c->flush_next = NULL;
         kvs_conn_flush(c);
     }
+    if (f->after != NULL)
+        f->after(f);
 }
 
 static void on_check(uv_check_t *h)

@@ -187,6 +187,8 @@ struct kvs_conn_s {
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;            /* decoder bytes charged to the group's input budget */
     uint64_t last_input_ms;    /* loop time of the last bytes read */
+    uint64_t read_ns;          /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;           /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms; /* loop time an incomplete frame started to wait (0: none) */
     char peer[64];             /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                /* the owner's */
@@ -290,8 +292,11 @@ struct kvs_conn_group_s {
     uv_timer_t sweep; /* once a second: frame and idle timeouts */
     kvs_conn_t *head; /* members */
     size_t count;
-    size_t input_used; /* decoder bytes charged by all members */
-    const char *what;  /* "client", for log lines */
+    size_t input_used;  /* decoder bytes charged by all members */
+    const char *what;   /* "client", for log lines */
+    uint64_t joined;    /* members ever (connections accepted) */
+    uint64_t bytes_in;  /* bytes members read */
+    uint64_t bytes_out; /* bytes members wrote */
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -318,6 +323,12 @@ uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned 
 int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_limits_t *limits,
                         const char *what);
 
+/* New limits for a running group (a live reload): members keep their
+ * connections; output limits apply to each at once (a member past the new
+ * hard limit is closed when it next queues output), timeouts from the next
+ * sweep, the input budget from the next read. */
+void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits);
+
 /* Closes the group's timer (members must have left or be closing). */
 void kvs_conn_group_close(kvs_conn_group_t *g);
 
@@ -340,11 +351,15 @@ struct kvs_flusher_s {
     uv_check_t check;
     kvs_conn_t *head;
     kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
+    kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
+    uint64_t now_ns;       /* read_ns of its latest read by a stamp_reads member: the
+                              loop's latest precise time, without a clock read per request */
     void *data;
 };
 
 /* Starts a check handle on `loop` that, after each poll, calls `before`
- * (if set) and then flushes every connection queued with kvs_conn_queue. */
+ * (if set), flushes every connection queued with kvs_conn_queue, then
+ * calls `after` (if set). */
 int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, void *data);
 
 /* Flushes what is queued right now (also used by the check handle). */

@@ -205,6 +205,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
         [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
         [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
+        [KVS__COMMAND_REQUEST__COMMAND_METRICS] = "Metrics",
+        [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = "Slowlog",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -249,6 +251,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->digest->base;
     case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
         return &r->snapshot->base;
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        return &r->metrics->base;
+    case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
+        return &r->slowlog->base;
     default:
         return NULL;
     }
@@ -266,6 +272,53 @@ const char *kvs_msg_request_table(const Kvs__CommandRequest *req)
     if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING)
         return NULL;
     return *(char *const *)(const void *)((const char *)body + f->offset);
+}
+
+static uint32_t count_keys(size_t n)
+{
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req)
+{
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return 1;
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+        return count_keys(req->hmget->n_keys);
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+        return count_keys(req->hmset->n_pairs);
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        return count_keys(req->hmdel->n_keys);
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        return count_keys(req->hmexist->n_keys);
+    default:
+        return 0;
+    }
+}
+
+int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+}
+
+uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len)
+{
+    uint32_t v = 0;
+    if (len < 2 || p[0] != 0x08) /* field 1, varint */
+        return 0;
+    for (size_t i = 1; i < len && i < 6; i++) {
+        v |= (uint32_t)(p[i] & 0x7f) << (7 * (i - 1));
+        if (p[i] < 0x80)
+            return v;
+    }
+    return 0;
 }
 
 static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
@@ -419,7 +472,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
                 msg, len,
                 "unsupported command (CommandRequest field %u); this server supports "
                 "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth "
-                "Hincr Hlen Digest Snapshot",
+                "Hincr Hlen Metrics Slowlog Digest Snapshot",
                 req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }

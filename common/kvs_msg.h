@@ -158,6 +158,18 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);
 /* The table a request names, or NULL (Ping, Info, Auth, no command). */
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
 
+/* How many keys a request names: 1 for the single-key commands, the
+ * length of the key or pair list for the multi-key ones, 0 otherwise. */
+uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req);
+
+/* True for the commands that write (Hset Hmset Hdel Hmdel Hincr). */
+int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c);
+
+/* The status of an encoded CommandResponse, read from its first field
+ * without decoding (encoders write fields in number order, and status is
+ * field 1); 0 when the answer does not start with one. */
+uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len);
+
 /* ---- values ----------------------------------------------------------- */
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for

@@ -24,6 +24,7 @@
 #define F_PAIRS 4
 #define F_CURSOR 5
 #define F_POSITION 6
+#define F_OPS 7
 /* Kvpair fields */
 #define F_PAIR_KEY 1
 #define F_PAIR_VALUE 2
@@ -132,6 +133,11 @@ void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len)
 {
     if (len > 0)
         put_len_field(r, F_POSITION, tok, len);
+}
+
+void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len)
+{
+    put_len_field(r, F_OPS, packed, len);
 }
 
 size_t kvs_resp_size(const kvs_resp_t *r)

@@ -9,7 +9,7 @@
  * parses.
  *
  * Usage: begin, then fields in this order: status, message, values, pairs,
- * cursor, position (protobuf allows any order; keeping one makes output
+ * cursor, position, ops (protobuf allows any order; keeping one makes output
  * canonical),
  * then end. Memory errors are sticky and reported by end.
  */
@@ -50,6 +50,9 @@ void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len);
 /* CommandResponse.position: a position token (kvs_pos); nothing when len
  * is 0. */
 void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len);
+
+/* `ops` (field 7): `packed` is an encoded kvs.OpsAnswer. */
+void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len);
 
 /* Payload bytes written so far (without the header). */
 size_t kvs_resp_size(const kvs_resp_t *r);

@@ -10,25 +10,27 @@ set -euo pipefail
 
 # Build toolchain and the libraries kvs links against (libedit: kvs-cli's
 # line editor; libsystemd: the router's readiness notification; libssl: TLS;
-# libxxhash: table digests and snapshot checksums).
+# libxxhash: table digests and snapshot checksums; libhttp-parser: the
+# metrics listener).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
             liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev libssl-dev
-            libxxhash-dev)
+            libxxhash-dev libhttp-parser-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
 # line editor a real terminal; systemd's systemd-analyze checks the unit
 # file and python3-yaml reads the compose file; the openssl command makes
-# the TLS tests' certificates and is an independent TLS client.
+# the TLS tests' certificates and is an independent TLS client; prometheus
+# brings promtool, which checks the /metrics text.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
-           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
 # against the binaries.
 runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
-              libsystemd0 libssl3 libxxhash0)
+              libsystemd0 libssl3 libxxhash0 libhttp-parser2.9)
 
 case "${1:-}" in
 "") want=("${build_pkgs[@]}") ;;

@@ -35,6 +35,7 @@
  */
 #include "node_cmd.h"
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_resp.h"
 
@@ -634,6 +635,48 @@ static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     return 0;
 }
 
+/* ---- operations -------------------------------------------------------------- */
+
+/* Packs `ops` into the answer (field 7) with status 200. */
+static int put_ops(node_cmd_ctx_t *ctx, kvs_resp_t *r, const Kvs__OpsAnswer *ops)
+{
+    size_t n = kvs__ops_answer__get_packed_size(ops);
+    uint8_t *p = kvs_arena_alloc(&ctx->arena, n ? n : 1);
+    if (p == NULL)
+        return -ENOMEM;
+    kvs__ops_answer__pack(ops, p);
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_ops(r, p, n);
+    return 0;
+}
+
+static int cmd_metrics(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    kvs_mb_t b;
+    (void)req;
+    kvs_mb_init(&b, &ctx->arena);
+    if (ctx->metrics != NULL)
+        ctx->metrics(ctx->metrics_arg, &b);
+    if (b.failed)
+        return -ENOMEM;
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    ops.metrics = b.fams;
+    ops.n_metrics = b.n;
+    return put_ops(ctx, r, &ops);
+}
+
+static int cmd_slowlog(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    if (ctx->slowlog != NULL &&
+        kvs_slowlog_answer(ctx->slowlog, req->slowlog->count, &ctx->arena, &ops) != 0)
+        return -ENOMEM;
+    int rc = put_ops(ctx, r, &ops); /* packed: the entries may go now */
+    if (rc == 0 && ctx->slowlog != NULL && req->slowlog->reset)
+        kvs_slowlog_reset(ctx->slowlog);
+    return rc;
+}
+
 /* Every answer's last check before its frame is closed: one size
  * comparison. An answer past max_frame (a read of a value stored under a
  * larger limit, an Info listing many partitions, ...) becomes this
@@ -685,6 +728,8 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
     [KVS__COMMAND_REQUEST__COMMAND_HINCR] = cmd_hincr,
     [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_hlen,
+    [KVS__COMMAND_REQUEST__COMMAND_METRICS] = cmd_metrics,
+    [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
 };
 
 static int run_auth(node_cmd_ctx_t *ctx, const Kvs__Auth *m, kvs_buf_t *out)
@@ -919,52 +964,169 @@ int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t l
     return rc;
 }
 
+/* ---- hooks ------------------------------------------------------------------- */
+
+/* A request begins: nothing known of it yet but when it arrived (the
+ * caller sets info.received_ns before each frame, 0 meaning now). */
+static void hook_begin(node_cmd_ctx_t *ctx)
+{
+    kvs_request_info_t *in = &ctx->info;
+    in->struct_size = sizeof(*in);
+    in->command = 0;
+    in->command_name = "none";
+    in->table = NULL;
+    in->table_len = in->keys = in->write = in->status = 0;
+    if (in->received_ns == 0)
+        in->received_ns = kvs_now_ns();
+}
+
+/* Notes what the request asks for. The table must stay readable until
+ * the caller of node_cmd_frame is done with `info`: the request's bytes
+ * are; a decoded request's name lives in the arena, reset before
+ * node_cmd_frame returns, so it is copied (`copy`). */
+static void hook_note(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd, const void *table,
+                      size_t table_len, uint32_t keys, int copy)
+{
+    kvs_request_info_t *in = &ctx->info;
+    if (copy && table != NULL) {
+        table_len = table_len < sizeof(ctx->table_copy) ? table_len : sizeof(ctx->table_copy) - 1;
+        memcpy(ctx->table_copy, table, table_len);
+        table = ctx->table_copy;
+    }
+    in->command = (uint32_t)cmd < KVS_METRICS_COMMANDS ? (uint32_t)cmd : 0;
+    in->command_name = kvs_msg_command_name(cmd);
+    in->table = table;
+    in->table_len = table_len > UINT32_MAX ? UINT32_MAX : (uint32_t)table_len;
+    in->keys = keys;
+    in->write = (uint32_t)kvs_msg_is_write(cmd);
+}
+
+/* RECEIVED for a valid, allowed request. Returns 0, or the status a hook
+ * stopped it with (its message in msg). */
+static uint32_t hook_received(node_cmd_ctx_t *ctx, char *msg, size_t mlen)
+{
+    if (!kvs_hook_any(ctx->hooks, KVS_HOOK_RECEIVED))
+        return 0;
+    ctx->info.now_ns = kvs_now_ns();
+    return kvs_hook_run(ctx->hooks, KVS_HOOK_RECEIVED, &ctx->info, msg, mlen);
+}
+
+int node_cmd_executed(const kvs_hook_chain_t *hooks, kvs_request_info_t *in, kvs_buf_t *out,
+                      size_t start)
+{
+    char msg[KVS_HOOK_MSG];
+    in->status = kvs_msg_answer_status(out->data + start + KVS_FRAME_HEADER,
+                                       out->len - start - KVS_FRAME_HEADER);
+    in->now_ns = kvs_now_ns();
+    uint32_t st = kvs_hook_run(hooks, KVS_HOOK_EXECUTED, in, msg, sizeof(msg));
+    if (st == 0)
+        return 0;
+    out->len = start;
+    in->status = st;
+    return kvs_msg_append_status(out, st, "%s", msg);
+}
+
+/* EXECUTED once the answer appended at out[start..) is known; a hook may
+ * replace it. An answer that comes later (a slot: nothing was appended
+ * here) gets its EXECUTED from node_server when the slot is done. Returns
+ * rc, or the result of appending the replacement. */
+static int hook_executed(node_cmd_ctx_t *ctx, kvs_buf_t *out, size_t start, int rc)
+{
+    if (rc != 0 || out->len < start + KVS_FRAME_HEADER)
+        return rc;
+    return node_cmd_executed(ctx->hooks, &ctx->info, out, start);
+}
+
+/* The fast path: a valid single-key request (access control and RECEIVED
+ * first). Returns 0 or a negative error when it is answered (or deferred),
+ * 1 when the full path must run it (RECEIVED has run). */
+static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kvs_buf_t *out)
+{
+    char msg[KVS_HOOK_MSG];
+    int rc;
+    if (hooks)
+        hook_note(ctx, pk->cmd, pk->table, pk->table_len, 1, 0);
+    if (ctx->who != NULL && !allowed(ctx, pk->cmd, pk->table, pk->table_len, out, &rc))
+        return rc;
+    uint32_t st = hooks ? hook_received(ctx, msg, sizeof(msg)) : 0;
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
+    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, out) : 0;
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    if (b == NULL || !bound_peeked(ctx, b, pk))
+        return run_fast(ctx, pk, out);
+    return 1;
+}
+
+/* A valid, allowed request: the worker commands, then bound and unbound
+ * tables. */
+static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, const char *table,
+                       const uint8_t *payload, size_t len, kvs_buf_t *out)
+{
+    const kvs_binding_t *b = table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
+    int rc;
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
+        return node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
+        return ctx->snapshot != NULL
+                   ? ctx->snapshot(ctx->snapshot_arg, out)
+                   : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                           "Snapshot is not available on this server");
+    if (b == NULL && table != NULL &&
+        (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
+        return rc < 0 ? rc : 0;
+    if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
+        return node_cmd_execute(ctx, req, out);
+    return rc > 0 ? 0 : rc;
+}
+
+/* The full path: decode, validate, access control, RECEIVED (unless the
+ * fast path ran it: `received`), run. */
+static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, int hooks,
+                         int received, kvs_buf_t *out)
+{
+    char msg[KVS_HOOK_MSG];
+    int rc;
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+    if (req == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
+                                     len);
+    uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+    const char *table = kvs_msg_request_table(req);
+    size_t tlen = table != NULL ? strlen(table) : 0;
+    if (hooks && !received) /* EXECUTED sees what a refused request asked for too */
+        hook_note(ctx, req->command_case, table, tlen, kvs_msg_request_keys(req), 1);
+    if (st != KVS_STATUS_OK)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    if (ctx->who != NULL && !allowed(ctx, req->command_case, table, tlen, out, &rc))
+        return rc; /* answered 401 or 403 */
+    st = hooks && !received ? hook_received(ctx, msg, sizeof(msg)) : 0;
+    if (st != 0)
+        return kvs_msg_append_status(out, st, "%s", msg);
+    return run_decoded(ctx, req, table, payload, len, out);
+}
+
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out)
 {
-    char msg[512];
     kvs_peek_t pk;
-    int rc;
-    if (kvs_msg_peek(payload, len, &pk)) {
-        if (ctx->who != NULL && !allowed(ctx, pk.cmd, pk.table, pk.table_len, out, &rc))
-            return rc;
-        const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
-        rc = b == NULL ? unbound_refused(ctx, pk.cmd, pk.table, pk.table_len, out) : 0;
-        if (rc != 0)
-            return rc < 0 ? rc : 0;
-        if (b == NULL || !bound_peeked(ctx, b, &pk))
-            return run_fast(ctx, &pk, out);
-    }
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
-    if (req == NULL) {
-        rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
-                                   "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
-                                   len);
-    } else {
-        uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
-        if (st == KVS_STATUS_OK)
-            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
-        const char *table = st == KVS_STATUS_OK ? kvs_msg_request_table(req) : NULL;
-        const kvs_binding_t *b = table != NULL ? bound_table(ctx, table, strlen(table)) : NULL;
-        if (st != KVS_STATUS_OK)
-            rc = kvs_msg_append_status(out, st, "%s", msg);
-        else if (ctx->who != NULL && !allowed(ctx, req->command_case, table,
-                                              table != NULL ? strlen(table) : 0, out, &rc))
-            ; /* answered 401 or 403 */
-        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
-            rc = node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
-        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
-            rc = ctx->snapshot != NULL
-                     ? ctx->snapshot(ctx->snapshot_arg, out)
-                     : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
-                                             "Snapshot is not available on this server");
-        else if (b == NULL && table != NULL &&
-                 (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
-            rc = rc < 0 ? rc : 0;
-        else if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
-            rc = node_cmd_execute(ctx, req, out);
-        else if (rc > 0)
-            rc = 0;
-    }
+    size_t start = out->len;
+    /* A read executed again once it may run (node_reads) had its events
+     * when it arrived; its answer's come with its slot (node_server). */
+    int hooks = ctx->hooks != NULL && !ctx->ungated;
+    int rc = 1, received = 0;
+    if (hooks)
+        hook_begin(ctx);
+    if (kvs_msg_peek(payload, len, &pk))
+        received = (rc = frame_peeked(ctx, &pk, hooks, out)) == 1;
+    if (rc == 1)
+        rc = frame_decoded(ctx, payload, len, hooks, received, out);
+    if (hooks)
+        rc = hook_executed(ctx, out, start, rc);
     kvs_arena_reset(&ctx->arena);
     return rc;
 }

@@ -9,8 +9,11 @@
 #include "kvs_auth.h"
 #include "kvs_buf.h"
 #include "kvs_config.h"
+#include "kvs_hook.h"
+#include "kvs_metrics.h"
 #include "kvs_msg.h"
 #include "node_digest.h"
+#include "kvs_slowlog.h"
 #include "node_ingest.h"
 #include "node_reads.h"
 #include "node_slot.h"
@@ -53,14 +56,33 @@ typedef struct node_cmd_ctx_s {
      * appends an error answer to `out`. */
     int (*snapshot)(void *arg, kvs_buf_t *out);
     void *snapshot_arg;
+    /* Operations (all optional). With `hooks`, node_cmd_frame runs the
+     * RECEIVED and EXECUTED events of every request, filling `info` (the
+     * caller sets its peer, identity and conn_id, and received_ns, 0
+     * meaning now, before each frame); info.table stays readable until
+     * the next frame (a decoded request's name is copied to table_copy,
+     * a peeked one's points into the payload). A request whose answer comes later
+     * (a slot) leaves `info` as it was at RECEIVED, for the caller to keep
+     * and to run EXECUTED with node_cmd_executed when the answer is known.
+     * `slowlog` answers Slowlog; `metrics` adds the process's families for
+     * Metrics. */
+    const kvs_hook_chain_t *hooks;
+    kvs_request_info_t info;
+    char table_copy[KVS_MAX_TABLE + 1]; /* info.table of a decoded request */
+    kvs_slowlog_t *slowlog;
+    void (*metrics)(void *arg, kvs_mb_t *b);
+    void *metrics_arg;
 } node_cmd_ctx_t;
 
 /* Decodes, validates and executes the request in `payload`, appending one
  * response frame to `out`. Bad input yields a 400 response and changes
  * nothing; with ctx->who set, a request its user may not make gets 401 or
- * 403 and changes nothing. Returns 0 (the answer appended, or to come through
- * a slot: see node_slot.h), or -ENOMEM when not even an error response
- * fits (the connection should then be closed). */
+ * 403 and changes nothing. With ctx->hooks, a RECEIVED hook may stop a
+ * valid, allowed request (it is answered with the hook's status, not
+ * executed) and an EXECUTED hook may replace its answer; ctx->info then
+ * describes the request, its status and times. Returns 0 (the answer
+ * appended, or to come through a slot: see node_slot.h), or -ENOMEM when
+ * not even an error response fits (the connection should then be closed). */
 int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out);
 
 /* Executes a decoded, validated request (same contract), as if no table
@@ -68,7 +90,15 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
 int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_buf_t *out);
 
 /* node_cmd_frame without the freshness checks of bound tables' reads (for
- * node_reads, once a read may be served). Same contract. */
+ * node_reads, once a read may be served), and without hooks (the request
+ * had its RECEIVED when it arrived). Same contract. */
 int node_cmd_frame_ungated(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_buf_t *out);
+
+/* EXECUTED for a request described by `in` whose answer is the frame at
+ * out[start..): sets in->status and in->now_ns and runs the hooks; one
+ * that stops the request replaces the answer with its status and message.
+ * Returns 0, or -ENOMEM when the replacement does not fit. */
+int node_cmd_executed(const kvs_hook_chain_t *hooks, kvs_request_info_t *in, kvs_buf_t *out,
+                      size_t start);
 
 #endif

@@ -885,6 +885,63 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
     }
 }
 
+/* ---- metrics ---------------------------------------------------------------------- */
+
+/* The families of one column of every owned partition. */
+static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, const char *name,
+                          Kvs__MetricFamily__Type type, const char *help, int col)
+{
+    Kvs__MetricFamily *f = kvs_mb_family(b, name, type, help);
+    int serving = in->assigned && !in->rewind && !in->stopping;
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!pt->owned)
+                continue;
+            int64_t end = end_offset(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
+            double v = col == 0   ? (double)pt->applied
+                       : col == 1 ? (double)pt->skipped
+                       : col == 2 ? (double)pt->misplaced
+                       : col == 3 ? (double)next
+                       : col == 4 ? (double)end
+                       : col == 5 ? (double)part_lag(next, end)
+                                  : (double)serving;
+            kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
+                          kvs_mb_printf(b, "%u", p));
+        }
+    }
+}
+
+void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
+{
+    static const struct {
+        const char *name, *help;
+        Kvs__MetricFamily__Type type;
+    } cols[] = {
+        {"kvs_partition_applied_records_total", "Kafka records applied to the store.",
+         KVS__METRIC_FAMILY__TYPE__COUNTER},
+        {"kvs_partition_skipped_records_total",
+         "Kafka records skipped (no key, a payload the binding's format refuses, too large).",
+         KVS__METRIC_FAMILY__TYPE__COUNTER},
+        {"kvs_partition_misplaced_records_total",
+         "Applied Kafka records that came on another partition than their key's.",
+         KVS__METRIC_FAMILY__TYPE__COUNTER},
+        {"kvs_partition_next_offset", "Offset of the next record to apply (-1: not known yet).",
+         KVS__METRIC_FAMILY__TYPE__GAUGE},
+        {"kvs_partition_end_offset", "The partition's end offset as last seen (-1: not known yet).",
+         KVS__METRIC_FAMILY__TYPE__GAUGE},
+        {"kvs_partition_lag_records", "Records behind the end of the partition (-1: not known).",
+         KVS__METRIC_FAMILY__TYPE__GAUGE},
+        {"kvs_partition_serving",
+         "1 while the partition is assigned and ingesting, 0 while its worker waits (start-up "
+         "checks, re-reading a lost batch, stopping).",
+         KVS__METRIC_FAMILY__TYPE__GAUGE},
+    };
+    for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
+        metric_column(in, b, shard, cols[i].name, cols[i].type, cols[i].help, i);
+}
+
 /* ---- metadata check and assignment ------------------------------------------------ */
 
 /* Asks for every topic (not just ours): a metadata request naming a topic

@@ -20,6 +20,7 @@
 
 #include "kvs_config.h"
 #include "kvs_fresh.h"
+#include "kvs_metrics.h"
 #include "kvs_resp.h"
 #include "node_store.h"
 
@@ -132,6 +133,11 @@ char *node_ingest_group(const kvs_config_t *cfg);
  * (a snapshot, a digest's read) tells about how far it got. */
 void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len);
 int64_t node_ingest_meta_next(const void *val, size_t len);
+
+/* Adds the per-partition families (kvs_partition_*, labelled shard, topic
+ * and partition: applied, skipped and misplaced records, next and end
+ * offsets, lag, serving) to `b`. */
+void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */

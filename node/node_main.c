@@ -10,10 +10,19 @@
  * exits 0; a second signal (or a 10 s drain timeout) closes clients at once.
  *
  * With tls.node enabled the TCP listener speaks TLS (mutual TLS by
- * default); SIGHUP reloads its certificate, key and CA from their files
- * (connections already open keep theirs).
+ * default).
  *
  * Normally started by kvs-router; runs stand-alone just as well.
+ *
+ * SIGHUP (the kvs-router master passes its own on once it accepted the
+ * file) re-reads the config file. A file that does not load, or that
+ * changes a key that cannot change live (kvs_config_reload_check), leaves
+ * everything as it was, saying why. Otherwise the live keys apply
+ * (kvs_config_apply_live moves them into the running config, which every
+ * module reads in place: log level and format, the slow log, limits for
+ * the clients, storage.sync_interval, kafka.max_lag, ...), then tls.node's
+ * certificate, key and CA are read again from their files (connections
+ * already open keep theirs).
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
@@ -33,6 +42,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "node_bootstrap.h"
+#include "kvs_plugins.h"
 #include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
@@ -58,7 +68,7 @@ typedef struct node_args_s {
     const char *socket;
     int exit_with_parent;
     long parent_pid; /* --exit-with-parent=PID: the parent it must have; 0: the one it has */
-    int report_fd; /* -1: none */
+    int report_fd;   /* -1: none */
 } node_args_t;
 
 typedef struct node_main_s {
@@ -72,6 +82,8 @@ typedef struct node_main_s {
     kvs_auth_t *auth;   /* users, or NULL */
     node_digest_t *digest;
     node_snapshot_t *snapshot;
+    const char *config_path;
+    kvs_config_t *cfg; /* the running config (live reload changes its live keys in place) */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -394,13 +406,51 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     return 0;
 }
 
-/* SIGHUP: reload what can change live (today the TLS material). */
+/* SIGHUP, step 1: the config file (see the file comment). Returns 0 when
+ * it was applied (or nothing changed), else nonzero after logging why. */
+static int reload_config(node_main_t *m)
+{
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
+    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        node_server_count_reload(m->srv, "error");
+        return -1;
+    }
+    int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
+    if (rc != 0) {
+        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
+                  "it for that); the running configuration is unchanged",
+                  fixed);
+        node_server_count_reload(m->srv, "refused");
+    } else if ((rc = node_server_reload(m->srv, next)) != 0) {
+        kvs_error("reload: out of memory; the running configuration is unchanged");
+        node_server_count_reload(m->srv, "error");
+    } else {
+        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+        node_server_count_reload(m->srv, "ok");
+        kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                 changed[0] ? changed : "nothing changed");
+    }
+    kvs_config_free(next);
+    return rc;
+}
+
+/* SIGHUP (the master passes it on once its own check accepted the file):
+ * the config file's live keys, then the TLS material of tls.node. A
+ * refused reload changes neither. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     node_main_t *m = h->data;
     char err[600];
     (void)signum;
-    if (m->tls == NULL)
+    if (m->signals > 0)
+        return; /* shutting down */
+    if (reload_config(m) != 0 || m->tls == NULL)
         return;
     if (kvs_tls_ctx_reload(m->tls, err, sizeof(err)) == 0)
         kvs_info("received SIGHUP: tls.node certificate, key and CA reloaded; new connections use "
@@ -534,19 +584,29 @@ int main(int argc, char **argv)
         kvs_error("parent process is gone; not starting");
         return 1;
     }
+    kvs_plugins_t *plugins = NULL;
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
+    if (rc == 0 && store != NULL) {
+        char err[4600];
+        if (kvs_plugins_load(cfg, "node", (int)args.shard, &plugins, err, sizeof(err)) != 0)
+            rc = config_fatal(&m, "%s", err);
+    }
     if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
+        node_store_close(store);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         if (m.loop != NULL)
             uv_loop_close(m.loop);
         return finish(&m, rc);
     }
+    m.config_path = args.config;
+    m.cfg = cfg;
 
     m.loop = uv_default_loop();
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         node_store_close(store);
+        kvs_plugins_free(plugins);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
         return 1;
@@ -563,9 +623,11 @@ int main(int argc, char **argv)
         .auth = m.auth,
         .sync_interval_ms = cfg->sync == KVS_SYNC_BATCH ? cfg->sync_interval_ms : 0,
         .shard = (uint32_t)args.shard,
+        .plugins = plugins,
     };
     if (node_server_start(&so, &m.srv) != 0) {
         node_store_close(store);
+        kvs_plugins_free(plugins);
         kvs_auth_free(m.auth);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
@@ -605,6 +667,7 @@ int main(int argc, char **argv)
             m.exit_code = 1;
     }
     node_server_free(m.srv);
+    kvs_plugins_free(plugins); /* no hook runs any more */
     uv_loop_close(m.loop);
     kvs_auth_free(m.auth);
     kvs_tls_ctx_free(m.tls);

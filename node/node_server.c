@@ -34,17 +34,31 @@
  * answer is appended when the check is done, in a later turn, so it never
  * belongs to a write batch.
  *
+ * Hooks: the worker's chain (kvs_hook) holds the built-in metrics hook and
+ * the slow log (both at EXECUTED: a worker's service time) and the
+ * plugins' hooks. node_cmd runs RECEIVED and EXECUTED as each request
+ * runs; a request answered through a slot keeps what hooks see of it (its
+ * info, with table and peer copied) in the slot, and its EXECUTED runs
+ * when the slot is done. Only when some hook wants the send events does
+ * each answer leave a record for the turn's end: BEFORE_SEND runs after
+ * the commit, once the turn's answers (slots included) are in the output
+ * buffers, AFTER_SEND once they were handed to the sockets.
+ *
  * Shutdown: stop listening, let every client's queued responses (and
  * waiting answers, which the owner of the waits fails on shutdown) drain,
  * then close. The caller closes the store after the loop ends.
  */
 #include "node_server.h"
 #include "kvs_err.h"
+#include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_time.h"
 #include "node_cmd.h"
 #include "node_slot.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,20 +68,35 @@
 
 typedef struct node_client_s node_client_t;
 
+/* What hooks see of a request, kept past its frame: for the send events
+ * (a turn's records), and in a slot whose answer comes later. */
+typedef struct turn_rec_s {
+    kvs_request_info_t info;
+    char table[KVS_MAX_TABLE + 1];
+    char peer[64];
+} turn_rec_t;
+
+#define TURN_RECS_KEEP 4096 /* a record array larger than this is given back after its turn */
+
 struct node_slot_s {
     node_client_t *cl; /* NULL once the client is gone */
+    node_server_t *srv;
     node_slot_t *next; /* the client's FIFO */
     kvs_buf_t buf;     /* the answer */
     uint64_t gen;      /* batch the answer was built in (0: none) */
     size_t held;       /* bytes held against the connection for it */
     int done;
-    int deferred; /* a handler holds it (node_slot_done will come) */
-    int ordered;  /* the client's later requests wait for this answer */
+    int deferred;   /* a handler holds it (node_slot_done will come) */
+    int ordered;    /* the client's later requests wait for this answer */
+    int has_rec;    /* `rec` describes its request (hooks) */
+    int executed;   /* EXECUTED ran for it */
+    turn_rec_t rec; /* what hooks see of its request */
 };
 
 struct node_client_s {
     kvs_conn_t conn;
     node_server_t *srv;
+    uint64_t id;               /* unique within the process, for hooks */
     int listener;              /* index of the listener it came through */
     uint64_t mark_gen;         /* batch generation `mark` refers to (0 = none) */
     size_t mark;               /* out offset of the first response in that batch */
@@ -123,6 +152,17 @@ struct node_server_s {
     node_server_turn_cb turn_cb;
     void *turn_arg;
     node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
+    /* operations */
+    kvs_hook_chain_t chain;
+    const kvs_plugins_t *plugins;
+    kvs_req_metrics_t reqm;
+    kvs_slowlog_t slowlog;
+    uint64_t next_client_id;
+    uint64_t reloads[3]; /* ok, error, refused */
+    double start_time;
+    char shard_label[16];
+    turn_rec_t *recs; /* requests of this turn, for the send events */
+    size_t n_recs, cap_recs;
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -242,6 +282,71 @@ static void track_batch(node_client_t *cl, node_slot_t *slot, size_t before)
     batch_list_add(srv, cl);
 }
 
+/* ---- send events -------------------------------------------------------------- */
+
+/* Whether any hook wants the send events (then each answer leaves a
+ * record for the turn's end). */
+static int send_events_wanted(const node_server_t *srv)
+{
+    return kvs_hook_any(&srv->chain, KVS_HOOK_BEFORE_SEND) ||
+           kvs_hook_any(&srv->chain, KVS_HOOK_AFTER_SEND);
+}
+
+/* Copies `in` into `r`, with its table and peer (which die with the
+ * request's bytes and its connection). */
+static void rec_fill(turn_rec_t *r, const kvs_request_info_t *in)
+{
+    size_t n = in->table != NULL && in->table_len < sizeof(r->table) ? in->table_len : 0;
+    r->info = *in;
+    memcpy(r->table, in->table != NULL ? in->table : "", n);
+    r->table[n] = '\0';
+    r->info.table = in->table != NULL ? r->table : NULL;
+    r->info.table_len = (uint32_t)n;
+    snprintf(r->peer, sizeof(r->peer), "%s", in->peer != NULL ? in->peer : "");
+    r->info.peer = r->peer;
+}
+
+/* Keeps a request answered this turn for the turn's send events. */
+static void keep_record(node_server_t *srv, const kvs_request_info_t *in)
+{
+    if (srv->n_recs == srv->cap_recs) {
+        size_t cap = srv->cap_recs ? srv->cap_recs * 2 : 64;
+        turn_rec_t *r = realloc(srv->recs, cap * sizeof(*r));
+        if (r == NULL) {
+            kvs_warn("out of memory: a request's send hooks are skipped");
+            return;
+        }
+        srv->recs = r;
+        srv->cap_recs = cap;
+    }
+    rec_fill(&srv->recs[srv->n_recs++], in);
+}
+
+static void run_send_event(node_server_t *srv, kvs_hook_event_t ev)
+{
+    char msg[KVS_HOOK_MSG];
+    if (srv->n_recs == 0 || !kvs_hook_any(&srv->chain, ev))
+        return;
+    uint64_t now = kvs_now_ns();
+    for (size_t i = 0; i < srv->n_recs; i++) {
+        srv->recs[i].info.now_ns = now;
+        kvs_hook_run(&srv->chain, ev, &srv->recs[i].info, msg, sizeof(msg));
+    }
+}
+
+/* The flusher's `after` step: the turn's answers went to the sockets. */
+static void on_flushed(kvs_flusher_t *f)
+{
+    node_server_t *srv = f->data;
+    run_send_event(srv, KVS_HOOK_AFTER_SEND);
+    srv->n_recs = 0;
+    if (srv->cap_recs > TURN_RECS_KEEP) {
+        free(srv->recs);
+        srv->recs = NULL;
+        srv->cap_recs = 0;
+    }
+}
+
 /* ---- slots ------------------------------------------------------------------ */
 
 static node_slot_t *slot_push(node_client_t *cl)
@@ -250,6 +355,7 @@ static node_slot_t *slot_push(node_client_t *cl)
     if (s == NULL)
         return NULL;
     s->cl = cl;
+    s->srv = cl->srv;
     if (cl->tail != NULL)
         cl->tail->next = s;
     else
@@ -358,6 +464,11 @@ int node_slot_wanted(const node_slot_t *s)
 
 void node_slot_done(node_slot_t *s)
 {
+    if (s->has_rec && !s->executed && s->buf.len >= KVS_FRAME_HEADER) {
+        s->executed = 1; /* its answer is known now (the client may be gone: it ran all the same) */
+        if (node_cmd_executed(&s->srv->chain, &s->rec.info, &s->buf, 0) != 0)
+            kvs_error("out of memory replacing an answer a hook stopped; the answer stays");
+    }
     if (s->cl == NULL) {
         slot_free(s); /* orphaned: nobody wants the answer */
         return;
@@ -387,6 +498,8 @@ static void flush_slots(node_server_t *srv)
                 break;
             }
             kvs_conn_hold(&cl->conn, -(ptrdiff_t)s->held);
+            if (s->has_rec && send_events_wanted(srv))
+                keep_record(srv, &s->rec.info);
             slot_free(s);
             moved = 1;
         }
@@ -449,6 +562,7 @@ static void on_turn_end(kvs_flusher_t *f)
             ready_add(srv, cl);
     }
     flush_slots(srv);
+    run_send_event(srv, KVS_HOOK_BEFORE_SEND);
 }
 
 /* ---- clients ------------------------------------------------------------- */
@@ -500,6 +614,17 @@ static void on_tls_ready(kvs_conn_t *c)
                  c->peer);
 }
 
+/* What hooks see of the client of the request about to run. */
+static void hook_identity(node_server_t *srv, node_client_t *cl)
+{
+    kvs_request_info_t *in = &srv->cmd.info;
+    const char *user = srv->auth != NULL ? kvs_auth_user_name(&cl->auth) : NULL;
+    in->peer = cl->conn.peer;
+    in->identity = user != NULL ? user : "";
+    in->conn_id = cl->id;
+    in->received_ns = cl->conn.read_ns; /* noted once per read by kvs_conn */
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
@@ -516,6 +641,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->exec_slot = slot;
     srv->exec_deferred = 0;
     srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
+    hook_identity(srv, cl);
     int rc = node_cmd_frame(&srv->cmd, payload, len, out);
     if (cl->streaming) { /* Snapshot took the connection: nothing else is answered on it */
         srv->executing = NULL;
@@ -530,6 +656,13 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         kvs_error("cannot build a response (%s); closing the connection", kvs_strerror(rc));
         kvs_conn_close(c);
         return;
+    }
+    if (slot != NULL && (deferred || send_events_wanted(srv))) {
+        rec_fill(&slot->rec, &srv->cmd.info); /* EXECUTED (if deferred) and the send events */
+        slot->has_rec = 1;
+        slot->executed = !deferred;
+    } else if (slot == NULL && send_events_wanted(srv)) {
+        keep_record(srv, &srv->cmd.info);
     }
     if (deferred) {
         /* No answer yet; but a batch that failed while it ran may hold
@@ -653,6 +786,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     cl->srv = srv;
+    cl->id = ++srv->next_client_id;
     cl->listener = li;
     srv->listener_clients[li]++;
     int is_unix = server->type == UV_NAMED_PIPE;
@@ -661,6 +795,7 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
     cl->conn.on_ready = on_tls_ready;
+    cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &srv->groups[li]);
     cl->next = srv->clients;
     if (srv->clients != NULL)
@@ -689,6 +824,150 @@ static void on_sync_timer(uv_timer_t *t)
     int rc = node_store_sync(srv->store);
     if (rc != 0)
         kvs_error("periodic sync failed: %s", kvs_strerror(rc));
+}
+
+/* ---- operations ----------------------------------------------------------------- */
+
+/* The built-in metrics hook (EXECUTED): one counter, one histogram. */
+static uint32_t metrics_hook(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
+                             char *msg, size_t msglen)
+{
+    node_server_t *srv = state;
+    (void)ev;
+    (void)msg;
+    (void)msglen;
+    kvs_req_metrics_count(&srv->reqm, req->command, req->status, req->now_ns - req->received_ns);
+    return 0;
+}
+
+/* Builds the chain: metrics, the slow log when on, then the plugins. */
+static void build_chain(node_server_t *srv)
+{
+    kvs_hook_chain_init(&srv->chain);
+    kvs_hook_add(&srv->chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), metrics_hook, srv, 0);
+    if (kvs_slowlog_on(&srv->slowlog))
+        kvs_hook_add(&srv->chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), kvs_slowlog_hook, &srv->slowlog,
+                     0);
+    if (kvs_plugins_attach(srv->plugins, &srv->chain) != 0)
+        kvs_warn("the request hook chain is full: some plugin hooks are left out");
+}
+
+static void store_metrics(node_server_t *srv, kvs_mb_t *b)
+{
+    node_store_stats_t st;
+    const char *sh = srv->shard_label;
+    node_store_stats(srv->store, &st);
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+        {"kvs_lmdb_map_size_bytes", "Size of the LMDB map (address space, not disk), bytes."},
+        {"kvs_lmdb_page_size_bytes", "LMDB page size, bytes."},
+        {"kvs_lmdb_pages_used", "Pages of the LMDB data file in use (last page number + 1)."},
+        {"kvs_lmdb_readers", "LMDB reader slots in use."},
+        {"kvs_lmdb_max_readers", "LMDB reader slots."},
+        {"kvs_lmdb_tables", "Tables (named LMDB databases) in the shard."},
+    };
+    double v[] = {(double)st.map_size, (double)st.page_size,   (double)st.pages_used,
+                  (double)st.readers,  (double)st.max_readers, (double)st.tables};
+    for (size_t i = 0; i < sizeof(gauges) / sizeof(gauges[0]); i++)
+        kvs_mb_sample(
+            b, kvs_mb_family(b, gauges[i].name, KVS__METRIC_FAMILY__TYPE__GAUGE, gauges[i].help),
+            v[i], 1, "shard", sh);
+    kvs_mb_hist(b,
+                kvs_mb_family(b, "kvs_commit_batch_writes", KVS__METRIC_FAMILY__TYPE__HISTOGRAM,
+                              "Writes per committed group-commit batch (client writes and Kafka "
+                              "records with their offsets)."),
+                st.batch_writes, node_store_batch_bounds, NODE_BATCH_BUCKETS, 1, 1, "shard", sh);
+    kvs_mb_hist(b,
+                kvs_mb_family(b, "kvs_commit_duration_seconds", KVS__METRIC_FAMILY__TYPE__HISTOGRAM,
+                              "Time an LMDB commit of a batch took (its disk sync included)."),
+                st.commit_ns, kvs_latency_bounds_ns, KVS_LATENCY_BUCKETS, 1e-9, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_commit_failures_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Batches that failed to commit or were aborted (their requests "
+                                "were answered with errors)."),
+                  (double)st.failed_batches, 1, "shard", sh);
+}
+
+static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
+{
+    const char *sh = srv->shard_label;
+    uint64_t joined = 0, in = 0, out = 0;
+    for (int i = 0; i < 2; i++) {
+        joined += srv->groups[i].joined;
+        in += srv->groups[i].bytes_in;
+        out += srv->groups[i].bytes_out;
+    }
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_connections", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                "Connections open to the worker (the router's links included)."),
+                  (double)srv->n_clients, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_connections_accepted_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Connections the worker accepted."),
+                  (double)joined, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_received_bytes_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Bytes the worker read from its connections."),
+                  (double)in, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_sent_bytes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Bytes the worker wrote to its connections."),
+                  (double)out, 1, "shard", sh);
+}
+
+/* node_cmd's Metrics: every family of this worker. */
+static void server_metrics(void *arg, kvs_mb_t *b)
+{
+    node_server_t *srv = arg;
+    const char *labels[] = {"shard", srv->shard_label};
+    const char *process[] = {"role", "node", "shard", srv->shard_label};
+    kvs_mb_requests(b, &srv->reqm, "kvs_worker_", "a worker executed (its service time)", 1,
+                    labels);
+    conn_metrics(srv, b);
+    store_metrics(srv, b);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_shard_replicas", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                "Copies of the shard in the cluster (cluster.nodes; 1 without "
+                                "replicas), this worker's included."),
+                  (double)srv->cmd.replicas, 1, "shard", srv->shard_label);
+    if (srv->cmd.ingest != NULL)
+        node_ingest_metrics(srv->cmd.ingest, b, srv->shard_label);
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
+                      "load), refused (a key that cannot change live changed).");
+    static const char *const results[] = {"ok", "error", "refused"};
+    for (int i = 0; i < 3; i++)
+        kvs_mb_sample(b, f, (double)srv->reloads[i], 3, "role", "node", "shard", srv->shard_label,
+                      "result", results[i]);
+    kvs_mb_process(b, srv->start_time, 2, process);
+}
+
+void node_server_count_reload(node_server_t *srv, const char *result)
+{
+    int i = strcmp(result, "ok") == 0 ? 0 : strcmp(result, "error") == 0 ? 1 : 2;
+    srv->reloads[i]++;
+}
+
+int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
+{
+    kvs_conn_limits_t limits;
+    if (kvs_slowlog_configure(&srv->slowlog, cfg->slow_threshold_ms, cfg->slow_max) != 0)
+        return -ENOMEM;
+    build_chain(srv);
+    kvs_conn_limits_from_config(&limits, cfg);
+    limits.idle_timeout_ms = 0; /* as at start (node_server_start says why) */
+    for (int i = 0; i < 2; i++)
+        kvs_conn_group_set_limits(&srv->groups[i], &limits);
+    srv->max_clients =
+        kvs_conn_max_clients(cfg->max_clients, (unsigned)srv->n_listeners, NODE_FD_RESERVE);
+    if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH)
+        uv_timer_start(&srv->sync_timer, on_sync_timer, cfg->sync_interval_ms,
+                       cfg->sync_interval_ms);
+    return 0;
 }
 
 /* ---- start / stop -------------------------------------------------------------- */
@@ -742,6 +1021,20 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     }
     srv->cmd.replicas = kvs_config_replica_count(o->limits, o->shard);
     kvs_arena_init(&srv->cmd.arena);
+    srv->plugins = o->plugins;
+    srv->start_time = kvs_metrics_unix_now();
+    snprintf(srv->shard_label, sizeof(srv->shard_label), "%u", o->shard);
+    kvs_slowlog_init(&srv->slowlog);
+    if (kvs_slowlog_configure(&srv->slowlog, o->limits->slow_threshold_ms, o->limits->slow_max) !=
+        0) {
+        free(srv);
+        return -ENOMEM;
+    }
+    build_chain(srv);
+    srv->cmd.hooks = &srv->chain;
+    srv->cmd.slowlog = &srv->slowlog;
+    srv->cmd.metrics = server_metrics;
+    srv->cmd.metrics_arg = srv;
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
     kvs_conn_limits_t limits;
@@ -756,6 +1049,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     uv_idle_init(o->loop, &srv->kick);
     srv->kick.data = srv;
     int rc = kvs_flusher_init(&srv->flusher, o->loop, on_turn_end, srv);
+    srv->flusher.after = on_flushed;
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = kvs_conn_group_init(&srv->groups[i], o->loop, &limits, "client");
     for (size_t i = 0; rc == 0 && i < o->n_addrs && i < 2; i++)
@@ -894,6 +1188,8 @@ void node_server_free(node_server_t *srv)
     if (srv == NULL)
         return;
     kvs_arena_close(&srv->cmd.arena);
+    kvs_slowlog_free(&srv->slowlog);
+    free(srv->recs);
     free(srv);
 }
 

@@ -8,6 +8,7 @@
 #include "kvs_addr.h"
 #include "kvs_auth.h"
 #include "kvs_conn.h"
+#include "kvs_plugins.h"
 #include "node_digest.h"
 #include "node_ingest.h"
 #include "node_reads.h"
@@ -33,6 +34,7 @@ typedef struct node_server_opts_s {
     kvs_auth_t *auth;   /* users, or NULL when none are configured; outlives the server */
     uint64_t sync_interval_ms; /* > 0: node_store_sync on this period */
     uint32_t shard;
+    const kvs_plugins_t *plugins; /* their hooks join the chain (may be NULL) */
 } node_server_opts_t;
 
 /* Runs after every turn's commit attempt with its result (Kafka ingestion
@@ -77,5 +79,15 @@ void node_server_abort_clients(node_server_t *srv);
 void node_server_free(node_server_t *srv);
 
 size_t node_server_clients(const node_server_t *srv);
+
+/* Applies a reloaded config's live keys (limits.* for the clients, new and
+ * connected; log.slow_*; storage.sync_interval). `cfg` is only read during
+ * the call. Returns 0 or -ENOMEM (then nothing changed). */
+int node_server_reload(node_server_t *srv, const kvs_config_t *cfg);
+
+/* Counts a reload attempt for kvs_config_reloads_total: result "ok",
+ * "error" (the file did not load) or "refused" (a key that cannot change
+ * live changed). */
+void node_server_count_reload(node_server_t *srv, const char *result);
 
 #endif

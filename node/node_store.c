@@ -110,6 +110,10 @@ struct node_store_s {
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
+    uint64_t batch_writes;  /* writes in the open batch */
+    kvs_hist_t hist_writes; /* per committed batch */
+    kvs_hist_t hist_commit; /* commit time, ns */
+    uint64_t failed_batches;
     unsigned pins; /* views and copies other threads run: the map must not move */
 };
 
@@ -119,6 +123,9 @@ struct node_store_view_s {
     MDB_dbi dbi;
     int has_table; /* the table existed (committed) when the view was opened */
 };
+
+const uint64_t node_store_batch_bounds[NODE_BATCH_BUCKETS] = {
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
 
 static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
 
@@ -308,6 +315,8 @@ static int batch_abort(node_store_t *s, int err)
     s->reserve_err = err; /* the rest of a reservation must not start anew */
     uint64_t gen = s->gen;
     s->last_failed_gen = gen;
+    s->failed_batches++;
+    s->batch_writes = 0;
     mdb_txn_abort(s->wtxn);
     read_release(s);
     s->wtxn = NULL;
@@ -328,10 +337,19 @@ static int batch_commit(node_store_t *s)
 {
     if (s->wtxn == NULL)
         return 0;
+    uint64_t t0 = kvs_now_ns();
     int rc = mdb_txn_commit(s->wtxn); /* frees the txn, also when it fails */
-    uint64_t gen = s->gen;
+    uint64_t gen = s->gen, writes = s->batch_writes;
     s->wtxn = NULL;
     s->gen = 0;
+    s->batch_writes = 0;
+    if (rc == 0) {
+        kvs_hist_observe(&s->hist_commit, kvs_latency_bounds_ns, KVS_LATENCY_BUCKETS,
+                         kvs_now_ns() - t0);
+        kvs_hist_observe(&s->hist_writes, node_store_batch_bounds, NODE_BATCH_BUCKETS, writes);
+    } else {
+        s->failed_batches++;
+    }
     if (rc != 0) {
         /* LMDB writes the meta page last: a failed commit left the previous
          * state whole. Nothing of the batch is stored; say so. */
@@ -437,6 +455,7 @@ static int batch_room(node_store_t *s, size_t bytes)
 static void wrote(node_store_t *s, MDB_dbi dbi)
 {
     MDB_stat st;
+    s->batch_writes++;
     s->reserve_wrote |= s->reserved;
     if (mdb_stat(s->wtxn, dbi, &st) == 0 && st.ms_depth > s->depth)
         s->depth = st.ms_depth;
@@ -642,6 +661,23 @@ int node_store_sync(node_store_t *s)
 {
     int rc = mdb_env_sync(s->env, 1);
     return rc == 0 ? 0 : write_err(s, "mdb_env_sync", rc);
+}
+
+void node_store_stats(const node_store_t *s, node_store_stats_t *out)
+{
+    MDB_envinfo info;
+    memset(out, 0, sizeof(*out));
+    if (mdb_env_info(s->env, &info) == 0) {
+        out->pages_used = (uint64_t)info.me_last_pgno + 1;
+        out->readers = info.me_numreaders;
+        out->max_readers = info.me_maxreaders;
+    }
+    out->map_size = s->map_size;
+    out->page_size = s->psize;
+    out->tables = s->n_tables;
+    out->batch_writes = &s->hist_writes;
+    out->commit_ns = &s->hist_commit;
+    out->failed_batches = s->failed_batches;
 }
 
 uint32_t node_store_table_count(const node_store_t *s)

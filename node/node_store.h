@@ -25,6 +25,7 @@
 #define NODE_STORE_H
 
 #include "kvs_config.h"
+#include "kvs_metrics.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -172,6 +173,26 @@ int node_store_view_copy(node_store_view_t *v, int fd);
 
 /* Loop thread: closes a view (ending its snapshot if still begun). */
 void node_store_view_close(node_store_view_t *v);
+
+/* What node_store_stats reports: the environment (LMDB's own figures) and
+ * the group commits so far. Histograms point into the store. */
+#define NODE_BATCH_BUCKETS 15
+extern const uint64_t node_store_batch_bounds[NODE_BATCH_BUCKETS]; /* writes: 1 .. 16384 */
+
+typedef struct node_store_stats_s {
+    uint64_t map_size;    /* bytes */
+    uint64_t page_size;   /* bytes */
+    uint64_t pages_used;  /* the data file's pages in use (last page number + 1) */
+    uint64_t readers;     /* reader slots in use (this worker and other processes) */
+    uint64_t max_readers; /* reader slots */
+    uint32_t tables;
+    const kvs_hist_t *batch_writes; /* writes per committed batch (node_store_batch_bounds) */
+    const kvs_hist_t *commit_ns;    /* time each commit took, ns (kvs_latency_bounds_ns) */
+    uint64_t failed_batches;        /* batches that failed to commit or were aborted */
+} node_store_stats_t;
+
+/* Fills *out. Cheap (two LMDB calls that take no lock). */
+void node_store_stats(const node_store_t *s, node_store_stats_t *out);
 
 /* Number of tables, and the current map size in bytes. */
 uint32_t node_store_table_count(const node_store_t *s);

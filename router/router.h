@@ -8,7 +8,11 @@
 #include "kvs_auth.h"
 #include "kvs_config.h"
 #include "kvs_conn.h"
+#include "kvs_hook.h"
+#include "kvs_metrics.h"
 #include "kvs_msg.h"
+#include "kvs_plugins.h"
+#include "kvs_slowlog.h"
 #include "router_link.h"
 #include "router_replica.h"
 #include "router_session.h"
@@ -46,9 +50,12 @@ struct router_s {
     kvs_arena_t reply_arena; /* kvs answer -> RESP reply, reset per answer */
     kvs_buf_t redis_pack;    /* the packed kvs request of a RESP command */
     struct router_redis_cursors_s *redis_cursors; /* HSCAN cursors (router_redis) */
-    uint64_t next_client_id;
-    kvs_listener_t resp_listener; /* router.resp_listen, when set */
+    uint64_t next_client_id;                      /* RESP clients' CLIENT ID counter */
+    uint64_t next_conn_id;                        /* every connection's (hooks' conn_id) */
+    kvs_listener_t resp_listener;                 /* router.resp_listen, when set */
     int resp_listening;
+    kvs_listener_t admin_listener; /* <data_dir>/routerI.sock: this process's own, trusted */
+    int admin_listening;
     uint32_t proc_index;       /* this router process's index (router_procs.h) */
     uint32_t n_procs;          /* router.processes, resolved */
     uint64_t id_base;          /* client ids and HSCAN cursor numbers: id_base | counter */
@@ -60,6 +67,15 @@ struct router_s {
     kvs_buf_t scratch;         /* a request with positions attached, being sent */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
+    /* operations (router_ops.c) */
+    kvs_hook_chain_t chain;       /* the request hooks: metrics, slow log, plugins */
+    const kvs_plugins_t *plugins; /* loaded at start, or NULL */
+    kvs_req_metrics_t reqm;       /* requests by command and status, end to end */
+    kvs_slowlog_t slowlog;
+    uint64_t accepted[2], refused[2]; /* clients, by protocol (0 kvs, 1 RESP) */
+    /* More families for Metrics (the supervisor's, the process's), or NULL. */
+    void (*add_metrics)(router_t *r, kvs_mb_t *b);
+    struct router_http_s *http; /* router.metrics_listen, when set */
 };
 
 /* ---- clients (router_client.c) ------------------------------------------ */
@@ -67,8 +83,17 @@ struct router_s {
 /* Starts accepting clients on cfg->router_listen, and Redis protocol
  * clients on cfg->resp_listen when set, each on a socket of its own that
  * the node's other router processes share (SO_REUSEPORT, router_ports);
- * their inodes go to r->listen_inodes. Returns 0 or a uv error. */
+ * their inodes go to r->listen_inodes. Also listens on this process's own
+ * unix socket (router_procs_admin_path; kvs protocol, trusted like the
+ * workers' sockets, no TLS, not counted in limits.max_clients), where the
+ * master asks for its metrics and an operator may reach this process.
+ * Returns 0 or a uv error. */
 int router_clients_listen(router_t *r);
+
+/* A reload: applies `next`'s limits.* to the clients (connected ones too,
+ * see kvs_conn_group_set_limits) and recomputes the client cap. `next` is
+ * only read during the call. */
+void router_clients_reload(router_t *r, const kvs_config_t *next);
 
 /* Stops accepting; every client is answered what it sent, then closed.
  * r->on_drained runs when the last one is gone. */
@@ -146,6 +171,15 @@ struct router_req_s {
     int releasing;           /* being routed from the held list: not held again */
     router_req_t *held_next; /* the session's held list */
     kvs_buf_t held_payload;
+    /* hooks: what they see of the request, and how far it got */
+    kvs_request_info_t info;
+    uint8_t stopped;  /* a RECEIVED hook stopped it: no EXECUTED */
+    uint8_t executed; /* EXECUTED ran */
+    uint8_t internal; /* not a client's (a metrics scrape): no hooks, not counted */
+    void (*on_done)(router_req_t *req); /* internal requests: the answer is in resp */
+    void *done_arg;
+    /* Past this point nothing is zeroed when a request is recycled. */
+    char table_copy[KVS_MAX_TABLE + 1]; /* info.table, kept while hooks read it later */
 };
 
 /* Allocates a request for `cl` (which queues it at its FIFO tail before
@@ -177,6 +211,68 @@ void router_req_complete(router_req_t *req);
 
 /* Frees a request (its client is done with it, or gone and it completed). */
 void router_req_free(router_req_t *req);
+
+/* ---- operations (router_ops.c) --------------------------------------------- */
+
+/* Sets up metrics, the slow log (cfg's log.slow_*) and the hook chain
+ * (built-in hooks, then `plugins`). Returns 0 or -ENOMEM. */
+int router_ops_init(router_t *r, const kvs_config_t *cfg, const kvs_plugins_t *plugins);
+
+/* Applies a reloaded config's slow log settings and rebuilds the chain.
+ * Returns 0 or -ENOMEM (nothing changed). */
+int router_ops_reload(router_t *r, const kvs_config_t *cfg);
+
+/* Notes what hooks see of request `req`: command `cmd` on table[0..tlen)
+ * (NULL: none), naming `keys` keys. The table is copied into the request
+ * only while some hook reads it after RECEIVED (the slow log, plugins);
+ * otherwise it points into the request's bytes until router_ops_forget. */
+void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *table, size_t tlen,
+                     uint32_t keys);
+
+/* RECEIVED for a valid, allowed request (noted). Returns 1 when a hook
+ * stopped it, which is then answered (router_req_finish_status) with the
+ * hook's status and message. A held request being released had its
+ * RECEIVED already: 0. */
+int router_ops_received(router_t *r, router_req_t *req);
+
+/* The request's bytes are going: hooks that run later see no table
+ * unless it was copied. */
+void router_ops_forget(router_req_t *req);
+
+/* Slowlog: answers `req` from the router's own log (end-to-end times,
+ * clients' addresses), emptying it afterwards if asked. */
+void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q);
+
+/* Frees what router_ops_init allocated. */
+void router_ops_close(router_t *r);
+
+/* The router's own families (requests, clients, links); then
+ * r->add_metrics's. */
+void router_ops_metrics(router_t *r, kvs_mb_t *b);
+
+/* The router's time for hooks, without a clock read per request: the time
+ * of the latest read on its loop (a client's request, a worker's answers:
+ * kvs_conn notes it once per read, and router_req_complete after a merge),
+ * or the loop's own time (ms) when that is later (an answer a timer made,
+ * such as a shard's timeout). */
+static inline uint64_t router_now_ns(const router_t *r)
+{
+    uint64_t loop_ns = uv_now(r->loop) * 1000000u;
+    return r->flusher.now_ns > loop_ns ? r->flusher.now_ns : loop_ns;
+}
+
+/* Runs send event `ev` (BEFORE_SEND or AFTER_SEND) for `req`, whose
+ * answer goes into its client's output now. Nothing registered, nothing
+ * done. */
+static inline void router_req_send_event(router_req_t *req, kvs_hook_event_t ev)
+{
+    router_t *r = req->router;
+    char msg[KVS_HOOK_MSG];
+    if (req->internal || !kvs_hook_any(&r->chain, ev))
+        return;
+    req->info.now_ns = router_now_ns(r);
+    kvs_hook_run(&r->chain, ev, &req->info, msg, sizeof(msg));
+}
 
 /* The reply callback given to every link. */
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,

@@ -23,6 +23,13 @@
  * requests after it run as whoever it makes the client; the answer takes
  * its place in the FIFO like any other.
  *
+ * Hooks: a request's info (what hooks see) starts at router_client_enqueue
+ * with the client's address, the user it authenticated as (kvs_auth; ""
+ * when nobody) and the time it was received (the time its bytes were
+ * read, which kvs_conn notes once per read); router_route adds the rest. The send events run here,
+ * as each answer goes into the client's output: BEFORE_SEND just before, AFTER_SEND just after (the
+ * metrics hook and the slow log take the end-to-end time there).
+ *
  * Lifetimes: a client that goes away leaves its unfinished requests
  * orphaned (req->client = NULL); each frees itself when its last part
  * answers. Held requests were never sent: they are freed with the client.
@@ -37,6 +44,7 @@
 #include "router_procs.h"
 #include "router_redis.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +54,7 @@ struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
     router_session_t session;  /* positions of its writes, requests held behind them */
+    uint64_t id;               /* unique within the process (hooks' conn_id) */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
@@ -111,6 +120,7 @@ static void client_flush_done(router_client_t *cl)
         cl->inflight--;
         size_t len = req->resp.len;
         int rc;
+        router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
         if (len == 0)
             rc = -ENOMEM;
         else if (cl->redis == NULL || req->raw) /* a frame, or a reply already in RESP */
@@ -124,6 +134,7 @@ static void client_flush_done(router_client_t *cl)
             return;
         }
         kvs_conn_hold(&cl->conn, -(ptrdiff_t)len); /* now in `out` instead */
+        router_req_send_event(req, KVS_HOOK_AFTER_SEND);
         router_req_free(req);
         wrote = 1;
     }
@@ -156,6 +167,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
 {
     if (req != cl->head || (cl->conn.flags & KVS_CONN_CLOSING))
         return 0;
+    router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
     if (client_write(cl, req, payload, len) != 0)
         return 0;
     kvs_conn_hold(&cl->conn, -(ptrdiff_t)req->reserve);
@@ -163,6 +175,7 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     if (cl->head == NULL)
         cl->tail = NULL;
     cl->inflight--;
+    router_req_send_event(req, KVS_HOOK_AFTER_SEND);
     router_req_free(req);
     kvs_conn_queue(&cl->conn);
     client_flush_done(cl); /* later answers may have been waiting on this one */
@@ -184,6 +197,14 @@ router_req_t *router_client_enqueue(router_client_t *cl)
         cl->head = req;
     cl->tail = req;
     cl->inflight++;
+    kvs_request_info_t *in = &req->info;
+    in->struct_size = sizeof(*in);
+    in->command_name = "none";
+    const char *user = req->who != NULL ? kvs_auth_user_name(req->who) : NULL;
+    in->peer = cl->conn.peer;
+    in->identity = user != NULL ? user : ""; /* the user it authenticated as, both front doors */
+    in->conn_id = cl->id;
+    in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
 }
 
@@ -314,10 +335,12 @@ static void on_conn_closed(kvs_conn_t *c)
         next = req->next;
         req->next = NULL;
         /* done; held (never sent); or an Auth (no part will finish it) */
-        if (req->done || req->held || req == cl->auth_req)
+        if (req->done || req->held || req == cl->auth_req) {
             router_req_free(req);
-        else
+        } else {
             req->client = NULL; /* frees itself when its parts answer */
+            req->info.peer = "(gone)";
+        }
     }
     router_session_free(&cl->session);
     if (cl->prev != NULL)
@@ -354,6 +377,7 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
                                           r->max_clients)) == 0)
         kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
     kvs_buf_free(&b);
+    r->refused[resp != 0]++;
     uint64_t now = uv_now(r->loop);
     if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
         r->refused_log_ms = now;
@@ -371,8 +395,9 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int resp = server == &r->resp_listener.stream;
+    int admin = server == &r->admin_listener.stream; /* private: not capped */
     size_t n = resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients;
-    if (n >= r->max_clients) {
+    if (!admin && n >= r->max_clients) {
         refuse_client(r, server, resp);
         return;
     }
@@ -385,6 +410,8 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     cl->router = r;
+    cl->id = ++r->next_conn_id;
+    r->accepted[resp != 0]++;
     router_session_init(&cl->session);
     kvs_conn_init(&cl->conn, r->loop, server->type == UV_NAMED_PIPE, (uint32_t)r->cfg->max_frame,
                   on_frame, on_conn_error, on_conn_closed);
@@ -395,17 +422,20 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
     cl->conn.on_ready = on_tls_ready;
+    cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
     if (r->clients != NULL)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = r->tls != NULL ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
+    int rc = r->tls != NULL && !admin ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
     if (rc == 0)
         rc = kvs_conn_accept(&cl->conn, server);
-    /* Tokens only where nobody can overhear them. */
-    kvs_auth_conn_init(&cl->auth, 0, r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
+    /* Tokens only where nobody can overhear them. The private socket's
+     * peers are the node's own user (its directory is private): trusted. */
+    kvs_auth_conn_init(&cl->auth, admin,
+                       admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -443,6 +473,30 @@ static int listen_resp(router_t *r)
     r->resp_listener.handle.data = r;
     r->resp_listening = 1;
     kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
+    return 0;
+}
+
+/* This process's own socket (router_procs_admin_path). */
+static int listen_admin(router_t *r)
+{
+    kvs_addr_t addr;
+    char spec[4200], err[256];
+    int rc = router_procs_admin_path(r->cfg, r->proc_index, spec, sizeof(spec));
+    if (rc == 0)
+        rc = kvs_addr_parse(spec, 0, &addr, err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "the path is too long");
+    if (rc != 0) {
+        kvs_error("%s: %s (data_dir too long?)", spec, err);
+        return rc;
+    }
+    rc = kvs_listen(r->loop, &addr, &r->admin_listener, on_connection);
+    if (rc != 0) {
+        listen_failed(spec, rc);
+        return rc;
+    }
+    r->admin_listener.handle.data = r;
+    r->admin_listening = 1;
     return 0;
 }
 
@@ -484,7 +538,19 @@ int router_clients_listen(router_t *r)
                  "tokens sent from other hosts are refused (they would travel in the clear), "
                  "so those clients cannot authenticate; enable tls.router",
                  r->cfg->router_listen);
-    return listen_resp(r);
+    rc = listen_resp(r);
+    return rc != 0 ? rc : listen_admin(r);
+}
+
+void router_clients_reload(router_t *r, const kvs_config_t *next)
+{
+    if (!r->listening)
+        return; /* not accepting yet: router_clients_listen reads the new config */
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, next);
+    kvs_conn_group_set_limits(&r->group, &limits);
+    r->max_clients = kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1,
+                                          r->shards + ROUTER_FD_RESERVE);
 }
 
 void router_clients_drain(router_t *r)
@@ -497,6 +563,10 @@ void router_clients_drain(router_t *r)
     if (r->resp_listening) {
         uv_close(&r->resp_listener.handle, NULL);
         r->resp_listening = 0;
+    }
+    if (r->admin_listening) {
+        uv_close(&r->admin_listener.handle, NULL);
+        r->admin_listening = 0;
     }
     /* Stop reading new bytes, but answer every request already received,
      * including complete frames a paused client still has buffered. */

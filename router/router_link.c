@@ -132,6 +132,7 @@ static void link_down(router_link_t *l, const char *why)
         l->conn = NULL;
     }
     l->up = 0;
+    l->downs += was_up != 0;
     l->handshaking = 0;
     if (was_up)
         kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
@@ -250,6 +251,7 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
                            on_conn_closed);
     c->data = l;
     c->flusher = l->flusher;
+    c->stamp_reads = 1; /* answers' arrival times, for request metrics and the slow log */
     kvs_frame_dec_skip_oversized(&c->dec); /* an oversized answer fails its request only */
     /* A link must always read and deliver answers: stopping because its
      * own requests are queued deadlocks against a worker stuck writing

@@ -74,6 +74,7 @@ struct router_link_s {
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
+    uint64_t downs;            /* times the link went down after being up (metrics) */
     void *data;
 };
 

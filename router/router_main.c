@@ -31,10 +31,25 @@
  * DRAIN_TIMEOUT_MS are closed too. The master stops the workers once every
  * router process is gone.
  *
- * SIGHUP (passed on by the master) reloads the TLS certificates, keys and
- * CAs of the client listener and the links from their files (rotation:
- * connections already open keep theirs, new ones use the new material; a
- * file that does not load leaves the old material in use, logged).
+ * SIGHUP (passed on by the master once its own check accepted the file,
+ * see router_master.c) is a live reload: the router process loads the
+ * config file again itself, takes its share of it, and checks it against
+ * its running config with the same rules (kvs_config_reload_check: a file
+ * that does not load, or that changes a key that cannot change live,
+ * changes nothing, logged). Otherwise the live keys move into the running
+ * config (kvs_config_apply_live: r->cfg keeps its address, so every module
+ * reads the new values in place), the values modules copied are pushed to
+ * them (apply_reload), and the TLS certificates, keys and CAs of the
+ * client listener and the links are read again from their files
+ * (rotation: connections already open keep theirs, new ones use the new
+ * material; a file that does not load leaves the old material in use,
+ * logged).
+ *
+ * Operations: the request hooks, metrics and slow log (router_ops.c) of
+ * this process, its plugins (loaded at start; a plugin that does not load
+ * is a fatal configuration error, 78), and its own unix socket
+ * <data_dir>/routerI.sock (router_client.c), which the master's metrics
+ * listener asks for this process's metrics.
  *
  * Exit status (the master's, which is the node's): 0 after a signal, 1
  * when the node could not start (or listen), 2 for a bad command line, 78
@@ -51,6 +66,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_plugins.h"
 #include "router.h"
 #include "router_master.h"
 #include "router_procs.h"
@@ -74,6 +90,10 @@
 
 typedef struct router_main_s {
     router_t r;
+    kvs_config_t *cfg; /* r.cfg, writable: a reload changes its live keys in place */
+    kvs_plugins_t *plugins;
+    uint64_t reloads[3]; /* ok, error, refused */
+    double start_time;
     const char *config_path;
     long index; /* --router: this router process's index; -1: the master */
     long gen;   /* --generation */
@@ -341,15 +361,83 @@ static void tls_reload(kvs_tls_ctx_t *c)
                   err);
 }
 
-/* SIGHUP (passed on by the master, which passes it to the workers too):
- * what can change live. Today: TLS material. */
+/* Pushes the reloaded live keys to what copied them: the slow log and hook
+ * chain were rebuilt already; client limits (to connected clients too,
+ * see kvs_conn_group_set_limits), links' router.timeout (for requests
+ * sent from now on) and request queue bound, the retry budget. */
+static void apply_reload(router_main_t *m)
+{
+    router_t *r = &m->r;
+    const kvs_config_t *cfg = m->cfg;
+    router_clients_reload(r, cfg);
+    for (uint32_t i = 0; i < r->n_links && r->links != NULL; i++) {
+        r->links[i].timeout_ms = cfg->router_timeout_ms;
+        r->links[i].max_queue = (size_t)cfg->client_output;
+    }
+    router_budget_configure(&r->budget, cfg->retry_percent, cfg->retry_burst);
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse(cfg->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format(cfg->log_format);
+}
+
+/* The config file, reloaded (see the file comment). Returns 0 when it
+ * applied, nonzero (logged) when nothing changed. */
+static int reload_config(router_main_t *m)
+{
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
+    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        m->reloads[1]++;
+        return -1;
+    }
+    router_procs_share(next, m->r.proc_index, m->r.n_procs); /* as the running one was */
+    int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
+    if (rc != 0) {
+        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
+                  "it for that); the running configuration is unchanged",
+                  fixed);
+        m->reloads[2]++;
+    } else if ((rc = router_ops_reload(&m->r, next)) != 0) {
+        kvs_error("reload: out of memory; the running configuration is unchanged");
+        m->reloads[1]++;
+    } else {
+        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        apply_reload(m);
+        m->reloads[0]++;
+        kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                 changed[0] ? changed : "nothing changed");
+    }
+    kvs_config_free(next);
+    return rc;
+}
+
+/* SIGHUP: the config's live keys, then the TLS material. A refused
+ * reload changes neither. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     router_main_t *m = h->data;
     (void)signum;
-    kvs_info("received SIGHUP: reloading TLS material");
+    if (m->shutting_down || reload_config(m) != 0)
+        return;
     tls_reload(m->r.tls);
     tls_reload(m->r.link_tls);
+}
+
+/* More Metrics families: what only main knows (reloads, the process). */
+static void main_metrics(router_t *r, kvs_mb_t *b)
+{
+    router_main_t *m = (router_main_t *)r; /* r is the first member */
+    static const char *const labels[] = {"role", "router"};
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
+                      "load), refused (a key that cannot change live changed).");
+    static const char *const results[] = {"ok", "error", "refused"};
+    for (int i = 0; i < 3; i++)
+        kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "router", "result", results[i]);
+    kvs_mb_process(b, m->start_time, 1, labels);
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -384,6 +472,9 @@ static int router_start(router_main_t *m)
     for (uint32_t s = 0; s < r->shards; s++)
         if (kvs_config_local(r->cfg, s))
             m->n_local++;
+    r->add_metrics = main_metrics;
+    if (rc == 0)
+        rc = router_ops_init(r, r->cfg, m->plugins);
     if (rc == 0)
         rc = start_links(m);
     if (rc != 0)
@@ -428,7 +519,8 @@ static int load_config(router_main_t *m, kvs_config_t **cfg)
     kvs_log_set_level(level);
     kvs_log_set_format((*cfg)->log_format);
     router_procs_share(*cfg, (uint32_t)m->index, (uint32_t)m->n_procs);
-    m->r.cfg = *cfg;
+    m->r.cfg = m->cfg = *cfg;
+    m->start_time = kvs_metrics_unix_now();
     m->r.proc_index = (uint32_t)m->index;
     m->r.n_procs = (uint32_t)m->n_procs;
     m->r.id_base = router_procs_id_base((uint32_t)m->index, (uint32_t)m->gen);
@@ -451,6 +543,19 @@ static void router_free(router_main_t *m)
     kvs_tls_ctx_free(m->r.tls);
     kvs_tls_ctx_free(m->r.link_tls);
     kvs_auth_free(m->r.auth);
+    router_ops_close(&m->r);
+    kvs_plugins_free(m->plugins); /* no hook runs any more */
+}
+
+/* Loads the plugins config.yaml names. Returns 0, or EX_CONFIG after
+ * reporting why (a plugin that does not load can never start). */
+static int plugins_start(router_main_t *m)
+{
+    char err[4600];
+    if (kvs_plugins_load(m->cfg, "router", -1, &m->plugins, err, sizeof(err)) == 0)
+        return 0;
+    report_exit("%s", err);
+    return EX_CONFIG;
 }
 
 /* A router process, from its descriptors to its exit status. */
@@ -470,6 +575,8 @@ static int router_process_run(router_main_t *m)
     unsetenv("NOTIFY_SOCKET"); /* only the master speaks to systemd (NotifyAccess=main) */
     int rc = load_config(m, &cfg);
     if (rc == 0)
+        rc = plugins_start(m);
+    if (rc == 0)
         rc = tls_start(m);
     if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m->r.auth)) != 0) {
         report_exit("users: cannot set up authentication: %s", kvs_strerror(rc));
@@ -478,6 +585,7 @@ static int router_process_run(router_main_t *m)
     if (rc != 0) {
         kvs_tls_ctx_free(m->r.tls);
         kvs_tls_ctx_free(m->r.link_tls);
+        kvs_plugins_free(m->plugins);
         kvs_config_free(cfg);
         return rc;
     }

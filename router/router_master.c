@@ -26,8 +26,27 @@
  * While serving: a router process that dies is restarted with backoff
  * (its clients lose their connections; the kernel gives its share of new
  * connections to the other routers meanwhile); one that exits 78 stops the
- * node with 78, like a worker that does. SIGHUP is passed on to every
- * router process (TLS material reload) and worker.
+ * node with 78, like a worker that does.
+ *
+ * Live reload (SIGHUP, systemctl reload), between RELOADING=1 and READY=1:
+ * the master reads the file into a new snapshot and loads it, built whole
+ * before anything uses it (nginx style), and checks it against its running
+ * config (kvs_config_reload_check). A file that does not load, or that
+ * changes a key that cannot change live, is refused whole: logged, naming
+ * the keys, nothing changes anywhere, the children are not told. Otherwise
+ * the master takes the live keys (kvs_config_apply_live), the new snapshot
+ * replaces the old one (a router process restarted from now on runs it),
+ * and SIGHUP is passed on to every router process and worker. Each of them
+ * loads the file itself and checks it against its own running config with
+ * the same rules before it applies the live keys, then reloads its TLS
+ * material (router_main.c, node_main.c): so no process ever applies a
+ * change that is not live, even if the file is edited again while the
+ * reload runs (then some may refuse what the master accepted, logged;
+ * reload again).
+ *
+ * Metrics (router.metrics_listen): the master serves GET /metrics for the
+ * whole node (router_scrape.c), from every router process, every local
+ * worker and itself.
  *
  * Shutdown (SIGTERM/SIGINT, a fatal exit, the readiness timeout), one entry
  * (shutdown_begin), steps in order: worker restarts are held; every router
@@ -53,6 +72,7 @@
 #include "router_notify.h"
 #include "router_ports.h"
 #include "router_procs.h"
+#include "router_scrape.h"
 #include "router_supervisor.h"
 
 #include <errno.h>
@@ -88,12 +108,54 @@ typedef struct master_s {
     uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
     uint8_t *listening;
     uint32_t n_listening;
-    int census_failed; /* sock_diag unavailable: said once */
+    int census_failed;         /* sock_diag unavailable: said once */
+    router_scrape_t *scrape;   /* router.metrics_listen, when set */
+    uint64_t *worker_restarts; /* per shard: times its worker was started again */
+    uint64_t *router_restarts; /* per router process */
+    uint64_t reloads[3];       /* ok, error, refused */
+    double start_time;
     int signals, ready, shutting_down, workers_stopping, exit_code;
     char final_msg[800]; /* the last log line, when a child's exit stopped the node */
 } master_t;
 
 /* ---- start-up checks --------------------------------------------------------------- */
+
+/* Reads the config file at `path` into a sealed memfd (a snapshot every
+ * router process may load). Returns 0 and *fd, or a negative errno with
+ * err[0..errlen) saying why. */
+static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
+{
+    *fd = -1;
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        return -e;
+    }
+    int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int rc = out < 0 ? -errno : 0;
+    char buf[65536];
+    for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        ssize_t w = n < 0 ? -1 : write(out, buf, (size_t)n);
+        if (w != n) /* a memfd takes it whole, short of memory */
+            rc = w < 0 ? -errno : -ENOSPC;
+    }
+    close(in);
+    /* Nobody may change the snapshot: every router process reads this text. */
+    if (rc == 0 &&
+        fcntl(out, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
+        rc = -errno;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, kvs_strerror(rc));
+        if (out >= 0)
+            close(out);
+        return rc;
+    }
+    *fd = out;
+    return 0;
+}
 
 /* Reads the config file into a memfd (the snapshot every router process
  * loads) and loads the master's config from it. Returns 0, or EX_CONFIG
@@ -101,28 +163,8 @@ typedef struct master_s {
 static int load_snapshot(master_t *m)
 {
     char err[1024];
-    int in = open(m->config_path, O_RDONLY | O_CLOEXEC);
-    if (in < 0) {
-        kvs_error("%s: cannot open: %s", m->config_path, strerror(errno));
-        return EX_CONFIG;
-    }
-    m->config_fd = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    int rc = m->config_fd < 0 ? -errno : 0;
-    char buf[65536];
-    for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        ssize_t w = n < 0 ? -1 : write(m->config_fd, buf, (size_t)n);
-        if (w != n) /* a memfd takes it whole, short of memory */
-            rc = w < 0 ? -errno : -ENOSPC;
-    }
-    close(in);
-    /* Nobody may change the snapshot: every router process reads this text. */
-    if (rc == 0 && fcntl(m->config_fd, F_ADD_SEALS,
-                         F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
-        rc = -errno;
-    if (rc != 0) {
-        kvs_error("%s: cannot read: %s", m->config_path, kvs_strerror(rc));
+    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
         return EX_CONFIG;
     }
     if (kvs_config_load_fd(m->config_path, m->config_fd, &m->cfg, err, sizeof(err)) != 0) {
@@ -258,6 +300,7 @@ static void shutdown_begin(master_t *m, int exit_code)
         router_notify_stopping("draining clients");
     else
         router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
+    router_scrape_stop(m->scrape);
     if (m->workers != NULL)
         router_sup_hold(m->workers);
     if (m->routers != NULL)
@@ -289,14 +332,109 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_begin(m, 0);
 }
 
-/* SIGHUP: what can change live is reloaded by each child itself. */
+/* ---- live reload ------------------------------------------------------------------ */
+
+/* The file, read and checked (see the file comment). Returns 0 when its
+ * live keys were taken (the children may be told), nonzero (logged) when
+ * nothing changed. */
+static int reload_config(master_t *m)
+{
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
+    int fd = -1;
+    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err));
+    if (rc == 0)
+        rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
+    if (rc != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        m->reloads[1]++;
+    } else if ((rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed,
+                                             sizeof(fixed))) != 0) {
+        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
+                  "it for that); the running configuration is unchanged",
+                  fixed);
+        m->reloads[2]++;
+    } else if (dup2(fd, m->config_fd) < 0) { /* same number: the router supervisor passes it */
+        rc = -errno;
+        kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
+                  "unchanged",
+                  strerror(-rc));
+        m->reloads[1]++;
+    } else {
+        fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
+        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+        m->reloads[0]++;
+        kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                 changed[0] ? changed : "nothing changed");
+    }
+    if (fd >= 0)
+        close(fd);
+    kvs_config_free(next);
+    return rc;
+}
+
+/* SIGHUP: a live reload; the children apply it too once the master
+ * accepted the file. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     master_t *m = h->data;
     (void)signum;
-    size_t r = m->routers != NULL ? router_sup_signal(m->routers, SIGHUP) : 0;
-    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-    kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+    if (m->shutting_down)
+        return;
+    if (m->ready)
+        router_notify_reloading("reloading %s", m->config_path);
+    if (reload_config(m) == 0) {
+        size_t r = m->routers != NULL ? router_sup_signal(m->routers, SIGHUP) : 0;
+        size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+    }
+    if (m->ready)
+        router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
+                            m->cfg->shards, m->n_local);
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+/* The master's own families for /metrics: its children and reloads, and
+ * the master process. */
+static void master_metrics(void *arg, kvs_mb_t *b)
+{
+    master_t *m = arg;
+    static const char *const labels[] = {"role", "master"};
+    Kvs__MetricFamily *restarts =
+        kvs_mb_family(b, "kvs_worker_restarts_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Times the master started the shard's worker again after it exited.");
+    Kvs__MetricFamily *up = kvs_mb_family(b, "kvs_worker_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                                          "1 while the shard's worker process runs.");
+    for (uint32_t s = 0; s < m->cfg->shards && m->worker_restarts != NULL; s++) {
+        if (!kvs_config_local(m->cfg, s))
+            continue;
+        const char *shard = kvs_mb_printf(b, "%u", s);
+        kvs_mb_sample(b, restarts, (double)m->worker_restarts[s], 1, "shard", shard);
+        kvs_mb_sample(b, up, m->workers != NULL && router_sup_pid(m->workers, s) > 0, 1, "shard",
+                      shard);
+    }
+    restarts = kvs_mb_family(b, "kvs_router_restarts_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                             "Times the master started a router process again after it exited.");
+    up = kvs_mb_family(b, "kvs_router_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                       "1 while the router process accepts clients.");
+    for (uint32_t i = 0; i < m->n_procs && m->router_restarts != NULL; i++) {
+        const char *index = kvs_mb_printf(b, "%u", i);
+        kvs_mb_sample(b, restarts, (double)m->router_restarts[i], 1, "router", index);
+        kvs_mb_sample(b, up, m->listening != NULL && m->listening[i], 1, "router", index);
+    }
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
+                      "load), refused (a key that cannot change live changed).");
+    static const char *const results[] = {"ok", "error", "refused"};
+    for (int i = 0; i < 3; i++)
+        kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "master", "result", results[i]);
+    kvs_mb_process(b, m->start_time, 1, labels);
 }
 
 /* ---- readiness ------------------------------------------------------------------------- */
@@ -345,6 +483,9 @@ static void become_ready(master_t *m)
     }
     m->ready = 1;
     uv_timer_stop(&m->timer);
+    if (router_scrape_connect(m->scrape) != 0)
+        kvs_warn("metrics: the master cannot reach the node's processes; /metrics shows its own "
+                 "families only");
     kvs_info("node ready: %u shards (%u local), %u router process%s", m->cfg->shards, m->n_local,
              m->n_procs, m->n_procs == 1 ? "" : "es");
     router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
@@ -379,6 +520,8 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
 static void on_router_event(void *arg, uint32_t index, int running, int64_t status, int sig)
 {
     master_t *m = arg;
+    if (running && m->router_restarts != NULL && index < m->n_procs)
+        m->router_restarts[index]++; /* the supervisor reports starts after the first only */
     if (running)
         return;
     if (m->listening[index]) {
@@ -411,6 +554,8 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     master_t *m = arg;
+    if (running && m->worker_restarts != NULL && shard < m->cfg->shards)
+        m->worker_restarts[shard]++; /* the supervisor reports starts after the first only */
     if (running || sig != 0 || status != EX_CONFIG)
         return;
     const char *why = router_sup_report(m->workers, shard);
@@ -478,7 +623,7 @@ static int start_routers(master_t *m)
     char pid_arg[24];
     snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
     const char *args[] = {"--config", m->config_path, "--processes", n_arg,
-                          "--master", pid_arg,          NULL};
+                          "--master", pid_arg,        NULL};
     const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, m->config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
@@ -560,8 +705,14 @@ int router_master_run(const char *config_path, const char *argv0)
         return rc;
     }
     m.loop = uv_default_loop();
+    m.start_time = kvs_metrics_unix_now();
     master_signals(&m);
-    if (start_workers(&m) != 0 || start_routers(&m) != 0) {
+    m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
+    m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
+    if (m.worker_restarts == NULL || m.router_restarts == NULL || start_workers(&m) != 0 ||
+        start_routers(&m) != 0 ||
+        (m.cfg->metrics_listen[0] != '\0' &&
+         router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
         shutdown_begin(&m, 1);
     } else {
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
@@ -570,9 +721,12 @@ int router_master_run(const char *config_path, const char *argv0)
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.routers);
     router_sup_free(m.workers);
+    router_scrape_free(m.scrape);
     uv_loop_close(m.loop);
     free(m.inodes);
     free(m.listening);
+    free(m.worker_restarts);
+    free(m.router_restarts);
     kvs_config_free(m.cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);

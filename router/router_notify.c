@@ -63,6 +63,14 @@ void router_notify_ready(const char *fmt, ...)
     va_end(ap);
 }
 
+void router_notify_reloading(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    send_message("RELOADING=1\n", fmt, ap);
+    va_end(ap);
+}
+
 void router_notify_stopping(const char *fmt, ...)
 {
     va_list ap;

@@ -5,6 +5,7 @@
  *
  *   STATUS=...  a line `systemctl status` shows (start-up, serving, draining)
  *   READY=1     every local worker answers and clients are accepted
+ *   RELOADING=1 a configuration reload began (READY=1 again when it ended)
  *   STOPPING=1  the node began its shutdown (draining clients)
  *
  * Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
@@ -19,6 +20,9 @@ void router_notify_status(const char *fmt, ...) __attribute__((format(printf, 1,
 void router_notify_ready(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* STOPPING=1 with STATUS=<text>, in one message. */
+/* RELOADING=1: a reload began; router_notify_ready says it ended. */
+void router_notify_reloading(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 void router_notify_stopping(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -48,6 +48,12 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n)
     cfg->input_buffers = in < cfg->max_frame ? cfg->max_frame : in;
 }
 
+int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "unix:%s/router%u.sock", cfg->data_dir, index);
+    return n > 0 && (size_t)n < len ? 0 : KVS_EINVAL;
+}
+
 uint64_t router_procs_id_base(uint32_t index, uint32_t gen)
 {
     return ((uint64_t)(index & 0x3f) << 7 | (gen & 0x7f)) << ROUTER_ID_BITS;

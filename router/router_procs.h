@@ -15,6 +15,9 @@
  *     5  the lock file (data_dir/router.lock), held while it lives
  *     6  the config snapshot the master loaded (read with pread)
  *
+ * and listens, besides the client ports, on its own unix socket
+ * <data_dir>/routerI.sock (router_procs_admin_path).
+ *
  * I is the router's index (0..N-1), G its generation: how many times the
  * master started index I before (0, then 1 after its first restart...).
  *
@@ -67,6 +70,12 @@ uint64_t router_procs_part(uint64_t total, uint32_t index, uint32_t n);
  * limits and limits.auth_failures_per_minute stay as they are (the latter
  * counts per router process: see README). n = 1 changes nothing. */
 void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n);
+
+/* This router process's own unix socket, "<data_dir>/router<index>.sock"
+ * (the kvs protocol, for the master's metrics scrape and for operators),
+ * as a kvs_addr spec ("unix:PATH") in buf[0..len). Returns 0, or KVS_EINVAL
+ * when it does not fit. */
+int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, char *buf, size_t len);
 
 /* The base of the numbers router `index` (< KVS_ROUTER_PROCESSES_MAX) of
  * generation `gen` hands out: (index << 7 | gen % 128) << ROUTER_ID_BITS,

@@ -73,8 +73,11 @@ enum {
     RC_HSCAN,
     RC_EXISTS,
     RC_INFO,
-    RC_AUTH,  /* +OK */
-    RC_HELLO, /* HELLO ... AUTH: the HELLO reply once authenticated */
+    RC_AUTH,          /* +OK */
+    RC_HELLO,         /* HELLO ... AUTH: the HELLO reply once authenticated */
+    RC_SLOWLOG_GET,   /* the entries (rflags: GET 0, none) */
+    RC_SLOWLOG_LEN,   /* the number of entries */
+    RC_SLOWLOG_RESET, /* +OK */
 };
 
 struct router_redis_s {
@@ -884,6 +887,75 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
     finish_raw(req);
 }
 
+/* One SLOWLOG GET entry, in Redis's shape: id, Unix time (s), duration
+ * (us), the request as arguments (command, table, "N keys"), client
+ * address, client name (kvs keeps none). */
+static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
+{
+    char keys[32];
+    int n = snprintf(keys, sizeof(keys), "%u key%s", e->keys, e->keys == 1 ? "" : "s");
+    kvs_redis_array(b, 6);
+    kvs_redis_integer(b, (int64_t)e->id);
+    kvs_redis_integer(b, e->time_us / 1000000);
+    kvs_redis_integer(b, (int64_t)e->duration_us);
+    kvs_redis_array(b, 3);
+    kvs_redis_bulk(b, e->command, strlen(e->command));
+    kvs_redis_bulk(b, e->table, strlen(e->table));
+    kvs_redis_bulk(b, keys, (size_t)n);
+    kvs_redis_bulk(b, e->client, strlen(e->client));
+    kvs_redis_bulk(b, "", 0);
+}
+
+/* SLOWLOG GET [count] | LEN | RESET: a kvs Slowlog request, so it goes
+ * through access control (admin), the hooks and the metrics like any
+ * other; the router process's own log answers it. */
+static void cmd_slowlog(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                        const cmd_t *cmd)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Slowlog m = KVS__SLOWLOG__INIT;
+    int rcmd;
+    (void)cmd;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SLOWLOG;
+    q.slowlog = &m;
+    m.count = 1; /* LEN and RESET need no entries: one is the least asked for */
+    if (kvs_redis_arg_is(&a[1], "get") && rs->ps.argc <= 3) {
+        int64_t count = KVS_SLOWLOG_DEFAULT_COUNT;
+        if (rs->ps.argc == 3 && (kvs_redis_arg_int(&a[2], &count) != 0 || count < -1))
+            return reply_error(req, "ERR count should be greater than or equal to -1");
+        m.count = count < 0 || count > UINT32_MAX ? UINT32_MAX : count == 0 ? 1 : (uint32_t)count;
+        req->rflags = count == 0; /* GET 0: an empty array */
+        rcmd = RC_SLOWLOG_GET;
+    } else if (kvs_redis_arg_is(&a[1], "len") && rs->ps.argc == 2) {
+        rcmd = RC_SLOWLOG_LEN;
+    } else if (kvs_redis_arg_is(&a[1], "reset") && rs->ps.argc == 2) {
+        m.reset = 1;
+        rcmd = RC_SLOWLOG_RESET;
+    } else {
+        return reply_error(req,
+                           "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
+                           "Try SLOWLOG GET [count], SLOWLOG LEN or SLOWLOG RESET.",
+                           shown(&a[1]), (const char *)a[1].p);
+    }
+    route_request(rs, cl, req, &q, rcmd);
+}
+
+/* The reply to a SLOWLOG command's Slowlog answer. */
+static int answer_slowlog(const router_req_t *req, const Kvs__CommandResponse *a, kvs_buf_t *out)
+{
+    const Kvs__OpsAnswer *ops = a->ops;
+    size_t n = ops != NULL && !req->rflags ? ops->n_slowlog : 0;
+    if (req->rcmd == RC_SLOWLOG_LEN)
+        return kvs_redis_integer(out, ops != NULL ? (int64_t)ops->slowlog_len : 0);
+    if (req->rcmd == RC_SLOWLOG_RESET)
+        return kvs_redis_simple(out, "OK");
+    kvs_redis_array(out, n);
+    for (size_t i = 0; i < n; i++)
+        slowlog_entry(out, ops->slowlog[i]);
+    return 0;
+}
+
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     (void)rs, (void)cl, (void)cmd;
@@ -922,6 +994,7 @@ static const cmd_t commands[] = {
     {"auth", -2, "fast noauth", 0, 0, 0, cmd_auth, RC_NONE},
     {"select", 2, "fast loading stale", 0, 0, 0, cmd_select, RC_NONE},
     {"config", -2, "admin loading stale", 0, 0, 0, cmd_config, RC_NONE},
+    {"slowlog", -2, "admin random loading stale", 0, 0, 0, cmd_slowlog, RC_NONE},
     {"quit", -1, "fast noauth", 0, 0, 0, cmd_quit, RC_NONE},
 };
 
@@ -1259,6 +1332,10 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return kvs_redis_simple(out, "OK");
     case RC_HELLO:
         return hello_done(rs, out);
+    case RC_SLOWLOG_GET:
+    case RC_SLOWLOG_LEN:
+    case RC_SLOWLOG_RESET:
+        return answer_slowlog(req, a, out);
     default:
         return kvs_redis_error(out, "ERR internal error: no reply shape for this command");
     }

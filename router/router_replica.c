@@ -16,6 +16,14 @@ void router_budget_init(router_budget_t *b, uint32_t percent, uint32_t burst)
     b->reads = b->retries = b->refused = 0;
 }
 
+void router_budget_configure(router_budget_t *b, uint32_t percent, uint32_t burst)
+{
+    b->cap = (uint64_t)burst * 1000;
+    if (b->milli > b->cap)
+        b->milli = b->cap;
+    b->deposit = (uint64_t)percent * 10;
+}
+
 void router_budget_deposit(router_budget_t *b)
 {
     b->reads++;

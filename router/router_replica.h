@@ -62,6 +62,10 @@ typedef struct router_budget_s {
 
 void router_budget_init(router_budget_t *b, uint32_t percent, uint32_t burst);
 
+/* New percent and burst for a running budget (a live reload): the tokens
+ * it holds stay, down to the new burst; the counters stay. */
+void router_budget_configure(router_budget_t *b, uint32_t percent, uint32_t burst);
+
 /* A read was sent to a replicated shard. */
 void router_budget_deposit(router_budget_t *b);
 

@@ -75,6 +75,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +109,7 @@ router_req_t *router_req_new(router_t *r, router_client_t *cl)
         r->free_reqs = req->next;
         r->n_free_reqs--;
         kvs_buf_t keep = req->resp, bytes = req->try0.bytes;
-        memset(req, 0, sizeof(*req));
+        memset(req, 0, offsetof(router_req_t, table_copy)); /* not the table buffer */
         req->resp = keep;
         req->resp.len = 0;
         req->try0.bytes = bytes;
@@ -204,14 +205,23 @@ static void note_position(router_req_t *req, const uint8_t *tok, size_t len)
                  "may not see it");
 }
 
+static void req_executed(router_req_t *req);
+
 void router_req_complete(router_req_t *req)
 {
+    if (req->merge != NULL) /* merging took time of its own: the hooks' clock must see it */
+        req->router->flusher.now_ns = kvs_now_ns();
     req->done = 1;
     write_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
+    req_executed(req);
     if (req->client == NULL) {
-        if (!req->in_route)
+        if (req->in_route)
+            return; /* the caller (router_route's) checks req->done */
+        if (req->on_done != NULL)
+            req->on_done(req); /* an internal request: its owner takes the answer */
+        else
             router_req_free(req); /* its client left; nobody wants the answer */
         return;
     }
@@ -249,6 +259,20 @@ static size_t message_room(const router_t *r)
     return (size_t)r->cfg->max_frame - 64;
 }
 
+/* Makes req->resp a frame with just `status` and the text in
+ * text[0..cap) (n = what snprintf reported). */
+static void req_status_frame(router_req_t *req, uint32_t status, char *text, size_t cap, int n)
+{
+    cut_text(text, n, cap, message_room(req->router));
+    Kvs__CommandResponse resp = KVS__COMMAND_RESPONSE__INIT;
+    resp.status = status;
+    resp.message = text;
+    req->resp.len = 0;
+    req->raw = 0;
+    if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
+        req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
+}
+
 void router_req_finish_status(router_req_t *req, uint32_t status, const char *fmt, ...)
 {
     char text[1024];
@@ -256,14 +280,42 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
     va_start(ap, fmt);
     int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    cut_text(text, n, sizeof(text), message_room(req->router));
-    Kvs__CommandResponse resp = KVS__COMMAND_RESPONSE__INIT;
-    resp.status = status;
-    resp.message = text;
-    req->resp.len = 0;
-    if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
-        req->resp.len = 0; /* out of memory: the client gets nothing and is closed */
+    req_status_frame(req, status, text, sizeof(text), n);
     router_req_complete(req);
+}
+
+/* ---- hooks ------------------------------------------------------------------------ */
+
+/* The status of the answer in req->resp: a frame, or a RESP reply (an
+ * error reply counts as 400). */
+static uint32_t resp_status(const router_req_t *req)
+{
+    const kvs_buf_t *b = &req->resp;
+    if (req->raw)
+        return b->len > 0 && b->data[0] == '-' ? KVS_STATUS_BAD_REQUEST : KVS_STATUS_OK;
+    if (b->len <= KVS_FRAME_HEADER)
+        return KVS_STATUS_INTERNAL;
+    return kvs_msg_answer_status(b->data + KVS_FRAME_HEADER, b->len - KVS_FRAME_HEADER);
+}
+
+/* EXECUTED, once per request, when its answer is complete in req->resp: a
+ * hook may replace the answer with its own status. */
+static void req_executed(router_req_t *req)
+{
+    router_t *r = req->router;
+    char msg[KVS_HOOK_MSG];
+    if (req->internal || req->executed)
+        return;
+    req->executed = 1;
+    req->info.status = resp_status(req);
+    if (req->stopped || !kvs_hook_any(&r->chain, KVS_HOOK_EXECUTED))
+        return;
+    req->info.now_ns = kvs_now_ns();
+    uint32_t st = kvs_hook_run(&r->chain, KVS_HOOK_EXECUTED, &req->info, msg, sizeof(msg));
+    if (st == 0)
+        return;
+    req->info.status = st;
+    req_status_frame(req, st, msg, sizeof(msg), (int)strlen(msg));
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -278,6 +330,7 @@ static void set_frame(kvs_buf_t *b, const uint8_t *payload, size_t len)
 }
 
 static void merge_finish(router_req_t *req);
+static void merge_metrics(router_req_t *req, kvs_arena_t *arena);
 
 static int is_write(Kvs__CommandRequest__CommandCase cmd)
 {
@@ -334,6 +387,27 @@ static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len)
     return is_write(cmd) ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
 }
 
+/* EXECUTED for an answer passed through as the worker sent it. Returns 1
+ * when a hook replaced it (`req` is then answered). */
+static int passthrough_executed(router_req_t *req, const uint8_t *payload, size_t len)
+{
+    router_t *r = req->router;
+    char msg[KVS_HOOK_MSG];
+    if (req->internal || req->executed)
+        return 0;
+    req->executed = 1;
+    req->info.status = kvs_msg_answer_status(payload, len);
+    if (req->stopped || !kvs_hook_any(&r->chain, KVS_HOOK_EXECUTED))
+        return 0;
+    req->info.now_ns = kvs_now_ns();
+    uint32_t st = kvs_hook_run(&r->chain, KVS_HOOK_EXECUTED, &req->info, msg, sizeof(msg));
+    if (st == 0)
+        return 0;
+    req->info.status = st;
+    router_req_finish_status(req, st, "%s", msg);
+    return 1;
+}
+
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                         const char *failure)
 {
@@ -355,8 +429,9 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             router_req_finish_status(
                 req, failure_status(req->cmd, len), "%s%s", failure,
                 len > 0 && is_write(req->cmd) ? "; the write may have been applied there" : "");
-        else if (req->client == NULL || req->in_route ||
-                 !router_client_deliver(req->client, req, payload, len)) {
+        else if (!passthrough_executed(req, payload, len) &&
+                 (req->client == NULL || req->in_route ||
+                  !router_client_deliver(req->client, req, payload, len))) {
             set_frame(&req->resp, payload, len);
             router_req_complete(req);
         }
@@ -1027,6 +1102,11 @@ static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
     kvs_arena_t *arena = &m->router->merge_arena;
+    if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_METRICS) {
+        merge_metrics(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
     if (m->anywhere && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
                         m->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST)) {
         merge_found_one(req, arena);
@@ -1516,6 +1596,89 @@ static int route_unplaced(router_t *r, router_req_t *req, const Kvs__CommandRequ
     }
 }
 
+/* ---- operations: Metrics and Slowlog ---------------------------------------------- */
+
+/* The link to shard s's worker on this node (its unix socket), or -1. */
+static int local_link(const router_t *r, uint32_t s)
+{
+    const router_set_t *set = &r->sets[s];
+    for (uint32_t i = set->first; i < set->first + set->n; i++)
+        if (r->links[i].addr.is_unix)
+            return (int)i;
+    return -1;
+}
+
+/* Metrics: this router process's own families and, unless the request
+ * asks for its own only (q->own: the master collects workers itself),
+ * every local worker's (remote shards report to their own node; replicas
+ * of a local shard on other nodes too). Asked of each worker on its own
+ * link, never another replica's, and never retried. */
+static void route_metrics(router_t *r, router_req_t *req, const Kvs__Metrics *q, const uint8_t *raw,
+                          size_t rawlen)
+{
+    uint32_t n = 0;
+    req->reserve = r->cfg->max_frame;
+    for (uint32_t s = 0; s < r->shards && !q->own; s++)
+        n += local_link(r, s) >= 0;
+    route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_METRICS, n ? n : 1, 0);
+    if (m == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    m->nparts = n;
+    req->merge = m;
+    req->parts_left = n;
+    if (n == 0) { /* its own only, or a pure routing node */
+        merge_metrics(req, &r->merge_arena);
+        kvs_arena_reset(&r->merge_arena);
+        return;
+    }
+    for (uint32_t s = 0, p = 0; s < r->shards; s++) {
+        int li = local_link(r, s);
+        if (li < 0)
+            continue;
+        router_try_t *t = &m->tries[p];
+        t->shard = s;
+        t->link = (uint32_t)li;
+        t->tried = 1ull << ((uint32_t)li - r->sets[s].first);
+        m->part_shard[p] = s;
+        if (router_link_send(&r->links[li], raw, rawlen, req, p) != 0)
+            router_route_reply(req, p, NULL, 0, "the shard's worker is unavailable");
+        p++;
+    }
+}
+
+/* Every family: the router's, then each worker's that answered (one that
+ * did not is left out: kvs_shard_link_up says which). */
+static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    kvs_mb_t b;
+    kvs_mb_init(&b, arena);
+    router_ops_metrics(m->router, &b);
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        Kvs__CommandResponse *a =
+            m->failed[i]
+                ? NULL
+                : kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
+        if (a == NULL || a->status != KVS_STATUS_OK || a->ops == NULL)
+            continue;
+        for (size_t k = 0; k < a->ops->n_metrics; k++)
+            kvs_mb_add(&b, a->ops->metrics[k]);
+    }
+    if (b.failed) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    ops.metrics = b.fams;
+    ops.n_metrics = b.n;
+    out.status = KVS_STATUS_OK;
+    out.ops = &ops;
+    finish_packed(req, &out, "Metrics", "raise limits.max_frame");
+}
+
 /* Whether req's client may run `cmd` on the table (NULL: none); if not,
  * answers 401 or 403. */
 static int route_allowed(router_req_t *req, Kvs__CommandRequest__CommandCase cmd, const void *table,
@@ -1553,6 +1716,12 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         route_hscan(r, req, q);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        route_metrics(r, req, q->metrics, raw, rawlen);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
+        router_ops_slowlog(r, req, q->slowlog);
         break;
     default:
         route_multi(r, req, q, b, raw, rawlen);
@@ -1675,8 +1844,10 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     return 1;
 }
 
+/* A valid request (`received`: the fast path checked it and ran RECEIVED
+ * already). */
 static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
-                          const uint8_t *raw, size_t rawlen)
+                          const uint8_t *raw, size_t rawlen, int received)
 {
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
         q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
@@ -1689,6 +1860,8 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     }
     const char *table = kvs_msg_request_table(q);
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH) {
+        if (router_ops_received(r, req))
+            return;
         if (r->auth != NULL && req->client != NULL)
             router_client_auth(req->client, req, q->auth);
         else
@@ -1697,8 +1870,9 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                                      "config.yaml); every client may do everything");
         return;
     }
-    if (req->who != NULL &&
-        !route_allowed(req, q->command_case, table, table != NULL ? strlen(table) : 0))
+    if (!received && ((req->who != NULL && !route_allowed(req, q->command_case, table,
+                                                          table != NULL ? strlen(table) : 0)) ||
+                      router_ops_received(r, req)))
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
@@ -1751,17 +1925,18 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 {
     char msg[512];
     kvs_peek_t pk;
+    int received = 0;
     req->in_route = 1;
     if (kvs_msg_peek(payload, len, &pk)) { /* hot path: valid single-key request */
         req->cmd = pk.cmd;
-        if (req->who != NULL && !route_allowed(req, pk.cmd, pk.table, pk.table_len)) {
-            req->in_route = 0;
-            return;
-        }
-        if (route_peeked(r, req, &pk, payload, len)) {
+        router_ops_note(r, req, pk.cmd, pk.table, pk.table_len, 1);
+        if ((req->who != NULL && !route_allowed(req, pk.cmd, pk.table, pk.table_len)) ||
+            router_ops_received(r, req) || route_peeked(r, req, &pk, payload, len)) {
+            router_ops_forget(req);
             req->in_route = 0;
             return;
         } /* partitioner none: the full path asks every owning shard */
+        received = 1;
     }
     Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
     if (q == NULL) {
@@ -1773,11 +1948,16 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        const char *table = kvs_msg_request_table(q);
+        if (!received) /* EXECUTED sees what a refused request asked for too */
+            router_ops_note(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,
+                            kvs_msg_request_keys(q));
         if (st != KVS_STATUS_OK)
             router_req_finish_status(req, st, "%s", msg);
         else
-            route_decoded(r, req, q, payload, len);
+            route_decoded(r, req, q, payload, len, received);
     }
+    router_ops_forget(req);
     kvs_arena_reset(&r->arena);
     req->in_route = 0;
 }

@@ -1083,6 +1083,57 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     return CLI_OK;
 }
 
+/* One slow log entry: "1) #7 2026-11-22T02:43:41.123Z 12.345 ms Hset "users" 1 key,
+ * status 200, client 127.0.0.1:5000"; with --raw, tab-separated fields. */
+static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry *e)
+{
+    char when[32];
+    time_t sec = (time_t)(e->time_us / 1000000);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (c->raw) {
+        printf("%" PRIu64 "\t%s.%03dZ\t%" PRIu64 "\t%s\t%s\t%" PRIu32 "\t%" PRIu32 "\t%s\n", e->id,
+               when, (int)(e->time_us % 1000000 / 1000), e->duration_us, e->command, e->table,
+               e->keys, e->status, e->client);
+        return;
+    }
+    printf("%zu) #%" PRIu64 " %s.%03dZ %.3f ms %s ", i + 1, e->id, when,
+           (int)(e->time_us % 1000000 / 1000), (double)e->duration_us / 1000.0, e->command);
+    if (e->table[0] != '\0') {
+        put_quoted(e->table, strlen(e->table));
+        putchar(' ');
+    }
+    printf("%" PRIu32 " key%s, status %" PRIu32 ", client %s\n", e->keys, e->keys == 1 ? "" : "s",
+           e->status, e->client);
+}
+
+/* slowlog [N|reset]: the router's (or a worker's) slowest recent requests. */
+static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Slowlog *m = cli_new(c, &kvs__slowlog__descriptor);
+    Kvs__CommandResponse *r = NULL;
+    if (argc == 1 && arg_is(argv[0], "reset"))
+        m->reset = 1;
+    else if (argc == 1 && arg_count(argv[0], &m->count) != 0)
+        return CLI_USAGE;
+    req.command_case = cmd->cc;
+    req.slowlog = m;
+    int rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    if (m->reset)
+        puts("OK");
+    else if (r->ops == NULL || r->ops->n_slowlog == 0)
+        puts(c->raw ? "" : "(empty)");
+    for (size_t i = 0; !m->reset && r->ops != NULL && i < r->ops->n_slowlog; i++)
+        put_slowlog_entry(c, i, r->ops->slowlog[i]);
+    return CLI_OK;
+}
+
 /* auth USER TOKEN. */
 static int build_auth(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
                       Kvs__CommandRequest *req)
@@ -1241,6 +1292,8 @@ static const cli_cmd_t commands[] = {
      SHAPE_PAIRS, run_scanall},
     {"info", "", "node state: per-partition Kafka offsets, lag, skipped records; shards", 0, 0, 1,
      CC(INFO), build_info, SHAPE_PAIRS, run_simple},
+    {"slowlog", "[N|reset]", "the N slowest recent requests (default 10), or empty the log", 0, 1,
+     1, CC(SLOWLOG), NULL, SHAPE_VALUE, run_slowlog},
     {"keyslot", "TABLE KEY", "the partition and shard of KEY (from --config; no server asked)", 2,
      2, 1, CC(_NOT_SET), NULL, SHAPE_VALUE, run_keyslot},
     {"auth", "USER TOKEN", "authenticate this connection as USER", 2, 2, 1, CC(AUTH), build_auth,

@@ -59,6 +59,16 @@ static void check_config(const kvs_config_t *cfg)
     }
     for (size_t i = 0; i < cfg->n_kafka_properties; i++)
         FUZZ_CHECK(cfg->kafka_properties[i].key != NULL && cfg->kafka_properties[i].value != NULL);
+    for (size_t i = 0; i < cfg->n_plugins; i++) {
+        const kvs_plugin_conf_t *pl = &cfg->plugins[i];
+        FUZZ_CHECK(pl->path != NULL && pl->path[0] != '\0' && pl->arg != NULL && pl->line >= 1);
+    }
+    FUZZ_CHECK(cfg->metrics_listen != NULL && cfg->slow_max >= 1 && cfg->slow_max <= 100000);
+    FUZZ_CHECK(cfg->slow_threshold_ms == KVS_SLOWLOG_OFF || cfg->slow_threshold_ms <= 3600000);
+    char changed[256], fixed[256];
+    FUZZ_CHECK(kvs_config_reload_check(cfg, cfg, changed, sizeof(changed), fixed, sizeof(fixed)) ==
+                   0 &&
+               changed[0] == '\0' && fixed[0] == '\0'); /* a config is itself */
     FUZZ_CHECK(kvs_config_binding(cfg, "") == NULL);
     FUZZ_CHECK(kvs_config_table_partitions(cfg, "__no_such_table") == cfg->partitions);
 }

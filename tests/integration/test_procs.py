@@ -279,14 +279,47 @@ class ProcsTest(ProcsTestCase):
         r = self.node(resp=False)
         before = dict(self.routers(r)), dict(r.workers())
         r.proc.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: all("router[%d] INFO  received SIGHUP: reloading TLS "
-                                               "material" % i in r.stderr() for i in (0, 1))),
+        # Each router process and worker reloads the file itself (live
+        # reload), then its TLS material.
+        self.assertTrue(wait_until(lambda: all("router[%d] INFO  configuration reloaded from %s "
+                                               "(nothing changed)" % (i, r.config) in r.stderr()
+                                               for i in (0, 1))),
+                        r.stderr())
+        self.assertTrue(wait_until(lambda: all("node[%d] INFO  configuration reloaded from %s "
+                                               "(nothing changed)" % (i, r.config) in r.stderr()
+                                               for i in (0, 1))),
                         r.stderr())
         self.assertIn("router INFO  SIGHUP: passed on to 2 router process(es) and 2 worker(s)",
                       r.stderr())
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
+        self.assertEqual(r.stop(), 0)
+
+    def test_reloaded_config_reaches_a_restarted_router_process(self):
+        """A live reload replaces the master's snapshot: a router process it
+        restarts afterwards runs the reloaded config, not the start one."""
+        r = self.node(resp=False, log="{level: info, slow_threshold: off}")
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 0"))
+        r.proc.send_signal(signal.SIGHUP)
+        line = "configuration reloaded from %s (log.slow_threshold)" % r.config
+        self.assertTrue(wait_until(lambda: r.stderr().count(line) == 5), r.stderr())
+        with open(r.config, "w") as f:  # the file changes again, unreloaded
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 1h"))
+        old = self.routers(r)[1]
+        os.kill(old, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: self.routers(r).get(1, old) != old and
+                                   "router 1 accepts clients again" in r.stderr()), r.stderr())
+        c = self.conn_on(r, 1)
+        self.assertOk(c.hset("t", "k", "v"))
+        req = pb.CommandRequest()
+        req.slowlog.count = 10
+        resp = c.call(req)
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("Hset", [e.command for e in resp.ops.slowlog])  # threshold 0, not off or 1h
         self.assertEqual(r.stop(), 0)
 
     def test_hscan_cursor_of_another_router_is_refused(self):
@@ -331,6 +364,67 @@ class ProcsTest(ProcsTestCase):
                 break
         self.assertEqual(sorted(accepted), [0, 1])
         self.assertGreaterEqual(refused, 3)
+
+
+class ProcsMetricsTest(ProcsTestCase):
+    """/metrics with several router processes: the master serves the port
+    and asks every router process (its own socket) and every worker."""
+
+    def test_metrics_aggregate_every_router_process_and_both_front_doors(self):
+        from test_ops import http_get, parse_metrics, promtool_check, total
+        mport = free_port()
+        r = self.node(processes=2, router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
+        c0 = self.conn_on(r, 0)
+        for i in range(3):
+            self.assertEqual(c0.hset("t", "a%d" % i, "v").status, 200)
+        r1 = self.redis_on(1)
+        for i in range(2):
+            self.assertEqual(r1.hset("t", "b%d" % i, "v"), 1)
+
+        def scraped():
+            status, _, body = http_get(mport)
+            m = parse_metrics(body) if status == 200 else []
+            ok = total(m, "kvs_requests_total", command="Hset", router="1") == 2
+            return ok and (m, body)
+        got = wait_until(scraped)  # the RESP reply may precede its AFTER_SEND count
+        self.assertTrue(got, http_get(mport)[2])
+        m, body = got
+        promtool_check(self, body)
+        self.assertEqual(total(m, "kvs_requests_total", command="Hset", router="0"), 3)
+        self.assertEqual(total(m, "kvs_requests_total", command="Hset", status="200"), 5)
+        # Each worker is counted once, however many router processes there are.
+        self.assertEqual(total(m, "kvs_worker_requests_total", command="Hset"), 5)
+        for i in ("0", "1"):
+            self.assertEqual(total(m, "kvs_metrics_source_up", router=i), 1)
+            self.assertEqual(total(m, "kvs_router_up", router=i), 1)
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard=i), 1)
+            self.assertGreater(total(m, "kvs_process_resident_memory_bytes", role="router",
+                                     router=i), 0)
+            self.assertEqual(total(m, "kvs_shard_link_up", router=i), 2)
+        self.assertEqual(total(m, "kvs_client_connections_accepted_total", protocol="resp",
+                               router="1"), 1)
+        self.assertEqual(total(m, "kvs_router_restarts_total"), 0)
+        # A router process's own socket answers for it alone with `own`.
+        req = pb.CommandRequest()
+        req.metrics.own = True
+        from kvstest import Client
+        with Client(os.path.join(r.data_dir, "router1.sock")) as c:
+            resp = c.call(req)
+        self.assertEqual(resp.status, 200, resp.message)
+        names = {f.name for f in resp.ops.metrics}
+        self.assertIn("kvs_requests_total", names)
+        self.assertNotIn("kvs_worker_requests_total", names)
+        routers = {dict(zip(s.labels[::2], s.labels[1::2])).get("router")
+                   for f in resp.ops.metrics for s in f.samples}
+        self.assertEqual(routers, {"1"})
+        # A router process that dies is counted when it comes back.
+        os.kill(self.routers(r)[1], signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: total(parse_metrics(http_get(mport)[2]),
+                                                 "kvs_router_restarts_total", router="1") == 1
+                                   and total(parse_metrics(http_get(mport)[2]),
+                                             "kvs_metrics_source_up", router="1") == 1),
+                        r.stderr())
+        self.assertEqual(r.stop(), 0)
 
 
 class ProcsStartTest(ProcsTestCase):

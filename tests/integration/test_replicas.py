@@ -506,6 +506,15 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertLess(p99, 1.0 + 0.5, "p99 %.3f s with router.timeout 1 s" % p99)
         self.assertGreater(retries, 0)  # the hung replica's requests went elsewhere
         self.assertLessEqual(retries, reads * 10 // 100 + 20)
+        # The router's metrics count the same reads and retries.
+        req = pb.CommandRequest()
+        req.metrics.own = True
+        with a.client() as c:
+            fams = {f.name: f for f in c.call(req).ops.metrics}
+        self.assertEqual(fams["kvs_replica_reads_total"].samples[0].value, reads)
+        self.assertEqual(fams["kvs_replica_retries_total"].samples[0].value, retries)
+        refused = fams["kvs_replica_retries_refused_total"].samples[0].value
+        self.assertEqual(refused, pairs.get("router.replica_retries_refused", refused))
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 

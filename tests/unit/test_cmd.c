@@ -1328,7 +1328,165 @@ KVS_TEST(hlen_counts_keys)
     CHECK_EQ(value0(hlen(TABLE))->integer_value, 36);
 }
 
+/* ---- hooks, Metrics, Slowlog ----------------------------------------------------- */
+
+typedef struct seen_s {
+    kvs_hook_event_t ev;
+    uint32_t command, keys, write, status;
+    char table[32];
+    const char *peer;
+    uint64_t received_ns, now_ns;
+} seen_t;
+
+static seen_t seen[16];
+static int n_seen;
+
+/* Notes every event; stops an Hset on table "locked" at RECEIVED (403)
+ * and replaces the answer of any request on table "replaced" at EXECUTED
+ * (503). */
+static uint32_t note_hook(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
+                          char *msg, size_t msglen)
+{
+    (void)state;
+    CHECK(n_seen < 16);
+    CHECK_EQ(req->struct_size, sizeof(*req));
+    seen_t *x = &seen[n_seen++];
+    *x = (seen_t){ev, req->command, req->keys,        req->write, req->status,
+                  "", req->peer,    req->received_ns, req->now_ns};
+    if (req->table != NULL)
+        snprintf(x->table, sizeof(x->table), "%.*s", (int)req->table_len, req->table);
+    if (ev == KVS_HOOK_RECEIVED && strcmp(x->table, "locked") == 0) {
+        snprintf(msg, msglen, "table locked is read-only");
+        return 403;
+    }
+    if (ev == KVS_HOOK_EXECUTED && strcmp(x->table, "replaced") == 0) {
+        snprintf(msg, msglen, "answer replaced by a hook");
+        return 503;
+    }
+    return 0;
+}
+
+KVS_TEST(hooks_see_every_request_and_may_stop_it)
+{
+    setup_default();
+    kvs_hook_chain_t chain;
+    kvs_hook_chain_init(&chain);
+    CHECK_EQ(kvs_hook_add(&chain,
+                          KVS_HOOK_MASK(KVS_HOOK_RECEIVED) | KVS_HOOK_MASK(KVS_HOOK_EXECUTED),
+                          note_hook, NULL, 0),
+             0);
+    fx.ctx.hooks = &chain;
+    fx.ctx.info.peer = "10.0.0.1:5";
+    fx.ctx.info.identity = "";
+    put(TABLE, "a", "1"); /* single-key: the fast path */
+    CHECK_EQ(n_seen, 2);
+    CHECK_EQ(seen[0].ev, KVS_HOOK_RECEIVED);
+    CHECK_EQ(seen[0].command, KVS__COMMAND_REQUEST__COMMAND_HSET);
+    CHECK_STR(seen[0].table, TABLE);
+    CHECK_EQ(seen[0].keys, 1);
+    CHECK_EQ(seen[0].write, 1);
+    CHECK_EQ(seen[0].status, 0);
+    CHECK_STR(seen[0].peer, "10.0.0.1:5");
+    CHECK_EQ(seen[1].ev, KVS_HOOK_EXECUTED);
+    CHECK_EQ(seen[1].status, 200);
+    CHECK(seen[1].now_ns >= seen[1].received_ns && seen[1].received_ns > 0);
+    /* A decoded multi-key request. */
+    static const char *const keys[] = {"a", "b", "c"};
+    check_status(multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, TABLE, 3, keys), 200);
+    CHECK_EQ(seen[2].command, KVS__COMMAND_REQUEST__COMMAND_HMGET);
+    CHECK_EQ(seen[2].keys, 3);
+    CHECK_EQ(seen[2].write, 0);
+    /* Stopped at RECEIVED: answered with the hook's status, nothing written. */
+    n_seen = 0;
+    Kvs__CommandResponse *r = hset("locked", "k", vstr("v"));
+    check_status(r, 403);
+    CHECK_STR(r->message, "table locked is read-only");
+    CHECK_EQ(n_seen, 2);
+    CHECK_EQ(seen[1].ev, KVS_HOOK_EXECUTED);
+    CHECK_EQ(seen[1].status, 403);
+    fx.ctx.hooks = NULL;
+    check_status(hget("locked", "k"), 404);
+    fx.ctx.hooks = &chain;
+    /* Replaced at EXECUTED: the write happened, the answer says what the hook said. */
+    r = hset("replaced", "k", vstr("v"));
+    check_status(r, 503);
+    CHECK_STR(r->message, "answer replaced by a hook");
+    fx.ctx.hooks = NULL;
+    check_str(value0(hget("replaced", "k")), "v");
+    fx.ctx.hooks = &chain;
+    /* A request that does not decode skips RECEIVED. */
+    n_seen = 0;
+    static const uint8_t junk[] = {0xff};
+    check_status(run_raw(junk, sizeof(junk)), 400);
+    CHECK_EQ(n_seen, 1);
+    CHECK_EQ(seen[0].ev, KVS_HOOK_EXECUTED);
+    CHECK_EQ(seen[0].status, 400);
+    CHECK_EQ(seen[0].command, 0);
+    fx.ctx.hooks = NULL;
+}
+
+static void one_family(void *arg, kvs_mb_t *b)
+{
+    kvs_mb_sample(b, kvs_mb_family(b, "kvs_test_total", KVS__METRIC_FAMILY__TYPE__COUNTER, "T."),
+                  *(int *)arg, 1, "shard", "3");
+}
+
+static Kvs__CommandResponse *slowlog_cmd(uint32_t count, int reset)
+{
+    Kvs__Slowlog m = KVS__SLOWLOG__INIT;
+    m.count = count;
+    m.reset = reset;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_SLOWLOG, &m);
+}
+
+KVS_TEST(metrics_and_slowlog_answers)
+{
+    setup_default();
+    int value = 42;
+    kvs_slowlog_t log;
+    kvs_hook_chain_t chain;
+    kvs_slowlog_init(&log);
+    CHECK_EQ(kvs_slowlog_configure(&log, 0, 8), 0); /* every request */
+    kvs_hook_chain_init(&chain);
+    CHECK_EQ(kvs_hook_add(&chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), kvs_slowlog_hook, &log, 0), 0);
+    fx.ctx.hooks = &chain;
+    fx.ctx.info.peer = "unix";
+    fx.ctx.slowlog = &log;
+    fx.ctx.metrics = one_family;
+    fx.ctx.metrics_arg = &value;
+    put(TABLE, "a", "1");
+    put(TABLE, "b", "2");
+    Kvs__Metrics mm = KVS__METRICS__INIT;
+    Kvs__CommandResponse *r = run_cmd(KVS__COMMAND_REQUEST__COMMAND_METRICS, &mm);
+    check_status(r, 200);
+    CHECK(r->ops != NULL);
+    CHECK_EQ(r->ops->n_metrics, 1);
+    CHECK_STR(r->ops->metrics[0]->name, "kvs_test_total");
+    CHECK_EQ(r->ops->metrics[0]->samples[0]->value, 42);
+    r = slowlog_cmd(2, 0); /* sees the two Hsets and the Metrics, not itself yet */
+    check_status(r, 200);
+    CHECK_EQ(r->ops->slowlog_len, 3);
+    CHECK_EQ(r->ops->n_slowlog, 2);
+    CHECK_STR(r->ops->slowlog[0]->command, "Metrics");
+    CHECK_STR(r->ops->slowlog[1]->command, "Hset");
+    CHECK_STR(r->ops->slowlog[1]->table, TABLE);
+    CHECK_STR(r->ops->slowlog[1]->client, "unix");
+    CHECK_EQ(r->ops->slowlog[1]->keys, 1);
+    CHECK_EQ(r->ops->slowlog[1]->status, 200);
+    CHECK_EQ(r->ops->slowlog[1]->id, 2);
+    r = slowlog_cmd(0, 1); /* all (up to 10), then empty the log */
+    CHECK_EQ(r->ops->n_slowlog, 4);
+    r = slowlog_cmd(0, 0);
+    CHECK_EQ(r->ops->slowlog_len, 1); /* the resetting Slowlog itself, logged after it ran */
+    CHECK_STR(r->ops->slowlog[0]->command, "Slowlog");
+    fx.ctx.hooks = NULL;
+    fx.ctx.slowlog = NULL;
+    fx.ctx.metrics = NULL;
+    kvs_slowlog_free(&log);
+}
+
 KVS_TEST_MAIN(
+    KVS_CASE(hooks_see_every_request_and_may_stop_it), KVS_CASE(metrics_and_slowlog_answers),
     KVS_CASE(answer_budget_refuses_before_writing), KVS_CASE(value_stored_under_a_larger_max_frame),
     KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
     KVS_CASE(text_with_nul_reads_back_whole), KVS_CASE(integers_are_int64_on_every_path),

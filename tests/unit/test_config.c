@@ -554,14 +554,28 @@ KVS_TEST(data_dir_length)
              "data_dir: %s\ncluster: {shards: 11, remote: [{shard: 10, address: \"h:1\"}]}\n", dir);
     c = parse_ok(text);
     kvs_config_free(c);
-    /* Every shard remote: no socket, only PATH_MAX applies. */
-    memset(dir, 'd', 4090);
-    dir[0] = '/';
-    dir[4090] = '\0';
+    /* Every shard remote: no worker socket, but each router process has
+     * its own, <data_dir>/routerI.sock (I < router.processes; auto: 8). */
     snprintf(text, sizeof(text),
              "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\ndata_dir: %s\n", dir);
-    parse_fails(text, "config.yaml:2:11: data_dir is too long: paths under it must stay below "
-                      "4096 bytes");
+    c = parse_ok(text);
+    kvs_config_free(c);
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\nrouter: {processes: "
+             "10}\ndata_dir: %s\n",
+             dir);
+    c = parse_ok(text); /* "/router9.sock": 107 bytes, the most */
+    kvs_config_free(c);
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 1, remote: [{shard: 0, address: \"h:1\"}]}\nrouter: {processes: "
+             "11}\ndata_dir: %s\n",
+             dir);
+    snprintf(want, sizeof(want),
+             "config.yaml:3:11: data_dir is too long for the router processes' unix sockets: "
+             "\"%.80s.../router10.sock\" is 108 bytes, a unix socket path may have at most 107; "
+             "use a shorter data_dir (a symlink to the real directory works)",
+             dir);
+    parse_fails(text, want);
 }
 
 KVS_TEST(ready_timeout)
@@ -886,6 +900,94 @@ KVS_TEST(bindings_partitioner)
                 "config.yaml:3:41: kafka.bindings[0].partitioner: expected a string, got a list");
 }
 
+KVS_TEST(ops_keys_defaults_and_values)
+{
+    kvs_config_t *c = parse_ok("");
+    CHECK_STR(c->metrics_listen, "");
+    CHECK_EQ(c->slow_threshold_ms, 10);
+    CHECK_EQ(c->slow_max, 128);
+    CHECK_EQ(c->n_plugins, 0);
+    kvs_config_free(c);
+    c = parse_ok("router: {metrics_listen: \"127.0.0.1:9100\"}\n"
+                 "log: {slow_threshold: 0, slow_max: 5}\n");
+    CHECK_STR(c->metrics_listen, "127.0.0.1:9100");
+    CHECK_EQ(c->slow_threshold_ms, 0);
+    CHECK_EQ(c->slow_max, 5);
+    kvs_config_free(c);
+    c = parse_ok("log: {slow_threshold: off}\n");
+    CHECK_EQ(c->slow_threshold_ms, KVS_SLOWLOG_OFF);
+    kvs_config_free(c);
+    c = parse_ok("log: {slow_threshold: 2s}\n");
+    CHECK_EQ(c->slow_threshold_ms, 2000);
+    kvs_config_free(c);
+    parse_fails("log: {slow_threshold: soon}\n",
+                "config.yaml:1:23: log.slow_threshold: \"soon\" is not a duration (write "
+                "milliseconds, or a number with ms, s or m, as in 1s; or off)");
+    parse_fails("log: {slow_max: 0}\n",
+                "config.yaml:1:17: log.slow_max must be an integer from 1 to 100000 (got \"0\")");
+    parse_fails("router: {metrics_listen: \"unix:/x\"}\n",
+                "config.yaml:1:26: router.metrics_listen must be \"\", HOST:PORT or [IPV6]:PORT "
+                "(got \"unix:/x\"): a unix socket is not allowed here");
+}
+
+KVS_TEST(plugins_list)
+{
+    kvs_config_t *c = parse_ok("log: {level: info}\n"
+                               "plugins:\n"
+                               "  - ./a.so\n"
+                               "  - {path: /opt/b.so, arg: \"file=/tmp/x\"}\n");
+    CHECK_EQ(c->n_plugins, 2);
+    CHECK_STR(c->plugins[0].path, "./a.so");
+    CHECK_STR(c->plugins[0].arg, "");
+    CHECK_EQ(c->plugins[0].line, 3);
+    CHECK_EQ(c->plugins[0].column, 5);
+    CHECK_STR(c->plugins[1].path, "/opt/b.so");
+    CHECK_STR(c->plugins[1].arg, "file=/tmp/x");
+    CHECK_EQ(c->plugins[1].line, 4);
+    kvs_config_free(c);
+    c = parse_ok("plugins: []\n");
+    CHECK_EQ(c->n_plugins, 0);
+    kvs_config_free(c);
+    parse_fails("plugins: ./a.so\n",
+                "config.yaml:1:10: plugins: expected a list of shared object paths, got "
+                "\"./a.so\"");
+    parse_fails("plugins:\n  - {arg: x}\n", "config.yaml:2:5: plugins[0]: missing \"path\"");
+    parse_fails("plugins:\n  - {path: a.so, args: x}\n",
+                "config.yaml:2:18: unknown key \"args\" in \"plugins[0]\"");
+    parse_fails("plugins:\n  - \"\"\n", "config.yaml:2:5: plugins[0]: the path is empty");
+    parse_fails("plugins:\n  - [a.so]\n",
+                "config.yaml:2:5: plugins[0]: expected a path or {path, arg}, got a list");
+}
+
+KVS_TEST(reload_check_names_the_keys)
+{
+    char changed[256], fixed[256];
+    kvs_config_t *a = parse_ok("log: {level: info}\nlimits: {max_inflight: 10}\n");
+    kvs_config_t *same = parse_ok("limits: {max_inflight: 10}\n");
+    CHECK_EQ(kvs_config_reload_check(a, same, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "");
+    CHECK_STR(fixed, "");
+    kvs_config_t *live = parse_ok("log: {level: debug, slow_threshold: off}\n"
+                                  "limits: {max_inflight: 20, client_output: 128MiB}\n"
+                                  "router: {timeout: 1s}\n");
+    CHECK_EQ(kvs_config_reload_check(a, live, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "router.timeout, limits.max_inflight, limits.client_output, log.level, "
+                       "log.slow_threshold");
+    CHECK_STR(fixed, "");
+    kvs_config_t *not_live =
+        parse_ok("log: {level: debug}\ncluster: {shards: 2}\nlimits: {max_inflight: 10, "
+                 "max_frame: 1MiB}\nkafka: {bindings: [{topic: t, table: t}]}\n"
+                 "plugins: [x.so]\n");
+    CHECK_EQ(kvs_config_reload_check(a, not_live, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(changed, "log.level");
+    CHECK_STR(fixed, "cluster.shards, limits.max_frame, kafka.bindings, plugins");
+    kvs_config_free(a);
+    kvs_config_free(same);
+    kvs_config_free(live);
+    kvs_config_free(not_live);
+}
+
 KVS_TEST(tls_sections_inherit_and_check)
 {
     kvs_config_t *c = parse_ok("tls:\n"
@@ -1097,10 +1199,69 @@ KVS_TEST(cluster_nodes_errors)
                 "\"101\")");
 }
 
+KVS_TEST(reload_check_classifies_main_keys)
+{
+    char changed[512], fixed[512];
+    kvs_config_t *a = parse_ok("router: {processes: 2}\n");
+    kvs_config_t *live = parse_ok("router: {processes: 2, retry_percent: 20, retry_burst: 5}\n"
+                                  "kafka: {max_lag: 7}\n"
+                                  "cluster: {bootstrap: replay}\n"
+                                  "limits: {auth_failures: 9, auth_failures_per_minute: 99}\n");
+    CHECK_EQ(kvs_config_reload_check(a, live, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "cluster.bootstrap, router.retry_percent, router.retry_burst, "
+                       "limits.auth_failures, limits.auth_failures_per_minute, kafka.max_lag");
+    CHECK_STR(fixed, "");
+    kvs_config_t *not_live =
+        parse_ok("router: {processes: 3, resp_listen: \"127.0.0.1:6400\", metrics_listen: "
+                 "\"127.0.0.1:9100\"}\n"
+                 "node: {name: a}\n"
+                 "cluster:\n  nodes:\n    - {name: a, address: \"127.0.0.1:7000\", shards: [0, 1, "
+                 "2, 3]}\n"
+                 "tls: {min_version: TLS1.3, cert: /c, key: /k}\n"
+                 "users: [{name: alice, allow: {\"*\": read}}]\n");
+    CHECK_EQ(kvs_config_reload_check(a, not_live, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(changed, "");
+    CHECK_STR(fixed, "cluster.nodes, router.resp_listen, router.processes, "
+                     "router.metrics_listen, node.name, tls.cert, tls.key, tls.min_version, "
+                     "tls.router.cert, tls.router.key, tls.node.cert, tls.node.key, "
+                     "tls.link.cert, tls.link.key, users");
+    kvs_config_free(a);
+    kvs_config_free(live);
+    kvs_config_free(not_live);
+}
+
+KVS_TEST(apply_live_swaps_only_live_values)
+{
+    char changed[256], fixed[256];
+    kvs_config_t *cur = parse_ok("log: {level: info, slow_threshold: 5ms}\n"
+                                 "limits: {max_inflight: 10}\nrouter: {timeout: 2s}\n");
+    kvs_config_t *next = parse_ok("log: {level: DEBUG, format: json, slow_threshold: off}\n"
+                                  "limits: {max_inflight: 20}\nrouter: {timeout: 3s}\n"
+                                  "kafka: {max_lag: 3}\n");
+    const kvs_config_t *addr = cur;
+    CHECK_EQ(kvs_config_reload_check(cur, next, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    kvs_config_apply_live(cur, next);
+    CHECK(cur == addr);
+    CHECK_STR(cur->log_level, "debug");
+    CHECK_EQ(cur->log_format, KVS_LOG_JSON);
+    CHECK_EQ(cur->slow_threshold_ms, KVS_SLOWLOG_OFF);
+    CHECK_EQ(cur->max_inflight, 20);
+    CHECK_EQ(cur->router_timeout_ms, 3000);
+    CHECK_EQ(cur->kafka_max_lag, 3);
+    CHECK_STR(next->log_level, "info"); /* the old values, freed with next */
+    CHECK_EQ(next->max_inflight, 10);
+    CHECK_STR(cur->router_listen, "127.0.0.1:9527");
+    kvs_config_free(next);
+    kvs_config_free(cur);
+}
+
 KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
               KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map),
               KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
-              KVS_CASE(defaults_from_empty_string),
+              KVS_CASE(ops_keys_defaults_and_values), KVS_CASE(plugins_list),
+              KVS_CASE(reload_check_names_the_keys), KVS_CASE(reload_check_classifies_main_keys),
+              KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
               KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),

@@ -1,0 +1,412 @@
+/*
+ * router_http: GET /metrics for Prometheus.
+ *
+ * The listener is for administrators, but it is a network port like any
+ * other, so it is bounded like the client listeners, with kvs_conn doing
+ * the work:
+ *  - at most HTTP_MAX_CONNS connections; more get 503 and are closed;
+ *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
+ *    bytes: past that, 431 while in the headers, 413 in a body, and the
+ *    connection is closed;
+ *  - a request that started must arrive whole within HTTP_TIMEOUT_MS, and
+ *    a keep-alive connection idle for HTTP_IDLE_MS is closed (kvs_conn's
+ *    group timeouts);
+ *  - one request at a time per connection: while a scrape is in flight
+ *    the connection is paused (nothing more is read), and pipelined
+ *    requests wait their turn.
+ * Output is what the scrape renders (bounded by limits.max_frame, the size
+ * a Metrics answer may reach), plus a short error page.
+ *
+ * Parsing is libhttp-parser's, plugged into kvs_conn as a codec: the
+ * parser is fed the bytes it has not seen yet and pauses itself at the end
+ * of a message, which is then delivered as one "frame". Anything that is
+ * not a well-formed request gets its 4xx: 400 for what the parser refuses
+ * (the connection is then closed), 404 for another path, 405 (Allow: GET)
+ * for another method, 414 for a URL over HTTP_MAX_URL bytes.
+ *
+ * A scrape is handed to the owner's callback (the master's router_scrape,
+ * which collects the families of every process of the node) with a token;
+ * the owner answers through router_http_done, at once or later. If the
+ * connection closes first, the token is orphaned and the answer dropped.
+ */
+#include "router_http.h"
+#include "kvs_addr.h"
+#include "kvs_conn.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_log.h"
+
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HTTP_MAX_CONNS 16
+#define HTTP_MAX_REQUEST 8192u
+#define HTTP_MAX_URL 1024u
+#define HTTP_TIMEOUT_MS 10000u
+#define HTTP_IDLE_MS 60000u
+
+typedef struct http_conn_s http_conn_t;
+
+struct router_http_scrape_s {
+    http_conn_t *hc; /* NULL once the connection is gone */
+};
+
+struct router_http_s {
+    uv_loop_t *loop;
+    router_http_scrape_cb on_scrape;
+    void *arg;
+    int stopped;
+    kvs_listener_t listener;
+    int listening;
+    kvs_conn_group_t group;
+    http_conn_t *conns;
+    uint64_t refused_log_ms;
+};
+
+struct http_conn_s {
+    kvs_conn_t conn;
+    router_http_t *h;
+    kvs_codec_t codec;
+    http_parser parser;
+    size_t fed;   /* bytes of the buffered input the parser has seen */
+    int complete; /* a whole request ends at `fed` */
+    int error;    /* the 4xx a malformed request gets (the codec failed) */
+    char url[HTTP_MAX_URL + 1];
+    size_t url_len;
+    int url_too_long;
+    int headers_done;
+    size_t head_bytes;            /* request line and header bytes seen (names and values) */
+    router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
+    int keep_alive;               /* of the request being answered */
+    http_conn_t *prev, *next;
+};
+
+/* ---- parsing ------------------------------------------------------------------ */
+
+static int on_header_data(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *hc = p->data;
+    (void)at;
+    hc->head_bytes += len;
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *hc = p->data;
+    hc->head_bytes += len;
+    if (hc->url_len + len > HTTP_MAX_URL) {
+        hc->url_too_long = 1;
+        return 0;
+    }
+    memcpy(hc->url + hc->url_len, at, len);
+    hc->url_len += len;
+    hc->url[hc->url_len] = '\0';
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    http_conn_t *hc = p->data;
+    hc->headers_done = 1;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    http_conn_t *hc = p->data;
+    hc->complete = 1;
+    http_parser_pause(p, 1); /* stop right after this message */
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_data,
+    .on_header_value = on_header_data,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+static void parser_reset(http_conn_t *hc)
+{
+    http_parser_init(&hc->parser, HTTP_REQUEST);
+    hc->parser.data = hc;
+    hc->fed = 0;
+    hc->complete = 0;
+    hc->url_len = 0;
+    hc->url[0] = '\0';
+    hc->url_too_long = 0;
+    hc->headers_done = 0;
+    hc->head_bytes = 0;
+}
+
+/* kvs_conn's codec: feeds what the parser has not seen of p[0..len). */
+static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
+{
+    http_conn_t *hc = state;
+    if (hc->error)
+        return -1;
+    if (!hc->complete && len > hc->fed) {
+        size_t n =
+            http_parser_execute(&hc->parser, &settings, (const char *)p + hc->fed, len - hc->fed);
+        hc->fed += n;
+        enum http_errno e = HTTP_PARSER_ERRNO(&hc->parser);
+        if (!hc->complete && (e != HPE_OK || hc->parser.upgrade)) {
+            hc->error = 400;
+            return -1;
+        }
+    }
+    if (hc->fed > max || (!hc->complete && len > max)) { /* this request passes the bound */
+        hc->error = hc->headers_done && hc->head_bytes <= max ? 413 : 431;
+        return -1;
+    }
+    if (hc->complete) {
+        *used = hc->fed;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- answers ---------------------------------------------------------------------- */
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Internal Server Error";
+    }
+}
+
+/* Queues one response; without keep-alive the connection closes after it. */
+static void respond(http_conn_t *hc, int status, const char *type, const void *body, size_t len,
+                    const char *extra)
+{
+    char head[512];
+    int close = !hc->keep_alive || status >= 400;
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     status, reason(status), type, len, extra ? extra : "",
+                     close ? "Connection: close\r\n" : "");
+    if (kvs_buf_append(&hc->conn.out, head, (size_t)n) != 0 ||
+        kvs_buf_append(&hc->conn.out, body, len) != 0) {
+        kvs_conn_close(&hc->conn);
+        return;
+    }
+    if (close)
+        kvs_conn_close_after_flush(&hc->conn);
+    else
+        kvs_conn_queue(&hc->conn);
+}
+
+static void respond_text(http_conn_t *hc, int status, const char *text, const char *extra)
+{
+    respond(hc, status, "text/plain; charset=utf-8", text, strlen(text), extra);
+}
+
+void router_http_done(router_http_scrape_t *s, int status, const void *body, size_t len)
+{
+    http_conn_t *hc = s->hc;
+    free(s);
+    if (hc == NULL) /* the connection went away */
+        return;
+    hc->scrape = NULL;
+    if (hc->conn.flags & KVS_CONN_CLOSING)
+        return; /* going away (the listener stops) */
+    if (status == 200)
+        respond(hc, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, NULL);
+    else
+        respond(hc, status, "text/plain; charset=utf-8", body, len, NULL);
+    kvs_conn_resume(&hc->conn);
+}
+
+/* Hands the scrape to the owner; one at a time per connection. */
+static void scrape(http_conn_t *hc)
+{
+    router_http_scrape_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        respond_text(hc, 500, "out of memory\n", NULL);
+        return;
+    }
+    s->hc = hc;
+    hc->scrape = s;
+    kvs_conn_pause(&hc->conn); /* one request at a time */
+    hc->h->on_scrape(hc->h->arg, s);
+}
+
+/* A whole request arrived. */
+static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    http_conn_t *hc = c->data;
+    struct http_parser_url u;
+    char path[HTTP_MAX_URL + 1] = "";
+    (void)payload;
+    (void)len;
+    hc->keep_alive = http_should_keep_alive(&hc->parser);
+    int method = hc->parser.method, too_long = hc->url_too_long;
+    http_parser_url_init(&u);
+    int bad_url = too_long || http_parser_parse_url(hc->url, hc->url_len, 0, &u) != 0;
+    if (!bad_url && (u.field_set & (1u << UF_PATH)))
+        snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len,
+                 hc->url + u.field_data[UF_PATH].off);
+    parser_reset(hc); /* the next request starts after this one */
+    if (too_long)
+        respond_text(hc, 414, "the URL is too long\n", NULL);
+    else if (bad_url)
+        respond_text(hc, 400, "the request target is not a URL\n", NULL);
+    else if (strcmp(path, "/metrics") != 0)
+        respond_text(hc, 404, "not found: kvs serves only /metrics here\n", NULL);
+    else if (method != HTTP_GET)
+        respond_text(hc, 405, "only GET is allowed on /metrics\n", "Allow: GET\r\n");
+    else
+        scrape(hc);
+}
+
+/* The codec failed (or the input ended): answer the 4xx, then close. */
+static void on_conn_error(kvs_conn_t *c, int err)
+{
+    http_conn_t *hc = c->data;
+    hc->keep_alive = 0;
+    if (err == KVS_EPROTO && hc->error == 431)
+        respond_text(hc, 431, "the request headers are too large\n", NULL);
+    else if (err == KVS_EPROTO && hc->error == 413)
+        respond_text(hc, 413, "the request is too large\n", NULL);
+    else if (err == KVS_EPROTO)
+        respond_text(hc, 400, "malformed HTTP request\n", NULL);
+    else if (hc->scrape == NULL)
+        kvs_conn_close_after_flush(c); /* EOF: nothing more to answer */
+}
+
+static void on_conn_closed(kvs_conn_t *c)
+{
+    http_conn_t *hc = c->data;
+    router_http_t *h = hc->h;
+    if (hc->scrape != NULL)
+        hc->scrape->hc = NULL; /* router_http_done frees it */
+    if (hc->prev != NULL)
+        hc->prev->next = hc->next;
+    else
+        h->conns = hc->next;
+    if (hc->next != NULL)
+        hc->next->prev = hc->prev;
+    free(hc);
+}
+
+/* ---- listening ---------------------------------------------------------------------- */
+
+static void refuse(router_http_t *h, uv_stream_t *server)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: 32\r\nConnection: close\r\n\r\n"
+                               "too many connections; try again\n";
+    kvs_conn_refuse(server, busy, sizeof(busy) - 1);
+    uint64_t now = uv_now(h->loop);
+    if (h->refused_log_ms == 0 || now - h->refused_log_ms >= 10000) {
+        h->refused_log_ms = now;
+        kvs_warn("metrics listener: refusing connections past %d (logged at most every 10 s)",
+                 HTTP_MAX_CONNS);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    router_http_t *h = server->data;
+    if (status != 0)
+        return;
+    if (h->group.count >= HTTP_MAX_CONNS) {
+        refuse(h, server);
+        return;
+    }
+    http_conn_t *hc = calloc(1, sizeof(*hc));
+    if (hc == NULL)
+        return;
+    hc->h = h;
+    kvs_conn_init(&hc->conn, h->loop, 0, HTTP_MAX_REQUEST, on_frame, on_conn_error, on_conn_closed);
+    hc->conn.data = hc;
+    hc->codec.next = codec_next;
+    hc->codec.state = hc;
+    hc->conn.codec = &hc->codec;
+    parser_reset(hc);
+    kvs_conn_join(&hc->conn, &h->group);
+    hc->next = h->conns;
+    if (h->conns != NULL)
+        h->conns->prev = hc;
+    h->conns = hc;
+    if (kvs_conn_accept(&hc->conn, server) != 0)
+        kvs_conn_close(&hc->conn);
+}
+
+int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
+                      void *arg, router_http_t **out)
+{
+    kvs_addr_t addr;
+    char err[256];
+    router_http_t *h = calloc(1, sizeof(*h));
+    *out = NULL;
+    if (h == NULL)
+        return UV_ENOMEM;
+    h->loop = loop;
+    h->on_scrape = on_scrape;
+    h->arg = arg;
+    int rc = kvs_addr_parse(listen, 0, &addr, err, sizeof(err));
+    if (rc != 0) {
+        kvs_error("router.metrics_listen: %s", err);
+        free(h);
+        return UV_EINVAL;
+    }
+    kvs_conn_limits_t limits = {
+        .high_water = SIZE_MAX, /* one request at a time: nothing to hold back */
+        .hard_limit = 0,
+        .frame_timeout_ms = HTTP_TIMEOUT_MS,
+        .idle_timeout_ms = HTTP_IDLE_MS,
+    };
+    rc = kvs_conn_group_init(&h->group, loop, &limits, "metrics client");
+    *out = h; /* from here the group's timer is a handle: router_http_stop closes it */
+    if (rc == 0)
+        rc = kvs_listen(loop, &addr, &h->listener, on_connection);
+    if (rc != 0) {
+        kvs_error("cannot listen on %s (router.metrics_listen): %s", listen, uv_strerror(rc));
+        return rc;
+    }
+    h->listener.handle.data = h;
+    h->listening = 1;
+    kvs_info("serving metrics on http://%s/metrics", listen);
+    return 0;
+}
+
+void router_http_stop(router_http_t *h)
+{
+    if (h == NULL || h->stopped)
+        return;
+    h->stopped = 1;
+    if (h->listening)
+        uv_close(&h->listener.handle, NULL);
+    h->listening = 0;
+    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
+        kvs_conn_close(&hc->conn);
+    if (h->group.loop != NULL && !uv_is_closing((uv_handle_t *)&h->group.sweep))
+        kvs_conn_group_close(&h->group);
+}
+
+void router_http_free(router_http_t *h)
+{
+    free(h);
+}

@@ -1,0 +1,267 @@
+/*
+ * router_scrape: the master's GET /metrics (see router_scrape.h).
+ *
+ * Links: [0, n_procs) reach the router processes' own sockets, the rest
+ * this node's workers' unix sockets (kvs_cluster: the local replica of each
+ * local shard). Each link is a router_link, so a request that is not
+ * answered within router.timeout fails (and the link starts over), and a
+ * process that restarts is reached again once it listens.
+ *
+ * A scrape (scrape_t) holds one answer slot per link. Parts that cannot
+ * be sent (the link is down) fail at once; the others answer through
+ * on_reply. The last one to finish builds the families in the scraper's
+ * arena (the master's own, then each answer's, decoded in place), renders
+ * them, and hands the text to router_http.
+ */
+#include "router_scrape.h"
+#include "kvs_cluster.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "router_http.h"
+#include "router_link.h"
+#include "router_procs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* CommandRequest{metrics: {own: true}} and CommandRequest{metrics: {}}. */
+static const uint8_t ask_router[] = {0x82, 0x01, 0x02, 0x08, 0x01};
+static const uint8_t ask_worker[] = {0x82, 0x01, 0x00};
+
+struct router_scrape_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    kvs_flusher_t flusher;
+    int flusher_on;
+    router_link_t *links;
+    uint32_t n_links, n_procs;
+    uint32_t *shard; /* per worker link: its shard */
+    router_http_t *http;
+    router_scrape_own_cb own;
+    void *arg;
+    kvs_arena_t arena;
+    int stopped;
+};
+
+typedef struct scrape_s {
+    router_scrape_t *sc;
+    router_http_scrape_t *token;
+    uint32_t left;
+    kvs_buf_t *answers; /* per link: the answer's payload */
+    uint8_t *ok;        /* per link: it answered */
+} scrape_t;
+
+static void scrape_free(scrape_t *x)
+{
+    for (uint32_t i = 0; x->answers != NULL && i < x->sc->n_links; i++)
+        kvs_buf_free(&x->answers[i]);
+    free(x->answers);
+    free(x->ok);
+    free(x);
+}
+
+/* Which processes answered this scrape. */
+static void source_metrics(const scrape_t *x, kvs_mb_t *b)
+{
+    router_scrape_t *sc = x->sc;
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_metrics_source_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                      "1 when the process (a router process, or a shard's worker) answered this "
+                      "scrape within router.timeout; its metrics are left out when 0.");
+    for (uint32_t i = 0; i < sc->n_links; i++) {
+        if (i < sc->n_procs)
+            kvs_mb_sample(b, f, x->ok[i], 1, "router", kvs_mb_printf(b, "%u", i));
+        else
+            kvs_mb_sample(b, f, x->ok[i], 1, "shard",
+                          kvs_mb_printf(b, "%u", sc->shard[i - sc->n_procs]));
+    }
+}
+
+/* Every part is in: the families, as text, to the scraper's client. */
+static void scrape_finish(scrape_t *x)
+{
+    router_scrape_t *sc = x->sc;
+    kvs_mb_t b;
+    kvs_buf_t body;
+    kvs_buf_init(&body);
+    kvs_mb_init(&b, &sc->arena);
+    if (sc->own != NULL)
+        sc->own(sc->arg, &b);
+    source_metrics(x, &b);
+    for (uint32_t i = 0; i < sc->n_links; i++) {
+        if (!x->ok[i])
+            continue;
+        Kvs__CommandResponse *a =
+            kvs__command_response__unpack(&sc->arena.pb, x->answers[i].len, x->answers[i].data);
+        if (a == NULL || a->status != KVS_STATUS_OK || a->ops == NULL)
+            continue;
+        for (size_t k = 0; k < a->ops->n_metrics; k++)
+            kvs_mb_add(&b, a->ops->metrics[k]);
+    }
+    if (b.failed || kvs_metrics_render(b.fams, b.n, &body) != 0) {
+        static const char oom[] = "the kvs-router master is out of memory\n";
+        router_http_done(x->token, 500, oom, sizeof(oom) - 1);
+    } else {
+        router_http_done(x->token, 200, body.data, body.len);
+    }
+    kvs_buf_free(&body);
+    kvs_arena_reset(&sc->arena);
+    scrape_free(x);
+}
+
+/* A link's answer to a scrape's request, or its failure. */
+static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
+                     const char *failure)
+{
+    scrape_t *x = ctx;
+    if (x == NULL || part >= x->sc->n_links)
+        return;
+    if (failure == NULL && kvs_buf_append(&x->answers[part], payload, len) == 0)
+        x->ok[part] = 1;
+    if (--x->left == 0)
+        scrape_finish(x);
+}
+
+/* router_http: a GET /metrics. */
+static void on_scrape(void *arg, router_http_scrape_t *token)
+{
+    router_scrape_t *sc = arg;
+    scrape_t *x = calloc(1, sizeof(*x));
+    if (x != NULL) {
+        x->answers = calloc(sc->n_links ? sc->n_links : 1, sizeof(*x->answers));
+        x->ok = calloc(sc->n_links ? sc->n_links : 1, 1);
+    }
+    if (x == NULL || x->answers == NULL || x->ok == NULL) {
+        static const char oom[] = "the kvs-router master is out of memory\n";
+        if (x != NULL) {
+            free(x->answers);
+            free(x->ok);
+            free(x);
+        }
+        router_http_done(token, 500, oom, sizeof(oom) - 1);
+        return;
+    }
+    x->sc = sc;
+    x->token = token;
+    x->left = sc->n_links + 1; /* +1: held until every request is out */
+    for (uint32_t i = 0; i < sc->n_links; i++) {
+        router_link_t *l = &sc->links[i];
+        l->timeout_ms = sc->cfg->router_timeout_ms; /* live: read at every scrape */
+        int rc = i < sc->n_procs ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
+                                 : router_link_send(l, ask_worker, sizeof(ask_worker), x, i);
+        if (rc != 0)
+            --x->left; /* down: left out */
+    }
+    if (--x->left == 0)
+        scrape_finish(x);
+}
+
+/* ---- links ------------------------------------------------------------------------ */
+
+static int start_link(router_scrape_t *sc, uint32_t i, uint32_t id, const kvs_addr_t *addr)
+{
+    router_link_t *l = &sc->links[i];
+    int rc = router_link_start(l, sc->loop, id, addr, sc->cfg->router_timeout_ms,
+                               (uint32_t)sc->cfg->max_frame, &sc->flusher, NULL, on_reply, NULL);
+    if (rc != 0)
+        kvs_error("metrics: cannot reach %s: %s", l->addr_text, uv_strerror(rc));
+    return rc;
+}
+
+/* A link to each router process's own socket, then to each local worker. */
+static int start_links(router_scrape_t *sc)
+{
+    const kvs_config_t *cfg = sc->cfg;
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    char spec[4200], err[256];
+    uint32_t n_local = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        n_local += (uint32_t)kvs_config_local(cfg, s);
+    sc->shard = calloc(n_local ? n_local : 1, sizeof(*sc->shard));
+    sc->links = calloc(sc->n_procs + n_local, sizeof(*sc->links));
+    if (sc->links == NULL || sc->shard == NULL)
+        return UV_ENOMEM;
+    for (uint32_t i = 0; i < sc->n_procs; i++) {
+        kvs_addr_t addr;
+        if (router_procs_admin_path(cfg, i, spec, sizeof(spec)) != 0 ||
+            kvs_addr_parse(spec, 0, &addr, err, sizeof(err)) != 0) {
+            kvs_error("metrics: router %u's socket: %s", i, spec);
+            return UV_EINVAL;
+        }
+        int rc = start_link(sc, sc->n_links, i, &addr);
+        if (rc != 0)
+            return rc;
+        sc->n_links++;
+    }
+    for (uint32_t s = 0; s < cfg->shards; s++) {
+        if (!kvs_config_local(cfg, s))
+            continue;
+        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
+        for (int k = 0; k < n && k < KVS_MAX_REPLICAS; k++) {
+            if (!reps[k].local)
+                continue;
+            int rc = start_link(sc, sc->n_links, s, &reps[k].addr);
+            if (rc != 0)
+                return rc;
+            sc->shard[sc->n_links++ - sc->n_procs] = s;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- start / stop ------------------------------------------------------------------ */
+
+int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_procs,
+                        router_scrape_own_cb own, void *arg, router_scrape_t **out)
+{
+    router_scrape_t *sc = calloc(1, sizeof(*sc));
+    *out = sc;
+    if (sc == NULL)
+        return UV_ENOMEM;
+    sc->loop = loop;
+    sc->cfg = cfg;
+    sc->n_procs = n_procs;
+    sc->own = own;
+    sc->arg = arg;
+    kvs_arena_init(&sc->arena);
+    int rc = kvs_flusher_init(&sc->flusher, loop, NULL, sc);
+    sc->flusher_on = rc == 0;
+    if (rc == 0)
+        rc = router_http_start(loop, cfg->metrics_listen, on_scrape, sc, &sc->http);
+    return rc;
+}
+
+int router_scrape_connect(router_scrape_t *sc)
+{
+    if (sc == NULL || sc->stopped || sc->links != NULL)
+        return 0;
+    return start_links(sc);
+}
+
+void router_scrape_stop(router_scrape_t *sc)
+{
+    if (sc == NULL || sc->stopped)
+        return;
+    sc->stopped = 1;
+    router_http_stop(sc->http);
+    for (uint32_t i = 0; i < sc->n_links; i++)
+        router_link_stop(&sc->links[i]); /* fails what is pending: those scrapes finish */
+    if (sc->flusher_on) {
+        uv_check_stop(&sc->flusher.check);
+        if (!uv_is_closing((uv_handle_t *)&sc->flusher.check))
+            uv_close((uv_handle_t *)&sc->flusher.check, NULL);
+    }
+}
+
+void router_scrape_free(router_scrape_t *sc)
+{
+    if (sc == NULL)
+        return;
+    router_http_free(sc->http);
+    free(sc->links);
+    free(sc->shard);
+    kvs_arena_close(&sc->arena);
+    free(sc);
+}

@@ -1,0 +1,486 @@
+"""Operations end to end: Prometheus metrics (router.metrics_listen, served
+by the master for the whole node, and the Metrics command), the slow log
+(kvs-cli slowlog, RESP SLOWLOG), request hook plugins (the shipped
+audit_log, with the authenticated user on both front doors; a test plugin
+that refuses writes; plugins that must not load), and live reload on
+SIGHUP: the master checks the file, then its router processes and workers
+apply it.
+
+Metrics text is checked by promtool (Debian's prometheus package) and its
+values against known activity: N writes move the request counters by N.
+"""
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import unittest
+
+import redis
+
+from kafkatest import MockKafka, ingest_yaml, produce, wait_until
+from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hset
+from routertest import RouterTestCase, free_port
+from test_auth import req_auth, users_yaml
+
+PLUGINS = os.path.join(BUILD_DIR, "plugins")
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
+WAIT = 15.0
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """Prometheus text -> [(name, {label: value}, float)] (comments skipped)."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, "not a sample line: %r" % line
+        out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def total(samples, name, **labels):
+    """The sum of every sample of `name` whose labels include `labels`."""
+    return sum(v for n, ls, v in samples
+               if n == name and all(ls.get(k) == w for k, w in labels.items()))
+
+
+def http_get(port, path="/metrics", method="GET"):
+    c = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        c.close()
+
+
+def raw_http(port, data):
+    """Sends raw bytes; returns the status line of the answer."""
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(data)
+        got = b""
+        while b"\r\n" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    return got.split(b"\r\n")[0].decode()
+
+
+def promtool_check(test, text):
+    p = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    test.assertEqual(p.returncode, 0, "promtool: %s %s\n%s"
+                     % (p.stdout.decode(), p.stderr.decode(), text[:3000]))
+
+
+def metrics_req():
+    req = pb.CommandRequest()
+    req.metrics.SetInParent()
+    return req
+
+
+def slowlog_req(count=0, reset=False):
+    req = pb.CommandRequest()
+    req.slowlog.count = count
+    req.slowlog.reset = reset
+    return req
+
+
+class MetricsTest(RouterTestCase):
+    def metrics_router(self, **kw):
+        self.mport = free_port()
+        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+
+    def scrape(self):
+        status, ctype, body = http_get(self.mport)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(ctype, "text/plain; version=0.0.4; charset=utf-8")
+        return body
+
+    def test_scrape_passes_promtool_and_counts_activity(self):
+        r = self.metrics_router(shards=2, partitions=8)
+        before = parse_metrics(self.scrape())
+        n = 7
+        with r.client() as c:
+            for i in range(n):
+                self.assertEqual(c.hset("t", "k%d" % i, "v").status, 200)
+            for i in range(3):
+                self.assertEqual(c.hget("t", "missing%d" % i).status, 404)
+        text = self.scrape()
+        promtool_check(self, text)
+        after = parse_metrics(text)
+
+        def moved(name, **labels):
+            return total(after, name, **labels) - total(before, name, **labels)
+        self.assertEqual(moved("kvs_requests_total", command="Hset", status="200"), n)
+        self.assertEqual(moved("kvs_requests_total", command="Hget", status="404"), 3)
+        self.assertEqual(moved("kvs_request_duration_seconds_count", command="Hset"), n)
+        self.assertEqual(moved("kvs_worker_requests_total", command="Hset", status="200"), n)
+        self.assertEqual(moved("kvs_worker_request_duration_seconds_count", command="Hset"), n)
+        self.assertEqual(moved("kvs_commit_batch_writes_sum"), n)  # one write per Hset
+        self.assertEqual(moved("kvs_client_connections_accepted_total", protocol="kvs"), 1)
+        self.assertGreater(moved("kvs_client_received_bytes_total"), n * 10)
+        for s in ("0", "1"):
+            self.assertEqual(total(after, "kvs_shard_link_up", shard=s), 1)
+            self.assertEqual(total(after, "kvs_worker_up", shard=s), 1)
+            self.assertEqual(total(after, "kvs_worker_restarts_total", shard=s), 0)
+            self.assertGreater(total(after, "kvs_lmdb_map_size_bytes", shard=s), 0)
+            self.assertGreater(total(after, "kvs_process_resident_memory_bytes", shard=s), 0)
+            self.assertEqual(total(after, "kvs_metrics_source_up", shard=s), 1)
+            self.assertEqual(total(after, "kvs_shard_replicas", shard=s), 1)
+        # The master serves the port: the router process's samples say
+        # which router process they are, the master's own are there too.
+        self.assertGreater(total(after, "kvs_process_resident_memory_bytes", role="router",
+                                 router="0"), 0)
+        self.assertGreater(total(after, "kvs_process_resident_memory_bytes", role="master"), 0)
+        self.assertEqual(total(after, "kvs_metrics_source_up", router="0"), 1)
+        self.assertEqual(total(after, "kvs_router_up", router="0"), 1)
+        self.assertTrue(all(ls.get("router") == "0" for n, ls, v in after
+                            if n == "kvs_requests_total"))
+        self.assertEqual(total(after, "kvs_replica_retries_total"), 0)
+
+    def test_worker_restart_and_link_state_are_counted(self):
+        r = self.metrics_router(shards=2, partitions=8)
+        old = r.kill_worker(1)
+        self.assertIsNotNone(r.wait_worker(1, not_pid=old))
+
+        def restarted():
+            m = parse_metrics(self.scrape())
+            return (total(m, "kvs_worker_restarts_total", shard="1") == 1
+                    and total(m, "kvs_shard_link_up", shard="1") == 1 and m)
+        m = wait_until(restarted, WAIT)
+        self.assertTrue(m, self.scrape())
+        self.assertEqual(total(m, "kvs_worker_restarts_total", shard="0"), 0)
+        self.assertEqual(total(m, "kvs_shard_link_failures_total", shard="1"), 1)
+
+    def test_bad_http_requests_get_4xx(self):
+        self.metrics_router(shards=1, partitions=8)
+        p = self.mport
+        self.assertEqual(http_get(p, "/other")[0], 404)
+        self.assertEqual(http_get(p, "/metrics", method="POST")[0], 405)
+        self.assertEqual(http_get(p, "/metrics?x=1")[0], 200)  # a query string is fine
+        self.assertEqual(raw_http(p, b"BREW /metrics HTCPCP/1.0\r\n\r\n"),
+                         "HTTP/1.1 400 Bad Request")
+        self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"),
+                         "HTTP/1.1 431 Request Header Fields Too Large")
+        self.assertEqual(raw_http(p, b"POST /metrics HTTP/1.1\r\nContent-Length: 9000\r\n\r\n"
+                                  + b"a" * 9000), "HTTP/1.1 413 Content Too Large")
+        self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
+                         "HTTP/1.1 414 URI Too Long")
+        # Connections are bounded: 16 idle ones, the 17th is told 503.
+        idle = [socket.create_connection((HOST, p), timeout=10) for _ in range(16)]
+        try:
+            time.sleep(0.3)
+            self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\n\r\n"),
+                             "HTTP/1.1 503 Service Unavailable")
+        finally:
+            for s in idle:
+                s.close()
+        self.assertTrue(wait_until(lambda: http_get(p)[0] == 200, WAIT))
+
+    def test_metrics_command_merges_router_and_workers(self):
+        r = self.router(shards=2, partitions=8)
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            resp = c.call(metrics_req())
+        self.assertEqual(resp.status, 200, resp.message)
+        names = {f.name for f in resp.ops.metrics}
+        self.assertIn("kvs_requests_total", names)
+        self.assertIn("kvs_worker_requests_total", names)
+        shards = {dict(zip(s.labels[::2], s.labels[1::2])).get("shard")
+                  for f in resp.ops.metrics if f.name == "kvs_lmdb_pages_used"
+                  for s in f.samples}
+        self.assertEqual(shards, {"0", "1"})
+        # A worker asked directly answers its own.
+        with r.worker_client(0) as w:
+            own = w.call(metrics_req())
+        self.assertEqual(own.status, 200, own.message)
+        self.assertNotIn("kvs_requests_total", {f.name for f in own.ops.metrics})
+
+    def test_partition_metrics_follow_ingestion(self):
+        m = MockKafka({"users": 4})
+        self.addCleanup(m.close)
+        r = self.metrics_router(shards=2, partitions=4,
+                                extra_yaml=ingest_yaml(m.bootstrap, [("users", "users", "raw", 4)]))
+        placed = produce(m.bootstrap, "users", [(b"k%d" % i, b"v") for i in range(20)])
+        ends = {}
+        for part, off in placed:
+            ends[part] = max(ends.get(part, 0), off + 1)
+
+        def caught_up():
+            s = parse_metrics(self.scrape())
+            ok = total(s, "kvs_partition_applied_records_total", topic="users") == 20 and all(
+                total(s, "kvs_partition_lag_records", topic="users", partition=str(p)) == 0 and
+                total(s, "kvs_partition_next_offset", topic="users", partition=str(p)) == e
+                for p, e in ends.items())
+            return ok and s
+        s = wait_until(caught_up, WAIT)
+        self.assertTrue(s, self.scrape())
+        self.assertEqual(total(s, "kvs_partition_serving", topic="users"), 4)
+        self.assertEqual(total(s, "kvs_partition_applied_records_total", shard="0")
+                         + total(s, "kvs_partition_applied_records_total", shard="1"), 20)
+        promtool_check(self, self.scrape())
+
+
+class SlowlogTest(RouterTestCase):
+    def test_slowlog_through_cli_resp_and_a_worker(self):
+        rport = free_port()
+        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        with r.client() as c:
+            self.assertEqual(c.hset("users", "alice", "a").status, 200)
+            self.assertEqual(c.hmget("users", [b"a", b"b", b"c"]).status, 200)
+        out = subprocess.run([CLI, "--port", str(r.port), "slowlog", "2"], capture_output=True,
+                             timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.decode().splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertRegex(lines[0], r'^1\) #2 \d{4}-\d\d-\d\dT[\d:.]+Z \d+\.\d{3} ms Hmget "users" '
+                                   r'3 keys, status 200, client 127\.0\.0\.1:\d+$')
+        self.assertRegex(lines[1], r'^2\) #1 .* Hset "users" 1 key, status 200, client ')
+        # RESP: SLOWLOG LEN / GET / RESET on the same log.
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        n = rc.slowlog_len()
+        self.assertGreaterEqual(n, 3)  # the two requests and kvs-cli's Slowlog
+        entries = rc.slowlog_get(10)  # SLOWLOG LEN is in it now
+        self.assertEqual([e["id"] for e in entries], list(range(n + 1, 0, -1)))
+        self.assertEqual(entries[-1]["command"], b"Hset users 1 key")
+        self.assertTrue(rc.slowlog_reset())
+        self.assertEqual(rc.slowlog_len(), 1)  # SLOWLOG LEN itself, logged after it answered
+        out = subprocess.run([CLI, "--port", str(r.port), "slowlog", "reset"],
+                             capture_output=True, timeout=20)
+        self.assertEqual(out.stdout, b"OK\n")
+        # A worker asked directly answers its own log (its service times).
+        with r.worker_client(r.shard_of(b"alice")) as w:
+            resp = w.call(slowlog_req(count=100))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn(("Hset", "users"), {(e.command, e.table) for e in resp.ops.slowlog})
+
+
+class PluginTest(RouterTestCase):
+    def test_audit_log_writes_one_line_per_write(self):
+        r = self.router(shards=2, partitions=8, start=False)
+        audit = os.path.join(r.dir, "audit.log")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.hset("users", "alice", "a").status, 200)
+            self.assertEqual(c.hget("users", "alice").status, 200)  # a read: not audited
+            self.assertEqual(c.hmset("t \"q\"", [(b"a", "1"), (b"b", "2"), (b"c", "3")]).status,
+                             200)
+            self.assertEqual(c.hdel("users", "alice").status, 200)
+            self.assertEqual(c.hset("users", "", "x").status, 400)  # refused: audited as such
+        with open(audit) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 4, lines)
+        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=127\.0\.0\.1:\d+ user=-"
+        self.assertRegex(lines[0], "^%s command=Hset table=\"users\" keys=1 status=200$" % stamp)
+        self.assertRegex(lines[1], r'^%s command=Hmset table="t \\"q\\"" keys=3 status=200$' % stamp)
+        self.assertRegex(lines[2], "^%s command=Hdel table=\"users\" keys=1 status=200$" % stamp)
+        self.assertRegex(lines[3], "^%s command=Hset table=\"users\" keys=1 status=400$" % stamp)
+        self.assertIn("plugin audit_log loaded from", r.stderr())
+
+    def test_audit_log_names_the_user_on_both_front_doors(self):
+        rport = free_port()
+        r = self.router(shards=2, partitions=8, start=False, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        audit = os.path.join(r.dir, "audit.log")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.call(req_auth("alice", "alice-pw")).status, 200)
+            self.assertEqual(c.hset("orders", "o1", "x").status, 200)
+            self.assertEqual(c.hset("other", "o1", "x").status, 403)  # refused: audited too
+            self.assertEqual(c.call(slowlog_req()).status, 403)  # the slow log is admin's
+        ops = redis.Redis(host=HOST, port=rport, username="ops", password="ops-pw",
+                          socket_timeout=10)
+        self.addCleanup(ops.close)
+        self.assertEqual(ops.hset("pub", "k", "v"), 1)
+        self.assertGreaterEqual(ops.slowlog_len(), 0)  # admin: allowed
+        reader = redis.Redis(host=HOST, port=rport, username="reader", password="reader-pw",
+                             socket_timeout=10)
+        self.addCleanup(reader.close)
+        with self.assertRaisesRegex(redis.ResponseError, "may not run Slowlog"):
+            reader.slowlog_get()
+        with self.assertRaisesRegex(redis.ResponseError, "may not run Slowlog"):
+            reader.slowlog_reset()
+        with open(audit) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3, lines)
+        stamp = r"^\S+Z client=127\.0\.0\.1:\d+ "
+        self.assertRegex(lines[0], stamp + 'user="alice" command=Hset table="orders" keys=1 '
+                                           'status=200$')
+        self.assertRegex(lines[1], stamp + 'user="alice" command=Hset table="other" keys=1 '
+                                           'status=403$')
+        self.assertRegex(lines[2], stamp + 'user="ops" command=Hset table="pub" keys=1 '
+                                           'status=200$')
+
+    def test_a_plugin_hook_refuses_writes(self):
+        r = self.router(shards=2, partitions=8, start=False)
+        with open(r.config, "a") as f:
+            f.write('plugins: ["%s/test_deny_writes.so"]\n' % PLUGINS)
+        r.start()
+        with r.client() as c:
+            resp = c.hset("ro_users", "k", "v")
+            self.assertEqual(resp.status, 403, resp.message)
+            self.assertEqual(resp.message, 'Hset of table "ro_users" refused by deny_writes: '
+                                           'tables ro_* are read-only')
+            self.assertEqual(c.hget("ro_users", "k").status, 404)  # nothing was written
+            self.assertEqual(c.hset("users", "k", "v").status, 200)
+            self.assertEqual(c.hmdel("ro_x", [b"a", b"b"]).status, 403)
+        # The workers load it too: a write sent to one directly is refused there.
+        with r.worker_client(r.shard_of(b"k")) as w:
+            self.assertEqual(w.call(req_hset("ro_users", b"k", "v")).status, 403)
+
+    def test_missing_or_wrong_abi_plugin_refuses_to_start(self):
+        for path, why in [("/nonexistent/kvs_plugin.so", "cannot be loaded: "
+                           "/nonexistent/kvs_plugin.so: cannot open shared object file"),
+                          ("%s/test_wrong_abi.so" % PLUGINS, "test_wrong_abi.so was built for "
+                           "kvs plugin ABI version 2, but this kvs has ABI version 1; rebuild it "
+                           "against this kvs's kvs_plugin.h"),
+                          ("%s/kvs-cli" % BUILD_DIR, "cannot be loaded: ")]:
+            r = self.router(shards=1, start=False)
+            with open(r.config) as f:
+                lines = len(f.read().splitlines())
+            with open(r.config, "a") as f:
+                f.write("plugins:\n  - %s\n" % path)
+            p = r.spawn()
+            self.assertEqual(p.wait(WAIT), 78, r.stderr())
+            self.assertIn("config.yaml:%d:5: plugins[0]" % (lines + 2), r.stderr())
+            self.assertIn(why, r.stderr())
+            self.assertEqual(r.workers(), {})  # refused before any worker started
+
+
+class ReloadTest(RouterTestCase):
+    def rewrite(self, r, old, new):
+        with open(r.config) as f:
+            text = f.read()
+        self.assertIn(old, text)
+        with open(r.config, "w") as f:
+            f.write(text.replace(old, new))
+
+    def hup(self, r, needle, count=1):
+        """SIGHUP, then wait for `count` log lines holding `needle`."""
+        before = r.stderr().count(needle)
+        r.proc.send_signal(signal.SIGHUP)
+        ok = wait_until(lambda: r.stderr().count(needle) >= before + count, WAIT)
+        self.assertTrue(ok, "no %d x %r after SIGHUP:\n%s" % (count, needle, r.stderr()[-3000:]))
+
+    def metrics_router(self, **kw):
+        self.mport = free_port()
+        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+
+    def reloads(self, r):
+        """{(role, shard, result): count} of kvs_config_reloads_total, from
+        /metrics: the master's, the router process's and the workers'."""
+        status, _, body = http_get(self.mport)
+        self.assertEqual(status, 200, body)
+        return {(ls["role"], ls.get("shard"), ls["result"]): v
+                for n, ls, v in parse_metrics(body) if n == "kvs_config_reloads_total"}
+
+    def test_good_config_reaches_router_and_workers(self):
+        r = self.metrics_router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
+        # Level warn -> info: the reload lines (info) of the master, the
+        # router process and both workers show the new level took effect
+        # in every process.
+        self.rewrite(r, "log: {level: warn, slow_threshold: off}",
+                     "log: {level: info, slow_threshold: 0}\nlimits: {max_inflight: 7}")
+        self.hup(r, "configuration reloaded from %s (limits.max_inflight, log.level, "
+                    "log.slow_threshold)" % r.config, count=4)
+        self.assertRegex(r.stderr(), r"node\[0\] INFO  configuration reloaded")
+        self.assertRegex(r.stderr(), r"node\[1\] INFO  configuration reloaded")
+        self.assertIn("router INFO  SIGHUP: passed on to 1 router process(es) and 2 worker(s)",
+                      r.stderr())
+        with r.client() as c:  # the slow log is on now, in the router and the workers
+            self.assertEqual(c.hset("t", "k", "w").status, 200)
+            self.assertEqual(c.call(slowlog_req()).ops.slowlog[0].command, "Hset")
+        with r.worker_client(r.shard_of(b"k")) as w:
+            self.assertIn("Hset", [e.command for e in w.call(slowlog_req()).ops.slowlog])
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "ok")], 1)
+        self.assertEqual(got[("router", None, "ok")], 1)
+        self.assertEqual(got[("node", "0", "ok")], 1)
+        self.assertEqual(got[("node", "1", "ok")], 1)
+
+    def test_config_with_errors_changes_nothing(self):
+        r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        self.rewrite(r, "log: {level: info, slow_threshold: off}",
+                     "log: {level: info, slow_threshold: 0, color: blue}")
+        self.hup(r, "the running configuration is unchanged")
+        self.assertRegex(r.stderr(), r"router ERROR reload: %s:\d+:\d+: unknown key \"color\" "
+                                     r"in \"log\"; the running" % re.escape(r.config))
+        time.sleep(0.3)
+        self.assertNotIn("node[", "".join(l for l in r.stderr().splitlines() if "reload" in l))
+        with r.client() as c:  # still serving, slow log still off
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
+        got = self.reloads(r)  # refused by the master: its children were not told
+        self.assertEqual(got[("master", None, "error")], 1)
+        self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
+
+    def test_key_that_cannot_change_live_is_refused(self):
+        r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        self.rewrite(r, "  partitions: 8\n", "  partitions: 16\n")
+        self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
+        self.hup(r, "reload refused: cluster.partitions changed, which cannot change while the "
+                    "node runs")
+        with r.client() as c:  # nothing of the file applied, not even the live key
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "refused")], 1)
+        self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
+
+    def test_keys_of_security_and_replicas_are_classified(self):
+        """router.retry_burst (replicas' retry budget) and limits.auth_failures
+        change live in every process; users cannot (refused whole)."""
+        self.mport = free_port()
+        r = self.router(shards=2, partitions=8, extra_yaml=users_yaml(), max_inflight=1024,
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport),
+                                     "retry_burst: 100"])
+        self.rewrite(r, "retry_burst: 100", "retry_burst: 7")
+        self.rewrite(r, "limits: {max_inflight: 1024}",
+                     "limits: {max_inflight: 1024, auth_failures: 5}")
+        self.hup(r, "configuration reloaded from %s (router.retry_burst, limits.auth_failures)"
+                 % r.config, count=4)
+        self.rewrite(r, "  - name: reader\n", "  - name: reader2\n")
+        self.hup(r, "reload refused: users changed, which cannot change while the node runs")
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "ok")], 1)
+        self.assertEqual(got[("master", None, "refused")], 1)
+        self.assertEqual(got[("router", None, "ok")], 1)
+        self.assertEqual(got[("router", None, "refused")], 0)
+        with r.client() as c:  # the running users are the old ones
+            self.assertEqual(c.call(req_auth("reader", "reader-pw")).status, 200)
+
+    def test_standalone_worker_reloads_on_sighup(self):
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        with open(node.config) as f:
+            text = f.read()
+        with open(node.config, "w") as f:
+            f.write(text.replace("log: {level: info}", "log: {level: info, slow_max: 3}"))
+        node.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "configuration reloaded from %s (log.slow_max)"
+                                   % node.config in node.stderr(), WAIT), node.stderr())
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
