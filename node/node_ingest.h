@@ -20,6 +20,7 @@
 #include "kvs_config.h"
 #include "kvs_fresh.h"
 #include "kvs_resp.h"
+#include "kvs_shardstate.h"
 #include "node_store.h"
 
 #include <uv.h>
@@ -35,6 +36,11 @@ typedef struct node_ingest_opts_s {
     const kvs_config_t *cfg;
     uint32_t shard;
     node_store_t *store;
+    /* The state page routers read (NULL: none): kept up to date with the
+     * end and start offsets of every owned partition (after turns, at most
+     * every 50 ms; at once for this worker's own records), the settling
+     * deadline, and a heartbeat every second. */
+    kvs_shardstate_t *state;
     node_ingest_fatal_cb on_fatal;
     void *arg;
 } node_ingest_opts_t;
