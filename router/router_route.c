@@ -1187,12 +1187,15 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
 }
 
 /* Sends each part of a split request: its keys (sel is scratch for n
- * indexes) and answer budget. */
+ * indexes) and answer budget. When the last part is answered at once (a
+ * down link, a local read), the request completes and its merge is freed
+ * inside the last send_part: nothing of `m` is read after it. */
 static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, size_t *sel,
                        const uint32_t *budget)
 {
     route_merge_t *m = req->merge;
-    for (uint32_t p = 0; p < m->nparts; p++) {
+    uint32_t nparts = m->nparts;
+    for (uint32_t p = 0; p < nparts; p++) {
         size_t k = 0;
         for (size_t i = 0; i < m->nkeys; i++)
             if (m->key_part[i] == p)

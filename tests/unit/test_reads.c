@@ -49,7 +49,7 @@ static int fake_scan(void *arg, const char *table, const void *from, size_t flen
         return KVS_ESTORE;
     for (size_t i = 0; strcmp(table, TABLE) == 0 && i < f->n; i++) {
         size_t kl = strlen(f->keys[i]), m = kl < flen ? kl : flen;
-        int c = memcmp(f->keys[i], from, m);
+        int c = flen > 0 ? memcmp(f->keys[i], from, m) : 0; /* from may be NULL when empty */
         if (flen > 0 && (c < 0 || (c == 0 && kl < flen)))
             continue; /* before `from` */
         kvs_slice_t k = {(const uint8_t *)f->keys[i], kl};
@@ -68,8 +68,7 @@ static int fake_count(void *arg, const char *table, uint64_t *n)
 }
 
 static char big[400];
-static fake_t fake = {
-    {"a", "b", "c", "d", "e"}, {"1", "22", big, big, big}, {{0}}, {0}, 5, -1, 0};
+static fake_t fake = {{"a", "b", "c", "d", "e"}, {"1", "22", big, big, big}, {{0}}, {0}, 5, -1, 0};
 static kvs_arena_t arena;
 static kvs_buf_t out;
 

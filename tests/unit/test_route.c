@@ -1089,6 +1089,9 @@ KVS_TEST(down_shard_is_503_at_once)
 
     for (uint32_t s = 0; s < SHARDS; s++)
         set_down(s);
+    const char *split[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]}; /* every part, down */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, split);
+    check_status(answer_sync(), 503);
     Kvs__Hgetall all = KVS__HGETALL__INIT;
     all.table = TABLE;
     route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);
