@@ -114,6 +114,7 @@ static const directive_t directives[] = {
      0},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
      "from 1ms to 1h", NULL, 0},
+    {"router.local_reads", D_BOOL, OFF(router_local_reads), "true", 0, 0, NULL, NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",

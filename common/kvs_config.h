@@ -27,6 +27,9 @@
  *                            the request answered 503
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
+ *     local_reads: true      answer reads of local shards from their LMDB
+ *                            environments (read-only) instead of asking
+ *                            the worker; false: every request goes to it
  *   node:
  *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
  *                            also listens on TCP port PORT+N
@@ -193,7 +196,8 @@ typedef struct kvs_config_s {
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
-    char *node_listen; /* "" when unset */
+    int router_local_reads; /* answer reads of local shards from their environments */
+    char *node_listen;      /* "" when unset */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;

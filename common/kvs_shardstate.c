@@ -263,6 +263,10 @@ int kvs_shardstate_open_reader(const char *path, const kvs_config_t *cfg, uint32
         rc = KVS_EMISMATCH; /* not (yet) a page of this layout */
     if (rc == 0)
         rc = map_file(s, (size_t)st.st_size, PROT_READ);
+    if (rc == 0) { /* the mapping is all a reader needs: no descriptor kept */
+        close(s->fd);
+        s->fd = -1;
+    }
     if (rc == 0 && (memcmp(s->page->magic, MAGIC, 8) != 0 || s->page->version != VERSION ||
                     s->page->layout != fp || s->page->nslots != s->nslots))
         rc = KVS_EMISMATCH;

@@ -439,9 +439,11 @@ int router_clients_listen(router_t *r)
     if (rc != 0)
         return rc;
     /* Descriptors kept back: a link per shard, worker spawns, the lock
-     * file, the log, name resolution. */
-    r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
-                                          r->shards + ROUTER_FD_RESERVE);
+     * file, the log, name resolution; with local reads, data.mdb and
+     * lock.mdb of every shard. */
+    r->max_clients =
+        kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
+                             r->shards * (r->local != NULL ? 3 : 1) + ROUTER_FD_RESERVE);
     rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));

@@ -157,6 +157,8 @@ static int become_ready(router_main_t *m)
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
+    if (up && m->r.local != NULL)
+        router_local_link_up(m->r.local, l->shard);
     if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || m->shutting_down || !up ||
         l->seen_up)
         return;
@@ -285,6 +287,7 @@ static void on_drained(router_t *r)
     router_notify_status("clients drained; stopping workers");
     for (uint32_t s = 0; s < m->r.shards && m->r.links != NULL; s++)
         router_link_stop(&m->r.links[s]);
+    router_local_stop(m->r.local);
     if (m->sup != NULL)
         router_sup_stop(m->sup, on_workers_stopped, m);
     else
@@ -425,6 +428,8 @@ static int router_start(router_main_t *m, const char *argv0)
         rc = start_workers(m, argv0);
     if (rc == 0)
         rc = start_links(m);
+    if (rc == 0 && r->cfg->router_local_reads && m->n_local > 0)
+        rc = router_local_new(r->loop, r->cfg, r->links, &r->local);
     if (rc != 0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
@@ -485,6 +490,8 @@ int main(int argc, char **argv)
     kvs_buf_free(&m.r.redis_pack);
     router_redis_cursors_free(&m.r);
     kvs_buf_free(&m.r.scratch);
+    router_local_free(m.r.local);
+    kvs_buf_free(&m.r.local_out);
     uv_loop_close(m.r.loop);
     kvs_tls_ctx_free(m.r.tls);
     kvs_tls_ctx_free(m.r.link_tls);

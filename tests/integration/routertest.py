@@ -215,13 +215,14 @@ class Router(Managed):
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
     (its pid is the group id), as a shell does with a job;
+    storage_yaml: more "key: value" entries of the storage section;
     tls: a client ssl.SSLContext that client() connects with (tls.router).
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
                  name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
-                 tls=None):
+                 tls=None, storage_yaml=()):
         self.name = name
         self.tls = tls
         self.env = dict(env or {})
@@ -254,7 +255,7 @@ class Router(Managed):
         lines.append("router: {%s}" % ", ".join(router))
         if node_listen is not None:
             lines.append('node: {listen: "%s"}' % node_listen)
-        lines.append("storage: {sync: %s}" % sync)
+        lines.append("storage: {%s}" % ", ".join(["sync: %s" % sync] + list(storage_yaml)))
         limits = []
         if max_frame is not None:
             limits.append("max_frame: %s" % max_frame)
