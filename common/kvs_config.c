@@ -62,6 +62,7 @@ typedef enum {
     D_PROPERTIES, /* kafka.properties mapping */
     D_REMOTE,     /* cluster.remote list */
     D_USERS,      /* users list */
+    D_NODES,      /* cluster.nodes list */
 } dtype_t;
 
 #define F_NONEMPTY 1u
@@ -85,6 +86,7 @@ static const char *const format_names[] = {"raw", "string", "value", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const version_names[] = {"TLS1.2", "TLS1.3", NULL};
 static const char *const client_cert_names[] = {"none", "optional", "require", NULL};
+static const char *const bootstrap_names[] = {"snapshot", "replay", NULL};
 
 _Static_assert(KVS_SYNC_FULL == 0 && KVS_SYNC_BATCH == 1 && KVS_SYNC_NONE == 2,
                "sync_names order must match kvs_sync_t");
@@ -92,6 +94,9 @@ _Static_assert(KVS_FORMAT_RAW == 0 && KVS_FORMAT_STRING == 1 && KVS_FORMAT_VALUE
                "format_names order must match kvs_format_t");
 _Static_assert(KVS_LOG_TEXT == 0 && KVS_LOG_JSON == 1,
                "log_format_names order must match kvs_log_format_t");
+_Static_assert(KVS_BOOTSTRAP_SNAPSHOT == 0 && KVS_BOOTSTRAP_REPLAY == 1,
+               "bootstrap_names order must match kvs_bootstrap_t");
+_Static_assert(sizeof(kvs_bootstrap_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(kvs_sync_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(kvs_log_format_t) == sizeof(int), "enum fields are stored as int");
 _Static_assert(KVS_CLIENT_CERT_NONE == 0 && KVS_CLIENT_CERT_OPTIONAL == 1 &&
@@ -108,6 +113,9 @@ static const directive_t directives[] = {
     {"cluster.shards", D_UINT32, OFF(shards), "4", 1, 1024, NULL, NULL, 0},
     {"cluster.partitions", D_UINT32, OFF(partitions), "64", 1, 65536, NULL, NULL, 0},
     {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"cluster.bootstrap", D_ENUM, OFF(bootstrap), "snapshot", 0, 0, "snapshot, replay",
+     bootstrap_names, 0},
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
     {"router.resp_listen", D_LISTEN, OFF(resp_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
@@ -115,6 +123,9 @@ static const directive_t directives[] = {
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
      "from 1ms to 1h", NULL, 0},
     {"router.local_reads", D_BOOL, OFF(router_local_reads), "true", 0, 0, NULL, NULL, 0},
+    {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, 0},
+    {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, 0},
+    {"node.name", D_STRING, OFF(node_name), "", 0, 0, NULL, NULL, 0},
     {"node.listen", D_LISTEN, OFF(node_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
@@ -184,6 +195,7 @@ typedef struct {
     size_t errlen;
     unsigned char seen[N_DIRECTIVES]; /* set by the file, not defaulted */
     yaml_mark_t marks[N_DIRECTIVES];  /* where the file set it */
+    yaml_mark_t *node_marks;          /* cluster.nodes[i]: name, address, shards (3 each) */
     char desc[64];                    /* scratch for describe() */
 } cfg_ctx_t;
 
@@ -890,6 +902,176 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
     return 0;
 }
 
+/* ---- cluster.nodes ------------------------------------------------------------ */
+
+/* A node's name goes into consumer group names, log lines and file names:
+ * keep it to characters that need no quoting anywhere. */
+static const char *node_name_problem(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0)
+        return "a node name must not be empty";
+    if (n > KVS_NODE_NAME_MAX)
+        return "a node name may have at most 64 characters";
+    for (const char *c = t; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '.' || *c == '_' || *c == '-'))
+            return "a node name may hold only letters, digits, '.', '_' and '-'";
+    return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* shards: [0, 1, 2]: ids only (checked against cluster.shards after the
+ * walk, which may set it later in the file); duplicates refused here. */
+static int node_shards(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val, kvs_node_t *n)
+{
+    if (val->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s: expected a list of shard ids such as [0, 1], got %s", path,
+                         describe(ctx, val));
+    size_t cnt = (size_t)(val->data.sequence.items.top - val->data.sequence.items.start);
+    n->shards = calloc(cnt ? cnt : 1, sizeof(*n->shards));
+    if (n->shards == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < cnt; i++) {
+        const yaml_node_t *item = node_at(ctx, val->data.sequence.items.start[i]);
+        const char *text = NULL, *end;
+        uint64_t v;
+        int rc = scalar_value(ctx, item, path, "a shard id", &text);
+        if (rc != 0)
+            return rc;
+        if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v >= 1024)
+            return cfg_error(ctx, &item->start_mark,
+                             "%s: \"%.40s\" is not a shard id (0 to cluster.shards - 1)", path,
+                             text);
+        for (size_t j = 0; j < n->n_shards; j++)
+            if (n->shards[j] == v)
+                return cfg_error(ctx, &item->start_mark, "%s: shard %llu is listed twice", path,
+                                 (unsigned long long)v);
+        n->shards[n->n_shards++] = (uint32_t)v;
+    }
+    qsort(n->shards, n->n_shards, sizeof(*n->shards), cmp_u32);
+    return 0;
+}
+
+static int node_field(cfg_ctx_t *ctx, const char *label, size_t idx, const yaml_node_pair_t *pair)
+{
+    kvs_node_t *n = &ctx->cfg->nodes[idx];
+    yaml_mark_t *marks = &ctx->node_marks[3 * idx];
+    const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
+    const char *k = scalar_text(key), *text = NULL, *why;
+    char path[64];
+    unsigned port;
+    snprintf(path, sizeof(path), "%s.%s", label, k);
+    if (strcmp(k, "shards") == 0) {
+        marks[2] = val->start_mark;
+        return node_shards(ctx, path, val, n);
+    }
+    if (strcmp(k, "name") != 0 && strcmp(k, "address") != 0)
+        return unknown_key(ctx, key, label);
+    int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc != 0)
+        return rc;
+    if (strcmp(k, "name") == 0) {
+        if ((why = node_name_problem(text)) != NULL)
+            return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
+        marks[0] = val->start_mark;
+        return store_string(ctx, &n->name, text);
+    }
+    if (check_listen(text, &port, &why) != 0)
+        return cfg_error(ctx, &val->start_mark,
+                         "%s must be HOST:PORT or [IPV6]:PORT, the node's workers' base address "
+                         "(shard N on PORT+N) (got \"%.80s\"): %s",
+                         path, text, why);
+    marks[1] = val->start_mark;
+    return store_string(ctx, &n->address, text);
+}
+
+static int parse_node(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    char label[40];
+    snprintf(label, sizeof(label), "cluster.nodes[%zu]", idx);
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_error(ctx, &item->start_mark,
+                         "%s: expected a mapping {name: N, address: HOST:PORT, shards: [..]}, "
+                         "got %s",
+                         label, describe(ctx, item));
+    ctx->cfg->n_nodes++;
+    const yaml_node_pair_t *p;
+    for (p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
+        int rc = check_key(ctx, item, p, label);
+        if (rc == 0)
+            rc = node_field(ctx, label, idx, p);
+        if (rc != 0)
+            return rc;
+    }
+    const kvs_node_t *n = &ctx->cfg->nodes[idx];
+    if (n->name == NULL || n->address == NULL || n->shards == NULL)
+        return cfg_error(ctx, &item->start_mark, "%s: missing \"%s\"", label,
+                         n->name == NULL      ? "name"
+                         : n->address == NULL ? "address"
+                                              : "shards");
+    return 0;
+}
+
+static int set_nodes(cfg_ctx_t *ctx, const yaml_node_t *seq)
+{
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark,
+                         "cluster.nodes: expected a list of {name, address, shards}, got %s",
+                         describe(ctx, seq));
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    ctx->cfg->nodes = calloc(n, sizeof(kvs_node_t));
+    ctx->node_marks = calloc(3 * n, sizeof(yaml_mark_t));
+    if (ctx->cfg->nodes == NULL || ctx->node_marks == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_node(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int kvs_node_serves(const kvs_node_t *node, uint32_t shard)
+{
+    return bsearch(&shard, node->shards, node->n_shards, sizeof(*node->shards), cmp_u32) != NULL;
+}
+
+const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_nodes; i++)
+        if (strcmp(cfg->nodes[i].name, name) == 0)
+            return &cfg->nodes[i];
+    return NULL;
+}
+
+int kvs_config_local(const kvs_config_t *cfg, uint32_t shard)
+{
+    if (cfg->n_nodes > 0)
+        return cfg->self != NULL && kvs_node_serves(cfg->self, shard);
+    return kvs_config_remote(cfg, shard) == NULL;
+}
+
+uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard)
+{
+    if (cfg->n_nodes == 0)
+        return 1;
+    uint32_t n = 0;
+    for (size_t i = 0; i < cfg->n_nodes; i++)
+        n += (uint32_t)kvs_node_serves(&cfg->nodes[i], shard);
+    return n;
+}
+
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
 {
     return kvs_config_binding_n(cfg, table, strlen(table));
@@ -1119,6 +1301,8 @@ static int apply(cfg_ctx_t *ctx, const directive_t *d, const yaml_node_t *val)
         return set_remote(ctx, val);
     if (d->type == D_USERS)
         return set_users(ctx, val);
+    if (d->type == D_NODES)
+        return set_nodes(ctx, val);
     const char *text = NULL;
     int rc = scalar_value(ctx, val, d->path, expected(d), &text);
     if (rc != 0)
@@ -1197,6 +1381,105 @@ static int check_partitions(cfg_ctx_t *ctx)
                      c->partitions, ctx->seen[ip] ? "" : ", the default", c->shards);
 }
 
+/* ---- the cluster map (cluster.nodes) ------------------------------------------ */
+
+static const yaml_mark_t *directive_mark(cfg_ctx_t *ctx, const char *path)
+{
+    size_t i = directive_index(path);
+    return ctx->seen[i] ? &ctx->marks[i] : NULL;
+}
+
+/* Two nodes on one host whose port ranges (PORT .. PORT+shards-1) overlap
+ * would have workers fight for a port. */
+static int nodes_collide(const kvs_config_t *c, const kvs_node_t *a, const kvs_node_t *b)
+{
+    kvs_addr_t x, y;
+    if (kvs_addr_parse(a->address, 0, &x, NULL, 0) != 0 ||
+        kvs_addr_parse(b->address, 0, &y, NULL, 0) != 0 || strcasecmp(x.host, y.host) != 0)
+        return 0;
+    uint32_t lo = x.port < y.port ? x.port : y.port, hi = x.port < y.port ? y.port : x.port;
+    return hi - lo < c->shards;
+}
+
+/* One node's entry against the rest of the file: shard ids in range, its
+ * ports exist, name and address unique. */
+static int check_node(cfg_ctx_t *ctx, size_t i)
+{
+    const kvs_config_t *c = ctx->cfg;
+    const kvs_node_t *n = &c->nodes[i];
+    const yaml_mark_t *m = &ctx->node_marks[3 * i];
+    kvs_addr_t a;
+    for (size_t k = 0; k < n->n_shards; k++)
+        if (n->shards[k] >= c->shards)
+            return cfg_error(ctx, &m[2],
+                             "cluster.nodes[%zu].shards names shard %u but cluster.shards is %u "
+                             "(ids 0..%u)",
+                             i, n->shards[k], c->shards, c->shards - 1);
+    if (kvs_addr_parse(n->address, 0, &a, NULL, 0) == 0 && (uint32_t)a.port + c->shards - 1 > 65535)
+        return cfg_error(ctx, &m[1],
+                         "cluster.nodes[%zu].address port %u + highest shard id %u is past "
+                         "65535 (shard N listens on PORT+N)",
+                         i, a.port, c->shards - 1);
+    for (size_t j = 0; j < i; j++) {
+        if (strcmp(c->nodes[j].name, n->name) == 0)
+            return cfg_error(ctx, &m[0],
+                             "cluster.nodes[%zu].name: \"%s\" is already the name of "
+                             "cluster.nodes[%zu]",
+                             i, n->name, j);
+        if (nodes_collide(c, &c->nodes[j], n))
+            return cfg_error(ctx, &m[1],
+                             "cluster.nodes[%zu].address %s: its workers' ports (PORT .. "
+                             "PORT+%u) overlap those of cluster.nodes[%zu] (%s) on the same host",
+                             i, n->address, c->shards - 1, j, c->nodes[j].address);
+    }
+    return 0;
+}
+
+/* The map as a whole: not mixed with cluster.remote, this node in it,
+ * every shard served, no shard on more than KVS_MAX_REPLICAS nodes. */
+static int check_nodes(cfg_ctx_t *ctx)
+{
+    kvs_config_t *c = ctx->cfg;
+    const yaml_mark_t *nodes = directive_mark(ctx, "cluster.nodes");
+    const char *why = node_name_problem(c->node_name);
+    if (c->node_name[0] != '\0' && why != NULL)
+        return cfg_error(ctx, directive_mark(ctx, "node.name"), "node.name: %s (got \"%.80s\")",
+                         why, c->node_name);
+    if (c->n_nodes == 0)
+        return 0;
+    if (c->n_remote > 0)
+        return cfg_error(ctx, directive_mark(ctx, "cluster.remote"),
+                         "cluster.remote and cluster.nodes cannot both be set: list every node, "
+                         "this one included, with its shards in cluster.nodes and drop "
+                         "cluster.remote");
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        int rc = check_node(ctx, i);
+        if (rc != 0)
+            return rc;
+    }
+    if (c->node_name[0] == '\0')
+        return cfg_error(ctx, nodes,
+                         "node.name must be set with cluster.nodes: it says which of the nodes "
+                         "listed is this one (e.g. \"%s\")",
+                         c->nodes[0].name);
+    if ((c->self = kvs_config_node(c, c->node_name)) == NULL)
+        return cfg_error(ctx, directive_mark(ctx, "node.name"),
+                         "node.name \"%s\" is not in cluster.nodes (the nodes listed are \"%s\"%s)",
+                         c->node_name, c->nodes[0].name, c->n_nodes > 1 ? ", ..." : "");
+    for (uint32_t s = 0; s < c->shards; s++) {
+        uint32_t n = kvs_config_replica_count(c, s);
+        if (n == 0)
+            return cfg_error(ctx, nodes,
+                             "shard %u is served by no node in cluster.nodes: every shard from 0 "
+                             "to %u must be in some node's shards",
+                             s, c->shards - 1);
+        if (n > KVS_MAX_REPLICAS)
+            return cfg_error(ctx, nodes, "shard %u is served by %u nodes; at most %d may serve one",
+                             s, n, KVS_MAX_REPLICAS);
+    }
+    return 0;
+}
+
 /* Remote shard ids were checked against cluster.shards as the file set it
  * so far; check again now that every key is known. */
 static int check_remote(cfg_ctx_t *ctx)
@@ -1257,12 +1540,11 @@ static int check_limits(cfg_ctx_t *ctx)
     return 0;
 }
 
-/* The highest shard id this node runs itself (not in cluster.remote), or
- * -1 when every shard is remote. */
+/* The highest shard id this node runs itself, or -1 when it runs none. */
 static long highest_local_shard(const kvs_config_t *c)
 {
     for (long s = (long)c->shards - 1; s >= 0; s--)
-        if (kvs_config_remote(c, (uint32_t)s) == NULL)
+        if (kvs_config_local(c, (uint32_t)s))
             return s;
     return -1;
 }
@@ -1378,6 +1660,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
     if (rc == 0)
         rc = check_remote(ctx);
     if (rc == 0)
+        rc = check_nodes(ctx);
+    if (rc == 0)
         rc = check_paths(ctx);
     if (rc == 0)
         rc = check_limits(ctx);
@@ -1425,6 +1709,7 @@ static int parse_as(const char *name, const char *stored_path, const char *text,
     rc = build(&ctx, &parser);
 done:
     yaml_parser_delete(&parser);
+    free(ctx.node_marks);
     if (rc != 0)
         kvs_config_free(ctx.cfg);
     else
@@ -1524,6 +1809,12 @@ void kvs_config_free(kvs_config_t *cfg)
     for (size_t i = 0; i < cfg->n_remote; i++)
         free(cfg->remote[i].address);
     free(cfg->remote);
+    for (size_t i = 0; i < cfg->n_nodes; i++) {
+        free(cfg->nodes[i].name);
+        free(cfg->nodes[i].address);
+        free(cfg->nodes[i].shards);
+    }
+    free(cfg->nodes);
     for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
         free(cfg->kafka_properties[i].key);
         free(cfg->kafka_properties[i].value);

@@ -15,9 +15,18 @@
  *   cluster:
  *     shards: 4              1..1024
  *     partitions: 64         >= shards, <= 65536
- *     remote: []             shards served by other nodes:
+ *     remote: []             shards served by other nodes, one copy each:
  *                            - {shard: 2, address: HOST:PORT}
  *                            (not spawned here; the router connects there)
+ *     nodes: []              the cluster map with replicas (instead of
+ *                            remote): - {name: a, address: HOST:PORT,
+ *                            shards: [0, 1]}, every node that serves
+ *                            shards; address is its workers' base TCP
+ *                            address (shard N on PORT+N). Needs node.name.
+ *     bootstrap: snapshot    how a new replica with no data starts: snapshot
+ *                            (copy a live peer's environment, then the
+ *                            topic's tail; a full replay when no peer can
+ *                            send one) | replay (always the whole topic)
  *   router:
  *     listen: 127.0.0.1:9527 HOST:PORT or [V6]:PORT
  *     resp_listen: ""        HOST:PORT for Redis protocol clients; "" = off; checked at load: an
@@ -30,8 +39,16 @@
  *     local_reads: true      answer reads of local shards from their LMDB
  *                            environments (read-only) instead of asking
  *                            the worker; false: every request goes to it
+ *     retry_percent: 10      reads retried on another replica may add at
+ *                            most this percent of reads (0..100) ...
+ *     retry_burst: 100       ... plus this many (token bucket per router)
  *   node:
- *     listen: ""             "" = unix socket only; "HOST:PORT" = shard N
+ *     name: ""               this node's name in cluster.nodes (letters,
+ *                            digits, '.', '_', '-'; at most 64); with a name,
+ *                            Kafka offsets are committed under the consumer
+ *                            group "<kafka.group_id>.<name>"
+ *     listen: ""             "" = unix socket only (with cluster.nodes: this
+ *                            node's address there); "HOST:PORT" = shard N
  *                            also listens on TCP port PORT+N
  *   storage:
  *     sync: batch            full | batch | none
@@ -183,6 +200,22 @@ typedef struct kvs_remote_s {
     char *address; /* HOST:PORT of the worker serving it */
 } kvs_remote_t;
 
+/* One node of cluster.nodes: the shards it serves and where. */
+typedef struct kvs_node_s {
+    char *name;
+    char *address;    /* HOST:PORT: its workers' base TCP address (shard N on PORT+N) */
+    uint32_t *shards; /* sorted, unique */
+    size_t n_shards;
+} kvs_node_t;
+
+typedef enum {
+    KVS_BOOTSTRAP_SNAPSHOT = 0, /* copy a live peer's environment, replay when none can */
+    KVS_BOOTSTRAP_REPLAY = 1,   /* always replay the topics from their start */
+} kvs_bootstrap_t;
+
+#define KVS_NODE_NAME_MAX 64
+#define KVS_MAX_REPLICAS 64 /* nodes serving one shard, at most */
+
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
     char *data_dir;
@@ -191,13 +224,20 @@ typedef struct kvs_config_s {
     uint32_t partitions;
     kvs_remote_t *remote; /* sorted by shard */
     size_t n_remote;
+    kvs_node_t *nodes; /* cluster.nodes, in file order (the map) */
+    size_t n_nodes;
+    kvs_bootstrap_t bootstrap;
+    char *node_name;        /* node.name; "" when unset */
+    const kvs_node_t *self; /* this node's entry in `nodes`, or NULL without a map */
 
     char *router_listen;
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
     int router_local_reads; /* answer reads of local shards from their environments */
-    char *node_listen;      /* "" when unset */
+    char *node_listen;      /* "" when unset (with a map: self->address stands in) */
+    uint32_t retry_percent;
+    uint32_t retry_burst;
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -257,7 +297,8 @@ const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *tab
  * memcmp only on equal lengths. */
 const kvs_binding_t *kvs_config_binding_n(const kvs_config_t *cfg, const void *table, size_t len);
 
-/* The remote entry for `shard`, or NULL when the shard is local. */
+/* The remote entry for `shard`, or NULL when the shard is local
+ * (cluster.remote form only; NULL for every shard with cluster.nodes). */
 const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
 
 /* True for a kafka.properties key whose value is a secret and must never
@@ -265,6 +306,20 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
  * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
  * sasl.oauthbearer.client.secret, ...). */
 int kvs_config_secret_key(const char *key);
+/* True when this node runs a worker for `shard`: with cluster.nodes, when
+ * its own entry lists the shard; otherwise when cluster.remote does not
+ * name it. */
+int kvs_config_local(const kvs_config_t *cfg, uint32_t shard);
+
+/* True when `node` serves `shard`. */
+int kvs_node_serves(const kvs_node_t *node, uint32_t shard);
+
+/* Copies of `shard` in the cluster: the nodes of cluster.nodes serving it,
+ * or 1 (its one worker, here or remote) without a map. */
+uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard);
+
+/* The node named `name` in cluster.nodes, or NULL. */
+const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

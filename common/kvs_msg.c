@@ -14,6 +14,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_pos.h"
+#include "kvs_varint.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -202,6 +203,8 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
         [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
         [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
+        [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
+        [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
     };
     if ((size_t)c < sizeof(names) / sizeof(names[0]) && names[c] != NULL)
         return names[c];
@@ -242,6 +245,10 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hlen->base;
     case KVS__COMMAND_REQUEST__COMMAND_AUTH:
         return &r->auth->base;
+    case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
+        return &r->digest->base;
+    case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
+        return &r->snapshot->base;
     default:
         return NULL;
     }
@@ -412,7 +419,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
                 msg, len,
                 "unsupported command (CommandRequest field %u); this server supports "
                 "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth "
-                "Hincr Hlen",
+                "Hincr Hlen Digest Snapshot",
                 req->base.unknown_fields[0].tag);
         return bad(msg, len, "request has no command set");
     }
@@ -445,18 +452,6 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
 }
 
 /* ---- raw string check ------------------------------------------------- */
-
-static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    *v = 0;
-    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
-        uint8_t b = *(*p)++;
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (b < 0x80)
-            return 0;
-    }
-    return -1;
-}
 
 /* Where check_strings is, as a chain of names up to the top; turned into
  * text ("Hset.pair.value.string_value") only when there is an error to
@@ -491,17 +486,17 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
     char where[160];
     while (p < end && depth < 8) {
         uint64_t tag, n;
-        if (read_varint(&p, end, &tag) != 0)
+        if (kvs_varint_get(&p, end, &tag) != 0)
             return KVS_STATUS_OK;
         unsigned wt = (unsigned)(tag & 7);
-        if (wt == 0   ? read_varint(&p, end, &n) != 0
+        if (wt == 0   ? kvs_varint_get(&p, end, &n) != 0
             : wt == 1 ? (p += 8) > end
             : wt == 5 ? (p += 4) > end
                       : wt != 2)
             return KVS_STATUS_OK;
         if (wt != 2)
             continue;
-        if (read_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p))
+        if (kvs_varint_get(&p, end, &n) != 0 || n > (uint64_t)(end - p))
             return KVS_STATUS_OK;
         const ProtobufCFieldDescriptor *f =
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
@@ -547,7 +542,7 @@ uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t m
 static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
     const uint8_t *start = *p;
-    if (read_varint(p, end, v) != 0 || *p - start > 5 || *v > UINT32_MAX)
+    if (kvs_varint_get(p, end, v) != 0 || *p - start > 5 || *v > UINT32_MAX)
         return -1;
     return 0;
 }
@@ -561,7 +556,7 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     switch (*tag & 7) {
     case 0:
         *v = *p;
-        if (read_varint(p, end, &len) != 0)
+        if (kvs_varint_get(p, end, &len) != 0)
             return -1;
         *n = (size_t)(*p - *v);
         return 0;
@@ -670,48 +665,28 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
     return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
 }
 
-static uint8_t *put_varint(uint8_t *d, uint64_t v)
-{
-    while (v >= 0x80) {
-        *d++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *d++ = (uint8_t)v;
-    return d;
-}
-
-static size_t varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 int kvs_msg_encode_key_request(kvs_buf_t *out, Kvs__CommandRequest__CommandCase cmd, const void *t,
                                size_t tlen, const void *k, size_t klen)
 {
     /* CommandRequest { <cmd> = { table = 1; key = 2 } }: every single-key
      * command has that shape. protobuf-c omits an empty string or bytes. */
     size_t body =
-        (tlen ? 1 + varint_size(tlen) + tlen : 0) + (klen ? 1 + varint_size(klen) + klen : 0);
-    size_t total = varint_size((uint64_t)cmd << 3 | 2) + varint_size(body) + body;
+        (tlen ? 1 + kvs_varint_len(tlen) + tlen : 0) + (klen ? 1 + kvs_varint_len(klen) + klen : 0);
+    size_t total = kvs_varint_len((uint64_t)cmd << 3 | 2) + kvs_varint_len(body) + body;
     if (kvs_buf_reserve(out, total) != 0)
         return -ENOMEM;
     uint8_t *d = out->data + out->len;
-    d = put_varint(d, (uint64_t)cmd << 3 | 2);
-    d = put_varint(d, body);
+    d += kvs_varint_put(d, (uint64_t)cmd << 3 | 2);
+    d += kvs_varint_put(d, body);
     if (tlen) {
         *d++ = 0x0a;
-        d = put_varint(d, tlen);
+        d += kvs_varint_put(d, tlen);
         memcpy(d, t, tlen);
         d += tlen;
     }
     if (klen) {
         *d++ = 0x12;
-        d = put_varint(d, klen);
+        d += kvs_varint_put(d, klen);
         memcpy(d, k, klen);
         d += klen;
     }
@@ -731,7 +706,7 @@ int kvs_msg_answer_peek(const uint8_t *p, size_t len, kvs_answer_peek_t *out)
         if (tag == (1 << 3 | 0)) { /* status */
             uint64_t s;
             const uint8_t *q = v;
-            if (read_varint(&q, v + n, &s) != 0 || s > UINT32_MAX)
+            if (kvs_varint_get(&q, v + n, &s) != 0 || s > UINT32_MAX)
                 return 0;
             out->status = (uint32_t)s;
         } else if (tag == (2 << 3 | 2)) {
@@ -770,7 +745,7 @@ int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
     case 3 << 3 | 0:
     case 5 << 3 | 0:
         q = v;
-        if (read_varint(&q, v + n, &x) != 0)
+        if (kvs_varint_get(&q, v + n, &x) != 0)
             return 0;
         out->kind = tag >> 3 == 3 ? KVS__VALUE__KIND_INTEGER_VALUE : KVS__VALUE__KIND_BOOL_VALUE;
         out->integer = (int64_t)x;

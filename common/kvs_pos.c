@@ -10,6 +10,7 @@
  */
 #include "kvs_pos.h"
 #include "kvs_err.h"
+#include "kvs_varint.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -17,33 +18,6 @@
 #include <string.h>
 
 #define PARTITION_LIMIT 0x80000000u
-
-/* ---- varints ------------------------------------------------------------ */
-
-static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    *v = 0;
-    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
-        uint8_t b = *(*p)++;
-        if (shift == 63 && b > 1)
-            return KVS_EPROTO; /* past 64 bits */
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (b < 0x80)
-            return 0;
-    }
-    return KVS_EPROTO;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
 
 /* Byte order of topic names, shorter first on a common prefix. */
 static int topic_cmp(const char *a, size_t al, const char *b, size_t bl)
@@ -73,14 +47,14 @@ int kvs_pos_iter_init(kvs_pos_iter_t *it, const uint8_t *tok, size_t len)
 static int next_group(kvs_pos_iter_t *it)
 {
     uint64_t tl, count;
-    if (get_varint(&it->p, it->end, &tl) != 0 || tl == 0 || tl > KVS_POS_TOPIC_MAX ||
+    if (kvs_varint_get(&it->p, it->end, &tl) != 0 || tl == 0 || tl > KVS_POS_TOPIC_MAX ||
         tl > (uint64_t)(it->end - it->p))
         return KVS_EPROTO;
     const char *topic = (const char *)it->p;
     it->p += tl;
     if (it->topic != NULL && topic_cmp(it->topic, it->topic_len, topic, (size_t)tl) >= 0)
         return KVS_EPROTO;
-    if (get_varint(&it->p, it->end, &count) != 0 || count == 0)
+    if (kvs_varint_get(&it->p, it->end, &count) != 0 || count == 0)
         return KVS_EPROTO;
     it->topic = topic;
     it->topic_len = (size_t)tl;
@@ -98,8 +72,8 @@ int kvs_pos_iter_next(kvs_pos_iter_t *it, kvs_pos_entry_t *e)
         if (next_group(it) != 0)
             return KVS_EPROTO;
     }
-    if (get_varint(&it->p, it->end, &part) != 0 || part >= PARTITION_LIMIT ||
-        (int64_t)part <= it->last_partition || get_varint(&it->p, it->end, &off) != 0 ||
+    if (kvs_varint_get(&it->p, it->end, &part) != 0 || part >= PARTITION_LIMIT ||
+        (int64_t)part <= it->last_partition || kvs_varint_get(&it->p, it->end, &off) != 0 ||
         off > (uint64_t)INT64_MAX)
         return KVS_EPROTO;
     it->left--;
@@ -173,12 +147,12 @@ size_t kvs_pos_encode_one(uint8_t *out, const char *topic, size_t topic_len, uin
         return 0;
     size_t n = 0;
     out[n++] = KVS_POS_VERSION;
-    n += put_varint(out + n, topic_len);
+    n += kvs_varint_put(out + n, topic_len);
     memcpy(out + n, topic, topic_len);
     n += topic_len;
     out[n++] = 1;
-    n += put_varint(out + n, partition);
-    n += put_varint(out + n, (uint64_t)offset);
+    n += kvs_varint_put(out + n, partition);
+    n += kvs_varint_put(out + n, (uint64_t)offset);
     return n;
 }
 
@@ -273,13 +247,13 @@ int kvs_pos_set_encode(kvs_pos_set_t *s, kvs_buf_t *out)
         size_t j = i;
         while (j < s->n && same_topic(&s->e[j], &s->e[i]))
             j++;
-        p += put_varint(p, s->e[i].topic_len);
+        p += kvs_varint_put(p, s->e[i].topic_len);
         memcpy(p, s->e[i].topic, s->e[i].topic_len);
         p += s->e[i].topic_len;
-        p += put_varint(p, j - i);
+        p += kvs_varint_put(p, j - i);
         for (; i < j; i++) {
-            p += put_varint(p, s->e[i].partition);
-            p += put_varint(p, (uint64_t)s->e[i].offset);
+            p += kvs_varint_put(p, s->e[i].partition);
+            p += kvs_varint_put(p, (uint64_t)s->e[i].offset);
         }
     }
     out->len += (size_t)(p - start);

@@ -5,6 +5,7 @@
  */
 #include "kvs_resp.h"
 #include "kvs_frame.h"
+#include "kvs_varint.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -33,27 +34,6 @@
 #define F_V_FLOAT 4
 #define F_V_BOOL 5
 
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 static uint8_t *room(kvs_resp_t *r, size_t n)
 {
     if (r->err != 0)
@@ -71,8 +51,8 @@ static void put_len_field(kvs_resp_t *r, unsigned field, const void *p, size_t l
     uint8_t *d = room(r, 1 + 10 + len);
     if (d == NULL)
         return;
-    size_t n = put_varint(d, (uint64_t)field << 3 | WT_LEN);
-    n += put_varint(d + n, len);
+    size_t n = kvs_varint_put(d, (uint64_t)field << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, len);
     if (len > 0)
         memcpy(d + n, p, len);
     r->out->len += n + len;
@@ -92,8 +72,8 @@ void kvs_resp_status(kvs_resp_t *r, uint32_t status)
     uint8_t *d = room(r, 11);
     if (d == NULL || status == 0)
         return;
-    size_t n = put_varint(d, F_STATUS << 3 | WT_VARINT);
-    n += put_varint(d + n, status);
+    size_t n = kvs_varint_put(d, F_STATUS << 3 | WT_VARINT);
+    n += kvs_varint_put(d + n, status);
     r->out->len += n;
 }
 
@@ -124,19 +104,19 @@ void kvs_resp_bool(kvs_resp_t *r, int b)
 
 void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len)
 {
-    size_t inner = 1 + varint_len(klen) + klen + 1 + varint_len(len) + len;
+    size_t inner = 1 + kvs_varint_len(klen) + klen + 1 + kvs_varint_len(len) + len;
     uint8_t *d = room(r, 1 + 10 + inner);
     if (d == NULL)
         return;
-    size_t n = put_varint(d, F_PAIRS << 3 | WT_LEN);
-    n += put_varint(d + n, inner);
-    n += put_varint(d + n, F_PAIR_KEY << 3 | WT_LEN);
-    n += put_varint(d + n, klen);
+    size_t n = kvs_varint_put(d, F_PAIRS << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, inner);
+    n += kvs_varint_put(d + n, F_PAIR_KEY << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, klen);
     if (klen > 0)
         memcpy(d + n, key, klen);
     n += klen;
-    n += put_varint(d + n, F_PAIR_VALUE << 3 | WT_LEN);
-    n += put_varint(d + n, len);
+    n += kvs_varint_put(d + n, F_PAIR_VALUE << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, len);
     if (len > 0)
         memcpy(d + n, enc, len);
     r->out->len += n + len;
@@ -179,15 +159,15 @@ size_t kvs_value_encode_int(uint8_t *buf, int64_t v)
 {
     /* int64, as the original protocol has it (not sint64): the two's
      * complement bits as a varint, so a negative number takes 10 bytes. */
-    size_t n = put_varint(buf, F_V_INTEGER << 3 | WT_VARINT);
-    return n + put_varint(buf + n, (uint64_t)v);
+    size_t n = kvs_varint_put(buf, F_V_INTEGER << 3 | WT_VARINT);
+    return n + kvs_varint_put(buf + n, (uint64_t)v);
 }
 
 size_t kvs_value_encode_float(uint8_t *buf, double v)
 {
     uint64_t bits;
     memcpy(&bits, &v, sizeof(bits));
-    size_t n = put_varint(buf, F_V_FLOAT << 3 | WT_I64);
+    size_t n = kvs_varint_put(buf, F_V_FLOAT << 3 | WT_I64);
     for (int i = 0; i < 8; i++)
         buf[n++] = (uint8_t)(bits >> (8 * i));
     return n;
@@ -202,8 +182,8 @@ size_t kvs_value_encode_bool(uint8_t *buf, int v)
 
 size_t kvs_value_encode_bytes(uint8_t *buf, int is_string, const void *p, size_t len)
 {
-    size_t n = put_varint(buf, (uint64_t)(is_string ? F_V_STRING : F_V_BINARY) << 3 | WT_LEN);
-    n += put_varint(buf + n, len);
+    size_t n = kvs_varint_put(buf, (uint64_t)(is_string ? F_V_STRING : F_V_BINARY) << 3 | WT_LEN);
+    n += kvs_varint_put(buf + n, len);
     if (len > 0)
         memcpy(buf + n, p, len);
     return n + len;

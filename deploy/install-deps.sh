@@ -9,10 +9,12 @@
 set -euo pipefail
 
 # Build toolchain and the libraries kvs links against (libedit: kvs-cli's
-# line editor; libsystemd: the router's readiness notification; libssl: TLS).
+# line editor; libsystemd: the router's readiness notification; libssl: TLS;
+# libxxhash: table digests and snapshot checksums).
 build_pkgs=(build-essential cmake pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev libssl-dev)
+            liblmdb-dev librdkafka-dev libyaml-dev libedit-dev libsystemd-dev libssl-dev
+            libxxhash-dev)
 # Test-only tools: a second protobuf implementation (python3-protobuf + protoc)
 # proves any client can speak kvs; kcat and confluent-kafka cross-check
 # ingestion; clang's runtime gives the sanitizer build; tmux gives kvs-cli's
@@ -26,7 +28,7 @@ test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-r
 # aside), by Debian 12 package name; test_deploy.py checks this list
 # against the binaries.
 runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
-              libsystemd0 libssl3)
+              libsystemd0 libssl3 libxxhash0)
 
 case "${1:-}" in
 "") want=("${build_pkgs[@]}") ;;

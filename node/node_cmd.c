@@ -441,6 +441,16 @@ static int cmd_info(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     snprintf(key, sizeof(key), "shard.%03u.map_size", ctx->shard);
     kvs_resp_pair(r, key, strlen(key), enc,
                   kvs_value_encode_int(enc, (int64_t)node_store_map_size(ctx->store)));
+    if (ctx->cfg != NULL && ctx->cfg->node_name[0] != '\0') { /* which replica answered */
+        uint8_t name[KVS_NODE_NAME_MAX + 8];
+        snprintf(key, sizeof(key), "shard.%03u.node", ctx->shard);
+        kvs_resp_pair(
+            r, key, strlen(key), name,
+            kvs_value_encode_bytes(name, 1, ctx->cfg->node_name, strlen(ctx->cfg->node_name)));
+    }
+    snprintf(key, sizeof(key), "shard.%03u.replicas", ctx->shard);
+    kvs_resp_pair(r, key, strlen(key), enc,
+                  kvs_value_encode_int(enc, ctx->replicas > 0 ? ctx->replicas : 1));
     snprintf(key, sizeof(key), "shard.%03u.tables", ctx->shard);
     kvs_resp_pair(r, key, strlen(key), enc,
                   kvs_value_encode_int(enc, node_store_table_count(ctx->store)));
@@ -570,6 +580,32 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 
 /* ---- tables bound to a Kafka topic ------------------------------------------------ */
 
+static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+}
+
+/* A write to a table bound to no topic, on a shard with several replicas:
+ * it would reach this copy only (kvs-router refuses it the same way).
+ * Returns 1 when refused (answered), 0 to go on, or a negative error. */
+static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t len, kvs_buf_t *out)
+{
+    if (ctx->replicas < 2 || !is_write_cmd(cmd) || ctx->ungated)
+        return 0;
+    int rc = kvs_msg_append_status(
+        out, KVS_STATUS_BAD_REQUEST,
+        "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u replicas: a write to "
+        "an unbound table would reach one copy only. Bind the table to a topic (kafka.bindings) "
+        "so every replica applies its writes, or serve shard %u from one node; nothing was "
+        "written",
+        kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len), (const char *)table, ctx->shard,
+        ctx->replicas, ctx->shard);
+    return rc == 0 ? 1 : rc;
+}
+
 /* The binding of table[0..len), or NULL (unbound, or no checks wanted). */
 static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *table, size_t len)
 {
@@ -673,6 +709,9 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         if (ctx->who != NULL && !allowed(ctx, pk.cmd, pk.table, pk.table_len, out, &rc))
             return rc;
         const kvs_binding_t *b = bound_table(ctx, pk.table, pk.table_len);
+        rc = b == NULL ? unbound_refused(ctx, pk.cmd, pk.table, pk.table_len, out) : 0;
+        if (rc != 0)
+            return rc < 0 ? rc : 0;
         if (b == NULL || !bound_peeked(ctx, b, &pk))
             return run_fast(ctx, &pk, out);
     }
@@ -692,6 +731,16 @@ int node_cmd_frame(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len, kvs_
         else if (ctx->who != NULL && !allowed(ctx, req->command_case, table,
                                               table != NULL ? strlen(table) : 0, out, &rc))
             ; /* answered 401 or 403 */
+        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
+            rc = node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
+        else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
+            rc = ctx->snapshot != NULL
+                     ? ctx->snapshot(ctx->snapshot_arg, out)
+                     : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                             "Snapshot is not available on this server");
+        else if (b == NULL && table != NULL &&
+                 (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
+            rc = rc < 0 ? rc : 0;
         else if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
             rc = node_cmd_execute(ctx, req, out);
         else if (rc > 0)

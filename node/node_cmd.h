@@ -11,6 +11,7 @@
 #include "kvs_config.h"
 #include "kvs_msg.h"
 #include "kvs_reads.h"
+#include "node_digest.h"
 #include "node_ingest.h"
 #include "node_reads.h"
 #include "node_slot.h"
@@ -44,6 +45,15 @@ typedef struct node_cmd_ctx_s {
     node_defer_fn defer;     /* a request's answer comes later (node_slot.h) */
     void *defer_arg;
     int ungated; /* executing a read node_reads let through: no second check */
+    /* The shard has several replicas (cluster.nodes): writes to tables
+     * bound to no topic are refused, as they would reach this copy only. */
+    uint32_t replicas;
+    node_digest_t *digest; /* the Digest command (NULL: not available) */
+    /* The Snapshot command: hands the connection that asked over to the
+     * snapshot sender (NULL: not available). Returns 0 when it took it, or
+     * appends an error answer to `out`. */
+    int (*snapshot)(void *arg, kvs_buf_t *out);
+    void *snapshot_arg;
 } node_cmd_ctx_t;
 
 /* Decodes, validates and executes the request in `payload`, appending one

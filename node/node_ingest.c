@@ -98,6 +98,8 @@ typedef struct part_s {
     uint64_t applied;       /* records applied, ever */
     uint64_t skipped;       /* records skipped (no key, bad payload), ever */
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
+    uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
+                               bootstrapped from a snapshot shows only the tail it read) */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
@@ -150,6 +152,7 @@ struct node_ingest_s {
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
+    char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
     kvs_shardstate_t *state; /* the state page routers read, or NULL */
     uint64_t published_ms;   /* when the state page was last brought up to date */
@@ -325,6 +328,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
             (uint64_t)node_placecheck_record(&t->check, m->key, m->key_len, m->partition);
     }
     pt->next = m->offset + 1;
+    pt->ingested++;
     pt->dirty = 1;
     return 0;
 }
@@ -337,7 +341,7 @@ static void log_group_error(node_ingest_t *in, const char *what)
     in->last_err_log = now;
     kvs_warn("kafka: committing offsets to consumer group %s failed: %s (retried every second; "
              "the offsets in LMDB are what ingestion resumes from)",
-             in->cfg->kafka_group_id, what);
+             in->group, what);
 }
 
 static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
@@ -876,6 +880,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->applied);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
+            snprintf(key + n, sizeof(key) - (size_t)n, "ingested");
+            info_int(r, key, (int64_t)pt->ingested);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
             info_int(r, key, part_lag(next, end));
             snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
@@ -1060,11 +1066,12 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
  * user's kafka.properties, which win. */
 static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
 {
-    char client_id[64];
-    snprintf(client_id, sizeof(client_id), "kvs-shard-%u", in->shard);
+    char client_id[64 + KVS_NODE_NAME_MAX];
+    snprintf(client_id, sizeof(client_id), "kvs-%s%sshard-%u", in->cfg->node_name,
+             in->cfg->node_name[0] ? "-" : "", in->shard);
     const char *defaults[][2] = {
         {"bootstrap.servers", in->cfg->kafka_brokers},
-        {"group.id", in->cfg->kafka_group_id},
+        {"group.id", in->group},
         {"client.id", client_id},
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
@@ -1190,6 +1197,11 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->arg = o->arg;
     in->pipefd[0] = in->pipefd[1] = -1;
     in->started_ms = uv_now(in->loop);
+    in->group = node_ingest_group(in->cfg);
+    if (in->group == NULL) {
+        free(in);
+        return -ENOMEM;
+    }
     in->state = o->state;
     if (in->state != NULL)
         kvs_shardstate_set_settle(in->state, (int64_t)(in->started_ms + NODE_INGEST_SETTLE_MS));
@@ -1198,6 +1210,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     kvs_arena_init(&in->arena);
     rd_kafka_conf_t *conf = make_conf(in, err, errlen);
     if (conf == NULL) {
+        free(in->group);
         free(in);
         return KVS_ECONFIG;
     }
@@ -1205,6 +1218,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     if (in->rk == NULL) {
         snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
         rd_kafka_conf_destroy(conf);
+        free(in->group);
         free(in);
         return KVS_ECONFIG;
     }
@@ -1222,7 +1236,8 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
-    kvs_info("kafka: ingesting %zu topic(s) from %s", in->n_topics, in->cfg->kafka_brokers);
+    kvs_info("kafka: ingesting %zu topic(s) from %s (consumer group %s)", in->n_topics,
+             in->cfg->kafka_brokers, in->group);
     start_metadata(in);
     *out = in;
     return 0;
@@ -1271,5 +1286,15 @@ void node_ingest_free(node_ingest_t *in)
         close(in->pipefd[1]);
     kvs_buf_free(&in->scratch);
     kvs_arena_close(&in->arena);
+    free(in->group);
     free(in);
+}
+
+char *node_ingest_group(const kvs_config_t *cfg)
+{
+    size_t n = strlen(cfg->kafka_group_id) + strlen(cfg->node_name) + 2;
+    char *g = malloc(n);
+    if (g != NULL)
+        snprintf(g, n, "%s%s%s", cfg->kafka_group_id, cfg->node_name[0] ? "." : "", cfg->node_name);
+    return g;
 }

@@ -54,7 +54,9 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
 void node_ingest_turn_done(node_ingest_t *in, int rc);
 
 /* Appends Info pairs (sorted by key) describing every owned partition:
- * kafka.<topic>.<partition>.{applied,end_offset,lag,misplaced,next_offset,serving,skipped}.
+ * kafka.<topic>.<partition>.{applied,end_offset,ingested,lag,misplaced,next_offset,serving,
+ * skipped}. ingested: records this process took from Kafka (applied counts
+ * every record the environment ever applied, a snapshot's included).
  * serving is 1 when the partition serves reads (lag unknown or within
  * kafka.max_lag; kvs_fresh), 0 while it catches up.
  * next_offset is the offset of the next record to apply; before the
@@ -122,6 +124,12 @@ void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own);
  * will apply it when it reads it (records before it are not applied yet,
  * or ingestion is not running), or a store error. */
 int node_ingest_apply_delivered(node_ingest_t *in, const void *record);
+
+/* The consumer group this node commits offsets to (malloc'd, NULL when
+ * out of memory): kafka.group_id, or "<group_id>.<node.name>" when the
+ * node has a name, so that every replica of a shard has its own group and
+ * lag tools show each one. */
+char *node_ingest_group(const kvs_config_t *cfg);
 
 /* Stops consuming and closes the loop handles; the consumer is destroyed by
  * node_ingest_free after the loop ran. */

@@ -34,6 +34,7 @@
 #include "kvs_log.h"
 #include "kvs_schema.h"
 #include "kvs_shardstate.h"
+#include "node_bootstrap.h"
 #include "node_ingest.h"
 #include "node_server.h"
 #include "node_store.h"
@@ -68,9 +69,13 @@ typedef struct node_main_s {
     node_reads_t *reads;     /* NULL when no table is bound */
     node_writes_t *writes;   /* NULL when no table is bound or Kafka is off */
     kvs_shardstate_t *state; /* the state page routers read; NULL if it cannot be had */
+    kvs_lmdb_ident_t last;   /* the files the last worker had, as its page says */
+    int had_last;            /* ... if it said */
     uv_signal_t sigterm, sigint, sighup;
     kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
     kvs_auth_t *auth;   /* users, or NULL */
+    node_digest_t *digest;
+    node_snapshot_t *snapshot;
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -175,11 +180,14 @@ static int listen_addrs(const kvs_config_t *cfg, const node_args_t *a, kvs_addr_
             return -1;
         }
         n++;
-    } else if (cfg->node_listen[0] != '\0') {
-        if (kvs_addr_parse(cfg->node_listen, 0, &addrs[n], why, sizeof(why)) != 0 ||
+    } else if (cfg->node_listen[0] != '\0' || cfg->self != NULL) {
+        /* With a cluster map and no node.listen: where the map says peers
+         * find this node's workers. */
+        const char *base = cfg->node_listen[0] != '\0' ? cfg->node_listen : cfg->self->address;
+        if (kvs_addr_parse(base, 0, &addrs[n], why, sizeof(why)) != 0 ||
             addrs[n].port + a->shard > 65535) {
-            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port",
-                     cfg->node_listen, a->shard);
+            snprintf(err, errlen, "node.listen \"%s\": cannot derive shard %ld's port", base,
+                     a->shard);
             return -1;
         }
         addrs[n].port = (uint16_t)(addrs[n].port + a->shard);
@@ -252,6 +260,7 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
+    node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
     uv_timer_init(m->loop, &m->drain);
@@ -409,31 +418,49 @@ static void watch_signals(node_main_t *m)
 
 /* ---- main --------------------------------------------------------------------- */
 
+/* Creates data_dir if needed and checks it is private. Returns 0, or an
+ * error with err set. */
+static int make_data_dir(const kvs_config_t *cfg, char *err, size_t errlen)
+{
+    int rc = kvs_mkdir_p(cfg->data_dir);
+    if (rc != 0) {
+        snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
+        return rc;
+    }
+    if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
+        return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
+    return 0;
+}
+
 /* Takes the state page (kvs_shardstate) and marks it not live, before
- * anything may change the shard's files: a router reading them stops
- * until this worker publishes what it opened. Returns whether the files in
- * `dir` are not the ones the last worker had (then the lock file must be
- * started anew: node_store's reset_lock). */
-static int take_state(node_main_t *m, const kvs_config_t *cfg, long shard, const char *dir)
+ * anything may change the shard's files (a snapshot bootstrap, the store's
+ * opening): a router reading them stops until this worker publishes what
+ * it opened. Remembers which files the last worker had. */
+static void take_state(node_main_t *m, const kvs_config_t *cfg, long shard)
 {
     char path[4200];
-    kvs_lmdb_ident_t last, now;
-    int had_last = 0;
     int rc = kvs_schema_state_path(path, sizeof(path), cfg->data_dir, (uint32_t)shard);
     if (rc == 0)
-        rc = kvs_shardstate_open_writer(path, cfg, (uint32_t)shard, &m->state, &last, &had_last);
+        rc = kvs_shardstate_open_writer(path, cfg, (uint32_t)shard, &m->state, &m->last,
+                                        &m->had_last);
     if (rc == -EBUSY)
-        return 0; /* another worker of this shard runs: the store's lock refuses this one */
-    if (rc != 0) {
+        return; /* another worker of this shard runs: the store's lock refuses this one */
+    if (rc != 0)
         kvs_warn("%s: %s; the router forwards every read of this shard to it", path,
                  kvs_strerror(rc));
+}
+
+/* Whether the data.mdb in `dir` is not the one the last worker had (a
+ * snapshot bootstrap wrote it, or it was replaced or removed): then the
+ * lock file must be started anew (node_store's reset_lock). */
+static int files_changed(const node_main_t *m, const char *dir)
+{
+    kvs_lmdb_ident_t now;
+    if (!m->had_last)
         return 0;
-    }
-    if (!had_last)
-        return 0;
-    rc = kvs_lmdb_ident_of(dir, &now);
+    int rc = kvs_lmdb_ident_of(dir, &now);
     return rc == -ENOENT ||
-           (rc == 0 && (now.data_dev != last.data_dev || now.data_ino != last.data_ino));
+           (rc == 0 && (now.data_dev != m->last.data_dev || now.data_ino != m->last.data_ino));
 }
 
 /* Opens the shard's environment. Returns 0, or an error with err set. */
@@ -443,14 +470,7 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
     char dir[4096], placement[64];
     snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
     kvs_schema_placement(placement, sizeof(placement), cfg->shards, cfg->partitions);
-    int rc = kvs_mkdir_p(cfg->data_dir);
-    if (rc != 0) {
-        snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return rc;
-    }
-    if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
-        return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
-    int reset_lock = take_state(m, cfg, shard, dir);
+    int reset_lock = files_changed(m, dir);
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
@@ -472,7 +492,7 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
-    rc = node_store_open(&so, out, err, errlen);
+    int rc = node_store_open(&so, out, err, errlen);
     free(bound);
     return rc;
 }
@@ -503,7 +523,22 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
         if (rc != 0)
             return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
     }
-    int rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));
+    int rc = make_data_dir(*cfg, err, sizeof(err));
+    if (rc == KVS_ECONFIG)
+        return config_fatal(m, "%s", err);
+    if (rc != 0) {
+        kvs_error("%s", err);
+        return 1;
+    }
+    take_state(m, *cfg, args->shard);
+    /* A new replica copies a peer's environment before opening its own. */
+    m->loop = uv_default_loop();
+    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    if (rc == -ECANCELED)
+        return 0;
+    if (rc != 0)
+        kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
+    rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
@@ -540,10 +575,12 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = prepare(&m, &args, &cfg, addrs, &n_addrs, &store);
-    if (rc != 0) {
+    if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
         kvs_shardstate_close(m.state);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
+        if (m.loop != NULL)
+            uv_loop_close(m.loop);
         return finish(&m, rc);
     }
 
@@ -578,6 +615,11 @@ int main(int argc, char **argv)
         return 1;
     }
     node_store_set_fail_arg(store, m.srv);
+    m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
+    node_server_set_digest(m.srv, m.digest);
+    m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
+                                   cfg->frame_timeout_ms);
+    node_server_set_snapshot(m.srv, m.snapshot);
     watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
@@ -598,6 +640,8 @@ int main(int argc, char **argv)
 
     node_reads_free(m.reads);
     node_writes_free(m.writes);
+    node_digest_free(m.digest);
+    node_snapshot_free(m.snapshot);
     node_ingest_free(m.ingest);    /* before the store: it may still hold a read */
     kvs_shardstate_close(m.state); /* not live: routers stop reading the environment */
     rc = node_store_close(store);

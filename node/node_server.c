@@ -85,6 +85,7 @@ struct node_client_s {
     int auth_close;             /* Auth failed too often: close after its answer */
     node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
+    int streaming;              /* handed to the snapshot sender: serves nothing else */
 };
 
 struct node_server_s {
@@ -121,6 +122,7 @@ struct node_server_s {
     int closing_handles;
     node_server_turn_cb turn_cb;
     void *turn_arg;
+    node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -515,6 +517,11 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     srv->exec_deferred = 0;
     srv->cmd.who = srv->auth != NULL ? &cl->auth : NULL;
     int rc = node_cmd_frame(&srv->cmd, payload, len, out);
+    if (cl->streaming) { /* Snapshot took the connection: nothing else is answered on it */
+        srv->executing = NULL;
+        srv->exec_slot = NULL;
+        return;
+    }
     slot = srv->exec_slot;
     int deferred = srv->exec_deferred;
     srv->executing = NULL;
@@ -582,6 +589,8 @@ static void on_conn_closed(kvs_conn_t *c)
         cl->auth_slot->deferred = 0;
         cl->auth_slot = NULL;
     }
+    if (cl->streaming)
+        node_snapshot_gone(srv->snapshot, c);
     if (cl->on_batch_list)
         batch_list_remove(srv, cl);
     if (cl->on_ready_list)
@@ -731,6 +740,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
         srv->cmd.on_auth = node_auth;
         srv->cmd.auth_arg = srv;
     }
+    srv->cmd.replicas = kvs_config_replica_count(o->limits, o->shard);
     kvs_arena_init(&srv->cmd.arena);
     srv->max_clients =
         kvs_conn_max_clients(o->limits->max_clients, (unsigned)o->n_addrs, NODE_FD_RESERVE);
@@ -780,6 +790,39 @@ void node_server_set_reads(node_server_t *srv, node_reads_t *reads)
 void node_server_set_writes(node_server_t *srv, node_writes_t *writes)
 {
     srv->cmd.writes = writes;
+}
+
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
+{
+    srv->cmd.digest = digest;
+}
+
+/* node_cmd's Snapshot hook: the client that asked becomes the stream's
+ * receiver, if the request is alone on its connection. */
+static int take_snapshot(void *arg, kvs_buf_t *out)
+{
+    node_server_t *srv = arg;
+    node_client_t *cl = srv->executing;
+    if (cl == NULL || srv->snapshot == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
+    if (cl->head != NULL || srv->exec_slot != NULL || kvs_conn_has_frame(&cl->conn) ||
+        kvs_conn_backlog(&cl->conn) > 0 || out->len > 0)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Snapshot must be alone on its connection (the stream "
+                                     "takes it over): open a connection for it");
+    int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    cl->streaming = 1;
+    kvs_conn_pause(&cl->conn);
+    return 0;
+}
+
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn)
+{
+    srv->snapshot = sn;
+    srv->cmd.snapshot = sn != NULL ? take_snapshot : NULL;
+    srv->cmd.snapshot_arg = srv;
 }
 
 int node_server_execute(void *arg, const uint8_t *payload, size_t len, kvs_buf_t *out)
@@ -835,7 +878,9 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg)
         uv_close(&srv->listeners[i].handle, NULL);
     srv->n_listeners = 0;
     for (node_client_t *cl = srv->clients; cl != NULL; cl = cl->next) {
-        if (cl->head == NULL)
+        if (cl->streaming)
+            kvs_conn_close(&cl->conn); /* a snapshot is not worth the wait */
+        else if (cl->head == NULL)
             kvs_conn_close_after_flush(&cl->conn);
         else
             kvs_conn_stop_reading(&cl->conn); /* closed once its answers are out */

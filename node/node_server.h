@@ -8,8 +8,10 @@
 #include "kvs_addr.h"
 #include "kvs_auth.h"
 #include "kvs_conn.h"
+#include "node_digest.h"
 #include "node_ingest.h"
 #include "node_reads.h"
+#include "node_snapshot.h"
 #include "node_store.h"
 #include "node_writes.h"
 
@@ -46,6 +48,12 @@ void node_server_set_reads(node_server_t *srv, node_reads_t *reads);
 
 /* Sets the log-first writes of bound tables (NULL: Kafka off). */
 void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
+
+/* Sets the Digest command's state (NULL: not available). */
+void node_server_set_digest(node_server_t *srv, node_digest_t *digest);
+
+/* Sets the Snapshot command's sender (NULL: not available). */
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn);
 
 /* Executes a request now, without freshness checks (node_reads_exec_cb,
  * with the server as `arg`). */

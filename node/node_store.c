@@ -111,6 +111,14 @@ struct node_store_s {
     node_store_fail_cb fail_cb;
     void *fail_arg;
     kvs_lmdb_ident_t ident; /* data.mdb and lock.mdb as opened */
+    unsigned pins;          /* views and copies other threads run: the map must not move */
+};
+
+struct node_store_view_s {
+    node_store_t *s;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    int has_table; /* the table existed (committed) when the view was opened */
 };
 
 static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
@@ -355,6 +363,8 @@ static void map_grow(node_store_t *s, size_t need)
         want = total / 4;
     if (free_pages >= want && !s->grow)
         return;
+    if (s->pins > 0)
+        return; /* another thread reads the map: it must not move (batch_begin says so) */
     uint64_t size = s->grow ? s->map_size * 2 : s->map_size;
     s->grow = 0;
     while (size / s->psize < s->used + want)
@@ -386,7 +396,10 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     s->bytes = 0;
     size_t need = batch_pages(s, op_pages, bytes);
     map_grow(s, need);
-    size_t budget = (s->map_size / s->psize - s->used) / 2;
+    size_t total = s->map_size / s->psize;
+    if (s->pins > 0 && (total < s->used || total - s->used < 2 * need))
+        return -EAGAIN; /* the map would have to grow under a snapshot or digest */
+    size_t budget = (total - s->used) / 2;
     if (budget > MAX_BATCH_PAGES)
         budget = MAX_BATCH_PAGES;
     if (budget < need)
@@ -615,6 +628,96 @@ uint32_t node_store_table_count(const node_store_t *s)
 uint64_t node_store_map_size(const node_store_t *s)
 {
     return s->map_size;
+}
+
+/* ---- views and copies for other threads ------------------------------------ */
+
+/* Reads and copies from other threads: MDB_NOTLS lets a read txn live in
+ * any thread, and LMDB's readers never block the writer. What must not
+ * happen meanwhile is a remap (mdb_env_set_mapsize with a txn of another
+ * thread reading the old mapping): pins hold map growth off. */
+
+int node_store_view_open(node_store_t *s, const char *table, node_store_view_t **out)
+{
+    node_store_view_t *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return -ENOMEM;
+    table_t *t = table != NULL ? table_slot(s, table) : NULL;
+    if (t != NULL && t->name != NULL && t->pending) {
+        free(v);
+        return -EAGAIN; /* created in the open batch: not in any snapshot yet */
+    }
+    v->s = s;
+    v->has_table = t != NULL && t->name != NULL;
+    v->dbi = v->has_table ? t->dbi : 0;
+    s->pins++;
+    *out = v;
+    return 0;
+}
+
+int node_store_view_begin(node_store_view_t *v)
+{
+    int rc = mdb_txn_begin(v->s->env, NULL, MDB_RDONLY, &v->txn);
+    if (rc != 0) {
+        v->txn = NULL;
+        return map_err("mdb_txn_begin (view)", rc);
+    }
+    return 0;
+}
+
+int node_store_view_meta(node_store_view_t *v, const char *key, node_slice_t *val)
+{
+    MDB_val k = {strlen(key), (void *)key}, d;
+    int rc = mdb_get(v->txn, v->s->meta, &k, &d);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : map_err("mdb_get meta (view)", rc);
+    val->p = d.mv_data;
+    val->len = d.mv_size;
+    return 0;
+}
+
+int node_store_view_scan(node_store_view_t *v, node_store_scan_cb cb, void *arg)
+{
+    if (!v->has_table)
+        return 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(v->txn, v->dbi, &cur);
+    if (rc != 0)
+        return map_err("mdb_cursor_open (view)", rc);
+    MDB_val k, d;
+    rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+    while (rc == 0) {
+        node_slice_t ks = {k.mv_data, k.mv_size}, vs = {d.mv_data, d.mv_size};
+        if (cb(arg, ks, vs) != 0)
+            break;
+        rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : map_err("mdb_cursor_get (view)", rc);
+}
+
+void node_store_view_end(node_store_view_t *v)
+{
+    if (v->txn != NULL)
+        mdb_txn_abort(v->txn);
+    v->txn = NULL;
+}
+
+void node_store_view_close(node_store_view_t *v)
+{
+    if (v == NULL)
+        return;
+    node_store_view_end(v);
+    v->s->pins--;
+    free(v);
+}
+
+int node_store_view_copy(node_store_view_t *v, int fd)
+{
+    int rc = mdb_env_copyfd2(v->s->env, fd, MDB_CP_COMPACT);
+    if (rc == 0)
+        return 0;
+    return rc == EPIPE ? -EPIPE : map_err("mdb_env_copyfd2", rc);
 }
 
 /* ---- open / close ---------------------------------------------------------- */

@@ -148,6 +148,43 @@ int node_store_sync(node_store_t *s);
 /* The files the environment is (data.mdb and lock.mdb, as opened). */
 const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s);
 
+/* ---- views: a read snapshot for another thread ----------------------------
+ *
+ * For work too long for the loop (a digest of a whole table, a copy of the
+ * environment): opened and closed on the loop thread, used (begin .. end)
+ * from one other thread. While any view is open the map does not grow: a
+ * write batch that would need it fails with -EAGAIN (a 503 to clients;
+ * ingestion retries with backoff), so views must not live long. */
+typedef struct node_store_view_s node_store_view_t;
+
+/* Loop thread. Opens a view of `table` (NULL: no table, for a copy).
+ * Returns 0 and *out; -EAGAIN when the table was created in the open
+ * batch (not in any snapshot yet: retry), -ENOMEM. A table that does not
+ * exist scans empty. */
+int node_store_view_open(node_store_t *s, const char *table, node_store_view_t **out);
+
+/* The view's thread: starts its read snapshot. Returns 0 or KVS_ESTORE. */
+int node_store_view_begin(node_store_view_t *v);
+
+/* The view's thread: metadata (as node_store_meta_get) and the table's
+ * pairs in key order (as node_store_scan from the start), as of the
+ * snapshot begun. Slices are valid until node_store_view_end. */
+int node_store_view_meta(node_store_view_t *v, const char *key, node_slice_t *val);
+int node_store_view_scan(node_store_view_t *v, node_store_scan_cb cb, void *arg);
+
+/* The view's thread: ends the snapshot. */
+void node_store_view_end(node_store_view_t *v);
+
+/* Any thread, between open and close, without begin: writes a compacted
+ * hot copy of the whole environment (LMDB's mdb_env_copyfd2 with
+ * MDB_CP_COMPACT: its own consistent read snapshot, free pages left out)
+ * to `fd`, which may be a pipe. Returns 0, -EPIPE when the reader went
+ * away, or KVS_ESTORE. */
+int node_store_view_copy(node_store_view_t *v, int fd);
+
+/* Loop thread: closes a view (ending its snapshot if still begun). */
+void node_store_view_close(node_store_view_t *v);
+
 /* Number of tables, and the current map size in bytes. */
 uint32_t node_store_table_count(const node_store_t *s);
 uint64_t node_store_map_size(const node_store_t *s);

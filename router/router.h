@@ -11,6 +11,7 @@
 #include "kvs_msg.h"
 #include "router_link.h"
 #include "router_local.h"
+#include "router_replica.h"
 #include "router_session.h"
 
 #include <stdint.h>
@@ -23,7 +24,10 @@ typedef struct router_req_s router_req_t;
 struct router_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
-    router_link_t *links; /* one per shard, index = shard id */
+    router_link_t *links; /* one per replica of each shard: shard s's are sets[s] */
+    uint32_t n_links;
+    router_set_t *sets;     /* per shard: its replicas' links */
+    router_budget_t budget; /* retries of reads on other replicas */
     uint32_t shards;
     kvs_flusher_t flusher;
     kvs_conn_group_t group; /* the clients, under limits.* */
@@ -130,6 +134,7 @@ struct router_req_s {
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
     int bound_write;             /* a write to a bound table, counted in the session's writes */
+    router_try_t try0;           /* a single-part request's replicas (multi-part: the merge's) */
     int fwd_local; /* a part went to a local worker: counted in the session's `forwarded` */
     /* Held back by the session (router_session.h) until earlier writes
      * are answered: the request's bytes, kept until it is routed. */

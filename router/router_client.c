@@ -438,12 +438,13 @@ int router_clients_listen(router_t *r)
     rc = kvs_conn_group_init(&r->group, r->loop, &limits, "client");
     if (rc != 0)
         return rc;
-    /* Descriptors kept back: a link per shard, worker spawns, the lock
-     * file, the log, name resolution; with local reads, data.mdb and
-     * lock.mdb of every shard. */
+    /* Descriptors kept back: a link per replica of every shard, worker
+     * spawns, the lock file, the log, name resolution; with local reads,
+     * data.mdb and lock.mdb of every shard. */
+    uint32_t links = r->n_links > r->shards ? r->n_links : r->shards;
     r->max_clients =
         kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
-                             r->shards * (r->local != NULL ? 3 : 1) + ROUTER_FD_RESERVE);
+                             links + (r->local != NULL ? 2 * r->shards : 0) + ROUTER_FD_RESERVE);
     rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
     if (rc != 0) {
         kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));

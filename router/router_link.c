@@ -13,7 +13,8 @@
  *  - One timer serves three purposes: while down it is the reconnect
  *    backoff, during a TLS handshake its deadline (router.timeout: a worker
  *    that accepts but never answers must not hold the link forever), while
- *    up it fires at the oldest request's deadline.
+ *    up it fires at the oldest request's deadline: router.timeout after it
+ *    was sent or after the answer before it arrived, whichever is later.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
  *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
@@ -77,11 +78,20 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     return 0;
 }
 
+/* Pops the oldest request. The next one's clock starts no earlier than
+ * now: a worker working through a deep pipeline of large requests is
+ * making progress, and only a worker that owes answers and sends none for
+ * router.timeout is taken for hung. */
 static router_link_pending_t fifo_pop(router_link_t *l)
 {
     router_link_pending_t p = l->fifo[l->head];
     l->head = (l->head + 1) % l->cap;
     l->count--;
+    if (l->count > 0) {
+        uint64_t dl = uv_now(l->loop) + l->timeout_ms;
+        if (l->fifo[l->head].deadline < dl)
+            l->fifo[l->head].deadline = dl;
+    }
     return p;
 }
 
@@ -388,11 +398,16 @@ static void link_arm_timer(router_link_t *l)
         l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
         return;
     }
-    if (l->count == 0) {
-        uv_timer_stop(&l->timer);
+    /* Up: the timer need only fire no later than the oldest request's
+     * deadline. Deadlines only move later, so a timer already due sooner
+     * is kept (it fires early and re-arms), and an idle link keeps its
+     * timer until it fires and finds nothing due: re-arming on every
+     * answer cost a timer-heap update per request. */
+    if (l->count == 0)
         return;
-    }
     uint64_t now = uv_now(l->loop), dl = l->fifo[l->head].deadline;
+    if (uv_is_active((uv_handle_t *)&l->timer) && now + uv_timer_get_due_in(&l->timer) <= dl)
+        return;
     uv_timer_start(&l->timer, on_timer, dl > now ? dl - now : 0, 0);
 }
 

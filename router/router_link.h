@@ -70,6 +70,9 @@ struct router_link_s {
     router_link_state_cb on_state;
     char last_error[320];
     int seen_up;               /* came up at least once (for the router's readiness) */
+    const char *node;          /* the replica's node name ("" without a map), for messages */
+    uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
+    uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     void *data;
 };

@@ -41,7 +41,7 @@
 
 typedef struct lshard_s {
     uint32_t id;
-    int local;              /* not cluster.remote */
+    const router_link_t *link; /* the link to this node's worker of the shard; NULL: none */
     kvs_lmdb_reader_t *env; /* NULL: not open */
     kvs_shardstate_t *state;
     uint64_t retry_at; /* uv_now before which no open is tried */
@@ -53,7 +53,6 @@ typedef struct lshard_s {
 struct router_local_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
-    router_link_t *links;
     lshard_t *shards;
     char placement[64];
     uv_timer_t timer;
@@ -147,7 +146,7 @@ static int open_env(router_local_t *lc, lshard_t *ls, const kvs_lmdb_ident_t *wa
  * header in *h when the shard may be read here now. */
 static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
 {
-    if (!lc->links[ls->id].up || !have_state(lc, ls))
+    if (!ls->link->up || !have_state(lc, ls))
         return 0;
     if (kvs_shardstate_head(ls->state, h) != 0 || !h->live)
         return 0; /* starting, stopped, or publishing this very moment */
@@ -266,7 +265,7 @@ static int answer(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q
 
 static lshard_t *shard_of(router_local_t *lc, uint32_t shard)
 {
-    return shard < lc->cfg->shards && lc->shards[shard].local ? &lc->shards[shard] : NULL;
+    return shard < lc->cfg->shards && lc->shards[shard].link != NULL ? &lc->shards[shard] : NULL;
 }
 
 /* The common frame of both entries: gate, snapshot, freshness, answer. */
@@ -348,7 +347,7 @@ static void on_timer(uv_timer_t *t)
     for (uint32_t s = 0; s < lc->cfg->shards; s++) {
         lshard_t *ls = &lc->shards[s];
         int cleared = 0;
-        if (!ls->local)
+        if (ls->link == NULL)
             continue;
         check_state_file(lc, ls);
         if (ls->env == NULL)
@@ -380,7 +379,7 @@ void router_local_link_up(router_local_t *lc, uint32_t shard)
 
 int router_local_is_local(const router_local_t *lc, uint32_t shard)
 {
-    return shard < lc->cfg->shards && lc->shards[shard].local;
+    return shard < lc->cfg->shards && lc->shards[shard].link != NULL;
 }
 
 /* KVS_TEST_LOCAL_READS_REFUSE=<shard>[,<shard>...] (test builds only):
@@ -403,8 +402,8 @@ static void read_test_hooks(router_local_t *lc)
 #endif
 }
 
-int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, router_link_t *links,
-                     router_local_t **out)
+int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link_t *links,
+                     uint32_t n_links, router_local_t **out)
 {
     router_local_t *lc = calloc(1, sizeof(*lc));
     if (lc == NULL)
@@ -416,12 +415,12 @@ int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, router_link_t *li
     }
     lc->loop = loop;
     lc->cfg = cfg;
-    lc->links = links;
     kvs_schema_placement(lc->placement, sizeof(lc->placement), cfg->shards, cfg->partitions);
-    for (uint32_t s = 0; s < cfg->shards; s++) {
+    for (uint32_t s = 0; s < cfg->shards; s++)
         lc->shards[s].id = s;
-        lc->shards[s].local = kvs_config_remote(cfg, s) == NULL;
-    }
+    for (uint32_t i = 0; i < n_links; i++) /* this node's own workers: over unix sockets */
+        if (links[i].addr.is_unix && links[i].shard < cfg->shards)
+            lc->shards[links[i].shard].link = &links[i];
     read_test_hooks(lc);
     kvs_arena_init(&lc->arena);
     uv_timer_init(loop, &lc->timer);

@@ -50,12 +50,12 @@
 
 typedef struct router_local_s router_local_t;
 
-/* Sets up local reads of every shard not in cluster.remote (nothing is
- * opened before a shard's link first comes up). `links` is the router's
- * array, indexed by shard, and must outlive this. Returns 0 and *out, or
- * -ENOMEM. */
-int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, router_link_t *links,
-                     router_local_t **out);
+/* Sets up local reads of every shard this node runs a worker of (a link
+ * over its unix socket, among the router's `n_links` links, which must
+ * outlive this); nothing is opened before a shard's link first comes up.
+ * Returns 0 and *out, or -ENOMEM. */
+int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link_t *links,
+                     uint32_t n_links, router_local_t **out);
 
 /* The link to `shard`'s worker came up: look at its state page now. */
 void router_local_link_up(router_local_t *lc, uint32_t shard);

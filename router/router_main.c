@@ -5,10 +5,12 @@
  *
  * Start-up: load and validate the config, take <data_dir>/router.lock (a
  * second router on the same data refuses), spawn a kvs-node for every local
- * shard (every shard not listed in cluster.remote), connect a link to every
- * shard (unix socket for local ones, TCP for remote ones), and start
- * accepting clients once every local shard answers. Remote shards are not
- * waited for: their requests get 503 until their node is reachable.
+ * shard (those this node's entry in cluster.nodes lists, or every shard not
+ * in cluster.remote), connect a link to every replica of every shard
+ * (kvs_cluster: unix socket for this node's own, TCP for the others;
+ * router_replica chooses among them per request), and start accepting
+ * clients once every local worker answers. Remote replicas are not waited
+ * for: requests go to the replicas that are up, and get 503 while none is.
  *
  * Under systemd (Type=notify) the router sends READY=1 once it accepts
  * clients, STOPPING=1 when the shutdown begins, and STATUS= lines
@@ -38,6 +40,7 @@
  * users may write to, or when a worker reported that its configuration can
  * never work (its message is the router's last log line).
  */
+#include "kvs_cluster.h"
 #include "kvs_config.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
@@ -157,11 +160,10 @@ static int become_ready(router_main_t *m)
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
-    if (up && m->r.local != NULL)
+    if (up && l->addr.is_unix && m->r.local != NULL)
         router_local_link_up(m->r.local, l->shard);
-    if (kvs_config_remote(m->r.cfg, l->shard) != NULL || m->ready || m->shutting_down || !up ||
-        l->seen_up)
-        return;
+    if (!l->addr.is_unix || m->ready || m->shutting_down || !up || l->seen_up)
+        return;     /* only this node's own workers (their unix sockets) are waited for */
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
         return;
@@ -170,31 +172,40 @@ static void on_link_state(router_link_t *l, int up)
         shutdown_begin(m, 1);
 }
 
+/* One link per replica of every shard (kvs_cluster: the local one over
+ * its unix socket, the others over TCP), grouped per shard in r->sets. */
 static int start_links(router_main_t *m)
 {
     const kvs_config_t *cfg = m->r.cfg;
-    m->r.links = calloc(cfg->shards, sizeof(router_link_t));
-    if (m->r.links == NULL)
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    char err[256];
+    uint32_t total = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        total += kvs_config_replica_count(cfg, s);
+    m->r.links = calloc(total, sizeof(router_link_t));
+    m->r.sets = calloc(cfg->shards, sizeof(router_set_t));
+    if (m->r.links == NULL || m->r.sets == NULL)
         return -ENOMEM;
+    router_budget_init(&m->r.budget, cfg->retry_percent, cfg->retry_burst);
     for (uint32_t s = 0; s < cfg->shards; s++) {
-        const kvs_remote_t *rem = kvs_config_remote(cfg, s);
-        char text[4200], err[256];
-        kvs_addr_t addr;
-        if (rem != NULL)
-            snprintf(text, sizeof(text), "%s", rem->address);
-        else
-            snprintf(text, sizeof(text), "unix:%s/shard-%u.sock", cfg->data_dir, s);
-        if (kvs_addr_parse(text, 0, &addr, err, sizeof(err)) != 0) {
-            kvs_error("shard %u address: %s", s, err); /* the config load checked it */
+        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
+        if (n <= 0 || m->r.n_links + (uint32_t)n > total) {
+            kvs_error("shard %u: %s", s, n < 0 ? err : "no replica"); /* the config load checked */
             return KVS_EINVAL;
         }
-        int rc = router_link_start(
-            &m->r.links[s], m->r.loop, s, &addr, cfg->router_timeout_ms, (uint32_t)cfg->max_frame,
-            &m->r.flusher, rem != NULL ? m->r.link_tls : NULL, router_route_reply, on_link_state);
-        if (rc != 0)
-            return rc;
-        m->r.links[s].data = m;
-        m->r.links[s].max_queue = (size_t)cfg->client_output;
+        m->r.sets[s] = (router_set_t){.first = m->r.n_links, .n = (uint32_t)n};
+        for (int i = 0; i < n; i++) {
+            router_link_t *l = &m->r.links[m->r.n_links++];
+            int rc = router_link_start(l, m->r.loop, s, &reps[i].addr, cfg->router_timeout_ms,
+                                       (uint32_t)cfg->max_frame, &m->r.flusher,
+                                       reps[i].addr.is_unix ? NULL : m->r.link_tls,
+                                       router_route_reply, on_link_state);
+            if (rc != 0)
+                return rc;
+            l->data = m;
+            l->node = reps[i].node;
+            l->max_queue = (size_t)cfg->client_output;
+        }
     }
     return 0;
 }
@@ -232,7 +243,7 @@ static int start_workers(router_main_t *m, const char *argv0)
     if (local == NULL)
         return -ENOMEM;
     for (uint32_t s = 0; s < cfg->shards; s++)
-        if (kvs_config_remote(cfg, s) == NULL)
+        if (kvs_config_local(cfg, s))
             local[m->n_local++] = s;
     const char *args[] = {"--config",    m->config_path, "--exit-with-parent",
                           "--report-fd", REPORT_FD_ARG,  NULL};
@@ -285,8 +296,8 @@ static void on_drained(router_t *r)
     uv_timer_stop(&m->timer);
     kvs_info("clients drained; stopping workers");
     router_notify_status("clients drained; stopping workers");
-    for (uint32_t s = 0; s < m->r.shards && m->r.links != NULL; s++)
-        router_link_stop(&m->r.links[s]);
+    for (uint32_t i = 0; i < m->r.n_links; i++)
+        router_link_stop(&m->r.links[i]);
     router_local_stop(m->r.local);
     if (m->sup != NULL)
         router_sup_stop(m->sup, on_workers_stopped, m);
@@ -429,7 +440,7 @@ static int router_start(router_main_t *m, const char *argv0)
     if (rc == 0)
         rc = start_links(m);
     if (rc == 0 && r->cfg->router_local_reads && m->n_local > 0)
-        rc = router_local_new(r->loop, r->cfg, r->links, &r->local);
+        rc = router_local_new(r->loop, r->cfg, r->links, r->n_links, &r->local);
     if (rc != 0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
@@ -482,6 +493,7 @@ int main(int argc, char **argv)
     if (m.sup != NULL)
         router_sup_free(m.sup);
     free(m.r.links);
+    free(m.r.sets);
     router_reqs_release(&m.r);
     kvs_arena_close(&m.r.arena);
     kvs_arena_close(&m.r.merge_arena);

@@ -42,6 +42,16 @@
  * the full path after validation, so bad input still gets its 400 and a
  * refused request costs no shard a thing. Auth is the client module's.
  *
+ * Replicas: every part goes to one replica of its shard through
+ * router_send (router_replica has the policy): a read that fails there is
+ * sent again to another replica within the retry budget before its
+ * failure is answered (router_route_reply asks router_send_answered
+ * first); a write goes to the first live replica and is never resent; a
+ * write to a table bound to no topic on a shard with several replicas is
+ * refused (400), as there is no single writer. Digest and Snapshot are
+ * about one copy and go to workers directly (400 here). Info adds the
+ * router's replica counters when some shard has replicas.
+ *
  * A request with several parts keeps a route_merge_t; the parts' raw
  * answers are copied in as they arrive and decoded once all are in.
  *
@@ -62,6 +72,7 @@
 #include "kvs_pos.h"
 #include "kvs_reads.h"
 #include "router.h"
+#include "router_send.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -83,6 +94,7 @@ typedef struct route_merge_s {
     uint32_t *key_part;        /* multi-key: the part each key went to */
     uint32_t *key_index;       /* ... and its index inside that part */
     int anywhere;              /* every part got the whole request: the key may be on any */
+    router_try_t *tries;       /* each part's replicas */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -96,10 +108,12 @@ router_req_t *router_req_new(router_t *r, router_client_t *cl)
     if (req != NULL) {
         r->free_reqs = req->next;
         r->n_free_reqs--;
-        kvs_buf_t keep = req->resp;
+        kvs_buf_t keep = req->resp, bytes = req->try0.bytes;
         memset(req, 0, sizeof(*req));
         req->resp = keep;
         req->resp.len = 0;
+        req->try0.bytes = bytes;
+        req->try0.bytes.len = 0;
     } else if ((req = calloc(1, sizeof(*req))) == NULL) {
         return NULL;
     }
@@ -114,6 +128,7 @@ void router_reqs_release(router_t *r)
         router_req_t *req = r->free_reqs;
         r->free_reqs = req->next;
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
     }
     r->n_free_reqs = 0;
@@ -123,8 +138,12 @@ static void merge_free(route_merge_t *m)
 {
     if (m == NULL)
         return;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < m->nparts; i++) {
         kvs_buf_free(&m->answers[i]);
+        if (m->tries != NULL)
+            kvs_buf_free(&m->tries[i].bytes);
+    }
+    free(m->tries);
     free(m->answers);
     free(m->part_shard);
     free(m->failed);
@@ -144,8 +163,11 @@ void router_req_free(router_req_t *req)
     kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);
+    if (req->try0.bytes.cap > REQ_KEEP_BUF)
+        kvs_buf_free(&req->try0.bytes);
     if (r->n_free_reqs >= REQ_POOL_MAX) {
         kvs_buf_free(&req->resp);
+        kvs_buf_free(&req->try0.bytes);
         free(req);
         return;
     }
@@ -280,6 +302,43 @@ static int is_write(Kvs__CommandRequest__CommandCase cmd)
            cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
+/* Reads: sent again to another replica when the first fails them. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c)
+{
+    switch (c) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A write to a table bound to no topic, on a shard with several
+ * replicas: there is no single writer (each replica would hold what was
+ * written to it alone), so it is refused. Returns 1 when `req` was. */
+static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t tlen, uint32_t shard)
+{
+    if (!is_write(cmd) || r->sets == NULL || r->sets[shard].n < 2)
+        return 0;
+    int n = tlen > 200 ? 200 : (int)tlen;
+    router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                             "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u "
+                             "replicas: a write to an unbound table would reach one copy only. "
+                             "Bind the table to a topic (kafka.bindings) so every replica applies "
+                             "its writes, or serve shard %u from one node; nothing was written",
+                             kvs_msg_command_name(cmd), n, (const char *)table, shard,
+                             r->sets[shard].n, shard);
+    return 1;
+}
+
 /* The status of a request that got no answer (see router_link_reply_cb):
  * 503 when the link failed; when the answer came but was dropped for its
  * size, 413 for a read (nothing changed) and 500 for a write (it may have
@@ -298,6 +357,9 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     if (req == NULL)
         return; /* an internal probe */
     route_merge_t *m = req->merge;
+    router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
+    if (router_send_answered(req->router, req, t, part, payload, len, failure))
+        return;      /* sent to another replica: its answer comes later */
     if (m == NULL) { /* single part: pass the worker's answer through */
         const uint8_t *tok;
         size_t toklen;
@@ -717,24 +779,25 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
 }
 
 /* k-way merge of the shards' key-ordered pairs. */
-static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
+                        kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     size_t total = 0;
-    for (uint32_t i = 0; i < m->nparts; i++)
+    for (uint32_t i = 0; i < nparts; i++)
         total += rs[i]->n_pairs;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
     out.status = KVS_STATUS_OK;
     out.pairs = kvs_arena_alloc(arena, (total ? total : 1) * sizeof(*out.pairs));
-    size_t *pos = kvs_arena_alloc(arena, m->nparts * sizeof(*pos));
+    size_t *pos = kvs_arena_alloc(arena, nparts * sizeof(*pos));
     if (out.pairs == NULL || pos == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    memset(pos, 0, m->nparts * sizeof(*pos));
+    memset(pos, 0, nparts * sizeof(*pos));
     for (out.n_pairs = 0; out.n_pairs < total; out.n_pairs++) {
         uint32_t best = UINT32_MAX;
-        for (uint32_t i = 0; i < m->nparts; i++) {
+        for (uint32_t i = 0; i < nparts; i++) {
             if (pos[i] == rs[i]->n_pairs)
                 continue;
             if (best == UINT32_MAX ||
@@ -745,9 +808,60 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_
     }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd),
                   m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO
-                      ? "it lists six numbers per Kafka partition of every shard; raise "
+                      ? "it lists eight numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
+}
+
+/* The router's own Info pairs (sorted): its replica retries and budget. */
+static Kvs__CommandResponse *router_info(router_t *r, kvs_arena_t *arena)
+{
+    static const char *const names[] = {"router.replica_reads", "router.replica_retries",
+                                        "router.replica_retries_refused"};
+    const uint64_t vals[] = {r->budget.reads, r->budget.retries, r->budget.refused};
+    Kvs__CommandResponse *out = kvs_arena_alloc(arena, sizeof(*out));
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, 3 * sizeof(*p));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, 3 * sizeof(*pp));
+    Kvs__Value *v = kvs_arena_alloc(arena, 3 * sizeof(*v));
+    if (out == NULL || p == NULL || pp == NULL || v == NULL)
+        return NULL;
+    kvs__command_response__init(out);
+    for (int i = 0; i < 3; i++) {
+        kvs__kvpair__init(&p[i]);
+        kvs__value__init(&v[i]);
+        v[i].kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+        v[i].integer_value = (int64_t)vals[i];
+        p[i].key.data = (uint8_t *)names[i];
+        p[i].key.len = strlen(names[i]);
+        p[i].value = &v[i];
+        pp[i] = &p[i];
+    }
+    out->pairs = pp;
+    out->n_pairs = 3;
+    return out;
+}
+
+/* Info: every shard's pairs and, when some shard has replicas, the
+ * router's own, merged in key order. */
+static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    int replicated = 0;
+    for (uint32_t s = 0; m->router->sets != NULL && s < m->router->shards; s++)
+        replicated |= m->router->sets[s].n > 1;
+    if (!replicated) {
+        merge_pairs(req, rs, m->nparts, arena);
+        return;
+    }
+    Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
+    Kvs__CommandResponse *mine = router_info(m->router, arena);
+    if (all == NULL || mine == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    memcpy(all, rs, m->nparts * sizeof(*all));
+    all[m->nparts] = mine;
+    merge_pairs(req, all, m->nparts + 1, arena);
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -926,8 +1040,10 @@ static void merge_finish(router_req_t *req)
     } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+            merge_pairs(req, rs, m->nparts, arena);
+            break;
         case KVS__COMMAND_REQUEST__COMMAND_INFO:
-            merge_pairs(req, rs, arena);
+            merge_info(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
             merge_scan(req, rs, arena);
@@ -960,7 +1076,8 @@ static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cm
     m->failed = calloc(nparts, sizeof(*m->failed));
     m->key_part = calloc(nkeys ? nkeys : 1, sizeof(*m->key_part));
     m->key_index = calloc(nkeys ? nkeys : 1, sizeof(*m->key_index));
-    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index) {
+    m->tries = calloc(nparts, sizeof(*m->tries));
+    if (!m->part_shard || !m->answers || !m->failed || !m->key_part || !m->key_index || !m->tries) {
         merge_free(m);
         return NULL;
     }
@@ -1018,9 +1135,11 @@ static void count_forward(router_t *r, router_req_t *req, uint32_t shard)
     router_client_session(req->client)->forwarded++;
 }
 
-/* Sends part `part` to `shard` (`q`: the request it carries, decoded, or
- * NULL), or answers it here when it is a local read; a down link fails the
- * part at once. */
+static int is_retryable(Kvs__CommandRequest__CommandCase c);
+
+/* Sends part `part` to a replica of `shard` (`q`: the request it carries,
+ * decoded, or NULL), or answers it here when it is a local read; when no
+ * replica takes it, the part fails at once. */
 static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
                       const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
                       const Kvs__CommandRequest *q)
@@ -1028,23 +1147,8 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     if (read_here(r, req, part, shard, msg != NULL ? (const Kvs__CommandRequest *)msg : q))
         return;
     count_forward(r, req, shard);
-    router_link_t *l = &r->links[shard];
-    int rc = msg != NULL ? router_link_send_msg(l, msg, req, part)
-                         : router_link_send(l, raw, rawlen, req, part);
-    if (rc == 0)
-        return;
-    char why[400];
-    if (rc == KVS_ECLOSED)
-        snprintf(why, sizeof(why), "shard %u is unavailable: %s; retry shortly", shard,
-                 l->last_error[0] ? l->last_error : "its connection is closing");
-    else if (rc == KVS_ELIMIT)
-        snprintf(why, sizeof(why),
-                 "shard %u is overloaded: %zu bytes of requests are waiting for it "
-                 "(limits.client_output); nothing was sent, retry shortly",
-                 shard, l->max_queue);
-    else
-        snprintf(why, sizeof(why), "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
-    router_route_reply(req, part, NULL, 0, why);
+    router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
+    router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
 /* The shard of `key` in a table with binding `b` (NULL: bound to no topic,
@@ -1288,13 +1392,18 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         return;
     }
     uint32_t nparts = 0;
+    const char *table = kvs_msg_request_table(q);
+    size_t tlen = table != NULL ? strlen(table) : 0;
     for (uint32_t s = 0; s < r->shards; s++)
         part_of_shard[s] = UINT32_MAX;
     for (size_t i = 0; i < n; i++) {
         const ProtobufCBinaryData *key = nth_key(q, i);
         shard_of[i] = place_key(r, b, key->data, key->len);
-        if (part_of_shard[shard_of[i]] == UINT32_MAX)
-            part_of_shard[shard_of[i]] = nparts++;
+        if (part_of_shard[shard_of[i]] != UINT32_MAX)
+            continue; /* this shard's replicas were checked with an earlier key */
+        part_of_shard[shard_of[i]] = nparts++;
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, tlen, shard_of[i]))
+            return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
         req->parts_left = 1;
@@ -1475,8 +1584,12 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
 {
     const ProtobufCBinaryData *key = single_key(q);
     if (key != NULL) {
+        uint32_t shard = place_key(r, b, key->data, key->len);
+        const char *table = kvs_msg_request_table(q);
+        if (b == NULL && unbound_refused(r, req, q->command_case, table, strlen(table), shard))
+            return;
         req->parts_left = 1;
-        send_part(r, req, 0, place_key(r, b, key->data, key->len), NULL, raw, rawlen, q);
+        send_part(r, req, 0, shard, NULL, raw, rawlen, q);
         return;
     }
     switch (q->command_case) {
@@ -1615,6 +1728,15 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
 static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
                           const uint8_t *raw, size_t rawlen)
 {
+    if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 "%s is a worker command: it is about one copy of one shard, so "
+                                 "send it to each replica's worker (kvs-cli digest TABLE does), "
+                                 "not through the router",
+                                 kvs_msg_command_name(q->command_case));
+        return;
+    }
     const char *table = kvs_msg_request_table(q);
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH) {
         if (r->auth != NULL && req->client != NULL)
@@ -1686,6 +1808,8 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
         return 1;
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
     if (read && read_key_here(r, req, shard, b, pk))
+        return 1;
+    if (b == NULL && !read && unbound_refused(r, req, pk->cmd, pk->table, pk->table_len, shard))
         return 1;
     if (b != NULL && !read)
         mark_write(req);

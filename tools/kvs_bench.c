@@ -43,6 +43,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_msg.h"
+#include "kvs_varint.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -351,20 +352,6 @@ static void tmpl_free_all(bench_t *b)
 
 /* ---- responses -------------------------------------------------------------------- */
 
-static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
-        uint8_t byte = *(*p)++;
-        x |= (uint64_t)(byte & 0x7f) << shift;
-        if ((byte & 0x80) == 0) {
-            *v = x;
-            return 0;
-        }
-    }
-    return KVS_EPROTO;
-}
-
 /* Finds CommandResponse.status (field 1, varint) without unpacking the
  * rest; absent means 0 (proto3). Returns 0 or KVS_EPROTO. */
 static int response_status(const uint8_t *p, size_t len, uint32_t *status)
@@ -377,11 +364,11 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
     *status = 0;
     while (p < end) {
         uint64_t tag, v;
-        if (read_varint(&p, end, &tag) != 0)
+        if (kvs_varint_get(&p, end, &tag) != 0)
             return KVS_EPROTO;
         switch (tag & 7) {
         case 0:
-            if (read_varint(&p, end, &v) != 0)
+            if (kvs_varint_get(&p, end, &v) != 0)
                 return KVS_EPROTO;
             if (tag >> 3 == 1) {
                 *status = (uint32_t)v;
@@ -389,7 +376,7 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
             }
             break;
         case 2:
-            if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
+            if (kvs_varint_get(&p, end, &v) != 0 || v > (uint64_t)(end - p))
                 return KVS_EPROTO;
             p += v;
             break;

@@ -57,11 +57,14 @@
  * so a user can check by hand where a key lives and where a producer should
  * have put it.
  */
+#include "cli_digest.h"
 #include "cli_edit.h"
 #include "cli_net.h"
 #include "kvs_config.h"
+#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
@@ -1149,6 +1152,66 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     return CLI_OK;
 }
 
+/* digest TABLE [--node NAME]: with --config, every replica of every shard
+ * (or of NAME's shards) compared (cli_digest); without, the one server
+ * connected to (a worker: its socket or TCP port). */
+static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char *table = NULL, *node = NULL;
+    if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
+        fprintf(stderr, "usage: kvs-cli [--config FILE] digest TABLE [--node NAME]\n");
+        return CLI_USAGE;
+    }
+    if (arg_string(c, "table name", argv[0], &table) != 0 ||
+        (argc == 3 && arg_string(c, "node name", argv[2], &node) != 0))
+        return CLI_USAGE;
+    if (c->config_path != NULL) {
+        int rc = cli_config(c);
+        if (rc != 0)
+            return rc;
+        /* TLS to other nodes' workers: --tls and its flags when given,
+         * else this node's own identity (tls.link, as its router's links). */
+        kvs_tls_ctx_t *own = NULL;
+        if (c->use_tls && cli_tls_setup(c) != 0)
+            return CLI_USAGE;
+        if (!c->use_tls && c->cfg->tls_link.enabled) {
+            char err[600];
+            rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, &own, err,
+                                          sizeof(err));
+            if (rc != 0) {
+                fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+                return CLI_USAGE;
+            }
+        }
+        rc = cli_digest_run(c->cfg, c->use_tls ? c->net.tls_ctx : own, table, node, c->timeout,
+                            c->raw);
+        kvs_tls_ctx_free(own);
+        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+    }
+    Kvs__CommandRequest req;
+    Kvs__Digest *d = cli_new(c, &kvs__digest__descriptor);
+    kvs__command_request__init(&req);
+    req.command_case = cmd->cc;
+    req.digest = d;
+    d->table = table;
+    Kvs__CommandResponse *r = NULL;
+    int rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
+    if (r->n_values < 2 || r->values[0]->binary_value.len != KVS_HASH_LEN) {
+        fprintf(stderr, "kvs-cli: %s: the Digest answer holds no digest\n", c->name);
+        return CLI_FAILED;
+    }
+    kvs_hash_hex(r->values[0]->binary_value.data, hex);
+    if (r->position.len > 0)
+        kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
+    printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
+    return CLI_OK;
+}
+
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
 
 static const cli_cmd_t commands[] = {
@@ -1185,6 +1248,9 @@ static const cli_cmd_t commands[] = {
     {"hash-token", "[TOKEN|- [ITERATIONS]]",
      "print the hash of TOKEN (default: stdin) for config.yaml users (no server asked)", 0, 2, 1,
      CC(_NOT_SET), NULL, SHAPE_VALUE, run_hash_token},
+    {"digest", "TABLE [--node NAME]",
+     "compare every replica's digest of TABLE (with --config; else the server's own)", 1, 3, 1,
+     CC(DIGEST), NULL, SHAPE_VALUE, run_digest},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1507,7 +1573,8 @@ static void usage(FILE *f)
                "  --user NAME        authenticate every connection as NAME (Auth)\n"
                "  --token TOKEN      its token (default: the environment variable KVS_TOKEN,\n"
                "                     which other users cannot see in ps)\n"
-               "  --config FILE      the node's config.yaml, for keyslot (no server needed)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed) and\n"
+               "                     digest (every replica it lists)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"

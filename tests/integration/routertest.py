@@ -217,12 +217,14 @@ class Router(Managed):
     (its pid is the group id), as a shell does with a job;
     storage_yaml: more "key: value" entries of the storage section;
     tls: a client ssl.SSLContext that client() connects with (tls.router).
+    cluster_yaml: more lines of the cluster section (e.g. a `nodes:` map),
+    indented as they go there; node_name: node.name.
     """
 
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
                  name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
-                 tls=None, storage_yaml=()):
+                 tls=None, cluster_yaml=(), node_name=None, storage_yaml=()):
         self.name = name
         self.tls = tls
         self.env = dict(env or {})
@@ -244,6 +246,7 @@ class Router(Managed):
             "  shards: %d" % shards,
             "  partitions: %d" % partitions,
         ]
+        lines.extend(cluster_yaml)
         if self.remote:
             lines.append("  remote:")
             for s, addr in sorted(self.remote.items()):
@@ -253,8 +256,13 @@ class Router(Managed):
             router.append("timeout: %s" % timeout)
         router.extend(router_yaml)
         lines.append("router: {%s}" % ", ".join(router))
+        node = []
         if node_listen is not None:
-            lines.append('node: {listen: "%s"}' % node_listen)
+            node.append('listen: "%s"' % node_listen)
+        if node_name is not None:
+            node.append("name: %s" % node_name)
+        if node:
+            lines.append("node: {%s}" % ", ".join(node))
         lines.append("storage: {%s}" % ", ".join(["sync: %s" % sync] + list(storage_yaml)))
         limits = []
         if max_frame is not None:

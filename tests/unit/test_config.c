@@ -943,8 +943,112 @@ KVS_TEST(secret_kafka_properties)
         CHECK(!kvs_config_secret_key(open[i]));
 }
 
+/* ---- cluster.nodes: the map with replicas ---------------------------------------- */
+
+#define MAP3                                                                                       \
+    "cluster:\n"                                                                                   \
+    "  shards: 4\n"                                                                                \
+    "  nodes:\n"                                                                                   \
+    "    - {name: a, address: \"127.0.0.1:9700\", shards: [0, 1, 2, 3]}\n"                         \
+    "    - {name: b, address: \"127.0.0.1:9710\", shards: [1, 0]}\n"                               \
+    "    - {name: c-2.x, address: \"host.example:9700\", shards: [2, 3]}\n"
+
+KVS_TEST(cluster_nodes_map)
+{
+    kvs_config_t *c = parse_ok("node: {name: b}\n" MAP3 "router: {retry_percent: 20, "
+                               "retry_burst: 7}\n");
+    CHECK_EQ(c->n_nodes, 3);
+    CHECK_STR(c->node_name, "b");
+    CHECK(c->self == &c->nodes[1]);
+    CHECK_EQ(c->nodes[1].n_shards, 2);
+    CHECK_EQ(c->nodes[1].shards[0], 0); /* sorted */
+    CHECK_EQ(c->nodes[1].shards[1], 1);
+    CHECK(kvs_config_local(c, 0) && kvs_config_local(c, 1));
+    CHECK(!kvs_config_local(c, 2) && !kvs_config_local(c, 3));
+    CHECK_EQ(kvs_config_replica_count(c, 0), 2);
+    CHECK_EQ(kvs_config_replica_count(c, 3), 2);
+    CHECK(kvs_config_node(c, "c-2.x") == &c->nodes[2]);
+    CHECK(kvs_config_node(c, "d") == NULL);
+    CHECK_EQ(c->bootstrap, KVS_BOOTSTRAP_SNAPSHOT);
+    CHECK_EQ(c->retry_percent, 20);
+    CHECK_EQ(c->retry_burst, 7);
+    kvs_config_free(c);
+    c = parse_ok("cluster: {bootstrap: replay}\n");
+    CHECK_EQ(c->bootstrap, KVS_BOOTSTRAP_REPLAY);
+    CHECK_EQ(c->retry_percent, 10);
+    CHECK_EQ(c->retry_burst, 100);
+    CHECK(c->self == NULL);
+    CHECK(kvs_config_local(c, 3)); /* no map, no remote: every shard here */
+    CHECK_EQ(kvs_config_replica_count(c, 3), 1);
+    kvs_config_free(c);
+    /* A node serving nothing routes only. */
+    c = parse_ok("node: {name: r}\ncluster:\n  shards: 1\n  nodes:\n"
+                 "    - {name: a, address: \"h:1\", shards: [0]}\n"
+                 "    - {name: r, address: \"h:2\", shards: []}\n");
+    CHECK(!kvs_config_local(c, 0));
+    kvs_config_free(c);
+}
+
+KVS_TEST(cluster_nodes_errors)
+{
+    parse_fails(MAP3, "config.yaml:4:5: node.name must be set with cluster.nodes: it says which "
+                      "of the nodes listed is this one (e.g. \"a\")");
+    parse_fails("node: {name: z}\n" MAP3,
+                "config.yaml:1:14: node.name \"z\" is not in cluster.nodes (the nodes listed are "
+                "\"a\", ...)");
+    parse_fails("node: {name: \"a b\"}\n",
+                "config.yaml:1:14: node.name: a node name may hold only letters, digits, '.', "
+                "'_' and '-' (got \"a b\")");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1, 3]}\n",
+                "config.yaml:5:5: shard 2 is served by no node in cluster.nodes: every shard "
+                "from 0 to 3 must be in some node's shards");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+                "  remote: [{shard: 1, address: \"h:9\"}]\n",
+                "config.yaml:6:11: cluster.remote and cluster.nodes cannot both be set: list "
+                "every node, this one included, with its shards in cluster.nodes and drop "
+                "cluster.remote");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+                "    - {name: a, address: \"h:5\", shards: [0]}\n",
+                "config.yaml:6:14: cluster.nodes[1].name: \"a\" is already the name of "
+                "cluster.nodes[0]");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:100\", shards: [0, 1, 2, 3]}\n"
+                "    - {name: b, address: \"h:103\", shards: [0]}\n",
+                "config.yaml:6:26: cluster.nodes[1].address h:103: its workers' ports (PORT .. "
+                "PORT+3) overlap those of cluster.nodes[0] (h:100) on the same host");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"h:1\", shards: [0, 1, 2]}\n",
+                "config.yaml:5:41: cluster.nodes[0].shards names shard 2 but cluster.shards is 2 "
+                "(ids 0..1)");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\", shards: [0, 0]}\n",
+                "config.yaml:3:45: cluster.nodes[0].shards: shard 0 is listed twice");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\"}\n",
+                "config.yaml:3:7: cluster.nodes[0]: missing \"shards\"");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"h:1\", shards: 3}\n",
+                "config.yaml:3:41: cluster.nodes[0].shards: expected a list of shard ids such as "
+                "[0, 1], got \"3\"");
+    parse_fails("cluster:\n  nodes:\n    - {name: a, address: \"unix:/x\", shards: [0]}\n",
+                "config.yaml:3:26: cluster.nodes[0].address must be HOST:PORT or [IPV6]:PORT, "
+                "the node's workers' base address (shard N on PORT+N) (got \"unix:/x\"): a unix "
+                "socket is not allowed here");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+                "    - {name: a, address: \"h:65534\", shards: [0, 1, 2, 3]}\n",
+                "config.yaml:5:26: cluster.nodes[0].address port 65534 + highest shard id 3 is "
+                "past 65535 (shard N listens on PORT+N)");
+    parse_fails(
+        "cluster: {bootstrap: copy}\n",
+        "config.yaml:1:22: cluster.bootstrap must be one of snapshot, replay (got \"copy\")");
+    parse_fails("router: {retry_percent: 101}\n",
+                "config.yaml:1:25: router.retry_percent must be an integer from 0 to 100 (got "
+                "\"101\")");
+}
+
 KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
-              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_remote_and_router_keys),
+              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map),
+              KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
               KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),

@@ -5,7 +5,9 @@
  * its lookup is in flight calls nothing back and leaves a loop that closes
  * cleanly, and stopping a link that never started (a router whose start-up
  * failed half-way) or stopping twice is harmless. An answer larger than
- * max_frame fails its own request and no other: the link stays up.
+ * max_frame fails its own request and no other: the link stays up. A
+ * worker answering slowly but steadily is not timed out; one that stops
+ * answering is.
  *
  * "localhost" is the one name used: it resolves from /etc/hosts, no DNS
  * server is asked. It may resolve to ::1 before 127.0.0.1, which the link
@@ -98,14 +100,20 @@ static void t_close(tctx_t *t)
     CHECK_EQ(uv_loop_close(&t->loop), 0);
 }
 
-static void link_start(tctx_t *t, router_link_t *l, const char *host)
+static void link_start_timeout(tctx_t *t, router_link_t *l, const char *host, uint64_t timeout_ms)
 {
     char text[300], err[256];
     kvs_addr_t addr;
     snprintf(text, sizeof(text), "%s:%u", host, t->port);
     CHECK_EQ(kvs_addr_parse(text, 0, &addr, err, sizeof(err)), 0);
-    CHECK_EQ(router_link_start(l, &t->loop, 7, &addr, 1000, 4096, NULL, NULL, on_reply, on_state),
-             0);
+    CHECK_EQ(
+        router_link_start(l, &t->loop, 7, &addr, timeout_ms, 4096, NULL, NULL, on_reply, on_state),
+        0);
+}
+
+static void link_start(tctx_t *t, router_link_t *l, const char *host)
+{
+    link_start_timeout(t, l, host, 1000);
 }
 
 KVS_TEST(name_is_resolved_and_link_comes_up)
@@ -241,7 +249,51 @@ KVS_TEST(oversized_answer_fails_only_its_request)
     t_close(&t);
 }
 
+/* The worker answers at 1.2 s and 2.4 s after three requests were sent,
+ * router.timeout being 2 s: the second answer comes later than 2 s after
+ * its request but 1.2 s after the answer before it, so the worker is
+ * making progress and the link stays up; the third, never answered, fails
+ * 2 s after the second answer, and only then does the link go down. */
+static void answer_at(uv_timer_t *timer)
+{
+    peer_frame(timer->data, "answer", 6);
+}
+
+KVS_TEST(timeout_counts_from_the_last_answer)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start_timeout(&t, &l, "127.0.0.1", 2000);
+    while (!(l.up && t.accepted))
+        uv_run(&t.loop, UV_RUN_ONCE);
+    for (uintptr_t i = 1; i <= 3; i++)
+        CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)i, 0), 0);
+    uint64_t sent = uv_now(&t.loop);
+    uv_timer_t first, second;
+    uv_timer_init(&t.loop, &first);
+    uv_timer_init(&t.loop, &second);
+    first.data = second.data = &t;
+    uv_timer_start(&first, answer_at, 1200, 0);
+    uv_timer_start(&second, answer_at, 2400, 0);
+    uint64_t deadline = sent + 10000;
+    while (t.replies < 3 && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(t.replies, 3);
+    CHECK(t.got[0].has_payload);
+    CHECK(t.got[1].has_payload); /* answered 2.4 s after it was sent: still in time */
+    CHECK(!t.got[2].has_payload);
+    CHECK_CONTAINS(t.got[2].failure, "no answer within router.timeout");
+    CHECK(uv_now(&t.loop) - sent >= 4400); /* 2 s after the second answer */
+    CHECK_EQ(t.downs, 1);
+    router_link_stop(&l);
+    uv_close((uv_handle_t *)&first, NULL);
+    uv_close((uv_handle_t *)&second, NULL);
+    t_close(&t);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
               KVS_CASE(stop_of_a_link_never_started),
-              KVS_CASE(oversized_answer_fails_only_its_request))
+              KVS_CASE(oversized_answer_fails_only_its_request),
+              KVS_CASE(timeout_counts_from_the_last_answer))

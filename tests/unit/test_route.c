@@ -33,6 +33,7 @@
 
 typedef struct {
     uint32_t shard;
+    uint32_t link; /* index in r.links: which replica */
     void *ctx;
     uint32_t part;
     int raw; /* router_link_send (bytes as given) rather than _send_msg */
@@ -68,14 +69,19 @@ static char fake_client; /* router_client_t is opaque: any unique address */
 
 static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint32_t part, int raw)
 {
-    size_t shard = (size_t)(l - fx.r.links);
+    size_t idx = (size_t)(l - fx.r.links), shard = l->shard;
+    CHECK(idx < fx.r.n_links);
     CHECK(shard < fx.r.shards);
-    CHECK_EQ(l->shard, shard);
     if (!l->up)
         return KVS_ECLOSED;
     CHECK(fx.n_sent < MAX_SENT);
     sent_t *s = &fx.sent[fx.n_sent++];
-    *s = (sent_t){.shard = (uint32_t)shard, .ctx = ctx, .part = part, .raw = raw, .len = n};
+    *s = (sent_t){.shard = (uint32_t)shard,
+                  .link = (uint32_t)idx,
+                  .ctx = ctx,
+                  .part = part,
+                  .raw = raw,
+                  .len = n};
     s->bytes = malloc(n ? n : 1);
     CHECK(s->bytes != NULL);
     memcpy(s->bytes, p, n);
@@ -188,6 +194,9 @@ static void teardown(void)
     fx.payload = NULL;
     free(fx.r.links);
     fx.r.links = NULL;
+    free(fx.r.sets);
+    fx.r.sets = NULL;
+    fx.r.n_links = 0;
     router_reqs_release(&fx.r);
     kvs_arena_close(&fx.r.arena);
     kvs_arena_close(&fx.r.merge_arena);
@@ -217,30 +226,43 @@ static void find_keys(void)
 
 /* A router with SHARDS links, all up, limits.max_frame = `max_frame`, and
  * `extra` appended to its config (e.g. a kafka section). */
-static void setup_config(const char *max_frame, const char *extra)
+static void setup_yaml(const char *yaml)
 {
-    char yaml[1024], err[256] = "";
-    snprintf(yaml, sizeof(yaml),
-             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n%s", SHARDS,
-             PARTITIONS, max_frame, extra);
+    char err[256] = "";
     int rc = kvs_config_parse("test.yaml", yaml, strlen(yaml), &fx.cfg, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "config: %s\n", err);
     CHECK_EQ(rc, 0);
     fx.r.cfg = fx.cfg;
     fx.r.shards = fx.cfg->shards;
-    fx.r.links = calloc(fx.r.shards, sizeof(*fx.r.links));
-    CHECK(fx.r.links != NULL);
-    for (uint32_t s = 0; s < fx.r.shards; s++) {
-        fx.r.links[s].shard = s;
-        fx.r.links[s].up = 1;
-        fx.r.links[s].max_frame = (uint32_t)fx.cfg->max_frame;
+    uint32_t reps = fx.cfg->n_nodes > 0 ? kvs_config_replica_count(fx.cfg, 0) : 1;
+    fx.r.n_links = fx.r.shards * reps; /* replicas of shard s: links[s * reps ..] */
+    fx.r.links = calloc(fx.r.n_links, sizeof(*fx.r.links));
+    fx.r.sets = calloc(fx.r.shards, sizeof(*fx.r.sets));
+    CHECK(fx.r.links != NULL && fx.r.sets != NULL);
+    router_budget_init(&fx.r.budget, fx.cfg->retry_percent, fx.cfg->retry_burst);
+    for (uint32_t i = 0; i < fx.r.n_links; i++) {
+        fx.r.links[i].shard = i / reps;
+        fx.r.links[i].up = 1;
+        fx.r.links[i].max_frame = (uint32_t)fx.cfg->max_frame;
+        fx.r.links[i].node = "";
     }
+    for (uint32_t s = 0; s < fx.r.shards; s++)
+        fx.r.sets[s] = (router_set_t){.first = s * reps, .n = reps};
     kvs_arena_init(&fx.r.arena);
     kvs_arena_init(&fx.r.merge_arena);
     kvs_arena_init(&fx.arena);
     find_keys();
     atexit(teardown);
+}
+
+static void setup_config(const char *max_frame, const char *extra)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "cluster:\n  shards: %d\n  partitions: %d\nlimits:\n  max_frame: %s\n%s", SHARDS,
+             PARTITIONS, max_frame, extra);
+    setup_yaml(yaml);
 }
 
 static void setup_frame(const char *max_frame)
@@ -2215,8 +2237,237 @@ KVS_TEST(split_write_answer_merges_positions)
     router_req_free(req);
 }
 
-KVS_TEST_MAIN(KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
-              KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+/* ---- replicas: choice, retries, the budget ----------------------------------------- */
+
+/* Nodes a (this one) and b both serve every shard: shard s's replicas are
+ * links 2s (a, local: its unix socket) and 2s + 1 (b). TABLE is bound to
+ * a topic (placed by murmur2 over PARTITIONS, as unbound tables are);
+ * "plain" is bound to none. */
+static void setup_replicas(int percent, int burst)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "node: {name: a}\ncluster:\n  shards: %d\n  partitions: %d\n  nodes:\n"
+             "    - {name: a, address: \"127.0.0.1:9700\", shards: [0, 1, 2, 3]}\n"
+             "    - {name: b, address: \"127.0.0.1:9800\", shards: [0, 1, 2, 3]}\n"
+             "router: {retry_percent: %d, retry_burst: %d}\n"
+             "kafka:\n  bindings:\n    - {topic: t-users, table: %s, partitions: %d}\n",
+             SHARDS, PARTITIONS, percent, burst, TABLE, PARTITIONS);
+    setup_yaml(yaml);
+    CHECK_EQ(fx.r.n_links, 2 * SHARDS);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        fx.r.links[2 * s].addr.is_unix = 1;
+        fx.r.links[2 * s].node = "a";
+        fx.r.links[2 * s + 1].node = "b";
+    }
+}
+
+static void route_key_in(const char *table, Kvs__CommandRequest__CommandCase c, const char *key)
+{
+    Kvs__Value v = vstr("value");
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    if (c == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        hs.table = (char *)table;
+        hs.pair = &pair;
+        pair.key = bin(key);
+        pair.value = &v;
+        route_cmd(c, &hs);
+    } else {
+        hg.table = (char *)table;
+        hg.key = bin(key);
+        route_cmd(c, &hg);
+    }
+}
+
+KVS_TEST(replica_read_prefers_local_and_retries_elsewhere)
+{
+    setup_replicas(10, 100);
+    const char *k = fx.keys[2][0];
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, k);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 4); /* shard 2, this node's own replica */
+    CHECK(sent_is_client_payload(0));
+    reply_status(0, 503, "catching up: lag 20000 records on topic t-users partition 3");
+    check_pending();
+    CHECK_EQ(fx.n_sent, 2); /* the same bytes, to node b */
+    CHECK_EQ(fx.sent[1].link, 5);
+    CHECK(sent_is_client_payload(1));
+    Kvs__Value v = vstr("there");
+    Kvs__Value *vp = &v;
+    Kvs__CommandResponse ok = KVS__COMMAND_RESPONSE__INIT;
+    ok.status = 200;
+    ok.n_values = 1;
+    ok.values = &vp;
+    reply(1, &ok);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    check_str(r->values[0], "there");
+    CHECK_EQ(fx.r.budget.retries, 1);
+    CHECK_EQ(fx.r.budget.reads, 1);
+    /* The local replica failed a request: it is avoided for a while. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[2][1]);
+    CHECK_EQ(fx.sent[0].link, 5);
+}
+
+KVS_TEST(replica_read_fails_once_every_replica_failed)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    CHECK_EQ(fx.sent[0].link, 2);
+    reply_failure(0, "shard 1 is unavailable: no answer within router.timeout");
+    CHECK_EQ(fx.n_sent, 2);
+    CHECK_EQ(fx.sent[1].link, 3);
+    reply_failure(1, "shard 1 is unavailable: worker closed the connection");
+    CHECK_EQ(fx.n_sent, 2); /* nobody left to ask */
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK(strstr(r->message, "worker closed the connection") != NULL);
+    /* A replica whose link is down is skipped at once, at no cost. */
+    router_replica_ok(&fx.r.links[2]);
+    router_replica_ok(&fx.r.links[3]);
+    fx.r.links[2].up = 0;
+    uint64_t retries = fx.r.budget.retries;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][1]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 3);
+    CHECK_EQ(fx.r.budget.retries, retries);
+}
+
+KVS_TEST(replica_split_read_retries_its_part)
+{
+    setup_replicas(10, 100);
+    const char *keys[] = {fx.keys[0][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, keys);
+    CHECK_EQ(fx.n_sent, 2);
+    size_t p3 = fx.sent[0].shard == 3 ? 0 : 1, p0 = 1 - p3;
+    CHECK_EQ(fx.sent[p3].link, 6);
+    reply_values_from_keys(p0);
+    reply_status(p3, 503, "behind by 3 records");
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK_EQ(fx.sent[2].link, 7);
+    CHECK_EQ(fx.sent[2].len, fx.sent[p3].len);
+    CHECK(memcmp(fx.sent[2].bytes, fx.sent[p3].bytes, fx.sent[2].len) == 0);
+    reply_values_from_keys(2);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 2);
+    check_text_of(r->values[1], "v", keys[1], strlen(keys[1]));
+}
+
+KVS_TEST(replica_writes_go_to_one_live_replica_and_are_never_resent)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][0]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 0); /* local first */
+    reply_failure(0, "shard 0 is unavailable: worker closed the connection");
+    CHECK_EQ(fx.n_sent, 1); /* it may have been applied: not sent again */
+    check_status(answer_async(), 503);
+    /* With the local link down, the write goes to the other replica. */
+    fx.r.links[0].up = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][1]);
+    CHECK_EQ(fx.n_sent, 1);
+    CHECK_EQ(fx.sent[0].link, 1);
+    /* Every replica down: 503 at once, naming the shard. */
+    fx.r.links[1].up = 0;
+    snprintf(fx.r.links[1].last_error, sizeof(fx.r.links[1].last_error), "connection refused");
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][2]);
+    CHECK_EQ(fx.n_sent, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 503);
+    CHECK(strstr(r->message, "shard 0 is unavailable: connection refused (none of its 2 "
+                             "replicas took the request") != NULL);
+}
+
+KVS_TEST(replica_unbound_writes_refused)
+{
+    setup_replicas(10, 100);
+    route_key_in("plain", KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[1][0]);
+    CHECK_EQ(fx.n_sent, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK(strstr(r->message, "Hset: table \"plain\" is bound to no Kafka topic, and shard 1 has "
+                             "2 replicas") != NULL);
+    CHECK(strstr(r->message, "Bind the table to a topic (kafka.bindings)") != NULL);
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0]};
+    Kvs__Hmdel m = KVS__HMDEL__INIT;
+    ProtobufCBinaryData kb[2] = {bin(keys[0]), bin(keys[1])};
+    m.table = "plain";
+    m.n_keys = 2;
+    m.keys = kb;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HMDEL, &m);
+    CHECK_EQ(fx.n_sent, 0);
+    check_status(answer_sync(), 400);
+    /* Reads of unbound tables are served as ever. */
+    route_key_in("plain", KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    CHECK_EQ(fx.n_sent, 1);
+}
+
+KVS_TEST(replica_info_shows_retries)
+{
+    setup_replicas(10, 100);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    reply_status(0, 503, "starting");
+    reply_status(1, 404, "not found");
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    CHECK_EQ(fx.n_sent, SHARDS);
+    ProtobufCBinaryData kb[1];
+    char name[SHARDS][32];
+    for (size_t i = 0; i < SHARDS; i++) {
+        snprintf(name[i], sizeof(name[i]), "shard.%03u.tables", fx.sent[i].shard);
+        kb[0] = bin(name[i]);
+        reply_pairs(i, 1, kb, NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, SHARDS + 3);
+    CHECK(bin_is(r->pairs[0]->key, "router.replica_reads", 20));
+    CHECK_EQ(r->pairs[0]->value->integer_value, 1 + SHARDS); /* the Hget, and the Info's parts */
+    CHECK(bin_is(r->pairs[1]->key, "router.replica_retries", 22));
+    CHECK_EQ(r->pairs[1]->value->integer_value, 1);
+    CHECK(bin_is(r->pairs[2]->key, "router.replica_retries_refused", 30));
+    CHECK_EQ(r->pairs[2]->value->integer_value, 0);
+    CHECK(bin_is(r->pairs[3]->key, "shard.000.tables", 16));
+}
+
+KVS_TEST(replica_retry_budget)
+{
+    setup_replicas(0, 1); /* one retry in the bucket, no deposits */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    reply_status(0, 503, "starting");
+    CHECK_EQ(fx.n_sent, 2);
+    reply_status(1, 404, "not found");
+    check_status(answer_async(), 404);
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[1][0]);
+    reply_status(0, 503, "starting");
+    CHECK_EQ(fx.n_sent, 1); /* the budget is spent */
+    check_status(answer_async(), 503);
+    CHECK_EQ(fx.r.budget.retries, 1);
+    CHECK_EQ(fx.r.budget.refused, 1);
+    /* Deposits: 50% of reads, so two reads buy one retry. */
+    router_budget_t b;
+    router_budget_init(&b, 50, 2);
+    CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b));
+    router_budget_deposit(&b);
+    CHECK(!router_budget_take(&b));
+    router_budget_deposit(&b);
+    CHECK(router_budget_take(&b));
+    for (int i = 0; i < 100; i++)
+        router_budget_deposit(&b);
+    CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b)); /* cap */
+}
+
+KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
+              KVS_CASE(replica_read_fails_once_every_replica_failed),
+              KVS_CASE(replica_split_read_retries_its_part),
+              KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
+              KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
+              KVS_CASE(replica_info_shows_retries), KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
+              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
               KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),

@@ -1,0 +1,58 @@
+/*
+ * kvs_varint: protobuf's base-128 varints, for the code that reads or
+ * writes wire bytes without protobuf-c (the request and answer fast paths,
+ * answers built in place, position tokens, kvs-bench).
+ */
+#ifndef KVS_VARINT_H
+#define KVS_VARINT_H
+
+#include "kvs_err.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_VARINT_MAX 10 /* bytes of the longest varint (64 bits) */
+
+/* Bytes kvs_varint_put writes for v: 1 to KVS_VARINT_MAX. */
+static inline size_t kvs_varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* Writes v at p, which has room for kvs_varint_len(v) bytes; returns the
+ * number of bytes written. */
+static inline size_t kvs_varint_put(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Reads the varint at *p (ending before `end`) into *v and moves *p past
+ * it. Accepts what protobuf-c accepts: at most KVS_VARINT_MAX bytes (bits
+ * past 64 are dropped), so a check made here agrees with its decoder.
+ * Returns 0, or KVS_EPROTO when the varint is cut short or longer. */
+static inline int kvs_varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (b < 0x80) {
+            *v = x;
+            return 0;
+        }
+    }
+    return KVS_EPROTO;
+}
+
+#endif

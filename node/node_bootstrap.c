@@ -1,0 +1,554 @@
+/*
+ * node_bootstrap: copying a peer's environment at a new replica's first
+ * start (see node_bootstrap.h).
+ *
+ * When: <data_dir>/shard-N/data.mdb does not exist (a new replica, or one
+ * whose data was removed), cluster.bootstrap is `snapshot` (the default),
+ * and cluster.nodes names other replicas of the shard. Otherwise, or when
+ * no peer can send a snapshot, the worker starts empty and ingestion
+ * replays every bound topic from its beginning (auto.offset.reset
+ * earliest), which is always correct, only slower.
+ *
+ * How: the peers are tried in map order. For each, a TCP connection to its
+ * worker (the map's address + shard id; TLS with this node's tls.link
+ * certificate when tls.link is enabled, as the router's links to remote
+ * workers, so a peer with tls.node and users authorizes it by that
+ * certificate) carries one Snapshot request; the
+ * answer is a stream of 206 chunks and a final 200 with the total length
+ * and XXH3-128 of the bytes (kvs.proto). Chunks go to data.mdb.part in the
+ * shard's directory through libuv's file system thread pool, one write in
+ * flight (the connection is paused meanwhile, so memory stays at one
+ * chunk). Once the final frame matches what arrived, the file is synced
+ * and renamed to data.mdb (and the directory synced): a crash at any point
+ * leaves either no data.mdb (the next start bootstraps again; a stale
+ * .part is removed first) or a complete one. A peer that stops sending for
+ * limits.frame_timeout (30 s by default) is given up, as is one that
+ * answers an error, closes early, or sends bytes that do not match.
+ *
+ * The copy carries the peer's offsets in its __kvs metadata, written in
+ * the same transactions as the data: ingestion resumes exactly there, and
+ * the catch-up gate keeps the new replica from serving until it reached
+ * the topic's end (kafka.max_lag).
+ *
+ * Meanwhile the worker's own addresses (its unix socket, its TCP port)
+ * answer every request with 503 "copying a snapshot", so its router comes
+ * up and serves the shard from other replicas. They are closed when the
+ * copy ends; the ordinary server binds them again right after.
+ *
+ * The shard directory's kvs.lock is held while copying, so a second
+ * worker for the same shard waits its turn (as it would for the store).
+ */
+#include "node_bootstrap.h"
+#include "kvs_cluster.h"
+#include "kvs_conn.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_fs.h"
+#include "kvs_hash.h"
+#include "kvs_log.h"
+#include "kvs_msg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_WAITING 256 /* clients answered 503 at once, at most */
+
+typedef struct boot_s boot_t;
+
+typedef struct waiter_s { /* a client of the 503 listener */
+    kvs_conn_t conn;
+    boot_t *b;
+    struct waiter_s *prev, *next;
+} waiter_t;
+
+struct boot_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    uint32_t shard;
+    char dir[4200], part[4300], final[4300];
+    kvs_replica_t peers[KVS_MAX_REPLICAS];
+    int n_peers, next_peer;
+    const char *peer; /* the one being asked */
+    kvs_listener_t listeners[2];
+    int n_listeners;
+    size_t n_waiting;
+    waiter_t *waiters;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t timer; /* the peer's stall deadline */
+    uv_connect_t connect_req;
+    kvs_conn_t *conn; /* to the peer; NULL between attempts */
+    uv_fs_t fs;
+    kvs_tls_ctx_t *tls; /* tls.link: peers' workers speak TLS; or NULL */
+    int fd;             /* data.mdb.part, or -1 */
+    int writing;
+    uint8_t *wbuf;
+    size_t wlen;
+    kvs_hash_t *hash;
+    uint64_t got;
+    int verified;      /* the final frame matched: sync, rename */
+    char abandon[400]; /* why the attempt failed while a write was in flight ("" = no) */
+    int done;          /* copied, or gave up: close everything */
+    int canceled;
+};
+
+static void next_peer(boot_t *b);
+
+/* ---- the 503 listener --------------------------------------------------------- */
+
+static void on_waiter_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    waiter_t *w = c->data;
+    (void)payload;
+    (void)len;
+    kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
+                          "shard %u is copying a snapshot from %s (%llu bytes so far) to start "
+                          "as a new replica; ask another replica",
+                          w->b->shard, w->b->peer ? w->b->peer : "a peer",
+                          (unsigned long long)w->b->got);
+    kvs_conn_queue(c);
+}
+
+static void on_waiter_closed(kvs_conn_t *c)
+{
+    waiter_t *w = c->data;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        w->b->waiters = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    w->b->n_waiting--;
+    free(w);
+}
+
+static void on_waiter(uv_stream_t *server, int status)
+{
+    boot_t *b = server->data;
+    waiter_t *w = status == 0 && b->n_waiting < MAX_WAITING ? calloc(1, sizeof(*w)) : NULL;
+    if (w == NULL) {
+        kvs_buf_t msg;
+        kvs_buf_init(&msg);
+        if (kvs_msg_append_status(&msg, KVS_STATUS_UNAVAILABLE, "shard %u is starting", b->shard) ==
+            0)
+            kvs_conn_refuse(server, msg.data, msg.len);
+        kvs_buf_free(&msg);
+        return;
+    }
+    w->b = b;
+    b->n_waiting++;
+    w->next = b->waiters;
+    if (b->waiters != NULL)
+        b->waiters->prev = w;
+    b->waiters = w;
+    kvs_conn_init(&w->conn, b->loop, server->type == UV_NAMED_PIPE, (uint32_t)b->cfg->max_frame,
+                  on_waiter_frame, NULL, on_waiter_closed);
+    w->conn.data = w;
+    if (kvs_conn_accept(&w->conn, server) != 0)
+        kvs_conn_close(&w->conn);
+}
+
+/* ---- the end ---------------------------------------------------------------------- */
+
+static void end_all(boot_t *b)
+{
+    b->done = 1;
+    for (int i = 0; i < b->n_listeners; i++)
+        uv_close(&b->listeners[i].handle, NULL);
+    b->n_listeners = 0;
+    for (waiter_t *w = b->waiters; w != NULL; w = w->next)
+        kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
+    uv_close((uv_handle_t *)&b->timer, NULL);
+    uv_close((uv_handle_t *)&b->sigterm, NULL);
+    uv_close((uv_handle_t *)&b->sigint, NULL);
+}
+
+/* This peer's attempt is over (`why` != NULL: it failed). */
+static void attempt_over(boot_t *b, const char *why)
+{
+    uv_timer_stop(&b->timer);
+    if (b->writing) { /* the file is in use by a thread: finish once the write returns */
+        snprintf(b->abandon, sizeof(b->abandon), "%s", why ? why : "stopped");
+        if (b->conn != NULL) {
+            b->conn->data = NULL;
+            kvs_conn_close(b->conn);
+            b->conn = NULL;
+        }
+        return;
+    }
+    if (b->conn != NULL) {
+        b->conn->data = NULL;
+        kvs_conn_close(b->conn);
+        b->conn = NULL;
+    }
+    if (b->fd >= 0) {
+        close(b->fd);
+        b->fd = -1;
+    }
+    if (why != NULL) {
+        kvs_warn("snapshot from %s failed: %s", b->peer, why);
+        unlink(b->part);
+    }
+    if (b->canceled || why == NULL) {
+        end_all(b);
+        return;
+    }
+    next_peer(b);
+}
+
+/* The file is synced: rename it into place, sync the directory. */
+static void on_synced(uv_fs_t *req)
+{
+    boot_t *b = req->data;
+    ssize_t r = req->result;
+    int dfd;
+    uv_fs_req_cleanup(req);
+    b->writing = 0;
+    if (b->abandon[0] != '\0') {
+        attempt_over(b, b->abandon);
+        return;
+    }
+    if (r < 0 || rename(b->part, b->final) != 0) {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final,
+                 r < 0 ? uv_strerror((int)r) : strerror(errno));
+        attempt_over(b, why);
+        return;
+    }
+    if ((dfd = open(b->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    kvs_info("copied shard %u from %s: %llu bytes; ingestion resumes from the offsets in the copy",
+             b->shard, b->peer, (unsigned long long)b->got);
+    attempt_over(b, NULL);
+}
+
+/* The file is complete: sync it (in the thread pool), then on_synced. */
+static void install(boot_t *b)
+{
+    b->writing = 1;
+    b->fs.data = b;
+    int rc = uv_fs_fsync(b->loop, &b->fs, b->fd, on_synced);
+    if (rc != 0) {
+        b->writing = 0;
+        attempt_over(b, uv_strerror(rc));
+    }
+}
+
+/* ---- the stream --------------------------------------------------------------------- */
+
+static void on_written(uv_fs_t *req)
+{
+    boot_t *b = req->data;
+    ssize_t r = req->result;
+    uv_fs_req_cleanup(req);
+    b->writing = 0;
+    if (b->abandon[0] != '\0') {
+        attempt_over(b, b->abandon);
+        return;
+    }
+    if (r < 0 || (size_t)r != b->wlen) {
+        char why[200];
+        snprintf(why, sizeof(why), "writing %.120s: %s", b->part,
+                 r < 0 ? uv_strerror((int)r) : "short write");
+        attempt_over(b, why);
+        return;
+    }
+    if (b->verified) {
+        install(b);
+        return;
+    }
+    if (b->conn != NULL)
+        kvs_conn_resume(b->conn);
+}
+
+static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
+{
+    memcpy(b->wbuf, p, n);
+    b->wlen = n;
+    b->writing = 1;
+    kvs_conn_pause(b->conn); /* one write in flight: memory stays at one chunk */
+    uv_buf_t buf = uv_buf_init((char *)b->wbuf, (unsigned)n);
+    b->fs.data = b;
+    int rc = uv_fs_write(b->loop, &b->fs, b->fd, &buf, 1, -1, on_written);
+    if (rc != 0) {
+        b->writing = 0;
+        attempt_over(b, uv_strerror(rc));
+    }
+}
+
+/* The final frame: values [total, hash] must match what arrived. */
+static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
+{
+    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, p);
+    const char *why = NULL;
+    uint8_t mine[KVS_HASH_LEN];
+    kvs_hash_digest(b->hash, mine);
+    if (r == NULL || r->n_values != 2 ||
+        r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
+        r->values[1]->binary_value.len != KVS_HASH_LEN)
+        why = "the final frame is not a snapshot's";
+    else if ((uint64_t)r->values[0]->integer_value != b->got)
+        why = "the stream's length differs from what the peer sent";
+    else if (memcmp(r->values[1]->binary_value.data, mine, KVS_HASH_LEN) != 0)
+        why = "the stream's checksum does not match: the copy is damaged";
+    kvs__command_response__free_unpacked(r, NULL);
+    return why;
+}
+
+static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
+{
+    boot_t *b = c->data;
+    kvs_answer_peek_t a;
+    kvs_value_peek_t v;
+    char why[600];
+    if (b == NULL)
+        return;
+    uv_timer_again(&b->timer);
+    if (kvs_msg_answer_peek(payload, len, &a) && a.status == 206 && a.n_values == 1 &&
+        kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
+        b->got += v.len;
+        kvs_hash_update(b->hash, v.bytes, v.len);
+        write_chunk(b, v.bytes, v.len);
+        return;
+    }
+    uint32_t status = kvs_msg_answer_peek(payload, len, &a) ? a.status : 200;
+    if (status == 200) {
+        const char *bad = check_final(b, payload, len);
+        if (bad != NULL) {
+            attempt_over(b, bad);
+            return;
+        }
+        b->verified = 1; /* installed once the last write is done */
+        kvs_conn_pause(c);
+        if (!b->writing)
+            install(b);
+        return;
+    }
+    snprintf(why, sizeof(why), "it answered %u: %.*s", status,
+             (int)(a.message_len > 500 ? 500 : a.message_len),
+             a.message ? (const char *)a.message : "");
+    attempt_over(b, why);
+}
+
+static void on_peer_error(kvs_conn_t *c, int err)
+{
+    boot_t *b = c->data;
+    if (b == NULL || b->verified)
+        return;
+    attempt_over(b, err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
+                                       : kvs_strerror(err));
+}
+
+static void on_peer_closed(kvs_conn_t *c)
+{
+    free(c);
+}
+
+static void on_stall(uv_timer_t *t)
+{
+    boot_t *b = t->data;
+    attempt_over(b, "it sent nothing for limits.frame_timeout");
+}
+
+/* Sends the one Snapshot request (after the TLS handshake, under TLS). */
+static void send_request(boot_t *b, kvs_conn_t *c)
+{
+    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
+    q.snapshot = &s;
+    if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {
+        attempt_over(b, "out of memory");
+        return;
+    }
+    kvs_conn_queue(c);
+}
+
+static void on_peer_ready(kvs_conn_t *c)
+{
+    send_request(c->data, c);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    boot_t *b = req->data;
+    kvs_conn_t *c = b->conn;
+    if (c == NULL)
+        return;
+    if (status != 0 || kvs_conn_start(c) != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "cannot connect: %s", uv_strerror(status));
+        attempt_over(b, why);
+        return;
+    }
+    if (c->tls == NULL)
+        send_request(b, c);
+}
+
+/* Starts asking peers[i]. Returns 0, or an error with `why` set. */
+static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
+{
+    struct sockaddr_storage ss;
+    int rc = kvs_resolve(b->loop, &p->addr, &ss);
+    if (rc != 0) {
+        snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));
+        return rc;
+    }
+    b->fd = open(b->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (b->fd < 0) {
+        snprintf(why, len, "cannot create %.200s: %s", b->part, strerror(errno));
+        return -errno;
+    }
+    kvs_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    kvs_conn_init(c, b->loop, 0, (uint32_t)b->cfg->max_frame, on_peer_frame, on_peer_error,
+                  on_peer_closed);
+    c->data = b;
+    b->conn = c;
+    if (b->tls != NULL) { /* as the router's links to remote workers do */
+        rc = kvs_conn_use_tls(c, b->tls, p->addr.host);
+        c->on_ready = on_peer_ready;
+        if (rc != 0) {
+            snprintf(why, len, "cannot start TLS: %s", kvs_strerror(rc));
+            return rc;
+        }
+    }
+    b->got = 0;
+    b->verified = 0;
+    b->abandon[0] = '\0';
+    kvs_hash_free(b->hash);
+    b->hash = kvs_hash_new();
+    b->connect_req.data = b;
+    rc = b->hash == NULL
+             ? -ENOMEM
+             : uv_tcp_connect(&b->connect_req, &c->h.tcp, (struct sockaddr *)&ss, on_connected);
+    if (rc != 0)
+        snprintf(why, len, "cannot connect: %s", uv_strerror(rc));
+    return rc;
+}
+
+static void next_peer(boot_t *b)
+{
+    char why[400];
+    while (b->next_peer < b->n_peers) {
+        const kvs_replica_t *p = &b->peers[b->next_peer++];
+        b->peer = p->node;
+        kvs_info("shard %u has no data yet: copying a snapshot from node %s", b->shard, p->node);
+        if (ask_peer(b, p, why, sizeof(why)) == 0) {
+            uv_timer_start(&b->timer, on_stall,
+                           b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000,
+                           b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000);
+            return;
+        }
+        attempt_over(b, why); /* recurses into next_peer once cleaned up */
+        return;
+    }
+    kvs_warn("no replica of shard %u could send a snapshot: starting empty; ingestion replays "
+             "the bound topics from their beginning",
+             b->shard);
+    end_all(b);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    boot_t *b = h->data;
+    (void)signum;
+    kvs_info("signal during the snapshot copy: stopping");
+    b->canceled = 1;
+    if (b->conn != NULL || b->fd >= 0)
+        attempt_over(b, "the worker is stopping");
+    else if (!b->done)
+        end_all(b);
+}
+
+/* ---- entry -------------------------------------------------------------------------- */
+
+/* The peers to ask, or 0 when no copy is wanted. */
+static int wanted(boot_t *b)
+{
+    struct stat st;
+    snprintf(b->dir, sizeof(b->dir), "%s/shard-%u", b->cfg->data_dir, b->shard);
+    snprintf(b->final, sizeof(b->final), "%s/data.mdb", b->dir);
+    snprintf(b->part, sizeof(b->part), "%s/data.mdb.part", b->dir);
+    if (stat(b->final, &st) == 0 || b->cfg->bootstrap != KVS_BOOTSTRAP_SNAPSHOT ||
+        b->cfg->n_nodes == 0)
+        return 0;
+    kvs_replica_t all[KVS_MAX_REPLICAS];
+    int n = kvs_cluster_replicas(b->cfg, b->shard, all, KVS_MAX_REPLICAS, NULL, 0);
+    for (int i = 0; i < n; i++)
+        if (!all[i].local)
+            b->peers[b->n_peers++] = all[i];
+    return b->n_peers;
+}
+
+static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
+{
+    uv_timer_init(b->loop, &b->timer);
+    b->timer.data = b;
+    uv_signal_init(b->loop, &b->sigterm);
+    uv_signal_init(b->loop, &b->sigint);
+    b->sigterm.data = b->sigint.data = b;
+    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&b->sigint, on_signal, SIGINT);
+    for (size_t i = 0; i < n_addrs && i < 2; i++) {
+        kvs_listener_t *l = &b->listeners[b->n_listeners];
+        if (kvs_listen(b->loop, &addrs[i], l, on_waiter) != 0)
+            continue; /* the worker's server will say why, when it binds */
+        l->handle.data = b;
+        b->n_listeners++;
+    }
+    next_peer(b);
+    return 0;
+}
+
+int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
+                       const kvs_addr_t *addrs, size_t n_addrs)
+{
+    boot_t *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return -ENOMEM;
+    b->loop = loop;
+    b->cfg = cfg;
+    b->shard = shard;
+    b->fd = -1;
+    if (!wanted(b)) {
+        free(b);
+        return 0;
+    }
+    char lock[4300];
+    int lock_fd = -1, rc = kvs_mkdir_p(b->dir);
+    snprintf(lock, sizeof(lock), "%s/kvs.lock", b->dir);
+    if (rc == 0 && (lock_fd = kvs_lock_file(lock)) < 0)
+        rc = lock_fd;
+    b->wbuf = malloc(cfg->max_frame);
+    if (rc == 0 && b->wbuf == NULL)
+        rc = -ENOMEM;
+    if (rc == 0 && cfg->tls_link.enabled) {
+        char err[512];
+        rc =
+            kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, &b->tls, err, sizeof(err));
+        if (rc != 0)
+            kvs_error("snapshot copy: %s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    }
+    if (rc == 0) {
+        unlink(b->part); /* a copy a crash interrupted */
+        start(b, addrs, n_addrs);
+        uv_run(loop, UV_RUN_DEFAULT);
+    }
+    rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
+    if (lock_fd >= 0)
+        close(lock_fd);
+    kvs_hash_free(b->hash);
+    kvs_tls_ctx_free(b->tls);
+    free(b->wbuf);
+    free(b);
+    return rc;
+}

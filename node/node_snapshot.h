@@ -1,0 +1,39 @@
+/*
+ * node_snapshot: the Snapshot command's sender: streams a compacted hot
+ * copy of the shard's environment to a new replica over the connection
+ * that asked (kvs.proto has the stream's format).
+ */
+#ifndef NODE_SNAPSHOT_H
+#define NODE_SNAPSHOT_H
+
+#include "kvs_buf.h"
+#include "kvs_conn.h"
+#include "node_store.h"
+
+#include <uv.h>
+
+typedef struct node_snapshot_s node_snapshot_t;
+
+/* `max_frame`: limits.max_frame (chunks stay below it); `stall_ms`: a
+ * receiver that takes nothing for this long is given up (0: never).
+ * Returns NULL when out of memory. */
+node_snapshot_t *node_snapshot_new(uv_loop_t *loop, node_store_t *store, uint32_t shard,
+                                   size_t max_frame, uint64_t stall_ms);
+
+/* Starts streaming to `conn`, which from now on serves nothing else: the
+ * caller pauses its delivery and tells node_snapshot_gone when it closes.
+ * Returns 0, or appends an error answer to `out` (a snapshot is already
+ * being sent: one at a time) and returns 1, or a negative error. */
+int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out);
+
+/* The connection given to node_snapshot_start is closing: stop sending
+ * (the copy thread is told through its pipe and ends). */
+void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn);
+
+/* True while a snapshot is being sent (the copy thread runs). */
+int node_snapshot_busy(const node_snapshot_t *sn);
+
+/* After the loop ran (no snapshot in flight then). NULL is allowed. */
+void node_snapshot_free(node_snapshot_t *sn);
+
+#endif

@@ -1,0 +1,102 @@
+/*
+ * router_replica: replica choice and the retry budget (see
+ * router_replica.h). Pure bookkeeping on the links' state and a clock the
+ * caller passes in: no I/O here, so the unit tests drive it directly.
+ */
+#include "router_replica.h"
+
+#define AVOID_MIN_MS 500
+#define AVOID_MAX_MS 30000
+
+void router_budget_init(router_budget_t *b, uint32_t percent, uint32_t burst)
+{
+    b->cap = (uint64_t)burst * 1000;
+    b->milli = b->cap;
+    b->deposit = (uint64_t)percent * 10;
+    b->reads = b->retries = b->refused = 0;
+}
+
+void router_budget_deposit(router_budget_t *b)
+{
+    b->reads++;
+    b->milli = b->milli + b->deposit > b->cap ? b->cap : b->milli + b->deposit;
+}
+
+int router_budget_take(router_budget_t *b)
+{
+    if (b->milli < 1000) {
+        b->refused++;
+        return 0;
+    }
+    b->milli -= 1000;
+    b->retries++;
+    return 1;
+}
+
+static int usable(const router_link_t *l)
+{
+    return l->up; /* a link is up only while connected */
+}
+
+int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried)
+{
+    for (uint32_t i = 0; i < set->n; i++)
+        if (!(tried & (1ull << i)) && usable(&links[set->first + i]))
+            return 1;
+    return 0;
+}
+
+/* The best untried replica that is up and not avoided: the local one,
+ * else the next in turn from set->rr. -1 when none. */
+static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now)
+{
+    int found = -1;
+    for (uint32_t k = 0; k < set->n; k++) {
+        uint32_t i = (set->rr + k) % set->n;
+        const router_link_t *l = &links[set->first + i];
+        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now)
+            continue;
+        if (l->addr.is_unix)
+            return (int)(set->first + i); /* this node's own worker: no hop */
+        if (found < 0)
+            found = (int)i;
+    }
+    if (found < 0)
+        return -1;
+    set->rr = ((uint32_t)found + 1) % set->n;
+    return (int)(set->first + (uint32_t)found);
+}
+
+int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now)
+{
+    int i = pick_healthy(links, set, tried, now);
+    if (i >= 0)
+        return i;
+    int avoided = -1, down = -1;
+    for (uint32_t k = 0; k < set->n; k++) {
+        const router_link_t *l = &links[set->first + k];
+        if (tried & (1ull << k))
+            continue;
+        if (!usable(l)) {
+            if (down < 0)
+                down = (int)(set->first + k);
+        } else if (avoided < 0 || l->avoid_until < links[avoided].avoid_until) {
+            avoided = (int)(set->first + k);
+        }
+    }
+    return avoided >= 0 ? avoided : down;
+}
+
+void router_replica_failed(router_link_t *l, uint64_t now)
+{
+    l->avoid_ms = l->avoid_ms == 0                 ? AVOID_MIN_MS
+                  : l->avoid_ms * 2 > AVOID_MAX_MS ? AVOID_MAX_MS
+                                                   : l->avoid_ms * 2;
+    l->avoid_until = now + l->avoid_ms;
+}
+
+void router_replica_ok(router_link_t *l)
+{
+    l->avoid_ms = 0;
+    l->avoid_until = 0;
+}

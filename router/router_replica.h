@@ -1,0 +1,84 @@
+/*
+ * router_replica: choosing among the copies of a shard, and how many
+ * second tries the router may make.
+ *
+ * Every shard has a set of replicas (kvs_cluster): one link each in
+ * router_t.links, shard s's at links[sets[s].first .. first + n). A read
+ * goes to one replica; if it fails there (the link breaks or times out, or
+ * the worker answers 503: catching up, starting, behind a position it must
+ * see, overloaded) it is sent again to a replica it has not tried, while
+ * the retry budget allows, and answered 503 once none is left. A write is
+ * never sent twice (it may have been applied): it goes to the first
+ * replica that takes it, which is only "another" when a link is down and
+ * nothing was sent.
+ *
+ * Choice (router_replica_pick): among the replicas not tried yet, one that
+ * is up and not avoided, this node's own first (no network hop), else the
+ * others in turn; then one that is avoided, the one whose avoidance ends
+ * soonest; then one that is down (a send to it fails at once, and the
+ * caller moves on). A replica is avoided for a while after it failed a
+ * request (500 ms, doubling while failures repeat, up to 30 s; an answer
+ * that is not 503 ends it), so a hung or catching-up replica costs a
+ * timeout or a retry now and then, not on every request.
+ *
+ * Retry budget (Finagle's RetryBudget): a token bucket per router. Every
+ * read sent to a shard with replicas deposits retry_percent/100 of a token,
+ * the bucket holds at most retry_burst tokens (and starts full), every
+ * retry takes one. So retries add at most retry_percent of the reads plus
+ * retry_burst: a sick cluster is not sent more load than it had.
+ */
+#ifndef ROUTER_REPLICA_H
+#define ROUTER_REPLICA_H
+
+#include "kvs_buf.h"
+#include "router_link.h"
+
+#include <stdint.h>
+
+typedef struct router_set_s {
+    uint32_t first; /* its first link in router_t.links */
+    uint32_t n;     /* replicas (1..KVS_MAX_REPLICAS) */
+    uint32_t rr;    /* where the next choice among equals starts */
+} router_set_t;
+
+/* One part of a request on its way to a shard: which replicas it was
+ * sent to, and the bytes sent, kept for a retry (reads of replicated
+ * shards only: `bytes.len` is 0 otherwise). */
+typedef struct router_try_s {
+    uint64_t tried; /* bit i: replica i of the set */
+    uint32_t link;  /* index in router_t.links it was sent on last */
+    uint32_t shard;
+    kvs_buf_t bytes;
+} router_try_t;
+
+typedef struct router_budget_s {
+    uint64_t milli;   /* tokens x 1000 */
+    uint64_t cap;     /* retry_burst x 1000 */
+    uint64_t deposit; /* retry_percent x 10: milli-tokens per read */
+    uint64_t reads;   /* reads sent to replicated shards */
+    uint64_t retries; /* retries made */
+    uint64_t refused; /* retries the budget refused */
+} router_budget_t;
+
+void router_budget_init(router_budget_t *b, uint32_t percent, uint32_t burst);
+
+/* A read was sent to a replicated shard. */
+void router_budget_deposit(router_budget_t *b);
+
+/* Takes a token for a retry: 1, or 0 when the budget is spent. */
+int router_budget_take(router_budget_t *b);
+
+/* The replica of `set` to send to next (an index into `links`), skipping
+ * those in `tried`; -1 when every one was tried. `now` is uv_now. */
+int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now);
+
+/* True when some replica of `set` outside `tried` is up. */
+int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried);
+
+/* A request failed on `l` (link loss, timeout, 503): avoid it for a while. */
+void router_replica_failed(router_link_t *l, uint64_t now);
+
+/* `l` answered: it is not avoided any more. */
+void router_replica_ok(router_link_t *l);
+
+#endif

@@ -1,0 +1,144 @@
+/*
+ * router_send: a part's way to a replica (see router_send.h).
+ *
+ * A part remembers, in its router_try_t, the replicas it was sent to (a
+ * bit each) and the link it is on; a retryable read also keeps the bytes
+ * it sent (for a single-key read that is a copy of the client's frame,
+ * made only on shards with more than one replica), since the client's
+ * buffer is gone by the time an answer comes back. A retry goes out as
+ * the same bytes, positions included, so the other replica serves it under
+ * the same freshness rules.
+ *
+ * Recursion is bounded: a failed send reports through router_route_reply,
+ * which may come back here to retry, but every attempt marks a replica
+ * tried, and a shard has at most KVS_MAX_REPLICAS (64) of them.
+ */
+#include "router_send.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_msg.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static uint64_t now_ms(const router_t *r)
+{
+    return r->loop != NULL ? uv_now(r->loop) : 0;
+}
+
+uint32_t router_send_status(const uint8_t *p, size_t len)
+{
+    if (len < 2 || p[0] != 0x08) /* field 1, varint: protobuf-c writes it first */
+        return 0;
+    uint32_t v = 0;
+    for (size_t i = 1, shift = 0; i < len && shift < 32; i++, shift += 7) {
+        v |= (uint32_t)(p[i] & 0x7f) << shift;
+        if (p[i] < 0x80)
+            return v;
+    }
+    return 0;
+}
+
+/* Words for a part no replica took. */
+static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l,
+                        char *why, size_t n)
+{
+    const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
+    uint32_t reps = r->sets[shard].n;
+    char who[120] = "";
+    if (reps > 1)
+        snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
+                 reps, node ? node : "?");
+    if (rc == KVS_ELIMIT)
+        snprintf(why, n,
+                 "shard %u is overloaded: %zu bytes of requests are waiting for it "
+                 "(limits.client_output)%s; nothing was sent, retry shortly",
+                 shard, l->max_queue, who);
+    else if (rc == KVS_ECLOSED || l == NULL)
+        snprintf(why, n, "shard %u is unavailable: %s%s; retry shortly", shard,
+                 l != NULL && l->last_error[0] ? l->last_error : "its connection is closing", who);
+    else
+        snprintf(why, n, "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
+}
+
+/* Sends to the next replica that takes it. Returns 0, or the last error
+ * (no replica took it) with *last the link that refused last. */
+static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
+                     const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
+                     router_link_t **last)
+{
+    router_set_t *set = &r->sets[t->shard];
+    int rc = KVS_ECLOSED;
+    *last = NULL;
+    for (;;) {
+        int i = router_replica_pick(r->links, set, t->tried, now_ms(r));
+        if (i < 0)
+            return rc;
+        t->tried |= 1ull << ((uint32_t)i - set->first);
+        t->link = (uint32_t)i;
+        *last = &r->links[i];
+        rc = msg != NULL ? router_link_send_msg(*last, msg, req, part)
+                         : router_link_send(*last, raw, rawlen, req, part);
+        if (rc == 0 || (rc != KVS_ECLOSED && rc != KVS_ELIMIT))
+            return rc;
+    }
+}
+
+void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
+                      uint32_t shard, const ProtobufCMessage *msg, const uint8_t *raw,
+                      size_t rawlen, int retryable)
+{
+    t->tried = 0;
+    t->shard = shard;
+    t->bytes.len = 0;
+    if (r->sets[shard].n > 1 && retryable) {
+        int rc = msg != NULL ? kvs_msg_append(&t->bytes, msg, SIZE_MAX)
+                             : kvs_buf_append(&t->bytes, raw, rawlen);
+        if (rc == 0 && msg != NULL) { /* the frame's payload, without its header */
+            memmove(t->bytes.data, t->bytes.data + KVS_FRAME_HEADER,
+                    t->bytes.len - KVS_FRAME_HEADER);
+            t->bytes.len -= KVS_FRAME_HEADER;
+        }
+        if (rc == 0) {
+            msg = NULL;
+            raw = t->bytes.data;
+            rawlen = t->bytes.len;
+            router_budget_deposit(&r->budget);
+        } else {
+            t->bytes.len = 0; /* out of memory: sent once, not retried */
+        }
+    }
+    router_link_t *last;
+    int rc = send_some(r, req, t, part, msg, raw, rawlen, &last);
+    if (rc == 0)
+        return;
+    char why[600];
+    unavailable(r, shard, rc, last, why, sizeof(why));
+    t->bytes.len = 0; /* every replica refused: nothing to retry */
+    router_route_reply(req, part, NULL, 0, why);
+}
+
+int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
+                         const uint8_t *payload, size_t len, const char *failure)
+{
+    if (r->sets == NULL || t->link >= r->n_links)
+        return 0;
+    router_link_t *l = &r->links[t->link];
+    int failed = failure != NULL ? len == 0 : router_send_status(payload, len) == 503;
+    if (!failed) {
+        if (l->avoid_ms != 0)
+            router_replica_ok(l);
+        return 0;
+    }
+    if (r->sets[t->shard].n > 1)
+        router_replica_failed(l, now_ms(r));
+    if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||
+        !router_budget_take(&r->budget))
+        return 0;
+    router_link_t *last;
+    int rc = send_some(r, req, t, part, NULL, t->bytes.data, t->bytes.len, &last);
+    if (rc == 0)
+        return 1;
+    t->bytes.len = 0;
+    return 0; /* no other replica took it: this answer stands */
+}

@@ -1,0 +1,31 @@
+/*
+ * router_send: sending one part of a request to a replica of its shard,
+ * and sending a read again to another replica when the first one failed
+ * it (router_replica.h has the policy; this module does the sending).
+ */
+#ifndef ROUTER_SEND_H
+#define ROUTER_SEND_H
+
+#include "router.h"
+
+/* Sends part `part` of `req` to a replica of `shard` (msg packed, or the
+ * raw payload), trying the next replica at once when a link refuses it
+ * (down: nothing was sent). `retryable`: a read that may be sent again,
+ * whose bytes `t` then keeps. When no replica takes it, the part fails
+ * through router_route_reply (503 naming the shard). */
+void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
+                      uint32_t shard, const ProtobufCMessage *msg, const uint8_t *raw,
+                      size_t rawlen, int retryable);
+
+/* Part `part` of `req`, last sent as `t` says, got its answer (payload)
+ * or failed (`failure`, as router_link_reply_cb). Notes how the replica
+ * did; for a retryable read that failed there (link loss, timeout, 503),
+ * sends it to another replica when one is left and the budget allows:
+ * returns 1 then (the answer will come again), else 0 (use this one). */
+int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
+                         const uint8_t *payload, size_t len, const char *failure);
+
+/* The status of an encoded CommandResponse (0 when it has none first). */
+uint32_t router_send_status(const uint8_t *payload, size_t len);
+
+#endif

@@ -1,0 +1,546 @@
+"""Integration tests for replicas (issue 13): every shard on several nodes
+(cluster.nodes), reads that fail over to another replica within the retry
+budget, writes to bound tables through any live replica, per-replica
+consumer groups, digests that prove replicas converged, and a new replica
+that starts from a peer's snapshot.
+
+Several kvs nodes (one kvs-router each, with its kvs-node workers) run on
+this machine, each with its own data directory and its workers on their
+own TCP ports (the map's addresses), all ingesting from one kvs-mock-kafka.
+Every wait is bounded; every process is killed at cleanup.
+"""
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+import kafkatest
+from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
+from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset, tls_yaml
+from routertest import Router, partition_of
+
+SHARDS = 4
+PARTITIONS = 64      # cluster.partitions (tables bound to no topic)
+TOPIC_PARTS = 8      # the bound topic's partitions: two per shard
+TOPIC = "users"
+TABLE = "users"
+# 3 nodes, 4 shards, 2 replicas each: a serves 0 1, b 0 2 3, c 1 2 3.
+LAYOUT = {"a": [0, 1], "b": [0, 2, 3], "c": [1, 2, 3]}
+
+
+def low_port_range(n, used, tries=500):
+    """A base port in 20000..32000 (below Linux's ephemeral ports) whose n
+    ports are free now and clear of the ranges starting at `used`."""
+    rnd = random.Random()
+    for _ in range(tries):
+        base = rnd.randrange(20000, 32000 - n)
+        if any(abs(base - u) < n for u in used):
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free range of %d ports below 32000" % n)
+
+
+def shard_of_key(key):
+    return partition_of(key, TOPIC_PARTS) % SHARDS
+
+
+def hget_at(table, key, position=b""):
+    r = req_hget(table, key)
+    if position:
+        r.min_position = position
+    return r
+
+
+class ReplicaFixtures:
+    """A cluster of named nodes over one mock Kafka (mixed into a TestCase)."""
+
+    def run(self, result=None):
+        self._routers, self._mocks = [], []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            import sys
+            for r in self._routers:
+                text = r.log_text or r.stderr()
+                sys.stderr.write("\n---- node %s stderr (%s), last 8000 chars ----\n%s\n"
+                                 % (r.name, self.id(), text[-8000:]))
+        return out
+
+    def mock(self):
+        m = MockKafka({TOPIC: TOPIC_PARTS})
+        self._mocks.append(m)
+        self.addCleanup(m.close)
+        return m
+
+    def bases(self, names, avoid=()):
+        """A base port per node name, their ranges of SHARDS ports disjoint
+        (and from `avoid`). Below the kernel's ephemeral range: a worker
+        restarted (or one that copied a snapshot, after its outgoing
+        connection) must bind its port again, which an outgoing connection
+        of any process could otherwise have taken meanwhile."""
+        out, used = {}, list(avoid)
+        for n in names:
+            out[n] = low_port_range(SHARDS, used)
+            used.append(out[n])
+        return out
+
+    def node(self, mock, name, layout, bases, timeout="2s", max_lag=None, env=None,
+             router_yaml=(), extra="", extra_yaml=""):
+        """Router `name` of the cluster `layout` {name: shards} (not started)."""
+        nodes = ["  nodes:"]
+        for n, shards in layout.items():
+            nodes.append('    - {name: %s, address: "127.0.0.1:%d", shards: [%s]}'
+                         % (n, bases[n], ", ".join(str(s) for s in shards)))
+        r = Router(shards=SHARDS, partitions=PARTITIONS, start=False, name=name,
+                   timeout=timeout, env=env, cluster_yaml=nodes + list(extra.splitlines()),
+                   node_name=name, router_yaml=router_yaml,
+                   extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", TOPIC_PARTS)],
+                                          "kvs", {"reconnect.backoff.max.ms": "500"}, max_lag)
+                   + extra_yaml)
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        return r
+
+    def cluster(self, layout=LAYOUT, **kw):
+        mock = self.mock()
+        bases = self.bases(layout)
+        routers = {n: self.node(mock, n, layout, bases, **kw) for n in layout}
+        for r in routers.values():
+            r.start()
+        for r in routers.values():
+            self.wait_serving(r)
+            self.wait_workers(r)
+        return mock, bases, routers
+
+    def wait_workers(self, router, timeout=30):
+        """Until every worker of `router` answers Ping itself: a new
+        replica's worker answers 503 while it tries to copy a snapshot."""
+        req = pb.CommandRequest()
+        req.ping.SetInParent()
+
+        def up(s):
+            try:
+                with Client(router.socket_path(s), timeout=5) as c:
+                    return c.call(req).status == 200
+            except OSError:
+                return False
+        for s in router.workers():
+            self.assertIsNotNone(wait_until(lambda: up(s), timeout),
+                                 "worker %d of node %s never served" % (s, router.name))
+
+    def wait_serving(self, router, timeout=20):
+        """Until `router` answers a read of every shard (not 503)."""
+        probes = {}
+        i = 0
+        while len(probes) < SHARDS:
+            k = b"probe-%d" % i
+            probes.setdefault(shard_of_key(k), k)
+            i += 1
+        last = None
+        deadline = time.monotonic() + timeout
+        with router.client() as c:
+            while time.monotonic() < deadline:
+                resps = [c.call(req_hget(TABLE, k)) for k in probes.values()]
+                if all(r.status in (200, 404) for r in resps):
+                    return
+                last = [(r.status, r.message) for r in resps if r.status not in (200, 404)]
+                time.sleep(0.05)
+        self.fail("node %s does not serve every shard: %r" % (router.name, last))
+
+    def worker_info(self, router, shard):
+        return info_pairs(router.socket_path(shard))
+
+    def digest(self, router, *args, timeout=10):
+        """kvs-cli --config <router's config> digest TABLE ...: (exit status, stdout)."""
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
+                            "--timeout", "5", "digest", TABLE] + list(args),
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout + 20)
+        return p.returncode, p.stdout.decode() + p.stderr.decode()
+
+
+class Traffic:
+    """Writers and readers through some routers, recording what happened.
+
+    Each writer owns its keys and writes each once (key -> value), keeping
+    the acknowledged ones with their position; readers read acknowledged
+    keys at their write's position (min_position), so any replica that
+    answers must have applied the write: the only right answers are 200
+    with the value (every other answer is recorded as a failure)."""
+
+    def __init__(self, routers, writers_per_router=1, readers_per_router=1, pause=0.004):
+        self.routers = routers
+        self.acked = {}  # key -> (value, position)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.read_fail = []
+        self.write_status = {}
+        self.reads = 0
+        self.pause = pause
+        self.threads = []
+        for ri, r in enumerate(routers):
+            for w in range(writers_per_router):
+                self.threads.append(threading.Thread(target=self.writer, args=(r, "%d-%d" % (ri, w)),
+                                                     daemon=True))
+            for _ in range(readers_per_router):
+                self.threads.append(threading.Thread(target=self.reader, args=(r,), daemon=True))
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def writer(self, router, tag):
+        i = 0
+        with router.client(timeout=20) as c:
+            while not self.stop.is_set():
+                key, val = ("w%s-%d" % (tag, i)).encode(), "v%s-%d" % (tag, i)
+                i += 1
+                resp = c.call(req_hset(TABLE, key, val))
+                with self.lock:
+                    self.write_status[resp.status] = self.write_status.get(resp.status, 0) + 1
+                    if resp.status == 200:
+                        self.acked[key] = (val, resp.position, time.monotonic())
+                time.sleep(self.pause)
+
+    def reader(self, router):
+        rnd = random.Random(hash(router.name))
+        with router.client(timeout=20) as c:
+            while not self.stop.is_set():
+                with self.lock:
+                    # A position handed to another connection may be past
+                    # the end its replica has heard of for a fetch's time
+                    # (503 "ahead", README: Freshness): read writes that
+                    # are a little older.
+                    old = [k for k, v in self.acked.items() if v[2] < time.monotonic() - 0.5]
+                    key = rnd.choice(old) if old else None
+                    if key is not None:
+                        val, pos, _ = self.acked[key]
+                if key is None:
+                    time.sleep(0.01)
+                    continue
+                t0 = time.monotonic()
+                resp = c.call(hget_at(TABLE, key, pos))
+                self.reads += 1
+                if resp.status != 200 or pyval(resp.values[0]) != val:
+                    self.read_fail.append((router.name, key, resp.status, resp.message,
+                                           time.monotonic() - t0))
+                time.sleep(self.pause)
+
+
+class ReplicaTest(ReplicaFixtures, unittest.TestCase):
+
+    def test_kill_a_whole_node_reads_and_writes_go_on(self):
+        mock, bases, rt = self.cluster(max_lag=20)
+        a, b, c = rt["a"], rt["b"], rt["c"]
+        traffic = Traffic([a, c])
+        traffic.start()
+        time.sleep(1.0)
+        b.kill_all()  # kill -9: router and every worker of node b
+        time.sleep(2.0)
+        down_reads = traffic.reads
+        # b comes back slowly ingesting (1 ms per record), behind by more
+        # than max_lag on its partitions: it must not serve them until it
+        # caught up; a's and c's clients see nothing of it.
+        b.env["KVS_TEST_INGEST_DELAY_MS"] = "1"
+        b.proc = None
+        b.start()
+        behind = []
+        for s in LAYOUT["b"]:
+            parts = kafka_parts(self.worker_info(b, s), TOPIC)
+            behind += [(s, p) for p, v in parts.items() if v["serving"] == 0]
+        self.assertTrue(behind, "node b's workers serve right after a restart behind the topic")
+        with b.client() as cb:  # b's router serves at once: other replicas answer meanwhile
+            with traffic.lock:
+                settled = [k for k, v in traffic.acked.items() if v[2] < time.monotonic() - 0.5]
+                sample = random.Random(1).sample(sorted(settled), 20)
+                want = {k: traffic.acked[k] for k in sample}
+            for k, (val, pos, _) in want.items():
+                resp = cb.call(hget_at(TABLE, k, pos))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, val), resp.message)
+        time.sleep(1.0)
+        traffic.finish()
+        self.assertEqual(traffic.read_fail, [], "reads through a and c failed")
+        self.assertGreater(traffic.reads - down_reads, 20)
+        self.assertGreater(len(traffic.acked), 100)
+        self.assertEqual(set(traffic.write_status) - {200, 503}, set(), traffic.write_status)
+        # b catches up, then serves every acknowledged write itself.
+        for s in LAYOUT["b"]:
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["serving"] == 1 and v["lag"] == 0 for v in
+                kafka_parts(self.worker_info(b, s), TOPIC).values()), 30),
+                "shard %d on b never caught up" % s)
+        acked = dict(traffic.acked)
+        for s in LAYOUT["b"]:
+            keys = [k for k in acked if shard_of_key(k) == s]
+            with Client(b.socket_path(s)) as w:
+                for k in keys:
+                    resp = w.call(hget_at(TABLE, k, acked[k][1]))
+                    self.assertEqual(resp.status, 200, resp.message)
+                    self.assertEqual(pyval(resp.values[0]), acked[k][0])
+        # Every shard's two replicas hold the same pairs at the same position.
+        rc, out = self.digest(a)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count("replicas agree"), SHARDS, out)
+
+    def test_digest_finds_a_replica_that_differs(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
+        a, b = rt["a"], rt["b"]
+        with a.client() as c:
+            for i in range(200):
+                self.assertEqual(c.call(req_hset(TABLE, b"d%d" % i, "v%d" % i)).status, 200)
+        rc, out = self.digest(b)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count("replicas agree"), SHARDS, out)
+        lines = [ln.split() for ln in out.splitlines() if ln.startswith("  ")]
+        self.assertEqual(len(lines), 2 * SHARDS, out)
+        for ln in lines:  # name, digest, keys, "keys", "at", position
+            self.assertEqual(len(ln[1]), 32, out)
+        self.assertEqual(sum(int(ln[2]) for ln in lines), 2 * 200)
+        # One key more on b's copy of shard 1 (as a disk or a bug could do):
+        # the digests differ while the positions are the same.
+        b.stop()
+        env = os.path.join(b.data_dir, "shard-1")
+        subprocess.run(["mdb_load", "-T", "-s", TABLE, env], input=b"intruder\nx\n",
+                       check=True, timeout=10)
+        b.proc = None
+        b.start()
+        rc, out = self.digest(a, "--node", "b")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("shard 1: REPLICAS DIFFER", out)
+        self.assertEqual(out.count("replicas agree"), SHARDS - 1, out)
+        # Through the router, Digest is refused: it is about one copy.
+        req = pb.CommandRequest()
+        req.digest.table = TABLE
+        with a.client() as c:
+            resp = c.call(req)
+        self.assertEqual(resp.status, 400)
+        self.assertIn("worker command", resp.message)
+
+    @unittest.skipIf(kafkatest.Producer is None, "python3-confluent-kafka is not installed")
+    def test_new_replica_from_a_snapshot_then_the_old_one_leaves(self):
+        before = 4000
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        kafkatest.produce(mock.bootstrap, TOPIC,
+                          [(b"old-%d" % i, b"o%d" % i) for i in range(before)])
+        for r in (a, b):
+            for s in range(SHARDS):
+                self.assertIsNotNone(wait_until(lambda: all(
+                    v["lag"] == 0 and v["next_offset"] > 0
+                    for v in kafka_parts(self.worker_info(r, s), TOPIC).values()), 30))
+        traffic = Traffic([a])  # a's clients read and write through the whole move
+        traffic.start()
+        # d joins as a third replica of every shard: its map lists a and b
+        # (a's and b's own maps change when they restart; until then they
+        # serve without d, which is fine).
+        layout_d = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
+        bases.update(self.bases(["d"], avoid=bases.values()))
+        d = self.node(mock, "d", layout_d, bases)
+        d.start()
+        self.wait_serving(d)
+        self.wait_workers(d)
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["serving"] == 1 and v["lag"] == 0
+                for v in kafka_parts(self.worker_info(d, s), TOPIC).values()), 30))
+        log = d.stderr()
+        self.assertEqual(log.count("copying a snapshot from node a"), SHARDS, log[-3000:])
+        self.assertEqual(log.count("copied shard"), SHARDS, log[-3000:])
+        # d read only the tail from Kafka: the records before it joined came in the copy.
+        ingested = sum(v["ingested"] for s in range(SHARDS)
+                       for v in kafka_parts(self.worker_info(d, s), TOPIC).values())
+        applied = sum(v["applied"] for s in range(SHARDS)
+                      for v in kafka_parts(self.worker_info(d, s), TOPIC).values())
+        self.assertGreaterEqual(applied, before)
+        self.assertLess(ingested, before // 4, "d replayed the topic instead of copying")
+        # The old replica leaves (stopped the graceful way); a's clients see nothing of it.
+        b.stop()
+        time.sleep(1.0)
+        traffic.finish()
+        self.assertEqual(traffic.read_fail, [])
+        self.assertEqual(set(traffic.write_status), {200}, traffic.write_status)
+        self.assertGreater(traffic.reads, 50)
+        # d serves every record, the old ones (from the copy) and the new ones.
+        with d.client() as c:
+            for i in range(0, before, 97):
+                resp = c.call(req_hget(TABLE, b"old-%d" % i))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "o%d" % i))
+            for k, (val, pos, _) in list(traffic.acked.items())[::7]:
+                resp = c.call(hget_at(TABLE, k, pos))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, val), resp.message)
+        # a and d, the shard's replicas now, agree.
+        a.stop()
+        a.proc = None
+        a.close()
+        rt2 = self.node(mock, "a", {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        rt2.start()
+        rc, out = self.digest(rt2)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count("replicas agree"), SHARDS, out)
+
+    @unittest.skipIf(kafkatest.Producer is None, "python3-confluent-kafka is not installed")
+    def test_snapshot_and_digest_over_mutual_tls_with_users(self):
+        # Workers' TCP ports speak TLS and require a client certificate
+        # (tls.node), routers reach other nodes with theirs (tls.link), and
+        # users are configured: a new replica copies its snapshot, and
+        # kvs-cli digest compares, as the node (CN kvs-node, an admin user).
+        secure = (tls_yaml(node={"enabled": "true"}, link={"enabled": "true"}) +
+                  "users:\n  - name: kvs-node\n    allow: {\"*\": [read, write, admin]}\n")
+        layout = {"a": [0, 1, 2, 3]}
+        mock = self.mock()
+        bases = self.bases(["a", "d"])
+        a = self.node(mock, "a", layout, bases, extra_yaml=secure)
+        a.start()
+        self.wait_workers(a)
+        kafkatest.produce(mock.bootstrap, TOPIC, [(b"t-%d" % i, b"v%d" % i) for i in range(400)])
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["lag"] == 0 and v["next_offset"] > 0
+                for v in kafka_parts(self.worker_info(a, s), TOPIC).values()), 30))
+        d = self.node(mock, "d", {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases,
+                      extra_yaml=secure)
+        d.start()
+        self.wait_workers(d)
+        self.assertIsNotNone(wait_until(lambda: d.stderr().count("copied shard") == SHARDS, 30),
+                             d.stderr()[-3000:])
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["serving"] == 1 and v["lag"] == 0
+                for v in kafka_parts(self.worker_info(d, s), TOPIC).values()), 30))
+        applied = sum(v["applied"] for s in range(SHARDS)
+                      for v in kafka_parts(self.worker_info(d, s), TOPIC).values())
+        self.assertGreaterEqual(applied, 400)
+        rc, out = self.digest(d)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count("replicas agree"), SHARDS, out)
+        # Without a certificate the workers' TCP ports let nobody in.
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(bases["a"]),
+                            "--timeout", "3", "digest", TABLE], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=20)
+        self.assertNotEqual(p.returncode, 0)
+
+    def test_bootstrap_replay_when_no_peer_can_send(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3]})
+        with rt["a"].client() as c:
+            for i in range(50):
+                self.assertEqual(c.call(req_hset(TABLE, b"r%d" % i, "v%d" % i)).status, 200)
+        rt["a"].stop()
+        layout = {"a": [0, 1, 2, 3], "e": [0, 1, 2, 3]}
+        bases.update(self.bases(["e"], avoid=bases.values()))
+        e = self.node(mock, "e", layout, bases)
+        e.start()
+        self.wait_serving(e)
+        self.wait_workers(e)
+        for s in range(SHARDS):
+            self.assertIsNotNone(wait_until(lambda: all(
+                v["lag"] == 0 for v in kafka_parts(self.worker_info(e, s), TOPIC).values()), 30))
+        log = e.stderr()
+        self.assertIn("could send a snapshot: starting empty", log)
+        with e.client() as c:
+            for i in range(50):
+                resp = c.call(req_hget(TABLE, b"r%d" % i))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v%d" % i))
+
+    def test_hung_replica_costs_a_timeout_and_retries_stay_within_budget(self):
+        layout = {"a": [0, 1], "b": [2, 3], "c": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout, timeout="1s",
+                                       router_yaml=("retry_percent: 10", "retry_burst: 20"))
+        a, b = rt["a"], rt["b"]
+        keys = []
+        i = 0
+        with a.client() as c:
+            while len(keys) < 40:
+                k = b"h%d" % i
+                i += 1
+                if shard_of_key(k) in (2, 3):  # b and c serve these; a has no copy
+                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                    keys.append(k)
+        hung = list(b.workers().values())
+        self.assertEqual(len(hung), 2)
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in hung])
+        lat, statuses, lock = [], {}, threading.Lock()
+        stop = time.monotonic() + 4.0
+
+        def reader(n):
+            rnd = random.Random(n)
+            with a.client(timeout=20) as c:
+                while time.monotonic() < stop:
+                    t0 = time.monotonic()
+                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
+                    with lock:
+                        lat.append(time.monotonic() - t0)
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        lat.sort()
+        p99 = lat[int(len(lat) * 0.99)]
+        pairs = info_pairs(a.addr)
+        reads, retries = pairs["router.replica_reads"], pairs["router.replica_retries"]
+        self.assertLess(p99, 1.0 + 0.5, "p99 %.3f s with router.timeout 1 s" % p99)
+        self.assertGreater(retries, 0)  # the hung replica's requests went elsewhere
+        self.assertLessEqual(retries, reads * 10 // 100 + 20)
+        self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
+        self.assertGreater(len(lat), 200)
+
+    def test_consumer_group_and_info_name_the_replica(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
+        with rt["a"].client() as c:
+            self.assertEqual(c.call(req_hset(TABLE, b"k1", "v1")).status, 200)
+        pairs = self.worker_info(rt["b"], 0)
+        self.assertEqual(pairs["shard.000.node"], "b")
+        self.assertEqual(pairs["shard.000.replicas"], 2)
+        self.assertIn("consumer group kvs.b", rt["b"].stderr())
+        self.assertIn("consumer group kvs.a", rt["a"].stderr())
+
+    def test_unbound_writes_refused_on_replicated_shards(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1]})
+        keys = {}
+        i = 0
+        while len(keys) < SHARDS:
+            k = b"plain-%d" % i
+            keys.setdefault(partition_of(k, PARTITIONS) % SHARDS, k)
+            i += 1
+        with rt["a"].client() as c:
+            for s, k in sorted(keys.items()):
+                resp = c.call(req_hset("plain", k, "x"))
+                if s in (0, 1):
+                    self.assertEqual(resp.status, 400, resp.message)
+                    self.assertIn("is bound to no Kafka topic, and shard %d has 2 replicas" % s,
+                                  resp.message)
+                else:  # one copy: written as ever
+                    self.assertEqual(resp.status, 200, resp.message)
+        with Client(rt["b"].socket_path(0)) as w:  # a worker refuses it too
+            resp = w.call(req_hset("plain", keys[0], "x"))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("Bind the table to a topic", resp.message)
+
+
+if __name__ == "__main__":
+    unittest.main()

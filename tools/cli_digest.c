@@ -1,0 +1,182 @@
+/*
+ * cli_digest: compares the replicas of each shard (see cli_digest.h).
+ *
+ * For each shard, every replica (kvs_cluster: this node's own over its
+ * unix socket, the others over TCP) is asked for Digest {table}. Digests
+ * only mean something at one position: while positions differ (a replica
+ * has applied fewer records, or writes keep coming), all are asked again
+ * every 100 ms until they match or the time is up. Equal positions and
+ * equal digests: the shard's copies hold the same pairs.
+ *
+ * One request, one answer per connection, through cli_net (kvs-cli's
+ * transport: every wait bounded, TLS when the replica is over TCP and a
+ * TLS context is given).
+ */
+#include "cli_digest.h"
+#include "cli_net.h"
+#include "kvs_cluster.h"
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_hash.h"
+#include "kvs_msg.h"
+#include "kvs_pos.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct answer_s {
+    int ok;                       /* 200 with a digest */
+    char why[500];                /* otherwise */
+    uint8_t digest[KVS_HASH_LEN]; /* when ok */
+    int64_t keys;
+    uint8_t pos[1024];
+    size_t pos_len;
+} answer_t;
+
+/* Sends Digest {table} to `a` (over TLS with `tls` when it is TCP and
+ * `tls` is set) and reads the answer into *out. */
+static void ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const char *table, double timeout,
+                answer_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    cli_net_t net = {.fd = -1, .tls_ctx = a->is_unix ? NULL : tls};
+    char port[8], why[400];
+    snprintf(port, sizeof(port), "%u", a->port);
+    if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, why, sizeof(why)) !=
+        0) {
+        snprintf(out->why, sizeof(out->why), "cannot connect: %s", why);
+        return;
+    }
+    Kvs__Digest d = KVS__DIGEST__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    d.table = (char *)table;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_DIGEST;
+    q.digest = &d;
+    uint8_t buf[KVS_FRAME_HEADER + 512], hdr[KVS_FRAME_HEADER];
+    size_t n = kvs__command_request__get_packed_size(&q);
+    kvs_frame_put_header(buf, (uint32_t)n);
+    kvs__command_request__pack(&q, buf + KVS_FRAME_HEADER);
+    double deadline = cli_net_deadline(timeout);
+    int compressed = 0, rc;
+    uint32_t len = 0;
+    uint8_t *body = NULL;
+    if ((rc = cli_net_send(&net, buf, KVS_FRAME_HEADER + n)) != 0 ||
+        (rc = cli_net_recv(&net, hdr, sizeof(hdr), deadline)) != 0 ||
+        (len = kvs_frame_get_header(hdr, &compressed)) > (64u << 20) ||
+        (body = malloc(len ? len : 1)) == NULL ||
+        (rc = cli_net_recv(&net, body, len, deadline)) != 0) {
+        snprintf(out->why, sizeof(out->why), "no answer: %s",
+                 rc == KVS_ETLS      ? cli_net_tls_error(&net)
+                 : rc == -ETIMEDOUT  ? "none in time"
+                 : rc == KVS_ECLOSED ? "the connection closed"
+                 : rc != 0           ? strerror(-rc)
+                                     : "an answer too large");
+        free(body);
+        cli_net_close(&net);
+        return;
+    }
+    cli_net_close(&net);
+    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, body);
+    free(body);
+    if (r == NULL || r->status != 200 || r->n_values < 2 || r->position.len > sizeof(out->pos) ||
+        r->values[0]->binary_value.len != KVS_HASH_LEN) {
+        snprintf(out->why, sizeof(out->why), "%u %s", r ? r->status : 0,
+                 r ? r->message : "answer is not a CommandResponse");
+    } else {
+        out->ok = 1;
+        memcpy(out->digest, r->values[0]->binary_value.data, KVS_HASH_LEN);
+        out->keys = r->values[1]->integer_value;
+        memcpy(out->pos, r->position.data, r->position.len);
+        out->pos_len = r->position.len;
+    }
+    kvs__command_response__free_unpacked(r, NULL);
+}
+
+static int same_position(const answer_t *a, const answer_t *b)
+{
+    return a->pos_len == b->pos_len && memcmp(a->pos, b->pos, a->pos_len) == 0;
+}
+
+static void put_replica(const kvs_replica_t *rep, const answer_t *a, int raw, uint32_t shard)
+{
+    char hex[2 * KVS_HASH_LEN + 1], pos[512];
+    kvs_hash_hex(a->digest, hex);
+    if (kvs_pos_format(a->pos, a->pos_len, pos, sizeof(pos)) != 0 || a->pos_len == 0)
+        snprintf(pos, sizeof(pos), "-");
+    const char *name = rep->node[0] ? rep->node : "(this node)";
+    if (raw)
+        printf("%u %s %s %lld %s\n", shard, name, hex, (long long)a->keys, pos);
+    else
+        printf("  %-16s %s %lld keys at %s\n", name, hex, (long long)a->keys, pos);
+}
+
+/* One shard: asks until every replica answers at one position, or the
+ * time is up. Returns 0 (agree), 1 (differ or not comparable). */
+static int digest_shard(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t shard,
+                        const char *table, double timeout, int raw)
+{
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    answer_t *ans = calloc(KVS_MAX_REPLICAS, sizeof(*ans));
+    int n = kvs_cluster_replicas(cfg, shard, reps, KVS_MAX_REPLICAS, NULL, 0);
+    if (ans == NULL || n <= 0) {
+        free(ans);
+        fprintf(stderr, "kvs-cli: shard %u: no replica address\n", shard);
+        return 1;
+    }
+    double deadline = cli_net_now() + timeout;
+    int settled = 0, failed = -1;
+    while (!settled) {
+        failed = -1;
+        for (int i = 0; i < n; i++) {
+            ask(&reps[i].addr, tls, table, timeout, &ans[i]);
+            if (!ans[i].ok && failed < 0)
+                failed = i;
+        }
+        settled = failed < 0;
+        for (int i = 1; settled && i < n; i++)
+            settled = same_position(&ans[0], &ans[i]);
+        if (settled || cli_net_now() >= deadline)
+            break;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    int agree = settled;
+    for (int i = 1; agree && i < n; i++)
+        agree =
+            memcmp(ans[0].digest, ans[i].digest, KVS_HASH_LEN) == 0 && ans[0].keys == ans[i].keys;
+    if (!raw)
+        printf("shard %u: %s\n", shard,
+               failed >= 0 ? "not every replica answered"
+               : !settled  ? "replicas did not reach one position in time (writes still coming?)"
+               : agree     ? (n > 1 ? "replicas agree" : "one copy")
+                           : "REPLICAS DIFFER");
+    for (int i = 0; i < n; i++) {
+        if (ans[i].ok)
+            put_replica(&reps[i], &ans[i], raw, shard);
+        else
+            fprintf(raw ? stderr : stdout, "  %-16s error: %s\n",
+                    reps[i].node[0] ? reps[i].node : "(this node)", ans[i].why);
+    }
+    free(ans);
+    return agree ? 0 : 1;
+}
+
+int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table, const char *node,
+                   double timeout, int raw)
+{
+    const kvs_node_t *only = NULL;
+    if (node != NULL && (only = kvs_config_node(cfg, node)) == NULL) {
+        fprintf(stderr, "kvs-cli: no node \"%s\" in cluster.nodes of %s\n", node, cfg->path);
+        return 2;
+    }
+    if (timeout <= 0)
+        timeout = 10;
+    int rc = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        if (only == NULL || kvs_node_serves(only, s))
+            rc |= digest_shard(cfg, tls, s, table, timeout, raw);
+    return rc;
+}
