@@ -14,9 +14,25 @@
  * answer never reaches a connection that is gone. Token bytes are wiped
  * when the attempt ends.
  *
- * Failure accounting per client address is a small table: an address's
- * failures count within a minute from its first; when the table is full
- * the entry whose minute started longest ago is reused.
+ * One address, one check at a time: an attempt whose address already has
+ * one queued or running is parked, and decided afresh when that one ends
+ * (refused unchecked if the address is now over its limit, accepted at
+ * once if its token is now remembered, else queued). So an address's
+ * failures are counted before its next check starts, and however many
+ * connections it opens it can make the node spend at most
+ * auth_failures_per_minute checks a minute; the queue holds one attempt
+ * per address, so one address cannot keep the others waiting; and a pool
+ * of connections authenticating at once costs one check.
+ *
+ * Accounting per client address is a small table: an address's failures
+ * count within a minute from its first; when the table is full, an entry
+ * with no attempt in flight is reused, one without failures first, else
+ * the one whose minute started longest ago. (With every entry in flight,
+ * an address goes uncounted and its attempts are not parked.)
+ *
+ * Every check costs what the dearest one costs (the decoy's iterations):
+ * a check against a cheaper hash is padded with more PBKDF2 rounds, so the
+ * time a failure takes does not tell which users exist.
  */
 #include "kvs_auth.h"
 #include "kvs_crypto.h"
@@ -46,6 +62,7 @@ typedef struct addr_count_s {
     char ip[64];
     uint64_t since_ms; /* when this minute of counting started */
     uint32_t failures;
+    int busy; /* an attempt from this address is queued or running */
 } addr_count_t;
 
 struct kvs_auth_attempt_s {
@@ -55,6 +72,9 @@ struct kvs_auth_attempt_s {
     kvs_auth_user_t *user; /* NULL: no such user (checked against the decoy) */
     char name[256];        /* the user name asked for, for the log */
     char peer[64];
+    char ip[64];        /* the address part of peer */
+    addr_count_t *slot; /* the address entry this attempt keeps busy, or NULL */
+    int parked;         /* waiting for its address's attempt in flight */
     uint8_t token[KVS_TOKEN_MAX];
     size_t token_len;
     int ok;
@@ -72,7 +92,8 @@ struct kvs_auth_s {
     kvs_token_hash_t decoy; /* what unknown users are checked against */
     uint8_t key[KVS_CRYPTO_SHA256];
     unsigned running;
-    kvs_auth_attempt_t *head, *tail; /* waiting to run */
+    kvs_auth_attempt_t *head, *tail;          /* waiting to run (one per address at most) */
+    kvs_auth_attempt_t *parked, *parked_tail; /* waiting for their address's turn */
     addr_count_t addrs[KVS_AUTH_ADDRESSES];
     uint64_t log_second;
     unsigned log_lines, log_dropped;
@@ -265,10 +286,27 @@ static void peer_ip(const char *peer, char *ip, size_t len)
     snprintf(ip, len, "%.*s", (int)n, peer);
 }
 
-/* The count of `ip`, or a slot for it (the stalest one reused). */
+/* Whether entry e is a better one to reuse than `best`: never one in
+ * flight; an empty one, then one without failures, then the stalest. */
+static int reusable_over(const addr_count_t *e, const addr_count_t *best)
+{
+    if (e->busy)
+        return 0;
+    if (best == NULL || best->ip[0] == '\0')
+        return best == NULL;
+    if (e->ip[0] == '\0')
+        return 1;
+    if ((e->failures == 0) != (best->failures == 0))
+        return e->failures == 0;
+    return e->since_ms < best->since_ms;
+}
+
+/* The count of `ip`, or a slot for it (see the file comment for which is
+ * reused); NULL when not found and not created, or every slot is in
+ * flight. */
 static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
 {
-    addr_count_t *oldest = &a->addrs[0];
+    addr_count_t *best = NULL;
     uint64_t now = uv_now(a->loop);
     for (size_t i = 0; i < KVS_AUTH_ADDRESSES; i++) {
         addr_count_t *e = &a->addrs[i];
@@ -279,15 +317,15 @@ static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
             }
             return e;
         }
-        if (e->ip[0] == '\0' || e->since_ms < oldest->since_ms)
-            oldest = e;
+        if (reusable_over(e, best))
+            best = e;
     }
-    if (!create)
+    if (!create || best == NULL)
         return NULL;
-    snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip);
-    oldest->since_ms = now;
-    oldest->failures = 0;
-    return oldest;
+    snprintf(best->ip, sizeof(best->ip), "%s", ip);
+    best->since_ms = now;
+    best->failures = 0;
+    return best;
 }
 
 __attribute__((format(printf, 2, 3))) static void log_failure(kvs_auth_t *a, const char *fmt, ...)
@@ -318,13 +356,16 @@ static int count_failure(kvs_auth_t *a, kvs_auth_conn_t *ac, const char *peer)
 {
     char ip[64];
     peer_ip(peer, ip, sizeof(ip));
-    addr_slot(a, ip, 1)->failures++;
+    addr_count_t *e = addr_slot(a, ip, 1);
+    if (e != NULL)
+        e->failures++;
     return ++ac->failures >= a->cfg->auth_failures;
 }
 
 /* ---- the check ------------------------------------------------------------------- */
 
 static void start_next(kvs_auth_t *a);
+static void address_free(kvs_auth_t *a, const char *ip);
 
 static void attempt_free(kvs_auth_attempt_t *at)
 {
@@ -332,13 +373,32 @@ static void attempt_free(kvs_auth_attempt_t *at)
     free(at);
 }
 
+/* The attempt leaves the queue or the pool: its address may check the
+ * next one (which can decide some at once and call their callbacks). */
+static void attempt_done(kvs_auth_t *a, kvs_auth_attempt_t *at)
+{
+    char ip[sizeof(at->ip)];
+    int had_slot = at->slot != NULL;
+    if (had_slot)
+        at->slot->busy = 0;
+    memcpy(ip, at->ip, sizeof(ip));
+    attempt_free(at);
+    if (had_slot)
+        address_free(a, ip);
+}
+
 static void work_check(uv_work_t *w)
 {
     kvs_auth_attempt_t *at = w->data;
-    const kvs_token_hash_t *h =
-        at->user != NULL && at->user->has_token ? &at->user->hash : &at->auth->decoy;
+    const kvs_token_hash_t *decoy = &at->auth->decoy;
+    const kvs_token_hash_t *h = at->user != NULL && at->user->has_token ? &at->user->hash : decoy;
     int match = kvs_token_check(h, at->token, at->token_len) == 1;
-    at->ok = match && h != &at->auth->decoy;
+    at->ok = match && h != decoy;
+    if (h->iterations < decoy->iterations) { /* as dear as every other check */
+        uint8_t pad[KVS_CRYPTO_SHA256];
+        kvs_crypto_pbkdf2(at->token, at->token_len, decoy->salt, decoy->salt_len,
+                          decoy->iterations - h->iterations, pad);
+    }
 }
 
 /* Remembers a token that checked out: its HMAC under the process's key. */
@@ -379,7 +439,7 @@ static void after_check(uv_work_t *w, int status)
         }
         at->cb(at->arg, st, msg, close);
     }
-    attempt_free(at);
+    attempt_done(a, at);
     start_next(a);
 }
 
@@ -400,6 +460,34 @@ static void start_next(kvs_auth_t *a)
     }
 }
 
+/* Takes `at` out of the list head/tail. */
+static void list_remove(kvs_auth_attempt_t **head, kvs_auth_attempt_t **tail,
+                        kvs_auth_attempt_t *at)
+{
+    kvs_auth_attempt_t **p = head, *prev = NULL;
+    while (*p != NULL && *p != at) {
+        prev = *p;
+        p = &(*p)->next;
+    }
+    if (*p == at) {
+        *p = at->next;
+        if (*tail == at)
+            *tail = prev;
+    }
+    at->next = NULL;
+}
+
+static void list_append(kvs_auth_attempt_t **head, kvs_auth_attempt_t **tail,
+                        kvs_auth_attempt_t *at)
+{
+    at->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = at;
+    else
+        *head = at;
+    *tail = at;
+}
+
 void kvs_auth_conn_close(kvs_auth_conn_t *ac)
 {
     kvs_auth_attempt_t *at = ac->pending;
@@ -410,23 +498,21 @@ void kvs_auth_conn_close(kvs_auth_conn_t *ac)
     if (at->running)
         return; /* freed when its work returns */
     kvs_auth_t *a = at->auth;
-    kvs_auth_attempt_t **p = &a->head, *prev = NULL;
-    while (*p != NULL && *p != at) {
-        prev = *p;
-        p = &(*p)->next;
+    if (at->parked) {
+        list_remove(&a->parked, &a->parked_tail, at);
+        attempt_free(at);
+        return;
     }
-    if (*p == at) {
-        *p = at->next;
-        if (a->tail == at)
-            a->tail = prev;
-    }
-    attempt_free(at);
+    list_remove(&a->head, &a->tail, at);
+    attempt_done(a, at);
+    start_next(a);
 }
 
 /* Decided without a check: tokens in the clear, an address over its limit,
- * a token remembered. Returns the status, or 0 to check. */
-static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *u,
-                           const Kvs__Auth *m, const char *peer, char *msg, size_t mlen, int *close)
+ * a token remembered, a token too long. Returns the status, or 0 to check. */
+static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *u, const char *user,
+                           const void *token, size_t len, const char *peer, char *msg, size_t mlen,
+                           int *close)
 {
     char ip[64];
     uint8_t mac[KVS_CRYPTO_SHA256];
@@ -450,17 +536,67 @@ static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *
                  ip, a->cfg->auth_failures_per_minute, (unsigned long long)left);
         return KVS_STATUS_UNAUTHENTICATED;
     }
-    size_t len = strlen(m->token);
-    if (u != NULL && u->verified &&
-        kvs_crypto_hmac(a->key, sizeof(a->key), m->token, len, mac) == 0 &&
+    if (len > KVS_TOKEN_MAX) /* no user has one: not worth hashing on the loop */
+        return refuse(a, ac, user, peer, msg, mlen, close);
+    if (u != NULL && u->verified && kvs_crypto_hmac(a->key, sizeof(a->key), token, len, mac) == 0 &&
         kvs_crypto_equal(mac, u->seen, sizeof(mac))) {
         set_user(ac, u);
         snprintf(msg, mlen, "authenticated as \"%s\"", u->cfg->name);
         return KVS_STATUS_OK;
     }
-    if (len > KVS_TOKEN_MAX)
-        return refuse(a, ac, m->user, peer, msg, mlen, close);
     return 0;
+}
+
+/* Queues `at` for a check, or parks it while its address has one in
+ * flight. */
+static void admit(kvs_auth_t *a, kvs_auth_attempt_t *at)
+{
+    addr_count_t *e = addr_slot(a, at->ip, 1);
+    if (e != NULL && e->busy) {
+        at->parked = 1;
+        list_append(&a->parked, &a->parked_tail, at);
+        return;
+    }
+    at->parked = 0;
+    at->slot = e;
+    if (e != NULL)
+        e->busy = 1;
+    list_append(&a->head, &a->tail, at);
+    start_next(a);
+}
+
+/* The first attempt parked for `ip`, taken off the parked list, or NULL. */
+static kvs_auth_attempt_t *unpark(kvs_auth_t *a, const char *ip)
+{
+    for (kvs_auth_attempt_t *at = a->parked; at != NULL; at = at->next)
+        if (strcmp(at->ip, ip) == 0) {
+            list_remove(&a->parked, &a->parked_tail, at);
+            at->parked = 0;
+            return at;
+        }
+    return NULL;
+}
+
+/* `ip` has no attempt in flight any more: its parked attempts are decided
+ * afresh, in order, until one needs a check (it is queued). */
+static void address_free(kvs_auth_t *a, const char *ip)
+{
+    kvs_auth_attempt_t *at;
+    while ((at = unpark(a, ip)) != NULL) {
+        char msg[300];
+        int close = 0;
+        uint32_t st = decide_now(a, at->ac, at->user, at->name, at->token, at->token_len, at->peer,
+                                 msg, sizeof(msg), &close);
+        if (st == 0) {
+            admit(a, at);
+            return;
+        }
+        at->ac->pending = NULL;
+        kvs_auth_done_cb cb = at->cb;
+        void *arg = at->arg;
+        attempt_free(at);
+        cb(arg, st, msg, close);
+    }
 }
 
 uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, const char *peer,
@@ -468,7 +604,7 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
 {
     *close = 0;
     kvs_auth_user_t *u = find_user(a, m->user);
-    uint32_t st = decide_now(a, ac, u, m, peer, msg, mlen, close);
+    uint32_t st = decide_now(a, ac, u, m->user, m->token, strlen(m->token), peer, msg, mlen, close);
     if (st != 0)
         return st;
     kvs_auth_attempt_t *at = calloc(1, sizeof(*at));
@@ -481,16 +617,12 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
     at->user = u;
     snprintf(at->name, sizeof(at->name), "%s", m->user);
     snprintf(at->peer, sizeof(at->peer), "%s", peer);
+    peer_ip(peer, at->ip, sizeof(at->ip));
     at->token_len = strlen(m->token);
     memcpy(at->token, m->token, at->token_len);
     at->cb = cb;
     at->arg = arg;
     ac->pending = at;
-    if (a->tail != NULL)
-        a->tail->next = at;
-    else
-        a->head = at;
-    a->tail = at;
-    start_next(a);
+    admit(a, at);
     return 0;
 }

@@ -28,9 +28,13 @@
  * Limits: tokens are accepted only where they cannot be overheard (TLS, a
  * unix socket, loopback); limits.auth_failures failures close a connection;
  * a client address with limits.auth_failures_per_minute failures in a
- * minute is refused without a check until the minute is over. Failures are
- * logged with the peer's address, at most KVS_AUTH_LOG_PER_SECOND lines a
- * second (the rest are counted and summed up).
+ * minute is refused without a check until the minute is over. An address
+ * has one check at a time: its other attempts wait (on whichever of its
+ * connections sent them) and are decided when that check ends, so the
+ * limit holds however many connections it opens, and one address cannot
+ * keep the others' Auth waiting. Failures are logged with the peer's
+ * address, at most KVS_AUTH_LOG_PER_SECOND lines a second (the rest are
+ * counted and summed up).
  *
  * Threads: everything runs on the loop's thread except the hash check.
  */

@@ -68,6 +68,7 @@ typedef enum {
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
+#define F_AUTO 8u /* D_UINT32: "auto" is accepted and stored as 0 */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -120,6 +121,8 @@ static const directive_t directives[] = {
     {"router.resp_listen", D_LISTEN, OFF(resp_listen), "", 0, 0, NULL, NULL, F_OPTIONAL},
     {"router.timeout", D_DURATION, OFF(router_timeout_ms), "5s", 1, 600000, "from 1ms to 10m", NULL,
      0},
+    {"router.processes", D_UINT32, OFF(router_processes), "auto", 1, KVS_ROUTER_PROCESSES_MAX, NULL,
+     NULL, F_AUTO},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
      "from 1ms to 1h", NULL, 0},
     {"router.local_reads", D_BOOL, OFF(router_local_reads), "true", 0, 0, NULL, NULL, 0},
@@ -500,9 +503,14 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
 {
     uint64_t v;
     const char *end;
+    if ((d->flags & F_AUTO) && strcasecmp(text, "auto") == 0) {
+        *(uint32_t *)field(ctx, d) = 0;
+        return 0;
+    }
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
-        return cfg_error(ctx, m, "%s must be an integer from %llu to %llu (got \"%.80s\")", d->path,
-                         (unsigned long long)d->min, (unsigned long long)d->max, text);
+        return cfg_error(ctx, m, "%s must be %san integer from %llu to %llu (got \"%.80s\")",
+                         d->path, (d->flags & F_AUTO) ? "auto or " : "", (unsigned long long)d->min,
+                         (unsigned long long)d->max, text);
     *(uint32_t *)field(ctx, d) = (uint32_t)v;
     return 0;
 }
@@ -1761,6 +1769,54 @@ static int file_error(const char *path, const char *what, int rc, char *err, siz
 {
     if (err != NULL && errlen > 0)
         snprintf(err, errlen, "%s: %s: %s", path, what, kvs_strerror(rc));
+    return rc;
+}
+
+/* Reads the whole content of `fd` from offset 0 with pread, leaving its
+ * offset alone (it may be shared with other processes). Returns 0 or -errno. */
+static int pread_fd(int fd, char **text, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return -ENOMEM;
+    for (;;) {
+        if (n == cap) {
+            char *bigger = cap >= KVS_CONFIG_MAX_FILE ? NULL : realloc(buf, cap * 2);
+            if (bigger == NULL) {
+                free(buf);
+                return cap >= KVS_CONFIG_MAX_FILE ? -EFBIG : -ENOMEM;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            return -e;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int rc = pread_fd(fd, &text, &len);
+    if (rc != 0)
+        return file_error(path, "cannot read", rc, err, errlen);
+    rc = parse_as(path, path, text, len, out, err, errlen);
+    free(text);
     return rc;
 }
 

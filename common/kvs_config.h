@@ -34,6 +34,10 @@
  *                            valid host name (resolved later, at bind)
  *     timeout: 5s            a shard that does not answer within this gets
  *                            the request answered 503
+ *     processes: auto        router processes sharing the listeners
+ *                            (SO_REUSEPORT); auto = the CPUs this process
+ *                            may run on, at most 8; 1..64. Stored as 0
+ *                            for auto (the master resolves it)
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
  *     local_reads: true      answer reads of local shards from their LMDB
@@ -215,6 +219,7 @@ typedef enum {
 
 #define KVS_NODE_NAME_MAX 64
 #define KVS_MAX_REPLICAS 64 /* nodes serving one shard, at most */
+#define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
 
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
@@ -238,6 +243,7 @@ typedef struct kvs_config_s {
     char *node_listen;      /* "" when unset (with a map: self->address stands in) */
     uint32_t retry_percent;
     uint32_t retry_burst;
+    uint32_t router_processes; /* 0 = auto */
 
     kvs_sync_t sync;
     uint64_t sync_interval_ms;
@@ -280,6 +286,12 @@ typedef struct kvs_config_s {
  * "file: message" when there is no position) into err[0..errlen); *out is
  * then NULL. err may be NULL when errlen is 0. */
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen);
+
+/* Same, from the content of an open descriptor (read from offset 0 with
+ * pread, so its offset, which other processes may share, does not move);
+ * `path` names it in messages and in cfg->path. A router process loads
+ * the master's snapshot of the file this way. */
+int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen);
 
 /* Same, from a string; `name` stands in for the file name in messages. */
 int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out, char *err,

@@ -114,6 +114,17 @@ size_t kvs_conn_pending(const kvs_conn_t *c)
     return kvs_conn_backlog(c) + c->held;
 }
 
+/* A codec's plaintext stream that starts with a TLS record header: a TLS
+ * client on a plaintext port. (A kvs frame decoder sees the same bytes as
+ * an oversized frame: conn_frame_error.) */
+static int conn_codec_hello(const kvs_conn_t *c, const uint8_t *p, size_t n)
+{
+    if (has(c, KVS_CONN_START_SEEN) || c->tls != NULL || n < 3)
+        return 0;
+    return kvs_tls_looks_like_hello((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+                                    (uint32_t)p[2] << 8);
+}
+
 /* The next message: 1 with its bytes, 0 when incomplete, or an error. */
 static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
 {
@@ -122,9 +133,12 @@ static int conn_next(kvs_conn_t *c, const uint8_t **msg, size_t *len)
     const uint8_t *p;
     size_t n, used = 0;
     kvs_frame_dec_data(&c->dec, &p, &n);
+    if (conn_codec_hello(c, p, n))
+        return KVS_ETLSHELLO;
     int rc = c->codec->next(c->codec->state, p, n, c->dec.max, &used);
     if (rc <= 0)
         return rc < 0 ? KVS_EPROTO : 0;
+    c->flags |= KVS_CONN_START_SEEN;
     kvs_frame_dec_consume(&c->dec, used);
     *msg = p;
     *len = used;
@@ -140,7 +154,8 @@ static int conn_ready(const kvs_conn_t *c)
     const uint8_t *p;
     size_t n, used;
     kvs_frame_dec_data(&c->dec, &p, &n);
-    return n > 0 && c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0;
+    return n > 0 && (conn_codec_hello(c, p, n) ||
+                     c->codec->next(c->codec->state, p, n, c->dec.max, &used) != 0);
 }
 
 int kvs_conn_has_frame(const kvs_conn_t *c)
@@ -281,13 +296,25 @@ static void conn_over_budget(kvs_conn_t *c)
     conn_input_ended(c, KVS_ELIMIT);
 }
 
-/* Notes when an incomplete frame (or TLS handshake) started to wait, for
- * the frame timeout. */
+/* A TLS handshake not yet complete (a TLS client sends its ClientHello as
+ * soon as it connects: one that sends nothing is hanging too), or a TLS
+ * record the peer left unfinished (its bytes wait inside the session,
+ * where the decoder cannot see them). */
+static int conn_tls_partial(const kvs_conn_t *c)
+{
+    if (c->tls == NULL)
+        return 0;
+    if (!has(c, KVS_CONN_TLS_READY))
+        return 1;
+    return kvs_tls_mid_record(c->tls);
+}
+
+/* Notes when an incomplete frame (or TLS handshake or record) started to
+ * wait, for the frame timeout. */
 static void conn_track_partial(kvs_conn_t *c)
 {
     int partial = has(c, KVS_CONN_READING) &&
-                  ((kvs_frame_dec_pending(&c->dec) > 0 && !conn_ready(c)) ||
-                   (c->tls != NULL && !has(c, KVS_CONN_TLS_READY) && !kvs_tls_untouched(c->tls)));
+                  ((kvs_frame_dec_pending(&c->dec) > 0 && !conn_ready(c)) || conn_tls_partial(c));
     if (!partial)
         c->partial_since_ms = 0;
     else if (c->partial_since_ms == 0)
@@ -339,12 +366,12 @@ static void conn_frame_error(kvs_conn_t *c, int err)
 {
     /* A header of 0x16 0x03 0x0N...: a TLS client on a plaintext port (read
      * as a frame of over 352 MiB, so always KVS_ETOOBIG below that max). */
-    if (err == KVS_ETOOBIG && c->tls == NULL && kvs_tls_looks_like_hello(c->dec.bad_len)) {
+    if (err == KVS_ETOOBIG && c->tls == NULL && kvs_tls_looks_like_hello(c->dec.bad_len))
+        err = KVS_ETLSHELLO;
+    if (err == KVS_ETLSHELLO)
         kvs_warn("closing %s: it started a TLS handshake on a plaintext port (enable TLS on this "
                  "listener, or connect without TLS)",
                  c->peer);
-        err = KVS_ETLSHELLO;
-    }
     c->flags |= KVS_CONN_FRAME_ERROR;
     c->partial_since_ms = 0;
     conn_input_ended(c, err);
@@ -469,6 +496,7 @@ int kvs_conn_start(kvs_conn_t *c)
         if (rc != 0 && rc != -EAGAIN)
             return KVS_ETLS;
         conn_tls_send(c); /* `out` waits for the handshake */
+        conn_track_partial(c); /* the handshake's time runs from now */
     }
     return 0;
 }
@@ -920,6 +948,10 @@ static void on_sweep(uv_timer_t *t)
             now - (c->partial_since_ms - 1) >= lim->frame_timeout_ms) {
             if (c->tls != NULL && !has(c, KVS_CONN_TLS_READY))
                 kvs_warn("closing %s: its TLS handshake did not complete within "
+                         "limits.frame_timeout (%llu ms)",
+                         c->peer, (unsigned long long)lim->frame_timeout_ms);
+            else if (kvs_frame_dec_pending(&c->dec) == 0)
+                kvs_warn("closing %s: a TLS record it started did not complete within "
                          "limits.frame_timeout (%llu ms)",
                          c->peer, (unsigned long long)lim->frame_timeout_ms);
             else

@@ -45,9 +45,11 @@
  * record), is logged once, naming the peer, and ends input with
  * KVS_ETLS / KVS_ENOTLS; after KVS_ENOTLS the connection is plaintext
  * again, so the owner can say in the peer's own protocol why it is closed.
- * A plaintext connection that receives a TLS ClientHello reports
- * KVS_ETLSHELLO the same way. The plaintext path pays one branch per read
- * and per flush for all this.
+ * A plaintext connection whose stream starts with a TLS record (a
+ * ClientHello), whether it carries kvs frames or a codec's messages,
+ * reports KVS_ETLSHELLO the same way. A TLS record the peer started and
+ * did not finish counts as a started frame for the frame timeout. The
+ * plaintext path pays one branch per read and per flush for all this.
  *
  * State: one bit per condition, each with one meaning (KVS_CONN_* flags,
  * libuv style); whether to read and whether to deliver are derived from
@@ -96,6 +98,7 @@ enum {
     KVS_CONN_TLS_READY = 1u << 13,    /* the TLS handshake completed */
     KVS_CONN_TLS_FAILED = 1u << 14,   /* TLS broke: nothing more is encrypted or decrypted */
     KVS_CONN_TLS_SHUT = 1u << 15,     /* close_notify is queued */
+    KVS_CONN_START_SEEN = 1u << 16,   /* codec: the stream's start was checked for TLS */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the

@@ -5,7 +5,9 @@
  *
  * Both formats first print the message with vsnprintf into a buffer of
  * KVS_LOG_MSG_MAX bytes (a longer message is cut there). Text lines then
- * carry it as it is; JSON lines carry it through json_string, which escapes
+ * carry it with its control characters escaped (\n, \xNN: a message may
+ * quote what a peer sent, and must not become two lines or a terminal
+ * escape); JSON lines carry it through json_string, which escapes
  * what JSON requires and replaces what is not UTF-8, and which stops at a
  * character boundary when the 4 KiB line would overflow, so the object is
  * always closed.
@@ -26,7 +28,8 @@
 #define KVS_LOG_JSON_MAX 4096 /* a JSON line: PIPE_BUF, so a pipe gets it whole */
 
 static char log_role[16] = "kvs";
-static int log_shard = -1;
+static int log_shard = -1;         /* the process's index in its role, -1 = none */
+static char log_key[16] = "shard"; /* what the index is called in JSON lines */
 static kvs_log_level_t log_level = KVS_LOG_INFO;
 static kvs_log_format_t log_format = KVS_LOG_TEXT;
 
@@ -36,8 +39,15 @@ static const char *const json_levels[] = {"debug", "info", "warn", "error"};
 void kvs_log_init(const char *role, int shard, kvs_log_level_t level)
 {
     snprintf(log_role, sizeof(log_role), "%s", role);
+    snprintf(log_key, sizeof(log_key), "shard");
     log_shard = shard;
     log_level = level;
+}
+
+void kvs_log_set_index(const char *key, int index)
+{
+    snprintf(log_key, sizeof(log_key), "%s", key);
+    log_shard = index;
 }
 
 void kvs_log_set_level(kvs_log_level_t level)
@@ -206,18 +216,50 @@ static void stamp(char out[32])
     snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
 }
 
+/* The text form of byte c into esc (room for 4 bytes): itself, or for a
+ * control character \n, \r, \t or \xNN. Returns the length. */
+static size_t text_char(unsigned char c, char esc[4])
+{
+    static const char hex[] = "0123456789abcdef";
+    if (c >= 0x20 && c != 0x7f) {
+        esc[0] = (char)c;
+        return 1;
+    }
+    esc[0] = '\\';
+    if (c == '\n' || c == '\r' || c == '\t') {
+        esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        return 2;
+    }
+    esc[1] = 'x';
+    esc[2] = hex[c >> 4];
+    esc[3] = hex[c & 15];
+    return 4;
+}
+
+/* A text line: the prefix, then the message with its control characters
+ * escaped (text_char), so that one event stays one line whatever a peer
+ * put in it (a user name with a newline cannot forge a second line, an
+ * ESC cannot drive the terminal that shows the log). Cut to cap - 1 bytes,
+ * the newline included. */
 static size_t text_line(char *line, size_t cap, kvs_log_level_t level, const char *when,
                         const char *msg)
 {
     int k;
     if (log_shard >= 0)
-        k = snprintf(line, cap, "%s %s[%d] %s %s", when, log_role, log_shard, level_names[level],
-                     msg);
+        k = snprintf(line, cap, "%s %s[%d] %s ", when, log_role, log_shard, level_names[level]);
     else
-        k = snprintf(line, cap, "%s %s %s %s", when, log_role, level_names[level], msg);
+        k = snprintf(line, cap, "%s %s %s ", when, log_role, level_names[level]);
     size_t n = k < 0 ? 0 : (size_t)k;
     if (n > cap - 2)
-        n = cap - 2; /* truncated: keep the newline */
+        n = cap - 2;
+    for (const unsigned char *p = (const unsigned char *)msg; *p != '\0'; p++) {
+        char esc[4];
+        size_t len = text_char(*p, esc);
+        if (n + len > cap - 2)
+            break; /* truncated: keep the newline */
+        memcpy(line + n, esc, len);
+        n += len;
+    }
     line[n++] = '\n';
     return n;
 }
@@ -231,7 +273,7 @@ static size_t json_line(char *line, size_t cap, kvs_log_level_t level, const cha
     w = (size_t)k;
     json_string(line, &w, cap, 96, log_role, strlen(log_role));
     if (log_shard >= 0) {
-        k = snprintf(line + w, cap - w, ",\"shard\":%d", log_shard);
+        k = snprintf(line + w, cap - w, ",\"%s\":%d", log_key, log_shard);
         w += (size_t)k;
     }
     memcpy(line + w, ",\"message\":", 11);

@@ -8,7 +8,9 @@
  *   {"time":"2026-11-22T02:43:41.123Z","level":"info","role":"node","shard":2,
  *    "message":"opened shard-2 (3 tables)"}
  *
- * (on one line). "shard" is present only when the process has one. Every
+ * (on one line). "shard" is present only when the process has one; a
+ * router process of a node running several (router.processes) has its
+ * index instead, as "router[1]" in text and "router":1 in JSON. Every
  * string is valid JSON text whatever the message holds: quotes, backslashes
  * and control characters are escaped, and bytes that are not UTF-8 become
  * U+FFFD, one per maximal invalid sequence (Unicode's recommended practice).
@@ -40,6 +42,12 @@ typedef enum {
 /* Sets the role name (copied, truncated to 15 bytes), the shard id shown in
  * brackets (negative: none) and the minimum level that is printed. */
 void kvs_log_init(const char *role, int shard, kvs_log_level_t level);
+
+/* Sets the index shown in brackets after the role (negative: none) and
+ * the JSON field that holds it (`key`, copied, at most 15 bytes, plain
+ * letters: it is written unescaped): kvs_log_set_index("router", 1) gives
+ * "router[1]" and "router":1. kvs_log_init resets the key to "shard". */
+void kvs_log_set_index(const char *key, int index);
 
 /* Changes the minimum level. */
 void kvs_log_set_level(kvs_log_level_t level);

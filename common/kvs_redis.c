@@ -10,9 +10,13 @@
  *    starting with '$' are protocol errors;
  *  - anything else is an inline request: one line, split into words with
  *    Redis's quoting rules (sdssplitargs).
- * Multibulk progress survives across calls as offsets from the request's
- * first byte (the caller's buffer may be compacted in between): each call
- * resumes at `pos` with the arguments read so far in `offs`.
+ * Multibulk progress survives across calls as an offset from the request's
+ * first byte (the caller's buffer may be compacted in between) and a count:
+ * each call resumes at `pos` with `argc` arguments read so far. Nothing is
+ * kept per argument until the request is complete (then one pass over its
+ * headers fills argv), so an incomplete request costs its bytes, which the
+ * caller's input budget counts, and nothing more: a million empty
+ * arguments would otherwise take 16 bytes of arrays for each 6 of input.
  *
  * Every length is checked against the bytes actually present before it is
  * used, and no request may pass `max_request` bytes, so a hostile length
@@ -38,7 +42,6 @@ void kvs_redis_parser_init(kvs_redis_parser_t *ps)
 void kvs_redis_parser_close(kvs_redis_parser_t *ps)
 {
     free(ps->argv);
-    free(ps->offs);
     kvs_buf_free(&ps->scratch);
     memset(ps, 0, sizeof(*ps));
 }
@@ -75,10 +78,6 @@ static int grow(kvs_redis_parser_t *ps, size_t n)
     if (a == NULL)
         return -ENOMEM;
     ps->argv = a;
-    size_t *o = realloc(ps->offs, cap * 2 * sizeof(*o));
-    if (o == NULL)
-        return -ENOMEM;
-    ps->offs = o;
     ps->cap = cap;
     return 0;
 }
@@ -92,8 +91,8 @@ static int parse_ll(const uint8_t *p, size_t n, long long *out)
     int neg = 0;
     if (p[0] == '-') {
         neg = 1;
-        if (++i == n)
-            return -1;
+        if (++i == n || p[i] == '0')
+            return -1; /* "-" alone, "-0", "-01": as Redis's string2ll */
     }
     if (p[i] == '0' && n - i > 1)
         return -1; /* no leading zeros */
@@ -157,6 +156,21 @@ static int parse_count(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
     return 2; /* go on with the bulks */
 }
 
+/* A complete multibulk at p: argv[0..argc) from its headers, which
+ * parse_bulks has checked. */
+static void fill_args(kvs_redis_parser_t *ps, const uint8_t *p)
+{
+    const uint8_t *at = (const uint8_t *)memchr(p, '\r', ps->pos) + 2;
+    for (size_t i = 0; i < ps->argc; i++) {
+        const uint8_t *cr = memchr(at, '\r', (size_t)(p + ps->pos - at));
+        long long n = 0;
+        parse_ll(at + 1, (size_t)(cr - at - 1), &n); /* checked: 0 <= n */
+        ps->argv[i].p = cr + 2;
+        ps->argv[i].len = (size_t)n;
+        at = cr + 2 + (size_t)n + 2;
+    }
+}
+
 static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
                        size_t *used)
 {
@@ -180,17 +194,12 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
                         max_request);
         if (len < start + (size_t)n + 2)
             return 0; /* the bulk has not all arrived */
-        if (grow(ps, ps->argc + 1) != 0)
-            return -ENOMEM;
-        ps->offs[2 * ps->argc] = start;
-        ps->offs[2 * ps->argc + 1] = (size_t)n;
         ps->argc++;
         ps->pos = start + (size_t)n + 2; /* the CRLF after the data is skipped, as Redis does */
     }
-    for (size_t i = 0; i < ps->argc; i++) {
-        ps->argv[i].p = p + ps->offs[2 * i];
-        ps->argv[i].len = ps->offs[2 * i + 1];
-    }
+    if (grow(ps, ps->argc) != 0)
+        return -ENOMEM;
+    fill_args(ps, p);
     *used = ps->pos;
     ps->want = 0;
     ps->pos = 0;
@@ -282,16 +291,13 @@ static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
             break;
         if (grow(ps, argc + 1) != 0)
             return -ENOMEM;
-        ps->offs[2 * argc] = sc->len;
+        size_t start = sc->len;
         if (inline_word(s, n, &i, sc) != 0)
             return fail(ps, "Protocol error: unbalanced quotes in request");
-        ps->offs[2 * argc + 1] = sc->len - ps->offs[2 * argc];
+        /* scratch never grows past the n + 1 bytes reserved: pointers are stable. */
+        ps->argv[argc].p = sc->data + start;
+        ps->argv[argc].len = sc->len - start;
         argc++;
-    }
-    /* scratch never grows past the n + 1 bytes reserved: pointers are stable. */
-    for (size_t k = 0; k < argc; k++) {
-        ps->argv[k].p = sc->data + ps->offs[2 * k];
-        ps->argv[k].len = ps->offs[2 * k + 1];
     }
     ps->argc = argc;
     return 1;
@@ -322,9 +328,7 @@ static void shrink(kvs_redis_parser_t *ps)
 {
     if (ps->cap > KVS_REDIS_KEEP_ARGS) {
         free(ps->argv);
-        free(ps->offs);
         ps->argv = NULL;
-        ps->offs = NULL;
         ps->cap = 0;
     }
     if (ps->scratch.cap > 4096)
@@ -521,9 +525,23 @@ static uint8_t fold(uint8_t c, int nocase)
     return nocase && c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
 }
 
+/* One step of matching work spent from *budget (NULL: unbounded); 0 once
+ * it is gone. */
+static int spend(uint64_t *budget)
+{
+    if (budget == NULL)
+        return 1;
+    if (*budget == 0)
+        return 0;
+    (*budget)--;
+    return 1;
+}
+
 /* Does the class starting at pat[*pi] ('[' already consumed) contain c?
- * Advances *pi past the closing ']' (or to the end). */
-static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, int nocase)
+ * Advances *pi past the closing ']' (or to the end). Returns 1, 0, or -1
+ * when the budget ran out (a class costs a step per byte). */
+static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, int nocase,
+                       uint64_t *budget)
 {
     size_t i = *pi;
     int neg = 0, match = 0;
@@ -532,6 +550,8 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
         i++;
     }
     for (; i < plen && pat[i] != ']'; i++) {
+        if (!spend(budget))
+            return -1;
         if (pat[i] == '\\' && i + 1 < plen) {
             i++;
             match |= fold(pat[i], nocase) == fold(c, nocase);
@@ -552,10 +572,13 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
     return neg ? !match : match;
 }
 
-int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase)
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase,
+                   uint64_t *budget)
 {
     size_t pi = 0, si = 0, star_p = (size_t)-1, star_s = 0;
     while (si < slen) {
+        if (!spend(budget))
+            return -1;
         if (pi < plen && pat[pi] == '*') {
             while (pi < plen && pat[pi] == '*')
                 pi++;
@@ -572,7 +595,8 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
                 ok = 1;
             } else if (pat[pi] == '[') {
                 next = pi + 1;
-                ok = class_match(pat, plen, &next, s[si], nocase);
+                if ((ok = class_match(pat, plen, &next, s[si], nocase, budget)) < 0)
+                    return -1;
             } else if (pat[pi] == '\\' && pi + 1 < plen) {
                 ok = fold(pat[pi + 1], nocase) == fold(s[si], nocase);
                 next = pi + 2;

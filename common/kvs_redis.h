@@ -13,8 +13,10 @@
  * Bounds: a request may be at most `max_request` bytes in all (kvs passes
  * limits.max_frame), a multibulk at most KVS_REDIS_MAX_ARGS arguments, an
  * inline request at most KVS_REDIS_MAX_INLINE bytes. Memory follows the
- * bytes that arrived, never a count announced ahead of them, and what one
- * large request needed is given back before the next.
+ * bytes that arrived, never a count announced ahead of them: an incomplete
+ * request holds no memory but its bytes (the caller's), a complete one an
+ * argument array, and what one large request needed is given back before
+ * the next.
  *
  * Replies: small writers that append RESP to a kvs_buf; with `resp3` set
  * they use RESP3's null, map, double and boolean types, else RESP2's
@@ -47,12 +49,13 @@ typedef struct kvs_redis_parser_s {
     kvs_redis_arg_t *argv;
     const char *error; /* after -1: the message, e.g. "Protocol error: ..." */
 
-    /* Progress through a multibulk not yet complete (offsets from the start
-     * of the request, so the caller may move the bytes between calls). */
-    size_t want;  /* arguments announced, 0 = no multibulk in progress */
-    size_t pos;   /* where parsing resumes */
-    size_t *offs; /* offset and length of each argument read so far */
-    size_t cap;   /* capacity of argv and offs */
+    /* Progress through a multibulk not yet complete (an offset from the
+     * start of the request, so the caller may move the bytes between calls;
+     * argc counts the arguments read so far, and nothing else is kept per
+     * argument until the request is complete). */
+    size_t want; /* arguments announced, 0 = no multibulk in progress */
+    size_t pos;  /* where parsing resumes */
+    size_t cap;  /* capacity of argv */
     kvs_buf_t scratch;
     char errbuf[96];
 } kvs_redis_parser_t;
@@ -105,8 +108,12 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =
 size_t kvs_redis_format_double(char *buf, double v);
 
 /* Redis's glob matching (stringmatchlen): *, ?, [...] with ranges and ^,
- * backslash escapes. Iterative and bounded: no pattern can make it
- * exponential. */
-int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase);
+ * backslash escapes. Iterative: no pattern can make it exponential, but a
+ * pattern's cost still grows with its length times the string's (a long
+ * [...] class is scanned at every position a star tries), so a caller on
+ * an event loop passes a budget of steps, spent across calls (NULL: no
+ * bound). Returns 1 (matches), 0, or -1 when the budget ran out. */
+int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, int nocase,
+                   uint64_t *budget);
 
 #endif

@@ -66,6 +66,11 @@ struct kvs_tls_s {
     int shut;
     int touched; /* ciphertext arrived */
     int checked; /* the first bytes were checked for TLS */
+    /* Where the peer's ciphertext stands in its record framing (5-byte
+     * headers, the last two the body's length), for kvs_tls_mid_record. */
+    unsigned rec_hdr; /* header bytes of the next record seen so far (0..4) */
+    size_t rec_len;   /* the header's length, assembled */
+    size_t rec_left;  /* body bytes of the current record still to come */
     char err[320];
 };
 
@@ -436,10 +441,34 @@ int kvs_tls_in_space(kvs_tls_t *t, size_t want, uint8_t **base, size_t *len)
     return 0;
 }
 
+/* Follows the record framing over p[0..n), the next ciphertext bytes. */
+static void track_records(kvs_tls_t *t, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (t->rec_left > 0) {
+            size_t k = n < t->rec_left ? n : t->rec_left;
+            t->rec_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        if (t->rec_hdr >= 3) /* the length: header bytes 3 and 4 */
+            t->rec_len = t->rec_len << 8 | *p;
+        p++;
+        n--;
+        if (++t->rec_hdr == 5) {
+            t->rec_left = t->rec_len;
+            t->rec_hdr = 0;
+            t->rec_len = 0;
+        }
+    }
+}
+
 void kvs_tls_in_commit(kvs_tls_t *t, size_t n)
 {
     if (n > 0)
         t->touched = 1;
+    track_records(t, t->in_shared ? shared_in : t->own.data + t->own.len, n);
     if (t->in_shared) {
         t->src = shared_in;
         t->src_len = n;
@@ -610,6 +639,11 @@ int kvs_tls_is_server(const kvs_tls_t *t)
 int kvs_tls_untouched(const kvs_tls_t *t)
 {
     return !t->touched;
+}
+
+int kvs_tls_mid_record(const kvs_tls_t *t)
+{
+    return t->rec_hdr > 0 || t->rec_left > 0;
 }
 
 const char *kvs_tls_error(const kvs_tls_t *t)

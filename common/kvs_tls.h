@@ -143,6 +143,13 @@ int kvs_tls_is_server(const kvs_tls_t *t);
 /* 1 before any ciphertext arrived from the peer. */
 int kvs_tls_untouched(const kvs_tls_t *t);
 
+/* 1 when the ciphertext that arrived so far ends inside a TLS record (its
+ * header or body): the peer started a record it has not finished. Such a
+ * record waits inside the session, invisible to whatever reads the
+ * plaintext, so a caller that bounds how long a request may take to
+ * arrive must count it as a request started. */
+int kvs_tls_mid_record(const kvs_tls_t *t);
+
 /* Why the session failed, in words ("" if it did not). Owned by the
  * session. */
 const char *kvs_tls_error(const kvs_tls_t *t);

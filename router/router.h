@@ -50,6 +50,11 @@ struct router_s {
     uint64_t next_client_id;
     kvs_listener_t resp_listener; /* router.resp_listen, when set */
     int resp_listening;
+    uint32_t proc_index;       /* this router process's index (router_procs.h) */
+    uint32_t n_procs;          /* router.processes, resolved */
+    uint64_t id_base;          /* client ids and HSCAN cursor numbers: id_base | counter */
+    uint64_t listen_inodes[2]; /* the listeners' sockets: router.listen, resp_listen */
+    size_t n_listen;
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
     router_session_t *release; /* sessions whose held requests may go now */
@@ -63,7 +68,9 @@ struct router_s {
 /* ---- clients (router_client.c) ------------------------------------------ */
 
 /* Starts accepting clients on cfg->router_listen, and Redis protocol
- * clients on cfg->resp_listen when set. Returns 0 or a uv error. */
+ * clients on cfg->resp_listen when set, each on a socket of its own that
+ * the node's other router processes share (SO_REUSEPORT, router_ports);
+ * their inodes go to r->listen_inodes. Returns 0 or a uv error. */
 int router_clients_listen(router_t *r);
 
 /* Stops accepting; every client is answered what it sent, then closed.

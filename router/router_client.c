@@ -33,6 +33,8 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "router.h"
+#include "router_ports.h"
+#include "router_procs.h"
 #include "router_redis.h"
 
 #include <stdlib.h>
@@ -341,9 +343,15 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
     if (resp)
         kvs_conn_refuse(server, r->tls != NULL ? NULL : (const void *)router_redis_too_many_clients,
                         strlen(router_redis_too_many_clients));
-    else if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                                   "too many clients (limits.max_clients = %u); retry later",
-                                   r->max_clients) == 0)
+    else if ((r->n_procs > 1
+                  ? kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                          "too many clients (%u, this router process's share of "
+                                          "limits.max_clients over %u router processes); retry "
+                                          "later",
+                                          r->max_clients, r->n_procs)
+                  : kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                          "too many clients (limits.max_clients = %u); retry later",
+                                          r->max_clients)) == 0)
         kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
     kvs_buf_free(&b);
     uint64_t now = uv_now(r->loop);
@@ -369,7 +377,9 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
-    if (cl == NULL || (resp && (cl->redis = router_redis_new(r, ++r->next_client_id)) == NULL)) {
+    if (cl == NULL ||
+        (resp && (cl->redis = router_redis_new(
+                      r, r->id_base | (++r->next_client_id & ROUTER_ID_COUNTER_MASK))) == NULL)) {
         kvs_error("out of memory accepting a client");
         free(cl);
         return;
@@ -402,6 +412,16 @@ static void on_connection(uv_stream_t *server, int status)
     }
 }
 
+static void listen_failed(const char *where, int rc)
+{
+    if (rc == UV_EADDRINUSE)
+        kvs_error("cannot listen on %s: %s (another process holds this port without sharing "
+                  "it, SO_REUSEPORT, or runs as another user); stop it or choose another port",
+                  where, uv_strerror(rc));
+    else
+        kvs_error("cannot listen on %s: %s", where, uv_strerror(rc));
+}
+
 static int listen_resp(router_t *r)
 {
     kvs_addr_t addr;
@@ -413,11 +433,13 @@ static int listen_resp(router_t *r)
         kvs_error("router.resp_listen: %s", err);
         return rc;
     }
-    rc = kvs_listen(r->loop, &addr, &r->resp_listener, on_connection);
+    rc = router_ports_listen(r->loop, &addr, &r->resp_listener, on_connection,
+                             &r->listen_inodes[r->n_listen]);
     if (rc != 0) {
-        kvs_error("cannot listen on %s: %s", r->cfg->resp_listen, uv_strerror(rc));
+        listen_failed(r->cfg->resp_listen, rc);
         return rc;
     }
+    r->n_listen++;
     r->resp_listener.handle.data = r;
     r->resp_listening = 1;
     kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
@@ -445,11 +467,12 @@ int router_clients_listen(router_t *r)
     r->max_clients =
         kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
                              links + (r->local != NULL ? 2 * r->shards : 0) + ROUTER_FD_RESERVE);
-    rc = kvs_listen(r->loop, &addr, &r->listener, on_connection);
+    rc = router_ports_listen(r->loop, &addr, &r->listener, on_connection, &r->listen_inodes[0]);
     if (rc != 0) {
-        kvs_error("cannot listen on %s: %s", r->cfg->router_listen, uv_strerror(rc));
+        listen_failed(r->cfg->router_listen, rc);
         return rc;
     }
+    r->n_listen = 1;
     r->listener.handle.data = r;
     r->listening = 1;
     kvs_info("accepting clients on %s%s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "",

@@ -3,42 +3,48 @@
  *
  *   kvs-router --config FILE
  *
- * Start-up: load and validate the config, take <data_dir>/router.lock (a
- * second router on the same data refuses), spawn a kvs-node for every local
- * shard (those this node's entry in cluster.nodes lists, or every shard not
- * in cluster.remote), connect a link to every replica of every shard
- * (kvs_cluster: unix socket for this node's own, TCP for the others;
- * router_replica chooses among them per request), and start accepting
- * clients once every local worker answers. Remote replicas are not waited
- * for: requests go to the replicas that are up, and get 503 while none is.
+ * runs the node's master (router_master.c): it loads the config, takes
+ * <data_dir>/router.lock, spawns a kvs-node for every local shard (those this node's entry in
+ * cluster.nodes lists, or every shard not in cluster.remote) and
+ * router.processes router processes, supervises them all, tells systemd
+ * when the node is ready, and stops everything in order.
  *
- * Under systemd (Type=notify) the router sends READY=1 once it accepts
- * clients, STOPPING=1 when the shutdown begins, and STATUS= lines
- * (router_notify). SIGHUP, systemd's reload, is logged and changes
- * nothing until live reload exists.
+ * This file is also the router process the master starts:
  *
- * Shutdown (SIGTERM/SIGINT): stop accepting, answer every request already
- * received, close clients, stop the workers (SIGTERM, SIGKILL after a grace
- * period), exit 0. A second signal closes clients at once. Workers run in
- * their own process group (and die with the router through
- * PR_SET_PDEATHSIG), so a terminal's Ctrl-C, which signals the whole
- * foreground group, reaches only the router and drains exactly like
- * SIGTERM; no worker is restarted once the shutdown began.
+ *   kvs-router --config FILE --processes N --generation G --router I
  *
- * SIGHUP reloads the TLS certificates, keys and CAs of the client listener
- * and the links from their files (rotation: connections already open keep
- * theirs, new ones use the new material; a file that does not load leaves
- * the old material in use, logged) and is passed on to every local worker,
- * which does the same for its TCP listener.
+ * with the descriptors router_procs.h lists (never started by hand). A
+ * router process loads the master's config snapshot, takes its share of
+ * the node-wide limits, connects a link to every shard (unix socket for
+ * local ones, TCP for remote ones), and once every local shard answers
+ * binds its own socket on the client ports (SO_REUSEPORT: all router
+ * processes share them, the kernel spreads connections) and tells the
+ * master. Remote shards are not waited for: their requests get 503 until
+ * their node is reachable. Everything a client sees lives in one router
+ * process: its connection, session, requests, HSCAN cursors; nothing is
+ * shared between router processes but the ports.
  *
- * The shutdown has one entry, shutdown_begin, whatever the cause (a signal,
- * the readiness timeout, a worker's fatal exit, a failed start), and each
- * step runs once: draining, then stopping links and workers. Exit status:
- * 0 after a signal, 1 when the node could not start (or listen), 2 for a
- * bad command line, 78 (EX_CONFIG) for a config file that does not load
- * (TLS material that does not load included), a data directory other
- * users may write to, or when a worker reported that its configuration can
- * never work (its message is the router's last log line).
+ * Shutdown of a router process (SIGTERM/SIGINT from the master, or the
+ * master's death through PR_SET_PDEATHSIG): stop accepting, answer every
+ * request already received, close clients, stop the links, exit 0. A
+ * second signal closes clients at once; clients still there after
+ * DRAIN_TIMEOUT_MS are closed too. The master stops the workers once every
+ * router process is gone.
+ *
+ * SIGHUP (passed on by the master) reloads the TLS certificates, keys and
+ * CAs of the client listener and the links from their files (rotation:
+ * connections already open keep theirs, new ones use the new material; a
+ * file that does not load leaves the old material in use, logged).
+ *
+ * Exit status (the master's, which is the node's): 0 after a signal, 1
+ * when the node could not start (or listen), 2 for a bad command line, 78
+ * (EX_CONFIG) for a config file that does not load (TLS material that does
+ * not load included), a data directory other users may write to, or when
+ * a worker or router process reported that its configuration can never
+ * work (its message is the master's last log line). A router process
+ * exits 0 after its drain, 1 when it cannot listen, 78 when its TLS
+ * material does not load; the reason goes to the master on its report
+ * descriptor too.
  */
 #include "kvs_cluster.h"
 #include "kvs_config.h"
@@ -46,38 +52,39 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "router.h"
+#include "router_master.h"
+#include "router_procs.h"
 #include "router_redis.h"
-#include "router_notify.h"
-#include "router_supervisor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <malloc.h>
-#include <libgen.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sysexits.h>
 #include <unistd.h>
 
-#define DRAIN_TIMEOUT_MS 10000
-#define WORKER_GRACE_MS 10000
-#define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
-#define REPORT_FD_ARG "3"
+#define DRAIN_TIMEOUT_MS 10000 /* router_master.c allows this plus a margin */
 
 typedef struct router_main_s {
     router_t r;
     const char *config_path;
-    router_sup_t *sup;
+    long index; /* --router: this router process's index; -1: the master */
+    long gen;   /* --generation */
+    long n_procs;
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer; /* readiness deadline, then drain deadline */
+    uv_timer_t timer; /* drain deadline */
     int signals;
     int ready;
-    int shutting_down;    /* shutdown_begin ran: draining clients */
-    int workers_stopping; /* links and workers are being stopped */
+    int shutting_down;  /* shutdown_begin ran: draining clients */
+    int links_stopping; /* clients are gone: links are being stopped */
     int exit_code;
-    char final_msg[800]; /* the last log line, when a worker's exit stopped the node */
     uint32_t local_up;
     uint32_t n_local;
 } router_main_t;
@@ -86,60 +93,96 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvs-router --config FILE\n"
                "\n"
-               "Starts a kvs node: spawns the local shard workers (kvs-node) and serves\n"
-               "clients on router.listen, routing every table/key to its shard.\n");
+               "Starts a kvs node: spawns the local shard workers (kvs-node) and\n"
+               "router.processes router processes, which serve clients on router.listen,\n"
+               "routing every table/key to its shard.\n");
+}
+
+/* A decimal number of --router, --generation or --processes in [0, max];
+ * -1 for anything else. */
+static long number_arg(const char *s, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return errno == 0 && end != s && *end == '\0' && v >= 0 && v <= max ? v : -1;
 }
 
 static int parse_args(int argc, char **argv, router_main_t *m)
 {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int ch;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},    {"help", no_argument, NULL, 'h'},
+        {"router", required_argument, NULL, 'r'},    {"generation", required_argument, NULL, 'g'},
+        {"processes", required_argument, NULL, 'p'}, {NULL, 0, NULL, 0}};
+    int ch, bad = 0;
+    m->index = m->gen = m->n_procs = -1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         if (ch == 'c') {
             m->config_path = optarg;
         } else if (ch == 'h') {
             usage(stdout);
             exit(0);
+        } else if (ch == 'r') {
+            bad |= (m->index = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX - 1)) < 0;
+        } else if (ch == 'g') {
+            bad |= (m->gen = number_arg(optarg, UINT32_MAX)) < 0;
+        } else if (ch == 'p') {
+            bad |= (m->n_procs = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX)) < 1;
         } else {
-            usage(stderr);
-            return -1;
+            bad = 1;
         }
     }
-    if (m->config_path == NULL || optind != argc) {
+    /* --router needs the other two; the master takes none of them. */
+    if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs))
+        bad = 1;
+    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0))
+        bad = 1;
+    if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
         return -1;
     }
     return 0;
 }
 
-/* One router per data directory: an flock held for the process's life.
- * Returns 0, 1, or EX_CONFIG for a data directory others may write to. */
-static int take_lock(const kvs_config_t *cfg)
+/* Tells the master why this router process is about to exit (one line on
+ * the report descriptor, see router_procs.h), after logging it. */
+__attribute__((format(printf, 1, 2))) static void report_exit(const char *fmt, ...)
 {
-    char path[4200], why[4400];
-    int rc = kvs_mkdir_p(cfg->data_dir);
-    if (rc != 0) {
-        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return 1;
+    char line[700];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n < sizeof(line) - 1 ? (size_t)n : sizeof(line) - 2;
+    kvs_error("%.*s", (int)len, line);
+    line[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(ROUTER_FD_REPORT, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
     }
-    if (kvs_fs_check_private(cfg->data_dir, why, sizeof(why)) != 0) {
-        kvs_error("%s", why);
-        return EX_CONFIG;
-    }
-    snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
-    int fd = kvs_lock_file(path);
-    if (fd == -EBUSY)
-        kvs_error("another kvs-router is already running on data_dir %s (it holds %s); stop it "
-                  "first or use another data_dir",
-                  cfg->data_dir, path);
-    else if (fd < 0)
-        kvs_error("%s: cannot open: %s", path, kvs_strerror(fd));
-    return fd < 0 ? 1 : 0; /* fd stays open (and locked) until exit */
 }
 
 static void shutdown_begin(router_main_t *m, int exit_code);
+
+/* Tells the master this router process accepts clients, naming its
+ * listeners' sockets (the master checks nobody else's share the port). */
+static void tell_listening(router_main_t *m)
+{
+    char line[96];
+    size_t len = router_procs_listening_line(line, sizeof(line), m->r.listen_inodes, m->r.n_listen);
+    ssize_t w;
+    do
+        w = write(ROUTER_FD_NOTIFY, line, len);
+    while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)len)
+        kvs_warn("cannot tell the master this router listens: %s", strerror(errno));
+}
 
 /* Every local shard answers (or there is none): accept clients and say so.
  * Returns 0 or a uv error. */
@@ -147,11 +190,13 @@ static int become_ready(router_main_t *m)
 {
     m->ready = 1;
     int rc = router_clients_listen(&m->r);
-    if (rc != 0)
+    if (rc != 0) {
+        report_exit("cannot listen for clients: %s (see above)", uv_strerror(rc));
         return rc;
-    kvs_info("node ready: %u shards (%u local)", m->r.shards, m->n_local);
-    router_notify_ready("serving clients on %s: %u shards (%u local)", m->r.cfg->router_listen,
-                        m->r.shards, m->n_local);
+    }
+    kvs_info("router %u of %u ready: %u shards (%u local)", m->r.proc_index, m->r.n_procs,
+             m->r.shards, m->n_local);
+    tell_listening(m);
     return 0;
 }
 
@@ -167,7 +212,6 @@ static void on_link_state(router_link_t *l, int up)
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
     if (++m->local_up < m->n_local)
         return;
-    uv_timer_stop(&m->timer);
     if (become_ready(m) != 0)
         shutdown_begin(m, 1);
 }
@@ -210,67 +254,6 @@ static int start_links(router_main_t *m)
     return 0;
 }
 
-/* ---- workers --------------------------------------------------------------------- */
-
-/* A worker exited with EX_CONFIG: its configuration can never work (a
- * binding's partition count differs from the topic's, its data directory
- * belongs to another shard, ...). The supervisor does not restart it, and
- * a node missing a shard for good is not a node: stop, saying why. */
-static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
-{
-    router_main_t *m = arg;
-    if (running || sig != 0 || status != EX_CONFIG)
-        return;
-    const char *why = router_sup_report(m->sup, shard);
-    snprintf(m->final_msg, sizeof(m->final_msg),
-             "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
-             "status %d, EX_CONFIG; fix the config and start again)",
-             shard, why[0] ? why : "see its error above", EX_CONFIG);
-    kvs_error("shard %u cannot run with this configuration; stopping the node", shard);
-    shutdown_begin(m, EX_CONFIG);
-}
-
-static int start_workers(router_main_t *m, const char *argv0)
-{
-    const kvs_config_t *cfg = m->r.cfg;
-    char exe[4200], dir[4096];
-    size_t len = sizeof(exe);
-    if (uv_exepath(exe, &len) != 0)
-        snprintf(exe, sizeof(exe), "%s", argv0);
-    snprintf(dir, sizeof(dir), "%s", dirname(exe));
-    snprintf(exe, sizeof(exe), "%s/kvs-node", dir);
-    uint32_t *local = calloc(cfg->shards, sizeof(*local));
-    if (local == NULL)
-        return -ENOMEM;
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        if (kvs_config_local(cfg, s))
-            local[m->n_local++] = s;
-    const char *args[] = {"--config",    m->config_path, "--exit-with-parent",
-                          "--report-fd", REPORT_FD_ARG,  NULL};
-    router_sup_opts_t o = {
-        .loop = m->r.loop,
-        .exe = exe,
-        .args = args,
-        .shards = local,
-        .n_shards = m->n_local,
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 10000,
-        .stable_ms = 30000,
-        .crash_loop_limit = 5,
-        .stop_grace_ms = WORKER_GRACE_MS,
-        .detach = 1,
-        .report_fd = REPORT_FD,
-        .fatal_status = EX_CONFIG,
-        .on_event = on_worker_event,
-        .arg = m,
-    };
-    int rc = router_sup_start(&o, &m->sup);
-    free(local);
-    if (rc != 0)
-        kvs_error("cannot start workers (%s): %s", exe, uv_strerror(rc));
-    return rc;
-}
-
 /* ---- shutdown ------------------------------------------------------------------------ */
 
 static void close_any(uv_handle_t *h, void *arg)
@@ -280,29 +263,19 @@ static void close_any(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-static void on_workers_stopped(void *arg)
-{
-    router_main_t *m = arg;
-    uv_walk(m->r.loop, close_any, NULL);
-}
-
-/* Every client is gone: stop the links and the workers, once. */
+/* Every client is gone: stop the links, once, and let the loop end. */
 static void on_drained(router_t *r)
 {
     router_main_t *m = (router_main_t *)r; /* r is the first member */
-    if (m->workers_stopping)
+    if (m->links_stopping)
         return;
-    m->workers_stopping = 1;
+    m->links_stopping = 1;
     uv_timer_stop(&m->timer);
-    kvs_info("clients drained; stopping workers");
-    router_notify_status("clients drained; stopping workers");
+    kvs_info("clients drained");
     for (uint32_t i = 0; i < m->r.n_links; i++)
         router_link_stop(&m->r.links[i]);
     router_local_stop(m->r.local);
-    if (m->sup != NULL)
-        router_sup_stop(m->sup, on_workers_stopped, m);
-    else
-        on_workers_stopped(m);
+    uv_walk(m->r.loop, close_any, NULL);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -312,9 +285,9 @@ static void on_drain_timeout(uv_timer_t *t)
     router_clients_abort(&m->r);
 }
 
-/* The one way into the shutdown: stop accepting, hold worker restarts,
- * answer what was received, then stop everything (on_drained). Later calls
- * only raise the exit code. */
+/* The one way into the shutdown: stop accepting, answer what was
+ * received, then stop the links (on_drained). Later calls only raise the
+ * exit code. */
 static void shutdown_begin(router_main_t *m, int exit_code)
 {
     if (m->exit_code == 0)
@@ -322,24 +295,9 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    if (exit_code == 0)
-        router_notify_stopping("draining clients");
-    else
-        router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
-    if (m->sup != NULL)
-        router_sup_hold(m->sup);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
     router_clients_drain(&m->r); /* may call on_drained at once */
-}
-
-static void on_ready_timeout(uv_timer_t *t)
-{
-    router_main_t *m = t->data;
-    kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
-              "errors above); giving up",
-              (unsigned long long)m->r.cfg->router_ready_timeout_ms);
-    shutdown_begin(m, 1);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -358,21 +316,13 @@ static void on_signal(uv_signal_t *h, int signum)
 /* ---- TLS -------------------------------------------------------------------------- */
 
 /* Builds the TLS contexts the config asks for. Returns 0, or EX_CONFIG
- * after logging why (a file that does not load can never start). */
+ * after reporting why (a file that does not load can never start). */
 static int tls_start(router_main_t *m)
 {
-    const kvs_config_t *cfg = m->r.cfg;
     char err[600];
-    int rc = 0;
-    if (cfg->tls_router.enabled)
-        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, &m->r.tls, err,
-                                      sizeof(err));
-    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
-        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, &m->r.link_tls, err,
-                                      sizeof(err));
-    if (rc == 0)
+    if (router_tls_load(m->r.cfg, &m->r.tls, &m->r.link_tls, err, sizeof(err)) == 0)
         return 0;
-    kvs_error("%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+    report_exit("%s", err);
     return EX_CONFIG;
 }
 
@@ -390,8 +340,8 @@ static void tls_reload(kvs_tls_ctx_t *c)
                   err);
 }
 
-/* SIGHUP: what can change live. Today: TLS material, here and in every
- * local worker. */
+/* SIGHUP (passed on by the master, which passes it to the workers too):
+ * what can change live. Today: TLS material. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     router_main_t *m = h->data;
@@ -399,11 +349,6 @@ static void on_sighup(uv_signal_t *h, int signum)
     kvs_info("received SIGHUP: reloading TLS material");
     tls_reload(m->r.tls);
     tls_reload(m->r.link_tls);
-    for (uint32_t s = 0; m->sup != NULL && s < m->r.shards; s++) {
-        pid_t pid = router_sup_pid(m->sup, s);
-        if (pid > 0)
-            uv_kill(pid, SIGHUP);
-    }
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -415,7 +360,7 @@ static void on_flush(kvs_flusher_t *f)
     router_route_release(f->data);
 }
 
-static int router_start(router_main_t *m, const char *argv0)
+static int router_start(router_main_t *m)
 {
     router_t *r = &m->r;
     r->loop = uv_default_loop();
@@ -435,8 +380,9 @@ static int router_start(router_main_t *m, const char *argv0)
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
-    if (rc == 0)
-        rc = start_workers(m, argv0);
+    for (uint32_t s = 0; s < r->shards; s++)
+        if (kvs_config_local(r->cfg, s))
+            m->n_local++;
     if (rc == 0)
         rc = start_links(m);
     if (rc == 0 && r->cfg->router_local_reads && m->n_local > 0)
@@ -445,16 +391,109 @@ static int router_start(router_main_t *m, const char *argv0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
         return become_ready(m);
-    router_notify_status("starting: waiting for %u local shard(s)", m->n_local);
-    uv_timer_start(&m->timer, on_ready_timeout, r->cfg->router_ready_timeout_ms, 0);
+    return 0; /* the master bounds the wait (router.ready_timeout) */
+}
+
+/* The descriptors the master passes (router_procs.h) must be there: a
+ * router process is never started by hand. Returns 0 or -1 after saying so. */
+static int check_descriptors(void)
+{
+    static const int fds[] = {ROUTER_FD_REPORT, ROUTER_FD_NOTIFY, ROUTER_FD_LOCK, ROUTER_FD_CONFIG};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (fcntl(fds[i], F_GETFD) < 0) {
+            kvs_error("kvs-router --router is started by the kvs-router master with descriptors "
+                      "3 to 6; start the node with kvs-router --config FILE");
+            return -1;
+        }
+        if (fds[i] != ROUTER_FD_CONFIG)
+            fcntl(fds[i], F_SETFD, FD_CLOEXEC); /* nothing this process starts needs them */
+    }
     return 0;
+}
+
+/* Loads the master's config snapshot and takes this process's part of it.
+ * Returns 0, or EX_CONFIG after reporting why. */
+static int load_config(router_main_t *m, kvs_config_t **cfg)
+{
+    char err[1024];
+    int rc = kvs_config_load_fd(m->config_path, ROUTER_FD_CONFIG, cfg, err, sizeof(err));
+    close(ROUTER_FD_CONFIG);
+    if (rc != 0) {
+        report_exit("%s", err);
+        return EX_CONFIG;
+    }
+    if (m->n_procs > 1)
+        kvs_log_set_index("router", (int)m->index);
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse((*cfg)->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format((*cfg)->log_format);
+    router_procs_share(*cfg, (uint32_t)m->index, (uint32_t)m->n_procs);
+    m->r.cfg = *cfg;
+    m->r.proc_index = (uint32_t)m->index;
+    m->r.n_procs = (uint32_t)m->n_procs;
+    m->r.id_base = router_procs_id_base((uint32_t)m->index, (uint32_t)m->gen);
+    return 0;
+}
+
+static void router_free(router_main_t *m)
+{
+    free(m->r.links);
+    free(m->r.sets);
+    router_reqs_release(&m->r);
+    kvs_arena_close(&m->r.arena);
+    kvs_arena_close(&m->r.merge_arena);
+    kvs_arena_close(&m->r.redis_arena);
+    kvs_arena_close(&m->r.reply_arena);
+    kvs_buf_free(&m->r.redis_pack);
+    router_redis_cursors_free(&m->r);
+    kvs_buf_free(&m->r.scratch);
+    router_local_free(m->r.local);
+    kvs_buf_free(&m->r.local_out);
+    uv_loop_close(m->r.loop);
+    kvs_tls_ctx_free(m->r.tls);
+    kvs_tls_ctx_free(m->r.link_tls);
+    kvs_auth_free(m->r.auth);
+}
+
+/* A router process, from its descriptors to its exit status. */
+static int router_process_run(router_main_t *m, pid_t parent)
+{
+    kvs_config_t *cfg = NULL;
+    /* SIGTERM (a drain) when the master dies, even by SIGKILL; the
+     * getppid check covers a master that died before prctl took effect. */
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) {
+        kvs_error("the kvs-router master is gone; not starting");
+        return 1;
+    }
+    if (check_descriptors() != 0)
+        return 2;
+    unsetenv("NOTIFY_SOCKET"); /* only the master speaks to systemd (NotifyAccess=main) */
+    int rc = load_config(m, &cfg);
+    if (rc == 0)
+        rc = tls_start(m);
+    if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m->r.auth)) != 0) {
+        report_exit("users: cannot set up authentication: %s", kvs_strerror(rc));
+        rc = 1;
+    }
+    if (rc != 0) {
+        kvs_tls_ctx_free(m->r.tls);
+        kvs_tls_ctx_free(m->r.link_tls);
+        kvs_config_free(cfg);
+        return rc;
+    }
+    if (router_start(m) != 0)
+        shutdown_begin(m, 1);
+    uv_run(m->r.loop, UV_RUN_DEFAULT);
+    router_free(m);
+    kvs_config_free(cfg);
+    kvs_info("stopped");
+    return m->exit_code;
 }
 
 int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
-    char err[1024];
-    kvs_config_t *cfg = NULL;
 
     signal(SIGPIPE, SIG_IGN);
     kvs_log_init("router", -1, KVS_LOG_INFO);
@@ -462,56 +501,10 @@ int main(int argc, char **argv)
      * a burst gives the memory back to the system at once (glibc would
      * otherwise raise the threshold and keep it in the heap). */
     mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
+    pid_t parent = getppid();
     if (parse_args(argc, argv, &m) != 0)
         return 2;
-    if (kvs_config_load(m.config_path, &cfg, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        return EX_CONFIG;
-    }
-    kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(cfg->log_level, &level);
-    kvs_log_set_level(level);
-    kvs_log_set_format(cfg->log_format);
-    m.r.cfg = cfg;
-    int rc = take_lock(cfg);
-    if (rc != 0) {
-        kvs_config_free(cfg);
-        return rc;
-    }
-    rc = tls_start(&m);
-    if (rc == 0 && (rc = kvs_auth_new(cfg, uv_default_loop(), &m.r.auth)) != 0) {
-        kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
-        rc = 1;
-    }
-    if (rc != 0) {
-        kvs_config_free(cfg);
-        return rc;
-    }
-    if (router_start(&m, argv[0]) != 0)
-        shutdown_begin(&m, 1);
-    uv_run(m.r.loop, UV_RUN_DEFAULT);
-    if (m.sup != NULL)
-        router_sup_free(m.sup);
-    free(m.r.links);
-    free(m.r.sets);
-    router_reqs_release(&m.r);
-    kvs_arena_close(&m.r.arena);
-    kvs_arena_close(&m.r.merge_arena);
-    kvs_arena_close(&m.r.redis_arena);
-    kvs_arena_close(&m.r.reply_arena);
-    kvs_buf_free(&m.r.redis_pack);
-    router_redis_cursors_free(&m.r);
-    kvs_buf_free(&m.r.scratch);
-    router_local_free(m.r.local);
-    kvs_buf_free(&m.r.local_out);
-    uv_loop_close(m.r.loop);
-    kvs_tls_ctx_free(m.r.tls);
-    kvs_tls_ctx_free(m.r.link_tls);
-    kvs_auth_free(m.r.auth);
-    kvs_config_free(cfg);
-    if (m.final_msg[0] != '\0')
-        kvs_error("%s", m.final_msg);
-    else
-        kvs_info("stopped");
-    return m.exit_code;
+    if (m.index < 0)
+        return router_master_run(m.config_path, argv[0]);
+    return router_process_run(&m, parent);
 }

@@ -21,6 +21,12 @@
  * ends a walk); kvs's is bytes (shard and next key). The router keeps the
  * bytes in a ring of ROUTER_REDIS_CURSORS slots and hands out the slot's
  * sequence number; a number whose slot was reused is an invalid cursor.
+ * The ring belongs to one router process, so the number carries the
+ * process's id base (router_procs.h: its index and generation): a cursor
+ * handed out by another router process of the node (a client that
+ * reconnected and reached another one) or by this one before it
+ * restarted is refused with a message saying so, never resolved to
+ * another walk that happens to have the same sequence number.
  *
  * Everything runs on the router's loop thread.
  */
@@ -31,6 +37,7 @@
 #include "kvs_msg.h"
 #include "kvs_redis.h"
 #include "router.h"
+#include "router_procs.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -40,7 +47,9 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define REDIS_COMPAT_VERSION "7.0.15" /* what clients that check redis_version see */
+#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
+#define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
 
@@ -461,7 +470,9 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     struct router_redis_cursors_s *cs = cursors(r);
     if (cs == NULL)
         return 0;
-    uint64_t seq = cs->next++;
+    uint64_t seq = cs->next++ & ROUTER_ID_COUNTER_MASK;
+    if (seq == 0) /* wrapped: 0 ends a walk */
+        seq = cs->next++;
     cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
     char *t = strdup(table);
     uint8_t *b = malloc(len ? len : 1);
@@ -474,7 +485,14 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
     free(s->bytes);
     memcpy(b, bytes, len);
     *s = (cursor_slot_t){seq, t, b, len};
-    return seq;
+    return r->id_base | seq;
+}
+
+/* Was cursor number `n` handed out by another router process (or this
+ * one's predecessor)? */
+static int cursor_foreign(const router_t *r, uint64_t n)
+{
+    return (n & ~ROUTER_ID_COUNTER_MASK) != r->id_base;
 }
 
 /* The kvs cursor a number stands for, or NULL (never given, or forgotten). */
@@ -525,7 +543,14 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     m.table = sc->table;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
     if (seq != 0) {
-        const cursor_slot_t *s = cursor_find(rs->r, (uint64_t)seq, sc->table);
+        if (cursor_foreign(rs->r, (uint64_t)seq))
+            return reply_error(req, "ERR invalid cursor: not handed out by this router process "
+                                    "(a cursor lives in the kvs router process that returned "
+                                    "it: another one of this node's, reached by a new "
+                                    "connection, or this one before it restarted); start the "
+                                    "scan again with 0");
+        const cursor_slot_t *s =
+            cursor_find(rs->r, (uint64_t)seq & ROUTER_ID_COUNTER_MASK, sc->table);
         if (s == NULL)
             return reply_error(req, "ERR invalid cursor");
         m.cursor = (ProtobufCBinaryData){s->len, s->bytes};
@@ -663,6 +688,22 @@ static int name_ok(const kvs_redis_arg_t *a)
     return 1;
 }
 
+/* Answers the error for a client name kvs does not take; returns 1 then.
+ * A name lives as long as its connection, which nothing else counts: its
+ * length is bounded, or one client could pin limits.max_frame bytes. */
+static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (a->len > ROUTER_REDIS_MAX_NAME) {
+        reply_error(req, "ERR Client names may be at most %d bytes", ROUTER_REDIS_MAX_NAME);
+        return 1;
+    }
+    if (!name_ok(a)) {
+        reply_error(req, "ERR Client names cannot contain spaces, newlines or special characters.");
+        return 1;
+    }
+    return 0;
+}
+
 static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
 {
     char *n = NULL;
@@ -691,9 +732,8 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
         else
             kvs_redis_null(&req->resp, rs->resp3);
     } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
-        if (!name_ok(&a[2]))
-            return reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                    "characters.");
+        if (name_refused(req, &a[2]))
+            return;
         if (set_name(rs, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
@@ -748,9 +788,8 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
             token = &a[i + 2];
             i += 2;
         } else if (kvs_redis_arg_is(&a[i], "setname") && i + 1 < rs->ps.argc) {
-            if (!name_ok(&a[i + 1]))
-                return reply_error(req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
+            if (name_refused(req, &a[i + 1]))
+                return;
             name = &a[++i];
         } else {
             return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
@@ -786,6 +825,15 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     finish_raw(req);
 }
 
+/* A HELLO ... AUTH that failed: nothing of it takes effect, its name is
+ * forgotten. */
+static void hello_failed(router_redis_t *rs)
+{
+    free(rs->hello_name);
+    rs->hello_name = NULL;
+    rs->hello_rename = 0;
+}
+
 /* A HELLO ... AUTH checked out: its protocol and name take effect. */
 static int hello_done(router_redis_t *rs, kvs_buf_t *out)
 {
@@ -815,13 +863,16 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
         return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
     size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
     int hit[sizeof(params) / sizeof(params[0])] = {0};
+    uint64_t budget = ROUTER_REDIS_GLOB_STEPS;
     for (size_t i = 0; i < np; i++)
-        for (size_t k = 2; k < rs->ps.argc; k++)
-            if (!hit[i] && kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
-                                          strlen(params[i][0]), 1)) {
-                hit[i] = 1;
-                hits++;
-            }
+        for (size_t k = 2; k < rs->ps.argc && !hit[i]; k++) {
+            int m = kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
+                                   strlen(params[i][0]), 1, &budget);
+            if (m < 0)
+                return reply_error(req, "ERR CONFIG GET patterns too costly to match");
+            hit[i] = m;
+            hits += (size_t)m;
+        }
     kvs_buf_t *b = &req->resp;
     b->len = 0;
     kvs_redis_map(b, hits, rs->resp3);
@@ -1097,21 +1148,34 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     const scan_ctx_t *sc = req->rctx;
     char num[24];
-    uint64_t seq = 0;
+    uint64_t seq = 0, budget = ROUTER_REDIS_GLOB_STEPS;
+    uint8_t *hit = kvs_arena_alloc(&rs->r->reply_arena, a->n_pairs + 1);
+    if (hit == NULL)
+        return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_pairs; i++) { /* on the loop: within a budget */
+        const ProtobufCBinaryData *key = &a->pairs[i]->key;
+        int m =
+            req->rflags ? kvs_redis_glob(sc->pat, sc->plen, key->data, key->len, 0, &budget) : 1;
+        if (m < 0)
+            return kvs_redis_error(out,
+                                   "ERR MATCH pattern too costly to match against a page of %zu "
+                                   "fields: use a shorter pattern (fewer or shorter [...] "
+                                   "classes) or a smaller COUNT",
+                                   a->n_pairs);
+        hit[i] = (uint8_t)m;
+        n += (size_t)m;
+    }
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_pairs; i++)
-        n += !req->rflags ||
-             kvs_redis_glob(sc->pat, sc->plen, a->pairs[i]->key.data, a->pairs[i]->key.len, 0);
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
     kvs_redis_array(out, 2 * n);
     for (size_t i = 0; i < a->n_pairs; i++) {
         const Kvs__Kvpair *p = a->pairs[i];
-        if (req->rflags && !kvs_redis_glob(sc->pat, sc->plen, p->key.data, p->key.len, 0))
+        if (!hit[i])
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, rs->resp3);
@@ -1268,6 +1332,8 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
+    if (req->rcmd == RC_HELLO && (a == NULL || a->status != KVS_STATUS_OK))
+        hello_failed(rs);
     if (a == NULL)
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)

@@ -434,6 +434,23 @@ static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_
     router_req_complete(req);
 }
 
+/* One integer pair of an Info answer, in `arena`; NULL when out of memory. */
+static Kvs__Kvpair *info_pair(kvs_arena_t *arena, const char *key, int64_t value)
+{
+    Kvs__Kvpair *p = kvs_arena_alloc(arena, sizeof(*p));
+    Kvs__Value *v = kvs_arena_alloc(arena, sizeof(*v));
+    if (p == NULL || v == NULL)
+        return NULL;
+    kvs__kvpair__init(p);
+    kvs__value__init(v);
+    v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v->integer_value = value;
+    p->key.data = (uint8_t *)key;
+    p->key.len = strlen(key);
+    p->value = v;
+    return p;
+}
+
 /* Info stands in for a shard that could not answer with a single pair,
  * "shard.<id>.unavailable" = 1, so the rest of the cluster is still shown
  * (Info is what an operator asks for when something is down). */
@@ -778,9 +795,9 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
 }
 
-/* k-way merge of the shards' key-ordered pairs. */
-static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
-                        kvs_arena_t *arena)
+/* k-way merge of the key-ordered pairs of rs[0..nparts). */
+static void merge_pairs_of(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
+                           kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     size_t total = 0;
@@ -813,55 +830,60 @@ static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, uint32_t n
                       : "read the table in pages with Hscan");
 }
 
-/* The router's own Info pairs (sorted): its replica retries and budget. */
-static Kvs__CommandResponse *router_info(router_t *r, kvs_arena_t *arena)
+static void merge_pairs(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
-    static const char *const names[] = {"router.replica_reads", "router.replica_retries",
-                                        "router.replica_retries_refused"};
-    const uint64_t vals[] = {r->budget.reads, r->budget.retries, r->budget.refused};
-    Kvs__CommandResponse *out = kvs_arena_alloc(arena, sizeof(*out));
-    Kvs__Kvpair *p = kvs_arena_alloc(arena, 3 * sizeof(*p));
-    Kvs__Kvpair **pp = kvs_arena_alloc(arena, 3 * sizeof(*pp));
-    Kvs__Value *v = kvs_arena_alloc(arena, 3 * sizeof(*v));
-    if (out == NULL || p == NULL || pp == NULL || v == NULL)
-        return NULL;
-    kvs__command_response__init(out);
-    for (int i = 0; i < 3; i++) {
-        kvs__kvpair__init(&p[i]);
-        kvs__value__init(&v[i]);
-        v[i].kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
-        v[i].integer_value = (int64_t)vals[i];
-        p[i].key.data = (uint8_t *)names[i];
-        p[i].key.len = strlen(names[i]);
-        p[i].value = &v[i];
-        pp[i] = &p[i];
-    }
-    out->pairs = pp;
-    out->n_pairs = 3;
-    return out;
+    merge_pairs_of(req, rs, req->merge->nparts, arena);
 }
 
-/* Info: every shard's pairs and, when some shard has replicas, the
- * router's own, merged in key order. */
+/* Info: the shards' pairs and the router's own, merged in key order. The
+ * router adds its own only where they say something: which router process
+ * answered, how many there are and its clients (both front doors) when the
+ * node runs several; its replica reads, retries and refused retries when
+ * some shard has replicas. With one router process and no replicas Info is
+ * what it always was. */
 static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
+    const router_t *r = m->router;
     int replicated = 0;
-    for (uint32_t s = 0; m->router->sets != NULL && s < m->router->shards; s++)
-        replicated |= m->router->sets[s].n > 1;
-    if (!replicated) {
-        merge_pairs(req, rs, m->nparts, arena);
+    for (uint32_t s = 0; r->sets != NULL && s < r->shards; s++)
+        replicated |= r->sets[s].n > 1;
+    /* In key order: router.clients < router.process < router.processes
+     * < router.replica_*. */
+    const char *keys[6];
+    int64_t vals[6];
+    size_t n = 0;
+    if (r->n_procs > 1) {
+        keys[n] = "router.clients", vals[n++] = (int64_t)r->n_clients;
+        keys[n] = "router.process", vals[n++] = r->proc_index;
+        keys[n] = "router.processes", vals[n++] = r->n_procs;
+    }
+    if (replicated) {
+        keys[n] = "router.replica_reads", vals[n++] = (int64_t)r->budget.reads;
+        keys[n] = "router.replica_retries", vals[n++] = (int64_t)r->budget.retries;
+        keys[n] = "router.replica_retries_refused", vals[n++] = (int64_t)r->budget.refused;
+    }
+    if (n == 0) {
+        merge_pairs(req, rs, arena);
         return;
     }
     Kvs__CommandResponse **all = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*all));
-    Kvs__CommandResponse *mine = router_info(m->router, arena);
-    if (all == NULL || mine == NULL) {
+    Kvs__CommandResponse *own = kvs_arena_alloc(arena, sizeof(*own));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, n * sizeof(*pp));
+    for (size_t i = 0; pp != NULL && i < n; i++)
+        if ((pp[i] = info_pair(arena, keys[i], vals[i])) == NULL)
+            pp = NULL;
+    if (all == NULL || own == NULL || pp == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
+    kvs__command_response__init(own);
+    own->status = KVS_STATUS_OK;
+    own->n_pairs = n;
+    own->pairs = pp;
     memcpy(all, rs, m->nparts * sizeof(*all));
-    all[m->nparts] = mine;
-    merge_pairs(req, all, m->nparts + 1, arena);
+    all[m->nparts] = own;
+    merge_pairs_of(req, all, m->nparts + 1, arena);
 }
 
 /* Rewrites a worker's Hscan cursor into the router's. */
@@ -1040,7 +1062,7 @@ static void merge_finish(router_req_t *req)
     } else if (rs != NULL) {
         switch (m->cmd) {
         case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-            merge_pairs(req, rs, m->nparts, arena);
+            merge_pairs(req, rs, arena);
             break;
         case KVS__COMMAND_REQUEST__COMMAND_INFO:
             merge_info(req, rs, arena);

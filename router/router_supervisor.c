@@ -25,9 +25,13 @@
  *    restarts counts restarts (and failed respawns) since the last run that
  *    lasted stable_ms. Both reset after such a run.
  *
- * argv is built once (exe, args..., "--shard", <slot>, NULL); the slot is
- * pointed at the worker's own shard string right before each uv_spawn,
- * which has finished with argv when it returns.
+ * argv is built once (exe, args..., [gen_flag, <gen slot>], id_flag,
+ * <id slot>, NULL); the slots are pointed at the worker's own strings right
+ * before each uv_spawn, which has finished with argv when it returns.
+ *
+ * A notify pipe (notify_fd set) is read while its child runs, split into
+ * lines for on_line, and closed in the exit callback, so no line of a
+ * child is delivered after its exit event.
  *
  * A failed router_sup_start that already spawned workers cannot free them
  * synchronously (children must be reaped, handles closed): it goes through
@@ -48,26 +52,38 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SUP_MAX_REPORT_FD 9
+#define SUP_MAX_REPORT_FD 9 /* highest child fd the supervisor sets up */
+#define SUP_LINE_MAX 256
 
 typedef struct sup_worker_s {
     router_sup_t *sup;
     uint32_t shard;
-    char shard_arg[12];    /* decimal shard id, the argv slot value */
-    uv_process_t *proc;    /* live child's handle, NULL when not running */
-    uv_pipe_t *report;     /* our end of the child's report_fd, NULL when none */
-    char report_text[512]; /* what the last child wrote there before exiting */
-    pid_t pid;             /* 0 when not running */
-    uv_timer_t restart;    /* pending restart */
-    uint64_t started_ms;   /* loop time of the last successful spawn */
-    uint64_t backoff_ms;   /* delay of the next restart */
-    uint32_t restarts;     /* since the last stable run */
+    char shard_arg[12];      /* decimal shard id, the argv slot value */
+    char gen_arg[12];        /* decimal spawn count, the gen_flag slot value */
+    uint32_t spawns;         /* successful spawns so far */
+    uv_process_t *proc;      /* live child's handle, NULL when not running */
+    uv_pipe_t *report;       /* our end of the child's report_fd, NULL when none */
+    char report_text[512];   /* what the last child wrote there before exiting */
+    uv_pipe_t *notify;       /* our end of the child's notify_fd, NULL when none */
+    char line[SUP_LINE_MAX]; /* notify: the line being read */
+    size_t line_len;
+    pid_t pid;           /* 0 when not running */
+    uv_timer_t restart;  /* pending restart */
+    uint64_t started_ms; /* loop time of the last successful spawn */
+    uint64_t backoff_ms; /* delay of the next restart */
+    uint32_t restarts;   /* since the last stable run */
 } sup_worker_t;
 
 struct router_sup_s {
     uv_loop_t *loop;
-    char **argv; /* exe, args..., "--shard", slot, NULL; strings owned except slot */
+    char **argv; /* exe, args..., [gen_flag, slot], id_flag, slot, NULL; slots not owned */
     size_t argc;
+    size_t gen_slot; /* argv index of the generation slot, 0 when none */
+    const char *what;
+    int notify_fd;
+    router_sup_line_cb on_line;
+    router_sup_fd_t inherit[SUP_MAX_REPORT_FD + 1];
+    size_t n_inherit;
     uint64_t backoff_min_ms, backoff_max_ms, stable_ms, stop_grace_ms;
     uint32_t crash_loop_limit;
     int detach, report_fd, fatal_status;
@@ -114,12 +130,36 @@ static const char *sig_name(int sig, char *buf, size_t len)
     return buf;
 }
 
+/* Marks child fd `fd` used in `used`; 0, or UV_EINVAL when it is out of
+ * 3..9 or already used. */
+static int sup_claim_fd(unsigned *used, int fd)
+{
+    if (fd < 3 || fd > SUP_MAX_REPORT_FD || (*used & (1u << fd)))
+        return UV_EINVAL;
+    *used |= 1u << fd;
+    return 0;
+}
+
+static int sup_check_fds(const router_sup_opts_t *o)
+{
+    unsigned used = 0;
+    if (o->report_fd != 0 && sup_claim_fd(&used, o->report_fd) != 0)
+        return UV_EINVAL;
+    if (o->notify_fd != 0 && sup_claim_fd(&used, o->notify_fd) != 0)
+        return UV_EINVAL;
+    if (o->n_inherit > 0 && o->inherit == NULL)
+        return UV_EINVAL;
+    for (size_t i = 0; i < o->n_inherit; i++)
+        if (o->inherit[i].parent_fd < 0 || sup_claim_fd(&used, o->inherit[i].child_fd) != 0)
+            return UV_EINVAL;
+    return 0;
+}
+
 static int sup_check_opts(const router_sup_opts_t *o)
 {
     if (o->loop == NULL || o->exe == NULL || o->backoff_min_ms == 0 ||
         o->backoff_max_ms < o->backoff_min_ms || (o->n_shards > 0 && o->shards == NULL) ||
-        (o->report_fd != 0 && (o->report_fd < 3 || o->report_fd > SUP_MAX_REPORT_FD)) ||
-        o->fatal_status < 0 || o->fatal_status > 255)
+        sup_check_fds(o) != 0 || o->fatal_status < 0 || o->fatal_status > 255)
         return UV_EINVAL;
     for (size_t i = 0; i < o->n_shards; i++)
         for (size_t j = i + 1; j < o->n_shards; j++)
@@ -131,19 +171,23 @@ static int sup_check_opts(const router_sup_opts_t *o)
 /* Builds s->argv; on failure whatever was copied is released by sup_release. */
 static int sup_copy_argv(router_sup_t *s, const router_sup_opts_t *o)
 {
-    size_t n_args = 0;
+    size_t n_args = 0, i = 0;
     while (o->args != NULL && o->args[n_args] != NULL)
         n_args++;
-    s->argc = n_args + 3; /* exe, args..., "--shard", slot */
+    s->argc = n_args + 3 + (o->gen_flag != NULL ? 2 : 0);
     s->argv = calloc(s->argc + 1, sizeof(*s->argv));
     if (s->argv == NULL)
         return UV_ENOMEM;
-    s->argv[0] = strdup(o->exe);
-    for (size_t i = 0; i < n_args; i++)
-        s->argv[1 + i] = strdup(o->args[i]);
-    s->argv[n_args + 1] = strdup("--shard");
-    for (size_t i = 0; i < s->argc - 1; i++)
-        if (s->argv[i] == NULL)
+    s->argv[i++] = strdup(o->exe);
+    for (size_t a = 0; a < n_args; a++)
+        s->argv[i++] = strdup(o->args[a]);
+    if (o->gen_flag != NULL) {
+        s->argv[i++] = strdup(o->gen_flag);
+        s->gen_slot = i++;
+    }
+    s->argv[i] = strdup(o->id_flag != NULL ? o->id_flag : "--shard");
+    for (i = 0; i < s->argc - 1; i++)
+        if (s->argv[i] == NULL && (s->gen_slot == 0 || i != s->gen_slot))
             return UV_ENOMEM;
     return 0;
 }
@@ -151,8 +195,9 @@ static int sup_copy_argv(router_sup_t *s, const router_sup_opts_t *o)
 static void sup_release(router_sup_t *s)
 {
     if (s->argv != NULL)
-        for (size_t i = 0; i < s->argc - 1; i++) /* the slot is not owned */
-            free(s->argv[i]);
+        for (size_t i = 0; i < s->argc - 1; i++) /* the slots are not owned */
+            if (i != s->gen_slot || s->gen_slot == 0)
+                free(s->argv[i]);
     free(s->argv);
     free(s->w);
     free(s);
@@ -174,6 +219,12 @@ static router_sup_t *sup_new(const router_sup_opts_t *o)
     s->fatal_status = o->fatal_status;
     s->on_event = o->on_event;
     s->arg = o->arg;
+    s->what = o->what != NULL ? o->what : "shard";
+    s->notify_fd = o->notify_fd;
+    s->on_line = o->on_line;
+    s->n_inherit = o->n_inherit;
+    if (o->n_inherit > 0)
+        memcpy(s->inherit, o->inherit, o->n_inherit * sizeof(*o->inherit));
     s->n = o->n_shards;
     s->w = calloc(s->n > 0 ? s->n : 1, sizeof(*s->w));
     if (s->w == NULL || sup_copy_argv(s, o) != 0) {
@@ -218,7 +269,8 @@ static void worker_on_proc_close(uv_handle_t *h)
     sup_handle_closed(w->sup);
 }
 
-/* The report pipe shares the process handle's close path: freed, counted. */
+/* The report and notify pipes share the process handle's close path:
+ * freed, counted. */
 #define worker_on_report_close worker_on_proc_close
 
 /* Once stopping and the last worker is reaped: close every timer. */
@@ -232,10 +284,10 @@ static void sup_maybe_finish(router_sup_t *s)
     uv_close((uv_handle_t *)&s->grace, sup_on_grace_close);
 }
 
-/* Our end of the child's report_fd: a socketpair libuv creates at spawn
- * (non-blocking on our side). Nothing reads it while the child runs; what
- * the child wrote is taken when it exits (worker_take_report). */
-static int report_open(sup_worker_t *w, uv_stdio_container_t *slot)
+/* Our end of a pipe the child writes on (its report_fd or notify_fd): a
+ * socketpair libuv creates at spawn, non-blocking on our side, stored in
+ * *pp. Returns 0 or UV_ENOMEM. */
+static int pipe_open(sup_worker_t *w, uv_pipe_t **pp, uv_stdio_container_t *slot)
 {
     router_sup_t *s = w->sup;
     uv_pipe_t *p = malloc(sizeof(*p));
@@ -244,44 +296,111 @@ static int report_open(sup_worker_t *w, uv_stdio_container_t *slot)
     uv_pipe_init(s->loop, p, 0); /* cannot fail without IPC */
     p->data = w;
     s->n_open++;
-    w->report = p;
+    *pp = p;
     slot->flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
     slot->data.stream = (uv_stream_t *)p;
     return 0;
 }
 
+static void pipe_close(uv_pipe_t **pp)
+{
+    if (*pp == NULL)
+        return;
+    uv_close((uv_handle_t *)*pp, worker_on_report_close);
+    *pp = NULL;
+}
+
+/* Nothing reads the report pipe while the child runs; what the child wrote
+ * is taken when it exits (worker_take_report). */
 static void report_close(sup_worker_t *w)
 {
-    if (w->report == NULL)
+    pipe_close(&w->report);
+}
+
+static void notify_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char chunk[SUP_LINE_MAX]; /* consumed in notify_read before the next alloc */
+    (void)h, (void)suggested;
+    *buf = uv_buf_init(chunk, sizeof(chunk));
+}
+
+/* Splits what the child wrote into lines for on_line; a line too long for
+ * w->line is cut, the rest of it dropped. */
+static void notify_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    sup_worker_t *w = st->data;
+    router_sup_t *s = w->sup;
+    if (nread < 0) { /* EOF or an error: the child closed it (or is exiting) */
+        pipe_close(&w->notify);
         return;
-    uv_close((uv_handle_t *)w->report, worker_on_report_close);
-    w->report = NULL;
+    }
+    for (ssize_t i = 0; i < nread && w->notify != NULL; i++) {
+        char c = buf->base[i];
+        if (c != '\n') {
+            if (w->line_len < sizeof(w->line) - 1)
+                w->line[w->line_len++] = c;
+            continue;
+        }
+        w->line[w->line_len] = '\0';
+        w->line_len = 0;
+        if (s->on_line != NULL)
+            s->on_line(s->arg, w->shard, w->line); /* may stop: w->notify then NULL */
+    }
+}
+
+/* Fills the stdio slots of a spawn: stdin ignored, stdout and stderr
+ * inherited, the report and notify pipes, the inherited descriptors.
+ * Returns the slot count, or a negative uv error (no pipe left open). */
+static int worker_stdio(sup_worker_t *w, uv_stdio_container_t *stdio)
+{
+    router_sup_t *s = w->sup;
+    int count = 3;
+    stdio[0].flags = UV_IGNORE;
+    stdio[1] = (uv_stdio_container_t){.flags = UV_INHERIT_FD, .data.fd = 1};
+    stdio[2] = (uv_stdio_container_t){.flags = UV_INHERIT_FD, .data.fd = 2};
+    for (size_t i = 0; i < s->n_inherit; i++) {
+        int fd = s->inherit[i].child_fd;
+        stdio[fd] =
+            (uv_stdio_container_t){.flags = UV_INHERIT_FD, .data.fd = s->inherit[i].parent_fd};
+        count = fd + 1 > count ? fd + 1 : count;
+    }
+    if (s->report_fd > 0 && pipe_open(w, &w->report, &stdio[s->report_fd]) != 0)
+        return UV_ENOMEM;
+    if (s->notify_fd > 0 && pipe_open(w, &w->notify, &stdio[s->notify_fd]) != 0) {
+        report_close(w);
+        return UV_ENOMEM;
+    }
+    count = s->report_fd + 1 > count ? s->report_fd + 1 : count;
+    count = s->notify_fd + 1 > count ? s->notify_fd + 1 : count;
+    return count; /* slots in between stay zero: UV_IGNORE */
 }
 
 /* Spawns w's child. On failure the handles are closed and nothing changes. */
 static int worker_spawn(sup_worker_t *w)
 {
     router_sup_t *s = w->sup;
-    uv_stdio_container_t stdio[SUP_MAX_REPORT_FD + 1] = {
-        {.flags = UV_IGNORE},
-        {.flags = UV_INHERIT_FD, .data.fd = 1},
-        {.flags = UV_INHERIT_FD, .data.fd = 2},
-    };
-    if (s->report_fd > 0 && report_open(w, &stdio[s->report_fd]) != 0)
-        return UV_ENOMEM;
+    uv_stdio_container_t stdio[SUP_MAX_REPORT_FD + 1];
+    memset(stdio, 0, sizeof(stdio));
+    int count = worker_stdio(w, stdio);
+    if (count < 0)
+        return count;
     uv_process_t *proc = malloc(sizeof(*proc));
     if (proc == NULL) {
         report_close(w);
+        pipe_close(&w->notify);
         return UV_ENOMEM;
     }
     uv_process_options_t po = {
         .exit_cb = worker_on_exit,
         .file = s->argv[0],
         .args = s->argv,
-        .stdio_count = s->report_fd > 0 ? s->report_fd + 1 : 3,
-        .stdio = stdio, /* slots between 2 and report_fd are zero: UV_IGNORE */
+        .stdio_count = count,
+        .stdio = stdio,
         .flags = s->detach ? UV_PROCESS_DETACHED : 0,
     };
+    snprintf(w->gen_arg, sizeof(w->gen_arg), "%" PRIu32, w->spawns);
+    if (s->gen_slot != 0)
+        s->argv[s->gen_slot] = w->gen_arg;
     s->argv[s->argc - 1] = w->shard_arg;
     int rc = uv_spawn(s->loop, proc, &po);
     proc->data = w;
@@ -289,12 +408,18 @@ static int worker_spawn(sup_worker_t *w)
     if (rc != 0) {
         uv_close((uv_handle_t *)proc, worker_on_proc_close);
         report_close(w);
+        pipe_close(&w->notify);
         return rc;
     }
     w->proc = proc;
     w->pid = proc->pid;
+    w->spawns++;
     w->started_ms = sup_now(s);
     w->report_text[0] = '\0';
+    w->line_len = 0;
+    if (w->notify != NULL &&
+        uv_read_start((uv_stream_t *)w->notify, notify_alloc, notify_read) != 0)
+        pipe_close(&w->notify); /* cannot happen on a fresh pipe; lines are then lost */
     s->n_running++;
     return 0;
 }
@@ -311,11 +436,11 @@ static void worker_schedule_restart(sup_worker_t *w)
     w->restarts++;
     if (s->crash_loop_limit > 0 && w->restarts >= s->crash_loop_limit) {
         delay = s->backoff_max_ms;
-        kvs_error("shard %" PRIu32 " is crash-looping: %" PRIu32
+        kvs_error("%s %" PRIu32 " is crash-looping: %" PRIu32
                   " restarts without staying up %" PRIu64 " ms; restarting it in %" PRIu64 " ms",
-                  w->shard, w->restarts, s->stable_ms, delay);
+                  s->what, w->shard, w->restarts, s->stable_ms, delay);
     } else {
-        kvs_info("restarting shard %" PRIu32 " in %" PRIu64 " ms", w->shard, delay);
+        kvs_info("restarting %s %" PRIu32 " in %" PRIu64 " ms", s->what, w->shard, delay);
     }
     sup_now(s);
     uv_timer_start(&w->restart, worker_on_restart, delay, 0);
@@ -330,18 +455,19 @@ static void worker_on_restart(uv_timer_t *t)
     if (rc == UV_EMFILE || rc == UV_ENFILE) {
         /* Out of descriptors is the process's condition, not the worker's:
          * no crash loop, no growing backoff; try again soon. */
-        kvs_error("cannot start shard %" PRIu32 ": %s; retrying in %" PRIu64 " ms", w->shard,
+        kvs_error("cannot start %s %" PRIu32 ": %s; retrying in %" PRIu64 " ms", s->what, w->shard,
                   uv_strerror(rc), s->backoff_min_ms);
         sup_now(s);
         uv_timer_start(&w->restart, worker_on_restart, s->backoff_min_ms, 0);
         return;
     }
     if (rc != 0) {
-        kvs_error("cannot start shard %" PRIu32 " (%s): %s", w->shard, s->argv[0], uv_strerror(rc));
+        kvs_error("cannot start %s %" PRIu32 " (%s): %s", s->what, w->shard, s->argv[0],
+                  uv_strerror(rc));
         worker_schedule_restart(w);
         return;
     }
-    kvs_info("started shard %" PRIu32 " (pid %d)", w->shard, (int)w->pid);
+    kvs_info("started %s %" PRIu32 " (pid %d)", s->what, w->shard, (int)w->pid);
     if (s->on_event != NULL)
         s->on_event(s->arg, w->shard, 1, 0, 0);
 }
@@ -390,16 +516,16 @@ static void worker_log_exit(const sup_worker_t *w, pid_t pid, int64_t status, in
     kvs_log_level_t level = fatal ? KVS_LOG_ERROR : expected ? KVS_LOG_INFO : KVS_LOG_WARN;
     char buf[16];
     if (sig != 0)
-        kvs_log(level, "shard %" PRIu32 " (pid %d) killed by signal %s", w->shard, (int)pid,
+        kvs_log(level, "%s %" PRIu32 " (pid %d) killed by signal %s", s->what, w->shard, (int)pid,
                 sig_name(sig, buf, sizeof(buf)));
     else if (fatal)
         kvs_log(level,
-                "shard %" PRIu32 " (pid %d) exited with status %" PRId64
+                "%s %" PRIu32 " (pid %d) exited with status %" PRId64
                 " (a fatal error: not restarting it)%s%s",
-                w->shard, (int)pid, status, w->report_text[0] ? ": " : "", w->report_text);
+                s->what, w->shard, (int)pid, status, w->report_text[0] ? ": " : "", w->report_text);
     else
-        kvs_log(level, "shard %" PRIu32 " (pid %d) exited with status %" PRId64, w->shard, (int)pid,
-                status);
+        kvs_log(level, "%s %" PRIu32 " (pid %d) exited with status %" PRId64, s->what, w->shard,
+                (int)pid, status);
 }
 
 static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_signal)
@@ -412,6 +538,7 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     w->pid = 0;
     s->n_running--;
     uv_close((uv_handle_t *)proc, worker_on_proc_close);
+    pipe_close(&w->notify); /* no line of this child after its exit event */
     worker_take_report(w);
     worker_log_exit(w, pid, exit_status, term_signal);
     if (s->on_event != NULL)
@@ -423,7 +550,7 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     if (worker_fatal(s, exit_status, term_signal))
         return; /* idle until router_sup_stop */
     if (s->holding) {
-        kvs_info("not restarting shard %" PRIu32 ": shutting down", w->shard);
+        kvs_info("not restarting %s %" PRIu32 ": shutting down", s->what, w->shard);
         return;
     }
     if (uptime >= s->stable_ms) {
@@ -440,9 +567,9 @@ static void sup_on_grace(uv_timer_t *t)
         sup_worker_t *w = &s->w[i];
         if (w->proc == NULL)
             continue;
-        kvs_warn("shard %" PRIu32 " (pid %d) still running %" PRIu64
+        kvs_warn("%s %" PRIu32 " (pid %d) still running %" PRIu64
                  " ms after SIGTERM; sending SIGKILL",
-                 w->shard, (int)w->pid, s->stop_grace_ms);
+                 s->what, w->shard, (int)w->pid, s->stop_grace_ms);
         uv_process_kill(w->proc, SIGKILL); /* ESRCH: already gone, its exit_cb is due */
     }
 }
@@ -456,7 +583,7 @@ static void sup_signal_all(router_sup_t *s, int sig)
         uv_timer_stop(&w->restart);
         if (w->proc == NULL)
             continue;
-        kvs_info("stopping shard %" PRIu32 " (pid %d) with %s", w->shard, (int)w->pid,
+        kvs_info("stopping %s %" PRIu32 " (pid %d) with %s", s->what, w->shard, (int)w->pid,
                  sig_name(sig, buf, sizeof(buf)));
         uv_process_kill(w->proc, sig);
     }
@@ -541,6 +668,15 @@ void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)
     s->done_arg = arg;
     sup_signal_all(s, SIGTERM);
     sup_maybe_finish(s);
+}
+
+size_t router_sup_signal(router_sup_t *s, int sig)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].proc != NULL && uv_process_kill(s->w[i].proc, sig) == 0)
+            n++;
+    return n;
 }
 
 void router_sup_free(router_sup_t *s)

@@ -1,18 +1,27 @@
 /*
- * router_supervisor: spawns and supervises the local kvs-node workers of a
- * kvs-router, the way an nginx master keeps its workers.
+ * router_supervisor: spawns and supervises child processes of the
+ * kvs-router master, the way an nginx master keeps its workers: the local
+ * kvs-node workers (one per local shard) and the router processes (one per
+ * index, router.processes of them). The supervisor calls each child's id
+ * its "shard"; for router processes it is the router index, and `what`
+ * names the kind in log lines ("shard 2", "router 1").
  *
- * Each local shard gets one worker, started with uv_spawn (fork+exec) as
+ * Each id gets one child, started with uv_spawn (fork+exec) as
  *
- *     exe args... --shard N
+ *     exe args... [gen_flag G] --shard N        (id_flag, default "--shard")
  *
- * with stdin ignored and stdout/stderr inherited, so workers log to the
- * router's stderr. A worker that exits is logged, reported through on_event
- * and restarted after an exponential backoff (backoff_min_ms doubling up to
- * backoff_max_ms). A worker that stayed up stable_ms resets its backoff. A
- * shard that restarts crash_loop_limit times without one stable run is
- * reported as crash-looping at ERROR level on every further restart, and is
- * retried every backoff_max_ms for as long as the router runs.
+ * where G, with gen_flag set, counts the id's spawns (0 for the first,
+ * 1 after its first restart, ...), so a child can tell its generation
+ * apart from those before it. stdin is ignored and stdout/stderr
+ * inherited, so children log to the master's stderr. Descriptors listed in
+ * `inherit` are passed at the child fds they name (the lock file, a config
+ * snapshot); with notify_fd set, each child gets a pipe there whose lines
+ * reach on_line while it runs (a router process says "listening" on it). A worker that exits is
+ * logged, reported through on_event and restarted after an exponential backoff (backoff_min_ms
+ * doubling up to backoff_max_ms). A worker that stayed up stable_ms resets its backoff. A shard
+ * that restarts crash_loop_limit times without one stable run is reported as crash-looping at ERROR
+ * level on every further restart, and is retried every backoff_max_ms for as long as the router
+ * runs.
  *
  * A worker that exits with fatal_status (kvs-node uses EX_CONFIG, 78: its
  * configuration can never work) is not restarted: restarting it would only
@@ -63,6 +72,19 @@ typedef void (*router_sup_event_cb)(void *arg, uint32_t shard, int running, int6
  * the supervisor is closed. router_sup_free may be called from here. */
 typedef void (*router_sup_done_cb)(void *arg);
 
+/* A running child of `shard` wrote `line` (NUL-terminated, without its
+ * newline, at most 255 bytes: the rest of a longer line is dropped) on its
+ * notify pipe. Only while the child runs: never after the exit event that
+ * ends it. May call router_sup_pid and router_sup_stop. */
+typedef void (*router_sup_line_cb)(void *arg, uint32_t shard, const char *line);
+
+/* A descriptor every child gets: the master's parent_fd appears in the
+ * child as child_fd (3..9). */
+typedef struct router_sup_fd_s {
+    int child_fd;
+    int parent_fd;
+} router_sup_fd_t;
+
 typedef struct router_sup_opts_s {
     uv_loop_t *loop;
     /* Path of the worker binary (kvs-node). Copied. */
@@ -82,8 +104,15 @@ typedef struct router_sup_opts_s {
     int detach;             /* 1: each worker in its own session and process group */
     int report_fd;          /* 0, or 3..9: the child's fd of a pipe it may report on */
     int fatal_status;       /* 0, or an exit status (1..255) that is never restarted */
-    router_sup_event_cb on_event; /* may be NULL */
-    void *arg;                    /* passed to on_event */
+    router_sup_event_cb on_event;   /* may be NULL */
+    void *arg;                      /* passed to on_event and on_line */
+    const char *what;               /* a child's kind in log lines; NULL: "shard". Not copied */
+    const char *id_flag;            /* the argv flag before a child's id; NULL: "--shard" */
+    const char *gen_flag;           /* NULL, or the flag before a child's generation */
+    int notify_fd;                  /* 0, or 3..9: the child's fd of its notify pipe */
+    router_sup_line_cb on_line;     /* lines of the notify pipes; may be NULL */
+    const router_sup_fd_t *inherit; /* n_inherit descriptors every child gets. Copied */
+    size_t n_inherit;
 } router_sup_opts_t;
 
 /* Validates `o`, copies what it needs (o and everything it points to may be
@@ -94,7 +123,9 @@ typedef struct router_sup_opts_s {
  * Errors (*out is set to NULL):
  *   UV_EINVAL  missing loop or exe, backoff_min_ms == 0,
  *              backoff_max_ms < backoff_min_ms, duplicate shard ids,
- *              report_fd not 0 or 3..9, fatal_status not 0..255;
+ *              report_fd or notify_fd not 0 or 3..9, an inherited child fd
+ *              not in 3..9, two uses of one child fd, a negative
+ *              parent fd, fatal_status not 0..255;
  *   UV_ENOMEM  out of memory;
  *   any uv_spawn error for the first failing worker, e.g. UV_ENOENT (no such
  *              exe) or UV_EACCES (not executable).
@@ -128,6 +159,10 @@ void router_sup_hold(router_sup_t *s);
  * nothing is running it runs asynchronously, never inside this call.
  * Must be called at most once per supervisor. */
 void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg);
+
+/* Sends `sig` to every running child (SIGHUP passed on, a second SIGTERM).
+ * Returns how many were signalled. */
+size_t router_sup_signal(router_sup_t *s, int sig);
 
 /* Releases the supervisor. Only after `done` ran (from inside done is fine).
  * NULL is ignored. */

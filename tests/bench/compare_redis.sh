@@ -2,7 +2,7 @@
 # compare_redis.sh: kvs against Redis, same machine, same run, same workload.
 #
 #   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE]
-#                                [--no-build] [--no-tls]
+#                                [--processes N] [--no-build] [--no-tls]
 #
 # Builds a release kvs (build-release/), installs redis-server and
 # redis-tools with apt-get if they are missing (needs root), starts a kvs
@@ -18,7 +18,8 @@
 # runs N times on each server, alternating, and the table shows medians.
 # --no-build reuses build-release/ as it is. --sync picks kvs's
 # storage.sync (full, batch, none; default batch) and Redis's matching
-# appendfsync (always, everysec, no).
+# appendfsync (always, everysec, no). --processes sets kvs's
+# router.processes (default 1; auto for the machine's choice).
 #
 # HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
 # the rest; both count as successes). Redis' HGET is a custom command hitting
@@ -52,6 +53,7 @@ REQUESTS=200000
 REPEAT=1
 BUILD=1
 SYNC="batch"
+PROCESSES=1
 TLS=1
 CLIENTS=50
 KEYSPACE=100000
@@ -73,6 +75,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --sync) SYNC=${2:?--sync wants full, batch or none}; shift 2 ;;
+    --processes) PROCESSES=${2:?--processes wants a number or auto}; shift 2 ;;
     --no-tls) TLS=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -166,6 +169,7 @@ cluster:
 router:
   listen: 127.0.0.1:$KVS_PORT
   resp_listen: 127.0.0.1:$KVS_RESP_PORT
+  processes: $PROCESSES
 storage:
   sync: $SYNC
 log:

@@ -293,6 +293,7 @@ kvs_run() {
             echo "  partitions: $((shards > 64 ? shards : 64))"
             echo "router:"
             echo "  listen: 127.0.0.1:$port"
+            echo "  processes: 1"
             echo "storage:"
             echo "  sync: batch"
             [ -z "$MAP_SIZE" ] || echo "  map_size: $MAP_SIZE"

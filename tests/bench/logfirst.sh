@@ -119,6 +119,7 @@ cluster:
   partitions: $partitions
 router:
   listen: 127.0.0.1:$KVS_PORT
+  processes: 1
 storage:
   sync: batch
 kafka:

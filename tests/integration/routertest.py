@@ -216,6 +216,8 @@ class Router(Managed):
     new_session: start the router in its own session and process group
     (its pid is the group id), as a shell does with a job;
     storage_yaml: more "key: value" entries of the storage section;
+    processes: router.processes (1 unless a test asks for more: the
+    suite's tests of one router's behaviour stay exact);
     tls: a client ssl.SSLContext that client() connects with (tls.router).
     cluster_yaml: more lines of the cluster section (e.g. a `nodes:` map),
     indented as they go there; node_name: node.name.
@@ -224,7 +226,7 @@ class Router(Managed):
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
                  name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
-                 tls=None, cluster_yaml=(), node_name=None, storage_yaml=()):
+                 tls=None, cluster_yaml=(), node_name=None, storage_yaml=(), processes=1):
         self.name = name
         self.tls = tls
         self.env = dict(env or {})
@@ -252,6 +254,8 @@ class Router(Managed):
             for s, addr in sorted(self.remote.items()):
                 lines.append('    - {shard: %d, address: "%s"}' % (s, addr))
         router = ['listen: "%s:%d"' % (HOST, self.port)]
+        if processes is not None:
+            router.append("processes: %s" % processes)
         if timeout is not None:
             router.append("timeout: %s" % timeout)
         router.extend(router_yaml)

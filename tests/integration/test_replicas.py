@@ -100,7 +100,7 @@ class ReplicaFixtures:
         return out
 
     def node(self, mock, name, layout, bases, timeout="2s", max_lag=None, env=None,
-             router_yaml=(), extra="", extra_yaml=""):
+             router_yaml=(), extra="", extra_yaml="", processes=1):
         """Router `name` of the cluster `layout` {name: shards} (not started)."""
         nodes = ["  nodes:"]
         for n, shards in layout.items():
@@ -108,7 +108,7 @@ class ReplicaFixtures:
                          % (n, bases[n], ", ".join(str(s) for s in shards)))
         r = Router(shards=SHARDS, partitions=PARTITIONS, start=False, name=name,
                    timeout=timeout, env=env, cluster_yaml=nodes + list(extra.splitlines()),
-                   node_name=name, router_yaml=router_yaml,
+                   node_name=name, router_yaml=router_yaml, processes=processes,
                    extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", TOPIC_PARTS)],
                                           "kvs", {"reconnect.backoff.max.ms": "500"}, max_lag)
                    + extra_yaml)
@@ -518,6 +518,39 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(pairs["shard.000.replicas"], 2)
         self.assertIn("consumer group kvs.b", rt["b"].stderr())
         self.assertIn("consumer group kvs.a", rt["a"].stderr())
+
+    def test_several_router_processes_per_node(self):
+        """router.processes 2 on both nodes: each router process has its own
+        links to every replica; writes through one node are read through
+        every router process of the other, and Info carries both the
+        answering process's pairs and its replica counters, in key order."""
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+                                       processes=2)
+        acked = {}
+        with rt["a"].client() as c:
+            for i in range(40):
+                k = b"procs-%d" % i
+                resp = c.call(req_hset(TABLE, k, "v%d" % i))
+                self.assertEqual(resp.status, 200, resp.message)
+                acked[k] = resp.position
+        seen_procs = set()
+        for _ in range(8):  # new connections: the kernel spreads them over both
+            with rt["b"].client() as c:
+                for k, pos in acked.items():
+                    resp = c.call(hget_at(TABLE, k, pos))
+                    self.assertEqual(resp.status, 200, resp.message)
+                    self.assertEqual(pyval(resp.values[0]), "v%s" % k.decode().split("-")[1])
+                info = pb.CommandRequest()
+                info.info.SetInParent()
+                resp = c.call(info)
+                self.assertEqual(resp.status, 200, resp.message)
+                keys = [p.key for p in resp.pairs]
+                self.assertEqual(keys, sorted(keys))
+                pairs = {p.key.decode(): pyval(p.value) for p in resp.pairs}
+                self.assertEqual(pairs["router.processes"], 2)
+                self.assertGreaterEqual(pairs["router.replica_reads"], 1)
+                seen_procs.add(pairs["router.process"])
+        self.assertTrue(seen_procs <= {0, 1}, seen_procs)
 
     def test_unbound_writes_refused_on_replicated_shards(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1]})

@@ -304,6 +304,133 @@ KVS_TEST(auth_cancelled_when_the_connection_goes)
     env_close(&e);
 }
 
+/* One attempt's outcome, message included. */
+typedef struct outcome_s {
+    int done;
+    uint32_t status;
+    int close;
+    char msg[300];
+} outcome_t;
+
+static void on_outcome(void *arg, uint32_t st, const char *text, int close)
+{
+    outcome_t *o = arg;
+    o->done++;
+    o->status = st;
+    o->close = close;
+    snprintf(o->msg, sizeof(o->msg), "%s", text);
+}
+
+static void begin_async(env_t *e, kvs_auth_conn_t *ac, const char *user, const char *token,
+                        const char *peer, outcome_t *o)
+{
+    Kvs__Auth req = KVS__AUTH__INIT;
+    char msg[300];
+    int close;
+    req.user = (char *)user;
+    req.token = (char *)token;
+    memset(o, 0, sizeof(*o));
+    CHECK_EQ(kvs_auth_begin(e->auth, ac, &req, peer, on_outcome, o, msg, sizeof(msg), &close), 0);
+}
+
+/* Many connections from one address, all sending Auth at once: its checks
+ * run one at a time, so its failure limit holds (the rest are refused
+ * unchecked) and another address is not held behind them; a pool that
+ * sends the right token at once is let in. */
+KVS_TEST(auth_one_check_at_a_time_per_address)
+{
+    env_t e;
+    env_init(&e, "limits: {auth_failures: 100, auth_failures_per_minute: 2}\n");
+    enum { N = 10 };
+    kvs_auth_conn_t hostile[N], other, pool[N];
+    outcome_t ho[N], oo, po[N];
+    for (int i = 0; i < N; i++) {
+        kvs_auth_conn_init(&hostile[i], 0, 1);
+        begin_async(&e, &hostile[i], "alice", "wrong", "10.9.9.9:1000", &ho[i]);
+    }
+    kvs_auth_conn_init(&other, 0, 1);
+    begin_async(&e, &other, "carol", "c", "10.8.8.8:1000", &oo);
+    for (int i = 0; i < N; i++) {
+        kvs_auth_conn_init(&pool[i], 0, 1);
+        begin_async(&e, &pool[i], "alice", "alice-pw", "10.7.7.7:1000", &po[i]);
+    }
+    kvs_auth_conn_close(&hostile[5]); /* parked, then gone: never answered */
+    kvs_auth_conn_close(&pool[0]);    /* queued, then gone: the next one takes its turn */
+    CHECK_EQ(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    int checked = 0, unchecked = 0;
+    for (int i = 0; i < N; i++) {
+        if (i == 5) {
+            CHECK_EQ(ho[i].done, 0);
+            continue;
+        }
+        CHECK_EQ(ho[i].done, 1);
+        CHECK_EQ(ho[i].status, 401);
+        CHECK(hostile[i].pending == NULL);
+        if (strstr(ho[i].msg, "too many failed Auth attempts from 10.9.9.9") != NULL)
+            unchecked++;
+        else if (strcmp(ho[i].msg, "invalid user or token") == 0)
+            checked++;
+    }
+    CHECK_EQ(checked, 2); /* auth_failures_per_minute */
+    CHECK_EQ(unchecked, N - 1 - 2);
+    CHECK_EQ(oo.done, 1);
+    CHECK_EQ(oo.status, 200);
+    CHECK_STR(kvs_auth_user_name(&other), "carol");
+    CHECK_EQ(po[0].done, 0);
+    for (int i = 1; i < N; i++) {
+        CHECK_EQ(po[i].done, 1);
+        CHECK_EQ(po[i].status, 200);
+        CHECK_STR(kvs_auth_user_name(&pool[i]), "alice");
+    }
+    env_close(&e);
+}
+
+static double now_s(void)
+{
+    return (double)uv_hrtime() / 1e9;
+}
+
+/* A failed Auth takes as long whether the user exists with a cheap hash,
+ * exists with a dear one, or does not exist: the time tells nothing. */
+KVS_TEST(auth_failures_cost_the_same_for_every_user)
+{
+    char cheap[KVS_TOKEN_TEXT], dear[KVS_TOKEN_TEXT], text[1024], err[512];
+    kvs_token_hash_t h;
+    env_t e;
+    memset(&e, 0, sizeof(e));
+    CHECK_EQ(kvs_token_make("a", 1, 1000, &h), 0);
+    CHECK_EQ(kvs_token_format(&h, cheap, sizeof(cheap)), 0);
+    CHECK_EQ(kvs_token_make("b", 1, 50000, &h), 0);
+    CHECK_EQ(kvs_token_format(&h, dear, sizeof(dear)), 0);
+    snprintf(text, sizeof(text),
+             "users:\n  - {name: cheap, token: \"%s\", allow: {\"*\": read}}\n"
+             "  - {name: dear, token: \"%s\", allow: {\"*\": read}}\n"
+             "limits: {auth_failures: 100, auth_failures_per_minute: 100}\n",
+             cheap, dear);
+    CHECK_EQ(kvs_config_parse("t.yaml", text, strlen(text), &e.cfg, err, sizeof(err)), 0);
+    CHECK_EQ(uv_loop_init(&e.loop), 0);
+    CHECK_EQ(kvs_auth_new(e.cfg, &e.loop, &e.auth), 0);
+    const char *users[] = {"nobody", "cheap", "dear"};
+    double took[3];
+    for (int i = 0; i < 3; i++) {
+        took[i] = 1e9;
+        for (int run = 0; run < 3; run++) { /* the fastest of three: stalls do not count */
+            kvs_auth_conn_t ac;
+            int deferred;
+            kvs_auth_conn_init(&ac, 0, 1);
+            double t0 = now_s();
+            CHECK_EQ(auth(&e, &ac, users[i], "wrong", "10.0.0.1:5", &deferred), 401);
+            double t = now_s() - t0;
+            took[i] = t < took[i] ? t : took[i];
+            CHECK(deferred);
+        }
+    }
+    /* Unpadded, "cheap" fails 50 times faster than the others. */
+    CHECK(took[1] > took[0] / 3);
+    CHECK(took[1] > took[2] / 3);
+    env_close(&e);
+}
+
 KVS_TEST(no_users_no_auth)
 {
     kvs_config_t *cfg;
@@ -318,4 +445,6 @@ KVS_TEST_MAIN(KVS_CASE(token_round_trip_and_check), KVS_CASE(token_text_is_stric
               KVS_CASE(rights_by_command_and_table_pattern),
               KVS_CASE(auth_tokens_right_wrong_unknown_and_remembered),
               KVS_CASE(auth_failures_per_address_are_limited),
+              KVS_CASE(auth_one_check_at_a_time_per_address),
+              KVS_CASE(auth_failures_cost_the_same_for_every_user),
               KVS_CASE(auth_cancelled_when_the_connection_goes), KVS_CASE(no_users_no_auth))

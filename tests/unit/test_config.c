@@ -57,6 +57,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_STR(c->log_level, "info");
     CHECK_EQ(c->log_format, KVS_LOG_TEXT);
     CHECK_EQ(c->router_ready_timeout_ms, 30000);
+    CHECK_EQ(c->router_processes, 0); /* auto */
     CHECK(!c->tls_router.enabled && !c->tls_node.enabled && !c->tls_link.enabled);
     CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_NONE);
     CHECK_EQ(c->tls_node.client_cert, KVS_CLIENT_CERT_REQUIRE);
@@ -584,6 +585,68 @@ KVS_TEST(ready_timeout)
                 "config.yaml:2:18: router.ready_timeout must be from 1ms to 1h (got \"0s\")");
 }
 
+KVS_TEST(router_processes)
+{
+    kvs_config_t *c = parse_ok("router: {processes: 3}\n");
+    CHECK_EQ(c->router_processes, 3);
+    kvs_config_free(c);
+    c = parse_ok("router:\n  processes: AUTO\n");
+    CHECK_EQ(c->router_processes, 0);
+    kvs_config_free(c);
+    c = parse_ok("router: {processes: 64}\n");
+    CHECK_EQ(c->router_processes, 64);
+    kvs_config_free(c);
+    parse_fails("router:\n  processes: 0\n",
+                "config.yaml:2:14: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"0\")");
+    parse_fails("router: {processes: 65}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"65\")");
+    parse_fails("router: {processes: 99999999999999999999}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"99999999999999999999\")");
+    parse_fails("router: {processes: two}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"two\")");
+    parse_fails("router: {processes: -1}\n",
+                "config.yaml:1:21: router.processes must be auto or an integer from 1 to 64 "
+                "(got \"-1\")");
+    /* Keys without F_AUTO do not take "auto". */
+    parse_fails("cluster: {shards: auto}\n",
+                "config.yaml:1:19: cluster.shards must be an integer from 1 to 1024 "
+                "(got \"auto\")");
+}
+
+/* The snapshot a router process loads: the descriptor's whole content from
+ * offset 0, whatever its current offset, which stays where it was. */
+KVS_TEST(load_from_descriptor)
+{
+    char path[] = "/tmp/kvs_test_config_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, full_yaml, strlen(full_yaml)), (long long)strlen(full_yaml));
+    CHECK_EQ(lseek(fd, 5, SEEK_SET), 5);
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_load_fd("/etc/kvs/config.yaml", fd, &c, err, sizeof(err)), 0);
+    CHECK_STR(c->path, "/etc/kvs/config.yaml");
+    CHECK_EQ(c->shards, 8);
+    CHECK_EQ(c->n_bindings, 3);
+    kvs_config_free(c);
+    CHECK_EQ(lseek(fd, 0, SEEK_CUR), 5);
+    /* Errors name the path given. */
+    CHECK_EQ(ftruncate(fd, 0), 0);
+    const char bad[] = "storage:\n  sync: fast\n";
+    CHECK_EQ(pwrite(fd, bad, strlen(bad), 0), (long long)strlen(bad));
+    CHECK_EQ(kvs_config_load_fd("/etc/kvs/config.yaml", fd, &c, err, sizeof(err)), KVS_ECONFIG);
+    CHECK(c == NULL);
+    CHECK_STR(err, "/etc/kvs/config.yaml:2:9: storage.sync must be one of full, batch, none "
+                   "(got \"fast\")");
+    close(fd);
+    unlink(path);
+    CHECK_EQ(kvs_config_load_fd("snap", fd, &c, err, sizeof(err)), -EBADF);
+    CHECK_STR(err, "snap: cannot read: Bad file descriptor");
+}
+
 KVS_TEST(top_level_must_be_one_mapping)
 {
     parse_fails("- data_dir: x\n", "config.yaml:1:1: the top level must be a mapping of keys "
@@ -1061,7 +1124,8 @@ KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their
               KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
               KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
-              KVS_CASE(ready_timeout), KVS_CASE(local_reads),
+              KVS_CASE(ready_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
+              KVS_CASE(load_from_descriptor),
               KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
               KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
               KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),

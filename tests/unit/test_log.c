@@ -619,6 +619,37 @@ KVS_TEST(long_message_truncated_with_newline)
     free(big);
 }
 
+/* A message quoting what a peer sent (an Auth user name) stays one line:
+ * control characters are escaped, so nothing can forge a second line or
+ * reach the terminal as an escape sequence. */
+KVS_TEST(text_escapes_control_characters)
+{
+    kvs_log_init("router", -1, KVS_LOG_INFO);
+    capture_t c;
+    size_t len;
+    capture_start(&c);
+    kvs_warn("user \"%s\" end", "x\n2026-01-01T00:00:00.000Z router ERROR  forged\r\t\x1b[31m\x7f");
+    char *text = capture_end(&c, &len);
+    CHECK(strchr(text, '\n') == text + len - 1);
+    check_matches(text, "^" STAMP " router WARN  user \"x\\\\n2026-01-01T00:00:00\\.000Z router "
+                        "ERROR  forged\\\\r\\\\t\\\\x1b\\[31m\\\\x7f\" end\n$");
+    free(text);
+    /* Escapes near the end of a long line are cut whole, never in half. */
+    char msg[2100];
+    for (size_t n = 2020; n < 2060; n++) {
+        memset(msg, '\x01', n);
+        msg[n] = '\0';
+        capture_start(&c);
+        kvs_info("%s", msg);
+        text = capture_end(&c, &len);
+        CHECK(strchr(text, '\n') == text + len - 1);
+        CHECK(len <= 2048);
+        CHECK(strlen(text) == len);
+        CHECK(memcmp(text + len - 5, "\\x01\n", 5) == 0);
+        free(text);
+    }
+}
+
 KVS_TEST(message_of_exactly_the_line_size)
 {
     /* Messages around the internal line size (2 KiB): always exactly one
@@ -714,6 +745,36 @@ KVS_TEST(json_levels_and_no_shard)
     text = capture_end(&c, NULL);
     check_matches(text, "^" STAMP " node\\[0\\] INFO  x\n$");
     free(text);
+}
+
+KVS_TEST(router_index_in_text_and_json)
+{
+    kvs_log_init("router", -1, KVS_LOG_INFO);
+    kvs_log_set_index("router", 1);
+    capture_t c;
+    size_t len;
+    capture_start(&c);
+    kvs_info("accepting");
+    char *text = capture_end(&c, NULL);
+    check_matches(text, "^" STAMP " router\\[1\\] INFO  accepting\n$");
+    free(text);
+    kvs_log_set_format(KVS_LOG_JSON);
+    capture_start(&c);
+    kvs_info("accepting");
+    text = capture_end(&c, &len);
+    CHECK(strstr(text, "\"role\":\"router\",\"router\":1,\"message\":\"accepting\"}") != NULL);
+    CHECK(strstr(text, "shard") == NULL);
+    free(text);
+    /* kvs_log_init starts over: a shard again. */
+    kvs_log_init("node", 3, KVS_LOG_INFO);
+    capture_start(&c);
+    kvs_info("x");
+    text = capture_end(&c, &len);
+    jdoc_t d;
+    check_json_line(text, len, &d, "info", "node", 3);
+    json_free(&d);
+    free(text);
+    kvs_log_set_format(KVS_LOG_TEXT);
 }
 
 KVS_TEST(json_escapes_quotes_backslashes_and_controls)
@@ -871,13 +932,13 @@ KVS_TEST(json_checker_is_strict)
     json_free(&d);
 }
 
-KVS_TEST_MAIN(KVS_CASE(level_parse_names), KVS_CASE(level_parse_rejects_other_strings),
-              KVS_CASE(line_format_with_shard), KVS_CASE(line_format_without_shard),
-              KVS_CASE(shard_zero_is_shown), KVS_CASE(role_truncated_to_15_bytes),
-              KVS_CASE(levels_below_threshold_print_nothing),
+KVS_TEST_MAIN(KVS_CASE(router_index_in_text_and_json), KVS_CASE(level_parse_names),
+              KVS_CASE(level_parse_rejects_other_strings), KVS_CASE(line_format_with_shard),
+              KVS_CASE(line_format_without_shard), KVS_CASE(shard_zero_is_shown),
+              KVS_CASE(role_truncated_to_15_bytes), KVS_CASE(levels_below_threshold_print_nothing),
               KVS_CASE(long_message_truncated_with_newline),
-              KVS_CASE(message_of_exactly_the_line_size), KVS_CASE(json_line_fields),
-              KVS_CASE(json_levels_and_no_shard),
+              KVS_CASE(message_of_exactly_the_line_size), KVS_CASE(text_escapes_control_characters),
+              KVS_CASE(json_line_fields), KVS_CASE(json_levels_and_no_shard),
               KVS_CASE(json_escapes_quotes_backslashes_and_controls),
               KVS_CASE(json_replaces_invalid_utf8),
               KVS_CASE(json_long_messages_stay_one_valid_line), KVS_CASE(json_role_is_escaped_too),

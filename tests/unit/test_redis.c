@@ -154,6 +154,8 @@ KVS_TEST(multibulk_errors_with_redis_words)
                 "Protocol error: expected '$', got 'f'");
     parse_error("*1\r\n$-1\r\n", 9, "Protocol error: invalid bulk length");
     parse_error("*1\r\n$01\r\n", 9, "Protocol error: invalid bulk length");
+    parse_error("*1\r\n$-0\r\n", 9, "Protocol error: invalid bulk length");
+    parse_error("*-0\r\n", 5, "Protocol error: invalid multibulk length");
     parse_error("*1\r\n$99999999999999999999999\r\n", 30, "Protocol error: invalid bulk length");
     teardown();
 }
@@ -184,7 +186,7 @@ KVS_TEST(memory_follows_the_bytes_not_the_counts)
     size_t used;
     const char head[] = "*1000000\r\n$1\r\na\r\n";
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)head, sizeof(head) - 1, MAXREQ, &used), 0);
-    CHECK(ps.cap <= 16); /* one argument arrived, not a million slots */
+    CHECK_EQ(ps.cap, 0); /* one argument arrived, not a million slots */
     kvs_redis_parser_reset(&ps);
     kvs_buf_t big;
     kvs_buf_init(&big);
@@ -198,6 +200,50 @@ KVS_TEST(memory_follows_the_bytes_not_the_counts)
     CHECK(ps.cap >= 5000);
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)"PING\r\n", 6, MAXREQ, &used), 1);
     CHECK(ps.cap <= KVS_REDIS_KEEP_ARGS);
+    kvs_buf_free(&big);
+    teardown();
+}
+
+/* A request that has not all arrived holds nothing but its bytes, however
+ * many arguments have: the caller's input budget counts those bytes, and
+ * nothing else may grow with them. Complete, it has every argument, in
+ * place, whatever their lengths. */
+KVS_TEST(incomplete_request_holds_no_argument_memory)
+{
+    setup();
+    enum { N = 100000 };
+    kvs_buf_t big;
+    kvs_buf_init(&big);
+    char hdr[32];
+    int n = snprintf(hdr, sizeof(hdr), "*%d\r\n", N);
+    kvs_buf_append(&big, hdr, (size_t)n);
+    for (int i = 0; i < N - 1; i++) {
+        if (i % 1000 == 7) {
+            n = snprintf(hdr, sizeof(hdr), "$%d\r\n", 10 + i % 90);
+            kvs_buf_append(&big, hdr, (size_t)n);
+            for (int k = 0; k < 10 + i % 90; k++)
+                kvs_buf_append(&big, k % 2 ? "\r" : "\n", 1);
+            kvs_buf_append(&big, "\r\n", 2);
+        } else {
+            kvs_buf_append(&big, "$0\r\n\r\n", 6);
+        }
+    }
+    size_t used, part = big.len;
+    for (size_t k = 1000; k < part; k += 65536) /* arriving in reads */
+        CHECK_EQ(kvs_redis_parse(&ps, big.data, k, 1u << 30, &used), 0);
+    CHECK_EQ(kvs_redis_parse(&ps, big.data, part, 1u << 30, &used), 0);
+    CHECK_EQ(ps.cap, 0);
+    kvs_buf_append(&big, "$3\r\nend\r\n", 9);
+    CHECK_EQ(kvs_redis_parse(&ps, big.data, big.len, 1u << 30, &used), 1);
+    CHECK_EQ(used, big.len);
+    CHECK_EQ(ps.argc, N);
+    for (int i = 0; i < N - 1; i++) {
+        size_t want = i % 1000 == 7 ? (size_t)(10 + i % 90) : 0;
+        CHECK_EQ(ps.argv[i].len, want);
+        if (want > 0)
+            CHECK(ps.argv[i].p[0] == '\n' && ps.argv[i].p[want - 1] == (want % 2 ? '\n' : '\r'));
+    }
+    ARG(N - 1, "end");
     kvs_buf_free(&big);
     teardown();
 }
@@ -220,6 +266,13 @@ KVS_TEST(arguments_as_numbers)
     CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
     SETA("01");
     CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("-0"); /* Redis's string2ll refuses it too */
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("-");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
+    SETA("0");
+    CHECK_EQ(kvs_redis_arg_int(&a, &v), 0);
+    CHECK_EQ(v, 0);
     SETA(" 1");
     CHECK_EQ(kvs_redis_arg_int(&a, &v), -1);
     SETA("1.5e3");
@@ -299,7 +352,7 @@ KVS_TEST(doubles_are_shortest_exact)
 
 static int glob(const char *p, const char *s)
 {
-    return kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)s, strlen(s), 0);
+    return kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)s, strlen(s), 0, NULL);
 }
 
 KVS_TEST(glob_like_redis)
@@ -320,7 +373,7 @@ KVS_TEST(glob_like_redis)
     CHECK(!glob("h\\*llo", "hello"));
     CHECK(glob("user:*:name", "user:42:name"));
     CHECK(!glob("user:*:name", "user:42:nam"));
-    CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1));
+    CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1, NULL));
     /* Exponential for naive backtracking; linear-ish here. */
     char s[201], p[64];
     memset(s, 'a', 200);
@@ -329,11 +382,50 @@ KVS_TEST(glob_like_redis)
     CHECK(!glob(p, s));
 }
 
+/* A pattern's cost grows with its length times the string's: a long class
+ * tried at every position of a long key would hold the event loop for
+ * seconds. The budget bounds it, across calls; ordinary patterns spend a
+ * few steps per byte of the string. */
+KVS_TEST(glob_work_is_bounded_by_a_budget)
+{
+    size_t plen = 100002;
+    uint8_t *pat = malloc(plen);
+    CHECK(pat != NULL);
+    pat[0] = '*';
+    pat[1] = '[';
+    memset(pat + 2, 'b', plen - 3);
+    pat[plen - 1] = ']';
+    uint8_t key[500];
+    memset(key, 'a', sizeof(key));
+    uint64_t budget = 1000000; /* 50 million steps unbounded */
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key), 0, &budget), -1);
+    CHECK_EQ(budget, 0);
+    key[499] = 'b';
+    budget = 200000000;
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key), 0, &budget), 1);
+    free(pat);
+    budget = 100;
+    const char *p = "user:*:name", *k = "user:42:name";
+    CHECK_EQ(
+        kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)k, strlen(k), 0, &budget),
+        1);
+    CHECK(budget >= 100 - 3 * strlen(k));
+    int rc;
+    size_t calls = 0;
+    while ((rc = kvs_redis_glob((const uint8_t *)p, strlen(p), (const uint8_t *)k, strlen(k), 0,
+                                &budget)) == 1)
+        calls++;
+    CHECK_EQ(rc, -1);
+    CHECK(calls >= 2);
+}
+
 KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
+              KVS_CASE(incomplete_request_holds_no_argument_memory),
               KVS_CASE(multibulk_byte_by_byte_keeps_progress),
               KVS_CASE(multibulk_survives_a_moved_buffer), KVS_CASE(pipeline_of_mixed_requests),
               KVS_CASE(inline_quoting_like_redis), KVS_CASE(inline_errors),
               KVS_CASE(multibulk_errors_with_redis_words),
               KVS_CASE(request_larger_than_the_limit_is_refused_early),
               KVS_CASE(arguments_as_numbers), KVS_CASE(replies_resp2_and_resp3),
-              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis))
+              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis),
+              KVS_CASE(glob_work_is_bounded_by_a_budget))

@@ -1305,6 +1305,42 @@ KVS_TEST(info_fans_out_and_merges)
         CHECK(bin_is(r->pairs[i]->key, names[i / 2][i % 2], strlen(names[i / 2][i % 2])));
 }
 
+/* With several router processes, Info also says which one answered, how
+ * many there are and its clients, merged in key order between the
+ * shards' "kafka." and "shard." pairs. */
+KVS_TEST(info_names_the_router_process_when_several)
+{
+    setup();
+    fx.r.n_procs = 3;
+    fx.r.proc_index = 2;
+    fx.r.n_clients = 5;
+    Kvs__Info info = KVS__INFO__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_INFO, &info);
+    check_fanout_sent();
+    char names[SHARDS][2][32];
+    ProtobufCBinaryData kb[SHARDS][2];
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        snprintf(names[s][0], sizeof(names[s][0]), "kafka.t.%05u.lag", s);
+        snprintf(names[s][1], sizeof(names[s][1]), "shard.%03u.tables", s);
+        kb[s][0] = bin(names[s][0]);
+        kb[s][1] = bin(names[s][1]);
+        reply_pairs(sent_to(s), 2, kb[s], NULL, 0);
+    }
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_pairs, 2 * SHARDS + 3);
+    static const char *const mine[] = {"router.clients", "router.process", "router.processes"};
+    static const int64_t vals[] = {5, 2, 3};
+    for (size_t i = 0; i < 3; i++) {
+        Kvs__Kvpair *p = r->pairs[SHARDS + i];
+        CHECK(bin_is(p->key, mine[i], strlen(mine[i])));
+        CHECK_EQ(p->value->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+        CHECK_EQ(p->value->integer_value, vals[i]);
+    }
+    CHECK(bin_is(r->pairs[SHARDS - 1]->key, names[SHARDS - 1][0], strlen(names[SHARDS - 1][0])));
+    CHECK(bin_is(r->pairs[SHARDS + 3]->key, names[0][1], strlen(names[0][1])));
+}
+
 /* Hlen asks every shard and adds the counts up; a shard that cannot answer
  * makes it 503 (a count without it would be wrong). */
 KVS_TEST(hlen_sums_every_shard)
@@ -2465,7 +2501,8 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_split_read_retries_its_part),
               KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
               KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
-              KVS_CASE(replica_info_shows_retries), KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(replica_info_shows_retries), KVS_CASE(info_names_the_router_process_when_several),
+              KVS_CASE(hlen_sums_every_shard),
               KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),

@@ -577,6 +577,20 @@ KVS_TEST(start_rejects_bad_options)
     CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
     o.report_fd = 10;
     CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.report_fd = 5;
+    o.notify_fd = 5; /* one child fd, two uses */
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.notify_fd = 4;
+    router_sup_fd_t inherit[] = {{4, 0}};
+    o.inherit = inherit;
+    o.n_inherit = 1;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    inherit[0].child_fd = 1;
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    inherit[0] = (router_sup_fd_t){6, -1};
+    CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
+    o.n_inherit = 0;
+    o.notify_fd = 0;
     o.report_fd = 0;
     o.fatal_status = 256;
     CHECK_EQ(router_sup_start(&o, &t.sup), UV_EINVAL);
@@ -728,8 +742,137 @@ KVS_TEST(detach_puts_workers_in_their_own_group)
     }
 }
 
-KVS_TEST_MAIN(KVS_CASE(spawns_every_shard_with_its_args), KVS_CASE(restarts_a_killed_worker),
-              KVS_CASE(backoff_grows_for_a_crash_loop), KVS_CASE(stable_worker_resets_backoff),
+/* Router processes: `what` names them in the log, id_flag and gen_flag
+ * shape their argv (the generation counts an id's spawns), inherited
+ * descriptors appear at their child fds, and router_sup_signal reaches
+ * every running child. */
+KVS_TEST(router_children_get_flags_generation_and_fds)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512], want[512], path[128];
+    /* Records argv and what it reads from fd 6, then waits for SIGHUP. */
+    t_script(&t, "router.sh",
+             "for a; do s=$a; done\n"
+             "got=$(cat /proc/self/fd/6)\n"
+             "echo \"$$ $* $got\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" \"$d/shard-$s\"\n"
+             "trap 'echo hup > \"$d/hup-$s\"' HUP\n"
+             "while :; do sleep 0.05; done\n",
+             exe, sizeof(exe));
+    snprintf(path, sizeof(path), "%s/snapshot", t.dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs("snapshot-text", f);
+    CHECK_EQ(fclose(f), 0);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    const char *args[] = {"--config", "c.yaml", NULL};
+    const uint32_t ids[] = {0, 1};
+    const router_sup_fd_t inherit[] = {{6, fd}};
+    router_sup_opts_t o = t_opts(&t, exe, args, ids, 2);
+    o.what = "router";
+    o.id_flag = "--router";
+    o.gen_flag = "--generation";
+    o.inherit = inherit;
+    o.n_inherit = 1;
+    o.detach = 1;
+    capture_start(&t);
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t p1 = wait_shard_pid(&t, 1, line, sizeof(line));
+    snprintf(want, sizeof(want), "%d --config c.yaml --generation 0 --router 1 snapshot-text",
+             (int)p1);
+    CHECK_STR(line, want);
+    unlink_shard_file(&t, 1);
+    CHECK_EQ(kill(p1, SIGKILL), 0);
+    pid_t p1b = wait_shard_pid(&t, 1, line, sizeof(line));
+    CHECK(p1b != p1);
+    snprintf(want, sizeof(want), "%d --config c.yaml --generation 1 --router 1 snapshot-text",
+             (int)p1b);
+    CHECK_STR(line, want);
+    pid_t p0 = wait_shard_pid(&t, 0, line, sizeof(line));
+    snprintf(want, sizeof(want), "%d --config c.yaml --generation 0 --router 0", (int)p0);
+    CHECK(strncmp(line, want, strlen(want)) == 0);
+    CHECK_EQ(router_sup_signal(t.sup, SIGHUP), 2);
+    char hup[128];
+    for (int i = 0; i < 2; i++) {
+        snprintf(hup, sizeof(hup), "%s/hup-%d", t.dir, i);
+        RUN_UNTIL(&t, access(hup, F_OK) == 0);
+        CHECK_EQ(unlink(hup), 0);
+    }
+    t_stop(&t);
+    capture_end(&t);
+    close(fd);
+    const char *log = read_log(&t);
+    fputs(log, stderr);
+    CHECK(log_line(log, "killed by signal SIGKILL", line, sizeof(line)) != NULL);
+    CHECK_CONTAINS(line, "router 1 (pid ");
+    CHECK_CONTAINS(log, "restarting router 1 in 100 ms");
+    CHECK_CONTAINS(log, "started router 1 (pid ");
+    CHECK(strstr(log, "shard") == NULL);
+    t_close(&t);
+}
+
+typedef struct {
+    tctx_t *t;
+    char lines[8][300];
+    uint32_t ids[8];
+    size_t n;
+    int stop_on_line;
+} lines_t;
+
+static void on_line(void *arg, uint32_t id, const char *line)
+{
+    lines_t *l = arg;
+    CHECK(l->n < 8);
+    CHECK(router_sup_pid(l->t->sup, id) > 0); /* only while it runs */
+    snprintf(l->lines[l->n], sizeof(l->lines[0]), "%s", line);
+    l->ids[l->n++] = id;
+}
+
+static void lines_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
+{
+    lines_t *l = arg;
+    on_event(l->t, shard, running, status, sig);
+}
+
+/* Lines a child writes on its notify pipe reach on_line while it runs, one
+ * call per line, split across writes and cut at 255 bytes; nothing of a
+ * child comes after its exit event. */
+KVS_TEST(notify_lines_reach_on_line)
+{
+    tctx_t t;
+    t_init(&t);
+    lines_t l;
+    memset(&l, 0, sizeof(l));
+    l.t = &t;
+    char exe[256];
+    t_script(&t, "notify.sh",
+             "for a; do s=$a; done\n"
+             "printf 'listening 12' >&4; sleep 0.1; printf '34 56\\nsecond\\n' >&4\n"
+             "printf '%0400d\\n' 0 >&4\n"
+             "exec sleep 30\n",
+             exe, sizeof(exe));
+    const uint32_t ids[] = {3};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, ids, 1);
+    o.notify_fd = 4;
+    o.on_line = on_line;
+    o.on_event = lines_event;
+    o.arg = &l;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    RUN_UNTIL(&t, l.n >= 3);
+    CHECK_STR(l.lines[0], "listening 1234 56");
+    CHECK_STR(l.lines[1], "second");
+    CHECK_EQ(strlen(l.lines[2]), 255);
+    CHECK_EQ(l.ids[0], 3);
+    t_stop(&t);
+    CHECK_EQ(l.n, 3);
+    t_close(&t);
+}
+
+KVS_TEST_MAIN(KVS_CASE(router_children_get_flags_generation_and_fds),
+              KVS_CASE(notify_lines_reach_on_line), KVS_CASE(spawns_every_shard_with_its_args),
+              KVS_CASE(restarts_a_killed_worker), KVS_CASE(backoff_grows_for_a_crash_loop),
+              KVS_CASE(stable_worker_resets_backoff),
               KVS_CASE(stop_terminates_workers_and_calls_done),
               KVS_CASE(stop_from_an_event_callback), KVS_CASE(stop_kills_stragglers_after_grace),
               KVS_CASE(restart_survives_a_vanished_exe), KVS_CASE(missing_exe_fails_start),

@@ -229,6 +229,56 @@ KVS_TEST(session_unread_input_survives_the_shared_buffer)
     pair_free(&p);
 }
 
+/* Ships from->data[off..off+n) into `to`. */
+static void ship_part(const kvs_buf_t *from, size_t off, size_t n, kvs_tls_t *to)
+{
+    uint8_t *base;
+    size_t len;
+    CHECK_EQ(kvs_tls_in_space(to, n ? n : 1, &base, &len), 0);
+    CHECK(len >= n);
+    memcpy(base, from->data + off, n);
+    kvs_tls_in_commit(to, n);
+    kvs_tls_in_done(to);
+}
+
+/* A record the peer started and did not finish is seen as such, whether it
+ * stops in the header or in the body, one byte or many at a time. */
+KVS_TEST(session_mid_record_follows_the_peer_framing)
+{
+    pair_t p;
+    int crc, last;
+    uint8_t got[64];
+    pair_init(&p, server_ctx(KVS_TLS_PEER_NONE),
+              make_ctx(KVS_TLS_CLIENT, NULL, NULL, "ca.crt", KVS_TLS_PEER_REQUIRE), "localhost");
+    CHECK_EQ(pair_handshake(&p, &crc), 0);
+    CHECK_EQ(crc, 0);
+    CHECK(!kvs_tls_mid_record(p.s));
+    CHECK_EQ(kvs_tls_write(p.c, "ping", 4), 0);
+    CHECK_EQ(kvs_tls_write(p.c, "pong", 4), 0); /* two records */
+    size_t rec = p.cout.len / 2;
+    CHECK(rec > 5 && p.cout.len == 2 * rec);
+    ship_part(&p.cout, 0, 3, p.s); /* inside the header */
+    CHECK(kvs_tls_mid_record(p.s));
+    CHECK_EQ(drain(p.s, got, sizeof(got), &last), 0);
+    ship_part(&p.cout, 3, 4, p.s); /* the header and two body bytes */
+    CHECK(kvs_tls_mid_record(p.s));
+    for (size_t i = 7; i < rec - 1; i++) { /* the body byte by byte, but the last */
+        ship_part(&p.cout, i, 1, p.s);
+        CHECK(kvs_tls_mid_record(p.s));
+    }
+    CHECK_EQ(drain(p.s, got, sizeof(got), &last), 0);
+    CHECK_EQ(last, -EAGAIN);
+    ship_part(&p.cout, rec - 1, 2, p.s); /* the end of one, the start of the next */
+    CHECK(kvs_tls_mid_record(p.s));
+    CHECK_EQ(drain(p.s, got, sizeof(got), &last), 4);
+    CHECK(memcmp(got, "ping", 4) == 0);
+    ship_part(&p.cout, rec + 1, rec - 1, p.s);
+    CHECK(!kvs_tls_mid_record(p.s));
+    CHECK_EQ(drain(p.s, got, sizeof(got), &last), 4);
+    CHECK(memcmp(got, "pong", 4) == 0);
+    pair_free(&p);
+}
+
 /* The server requires a client certificate; the client shows `crt`. The
  * server's failure reason must contain `why`. */
 static void refused_client_cert(const char *crt, const char *key, const char *why)
@@ -821,6 +871,7 @@ KVS_TEST(conn_input_budget_holds_over_tls)
 
 KVS_TEST_MAIN(KVS_CASE(session_handshake_data_and_close_notify),
               KVS_CASE(session_unread_input_survives_the_shared_buffer),
+              KVS_CASE(session_mid_record_follows_the_peer_framing),
               KVS_CASE(session_client_cert_expired_wrong_ca_missing),
               KVS_CASE(session_peer_names_of_a_verified_client),
               KVS_CASE(session_server_name_and_ca_are_checked),

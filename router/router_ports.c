@@ -1,0 +1,235 @@
+/*
+ * router_ports: binding a shared (SO_REUSEPORT) listener, and asking the
+ * kernel who else listens on a port (see router_ports.h for why).
+ *
+ * libuv 1.44 (Debian 12) has no UV_TCP_REUSEPORT (1.49 added it), so the
+ * socket is made here, options set, bound, and handed to libuv with
+ * uv_tcp_open; from then on libuv owns the descriptor.
+ *
+ * The census uses NETLINK_SOCK_DIAG with an inet_diag_req_v2 per address
+ * family asking for TCP sockets in state LISTEN; the kernel's dump has no
+ * port filter without bytecode, so the port is matched here (a host has
+ * few listening sockets). The reply arrives as netlink messages ending
+ * with NLMSG_DONE; a receive timeout guards against a kernel that never
+ * answers.
+ */
+#include "router_ports.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define DIAG_TCP_LISTEN 10 /* the kernel's TCP_LISTEN state number */
+#define DIAG_BUF 16384
+
+/* ---- binding ------------------------------------------------------------------ */
+
+/* A bound, not yet listening socket with SO_REUSEADDR and SO_REUSEPORT.
+ * Returns the descriptor or a negative errno. */
+static int shared_socket(const struct sockaddr_storage *ss, uint64_t *inode)
+{
+    socklen_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int on = 1;
+    struct stat st;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0 || fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    *inode = (uint64_t)st.st_ino;
+    return fd;
+}
+
+int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t *l,
+                        uv_connection_cb cb, uint64_t *inode)
+{
+    struct sockaddr_storage ss;
+    memset(l, 0, sizeof(*l));
+    if (addr->is_unix)
+        return UV_EINVAL; /* router listeners are TCP (config: HOST:PORT) */
+    int rc = kvs_resolve(loop, addr, &ss);
+    if (rc != 0)
+        return rc;
+    int fd = shared_socket(&ss, inode);
+    if (fd < 0)
+        return fd; /* uv errors are negative errnos on unix */
+    rc = uv_tcp_init(loop, &l->tcp);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    rc = uv_tcp_open(&l->tcp, fd);
+    if (rc != 0)
+        close(fd);
+    if (rc == 0)
+        rc = uv_listen(&l->stream, 511, cb); /* the handle owns fd now */
+    if (rc != 0)
+        uv_close(&l->handle, NULL);
+    return rc;
+}
+
+/* ---- who else listens -------------------------------------------------------------- */
+
+static int is_any(const struct sockaddr *a)
+{
+    if (a->sa_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (a->sa_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr);
+    return 0;
+}
+
+/* The IPv4 address of `a` (IPv4, or IPv6-mapped IPv4): 1 and *v4 set, or 0. */
+static int v4_of(const struct sockaddr *a, struct in_addr *v4)
+{
+    if (a->sa_family == AF_INET) {
+        *v4 = ((const struct sockaddr_in *)a)->sin_addr;
+        return 1;
+    }
+    const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+    if (a->sa_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(v6))
+        return 0;
+    memcpy(&v4->s_addr, &v6->s6_addr[12], 4);
+    return 1;
+}
+
+int router_ports_overlap(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (is_any(a) || is_any(b))
+        return 1;
+    struct in_addr x, y;
+    if (v4_of(a, &x) && v4_of(b, &y))
+        return x.s_addr == y.s_addr;
+    if (a->sa_family != AF_INET6 || b->sa_family != AF_INET6)
+        return 0;
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
+static uint16_t port_of(const struct sockaddr *a)
+{
+    if (a->sa_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+}
+
+/* One listening socket of the dump, as a router_port_sock_t. */
+static void diag_sock(const struct inet_diag_msg *d, router_port_sock_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (d->idiag_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&s->addr;
+        in->sin_family = AF_INET;
+        in->sin_port = d->id.idiag_sport;
+        memcpy(&in->sin_addr, d->id.idiag_src, 4);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->addr;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = d->id.idiag_sport;
+        memcpy(&in6->sin6_addr, d->id.idiag_src, 16);
+    }
+    s->uid = d->idiag_uid;
+    s->inode = d->idiag_inode;
+}
+
+static int diag_request(int fd, int family)
+{
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof(req));
+    req.nlh.nlmsg_len = sizeof(req);
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = (uint8_t)family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << DIAG_TCP_LISTEN;
+    struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
+    ssize_t n;
+    do
+        n = sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&nl, sizeof(nl));
+    while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof(req) ? 0 : n < 0 ? -errno : -EIO;
+}
+
+typedef struct {
+    const struct sockaddr *addr;
+    const uint64_t *ours;
+    size_t n_ours;
+    router_port_sock_t *who;
+    int found;
+} census_t;
+
+/* Looks at one socket of the dump. */
+static void census_one(census_t *c, const struct inet_diag_msg *d)
+{
+    router_port_sock_t s;
+    diag_sock(d, &s);
+    const struct sockaddr *sa = (const struct sockaddr *)&s.addr;
+    if (c->found || port_of(sa) != port_of(c->addr) || !router_ports_overlap(sa, c->addr))
+        return;
+    for (size_t i = 0; i < c->n_ours; i++)
+        if (c->ours[i] == s.inode)
+            return;
+    *c->who = s;
+    c->found = 1;
+}
+
+/* Reads the dump of one request to its end. Returns 0 or a negative errno. */
+static int diag_read(int fd, census_t *c)
+{
+    static char buf[DIAG_BUF] __attribute__((aligned(NLMSG_ALIGNTO)));
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        int len = (int)n; /* at most DIAG_BUF */
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, len);
+             h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE)
+                return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = NLMSG_DATA(h);
+                return e->error != 0 ? e->error : -EIO;
+            }
+            if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg)))
+                census_one(c, NLMSG_DATA(h));
+        }
+    }
+}
+
+int router_ports_foreign(const struct sockaddr *addr, const uint64_t *ours, size_t n_ours,
+                         router_port_sock_t *who)
+{
+    census_t c = {addr, ours, n_ours, who, 0};
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0)
+        return -errno;
+    struct timeval tv = {.tv_sec = 2};
+    int rc = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0 ? 0 : -errno;
+    static const int families[] = {AF_INET, AF_INET6};
+    for (size_t i = 0; rc == 0 && i < 2 && !c.found; i++) {
+        rc = diag_request(fd, families[i]);
+        if (rc == 0)
+            rc = diag_read(fd, &c);
+    }
+    close(fd);
+    return rc != 0 ? rc : c.found;
+}

@@ -1,0 +1,370 @@
+"""Several router processes per node (router.processes), end to end: the
+master (kvs-router as started) supervises the kvs-node workers and N
+router processes that share router.listen and router.resp_listen with
+SO_REUSEPORT.
+
+Which router process served a connection is read from the connection
+itself: Info's router.process pair on the protobuf front door, CLIENT ID
+on the Redis one (the router index sits above bit 47 of every id, see
+router/router_procs.h). Every test runs real binaries on loopback and
+takes a few seconds.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import redis
+
+from kvstest import HOST, pb, pyval
+from routertest import RouterTestCase, free_port, procs_for_config
+
+EX_CONFIG = 78
+WAIT = 15.0
+
+
+def wait_until(pred, timeout=WAIT, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    return pred()
+
+
+def req_info():
+    r = pb.CommandRequest()
+    r.info.SetInParent()
+    return r
+
+
+def info_of(c):
+    """{key: value} of an Info answer on Client c."""
+    resp = c.call(req_info())
+    assert resp.status == 200, resp.message
+    return {p.key.decode(): pyval(p.value) for p in resp.pairs}
+
+
+def resp_router_of(client_id):
+    """The router index in a CLIENT ID (router_procs_id_base)."""
+    return client_id >> 47
+
+
+class ProcsTestCase(RouterTestCase):
+    def node(self, processes=2, shards=2, resp=True, **kw):
+        self.rport = free_port() if resp else None
+        yaml = list(kw.pop("router_yaml", []))
+        if resp:
+            yaml.append('resp_listen: "%s:%d"' % (HOST, self.rport))
+        r = self.router(shards=shards, partitions=16, processes=processes, router_yaml=yaml,
+                        **kw)
+        # The port answers once any router listens; the node is ready once all do.
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr()), r.stderr())
+        return r
+
+    def routers(self, r):
+        """{index: pid} of r's live router processes."""
+        out = {}
+        for pid, argv in procs_for_config(r.config).items():
+            if "--router" in argv:
+                out[int(argv[argv.index("--router") + 1])] = pid
+        return out
+
+    def conn_on(self, r, index, tries=200):
+        """A protobuf Client that reached router process `index`."""
+        for _ in range(tries):
+            c = r.client()
+            if info_of(c)["router.process"] == index:
+                self.addCleanup(c.close)
+                return c
+            c.close()
+        self.fail("no connection reached router %d in %d tries" % (index, tries))
+
+    def redis_on(self, index, tries=200):
+        """A redis-py client (one connection) that reached router process `index`."""
+        for _ in range(tries):
+            c = redis.Redis(host=HOST, port=self.rport, socket_timeout=10,
+                            single_connection_client=True)
+            if resp_router_of(c.client_id()) == index:
+                self.addCleanup(c.close)
+                return c
+            c.close()
+        self.fail("no Redis connection reached router %d in %d tries" % (index, tries))
+
+    def exits_at_once(self, r, timeout=10):
+        r.proc = r.spawn()
+        try:
+            rc = r.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-router still running after %d s:\n%s" % (timeout, r.stderr()))
+        return rc, r.stderr()
+
+
+class ProcsTest(ProcsTestCase):
+    def test_one_router_process_looks_like_a_single_router(self):
+        r = self.node(processes=1)
+        self.assertEqual(sorted(self.routers(r)), [0])
+        with r.client() as c:
+            self.assertFalse([k for k in info_of(c) if k.startswith("router.")])
+        c = redis.Redis(host=HOST, port=self.rport, socket_timeout=10)
+        self.addCleanup(c.close)
+        self.assertEqual(c.client_id(), 1)
+        self.assertEqual(r.stop(), 0)
+        self.assertNotIn("router[", r.stderr())
+
+    def test_two_routers_serve_both_front_doors(self):
+        r = self.node(log="{level: info, format: json}")
+        self.assertEqual(sorted(self.routers(r)), [0, 1])
+        master = r.pid
+        for pid in self.routers(r).values():
+            with open("/proc/%d/stat" % pid) as f:
+                self.assertEqual(int(f.read().rsplit(")", 1)[1].split()[1]), master)
+        # Connections spread over both routers, on both front doors.
+        seen, clients = set(), []
+        for _ in range(24):
+            c = r.client()
+            clients.append(c)
+            info = info_of(c)
+            self.assertEqual(info["router.processes"], 2)
+            self.assertGreaterEqual(info["router.clients"], 1)
+            seen.add(info["router.process"])
+        self.assertEqual(seen, {0, 1})
+        ids = []
+        for _ in range(24):
+            c = redis.Redis(host=HOST, port=self.rport, socket_timeout=10,
+                            single_connection_client=True)
+            self.addCleanup(c.close)
+            ids.append(c.client_id())
+        self.assertEqual({resp_router_of(i) for i in ids}, {0, 1})
+        self.assertEqual(len(set(ids)), len(ids))  # unique in the node
+        # What one router writes, another reads: the workers are shared.
+        a, b = self.conn_on(r, 0), self.conn_on(r, 1)
+        for i in range(20):
+            self.assertOk(a.hset("t", "k%d" % i, "v%d" % i))
+        for i in range(20):
+            self.assertEqual(pyval(b.hget("t", "k%d" % i).values[0]), "v%d" % i)
+        self.assertEqual(self.redis_on(0).hget("t", "k3"), b"v3")
+        self.assertEqual(self.redis_on(1).hget("t", "k4"), b"v4")
+        for c in clients:
+            c.close()
+        self.assertEqual(r.stop(), 0)
+        # JSON logs: the router processes' lines carry their index.
+        lines = [json.loads(x) for x in r.stderr().splitlines()]
+        tagged = {(o["role"], o.get("router")) for o in lines if o["role"] == "router"}
+        self.assertEqual(tagged, {("router", None), ("router", 0), ("router", 1)})
+        ready = [o["message"] for o in lines if o.get("router") == 1 and "ready" in o["message"]]
+        self.assertEqual(ready, ["router 1 of 2 ready: 2 shards (2 local)"])
+        self.assertEqual(lines[-1]["message"], "stopped")
+        self.assertNotIn("router", lines[-1])
+
+    def test_killed_router_comes_back_and_the_node_keeps_serving(self):
+        r = self.node()
+        c0, c1 = self.conn_on(r, 0), self.conn_on(r, 1)
+        rc1 = self.redis_on(1)
+        victim = self.routers(r)[1]
+        os.kill(victim, signal.SIGKILL)
+        # Its clients lose their connections...
+        self.assertTrue(c1.at_eof())
+        with self.assertRaises(redis.ConnectionError):
+            rc1.ping()
+        # ...the other router's keep being served, and new connections all land.
+        for i in range(10):
+            self.assertOk(c0.hset("t", "k%d" % i, "v"))
+        for _ in range(30):
+            with r.client() as c:
+                self.assertEqual(c.ping().status, 200)
+        # The master restarts it (a new generation: new ids).
+        self.assertTrue(wait_until(lambda: self.routers(r).get(1) not in (None, victim)),
+                        r.stderr())
+        self.assertTrue(wait_until(lambda: "router 1 accepts clients again" in r.stderr()),
+                        r.stderr())
+        again = self.conn_on(r, 1)
+        self.assertEqual(pyval(again.hget("t", "k3").values[0]), "v")
+        cid = self.redis_on(1).client_id()
+        self.assertEqual((cid >> 40) & 0x7F, 1)  # generation 1
+        log = r.stderr()
+        self.assertRegex(log, r"router WARN  router 1 \(pid %d\) killed by signal SIGKILL" % victim)
+        self.assertIn("restarting router 1 in 100 ms", log)
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+    def test_sigterm_drains_routers_then_workers(self):
+        r = self.node(processes=3, shards=3)
+        held = [self.conn_on(r, i) for i in range(3)]
+        for c in held:
+            self.assertOk(c.ping())
+        r.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(r.proc.wait(WAIT), 0, r.stderr())
+        for c in held:
+            self.assertTrue(c.at_eof())
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+        log = r.stderr().splitlines()
+
+        def at(pattern):
+            return next(i for i, line in enumerate(log) if re.search(pattern, line))
+
+        first_worker_stop = at("stopping shard")
+        for i in range(3):
+            self.assertLess(at(r"router\[%d\] INFO  clients drained" % i), first_worker_stop)
+            self.assertLess(at(r"router %d \(pid \d+\) exited with status 0" % i),
+                            first_worker_stop)
+        self.assertLess(at("router INFO  clients drained; stopping workers"), first_worker_stop)
+        self.assertIn("router INFO  stopped", log[-1])
+
+    def test_killed_master_leaves_no_process_and_the_lock_covers_routers(self):
+        r = self.node(processes=2)
+        routers = self.routers(r)
+        # A router that cannot run yet (stopped) still holds the lock...
+        os.kill(routers[0], signal.SIGSTOP)
+        self.addCleanup(lambda: self._cont(routers[0]))
+        r.proc.kill()
+        r.proc.wait(5)
+        # ...the other children die with the master...
+        self.assertTrue(wait_until(lambda: set(procs_for_config(r.config)) == {routers[0]}, 10),
+                        procs_for_config(r.config))
+        # ...and a new node on the same data directory is refused meanwhile.
+        rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, 1, log)
+        self.assertIn("another kvs-router is already running on data_dir", log)
+        # Once it runs again, its pending SIGTERM (the master's death) ends it.
+        os.kill(routers[0], signal.SIGCONT)
+        self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        r.proc.kill()
+        r.proc.wait(5)
+        self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
+
+    @staticmethod
+    def _cont(pid):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+
+    def test_sighup_reaches_every_router_and_worker(self):
+        r = self.node(resp=False)
+        before = dict(self.routers(r)), dict(r.workers())
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: all("router[%d] INFO  received SIGHUP: reloading TLS "
+                                               "material" % i in r.stderr() for i in (0, 1))),
+                        r.stderr())
+        self.assertIn("router INFO  SIGHUP: passed on to 2 router process(es) and 2 worker(s)",
+                      r.stderr())
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
+        self.assertEqual(r.stop(), 0)
+
+    def test_hscan_cursor_of_another_router_is_refused(self):
+        r = self.node()
+        a, b = self.redis_on(0), self.redis_on(1)
+        a.hset("big", mapping={"f%03d" % i: "v" for i in range(60)})
+        cur, page = a.hscan("big", cursor=0, count=5)
+        self.assertNotEqual(cur, 0)
+        self.assertEqual(resp_router_of(cur), 0)
+        with self.assertRaisesRegex(redis.ResponseError, "not handed out by this router process"):
+            b.hscan("big", cursor=cur, count=5)
+        # Router 1's own walk works, and router 0 can still go on with its cursor.
+        got = dict(page)
+        while cur != 0:
+            cur, page = a.hscan("big", cursor=cur, count=5)
+            got.update(page)
+        self.assertEqual(len(got), 60)
+        self.assertEqual(len(dict(b.hscan_iter("big", count=7))), 60)
+        self.assertEqual(r.stop(), 0)
+
+    def test_max_clients_is_split_between_routers(self):
+        r = self.node(resp=False, extra_yaml="limits: {max_clients: 2}\n")
+        accepted, refused = {}, 0
+        for _ in range(60):
+            c = r.client()
+            self.addCleanup(c.close)
+            c.sock.settimeout(0.3)  # a refused client is told at once, unasked
+            try:
+                resp = c.recv()
+            except socket.timeout:
+                c.sock.settimeout(10)
+                info = info_of(c)
+                i = info["router.process"]
+                self.assertNotIn(i, accepted, "router %d took a second client" % i)
+                accepted[i] = c
+                continue
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("this router process's share of limits.max_clients over 2 router "
+                          "processes", resp.message)
+            refused += 1
+            if len(accepted) == 2 and refused >= 3:
+                break
+        self.assertEqual(sorted(accepted), [0, 1])
+        self.assertGreaterEqual(refused, 3)
+
+
+class ProcsStartTest(ProcsTestCase):
+    def on_port(self, port):
+        """A two-router node, not started, whose router.listen is `port`."""
+        r = self.router(start=False, shards=1, processes=2)
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace('listen: "%s:%d"' % (HOST, r.port), 'listen: "%s:%d"' % (HOST, port)))
+        r.port = port
+        return r
+
+    def test_processes_values_are_checked_at_load(self):
+        for value in ("0", "65", "99999999999", "two", "-1", "1.5"):
+            r = self.router(start=False, shards=1, processes=value)
+            rc, log = self.exits_at_once(r)
+            self.assertEqual(rc, EX_CONFIG, log)
+            self.assertRegex(log, r"config\.yaml:\d+:\d+: router\.processes must be auto or an "
+                                  r"integer from 1 to 64 \(got \"%s\"\)" % value.replace(".", r"\."))
+            self.assertEqual(procs_for_config(r.config), {})
+            self.assertNotIn("started", log)
+        r = self.router(shards=1, processes="auto")
+        n = min(len(os.sched_getaffinity(0)), 8)
+        self.assertEqual(len(self.routers(r)), n)
+        with r.client() as c:  # Info names the routers when there are several
+            self.assertEqual(info_of(c).get("router.processes", 1), n)
+        self.assertEqual(r.stop(), 0)
+
+    def test_port_held_without_reuseport_fails_the_start(self):
+        port = free_port()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.bind((HOST, port))
+        s.listen(1)
+        r = self.on_port(port)
+        rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, 1, log)
+        self.assertIn("cannot listen on %s:%d: address already in use (another process holds "
+                      "this port without sharing it" % (HOST, port), log)
+        self.assertRegex(log.splitlines()[-1],
+                         r"router ERROR stopped: router \d could not start: cannot listen")
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+    def test_port_shared_with_another_reuseport_socket_fails_the_start(self):
+        port = free_port()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((HOST, port))
+        s.listen(1)
+        r = self.on_port(port)
+        rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, 1, log)
+        self.assertIn("router.listen %s:%d is shared with a process that is not one of this "
+                      "node's routers (a socket of uid %d, inode %d"
+                      % (HOST, port, os.getuid(), os.fstat(s.fileno()).st_ino), log)
+        self.assertNotIn("node ready", log)
+        self.assertIn("stopped: router.listen is shared with another process", log)
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
