@@ -10,11 +10,12 @@
  * storage error, or any verdict but "serve", sends the read to the worker
  * instead: the worker's answer is always right, this one only faster.
  *
- * Opening is lazy: at a link's coming up, then on a read that finds the
- * shard not open (a failed open is retried after RETRY_MS). A shard whose
- * worker names other files than the open ones is reopened on the read
- * that notices; the old environment is closed first, so no snapshot of it
- * survives.
+ * Opening happens at a link's coming up, on a read that finds the shard
+ * not open, and on the upkeep timer (a failed open is retried after
+ * RETRY_MS). A shard whose worker names other files than the open ones is
+ * reopened by the read or the tick that notices, whichever comes first
+ * (so a replaced data.mdb's space is not kept mapped for long); the old
+ * environment is closed first, so no snapshot of it survives.
  *
  * Memory and lifetimes: environments and pages are owned here and closed
  * by router_local_free; answers go into caller buffers.
@@ -42,7 +43,7 @@
 typedef struct lshard_s {
     uint32_t id;
     const router_link_t *link; /* the link to this node's worker of the shard; NULL: none */
-    kvs_lmdb_reader_t *env; /* NULL: not open */
+    kvs_lmdb_reader_t *env;    /* NULL: not open */
     kvs_shardstate_t *state;
     uint64_t retry_at; /* uv_now before which no open is tried */
     int warned;        /* the current failure to open was logged */
@@ -347,9 +348,11 @@ static void on_timer(uv_timer_t *t)
     for (uint32_t s = 0; s < lc->cfg->shards; s++) {
         lshard_t *ls = &lc->shards[s];
         int cleared = 0;
+        kvs_shardstate_head_t h;
         if (ls->link == NULL)
             continue;
         check_state_file(lc, ls);
+        ready(lc, ls, &h); /* follows a worker that moved to other files, opens a new one's */
         if (ls->env == NULL)
             continue;
         if (kvs_lmdb_reader_check(ls->env, &cleared) == 0 && cleared > 0)

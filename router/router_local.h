@@ -15,6 +15,13 @@
  *    to the worker, which waits or answers 503 as before;
  *  - answers are built by kvs_reads, the code the worker answers with.
  *
+ * Local shards are those this node runs a worker of (the router's link to
+ * it is a unix socket); with replicas (cluster.nodes) that is this node's
+ * own replica, the one router_replica would pick first, and a read it
+ * cannot serve goes the way of any read of the shard (its worker, then
+ * the other replicas). Users' rights are checked by the caller before a
+ * read gets here. Each router process (router.processes) has its own.
+ *
  * A shard is read here only while all of these hold, else its reads go to
  * the worker as before:
  *  - its link is up (the worker is running: a dead or starting worker's
@@ -32,8 +39,8 @@
  * most one reader slot in its lock file (kvs_schema: the worker sizes the
  * reader table for many router processes), and the state page's mapping.
  * No snapshot outlives the read that began it. A timer (1 s) clears stale
- * reader slots (mdb_reader_check) and notices a state page that was
- * created anew.
+ * reader slots (mdb_reader_check), notices a state page that was created
+ * anew, and follows a worker that moved to other files.
  *
  * Threads: the router's loop thread only.
  */
