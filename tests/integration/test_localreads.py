@@ -6,10 +6,20 @@ That a read was answered by the router itself is seen from outside: the
 shard's worker is stopped (SIGSTOP) while the read is made, so a read sent
 to it would wait out router.timeout and come back 503. Every test resumes
 what it stopped, bounds every wait, and kills every process at cleanup.
+
+Covered: answers byte for byte as the worker's; read-your-writes under
+load; bound tables under the worker's freshness rules; map growth; a
+worker killed mid-write (its reader slot cleared); a replaced data.mdb and
+a snapshot bootstrap (the router follows the worker to its new files);
+reader slots of dead readers and of a killed router process; several
+router processes; users' rights checked before a local answer (TLS,
+both front doors); other nodes' routers still asking the worker; replicas
+(never an answer the local replica has not applied).
 """
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import os
 import queue
 import re
@@ -23,13 +33,15 @@ import unittest
 
 import redis
 
-from kvstest import (BUILD_DIR, pb, pyval, req_hexist, req_hget, req_hgetall, req_hmexist,
-                     req_hmget, req_hscan, req_hset)
-from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config
-import kafkatest
-from kafkatest import KCAT, kcat_produce, pos_token, wait_until
-from test_ingest import KafkaFixtures
+from kvstest import (BUILD_DIR, cert_path, pb, pyval, req_hexist, req_hget, req_hgetall,
+                     req_hmexist, req_hmget, req_hscan, req_hset, tls_context, tls_yaml)
+from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard, procs_for_config
+from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
+from test_auth import USERS, req_auth, users_yaml
 from test_logfirst import FreshnessFixtures, keys_in_partition, with_options
+from test_procs import info_of
+from test_replicas import TABLE as REPLICA_TABLE
+from test_replicas import ReplicaFixtures, hget_at, shard_of_key
 
 PARTITIONS = 16
 QUICK = 1.5  # a read answered here comes back well within this, even under ASan
@@ -42,6 +54,13 @@ def router_pids(r):
         if "--router" in argv:
             out[int(argv[argv.index("--router") + 1])] = pid
     return out
+
+
+def lmdb_readers(env):
+    """The pids holding reader slots of environment `env` (mdb_stat -r)."""
+    out = subprocess.run(["mdb_stat", "-r", env], capture_output=True, text=True, timeout=10)
+    return [line.split()[0] for line in out.stdout.splitlines()[1:]
+            if line.strip() and line.split()[0].isdigit()]
 
 
 def req_hlen(table):
@@ -386,6 +405,232 @@ class LifecycleTest(LocalReadsCase):
         self.assertNotIn("answering its reads", r.stderr())
 
 
+class ProcessesTest(LocalReadsCase):
+    def conn_on(self, r, index, tries=200):
+        """A protobuf Client that reached router process `index`."""
+        for _ in range(tries):
+            c = r.client()
+            if info_of(c)["router.process"] == index:
+                self.addCleanup(c.close)
+                return c
+            c.close()
+        self.fail("no connection reached router %d in %d tries" % (index, tries))
+
+    def test_every_router_process_reads_locally_and_sees_the_others_writes(self):
+        r = self.local_router(processes=2)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 15), r.stderr())
+        keys = keys_by_shard(b"p", 20, PARTITIONS, 2)
+        c0, c1 = self.conn_on(r, 0), self.conn_on(r, 1)
+        for i, k in enumerate(keys[0] + keys[1]):  # written through one, read through the other
+            w, rd = (c0, c1) if i % 2 else (c1, c0)
+            self.assertEqual(w.hset("t", k, b"v-" + k).status, 200)
+            got = rd.hget("t", k)
+            self.assertEqual((got.status, pyval(got.values[0])), (200, b"v-" + k), got.message)
+        with stopped(*r.workers().values()):
+            for c in (c0, c1):
+                got, el = self.timed(c.call, req_hmget("t", keys[0] + keys[1]))
+                self.assertHere(el, "Hmget")
+                self.assertEqual([pyval(v) for v in got.values],
+                                 [b"v-" + k for k in keys[0] + keys[1]])
+        log = r.stderr()
+        for s in (0, 1):  # each router process opened each shard once
+            self.assertEqual(len(re.findall(r"router\[\d\] INFO  shard %d: answering its reads"
+                                            % s, log)), 2, log)
+
+    @unittest.skipIf(shutil.which("mdb_stat") is None, "mdb_stat (lmdb-utils) is needed")
+    def test_a_router_process_killed_leaves_no_slot_and_its_successor_reads_here(self):
+        r = self.local_router(processes=2)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 15), r.stderr())
+        keys = keys_by_shard(b"q", 4, PARTITIONS, 2)[0]
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, k).status, 200)
+        env = os.path.join(r.data_dir, "shard-0")
+        victim = router_pids(r)[1]
+        c1 = self.conn_on(r, 1)
+        c1.hget("t", keys[0])  # it read shard 0: it holds a slot there
+        os.kill(victim, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: router_pids(r).get(1) not in (None, victim), 15))
+        self.assertTrue(wait_until(lambda: str(victim) not in lmdb_readers(env), 5),
+                        "the killed router's reader slot stayed")
+        c1 = self.conn_on(r, 1)
+        with stopped(r.worker_pid(0)):
+            got, el = self.timed(c1.call, req_hmget("t", keys))
+            self.assertHere(el, "Hmget")
+            self.assertEqual([pyval(v) for v in got.values], keys)
+
+
+class AccessTest(LocalReadsCase):
+    """Users and rights (issue 14) hold for reads the router answers itself:
+    they are checked before a read is answered here, over TLS and through
+    the Redis protocol alike."""
+
+    def test_rights_are_checked_before_a_local_answer(self):
+        r = self.local_router(extra_yaml=users_yaml() + tls_yaml(router={"enabled": "true"}),
+                              tls=tls_context())
+        keys = keys_by_shard(b"a", 4, PARTITIONS, 2)
+        every = keys[0] + keys[1]
+        with r.client() as ops:
+            self.assertEqual(ops.call(req_auth("ops", USERS["ops"][0])).status, 200)
+            for t in ("orders", "secret"):
+                for k in every:
+                    self.assertEqual(ops.hset(t, k, b"v-" + k).status, 200)
+        alice = r.client()
+        self.addCleanup(alice.close)
+        self.assertEqual(alice.call(req_auth("alice", USERS["alice"][0])).status, 200)
+        anon = r.client()
+        self.addCleanup(anon.close)
+        ra = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10, username="alice",
+                         password=USERS["alice"][0], ssl=True, ssl_ca_certs=cert_path("ca.crt"))
+        self.addCleanup(ra.close)
+        self.assertEqual(ra.hget("orders", keys[0][0]), b"v-" + keys[0][0])
+        with stopped(*r.workers().values()):
+            got, el = self.timed(alice.call, req_hmget("orders", every))  # allowed: read here
+            self.assertHere(el, "Hmget")
+            self.assertEqual([pyval(v) for v in got.values], [b"v-" + k for k in every])
+            for q in (req_hget("secret", keys[0][0]), req_hexist("secret", keys[1][0]),
+                      req_hmget("secret", every), req_hgetall("secret"),
+                      req_hscan("secret"), req_hlen("secret")):
+                name = q.WhichOneof("command")
+                got, el = self.timed(alice.call, q)
+                self.assertHere(el, name)
+                self.assertEqual(got.status, 403, (name, got))
+                self.assertIn('user "alice" may not run', got.message)
+                self.assertFalse(got.values or got.pairs, (name, got))
+                got = anon.call(q)
+                self.assertEqual(got.status, 401, (name, got))
+                self.assertFalse(got.values or got.pairs, (name, got))
+            got, el = self.timed(ra.hmget, "orders", every)  # the Redis front door alike
+            self.assertHere(el, "HMGET")
+            self.assertEqual(got, [b"v-" + k for k in every])
+            for call in (lambda: ra.hget("secret", keys[0][0]), lambda: ra.hgetall("secret"),
+                         lambda: ra.hmget("secret", every), lambda: ra.hlen("secret")):
+                t = time.monotonic()
+                with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "may not run"):
+                    call()
+                self.assertHere(time.monotonic() - t, "a refused Redis read")
+
+
+class NodesTest(LocalReadsCase):
+    def test_reads_from_other_nodes_still_go_to_the_worker(self):
+        """A shard's reads through another node's router go to its worker
+        (over TCP), and the worker answers them as before; only the node
+        that runs the worker reads its files."""
+        base_a, base_b = free_port_range(2), None
+        for _ in range(20):
+            base_b = free_port_range(2)
+            if abs(base_a - base_b) >= 2:
+                break
+        a = self.router(start=False, name="A", shards=2, partitions=PARTITIONS, timeout="2s",
+                        node_listen="127.0.0.1:%d" % base_a,
+                        remote={1: "127.0.0.1:%d" % (base_b + 1)})
+        b = self.router(start=False, name="B", shards=2, partitions=PARTITIONS, timeout="2s",
+                        node_listen="127.0.0.1:%d" % base_b, remote={0: "127.0.0.1:%d" % base_a})
+        a.start()
+        b.start()
+        keys = keys_by_shard(b"n", 2, PARTITIONS, 2)
+        with a.client() as ca, b.client() as cb:
+            self.assertTrue(wait_until(lambda: cb.hset("t", keys[0][0], b"x").status == 200, 10))
+            self.assertTrue(wait_until(lambda: ca.hset("t", keys[1][0], b"y").status == 200, 10))
+            self.assertEqual(pyval(cb.hget("t", keys[0][0]).values[0]), b"x")  # via A's worker
+            with stopped(a.worker_pid(0)):
+                got, el = self.timed(ca.hget, "t", keys[0][0])  # A reads its own shard here
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"x")
+                got = cb.hget("t", keys[0][0])  # B asks A's worker, which is stopped
+                self.assertEqual(got.status, 503, got.message)
+                got, el = self.timed(cb.hget, "t", keys[1][0])  # B reads its own shard here
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"y")
+        self.assertNotIn("shard 1: answering its reads", a.stderr())
+        self.assertNotIn("shard 0: answering its reads", b.stderr())
+
+
+class ReplicasTest(ReplicaFixtures, unittest.TestCase):
+    """Shards with replicas (cluster.nodes): each node's router reads its
+    own replica's files, under the same freshness rules; what that replica
+    has not applied goes to the replicas, as before."""
+
+    def test_replica_reads_here_never_answer_what_it_has_not_applied(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
+        a, b = rt["a"], rt["b"]
+        k_old, k_new = b"old-0", b"new-0"
+        s = shard_of_key(k_old)
+        while shard_of_key(k_new) != s:
+            k_new = k_new + b"x"
+        with a.client() as c:
+            old = c.call(req_hset(REPLICA_TABLE, k_old, "o"))
+            self.assertEqual(old.status, 200, old.message)
+        bw = b.workers()[s]
+        with b.client() as cb:
+            self.assertTrue(wait_until(
+                lambda: cb.call(hget_at(REPLICA_TABLE, k_old, old.position)).status == 200, 10))
+            time.sleep(1.1)  # a heartbeat of b's worker since it applied it
+            with stopped(bw):
+                t = time.monotonic()
+                got = cb.call(hget_at(REPLICA_TABLE, k_old, old.position))
+                self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+                self.assertEqual((got.status, pyval(got.values[0])), (200, "o"))
+                with a.client() as c:  # applied by a, not by b (stopped)
+                    new = c.call(req_hset(REPLICA_TABLE, k_new, "n"))
+                    self.assertEqual(new.status, 200, new.message)
+                # b's files do not hold it: the read goes to the replicas (b's
+                # worker times out, a answers)
+                got = cb.call(hget_at(REPLICA_TABLE, k_new, new.position))
+                self.assertEqual((got.status, pyval(got.values[0]) if got.values else None),
+                                 (200, "n"), got.message)
+
+    def test_snapshot_bootstrap_replaces_what_the_router_reads(self):
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        keys = [b"boot-%d" % i for i in range(40)]
+        s = 0
+        mine = [k for k in keys if shard_of_key(k) == s]
+        with a.client() as c:
+            for k in mine[:5]:
+                self.assertEqual(c.call(req_hset(REPLICA_TABLE, k, "v1")).status, 200)
+        self.assertTrue(wait_until(lambda: all(
+            v["lag"] == 0 for v in kafka_parts(self.worker_info(b, s), "users").values()), 20))
+        env = os.path.join(b.data_dir, "shard-%d" % s)
+        bw = b.workers()[s]
+        time.sleep(1.1)  # a heartbeat of b's worker since it applied them
+        with b.client() as cb, stopped(bw):  # b's router reads its files now
+            t = time.monotonic()
+            got = cb.call(req_hget(REPLICA_TABLE, mine[0]))
+            self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+            self.assertEqual((got.status, pyval(got.values[0])), (200, "v1"))
+        # b's shard-0 files go away (its router still maps them), then its
+        # worker dies: the next one starts with no data.mdb and copies a's
+        copies = b.stderr().count("copied shard %d" % s)  # b's start may have copied too
+        self.assertNotIn("serves from other files", b.stderr())
+        with stopped(bw):
+            os.unlink(os.path.join(env, "data.mdb"))
+            with a.client() as c:  # only in a's copy: b's old files never see it
+                for k in mine[5:]:
+                    self.assertEqual(c.call(req_hset(REPLICA_TABLE, k, "v2")).status, 200)
+            os.kill(bw, signal.SIGKILL)
+        self.assertIsNotNone(wait_until(
+            lambda: b.stderr().count("copied shard %d" % s) == copies + 1, 20), b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "shard %d: its worker serves from other files now"
+                                   % s in b.stderr(), 10), b.stderr()[-3000:])
+        self.wait_workers(b)
+        new = b.workers()[s]
+        self.assertNotEqual(new, bw)
+        self.assertTrue(wait_until(lambda: all(
+            v["lag"] == 0 for v in kafka_parts(self.worker_info(b, s), "users").values()), 20))
+        time.sleep(1.1)  # a heartbeat of the new worker
+        with b.client() as cb, stopped(new):  # read by b's router, from the copy
+            for k in mine:
+                t = time.monotonic()
+                got = cb.call(req_hget(REPLICA_TABLE, k))
+                self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+                self.assertEqual((got.status, pyval(got.values[0]) if got.values else None),
+                                 (200, "v1" if k in mine[:5] else "v2"), got.message)
+        self.assertIn("copying a snapshot from node a", b.stderr())
+        self.assertIn("started a new lock file", b.stderr())  # the old one was the old file's
+
+
 LMDB = ctypes.util.find_library("lmdb")
 MDB_RDONLY = 0x20000
 
@@ -404,9 +649,7 @@ time.sleep(60)
 @unittest.skipIf(LMDB is None or shutil.which("mdb_stat") is None, "liblmdb and mdb_stat needed")
 class ReaderSlotsTest(LocalReadsCase):
     def readers(self, env):
-        out = subprocess.run(["mdb_stat", "-r", env], capture_output=True, text=True, timeout=10)
-        return [line.split()[0] for line in out.stdout.splitlines()[1:]
-                if line.strip() and line.split()[0].isdigit()]
+        return lmdb_readers(env)
 
     def test_slot_of_a_dead_reader_is_cleared(self):
         r = self.local_router()
@@ -429,6 +672,45 @@ class ReaderSlotsTest(LocalReadsCase):
         self.assertIn("shard 0: cleared 1 reader slot(s) left by processes that died",
                       r.stderr())
         self.assertEqual(self.readers(env).count(router), 1)
+
+    def test_slot_of_a_worker_killed_mid_write_is_cleared(self):
+        """A worker killed while it writes leaves its reader slot behind (its
+        per-turn snapshot); the next worker, or the router within a second,
+        clears it, and the router reads the new worker's commits."""
+        r = self.local_router()
+        env = os.path.join(r.data_dir, "shard-0")
+        keys = (k for k in (b"s%d" % i for i in itertools.count()) if r.shard_of(k) == 0)
+        stop, acked = threading.Event(), []
+
+        def writer():
+            with r.client() as c:
+                while not stop.is_set():
+                    batch = [next(keys) for _ in range(8)]
+                    for k, resp in zip(batch, c.pipeline([req_hset("s", k, k) for k in batch])):
+                        if resp.status == 200:
+                            acked.append(k)
+                        else:  # 503 while the worker restarts
+                            time.sleep(0.001)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        self.addCleanup(t.join, 10)
+        self.addCleanup(stop.set)
+        self.assertTrue(wait_until(lambda: len(acked) > 50, 10))
+        old = str(r.worker_pid(0))
+        self.assertIn(old, self.readers(env))
+        r.kill_worker(0)
+        new = r.wait_worker(0, not_pid=int(old))
+        self.assertIsNotNone(new)
+        self.assertTrue(wait_until(lambda: old not in self.readers(env), 5),
+                        "the killed worker's slot stayed: %r" % self.readers(env))
+        n = len(acked)
+        self.assertTrue(wait_until(lambda: len(acked) > n + 50, 10), "writes did not resume")
+        stop.set()
+        t.join(10)
+        with r.client() as c, stopped(new):  # every acknowledged write, read here
+            got = c.call(req_hmget("s", acked))
+            self.assertEqual([pyval(v) for v in got.values], acked)
 
 
 @unittest.skipIf(KCAT is None, "kcat is needed")
