@@ -68,6 +68,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_schema.h"
+#include "node_kafka.h"
 #include "node_placecheck.h"
 
 #include <errno.h>
@@ -1047,29 +1048,13 @@ static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, con
 /* Sets one property. A refused secret (kvs_config_secret_key) is named
  * but neither its value nor librdkafka's words (which quote it) appear in
  * the message. */
-static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
-        return 0;
-    if (kvs_config_secret_key(k))
-        snprintf(err, errlen,
-                 "kafka property %s: librdkafka refused its value (not shown: it may be a "
-                 "secret); see librdkafka's CONFIGURATION.md for what it accepts",
-                 k);
-    else
-        snprintf(err, errlen, "kafka property %s=%s: %s", k, v, why);
-    return KVS_ECONFIG;
-}
-
 /* Settings kvs ships with (measured in tests/bench/ingest.sh), then the
  * user's kafka.properties, which win. */
 static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
 {
     char client_id[64 + KVS_NODE_NAME_MAX];
-    snprintf(client_id, sizeof(client_id), "kvs-%s%sshard-%u", in->cfg->node_name,
-             in->cfg->node_name[0] ? "-" : "", in->shard);
-    const char *defaults[][2] = {
+    node_kafka_client_id(in->cfg, in->shard, "", client_id, sizeof(client_id));
+    const node_kafka_prop_t defaults[] = {
         {"bootstrap.servers", in->cfg->kafka_brokers},
         {"group.id", in->group},
         {"client.id", client_id},
@@ -1080,17 +1065,10 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
         {"queued.min.messages", "1000000"},
         {"log.connection.close", "false"},
     };
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
-        rc = set_prop(conf, defaults[i][0], defaults[i][1], err, errlen);
-    for (size_t i = 0; rc == 0 && i < in->cfg->n_kafka_properties; i++)
-        rc = set_prop(conf, in->cfg->kafka_properties[i].key, in->cfg->kafka_properties[i].value,
-                      err, errlen);
-    if (rc != 0) {
-        rd_kafka_conf_destroy(conf);
+    rd_kafka_conf_t *conf = node_kafka_conf(defaults, sizeof(defaults) / sizeof(defaults[0]),
+                                            in->cfg, "the consumer", err, errlen);
+    if (conf == NULL)
         return NULL;
-    }
     char reset[32] = "earliest";
     size_t n = sizeof(reset);
     rd_kafka_conf_get(conf, "auto.offset.reset", reset, &n);

@@ -1,7 +1,8 @@
 /*
  * node_ingest: materializes the Kafka partitions a shard owns into its LMDB
- * environment. With node_produce.c (the producer of log-first writes), the
- * only file that includes rdkafka.h.
+ * environment. With node_produce.c (the producer of log-first writes) and
+ * node_kafka.c (their client configuration), the only file that includes
+ * rdkafka.h.
  *
  * Exactly once: a batch of records and, per partition touched, the next
  * offset plus applied/skipped/misplaced counters are written in the same LMDB txn (the

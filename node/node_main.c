@@ -59,6 +59,7 @@ typedef struct node_args_s {
     const char *listen;
     const char *socket;
     int exit_with_parent;
+    long parent_pid; /* --exit-with-parent=PID: the parent it must have; 0: the one it has */
     int report_fd; /* -1: none */
 } node_args_t;
 
@@ -92,8 +93,10 @@ static void usage(FILE *f)
                "  --shard N           shard id, 0 <= N < cluster.shards (required)\n"
                "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
                "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n"
-               "  --exit-with-parent  drain and exit when the parent process dies (used by\n"
-               "                      kvs-router, so workers never outlive their router)\n"
+               "  --exit-with-parent[=PID]\n"
+               "                      drain and exit when the parent process dies (used by\n"
+               "                      kvs-router, so workers never outlive their router);\n"
+               "                      with PID, refuse to start unless PID is the parent\n"
                "  --report-fd N       on a configuration error (exit status 78), also write\n"
                "                      the reason to fd N (used by kvs-router)\n");
 }
@@ -104,7 +107,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"shard", required_argument, NULL, 's'},
                                          {"listen", required_argument, NULL, 'l'},
                                          {"socket", required_argument, NULL, 'u'},
-                                         {"exit-with-parent", no_argument, NULL, 'p'},
+                                         {"exit-with-parent", optional_argument, NULL, 'p'},
                                          {"report-fd", required_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -133,6 +136,14 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             break;
         case 'p':
             a->exit_with_parent = 1;
+            if (optarg != NULL) {
+                a->parent_pid = strtol(optarg, &end, 10);
+                if (*optarg == '\0' || *end != '\0' || a->parent_pid < 1 ||
+                    a->parent_pid > INT32_MAX) {
+                    fprintf(stderr, "kvs-node: --exit-with-parent=PID needs a process id\n");
+                    return -1;
+                }
+            }
             break;
         case 'r': {
             long fd = strtol(optarg, &end, 10);
@@ -569,7 +580,10 @@ int main(int argc, char **argv)
         return 2;
     m.report_fd = args.report_fd;
     /* SIGTERM (a graceful drain) when the router dies, even by SIGKILL; the
-     * getppid check covers a parent that died before prctl took effect. */
+     * getppid check covers a parent that died before prctl took effect
+     * (with a PID, also one that died before this process began). */
+    if (args.parent_pid > 0)
+        parent = (pid_t)args.parent_pid;
     if (args.exit_with_parent && (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)) {
         kvs_error("parent process is gone; not starting");
         return 1;

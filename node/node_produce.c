@@ -21,6 +21,7 @@
 #include "node_produce.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "node_kafka.h"
 #include "node_slot.h"
 
 #include <errno.h>
@@ -176,23 +177,14 @@ size_t node_produce_outstanding(const node_produce_t *pr)
 
 /* ---- start / stop ------------------------------------------------------------ */
 
-static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) == RD_KAFKA_CONF_OK)
-        return 0;
-    snprintf(err, errlen, "kafka property %s=%s (for the producer of writes): %s", k, v, why);
-    return KVS_ECONFIG;
-}
-
 static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err, size_t errlen)
 {
-    char client_id[64], timeout[32];
-    snprintf(client_id, sizeof(client_id), "kvs-shard-%u-writer", shard);
+    char client_id[64 + KVS_NODE_NAME_MAX], timeout[32];
+    node_kafka_client_id(pr->cfg, shard, "writer", client_id, sizeof(client_id));
     uint64_t wait = node_wait_ms(pr->cfg);
     snprintf(timeout, sizeof(timeout), "%llu",
              (unsigned long long)(wait > 8 ? wait - wait / 8 : 1));
-    const char *defaults[][2] = {
+    const node_kafka_prop_t defaults[] = {
         {"bootstrap.servers", pr->cfg->kafka_brokers},
         {"client.id", client_id},
         {"enable.idempotence", "true"},
@@ -202,17 +194,10 @@ static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err,
         {"queue.buffering.max.kbytes", "65536"},
         {"log.connection.close", "false"},
     };
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < sizeof(defaults) / sizeof(defaults[0]); i++)
-        rc = set_prop(conf, defaults[i][0], defaults[i][1], err, errlen);
-    for (size_t i = 0; rc == 0 && i < pr->cfg->n_kafka_properties; i++)
-        rc = set_prop(conf, pr->cfg->kafka_properties[i].key, pr->cfg->kafka_properties[i].value,
-                      err, errlen);
-    if (rc != 0) {
-        rd_kafka_conf_destroy(conf);
+    rd_kafka_conf_t *conf = node_kafka_conf(defaults, sizeof(defaults) / sizeof(defaults[0]),
+                                            pr->cfg, "the producer of writes", err, errlen);
+    if (conf == NULL)
         return NULL;
-    }
     rd_kafka_conf_set_dr_msg_cb(conf, on_dr);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);

@@ -1,6 +1,6 @@
 /*
  * node_produce: the worker's Kafka producer, for writes to bound tables.
- * With node_ingest.c, the only file that includes rdkafka.h; librdkafka's
+ * With node_ingest.c and node_kafka.c, the only files that include rdkafka.h; librdkafka's
  * types and error codes stay inside, callers see plain C and KVS_E* codes.
  *
  * One idempotent producer per worker (acks=all, so a record is

@@ -11,7 +11,7 @@
  *
  * This file is also the router process the master starts:
  *
- *   kvs-router --config FILE --processes N --generation G --router I
+ *   kvs-router --config FILE --processes N --master PID --generation G --router I
  *
  * with the descriptors router_procs.h lists (never started by hand). A
  * router process loads the master's config snapshot, takes its share of
@@ -78,6 +78,7 @@ typedef struct router_main_s {
     long index; /* --router: this router process's index; -1: the master */
     long gen;   /* --generation */
     long n_procs;
+    long master; /* --master: the pid of the master that started this router process */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer; /* drain deadline */
     int signals;
@@ -98,7 +99,7 @@ static void usage(FILE *f)
                "routing every table/key to its shard.\n");
 }
 
-/* A decimal number of --router, --generation or --processes in [0, max];
+/* A decimal number of --router, --generation, --processes or --master in [0, max];
  * -1 for anything else. */
 static long number_arg(const char *s, long max)
 {
@@ -113,9 +114,10 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},    {"help", no_argument, NULL, 'h'},
         {"router", required_argument, NULL, 'r'},    {"generation", required_argument, NULL, 'g'},
-        {"processes", required_argument, NULL, 'p'}, {NULL, 0, NULL, 0}};
+        {"processes", required_argument, NULL, 'p'}, {"master", required_argument, NULL, 'm'},
+        {NULL, 0, NULL, 0}};
     int ch, bad = 0;
-    m->index = m->gen = m->n_procs = -1;
+    m->index = m->gen = m->n_procs = m->master = -1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         if (ch == 'c') {
             m->config_path = optarg;
@@ -128,14 +130,16 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             bad |= (m->gen = number_arg(optarg, UINT32_MAX)) < 0;
         } else if (ch == 'p') {
             bad |= (m->n_procs = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX)) < 1;
+        } else if (ch == 'm') {
+            bad |= (m->master = number_arg(optarg, INT32_MAX)) < 1;
         } else {
             bad = 1;
         }
     }
-    /* --router needs the other two; the master takes none of them. */
-    if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs))
+    /* --router needs the other three; the master takes none of them. */
+    if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs || m->master < 1))
         bad = 1;
-    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0))
+    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0))
         bad = 1;
     if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
@@ -457,12 +461,14 @@ static void router_free(router_main_t *m)
 }
 
 /* A router process, from its descriptors to its exit status. */
-static int router_process_run(router_main_t *m, pid_t parent)
+static int router_process_run(router_main_t *m)
 {
     kvs_config_t *cfg = NULL;
     /* SIGTERM (a drain) when the master dies, even by SIGKILL; the
-     * getppid check covers a master that died before prctl took effect. */
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) {
+     * getppid check covers a master that died before prctl took effect
+     * (even before this process began: then its parent is already init or
+     * a subreaper, never the pid --master names). */
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != (pid_t)m->master) {
         kvs_error("the kvs-router master is gone; not starting");
         return 1;
     }
@@ -501,10 +507,9 @@ int main(int argc, char **argv)
      * a burst gives the memory back to the system at once (glibc would
      * otherwise raise the threshold and keep it in the heap). */
     mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
-    pid_t parent = getppid();
     if (parse_args(argc, argv, &m) != 0)
         return 2;
     if (m.index < 0)
         return router_master_run(m.config_path, argv[0]);
-    return router_process_run(&m, parent);
+    return router_process_run(&m);
 }

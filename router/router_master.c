@@ -433,7 +433,9 @@ static int start_workers(master_t *m)
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (kvs_config_local(cfg, s))
             local[m->n_local++] = s;
-    const char *args[] = {"--config",    m->config_path, "--exit-with-parent",
+    char parent_arg[48];
+    snprintf(parent_arg, sizeof(parent_arg), "--exit-with-parent=%ld", (long)getpid());
+    const char *args[] = {"--config",    m->config_path, parent_arg,
                           "--report-fd", REPORT_FD_ARG,  NULL};
     router_sup_opts_t o = {
         .loop = m->loop,
@@ -473,7 +475,10 @@ static int start_routers(master_t *m)
     }
     for (uint32_t i = 0; i < m->n_procs; i++)
         ids[i] = i;
-    const char *args[] = {"--config", m->config_path, "--processes", n_arg, NULL};
+    char pid_arg[24];
+    snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
+    const char *args[] = {"--config", m->config_path, "--processes", n_arg,
+                          "--master", pid_arg,          NULL};
     const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, m->config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,

@@ -6,7 +6,7 @@
  * config, takes the lock, supervises the kvs-node workers and starts N
  * router processes as
  *
- *     kvs-router --config PATH --processes N --generation G --router I
+ *     kvs-router --config PATH --processes N --master PID --generation G --router I
  *
  * with these descriptors:
  *

@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from kvstest import HOST, pb, pyval
+from kvstest import BUILD_DIR, HOST, pb, pyval
 from routertest import RouterTestCase, free_port, procs_for_config
 
 EX_CONFIG = 78
@@ -239,6 +239,34 @@ class ProcsTest(ProcsTestCase):
         r.proc.kill()
         r.proc.wait(5)
         self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
+
+    def test_router_process_whose_master_is_gone_does_not_start(self):
+        """A router process checks its parent is the master that started it
+        (--master), not whoever its parent was when it began: a master
+        killed between fork and exec leaves it orphaned before main runs,
+        and it must not serve on without one."""
+        r = self.node(processes=1)
+        exe = os.path.join(BUILD_DIR, "kvs-router")
+        other = os.getppid()  # alive, and not this router process's parent
+        p = subprocess.run([exe, "--config", r.config, "--processes", "1", "--master", str(other),
+                            "--generation", "0", "--router", "0"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"the kvs-router master is gone; not starting", p.stderr)
+        # Without --master a router process is a bad command line.
+        p = subprocess.run([exe, "--config", r.config, "--processes", "1", "--generation", "0",
+                            "--router", "0"], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=10)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        # Workers likewise: the master names itself (--exit-with-parent=PID).
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--config", r.config,
+                            "--shard", "0", "--socket", os.path.join(r.dir, "other.sock"),
+                            "--exit-with-parent=%d" % other],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"parent process is gone; not starting", p.stderr)
+        argv = open("/proc/%d/cmdline" % r.workers()[0], "rb").read().split(b"\0")
+        self.assertIn(b"--exit-with-parent=%d" % r.proc.pid, argv)
 
     @staticmethod
     def _cont(pid):
