@@ -173,7 +173,9 @@ static void attempt_over(boot_t *b, const char *why)
 {
     uv_timer_stop(&b->timer);
     if (b->writing) { /* the file is in use by a thread: finish once the write returns */
-        snprintf(b->abandon, sizeof(b->abandon), "%s", why ? why : "stopped");
+        char keep[sizeof(b->abandon)]; /* `why` may be b->abandon itself: copy through keep */
+        snprintf(keep, sizeof(keep), "%.*s", (int)sizeof(keep) - 1, why ? why : "stopped");
+        memcpy(b->abandon, keep, sizeof(keep));
         if (b->conn != NULL) {
             b->conn->data = NULL;
             kvs_conn_close(b->conn);
