@@ -173,9 +173,9 @@ static void attempt_over(boot_t *b, const char *why)
 {
     uv_timer_stop(&b->timer);
     if (b->writing) { /* the file is in use by a thread: finish once the write returns */
-        char keep[sizeof(b->abandon)]; /* `why` may be b->abandon itself: copy through keep */
-        snprintf(keep, sizeof(keep), "%.*s", (int)sizeof(keep) - 1, why ? why : "stopped");
-        memcpy(b->abandon, keep, sizeof(keep));
+        if (why != b->abandon) /* kept, cut to fit, until the write returns */
+            snprintf(b->abandon, sizeof(b->abandon), "%.*s", (int)sizeof(b->abandon) - 1,
+                     why ? why : "stopped");
         if (b->conn != NULL) {
             b->conn->data = NULL;
             kvs_conn_close(b->conn);
