@@ -40,6 +40,9 @@
  *                            for auto (the master resolves it)
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
+ *     local_reads: true      answer reads of local shards from their LMDB
+ *                            environments (read-only) instead of asking
+ *                            the worker; false: every request goes to it
  *     retry_percent: 10      reads retried on another replica may add at
  *                            most this percent of reads (0..100) ...
  *     retry_burst: 100       ... plus this many (token bucket per router)
@@ -266,7 +269,8 @@ typedef struct kvs_config_s {
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
-    char *node_listen; /* "" when unset (with a map: self->address stands in) */
+    int router_local_reads; /* answer reads of local shards from their environments */
+    char *node_listen;      /* "" when unset (with a map: self->address stands in) */
     uint32_t retry_percent;
     uint32_t retry_burst;
     uint32_t router_processes; /* 0 = auto */

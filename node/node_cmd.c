@@ -37,6 +37,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
+#include "kvs_reads.h"
 #include "kvs_resp.h"
 
 #include <errno.h>
@@ -90,35 +91,10 @@ static int append_stored(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table,
     return 1;
 }
 
-/* The response grew past max_frame: replace it with 413. */
+/* The response grew past max_frame: replace it with 413 (kvs_reads). */
 static int too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, const char *hint)
 {
-    kvs_resp_abort(r);
-    kvs_resp_begin(r, r->out);
-    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r, "%s answer would exceed limits.max_frame (%zu bytes); %s", cmd,
-                     ctx->max_frame, hint);
-    return 0;
-}
-
-/* A single stored value cannot be answered under today's max_frame (it was
- * stored under a larger one): 413 naming the key and the limit that would
- * do. `need` is the answer's payload size; `write` says the request was a
- * write (which then wrote nothing). */
-static int value_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
-                           const ProtobufCBinaryData *key, size_t need, int write)
-{
-    char shown[128];
-    kvs_resp_abort(r);
-    kvs_resp_begin(r, r->out);
-    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r,
-                     "%s answer would take %zu bytes for the %s value of key \"%s\", more than "
-                     "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
-                     "%sraise limits.max_frame to at least %zu bytes to %s it",
-                     cmd, need, write ? "previous" : "stored",
-                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), ctx->max_frame,
-                     write ? "nothing was written; " : "", need, write ? "change" : "read");
+    kvs_reads_too_large(r, ctx->max_frame, cmd, hint);
     return 0;
 }
 
@@ -164,37 +140,11 @@ static int previous_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cm
     size_t need = kvs_resp_size(r);
     if (need <= ctx->max_frame)
         return 0;
-    value_too_large(ctx, r, cmd, key, need, 1);
+    kvs_reads_value_too_large(r, ctx->max_frame, cmd, key, need, 1);
     return 1;
 }
 
 /* ---- single-key --------------------------------------------------------- */
-
-/* Hget's 404, naming table and key (as the original protocol does); a key
- * that is not printable text is shown escaped. */
-static void not_found(kvs_resp_t *r, const char *table, const ProtobufCBinaryData *key)
-{
-    char shown[256];
-    kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
-    kvs_resp_message(r, "key \"%s\" not found in table \"%s\"",
-                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), table);
-}
-
-static int cmd_hget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
-{
-    const Kvs__Hget *m = req->hget;
-    node_slice_t v;
-    int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
-    if (rc == KVS_ENOTFOUND) {
-        not_found(r, m->table, &m->key);
-        return 0;
-    }
-    if (rc != 0)
-        return rc;
-    kvs_resp_status(r, KVS_STATUS_OK);
-    kvs_resp_value(r, v.p, v.len);
-    return 0;
-}
 
 static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
@@ -293,18 +243,6 @@ static int cmd_hincr(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     return 0;
 }
 
-static int cmd_hlen(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
-{
-    uint64_t n = 0;
-    uint8_t enc[16];
-    int rc = node_store_count(ctx->store, req->hlen->table, &n);
-    if (rc != 0)
-        return rc;
-    kvs_resp_status(r, KVS_STATUS_OK);
-    kvs_resp_value(r, enc, kvs_value_encode_int(enc, (int64_t)n));
-    return 0;
-}
-
 static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hdel *m = req->hdel;
@@ -316,18 +254,6 @@ static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
         return 0;
     rc = node_store_del(ctx->store, m->table, m->key.data, m->key.len);
     return rc == KVS_ENOTFOUND ? 0 : rc;
-}
-
-static int cmd_hexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
-{
-    const Kvs__Hexist *m = req->hexist;
-    node_slice_t v;
-    int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
-    if (rc != 0 && rc != KVS_ENOTFOUND)
-        return rc;
-    kvs_resp_status(r, KVS_STATUS_OK);
-    kvs_resp_bool(r, rc == 0);
-    return 0;
 }
 
 /* What the keys of a multi-key write hold now. */
@@ -401,41 +327,6 @@ static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
 
 /* ---- multi-key ------------------------------------------------------------ */
 
-static int cmd_hmget(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
-{
-    const Kvs__Hmget *m = req->hmget;
-    kvs_resp_status(r, KVS_STATUS_OK);
-    for (size_t i = 0; i < m->n_keys; i++) {
-        size_t before = kvs_resp_size(r);
-        int rc = append_stored(ctx, r, m->table, &m->keys[i]);
-        if (rc < 0)
-            return rc;
-        size_t now = kvs_resp_size(r);
-        if (now <= ctx->max_frame)
-            continue;
-        if (now - before + 3 > ctx->max_frame) /* this value alone: no fewer keys will do */
-            return value_too_large(ctx, r, "Hmget", &m->keys[i], now - before + 3, 0);
-        return too_large(ctx, r, "Hmget", "ask for fewer keys per request");
-    }
-    return 0;
-}
-
-static int cmd_hmexist(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
-{
-    const Kvs__Hmexist *m = req->hmexist;
-    if (answer_too_large(ctx, r, "Hmexist", m->n_keys, 0, 0))
-        return 0;
-    kvs_resp_status(r, KVS_STATUS_OK);
-    for (size_t i = 0; i < m->n_keys; i++) {
-        node_slice_t v;
-        int rc = node_store_get(ctx->store, m->table, m->keys[i].data, m->keys[i].len, &v);
-        if (rc != 0 && rc != KVS_ENOTFOUND)
-            return rc;
-        kvs_resp_bool(r, rc == 0);
-    }
-    return 0;
-}
-
 static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hmset *m = req->hmset;
@@ -498,105 +389,37 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     return old.found > 0 ? node_store_reserve_end(ctx->store, rc) : rc;
 }
 
-/* ---- whole table ------------------------------------------------------------ */
+/* ---- reads and the rest ------------------------------------------------------ */
 
-typedef struct scan_state_s {
-    node_cmd_ctx_t *ctx;
-    kvs_resp_t *r;
-    uint32_t left;     /* pairs still wanted (UINT32_MAX: all) */
-    uint32_t taken;    /* pairs added so far */
-    size_t limit;      /* response bytes allowed */
-    int overflow;      /* stopped because of `limit` */
-    int whole;         /* Hgetall: any pair no answer can hold stops the walk */
-    int huge;          /* stopped at a pair no answer can hold (`next` is its key) */
-    size_t huge_len;   /* ... its key plus value bytes */
-    node_slice_t next; /* first key not returned, copied */
-    uint8_t next_buf[KVS_MAX_KEY];
-} scan_state_t;
-
-static int scan_stop(scan_state_t *st, node_slice_t key)
+/* The store as kvs_reads sees it: the turn's snapshot, or the open batch. */
+static int src_get(void *arg, const char *table, const void *key, size_t klen, kvs_slice_t *val)
 {
-    size_t n = key.len < sizeof(st->next_buf) ? key.len : sizeof(st->next_buf);
-    memcpy(st->next_buf, key.p, n);
-    st->next.p = st->next_buf;
-    st->next.len = n;
-    return 1;
+    return node_store_get(arg, table, key, klen, val);
 }
 
-static int scan_one(void *arg, node_slice_t key, node_slice_t val)
+static int src_scan(void *arg, const char *table, const void *from, size_t flen,
+                    kvs_lmdb_scan_cb cb, void *cb_arg)
 {
-    scan_state_t *st = arg;
-    /* The first pair is always taken, however large, so a walk always
-     * makes progress; later ones must fit the soft limit. A pair that no
-     * answer can hold (stored under a larger max_frame) stops the walk
-     * where it would be taken (Hscan: at the start of a page; Hgetall:
-     * anywhere): the command says so rather than send it. */
-    if ((st->taken == 0 || st->whole) && st->left != 0 &&
-        key.len + val.len > kvs_msg_pair_max(st->ctx->max_frame)) {
-        st->huge = 1;
-        st->huge_len = key.len + val.len;
-        return scan_stop(st, key);
-    }
-    if (st->left == 0 ||
-        (st->taken > 0 && kvs_resp_size(st->r) + key.len + val.len + 16 > st->limit)) {
-        st->overflow = st->left != 0;
-        return scan_stop(st, key);
-    }
-    kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
-    st->left--;
-    st->taken++;
-    return 0;
+    return node_store_scan(arg, table, from, flen, cb, cb_arg);
 }
 
-/* A walk stopped at a pair no answer can hold: 413 naming its key. */
-static int pair_unreadable(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
-                           const scan_state_t *st)
+static int src_count(void *arg, const char *table, uint64_t *n)
 {
-    char shown[128];
-    size_t need = st->huge_len + KVS_MAX_KEY + 64;
-    kvs_resp_abort(r);
-    kvs_resp_begin(r, r->out);
-    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r,
-                     "%s reached key \"%s\", whose key and value take %zu bytes: more than an "
-                     "answer may hold under limits.max_frame (%zu bytes; it was stored under a "
-                     "larger limit); raise limits.max_frame to at least %zu bytes to read it",
-                     cmd, kvs_msg_quote(shown, sizeof(shown), st->next.p, st->next.len),
-                     st->huge_len, ctx->max_frame, need);
-    return 0;
+    return node_store_count(arg, table, n);
 }
 
-static int cmd_hgetall(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+static void read_src(node_cmd_ctx_t *ctx, kvs_reads_src_t *src)
 {
-    scan_state_t st = {.ctx = ctx, .r = r, .left = UINT32_MAX, .limit = ctx->max_frame, .whole = 1};
-    kvs_resp_status(r, KVS_STATUS_OK);
-    int rc = node_store_scan(ctx->store, req->hgetall->table, NULL, 0, scan_one, &st);
-    if (rc != 0)
-        return rc;
-    if (st.huge)
-        return pair_unreadable(ctx, r, "Hgetall", &st);
-    if (st.overflow || kvs_resp_size(r) > ctx->max_frame)
-        return too_large(ctx, r, "Hgetall", "read the table in pages with Hscan");
-    return 0;
+    *src = (kvs_reads_src_t){src_get, src_scan, src_count, ctx->store, ctx->max_frame};
 }
 
-static int cmd_hscan(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+/* Hget Hexist Hmget Hmexist Hgetall Hscan Hlen: kvs_reads, shared with the
+ * routers that read local shards, so their answers are the same bytes. */
+static int cmd_read(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
-    const Kvs__Hscan *m = req->hscan;
-    uint32_t count = m->count == 0 ? NODE_SCAN_DEFAULT : m->count;
-    if (count > NODE_SCAN_MAX)
-        count = NODE_SCAN_MAX;
-    /* Leave room for the cursor and the frame itself. */
-    scan_state_t st = {.ctx = ctx, .r = r, .left = count, .limit = ctx->max_frame - 1024};
-    kvs_resp_status(r, KVS_STATUS_OK);
-    int rc = node_store_scan(ctx->store, m->table, m->cursor.data, m->cursor.len, scan_one, &st);
-    if (rc != 0)
-        return rc;
-    if (st.huge)
-        return pair_unreadable(ctx, r, "Hscan", &st);
-    if (st.next.len > 0)
-        kvs_resp_cursor(r, st.next.p, st.next.len);
-    return 0;
+    kvs_reads_src_t src;
+    read_src(ctx, &src);
+    return kvs_reads_execute(&src, req, r);
 }
 
 static int cmd_ping(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
@@ -678,56 +501,29 @@ static int cmd_slowlog(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_
 }
 
 /* Every answer's last check before its frame is closed: one size
- * comparison. An answer past max_frame (a read of a value stored under a
- * larger limit, an Info listing many partitions, ...) becomes this
- * request's 413; writes checked before writing, so none gets here with
- * its write applied. Returns kvs_resp_end's result. */
+ * comparison (kvs_reads_finish). An answer past max_frame becomes this
+ * request's 413; writes checked before writing, so none gets here with its
+ * write applied. Returns kvs_resp_end's result. */
 static int finish(node_cmd_ctx_t *ctx, kvs_resp_t *r, Kvs__CommandRequest__CommandCase cmd)
 {
-    size_t n = kvs_resp_size(r);
-    if (n <= ctx->max_frame)
-        return kvs_resp_end(r);
-    char hint[160];
-    switch (cmd) {
-    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-        snprintf(hint, sizeof(hint), "read the table in pages with Hscan");
-        break;
-    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
-    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
-        snprintf(hint, sizeof(hint), "ask for fewer keys per request");
-        break;
-    case KVS__COMMAND_REQUEST__COMMAND_INFO:
-        snprintf(hint, sizeof(hint),
-                 "it lists eight numbers per Kafka partition this shard owns; raise "
-                 "limits.max_frame to at least %zu bytes",
-                 n);
-        break;
-    default: /* Hget of a value stored under a larger limit */
-        snprintf(hint, sizeof(hint),
-                 "the value was stored under a larger limit: raise limits.max_frame to at "
-                 "least %zu bytes to read it",
-                 n);
-        break;
-    }
-    too_large(ctx, r, kvs_msg_command_name(cmd), hint);
-    return kvs_resp_end(r);
+    return kvs_reads_finish(r, ctx->max_frame, cmd);
 }
 
 static const cmd_fn commands[] = {
-    [KVS__COMMAND_REQUEST__COMMAND_HGET] = cmd_hget,
-    [KVS__COMMAND_REQUEST__COMMAND_HGETALL] = cmd_hgetall,
-    [KVS__COMMAND_REQUEST__COMMAND_HMGET] = cmd_hmget,
+    [KVS__COMMAND_REQUEST__COMMAND_HGET] = cmd_read,
+    [KVS__COMMAND_REQUEST__COMMAND_HGETALL] = cmd_read,
+    [KVS__COMMAND_REQUEST__COMMAND_HMGET] = cmd_read,
     [KVS__COMMAND_REQUEST__COMMAND_HSET] = cmd_hset,
     [KVS__COMMAND_REQUEST__COMMAND_HMSET] = cmd_hmset,
     [KVS__COMMAND_REQUEST__COMMAND_HDEL] = cmd_hdel,
     [KVS__COMMAND_REQUEST__COMMAND_HMDEL] = cmd_hmdel,
-    [KVS__COMMAND_REQUEST__COMMAND_HEXIST] = cmd_hexist,
-    [KVS__COMMAND_REQUEST__COMMAND_HMEXIST] = cmd_hmexist,
-    [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = cmd_hscan,
+    [KVS__COMMAND_REQUEST__COMMAND_HEXIST] = cmd_read,
+    [KVS__COMMAND_REQUEST__COMMAND_HMEXIST] = cmd_read,
+    [KVS__COMMAND_REQUEST__COMMAND_HSCAN] = cmd_read,
     [KVS__COMMAND_REQUEST__COMMAND_PING] = cmd_ping,
     [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
     [KVS__COMMAND_REQUEST__COMMAND_HINCR] = cmd_hincr,
-    [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_hlen,
+    [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_read,
     [KVS__COMMAND_REQUEST__COMMAND_METRICS] = cmd_metrics,
     [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
 };
@@ -784,29 +580,15 @@ static int fast_path(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_resp_t *r)
 {
     char table[KVS_MAX_TABLE + 1];
     ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
-    node_slice_t v;
     memcpy(table, pk->table, pk->table_len);
     table[pk->table_len] = '\0';
     int rc;
+    kvs_reads_src_t src;
     switch (pk->cmd) {
     case KVS__COMMAND_REQUEST__COMMAND_HGET:
-        rc = node_store_get(ctx->store, table, key.data, key.len, &v);
-        if (rc == KVS_ENOTFOUND) {
-            not_found(r, table, &key);
-            return 0;
-        }
-        if (rc == 0) {
-            kvs_resp_status(r, KVS_STATUS_OK);
-            kvs_resp_value(r, v.p, v.len);
-        }
-        return rc;
     case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
-        rc = node_store_get(ctx->store, table, key.data, key.len, &v);
-        if (rc != 0 && rc != KVS_ENOTFOUND)
-            return rc;
-        kvs_resp_status(r, KVS_STATUS_OK);
-        kvs_resp_bool(r, rc == 0);
-        return 0;
+        read_src(ctx, &src);
+        return kvs_reads_key(&src, pk->cmd, table, key.data, key.len, r);
     case KVS__COMMAND_REQUEST__COMMAND_HSET:
         if (pair_too_large(ctx, r, &key, pk->value_len))
             return 0;
@@ -877,11 +659,10 @@ static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *t
     return kvs_config_binding_n(ctx->cfg, table, len);
 }
 
+/* The reads the freshness rules apply to (Hlen is not one: it counts). */
 static int is_read(Kvs__CommandRequest__CommandCase c)
 {
-    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    return c != KVS__COMMAND_REQUEST__COMMAND_HLEN && kvs_reads_is_read(c);
 }
 
 /* A write to a bound table: through its topic (node_writes). */

@@ -12,6 +12,7 @@
 #include "kvs_hook.h"
 #include "kvs_metrics.h"
 #include "kvs_msg.h"
+#include "kvs_reads.h"
 #include "node_digest.h"
 #include "kvs_slowlog.h"
 #include "node_ingest.h"
@@ -23,8 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NODE_SCAN_DEFAULT 100
-#define NODE_SCAN_MAX 10000
+#define NODE_SCAN_DEFAULT KVS_SCAN_DEFAULT /* kvs_reads answers Hscan */
+#define NODE_SCAN_MAX KVS_SCAN_MAX
 /* An Auth request (validated): append its answer to `out`, or take a slot
  * (ctx->defer) and answer through it later; return 0, or -ENOMEM. */
 typedef int (*node_cmd_auth_fn)(void *arg, const Kvs__Auth *m, kvs_buf_t *out);

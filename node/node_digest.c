@@ -31,7 +31,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_resp.h"
-#include "node_ingest.h"
+#include "kvs_schema.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -104,14 +104,17 @@ static int hash_pair(void *arg, node_slice_t key, node_slice_t val)
 static void digest_work(uv_work_t *w)
 {
     digest_job_t *j = w->data;
-    char key[320];
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
     node_slice_t v;
+    kvs_schema_offsets_t o;
     if ((j->rc = node_store_view_begin(j->view)) != 0)
         return;
-    for (uint32_t i = 0; i < j->nparts; i++) {
-        node_ingest_meta_key(j->b, j->parts[i], key, sizeof(key));
-        j->next[i] =
-            node_store_view_meta(j->view, key, &v) == 0 ? node_ingest_meta_next(v.p, v.len) : -1;
+    for (uint32_t i = 0; i < j->nparts; i++) { /* the offsets records: kvs_schema */
+        j->next[i] = kvs_schema_offsets_key(key, sizeof(key), j->b->topic, (int32_t)j->parts[i]) > 0 &&
+                             node_store_view_meta(j->view, key, &v) == 0 &&
+                             kvs_schema_offsets_decode(v.p, v.len, &o) == 0
+                         ? o.next
+                         : -1;
     }
     int rc = node_store_view_scan(j->view, hash_pair, j);
     if (j->rc == 0)

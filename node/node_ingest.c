@@ -67,6 +67,7 @@
 #include "kvs_fresh.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_schema.h"
 #include "node_kafka.h"
 #include "node_placecheck.h"
 
@@ -88,6 +89,7 @@
 #define RESERVE_BYTES (8u << 20) /* records applied in one reservation, at most */
 #define RETRY_MIN_MS 100 /* after a lost batch, re-read after this, doubling per loss in a row */
 #define RETRY_MAX_MS 10000
+#define PUBLISH_EVERY_MS 50 /* Kafka knowledge to the state page, at most this often per turn */
 
 typedef struct part_s {
     int owned;
@@ -150,65 +152,41 @@ struct node_ingest_s {
     rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
-    node_ingest_own_t own; /* this worker's own records (log-first writes) */
-    char *group;           /* the consumer group offsets are committed to */
-    uint64_t started_ms;   /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
+    node_ingest_own_t own;   /* this worker's own records (log-first writes) */
+    char *group;             /* the consumer group offsets are committed to */
+    uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
+    kvs_shardstate_t *state; /* the state page routers read, or NULL */
+    uint64_t published_ms;   /* when the state page was last brought up to date */
 };
 
 static void ingest_assign(node_ingest_t *in);
 static void on_idle(uv_idle_t *h);
+static void publish(node_ingest_t *in);
 
 /* ---- metadata keys ------------------------------------------------------ */
 
+/* The per-partition record in __kvs (kvs_schema: next, applied, skipped,
+ * misplaced; routers reading the environment decode it too). */
 static void meta_key(char *buf, size_t len, const topic_t *t, int32_t p)
 {
-    node_ingest_meta_key(t->b, (uint32_t)p, buf, len);
-}
-
-void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len)
-{
-    snprintf(buf, len, "kafka/%s/%u", b->topic, p);
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-/* The per-partition record in __kvs: little-endian u64s next, applied,
- * skipped, misplaced. Records written before `misplaced` existed hold the
- * first three only (24 bytes) and load with misplaced = 0; a longer record
- * (a later version adding fields) loads the fields known here. */
-#define META_V1_LEN 24
-#define META_LEN 32
-
-int64_t node_ingest_meta_next(const void *val, size_t len)
-{
-    return len >= META_V1_LEN ? (int64_t)get_u64(val) : -1;
+    kvs_schema_offsets_key(buf, len, t->b->topic, p);
 }
 
 /* Loads next/applied/skipped/misplaced of a partition from LMDB (committed
  * state). */
 static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 {
-    char key[320];
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
     node_slice_t v;
+    kvs_schema_offsets_t o;
     part_t *pt = &t->parts[p];
     meta_key(key, sizeof(key), t, p);
-    if (node_store_meta_get(in->store, key, &v) == 0 && v.len >= META_V1_LEN) {
-        pt->next = (int64_t)get_u64(v.p);
-        pt->applied = get_u64(v.p + 8);
-        pt->skipped = get_u64(v.p + 16);
-        pt->misplaced = v.len >= META_LEN ? get_u64(v.p + 24) : 0;
+    if (node_store_meta_get(in->store, key, &v) == 0 &&
+        kvs_schema_offsets_decode(v.p, v.len, &o) == 0) {
+        pt->next = o.next;
+        pt->applied = o.applied;
+        pt->skipped = o.skipped;
+        pt->misplaced = o.misplaced;
     } else {
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
@@ -219,14 +197,12 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 
 static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
 {
-    char key[320];
-    uint8_t v[META_LEN];
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
     part_t *pt = &t->parts[p];
+    kvs_schema_offsets_t o = {pt->next, pt->applied, pt->skipped, pt->misplaced};
     meta_key(key, sizeof(key), t, p);
-    put_u64(v, (uint64_t)pt->next);
-    put_u64(v + 8, pt->applied);
-    put_u64(v + 16, pt->skipped);
-    put_u64(v + 24, pt->misplaced);
+    kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
     return node_store_meta_put(in->store, key, v, sizeof(v));
 }
@@ -659,6 +635,8 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             in->topics[i].parts[p].committed_next = in->topics[i].parts[p].next;
+    if (in->state != NULL && uv_now(in->loop) - in->published_ms >= PUBLISH_EVERY_MS)
+        publish(in);
 }
 
 /* ---- consumer group commit and periodic report ---------------------------------- */
@@ -717,15 +695,19 @@ static int64_t end_offset(node_ingest_t *in, const topic_t *t, int32_t p)
  * auto.offset.reset starts it: the partition's first offset (earliest, the
  * default) or its end (latest), as the brokers last told; -1 while they
  * have not. So an empty partition shows 0, not "-1 = nothing read". */
-static int64_t next_offset(node_ingest_t *in, const topic_t *t, int32_t p)
+static int64_t reset_start(node_ingest_t *in, const topic_t *t, int32_t p)
 {
-    int64_t lo, hi, next = t->parts[p].next;
-    if (next >= 0)
-        return next;
+    int64_t lo, hi;
     if (rd_kafka_get_watermark_offsets(in->rk, t->b->topic, p, &lo, &hi) != 0)
         return -1;
-    next = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+    int64_t next = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
     return next < 0 ? -1 : next;
+}
+
+static int64_t next_offset(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    int64_t next = t->parts[p].next;
+    return next >= 0 ? next : reset_start(in, t, p);
 }
 
 /* Records between next and end; -1 when either is not known. */
@@ -765,6 +747,10 @@ static void report(node_ingest_t *in)
 static void on_tick(uv_timer_t *h)
 {
     node_ingest_t *in = h->data;
+    if (in->state != NULL) {
+        kvs_shardstate_heartbeat(in->state, (int64_t)uv_now(in->loop));
+        publish(in);
+    }
     if (!in->assigned)
         return;
     commit_group(in);
@@ -775,6 +761,32 @@ static void on_tick(uv_timer_t *h)
 }
 
 /* ---- freshness -------------------------------------------------------------------- */
+
+/* The end offset as this worker knows it: the brokers' high watermark, or
+ * past its own records acknowledged before a fetch told. */
+static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    int64_t end = end_offset(in, t, p);
+    return t->parts[p].produced_end > end ? t->parts[p].produced_end : end;
+}
+
+/* Brings the state page up to date: what a router reading this shard's
+ * environment needs to apply the freshness rules as this worker does (the
+ * applied offsets it reads from the environment itself). */
+static void publish(node_ingest_t *in)
+{
+    if (in->state == NULL)
+        return;
+    in->published_ms = uv_now(in->loop);
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        uint32_t b = (uint32_t)(t->b - in->cfg->bindings);
+        for (uint32_t p = 0; p < t->partitions; p++)
+            if (t->parts[p].owned)
+                kvs_shardstate_set_part(in->state, b, p, known_end(in, t, (int32_t)p),
+                                        reset_start(in, t, (int32_t)p));
+    }
+}
 
 static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
 {
@@ -790,9 +802,7 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
     if (t == NULL || p >= t->partitions || !t->parts[p].owned)
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
-    out->end = end_offset(in, t, (int32_t)p);
-    if (t->parts[p].produced_end > out->end)
-        out->end = t->parts[p].produced_end; /* acknowledged before a fetch told */
+    out->end = known_end(in, t, (int32_t)p);
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     return 0;
 }
@@ -801,8 +811,12 @@ void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32
                                int64_t offset)
 {
     topic_t *t = topic_of_binding(in, b);
-    if (t != NULL && p < t->partitions && offset + 1 > t->parts[p].produced_end)
-        t->parts[p].produced_end = offset + 1;
+    if (t == NULL || p >= t->partitions || offset + 1 <= t->parts[p].produced_end)
+        return;
+    t->parts[p].produced_end = offset + 1;
+    if (in->state != NULL && t->parts[p].owned)
+        kvs_shardstate_set_part(in->state, (uint32_t)(b - in->cfg->bindings), p,
+                                known_end(in, t, (int32_t)p), reset_start(in, t, (int32_t)p));
 }
 
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
@@ -1223,6 +1237,9 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         free(in);
         return -ENOMEM;
     }
+    in->state = o->state;
+    if (in->state != NULL)
+        kvs_shardstate_set_settle(in->state, (int64_t)(in->started_ms + NODE_INGEST_SETTLE_MS));
     read_test_hooks(in);
     kvs_buf_init(&in->scratch);
     kvs_arena_init(&in->arena);

@@ -22,6 +22,7 @@
 #include "kvs_fresh.h"
 #include "kvs_metrics.h"
 #include "kvs_resp.h"
+#include "kvs_shardstate.h"
 #include "node_store.h"
 
 #include <uv.h>
@@ -37,6 +38,11 @@ typedef struct node_ingest_opts_s {
     const kvs_config_t *cfg;
     uint32_t shard;
     node_store_t *store;
+    /* The state page routers read (NULL: none): kept up to date with the
+     * end and start offsets of every owned partition (after turns, at most
+     * every 50 ms; at once for this worker's own records), the settling
+     * deadline, and a heartbeat every second. */
+    kvs_shardstate_t *state;
     node_ingest_fatal_cb on_fatal;
     void *arg;
 } node_ingest_opts_t;
@@ -126,13 +132,6 @@ int node_ingest_apply_delivered(node_ingest_t *in, const void *record);
  * node has a name, so that every replica of a shard has its own group and
  * lag tools show each one. */
 char *node_ingest_group(const kvs_config_t *cfg);
-
-/* Where partition `p` of `b`'s topic keeps its offsets in the shard's
- * __kvs metadata (node_store_meta_get), and the next offset such a value
- * holds (-1 for a value that is not one). What a copy of the environment
- * (a snapshot, a digest's read) tells about how far it got. */
-void node_ingest_meta_key(const kvs_binding_t *b, uint32_t p, char *buf, size_t len);
-int64_t node_ingest_meta_next(const void *val, size_t len);
 
 /* Adds the per-partition families (kvs_partition_*, labelled shard, topic
  * and partition: applied, skipped and misplaced records, next and end

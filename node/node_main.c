@@ -41,6 +41,8 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_schema.h"
+#include "kvs_shardstate.h"
 #include "node_bootstrap.h"
 #include "kvs_plugins.h"
 #include "node_ingest.h"
@@ -75,8 +77,11 @@ typedef struct node_main_s {
     uv_loop_t *loop;
     node_server_t *srv;
     node_ingest_t *ingest;
-    node_reads_t *reads;   /* NULL when no table is bound */
-    node_writes_t *writes; /* NULL when no table is bound or Kafka is off */
+    node_reads_t *reads;     /* NULL when no table is bound */
+    node_writes_t *writes;   /* NULL when no table is bound or Kafka is off */
+    kvs_shardstate_t *state; /* the state page routers read; NULL if it cannot be had */
+    kvs_lmdb_ident_t last;   /* the files the last worker had, as its page says */
+    int had_last;            /* ... if it said */
     uv_signal_t sigterm, sigint, sighup;
     kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
     kvs_auth_t *auth;   /* users, or NULL */
@@ -392,6 +397,7 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
         .cfg = cfg,
         .shard = (uint32_t)shard,
         .store = store,
+        .state = m->state,
         .on_fatal = on_ingest_fatal,
         .arg = m,
     };
@@ -473,13 +479,10 @@ static void watch_signals(node_main_t *m)
 
 /* ---- main --------------------------------------------------------------------- */
 
-/* Opens the shard's environment. Returns 0, or an error with err set. */
-static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, char *err,
-                      size_t errlen)
+/* Creates data_dir if needed and checks it is private. Returns 0, or an
+ * error with err set. */
+static int make_data_dir(const kvs_config_t *cfg, char *err, size_t errlen)
 {
-    char dir[4096], placement[64];
-    snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
-    snprintf(placement, sizeof(placement), "shards=%u partitions=%u", cfg->shards, cfg->partitions);
     int rc = kvs_mkdir_p(cfg->data_dir);
     if (rc != 0) {
         snprintf(err, errlen, "data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
@@ -487,6 +490,48 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
     }
     if (kvs_fs_check_private(cfg->data_dir, err, errlen) != 0)
         return KVS_ECONFIG; /* world-writable: never safe, restarting cannot help */
+    return 0;
+}
+
+/* Takes the state page (kvs_shardstate) and marks it not live, before
+ * anything may change the shard's files (a snapshot bootstrap, the store's
+ * opening): a router reading them stops until this worker publishes what
+ * it opened. Remembers which files the last worker had. */
+static void take_state(node_main_t *m, const kvs_config_t *cfg, long shard)
+{
+    char path[4200];
+    int rc = kvs_schema_state_path(path, sizeof(path), cfg->data_dir, (uint32_t)shard);
+    if (rc == 0)
+        rc = kvs_shardstate_open_writer(path, cfg, (uint32_t)shard, &m->state, &m->last,
+                                        &m->had_last);
+    if (rc == -EBUSY)
+        return; /* another worker of this shard runs: the store's lock refuses this one */
+    if (rc != 0)
+        kvs_warn("%s: %s; the router forwards every read of this shard to it", path,
+                 kvs_strerror(rc));
+}
+
+/* Whether the data.mdb in `dir` is not the one the last worker had (a
+ * snapshot bootstrap wrote it, or it was replaced or removed): then the
+ * lock file must be started anew (node_store's reset_lock). */
+static int files_changed(const node_main_t *m, const char *dir)
+{
+    kvs_lmdb_ident_t now;
+    if (!m->had_last)
+        return 0;
+    int rc = kvs_lmdb_ident_of(dir, &now);
+    return rc == -ENOENT ||
+           (rc == 0 && (now.data_dev != m->last.data_dev || now.data_ino != m->last.data_ino));
+}
+
+/* Opens the shard's environment. Returns 0, or an error with err set. */
+static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t **out,
+                      char *err, size_t errlen)
+{
+    char dir[4096], placement[64];
+    snprintf(dir, sizeof(dir), "%s/shard-%ld", cfg->data_dir, shard);
+    kvs_schema_placement(placement, sizeof(placement), cfg->shards, cfg->partitions);
+    int reset_lock = files_changed(m, dir);
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
@@ -504,10 +549,11 @@ static int open_store(const kvs_config_t *cfg, long shard, node_store_t **out, c
         .tables = bound,
         .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
+        .reset_lock = reset_lock,
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
-    rc = node_store_open(&so, out, err, errlen);
+    int rc = node_store_open(&so, out, err, errlen);
     free(bound);
     return rc;
 }
@@ -538,14 +584,22 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
         if (rc != 0)
             return config_fatal(m, "%s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
     }
+    int rc = make_data_dir(*cfg, err, sizeof(err));
+    if (rc == KVS_ECONFIG)
+        return config_fatal(m, "%s", err);
+    if (rc != 0) {
+        kvs_error("%s", err);
+        return 1;
+    }
+    take_state(m, *cfg, args->shard);
     /* A new replica copies a peer's environment before opening its own. */
     m->loop = uv_default_loop();
-    int rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
     if (rc == -ECANCELED)
         return 0;
     if (rc != 0)
         kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
-    rc = open_store(*cfg, args->shard, store, err, sizeof(err));
+    rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));
     if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
@@ -592,6 +646,7 @@ int main(int argc, char **argv)
             rc = config_fatal(&m, "%s", err);
     }
     if (rc != 0 || store == NULL) { /* store NULL: stopped during the snapshot copy */
+        kvs_shardstate_close(m.state);
         node_store_close(store);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
@@ -605,6 +660,7 @@ int main(int argc, char **argv)
     m.loop = uv_default_loop();
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
+        kvs_shardstate_close(m.state);
         node_store_close(store);
         kvs_plugins_free(plugins);
         kvs_tls_ctx_free(m.tls);
@@ -626,6 +682,7 @@ int main(int argc, char **argv)
         .plugins = plugins,
     };
     if (node_server_start(&so, &m.srv) != 0) {
+        kvs_shardstate_close(m.state);
         node_store_close(store);
         kvs_plugins_free(plugins);
         kvs_auth_free(m.auth);
@@ -647,6 +704,8 @@ int main(int argc, char **argv)
         m.signals = 1;
         begin_shutdown(&m);
     }
+    if (m.state != NULL)
+        kvs_shardstate_publish(m.state, node_store_ident(store)); /* routers may read it now */
     kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard, cfg->data_dir,
              args.shard, node_store_table_count(store),
              cfg->sync == KVS_SYNC_FULL    ? "full"
@@ -659,7 +718,8 @@ int main(int argc, char **argv)
     node_writes_free(m.writes);
     node_digest_free(m.digest);
     node_snapshot_free(m.snapshot);
-    node_ingest_free(m.ingest); /* before the store: it may still hold a read */
+    node_ingest_free(m.ingest);    /* before the store: it may still hold a read */
+    kvs_shardstate_close(m.state); /* not live: routers stop reading the environment */
     rc = node_store_close(store);
     if (rc != 0) {
         kvs_error("closing the store: %s", kvs_strerror(rc));

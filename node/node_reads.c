@@ -2,12 +2,10 @@
  * node_reads: the freshness rules applied to reads of bound tables (see
  * node_reads.h).
  *
- * A check walks the partitions a read touches and keeps the worst verdict
- * (catching up > behind > serve) with the partition that caused it, so the
- * answer can name it. Minimum positions come from the request's token: the
- * entries of the table's topic are collected once (already in partition
- * order, a token being canonical) and looked up by binary search, so a read
- * of many keys with a large token costs n log m, never n * m.
+ * A check (kvs_freshreq, the walk a router reading a local shard makes
+ * too) goes over the partitions a read touches and keeps the worst verdict
+ * with the partition that caused it, so the answer can name it; what this
+ * worker knows of each partition comes from node_ingest_fresh.
  *
  * Waiting reads sit in one FIFO; all wait the same node_wait_ms, so the
  * FIFO is also deadline order and one timer serves them all. Each remembers
@@ -19,10 +17,8 @@
  */
 #include "node_reads.h"
 #include "kvs_err.h"
-#include "kvs_fresh.h"
+#include "kvs_freshreq.h"
 #include "kvs_log.h"
-#include "kvs_place.h"
-#include "kvs_pos.h"
 #include "kvs_resp.h"
 
 #include <errno.h>
@@ -57,135 +53,32 @@ struct node_reads_s {
     kvs_arena_t arena; /* decoding waiting reads again */
 };
 
-/* The outcome of checking one read. */
-typedef struct check_s {
-    node_reads_t *rd;
-    const kvs_binding_t *b;
-    uint32_t partitions;
-    const kvs_pos_entry_t *pos; /* min_position entries of b's topic, by partition */
-    size_t npos;
-    int stale;
-    kvs_fresh_verdict_t verdict; /* the worst so far */
-    uint32_t partition;          /* ... on this partition */
-    uint64_t count;              /* lag, or records missing */
-    int64_t need;                /* BEHIND: the offset the read needs */
-    kvs_fresh_part_t state;      /* the partition's state */
-} check_t;
+typedef kvs_freshreq_t check_t;
 
 /* ---- checking ------------------------------------------------------------------ */
 
-static int64_t need_of(const check_t *c, uint32_t p)
+/* What this worker knows of partition p of b's topic: with Kafka off,
+ * nothing (no offsets, no end). */
+static int lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
 {
-    size_t lo = 0, hi = c->npos;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (c->pos[mid].partition == p)
-            return c->pos[mid].offset;
-        if (c->pos[mid].partition < p)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
+    node_reads_t *rd = arg;
+    return rd->ingest != NULL ? node_ingest_fresh(rd->ingest, b, p, out) : 0;
 }
 
-static void check_partition(check_t *c, uint32_t p)
+static node_reads_t *rd_of(const check_t *c)
 {
-    kvs_fresh_part_t st = {.next = -1, .end = -1};
-    uint64_t n;
-    if (c->verdict == KVS_FRESH_CATCHING_UP)
-        return; /* nothing is worse */
-    if (c->rd->ingest != NULL && node_ingest_fresh(c->rd->ingest, c->b, p, &st) != 0)
-        return; /* not a partition of this shard: nothing here depends on it */
-    int64_t need = need_of(c, p);
-    kvs_fresh_verdict_t v = kvs_fresh_decide(&st, c->rd->cfg->kafka_max_lag, need, c->stale, &n);
-    if (v > c->verdict) {
-        c->verdict = v;
-        c->partition = p;
-        c->count = n;
-        c->need = need;
-        c->state = st;
-    }
-}
-
-static void check_key(check_t *c, const void *key, size_t len)
-{
-    if (c->b->partitioner == KVS_PARTITIONER_NONE) {
-        for (uint32_t p = c->rd->shard; p < c->partitions; p += c->rd->cfg->shards)
-            check_partition(c, p);
-        return;
-    }
-    check_partition(c, kvs_place_partition_by(c->b->partitioner, key, len, c->partitions));
-}
-
-/* Collects the entries of b's topic from the request's min_position. */
-static int collect_positions(check_t *c, const ProtobufCBinaryData *tok, kvs_arena_t *arena)
-{
-    kvs_pos_iter_t it;
-    kvs_pos_entry_t e;
-    size_t cap = 0;
-    kvs_pos_entry_t *v = NULL;
-    if (tok->len == 0)
-        return 0;
-    size_t tlen = strlen(c->b->topic);
-    if (kvs_pos_iter_init(&it, tok->data, tok->len) != 0)
-        return 0; /* validated before: cannot happen */
-    while (kvs_pos_iter_next(&it, &e) == 1) {
-        if (e.topic_len != tlen || memcmp(e.topic, c->b->topic, tlen) != 0)
-            continue;
-        if (c->npos == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            kvs_pos_entry_t *nv = kvs_arena_alloc(arena, ncap * sizeof(*nv));
-            if (nv == NULL)
-                return -ENOMEM;
-            if (c->npos > 0)
-                memcpy(nv, v, c->npos * sizeof(*v));
-            v = nv;
-            cap = ncap;
-        }
-        v[c->npos++] = e;
-    }
-    c->pos = v;
-    return 0;
+    return c->arg;
 }
 
 static void check_init(check_t *c, node_reads_t *rd, const kvs_binding_t *b)
 {
-    memset(c, 0, sizeof(*c));
-    c->rd = rd;
-    c->b = b;
-    c->partitions = b->partitions > 0 ? b->partitions : rd->cfg->partitions;
-    c->verdict = KVS_FRESH_SERVE;
+    kvs_freshreq_init(c, rd->cfg, rd->shard, b, lookup, rd);
 }
 
 /* Checks every partition `req` touches. Returns 0 or -ENOMEM. */
 static int check_request(check_t *c, const Kvs__CommandRequest *req, kvs_arena_t *arena)
 {
-    int rc = collect_positions(c, &req->min_position, arena);
-    if (rc != 0)
-        return rc;
-    c->stale = req->accept_stale;
-    switch (req->command_case) {
-    case KVS__COMMAND_REQUEST__COMMAND_HGET:
-        check_key(c, req->hget->key.data, req->hget->key.len);
-        break;
-    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
-        check_key(c, req->hexist->key.data, req->hexist->key.len);
-        break;
-    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
-    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST: {
-        /* the two share their shape: {table, repeated keys} */
-        const Kvs__Hmget *m = req->hmget;
-        for (size_t i = 0; i < m->n_keys && c->verdict != KVS_FRESH_CATCHING_UP; i++)
-            check_key(c, m->keys[i].data, m->keys[i].len);
-        break;
-    }
-    default: /* Hgetall, Hscan: the whole table */
-        for (uint32_t p = c->rd->shard; p < c->partitions; p += c->rd->cfg->shards)
-            check_partition(c, p);
-        break;
-    }
-    return 0;
+    return kvs_freshreq_request(c, req, arena);
 }
 
 /* ---- answers ------------------------------------------------------------------- */
@@ -197,12 +90,12 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
         "catching up: lag %llu records on topic %s partition %u (kafka.max_lag is %u); this "
         "worker serves the partition again once it is within kafka.max_lag: retry shortly, or "
         "set accept_stale to read what it has",
-        (unsigned long long)c->count, c->b->topic, c->partition, c->rd->cfg->kafka_max_lag);
+        (unsigned long long)c->count, c->b->topic, c->partition, rd_of(c)->cfg->kafka_max_lag);
 }
 
 static int answer_ahead(const check_t *c, kvs_buf_t *out)
 {
-    if (c->rd->ingest == NULL)
+    if (rd_of(c)->ingest == NULL)
         return kvs_msg_append_status(
             out, KVS_STATUS_UNAVAILABLE,
             "behind by %llu records: the read needs offset %lld of topic %s partition %u, but "
@@ -241,7 +134,7 @@ static int answer_behind(const check_t *c, kvs_buf_t *out)
         "worker has applied the partition up to offset %lld; waited %llu ms; retry shortly",
         (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
         (long long)(c->state.next < 0 ? -1 : c->state.next - 1),
-        (unsigned long long)node_wait_ms(c->rd->cfg));
+        (unsigned long long)node_wait_ms(rd_of(c)->cfg));
 }
 
 /* ---- waiting ---------------------------------------------------------------------- */
@@ -427,7 +320,7 @@ int node_reads_admit_key(node_reads_t *rd, const kvs_binding_t *b, const void *k
 {
     check_t c;
     check_init(&c, rd, b);
-    check_key(&c, key, klen);
+    kvs_freshreq_key(&c, key, klen);
     return c.verdict == KVS_FRESH_SERVE ? 0 : -EAGAIN;
 }
 

@@ -52,6 +52,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -65,12 +66,11 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-/* What the stored bytes mean. 1: kvs 0.1, Value.integer_value as sint64.
- * 2: the original KV protocol's int64 (kvs.proto says why). Stored values
- * are encoded Values served as they are, so a format-1 environment would
- * answer wrong integers: format_check refuses it. */
-#define FORMAT_VERSION "2"
-#define META_DB "__kvs"
+/* What the stored bytes mean (kvs_schema). Stored values are encoded
+ * Values served as they are, so a format-1 environment would answer wrong
+ * integers: format_check refuses it. */
+#define FORMAT_VERSION KVS_SCHEMA_FORMAT_VERSION
+#define META_DB KVS_SCHEMA_META_DB
 #define MIN_FREE_PAGES 16384  /* keep at least 64 MiB (4 KiB pages) of map free */
 #define MAX_BATCH_PAGES 16384 /* a batch may dirty at most this much before an early commit */
 #define NAMES_SHOWN 5         /* table names an error message lists */
@@ -114,7 +114,8 @@ struct node_store_s {
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
     uint64_t failed_batches;
-    unsigned pins; /* views and copies other threads run: the map must not move */
+    kvs_lmdb_ident_t ident; /* data.mdb and lock.mdb as opened */
+    unsigned pins;          /* views and copies other threads run: the map must not move */
 };
 
 struct node_store_view_s {
@@ -539,13 +540,7 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
     MDB_txn *txn = read_txn(s);
     if (txn == NULL)
         return KVS_ESTORE;
-    MDB_val k = {klen, (void *)key}, v;
-    rc = mdb_get(txn, dbi, &k, &v);
-    if (rc != 0)
-        return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : map_err("mdb_get", rc);
-    val->p = v.mv_data;
-    val->len = v.mv_size;
-    return 0;
+    return kvs_lmdb_get(txn, dbi, key, klen, val);
 }
 
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
@@ -597,20 +592,7 @@ int node_store_scan(node_store_t *s, const char *table, const void *from, size_t
     MDB_txn *txn = read_txn(s);
     if (txn == NULL)
         return KVS_ESTORE;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, dbi, &cur);
-    if (rc != 0)
-        return map_err("mdb_cursor_open", rc);
-    MDB_val k = {flen, (void *)from}, v;
-    rc = mdb_cursor_get(cur, &k, &v, flen > 0 ? MDB_SET_RANGE : MDB_FIRST);
-    while (rc == 0) {
-        node_slice_t ks = {k.mv_data, k.mv_size}, vs = {v.mv_data, v.mv_size};
-        if (cb(arg, ks, vs) != 0)
-            break;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : map_err("mdb_cursor_get", rc);
+    return kvs_lmdb_scan(txn, dbi, from, flen, cb, arg);
 }
 
 int node_store_count(node_store_t *s, const char *table, uint64_t *n)
@@ -622,12 +604,7 @@ int node_store_count(node_store_t *s, const char *table, uint64_t *n)
     MDB_txn *txn = read_txn(s);
     if (txn == NULL)
         return KVS_ESTORE;
-    MDB_stat st;
-    int rc = mdb_stat(txn, dbi, &st);
-    if (rc != 0)
-        return map_err("mdb_stat", rc);
-    *n = st.ms_entries;
-    return 0;
+    return kvs_lmdb_count(txn, dbi, n);
 }
 
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
@@ -635,13 +612,7 @@ int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
     MDB_txn *txn = read_txn(s);
     if (txn == NULL)
         return KVS_ESTORE;
-    MDB_val k = {strlen(key), (void *)key}, v;
-    int rc = mdb_get(txn, s->meta, &k, &v);
-    if (rc != 0)
-        return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : map_err("mdb_get meta", rc);
-    val->p = v.mv_data;
-    val->len = v.mv_size;
-    return 0;
+    return kvs_lmdb_get(txn, s->meta, key, strlen(key), val);
 }
 
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen)
@@ -678,6 +649,11 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out)
     out->batch_writes = &s->hist_writes;
     out->commit_ns = &s->hist_commit;
     out->failed_batches = s->failed_batches;
+}
+
+const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)
+{
+    return &s->ident;
 }
 
 uint32_t node_store_table_count(const node_store_t *s)
@@ -932,6 +908,42 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
     return rc;
 }
 
+/* Removes the lock file of a replaced environment (see
+ * node_store_opts_t.reset_lock). Under kvs.lock: no other writer runs. */
+static int reset_lock(const char *dir, char *err, size_t errlen)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+    if (unlink(path) != 0 && errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove the lock file of the data it replaced: %s", path,
+                 strerror(errno));
+        return -errno;
+    }
+    kvs_info("%s: its data.mdb is not the one the last worker had open: started a new lock file",
+             dir);
+    return 0;
+}
+
+/* Records which files the environment is: data.mdb through LMDB's own
+ * descriptor, lock.mdb by its path (this process just opened it, holding
+ * kvs.lock). Returns 0 or -errno. */
+static int ident_of(node_store_t *s, const char *dir)
+{
+    char path[4200];
+    struct stat st;
+    int fd;
+    if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
+        return -EIO;
+    s->ident.data_dev = (uint64_t)st.st_dev;
+    s->ident.data_ino = (uint64_t)st.st_ino;
+    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+    if (stat(path, &st) != 0)
+        return -errno;
+    s->ident.lock_dev = (uint64_t)st.st_dev;
+    s->ident.lock_ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
     unsigned flags = MDB_NOTLS; /* see the file comment for what each mode keeps */
@@ -939,15 +951,27 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         flags |= MDB_NOMETASYNC;
     else if (o->sync == KVS_SYNC_NONE)
         flags |= MDB_NOSYNC;
+    if (o->reset_lock && reset_lock(o->dir, err, errlen) != 0)
+        return KVS_ESTORE;
     int rc = mdb_env_create(&s->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(s->env, o->max_tables + 1);
+    if (rc == 0)
+        rc = mdb_env_set_maxreaders(s->env, KVS_SCHEMA_MAX_READERS); /* room for routers */
     if (rc == 0)
         rc = mdb_env_set_mapsize(s->env, (size_t)o->map_size);
     if (rc == 0)
         rc = mdb_env_open(s->env, o->dir, flags, 0600); /* the node's user only */
     if (rc != 0) {
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
+        return KVS_ESTORE;
+    }
+    int dead = 0;
+    mdb_reader_check(s->env, &dead); /* slots of dead readers would pin old pages */
+    if (dead > 0)
+        kvs_info("%s: cleared %d reader slot(s) left by processes that died", o->dir, dead);
+    if ((rc = ident_of(s, o->dir)) != 0) {
+        snprintf(err, errlen, "%s: cannot stat its files: %s", o->dir, strerror(-rc));
         return KVS_ESTORE;
     }
     MDB_envinfo info;
@@ -963,10 +987,11 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
  * saying what to do; a new environment gets FORMAT_VERSION. */
 static int format_check(MDB_txn *txn, MDB_dbi meta, const char *dir, char *err, size_t errlen)
 {
-    MDB_val k = {sizeof("format_version") - 1, (void *)"format_version"}, v;
+    MDB_val k = {sizeof(KVS_SCHEMA_KEY_FORMAT) - 1, (void *)KVS_SCHEMA_KEY_FORMAT}, v;
     int rc = mdb_get(txn, meta, &k, &v);
-    if (rc != 0 || v.mv_size != 1 || *(const char *)v.mv_data != '1') /* new, current, newer */
-        return meta_check(txn, meta, "format_version", FORMAT_VERSION, dir, err, errlen);
+    if (kvs_schema_format(rc == 0 ? v.mv_data : NULL, rc == 0 ? v.mv_size : 0) !=
+        KVS_SCHEMA_FORMAT_OLD) /* new, current, newer */
+        return meta_check(txn, meta, KVS_SCHEMA_KEY_FORMAT, FORMAT_VERSION, dir, err, errlen);
     snprintf(err, errlen,
              "%s was written by an older kvs wire format (format_version 1: integers "
              "encoded as sint64); this kvs stores format_version %s (int64, as in the original KV "
@@ -993,9 +1018,9 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
     }
     rc = format_check(txn, s->meta, o->dir, err, errlen);
     if (rc == 0)
-        rc = meta_check(txn, s->meta, "shard", shard, o->dir, err, errlen);
+        rc = meta_check(txn, s->meta, KVS_SCHEMA_KEY_SHARD, shard, o->dir, err, errlen);
     if (rc == 0)
-        rc = meta_check(txn, s->meta, "placement", o->placement, o->dir, err, errlen);
+        rc = meta_check(txn, s->meta, KVS_SCHEMA_KEY_PLACEMENT, o->placement, o->dir, err, errlen);
     if (rc == 0)
         rc = open_tables(s, txn, o, err, errlen);
     if (rc != 0) {

@@ -1,6 +1,7 @@
 /*
- * node_store: a shard's LMDB environment. The only file that includes
- * lmdb.h; LMDB error codes are translated to KVS_E* codes here.
+ * node_store: a shard's LMDB environment, as its one writer sees it. With
+ * common/kvs_lmdb.c (reading, shared with routers), the only file that
+ * includes lmdb.h; LMDB error codes are translated to KVS_E* codes here.
  *
  * Transactions follow the worker's loop turns:
  *  - reads use one read snapshot per turn (a reused read txn, renewed on
@@ -18,13 +19,17 @@
  * Memory: values returned by get/scan point into LMDB pages and are valid
  * only until the next call on the store. Copy before calling again.
  *
- * Threads: one thread only (the worker's loop thread). One process only:
- * open takes an exclusive lock on the directory.
+ * Threads: one thread only (the worker's loop thread). One writer only:
+ * open takes an exclusive lock on the directory. Other processes may read
+ * the environment meanwhile (routers, through kvs_lmdb's reader): LMDB
+ * readers take no lock, and a commit is visible to every read snapshot
+ * begun after it.
  */
 #ifndef NODE_STORE_H
 #define NODE_STORE_H
 
 #include "kvs_config.h"
+#include "kvs_lmdb.h"
 #include "kvs_metrics.h"
 
 #include <stddef.h>
@@ -32,10 +37,8 @@
 
 typedef struct node_store_s node_store_t;
 
-typedef struct node_slice_s {
-    const uint8_t *p;
-    size_t len;
-} node_slice_t;
+/* Stored bytes (kvs_lmdb's slice: the read side is shared with routers). */
+typedef kvs_slice_t node_slice_t;
 
 /* A batch of generation `gen` failed to commit with `err`; nothing it wrote
  * is stored. */
@@ -50,6 +53,12 @@ typedef struct node_store_opts_s {
     const char *const *tables; /* created at open if missing (Kafka-bound tables) */
     size_t n_tables;
     kvs_sync_t sync;
+    /* The lock file belongs to another data file than the one now in
+     * `dir` (the directory was replaced: kvs_shardstate says which files the
+     * last worker had): remove it before opening, so that LMDB builds a new
+     * one from this data file rather than trust a reader table and
+     * transaction id kept alive by routers still reading the old files. */
+    int reset_lock;
     node_store_fail_cb fail_cb;
     void *fail_arg;
 } node_store_opts_t;
@@ -90,7 +99,7 @@ int node_store_put(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_del(node_store_t *s, const char *table, const void *key, size_t klen);
 
 /* Called for each pair in key order; return nonzero to stop. */
-typedef int (*node_store_scan_cb)(void *arg, node_slice_t key, node_slice_t val);
+typedef kvs_lmdb_scan_cb node_store_scan_cb;
 
 /* Walks `table` in key order starting at the first key >= `from` (flen 0:
  * from the start). A missing table walks nothing. Returns 0 or KVS_ESTORE. */
@@ -136,6 +145,9 @@ int node_store_end_turn(node_store_t *s);
 /* Forces committed data and metadata to disk (for storage.sync: batch,
  * whose commits leave the last meta page unsynced). Returns 0 or an error. */
 int node_store_sync(node_store_t *s);
+
+/* The files the environment is (data.mdb and lock.mdb, as opened). */
+const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s);
 
 /* ---- views: a read snapshot for another thread ----------------------------
  *

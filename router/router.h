@@ -14,6 +14,7 @@
 #include "kvs_plugins.h"
 #include "kvs_slowlog.h"
 #include "router_link.h"
+#include "router_local.h"
 #include "router_replica.h"
 #include "router_session.h"
 
@@ -65,6 +66,8 @@ struct router_s {
     size_t n_free_reqs;
     router_session_t *release; /* sessions whose held requests may go now */
     kvs_buf_t scratch;         /* a request with positions attached, being sent */
+    router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
+    kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */
     int draining;
     void (*on_drained)(router_t *r); /* all clients gone while draining */
     /* operations (router_ops.c) */
@@ -164,6 +167,7 @@ struct router_req_s {
     struct route_merge_s *merge; /* multi-part state, or NULL */
     int bound_write;             /* a write to a bound table, counted in the session's writes */
     router_try_t try0;           /* a single-part request's replicas (multi-part: the merge's) */
+    int fwd_local; /* a part went to a local worker: counted in the session's `forwarded` */
     /* Held back by the session (router_session.h) until earlier writes
      * are answered: the request's bytes, kept until it is routed. */
     int held;

@@ -514,10 +514,13 @@ int router_clients_listen(router_t *r)
     rc = kvs_conn_group_init(&r->group, r->loop, &limits, "client");
     if (rc != 0)
         return rc;
-    /* Descriptors kept back: a link per shard, worker spawns, the lock
-     * file, the log, name resolution. */
-    r->max_clients = kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
-                                          r->shards + ROUTER_FD_RESERVE);
+    /* Descriptors kept back: a link per replica of every shard, worker
+     * spawns, the lock file, the log, name resolution; with local reads,
+     * data.mdb and lock.mdb of every shard. */
+    uint32_t links = r->n_links > r->shards ? r->n_links : r->shards;
+    r->max_clients =
+        kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
+                             links + (r->local != NULL ? 2 * r->shards : 0) + ROUTER_FD_RESERVE);
     rc = router_ports_listen(r->loop, &addr, &r->listener, on_connection, &r->listen_inodes[0]);
     if (rc != 0) {
         listen_failed(r->cfg->router_listen, rc);

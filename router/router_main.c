@@ -229,6 +229,8 @@ static int become_ready(router_main_t *m)
 static void on_link_state(router_link_t *l, int up)
 {
     router_main_t *m = l->data;
+    if (up && l->addr.is_unix && m->r.local != NULL)
+        router_local_link_up(m->r.local, l->shard);
     if (!l->addr.is_unix || m->ready || m->shutting_down || !up || l->seen_up)
         return;     /* only this node's own workers (their unix sockets) are waited for */
     l->seen_up = 1; /* a link that drops and returns during start-up counts once */
@@ -296,6 +298,7 @@ static void on_drained(router_t *r)
     kvs_info("clients drained");
     for (uint32_t i = 0; i < m->r.n_links; i++)
         router_link_stop(&m->r.links[i]);
+    router_local_stop(m->r.local);
     uv_walk(m->r.loop, close_any, NULL);
 }
 
@@ -477,6 +480,8 @@ static int router_start(router_main_t *m)
         rc = router_ops_init(r, r->cfg, m->plugins);
     if (rc == 0)
         rc = start_links(m);
+    if (rc == 0 && r->cfg->router_local_reads && m->n_local > 0)
+        rc = router_local_new(r->loop, r->cfg, r->links, r->n_links, &r->local);
     if (rc != 0)
         return rc;
     if (m->n_local == 0) /* a pure routing node: nothing local to wait for */
@@ -539,6 +544,8 @@ static void router_free(router_main_t *m)
     kvs_buf_free(&m->r.redis_pack);
     router_redis_cursors_free(&m->r);
     kvs_buf_free(&m->r.scratch);
+    router_local_free(m->r.local);
+    kvs_buf_free(&m->r.local_out);
     uv_loop_close(m->r.loop);
     kvs_tls_ctx_free(m->r.tls);
     kvs_tls_ctx_free(m->r.link_tls);

@@ -70,6 +70,7 @@
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
+#include "kvs_reads.h"
 #include "router.h"
 #include "router_send.h"
 
@@ -207,12 +208,27 @@ static void note_position(router_req_t *req, const uint8_t *tok, size_t len)
 
 static void req_executed(router_req_t *req);
 
+/* `req` is answered: the session's reads of local shards need no longer go
+ * to the workers behind it (router_session.h). */
+static void forward_finished(router_req_t *req)
+{
+    if (!req->fwd_local)
+        return;
+    req->fwd_local = 0;
+    if (req->client != NULL) {
+        router_session_t *s = router_client_session(req->client);
+        if (s->forwarded > 0)
+            s->forwarded--;
+    }
+}
+
 void router_req_complete(router_req_t *req)
 {
     if (req->merge != NULL) /* merging took time of its own: the hooks' clock must see it */
         req->router->flusher.now_ns = kvs_now_ns();
     req->done = 1;
     write_finished(req);
+    forward_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
     req_executed(req);
@@ -425,6 +441,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             kvs_msg_find_bytes(payload, len, 6, &tok, &toklen) == 1) /* position */
             note_position(req, tok, toklen);
         write_finished(req);
+        forward_finished(req);
         if (failure != NULL)
             router_req_finish_status(
                 req, failure_status(req->cmd, len), "%s%s", failure,
@@ -1169,21 +1186,71 @@ static route_merge_t *merge_new(router_t *r, Kvs__CommandRequest__CommandCase cm
     return m;
 }
 
-static int is_retryable(Kvs__CommandRequest__CommandCase c);
-
-/* Sends part `part` to a replica of `shard`; when none takes it, the part
- * fails at once. */
-static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
-                      const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen)
-{
-    router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
-    router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
-}
-
 /* The binding of the table named table[0..len), or NULL (unbound). */
 static const kvs_binding_t *table_binding(const router_t *r, const void *table, size_t len)
 {
     return r->cfg->n_bindings > 0 ? kvs_config_binding_n(r->cfg, table, len) : NULL;
+}
+
+/* Whether a read of `req` may be answered from a local environment now:
+ * not while a request of its connection is with a local worker, which
+ * must be answered first (router_session.h). */
+static int may_read_here(const router_t *r, const router_req_t *req)
+{
+    return r->local != NULL && req->client != NULL &&
+           router_client_session(req->client)->forwarded == 0;
+}
+
+/* Answers part `part` of `req` (the decoded request `q` for `shard`) from
+ * the shard's environment, when it is a local read that may be (see
+ * router_local.h). Returns 1 when it was. */
+static int read_here(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
+                     const Kvs__CommandRequest *q)
+{
+    if (q == NULL || !may_read_here(r, req) || !kvs_reads_is_read(q->command_case))
+        return 0;
+    const char *table = kvs_msg_request_table(q);
+    const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
+    if (req->merge == NULL) { /* the answer is the client's: built where it is kept */
+        req->resp.len = 0;
+        if (!router_local_read(r->local, shard, q, b, &req->resp))
+            return 0;
+        router_req_complete(req);
+        return 1;
+    }
+    kvs_buf_t *out = &r->local_out;
+    out->len = 0;
+    if (!router_local_read(r->local, shard, q, b, out))
+        return 0;
+    router_route_reply(req, part, out->data + KVS_FRAME_HEADER, out->len - KVS_FRAME_HEADER, NULL);
+    return 1;
+}
+
+/* A part goes to a local worker: until `req` is answered, its connection's
+ * reads of local shards go to the workers too. */
+static void count_forward(router_t *r, router_req_t *req, uint32_t shard)
+{
+    if (r->local == NULL || req->fwd_local || req->client == NULL ||
+        !router_local_is_local(r->local, shard))
+        return;
+    req->fwd_local = 1;
+    router_client_session(req->client)->forwarded++;
+}
+
+static int is_retryable(Kvs__CommandRequest__CommandCase c);
+
+/* Sends part `part` to a replica of `shard` (`q`: the request it carries,
+ * decoded, or NULL), or answers it here when it is a local read; when no
+ * replica takes it, the part fails at once. */
+static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
+                      const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
+                      const Kvs__CommandRequest *q)
+{
+    if (read_here(r, req, part, shard, msg != NULL ? (const Kvs__CommandRequest *)msg : q))
+        return;
+    count_forward(r, req, shard);
+    router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
+    router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
 
 /* The shard of `key` in a table with binding `b` (NULL: bound to no topic,
@@ -1394,12 +1461,15 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
 }
 
 /* Sends each part of a split request: its keys (sel is scratch for n
- * indexes) and answer budget. */
+ * indexes) and answer budget. When the last part is answered at once (a
+ * down link, a local read), the request completes and its merge is freed
+ * inside the last send_part: nothing of `m` is read after it. */
 static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, size_t *sel,
                        const uint32_t *budget)
 {
     route_merge_t *m = req->merge;
-    for (uint32_t p = 0; p < m->nparts; p++) {
+    uint32_t nparts = m->nparts;
+    for (uint32_t p = 0; p < nparts; p++) {
         size_t k = 0;
         for (size_t i = 0; i < m->nkeys; i++)
             if (m->key_part[i] == p)
@@ -1408,7 +1478,7 @@ static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest
         if (build_subrequest(r, q, sel, k, budget[p], &sub) != 0)
             router_route_reply(req, p, NULL, 0, "router out of memory");
         else
-            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0);
+            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0, NULL);
     }
 }
 
@@ -1439,7 +1509,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
         req->parts_left = 1;
-        send_part(r, req, 0, shard_of[0], NULL, raw, rawlen);
+        send_part(r, req, 0, shard_of[0], NULL, raw, rawlen, q);
         return;
     }
     route_merge_t *m = merge_new(r, q->command_case, nparts, n);
@@ -1469,10 +1539,12 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     send_parts(r, req, q, sel, count);
 }
 
-/* Hgetall and Info: the same request to every shard, pairs merged. */
-static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+/* Hgetall, Hlen and Info: the same request `q` to every shard, answers
+ * merged. */
+static void route_fanout(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                          const uint8_t *raw, size_t rawlen)
 {
+    Kvs__CommandRequest__CommandCase cmd = q->command_case;
     if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN)
         req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
@@ -1484,7 +1556,7 @@ static void route_fanout(router_t *r, router_req_t *req, Kvs__CommandRequest__Co
     req->parts_left = r->shards;
     for (uint32_t s = 0; s < r->shards; s++) {
         m->part_shard[s] = s;
-        send_part(r, req, s, s, NULL, raw, rawlen);
+        send_part(r, req, s, s, NULL, raw, rawlen, q);
     }
 }
 
@@ -1518,7 +1590,7 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     sub.hscan = &inner;
     sub.min_position = q->min_position;
     sub.accept_stale = q->accept_stale;
-    send_part(r, req, 0, shard, &sub.base, NULL, 0);
+    send_part(r, req, 0, shard, &sub.base, NULL, 0, NULL);
 }
 
 static const ProtobufCBinaryData *single_key(const Kvs__CommandRequest *q)
@@ -1549,7 +1621,7 @@ static void route_anywhere(router_t *r, router_req_t *req, const Kvs__CommandReq
     uint32_t n = kvs_place_owning_shards(partitions, r->shards);
     if (n == 1) { /* one shard owns every partition: forward as is */
         req->parts_left = 1;
-        send_part(r, req, 0, 0, NULL, raw, rawlen);
+        send_part(r, req, 0, 0, NULL, raw, rawlen, q);
         return;
     }
     route_merge_t *m = merge_new(r, q->command_case, n, nkeys_of(q));
@@ -1562,7 +1634,7 @@ static void route_anywhere(router_t *r, router_req_t *req, const Kvs__CommandReq
     req->parts_left = n;
     for (uint32_t s = 0; s < n; s++) {
         m->part_shard[s] = s;
-        send_part(r, req, s, s, NULL, raw, rawlen);
+        send_part(r, req, s, s, NULL, raw, rawlen, q);
     }
 }
 
@@ -1702,7 +1774,7 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
         if (b == NULL && unbound_refused(r, req, q->command_case, table, strlen(table), shard))
             return;
         req->parts_left = 1;
-        send_part(r, req, 0, shard, NULL, raw, rawlen);
+        send_part(r, req, 0, shard, NULL, raw, rawlen, q);
         return;
     }
     switch (q->command_case) {
@@ -1712,7 +1784,7 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
     case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
-        route_fanout(r, req, q->command_case, raw, rawlen);
+        route_fanout(r, req, q, raw, rawlen);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         route_hscan(r, req, q);
@@ -1897,6 +1969,27 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     kvs_buf_free(&packed);
 }
 
+/* The hot path's local read: an Hget or Hexist of a local shard answered
+ * from its environment, with the session's position on the key's
+ * partition when the table is bound. Returns 1 when it was. */
+static int read_key_here(router_t *r, router_req_t *req, uint32_t shard, const kvs_binding_t *b,
+                         const kvs_peek_t *pk)
+{
+    int64_t min = -1;
+    if (!may_read_here(r, req))
+        return 0;
+    if (b != NULL) {
+        uint32_t parts = b->partitions > 0 ? b->partitions : r->cfg->partitions;
+        uint32_t p = kvs_place_partition_by(b->partitioner, pk->key, pk->key_len, parts);
+        min = router_session_get(router_client_session(req->client), r->cfg, b, p);
+    }
+    req->resp.len = 0;
+    if (!router_local_read_key(r->local, shard, pk, b, min, &req->resp))
+        return 0;
+    router_req_complete(req);
+    return 1;
+}
+
 /* The hot path: a valid single-key request on a table bound to no topic or
  * placed by a partitioner. Returns 0 when it must take the full path. */
 static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
@@ -1910,6 +2003,8 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
     if (hold(req, b != NULL && read, payload, len))
         return 1;
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
+    if (read && read_key_here(r, req, shard, b, pk))
+        return 1;
     if (b == NULL && !read && unbound_refused(r, req, pk->cmd, pk->table, pk->table_len, shard))
         return 1;
     if (b != NULL && !read)
@@ -1917,7 +2012,7 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
     else if (b != NULL)
         append_position(r, req, b, pk, &payload, &len);
     req->parts_left = 1;
-    send_part(r, req, 0, shard, NULL, payload, len);
+    send_part(r, req, 0, shard, NULL, payload, len, NULL);
     return 1;
 }
 

@@ -13,6 +13,12 @@
  *    until those writes are answered, and so is everything after a held
  *    request. A pipelined write-then-read therefore reads the write, as it
  *    would on a single server, and the read carries the write's position.
+ *  - Local reads (router_local): while any request of the connection is
+ *    with a local worker (`forwarded`), its reads of local shards go to the
+ *    workers too, behind it on the same links, instead of being answered
+ *    from the environment at once: a pipelined write then read of any
+ *    table reads the write, and reads are never answered out of order
+ *    with the requests before them.
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the
@@ -39,6 +45,7 @@ typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
     uint32_t writes;                /* writes to bound tables sent and not answered */
+    uint32_t forwarded;             /* requests with a part at a local worker, not answered */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     struct router_session_s *next;  /* on the router's release list */
     int on_release_list;

@@ -2,7 +2,7 @@
 # compare_redis.sh: kvs against Redis, same machine, same run, same workload.
 #
 #   tests/bench/compare_redis.sh [--shards N] [--requests N] [--repeat N] [--sync MODE]
-#                                [--processes N] [--no-build] [--no-tls]
+#                                [--processes N] [--local-reads BOOL] [--no-build] [--no-tls]
 #
 # Builds a release kvs (build-release/), installs redis-server and
 # redis-tools with apt-get if they are missing (needs root), starts a kvs
@@ -20,6 +20,9 @@
 # storage.sync (full, batch, none; default batch) and Redis's matching
 # appendfsync (always, everysec, no). --processes sets kvs's
 # router.processes (default 1; auto for the machine's choice).
+# --local-reads sets kvs's router.local_reads (true, the default: routers
+# answer reads of local shards from their files; false: every read goes to
+# its worker), to measure what local reads change.
 #
 # HSET runs first so HGET finds most keys (kvs answers 404 and Redis nil for
 # the rest; both count as successes). Redis' HGET is a custom command hitting
@@ -54,6 +57,7 @@ REPEAT=1
 BUILD=1
 SYNC="batch"
 PROCESSES=1
+LOCAL_READS=true
 TLS=1
 CLIENTS=50
 KEYSPACE=100000
@@ -76,6 +80,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --sync) SYNC=${2:?--sync wants full, batch or none}; shift 2 ;;
     --processes) PROCESSES=${2:?--processes wants a number or auto}; shift 2 ;;
+    --local-reads) LOCAL_READS=${2:?--local-reads wants true or false}; shift 2 ;;
     --no-tls) TLS=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -84,6 +89,7 @@ done
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --shards wants a positive number" >&2; exit 2; }
 [[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || { echo "compare_redis.sh: --requests wants a positive number" >&2; exit 2; }
 [[ $REPEAT =~ ^[1-9][0-9]?$ ]] || { echo "compare_redis.sh: --repeat wants a number from 1 to 99" >&2; exit 2; }
+[[ $LOCAL_READS =~ ^(true|false)$ ]] || { echo "compare_redis.sh: --local-reads wants true or false" >&2; exit 2; }
 case "$SYNC" in
 full) FSYNC=always ;;
 batch) FSYNC=everysec ;;
@@ -170,6 +176,7 @@ router:
   listen: 127.0.0.1:$KVS_PORT
   resp_listen: 127.0.0.1:$KVS_RESP_PORT
   processes: $PROCESSES
+  local_reads: $LOCAL_READS
 storage:
   sync: $SYNC
 log:

@@ -215,6 +215,7 @@ class Router(Managed):
     env: more environment variables for the router (and so its workers);
     new_session: start the router in its own session and process group
     (its pid is the group id), as a shell does with a job;
+    storage_yaml: more "key: value" entries of the storage section;
     processes: router.processes (1 unless a test asks for more: the
     suite's tests of one router's behaviour stay exact);
     tls: a client ssl.SSLContext that client() connects with (tls.router).
@@ -225,7 +226,7 @@ class Router(Managed):
     def __init__(self, shards=4, partitions=64, sync="batch", node_listen=None, remote=None,
                  max_frame=None, max_inflight=None, timeout=None, extra_yaml="", start=True,
                  name="router", router_yaml=(), env=None, new_session=False, log="{level: info}",
-                 tls=None, cluster_yaml=(), node_name=None, processes=1):
+                 tls=None, cluster_yaml=(), node_name=None, storage_yaml=(), processes=1):
         self.name = name
         self.tls = tls
         self.env = dict(env or {})
@@ -266,7 +267,7 @@ class Router(Managed):
             node.append("name: %s" % node_name)
         if node:
             lines.append("node: {%s}" % ", ".join(node))
-        lines.append("storage: {sync: %s}" % sync)
+        lines.append("storage: {%s}" % ", ".join(["sync: %s" % sync] + list(storage_yaml)))
         limits = []
         if max_frame is not None:
             limits.append("max_frame: %s" % max_frame)

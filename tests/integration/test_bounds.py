@@ -173,8 +173,12 @@ class RouterBoundsTest(RouterTestCase):
 
     def test_client_owed_more_than_client_output_is_closed(self):
         """Answers already asked for that exceed limits.client_output close
-        the client, and the log names it; the others are not affected."""
-        r = self.router(shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
+        the client, and the log names it; the others are not affected.
+        (Answers owed by workers: with local reads the router would build
+        these answers at once, and stop at the high-water mark instead; see
+        the next test.)"""
+        r = self.router(shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n",
+                        router_yaml=["local_reads: false"])
         with r.client() as c:
             self.assertOk(c.hset("t", "big", b"x" * (200 * 1024)))
         hostile = raw_connect(r.addr)
@@ -186,6 +190,32 @@ class RouterBoundsTest(RouterTestCase):
             self.assertOk(other.hget("t", "big"))
         self.assertTrue(closed_by_peer(hostile, 5.0))
         self.assertIn("limits.client_output", r.stderr())
+
+    def test_local_reads_stop_at_high_water_for_a_client_that_does_not_read(self):
+        """Reads the router answers itself are built as they are routed, so
+        a client that asks for more than it reads stops being served at the
+        high-water mark (a quarter of limits.client_output): the router's
+        memory stays bounded, the client is not closed, others are served,
+        and the client gets every answer once it reads."""
+        r = self.router(shards=2, extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
+        big = b"x" * (200 * 1024)
+        with r.client() as c:
+            self.assertOk(c.hset("t", "big", big))
+            expected = c.hget("t", "big").SerializeToString()
+        base = rss_anon(r.pid)
+        hostile = raw_connect(r.addr)
+        self.addCleanup(hostile.close)
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        hostile.sendall(encode(req_hget("t", "big")) * 100)  # 20 MB of answers
+        time.sleep(0.5)
+        with r.client() as other:
+            self.assertOk(other.hget("t", "big"))
+        if not SANITIZED:
+            grown = (rss_anon(r.pid) - base) >> 20
+            self.assertLess(grown, 8, "router grew by %d MiB" % grown)
+        for i in range(100):  # not closed: every answer comes
+            self.assertEqual(read_frame(hostile), expected, "answer %d" % i)
+        self.assertNotIn("limits.client_output", r.stderr())
 
     def test_stalled_partial_frames_are_bounded_in_memory_and_time(self):
         """20 connections each stall one byte short of a 4 MiB frame: past

@@ -578,6 +578,18 @@ KVS_TEST(data_dir_length)
     parse_fails(text, want);
 }
 
+KVS_TEST(local_reads)
+{
+    kvs_config_t *c = parse_ok("");
+    CHECK_EQ(c->router_local_reads, 1);
+    kvs_config_free(c);
+    c = parse_ok("router: {local_reads: false}\n");
+    CHECK_EQ(c->router_local_reads, 0);
+    kvs_config_free(c);
+    parse_fails("router:\n  local_reads: sometimes\n",
+                "config.yaml:2:16: router.local_reads must be true or false (got \"sometimes\")");
+}
+
 KVS_TEST(ready_timeout)
 {
     kvs_config_t *c = parse_ok("router: {ready_timeout: 2m}\n");
@@ -1273,7 +1285,8 @@ KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their
               KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
               KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
-              KVS_CASE(ready_timeout), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+              KVS_CASE(ready_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
+              KVS_CASE(load_from_descriptor),
               KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
               KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
               KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),

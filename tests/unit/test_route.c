@@ -2,8 +2,8 @@
  * Unit tests for router_route: placement, forwarding, split/merge, fan-out
  * and Hscan cursors, without sockets or a loop.
  *
- * This binary links router_route.c alone and defines the three functions it
- * calls outside itself:
+ * This binary links router_route.c alone and defines the functions it
+ * calls outside itself (router_local's too: local reads are off here):
  *  - router_link_send and router_link_send_msg record every part sent (the
  *    shard, found from the link's index in r.links, and ctx, part and the
  *    packed payload) and fail with KVS_ECLOSED, as a real link does, when
@@ -102,6 +102,30 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
     int rc = record(l, p, n, ctx, part, 0);
     free(p);
     return rc;
+}
+
+/* Local reads are off in these cases (r.local is NULL): never called. */
+int router_local_read(router_local_t *lc, uint32_t shard, const Kvs__CommandRequest *q,
+                      const kvs_binding_t *b, kvs_buf_t *out)
+{
+    (void)lc, (void)shard, (void)q, (void)b, (void)out;
+    CHECK(!"router_local_read called with local reads off");
+    return 0;
+}
+
+int router_local_read_key(router_local_t *lc, uint32_t shard, const kvs_peek_t *pk,
+                          const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out)
+{
+    (void)lc, (void)shard, (void)pk, (void)b, (void)min_offset, (void)out;
+    CHECK(!"router_local_read_key called with local reads off");
+    return 0;
+}
+
+int router_local_is_local(const router_local_t *lc, uint32_t shard)
+{
+    (void)lc, (void)shard;
+    CHECK(!"router_local_is_local called with local reads off");
+    return 0;
 }
 
 /* Answers stay in req->resp, where the cases read them: never deliver. */
@@ -1111,6 +1135,9 @@ KVS_TEST(down_shard_is_503_at_once)
 
     for (uint32_t s = 0; s < SHARDS; s++)
         set_down(s);
+    const char *split[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]}; /* every part, down */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, split);
+    check_status(answer_sync(), 503);
     Kvs__Hgetall all = KVS__HGETALL__INIT;
     all.table = TABLE;
     route_cmd(KVS__COMMAND_REQUEST__COMMAND_HGETALL, &all);

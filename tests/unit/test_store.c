@@ -94,6 +94,37 @@ KVS_TEST(reopen_keeps_data)
     node_store_close(s);
 }
 
+/* A replaced data.mdb gets a new lock file (reset_lock): LMDB then builds
+ * the reader table and transaction id from this data file, and the files
+ * the store says it opened are the ones in the directory. */
+KVS_TEST(reset_lock_starts_a_new_lock_file)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p1"));
+    put_str(s, "users", "42", "alice");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    kvs_lmdb_ident_t first = *node_store_ident(s), now;
+    CHECK_EQ(kvs_lmdb_ident_of(envdir, &now), 0);
+    CHECK(memcmp(&first, &now, sizeof(now)) == 0);
+    CHECK_EQ(node_store_close(s), 0);
+    s = open_ok(opts(0, "p1")); /* an ordinary restart keeps the lock file */
+    CHECK_EQ(node_store_ident(s)->lock_ino, first.lock_ino);
+    CHECK_EQ(node_store_close(s), 0);
+    /* keep the old lock file's inode alive, as a reader still using it would */
+    char lock[400];
+    snprintf(lock, sizeof(lock), "%s/lock.mdb", envdir);
+    FILE *held = fopen(lock, "r");
+    CHECK(held != NULL);
+    node_store_opts_t o = opts(0, "p1");
+    o.reset_lock = 1;
+    s = open_ok(o);
+    CHECK(node_store_ident(s)->lock_ino != first.lock_ino);
+    CHECK_EQ(node_store_ident(s)->data_ino, first.data_ino);
+    CHECK(get_is(s, "users", "42", "alice"));
+    CHECK_EQ(node_store_close(s), 0);
+    fclose(held);
+}
+
 KVS_TEST(refuses_other_shard)
 {
     fresh_dir();
@@ -710,10 +741,10 @@ KVS_TEST_MAIN(KVS_CASE(full_disk_fails_the_commit_sync_none),
               KVS_CASE(error_mid_reservation_aborts_the_batch),
               KVS_CASE(refuses_more_tables_than_max_tables),
               KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
-              KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
-              KVS_CASE(refuses_older_wire_format), KVS_CASE(second_open_is_refused),
-              KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
-              KVS_CASE(map_grows_before_it_is_full),
+              KVS_CASE(reset_lock_starts_a_new_lock_file), KVS_CASE(refuses_other_shard),
+              KVS_CASE(refuses_other_placement), KVS_CASE(refuses_older_wire_format),
+              KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
+              KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
               KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
               KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
               KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))

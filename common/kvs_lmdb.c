@@ -1,0 +1,438 @@
+/*
+ * kvs_lmdb: reading kvs's LMDB environments (see kvs_lmdb.h).
+ *
+ * The reader's transaction. One MDB_txn per reader, created by the first
+ * begin and then reused: kvs_lmdb_reader_end resets it (mdb_txn_reset:
+ * the snapshot is released, the reader slot kept) and the next begin
+ * renews it. Two events end it for good instead (the next begin creates a
+ * new one):
+ *  - a table handle was opened in it: the txn commits, which makes the
+ *    handle the environment's (a reset or abort would close it);
+ *  - opening it failed.
+ * With MDB_NOTLS a read txn owns its reader slot, so the reader never uses
+ * more than one slot, and none while no txn exists.
+ *
+ * Map growth. The writer grows its map when it fills (node_store); when
+ * it has written past the end of this process's map, LMDB's begin says
+ * MDB_MAP_RESIZED. With no snapshot open, mdb_env_set_mapsize(env, 0)
+ * adopts the size the writer recorded, and the begin is retried.
+ *
+ * Table handles. A table's DBI is looked up by name (the table's name is
+ * the database's, kvs_schema) on first use and cached; a name not found
+ * is looked up again next time (tables are created by the writer at any
+ * time, and never dropped). A handle opened in the current txn is
+ * "pending" until that txn commits: if it cannot commit, LMDB closes the
+ * handle and the cache forgets it.
+ */
+#include "kvs_lmdb.h"
+#include "kvs_err.h"
+#include "kvs_log.h"
+#include "kvs_schema.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* ---- primitives ------------------------------------------------------------ */
+
+int kvs_lmdb_err(const char *what, int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (rc == MDB_NOTFOUND)
+        return KVS_ENOTFOUND;
+    kvs_error("%s: %s", what, mdb_strerror(rc));
+    return KVS_ESTORE;
+}
+
+int kvs_lmdb_get(MDB_txn *txn, unsigned int dbi, const void *key, size_t klen, kvs_slice_t *val)
+{
+    MDB_val k = {klen, (void *)key}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : kvs_lmdb_err("mdb_get", rc);
+    val->p = v.mv_data;
+    val->len = v.mv_size;
+    return 0;
+}
+
+int kvs_lmdb_scan(MDB_txn *txn, unsigned int dbi, const void *from, size_t flen,
+                  kvs_lmdb_scan_cb cb, void *arg)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0)
+        return kvs_lmdb_err("mdb_cursor_open", rc);
+    MDB_val k = {flen, (void *)from}, v;
+    rc = mdb_cursor_get(cur, &k, &v, flen > 0 ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0) {
+        kvs_slice_t ks = {k.mv_data, k.mv_size}, vs = {v.mv_data, v.mv_size};
+        if (cb(arg, ks, vs) != 0)
+            break;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : kvs_lmdb_err("mdb_cursor_get", rc);
+}
+
+int kvs_lmdb_count(MDB_txn *txn, unsigned int dbi, uint64_t *n)
+{
+    MDB_stat st;
+    int rc = mdb_stat(txn, dbi, &st);
+    if (rc != 0)
+        return kvs_lmdb_err("mdb_stat", rc);
+    *n = st.ms_entries;
+    return 0;
+}
+
+int kvs_lmdb_ident_of(const char *dir, kvs_lmdb_ident_t *out)
+{
+    char path[4200];
+    struct stat d, l;
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    if (stat(path, &d) != 0)
+        return -errno;
+    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+    if (stat(path, &l) != 0)
+        return -errno;
+    out->data_dev = (uint64_t)d.st_dev;
+    out->data_ino = (uint64_t)d.st_ino;
+    out->lock_dev = (uint64_t)l.st_dev;
+    out->lock_ino = (uint64_t)l.st_ino;
+    return 0;
+}
+
+/* ---- the reader ------------------------------------------------------------ */
+
+typedef struct table_s {
+    char *name; /* NULL = empty slot */
+    MDB_dbi dbi;
+    int pending; /* opened in the current txn: the env's once it commits */
+} table_t;
+
+struct kvs_lmdb_reader_s {
+    MDB_env *env;
+    MDB_txn *txn; /* NULL until the next begin */
+    int live;     /* a snapshot is open */
+    int commit;   /* a handle was opened in it: commit, do not reset */
+    MDB_dbi meta;
+    table_t *tables; /* open addressing, tables_cap a power of two */
+    uint32_t tables_cap;
+    uint32_t n_tables;
+    uint32_t max_tables;
+    uint64_t remaps;
+    kvs_lmdb_ident_t ident;
+};
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static table_t *table_slot(kvs_lmdb_reader_t *r, const char *name)
+{
+    uint32_t mask = r->tables_cap - 1;
+    for (uint32_t i = name_hash(name) & mask;; i = (i + 1) & mask) {
+        table_t *t = &r->tables[i];
+        if (t->name == NULL || strcmp(t->name, name) == 0)
+            return t;
+    }
+}
+
+/* After a txn that opened handles failed to commit: LMDB closed them. */
+static void forget_pending(kvs_lmdb_reader_t *r)
+{
+    for (uint32_t i = 0; i < r->tables_cap; i++)
+        if (r->tables[i].name != NULL && r->tables[i].pending) {
+            free(r->tables[i].name);
+            r->tables[i].name = NULL;
+            r->n_tables--;
+        }
+    /* Open addressing: later entries of a probe run may now be unreachable;
+     * rebuild (rare: only after a failed commit). */
+    table_t *old = r->tables;
+    table_t *fresh = calloc(r->tables_cap, sizeof(*fresh));
+    if (fresh == NULL)
+        return; /* keep the old layout: lookups may miss and reopen, harmless */
+    r->tables = fresh;
+    for (uint32_t i = 0; i < r->tables_cap; i++)
+        if (old[i].name != NULL)
+            *table_slot(r, old[i].name) = old[i];
+    free(old);
+}
+
+/* The DBI of `table` in the open snapshot. Returns 0, KVS_ENOTFOUND (no
+ * such table), or KVS_ESTORE. */
+static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
+{
+    table_t *t = table_slot(r, table);
+    if (t->name != NULL) {
+        *dbi = t->dbi;
+        return 0;
+    }
+    if (r->n_tables >= r->max_tables)
+        return kvs_lmdb_err("table handles", MDB_DBS_FULL);
+    int rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : kvs_lmdb_err("mdb_dbi_open", rc);
+    t->name = strdup(table);
+    if (t->name == NULL)
+        return -ENOMEM; /* the handle stays LMDB's; found again next time */
+    t->dbi = *dbi;
+    t->pending = 1;
+    r->n_tables++;
+    r->commit = 1;
+    return 0;
+}
+
+int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
+{
+    int rc = 0;
+    if (r->live)
+        return 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (r->txn != NULL) {
+            rc = mdb_txn_renew(r->txn);
+        } else if ((rc = mdb_txn_begin(r->env, NULL, MDB_RDONLY, &r->txn)) != 0) {
+            r->txn = NULL;
+        }
+        if (rc != MDB_MAP_RESIZED)
+            break;
+        /* The writer grew its map past ours: adopt its size (no snapshot is
+         * open in this process) and try again. */
+        int grc = mdb_env_set_mapsize(r->env, 0);
+        if (grc != 0) {
+            rc = grc;
+            break;
+        }
+        r->remaps++;
+    }
+    if (rc != 0)
+        return kvs_lmdb_err("read snapshot", rc);
+    r->live = 1;
+    return 0;
+}
+
+void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r)
+{
+    if (!r->live)
+        return;
+    r->live = 0;
+    if (!r->commit) {
+        mdb_txn_reset(r->txn);
+        return;
+    }
+    /* Handles opened in this txn become the environment's only if it
+     * commits (a read-only commit ends and frees the txn). */
+    r->commit = 0;
+    int rc = mdb_txn_commit(r->txn);
+    r->txn = NULL;
+    if (rc != 0)
+        forget_pending(r);
+    else
+        for (uint32_t i = 0; i < r->tables_cap; i++)
+            r->tables[i].pending = 0;
+}
+
+int kvs_lmdb_reader_get(kvs_lmdb_reader_t *r, const char *table, const void *key, size_t klen,
+                        kvs_slice_t *val)
+{
+    MDB_dbi dbi;
+    int rc = table_dbi(r, table, &dbi);
+    return rc != 0 ? rc : kvs_lmdb_get(r->txn, dbi, key, klen, val);
+}
+
+int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *from, size_t flen,
+                         kvs_lmdb_scan_cb cb, void *arg)
+{
+    MDB_dbi dbi;
+    int rc = table_dbi(r, table, &dbi);
+    if (rc == KVS_ENOTFOUND)
+        return 0; /* a missing table walks nothing */
+    return rc != 0 ? rc : kvs_lmdb_scan(r->txn, dbi, from, flen, cb, arg);
+}
+
+int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
+{
+    MDB_dbi dbi;
+    *n = 0;
+    int rc = table_dbi(r, table, &dbi);
+    if (rc == KVS_ENOTFOUND)
+        return 0;
+    return rc != 0 ? rc : kvs_lmdb_count(r->txn, dbi, n);
+}
+
+int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val)
+{
+    return kvs_lmdb_get(r->txn, r->meta, key, strlen(key), val);
+}
+
+int kvs_lmdb_reader_check(kvs_lmdb_reader_t *r, int *cleared)
+{
+    int dead = 0;
+    int rc = mdb_reader_check(r->env, &dead);
+    *cleared = dead;
+    return rc == 0 ? 0 : kvs_lmdb_err("mdb_reader_check", rc);
+}
+
+const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r)
+{
+    return &r->ident;
+}
+
+uint64_t kvs_lmdb_reader_remaps(const kvs_lmdb_reader_t *r)
+{
+    return r->remaps;
+}
+
+uint64_t kvs_lmdb_reader_map_size(const kvs_lmdb_reader_t *r)
+{
+    MDB_envinfo info;
+    if (mdb_env_info(r->env, &info) != 0)
+        return 0;
+    return info.me_mapsize;
+}
+
+/* ---- opening ------------------------------------------------------------------ */
+
+/* Whether __kvs `key` holds `want`. Returns 0, or KVS_EMISMATCH with err
+ * saying what differs. */
+static int expect(kvs_lmdb_reader_t *r, const char *dir, const char *key, const char *want,
+                  char *err, size_t errlen)
+{
+    kvs_slice_t v;
+    int rc = kvs_lmdb_reader_meta(r, key, &v);
+    if (rc == KVS_ENOTFOUND) {
+        snprintf(err, errlen, "%s records no %s (its worker has not set it up yet)", dir, key);
+        return KVS_EMISMATCH;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot read its %s", dir, key);
+        return rc;
+    }
+    if (v.len != strlen(want) || memcmp(v.p, want, v.len) != 0) {
+        snprintf(err, errlen, "%s was created with %s \"%.*s\", not \"%s\"", dir, key, (int)v.len,
+                 (const char *)v.p, want);
+        return KVS_EMISMATCH;
+    }
+    return 0;
+}
+
+/* The first snapshot: the environment must be one this kvs reads as its
+ * worker does (format, shard, placement). */
+static int check_identity(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char *err,
+                          size_t errlen)
+{
+    char shard[16], version[] = KVS_SCHEMA_FORMAT_VERSION;
+    kvs_slice_t v;
+    if (kvs_lmdb_reader_begin(r) != 0) {
+        snprintf(err, errlen, "%s: cannot begin a read snapshot", o->dir);
+        return KVS_ESTORE;
+    }
+    int rc = mdb_dbi_open(r->txn, KVS_SCHEMA_META_DB, 0, &r->meta);
+    if (rc != 0)
+        snprintf(err, errlen, "%s: no %s database (its worker has not set it up yet)", o->dir,
+                 KVS_SCHEMA_META_DB);
+    r->commit = 1; /* keeps the __kvs handle */
+    if (rc == 0) {
+        rc = kvs_lmdb_reader_meta(r, KVS_SCHEMA_KEY_FORMAT, &v);
+        if (kvs_schema_format(rc == 0 ? v.p : NULL, rc == 0 ? v.len : 0) !=
+            KVS_SCHEMA_FORMAT_CURRENT)
+            rc = expect(r, o->dir, KVS_SCHEMA_KEY_FORMAT, version, err, errlen);
+        else
+            rc = 0;
+    } else {
+        rc = KVS_EMISMATCH;
+    }
+    snprintf(shard, sizeof(shard), "%u", o->shard);
+    if (rc == 0)
+        rc = expect(r, o->dir, KVS_SCHEMA_KEY_SHARD, shard, err, errlen);
+    if (rc == 0)
+        rc = expect(r, o->dir, KVS_SCHEMA_KEY_PLACEMENT, o->placement, err, errlen);
+    kvs_lmdb_reader_end(r);
+    return rc;
+}
+
+static int env_open(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char *err, size_t errlen)
+{
+    char path[4200];
+    struct stat st;
+    /* LMDB would create data.mdb; a reader must never be the one to. */
+    snprintf(path, sizeof(path), "%s/data.mdb", o->dir);
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return KVS_ESTORE;
+    }
+    int rc = mdb_env_create(&r->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(r->env, o->max_tables + 1);
+    if (rc == 0)
+        rc = mdb_env_set_maxreaders(r->env, KVS_SCHEMA_MAX_READERS);
+    if (rc == 0)
+        rc = mdb_env_open(r->env, o->dir, MDB_RDONLY | MDB_NOTLS, 0600);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot open the LMDB environment read-only: %s", o->dir,
+                 mdb_strerror(rc));
+        return KVS_ESTORE;
+    }
+    int fd;
+    snprintf(path, sizeof(path), "%s/lock.mdb", o->dir);
+    if (mdb_env_get_fd(r->env, &fd) != 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot stat data.mdb", o->dir);
+        return KVS_ESTORE;
+    }
+    r->ident.data_dev = (uint64_t)st.st_dev;
+    r->ident.data_ino = (uint64_t)st.st_ino;
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return KVS_ESTORE;
+    }
+    r->ident.lock_dev = (uint64_t)st.st_dev;
+    r->ident.lock_ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
+                         size_t errlen)
+{
+    kvs_lmdb_reader_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    r->max_tables = o->max_tables;
+    r->tables_cap = 16;
+    while (r->tables_cap < 2 * (o->max_tables + 1))
+        r->tables_cap *= 2;
+    r->tables = calloc(r->tables_cap, sizeof(*r->tables));
+    int rc = r->tables == NULL ? -ENOMEM : env_open(r, o, err, errlen);
+    if (rc == 0)
+        rc = check_identity(r, o, err, errlen);
+    int cleared;
+    if (rc == 0)
+        kvs_lmdb_reader_check(r, &cleared);
+    if (rc != 0) {
+        kvs_lmdb_reader_close(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r)
+{
+    if (r == NULL)
+        return;
+    if (r->txn != NULL)
+        mdb_txn_abort(r->txn); /* also after a reset: frees the txn and its slot */
+    if (r->env != NULL)
+        mdb_env_close(r->env);
+    for (uint32_t i = 0; r->tables != NULL && i < r->tables_cap; i++)
+        free(r->tables[i].name);
+    free(r->tables);
+    free(r);
+}

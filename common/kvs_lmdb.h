@@ -1,0 +1,140 @@
+/*
+ * kvs_lmdb: reading kvs's LMDB environments (the layout is kvs_schema's).
+ * With node/node_store.c, the writer, the only file that includes lmdb.h;
+ * LMDB's error codes are translated to KVS_E* here.
+ *
+ * Two layers, so that every process reads in one way:
+ *
+ *  - Primitives on a read transaction the caller holds: a key's value, a
+ *    walk in key order from a key, a table's size. The worker's store uses
+ *    them inside its own transactions (its turn's snapshot, or its write
+ *    batch once one is open).
+ *
+ *  - kvs_lmdb_reader_t: an environment opened read-only (MDB_RDONLY) by a
+ *    process that is not its writer: a router reading a local shard. LMDB
+ *    lets any number of processes read an environment while one writes:
+ *    readers take no lock, and a new read transaction sees every commit
+ *    made before it began. The reader:
+ *      - holds one reusable read transaction and at most one reader slot
+ *        (MDB_NOTLS: the slot belongs to the transaction, not the thread);
+ *        kvs_lmdb_reader_begin/end bracket each use, so a snapshot never
+ *        outlives the caller's request (a long-lived reader would pin old
+ *        pages and make the writer grow the file);
+ *      - follows the writer's map growth: a begin that meets MDB_MAP_RESIZED
+ *        adopts the new size (mdb_env_set_mapsize(env, 0)) and retries;
+ *      - learns the handle (DBI) of a table the first time it is read, in
+ *        that read transaction, which then commits instead of resetting
+ *        (LMDB keeps a handle opened in a read transaction only if it
+ *        commits);
+ *      - refuses an environment of another shard, placement or format
+ *        version, as the worker does;
+ *      - clears reader slots left by dead processes (kvs_lmdb_reader_check;
+ *        a slot that held a snapshot pins pages until cleared).
+ *
+ * Memory: values returned point into the map and are valid only until the
+ * snapshot ends (kvs_lmdb_reader_end, or the end of the caller's txn).
+ *
+ * Threads: a reader is used by one thread at a time.
+ */
+#ifndef KVS_LMDB_H
+#define KVS_LMDB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct MDB_txn;
+
+typedef struct kvs_slice_s {
+    const uint8_t *p;
+    size_t len;
+} kvs_slice_t;
+
+/* Called for each pair of a walk in key order; return nonzero to stop. */
+typedef int (*kvs_lmdb_scan_cb)(void *arg, kvs_slice_t key, kvs_slice_t val);
+
+/* ---- primitives on a transaction ----------------------------------------- */
+
+/* Translates an LMDB read error: 0, KVS_ENOTFOUND for MDB_NOTFOUND, else
+ * KVS_ESTORE (logged with `what`). */
+int kvs_lmdb_err(const char *what, int rc);
+
+/* The value of `key` in database `dbi`. Returns 0 and *val (valid for the
+ * txn), KVS_ENOTFOUND, or KVS_ESTORE. */
+int kvs_lmdb_get(struct MDB_txn *txn, unsigned int dbi, const void *key, size_t klen,
+                 kvs_slice_t *val);
+
+/* Walks `dbi` in key order from the first key >= from[0..flen) (flen 0:
+ * from the start) until `cb` returns nonzero or the keys end. Returns 0 or
+ * KVS_ESTORE. */
+int kvs_lmdb_scan(struct MDB_txn *txn, unsigned int dbi, const void *from, size_t flen,
+                  kvs_lmdb_scan_cb cb, void *arg);
+
+/* Number of keys in `dbi`. Returns 0 or KVS_ESTORE. */
+int kvs_lmdb_count(struct MDB_txn *txn, unsigned int dbi, uint64_t *n);
+
+/* ---- a read-only environment ---------------------------------------------- */
+
+typedef struct kvs_lmdb_reader_s kvs_lmdb_reader_t;
+
+typedef struct kvs_lmdb_reader_opts_s {
+    const char *dir;       /* the environment's directory (kvs_schema_shard_dir) */
+    uint32_t shard;        /* the shard id it must have been created for */
+    const char *placement; /* and the placement (kvs_schema_placement) */
+    uint32_t max_tables;   /* storage.max_tables: table handles to allow for */
+} kvs_lmdb_reader_opts_t;
+
+/* Which files an environment is: data.mdb and lock.mdb, by device and
+ * inode. Equal identities are the same environment; a replaced directory
+ * or a recreated lock file has another. */
+typedef struct kvs_lmdb_ident_s {
+    uint64_t data_dev, data_ino;
+    uint64_t lock_dev, lock_ino;
+} kvs_lmdb_ident_t;
+
+/* Opens the environment in o->dir read-only, after checking (in a first
+ * snapshot) that it holds the current format version, o->shard and
+ * o->placement, and clears stale reader slots. Never creates data.mdb.
+ * Returns 0 and *out; KVS_EMISMATCH (another shard, placement or format;
+ * or not initialized yet), KVS_ESTORE (cannot open: err says why), or
+ * -ENOMEM. err[0..errlen) then says what is wrong. */
+int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
+                         size_t errlen);
+
+/* Ends any snapshot, releases the reader slot and closes. NULL is allowed. */
+void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r);
+
+/* The files this reader has open. */
+const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r);
+
+/* Begins a snapshot: every commit made before this call is visible.
+ * Adopts a map the writer grew (counted in kvs_lmdb_reader_remaps).
+ * Returns 0 or KVS_ESTORE (err logged; no snapshot is open). */
+int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
+
+/* Ends the snapshot begun (slices read in it become invalid). */
+void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r);
+
+/* Inside a snapshot: `key` of `table` (a table that does not exist holds
+ * no key); a walk of `table` from a key; its number of keys; a __kvs
+ * record. Same returns as the primitives (KVS_ESTORE also when a table's
+ * handle cannot be opened). */
+int kvs_lmdb_reader_get(kvs_lmdb_reader_t *r, const char *table, const void *key, size_t klen,
+                        kvs_slice_t *val);
+int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *from, size_t flen,
+                         kvs_lmdb_scan_cb cb, void *arg);
+int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n);
+int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val);
+
+/* Outside a snapshot: clears the reader slots of processes that died
+ * (mdb_reader_check); *cleared gets their number. Returns 0 or KVS_ESTORE. */
+int kvs_lmdb_reader_check(kvs_lmdb_reader_t *r, int *cleared);
+
+/* Times the map was grown to follow the writer; the map size in bytes. */
+uint64_t kvs_lmdb_reader_remaps(const kvs_lmdb_reader_t *r);
+uint64_t kvs_lmdb_reader_map_size(const kvs_lmdb_reader_t *r);
+
+/* The identity of the environment in `dir` as the files are now (data.mdb
+ * and lock.mdb by stat). Returns 0 or -errno (e.g. -ENOENT: no data.mdb). */
+int kvs_lmdb_ident_of(const char *dir, kvs_lmdb_ident_t *out);
+
+#endif

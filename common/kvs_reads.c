@@ -1,0 +1,299 @@
+/*
+ * kvs_reads: the read commands over a snapshot (see kvs_reads.h).
+ *
+ * Whole-table reads walk the table in key order (kvs_lmdb_scan semantics:
+ * from the first key >= a cursor). The first pair of a page is always
+ * taken, however large, so an Hscan walk always makes progress; a pair no
+ * answer can hold (stored under a larger max_frame) stops the walk with a
+ * 413 that names its key, rather than send what cannot be read back.
+ * Hgetall stops at the first pair past max_frame and answers 413 with a
+ * hint to page with Hscan. An Hscan page stops at count pairs or where the
+ * next pair would pass max_frame less room for the cursor; its cursor is
+ * the key of the first pair not returned (kvs_schema).
+ *
+ * Threads: none of its own; callers keep a source to one thread.
+ */
+#include "kvs_reads.h"
+#include "kvs_err.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int kvs_reads_is_read(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
+}
+
+/* ---- 404 and 413 ------------------------------------------------------------ */
+
+/* Hget's 404, naming table and key (as the original protocol does); a key
+ * that is not printable text is shown escaped. */
+static void not_found(kvs_resp_t *r, const char *table, const void *key, size_t klen)
+{
+    char shown[256];
+    kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
+    kvs_resp_message(r, "key \"%s\" not found in table \"%s\"",
+                     kvs_msg_quote(shown, sizeof(shown), key, klen), table);
+}
+
+void kvs_reads_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd, const char *hint)
+{
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r, "%s answer would exceed limits.max_frame (%zu bytes); %s", cmd, max_frame,
+                     hint);
+}
+
+void kvs_reads_value_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd,
+                               const ProtobufCBinaryData *key, size_t need, int write)
+{
+    char shown[128];
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "%s answer would take %zu bytes for the %s value of key \"%s\", more than "
+                     "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
+                     "%sraise limits.max_frame to at least %zu bytes to %s it",
+                     cmd, need, write ? "previous" : "stored",
+                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), max_frame,
+                     write ? "nothing was written; " : "", need, write ? "change" : "read");
+}
+
+/* An answer's room for the pairs or values of a multi-key answer: the
+ * bound kvs_msg_answer_bound gives n booleans (Hmexist) against max_frame. */
+static int bools_too_large(const kvs_reads_src_t *src, kvs_resp_t *r, size_t n)
+{
+    if (kvs_msg_answer_bound(n, 0) <= src->max_frame)
+        return 0;
+    kvs_reads_too_large(r, src->max_frame, "Hmexist",
+                        "nothing was written; send fewer keys per request (or raise "
+                        "limits.max_frame)");
+    return 1;
+}
+
+/* ---- keys ----------------------------------------------------------------------- */
+
+int kvs_reads_key(const kvs_reads_src_t *src, Kvs__CommandRequest__CommandCase cmd,
+                  const char *table, const void *key, size_t klen, kvs_resp_t *r)
+{
+    kvs_slice_t v;
+    int rc = src->get(src->arg, table, key, klen, &v);
+    if (rc != 0 && rc != KVS_ENOTFOUND)
+        return rc;
+    if (cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST) {
+        kvs_resp_status(r, KVS_STATUS_OK);
+        kvs_resp_bool(r, rc == 0);
+    } else if (rc == KVS_ENOTFOUND) {
+        not_found(r, table, key, klen);
+    } else {
+        kvs_resp_status(r, KVS_STATUS_OK);
+        kvs_resp_value(r, v.p, v.len);
+    }
+    return 0;
+}
+
+static int hmget(const kvs_reads_src_t *src, const Kvs__Hmget *m, kvs_resp_t *r)
+{
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_keys; i++) {
+        kvs_slice_t v;
+        size_t before = kvs_resp_size(r);
+        int rc = src->get(src->arg, m->table, m->keys[i].data, m->keys[i].len, &v);
+        if (rc != 0 && rc != KVS_ENOTFOUND)
+            return rc;
+        kvs_resp_value(r, rc == 0 ? v.p : NULL, rc == 0 ? v.len : 0);
+        size_t now = kvs_resp_size(r);
+        if (now <= src->max_frame)
+            continue;
+        if (now - before + 3 > src->max_frame) { /* this value alone: no fewer keys will do */
+            kvs_reads_value_too_large(r, src->max_frame, "Hmget", &m->keys[i], now - before + 3, 0);
+            return 0;
+        }
+        kvs_reads_too_large(r, src->max_frame, "Hmget", "ask for fewer keys per request");
+        return 0;
+    }
+    return 0;
+}
+
+static int hmexist(const kvs_reads_src_t *src, const Kvs__Hmexist *m, kvs_resp_t *r)
+{
+    if (bools_too_large(src, r, m->n_keys))
+        return 0;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    for (size_t i = 0; i < m->n_keys; i++) {
+        kvs_slice_t v;
+        int rc = src->get(src->arg, m->table, m->keys[i].data, m->keys[i].len, &v);
+        if (rc != 0 && rc != KVS_ENOTFOUND)
+            return rc;
+        kvs_resp_bool(r, rc == 0);
+    }
+    return 0;
+}
+
+static int hlen(const kvs_reads_src_t *src, const char *table, kvs_resp_t *r)
+{
+    uint64_t n = 0;
+    uint8_t enc[16];
+    int rc = src->count(src->arg, table, &n);
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_value(r, enc, kvs_value_encode_int(enc, (int64_t)n));
+    return 0;
+}
+
+/* ---- whole table ------------------------------------------------------------------ */
+
+typedef struct scan_state_s {
+    const kvs_reads_src_t *src;
+    kvs_resp_t *r;
+    uint32_t left;    /* pairs still wanted (UINT32_MAX: all) */
+    uint32_t taken;   /* pairs added so far */
+    size_t limit;     /* response bytes allowed */
+    int overflow;     /* stopped because of `limit` */
+    int whole;        /* Hgetall: any pair no answer can hold stops the walk */
+    int huge;         /* stopped at a pair no answer can hold (`next` is its key) */
+    size_t huge_len;  /* ... its key plus value bytes */
+    kvs_slice_t next; /* first key not returned, copied */
+    uint8_t next_buf[KVS_MAX_KEY];
+} scan_state_t;
+
+static int scan_stop(scan_state_t *st, kvs_slice_t key)
+{
+    size_t n = key.len < sizeof(st->next_buf) ? key.len : sizeof(st->next_buf);
+    memcpy(st->next_buf, key.p, n);
+    st->next.p = st->next_buf;
+    st->next.len = n;
+    return 1;
+}
+
+static int scan_one(void *arg, kvs_slice_t key, kvs_slice_t val)
+{
+    scan_state_t *st = arg;
+    if ((st->taken == 0 || st->whole) && st->left != 0 &&
+        key.len + val.len > kvs_msg_pair_max(st->src->max_frame)) {
+        st->huge = 1;
+        st->huge_len = key.len + val.len;
+        return scan_stop(st, key);
+    }
+    if (st->left == 0 ||
+        (st->taken > 0 && kvs_resp_size(st->r) + key.len + val.len + 16 > st->limit)) {
+        st->overflow = st->left != 0;
+        return scan_stop(st, key);
+    }
+    kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
+    st->left--;
+    st->taken++;
+    return 0;
+}
+
+/* A walk stopped at a pair no answer can hold: 413 naming its key. */
+static void pair_unreadable(kvs_resp_t *r, size_t max_frame, const char *cmd,
+                            const scan_state_t *st)
+{
+    char shown[128];
+    size_t need = st->huge_len + KVS_MAX_KEY + 64;
+    kvs_resp_abort(r);
+    kvs_resp_begin(r, r->out);
+    kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
+    kvs_resp_message(r,
+                     "%s reached key \"%s\", whose key and value take %zu bytes: more than an "
+                     "answer may hold under limits.max_frame (%zu bytes; it was stored under a "
+                     "larger limit); raise limits.max_frame to at least %zu bytes to read it",
+                     cmd, kvs_msg_quote(shown, sizeof(shown), st->next.p, st->next.len),
+                     st->huge_len, max_frame, need);
+}
+
+static int hgetall(const kvs_reads_src_t *src, const char *table, kvs_resp_t *r)
+{
+    scan_state_t st = {.src = src, .r = r, .left = UINT32_MAX, .limit = src->max_frame, .whole = 1};
+    kvs_resp_status(r, KVS_STATUS_OK);
+    int rc = src->scan(src->arg, table, NULL, 0, scan_one, &st);
+    if (rc != 0)
+        return rc;
+    if (st.huge)
+        pair_unreadable(r, src->max_frame, "Hgetall", &st);
+    else if (st.overflow || kvs_resp_size(r) > src->max_frame)
+        kvs_reads_too_large(r, src->max_frame, "Hgetall", "read the table in pages with Hscan");
+    return 0;
+}
+
+static int hscan(const kvs_reads_src_t *src, const Kvs__Hscan *m, kvs_resp_t *r)
+{
+    uint32_t count = m->count == 0 ? KVS_SCAN_DEFAULT : m->count;
+    if (count > KVS_SCAN_MAX)
+        count = KVS_SCAN_MAX;
+    /* Leave room for the cursor and the frame itself. */
+    scan_state_t st = {.src = src, .r = r, .left = count, .limit = src->max_frame - 1024};
+    kvs_resp_status(r, KVS_STATUS_OK);
+    int rc = src->scan(src->arg, m->table, m->cursor.data, m->cursor.len, scan_one, &st);
+    if (rc != 0)
+        return rc;
+    if (st.huge)
+        pair_unreadable(r, src->max_frame, "Hscan", &st);
+    else if (st.next.len > 0)
+        kvs_resp_cursor(r, st.next.p, st.next.len);
+    return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+int kvs_reads_execute(const kvs_reads_src_t *src, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGET:
+        return kvs_reads_key(src, req->command_case, req->hget->table, req->hget->key.data,
+                             req->hget->key.len, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HEXIST:
+        return kvs_reads_key(src, req->command_case, req->hexist->table, req->hexist->key.data,
+                             req->hexist->key.len, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+        return hmget(src, req->hmget, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        return hmexist(src, req->hmexist, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+        return hgetall(src, req->hgetall->table, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+        return hscan(src, req->hscan, r);
+    case KVS__COMMAND_REQUEST__COMMAND_HLEN:
+        return hlen(src, req->hlen->table, r);
+    default:
+        return KVS_EINVAL;
+    }
+}
+
+int kvs_reads_finish(kvs_resp_t *r, size_t max_frame, Kvs__CommandRequest__CommandCase cmd)
+{
+    size_t n = kvs_resp_size(r);
+    if (n <= max_frame)
+        return kvs_resp_end(r);
+    char hint[160];
+    switch (cmd) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+        snprintf(hint, sizeof(hint), "read the table in pages with Hscan");
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        snprintf(hint, sizeof(hint), "ask for fewer keys per request");
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+        snprintf(hint, sizeof(hint),
+                 "it lists eight numbers per Kafka partition this shard owns; raise "
+                 "limits.max_frame to at least %zu bytes",
+                 n);
+        break;
+    default: /* Hget of a value stored under a larger limit */
+        snprintf(hint, sizeof(hint),
+                 "the value was stored under a larger limit: raise limits.max_frame to at "
+                 "least %zu bytes to read it",
+                 n);
+        break;
+    }
+    kvs_reads_too_large(r, max_frame, kvs_msg_command_name(cmd), hint);
+    return kvs_resp_end(r);
+}

@@ -1,0 +1,453 @@
+/*
+ * router_local: reads of local shards answered from their environments
+ * (see router_local.h for what is promised and when a shard is read here).
+ *
+ * Per read: the gate (link up; the state page live and naming the files
+ * this router has open), one snapshot begun (kvs_lmdb_reader_begin: a
+ * renewed read txn), for a bound table the freshness walk over that
+ * snapshot's applied offsets and the page's end offsets, the answer built
+ * by kvs_reads straight into the caller's buffer, the snapshot ended. A
+ * storage error, or any verdict but "serve", sends the read to the worker
+ * instead: the worker's answer is always right, this one only faster.
+ *
+ * Opening happens at a link's coming up, on a read that finds the shard
+ * not open, and on the upkeep timer (a failed open is retried after
+ * RETRY_MS). A shard whose worker names other files than the open ones is
+ * reopened by the read or the tick that notices, whichever comes first
+ * (so a replaced data.mdb's space is not kept mapped for long); the old
+ * environment is closed first, so no snapshot of it survives.
+ *
+ * Memory and lifetimes: environments and pages are owned here and closed
+ * by router_local_free; answers go into caller buffers.
+ */
+#include "router_local.h"
+#include "kvs_err.h"
+#include "kvs_freshreq.h"
+#include "kvs_lmdb.h"
+#include "kvs_log.h"
+#include "kvs_reads.h"
+#include "kvs_schema.h"
+#include "kvs_shardstate.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAINT_MS 1000         /* stale reader slots, a recreated state page */
+#define RETRY_MS 1000         /* after an environment failed to open */
+#define HEARTBEAT_MAX_MS 3000 /* a worker that has not ticked for longer: its Kafka view is old */
+#define ERROR_LOG_MS 10000
+
+typedef struct lshard_s {
+    uint32_t id;
+    const router_link_t *link; /* the link to this node's worker of the shard; NULL: none */
+    kvs_lmdb_reader_t *env;    /* NULL: not open */
+    kvs_shardstate_t *state;
+    uint64_t retry_at; /* uv_now before which no open is tried */
+    int warned;        /* the current failure to open was logged */
+    uint64_t remaps;   /* map growths followed, as last logged */
+    int refuse;        /* test hook: opening fails (KVS_TEST_LOCAL_READS_REFUSE) */
+} lshard_t;
+
+struct router_local_s {
+    uv_loop_t *loop;
+    const kvs_config_t *cfg;
+    lshard_t *shards;
+    char placement[64];
+    uv_timer_t timer;
+    int timer_started;
+    kvs_arena_t arena; /* positions collected by a freshness walk */
+    uint64_t error_log_ms;
+};
+
+/* ---- opening and closing ------------------------------------------------------ */
+
+static void close_env(lshard_t *ls)
+{
+    kvs_lmdb_reader_close(ls->env);
+    ls->env = NULL;
+}
+
+static void close_state(lshard_t *ls)
+{
+    kvs_shardstate_close(ls->state);
+    ls->state = NULL;
+}
+
+static int same_files(const kvs_lmdb_ident_t *a, const kvs_lmdb_ident_t *b)
+{
+    return a->data_ino == b->data_ino && a->data_dev == b->data_dev && a->lock_ino == b->lock_ino &&
+           a->lock_dev == b->lock_dev;
+}
+
+/* Maps the shard's state page if it is not yet. Returns whether it is. */
+static int have_state(router_local_t *lc, lshard_t *ls)
+{
+    char path[4200];
+    if (ls->state != NULL)
+        return 1;
+    if (kvs_schema_state_path(path, sizeof(path), lc->cfg->data_dir, ls->id) != 0)
+        return 0;
+    return kvs_shardstate_open_reader(path, lc->cfg, ls->id, &ls->state) == 0;
+}
+
+static void open_failed(router_local_t *lc, lshard_t *ls, const char *why)
+{
+    ls->retry_at = uv_now(lc->loop) + RETRY_MS;
+    if (ls->warned)
+        return;
+    ls->warned = 1;
+    kvs_warn("shard %u: cannot read its environment here (%s); its reads go to its worker, and "
+             "opening it is tried again every %d s",
+             ls->id, why, RETRY_MS / 1000);
+}
+
+/* Opens the environment the worker serves from (`want`), closing one it
+ * left. Returns whether it is open now. */
+static int open_env(router_local_t *lc, lshard_t *ls, const kvs_lmdb_ident_t *want)
+{
+    char dir[4200], err[600];
+    if (uv_now(lc->loop) < ls->retry_at)
+        return 0;
+    int reopen = ls->env != NULL;
+    close_env(ls); /* the worker has other files now: none of these is read again */
+    if (kvs_schema_shard_dir(dir, sizeof(dir), lc->cfg->data_dir, ls->id) != 0) {
+        open_failed(lc, ls, "its path is too long");
+        return 0;
+    }
+    kvs_lmdb_reader_opts_t o = {dir, ls->id, lc->placement, lc->cfg->max_tables};
+    int rc = KVS_ESTORE;
+    if (ls->refuse)
+        snprintf(err, sizeof(err), "test hook KVS_TEST_LOCAL_READS_REFUSE");
+    else
+        rc = kvs_lmdb_reader_open(&o, &ls->env, err, sizeof(err));
+    if (rc == 0 && !same_files(kvs_lmdb_reader_ident(ls->env), want)) {
+        close_env(ls); /* replaced again meanwhile: try once more soon */
+        snprintf(err, sizeof(err), "its files changed while they were being opened");
+        rc = -EAGAIN;
+    }
+    if (rc != 0) {
+        open_failed(lc, ls, rc == -ENOMEM ? "out of memory" : err);
+        return 0;
+    }
+    ls->warned = 0;
+    ls->remaps = 0;
+    if (reopen)
+        kvs_info("shard %u: its worker serves from other files now (%s replaced or recreated); "
+                 "reopened them for local reads",
+                 ls->id, dir);
+    else
+        kvs_info("shard %u: answering its reads from %s (read-only)", ls->id, dir);
+    return 1;
+}
+
+/* The gate of every local read (router_local.h). Returns 1 with the page's
+ * header in *h when the shard may be read here now. */
+static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
+{
+    if (!ls->link->up || !have_state(lc, ls))
+        return 0;
+    if (kvs_shardstate_head(ls->state, h) != 0 || !h->live)
+        return 0; /* starting, stopped, or publishing this very moment */
+    if (ls->env != NULL && same_files(kvs_lmdb_reader_ident(ls->env), &h->ident))
+        return 1;
+    return open_env(lc, ls, &h->ident);
+}
+
+/* ---- freshness of bound tables ----------------------------------------------------- */
+
+typedef struct fresh_ctx_s {
+    router_local_t *lc;
+    lshard_t *ls;
+    const kvs_shardstate_head_t *h;
+} fresh_ctx_t;
+
+/* What this snapshot and the worker's page say of partition p: the applied
+ * offset from the snapshot (or where ingestion starts one with none
+ * stored), the end offset and settling from the page. With Kafka off, as
+ * for the worker: nothing. */
+static int fresh_lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
+{
+    fresh_ctx_t *c = arg;
+    const kvs_config_t *cfg = c->lc->cfg;
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    kvs_slice_t v;
+    kvs_schema_offsets_t o;
+    int64_t start;
+    if (cfg->kafka_brokers[0] == '\0')
+        return 0;
+    kvs_shardstate_part(c->ls->state, (uint32_t)(b - cfg->bindings), p, &out->end, &start);
+    out->next = start;
+    if (kvs_schema_offsets_key(key, sizeof(key), b->topic, (int32_t)p) > 0 &&
+        kvs_lmdb_reader_meta(c->ls->env, key, &v) == 0 &&
+        kvs_schema_offsets_decode(v.p, v.len, &o) == 0)
+        out->next = o.next;
+    out->settling = out->end < 0 && (int64_t)uv_now(c->lc->loop) < c->h->settle_until_ms;
+    return 0;
+}
+
+/* Whether the worker's view of Kafka on the page is current enough to
+ * judge a bound table's freshness by. */
+static int heartbeat_ok(const router_local_t *lc, const kvs_shardstate_head_t *h)
+{
+    if (lc->cfg->kafka_brokers[0] == '\0')
+        return 1; /* nothing to hear of: the rules need no end offsets */
+    return h->heartbeat_ms > 0 && (int64_t)uv_now(lc->loop) - h->heartbeat_ms <= HEARTBEAT_MAX_MS;
+}
+
+static void fresh_init(router_local_t *lc, lshard_t *ls, const kvs_shardstate_head_t *h,
+                       const kvs_binding_t *b, fresh_ctx_t *ctx, kvs_freshreq_t *c)
+{
+    *ctx = (fresh_ctx_t){lc, ls, h};
+    kvs_freshreq_init(c, lc->cfg, ls->id, b, fresh_lookup, ctx);
+}
+
+/* ---- answering ------------------------------------------------------------------------- */
+
+static int src_get(void *arg, const char *table, const void *key, size_t klen, kvs_slice_t *val)
+{
+    return kvs_lmdb_reader_get(arg, table, key, klen, val);
+}
+
+static int src_scan(void *arg, const char *table, const void *from, size_t flen,
+                    kvs_lmdb_scan_cb cb, void *cb_arg)
+{
+    return kvs_lmdb_reader_scan(arg, table, from, flen, cb, cb_arg);
+}
+
+static int src_count(void *arg, const char *table, uint64_t *n)
+{
+    return kvs_lmdb_reader_count(arg, table, n);
+}
+
+static void log_error(router_local_t *lc, lshard_t *ls, int rc)
+{
+    uint64_t now = uv_now(lc->loop);
+    if (lc->error_log_ms != 0 && now - lc->error_log_ms < ERROR_LOG_MS)
+        return;
+    lc->error_log_ms = now;
+    kvs_warn("shard %u: a local read failed (%s); it went to the worker (logged at most every "
+             "%d s)",
+             ls->id, kvs_strerror(rc), ERROR_LOG_MS / 1000);
+}
+
+/* Builds the answer of `q` (or of the peeked Hget/Hexist `pk`) from the open
+ * snapshot into `out`. Returns 1, or 0 with `out` unchanged. */
+static int answer(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
+                  const kvs_peek_t *pk, kvs_buf_t *out)
+{
+    char table[KVS_MAX_TABLE + 1];
+    kvs_reads_src_t src = {src_get, src_scan, src_count, ls->env, (size_t)lc->cfg->max_frame};
+    Kvs__CommandRequest__CommandCase cmd = q != NULL ? q->command_case : pk->cmd;
+    size_t before = out->len;
+    kvs_resp_t r;
+    kvs_resp_begin(&r, out);
+    int rc;
+    if (q != NULL) {
+        rc = kvs_reads_execute(&src, q, &r);
+    } else {
+        memcpy(table, pk->table, pk->table_len);
+        table[pk->table_len] = '\0';
+        rc = kvs_reads_key(&src, pk->cmd, table, pk->key, pk->key_len, &r);
+    }
+    if (rc != 0) {
+        kvs_resp_abort(&r);
+        log_error(lc, ls, rc);
+        return 0;
+    }
+    if (kvs_reads_finish(&r, src.max_frame, cmd) != 0) {
+        out->len = before;
+        return 0;
+    }
+    return 1;
+}
+
+static lshard_t *shard_of(router_local_t *lc, uint32_t shard)
+{
+    return shard < lc->cfg->shards && lc->shards[shard].link != NULL ? &lc->shards[shard] : NULL;
+}
+
+/* The common frame of both entries: gate, snapshot, freshness, answer. */
+static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
+                 const kvs_peek_t *pk, const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out)
+{
+    kvs_shardstate_head_t h;
+    int ok = ready(lc, ls, &h);
+    if (ok && kvs_lmdb_reader_begin(ls->env) != 0) {
+        log_error(lc, ls, KVS_ESTORE);
+        ok = 0;
+    }
+    if (!ok)
+        return 0;
+    if (b != NULL && (q == NULL || q->command_case != KVS__COMMAND_REQUEST__COMMAND_HLEN)) {
+        fresh_ctx_t ctx;
+        kvs_freshreq_t c;
+        kvs_pos_entry_t pos = {b->topic, strlen(b->topic), 0, min_offset};
+        fresh_init(lc, ls, &h, b, &ctx, &c);
+        ok = heartbeat_ok(lc, &h);
+        if (ok && q != NULL) {
+            ok = kvs_freshreq_request(&c, q, &lc->arena) == 0;
+        } else if (ok) {
+            if (min_offset >= 0) {
+                pos.partition =
+                    kvs_place_partition_by(b->partitioner, pk->key, pk->key_len, c.partitions);
+                c.pos = &pos;
+                c.npos = 1;
+            }
+            kvs_freshreq_key(&c, pk->key, pk->key_len);
+        }
+        ok = ok && c.verdict == KVS_FRESH_SERVE;
+        kvs_arena_reset(&lc->arena);
+    }
+    ok = ok && answer(lc, ls, q, pk, out);
+    kvs_lmdb_reader_end(ls->env);
+    return ok;
+}
+
+int router_local_read(router_local_t *lc, uint32_t shard, const Kvs__CommandRequest *q,
+                      const kvs_binding_t *b, kvs_buf_t *out)
+{
+    lshard_t *ls = shard_of(lc, shard);
+    if (ls == NULL || !kvs_reads_is_read(q->command_case))
+        return 0;
+    return serve(lc, ls, q, NULL, b, -1, out);
+}
+
+int router_local_read_key(router_local_t *lc, uint32_t shard, const kvs_peek_t *pk,
+                          const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out)
+{
+    lshard_t *ls = shard_of(lc, shard);
+    if (ls == NULL || (pk->cmd != KVS__COMMAND_REQUEST__COMMAND_HGET &&
+                       pk->cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST))
+        return 0;
+    return serve(lc, ls, NULL, pk, b, min_offset, out);
+}
+
+/* ---- upkeep ---------------------------------------------------------------------------- */
+
+/* A state page removed and created anew (its path names another file):
+ * the mapped one is no longer written. */
+static void check_state_file(router_local_t *lc, lshard_t *ls)
+{
+    char path[4200];
+    struct stat st;
+    uint64_t dev, ino;
+    if (ls->state == NULL ||
+        kvs_schema_state_path(path, sizeof(path), lc->cfg->data_dir, ls->id) != 0)
+        return;
+    kvs_shardstate_file(ls->state, &dev, &ino);
+    if (stat(path, &st) != 0 || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
+        close_state(ls);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    router_local_t *lc = t->data;
+    for (uint32_t s = 0; s < lc->cfg->shards; s++) {
+        lshard_t *ls = &lc->shards[s];
+        int cleared = 0;
+        kvs_shardstate_head_t h;
+        if (ls->link == NULL)
+            continue;
+        check_state_file(lc, ls);
+        ready(lc, ls, &h); /* follows a worker that moved to other files, opens a new one's */
+        if (ls->env == NULL)
+            continue;
+        if (kvs_lmdb_reader_check(ls->env, &cleared) == 0 && cleared > 0)
+            kvs_info("shard %u: cleared %d reader slot(s) left by processes that died", s, cleared);
+        uint64_t remaps = kvs_lmdb_reader_remaps(ls->env);
+        if (remaps != ls->remaps)
+            kvs_info("shard %u: its worker grew the map; local reads follow it (%llu MiB)", s,
+                     (unsigned long long)(kvs_lmdb_reader_map_size(ls->env) >> 20));
+        ls->remaps = remaps;
+    }
+}
+
+void router_local_link_up(router_local_t *lc, uint32_t shard)
+{
+    kvs_shardstate_head_t h;
+    lshard_t *ls = shard_of(lc, shard);
+    if (ls == NULL)
+        return;
+    check_state_file(lc, ls);
+    ls->retry_at = 0;
+    ready(lc, ls, &h); /* opens what it can now, so the first reads need not */
+    if (!lc->timer_started) {
+        uv_timer_start(&lc->timer, on_timer, MAINT_MS, MAINT_MS);
+        lc->timer_started = 1;
+    }
+}
+
+int router_local_is_local(const router_local_t *lc, uint32_t shard)
+{
+    return shard < lc->cfg->shards && lc->shards[shard].link != NULL;
+}
+
+/* KVS_TEST_LOCAL_READS_REFUSE=<shard>[,<shard>...] (test builds only):
+ * opening those shards' environments fails, as a broken one would. */
+static void read_test_hooks(router_local_t *lc)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *v = getenv("KVS_TEST_LOCAL_READS_REFUSE");
+    while (v != NULL && *v != '\0') {
+        char *end;
+        unsigned long s = strtoul(v, &end, 10);
+        if (end == v)
+            break;
+        if (s < lc->cfg->shards)
+            lc->shards[s].refuse = 1;
+        v = *end == ',' ? end + 1 : end;
+    }
+#else
+    (void)lc;
+#endif
+}
+
+int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link_t *links,
+                     uint32_t n_links, router_local_t **out)
+{
+    router_local_t *lc = calloc(1, sizeof(*lc));
+    if (lc == NULL)
+        return -ENOMEM;
+    lc->shards = calloc(cfg->shards, sizeof(*lc->shards));
+    if (lc->shards == NULL) {
+        free(lc);
+        return -ENOMEM;
+    }
+    lc->loop = loop;
+    lc->cfg = cfg;
+    kvs_schema_placement(lc->placement, sizeof(lc->placement), cfg->shards, cfg->partitions);
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        lc->shards[s].id = s;
+    for (uint32_t i = 0; i < n_links; i++) /* this node's own workers: over unix sockets */
+        if (links[i].addr.is_unix && links[i].shard < cfg->shards)
+            lc->shards[links[i].shard].link = &links[i];
+    read_test_hooks(lc);
+    kvs_arena_init(&lc->arena);
+    uv_timer_init(loop, &lc->timer);
+    lc->timer.data = lc;
+    uv_unref((uv_handle_t *)&lc->timer); /* upkeep never keeps the router running */
+    *out = lc;
+    return 0;
+}
+
+void router_local_stop(router_local_t *lc)
+{
+    if (lc != NULL && !uv_is_closing((uv_handle_t *)&lc->timer))
+        uv_close((uv_handle_t *)&lc->timer, NULL);
+}
+
+void router_local_free(router_local_t *lc)
+{
+    if (lc == NULL)
+        return;
+    for (uint32_t s = 0; s < lc->cfg->shards; s++) {
+        close_env(&lc->shards[s]);
+        close_state(&lc->shards[s]);
+    }
+    kvs_arena_close(&lc->arena);
+    free(lc->shards);
+    free(lc);
+}

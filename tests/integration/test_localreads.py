@@ -1,0 +1,752 @@
+"""Reads of local shards answered by the router from their LMDB
+environments (router.local_reads, issue 17): real kvs-router and kvs-node
+processes on loopback.
+
+That a read was answered by the router itself is seen from outside: the
+shard's worker is stopped (SIGSTOP) while the read is made, so a read sent
+to it would wait out router.timeout and come back 503. Every test resumes
+what it stopped, bounds every wait, and kills every process at cleanup.
+
+Covered: answers byte for byte as the worker's; read-your-writes under
+load; bound tables under the worker's freshness rules; map growth; a
+worker killed mid-write (its reader slot cleared); a replaced data.mdb and
+a snapshot bootstrap (the router follows the worker to its new files);
+reader slots of dead readers and of a killed router process; several
+router processes; users' rights checked before a local answer (TLS,
+both front doors); other nodes' routers still asking the worker; replicas
+(never an answer the local replica has not applied).
+"""
+import contextlib
+import ctypes
+import ctypes.util
+import itertools
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import redis
+
+from kvstest import (BUILD_DIR, cert_path, pb, pyval, req_hexist, req_hget, req_hgetall,
+                     req_hmexist, req_hmget, req_hscan, req_hset, tls_context, tls_yaml)
+from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard, procs_for_config
+from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
+from test_auth import USERS, req_auth, users_yaml
+from test_logfirst import FreshnessFixtures, keys_in_partition, with_options
+from test_procs import info_of
+from test_replicas import TABLE as REPLICA_TABLE
+from test_replicas import ReplicaFixtures, hget_at, shard_of_key
+
+PARTITIONS = 16
+QUICK = 1.5  # a read answered here comes back well within this, even under ASan
+
+
+def router_pids(r):
+    """{index: pid} of r's live router processes (the master's children)."""
+    out = {}
+    for pid, argv in procs_for_config(r.config).items():
+        if "--router" in argv:
+            out[int(argv[argv.index("--router") + 1])] = pid
+    return out
+
+
+def lmdb_readers(env):
+    """The pids holding reader slots of environment `env` (mdb_stat -r)."""
+    out = subprocess.run(["mdb_stat", "-r", env], capture_output=True, text=True, timeout=10)
+    return [line.split()[0] for line in out.stdout.splitlines()[1:]
+            if line.strip() and line.split()[0].isdigit()]
+
+
+def req_hlen(table):
+    q = pb.CommandRequest()
+    q.hlen.table = table
+    return q
+
+
+@contextlib.contextmanager
+def stopped(*pids):
+    """The processes are SIGSTOPped for the block (and always continued)."""
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+class LocalReadsCase(RouterTestCase):
+    def local_router(self, shards=2, **kw):
+        self.rport = free_port()
+        router_yaml = ['resp_listen: "127.0.0.1:%d"' % self.rport] + list(kw.pop("router_yaml", ()))
+        return self.router(shards=shards, partitions=PARTITIONS, timeout="2s",
+                           router_yaml=router_yaml, **kw)
+
+    def redis(self):
+        c = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10)
+        self.addCleanup(c.close)
+        return c
+
+    def timed(self, fn, *args):
+        t = time.monotonic()
+        out = fn(*args)
+        return out, time.monotonic() - t
+
+    def assertHere(self, elapsed, what):
+        """The answer came from the router: its worker is stopped, and a
+        forwarded read would have waited out router.timeout (2 s)."""
+        self.assertLess(elapsed, QUICK, "%s took %.2f s: it went to the stopped worker"
+                        % (what, elapsed))
+
+    def fill(self, r, table, n_per_shard):
+        keys = keys_by_shard(b"k", n_per_shard, PARTITIONS, r.shards)
+        with r.client() as c:
+            for s in sorted(keys):
+                for k in keys[s]:
+                    self.assertEqual(c.hset(table, k, b"v-" + k).status, 200)
+        return keys
+
+
+class AnswersTest(LocalReadsCase):
+    def test_every_read_is_answered_here_as_the_worker_answers(self):
+        r = self.local_router()
+        keys = self.fill(r, "t", 12)
+        every = sorted(keys[0] + keys[1])
+        mixed = [keys[1][0], b"missing", keys[0][3], keys[1][5]]
+        workers = r.workers()
+        single = [req_hget("t", keys[0][0]), req_hget("t", b"missing"), req_hget("nosuch", b"x"),
+                  req_hexist("t", keys[1][1]), req_hexist("t", b"missing"),
+                  req_hmget("t", keys[0][:4]), req_hmexist("t", keys[1][:3] + [b"missing"])]
+        with r.client() as c, stopped(*workers.values()):
+            here = []
+            for q in single:  # one shard each: raw answers, byte for byte
+                c.send(q)
+                got, el = self.timed(c.recv_raw)
+                self.assertHere(el, q.WhichOneof("command"))
+                here.append(got[1])
+            resp, el = self.timed(c.call, req_hmget("t", mixed))  # two shards merged
+            self.assertHere(el, "Hmget")
+            self.assertEqual([pyval(v) for v in resp.values],
+                             [b"v-" + mixed[0], None, b"v-" + mixed[2], b"v-" + mixed[3]])
+            resp = c.call(req_hgetall("t"))
+            self.assertEqual([p.key for p in resp.pairs], every)
+            self.assertEqual(pyval(c.call(req_hlen("t")).values[0]), 24)
+            pages, cursor = [], b""
+            while True:
+                resp, el = self.timed(c.call, req_hscan("t", cursor, 5))
+                self.assertHere(el, "Hscan")
+                self.assertEqual(resp.status, 200, resp.message)
+                pages.append(resp)
+                cursor = resp.cursor
+                if not cursor:
+                    break
+            # shard by shard, each in key order
+            self.assertEqual([p.key for pg in pages for p in pg.pairs],
+                             sorted(keys[0]) + sorted(keys[1]))
+            rc = self.redis()
+            self.assertEqual(rc.hget("t", keys[0][2]), b"v-" + keys[0][2])
+            self.assertIsNone(rc.hget("t", "missing"))
+            self.assertEqual(rc.hmget("t", mixed), [b"v-" + mixed[0], None, b"v-" + mixed[2],
+                                                    b"v-" + mixed[3]])
+            self.assertEqual(sorted(rc.hgetall("t")), every)
+            self.assertTrue(rc.hexists("t", keys[1][0]))
+            self.assertEqual(rc.hlen("t"), 24)
+            seen, cur = [], 0
+            while True:
+                cur, part = rc.hscan("t", cur, count=7)
+                seen += list(part)
+                if cur == 0:
+                    break
+            self.assertEqual(sorted(seen), every)
+        # the workers give the very same bytes
+        for q, got in zip(single, here):
+            m = getattr(q, q.WhichOneof("command"))
+            key = m.keys[0] if q.WhichOneof("command") in ("hmget", "hmexist") else m.key
+            with r.worker_client(r.shard_of(key)) as w:
+                w.send(q)
+                self.assertEqual(w.recv_raw()[1], got, q)
+
+    def test_a_walk_mixes_router_and_worker_pages(self):
+        r = self.local_router()
+        keys = self.fill(r, "t", 10)
+        with r.client() as c, r.worker_client(0) as w:
+            first = c.hscan("t", b"", 4)  # shard 0's first page, from the router
+            self.assertEqual(first.cursor[:3], b"S\x00\x00")
+            second = w.hscan("t", first.cursor[3:], 4)  # the worker continues it
+            third = c.hscan("t", b"S\x00\x00" + second.cursor, 4)  # and the router again
+            walked = [p.key for p in list(first.pairs) + list(second.pairs) + list(third.pairs)]
+            self.assertEqual(walked, sorted(keys[0]))  # shard 0's whole table: 4 + 4 + 2
+            self.assertEqual(third.cursor, b"S\x00\x01")  # on to shard 1
+
+    def test_answers_past_max_frame_are_413_as_from_the_worker(self):
+        r = self.local_router(max_frame="64KiB")
+        big = b"x" * 30000
+        keys = keys_by_shard(b"b", 3, PARTITIONS, 2)[0]
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, big).status, 200)
+            with stopped(*r.workers().values()):
+                resp, el = self.timed(c.call, req_hmget("t", keys))
+                self.assertHere(el, "Hmget")
+                self.assertEqual(resp.status, 413)
+                self.assertIn("ask for fewer keys per request", resp.message)
+                got = c.call(req_hgetall("t"))
+            self.assertEqual(got.status, 413)
+            self.assertIn("read the table in pages with Hscan", got.message)
+            with r.worker_client(0) as w:
+                self.assertEqual(w.call(req_hmget("t", keys)).message, resp.message)
+
+
+class ConsistencyTest(LocalReadsCase):
+    def test_read_your_writes_under_load_through_both_front_doors(self):
+        r = self.local_router()
+        errors, stop = [], threading.Event()
+        handoff = queue.Queue()
+
+        def protobuf_writer(n):
+            with r.client() as c:
+                i = 0
+                while not stop.is_set():
+                    k, v = b"p%d-%d" % (n, i), b"v%d" % i
+                    if i % 3 == 0:  # pipelined: the read right behind the write
+                        a, b_, e = c.pipeline([req_hset("rw", k, v), req_hget("rw", k),
+                                               req_hexist("rw", k)])
+                        if pyval(b_.values[0]) != v or not e.values[0].bool_value:
+                            errors.append(("pipelined", k, b_, e))
+                    else:
+                        c.hset("rw", k, v)
+                        got = c.hget("rw", k)
+                        if got.status != 200 or pyval(got.values[0]) != v:
+                            errors.append(("sequential", k, got))
+                        handoff.put((k, v))
+                    i += 1
+
+        def resp_writer(n):
+            rc = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10)
+            try:
+                i = 0
+                while not stop.is_set():
+                    k, v = "r%d-%d" % (n, i), "v%d" % i
+                    if i % 2 == 0:
+                        p = rc.pipeline(transaction=False)
+                        p.hset("rw", k, v)
+                        p.hget("rw", k)
+                        got = p.execute()[1]
+                    else:
+                        rc.hset("rw", k, v)
+                        got = rc.hget("rw", k)
+                    if got != v.encode():
+                        errors.append(("resp", k, got))
+                    handoff.put((k.encode(), v.encode()))
+                    i += 1
+            finally:
+                rc.close()
+
+        def reader():  # another connection reads what was acknowledged elsewhere
+            rc = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10)
+            try:
+                with r.client() as c:
+                    n = 0
+                    while not stop.is_set() or not handoff.empty():
+                        try:
+                            k, v = handoff.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+                        got = (pyval(c.hget("rw", k).values[0]) if n % 2 else rc.hget("rw", k))
+                        if isinstance(got, str):  # written through RESP: a string Value
+                            got = got.encode()
+                        if got != v:
+                            errors.append(("other connection", k, got, v))
+                        n += 1
+            finally:
+                rc.close()
+
+        load = subprocess.Popen([os.path.join(BUILD_DIR, "kvs-bench"), "--port", str(r.port),
+                                 "-t", "mixed", "--read-ratio", "0.5", "-n", "100000000",
+                                 "-c", "4", "-P", "8", "-r", "1000", "-q", "--table", "rw"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(load.kill)
+        threads = [threading.Thread(target=protobuf_writer, args=(i,)) for i in range(2)]
+        threads += [threading.Thread(target=resp_writer, args=(i,)) for i in range(2)]
+        threads.append(threading.Thread(target=reader))
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        load.kill()
+        self.assertFalse(errors, errors[:5])
+        # the reads were answered here: a worker stopped, a read of it still is
+        with r.client() as c, stopped(*r.workers().values()):
+            _, el = self.timed(c.hget, "rw", b"p0-1")
+            self.assertHere(el, "Hget")
+
+
+class LifecycleTest(LocalReadsCase):
+    def test_map_growth_is_followed(self):
+        r = self.local_router(storage_yaml=["map_size: 1MiB"])
+        keys = keys_by_shard(b"g", 40, PARTITIONS, 2)[0]
+        val = lambda k: k * (100000 // len(k))  # noqa: E731
+        with r.client() as c:
+            for k in keys:  # 4 MB: far past the 1 MiB the router mapped at start
+                self.assertEqual(c.hset("g", k, val(k)).status, 200)
+            with stopped(r.workers()[0]):
+                for k in keys:
+                    got, el = self.timed(c.hget, "g", k)
+                    self.assertHere(el, "Hget")
+                    self.assertEqual(pyval(got.values[0]), val(k))
+        self.assertTrue(wait_until(lambda: "shard 0: its worker grew the map" in r.stderr(), 5),
+                        "no remap logged")
+
+    def test_worker_killed_mid_write_keeps_every_acknowledged_write(self):
+        r = self.local_router()
+        keys = iter(keys_by_shard(b"w", 2000, PARTITIONS, 2)[0])
+        acked, stop = [], threading.Event()
+
+        def writer():
+            with r.client() as c:
+                while not stop.is_set():
+                    batch = [next(keys) for _ in range(8)]
+                    for k, resp in zip(batch, c.pipeline([req_hset("w", k, k) for k in batch])):
+                        if resp.status == 200:
+                            acked.append(k)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        self.assertTrue(wait_until(lambda: len(acked) > 50, 10))
+        old = r.kill_worker(0)
+        time.sleep(0.2)
+        stop.set()
+        t.join(10)
+        new = r.wait_worker(0, not_pid=old)
+        self.assertIsNotNone(new)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: c.hget("w", acked[0]).status == 200, 10))
+            with stopped(new):
+                for k in acked:
+                    got, el = self.timed(c.hget, "w", k)
+                    self.assertHere(el, "Hget")
+                    self.assertEqual(pyval(got.values[0]), k)
+        log = r.stderr()
+        # the environment stayed valid across the restart: opened once, never again
+        self.assertEqual(log.count("shard 0: answering its reads from"), 1, log)
+        self.assertNotIn("reopened them", log)
+
+    def test_replaced_data_directory_is_reopened(self):
+        r = self.local_router()
+        k, k2 = keys_by_shard(b"d", 2, PARTITIONS, 2)[0]
+        env = os.path.join(r.data_dir, "shard-0")
+        copy = os.path.join(r.dir, "copy")
+        os.mkdir(copy)
+        with r.client() as c:
+            self.assertEqual(c.hset("d", k, b"old").status, 200)
+            subprocess.run(["mdb_copy", env, copy], check=True, timeout=30)  # a hot copy
+            self.assertEqual(c.hset("d", k, b"new").status, 200)
+            self.assertEqual(c.hset("d", k2, b"only-new").status, 200)
+            self.assertEqual(pyval(c.hget("d", k).values[0]), b"new")
+            # the copy takes the directory's place, as a snapshot bootstrap's does
+            os.rename(os.path.join(copy, "data.mdb"), os.path.join(env, "data.mdb"))
+            old = r.kill_worker(0)
+            new = r.wait_worker(0, not_pid=old)
+            self.assertIsNotNone(new)
+            got = wait_until(lambda: (lambda x: x.status == 200 and pyval(x.values[0]) == b"old"
+                                      and x)(c.hget("d", k)), 10)
+            self.assertTrue(got, "never read the copy: %r" % c.hget("d", k))
+            self.assertEqual(c.hget("d", k2).status, 404)
+            with stopped(new):  # read here, from the copy
+                got, el = self.timed(c.hget, "d", k)
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"old")
+            self.assertEqual(c.hset("d", k2, b"after").status, 200)  # and written on
+            self.assertEqual(pyval(c.hget("d", k2).values[0]), b"after")
+        log = r.stderr()
+        self.assertIn("shard 0: its worker serves from other files now", log)
+        self.assertIn("started a new lock file", log)
+
+    def test_environment_that_cannot_be_opened_goes_to_the_worker(self):
+        r = self.local_router(env={"KVS_TEST_LOCAL_READS_REFUSE": "1"})
+        keys = self.fill(r, "t", 4)
+        mixed = [keys[1][0], keys[0][0], keys[1][1]]
+        with r.client() as c:
+            end = time.monotonic() + 2.5  # retried every second: logged once all the same
+            while time.monotonic() < end:
+                got = c.call(req_hmget("t", mixed))
+                self.assertEqual([pyval(v) for v in got.values], [b"v-" + k for k in mixed])
+                time.sleep(0.05)
+            with stopped(r.workers()[0]):  # shard 0 is read here
+                got, el = self.timed(c.hget, "t", keys[0][1])
+                self.assertHere(el, "Hget")
+            with stopped(r.workers()[1]):  # shard 1 goes to its worker
+                got = c.hget("t", keys[1][2])
+                self.assertEqual(got.status, 503, got.message)
+                self.assertIn("shard 1", got.message)
+        log = r.stderr()
+        self.assertEqual(log.count("shard 1: cannot read its environment here"), 1, log)
+        self.assertIn("KVS_TEST_LOCAL_READS_REFUSE", log)
+
+    def test_local_reads_off_sends_every_read_to_the_worker(self):
+        r = self.local_router(router_yaml=["local_reads: false"])
+        keys = self.fill(r, "t", 2)
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("t", keys[0][0]).values[0]), b"v-" + keys[0][0])
+            with stopped(r.workers()[0]):
+                got = c.hget("t", keys[0][0])
+            self.assertEqual(got.status, 503, got.message)
+        self.assertNotIn("answering its reads", r.stderr())
+
+
+class ProcessesTest(LocalReadsCase):
+    def conn_on(self, r, index, tries=200):
+        """A protobuf Client that reached router process `index`."""
+        for _ in range(tries):
+            c = r.client()
+            if info_of(c)["router.process"] == index:
+                self.addCleanup(c.close)
+                return c
+            c.close()
+        self.fail("no connection reached router %d in %d tries" % (index, tries))
+
+    def test_every_router_process_reads_locally_and_sees_the_others_writes(self):
+        r = self.local_router(processes=2)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 15), r.stderr())
+        keys = keys_by_shard(b"p", 20, PARTITIONS, 2)
+        c0, c1 = self.conn_on(r, 0), self.conn_on(r, 1)
+        for i, k in enumerate(keys[0] + keys[1]):  # written through one, read through the other
+            w, rd = (c0, c1) if i % 2 else (c1, c0)
+            self.assertEqual(w.hset("t", k, b"v-" + k).status, 200)
+            got = rd.hget("t", k)
+            self.assertEqual((got.status, pyval(got.values[0])), (200, b"v-" + k), got.message)
+        with stopped(*r.workers().values()):
+            for c in (c0, c1):
+                got, el = self.timed(c.call, req_hmget("t", keys[0] + keys[1]))
+                self.assertHere(el, "Hmget")
+                self.assertEqual([pyval(v) for v in got.values],
+                                 [b"v-" + k for k in keys[0] + keys[1]])
+        log = r.stderr()
+        for s in (0, 1):  # each router process opened each shard once
+            self.assertEqual(len(re.findall(r"router\[\d\] INFO  shard %d: answering its reads"
+                                            % s, log)), 2, log)
+
+    @unittest.skipIf(shutil.which("mdb_stat") is None, "mdb_stat (lmdb-utils) is needed")
+    def test_a_router_process_killed_leaves_no_slot_and_its_successor_reads_here(self):
+        r = self.local_router(processes=2)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 15), r.stderr())
+        keys = keys_by_shard(b"q", 4, PARTITIONS, 2)[0]
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, k).status, 200)
+        env = os.path.join(r.data_dir, "shard-0")
+        victim = router_pids(r)[1]
+        c1 = self.conn_on(r, 1)
+        c1.hget("t", keys[0])  # it read shard 0: it holds a slot there
+        os.kill(victim, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: router_pids(r).get(1) not in (None, victim), 15))
+        self.assertTrue(wait_until(lambda: str(victim) not in lmdb_readers(env), 5),
+                        "the killed router's reader slot stayed")
+        c1 = self.conn_on(r, 1)
+        with stopped(r.worker_pid(0)):
+            got, el = self.timed(c1.call, req_hmget("t", keys))
+            self.assertHere(el, "Hmget")
+            self.assertEqual([pyval(v) for v in got.values], keys)
+
+
+class AccessTest(LocalReadsCase):
+    """Users and rights (issue 14) hold for reads the router answers itself:
+    they are checked before a read is answered here, over TLS and through
+    the Redis protocol alike."""
+
+    def test_rights_are_checked_before_a_local_answer(self):
+        r = self.local_router(extra_yaml=users_yaml() + tls_yaml(router={"enabled": "true"}),
+                              tls=tls_context())
+        keys = keys_by_shard(b"a", 4, PARTITIONS, 2)
+        every = keys[0] + keys[1]
+        with r.client() as ops:
+            self.assertEqual(ops.call(req_auth("ops", USERS["ops"][0])).status, 200)
+            for t in ("orders", "secret"):
+                for k in every:
+                    self.assertEqual(ops.hset(t, k, b"v-" + k).status, 200)
+        alice = r.client()
+        self.addCleanup(alice.close)
+        self.assertEqual(alice.call(req_auth("alice", USERS["alice"][0])).status, 200)
+        anon = r.client()
+        self.addCleanup(anon.close)
+        ra = redis.Redis(host="127.0.0.1", port=self.rport, socket_timeout=10, username="alice",
+                         password=USERS["alice"][0], ssl=True, ssl_ca_certs=cert_path("ca.crt"))
+        self.addCleanup(ra.close)
+        self.assertEqual(ra.hget("orders", keys[0][0]), b"v-" + keys[0][0])
+        with stopped(*r.workers().values()):
+            got, el = self.timed(alice.call, req_hmget("orders", every))  # allowed: read here
+            self.assertHere(el, "Hmget")
+            self.assertEqual([pyval(v) for v in got.values], [b"v-" + k for k in every])
+            for q in (req_hget("secret", keys[0][0]), req_hexist("secret", keys[1][0]),
+                      req_hmget("secret", every), req_hgetall("secret"),
+                      req_hscan("secret"), req_hlen("secret")):
+                name = q.WhichOneof("command")
+                got, el = self.timed(alice.call, q)
+                self.assertHere(el, name)
+                self.assertEqual(got.status, 403, (name, got))
+                self.assertIn('user "alice" may not run', got.message)
+                self.assertFalse(got.values or got.pairs, (name, got))
+                got = anon.call(q)
+                self.assertEqual(got.status, 401, (name, got))
+                self.assertFalse(got.values or got.pairs, (name, got))
+            got, el = self.timed(ra.hmget, "orders", every)  # the Redis front door alike
+            self.assertHere(el, "HMGET")
+            self.assertEqual(got, [b"v-" + k for k in every])
+            for call in (lambda: ra.hget("secret", keys[0][0]), lambda: ra.hgetall("secret"),
+                         lambda: ra.hmget("secret", every), lambda: ra.hlen("secret")):
+                t = time.monotonic()
+                with self.assertRaisesRegex(redis.exceptions.NoPermissionError, "may not run"):
+                    call()
+                self.assertHere(time.monotonic() - t, "a refused Redis read")
+
+
+class NodesTest(LocalReadsCase):
+    def test_reads_from_other_nodes_still_go_to_the_worker(self):
+        """A shard's reads through another node's router go to its worker
+        (over TCP), and the worker answers them as before; only the node
+        that runs the worker reads its files."""
+        base_a, base_b = free_port_range(2), None
+        for _ in range(20):
+            base_b = free_port_range(2)
+            if abs(base_a - base_b) >= 2:
+                break
+        a = self.router(start=False, name="A", shards=2, partitions=PARTITIONS, timeout="2s",
+                        node_listen="127.0.0.1:%d" % base_a,
+                        remote={1: "127.0.0.1:%d" % (base_b + 1)})
+        b = self.router(start=False, name="B", shards=2, partitions=PARTITIONS, timeout="2s",
+                        node_listen="127.0.0.1:%d" % base_b, remote={0: "127.0.0.1:%d" % base_a})
+        a.start()
+        b.start()
+        keys = keys_by_shard(b"n", 2, PARTITIONS, 2)
+        with a.client() as ca, b.client() as cb:
+            self.assertTrue(wait_until(lambda: cb.hset("t", keys[0][0], b"x").status == 200, 10))
+            self.assertTrue(wait_until(lambda: ca.hset("t", keys[1][0], b"y").status == 200, 10))
+            self.assertEqual(pyval(cb.hget("t", keys[0][0]).values[0]), b"x")  # via A's worker
+            with stopped(a.worker_pid(0)):
+                got, el = self.timed(ca.hget, "t", keys[0][0])  # A reads its own shard here
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"x")
+                got = cb.hget("t", keys[0][0])  # B asks A's worker, which is stopped
+                self.assertEqual(got.status, 503, got.message)
+                got, el = self.timed(cb.hget, "t", keys[1][0])  # B reads its own shard here
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"y")
+        self.assertNotIn("shard 1: answering its reads", a.stderr())
+        self.assertNotIn("shard 0: answering its reads", b.stderr())
+
+
+class ReplicasTest(ReplicaFixtures, unittest.TestCase):
+    """Shards with replicas (cluster.nodes): each node's router reads its
+    own replica's files, under the same freshness rules; what that replica
+    has not applied goes to the replicas, as before."""
+
+    def test_replica_reads_here_never_answer_what_it_has_not_applied(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
+        a, b = rt["a"], rt["b"]
+        k_old, k_new = b"old-0", b"new-0"
+        s = shard_of_key(k_old)
+        while shard_of_key(k_new) != s:
+            k_new = k_new + b"x"
+        with a.client() as c:
+            old = c.call(req_hset(REPLICA_TABLE, k_old, "o"))
+            self.assertEqual(old.status, 200, old.message)
+        bw = b.workers()[s]
+        with b.client() as cb:
+            self.assertTrue(wait_until(
+                lambda: cb.call(hget_at(REPLICA_TABLE, k_old, old.position)).status == 200, 10))
+            time.sleep(1.1)  # a heartbeat of b's worker since it applied it
+            with stopped(bw):
+                t = time.monotonic()
+                got = cb.call(hget_at(REPLICA_TABLE, k_old, old.position))
+                self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+                self.assertEqual((got.status, pyval(got.values[0])), (200, "o"))
+                with a.client() as c:  # applied by a, not by b (stopped)
+                    new = c.call(req_hset(REPLICA_TABLE, k_new, "n"))
+                    self.assertEqual(new.status, 200, new.message)
+                # b's files do not hold it: the read goes to the replicas (b's
+                # worker times out, a answers)
+                got = cb.call(hget_at(REPLICA_TABLE, k_new, new.position))
+                self.assertEqual((got.status, pyval(got.values[0]) if got.values else None),
+                                 (200, "n"), got.message)
+
+    def test_snapshot_bootstrap_replaces_what_the_router_reads(self):
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        keys = [b"boot-%d" % i for i in range(40)]
+        s = 0
+        mine = [k for k in keys if shard_of_key(k) == s]
+        with a.client() as c:
+            for k in mine[:5]:
+                self.assertEqual(c.call(req_hset(REPLICA_TABLE, k, "v1")).status, 200)
+        self.assertTrue(wait_until(lambda: all(
+            v["lag"] == 0 for v in kafka_parts(self.worker_info(b, s), "users").values()), 20))
+        env = os.path.join(b.data_dir, "shard-%d" % s)
+        bw = b.workers()[s]
+        time.sleep(1.1)  # a heartbeat of b's worker since it applied them
+        with b.client() as cb, stopped(bw):  # b's router reads its files now
+            t = time.monotonic()
+            got = cb.call(req_hget(REPLICA_TABLE, mine[0]))
+            self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+            self.assertEqual((got.status, pyval(got.values[0])), (200, "v1"))
+        # b's shard-0 files go away (its router still maps them), then its
+        # worker dies: the next one starts with no data.mdb and copies a's
+        copies = b.stderr().count("copied shard %d" % s)  # b's start may have copied too
+        self.assertNotIn("serves from other files", b.stderr())
+        with stopped(bw):
+            os.unlink(os.path.join(env, "data.mdb"))
+            with a.client() as c:  # only in a's copy: b's old files never see it
+                for k in mine[5:]:
+                    self.assertEqual(c.call(req_hset(REPLICA_TABLE, k, "v2")).status, 200)
+            os.kill(bw, signal.SIGKILL)
+        self.assertIsNotNone(wait_until(
+            lambda: b.stderr().count("copied shard %d" % s) == copies + 1, 20), b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "shard %d: its worker serves from other files now"
+                                   % s in b.stderr(), 10), b.stderr()[-3000:])
+        self.wait_workers(b)
+        new = b.workers()[s]
+        self.assertNotEqual(new, bw)
+        self.assertTrue(wait_until(lambda: all(
+            v["lag"] == 0 for v in kafka_parts(self.worker_info(b, s), "users").values()), 20))
+        time.sleep(1.1)  # a heartbeat of the new worker
+        with b.client() as cb, stopped(new):  # read by b's router, from the copy
+            for k in mine:
+                t = time.monotonic()
+                got = cb.call(req_hget(REPLICA_TABLE, k))
+                self.assertLess(time.monotonic() - t, QUICK, "not answered by b's router")
+                self.assertEqual((got.status, pyval(got.values[0]) if got.values else None),
+                                 (200, "v1" if k in mine[:5] else "v2"), got.message)
+        self.assertIn("copying a snapshot from node a", b.stderr())
+        self.assertIn("started a new lock file", b.stderr())  # the old one was the old file's
+
+
+LMDB = ctypes.util.find_library("lmdb")
+MDB_RDONLY = 0x20000
+
+HOLD_SNAPSHOT = r"""
+import ctypes, sys, time
+lib = ctypes.CDLL(sys.argv[1])
+env, txn = ctypes.c_void_p(), ctypes.c_void_p()
+assert lib.mdb_env_create(ctypes.byref(env)) == 0
+assert lib.mdb_env_open(env, sys.argv[2].encode(), %d, 0o600) == 0
+assert lib.mdb_txn_begin(env, None, %d, ctypes.byref(txn)) == 0
+print("holding", flush=True)
+time.sleep(60)
+""" % (MDB_RDONLY, MDB_RDONLY)
+
+
+@unittest.skipIf(LMDB is None or shutil.which("mdb_stat") is None, "liblmdb and mdb_stat needed")
+class ReaderSlotsTest(LocalReadsCase):
+    def readers(self, env):
+        return lmdb_readers(env)
+
+    def test_slot_of_a_dead_reader_is_cleared(self):
+        r = self.local_router()
+        self.fill(r, "t", 1)
+        router = str(router_pids(r)[0])
+        env = os.path.join(r.data_dir, "shard-0")
+        p = subprocess.Popen([sys.executable, "-c", HOLD_SNAPSHOT, LMDB, env],
+                             stdout=subprocess.PIPE, text=True)
+        self.addCleanup(p.kill)
+        self.assertEqual(p.stdout.readline().strip(), "holding")
+        self.assertIn(str(p.pid), self.readers(env))
+        with r.client() as c:  # the router holds one slot of its own, between reads too
+            for _ in range(20):
+                c.hget("t", b"x")
+        self.assertEqual(self.readers(env).count(router), 1)
+        p.kill()  # dies holding a snapshot: its slot would pin pages for ever
+        p.wait(10)
+        self.assertTrue(wait_until(lambda: str(p.pid) not in self.readers(env), 5),
+                        "the dead reader's slot was not cleared: %r" % self.readers(env))
+        self.assertIn("shard 0: cleared 1 reader slot(s) left by processes that died",
+                      r.stderr())
+        self.assertEqual(self.readers(env).count(router), 1)
+
+    def test_slot_of_a_worker_killed_mid_write_is_cleared(self):
+        """A worker killed while it writes leaves its reader slot behind (its
+        per-turn snapshot); the next worker, or the router within a second,
+        clears it, and the router reads the new worker's commits."""
+        r = self.local_router()
+        env = os.path.join(r.data_dir, "shard-0")
+        keys = (k for k in (b"s%d" % i for i in itertools.count()) if r.shard_of(k) == 0)
+        stop, acked = threading.Event(), []
+
+        def writer():
+            with r.client() as c:
+                while not stop.is_set():
+                    batch = [next(keys) for _ in range(8)]
+                    for k, resp in zip(batch, c.pipeline([req_hset("s", k, k) for k in batch])):
+                        if resp.status == 200:
+                            acked.append(k)
+                        else:  # 503 while the worker restarts
+                            time.sleep(0.001)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        self.addCleanup(t.join, 10)
+        self.addCleanup(stop.set)
+        self.assertTrue(wait_until(lambda: len(acked) > 50, 10))
+        old = str(r.worker_pid(0))
+        self.assertIn(old, self.readers(env))
+        r.kill_worker(0)
+        new = r.wait_worker(0, not_pid=int(old))
+        self.assertIsNotNone(new)
+        self.assertTrue(wait_until(lambda: old not in self.readers(env), 5),
+                        "the killed worker's slot stayed: %r" % self.readers(env))
+        n = len(acked)
+        self.assertTrue(wait_until(lambda: len(acked) > n + 50, 10), "writes did not resume")
+        stop.set()
+        t.join(10)
+        with r.client() as c, stopped(new):  # every acknowledged write, read here
+            got = c.call(req_hmget("s", acked))
+            self.assertEqual([pyval(v) for v in got.values], acked)
+
+
+@unittest.skipIf(KCAT is None, "kcat is needed")
+class BoundTablesTest(FreshnessFixtures, unittest.TestCase):
+    def test_bound_reads_here_follow_the_workers_rules(self):
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        keys = keys_in_partition(0, parts, 5)
+        kcat_produce(m.bootstrap, topic, [(k, b"v-" + k) for k in keys])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="2s")
+        self.wait_applied(r, 0, topic, 0, len(keys))
+        worker = r.workers()[0]
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: c.hget("users", keys[0]).status == 200, 10))
+            time.sleep(1.1)  # a heartbeat since the worker caught up
+            with stopped(worker):
+                t = time.monotonic()
+                got = c.hget("users", keys[1])
+                self.assertLess(time.monotonic() - t, QUICK, "not answered here")
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[1])
+                # a position it has applied: answered here
+                seen = pos_token([(topic, 0, len(keys) - 1)])
+                t = time.monotonic()
+                got = c.call(with_options(req_hget("users", keys[2]), position=seen))
+                self.assertLess(time.monotonic() - t, QUICK, "not answered here")
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[2])
+                # one this snapshot has not applied: only the worker may say
+                ahead = pos_token([(topic, 0, len(keys) + 3)])
+                got = c.call(with_options(req_hget("users", keys[1]), position=ahead))
+                self.assertEqual(got.status, 503, got.message)
+                self.assertIn("shard 0", got.message)
+                time.sleep(3.5)  # no heartbeat for longer than 3 s: its Kafka view is old
+                got = c.hget("users", keys[1])
+                self.assertEqual(got.status, 503, got.message)
+            self.assertTrue(wait_until(lambda: c.hget("users", keys[1]).status == 200, 10))
+
+
+if __name__ == "__main__":
+    unittest.main()

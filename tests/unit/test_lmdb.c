@@ -1,0 +1,406 @@
+/*
+ * Unit tests for kvs_lmdb's reader: an environment read by one process
+ * while another (node_store, the worker's store) writes it, as a router
+ * reads a local shard.
+ *
+ * LMDB must not have one environment open twice in one process (its
+ * fcntl locks are per process), so the writer runs in a child process
+ * (peer_t) driven step by step over two pipes: the child stops at each
+ * peer_pause and goes on when the test calls peer_go. The reader stays in
+ * the test's own process across the steps.
+ */
+#include "kvs_err.h"
+#include "kvs_lmdb.h"
+#include "kvs_test.h"
+#include "node_store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+static char envdir[300];
+
+static void remove_dir(void)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+static void fresh_dir(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvs-test-lmdb-XXXXXX");
+    CHECK(mkdtemp(tmpdir) != NULL);
+    atexit(remove_dir);
+    snprintf(envdir, sizeof(envdir), "%s/shard-0", tmpdir);
+}
+
+/* ---- the writer, in a child process ------------------------------------------ */
+
+typedef struct peer_s {
+    pid_t pid;
+    int go[2];     /* test -> child */
+    int paused[2]; /* child -> test */
+} peer_t;
+
+static peer_t *self; /* in the child */
+
+/* Child: says it reached a step, waits to be let on. */
+static void peer_pause(void)
+{
+    char c = 'p';
+    CHECK(write(self->paused[1], &c, 1) == 1);
+    CHECK(read(self->go[0], &c, 1) == 1);
+}
+
+static void peer_start(peer_t *p, void (*fn)(void))
+{
+    CHECK(pipe(p->go) == 0 && pipe(p->paused) == 0);
+    fflush(NULL);
+    p->pid = fork();
+    CHECK(p->pid >= 0);
+    if (p->pid == 0) {
+        self = p;
+        fn();
+        _exit(0);
+    }
+}
+
+/* Test: waits until the child paused (or ended: 0). */
+static int peer_wait(peer_t *p)
+{
+    char c;
+    return read(p->paused[0], &c, 1) == 1;
+}
+
+static void peer_go(peer_t *p)
+{
+    char c = 'g';
+    CHECK(write(p->go[1], &c, 1) == 1);
+}
+
+static void peer_join(peer_t *p)
+{
+    int st;
+    CHECK(waitpid(p->pid, &st, 0) == p->pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static node_store_t *store_open(uint64_t map_size)
+{
+    node_store_opts_t o = {.dir = envdir,
+                           .shard = 0,
+                           .placement = "p",
+                           .map_size = map_size,
+                           .max_tables = 8,
+                           .sync = KVS_SYNC_NONE};
+    node_store_t *s = NULL;
+    char err[512] = "";
+    int rc = node_store_open(&o, &s, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "store: %s\n", err);
+    CHECK_EQ(rc, 0);
+    return s;
+}
+
+static void put(node_store_t *s, const char *t, const char *k, const char *v)
+{
+    CHECK_EQ(node_store_put(s, t, k, strlen(k), v, strlen(v)), 0);
+}
+
+/* A writer that only creates the environment. */
+static void create_env(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    put(s, "t", "a", "1");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* ---- the reader ----------------------------------------------------------------- */
+
+static kvs_lmdb_reader_t *reader_open(void)
+{
+    kvs_lmdb_reader_opts_t o = {.dir = envdir, .shard = 0, .placement = "p", .max_tables = 8};
+    kvs_lmdb_reader_t *r = NULL;
+    char err[512] = "";
+    int rc = kvs_lmdb_reader_open(&o, &r, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "reader: %s\n", err);
+    CHECK_EQ(rc, 0);
+    return r;
+}
+
+/* `key` of `table` in a new snapshot: its value as a string, or NULL. */
+static const char *read_now(kvs_lmdb_reader_t *r, const char *table, const char *key, char *buf)
+{
+    kvs_slice_t v;
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    int rc = kvs_lmdb_reader_get(r, table, key, strlen(key), &v);
+    if (rc == 0) {
+        memcpy(buf, v.p, v.len);
+        buf[v.len] = '\0';
+    }
+    kvs_lmdb_reader_end(r);
+    CHECK(rc == 0 || rc == KVS_ENOTFOUND);
+    return rc == 0 ? buf : NULL;
+}
+
+static void writer_steps(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    put(s, "t", "a", "1");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 1: a committed */
+    put(s, "t2", "b", "2");
+    peer_pause(); /* 2: b written, its batch (and table t2) not committed */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 3: b committed */
+    put(s, "t2", "c", "3");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 4: c committed */
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+KVS_TEST(reader_sees_every_commit_and_nothing_else)
+{
+    char buf[64];
+    peer_t w;
+    fresh_dir();
+    peer_start(&w, writer_steps);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_STR(read_now(r, "t", "a", buf), "1");
+    CHECK(read_now(r, "t2", "b", buf) == NULL); /* no such table yet */
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    CHECK(read_now(r, "t2", "b", buf) == NULL); /* written, not committed */
+    /* A snapshot begun before a commit does not see it, the next one does. */
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    kvs_slice_t v;
+    CHECK_EQ(kvs_lmdb_reader_get(r, "t2", "b", 1, &v), KVS_ENOTFOUND);
+    kvs_lmdb_reader_end(r);
+    CHECK_STR(read_now(r, "t2", "b", buf), "2"); /* the table found since */
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    CHECK_STR(read_now(r, "t2", "c", buf), "3"); /* its handle kept */
+    uint64_t n = 0;
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_count(r, "t2", &n), 0);
+    CHECK_EQ(n, 2);
+    CHECK_EQ(kvs_lmdb_reader_count(r, "none", &n), 0);
+    CHECK_EQ(n, 0);
+    kvs_lmdb_reader_end(r);
+    peer_go(&w);
+    peer_join(&w);
+    kvs_lmdb_reader_close(r);
+}
+
+static int collect(void *arg, kvs_slice_t k, kvs_slice_t v)
+{
+    char *out = arg;
+    (void)v;
+    strncat(out, (const char *)k.p, k.len);
+    strcat(out, ",");
+    return strlen(out) > 12; /* stop after a few */
+}
+
+static void writer_keys(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    const char *keys[] = {"k1", "k3", "k5", "k7", "k9", "k11"};
+    for (size_t i = 0; i < 6; i++)
+        put(s, "t", keys[i], "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+KVS_TEST(walks_in_key_order_from_a_key)
+{
+    char got[64] = "";
+    peer_t w;
+    fresh_dir();
+    peer_start(&w, writer_keys);
+    peer_join(&w);
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_scan(r, "t", "k4", 2, collect, got), 0);
+    CHECK_STR(got, "k5,k7,k9,"); /* k11 sorts before k3 */
+    got[0] = '\0';
+    CHECK_EQ(kvs_lmdb_reader_scan(r, "missing", NULL, 0, collect, got), 0);
+    CHECK_STR(got, "");
+    kvs_lmdb_reader_end(r);
+    kvs_lmdb_reader_close(r);
+}
+
+static void writer_grows(void)
+{
+    node_store_t *s = store_open(1u << 20); /* 1 MiB map, grown at the first write */
+    peer_pause();                           /* the reader maps 1 MiB */
+    char key[32], val[1000];
+    memset(val, 'x', sizeof(val));
+    for (int turn = 0; turn < 20; turn++) {
+        for (int i = 0; i < 500; i++) {
+            snprintf(key, sizeof(key), "k%06d", turn * 500 + i);
+            CHECK_EQ(node_store_put(s, "big", key, strlen(key), val, sizeof(val)), 0);
+        }
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK(node_store_map_size(s) > 10u << 20);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+KVS_TEST(follows_the_writers_map_growth)
+{
+    char buf[2000];
+    peer_t w;
+    fresh_dir();
+    peer_start(&w, writer_grows);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open();
+    uint64_t before = kvs_lmdb_reader_map_size(r);
+    CHECK_EQ(before, 1u << 20);
+    CHECK(read_now(r, "big", "k000000", buf) == NULL);
+    peer_go(&w);
+    peer_join(&w); /* 10 MB written since: far past the reader's map */
+    CHECK(read_now(r, "big", "k009999", buf) != NULL);
+    CHECK_EQ(strlen(buf), 1000);
+    CHECK(kvs_lmdb_reader_remaps(r) >= 1);
+    CHECK(kvs_lmdb_reader_map_size(r) > before);
+    kvs_lmdb_reader_close(r);
+}
+
+KVS_TEST(refuses_what_its_worker_would)
+{
+    peer_t w;
+    char err[512];
+    kvs_lmdb_reader_t *r = NULL;
+    fresh_dir();
+    kvs_lmdb_reader_opts_t o = {.dir = envdir, .shard = 0, .placement = "p", .max_tables = 8};
+    /* no environment yet: refused, and none created */
+    CHECK_EQ(mkdir(envdir, 0700), 0);
+    CHECK_EQ(kvs_lmdb_reader_open(&o, &r, err, sizeof(err)), KVS_ESTORE);
+    CHECK_CONTAINS(err, "data.mdb");
+    char path[400];
+    snprintf(path, sizeof(path), "%s/data.mdb", envdir);
+    CHECK(access(path, F_OK) != 0);
+    peer_start(&w, create_env);
+    peer_join(&w);
+    o.shard = 1;
+    CHECK_EQ(kvs_lmdb_reader_open(&o, &r, err, sizeof(err)), KVS_EMISMATCH);
+    CHECK_CONTAINS(err, "shard \"0\", not \"1\"");
+    o.shard = 0;
+    o.placement = "q";
+    CHECK_EQ(kvs_lmdb_reader_open(&o, &r, err, sizeof(err)), KVS_EMISMATCH);
+    CHECK_CONTAINS(err, "placement \"p\", not \"q\"");
+    CHECK(r == NULL);
+}
+
+typedef struct slots_s {
+    char pid[32];
+    int n;
+} slots_t;
+
+static int count_slots(const char *msg, void *ctx)
+{
+    slots_t *c = ctx;
+    /* mdb_reader_list: a header line, then "pid thread txnid" per slot */
+    while (*msg == ' ')
+        msg++;
+    c->n += strncmp(msg, c->pid, strlen(c->pid)) == 0 && msg[strlen(c->pid)] == ' ';
+    return 0;
+}
+
+/* Reader slots `pid` holds in the environment's lock file, listed from a
+ * child process (one env per file per process: the caller may have its
+ * reader open). */
+static int slots_of(pid_t pid)
+{
+    int st;
+    fflush(NULL);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        MDB_env *env;
+        slots_t c = {.n = 0};
+        snprintf(c.pid, sizeof(c.pid), "%d", (int)pid);
+        if (mdb_env_create(&env) != 0 || mdb_env_open(env, envdir, MDB_RDONLY, 0600) != 0 ||
+            mdb_reader_list(env, count_slots, &c) != 0)
+            _exit(100);
+        _exit(c.n);
+    }
+    CHECK(waitpid(child, &st, 0) == child);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 100);
+    return WEXITSTATUS(st);
+}
+
+static void hold_a_snapshot_and_die(void)
+{
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    _exit(0); /* killed, as it were: its slot stays taken, pinning its snapshot */
+}
+
+KVS_TEST(one_slot_and_stale_slots_cleared)
+{
+    char buf[64];
+    peer_t w, dead;
+    fresh_dir();
+    peer_start(&w, create_env);
+    peer_join(&w);
+    kvs_lmdb_reader_t *r = reader_open();
+    for (int i = 0; i < 50; i++) {
+        char table[8];
+        snprintf(table, sizeof(table), "x%d", i % 5); /* lookups of absent tables too */
+        read_now(r, table, "a", buf);
+        CHECK_STR(read_now(r, "t", "a", buf), "1");
+    }
+    peer_start(&dead, hold_a_snapshot_and_die);
+    peer_join(&dead);
+    int cleared = -1;
+    CHECK_EQ(kvs_lmdb_reader_check(r, &cleared), 0);
+    CHECK_EQ(cleared, 1);
+    CHECK_EQ(kvs_lmdb_reader_check(r, &cleared), 0);
+    CHECK_EQ(cleared, 0);
+    /* One slot, kept between snapshots (MDB_NOTLS: the txn owns it). */
+    CHECK_EQ(slots_of(getpid()), 1);
+    kvs_lmdb_reader_close(r);
+    CHECK_EQ(slots_of(getpid()), 0); /* released on close */
+}
+
+KVS_TEST(identity_names_the_files)
+{
+    peer_t w;
+    kvs_lmdb_ident_t now;
+    char from[400], to[400], buf_cmd[900];
+    fresh_dir();
+    peer_start(&w, create_env);
+    peer_join(&w);
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_EQ(kvs_lmdb_ident_of(envdir, &now), 0);
+    CHECK(memcmp(&now, kvs_lmdb_reader_ident(r), sizeof(now)) == 0);
+    /* a replaced data.mdb is another environment */
+    snprintf(from, sizeof(from), "%s/data.mdb", envdir);
+    snprintf(to, sizeof(to), "%s/copy.mdb", envdir);
+    snprintf(buf_cmd, sizeof(buf_cmd), "cp '%s' '%s'", from, to);
+    CHECK_EQ(system(buf_cmd), 0);
+    CHECK_EQ(rename(to, from), 0);
+    CHECK_EQ(kvs_lmdb_ident_of(envdir, &now), 0);
+    CHECK(now.data_ino != kvs_lmdb_reader_ident(r)->data_ino);
+    CHECK(now.lock_ino == kvs_lmdb_reader_ident(r)->lock_ino);
+    kvs_lmdb_reader_close(r);
+    CHECK_EQ(kvs_lmdb_ident_of(tmpdir, &now), -ENOENT);
+}
+
+KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
+              KVS_CASE(walks_in_key_order_from_a_key), KVS_CASE(follows_the_writers_map_growth),
+              KVS_CASE(refuses_what_its_worker_would), KVS_CASE(one_slot_and_stale_slots_cleared),
+              KVS_CASE(identity_names_the_files))

@@ -1,0 +1,202 @@
+/*
+ * Unit tests for kvs_reads: the read commands over a snapshot, here an
+ * in-memory source (a sorted list of pairs of one table) that can be told
+ * to fail, so what the module does with a source's answers and errors is
+ * seen alone. Answers over a real store are covered through node_cmd
+ * (test_cmd) and, from a router, by the integration tests.
+ */
+#include "kvs_err.h"
+#include "kvs_frame.h"
+#include "kvs_reads.h"
+#include "kvs_test.h"
+
+#define TABLE "t"
+
+typedef struct fake_s {
+    const char *keys[8];
+    const char *vals[8]; /* strings, stored as encoded Values (enc) */
+    uint8_t enc[8][800];
+    size_t enc_len[8];
+    size_t n;
+    int fail_after; /* calls that succeed before every call fails (-1: never) */
+    int calls;
+} fake_t;
+
+static int fake_fail(fake_t *f)
+{
+    return f->fail_after >= 0 && f->calls++ >= f->fail_after;
+}
+
+static int fake_get(void *arg, const char *table, const void *key, size_t klen, kvs_slice_t *val)
+{
+    fake_t *f = arg;
+    if (fake_fail(f))
+        return KVS_ESTORE;
+    for (size_t i = 0; strcmp(table, TABLE) == 0 && i < f->n; i++)
+        if (strlen(f->keys[i]) == klen && memcmp(f->keys[i], key, klen) == 0) {
+            val->p = f->enc[i];
+            val->len = f->enc_len[i];
+            return 0;
+        }
+    return KVS_ENOTFOUND;
+}
+
+static int fake_scan(void *arg, const char *table, const void *from, size_t flen,
+                     kvs_lmdb_scan_cb cb, void *cb_arg)
+{
+    fake_t *f = arg;
+    if (fake_fail(f))
+        return KVS_ESTORE;
+    for (size_t i = 0; strcmp(table, TABLE) == 0 && i < f->n; i++) {
+        size_t kl = strlen(f->keys[i]), m = kl < flen ? kl : flen;
+        int c = flen > 0 ? memcmp(f->keys[i], from, m) : 0; /* from may be NULL when empty */
+        if (flen > 0 && (c < 0 || (c == 0 && kl < flen)))
+            continue; /* before `from` */
+        kvs_slice_t k = {(const uint8_t *)f->keys[i], kl};
+        kvs_slice_t v = {f->enc[i], f->enc_len[i]};
+        if (cb(cb_arg, k, v) != 0)
+            break;
+    }
+    return 0;
+}
+
+static int fake_count(void *arg, const char *table, uint64_t *n)
+{
+    fake_t *f = arg;
+    *n = strcmp(table, TABLE) == 0 ? f->n : 0;
+    return fake_fail(f) ? KVS_ESTORE : 0;
+}
+
+static char big[400];
+static fake_t fake = {{"a", "b", "c", "d", "e"}, {"1", "22", big, big, big}, {{0}}, {0}, 5, -1, 0};
+static kvs_arena_t arena;
+static kvs_buf_t out;
+
+static kvs_reads_src_t src(size_t max_frame)
+{
+    memset(big, 'x', sizeof(big) - 1);
+    for (size_t i = 0; i < fake.n; i++)
+        fake.enc_len[i] =
+            kvs_value_encode_bytes(fake.enc[i], 1, fake.vals[i], strlen(fake.vals[i]));
+    return (kvs_reads_src_t){fake_get, fake_scan, fake_count, &fake, max_frame};
+}
+
+/* Runs `req` and decodes the one frame answered; NULL when the source's
+ * error came back instead (*rc says which). */
+static Kvs__CommandResponse *run(const Kvs__CommandRequest *req, size_t max_frame, int *rc)
+{
+    kvs_reads_src_t s = src(max_frame);
+    kvs_resp_t r;
+    out.len = 0;
+    kvs_resp_begin(&r, &out);
+    *rc = kvs_reads_execute(&s, req, &r);
+    if (*rc != 0) {
+        kvs_resp_abort(&r);
+        CHECK_EQ(out.len, 0);
+        return NULL;
+    }
+    CHECK_EQ(kvs_reads_finish(&r, max_frame, req->command_case), 0);
+    CHECK(out.len - KVS_FRAME_HEADER <= max_frame);
+    return kvs__command_response__unpack(&arena.pb, out.len - KVS_FRAME_HEADER,
+                                         out.data + KVS_FRAME_HEADER);
+}
+
+KVS_TEST(point_reads)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    Kvs__Hget g = KVS__HGET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &g;
+    g.table = TABLE;
+    g.key = (ProtobufCBinaryData){1, (uint8_t *)"b"};
+    Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->status, 200);
+    CHECK_EQ(a->n_values, 1); /* the stored bytes, as a Value field */
+    CHECK_EQ(a->values[0]->string_value.len, 2);
+    CHECK(memcmp(a->values[0]->string_value.data, "22", 2) == 0);
+    g.key = (ProtobufCBinaryData){2, (uint8_t *)"zz"};
+    a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->status, 404);
+    CHECK_STR(a->message, "key \"zz\" not found in table \"t\"");
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HEXIST; /* Hexist shares Hget's shape */
+    a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->status, 200);
+    CHECK(a->values[0]->kind_case == KVS__VALUE__KIND_BOOL_VALUE && !a->values[0]->bool_value);
+    kvs_arena_close(&arena);
+}
+
+KVS_TEST(hscan_pages_continue_at_the_cursor)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    Kvs__Hscan m = KVS__HSCAN__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    q.hscan = &m;
+    m.table = TABLE;
+    m.count = 3;
+    Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->n_pairs, 3);
+    CHECK_EQ(a->cursor.len, 1);
+    CHECK_EQ(a->cursor.data[0], 'd'); /* the first key not returned */
+    m.cursor = a->cursor;
+    a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->n_pairs, 2);
+    CHECK_EQ(a->pairs[0]->key.data[0], 'd');
+    CHECK_EQ(a->cursor.len, 0); /* done */
+    kvs_arena_close(&arena);
+}
+
+KVS_TEST(answers_past_max_frame_are_413)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    q.hgetall = &m;
+    m.table = TABLE;
+    Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->n_pairs, 5);
+    a = run(&q, 1024, &rc); /* the pairs take about 1,220 bytes */
+    CHECK_EQ(a->status, 413);
+    CHECK_CONTAINS(a->message, "Hgetall answer would exceed limits.max_frame (1024 bytes)");
+    CHECK_CONTAINS(a->message, "Hscan");
+    kvs_arena_close(&arena);
+}
+
+KVS_TEST(a_source_error_is_returned_with_nothing_answered)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    ProtobufCBinaryData keys[3] = {{1, (uint8_t *)"a"}, {1, (uint8_t *)"b"}, {1, (uint8_t *)"c"}};
+    Kvs__Hmget m = KVS__HMGET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    q.hmget = &m;
+    m.table = TABLE;
+    m.keys = keys;
+    m.n_keys = 3;
+    fake.fail_after = 2; /* the third key's lookup fails */
+    CHECK(run(&q, 1 << 20, &rc) == NULL);
+    CHECK_EQ(rc, KVS_ESTORE);
+    fake.fail_after = -1;
+    Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->n_values, 3);
+    Kvs__Hlen l = KVS__HLEN__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    q.hlen = &l;
+    l.table = TABLE;
+    a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->values[0]->integer_value, 5);
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_PING; /* not a read */
+    CHECK(run(&q, 1 << 20, &rc) == NULL);
+    CHECK_EQ(rc, KVS_EINVAL);
+    kvs_arena_close(&arena);
+}
+
+KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor),
+              KVS_CASE(answers_past_max_frame_are_413),
+              KVS_CASE(a_source_error_is_returned_with_nothing_answered))

@@ -1,0 +1,170 @@
+/*
+ * Unit tests for kvs_shardstate: the worker's state page, written by one
+ * worker and read by routers (here both in one process: the page is plain
+ * shared memory, its lock an flock per open file).
+ */
+#include "kvs_err.h"
+#include "kvs_shardstate.h"
+#include "kvs_test.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char path[256];
+
+static void remove_page(void)
+{
+    unlink(path);
+}
+
+static void fresh_path(void)
+{
+    snprintf(path, sizeof(path), "/tmp/kvs-test-state-%d.state", (int)getpid());
+    unlink(path);
+    atexit(remove_page);
+}
+
+/* Two shards; topic a has 8 partitions (shard 1 owns 1 3 5 7), topic b 3
+ * (shard 1 owns 1). */
+static kvs_config_t *config(const char *extra)
+{
+    char text[1024], err[256];
+    kvs_config_t *cfg = NULL;
+    snprintf(text, sizeof(text),
+             "cluster: {shards: 2, partitions: 4}\n"
+             "kafka:\n  bindings:\n"
+             "    - {topic: a, table: ta, partitions: 8}\n"
+             "    - {topic: b, table: tb, partitions: 3}\n%s",
+             extra);
+    int rc = kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "%s\n", err);
+    CHECK_EQ(rc, 0);
+    return cfg;
+}
+
+static kvs_shardstate_t *writer(const kvs_config_t *cfg, kvs_lmdb_ident_t *last, int *had)
+{
+    kvs_shardstate_t *w = NULL;
+    CHECK_EQ(kvs_shardstate_open_writer(path, cfg, 1, &w, last, had), 0);
+    return w;
+}
+
+KVS_TEST(published_state_is_read_back)
+{
+    kvs_lmdb_ident_t last, id = {1, 2, 3, 4};
+    int had = -1;
+    kvs_shardstate_head_t h;
+    int64_t end, start;
+    fresh_path();
+    kvs_config_t *cfg = config("");
+    kvs_shardstate_t *w = writer(cfg, &last, &had), *r = NULL;
+    CHECK_EQ(had, 0);
+    CHECK_EQ(kvs_shardstate_open_reader(path, cfg, 1, &r), 0);
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.live, 0);
+    kvs_shardstate_publish(w, &id);
+    kvs_shardstate_set_settle(w, 12345);
+    kvs_shardstate_heartbeat(w, 999);
+    kvs_shardstate_set_part(w, 0, 5, 100, 7);
+    kvs_shardstate_set_part(w, 1, 1, 50, 0);
+    kvs_shardstate_set_part(w, 0, 4, 66, 66); /* not shard 1's: ignored */
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.live, 1);
+    CHECK(memcmp(&h.ident, &id, sizeof(id)) == 0);
+    CHECK_EQ(h.settle_until_ms, 12345);
+    CHECK_EQ(h.heartbeat_ms, 999);
+    kvs_shardstate_part(r, 0, 5, &end, &start);
+    CHECK_EQ(end, 100);
+    CHECK_EQ(start, 7);
+    kvs_shardstate_part(r, 1, 1, &end, &start);
+    CHECK_EQ(end, 50);
+    kvs_shardstate_part(r, 0, 3, &end, &start); /* owned, not heard of */
+    CHECK_EQ(end, -1);
+    CHECK_EQ(start, -1);
+    kvs_shardstate_part(r, 0, 4, &end, &start);
+    CHECK_EQ(end, -1);
+    kvs_shardstate_part(r, 2, 1, &end, &start); /* no such binding */
+    CHECK_EQ(end, -1);
+    kvs_shardstate_close(w); /* a worker that stops is not live */
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.live, 0);
+    kvs_shardstate_close(r);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST(one_writer_at_a_time)
+{
+    kvs_lmdb_ident_t last, id = {1, 2, 3, 4};
+    int had;
+    kvs_shardstate_head_t h;
+    fresh_path();
+    kvs_config_t *cfg = config("");
+    kvs_shardstate_t *w = writer(cfg, &last, &had), *w2 = NULL, *r = NULL;
+    kvs_shardstate_publish(w, &id);
+    CHECK_EQ(kvs_shardstate_open_writer(path, cfg, 1, &w2, &last, &had), -EBUSY);
+    CHECK(w2 == NULL);
+    CHECK_EQ(kvs_shardstate_open_reader(path, cfg, 1, &r), 0);
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.live, 1); /* the refused one changed nothing */
+    kvs_shardstate_close(r);
+    kvs_shardstate_close(w);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST(next_worker_learns_the_last_files)
+{
+    kvs_lmdb_ident_t last, id = {10, 20, 30, 40};
+    int had;
+    kvs_shardstate_head_t h;
+    int64_t end, start;
+    fresh_path();
+    kvs_config_t *cfg = config("");
+    kvs_shardstate_t *w = writer(cfg, &last, &had), *r = NULL;
+    kvs_shardstate_publish(w, &id);
+    kvs_shardstate_set_part(w, 0, 1, 5, 5);
+    kvs_shardstate_close(w);
+    w = writer(cfg, &last, &had);
+    CHECK_EQ(had, 1);
+    CHECK(memcmp(&last, &id, sizeof(id)) == 0);
+    CHECK_EQ(kvs_shardstate_open_reader(path, cfg, 1, &r), 0);
+    CHECK_EQ(kvs_shardstate_head(r, &h), 0);
+    CHECK_EQ(h.live, 0); /* starting: not live until it publishes */
+    kvs_shardstate_part(r, 0, 1, &end, &start);
+    CHECK_EQ(end, -1); /* and nothing known of Kafka yet */
+    kvs_shardstate_close(r);
+    kvs_shardstate_close(w);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST(another_layout_is_not_read_and_the_file_never_shrinks)
+{
+    kvs_lmdb_ident_t last;
+    int had;
+    struct stat st;
+    fresh_path();
+    kvs_config_t *big = config("    - {topic: c, table: tc, partitions: 20000}\n");
+    kvs_config_t *small = config("");
+    kvs_shardstate_t *w = writer(big, &last, &had), *r = NULL;
+    CHECK_EQ(stat(path, &st), 0);
+    off_t size = st.st_size;
+    CHECK(size > 20000 / 2 * 16);
+    CHECK_EQ(kvs_shardstate_open_reader(path, small, 1, &r), KVS_EMISMATCH);
+    CHECK(r == NULL);
+    kvs_shardstate_close(w);
+    w = writer(small, &last, &had);
+    CHECK_EQ(stat(path, &st), 0);
+    CHECK_EQ(st.st_size, size);
+    CHECK_EQ(kvs_shardstate_open_reader(path, small, 1, &r), 0);
+    kvs_shardstate_close(r);
+    CHECK_EQ(kvs_shardstate_open_reader(path, small, 0, &r), KVS_EMISMATCH); /* other shard */
+    kvs_shardstate_close(w);
+    CHECK_EQ(kvs_shardstate_open_reader("/nonexistent/x.state", small, 1, &r), -ENOENT);
+    kvs_config_free(big);
+    kvs_config_free(small);
+}
+
+KVS_TEST_MAIN(KVS_CASE(published_state_is_read_back), KVS_CASE(one_writer_at_a_time),
+              KVS_CASE(next_worker_learns_the_last_files),
+              KVS_CASE(another_layout_is_not_read_and_the_file_never_shrinks))
