@@ -296,8 +296,7 @@ class ContainerFilesTest(unittest.TestCase):
             for dep in svc.get("depends_on", {}):
                 self.assertIn(dep, services, name)
 
-        # The kvs nodes: configs kvs loads, one cluster, every shard served
-        # by exactly one node, remote addresses that lead there.
+        # The kvs nodes: configs kvs loads, one cluster map with replicas.
         kafka_init = services["kafka-init"]["command"]
         topic = kafka_init[kafka_init.index("--topic") + 1]
         topic_parts = int(kafka_init[kafka_init.index("--partitions") + 1])
@@ -317,19 +316,19 @@ class ContainerFilesTest(unittest.TestCase):
         clusters = {(c["cluster"]["shards"], c["cluster"]["partitions"]) for c in nodes.values()}
         self.assertEqual(len(clusters), 1, clusters)
         shards = clusters.pop()[0]
-        owner = {}
+        # One map on every node, naming each node once by its service and
+        # its node.name; every shard on two nodes, so one may stop.
+        maps = [c["cluster"]["nodes"] for c in nodes.values()]
+        self.assertTrue(all(m == maps[0] for m in maps), maps)
         for name, cfg in nodes.items():
-            remote = {r["shard"] for r in cfg["cluster"]["remote"]}
-            for s in set(range(shards)) - remote:
-                self.assertNotIn(s, owner, "shard %d runs on %s and %s" % (s, owner.get(s), name))
-                owner[s] = name
-        self.assertEqual(sorted(owner), list(range(shards)))
-        for name, cfg in nodes.items():
-            for r in cfg["cluster"]["remote"]:
-                host, port = r["address"].rsplit(":", 1)
-                base = int(nodes[owner[r["shard"]]]["node"]["listen"].rsplit(":", 1)[1])
-                self.assertEqual((host, int(port)), (owner[r["shard"]], base + r["shard"]),
-                                 (name, r))
+            mine = [e for e in maps[0] if e["name"] == cfg["node"]["name"]]
+            self.assertEqual(len(mine), 1, (name, maps[0]))
+            host, port = mine[0]["address"].rsplit(":", 1)
+            self.assertEqual(host, name)
+            self.assertEqual(int(port), int(cfg["node"]["listen"].rsplit(":", 1)[1]))
+        for s in range(shards):
+            owners = [e["name"] for e in maps[0] if s in e["shards"]]
+            self.assertEqual(len(owners), 2, (s, owners))
 
         # Prometheus scrapes the three nodes.
         prom = load_yaml(os.path.join(COMPOSE_DIR, "prometheus.yml"))
