@@ -39,6 +39,7 @@ from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard
 from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
 from test_auth import USERS, req_auth, users_yaml
 from test_logfirst import FreshnessFixtures, keys_in_partition, with_options
+from test_ops import http_get, parse_metrics, slowlog_req, total
 from test_procs import info_of
 from test_replicas import TABLE as REPLICA_TABLE
 from test_replicas import ReplicaFixtures, hget_at, shard_of_key
@@ -403,6 +404,45 @@ class LifecycleTest(LocalReadsCase):
                 got = c.hget("t", keys[0][0])
             self.assertEqual(got.status, 503, got.message)
         self.assertNotIn("answering its reads", r.stderr())
+
+
+class OpsTest(LocalReadsCase):
+    def test_metrics_and_slow_log_count_reads_answered_here(self):
+        """Reads answered here pass the router's hooks like any other:
+        kvs_requests_total and the request durations count them, the slow
+        log lists them; the workers' counters do not move (they never saw
+        them)."""
+        mport = free_port()
+        r = self.local_router(router_yaml=['metrics_listen: "127.0.0.1:%d"' % mport],
+                              log="{level: info, slow_threshold: 0}")
+        keys = self.fill(r, "t", 3)
+
+        def scrape():
+            status, _, body = http_get(mport)
+            self.assertEqual(status, 200, body)
+            return parse_metrics(body)
+        before = scrape()
+        with r.client() as c:
+            with stopped(*r.workers().values()):
+                for k in keys[0] + keys[1]:
+                    got, el = self.timed(c.hget, "t", k)
+                    self.assertHere(el, "Hget")
+                got, el = self.timed(c.call, req_hmget("t", keys[0] + keys[1]))
+                self.assertHere(el, "Hmget")
+            slow = c.call(slowlog_req(count=100))
+        after = scrape()
+
+        def moved(name, **labels):
+            return total(after, name, **labels) - total(before, name, **labels)
+        self.assertEqual(moved("kvs_requests_total", command="Hget", status="200"), 6)
+        self.assertEqual(moved("kvs_requests_total", command="Hmget", status="200"), 1)
+        self.assertEqual(moved("kvs_request_duration_seconds_count", command="Hget"), 6)
+        self.assertEqual(moved("kvs_worker_requests_total", command="Hget"), 0)
+        self.assertEqual(moved("kvs_worker_requests_total", command="Hmget"), 0)
+        self.assertEqual(slow.status, 200, slow.message)
+        logged = [(e.command, e.table) for e in slow.ops.slowlog]
+        self.assertEqual(logged.count(("Hget", "t")), 6, logged)
+        self.assertEqual(logged.count(("Hmget", "t")), 1, logged)
 
 
 class ProcessesTest(LocalReadsCase):
