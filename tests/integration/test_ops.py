@@ -404,8 +404,10 @@ class ReloadTest(RouterTestCase):
                     "log.slow_threshold)" % r.config, count=4)
         self.assertRegex(r.stderr(), r"node\[0\] INFO  configuration reloaded")
         self.assertRegex(r.stderr(), r"node\[1\] INFO  configuration reloaded")
-        self.assertIn("router INFO  SIGHUP: passed on to 1 router process(es) and 2 worker(s)",
-                      r.stderr())
+        # The master logs this after signalling every child, which may
+        # already have logged their reload lines by then.
+        passed = "router INFO  SIGHUP: passed on to 1 router process(es) and 2 worker(s)"
+        self.assertTrue(wait_until(lambda: passed in r.stderr(), WAIT), r.stderr()[-3000:])
         with r.client() as c:  # the slow log is on now, in the router and the workers
             self.assertEqual(c.hset("t", "k", "w").status, 200)
             self.assertEqual(c.call(slowlog_req()).ops.slowlog[0].command, "Hset")

@@ -289,8 +289,8 @@ class ProcsTest(ProcsTestCase):
                                                "(nothing changed)" % (i, r.config) in r.stderr()
                                                for i in (0, 1))),
                         r.stderr())
-        self.assertIn("router INFO  SIGHUP: passed on to 2 router process(es) and 2 worker(s)",
-                      r.stderr())
+        passed = "router INFO  SIGHUP: passed on to 2 router process(es) and 2 worker(s)"
+        self.assertTrue(wait_until(lambda: passed in r.stderr()), r.stderr())
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
