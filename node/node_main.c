@@ -569,6 +569,10 @@ int main(int argc, char **argv)
     int n_addrs = 0;
 
     signal(SIGPIPE, SIG_IGN);
+    /* A reload (SIGHUP) that comes while this process starts must not kill
+     * it: ignored until the loop's handler takes over (libuv resets the
+     * disposition in the processes it spawns). */
+    signal(SIGHUP, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
     /* A reload passed on while a new replica still copies its snapshot
      * must not kill it; the file is read when the worker starts, and its
@@ -611,6 +615,9 @@ int main(int argc, char **argv)
     m.cfg = cfg;
 
     m.loop = uv_default_loop();
+    /* Before the listeners: a client may reload as soon as it can connect
+     * (the handlers run once the loop does, when everything exists). */
+    watch_signals(&m);
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         node_store_close(store);
@@ -647,7 +654,6 @@ int main(int argc, char **argv)
     m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
                                    cfg->frame_timeout_ms);
     node_server_set_snapshot(m.srv, m.snapshot);
-    watch_signals(&m);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)

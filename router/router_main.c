@@ -609,6 +609,10 @@ int main(int argc, char **argv)
     static router_main_t m; /* zeroed; lives for the whole process */
 
     signal(SIGPIPE, SIG_IGN);
+    /* A reload (SIGHUP) that comes while this process starts must not kill
+     * it: ignored until the loop's handler takes over (libuv resets the
+     * disposition in the processes it spawns). */
+    signal(SIGHUP, SIG_IGN);
     kvs_log_init("router", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would

@@ -19,10 +19,11 @@ void router_notify_status(const char *fmt, ...) __attribute__((format(printf, 1,
 /* READY=1 with STATUS=<text>, in one message. */
 void router_notify_ready(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* STOPPING=1 with STATUS=<text>, in one message. */
-/* RELOADING=1: a reload began; router_notify_ready says it ended. */
+/* RELOADING=1 with STATUS=<text>: a reload began; router_notify_ready
+ * says it ended. */
 void router_notify_reloading(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* STOPPING=1 with STATUS=<text>, in one message. */
 void router_notify_stopping(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -833,12 +833,14 @@ KVS_TEST(router_children_get_flags_generation_and_fds)
     tctx_t t;
     t_init(&t);
     char exe[256], line[512], want[512], path[128];
-    /* Records argv and what it reads from fd 6, then waits for SIGHUP. */
+    /* Records argv and what it reads from fd 6, then waits for SIGHUP. The
+     * trap is set before the record says it runs: a SIGHUP sent as soon as
+     * the record appears must not find the shell without it (it would die). */
     t_script(&t, "router.sh",
              "for a; do s=$a; done\n"
+             "trap 'echo hup > \"$d/hup-$s\"' HUP\n"
              "got=$(cat /proc/self/fd/6)\n"
              "echo \"$$ $* $got\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" \"$d/shard-$s\"\n"
-             "trap 'echo hup > \"$d/hup-$s\"' HUP\n"
              "while :; do sleep 0.05; done\n",
              exe, sizeof(exe));
     snprintf(path, sizeof(path), "%s/snapshot", t.dir);
