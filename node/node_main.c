@@ -24,8 +24,8 @@
  * changed cluster.nodes (kvs_config_apply_map: the shard's replica count,
  * which decides whether unbound tables may be written), then tls.node's
  * certificate, key and CA are read again from their files (connections
- * already open keep theirs). Until the worker serves (a snapshot copy
- * included) SIGHUP is ignored: the file it started with is read then.
+ * already open keep theirs). Until its handler is installed (a snapshot
+ * copy included) SIGHUP is ignored: the file is read when it starts.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
@@ -574,10 +574,6 @@ int main(int argc, char **argv)
      * disposition in the processes it spawns). */
     signal(SIGHUP, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
-    /* A reload passed on while a new replica still copies its snapshot
-     * must not kill it; the file is read when the worker starts, and its
-     * SIGHUP handler takes over once it serves. */
-    signal(SIGHUP, SIG_IGN);
     kvs_log_init("node", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would
