@@ -61,8 +61,10 @@
  * disk). If the new generation does not all listen within
  * router.ready_timeout, or one of it exits first, it is stopped, the
  * master goes back to the previous map and snapshot, and the old
- * generation never stopped serving (change_failed). One change at a time:
- * a new map while one is in progress is refused. During a change, the
+ * generation never stopped serving (change_failed). Each generation runs
+ * its own snapshot (m->config_fd, m->next_config_fd), so a reload while a
+ * change is in progress is refused (reload again once it is over). During
+ * a change, the
  * shutdown drains every generation; the port census counts them all;
  * RELOADING=1 lasts until the new generation serves; /metrics shows the
  * router processes by state (kvs_router_processes).
@@ -141,13 +143,14 @@ struct master_s {
     rgen_t *routers; /* the generation serving clients */
     /* A membership change (see the file comment): `next` starts with
      * the new map, then serves while `old` drains;
-     * prev_cfg and prev_config_fd keep the map and snapshot it replaced
+     * next_config_fd is `next`'s snapshot (m->config_fd the serving
+     * generation's), prev_cfg keeps the map it replaced
      * until it is over, to go back if the new generation cannot start. */
     rgen_t *next, *old;
     int changing;          /* new workers probed, or `next` starting */
     router_probe_t *probe; /* waits for the new workers to serve */
     kvs_config_t *prev_cfg;
-    int prev_config_fd;
+    int next_config_fd;
     uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
     uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
@@ -445,7 +448,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- membership change -------------------------------------------------------------- */
 
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base);
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd);
 
 static uint32_t count_local(const kvs_config_t *cfg)
 {
@@ -464,9 +467,6 @@ static void change_maybe_done(master_t *m)
         return;
     kvs_config_free(m->prev_cfg);
     m->prev_cfg = NULL;
-    if (m->prev_config_fd >= 0)
-        close(m->prev_config_fd);
-    m->prev_config_fd = -1;
     kvs_info("membership change complete: %u shards (%u local), %u router process%s",
              m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
 }
@@ -523,8 +523,9 @@ static void change_failed(master_t *m, const char *why)
               why);
     if (m->prev_cfg != NULL)
         kvs_config_apply_map(m->cfg, m->prev_cfg);
-    if (m->prev_config_fd >= 0 && dup2(m->prev_config_fd, m->config_fd) >= 0)
-        fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
+    if (m->next_config_fd >= 0)
+        close(m->next_config_fd); /* `next` stops: it spawns nothing any more */
+    m->next_config_fd = -1;
     m->n_local = count_local(m->cfg);
     if (m->next != NULL) {
         gen_stop(m->next); /* then on_gen_stopped stops workers the map does not want */
@@ -562,6 +563,9 @@ static void change_switch(master_t *m)
     m->old = m->routers;
     m->routers = m->next;
     m->next = NULL;
+    close(m->config_fd); /* the old generation's: it spawns nothing any more */
+    m->config_fd = m->next_config_fd;
+    m->next_config_fd = -1;
     m->changes[0]++;
     kvs_info("membership change: the router processes of the new map accept clients; draining "
              "the previous ones (their clients are closed after their answers)");
@@ -583,7 +587,7 @@ static void start_next(void *arg)
         base = g > base ? g : base;
     }
     router_notify_status("membership change: starting router processes with the new map");
-    if (start_routers(m, &m->next, base) != 0) {
+    if (start_routers(m, &m->next, base, m->next_config_fd) != 0) {
         rgen_t *g = m->next;
         m->next = NULL;
         gen_free(g); /* nothing of it started */
@@ -625,26 +629,29 @@ static void change_begin(master_t *m)
 
 /* ---- live reload ------------------------------------------------------------------ */
 
-/* Why a new map cannot be taken now ("" when it can). */
-static const char *map_busy(const master_t *m)
+/* Why this reload cannot be taken now (NULL when it can). During a
+ * membership change nothing is: each generation of router processes runs
+ * its own snapshot, and a reload would have to replace both. */
+static const char *reload_busy(const master_t *m, int map)
 {
-    if (!m->ready)
-        return "the node is still starting";
-    if (m->changing || m->next != NULL || m->old != NULL || m->n_retiring > 0 ||
-        m->prev_cfg != NULL)
-        return "the previous membership change is still in progress";
-    return "";
+    if (m->changing || m->old != NULL || m->n_retiring > 0 || m->prev_cfg != NULL)
+        return "a membership change is in progress";
+    if (map && !m->ready)
+        return "cluster.nodes changed while the node is still starting";
+    return NULL;
 }
 
 /* The file, read and checked (see the file comment). Returns 0 when its
  * live keys were taken (the children may be told), nonzero (logged) when
- * nothing changed; *map is set when cluster.nodes changed (m->prev_cfg
- * and m->prev_config_fd then hold the previous map and snapshot). */
+ * nothing changed. *map is set when cluster.nodes changed: m->cfg then
+ * holds the new map, m->prev_cfg the previous one, m->next_config_fd the
+ * new snapshot (for the new generation; the serving one keeps its own). */
 static int reload_config(master_t *m, int *map)
 {
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
-    int fd = -1, keep = -1;
+    const char *busy = NULL;
+    int fd = -1;
     *map = 0;
     int rc = read_snapshot(m->config_path, &fd, err, sizeof(err));
     if (rc == 0)
@@ -660,14 +667,13 @@ static int reload_config(master_t *m, int *map)
                   "it for that); the running configuration is unchanged",
                   fixed);
         m->reloads[2]++;
-    } else if (*map && map_busy(m)[0] != '\0') {
+    } else if ((busy = reload_busy(m, *map)) != NULL) {
         rc = KVS_ECONFIG;
-        kvs_error("reload refused: cluster.nodes changed while %s; the running configuration is "
-                  "unchanged (reload again once it is over)",
-                  map_busy(m));
+        kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
+                  "it is over)",
+                  busy);
         m->reloads[2]++;
-    } else if ((*map && (keep = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 10)) < 0) ||
-               dup2(fd, m->config_fd) < 0) { /* same number: the router supervisor passes it */
+    } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
         rc = -errno;
         kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
                   "unchanged",
@@ -679,9 +685,9 @@ static int reload_config(master_t *m, int *map)
         if (*map) {
             kvs_config_apply_map(m->cfg, next);
             m->prev_cfg = next; /* the old map, until the change is over */
-            m->prev_config_fd = keep;
-            keep = -1;
             next = NULL;
+            m->next_config_fd = fd;
+            fd = -1;
         }
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
@@ -691,8 +697,6 @@ static int reload_config(master_t *m, int *map)
         kvs_info("configuration reloaded from %s (%s)", m->config_path,
                  changed[0] ? changed : "nothing changed");
     }
-    if (keep >= 0)
-        close(keep);
     if (fd >= 0)
         close(fd);
     kvs_config_free(next);
@@ -979,9 +983,10 @@ static int start_workers(master_t *m)
 }
 
 /* Starts a generation of router processes with the snapshot in
- * m->config_fd, numbered from gen_base. Returns 0 and *out, or a uv error
+ * config_fd (which must stay open while it may spawn), numbered from
+ * gen_base. Returns 0 and *out, or a uv error
  * (logged; *out is then set if it was allocated, with no supervisor). */
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base)
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd)
 {
     char exe[4200], n_arg[12];
     snprintf(exe, sizeof(exe), "%s/kvs-router", m->exe_dir);
@@ -998,7 +1003,7 @@ static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base)
     snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
     const char *args[] = {"--config", m->config_path, "--processes", n_arg,
                           "--master", pid_arg,        NULL};
-    const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, m->config_fd}};
+    const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
         .exe = exe,
@@ -1073,7 +1078,7 @@ int router_master_run(const char *config_path, const char *argv0)
 {
     static master_t m; /* zeroed; lives for the whole process */
     m.config_path = config_path;
-    m.lock_fd = m.config_fd = m.prev_config_fd = -1;
+    m.lock_fd = m.config_fd = m.next_config_fd = -1;
     int rc = master_prepare(&m, argv0);
     if (rc != 0) {
         kvs_config_free(m.cfg);
@@ -1085,7 +1090,7 @@ int router_master_run(const char *config_path, const char *argv0)
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
     if (m.worker_restarts == NULL || m.router_restarts == NULL || start_workers(&m) != 0 ||
-        start_routers(&m, &m.routers, 0) != 0 ||
+        start_routers(&m, &m.routers, 0, m.config_fd) != 0 ||
         (m.cfg->metrics_listen[0] != '\0' &&
          router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
         if (m.routers != NULL && m.routers->sup == NULL) {
@@ -1103,8 +1108,8 @@ int router_master_run(const char *config_path, const char *argv0)
     router_probe_free(m.probe);
     uv_loop_close(m.loop);
     kvs_config_free(m.prev_cfg);
-    if (m.prev_config_fd >= 0)
-        close(m.prev_config_fd);
+    if (m.next_config_fd >= 0)
+        close(m.next_config_fd);
     free(m.worker_restarts);
     free(m.router_restarts);
     kvs_config_free(m.cfg);
