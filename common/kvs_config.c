@@ -117,7 +117,7 @@ static const directive_t directives[] = {
     {"cluster.shards", D_UINT32, OFF(shards), "4", 1, 1024, NULL, NULL, 0},
     {"cluster.partitions", D_UINT32, OFF(partitions), "64", 1, 65536, NULL, NULL, 0},
     {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
-    {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, 0},
+    {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, F_LIVE}, /* see map_live */
     {"cluster.bootstrap", D_ENUM, OFF(bootstrap), "snapshot", 0, 0, "snapshot, replay",
      bootstrap_names, F_LIVE},
     {"router.listen", D_LISTEN, OFF(router_listen), "127.0.0.1:9527", 0, 0, NULL, NULL, 0},
@@ -2154,6 +2154,34 @@ static void list_add(char *list, size_t len, const char *name)
         snprintf(list + at, len - at, "%s%s", at > 0 ? ", " : "", name);
 }
 
+/* A changed cluster.nodes is live when both configs have a map and this
+ * node's own address in it stays (its workers listen there; node.name,
+ * cluster.shards and cluster.partitions are keys of their own, not live).
+ * Going from cluster.remote or a single node to a map, or back, is not. */
+static int map_live(const kvs_config_t *cur, const kvs_config_t *next)
+{
+    return cur->self != NULL && next->self != NULL &&
+           str_eq(cur->self->address, next->self->address);
+}
+
+int kvs_config_map_eq(const kvs_config_t *a, const kvs_config_t *b)
+{
+    return nodes_eq(a, b);
+}
+
+void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next)
+{
+    kvs_node_t *nodes = cur->nodes;
+    size_t n = cur->n_nodes;
+    const kvs_node_t *self = cur->self; /* points into its own array, which moves with it */
+    cur->nodes = next->nodes;
+    cur->n_nodes = next->n_nodes;
+    cur->self = next->self;
+    next->nodes = nodes;
+    next->n_nodes = n;
+    next->self = self;
+}
+
 int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
                             size_t clen, char *fixed, size_t flen)
 {
@@ -2166,7 +2194,13 @@ int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, c
         const directive_t *d = &directives[i];
         if (directive_eq(d, cur, next))
             continue;
-        if (d->flags & F_LIVE) {
+        if (d->type == D_NODES && !map_live(cur, next)) {
+            list_add(fixed, flen,
+                     cur->self != NULL && next->self != NULL
+                         ? "cluster.nodes (this node's own address)"
+                         : d->path);
+            refused = 1;
+        } else if (d->flags & F_LIVE) {
             list_add(changed, clen, d->path);
         } else {
             list_add(fixed, flen, d->path);

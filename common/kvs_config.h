@@ -138,7 +138,9 @@
  * config (which keeps its address, so whoever holds a pointer to it reads
  * the new values). Live: log.*, router.timeout, router.ready_timeout,
  * router.retry_percent, router.retry_burst, storage.sync_interval,
- * limits.* except max_frame, kafka.max_lag, cluster.bootstrap. Every other
+ * limits.* except max_frame, kafka.max_lag, cluster.bootstrap, and
+ * cluster.nodes as long as this node's own address stays (moving shards
+ * between nodes: kvs_config_apply_map). Every other
  * key may not change live: listeners, the cluster's shape, storage layout,
  * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
  * files are read again at every reload, at the paths configured).
@@ -384,6 +386,17 @@ int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, c
  * old ones, to be freed with it. Keys that are not live are left alone
  * (the check found them equal). */
 void kvs_config_apply_live(kvs_config_t *cur, kvs_config_t *next);
+
+/* True when both configs have the same cluster map (cluster.nodes). */
+int kvs_config_map_eq(const kvs_config_t *a, const kvs_config_t *b);
+
+/* Live reload of the cluster map, after kvs_config_reload_check accepted
+ * `next`: swaps cluster.nodes (and this node's entry in it) between `cur`
+ * and `next`, like kvs_config_apply_live. Only for a process that acts on
+ * the new map: the master (it starts and stops workers and replaces the
+ * router processes, router_master.c) and a worker (its replica count).
+ * A router process keeps the map it started with until it is replaced. */
+void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next);
 
 /* Frees a config and everything it owns. NULL is allowed. */
 void kvs_config_free(kvs_config_t *cfg);

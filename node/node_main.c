@@ -20,9 +20,12 @@
  * everything as it was, saying why. Otherwise the live keys apply
  * (kvs_config_apply_live moves them into the running config, which every
  * module reads in place: log level and format, the slow log, limits for
- * the clients, storage.sync_interval, kafka.max_lag, ...), then tls.node's
+ * the clients, storage.sync_interval, kafka.max_lag, ...), and so does a
+ * changed cluster.nodes (kvs_config_apply_map: the shard's replica count,
+ * which decides whether unbound tables may be written), then tls.node's
  * certificate, key and CA are read again from their files (connections
- * already open keep theirs).
+ * already open keep theirs). Until its handler is installed (a snapshot
+ * copy included) SIGHUP is ignored: the file is read when it starts.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
@@ -434,6 +437,7 @@ static int reload_config(node_main_t *m)
         node_server_count_reload(m->srv, "error");
     } else {
         kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        kvs_config_apply_map(m->cfg, next);  /* the replica count (node_server_reload) */
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);

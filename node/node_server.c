@@ -967,6 +967,7 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
     if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH)
         uv_timer_start(&srv->sync_timer, on_sync_timer, cfg->sync_interval_ms,
                        cfg->sync_interval_ms);
+    srv->cmd.replicas = kvs_config_replica_count(cfg, srv->cmd.shard); /* cluster.nodes is live */
     return 0;
 }
 

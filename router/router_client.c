@@ -476,7 +476,8 @@ static int listen_resp(router_t *r)
     return 0;
 }
 
-/* This process's own socket (router_procs_admin_path). */
+/* This process's own socket (router_procs_admin_path), taken over from a
+ * predecessor still draining (router_ports_listen_own). */
 static int listen_admin(router_t *r)
 {
     kvs_addr_t addr;
@@ -490,7 +491,9 @@ static int listen_admin(router_t *r)
         kvs_error("%s: %s (data_dir too long?)", spec, err);
         return rc;
     }
-    rc = kvs_listen(r->loop, &addr, &r->admin_listener, on_connection);
+    snprintf(r->admin_path, sizeof(r->admin_path), "%s", addr.path);
+    rc = router_ports_listen_own(r->loop, r->admin_path, &r->admin_listener, on_connection,
+                                 &r->admin_ino);
     if (rc != 0) {
         listen_failed(spec, rc);
         return rc;
@@ -568,6 +571,7 @@ void router_clients_drain(router_t *r)
         r->resp_listening = 0;
     }
     if (r->admin_listening) {
+        router_ports_unlink_own(r->admin_path, r->admin_ino); /* unless a successor's now */
         uv_close(&r->admin_listener.handle, NULL);
         r->admin_listening = 0;
     }

@@ -43,7 +43,10 @@
  * client listener and the links are read again from their files
  * (rotation: connections already open keep theirs, new ones use the new
  * material; a file that does not load leaves the old material in use,
- * logged).
+ * logged). A changed cluster.nodes is not applied here: its links were
+ * built from the map it started with, and the master replaces the whole
+ * process by one started with the new map (router_master.c), which then
+ * drains this one.
  *
  * Operations: the request hooks, metrics and slow log (router_ops.c) of
  * this process, its plugins (loaded at start; a plugin that does not load
@@ -411,6 +414,9 @@ static int reload_config(router_main_t *m)
         m->reloads[0]++;
         kvs_info("configuration reloaded from %s (%s)", m->config_path,
                  changed[0] ? changed : "nothing changed");
+        if (!kvs_config_map_eq(m->cfg, next))
+            kvs_info("cluster.nodes changed: this router process keeps routing by the map it "
+                     "started with until the master replaces it");
     }
     kvs_config_free(next);
     return rc;

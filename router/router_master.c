@@ -44,6 +44,31 @@
  * reload runs (then some may refuse what the master accepted, logged;
  * reload again).
  *
+ * Membership change (a reload whose cluster.nodes differs; the map must
+ * still load, name this node at the same address, and everything else of
+ * the reload must be live, or it is refused whole as above), nginx's
+ * binary-less upgrade of its workers: the master takes the new map, starts
+ * a worker for each shard that became local (a new replica copies a
+ * peer's snapshot, as at start) and a new generation of router processes
+ * with the new snapshot (their generation numbers continue the old ones',
+ * so client ids and cursors stay unique). Each takes over its unix
+ * socket's path (router_ports_listen_own) and joins the client ports
+ * (SO_REUSEPORT: the ports never close). Once every new one listens
+ * (change_switch) the old generation gets SIGTERM: it stops accepting,
+ * answers what it received, closes its clients (they reconnect, as after
+ * any router restart, and reach the new map). Once it is gone, workers of
+ * shards no longer local stop (retire_workers; their data stays on
+ * disk). If the new generation does not all listen within
+ * router.ready_timeout, or one of it exits first, it is stopped, the
+ * master goes back to the previous map and snapshot, and the old
+ * generation never stopped serving (change_failed). Each generation runs
+ * its own snapshot (m->config_fd, m->next_config_fd), so a reload while a
+ * change is in progress is refused (reload again once it is over). During
+ * a change, the
+ * shutdown drains every generation; the port census counts them all;
+ * RELOADING=1 lasts until the new generation serves; /metrics shows the
+ * router processes by state (kvs_router_processes).
+ *
  * Metrics (router.metrics_listen): the master serves GET /metrics for the
  * whole node (router_scrape.c), from every router process, every local
  * worker and itself.
@@ -71,6 +96,7 @@
 #include "kvs_log.h"
 #include "router_notify.h"
 #include "router_ports.h"
+#include "router_probe.h"
 #include "router_procs.h"
 #include "router_scrape.h"
 #include "router_supervisor.h"
@@ -91,23 +117,47 @@
 #define WORKER_GRACE_MS 10000
 #define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
 #define REPORT_FD_ARG "3"
+#define SHARDS_MAX 1024 /* cluster.shards at most (kvs_config) */
 
-typedef struct master_s {
+typedef struct master_s master_t;
+
+/* One generation of router processes: the n_procs of them one supervisor
+ * runs, all started with the same snapshot. */
+typedef struct rgen_s {
+    master_t *m;
+    router_sup_t *sup;
+    uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
+    uint8_t *listening;
+    uint32_t n_listening;
+    int stopping; /* router_sup_stop called */
+} rgen_t;
+
+struct master_s {
     uv_loop_t *loop;
     kvs_config_t *cfg;
     const char *config_path;
     char exe_dir[4096];
     int lock_fd, config_fd;
     uint32_t n_procs, n_local;
-    router_sup_t *workers, *routers;
+    router_sup_t *workers;
+    rgen_t *routers; /* the generation serving clients */
+    /* A membership change (see the file comment): `next` starts with
+     * the new map, then serves while `old` drains;
+     * next_config_fd is `next`'s snapshot (m->config_fd the serving
+     * generation's), prev_cfg keeps the map it replaced
+     * until it is over, to go back if the new generation cannot start. */
+    rgen_t *next, *old;
+    int changing;          /* new workers probed, or `next` starting */
+    router_probe_t *probe; /* waits for the new workers to serve */
+    kvs_config_t *prev_cfg;
+    int next_config_fd;
+    uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
+    uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer; /* readiness deadline */
+    uv_timer_t timer; /* readiness deadline, at start and for a membership change */
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
     size_t n_listen;
-    uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
-    uint8_t *listening;
-    uint32_t n_listening;
     int census_failed;         /* sock_diag unavailable: said once */
     router_scrape_t *scrape;   /* router.metrics_listen, when set */
     uint64_t *worker_restarts; /* per shard: times its worker was started again */
@@ -116,7 +166,7 @@ typedef struct master_s {
     double start_time;
     int signals, ready, shutting_down, workers_stopping, exit_code;
     char final_msg[800]; /* the last log line, when a child's exit stopped the node */
-} master_t;
+};
 
 /* ---- start-up checks --------------------------------------------------------------- */
 
@@ -258,6 +308,61 @@ static int resolve_listeners(master_t *m)
     return 0;
 }
 
+/* ---- router generations -------------------------------------------------------------- */
+
+static rgen_t *gen_new(master_t *m)
+{
+    rgen_t *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->m = m;
+    g->inodes = calloc(m->n_procs, sizeof(*g->inodes));
+    g->listening = calloc(m->n_procs, 1);
+    if (g->inodes == NULL || g->listening == NULL) {
+        free(g->inodes);
+        free(g->listening);
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+static void gen_free(rgen_t *g)
+{
+    if (g == NULL)
+        return;
+    router_sup_free(g->sup);
+    free(g->inodes);
+    free(g->listening);
+    free(g);
+}
+
+/* How many of g's processes run (a pid), or 0 for NULL. */
+static uint32_t gen_running(const master_t *m, const rgen_t *g)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; g != NULL && g->sup != NULL && i < m->n_procs; i++)
+        n += router_sup_pid(g->sup, i) > 0;
+    return n;
+}
+
+static size_t gen_signal(rgen_t *g, int sig)
+{
+    return g != NULL && g->sup != NULL ? router_sup_signal(g->sup, sig) : 0;
+}
+
+static void on_gen_stopped(void *arg);
+
+/* Drains g's processes (SIGTERM; SIGKILL after ROUTER_GRACE_MS); the
+ * generation is freed once all are gone (on_gen_stopped). */
+static void gen_stop(rgen_t *g)
+{
+    if (g == NULL || g->stopping)
+        return;
+    g->stopping = 1;
+    router_sup_stop(g->sup, on_gen_stopped, g);
+}
+
 /* ---- shutdown ------------------------------------------------------------------------ */
 
 static void close_any(uv_handle_t *h, void *arg)
@@ -274,9 +379,8 @@ static void on_workers_stopped(void *arg)
 }
 
 /* Every router process is gone, so no client is left: stop the workers. */
-static void on_routers_stopped(void *arg)
+static void on_routers_stopped(master_t *m)
 {
-    master_t *m = arg;
     m->workers_stopping = 1;
     kvs_info("clients drained; stopping workers");
     router_notify_status("clients drained; stopping workers");
@@ -286,8 +390,9 @@ static void on_routers_stopped(void *arg)
         on_workers_stopped(m);
 }
 
-/* The one way into the shutdown: no more worker restarts, routers drain,
- * then workers stop. Later calls only raise the exit code. */
+/* The one way into the shutdown: no more worker restarts, routers drain
+ * (every generation, during a membership change), then workers stop.
+ * Later calls only raise the exit code. */
 static void shutdown_begin(master_t *m, int exit_code)
 {
     if (m->exit_code == 0)
@@ -301,12 +406,17 @@ static void shutdown_begin(master_t *m, int exit_code)
     else
         router_notify_stopping("stopping: %s", m->final_msg[0] ? m->final_msg : "see the log");
     router_scrape_stop(m->scrape);
+    router_probe_stop(m->probe);
+    m->changing = 0;
     if (m->workers != NULL)
         router_sup_hold(m->workers);
-    if (m->routers != NULL)
-        router_sup_stop(m->routers, on_routers_stopped, m);
-    else
+    if (m->routers == NULL && m->next == NULL && m->old == NULL) {
         on_routers_stopped(m);
+        return;
+    }
+    gen_stop(m->routers);
+    gen_stop(m->next);
+    gen_stop(m->old);
 }
 
 static void on_ready_timeout(uv_timer_t *t)
@@ -314,7 +424,8 @@ static void on_ready_timeout(uv_timer_t *t)
     master_t *m = t->data;
     kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
               "errors above); giving up (%u of %u router processes accept clients)",
-              (unsigned long long)m->cfg->router_ready_timeout_ms, m->n_listening, m->n_procs);
+              (unsigned long long)m->cfg->router_ready_timeout_ms,
+              m->routers != NULL ? m->routers->n_listening : 0, m->n_procs);
     shutdown_begin(m, 1);
 }
 
@@ -324,27 +435,229 @@ static void on_signal(uv_signal_t *h, int signum)
     const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
     if (m->signals++ > 0 || m->shutting_down) {
         kvs_warn("%s while shutting down: closing clients now", name);
-        if (m->routers != NULL && !m->workers_stopping)
-            router_sup_signal(m->routers, SIGTERM); /* a router's second signal */
+        if (!m->workers_stopping) { /* a router's second signal */
+            gen_signal(m->routers, SIGTERM);
+            gen_signal(m->next, SIGTERM);
+            gen_signal(m->old, SIGTERM);
+        }
         return;
     }
     kvs_info("received %s: draining", name);
     shutdown_begin(m, 0);
 }
 
+/* ---- membership change -------------------------------------------------------------- */
+
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd);
+
+static uint32_t count_local(const kvs_config_t *cfg)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        n += (uint32_t)kvs_config_local(cfg, s);
+    return n;
+}
+
+/* The change is over (no generation starting or draining, no worker
+ * retiring): the previous map and snapshot are no longer needed. */
+static void change_maybe_done(master_t *m)
+{
+    if (m->changing || m->next != NULL || m->old != NULL || m->n_retiring > 0 ||
+        m->prev_cfg == NULL)
+        return;
+    kvs_config_free(m->prev_cfg);
+    m->prev_cfg = NULL;
+    kvs_info("membership change complete: %u shards (%u local), %u router process%s",
+             m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
+}
+
+/* No router process uses a worker the map no longer wants any more: stop
+ * those (their shard's data directory stays). */
+static void retire_workers(master_t *m)
+{
+    for (uint32_t s = 0; s < m->cfg->shards && m->workers != NULL; s++) {
+        if (kvs_config_local(m->cfg, s) || !router_sup_wanted(m->workers, s))
+            continue;
+        int running = router_sup_pid(m->workers, s) > 0;
+        if (router_sup_retire(m->workers, s) == 0 && running)
+            m->n_retiring++;
+        kvs_info("membership change: shard %u is no longer served here; its worker stops", s);
+    }
+}
+
+/* A generation finished draining (shutdown, the old one after a change,
+ * or a new one that could not start). */
+static void on_gen_stopped(void *arg)
+{
+    rgen_t *g = arg;
+    master_t *m = g->m;
+    if (m->routers == g)
+        m->routers = NULL;
+    if (m->next == g)
+        m->next = NULL;
+    if (m->old == g)
+        m->old = NULL;
+    gen_free(g);
+    if (m->shutting_down) {
+        if (m->routers == NULL && m->next == NULL && m->old == NULL)
+            on_routers_stopped(m);
+        return;
+    }
+    retire_workers(m);
+    change_maybe_done(m);
+}
+
+/* The new generation cannot start: it stops, the serving one goes on with
+ * the map it has, and the master goes back to the previous map and
+ * snapshot, so reloading again retries. */
+static void change_failed(master_t *m, const char *why)
+{
+    if (!m->changing)
+        return;
+    m->changing = 0;
+    router_probe_stop(m->probe);
+    uv_timer_stop(&m->timer);
+    m->changes[1]++;
+    kvs_error("membership change failed: %s; the router processes keep serving the previous map "
+              "(fix the cause and reload again)",
+              why);
+    if (m->prev_cfg != NULL)
+        kvs_config_apply_map(m->cfg, m->prev_cfg);
+    if (m->next_config_fd >= 0)
+        close(m->next_config_fd); /* `next` stops: it spawns nothing any more */
+    m->next_config_fd = -1;
+    m->n_local = count_local(m->cfg);
+    if (m->next != NULL) {
+        gen_stop(m->next); /* then on_gen_stopped stops workers the map does not want */
+    } else {
+        retire_workers(m);
+        change_maybe_done(m);
+    }
+    if (m->ready)
+        router_notify_ready("serving clients on %s: %u shards (%u local); membership change "
+                            "failed",
+                            m->cfg->router_listen, m->cfg->shards, m->n_local);
+}
+
+static void on_change_timeout(uv_timer_t *t)
+{
+    master_t *m = t->data;
+    char why[200];
+    snprintf(why, sizeof(why),
+             "the new workers did not all serve and the new router processes did not all accept "
+             "clients within router.ready_timeout (%llu ms; a new local shard still copying its "
+             "snapshot?)",
+             (unsigned long long)m->cfg->router_ready_timeout_ms);
+    change_failed(m, why);
+}
+
+static int foreign_listener(master_t *m);
+
+/* Every process of the new generation listens: it serves, the old one
+ * drains (stops accepting, answers what it has, closes its clients). */
+static void change_switch(master_t *m)
+{
+    uv_timer_stop(&m->timer);
+    foreign_listener(m); /* logged; nothing to stop while serving */
+    m->changing = 0;
+    m->old = m->routers;
+    m->routers = m->next;
+    m->next = NULL;
+    close(m->config_fd); /* the old generation's: it spawns nothing any more */
+    m->config_fd = m->next_config_fd;
+    m->next_config_fd = -1;
+    m->changes[0]++;
+    kvs_info("membership change: the router processes of the new map accept clients; draining "
+             "the previous ones (their clients are closed after their answers)");
+    if (router_scrape_remap(m->scrape) != 0)
+        kvs_warn("metrics: cannot reach the new local workers; /metrics leaves them out");
+    router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
+                        m->cfg->shards, m->n_local);
+    gen_stop(m->old); /* then on_gen_stopped retires the workers no longer wanted */
+}
+
+/* Every worker the new map added serves: start the router processes of
+ * the new map. */
+static void start_next(void *arg)
+{
+    master_t *m = arg;
+    uint32_t base = 0;
+    for (uint32_t i = 0; i < m->n_procs; i++) {
+        uint32_t g = router_sup_generation(m->routers->sup, i);
+        base = g > base ? g : base;
+    }
+    router_notify_status("membership change: starting router processes with the new map");
+    if (start_routers(m, &m->next, base, m->next_config_fd) != 0) {
+        rgen_t *g = m->next;
+        m->next = NULL;
+        gen_free(g); /* nothing of it started */
+        change_failed(m, "cannot start router processes");
+    }
+}
+
+/* The reload took a new map (m->cfg holds it, m->prev_cfg the old one):
+ * workers for shards that became local, and once they serve a new
+ * generation of router processes with the new snapshot, all within
+ * router.ready_timeout. */
+static void change_begin(master_t *m)
+{
+    uint32_t added[SHARDS_MAX];
+    size_t n = 0;
+    for (uint32_t s = 0; s < m->cfg->shards; s++) {
+        if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
+            continue;
+        kvs_info("membership change: shard %u is now served here too; starting its worker", s);
+        int rc = router_sup_add(m->workers, s);
+        if (rc != 0)
+            kvs_error("membership change: cannot start shard %u's worker: %s", s, uv_strerror(rc));
+        else if (n < SHARDS_MAX)
+            added[n++] = s;
+    }
+    m->n_local = count_local(m->cfg);
+    m->changing = 1;
+    uv_timer_start(&m->timer, on_change_timeout, m->cfg->router_ready_timeout_ms, 0);
+    if (n == 0) {
+        start_next(m);
+        return;
+    }
+    router_notify_status("membership change: waiting for %zu new worker(s) to serve", n);
+    router_probe_free(m->probe); /* the previous change's, stopped long ago */
+    m->probe = NULL;
+    if (router_probe_start(m->loop, m->cfg, added, n, start_next, m, &m->probe) != 0)
+        change_failed(m, "cannot reach the new workers");
+}
+
 /* ---- live reload ------------------------------------------------------------------ */
+
+/* Why this reload cannot be taken now (NULL when it can). During a
+ * membership change nothing is: each generation of router processes runs
+ * its own snapshot, and a reload would have to replace both. */
+static const char *reload_busy(const master_t *m, int map)
+{
+    if (m->changing || m->old != NULL || m->n_retiring > 0 || m->prev_cfg != NULL)
+        return "a membership change is in progress";
+    if (map && !m->ready)
+        return "cluster.nodes changed while the node is still starting";
+    return NULL;
+}
 
 /* The file, read and checked (see the file comment). Returns 0 when its
  * live keys were taken (the children may be told), nonzero (logged) when
- * nothing changed. */
-static int reload_config(master_t *m)
+ * nothing changed. *map is set when cluster.nodes changed: m->cfg then
+ * holds the new map, m->prev_cfg the previous one, m->next_config_fd the
+ * new snapshot (for the new generation; the serving one keeps its own). */
+static int reload_config(master_t *m, int *map)
 {
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
+    const char *busy = NULL;
     int fd = -1;
+    *map = 0;
     int rc = read_snapshot(m->config_path, &fd, err, sizeof(err));
     if (rc == 0)
         rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
+    if (rc == 0)
+        *map = !kvs_config_map_eq(m->cfg, next);
     if (rc != 0) {
         kvs_error("reload: %s; the running configuration is unchanged", err);
         m->reloads[1]++;
@@ -354,7 +667,13 @@ static int reload_config(master_t *m)
                   "it for that); the running configuration is unchanged",
                   fixed);
         m->reloads[2]++;
-    } else if (dup2(fd, m->config_fd) < 0) { /* same number: the router supervisor passes it */
+    } else if ((busy = reload_busy(m, *map)) != NULL) {
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
+                  "it is over)",
+                  busy);
+        m->reloads[2]++;
+    } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
         rc = -errno;
         kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
                   "unchanged",
@@ -363,6 +682,13 @@ static int reload_config(master_t *m)
     } else {
         fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
         kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        if (*map) {
+            kvs_config_apply_map(m->cfg, next);
+            m->prev_cfg = next; /* the old map, until the change is over */
+            next = NULL;
+            m->next_config_fd = fd;
+            fd = -1;
+        }
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);
@@ -374,23 +700,33 @@ static int reload_config(master_t *m)
     if (fd >= 0)
         close(fd);
     kvs_config_free(next);
+    if (rc != 0)
+        *map = 0;
     return rc;
 }
 
 /* SIGHUP: a live reload; the children apply it too once the master
- * accepted the file. */
+ * accepted the file. A new map then replaces the router processes
+ * (change_begin), and the node is READY again once the new ones serve. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     master_t *m = h->data;
+    int map = 0;
     (void)signum;
     if (m->shutting_down)
         return;
     if (m->ready)
         router_notify_reloading("reloading %s", m->config_path);
-    if (reload_config(m) == 0) {
-        size_t r = m->routers != NULL ? router_sup_signal(m->routers, SIGHUP) : 0;
+    if (reload_config(m, &map) == 0) {
+        size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
+                   gen_signal(m->old, SIGHUP);
         size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
         kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+    }
+    if (map) {
+        change_begin(m);
+        if (m->changing)
+            return; /* READY=1 once the new router processes serve (change_switch) */
     }
     if (m->ready)
         router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
@@ -411,12 +747,12 @@ static void master_metrics(void *arg, kvs_mb_t *b)
     Kvs__MetricFamily *up = kvs_mb_family(b, "kvs_worker_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
                                           "1 while the shard's worker process runs.");
     for (uint32_t s = 0; s < m->cfg->shards && m->worker_restarts != NULL; s++) {
-        if (!kvs_config_local(m->cfg, s))
+        pid_t pid = m->workers != NULL ? router_sup_pid(m->workers, s) : 0;
+        if (!kvs_config_local(m->cfg, s) && pid == 0)
             continue;
         const char *shard = kvs_mb_printf(b, "%u", s);
         kvs_mb_sample(b, restarts, (double)m->worker_restarts[s], 1, "shard", shard);
-        kvs_mb_sample(b, up, m->workers != NULL && router_sup_pid(m->workers, s) > 0, 1, "shard",
-                      shard);
+        kvs_mb_sample(b, up, pid > 0, 1, "shard", shard);
     }
     restarts = kvs_mb_family(b, "kvs_router_restarts_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                              "Times the master started a router process again after it exited.");
@@ -425,10 +761,22 @@ static void master_metrics(void *arg, kvs_mb_t *b)
     for (uint32_t i = 0; i < m->n_procs && m->router_restarts != NULL; i++) {
         const char *index = kvs_mb_printf(b, "%u", i);
         kvs_mb_sample(b, restarts, (double)m->router_restarts[i], 1, "router", index);
-        kvs_mb_sample(b, up, m->listening != NULL && m->listening[i], 1, "router", index);
+        kvs_mb_sample(b, up, m->routers != NULL && m->routers->listening[i], 1, "router", index);
     }
-    Kvs__MetricFamily *f =
-        kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+    Kvs__MetricFamily *f = kvs_mb_family(
+        b, "kvs_router_processes", KVS__METRIC_FAMILY__TYPE__GAUGE,
+        "Router processes running, by state: serving, starting (a membership change's new "
+        "map), draining (the previous map's, closing their clients).");
+    kvs_mb_sample(b, f, gen_running(m, m->routers), 1, "state", "serving");
+    kvs_mb_sample(b, f, gen_running(m, m->next), 1, "state", "starting");
+    kvs_mb_sample(b, f, gen_running(m, m->old), 1, "state", "draining");
+    f = kvs_mb_family(b, "kvs_membership_changes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Changes of cluster.nodes taken live (SIGHUP) by result: done (the new "
+                      "router processes serve), failed (they could not start; the previous map "
+                      "stays).");
+    kvs_mb_sample(b, f, (double)m->changes[0], 1, "result", "done");
+    kvs_mb_sample(b, f, (double)m->changes[1], 1, "result", "failed");
+    f = kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
                       "load), refused (a key that cannot change live changed).");
     static const char *const results[] = {"ok", "error", "refused"};
@@ -439,17 +787,26 @@ static void master_metrics(void *arg, kvs_mb_t *b)
 
 /* ---- readiness ------------------------------------------------------------------------- */
 
-/* Is anything but our routers listening on a client port? Returns 0 when
- * not (or when the kernel cannot say: warned once), else 1 + the index of
- * the port (m->listen_name) after logging what is there. */
+/* Adds the listening sockets of g's processes on port l to ours[*n..]. */
+static void gen_inodes(const master_t *m, const rgen_t *g, size_t l, uint64_t *ours, size_t *n)
+{
+    for (uint32_t i = 0; g != NULL && i < m->n_procs; i++)
+        if (g->listening[i])
+            ours[(*n)++] = g->inodes[i][l];
+}
+
+/* Is anything but our routers (of every generation) listening on a
+ * client port? Returns 0 when not (or when the kernel cannot say: warned
+ * once), else 1 + the index of the port (m->listen_name) after logging
+ * what is there. */
 static int foreign_listener(master_t *m)
 {
-    uint64_t ours[KVS_ROUTER_PROCESSES_MAX * ROUTER_LISTEN_MAX];
+    uint64_t ours[3 * KVS_ROUTER_PROCESSES_MAX];
     for (size_t l = 0; l < m->n_listen; l++) {
         size_t n = 0;
-        for (uint32_t i = 0; i < m->n_procs; i++)
-            if (m->listening[i])
-                ours[n++] = m->inodes[i][l];
+        gen_inodes(m, m->routers, l, ours, &n);
+        gen_inodes(m, m->next, l, ours, &n);
+        gen_inodes(m, m->old, l, ours, &n);
         router_port_sock_t who;
         int rc = router_ports_foreign((struct sockaddr *)&m->listen_addr[l], ours, n, &who);
         if (rc < 0 && !m->census_failed) {
@@ -495,23 +852,27 @@ static void become_ready(master_t *m)
 /* A router process said something on its notify pipe. */
 static void on_router_line(void *arg, uint32_t index, const char *line)
 {
-    master_t *m = arg;
+    rgen_t *g = arg;
+    master_t *m = g->m;
     uint64_t inodes[ROUTER_LISTEN_MAX] = {0};
     size_t n = 0;
     if (index >= m->n_procs || router_procs_parse_listening(line, inodes, &n) != 0) {
         kvs_warn("router %u said something unexpected: %.100s", index, line);
         return;
     }
-    if (m->listening[index] || m->shutting_down)
+    if (g->listening[index] || m->shutting_down || g->stopping)
         return;
-    memcpy(m->inodes[index], inodes, sizeof(inodes));
-    m->listening[index] = 1;
-    m->n_listening++;
-    if (m->ready) {
+    memcpy(g->inodes[index], inodes, sizeof(inodes));
+    g->listening[index] = 1;
+    g->n_listening++;
+    if (g == m->next) {
+        if (g->n_listening == m->n_procs)
+            change_switch(m);
+    } else if (m->ready) {
         kvs_info("router %u accepts clients again", index);
-        if (m->n_listening == m->n_procs)
+        if (g->n_listening == m->n_procs)
             foreign_listener(m); /* logged: nothing to stop any more */
-    } else if (m->n_listening == m->n_procs) {
+    } else if (g->n_listening == m->n_procs) {
         become_ready(m);
     }
 }
@@ -519,19 +880,25 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
 /* A router process started or exited (router_supervisor logged it). */
 static void on_router_event(void *arg, uint32_t index, int running, int64_t status, int sig)
 {
-    master_t *m = arg;
+    rgen_t *g = arg;
+    master_t *m = g->m;
     if (running && m->router_restarts != NULL && index < m->n_procs)
         m->router_restarts[index]++; /* the supervisor reports starts after the first only */
     if (running)
         return;
-    if (m->listening[index]) {
-        m->listening[index] = 0;
-        m->n_listening--;
+    if (g->listening[index]) {
+        g->listening[index] = 0;
+        g->n_listening--;
     }
-    if (m->shutting_down)
+    if (m->shutting_down || g->stopping)
         return;
-    const char *why = router_sup_report(m->routers, index);
-    if (sig == 0 && status == EX_CONFIG) {
+    const char *why = router_sup_report(g->sup, index);
+    char msg[700];
+    if (g == m->next) { /* a new generation is all up, or none of it */
+        snprintf(msg, sizeof(msg), "router %u of the new map exited (%s)", index,
+                 why[0] ? why : "see its errors above");
+        change_failed(m, msg);
+    } else if (sig == 0 && status == EX_CONFIG) {
         snprintf(m->final_msg, sizeof(m->final_msg),
                  "stopped: router %u cannot run with this configuration: %s (it exited with "
                  "status %d, EX_CONFIG; fix the config and start again)",
@@ -550,13 +917,21 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
 /* A worker exited with EX_CONFIG: its configuration can never work (a
  * binding's partition count differs from the topic's, its data directory
  * belongs to another shard, ...). The supervisor does not restart it, and
- * a node missing a shard for good is not a node: stop, saying why. */
+ * a node missing a shard for good is not a node: stop, saying why. A
+ * worker retired by a membership change only ends the change. */
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     master_t *m = arg;
     if (running && m->worker_restarts != NULL && shard < m->cfg->shards)
         m->worker_restarts[shard]++; /* the supervisor reports starts after the first only */
-    if (running || sig != 0 || status != EX_CONFIG)
+    if (running)
+        return;
+    if (!router_sup_wanted(m->workers, shard)) {
+        if (m->n_retiring > 0 && --m->n_retiring == 0 && !m->shutting_down)
+            change_maybe_done(m);
+        return;
+    }
+    if (sig != 0 || status != EX_CONFIG)
         return;
     const char *why = router_sup_report(m->workers, shard);
     snprintf(m->final_msg, sizeof(m->final_msg),
@@ -588,6 +963,7 @@ static int start_workers(master_t *m)
         .args = args,
         .shards = local,
         .n_shards = m->n_local,
+        .max_shards = cfg->shards, /* a membership change may bring any shard here */
         .backoff_min_ms = 100,
         .backoff_max_ms = 10000,
         .stable_ms = 30000,
@@ -606,15 +982,18 @@ static int start_workers(master_t *m)
     return rc;
 }
 
-static int start_routers(master_t *m)
+/* Starts a generation of router processes with the snapshot in
+ * config_fd (which must stay open while it may spawn), numbered from
+ * gen_base. Returns 0 and *out, or a uv error
+ * (logged; *out is then set if it was allocated, with no supervisor). */
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd)
 {
     char exe[4200], n_arg[12];
     snprintf(exe, sizeof(exe), "%s/kvs-router", m->exe_dir);
     snprintf(n_arg, sizeof(n_arg), "%u", m->n_procs);
-    m->inodes = calloc(m->n_procs, sizeof(*m->inodes));
-    m->listening = calloc(m->n_procs, 1);
+    rgen_t *g = *out = gen_new(m);
     uint32_t *ids = calloc(m->n_procs, sizeof(*ids));
-    if (m->inodes == NULL || m->listening == NULL || ids == NULL) {
+    if (g == NULL || ids == NULL) {
         free(ids);
         return UV_ENOMEM;
     }
@@ -624,7 +1003,7 @@ static int start_routers(master_t *m)
     snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
     const char *args[] = {"--config", m->config_path, "--processes", n_arg,
                           "--master", pid_arg,        NULL};
-    const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, m->config_fd}};
+    const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
         .exe = exe,
@@ -640,16 +1019,17 @@ static int start_routers(master_t *m)
         .report_fd = ROUTER_FD_REPORT,
         .fatal_status = EX_CONFIG,
         .on_event = on_router_event,
-        .arg = m,
+        .arg = g,
         .what = "router",
         .id_flag = "--router",
         .gen_flag = "--generation",
+        .gen_base = gen_base,
         .notify_fd = ROUTER_FD_NOTIFY,
         .on_line = on_router_line,
         .inherit = fds,
         .n_inherit = 2,
     };
-    int rc = router_sup_start(&o, &m->routers);
+    int rc = router_sup_start(&o, &g->sup);
     free(ids);
     if (rc != 0)
         kvs_error("cannot start router processes (%s): %s", exe, uv_strerror(rc));
@@ -698,7 +1078,7 @@ int router_master_run(const char *config_path, const char *argv0)
 {
     static master_t m; /* zeroed; lives for the whole process */
     m.config_path = config_path;
-    m.lock_fd = m.config_fd = -1;
+    m.lock_fd = m.config_fd = m.next_config_fd = -1;
     int rc = master_prepare(&m, argv0);
     if (rc != 0) {
         kvs_config_free(m.cfg);
@@ -710,21 +1090,26 @@ int router_master_run(const char *config_path, const char *argv0)
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
     if (m.worker_restarts == NULL || m.router_restarts == NULL || start_workers(&m) != 0 ||
-        start_routers(&m) != 0 ||
+        start_routers(&m, &m.routers, 0, m.config_fd) != 0 ||
         (m.cfg->metrics_listen[0] != '\0' &&
          router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
+        if (m.routers != NULL && m.routers->sup == NULL) {
+            gen_free(m.routers); /* none of it started */
+            m.routers = NULL;
+        }
         shutdown_begin(&m, 1);
     } else {
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
         uv_timer_start(&m.timer, on_ready_timeout, m.cfg->router_ready_timeout_ms, 0);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
-    router_sup_free(m.routers);
-    router_sup_free(m.workers);
+    router_sup_free(m.workers); /* every generation freed itself once stopped */
     router_scrape_free(m.scrape);
+    router_probe_free(m.probe);
     uv_loop_close(m.loop);
-    free(m.inodes);
-    free(m.listening);
+    kvs_config_free(m.prev_cfg);
+    if (m.next_config_fd >= 0)
+        close(m.next_config_fd);
     free(m.worker_restarts);
     free(m.router_restarts);
     kvs_config_free(m.cfg);

@@ -4,7 +4,10 @@
  *
  * libuv 1.44 (Debian 12) has no UV_TCP_REUSEPORT (1.49 added it), so the
  * socket is made here, options set, bound, and handed to libuv with
- * uv_tcp_open; from then on libuv owns the descriptor.
+ * uv_tcp_open; from then on libuv owns the descriptor. A process's own
+ * unix socket is made here too (bound under a temporary name, renamed over
+ * its path, handed to libuv with uv_pipe_open, which then knows no name to
+ * remove when it closes).
  *
  * The census uses NETLINK_SOCK_DIAG with an inet_diag_req_v2 per address
  * family asking for TCP sockets in state LISTEN; the kernel's dump has no
@@ -25,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define DIAG_TCP_LISTEN 10 /* the kernel's TCP_LISTEN state number */
@@ -80,6 +84,83 @@ int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t 
     if (rc != 0)
         uv_close(&l->handle, NULL);
     return rc;
+}
+
+/* ---- a process's own unix socket, handed over ------------------------------------ */
+
+/* Binds a fresh unix socket under `tmp`, then renames it over `path`.
+ * Returns the descriptor, or a negative errno (nothing left behind). */
+static int bind_renamed(const char *path, const char *tmp, uint64_t *ino)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    struct stat st;
+    if (strlen(tmp) >= sizeof(sun.sun_path))
+        return -ENAMETOOLONG;
+    memcpy(sun.sun_path, tmp, strlen(tmp) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    if (unlink(tmp) != 0 && errno != ENOENT) /* left by a crashed process of this pid */
+        goto fail;
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0)
+        goto fail;
+    /* The node's user only (its directory is private too); then the
+     * name, atomically: whoever connects reaches the old socket or this. */
+    if (chmod(tmp, 0600) != 0 || rename(tmp, path) != 0 || stat(path, &st) != 0) {
+        int e = errno;
+        unlink(tmp);
+        close(fd);
+        return -e;
+    }
+    *ino = (uint64_t)st.st_ino;
+    return fd;
+fail:;
+    int e = errno;
+    close(fd);
+    return -e;
+}
+
+int router_ports_listen_own(uv_loop_t *loop, const char *path, kvs_listener_t *l,
+                            uv_connection_cb cb, uint64_t *ino)
+{
+    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)], dir[sizeof(tmp)];
+    memset(l, 0, sizeof(*l));
+    const char *slash = strrchr(path, '/');
+    int n = slash == NULL ? 0 : (int)(slash - path) + 1;
+    if ((size_t)n >= sizeof(dir))
+        return UV_ENAMETOOLONG;
+    memcpy(dir, path, (size_t)n);
+    dir[n] = '\0';
+    /* ".r<pid>" is never longer than "routerI.sock": it fits where the path does. */
+    int len = snprintf(tmp, sizeof(tmp), "%s.r%ld", dir, (long)getpid());
+    if (len < 0 || (size_t)len >= sizeof(tmp))
+        return UV_ENAMETOOLONG;
+    int fd = bind_renamed(path, tmp, ino);
+    if (fd < 0)
+        return fd;
+    int rc = uv_pipe_init(loop, &l->pipe, 0);
+    if (rc != 0) {
+        router_ports_unlink_own(path, *ino);
+        close(fd);
+        return rc;
+    }
+    rc = uv_pipe_open(&l->pipe, fd); /* no name: closing it removes nothing */
+    if (rc != 0)
+        close(fd);
+    if (rc == 0)
+        rc = uv_listen(&l->stream, 511, cb);
+    if (rc != 0) {
+        router_ports_unlink_own(path, *ino);
+        uv_close(&l->handle, NULL);
+    }
+    return rc;
+}
+
+void router_ports_unlink_own(const char *path, uint64_t ino)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && (uint64_t)st.st_ino == ino)
+        unlink(path);
 }
 
 /* ---- who else listens -------------------------------------------------------------- */

@@ -46,6 +46,21 @@
 int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t *l,
                         uv_connection_cb cb, uint64_t *inode);
 
+/* A router process's own unix socket (router_procs_admin_path), which a
+ * process replacing it must take over while it still drains (a membership
+ * change, router_master.c): bound under a temporary name in the same
+ * directory and renamed over `path`, so new connections reach the new
+ * process at once and never find no socket there. Listens and starts `l`
+ * accepting with `cb`; sets *ino to the inode of the socket file. Returns
+ * 0 or a uv error (nothing left behind). Closing `l` leaves the file: call
+ * router_ports_unlink_own. */
+int router_ports_listen_own(uv_loop_t *loop, const char *path, kvs_listener_t *l,
+                            uv_connection_cb cb, uint64_t *ino);
+
+/* Removes `path` if it is still the socket file router_ports_listen_own
+ * made (inode `ino`), not one a successor renamed over it. */
+void router_ports_unlink_own(const char *path, uint64_t ino);
+
 /* A listening TCP socket as sock_diag reports it. */
 typedef struct router_port_sock_s {
     struct sockaddr_storage addr; /* its local address and port */

@@ -1,9 +1,13 @@
 /*
  * router_scrape: the master's GET /metrics (see router_scrape.h).
  *
- * Links: [0, n_procs) reach the router processes' own sockets, the rest
- * this node's workers' unix sockets (kvs_cluster: the local replica of each
- * local shard). Each link is a router_link, so a request that is not
+ * Links: [0, n_procs) reach the router processes' own sockets, then one
+ * slot per shard id: a link to this node's worker's unix socket
+ * (kvs_cluster: the local replica) for each local shard, started when the
+ * shard becomes local (at connect, or at a remap after cluster.nodes
+ * changed); the slots of other shards are not asked. A router process
+ * that replaces another takes its socket's path over, so its link reaches
+ * the new one once the old one closed it. Each link is a router_link, so a request that is not
  * answered within router.timeout fails (and the link starts over), and a
  * process that restarts is reached again once it listens.
  *
@@ -35,8 +39,7 @@ struct router_scrape_s {
     kvs_flusher_t flusher;
     int flusher_on;
     router_link_t *links;
-    uint32_t n_links, n_procs;
-    uint32_t *shard; /* per worker link: its shard */
+    uint32_t n_links, n_procs; /* n_procs router links, then one per shard id */
     router_http_t *http;
     router_scrape_own_cb own;
     void *arg;
@@ -61,6 +64,13 @@ static void scrape_free(scrape_t *x)
     free(x);
 }
 
+/* Whether link i (a worker's) is asked: its shard is local in the map as
+ * it is now (cluster.nodes is live: router_scrape_remap). */
+static int worker_asked(const router_scrape_t *sc, uint32_t i)
+{
+    return sc->links[i].loop != NULL && kvs_config_local(sc->cfg, i - sc->n_procs);
+}
+
 /* Which processes answered this scrape. */
 static void source_metrics(const scrape_t *x, kvs_mb_t *b)
 {
@@ -72,9 +82,8 @@ static void source_metrics(const scrape_t *x, kvs_mb_t *b)
     for (uint32_t i = 0; i < sc->n_links; i++) {
         if (i < sc->n_procs)
             kvs_mb_sample(b, f, x->ok[i], 1, "router", kvs_mb_printf(b, "%u", i));
-        else
-            kvs_mb_sample(b, f, x->ok[i], 1, "shard",
-                          kvs_mb_printf(b, "%u", sc->shard[i - sc->n_procs]));
+        else if (worker_asked(sc, i))
+            kvs_mb_sample(b, f, x->ok[i], 1, "shard", kvs_mb_printf(b, "%u", i - sc->n_procs));
     }
 }
 
@@ -148,8 +157,9 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
         l->timeout_ms = sc->cfg->router_timeout_ms; /* live: read at every scrape */
-        int rc = i < sc->n_procs ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
-                                 : router_link_send(l, ask_worker, sizeof(ask_worker), x, i);
+        int rc = i < sc->n_procs     ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
+                 : worker_asked(sc, i) ? router_link_send(l, ask_worker, sizeof(ask_worker), x, i)
+                                       : KVS_ECLOSED;
         if (rc != 0)
             --x->left; /* down: left out */
     }
@@ -169,19 +179,40 @@ static int start_link(router_scrape_t *sc, uint32_t i, uint32_t id, const kvs_ad
     return rc;
 }
 
+/* Links to the workers of shards local in the map as it is now, that have
+ * none yet. A link is never stopped before the scraper stops: one to a
+ * worker the node no longer runs just stays down (and is not asked), and
+ * reaches the worker again if the shard comes back. */
+static int start_worker_links(router_scrape_t *sc)
+{
+    const kvs_config_t *cfg = sc->cfg;
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    char err[256];
+    for (uint32_t s = 0; s < cfg->shards; s++) {
+        if (!kvs_config_local(cfg, s) || sc->links[sc->n_procs + s].loop != NULL)
+            continue;
+        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
+        for (int k = 0; k < n && k < KVS_MAX_REPLICAS; k++) {
+            if (!reps[k].local)
+                continue;
+            int rc = start_link(sc, sc->n_procs + s, s, &reps[k].addr);
+            if (rc != 0)
+                return rc;
+            break;
+        }
+    }
+    return 0;
+}
+
 /* A link to each router process's own socket, then to each local worker. */
 static int start_links(router_scrape_t *sc)
 {
     const kvs_config_t *cfg = sc->cfg;
-    kvs_replica_t reps[KVS_MAX_REPLICAS];
     char spec[4200], err[256];
-    uint32_t n_local = 0;
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        n_local += (uint32_t)kvs_config_local(cfg, s);
-    sc->shard = calloc(n_local ? n_local : 1, sizeof(*sc->shard));
-    sc->links = calloc(sc->n_procs + n_local, sizeof(*sc->links));
-    if (sc->links == NULL || sc->shard == NULL)
+    sc->links = calloc(sc->n_procs + cfg->shards, sizeof(*sc->links));
+    if (sc->links == NULL)
         return UV_ENOMEM;
+    sc->n_links = sc->n_procs + cfg->shards; /* zeroed links: router_link_stop skips them */
     for (uint32_t i = 0; i < sc->n_procs; i++) {
         kvs_addr_t addr;
         if (router_procs_admin_path(cfg, i, spec, sizeof(spec)) != 0 ||
@@ -189,26 +220,11 @@ static int start_links(router_scrape_t *sc)
             kvs_error("metrics: router %u's socket: %s", i, spec);
             return UV_EINVAL;
         }
-        int rc = start_link(sc, sc->n_links, i, &addr);
+        int rc = start_link(sc, i, i, &addr);
         if (rc != 0)
             return rc;
-        sc->n_links++;
     }
-    for (uint32_t s = 0; s < cfg->shards; s++) {
-        if (!kvs_config_local(cfg, s))
-            continue;
-        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
-        for (int k = 0; k < n && k < KVS_MAX_REPLICAS; k++) {
-            if (!reps[k].local)
-                continue;
-            int rc = start_link(sc, sc->n_links, s, &reps[k].addr);
-            if (rc != 0)
-                return rc;
-            sc->shard[sc->n_links++ - sc->n_procs] = s;
-            break;
-        }
-    }
-    return 0;
+    return start_worker_links(sc);
 }
 
 /* ---- start / stop ------------------------------------------------------------------ */
@@ -240,6 +256,13 @@ int router_scrape_connect(router_scrape_t *sc)
     return start_links(sc);
 }
 
+int router_scrape_remap(router_scrape_t *sc)
+{
+    if (sc == NULL || sc->stopped || sc->links == NULL)
+        return 0; /* not connected yet: router_scrape_connect reads the map */
+    return start_worker_links(sc);
+}
+
 void router_scrape_stop(router_scrape_t *sc)
 {
     if (sc == NULL || sc->stopped)
@@ -261,7 +284,6 @@ void router_scrape_free(router_scrape_t *sc)
         return;
     router_http_free(sc->http);
     free(sc->links);
-    free(sc->shard);
     kvs_arena_close(&sc->arena);
     free(sc);
 }

@@ -49,6 +49,12 @@ int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_pro
  * error (logged). */
 int router_scrape_connect(router_scrape_t *s);
 
+/* The node's map changed (cluster.nodes reloaded; cfg holds the new one):
+ * starts links to the workers of shards that became local. Those of shards
+ * no longer local are not asked any more. Returns 0 or a uv error
+ * (logged). */
+int router_scrape_remap(router_scrape_t *s);
+
 /* Stops listening and closes the links and handles (scrapes in flight are
  * answered with what they have, to nobody). Idempotent; NULL is allowed. */
 void router_scrape_stop(router_scrape_t *s);

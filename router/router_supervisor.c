@@ -72,6 +72,7 @@ typedef struct sup_worker_s {
     uint64_t started_ms; /* loop time of the last successful spawn */
     uint64_t backoff_ms; /* delay of the next restart */
     uint32_t restarts;   /* since the last stable run */
+    int retired;         /* router_sup_retire: never restarted; restart is its kill timer */
 } sup_worker_t;
 
 struct router_sup_s {
@@ -90,7 +91,8 @@ struct router_sup_s {
     router_sup_event_cb on_event;
     void *arg;
     sup_worker_t *w;
-    size_t n;
+    size_t n, cap; /* ids in use, ids room was made for (router_sup_add) */
+    uint32_t gen_base;
     uv_timer_t grace;
     size_t n_running;
     size_t n_open;
@@ -203,6 +205,14 @@ static void sup_release(router_sup_t *s)
     free(s);
 }
 
+static void worker_init(router_sup_t *s, sup_worker_t *w, uint32_t shard)
+{
+    w->sup = s;
+    w->shard = shard;
+    w->backoff_ms = s->backoff_min_ms;
+    snprintf(w->shard_arg, sizeof(w->shard_arg), "%" PRIu32, w->shard);
+}
+
 static router_sup_t *sup_new(const router_sup_opts_t *o)
 {
     router_sup_t *s = calloc(1, sizeof(*s));
@@ -226,18 +236,15 @@ static router_sup_t *sup_new(const router_sup_opts_t *o)
     if (o->n_inherit > 0)
         memcpy(s->inherit, o->inherit, o->n_inherit * sizeof(*o->inherit));
     s->n = o->n_shards;
-    s->w = calloc(s->n > 0 ? s->n : 1, sizeof(*s->w));
+    s->cap = o->max_shards > o->n_shards ? o->max_shards : o->n_shards;
+    s->gen_base = o->gen_base;
+    s->w = calloc(s->cap > 0 ? s->cap : 1, sizeof(*s->w));
     if (s->w == NULL || sup_copy_argv(s, o) != 0) {
         sup_release(s);
         return NULL;
     }
-    for (size_t i = 0; i < s->n; i++) {
-        sup_worker_t *w = &s->w[i];
-        w->sup = s;
-        w->shard = o->shards[i];
-        w->backoff_ms = s->backoff_min_ms;
-        snprintf(w->shard_arg, sizeof(w->shard_arg), "%" PRIu32, w->shard);
-    }
+    for (size_t i = 0; i < s->n; i++)
+        worker_init(s, &s->w[i], o->shards[i]);
     return s;
 }
 
@@ -398,7 +405,7 @@ static int worker_spawn(sup_worker_t *w)
         .stdio = stdio,
         .flags = s->detach ? UV_PROCESS_DETACHED : 0,
     };
-    snprintf(w->gen_arg, sizeof(w->gen_arg), "%" PRIu32, w->spawns);
+    snprintf(w->gen_arg, sizeof(w->gen_arg), "%" PRIu32, s->gen_base + w->spawns);
     if (s->gen_slot != 0)
         s->argv[s->gen_slot] = w->gen_arg;
     s->argv[s->argc - 1] = w->shard_arg;
@@ -510,7 +517,7 @@ static void worker_log_exit(const sup_worker_t *w, pid_t pid, int64_t status, in
      * anything else (a crash during drain) still deserves a warning, and an
      * exit that forbids restarts an error. */
     const router_sup_t *s = w->sup;
-    int expected = (s->stopping || s->holding) &&
+    int expected = (s->stopping || s->holding || w->retired) &&
                    (sig == SIGTERM || sig == SIGKILL || (sig == 0 && status == 0));
     int fatal = worker_fatal(s, status, sig);
     kvs_log_level_t level = fatal ? KVS_LOG_ERROR : expected ? KVS_LOG_INFO : KVS_LOG_WARN;
@@ -545,6 +552,10 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
         s->on_event(s->arg, w->shard, 0, exit_status, term_signal); /* may call stop */
     if (s->stopping) {
         sup_maybe_finish(s);
+        return;
+    }
+    if (w->retired) {
+        uv_timer_stop(&w->restart); /* its kill timer */
         return;
     }
     if (worker_fatal(s, exit_status, term_signal))
@@ -674,9 +685,93 @@ size_t router_sup_signal(router_sup_t *s, int sig)
 {
     size_t n = 0;
     for (size_t i = 0; i < s->n; i++)
-        if (s->w[i].proc != NULL && uv_process_kill(s->w[i].proc, sig) == 0)
+        if (s->w[i].proc != NULL && !s->w[i].retired && uv_process_kill(s->w[i].proc, sig) == 0)
             n++;
     return n;
+}
+
+static sup_worker_t *sup_find(router_sup_t *s, uint32_t shard)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].shard == shard)
+            return &s->w[i];
+    return NULL;
+}
+
+int router_sup_add(router_sup_t *s, uint32_t shard)
+{
+    if (s->stopping || s->holding)
+        return UV_ECANCELED;
+    sup_worker_t *w = sup_find(s, shard);
+    if (w != NULL && !w->retired)
+        return UV_EEXIST;
+    if (w != NULL && w->proc != NULL)
+        return UV_EBUSY; /* its retired child has not exited yet */
+    if (w == NULL) {
+        if (s->n == s->cap)
+            return UV_ENOSPC;
+        w = &s->w[s->n++];
+        worker_init(s, w, shard);
+        uv_timer_init(s->loop, &w->restart);
+        w->restart.data = w;
+        s->n_open++;
+    }
+    w->retired = 0;
+    w->backoff_ms = s->backoff_min_ms;
+    w->restarts = 0;
+    int rc = worker_spawn(w);
+    if (rc != 0) {
+        kvs_error("cannot start %s %" PRIu32 " (%s): %s", s->what, w->shard, s->argv[0],
+                  uv_strerror(rc));
+        worker_schedule_restart(w);
+        return 0;
+    }
+    kvs_info("started %s %" PRIu32 " (pid %d)", s->what, w->shard, (int)w->pid);
+    return 0;
+}
+
+/* A retired child still running stop_grace_ms after its SIGTERM. */
+static void worker_on_kill(uv_timer_t *t)
+{
+    sup_worker_t *w = t->data;
+    if (w->proc == NULL)
+        return;
+    kvs_warn("%s %" PRIu32 " (pid %d) still running %" PRIu64 " ms after SIGTERM; sending SIGKILL",
+             w->sup->what, w->shard, (int)w->pid, w->sup->stop_grace_ms);
+    uv_process_kill(w->proc, SIGKILL);
+}
+
+int router_sup_retire(router_sup_t *s, uint32_t shard)
+{
+    sup_worker_t *w = sup_find(s, shard);
+    if (w == NULL || w->retired)
+        return UV_ENOENT;
+    w->retired = 1;
+    uv_timer_stop(&w->restart);
+    if (w->proc == NULL || s->stopping)
+        return 0; /* waiting for a restart: now it never comes; stopping: signalled already */
+    kvs_info("stopping %s %" PRIu32 " (pid %d) with SIGTERM: no longer wanted", s->what, w->shard,
+             (int)w->pid);
+    uv_process_kill(w->proc, SIGTERM);
+    sup_now(s);
+    uv_timer_start(&w->restart, worker_on_kill, s->stop_grace_ms, 0);
+    return 0;
+}
+
+int router_sup_wanted(const router_sup_t *s, uint32_t shard)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].shard == shard)
+            return !s->w[i].retired;
+    return 0;
+}
+
+uint32_t router_sup_generation(const router_sup_t *s, uint32_t shard)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->w[i].shard == shard)
+            return s->gen_base + s->w[i].spawns;
+    return s->gen_base;
 }
 
 void router_sup_free(router_sup_t *s)

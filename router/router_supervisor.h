@@ -10,10 +10,12 @@
  *
  *     exe args... [gen_flag G] --shard N        (id_flag, default "--shard")
  *
- * where G, with gen_flag set, counts the id's spawns (0 for the first,
- * 1 after its first restart, ...), so a child can tell its generation
- * apart from those before it. stdin is ignored and stdout/stderr
- * inherited, so children log to the master's stderr. Descriptors listed in
+ * where G, with gen_flag set, counts the id's spawns from gen_base (gen_base
+ * for the first, gen_base + 1 after its first restart, ...), so a child can
+ * tell its generation apart from those before it (a supervisor that
+ * replaces another starts where the other's count ended). stdin is
+ * ignored and stdout/stderr inherited, so children log to the master's
+ * stderr. Descriptors listed in
  * `inherit` are passed at the child fds they name (the lock file, a config
  * snapshot); with notify_fd set, each child gets a pipe there whose lines
  * reach on_line while it runs (a router process says "listening" on it). A worker that exits is
@@ -111,6 +113,8 @@ typedef struct router_sup_opts_s {
     const char *gen_flag;           /* NULL, or the flag before a child's generation */
     int notify_fd;                  /* 0, or 3..9: the child's fd of its notify pipe */
     router_sup_line_cb on_line;     /* lines of the notify pipes; may be NULL */
+    size_t max_shards;              /* ids router_sup_add may bring to; <= n_shards: none */
+    uint32_t gen_base;              /* the generation of each id's first spawn */
     const router_sup_fd_t *inherit; /* n_inherit descriptors every child gets. Copied */
     size_t n_inherit;
 } router_sup_opts_t;
@@ -163,6 +167,30 @@ void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg);
 /* Sends `sig` to every running child (SIGHUP passed on, a second SIGTERM).
  * Returns how many were signalled. */
 size_t router_sup_signal(router_sup_t *s, int sig);
+
+/* Supervises one more id (up to max_shards in all) and spawns its child
+ * now; a failed spawn is logged and retried with backoff, as a restart
+ * would be. An id that was retired and has exited is taken up again.
+ * Returns 0, UV_EEXIST (supervised and not retired), UV_EBUSY (retired,
+ * its child not yet exited), UV_ENOSPC (max_shards reached) or
+ * UV_ECANCELED (holding or stopping). The first start is not announced
+ * through on_event, as with router_sup_start. */
+int router_sup_add(router_sup_t *s, uint32_t shard);
+
+/* Stops supervising `shard`: a pending restart is cancelled, its child
+ * gets SIGTERM (SIGKILL stop_grace_ms later if still running) and is never
+ * restarted; its exit is reported through on_event as any other. Not
+ * signalled by router_sup_signal any more. Returns 0 or UV_ENOENT (not
+ * supervised, or retired already). */
+int router_sup_retire(router_sup_t *s, uint32_t shard);
+
+/* True while `shard` is supervised and not retired (its child may be
+ * waiting for a restart). */
+int router_sup_wanted(const router_sup_t *s, uint32_t shard);
+
+/* The generation `shard`'s next spawn would get (gen_base + spawns so
+ * far): where a supervisor that replaces this one starts its count. */
+uint32_t router_sup_generation(const router_sup_t *s, uint32_t shard);
 
 /* Releases the supervisor. Only after `done` ran (from inside done is fine).
  * NULL is ignored. */

@@ -1243,6 +1243,54 @@ KVS_TEST(reload_check_classifies_main_keys)
     kvs_config_free(not_live);
 }
 
+KVS_TEST(reload_check_cluster_map_is_live)
+{
+    char changed[512], fixed[512];
+    kvs_config_t *ab = parse_ok("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                                "    - {name: a, address: \"127.0.0.1:7000\", shards: [0, 1]}\n"
+                                "    - {name: b, address: \"127.0.0.1:7100\", shards: [0, 1]}\n");
+    kvs_config_t *ad = parse_ok("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                                "    - {name: a, address: \"127.0.0.1:7000\", shards: [1]}\n"
+                                "    - {name: d, address: \"127.0.0.1:7200\", shards: [0, 1]}\n");
+    CHECK(!kvs_config_map_eq(ab, ad));
+    CHECK_EQ(kvs_config_reload_check(ab, ad, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "cluster.nodes");
+    CHECK_STR(fixed, "");
+    /* With a key that is not live, the whole reload is refused. */
+    kvs_config_t *ad_shards =
+        parse_ok("node: {name: a}\ncluster:\n  shards: 2\n  partitions: 8\n  nodes:\n"
+                 "    - {name: a, address: \"127.0.0.1:7000\", shards: [1]}\n"
+                 "    - {name: d, address: \"127.0.0.1:7200\", shards: [0, 1]}\n");
+    CHECK_EQ(kvs_config_reload_check(ab, ad_shards, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(changed, "cluster.nodes");
+    CHECK_STR(fixed, "cluster.partitions");
+    /* This node's own workers listen at its address: that is not live. */
+    kvs_config_t *moved =
+        parse_ok("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                 "    - {name: a, address: \"127.0.0.1:7300\", shards: [0, 1]}\n"
+                 "    - {name: b, address: \"127.0.0.1:7100\", shards: [0, 1]}\n");
+    CHECK_EQ(kvs_config_reload_check(ab, moved, changed, sizeof(changed), fixed, sizeof(fixed)),
+             KVS_ECONFIG);
+    CHECK_STR(fixed, "cluster.nodes (this node's own address)");
+    /* apply_live leaves the map alone; apply_map swaps it whole. */
+    kvs_config_apply_live(ab, ad);
+    CHECK_EQ(kvs_config_replica_count(ab, 0), 2);
+    CHECK(kvs_config_local(ab, 0));
+    kvs_config_apply_map(ab, ad);
+    CHECK(!kvs_config_local(ab, 0));
+    CHECK(kvs_config_local(ab, 1));
+    CHECK_STR(ab->self->name, "a");
+    CHECK_STR(ab->nodes[1].name, "d");
+    CHECK_STR(ad->nodes[1].name, "b"); /* the old map, freed with ad */
+    CHECK(kvs_config_local(ad, 0));
+    CHECK(kvs_config_map_eq(ab, ab));
+    kvs_config_free(ab);
+    kvs_config_free(ad);
+    kvs_config_free(ad_shards);
+    kvs_config_free(moved);
+}
+
 KVS_TEST(apply_live_swaps_only_live_values)
 {
     char changed[256], fixed[256];
@@ -1273,6 +1321,7 @@ KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their
               KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
               KVS_CASE(ops_keys_defaults_and_values), KVS_CASE(plugins_list),
               KVS_CASE(reload_check_names_the_keys), KVS_CASE(reload_check_classifies_main_keys),
+              KVS_CASE(reload_check_cluster_map_is_live),
               KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
               KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),

@@ -746,6 +746,88 @@ KVS_TEST(detach_puts_workers_in_their_own_group)
  * shape their argv (the generation counts an id's spawns), inherited
  * descriptors appear at their child fds, and router_sup_signal reaches
  * every running child. */
+/* Ids added while running get a child each (not announced, like the
+ * first ones); a retired id's child gets SIGTERM and is never restarted;
+ * a retired id that exited may be added again; max_shards bounds ids. */
+KVS_TEST(add_and_retire_ids_while_running)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512], want[512];
+    t_script(&t, "rec.sh", REC_BODY "exec sleep 30\n", exe, sizeof(exe));
+    const uint32_t shards[] = {0};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.max_shards = 3;
+    o.gen_flag = "--generation";
+    o.gen_base = 5;
+    o.backoff_min_ms = 20;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t p0 = wait_shard_pid(&t, 0, line, sizeof(line));
+    snprintf(want, sizeof(want), "%d --generation 5 --shard 0", (int)p0);
+    CHECK_STR(line, want);
+    CHECK_EQ(router_sup_generation(t.sup, 0), 6);
+    CHECK_EQ(router_sup_add(t.sup, 2), 0);
+    CHECK(router_sup_pid(t.sup, 2) > 0);
+    pid_t p2 = wait_shard_pid(&t, 2, line, sizeof(line));
+    CHECK_EQ(router_sup_pid(t.sup, 2), p2);
+    CHECK_EQ(router_sup_add(t.sup, 2), UV_EEXIST);
+    CHECK(router_sup_wanted(t.sup, 2));
+    CHECK_EQ(t.n_ev, 0);
+    CHECK_EQ(router_sup_signal(t.sup, 0), 2);
+    /* Retire 0: SIGTERM, no restart. */
+    unlink_shard_file(&t, 0);
+    CHECK_EQ(router_sup_retire(t.sup, 0), 0);
+    CHECK_EQ(router_sup_retire(t.sup, 0), UV_ENOENT);
+    CHECK(!router_sup_wanted(t.sup, 0));
+    CHECK_EQ(router_sup_signal(t.sup, 0), 1); /* the retired one is not signalled */
+    RUN_UNTIL(&t, t.n_ev >= 1);
+    CHECK_EQ(t.ev[0].shard, 0);
+    CHECK_EQ(t.ev[0].running, 0);
+    CHECK_EQ(t.ev[0].sig, SIGTERM);
+    uint64_t until = now_ms() + 200; /* ten times backoff_min_ms */
+    RUN_UNTIL(&t, now_ms() >= until);
+    CHECK_EQ(t.n_ev, 1);
+    CHECK_EQ(router_sup_pid(t.sup, 0), 0);
+    CHECK(!shard_file(&t, 0, line, sizeof(line)));
+    /* Taken up again, with the next generation. */
+    CHECK_EQ(router_sup_add(t.sup, 0), 0);
+    pid_t p0b = wait_shard_pid(&t, 0, line, sizeof(line));
+    CHECK(p0b != p0);
+    snprintf(want, sizeof(want), "%d --generation 6 --shard 0", (int)p0b);
+    CHECK_STR(line, want);
+    CHECK_EQ(router_sup_add(t.sup, 7), 0);
+    CHECK_EQ(router_sup_add(t.sup, 8), UV_ENOSPC);
+    wait_shard_pid(&t, 7, line, sizeof(line));
+    t_stop(&t);
+    CHECK_EQ(t.n_ev, 4);
+    t_close(&t);
+}
+
+/* A retired child that ignores SIGTERM is killed stop_grace_ms later. */
+KVS_TEST(retire_kills_a_straggler)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "stubborn.sh", "trap '' TERM\n" REC_BODY "while :; do sleep 0.05; done\n", exe,
+             sizeof(exe));
+    const uint32_t shards[] = {1, 3};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
+    o.stop_grace_ms = 200;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    wait_shard_pid(&t, 1, line, sizeof(line));
+    wait_shard_pid(&t, 3, line, sizeof(line));
+    uint64_t t0 = now_ms();
+    CHECK_EQ(router_sup_retire(t.sup, 3), 0);
+    RUN_UNTIL(&t, t.n_ev >= 1);
+    CHECK_EQ(t.ev[0].shard, 3);
+    CHECK_EQ(t.ev[0].sig, SIGKILL);
+    CHECK(t.ev[0].at_ms - t0 >= 190);
+    CHECK(router_sup_pid(t.sup, 1) > 0);
+    t_stop(&t);
+    t_close(&t);
+}
+
 KVS_TEST(router_children_get_flags_generation_and_fds)
 {
     tctx_t t;
@@ -872,6 +954,7 @@ KVS_TEST(notify_lines_reach_on_line)
 }
 
 KVS_TEST_MAIN(KVS_CASE(router_children_get_flags_generation_and_fds),
+              KVS_CASE(add_and_retire_ids_while_running), KVS_CASE(retire_kills_a_straggler),
               KVS_CASE(notify_lines_reach_on_line), KVS_CASE(spawns_every_shard_with_its_args),
               KVS_CASE(restarts_a_killed_worker), KVS_CASE(backoff_grows_for_a_crash_loop),
               KVS_CASE(stable_worker_resets_backoff),

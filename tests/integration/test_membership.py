@@ -1,0 +1,341 @@
+"""Integration tests for membership changes without downtime (issue 13,
+item 5): a changed cluster.nodes taken live on SIGHUP. The master starts
+workers for shards that became local (a new replica copies a peer's
+snapshot), replaces every router process by one running the new map, and
+stops workers of shards no longer local once the old router processes
+drained; clients of an old router process see their connection closed
+after their answers and reconnect, new connections reach the new map.
+
+The cluster fixtures are test_replicas' (several nodes on loopback, one
+kvs-mock-kafka). Every wait is bounded; every process is killed at cleanup.
+"""
+import re
+import signal
+import threading
+import time
+import unittest
+
+from kafkatest import info_pairs, wait_until
+from kvstest import HOST, Client, free_port, pyval, req_hget, req_hset
+from routertest import procs_for_config
+from test_ops import http_get, parse_metrics, total
+from test_replicas import SHARDS, TABLE, ReplicaFixtures, hget_at, shard_of_key
+
+DRAINED = (EOFError, ConnectionResetError, BrokenPipeError)
+
+
+def set_map(router, layout, bases):
+    """Rewrites the cluster.nodes lines of router's config file."""
+    with open(router.config) as f:
+        lines = [ln for ln in f.read().splitlines() if not ln.startswith("    - {name: ")]
+    at = lines.index("  nodes:") + 1
+    lines[at:at] = ['    - {name: %s, address: "127.0.0.1:%d", shards: [%s]}'
+                    % (n, bases[n], ", ".join(str(s) for s in shards))
+                    for n, shards in layout.items()]
+    with open(router.config, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def edit(router, old, new):
+    with open(router.config) as f:
+        text = f.read()
+    assert old in text, (old, text)
+    with open(router.config, "w") as f:
+        f.write(text.replace(old, new))
+
+
+def router_procs(router):
+    """{pid: generation} of router's live router processes."""
+    out = {}
+    for pid, argv in procs_for_config(router.config).items():
+        if "--router" in argv:
+            out[pid] = int(argv[argv.index("--generation") + 1])
+    return out
+
+
+class MoveTraffic:
+    """Writers and readers through one node while its router processes are
+    replaced. A client whose connection the node closes (a drained router
+    process) reconnects and sends the request that got no answer again
+    (the router never read it: a drain answers everything it read), as
+    any client must after a router restart; that is counted as a
+    reconnect, not an error. Every answer must be right: writes 200,
+    reads of acknowledged writes (at their position) 200 with the value.
+    A refused connection is an error: the port must never close."""
+
+    def __init__(self, router, writers=2, readers=2, pause=0.004):
+        self.router = router
+        self.acked = {}  # key -> (value, position, when)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors = []
+        self.reconnects = 0
+        self.reads = 0
+        self.pause = pause
+        self.threads = [threading.Thread(target=self.writer, args=(w,), daemon=True)
+                        for w in range(writers)]
+        self.threads += [threading.Thread(target=self.reader, args=(r,), daemon=True)
+                         for r in range(readers)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def call(self, conn, req):
+        """conn: a one-element list holding the thread's Client (or None)."""
+        for _ in range(20):
+            try:
+                if conn[0] is None:
+                    conn[0] = Client(self.router.addr, timeout=20)
+                return conn[0].call(req)
+            except DRAINED:
+                with self.lock:
+                    self.reconnects += 1
+                conn[0].close()
+                conn[0] = None
+        raise AssertionError("20 reconnects in a row")
+
+    def run_safely(self, body):
+        conn = [None]
+        try:
+            while not self.stop.is_set():
+                body(conn)
+                time.sleep(self.pause)
+        except Exception as e:  # a refused connection, a timeout: an error
+            with self.lock:
+                self.errors.append(("exception", repr(e)))
+        finally:
+            if conn[0] is not None:
+                conn[0].close()
+
+    def writer(self, w):
+        n = [0]
+
+        def one(conn):
+            key, val = b"m%d-%d" % (w, n[0]), "v%d-%d" % (w, n[0])
+            n[0] += 1
+            resp = self.call(conn, req_hset(TABLE, key, val))
+            with self.lock:
+                if resp.status == 200:
+                    self.acked[key] = (val, resp.position, time.monotonic())
+                else:
+                    self.errors.append(("write", key, resp.status, resp.message))
+        self.run_safely(one)
+
+    def reader(self, r):
+        import random
+        rnd = random.Random(r)
+
+        def one(conn):
+            with self.lock:
+                old = [k for k, v in self.acked.items() if v[2] < time.monotonic() - 0.5]
+                key = rnd.choice(old) if old else None
+                if key is not None:
+                    val, pos, _ = self.acked[key]
+            if key is None:
+                time.sleep(0.01)
+                return
+            resp = self.call(conn, hget_at(TABLE, key, pos))
+            with self.lock:
+                self.reads += 1
+                if resp.status != 200 or pyval(resp.values[0]) != val:
+                    self.errors.append(("read", key, resp.status, resp.message))
+        self.run_safely(one)
+
+
+class MembershipTest(ReplicaFixtures, unittest.TestCase):
+
+    def metrics(self, port):
+        status, _, body = http_get(port)
+        self.assertEqual(status, 200, body)
+        return parse_metrics(body)
+
+    def reload(self, router, changes):
+        """SIGHUP; waits for the change count-th "membership change complete"."""
+        router.proc.send_signal(signal.SIGHUP)
+        self.assertIsNotNone(wait_until(
+            lambda: router.stderr().count("membership change complete") == changes, 40),
+            router.stderr()[-4000:])
+
+    def check_acked(self, traffic, router):
+        """Every acknowledged write, read at its position through `router`."""
+        with router.client() as c:
+            for k, (val, pos, _) in traffic.acked.items():
+                resp = c.call(hget_at(TABLE, k, pos))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, val), resp.message)
+
+    def test_replica_moves_from_b_to_d_while_clients_read_and_write_through_a(self):
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock = self.mock()
+        bases = self.bases(["a", "b", "d"])
+        mport = free_port()
+        a = self.node(mock, "a", layout, bases, processes=2,
+                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
+        b = self.node(mock, "b", layout, bases)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_serving(r)
+            self.wait_workers(r)
+        self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
+        workers = a.workers()
+        gen0 = router_procs(a)
+        self.assertEqual(sorted(gen0.values()), [0, 0])
+        traffic = MoveTraffic(a)
+        traffic.start()
+        time.sleep(0.5)
+        # d joins: started with the map {a, b, d}, it copies a snapshot.
+        layout_abd = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
+        d = self.node(mock, "d", layout_abd, bases)
+        d.start()
+        self.wait_serving(d)
+        self.wait_workers(d)
+        # a takes the map {a, b, d} live: new router processes link to d.
+        set_map(a, layout_abd, bases)
+        self.reload(a, 1)
+        gen1 = router_procs(a)
+        self.assertEqual(sorted(gen1.values()), [1, 1], a.stderr()[-3000:])
+        self.assertFalse(set(gen1) & set(gen0))
+        self.assertEqual(a.workers(), workers)  # its own shards did not change
+        # Its workers took the map too (a table bound to no topic may be
+        # written only on a shard with one replica).
+        self.assertIsNotNone(wait_until(
+            lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 3, 10))
+        m = self.metrics(mport)
+        self.assertEqual(total(m, "kvs_shard_link_up", node="d"), 2 * SHARDS)
+        self.assertEqual(total(m, "kvs_shard_link_up", node="b"), 2 * SHARDS)
+        self.assertEqual(total(m, "kvs_router_processes", state="serving"), 2)
+        self.assertEqual(total(m, "kvs_router_processes", state="draining"), 0)
+        self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 1)
+        self.assertEqual(total(m, "kvs_router_up"), 2)
+        self.assertEqual(total(m, "kvs_metrics_source_up", router="0"), 1)
+        # b leaves, then a takes the map {a, d}.
+        self.assertEqual(b.stop(), 0)
+        time.sleep(0.5)
+        set_map(a, {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        self.reload(a, 2)
+        self.assertEqual(sorted(router_procs(a).values()), [2, 2])
+        m = self.metrics(mport)
+        self.assertEqual(total(m, "kvs_shard_link_up", node="d"), 2 * SHARDS)
+        self.assertEqual([s for s in m if s[0] == "kvs_shard_link_up" and s[1]["node"] == "b"],
+                         [])
+        self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 2)
+        self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
+        time.sleep(0.5)
+        traffic.finish()
+        self.assertEqual(traffic.errors, [])
+        self.assertGreater(len(traffic.acked), 100)
+        self.assertGreater(traffic.reads, 50)
+        # Each of the 4 clients was on an old router process at both changes.
+        self.assertGreaterEqual(traffic.reconnects, 2 * 4)
+        self.assertEqual(a.workers(), workers)
+        self.check_acked(traffic, a)
+        self.check_acked(traffic, d)
+        self.assertNotIn("ERROR", a.stderr())
+        self.assertEqual(a.stop(), 0)
+
+    def test_a_shard_moves_onto_this_node_and_another_off_it(self):
+        # a serves 0 and 1, b every shard; a's reload moves shard 0 off a
+        # and shard 2 onto it (its worker copies b's snapshot).
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        with a.client() as c:
+            for i in range(200):
+                self.assertEqual(c.call(req_hset(TABLE, b"pre-%d" % i, "p%d" % i)).status, 200)
+        before = a.workers()
+        self.assertEqual(sorted(before), [0, 1])
+        traffic = MoveTraffic(a, writers=1, readers=1)
+        traffic.start()
+        time.sleep(0.5)
+        moved = {"a": [1, 2], "b": [0, 1, 2, 3]}
+        set_map(a, moved, bases)
+        self.reload(a, 1)
+        log = a.stderr()
+        self.assertIn("shard 2 is now served here too; starting its worker", log)
+        self.assertIn("shard 0 is no longer served here; its worker stops", log)
+        self.assertIn("copying a snapshot from node b", log)
+        self.assertIn("copied shard", log)
+        # The new router processes took clients only once the new worker
+        # served: during its copy it answers 503, and writes to shard 2 went
+        # on through the old ones (to b).
+        ready = log.index("node[2] INFO  shard 2 ready")
+        self.assertLess(ready, log.index("shard 2's new worker serves"))
+        self.assertLess(ready, log.index("the router processes of the new map accept clients"))
+        after = a.workers()
+        self.assertEqual(sorted(after), [1, 2], log[-3000:])
+        self.assertEqual(after[1], before[1])
+        # b takes the same map (its own shards stay; its routers stop
+        # asking a for shard 0).
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        time.sleep(0.5)
+        traffic.finish()
+        self.assertEqual(traffic.errors, [])
+        self.assertGreater(len(traffic.acked), 20)
+        self.check_acked(traffic, a)
+        # a's new worker holds what was written before it existed.
+        with Client(a.socket_path(2)) as w:
+            for i in range(200):
+                k = b"pre-%d" % i
+                if shard_of_key(k) != 2:
+                    continue
+                resp = w.call(req_hget(TABLE, k))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
+        # Shard 0 is read from b now; its data directory on a stays.
+        with a.client() as c:
+            for i in range(0, 200, 7):
+                resp = c.call(req_hget(TABLE, b"pre-%d" % i))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
+        self.assertEqual(a.stop(), 0)
+
+    def test_refused_reloads_change_nothing(self):
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a = rt["a"]
+        bases.update(self.bases(["d"], avoid=bases.values()))
+        state = (router_procs(a), a.workers())
+        with open(a.config) as f:
+            original = f.read()
+        grown = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
+
+        def refused(what, count):
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertIsNotNone(wait_until(lambda: a.stderr().count(what) == count, 20),
+                                 a.stderr()[-3000:])
+            time.sleep(0.5)
+            self.assertEqual((router_procs(a), a.workers()), state)
+            with a.client() as c:
+                self.assertEqual(c.call(req_hset(TABLE, b"k", "v")).status, 200)
+            with open(a.config, "w") as f:
+                f.write(original)
+        # A new map with a key that cannot change live: refused whole.
+        set_map(a, grown, bases)
+        edit(a, "storage: {sync: batch}", "storage: {sync: full}")
+        refused("reload refused: storage.sync changed", 1)
+        # A map that no longer lists this node does not load.
+        set_map(a, {"b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        refused('node.name "a" is not in cluster.nodes', 1)
+        # This node's own address is where its workers listen: not live.
+        moved = dict(bases, a=bases["a"] + 1000)
+        set_map(a, layout, moved)
+        refused("reload refused: cluster.nodes (this node's own address) changed", 1)
+        self.assertNotIn("membership change", a.stderr())
+        # The next good reload goes through.
+        set_map(a, grown, bases)
+        d = self.node(self._mocks[0], "d", grown, bases)
+        d.start()
+        self.wait_workers(d)
+        self.reload(a, 1)
+        self.assertEqual(a.workers(), state[1])
+        self.assertNotEqual(router_procs(a), state[0])
+
+
+if __name__ == "__main__":
+    unittest.main()
