@@ -42,9 +42,11 @@
 # tls.router enabled and a redis-server with --tls-port (Debian's Redis is
 # built with TLS), certificates made for the run by tests/make_certs.sh (EC
 # P-256; server authentication only, on both sides), kvs-bench --tls and
-# redis-benchmark --tls, each verifying the server against the test CA.
+# redis-benchmark --tls, each verifying the server against the test CA, with
+# both drivers as above (own load generators, then redis-benchmark on both).
 # Their rows are marked "TLS", and a third table shows what TLS costs each
-# side: TLS ops/s as a fraction of the same workload's plaintext ops/s.
+# side: TLS ops/s as a fraction of the same workload's plaintext ops/s with
+# the same driver.
 #
 # Everything started here is stopped and every temporary file removed on
 # exit, also on Ctrl-C or error. Servers listen on 127.0.0.1 only. Every wait
@@ -359,7 +361,7 @@ print_tables() {
         echo
         echo "What TLS costs: TLS ops/s as a fraction of the same workload's plaintext ops/s"
         echo "(1.00 = free; target: kvs's fraction at least redis's):"
-        printf '%-10s | %9s | %11s\n' workload "kvs TLS" "redis TLS"
+        printf '%-14s | %9s | %11s\n' workload "kvs TLS" "redis TLS"
         printf '%s\n' "${TLS_ROWS[@]}"
     fi
     if [ ${#NOTES[@]} -gt 0 ]; then
@@ -390,21 +392,23 @@ main() {
         for test in hset hget; do
             for pipe in 1 16; do
                 run_workload "$test" "$pipe"
-                if [ "$DRIVER" = own ]; then
-                    plain_k[$test$pipe]=$K_OPS
-                    plain_r[$test$pipe]=$R_OPS
-                fi
+                plain_k[$DRIVER$test$pipe]=$K_OPS
+                plain_r[$DRIVER$test$pipe]=$R_OPS
             done
         done
     done
     if [ "$TLS" = 1 ]; then
         start_tls_servers
-        for test in hset hget; do
-            for pipe in 1 16; do
-                run_workload "$test" "$pipe" " TLS"
-                TLS_ROWS+=("$(printf '%-10s | %9.2f | %11.2f' "${test^^} P=$pipe" \
-                    "$(awk -v a="$K_OPS" -v b="${plain_k[$test$pipe]}" 'BEGIN { print a / b }')" \
-                    "$(awk -v a="$R_OPS" -v b="${plain_r[$test$pipe]}" 'BEGIN { print a / b }')")")
+        # Each TLS row is compared with the plaintext row of the same driver.
+        for DRIVER in own resp; do
+            for test in hset hget; do
+                for pipe in 1 16; do
+                    run_workload "$test" "$pipe" " TLS"
+                    TLS_ROWS+=("$(printf '%-14s | %9.2f | %11.2f' \
+                        "${test^^} P=$pipe$([ "$DRIVER" = resp ] && echo ' r')" \
+                        "$(awk -v a="$K_OPS" -v b="${plain_k[$DRIVER$test$pipe]}" 'BEGIN { print a / b }')" \
+                        "$(awk -v a="$R_OPS" -v b="${plain_r[$DRIVER$test$pipe]}" 'BEGIN { print a / b }')")")
+                done
             done
         done
     fi
