@@ -36,7 +36,7 @@
 #
 # A last table shows how much CPU each side used during each run (percent
 # of one core, client and server), to check that the load generator was not
-# the bottleneck.
+# the bottleneck, and the servers' CPU time per request (microseconds).
 #
 # Then the same workloads over TLS (unless --no-tls): a second kvs node with
 # tls.router enabled and a redis-server with --tls-port (Debian's Redis is
@@ -252,6 +252,9 @@ run_client() {
     SERVER_CPU=$(awk -v a="$t0" -v b="$t1" -v t="$tick" 'BEGIN { print (b - a) / t }')
 }
 
+# Server CPU microseconds per request of the last run_client.
+per_op() { awk -v c="$SERVER_CPU" -v n="$REQUESTS" 'BEGIN { printf "%.3f", 1e6 * c / n }'; }
+
 pct() { awk -v c="$1" -v e="$2" 'BEGIN { printf "%.0f", (e > 0 ? 100 * c / e : 0) }'; }
 
 # kvs-bench --json: sets OPS P50 P99 (ms) and checks for errors.
@@ -307,7 +310,8 @@ col_median() { cut -d' ' -f"$2" "$1" | median; }
 
 # Runs one workload on both servers, alternating, REPEAT times, and appends
 # a row of medians to the tables (its name ends with $3, " TLS" or ""). A
-# sample is "ops p50 p99 client% server%". Sets K_OPS and R_OPS (medians).
+# sample is "ops p50 p99 client% server% server-us-per-request". Sets K_OPS
+# and R_OPS (medians).
 # With DRIVER=resp, redis-benchmark drives kvs too (its RESP listener).
 run_workload() {
     local test=$1 pipe=$2 name i k="$TMP/k.samples" r="$TMP/r.samples"
@@ -322,10 +326,10 @@ run_workload() {
         else
             run_kvs "$test" "$pipe"
         fi
-        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$k"
+        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED") $(per_op)" >>"$k"
         say "$name: redis (run $i of $REPEAT)"
         run_redis "$test" "$pipe"
-        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED")" >>"$r"
+        echo "$OPS $P50 $P99 $(pct "$CLIENT_CPU" "$ELAPSED") $(pct "$SERVER_CPU" "$ELAPSED") $(per_op)" >>"$r"
     done
     local k_ops r_ops
     k_ops=$(col_median "$k" 1)
@@ -336,9 +340,9 @@ run_workload() {
         "$name" "$k_ops" "$r_ops" "$(awk -v a="$k_ops" -v b="$r_ops" 'BEGIN { print a / b }')" \
         "$(col_median "$k" 3)" "$(col_median "$r" 3)" "$(col_median "$k" 2)" \
         "$(col_median "$r" 2)")")
-    CPU_ROWS+=("$(printf '%-14s | %13.0f | %16.0f | %16.0f | %16.0f' "$name" \
+    CPU_ROWS+=("$(printf '%-14s | %10.0f | %10.0f | %12.0f | %12.0f | %9.2f | %11.2f' "$name" \
         "$(col_median "$k" 4)" "$(col_median "$k" 5)" "$(col_median "$r" 4)" \
-        "$(col_median "$r" 5)")")
+        "$(col_median "$r" 5)" "$(col_median "$k" 6)" "$(col_median "$r" 6)")")
 }
 
 print_tables() {
@@ -353,9 +357,10 @@ print_tables() {
     echo "protocol listener); the others: kvs-bench drives kvs, redis-benchmark Redis."
     echo
     echo "CPU during each run, percent of one core (client = kvs-bench or redis-benchmark;"
-    echo "server = kvs-router + its kvs-node workers / redis-server):"
-    printf '%-14s | %13s | %16s | %16s | %16s\n' workload "kvs client" "kvs server" \
-        "redis client" "redis server"
+    echo "server = kvs-router + its kvs-node workers / redis-server), and the"
+    echo "servers' CPU time per request in microseconds:"
+    printf '%-14s | %10s | %10s | %12s | %12s | %9s | %11s\n' workload "kvs client" \
+        "kvs server" "redis client" "redis server" "kvs us/op" "redis us/op"
     printf '%s\n' "${CPU_ROWS[@]}"
     if [ ${#TLS_ROWS[@]} -gt 0 ]; then
         echo
