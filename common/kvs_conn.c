@@ -413,6 +413,8 @@ static void conn_deliver(kvs_conn_t *c)
         c->on_frame(c, p, len);
     }
     c->flags &= ~KVS_CONN_DELIVERING;
+    if (c->on_delivered != NULL)
+        c->on_delivered(c);
     if (has(c, KVS_CONN_CLOSING))
         return;
     if (kvs_conn_pending(c) >= c->high_water && conn_ready(c))

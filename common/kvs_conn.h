@@ -180,6 +180,10 @@ struct kvs_conn_s {
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;
     kvs_conn_ready_cb on_ready; /* TLS only; optional */
+    /* Optional: called after each run of on_frame calls (the frames of one
+     * read, or those a kick delivers), with every frame of the run read
+     * from the socket before the first was delivered. */
+    kvs_conn_ready_cb on_delivered;
     kvs_flusher_t *flusher;     /* optional */
     kvs_conn_t *flush_next;     /* flusher's intrusive list */
     int queued;                 /* on the flusher's list */

@@ -224,9 +224,18 @@ void router_client_close_after_answers(router_client_t *cl)
     client_maybe_close(cl);
 }
 
+/* The end of a run of frames: the local snapshots its reads shared end
+ * (router_local_hold). */
+static void on_delivered(kvs_conn_t *c)
+{
+    router_client_t *cl = c->data;
+    router_local_release(cl->router->local);
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     router_client_t *cl = c->data;
+    router_local_hold(cl->router->local);
     if (cl->redis != NULL) {
         router_redis_command(cl->redis, cl);
         return;
@@ -422,6 +431,7 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.data = cl;
     cl->conn.flusher = &r->flusher;
     cl->conn.on_ready = on_tls_ready;
+    cl->conn.on_delivered = on_delivered;
     cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;

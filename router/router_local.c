@@ -49,6 +49,7 @@ typedef struct lshard_s {
     int warned;        /* the current failure to open was logged */
     uint64_t remaps;   /* map growths followed, as last logged */
     int refuse;        /* test hook: opening fails (KVS_TEST_LOCAL_READS_REFUSE) */
+    int held;          /* its snapshot stays open until router_local_release */
 } lshard_t;
 
 struct router_local_s {
@@ -60,13 +61,16 @@ struct router_local_s {
     int timer_started;
     kvs_arena_t arena; /* positions collected by a freshness walk */
     uint64_t error_log_ms;
+    int holding;       /* between router_local_hold and router_local_release */
+    uint32_t *held;    /* shards whose snapshot is held, n_held of them */
+    uint32_t n_held;
 };
 
 /* ---- opening and closing ------------------------------------------------------ */
 
 static void close_env(lshard_t *ls)
 {
-    kvs_lmdb_reader_close(ls->env);
+    kvs_lmdb_reader_close(ls->env); /* also ends a held snapshot */
     ls->env = NULL;
 }
 
@@ -302,8 +306,33 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
         kvs_arena_reset(&lc->arena);
     }
     ok = ok && answer(lc, ls, q, pk, out);
-    kvs_lmdb_reader_end(ls->env);
+    if (!lc->holding) {
+        kvs_lmdb_reader_end(ls->env);
+    } else if (!ls->held) {
+        ls->held = 1;
+        lc->held[lc->n_held++] = ls->id;
+    }
     return ok;
+}
+
+void router_local_hold(router_local_t *lc)
+{
+    if (lc != NULL)
+        lc->holding = 1;
+}
+
+void router_local_release(router_local_t *lc)
+{
+    if (lc == NULL)
+        return;
+    lc->holding = 0;
+    for (uint32_t i = 0; i < lc->n_held; i++) {
+        lshard_t *ls = &lc->shards[lc->held[i]];
+        ls->held = 0;
+        if (ls->env != NULL)
+            kvs_lmdb_reader_end(ls->env);
+    }
+    lc->n_held = 0;
 }
 
 int router_local_read(router_local_t *lc, uint32_t shard, const Kvs__CommandRequest *q,
@@ -412,7 +441,10 @@ int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link
     if (lc == NULL)
         return -ENOMEM;
     lc->shards = calloc(cfg->shards, sizeof(*lc->shards));
-    if (lc->shards == NULL) {
+    lc->held = calloc(cfg->shards, sizeof(*lc->held));
+    if (lc->shards == NULL || lc->held == NULL) {
+        free(lc->shards);
+        free(lc->held);
         free(lc);
         return -ENOMEM;
     }
@@ -449,5 +481,6 @@ void router_local_free(router_local_t *lc)
     }
     kvs_arena_close(&lc->arena);
     free(lc->shards);
+    free(lc->held);
     free(lc);
 }

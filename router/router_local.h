@@ -5,8 +5,9 @@
  *
  * What a read promises stays as it was:
  *  - the worker stays the only writer, and acknowledges a write only after
- *    its commit; a read here begins a new snapshot, which sees every commit
- *    made before it: a write acknowledged to anyone is seen;
+ *    its commit; a read here is served from a snapshot begun after the
+ *    request arrived, which sees every commit made before it: a write
+ *    acknowledged to anyone is seen;
  *  - reads of tables bound to a topic pass the same freshness rules
  *    (kvs_freshreq over kvs_fresh_decide) with the applied offsets read in
  *    the same snapshot as the data and what only the worker knows (end
@@ -38,7 +39,8 @@
  * a map the size of the worker's), one reusable read transaction and so at
  * most one reader slot in its lock file (kvs_schema: the worker sizes the
  * reader table for many router processes), and the state page's mapping.
- * No snapshot outlives the read that began it. A timer (1 s) clears stale
+ * No snapshot outlives the run of requests that began it (one read from
+ * one client's socket: router_local_hold). A timer (1 s) clears stale
  * reader slots (mdb_reader_check), notices a state page that was created
  * anew, and follows a worker that moved to other files.
  *
@@ -83,6 +85,16 @@ int router_local_read(router_local_t *lc, uint32_t shard, const Kvs__CommandRequ
  * key's partition of b's topic (-1: none). */
 int router_local_read_key(router_local_t *lc, uint32_t shard, const kvs_peek_t *pk,
                           const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out);
+
+/* Reads served between router_local_hold and router_local_release share
+ * one snapshot per shard instead of beginning one each. The caller holds
+ * only around requests that were all read from their socket before the
+ * first of them is served (one connection's run of frames), so the shared
+ * snapshot still begins after each of them arrived and sees every write
+ * acknowledged before. Both take NULL (no local reads) and do nothing
+ * then; release ends the held snapshots. */
+void router_local_hold(router_local_t *lc);
+void router_local_release(router_local_t *lc);
 
 /* Closes the timer; free with router_local_free after the loop ran. */
 void router_local_stop(router_local_t *lc);

@@ -64,6 +64,17 @@ def lmdb_readers(env):
             if line.strip() and line.split()[0].isdigit()]
 
 
+def lmdb_reader_txns(env):
+    """{pid: [txnid or "-" per slot]} of environment `env` (mdb_stat -r)."""
+    out = subprocess.run(["mdb_stat", "-r", env], capture_output=True, text=True, timeout=10)
+    slots = {}
+    for line in out.stdout.splitlines()[1:]:
+        f = line.split()
+        if len(f) == 3 and f[0].isdigit():
+            slots.setdefault(f[0], []).append(f[2])
+    return slots
+
+
 def req_hlen(table):
     q = pb.CommandRequest()
     q.hlen.table = table
@@ -118,6 +129,39 @@ class LocalReadsCase(RouterTestCase):
 
 
 class AnswersTest(LocalReadsCase):
+    def test_pipelined_reads_share_one_snapshot_that_ends_with_their_run(self):
+        """One client's run of pipelined reads (the frames of one read from
+        its socket) is served from one snapshot per shard, begun after they
+        arrived: every answer is current, including a write acknowledged
+        to another client just before the run was sent; answers keep
+        request order across shards; and the snapshot ends with the run
+        (the router's reader slot holds no txn afterwards, so it pins no
+        pages the worker would reuse)."""
+        r = self.local_router()
+        keys = self.fill(r, "t", 16)
+        every = sorted(keys[0] + keys[1])
+        router = str(router_pids(r)[0])
+        with r.client() as w, r.client() as c:
+            for rnd in range(24):
+                k = every[rnd % len(every)]
+                self.assertEqual(w.hset("t", k, b"new-%d" % rnd).status, 200)
+                expect = {x: b"v-" + x for x in every}
+                for j in range(rnd + 1):
+                    expect[every[j % len(every)]] = b"new-%d" % j
+                got = c.pipeline([req_hget("t", x) for x in every])
+                self.assertEqual([pyval(a.values[0]) for a in got], [expect[x] for x in every],
+                                 "round %d: a pipelined read missed an acknowledged write" % rnd)
+            with stopped(*r.workers().values()):
+                got, el = self.timed(c.pipeline, [req_hget("t", x) for x in every] * 4)
+                self.assertHere(el, "a pipeline of %d Hgets" % (4 * len(every)))
+                self.assertEqual([a.status for a in got], [200] * (4 * len(every)))
+        for shard in (0, 1):
+            env = os.path.join(r.data_dir, "shard-%d" % shard)
+            slots = lmdb_reader_txns(env)
+            self.assertIn(router, slots, "the router holds no reader slot of %s" % env)
+            self.assertEqual(slots[router], ["-"],
+                             "the router kept a snapshot of shard %d open after the run" % shard)
+
     def test_every_read_is_answered_here_as_the_worker_answers(self):
         r = self.local_router()
         keys = self.fill(r, "t", 12)

@@ -155,6 +155,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(status, 200, body)
         return parse_metrics(body)
 
+    def metrics_when(self, port, ok, timeout=10):
+        """The first scrape for which ok(metrics) holds, or the last one
+        (the caller's assertions then say what is missing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics(port)
+            if ok(m) or time.monotonic() > deadline:
+                return m
+            time.sleep(0.05)
+
     def reload(self, router, changes):
         """SIGHUP; waits for the change count-th "membership change complete"."""
         router.proc.send_signal(signal.SIGHUP)
@@ -207,7 +217,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # written only on a shard with one replica).
         self.assertIsNotNone(wait_until(
             lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 3, 10))
-        m = self.metrics(mport)
+        # The new router processes link to d and b, and the master to them
+        # for /metrics, as they start: the scrape shows it within moments.
+        m = self.metrics_when(mport, lambda m: total(m, "kvs_shard_link_up", node="d") == 2 * SHARDS
+                              and total(m, "kvs_shard_link_up", node="b") == 2 * SHARDS)
         self.assertEqual(total(m, "kvs_shard_link_up", node="d"), 2 * SHARDS)
         self.assertEqual(total(m, "kvs_shard_link_up", node="b"), 2 * SHARDS)
         self.assertEqual(total(m, "kvs_router_processes", state="serving"), 2)
@@ -221,7 +234,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(a, {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
         self.reload(a, 2)
         self.assertEqual(sorted(router_procs(a).values()), [2, 2])
-        m = self.metrics(mport)
+        m = self.metrics_when(mport, lambda m: total(m, "kvs_shard_link_up", node="d") == 2 * SHARDS)
         self.assertEqual(total(m, "kvs_shard_link_up", node="d"), 2 * SHARDS)
         self.assertEqual([s for s in m if s[0] == "kvs_shard_link_up" and s[1]["node"] == "b"],
                          [])
