@@ -9,6 +9,7 @@ after their answers and reconnect, new connections reach the new map.
 The cluster fixtures are test_replicas' (several nodes on loopback, one
 kvs-mock-kafka). Every wait is bounded; every process is killed at cleanup.
 """
+import os
 import re
 import signal
 import threading
@@ -307,6 +308,72 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 resp = c.call(req_hget(TABLE, b"pre-%d" % i))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
         self.assertEqual(a.stop(), 0)
+
+    def test_a_change_whose_new_worker_never_serves_fails_and_the_old_map_serves_on(self):
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        mock = self.mock()
+        bases = self.bases(["a", "b"])
+        mport = free_port()
+        a = self.node(mock, "a", layout, bases,
+                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),
+                                   "ready_timeout: 4s"))
+        b = self.node(mock, "b", layout, bases)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_serving(r)
+            self.wait_workers(r)
+        self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
+        gen0 = router_procs(a)
+        self.assertEqual(sorted(a.workers()), [0, 1])
+        own = {}
+        for i in range(400):
+            k = b"own-%d" % i
+            if shard_of_key(k) in (0, 1) and len(own) < 8:
+                own[k] = "o%d" % i
+        with a.client() as c:
+            for k, v in own.items():
+                self.assertEqual(c.call(req_hset(TABLE, k, v)).status, 200)
+        # a is to serve shard 2 too, but b, the only other replica, hangs:
+        # a's new worker can neither copy b's snapshot nor give up on it
+        # (that waits limits.frame_timeout) within router.ready_timeout.
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 2, 3]}, bases)
+        source = b.workers()[2]
+        os.kill(source, signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertIsNotNone(wait_until(lambda: "membership change failed" in a.stderr(), 30),
+                                 a.stderr()[-4000:])
+            # The serving generation never stopped; the new worker went.
+            self.assertIsNotNone(wait_until(
+                lambda: a.stderr().count("membership change complete") == 1, 30),
+                a.stderr()[-4000:])
+            self.assertEqual(router_procs(a), gen0)
+            self.assertEqual(sorted(a.workers()), [0, 1])
+            with a.client() as c:  # its own shards serve on, reads and writes
+                for k, v in own.items():
+                    resp = c.call(req_hget(TABLE, k))
+                    self.assertEqual((resp.status, pyval(resp.values[0])), (200, v))
+                    self.assertEqual(c.call(req_hset(TABLE, k, v + "!")).status, 200)
+            m = self.metrics(mport)
+            self.assertEqual(total(m, "kvs_membership_changes_total", result="failed"), 1)
+            self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 0)
+        finally:
+            os.kill(source, signal.SIGCONT)
+        self.assertIn("the router processes keep serving the previous map", a.stderr())
+        # The same reload, once the peer serves again, goes through.
+        self.reload(a, 2)
+        self.assertEqual(sorted(a.workers()), [0, 1, 2])
+        self.assertFalse(set(router_procs(a)) & set(gen0))
+        m = self.metrics_when(mport, lambda m: total(
+            m, "kvs_membership_changes_total", result="done") == 1)
+        self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 1)
+        with a.client() as c:
+            for k, v in own.items():
+                resp = c.call(req_hget(TABLE, k))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, v + "!"))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
 
     def test_refused_reloads_change_nothing(self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
