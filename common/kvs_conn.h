@@ -160,12 +160,12 @@ struct kvs_conn_s {
     } h;
     kvs_frame_dec_t dec;      /* input buffer; frames unless `codec` is set */
     const kvs_codec_t *codec; /* NULL: kvs frames */
-    kvs_buf_t out;  /* queued, not yet handed to the socket (TLS: not yet encrypted) */
-    kvs_buf_t cout; /* TLS: ciphertext queued, not yet handed to the socket */
-    kvs_tls_t *tls; /* NULL: plaintext */
-    kvs_buf_t wbuf; /* being written: [woff, wlen) of it is in flight or next */
-    size_t woff;    /* bytes of wbuf already written */
-    size_t wchunk;  /* bytes the in-flight uv_write covers */
+    kvs_buf_t out;            /* queued, not yet handed to the socket (TLS: not yet encrypted) */
+    kvs_buf_t cout;           /* TLS: ciphertext queued, not yet handed to the socket */
+    kvs_tls_t *tls;           /* NULL: plaintext */
+    kvs_buf_t wbuf;           /* being written: [woff, wlen) of it is in flight or next */
+    size_t woff;              /* bytes of wbuf already written */
+    size_t wchunk;            /* bytes the in-flight uv_write covers */
     uv_write_t wreq;
     uv_shutdown_t sreq;
     uv_timer_t timer;  /* lingering deadline; otherwise a zero-delay delivery kick */
@@ -184,10 +184,10 @@ struct kvs_conn_s {
      * read, or those a kick delivers), with every frame of the run read
      * from the socket before the first was delivered. */
     kvs_conn_ready_cb on_delivered;
-    kvs_flusher_t *flusher;     /* optional */
-    kvs_conn_t *flush_next;     /* flusher's intrusive list */
-    int queued;                 /* on the flusher's list */
-    kvs_conn_group_t *group;    /* optional, see kvs_conn_join */
+    kvs_flusher_t *flusher;  /* optional */
+    kvs_conn_t *flush_next;  /* flusher's intrusive list */
+    int queued;              /* on the flusher's list */
+    kvs_conn_group_t *group; /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;            /* decoder bytes charged to the group's input budget */
     uint64_t last_input_ms;    /* loop time of the last bytes read */

@@ -61,8 +61,8 @@ struct router_local_s {
     int timer_started;
     kvs_arena_t arena; /* positions collected by a freshness walk */
     uint64_t error_log_ms;
-    int holding;       /* between router_local_hold and router_local_release */
-    uint32_t *held;    /* shards whose snapshot is held, n_held of them */
+    int holding;    /* between router_local_hold and router_local_release */
+    uint32_t *held; /* shards whose snapshot is held, n_held of them */
     uint32_t n_held;
 };
 

@@ -53,6 +53,7 @@ struct server_s {
     int client_rcvbuf; /* 0: the kernel's default */
     client_fn client;
     kvs_conn_frame_cb on_frame;
+    kvs_conn_ready_cb on_delivered;
     kvs_flusher_cb before;
     void (*on_tick)(server_t *s);
     unsigned tick_ms;
@@ -81,6 +82,7 @@ struct server_s {
     size_t max_backlog, max_dec_cap;
     atomic_int drain;
     int ticks_paused, resumed;
+    int runs, run_frames, max_run; /* on_delivered: runs of frames */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -141,6 +143,7 @@ static void on_connection(uv_stream_t *server, int status)
              0);
     s->conn.data = s;
     s->conn.flusher = &s->flusher;
+    s->conn.on_delivered = s->on_delivered;
     if (s->use_group)
         kvs_conn_join(&s->conn, &s->group);
     if (s->high_water != 0)
@@ -998,6 +1001,67 @@ KVS_TEST(idle_timeout_closes_an_idle_member)
     CHECK(s.closed_before_done);
 }
 
+/* ---- runs of frames (on_delivered) ------------------------------------------------ */
+
+static void run_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    s->run_frames++;
+    echo_frame(c, p, len);
+}
+
+static void run_ended(kvs_conn_t *c)
+{
+    server_t *s = c->data;
+    if (s->run_frames == 0)
+        return; /* a delivery with nothing to deliver (a kick, the end of input) */
+    s->runs++;
+    if (s->run_frames > s->max_run)
+        s->max_run = s->run_frames;
+    s->run_frames = 0;
+}
+
+/* Three frames in one write, one alone, two in one write; each group's
+ * echoes are read before the next is sent. */
+static void client_runs(server_t *s, int fd)
+{
+    (void)s;
+    static const char *const groups[3][3] = {
+        {"a", "bb", "ccc"}, {"d", NULL, NULL}, {"ee", "f", NULL}};
+    for (int g = 0; g < 3; g++) {
+        kvs_buf_t out;
+        kvs_buf_init(&out);
+        for (int i = 0; i < 3 && groups[g][i] != NULL; i++) {
+            uint8_t hdr[KVS_FRAME_HEADER];
+            size_t len = strlen(groups[g][i]);
+            kvs_frame_put_header(hdr, (uint32_t)len);
+            CHECK_EQ(kvs_buf_append(&out, hdr, sizeof(hdr)), 0);
+            CHECK_EQ(kvs_buf_append(&out, groups[g][i], len), 0);
+        }
+        send_all(fd, out.data, out.len);
+        kvs_buf_free(&out);
+        for (int i = 0; i < 3 && groups[g][i] != NULL; i++)
+            expect_frame(fd, groups[g][i]);
+    }
+}
+
+/* on_delivered follows every run of frames: no frame is left after the
+ * last call, frames sent in one write are one run, and the runs of writes
+ * answered before the next one came are separate. */
+KVS_TEST(on_delivered_follows_each_run_of_frames)
+{
+    server_t s;
+    server_init(&s, 1, client_runs);
+    s.on_frame = run_frame;
+    s.on_delivered = run_ended;
+    server_run(&s);
+    CHECK_EQ(s.frames, 6);
+    CHECK_EQ(s.run_frames, 0); /* the last frame's run ended */
+    CHECK(s.runs >= 3);
+    CHECK(s.max_run >= 2);
+    CHECK(s.max_run <= 3);
+}
+
 KVS_TEST_MAIN(KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
@@ -1011,4 +1075,5 @@ KVS_TEST_MAIN(KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frame
               KVS_CASE(frame_timeout_closes_a_stalled_frame),
               KVS_CASE(frame_timeout_spares_a_frame_that_completes),
               KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
-              KVS_CASE(idle_timeout_closes_an_idle_member))
+              KVS_CASE(idle_timeout_closes_an_idle_member),
+              KVS_CASE(on_delivered_follows_each_run_of_frames))
