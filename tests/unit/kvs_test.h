@@ -65,6 +65,31 @@ typedef struct {
         }                                                                                          \
     } while (0)
 
+/* The case's scratch directory, made by kvs_test_fresh_dir. */
+static inline char *kvs_test_dir(void)
+{
+    static char dir[256];
+    return dir;
+}
+
+static inline void kvs_test_remove_dir(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", kvs_test_dir());
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", kvs_test_dir());
+}
+
+/* Makes a new directory /tmp/kvs-test-NAME-XXXXXX, removed when the case's
+ * process exits, and returns its path (kvs_test_dir). Needs <stdlib.h>'s
+ * mkdtemp (_DEFAULT_SOURCE or _GNU_SOURCE). */
+#define KVS_TEST_FRESH_DIR(name)                                                                   \
+    do {                                                                                           \
+        snprintf(kvs_test_dir(), 256, "/tmp/kvs-test-%s-XXXXXX", (name));                          \
+        CHECK(mkdtemp(kvs_test_dir()) != NULL);                                                    \
+        atexit(kvs_test_remove_dir);                                                               \
+    } while (0)
+
 #define KVS_TEST_MAIN(...)                                                                         \
     int main(int argc, char **argv)                                                                \
     {                                                                                              \

@@ -94,13 +94,19 @@ static void record(server_t *s, char e)
     s->events[s->n_events] = '\0';
 }
 
-/* Queues one frame holding `p[0..len)` on `c`. */
-static void send_back(kvs_conn_t *c, const void *p, size_t len)
+/* Appends one frame holding p[0..len) to `out`. */
+static void append_frame(kvs_buf_t *out, const void *p, size_t len)
 {
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
-    CHECK_EQ(kvs_buf_append(&c->out, hdr, sizeof(hdr)), 0);
-    CHECK_EQ(kvs_buf_append(&c->out, p, len), 0);
+    CHECK_EQ(kvs_buf_append(out, hdr, sizeof(hdr)), 0);
+    CHECK_EQ(kvs_buf_append(out, p, len), 0);
+}
+
+/* Queues one frame holding `p[0..len)` on `c`. */
+static void send_back(kvs_conn_t *c, const void *p, size_t len)
+{
+    append_frame(&c->out, p, len);
     kvs_conn_queue(c);
 }
 
@@ -1031,13 +1037,8 @@ static void client_runs(server_t *s, int fd)
     for (int g = 0; g < 3; g++) {
         kvs_buf_t out;
         kvs_buf_init(&out);
-        for (int i = 0; i < 3 && groups[g][i] != NULL; i++) {
-            uint8_t hdr[KVS_FRAME_HEADER];
-            size_t len = strlen(groups[g][i]);
-            kvs_frame_put_header(hdr, (uint32_t)len);
-            CHECK_EQ(kvs_buf_append(&out, hdr, sizeof(hdr)), 0);
-            CHECK_EQ(kvs_buf_append(&out, groups[g][i], len), 0);
-        }
+        for (int i = 0; i < 3 && groups[g][i] != NULL; i++)
+            append_frame(&out, groups[g][i], strlen(groups[g][i]));
         send_all(fd, out.data, out.len);
         kvs_buf_free(&out);
         for (int i = 0; i < 3 && groups[g][i] != NULL; i++)

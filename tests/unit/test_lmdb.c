@@ -22,23 +22,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char tmpdir[256];
 static char envdir[300];
-
-static void remove_dir(void)
-{
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-}
 
 static void fresh_dir(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvs-test-lmdb-XXXXXX");
-    CHECK(mkdtemp(tmpdir) != NULL);
-    atexit(remove_dir);
-    snprintf(envdir, sizeof(envdir), "%s/shard-0", tmpdir);
+    KVS_TEST_FRESH_DIR("lmdb");
+    snprintf(envdir, sizeof(envdir), "%s/shard-0", kvs_test_dir());
 }
 
 /* ---- the writer, in a child process ------------------------------------------ */
@@ -397,7 +386,7 @@ KVS_TEST(identity_names_the_files)
     CHECK(now.data_ino != kvs_lmdb_reader_ident(r)->data_ino);
     CHECK(now.lock_ino == kvs_lmdb_reader_ident(r)->lock_ino);
     kvs_lmdb_reader_close(r);
-    CHECK_EQ(kvs_lmdb_ident_of(tmpdir, &now), -ENOENT);
+    CHECK_EQ(kvs_lmdb_ident_of(kvs_test_dir(), &now), -ENOENT);
 }
 
 KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),

@@ -20,23 +20,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char tmpdir[256];
 static char envdir[300];
-
-static void remove_dir(void)
-{
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-}
 
 static void fresh_dir(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvs-test-store-XXXXXX");
-    CHECK(mkdtemp(tmpdir) != NULL);
-    atexit(remove_dir);
-    snprintf(envdir, sizeof(envdir), "%s/shard-0", tmpdir);
+    KVS_TEST_FRESH_DIR("store");
+    snprintf(envdir, sizeof(envdir), "%s/shard-0", kvs_test_dir());
 }
 
 static node_store_opts_t opts(uint32_t shard, const char *placement)
