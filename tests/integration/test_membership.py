@@ -189,11 +189,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         a = self.node(mock, "a", layout, bases, processes=2,
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
         b = self.node(mock, "b", layout, bases)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_serving(r)
-            self.wait_workers(r)
+        self.start_all(a, b)
         self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
         workers = a.workers()
         gen0 = router_procs(a)
@@ -318,11 +314,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),
                                    "ready_timeout: 4s"))
         b = self.node(mock, "b", layout, bases)
-        for r in (a, b):
-            r.start()
-        for r in (a, b):
-            self.wait_serving(r)
-            self.wait_workers(r)
+        self.start_all(a, b)
         self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
         gen0 = router_procs(a)
         self.assertEqual(sorted(a.workers()), [0, 1])

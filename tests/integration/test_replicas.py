@@ -120,12 +120,17 @@ class ReplicaFixtures:
         mock = self.mock()
         bases = self.bases(layout)
         routers = {n: self.node(mock, n, layout, bases, **kw) for n in layout}
-        for r in routers.values():
+        self.start_all(*routers.values())
+        return mock, bases, routers
+
+    def start_all(self, *routers):
+        """Starts every router, then waits until each serves every shard
+        and each of its workers answers itself."""
+        for r in routers:
             r.start()
-        for r in routers.values():
+        for r in routers:
             self.wait_serving(r)
             self.wait_workers(r)
-        return mock, bases, routers
 
     def wait_workers(self, router, timeout=30):
         """Until every worker of `router` answers Ping itself: a new
