@@ -105,6 +105,34 @@ static int collect_positions(kvs_freshreq_t *c, const ProtobufCBinaryData *tok, 
     return 0;
 }
 
+/* The partitions of many keys, each checked once however many keys it
+ * holds: a request of a hundred thousand keys costs a hash per key and a
+ * lookup per partition, not a lookup per key (or, with no partitioner, a
+ * walk of every owned partition per key). */
+static int keys_partitions(kvs_freshreq_t *c, const Kvs__Hmget *m, kvs_arena_t *arena)
+{
+    if (m->n_keys == 0)
+        return 0;
+    if (c->b->partitioner == KVS_PARTITIONER_NONE) {
+        owned_partitions(c);
+        return 0;
+    }
+    size_t bytes = (c->partitions + 7) / 8;
+    uint8_t *seen = kvs_arena_alloc(arena, bytes);
+    if (seen == NULL)
+        return -ENOMEM;
+    memset(seen, 0, bytes);
+    for (size_t i = 0; i < m->n_keys && c->verdict != KVS_FRESH_CATCHING_UP; i++) {
+        uint32_t p = kvs_place_partition_by(c->b->partitioner, m->keys[i].data, m->keys[i].len,
+                                            c->partitions);
+        if (seen[p / 8] & (1u << (p % 8)))
+            continue;
+        seen[p / 8] |= (uint8_t)(1u << (p % 8));
+        kvs_freshreq_partition(c, p);
+    }
+    return 0;
+}
+
 int kvs_freshreq_request(kvs_freshreq_t *c, const Kvs__CommandRequest *req, kvs_arena_t *arena)
 {
     int rc = collect_positions(c, &req->min_position, arena);
@@ -119,13 +147,9 @@ int kvs_freshreq_request(kvs_freshreq_t *c, const Kvs__CommandRequest *req, kvs_
         kvs_freshreq_key(c, req->hexist->key.data, req->hexist->key.len);
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HMGET:
-    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST: {
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
         /* the two share their shape: {table, repeated keys} */
-        const Kvs__Hmget *m = req->hmget;
-        for (size_t i = 0; i < m->n_keys && c->verdict != KVS_FRESH_CATCHING_UP; i++)
-            kvs_freshreq_key(c, m->keys[i].data, m->keys[i].len);
-        break;
-    }
+        return keys_partitions(c, req->hmget, arena);
     default: /* Hgetall, Hscan: the whole table */
         owned_partitions(c);
         break;

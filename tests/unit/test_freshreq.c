@@ -1,0 +1,124 @@
+/*
+ * Unit tests for kvs_freshreq: which partitions of a read are checked, and
+ * how often. A lookup counts its calls per partition; every partition
+ * looked up is caught up unless the case says otherwise.
+ */
+#include "kvs_freshreq.h"
+#include "kvs_place.h"
+#include "kvs_test.h"
+
+#define PARTS 16
+#define SHARDS 2
+#define SHARD 1
+
+typedef struct {
+    unsigned calls[PARTS];
+    unsigned total;
+    int behind; /* this partition is far behind (-1: none) */
+} lookups_t;
+
+static int lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
+{
+    lookups_t *l = arg;
+    (void)b;
+    CHECK(p < PARTS);
+    if (p % SHARDS != SHARD)
+        return 1; /* not this copy's */
+    l->calls[p]++;
+    l->total++;
+    out->next = (int)p == l->behind ? 0 : 100;
+    out->end = 100;
+    return 0;
+}
+
+typedef struct {
+    kvs_config_t cfg;
+    kvs_binding_t b;
+    lookups_t l;
+    kvs_arena_t arena;
+    ProtobufCBinaryData keys[3000];
+    char names[3000][16];
+} fixture_t;
+
+static fixture_t fx;
+
+static void setup(kvs_partitioner_t partitioner)
+{
+    memset(&fx, 0, sizeof(fx));
+    fx.cfg.partitions = PARTS;
+    fx.cfg.shards = SHARDS;
+    fx.cfg.kafka_max_lag = 10;
+    fx.b.topic = "t";
+    fx.b.partitions = PARTS;
+    fx.b.partitioner = partitioner;
+    fx.l.behind = -1;
+    kvs_arena_init(&fx.arena);
+}
+
+/* An Hmget of n distinct keys; returns the check's verdict. */
+static kvs_fresh_verdict_t hmget(size_t n, kvs_freshreq_t *c)
+{
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hmget m = KVS__HMGET__INIT;
+    CHECK(n <= sizeof(fx.keys) / sizeof(fx.keys[0]));
+    for (size_t i = 0; i < n; i++) {
+        int len = snprintf(fx.names[i], sizeof(fx.names[i]), "key-%zu", i);
+        fx.keys[i].data = (uint8_t *)fx.names[i];
+        fx.keys[i].len = (size_t)len;
+    }
+    m.keys = fx.keys;
+    m.n_keys = n;
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    req.hmget = &m;
+    kvs_freshreq_init(c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    CHECK_EQ(kvs_freshreq_request(c, &req, &fx.arena), 0);
+    kvs_arena_close(&fx.arena);
+    return c->verdict;
+}
+
+/* Thousands of keys: each of this shard's partitions they fall in is looked
+ * up once, not once per key. */
+KVS_TEST(many_keys_look_up_each_partition_once)
+{
+    kvs_freshreq_t c;
+    setup(KVS_PARTITIONER_MURMUR2);
+    CHECK_EQ(hmget(3000, &c), KVS_FRESH_SERVE);
+    unsigned hit = 0;
+    for (uint32_t p = 0; p < PARTS; p++) {
+        CHECK(fx.l.calls[p] <= 1);
+        hit += fx.l.calls[p];
+    }
+    CHECK_EQ(hit, fx.l.total);
+    CHECK_EQ(hit, PARTS / SHARDS); /* 3000 keys reach every partition */
+}
+
+/* With no partitioner every key may be in any owned partition: they are
+ * walked once for the whole request. */
+KVS_TEST(no_partitioner_walks_the_owned_partitions_once)
+{
+    kvs_freshreq_t c;
+    setup(KVS_PARTITIONER_NONE);
+    CHECK_EQ(hmget(3000, &c), KVS_FRESH_SERVE);
+    CHECK_EQ(fx.l.total, PARTS / SHARDS);
+    for (uint32_t p = SHARD; p < PARTS; p += SHARDS)
+        CHECK_EQ(fx.l.calls[p], 1);
+}
+
+/* Checking each partition once changes no verdict: a key in a partition
+ * far behind still holds the read back, and names that partition. */
+KVS_TEST(a_partition_behind_still_holds_the_read_back)
+{
+    kvs_freshreq_t c;
+    setup(KVS_PARTITIONER_MURMUR2);
+    uint32_t p = kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, "key-7", 5, PARTS);
+    if (p % SHARDS != SHARD)
+        p = kvs_place_partition_by(KVS_PARTITIONER_MURMUR2, "key-8", 5, PARTS);
+    CHECK_EQ(p % SHARDS, SHARD);
+    fx.l.behind = (int)p;
+    CHECK_EQ(hmget(20, &c), KVS_FRESH_CATCHING_UP);
+    CHECK_EQ(c.partition, p);
+}
+
+KVS_TEST_MAIN(KVS_CASE(many_keys_look_up_each_partition_once),
+              KVS_CASE(no_partitioner_walks_the_owned_partitions_once),
+              KVS_CASE(a_partition_behind_still_holds_the_read_back))
