@@ -55,6 +55,7 @@ struct router_client_s {
     router_t *router;
     router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
+    int holding;               /* its run of frames holds local snapshots (router_local_hold) */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
@@ -229,13 +230,19 @@ void router_client_close_after_answers(router_client_t *cl)
 static void on_delivered(kvs_conn_t *c)
 {
     router_client_t *cl = c->data;
-    router_local_release(cl->router->local);
+    if (cl->holding) {
+        cl->holding = 0;
+        router_local_release(cl->router->local);
+    }
 }
 
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     router_client_t *cl = c->data;
-    router_local_hold(cl->router->local);
+    if (!cl->holding) { /* the first frame of a run */
+        cl->holding = 1;
+        router_local_hold(cl->router->local);
+    }
     if (cl->redis != NULL) {
         router_redis_command(cl->redis, cl);
         return;

@@ -61,7 +61,7 @@ struct router_local_s {
     int timer_started;
     kvs_arena_t arena; /* positions collected by a freshness walk */
     uint64_t error_log_ms;
-    int holding;    /* between router_local_hold and router_local_release */
+    int holding;    /* router_local_hold calls not yet released (runs may nest) */
     uint32_t *held; /* shards whose snapshot is held, n_held of them */
     uint32_t n_held;
 };
@@ -318,14 +318,15 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
 void router_local_hold(router_local_t *lc)
 {
     if (lc != NULL)
-        lc->holding = 1;
+        lc->holding++;
 }
 
 void router_local_release(router_local_t *lc)
 {
-    if (lc == NULL)
+    if (lc == NULL || lc->holding == 0)
         return;
-    lc->holding = 0;
+    if (--lc->holding > 0)
+        return; /* an outer run still reads from the held snapshots */
     for (uint32_t i = 0; i < lc->n_held; i++) {
         lshard_t *ls = &lc->shards[lc->held[i]];
         ls->held = 0;

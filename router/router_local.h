@@ -91,8 +91,9 @@ int router_local_read_key(router_local_t *lc, uint32_t shard, const kvs_peek_t *
  * only around requests that were all read from their socket before the
  * first of them is served (one connection's run of frames), so the shared
  * snapshot still begins after each of them arrived and sees every write
- * acknowledged before. Both take NULL (no local reads) and do nothing
- * then; release ends the held snapshots. */
+ * acknowledged before. Holds nest (a run may start inside another's, when
+ * a connection resumes): the held snapshots end with the last release.
+ * Both take NULL (no local reads) and do nothing then. */
 void router_local_hold(router_local_t *lc);
 void router_local_release(router_local_t *lc);
 
