@@ -241,7 +241,7 @@ class OversizedIngestTest(KafkaFixtures, unittest.TestCase):
         self._routers.append(r)
         self.addCleanup(r.close)
         r.start()
-        self.assertIsNotNone(wait_until(lambda: len(r.workers()) == shards, 10))
+        self.assertTrue(wait_until(lambda: len(r.workers()) == shards, 10))
         return r
 
     def test_record_too_large_to_read_back_is_skipped_and_counted(self):

@@ -87,7 +87,7 @@ class KafkaFixtures:
         self.addCleanup(r.close)
         if start:
             r.start()
-            self.assertIsNotNone(wait_until(lambda: len(r.workers()) == shards, 10),
+            self.assertTrue(wait_until(lambda: len(r.workers()) == shards, 10),
                                  "not every worker runs: %r" % r.workers())
         return r
 
@@ -519,7 +519,7 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
 
         m.ctl("broker-down all")
         r.start()
-        self.assertIsNotNone(wait_until(lambda: len(r.workers()) == 4, 10))
+        self.assertTrue(wait_until(lambda: len(r.workers()) == 4, 10))
         pids = r.workers()
         # Kafka is unreachable: every key ingested before is served, and Info
         # reports the offsets and counters stored in LMDB, not "nothing".

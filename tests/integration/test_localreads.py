@@ -694,7 +694,7 @@ class ReplicasTest(ReplicaFixtures, unittest.TestCase):
                 for k in mine[5:]:
                     self.assertEqual(c.call(req_hset(REPLICA_TABLE, k, "v2")).status, 200)
             os.kill(bw, signal.SIGKILL)
-        self.assertIsNotNone(wait_until(
+        self.assertTrue(wait_until(
             lambda: b.stderr().count("copied shard %d" % s) == copies + 1, 20), b.stderr()[-3000:])
         self.assertTrue(wait_until(lambda: "shard %d: its worker serves from other files now"
                                    % s in b.stderr(), 10), b.stderr()[-3000:])

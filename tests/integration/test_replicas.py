@@ -145,7 +145,7 @@ class ReplicaFixtures:
             except OSError:
                 return False
         for s in router.workers():
-            self.assertIsNotNone(wait_until(lambda: up(s), timeout),
+            self.assertTrue(wait_until(lambda: up(s), timeout),
                                  "worker %d of node %s never served" % (s, router.name))
 
     def wait_serving(self, router, timeout=20):
@@ -290,7 +290,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(set(traffic.write_status) - {200, 503}, set(), traffic.write_status)
         # b catches up, then serves every acknowledged write itself.
         for s in LAYOUT["b"]:
-            self.assertIsNotNone(wait_until(lambda: all(
+            self.assertTrue(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0 for v in
                 kafka_parts(self.worker_info(b, s), TOPIC).values()), 30),
                 "shard %d on b never caught up" % s)
@@ -351,7 +351,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                           [(b"old-%d" % i, b"o%d" % i) for i in range(before)])
         for r in (a, b):
             for s in range(SHARDS):
-                self.assertIsNotNone(wait_until(lambda: all(
+                self.assertTrue(wait_until(lambda: all(
                     v["lag"] == 0 and v["next_offset"] > 0
                     for v in kafka_parts(self.worker_info(r, s), TOPIC).values()), 30))
         traffic = Traffic([a])  # a's clients read and write through the whole move
@@ -366,7 +366,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.wait_serving(d)
         self.wait_workers(d)
         for s in range(SHARDS):
-            self.assertIsNotNone(wait_until(lambda: all(
+            self.assertTrue(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0
                 for v in kafka_parts(self.worker_info(d, s), TOPIC).values()), 30))
         log = d.stderr()
@@ -420,17 +420,17 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.wait_workers(a)
         kafkatest.produce(mock.bootstrap, TOPIC, [(b"t-%d" % i, b"v%d" % i) for i in range(400)])
         for s in range(SHARDS):
-            self.assertIsNotNone(wait_until(lambda: all(
+            self.assertTrue(wait_until(lambda: all(
                 v["lag"] == 0 and v["next_offset"] > 0
                 for v in kafka_parts(self.worker_info(a, s), TOPIC).values()), 30))
         d = self.node(mock, "d", {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases,
                       extra_yaml=secure)
         d.start()
         self.wait_workers(d)
-        self.assertIsNotNone(wait_until(lambda: d.stderr().count("copied shard") == SHARDS, 30),
+        self.assertTrue(wait_until(lambda: d.stderr().count("copied shard") == SHARDS, 30),
                              d.stderr()[-3000:])
         for s in range(SHARDS):
-            self.assertIsNotNone(wait_until(lambda: all(
+            self.assertTrue(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0
                 for v in kafka_parts(self.worker_info(d, s), TOPIC).values()), 30))
         applied = sum(v["applied"] for s in range(SHARDS)
@@ -458,7 +458,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.wait_serving(e)
         self.wait_workers(e)
         for s in range(SHARDS):
-            self.assertIsNotNone(wait_until(lambda: all(
+            self.assertTrue(wait_until(lambda: all(
                 v["lag"] == 0 for v in kafka_parts(self.worker_info(e, s), TOPIC).values()), 30))
         log = e.stderr()
         self.assertIn("could send a snapshot: starting empty", log)
