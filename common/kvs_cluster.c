@@ -68,3 +68,16 @@ int kvs_cluster_replicas(const kvs_config_t *cfg, uint32_t shard, kvs_replica_t 
     }
     return n;
 }
+
+int kvs_cluster_local_addr(const kvs_config_t *cfg, uint32_t shard, kvs_addr_t *out)
+{
+    kvs_replica_t reps[KVS_MAX_REPLICAS];
+    int n = kvs_cluster_replicas(cfg, shard, reps, KVS_MAX_REPLICAS, NULL, 0);
+    for (int i = 0; i < n && i < KVS_MAX_REPLICAS; i++) {
+        if (reps[i].local) {
+            *out = reps[i].addr;
+            return 0;
+        }
+    }
+    return KVS_EINVAL;
+}

@@ -38,6 +38,10 @@ typedef struct kvs_replica_s {
 int kvs_cluster_replicas(const kvs_config_t *cfg, uint32_t shard, kvs_replica_t *out, size_t cap,
                          char *err, size_t errlen);
 
+/* Where this node's own worker of `shard` listens (its unix socket).
+ * Returns 0, or KVS_EINVAL when this node does not serve `shard`. */
+int kvs_cluster_local_addr(const kvs_config_t *cfg, uint32_t shard, kvs_addr_t *out);
+
 /* The TCP address of `node`'s worker for `shard`: its address with the
  * port raised by the shard id. Returns 0 or KVS_EINVAL. */
 int kvs_cluster_node_addr(const kvs_node_t *node, uint32_t shard, kvs_addr_t *out);

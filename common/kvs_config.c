@@ -114,7 +114,7 @@ _Static_assert(KVS_CLIENT_CERT_NONE == 0 && KVS_CLIENT_CERT_OPTIONAL == 1 &&
 
 static const directive_t directives[] = {
     {"data_dir", D_STRING, OFF(data_dir), "./data", 0, 0, NULL, NULL, F_NONEMPTY},
-    {"cluster.shards", D_UINT32, OFF(shards), "4", 1, 1024, NULL, NULL, 0},
+    {"cluster.shards", D_UINT32, OFF(shards), "4", 1, KVS_SHARDS_MAX, NULL, NULL, 0},
     {"cluster.partitions", D_UINT32, OFF(partitions), "64", 1, 65536, NULL, NULL, 0},
     {"cluster.remote", D_REMOTE, 0, NULL, 0, 0, NULL, NULL, 0},
     {"cluster.nodes", D_NODES, 0, NULL, 0, 0, NULL, NULL, F_LIVE}, /* see map_live */

@@ -252,6 +252,7 @@ typedef enum {
 #define KVS_NODE_NAME_MAX 64
 #define KVS_MAX_REPLICAS 64         /* nodes serving one shard, at most */
 #define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
+#define KVS_SHARDS_MAX 1024         /* cluster.shards */
 
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */

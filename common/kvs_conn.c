@@ -1158,10 +1158,10 @@ int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, v
     return uv_check_start(&f->check, on_check);
 }
 
-void kvs_flusher_close(kvs_flusher_t *f)
+void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb)
 {
     uv_check_stop(&f->check);
-    uv_close((uv_handle_t *)&f->check, NULL);
+    uv_close((uv_handle_t *)&f->check, cb);
 }
 
 void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c)

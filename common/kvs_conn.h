@@ -369,9 +369,10 @@ int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, v
 /* Flushes what is queued right now (also used by the check handle). */
 void kvs_flusher_run(kvs_flusher_t *f);
 
-/* Stops and closes the check handle (memory of `f` must live until the loop
- * ran once more, as with any uv handle). */
-void kvs_flusher_close(kvs_flusher_t *f);
+/* Stops and closes the check handle; `cb` (may be NULL) runs once it is
+ * closed (its handle's data is `f`): until then `f` must stay valid, as
+ * with any uv handle. */
+void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb);
 
 /* Removes `c` from its flusher's list (called by kvs_conn_close). */
 void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c);

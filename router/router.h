@@ -57,8 +57,13 @@ struct router_s {
     int resp_listening;
     kvs_listener_t admin_listener; /* <data_dir>/routerI.sock: this process's own, trusted */
     int admin_listening;
-    char admin_path[108]; /* its path, and the inode of its file (router_ports_listen_own) */
+    /* Its path, the inode of its file (router_ports_listen_own), and the
+     * name it was bound under: routerI.next for a membership change's new
+     * generation (--next; the master renames it over admin_path once the
+     * generation serves), else admin_path itself. */
+    char admin_path[108], admin_bound[108];
     uint64_t admin_ino;
+    int admin_next;
     uint32_t proc_index;       /* this router process's index (router_procs.h) */
     uint32_t n_procs;          /* router.processes, resolved */
     uint64_t id_base;          /* client ids and HSCAN cursor numbers: id_base | counter */

@@ -493,25 +493,44 @@ static int listen_resp(router_t *r)
     return 0;
 }
 
-/* This process's own socket (router_procs_admin_path), taken over from a
- * predecessor still draining (router_ports_listen_own). */
-static int listen_admin(router_t *r)
+/* A router_procs_admin_path of this process, as a file path in
+ * buf[0..len). Returns 0, or a uv error after logging why. */
+static int admin_file(const router_t *r, int next, char *buf, size_t len)
 {
     kvs_addr_t addr;
     char spec[4200], err[256];
-    int rc = router_procs_admin_path(r->cfg, r->proc_index, spec, sizeof(spec));
+    int rc = router_procs_admin_path(r->cfg, r->proc_index, next, spec, sizeof(spec));
     if (rc == 0)
         rc = kvs_addr_parse(spec, 0, &addr, err, sizeof(err));
     else
         snprintf(err, sizeof(err), "the path is too long");
+    if (rc == 0 && strlen(addr.path) >= len)
+        rc = KVS_EINVAL;
     if (rc != 0) {
         kvs_error("%s: %s (data_dir too long?)", spec, err);
-        return rc;
+        return UV_EINVAL;
     }
-    snprintf(r->admin_path, sizeof(r->admin_path), "%s", addr.path);
-    rc = router_ports_listen_own(r->loop, r->admin_path, &r->admin_listener, on_connection,
+    memcpy(buf, addr.path, strlen(addr.path) + 1);
+    return 0;
+}
+
+/* This process's own socket (router_procs_admin_path), taken over from a
+ * predecessor still draining (router_ports_listen_own). A process of a
+ * membership change's new generation takes routerI.next instead: the
+ * serving generation keeps routerI.sock until the master renames the new
+ * one over it, so a change that fails leaves it where it was. */
+static int listen_admin(router_t *r)
+{
+    int rc = admin_file(r, 0, r->admin_path, sizeof(r->admin_path));
+    if (rc == 0)
+        rc = admin_file(r, r->admin_next, r->admin_bound, sizeof(r->admin_bound));
+    if (rc != 0)
+        return rc;
+    rc = router_ports_listen_own(r->loop, r->admin_bound, &r->admin_listener, on_connection,
                                  &r->admin_ino);
     if (rc != 0) {
+        char spec[200];
+        snprintf(spec, sizeof(spec), "unix:%s", r->admin_bound);
         listen_failed(spec, rc);
         return rc;
     }
@@ -588,7 +607,9 @@ void router_clients_drain(router_t *r)
         r->resp_listening = 0;
     }
     if (r->admin_listening) {
-        router_ports_unlink_own(r->admin_path, r->admin_ino); /* unless a successor's now */
+        /* Whichever name it has now, unless a successor's is there. */
+        router_ports_unlink_own(r->admin_path, r->admin_ino);
+        router_ports_unlink_own(r->admin_bound, r->admin_ino);
         uv_close(&r->admin_listener.handle, NULL);
         r->admin_listening = 0;
     }

@@ -213,6 +213,8 @@ static void on_tls_ready(kvs_conn_t *c)
         link_up(l);
 }
 
+static void link_maybe_closed(router_link_t *l);
+
 static void on_connected(uv_connect_t *req, int status)
 {
     router_link_t *l = req->data;
@@ -227,6 +229,8 @@ static void on_connected(uv_connect_t *req, int status)
             l->conn = NULL;
         if (!l->stopping)
             link_retry(l); /* the name's next address, or later */
+        else
+            link_maybe_closed(l);
         return;
     }
     if (c->tls == NULL) {
@@ -302,12 +306,28 @@ static void link_retry(router_link_t *l)
     link_arm_timer(l);
 }
 
+/* A stopped link's timer closed, its lookup returned, or its connect
+ * request was called back: once all are, nothing of libuv holds it. */
+static void link_maybe_closed(router_link_t *l)
+{
+    if (l->timer_closed && !l->resolving && !l->connecting && l->on_closed != NULL)
+        l->on_closed(l);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    router_link_t *l = h->data;
+    l->timer_closed = 1;
+    link_maybe_closed(l);
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     router_link_t *l = req->data;
     l->resolving = 0;
     if (l->stopping) {
         uv_freeaddrinfo(res);
+        link_maybe_closed(l);
         return;
     }
     if (status != 0 || res == NULL) {
@@ -504,7 +524,7 @@ void router_link_stop(router_link_t *l)
         uv_cancel((uv_req_t *)&l->resolve_req); /* UV_EBUSY once a thread runs it */
     link_forget_addrs(l);
     uv_timer_stop(&l->timer);
-    uv_close((uv_handle_t *)&l->timer, NULL);
+    uv_close((uv_handle_t *)&l->timer, on_timer_closed);
     free(l->fifo);
     l->fifo = NULL;
     l->count = l->cap = 0;

@@ -36,6 +36,9 @@ typedef void (*router_link_reply_cb)(void *ctx, uint32_t part, const uint8_t *pa
 /* The link came up (1) or went down (0). */
 typedef void (*router_link_state_cb)(router_link_t *l, int up);
 
+/* After router_link_stop: nothing touches the link any more. */
+typedef void (*router_link_closed_cb)(router_link_t *l);
+
 typedef struct router_link_pending_s {
     void *ctx;
     uint32_t part;
@@ -75,6 +78,8 @@ struct router_link_s {
     uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
+    router_link_closed_cb on_closed; /* NULL, or set before router_link_stop */
+    int timer_closed;
     void *data;
 };
 
@@ -98,9 +103,10 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
 int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx, uint32_t part);
 
 /* Fails every pending request and closes the connection; no reconnect.
- * The link's handles are closed; `l` must stay valid until the loop ran
- * (a name lookup in flight still calls back into it). A zeroed link that
- * was never started, or one already stopped, is left alone. */
+ * The link's handles are closed; `l` must stay valid until its on_closed
+ * runs (a name lookup in flight still calls back into it), or until the
+ * loop ended. A zeroed link that was never started, or one already
+ * stopped, is left alone (no on_closed). */
 void router_link_stop(router_link_t *l);
 
 #endif

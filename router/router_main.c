@@ -11,9 +11,11 @@
  *
  * This file is also the router process the master starts:
  *
- *   kvs-router --config FILE --processes N --master PID --generation G --router I
+ *   kvs-router --config FILE --processes N --master PID [--next] --generation G --router I
  *
- * with the descriptors router_procs.h lists (never started by hand). A
+ * with the descriptors router_procs.h lists (never started by hand);
+ * --next for a membership change's new generation, which listens on
+ * routerI.next until the master renames it into place (router_master.c). A
  * router process loads the master's config snapshot, takes its share of
  * the node-wide limits, connects a link to every shard (unix socket for
  * local ones, TCP for remote ones), and once every local shard answers
@@ -102,6 +104,7 @@ typedef struct router_main_s {
     long gen;   /* --generation */
     long n_procs;
     long master; /* --master: the pid of the master that started this router process */
+    int next;    /* --next: a membership change's new generation (router_t.admin_next) */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer; /* drain deadline */
     int signals;
@@ -138,7 +141,7 @@ static int parse_args(int argc, char **argv, router_main_t *m)
         {"config", required_argument, NULL, 'c'},    {"help", no_argument, NULL, 'h'},
         {"router", required_argument, NULL, 'r'},    {"generation", required_argument, NULL, 'g'},
         {"processes", required_argument, NULL, 'p'}, {"master", required_argument, NULL, 'm'},
-        {NULL, 0, NULL, 0}};
+        {"next", no_argument, NULL, 'n'},            {NULL, 0, NULL, 0}};
     int ch, bad = 0;
     m->index = m->gen = m->n_procs = m->master = -1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -155,6 +158,8 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             bad |= (m->n_procs = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX)) < 1;
         } else if (ch == 'm') {
             bad |= (m->master = number_arg(optarg, INT32_MAX)) < 1;
+        } else if (ch == 'n') {
+            m->next = 1;
         } else {
             bad = 1;
         }
@@ -162,7 +167,7 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     /* --router needs the other three; the master takes none of them. */
     if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs || m->master < 1))
         bad = 1;
-    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0))
+    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0 || m->next))
         bad = 1;
     if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
@@ -533,6 +538,7 @@ static int load_config(router_main_t *m, kvs_config_t **cfg)
     m->r.cfg = m->cfg = *cfg;
     m->start_time = kvs_metrics_unix_now();
     m->r.proc_index = (uint32_t)m->index;
+    m->r.admin_next = m->next;
     m->r.n_procs = (uint32_t)m->n_procs;
     m->r.id_base = router_procs_id_base((uint32_t)m->index, (uint32_t)m->gen);
     return 0;

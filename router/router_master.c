@@ -51,23 +51,29 @@
  * a worker for each shard that became local (a new replica copies a
  * peer's snapshot, as at start) and a new generation of router processes
  * with the new snapshot (their generation numbers continue the old ones',
- * so client ids and cursors stay unique). Each takes over its unix
- * socket's path (router_ports_listen_own) and joins the client ports
- * (SO_REUSEPORT: the ports never close). Once every new one listens
- * (change_switch) the old generation gets SIGTERM: it stops accepting,
- * answers what it received, closes its clients (they reconnect, as after
- * any router restart, and reach the new map). Once it is gone, workers of
- * shards no longer local stop (retire_workers; their data stays on
- * disk). If the new generation does not all listen within
- * router.ready_timeout, or one of it exits first, it is stopped, the
- * master goes back to the previous map and snapshot, and the old
- * generation never stopped serving (change_failed). Each generation runs
- * its own snapshot (m->config_fd, m->next_config_fd), so a reload while a
- * change is in progress is refused (reload again once it is over). During
- * a change, the
- * shutdown drains every generation; the port census counts them all;
- * RELOADING=1 lasts until the new generation serves; /metrics shows the
- * router processes by state (kvs_router_processes).
+ * so client ids and cursors stay unique). Each joins the client ports
+ * (SO_REUSEPORT: the ports never close) and listens on its own unix
+ * socket under a name of its own, routerI.next (--next). Once every new
+ * one listens (change_switch) the master renames each of those over
+ * routerI.sock (kvs-cli and the scrape reach the new process from then
+ * on), the workers get the SIGHUP (they take the new map only now: after
+ * a change that failed they run the map the routers route by), and the
+ * old generation gets SIGTERM: it stops accepting, answers what it
+ * received, closes its clients (they reconnect, as after any router
+ * restart, and reach the new map). Once it is gone, workers of shards no
+ * longer local stop (retire_workers; their data stays on disk). If the
+ * new generation does not all listen within router.ready_timeout, or one
+ * of it exits first, it is stopped, the master goes back to the previous
+ * map and snapshot, and the old generation never stopped serving, its
+ * sockets never moved (change_failed). A worker the change started that
+ * exits 78 before then fails the change too, where any other stops the
+ * node. Each generation runs its own snapshot (m->config_fd,
+ * m->next_config_fd), so a reload while a change is in progress is
+ * refused (reload again once it is over; systemd hears nothing of the
+ * refused one). During a change, the shutdown drains every generation;
+ * the port census counts them all; RELOADING=1 lasts until the new
+ * generation serves; /metrics shows the router processes by state
+ * (kvs_router_processes).
  *
  * Metrics (router.metrics_listen): the master serves GET /metrics for the
  * whole node (router_scrape.c), from every router process, every local
@@ -117,7 +123,6 @@
 #define WORKER_GRACE_MS 10000
 #define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
 #define REPORT_FD_ARG "3"
-#define SHARDS_MAX 1024 /* cluster.shards at most (kvs_config) */
 
 typedef struct master_s master_t;
 
@@ -310,6 +315,20 @@ static int resolve_listeners(master_t *m)
 
 /* ---- router generations -------------------------------------------------------------- */
 
+/* The args of a router process (before --generation and --router), in
+ * args[0..ROUTER_ARGS) with the numbers in n_arg and pid_arg; `next` for
+ * a membership change's new generation (router_main.c). */
+#define ROUTER_ARGS 8
+static void router_args(const master_t *m, int next, const char *args[ROUTER_ARGS],
+                        char n_arg[12], char pid_arg[24])
+{
+    snprintf(n_arg, 12, "%u", m->n_procs);
+    snprintf(pid_arg, 24, "%ld", (long)getpid());
+    const char *a[ROUTER_ARGS] = {"--config", m->config_path, "--processes", n_arg, "--master",
+                                  pid_arg,    next ? "--next" : NULL, NULL};
+    memcpy(args, a, sizeof(a));
+}
+
 static rgen_t *gen_new(master_t *m)
 {
     rgen_t *g = calloc(1, sizeof(*g));
@@ -448,7 +467,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- membership change -------------------------------------------------------------- */
 
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd);
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd, int next);
 
 static uint32_t count_local(const kvs_config_t *cfg)
 {
@@ -553,8 +572,31 @@ static void on_change_timeout(uv_timer_t *t)
 
 static int foreign_listener(master_t *m);
 
+/* The new generation serves: each process's socket takes its path
+ * (routerI.next renamed over routerI.sock, atomically: kvs-cli and the
+ * scrape reach the old process or the new one), and its restarts from
+ * now on take that path themselves. */
+static void gen_take_paths(master_t *m, rgen_t *g)
+{
+    char n_arg[12], pid_arg[24], from[4200], to[4200];
+    const char *args[ROUTER_ARGS];
+    for (uint32_t i = 0; i < m->n_procs; i++) {
+        if (router_procs_admin_path(m->cfg, i, 1, from, sizeof(from)) != 0 ||
+            router_procs_admin_path(m->cfg, i, 0, to, sizeof(to)) != 0 ||
+            rename(from + 5, to + 5) != 0) /* past "unix:" */
+            kvs_warn("membership change: router %u's socket %s: cannot move it to %s: %s; "
+                     "/metrics and kvs-cli do not reach that router process",
+                     i, from + 5, to + 5, strerror(errno));
+    }
+    router_args(m, 0, args, n_arg, pid_arg);
+    if (router_sup_set_args(g->sup, args) != 0)
+        kvs_warn("membership change: out of memory; a router process restarted from now on "
+                 "listens on routerI.next, out of /metrics' and kvs-cli's reach");
+}
+
 /* Every process of the new generation listens: it serves, the old one
- * drains (stops accepting, answers what it has, closes its clients). */
+ * drains (stops accepting, answers what it has, closes its clients). The
+ * workers now take the new map too (on_sighup held their SIGHUP back). */
 static void change_switch(master_t *m)
 {
     uv_timer_stop(&m->timer);
@@ -563,6 +605,9 @@ static void change_switch(master_t *m)
     m->old = m->routers;
     m->routers = m->next;
     m->next = NULL;
+    gen_take_paths(m, m->routers);
+    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
     close(m->config_fd); /* the old generation's: it spawns nothing any more */
     m->config_fd = m->next_config_fd;
     m->next_config_fd = -1;
@@ -587,7 +632,7 @@ static void start_next(void *arg)
         base = g > base ? g : base;
     }
     router_notify_status("membership change: starting router processes with the new map");
-    if (start_routers(m, &m->next, base, m->next_config_fd) != 0) {
+    if (start_routers(m, &m->next, base, m->next_config_fd, 1) != 0) {
         rgen_t *g = m->next;
         m->next = NULL;
         gen_free(g); /* nothing of it started */
@@ -601,27 +646,32 @@ static void start_next(void *arg)
  * router.ready_timeout. */
 static void change_begin(master_t *m)
 {
-    uint32_t added[SHARDS_MAX];
+    uint32_t added[KVS_SHARDS_MAX];
     size_t n = 0;
-    for (uint32_t s = 0; s < m->cfg->shards; s++) {
-        if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
-            continue;
-        kvs_info("membership change: shard %u is now served here too; starting its worker", s);
-        int rc = router_sup_add(m->workers, s);
-        if (rc != 0)
-            kvs_error("membership change: cannot start shard %u's worker: %s", s, uv_strerror(rc));
-        else if (n < SHARDS_MAX)
-            added[n++] = s;
-    }
+    int rc = 0;
     m->n_local = count_local(m->cfg);
     m->changing = 1;
     uv_timer_start(&m->timer, on_change_timeout, m->cfg->router_ready_timeout_ms, 0);
+    for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
+        if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
+            continue;
+        kvs_info("membership change: shard %u is now served here too; starting its worker", s);
+        rc = router_sup_add(m->workers, s); /* a failed spawn is retried, not an error */
+        if (rc == 0)
+            added[n++] = s;
+    }
+    if (rc != 0) {
+        char why[100];
+        snprintf(why, sizeof(why), "cannot start a new worker: %s", uv_strerror(rc));
+        change_failed(m, why); /* retires those already added */
+        return;
+    }
     if (n == 0) {
         start_next(m);
         return;
     }
     router_notify_status("membership change: waiting for %zu new worker(s) to serve", n);
-    router_probe_free(m->probe); /* the previous change's, stopped long ago */
+    router_probe_free(m->probe); /* the previous change's: it frees itself once closed */
     m->probe = NULL;
     if (router_probe_start(m->loop, m->cfg, added, n, start_next, m, &m->probe) != 0)
         change_failed(m, "cannot reach the new workers");
@@ -634,7 +684,7 @@ static void change_begin(master_t *m)
  * its own snapshot, and a reload would have to replace both. */
 static const char *reload_busy(const master_t *m, int map)
 {
-    if (m->changing || m->old != NULL || m->n_retiring > 0 || m->prev_cfg != NULL)
+    if (m->prev_cfg != NULL) /* from change_begin until change_maybe_done */
         return "a membership change is in progress";
     if (map && !m->ready)
         return "cluster.nodes changed while the node is still starting";
@@ -707,7 +757,11 @@ static int reload_config(master_t *m, int *map)
 
 /* SIGHUP: a live reload; the children apply it too once the master
  * accepted the file. A new map then replaces the router processes
- * (change_begin), and the node is READY again once the new ones serve. */
+ * (change_begin), and the node is READY again once the new ones serve;
+ * the workers get the SIGHUP then (change_switch), so after a change that
+ * failed they still run the map the router processes route by. A SIGHUP
+ * during a change is refused (reload_busy) without a word to systemd: the
+ * change's RELOADING=1 holds until its READY=1. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     master_t *m = h->data;
@@ -715,20 +769,22 @@ static void on_sighup(uv_signal_t *h, int signum)
     (void)signum;
     if (m->shutting_down)
         return;
-    if (m->ready)
+    int notify = m->ready && !m->changing;
+    if (notify)
         router_notify_reloading("reloading %s", m->config_path);
     if (reload_config(m, &map) == 0) {
         size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
                    gen_signal(m->old, SIGHUP);
-        size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
+        size_t w = !map && m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)%s", r, w,
+                 map ? " (the workers get it once the new map serves)" : "");
     }
     if (map) {
         change_begin(m);
         if (m->changing)
             return; /* READY=1 once the new router processes serve (change_switch) */
     }
-    if (m->ready)
+    if (notify)
         router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
                             m->cfg->shards, m->n_local);
 }
@@ -917,8 +973,10 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
 /* A worker exited with EX_CONFIG: its configuration can never work (a
  * binding's partition count differs from the topic's, its data directory
  * belongs to another shard, ...). The supervisor does not restart it, and
- * a node missing a shard for good is not a node: stop, saying why. A
- * worker retired by a membership change only ends the change. */
+ * a node missing a shard for good is not a node: stop, saying why. One
+ * that a membership change started, before the new map serves, fails the
+ * change instead (the node serves on with the previous map). A worker
+ * retired by a membership change only ends the change. */
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     master_t *m = arg;
@@ -934,6 +992,13 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
     if (sig != 0 || status != EX_CONFIG)
         return;
     const char *why = router_sup_report(m->workers, shard);
+    if (m->changing && m->prev_cfg != NULL && !kvs_config_local(m->prev_cfg, shard)) {
+        char msg[700]; /* a worker the change started: the change fails, the node serves on */
+        snprintf(msg, sizeof(msg), "shard %u's new worker cannot run with this configuration: %s",
+                 shard, why[0] ? why : "see its error above");
+        change_failed(m, msg);
+        return;
+    }
     snprintf(m->final_msg, sizeof(m->final_msg),
              "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
              "status %d, EX_CONFIG; fix the config and start again)",
@@ -984,13 +1049,15 @@ static int start_workers(master_t *m)
 
 /* Starts a generation of router processes with the snapshot in
  * config_fd (which must stay open while it may spawn), numbered from
- * gen_base. Returns 0 and *out, or a uv error
+ * gen_base; with `next`, a membership change's (they listen on
+ * routerI.next until change_switch). Returns 0 and *out, or a uv error
  * (logged; *out is then set if it was allocated, with no supervisor). */
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd)
+static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd, int next)
 {
-    char exe[4200], n_arg[12];
+    char exe[4200], n_arg[12], pid_arg[24];
+    const char *args[ROUTER_ARGS];
     snprintf(exe, sizeof(exe), "%s/kvs-router", m->exe_dir);
-    snprintf(n_arg, sizeof(n_arg), "%u", m->n_procs);
+    router_args(m, next, args, n_arg, pid_arg);
     rgen_t *g = *out = gen_new(m);
     uint32_t *ids = calloc(m->n_procs, sizeof(*ids));
     if (g == NULL || ids == NULL) {
@@ -999,10 +1066,6 @@ static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int confi
     }
     for (uint32_t i = 0; i < m->n_procs; i++)
         ids[i] = i;
-    char pid_arg[24];
-    snprintf(pid_arg, sizeof(pid_arg), "%ld", (long)getpid());
-    const char *args[] = {"--config", m->config_path, "--processes", n_arg,
-                          "--master", pid_arg,        NULL};
     const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
@@ -1090,7 +1153,7 @@ int router_master_run(const char *config_path, const char *argv0)
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
     if (m.worker_restarts == NULL || m.router_restarts == NULL || start_workers(&m) != 0 ||
-        start_routers(&m, &m.routers, 0, m.config_fd) != 0 ||
+        start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
         (m.cfg->metrics_listen[0] != '\0' &&
          router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
         if (m.routers != NULL && m.routers->sup == NULL) {

@@ -4,11 +4,12 @@
  *
  * The probe's memory holds uv handles (the links' timers, the flusher's
  * check, its own timer) that libuv touches until their close callbacks
- * ran, so it is freed only by router_probe_free, which the master calls
- * once the loop ran (at the next change, or at exit).
+ * ran: n_open counts those not closed yet, and router_probe_free leaves
+ * the freeing to the last close callback when some are.
  */
 #include "router_probe.h"
 #include "kvs_cluster.h"
+#include "kvs_err.h"
 #include "kvs_conn.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
@@ -31,7 +32,38 @@ struct router_probe_s {
     router_probe_done_cb done;
     void *arg;
     int stopped, flusher_on, timer_on;
+    size_t n_open;    /* handles (and links) whose close callback has not run */
+    int free_pending; /* router_probe_free was called: the last close frees */
 };
+
+static void probe_release(router_probe_t *p)
+{
+    free(p->links);
+    free(p->ok);
+    free(p->asking);
+    free(p);
+}
+
+static void probe_closed(router_probe_t *p)
+{
+    if (--p->n_open == 0 && p->free_pending)
+        probe_release(p);
+}
+
+static void on_link_closed(router_link_t *l)
+{
+    probe_closed(l->data);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    probe_closed(h->data);
+}
+
+static void on_flusher_closed(uv_handle_t *h)
+{
+    probe_closed(((kvs_flusher_t *)h->data)->data);
+}
 
 static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                      const char *failure)
@@ -66,20 +98,7 @@ static void on_tick(uv_timer_t *t)
         if (router_link_send(&p->links[i], ping, sizeof(ping), p, (uint32_t)i) == 0)
             p->asking[i] = 1;
     }
-}
-
-/* Where the worker of `shard` listens on this node: its unix socket. */
-static int local_addr(const kvs_config_t *cfg, uint32_t shard, kvs_addr_t *out)
-{
-    kvs_replica_t reps[KVS_MAX_REPLICAS];
-    int n = kvs_cluster_replicas(cfg, shard, reps, KVS_MAX_REPLICAS, NULL, 0);
-    for (int i = 0; i < n && i < KVS_MAX_REPLICAS; i++) {
-        if (reps[i].local) {
-            *out = reps[i].addr;
-            return 0;
-        }
-    }
-    return UV_EINVAL;
+    kvs_flusher_run(&p->flusher); /* now: the check would wait for the next tick's wakeup */
 }
 
 int router_probe_start(uv_loop_t *loop, const kvs_config_t *cfg, const uint32_t *shards, size_t n,
@@ -98,24 +117,30 @@ int router_probe_start(uv_loop_t *loop, const kvs_config_t *cfg, const uint32_t 
     if (rc == 0)
         rc = kvs_flusher_init(&p->flusher, loop, NULL, p);
     p->flusher_on = rc == 0;
+    p->n_open += p->flusher_on;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         kvs_addr_t addr;
-        rc = local_addr(cfg, shards[i], &addr);
+        rc = kvs_cluster_local_addr(cfg, shards[i], &addr);
         if (rc == 0)
             rc = router_link_start(&p->links[i], loop, shards[i], &addr, PROBE_TIMEOUT_MS,
                                    (uint32_t)cfg->max_frame, &p->flusher, NULL, on_reply, NULL);
-        if (rc == 0)
+        if (rc == 0) {
+            p->links[i].data = p;
+            p->links[i].on_closed = on_link_closed;
             p->n = i + 1;
+            p->n_open++;
+        }
     }
     if (rc == 0) {
         uv_timer_init(loop, &p->timer);
         p->timer.data = p;
         p->timer_on = 1;
+        p->n_open++;
         uv_timer_start(&p->timer, on_tick, PROBE_EVERY_MS, PROBE_EVERY_MS);
     }
     *out = p;
     if (rc != 0) {
-        kvs_error("membership change: cannot reach the new workers: %s", uv_strerror(rc));
+        kvs_error("membership change: cannot reach the new workers: %s", kvs_strerror(rc));
         router_probe_stop(p); /* the master frees it later, as a stopped one */
     }
     return rc;
@@ -127,19 +152,20 @@ void router_probe_stop(router_probe_t *p)
         return;
     p->stopped = 1;
     if (p->timer_on)
-        uv_close((uv_handle_t *)&p->timer, NULL);
+        uv_close((uv_handle_t *)&p->timer, on_handle_closed);
     for (size_t i = 0; i < p->n; i++)
         router_link_stop(&p->links[i]);
     if (p->flusher_on)
-        kvs_flusher_close(&p->flusher);
+        kvs_flusher_close(&p->flusher, on_flusher_closed);
 }
 
 void router_probe_free(router_probe_t *p)
 {
     if (p == NULL)
         return;
-    free(p->links);
-    free(p->ok);
-    free(p->asking);
-    free(p);
+    router_probe_stop(p);
+    if (p->n_open > 0)
+        p->free_pending = 1; /* the last close callback frees it */
+    else
+        probe_release(p);
 }

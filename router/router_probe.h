@@ -39,8 +39,9 @@ int router_probe_start(uv_loop_t *loop, const kvs_config_t *cfg, const uint32_t 
  * probe's memory stays until router_probe_free. */
 void router_probe_stop(router_probe_t *p);
 
-/* Frees a stopped probe once the loop ran after router_probe_stop (its
- * handles closed). NULL allowed. */
+/* Stops the probe if it runs, and frees it: now, or once the last of its
+ * handles closed (any time is safe, even right after router_probe_stop
+ * in the same callback). NULL allowed. */
 void router_probe_free(router_probe_t *p);
 
 #endif

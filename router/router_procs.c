@@ -48,9 +48,10 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n)
     cfg->input_buffers = in < cfg->max_frame ? cfg->max_frame : in;
 }
 
-int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, char *buf, size_t len)
+int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, int next, char *buf,
+                            size_t len)
 {
-    int n = snprintf(buf, len, "unix:%s/router%u.sock", cfg->data_dir, index);
+    int n = snprintf(buf, len, "unix:%s/router%u.%s", cfg->data_dir, index, next ? "next" : "sock");
     return n > 0 && (size_t)n < len ? 0 : KVS_EINVAL;
 }
 

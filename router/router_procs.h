@@ -73,9 +73,13 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n);
 
 /* This router process's own unix socket, "<data_dir>/router<index>.sock"
  * (the kvs protocol, for the master's metrics scrape and for operators),
- * as a kvs_addr spec ("unix:PATH") in buf[0..len). Returns 0, or KVS_EINVAL
- * when it does not fit. */
-int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, char *buf, size_t len);
+ * as a kvs_addr spec ("unix:PATH") in buf[0..len). With `next`, the name
+ * a process of a membership change's new generation listens on until the
+ * master renames it over the first one (it serves by then):
+ * "<data_dir>/router<index>.next", as long. Returns 0, or KVS_EINVAL when
+ * it does not fit. */
+int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, int next, char *buf,
+                            size_t len);
 
 /* The base of the numbers router `index` (< KVS_ROUTER_PROCESSES_MAX) of
  * generation `gen` hands out: (index << 7 | gen % 128) << ROUTER_ID_BITS,

@@ -186,20 +186,14 @@ static int start_link(router_scrape_t *sc, uint32_t i, uint32_t id, const kvs_ad
 static int start_worker_links(router_scrape_t *sc)
 {
     const kvs_config_t *cfg = sc->cfg;
-    kvs_replica_t reps[KVS_MAX_REPLICAS];
-    char err[256];
     for (uint32_t s = 0; s < cfg->shards; s++) {
-        if (!kvs_config_local(cfg, s) || sc->links[sc->n_procs + s].loop != NULL)
+        kvs_addr_t addr;
+        if (!kvs_config_local(cfg, s) || sc->links[sc->n_procs + s].loop != NULL ||
+            kvs_cluster_local_addr(cfg, s, &addr) != 0)
             continue;
-        int n = kvs_cluster_replicas(cfg, s, reps, KVS_MAX_REPLICAS, err, sizeof(err));
-        for (int k = 0; k < n && k < KVS_MAX_REPLICAS; k++) {
-            if (!reps[k].local)
-                continue;
-            int rc = start_link(sc, sc->n_procs + s, s, &reps[k].addr);
-            if (rc != 0)
-                return rc;
-            break;
-        }
+        int rc = start_link(sc, sc->n_procs + s, s, &addr);
+        if (rc != 0)
+            return rc;
     }
     return 0;
 }
@@ -215,7 +209,7 @@ static int start_links(router_scrape_t *sc)
     sc->n_links = sc->n_procs + cfg->shards; /* zeroed links: router_link_stop skips them */
     for (uint32_t i = 0; i < sc->n_procs; i++) {
         kvs_addr_t addr;
-        if (router_procs_admin_path(cfg, i, spec, sizeof(spec)) != 0 ||
+        if (router_procs_admin_path(cfg, i, 0, spec, sizeof(spec)) != 0 ||
             kvs_addr_parse(spec, 0, &addr, err, sizeof(err)) != 0) {
             kvs_error("metrics: router %u's socket: %s", i, spec);
             return UV_EINVAL;

@@ -25,9 +25,10 @@
  *    restarts counts restarts (and failed respawns) since the last run that
  *    lasted stable_ms. Both reset after such a run.
  *
- * argv is built once (exe, args..., [gen_flag, <gen slot>], id_flag,
- * <id slot>, NULL); the slots are pointed at the worker's own strings right
- * before each uv_spawn, which has finished with argv when it returns.
+ * argv is built at the start, and again by router_sup_set_args (exe,
+ * args..., [gen_flag, <gen slot>], id_flag, <id slot>, NULL); the slots
+ * are pointed at the worker's own strings right before each uv_spawn,
+ * which has finished with argv when it returns.
  *
  * A notify pipe (notify_fd set) is read while its child runs, split into
  * lines for on_line, and closed in the exit callback, so no line of a
@@ -170,37 +171,75 @@ static int sup_check_opts(const router_sup_opts_t *o)
     return 0;
 }
 
-/* Builds s->argv; on failure whatever was copied is released by sup_release. */
+/* argv's entries a router_sup_t owns: all but the slots. */
+static void argv_free(char **argv, size_t argc, size_t gen_slot)
+{
+    if (argv != NULL)
+        for (size_t i = 0; i < argc - 1; i++) /* the slots are not owned */
+            if (i != gen_slot || gen_slot == 0)
+                free(argv[i]);
+    free(argv);
+}
+
+/* Builds an argv: exe, args..., [gen_flag, <slot>], id_flag, <slot>.
+ * Returns 0 and *out, *argc, *gen_slot (0 without gen_flag), or
+ * UV_ENOMEM (nothing left allocated). */
+static int argv_build(const char *exe, const char *const *args, const char *gen_flag,
+                      const char *id_flag, char ***out, size_t *argc, size_t *gen_slot)
+{
+    size_t n_args = 0, i = 0, slot = 0;
+    while (args != NULL && args[n_args] != NULL)
+        n_args++;
+    size_t n = n_args + 3 + (gen_flag != NULL ? 2 : 0);
+    char **argv = calloc(n + 1, sizeof(*argv));
+    if (argv == NULL)
+        return UV_ENOMEM;
+    argv[i++] = strdup(exe);
+    for (size_t a = 0; a < n_args; a++)
+        argv[i++] = strdup(args[a]);
+    if (gen_flag != NULL) {
+        argv[i++] = strdup(gen_flag);
+        slot = i++;
+    }
+    argv[i] = strdup(id_flag);
+    for (i = 0; i < n - 1; i++) {
+        if (argv[i] == NULL && (slot == 0 || i != slot)) {
+            argv_free(argv, n, slot);
+            return UV_ENOMEM;
+        }
+    }
+    *out = argv;
+    *argc = n;
+    *gen_slot = slot;
+    return 0;
+}
+
 static int sup_copy_argv(router_sup_t *s, const router_sup_opts_t *o)
 {
-    size_t n_args = 0, i = 0;
-    while (o->args != NULL && o->args[n_args] != NULL)
-        n_args++;
-    s->argc = n_args + 3 + (o->gen_flag != NULL ? 2 : 0);
-    s->argv = calloc(s->argc + 1, sizeof(*s->argv));
-    if (s->argv == NULL)
-        return UV_ENOMEM;
-    s->argv[i++] = strdup(o->exe);
-    for (size_t a = 0; a < n_args; a++)
-        s->argv[i++] = strdup(o->args[a]);
-    if (o->gen_flag != NULL) {
-        s->argv[i++] = strdup(o->gen_flag);
-        s->gen_slot = i++;
-    }
-    s->argv[i] = strdup(o->id_flag != NULL ? o->id_flag : "--shard");
-    for (i = 0; i < s->argc - 1; i++)
-        if (s->argv[i] == NULL && (s->gen_slot == 0 || i != s->gen_slot))
-            return UV_ENOMEM;
+    return argv_build(o->exe, o->args, o->gen_flag, o->id_flag != NULL ? o->id_flag : "--shard",
+                      &s->argv, &s->argc, &s->gen_slot);
+}
+
+int router_sup_set_args(router_sup_t *s, const char *const *args)
+{
+    char **argv;
+    size_t argc, slot;
+    /* The flags are what the old argv holds before each slot. */
+    const char *gen_flag = s->gen_slot != 0 ? s->argv[s->gen_slot - 1] : NULL;
+    int rc = argv_build(s->argv[0], args, gen_flag, s->argv[s->argc - 2], &argv, &argc, &slot);
+    if (rc != 0)
+        return rc;
+    argv_free(s->argv, s->argc, s->gen_slot);
+    s->argv = argv;
+    s->argc = argc;
+    s->gen_slot = slot;
     return 0;
 }
 
 static void sup_release(router_sup_t *s)
 {
     if (s->argv != NULL)
-        for (size_t i = 0; i < s->argc - 1; i++) /* the slots are not owned */
-            if (i != s->gen_slot || s->gen_slot == 0)
-                free(s->argv[i]);
-    free(s->argv);
+        argv_free(s->argv, s->argc, s->gen_slot);
     free(s->w);
     free(s);
 }

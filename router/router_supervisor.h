@@ -192,6 +192,11 @@ int router_sup_wanted(const router_sup_t *s, uint32_t shard);
  * far): where a supervisor that replaces this one starts its count. */
 uint32_t router_sup_generation(const router_sup_t *s, uint32_t shard);
 
+/* Replaces the args (router_sup_opts_t.args; copied) of the spawns from
+ * now on: the restarts of every id and router_sup_add's. The children
+ * running keep theirs. Returns 0, or UV_ENOMEM (nothing changed). */
+int router_sup_set_args(router_sup_t *s, const char *const *args);
+
 /* Releases the supervisor. Only after `done` ran (from inside done is fine).
  * NULL is ignored. */
 void router_sup_free(router_sup_t *s);

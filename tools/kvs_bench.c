@@ -817,7 +817,7 @@ static void bench_shutdown(bench_t *b)
     b->finishing = 1;
     for (uint64_t i = 0; i < b->o.clients; i++)
         kvs_conn_close(&b->clients[i].conn);
-    kvs_flusher_close(&b->flusher);
+    kvs_flusher_close(&b->flusher, NULL);
     uv_close((uv_handle_t *)&b->progress, NULL);
 }
 

@@ -11,6 +11,7 @@ kvs-mock-kafka). Every wait is bounded; every process is killed at cleanup.
 """
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ import unittest
 from kafkatest import info_pairs, wait_until
 from kvstest import HOST, Client, free_port, pyval, req_hget, req_hset
 from routertest import procs_for_config
+from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
 from test_replicas import SHARDS, TABLE, ReplicaFixtures, hget_at, shard_of_key
 
@@ -169,7 +171,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
     def reload(self, router, changes):
         """SIGHUP; waits for the change count-th "membership change complete"."""
         router.proc.send_signal(signal.SIGHUP)
-        self.assertIsNotNone(wait_until(
+        self.assertTrue(wait_until(
             lambda: router.stderr().count("membership change complete") == changes, 40),
             router.stderr()[-4000:])
 
@@ -190,7 +192,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
         b = self.node(mock, "b", layout, bases)
         self.start_all(a, b)
-        self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
+        self.assertTrue(wait_until(lambda: "node ready" in a.stderr(), 20))
         workers = a.workers()
         gen0 = router_procs(a)
         self.assertEqual(sorted(gen0.values()), [0, 0])
@@ -212,7 +214,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.workers(), workers)  # its own shards did not change
         # Its workers took the map too (a table bound to no topic may be
         # written only on a shard with one replica).
-        self.assertIsNotNone(wait_until(
+        self.assertTrue(wait_until(
             lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 3, 10))
         # The new router processes link to d and b, and the master to them
         # for /metrics, as they start: the scrape shows it within moments.
@@ -310,12 +312,14 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         mock = self.mock()
         bases = self.bases(["a", "b"])
         mport = free_port()
-        a = self.node(mock, "a", layout, bases,
+        notify = NotifySocket()
+        self.addCleanup(notify.close)
+        a = self.node(mock, "a", layout, bases, env={"NOTIFY_SOCKET": notify.path},
                       router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),
                                    "ready_timeout: 4s"))
         b = self.node(mock, "b", layout, bases)
         self.start_all(a, b)
-        self.assertIsNotNone(wait_until(lambda: "node ready" in a.stderr(), 20))
+        self.assertIsNotNone(notify.wait_for("READY", 20), a.stderr()[-3000:])
         gen0 = router_procs(a)
         self.assertEqual(sorted(a.workers()), [0, 1])
         own = {}
@@ -323,21 +327,39 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             k = b"own-%d" % i
             if shard_of_key(k) in (0, 1) and len(own) < 8:
                 own[k] = "o%d" % i
+        plain0 = next(b"plain-%d" % i for i in range(400) if shard_of_key(b"plain-%d" % i) == 0)
         with a.client() as c:
             for k, v in own.items():
                 self.assertEqual(c.call(req_hset(TABLE, k, v)).status, 200)
-        # a is to serve shard 2 too, but b, the only other replica, hangs:
-        # a's new worker can neither copy b's snapshot nor give up on it
-        # (that waits limits.frame_timeout) within router.ready_timeout.
-        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 2, 3]}, bases)
+        # a is to serve shard 2 too (and b no longer shard 0, which leaves
+        # a's copy the only one), but b, the only other replica of shard 2,
+        # hangs: a's new worker can neither copy b's snapshot nor give up
+        # on it (that waits limits.frame_timeout) within
+        # router.ready_timeout.
+        set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)
         source = b.workers()[2]
         os.kill(source, signal.SIGSTOP)
         try:
             a.proc.send_signal(signal.SIGHUP)
-            self.assertIsNotNone(wait_until(lambda: "membership change failed" in a.stderr(), 30),
+            self.assertIsNotNone(notify.wait_for("RELOADING"), a.stderr()[-3000:])
+            self.assertTrue(wait_until(lambda: notify.receive(0.1) is not None and any(
+                "waiting for 1 new worker" in m.get("STATUS", "") for m in notify.messages), 10),
+                notify.messages)
+            # A second reload meanwhile is refused, and systemd hears
+            # nothing of it: RELOADING=1 holds until the change ends.
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "reload refused: a membership change is in progress" in a.stderr(), 10))
+            self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 30),
                                  a.stderr()[-4000:])
+            ready = notify.wait_for("READY")
+            self.assertIsNotNone(ready, notify.messages)
+            self.assertIn("membership change failed", ready["STATUS"])
+            self.assertEqual(notify.drain()[-1], ready)  # nothing after it either
+            self.assertEqual(sum("READY" in m for m in notify.messages), 2, notify.messages)
+            self.assertEqual(sum("RELOADING" in m for m in notify.messages), 1, notify.messages)
             # The serving generation never stopped; the new worker went.
-            self.assertIsNotNone(wait_until(
+            self.assertTrue(wait_until(
                 lambda: a.stderr().count("membership change complete") == 1, 30),
                 a.stderr()[-4000:])
             self.assertEqual(router_procs(a), gen0)
@@ -347,6 +369,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     resp = c.call(req_hget(TABLE, k))
                     self.assertEqual((resp.status, pyval(resp.values[0])), (200, v))
                     self.assertEqual(c.call(req_hset(TABLE, k, v + "!")).status, 200)
+                # The workers never took the new map: shard 0 has two
+                # replicas as the routers see it, so a table bound to no
+                # topic is still not written there.
+                self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
+                resp = c.call(req_hset("plain", plain0, "x"))
+                self.assertEqual(resp.status, 400, resp.message)
             m = self.metrics(mport)
             self.assertEqual(total(m, "kvs_membership_changes_total", result="failed"), 1)
             self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 0)
@@ -357,6 +385,8 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.reload(a, 2)
         self.assertEqual(sorted(a.workers()), [0, 1, 2])
         self.assertFalse(set(router_procs(a)) & set(gen0))
+        self.assertTrue(wait_until(
+            lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 1, 10))
         m = self.metrics_when(mport, lambda m: total(
             m, "kvs_membership_changes_total", result="done") == 1)
         self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 1)
@@ -364,6 +394,111 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             for k, v in own.items():
                 resp = c.call(req_hget(TABLE, k))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, v + "!"))
+            resp = c.call(req_hset("plain", plain0, "x"))  # one copy now: written
+            self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_change_whose_new_worker_cannot_run_fails_and_the_node_serves_on(self):
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        mock = self.mock()
+        bases = self.bases(["a", "b"])
+        a = self.node(mock, "a", layout, bases)
+        b = self.node(mock, "b", layout, bases)
+        self.start_all(a, b)
+        gen0 = router_procs(a)
+        with a.client() as c:
+            self.assertEqual(c.call(req_hset(TABLE, b"k", "v")).status, 200)
+        # shard-2's data directory holds shard 0's environment: the new
+        # worker exits 78 (it belongs to another shard), which would stop
+        # the node if it were one of its serving workers.
+        bad = os.path.join(a.data_dir, "shard-2")
+        os.mkdir(bad, 0o700)
+        shutil.copy(os.path.join(a.data_dir, "shard-0", "data.mdb"), bad)
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 2, 3]}, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 20),
+                             a.stderr()[-4000:])
+        self.assertIn("shard 2's new worker cannot run with this configuration", a.stderr())
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+        self.assertIsNone(a.proc.poll())
+        self.assertEqual(router_procs(a), gen0)
+        self.assertEqual(sorted(a.workers()), [0, 1])
+        with a.client() as c:
+            resp = c.call(req_hget(TABLE, b"k"))
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v"))
+        # With the directory out of the way the same reload goes through.
+        shutil.rmtree(bad)
+        self.reload(a, 2)
+        self.assertEqual(sorted(a.workers()), [0, 1, 2])
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_change_whose_router_process_cannot_listen_leaves_the_sockets_to_the_serving_ones(
+            self):
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock = self.mock()
+        bases = self.bases(["a", "b", "d"])
+        mport = free_port()
+        a = self.node(mock, "a", layout, bases, processes=2,
+                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
+        b = self.node(mock, "b", layout, bases)
+        self.start_all(a, b)
+        gen0 = router_procs(a)
+        socks = [os.path.join(a.data_dir, "router%d.sock" % i) for i in range(2)]
+        nexts = [os.path.join(a.data_dir, "router%d.next" % i) for i in range(2)]
+
+        def started():
+            m = self.metrics_when(mport, lambda m: total(m, "kvs_metrics_source_up") >= 2 + SHARDS)
+            return [total(m, "kvs_process_start_time_seconds", role="router", router=str(i))
+                    for i in range(2)]
+        before = started()
+        self.assertTrue(all(before), before)
+        # Router 1 of the new map cannot bind routerI.next (a directory is
+        # there): it exits, so the change fails after router 0 of the new
+        # map may have listened already.
+        os.mkdir(nexts[1])
+        set_map(a, {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 20),
+                             a.stderr()[-4000:])
+        self.assertIn("router 1 of the new map exited", a.stderr())
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+        self.assertEqual(router_procs(a), gen0)
+        # Each serving router process still has its socket: kvs-cli and the
+        # scrape reach the same processes as before.
+        self.assertFalse(os.path.exists(nexts[0]))
+        for path in socks:
+            with Client(path) as c:
+                self.assertEqual(c.ping().status, 200)
+        self.assertEqual(started(), before)
+        # Once the directory is gone the same change goes through, and the
+        # sockets are the new processes'.
+        os.rmdir(nexts[1])
+        self.reload(a, 2)
+        self.assertFalse(set(router_procs(a)) & set(gen0))
+        self.assertEqual([os.path.exists(p) for p in nexts], [False, False])
+        for path in socks:
+            with Client(path) as c:
+                self.assertEqual(c.ping().status, 200)
+        after = self.metrics_when(mport, lambda m: all(
+            total(m, "kvs_process_start_time_seconds", role="router", router=str(i)) > before[i]
+            for i in range(2)))
+        self.assertTrue(all(total(after, "kvs_process_start_time_seconds", role="router",
+                                  router=str(i)) > before[i] for i in range(2)), after)
+        # A restarted router process of the new generation takes its path
+        # itself (no --next any more).
+        pid = next(p for p, g in router_procs(a).items())
+        again = a.stderr().count("accepts clients again")
+        os.kill(pid, signal.SIGKILL)
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("accepts clients again") == again + 1, 20))
+        self.assertEqual([os.path.exists(p) for p in nexts], [False, False])
+        for path in socks:
+            with Client(path) as c:
+                self.assertEqual(c.ping().status, 200)
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
@@ -379,7 +514,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
         def refused(what, count):
             a.proc.send_signal(signal.SIGHUP)
-            self.assertIsNotNone(wait_until(lambda: a.stderr().count(what) == count, 20),
+            self.assertTrue(wait_until(lambda: a.stderr().count(what) == count, 20),
                                  a.stderr()[-3000:])
             time.sleep(0.5)
             self.assertEqual((router_procs(a), a.workers()), state)

@@ -193,7 +193,7 @@ static void on_done(uv_async_t *a)
     if (s->accepted)
         kvs_conn_close(&s->conn);
     uv_close(&s->lis.handle, NULL);
-    kvs_flusher_close(&s->flusher);
+    kvs_flusher_close(&s->flusher, NULL);
     if (s->use_group)
         kvs_conn_group_close(&s->group);
     uv_close((uv_handle_t *)&s->deadline, NULL);

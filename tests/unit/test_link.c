@@ -139,6 +139,16 @@ KVS_TEST(name_is_resolved_and_link_comes_up)
     CHECK_EQ(t.replies, 0);
 }
 
+/* on_closed: counted, and libuv must be done with the link by then. */
+static int closed_calls;
+static void on_link_closed(router_link_t *l)
+{
+    CHECK(l->stopping);
+    CHECK(!l->resolving);
+    CHECK(uv_is_closing((uv_handle_t *)&l->timer));
+    closed_calls++;
+}
+
 KVS_TEST(numeric_address_is_not_resolved)
 {
     tctx_t t;
@@ -149,8 +159,13 @@ KVS_TEST(numeric_address_is_not_resolved)
     CHECK(l.connecting);
     while (!l.up)
         uv_run(&t.loop, UV_RUN_ONCE);
+    closed_calls = 0;
+    l.on_closed = on_link_closed;
+    router_link_stop(&l);
+    CHECK_EQ(closed_calls, 0); /* its timer closes on the loop */
     router_link_stop(&l);
     t_close(&t);
+    CHECK_EQ(closed_calls, 1);
 }
 
 KVS_TEST(stop_while_resolving)
@@ -160,10 +175,13 @@ KVS_TEST(stop_while_resolving)
     router_link_t l;
     link_start(&t, &l, "localhost");
     CHECK(l.resolving);
+    closed_calls = 0;
+    l.on_closed = on_link_closed; /* only once the lookup returned too */
     router_link_stop(&l);
     /* The lookup completes (or is cancelled) on the loop, and nothing else
      * happens: no connection, no state change. */
     t_close(&t);
+    CHECK_EQ(closed_calls, 1);
     CHECK(!l.resolving);
     CHECK(!t.accepted);
     CHECK_EQ(t.ups, 0);

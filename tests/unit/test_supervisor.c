@@ -873,6 +873,16 @@ KVS_TEST(router_children_get_flags_generation_and_fds)
     snprintf(want, sizeof(want), "%d --config c.yaml --generation 1 --router 1 snapshot-text",
              (int)p1b);
     CHECK_STR(line, want);
+    /* New args reach the spawns from now on; running children keep theirs. */
+    const char *args2[] = {"--config", "d.yaml", "--next", NULL};
+    CHECK_EQ(router_sup_set_args(t.sup, args2), 0);
+    CHECK_EQ(router_sup_pid(t.sup, 1), p1b);
+    unlink_shard_file(&t, 1);
+    CHECK_EQ(kill(p1b, SIGKILL), 0);
+    pid_t p1c = wait_shard_pid(&t, 1, line, sizeof(line));
+    snprintf(want, sizeof(want),
+             "%d --config d.yaml --next --generation 2 --router 1 snapshot-text", (int)p1c);
+    CHECK_STR(line, want);
     pid_t p0 = wait_shard_pid(&t, 0, line, sizeof(line));
     snprintf(want, sizeof(want), "%d --config c.yaml --generation 0 --router 0", (int)p0);
     CHECK(strncmp(line, want, strlen(want)) == 0);
