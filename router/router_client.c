@@ -553,6 +553,11 @@ int router_clients_listen(router_t *r)
     rc = kvs_conn_group_init(&r->group, r->loop, &limits, "client");
     if (rc != 0)
         return rc;
+    /* Its own socket first: a process that cannot have it never joins
+     * the client ports (whose backlog would be reset when it exits). */
+    rc = listen_admin(r);
+    if (rc != 0)
+        return rc;
     /* Descriptors kept back: a link per replica of every shard, worker
      * spawns, the lock file, the log, name resolution; with local reads,
      * data.mdb and lock.mdb of every shard. */
@@ -580,8 +585,7 @@ int router_clients_listen(router_t *r)
                  "tokens sent from other hosts are refused (they would travel in the clear), "
                  "so those clients cannot authenticate; enable tls.router",
                  r->cfg->router_listen);
-    rc = listen_resp(r);
-    return rc != 0 ? rc : listen_admin(r);
+    return listen_resp(r);
 }
 
 void router_clients_reload(router_t *r, const kvs_config_t *next)

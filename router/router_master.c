@@ -538,8 +538,9 @@ static void change_failed(master_t *m, const char *why)
     uv_timer_stop(&m->timer);
     m->changes[1]++;
     kvs_error("membership change failed: %s; the router processes keep serving the previous map "
-              "(fix the cause and reload again)",
-              why);
+              "(fix the cause and reload again; until then %s still holds the new map, which a "
+              "worker that restarts reads)",
+              why, m->config_path);
     if (m->prev_cfg != NULL)
         kvs_config_apply_map(m->cfg, m->prev_cfg);
     if (m->next_config_fd >= 0)
@@ -781,8 +782,7 @@ static void on_sighup(uv_signal_t *h, int signum)
     }
     if (map) {
         change_begin(m);
-        if (m->changing)
-            return; /* READY=1 once the new router processes serve (change_switch) */
+        return; /* READY=1 once the new router processes serve, or the change failed */
     }
     if (notify)
         router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
@@ -975,8 +975,10 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
  * belongs to another shard, ...). The supervisor does not restart it, and
  * a node missing a shard for good is not a node: stop, saying why. One
  * that a membership change started, before the new map serves, fails the
- * change instead (the node serves on with the previous map). A worker
- * retired by a membership change only ends the change. */
+ * change instead (the node serves on with the previous map), and one of
+ * a shard the map no longer has here (a failed change's, or one leaving)
+ * only waits for retire_workers. A worker retired by a membership change
+ * only ends the change. */
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     master_t *m = arg;
@@ -989,8 +991,8 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
             change_maybe_done(m);
         return;
     }
-    if (sig != 0 || status != EX_CONFIG)
-        return;
+    if (sig != 0 || status != EX_CONFIG || !kvs_config_local(m->cfg, shard))
+        return; /* the last: a change's leftover (failed, or done), retire_workers takes it */
     const char *why = router_sup_report(m->workers, shard);
     if (m->changing && m->prev_cfg != NULL && !kvs_config_local(m->prev_cfg, shard)) {
         char msg[700]; /* a worker the change started: the change fails, the node serves on */

@@ -145,6 +145,7 @@ static void on_link_closed(router_link_t *l)
 {
     CHECK(l->stopping);
     CHECK(!l->resolving);
+    CHECK(!l->connecting);
     CHECK(uv_is_closing((uv_handle_t *)&l->timer));
     closed_calls++;
 }
@@ -188,6 +189,43 @@ KVS_TEST(stop_while_resolving)
     CHECK_EQ(t.downs, 0);
     CHECK(l.conn == NULL);
     CHECK(l.ai_list == NULL);
+}
+
+static void on_unix_connection(uv_stream_t *server, int status)
+{
+    (void)server;
+    (void)status; /* left in the backlog: the server closes first */
+}
+
+/* A unix socket's connect is called back on the loop, after the stop:
+ * on_closed waits for it. */
+KVS_TEST(stop_while_connecting)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    char path[64], err[256], text[80];
+    snprintf(path, sizeof(path), "/tmp/kvs-test-link-%d.sock", (int)getpid());
+    uv_pipe_t server;
+    CHECK_EQ(uv_pipe_init(&t.loop, &server, 0), 0);
+    unlink(path);
+    CHECK_EQ(uv_pipe_bind(&server, path), 0);
+    CHECK_EQ(uv_listen((uv_stream_t *)&server, 8, on_unix_connection), 0);
+    snprintf(text, sizeof(text), "unix:%s", path);
+    kvs_addr_t addr;
+    CHECK_EQ(kvs_addr_parse(text, 0, &addr, err, sizeof(err)), 0);
+    CHECK_EQ(router_link_start(&l, &t.loop, 7, &addr, 1000, 4096, NULL, NULL, on_reply, on_state),
+             0);
+    CHECK(l.connecting);
+    closed_calls = 0;
+    l.on_closed = on_link_closed;
+    router_link_stop(&l);
+    uv_close((uv_handle_t *)&server, NULL);
+    t_close(&t);
+    unlink(path);
+    CHECK_EQ(closed_calls, 1);
+    CHECK(!l.connecting);
+    CHECK_EQ(t.ups, 0);
 }
 
 KVS_TEST(stop_of_a_link_never_started)
@@ -312,6 +350,7 @@ KVS_TEST(timeout_counts_from_the_last_answer)
 
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
+              KVS_CASE(stop_while_connecting),
               KVS_CASE(stop_of_a_link_never_started),
               KVS_CASE(oversized_answer_fails_only_its_request),
               KVS_CASE(timeout_counts_from_the_last_answer))
