@@ -413,6 +413,10 @@ static void conn_deliver(kvs_conn_t *c)
         c->on_frame(c, p, len);
     }
     c->flags &= ~KVS_CONN_DELIVERING;
+    if (has(c, KVS_CONN_EOF_PENDING) && !has(c, KVS_CONN_CLOSING) && !conn_ready(c)) {
+        c->flags &= ~KVS_CONN_EOF_PENDING;
+        conn_input_ended(c, KVS_ECLOSED);
+    }
     if (c->on_delivered != NULL)
         c->on_delivered(c);
     if (has(c, KVS_CONN_CLOSING))
@@ -807,6 +811,14 @@ static void conn_tls_input(kvs_conn_t *c)
     if (rc == KVS_ECLOSED) { /* close_notify: an orderly EOF */
         c->flags |= KVS_CONN_READ_EOF;
         c->partial_since_ms = 0;
+        /* Decryption ran ahead of a paused owner: the messages before the
+         * EOF come first (conn_deliver tells it after the last), as they
+         * do in plaintext, where a paused owner's socket is not read. */
+        if (conn_ready(c)) {
+            c->flags |= KVS_CONN_EOF_PENDING;
+            conn_update_reading(c);
+            return;
+        }
         conn_input_ended(c, KVS_ECLOSED);
         return;
     }

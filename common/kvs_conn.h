@@ -99,6 +99,7 @@ enum {
     KVS_CONN_TLS_FAILED = 1u << 14,   /* TLS broke: nothing more is encrypted or decrypted */
     KVS_CONN_TLS_SHUT = 1u << 15,     /* close_notify is queued */
     KVS_CONN_START_SEEN = 1u << 16,   /* codec: the stream's start was checked for TLS */
+    KVS_CONN_EOF_PENDING = 1u << 17,  /* TLS EOF: on_error once the messages before it are in */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the

@@ -528,7 +528,16 @@ struct server_s {
     int accepted, closed, ready, frames, frames_before_ready, errors, last_err;
     int before_runs, wrote_before_before; /* flusher ordering */
     char tls_error[320];
+    int sink;            /* frames are counted, not echoed; each pauses delivery a while */
+    int frames_at_error; /* s->frames when on_error ran */
+    uv_timer_t resume;   /* ends a sink's pause */
 };
+
+static void on_resume(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    kvs_conn_resume(&s->conn);
+}
 
 static void echo(kvs_conn_t *c, const uint8_t *p, size_t len)
 {
@@ -537,6 +546,11 @@ static void echo(kvs_conn_t *c, const uint8_t *p, size_t len)
     if (!s->ready)
         s->frames_before_ready++;
     s->frames++;
+    if (s->sink) { /* as a writer waiting for its disk: the rest waits */
+        kvs_conn_pause(c);
+        CHECK_EQ(uv_timer_start(&s->resume, on_resume, 20, 0), 0);
+        return;
+    }
     kvs_frame_put_header(hdr, (uint32_t)len);
     CHECK_EQ(kvs_buf_append(&c->out, hdr, sizeof(hdr)), 0);
     CHECK_EQ(kvs_buf_append(&c->out, p, len), 0);
@@ -547,6 +561,8 @@ static void on_ready(kvs_conn_t *c)
 {
     server_t *s = c->data;
     s->ready++;
+    if (s->sink)
+        usleep(200000); /* the client's frames and close_notify arrive meanwhile: one read */
 }
 
 static void on_error(kvs_conn_t *c, int err)
@@ -554,6 +570,7 @@ static void on_error(kvs_conn_t *c, int err)
     server_t *s = c->data;
     uint8_t hdr[KVS_FRAME_HEADER];
     s->errors++;
+    __atomic_store_n(&s->frames_at_error, s->frames, __ATOMIC_SEQ_CST);
     s->last_err = err;
     snprintf(s->tls_error, sizeof(s->tls_error), "%s", kvs_conn_tls_error(c));
     if (err == KVS_ENOTLS || err == KVS_ETLSHELLO) { /* a last word, in the clear */
@@ -618,6 +635,7 @@ static void on_done(uv_async_t *a)
     if (s->use_group)
         kvs_conn_group_close(&s->group);
     uv_close((uv_handle_t *)&s->deadline, NULL);
+    uv_close((uv_handle_t *)&s->resume, NULL);
     uv_close((uv_handle_t *)&s->done, NULL);
 }
 
@@ -650,6 +668,8 @@ static void server_run(server_t *s)
     CHECK_EQ(uv_timer_init(&s->loop, &s->deadline), 0);
     s->deadline.data = s;
     CHECK_EQ(uv_timer_start(&s->deadline, on_deadline, DEADLINE_MS, 0), 0);
+    CHECK_EQ(uv_timer_init(&s->loop, &s->resume), 0);
+    s->resume.data = s;
     CHECK_EQ(uv_async_init(&s->loop, &s->done, on_done), 0);
     s->done.data = s;
     if (s->use_group)
@@ -768,6 +788,31 @@ KVS_TEST(conn_echo_pipelined_frames_over_tls)
     CHECK(s.errors == 0 || s.last_err == KVS_ECLOSED);
 }
 
+/* Five frames and close_notify in one go, to an owner that pauses after
+ * each frame (node_bootstrap writing a snapshot chunk): the EOF is told
+ * after the fifth, as over plaintext, not when it was decrypted. */
+static void client_frames_then_close(server_t *s, cli_net_t *n)
+{
+    CHECK_EQ(n->fd >= 0, 1);
+    send_frames(n, 0, 5);
+    cli_net_close(n); /* close_notify right behind them */
+    n->fd = -1;
+    for (int i = 0; i < 500 && __atomic_load_n(&s->frames_at_error, __ATOMIC_SEQ_CST) == 0; i++)
+        usleep(10000);
+}
+
+KVS_TEST(conn_close_notify_waits_for_a_paused_owner)
+{
+    server_t s;
+    server_init(&s, client_frames_then_close);
+    s.sink = 1;
+    server_run(&s);
+    CHECK_EQ(s.frames, 5);
+    CHECK_EQ(s.errors, 1);
+    CHECK_EQ(s.last_err, KVS_ECLOSED);
+    CHECK_EQ(s.frames_at_error, 5);
+}
+
 KVS_TEST(conn_small_writes_and_backpressure_over_tls)
 {
     server_t s;
@@ -870,6 +915,7 @@ KVS_TEST(conn_input_budget_holds_over_tls)
 }
 
 KVS_TEST_MAIN(KVS_CASE(session_handshake_data_and_close_notify),
+              KVS_CASE(conn_close_notify_waits_for_a_paused_owner),
               KVS_CASE(session_unread_input_survives_the_shared_buffer),
               KVS_CASE(session_mid_record_follows_the_peer_framing),
               KVS_CASE(session_client_cert_expired_wrong_ca_missing),
