@@ -5,9 +5,15 @@
  */
 #include "kvs_freshreq.h"
 #include "kvs_place.h"
+#include "kvs_reads.h"
 
 #include <errno.h>
 #include <string.h>
+
+int kvs_freshreq_applies(Kvs__CommandRequest__CommandCase cmd)
+{
+    return cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN && kvs_reads_is_read(cmd);
+}
 
 void kvs_freshreq_init(kvs_freshreq_t *c, const kvs_config_t *cfg, uint32_t shard,
                        const kvs_binding_t *b, kvs_freshreq_lookup_fn lookup, void *arg)

@@ -53,6 +53,11 @@ typedef struct kvs_freshreq_s {
     kvs_fresh_part_t state; /* the partition's state as looked up */
 } kvs_freshreq_t;
 
+/* Whether the rules hold back a read `cmd`: every read kvs_reads answers
+ * but Hlen (it counts what is there, with no key to place). The worker
+ * and the router's local reads ask the same. */
+int kvs_freshreq_applies(Kvs__CommandRequest__CommandCase cmd);
+
 /* Starts a check of a read of b's table on `shard` (verdict: serve). */
 void kvs_freshreq_init(kvs_freshreq_t *c, const kvs_config_t *cfg, uint32_t shard,
                        const kvs_binding_t *b, kvs_freshreq_lookup_fn lookup, void *arg);

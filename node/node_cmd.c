@@ -36,6 +36,7 @@
 #include "node_cmd.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_freshreq.h"
 #include "kvs_log.h"
 #include "kvs_reads.h"
 #include "kvs_resp.h"
@@ -659,12 +660,6 @@ static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *t
     return kvs_config_binding_n(ctx->cfg, table, len);
 }
 
-/* The reads the freshness rules apply to (Hlen is not one: it counts). */
-static int is_read(Kvs__CommandRequest__CommandCase c)
-{
-    return c != KVS__COMMAND_REQUEST__COMMAND_HLEN && kvs_reads_is_read(c);
-}
-
 /* A write to a bound table: through its topic (node_writes). */
 static int bound_write(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const Kvs__CommandRequest *req,
                        kvs_buf_t *out)
@@ -704,7 +699,7 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
         refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
         break;
     default:
-        if (!is_read(req->command_case))
+        if (!kvs_freshreq_applies(req->command_case))
             return 0; /* Hlen and the rest: as for any table */
         break;
     }
@@ -731,7 +726,7 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
  * that), a read the freshness rules hold back is answered or waits. */
 static int bound_peeked(node_cmd_ctx_t *ctx, const kvs_binding_t *b, const kvs_peek_t *pk)
 {
-    if (!is_read(pk->cmd))
+    if (!kvs_freshreq_applies(pk->cmd))
         return 1;
     return ctx->reads != NULL && node_reads_admit_key(ctx->reads, b, pk->key, pk->key_len) != 0;
 }

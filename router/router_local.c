@@ -285,7 +285,7 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
     }
     if (!ok)
         return 0;
-    if (b != NULL && (q == NULL || q->command_case != KVS__COMMAND_REQUEST__COMMAND_HLEN)) {
+    if (b != NULL && kvs_freshreq_applies(q != NULL ? q->command_case : pk->cmd)) {
         fresh_ctx_t ctx;
         kvs_freshreq_t c;
         kvs_pos_entry_t pos = {b->topic, strlen(b->topic), 0, min_offset};

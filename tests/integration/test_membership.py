@@ -168,6 +168,18 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 return m
             time.sleep(0.05)
 
+    def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=()):
+        """Nodes a and b of `layout`, started (base ports for every name in
+        `names`); a serves /metrics. Returns (mock, bases, mport, a, b)."""
+        mock = self.mock()
+        bases = self.bases(list(names))
+        mport = free_port()
+        a = self.node(mock, "a", layout, bases, processes=processes, env=env,
+                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),) + router_yaml)
+        b = self.node(mock, "b", layout, bases)
+        self.start_all(a, b)
+        return mock, bases, mport, a, b
+
     def reload(self, router, changes):
         """SIGHUP; waits for the change count-th "membership change complete"."""
         router.proc.send_signal(signal.SIGHUP)
@@ -185,13 +197,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
     def test_replica_moves_from_b_to_d_while_clients_read_and_write_through_a(self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
-        mock = self.mock()
-        bases = self.bases(["a", "b", "d"])
-        mport = free_port()
-        a = self.node(mock, "a", layout, bases, processes=2,
-                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
-        b = self.node(mock, "b", layout, bases)
-        self.start_all(a, b)
+        mock, bases, mport, a, b = self.a_and_b(layout, ("a", "b", "d"), processes=2)
         self.assertTrue(wait_until(lambda: "node ready" in a.stderr(), 20))
         workers = a.workers()
         gen0 = router_procs(a)
@@ -309,16 +315,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
     def test_a_change_whose_new_worker_never_serves_fails_and_the_old_map_serves_on(self):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        mock = self.mock()
-        bases = self.bases(["a", "b"])
-        mport = free_port()
         notify = NotifySocket()
         self.addCleanup(notify.close)
-        a = self.node(mock, "a", layout, bases, env={"NOTIFY_SOCKET": notify.path},
-                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),
-                                   "ready_timeout: 4s"))
-        b = self.node(mock, "b", layout, bases)
-        self.start_all(a, b)
+        _, bases, mport, a, b = self.a_and_b(layout, env={"NOTIFY_SOCKET": notify.path},
+                                             router_yaml=("ready_timeout: 4s",))
         self.assertIsNotNone(notify.wait_for("READY", 20), a.stderr()[-3000:])
         gen0 = router_procs(a)
         self.assertEqual(sorted(a.workers()), [0, 1])
@@ -401,11 +401,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
     def test_a_change_whose_new_worker_cannot_run_fails_and_the_node_serves_on(self):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        mock = self.mock()
-        bases = self.bases(["a", "b"])
-        a = self.node(mock, "a", layout, bases)
-        b = self.node(mock, "b", layout, bases)
-        self.start_all(a, b)
+        _, bases, _, a, b = self.a_and_b(layout)
         gen0 = router_procs(a)
         with a.client() as c:
             self.assertEqual(c.call(req_hset(TABLE, b"k", "v")).status, 200)
@@ -438,13 +434,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
     def test_a_change_whose_router_process_cannot_listen_leaves_the_sockets_to_the_serving_ones(
             self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
-        mock = self.mock()
-        bases = self.bases(["a", "b", "d"])
-        mport = free_port()
-        a = self.node(mock, "a", layout, bases, processes=2,
-                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
-        b = self.node(mock, "b", layout, bases)
-        self.start_all(a, b)
+        _, bases, mport, a, b = self.a_and_b(layout, ("a", "b", "d"), processes=2)
         gen0 = router_procs(a)
         socks = [os.path.join(a.data_dir, "router%d.sock" % i) for i in range(2)]
         nexts = [os.path.join(a.data_dir, "router%d.next" % i) for i in range(2)]

@@ -119,6 +119,20 @@ KVS_TEST(a_partition_behind_still_holds_the_read_back)
     CHECK_EQ(c.partition, p);
 }
 
-KVS_TEST_MAIN(KVS_CASE(many_keys_look_up_each_partition_once),
+/* The worker and the router's local reads ask this one question. */
+KVS_TEST(every_read_but_hlen_is_held_to_the_rules)
+{
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HGET));
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HEXIST));
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HMGET));
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HGETALL));
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HSCAN));
+    CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HLEN));
+    CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HSET));
+    CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_PING));
+}
+
+KVS_TEST_MAIN(KVS_CASE(every_read_but_hlen_is_held_to_the_rules),
+              KVS_CASE(many_keys_look_up_each_partition_once),
               KVS_CASE(no_partitioner_walks_the_owned_partitions_once),
               KVS_CASE(a_partition_behind_still_holds_the_read_back))
