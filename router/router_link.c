@@ -95,12 +95,23 @@ static router_link_pending_t fifo_pop(router_link_t *l)
     return p;
 }
 
+/* What the link reaches, and who is at its other end, for log lines. */
+static const char *link_what(const router_link_t *l)
+{
+    return l->what != NULL ? l->what : "shard";
+}
+
+static const char *link_peer(const router_link_t *l)
+{
+    return l->what != NULL ? "peer" : "worker";
+}
+
 /* Fails every pending request with `why`. Callbacks may send new requests
  * (they fail at once, the link being down), so pop one at a time. */
 static void fail_all(router_link_t *l, const char *why)
 {
     char msg[400];
-    snprintf(msg, sizeof(msg), "shard %u is unavailable: %s", l->shard, why);
+    snprintf(msg, sizeof(msg), "%s %u is unavailable: %s", link_what(l), l->shard, why);
     while (l->count > 0) {
         router_link_pending_t p = fifo_pop(l);
         l->on_reply(p.ctx, p.part, NULL, 0, msg);
@@ -135,7 +146,7 @@ static void link_down(router_link_t *l, const char *why)
     l->downs += was_up != 0;
     l->handshaking = 0;
     if (was_up)
-        kvs_warn("link to shard %u (%s) down: %s", l->shard, l->addr_text, why);
+        kvs_warn("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
     fail_all(l, why);
     if (was_up && l->on_state != NULL)
         l->on_state(l, 0);
@@ -185,11 +196,14 @@ static void on_conn_error(kvs_conn_t *c, int err)
     if (l == NULL)
         return;
     if (err == KVS_ETLS || err == KVS_ENOTLS) {
-        snprintf(why, sizeof(why), "TLS with the worker failed: %s", kvs_conn_tls_error(c));
+        snprintf(why, sizeof(why), "TLS with the %s failed: %s", link_peer(l),
+                 kvs_conn_tls_error(c));
         link_down(l, why);
         return;
     }
-    link_down(l, err == KVS_ECLOSED ? "worker closed the connection" : kvs_strerror(err));
+    char closed[40];
+    snprintf(closed, sizeof(closed), "%s closed the connection", link_peer(l));
+    link_down(l, err == KVS_ECLOSED ? closed : kvs_strerror(err));
 }
 
 /* The connection can carry requests: connected, and for TLS, handshaken. */
@@ -200,7 +214,8 @@ static void link_up(router_link_t *l)
     l->up = 1;
     l->backoff_ms = BACKOFF_MIN_MS;
     l->last_error[0] = '\0';
-    kvs_info("link to shard %u (%s) up%s", l->shard, l->addr_text, l->tls ? " (TLS)" : "");
+    kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
+             l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
     if (l->on_state != NULL)
         l->on_state(l, 1);

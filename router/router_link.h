@@ -79,6 +79,8 @@ struct router_link_s {
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
     router_link_closed_cb on_closed; /* NULL, or set before router_link_stop */
+    const char *what;                /* NULL: a shard's worker; "router": a router process's
+                                        own socket (the master's scrape); for log lines */
     int timer_closed;
     void *data;
 };

@@ -217,6 +217,7 @@ static int start_links(router_scrape_t *sc)
         int rc = start_link(sc, i, i, &addr);
         if (rc != 0)
             return rc;
+        sc->links[i].what = "router";
     }
     return start_worker_links(sc);
 }

@@ -488,6 +488,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             for i in range(2)))
         self.assertTrue(all(total(after, "kvs_process_start_time_seconds", role="router",
                                   router=str(i)) > before[i] for i in range(2)), after)
+        # The master's scrape names its links to router processes as such.
+        self.assertRegex(a.stderr(), r"link to router 0 \(unix:[^)]*/router0\.sock\) down: "
+                                     r"peer closed the connection")
+        self.assertNotRegex(a.stderr(), r"link to shard \d+ \(unix:[^)]*/router\d\.sock\)")
         # A restarted router process of the new generation takes its path
         # itself (no --next any more).
         pid = next(p for p, g in router_procs(a).items())
