@@ -1176,6 +1176,18 @@ void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb)
     uv_close((uv_handle_t *)&f->check, cb);
 }
 
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+void kvs_loop_close_all(uv_loop_t *loop)
+{
+    uv_walk(loop, close_any, NULL);
+}
+
 void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c)
 {
     for (kvs_conn_t **p = &f->head; *p != NULL; p = &(*p)->flush_next) {

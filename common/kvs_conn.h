@@ -378,6 +378,10 @@ void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb);
 /* Removes `c` from its flusher's list (called by kvs_conn_close). */
 void kvs_flusher_forget(kvs_flusher_t *f, kvs_conn_t *c);
 
+/* Closes every handle of `loop` not closing yet (without callbacks): the
+ * last step of a process's shutdown, so that uv_run returns. */
+void kvs_loop_close_all(uv_loop_t *loop);
+
 /* ---- listening -------------------------------------------------------- */
 
 typedef union kvs_listener_u {

@@ -41,6 +41,7 @@
  */
 #include "kvs_addr.h"
 #include "kvs_config.h"
+#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
@@ -257,13 +258,6 @@ static int finish(const node_main_t *m, int code)
 
 /* ---- signals and shutdown --------------------------------------------------- */
 
-static void close_any(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 /* Every client is gone, so no write waits any more: Kafka can stop. */
 static void on_stopped(void *arg)
 {
@@ -271,7 +265,7 @@ static void on_stopped(void *arg)
     node_writes_stop(m->writes);
     if (m->ingest != NULL)
         node_ingest_stop(m->ingest);
-    uv_walk(m->loop, close_any, NULL); /* signals, drain timer */
+    kvs_loop_close_all(m->loop); /* signals, drain timer */
 }
 
 static void on_drain_timeout(uv_timer_t *t)

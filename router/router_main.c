@@ -68,6 +68,7 @@
  */
 #include "kvs_cluster.h"
 #include "kvs_config.h"
+#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
@@ -288,13 +289,6 @@ static int start_links(router_main_t *m)
 
 /* ---- shutdown ------------------------------------------------------------------------ */
 
-static void close_any(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 /* Every client is gone: stop the links, once, and let the loop end. */
 static void on_drained(router_t *r)
 {
@@ -307,7 +301,7 @@ static void on_drained(router_t *r)
     for (uint32_t i = 0; i < m->r.n_links; i++)
         router_link_stop(&m->r.links[i]);
     router_local_stop(m->r.local);
-    uv_walk(m->r.loop, close_any, NULL);
+    kvs_loop_close_all(m->r.loop);
 }
 
 static void on_drain_timeout(uv_timer_t *t)

@@ -384,17 +384,10 @@ static void gen_stop(rgen_t *g)
 
 /* ---- shutdown ------------------------------------------------------------------------ */
 
-static void close_any(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 static void on_workers_stopped(void *arg)
 {
     master_t *m = arg;
-    uv_walk(m->loop, close_any, NULL);
+    kvs_loop_close_all(m->loop);
 }
 
 /* Every router process is gone, so no client is left: stop the workers. */

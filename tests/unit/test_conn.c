@@ -1063,7 +1063,35 @@ KVS_TEST(on_delivered_follows_each_run_of_frames)
     CHECK(s.max_run <= 3);
 }
 
-KVS_TEST_MAIN(KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
+static void never(uv_timer_t *t)
+{
+    (void)t;
+    CHECK(0); /* closed before it was due */
+}
+
+/* The end of a shutdown: active handles of every kind, one closing
+ * already; after kvs_loop_close_all the loop has nothing left to run. */
+KVS_TEST(loop_close_all_leaves_nothing_to_run)
+{
+    uv_loop_t loop;
+    uv_timer_t a, b;
+    uv_check_t chk;
+    uv_tcp_t tcp;
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    CHECK_EQ(uv_timer_init(&loop, &a), 0);
+    CHECK_EQ(uv_timer_init(&loop, &b), 0);
+    CHECK_EQ(uv_timer_start(&a, never, 60000, 0), 0);
+    CHECK_EQ(uv_check_init(&loop, &chk), 0);
+    CHECK_EQ(uv_tcp_init(&loop, &tcp), 0);
+    uv_close((uv_handle_t *)&b, NULL); /* closing: left alone */
+    kvs_loop_close_all(&loop);
+    CHECK(uv_is_closing((uv_handle_t *)&a) && uv_is_closing((uv_handle_t *)&tcp));
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
+KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
+              KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
               KVS_CASE(flusher_before_runs_before_bytes_leave),
