@@ -67,7 +67,10 @@
  * map and snapshot, and the old generation never stopped serving, its
  * sockets never moved (change_failed). A worker the change started that
  * exits 78 before then fails the change too, where any other stops the
- * node. Each generation runs its own snapshot (m->config_fd,
+ * node. While the new generation starts, the serving one's restarts wait
+ * (router_sup_pause): one that exits then is restarted once the new one
+ * is gone after a failure, or replaced by it. Each generation runs its
+ * own snapshot (m->config_fd,
  * m->next_config_fd), so a reload while a change is in progress is
  * refused (reload again once it is over; systemd hears nothing of the
  * refused one). During a change, the shutdown drains every generation;
@@ -503,10 +506,13 @@ static void on_gen_stopped(void *arg)
 {
     rgen_t *g = arg;
     master_t *m = g->m;
+    int was_next = m->next == g; /* a change's new generation that failed */
     if (m->routers == g)
         m->routers = NULL;
     if (m->next == g)
         m->next = NULL;
+    if (was_next && m->routers != NULL && !m->shutting_down)
+        router_sup_resume(m->routers->sup); /* its generation numbers are free again */
     if (m->old == g)
         m->old = NULL;
     gen_free(g);
@@ -626,10 +632,16 @@ static void start_next(void *arg)
         base = g > base ? g : base;
     }
     router_notify_status("membership change: starting router processes with the new map");
+    /* Until the new generation serves (then the old one stops) or is gone
+     * (on_gen_stopped): an old process restarted meanwhile would get a
+     * generation number a new one has, and could take routerI.sock back
+     * after change_switch renamed the new one over it. */
+    router_sup_pause(m->routers->sup);
     if (start_routers(m, &m->next, base, m->next_config_fd, 1) != 0) {
         rgen_t *g = m->next;
         m->next = NULL;
         gen_free(g); /* nothing of it started */
+        router_sup_resume(m->routers->sup);
         change_failed(m, "cannot start router processes");
     }
 }

@@ -10,8 +10,9 @@
  *  - w->proc != NULL  <=>  w->pid != 0  <=>  the child is not yet reaped;
  *    n_running counts those workers.
  *  - A worker is in exactly one of: running, waiting on its restart timer,
- *    or idle (stopping, holding, or exited with fatal_status). Restarts are
- *    never scheduled once `stopping` or `holding`.
+ *    or idle (stopping, holding, exited with fatal_status, or `waiting`
+ *    for the end of a pause). Restarts are never scheduled once
+ *    `stopping` or `holding`, nor while `paused`.
  *  - w->report != NULL only while the child runs (with report_fd set): the
  *    pipe is read once, without waiting, in the exit callback, and closed
  *    there; the text stays in w->report_text until the next spawn.
@@ -74,6 +75,7 @@ typedef struct sup_worker_s {
     uint64_t backoff_ms; /* delay of the next restart */
     uint32_t restarts;   /* since the last stable run */
     int retired;         /* router_sup_retire: never restarted; restart is its kill timer */
+    int waiting;         /* to be restarted once router_sup_resume ends a pause */
 } sup_worker_t;
 
 struct router_sup_s {
@@ -97,7 +99,7 @@ struct router_sup_s {
     uv_timer_t grace;
     size_t n_running;
     size_t n_open;
-    unsigned stopping : 1, closing : 1, done_called : 1, holding : 1;
+    unsigned stopping : 1, closing : 1, done_called : 1, holding : 1, paused : 1;
     router_sup_done_cb done;
     void *done_arg;
 };
@@ -496,7 +498,7 @@ static void worker_on_restart(uv_timer_t *t)
 {
     sup_worker_t *w = t->data;
     router_sup_t *s = w->sup;
-    assert(!s->stopping && !s->holding && w->proc == NULL);
+    assert(!s->stopping && !s->holding && !s->paused && w->proc == NULL);
     int rc = worker_spawn(w);
     if (rc == UV_EMFILE || rc == UV_ENFILE) {
         /* Out of descriptors is the process's condition, not the worker's:
@@ -601,6 +603,11 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
         return; /* idle until router_sup_stop */
     if (s->holding) {
         kvs_info("not restarting %s %" PRIu32 ": shutting down", s->what, w->shard);
+        return;
+    }
+    if (s->paused) {
+        kvs_info("%s %" PRIu32 " is restarted once restarts resume", s->what, w->shard);
+        w->waiting = 1;
         return;
     }
     if (uptime >= s->stable_ms) {
@@ -708,6 +715,32 @@ void router_sup_hold(router_sup_t *s)
     s->holding = 1;
     for (size_t i = 0; i < s->n; i++)
         uv_timer_stop(&s->w[i].restart);
+}
+
+void router_sup_pause(router_sup_t *s)
+{
+    s->paused = 1;
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        if (!w->retired && uv_is_active((uv_handle_t *)&w->restart)) {
+            uv_timer_stop(&w->restart);
+            w->waiting = 1;
+        }
+    }
+}
+
+void router_sup_resume(router_sup_t *s)
+{
+    if (!s->paused)
+        return;
+    s->paused = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        int restart = w->waiting && !w->retired && w->proc == NULL;
+        w->waiting = 0;
+        if (restart && !s->stopping && !s->holding)
+            worker_schedule_restart(w);
+    }
 }
 
 void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)

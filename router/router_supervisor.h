@@ -155,6 +155,15 @@ const char *router_sup_report(const router_sup_t *s, uint32_t shard);
  * on is not restarted (logged). router_sup_stop may follow. Idempotent. */
 void router_sup_hold(router_sup_t *s);
 
+/* Restarts wait: a pending one is cancelled, and a child that exits from
+ * now on is not restarted (logged) until router_sup_resume, which
+ * schedules a restart (with its backoff) for each that waits. The master
+ * pauses the serving router processes while a membership change's new
+ * ones start: an old one restarted then would take a generation number a
+ * new one has. Both idempotent; the stop still works while paused. */
+void router_sup_pause(router_sup_t *s);
+void router_sup_resume(router_sup_t *s);
+
 /* Starts the graceful stop: cancels pending restarts, sends SIGTERM to every
  * running worker and, stop_grace_ms later, SIGKILL to those still running
  * (logged as a warning naming them). Exits keep being reported through

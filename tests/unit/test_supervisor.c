@@ -344,6 +344,43 @@ KVS_TEST(restarts_a_killed_worker)
     t_close(&t);
 }
 
+/* While paused, a child that exits waits, its pending restart too; resume
+ * restarts it, and the stop still works while paused. */
+KVS_TEST(paused_restarts_wait_for_resume)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "rec.sh", REC_BODY "exec sleep 30\n", exe, sizeof(exe));
+    const uint32_t shards[] = {2, 4};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
+    o.backoff_min_ms = 50;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t a = wait_shard_pid(&t, 2, line, sizeof(line));
+    pid_t b = wait_shard_pid(&t, 4, line, sizeof(line));
+    unlink_shard_file(&t, 2);
+    CHECK_EQ(kill(a, SIGKILL), 0);
+    RUN_UNTIL(&t, t.n_ev >= 1); /* shard 2's restart is pending */
+    router_sup_pause(t.sup);
+    router_sup_pause(t.sup); /* idempotent */
+    unlink_shard_file(&t, 4);
+    CHECK_EQ(kill(b, SIGKILL), 0);
+    RUN_UNTIL(&t, t.n_ev >= 2); /* shard 4 exits while paused */
+    uint64_t until = now_ms() + 300; /* six backoffs: nothing restarts */
+    RUN_UNTIL(&t, now_ms() >= until);
+    CHECK_EQ(t.n_ev, 2);
+    CHECK_EQ(router_sup_pid(t.sup, 2), 0);
+    CHECK_EQ(router_sup_pid(t.sup, 4), 0);
+    router_sup_resume(t.sup);
+    router_sup_resume(t.sup);
+    pid_t a2 = wait_shard_pid(&t, 2, line, sizeof(line));
+    pid_t b2 = wait_shard_pid(&t, 4, line, sizeof(line));
+    CHECK(a2 > 0 && a2 != a && b2 > 0 && b2 != b);
+    router_sup_pause(t.sup);
+    t_stop(&t); /* paused: the stop still ends */
+    t_close(&t);
+}
+
 KVS_TEST(backoff_grows_for_a_crash_loop)
 {
     tctx_t t;
@@ -964,6 +1001,7 @@ KVS_TEST(notify_lines_reach_on_line)
 }
 
 KVS_TEST_MAIN(KVS_CASE(router_children_get_flags_generation_and_fds),
+              KVS_CASE(paused_restarts_wait_for_resume),
               KVS_CASE(add_and_retire_ids_while_running), KVS_CASE(retire_kills_a_straggler),
               KVS_CASE(notify_lines_reach_on_line), KVS_CASE(spawns_every_shard_with_its_args),
               KVS_CASE(restarts_a_killed_worker), KVS_CASE(backoff_grows_for_a_crash_loop),
