@@ -94,7 +94,7 @@ struct router_s {
  * clients on cfg->resp_listen when set, each on a socket of its own that
  * the node's other router processes share (SO_REUSEPORT, router_ports);
  * their inodes go to r->listen_inodes. Also listens on this process's own
- * unix socket (router_procs_admin_path; kvs protocol, trusted like the
+ * unix socket (router_procs_admin_addr; kvs protocol, trusted like the
  * workers' sockets, no TLS, not counted in limits.max_clients), where the
  * master asks for its metrics and an operator may reach this process.
  * Returns 0 or a uv error. */

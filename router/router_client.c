@@ -493,41 +493,24 @@ static int listen_resp(router_t *r)
     return 0;
 }
 
-/* A router_procs_admin_path of this process, as a file path in
- * buf[0..len). Returns 0, or a uv error after logging why. */
-static int admin_file(const router_t *r, int next, char *buf, size_t len)
-{
-    kvs_addr_t addr;
-    char spec[4200], err[256];
-    int rc = router_procs_admin_path(r->cfg, r->proc_index, next, spec, sizeof(spec));
-    if (rc == 0)
-        rc = kvs_addr_parse(spec, 0, &addr, err, sizeof(err));
-    else
-        snprintf(err, sizeof(err), "the path is too long");
-    if (rc == 0 && strlen(addr.path) >= len)
-        rc = KVS_EINVAL;
-    if (rc != 0) {
-        kvs_error("%s: %s (data_dir too long?)", spec, err);
-        return UV_EINVAL;
-    }
-    memcpy(buf, addr.path, strlen(addr.path) + 1);
-    return 0;
-}
-
-/* This process's own socket (router_procs_admin_path), taken over from a
+/* This process's own socket (router_procs_admin_addr), taken over from a
  * predecessor still draining (router_ports_listen_own). A process of a
  * membership change's new generation takes routerI.next instead: the
  * serving generation keeps routerI.sock until the master renames the new
  * one over it, so a change that fails leaves it where it was. */
 static int listen_admin(router_t *r)
 {
-    int rc = admin_file(r, 0, r->admin_path, sizeof(r->admin_path));
-    if (rc == 0)
-        rc = admin_file(r, r->admin_next, r->admin_bound, sizeof(r->admin_bound));
-    if (rc != 0)
-        return rc;
-    rc = router_ports_listen_own(r->loop, r->admin_bound, &r->admin_listener, on_connection,
-                                 &r->admin_ino);
+    kvs_addr_t path, bound;
+    if (router_procs_admin_addr(r->cfg, r->proc_index, 0, &path) != 0 ||
+        router_procs_admin_addr(r->cfg, r->proc_index, r->admin_next, &bound) != 0) {
+        kvs_error("data_dir %s: router %u's own socket does not fit a unix socket address",
+                  r->cfg->data_dir, r->proc_index);
+        return UV_EINVAL;
+    }
+    memcpy(r->admin_path, path.path, sizeof(r->admin_path));
+    memcpy(r->admin_bound, bound.path, sizeof(r->admin_bound));
+    int rc = router_ports_listen_own(r->loop, r->admin_bound, &r->admin_listener, on_connection,
+                                     &r->admin_ino);
     if (rc != 0) {
         char spec[200];
         snprintf(spec, sizeof(spec), "unix:%s", r->admin_bound);

@@ -578,15 +578,15 @@ static int foreign_listener(master_t *m);
  * now on take that path themselves. */
 static void gen_take_paths(master_t *m, rgen_t *g)
 {
-    char n_arg[12], pid_arg[24], from[4200], to[4200];
+    char n_arg[12], pid_arg[24];
     const char *args[ROUTER_ARGS];
     for (uint32_t i = 0; i < m->n_procs; i++) {
-        if (router_procs_admin_path(m->cfg, i, 1, from, sizeof(from)) != 0 ||
-            router_procs_admin_path(m->cfg, i, 0, to, sizeof(to)) != 0 ||
-            rename(from + 5, to + 5) != 0) /* past "unix:" */
+        kvs_addr_t from, to; /* both fit: the config was checked (kvs_config) */
+        if (router_procs_admin_addr(m->cfg, i, 1, &from) == 0 &&
+            router_procs_admin_addr(m->cfg, i, 0, &to) == 0 && rename(from.path, to.path) != 0)
             kvs_warn("membership change: router %u's socket %s: cannot move it to %s: %s; "
                      "/metrics and kvs-cli do not reach that router process",
-                     i, from + 5, to + 5, strerror(errno));
+                     i, from.path, to.path, strerror(errno));
     }
     router_args(m, 0, args, n_arg, pid_arg);
     if (router_sup_set_args(g->sup, args) != 0)

@@ -46,7 +46,7 @@
 int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t *l,
                         uv_connection_cb cb, uint64_t *inode);
 
-/* A router process's own unix socket (router_procs_admin_path), which a
+/* A router process's own unix socket (router_procs_admin_addr), which a
  * process replacing it must take over while it still drains (a membership
  * change, router_master.c): bound under a temporary name in the same
  * directory and renamed over `path`, so new connections reach the new

@@ -48,11 +48,13 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n)
     cfg->input_buffers = in < cfg->max_frame ? cfg->max_frame : in;
 }
 
-int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, int next, char *buf,
-                            size_t len)
+int router_procs_admin_addr(const kvs_config_t *cfg, uint32_t index, int next, kvs_addr_t *out)
 {
-    int n = snprintf(buf, len, "unix:%s/router%u.%s", cfg->data_dir, index, next ? "next" : "sock");
-    return n > 0 && (size_t)n < len ? 0 : KVS_EINVAL;
+    memset(out, 0, sizeof(*out));
+    out->is_unix = 1;
+    int n = snprintf(out->path, sizeof(out->path), "%s/router%u.%s", cfg->data_dir, index,
+                     next ? "next" : "sock");
+    return n > 0 && (size_t)n < sizeof(out->path) ? 0 : KVS_EINVAL;
 }
 
 uint64_t router_procs_id_base(uint32_t index, uint32_t gen)

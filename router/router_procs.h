@@ -16,7 +16,7 @@
  *     6  the config snapshot the master loaded (read with pread)
  *
  * and listens, besides the client ports, on its own unix socket
- * <data_dir>/routerI.sock (router_procs_admin_path).
+ * <data_dir>/routerI.sock (router_procs_admin_addr).
  *
  * I is the router's index (0..N-1), G its generation: how many times the
  * master started index I before (0, then 1 after its first restart...).
@@ -36,6 +36,7 @@
 #ifndef ROUTER_PROCS_H
 #define ROUTER_PROCS_H
 
+#include "kvs_addr.h"
 #include "kvs_config.h"
 
 #include <stddef.h>
@@ -73,13 +74,12 @@ void router_procs_share(kvs_config_t *cfg, uint32_t index, uint32_t n);
 
 /* This router process's own unix socket, "<data_dir>/router<index>.sock"
  * (the kvs protocol, for the master's metrics scrape and for operators),
- * as a kvs_addr spec ("unix:PATH") in buf[0..len). With `next`, the name
- * a process of a membership change's new generation listens on until the
- * master renames it over the first one (it serves by then):
- * "<data_dir>/router<index>.next", as long. Returns 0, or KVS_EINVAL when
- * it does not fit. */
-int router_procs_admin_path(const kvs_config_t *cfg, uint32_t index, int next, char *buf,
-                            size_t len);
+ * as a unix kvs_addr. With `next`, the name a process of a membership
+ * change's new generation listens on until the master renames it over the
+ * first one (it serves by then): "<data_dir>/router<index>.next", as
+ * long. Returns 0, or KVS_EINVAL when the path does not fit a unix socket
+ * address (kvs_config refuses such a data_dir). */
+int router_procs_admin_addr(const kvs_config_t *cfg, uint32_t index, int next, kvs_addr_t *out);
 
 /* The base of the numbers router `index` (< KVS_ROUTER_PROCESSES_MAX) of
  * generation `gen` hands out: (index << 7 | gen % 128) << ROUTER_ID_BITS,

@@ -202,16 +202,15 @@ static int start_worker_links(router_scrape_t *sc)
 static int start_links(router_scrape_t *sc)
 {
     const kvs_config_t *cfg = sc->cfg;
-    char spec[4200], err[256];
     sc->links = calloc(sc->n_procs + cfg->shards, sizeof(*sc->links));
     if (sc->links == NULL)
         return UV_ENOMEM;
     sc->n_links = sc->n_procs + cfg->shards; /* zeroed links: router_link_stop skips them */
     for (uint32_t i = 0; i < sc->n_procs; i++) {
         kvs_addr_t addr;
-        if (router_procs_admin_path(cfg, i, 0, spec, sizeof(spec)) != 0 ||
-            kvs_addr_parse(spec, 0, &addr, err, sizeof(err)) != 0) {
-            kvs_error("metrics: router %u's socket: %s", i, spec);
+        if (router_procs_admin_addr(cfg, i, 0, &addr) != 0) {
+            kvs_error("metrics: router %u's socket: %s/router%u.sock is too long", i,
+                      cfg->data_dir, i);
             return UV_EINVAL;
         }
         int rc = start_link(sc, i, i, &addr);

@@ -214,7 +214,31 @@ KVS_TEST(shared_listeners_and_census)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(count_auto_and_configured), KVS_CASE(parts_add_up_and_never_zero),
+/* Each router process's own socket, and the name a membership change's
+ * new one listens on until it is renamed over it: as long as each other,
+ * so a data_dir the config accepts fits both. */
+KVS_TEST(admin_socket_and_its_next_name)
+{
+    kvs_config_t *cfg = NULL;
+    const char text[] = "data_dir: /var/lib/kvs\n";
+    CHECK_EQ(kvs_config_parse("c", text, strlen(text), &cfg, NULL, 0), 0);
+    kvs_addr_t a;
+    CHECK_EQ(router_procs_admin_addr(cfg, 3, 0, &a), 0);
+    CHECK(a.is_unix);
+    CHECK_STR(a.path, "/var/lib/kvs/router3.sock");
+    CHECK_EQ(router_procs_admin_addr(cfg, 63, 1, &a), 0);
+    CHECK_STR(a.path, "/var/lib/kvs/router63.next");
+    char *dir = cfg->data_dir, longer[200];
+    memset(longer, 'd', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = '\0';
+    cfg->data_dir = longer; /* what kvs_config refuses: it must not overflow */
+    CHECK_EQ(router_procs_admin_addr(cfg, 0, 1, &a), KVS_EINVAL);
+    cfg->data_dir = dir;
+    kvs_config_free(cfg);
+}
+
+KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name),
+              KVS_CASE(count_auto_and_configured), KVS_CASE(parts_add_up_and_never_zero),
               KVS_CASE(share_splits_node_limits), KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
               KVS_CASE(listening_line_round_trip), KVS_CASE(overlap_of_listening_addresses),
               KVS_CASE(shared_listeners_and_census))
