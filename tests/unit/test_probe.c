@@ -28,6 +28,7 @@ struct fake_s {
     uv_pipe_t server, peer;
     int accepted;
     int fail_first; /* Pings answered 503 before the first 200 */
+    int silent;     /* hung: reads, never answers */
     int pings;
     uint8_t in[256];
     size_t n_in;
@@ -93,7 +94,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         CHECK(req != NULL);
         CHECK(req->ping != NULL); /* a probe asks nothing else */
         kvs__command_request__free_unpacked(req, NULL);
-        answer(f, f->pings++ < f->fail_first ? 503 : 200);
+        if (!f->silent)
+            answer(f, f->pings < f->fail_first ? 503 : 200);
+        f->pings++;
         f->n_in -= KVS_FRAME_HEADER + len;
         memmove(f->in, f->in + KVS_FRAME_HEADER + len, f->n_in);
     }
@@ -230,6 +233,25 @@ KVS_TEST(freed_right_after_stop_while_its_handles_close)
     CHECK_EQ(t.done_calls, 0);
 }
 
+/* A hung worker is asked once: no Ping piles up behind the unanswered
+ * one (each link has at most one in flight) within its timeout. */
+KVS_TEST(a_hung_worker_is_asked_once_at_a_time)
+{
+    tctx_t t;
+    t_init(&t, "probe-hung");
+    t.fake[0].silent = 1;
+    const uint32_t shards[] = {0, 1};
+    CHECK_EQ(router_probe_start(&t.loop, t.cfg, shards, 2, on_done, &t, &t.probe), 0);
+    int never = 0;
+    run_until(&t, &never, 1000); /* ten probe periods, under the link's 2 s timeout */
+    CHECK_EQ(t.fake[0].pings, 1);
+    CHECK_EQ(t.fake[1].pings, 1); /* answered 200: not asked again */
+    CHECK_EQ(t.done_calls, 0);
+    router_probe_free(t.probe);
+    t_close(&t);
+    CHECK_EQ(t.done_calls, 0);
+}
+
 KVS_TEST(a_shard_not_served_here_fails_the_start)
 {
     tctx_t t;
@@ -252,4 +274,5 @@ KVS_TEST(a_shard_not_served_here_fails_the_start)
 
 KVS_TEST_MAIN(KVS_CASE(done_once_every_worker_answered_200),
               KVS_CASE(freed_right_after_stop_while_its_handles_close),
+              KVS_CASE(a_hung_worker_is_asked_once_at_a_time),
               KVS_CASE(a_shard_not_served_here_fails_the_start))
