@@ -19,8 +19,9 @@
  *     copy has applied it (next > o). Until then, if the record is in the
  *     topic (o < end) the read is "behind" by o + 1 - next records and the
  *     caller waits (bounded) or answers 503; if it is past the end the copy
- *     knows, the read is "ahead" and refused at once: nothing says the
- *     record will ever come.
+ *     knows, the read is "ahead": a copy that can ask the brokers where the
+ *     partition ends (a worker) asks once and decides again; otherwise it
+ *     is refused, since nothing says the record will ever come.
  *
  * Pure functions of their arguments: no clock, no I/O.
  */
@@ -45,7 +46,7 @@ typedef enum {
     KVS_FRESH_SERVE = 0,       /* serve the read */
     KVS_FRESH_BEHIND = 1,      /* the read's position is in the topic, not applied yet: wait */
     KVS_FRESH_STARTING = 2,    /* settling: wait for the end offset to be known */
-    KVS_FRESH_AHEAD = 3,       /* the position is past the end the copy knows: 503 now */
+    KVS_FRESH_AHEAD = 3,       /* the position is past the end the copy knows: ask, or 503 */
     KVS_FRESH_CATCHING_UP = 4, /* lag above max_lag: 503 now (unless stale is accepted) */
 } kvs_fresh_verdict_t;
 

@@ -104,6 +104,8 @@ typedef struct part_s {
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
+    int64_t asked_end;      /* the end as the brokers last answered node_ingest_ask_end; -1 */
+    int want_end;           /* a read asked for the end: in the next query */
 } part_t;
 
 typedef struct topic_s {
@@ -121,6 +123,7 @@ struct node_ingest_s {
     uint32_t shard;
     node_store_t *store;
     node_ingest_fatal_cb on_fatal;
+    void (*on_answer)(void *arg);
     void *arg;
     rd_kafka_t *rk;
     rd_kafka_queue_t *q;
@@ -157,6 +160,20 @@ struct node_ingest_s {
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
     kvs_shardstate_t *state; /* the state page routers read, or NULL */
     uint64_t published_ms;   /* when the state page was last brought up to date */
+    /* Asking the brokers for end offsets (node_ingest_ask_end): one query
+     * at a time in the thread pool, for every partition asked since the
+     * last one started. */
+    uv_work_t ask_work;
+    int ask_busy;
+    uint64_t ask_started, ask_done; /* queries started, and answered or failed */
+    int ask_timeout_ms;
+    struct ask_s {
+        const char *topic;
+        part_t *part;
+        int32_t p;
+        int64_t end; /* the answer; -1 none */
+    } *asks;
+    size_t n_asks; /* of the query in flight */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -767,6 +784,8 @@ static void on_tick(uv_timer_t *h)
 static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p)
 {
     int64_t end = end_offset(in, t, p);
+    if (t->parts[p].asked_end > end)
+        end = t->parts[p].asked_end;
     return t->parts[p].produced_end > end ? t->parts[p].produced_end : end;
 }
 
@@ -794,6 +813,88 @@ static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
         if (in->topics[i].b == b)
             return &in->topics[i];
     return NULL;
+}
+
+/* ---- asking the brokers where a partition ends -------------------------------------- */
+
+/* In the thread pool: one ListOffsets round trip per partition asked.
+ * After the first failure (brokers unreachable) the rest are not tried:
+ * each would wait as long. */
+static void ask_work(uv_work_t *w)
+{
+    node_ingest_t *in = w->data;
+    int failed = 0;
+    for (size_t i = 0; i < in->n_asks; i++) {
+        int64_t lo, hi;
+        struct ask_s *a = &in->asks[i];
+        a->end = -1;
+        if (!failed && rd_kafka_query_watermark_offsets(in->rk, a->topic, a->p, &lo, &hi,
+                                                        in->ask_timeout_ms) == 0)
+            a->end = hi;
+        else
+            failed = 1;
+    }
+}
+
+static void ask_start(node_ingest_t *in);
+
+static void ask_done(uv_work_t *w, int status)
+{
+    node_ingest_t *in = w->data;
+    (void)status;
+    in->ask_busy = 0;
+    in->ask_done = in->ask_started;
+    for (size_t i = 0; i < in->n_asks; i++)
+        if (in->asks[i].end > in->asks[i].part->asked_end)
+            in->asks[i].part->asked_end = in->asks[i].end;
+    in->n_asks = 0;
+    if (in->stopping)
+        return;
+    publish(in);
+    ask_start(in); /* for partitions asked while this query ran */
+    if (in->on_answer != NULL)
+        in->on_answer(in->arg);
+}
+
+/* Starts a query for every partition asked since the last one started;
+ * none when nothing was asked. */
+static void ask_start(node_ingest_t *in)
+{
+    if (in->ask_busy || in->stopping)
+        return;
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            if (!t->parts[p].want_end)
+                continue;
+            t->parts[p].want_end = 0;
+            in->asks[in->n_asks++] = (struct ask_s){t->b->topic, &t->parts[p], (int32_t)p, -1};
+        }
+    }
+    if (in->n_asks == 0)
+        return;
+    in->ask_busy = 1;
+    in->ask_started++;
+    in->ask_work.data = in;
+    uv_queue_work(in->loop, &in->ask_work, ask_work, ask_done);
+}
+
+uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned || in->stopping || in->asks == NULL)
+        return 0;
+    t->parts[p].want_end = 1;
+    /* A query already running may have been answered before the record the
+     * read is about was written: the answer that counts is the next one's. */
+    uint64_t ticket = in->ask_started + 1;
+    ask_start(in);
+    return ticket;
+}
+
+int node_ingest_answered(const node_ingest_t *in, uint64_t ticket)
+{
+    return in->ask_done >= ticket;
 }
 
 int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs_fresh_part_t *out)
@@ -1170,9 +1271,12 @@ static int make_topics(node_ingest_t *in)
             t->parts[p].owned = p % cfg->shards == in->shard;
             in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
-            t->parts[p].produced_end = -1;
+            t->parts[p].produced_end = t->parts[p].asked_end = -1;
         }
     }
+    in->asks = calloc(in->n_owned > 0 ? in->n_owned : 1, sizeof(*in->asks));
+    if (in->asks == NULL)
+        return -ENOMEM;
     qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);
     for (size_t i = 0; i < in->n_topics; i++)
         in->topics[i].rkt = rd_kafka_topic_new(in->rk, in->topics[i].b->topic, NULL);
@@ -1229,7 +1333,9 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->shard = o->shard;
     in->store = o->store;
     in->on_fatal = o->on_fatal;
+    in->on_answer = o->on_answer;
     in->arg = o->arg;
+    in->ask_timeout_ms = o->ask_timeout_ms > 0 ? o->ask_timeout_ms : 1000;
     in->pipefd[0] = in->pipefd[1] = -1;
     in->started_ms = uv_now(in->loop);
     in->group = node_ingest_group(in->cfg);
@@ -1313,6 +1419,7 @@ void node_ingest_free(node_ingest_t *in)
         free(in->topics[i].parts);
     }
     free(in->topics);
+    free(in->asks);
     if (in->rk != NULL)
         rd_kafka_destroy_flags(in->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (in->pipefd[0] >= 0)

@@ -44,6 +44,10 @@ typedef struct node_ingest_opts_s {
      * deadline, and a heartbeat every second. */
     kvs_shardstate_t *state;
     node_ingest_fatal_cb on_fatal;
+    /* The brokers answered (or failed) a node_ingest_ask_end query: reads
+     * that waited for it may decide now. NULL: nobody listens. */
+    void (*on_answer)(void *arg);
+    int ask_timeout_ms; /* how long one such query may take (0: 1000) */
     void *arg;
 } node_ingest_opts_t;
 
@@ -86,6 +90,21 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
  * for it before a fetch reports the new end). */
 void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
                                int64_t offset);
+
+/* Asks the brokers, in the background, where partition `p` of `b`'s
+ * topic ends (its high watermark, ListOffsets): for a read whose position
+ * is past the end this worker has heard of. The fetches tell the end only
+ * as often as they return, so a record another writer just appended can be
+ * in the topic, acknowledged, and still unknown here. One query runs at a
+ * time, for every partition asked since the previous one started; the
+ * answer raises the end node_ingest_fresh reports, and on_answer is called.
+ * Returns a ticket for node_ingest_answered, or 0 when it cannot ask (the
+ * shard does not own the partition, or ingestion stops). */
+uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* Whether the query that answers `ticket` (one started after the ask) has
+ * come back, answered or failed. */
+int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
 
 /* The committed next offset of partition `p` of `b`'s topic (every record
  * below it is in LMDB), or -1 when none is stored or the shard does not

@@ -51,6 +51,7 @@
 #include "kvs_plugins.h"
 #include "node_ingest.h"
 #include "node_server.h"
+#include "node_slot.h"
 #include "node_store.h"
 
 #include <errno.h>
@@ -323,6 +324,15 @@ static void on_turn(void *arg, int rc)
         node_reads_turn(m->reads);
 }
 
+/* The brokers told where partitions end: reads past the end this worker
+ * had heard of decide now. */
+static void on_end_answer(void *arg)
+{
+    node_main_t *m = arg;
+    if (m->reads != NULL)
+        node_reads_turn(m->reads);
+}
+
 /* The producer failed for good: stop (exit 1) so the router restarts the
  * worker with a new one. */
 static void on_writes_fatal(void *arg, const char *msg)
@@ -396,6 +406,8 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
         .store = store,
         .state = m->state,
         .on_fatal = on_ingest_fatal,
+        .on_answer = on_end_answer,
+        .ask_timeout_ms = node_wait_ms(cfg) < 2000 ? (int)node_wait_ms(cfg) : 2000,
         .arg = m,
     };
     int rc = node_ingest_start(&o, &m->ingest, err, sizeof(err));

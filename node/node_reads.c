@@ -33,6 +33,7 @@ struct waiter_s {
     const kvs_binding_t *b;
     uint32_t partition; /* the condition that held it back last: */
     int64_t need;       /* ... the record at this offset must be applied (-1: settling) */
+    uint64_t ticket;    /* need is past the known end: the brokers were asked (0: not) */
     uint64_t deadline;  /* uv_now-based */
     size_t len;
     uint8_t payload[]; /* the request */
@@ -152,8 +153,8 @@ static void arm_timer(node_reads_t *rd)
     uv_timer_start(&rd->timer, on_timer, dl > now ? dl - now : 0, 0);
 }
 
-static int wait_for(node_reads_t *rd, const check_t *c, const uint8_t *payload, size_t len,
-                    node_defer_fn defer, void *defer_arg)
+static int wait_for(node_reads_t *rd, const check_t *c, uint64_t ticket, const uint8_t *payload,
+                    size_t len, node_defer_fn defer, void *defer_arg)
 {
     waiter_t *w = malloc(sizeof(*w) + len);
     if (w == NULL)
@@ -167,6 +168,7 @@ static int wait_for(node_reads_t *rd, const check_t *c, const uint8_t *payload, 
     w->b = c->b;
     w->partition = c->partition;
     w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
+    w->ticket = ticket;
     w->deadline = uv_now(rd->loop) + node_wait_ms(rd->cfg);
     w->len = len;
     memcpy(w->payload, payload, len);
@@ -220,9 +222,24 @@ static void unlink_waiter(node_reads_t *rd, waiter_t **prev, waiter_t *w, waiter
         rd->tail = before;
 }
 
+/* A read whose position is past the end this worker has heard of: the
+ * brokers are asked where the partition ends before the read is refused
+ * (the fetches report the end only as often as they return, so a record
+ * another writer had acknowledged may not be known here yet). Returns the
+ * ticket to wait for, or 0 when the read is refused at once: Kafka is off,
+ * the brokers were never heard from, or no wait is possible. */
+static uint64_t ask_end(node_reads_t *rd, const check_t *c)
+{
+    if (c->verdict != KVS_FRESH_AHEAD || rd->ingest == NULL || rd->stopping || c->state.end < 0)
+        return 0;
+    return node_ingest_ask_end(rd->ingest, c->b, c->partition);
+}
+
 /* Checks a waiting read again in full. Returns 1 when it no longer waits
- * (c says how it ends), 0 when it still does (its condition updated). */
-static int recheck(node_reads_t *rd, waiter_t *w, check_t *c)
+ * (c says how it ends), 0 when it still does (its condition updated).
+ * A read still ahead of the end after the brokers answered is refused; one
+ * ahead on a partition not asked about yet asks, when `may_ask`. */
+static int recheck(node_reads_t *rd, waiter_t *w, check_t *c, int may_ask)
 {
     check_init(c, rd, w->b);
     Kvs__CommandRequest *req = kvs_msg_decode_request(&rd->arena, w->payload, w->len);
@@ -230,10 +247,17 @@ static int recheck(node_reads_t *rd, waiter_t *w, check_t *c)
         c->verdict = KVS_FRESH_SERVE; /* let the handler say what is wrong */
         return 1;
     }
-    if (c->verdict != KVS_FRESH_BEHIND && c->verdict != KVS_FRESH_STARTING)
+    uint64_t ticket = 0;
+    if (c->verdict == KVS_FRESH_AHEAD) {
+        int asked = w->ticket != 0 && w->partition == c->partition;
+        if (asked || !may_ask || (ticket = ask_end(rd, c)) == 0)
+            return 1;
+    } else if (c->verdict != KVS_FRESH_BEHIND && c->verdict != KVS_FRESH_STARTING) {
         return 1;
+    }
     w->partition = c->partition;
     w->need = c->verdict == KVS_FRESH_STARTING ? -1 : c->need;
+    w->ticket = ticket;
     return 0;
 }
 
@@ -243,7 +267,9 @@ static int condition_met(node_reads_t *rd, const waiter_t *w)
     kvs_fresh_part_t st;
     if (rd->ingest == NULL || node_ingest_fresh(rd->ingest, w->b, w->partition, &st) != 0)
         return 0;
-    return w->need < 0 ? !st.settling : st.next > w->need;
+    if (w->need < 0)
+        return !st.settling;
+    return st.next > w->need || (w->ticket != 0 && node_ingest_answered(rd->ingest, w->ticket));
 }
 
 void node_reads_turn(node_reads_t *rd)
@@ -254,7 +280,7 @@ void node_reads_turn(node_reads_t *rd)
         waiter_t *w = *prev;
         int met = !node_slot_wanted(w->slot) || condition_met(rd, w);
         check_t c;
-        if (met && (!node_slot_wanted(w->slot) || recheck(rd, w, &c))) {
+        if (met && (!node_slot_wanted(w->slot) || recheck(rd, w, &c, 1))) {
             unlink_waiter(rd, prev, w, before);
             finish(rd, w, node_slot_wanted(w->slot) ? &c : NULL);
             kvs_arena_reset(&rd->arena);
@@ -286,7 +312,7 @@ static void on_timer(uv_timer_t *t)
         if (rd->head == NULL)
             rd->tail = NULL;
         if (node_slot_wanted(w->slot))
-            recheck(rd, w, &c); /* the verdict now: served if it just got there */
+            recheck(rd, w, &c, 0); /* the verdict now: served if it just got there */
         finish(rd, w, node_slot_wanted(w->slot) ? &c : NULL);
         kvs_arena_reset(&rd->arena);
     }
@@ -306,8 +332,11 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
         return rc;
     if (c.verdict == KVS_FRESH_SERVE)
         return 0;
-    if ((c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING) && rd->ingest != NULL &&
-        defer != NULL && !rd->stopping && wait_for(rd, &c, payload, len, defer, defer_arg) == 0)
+    uint64_t ticket = 0;
+    int waits = c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING ||
+                (c.verdict == KVS_FRESH_AHEAD && defer != NULL && (ticket = ask_end(rd, &c)) != 0);
+    if (waits && rd->ingest != NULL && defer != NULL && !rd->stopping &&
+        wait_for(rd, &c, ticket, payload, len, defer, defer_arg) == 0)
         return 1;
     rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
          : c.verdict == KVS_FRESH_AHEAD     ? answer_ahead(&c, out)

@@ -11,10 +11,15 @@
  *  - behind the read's min_position: the read waits (a node_slot) until
  *    ingestion has applied that far, at most node_wait_ms, then 503
  *    "behind by N records";
+ *  - past the end of the partition as this worker knows it: the brokers
+ *    are asked where it ends (node_ingest_ask_end; a record another writer
+ *    just had acknowledged may not have reached a fetch yet), and the read
+ *    waits for their answer: behind the new end, it waits as above; still
+ *    past it, 503 "position ahead of the topic";
  *  - otherwise it is served at once, by the ordinary command handler.
  *
- * A waiting read is re-checked after every commit of ingested records,
- * and served (in full, the gate included) once nothing holds it back.
+ * A waiting read is re-checked after every commit of ingested records and
+ * every answer from the brokers, and served (in full, the gate included) once nothing holds it back.
  * Its request bytes are kept until then, counted against the client's
  * output limits through the slot.
  */

@@ -175,8 +175,9 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
                                        pos_token([(topic, 1, 5000), ("elsewhere", 0, 7)])))
             self.assertEqual(resp.status, 404, resp.message)
             self.assertLess(time.monotonic() - t0, 1.0)
-            # a position past the end of the topic: 503 at once (nothing says
-            # that record will ever come), never stale data
+            # a position past the end of the topic: 503 as soon as the
+            # brokers confirmed where the partition ends (nothing says that
+            # record will ever come), never stale data
             t0 = time.monotonic()
             resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 5000)])))
             self.assertEqual(resp.status, 503, resp.message)
@@ -187,6 +188,40 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(with_options(req_hgetall("users"), pos_token([(topic, 1, 11)])))
             self.assertEqual(resp.status, 200, resp.message)
             self.assertEqual({p.key: pyval(p.value) for p in resp.pairs}, {key: b"v11"})
+
+    def test_a_position_not_heard_of_yet_is_checked_with_the_brokers(self):
+        """A record another writer just appended lies past the end a worker
+        has heard of until its next fetch returns: the mock broker holds an
+        empty fetch for fetch.wait.max.ms (5 s here), a real one until data
+        comes, which can still be after the writer's acknowledgement
+        reached a reader. A read at that record's position must ask the
+        brokers where the partition ends, then wait for ingestion, and see
+        the record, not be refused as "ahead". A made-up position is still
+        refused once the brokers answered: the question waits on the
+        broker connection behind the parked fetch (here up to 5 s; with
+        kvs's default fetch.wait.max.ms, 50 ms: the test above), never for
+        the whole read timeout (8 s here)."""
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        key = keys_in_partition(1, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="10s",
+                        properties={"fetch.wait.max.ms": "5000"})
+        self.wait_applied(r, 1, topic, 1, 1)
+        time.sleep(0.3)  # the worker's next fetch is parked at the broker
+        kcat_produce(m.bootstrap, topic, [(key, b"v1")])  # offset 1 of partition 1
+        with r.client() as c:
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 1)])))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"v1")
+            self.assertLess(time.monotonic() - t0, 7.0)
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("position ahead of the topic: the read needs offset 9 of topic users "
+                          "partition 1, but the partition ends at offset 1", resp.message)
+            self.assertLess(time.monotonic() - t0, 6.5)
 
     def test_waiting_reads_keep_their_order_and_others_are_served(self):
         topic, parts = "users", 2

@@ -231,12 +231,16 @@ class Traffic:
         with router.client(timeout=20) as c:
             while not self.stop.is_set():
                 with self.lock:
-                    # A position handed to another connection may be past
-                    # the end its replica has heard of for a fetch's time
-                    # (503 "ahead", README: Freshness): read writes that
-                    # are a little older.
-                    old = [k for k, v in self.acked.items() if v[2] < time.monotonic() - 0.5]
-                    key = rnd.choice(old) if old else None
+                    # Any acknowledged write, the newest too: a position
+                    # handed to another connection, on another node, may
+                    # be past the end that node's replica has heard of
+                    # yet; it asks the brokers (README: Freshness).
+                    if not self.acked:
+                        key = None
+                    elif rnd.random() < 0.5:  # the newest: acknowledged a moment ago
+                        key = max(self.acked, key=lambda k: self.acked[k][2])
+                    else:
+                        key = rnd.choice(list(self.acked))
                     if key is not None:
                         val, pos, _ = self.acked[key]
                 if key is None:
