@@ -11,6 +11,7 @@ py/kvs_pb2.py (also found through PYTHONPATH).
 """
 import fcntl
 import os
+import random
 import resource
 import shutil
 import signal
@@ -47,11 +48,47 @@ TIMEOUT = 10.0  # every socket operation and every wait is bounded by this
 COMPRESSED = 0x80000000
 
 
+def _ephemeral_ports():
+    """The kernel's range for ports it picks itself (bind to 0, and every
+    outgoing connection's local port)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n=1, tries=500):
+    """A base port such that base .. base+n-1 are all free on 127.0.0.1
+    right now, taken outside the kernel's ephemeral range: a port the test
+    picks is used by a server a moment later, and in the ephemeral range
+    any outgoing connection of a parallel test (a client, a router's link,
+    a Kafka client) could take it meanwhile."""
+    lo, hi = _ephemeral_ports()
+    spans = [(s, e) for s, e in ((10000, lo - 1), (hi + 1, 65535)) if e - s + 1 >= n]
+    rnd = random.SystemRandom()
+    for _ in range(tries):
+        start, end = rnd.choice(spans)
+        base = rnd.randint(start, end - n + 1)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((HOST, p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no range of %d free ports found" % n)
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago (free_ports)."""
+    return free_ports(1)
 
 
 # ---- TLS ----------------------------------------------------------------------

@@ -16,7 +16,6 @@ and py/kvs_pb2.py (through kvstest).
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 import unittest
 import zlib
 
-from kvstest import BUILD_DIR, HOST, Client, Managed, encode, free_port
+from kvstest import BUILD_DIR, HOST, Client, Managed, encode, free_port, free_ports
 
 START_TIMEOUT = 15.0  # router start (all local workers up) and stop are bounded by this
 
@@ -150,25 +149,9 @@ def procs_for_config(config):
     return out
 
 
-def free_port_range(n, tries=200):
+def free_port_range(n):
     """A base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
-    for _ in range(tries):
-        base = free_port()
-        if base + n - 1 > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((HOST, p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no range of %d free ports found" % n)
+    return free_ports(n)
 
 
 def pipeline_threaded(client, reqs, timeout=30.0):

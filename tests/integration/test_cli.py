@@ -32,12 +32,7 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+from kvstest import free_port  # noqa: E402
 
 
 def recv_exact(sock, n):

@@ -12,7 +12,6 @@ Every wait is bounded; every process is killed at cleanup.
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset, tls_yaml
+from kvstest import BUILD_DIR, Client, free_ports, pb, pyval, req_hget, req_hset, tls_yaml
 from routertest import Router, partition_of
 
 SHARDS = 4
@@ -30,29 +29,6 @@ TOPIC = "users"
 TABLE = "users"
 # 3 nodes, 4 shards, 2 replicas each: a serves 0 1, b 0 2 3, c 1 2 3.
 LAYOUT = {"a": [0, 1], "b": [0, 2, 3], "c": [1, 2, 3]}
-
-
-def low_port_range(n, used, tries=500):
-    """A base port in 20000..32000 (below Linux's ephemeral ports) whose n
-    ports are free now and clear of the ranges starting at `used`."""
-    rnd = random.Random()
-    for _ in range(tries):
-        base = rnd.randrange(20000, 32000 - n)
-        if any(abs(base - u) < n for u in used):
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free range of %d ports below 32000" % n)
 
 
 def shard_of_key(key):
@@ -89,14 +65,18 @@ class ReplicaFixtures:
 
     def bases(self, names, avoid=()):
         """A base port per node name, their ranges of SHARDS ports disjoint
-        (and from `avoid`). Below the kernel's ephemeral range: a worker
-        restarted (or one that copied a snapshot, after its outgoing
-        connection) must bind its port again, which an outgoing connection
-        of any process could otherwise have taken meanwhile."""
+        (and from `avoid`). Outside the kernel's ephemeral range
+        (free_ports): a worker restarted (or one that copied a snapshot,
+        after its outgoing connection) must bind its port again, which an
+        outgoing connection of any process could otherwise have taken
+        meanwhile."""
         out, used = {}, list(avoid)
         for n in names:
-            out[n] = low_port_range(SHARDS, used)
-            used.append(out[n])
+            base = free_ports(SHARDS)
+            while any(abs(base - u) < SHARDS for u in used):
+                base = free_ports(SHARDS)
+            out[n] = base
+            used.append(base)
         return out
 
     def node(self, mock, name, layout, bases, timeout="2s", max_lag=None, env=None,
