@@ -3,11 +3,11 @@
 # direct writes (a table bound to no topic), same node, same run.
 #
 #   tests/bench/logfirst.sh [--shards N] [--partitions N] [--requests N]
-#                           [--repeat N] [--no-build]
+#                           [--repeat N] [--sync MODE] [--no-build]
 #
 # Builds a release kvs (build-release/), starts kvs-mock-kafka with one
 # topic of --partitions partitions (default 16) and a kvs node (kvs-router
-# with N shards, default 2, storage.sync: batch) whose table `logged` is
+# with N shards, default 2, storage.sync: --sync, default batch) whose table `logged` is
 # bound to that topic (format: string) while table `direct` is bound to
 # none. Then kvs-bench runs Hset with 50 clients, 100-byte values and a
 # 100,000-key space at pipeline 1 and 16 against each table, alternating
@@ -33,6 +33,7 @@ SHARDS=2
 PARTITIONS=16
 REQUESTS=200000
 REPEAT=1
+SYNC=batch
 BUILD=1
 CLIENTS=50
 KEYSPACE=100000
@@ -53,6 +54,10 @@ while [ $# -gt 0 ]; do
     --partitions) PARTITIONS=${2:?--partitions wants a number}; shift 2 ;;
     --requests) REQUESTS=${2:?--requests wants a number}; shift 2 ;;
     --repeat) REPEAT=${2:?--repeat wants a number}; shift 2 ;;
+    --sync)
+        SYNC=${2:?--sync wants full, batch or none}
+        case "$SYNC" in full | batch | none) ;; *) echo "logfirst.sh: --sync wants full, batch or none" >&2; exit 2 ;; esac
+        shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "logfirst.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -122,7 +127,7 @@ router:
   listen: 127.0.0.1:$KVS_PORT
   processes: 1
 storage:
-  sync: batch
+  sync: $SYNC
 kafka:
   brokers: "$(cat "$TMP/kafka.ready")"
   bindings:
@@ -220,7 +225,7 @@ main() {
     [ -x "$BIN/kvs-bench" ] && [ -x "$BIN/kvs-mock-kafka" ] ||
         die "$BIN is missing binaries (run without --no-build)"
     echo "kvs: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) release," \
-        "$SHARDS shards, storage.sync batch; topic bench: $PARTITIONS partitions on" \
+        "$SHARDS shards, storage.sync $SYNC; topic bench: $PARTITIONS partitions on" \
         "kvs-mock-kafka; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "workload: Hset, $CLIENTS clients, $REQUESTS requests, keyspace $KEYSPACE," \
         "$VALUE_SIZE-byte values; median of $REPEAT run(s) per cell"
