@@ -12,7 +12,7 @@ For each --in-flight value (default: 1 and 50, the clients of
 logfirst.sh's pipeline-1 row) it keeps that many records outstanding
 (a new one is produced as each acknowledgement arrives) until --messages
 (default 50,000) were acknowledged, on a new mock cluster each time, and
-prints the rate and the p50 and p99 of produce-to-acknowledgement
+prints the rate and the p50, p99 and maximum of produce-to-acknowledgement
 latency. A log-first write cannot be answered sooner than its record is
 acknowledged, so these are bounds on what logfirst.sh can show.
 --consume adds what a kvs worker also does meanwhile: a consumer (the
@@ -90,7 +90,8 @@ def run(bootstrap, in_flight, messages, consumer=None):
     elapsed = time.perf_counter() - start
     p.flush(10)
     lat.sort()
-    return messages / elapsed, lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+    return (messages / elapsed, lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3,
+            lat[-1] * 1e3)
 
 
 def main():
@@ -103,18 +104,18 @@ def main():
     a = ap.parse_args()
     print("kvs-mock-kafka from %s, topic bench: %d partitions; %d records of 100 bytes per run%s"
           % (a.build, a.partitions, a.messages, "; a consumer reads them back" if a.consume else ""))
-    print("in flight | records/s | p50 ms | p99 ms")
+    print("in flight | records/s | p50 ms | p99 ms | max ms")
     for n in a.in_flight or [1, 50]:
         mock, bootstrap = start_mock(a.build, a.partitions)
         consumer = start_consumer(bootstrap, a.partitions) if a.consume else None
         try:
-            rate, p50, p99 = run(bootstrap, n, a.messages, consumer)
+            rate, p50, p99, top = run(bootstrap, n, a.messages, consumer)
         finally:
             if consumer is not None:
                 consumer.close()
             mock.terminate()
             mock.wait(10)
-        print("%9d | %9.0f | %6.3f | %6.3f" % (n, rate, p50, p99))
+        print("%9d | %9.0f | %6.3f | %6.3f | %6.3f" % (n, rate, p50, p99, top))
 
 
 if __name__ == "__main__":
