@@ -55,7 +55,12 @@ struct router_s {
     uint64_t next_conn_id;                        /* every connection's (hooks' conn_id) */
     kvs_listener_t resp_listener;                 /* router.resp_listen, when set */
     int resp_listening;
-    kvs_listener_t admin_listener; /* <data_dir>/routerI.sock: this process's own, trusted */
+    /* <data_dir>/routerI.sock: this process's own, trusted. Two slots: a
+     * listener taken again (router_clients_retake_admin) replaces the
+     * other, which closes. */
+    kvs_listener_t admin_listeners[2];
+    int admin_cur;     /* the slot listening */
+    int admin_closing; /* the other slot is still closing */
     int admin_listening;
     /* Its path, the inode of its file (router_ports_listen_own), and the
      * name it was bound under: routerI.next for a membership change's new
@@ -108,6 +113,15 @@ void router_clients_reload(router_t *r, const kvs_config_t *next);
 /* Stops accepting; every client is answered what it sent, then closed.
  * r->on_drained runs when the last one is gone. */
 void router_clients_drain(router_t *r);
+
+/* Binds this process's own socket again under its path (routerI.sock),
+ * over whatever file is there, and closes the previous listener (the
+ * connections it accepted stay). The master asks for it (SIGUSR2) when the
+ * path was taken from this process: a process of the previous generation
+ * that became ready after the switch took it over and removed it when it
+ * drained. Returns 0 (also when draining or not listening: nothing to do)
+ * or a uv error (logged; the previous listener stays). */
+int router_clients_retake_admin(router_t *r);
 
 /* Closes every client now. */
 void router_clients_abort(router_t *r);

@@ -411,7 +411,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int resp = server == &r->resp_listener.stream;
-    int admin = server == &r->admin_listener.stream; /* private: not capped */
+    int admin = server == &r->admin_listeners[r->admin_cur].stream; /* private: not capped */
     size_t n = resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients;
     if (!admin && n >= r->max_clients) {
         refuse_client(r, server, resp);
@@ -509,16 +509,47 @@ static int listen_admin(router_t *r)
     }
     memcpy(r->admin_path, path.path, sizeof(r->admin_path));
     memcpy(r->admin_bound, bound.path, sizeof(r->admin_bound));
-    int rc = router_ports_listen_own(r->loop, r->admin_bound, &r->admin_listener, on_connection,
-                                     &r->admin_ino);
+    kvs_listener_t *l = &r->admin_listeners[r->admin_cur];
+    int rc = router_ports_listen_own(r->loop, r->admin_bound, l, on_connection, &r->admin_ino);
     if (rc != 0) {
         char spec[200];
         snprintf(spec, sizeof(spec), "unix:%s", r->admin_bound);
         listen_failed(spec, rc);
         return rc;
     }
-    r->admin_listener.handle.data = r;
+    l->handle.data = r;
     r->admin_listening = 1;
+    return 0;
+}
+
+static void on_admin_closed(uv_handle_t *h)
+{
+    router_t *r = h->data;
+    r->admin_closing = 0;
+}
+
+int router_clients_retake_admin(router_t *r)
+{
+    if (!r->admin_listening || r->draining)
+        return 0;
+    if (r->admin_closing) /* taken again a moment ago: it is this process's */
+        return 0;
+    int slot = !r->admin_cur;
+    uint64_t ino;
+    int rc = router_ports_listen_own(r->loop, r->admin_path, &r->admin_listeners[slot],
+                                     on_connection, &ino);
+    if (rc != 0) {
+        kvs_warn("cannot take my own socket %s again: %s; /metrics and kvs-cli do not reach this "
+                 "router process", r->admin_path, uv_strerror(rc));
+        return rc;
+    }
+    r->admin_listeners[slot].handle.data = r;
+    r->admin_closing = 1;
+    uv_close(&r->admin_listeners[r->admin_cur].handle, on_admin_closed);
+    r->admin_cur = slot;
+    memcpy(r->admin_bound, r->admin_path, sizeof(r->admin_bound));
+    r->admin_ino = ino;
+    kvs_info("took my own socket %s again", r->admin_path);
     return 0;
 }
 
@@ -597,7 +628,7 @@ void router_clients_drain(router_t *r)
         /* Whichever name it has now, unless a successor's is there. */
         router_ports_unlink_own(r->admin_path, r->admin_ino);
         router_ports_unlink_own(r->admin_bound, r->admin_ino);
-        uv_close(&r->admin_listener.handle, NULL);
+        uv_close(&r->admin_listeners[r->admin_cur].handle, NULL);
         r->admin_listening = 0;
     }
     /* Stop reading new bytes, but answer every request already received,

@@ -90,6 +90,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DRAIN_TIMEOUT_MS 10000 /* router_master.c allows this plus a margin */
@@ -106,7 +107,7 @@ typedef struct router_main_s {
     long n_procs;
     long master; /* --master: the pid of the master that started this router process */
     int next;    /* --next: a membership change's new generation (router_t.admin_next) */
-    uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigterm, sigint, sighup, sigusr2;
     uv_timer_t timer; /* drain deadline */
     int signals;
     int ready;
@@ -217,11 +218,34 @@ static void tell_listening(router_main_t *m)
         kvs_warn("cannot tell the master this router listens: %s", strerror(errno));
 }
 
+/* KVS_TEST_ROUTER_READY_DELAY_MS (test builds only, never a config key):
+ * a router process of the serving generation (not --next) waits this long,
+ * its signals held, before it takes its sockets, as a slow start would: a
+ * membership change can switch to a new generation meanwhile. */
+static void test_ready_delay(const router_main_t *m)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *v = getenv("KVS_TEST_ROUTER_READY_DELAY_MS");
+    if (v == NULL || m->next)
+        return;
+    long ms = strtol(v, NULL, 10);
+    if (ms <= 0)
+        return;
+    kvs_warn("test hook: taking the sockets in %ld ms (KVS_TEST_ROUTER_READY_DELAY_MS)", ms);
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+#else
+    (void)m;
+#endif
+}
+
 /* Every local shard answers (or there is none): accept clients and say so.
  * Returns 0 or a uv error. */
 static int become_ready(router_main_t *m)
 {
     m->ready = 1;
+    test_ready_delay(m);
     int rc = router_clients_listen(&m->r);
     if (rc != 0) {
         report_exit("cannot listen for clients: %s (see above)", uv_strerror(rc));
@@ -433,6 +457,16 @@ static void on_sighup(uv_signal_t *h, int signum)
     tls_reload(m->r.link_tls);
 }
 
+/* The master: this process's own socket was taken from it (see
+ * router_clients_retake_admin). */
+static void on_sigusr2(uv_signal_t *h, int signum)
+{
+    router_main_t *m = h->data;
+    (void)signum;
+    if (!m->shutting_down)
+        router_clients_retake_admin(&m->r);
+}
+
 /* More Metrics families: what only main knows (reloads, the process). */
 static void main_metrics(router_t *r, kvs_mb_t *b)
 {
@@ -471,10 +505,12 @@ static int router_start(router_main_t *m)
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
     uv_signal_init(r->loop, &m->sighup);
-    m->sigterm.data = m->sigint.data = m->sighup.data = m;
+    uv_signal_init(r->loop, &m->sigusr2);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m->sigusr2.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    uv_signal_start(&m->sigusr2, on_sigusr2, SIGUSR2);
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     for (uint32_t s = 0; s < r->shards; s++)

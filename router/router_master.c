@@ -118,6 +118,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
 
@@ -502,11 +504,45 @@ static void retire_workers(master_t *m)
 
 /* A generation finished draining (shutdown, the old one after a change,
  * or a new one that could not start). */
+/* Whether a process listens on the unix socket at `path` (a connect is
+ * taken at once, or waits in its backlog). */
+static int path_serves(const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return 0;
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return 1; /* cannot tell: leave it */
+    int ok = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 || errno == EAGAIN;
+    close(fd);
+    return ok;
+}
+
+/* The previous generation is gone. One of its processes that became ready
+ * only after the switch took routerI.sock over from the new process (it
+ * was started to serve under that name) and removed it, or left it dead,
+ * when it drained: ask the new process to take its path again. */
+static void gen_reclaim_paths(master_t *m, rgen_t *g)
+{
+    for (uint32_t i = 0; i < m->n_procs; i++) {
+        kvs_addr_t path;
+        if (!g->listening[i] || router_procs_admin_addr(m->cfg, i, 0, &path) != 0 ||
+            path_serves(path.path))
+            continue;
+        if (router_sup_signal_one(g->sup, i, SIGUSR2) == 0)
+            kvs_warn("router %u's socket %s was taken by a process of the previous map that "
+                     "started late; router %u takes it again", i, path.path, i);
+    }
+}
+
 static void on_gen_stopped(void *arg)
 {
     rgen_t *g = arg;
     master_t *m = g->m;
     int was_next = m->next == g; /* a change's new generation that failed */
+    int was_old = m->old == g;   /* the generation a change replaced */
     if (m->routers == g)
         m->routers = NULL;
     if (m->next == g)
@@ -521,6 +557,8 @@ static void on_gen_stopped(void *arg)
             on_routers_stopped(m);
         return;
     }
+    if (was_old && m->routers != NULL)
+        gen_reclaim_paths(m, m->routers);
     retire_workers(m);
     change_maybe_done(m);
 }

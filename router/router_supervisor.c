@@ -770,6 +770,14 @@ static sup_worker_t *sup_find(router_sup_t *s, uint32_t shard)
     return NULL;
 }
 
+int router_sup_signal_one(router_sup_t *s, uint32_t shard, int sig)
+{
+    sup_worker_t *w = sup_find(s, shard);
+    if (w == NULL || w->proc == NULL || w->retired || uv_process_kill(w->proc, sig) != 0)
+        return UV_ESRCH;
+    return 0;
+}
+
 int router_sup_add(router_sup_t *s, uint32_t shard)
 {
     if (s->stopping || s->holding)

@@ -177,6 +177,10 @@ void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg);
  * Returns how many were signalled. */
 size_t router_sup_signal(router_sup_t *s, int sig);
 
+/* Sends `sig` to `shard`'s child if it runs and is not retired. Returns 0
+ * or UV_ESRCH. */
+int router_sup_signal_one(router_sup_t *s, uint32_t shard, int sig);
+
 /* Supervises one more id (up to max_shards in all) and spawns its child
  * now; a failed spawn is logged and retried with backoff, as a restart
  * would be. An id that was retired and has exited is taken up again.

@@ -506,6 +506,56 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_an_old_router_process_ready_after_the_switch_leaves_the_socket_to_the_new_one(self):
+        """A serving router process that restarts just before a change, and
+        becomes ready only after the switch, takes routerI.sock over (it is
+        of the serving generation when it starts) and removes it when it
+        drains: the new process must then take its path back. The test
+        hook holds a serving generation's process for 3 s before it takes
+        its sockets, so the change switches in between."""
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        _, bases, mport, a, b = self.a_and_b(
+            layout, ("a", "b", "d"), processes=2,
+            env={"KVS_TEST_ROUTER_READY_DELAY_MS": "3000"})
+        gen0 = router_procs(a)
+        socks = [os.path.join(a.data_dir, "router%d.sock" % i) for i in range(2)]
+        argvs = procs_for_config(a.config)
+        pid0 = next(p for p in gen0 if argvs[p][argvs[p].index("--router") + 1] == "0")
+        mark = len(a.stderr())
+        os.kill(pid0, signal.SIGKILL)
+        # The restarted process 0 is in the hook's wait (its signals held).
+        self.assertTrue(wait_until(lambda: "test hook: taking the sockets" in a.stderr()[mark:],
+                                   10), a.stderr()[-3000:])
+        set_map(a, {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        self.reload(a, 1)
+        log = a.stderr()[mark:]
+        self.assertNotIn("membership change failed", log)
+        # The restarted old process took the socket after the switch, then
+        # drained: wait until no old process is left.
+        self.assertTrue(wait_until(lambda: not set(router_procs(a)) & set(gen0) and len(
+            [p for p, g in router_procs(a).items()]) == 2, 20), router_procs(a))
+        self.assertIn("started late; router 0 takes it again", a.stderr()[mark:])
+        new = set(router_procs(a))
+        for i, path in enumerate(socks):
+            def serves():
+                try:
+                    with Client(path, timeout=2) as c:
+                        return c.ping().status == 200
+                except OSError:
+                    return False
+            self.assertTrue(wait_until(serves, 10), "router%d.sock: %r" % (
+                i, os.path.exists(path)))
+        self.assertEqual(set(router_procs(a)), new)
+        # Each path is the new process's: /metrics reaches both router
+        # processes of the new map through them.
+        m = self.metrics_when(mport, lambda m: all(
+            total(m, "kvs_process_start_time_seconds", role="router", router=str(i))
+            for i in range(2)))
+        self.assertTrue(all(total(m, "kvs_process_start_time_seconds", role="router",
+                                  router=str(i)) for i in range(2)), m)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_refused_reloads_change_nothing(self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
         mock, bases, rt = self.cluster(layout=layout)

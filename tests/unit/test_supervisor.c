@@ -811,12 +811,15 @@ KVS_TEST(add_and_retire_ids_while_running)
     CHECK(router_sup_wanted(t.sup, 2));
     CHECK_EQ(t.n_ev, 0);
     CHECK_EQ(router_sup_signal(t.sup, 0), 2);
+    CHECK_EQ(router_sup_signal_one(t.sup, 2, 0), 0); /* one id's child only */
+    CHECK_EQ(router_sup_signal_one(t.sup, 1, 0), UV_ESRCH); /* not supervised */
     /* Retire 0: SIGTERM, no restart. */
     unlink_shard_file(&t, 0);
     CHECK_EQ(router_sup_retire(t.sup, 0), 0);
     CHECK_EQ(router_sup_retire(t.sup, 0), UV_ENOENT);
     CHECK(!router_sup_wanted(t.sup, 0));
     CHECK_EQ(router_sup_signal(t.sup, 0), 1); /* the retired one is not signalled */
+    CHECK_EQ(router_sup_signal_one(t.sup, 0, 0), UV_ESRCH);
     RUN_UNTIL(&t, t.n_ev >= 1);
     CHECK_EQ(t.ev[0].shard, 0);
     CHECK_EQ(t.ev[0].running, 0);
