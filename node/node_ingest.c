@@ -73,6 +73,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -817,23 +818,34 @@ static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
 
 /* ---- asking the brokers where a partition ends -------------------------------------- */
 
-/* In the thread pool: one ListOffsets round trip per partition asked.
- * After the first failure (brokers unreachable) the rest are not tried:
- * each would wait as long. */
+/* In the thread pool: one ListOffsets round trip per leader for every
+ * partition asked, at most ask_timeout_ms in all. Offsets for "timestamp"
+ * RD_KAFKA_OFFSET_END are the ends; rd_kafka_offsets_for_times, not
+ * rd_kafka_query_watermark_offsets, because the latter (librdkafka before
+ * 2.3) ignores its timeout while the leader is down: it would wait for the
+ * brokers to come back, every later question behind it, and the loop
+ * (uv_run waits for the work) would never let the worker stop. A
+ * partition not answered keeps end -1. */
 static void ask_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
-    int failed = 0;
-    for (size_t i = 0; i < in->n_asks; i++) {
-        int64_t lo, hi;
-        struct ask_s *a = &in->asks[i];
-        a->end = -1;
-        if (!failed && rd_kafka_query_watermark_offsets(in->rk, a->topic, a->p, &lo, &hi,
-                                                        in->ask_timeout_ms) == 0)
-            a->end = hi;
-        else
-            failed = 1;
+    for (size_t i = 0; i < in->n_asks; i++)
+        in->asks[i].end = -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < in->n_asks; i++) /* one entry each: topics differ per binding */
+        rd_kafka_topic_partition_list_add(l, in->asks[i].topic, in->asks[i].p)->offset =
+            RD_KAFKA_OFFSET_END;
+    if (rd_kafka_offsets_for_times(in->rk, l, in->ask_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (size_t i = 0; i < in->n_asks; i++) {
+            rd_kafka_topic_partition_t *e =
+                rd_kafka_topic_partition_list_find(l, in->asks[i].topic, in->asks[i].p);
+            if (e != NULL && e->err == RD_KAFKA_RESP_ERR_NO_ERROR && e->offset >= 0)
+                in->asks[i].end = e->offset;
+        }
     }
+    rd_kafka_topic_partition_list_destroy(l);
 }
 
 static void ask_start(node_ingest_t *in);
@@ -1234,6 +1246,15 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
         strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 || strcmp(reset, "end") == 0
             ? RD_KAFKA_OFFSET_END
             : RD_KAFKA_OFFSET_BEGINNING;
+    /* A question to the brokers (ask_work) waits on the connection behind
+     * a fetch the broker parks for up to fetch.wait.max.ms: its timeout
+     * counts from there. */
+    char fetch_wait[32] = "";
+    n = sizeof(fetch_wait);
+    rd_kafka_conf_get(conf, "fetch.wait.max.ms", fetch_wait, &n);
+    long fw = strtol(fetch_wait, NULL, 10);
+    if (fw > 0 && fw <= INT_MAX - in->ask_timeout_ms)
+        in->ask_timeout_ms += (int)fw;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_opaque(conf, in);

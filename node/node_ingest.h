@@ -47,7 +47,9 @@ typedef struct node_ingest_opts_s {
     /* The brokers answered (or failed) a node_ingest_ask_end query: reads
      * that waited for it may decide now. NULL: nobody listens. */
     void (*on_answer)(void *arg);
-    int ask_timeout_ms; /* how long one such query may take (0: 1000) */
+    /* How long one such query may take (0: 1000) once the fetch it waits
+     * behind on the broker connection returned: fetch.wait.max.ms more. */
+    int ask_timeout_ms;
     void *arg;
 } node_ingest_opts_t;
 

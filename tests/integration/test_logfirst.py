@@ -223,6 +223,28 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
                           "partition 1, but the partition ends at offset 1", resp.message)
             self.assertLess(time.monotonic() - t0, 6.5)
 
+    def test_a_position_past_the_end_with_the_brokers_down_waits_one_bounded_question(self):
+        """With every broker down, the question a read past the end asks
+        (where does the partition end?) gives up after its own timeout
+        (about 2 s here), not when the brokers come back: the read is
+        refused then, not at the end of its whole wait (8 s here), and so
+        is the next one (a question that never ends would hold every later
+        one)."""
+        topic, parts = "users", 2
+        m = self.mock({topic: parts}, control=True)
+        key = keys_in_partition(1, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="10s")
+        self.wait_applied(r, 1, topic, 1, 1)
+        m.ctl("broker-down all")
+        with r.client() as c:
+            for _ in range(2):
+                t0 = time.monotonic()
+                resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("position ahead of the topic", resp.message)
+                self.assertLess(time.monotonic() - t0, 5.0)
+
     def test_waiting_reads_keep_their_order_and_others_are_served(self):
         topic, parts = "users", 2
         m = self.mock({topic: parts})
