@@ -166,6 +166,7 @@ struct node_ingest_s {
     uv_work_t ask_work;
     int ask_busy;
     uint64_t ask_started, ask_done; /* queries started, and answered or failed */
+    rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
     int ask_timeout_ms;
     struct ask_s {
         const char *topic;
@@ -828,8 +829,9 @@ static void ask_work(uv_work_t *w)
         int64_t lo, hi;
         struct ask_s *a = &in->asks[i];
         a->end = -1;
-        if (!failed && rd_kafka_query_watermark_offsets(in->rk, a->topic, a->p, &lo, &hi,
-                                                        in->ask_timeout_ms) == 0)
+        rd_kafka_t *rk = in->asker != NULL ? in->asker : in->rk;
+        if (!failed &&
+            rd_kafka_query_watermark_offsets(rk, a->topic, a->p, &lo, &hi, in->ask_timeout_ms) == 0)
             a->end = hi;
         else
             failed = 1;
@@ -890,6 +892,11 @@ uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t
     uint64_t ticket = in->ask_started + 1;
     ask_start(in);
     return ticket;
+}
+
+void node_ingest_set_asker(node_ingest_t *in, rd_kafka_t *rk)
+{
+    in->asker = rk;
 }
 
 int node_ingest_answered(const node_ingest_t *in, uint64_t ticket)

@@ -102,6 +102,15 @@ void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32
  * shard does not own the partition, or ingestion stops). */
 uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+struct rd_kafka_s;
+
+/* The handle node_ingest_ask_end queries through (NULL: the consumer's
+ * own). On the consumer's handle a query waits on the broker connection
+ * behind the fetch the broker holds (up to fetch.wait.max.ms); the
+ * producer's (node_produce_kafka) answers in a round trip. It must stay
+ * valid while the loop runs (queries run only then). */
+void node_ingest_set_asker(node_ingest_t *in, struct rd_kafka_s *rk);
+
 /* Whether the query that answers `ticket` (one started after the ask) has
  * come back, answered or failed. */
 int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
