@@ -25,6 +25,7 @@
  * handle and the cache forgets it.
  */
 #include "kvs_lmdb.h"
+#include "kvs_dbimap.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_schema.h"
@@ -107,86 +108,34 @@ int kvs_lmdb_ident_of(const char *dir, kvs_lmdb_ident_t *out)
 
 /* ---- the reader ------------------------------------------------------------ */
 
-typedef struct table_s {
-    char *name; /* NULL = empty slot */
-    MDB_dbi dbi;
-    int pending; /* opened in the current txn: the env's once it commits */
-} table_t;
-
 struct kvs_lmdb_reader_s {
     MDB_env *env;
     MDB_txn *txn; /* NULL until the next begin */
     int live;     /* a snapshot is open */
     int commit;   /* a handle was opened in it: commit, do not reset */
     MDB_dbi meta;
-    table_t *tables; /* open addressing, tables_cap a power of two */
-    uint32_t tables_cap;
-    uint32_t n_tables;
-    uint32_t max_tables;
+    kvs_dbimap_t tables; /* up to storage.max_tables */
     uint64_t remaps;
     kvs_lmdb_ident_t ident;
 };
-
-static uint32_t name_hash(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static table_t *table_slot(kvs_lmdb_reader_t *r, const char *name)
-{
-    uint32_t mask = r->tables_cap - 1;
-    for (uint32_t i = name_hash(name) & mask;; i = (i + 1) & mask) {
-        table_t *t = &r->tables[i];
-        if (t->name == NULL || strcmp(t->name, name) == 0)
-            return t;
-    }
-}
-
-/* After a txn that opened handles failed to commit: LMDB closed them. */
-static void forget_pending(kvs_lmdb_reader_t *r)
-{
-    for (uint32_t i = 0; i < r->tables_cap; i++)
-        if (r->tables[i].name != NULL && r->tables[i].pending) {
-            free(r->tables[i].name);
-            r->tables[i].name = NULL;
-            r->n_tables--;
-        }
-    /* Open addressing: later entries of a probe run may now be unreachable;
-     * rebuild (rare: only after a failed commit). */
-    table_t *old = r->tables;
-    table_t *fresh = calloc(r->tables_cap, sizeof(*fresh));
-    if (fresh == NULL)
-        return; /* keep the old layout: lookups may miss and reopen, harmless */
-    r->tables = fresh;
-    for (uint32_t i = 0; i < r->tables_cap; i++)
-        if (old[i].name != NULL)
-            *table_slot(r, old[i].name) = old[i];
-    free(old);
-}
 
 /* The DBI of `table` in the open snapshot. Returns 0, KVS_ENOTFOUND (no
  * such table), or KVS_ESTORE. */
 static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
 {
-    table_t *t = table_slot(r, table);
-    if (t->name != NULL) {
-        *dbi = t->dbi;
+    const kvs_dbimap_entry_t *e = kvs_dbimap_find(&r->tables, table);
+    if (e != NULL) {
+        *dbi = e->dbi;
         return 0;
     }
-    if (r->n_tables >= r->max_tables)
+    if (r->tables.n >= r->tables.max_entries)
         return kvs_lmdb_err("table handles", MDB_DBS_FULL);
     int rc = mdb_dbi_open(r->txn, table, 0, dbi);
     if (rc != 0)
         return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : kvs_lmdb_err("mdb_dbi_open", rc);
-    t->name = strdup(table);
-    if (t->name == NULL)
-        return -ENOMEM; /* the handle stays LMDB's; found again next time */
-    t->dbi = *dbi;
-    t->pending = 1;
-    r->n_tables++;
+    rc = kvs_dbimap_add(&r->tables, table, *dbi, 1);
+    if (rc != 0)
+        return rc; /* the handle stays LMDB's; found again next time */
     r->commit = 1;
     return 0;
 }
@@ -233,11 +182,7 @@ void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r)
     r->commit = 0;
     int rc = mdb_txn_commit(r->txn);
     r->txn = NULL;
-    if (rc != 0)
-        forget_pending(r);
-    else
-        for (uint32_t i = 0; i < r->tables_cap; i++)
-            r->tables[i].pending = 0;
+    kvs_dbimap_settle(&r->tables, rc != 0); /* not committed: LMDB closed them */
 }
 
 int kvs_lmdb_reader_get(kvs_lmdb_reader_t *r, const char *table, const void *key, size_t klen,
@@ -404,12 +349,9 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
     kvs_lmdb_reader_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -ENOMEM;
-    r->max_tables = o->max_tables;
-    r->tables_cap = 16;
-    while (r->tables_cap < 2 * (o->max_tables + 1))
-        r->tables_cap *= 2;
-    r->tables = calloc(r->tables_cap, sizeof(*r->tables));
-    int rc = r->tables == NULL ? -ENOMEM : env_open(r, o, err, errlen);
+    int rc = kvs_dbimap_init(&r->tables, o->max_tables);
+    if (rc == 0)
+        rc = env_open(r, o, err, errlen);
     if (rc == 0)
         rc = check_identity(r, o, err, errlen);
     int cleared;
@@ -431,8 +373,6 @@ void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r)
         mdb_txn_abort(r->txn); /* also after a reset: frees the txn and its slot */
     if (r->env != NULL)
         mdb_env_close(r->env);
-    for (uint32_t i = 0; r->tables != NULL && i < r->tables_cap; i++)
-        free(r->tables[i].name);
-    free(r->tables);
+    kvs_dbimap_free(&r->tables);
     free(r);
 }

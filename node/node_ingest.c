@@ -73,7 +73,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +166,7 @@ struct node_ingest_s {
     uv_work_t ask_work;
     int ask_busy;
     uint64_t ask_started, ask_done; /* queries started, and answered or failed */
+    rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
     int ask_timeout_ms;
     struct ask_s {
         const char *topic;
@@ -837,7 +837,8 @@ static void ask_work(uv_work_t *w)
     for (size_t i = 0; i < in->n_asks; i++) /* one entry each: topics differ per binding */
         rd_kafka_topic_partition_list_add(l, in->asks[i].topic, in->asks[i].p)->offset =
             RD_KAFKA_OFFSET_END;
-    if (rd_kafka_offsets_for_times(in->rk, l, in->ask_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    rd_kafka_t *rk = in->asker != NULL ? in->asker : in->rk;
+    if (rd_kafka_offsets_for_times(rk, l, in->ask_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         for (size_t i = 0; i < in->n_asks; i++) {
             rd_kafka_topic_partition_t *e =
                 rd_kafka_topic_partition_list_find(l, in->asks[i].topic, in->asks[i].p);
@@ -902,6 +903,11 @@ uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t
     uint64_t ticket = in->ask_started + 1;
     ask_start(in);
     return ticket;
+}
+
+void node_ingest_set_asker(node_ingest_t *in, rd_kafka_t *rk)
+{
+    in->asker = rk;
 }
 
 int node_ingest_answered(const node_ingest_t *in, uint64_t ticket)
@@ -1246,15 +1252,6 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
         strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 || strcmp(reset, "end") == 0
             ? RD_KAFKA_OFFSET_END
             : RD_KAFKA_OFFSET_BEGINNING;
-    /* A question to the brokers (ask_work) waits on the connection behind
-     * a fetch the broker parks for up to fetch.wait.max.ms: its timeout
-     * counts from there. */
-    char fetch_wait[32] = "";
-    n = sizeof(fetch_wait);
-    rd_kafka_conf_get(conf, "fetch.wait.max.ms", fetch_wait, &n);
-    long fw = strtol(fetch_wait, NULL, 10);
-    if (fw > 0 && fw <= INT_MAX - in->ask_timeout_ms)
-        in->ask_timeout_ms += (int)fw;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_opaque(conf, in);

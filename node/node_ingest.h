@@ -47,9 +47,7 @@ typedef struct node_ingest_opts_s {
     /* The brokers answered (or failed) a node_ingest_ask_end query: reads
      * that waited for it may decide now. NULL: nobody listens. */
     void (*on_answer)(void *arg);
-    /* How long one such query may take (0: 1000) once the fetch it waits
-     * behind on the broker connection returned: fetch.wait.max.ms more. */
-    int ask_timeout_ms;
+    int ask_timeout_ms; /* how long one such query may take (0: 1000) */
     void *arg;
 } node_ingest_opts_t;
 
@@ -103,6 +101,15 @@ void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32
  * Returns a ticket for node_ingest_answered, or 0 when it cannot ask (the
  * shard does not own the partition, or ingestion stops). */
 uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+struct rd_kafka_s;
+
+/* The handle node_ingest_ask_end queries through (NULL: the consumer's
+ * own). On the consumer's handle a query waits on the broker connection
+ * behind the fetch the broker holds (up to fetch.wait.max.ms); the
+ * producer's (node_produce_kafka) answers in a round trip. It must stay
+ * valid while the loop runs (queries run only then). */
+void node_ingest_set_asker(node_ingest_t *in, struct rd_kafka_s *rk);
 
 /* Whether the query that answers `ticket` (one started after the ask) has
  * come back, answered or failed. */

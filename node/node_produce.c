@@ -251,6 +251,11 @@ int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char 
     return rc;
 }
 
+struct rd_kafka_s *node_produce_kafka(node_produce_t *pr)
+{
+    return pr->rk;
+}
+
 void node_produce_stop(node_produce_t *pr)
 {
     if (pr == NULL || pr->stopping)

@@ -81,6 +81,13 @@ int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partit
                       const uint8_t id[NODE_PRODUCE_ID_LEN], void *opaque, char *why,
                       size_t whylen);
 
+struct rd_kafka_s;
+
+/* The producer's librdkafka handle, lent for requests to the brokers that
+ * must not queue behind the consumer's parked fetch (node_ingest_set_asker).
+ * Valid until node_produce_free. */
+struct rd_kafka_s *node_produce_kafka(node_produce_t *pr);
+
 /* Records sent whose delivery report has not come yet. */
 size_t node_produce_outstanding(const node_produce_t *pr);
 

@@ -49,6 +49,7 @@
  * closes its handle and we forget it.
  */
 #include "node_store.h"
+#include "kvs_dbimap.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
@@ -76,12 +77,6 @@
 #define NAMES_SHOWN 5         /* table names an error message lists */
 #define NAME_CAP 256          /* longest table name read back, plus NUL (kvs allows 200) */
 
-typedef struct table_s {
-    char *name; /* NULL = empty slot */
-    MDB_dbi dbi;
-    int pending; /* created in the open batch */
-} table_t;
-
 struct node_store_s {
     MDB_env *env;
     MDB_dbi meta;
@@ -102,11 +97,7 @@ struct node_store_s {
     unsigned depth;           /* deepest tree seen (B-tree levels) */
     size_t psize;
     uint64_t map_size;
-    table_t *tables;
-    uint32_t tables_cap; /* power of two */
-    uint32_t n_tables;
-    uint32_t n_pending; /* tables created in the open batch */
-    uint32_t max_tables;
+    kvs_dbimap_t tables; /* pending: created in the open batch */
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
@@ -194,68 +185,6 @@ static int write_err(node_store_t *s, const char *what, int rc)
     return map_err(what, rc);
 }
 
-/* ---- table cache ------------------------------------------------------ */
-
-static uint32_t name_hash(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static table_t *table_slot(node_store_t *s, const char *name)
-{
-    uint32_t mask = s->tables_cap - 1;
-    for (uint32_t i = name_hash(name) & mask;; i = (i + 1) & mask) {
-        table_t *t = &s->tables[i];
-        if (t->name == NULL || strcmp(t->name, name) == 0)
-            return t;
-    }
-}
-
-static int table_add(node_store_t *s, const char *name, MDB_dbi dbi, int pending)
-{
-    table_t *t = table_slot(s, name);
-    t->name = strdup(name);
-    if (t->name == NULL)
-        return -ENOMEM;
-    t->dbi = dbi;
-    t->pending = pending;
-    s->n_tables++;
-    s->n_pending += pending ? 1 : 0;
-    return 0;
-}
-
-/* After a batch ends: pending tables become permanent (commit) or are
- * forgotten (abort). Rebuilds the open-addressing table only when the batch
- * created tables, which is rare. */
-static void tables_settle(node_store_t *s, int drop_pending)
-{
-    if (s->n_pending == 0)
-        return;
-    s->n_pending = 0;
-    table_t *old = s->tables;
-    table_t *fresh = calloc(s->tables_cap, sizeof(*fresh));
-    if (fresh == NULL)
-        abort(); /* cannot happen at this size after start; no safe recovery */
-    s->tables = fresh;
-    s->n_tables = 0;
-    for (uint32_t i = 0; i < s->tables_cap; i++) {
-        if (old[i].name == NULL)
-            continue;
-        if (drop_pending && old[i].pending) {
-            free(old[i].name);
-            continue;
-        }
-        table_t *t = table_slot(s, old[i].name);
-        *t = old[i];
-        t->pending = 0;
-        s->n_tables++;
-    }
-    free(old);
-}
-
 /* ---- batches ----------------------------------------------------------- */
 
 static void read_release(node_store_t *s)
@@ -322,7 +251,7 @@ static int batch_abort(node_store_t *s, int err)
     read_release(s);
     s->wtxn = NULL;
     s->gen = 0;
-    tables_settle(s, 1);
+    kvs_dbimap_settle(&s->tables, 1);
     if (s->fail_cb != NULL)
         s->fail_cb(s->fail_arg, gen, err);
     return err;
@@ -355,14 +284,14 @@ static int batch_commit(node_store_t *s)
         /* LMDB writes the meta page last: a failed commit left the previous
          * state whole. Nothing of the batch is stored; say so. */
         int err = write_err(s, "commit", rc);
-        tables_settle(s, 1);
+        kvs_dbimap_settle(&s->tables, 1);
         s->last_failed_gen = gen;
         read_release(s);
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
         return err;
     }
-    tables_settle(s, 0);
+    kvs_dbimap_settle(&s->tables, 0);
     read_release(s); /* a snapshot from before this commit must not be read again */
     return 0;
 }
@@ -513,21 +442,21 @@ int node_store_end_turn(node_store_t *s)
 
 static int table_dbi(node_store_t *s, const char *table, int create, MDB_dbi *dbi)
 {
-    table_t *t = table_slot(s, table);
-    if (t->name != NULL) {
+    const kvs_dbimap_entry_t *t = kvs_dbimap_find(&s->tables, table);
+    if (t != NULL) {
         *dbi = t->dbi;
         return 0;
     }
     if (!create)
         return KVS_ENOTFOUND;
-    if (s->n_tables >= s->max_tables)
+    if (s->tables.n >= s->tables.max_entries)
         return KVS_ELIMIT;
     int rc = mdb_dbi_open(s->wtxn, table, MDB_CREATE, dbi);
     if (rc == MDB_DBS_FULL)
         return KVS_ELIMIT; /* refused before anything was written */
     if (rc != 0)
         return batch_fail(s, "mdb_dbi_open", rc);
-    return table_add(s, table, *dbi, 1);
+    return kvs_dbimap_add(&s->tables, table, *dbi, 1);
 }
 
 int node_store_get(node_store_t *s, const char *table, const void *key, size_t klen,
@@ -645,7 +574,7 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out)
     }
     out->map_size = s->map_size;
     out->page_size = s->psize;
-    out->tables = s->n_tables;
+    out->tables = s->tables.n;
     out->batch_writes = &s->hist_writes;
     out->commit_ns = &s->hist_commit;
     out->failed_batches = s->failed_batches;
@@ -658,7 +587,7 @@ const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)
 
 uint32_t node_store_table_count(const node_store_t *s)
 {
-    return s->n_tables;
+    return s->tables.n;
 }
 
 uint64_t node_store_map_size(const node_store_t *s)
@@ -678,13 +607,13 @@ int node_store_view_open(node_store_t *s, const char *table, node_store_view_t *
     node_store_view_t *v = calloc(1, sizeof(*v));
     if (v == NULL)
         return -ENOMEM;
-    table_t *t = table != NULL ? table_slot(s, table) : NULL;
-    if (t != NULL && t->name != NULL && t->pending) {
+    const kvs_dbimap_entry_t *t = table != NULL ? kvs_dbimap_find(&s->tables, table) : NULL;
+    if (t != NULL && t->pending) {
         free(v);
         return -EAGAIN; /* created in the open batch: not in any snapshot yet */
     }
     v->s = s;
-    v->has_table = t != NULL && t->name != NULL;
+    v->has_table = t != NULL;
     v->dbi = v->has_table ? t->dbi : 0;
     s->pins++;
     *out = v;
@@ -881,8 +810,8 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
         MDB_dbi dbi;
         if (++c.stored > o->max_tables || mdb_dbi_open(txn, name, 0, &dbi) != 0)
             continue; /* refused below */
-        if (table_add(s, name, dbi, 0) != 0)
-            return -ENOMEM;
+        if ((rc = kvs_dbimap_add(&s->tables, name, dbi, 0)) != 0)
+            return rc;
         note_depth(s, txn, dbi);
     }
     mdb_cursor_close(cur);
@@ -896,14 +825,14 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
     rc = tables_fit(o, &c, err, errlen);
     for (size_t i = 0; rc == 0 && i < o->n_tables; i++) {
         MDB_dbi dbi;
-        if (table_slot(s, o->tables[i])->name != NULL)
+        if (kvs_dbimap_find(&s->tables, o->tables[i]) != NULL)
             continue;
         rc = mdb_dbi_open(txn, o->tables[i], MDB_CREATE, &dbi);
         if (rc != 0) {
             snprintf(err, errlen, "cannot create table \"%s\": %s", o->tables[i], mdb_strerror(rc));
             return KVS_ESTORE;
         }
-        rc = table_add(s, o->tables[i], dbi, 0);
+        rc = kvs_dbimap_add(&s->tables, o->tables[i], dbi, 0);
     }
     return rc;
 }
@@ -1041,14 +970,9 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     if (s == NULL)
         return -ENOMEM;
     s->lock_fd = -1;
-    s->max_tables = o->max_tables;
     s->fail_cb = o->fail_cb;
     s->fail_arg = o->fail_arg;
-    s->tables_cap = 16;
-    while (s->tables_cap < 2 * (o->max_tables + 1))
-        s->tables_cap *= 2;
-    s->tables = calloc(s->tables_cap, sizeof(*s->tables));
-    int rc = s->tables == NULL ? -ENOMEM : 0;
+    int rc = kvs_dbimap_init(&s->tables, o->max_tables);
     if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
         snprintf(err, errlen, "%s: cannot create directory: %s", o->dir, strerror(errno));
@@ -1089,9 +1013,7 @@ int node_store_close(node_store_t *s)
         mdb_env_sync(s->env, 1);
         mdb_env_close(s->env);
     }
-    for (uint32_t i = 0; s->tables != NULL && i < s->tables_cap; i++)
-        free(s->tables[i].name);
-    free(s->tables);
+    kvs_dbimap_free(&s->tables);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s);

@@ -770,6 +770,7 @@ int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *er
         return rc;
     node_ingest_own_t own = {.claim = on_claim, .outstanding = &wr->outstanding, .arg = wr};
     node_ingest_set_own(o->ingest, &own);
+    node_ingest_set_asker(o->ingest, node_produce_kafka(wr->producer));
     return 0;
 }
 

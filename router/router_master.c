@@ -504,6 +504,20 @@ static void retire_workers(master_t *m)
 
 /* A generation finished draining (shutdown, the old one after a change,
  * or a new one that could not start). */
+/* Removes every routerI.next: once a failed change's processes are gone,
+ * and at start (the lock is held: no process of an earlier run lives),
+ * nothing listens there; a process killed -9 left its file. */
+static void remove_next_paths(const kvs_config_t *cfg)
+{
+    for (uint32_t i = 0; i < KVS_ROUTER_PROCESSES_MAX; i++) {
+        kvs_addr_t next;
+        if (router_procs_admin_addr(cfg, i, 1, &next) == 0 && unlink(next.path) != 0 &&
+            errno != ENOENT)
+            kvs_warn("cannot remove %s (left by an earlier router process): %s", next.path,
+                     strerror(errno));
+    }
+}
+
 /* Whether a process listens on the unix socket at `path` (a connect is
  * taken at once, or waits in its backlog). */
 static int path_serves(const char *path)
@@ -559,6 +573,8 @@ static void on_gen_stopped(void *arg)
     }
     if (was_old && m->routers != NULL)
         gen_reclaim_paths(m, m->routers);
+    if (was_next)
+        remove_next_paths(m->cfg);
     retire_workers(m);
     change_maybe_done(m);
 }
@@ -1160,6 +1176,7 @@ static int master_prepare(master_t *m, const char *argv0)
     if ((rc = take_lock(m)) != 0 || (rc = check_tls(m->cfg)) != 0 ||
         (rc = resolve_listeners(m)) != 0)
         return rc;
+    remove_next_paths(m->cfg);
     m->n_procs = router_procs_count(m->cfg->router_processes);
     char exe[4200];
     size_t len = sizeof(exe);

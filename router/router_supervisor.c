@@ -55,6 +55,10 @@
 #include <unistd.h>
 
 #define SUP_MAX_REPORT_FD 9 /* highest child fd the supervisor sets up */
+/* A child younger than this gets SIGHUP and SIGUSR2 only when it reaches
+ * this age: between exec and the line of main() that ignores them (or
+ * installs a handler) their default action would kill it. */
+#define SUP_SIGNAL_AGE_MS 1000
 #define SUP_LINE_MAX 256
 
 typedef struct sup_worker_s {
@@ -76,6 +80,7 @@ typedef struct sup_worker_s {
     uint32_t restarts;   /* since the last stable run */
     int retired;         /* router_sup_retire: never restarted; restart is its kill timer */
     int waiting;         /* to be restarted once router_sup_resume ends a pause */
+    unsigned held;       /* reload signals (SUP_HELD_SIGNALS) held for the young child */
 } sup_worker_t;
 
 struct router_sup_s {
@@ -97,6 +102,7 @@ struct router_sup_s {
     size_t n, cap; /* ids in use, ids room was made for (router_sup_add) */
     uint32_t gen_base;
     uv_timer_t grace;
+    uv_timer_t held; /* delivers the signals held for young children */
     size_t n_running;
     size_t n_open;
     unsigned stopping : 1, closing : 1, done_called : 1, holding : 1, paused : 1;
@@ -330,6 +336,7 @@ static void sup_maybe_finish(router_sup_t *s)
     for (size_t i = 0; i < s->n; i++)
         uv_close((uv_handle_t *)&s->w[i].restart, worker_on_timer_close);
     uv_close((uv_handle_t *)&s->grace, sup_on_grace_close);
+    uv_close((uv_handle_t *)&s->held, sup_on_grace_close);
 }
 
 /* Our end of a pipe the child writes on (its report_fd or notify_fd): a
@@ -584,6 +591,7 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     uint64_t uptime = sup_now(s) - w->started_ms;
     w->proc = NULL;
     w->pid = 0;
+    w->held = 0;
     s->n_running--;
     uv_close((uv_handle_t *)proc, worker_on_proc_close);
     pipe_close(&w->notify); /* no line of this child after its exit event */
@@ -678,6 +686,9 @@ int router_sup_start(const router_sup_opts_t *o, router_sup_t **out)
     uv_timer_init(s->loop, &s->grace);
     s->grace.data = s;
     s->n_open++;
+    uv_timer_init(s->loop, &s->held);
+    s->held.data = s;
+    s->n_open++;
     for (size_t i = 0; i < s->n; i++) {
         uv_timer_init(s->loop, &s->w[i].restart);
         s->w[i].restart.data = &s->w[i];
@@ -753,11 +764,53 @@ void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)
     sup_maybe_finish(s);
 }
 
+/* The bit of a signal that is held for young children; 0 for the others
+ * (SIGTERM, SIGKILL: a child killed by those young was meant to stop). */
+static unsigned held_bit(int sig)
+{
+    return sig == SIGHUP ? 1u : sig == SIGUSR2 ? 2u : 0u;
+}
+
+static void sup_on_held(uv_timer_t *t);
+
+/* Sends sig to w's child now, or holds it until the child is
+ * SUP_SIGNAL_AGE_MS old. Returns 0 or a uv error. */
+static int worker_signal(sup_worker_t *w, int sig)
+{
+    router_sup_t *s = w->sup;
+    uint64_t age = sup_now(s) - w->started_ms;
+    if (held_bit(sig) == 0 || age >= SUP_SIGNAL_AGE_MS)
+        return uv_process_kill(w->proc, sig);
+    w->held |= held_bit(sig);
+    uint64_t due = SUP_SIGNAL_AGE_MS - age;
+    if (!uv_is_active((uv_handle_t *)&s->held) || uv_timer_get_due_in(&s->held) > due)
+        uv_timer_start(&s->held, sup_on_held, due, 0);
+    return 0;
+}
+
+/* Delivers what is held for children now old enough; waits again for the
+ * others. A child that exited meanwhile lost its held signals (exit). */
+static void sup_on_held(uv_timer_t *t)
+{
+    router_sup_t *s = t->data;
+    for (size_t i = 0; i < s->n; i++) {
+        sup_worker_t *w = &s->w[i];
+        if (w->held == 0 || w->proc == NULL || w->retired)
+            continue;
+        unsigned held = w->held;
+        w->held = 0;
+        if (held & 1u)
+            worker_signal(w, SIGHUP);
+        if (held & 2u)
+            worker_signal(w, SIGUSR2);
+    }
+}
+
 size_t router_sup_signal(router_sup_t *s, int sig)
 {
     size_t n = 0;
     for (size_t i = 0; i < s->n; i++)
-        if (s->w[i].proc != NULL && !s->w[i].retired && uv_process_kill(s->w[i].proc, sig) == 0)
+        if (s->w[i].proc != NULL && !s->w[i].retired && worker_signal(&s->w[i], sig) == 0)
             n++;
     return n;
 }
@@ -773,7 +826,7 @@ static sup_worker_t *sup_find(router_sup_t *s, uint32_t shard)
 int router_sup_signal_one(router_sup_t *s, uint32_t shard, int sig)
 {
     sup_worker_t *w = sup_find(s, shard);
-    if (w == NULL || w->proc == NULL || w->retired || uv_process_kill(w->proc, sig) != 0)
+    if (w == NULL || w->proc == NULL || w->retired || worker_signal(w, sig) != 0)
         return UV_ESRCH;
     return 0;
 }

@@ -174,11 +174,13 @@ void router_sup_resume(router_sup_t *s);
 void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg);
 
 /* Sends `sig` to every running child (SIGHUP passed on, a second SIGTERM).
- * Returns how many were signalled. */
+ * Returns how many were signalled. SIGHUP and SIGUSR2 reach a child
+ * younger than 1 s only when it is 1 s old: until its main() ignores
+ * them or installs its handler, their default action would kill it. */
 size_t router_sup_signal(router_sup_t *s, int sig);
 
-/* Sends `sig` to `shard`'s child if it runs and is not retired. Returns 0
- * or UV_ESRCH. */
+/* Sends `sig` to `shard`'s child if it runs and is not retired (held as
+ * router_sup_signal holds it). Returns 0 or UV_ESRCH. */
 int router_sup_signal_one(router_sup_t *s, uint32_t shard, int sig);
 
 /* Supervises one more id (up to max_shards in all) and spawns its child

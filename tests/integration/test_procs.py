@@ -226,16 +226,23 @@ class ProcsTest(ProcsTestCase):
         # ...the other children die with the master...
         self.assertTrue(wait_until(lambda: set(procs_for_config(r.config)) == {routers[0]}, 10),
                         procs_for_config(r.config))
-        # ...and a new node on the same data directory is refused meanwhile.
+        # ...and a new node on the same data directory is refused meanwhile,
+        # touching nothing there: a routerI.next (as a router process of a
+        # membership change killed -9 leaves it) stays.
+        stale = os.path.join(r.data_dir, "router1.next")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(stale)
         rc, log = self.exits_at_once(r)
         self.assertEqual(rc, 1, log)
         self.assertIn("another kvs-router is already running on data_dir", log)
+        self.assertTrue(os.path.exists(stale))
         # Once it runs again, its pending SIGTERM (the master's death) ends it.
         os.kill(routers[0], signal.SIGCONT)
         self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
         r.start()
         with r.client() as c:
             self.assertEqual(c.ping().status, 200)
+        self.assertFalse(os.path.exists(stale), "a node that starts removes routerI.next")
         r.proc.kill()
         r.proc.wait(5)
         self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))

@@ -868,6 +868,39 @@ KVS_TEST(retire_kills_a_straggler)
     t_close(&t);
 }
 
+/* SIGHUP (a reload passed on) reaches a child only once it is 1 s old: a
+ * child signalled before its main() took the signal over would die of it
+ * (this one sets its trap after 0.3 s); SIGTERM is not held. */
+KVS_TEST(reload_signals_wait_until_a_child_is_old_enough)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], hup[128];
+    t_script(&t, "late.sh",
+             "for a; do s=$a; done\n"
+             "sleep 0.3\n"
+             "trap 'echo hup > \"$d/hup-$s\"' HUP\n"
+             "while :; do sleep 0.05; done\n",
+             exe, sizeof(exe));
+    const uint32_t shards[] = {0};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    uint64_t t0 = now_ms();
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    CHECK_EQ(router_sup_signal(t.sup, SIGHUP), 1);
+    CHECK_EQ(router_sup_signal_one(t.sup, 0, SIGHUP), 0);
+    snprintf(hup, sizeof(hup), "%s/hup-0", t.dir);
+    RUN_UNTIL(&t, access(hup, F_OK) == 0);
+    CHECK(now_ms() - t0 >= 950);
+    CHECK_EQ(t.n_ev, 0); /* alive: the signal came after the trap */
+    t0 = now_ms();
+    CHECK_EQ(router_sup_signal(t.sup, SIGTERM), 1);
+    RUN_UNTIL(&t, t.n_ev >= 1);
+    CHECK_EQ(t.ev[0].sig, SIGTERM);
+    CHECK(now_ms() - t0 < 900);
+    t_stop(&t);
+    t_close(&t);
+}
+
 KVS_TEST(router_children_get_flags_generation_and_fds)
 {
     tctx_t t;
@@ -1004,6 +1037,7 @@ KVS_TEST(notify_lines_reach_on_line)
 }
 
 KVS_TEST_MAIN(KVS_CASE(router_children_get_flags_generation_and_fds),
+              KVS_CASE(reload_signals_wait_until_a_child_is_old_enough),
               KVS_CASE(paused_restarts_wait_for_resume),
               KVS_CASE(add_and_retire_ids_while_running), KVS_CASE(retire_kills_a_straggler),
               KVS_CASE(notify_lines_reach_on_line), KVS_CASE(spawns_every_shard_with_its_args),

@@ -1,0 +1,51 @@
+/*
+ * kvs_dbimap: table name -> LMDB database handle, for a process that opens
+ * an environment's tables by name: the worker's writer (node_store) and
+ * every reader of an environment (kvs_lmdb).
+ *
+ * Open addressing over a power-of-two array sized once for the most tables
+ * the environment may hold (storage.max_tables), so it never grows and a
+ * lookup is one hash and, mostly, one string compare: it runs for every
+ * request. An entry added while the transaction that opened its handle has
+ * not committed yet is "pending": if that transaction does not commit,
+ * LMDB closes the handle, and kvs_dbimap_settle(m, 1) forgets every
+ * pending entry; if it commits, kvs_dbimap_settle(m, 0) keeps them.
+ *
+ * Handles are LMDB's MDB_dbi (an unsigned int): this module does not
+ * include lmdb.h.
+ */
+#ifndef KVS_DBIMAP_H
+#define KVS_DBIMAP_H
+
+#include <stdint.h>
+
+typedef struct kvs_dbimap_entry_s {
+    char *name; /* NULL = empty slot */
+    unsigned int dbi;
+    int pending; /* its transaction has not committed yet */
+} kvs_dbimap_entry_t;
+
+typedef struct kvs_dbimap_s {
+    kvs_dbimap_entry_t *slots;
+    uint32_t cap; /* a power of two, at least twice max_entries */
+    uint32_t n, n_pending;
+    uint32_t max_entries;
+} kvs_dbimap_t;
+
+/* Room for max_entries names. Returns 0 or -ENOMEM. */
+int kvs_dbimap_init(kvs_dbimap_t *m, uint32_t max_entries);
+void kvs_dbimap_free(kvs_dbimap_t *m);
+
+/* The entry of `name`, or NULL. */
+const kvs_dbimap_entry_t *kvs_dbimap_find(const kvs_dbimap_t *m, const char *name);
+
+/* Adds `name` (not present). Returns 0, -ENOSPC (max_entries reached) or
+ * -ENOMEM; nothing is added on error. */
+int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pending);
+
+/* The transaction that opened the pending entries ended: committed
+ * (drop_pending 0: they stay, no longer pending) or not (1: forgotten).
+ * Cannot fail. */
+void kvs_dbimap_settle(kvs_dbimap_t *m, int drop_pending);
+
+#endif
