@@ -90,6 +90,7 @@
 #define RETRY_MIN_MS 100 /* after a lost batch, re-read after this, doubling per loss in a row */
 #define RETRY_MAX_MS 10000
 #define PUBLISH_EVERY_MS 50 /* Kafka knowledge to the state page, at most this often per turn */
+#define ASK_BACKOFF_MS 5000 /* after a question the brokers left unanswered, none for this long */
 
 typedef struct part_s {
     int owned;
@@ -166,6 +167,7 @@ struct node_ingest_s {
     uv_work_t ask_work;
     int ask_busy;
     uint64_t ask_started, ask_done; /* queries started, and answered or failed */
+    uint64_t ask_failed_ms;         /* uv_now when a query last went unanswered; 0 never */
     rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
     int ask_timeout_ms;
     struct ask_s {
@@ -857,9 +859,12 @@ static void ask_done(uv_work_t *w, int status)
     (void)status;
     in->ask_busy = 0;
     in->ask_done = in->ask_started;
-    for (size_t i = 0; i < in->n_asks; i++)
+    for (size_t i = 0; i < in->n_asks; i++) {
+        if (in->asks[i].end < 0)
+            in->ask_failed_ms = uv_now(in->loop);
         if (in->asks[i].end > in->asks[i].part->asked_end)
             in->asks[i].part->asked_end = in->asks[i].end;
+    }
     in->n_asks = 0;
     if (in->stopping)
         return;
@@ -896,6 +901,10 @@ uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t
 {
     topic_t *t = topic_of_binding(in, b);
     if (t == NULL || p >= t->partitions || !t->parts[p].owned || in->stopping || in->asks == NULL)
+        return 0;
+    /* The brokers did not answer a moment ago: asking again would hold
+     * the read (and its connection) for another whole timeout. */
+    if (in->ask_failed_ms != 0 && uv_now(in->loop) - in->ask_failed_ms < ASK_BACKOFF_MS)
         return 0;
     t->parts[p].want_end = 1;
     /* A query already running may have been answered before the record the

@@ -99,7 +99,9 @@ void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32
  * time, for every partition asked since the previous one started; the
  * answer raises the end node_ingest_fresh reports, and on_answer is called.
  * Returns a ticket for node_ingest_answered, or 0 when it cannot ask (the
- * shard does not own the partition, or ingestion stops). */
+ * shard does not own the partition, ingestion stops, or a question went
+ * unanswered less than 5 s ago: the brokers are unreachable, and the read
+ * is refused at once rather than held for another whole timeout). */
 uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 struct rd_kafka_s;
