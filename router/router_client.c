@@ -534,6 +534,10 @@ int router_clients_retake_admin(router_t *r)
         return 0;
     if (r->admin_closing) /* taken again a moment ago: it is this process's */
         return 0;
+    /* Still ours: binding again would only reset the connections waiting
+     * in the old listener's backlog. */
+    if (router_ports_is_own(r->admin_path, r->admin_ino))
+        return 0;
     int slot = !r->admin_cur;
     uint64_t ino;
     int rc = router_ports_listen_own(r->loop, r->admin_path, &r->admin_listeners[slot],

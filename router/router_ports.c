@@ -156,10 +156,15 @@ int router_ports_listen_own(uv_loop_t *loop, const char *path, kvs_listener_t *l
     return rc;
 }
 
-void router_ports_unlink_own(const char *path, uint64_t ino)
+int router_ports_is_own(const char *path, uint64_t ino)
 {
     struct stat st;
-    if (stat(path, &st) == 0 && (uint64_t)st.st_ino == ino)
+    return stat(path, &st) == 0 && (uint64_t)st.st_ino == ino;
+}
+
+void router_ports_unlink_own(const char *path, uint64_t ino)
+{
+    if (router_ports_is_own(path, ino))
         unlink(path);
 }
 

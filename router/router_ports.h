@@ -57,6 +57,9 @@ int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t 
 int router_ports_listen_own(uv_loop_t *loop, const char *path, kvs_listener_t *l,
                             uv_connection_cb cb, uint64_t *ino);
 
+/* Whether the file at `path` is still the socket bound as inode `ino`. */
+int router_ports_is_own(const char *path, uint64_t ino);
+
 /* Removes `path` if it is still the socket file router_ports_listen_own
  * made (inode `ino`), not one a successor renamed over it. */
 void router_ports_unlink_own(const char *path, uint64_t ino);

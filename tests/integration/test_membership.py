@@ -553,6 +553,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             for i in range(2)))
         self.assertTrue(all(total(m, "kvs_process_start_time_seconds", role="router",
                                   router=str(i)) for i in range(2)), m)
+        # A process whose path is its own ignores SIGUSR2 (binding again
+        # would reset the connections waiting to be accepted).
+        took = a.stderr().count("took my own socket")
+        self.assertEqual(took, 1, a.stderr()[-3000:])
+        with Client(socks[1], timeout=5) as held:
+            for pid in new:
+                os.kill(pid, signal.SIGUSR2)
+            time.sleep(0.3)
+            self.assertEqual(held.ping().status, 200)
+        self.assertEqual(a.stderr().count("took my own socket"), took)
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
