@@ -332,12 +332,12 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
         return rc;
     if (c.verdict == KVS_FRESH_SERVE)
         return 0;
-    uint64_t ticket = 0;
-    int waits = c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING ||
-                (c.verdict == KVS_FRESH_AHEAD && defer != NULL && (ticket = ask_end(rd, &c)) != 0);
-    if (waits && rd->ingest != NULL && defer != NULL && !rd->stopping &&
-        wait_for(rd, &c, ticket, payload, len, defer, defer_arg) == 0)
-        return 1;
+    if (defer != NULL && rd->ingest != NULL && !rd->stopping) {
+        uint64_t ticket = c.verdict == KVS_FRESH_AHEAD ? ask_end(rd, &c) : 0;
+        int waits = c.verdict == KVS_FRESH_BEHIND || c.verdict == KVS_FRESH_STARTING || ticket != 0;
+        if (waits && wait_for(rd, &c, ticket, payload, len, defer, defer_arg) == 0)
+            return 1;
+    }
     rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
          : c.verdict == KVS_FRESH_AHEAD     ? answer_ahead(&c, out)
          : c.verdict == KVS_FRESH_STARTING  ? answer_starting(&c, out)

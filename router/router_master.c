@@ -502,8 +502,6 @@ static void retire_workers(master_t *m)
     }
 }
 
-/* A generation finished draining (shutdown, the old one after a change,
- * or a new one that could not start). */
 /* Removes every routerI.next: once a failed change's processes are gone,
  * and at start (the lock is held: no process of an earlier run lives),
  * nothing listens there; a process killed -9 left its file. */
@@ -547,10 +545,13 @@ static void gen_reclaim_paths(master_t *m, rgen_t *g)
             continue;
         if (router_sup_signal_one(g->sup, i, SIGUSR2) == 0)
             kvs_warn("router %u's socket %s was taken by a process of the previous map that "
-                     "started late; router %u takes it again", i, path.path, i);
+                     "started late; router %u takes it again",
+                     i, path.path, i);
     }
 }
 
+/* A generation finished draining (shutdown, the old one after a change,
+ * or a new one that could not start). */
 static void on_gen_stopped(void *arg)
 {
     rgen_t *g = arg;

@@ -80,7 +80,7 @@ typedef struct sup_worker_s {
     uint32_t restarts;   /* since the last stable run */
     int retired;         /* router_sup_retire: never restarted; restart is its kill timer */
     int waiting;         /* to be restarted once router_sup_resume ends a pause */
-    unsigned held;       /* reload signals (SUP_HELD_SIGNALS) held for the young child */
+    unsigned held;       /* bit i: held_signals[i] waits for the young child */
 } sup_worker_t;
 
 struct router_sup_s {
@@ -764,11 +764,17 @@ void router_sup_stop(router_sup_t *s, router_sup_done_cb done, void *arg)
     sup_maybe_finish(s);
 }
 
-/* The bit of a signal that is held for young children; 0 for the others
- * (SIGTERM, SIGKILL: a child killed by those young was meant to stop). */
+/* The signals held for young children (SIGTERM and SIGKILL are not: a
+ * child killed by those young was meant to stop). */
+static const int held_signals[] = {SIGHUP, SIGUSR2};
+#define N_HELD (sizeof(held_signals) / sizeof(held_signals[0]))
+
 static unsigned held_bit(int sig)
 {
-    return sig == SIGHUP ? 1u : sig == SIGUSR2 ? 2u : 0u;
+    for (size_t i = 0; i < N_HELD; i++)
+        if (held_signals[i] == sig)
+            return 1u << i;
+    return 0;
 }
 
 static void sup_on_held(uv_timer_t *t);
@@ -799,10 +805,9 @@ static void sup_on_held(uv_timer_t *t)
             continue;
         unsigned held = w->held;
         w->held = 0;
-        if (held & 1u)
-            worker_signal(w, SIGHUP);
-        if (held & 2u)
-            worker_signal(w, SIGUSR2);
+        for (size_t k = 0; k < N_HELD; k++)
+            if (held & (1u << k))
+                worker_signal(w, held_signals[k]);
     }
 }
 

@@ -68,10 +68,9 @@ def free_ports(n=1, tries=500):
     lo, hi = _ephemeral_ports()
     # Below the range when it has room (tests add offsets to a base port,
     # e.g. a node's address moved by 1000, which must stay a valid port).
-    spans = [(s, e) for s, e in ((10000, lo - 1), (hi + 1, 65535)) if e - s + 1 >= n][:1]
+    start, end = (10000, lo - 1) if lo - 10000 >= n else (hi + 1, 65535)
     rnd = random.SystemRandom()
     for _ in range(tries):
-        start, end = spans[0]
         base = rnd.randint(start, end - n + 1)
         socks = []
         try:
