@@ -139,6 +139,8 @@ struct node_ingest_s {
     size_t n_topics;
     int assigned;
     int stopping;
+    /* A group offset commit awaits on_commit. */
+    int commit_unanswered;
     int64_t reset_offset; /* where a partition with no stored offset starts */
     uint64_t pending_gen; /* first batch generation holding unconfirmed records */
     size_t n_owned;       /* partitions this shard owns, over all topics */
@@ -661,8 +663,13 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
 
 /* ---- consumer group commit and periodic report ---------------------------------- */
 
+/* One commit at a time: while the coordinator is away librdkafka holds a
+ * commit up to session.timeout.ms, and one per tick would pile up there,
+ * each also holding up the consumer's close. */
 static void commit_group(node_ingest_t *in)
 {
+    if (in->commit_unanswered)
+        return;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
     for (size_t i = 0; i < in->n_topics; i++) {
         topic_t *t = &in->topics[i];
@@ -676,8 +683,8 @@ static void commit_group(node_ingest_t *in)
     }
     /* Async; on_commit records what the group really stored. LMDB stays the
      * source of truth, so a failed commit only delays lag tools. */
-    if (l->cnt > 0)
-        rd_kafka_commit(in->rk, l, 1);
+    if (l->cnt > 0 && rd_kafka_commit(in->rk, l, 1) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        in->commit_unanswered = 1;
     rd_kafka_topic_partition_list_destroy(l);
 }
 
@@ -687,6 +694,7 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     node_ingest_t *in = opaque;
     (void)rk;
+    in->commit_unanswered = 0;
     for (int i = 0; offsets != NULL && i < offsets->cnt; i++) {
         const rd_kafka_topic_partition_t *o = &offsets->elems[i];
         for (size_t k = 0; k < in->n_topics; k++) {
@@ -1416,7 +1424,11 @@ void node_ingest_stop(node_ingest_t *in)
     if (in->stopping)
         return;
     in->stopping = 1;
-    if (in->assigned)
+    if (in->assigned && in->commit_unanswered)
+        kvs_info("kafka: not committing offsets to consumer group %s at stop: its last commit "
+                 "is still unanswered (the offsets in LMDB are what ingestion resumes from)",
+                 in->group);
+    else if (in->assigned)
         commit_group(in);
     if (uv_is_active((uv_handle_t *)&in->poll) || in->poll.loop != NULL)
         uv_close((uv_handle_t *)&in->poll, NULL);
@@ -1447,8 +1459,10 @@ void node_ingest_free(node_ingest_t *in)
     }
     free(in->topics);
     free(in->asks);
-    if (in->rk != NULL)
-        rd_kafka_destroy_flags(in->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    /* On a timeout in stays: the client's log callback still reads it. */
+    if (in->rk != NULL && node_kafka_destroy(in->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                                             NODE_KAFKA_CLOSE_MS, "consumer") != 0)
+        return;
     if (in->pipefd[0] >= 0)
         close(in->pipefd[0]);
     if (in->pipefd[1] >= 0)

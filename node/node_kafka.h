@@ -6,6 +6,8 @@
  * A value librdkafka refuses is named in the error, unless its key may hold
  * a secret (kvs_config_secret_key: passwords, keys): those are never
  * written anywhere.
+ *
+ * And the end of such a client, bounded in time (node_kafka_destroy).
  */
 #ifndef NODE_KAFKA_H
 #define NODE_KAFKA_H
@@ -13,8 +15,10 @@
 #include "kvs_config.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct rd_kafka_conf_s; /* rdkafka.h's rd_kafka_conf_t */
+struct rd_kafka_s;      /* rdkafka.h's rd_kafka_t */
 
 typedef struct node_kafka_prop_s {
     const char *key;
@@ -33,5 +37,24 @@ struct rd_kafka_conf_s *node_kafka_conf(const node_kafka_prop_t *defaults, size_
  * the node and shard. */
 void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *role, char *out,
                           size_t len);
+
+/* How long a worker's stop waits for each of its Kafka clients to close:
+ * both within the router's stop grace for a worker (10 s). */
+#define NODE_KAFKA_CLOSE_MS 3000
+
+/* rd_kafka_destroy_flags(rk, flags), waiting at most timeout_ms. A
+ * consumer's close waits for its consumer group's offset commits, and
+ * librdkafka bounds that wait only by session.timeout.ms (45 s by default:
+ * a commit waiting for a coordinator during a Kafka outage) or
+ * socket.timeout.ms (a coordinator that does not answer), longer than a
+ * worker's stop may take. Returns 0 once rk is destroyed, or -ETIMEDOUT:
+ * rk then goes on closing in a thread of its own, whose callbacks (log_cb)
+ * may still use the client's opaque, so the caller keeps what they use
+ * allocated, and the process leaves with _exit once its own state is safe
+ * (node_kafka_left_running tells). `client` names rk in the warning. */
+int node_kafka_destroy(struct rd_kafka_s *rk, int flags, uint64_t timeout_ms, const char *client);
+
+/* Whether node_kafka_destroy left a client closing. */
+int node_kafka_left_running(void);
 
 #endif

@@ -50,6 +50,7 @@
 #include "node_bootstrap.h"
 #include "kvs_plugins.h"
 #include "node_ingest.h"
+#include "node_kafka.h"
 #include "node_server.h"
 #include "node_slot.h"
 #include "node_store.h"
@@ -743,6 +744,12 @@ int main(int argc, char **argv)
             m.exit_code = 1;
     }
     node_server_free(m.srv);
+    if (node_kafka_left_running()) {
+        /* Its threads may still call back into what the rest would free;
+         * everything of this worker's own is closed. */
+        kvs_info("stopped (a Kafka client was left closing)");
+        _exit(finish(&m, m.exit_code));
+    }
     kvs_plugins_free(plugins); /* no hook runs any more */
     uv_loop_close(m.loop);
     kvs_auth_free(m.auth);

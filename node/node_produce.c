@@ -281,8 +281,8 @@ void node_produce_free(node_produce_t *pr)
         if (pr->rkt[i] != NULL)
             rd_kafka_topic_destroy(pr->rkt[i]);
     free(pr->rkt);
-    if (pr->rk != NULL)
-        rd_kafka_destroy(pr->rk);
+    if (pr->rk != NULL && node_kafka_destroy(pr->rk, 0, NODE_KAFKA_CLOSE_MS, "producer") != 0)
+        return; /* pr stays: the client may still call back */
     if (pr->pipefd[0] >= 0)
         close(pr->pipefd[0]);
     if (pr->pipefd[1] >= 0)

@@ -642,6 +642,46 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertTrue(ok, "writes work again once the broker is back")
             self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"3")
 
+    def stop_is_bounded(self, m, r, key, value, outage):
+        """Stops r while `outage` (mock control lines) holds the consumer
+        group's pending offset commit up: librdkafka's close would wait for
+        it up to session.timeout.ms (45 s) or socket.timeout.ms (60 s),
+        past the router's 10 s stop grace for a worker (then SIGKILL). The
+        worker leaves it after 3 s and exits 0; the write is there after a
+        restart with the brokers back."""
+        shard = r.shard_of(key)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", key, value).status, 200)
+        p = partition_of(key, 4)
+        self.wait_applied(r, shard, "users", p, 1)
+        for line in outage:
+            m.ctl(line)
+        time.sleep(2.5)  # the once-a-second group commit is sent, and held up
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(timeout=30), 0)
+        took = time.monotonic() - t0
+        log = r.stderr()
+        self.assertNotIn("SIGKILL", log)
+        self.assertLess(took, 8.0, "the stop took the worker's whole grace")
+        self.assertIn("kafka: the consumer did not close within 3000 ms", log)
+        self.assertRegex(log, r"node\[%d\] INFO +stopped \(a Kafka client was left closing\)"
+                         % shard)
+        m.ctl("rtt all 0")
+        m.ctl("broker-up all")
+        r.start()
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("users", key).values[0]), value)
+
+    def test_stop_during_a_kafka_outage_is_bounded(self):
+        m = self.mock({"users": 4}, control=True)
+        r = self.router(m, [("users", "users", "raw", 4)], shards=2)
+        self.stop_is_bounded(m, r, b"k", b"v", ["broker-down all"])
+
+    def test_stop_with_a_hanging_coordinator_is_bounded(self):
+        m = self.mock({"users": 4}, control=True)
+        r = self.router(m, [("users", "users", "raw", 4)], shards=2)
+        self.stop_is_bounded(m, r, b"k", b"v", ["rtt all 60000"])
+
     def test_cli_prints_and_takes_positions(self):
         parts = 4
         m = self.mock({"users": parts})

@@ -2,12 +2,17 @@
  * test_kafka_conf: node_kafka builds a worker's librdkafka configuration:
  * kvs's settings, then kafka.properties, which win; a refused value is
  * named unless its key may hold a secret; client ids name node and shard.
+ * And it ends a client within a bound: a close librdkafka holds up is left
+ * running after it.
  */
 #include "kvs_test.h"
 #include "node_kafka.h"
 
+#include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <string.h>
+#include <unistd.h>
+#include <uv.h>
 
 static kvs_config_t *load(const char *yaml)
 {
@@ -85,5 +90,64 @@ KVS_TEST(client_ids_name_node_and_shard)
     kvs_config_free(cfg);
 }
 
+/* A consumer of group "kvs-test" whose brokers cannot be reached. */
+static rd_kafka_t *consumer(const char *session_timeout_ms)
+{
+    static const char *props[][2] = {
+        {"bootstrap.servers", "127.0.0.1:1"}, /* nothing listens */
+        {"group.id", "kvs-test"},
+        {"log_level", "0"},
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char why[256];
+    for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++)
+        CHECK_EQ(rd_kafka_conf_set(conf, props[i][0], props[i][1], why, sizeof(why)),
+                 RD_KAFKA_CONF_OK);
+    CHECK_EQ(rd_kafka_conf_set(conf, "session.timeout.ms", session_timeout_ms, why, sizeof(why)),
+             RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+    CHECK(rk != NULL);
+    return rk;
+}
+
+static double ms_since(uint64_t t0)
+{
+    return (double)(uv_hrtime() - t0) / 1e6;
+}
+
+KVS_TEST(destroy_within_the_bound_frees_the_client)
+{
+    rd_kafka_t *rk = consumer("45000");
+    uint64_t t0 = uv_hrtime();
+    CHECK_EQ(node_kafka_destroy(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE, 5000, "consumer"), 0);
+    CHECK(ms_since(t0) < 5000);
+    CHECK(!node_kafka_left_running());
+    CHECK_EQ(rd_kafka_thread_cnt(), 0);
+}
+
+KVS_TEST(destroy_held_up_by_a_commit_is_left_after_the_bound)
+{
+    /* An offset commit waits for a coordinator (none can be found) up to
+     * session.timeout.ms, and the consumer's close waits for it. */
+    rd_kafka_t *rk = consumer("2500");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "t", 0)->offset = 5;
+    CHECK_EQ(rd_kafka_commit(rk, l, 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_topic_partition_list_destroy(l);
+    uint64_t t0 = uv_hrtime();
+    CHECK_EQ(node_kafka_destroy(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE, 300, "consumer"),
+             -ETIMEDOUT);
+    double took = ms_since(t0);
+    CHECK(took >= 290 && took < 2000);
+    CHECK(node_kafka_left_running());
+    CHECK(rd_kafka_thread_cnt() > 0); /* still closing, as told */
+    /* It ends by itself once the commit times out. */
+    for (int i = 0; i < 100 && rd_kafka_thread_cnt() > 0; i++)
+        usleep(100 * 1000);
+    CHECK_EQ(rd_kafka_thread_cnt(), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(properties_win_over_defaults), KVS_CASE(refused_value_is_named_with_its_client),
-              KVS_CASE(refused_secret_is_never_shown), KVS_CASE(client_ids_name_node_and_shard))
+              KVS_CASE(refused_secret_is_never_shown), KVS_CASE(client_ids_name_node_and_shard),
+              KVS_CASE(destroy_within_the_bound_frees_the_client),
+              KVS_CASE(destroy_held_up_by_a_commit_is_left_after_the_bound))
