@@ -608,6 +608,36 @@ static const char *expected(const directive_t *d)
     }
 }
 
+/* ---- lists ---------------------------------------------------------------- */
+
+/* How many entries the list `seq` has (0 when it is null or empty); a
+ * value that is not a list is refused with `what` ("kafka.bindings:
+ * expected a list of ..."). */
+static int list_len(cfg_ctx_t *ctx, const yaml_node_t *seq, const char *what, size_t *n)
+{
+    *n = 0;
+    if (is_null(seq))
+        return 0;
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_error(ctx, &seq->start_mark, "%s, got %s", what, describe(ctx, seq));
+    *n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    return 0;
+}
+
+/* Gives each entry of the list `seq` to parse, in order, up to the first
+ * error. */
+static int each_entry(cfg_ctx_t *ctx, const yaml_node_t *seq,
+                      int (*parse)(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx))
+{
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- kafka.bindings and kafka.properties ---------------------------------- */
 
 /* Table names as the node enforces them: 1..200 bytes, "__" is reserved. */
@@ -768,24 +798,13 @@ static int parse_binding(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 
 static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
-    if (is_null(seq))
-        return 0;
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_error(ctx, &seq->start_mark,
-                         "kafka.bindings: expected a list of {topic, table, format}, got %s",
-                         describe(ctx, seq));
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n == 0)
-        return 0;
-    ctx->cfg->bindings = calloc(n, sizeof(kvs_binding_t));
-    if (ctx->cfg->bindings == NULL)
+    size_t n;
+    int rc = list_len(ctx, seq, "kafka.bindings: expected a list of {topic, table, format}", &n);
+    if (rc != 0 || n == 0)
+        return rc;
+    if ((ctx->cfg->bindings = calloc(n, sizeof(kvs_binding_t))) == NULL)
         return cfg_oom(ctx);
-    for (size_t i = 0; i < n; i++) {
-        int rc = parse_binding(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return each_entry(ctx, seq, parse_binding);
 }
 
 static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
@@ -901,23 +920,14 @@ static int cmp_remote(const void *a, const void *b)
  * both are given; check_remote re-validates after the walk. */
 static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
-    if (is_null(seq))
-        return 0;
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_error(ctx, &seq->start_mark,
-                         "cluster.remote: expected a list of {shard, address}, got %s",
-                         describe(ctx, seq));
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n == 0)
-        return 0;
-    ctx->cfg->remote = calloc(n, sizeof(kvs_remote_t));
-    if (ctx->cfg->remote == NULL)
+    size_t n;
+    int rc = list_len(ctx, seq, "cluster.remote: expected a list of {shard, address}", &n);
+    if (rc != 0 || n == 0)
+        return rc;
+    if ((ctx->cfg->remote = calloc(n, sizeof(kvs_remote_t))) == NULL)
         return cfg_oom(ctx);
-    for (size_t i = 0; i < n; i++) {
-        int rc = parse_remote(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
-        if (rc != 0)
-            return rc;
-    }
+    if ((rc = each_entry(ctx, seq, parse_remote)) != 0)
+        return rc;
     qsort(ctx->cfg->remote, ctx->cfg->n_remote, sizeof(kvs_remote_t), cmp_remote);
     return 0;
 }
@@ -1041,25 +1051,15 @@ static int parse_node(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 
 static int set_nodes(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
-    if (is_null(seq))
-        return 0;
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_error(ctx, &seq->start_mark,
-                         "cluster.nodes: expected a list of {name, address, shards}, got %s",
-                         describe(ctx, seq));
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n == 0)
-        return 0;
+    size_t n;
+    int rc = list_len(ctx, seq, "cluster.nodes: expected a list of {name, address, shards}", &n);
+    if (rc != 0 || n == 0)
+        return rc;
     ctx->cfg->nodes = calloc(n, sizeof(kvs_node_t));
     ctx->node_marks = calloc(3 * n, sizeof(yaml_mark_t));
     if (ctx->cfg->nodes == NULL || ctx->node_marks == NULL)
         return cfg_oom(ctx);
-    for (size_t i = 0; i < n; i++) {
-        int rc = parse_node(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return each_entry(ctx, seq, parse_node);
 }
 
 int kvs_node_serves(const kvs_node_t *node, uint32_t shard)
@@ -1096,7 +1096,7 @@ uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard)
 
 /* One plugins entry: "PATH" or {path: PATH, arg: TEXT}. Whether the file
  * exists and is a plugin is checked where it is loaded (kvs_plugins). */
-static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+static int plugin_fields(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 {
     char label[40];
     const char *text = NULL;
@@ -1128,32 +1128,26 @@ static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
     return 0;
 }
 
+static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
+{
+    int rc = plugin_fields(ctx, item, idx);
+    kvs_plugin_conf_t *pl = &ctx->cfg->plugins[idx];
+    if (rc == 0 && pl->path[0] == '\0')
+        rc = cfg_error(ctx, &item->start_mark, "plugins[%zu]: the path is empty", idx);
+    if (rc == 0 && pl->arg == NULL)
+        rc = store_string(ctx, &pl->arg, "");
+    return rc;
+}
+
 static int set_plugins(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
-    if (is_null(seq))
-        return 0;
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_error(ctx, &seq->start_mark,
-                         "plugins: expected a list of shared object paths, got %s",
-                         describe(ctx, seq));
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n == 0)
-        return 0;
-    ctx->cfg->plugins = calloc(n, sizeof(kvs_plugin_conf_t));
-    if (ctx->cfg->plugins == NULL)
+    size_t n;
+    int rc = list_len(ctx, seq, "plugins: expected a list of shared object paths", &n);
+    if (rc != 0 || n == 0)
+        return rc;
+    if ((ctx->cfg->plugins = calloc(n, sizeof(kvs_plugin_conf_t))) == NULL)
         return cfg_oom(ctx);
-    for (size_t i = 0; i < n; i++) {
-        kvs_plugin_conf_t *pl = &ctx->cfg->plugins[i];
-        int rc = parse_plugin(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
-        if (rc == 0 && pl->path[0] == '\0')
-            rc = cfg_error(ctx, &node_at(ctx, seq->data.sequence.items.start[i])->start_mark,
-                           "plugins[%zu]: the path is empty", i);
-        if (rc == 0 && pl->arg == NULL)
-            rc = store_string(ctx, &pl->arg, "");
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return each_entry(ctx, seq, parse_plugin);
 }
 
 const kvs_binding_t *kvs_config_binding(const kvs_config_t *cfg, const char *table)
@@ -1325,24 +1319,13 @@ static int parse_user(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 
 static int set_users(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
-    if (is_null(seq))
-        return 0;
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_error(ctx, &seq->start_mark,
-                         "users: expected a list of {name, token, allow}, got %s",
-                         describe(ctx, seq));
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n == 0)
-        return 0;
-    ctx->cfg->users = calloc(n, sizeof(kvs_user_t));
-    if (ctx->cfg->users == NULL)
+    size_t n;
+    int rc = list_len(ctx, seq, "users: expected a list of {name, token, allow}", &n);
+    if (rc != 0 || n == 0)
+        return rc;
+    if ((ctx->cfg->users = calloc(n, sizeof(kvs_user_t))) == NULL)
         return cfg_oom(ctx);
-    for (size_t i = 0; i < n; i++) {
-        int rc = parse_user(ctx, node_at(ctx, seq->data.sequence.items.start[i]), i);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return each_entry(ctx, seq, parse_user);
 }
 
 /* ---- the walk ------------------------------------------------------------- */

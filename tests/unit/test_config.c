@@ -869,6 +869,18 @@ KVS_TEST(cluster_remote_and_router_keys)
                 "dots in a row, or a leading dot) (got \"a..b:1\")");
     parse_fails("cluster:\n  remote:\n    - {shard: 3, address: \"h:1\"}\n  shards: 2\n",
                 "config.yaml:3:5: cluster.remote names shard 3 but cluster.shards is 2 (ids 0..1)");
+    parse_fails("cluster:\n  remote: h:1\n",
+                "config.yaml:2:11: cluster.remote: expected a list of {shard, address}, got "
+                "\"h:1\"");
+    parse_fails("cluster:\n  nodes: {a: 1}\n",
+                "config.yaml:2:10: cluster.nodes: expected a list of {name, address, shards}, got "
+                "a mapping");
+    c = parse_ok("cluster:\n  remote: []\n  nodes: ~\nplugins: []\nusers: []\n");
+    CHECK_EQ(c->n_remote, 0);
+    CHECK_EQ(c->n_nodes, 0);
+    CHECK_EQ(c->n_plugins, 0);
+    CHECK_EQ(c->n_users, 0);
+    kvs_config_free(c);
 }
 
 KVS_TEST(bindings_partitioner)
