@@ -506,6 +506,85 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_new_router_process_killed_9_fails_the_change_and_its_next_socket_is_removed(self):
+        """A router process of the new map killed -9 while the change waits
+        for the others cannot remove its routerI.next; the change fails, and
+        once its processes are all gone the master removes the file. To hold
+        the change there: shard 0's socket is hidden (renamed) before the
+        reload, so no new router process can link to its worker and become
+        ready; new router 1 is stopped, the socket put back, and new router
+        0 alone listens (on router0.next) until it is killed."""
+        mock = self.mock()
+        bases = self.bases(["a", "d"])
+        mport = free_port()
+        a = self.node(mock, "a", {"a": [0, 1, 2, 3]}, bases, processes=2,
+                      router_yaml=('metrics_listen: "%s:%d"' % (HOST, mport),))
+        self.start_all(a)
+        gen0 = router_procs(a)
+        socks = [os.path.join(a.data_dir, "router%d.sock" % i) for i in range(2)]
+        nexts = [os.path.join(a.data_dir, "router%d.next" % i) for i in range(2)]
+        shard0, hidden = a.socket_path(0), a.socket_path(0) + ".hidden"
+        held = []
+
+        def release():
+            if os.path.exists(hidden):
+                os.rename(hidden, shard0)
+            for pid in held:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        self.addCleanup(release)
+
+        def new_procs():
+            """{index: pid} of the router processes of the new map."""
+            return {int(argv[argv.index("--router") + 1]): pid
+                    for pid, argv in procs_for_config(a.config).items() if "--next" in argv}
+        os.rename(shard0, hidden)
+        set_map(a, {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: len(new_procs()) == 2, 10), a.stderr()[-3000:])
+        new = new_procs()
+        os.kill(new[1], signal.SIGSTOP)
+        held.append(new[1])
+        self.assertEqual([os.path.exists(p) for p in nexts], [False, False])
+        os.rename(hidden, shard0)
+        self.assertTrue(wait_until(lambda: os.path.exists(nexts[0]), 10), a.stderr()[-3000:])
+        self.assertNotIn("membership change failed", a.stderr())
+        os.kill(new[0], signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 10),
+                        a.stderr()[-3000:])
+        self.assertIn("router 0 of the new map exited", a.stderr())
+        os.kill(new[1], signal.SIGCONT)  # its pending SIGTERM (the change stops it) ends it
+        # The killed process's router0.next is gone once the change is over.
+        self.assertTrue(wait_until(lambda: not any(os.path.exists(p) for p in nexts), 10),
+                        [os.path.exists(p) for p in nexts])
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("membership change complete") == 1, 10), a.stderr()[-3000:])
+        self.assertEqual(new_procs(), {})
+        # The previous map's router processes serve on, on their own sockets.
+        self.assertEqual(router_procs(a), gen0)
+        with a.client() as c:
+            self.assertEqual(c.call(req_hset(TABLE, b"k", "v")).status, 200)
+            resp = c.call(req_hget(TABLE, b"k"))
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v"))
+        for path in socks:
+            with Client(path) as c:
+                self.assertEqual(c.ping().status, 200)
+        m = self.metrics(mport)
+        self.assertEqual(total(m, "kvs_membership_changes_total", result="failed"), 1)
+        # The same reload again goes through.
+        self.reload(a, 2)
+        self.assertFalse(set(router_procs(a)) & set(gen0))
+        self.assertEqual([os.path.exists(p) for p in nexts], [False, False])
+        for path in socks:
+            with Client(path) as c:
+                self.assertEqual(c.ping().status, 200)
+        with a.client() as c:
+            resp = c.call(req_hget(TABLE, b"k"))
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v"))
+        self.assertEqual(a.stop(), 0)
+
     def test_an_old_router_process_ready_after_the_switch_leaves_the_socket_to_the_new_one(self):
         """A serving router process that restarts just before a change, and
         becomes ready only after the switch, takes routerI.sock over (it is
