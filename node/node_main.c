@@ -77,6 +77,7 @@ typedef struct node_args_s {
     int exit_with_parent;
     long parent_pid; /* --exit-with-parent=PID: the parent it must have; 0: the one it has */
     int report_fd;   /* -1: none */
+    int config_fd;   /* --config-fd: the text to start from, or -1 (read --config) */
 } node_args_t;
 
 typedef struct node_main_s {
@@ -116,7 +117,10 @@ static void usage(FILE *f)
                "                      kvs-router, so workers never outlive their router);\n"
                "                      with PID, refuse to start unless PID is the parent\n"
                "  --report-fd N       on a configuration error (exit status 78), also write\n"
-               "                      the reason to fd N (used by kvs-router)\n");
+               "                      the reason to fd N (used by kvs-router)\n"
+               "  --config-fd N       start from the config text open on fd N (kvs-router's\n"
+               "                      snapshot of FILE, so an edit not reloaded yet is not\n"
+               "                      picked up by a restart); a reload (SIGHUP) reads FILE\n");
 }
 
 static int parse_args(int argc, char **argv, node_args_t *a)
@@ -127,11 +131,12 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"socket", required_argument, NULL, 'u'},
                                          {"exit-with-parent", optional_argument, NULL, 'p'},
                                          {"report-fd", required_argument, NULL, 'r'},
+                                         {"config-fd", required_argument, NULL, 'f'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->shard = -1;
-    a->report_fd = -1;
+    a->report_fd = a->config_fd = -1;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:l:u:h", opts, NULL)) != -1) {
         char *end;
@@ -163,13 +168,15 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                 }
             }
             break;
-        case 'r': {
+        case 'r':
+        case 'f': {
             long fd = strtol(optarg, &end, 10);
             if (*optarg == '\0' || *end != '\0' || fd < 3 || fd > 1024) {
-                fprintf(stderr, "kvs-node: --report-fd must be a file descriptor from 3 to 1024\n");
+                fprintf(stderr, "kvs-node: --%s must be a file descriptor from 3 to 1024\n",
+                        ch == 'r' ? "report-fd" : "config-fd");
                 return -1;
             }
-            a->report_fd = (int)fd;
+            *(ch == 'r' ? &a->report_fd : &a->config_fd) = (int)fd;
             break;
         }
         case 'h':
@@ -575,7 +582,12 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
                    int *n_addrs, node_store_t **store)
 {
     char err[1024];
-    if (kvs_config_load(args->config, cfg, err, sizeof(err)) != 0)
+    int loaded = args->config_fd >= 0
+                     ? kvs_config_load_fd(args->config, args->config_fd, cfg, err, sizeof(err))
+                     : kvs_config_load(args->config, cfg, err, sizeof(err));
+    if (args->config_fd >= 0)
+        close(args->config_fd); /* read whole: a reload reads the file */
+    if (loaded != 0)
         return config_fatal(m, "%s", err);
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse((*cfg)->log_level, &level);

@@ -2,9 +2,12 @@
  * router_master: the node's supervisor process (nginx's master).
  *
  * Start-up: the config file is read once into a snapshot (a sealed memfd)
- * and loaded from it, so the master and every router process run
- * exactly the same text, even a router restarted after the file was
- * edited (the edit takes effect at the next start, as with nginx). Then
+ * and loaded from it, so the master, every router process and every
+ * worker start from exactly the same text, even one restarted after the
+ * file was edited (the edit takes effect at the next reload or start, as
+ * with nginx; kvs-node --config-fd). A reload replaces the snapshot
+ * (workers: once a new map serves, so after a failed membership change a
+ * restarted worker runs the map the routers route by). Then
  * <data_dir>/router.lock is taken (a second node on the same data
  * refuses), the TLS material is checked, the kvs-node workers are spawned
  * (one per local shard) and the router processes too (router.processes of
@@ -128,6 +131,8 @@
 #define WORKER_GRACE_MS 10000
 #define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
 #define REPORT_FD_ARG "3"
+#define WORKER_CONFIG_FD 4 /* kvs-node --config-fd: the serving snapshot */
+#define WORKER_CONFIG_FD_ARG "4"
 
 typedef struct master_s master_t;
 
@@ -148,6 +153,10 @@ struct master_s {
     const char *config_path;
     char exe_dir[4096];
     int lock_fd, config_fd;
+    /* The snapshot workers start from: the serving map's (a copy of
+     * config_fd, at one number for the workers' supervisor, which passes
+     * whatever it holds to each worker it starts). */
+    int worker_config_fd;
     uint32_t n_procs, n_local;
     router_sup_t *workers;
     rgen_t *routers; /* the generation serving clients */
@@ -231,7 +240,23 @@ static int load_snapshot(master_t *m)
         kvs_error("%s", err);
         return EX_CONFIG;
     }
+    if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
+                  strerror(errno));
+        return EX_CONFIG;
+    }
     return 0;
+}
+
+/* The workers start from `fd`'s text from now on. */
+static void set_worker_snapshot(master_t *m, int fd)
+{
+    if (dup2(fd, m->worker_config_fd) < 0) /* onto an open descriptor: not expected to fail */
+        kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
+                 "restarts runs the previous one",
+                 strerror(errno));
+    else
+        fcntl(m->worker_config_fd, F_SETFD, FD_CLOEXEC);
 }
 
 /* One node per data directory: an flock held for the life of the master
@@ -591,9 +616,8 @@ static void change_failed(master_t *m, const char *why)
     router_probe_stop(m->probe);
     uv_timer_stop(&m->timer);
     m->changes[1]++;
-    kvs_error("membership change failed: %s; the router processes keep serving the previous map "
-              "(fix the cause and reload again; until then %s still holds the new map, which a "
-              "worker that restarts reads)",
+    kvs_error("membership change failed: %s; the router processes and workers keep serving the "
+              "previous map (fix the cause and reload again; %s still holds the new map)",
               why, m->config_path);
     if (m->prev_cfg != NULL)
         kvs_config_apply_map(m->cfg, m->prev_cfg);
@@ -666,6 +690,7 @@ static void change_switch(master_t *m)
     close(m->config_fd); /* the old generation's: it spawns nothing any more */
     m->config_fd = m->next_config_fd;
     m->next_config_fd = -1;
+    set_worker_snapshot(m, m->config_fd);
     m->changes[0]++;
     kvs_info("membership change: the router processes of the new map accept clients; draining "
              "the previous ones (their clients are closed after their answers)");
@@ -792,6 +817,8 @@ static int reload_config(master_t *m, int *map)
         m->reloads[1]++;
     } else {
         fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
+        if (!*map) /* a new map: once its router processes serve (change_switch) */
+            set_worker_snapshot(m, m->config_fd);
         kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
         if (*map) {
             kvs_config_apply_map(m->cfg, next);
@@ -1082,8 +1109,9 @@ static int start_workers(master_t *m)
             local[m->n_local++] = s;
     char parent_arg[48];
     snprintf(parent_arg, sizeof(parent_arg), "--exit-with-parent=%ld", (long)getpid());
-    const char *args[] = {"--config",    m->config_path, parent_arg,
-                          "--report-fd", REPORT_FD_ARG,  NULL};
+    const char *args[] = {"--config",    m->config_path, parent_arg,           "--report-fd",
+                          REPORT_FD_ARG, "--config-fd",  WORKER_CONFIG_FD_ARG, NULL};
+    const router_sup_fd_t fds[] = {{WORKER_CONFIG_FD, m->worker_config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
         .exe = exe,
@@ -1098,6 +1126,8 @@ static int start_workers(master_t *m)
         .stop_grace_ms = WORKER_GRACE_MS,
         .detach = 1,
         .report_fd = REPORT_FD,
+        .inherit = fds,
+        .n_inherit = 1,
         .fatal_status = EX_CONFIG,
         .on_event = on_worker_event,
         .arg = m,
@@ -1204,7 +1234,7 @@ int router_master_run(const char *config_path, const char *argv0)
 {
     static master_t m; /* zeroed; lives for the whole process */
     m.config_path = config_path;
-    m.lock_fd = m.config_fd = m.next_config_fd = -1;
+    m.lock_fd = m.config_fd = m.next_config_fd = m.worker_config_fd = -1;
     int rc = master_prepare(&m, argv0);
     if (rc != 0) {
         kvs_config_free(m.cfg);

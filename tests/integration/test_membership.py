@@ -380,7 +380,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertEqual(total(m, "kvs_membership_changes_total", result="done"), 0)
         finally:
             os.kill(source, signal.SIGCONT)
-        self.assertIn("the router processes keep serving the previous map", a.stderr())
+        self.assertIn("the router processes and workers keep serving the previous map", a.stderr())
         # The same reload, once the peer serves again, goes through.
         self.reload(a, 2)
         self.assertEqual(sorted(a.workers()), [0, 1, 2])

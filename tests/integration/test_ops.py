@@ -22,7 +22,7 @@ import unittest
 import redis
 
 from kafkatest import MockKafka, ingest_yaml, produce, wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hset
+from kvstest import BUILD_DIR, HOST, Client, Node, pb, pyval, req_hset
 from routertest import RouterTestCase, free_port
 from test_auth import req_auth, users_yaml
 
@@ -460,6 +460,53 @@ class ReloadTest(RouterTestCase):
         got = self.reloads(r)
         self.assertEqual(got[("master", None, "refused")], 1)
         self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
+
+    def restart_worker(self, r, shard):
+        """kill -9 of shard's worker; waits until its successor serves."""
+        old = r.kill_worker(shard)
+
+        def serves():
+            if r.worker_pid(shard) in (None, old):
+                return False
+            try:
+                with r.worker_client(shard, timeout=2) as w:
+                    return w.ping().status == 200
+            except OSError:
+                return False
+        self.assertTrue(wait_until(serves, WAIT, 0.05), r.stderr()[-3000:])
+
+    def test_a_restarted_worker_starts_from_the_running_config_not_the_edited_file(self):
+        """The master keeps the config text it runs (a snapshot, as the
+        router processes run): a worker restarted after the file was edited,
+        but not reloaded, starts from that text. Reading the file instead, a
+        worker that crashed while an operator edited it stopped the whole
+        node (a key that cannot change live, or a half-written file, is a
+        configuration error: exit 78). After a reload, the reloaded text."""
+        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        shard = r.shard_of(b"k")
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        original = open(r.config).read()
+        for edit in (("  partitions: 8\n", "  partitions: 16\n"),  # the data would not match
+                     ("slow_threshold: off}", "slow_threshold: [")):  # does not load
+            self.rewrite(r, *edit)
+            self.restart_worker(r, shard)
+            with r.client() as c:  # once the router's link is back
+                self.assertTrue(wait_until(lambda: c.hget("t", "k").status == 200, WAIT))
+                self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+            self.assertTrue(r.alive())
+            self.assertNotIn("cannot run with this configuration", r.stderr())
+            with open(r.config, "w") as f:
+                f.write(original)
+        # A live change, reloaded: a worker started after it runs it (its
+        # slow log is on, in a process that never got the SIGHUP).
+        self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
+        self.hup(r, "SIGHUP: passed on to 1 router process(es) and 2 worker(s)")
+        self.restart_worker(r, shard)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: c.hset("t", "k", "w").status == 200, WAIT))
+        with r.worker_client(shard) as w:
+            self.assertIn("Hset", [e.command for e in w.call(slowlog_req()).ops.slowlog])
 
     def test_keys_of_security_and_replicas_are_classified(self):
         """router.retry_burst (replicas' retry budget) and limits.auth_failures
