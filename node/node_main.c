@@ -756,13 +756,13 @@ int main(int argc, char **argv)
             m.exit_code = 1;
     }
     node_server_free(m.srv);
+    kvs_plugins_free(plugins); /* no hook runs any more; fini runs at exit, _exit too */
     if (node_kafka_left_running()) {
         /* Its threads may still call back into what the rest would free;
          * everything of this worker's own is closed. */
         kvs_info("stopped (a Kafka client was left closing)");
         _exit(finish(&m, m.exit_code));
     }
-    kvs_plugins_free(plugins); /* no hook runs any more */
     uv_loop_close(m.loop);
     kvs_auth_free(m.auth);
     kvs_tls_ctx_free(m.tls);

@@ -682,6 +682,24 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         r = self.router(m, [("users", "users", "raw", 4)], shards=2)
         self.stop_is_bounded(m, r, b"k", b"v", ["rtt all 60000"])
 
+    def test_a_stop_that_leaves_a_kafka_client_closing_still_runs_plugin_fini(self):
+        """include/kvs_plugin.h: "fini runs at exit". A worker that left its
+        consumer closing leaves with _exit; its plugins' fini must have run
+        before (a plugin may flush what it buffered there)."""
+        m = self.mock({"users": 4}, control=True)
+        r = self.router(m, [("users", "users", "raw", 4)], shards=2, start=False)
+        mark = os.path.join(r.dir, "fini.txt")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s", arg: "%s"}\n'
+                    % (os.path.join(BUILD_DIR, "plugins", "test_fini_mark.so"), mark))
+        r.start()
+        self.assertTrue(wait_until(lambda: len(r.workers()) == 2, 10))
+        self.stop_is_bounded(m, r, b"k", b"v", ["broker-down all"])
+        with open(mark) as f:
+            lines = f.read().splitlines()
+        self.assertIn("fini node %d" % r.shard_of(b"k"), lines)
+        self.assertIn("fini node %d" % (1 - r.shard_of(b"k")), lines)
+
     def test_cli_prints_and_takes_positions(self):
         parts = 4
         m = self.mock({"users": parts})
