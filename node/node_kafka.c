@@ -66,7 +66,8 @@ typedef struct closer_s {
 } closer_t;
 
 static atomic_int left_running;
-static closer_t *left; /* the closers left running: still theirs, never freed */
+static closer_t *left;          /* the closers left running: still theirs, never freed */
+static uint64_t close_deadline; /* uv_hrtime: the first destroy's start + its timeout */
 
 static void closer_run(void *arg)
 {
@@ -98,7 +99,11 @@ int node_kafka_destroy(rd_kafka_t *rk, int flags, uint64_t timeout_ms, const cha
     if (uv_thread_create(&t, closer_run, c) != 0) {
         closer_run(c);
     } else {
-        uint64_t deadline = uv_hrtime() + timeout_ms * 1000000u;
+        /* One budget for every client of the process, not one each: a
+         * worker's stop closes its producer, then its consumer. */
+        if (close_deadline == 0)
+            close_deadline = uv_hrtime() + timeout_ms * 1000000u;
+        uint64_t deadline = close_deadline;
         uv_mutex_lock(&c->mu);
         for (uint64_t now = uv_hrtime(); !c->done && now < deadline; now = uv_hrtime())
             (void)uv_cond_timedwait(&c->cv, &c->mu, deadline - now);
@@ -108,9 +113,10 @@ int node_kafka_destroy(rd_kafka_t *rk, int flags, uint64_t timeout_ms, const cha
             c->next = left; /* the thread still uses it */
             left = c;
             atomic_store(&left_running, 1);
-            kvs_warn("kafka: the %s did not close within %llu ms (a consumer waits for its "
-                     "group's offset commits, and for a coordinator to take them); leaving it "
-                     "to the process exit. Nothing is lost: LMDB holds what was applied.",
+            kvs_warn("kafka: the %s did not close within %llu ms (the time a stop gives its "
+                     "Kafka clients; a consumer waits for its group's offset commits, and for a "
+                     "coordinator to take them); leaving it to the process exit. Nothing is "
+                     "lost: LMDB holds what was applied.",
                      client, (unsigned long long)timeout_ms);
             return -ETIMEDOUT;
         }

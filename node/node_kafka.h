@@ -38,11 +38,13 @@ struct rd_kafka_conf_s *node_kafka_conf(const node_kafka_prop_t *defaults, size_
 void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *role, char *out,
                           size_t len);
 
-/* How long a worker's stop waits for each of its Kafka clients to close:
- * both within the router's stop grace for a worker (10 s). */
+/* How long a worker's stop waits for its Kafka clients to close, all of
+ * them together: well within the router's stop grace for a worker (10 s). */
 #define NODE_KAFKA_CLOSE_MS 3000
 
-/* rd_kafka_destroy_flags(rk, flags), waiting at most timeout_ms. A
+/* rd_kafka_destroy_flags(rk, flags), waiting at most timeout_ms from the
+ * process's first call (the clients share that budget: a stop closes them
+ * one after the other, so the second gets what the first left). A
  * consumer's close waits for its consumer group's offset commits, and
  * librdkafka bounds that wait only by session.timeout.ms (45 s by default:
  * a commit waiting for a coordinator during a Kafka outage) or
