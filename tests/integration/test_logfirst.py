@@ -669,6 +669,9 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertNotIn("SIGKILL", log)
         self.assertLess(took, 8.0, "the stop took the worker's whole grace")
         self.assertIn("kafka: the consumer did not close within 3000 ms", log)
+        # No second commit queued behind the one the outage holds up.
+        self.assertRegex(log, r"node\[%d\] INFO +kafka: not committing offsets to consumer group "
+                              r"kvs at stop: its last commit is still unanswered" % shard)
         self.assertRegex(log, r"node\[%d\] INFO +stopped \(a Kafka client was left closing\)"
                          % shard)
         m.ctl("rtt all 0")
