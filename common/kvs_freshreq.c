@@ -55,6 +55,8 @@ void kvs_freshreq_partition(kvs_freshreq_t *c, uint32_t p)
         return; /* not a partition of this copy: nothing here depends on it */
     int64_t need = need_of(c, p);
     kvs_fresh_verdict_t v = kvs_fresh_decide(&st, c->max_lag, need, c->stale, &n);
+    if (v == KVS_FRESH_AHEAD && c->ahead != NULL)
+        c->ahead(c->arg, c->b, p);
     if (v > c->verdict) {
         c->verdict = v;
         c->partition = p;

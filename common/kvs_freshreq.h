@@ -42,6 +42,10 @@ typedef struct kvs_freshreq_s {
     uint64_t max_lag;
     kvs_freshreq_lookup_fn lookup;
     void *arg;
+    /* Optional (NULL after init): told of every partition the walk finds
+     * ahead of its end, not only the worst one, so a copy can ask about
+     * them all at once. */
+    void (*ahead)(void *arg, const kvs_binding_t *b, uint32_t p);
     const kvs_pos_entry_t *pos; /* min_position entries of b's topic, by partition */
     size_t npos;
     int stale; /* accept_stale */

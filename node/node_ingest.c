@@ -905,7 +905,7 @@ static void ask_start(node_ingest_t *in)
     uv_queue_work(in->loop, &in->ask_work, ask_work, ask_done);
 }
 
-uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
 {
     topic_t *t = topic_of_binding(in, b);
     if (t == NULL || p >= t->partitions || !t->parts[p].owned || in->stopping || in->asks == NULL)
@@ -915,6 +915,13 @@ uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t
     if (in->ask_failed_ms != 0 && uv_now(in->loop) - in->ask_failed_ms < ASK_BACKOFF_MS)
         return 0;
     t->parts[p].want_end = 1;
+    return 1;
+}
+
+uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    if (!node_ingest_want_end(in, b, p))
+        return 0;
     /* A query already running may have been answered before the record the
      * read is about was written: the answer that counts is the next one's. */
     uint64_t ticket = in->ask_started + 1;

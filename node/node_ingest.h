@@ -104,6 +104,11 @@ void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32
  * is refused at once rather than held for another whole timeout). */
 uint64_t node_ingest_ask_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+/* Puts partition `p` into the next node_ingest_ask_end query without
+ * starting one: a read ahead on several partitions marks them all, then
+ * asks once. Returns 1 when marked, 0 when it cannot ask (as above). */
+int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
 struct rd_kafka_s;
 
 /* The handle node_ingest_ask_end queries through (NULL: the consumer's

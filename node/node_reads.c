@@ -82,6 +82,15 @@ static int check_request(check_t *c, const Kvs__CommandRequest *req, kvs_arena_t
     return kvs_freshreq_request(c, req, arena);
 }
 
+/* kvs_freshreq's `ahead`: every partition a read is ahead on goes into the
+ * next question to the brokers, so one round trip answers them all. */
+static void want_end(void *arg, const kvs_binding_t *b, uint32_t p)
+{
+    node_reads_t *rd = arg;
+    if (rd->ingest != NULL && !rd->stopping)
+        node_ingest_want_end(rd->ingest, b, p);
+}
+
 /* ---- answers ------------------------------------------------------------------- */
 
 static int answer_catching_up(const check_t *c, kvs_buf_t *out)
@@ -242,6 +251,8 @@ static uint64_t ask_end(node_reads_t *rd, const check_t *c)
 static int recheck(node_reads_t *rd, waiter_t *w, check_t *c, int may_ask)
 {
     check_init(c, rd, w->b);
+    if (may_ask)
+        c->ahead = want_end;
     Kvs__CommandRequest *req = kvs_msg_decode_request(&rd->arena, w->payload, w->len);
     if (req == NULL || check_request(c, req, &rd->arena) != 0) {
         c->verdict = KVS_FRESH_SERVE; /* let the handler say what is wrong */
@@ -327,6 +338,8 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
 {
     check_t c;
     check_init(&c, rd, b);
+    if (defer != NULL)
+        c.ahead = want_end; /* a read that may wait may ask */
     int rc = check_request(&c, req, arena);
     if (rc != 0)
         return rc;

@@ -5,6 +5,7 @@
  */
 #include "kvs_freshreq.h"
 #include "kvs_place.h"
+#include "kvs_pos.h"
 #include "kvs_test.h"
 
 #define PARTS 16
@@ -119,6 +120,61 @@ KVS_TEST(a_partition_behind_still_holds_the_read_back)
     CHECK_EQ(c.partition, p);
 }
 
+static void note_ahead(void *arg, const kvs_binding_t *b, uint32_t p)
+{
+    (void)arg;
+    CHECK(b == &fx.b);
+    CHECK(p < PARTS);
+    fx.l.calls[p] += 100; /* told: counted apart from the lookup */
+}
+
+/* A read ahead of the end on several partitions: the walk tells of each
+ * one (a worker asks the brokers about them all in one question), and the
+ * verdict names one of them. */
+KVS_TEST(every_partition_ahead_is_told)
+{
+    kvs_freshreq_t c;
+    kvs_pos_set_t set;
+    kvs_buf_t tok;
+    setup(KVS_PARTITIONER_MURMUR2);
+    kvs_pos_set_init(&set);
+    kvs_buf_init(&tok);
+    /* ends are 100: 3, 7 and 11 are ahead, 5 is not; 4 is another shard's */
+    static const uint32_t parts[] = {3, 4, 5, 7, 11};
+    static const int64_t offsets[] = {200, 300, 50, 101, 150};
+    for (size_t i = 0; i < 5; i++)
+        CHECK_EQ(kvs_pos_set_add(&set, "t", 1, parts[i], offsets[i]), 0);
+    kvs_pos_set_normalize(&set);
+    CHECK_EQ(kvs_pos_set_encode(&set, &tok), 0);
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    req.hgetall = &m;
+    req.min_position.data = tok.data;
+    req.min_position.len = tok.len;
+    kvs_freshreq_init(&c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    c.ahead = note_ahead;
+    CHECK_EQ(kvs_freshreq_request(&c, &req, &fx.arena), 0);
+    CHECK_EQ(c.verdict, KVS_FRESH_AHEAD);
+    CHECK(c.partition == 3 || c.partition == 7 || c.partition == 11);
+    for (uint32_t p = 0; p < PARTS; p++) {
+        unsigned told = fx.l.calls[p] / 100, looked = fx.l.calls[p] % 100;
+        CHECK_EQ(told, (unsigned)(p == 3 || p == 7 || p == 11));
+        CHECK_EQ(looked, (unsigned)(p % SHARDS == SHARD));
+    }
+    /* Without the callback nothing is told (the router's local reads). */
+    memset(fx.l.calls, 0, sizeof(fx.l.calls));
+    kvs_freshreq_init(&c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    CHECK(c.ahead == NULL);
+    CHECK_EQ(kvs_freshreq_request(&c, &req, &fx.arena), 0);
+    CHECK_EQ(c.verdict, KVS_FRESH_AHEAD);
+    for (uint32_t p = 0; p < PARTS; p++)
+        CHECK(fx.l.calls[p] < 100);
+    kvs_arena_close(&fx.arena);
+    kvs_buf_free(&tok);
+    kvs_pos_set_free(&set);
+}
+
 /* The worker and the router's local reads ask this one question. */
 KVS_TEST(every_read_but_hlen_is_held_to_the_rules)
 {
@@ -135,4 +191,5 @@ KVS_TEST(every_read_but_hlen_is_held_to_the_rules)
 KVS_TEST_MAIN(KVS_CASE(every_read_but_hlen_is_held_to_the_rules),
               KVS_CASE(many_keys_look_up_each_partition_once),
               KVS_CASE(no_partitioner_walks_the_owned_partitions_once),
-              KVS_CASE(a_partition_behind_still_holds_the_read_back))
+              KVS_CASE(a_partition_behind_still_holds_the_read_back),
+              KVS_CASE(every_partition_ahead_is_told))
