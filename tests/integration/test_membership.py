@@ -431,6 +431,46 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def restart_worker(self, router, shard):
+        """kill -9 of shard's worker; waits until its successor answers Info."""
+        old = router.kill_worker(shard)
+
+        def serves():
+            if router.worker_pid(shard) in (None, old):
+                return False
+            try:
+                return "shard.%03u.replicas" % shard in info_pairs(router.socket_path(shard), 2)
+            except (OSError, AssertionError):
+                return False
+        self.assertTrue(wait_until(serves, 20), router.stderr()[-3000:])
+
+    def test_a_worker_restarted_after_a_change_runs_the_map_the_routers_run(self):
+        # After a failed change a worker the master restarts runs the
+        # previous map (its snapshot), as the serving router processes and
+        # the other workers do, though the file holds the new one; after a
+        # change that went through, the new map.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        bad = os.path.join(a.data_dir, "shard-2")  # the new worker exits 78: the change fails
+        os.mkdir(bad, 0o700)
+        shutil.copy(os.path.join(a.data_dir, "shard-0", "data.mdb"), bad)
+        set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)  # shard 0: 2 replicas -> 1
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+        self.assertIn("membership change failed", a.stderr())
+        self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
+        self.restart_worker(a, 0)
+        self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
+        shutil.rmtree(bad)
+        self.reload(a, 2)
+        self.assertTrue(wait_until(
+            lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 1, 10))
+        self.restart_worker(a, 0)
+        self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 1)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_change_whose_router_process_cannot_listen_leaves_the_sockets_to_the_serving_ones(
             self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
