@@ -24,8 +24,10 @@
  * changed cluster.nodes (kvs_config_apply_map: the shard's replica count,
  * which decides whether unbound tables may be written), then tls.node's
  * certificate, key and CA are read again from their files (connections
- * already open keep theirs). Until its handler is installed (a snapshot
- * copy included) SIGHUP is ignored: the file is read when it starts.
+ * already open keep theirs). A SIGHUP that comes while the process starts
+ * (a snapshot copy included) waits, blocked, for the handler, which then
+ * reads the file: a worker kvs-router started before a reload began from
+ * the master's snapshot of the time (--config-fd), so it must not miss it.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
@@ -642,10 +644,14 @@ int main(int argc, char **argv)
     int n_addrs = 0;
 
     signal(SIGPIPE, SIG_IGN);
-    /* A reload (SIGHUP) that comes while this process starts must not kill
-     * it: ignored until the loop's handler takes over (libuv resets the
-     * disposition in the processes it spawns). */
-    signal(SIGHUP, SIG_IGN);
+    /* A reload (SIGHUP) that comes while this process starts must neither
+     * kill it nor be lost: blocked until the loop's handler takes over
+     * (libuv resets the disposition and the mask in the processes it
+     * spawns). */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
     kvs_log_init("node", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
@@ -688,6 +694,7 @@ int main(int argc, char **argv)
     /* Before the listeners: a client may reload as soon as it can connect
      * (the handlers run once the loop does, when everything exists). */
     watch_signals(&m);
+    sigprocmask(SIG_UNBLOCK, &hup, NULL); /* one that came meanwhile now reloads */
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         kvs_shardstate_close(m.state);

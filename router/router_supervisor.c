@@ -56,7 +56,7 @@
 
 #define SUP_MAX_REPORT_FD 9 /* highest child fd the supervisor sets up */
 /* A child younger than this gets SIGHUP and SIGUSR2 only when it reaches
- * this age: between exec and the line of main() that ignores them (or
+ * this age: between exec and the line of main() that ignores or blocks them (or
  * installs a handler) their default action would kill it. */
 #define SUP_SIGNAL_AGE_MS 1000
 #define SUP_LINE_MAX 256

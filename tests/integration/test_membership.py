@@ -18,7 +18,7 @@ import time
 import unittest
 
 from kafkatest import info_pairs, wait_until
-from kvstest import HOST, Client, free_port, pyval, req_hget, req_hset
+from kvstest import HOST, Client, free_port, pb, pyval, req_hget, req_hset
 from routertest import procs_for_config
 from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
@@ -468,6 +468,52 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             lambda: info_pairs(a.socket_path(0))["shard.000.replicas"] == 1, 10))
         self.restart_worker(a, 0)
         self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 1)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_reload_while_a_worker_starts_reaches_it(self):
+        # A worker the master restarted after the file was edited is still
+        # starting (copying a snapshot from b, whose worker hangs) when the
+        # reload's SIGHUP comes (the supervisor holds it back until the
+        # worker is 1 s old): once it serves, it runs the reloaded
+        # configuration (its slow log takes every command), as every other
+        # process does.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        edit(a, "log: {level: info}", "log: {level: info, slow_threshold: 0}")
+        source = b.workers()[0]
+        os.kill(source, signal.SIGSTOP)
+        try:
+            copies = a.stderr().count("copying a snapshot from node b")
+            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
+            a.kill_worker(0)
+            self.assertTrue(wait_until(
+                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
+                a.stderr()[-3000:])
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
+                10), a.stderr()[-3000:])
+            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+        finally:
+            os.kill(source, signal.SIGCONT)
+        key = next(b"k-%d" % i for i in range(400) if shard_of_key(b"k-%d" % i) == 0)
+
+        def logs_every_read():
+            req = pb.CommandRequest()
+            req.slowlog.reset = True
+            try:
+                with Client(a.socket_path(0), timeout=2) as w:
+                    if w.call(req).status != 200:
+                        return False
+                    for _ in range(5):
+                        if w.call(req_hget(TABLE, key)).status not in (200, 404):
+                            return False
+                    req.slowlog.reset = False
+                    return [e.command for e in w.call(req).ops.slowlog].count("Hget") == 5
+            except OSError:
+                return False
+        self.assertTrue(wait_until(logs_every_read, 20), a.stderr()[-3000:])
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
