@@ -313,6 +313,29 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
         self.assertEqual(a.stop(), 0)
 
+    def test_a_shard_that_moves_wholly_onto_this_node_copies_its_previous_owner(self):
+        # Shard 2 goes from b alone to a alone. a's new worker starts from
+        # the map a serves until the switch, in which b holds shard 2: it
+        # copies b's snapshot, so a table bound to no topic (which no
+        # replay brings back) comes along. In the new map it would have no
+        # peer, start empty, and the rows would be gone from a's view.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        keys = [b"u-%d" % i for i in range(400) if shard_of_key(b"u-%d" % i) == 2][:5]
+        with a.client() as c:
+            for k in keys:
+                self.assertEqual(c.call(req_hset("plain", k, "v")).status, 200)
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3]}, bases)
+        self.reload(a, 1)
+        self.assertIn("shard 2 has no data yet: copying a snapshot from node b", a.stderr())
+        with a.client() as c:
+            for k in keys:
+                resp = c.call(req_hget("plain", k))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, "v"), resp.message)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_change_whose_new_worker_never_serves_fails_and_the_old_map_serves_on(self):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         notify = NotifySocket()
