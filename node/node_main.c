@@ -193,6 +193,10 @@ static int parse_args(int argc, char **argv, node_args_t *a)
         usage(stderr);
         return -1;
     }
+    if (a->config_fd >= 0 && a->config_fd == a->report_fd) {
+        fprintf(stderr, "kvs-node: --config-fd and --report-fd must be different descriptors\n");
+        return -1;
+    }
     return 0;
 }
 

@@ -251,12 +251,10 @@ static int load_snapshot(master_t *m)
 /* The workers start from `fd`'s text from now on. */
 static void set_worker_snapshot(master_t *m, int fd)
 {
-    if (dup2(fd, m->worker_config_fd) < 0) /* onto an open descriptor: not expected to fail */
+    if (dup3(fd, m->worker_config_fd, O_CLOEXEC) < 0) /* onto an open descriptor */
         kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
                  "restarts runs the previous one",
                  strerror(errno));
-    else
-        fcntl(m->worker_config_fd, F_SETFD, FD_CLOEXEC);
 }
 
 /* One node per data directory: an flock held for the life of the master

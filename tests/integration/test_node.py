@@ -11,7 +11,7 @@ import struct
 import subprocess
 import unittest
 
-from kvstest import (NodeTestCase, pyval, req_hdel, req_hexist, req_hget, req_hmget, req_hmset,
+from kvstest import (BUILD_DIR, NodeTestCase, pyval, req_hdel, req_hexist, req_hget, req_hmget, req_hmset,
                      req_hset, req_ping)
 
 EMPTY = None  # pyval() of an empty Value
@@ -419,6 +419,21 @@ class NodeTest(NodeTestCase):
             self.assertEqual([vals(r) for r in ra[1:]], [["a%d" % i] for i in range(299)])
             self.assertEqual(vals(b.hget("il2", "x")), ["a299"])
             self.assertEqual(len(a.hgetall("il").pairs), 200)
+
+
+class CommandLineTest(unittest.TestCase):
+    def test_bad_command_lines_exit_2_and_say_why(self):
+        exe = os.path.join(BUILD_DIR, "kvs-node")
+        for args, said in (
+                (["--shard", "x"], "--shard must be a non-negative integer"),
+                (["--shard", "0", "--report-fd", "2"], "--report-fd must be a file descriptor"),
+                (["--shard", "0", "--config-fd", "x"], "--config-fd must be a file descriptor"),
+                (["--shard", "0", "--config-fd", "5", "--report-fd", "5"],
+                 "--config-fd and --report-fd must be different descriptors")):
+            out = subprocess.run([exe, "--config", "/nonexistent.yaml"] + args,
+                                 capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 2, (args, out.stderr))
+            self.assertIn(said, out.stderr, args)
 
 
 if __name__ == "__main__":
