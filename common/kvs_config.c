@@ -1893,6 +1893,25 @@ int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, 
     return rc;
 }
 
+int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out, char *err,
+                         size_t errlen, int *fell_back)
+{
+    *fell_back = 0;
+    if (from != NULL) {
+        int fd;
+        do
+            fd = open(from, O_RDONLY | O_CLOEXEC);
+        while (fd < 0 && errno == EINTR);
+        if (fd >= 0) {
+            int rc = kvs_config_load_fd(path, fd, out, err, errlen);
+            close(fd);
+            return rc;
+        }
+        *fell_back = errno;
+    }
+    return kvs_config_load(path, out, err, errlen);
+}
+
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen)
 {
     char *text = NULL;

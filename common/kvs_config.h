@@ -332,6 +332,14 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
  * the master's snapshot of the file this way. */
 int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen);
 
+/* A reload's text: what `from` names (a process's snapshot of the file,
+ * /proc/PID/fd/N: every process of a node applies the text the master
+ * accepted, even if the file changed again since), or, when `from` is NULL
+ * or cannot be opened, the file `path` itself (then *fell_back is the
+ * errno of that open, else 0). Returns as kvs_config_load. */
+int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out, char *err,
+                         size_t errlen, int *fell_back);
+
 /* Same, from a string; `name` stands in for the file name in messages. */
 int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_t **out, char *err,
                      size_t errlen);

@@ -15,7 +15,9 @@
  * Normally started by kvs-router; runs stand-alone just as well.
  *
  * SIGHUP (the kvs-router master passes its own on once it accepted the
- * file) re-reads the config file. A file that does not load, or that
+ * file) reads the config again: the text the master accepted
+ * (--reload-from, its snapshot through /proc; the file itself if that
+ * cannot be opened, or when kvs-node runs alone). A file that does not load, or that
  * changes a key that cannot change live (kvs_config_reload_check), leaves
  * everything as it was, saying why. Otherwise the live keys apply
  * (kvs_config_apply_live moves them into the running config, which every
@@ -26,8 +28,8 @@
  * certificate, key and CA are read again from their files (connections
  * already open keep theirs). A SIGHUP that comes while the process starts
  * (a snapshot copy included) waits, blocked, for the handler, which then
- * reads the file: a worker kvs-router started before a reload began from
- * the master's snapshot of the time (--config-fd), so it must not miss it.
+ * reloads: a worker kvs-router started before a reload began from the
+ * master's snapshot of the time (--config-fd), so it must not miss it.
  *
  * Exit status: 0 after a signal, 2 for a bad command line, 78 (EX_CONFIG,
  * sysexits.h) when the configuration can never work for this shard, so a
@@ -80,6 +82,7 @@ typedef struct node_args_s {
     long parent_pid; /* --exit-with-parent=PID: the parent it must have; 0: the one it has */
     int report_fd;   /* -1: none */
     int config_fd;   /* --config-fd: the text to start from, or -1 (read --config) */
+    const char *reload_from; /* --reload-from: the text a reload reads, or NULL (--config) */
 } node_args_t;
 
 typedef struct node_main_s {
@@ -97,7 +100,8 @@ typedef struct node_main_s {
     node_digest_t *digest;
     node_snapshot_t *snapshot;
     const char *config_path;
-    kvs_config_t *cfg; /* the running config (live reload changes its live keys in place) */
+    const char *reload_from; /* --reload-from, or NULL */
+    kvs_config_t *cfg;       /* the running config (live reload changes its live keys in place) */
     uv_timer_t drain;
     int signals;
     int exit_code;
@@ -122,7 +126,10 @@ static void usage(FILE *f)
                "                      the reason to fd N (used by kvs-router)\n"
                "  --config-fd N       start from the config text open on fd N (kvs-router's\n"
                "                      snapshot of FILE, so an edit not reloaded yet is not\n"
-               "                      picked up by a restart); a reload (SIGHUP) reads FILE\n");
+               "                      picked up by a restart)\n"
+               "  --reload-from PATH  a reload (SIGHUP) reads the text at PATH (kvs-router's\n"
+               "                      snapshot of what it accepted, /proc/PID/fd/N), or FILE\n"
+               "                      if PATH cannot be opened; without it, FILE\n");
 }
 
 static int parse_args(int argc, char **argv, node_args_t *a)
@@ -134,6 +141,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"exit-with-parent", optional_argument, NULL, 'p'},
                                          {"report-fd", required_argument, NULL, 'r'},
                                          {"config-fd", required_argument, NULL, 'f'},
+                                         {"reload-from", required_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
@@ -155,6 +163,9 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             break;
         case 'l':
             a->listen = optarg;
+            break;
+        case 'R':
+            a->reload_from = optarg;
             break;
         case 'u':
             a->socket = optarg;
@@ -441,7 +452,13 @@ static int reload_config(node_main_t *m)
 {
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
-    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+    int fell_back = 0;
+    int loaded =
+        kvs_config_load_from(m->config_path, m->reload_from, &next, err, sizeof(err), &fell_back);
+    if (fell_back != 0)
+        kvs_warn("reload: cannot read kvs-router's snapshot %s (%s); reading %s itself",
+                 m->reload_from, strerror(fell_back), m->config_path);
+    if (loaded != 0) {
         kvs_error("reload: %s; the running configuration is unchanged", err);
         node_server_count_reload(m->srv, "error");
         return -1;
@@ -592,7 +609,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
                      ? kvs_config_load_fd(args->config, args->config_fd, cfg, err, sizeof(err))
                      : kvs_config_load(args->config, cfg, err, sizeof(err));
     if (args->config_fd >= 0)
-        close(args->config_fd); /* read whole: a reload reads the file */
+        close(args->config_fd); /* read whole: a reload reads --reload-from */
     if (loaded != 0)
         return config_fatal(m, "%s", err);
     kvs_log_level_t level = KVS_LOG_INFO;
@@ -692,6 +709,7 @@ int main(int argc, char **argv)
         return finish(&m, rc);
     }
     m.config_path = args.config;
+    m.reload_from = args.reload_from;
     m.cfg = cfg;
 
     m.loop = uv_default_loop();

@@ -35,7 +35,8 @@
  *
  * SIGHUP (passed on by the master once its own check accepted the file,
  * see router_master.c) is a live reload: the router process loads the
- * config file again itself, takes its share of it, and checks it against
+ * text the master accepted (--reload-from; the file itself if that cannot
+ * be opened, or without a master), takes its share of it, and checks it against
  * its running config with the same rules (kvs_config_reload_check: a file
  * that does not load, or that changes a key that cannot change live,
  * changes nothing, logged). Otherwise the live keys move into the running
@@ -105,8 +106,9 @@ typedef struct router_main_s {
     long index; /* --router: this router process's index; -1: the master */
     long gen;   /* --generation */
     long n_procs;
-    long master; /* --master: the pid of the master that started this router process */
-    int next;    /* --next: a membership change's new generation (router_t.admin_next) */
+    long master;             /* --master: the pid of the master that started this router process */
+    const char *reload_from; /* --reload-from: the text a reload reads (the master's), or NULL */
+    int next; /* --next: a membership change's new generation (router_t.admin_next) */
     uv_signal_t sigterm, sigint, sighup, sigusr2;
     uv_timer_t timer; /* drain deadline */
     int signals;
@@ -139,11 +141,15 @@ static long number_arg(const char *s, long max)
 
 static int parse_args(int argc, char **argv, router_main_t *m)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},    {"help", no_argument, NULL, 'h'},
-        {"router", required_argument, NULL, 'r'},    {"generation", required_argument, NULL, 'g'},
-        {"processes", required_argument, NULL, 'p'}, {"master", required_argument, NULL, 'm'},
-        {"next", no_argument, NULL, 'n'},            {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"router", required_argument, NULL, 'r'},
+                                         {"generation", required_argument, NULL, 'g'},
+                                         {"processes", required_argument, NULL, 'p'},
+                                         {"master", required_argument, NULL, 'm'},
+                                         {"next", no_argument, NULL, 'n'},
+                                         {"reload-from", required_argument, NULL, 'R'},
+                                         {NULL, 0, NULL, 0}};
     int ch, bad = 0;
     m->index = m->gen = m->n_procs = m->master = -1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -162,6 +168,8 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             bad |= (m->master = number_arg(optarg, INT32_MAX)) < 1;
         } else if (ch == 'n') {
             m->next = 1;
+        } else if (ch == 'R') {
+            m->reload_from = optarg;
         } else {
             bad = 1;
         }
@@ -169,7 +177,8 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     /* --router needs the other three; the master takes none of them. */
     if (m->index >= 0 && (m->gen < 0 || m->n_procs < 1 || m->index >= m->n_procs || m->master < 1))
         bad = 1;
-    if (m->index < 0 && (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0 || m->next))
+    if (m->index < 0 &&
+        (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0 || m->next || m->reload_from))
         bad = 1;
     if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
@@ -416,7 +425,13 @@ static int reload_config(router_main_t *m)
 {
     char err[1024], changed[512], fixed[512];
     kvs_config_t *next = NULL;
-    if (kvs_config_load(m->config_path, &next, err, sizeof(err)) != 0) {
+    int fell_back = 0;
+    int loaded =
+        kvs_config_load_from(m->config_path, m->reload_from, &next, err, sizeof(err), &fell_back);
+    if (fell_back != 0)
+        kvs_warn("reload: cannot read the master's snapshot %s (%s); reading %s itself",
+                 m->reload_from, strerror(fell_back), m->config_path);
+    if (loaded != 0) {
         kvs_error("reload: %s; the running configuration is unchanged", err);
         m->reloads[1]++;
         return -1;

@@ -40,12 +40,12 @@
  * the master takes the live keys (kvs_config_apply_live), the new snapshot
  * replaces the old one (a router process restarted from now on runs it),
  * and SIGHUP is passed on to every router process and worker. Each of them
- * loads the file itself and checks it against its own running config with
- * the same rules before it applies the live keys, then reloads its TLS
- * material (router_main.c, node_main.c): so no process ever applies a
- * change that is not live, even if the file is edited again while the
- * reload runs (then some may refuse what the master accepted, logged;
- * reload again).
+ * loads the text the master accepted (reload_fd, through /proc/PID/fd/N:
+ * --reload-from; the file itself only if that cannot be opened), so an
+ * edit made after the master read the file reaches no process, and checks
+ * it against its own running config with the same rules before it applies
+ * the live keys, then reloads its TLS material (router_main.c,
+ * node_main.c): so no process ever applies a change that is not live.
  *
  * Membership change (a reload whose cluster.nodes differs; the map must
  * still load, name this node at the same address, and everything else of
@@ -157,6 +157,12 @@ struct master_s {
      * config_fd, at one number for the workers' supervisor, which passes
      * whatever it holds to each worker it starts). */
     int worker_config_fd;
+    /* The text of the last reload the master accepted (a copy of the
+     * serving or the new map's snapshot), which every child's reload reads
+     * through /proc (reload_arg: --reload-from), not the file: an edit
+     * made after the master read it reaches no process. */
+    int reload_fd;
+    char reload_arg[64];
     uint32_t n_procs, n_local;
     router_sup_t *workers;
     rgen_t *routers; /* the generation serving clients */
@@ -240,11 +246,13 @@ static int load_snapshot(master_t *m)
         kvs_error("%s", err);
         return EX_CONFIG;
     }
-    if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
+        (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
                   strerror(errno));
         return EX_CONFIG;
     }
+    snprintf(m->reload_arg, sizeof(m->reload_arg), "/proc/%ld/fd/%d", (long)getpid(), m->reload_fd);
     return 0;
 }
 
@@ -346,14 +354,15 @@ static int resolve_listeners(master_t *m)
 /* The args of a router process (before --generation and --router), in
  * args[0..ROUTER_ARGS) with the numbers in n_arg and pid_arg; `next` for
  * a membership change's new generation (router_main.c). */
-#define ROUTER_ARGS 8
-static void router_args(const master_t *m, int next, const char *args[ROUTER_ARGS],
-                        char n_arg[12], char pid_arg[24])
+#define ROUTER_ARGS 10
+static void router_args(const master_t *m, int next, const char *args[ROUTER_ARGS], char n_arg[12],
+                        char pid_arg[24])
 {
     snprintf(n_arg, 12, "%u", m->n_procs);
     snprintf(pid_arg, 24, "%ld", (long)getpid());
-    const char *a[ROUTER_ARGS] = {"--config", m->config_path, "--processes", n_arg, "--master",
-                                  pid_arg,    next ? "--next" : NULL, NULL};
+    const char *a[ROUTER_ARGS] = {
+        "--config",      m->config_path, "--processes",          n_arg, "--master", pid_arg,
+        "--reload-from", m->reload_arg,  next ? "--next" : NULL, NULL};
     memcpy(args, a, sizeof(a));
 }
 
@@ -825,6 +834,11 @@ static int reload_config(master_t *m, int *map)
             m->next_config_fd = fd;
             fd = -1;
         }
+        /* What every child's reload reads from now on (before they are told). */
+        if (dup3(*map ? m->next_config_fd : m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
+            kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s "
+                     "itself",
+                     strerror(errno), m->config_path);
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);
@@ -1107,8 +1121,9 @@ static int start_workers(master_t *m)
             local[m->n_local++] = s;
     char parent_arg[48];
     snprintf(parent_arg, sizeof(parent_arg), "--exit-with-parent=%ld", (long)getpid());
-    const char *args[] = {"--config",    m->config_path, parent_arg,           "--report-fd",
-                          REPORT_FD_ARG, "--config-fd",  WORKER_CONFIG_FD_ARG, NULL};
+    const char *args[] = {
+        "--config",    m->config_path,       parent_arg,      "--report-fd", REPORT_FD_ARG,
+        "--config-fd", WORKER_CONFIG_FD_ARG, "--reload-from", m->reload_arg, NULL};
     const router_sup_fd_t fds[] = {{WORKER_CONFIG_FD, m->worker_config_fd}};
     router_sup_opts_t o = {
         .loop = m->loop,
@@ -1232,7 +1247,7 @@ int router_master_run(const char *config_path, const char *argv0)
 {
     static master_t m; /* zeroed; lives for the whole process */
     m.config_path = config_path;
-    m.lock_fd = m.config_fd = m.next_config_fd = m.worker_config_fd = -1;
+    m.lock_fd = m.config_fd = m.next_config_fd = m.worker_config_fd = m.reload_fd = -1;
     int rc = master_prepare(&m, argv0);
     if (rc != 0) {
         kvs_config_free(m.cfg);

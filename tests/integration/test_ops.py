@@ -508,6 +508,30 @@ class ReloadTest(RouterTestCase):
         with r.worker_client(shard) as w:
             self.assertIn("Hset", [e.command for e in w.call(slowlog_req()).ops.slowlog])
 
+    def test_a_reload_applies_the_text_the_master_read_not_a_later_edit(self):
+        """Each process handles a reload some time after the master
+        accepted it (a worker during a membership change: at the switch,
+        seconds later). It reads the master's snapshot of the file, not the
+        file: an edit made meanwhile reaches no process. A worker stopped
+        (SIGSTOP) holds the reload until the file is back as it was."""
+        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        shard = r.shard_of(b"k")
+        pid = r.worker_pid(shard)
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
+        self.hup(r, "SIGHUP: passed on to 1 router process(es) and 2 worker(s)")
+        self.rewrite(r, "slow_threshold: 0", "slow_threshold: off")  # edited again
+        os.kill(pid, signal.SIGCONT)
+        line = re.compile(r"node\[%d\] INFO +configuration reloaded from %s "
+                          r"\(log\.slow_threshold\)" % (shard, re.escape(r.config)))
+        self.assertTrue(wait_until(lambda: line.search(r.stderr()), WAIT), r.stderr()[-3000:])
+        self.assertNotIn("cannot read", r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        with r.worker_client(shard) as w:
+            self.assertIn("Hset", [e.command for e in w.call(slowlog_req()).ops.slowlog])
+
     def test_keys_of_security_and_replicas_are_classified(self):
         """router.retry_burst (replicas' retry budget) and limits.auth_failures
         change live in every process; users cannot (refused whole)."""

@@ -631,6 +631,46 @@ KVS_TEST(router_processes)
                 "(got \"auto\")");
 }
 
+/* A reload's text: the snapshot another process holds, through
+ * /proc/PID/fd/N, named after the config file; the file itself when the
+ * snapshot cannot be opened (saying why) or is not given. */
+KVS_TEST(load_from_a_snapshot_or_the_file)
+{
+    char file[] = "/tmp/kvs_test_config_XXXXXX", snap[] = "/tmp/kvs_test_snap_XXXXXX";
+    const char file_text[] = "cluster: {shards: 3}\n", snap_text[] = "cluster: {shards: 5}\n";
+    int ffd = mkstemp(file), sfd = mkstemp(snap);
+    CHECK(ffd >= 0 && sfd >= 0);
+    CHECK_EQ(write(ffd, file_text, strlen(file_text)), (long long)strlen(file_text));
+    CHECK_EQ(write(sfd, snap_text, strlen(snap_text)), (long long)strlen(snap_text));
+    char from[64];
+    snprintf(from, sizeof(from), "/proc/%ld/fd/%d", (long)getpid(), sfd);
+    kvs_config_t *c = NULL;
+    int fell_back = -1;
+    CHECK_EQ(kvs_config_load_from(file, from, &c, err, sizeof(err), &fell_back), 0);
+    CHECK_EQ(fell_back, 0);
+    CHECK_EQ(c->shards, 5);
+    CHECK_STR(c->path, file);
+    kvs_config_free(c);
+    CHECK_EQ(kvs_config_load_from(file, NULL, &c, err, sizeof(err), &fell_back), 0);
+    CHECK_EQ(fell_back, 0);
+    CHECK_EQ(c->shards, 3);
+    kvs_config_free(c);
+    CHECK_EQ(kvs_config_load_from(file, "/proc/1/fd/999999", &c, err, sizeof(err), &fell_back), 0);
+    CHECK(fell_back == ENOENT || fell_back == EACCES);
+    CHECK_EQ(c->shards, 3);
+    kvs_config_free(c);
+    /* A snapshot that does not load is an error naming the file. */
+    CHECK_EQ(ftruncate(sfd, 0), 0);
+    CHECK_EQ(pwrite(sfd, "cluster: [\n", 11, 0), 11);
+    CHECK(kvs_config_load_from(file, from, &c, err, sizeof(err), &fell_back) != 0);
+    CHECK(c == NULL);
+    CHECK_EQ(strncmp(err, file, strlen(file)), 0);
+    close(ffd);
+    close(sfd);
+    unlink(file);
+    unlink(snap);
+}
+
 /* The snapshot a router process loads: the descriptor's whole content from
  * offset 0, whatever its current offset, which stays where it was. */
 KVS_TEST(load_from_descriptor)
@@ -1328,11 +1368,12 @@ KVS_TEST(apply_live_swaps_only_live_values)
     kvs_config_free(cur);
 }
 
-KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their_grants),
-              KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map),
-              KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
-              KVS_CASE(ops_keys_defaults_and_values), KVS_CASE(plugins_list),
-              KVS_CASE(reload_check_names_the_keys), KVS_CASE(reload_check_classifies_main_keys),
+KVS_TEST_MAIN(KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
+              KVS_CASE(users_and_their_grants), KVS_CASE(secret_kafka_properties),
+              KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
+              KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
+              KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
+              KVS_CASE(reload_check_classifies_main_keys),
               KVS_CASE(reload_check_cluster_map_is_live),
               KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
               KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
@@ -1347,8 +1388,7 @@ KVS_TEST_MAIN(KVS_CASE(tls_sections_inherit_and_check), KVS_CASE(users_and_their
               KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
               KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
               KVS_CASE(ready_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
-              KVS_CASE(load_from_descriptor),
-              KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
-              KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
-              KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
-              KVS_CASE(bindings_partitioner))
+              KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
+              KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
+              KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table),
+              KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
