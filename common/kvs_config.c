@@ -1893,15 +1893,21 @@ int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, 
     return rc;
 }
 
+static int open_read(const char *path)
+{
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
 int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out, char *err,
                          size_t errlen, int *fell_back)
 {
     *fell_back = 0;
     if (from != NULL) {
-        int fd;
-        do
-            fd = open(from, O_RDONLY | O_CLOEXEC);
-        while (fd < 0 && errno == EINTR);
+        int fd = open_read(from);
         if (fd >= 0) {
             int rc = kvs_config_load_fd(path, fd, out, err, errlen);
             close(fd);
@@ -1916,11 +1922,8 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
 {
     char *text = NULL;
     size_t len = 0;
-    int fd;
     *out = NULL;
-    do
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-    while (fd < 0 && errno == EINTR);
+    int fd = open_read(path);
     if (fd < 0)
         return file_error(path, "cannot open", -errno, err, errlen);
     int rc = read_fd(fd, &text, &len);

@@ -8,10 +8,10 @@
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <uv.h>
+#include <time.h>
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, const char *client,
                     char *err, size_t errlen)
@@ -59,76 +59,66 @@ void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *r
 typedef struct closer_s {
     rd_kafka_t *rk;
     int flags;
-    uv_mutex_t mu;
-    uv_cond_t cv;
-    int done;
     struct closer_s *next;
 } closer_t;
 
-static atomic_int left_running;
 static closer_t *left;          /* the closers left running: still theirs, never freed */
-static uint64_t close_deadline; /* uv_hrtime: the first destroy's start + its timeout */
+static uint64_t close_deadline; /* CLOCK_MONOTONIC ns: the first destroy's start + its timeout */
 
-static void closer_run(void *arg)
+static void *closer_run(void *arg)
 {
-    closer_t *c = arg;
+    const closer_t *c = arg;
     rd_kafka_destroy_flags(c->rk, c->flags);
-    uv_mutex_lock(&c->mu);
-    c->done = 1;
-    uv_cond_signal(&c->cv);
-    uv_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static uint64_t now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 int node_kafka_destroy(rd_kafka_t *rk, int flags, uint64_t timeout_ms, const char *client)
 {
     closer_t *c = calloc(1, sizeof(*c));
-    uv_thread_t t;
-    if (c == NULL || uv_mutex_init(&c->mu) != 0) {
+    pthread_t t;
+    if (c != NULL) {
+        c->rk = rk;
+        c->flags = flags;
+    }
+    if (c == NULL || pthread_create(&t, NULL, closer_run, c) != 0) {
         free(c);
-        rd_kafka_destroy_flags(rk, flags); /* unbounded, but never skipped */
+        rd_kafka_destroy_flags(rk, flags); /* cannot be bounded: unbounded, never skipped */
         return 0;
     }
-    if (uv_cond_init(&c->cv) != 0) {
-        uv_mutex_destroy(&c->mu);
+    /* One budget for every client of the process, not one each: a
+     * worker's stop closes its producer, then its consumer. */
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (close_deadline == 0)
+        close_deadline = now + timeout_ms * 1000000u;
+    /* pthread_timedjoin_np waits until a CLOCK_REALTIME time. */
+    uint64_t until = now_ns(CLOCK_REALTIME) + (close_deadline > now ? close_deadline - now : 0);
+    struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                          .tv_nsec = (long)(until % 1000000000u)};
+    int rc;
+    while ((rc = pthread_timedjoin_np(t, NULL, &ts)) == EINTR)
+        ;
+    if (rc == 0) {
         free(c);
-        rd_kafka_destroy_flags(rk, flags);
         return 0;
     }
-    c->rk = rk;
-    c->flags = flags;
-    if (uv_thread_create(&t, closer_run, c) != 0) {
-        closer_run(c);
-    } else {
-        /* One budget for every client of the process, not one each: a
-         * worker's stop closes its producer, then its consumer. */
-        if (close_deadline == 0)
-            close_deadline = uv_hrtime() + timeout_ms * 1000000u;
-        uint64_t deadline = close_deadline;
-        uv_mutex_lock(&c->mu);
-        for (uint64_t now = uv_hrtime(); !c->done && now < deadline; now = uv_hrtime())
-            (void)uv_cond_timedwait(&c->cv, &c->mu, deadline - now);
-        int done = c->done;
-        uv_mutex_unlock(&c->mu);
-        if (!done) {
-            c->next = left; /* the thread still uses it */
-            left = c;
-            atomic_store(&left_running, 1);
-            kvs_warn("kafka: the %s did not close within %llu ms (the time a stop gives its "
-                     "Kafka clients; a consumer waits for its group's offset commits, and for a "
-                     "coordinator to take them); leaving it to the process exit. Nothing is "
-                     "lost: LMDB holds what was applied.",
-                     client, (unsigned long long)timeout_ms);
-            return -ETIMEDOUT;
-        }
-        uv_thread_join(&t);
-    }
-    uv_cond_destroy(&c->cv);
-    uv_mutex_destroy(&c->mu);
-    free(c);
-    return 0;
+    c->next = left; /* the thread still runs */
+    left = c;
+    kvs_warn("kafka: the %s did not close within %llu ms (the time a stop gives its "
+             "Kafka clients; a consumer waits for its group's offset commits, and for a "
+             "coordinator to take them); leaving it to the process exit. Nothing is "
+             "lost: LMDB holds what was applied.",
+             client, (unsigned long long)timeout_ms);
+    return -ETIMEDOUT;
 }
 
 int node_kafka_left_running(void)
 {
-    return atomic_load(&left_running);
+    return left != NULL;
 }
