@@ -44,7 +44,6 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define KVS_CONFIG_MAX_FILE (64u << 20) /* a config file larger than this is a mistake */
 #define KVS_TABLE_NAME_MAX 200
 #define KVS_TOPIC_NAME_MAX 249  /* Kafka's own limit */
 #define KVS_SOCKET_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 */

@@ -319,6 +319,10 @@ typedef struct kvs_config_s {
     size_t n_plugins;
 } kvs_config_t;
 
+/* A config file larger than this is a mistake (or not a file: /dev/zero);
+ * it is refused (EFBIG) before more of it is read. */
+#define KVS_CONFIG_MAX_FILE (64u << 20)
+
 /* Loads and validates `path`. On success returns 0 and *out owns a config
  * (free with kvs_config_free). On failure returns KVS_ECONFIG (or -errno if
  * the file cannot be read) and writes "file:line:column: message" (or

@@ -210,9 +210,14 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
     int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     int rc = out < 0 ? -errno : 0;
     char buf[65536];
+    size_t total = 0;
     for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
         if (n < 0 && errno == EINTR)
             continue;
+        if (n > 0 && (total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
+            rc = -EFBIG; /* the loader would refuse it: copy no more */
+            break;
+        }
         ssize_t w = n < 0 ? -1 : write(out, buf, (size_t)n);
         if (w != n) /* a memfd takes it whole, short of memory */
             rc = w < 0 ? -errno : -ENOSPC;

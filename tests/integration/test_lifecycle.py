@@ -106,6 +106,31 @@ class LifecycleTest(RouterTestCase):
                          % (line, r.port))
         self.assert_nothing_started(r)
 
+    def test_a_config_that_never_ends_is_refused_at_its_size_limit(self):
+        """A config path that is not a file of sane size (/dev/zero) used to
+        be copied into the master's snapshot until memory ran out, at start
+        and at a reload (the master's loop stuck meanwhile). It is refused
+        once past the loader's 64 MiB limit: at start with 78, at a reload
+        with the running configuration unchanged."""
+        out = subprocess.run([os.path.join(BUILD_DIR, "kvs-router"), "--config", "/dev/zero"],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        self.assertIn("/dev/zero: cannot read: File too large", out.stderr)
+        r = self.router(shards=2)
+        saved = r.config + ".saved"
+        os.rename(r.config, saved)
+        os.symlink("/dev/zero", r.config)
+        r.proc.send_signal(signal.SIGHUP)
+        refused = "reload: %s: cannot read: File too large; the running configuration is " \
+                  "unchanged" % r.config
+        ok = wait_until(lambda: refused in r.stderr(), 20)
+        os.unlink(r.config)
+        os.rename(saved, r.config)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual(r.stop(), 0)
+
     # ---- a worker whose configuration can never work ----------------------------------
 
     def test_worker_config_error_stops_the_router_with_ex_config(self):
