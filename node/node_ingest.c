@@ -112,6 +112,7 @@ typedef struct part_s {
     int diverged;     /* the log ends below `next`: halted, reads refused */
     int halted;       /* records before the log's start are gone, auto.offset.reset error */
     int restart;      /* next assignment at auto.offset.reset, not at `next` */
+    int from_start;   /* rebuilt: with no stored offset, start at the log's first record */
 } part_t;
 
 typedef struct topic_s {
@@ -243,6 +244,13 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
     kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
     return node_store_meta_put(in->store, key, v, sizeof(v));
+}
+
+/* Where a partition with no stored offset starts: auto.offset.reset, or
+ * the log's first record for a rebuilt one. */
+static int64_t start_of(const node_ingest_t *in, const part_t *pt)
+{
+    return pt->from_start ? RD_KAFKA_OFFSET_BEGINNING : in->reset_offset;
 }
 
 /* ---- applying records ----------------------------------------------------- */
@@ -849,6 +857,69 @@ int node_ingest_diverged(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
     return t != NULL && p < t->partitions && t->parts[p].owned && t->parts[p].diverged;
 }
 
+/* A partition rebuilt: nothing applied, nothing known of its log. */
+static void part_forget(node_ingest_t *in, topic_t *t, uint32_t p)
+{
+    part_t *pt = &t->parts[p];
+    int owned = pt->owned;
+    memset(pt, 0, sizeof(*pt));
+    pt->owned = owned;
+    pt->from_start = 1;
+    pt->next = pt->committed_next = pt->group_next = -1;
+    pt->produced_end = pt->asked_end = -1;
+    if (in->state != NULL)
+        kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings), p, 0);
+}
+
+int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    topic_t *t = topic_of_binding(in, b);
+    uint64_t pages = 0;
+    size_t parts = 0;
+    *restarted = 0;
+    if (t == NULL)
+        return KVS_EINVAL;
+    if (in->stopping)
+        return -ESHUTDOWN;
+    for (uint32_t p = 0; p < t->partitions; p++)
+        parts += (size_t)t->parts[p].owned;
+    /* The emptied table and the forgotten offsets in one txn. */
+    int rc = node_store_table_pages(in->store, b->table, &pages);
+    if (rc == 0)
+        rc = node_store_reserve(in->store, 1 + parts,
+                                (size_t)pages * sizeof(uint64_t) + parts * sizeof(key));
+    if (rc != 0)
+        return rc;
+    rc = node_store_clear(in->store, b->table);
+    for (uint32_t p = 0; p < t->partitions && rc == 0; p++) {
+        if (!t->parts[p].owned)
+            continue;
+        meta_key(key, sizeof(key), t, (int32_t)p);
+        rc = node_store_meta_del(in->store, key);
+        rc = rc == KVS_ENOTFOUND ? 0 : rc;
+    }
+    if ((rc = node_store_reserve_end(in->store, rc)) != 0)
+        return rc;
+    /* Should the txn not commit, the turn's end re-reads the offsets
+     * LMDB still holds, like after any lost batch. */
+    if (in->pending_gen == 0)
+        in->pending_gen = node_store_batch_gen(in->store);
+    for (uint32_t p = 0; p < t->partitions; p++)
+        if (t->parts[p].owned) {
+            part_forget(in, t, p);
+            (*restarted)++;
+        }
+    node_placecheck_init(&t->check, t->b->partitioner, t->partitions);
+    kvs_warn("kafka %s: table %s emptied on request (Rebuild); reading the %u partition(s) this "
+             "shard owns again from the start",
+             t->b->topic, t->b->table, *restarted);
+    if (in->assigned)
+        reassign(in);
+    publish(in);
+    return 0;
+}
+
 /* ---- consumer group commit and periodic report ---------------------------------- */
 
 /* One commit at a time: while the coordinator is away librdkafka holds a
@@ -916,7 +987,7 @@ static int64_t reset_start(node_ingest_t *in, const topic_t *t, int32_t p)
     int64_t lo, hi;
     if (rd_kafka_get_watermark_offsets(in->rk, t->b->topic, p, &lo, &hi) != 0)
         return -1;
-    int64_t next = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+    int64_t next = start_of(in, &t->parts[p]) == RD_KAFKA_OFFSET_END ? hi : lo;
     return next < 0 ? -1 : next;
 }
 
@@ -1380,7 +1451,7 @@ static void ingest_assign(node_ingest_t *in)
             if (!pt->owned || pt->diverged || pt->halted)
                 continue;
             rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
-                pt->next >= 0 && !pt->restart ? pt->next : in->reset_offset;
+                pt->next >= 0 && !pt->restart ? pt->next : start_of(in, pt);
             pt->restart = 0;
             pt->out_of_range = 0; /* fetching again */
         }

@@ -1922,11 +1922,12 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                           const uint8_t *raw, size_t rawlen, int received)
 {
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
-        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT ||
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_REBUILD) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                                  "%s is a worker command: it is about one copy of one shard, so "
-                                 "send it to each replica's worker (kvs-cli digest TABLE does), "
-                                 "not through the router",
+                                 "send it to each replica's worker (kvs-cli --config FILE digest "
+                                 "TABLE and rebuild TABLE do), not through the router",
                                  kvs_msg_command_name(q->command_case));
         return;
     }

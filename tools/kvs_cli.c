@@ -58,6 +58,7 @@
  * have put it.
  */
 #include "cli_digest.h"
+#include "cli_rebuild.h"
 #include "cli_edit.h"
 #include "cli_net.h"
 #include "kvs_config.h"
@@ -1203,39 +1204,60 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     return CLI_OK;
 }
 
+/* "TABLE [--node NAME]" of digest and rebuild. Returns 0 or CLI_USAGE. */
+static int table_and_node(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc,
+                          char **table, char **node)
+{
+    *node = NULL;
+    if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
+        fprintf(stderr, "usage: kvs-cli [--config FILE] %s %s\n", cmd->name, cmd->args);
+        return CLI_USAGE;
+    }
+    if (arg_string(c, "table name", argv[0], table) != 0 ||
+        (argc == 3 && arg_string(c, "node name", argv[2], node) != 0))
+        return CLI_USAGE;
+    return 0;
+}
+
+/* The config (--config) and the TLS context for other nodes' workers:
+ * --tls and its flags when given, else this node's own identity (tls.link,
+ * as its router's links; *own, freed by the caller). Returns 0 or a
+ * CLI_* code. */
+static int cluster_setup(cli_t *c, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **own)
+{
+    *tls = *own = NULL;
+    int rc = cli_config(c);
+    if (rc != 0)
+        return rc;
+    if (c->use_tls && cli_tls_setup(c) != 0)
+        return CLI_USAGE;
+    if (!c->use_tls && c->cfg->tls_link.enabled) {
+        char err[600];
+        rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, own, err,
+                                      sizeof(err));
+        if (rc != 0) {
+            fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
+            return CLI_USAGE;
+        }
+    }
+    *tls = c->use_tls ? c->net.tls_ctx : *own;
+    return 0;
+}
+
 /* digest TABLE [--node NAME]: with --config, every replica of every shard
  * (or of NAME's shards) compared (cli_digest); without, the one server
  * connected to (a worker: its socket or TCP port). */
 static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
 {
-    char *table = NULL, *node = NULL;
-    if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
-        fprintf(stderr, "usage: kvs-cli [--config FILE] digest TABLE [--node NAME]\n");
-        return CLI_USAGE;
-    }
-    if (arg_string(c, "table name", argv[0], &table) != 0 ||
-        (argc == 3 && arg_string(c, "node name", argv[2], &node) != 0))
-        return CLI_USAGE;
+    char *table, *node;
+    kvs_tls_ctx_t *tls, *own;
+    int rc = table_and_node(c, cmd, argv, argc, &table, &node);
+    if (rc != 0)
+        return rc;
     if (c->config_path != NULL) {
-        int rc = cli_config(c);
-        if (rc != 0)
+        if ((rc = cluster_setup(c, &tls, &own)) != 0)
             return rc;
-        /* TLS to other nodes' workers: --tls and its flags when given,
-         * else this node's own identity (tls.link, as its router's links). */
-        kvs_tls_ctx_t *own = NULL;
-        if (c->use_tls && cli_tls_setup(c) != 0)
-            return CLI_USAGE;
-        if (!c->use_tls && c->cfg->tls_link.enabled) {
-            char err[600];
-            rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, &own, err,
-                                          sizeof(err));
-            if (rc != 0) {
-                fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
-                return CLI_USAGE;
-            }
-        }
-        rc = cli_digest_run(c->cfg, c->use_tls ? c->net.tls_ctx : own, table, node, c->timeout,
-                            c->raw);
+        rc = cli_digest_run(c->cfg, tls, table, node, c->timeout, c->raw);
         kvs_tls_ctx_free(own);
         return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
     }
@@ -1246,7 +1268,7 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     req.digest = d;
     d->table = table;
     Kvs__CommandResponse *r = NULL;
-    int rc = cli_call(c, &req, &r);
+    rc = cli_call(c, &req, &r);
     if (rc == 0)
         rc = check_status(c, cmd, r);
     if (rc != 0)
@@ -1260,6 +1282,39 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (r->position.len > 0)
         kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
     printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
+    return CLI_OK;
+}
+
+/* rebuild TABLE [--node NAME]: with --config, every replica of every shard
+ * (or NAME's copies) rebuilds TABLE from its topic (cli_rebuild); without,
+ * the one server connected to (a worker). */
+static int run_rebuild(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    char *table, *node;
+    kvs_tls_ctx_t *tls, *own;
+    int rc = table_and_node(c, cmd, argv, argc, &table, &node);
+    if (rc != 0)
+        return rc;
+    if (c->config_path != NULL) {
+        if ((rc = cluster_setup(c, &tls, &own)) != 0)
+            return rc;
+        rc = cli_rebuild_run(c->cfg, tls, table, node, c->timeout);
+        kvs_tls_ctx_free(own);
+        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+    }
+    Kvs__CommandRequest req;
+    Kvs__Rebuild *m = cli_new(c, &kvs__rebuild__descriptor);
+    kvs__command_request__init(&req);
+    req.command_case = cmd->cc;
+    req.rebuild = m;
+    m->table = table;
+    Kvs__CommandResponse *r = NULL;
+    rc = cli_call(c, &req, &r);
+    if (rc == 0)
+        rc = check_status(c, cmd, r);
+    if (rc != 0)
+        return rc;
+    puts(r->message);
     return CLI_OK;
 }
 
@@ -1304,6 +1359,9 @@ static const cli_cmd_t commands[] = {
     {"digest", "TABLE [--node NAME]",
      "compare every replica's digest of TABLE (with --config; else the server's own)", 1, 3, 1,
      CC(DIGEST), NULL, SHAPE_VALUE, run_digest},
+    {"rebuild", "TABLE [--node NAME]",
+     "empty bound TABLE and read its topic again, on every replica (with --config)", 1, 3, 1,
+     CC(REBUILD), NULL, SHAPE_VALUE, run_rebuild},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1626,8 +1684,8 @@ static void usage(FILE *f)
                "  --user NAME        authenticate every connection as NAME (Auth)\n"
                "  --token TOKEN      its token (default: the environment variable KVS_TOKEN,\n"
                "                     which other users cannot see in ps)\n"
-               "  --config FILE      the node's config.yaml, for keyslot (no server needed) and\n"
-               "                     digest (every replica it lists)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed),\n"
+               "                     digest and rebuild (every replica it lists)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"

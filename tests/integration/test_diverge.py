@@ -18,6 +18,10 @@ cases, told apart by asking the brokers where the log starts and ends:
     earliest resumes at the log's first record (the gap is logged), error
     halts the partition with an error.
 
+Rebuild (`kvs-cli --config FILE rebuild TABLE`, a worker command sent to
+every replica) empties a bound table and reads its topic again from the
+first record: how a diverged partition takes the new topic's data.
+
 A topic "deleted and created again" is a second kvs-mock-kafka with a topic
 of the same name, the node's config pointed at it. Records deleted by
 retention are the mock's own: it keeps at most 5 MiB per partition and
@@ -25,9 +29,11 @@ drops the oldest batches beyond.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
+import os
+import subprocess
 import unittest
 
-from kvstest import Client, pyval, req_hget, req_hset
+from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
 from routertest import partition_of
 import kafkatest
 from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
@@ -56,7 +62,18 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
     def parts(self, router):
         return kafka_parts(info(router), TOPIC)
 
-    def test_recreated_topic_diverges_and_nothing_is_lost(self):
+    def cli(self, router, *args):
+        """kvs-cli --config <router's config> ARGS: (exit status, stdout, stderr)."""
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
+                            "--timeout", "5"] + list(args), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr
+
+    def recreate(self):
+        """A node that applied 100 records of TOPIC (2 partitions, 2 shards)
+        from mock `a`, then pointed at mock `b` whose TOPIC has 5 and 3
+        records (other values): both partitions diverge. Returns (router,
+        a, b, the first records, the second ones, ends in a)."""
         a = self.mock({TOPIC: 2})
         first = {b"k%d" % i: b"a-%d" % i for i in range(100)}
         produce(a.bootstrap, TOPIC, sorted(first.items()))
@@ -65,12 +82,10 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.wait_caught_up(r, TOPIC, ends)
         self.assertEqual(r.stop(), 0)
         self.assertTrue(r.wait_all_gone())
-
-        # The topic created again, with fewer records in each partition
-        # than were applied: both partitions end below their stored offsets.
         b = self.mock({TOPIC: 2})
         keys = {p: [k for k in sorted(first) if partition_of(k, 2) == p] for p in (0, 1)}
-        produce(b.bootstrap, TOPIC, [(k, b"b-" + k) for k in keys[0][:5] + keys[1][:3]])
+        second = {k: b"b-" + k for k in keys[0][:5] + keys[1][:3]}
+        produce(b.bootstrap, TOPIC, sorted(second.items()))
         self.assertEqual({p: hi for p, (lo, hi) in watermarks(b.bootstrap, TOPIC, 2).items()},
                          {0: 5, 1: 3})
         self.point_at(r, a, b)
@@ -80,14 +95,20 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             parts = self.parts(r)
             return parts if all(parts[p]["diverged"] == 1 for p in (0, 1)) else None
 
-        parts = wait_until(diverged, 20)
-        self.assertTrue(parts, "both partitions must be found diverged: %r" % self.parts(r))
+        self.assertTrue(wait_until(diverged, 20),
+                        "both partitions must be found diverged: %r" % self.parts(r))
+        return r, a, b, first, second, ends
+
+    def test_recreated_topic_diverges_and_nothing_is_lost(self):
+        r, a, b, first, second, ends = self.recreate()
+        parts = self.parts(r)
         for p in (0, 1):
             self.assertEqual(parts[p]["serving"], 0, parts[p])
             self.assertEqual(parts[p]["next_offset"], ends[p], "nothing applied from the new log")
         self.assertIn("DIVERGED", r.stderr())
 
-        k0, k1 = keys[0][0], keys[1][0]
+        k0, k1 = min(k for k in second if partition_of(k, 2) == 0), \
+            min(k for k in second if partition_of(k, 2) == 1)
         with Client(r.addr) as c:
             # Reads are refused (the router's own read of the file too), ...
             for k in (k0, k1):
@@ -117,6 +138,53 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.wait_caught_up(r, TOPIC, ends)
         self.assertEqual({p: parts[p]["diverged"] for p in (0, 1)}, {0: 0, 1: 0})
         self.assert_values(r.addr, "users", first)
+
+    def test_rebuild_takes_the_new_topic(self):
+        r, a, b, first, second, ends = self.recreate()
+        with Client(r.addr) as c:
+            resp = c.call(req_hset("plain", "kept", b"yes"))  # a table bound to no topic
+            self.assertEqual(resp.status, 200, resp.message)
+            # A worker command: the router refuses it, naming the way.
+            q = pb.CommandRequest()
+            q.rebuild.table = "users"
+            resp = c.call(q)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("rebuild TABLE", resp.message)
+
+        # Only a bound table can be rebuilt: nothing changes.
+        rc, out, err = self.cli(r, "rebuild", "plain")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("bound to no topic", err)
+
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.splitlines()), 2, out)  # one line per shard
+        self.assertIn("read again from their first record", out)
+        new_ends = {0: 5, 1: 3}
+        parts = self.wait_caught_up(r, TOPIC, new_ends)
+        for p in (0, 1):
+            self.assertEqual(parts[p]["diverged"], 0, parts[p])
+            self.assertEqual(parts[p]["serving"], 1, parts[p])
+            self.assertEqual(parts[p]["applied"], new_ends[p], parts[p])
+        # The table is the new topic's, and only that.
+        expect = {k: None for k in first}
+        expect.update(second)
+        self.assert_values(r.addr, "users", expect)
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("plain", "kept"))
+            self.assertEqual(pyval(resp.values[0]), b"yes", "other tables are not touched")
+            resp = c.call(req_hset("users", "k-new", b"written"))  # writable again
+            self.assertEqual(resp.status, 200, resp.message)
+            resp = c.call(req_hget("users", "k-new"))
+            self.assertEqual(pyval(resp.values[0]), b"written")
+
+        # The rebuild is stored: after a restart nothing diverges or repeats.
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.start()
+        wm = watermarks(b.bootstrap, TOPIC, 2)
+        parts = self.wait_caught_up(r, TOPIC, {p: hi for p, (lo, hi) in wm.items()})
+        self.assertEqual(sum(parts[p]["applied"] for p in (0, 1)), len(second) + 1)
 
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
