@@ -851,10 +851,19 @@ static void range_start(node_ingest_t *in)
     uv_queue_work(in->loop, &in->range_work, range_work, range_done);
 }
 
-int node_ingest_diverged(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
 {
     topic_t *t = topic_of_binding(in, b);
-    return t != NULL && p < t->partitions && t->parts[p].owned && t->parts[p].diverged;
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return NULL;
+    if (t->parts[p].diverged)
+        return "diverged: the partition no longer holds what this shard applied (the topic was "
+               "created again, or its log truncated); rebuild the table from the topic (kvs-cli "
+               "rebuild TABLE)";
+    if (t->parts[p].halted)
+        return "records were deleted from the partition before this shard applied them, and "
+               "auto.offset.reset is \"error\"";
+    return NULL;
 }
 
 /* A partition rebuilt: nothing applied, nothing known of its log. */

@@ -127,10 +127,12 @@ int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
  * own it. Up to date after node_ingest_turn_done. */
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
-/* True when partition `p` of `b`'s topic diverged from this shard's data
- * (the log now ends below what was applied: the topic was created anew or
- * truncated): it is no longer ingested, its reads and writes are refused. */
-int node_ingest_diverged(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+/* Why partition `p` of `b`'s topic is halted (no longer ingested: its
+ * log diverged from this shard's data, or records were deleted before they
+ * were applied and auto.offset.reset is error), as words for an answer;
+ * NULL when it is not. Writes to it are refused: they would never be
+ * applied. */
+const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 /* Rebuilds `b`'s table from its topic (the Rebuild command): in the turn's
  * batch, empties the table and forgets the stored offsets of every

@@ -538,14 +538,13 @@ static int place_items(node_writes_t *wr, const kvs_binding_t *b, item_t *items,
                      p, b->topic, kvs_place_shard(p, wr->cfg->shards), wr->shard);
             return KVS_EINVAL;
         }
-        if (node_ingest_diverged(wr->ingest, b, p)) {
+        const char *halted = node_ingest_halted(wr->ingest, b, p);
+        if (halted != NULL) {
             *status = KVS_STATUS_UNAVAILABLE;
             snprintf(msg, mlen,
-                     "diverged: topic %s partition %u no longer holds what this shard applied "
-                     "(the topic was created again, or its log truncated), so it is not "
-                     "ingested and cannot take writes until its data is rebuilt from the topic; "
-                     "nothing was written",
-                     b->topic, p);
+                     "topic %s partition %u is not ingested by this shard: %s; nothing was "
+                     "written",
+                     b->topic, p, halted);
             return KVS_EINVAL;
         }
         if (!node_ingest_writable(wr->ingest, b, p)) {

@@ -224,6 +224,12 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         # Not diverged: reads go on, and the catch-up gate judges the lag.
         resp = info_pairs(r.socket_path(0))
         self.assertEqual(resp["kafka.%s.00000.lag" % TOPIC], hi - 50)
+        # A write would never be applied: refused before it reaches the topic.
+        with Client(r.addr) as c:
+            resp = c.call(req_hset("users", "k", b"v"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("auto.offset.reset", resp.message)
+        self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
 
 if __name__ == "__main__":
