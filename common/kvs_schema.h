@@ -78,13 +78,17 @@ int kvs_schema_state_path(char *buf, size_t len, const char *data_dir, uint32_t 
  * misplaced. Records written before `misplaced` existed hold the first
  * three only (KVS_SCHEMA_OFFSETS_V1_LEN bytes) and read with misplaced = 0;
  * a longer record (a later version adding fields) reads the fields known
- * here. */
+ * here. A negative `next` (KVS_SCHEMA_NEXT_FROM_START, what Rebuild
+ * stores) means nothing is applied and ingestion starts at the first
+ * record of the partition's log, whatever auto.offset.reset says. */
 #define KVS_SCHEMA_OFFSETS_V1_LEN 24
 #define KVS_SCHEMA_OFFSETS_LEN 32
 #define KVS_SCHEMA_OFFSETS_KEY_MAX 320 /* a key for any topic name kvs accepts */
+#define KVS_SCHEMA_NEXT_FROM_START (-2)
 
 typedef struct kvs_schema_offsets_s {
-    int64_t next;       /* offset of the next record to apply (all below are applied) */
+    int64_t next;       /* offset of the next record to apply (all below are applied);
+                           KVS_SCHEMA_NEXT_FROM_START: none, read from the log's start */
     uint64_t applied;   /* records applied, ever */
     uint64_t skipped;   /* records skipped (no key, bad payload), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */

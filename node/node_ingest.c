@@ -212,7 +212,7 @@ static void meta_key(char *buf, size_t len, const topic_t *t, int32_t p)
 }
 
 /* Loads next/applied/skipped/misplaced of a partition from LMDB (committed
- * state). */
+ * state), and whether it was rebuilt and has applied nothing since. */
 static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
 {
     char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
@@ -222,11 +222,13 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
     meta_key(key, sizeof(key), t, p);
     if (node_store_meta_get(in->store, key, &v) == 0 &&
         kvs_schema_offsets_decode(v.p, v.len, &o) == 0) {
-        pt->next = o.next;
+        pt->from_start = o.next < 0; /* KVS_SCHEMA_NEXT_FROM_START */
+        pt->next = o.next < 0 ? -1 : o.next;
         pt->applied = o.applied;
         pt->skipped = o.skipped;
         pt->misplaced = o.misplaced;
     } else {
+        pt->from_start = 0;
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
     }
@@ -893,11 +895,17 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
         return -ESHUTDOWN;
     for (uint32_t p = 0; p < t->partitions; p++)
         parts += (size_t)t->parts[p].owned;
-    /* The emptied table and the forgotten offsets in one txn. */
+    /* The emptied table and the offsets in one txn. Each offsets record
+     * says "from the log's start" (not deleted: with none stored, a restart
+     * would start at auto.offset.reset). */
+    kvs_schema_offsets_t o = {KVS_SCHEMA_NEXT_FROM_START, 0, 0, 0};
+    uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
+    kvs_schema_offsets_encode(v, &o);
     int rc = node_store_table_pages(in->store, b->table, &pages);
     if (rc == 0)
         rc = node_store_reserve(in->store, 1 + parts,
-                                (size_t)pages * sizeof(uint64_t) + parts * sizeof(key));
+                                (size_t)pages * sizeof(uint64_t) +
+                                    parts * (sizeof(key) + sizeof(v)));
     if (rc != 0)
         return rc;
     rc = node_store_clear(in->store, b->table);
@@ -905,8 +913,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
         if (!t->parts[p].owned)
             continue;
         meta_key(key, sizeof(key), t, (int32_t)p);
-        rc = node_store_meta_del(in->store, key);
-        rc = rc == KVS_ENOTFOUND ? 0 : rc;
+        rc = node_store_meta_put(in->store, key, v, sizeof(v));
     }
     if ((rc = node_store_reserve_end(in->store, rc)) != 0)
         return rc;

@@ -135,8 +135,9 @@ int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_
 const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 /* Rebuilds `b`'s table from its topic (the Rebuild command): in the turn's
- * batch, empties the table and forgets the stored offsets of every
- * partition of the topic this shard owns (one reservation: all or none),
+ * batch, empties the table and stores "from the log's start"
+ * (KVS_SCHEMA_NEXT_FROM_START) as the offsets of every partition of the
+ * topic this shard owns (one reservation: all or none),
  * then reads them again from their logs' first records, diverged ones
  * included. *restarted gets the number of partitions. Returns 0,
  * -ESHUTDOWN while stopping, or a store error (nothing changed). */

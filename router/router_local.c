@@ -186,8 +186,8 @@ static int fresh_lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh
     out->next = start;
     if (kvs_schema_offsets_key(key, sizeof(key), b->topic, (int32_t)p) > 0 &&
         kvs_lmdb_reader_meta(c->ls->env, key, &v) == 0 &&
-        kvs_schema_offsets_decode(v.p, v.len, &o) == 0)
-        out->next = o.next;
+        kvs_schema_offsets_decode(v.p, v.len, &o) == 0 && o.next >= 0)
+        out->next = o.next; /* negative: rebuilt, read from the start (kvs_schema) */
     out->settling = out->end < 0 && (int64_t)uv_now(c->lc->loop) < c->h->settle_until_ms;
     out->diverged = kvs_shardstate_diverged(c->ls->state, (uint32_t)(b - cfg->bindings), p);
     return 0;

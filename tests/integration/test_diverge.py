@@ -31,6 +31,7 @@ Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
 import os
 import subprocess
+import time
 import unittest
 
 from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
@@ -185,6 +186,36 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         wm = watermarks(b.bootstrap, TOPIC, 2)
         parts = self.wait_caught_up(r, TOPIC, {p: hi for p, (lo, hi) in wm.items()})
         self.assertEqual(sum(parts[p]["applied"] for p in (0, 1)), len(second) + 1)
+
+    def test_rebuild_reads_from_the_start_after_a_restart(self):
+        # auto.offset.reset latest: a partition with no stored offset starts
+        # at its log's end, so the node first skips the 20 records.
+        m = self.mock({TOPIC: 1})
+        recs = {b"r%d" % i: b"v%d" % i for i in range(20)}
+        produce(m.bootstrap, TOPIC, sorted(recs.items()))
+        r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1, max_lag=5,
+                        properties={"auto.offset.reset": "latest"},
+                        env={"KVS_TEST_INGEST_DELAY_MS": "5000"})
+        parts = self.wait_caught_up(r, TOPIC, {0: 20})
+        self.assertEqual(parts[0]["applied"], 0, parts[0])
+        time.sleep(1.5)  # the worker's state page has a heartbeat: the router reads locally
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        # 20 records behind, more than kafka.max_lag: the router's own read
+        # of the environment refuses as the worker does.
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("users", b"r0"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("catching up", resp.message)
+        # Stopped before the rebuild applied any record (one per 5 s): the
+        # restarted worker must still read the partition from its start.
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.env = {}
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: 20})
+        self.assertEqual(parts[0]["applied"], 20, parts[0])
+        self.assert_values(r.addr, "users", recs)
 
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
