@@ -113,6 +113,9 @@ typedef struct part_s {
     int halted;       /* records before the log's start are gone, auto.offset.reset error */
     int restart;      /* next assignment at auto.offset.reset, not at `next` */
     int from_start;   /* rebuilt: with no stored offset, start at the log's first record */
+    /* Rebuilt in a batch not known to have committed yet, and what it
+     * was before (restored should that batch be lost). */
+    int rebuilding, was_diverged, was_halted;
 } part_t;
 
 typedef struct topic_s {
@@ -645,6 +648,25 @@ static void on_reassign(uv_timer_t *h)
         ingest_assign(in);
 }
 
+/* After part_load: a partition rebuilt in a batch that was lost (LMDB
+ * holds no "from the log's start") is halted again as it was. */
+static void rebuilds_undo(node_ingest_t *in)
+{
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
+            part_t *pt = &in->topics[i].parts[p];
+            if (pt->rebuilding && !pt->from_start) {
+                pt->diverged = pt->was_diverged;
+                pt->halted = pt->was_halted;
+                if (in->state != NULL)
+                    kvs_shardstate_set_diverged(in->state,
+                                                (uint32_t)(in->topics[i].b - in->cfg->bindings), p,
+                                                pt->diverged);
+            }
+            pt->rebuilding = 0;
+        }
+}
+
 /* A batch holding records was lost: reloads every owned partition's
  * offsets from LMDB and re-reads from there. Consuming pauses first, for
  * RETRY_MIN_MS doubling with every loss in a row (up to RETRY_MAX_MS), so
@@ -659,6 +681,7 @@ static void rewind_all(node_ingest_t *in)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
+    rebuilds_undo(in);
     node_store_end_turn(in->store); /* release the read snapshot part_load used */
     in->rewind = 0;
     unsigned shift = in->losses < 7 ? in->losses : 7;
@@ -693,8 +716,10 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
         return;
     }
     for (size_t i = 0; i < in->n_topics; i++)
-        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
             in->topics[i].parts[p].committed_next = in->topics[i].parts[p].next;
+            in->topics[i].parts[p].rebuilding = 0; /* committed */
+        }
     if (in->state != NULL && uv_now(in->loop) - in->published_ms >= PUBLISH_EVERY_MS)
         publish(in);
 }
@@ -918,12 +943,17 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     if ((rc = node_store_reserve_end(in->store, rc)) != 0)
         return rc;
     /* Should the txn not commit, the turn's end re-reads the offsets
-     * LMDB still holds, like after any lost batch. */
+     * LMDB still holds, like after any lost batch, and halts again what
+     * was halted (rebuilds_undo). */
     if (in->pending_gen == 0)
         in->pending_gen = node_store_batch_gen(in->store);
     for (uint32_t p = 0; p < t->partitions; p++)
         if (t->parts[p].owned) {
+            int diverged = t->parts[p].diverged, halted = t->parts[p].halted;
             part_forget(in, t, p);
+            t->parts[p].rebuilding = 1;
+            t->parts[p].was_diverged = diverged;
+            t->parts[p].was_halted = halted;
             (*restarted)++;
         }
     node_placecheck_init(&t->check, t->b->partitioner, t->partitions);

@@ -30,6 +30,7 @@ drops the oldest batches beyond.
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
 import os
+import resource
 import subprocess
 import time
 import unittest
@@ -186,6 +187,36 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         wm = watermarks(b.bootstrap, TOPIC, 2)
         parts = self.wait_caught_up(r, TOPIC, {p: hi for p, (lo, hi) in wm.items()})
         self.assertEqual(sum(parts[p]["applied"] for p in (0, 1)), len(second) + 1)
+
+    def test_rebuild_whose_batch_fails_changes_nothing(self):
+        r, a, b, first, second, ends = self.recreate()
+        k0 = min(k for k in first if partition_of(k, 2) == 0)
+        pid = r.worker_pid(0)
+        data = os.path.join(r.data_dir, "shard-0", "data.mdb")
+        # Worker 0's data file may not grow: the batch holding a new 20 KB
+        # value (test_disk) fails at its commit, and with it the Rebuild
+        # pipelined before the write, in the same batch.
+        resource.prlimit(pid, resource.RLIMIT_FSIZE,
+                         (os.stat(data).st_size, resource.RLIM_INFINITY))
+        q = pb.CommandRequest()
+        q.rebuild.table = "users"
+        with r.worker_client(0) as c:
+            rebuilt, written = c.pipeline([q, req_hset("plain", "big", b"n" * 20000)])
+            self.assertEqual(rebuilt.status, 507, rebuilt.message)
+            self.assertEqual(written.status, 507, written.message)
+            # The partition is as it was: diverged, its reads refused.
+            parts = kafka_parts(info_pairs(r.socket_path(0)), TOPIC)
+            self.assertEqual(parts[0]["diverged"], 1, parts[0])
+            resp = c.call(req_hget("users", k0))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("diverged", resp.message)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            rebuilt = c.call(q)
+            self.assertEqual(rebuilt.status, 200, rebuilt.message)
+        parts = self.wait_caught_up(r, TOPIC, {0: 5})
+        self.assertEqual((parts[0]["diverged"], parts[0]["applied"]), (0, 5), parts[0])
+        self.assertEqual(parts[1]["diverged"], 1, "shard 1 was not asked: %r" % parts[1])
 
     def test_rebuild_reads_from_the_start_after_a_restart(self):
         # auto.offset.reset latest: a partition with no stored offset starts
