@@ -153,7 +153,37 @@ static int last_ident(const page_t *pg, kvs_lmdb_ident_t *last)
     return last->data_ino != 0;
 }
 
-/* Sizes and maps the page, and starts it over: not live, nothing known. */
+/* A page another version of kvs left (its slots laid out otherwise) is
+ * not rewritten in place: a router of that version may have it mapped and
+ * would read this version's slots as its own. The file is replaced (a new
+ * inode, which such a router notices and opens anew, then refuses by its
+ * version); *last gets the files the old page named. Returns 0 or -errno
+ * (-EBUSY: another worker took the new file first). */
+static int replace_other_version(kvs_shardstate_t *s, const char *path, kvs_lmdb_ident_t *last,
+                                 int *had_last)
+{
+    page_t old;
+    if (pread(s->fd, &old, sizeof(old), 0) != (ssize_t)sizeof(old) ||
+        memcmp(old.magic, MAGIC, 8) != 0 || old.version == VERSION)
+        return 0;
+    *had_last = last_ident(&old, last);
+    if (unlink(path) != 0)
+        return -errno;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == EEXIST ? -EBUSY : -errno;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        close(fd);
+        return rc;
+    }
+    close(s->fd); /* and its lock */
+    s->fd = fd;
+    return 0;
+}
+
+/* Sizes and maps the page, and starts it over: not live, nothing known.
+ * *had_last and *last are set when the page names the last files. */
 static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last, int *had_last)
 {
     struct stat st;
@@ -169,7 +199,8 @@ static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last,
     if (rc != 0)
         return rc;
     page_t *pg = s->page;
-    *had_last = size >= sizeof(page_t) && last_ident(pg, last);
+    if (size >= sizeof(page_t) && last_ident(pg, last))
+        *had_last = 1;
     begin_write(pg);
     atomic_store(&pg->live, 0);
     memcpy(pg->magic, MAGIC, 8);
@@ -205,6 +236,8 @@ int kvs_shardstate_open_writer(const char *path, const kvs_config_t *cfg, uint32
         rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
     memset(last, 0, sizeof(*last));
     *had_last = 0;
+    if (rc == 0)
+        rc = replace_other_version(s, path, last, had_last);
     if (rc == 0)
         rc = writer_init(s, fp, last, had_last);
     if (rc != 0) {

@@ -28,10 +28,13 @@
  * `live` and `ident` are written under a sequence counter (odd while being
  * written), and a reader that sees it odd or changed takes the page as not
  * live for that read. The file never shrinks: a reader's mapping must never
- * reach past its end.
+ * reach past its end. A page another version of kvs left is replaced by a
+ * new file, not rewritten: a reader of that version keeps its mapping of
+ * the old one until it notices the new inode, and then refuses the new
+ * page by its version.
  *
- * Layout: a header, then two slots per (binding, owned partition), in
- * config order. The header records a fingerprint of that layout (shard,
+ * Layout: a header, then a slot (end, start, diverged) per (binding, owned
+ * partition), in config order. The header records a fingerprint of that layout (shard,
  * shards, bindings' topics and partition counts): a reader whose config
  * differs reads nothing.
  */

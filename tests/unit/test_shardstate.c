@@ -8,6 +8,9 @@
 #include "kvs_test.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -174,6 +177,46 @@ KVS_TEST(another_layout_is_not_read_and_the_file_never_shrinks)
     kvs_config_free(small);
 }
 
+/* A page another version of kvs left (version 1: smaller slots) is
+ * replaced by a new file, not rewritten in place: a router of that version
+ * with the page mapped would read this version's slots as its own (end
+ * and start from the wrong partitions); a new file it notices, reopens and
+ * refuses by its version. The files the old page named are still learnt. */
+KVS_TEST(another_version_is_replaced_not_rewritten)
+{
+    kvs_lmdb_ident_t last, id = {10, 20, 30, 40};
+    int had;
+    struct stat before, after;
+    fresh_path();
+    kvs_config_t *cfg = config("");
+    kvs_shardstate_t *w = writer(cfg, &last, &had), *r = NULL;
+    kvs_shardstate_publish(w, &id);
+    kvs_shardstate_close(w);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0);
+    uint32_t v1 = 1;
+    CHECK_EQ(pwrite(fd, &v1, sizeof(v1), 8), (ssize_t)sizeof(v1));       /* the version field */
+    const uint8_t *old = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0); /* that router's map */
+    CHECK(old != MAP_FAILED);
+    CHECK_EQ(fstat(fd, &before), 0);
+    uint8_t copy[4096];
+    memcpy(copy, old, sizeof(copy));
+    w = writer(cfg, &last, &had);
+    CHECK_EQ(had, 1);
+    CHECK(memcmp(&last, &id, sizeof(id)) == 0);
+    kvs_shardstate_set_part(w, 0, 1, 77, 77);
+    CHECK(memcmp(copy, old, sizeof(copy)) == 0); /* not written under that router */
+    CHECK_EQ(stat(path, &after), 0);
+    CHECK(after.st_ino != before.st_ino);
+    CHECK_EQ(kvs_shardstate_open_reader(path, cfg, 1, &r), 0);
+    kvs_shardstate_close(r);
+    kvs_shardstate_close(w);
+    munmap((void *)old, 4096);
+    close(fd);
+    kvs_config_free(cfg);
+}
+
 KVS_TEST_MAIN(KVS_CASE(published_state_is_read_back), KVS_CASE(one_writer_at_a_time),
               KVS_CASE(next_worker_learns_the_last_files),
-              KVS_CASE(another_layout_is_not_read_and_the_file_never_shrinks))
+              KVS_CASE(another_layout_is_not_read_and_the_file_never_shrinks),
+              KVS_CASE(another_version_is_replaced_not_rewritten))
