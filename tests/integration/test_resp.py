@@ -124,6 +124,14 @@ class RedisPyTest(RespTestCase):
             c.delete("h")
         with self.assertRaisesRegex(redis.ResponseError, "reserved"):  # kvs's own rules
             c.hset("__kvs", "f", "v")
+        # A key with a NUL byte is refused, never cut short to another table.
+        c.hset("a", "f", "v")
+        for call in (lambda: c.hset("a\0b", "f", "w"), lambda: c.hgetall("a\0b"),
+                     lambda: c.hdel("a\0b", "f"), lambda: c.hincrby("a\0b", "n", 1),
+                     lambda: c.hscan("a\0b"), lambda: c.hlen("a\0b")):
+            with self.assertRaisesRegex(redis.ResponseError, "holds a NUL byte"):
+                call()
+        self.assertEqual(c.hgetall("a"), {b"f": b"v"})
 
     def test_pipelines_keep_order(self):
         self.resp_router(shards=4)
