@@ -194,6 +194,10 @@ class CrossProtocolTest(RespTestCase):
         self.assertEqual(c.hget("y", "n"), b"0")
         self.assertEqual(c.hget("y", "s"), b"a\0b")
         self.assertEqual(c.hincrby("y", "i", 2), -40)
+        # HINCRBY reads a number as the text HGET shows: a bool is 1 or 0.
+        self.assertEqual(c.hincrby("y", "t", 1), 2)
+        self.assertEqual(c.hincrby("y", "n", 5), 5)
+        self.assertEqual(c.hincrbyfloat("y", "f", 1), 1.1)
         with r.client() as pbc:
             v = pbc.hget("y", "i").values[0]
             self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))
