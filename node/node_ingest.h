@@ -127,6 +127,11 @@ int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
  * own it. Up to date after node_ingest_turn_done. */
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+/* True when partition `p` of `b`'s topic diverged from this shard's data
+ * (the log now ends below what was applied: the topic was created anew or
+ * truncated): it is no longer ingested, its reads and writes are refused. */
+int node_ingest_diverged(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
 /* True when this worker ingests partition `p` of `b`'s topic (it owns it,
  * and ingestion is not stopping), so it will apply its own writes to it.
  * Ingestion need not have started yet: records written before it starts
