@@ -39,15 +39,8 @@ static int rebuild_one(const kvs_replica_t *rep, kvs_tls_ctx_t *tls, uint32_t sh
 }
 
 int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table,
-                    const char *node, double timeout)
+                    const kvs_node_t *only, double timeout)
 {
-    const kvs_node_t *only = NULL;
-    if (node != NULL && (only = kvs_config_node(cfg, node)) == NULL) {
-        fprintf(stderr, "kvs-cli: no node \"%s\" in cluster.nodes of %s\n", node, cfg->path);
-        return 2;
-    }
-    if (timeout <= 0)
-        timeout = 10;
     int rc = 0;
     for (uint32_t s = 0; s < cfg->shards; s++) {
         if (only != NULL && !kvs_node_serves(only, s))

@@ -1244,34 +1244,64 @@ static int cluster_setup(cli_t *c, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **own)
     return 0;
 }
 
-/* digest TABLE [--node NAME]: with --config, every replica of every shard
- * (or of NAME's shards) compared (cli_digest); without, the one server
- * connected to (a worker: its socket or TCP port). */
-static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+typedef int (*cluster_run_fn)(cli_t *c, kvs_tls_ctx_t *tls, const char *table,
+                              const kvs_node_t *only, double timeout);
+
+/* The worker commands about one table, digest and rebuild: "TABLE [--node
+ * NAME]". With --config, `cluster` walks every replica the map lists
+ * (returns CLI_OK with *r NULL, or the walk's failure); without, the
+ * command goes to the one server connected to (a worker: its socket or TCP
+ * port), and *r is its answer. Returns a CLI_* code. */
+static int worker_command(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc,
+                          cluster_run_fn cluster, Kvs__CommandResponse **r)
 {
     char *table, *node;
     kvs_tls_ctx_t *tls, *own;
+    *r = NULL;
     int rc = table_and_node(c, cmd, argv, argc, &table, &node);
     if (rc != 0)
         return rc;
     if (c->config_path != NULL) {
+        const kvs_node_t *only = NULL;
         if ((rc = cluster_setup(c, &tls, &own)) != 0)
             return rc;
-        rc = cli_digest_run(c->cfg, tls, table, node, c->timeout, c->raw);
+        if (node != NULL && (only = kvs_config_node(c->cfg, node)) == NULL) {
+            fprintf(stderr, "kvs-cli: no node \"%s\" in cluster.nodes of %s\n", node, c->cfg->path);
+            kvs_tls_ctx_free(own);
+            return CLI_USAGE;
+        }
+        /* a walk of the whole cluster is always bounded */
+        rc = cluster(c, tls, table, only, c->timeout > 0 ? c->timeout : 10);
         kvs_tls_ctx_free(own);
-        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+        return rc == 0 ? CLI_OK : CLI_FAILED;
     }
     Kvs__CommandRequest req;
-    Kvs__Digest *d = cli_new(c, &kvs__digest__descriptor);
     kvs__command_request__init(&req);
     req.command_case = cmd->cc;
-    req.digest = d;
-    d->table = table;
-    Kvs__CommandResponse *r = NULL;
-    rc = cli_call(c, &req, &r);
-    if (rc == 0)
-        rc = check_status(c, cmd, r);
-    if (rc != 0)
+    if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_DIGEST) {
+        req.digest = cli_new(c, &kvs__digest__descriptor);
+        req.digest->table = table;
+    } else {
+        req.rebuild = cli_new(c, &kvs__rebuild__descriptor);
+        req.rebuild->table = table;
+    }
+    rc = cli_call(c, &req, r);
+    return rc == 0 ? check_status(c, cmd, *r) : rc;
+}
+
+static int digest_cluster(cli_t *c, kvs_tls_ctx_t *tls, const char *table, const kvs_node_t *only,
+                          double timeout)
+{
+    return cli_digest_run(c->cfg, tls, table, only, timeout, c->raw);
+}
+
+/* digest TABLE [--node NAME]: every replica compared (cli_digest), or the
+ * one server's digest. */
+static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    Kvs__CommandResponse *r;
+    int rc = worker_command(c, cmd, argv, argc, digest_cluster, &r);
+    if (rc != 0 || r == NULL)
         return rc;
     char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
     if (r->n_values < 2 || r->values[0]->binary_value.len != KVS_HASH_LEN) {
@@ -1285,37 +1315,21 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     return CLI_OK;
 }
 
-/* rebuild TABLE [--node NAME]: with --config, every replica of every shard
- * (or NAME's copies) rebuilds TABLE from its topic (cli_rebuild); without,
- * the one server connected to (a worker). */
+static int rebuild_cluster(cli_t *c, kvs_tls_ctx_t *tls, const char *table, const kvs_node_t *only,
+                           double timeout)
+{
+    return cli_rebuild_run(c->cfg, tls, table, only, timeout);
+}
+
+/* rebuild TABLE [--node NAME]: every replica (or NAME's copies) rebuilds
+ * TABLE from its topic (cli_rebuild), or the one server does. */
 static int run_rebuild(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
 {
-    char *table, *node;
-    kvs_tls_ctx_t *tls, *own;
-    int rc = table_and_node(c, cmd, argv, argc, &table, &node);
-    if (rc != 0)
-        return rc;
-    if (c->config_path != NULL) {
-        if ((rc = cluster_setup(c, &tls, &own)) != 0)
-            return rc;
-        rc = cli_rebuild_run(c->cfg, tls, table, node, c->timeout);
-        kvs_tls_ctx_free(own);
-        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
-    }
-    Kvs__CommandRequest req;
-    Kvs__Rebuild *m = cli_new(c, &kvs__rebuild__descriptor);
-    kvs__command_request__init(&req);
-    req.command_case = cmd->cc;
-    req.rebuild = m;
-    m->table = table;
-    Kvs__CommandResponse *r = NULL;
-    rc = cli_call(c, &req, &r);
-    if (rc == 0)
-        rc = check_status(c, cmd, r);
-    if (rc != 0)
-        return rc;
-    puts(r->message);
-    return CLI_OK;
+    Kvs__CommandResponse *r;
+    int rc = worker_command(c, cmd, argv, argc, rebuild_cluster, &r);
+    if (rc == 0 && r != NULL)
+        puts(r->message);
+    return rc;
 }
 
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x

@@ -157,6 +157,12 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         rc, out, err = self.cli(r, "rebuild", "plain")
         self.assertNotEqual(rc, 0, out)
         self.assertIn("bound to no topic", err)
+        # One worker at a time, without the map (its unix socket).
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--socket", r.socket_path(0),
+                            "--timeout", "5", "rebuild", "plain"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn("bound to no topic", p.stderr)
 
         rc, out, err = self.cli(r, "rebuild", "users")
         self.assertEqual(rc, 0, err)

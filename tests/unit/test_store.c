@@ -397,6 +397,14 @@ static uint64_t data_size(struct stat *st)
 }
 
 /* Lets data.mdb grow by `room` bytes at most from now on. */
+/* Opens with fail_cb counting into *f. */
+static node_store_t *open_watched(node_store_opts_t o, failed_t *f)
+{
+    o.fail_cb = on_fail;
+    o.fail_arg = f;
+    return open_ok(o);
+}
+
 static void limit_growth(uint64_t room)
 {
     struct stat st;
@@ -445,9 +453,7 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     failed_t f = {0};
     node_store_opts_t o = opts(0, "p");
     o.sync = sync;
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(o, &f);
     put_str(s, "t", "before", "kept");
     CHECK_EQ(node_store_end_turn(s), 0);
     limit_growth(0);
@@ -505,9 +511,7 @@ KVS_TEST(small_room_takes_small_writes)
     failed_t f = {0};
     node_store_opts_t o = opts(0, "p");
     o.map_size = 64u << 20;
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(o, &f);
     put_str(s, "t", "first", "v");
     CHECK_EQ(node_store_end_turn(s), 0);
     limit_growth(512u << 10); /* 512 KiB left */
@@ -533,10 +537,7 @@ KVS_TEST(deletes_work_on_a_full_disk)
 {
     fresh_dir();
     failed_t f = {0};
-    node_store_opts_t o = opts(0, "p");
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(opts(0, "p"), &f);
     char big[16000];
     memset(big, 'b', sizeof(big));
     CHECK_EQ(node_store_put(s, "t", "big1", 4, big, sizeof(big)), 0);
@@ -611,10 +612,7 @@ KVS_TEST(clear_works_on_a_full_disk)
 {
     fresh_dir();
     failed_t f = {0};
-    node_store_opts_t o = opts(0, "p");
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(opts(0, "p"), &f);
     limit_growth(256u << 10);
     CHECK(fill(s, &f) > 10);
     uint64_t pages = 0, n = 1;
@@ -707,10 +705,7 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
 {
     fresh_dir();
     failed_t f = {0};
-    node_store_opts_t o = opts(0, "p");
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(opts(0, "p"), &f);
     put_str(s, "t", "other", "client");
     uint64_t gen = node_store_batch_gen(s);
     CHECK_EQ(node_store_reserve(s, 3, 30), 0);
