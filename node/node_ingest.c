@@ -90,6 +90,7 @@
 #define RETRY_MIN_MS 100 /* after a lost batch, re-read after this, doubling per loss in a row */
 #define RETRY_MAX_MS 10000
 #define PUBLISH_EVERY_MS 50 /* Kafka knowledge to the state page, at most this often per turn */
+#define RANGE_RETRY_MS 1000 /* a partition out of range is assigned again after this */
 #define ASK_BACKOFF_MS 5000 /* after a question the brokers left unanswered, none for this long */
 
 typedef struct part_s {
@@ -116,6 +117,7 @@ typedef struct part_s {
     /* Rebuilt in a batch not known to have committed yet, and what it
      * was before (restored should that batch be lost). */
     int rebuilding, was_diverged, was_halted;
+    int suspect; /* one answer said the log ends below `next`: the next one decides */
 } part_t;
 
 typedef struct topic_s {
@@ -141,7 +143,8 @@ struct node_ingest_s {
     uv_poll_t poll;
     uv_idle_t idle;
     uv_timer_t timer;
-    uv_timer_t retry; /* re-assigns after a lost batch (backoff) */
+    uv_timer_t retry;       /* re-assigns after a lost batch (backoff) */
+    uv_timer_t range_timer; /* re-assigns partitions found out of range */
     uv_work_t work;
     int work_busy;
     topic_t *topics; /* sorted by topic name */
@@ -717,8 +720,12 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
     }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
-            in->topics[i].parts[p].committed_next = in->topics[i].parts[p].next;
-            in->topics[i].parts[p].rebuilding = 0; /* committed */
+            part_t *pt = &in->topics[i].parts[p];
+            pt->committed_next = pt->next;
+            if (pt->rebuilding && in->state != NULL) /* committed: routers may read it now */
+                kvs_shardstate_set_diverged(
+                    in->state, (uint32_t)(in->topics[i].b - in->cfg->bindings), p, pt->diverged);
+            pt->rebuilding = 0;
         }
     if (in->state != NULL && uv_now(in->loop) - in->published_ms >= PUBLISH_EVERY_MS)
         publish(in);
@@ -795,6 +802,18 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
     part_t *pt = &t->parts[p];
     const char *topic = t->b->topic;
     pt->out_of_range = 0;
+    if (pt->next >= 0 && pt->next > hi && !pt->suspect) {
+        /* A broker may lag a moment (a leader change): halting takes a
+         * second answer, at the next tick, that says the same. */
+        pt->suspect = 1;
+        pt->out_of_range = 1;
+        kvs_warn("kafka %s [%d]: the brokers say the log ends at offset %lld, below offset %lld "
+                 "this shard applied; asking again to be sure",
+                 topic, p, (long long)hi, (long long)pt->next - 1);
+        return 0;
+    }
+    int suspected = pt->suspect;
+    pt->suspect = 0;
     if (pt->next >= 0 && pt->next > hi) {
         pt->diverged = 1;
         if (in->state != NULL)
@@ -822,8 +841,9 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
         kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
                  topic, p, (long long)lo);
     } else {
-        kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld) after all; resuming there",
-                 topic, p, (long long)pt->next, (long long)lo, (long long)hi);
+        kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld)%s; resuming there", topic,
+                 p, (long long)pt->next, (long long)lo, (long long)hi,
+                 suspected ? " when asked again" : " after all");
     }
     return 1;
 }
@@ -842,6 +862,13 @@ static void reassign(node_ingest_t *in)
     ingest_assign(in);
 }
 
+static void on_range_timer(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    if (!in->stopping && in->assigned)
+        reassign(in);
+}
+
 static void range_done(uv_work_t *w, int status)
 {
     node_ingest_t *in = w->data;
@@ -850,6 +877,8 @@ static void range_done(uv_work_t *w, int status)
     in->range_busy = 0;
     for (size_t i = 0; i < in->n_ranges && !in->stopping; i++) {
         struct range_s *r = &in->ranges[i];
+        if (!r->t->parts[r->p].out_of_range)
+            continue; /* assigned again meanwhile (a rewind, a Rebuild): a stale answer */
         if (r->lo < 0 || r->hi < 0)
             continue; /* unanswered: still out_of_range, asked again at the next tick */
         again |= range_decide(in, r->t, r->p, r->lo, r->hi);
@@ -858,8 +887,10 @@ static void range_done(uv_work_t *w, int status)
     if (in->stopping)
         return;
     publish(in);
+    /* Not at once: should the fetch keep failing while the brokers say the
+     * offset is there, this is one round a second, not a spin. */
     if (again)
-        reassign(in);
+        uv_timer_start(&in->range_timer, on_range_timer, RANGE_RETRY_MS, 0);
 }
 
 /* Asks about every partition out of range, unless a question runs. */
@@ -894,7 +925,7 @@ const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32
 }
 
 /* A partition rebuilt: nothing applied, nothing known of its log. */
-static void part_forget(node_ingest_t *in, topic_t *t, uint32_t p)
+static void part_forget(topic_t *t, uint32_t p)
 {
     part_t *pt = &t->parts[p];
     int owned = pt->owned;
@@ -903,8 +934,6 @@ static void part_forget(node_ingest_t *in, topic_t *t, uint32_t p)
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
     pt->produced_end = pt->asked_end = -1;
-    if (in->state != NULL)
-        kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings), p, 0);
 }
 
 int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted)
@@ -950,7 +979,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     for (uint32_t p = 0; p < t->partitions; p++)
         if (t->parts[p].owned) {
             int diverged = t->parts[p].diverged, halted = t->parts[p].halted;
-            part_forget(in, t, p);
+            part_forget(t, p);
             t->parts[p].rebuilding = 1;
             t->parts[p].was_diverged = diverged;
             t->parts[p].was_halted = halted;
@@ -1106,6 +1135,13 @@ static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p)
     return t->parts[p].produced_end > end ? t->parts[p].produced_end : end;
 }
 
+/* The page's diverged flag: a Rebuild clears it only once its txn
+ * committed, so routers never read the old table as current meanwhile. */
+static int page_diverged(const part_t *pt)
+{
+    return pt->diverged || (pt->rebuilding && pt->was_diverged);
+}
+
 /* Brings the state page up to date: what a router reading this shard's
  * environment needs to apply the freshness rules as this worker does (the
  * applied offsets it reads from the environment itself). */
@@ -1121,7 +1157,7 @@ static void publish(node_ingest_t *in)
             if (t->parts[p].owned) {
                 kvs_shardstate_set_part(in->state, b, p, known_end(in, t, (int32_t)p),
                                         reset_start(in, t, (int32_t)p));
-                kvs_shardstate_set_diverged(in->state, b, p, t->parts[p].diverged);
+                kvs_shardstate_set_diverged(in->state, b, p, page_diverged(&t->parts[p]));
             }
     }
 }
@@ -1661,6 +1697,8 @@ static int start_queue(node_ingest_t *in)
     uv_timer_init(in->loop, &in->timer);
     in->timer.data = in;
     uv_timer_init(in->loop, &in->retry);
+    uv_timer_init(in->loop, &in->range_timer);
+    in->range_timer.data = in;
     in->retry.data = in;
     uv_timer_init(in->loop, &in->throttle_timer);
     in->throttle_timer.data = in;
@@ -1765,6 +1803,8 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->timer, NULL);
     if (in->retry.loop != NULL)
         uv_close((uv_handle_t *)&in->retry, NULL);
+    if (in->range_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->range_timer, NULL);
     if (in->throttle_timer.loop != NULL)
         uv_close((uv_handle_t *)&in->throttle_timer, NULL);
 }

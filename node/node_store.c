@@ -581,25 +581,6 @@ int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
     return kvs_lmdb_get(txn, s->meta, key, strlen(key), val);
 }
 
-int node_store_meta_del(node_store_t *s, const char *key)
-{
-    node_slice_t old;
-    int rc = node_store_meta_get(s, key, &old);
-    if (rc != 0)
-        return rc; /* absent: nothing to write */
-    rc = batch_room(s, strlen(key));
-    if (rc != 0)
-        return rc;
-    MDB_val k = {strlen(key), (void *)key};
-    rc = mdb_del(s->wtxn, s->meta, &k, NULL);
-    if (rc == MDB_NOTFOUND)
-        return KVS_ENOTFOUND;
-    if (rc != 0)
-        return batch_fail(s, "mdb_del meta", rc);
-    wrote(s, s->meta);
-    return 0;
-}
-
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen)
 {
     int rc = batch_room(s, strlen(key) + vlen);

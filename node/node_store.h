@@ -122,11 +122,9 @@ int node_store_clear(node_store_t *s, const char *table);
 
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
  * way as get/put: meta writes join the turn's batch, so data and the
- * metadata describing it (e.g. Kafka offsets) commit atomically. meta_del
- * returns KVS_ENOTFOUND (nothing written) for an absent key. */
+ * metadata describing it (e.g. Kafka offsets) commit atomically. */
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val);
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen);
-int node_store_meta_del(node_store_t *s, const char *key);
 
 /* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
  * keys and values, so that they all land in the same LMDB txn (no early
