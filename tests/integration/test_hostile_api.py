@@ -1,0 +1,254 @@
+"""The client API as a hostile client tests it: every limit of the
+protocol met and passed on every path a request can take, and one client's
+bad input or one hung worker never changing or holding up what others do.
+
+The paths: a kvs-router answering reads of its local shards itself
+(router.local_reads, the default), a router sending them to the workers,
+a worker asked directly on its unix socket, and the Redis protocol door
+(router.resp_listen). Each test starts its own router on loopback, checks
+the answers (status and the words a user acts on), and then checks that
+nothing else changed. Real kvs-router / kvs-node processes; every wait is
+bounded.
+
+Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
+"""
+import os
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from kvstest import pb, pyval, req_hget, req_hmget, req_hset
+from routertest import RouterTestCase, free_port, keys_by_shard
+
+PARTITIONS = 64
+
+
+def hincr(table, key, by):
+    return pb.CommandRequest(hincr=pb.Hincr(table=table, key=key, by_int=by))
+
+
+def hlen(table):
+    return pb.CommandRequest(hlen=pb.Hlen(table=table))
+
+
+def resp(*args):
+    """One RESP multibulk request."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+class RespSocket:
+    """A raw Redis protocol connection: one request, one whole reply line
+    (or bulk) at a time, enough for the replies these tests expect."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _reply(self):
+        line = self._line()
+        if line[:1] == b"$" and int(line[1:]) >= 0:
+            n = int(line[1:])
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        if line[:1] == b"*":
+            return [self._reply() for _ in range(int(line[1:]))]
+        return line
+
+    def call(self, *args):
+        self.sock.sendall(resp(*args))
+        return self._reply()
+
+
+class HostileApiTestCase(RouterTestCase):
+    def start(self, shards=4, local_reads=True, resp=False, **kw):
+        yaml = list(kw.pop("router_yaml", ())) + ["local_reads: %s" % str(local_reads).lower()]
+        if resp:
+            self.rport = free_port()
+            yaml.append('resp_listen: "127.0.0.1:%d"' % self.rport)
+        return self.router(shards=shards, partitions=PARTITIONS, router_yaml=yaml, **kw)
+
+    def resp_socket(self):
+        s = RespSocket(self.rport)
+        self.addCleanup(s.close)
+        return s
+
+    def assertStatus(self, resp_, status, *words):
+        self.assertEqual(resp_.status, status, resp_.message)
+        for w in words:
+            self.assertIn(w, resp_.message)
+
+
+
+class KeyLimitTest(HostileApiTestCase):
+    """LMDB takes keys of at most 511 bytes. Every command that names a key
+    refuses a longer one with 400 naming the field and the limit, before
+    anything is read or written, on every path; 511 bytes work."""
+
+    def commands(self, key):
+        """(name, request) for every command naming `key` in table t."""
+        return [
+            ("Hset", req_hset("t", key, "v")),
+            ("Hget", req_hget("t", key)),
+            ("Hdel", pb.CommandRequest(hdel=pb.Hdel(table="t", key=key))),
+            ("Hexist", pb.CommandRequest(hexist=pb.Hexist(table="t", key=key))),
+            ("Hmget", req_hmget("t", [b"ok", key])),
+            ("Hmexist", pb.CommandRequest(hmexist=pb.Hmexist(table="t", keys=[b"ok", key]))),
+            ("Hmset", pb.CommandRequest(hmset=pb.Hmset(table="t", pairs=[
+                pb.Kvpair(key=b"ok", value=pb.Value(integer_value=1)),
+                pb.Kvpair(key=key, value=pb.Value(integer_value=2))]))),
+            ("Hmdel", pb.CommandRequest(hmdel=pb.Hmdel(table="t", keys=[b"ok", key]))),
+            ("Hincr", hincr("t", key, 1)),
+        ]
+
+    def test_keys_past_511_bytes_are_400_on_every_path(self):
+        r = self.start(resp=True)
+        with r.client() as c:
+            self.assertStatus(c.hset("t", "ok", "seed"), 200)
+            for n in (512, 600, 4096):
+                for path, conn in (("router", c), ("worker", r.worker_client(r.shard_of(b"ok")))):
+                    for name, req in self.commands(b"k" * n):
+                        with self.subTest(path=path, n=n, command=name):
+                            a = conn.call(req)
+                            self.assertStatus(a, 400, name + ".", "%d bytes" % n, "511")
+                    if conn is not c:
+                        conn.close()
+            s = self.resp_socket()
+            for args in (("HSET", "t", b"f" * 600, "v"), ("HGET", "t", b"f" * 600),
+                         ("HMGET", "t", "ok", b"f" * 600), ("HDEL", "t", b"f" * 600),
+                         ("HINCRBY", "t", b"f" * 600, 1), ("HSETNX", "t", b"f" * 600, "v")):
+                with self.subTest(resp=args[0]):
+                    reply = s.call(*args)
+                    self.assertTrue(reply.startswith(b"-ERR") and b"511" in reply, reply)
+            # Nothing changed, and a key of exactly 511 bytes works everywhere.
+            self.assertEqual(c.call(hlen("t")).values[0].integer_value, 1)
+            k = b"k" * 511
+            self.assertStatus(c.hset("t", k, "at-the-limit"), 200)
+            self.assertEqual(pyval(c.hget("t", k).values[0]), "at-the-limit")
+            self.assertEqual(s.call("HGET", "t", k), b"at-the-limit")
+            self.assertEqual(c.call(hincr("t", k, 0)).status, 400)  # text is not a number
+            page = c.hscan("t", b"S" + bytes([0, r.shard_of(k)]) + k[:-1], 1)
+            self.assertStatus(page, 200)
+            self.assertEqual([p.key for p in page.pairs], [k])
+            self.assertStatus(c.hdel("t", k), 200)
+            self.assertEqual(c.call(hlen("t")).values[0].integer_value, 1)
+
+
+
+class DuplicateKeysTest(HostileApiTestCase):
+    def test_a_key_twice_in_one_request_last_wins_on_every_path(self):
+        """Hmset applies its pairs in request order, as that many Hsets would:
+        the answer holds each pair's previous value (an earlier pair's new
+        value for a repeated key) and the last pair wins. The same whether
+        the request goes whole to one shard, split over shards, straight to
+        a worker, or comes through the Redis door."""
+        r = self.start(resp=True)
+        per = keys_by_shard("d", 1, PARTITIONS, 4)
+        a, b = per[0][0], per[1][0]
+        with r.client() as c, r.worker_client(0) as w:
+            got = c.hmset("t", [(a, 1), (a, 2)])  # one shard: forwarded whole
+            self.assertEqual([pyval(v) for v in got.values], [None, 1])
+            got = c.hmset("t", [(a, 3), (b, 1), (a, 4), (b, 2)])  # split
+            self.assertEqual([pyval(v) for v in got.values], [2, None, 3, 1])
+            self.assertEqual([pyval(v) for v in c.hmget("t", [a, b, a]).values], [4, 2, 4])
+            got = w.hmset("t", [(a, 5), (a, 6)])  # the worker itself
+            self.assertEqual([pyval(v) for v in got.values], [4, 5])
+            got = c.hmdel("t", [a, b, a, b])
+            self.assertEqual([pyval(v) for v in got.values], [6, 2, None, None])
+            self.assertEqual([pyval(v) for v in c.hmget("t", [a, b]).values], [None, None])
+            s = self.resp_socket()
+            self.assertEqual(s.call("HSET", "t", a, "x", a, "y"), b":1")  # one field added
+            self.assertEqual(s.call("HGET", "t", a), b"y")
+            self.assertEqual(s.call("HDEL", "t", a, a), b":1")
+            self.assertEqual(c.call(hlen("t")).values[0].integer_value, 0)
+
+
+class HungWorkerTest(HostileApiTestCase):
+    def test_hung_worker_bounds_split_requests_and_others_are_served(self):
+        """A worker stopped dead (SIGSTOP) while an Hmset across every shard
+        waits for it: that client gets 503 after router.timeout, naming what
+        is known of each shard; meanwhile other clients' reads and writes of
+        the other shards are answered at once. After SIGCONT the router and
+        the worker agree on every key."""
+        r = self.start(timeout="2s")
+        per = keys_by_shard("h", 2, PARTITIONS, 4)
+        keys = [per[s][0] for s in range(4)]
+        with r.client() as c:
+            self.assertStatus(c.hmset("t", [(k, 0) for k in keys]), 200)
+        pid = r.worker_pid(1)
+        os.kill(pid, signal.SIGSTOP)
+        stopped = [True]
+
+        def resume():
+            if stopped[0]:
+                stopped[0] = False
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        self.addCleanup(resume)
+        result = {}
+
+        def split_write():
+            with r.client(timeout=20) as c:
+                t0 = time.monotonic()
+                result["answer"] = c.hmset("t", [(k, 1) for k in keys])
+                result["took"] = time.monotonic() - t0
+        th = threading.Thread(target=split_write, daemon=True)
+        th.start()
+        time.sleep(0.1)
+        rounds = 0
+        with r.client() as b:
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                self.assertStatus(b.hset("t", per[0][1], rounds), 200)
+                got = b.hmget("t", [per[0][1], per[2][0], per[3][0]])
+                self.assertStatus(got, 200)
+                self.assertEqual(pyval(got.values[0]), rounds)
+                self.assertLess(time.monotonic() - t0, 1.0, "a bystander waited for the hung shard")
+                rounds += 1
+        th.join(20)
+        self.assertFalse(th.is_alive(), "the split write got no answer")
+        a = result["answer"]
+        self.assertStatus(a, 503, "shard 1 is unavailable", "router.timeout",
+                          "shards 0, 2, 3 applied their keys", "shard 1 may or may not have")
+        self.assertGreaterEqual(result["took"], 1.9)
+        self.assertLess(result["took"], 8.0)
+        self.assertGreater(rounds, 3)
+        resume()
+        deadline = time.monotonic() + 10
+        with r.client() as c:
+            while c.hset("t", per[1][1], "after").status != 200:
+                self.assertLess(time.monotonic(), deadline, "shard 1 never served again")
+                time.sleep(0.05)
+            vals = [pyval(v) for v in c.hmget("t", keys).values]
+            self.assertEqual([vals[0], vals[2], vals[3]], [1, 1, 1])
+            self.assertIn(vals[1], (0, 1))
+            with r.worker_client(1) as w:
+                self.assertEqual(pyval(w.hget("t", keys[1]).values[0]), vals[1])
+                self.assertEqual(pyval(w.hget("t", per[1][1]).values[0]), "after")
+
+
+
+if __name__ == "__main__":
+    unittest.main()
