@@ -1923,11 +1923,14 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
 {
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
         q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
+        int digest = q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST;
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                                  "%s is a worker command: it is about one copy of one shard, so "
-                                 "send it to each replica's worker (kvs-cli digest TABLE does), "
-                                 "not through the router",
-                                 kvs_msg_command_name(q->command_case));
+                                 "send it to %s, not through the router",
+                                 kvs_msg_command_name(q->command_case),
+                                 digest ? "each replica's worker (kvs-cli digest TABLE does)"
+                                        : "a worker (a new replica's worker asks its peers for "
+                                          "one by itself)");
         return;
     }
     const char *table = kvs_msg_request_table(q);

@@ -152,6 +152,23 @@ class KeyLimitTest(HostileApiTestCase):
             self.assertStatus(c.hdel("t", k), 200)
             self.assertEqual(c.call(hlen("t")).values[0].integer_value, 1)
 
+    def test_hscan_cursor_garbage_is_400_and_every_count_is_bounded(self):
+        r = self.start(shards=2)
+        with r.client() as c:
+            self.assertStatus(c.hmset("t", [("k%d" % i, i) for i in range(30)]), 200)
+            for cursor in (b"\x00", b"junk", b"S\x00", b"S\x00\x02", b"S\xff\xff" + b"k",
+                           b"S\x00\x00" + b"k" * 600):
+                with self.subTest(cursor=cursor[:8]):
+                    self.assertStatus(c.hscan("t", cursor, 10), 400, "Hscan.cursor",
+                                      "start with an empty cursor")
+            for count, most in ((0, 30), (1, 1), (2**32 - 1, 30)):
+                walked = c.scan_all("t", count=count)
+                self.assertEqual(sorted(k for k, _ in walked), sorted(b"k%d" % i for i in range(30)))
+                page = c.hscan("t", b"", count)
+                self.assertLessEqual(len(page.pairs), most)
+            for table in ("missing", "x" * 200):
+                self.assertEqual(c.scan_all(table), [])
+            self.assertStatus(c.hscan("", b"", 1), 400, "Hscan.table")
 
 
 class DuplicateKeysTest(HostileApiTestCase):

@@ -1523,6 +1523,28 @@ KVS_TEST(hscan_forged_cursor_is_400)
 /* ---- answered by the router itself
  * ------------------------------------------------------------------------------- */
 
+/* Digest and Snapshot are about one copy of one shard: refused, each with
+ * what to do instead. */
+KVS_TEST(worker_commands_are_refused_saying_where_to_send_them)
+{
+    setup();
+    Kvs__Digest digest = KVS__DIGEST__INIT;
+    digest.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_DIGEST, &digest);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Digest is a worker command");
+    CHECK_CONTAINS(r->message, "kvs-cli digest TABLE");
+    Kvs__Snapshot snap = KVS__SNAPSHOT__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT, &snap);
+    r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Snapshot is a worker command");
+    CHECK_CONTAINS(r->message, "a new replica's worker asks its peers for one by itself");
+    CHECK(strstr(r->message, "digest") == NULL);
+    CHECK_EQ(fx.n_sent, 0);
+}
+
 KVS_TEST(ping_answered_locally)
 {
     setup();
@@ -2521,6 +2543,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(hgetall_merges_in_byte_order), KVS_CASE(merged_answer_over_max_frame_is_413),
               KVS_CASE(info_fans_out_and_merges), KVS_CASE(info_reports_an_unavailable_shard),
               KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
+              KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
               KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
               KVS_CASE(orphaned_request_frees_itself),
               KVS_CASE(bound_table_placed_by_its_partitioner),
