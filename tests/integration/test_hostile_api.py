@@ -171,6 +171,56 @@ class KeyLimitTest(HostileApiTestCase):
             self.assertStatus(c.hscan("", b"", 1), 400, "Hscan.table")
 
 
+class TableLimitTest(HostileApiTestCase):
+    def test_257th_table_is_507_nothing_half_created_and_restart_is_fine(self):
+        """storage.max_tables (256 by default) per shard: the table past it
+        is refused with 507 saying what to change, no trace of it is left,
+        every other table keeps working, reads of tables that do not exist
+        are still 404 or empty (also from the router's own read-only view,
+        which by then holds a handle for every table), and all of it still
+        holds after a restart."""
+        r = self.start(shards=1, sync="none")
+
+        def check(c):
+            for req in (req_hset("new", "k", 1), hincr("new", b"k", 1),
+                        pb.CommandRequest(hmset=pb.Hmset(table="new", pairs=[
+                            pb.Kvpair(key=b"a", value=pb.Value(integer_value=1)),
+                            pb.Kvpair(key=b"b", value=pb.Value(integer_value=2))]))):
+                self.assertStatus(c.call(req), 507, 'cannot create table "new"',
+                                  "storage.max_tables (256)")
+            self.assertStatus(c.hget("new", "k"), 404)
+            self.assertEqual(c.call(hlen("new")).values[0].integer_value, 0)
+            info = {p.key: pyval(p.value) for p in c.call(pb.CommandRequest(info=pb.Info())).pairs}
+            self.assertEqual(info.get(b"shard.000.tables"), 256)
+            # Every table read (so the router's view opens each), then tables
+            # nobody created: still 404 or empty, never a storage error.
+            answers = c.pipeline([hlen("t%03d" % i) for i in range(256)])
+            self.assertEqual([a.values[0].integer_value for a in answers], [1] * 256)
+            for i in range(20):
+                self.assertStatus(c.hget("missing%d" % i, "k"), 404, '"missing%d"' % i)
+            self.assertEqual([pyval(v) for v in c.hmget("missing", ["a", "b"]).values],
+                             [None, None])
+            self.assertStatus(c.hgetall("missing"), 200)
+            self.assertEqual(c.scan_all("missing"), [])
+            self.assertEqual(c.call(hlen("missing")).values[0].integer_value, 0)
+
+        with r.client() as c:
+            answers = c.pipeline([req_hset("t%03d" % i, "k", i) for i in range(256)])
+            self.assertEqual([a.status for a in answers], [200] * 256)
+            check(c)
+            self.assertStatus(c.hset("t000", "k", "again"), 200)
+        log = r.stderr()
+        self.assertNotIn("MDB_DBS_FULL", log)
+        self.assertNotIn("local read failed", log)
+        self.assertEqual(r.stop(), 0)
+        r.start()
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("t000", "k").values[0]), "again")
+            self.assertEqual(pyval(c.hget("t255", "k").values[0]), 255)
+            check(c)
+        self.assertNotIn("MDB_DBS_FULL", r.stderr())
+
+
 class DuplicateKeysTest(HostileApiTestCase):
     def test_a_key_twice_in_one_request_last_wins_on_every_path(self):
         """Hmset applies its pairs in request order, as that many Hsets would:
