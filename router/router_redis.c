@@ -228,15 +228,32 @@ struct cmd_s {
     int rcmd;
 };
 
-/* A NUL-terminated copy of a table name in the router's redis_arena (names
- * are checked by router_route like any other). */
-static char *table_of(router_redis_t *rs, const kvs_redis_arg_t *a)
+/* A table name holding a NUL is refused here: as a C string it would end
+ * there and name another table ("a\0b" is "a"), and once it is one nothing
+ * downstream can tell. Returns 1 after answering `req`. */
+static int table_has_nul(router_req_t *req, const kvs_redis_arg_t *a)
 {
+    if (memchr(a->p, 0, a->len) == NULL)
+        return 0;
+    reply_error(req, "ERR the key (a kvs table name) holds a NUL byte, which kvs table names may "
+                     "not contain");
+    return 1;
+}
+
+/* A NUL-terminated copy of a table name in the router's redis_arena (names
+ * are checked by router_route like any other, but for a NUL, which a C
+ * string cannot carry), or NULL once `req` is answered. */
+static char *table_of(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (table_has_nul(req, a))
+        return NULL;
     char *t = kvs_arena_alloc(&rs->r->redis_arena, a->len + 1);
-    if (t != NULL) {
-        memcpy(t, a->p, a->len);
-        t[a->len] = '\0';
+    if (t == NULL) {
+        reply_error(req, "ERR the server is out of memory");
+        return NULL;
     }
+    memcpy(t, a->p, a->len);
+    t[a->len] = '\0';
     return t;
 }
 
@@ -322,10 +339,12 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     kvs_arena_t *ar = &rs->r->redis_arena;
     if ((rs->ps.argc - 2) % 2 != 0)
         return reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
-    char *table = table_of(rs, &a[1]);
+    char *table = table_of(rs, req, &a[1]);
+    if (table == NULL)
+        return;
     Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
     Kvs__Kvpair **pp = kvs_arena_alloc(ar, n * sizeof(*pp));
-    if (table == NULL || pairs == NULL || pp == NULL)
+    if (pairs == NULL || pp == NULL)
         return oom(req);
     for (size_t i = 0; i < n; i++) {
         kvs__kvpair__init(&pairs[i]);
@@ -358,9 +377,11 @@ static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *re
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t n = rs->ps.argc - 2;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    char *table = table_of(rs, &a[1]);
+    char *table = table_of(rs, req, &a[1]);
+    if (table == NULL)
+        return;
     ProtobufCBinaryData *keys = kvs_arena_alloc(&rs->r->redis_arena, n * sizeof(*keys));
-    if (table == NULL || keys == NULL)
+    if (keys == NULL)
         return oom(req);
     for (size_t i = 0; i < n; i++)
         keys[i] = bytes_of(&a[2 + i]);
@@ -394,8 +415,8 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
 {
     Kvs__Hgetall m = KVS__HGETALL__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, &rs->ps.argv[1])) == NULL)
-        return oom(req);
+    if ((m.table = table_of(rs, req, &rs->ps.argv[1])) == NULL)
+        return;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
     q.hgetall = &m;
     route_request(rs, cl, req, &q, cmd->rcmd);
@@ -408,8 +429,8 @@ static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         return reply_error(req, "ERR kvs answers EXISTS for one key at a time");
     Kvs__Hlen m = KVS__HLEN__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, &rs->ps.argv[1])) == NULL)
-        return oom(req);
+    if ((m.table = table_of(rs, req, &rs->ps.argv[1])) == NULL)
+        return;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
     q.hlen = &m;
     route_request(rs, cl, req, &q, cmd->rcmd);
@@ -433,8 +454,8 @@ static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req
         m.by_case = KVS__HINCR__BY_BY_FLOAT;
         m.by_float = by;
     }
-    if ((m.table = table_of(rs, &a[1])) == NULL)
-        return oom(req);
+    if ((m.table = table_of(rs, req, &a[1])) == NULL)
+        return;
     m.key = bytes_of(&a[2]);
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HINCR;
     q.hincr = &m;
@@ -516,6 +537,8 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     if (a[1].len > KVS_MAX_TABLE)
         return reply_error(req, "ERR the key (a kvs table name) is longer than %d bytes",
                            KVS_MAX_TABLE);
+    if (table_has_nul(req, &a[1]))
+        return;
     if (kvs_redis_arg_int(&a[2], &seq) != 0 || seq < 0)
         return reply_error(req, "ERR invalid cursor");
     for (size_t i = 3; i < rs->ps.argc; i += 2) {

@@ -249,6 +249,34 @@ class DuplicateKeysTest(HostileApiTestCase):
             self.assertEqual(c.call(hlen("t")).values[0].integer_value, 0)
 
 
+class RespTableNameTest(HostileApiTestCase):
+    def test_table_name_with_nul_is_refused_and_changes_no_other_table(self):
+        """A NUL ends a name in C, so "a\\0b" would be table "a": the
+        protobuf door refuses such names, and so must the Redis door, on
+        every command that names a table (a Redis key may hold any byte).
+        Table "a" must be exactly as it was."""
+        r = self.start(shards=2, resp=True)
+        with r.client() as c:
+            self.assertStatus(c.hset("a", "f", "orig"), 200)
+        s = self.resp_socket()
+        bad = b"a\x00b"
+        for args in (("HSET", bad, "f", "hijack"), ("HSET", bad, "f", "x", "g", "y"),
+                     ("HMSET", bad, "f", "x"), ("HSETNX", bad, "n", "x"), ("HDEL", bad, "f"),
+                     ("HDEL", bad, "f", "g"), ("HINCRBY", bad, "n", "1"),
+                     ("HINCRBYFLOAT", bad, "n", "1.5"), ("HGET", bad, "f"), ("HMGET", bad, "f"),
+                     ("HEXISTS", bad, "f"), ("HSTRLEN", bad, "f"), ("HGETALL", bad),
+                     ("HKEYS", bad), ("HVALS", bad), ("HLEN", bad), ("EXISTS", bad),
+                     ("HSCAN", bad, "0"), ("HSET", b"\x00", "f", "v")):
+            with self.subTest(args=args):
+                reply = s.call(*args)
+                self.assertIsInstance(reply, bytes, "%r answered %r" % (args, reply))
+                self.assertTrue(reply.startswith(b"-ERR") and b"NUL" in reply, reply)
+        self.assertEqual(s.call("HGETALL", "a"), [b"f", b"orig"])
+        self.assertEqual(s.call("PING"), b"+PONG")
+        with r.client() as c:
+            self.assertEqual(c.scan_all("a"), [(b"f", "orig")])
+
+
 class HungWorkerTest(HostileApiTestCase):
     def test_hung_worker_bounds_split_requests_and_others_are_served(self):
         """A worker stopped dead (SIGSTOP) while an Hmset across every shard
