@@ -277,6 +277,31 @@ class RespTableNameTest(HostileApiTestCase):
             self.assertEqual(c.scan_all("a"), [(b"f", "orig")])
 
 
+class UnavailableShardTest(HostileApiTestCase):
+    def test_split_write_to_an_unreachable_shard_says_it_wrote_nothing(self):
+        """A part that could not be sent (its shard's link is down) was
+        certainly not written: the 503 says so, rather than "may or may
+        not", and says which shards applied their keys."""
+        r = self.start(remote={3: "127.0.0.1:%d" % free_port()}, timeout="1s")
+        per = keys_by_shard("w", 1, PARTITIONS, 4)
+        keys = [per[s][0] for s in range(4)]
+        with r.client() as c:
+            for req in (pb.CommandRequest(hmset=pb.Hmset(table="t", pairs=[
+                    pb.Kvpair(key=k, value=pb.Value(integer_value=1)) for k in keys])),
+                        pb.CommandRequest(hmdel=pb.Hmdel(table="t", keys=keys))):
+                with self.subTest(command=req.WhichOneof("command")):
+                    a = c.call(req)
+                    self.assertStatus(a, 503, "shard 3 is unavailable", "cannot connect",
+                                      "shards 0, 1, 2 applied their keys",
+                                      "shard 3 wrote nothing")
+                    self.assertNotIn("may or may not", a.message)
+            a = c.hset("t", keys[3], 1)
+            self.assertStatus(a, 503, "shard 3 is unavailable")
+            self.assertNotIn("may or may not", a.message)
+            self.assertEqual(c.call(hlen("t")).status, 503)
+
+
+
 class HungWorkerTest(HostileApiTestCase):
     def test_hung_worker_bounds_split_requests_and_others_are_served(self):
         """A worker stopped dead (SIGSTOP) while an Hmset across every shard
@@ -342,7 +367,6 @@ class HungWorkerTest(HostileApiTestCase):
             with r.worker_client(1) as w:
                 self.assertEqual(pyval(w.hget("t", keys[1]).values[0]), vals[1])
                 self.assertEqual(pyval(w.hget("t", per[1][1]).values[0]), "after")
-
 
 
 if __name__ == "__main__":
