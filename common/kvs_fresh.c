@@ -30,6 +30,8 @@ kvs_fresh_verdict_t kvs_fresh_decide(const kvs_fresh_part_t *p, uint64_t max_lag
     int64_t lag = kvs_fresh_lag(p);
     if (count != NULL)
         *count = 0;
+    if (!accept_stale && p->diverged)
+        return KVS_FRESH_DIVERGED;
     if (!accept_stale && p->settling && lag < 0)
         return KVS_FRESH_STARTING;
     if (!accept_stale && lag >= 0 && (uint64_t)lag > max_lag) {

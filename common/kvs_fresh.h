@@ -23,6 +23,12 @@
  *     partition ends (a worker) asks once and decides again; otherwise it
  *     is refused, since nothing says the record will ever come.
  *
+ * Before both: a copy whose partition diverged from the topic (the log
+ * now ends below what the copy applied: the topic was deleted and created
+ * anew, or its log was truncated) serves no reads of it unless the read
+ * accepts stale data. What it holds is the partition as it was, and
+ * nothing it applies from the new log could be trusted to fit with it.
+ *
  * Pure functions of their arguments: no clock, no I/O.
  */
 #ifndef KVS_FRESH_H
@@ -38,6 +44,7 @@ typedef struct kvs_fresh_part_s {
     int64_t end;  /* the partition's end offset as last heard (the brokers' high watermark,
                      or past the copy's own acknowledged writes); -1 unknown */
     int settling; /* just started, end not heard yet: its lag is not known yet */
+    int diverged; /* the log ends below `next`: see above */
 } kvs_fresh_part_t;
 
 /* Verdicts, from best to worst (a read touching several partitions gets
@@ -48,7 +55,11 @@ typedef enum {
     KVS_FRESH_STARTING = 2,    /* settling: wait for the end offset to be known */
     KVS_FRESH_AHEAD = 3,       /* the position is past the end the copy knows: ask, or 503 */
     KVS_FRESH_CATCHING_UP = 4, /* lag above max_lag: 503 now (unless stale is accepted) */
+    KVS_FRESH_DIVERGED = 5,    /* the log no longer holds what was applied: 503 (ditto) */
 } kvs_fresh_verdict_t;
+
+/* Verdicts from here on refuse the read at once, whatever else it touches. */
+#define KVS_FRESH_REFUSED KVS_FRESH_CATCHING_UP
 
 /* Records not applied yet (end - next, never negative), or -1 when either
  * is unknown. */

@@ -49,8 +49,8 @@ void kvs_freshreq_partition(kvs_freshreq_t *c, uint32_t p)
 {
     kvs_fresh_part_t st = {.next = -1, .end = -1};
     uint64_t n;
-    if (c->verdict == KVS_FRESH_CATCHING_UP)
-        return; /* nothing is worse */
+    if (c->verdict >= KVS_FRESH_REFUSED)
+        return; /* refused already: nothing changes that */
     if (c->lookup(c->arg, c->b, p, &st) != 0)
         return; /* not a partition of this copy: nothing here depends on it */
     int64_t need = need_of(c, p);
@@ -68,8 +68,7 @@ void kvs_freshreq_partition(kvs_freshreq_t *c, uint32_t p)
 
 static void owned_partitions(kvs_freshreq_t *c)
 {
-    for (uint32_t p = c->shard; p < c->partitions && c->verdict != KVS_FRESH_CATCHING_UP;
-         p += c->shards)
+    for (uint32_t p = c->shard; p < c->partitions && c->verdict < KVS_FRESH_REFUSED; p += c->shards)
         kvs_freshreq_partition(c, p);
 }
 
@@ -130,7 +129,7 @@ static int keys_partitions(kvs_freshreq_t *c, const Kvs__Hmget *m, kvs_arena_t *
     if (seen == NULL)
         return -ENOMEM;
     memset(seen, 0, bytes);
-    for (size_t i = 0; i < m->n_keys && c->verdict != KVS_FRESH_CATCHING_UP; i++) {
+    for (size_t i = 0; i < m->n_keys && c->verdict < KVS_FRESH_REFUSED; i++) {
         uint32_t p = kvs_place_partition_by(c->b->partitioner, m->keys[i].data, m->keys[i].len,
                                             c->partitions);
         if (seen[p / 8] & (1u << (p % 8)))

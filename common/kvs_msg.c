@@ -205,6 +205,7 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
         [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
         [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
+        [KVS__COMMAND_REQUEST__COMMAND_REBUILD] = "Rebuild",
         [KVS__COMMAND_REQUEST__COMMAND_METRICS] = "Metrics",
         [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = "Slowlog",
     };
@@ -251,6 +252,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->digest->base;
     case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
         return &r->snapshot->base;
+    case KVS__COMMAND_REQUEST__COMMAND_REBUILD:
+        return &r->rebuild->base;
     case KVS__COMMAND_REQUEST__COMMAND_METRICS:
         return &r->metrics->base;
     case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #define MAGIC "KVSSTATE"
-#define VERSION 1
+#define VERSION 2 /* 2: slots say whether the partition diverged */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "shared-memory atomics must be lock-free");
 
@@ -50,6 +50,7 @@ _Static_assert(sizeof(page_t) == 128, "the header keeps its size");
 typedef struct slot_s {
     _Atomic int64_t end;
     _Atomic int64_t start;
+    _Atomic int64_t diverged; /* 0 or 1 */
 } slot_t;
 
 struct kvs_shardstate_s {
@@ -139,10 +140,11 @@ static void end_write(page_t *pg)
     atomic_fetch_add_explicit(&pg->seq, 1, memory_order_release); /* even */
 }
 
-/* What a page left by an earlier worker says it had open. */
+/* What a page left by an earlier worker says it had open (version 1's
+ * header is the same as this one's: only its slots were smaller). */
 static int last_ident(const page_t *pg, kvs_lmdb_ident_t *last)
 {
-    if (memcmp(pg->magic, MAGIC, 8) != 0 || pg->version != VERSION)
+    if (memcmp(pg->magic, MAGIC, 8) != 0 || (pg->version != VERSION && pg->version != 1))
         return 0;
     last->data_dev = atomic_load(&pg->data_dev);
     last->data_ino = atomic_load(&pg->data_ino);
@@ -181,6 +183,7 @@ static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last,
     for (uint64_t i = 0; i < s->nslots; i++) {
         atomic_store(&s->slots[i].end, -1);
         atomic_store(&s->slots[i].start, -1);
+        atomic_store(&s->slots[i].diverged, 0);
     }
     end_write(pg);
     s->dev = (uint64_t)st.st_dev;
@@ -233,6 +236,13 @@ void kvs_shardstate_set_part(kvs_shardstate_t *s, uint32_t binding, uint32_t p, 
         return;
     atomic_store_explicit(&sl->end, end, memory_order_release);
     atomic_store_explicit(&sl->start, start, memory_order_release);
+}
+
+void kvs_shardstate_set_diverged(kvs_shardstate_t *s, uint32_t binding, uint32_t p, int diverged)
+{
+    slot_t *sl = slot_of(s, binding, p);
+    if (sl != NULL)
+        atomic_store_explicit(&sl->diverged, diverged != 0, memory_order_release);
 }
 
 void kvs_shardstate_set_settle(kvs_shardstate_t *s, int64_t until_ms)
@@ -303,6 +313,12 @@ void kvs_shardstate_part(const kvs_shardstate_t *s, uint32_t binding, uint32_t p
     slot_t *sl = slot_of(s, binding, p);
     *end = sl != NULL ? atomic_load_explicit(&sl->end, memory_order_acquire) : -1;
     *start = sl != NULL ? atomic_load_explicit(&sl->start, memory_order_acquire) : -1;
+}
+
+int kvs_shardstate_diverged(const kvs_shardstate_t *s, uint32_t binding, uint32_t p)
+{
+    slot_t *sl = slot_of(s, binding, p);
+    return sl != NULL && atomic_load_explicit(&sl->diverged, memory_order_acquire) != 0;
 }
 
 void kvs_shardstate_file(const kvs_shardstate_t *s, uint64_t *dev, uint64_t *ino)

@@ -15,8 +15,9 @@
  *    partition with no stored offset (-1: not known); until when, after
  *    the worker started, an unknown end means "settling" (kvs_fresh); and a
  *    heartbeat, so a router does not trust the end offsets of a worker that
- *    stopped ticking. The applied offsets are not here: they are in the
- *    environment, read in the same snapshot as the data.
+ *    stopped ticking; and whether the partition diverged from the topic
+ *    (kvs_fresh), so a router refuses its reads as the worker does. The applied offsets are not
+ * here: they are in the environment, read in the same snapshot as the data.
  *
  * Times are uv_now() milliseconds (libuv's monotonic clock, the same in
  * every process of the machine).
@@ -69,6 +70,9 @@ void kvs_shardstate_publish(kvs_shardstate_t *s, const kvs_lmdb_ident_t *ident);
  * this shard owns; others are ignored). */
 void kvs_shardstate_set_part(kvs_shardstate_t *s, uint32_t binding, uint32_t p, int64_t end,
                              int64_t start);
+/* Whether partition p of cfg->bindings[binding] diverged (kvs_fresh); 0
+ * when the page is opened. */
+void kvs_shardstate_set_diverged(kvs_shardstate_t *s, uint32_t binding, uint32_t p, int diverged);
 void kvs_shardstate_set_settle(kvs_shardstate_t *s, int64_t until_ms);
 void kvs_shardstate_heartbeat(kvs_shardstate_t *s, int64_t now_ms);
 
@@ -88,6 +92,10 @@ int kvs_shardstate_head(const kvs_shardstate_t *s, kvs_shardstate_head_t *h);
  * when not known (or not a partition of this shard). */
 void kvs_shardstate_part(const kvs_shardstate_t *s, uint32_t binding, uint32_t p, int64_t *end,
                          int64_t *start);
+
+/* What kvs_shardstate_set_diverged said of the partition (0 for one not
+ * of this shard). */
+int kvs_shardstate_diverged(const kvs_shardstate_t *s, uint32_t binding, uint32_t p);
 
 /* The page's file as opened (device, inode): a reader compares it with the
  * path's now to notice a page that was removed and created anew. */

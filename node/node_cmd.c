@@ -510,6 +510,43 @@ static int finish(node_cmd_ctx_t *ctx, kvs_resp_t *r, Kvs__CommandRequest__Comma
     return kvs_reads_finish(r, ctx->max_frame, cmd);
 }
 
+/* Rebuild: a bound table emptied and read again from its topic
+ * (node_ingest_rebuild). */
+static int cmd_rebuild(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const char *table = req->rebuild->table;
+    const kvs_binding_t *b = ctx->cfg != NULL ? kvs_config_binding(ctx->cfg, table) : NULL;
+    uint8_t enc[16];
+    uint32_t n = 0;
+    if (b == NULL || ctx->ingest == NULL) {
+        kvs_resp_status(r, KVS_STATUS_BAD_REQUEST);
+        if (b == NULL)
+            kvs_resp_message(r,
+                             "Rebuild: table \"%s\" is bound to no topic (kafka.bindings): only "
+                             "a bound table can be rebuilt from its topic; nothing was changed",
+                             table);
+        else
+            kvs_resp_message(r, "Rebuild: this worker ingests no Kafka records (kafka.brokers "
+                                "is empty); nothing was changed");
+        return 0;
+    }
+    int rc = node_ingest_rebuild(ctx->ingest, b, &n);
+    if (rc == -ESHUTDOWN) {
+        kvs_resp_status(r, KVS_STATUS_UNAVAILABLE);
+        kvs_resp_message(r, "Rebuild: the worker is stopping; nothing was changed");
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_message(r,
+                     "table %s emptied on shard %u; %u partition(s) of topic %s are read again "
+                     "from their first record",
+                     table, ctx->shard, n, b->topic);
+    kvs_resp_value(r, enc, kvs_value_encode_int(enc, n));
+    return 0;
+}
+
 static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HGET] = cmd_read,
     [KVS__COMMAND_REQUEST__COMMAND_HGETALL] = cmd_read,
@@ -527,6 +564,7 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_read,
     [KVS__COMMAND_REQUEST__COMMAND_METRICS] = cmd_metrics,
     [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
+    [KVS__COMMAND_REQUEST__COMMAND_REBUILD] = cmd_rebuild,
 };
 
 static int run_auth(node_cmd_ctx_t *ctx, const Kvs__Auth *m, kvs_buf_t *out)
@@ -845,6 +883,8 @@ static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, cons
     int rc;
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST)
         return node_digest_request(ctx->digest, req, ctx->defer, ctx->defer_arg, out);
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_REBUILD)
+        return node_cmd_execute(ctx, req, out);
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
         return ctx->snapshot != NULL
                    ? ctx->snapshot(ctx->snapshot_arg, out)

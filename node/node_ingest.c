@@ -107,6 +107,12 @@ typedef struct part_s {
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
     int64_t asked_end;      /* the end as the brokers last answered node_ingest_ask_end; -1 */
     int want_end;           /* a read asked for the end: in the next query */
+    /* Its fetch position is not in the log (see "out of range" below). */
+    int out_of_range; /* fetching stopped; a range check is due */
+    int diverged;     /* the log ends below `next`: halted, reads refused */
+    int halted;       /* records before the log's start are gone, auto.offset.reset error */
+    int restart;      /* next assignment at auto.offset.reset, not at `next` */
+    int from_start;   /* rebuilt: with no stored offset, start at the log's first record */
 } part_t;
 
 typedef struct topic_s {
@@ -142,6 +148,7 @@ struct node_ingest_s {
     /* A group offset commit awaits on_commit. */
     int commit_unanswered;
     int64_t reset_offset; /* where a partition with no stored offset starts */
+    int reset_error;      /* the user's auto.offset.reset is "error" */
     uint64_t pending_gen; /* first batch generation holding unconfirmed records */
     size_t n_owned;       /* partitions this shard owns, over all topics */
     int rewind;           /* a batch was lost: reload offsets, re-assign */
@@ -177,8 +184,18 @@ struct node_ingest_s {
         part_t *part;
         int32_t p;
         int64_t end; /* the answer; -1 none */
-    } *asks;
+    } * asks;
     size_t n_asks; /* of the query in flight */
+    /* Asking where the logs of partitions out of range start and end: one
+     * query at a time, in the thread pool. */
+    uv_work_t range_work;
+    int range_busy;
+    struct range_s {
+        topic_t *t;
+        int32_t p;
+        int64_t lo, hi; /* the answer; -1 none */
+    } * ranges;
+    size_t n_ranges; /* of the query in flight */
 };
 
 static void ingest_assign(node_ingest_t *in);
@@ -227,6 +244,13 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
     kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
     return node_store_meta_put(in->store, key, v, sizeof(v));
+}
+
+/* Where a partition with no stored offset starts: auto.offset.reset, or
+ * the log's first record for a rebuilt one. */
+static int64_t start_of(const node_ingest_t *in, const part_t *pt)
+{
+    return pt->from_start ? RD_KAFKA_OFFSET_BEGINNING : in->reset_offset;
 }
 
 /* ---- applying records ----------------------------------------------------- */
@@ -382,6 +406,19 @@ static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
                  rd_kafka_message_errstr(m));
 }
 
+static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m);
+
+/* An event from the consumer queue (a message with err set). */
+static void consumer_event(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && m->rkt != NULL)
+        out_of_range(in, m);
+    else
+        log_consumer_error(in, m);
+}
+
 /* Logs what node_placecheck reports for `t` (`tick`: the periodic flush;
  * else the end of a batch). */
 static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
@@ -423,8 +460,8 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
     for (size_t i = 0; i < n; i++)
         todo += (size_t)to_apply(in, msgs[i]);
     for (size_t i = 0; todo == 0 && i < n; i++)
-        if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            log_consumer_error(in, msgs[i]);
+        if (msgs[i]->err != 0)
+            consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
     int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
@@ -436,8 +473,7 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
         rd_kafka_message_t *m = msgs[i];
         topic_t *t = m->err == 0 || m->rkt != NULL ? topic_of(in, m) : NULL;
         if (m->err != 0) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                log_consumer_error(in, m);
+            consumer_event(in, m);
             continue;
         }
         if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
@@ -501,8 +537,8 @@ static void drain_events(node_ingest_t *in)
     ssize_t n;
     while ((n = rd_kafka_consume_batch_queue(in->q, 0, msgs, 64)) > 0)
         for (ssize_t i = 0; i < n; i++) {
-            if (msgs[i]->err != 0 && msgs[i]->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                log_consumer_error(in, msgs[i]);
+            if (msgs[i]->err != 0)
+                consumer_event(in, msgs[i]);
             rd_kafka_message_destroy(msgs[i]);
         }
 }
@@ -661,6 +697,238 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
         publish(in);
 }
 
+/* ---- out of range: a partition's log moved away under it ------------------------------ *
+ *
+ * The consumer runs with auto.offset.reset=error, so a fetch position that
+ * is not in the log stops the partition and comes here as an event instead
+ * of silently jumping: with "earliest", a topic deleted and created again
+ * (or a log truncated by an unclean leader election) would restart at its
+ * new beginning, every record below the stored offset would be skipped as
+ * "already applied", and reads would go on serving the old data as
+ * current. The brokers are asked where the log starts and ends, then:
+ *
+ *   next > end      diverged: the log no longer holds what was applied.
+ *                   The partition is halted (not assigned again) and its
+ *                   reads are refused (kvs_fresh) until it is rebuilt
+ *                   from the topic (README); nothing is thrown away.
+ *   next < start    the records in between were deleted (retention)
+ *                   before this shard read them: the user's
+ *                   auto.offset.reset decides, as before (earliest: the
+ *                   first record left, the gap logged; latest: the end;
+ *                   error: the partition is halted).
+ *   otherwise       the brokers disagreed for a moment (a leader change):
+ *                   consuming resumes where it was.
+ *
+ * A question the brokers leave unanswered is asked again every tick. */
+
+static void range_start(node_ingest_t *in);
+static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b);
+
+static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    topic_t *t = topic_of(in, m);
+    if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions)
+        return;
+    part_t *pt = &t->parts[m->partition];
+    if (!pt->owned || pt->diverged || pt->halted || pt->out_of_range)
+        return;
+    pt->out_of_range = 1;
+    kvs_warn("kafka %s [%d]: offset %lld is not in the partition's log (%s); asking the "
+             "brokers where the log starts and ends",
+             t->b->topic, m->partition, (long long)m->offset, rd_kafka_message_errstr(m));
+    range_start(in);
+}
+
+/* In the thread pool: where every partition asked about starts and ends,
+ * each question at most ask_timeout_ms. */
+static void range_work(uv_work_t *w)
+{
+    node_ingest_t *in = w->data;
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t want = pass == 0 ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_END;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+        for (size_t i = 0; i < in->n_ranges; i++)
+            rd_kafka_topic_partition_list_add(l, in->ranges[i].t->b->topic, in->ranges[i].p)
+                ->offset = want;
+        int ok = rd_kafka_offsets_for_times(in->rk, l, in->ask_timeout_ms) == 0;
+        for (size_t i = 0; i < in->n_ranges; i++) {
+            rd_kafka_topic_partition_t *e =
+                rd_kafka_topic_partition_list_find(l, in->ranges[i].t->b->topic, in->ranges[i].p);
+            int64_t v = ok && e != NULL && e->err == 0 && e->offset >= 0 ? e->offset : -1;
+            *(pass == 0 ? &in->ranges[i].lo : &in->ranges[i].hi) = v;
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+}
+
+/* Decides what becomes of a partition whose log was found to span
+ * [lo, hi). Returns 1 when it is to be assigned again. */
+static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, int64_t hi)
+{
+    part_t *pt = &t->parts[p];
+    const char *topic = t->b->topic;
+    pt->out_of_range = 0;
+    if (pt->next >= 0 && pt->next > hi) {
+        pt->diverged = 1;
+        if (in->state != NULL)
+            kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings),
+                                        (uint32_t)p, 1);
+        kvs_error("kafka %s [%d]: DIVERGED: the partition's log now ends at offset %lld, but "
+                  "this shard has applied it up to offset %lld: the topic was deleted and "
+                  "created again, or its log was truncated. The partition is no longer ingested "
+                  "and its reads and writes are refused (503) until its table is rebuilt from "
+                  "the topic; see the README, \"When a topic's log diverges\"",
+                  topic, p, (long long)hi, (long long)pt->next - 1);
+        return 0;
+    }
+    if (pt->next >= 0 && pt->next < lo && in->reset_error) {
+        pt->halted = 1;
+        kvs_error("kafka %s [%d]: records %lld..%lld were deleted before this shard applied "
+                  "them, and auto.offset.reset is \"error\": the partition is no longer "
+                  "ingested; set kafka.properties auto.offset.reset to earliest or latest and "
+                  "restart to skip them",
+                  topic, p, (long long)pt->next, (long long)lo - 1);
+        return 0;
+    }
+    if (pt->next < 0 || pt->next < lo) {
+        pt->restart = 1; /* apply_some logs the gap when the first record comes */
+        kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
+                 topic, p, (long long)lo);
+    } else {
+        kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld) after all; resuming there",
+                 topic, p, (long long)pt->next, (long long)lo, (long long)hi);
+    }
+    return 1;
+}
+
+/* Assigns every partition again (those halted left out): what was
+ * fetched under the old assignment is dropped, nothing applied is lost
+ * (`next` is where each partition resumes). */
+static void reassign(node_ingest_t *in)
+{
+    if (in->throttled != NULL) {
+        rd_kafka_message_destroy(in->throttled);
+        in->throttled = NULL;
+    }
+    in->assigned = 0;
+    rd_kafka_assign(in->rk, NULL);
+    ingest_assign(in);
+}
+
+static void range_done(uv_work_t *w, int status)
+{
+    node_ingest_t *in = w->data;
+    int again = 0;
+    (void)status;
+    in->range_busy = 0;
+    for (size_t i = 0; i < in->n_ranges && !in->stopping; i++) {
+        struct range_s *r = &in->ranges[i];
+        if (r->lo < 0 || r->hi < 0)
+            continue; /* unanswered: still out_of_range, asked again at the next tick */
+        again |= range_decide(in, r->t, r->p, r->lo, r->hi);
+    }
+    in->n_ranges = 0;
+    if (in->stopping)
+        return;
+    publish(in);
+    if (again)
+        reassign(in);
+}
+
+/* Asks about every partition out of range, unless a question runs. */
+static void range_start(node_ingest_t *in)
+{
+    if (in->range_busy || in->stopping || in->ranges == NULL)
+        return;
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
+            if (in->topics[i].parts[p].out_of_range)
+                in->ranges[in->n_ranges++] = (struct range_s){&in->topics[i], (int32_t)p, -1, -1};
+    if (in->n_ranges == 0)
+        return;
+    in->range_busy = 1;
+    in->range_work.data = in;
+    uv_queue_work(in->loop, &in->range_work, range_work, range_done);
+}
+
+const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    if (t == NULL || p >= t->partitions || !t->parts[p].owned)
+        return NULL;
+    if (t->parts[p].diverged)
+        return "diverged: the partition no longer holds what this shard applied (the topic was "
+               "created again, or its log truncated); rebuild the table from the topic (kvs-cli "
+               "rebuild TABLE)";
+    if (t->parts[p].halted)
+        return "records were deleted from the partition before this shard applied them, and "
+               "auto.offset.reset is \"error\"";
+    return NULL;
+}
+
+/* A partition rebuilt: nothing applied, nothing known of its log. */
+static void part_forget(node_ingest_t *in, topic_t *t, uint32_t p)
+{
+    part_t *pt = &t->parts[p];
+    int owned = pt->owned;
+    memset(pt, 0, sizeof(*pt));
+    pt->owned = owned;
+    pt->from_start = 1;
+    pt->next = pt->committed_next = pt->group_next = -1;
+    pt->produced_end = pt->asked_end = -1;
+    if (in->state != NULL)
+        kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings), p, 0);
+}
+
+int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    topic_t *t = topic_of_binding(in, b);
+    uint64_t pages = 0;
+    size_t parts = 0;
+    *restarted = 0;
+    if (t == NULL)
+        return KVS_EINVAL;
+    if (in->stopping)
+        return -ESHUTDOWN;
+    for (uint32_t p = 0; p < t->partitions; p++)
+        parts += (size_t)t->parts[p].owned;
+    /* The emptied table and the forgotten offsets in one txn. */
+    int rc = node_store_table_pages(in->store, b->table, &pages);
+    if (rc == 0)
+        rc = node_store_reserve(in->store, 1 + parts,
+                                (size_t)pages * sizeof(uint64_t) + parts * sizeof(key));
+    if (rc != 0)
+        return rc;
+    rc = node_store_clear(in->store, b->table);
+    for (uint32_t p = 0; p < t->partitions && rc == 0; p++) {
+        if (!t->parts[p].owned)
+            continue;
+        meta_key(key, sizeof(key), t, (int32_t)p);
+        rc = node_store_meta_del(in->store, key);
+        rc = rc == KVS_ENOTFOUND ? 0 : rc;
+    }
+    if ((rc = node_store_reserve_end(in->store, rc)) != 0)
+        return rc;
+    /* Should the txn not commit, the turn's end re-reads the offsets
+     * LMDB still holds, like after any lost batch. */
+    if (in->pending_gen == 0)
+        in->pending_gen = node_store_batch_gen(in->store);
+    for (uint32_t p = 0; p < t->partitions; p++)
+        if (t->parts[p].owned) {
+            part_forget(in, t, p);
+            (*restarted)++;
+        }
+    node_placecheck_init(&t->check, t->b->partitioner, t->partitions);
+    kvs_warn("kafka %s: table %s emptied on request (Rebuild); reading the %u partition(s) this "
+             "shard owns again from the start",
+             t->b->topic, t->b->table, *restarted);
+    if (in->assigned)
+        reassign(in);
+    publish(in);
+    return 0;
+}
+
 /* ---- consumer group commit and periodic report ---------------------------------- */
 
 /* One commit at a time: while the coordinator is away librdkafka holds a
@@ -728,7 +996,7 @@ static int64_t reset_start(node_ingest_t *in, const topic_t *t, int32_t p)
     int64_t lo, hi;
     if (rd_kafka_get_watermark_offsets(in->rk, t->b->topic, p, &lo, &hi) != 0)
         return -1;
-    int64_t next = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+    int64_t next = start_of(in, &t->parts[p]) == RD_KAFKA_OFFSET_END ? hi : lo;
     return next < 0 ? -1 : next;
 }
 
@@ -782,6 +1050,7 @@ static void on_tick(uv_timer_t *h)
     if (!in->assigned)
         return;
     commit_group(in);
+    range_start(in); /* partitions out of range the brokers did not answer for */
     for (size_t i = 0; i < in->n_topics; i++)
         report_misplaced(in, &in->topics[i], 1);
     if (++in->ticks % REPORT_EVERY_TICKS == 0)
@@ -812,9 +1081,11 @@ static void publish(node_ingest_t *in)
         topic_t *t = &in->topics[i];
         uint32_t b = (uint32_t)(t->b - in->cfg->bindings);
         for (uint32_t p = 0; p < t->partitions; p++)
-            if (t->parts[p].owned)
+            if (t->parts[p].owned) {
                 kvs_shardstate_set_part(in->state, b, p, known_end(in, t, (int32_t)p),
                                         reset_start(in, t, (int32_t)p));
+                kvs_shardstate_set_diverged(in->state, b, p, t->parts[p].diverged);
+            }
     }
 }
 
@@ -946,6 +1217,7 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
     out->end = known_end(in, t, (int32_t)p);
+    out->diverged = t->parts[p].diverged;
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     return 0;
 }
@@ -1022,6 +1294,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             int n = snprintf(key, sizeof(key), "kafka.%s.%05u.", t->b->topic, p);
             snprintf(key + n, sizeof(key) - (size_t)n, "applied");
             info_int(r, key, (int64_t)pt->applied);
+            snprintf(key + n, sizeof(key) - (size_t)n, "diverged");
+            info_int(r, key, pt->diverged);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
             snprintf(key + n, sizeof(key) - (size_t)n, "ingested");
@@ -1063,7 +1337,7 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 3 ? (double)next
                        : col == 4 ? (double)end
                        : col == 5 ? (double)part_lag(next, end)
-                                  : (double)serving;
+                                  : (double)(serving && !pt->diverged && !pt->halted);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
         }
@@ -1092,7 +1366,7 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
          KVS__METRIC_FAMILY__TYPE__GAUGE},
         {"kvs_partition_serving",
          "1 while the partition is assigned and ingesting, 0 while its worker waits (start-up "
-         "checks, re-reading a lost batch, stopping).",
+         "checks, re-reading a lost batch, stopping) or it is halted (diverged from the topic).",
          KVS__METRIC_FAMILY__TYPE__GAUGE},
     };
     for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
@@ -1183,10 +1457,12 @@ static void ingest_assign(node_ingest_t *in)
         topic_t *t = &in->topics[i];
         for (uint32_t p = 0; p < t->partitions; p++) {
             part_t *pt = &t->parts[p];
-            if (!pt->owned)
+            if (!pt->owned || pt->diverged || pt->halted)
                 continue;
             rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
-                pt->next >= 0 ? pt->next : in->reset_offset;
+                pt->next >= 0 && !pt->restart ? pt->next : start_of(in, pt);
+            pt->restart = 0;
+            pt->out_of_range = 0; /* fetching again */
         }
     }
     rd_kafka_resp_err_t err = rd_kafka_assign(in->rk, l);
@@ -1276,6 +1552,12 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
         strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 || strcmp(reset, "end") == 0
             ? RD_KAFKA_OFFSET_END
             : RD_KAFKA_OFFSET_BEGINNING;
+    in->reset_error = strcmp(reset, "error") == 0;
+    /* kvs applies the user's choice itself (see "out of range"). */
+    if (rd_kafka_conf_set(conf, "auto.offset.reset", "error", err, errlen) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_opaque(conf, in);
@@ -1317,7 +1599,8 @@ static int make_topics(node_ingest_t *in)
         }
     }
     in->asks = calloc(in->n_owned > 0 ? in->n_owned : 1, sizeof(*in->asks));
-    if (in->asks == NULL)
+    in->ranges = calloc(in->n_owned > 0 ? in->n_owned : 1, sizeof(*in->ranges));
+    if (in->asks == NULL || in->ranges == NULL)
         return -ENOMEM;
     qsort(in->topics, in->n_topics, sizeof(*in->topics), cmp_topic);
     for (size_t i = 0; i < in->n_topics; i++)
@@ -1466,6 +1749,7 @@ void node_ingest_free(node_ingest_t *in)
     }
     free(in->topics);
     free(in->asks);
+    free(in->ranges);
     /* On a timeout in stays: the client's log callback still reads it. */
     if (in->rk != NULL && node_kafka_destroy(in->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
                                              NODE_KAFKA_CLOSE_MS, "consumer") != 0)

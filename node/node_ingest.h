@@ -127,6 +127,21 @@ int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
  * own it. Up to date after node_ingest_turn_done. */
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+/* Why partition `p` of `b`'s topic is halted (no longer ingested: its
+ * log diverged from this shard's data, or records were deleted before they
+ * were applied and auto.offset.reset is error), as words for an answer;
+ * NULL when it is not. Writes to it are refused: they would never be
+ * applied. */
+const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* Rebuilds `b`'s table from its topic (the Rebuild command): in the turn's
+ * batch, empties the table and forgets the stored offsets of every
+ * partition of the topic this shard owns (one reservation: all or none),
+ * then reads them again from their logs' first records, diverged ones
+ * included. *restarted gets the number of partitions. Returns 0,
+ * -ESHUTDOWN while stopping, or a store error (nothing changed). */
+int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted);
+
 /* True when this worker ingests partition `p` of `b`'s topic (it owns it,
  * and ingestion is not stopping), so it will apply its own writes to it.
  * Ingestion need not have started yet: records written before it starts

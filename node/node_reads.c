@@ -103,6 +103,18 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
         (unsigned long long)c->count, c->b->topic, c->partition, rd_of(c)->cfg->kafka_max_lag);
 }
 
+static int answer_diverged(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(
+        out, KVS_STATUS_UNAVAILABLE,
+        "diverged: topic %s partition %u now ends at offset %lld, but this worker had applied it "
+        "up to offset %lld (the topic was deleted and created again, or its log was truncated); "
+        "the partition is not ingested until its table is rebuilt from the topic (README: "
+        "\"When a topic's log diverges\"); set accept_stale to read what it has",
+        c->b->topic, c->partition, (long long)c->state.end,
+        (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+}
+
 static int answer_ahead(const check_t *c, kvs_buf_t *out)
 {
     if (rd_of(c)->ingest == NULL)
@@ -145,6 +157,23 @@ static int answer_behind(const check_t *c, kvs_buf_t *out)
         (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
         (long long)(c->state.next < 0 ? -1 : c->state.next - 1),
         (unsigned long long)node_wait_ms(rd_of(c)->cfg));
+}
+
+/* The answer of a read refused now (any verdict but SERVE). */
+static int answer_refused(const check_t *c, kvs_buf_t *out)
+{
+    switch (c->verdict) {
+    case KVS_FRESH_DIVERGED:
+        return answer_diverged(c, out);
+    case KVS_FRESH_CATCHING_UP:
+        return answer_catching_up(c, out);
+    case KVS_FRESH_AHEAD:
+        return answer_ahead(c, out);
+    case KVS_FRESH_STARTING:
+        return answer_starting(c, out);
+    default:
+        return answer_behind(c, out);
+    }
 }
 
 /* ---- waiting ---------------------------------------------------------------------- */
@@ -203,14 +232,8 @@ static void finish(node_reads_t *rd, waiter_t *w, const check_t *c)
         if (c == NULL)
             rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                        "the worker is shutting down; retry the read");
-        else if (c->verdict == KVS_FRESH_CATCHING_UP)
-            rc = answer_catching_up(c, out);
-        else if (c->verdict == KVS_FRESH_STARTING)
-            rc = answer_starting(c, out);
-        else if (c->verdict == KVS_FRESH_AHEAD)
-            rc = answer_ahead(c, out);
-        else if (c->verdict == KVS_FRESH_BEHIND)
-            rc = answer_behind(c, out);
+        else if (c->verdict != KVS_FRESH_SERVE)
+            rc = answer_refused(c, out);
         else
             rc = rd->exec(rd->exec_arg, w->payload, w->len, out);
         if (rc != 0) {
@@ -351,10 +374,7 @@ int node_reads_admit(node_reads_t *rd, const kvs_binding_t *b, const Kvs__Comman
         if (waits && wait_for(rd, &c, ticket, payload, len, defer, defer_arg) == 0)
             return 1;
     }
-    rc = c.verdict == KVS_FRESH_CATCHING_UP ? answer_catching_up(&c, out)
-         : c.verdict == KVS_FRESH_AHEAD     ? answer_ahead(&c, out)
-         : c.verdict == KVS_FRESH_STARTING  ? answer_starting(&c, out)
-                                            : answer_behind(&c, out);
+    rc = answer_refused(&c, out);
     return rc == 0 ? 1 : rc;
 }
 

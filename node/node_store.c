@@ -512,6 +512,43 @@ int node_store_del(node_store_t *s, const char *table, const void *key, size_t k
     return 0;
 }
 
+int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages)
+{
+    MDB_dbi dbi;
+    MDB_stat st;
+    *pages = 0;
+    if (table_dbi(s, table, 0, &dbi) != 0)
+        return 0;
+    MDB_txn *txn = read_txn(s);
+    if (txn == NULL)
+        return KVS_ESTORE;
+    int rc = mdb_stat(txn, dbi, &st);
+    if (rc != 0)
+        return map_err("mdb_stat", rc);
+    *pages = (uint64_t)st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+    return 0;
+}
+
+int node_store_clear(node_store_t *s, const char *table)
+{
+    uint64_t pages;
+    int rc = node_store_table_pages(s, table, &pages);
+    if (rc != 0 || pages == 0)
+        return rc; /* missing or empty: nothing to write */
+    /* What the drop writes is the free list: a page number per page. */
+    rc = batch_room(s, (size_t)pages * sizeof(uint64_t));
+    MDB_dbi dbi;
+    if (rc == 0)
+        rc = table_dbi(s, table, 0, &dbi);
+    if (rc != 0)
+        return rc;
+    rc = mdb_drop(s->wtxn, dbi, 0);
+    if (rc != 0)
+        return batch_fail(s, "mdb_drop", rc);
+    wrote(s, dbi);
+    return 0;
+}
+
 int node_store_scan(node_store_t *s, const char *table, const void *from, size_t flen,
                     node_store_scan_cb cb, void *arg)
 {
@@ -542,6 +579,25 @@ int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val)
     if (txn == NULL)
         return KVS_ESTORE;
     return kvs_lmdb_get(txn, s->meta, key, strlen(key), val);
+}
+
+int node_store_meta_del(node_store_t *s, const char *key)
+{
+    node_slice_t old;
+    int rc = node_store_meta_get(s, key, &old);
+    if (rc != 0)
+        return rc; /* absent: nothing to write */
+    rc = batch_room(s, strlen(key));
+    if (rc != 0)
+        return rc;
+    MDB_val k = {strlen(key), (void *)key};
+    rc = mdb_del(s->wtxn, s->meta, &k, NULL);
+    if (rc == MDB_NOTFOUND)
+        return KVS_ENOTFOUND;
+    if (rc != 0)
+        return batch_fail(s, "mdb_del meta", rc);
+    wrote(s, s->meta);
+    return 0;
 }
 
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen)

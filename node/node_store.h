@@ -110,11 +110,23 @@ int node_store_scan(node_store_t *s, const char *table, const void *from, size_t
  * one is open); 0 for a table that does not exist. Returns 0 or KVS_ESTORE. */
 int node_store_count(node_store_t *s, const char *table, uint64_t *n);
 
+/* Pages `table` takes (branch, leaf and overflow) as of the read snapshot;
+ * 0 for a table that does not exist. Returns 0 or an error. */
+int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages);
+
+/* Empties `table` within the turn's batch (the table itself stays).
+ * Returns 0 (also for a missing or empty table: then nothing is written)
+ * or an error as for put. Price it in a reservation with 8 bytes per page
+ * of node_store_table_pages: the free list it writes. */
+int node_store_clear(node_store_t *s, const char *table);
+
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
  * way as get/put: meta writes join the turn's batch, so data and the
- * metadata describing it (e.g. Kafka offsets) commit atomically. */
+ * metadata describing it (e.g. Kafka offsets) commit atomically. meta_del
+ * returns KVS_ENOTFOUND (nothing written) for an absent key. */
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val);
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen);
+int node_store_meta_del(node_store_t *s, const char *key);
 
 /* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
  * keys and values, so that they all land in the same LMDB txn (no early

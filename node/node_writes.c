@@ -538,6 +538,15 @@ static int place_items(node_writes_t *wr, const kvs_binding_t *b, item_t *items,
                      p, b->topic, kvs_place_shard(p, wr->cfg->shards), wr->shard);
             return KVS_EINVAL;
         }
+        const char *halted = node_ingest_halted(wr->ingest, b, p);
+        if (halted != NULL) {
+            *status = KVS_STATUS_UNAVAILABLE;
+            snprintf(msg, mlen,
+                     "topic %s partition %u is not ingested by this shard: %s; nothing was "
+                     "written",
+                     b->topic, p, halted);
+            return KVS_EINVAL;
+        }
         if (!node_ingest_writable(wr->ingest, b, p)) {
             *status = KVS_STATUS_UNAVAILABLE;
             snprintf(msg, mlen,
@@ -688,8 +697,8 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     int rc = collect_items(wr, b, req, arena, &items, &n, msg, sizeof(msg));
     if (rc == 0)
         rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
-    if (rc == 0 && (rc = check_sizes(wr, b, items, n, answer_budget(req), msg, sizeof(msg))) ==
-                       KVS_ETOOBIG)
+    if (rc == 0 &&
+        (rc = check_sizes(wr, b, items, n, answer_budget(req), msg, sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;
     if (rc == -ENOMEM)
         return rc;

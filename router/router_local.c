@@ -189,6 +189,7 @@ static int fresh_lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh
         kvs_schema_offsets_decode(v.p, v.len, &o) == 0)
         out->next = o.next;
     out->settling = out->end < 0 && (int64_t)uv_now(c->lc->loop) < c->h->settle_until_ms;
+    out->diverged = kvs_shardstate_diverged(c->ls->state, (uint32_t)(b - cfg->bindings), p);
     return 0;
 }
 

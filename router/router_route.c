@@ -1929,15 +1929,17 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                           const uint8_t *raw, size_t rawlen, int received)
 {
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
-        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT) {
-        int digest = q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST;
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT ||
+        q->command_case == KVS__COMMAND_REQUEST__COMMAND_REBUILD) {
+        int snapshot = q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                                  "%s is a worker command: it is about one copy of one shard, so "
                                  "send it to %s, not through the router",
                                  kvs_msg_command_name(q->command_case),
-                                 digest ? "each replica's worker (kvs-cli digest TABLE does)"
-                                        : "a worker (a new replica's worker asks its peers for "
-                                          "one by itself)");
+                                 snapshot ? "a worker (a new replica's worker asks its peers for "
+                                            "one by itself)"
+                                          : "each replica's worker (kvs-cli --config FILE digest "
+                                            "TABLE and rebuild TABLE do)");
         return;
     }
     const char *table = kvs_msg_request_table(q);

@@ -8,15 +8,13 @@
  * every 100 ms until they match or the time is up. Equal positions and
  * equal digests: the shard's copies hold the same pairs.
  *
- * One request, one answer per connection, through cli_net (kvs-cli's
- * transport: every wait bounded, TLS when the replica is over TCP and a
- * TLS context is given).
+ * One request, one answer per connection, through cli_ask (every wait
+ * bounded, TLS when the replica is over TCP and a TLS context is given).
  */
 #include "cli_digest.h"
+#include "cli_ask.h"
 #include "cli_net.h"
 #include "kvs_cluster.h"
-#include "kvs_err.h"
-#include "kvs_frame.h"
 #include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_pos.h"
@@ -42,49 +40,17 @@ static void ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const char *table, doub
                 answer_t *out)
 {
     memset(out, 0, sizeof(*out));
-    cli_net_t net = {.fd = -1, .tls_ctx = a->is_unix ? NULL : tls};
-    char port[8], why[400];
-    snprintf(port, sizeof(port), "%u", a->port);
-    if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, why, sizeof(why)) !=
-        0) {
-        snprintf(out->why, sizeof(out->why), "cannot connect: %s", why);
-        return;
-    }
     Kvs__Digest d = KVS__DIGEST__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     d.table = (char *)table;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_DIGEST;
     q.digest = &d;
-    uint8_t buf[KVS_FRAME_HEADER + 512], hdr[KVS_FRAME_HEADER];
-    size_t n = kvs__command_request__get_packed_size(&q);
-    kvs_frame_put_header(buf, (uint32_t)n);
-    kvs__command_request__pack(&q, buf + KVS_FRAME_HEADER);
-    double deadline = cli_net_deadline(timeout);
-    int compressed = 0, rc;
-    uint32_t len = 0;
-    uint8_t *body = NULL;
-    if ((rc = cli_net_send(&net, buf, KVS_FRAME_HEADER + n)) != 0 ||
-        (rc = cli_net_recv(&net, hdr, sizeof(hdr), deadline)) != 0 ||
-        (len = kvs_frame_get_header(hdr, &compressed)) > (64u << 20) ||
-        (body = malloc(len ? len : 1)) == NULL ||
-        (rc = cli_net_recv(&net, body, len, deadline)) != 0) {
-        snprintf(out->why, sizeof(out->why), "no answer: %s",
-                 rc == KVS_ETLS      ? cli_net_tls_error(&net)
-                 : rc == -ETIMEDOUT  ? "none in time"
-                 : rc == KVS_ECLOSED ? "the connection closed"
-                 : rc != 0           ? strerror(-rc)
-                                     : "an answer too large");
-        free(body);
-        cli_net_close(&net);
+    Kvs__CommandResponse *r = cli_ask(a, tls, &q, timeout, out->why, sizeof(out->why));
+    if (r == NULL)
         return;
-    }
-    cli_net_close(&net);
-    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, body);
-    free(body);
-    if (r == NULL || r->status != 200 || r->n_values < 2 || r->position.len > sizeof(out->pos) ||
+    if (r->status != 200 || r->n_values < 2 || r->position.len > sizeof(out->pos) ||
         r->values[0]->binary_value.len != KVS_HASH_LEN) {
-        snprintf(out->why, sizeof(out->why), "%u %s", r ? r->status : 0,
-                 r ? r->message : "answer is not a CommandResponse");
+        snprintf(out->why, sizeof(out->why), "%u %s", r->status, r->message);
     } else {
         out->ok = 1;
         memcpy(out->digest, r->values[0]->binary_value.data, KVS_HASH_LEN);
@@ -164,16 +130,9 @@ static int digest_shard(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t sh
     return agree ? 0 : 1;
 }
 
-int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table, const char *node,
-                   double timeout, int raw)
+int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table,
+                   const kvs_node_t *only, double timeout, int raw)
 {
-    const kvs_node_t *only = NULL;
-    if (node != NULL && (only = kvs_config_node(cfg, node)) == NULL) {
-        fprintf(stderr, "kvs-cli: no node \"%s\" in cluster.nodes of %s\n", node, cfg->path);
-        return 2;
-    }
-    if (timeout <= 0)
-        timeout = 10;
     int rc = 0;
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (only == NULL || kvs_node_serves(only, s))

@@ -10,13 +10,13 @@
 #include "kvs_tls.h"
 
 /* Runs the comparison; prints one line per shard to stdout (problems to
- * stderr). `node`: NULL for every shard. `timeout` (seconds, > 0) bounds
- * each request and how long replicas may take to reach the same position.
- * Replicas over TCP are asked over TLS with `tls` when it is not NULL
- * (their workers' tls.node). Returns 0 when every shard's replicas agree,
- * 1 when some differ or could not be compared, 2 for a usage error (an
- * unknown node). */
-int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table, const char *node,
-                   double timeout, int raw);
+ * stderr). `only`: the node whose shards are compared, NULL for every
+ * shard. `timeout` (seconds, > 0) bounds each request and how long
+ * replicas may take to reach the same position. Replicas over TCP are
+ * asked over TLS with `tls` when it is not NULL (their workers' tls.node).
+ * Returns 0 when every shard's replicas agree, 1 when some differ or could
+ * not be compared. */
+int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *table,
+                   const kvs_node_t *only, double timeout, int raw);
 
 #endif

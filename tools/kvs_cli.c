@@ -58,6 +58,7 @@
  * have put it.
  */
 #include "cli_digest.h"
+#include "cli_rebuild.h"
 #include "cli_edit.h"
 #include "cli_net.h"
 #include "kvs_config.h"
@@ -1203,53 +1204,104 @@ static int run_hash_token(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     return CLI_OK;
 }
 
-/* digest TABLE [--node NAME]: with --config, every replica of every shard
- * (or of NAME's shards) compared (cli_digest); without, the one server
- * connected to (a worker: its socket or TCP port). */
-static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+/* "TABLE [--node NAME]" of digest and rebuild. Returns 0 or CLI_USAGE. */
+static int table_and_node(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc,
+                          char **table, char **node)
 {
-    char *table = NULL, *node = NULL;
+    *node = NULL;
     if (argc == 2 || (argc == 3 && !arg_is(argv[1], "--node"))) {
-        fprintf(stderr, "usage: kvs-cli [--config FILE] digest TABLE [--node NAME]\n");
+        fprintf(stderr, "usage: kvs-cli [--config FILE] %s %s\n", cmd->name, cmd->args);
         return CLI_USAGE;
     }
-    if (arg_string(c, "table name", argv[0], &table) != 0 ||
-        (argc == 3 && arg_string(c, "node name", argv[2], &node) != 0))
+    if (arg_string(c, "table name", argv[0], table) != 0 ||
+        (argc == 3 && arg_string(c, "node name", argv[2], node) != 0))
         return CLI_USAGE;
-    if (c->config_path != NULL) {
-        int rc = cli_config(c);
-        if (rc != 0)
-            return rc;
-        /* TLS to other nodes' workers: --tls and its flags when given,
-         * else this node's own identity (tls.link, as its router's links). */
-        kvs_tls_ctx_t *own = NULL;
-        if (c->use_tls && cli_tls_setup(c) != 0)
+    return 0;
+}
+
+/* The config (--config) and the TLS context for other nodes' workers:
+ * --tls and its flags when given, else this node's own identity (tls.link,
+ * as its router's links; *own, freed by the caller). Returns 0 or a
+ * CLI_* code. */
+static int cluster_setup(cli_t *c, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **own)
+{
+    *tls = *own = NULL;
+    int rc = cli_config(c);
+    if (rc != 0)
+        return rc;
+    if (c->use_tls && cli_tls_setup(c) != 0)
+        return CLI_USAGE;
+    if (!c->use_tls && c->cfg->tls_link.enabled) {
+        char err[600];
+        rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, own, err,
+                                      sizeof(err));
+        if (rc != 0) {
+            fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
             return CLI_USAGE;
-        if (!c->use_tls && c->cfg->tls_link.enabled) {
-            char err[600];
-            rc = kvs_conn_tls_from_config(c->cfg, &c->cfg->tls_link, "tls.link", 0, &own, err,
-                                          sizeof(err));
-            if (rc != 0) {
-                fprintf(stderr, "kvs-cli: %s\n", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
-                return CLI_USAGE;
-            }
         }
-        rc = cli_digest_run(c->cfg, c->use_tls ? c->net.tls_ctx : own, table, node, c->timeout,
-                            c->raw);
+    }
+    *tls = c->use_tls ? c->net.tls_ctx : *own;
+    return 0;
+}
+
+typedef int (*cluster_run_fn)(cli_t *c, kvs_tls_ctx_t *tls, const char *table,
+                              const kvs_node_t *only, double timeout);
+
+/* The worker commands about one table, digest and rebuild: "TABLE [--node
+ * NAME]". With --config, `cluster` walks every replica the map lists
+ * (returns CLI_OK with *r NULL, or the walk's failure); without, the
+ * command goes to the one server connected to (a worker: its socket or TCP
+ * port), and *r is its answer. Returns a CLI_* code. */
+static int worker_command(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc,
+                          cluster_run_fn cluster, Kvs__CommandResponse **r)
+{
+    char *table, *node;
+    kvs_tls_ctx_t *tls, *own;
+    *r = NULL;
+    int rc = table_and_node(c, cmd, argv, argc, &table, &node);
+    if (rc != 0)
+        return rc;
+    if (c->config_path != NULL) {
+        const kvs_node_t *only = NULL;
+        if ((rc = cluster_setup(c, &tls, &own)) != 0)
+            return rc;
+        if (node != NULL && (only = kvs_config_node(c->cfg, node)) == NULL) {
+            fprintf(stderr, "kvs-cli: no node \"%s\" in cluster.nodes of %s\n", node, c->cfg->path);
+            kvs_tls_ctx_free(own);
+            return CLI_USAGE;
+        }
+        /* a walk of the whole cluster is always bounded */
+        rc = cluster(c, tls, table, only, c->timeout > 0 ? c->timeout : 10);
         kvs_tls_ctx_free(own);
-        return rc == 0 ? CLI_OK : rc == 1 ? CLI_FAILED : CLI_USAGE;
+        return rc == 0 ? CLI_OK : CLI_FAILED;
     }
     Kvs__CommandRequest req;
-    Kvs__Digest *d = cli_new(c, &kvs__digest__descriptor);
     kvs__command_request__init(&req);
     req.command_case = cmd->cc;
-    req.digest = d;
-    d->table = table;
-    Kvs__CommandResponse *r = NULL;
-    int rc = cli_call(c, &req, &r);
-    if (rc == 0)
-        rc = check_status(c, cmd, r);
-    if (rc != 0)
+    if (cmd->cc == KVS__COMMAND_REQUEST__COMMAND_DIGEST) {
+        req.digest = cli_new(c, &kvs__digest__descriptor);
+        req.digest->table = table;
+    } else {
+        req.rebuild = cli_new(c, &kvs__rebuild__descriptor);
+        req.rebuild->table = table;
+    }
+    rc = cli_call(c, &req, r);
+    return rc == 0 ? check_status(c, cmd, *r) : rc;
+}
+
+static int digest_cluster(cli_t *c, kvs_tls_ctx_t *tls, const char *table, const kvs_node_t *only,
+                          double timeout)
+{
+    return cli_digest_run(c->cfg, tls, table, only, timeout, c->raw);
+}
+
+/* digest TABLE [--node NAME]: every replica compared (cli_digest), or the
+ * one server's digest. */
+static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    Kvs__CommandResponse *r;
+    int rc = worker_command(c, cmd, argv, argc, digest_cluster, &r);
+    if (rc != 0 || r == NULL)
         return rc;
     char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
     if (r->n_values < 2 || r->values[0]->binary_value.len != KVS_HASH_LEN) {
@@ -1261,6 +1313,23 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
         kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
     printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
     return CLI_OK;
+}
+
+static int rebuild_cluster(cli_t *c, kvs_tls_ctx_t *tls, const char *table, const kvs_node_t *only,
+                           double timeout)
+{
+    return cli_rebuild_run(c->cfg, tls, table, only, timeout);
+}
+
+/* rebuild TABLE [--node NAME]: every replica (or NAME's copies) rebuilds
+ * TABLE from its topic (cli_rebuild), or the one server does. */
+static int run_rebuild(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
+{
+    Kvs__CommandResponse *r;
+    int rc = worker_command(c, cmd, argv, argc, rebuild_cluster, &r);
+    if (rc == 0 && r != NULL)
+        puts(r->message);
+    return rc;
 }
 
 #define CC(x) KVS__COMMAND_REQUEST__COMMAND_##x
@@ -1304,6 +1373,9 @@ static const cli_cmd_t commands[] = {
     {"digest", "TABLE [--node NAME]",
      "compare every replica's digest of TABLE (with --config; else the server's own)", 1, 3, 1,
      CC(DIGEST), NULL, SHAPE_VALUE, run_digest},
+    {"rebuild", "TABLE [--node NAME]",
+     "empty bound TABLE and read its topic again, on every replica (with --config)", 1, 3, 1,
+     CC(REBUILD), NULL, SHAPE_VALUE, run_rebuild},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1626,8 +1698,8 @@ static void usage(FILE *f)
                "  --user NAME        authenticate every connection as NAME (Auth)\n"
                "  --token TOKEN      its token (default: the environment variable KVS_TOKEN,\n"
                "                     which other users cannot see in ps)\n"
-               "  --config FILE      the node's config.yaml, for keyslot (no server needed) and\n"
-               "                     digest (every replica it lists)\n"
+               "  --config FILE      the node's config.yaml, for keyslot (no server needed),\n"
+               "                     digest and rebuild (every replica it lists)\n"
                "Values of hset and hmset (default --string):\n"
                "  --string           UTF-8 text\n"
                "  --int              signed 64-bit integer\n"

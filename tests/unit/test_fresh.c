@@ -104,5 +104,29 @@ KVS_TEST(settling)
           KVS_FRESH_STARTING < KVS_FRESH_AHEAD && KVS_FRESH_AHEAD < KVS_FRESH_CATCHING_UP);
 }
 
+KVS_TEST(diverged)
+{
+    uint64_t n = 99;
+    /* the log ends at 6 below the 62 applied: refused first of all */
+    kvs_fresh_part_t p = {.next = 62, .end = 6, .diverged = 1};
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_DIVERGED);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 10, 0, &n), KVS_FRESH_DIVERGED);
+    CHECK(!kvs_fresh_serving(&p, 100));
+    p.settling = 1;
+    p.end = -1;
+    CHECK_EQ(kvs_fresh_decide(&p, 0, -1, 0, &n), KVS_FRESH_DIVERGED);
+    /* stale accepted: what was applied is served; positions still count */
+    p.settling = 0;
+    p.end = 6;
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 1, &n), KVS_FRESH_SERVE);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 61, 1, &n), KVS_FRESH_SERVE);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 62, 1, &n), KVS_FRESH_AHEAD);
+    /* the worst verdict of all, and one of those refused at once */
+    CHECK(KVS_FRESH_CATCHING_UP < KVS_FRESH_DIVERGED);
+    CHECK(KVS_FRESH_DIVERGED >= KVS_FRESH_REFUSED && KVS_FRESH_CATCHING_UP >= KVS_FRESH_REFUSED);
+    CHECK(KVS_FRESH_AHEAD < KVS_FRESH_REFUSED);
+}
+
 KVS_TEST_MAIN(KVS_CASE(lag), KVS_CASE(catch_up_gate), KVS_CASE(minimum_position),
-              KVS_CASE(settling))
+              KVS_CASE(settling), KVS_CASE(diverged))

@@ -1570,7 +1570,7 @@ KVS_TEST(worker_commands_are_refused_saying_where_to_send_them)
     Kvs__CommandResponse *r = answer_sync();
     check_status(r, 400);
     CHECK_CONTAINS(r->message, "Digest is a worker command");
-    CHECK_CONTAINS(r->message, "kvs-cli digest TABLE");
+    CHECK_CONTAINS(r->message, "digest TABLE and rebuild TABLE do");
     Kvs__Snapshot snap = KVS__SNAPSHOT__INIT;
     route_cmd(KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT, &snap);
     r = answer_sync();

@@ -87,6 +87,13 @@ KVS_TEST(published_state_is_read_back)
     CHECK_EQ(end, -1);
     kvs_shardstate_part(r, 2, 1, &end, &start); /* no such binding */
     CHECK_EQ(end, -1);
+    CHECK_EQ(kvs_shardstate_diverged(r, 0, 5), 0);
+    kvs_shardstate_set_diverged(w, 0, 5, 1);
+    kvs_shardstate_set_diverged(w, 0, 4, 1); /* not shard 1's: ignored */
+    CHECK_EQ(kvs_shardstate_diverged(r, 0, 5), 1);
+    CHECK_EQ(kvs_shardstate_diverged(r, 1, 1), 0);
+    CHECK_EQ(kvs_shardstate_diverged(r, 0, 4), 0);
+    CHECK_EQ(kvs_shardstate_diverged(r, 2, 1), 0);
     kvs_shardstate_close(w); /* a worker that stops is not live */
     CHECK_EQ(kvs_shardstate_head(r, &h), 0);
     CHECK_EQ(h.live, 0);
@@ -124,6 +131,7 @@ KVS_TEST(next_worker_learns_the_last_files)
     kvs_shardstate_t *w = writer(cfg, &last, &had), *r = NULL;
     kvs_shardstate_publish(w, &id);
     kvs_shardstate_set_part(w, 0, 1, 5, 5);
+    kvs_shardstate_set_diverged(w, 0, 1, 1);
     kvs_shardstate_close(w);
     w = writer(cfg, &last, &had);
     CHECK_EQ(had, 1);
@@ -132,7 +140,8 @@ KVS_TEST(next_worker_learns_the_last_files)
     CHECK_EQ(kvs_shardstate_head(r, &h), 0);
     CHECK_EQ(h.live, 0); /* starting: not live until it publishes */
     kvs_shardstate_part(r, 0, 1, &end, &start);
-    CHECK_EQ(end, -1); /* and nothing known of Kafka yet */
+    CHECK_EQ(end, -1);                             /* and nothing known of Kafka yet */
+    CHECK_EQ(kvs_shardstate_diverged(r, 0, 1), 0); /* the new worker finds out again */
     kvs_shardstate_close(r);
     kvs_shardstate_close(w);
     kvs_config_free(cfg);

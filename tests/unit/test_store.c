@@ -397,6 +397,14 @@ static uint64_t data_size(struct stat *st)
 }
 
 /* Lets data.mdb grow by `room` bytes at most from now on. */
+/* Opens with fail_cb counting into *f. */
+static node_store_t *open_watched(node_store_opts_t o, failed_t *f)
+{
+    o.fail_cb = on_fail;
+    o.fail_arg = f;
+    return open_ok(o);
+}
+
 static void limit_growth(uint64_t room)
 {
     struct stat st;
@@ -445,9 +453,7 @@ static void commit_fails_on_full_disk(kvs_sync_t sync)
     failed_t f = {0};
     node_store_opts_t o = opts(0, "p");
     o.sync = sync;
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(o, &f);
     put_str(s, "t", "before", "kept");
     CHECK_EQ(node_store_end_turn(s), 0);
     limit_growth(0);
@@ -505,9 +511,7 @@ KVS_TEST(small_room_takes_small_writes)
     failed_t f = {0};
     node_store_opts_t o = opts(0, "p");
     o.map_size = 64u << 20;
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(o, &f);
     put_str(s, "t", "first", "v");
     CHECK_EQ(node_store_end_turn(s), 0);
     limit_growth(512u << 10); /* 512 KiB left */
@@ -533,10 +537,7 @@ KVS_TEST(deletes_work_on_a_full_disk)
 {
     fresh_dir();
     failed_t f = {0};
-    node_store_opts_t o = opts(0, "p");
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(opts(0, "p"), &f);
     char big[16000];
     memset(big, 'b', sizeof(big));
     CHECK_EQ(node_store_put(s, "t", "big1", 4, big, sizeof(big)), 0);
@@ -558,6 +559,72 @@ KVS_TEST(deletes_work_on_a_full_disk)
     CHECK_EQ(node_store_get(s, "t", "big3", 4, &v), 0);
     CHECK_EQ(v.len, sizeof(big));
     CHECK_EQ(f.calls, 2); /* the fill and the first big3 */
+    unlimit_growth();
+    node_store_close(s);
+}
+
+/* Clear empties a table and keeps it; with the meta deletes of the same
+ * reservation it commits as one txn (a rebuild's "table and offsets"). */
+KVS_TEST(clear_empties_a_table_with_its_offsets)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    char key[32], val[100];
+    memset(val, 'v', sizeof(val));
+    for (int i = 0; i < 3000; i++) {
+        snprintf(key, sizeof(key), "k%05d", i);
+        CHECK_EQ(node_store_put(s, "t", key, strlen(key), val, sizeof(val)), 0);
+    }
+    put_str(s, "u", "other", "kept");
+    CHECK_EQ(node_store_meta_put(s, "kafka/x/0", "17", 2), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    uint64_t pages = 0, n = 0;
+    CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
+    CHECK(pages > 50); /* 300 KB of pairs */
+    CHECK_EQ(node_store_table_pages(s, "missing", &n), 0);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(node_store_reserve(s, 3, (size_t)pages * 8 + 64), 0);
+    CHECK_EQ(node_store_clear(s, "t"), 0);
+    CHECK_EQ(node_store_clear(s, "missing"), 0); /* nothing to write */
+    CHECK_EQ(node_store_meta_del(s, "kafka/x/0"), 0);
+    CHECK_EQ(node_store_meta_del(s, "kafka/x/1"), KVS_ENOTFOUND);
+    CHECK_EQ(node_store_reserve_end(s, 0), 0);
+    CHECK_EQ(node_store_count(s, "t", &n), 0); /* the batch reads its own writes */
+    CHECK_EQ(n, 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+    s = open_ok(opts(0, "p"));
+    node_slice_t v;
+    CHECK_EQ(node_store_count(s, "t", &n), 0);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
+    CHECK_EQ(pages, 0);
+    CHECK(get_is(s, "u", "other", "kept"));
+    CHECK_EQ(node_store_meta_get(s, "kafka/x/0", &v), KVS_ENOTFOUND);
+    put_str(s, "t", "again", "yes"); /* the table is still there */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "t", "again", "yes"));
+    node_store_close(s);
+}
+
+/* Emptying a table is how space comes back: it works on a full disk. */
+KVS_TEST(clear_works_on_a_full_disk)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_t *s = open_watched(opts(0, "p"), &f);
+    limit_growth(256u << 10);
+    CHECK(fill(s, &f) > 10);
+    uint64_t pages = 0, n = 1;
+    CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
+    CHECK_EQ(node_store_reserve(s, 1, (size_t)pages * 8), 0);
+    CHECK_EQ(node_store_clear(s, "t"), 0);
+    CHECK_EQ(node_store_reserve_end(s, 0), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_count(s, "t", &n), 0);
+    CHECK_EQ(n, 0);
+    put_str(s, "t", "after", "room again");
+    CHECK_EQ(node_store_end_turn(s), 0);
     unlimit_growth();
     node_store_close(s);
 }
@@ -638,10 +705,7 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
 {
     fresh_dir();
     failed_t f = {0};
-    node_store_opts_t o = opts(0, "p");
-    o.fail_cb = on_fail;
-    o.fail_arg = &f;
-    node_store_t *s = open_ok(o);
+    node_store_t *s = open_watched(opts(0, "p"), &f);
     put_str(s, "t", "other", "client");
     uint64_t gen = node_store_batch_gen(s);
     CHECK_EQ(node_store_reserve(s, 3, 30), 0);
@@ -720,20 +784,19 @@ KVS_TEST(tables_named_at_open_are_created)
     CHECK_CONTAINS(err, "at least 5");
 }
 
-KVS_TEST_MAIN(KVS_CASE(full_disk_fails_the_commit_sync_none),
-              KVS_CASE(full_disk_fails_the_commit_sync_batch),
-              KVS_CASE(full_disk_fails_the_commit_sync_full),
-              KVS_CASE(small_room_takes_small_writes), KVS_CASE(deletes_work_on_a_full_disk),
-              KVS_CASE(disk_use_follows_bytes_written),
-              KVS_CASE(deleting_absent_keys_costs_nothing),
-              KVS_CASE(many_small_writes_do_not_balloon_the_map),
-              KVS_CASE(error_mid_reservation_aborts_the_batch),
-              KVS_CASE(refuses_more_tables_than_max_tables),
-              KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
-              KVS_CASE(reset_lock_starts_a_new_lock_file), KVS_CASE(refuses_other_shard),
-              KVS_CASE(refuses_other_placement), KVS_CASE(refuses_older_wire_format),
-              KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
-              KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
-              KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
-              KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
-              KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data))
+KVS_TEST_MAIN(
+    KVS_CASE(full_disk_fails_the_commit_sync_none), KVS_CASE(full_disk_fails_the_commit_sync_batch),
+    KVS_CASE(full_disk_fails_the_commit_sync_full), KVS_CASE(small_room_takes_small_writes),
+    KVS_CASE(deletes_work_on_a_full_disk), KVS_CASE(disk_use_follows_bytes_written),
+    KVS_CASE(deleting_absent_keys_costs_nothing),
+    KVS_CASE(many_small_writes_do_not_balloon_the_map),
+    KVS_CASE(error_mid_reservation_aborts_the_batch), KVS_CASE(refuses_more_tables_than_max_tables),
+    KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
+    KVS_CASE(reset_lock_starts_a_new_lock_file), KVS_CASE(refuses_other_shard),
+    KVS_CASE(refuses_other_placement), KVS_CASE(refuses_older_wire_format),
+    KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
+    KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
+    KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
+    KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
+    KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data),
+    KVS_CASE(clear_empties_a_table_with_its_offsets), KVS_CASE(clear_works_on_a_full_disk))

@@ -1,0 +1,242 @@
+"""Integration tests: a bound topic's log moves away under the offsets a
+worker stored (node_ingest.c, "out of range").
+
+A worker stores, with its data, the offset of the next record of each
+partition. When the brokers no longer have that offset, there are two
+cases, told apart by asking the brokers where the log starts and ends:
+
+  - the log now ends below it: the topic was deleted and created again, or
+    its log truncated. The partition has *diverged*: it is halted, its reads
+    and writes answer 503 "diverged" (reads with accept_stale get what was
+    applied), Info shows diverged 1 and serving 0, and nothing is thrown
+    away: pointed back at the old log, the same data serves again. Before,
+    librdkafka silently restarted such a partition at the new log's
+    beginning, every record below the stored offset was skipped as "already
+    applied", and the old data was served as current.
+  - the log now starts above it: the records in between were deleted
+    (retention) before the worker read them. auto.offset.reset decides:
+    earliest resumes at the log's first record (the gap is logged), error
+    halts the partition with an error.
+
+Rebuild (`kvs-cli --config FILE rebuild TABLE`, a worker command sent to
+every replica) empties a bound table and reads its topic again from the
+first record: how a diverged partition takes the new topic's data.
+
+A topic "deleted and created again" is a second kvs-mock-kafka with a topic
+of the same name, the node's config pointed at it. Records deleted by
+retention are the mock's own: it keeps at most 5 MiB per partition and
+drops the oldest batches beyond.
+
+Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
+"""
+import os
+import subprocess
+import unittest
+
+from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
+from routertest import partition_of
+import kafkatest
+from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
+from test_ingest import KafkaFixtures
+
+HAVE_CK = kafkatest.Producer is not None
+TOPIC = "users"
+
+
+def stale(req):
+    req.accept_stale = True
+    return req
+
+
+@unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
+class DivergeTest(KafkaFixtures, unittest.TestCase):
+    def point_at(self, router, old, new):
+        """Rewrites the router's config to use the brokers of mock `new`
+        instead of `old`."""
+        with open(router.config) as f:
+            text = f.read()
+        self.assertIn(old.bootstrap, text)
+        with open(router.config, "w") as f:
+            f.write(text.replace(old.bootstrap, new.bootstrap))
+
+    def parts(self, router):
+        return kafka_parts(info(router), TOPIC)
+
+    def cli(self, router, *args):
+        """kvs-cli --config <router's config> ARGS: (exit status, stdout, stderr)."""
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
+                            "--timeout", "5"] + list(args), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr
+
+    def recreate(self):
+        """A node that applied 100 records of TOPIC (2 partitions, 2 shards)
+        from mock `a`, then pointed at mock `b` whose TOPIC has 5 and 3
+        records (other values): both partitions diverge. Returns (router,
+        a, b, the first records, the second ones, ends in a)."""
+        a = self.mock({TOPIC: 2})
+        first = {b"k%d" % i: b"a-%d" % i for i in range(100)}
+        produce(a.bootstrap, TOPIC, sorted(first.items()))
+        ends = self.ends(a, TOPIC, 2)
+        r = self.router(a, [(TOPIC, "users", "raw", 2)], shards=2)
+        self.wait_caught_up(r, TOPIC, ends)
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: 2})
+        keys = {p: [k for k in sorted(first) if partition_of(k, 2) == p] for p in (0, 1)}
+        second = {k: b"b-" + k for k in keys[0][:5] + keys[1][:3]}
+        produce(b.bootstrap, TOPIC, sorted(second.items()))
+        self.assertEqual({p: hi for p, (lo, hi) in watermarks(b.bootstrap, TOPIC, 2).items()},
+                         {0: 5, 1: 3})
+        self.point_at(r, a, b)
+        r.start()
+
+        def diverged():
+            parts = self.parts(r)
+            return parts if all(parts[p]["diverged"] == 1 for p in (0, 1)) else None
+
+        self.assertTrue(wait_until(diverged, 20),
+                        "both partitions must be found diverged: %r" % self.parts(r))
+        return r, a, b, first, second, ends
+
+    def test_recreated_topic_diverges_and_nothing_is_lost(self):
+        r, a, b, first, second, ends = self.recreate()
+        parts = self.parts(r)
+        for p in (0, 1):
+            self.assertEqual(parts[p]["serving"], 0, parts[p])
+            self.assertEqual(parts[p]["next_offset"], ends[p], "nothing applied from the new log")
+        self.assertIn("DIVERGED", r.stderr())
+
+        k0, k1 = min(k for k in second if partition_of(k, 2) == 0), \
+            min(k for k in second if partition_of(k, 2) == 1)
+        with Client(r.addr) as c:
+            # Reads are refused (the router's own read of the file too), ...
+            for k in (k0, k1):
+                resp = c.call(req_hget("users", k))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("diverged", resp.message)
+                self.assertIn("topic users partition %d" % partition_of(k, 2), resp.message)
+            # ... unless stale data is accepted: the old data is all there.
+            resp = c.call(stale(req_hget("users", k0)))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), first[k0])
+            # Writes are refused before anything reaches the topic.
+            resp = c.call(req_hset("users", k0, b"new"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("diverged", resp.message)
+            # The rest of the node works.
+            resp = c.call(req_hset("plain", "x", b"y"))
+            self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual({p: hi for p, (lo, hi) in watermarks(b.bootstrap, TOPIC, 2).items()},
+                         {0: 5, 1: 3}, "a refused write must not reach the topic")
+
+        # Pointed back at the log it came from, the shard serves as before.
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        self.point_at(r, b, a)
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, ends)
+        self.assertEqual({p: parts[p]["diverged"] for p in (0, 1)}, {0: 0, 1: 0})
+        self.assert_values(r.addr, "users", first)
+
+    def test_rebuild_takes_the_new_topic(self):
+        r, a, b, first, second, ends = self.recreate()
+        with Client(r.addr) as c:
+            resp = c.call(req_hset("plain", "kept", b"yes"))  # a table bound to no topic
+            self.assertEqual(resp.status, 200, resp.message)
+            # A worker command: the router refuses it, naming the way.
+            q = pb.CommandRequest()
+            q.rebuild.table = "users"
+            resp = c.call(q)
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("rebuild TABLE", resp.message)
+
+        # Only a bound table can be rebuilt: nothing changes.
+        rc, out, err = self.cli(r, "rebuild", "plain")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("bound to no topic", err)
+        # One worker at a time, without the map (its unix socket).
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--socket", r.socket_path(0),
+                            "--timeout", "5", "rebuild", "plain"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn("bound to no topic", p.stderr)
+
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.splitlines()), 2, out)  # one line per shard
+        self.assertIn("read again from their first record", out)
+        new_ends = {0: 5, 1: 3}
+        parts = self.wait_caught_up(r, TOPIC, new_ends)
+        for p in (0, 1):
+            self.assertEqual(parts[p]["diverged"], 0, parts[p])
+            self.assertEqual(parts[p]["serving"], 1, parts[p])
+            self.assertEqual(parts[p]["applied"], new_ends[p], parts[p])
+        # The table is the new topic's, and only that.
+        expect = {k: None for k in first}
+        expect.update(second)
+        self.assert_values(r.addr, "users", expect)
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("plain", "kept"))
+            self.assertEqual(pyval(resp.values[0]), b"yes", "other tables are not touched")
+            resp = c.call(req_hset("users", "k-new", b"written"))  # writable again
+            self.assertEqual(resp.status, 200, resp.message)
+            resp = c.call(req_hget("users", "k-new"))
+            self.assertEqual(pyval(resp.values[0]), b"written")
+
+        # The rebuild is stored: after a restart nothing diverges or repeats.
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.start()
+        wm = watermarks(b.bootstrap, TOPIC, 2)
+        parts = self.wait_caught_up(r, TOPIC, {p: hi for p, (lo, hi) in wm.items()})
+        self.assertEqual(sum(parts[p]["applied"] for p in (0, 1)), len(second) + 1)
+
+    def retention_setup(self, properties=None):
+        """A partition whose first records the mock dropped while the node
+        was down (it keeps about 5 MiB per partition). Returns (router,
+        mock, log start, end, the records kept)."""
+        m = self.mock({TOPIC: 1})
+        produce(m.bootstrap, TOPIC, [(b"old-%d" % i, b"x") for i in range(50)])
+        r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=2, properties=properties)
+        self.wait_caught_up(r, TOPIC, {0: 50})
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        big = b"v" * 20000
+        recs = [(b"new-%d" % i, big) for i in range(400)]  # 8 MB: the first ones go
+        produce(m.bootstrap, TOPIC, recs, **{"batch.num.messages": 10})
+        lo, hi = watermarks(m.bootstrap, TOPIC, 1)[0]
+        self.assertGreater(lo, 50, "the mock must have dropped records the node never read")
+        kept = {k: v for i, (k, v) in enumerate(recs) if 50 + i >= lo}
+        return r, m, lo, hi, kept
+
+    def test_records_deleted_before_they_were_read_resume_at_the_log_start(self):
+        r, m, lo, hi, kept = self.retention_setup()
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        self.assertEqual(parts[0]["diverged"], 0)
+        self.assertEqual(parts[0]["applied"], 50 + len(kept), parts[0])
+        self.assertRegex(r.stderr(), r"offsets 50\.\.%d are gone" % (lo - 1))
+        self.assert_values(r.addr, "users", dict(list(kept.items())[:20]))
+
+    def test_records_deleted_with_auto_offset_reset_error_halt_the_partition(self):
+        r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
+        r.start()
+        self.assertTrue(wait_until(lambda: "auto.offset.reset is \"error\"" in r.stderr(), 20),
+                        "the halt must be logged")
+        parts = self.parts(r)
+        self.assertEqual(parts[0]["next_offset"], 50, "nothing may be skipped")
+        self.assertEqual(parts[0]["diverged"], 0)
+        # Not diverged: reads go on, and the catch-up gate judges the lag.
+        resp = info_pairs(r.socket_path(0))
+        self.assertEqual(resp["kafka.%s.00000.lag" % TOPIC], hi - 50)
+        # A write would never be applied: refused before it reaches the topic.
+        with Client(r.addr) as c:
+            resp = c.call(req_hset("users", "k", b"v"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("auto.offset.reset", resp.message)
+        self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
+
+
+if __name__ == "__main__":
+    unittest.main()
