@@ -24,6 +24,7 @@
  */
 #include "kvs_redis.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -219,9 +220,18 @@ static int hexval(uint8_t c)
     return -1;
 }
 
+/* Where a word of an inline request ends, as sdssplitargs ends one. */
 static int is_space(uint8_t c)
 {
     return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\0';
+}
+
+/* Blanks between words and after a closing quote: isspace() as
+ * sdssplitargs uses there (so \v and \f too), and NUL, which Redis's C
+ * strings could not hold (it ends the words there; kvs reads on). */
+static int is_blank(uint8_t c)
+{
+    return is_space(c) || c == '\v' || c == '\f';
 }
 
 /* One word of an inline request starting at s[*i], unescaped into `out`,
@@ -256,7 +266,7 @@ static int inline_word(const uint8_t *s, size_t n, size_t *i, kvs_buf_t *out)
             b = '\'';
             k += 2;
         } else if (q != 0 && c == q) {
-            if (k + 1 < n && !is_space(s[k + 1]))
+            if (k + 1 < n && !is_blank(s[k + 1]))
                 return -1; /* closing quote must be followed by a space */
             k++;
             break;
@@ -285,7 +295,7 @@ static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
         return -ENOMEM;
     size_t argc = 0, i = 0;
     for (;;) {
-        while (i < n && is_space(s[i]))
+        while (i < n && is_blank(s[i]))
             i++;
         if (i >= n)
             break;
@@ -379,17 +389,18 @@ int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out)
 
 int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
 {
-    char buf[64];
-    if (a->len == 0 || a->len >= sizeof(buf))
+    char buf[KVS_REDIS_MAX_FLOAT_TEXT];
+    if (a->len == 0 || a->len >= sizeof(buf) || isspace(a->p[0]))
         return -1;
     memcpy(buf, a->p, a->len);
     buf[a->len] = '\0';
-    if (buf[0] == ' ' || buf[0] == '\t' || buf[0] == '\n')
-        return -1;
     char *end;
     errno = 0;
     double v = strtod(buf, &end);
-    if (end != buf + a->len || errno == ERANGE || !isfinite(v))
+    /* Out of range only when it overflowed or underflowed to zero (a
+     * subnormal result is a number), as Redis's string2ld. */
+    if (end != buf + a->len || isnan(v) ||
+        (errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL || v == 0)))
         return -1;
     *out = v;
     return 0;
@@ -476,22 +487,68 @@ int kvs_redis_map(kvs_buf_t *b, size_t n, int resp3)
     return resp3 ? put_num(b, '%', (long long)n) : put_num(b, '*', 2 * (long long)n);
 }
 
+/* The shortest decimal digits that read back as `v` (finite, not 0): up to
+ * 17 digits in digits[], *nd of them, the point after *point of them
+ * (negative: zeros before them). */
+static void shortest_digits(double v, char *digits, int *nd, int *point)
+{
+    char e[40];
+    for (int prec = 14; prec <= 16; prec++) { /* 15, 16, then 17 significant digits */
+        snprintf(e, sizeof(e), "%.*e", prec, v);
+        if (prec == 16 || strtod(e, NULL) == v)
+            break;
+    }
+    const char *p = e + (e[0] == '-');
+    int n = 0;
+    for (; *p != 'e'; p++)
+        if (*p != '.')
+            digits[n++] = *p;
+    while (n > 1 && digits[n - 1] == '0')
+        n--;
+    *nd = n;
+    *point = atoi(p + 1) + 1;
+}
+
 size_t kvs_redis_format_double(char *buf, double v)
 {
     if (isinf(v))
-        return (size_t)snprintf(buf, 32, "%s", v > 0 ? "inf" : "-inf");
-    /* The shortest of %.15g .. %.17g that reads back exactly. */
-    for (int prec = 15; prec <= 17; prec++) {
-        int n = snprintf(buf, 32, "%.*g", prec, v);
-        if (prec == 17 || strtod(buf, NULL) == v)
-            return (size_t)n;
+        return (size_t)snprintf(buf, KVS_REDIS_DOUBLE_MAX, "%s", v > 0 ? "inf" : "-inf");
+    if (isnan(v))
+        return (size_t)snprintf(buf, KVS_REDIS_DOUBLE_MAX, "nan");
+    if (v == 0) /* -0 too, as Redis writes it */
+        return (size_t)snprintf(buf, KVS_REDIS_DOUBLE_MAX, "0");
+    char digits[24];
+    int nd, point;
+    shortest_digits(v, digits, &nd, &point);
+    size_t n = 0;
+    if (v < 0)
+        buf[n++] = '-';
+    if (point <= 0) { /* 0.000ddd */
+        buf[n++] = '0';
+        buf[n++] = '.';
+        for (int i = point; i < 0; i++)
+            buf[n++] = '0';
+        memcpy(buf + n, digits, (size_t)nd);
+        n += (size_t)nd;
+    } else if (point >= nd) { /* ddd000 */
+        memcpy(buf + n, digits, (size_t)nd);
+        n += (size_t)nd;
+        for (int i = nd; i < point; i++)
+            buf[n++] = '0';
+    } else { /* dd.ddd */
+        memcpy(buf + n, digits, (size_t)point);
+        n += (size_t)point;
+        buf[n++] = '.';
+        memcpy(buf + n, digits + point, (size_t)(nd - point));
+        n += (size_t)(nd - point);
     }
-    return 0; /* not reached */
+    buf[n] = '\0';
+    return n;
 }
 
 int kvs_redis_double(kvs_buf_t *b, double v, int resp3)
 {
-    char num[32];
+    char num[KVS_REDIS_DOUBLE_MAX];
     size_t n = kvs_redis_format_double(num, v);
     return resp3 ? put_line(b, ',', num, n) : kvs_redis_bulk(b, num, n);
 }
@@ -511,7 +568,8 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3)
         return -ENOMEM;
     memcpy(b->data + b->len, "txt:", 4);
     b->len += 4;
-    memcpy(b->data + b->len, p, len);
+    if (len > 0)
+        memcpy(b->data + b->len, p, len);
     b->len += len;
     b->data[b->len++] = '\r';
     b->data[b->len++] = '\n';
@@ -555,7 +613,7 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
         if (pat[i] == '\\' && i + 1 < plen) {
             i++;
             match |= fold(pat[i], nocase) == fold(c, nocase);
-        } else if (i + 2 < plen && pat[i + 1] == '-' && pat[i + 2] != ']') {
+        } else if (i + 2 < plen && pat[i + 1] == '-') { /* "[a-]": a to ']', as Redis */
             uint8_t lo = fold(pat[i], nocase), hi = fold(pat[i + 2], nocase), x = fold(c, nocase);
             if (lo > hi) {
                 uint8_t t = lo;

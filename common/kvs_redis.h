@@ -83,8 +83,12 @@ int kvs_redis_arg_is(const kvs_redis_arg_t *a, const char *w);
  * does (no spaces, no leading '+' or zeros). Returns 0 or -1. */
 int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out);
 
-/* Parses a whole argument as a finite double (strtod grammar, no spaces,
- * "inf" and "nan" refused). Returns 0 or -1. */
+/* Parses a whole argument as a double the way Redis parses a float
+ * (string2ld: strtod's grammar, hex included; no leading space; at most
+ * KVS_REDIS_MAX_FLOAT_TEXT - 1 bytes; "nan" and values out of a double's
+ * range refused; "inf" and "-inf" ACCEPTED: the caller says what it thinks
+ * of them, as Redis's commands do). Returns 0 or -1. */
+#define KVS_REDIS_MAX_FLOAT_TEXT (5 * 1024)
 int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
 
 /* ---- replies -------------------------------------------------------------- */
@@ -102,9 +106,13 @@ int kvs_redis_double(kvs_buf_t *b, double v, int resp3);                    /* ,
 int kvs_redis_bool(kvs_buf_t *b, int v, int resp3);                         /* #t/#f or :1/:0 */
 int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =txt: or bulk */
 
-/* Writes `v` as Redis writes doubles in replies and stored text (%.17g,
- * shortest form that reads back the same). Returns the length. `buf` holds
- * at least 32 bytes. */
+/* Writes `v` as Redis writes the floats it stores (HINCRBYFLOAT): in
+ * plain decimal, never an exponent, "-0" as "0", inf as "inf", here with
+ * the shortest digits that read back as the same double (Redis prints a
+ * long double to 17 decimals instead, so 0.1 + 0.2 is "0.3" there and
+ * 1e-20 is "0"). Returns the length; `buf` holds KVS_REDIS_DOUBLE_MAX
+ * bytes (the longest: "-0." then 323 zeros and the digits of 5e-324). */
+#define KVS_REDIS_DOUBLE_MAX 352
 size_t kvs_redis_format_double(char *buf, double v);
 
 /* Redis's glob matching (stringmatchlen): *, ?, [...] with ranges and ^,

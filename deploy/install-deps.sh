@@ -22,8 +22,10 @@ build_pkgs=(build-essential cmake pkg-config
 # line editor a real terminal; systemd's systemd-analyze checks the unit
 # file and python3-yaml reads the compose file; the openssl command makes
 # the TLS tests' certificates and is an independent TLS client; prometheus
-# brings promtool, which checks the /metrics text.
-test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools python3-redis
+# brings promtool, which checks the /metrics text; redis-server (7.0 on
+# Debian 12) is the reference test_resp_diff.py compares kvs's Redis
+# protocol with, byte for byte (it runs its own on a free port).
+test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools redis-server python3-redis
            python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6

@@ -39,6 +39,7 @@
 #include "kvs_freshreq.h"
 #include "kvs_log.h"
 #include "kvs_reads.h"
+#include "kvs_redis.h"
 #include "kvs_resp.h"
 
 #include <errno.h>
@@ -166,13 +167,18 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
 
 /* ---- read-modify-write ---------------------------------------------------- */
 
-/* The number a stored Value holds for Hincr: integer_value, float_value
- * (by_float only), or text that reads as one whole number. Returns 0, or
- * a 400 message. */
+/* The number a stored Value holds for Hincr, read as Redis reads the text
+ * it shows for it (HGET): integer_value; float_value (by_float, or without
+ * it when its text is a whole number: 5.0 shows as "5"); bool_value as 0
+ * or 1; or text that reads as a number with Redis's rules (string2ll for
+ * HINCRBY, string2ld for HINCRBYFLOAT: "inf" is a number, then too large
+ * to add to). Returns 0, or a 400 message. */
 static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int want_float,
                                  int64_t *i, double *d)
 {
     Kvs__Value *val;
+    char num[KVS_REDIS_DOUBLE_MAX];
+    kvs_redis_arg_t text;
     if (kvs_msg_decode_value(&ctx->arena, v->p, v->len, &val) != 0)
         return "the stored value cannot be read";
     const char *not = want_float ? "hash value is not a float" : "hash value is not an integer";
@@ -183,27 +189,21 @@ static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int
         return NULL;
     case KVS__VALUE__KIND_FLOAT_VALUE:
         *d = val->float_value;
-        return want_float ? NULL : not ;
-    case KVS__VALUE__KIND_STRING_VALUE: {
-        char text[64];
-        size_t n = val->string_value.len;
-        if (n == 0 || n >= sizeof(text))
-            return not ;
-        memcpy(text, val->string_value.data, n);
-        text[n] = '\0';
-        char *end;
-        errno = 0;
-        if (want_float) {
-            *d = strtod(text, &end);
-            return end == text + n && errno == 0 && isfinite(*d) && text[0] != ' ' ? NULL : not ;
-        }
-        long long ll = strtoll(text, &end, 10);
-        if (end != text + n || errno != 0 || text[0] == ' ' || text[0] == '+' ||
-            (text[0] == '0' && n > 1) || (text[0] == '-' && (n == 1 || text[1] == '0')))
-            return not ;
-        *i = ll;
+        if (want_float)
+            return isnan(*d) ? not : NULL;
+        text.p = (const uint8_t *)num;
+        text.len = kvs_redis_format_double(num, val->float_value);
+        return kvs_redis_arg_int(&text, i) == 0 ? NULL : not ;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        *i = val->bool_value ? 1 : 0;
+        *d = (double)*i;
         return NULL;
-    }
+    case KVS__VALUE__KIND_STRING_VALUE:
+        text.p = val->string_value.data;
+        text.len = val->string_value.len;
+        if (want_float)
+            return kvs_redis_arg_double(&text, d) == 0 ? NULL : not ;
+        return kvs_redis_arg_int(&text, i) == 0 ? NULL : not ;
     default:
         return not ;
     }

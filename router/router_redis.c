@@ -40,6 +40,7 @@
 #include "router_procs.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,35 @@ static void reply_error(router_req_t *req, const char *fmt, ...)
     finish_raw(req);
 }
 
+/* An error quoting a whole argument as Redis's "%s" does (up to a NUL,
+ * newlines made spaces), where other errors cut one at 128 bytes. */
+static void reply_error_quoting(router_req_t *req, const char *before, const kvs_redis_arg_t *a,
+                                const char *after)
+{
+    kvs_buf_t *b = &req->resp;
+    const uint8_t *nul = memchr(a->p, 0, a->len);
+    size_t n = nul != NULL ? (size_t)(nul - a->p) : a->len, nb = strlen(before);
+    size_t na = strlen(after);
+    b->len = 0;
+    if (kvs_buf_reserve(b, 1 + nb + n + na + 2) != 0)
+        return reply_error(req, "ERR the server is out of memory");
+    b->data[b->len++] = '-';
+    memcpy(b->data + b->len, before, nb);
+    b->len += nb;
+    for (size_t i = 0; i < n; i++)
+        b->data[b->len++] = a->p[i] == '\r' || a->p[i] == '\n' ? ' ' : a->p[i];
+    memcpy(b->data + b->len, after, na);
+    b->len += na;
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
+    finish_raw(req);
+}
+
+static void oom(router_req_t *req)
+{
+    reply_error(req, "ERR the server is out of memory");
+}
+
 static void reply_ok(router_req_t *req)
 {
     req->resp.len = 0;
@@ -228,28 +258,28 @@ struct cmd_s {
     int rcmd;
 };
 
-/* A table name holding a NUL is refused here: as a C string it would end
- * there and name another table ("a\0b" is "a"), and once it is one nothing
- * downstream can tell. Returns 1 after answering `req`. */
-static int table_has_nul(router_req_t *req, const kvs_redis_arg_t *a)
+/* A Redis key holding a NUL byte: the kvs table name it stands for cannot
+ * hold one, and a C string of it would end there (silently naming another
+ * table). Answers the error and returns 1 if so. */
+static int table_refused(router_req_t *req, const kvs_redis_arg_t *a)
 {
     if (memchr(a->p, 0, a->len) == NULL)
         return 0;
-    reply_error(req, "ERR the key (a kvs table name) holds a NUL byte, which kvs table names may "
-                     "not contain");
+    reply_error(req, "ERR the key (a kvs table name) holds a NUL byte (U+0000), which table "
+                     "names may not contain");
     return 1;
 }
 
 /* A NUL-terminated copy of a table name in the router's redis_arena (names
- * are checked by router_route like any other, but for a NUL, which a C
- * string cannot carry), or NULL once `req` is answered. */
+ * are checked by router_route like any other), or NULL once the error is
+ * answered. */
 static char *table_of(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
 {
-    if (table_has_nul(req, a))
+    if (table_refused(req, a))
         return NULL;
     char *t = kvs_arena_alloc(&rs->r->redis_arena, a->len + 1);
     if (t == NULL) {
-        reply_error(req, "ERR the server is out of memory");
+        oom(req);
         return NULL;
     }
     memcpy(t, a->p, a->len);
@@ -295,11 +325,6 @@ static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t 
     protobuf_c_message_pack(&q->base, b->data);
     router_route(r, req, b->data, n);
     (void)cl; /* router_redis_command delivers */
-}
-
-static void oom(router_req_t *req)
-{
-    reply_error(req, "ERR the server is out of memory");
 }
 
 /* The single-key reads (HGET, HSTRLEN, HEXISTS), the hot path: the kvs
@@ -451,6 +476,8 @@ static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req
         double by;
         if (kvs_redis_arg_double(&a[3], &by) != 0)
             return reply_error(req, "ERR value is not a valid float");
+        if (isinf(by))
+            return reply_error(req, "ERR value is NaN or Infinity");
         m.by_case = KVS__HINCR__BY_BY_FLOAT;
         m.by_float = by;
     }
@@ -529,17 +556,40 @@ static const cursor_slot_t *cursor_find(router_t *r, uint64_t seq, const char *t
     return s->seq == seq && strcmp(s->table, table) == 0 ? s : NULL;
 }
 
+/* A cursor argument read as Redis reads one (strtoul, base 10, on the C
+ * string: an optional sign, digits, nothing else; "" and "-0" are 0, a
+ * negative number wraps). Returns 0, or -1 for "invalid cursor". */
+static int scan_cursor(const kvs_redis_arg_t *a, uint64_t *out)
+{
+    const uint8_t *nul = memchr(a->p, 0, a->len);
+    size_t n = nul != NULL ? (size_t)(nul - a->p) : a->len, i = 0;
+    uint64_t v = 0;
+    if (n > 0 && (a->p[0] == '+' || a->p[0] == '-'))
+        i = 1;
+    if (n > 0 && i == n)
+        return -1; /* a sign alone */
+    for (; i < n; i++) {
+        unsigned d = (unsigned)(a->p[i] - '0');
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = n > 0 && a->p[0] == '-' ? 0 - v : v;
+    return 0;
+}
+
 static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
-    int64_t seq, count = 10;
+    int64_t count = 10;
+    uint64_t seq;
     const kvs_redis_arg_t *match = NULL;
     if (a[1].len > KVS_MAX_TABLE)
         return reply_error(req, "ERR the key (a kvs table name) is longer than %d bytes",
                            KVS_MAX_TABLE);
-    if (table_has_nul(req, &a[1]))
+    if (table_refused(req, &a[1]))
         return;
-    if (kvs_redis_arg_int(&a[2], &seq) != 0 || seq < 0)
+    if (scan_cursor(&a[2], &seq) != 0)
         return reply_error(req, "ERR invalid cursor");
     for (size_t i = 3; i < rs->ps.argc; i += 2) {
         if (i + 1 >= rs->ps.argc)
@@ -569,14 +619,13 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     m.table = sc->table;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
     if (seq != 0) {
-        if (cursor_foreign(rs->r, (uint64_t)seq))
+        if (cursor_foreign(rs->r, seq))
             return reply_error(req, "ERR invalid cursor: not handed out by this router process "
                                     "(a cursor lives in the kvs router process that returned "
                                     "it: another one of this node's, reached by a new "
                                     "connection, or this one before it restarted); start the "
                                     "scan again with 0");
-        const cursor_slot_t *s =
-            cursor_find(rs->r, (uint64_t)seq & ROUTER_ID_COUNTER_MASK, sc->table);
+        const cursor_slot_t *s = cursor_find(rs->r, seq & ROUTER_ID_COUNTER_MASK, sc->table);
         if (s == NULL)
             return reply_error(req, "ERR invalid cursor");
         m.cursor = (ProtobufCBinaryData){s->len, s->bytes};
@@ -588,28 +637,47 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
 
 /* ---- INFO --------------------------------------------------------------------------------- */
 
+/* INFO's sections (req->rflags), in the order they are written. */
+enum { INFO_SERVER = 1, INFO_CLIENTS = 2, INFO_KVS = 4, INFO_ALL = 7 };
+
+/* INFO [section ...]: the sections named (server, clients, kvs; default,
+ * all and everything are all of them), none for names it does not know,
+ * as Redis. */
 static void cmd_info(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
+    static const char *const names[] = {"server", "clients", "kvs"};
     Kvs__Info m = KVS__INFO__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    int server_only = 0;
-    for (size_t i = 1; i < rs->ps.argc; i++)
-        server_only |= kvs_redis_arg_is(&rs->ps.argv[i], "server");
-    req->rflags = (uint8_t)server_only;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    unsigned want = rs->ps.argc == 1 ? INFO_ALL : 0;
+    for (size_t i = 1; i < rs->ps.argc; i++) {
+        if (kvs_redis_arg_is(&a[i], "default") || kvs_redis_arg_is(&a[i], "all") ||
+            kvs_redis_arg_is(&a[i], "everything"))
+            want = INFO_ALL;
+        for (unsigned k = 0; k < 3; k++)
+            if (kvs_redis_arg_is(&a[i], names[k]))
+                want |= 1u << k;
+    }
+    req->rflags = (uint8_t)want;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_INFO;
     q.info = &m;
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
 /* "# Server" as Redis writes it, with the version clients check. */
-static void info_server(router_redis_t *rs, kvs_buf_t *t)
+static void info_server(router_redis_t *rs, kvs_buf_t *t, unsigned want)
 {
     char line[256];
-    int n = snprintf(line, sizeof(line),
-                     "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
-                     "kvs_version:0.1.0\r\nos:Linux\r\narch_bits:%zu\r\nprocess_id:%ld\r\n"
-                     "\r\n# Clients\r\nconnected_clients:%zu\r\n",
-                     REDIS_COMPAT_VERSION, sizeof(void *) * 8, (long)getpid(), rs->r->n_clients);
+    int n = 0;
+    if (want & INFO_SERVER)
+        n += snprintf(line, sizeof(line),
+                      "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
+                      "kvs_version:0.1.0\r\nos:Linux\r\narch_bits:%zu\r\nprocess_id:%ld\r\n",
+                      REDIS_COMPAT_VERSION, sizeof(void *) * 8, (long)getpid());
+    if (want & INFO_CLIENTS)
+        n +=
+            snprintf(line + n, sizeof(line) - (size_t)n, "%s# Clients\r\nconnected_clients:%zu\r\n",
+                     n > 0 ? "\r\n" : "", rs->r->n_clients);
     kvs_buf_append(t, line, (size_t)n);
 }
 
@@ -643,6 +711,9 @@ static void cmd_select(router_redis_t *rs, router_client_t *cl, router_req_t *re
     (void)cl, (void)cmd;
     if (kvs_redis_arg_int(&rs->ps.argv[1], &db) != 0)
         return reply_error(req, "ERR value is not an integer or out of range");
+    if (db < INT32_MIN || db > INT32_MAX) /* Redis's index is an int */
+        return reply_error(req, "ERR value is out of range, value must between %d and %d",
+                           INT32_MIN, INT32_MAX);
     if (db != 0)
         return reply_error(req, "ERR DB index is out of range");
     reply_ok(req);
@@ -744,32 +815,101 @@ static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
     return 0;
 }
 
+/* ---- container commands (CLIENT, COMMAND, CONFIG, SLOWLOG) ------------------------------- */
+
+/* A subcommand kvs answers, as Redis 7 declares it. */
+typedef struct sub_s {
+    const char *name;  /* lower case */
+    int arity;         /* of the whole request, Redis's convention (-N: at least N) */
+    const char *usage; /* its lines in HELP */
+    const char *text;
+} sub_t;
+
+#define N_SUBS(t) (sizeof(t) / sizeof((t)[0]))
+
+/* <CONTAINER> HELP: Redis's layout, kvs's subcommands. */
+static void reply_help(router_req_t *req, const char *upper, const sub_t *subs, size_t n)
+{
+    char line[96];
+    kvs_buf_t *b = &req->resp;
+    b->len = 0;
+    kvs_redis_array(b, 2 * n + 1);
+    snprintf(line, sizeof(line),
+             "%s <subcommand> [<arg> [value] [opt] ...]. Subcommands are:", upper);
+    kvs_redis_simple(b, line);
+    for (size_t i = 0; i < n; i++) {
+        kvs_redis_simple(b, subs[i].usage);
+        snprintf(line, sizeof(line), "    %s", subs[i].text);
+        kvs_redis_simple(b, line);
+    }
+    finish_raw(req);
+}
+
+/* Which of subs[0..n) argv[1] names, its arity checked as Redis 7 checks a
+ * subcommand's ("help" is answered here). Returns its index, or -1 once the
+ * request is answered: HELP, or the error in Redis's words (a subcommand
+ * kvs does not have is unknown, whether Redis has it or not). */
+static int subcommand(router_redis_t *rs, router_req_t *req, const char *container,
+                      const sub_t *subs, size_t n)
+{
+    const kvs_redis_arg_t *a1 = &rs->ps.argv[1];
+    size_t argc = rs->ps.argc;
+    char upper[16];
+    size_t k = 0;
+    for (; container[k] != '\0' && k + 1 < sizeof(upper); k++)
+        upper[k] = (char)(container[k] - 'a' + 'A');
+    upper[k] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        if (!kvs_redis_arg_is(a1, subs[i].name))
+            continue;
+        int ar = subs[i].arity;
+        if ((ar > 0 && argc != (size_t)ar) || (ar < 0 && argc < (size_t)-ar)) {
+            reply_error(req, "ERR wrong number of arguments for '%s|%s' command", container,
+                        subs[i].name);
+            return -1;
+        }
+        if (strcmp(subs[i].name, "help") == 0) {
+            reply_help(req, upper, subs, n);
+            return -1;
+        }
+        return (int)i;
+    }
+    reply_error(req, "ERR unknown subcommand '%.*s'. Try %s HELP.", shown(a1), (const char *)a1->p,
+                upper);
+    return -1;
+}
+
+static const sub_t client_subs[] = {
+    {"id", 2, "ID", "Return the ID of the current connection."},
+    {"getname", 2, "GETNAME", "Return the name of the current connection."},
+    {"setname", 3, "SETNAME <name>", "Assign the name <name> to the current connection."},
+    {"setinfo", 4, "SETINFO <option> <value>", "Accepted and ignored (lib-name, lib-ver)."},
+    {"help", 2, "HELP", "Prints this help."},
+};
+
 static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
-    size_t argc = rs->ps.argc;
     (void)cl, (void)cmd;
+    int sub = subcommand(rs, req, "client", client_subs, N_SUBS(client_subs));
+    if (sub < 0)
+        return;
     req->resp.len = 0;
-    if (kvs_redis_arg_is(&a[1], "id") && argc == 2) {
+    if (sub == 0) {
         kvs_redis_integer(&req->resp, (int64_t)rs->id);
-    } else if (kvs_redis_arg_is(&a[1], "getname") && argc == 2) {
+    } else if (sub == 1) {
         if (rs->name != NULL)
             kvs_redis_bulk(&req->resp, rs->name, strlen(rs->name));
         else
             kvs_redis_null(&req->resp, rs->resp3);
-    } else if (kvs_redis_arg_is(&a[1], "setname") && argc == 3) {
+    } else if (sub == 2) {
         if (name_refused(req, &a[2]))
             return;
         if (set_name(rs, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
-    } else if (kvs_redis_arg_is(&a[1], "setinfo") && argc == 4) {
-        kvs_redis_simple(&req->resp, "OK"); /* lib-name / lib-ver: noted by nobody */
     } else {
-        return reply_error(req,
-                           "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
-                           "Try CLIENT HELP.",
-                           shown(&a[1]), (const char *)a[1].p);
+        kvs_redis_simple(&req->resp, "OK"); /* SETINFO lib-name / lib-ver: noted by nobody */
     }
     finish_raw(req);
 }
@@ -803,11 +943,10 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     const kvs_redis_arg_t *user = NULL, *token = NULL, *name = NULL;
     int64_t ver = rs->resp3 ? 3 : 2;
     (void)cmd;
-    if (rs->ps.argc >= 2 && (kvs_redis_arg_int(&a[1], &ver) != 0 || ver < 2 || ver > 3)) {
-        req->resp.len = 0;
-        kvs_redis_error(&req->resp, "NOPROTO unsupported protocol version");
-        return finish_raw(req);
-    }
+    if (rs->ps.argc >= 2 && kvs_redis_arg_int(&a[1], &ver) != 0)
+        return reply_error(req, "ERR Protocol version is not an integer or out of range");
+    if (ver < 2 || ver > 3)
+        return reply_error(req, "NOPROTO unsupported protocol version");
     for (size_t i = 2; i < rs->ps.argc; i++) {
         if (kvs_redis_arg_is(&a[i], "auth") && i + 2 < rs->ps.argc) {
             user = &a[i + 1];
@@ -818,8 +957,7 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
                 return;
             name = &a[++i];
         } else {
-            return reply_error(req, "ERR Syntax error in HELLO option '%.*s'", shown(&a[i]),
-                               (const char *)a[i].p);
+            return reply_error_quoting(req, "ERR Syntax error in HELLO option '", &a[i], "'");
         }
     }
     if (rs->r->auth != NULL && user != NULL) {
@@ -874,7 +1012,32 @@ static int hello_done(router_redis_t *rs, kvs_buf_t *out)
     return 0;
 }
 
-/* CONFIG GET: the few parameters clients and redis-benchmark ask for. */
+static const sub_t config_subs[] = {
+    {"get", -3, "GET <pattern>", "Return parameters matching the glob-like <pattern>."},
+    {"set", -4, "SET <directive> <value>", "Refused: kvs's configuration is config.yaml."},
+    {"resetstat", 2, "RESETSTAT", "Refused: kvs's configuration is config.yaml."},
+    {"rewrite", 2, "REWRITE", "Refused: kvs's configuration is config.yaml."},
+    {"help", 2, "HELP", "Prints this help."},
+};
+
+/* Does CONFIG GET's argument `a` ask for parameter `name`? A pattern (one
+ * of "[*?" in it) is matched without case, anything else is a name
+ * compared without case, as Redis does. Returns 1, 0, or -1 when the
+ * pattern ran out of `budget`. */
+static int config_wanted(const kvs_redis_arg_t *a, const char *name, uint64_t *budget)
+{
+    static const char specials[] = "[*?";
+    int pattern = 0;
+    for (size_t i = 0; i < a->len && !pattern; i++)
+        pattern = a->p[i] != '\0' && strchr(specials, a->p[i]) != NULL;
+    if (!pattern)
+        return kvs_redis_arg_is(a, name);
+    return kvs_redis_glob(a->p, a->len, (const uint8_t *)name, strlen(name), 1, budget);
+}
+
+/* CONFIG GET: the few parameters clients and redis-benchmark ask for. A
+ * parameter asked for by name is answered under the name as given (Redis
+ * does so), one matched by a pattern under its own. */
 static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     static const char *const params[][2] = {
@@ -885,26 +1048,35 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
     };
     const kvs_redis_arg_t *a = rs->ps.argv;
     (void)cl, (void)cmd;
-    if (!kvs_redis_arg_is(&a[1], "get"))
+    int sub = subcommand(rs, req, "config", config_subs, N_SUBS(config_subs));
+    if (sub < 0)
+        return;
+    if (sub != 0)
         return reply_error(req, "ERR kvs supports only CONFIG GET (its config is config.yaml)");
     size_t np = sizeof(params) / sizeof(params[0]), hits = 0;
-    int hit[sizeof(params) / sizeof(params[0])] = {0};
+    const kvs_redis_arg_t *hit[sizeof(params) / sizeof(params[0])] = {NULL};
     uint64_t budget = ROUTER_REDIS_GLOB_STEPS;
-    for (size_t i = 0; i < np; i++)
-        for (size_t k = 2; k < rs->ps.argc && !hit[i]; k++) {
-            int m = kvs_redis_glob(a[k].p, a[k].len, (const uint8_t *)params[i][0],
-                                   strlen(params[i][0]), 1, &budget);
+    for (size_t k = 2; k < rs->ps.argc; k++)
+        for (size_t i = 0; i < np; i++) {
+            if (hit[i] != NULL)
+                continue;
+            int m = config_wanted(&a[k], params[i][0], &budget);
             if (m < 0)
                 return reply_error(req, "ERR CONFIG GET patterns too costly to match");
-            hit[i] = m;
-            hits += (size_t)m;
+            if (m > 0) {
+                hit[i] = &a[k];
+                hits++;
+            }
         }
     kvs_buf_t *b = &req->resp;
     b->len = 0;
     kvs_redis_map(b, hits, rs->resp3);
     for (size_t i = 0; i < np; i++)
-        if (hit[i]) {
-            kvs_redis_bulk(b, params[i][0], strlen(params[i][0]));
+        if (hit[i] != NULL) {
+            if (kvs_redis_arg_is(hit[i], params[i][0])) /* by name: as given */
+                kvs_redis_bulk(b, hit[i]->p, hit[i]->len);
+            else
+                kvs_redis_bulk(b, params[i][0], strlen(params[i][0]));
             kvs_redis_bulk(b, params[i][1], strlen(params[i][1]));
         }
     finish_raw(req);
@@ -929,6 +1101,15 @@ static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
     kvs_redis_bulk(b, "", 0);
 }
 
+static const sub_t slowlog_subs[] = {
+    {"get", -2, "GET [<count>]",
+     "Return top <count> entries from the slowlog (default: 10, -1 "
+     "mean all)."},
+    {"len", 2, "LEN", "Return the length of the slowlog."},
+    {"reset", 2, "RESET", "Reset the slowlog."},
+    {"help", 2, "HELP", "Prints this help."},
+};
+
 /* SLOWLOG GET [count] | LEN | RESET: a kvs Slowlog request, so it goes
  * through access control (admin), the hooks and the metrics like any
  * other; the router process's own log answers it. */
@@ -940,25 +1121,28 @@ static void cmd_slowlog(router_redis_t *rs, router_client_t *cl, router_req_t *r
     Kvs__Slowlog m = KVS__SLOWLOG__INIT;
     int rcmd;
     (void)cmd;
+    int sub = subcommand(rs, req, "slowlog", slowlog_subs, N_SUBS(slowlog_subs));
+    if (sub < 0)
+        return;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_SLOWLOG;
     q.slowlog = &m;
     m.count = 1; /* LEN and RESET need no entries: one is the least asked for */
-    if (kvs_redis_arg_is(&a[1], "get") && rs->ps.argc <= 3) {
+    if (sub == 0 && rs->ps.argc <= 3) {
         int64_t count = KVS_SLOWLOG_DEFAULT_COUNT;
         if (rs->ps.argc == 3 && (kvs_redis_arg_int(&a[2], &count) != 0 || count < -1))
             return reply_error(req, "ERR count should be greater than or equal to -1");
         m.count = count < 0 || count > UINT32_MAX ? UINT32_MAX : count == 0 ? 1 : (uint32_t)count;
         req->rflags = count == 0; /* GET 0: an empty array */
         rcmd = RC_SLOWLOG_GET;
-    } else if (kvs_redis_arg_is(&a[1], "len") && rs->ps.argc == 2) {
+    } else if (sub == 1) {
         rcmd = RC_SLOWLOG_LEN;
-    } else if (kvs_redis_arg_is(&a[1], "reset") && rs->ps.argc == 2) {
+    } else if (sub == 2) {
         m.reset = 1;
         rcmd = RC_SLOWLOG_RESET;
-    } else {
+    } else { /* GET with more than a count: Redis's own words for it */
         return reply_error(req,
                            "ERR unknown subcommand or wrong number of arguments for '%.*s'. "
-                           "Try SLOWLOG GET [count], SLOWLOG LEN or SLOWLOG RESET.",
+                           "Try SLOWLOG HELP.",
                            shown(&a[1]), (const char *)a[1].p);
     }
     route_request(rs, cl, req, &q, rcmd);
@@ -1009,16 +1193,16 @@ static const cmd_t commands[] = {
     {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS},
     {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE},
     {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE},
-    {"echo", 2, "fast", 0, 0, 0, cmd_echo, RC_NONE},
+    {"echo", 2, "loading stale fast", 0, 0, 0, cmd_echo, RC_NONE},
     {"info", -1, "loading stale", 0, 0, 0, cmd_info, RC_INFO},
     {"command", -1, "loading stale", 0, 0, 0, cmd_command, RC_NONE},
-    {"client", -2, "loading stale", 0, 0, 0, cmd_client, RC_NONE},
-    {"hello", -1, "fast noauth", 0, 0, 0, cmd_hello, RC_NONE},
-    {"auth", -2, "fast noauth", 0, 0, 0, cmd_auth, RC_NONE},
-    {"select", 2, "fast loading stale", 0, 0, 0, cmd_select, RC_NONE},
-    {"config", -2, "admin loading stale", 0, 0, 0, cmd_config, RC_NONE},
-    {"slowlog", -2, "admin random loading stale", 0, 0, 0, cmd_slowlog, RC_NONE},
-    {"quit", -1, "fast noauth", 0, 0, 0, cmd_quit, RC_NONE},
+    {"client", -2, "", 0, 0, 0, cmd_client, RC_NONE}, /* containers: flags per subcommand */
+    {"hello", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_hello, RC_NONE},
+    {"auth", -2, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_auth, RC_NONE},
+    {"select", 2, "loading stale fast", 0, 0, 0, cmd_select, RC_NONE},
+    {"config", -2, "", 0, 0, 0, cmd_config, RC_NONE},
+    {"slowlog", -2, "", 0, 0, 0, cmd_slowlog, RC_NONE},
+    {"quit", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_quit, RC_NONE},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1059,7 +1243,41 @@ static void command_entry(kvs_buf_t *b, const cmd_t *c)
     kvs_redis_array(b, 0); /* subcommands */
 }
 
-/* COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND DOCS [name...]. */
+static const sub_t command_subs[] = {
+    {"count", 2, "COUNT", "Return the total number of commands in this server."},
+    {"info", -2, "INFO [<command-name> ...]",
+     "Return details about the named commands, or all of them without a name."},
+    {"docs", -2, "DOCS [<command-name> ...]",
+     "Return documentation details about the named commands, or all of them."},
+    {"help", 2, "HELP", "Prints this help."},
+};
+
+/* COMMAND DOCS [name...]: the commands named, or all; a group for each. */
+static void command_docs(router_redis_t *rs, kvs_buf_t *b)
+{
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc, n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            kvs_redis_map(b, n, rs->resp3);
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            for (size_t k = 2; k <= argc; k++)
+                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
+                    if (pass == 0) {
+                        n++;
+                        break;
+                    }
+                    kvs_redis_bulk(b, commands[i].name, strlen(commands[i].name));
+                    kvs_redis_map(b, 1, rs->resp3);
+                    kvs_redis_bulk(b, "group", 5);
+                    kvs_redis_bulk(b, commands[i].rcmd != RC_NONE ? "hash" : "connection",
+                                   commands[i].rcmd != RC_NONE ? 4 : 10);
+                    break;
+                }
+    }
+}
+
+/* COMMAND, COMMAND COUNT, COMMAND INFO [name...], COMMAND DOCS [name...]. */
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                         const cmd_t *cmd)
 {
@@ -1067,14 +1285,17 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
     size_t argc = rs->ps.argc;
     kvs_buf_t *b = &req->resp;
     (void)cl, (void)cmd;
+    int sub = argc == 1 ? -2 : subcommand(rs, req, "command", command_subs, N_SUBS(command_subs));
+    if (sub == -1)
+        return;
     b->len = 0;
-    if (argc == 1) {
+    if (sub == -2 || (sub == 1 && argc == 2)) { /* COMMAND, COMMAND INFO: every command */
         kvs_redis_array(b, N_COMMANDS);
         for (size_t i = 0; i < N_COMMANDS; i++)
             command_entry(b, &commands[i]);
-    } else if (kvs_redis_arg_is(&a[1], "count") && argc == 2) {
+    } else if (sub == 0) {
         kvs_redis_integer(b, N_COMMANDS);
-    } else if (kvs_redis_arg_is(&a[1], "info")) {
+    } else if (sub == 1) {
         kvs_redis_array(b, argc - 2);
         for (size_t i = 2; i < argc; i++) {
             const cmd_t *c = lookup(&a[i]);
@@ -1083,28 +1304,8 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
             else
                 kvs_redis_null(b, rs->resp3);
         }
-    } else if (kvs_redis_arg_is(&a[1], "docs")) {
-        size_t n = 0;
-        for (size_t i = 0; i < N_COMMANDS; i++)
-            for (size_t k = 2; k <= argc; k++)
-                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
-                    n++;
-                    break;
-                }
-        kvs_redis_map(b, n, rs->resp3);
-        for (size_t i = 0; i < N_COMMANDS; i++)
-            for (size_t k = 2; k <= argc; k++)
-                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
-                    kvs_redis_bulk(b, commands[i].name, strlen(commands[i].name));
-                    kvs_redis_map(b, 1, rs->resp3);
-                    kvs_redis_bulk(b, "group", 5);
-                    kvs_redis_bulk(b, commands[i].rcmd != RC_NONE ? "hash" : "connection",
-                                   commands[i].rcmd != RC_NONE ? 4 : 10);
-                    break;
-                }
     } else {
-        return reply_error(req, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.", shown(&a[1]),
-                           (const char *)a[1].p);
+        command_docs(rs, b);
     }
     finish_raw(req);
 }
@@ -1148,7 +1349,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
              (cmd->arity < 0 && argc < (size_t)-cmd->arity))
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
-    else if (!router_client_authenticated(cl) && strstr(cmd->flags, "noauth") == NULL)
+    else if (!router_client_authenticated(cl) && strstr(cmd->flags, "no_auth") == NULL)
         reply_error(req, "NOAUTH Authentication required.");
     else
         cmd->fn(rs, cl, req, cmd);
@@ -1162,7 +1363,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
 /* ---- answers ------------------------------------------------------------------------------- */
 
 /* A stored Value as Redis shows it: bytes for text and binary, decimal text
- * for numbers and bools. */
+ * for numbers and bools (`num` holds KVS_REDIS_DOUBLE_MAX bytes). */
 static void value_text(const Kvs__Value *v, char *num, const uint8_t **p, size_t *n)
 {
     switch (v->kind_case) {
@@ -1192,7 +1393,7 @@ static void value_text(const Kvs__Value *v, char *num, const uint8_t **p, size_t
 
 static int bulk_value(kvs_buf_t *out, const Kvs__Value *v, int resp3)
 {
-    char num[32];
+    char num[KVS_REDIS_DOUBLE_MAX];
     const uint8_t *p;
     size_t n;
     if (v == NULL || v->kind_case == KVS__VALUE__KIND__NOT_SET)
@@ -1284,11 +1485,13 @@ static int answer_info(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     kvs_buf_t t;
     kvs_buf_init(&t);
-    info_server(rs, &t);
-    if (!req->rflags) {
-        kvs_buf_append(&t, "\r\n# Kvs\r\n", 9);
+    info_server(rs, &t, req->rflags);
+    if (req->rflags & INFO_KVS) {
+        if (t.len > 0)
+            kvs_buf_append(&t, "\r\n", 2);
+        kvs_buf_append(&t, "# Kvs\r\n", 7);
         for (size_t i = 0; i < a->n_pairs; i++) {
-            char num[32];
+            char num[KVS_REDIS_DOUBLE_MAX];
             const uint8_t *p;
             size_t n;
             value_text(a->pairs[i]->value, num, &p, &n);
@@ -1308,7 +1511,7 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
                      kvs_buf_t *out)
 {
     const Kvs__Value *v0 = a->n_values > 0 ? a->values[0] : NULL;
-    char num[32];
+    char num[KVS_REDIS_DOUBLE_MAX];
     const uint8_t *p;
     size_t n, count = 0;
     switch (req->rcmd) {
@@ -1367,7 +1570,7 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
 /* A value read without decoding, as Redis shows it (see value_text). */
 static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
 {
-    char num[32];
+    char num[KVS_REDIS_DOUBLE_MAX];
     size_t n;
     switch (v->kind) {
     case KVS__VALUE__KIND__NOT_SET:

@@ -124,6 +124,14 @@ class RedisPyTest(RespTestCase):
             c.delete("h")
         with self.assertRaisesRegex(redis.ResponseError, "reserved"):  # kvs's own rules
             c.hset("__kvs", "f", "v")
+        # A key with a NUL byte is refused, never cut short to another table.
+        c.hset("a", "f", "v")
+        for call in (lambda: c.hset("a\0b", "f", "w"), lambda: c.hgetall("a\0b"),
+                     lambda: c.hdel("a\0b", "f"), lambda: c.hincrby("a\0b", "n", 1),
+                     lambda: c.hscan("a\0b"), lambda: c.hlen("a\0b")):
+            with self.assertRaisesRegex(redis.ResponseError, "holds a NUL byte"):
+                call()
+        self.assertEqual(c.hgetall("a"), {b"f": b"v"})
 
     def test_pipelines_keep_order(self):
         self.resp_router(shards=4)
@@ -186,6 +194,10 @@ class CrossProtocolTest(RespTestCase):
         self.assertEqual(c.hget("y", "n"), b"0")
         self.assertEqual(c.hget("y", "s"), b"a\0b")
         self.assertEqual(c.hincrby("y", "i", 2), -40)
+        # HINCRBY reads a number as the text HGET shows: a bool is 1 or 0.
+        self.assertEqual(c.hincrby("y", "t", 1), 2)
+        self.assertEqual(c.hincrby("y", "n", 5), 5)
+        self.assertEqual(c.hincrbyfloat("y", "f", 1), 1.1)
         with r.client() as pbc:
             v = pbc.hget("y", "i").values[0]
             self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))

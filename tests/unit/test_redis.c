@@ -11,6 +11,7 @@
 #include "kvs_test.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 
 #define MAXREQ (1u << 20)
@@ -126,6 +127,14 @@ KVS_TEST(inline_quoting_like_redis)
     ARG(2, "a\0\n\"q");
     ARG(3, "it's");
     ARG(4, "middle word");
+    /* Blanks are isspace() between words and after a closing quote (\v,
+     * \f too), but a bare word ends only at space, tab, CR, LF, NUL. */
+    const char v[] = "\v\fECHO \"a\"\vb\fc\x0bd\r\n";
+    parse_whole(v, sizeof(v) - 1);
+    CHECK_EQ(ps.argc, 3);
+    ARG(0, "ECHO");
+    ARG(1, "a");
+    ARG(2, "b\fc\x0bd");
     teardown();
 }
 
@@ -278,9 +287,37 @@ KVS_TEST(arguments_as_numbers)
     SETA("1.5e3");
     CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
     CHECK(d == 1500.0);
-    SETA("inf");
+    SETA("inf"); /* a float to Redis's parser; HINCRBYFLOAT refuses it itself */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(isinf(d) && d > 0);
+    SETA("-inf");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(isinf(d) && d < 0);
+    SETA("nan");
     CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
     SETA("1x");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    SETA("\v1"); /* isspace, as Redis's string2ld */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    SETA("0x10");
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(d == 16.0);
+    SETA("1e400"); /* beyond a double: Redis's long double takes it, kvs cannot */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    SETA("1e-400"); /* underflows to 0 */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
+    SETA("1e-310"); /* subnormal: a number */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(d > 0 && d < 1e-300);
+    char longf[KVS_REDIS_MAX_FLOAT_TEXT + 1];
+    memset(longf, '0', sizeof(longf));
+    longf[0] = '1';
+    longf[1] = '.';
+    a.p = (const uint8_t *)longf;
+    a.len = KVS_REDIS_MAX_FLOAT_TEXT - 1; /* Redis takes up to 5119 bytes */
+    CHECK_EQ(kvs_redis_arg_double(&a, &d), 0);
+    CHECK(d == 1.0);
+    a.len = KVS_REDIS_MAX_FLOAT_TEXT;
     CHECK_EQ(kvs_redis_arg_double(&a, &d), -1);
     CHECK(kvs_redis_arg_is(&(kvs_redis_arg_t){(const uint8_t *)"hGeT", 4}, "HGET"));
     CHECK(!kvs_redis_arg_is(&(kvs_redis_arg_t){(const uint8_t *)"HGETX", 5}, "HGET"));
@@ -335,13 +372,39 @@ KVS_TEST(replies_resp2_and_resp3)
 
 KVS_TEST(doubles_are_shortest_exact)
 {
-    char s[32];
-    double vals[] = {0.1, 1.0 / 3, 1e300, -2.5, 10.0, 5e-324, 123456789.125};
+    char s[KVS_REDIS_DOUBLE_MAX];
+    double vals[] = {0.1,
+                     1.0 / 3,
+                     1e300,
+                     -2.5,
+                     10.0,
+                     5e-324,
+                     123456789.125,
+                     DBL_MAX,
+                     -DBL_MAX,
+                     1e-320,
+                     -2.2e-308,
+                     1e22,
+                     0.30000000000000004};
     for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
         size_t n = kvs_redis_format_double(s, vals[i]);
         CHECK_EQ(n, strlen(s));
+        CHECK(n < KVS_REDIS_DOUBLE_MAX);
+        CHECK(strchr(s, 'e') == NULL); /* plain decimal, as Redis writes floats */
         CHECK(strtod(s, NULL) == vals[i]);
     }
+    kvs_redis_format_double(s, 1e20);
+    CHECK_STR(s, "100000000000000000000");
+    kvs_redis_format_double(s, 0.00001);
+    CHECK_STR(s, "0.00001");
+    kvs_redis_format_double(s, -1.5e-7);
+    CHECK_STR(s, "-0.00000015");
+    kvs_redis_format_double(s, 1234.5);
+    CHECK_STR(s, "1234.5");
+    kvs_redis_format_double(s, -0.0);
+    CHECK_STR(s, "0");
+    kvs_redis_format_double(s, -INFINITY);
+    CHECK_STR(s, "-inf");
     kvs_redis_format_double(s, 0.1);
     CHECK_STR(s, "0.1");
     kvs_redis_format_double(s, 10.0);
@@ -369,6 +432,10 @@ KVS_TEST(glob_like_redis)
     CHECK(!glob("h[^e]llo", "hello"));
     CHECK(glob("h[a-b]llo", "hbllo"));
     CHECK(glob("h[b-a]llo", "hallo")); /* reversed range, as Redis */
+    CHECK(glob("[a-]", "_"));          /* "a-]" is a range to ']' in Redis... */
+    CHECK(glob("[a-]", "]"));
+    CHECK(!glob("[a-]", "-")); /* ...so '-' is not in it */
+    CHECK(glob("[-a]", "-"));
     CHECK(glob("h\\*llo", "h*llo"));
     CHECK(!glob("h\\*llo", "hello"));
     CHECK(glob("user:*:name", "user:42:name"));
