@@ -119,8 +119,27 @@ struct kvs_lmdb_reader_s {
     kvs_lmdb_ident_t ident;
 };
 
+/* No handle is left for `table` (this reader holds as many as
+ * storage.max_tables allows): whether the table exists decides, looked up
+ * in the main database, which names every table. A table nobody created
+ * is KVS_ENOTFOUND, as always: on a shard at its limit any client can ask
+ * for one, which is no storage error. An existing one is KVS_ELIMIT (the
+ * writer holds more tables than this reader was opened for). */
+static int no_handle_left(kvs_lmdb_reader_t *r, const char *table)
+{
+    MDB_dbi main_dbi;
+    MDB_val k = {strlen(table), (void *)table}, v;
+    int rc = mdb_dbi_open(r->txn, NULL, 0, &main_dbi); /* needs no handle slot */
+    if (rc == 0)
+        rc = mdb_get(r->txn, main_dbi, &k, &v);
+    if (rc == 0)
+        return KVS_ELIMIT;
+    return kvs_lmdb_err("looking up a table name", rc); /* MDB_NOTFOUND: KVS_ENOTFOUND */
+}
+
 /* The DBI of `table` in the open snapshot. Returns 0, KVS_ENOTFOUND (no
- * such table), or KVS_ESTORE. */
+ * such table), KVS_ELIMIT (it exists, but no handle is left for it), or
+ * KVS_ESTORE. */
 static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
 {
     const kvs_dbimap_entry_t *e = kvs_dbimap_find(&r->tables, table);
@@ -129,8 +148,10 @@ static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
         return 0;
     }
     if (r->tables.n >= r->tables.max_entries)
-        return kvs_lmdb_err("table handles", MDB_DBS_FULL);
+        return no_handle_left(r, table);
     int rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    if (rc == MDB_DBS_FULL)
+        return no_handle_left(r, table);
     if (rc != 0)
         return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : kvs_lmdb_err("mdb_dbi_open", rc);
     rc = kvs_dbimap_add(&r->tables, table, *dbi, 1);

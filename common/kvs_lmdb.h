@@ -116,8 +116,9 @@ void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r);
 
 /* Inside a snapshot: `key` of `table` (a table that does not exist holds
  * no key); a walk of `table` from a key; its number of keys; a __kvs
- * record. Same returns as the primitives (KVS_ESTORE also when a table's
- * handle cannot be opened). */
+ * record. Same returns as the primitives, and KVS_ELIMIT for a table that
+ * exists when every handle storage.max_tables allows is taken (a table
+ * that does not exist is never that: it holds no key). */
 int kvs_lmdb_reader_get(kvs_lmdb_reader_t *r, const char *table, const void *key, size_t klen,
                         kvs_slice_t *val);
 int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *from, size_t flen,

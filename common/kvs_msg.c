@@ -455,7 +455,9 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
         return check_hmset(r->hmset, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         if (r->hscan->cursor.len > KVS_MAX_KEY + 16)
-            return bad(msg, len, "Hscan.cursor is not a cursor this server returned");
+            return bad(msg, len,
+                       "Hscan.cursor is not a cursor this server returned; start "
+                       "with an empty cursor");
         return KVS_STATUS_OK;
     case KVS__COMMAND_REQUEST__COMMAND_HINCR:
         if (r->hincr->by_case == KVS__HINCR__BY__NOT_SET)

@@ -132,11 +132,14 @@ static void link_forget_addrs(router_link_t *l)
     l->ai_list = l->ai_next = NULL;
 }
 
-/* Drops the connection, fails what was pending, and schedules a reconnect. */
-static void link_down(router_link_t *l, const char *why)
+/* Drops the connection, fails what was pending with `why`, and schedules
+ * a reconnect. `state` (NULL: `why`) is kept as last_error, what requests
+ * refused while the link is down are told: they are never sent, so it
+ * says why the link is down, not what became of the pending ones. */
+static void link_down_state(router_link_t *l, const char *why, const char *state)
 {
     int was_up = l->up;
-    snprintf(l->last_error, sizeof(l->last_error), "%s", why);
+    snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
         kvs_conn_close(l->conn);
@@ -151,6 +154,11 @@ static void link_down(router_link_t *l, const char *why)
     if (was_up && l->on_state != NULL)
         l->on_state(l, 0);
     link_arm_timer(l);
+}
+
+static void link_down(router_link_t *l, const char *why)
+{
+    link_down_state(l, why, NULL);
 }
 
 /* An answer over max_frame was stepped over: its request fails alone. */
@@ -409,12 +417,11 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
-        char why[96];
-        snprintf(why, sizeof(why),
-                 "no answer within router.timeout (%llu ms); the request may or may not have "
-                 "been applied",
+        char why[160], state[64];
+        snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);
-        link_down(l, why);
+        snprintf(why, sizeof(why), "%s; the request may or may not have been applied", state);
+        link_down_state(l, why, state);
         return;
     }
     link_arm_timer(l);

@@ -48,6 +48,7 @@ typedef struct router_try_s {
     uint64_t tried; /* bit i: replica i of the set */
     uint32_t link;  /* index in router_t.links it was sent on last */
     uint32_t shard;
+    int unsent; /* no replica took it: it failed without being sent */
     kvs_buf_t bytes;
 } router_try_t;
 

@@ -671,9 +671,10 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
 
 /* What became of each part of an Hmset or Hmdel split over shards. A
  * worker's error answer means it wrote nothing (node_cmd's contract: a
- * write that fails or is refused changes nothing); a part with no answer
- * (the link failed, or its answer was dropped) may or may not have been
- * applied. */
+ * write that fails or is refused changes nothing), and so does a part no
+ * link took (its shard down: it was never sent); a part sent with no
+ * answer (the link failed, or its answer was dropped) may or may not have
+ * been applied. */
 enum { PART_APPLIED = 1, PART_REFUSED, PART_UNKNOWN };
 
 /* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
@@ -698,30 +699,33 @@ static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8
     return count;
 }
 
-/* Some part got no answer: 503 (or the status its failure gave), naming
- * what is known of every shard. */
+/* Some part got no answer, or was not sent: 503 (or the status its
+ * failure gave), naming what is known of every shard. */
 static void write_unknown(router_req_t *req, const uint8_t *outcome, uint32_t u)
 {
     route_merge_t *m = req->merge;
-    char applied[160], refused[160], unknown[160], why[160];
+    static const char *const says[] = {[PART_APPLIED] = "applied their keys",
+                                       [PART_REFUSED] = "wrote nothing",
+                                       [PART_UNKNOWN] = "may or may not have written"};
+    char lists[3][200], why[160];
     const char *msg = (const char *)m->answers[u].data;
-    uint32_t status = m->failed[u];
+    uint32_t status = m->failed[u], n = 0;
     if (status == 0) {
         snprintf(why, sizeof(why), "shard %u sent an answer that is not a CommandResponse",
                  m->part_shard[u]);
         msg = why;
         status = KVS_STATUS_INTERNAL;
     }
-    uint32_t na = shard_list(m, outcome, PART_APPLIED, applied, sizeof(applied));
-    uint32_t nr = shard_list(m, outcome, PART_REFUSED, refused, sizeof(refused));
-    shard_list(m, outcome, PART_UNKNOWN, unknown, sizeof(unknown));
+    for (uint8_t o = PART_APPLIED; o <= PART_UNKNOWN; o++) {
+        char shards[160];
+        if (shard_list(m, outcome, o, shards, sizeof(shards)) > 0)
+            snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards, says[o]);
+    }
     char text[1200];
     snprintf(text, sizeof(text),
-             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s may or may not "
-             "have written)",
-             msg, kvs_msg_command_name(m->cmd), m->nparts, na ? applied : "",
-             na ? " applied their keys, " : "", nr ? refused : "", nr ? " wrote nothing, " : "",
-             unknown);
+             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s)", msg,
+             kvs_msg_command_name(m->cmd), m->nparts, lists[0], n > 1 ? ", " : "",
+             n > 1 ? lists[1] : "", n > 2 ? ", " : "", n > 2 ? lists[2] : "");
     kvs_buf_t tok; /* the positions of the parts that did answer */
     kvs_buf_init(&tok);
     merge_positions(req, &m->router->merge_arena, &tok);
@@ -839,22 +843,23 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    uint32_t applied = 0, refused = UINT32_MAX, unknown = UINT32_MAX;
+    uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX;
     for (uint32_t i = 0; i < m->nparts; i++) {
         rs[i] = m->failed[i] ? NULL
                              : kvs__command_response__unpack(&arena->pb, m->answers[i].len,
                                                              m->answers[i].data);
-        outcome[i] = rs[i] == NULL                    ? PART_UNKNOWN
+        outcome[i] = rs[i] == NULL
+                         ? (m->failed[i] && m->tries[i].unsent ? PART_REFUSED : PART_UNKNOWN)
                      : rs[i]->status == KVS_STATUS_OK ? PART_APPLIED
                                                       : PART_REFUSED;
         applied += outcome[i] == PART_APPLIED;
-        if (outcome[i] == PART_REFUSED && refused == UINT32_MAX)
+        if (rs[i] != NULL && outcome[i] == PART_REFUSED && refused == UINT32_MAX)
             refused = i;
-        if (outcome[i] == PART_UNKNOWN && unknown == UINT32_MAX)
-            unknown = i;
+        if (rs[i] == NULL && failed == UINT32_MAX)
+            failed = i;
     }
-    if (unknown != UINT32_MAX)
-        write_unknown(req, outcome, unknown);
+    if (failed != UINT32_MAX) /* a shard down or silent: 503 saying what is known */
+        write_unknown(req, outcome, failed);
     else if (refused == UINT32_MAX)
         merge_keys(req, rs, arena);
     else if (applied == 0)
@@ -1475,10 +1480,12 @@ static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest
             if (m->key_part[i] == p)
                 sel[k++] = i;
         Kvs__CommandRequest sub;
-        if (build_subrequest(r, q, sel, k, budget[p], &sub) != 0)
+        if (build_subrequest(r, q, sel, k, budget[p], &sub) != 0) {
+            m->tries[p].unsent = 1;
             router_route_reply(req, p, NULL, 0, "router out of memory");
-        else
+        } else {
             send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0, NULL);
+        }
     }
 }
 
@@ -1924,11 +1931,15 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_DIGEST ||
         q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT ||
         q->command_case == KVS__COMMAND_REQUEST__COMMAND_REBUILD) {
+        int snapshot = q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                                  "%s is a worker command: it is about one copy of one shard, so "
-                                 "send it to each replica's worker (kvs-cli --config FILE digest "
-                                 "TABLE and rebuild TABLE do), not through the router",
-                                 kvs_msg_command_name(q->command_case));
+                                 "send it to %s, not through the router",
+                                 kvs_msg_command_name(q->command_case),
+                                 snapshot ? "a worker (a new replica's worker asks its peers for "
+                                            "one by itself)"
+                                          : "each replica's worker (kvs-cli --config FILE digest "
+                                            "TABLE and rebuild TABLE do)");
         return;
     }
     const char *table = kvs_msg_request_table(q);

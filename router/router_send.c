@@ -90,6 +90,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 {
     t->tried = 0;
     t->shard = shard;
+    t->unsent = 0;
     t->bytes.len = 0;
     if (r->sets[shard].n > 1 && retryable) {
         int rc = msg != NULL ? kvs_msg_append(&t->bytes, msg, SIZE_MAX)
@@ -115,6 +116,7 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     char why[600];
     unavailable(r, shard, rc, last, why, sizeof(why));
     t->bytes.len = 0; /* every replica refused: nothing to retry */
+    t->unsent = 1;    /* so a split write's answer can say it wrote nothing */
     router_route_reply(req, part, NULL, 0, why);
 }
 

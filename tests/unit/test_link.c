@@ -348,9 +348,38 @@ KVS_TEST(timeout_counts_from_the_last_answer)
     t_close(&t);
 }
 
+/* router.timeout fails the requests in flight, which may or may not have
+ * been applied, and takes the link down. A request made before it is up
+ * again is refused unsent: what it is told (last_error) is why the link
+ * is down, never the fate of the earlier ones. */
+KVS_TEST(requests_after_a_timeout_are_not_told_they_may_have_been_applied)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start_timeout(&t, &l, "127.0.0.1", 300);
+    while (!(l.up && t.accepted))
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)1, 0), 0);
+    uint64_t deadline = uv_now(&t.loop) + 10000;
+    while (t.replies < 1 && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(t.replies, 1);
+    CHECK(!t.got[0].has_payload);
+    CHECK_CONTAINS(t.got[0].failure, "no answer within router.timeout (300 ms)");
+    CHECK_CONTAINS(t.got[0].failure, "may or may not have been applied");
+    CHECK(!l.up);
+    CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)2, 0), KVS_ECLOSED);
+    CHECK_CONTAINS(l.last_error, "no answer within router.timeout (300 ms)");
+    CHECK(strstr(l.last_error, "may or may not") == NULL);
+    router_link_stop(&l);
+    t_close(&t);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
               KVS_CASE(stop_while_connecting),
               KVS_CASE(stop_of_a_link_never_started),
               KVS_CASE(oversized_answer_fails_only_its_request),
-              KVS_CASE(timeout_counts_from_the_last_answer))
+              KVS_CASE(timeout_counts_from_the_last_answer),
+              KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied))

@@ -230,6 +230,64 @@ KVS_TEST(walks_in_key_order_from_a_key)
     kvs_lmdb_reader_close(r);
 }
 
+static void writer_three_tables(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    put(s, "a", "k", "1");
+    put(s, "b", "k", "2");
+    put(s, "c", "k", "3");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+static kvs_lmdb_reader_t *reader_open_max(uint32_t max_tables)
+{
+    kvs_lmdb_reader_opts_t o = {
+        .dir = envdir, .shard = 0, .placement = "p", .max_tables = max_tables};
+    kvs_lmdb_reader_t *r = NULL;
+    char err[512] = "";
+    CHECK_EQ(kvs_lmdb_reader_open(&o, &r, err, sizeof(err)), 0);
+    return r;
+}
+
+/* A shard at storage.max_tables, every table's handle open: a table nobody
+ * created is still simply not there (a client may name any), not a
+ * storage error; a table that exists past the handles a reader has room
+ * for is KVS_ELIMIT, so its read goes to the worker. */
+KVS_TEST(missing_table_is_not_found_when_every_handle_is_taken)
+{
+    peer_t w;
+    kvs_slice_t v;
+    uint64_t n = 1;
+    char got[64] = "";
+    fresh_dir();
+    peer_start(&w, writer_three_tables);
+    peer_join(&w);
+    kvs_lmdb_reader_t *r = reader_open_max(3);
+    for (int round = 0; round < 2; round++) { /* handles opened, then kept */
+        CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+        static const char *const tables[] = {"a", "b", "c"};
+        for (size_t i = 0; i < 3; i++)
+            CHECK_EQ(kvs_lmdb_reader_get(r, tables[i], "k", 1, &v), 0);
+        CHECK_EQ(kvs_lmdb_reader_get(r, "nosuch", "k", 1, &v), KVS_ENOTFOUND);
+        CHECK_EQ(kvs_lmdb_reader_count(r, "nosuch", &n), 0);
+        CHECK_EQ(n, 0);
+        CHECK_EQ(kvs_lmdb_reader_scan(r, "nosuch", NULL, 0, collect, got), 0);
+        CHECK_STR(got, "");
+        kvs_lmdb_reader_end(r);
+    }
+    kvs_lmdb_reader_close(r);
+    r = reader_open_max(2);
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "a", "k", 1, &v), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "b", "k", 1, &v), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "c", "k", 1, &v), KVS_ELIMIT);
+    CHECK_EQ(kvs_lmdb_reader_count(r, "c", &n), KVS_ELIMIT);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "nosuch", "k", 1, &v), KVS_ENOTFOUND);
+    kvs_lmdb_reader_end(r);
+    kvs_lmdb_reader_close(r);
+}
+
 static void writer_grows(void)
 {
     node_store_t *s = store_open(1u << 20); /* 1 MiB map, grown at the first write */
@@ -390,6 +448,7 @@ KVS_TEST(identity_names_the_files)
 }
 
 KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
-              KVS_CASE(walks_in_key_order_from_a_key), KVS_CASE(follows_the_writers_map_growth),
-              KVS_CASE(refuses_what_its_worker_would), KVS_CASE(one_slot_and_stale_slots_cleared),
-              KVS_CASE(identity_names_the_files))
+              KVS_CASE(walks_in_key_order_from_a_key),
+              KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
+              KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
+              KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files))

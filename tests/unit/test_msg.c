@@ -495,7 +495,8 @@ KVS_TEST(validate_hscan_cursor)
     q.hscan.cursor.len = 100, q.hscan.cursor.data = cur;
     expect_ok(&q.r);
     q.hscan.cursor.len = sizeof(cur);
-    expect_bad(&q.r, "Hscan.cursor");
+    expect_bad(&q.r, "Hscan.cursor is not a cursor this server returned; start with an empty "
+                     "cursor");
 }
 
 KVS_TEST(decode_garbage_is_null)

@@ -1056,6 +1056,42 @@ KVS_TEST(split_write_with_unknown_part_says_what_is_known)
     CHECK_CONTAINS(r->message, "shard 3 may or may not have written");
 }
 
+/* A part no link took (its shard down) was never sent: the client is told
+ * that shard wrote nothing, not that it may have. */
+KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
+{
+    setup();
+    set_down(3);
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    CHECK_EQ(fx.n_sent, 2);
+    reply_values_from_keys(sent_to(0));
+    reply_values_from_keys(sent_to(1));
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 3 is unavailable: connect: connection refused");
+    CHECK_CONTAINS(r->message, "shards 0, 1 applied their keys, shard 3 wrote nothing)");
+    CHECK(strstr(r->message, "may or may not") == NULL);
+
+    /* With a part lost after it was sent as well: each is named for what
+     * is known of it. */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 3, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_failure(sent_to(1), "shard 1 is unavailable: worker closed the connection");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1 is unavailable: worker closed the connection");
+    CHECK_CONTAINS(r->message, "shard 0 applied their keys, shard 3 wrote nothing, "
+                               "shard 1 may or may not have written)");
+
+    for (uint32_t s = 0; s < SHARDS; s++) /* nothing sent anywhere */
+        set_down(s);
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    r = answer_sync();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shards 0, 1, 3 wrote nothing)");
+}
+
 /* An answer the link dropped for its size (a node with a larger
  * max_frame): that request fails, 413 for a read (nothing changed), 500
  * for a write (it may have been applied: 413 would deny it). */
@@ -1522,6 +1558,28 @@ KVS_TEST(hscan_forged_cursor_is_400)
 
 /* ---- answered by the router itself
  * ------------------------------------------------------------------------------- */
+
+/* Digest and Snapshot are about one copy of one shard: refused, each with
+ * what to do instead. */
+KVS_TEST(worker_commands_are_refused_saying_where_to_send_them)
+{
+    setup();
+    Kvs__Digest digest = KVS__DIGEST__INIT;
+    digest.table = TABLE;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_DIGEST, &digest);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Digest is a worker command");
+    CHECK_CONTAINS(r->message, "digest TABLE and rebuild TABLE do");
+    Kvs__Snapshot snap = KVS__SNAPSHOT__INIT;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT, &snap);
+    r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Snapshot is a worker command");
+    CHECK_CONTAINS(r->message, "a new replica's worker asks its peers for one by itself");
+    CHECK(strstr(r->message, "digest") == NULL);
+    CHECK_EQ(fx.n_sent, 0);
+}
 
 KVS_TEST(ping_answered_locally)
 {
@@ -2514,6 +2572,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(split_write_partly_applied_is_207),
               KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
               KVS_CASE(split_write_with_unknown_part_says_what_is_known),
+              KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
               KVS_CASE(oversized_part_answer_fails_that_request_only),
               KVS_CASE(info_too_large_on_a_shard_is_413),
               KVS_CASE(merged_info_over_max_frame_is_413), KVS_CASE(down_shard_is_503_at_once),
@@ -2521,6 +2580,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(hgetall_merges_in_byte_order), KVS_CASE(merged_answer_over_max_frame_is_413),
               KVS_CASE(info_fans_out_and_merges), KVS_CASE(info_reports_an_unavailable_shard),
               KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
+              KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
               KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
               KVS_CASE(orphaned_request_frees_itself),
               KVS_CASE(bound_table_placed_by_its_partitioner),
