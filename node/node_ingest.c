@@ -1371,6 +1371,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, pt->diverged);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
+            snprintf(key + n, sizeof(key) - (size_t)n, "halted");
+            info_int(r, key, pt->diverged || pt->halted);
             snprintf(key + n, sizeof(key) - (size_t)n, "ingested");
             info_int(r, key, (int64_t)pt->ingested);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");

@@ -106,6 +106,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.parts(r)
         for p in (0, 1):
             self.assertEqual(parts[p]["serving"], 0, parts[p])
+            self.assertEqual(parts[p]["halted"], 1, parts[p])
             self.assertEqual(parts[p]["next_offset"], ends[p], "nothing applied from the new log")
         self.assertIn("DIVERGED", r.stderr())
 
@@ -172,6 +173,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.wait_caught_up(r, TOPIC, new_ends)
         for p in (0, 1):
             self.assertEqual(parts[p]["diverged"], 0, parts[p])
+            self.assertEqual(parts[p]["halted"], 0, parts[p])
             self.assertEqual(parts[p]["serving"], 1, parts[p])
             self.assertEqual(parts[p]["applied"], new_ends[p], parts[p])
         # The table is the new topic's, and only that.
@@ -289,6 +291,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.parts(r)
         self.assertEqual(parts[0]["next_offset"], 50, "nothing may be skipped")
         self.assertEqual(parts[0]["diverged"], 0)
+        self.assertEqual(parts[0]["halted"], 1, "Info says it is not ingested")
         # Not diverged: reads go on, and the catch-up gate judges the lag.
         resp = info_pairs(r.socket_path(0))
         self.assertEqual(resp["kafka.%s.00000.lag" % TOPIC], hi - 50)
