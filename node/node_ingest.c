@@ -120,6 +120,14 @@ typedef struct part_s {
     int suspect; /* one answer said the log ends below `next`: the next one decides */
 } part_t;
 
+/* One partition asked about in a ListOffsets query (list_offsets): the
+ * first member of each query's own entries. */
+typedef struct offq_s {
+    const char *topic;
+    int32_t p;
+    int64_t off; /* the answer; -1 none */
+} offq_t;
+
 typedef struct topic_s {
     const kvs_binding_t *b;
     uint32_t partitions; /* expected (configured) */
@@ -186,10 +194,8 @@ struct node_ingest_s {
     rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
     int ask_timeout_ms;
     struct ask_s {
-        const char *topic;
+        offq_t q; /* q.off: the end */
         part_t *part;
-        int32_t p;
-        int64_t end; /* the answer; -1 none */
     } * asks;
     size_t n_asks; /* of the query in flight */
     /* Asking where the logs of partitions out of range start and end: one
@@ -197,8 +203,8 @@ struct node_ingest_s {
     uv_work_t range_work;
     int range_busy;
     struct range_s {
+        offq_t q;
         topic_t *t;
-        int32_t p;
         int64_t lo, hi; /* the answer; -1 none */
     } * ranges;
     size_t n_ranges; /* of the query in flight */
@@ -773,26 +779,18 @@ static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
     range_start(in);
 }
 
-/* In the thread pool: where every partition asked about starts and ends,
- * each question at most ask_timeout_ms. */
+static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n);
+
+/* In the thread pool: where every partition asked about starts and ends. */
 static void range_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
-    for (int pass = 0; pass < 2; pass++) {
-        int64_t want = pass == 0 ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_END;
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-        for (size_t i = 0; i < in->n_ranges; i++)
-            rd_kafka_topic_partition_list_add(l, in->ranges[i].t->b->topic, in->ranges[i].p)
-                ->offset = want;
-        int ok = rd_kafka_offsets_for_times(in->rk, l, in->ask_timeout_ms) == 0;
-        for (size_t i = 0; i < in->n_ranges; i++) {
-            rd_kafka_topic_partition_t *e =
-                rd_kafka_topic_partition_list_find(l, in->ranges[i].t->b->topic, in->ranges[i].p);
-            int64_t v = ok && e != NULL && e->err == 0 && e->offset >= 0 ? e->offset : -1;
-            *(pass == 0 ? &in->ranges[i].lo : &in->ranges[i].hi) = v;
-        }
-        rd_kafka_topic_partition_list_destroy(l);
-    }
+    list_offsets(in, RD_KAFKA_OFFSET_BEGINNING, in->ranges, sizeof(*in->ranges), in->n_ranges);
+    for (size_t i = 0; i < in->n_ranges; i++)
+        in->ranges[i].lo = in->ranges[i].q.off;
+    list_offsets(in, RD_KAFKA_OFFSET_END, in->ranges, sizeof(*in->ranges), in->n_ranges);
+    for (size_t i = 0; i < in->n_ranges; i++)
+        in->ranges[i].hi = in->ranges[i].q.off;
 }
 
 /* Decides what becomes of a partition whose log was found to span
@@ -877,11 +875,11 @@ static void range_done(uv_work_t *w, int status)
     in->range_busy = 0;
     for (size_t i = 0; i < in->n_ranges && !in->stopping; i++) {
         struct range_s *r = &in->ranges[i];
-        if (!r->t->parts[r->p].out_of_range)
+        if (!r->t->parts[r->q.p].out_of_range)
             continue; /* assigned again meanwhile (a rewind, a Rebuild): a stale answer */
         if (r->lo < 0 || r->hi < 0)
             continue; /* unanswered: still out_of_range, asked again at the next tick */
-        again |= range_decide(in, r->t, r->p, r->lo, r->hi);
+        again |= range_decide(in, r->t, r->q.p, r->lo, r->hi);
     }
     in->n_ranges = 0;
     if (in->stopping)
@@ -901,7 +899,8 @@ static void range_start(node_ingest_t *in)
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].out_of_range)
-                in->ranges[in->n_ranges++] = (struct range_s){&in->topics[i], (int32_t)p, -1, -1};
+                in->ranges[in->n_ranges++] = (struct range_s){
+                    {in->topics[i].b->topic, (int32_t)p, -1}, &in->topics[i], -1, -1};
     if (in->n_ranges == 0)
         return;
     in->range_busy = 1;
@@ -1172,35 +1171,44 @@ static topic_t *topic_of_binding(node_ingest_t *in, const kvs_binding_t *b)
 
 /* ---- asking the brokers where a partition ends -------------------------------------- */
 
-/* In the thread pool: one ListOffsets round trip per leader for every
- * partition asked, at most ask_timeout_ms in all. Offsets for "timestamp"
- * RD_KAFKA_OFFSET_END are the ends; rd_kafka_offsets_for_times, not
+/* In the thread pool: where logical position `want` (RD_KAFKA_OFFSET_END,
+ * _BEGINNING) of each of the n partitions at items, stride bytes apart
+ * (each starting with its offq_t), is: one ListOffsets round trip per
+ * leader, at most ask_timeout_ms in all, through the asker handle (the
+ * consumer's would wait behind the fetch its broker holds). A partition not
+ * answered gets -1. rd_kafka_offsets_for_times, not
  * rd_kafka_query_watermark_offsets, because the latter (librdkafka before
  * 2.3) ignores its timeout while the leader is down: it would wait for the
  * brokers to come back, every later question behind it, and the loop
- * (uv_run waits for the work) would never let the worker stop. A
- * partition not answered keeps end -1. */
-static void ask_work(uv_work_t *w)
+ * (uv_run waits for the work) would never let the worker stop. */
+static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t stride, size_t n)
 {
-    node_ingest_t *in = w->data;
-    for (size_t i = 0; i < in->n_asks; i++)
-        in->asks[i].end = -1;
+    for (size_t i = 0; i < n; i++)
+        ((offq_t *)((char *)items + i * stride))->off = -1;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
     if (l == NULL)
         return;
-    for (size_t i = 0; i < in->n_asks; i++) /* one entry each: topics differ per binding */
-        rd_kafka_topic_partition_list_add(l, in->asks[i].topic, in->asks[i].p)->offset =
-            RD_KAFKA_OFFSET_END;
+    for (size_t i = 0; i < n; i++) { /* one entry each: topics differ per binding */
+        const offq_t *q = (const offq_t *)((const char *)items + i * stride);
+        rd_kafka_topic_partition_list_add(l, q->topic, q->p)->offset = want;
+    }
     rd_kafka_t *rk = in->asker != NULL ? in->asker : in->rk;
     if (rd_kafka_offsets_for_times(rk, l, in->ask_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        for (size_t i = 0; i < in->n_asks; i++) {
-            rd_kafka_topic_partition_t *e =
-                rd_kafka_topic_partition_list_find(l, in->asks[i].topic, in->asks[i].p);
+        for (size_t i = 0; i < n; i++) {
+            offq_t *q = (offq_t *)((char *)items + i * stride);
+            rd_kafka_topic_partition_t *e = rd_kafka_topic_partition_list_find(l, q->topic, q->p);
             if (e != NULL && e->err == RD_KAFKA_RESP_ERR_NO_ERROR && e->offset >= 0)
-                in->asks[i].end = e->offset;
+                q->off = e->offset;
         }
     }
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* In the thread pool: where every partition asked about ends. */
+static void ask_work(uv_work_t *w)
+{
+    node_ingest_t *in = w->data;
+    list_offsets(in, RD_KAFKA_OFFSET_END, in->asks, sizeof(*in->asks), in->n_asks);
 }
 
 static void ask_start(node_ingest_t *in);
@@ -1212,10 +1220,10 @@ static void ask_done(uv_work_t *w, int status)
     in->ask_busy = 0;
     in->ask_done = in->ask_started;
     for (size_t i = 0; i < in->n_asks; i++) {
-        if (in->asks[i].end < 0)
+        if (in->asks[i].q.off < 0)
             in->ask_failed_ms = uv_now(in->loop);
-        if (in->asks[i].end > in->asks[i].part->asked_end)
-            in->asks[i].part->asked_end = in->asks[i].end;
+        if (in->asks[i].q.off > in->asks[i].part->asked_end)
+            in->asks[i].part->asked_end = in->asks[i].q.off;
     }
     in->n_asks = 0;
     if (in->stopping)
@@ -1238,7 +1246,7 @@ static void ask_start(node_ingest_t *in)
             if (!t->parts[p].want_end)
                 continue;
             t->parts[p].want_end = 0;
-            in->asks[in->n_asks++] = (struct ask_s){t->b->topic, &t->parts[p], (int32_t)p, -1};
+            in->asks[in->n_asks++] = (struct ask_s){{t->b->topic, (int32_t)p, -1}, &t->parts[p]};
         }
     }
     if (in->n_asks == 0)
