@@ -165,6 +165,10 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertNotEqual(p.returncode, 0, p.stdout)
         self.assertIn("bound to no topic", p.stderr)
 
+        rc, out, err = self.cli(r, "rebuild", "users", "--node", "nosuch")
+        self.assertEqual(rc, 2, out)  # a usage error: nothing was sent
+        self.assertIn('no node "nosuch"', err)
+
         rc, out, err = self.cli(r, "rebuild", "users")
         self.assertEqual(rc, 0, err)
         self.assertEqual(len(out.splitlines()), 2, out)  # one line per shard
