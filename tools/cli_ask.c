@@ -2,66 +2,89 @@
  * cli_ask: one request, one answer (see cli_ask.h), through cli_net.
  */
 #include "cli_ask.h"
-#include "cli_net.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ANSWER_MAX (64u << 20) /* the largest answer accepted */
-
-/* Why a send or receive failed, in words. */
-static const char *failure(const cli_net_t *net, int rc)
+/* Reads one answer frame before `deadline`. */
+static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
+                       Kvs__CommandResponse **out, char *why, size_t len)
 {
-    return rc == KVS_ETLS      ? cli_net_tls_error(net)
-           : rc == -ETIMEDOUT  ? "none in time"
-           : rc == KVS_ECLOSED ? "the connection closed"
-           : rc != 0           ? strerror(-rc)
-                               : "an answer too large";
+    uint8_t h[KVS_FRAME_HEADER];
+    int compressed, rc = cli_net_recv(net, h, sizeof(h), deadline);
+    if (rc != 0)
+        return rc;
+    uint32_t n = kvs_frame_get_header(h, &compressed);
+    if (compressed) {
+        snprintf(why, len, "reply frame has the compressed bit set (unsupported)");
+        return KVS_EPROTO;
+    }
+    if (n > CLI_ASK_MAX_ANSWER) {
+        snprintf(why, len, "reply frame announces %" PRIu32 " bytes (the limit is 64 MiB)", n);
+        return KVS_EPROTO;
+    }
+    uint8_t *payload = malloc(n ? n : 1);
+    if (payload == NULL)
+        return -ENOMEM;
+    rc = cli_net_recv(net, payload, n, deadline);
+    if (rc == 0) /* unpacking copies what it keeps */
+        *out = kvs__command_response__unpack(pb, n, payload);
+    free(payload);
+    if (rc == 0 && *out == NULL) {
+        snprintf(why, len, "reply (%" PRIu32 " bytes) is not a kvs.CommandResponse", n);
+        return KVS_EPROTO;
+    }
+    return rc;
+}
+
+int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, ProtobufCAllocator *pb,
+               Kvs__CommandResponse **out, char *why, size_t len)
+{
+    size_t n = kvs__command_request__get_packed_size(q);
+    if (n > KVS_FRAME_LEN_MASK) {
+        snprintf(why, len, "request of %zu bytes cannot be framed (limit 2 GiB)", n);
+        return KVS_EPROTO;
+    }
+    uint8_t *buf = malloc(KVS_FRAME_HEADER + n);
+    if (buf == NULL)
+        return -ENOMEM;
+    kvs_frame_put_header(buf, (uint32_t)n);
+    kvs__command_request__pack(q, buf + KVS_FRAME_HEADER);
+    double deadline = cli_net_deadline(timeout);
+    int rc = cli_net_send(net, buf, KVS_FRAME_HEADER + n);
+    free(buf);
+    if (rc == 0)
+        return read_answer(net, deadline, pb, out, why, len);
+    if (rc != -EPIPE && rc != -ECONNRESET)
+        return rc;
+    return read_answer(net, deadline, pb, out, why, len) == 0 ? 0 : rc;
 }
 
 Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
                               double timeout, char *why, size_t len)
 {
     cli_net_t net = {.fd = -1, .tls_ctx = a->is_unix ? NULL : tls};
-    char port[8], err[400];
+    Kvs__CommandResponse *r = NULL;
+    char port[8], err[400] = "";
     snprintf(port, sizeof(port), "%u", a->port);
     if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, err, sizeof(err)) !=
         0) {
         snprintf(why, len, "cannot connect: %s", err);
         return NULL;
     }
-    size_t n = kvs__command_request__get_packed_size(q);
-    uint8_t *buf = malloc(KVS_FRAME_HEADER + n), hdr[KVS_FRAME_HEADER];
-    uint8_t *body = NULL;
-    uint32_t blen = 0;
-    int compressed = 0, rc = -ENOMEM;
-    double deadline = cli_net_deadline(timeout);
-    if (buf != NULL) {
-        kvs_frame_put_header(buf, (uint32_t)n);
-        kvs__command_request__pack(q, buf + KVS_FRAME_HEADER);
-        if ((rc = cli_net_send(&net, buf, KVS_FRAME_HEADER + n)) == 0 &&
-            (rc = cli_net_recv(&net, hdr, sizeof(hdr), deadline)) == 0 &&
-            (blen = kvs_frame_get_header(hdr, &compressed)) <= ANSWER_MAX &&
-            (body = malloc(blen ? blen : 1)) != NULL)
-            rc = cli_net_recv(&net, body, blen, deadline);
-        else if (rc == 0)
-            rc = blen > ANSWER_MAX ? 0 : -ENOMEM;
-    }
-    free(buf);
-    if (rc != 0 || body == NULL) {
-        snprintf(why, len, "no answer: %s", failure(&net, rc));
-        cli_net_close(&net);
-        free(body);
-        return NULL;
-    }
+    int rc = cli_ask_on(&net, q, timeout, NULL, &r, err, sizeof(err));
+    if (rc != 0)
+        snprintf(why, len, "no answer: %s",
+                 rc == KVS_EPROTO    ? err
+                 : rc == KVS_ETLS    ? cli_net_tls_error(&net)
+                 : rc == -ETIMEDOUT  ? "none in time"
+                 : rc == KVS_ECLOSED ? "the connection closed"
+                                     : strerror(-rc));
     cli_net_close(&net);
-    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, blen, body);
-    free(body);
-    if (r == NULL)
-        snprintf(why, len, "the answer is not a CommandResponse");
-    return r;
+    return rc == 0 ? r : NULL;
 }

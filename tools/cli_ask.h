@@ -1,23 +1,38 @@
 /*
- * cli_ask: one request to one server named by an address (a worker's unix
- * socket, or host:port over TCP with TLS when a context is given), one
- * answer, every wait bounded: how kvs-cli talks to each replica of a shard
- * (digest, rebuild) when it walks the cluster map.
+ * cli_ask: one request, one answer, every wait bounded: the framed exchange
+ * every kvs-cli command makes, on kvs-cli's own connection (cli_ask_on) or
+ * on a new one to a server named by an address (cli_ask: a worker's unix
+ * socket, or host:port over TCP with TLS when a context is given), which is
+ * how kvs-cli talks to each replica of a shard (digest, rebuild) when it
+ * walks the cluster map.
  */
 #ifndef CLI_ASK_H
 #define CLI_ASK_H
 
+#include "cli_net.h"
 #include "kvs.pb-c.h"
 #include "kvs_addr.h"
 #include "kvs_tls.h"
 
 #include <stddef.h>
 
-/* Sends `q` to `a` (over TLS with `tls` when `a` is TCP and `tls` is set)
- * and reads one answer within `timeout` seconds. Returns the answer (free
- * it with kvs__command_response__free_unpacked(r, NULL)), or NULL with
- * why[0..len) saying what went wrong (no connection, no answer in time, an
- * answer that is no CommandResponse or larger than 64 MiB). */
+#define CLI_ASK_MAX_ANSWER (64u << 20) /* the largest answer accepted */
+
+/* Sends `q` on the open connection `net` and reads one answer frame
+ * within `timeout` seconds (0: none). A server that refuses a request (too
+ * large, say) answers and closes, possibly before it read all of it, so a
+ * failed send still looks for that answer. Returns 0 with *out unpacked
+ * with `pb` (NULL: malloc; then free it with
+ * kvs__command_response__free_unpacked), an error of cli_net_send or
+ * cli_net_recv, or KVS_EPROTO with why[0..len) saying what is wrong with
+ * the answer. */
+int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, ProtobufCAllocator *pb,
+               Kvs__CommandResponse **out, char *why, size_t len);
+
+/* Connects to `a` (over TLS with `tls` when `a` is TCP and `tls` is set),
+ * asks `q` (cli_ask_on) and closes. Returns the answer (free it with
+ * kvs__command_response__free_unpacked(r, NULL)), or NULL with why[0..len)
+ * saying what went wrong. */
 Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
                               double timeout, char *why, size_t len);
 

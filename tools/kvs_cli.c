@@ -57,6 +57,7 @@
  * so a user can check by hand where a key lives and where a producer should
  * have put it.
  */
+#include "cli_ask.h"
 #include "cli_digest.h"
 #include "cli_rebuild.h"
 #include "cli_edit.h"
@@ -90,8 +91,6 @@
 #ifndef KVS_VERSION
 #define KVS_VERSION "0.1.0"
 #endif
-
-#define CLI_MAX_REPLY (64u * 1024u * 1024u)
 
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 
@@ -216,57 +215,12 @@ static void cli_disconnect(cli_t *c)
     cli_net_close(&c->net);
 }
 
-/* Reads one response frame. Returns 0 with *out in c->reply memory, an
- * error from recv_all, or KVS_EPROTO with the reason in why[0..len). */
-static int read_reply(cli_t *c, Kvs__CommandResponse **out, char *why, size_t len)
-{
-    double deadline = cli_net_deadline(c->timeout);
-    uint8_t h[KVS_FRAME_HEADER];
-    int rc = cli_net_recv(&c->net, h, sizeof(h), deadline);
-    if (rc != 0)
-        return rc;
-    int compressed;
-    uint32_t n = kvs_frame_get_header(h, &compressed);
-    if (compressed) {
-        snprintf(why, len, "reply frame has the compressed bit set (unsupported)");
-        return KVS_EPROTO;
-    }
-    if (n > CLI_MAX_REPLY) {
-        snprintf(why, len, "reply frame announces %" PRIu32 " bytes (the limit is 64 MiB)", n);
-        return KVS_EPROTO;
-    }
-    uint8_t *payload = cli_alloc(&c->reply, n);
-    rc = cli_net_recv(&c->net, payload, n, deadline);
-    if (rc != 0)
-        return rc;
-    *out = kvs__command_response__unpack(&c->reply.pb, n, payload);
-    if (*out == NULL) {
-        snprintf(why, len, "reply (%" PRIu32 " bytes) is not a kvs.CommandResponse", n);
-        return KVS_EPROTO;
-    }
-    return 0;
-}
-
-/* Sends one request and reads its response. A server that refuses a request
- * (too large, say) answers and closes, possibly before it read all of it,
- * so a failed send still looks for that answer before giving up. */
+/* Sends one request and reads its response (cli_ask_on), the response in
+ * c->reply memory. */
 static int exchange(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **out, char *why,
                     size_t len)
 {
-    size_t n = kvs__command_request__get_packed_size(req);
-    if (n > KVS_FRAME_LEN_MASK) {
-        snprintf(why, len, "request of %zu bytes cannot be framed (limit 2 GiB)", n);
-        return KVS_EPROTO;
-    }
-    uint8_t *buf = cli_alloc(&c->reply, KVS_FRAME_HEADER + n);
-    kvs_frame_put_header(buf, (uint32_t)n);
-    kvs__command_request__pack(req, buf + KVS_FRAME_HEADER);
-    int rc = cli_net_send(&c->net, buf, KVS_FRAME_HEADER + n);
-    if (rc == 0)
-        return read_reply(c, out, why, len);
-    if (rc != -EPIPE && rc != -ECONNRESET)
-        return rc;
-    return read_reply(c, out, why, len) == 0 ? 0 : rc;
+    return cli_ask_on(&c->net, req, c->timeout, &c->reply.pb, out, why, len);
 }
 
 static void report_io_error(const cli_t *c, int rc, const char *why)
