@@ -59,31 +59,66 @@ def _ephemeral_ports():
         return 32768, 60999
 
 
+PORT_LEASE_S = 300  # how long a port handed out stays promised to its test
+
+
+def _port_leases():
+    """The file where parallel tests (of this run, and of any other on the
+    machine) note the ports they were handed, so that two never get the
+    same one: a port is checked free and then bound a moment later, by a
+    server that may well use SO_REUSEPORT (a kvs router), which would then
+    share it with another test's server instead of failing."""
+    return os.path.join(tempfile.gettempdir(), "kvs-test-ports-%d" % os.getuid())
+
+
 def free_ports(n=1, tries=500):
     """A base port such that base .. base+n-1 are all free on 127.0.0.1
-    right now, taken outside the kernel's ephemeral range: a port the test
-    picks is used by a server a moment later, and in the ephemeral range
-    any outgoing connection of a parallel test (a client, a router's link,
-    a Kafka client) could take it meanwhile."""
+    right now and promised to no other test for PORT_LEASE_S seconds,
+    taken outside the kernel's ephemeral range: a port the test picks is
+    used by a server a moment later, and in the ephemeral range any
+    outgoing connection of a parallel test (a client, a router's link, a
+    Kafka client) could take it meanwhile."""
     lo, hi = _ephemeral_ports()
     # Below the range when it has room (tests add offsets to a base port,
     # e.g. a node's address moved by 1000, which must stay a valid port).
     start, end = (10000, lo - 1) if lo - 10000 >= n else (hi + 1, 65535)
     rnd = random.SystemRandom()
-    for _ in range(tries):
-        base = rnd.randint(start, end - n + 1)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((HOST, p))
+    with open(_port_leases(), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        now = time.time()
+        f.seek(0)
+        leases = []
+        for line in f.read().split("\n"):
+            try:
+                base, count, until = line.split()
+                if float(until) > now:
+                    leases.append((int(base), int(count), float(until)))
+            except ValueError:
+                continue
+        taken = set()
+        for base, count, _ in leases:
+            taken.update(range(base, base + count))
+        for _ in range(tries):
+            base = rnd.randint(start, end - n + 1)
+            if any(p in taken for p in range(base, base + n)):
+                continue
+            socks = []
+            try:
+                for p in range(base, base + n):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    socks.append(s)
+                    s.bind((HOST, p))
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+            leases.append((base, n, now + PORT_LEASE_S))
+            f.seek(0)
+            f.truncate()
+            f.write("".join("%d %d %.0f\n" % lease for lease in leases))
+            f.flush()
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError("no range of %d free ports found" % n)
 
 
