@@ -1602,7 +1602,14 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
     int rcmd = req->rcmd;
     if ((rcmd != RC_HGET && rcmd != RC_HEXISTS && rcmd != RC_HSET && rcmd != RC_HSETNX &&
          rcmd != RC_HSTRLEN) ||
-        !kvs_msg_answer_peek(payload, len, &a) || a.status != KVS_STATUS_OK || a.n_values != 1 ||
+        !kvs_msg_answer_peek(payload, len, &a))
+        return 0;
+    if (a.status == KVS_STATUS_NOT_FOUND && a.n_values == 0 &&
+        (rcmd == RC_HGET || rcmd == RC_HSTRLEN)) { /* a missing field, as router_redis_answer */
+        *rc = rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+        return 1;
+    }
+    if (a.status != KVS_STATUS_OK || a.n_values != 1 ||
         !kvs_msg_value_peek(a.value, a.value_len, &v))
         return 0;
     switch (rcmd) {
