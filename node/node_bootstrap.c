@@ -285,7 +285,10 @@ static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
     }
 }
 
-/* The final frame: values [total, hash] must match what arrived. */
+/* The final frame: values [total, hash] must match what arrived. Each
+ * value's kind is checked before its member is read: the members share a
+ * union, so an integer 16 would read as a 16-byte binary_value whose data
+ * pointer is NULL. */
 static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
 {
     Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, p);
@@ -294,6 +297,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
     kvs_hash_digest(b->hash, mine);
     if (r == NULL || r->n_values != 2 ||
         r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
+        r->values[1]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
         r->values[1]->binary_value.len != KVS_HASH_LEN)
         why = "the final frame is not a snapshot's";
     else if ((uint64_t)r->values[0]->integer_value != b->got)

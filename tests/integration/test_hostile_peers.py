@@ -1,0 +1,192 @@
+"""Hostile peers: what another node's worker can make a new replica do
+while it copies that worker's environment (node_bootstrap), when the peer
+lies or is not the replica it is taken for.
+
+A new replica (a kvs-node whose shard has no data.mdb, with a cluster map
+that names another replica of the shard) asks each peer in map order for a
+Snapshot. Here the peer is either a Python server that answers whatever
+the test writes, or a real kvs-node serving another shard at the address
+the map gives. Whatever it sends, the new replica must stay up, remove
+data.mdb.part, say why in its log, and start (empty, as when no peer can
+send a snapshot). Every wait is bounded; every process is killed at
+cleanup.
+"""
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import unittest
+
+from kafkatest import wait_until
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, Node, frame, free_port, free_ports,
+                     pb, req_hset, req_ping)
+
+
+class FakePeer:
+    """A worker impersonated on 127.0.0.1: for each connection it reads the
+    first frame (kept in self.requests, decoded) and calls answer(sock)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = []
+        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, self.port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _recv(self, c, n):
+        data = b""
+        while len(data) < n:
+            chunk = c.recv(n - len(data))
+            if not chunk:
+                raise EOFError("closed")
+            data += chunk
+        return data
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                c.settimeout(TIMEOUT)
+                try:
+                    (n,) = struct.unpack(">I", self._recv(c, 4))
+                    self.requests.append(pb.CommandRequest.FromString(self._recv(c, n)))
+                    self.answer(c)
+                except (OSError, EOFError):
+                    pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(TIMEOUT)
+        self.sock.close()
+
+
+class Worker(Managed):
+    """kvs-node for `shard` as node "new" of a cluster map whose first node
+    ("peer", base port peer_base) serves every shard, as "new" does."""
+
+    def __init__(self, shard, peer_base, shards=1, partitions=8):
+        self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config = os.path.join(self.dir, "config.yaml")
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.shard = shard
+        self.base = free_ports(shards)
+        self.port = self.base + shard
+        self.proc = None
+        self.log_text = ""
+        every = ", ".join(str(s) for s in range(shards))
+        with open(self.config, "w") as f:
+            f.write("\n".join([
+                "data_dir: %s" % self.data_dir,
+                "cluster:",
+                "  shards: %d" % shards,
+                "  partitions: %d" % partitions,
+                "  nodes:",
+                '    - {name: peer, address: "%s:%d", shards: [%s]}' % (HOST, peer_base, every),
+                '    - {name: new, address: "%s:%d", shards: [%s]}' % (HOST, self.base, every),
+                "node: {name: new}",
+                "limits: {frame_timeout: 3s}",
+                "log: {level: info}",
+            ]) + "\n")
+
+    @property
+    def addr(self):
+        return (HOST, self.port)
+
+    def shard_dir(self):
+        return os.path.join(self.data_dir, "shard-%d" % self.shard)
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [os.path.join(BUILD_DIR, "kvs-node"), "--config", self.config,
+                 "--shard", str(self.shard), "--listen", "%s:%d" % self.addr],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            log.close()
+
+    def serves(self):
+        """True once it answers Ping itself (not 503 "copying a snapshot")."""
+        try:
+            with Client(self.addr, timeout=2) as c:
+                return c.call(req_ping()).status == 200
+        except OSError:
+            return False
+
+    def _kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+def final_frame(*values):
+    """The status-200 frame that ends a snapshot stream, with `values`
+    ({kind: value} dicts) as the peer chose them."""
+    r = pb.CommandResponse(status=200, message="snapshot")
+    for v in values:
+        r.values.add(**v)
+    return frame(r.SerializeToString())
+
+
+class SnapshotPeerTest(unittest.TestCase):
+    def run(self, result=None):
+        self._procs = []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            import sys
+            for p in self._procs:
+                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
+                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
+        return out
+
+    def peer(self, answer):
+        p = FakePeer(answer)
+        self.addCleanup(p.close)
+        return p
+
+    def worker(self, shard, peer_base, **kw):
+        w = Worker(shard, peer_base, **kw)
+        self._procs.append(w)
+        self.addCleanup(w.close)
+        w.start()
+        return w
+
+    def assertGaveUpAndServes(self, w, why):
+        """The copy from the peer failed for `why`, nothing of it is left,
+        and the worker started empty and serves."""
+        self.assertTrue(wait_until(lambda: "starting empty" in w.stderr() or w.proc.poll() is not None,
+                                   3 * TIMEOUT), w.stderr())
+        self.assertIsNone(w.proc.poll(), "the worker exited: %r" % w.proc.returncode)
+        self.assertIn("snapshot from peer failed: %s" % why, w.stderr())
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb.part")))
+
+    def test_a_checksum_sent_as_an_integer_is_refused(self):
+        # An empty stream whose final frame carries the right length (0) and,
+        # where the 16-byte checksum belongs, the integer 16: read as bytes,
+        # that was a 16-byte binary_value at address NULL (SIGSEGV).
+        peer = self.peer(lambda c: c.sendall(final_frame({"integer_value": 0},
+                                                         {"integer_value": 16})))
+        w = self.worker(0, peer.port)
+        self.assertGaveUpAndServes(w, "the final frame is not a snapshot's")
+        self.assertEqual([r.WhichOneof("command") for r in peer.requests], ["snapshot"])
+
+
+if __name__ == "__main__":
+    unittest.main()
