@@ -18,12 +18,15 @@
  * and XXH3-128 of the bytes (kvs.proto). Chunks go to data.mdb.part in the
  * shard's directory through libuv's file system thread pool, one write in
  * flight (the connection is paused meanwhile, so memory stays at one
- * chunk). Once the final frame matches what arrived, the file is synced
- * and renamed to data.mdb (and the directory synced): a crash at any point
- * leaves either no data.mdb (the next start bootstraps again; a stale
- * .part is removed first) or a complete one. A peer that stops sending for
+ * chunk). Once the final frame matches what arrived, the file is synced,
+ * checked to be an environment of this shard (format, shard id and
+ * placement, as the store checks them when it opens it) and renamed to
+ * data.mdb (and the directory synced): a crash at any point leaves either
+ * no data.mdb (the next start bootstraps again; a stale .part is removed
+ * first) or a complete one. A peer that stops sending for
  * limits.frame_timeout (30 s by default) is given up, as is one that
- * answers an error, closes early, or sends bytes that do not match.
+ * answers an error, closes early, sends bytes that do not match, or sends
+ * an environment of another shard or cluster layout.
  *
  * The copy carries the peer's offsets in its __kvs metadata, written in
  * the same transactions as the data: ingestion resumes exactly there, and
@@ -45,8 +48,10 @@
 #include "kvs_frame.h"
 #include "kvs_fs.h"
 #include "kvs_hash.h"
+#include "kvs_lmdb.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -84,6 +89,7 @@ struct boot_s {
     uv_connect_t connect_req;
     kvs_conn_t *conn; /* to the peer; NULL between attempts */
     uv_fs_t fs;
+    uv_work_t work;     /* install_work */
     kvs_tls_ctx_t *tls; /* tls.link: peers' workers speak TLS; or NULL */
     int fd;             /* data.mdb.part, or -1 */
     int writing;
@@ -91,9 +97,11 @@ struct boot_s {
     size_t wlen;
     kvs_hash_t *hash;
     uint64_t got;
-    int verified;      /* the final frame matched: sync, rename */
-    char abandon[400]; /* why the attempt failed while a write was in flight ("" = no) */
-    int done;          /* copied, or gave up: close everything */
+    int verified;          /* the final frame matched: sync, check, rename */
+    char abandon[400];     /* why the attempt failed while a write was in flight ("" = no) */
+    char install_err[400]; /* why install_work refused the copy ("" = it did not) */
+    char placement[64];    /* kvs_schema_placement of this config: the copy's must be it */
+    int done;              /* copied, or gave up: close everything */
     int canceled;
 };
 
@@ -203,22 +211,45 @@ static void attempt_over(boot_t *b, const char *why)
     next_peer(b);
 }
 
-/* The file is synced: rename it into place, sync the directory. */
-static void on_synced(uv_fs_t *req)
+/* In the thread pool: syncs the complete file, then checks that it is an
+ * environment of this shard. The checksum proves the bytes arrived as
+ * sent, not that they are what this worker needs: a map whose address for
+ * the peer is off reaches another shard's worker, which sends a perfectly
+ * good copy of that shard, and once in place the store would refuse it at
+ * every start. */
+static void install_work(uv_work_t *w)
 {
-    boot_t *b = req->data;
-    ssize_t r = req->result;
+    boot_t *b = w->data;
+    char err[300] = "";
+    if (fsync(b->fd) != 0) {
+        snprintf(b->install_err, sizeof(b->install_err), "cannot sync %.200s: %s", b->part,
+                 strerror(errno));
+        return;
+    }
+    int rc = kvs_lmdb_check_file(b->part, b->shard, b->placement, err, sizeof(err));
+    if (rc != 0)
+        snprintf(b->install_err, sizeof(b->install_err),
+                 "the copy is not an environment of shard %u: %s", b->shard,
+                 err[0] != '\0' ? err : kvs_strerror(rc));
+}
+
+/* The file is synced and checked: rename it into place, sync the directory. */
+static void on_installed(uv_work_t *w, int status)
+{
+    boot_t *b = w->data;
     int dfd;
-    uv_fs_req_cleanup(req);
     b->writing = 0;
     if (b->abandon[0] != '\0') {
         attempt_over(b, b->abandon);
         return;
     }
-    if (r < 0 || rename(b->part, b->final) != 0) {
+    if (status != 0 || b->install_err[0] != '\0') {
+        attempt_over(b, status != 0 ? uv_strerror(status) : b->install_err);
+        return;
+    }
+    if (rename(b->part, b->final) != 0) {
         char why[300];
-        snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final,
-                 r < 0 ? uv_strerror((int)r) : strerror(errno));
+        snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final, strerror(errno));
         attempt_over(b, why);
         return;
     }
@@ -231,12 +262,14 @@ static void on_synced(uv_fs_t *req)
     attempt_over(b, NULL);
 }
 
-/* The file is complete: sync it (in the thread pool), then on_synced. */
+/* The file is complete: sync and check it (in the thread pool), then
+ * on_installed. */
 static void install(boot_t *b)
 {
     b->writing = 1;
-    b->fs.data = b;
-    int rc = uv_fs_fsync(b->loop, &b->fs, b->fd, on_synced);
+    b->install_err[0] = '\0';
+    b->work.data = b;
+    int rc = uv_queue_work(b->loop, &b->work, install_work, on_installed);
     if (rc != 0) {
         b->writing = 0;
         attempt_over(b, uv_strerror(rc));
@@ -525,6 +558,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     b->cfg = cfg;
     b->shard = shard;
     b->fd = -1;
+    kvs_schema_placement(b->placement, sizeof(b->placement), cfg->shards, cfg->partitions);
     if (!wanted(b)) {
         free(b);
         return 0;

@@ -187,6 +187,26 @@ class SnapshotPeerTest(unittest.TestCase):
         self.assertGaveUpAndServes(w, "the final frame is not a snapshot's")
         self.assertEqual([r.WhichOneof("command") for r in peer.requests], ["snapshot"])
 
+    def test_a_copy_of_another_shard_is_not_installed(self):
+        # The map puts the peer's base port one below where its workers
+        # are, so the new replica's shard 1 asks the peer's shard 0 worker,
+        # which sends a good copy of shard 0 (checksum and all). Installed,
+        # it made the worker exit 78 at this start and every later one
+        # ("created with shard 0"), telling the operator to fix data_dir.
+        other = Node()
+        self._procs.append(other)
+        self.addCleanup(other.close)
+        with other.client() as c:
+            for i in range(50):
+                self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v")).status, 200)
+        w = self.worker(1, other.port - 1, shards=2)
+        self.assertGaveUpAndServes(w, "the copy is not an environment of shard 1")
+        self.assertIn('shard "0", not "1"', w.stderr())
+        self.assertTrue(w.stop() == 0, w.stderr())
+        w.start()  # its own empty environment is in place: it starts at once, no copy
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        self.assertEqual(w.stderr().count("copying a snapshot"), 1, w.stderr())
+
 
 if __name__ == "__main__":
     unittest.main()
