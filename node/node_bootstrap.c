@@ -23,10 +23,13 @@
  * placement, as the store checks them when it opens it) and renamed to
  * data.mdb (and the directory synced): a crash at any point leaves either
  * no data.mdb (the next start bootstraps again; a stale .part is removed
- * first) or a complete one. A peer that stops sending for
+ * first) or a complete one. A peer that sends no bytes for
  * limits.frame_timeout (30 s by default) is given up, as is one that
  * answers an error, closes early, sends bytes that do not match, or sends
- * an environment of another shard or cluster layout.
+ * an environment of another shard or cluster layout. That deadline times
+ * the peer only: it stops while a chunk is being written and once the
+ * final frame arrived (syncing a large copy may take longer), and a chunk
+ * of no bytes does not move it.
  *
  * The copy carries the peer's offsets in its __kvs metadata, written in
  * the same transactions as the data: ingestion resumes exactly there, and
@@ -103,6 +106,7 @@ struct boot_s {
     char placement[64];    /* kvs_schema_placement of this config: the copy's must be it */
     int done;              /* copied, or gave up: close everything */
     int canceled;
+    uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
 };
 
 static void next_peer(boot_t *b);
@@ -221,6 +225,8 @@ static void install_work(uv_work_t *w)
 {
     boot_t *b = w->data;
     char err[300] = "";
+    if (b->sync_delay_ms > 0) /* test hook: a slow disk */
+        usleep((useconds_t)(b->sync_delay_ms * 1000));
     if (fsync(b->fd) != 0) {
         snprintf(b->install_err, sizeof(b->install_err), "cannot sync %.200s: %s", b->part,
                  strerror(errno));
@@ -299,8 +305,10 @@ static void on_written(uv_fs_t *req)
         install(b);
         return;
     }
-    if (b->conn != NULL)
+    if (b->conn != NULL) {
+        uv_timer_again(&b->timer); /* the peer's turn again: its time runs from now */
         kvs_conn_resume(b->conn);
+    }
 }
 
 static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
@@ -309,6 +317,8 @@ static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
     b->wlen = n;
     b->writing = 1;
     kvs_conn_pause(b->conn); /* one write in flight: memory stays at one chunk */
+    /* Our disk's time, not the peer's: its deadline waits. */
+    uv_timer_stop(&b->timer);
     uv_buf_t buf = uv_buf_init((char *)b->wbuf, (unsigned)n);
     b->fs.data = b;
     int rc = uv_fs_write(b->loop, &b->fs, b->fd, &buf, 1, -1, on_written);
@@ -349,9 +359,10 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     char why[600];
     if (b == NULL)
         return;
-    uv_timer_again(&b->timer);
     if (kvs_msg_answer_peek(payload, len, &a) && a.status == 206 && a.n_values == 1 &&
         kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
+        if (v.len == 0)
+            return; /* no progress: the stall deadline runs on */
         b->got += v.len;
         kvs_hash_update(b->hash, v.bytes, v.len);
         write_chunk(b, v.bytes, v.len);
@@ -365,6 +376,8 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
             return;
         }
         b->verified = 1; /* installed once the last write is done */
+        /* The peer owes nothing more; syncing a large copy may take long. */
+        uv_timer_stop(&b->timer);
         kvs_conn_pause(c);
         if (!b->writing)
             install(b);
@@ -510,6 +523,24 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- entry -------------------------------------------------------------------------- */
 
+/* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS: a complete copy's sync takes that much
+ * longer, for tests of a slow disk. Compiled in only with KVS_TEST_HOOKS;
+ * never a config key. */
+static void read_test_hooks(boot_t *b)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *d = getenv("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS");
+    if (d != NULL && *d != '\0') {
+        b->sync_delay_ms = strtoull(d, NULL, 10);
+        kvs_warn("test hook: syncing a snapshot copy takes %llu ms more "
+                 "(KVS_TEST_SNAPSHOT_SYNC_DELAY_MS)",
+                 (unsigned long long)b->sync_delay_ms);
+    }
+#else
+    (void)b;
+#endif
+}
+
 /* The peers to ask, or 0 when no copy is wanted. */
 static int wanted(boot_t *b)
 {
@@ -579,6 +610,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
             kvs_error("snapshot copy: %s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
     }
     if (rc == 0) {
+        read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
         start(b, addrs, n_addrs);
         uv_run(loop, UV_RUN_DEFAULT);

@@ -18,11 +18,12 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, Node, frame, free_port, free_ports,
-                     pb, req_hset, req_ping)
+                     pb, req_hget, req_hset, req_ping)
 
 
 class FakePeer:
@@ -78,7 +79,7 @@ class Worker(Managed):
     """kvs-node for `shard` as node "new" of a cluster map whose first node
     ("peer", base port peer_base) serves every shard, as "new" does."""
 
-    def __init__(self, shard, peer_base, shards=1, partitions=8):
+    def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None):
         self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -88,6 +89,7 @@ class Worker(Managed):
         self.port = self.base + shard
         self.proc = None
         self.log_text = ""
+        self.env = dict(os.environ, **env) if env else None
         every = ", ".join(str(s) for s in range(shards))
         with open(self.config, "w") as f:
             f.write("\n".join([
@@ -99,7 +101,7 @@ class Worker(Managed):
                 '    - {name: peer, address: "%s:%d", shards: [%s]}' % (HOST, peer_base, every),
                 '    - {name: new, address: "%s:%d", shards: [%s]}' % (HOST, self.base, every),
                 "node: {name: new}",
-                "limits: {frame_timeout: 3s}",
+                "limits: {frame_timeout: %s}" % frame_timeout,
                 "log: {level: info}",
             ]) + "\n")
 
@@ -116,7 +118,7 @@ class Worker(Managed):
             self.proc = subprocess.Popen(
                 [os.path.join(BUILD_DIR, "kvs-node"), "--config", self.config,
                  "--shard", str(self.shard), "--listen", "%s:%d" % self.addr],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
         finally:
             log.close()
 
@@ -132,6 +134,13 @@ class Worker(Managed):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(TIMEOUT)
+
+
+def chunk_frame(data):
+    """A 206 frame carrying the next `data` of the copy."""
+    r = pb.CommandResponse(status=206)
+    r.values.add(binary_value=data)
+    return frame(r.SerializeToString())
 
 
 def final_frame(*values):
@@ -206,6 +215,41 @@ class SnapshotPeerTest(unittest.TestCase):
         w.start()  # its own empty environment is in place: it starts at once, no copy
         self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
         self.assertEqual(w.stderr().count("copying a snapshot"), 1, w.stderr())
+
+
+    def test_chunks_of_no_bytes_do_not_keep_a_copy_alive(self):
+        # An empty chunk every 0.3 s, limits.frame_timeout 1 s: the peer
+        # sends frames but no bytes of the copy. Each frame used to move the
+        # stall deadline, so the copy waited until the peer closed (10 s).
+        def answer(c):
+            for _ in range(33):
+                c.sendall(chunk_frame(b""))
+                time.sleep(0.3)
+        peer = self.peer(answer)
+        started = time.monotonic()
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertGaveUpAndServes(w, "it sent nothing for limits.frame_timeout")
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_a_slow_sync_of_a_complete_copy_is_not_taken_for_a_silent_peer(self):
+        # Syncing the complete copy takes 2.5 s (a test hook for a slow
+        # disk) with limits.frame_timeout 1 s: the peer has sent its final
+        # frame and owes nothing. The stall deadline used to run on through
+        # the sync and discard the verified copy ("sent nothing").
+        other = Node()
+        self._procs.append(other)
+        self.addCleanup(other.close)
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
+        w = self.worker(0, other.port, frame_timeout="1s",
+                        env={"KVS_TEST_SNAPSHOT_SYNC_DELAY_MS": "2500"})
+        self.assertTrue(wait_until(lambda: "copied shard 0 from peer" in w.stderr() or
+                                   "starting empty" in w.stderr(), 3 * TIMEOUT), w.stderr())
+        self.assertNotIn("failed", w.stderr())
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        with Client(w.addr) as c:
+            r = c.call(req_hget("t", b"key"))
+            self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
 
 
 if __name__ == "__main__":
