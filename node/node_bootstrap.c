@@ -38,8 +38,11 @@
  *
  * Meanwhile the worker's own addresses (its unix socket, its TCP port)
  * answer every request with 503 "copying a snapshot", so its router comes
- * up and serves the shard from other replicas. They are closed when the
- * copy ends; the ordinary server binds them again right after.
+ * up and serves the shard from other replicas. Their clients are bounded
+ * as the ordinary server's are (limits.frame_timeout, input_buffers,
+ * client_output: one kvs_conn group), since anyone who can reach the TCP
+ * port can be one before any Auth. They are closed when the copy ends;
+ * the ordinary server binds them again right after.
  *
  * The shard directory's kvs.lock is held while copying, so a second
  * worker for the same shard waits its turn (as it would for the store).
@@ -86,6 +89,7 @@ struct boot_s {
     kvs_listener_t listeners[2];
     int n_listeners;
     size_t n_waiting;
+    kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
     waiter_t *waiters;
     uv_signal_t sigterm, sigint;
     uv_timer_t timer; /* the peer's stall deadline */
@@ -161,6 +165,7 @@ static void on_waiter(uv_stream_t *server, int status)
     kvs_conn_init(&w->conn, b->loop, server->type == UV_NAMED_PIPE, (uint32_t)b->cfg->max_frame,
                   on_waiter_frame, NULL, on_waiter_closed);
     w->conn.data = w;
+    kvs_conn_join(&w->conn, &b->waiting);
     if (kvs_conn_accept(&w->conn, server) != 0)
         kvs_conn_close(&w->conn);
 }
@@ -175,6 +180,7 @@ static void end_all(boot_t *b)
     b->n_listeners = 0;
     for (waiter_t *w = b->waiters; w != NULL; w = w->next)
         kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
+    kvs_conn_group_close(&b->waiting);
     uv_close((uv_handle_t *)&b->timer, NULL);
     uv_close((uv_handle_t *)&b->sigterm, NULL);
     uv_close((uv_handle_t *)&b->sigint, NULL);
@@ -561,6 +567,10 @@ static int wanted(boot_t *b)
 
 static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
 {
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, b->cfg);
+    if (kvs_conn_group_init(&b->waiting, b->loop, &limits, "client") != 0)
+        return -ENOMEM; /* a timer that cannot start: libuv is out of memory */
     uv_timer_init(b->loop, &b->timer);
     b->timer.data = b;
     uv_signal_init(b->loop, &b->sigterm);
@@ -612,8 +622,9 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     if (rc == 0) {
         read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
-        start(b, addrs, n_addrs);
-        uv_run(loop, UV_RUN_DEFAULT);
+        rc = start(b, addrs, n_addrs);
+        if (rc == 0)
+            uv_run(loop, UV_RUN_DEFAULT);
     }
     rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
     if (lock_fd >= 0)

@@ -252,5 +252,40 @@ class SnapshotPeerTest(unittest.TestCase):
             self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
 
 
+    def test_clients_of_a_copying_worker_are_bounded_like_any_clients(self):
+        # While it copies, the worker answers 503 on its TCP port, to anyone
+        # (before any Auth). Clients that start a 4 MiB frame and stop were
+        # each held with what they sent, without a deadline, for as long as
+        # the copy took (here a peer sending a byte every 0.3 s keeps it
+        # going): limits.frame_timeout (1 s) now closes them.
+        def answer(c):
+            for _ in range(50):
+                c.sendall(chunk_frame(b"x"))
+                time.sleep(0.3)
+        peer = self.peer(answer)
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertTrue(wait_until(lambda: "copying a snapshot" in w.stderr(), TIMEOUT))
+        with Client(w.addr) as c:
+            r = c.call(req_ping())
+            self.assertEqual(r.status, 503, r.message)
+            self.assertIn("copying a snapshot", r.message)
+        socks = []
+        for _ in range(4):
+            s = socket.create_connection(w.addr, timeout=TIMEOUT)
+            self.addCleanup(s.close)
+            s.sendall(struct.pack(">I", (4 << 20) - 8) + b"z" * (64 << 10))
+            socks.append(s)
+        started = time.monotonic()
+        for s in socks:
+            try:
+                self.assertEqual(s.recv(4096), b"")  # closed by the worker
+            except ConnectionResetError:
+                pass
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("did not complete within limits.frame_timeout", w.stderr())
+        self.assertIn("copying a snapshot from node peer", w.stderr())
+        self.assertNotIn("starting empty", w.stderr())  # the copy was still going on
+
+
 if __name__ == "__main__":
     unittest.main()
