@@ -8,11 +8,12 @@ Snapshot. Here the peer is either a Python server that answers whatever
 the test writes, or a real kvs-node serving another shard at the address
 the map gives. Whatever it sends, the new replica must stay up, remove
 data.mdb.part, say why in its log, and start (empty, as when no peer can
-send a snapshot). Every wait is bounded; every process is killed at
-cleanup.
+send a snapshot). Its limits.frame_timeout times the peer only (a slow
+sync of a complete copy is not the peer's silence), and the clients it
+answers 503 meanwhile are bounded like any clients. Every wait is bounded;
+every process is killed at cleanup.
 """
 import os
-import shutil
 import socket
 import struct
 import subprocess
