@@ -386,6 +386,31 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
     return 0;
 }
 
+int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
+                        size_t errlen)
+{
+    kvs_lmdb_reader_opts_t o = {.dir = path, .shard = shard, .placement = placement};
+    kvs_lmdb_reader_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    /* MDB_NOLOCK: no lock file beside it, and none needed, nobody else
+     * has it open; one database handle, for __kvs. */
+    int rc = mdb_env_create(&r->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(r->env, 1);
+    if (rc == 0)
+        rc = mdb_env_open(r->env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOTLS, 0600);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot open it as an LMDB environment: %s", path,
+                 mdb_strerror(rc));
+        rc = KVS_ESTORE;
+    }
+    if (rc == 0)
+        rc = check_identity(r, &o, err, errlen);
+    kvs_lmdb_reader_close(r);
+    return rc;
+}
+
 void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r)
 {
     if (r == NULL)

@@ -100,6 +100,16 @@ typedef struct kvs_lmdb_ident_s {
 int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
                          size_t errlen);
 
+/* Whether the file `path`, an environment's data file that no process has
+ * open (a copy not yet in place), holds an environment this kvs reads as
+ * shard `shard` of `placement` in the current format: what
+ * kvs_lmdb_reader_open checks. Opens it read-only without a lock file and
+ * closes it. Returns 0; KVS_EMISMATCH (another shard, placement or format,
+ * or never set up by a worker), KVS_ESTORE (not an LMDB environment, or
+ * unreadable) or -ENOMEM; err[0..errlen) then says what is wrong. */
+int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
+                        size_t errlen);
+
 /* Ends any snapshot, releases the reader slot and closes. NULL is allowed. */
 void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r);
 

@@ -18,12 +18,18 @@
  * and XXH3-128 of the bytes (kvs.proto). Chunks go to data.mdb.part in the
  * shard's directory through libuv's file system thread pool, one write in
  * flight (the connection is paused meanwhile, so memory stays at one
- * chunk). Once the final frame matches what arrived, the file is synced
- * and renamed to data.mdb (and the directory synced): a crash at any point
- * leaves either no data.mdb (the next start bootstraps again; a stale
- * .part is removed first) or a complete one. A peer that stops sending for
+ * chunk). Once the final frame matches what arrived, the file is synced,
+ * checked to be an environment of this shard (format, shard id and
+ * placement, as the store checks them when it opens it) and renamed to
+ * data.mdb (and the directory synced): a crash at any point leaves either
+ * no data.mdb (the next start bootstraps again; a stale .part is removed
+ * first) or a complete one. A peer that sends no bytes for
  * limits.frame_timeout (30 s by default) is given up, as is one that
- * answers an error, closes early, or sends bytes that do not match.
+ * answers an error, closes early, sends bytes that do not match, or sends
+ * an environment of another shard or cluster layout. That deadline times
+ * the peer only: it stops while a chunk is being written and once the
+ * final frame arrived (syncing a large copy may take longer), and a chunk
+ * of no bytes does not move it.
  *
  * The copy carries the peer's offsets in its __kvs metadata, written in
  * the same transactions as the data: ingestion resumes exactly there, and
@@ -32,8 +38,11 @@
  *
  * Meanwhile the worker's own addresses (its unix socket, its TCP port)
  * answer every request with 503 "copying a snapshot", so its router comes
- * up and serves the shard from other replicas. They are closed when the
- * copy ends; the ordinary server binds them again right after.
+ * up and serves the shard from other replicas. Their clients are bounded
+ * as the ordinary server's are (limits.frame_timeout, input_buffers,
+ * client_output: one kvs_conn group), since anyone who can reach the TCP
+ * port can be one before any Auth. They are closed when the copy ends;
+ * the ordinary server binds them again right after.
  *
  * The shard directory's kvs.lock is held while copying, so a second
  * worker for the same shard waits its turn (as it would for the store).
@@ -45,8 +54,10 @@
 #include "kvs_frame.h"
 #include "kvs_fs.h"
 #include "kvs_hash.h"
+#include "kvs_lmdb.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,12 +89,14 @@ struct boot_s {
     kvs_listener_t listeners[2];
     int n_listeners;
     size_t n_waiting;
+    kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
     waiter_t *waiters;
     uv_signal_t sigterm, sigint;
     uv_timer_t timer; /* the peer's stall deadline */
     uv_connect_t connect_req;
     kvs_conn_t *conn; /* to the peer; NULL between attempts */
     uv_fs_t fs;
+    uv_work_t work;     /* install_work */
     kvs_tls_ctx_t *tls; /* tls.link: peers' workers speak TLS; or NULL */
     int fd;             /* data.mdb.part, or -1 */
     int writing;
@@ -91,10 +104,13 @@ struct boot_s {
     size_t wlen;
     kvs_hash_t *hash;
     uint64_t got;
-    int verified;      /* the final frame matched: sync, rename */
-    char abandon[400]; /* why the attempt failed while a write was in flight ("" = no) */
-    int done;          /* copied, or gave up: close everything */
+    int verified;          /* the final frame matched: sync, check, rename */
+    char abandon[400];     /* why the attempt failed while a write was in flight ("" = no) */
+    char install_err[400]; /* why install_work refused the copy ("" = it did not) */
+    char placement[64];    /* kvs_schema_placement of this config: the copy's must be it */
+    int done;              /* copied, or gave up: close everything */
     int canceled;
+    uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
 };
 
 static void next_peer(boot_t *b);
@@ -149,6 +165,7 @@ static void on_waiter(uv_stream_t *server, int status)
     kvs_conn_init(&w->conn, b->loop, server->type == UV_NAMED_PIPE, (uint32_t)b->cfg->max_frame,
                   on_waiter_frame, NULL, on_waiter_closed);
     w->conn.data = w;
+    kvs_conn_join(&w->conn, &b->waiting);
     if (kvs_conn_accept(&w->conn, server) != 0)
         kvs_conn_close(&w->conn);
 }
@@ -163,6 +180,7 @@ static void end_all(boot_t *b)
     b->n_listeners = 0;
     for (waiter_t *w = b->waiters; w != NULL; w = w->next)
         kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
+    kvs_conn_group_close(&b->waiting);
     uv_close((uv_handle_t *)&b->timer, NULL);
     uv_close((uv_handle_t *)&b->sigterm, NULL);
     uv_close((uv_handle_t *)&b->sigint, NULL);
@@ -203,22 +221,47 @@ static void attempt_over(boot_t *b, const char *why)
     next_peer(b);
 }
 
-/* The file is synced: rename it into place, sync the directory. */
-static void on_synced(uv_fs_t *req)
+/* In the thread pool: syncs the complete file, then checks that it is an
+ * environment of this shard. The checksum proves the bytes arrived as
+ * sent, not that they are what this worker needs: a map whose address for
+ * the peer is off reaches another shard's worker, which sends a perfectly
+ * good copy of that shard, and once in place the store would refuse it at
+ * every start. */
+static void install_work(uv_work_t *w)
 {
-    boot_t *b = req->data;
-    ssize_t r = req->result;
+    boot_t *b = w->data;
+    char err[300] = "";
+    if (b->sync_delay_ms > 0) /* test hook: a slow disk */
+        usleep((useconds_t)(b->sync_delay_ms * 1000));
+    if (fsync(b->fd) != 0) {
+        snprintf(b->install_err, sizeof(b->install_err), "cannot sync %.200s: %s", b->part,
+                 strerror(errno));
+        return;
+    }
+    int rc = kvs_lmdb_check_file(b->part, b->shard, b->placement, err, sizeof(err));
+    if (rc != 0)
+        snprintf(b->install_err, sizeof(b->install_err),
+                 "the copy is not an environment of shard %u: %s", b->shard,
+                 err[0] != '\0' ? err : kvs_strerror(rc));
+}
+
+/* The file is synced and checked: rename it into place, sync the directory. */
+static void on_installed(uv_work_t *w, int status)
+{
+    boot_t *b = w->data;
     int dfd;
-    uv_fs_req_cleanup(req);
     b->writing = 0;
     if (b->abandon[0] != '\0') {
         attempt_over(b, b->abandon);
         return;
     }
-    if (r < 0 || rename(b->part, b->final) != 0) {
+    if (status != 0 || b->install_err[0] != '\0') {
+        attempt_over(b, status != 0 ? uv_strerror(status) : b->install_err);
+        return;
+    }
+    if (rename(b->part, b->final) != 0) {
         char why[300];
-        snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final,
-                 r < 0 ? uv_strerror((int)r) : strerror(errno));
+        snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final, strerror(errno));
         attempt_over(b, why);
         return;
     }
@@ -231,12 +274,14 @@ static void on_synced(uv_fs_t *req)
     attempt_over(b, NULL);
 }
 
-/* The file is complete: sync it (in the thread pool), then on_synced. */
+/* The file is complete: sync and check it (in the thread pool), then
+ * on_installed. */
 static void install(boot_t *b)
 {
     b->writing = 1;
-    b->fs.data = b;
-    int rc = uv_fs_fsync(b->loop, &b->fs, b->fd, on_synced);
+    b->install_err[0] = '\0';
+    b->work.data = b;
+    int rc = uv_queue_work(b->loop, &b->work, install_work, on_installed);
     if (rc != 0) {
         b->writing = 0;
         attempt_over(b, uv_strerror(rc));
@@ -266,8 +311,10 @@ static void on_written(uv_fs_t *req)
         install(b);
         return;
     }
-    if (b->conn != NULL)
+    if (b->conn != NULL) {
+        uv_timer_again(&b->timer); /* the peer's turn again: its time runs from now */
         kvs_conn_resume(b->conn);
+    }
 }
 
 static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
@@ -276,6 +323,8 @@ static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
     b->wlen = n;
     b->writing = 1;
     kvs_conn_pause(b->conn); /* one write in flight: memory stays at one chunk */
+    /* Our disk's time, not the peer's: its deadline waits. */
+    uv_timer_stop(&b->timer);
     uv_buf_t buf = uv_buf_init((char *)b->wbuf, (unsigned)n);
     b->fs.data = b;
     int rc = uv_fs_write(b->loop, &b->fs, b->fd, &buf, 1, -1, on_written);
@@ -285,7 +334,10 @@ static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
     }
 }
 
-/* The final frame: values [total, hash] must match what arrived. */
+/* The final frame: values [total, hash] must match what arrived. Each
+ * value's kind is checked before its member is read: the members share a
+ * union, so an integer 16 would read as a 16-byte binary_value whose data
+ * pointer is NULL. */
 static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
 {
     Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, p);
@@ -294,6 +346,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
     kvs_hash_digest(b->hash, mine);
     if (r == NULL || r->n_values != 2 ||
         r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
+        r->values[1]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
         r->values[1]->binary_value.len != KVS_HASH_LEN)
         why = "the final frame is not a snapshot's";
     else if ((uint64_t)r->values[0]->integer_value != b->got)
@@ -312,9 +365,10 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     char why[600];
     if (b == NULL)
         return;
-    uv_timer_again(&b->timer);
     if (kvs_msg_answer_peek(payload, len, &a) && a.status == 206 && a.n_values == 1 &&
         kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
+        if (v.len == 0)
+            return; /* no progress: the stall deadline runs on */
         b->got += v.len;
         kvs_hash_update(b->hash, v.bytes, v.len);
         write_chunk(b, v.bytes, v.len);
@@ -328,6 +382,8 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
             return;
         }
         b->verified = 1; /* installed once the last write is done */
+        /* The peer owes nothing more; syncing a large copy may take long. */
+        uv_timer_stop(&b->timer);
         kvs_conn_pause(c);
         if (!b->writing)
             install(b);
@@ -473,6 +529,24 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- entry -------------------------------------------------------------------------- */
 
+/* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS: a complete copy's sync takes that much
+ * longer, for tests of a slow disk. Compiled in only with KVS_TEST_HOOKS;
+ * never a config key. */
+static void read_test_hooks(boot_t *b)
+{
+#ifdef KVS_TEST_HOOKS
+    const char *d = getenv("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS");
+    if (d != NULL && *d != '\0') {
+        b->sync_delay_ms = strtoull(d, NULL, 10);
+        kvs_warn("test hook: syncing a snapshot copy takes %llu ms more "
+                 "(KVS_TEST_SNAPSHOT_SYNC_DELAY_MS)",
+                 (unsigned long long)b->sync_delay_ms);
+    }
+#else
+    (void)b;
+#endif
+}
+
 /* The peers to ask, or 0 when no copy is wanted. */
 static int wanted(boot_t *b)
 {
@@ -493,6 +567,10 @@ static int wanted(boot_t *b)
 
 static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
 {
+    kvs_conn_limits_t limits;
+    kvs_conn_limits_from_config(&limits, b->cfg);
+    if (kvs_conn_group_init(&b->waiting, b->loop, &limits, "client") != 0)
+        return -ENOMEM; /* a timer that cannot start: libuv is out of memory */
     uv_timer_init(b->loop, &b->timer);
     b->timer.data = b;
     uv_signal_init(b->loop, &b->sigterm);
@@ -521,6 +599,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     b->cfg = cfg;
     b->shard = shard;
     b->fd = -1;
+    kvs_schema_placement(b->placement, sizeof(b->placement), cfg->shards, cfg->partitions);
     if (!wanted(b)) {
         free(b);
         return 0;
@@ -541,9 +620,11 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
             kvs_error("snapshot copy: %s", rc == KVS_ECONFIG ? err : kvs_strerror(rc));
     }
     if (rc == 0) {
+        read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
-        start(b, addrs, n_addrs);
-        uv_run(loop, UV_RUN_DEFAULT);
+        rc = start(b, addrs, n_addrs);
+        if (rc == 0)
+            uv_run(loop, UV_RUN_DEFAULT);
     }
     rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
     if (lock_fd >= 0)

@@ -15,6 +15,12 @@
  *    that accepts but never answers must not hold the link forever), while
  *    up it fires at the oldest request's deadline: router.timeout after it
  *    was sent or after the answer before it arrived, whichever is later.
+ *  - The backoff grows while attempts fail, and also while connections
+ *    come up and go down at once: it starts over only when a connection
+ *    that stayed up for BACKOFF_MAX_MS goes down. A peer that accepts and
+ *    then closes or sends something nobody asked for (a wrong service on
+ *    the port, a worker refusing clients) is dialled, and logged, about
+ *    once a second, not every BACKOFF_MIN_MS.
  *  - A remote shard named by host name is resolved again on every
  *    (re)connect, so a moved node is found, and asynchronously
  *    (uv_getaddrinfo with a callback, in libuv's thread pool): a slow
@@ -147,6 +153,8 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     }
     l->up = 0;
     l->downs += was_up != 0;
+    if (was_up && uv_now(l->loop) - l->up_since >= BACKOFF_MAX_MS)
+        l->backoff_ms = BACKOFF_MIN_MS; /* it worked for a while: reconnect soon */
     l->handshaking = 0;
     if (was_up)
         kvs_warn("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
@@ -220,7 +228,7 @@ static void link_up(router_link_t *l)
     link_forget_addrs(l);
     l->handshaking = 0;
     l->up = 1;
-    l->backoff_ms = BACKOFF_MIN_MS;
+    l->up_since = uv_now(l->loop);
     l->last_error[0] = '\0';
     kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
              l->tls ? " (TLS)" : "");

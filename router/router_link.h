@@ -62,6 +62,7 @@ struct router_link_s {
     int stopping;
     uv_timer_t timer; /* reconnect backoff, and request deadlines */
     uint64_t backoff_ms;
+    uint64_t up_since; /* uv_now when it last came up */
     uint64_t timeout_ms;
     uint32_t max_frame;
     size_t max_queue;            /* bytes of requests queued before sends are refused (0: none) */

@@ -61,10 +61,17 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
     g->replies++;
 }
 
+static int rude;
+static void rude_connection(tctx_t *t, uv_stream_t *server);
+
 static void on_connection(uv_stream_t *server, int status)
 {
     tctx_t *t = server->data;
     CHECK_EQ(status, 0);
+    if (rude) {
+        rude_connection(t, server);
+        return;
+    }
     CHECK(!t->accepted);
     uv_tcp_init(&t->loop, &t->peer);
     CHECK_EQ(uv_accept(server, (uv_stream_t *)&t->peer), 0);
@@ -376,10 +383,96 @@ KVS_TEST(requests_after_a_timeout_are_not_told_they_may_have_been_applied)
     t_close(&t);
 }
 
+/* A "worker" that accepts, sends one frame nobody asked for and closes;
+ * once `rude_hold` is set it keeps the connection instead (rude_held). */
+static int rude_accepts, rude_hold;
+static uv_tcp_t *rude_held;
+
+static void on_rude_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void rude_connection(tctx_t *t, uv_stream_t *server)
+{
+    static uint8_t unasked[KVS_FRAME_HEADER + 2] = {0, 0, 0, 2, 0x08, 0x00}; /* status 0 */
+    uv_tcp_t *c = malloc(sizeof(*c));
+    CHECK(c != NULL);
+    uv_tcp_init(&t->loop, c);
+    CHECK_EQ(uv_accept(server, (uv_stream_t *)c), 0);
+    rude_accepts++;
+    if (rude_hold) {
+        CHECK(rude_held == NULL);
+        rude_held = c;
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)unasked, sizeof(unasked));
+    CHECK_EQ(uv_try_write((uv_stream_t *)c, &b, 1), (int)sizeof(unasked));
+    uv_close((uv_handle_t *)c, on_rude_closed);
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    (void)h;
+}
+
+/* Runs the loop for `ms` (a timer keeps it from blocking longer). */
+static void run_for(tctx_t *t, uint64_t ms)
+{
+    uv_timer_t tick;
+    uv_timer_init(&t->loop, &tick);
+    uv_timer_start(&tick, on_tick, ms, 0);
+    uint64_t end = uv_now(&t->loop) + ms;
+    while (uv_now(&t->loop) < end)
+        uv_run(&t->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&t->loop, UV_RUN_NOWAIT); /* finishes the close: `tick` is on this stack */
+}
+
+/* A peer that takes each connection and drops it at once (here after an
+ * answer nobody asked for) is dialled with a growing backoff: about five
+ * times in 1.5 s (50, 100, 200, 400, 800 ms), not every 50 ms, each time
+ * an "up" and a "down" in the log. A connection that then stays up for a
+ * second is a working link again: when it drops, the link reconnects
+ * within the shortest backoff. */
+KVS_TEST(a_peer_that_drops_every_connection_is_dialled_with_backoff)
+{
+    tctx_t t;
+    t_init(&t);
+    rude = 1;
+    router_link_t l;
+    link_start(&t, &l, "127.0.0.1");
+    run_for(&t, 1500);
+    CHECK(rude_accepts >= 3);
+    CHECK(rude_accepts <= 7);
+    CHECK(t.ups >= 3 && t.ups <= 7);
+    CHECK_CONTAINS(l.last_error, "nobody asked for");
+    rude_hold = 1;
+    uint64_t deadline = uv_now(&t.loop) + 5000;
+    while (!(l.up && rude_held != NULL) && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK(l.up && rude_held != NULL);
+    run_for(&t, 1100);
+    CHECK(l.up);
+    uv_close((uv_handle_t *)rude_held, on_rude_closed); /* gone after a good while */
+    rude_held = NULL;
+    int before = rude_accepts;
+    uint64_t closed_at = uv_now(&t.loop);
+    while (rude_accepts == before && uv_now(&t.loop) < closed_at + 5000)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(rude_accepts, before + 1);
+    CHECK(uv_now(&t.loop) - closed_at < 500);
+    router_link_stop(&l);
+    if (rude_held != NULL)
+        uv_close((uv_handle_t *)rude_held, on_rude_closed);
+    t_close(&t);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
               KVS_CASE(stop_while_connecting),
               KVS_CASE(stop_of_a_link_never_started),
               KVS_CASE(oversized_answer_fails_only_its_request),
               KVS_CASE(timeout_counts_from_the_last_answer),
-              KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied))
+              KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied),
+              KVS_CASE(a_peer_that_drops_every_connection_is_dialled_with_backoff))

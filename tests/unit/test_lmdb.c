@@ -351,6 +351,48 @@ KVS_TEST(refuses_what_its_worker_would)
     CHECK(r == NULL);
 }
 
+/* Copies file `from` to `to`, as a snapshot copy arrives. */
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[4096];
+    size_t n;
+    CHECK(in != NULL && out != NULL);
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        CHECK_EQ(fwrite(buf, 1, n, out), n);
+    CHECK_EQ(fclose(in), 0);
+    CHECK_EQ(fclose(out), 0);
+}
+
+/* A data file not in place yet (a snapshot copy's .part) is checked as a
+ * reader checks an environment, without a lock file beside it; a file
+ * that is no LMDB environment at all is KVS_ESTORE. */
+KVS_TEST(a_lone_data_file_is_checked_as_the_worker_would)
+{
+    peer_t w;
+    char err[512], from[400], part[400], lock[420];
+    fresh_dir();
+    peer_start(&w, create_env);
+    peer_join(&w);
+    snprintf(from, sizeof(from), "%s/data.mdb", envdir);
+    snprintf(part, sizeof(part), "%s/copy.part", kvs_test_dir());
+    snprintf(lock, sizeof(lock), "%s-lock", part);
+    copy_file(from, part);
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), 0);
+    CHECK_EQ(kvs_lmdb_check_file(part, 1, "p", err, sizeof(err)), KVS_EMISMATCH);
+    CHECK_CONTAINS(err, "shard \"0\", not \"1\"");
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "q", err, sizeof(err)), KVS_EMISMATCH);
+    CHECK_CONTAINS(err, "placement \"p\", not \"q\"");
+    CHECK(access(lock, F_OK) != 0);
+    FILE *f = fopen(part, "wb");
+    CHECK(f != NULL);
+    for (int i = 0; i < 4096; i++)
+        fputc('x', f);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), KVS_ESTORE);
+    CHECK_CONTAINS(err, "cannot open it as an LMDB environment");
+}
+
 typedef struct slots_s {
     char pid[32];
     int n;
@@ -451,4 +493,5 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(walks_in_key_order_from_a_key),
               KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
-              KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files))
+              KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
+              KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would))

@@ -1,0 +1,292 @@
+"""Hostile peers: what another node's worker can make a new replica do
+while it copies that worker's environment (node_bootstrap), when the peer
+lies or is not the replica it is taken for.
+
+A new replica (a kvs-node whose shard has no data.mdb, with a cluster map
+that names another replica of the shard) asks each peer in map order for a
+Snapshot. Here the peer is either a Python server that answers whatever
+the test writes, or a real kvs-node serving another shard at the address
+the map gives. Whatever it sends, the new replica must stay up, remove
+data.mdb.part, say why in its log, and start (empty, as when no peer can
+send a snapshot). Its limits.frame_timeout times the peer only (a slow
+sync of a complete copy is not the peer's silence), and the clients it
+answers 503 meanwhile are bounded like any clients. Every wait is bounded;
+every process is killed at cleanup.
+"""
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from kafkatest import wait_until
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, Node, frame, free_port, free_ports,
+                     pb, req_hget, req_hset, req_ping)
+
+
+class FakePeer:
+    """A worker impersonated on 127.0.0.1: for each connection it reads the
+    first frame (kept in self.requests, decoded) and calls answer(sock)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = []
+        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, self.port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _recv(self, c, n):
+        data = b""
+        while len(data) < n:
+            chunk = c.recv(n - len(data))
+            if not chunk:
+                raise EOFError("closed")
+            data += chunk
+        return data
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                c.settimeout(TIMEOUT)
+                try:
+                    (n,) = struct.unpack(">I", self._recv(c, 4))
+                    self.requests.append(pb.CommandRequest.FromString(self._recv(c, n)))
+                    self.answer(c)
+                except (OSError, EOFError):
+                    pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(TIMEOUT)
+        self.sock.close()
+
+
+class Worker(Managed):
+    """kvs-node for `shard` as node "new" of a cluster map whose first node
+    ("peer", base port peer_base) serves every shard, as "new" does."""
+
+    def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None):
+        self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config = os.path.join(self.dir, "config.yaml")
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.shard = shard
+        self.base = free_ports(shards)
+        self.port = self.base + shard
+        self.proc = None
+        self.log_text = ""
+        self.env = dict(os.environ, **env) if env else None
+        every = ", ".join(str(s) for s in range(shards))
+        with open(self.config, "w") as f:
+            f.write("\n".join([
+                "data_dir: %s" % self.data_dir,
+                "cluster:",
+                "  shards: %d" % shards,
+                "  partitions: %d" % partitions,
+                "  nodes:",
+                '    - {name: peer, address: "%s:%d", shards: [%s]}' % (HOST, peer_base, every),
+                '    - {name: new, address: "%s:%d", shards: [%s]}' % (HOST, self.base, every),
+                "node: {name: new}",
+                "limits: {frame_timeout: %s}" % frame_timeout,
+                "log: {level: info}",
+            ]) + "\n")
+
+    @property
+    def addr(self):
+        return (HOST, self.port)
+
+    def shard_dir(self):
+        return os.path.join(self.data_dir, "shard-%d" % self.shard)
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [os.path.join(BUILD_DIR, "kvs-node"), "--config", self.config,
+                 "--shard", str(self.shard), "--listen", "%s:%d" % self.addr],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
+        finally:
+            log.close()
+
+    def serves(self):
+        """True once it answers Ping itself (not 503 "copying a snapshot")."""
+        try:
+            with Client(self.addr, timeout=2) as c:
+                return c.call(req_ping()).status == 200
+        except OSError:
+            return False
+
+    def _kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+def chunk_frame(data):
+    """A 206 frame carrying the next `data` of the copy."""
+    r = pb.CommandResponse(status=206)
+    r.values.add(binary_value=data)
+    return frame(r.SerializeToString())
+
+
+def final_frame(*values):
+    """The status-200 frame that ends a snapshot stream, with `values`
+    ({kind: value} dicts) as the peer chose them."""
+    r = pb.CommandResponse(status=200, message="snapshot")
+    for v in values:
+        r.values.add(**v)
+    return frame(r.SerializeToString())
+
+
+class SnapshotPeerTest(unittest.TestCase):
+    def run(self, result=None):
+        self._procs = []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            import sys
+            for p in self._procs:
+                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
+                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
+        return out
+
+    def peer(self, answer):
+        p = FakePeer(answer)
+        self.addCleanup(p.close)
+        return p
+
+    def worker(self, shard, peer_base, **kw):
+        w = Worker(shard, peer_base, **kw)
+        self._procs.append(w)
+        self.addCleanup(w.close)
+        w.start()
+        return w
+
+    def assertGaveUpAndServes(self, w, why):
+        """The copy from the peer failed for `why`, nothing of it is left,
+        and the worker started empty and serves."""
+        self.assertTrue(wait_until(lambda: "starting empty" in w.stderr() or w.proc.poll() is not None,
+                                   3 * TIMEOUT), w.stderr())
+        self.assertIsNone(w.proc.poll(), "the worker exited: %r" % w.proc.returncode)
+        self.assertIn("snapshot from peer failed: %s" % why, w.stderr())
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb.part")))
+
+    def test_a_checksum_sent_as_an_integer_is_refused(self):
+        # An empty stream whose final frame carries the right length (0) and,
+        # where the 16-byte checksum belongs, the integer 16: read as bytes,
+        # that was a 16-byte binary_value at address NULL (SIGSEGV).
+        peer = self.peer(lambda c: c.sendall(final_frame({"integer_value": 0},
+                                                         {"integer_value": 16})))
+        w = self.worker(0, peer.port)
+        self.assertGaveUpAndServes(w, "the final frame is not a snapshot's")
+        self.assertEqual([r.WhichOneof("command") for r in peer.requests], ["snapshot"])
+
+    def test_a_copy_of_another_shard_is_not_installed(self):
+        # The map puts the peer's base port one below where its workers
+        # are, so the new replica's shard 1 asks the peer's shard 0 worker,
+        # which sends a good copy of shard 0 (checksum and all). Installed,
+        # it made the worker exit 78 at this start and every later one
+        # ("created with shard 0"), telling the operator to fix data_dir.
+        other = Node()
+        self._procs.append(other)
+        self.addCleanup(other.close)
+        with other.client() as c:
+            for i in range(50):
+                self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v")).status, 200)
+        w = self.worker(1, other.port - 1, shards=2)
+        self.assertGaveUpAndServes(w, "the copy is not an environment of shard 1")
+        self.assertIn('shard "0", not "1"', w.stderr())
+        self.assertTrue(w.stop() == 0, w.stderr())
+        w.start()  # its own empty environment is in place: it starts at once, no copy
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        self.assertEqual(w.stderr().count("copying a snapshot"), 1, w.stderr())
+
+
+    def test_chunks_of_no_bytes_do_not_keep_a_copy_alive(self):
+        # An empty chunk every 0.3 s, limits.frame_timeout 1 s: the peer
+        # sends frames but no bytes of the copy. Each frame used to move the
+        # stall deadline, so the copy waited until the peer closed (10 s).
+        def answer(c):
+            for _ in range(33):
+                c.sendall(chunk_frame(b""))
+                time.sleep(0.3)
+        peer = self.peer(answer)
+        started = time.monotonic()
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertGaveUpAndServes(w, "it sent nothing for limits.frame_timeout")
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_a_slow_sync_of_a_complete_copy_is_not_taken_for_a_silent_peer(self):
+        # Syncing the complete copy takes 2.5 s (a test hook for a slow
+        # disk) with limits.frame_timeout 1 s: the peer has sent its final
+        # frame and owes nothing. The stall deadline used to run on through
+        # the sync and discard the verified copy ("sent nothing").
+        other = Node()
+        self._procs.append(other)
+        self.addCleanup(other.close)
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
+        w = self.worker(0, other.port, frame_timeout="1s",
+                        env={"KVS_TEST_SNAPSHOT_SYNC_DELAY_MS": "2500"})
+        self.assertTrue(wait_until(lambda: "copied shard 0 from peer" in w.stderr() or
+                                   "starting empty" in w.stderr(), 3 * TIMEOUT), w.stderr())
+        self.assertNotIn("failed", w.stderr())
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        with Client(w.addr) as c:
+            r = c.call(req_hget("t", b"key"))
+            self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
+
+
+    def test_clients_of_a_copying_worker_are_bounded_like_any_clients(self):
+        # While it copies, the worker answers 503 on its TCP port, to anyone
+        # (before any Auth). Clients that start a 4 MiB frame and stop were
+        # each held with what they sent, without a deadline, for as long as
+        # the copy took (here a peer sending a byte every 0.3 s keeps it
+        # going): limits.frame_timeout (1 s) now closes them.
+        def answer(c):
+            for _ in range(50):
+                c.sendall(chunk_frame(b"x"))
+                time.sleep(0.3)
+        peer = self.peer(answer)
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertTrue(wait_until(lambda: "copying a snapshot" in w.stderr(), TIMEOUT))
+        with Client(w.addr) as c:
+            r = c.call(req_ping())
+            self.assertEqual(r.status, 503, r.message)
+            self.assertIn("copying a snapshot", r.message)
+        socks = []
+        for _ in range(4):
+            s = socket.create_connection(w.addr, timeout=TIMEOUT)
+            self.addCleanup(s.close)
+            s.sendall(struct.pack(">I", (4 << 20) - 8) + b"z" * (64 << 10))
+            socks.append(s)
+        started = time.monotonic()
+        for s in socks:
+            try:
+                self.assertEqual(s.recv(4096), b"")  # closed by the worker
+            except ConnectionResetError:
+                pass
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("did not complete within limits.frame_timeout", w.stderr())
+        self.assertIn("copying a snapshot from node peer", w.stderr())
+        self.assertNotIn("starting empty", w.stderr())  # the copy was still going on
+
+
+if __name__ == "__main__":
+    unittest.main()
