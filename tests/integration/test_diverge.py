@@ -260,6 +260,43 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(parts[0]["applied"], 20, parts[0])
         self.assert_values(r.addr, "users", recs)
 
+    def test_one_short_answer_does_not_halt_the_partition(self):
+        # The node applied 100 records from mock `a`; mock `b`'s log ends
+        # at 5. The brokers' first answer (start, end) is given; every
+        # later question goes unanswered (a leader moving) until the
+        # errors are cleared, by when `b`'s log holds the offset after all.
+        a = self.mock({TOPIC: 1})
+        produce(a.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(100)])
+        r = self.router(a, [(TOPIC, "users", "raw", 1)], shards=1)
+        self.wait_caught_up(r, TOPIC, {0: 100})
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: 1}, control=True)
+        produce(b.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(5)])
+        # One answer is two ListOffsets requests: where the log starts, ends.
+        b.ctl("error ListOffsets NO_ERROR 2")
+        b.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")
+        self.point_at(r, a, b)
+        r.start()
+        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr() or
+                                   "DIVERGED" in r.stderr(), 20), "no answer came")
+        log = r.stderr()
+        self.assertFalse("DIVERGED" in log, "one answer must not halt the partition")
+        self.assertIn("asking again to be sure", log)
+        self.assertEqual(self.parts(r)[0]["diverged"], 0)
+        recs = [(b"c%d" % i, b"z%d" % i) for i in range(200)]
+        produce(b.bootstrap, TOPIC, recs)  # the log now ends at 205: offset 100 is in it
+        b.ctl("clear-errors ListOffsets")
+        parts = self.wait_caught_up(r, TOPIC, {0: 205})
+        self.assertEqual((parts[0]["diverged"], parts[0]["halted"]), (0, 0), parts[0])
+        self.assertEqual(parts[0]["applied"], 100 + 105, "resumed at offset 100, nothing skipped")
+        log = r.stderr()
+        self.assertIn("(0..205) when asked again; resuming there", log)
+        self.assertFalse("DIVERGED" in log)
+        expect = {k: None for k, v in recs[:95]}  # offsets 5..99: below where it resumed
+        expect.update(recs[95:])
+        self.assert_values(r.addr, "users", expect)
+
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
         was down (it keeps about 5 MiB per partition). Returns (router,
