@@ -297,6 +297,40 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         expect.update(recs[95:])
         self.assert_values(r.addr, "users", expect)
 
+    def test_a_fetch_that_keeps_failing_is_retried_once_a_second(self):
+        # Every fetch answers "out of range" while the brokers say the
+        # offset is in the log: each round (ask, decide "transient", assign
+        # again) waits RANGE_RETRY_MS (1 s), so questions come about once a
+        # second, never in a spin, and consuming resumes once fetches work.
+        m = self.mock({TOPIC: 1}, control=True)
+        produce(m.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(20)])
+        # librdkafka's own pause after a failed fetch (500 ms) off: only
+        # kvs's wait is left between the rounds.
+        r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1,
+                        properties={"fetch.error.backoff.ms": "0"})
+        self.wait_caught_up(r, TOPIC, {0: 20})
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 100000")
+        asked = "is not in the partition's log"
+        self.assertTrue(wait_until(lambda: asked in r.stderr(), 10), "no fetch failed")
+        first = r.stderr().count(asked)
+        time.sleep(4.0)
+        log = r.stderr()
+        rounds = log.count(asked) - first
+        self.assertGreaterEqual(rounds, 2, "the partition must be assigned again, each second")
+        self.assertLessEqual(rounds, 6, "a question at most about once a second, not a spin")
+        # Every answer: the offset is in the log after all.
+        self.assertGreaterEqual(log.count("offset 20 is in the log (0..20) after all"),
+                                first + rounds - 1)
+        for other in ("DIVERGED", "asking again to be sure", "resuming at auto.offset.reset"):
+            self.assertFalse(other in log, other)
+        self.assertEqual(self.parts(r)[0]["diverged"], 0)
+        m.ctl("clear-errors Fetch")
+        recs = [(b"b%d" % i, b"y%d" % i) for i in range(10)]
+        produce(m.bootstrap, TOPIC, recs)
+        parts = self.wait_caught_up(r, TOPIC, {0: 30})
+        self.assertEqual((parts[0]["applied"], parts[0]["diverged"]), (30, 0), parts[0])
+        self.assert_values(r.addr, "users", dict(recs))
+
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
         was down (it keeps about 5 MiB per partition). Returns (router,
