@@ -19,8 +19,10 @@ cases, told apart by asking the brokers where the log starts and ends:
     halts the partition with an error.
 
 Rebuild (`kvs-cli --config FILE rebuild TABLE`, a worker command sent to
-every replica) empties a bound table and reads its topic again from the
-first record: how a diverged partition takes the new topic's data.
+every replica, or with --node NAME to that node's copies only) empties a
+bound table and reads its topic again from the first record: how a
+diverged partition takes the new topic's data. RebuildReplicasTest runs
+it over a cluster of two nodes (test_replicas' fixtures).
 
 A topic "deleted and created again" is a second kvs-mock-kafka with a topic
 of the same name, the node's config pointed at it. Records deleted by
@@ -40,6 +42,8 @@ from routertest import partition_of
 import kafkatest
 from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
 from test_ingest import KafkaFixtures
+import test_replicas
+from test_replicas import ReplicaFixtures
 
 HAVE_CK = kafkatest.Producer is not None
 TOPIC = "users"
@@ -377,6 +381,88 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("auto.offset.reset", resp.message)
         self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
+
+
+@unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
+class RebuildReplicasTest(ReplicaFixtures, unittest.TestCase):
+    """kvs-cli rebuild over a cluster map: which copies it rebuilds."""
+
+    def cli(self, router, *args):
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
+                            "--timeout", "5"] + list(args), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr
+
+    def worker_get(self, router, shard, key):
+        """(status, value) of Hget KEY at `router`'s worker of `shard`."""
+        with router.worker_client(shard) as c:
+            resp = c.call(req_hget(test_replicas.TABLE, key))
+        return resp.status, pyval(resp.values[0]) if resp.values else None
+
+    def test_rebuild_node_rebuilds_only_that_nodes_copies(self):
+        table, shards = test_replicas.TABLE, test_replicas.SHARDS
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        keys = {b"r%d" % i: "v%d" % i for i in range(40)}
+        with a.client() as c:
+            for k, v in keys.items():
+                resp = c.call(req_hset(table, k, v))
+                self.assertEqual(resp.status, 200, resp.message)
+        ends = {p: hi for p, (lo, hi) in
+                watermarks(mock.bootstrap, test_replicas.TOPIC, test_replicas.TOPIC_PARTS).items()}
+
+        def applied(r, s):
+            parts = kafka_parts(info_pairs(r.socket_path(s)), test_replicas.TOPIC)
+            return all(parts[p]["next_offset"] == ends[p] for p in parts)
+
+        for n, r in rt.items():
+            for s in layout[n]:
+                self.assertTrue(wait_until(lambda: applied(r, s), 20), (n, s))
+        # A pair the topic never held, on every copy of shard 0 (as a bug
+        # or a disk could leave): only a rebuilt copy loses it.
+        intruder = next(b"intruder-%d" % i for i in range(1000)
+                        if test_replicas.shard_of_key(b"intruder-%d" % i) == 0)
+        stored = pb.Value(string_value="in").SerializeToString()
+        line = intruder + b"\n" + b"".join(b"\\%02x" % c for c in stored) + b"\n"
+        for r in (a, b):
+            self.assertEqual(r.stop(), 0)
+            self.assertTrue(r.wait_all_gone())
+            subprocess.run(["mdb_load", "-T", "-s", table, os.path.join(r.data_dir, "shard-0")],
+                           input=line, check=True, timeout=10)
+            r.proc = None
+        self.start_all(a, b)
+        for r in (a, b):
+            self.assertEqual(self.worker_get(r, 0, intruder), (200, "in"))
+
+        rc, out, err = self.cli(a, "rebuild", table, "--node", "b")
+        self.assertEqual(rc, 0, err)
+        # One line per copy of b's, none for a's.
+        self.assertEqual(sorted(ln.split(":")[0] for ln in out.splitlines()),
+                         ["shard 0 b", "shard 1 b"], out)
+        self.assertEqual(b.stderr().count("emptied on request (Rebuild)"), 2)
+        self.assertEqual(a.stderr().count("emptied on request (Rebuild)"), 0)
+        for s in layout["b"]:
+            self.assertTrue(wait_until(lambda: applied(b, s), 20), s)
+        self.assertEqual(self.worker_get(b, 0, intruder), (404, None), "b's copy was rebuilt")
+        self.assertEqual(self.worker_get(a, 0, intruder), (200, "in"), "a's copy was not")
+        for k, v in keys.items():  # b's copies read the topic again, all of it
+            s = test_replicas.shard_of_key(k)
+            if s in layout["b"]:
+                self.assertEqual(self.worker_get(b, s, k), (200, v), k)
+
+        # Without --node every copy is asked; one that cannot be reached
+        # is reported, and the others are still rebuilt.
+        b.kill_all()
+        rc, out, err = self.cli(a, "rebuild", table)
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(sorted(ln.split(":")[0] for ln in out.splitlines()),
+                         ["shard %d a" % s for s in range(shards)], out)
+        self.assertEqual(sorted(ln.split(":")[1].strip() for ln in err.splitlines()),
+                         ["shard 0 b", "shard 1 b"], err)
+        for s in range(shards):
+            self.assertTrue(wait_until(lambda: applied(a, s), 20), s)
+        self.assertEqual(self.worker_get(a, 0, intruder), (404, None), "a's copy was rebuilt")
 
 if __name__ == "__main__":
     unittest.main()
