@@ -179,6 +179,10 @@ struct node_ingest_s {
     rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
+    /* Test hook (KVS_TEST_RANGE_SHORT_ANSWERS, test builds only): this
+     * many of the next answers to range questions say the log ends where
+     * it starts, as a broker that lags behind may. 0 = off. */
+    unsigned long short_answers;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
     char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -879,6 +883,10 @@ static void range_done(uv_work_t *w, int status)
             continue; /* assigned again meanwhile (a rewind, a Rebuild): a stale answer */
         if (r->lo < 0 || r->hi < 0)
             continue; /* unanswered: still out_of_range, asked again at the next tick */
+        if (in->short_answers > 0) {
+            in->short_answers--;
+            r->hi = r->lo;
+        }
         again |= range_decide(in, r->t, r->q.p, r->lo, r->hi);
     }
     in->n_ranges = 0;
@@ -1716,8 +1724,10 @@ static int start_queue(node_ingest_t *in)
 }
 
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
- * while a worker lags. Compiled in only with KVS_TEST_HOOKS; never a
- * config key. */
+ * while a worker lags. KVS_TEST_RANGE_SHORT_ANSWERS: the next N answers
+ * to range questions are short, for tests of what one lagging broker's
+ * answer does (there is no such broker in the mock cluster). Compiled in
+ * only with KVS_TEST_HOOKS; never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
 #ifdef KVS_TEST_HOOKS
@@ -1726,6 +1736,13 @@ static void read_test_hooks(node_ingest_t *in)
         in->throttle_ms = strtoull(d, NULL, 10);
         kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
                  (unsigned long long)in->throttle_ms);
+    }
+    d = getenv("KVS_TEST_RANGE_SHORT_ANSWERS");
+    if (d != NULL && *d != '\0') {
+        in->short_answers = strtoul(d, NULL, 10);
+        kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "
+                 "starts (KVS_TEST_RANGE_SHORT_ANSWERS)",
+                 in->short_answers);
     }
 #else
     (void)in;
