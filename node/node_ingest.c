@@ -117,7 +117,8 @@ typedef struct part_s {
     /* Rebuilt in a batch not known to have committed yet, and what it
      * was before (restored should that batch be lost). */
     int rebuilding, was_diverged, was_halted;
-    int suspect; /* one answer said the log ends below `next`: the next one decides */
+    int suspect; /* one answer said the log ends below `next`: the next one decides
+                    (the next one of the same round: an assignment ends a round) */
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -1554,6 +1555,7 @@ static void ingest_assign(node_ingest_t *in)
                 pt->next >= 0 && !pt->restart ? pt->next : start_of(in, pt);
             pt->restart = 0;
             pt->out_of_range = 0; /* fetching again */
+            pt->suspect = 0;      /* a short answer was about the round this one ends */
         }
     }
     rd_kafka_resp_err_t err = rd_kafka_assign(in->rk, l);

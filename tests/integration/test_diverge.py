@@ -335,6 +335,51 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual((parts[0]["applied"], parts[0]["diverged"]), (30, 0), parts[0])
         self.assert_values(r.addr, "users", dict(recs))
 
+    def test_a_short_answer_is_forgotten_once_the_partition_is_assigned_again(self):
+        # A fetch fails out of range and the first answer says the log ends
+        # below what was applied (the hook: a lagging broker); the next
+        # questions go unanswered. Before one is, the worker assigns its
+        # partitions again (here a Rebuild of another table; another
+        # partition's round does the same): the partition fetches again,
+        # and the suspicion must go with the round it belonged to. So when,
+        # later, a fetch fails once more and one answer is short again,
+        # that is a first answer: asked again, not halted.
+        m = self.mock({TOPIC: 1, "zeta": 1}, control=True)
+        m.ctl("leader zeta 0 -1")  # never fetched: only TOPIC's fetches fail
+        produce(m.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(20)])
+        r = self.router(m, [(TOPIC, "users", "raw", 1), ("zeta", "zeta", "raw", 1)], shards=1,
+                        env={"KVS_TEST_RANGE_SHORT_ANSWERS": "2"})
+        self.wait_caught_up(r, TOPIC, {0: 20})
+        assigned = "kafka: consuming 2 partition(s)"
+        self.assertEqual(r.stderr().count(assigned), 1)
+        m.ctl("error ListOffsets NO_ERROR 2")  # one answer (start, end) ...
+        m.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")  # ... then none
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1")
+        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr(), 10),
+                        "the short answer must make the partition suspect")
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--socket", r.socket_path(0),
+                            "--timeout", "5", "rebuild", "zeta"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(r.stderr().count(assigned), 2, "the Rebuild assigns every partition")
+        m.ctl("clear-errors ListOffsets")
+        produce(m.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(20)])
+        self.wait_caught_up(r, TOPIC, {0: 40})  # it fetches again
+        self.assertEqual(r.stderr().count("asking again to be sure"), 1)
+
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1")
+        self.assertTrue(wait_until(lambda: r.stderr().count(assigned) == 3 or
+                                   "DIVERGED" in r.stderr(), 10), "no second round")
+        log = r.stderr()
+        self.assertFalse("DIVERGED" in log, "one short answer halted the partition")
+        self.assertEqual(log.count("asking again to be sure"), 2)
+        self.assertIn("offset 40 is in the log (0..40) when asked again", log)
+        recs = [(b"c%d" % i, b"z%d" % i) for i in range(20)]
+        produce(m.bootstrap, TOPIC, recs)
+        parts = self.wait_caught_up(r, TOPIC, {0: 60})
+        self.assertEqual((parts[0]["diverged"], parts[0]["applied"]), (0, 60), parts[0])
+        self.assert_values(r.addr, "users", dict(recs))
+
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
         was down (it keeps about 5 MiB per partition). Returns (router,
