@@ -426,6 +426,22 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("auto.offset.reset", resp.message)
         self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
+    def test_rebuild_of_a_partition_halted_by_auto_offset_reset_error(self):
+        r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
+        r.start()
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["halted"] == 1, 20),
+                        "the partition must be halted")
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        # From the log's first record, whatever auto.offset.reset says.
+        parts = self.wait_caught_up(r, TOPIC, {0: hi}, timeout=20)
+        self.assertEqual((parts[0]["halted"], parts[0]["applied"]), (0, len(kept)), parts[0])
+        expect = {b"old-%d" % i: None for i in range(50)}  # emptied: gone with the table
+        expect.update(list(kept.items())[:20])
+        self.assert_values(r.addr, "users", expect)
+        with Client(r.addr) as c:  # writable again
+            resp = c.call(req_hset("users", "k", b"v"))
+            self.assertEqual(resp.status, 200, resp.message)
 
 
 @unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
