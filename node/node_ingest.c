@@ -760,6 +760,7 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
  *                   before this shard read them: the user's
  *                   auto.offset.reset decides, as before (earliest: the
  *                   first record left, the gap logged; latest: the end;
+ *                   `next` moves there and is stored at once: skip_to;
  *                   error: the partition is halted).
  *   otherwise       the brokers disagreed for a moment (a leader change):
  *                   consuming resumes where it was.
@@ -796,6 +797,26 @@ static void range_work(uv_work_t *w)
     list_offsets(in, RD_KAFKA_OFFSET_END, in->ranges, sizeof(*in->ranges), in->n_ranges);
     for (size_t i = 0; i < in->n_ranges; i++)
         in->ranges[i].hi = in->ranges[i].q.off;
+}
+
+/* Moves `next` over records the log no longer has, to `to`, and stores
+ * it in the turn's batch: lag counts from there (and the router's reads
+ * of the environment agree) whether or not a record comes soon, and a
+ * restart resumes there. Should the batch be lost, the rewind reloads the
+ * old offset and the next fetch finds it out of range again. */
+static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
+{
+    part_t *pt = &t->parts[p];
+    pt->next = to;
+    int rc = node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN);
+    if (rc == 0)
+        rc = node_store_reserve_end(in->store, part_save(in, t, p));
+    if (rc == 0 && in->pending_gen == 0)
+        in->pending_gen = node_store_batch_gen(in->store);
+    if (rc != 0 && !in->rewind) {
+        in->rewind = 1;
+        in->rewind_err = rc;
+    }
 }
 
 /* Decides what becomes of a partition whose log was found to span
@@ -839,10 +860,17 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   topic, p, (long long)pt->next, (long long)lo - 1);
         return 0;
     }
-    if (pt->next < 0 || pt->next < lo) {
-        pt->restart = 1; /* apply_some logs the gap when the first record comes */
+    if (pt->next < 0) {
+        pt->restart = 1; /* nothing stored: wherever auto.offset.reset says */
         kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
                  topic, p, (long long)lo);
+    } else if (pt->next < lo) {
+        int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+        kvs_warn("kafka %s [%d]: offsets %lld..%lld are gone (deleted before this shard applied "
+                 "them); resuming at offset %lld, the log's %s (auto.offset.reset)",
+                 topic, p, (long long)pt->next, (long long)lo - 1, (long long)to,
+                 in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
+        skip_to(in, t, p, to);
     } else {
         kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld)%s; resuming there", topic,
                  p, (long long)pt->next, (long long)lo, (long long)hi,

@@ -426,6 +426,41 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("auto.offset.reset", resp.message)
         self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
+    def test_records_deleted_with_auto_offset_reset_latest_resume_at_the_log_end(self):
+        # Restarted with auto.offset.reset latest (and kafka.max_lag 5)
+        # after records it never read were deleted: the partition resumes
+        # at the log's end, so it is caught up at once, and stays so across
+        # a restart, though no record came since to move its offset.
+        r, m, lo, hi, kept = self.retention_setup()  # earliest: the first 50 applied
+        with open(r.config) as f:
+            text = f.read()
+        prop = '    "reconnect.backoff.max.ms": "500"\n'
+        self.assertIn(prop, text)
+        self.assertIn("kafka:\n", text)
+        text = text.replace(prop, prop + '    "auto.offset.reset": "latest"\n')
+        with open(r.config, "w") as f:
+            f.write(text.replace("kafka:\n", "kafka:\n  max_lag: 5\n"))
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi}, timeout=10)
+        self.assertEqual((parts[0]["applied"], parts[0]["diverged"], parts[0]["halted"]),
+                         (50, 0, 0), "nothing of the log applied: it resumed at its end")
+        self.assertRegex(r.stderr(), r"offsets 50\.\.%d are gone" % (lo - 1))
+        expect = {k: None for k in list(kept)[:20]}
+        expect[b"old-7"] = b"x"
+        self.assert_values(r.addr, "users", expect)  # served: not "catching up"
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        asked = r.stderr().count("asking the brokers where the log starts and ends")
+        r.start()
+        self.wait_caught_up(r, TOPIC, {0: hi}, timeout=10)
+        self.assert_values(r.addr, "users", expect)
+        produce(m.bootstrap, TOPIC, [(b"after", b"a")])  # and it goes on from there
+        parts = self.wait_caught_up(r, TOPIC, {0: hi + 1})
+        self.assertEqual(parts[0]["applied"], 51, parts[0])
+        self.assert_values(r.addr, "users", {b"after": b"a"})
+        self.assertEqual(r.stderr().count("asking the brokers where the log starts and ends"),
+                         asked, "the offset it resumed at was stored")
+
     def test_rebuild_of_a_partition_halted_by_auto_offset_reset_error(self):
         r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
         r.start()
