@@ -117,7 +117,8 @@ typedef struct part_s {
     /* Rebuilt in a batch not known to have committed yet, and what it
      * was before (restored should that batch be lost). */
     int rebuilding, was_diverged, was_halted;
-    int suspect; /* one answer said the log ends below `next`: the next one decides */
+    int suspect; /* one answer said the log ends below `next`: the next one decides
+                    (the next one of the same round: an assignment ends a round) */
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -179,6 +180,10 @@ struct node_ingest_s {
     rd_kafka_message_t *throttled; /* taken from the queue, not applied yet */
     uint64_t throttled_at, last_apply;
     uv_timer_t throttle_timer;
+    /* Test hook (KVS_TEST_RANGE_SHORT_ANSWERS, test builds only): this
+     * many of the next answers to range questions say the log ends where
+     * it starts, as a broker that lags behind may. 0 = off. */
+    unsigned long short_answers;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
     char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -755,6 +760,7 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
  *                   before this shard read them: the user's
  *                   auto.offset.reset decides, as before (earliest: the
  *                   first record left, the gap logged; latest: the end;
+ *                   `next` moves there and is stored at once: skip_to;
  *                   error: the partition is halted).
  *   otherwise       the brokers disagreed for a moment (a leader change):
  *                   consuming resumes where it was.
@@ -791,6 +797,26 @@ static void range_work(uv_work_t *w)
     list_offsets(in, RD_KAFKA_OFFSET_END, in->ranges, sizeof(*in->ranges), in->n_ranges);
     for (size_t i = 0; i < in->n_ranges; i++)
         in->ranges[i].hi = in->ranges[i].q.off;
+}
+
+/* Moves `next` over records the log no longer has, to `to`, and stores
+ * it in the turn's batch: lag counts from there (and the router's reads
+ * of the environment agree) whether or not a record comes soon, and a
+ * restart resumes there. Should the batch be lost, the rewind reloads the
+ * old offset and the next fetch finds it out of range again. */
+static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
+{
+    part_t *pt = &t->parts[p];
+    pt->next = to;
+    int rc = node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN);
+    if (rc == 0)
+        rc = node_store_reserve_end(in->store, part_save(in, t, p));
+    if (rc == 0 && in->pending_gen == 0)
+        in->pending_gen = node_store_batch_gen(in->store);
+    if (rc != 0 && !in->rewind) {
+        in->rewind = 1;
+        in->rewind_err = rc;
+    }
 }
 
 /* Decides what becomes of a partition whose log was found to span
@@ -834,10 +860,17 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   topic, p, (long long)pt->next, (long long)lo - 1);
         return 0;
     }
-    if (pt->next < 0 || pt->next < lo) {
-        pt->restart = 1; /* apply_some logs the gap when the first record comes */
+    if (pt->next < 0) {
+        pt->restart = 1; /* nothing stored: wherever auto.offset.reset says */
         kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
                  topic, p, (long long)lo);
+    } else if (pt->next < lo) {
+        int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+        kvs_warn("kafka %s [%d]: offsets %lld..%lld are gone (deleted before this shard applied "
+                 "them); resuming at offset %lld, the log's %s (auto.offset.reset)",
+                 topic, p, (long long)pt->next, (long long)lo - 1, (long long)to,
+                 in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
+        skip_to(in, t, p, to);
     } else {
         kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld)%s; resuming there", topic,
                  p, (long long)pt->next, (long long)lo, (long long)hi,
@@ -879,6 +912,10 @@ static void range_done(uv_work_t *w, int status)
             continue; /* assigned again meanwhile (a rewind, a Rebuild): a stale answer */
         if (r->lo < 0 || r->hi < 0)
             continue; /* unanswered: still out_of_range, asked again at the next tick */
+        if (in->short_answers > 0) {
+            in->short_answers--;
+            r->hi = r->lo;
+        }
         again |= range_decide(in, r->t, r->q.p, r->lo, r->hi);
     }
     in->n_ranges = 0;
@@ -1546,6 +1583,7 @@ static void ingest_assign(node_ingest_t *in)
                 pt->next >= 0 && !pt->restart ? pt->next : start_of(in, pt);
             pt->restart = 0;
             pt->out_of_range = 0; /* fetching again */
+            pt->suspect = 0;      /* a short answer was about the round this one ends */
         }
     }
     rd_kafka_resp_err_t err = rd_kafka_assign(in->rk, l);
@@ -1716,8 +1754,10 @@ static int start_queue(node_ingest_t *in)
 }
 
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
- * while a worker lags. Compiled in only with KVS_TEST_HOOKS; never a
- * config key. */
+ * while a worker lags. KVS_TEST_RANGE_SHORT_ANSWERS: the next N answers
+ * to range questions are short, for tests of what one lagging broker's
+ * answer does (there is no such broker in the mock cluster). Compiled in
+ * only with KVS_TEST_HOOKS; never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
 #ifdef KVS_TEST_HOOKS
@@ -1726,6 +1766,13 @@ static void read_test_hooks(node_ingest_t *in)
         in->throttle_ms = strtoull(d, NULL, 10);
         kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
                  (unsigned long long)in->throttle_ms);
+    }
+    d = getenv("KVS_TEST_RANGE_SHORT_ANSWERS");
+    if (d != NULL && *d != '\0') {
+        in->short_answers = strtoul(d, NULL, 10);
+        kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "
+                 "starts (KVS_TEST_RANGE_SHORT_ANSWERS)",
+                 in->short_answers);
     }
 #else
     (void)in;

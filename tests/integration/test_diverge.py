@@ -19,8 +19,10 @@ cases, told apart by asking the brokers where the log starts and ends:
     halts the partition with an error.
 
 Rebuild (`kvs-cli --config FILE rebuild TABLE`, a worker command sent to
-every replica) empties a bound table and reads its topic again from the
-first record: how a diverged partition takes the new topic's data.
+every replica, or with --node NAME to that node's copies only) empties a
+bound table and reads its topic again from the first record: how a
+diverged partition takes the new topic's data. RebuildReplicasTest runs
+it over a cluster of two nodes (test_replicas' fixtures).
 
 A topic "deleted and created again" is a second kvs-mock-kafka with a topic
 of the same name, the node's config pointed at it. Records deleted by
@@ -40,6 +42,8 @@ from routertest import partition_of
 import kafkatest
 from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
 from test_ingest import KafkaFixtures
+import test_replicas
+from test_replicas import ReplicaFixtures
 
 HAVE_CK = kafkatest.Producer is not None
 TOPIC = "users"
@@ -260,6 +264,122 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(parts[0]["applied"], 20, parts[0])
         self.assert_values(r.addr, "users", recs)
 
+    def test_one_short_answer_does_not_halt_the_partition(self):
+        # The node applied 100 records from mock `a`; mock `b`'s log ends
+        # at 5. The brokers' first answer (start, end) is given; every
+        # later question goes unanswered (a leader moving) until the
+        # errors are cleared, by when `b`'s log holds the offset after all.
+        a = self.mock({TOPIC: 1})
+        produce(a.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(100)])
+        r = self.router(a, [(TOPIC, "users", "raw", 1)], shards=1)
+        self.wait_caught_up(r, TOPIC, {0: 100})
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: 1}, control=True)
+        produce(b.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(5)])
+        # One answer is two ListOffsets requests: where the log starts, ends.
+        b.ctl("error ListOffsets NO_ERROR 2")
+        b.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")
+        self.point_at(r, a, b)
+        r.start()
+        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr() or
+                                   "DIVERGED" in r.stderr(), 20), "no answer came")
+        log = r.stderr()
+        self.assertFalse("DIVERGED" in log, "one answer must not halt the partition")
+        self.assertIn("asking again to be sure", log)
+        self.assertEqual(self.parts(r)[0]["diverged"], 0)
+        recs = [(b"c%d" % i, b"z%d" % i) for i in range(200)]
+        produce(b.bootstrap, TOPIC, recs)  # the log now ends at 205: offset 100 is in it
+        b.ctl("clear-errors ListOffsets")
+        parts = self.wait_caught_up(r, TOPIC, {0: 205})
+        self.assertEqual((parts[0]["diverged"], parts[0]["halted"]), (0, 0), parts[0])
+        self.assertEqual(parts[0]["applied"], 100 + 105, "resumed at offset 100, nothing skipped")
+        log = r.stderr()
+        self.assertIn("(0..205) when asked again; resuming there", log)
+        self.assertFalse("DIVERGED" in log)
+        expect = {k: None for k, v in recs[:95]}  # offsets 5..99: below where it resumed
+        expect.update(recs[95:])
+        self.assert_values(r.addr, "users", expect)
+
+    def test_a_fetch_that_keeps_failing_is_retried_once_a_second(self):
+        # Every fetch answers "out of range" while the brokers say the
+        # offset is in the log: each round (ask, decide "transient", assign
+        # again) waits RANGE_RETRY_MS (1 s), so questions come about once a
+        # second, never in a spin, and consuming resumes once fetches work.
+        m = self.mock({TOPIC: 1}, control=True)
+        produce(m.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(20)])
+        # librdkafka's own pause after a failed fetch (500 ms) off: only
+        # kvs's wait is left between the rounds.
+        r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1,
+                        properties={"fetch.error.backoff.ms": "0"})
+        self.wait_caught_up(r, TOPIC, {0: 20})
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 100000")
+        asked = "is not in the partition's log"
+        self.assertTrue(wait_until(lambda: asked in r.stderr(), 10), "no fetch failed")
+        first = r.stderr().count(asked)
+        time.sleep(4.0)
+        log = r.stderr()
+        rounds = log.count(asked) - first
+        self.assertGreaterEqual(rounds, 2, "the partition must be assigned again, each second")
+        self.assertLessEqual(rounds, 6, "a question at most about once a second, not a spin")
+        # Every answer: the offset is in the log after all.
+        self.assertGreaterEqual(log.count("offset 20 is in the log (0..20) after all"),
+                                first + rounds - 1)
+        for other in ("DIVERGED", "asking again to be sure", "resuming at auto.offset.reset"):
+            self.assertFalse(other in log, other)
+        self.assertEqual(self.parts(r)[0]["diverged"], 0)
+        m.ctl("clear-errors Fetch")
+        recs = [(b"b%d" % i, b"y%d" % i) for i in range(10)]
+        produce(m.bootstrap, TOPIC, recs)
+        parts = self.wait_caught_up(r, TOPIC, {0: 30})
+        self.assertEqual((parts[0]["applied"], parts[0]["diverged"]), (30, 0), parts[0])
+        self.assert_values(r.addr, "users", dict(recs))
+
+    def test_a_short_answer_is_forgotten_once_the_partition_is_assigned_again(self):
+        # A fetch fails out of range and the first answer says the log ends
+        # below what was applied (the hook: a lagging broker); the next
+        # questions go unanswered. Before one is, the worker assigns its
+        # partitions again (here a Rebuild of another table; another
+        # partition's round does the same): the partition fetches again,
+        # and the suspicion must go with the round it belonged to. So when,
+        # later, a fetch fails once more and one answer is short again,
+        # that is a first answer: asked again, not halted.
+        m = self.mock({TOPIC: 1, "zeta": 1}, control=True)
+        m.ctl("leader zeta 0 -1")  # never fetched: only TOPIC's fetches fail
+        produce(m.bootstrap, TOPIC, [(b"a%d" % i, b"x") for i in range(20)])
+        r = self.router(m, [(TOPIC, "users", "raw", 1), ("zeta", "zeta", "raw", 1)], shards=1,
+                        env={"KVS_TEST_RANGE_SHORT_ANSWERS": "2"})
+        self.wait_caught_up(r, TOPIC, {0: 20})
+        assigned = "kafka: consuming 2 partition(s)"
+        self.assertEqual(r.stderr().count(assigned), 1)
+        m.ctl("error ListOffsets NO_ERROR 2")  # one answer (start, end) ...
+        m.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 10000")  # ... then none
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1")
+        self.assertTrue(wait_until(lambda: "asking again to be sure" in r.stderr(), 10),
+                        "the short answer must make the partition suspect")
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--socket", r.socket_path(0),
+                            "--timeout", "5", "rebuild", "zeta"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(r.stderr().count(assigned), 2, "the Rebuild assigns every partition")
+        m.ctl("clear-errors ListOffsets")
+        produce(m.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(20)])
+        self.wait_caught_up(r, TOPIC, {0: 40})  # it fetches again
+        self.assertEqual(r.stderr().count("asking again to be sure"), 1)
+
+        m.ctl("error Fetch OFFSET_OUT_OF_RANGE 1")
+        self.assertTrue(wait_until(lambda: r.stderr().count(assigned) == 3 or
+                                   "DIVERGED" in r.stderr(), 10), "no second round")
+        log = r.stderr()
+        self.assertFalse("DIVERGED" in log, "one short answer halted the partition")
+        self.assertEqual(log.count("asking again to be sure"), 2)
+        self.assertIn("offset 40 is in the log (0..40) when asked again", log)
+        recs = [(b"c%d" % i, b"z%d" % i) for i in range(20)]
+        produce(m.bootstrap, TOPIC, recs)
+        parts = self.wait_caught_up(r, TOPIC, {0: 60})
+        self.assertEqual((parts[0]["diverged"], parts[0]["applied"]), (0, 60), parts[0])
+        self.assert_values(r.addr, "users", dict(recs))
+
     def retention_setup(self, properties=None):
         """A partition whose first records the mock dropped while the node
         was down (it keeps about 5 MiB per partition). Returns (router,
@@ -306,6 +426,139 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("auto.offset.reset", resp.message)
         self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
+    def test_records_deleted_with_auto_offset_reset_latest_resume_at_the_log_end(self):
+        # Restarted with auto.offset.reset latest (and kafka.max_lag 5)
+        # after records it never read were deleted: the partition resumes
+        # at the log's end, so it is caught up at once, and stays so across
+        # a restart, though no record came since to move its offset.
+        r, m, lo, hi, kept = self.retention_setup()  # earliest: the first 50 applied
+        with open(r.config) as f:
+            text = f.read()
+        prop = '    "reconnect.backoff.max.ms": "500"\n'
+        self.assertIn(prop, text)
+        self.assertIn("kafka:\n", text)
+        text = text.replace(prop, prop + '    "auto.offset.reset": "latest"\n')
+        with open(r.config, "w") as f:
+            f.write(text.replace("kafka:\n", "kafka:\n  max_lag: 5\n"))
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi}, timeout=10)
+        self.assertEqual((parts[0]["applied"], parts[0]["diverged"], parts[0]["halted"]),
+                         (50, 0, 0), "nothing of the log applied: it resumed at its end")
+        self.assertRegex(r.stderr(), r"offsets 50\.\.%d are gone" % (lo - 1))
+        expect = {k: None for k in list(kept)[:20]}
+        expect[b"old-7"] = b"x"
+        self.assert_values(r.addr, "users", expect)  # served: not "catching up"
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        asked = r.stderr().count("asking the brokers where the log starts and ends")
+        r.start()
+        self.wait_caught_up(r, TOPIC, {0: hi}, timeout=10)
+        self.assert_values(r.addr, "users", expect)
+        produce(m.bootstrap, TOPIC, [(b"after", b"a")])  # and it goes on from there
+        parts = self.wait_caught_up(r, TOPIC, {0: hi + 1})
+        self.assertEqual(parts[0]["applied"], 51, parts[0])
+        self.assert_values(r.addr, "users", {b"after": b"a"})
+        self.assertEqual(r.stderr().count("asking the brokers where the log starts and ends"),
+                         asked, "the offset it resumed at was stored")
+
+    def test_rebuild_of_a_partition_halted_by_auto_offset_reset_error(self):
+        r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
+        r.start()
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["halted"] == 1, 20),
+                        "the partition must be halted")
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        # From the log's first record, whatever auto.offset.reset says.
+        parts = self.wait_caught_up(r, TOPIC, {0: hi}, timeout=20)
+        self.assertEqual((parts[0]["halted"], parts[0]["applied"]), (0, len(kept)), parts[0])
+        expect = {b"old-%d" % i: None for i in range(50)}  # emptied: gone with the table
+        expect.update(list(kept.items())[:20])
+        self.assert_values(r.addr, "users", expect)
+        with Client(r.addr) as c:  # writable again
+            resp = c.call(req_hset("users", "k", b"v"))
+            self.assertEqual(resp.status, 200, resp.message)
+
+
+@unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
+class RebuildReplicasTest(ReplicaFixtures, unittest.TestCase):
+    """kvs-cli rebuild over a cluster map: which copies it rebuilds."""
+
+    def cli(self, router, *args):
+        p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
+                            "--timeout", "5"] + list(args), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr
+
+    def worker_get(self, router, shard, key):
+        """(status, value) of Hget KEY at `router`'s worker of `shard`."""
+        with router.worker_client(shard) as c:
+            resp = c.call(req_hget(test_replicas.TABLE, key))
+        return resp.status, pyval(resp.values[0]) if resp.values else None
+
+    def test_rebuild_node_rebuilds_only_that_nodes_copies(self):
+        table, shards = test_replicas.TABLE, test_replicas.SHARDS
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1]}
+        mock, bases, rt = self.cluster(layout=layout)
+        a, b = rt["a"], rt["b"]
+        keys = {b"r%d" % i: "v%d" % i for i in range(40)}
+        with a.client() as c:
+            for k, v in keys.items():
+                resp = c.call(req_hset(table, k, v))
+                self.assertEqual(resp.status, 200, resp.message)
+        ends = {p: hi for p, (lo, hi) in
+                watermarks(mock.bootstrap, test_replicas.TOPIC, test_replicas.TOPIC_PARTS).items()}
+
+        def applied(r, s):
+            parts = kafka_parts(info_pairs(r.socket_path(s)), test_replicas.TOPIC)
+            return all(parts[p]["next_offset"] == ends[p] for p in parts)
+
+        for n, r in rt.items():
+            for s in layout[n]:
+                self.assertTrue(wait_until(lambda: applied(r, s), 20), (n, s))
+        # A pair the topic never held, on every copy of shard 0 (as a bug
+        # or a disk could leave): only a rebuilt copy loses it.
+        intruder = next(b"intruder-%d" % i for i in range(1000)
+                        if test_replicas.shard_of_key(b"intruder-%d" % i) == 0)
+        stored = pb.Value(string_value="in").SerializeToString()
+        line = intruder + b"\n" + b"".join(b"\\%02x" % c for c in stored) + b"\n"
+        for r in (a, b):
+            self.assertEqual(r.stop(), 0)
+            self.assertTrue(r.wait_all_gone())
+            subprocess.run(["mdb_load", "-T", "-s", table, os.path.join(r.data_dir, "shard-0")],
+                           input=line, check=True, timeout=10)
+            r.proc = None
+        self.start_all(a, b)
+        for r in (a, b):
+            self.assertEqual(self.worker_get(r, 0, intruder), (200, "in"))
+
+        rc, out, err = self.cli(a, "rebuild", table, "--node", "b")
+        self.assertEqual(rc, 0, err)
+        # One line per copy of b's, none for a's.
+        self.assertEqual(sorted(ln.split(":")[0] for ln in out.splitlines()),
+                         ["shard 0 b", "shard 1 b"], out)
+        self.assertEqual(b.stderr().count("emptied on request (Rebuild)"), 2)
+        self.assertEqual(a.stderr().count("emptied on request (Rebuild)"), 0)
+        for s in layout["b"]:
+            self.assertTrue(wait_until(lambda: applied(b, s), 20), s)
+        self.assertEqual(self.worker_get(b, 0, intruder), (404, None), "b's copy was rebuilt")
+        self.assertEqual(self.worker_get(a, 0, intruder), (200, "in"), "a's copy was not")
+        for k, v in keys.items():  # b's copies read the topic again, all of it
+            s = test_replicas.shard_of_key(k)
+            if s in layout["b"]:
+                self.assertEqual(self.worker_get(b, s, k), (200, v), k)
+
+        # Without --node every copy is asked; one that cannot be reached
+        # is reported, and the others are still rebuilt.
+        b.kill_all()
+        rc, out, err = self.cli(a, "rebuild", table)
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(sorted(ln.split(":")[0] for ln in out.splitlines()),
+                         ["shard %d a" % s for s in range(shards)], out)
+        self.assertEqual(sorted(ln.split(":")[1].strip() for ln in err.splitlines()),
+                         ["shard 0 b", "shard 1 b"], err)
+        for s in range(shards):
+            self.assertTrue(wait_until(lambda: applied(a, s), 20), s)
+        self.assertEqual(self.worker_get(a, 0, intruder), (404, None), "a's copy was rebuilt")
 
 if __name__ == "__main__":
     unittest.main()
