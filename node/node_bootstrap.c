@@ -23,8 +23,9 @@
  * placement, as the store checks them when it opens it) and renamed to
  * data.mdb (and the directory synced): a crash at any point leaves either
  * no data.mdb (the next start bootstraps again; a stale .part is removed
- * first) or a complete one. A peer that sends no bytes for
- * limits.frame_timeout (30 s by default) is given up, as is one that
+ * first) or a complete one. A peer that sends less than MIN_PROGRESS bytes
+ * in limits.frame_timeout (30 s by default: a stall, or a trickle of a few
+ * bytes at a time) is given up, as is one that
  * answers an error, closes early, sends bytes that do not match, or sends
  * an environment of another shard or cluster layout. That deadline times
  * the peer only: it stops while a chunk is being written and once the
@@ -69,6 +70,10 @@
 #include <unistd.h>
 
 #define MAX_WAITING 256 /* clients answered 503 at once, at most */
+/* What a peer must send per limits.frame_timeout to keep the copy going: a
+ * stall and a trickle are alike (a legitimate sender, even over a slow
+ * link, sends this much in a fraction of a second). */
+#define MIN_PROGRESS (64u * 1024u)
 
 typedef struct boot_s boot_t;
 
@@ -92,7 +97,9 @@ struct boot_s {
     kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
     waiter_t *waiters;
     uv_signal_t sigterm, sigint;
-    uv_timer_t timer; /* the peer's stall deadline */
+    uv_timer_t timer;    /* the peer's stall deadline */
+    uint64_t window_got; /* bytes since the deadline was last set afresh */
+    uint64_t window_ms;  /* its time left while a chunk is written */
     uv_connect_t connect_req;
     kvs_conn_t *conn; /* to the peer; NULL between attempts */
     uv_fs_t fs;
@@ -290,6 +297,15 @@ static void install(boot_t *b)
 
 /* ---- the stream --------------------------------------------------------------------- */
 
+static void on_stall(uv_timer_t *t);
+
+/* The peer's deadline: limits.frame_timeout (0, "never", is 30 s here: a
+ * copy that never ends holds the shard's lock and its 503s for ever). */
+static uint64_t stall_ms(const boot_t *b)
+{
+    return b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000;
+}
+
 static void on_written(uv_fs_t *req)
 {
     boot_t *b = req->data;
@@ -312,7 +328,14 @@ static void on_written(uv_fs_t *req)
         return;
     }
     if (b->conn != NULL) {
-        uv_timer_again(&b->timer); /* the peer's turn again: its time runs from now */
+        /* The peer's turn again: a new deadline once it sent MIN_PROGRESS
+         * bytes since the last one, else what was left of that one. */
+        uint64_t full = stall_ms(b), due = b->window_ms;
+        if (b->window_got >= MIN_PROGRESS) {
+            b->window_got = 0;
+            due = full;
+        }
+        uv_timer_start(&b->timer, on_stall, due > 0 ? due : 1, full);
         kvs_conn_resume(b->conn);
     }
 }
@@ -324,6 +347,7 @@ static void write_chunk(boot_t *b, const uint8_t *p, size_t n)
     b->writing = 1;
     kvs_conn_pause(b->conn); /* one write in flight: memory stays at one chunk */
     /* Our disk's time, not the peer's: its deadline waits. */
+    b->window_ms = uv_timer_get_due_in(&b->timer);
     uv_timer_stop(&b->timer);
     uv_buf_t buf = uv_buf_init((char *)b->wbuf, (unsigned)n);
     b->fs.data = b;
@@ -370,6 +394,7 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         if (v.len == 0)
             return; /* no progress: the stall deadline runs on */
         b->got += v.len;
+        b->window_got += v.len;
         kvs_hash_update(b->hash, v.bytes, v.len);
         write_chunk(b, v.bytes, v.len);
         return;
@@ -412,7 +437,7 @@ static void on_peer_closed(kvs_conn_t *c)
 static void on_stall(uv_timer_t *t)
 {
     boot_t *b = t->data;
-    attempt_over(b, "it sent nothing for limits.frame_timeout");
+    attempt_over(b, "it sent less than 64 KiB of the copy in limits.frame_timeout");
 }
 
 /* Sends the one Snapshot request (after the TLS handshake, under TLS). */
@@ -501,9 +526,8 @@ static void next_peer(boot_t *b)
         b->peer = p->node;
         kvs_info("shard %u has no data yet: copying a snapshot from node %s", b->shard, p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
-            uv_timer_start(&b->timer, on_stall,
-                           b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000,
-                           b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000);
+            b->window_got = 0;
+            uv_timer_start(&b->timer, on_stall, stall_ms(b), stall_ms(b));
             return;
         }
         attempt_over(b, why); /* recurses into next_peer once cleaned up */

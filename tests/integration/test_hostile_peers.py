@@ -229,14 +229,31 @@ class SnapshotPeerTest(unittest.TestCase):
         peer = self.peer(answer)
         started = time.monotonic()
         w = self.worker(0, peer.port, frame_timeout="1s")
-        self.assertGaveUpAndServes(w, "it sent nothing for limits.frame_timeout")
+        self.assertGaveUpAndServes(w, "it sent less than 64 KiB of the copy in "
+                                      "limits.frame_timeout")
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_a_trickle_does_not_keep_a_copy_alive(self):
+        # One byte every 0.2 s, limits.frame_timeout 1 s: each chunk is
+        # progress of a sort, but far below what any real sender manages.
+        # Each one used to set the deadline afresh, so the copy (and the
+        # shard's lock, and its 503s) lasted as long as the peer liked.
+        def answer(c):
+            for _ in range(50):
+                c.sendall(chunk_frame(b"x"))
+                time.sleep(0.2)
+        peer = self.peer(answer)
+        started = time.monotonic()
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertGaveUpAndServes(w, "it sent less than 64 KiB of the copy in "
+                                      "limits.frame_timeout")
         self.assertLess(time.monotonic() - started, 6)
 
     def test_a_slow_sync_of_a_complete_copy_is_not_taken_for_a_silent_peer(self):
         # Syncing the complete copy takes 2.5 s (a test hook for a slow
         # disk) with limits.frame_timeout 1 s: the peer has sent its final
         # frame and owes nothing. The stall deadline used to run on through
-        # the sync and discard the verified copy ("sent nothing").
+        # the sync and discard the verified copy ("sent less than").
         other = Node()
         self._procs.append(other)
         self.addCleanup(other.close)
@@ -257,11 +274,11 @@ class SnapshotPeerTest(unittest.TestCase):
         # While it copies, the worker answers 503 on its TCP port, to anyone
         # (before any Auth). Clients that start a 4 MiB frame and stop were
         # each held with what they sent, without a deadline, for as long as
-        # the copy took (here a peer sending a byte every 0.3 s keeps it
+        # the copy took (here a peer sending 64 KiB every 0.3 s keeps it
         # going): limits.frame_timeout (1 s) now closes them.
         def answer(c):
             for _ in range(50):
-                c.sendall(chunk_frame(b"x"))
+                c.sendall(chunk_frame(b"x" * 65536))
                 time.sleep(0.3)
         peer = self.peer(answer)
         w = self.worker(0, peer.port, frame_timeout="1s")
