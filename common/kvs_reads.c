@@ -34,9 +34,10 @@ int kvs_reads_is_read(Kvs__CommandRequest__CommandCase c)
 static void not_found(kvs_resp_t *r, const char *table, const void *key, size_t klen)
 {
     char shown[256];
+    const char *parts[] = {"key \"", kvs_msg_quote(shown, sizeof(shown), key, klen),
+                           "\" not found in table \"", table, "\""};
     kvs_resp_status(r, KVS_STATUS_NOT_FOUND);
-    kvs_resp_message(r, "key \"%s\" not found in table \"%s\"",
-                     kvs_msg_quote(shown, sizeof(shown), key, klen), table);
+    kvs_resp_message_parts(r, parts, sizeof(parts) / sizeof(parts[0])); /* no printf: often */
 }
 
 void kvs_reads_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd, const char *hint)

@@ -92,6 +92,20 @@ void kvs_resp_message(kvs_resp_t *r, const char *fmt, ...)
     put_len_field(r, F_MESSAGE, text, (size_t)n);
 }
 
+void kvs_resp_message_parts(kvs_resp_t *r, const char *const *parts, size_t n)
+{
+    char text[1024];
+    size_t len = 0;
+    for (size_t i = 0; i < n && len < sizeof(text) - 1; i++) {
+        size_t k = strlen(parts[i]);
+        if (k > sizeof(text) - 1 - len)
+            k = sizeof(text) - 1 - len;
+        memcpy(text + len, parts[i], k);
+        len += k;
+    }
+    put_len_field(r, F_MESSAGE, text, len);
+}
+
 void kvs_resp_value(kvs_resp_t *r, const void *enc, size_t len)
 {
     put_len_field(r, F_VALUES, enc, len);

@@ -35,6 +35,11 @@ void kvs_resp_status(kvs_resp_t *r, uint32_t status);
 /* A printf-style message (truncated at 1 KiB). */
 void kvs_resp_message(kvs_resp_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The message as the n strings of parts, one after another (truncated at
+ * 1 KiB): kvs_resp_message without formatting, for answers that are sent
+ * often (a read of a missing key). */
+void kvs_resp_message_parts(kvs_resp_t *r, const char *const *parts, size_t n);
+
 /* One element of `values`: `enc` is an encoded kvs.Value (len 0 = empty
  * Value, meaning "no value"). */
 void kvs_resp_value(kvs_resp_t *r, const void *enc, size_t len);

@@ -910,6 +910,39 @@ KVS_TEST(resp_message_truncated_at_1k)
     kvs_buf_free(&out);
 }
 
+KVS_TEST(resp_message_parts_joined_and_truncated_like_formatted)
+{
+    char big[3000];
+    memset(big, 'm', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    const char *parts[] = {"key \"", "k\\x00", "\" not found in table \"", "users", "\""};
+    const char *huge[] = {"a", big, "z"};
+    const char *none[] = {""};
+    const char *expect[] = {"key \"k\\x00\" not found in table \"users\"", NULL, ""};
+    const char *const *cases[] = {parts, huge, none};
+    size_t counts[] = {5, 3, 1};
+    for (int i = 0; i < 3; i++) {
+        kvs_buf_t out;
+        kvs_buf_init(&out);
+        kvs_resp_t r;
+        kvs_resp_begin(&r, &out);
+        kvs_resp_status(&r, 404);
+        kvs_resp_message_parts(&r, cases[i], counts[i]);
+        CHECK_EQ(kvs_resp_end(&r), 0);
+        Kvs__CommandResponse *m = unpack_frame(&out, 0);
+        CHECK_EQ(m->status, 404);
+        if (expect[i] != NULL) {
+            CHECK_STR(m->message, expect[i]);
+        } else { /* as kvs_resp_message: the first 1023 bytes */
+            CHECK_EQ(strlen(m->message), 1023);
+            CHECK(m->message[0] == 'a');
+            CHECK(strspn(m->message + 1, "m") == 1022);
+        }
+        kvs__command_response__free_unpacked(m, NULL);
+        kvs_buf_free(&out);
+    }
+}
+
 KVS_TEST(resp_frames_back_to_back_and_abort)
 {
     kvs_buf_t out;
@@ -1449,6 +1482,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
+              KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
               KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
               KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
               KVS_CASE(value_encode_bytes_and_string), KVS_CASE(msg_append_writes_one_frame),
