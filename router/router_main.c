@@ -526,6 +526,7 @@ static int router_start(router_main_t *m)
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_signal_start(&m->sigusr2, on_sigusr2, SIGUSR2);
+    router_unblock_sighup(); /* one that came meanwhile now reloads */
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     for (uint32_t s = 0; s < r->shards; s++)
@@ -667,10 +668,16 @@ int main(int argc, char **argv)
     static router_main_t m; /* zeroed; lives for the whole process */
 
     signal(SIGPIPE, SIG_IGN);
-    /* A reload (SIGHUP) that comes while this process starts must not kill
-     * it: ignored until the loop's handler takes over (libuv resets the
-     * disposition in the processes it spawns). */
-    signal(SIGHUP, SIG_IGN);
+    /* A reload (SIGHUP) that comes while this process starts must neither
+     * kill it nor be lost (the master reads the file before it takes the
+     * signal over; a router process may be past the supervisor's hold):
+     * blocked until the loop's handler takes over (router_unblock_sighup;
+     * libuv resets the disposition and the mask in the processes it
+     * spawns). */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     kvs_log_init("router", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would

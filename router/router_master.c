@@ -331,6 +331,14 @@ static int check_tls(const kvs_config_t *cfg)
     return 0;
 }
 
+void router_unblock_sighup(void)
+{
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
+}
+
 /* Resolves the client ports for the check that nobody else listens there.
  * Returns 0 or 1 after logging why. */
 static int resolve_listeners(master_t *m)
@@ -1244,6 +1252,7 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    router_unblock_sighup(); /* one that came while the master started now reloads */
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
 }

@@ -283,6 +283,39 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
         sys.stderr.write("slowest pair of requests: %.3f s\n" % worst[0])
 
+    def test_a_reload_while_the_master_starts_is_applied_once_it_can(self):
+        """A SIGHUP that reaches the master while it starts (here: resolving
+        router.resp_listen, a name that takes 1.5 s) came after it read the
+        file, so the edit it announces must not be lost: it used to be
+        ignored (SIG_IGN until the loop's handler), leaving the node on the
+        old text without a word. Blocked until the handler exists, it
+        reloads then, in the master and (passed on) in every child."""
+        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+        self.assertTrue(os.path.exists(shim), shim)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST, "KVS_TEST_SLOW_MS": "1500",
+               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        r = self.router(start=False, shards=2, partitions=8, env=env,
+                        router_yaml=['resp_listen: "%s:%d"' % (SLOW_HOST, free_port())],
+                        log="{level: info, slow_threshold: off}")
+        r.proc = r.spawn()
+        # The master's own lookup is the first (before any child starts).
+        self.assertTrue(wait_until(lambda: "looking up " + SLOW_HOST in r.stderr(), 10),
+                        r.stderr())
+        self.assertNotIn("started shard", r.stderr())
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 0"))
+        r.proc.send_signal(signal.SIGHUP)
+        line = "configuration reloaded from %s (log.slow_threshold)" % r.config
+        # The master, the router process and both workers (held a second
+        # for the young ones).
+        self.assertTrue(wait_until(lambda: r.stderr().count(line) == 4, 15), r.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 10), r.stderr()[-3000:])
+        self.assertIsNone(r.proc.poll())
+        self.assertEqual(r.stop(), 0, r.stderr())
+
 
 if __name__ == "__main__":
     import unittest
