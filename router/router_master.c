@@ -50,7 +50,10 @@
  * Membership change (a reload whose cluster.nodes differs; the map must
  * still load, name this node at the same address, and everything else of
  * the reload must be live, or it is refused whole as above), nginx's
- * binary-less upgrade of its workers: the master takes the new map, starts
+ * binary-less upgrade of its workers, taken whole or not at all: the
+ * master takes the new map (the file's other live keys wait in prev_cfg
+ * until the switch; the serving router processes are not told, the new
+ * ones start with the new snapshot), starts
  * a worker for each shard that became local (a new replica copies a
  * peer's snapshot, as at start) and a new generation of router processes
  * with the new snapshot (their generation numbers continue the old ones',
@@ -59,8 +62,9 @@
  * socket under a name of its own, routerI.next (--next). Once every new
  * one listens (change_switch) the master renames each of those over
  * routerI.sock (kvs-cli and the scrape reach the new process from then
- * on), the workers get the SIGHUP (they take the new map only now: after
- * a change that failed they run the map the routers route by), and the
+ * on), the master takes the file's live keys and the workers get the
+ * SIGHUP (they take the new map only now: after a change that failed they
+ * run the map and config the routers run), and the
  * old generation gets SIGTERM: it stops accepting, answers what it
  * received, closes its clients (they reconnect, as after any router
  * restart, and reach the new map). Once it is gone, workers of shards no
@@ -637,7 +641,8 @@ static void change_failed(master_t *m, const char *why)
     uv_timer_stop(&m->timer);
     m->changes[1]++;
     kvs_error("membership change failed: %s; the router processes and workers keep serving the "
-              "previous map (fix the cause and reload again; %s still holds the new map)",
+              "previous map and configuration, nothing of that reload applies (fix the cause and "
+              "reload again; %s still holds the new map)",
               why, m->config_path);
     if (m->prev_cfg != NULL)
         kvs_config_apply_map(m->cfg, m->prev_cfg);
@@ -657,6 +662,14 @@ static void change_failed(master_t *m, const char *why)
                             m->cfg->router_listen, m->cfg->shards, m->n_local);
 }
 
+/* A change's bound: router.ready_timeout of the file that brought it (its
+ * live keys wait in prev_cfg until the switch). */
+static uint64_t change_timeout_ms(const master_t *m)
+{
+    return m->prev_cfg != NULL ? m->prev_cfg->router_ready_timeout_ms
+                               : m->cfg->router_ready_timeout_ms;
+}
+
 static void on_change_timeout(uv_timer_t *t)
 {
     master_t *m = t->data;
@@ -665,7 +678,7 @@ static void on_change_timeout(uv_timer_t *t)
              "the new workers did not all serve and the new router processes did not all accept "
              "clients within router.ready_timeout (%llu ms; a new local shard still copying its "
              "snapshot?)",
-             (unsigned long long)m->cfg->router_ready_timeout_ms);
+             (unsigned long long)change_timeout_ms(m));
     change_failed(m, why);
 }
 
@@ -704,6 +717,13 @@ static void change_switch(master_t *m)
     m->old = m->routers;
     m->routers = m->next;
     m->next = NULL;
+    if (m->prev_cfg != NULL) { /* the reload's live keys, held back until now */
+        kvs_config_apply_live(m->cfg, m->prev_cfg);
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+    }
     gen_take_paths(m, m->routers);
     size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
     kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
@@ -757,7 +777,7 @@ static void change_begin(master_t *m)
     int rc = 0;
     m->n_local = count_local(m->cfg);
     m->changing = 1;
-    uv_timer_start(&m->timer, on_change_timeout, m->cfg->router_ready_timeout_ms, 0);
+    uv_timer_start(&m->timer, on_change_timeout, change_timeout_ms(m), 0);
     for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
         if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
             continue;
@@ -837,12 +857,17 @@ static int reload_config(master_t *m, int *map)
         m->reloads[1]++;
     } else {
         fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
-        if (!*map) /* a new map: once its router processes serve (change_switch) */
+        if (!*map) {
             set_worker_snapshot(m, m->config_fd);
-        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
-        if (*map) {
+            kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        } else {
+            /* A new map is taken whole once its router processes serve
+             * (change_switch: the live keys of the same file then, the
+             * workers' snapshot too), or not at all if the change fails:
+             * prev_cfg holds the previous map and the new live keys until
+             * the change is over. */
             kvs_config_apply_map(m->cfg, next);
-            m->prev_cfg = next; /* the old map, until the change is over */
+            m->prev_cfg = next;
             next = NULL;
             m->next_config_fd = fd;
             fd = -1;
@@ -857,8 +882,13 @@ static int reload_config(master_t *m, int *map)
         kvs_log_set_level(level);
         kvs_log_set_format(m->cfg->log_format);
         m->reloads[0]++;
-        kvs_info("configuration reloaded from %s (%s)", m->config_path,
-                 changed[0] ? changed : "nothing changed");
+        if (*map)
+            kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
+                     "once the router processes of the new map serve",
+                     m->config_path, changed);
+        else
+            kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                     changed[0] ? changed : "nothing changed");
     }
     if (fd >= 0)
         close(fd);
@@ -885,12 +915,19 @@ static void on_sighup(uv_signal_t *h, int signum)
     int notify = m->ready && !m->changing;
     if (notify)
         router_notify_reloading("reloading %s", m->config_path);
-    if (reload_config(m, &map) == 0) {
+    if (reload_config(m, &map) != 0) {
+        /* logged: nothing changed, nobody is told */
+    } else if (map) {
+        /* The serving router processes keep their config: the new
+         * generation starts with the new one, the workers get the SIGHUP
+         * once it serves (change_switch). */
+        kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
+                 "it once they serve");
+    } else {
         size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
                    gen_signal(m->old, SIGHUP);
-        size_t w = !map && m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)%s", r, w,
-                 map ? " (the workers get it once the new map serves)" : "");
+        size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
     }
     if (map) {
         change_begin(m);

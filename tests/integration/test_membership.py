@@ -454,6 +454,52 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_failed_change_applies_none_of_its_reload(self):
+        # The same file brings the new map and a live key (every command
+        # to the slow log). The change fails (the new worker exits 78):
+        # nothing of that reload applies, in no process. It used to be
+        # half applied: the serving router process and the master took
+        # the live key at once, the workers (which get their SIGHUP only
+        # at the switch) never, a router process restarted later neither.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        gen0 = router_procs(a)
+        key = next(b"s-%d" % i for i in range(400) if shard_of_key(b"s-%d" % i) == 0)
+        bad = os.path.join(a.data_dir, "shard-2")
+        os.mkdir(bad, 0o700)
+        shutil.copy(os.path.join(a.data_dir, "shard-0", "data.mdb"), bad)
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 2, 3]}, bases)
+        edit(a, "log: {level: info}", "log: {level: info, slow_threshold: 0}")
+
+        def slow(path, reads=3):
+            """The Hgets of `reads` reads of key the slow log at path keeps."""
+            req = pb.CommandRequest()
+            req.slowlog.reset = True
+            with Client(path, timeout=5) as c:
+                self.assertEqual(c.call(req).status, 200)
+                for _ in range(reads):
+                    self.assertIn(c.call(req_hget(TABLE, key)).status, (200, 404))
+                req.slowlog.reset = False
+                return [e.command for e in c.call(req).ops.slowlog].count("Hget")
+
+        time.sleep(1.1)  # every process past the supervisor's hold of a young one's SIGHUP
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+        self.assertEqual(router_procs(a), gen0)
+        time.sleep(0.5)  # a SIGHUP passed on would have been handled by now
+        self.assertEqual(slow(a.socket_path(0)), 0)  # the worker
+        self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 0)  # the router process
+        self.assertIn("nothing of that reload applies", a.stderr())
+        self.assertNotRegex(a.stderr(), r"router INFO  configuration reloaded")
+        # Fixed, the same file goes through whole: everybody logs slowly.
+        shutil.rmtree(bad)
+        self.reload(a, 2)
+        self.assertTrue(wait_until(lambda: slow(a.socket_path(0)) == 3, 10), a.stderr()[-3000:])
+        self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 3)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def restart_worker(self, router, shard):
         """kill -9 of shard's worker; waits until its successor answers Info."""
         old = router.kill_worker(shard)
