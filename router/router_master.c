@@ -184,6 +184,7 @@ struct master_s {
     uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer; /* readiness deadline, at start and for a membership change */
+    uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
     size_t n_listen;
@@ -490,7 +491,7 @@ static void on_ready_timeout(uv_timer_t *t)
     master_t *m = t->data;
     kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
               "errors above); giving up (%u of %u router processes accept clients)",
-              (unsigned long long)m->cfg->router_ready_timeout_ms,
+              (unsigned long long)m->start_timeout_ms,
               m->routers != NULL ? m->routers->n_listening : 0, m->n_procs);
     shutdown_begin(m, 1);
 }
@@ -1320,7 +1321,8 @@ int router_master_run(const char *config_path, const char *argv0)
         shutdown_begin(&m, 1);
     } else {
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
-        uv_timer_start(&m.timer, on_ready_timeout, m.cfg->router_ready_timeout_ms, 0);
+        m.start_timeout_ms = m.cfg->router_ready_timeout_ms;
+        uv_timer_start(&m.timer, on_ready_timeout, m.start_timeout_ms, 0);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.workers); /* every generation freed itself once stopped */

@@ -204,6 +204,32 @@ class LifecycleTest(RouterTestCase):
         self.assertRegex(log, r"shard 0 \(pid \d+\) exited with status 0")
         self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
 
+    def test_the_ready_timeout_message_names_the_bound_that_expired(self):
+        """A reload while the node starts may change router.ready_timeout
+        (live); the start's deadline was set before and stays. The message
+        when it expires named the reloaded value (60m here) instead of the
+        one that expired."""
+        r = self.fake_node_router("1500ms")
+        r.proc = r.spawn()
+        # The master and its router process run (the master's handler is
+        # set before it starts any child).
+        self.assertTrue(wait_until(lambda: len(procs_for_config(r.config)) >= 2, 10), r.stderr())
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("ready_timeout: 1500ms", "ready_timeout: 60m"))
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "configuration reloaded from" in r.stderr(), 5),
+                        r.stderr())
+        try:
+            rc = r.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-router did not give up:\n" + r.stderr())
+        self.assertEqual(rc, 1, r.stderr())
+        self.assertIn("local shards did not come up within router.ready_timeout (1500 ms",
+                      r.stderr())
+        self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
+
     # ---- slow name resolution -----------------------------------------------------
 
     def test_slow_name_resolution_blocks_no_client(self):
