@@ -177,6 +177,7 @@ struct master_s {
      * until it is over, to go back if the new generation cannot start. */
     rgen_t *next, *old;
     int changing;          /* new workers probed, or `next` starting */
+    int abandoned;         /* the change in progress failed (change_maybe_done says so) */
     router_probe_t *probe; /* waits for the new workers to serve */
     kvs_config_t *prev_cfg;
     int next_config_fd;
@@ -534,8 +535,13 @@ static void change_maybe_done(master_t *m)
         return;
     kvs_config_free(m->prev_cfg);
     m->prev_cfg = NULL;
-    kvs_info("membership change complete: %u shards (%u local), %u router process%s",
-             m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
+    if (m->abandoned)
+        kvs_info("membership change abandoned: the previous map serves, %u shards (%u local), "
+                 "%u router process%s; a reload may try again",
+                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
+    else
+        kvs_info("membership change complete: %u shards (%u local), %u router process%s",
+                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
 }
 
 /* No router process uses a worker the map no longer wants any more: stop
@@ -638,6 +644,7 @@ static void change_failed(master_t *m, const char *why)
     if (!m->changing)
         return;
     m->changing = 0;
+    m->abandoned = 1;
     router_probe_stop(m->probe);
     uv_timer_stop(&m->timer);
     m->changes[1]++;
@@ -778,6 +785,7 @@ static void change_begin(master_t *m)
     int rc = 0;
     m->n_local = count_local(m->cfg);
     m->changing = 1;
+    m->abandoned = 0;
     uv_timer_start(&m->timer, on_change_timeout, change_timeout_ms(m), 0);
     for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
         if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))

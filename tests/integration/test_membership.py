@@ -47,6 +47,13 @@ def edit(router, old, new):
         f.write(text.replace(old, new))
 
 
+def changes_over(router):
+    """How many membership changes router's log says are over, done
+    ("membership change complete") or failed ("... abandoned")."""
+    log = router.stderr()
+    return log.count("membership change complete") + log.count("membership change abandoned")
+
+
 def router_procs(router):
     """{pid: generation} of router's live router processes."""
     out = {}
@@ -181,10 +188,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         return mock, bases, mport, a, b
 
     def reload(self, router, changes):
-        """SIGHUP; waits for the change count-th "membership change complete"."""
+        """SIGHUP; waits until `changes` membership changes are over (changes_over)."""
         router.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
-            lambda: router.stderr().count("membership change complete") == changes, 40),
+            lambda: changes_over(router) == changes, 40),
             router.stderr()[-4000:])
 
     def check_acked(self, traffic, router):
@@ -383,7 +390,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertEqual(sum("RELOADING" in m for m in notify.messages), 1, notify.messages)
             # The serving generation never stopped; the new worker went.
             self.assertTrue(wait_until(
-                lambda: a.stderr().count("membership change complete") == 1, 30),
+                lambda: changes_over(a) == 1, 30),
                 a.stderr()[-4000:])
             self.assertEqual(router_procs(a), gen0)
             self.assertEqual(sorted(a.workers()), [0, 1])
@@ -440,7 +447,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                              a.stderr()[-4000:])
         self.assertIn("shard 2's new worker cannot run with this configuration", a.stderr())
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
         self.assertIsNone(a.proc.poll())
         self.assertEqual(router_procs(a), gen0)
         self.assertEqual(sorted(a.workers()), [0, 1])
@@ -485,16 +492,20 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         time.sleep(1.1)  # every process past the supervisor's hold of a young one's SIGHUP
         a.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
         self.assertEqual(router_procs(a), gen0)
         time.sleep(0.5)  # a SIGHUP passed on would have been handled by now
         self.assertEqual(slow(a.socket_path(0)), 0)  # the worker
         self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 0)  # the router process
         self.assertIn("nothing of that reload applies", a.stderr())
+        # Nor does the log call the failed change complete.
+        self.assertNotIn("membership change complete", a.stderr())
+        self.assertIn("membership change abandoned: the previous map serves", a.stderr())
         self.assertNotRegex(a.stderr(), r"router INFO  configuration reloaded")
         # Fixed, the same file goes through whole: everybody logs slowly.
         shutil.rmtree(bad)
         self.reload(a, 2)
+        self.assertEqual(a.stderr().count("membership change complete"), 1)
         self.assertTrue(wait_until(lambda: slow(a.socket_path(0)) == 3, 10), a.stderr()[-3000:])
         self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 3)
         self.assertEqual(a.stop(), 0)
@@ -526,7 +537,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)  # shard 0: 2 replicas -> 1
         a.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
         self.assertIn("membership change failed", a.stderr())
         self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
         self.restart_worker(a, 0)
@@ -612,7 +623,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             mark = len(a.stderr())
             a.proc.send_signal(signal.SIGHUP)
             self.assertTrue(wait_until(
-                lambda: a.stderr().count("membership change complete") == attempt, 20),
+                lambda: changes_over(a) == attempt, 20),
                 a.stderr()[-4000:])
             log = a.stderr()[mark:]
             self.assertIn("membership change failed", log)
@@ -715,7 +726,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertTrue(wait_until(lambda: not any(os.path.exists(p) for p in nexts), 10),
                         [os.path.exists(p) for p in nexts])
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 10), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 10), a.stderr()[-3000:])
         self.assertEqual(new_procs(), {})
         # The previous map's router processes serve on, on their own sockets.
         self.assertEqual(router_procs(a), gen0)
