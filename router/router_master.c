@@ -161,10 +161,12 @@ struct master_s {
      * config_fd, at one number for the workers' supervisor, which passes
      * whatever it holds to each worker it starts). */
     int worker_config_fd;
-    /* The text of the last reload the master accepted (a copy of the
-     * serving or the new map's snapshot), which every child's reload reads
-     * through /proc (reload_arg: --reload-from), not the file: an edit
-     * made after the master read it reaches no process. */
+    /* The text of the last reload the master applied (a copy of the
+     * serving snapshot: a new map's only from change_switch on), which
+     * every child's reload reads through /proc (reload_arg:
+     * --reload-from), not the file: an edit made after the master read it
+     * reaches no process, nor does a map before it serves (a SIGHUP a
+     * starting worker handles late). */
     int reload_fd;
     char reload_arg[64];
     uint32_t n_procs, n_local;
@@ -274,6 +276,14 @@ static void set_worker_snapshot(master_t *m, int fd)
         kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
                  "restarts runs the previous one",
                  strerror(errno));
+}
+
+/* Every child's reload reads the serving snapshot from now on. */
+static void pass_reload_text(master_t *m)
+{
+    if (dup3(m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
+        kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s itself",
+                 strerror(errno), m->config_path);
 }
 
 /* One node per data directory: an flock held for the life of the master
@@ -733,12 +743,13 @@ static void change_switch(master_t *m)
         kvs_log_set_format(m->cfg->log_format);
     }
     gen_take_paths(m, m->routers);
-    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
     close(m->config_fd); /* the old generation's: it spawns nothing any more */
     m->config_fd = m->next_config_fd;
     m->next_config_fd = -1;
     set_worker_snapshot(m, m->config_fd);
+    pass_reload_text(m); /* before the workers' SIGHUP */
+    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
     m->changes[0]++;
     kvs_info("membership change: the router processes of the new map accept clients; draining "
              "the previous ones (their clients are closed after their answers)");
@@ -881,11 +892,10 @@ static int reload_config(master_t *m, int *map)
             m->next_config_fd = fd;
             fd = -1;
         }
-        /* What every child's reload reads from now on (before they are told). */
-        if (dup3(*map ? m->next_config_fd : m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
-            kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s "
-                     "itself",
-                     strerror(errno), m->config_path);
+        /* What every child's reload reads from now on (before they are
+         * told); a new map's text at the switch. */
+        if (!*map)
+            pass_reload_text(m);
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);

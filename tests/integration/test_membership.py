@@ -597,6 +597,56 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_worker_that_reloads_late_never_reads_a_failed_changes_map(self):
+        # A worker still copying a snapshot (its peer hangs) holds a live
+        # reload's SIGHUP until it serves. Meanwhile a membership change
+        # (shard 0 to a alone) fails. The text every reload reads
+        # (--reload-from) used to be the new map's from the change's start
+        # on, so the late worker took that map (shard 0: 1 replica) after
+        # the change had failed, while the routers route by the previous
+        # one (2 replicas).
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        source = b.workers()[0]
+        bad = os.path.join(a.data_dir, "shard-2")
+        os.kill(source, signal.SIGSTOP)
+        try:
+            copies = a.stderr().count("copying a snapshot from node b")
+            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
+            a.kill_worker(0)
+            self.assertTrue(wait_until(
+                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
+                a.stderr()[-3000:])
+            a.proc.send_signal(signal.SIGHUP)  # nothing changed: every process reloads
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
+                10), a.stderr()[-3000:])
+            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+            # The change fails at once: shard 2's new worker finds shard 0's
+            # environment in its directory (exit 78).
+            os.mkdir(bad, 0o700)
+            shutil.copy(os.path.join(a.data_dir, "shard-1", "data.mdb"), bad)
+            set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
+            self.assertIn("membership change failed", a.stderr())
+        finally:
+            os.kill(source, signal.SIGCONT)
+
+        def replicas():
+            try:
+                return info_pairs(a.socket_path(0), 2)["shard.000.replicas"]
+            except (OSError, AssertionError, KeyError):
+                return None
+        self.assertTrue(wait_until(lambda: replicas() is not None, 20), a.stderr()[-3000:])
+        # Serving: its held SIGHUP is handled now (its reload line).
+        self.assertTrue(wait_until(
+            lambda: re.search(r"node\[0\] INFO  configuration reloaded", a.stderr()), 10),
+            a.stderr()[-3000:])
+        self.assertEqual(replicas(), 2)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_change_whose_router_process_cannot_listen_leaves_the_sockets_to_the_serving_ones(
             self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
