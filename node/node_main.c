@@ -306,6 +306,13 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
+    /* A SIGHUP changes nothing from now on; blocked, it cannot kill the
+     * process either once closing the loop's handles gave it back its
+     * default action. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);

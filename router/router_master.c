@@ -347,12 +347,13 @@ static int check_tls(const kvs_config_t *cfg)
     return 0;
 }
 
-void router_unblock_sighup(void)
+void router_reload_signals(int blocked)
 {
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_UNBLOCK, &hup, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR2);
+    sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
 
 /* Resolves the client ports for the check that nobody else listens there.
@@ -478,6 +479,7 @@ static void shutdown_begin(master_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
+    router_reload_signals(1); /* ignored from now on, and never fatal (see there) */
     uv_timer_stop(&m->timer);
     if (exit_code == 0)
         router_notify_stopping("draining clients");
@@ -1308,7 +1310,7 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
-    router_unblock_sighup(); /* one that came while the master started now reloads */
+    router_reload_signals(0); /* a SIGHUP that came while the master started now reloads */
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
 }

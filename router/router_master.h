@@ -28,10 +28,14 @@ int router_master_run(const char *config_path, const char *argv0);
 int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
                     char *err, size_t errlen);
 
-/* main() blocks SIGHUP until the loop's handler exists, so a reload that
- * comes while a process starts is neither fatal nor lost; the master and
- * each router process call this once their uv_signal handler is started,
- * and a SIGHUP that came meanwhile then reloads. */
-void router_unblock_sighup(void);
+/* Blocks (blocked != 0) or unblocks SIGHUP and SIGUSR2, the signals that
+ * would kill a process whose loop has no handler for them. main() blocks
+ * them until the loop's handlers exist, so a reload that comes while a
+ * process starts is neither fatal nor lost: the master and each router
+ * process unblock them once their uv_signal handlers are started, and a
+ * SIGHUP that came meanwhile then reloads. The shutdown blocks them again
+ * (they change nothing then), before closing the loop's handles gives
+ * them their default action back. */
+void router_reload_signals(int blocked);
 
 #endif
