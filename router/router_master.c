@@ -126,6 +126,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
@@ -205,15 +206,26 @@ struct master_s {
 
 /* Reads the config file at `path` into a sealed memfd (a snapshot every
  * router process may load). Returns 0 and *fd, or a negative errno with
- * err[0..errlen) saying why. */
-static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
+ * err[0..errlen) saying why. For a `reload` the loop runs, so a FIFO (or a
+ * pipe: --config <(...)) is refused rather than waited for: its open
+ * blocks until some writer comes, with every signal and child unheard. */
+static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, int reload)
 {
     *fd = -1;
-    int in = open(path, O_RDONLY | O_CLOEXEC);
+    int in = open(path, O_RDONLY | O_CLOEXEC | (reload ? O_NONBLOCK : 0));
     if (in < 0) {
         int e = errno;
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
         return -e;
+    }
+    struct stat st;
+    if (reload && fstat(in, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+        snprintf(err, errlen,
+                 "%s: a pipe, not a file: a reload reads a file and does not wait for a "
+                 "writer (put the configuration in a regular file)",
+                 path);
+        close(in);
+        return -ESPIPE;
     }
     int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     int rc = out < 0 ? -errno : 0;
@@ -251,7 +263,7 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
 static int load_snapshot(master_t *m)
 {
     char err[1024];
-    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err)) != 0) {
+    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err), 0) != 0) {
         kvs_error("%s", err);
         return EX_CONFIG;
     }
@@ -851,7 +863,7 @@ static int reload_config(master_t *m, int *map)
     const char *busy = NULL;
     int fd = -1;
     *map = 0;
-    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err));
+    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err), 1);
     if (rc == 0)
         rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
     if (rc == 0)

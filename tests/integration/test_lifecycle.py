@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from kvstest import BUILD_DIR, HOST, pyval, req_hget, req_hset
+from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
 from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config, shard_of
 
 EX_CONFIG = 78
@@ -129,6 +129,37 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(ok, r.stderr()[-3000:])
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual(r.stop(), 0)
+
+    def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
+        """The config path became a FIFO (or was a pipe from the start:
+        --config <(...)): a reload's open blocked until some writer came,
+        in the master's loop, so it answered no signal (a SIGTERM went
+        unheard for good) and supervised nothing. A reload refuses it now;
+        so does a kvs-node running alone."""
+        r = self.router(shards=2)
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        refused = "reload: %s: a pipe, not a file: a reload reads a file and does not wait for a " \
+                  "writer"
+        for path in (r.config, node.config):
+            os.rename(path, path + ".saved")
+            os.mkfifo(path)
+        try:
+            r.proc.send_signal(signal.SIGHUP)
+            node.proc.send_signal(signal.SIGHUP)
+            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
+            ok_node = wait_until(lambda: refused % node.config in node.stderr(), 5)
+        finally:
+            for path in (r.config, node.config):
+                os.unlink(path)
+                os.rename(path + ".saved", path)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        self.assertTrue(ok_node, node.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
         self.assertEqual(r.stop(), 0)
 
     # ---- a worker whose configuration can never work ----------------------------------
