@@ -354,7 +354,7 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    router_reload_signals(1); /* ignored from now on, and never fatal (see there) */
+    router_reload_signals_ignore(&m->sighup, &m->sigusr2); /* ignored, never fatal */
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
     router_clients_drain(&m->r); /* may call on_drained at once */

@@ -368,6 +368,17 @@ void router_reload_signals(int blocked)
     sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
 
+void router_reload_signals_ignore(uv_signal_t *hup, uv_signal_t *usr2)
+{
+    router_reload_signals(1); /* this thread, while libuv puts SIG_DFL back */
+    if (hup != NULL)
+        uv_signal_stop(hup);
+    if (usr2 != NULL)
+        uv_signal_stop(usr2);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+}
+
 /* Resolves the client ports for the check that nobody else listens there.
  * Returns 0 or 1 after logging why. */
 static int resolve_listeners(master_t *m)
@@ -491,7 +502,7 @@ static void shutdown_begin(master_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    router_reload_signals(1); /* ignored from now on, and never fatal (see there) */
+    router_reload_signals_ignore(&m->sighup, NULL); /* ignored from now on, never fatal */
     uv_timer_stop(&m->timer);
     if (exit_code == 0)
         router_notify_stopping("draining clients");

@@ -19,6 +19,7 @@ import time
 
 import redis
 
+from kafkatest import MockKafka, ingest_yaml
 from kvstest import BUILD_DIR, HOST, pb, pyval
 from routertest import RouterTestCase, free_port, procs_for_config
 
@@ -221,9 +222,17 @@ class ProcsTest(ProcsTestCase):
         # drains, but closing its loop's handles at the end gave SIGHUP its
         # default action back: a worker, a router process or the master
         # itself died by it ("killed by signal SIGHUP", the master's exit
-        # status a signal, not 0). Three stops, as the window is short.
+        # status a signal, not 0). The workers ingest a topic, so they run
+        # threads of libuv's pool too, which may take the signal. Three
+        # stops, as the window is short.
+        mock = MockKafka({"users": 16})
+        self.addCleanup(mock.close)
         for attempt in range(3):
-            r = self.node(processes=2, resp=False)
+            r = self.node(processes=2, resp=False,
+                          extra_yaml=ingest_yaml(mock.bootstrap, [("users", "users", "raw", 16)]))
+            # Ingesting (its pool threads run) before the stop.
+            self.assertTrue(wait_until(lambda: r.stderr().count("kafka: consuming") == 2),
+                            r.stderr()[-3000:])
             pids = list(procs_for_config(r.config))
             self.assertEqual(len(pids), 5, pids)  # master, 2 routers, 2 workers
             r.proc.send_signal(signal.SIGTERM)
