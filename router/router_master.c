@@ -187,7 +187,7 @@ struct master_s {
     uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
     uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer; /* readiness deadline, at start and for a membership change */
+    uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
     uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
