@@ -140,8 +140,8 @@ class LifecycleTest(RouterTestCase):
         r = self.router(shards=2)
         node = Node(extra_yaml="")
         self.addCleanup(node.close)
-        refused = "reload: %s: a pipe, not a file: a reload reads a file and does not wait for a " \
-                  "writer"
+        refused = ("reload: %s: a pipe, not a file: a reload reads a file and does not wait "
+                   "for a writer")
         for path in (r.config, node.config):
             os.rename(path, path + ".saved")
             os.mkfifo(path)
