@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -1901,6 +1902,8 @@ static int open_read(const char *path)
     return fd;
 }
 
+static int load_path(const char *path, int reload, kvs_config_t **out, char *err, size_t errlen);
+
 int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out, char *err,
                          size_t errlen, int *fell_back)
 {
@@ -1914,17 +1917,38 @@ int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out,
         }
         *fell_back = errno;
     }
-    return kvs_config_load(path, out, err, errlen);
+    return load_path(path, 1, out, err, errlen);
 }
 
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen)
 {
+    return load_path(path, 0, out, err, errlen);
+}
+
+/* kvs_config_load; for a `reload` (a running process: its loop must not
+ * stop) a FIFO or pipe is refused, not waited for: opening one blocks
+ * until a writer comes. */
+static int load_path(const char *path, int reload, kvs_config_t **out, char *err, size_t errlen)
+{
     char *text = NULL;
     size_t len = 0;
     *out = NULL;
-    int fd = open_read(path);
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC | (reload ? O_NONBLOCK : 0));
+    while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return file_error(path, "cannot open", -errno, err, errlen);
+    struct stat st;
+    if (reload && fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+        close(fd);
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen,
+                     "%s: a pipe, not a file: a reload reads a file and does not wait for a "
+                     "writer (put the configuration in a regular file)",
+                     path);
+        return KVS_ECONFIG;
+    }
     int rc = read_fd(fd, &text, &len);
     close(fd);
     if (rc != 0)

@@ -306,6 +306,17 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
+    /* A SIGHUP changes nothing from now on, and must not kill the process
+     * either once closing the loop's handles gives it its default action
+     * back (libuv does when its last handle closes; the threads of libuv's
+     * pool, ingestion's, take it as well as this one): blocked here while
+     * its handle stops, then ignored for good. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
+    uv_signal_stop(&m->sighup);
+    signal(SIGHUP, SIG_IGN);
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);

@@ -50,7 +50,10 @@
  * Membership change (a reload whose cluster.nodes differs; the map must
  * still load, name this node at the same address, and everything else of
  * the reload must be live, or it is refused whole as above), nginx's
- * binary-less upgrade of its workers: the master takes the new map, starts
+ * binary-less upgrade of its workers, taken whole or not at all: the
+ * master takes the new map (the file's other live keys wait in prev_cfg
+ * until the switch; the serving router processes are not told, the new
+ * ones start with the new snapshot), starts
  * a worker for each shard that became local (a new replica copies a
  * peer's snapshot, as at start) and a new generation of router processes
  * with the new snapshot (their generation numbers continue the old ones',
@@ -59,8 +62,9 @@
  * socket under a name of its own, routerI.next (--next). Once every new
  * one listens (change_switch) the master renames each of those over
  * routerI.sock (kvs-cli and the scrape reach the new process from then
- * on), the workers get the SIGHUP (they take the new map only now: after
- * a change that failed they run the map the routers route by), and the
+ * on), the master takes the file's live keys and the workers get the
+ * SIGHUP (they take the new map only now: after a change that failed they
+ * run the map and config the routers run), and the
  * old generation gets SIGTERM: it stops accepting, answers what it
  * received, closes its clients (they reconnect, as after any router
  * restart, and reach the new map). Once it is gone, workers of shards no
@@ -122,6 +126,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
@@ -157,10 +162,12 @@ struct master_s {
      * config_fd, at one number for the workers' supervisor, which passes
      * whatever it holds to each worker it starts). */
     int worker_config_fd;
-    /* The text of the last reload the master accepted (a copy of the
-     * serving or the new map's snapshot), which every child's reload reads
-     * through /proc (reload_arg: --reload-from), not the file: an edit
-     * made after the master read it reaches no process. */
+    /* The text of the last reload the master applied (a copy of the
+     * serving snapshot: a new map's only from change_switch on), which
+     * every child's reload reads through /proc (reload_arg:
+     * --reload-from), not the file: an edit made after the master read it
+     * reaches no process, nor does a map before it serves (a SIGHUP a
+     * starting worker handles late). */
     int reload_fd;
     char reload_arg[64];
     uint32_t n_procs, n_local;
@@ -173,13 +180,15 @@ struct master_s {
      * until it is over, to go back if the new generation cannot start. */
     rgen_t *next, *old;
     int changing;          /* new workers probed, or `next` starting */
+    int abandoned;         /* the change in progress failed (change_maybe_done says so) */
     router_probe_t *probe; /* waits for the new workers to serve */
     kvs_config_t *prev_cfg;
     int next_config_fd;
     uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
     uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer; /* readiness deadline, at start and for a membership change */
+    uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
+    uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
     size_t n_listen;
@@ -197,15 +206,26 @@ struct master_s {
 
 /* Reads the config file at `path` into a sealed memfd (a snapshot every
  * router process may load). Returns 0 and *fd, or a negative errno with
- * err[0..errlen) saying why. */
-static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
+ * err[0..errlen) saying why. For a `reload` the loop runs, so a FIFO (or a
+ * pipe: --config <(...)) is refused rather than waited for: its open
+ * blocks until some writer comes, with every signal and child unheard. */
+static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, int reload)
 {
     *fd = -1;
-    int in = open(path, O_RDONLY | O_CLOEXEC);
+    int in = open(path, O_RDONLY | O_CLOEXEC | (reload ? O_NONBLOCK : 0));
     if (in < 0) {
         int e = errno;
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
         return -e;
+    }
+    struct stat st;
+    if (reload && fstat(in, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+        snprintf(err, errlen,
+                 "%s: a pipe, not a file: a reload reads a file and does not wait for a "
+                 "writer (put the configuration in a regular file)",
+                 path);
+        close(in);
+        return -ESPIPE;
     }
     int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     int rc = out < 0 ? -errno : 0;
@@ -243,7 +263,7 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen)
 static int load_snapshot(master_t *m)
 {
     char err[1024];
-    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err)) != 0) {
+    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err), 0) != 0) {
         kvs_error("%s", err);
         return EX_CONFIG;
     }
@@ -268,6 +288,14 @@ static void set_worker_snapshot(master_t *m, int fd)
         kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
                  "restarts runs the previous one",
                  strerror(errno));
+}
+
+/* Every child's reload reads the serving snapshot from now on. */
+static void pass_reload_text(master_t *m)
+{
+    if (dup3(m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
+        kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s itself",
+                 strerror(errno), m->config_path);
 }
 
 /* One node per data directory: an flock held for the life of the master
@@ -329,6 +357,26 @@ static int check_tls(const kvs_config_t *cfg)
     kvs_tls_ctx_free(tls);
     kvs_tls_ctx_free(link_tls);
     return 0;
+}
+
+void router_reload_signals(int blocked)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR2);
+    sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+void router_reload_signals_ignore(uv_signal_t *hup, uv_signal_t *usr2)
+{
+    router_reload_signals(1); /* this thread, while libuv puts SIG_DFL back */
+    if (hup != NULL)
+        uv_signal_stop(hup);
+    if (usr2 != NULL)
+        uv_signal_stop(usr2);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
 }
 
 /* Resolves the client ports for the check that nobody else listens there.
@@ -454,6 +502,7 @@ static void shutdown_begin(master_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
+    router_reload_signals_ignore(&m->sighup, NULL); /* ignored from now on, never fatal */
     uv_timer_stop(&m->timer);
     if (exit_code == 0)
         router_notify_stopping("draining clients");
@@ -478,7 +527,7 @@ static void on_ready_timeout(uv_timer_t *t)
     master_t *m = t->data;
     kvs_error("local shards did not come up within router.ready_timeout (%llu ms; see the worker "
               "errors above); giving up (%u of %u router processes accept clients)",
-              (unsigned long long)m->cfg->router_ready_timeout_ms,
+              (unsigned long long)m->start_timeout_ms,
               m->routers != NULL ? m->routers->n_listening : 0, m->n_procs);
     shutdown_begin(m, 1);
 }
@@ -521,8 +570,13 @@ static void change_maybe_done(master_t *m)
         return;
     kvs_config_free(m->prev_cfg);
     m->prev_cfg = NULL;
-    kvs_info("membership change complete: %u shards (%u local), %u router process%s",
-             m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
+    if (m->abandoned)
+        kvs_info("membership change abandoned: the previous map serves, %u shards (%u local), "
+                 "%u router process%s; a reload may try again",
+                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
+    else
+        kvs_info("membership change complete: %u shards (%u local), %u router process%s",
+                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
 }
 
 /* No router process uses a worker the map no longer wants any more: stop
@@ -625,11 +679,13 @@ static void change_failed(master_t *m, const char *why)
     if (!m->changing)
         return;
     m->changing = 0;
+    m->abandoned = 1;
     router_probe_stop(m->probe);
     uv_timer_stop(&m->timer);
     m->changes[1]++;
     kvs_error("membership change failed: %s; the router processes and workers keep serving the "
-              "previous map (fix the cause and reload again; %s still holds the new map)",
+              "previous map and configuration, nothing of that reload applies (fix the cause and "
+              "reload again; %s still holds the new map)",
               why, m->config_path);
     if (m->prev_cfg != NULL)
         kvs_config_apply_map(m->cfg, m->prev_cfg);
@@ -649,6 +705,14 @@ static void change_failed(master_t *m, const char *why)
                             m->cfg->router_listen, m->cfg->shards, m->n_local);
 }
 
+/* A change's bound: router.ready_timeout of the file that brought it (its
+ * live keys wait in prev_cfg until the switch). */
+static uint64_t change_timeout_ms(const master_t *m)
+{
+    return m->prev_cfg != NULL ? m->prev_cfg->router_ready_timeout_ms
+                               : m->cfg->router_ready_timeout_ms;
+}
+
 static void on_change_timeout(uv_timer_t *t)
 {
     master_t *m = t->data;
@@ -657,7 +721,7 @@ static void on_change_timeout(uv_timer_t *t)
              "the new workers did not all serve and the new router processes did not all accept "
              "clients within router.ready_timeout (%llu ms; a new local shard still copying its "
              "snapshot?)",
-             (unsigned long long)m->cfg->router_ready_timeout_ms);
+             (unsigned long long)change_timeout_ms(m));
     change_failed(m, why);
 }
 
@@ -696,13 +760,21 @@ static void change_switch(master_t *m)
     m->old = m->routers;
     m->routers = m->next;
     m->next = NULL;
+    if (m->prev_cfg != NULL) { /* the reload's live keys, held back until now */
+        kvs_config_apply_live(m->cfg, m->prev_cfg);
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+    }
     gen_take_paths(m, m->routers);
-    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
     close(m->config_fd); /* the old generation's: it spawns nothing any more */
     m->config_fd = m->next_config_fd;
     m->next_config_fd = -1;
     set_worker_snapshot(m, m->config_fd);
+    pass_reload_text(m); /* before the workers' SIGHUP */
+    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
     m->changes[0]++;
     kvs_info("membership change: the router processes of the new map accept clients; draining "
              "the previous ones (their clients are closed after their answers)");
@@ -749,7 +821,8 @@ static void change_begin(master_t *m)
     int rc = 0;
     m->n_local = count_local(m->cfg);
     m->changing = 1;
-    uv_timer_start(&m->timer, on_change_timeout, m->cfg->router_ready_timeout_ms, 0);
+    m->abandoned = 0;
+    uv_timer_start(&m->timer, on_change_timeout, change_timeout_ms(m), 0);
     for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
         if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
             continue;
@@ -801,7 +874,7 @@ static int reload_config(master_t *m, int *map)
     const char *busy = NULL;
     int fd = -1;
     *map = 0;
-    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err));
+    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err), 1);
     if (rc == 0)
         rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
     if (rc == 0)
@@ -829,28 +902,37 @@ static int reload_config(master_t *m, int *map)
         m->reloads[1]++;
     } else {
         fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
-        if (!*map) /* a new map: once its router processes serve (change_switch) */
+        if (!*map) {
             set_worker_snapshot(m, m->config_fd);
-        kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
-        if (*map) {
+            kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        } else {
+            /* A new map is taken whole once its router processes serve
+             * (change_switch: the live keys of the same file then, the
+             * workers' snapshot too), or not at all if the change fails:
+             * prev_cfg holds the previous map and the new live keys until
+             * the change is over. */
             kvs_config_apply_map(m->cfg, next);
-            m->prev_cfg = next; /* the old map, until the change is over */
+            m->prev_cfg = next;
             next = NULL;
             m->next_config_fd = fd;
             fd = -1;
         }
-        /* What every child's reload reads from now on (before they are told). */
-        if (dup3(*map ? m->next_config_fd : m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
-            kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s "
-                     "itself",
-                     strerror(errno), m->config_path);
+        /* What every child's reload reads from now on (before they are
+         * told); a new map's text at the switch. */
+        if (!*map)
+            pass_reload_text(m);
         kvs_log_level_t level = KVS_LOG_INFO;
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);
         kvs_log_set_format(m->cfg->log_format);
         m->reloads[0]++;
-        kvs_info("configuration reloaded from %s (%s)", m->config_path,
-                 changed[0] ? changed : "nothing changed");
+        if (*map)
+            kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
+                     "once the router processes of the new map serve",
+                     m->config_path, changed);
+        else
+            kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                     changed[0] ? changed : "nothing changed");
     }
     if (fd >= 0)
         close(fd);
@@ -877,12 +959,19 @@ static void on_sighup(uv_signal_t *h, int signum)
     int notify = m->ready && !m->changing;
     if (notify)
         router_notify_reloading("reloading %s", m->config_path);
-    if (reload_config(m, &map) == 0) {
+    if (reload_config(m, &map) != 0) {
+        /* logged: nothing changed, nobody is told */
+    } else if (map) {
+        /* The serving router processes keep their config: the new
+         * generation starts with the new one, the workers get the SIGHUP
+         * once it serves (change_switch). */
+        kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
+                 "it once they serve");
+    } else {
         size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
                    gen_signal(m->old, SIGHUP);
-        size_t w = !map && m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)%s", r, w,
-                 map ? " (the workers get it once the new map serves)" : "");
+        size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
+        kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
     }
     if (map) {
         change_begin(m);
@@ -1244,6 +1333,7 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    router_reload_signals(0); /* a SIGHUP that came while the master started now reloads */
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
 }
@@ -1274,7 +1364,8 @@ int router_master_run(const char *config_path, const char *argv0)
         shutdown_begin(&m, 1);
     } else {
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
-        uv_timer_start(&m.timer, on_ready_timeout, m.cfg->router_ready_timeout_ms, 0);
+        m.start_timeout_ms = m.cfg->router_ready_timeout_ms;
+        uv_timer_start(&m.timer, on_ready_timeout, m.start_timeout_ms, 0);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.workers); /* every generation freed itself once stopped */

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from kvstest import BUILD_DIR, HOST, pyval, req_hget, req_hset
+from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
 from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config, shard_of
 
 EX_CONFIG = 78
@@ -131,6 +131,37 @@ class LifecycleTest(RouterTestCase):
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual(r.stop(), 0)
 
+    def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
+        """The config path became a FIFO (or was a pipe from the start:
+        --config <(...)): a reload's open blocked until some writer came,
+        in the master's loop, so it answered no signal (a SIGTERM went
+        unheard for good) and supervised nothing. A reload refuses it now;
+        so does a kvs-node running alone."""
+        r = self.router(shards=2)
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        refused = ("reload: %s: a pipe, not a file: a reload reads a file and does not wait "
+                   "for a writer")
+        for path in (r.config, node.config):
+            os.rename(path, path + ".saved")
+            os.mkfifo(path)
+        try:
+            r.proc.send_signal(signal.SIGHUP)
+            node.proc.send_signal(signal.SIGHUP)
+            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
+            ok_node = wait_until(lambda: refused % node.config in node.stderr(), 5)
+        finally:
+            for path in (r.config, node.config):
+                os.unlink(path)
+                os.rename(path + ".saved", path)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        self.assertTrue(ok_node, node.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+
     # ---- a worker whose configuration can never work ----------------------------------
 
     def test_worker_config_error_stops_the_router_with_ex_config(self):
@@ -202,6 +233,32 @@ class LifecycleTest(RouterTestCase):
         self.assertIn("SIGTERM while shutting down: closing clients now", log)
         self.assertEqual(log.count("stopping shard 0"), 1, log)
         self.assertRegex(log, r"shard 0 \(pid \d+\) exited with status 0")
+        self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
+
+    def test_the_ready_timeout_message_names_the_bound_that_expired(self):
+        """A reload while the node starts may change router.ready_timeout
+        (live); the start's deadline was set before and stays. The message
+        when it expires named the reloaded value (60m here) instead of the
+        one that expired."""
+        r = self.fake_node_router("1500ms")
+        r.proc = r.spawn()
+        # The master and its router process run (the master's handler is
+        # set before it starts any child).
+        self.assertTrue(wait_until(lambda: len(procs_for_config(r.config)) >= 2, 10), r.stderr())
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("ready_timeout: 1500ms", "ready_timeout: 60m"))
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "configuration reloaded from" in r.stderr(), 5),
+                        r.stderr())
+        try:
+            rc = r.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-router did not give up:\n" + r.stderr())
+        self.assertEqual(rc, 1, r.stderr())
+        self.assertIn("local shards did not come up within router.ready_timeout (1500 ms",
+                      r.stderr())
         self.assertTrue(r.wait_all_gone(5), "processes left: %r" % procs_for_config(r.config))
 
     # ---- slow name resolution -----------------------------------------------------
@@ -282,6 +339,39 @@ class LifecycleTest(RouterTestCase):
         self.assertLess(time.monotonic() - t0, SLOW_MS / 1000.0 + 3)
         self.assertTrue(r.wait_all_gone(5))
         sys.stderr.write("slowest pair of requests: %.3f s\n" % worst[0])
+
+    def test_a_reload_while_the_master_starts_is_applied_once_it_can(self):
+        """A SIGHUP that reaches the master while it starts (here: resolving
+        router.resp_listen, a name that takes 1.5 s) came after it read the
+        file, so the edit it announces must not be lost: it used to be
+        ignored (SIG_IGN until the loop's handler), leaving the node on the
+        old text without a word. Blocked until the handler exists, it
+        reloads then, in the master and (passed on) in every child."""
+        shim = os.path.join(BUILD_DIR, "libkvs_test_slow_resolver.so")
+        self.assertTrue(os.path.exists(shim), shim)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": shim, "KVS_TEST_SLOW_HOST": SLOW_HOST, "KVS_TEST_SLOW_MS": "1500",
+               "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        r = self.router(start=False, shards=2, partitions=8, env=env,
+                        router_yaml=['resp_listen: "%s:%d"' % (SLOW_HOST, free_port())],
+                        log="{level: info, slow_threshold: off}")
+        r.proc = r.spawn()
+        # The master's own lookup is the first (before any child starts).
+        self.assertTrue(wait_until(lambda: "looking up " + SLOW_HOST in r.stderr(), 10),
+                        r.stderr())
+        self.assertNotIn("started shard", r.stderr())
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("slow_threshold: off", "slow_threshold: 0"))
+        r.proc.send_signal(signal.SIGHUP)
+        line = "configuration reloaded from %s (log.slow_threshold)" % r.config
+        # The master, the router process and both workers (held a second
+        # for the young ones).
+        self.assertTrue(wait_until(lambda: r.stderr().count(line) == 4, 15), r.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 10), r.stderr()[-3000:])
+        self.assertIsNone(r.proc.poll())
+        self.assertEqual(r.stop(), 0, r.stderr())
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ def edit(router, old, new):
         f.write(text.replace(old, new))
 
 
+def changes_over(router):
+    """How many membership changes router's log says are over, done
+    ("membership change complete") or failed ("... abandoned")."""
+    log = router.stderr()
+    return log.count("membership change complete") + log.count("membership change abandoned")
+
+
 def router_procs(router):
     """{pid: generation} of router's live router processes."""
     out = {}
@@ -181,10 +188,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         return mock, bases, mport, a, b
 
     def reload(self, router, changes):
-        """SIGHUP; waits for the change count-th "membership change complete"."""
+        """SIGHUP; waits until `changes` membership changes are over (changes_over)."""
         router.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
-            lambda: router.stderr().count("membership change complete") == changes, 40),
+            lambda: changes_over(router) == changes, 40),
             router.stderr()[-4000:])
 
     def check_acked(self, traffic, router):
@@ -383,7 +390,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             self.assertEqual(sum("RELOADING" in m for m in notify.messages), 1, notify.messages)
             # The serving generation never stopped; the new worker went.
             self.assertTrue(wait_until(
-                lambda: a.stderr().count("membership change complete") == 1, 30),
+                lambda: changes_over(a) == 1, 30),
                 a.stderr()[-4000:])
             self.assertEqual(router_procs(a), gen0)
             self.assertEqual(sorted(a.workers()), [0, 1])
@@ -440,7 +447,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                              a.stderr()[-4000:])
         self.assertIn("shard 2's new worker cannot run with this configuration", a.stderr())
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
         self.assertIsNone(a.proc.poll())
         self.assertEqual(router_procs(a), gen0)
         self.assertEqual(sorted(a.workers()), [0, 1])
@@ -451,6 +458,56 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         shutil.rmtree(bad)
         self.reload(a, 2)
         self.assertEqual(sorted(a.workers()), [0, 1, 2])
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_failed_change_applies_none_of_its_reload(self):
+        # The same file brings the new map and a live key (every command
+        # to the slow log). The change fails (the new worker exits 78):
+        # nothing of that reload applies, in no process. It used to be
+        # half applied: the serving router process and the master took
+        # the live key at once, the workers (which get their SIGHUP only
+        # at the switch) never, a router process restarted later neither.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        gen0 = router_procs(a)
+        key = next(b"s-%d" % i for i in range(400) if shard_of_key(b"s-%d" % i) == 0)
+        bad = os.path.join(a.data_dir, "shard-2")
+        os.mkdir(bad, 0o700)
+        shutil.copy(os.path.join(a.data_dir, "shard-0", "data.mdb"), bad)
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 2, 3]}, bases)
+        edit(a, "log: {level: info}", "log: {level: info, slow_threshold: 0}")
+
+        def slow(path, reads=3):
+            """The Hgets of `reads` reads of key the slow log at path keeps."""
+            req = pb.CommandRequest()
+            req.slowlog.reset = True
+            with Client(path, timeout=5) as c:
+                self.assertEqual(c.call(req).status, 200)
+                for _ in range(reads):
+                    self.assertIn(c.call(req_hget(TABLE, key)).status, (200, 404))
+                req.slowlog.reset = False
+                return [e.command for e in c.call(req).ops.slowlog].count("Hget")
+
+        time.sleep(1.1)  # every process past the supervisor's hold of a young one's SIGHUP
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
+        self.assertEqual(router_procs(a), gen0)
+        time.sleep(0.5)  # a SIGHUP passed on would have been handled by now
+        self.assertEqual(slow(a.socket_path(0)), 0)  # the worker
+        self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 0)  # the router process
+        self.assertIn("nothing of that reload applies", a.stderr())
+        # Nor does the log call the failed change complete.
+        self.assertNotIn("membership change complete", a.stderr())
+        self.assertIn("membership change abandoned: the previous map serves", a.stderr())
+        self.assertNotRegex(a.stderr(), r"router INFO  configuration reloaded")
+        # Fixed, the same file goes through whole: everybody logs slowly.
+        shutil.rmtree(bad)
+        self.reload(a, 2)
+        self.assertEqual(a.stderr().count("membership change complete"), 1)
+        self.assertTrue(wait_until(lambda: slow(a.socket_path(0)) == 3, 10), a.stderr()[-3000:])
+        self.assertEqual(slow(os.path.join(a.data_dir, "router0.sock")), 3)
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
@@ -480,7 +537,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)  # shard 0: 2 replicas -> 1
         a.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 20), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
         self.assertIn("membership change failed", a.stderr())
         self.assertEqual(info_pairs(a.socket_path(0))["shard.000.replicas"], 2)
         self.restart_worker(a, 0)
@@ -540,6 +597,56 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_worker_that_reloads_late_never_reads_a_failed_changes_map(self):
+        # A worker still copying a snapshot (its peer hangs) holds a live
+        # reload's SIGHUP until it serves. Meanwhile a membership change
+        # (shard 0 to a alone) fails. The text every reload reads
+        # (--reload-from) used to be the new map's from the change's start
+        # on, so the late worker took that map (shard 0: 1 replica) after
+        # the change had failed, while the routers route by the previous
+        # one (2 replicas).
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        source = b.workers()[0]
+        bad = os.path.join(a.data_dir, "shard-2")
+        os.kill(source, signal.SIGSTOP)
+        try:
+            copies = a.stderr().count("copying a snapshot from node b")
+            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
+            a.kill_worker(0)
+            self.assertTrue(wait_until(
+                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
+                a.stderr()[-3000:])
+            a.proc.send_signal(signal.SIGHUP)  # nothing changed: every process reloads
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
+                10), a.stderr()[-3000:])
+            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+            # The change fails at once: shard 2's new worker finds shard 0's
+            # environment in its directory (exit 78).
+            os.mkdir(bad, 0o700)
+            shutil.copy(os.path.join(a.data_dir, "shard-1", "data.mdb"), bad)
+            set_map(a, {"a": [0, 1, 2], "b": [1, 2, 3]}, bases)
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: changes_over(a) == 1, 20), a.stderr()[-3000:])
+            self.assertIn("membership change failed", a.stderr())
+        finally:
+            os.kill(source, signal.SIGCONT)
+
+        def replicas():
+            try:
+                return info_pairs(a.socket_path(0), 2)["shard.000.replicas"]
+            except (OSError, AssertionError, KeyError):
+                return None
+        self.assertTrue(wait_until(lambda: replicas() is not None, 20), a.stderr()[-3000:])
+        # Serving: its held SIGHUP is handled now (its reload line).
+        self.assertTrue(wait_until(
+            lambda: re.search(r"node\[0\] INFO  configuration reloaded", a.stderr()), 10),
+            a.stderr()[-3000:])
+        self.assertEqual(replicas(), 2)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_change_whose_router_process_cannot_listen_leaves_the_sockets_to_the_serving_ones(
             self):
         layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
@@ -566,7 +673,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             mark = len(a.stderr())
             a.proc.send_signal(signal.SIGHUP)
             self.assertTrue(wait_until(
-                lambda: a.stderr().count("membership change complete") == attempt, 20),
+                lambda: changes_over(a) == attempt, 20),
                 a.stderr()[-4000:])
             log = a.stderr()[mark:]
             self.assertIn("membership change failed", log)
@@ -669,7 +776,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertTrue(wait_until(lambda: not any(os.path.exists(p) for p in nexts), 10),
                         [os.path.exists(p) for p in nexts])
         self.assertTrue(wait_until(
-            lambda: a.stderr().count("membership change complete") == 1, 10), a.stderr()[-3000:])
+            lambda: changes_over(a) == 1, 10), a.stderr()[-3000:])
         self.assertEqual(new_procs(), {})
         # The previous map's router processes serve on, on their own sockets.
         self.assertEqual(router_procs(a), gen0)

@@ -19,6 +19,7 @@ import time
 
 import redis
 
+from kafkatest import MockKafka, ingest_yaml
 from kvstest import BUILD_DIR, HOST, pb, pyval
 from routertest import RouterTestCase, free_port, procs_for_config
 
@@ -214,6 +215,38 @@ class ProcsTest(ProcsTestCase):
                             first_worker_stop)
         self.assertLess(at("router INFO  clients drained; stopping workers"), first_worker_stop)
         self.assertIn("router INFO  stopped", log[-1])
+
+    def test_sighup_during_the_shutdown_kills_no_process(self):
+        # SIGHUPs (an operator's kill -HUP of every kvs process, say) keep
+        # coming while the node stops. Each process ignores them once it
+        # drains, but closing its loop's handles at the end gave SIGHUP its
+        # default action back: a worker, a router process or the master
+        # itself died by it ("killed by signal SIGHUP", the master's exit
+        # status a signal, not 0). The workers ingest a topic, so they run
+        # threads of libuv's pool too, which may take the signal. Three
+        # stops, as the window is short.
+        mock = MockKafka({"users": 16})
+        self.addCleanup(mock.close)
+        for attempt in range(3):
+            r = self.node(processes=2, resp=False,
+                          extra_yaml=ingest_yaml(mock.bootstrap, [("users", "users", "raw", 16)]))
+            # Ingesting (its pool threads run) before the stop.
+            self.assertTrue(wait_until(lambda: r.stderr().count("kafka: consuming") == 2),
+                            r.stderr()[-3000:])
+            pids = list(procs_for_config(r.config))
+            self.assertEqual(len(pids), 5, pids)  # master, 2 routers, 2 workers
+            r.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + WAIT
+            while r.proc.poll() is None and time.monotonic() < deadline:
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGHUP)
+                    except OSError:
+                        pass
+                time.sleep(0.0005)
+            self.assertEqual(r.proc.wait(WAIT), 0, r.stderr())
+            self.assertNotIn("killed by signal SIGHUP", r.stderr())
+            self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
 
     def test_killed_master_leaves_no_process_and_the_lock_covers_routers(self):
         r = self.node(processes=2)
