@@ -397,7 +397,7 @@ static const unit_t size_units[] = {
 };
 
 static const unit_t duration_units[] = {
-    {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {NULL, 0},
+    {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}, {NULL, 0},
 };
 
 /* Parses leading decimal digits (at least one) without overflow. */
@@ -538,7 +538,7 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
     if (d->type == D_DURATION && kvs_config_parse_duration_ms(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a duration (write milliseconds, or a number with "
-                         "ms, s or m, as in 1s%s)",
+                         "ms, s, m, h or d, as in 1s%s)",
                          d->path, text, (d->flags & F_OFF) ? "; or off" : "");
     if (v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);

@@ -259,12 +259,17 @@ KVS_TEST(bad_duration_values)
 {
     parse_fails("storage:\n  sync_interval: soon\n",
                 "config.yaml:2:18: storage.sync_interval: \"soon\" is not a duration (write "
-                "milliseconds, or a number with ms, s or m, as in 1s)");
+                "milliseconds, or a number with ms, s, m, h or d, as in 1s)");
     parse_fails("storage:\n  sync_interval: 0ms\n",
                 "config.yaml:2:18: storage.sync_interval must be from 1ms to 1h (got \"0ms\")");
     parse_fails("storage:\n  sync_interval: 61m\n",
                 "config.yaml:2:18: storage.sync_interval must be from 1ms to 1h (got \"61m\")");
+    parse_fails("storage:\n  sync_interval: 2h\n",
+                "config.yaml:2:18: storage.sync_interval must be from 1ms to 1h (got \"2h\")");
     kvs_config_t *c = parse_ok("storage: {sync_interval: 60m}\n");
+    CHECK_EQ(c->sync_interval_ms, 3600000);
+    kvs_config_free(c);
+    c = parse_ok("storage: {sync_interval: 1h}\n"); /* the bound the message names parses */
     CHECK_EQ(c->sync_interval_ms, 3600000);
     kvs_config_free(c);
 }
@@ -839,7 +844,11 @@ KVS_TEST(parse_duration_table)
         {"", KVS_EINVAL, 0},
         {"-5s", KVS_EINVAL, 0},
         {"s", KVS_EINVAL, 0},
-        {"1h", KVS_EINVAL, 0},
+        {"1h", 0, 3600000},
+        {"7d", 0, 604800000},
+        {"1H", KVS_EINVAL, 0},
+        {"1w", KVS_EINVAL, 0},
+        {"213503982335d", KVS_EINVAL, 0},
         {"1 s", KVS_EINVAL, 0},
         {"1.5s", KVS_EINVAL, 0},
         {"10sec", KVS_EINVAL, 0},
@@ -986,7 +995,7 @@ KVS_TEST(ops_keys_defaults_and_values)
     kvs_config_free(c);
     parse_fails("log: {slow_threshold: soon}\n",
                 "config.yaml:1:23: log.slow_threshold: \"soon\" is not a duration (write "
-                "milliseconds, or a number with ms, s or m, as in 1s; or off)");
+                "milliseconds, or a number with ms, s, m, h or d, as in 1s; or off)");
     parse_fails("log: {slow_max: 0}\n",
                 "config.yaml:1:17: log.slow_max must be an integer from 1 to 100000 (got \"0\")");
     parse_fails("router: {metrics_listen: \"unix:/x\"}\n",
