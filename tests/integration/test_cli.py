@@ -461,5 +461,89 @@ class CliTest(unittest.TestCase):
             self.assertLess(elapsed, 2.5)
 
 
+class FakeServer:
+    """A loopback listener impersonating a kvs server: each connection is
+    handed to handler(conn) on its own thread; close() stops accepting."""
+
+    def __init__(self, handler):
+        self.listener = socket.socket()
+        self.listener.bind((HOST, 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.handler = handler
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                self.handler(conn)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def answer(conn, resp):
+    """Reads whatever request is there, then sends one framed answer."""
+    conn.recv(65536)
+    payload = resp.SerializeToString()
+    conn.sendall(struct.pack(">I", len(payload)) + payload)
+
+
+class HostileServerTest(unittest.TestCase):
+    """kvs-cli against fake servers that stall, trickle or lie."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kvs-cli-hostile-")
+        self.servers = []
+
+    def tearDown(self):
+        for s in self.servers:
+            s.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def serve(self, handler):
+        s = FakeServer(handler)
+        self.servers.append(s)
+        return s.port
+
+    def cli(self, port, *args, limit=8):
+        """Runs kvs-cli against `port`; fails the test if it runs past
+        `limit` seconds. Returns the CompletedProcess and the time taken."""
+        start = time.monotonic()
+        try:
+            p = subprocess.run([CLI, "--port", str(port)] + [str(a) for a in args], input=b"",
+                               capture_output=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-cli %s still ran after %d s" % (" ".join(args), limit))
+        return p, time.monotonic() - start
+
+    def test_slow_reader_cannot_stretch_a_send_past_the_timeout(self):
+        # The server takes 256 KiB every half second: every send() makes some
+        # progress, so a timeout per call never fires; the exchange's must.
+        def slow_reader(conn):
+            while conn.recv(256 << 10):
+                time.sleep(0.5)
+
+        port = self.serve(slow_reader)
+        big = os.path.join(self.dir, "big")
+        with open(big, "wb") as f:
+            f.write(b"\0" * (30 << 20))
+        p, elapsed = self.cli(port, "--timeout", "1", "--binary", "hset", "t", "k", "@" + big)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"no reply within 1 s", p.stderr)
+        self.assertLess(elapsed, 4)
+
+
 if __name__ == "__main__":
     unittest.main()
