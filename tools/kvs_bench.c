@@ -38,6 +38,7 @@
  * breaks mid-run, 2 for usage errors.
  */
 #include "bench_hist.h"
+#include "cli_text.h"
 #include "kvs_addr.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
@@ -399,8 +400,9 @@ static void note_first_error(bench_run_t *r, uint32_t st, const uint8_t *p, size
     if (r->first_error[0] != '\0')
         return;
     Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, p);
-    snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " %s", st,
-             m != NULL && m->message != NULL ? m->message : "");
+    int n = snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " ", st);
+    cli_text_copy(r->first_error + n, sizeof(r->first_error) - (size_t)n,
+                  m != NULL && m->message != NULL ? m->message : "");
     if (m != NULL)
         kvs__command_response__free_unpacked(m, NULL);
 }
@@ -664,8 +666,10 @@ static void auth_answered(bench_client_t *c, const uint8_t *payload, size_t len)
     c->authing = 0;
     if (response_status(payload, len, &st) != 0 || st != KVS_STATUS_OK) {
         Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, payload);
-        bench_fail(b, "authentication as \"%s\" failed: %s", b->o.user,
-                   m != NULL && m->message != NULL ? m->message : "no valid answer");
+        char why[512];
+        cli_text_copy(why, sizeof(why),
+                      m != NULL && m->message != NULL ? m->message : "no valid answer");
+        bench_fail(b, "authentication as \"%s\" failed: %s", b->o.user, why);
     }
     client_connected(c);
 }

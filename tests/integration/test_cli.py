@@ -486,7 +486,7 @@ class FakeServer:
         with conn:
             try:
                 self.handler(conn)
-            except OSError:
+            except (OSError, ConnectionError, struct.error):
                 pass
 
     def close(self):
@@ -498,6 +498,16 @@ def answer(conn, resp):
     conn.recv(65536)
     payload = resp.SerializeToString()
     conn.sendall(struct.pack(">I", len(payload)) + payload)
+
+
+def answer_each(conn, resp):
+    """Answers every framed request on the connection with `resp`."""
+    payload = resp.SerializeToString()
+    frame = struct.pack(">I", len(payload)) + payload
+    while True:
+        (n,) = struct.unpack(">I", recv_exact(conn, 4))
+        recv_exact(conn, n)
+        conn.sendall(frame)
 
 
 class HostileServerTest(unittest.TestCase):
@@ -527,6 +537,29 @@ class HostileServerTest(unittest.TestCase):
         except subprocess.TimeoutExpired:
             self.fail("kvs-cli %s still ran after %d s" % (" ".join(args), limit))
         return p, time.monotonic() - start
+
+    def test_server_text_cannot_drive_the_terminal(self):
+        # Escape sequences (retitle, clear screen, colour), BEL, CR and a C1
+        # CSI in a server's message come out as \xHH; UTF-8 text stays.
+        evil = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\rfake \u009b2J \u00e9\u2713"
+        shown = "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\x0dfake \\xc2\\x9b2J \u00e9\u2713"
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=500, message=evil)))
+        p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stdout, b"")
+        self.assertEqual(p.stderr.decode(), "(error) 500 %s\n" % shown)
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=200, message=evil)))
+        p, _ = self.cli(port, "--timeout", "2", "ping")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode(), shown + "\n")
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=500,
+                                                                            message=evil)))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "3", "-t", "ping", "-q"],
+                           capture_output=True, timeout=8)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"\x1b", p.stdout + p.stderr)
+        self.assertIn(b"3 errors (first: 500 \\x1b]0;owned", p.stdout)
 
     def test_slow_reader_cannot_stretch_a_send_past_the_timeout(self):
         # The server takes 256 KiB every half second: every send() makes some
