@@ -561,6 +561,25 @@ class HostileServerTest(unittest.TestCase):
         self.assertNotIn(b"\x1b", p.stdout + p.stderr)
         self.assertIn(b"3 errors (first: 500 \\x1b]0;owned", p.stdout)
 
+    def test_bench_gives_up_on_a_server_that_stops_answering(self):
+        def mute(conn):
+            while conn.recv(65536):
+                pass
+
+        port = self.serve(mute)
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        start = time.monotonic()
+        try:
+            p = subprocess.run([bench, "--port", str(port), "-c", "2", "-n", "10", "-t", "ping",
+                                "-q", "--timeout", "1"], capture_output=True, timeout=8)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-bench still waited for a mute server after 8 s")
+        self.assertLess(time.monotonic() - start, 4)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr.decode(),
+                         "kvs-bench: 127.0.0.1:%d answered nothing for 1 s during PING "
+                         "(0 of 10 responses received; see --timeout)\n" % port)
+
     def test_slow_reader_cannot_stretch_a_send_past_the_timeout(self):
         # The server takes 256 KiB every half second: every send() makes some
         # progress, so a timeout per call never fires; the exchange's must.
