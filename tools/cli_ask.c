@@ -56,7 +56,7 @@ int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, Pro
     kvs_frame_put_header(buf, (uint32_t)n);
     kvs__command_request__pack(q, buf + KVS_FRAME_HEADER);
     double deadline = cli_net_deadline(timeout);
-    int rc = cli_net_send(net, buf, KVS_FRAME_HEADER + n);
+    int rc = cli_net_send(net, buf, KVS_FRAME_HEADER + n, deadline);
     free(buf);
     if (rc == 0)
         return read_answer(net, deadline, pb, out, why, len);

@@ -18,10 +18,10 @@
 
 #define CLI_ASK_MAX_ANSWER (64u << 20) /* the largest answer accepted */
 
-/* Sends `q` on the open connection `net` and reads one answer frame
- * within `timeout` seconds (0: none). A server that refuses a request (too
- * large, say) answers and closes, possibly before it read all of it, so a
- * failed send still looks for that answer. Returns 0 with *out unpacked
+/* Sends `q` on the open connection `net` and reads one answer frame, the
+ * whole exchange within `timeout` seconds (0: none). A server that refuses
+ * a request (too large, say) answers and closes, possibly before it read
+ * all of it, so a failed send still looks for that answer. Returns 0 with *out unpacked
  * with `pb` (NULL: malloc; then free it with
  * kvs__command_response__free_unpacked), an error of cli_net_send or
  * cli_net_recv, or KVS_EPROTO with why[0..len) saying what is wrong with

@@ -14,6 +14,7 @@
 #include "cli_digest.h"
 #include "cli_ask.h"
 #include "cli_net.h"
+#include "cli_text.h"
 #include "kvs_cluster.h"
 #include "kvs_hash.h"
 #include "kvs_msg.h"
@@ -122,9 +123,12 @@ static int digest_shard(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t sh
     for (int i = 0; i < n; i++) {
         if (ans[i].ok)
             put_replica(&reps[i], &ans[i], raw, shard);
-        else
-            fprintf(raw ? stderr : stdout, "  %-16s error: %s\n",
-                    reps[i].node[0] ? reps[i].node : "(this node)", ans[i].why);
+        else {
+            FILE *f = raw ? stderr : stdout;
+            fprintf(f, "  %-16s error: ", reps[i].node[0] ? reps[i].node : "(this node)");
+            cli_text_put(f, ans[i].why);
+            putc('\n', f);
+        }
     }
     free(ans);
     return agree ? 0 : 1;

@@ -144,14 +144,20 @@ static int set_timeouts(int fd, double timeout)
     return 0;
 }
 
-static int send_all(int fd, const uint8_t *p, size_t n)
+/* Sends p[0..n) before `deadline`: a peer that reads a little at a time
+ * must not stretch the send past it (SO_SNDTIMEO bounds each call only).
+ * Returns 0, -ETIMEDOUT or -errno. */
+static int send_all(int fd, const uint8_t *p, size_t n, double deadline)
 {
     while (n > 0) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
+        int rc = wait_fd(fd, POLLOUT, deadline);
+        if (rc != 0)
+            return rc;
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
             continue;
         if (k < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+            return -errno;
         p += k;
         n -= (size_t)k;
     }
@@ -177,21 +183,21 @@ static ssize_t recv_some(int fd, uint8_t *p, size_t n, double deadline)
 
 /* ---- TLS -------------------------------------------------------------------- */
 
-/* Sends the ciphertext the session made. */
-static int tls_flush(cli_net_t *n)
+/* Sends the ciphertext the session made before `deadline`. */
+static int tls_flush(cli_net_t *n, double deadline)
 {
     if (n->tls_out.len == 0)
         return 0;
-    int rc = send_all(n->fd, n->tls_out.data, n->tls_out.len);
+    int rc = send_all(n->fd, n->tls_out.data, n->tls_out.len, deadline);
     n->tls_out.len = 0;
     return rc;
 }
 
 /* Notes why the session failed. Returns rc. */
-static int tls_failed(cli_net_t *n, int rc)
+static int tls_failed(cli_net_t *n, int rc, double deadline)
 {
     snprintf(n->tls_err, sizeof(n->tls_err), "%s", kvs_tls_error(n->tls));
-    tls_flush(n); /* the alert, best effort */
+    tls_flush(n, deadline); /* the alert, best effort */
     return rc;
 }
 
@@ -215,11 +221,11 @@ static int tls_handshake(cli_net_t *n, const char *host, double deadline)
     while (rc == 0) {
         rc = kvs_tls_handshake(n->tls);
         kvs_tls_in_done(n->tls);
-        int sent = tls_flush(n);
+        int sent = tls_flush(n, deadline);
         if (rc == 0)
             return sent;
         if (rc != -EAGAIN)
-            return tls_failed(n, rc);
+            return tls_failed(n, rc, deadline);
         if (sent != 0)
             return sent;
         rc = tls_pull(n, deadline);
@@ -242,9 +248,9 @@ static int tls_recv(cli_net_t *n, uint8_t *p, size_t len, double deadline)
             continue;
         }
         kvs_tls_in_done(n->tls);
-        int sent = tls_flush(n); /* TLS 1.3 key updates and the like */
+        int sent = tls_flush(n, deadline); /* TLS 1.3 key updates and the like */
         if (rc == KVS_ETLS)
-            return tls_failed(n, rc);
+            return tls_failed(n, rc, deadline);
         if (rc != -EAGAIN)
             return rc;
         if (sent != 0)
@@ -288,14 +294,14 @@ int cli_net_open(cli_net_t *n, const char *path, const char *host, const char *p
     return KVS_ETLS;
 }
 
-int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len)
+int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline)
 {
     if (n->tls == NULL)
-        return send_all(n->fd, p, len);
+        return send_all(n->fd, p, len, deadline);
     int rc = kvs_tls_write(n->tls, p, len);
     if (rc != 0)
-        return tls_failed(n, rc);
-    return tls_flush(n);
+        return tls_failed(n, rc, deadline);
+    return tls_flush(n, deadline);
 }
 
 int cli_net_recv(cli_net_t *n, uint8_t *p, size_t len, double deadline)
@@ -322,7 +328,7 @@ const char *cli_net_tls_error(const cli_net_t *n)
 void cli_net_close(cli_net_t *n)
 {
     if (n->tls != NULL && n->fd >= 0 && kvs_tls_shutdown(n->tls) == 0)
-        tls_flush(n); /* close_notify, best effort */
+        tls_flush(n, cli_net_deadline(1)); /* close_notify, best effort, briefly */
     kvs_tls_free(n->tls);
     n->tls = NULL;
     kvs_buf_free(&n->tls_out);

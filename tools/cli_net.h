@@ -37,9 +37,9 @@ double cli_net_deadline(double timeout);
 int cli_net_open(cli_net_t *n, const char *path, const char *host, const char *port, double timeout,
                  char *why, size_t len);
 
-/* Sends p[0..len) (encrypted under TLS). Returns 0, -ETIMEDOUT, KVS_ETLS
- * or -errno. */
-int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len);
+/* Sends p[0..len) (encrypted under TLS) before `deadline` (0: none).
+ * Returns 0, -ETIMEDOUT, KVS_ETLS or -errno. */
+int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline);
 
 /* Receives exactly `len` bytes before `deadline`. Returns 0, -ETIMEDOUT,
  * KVS_ECLOSED (the peer closed first), KVS_ETLS (see cli_net_tls_error)

@@ -9,6 +9,7 @@
  */
 #include "cli_rebuild.h"
 #include "cli_ask.h"
+#include "cli_text.h"
 #include "kvs_cluster.h"
 
 #include <stdio.h>
@@ -28,11 +29,13 @@ static int rebuild_one(const kvs_replica_t *rep, kvs_tls_ctx_t *tls, uint32_t sh
     Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, &q, timeout, why, sizeof(why));
     int ok = r != NULL && r->status == 200;
     if (ok)
-        printf("shard %u %s: %s\n", shard, name, r->message);
+        printf("shard %u %s: ", shard, name);
     else if (r != NULL)
-        fprintf(stderr, "kvs-cli: shard %u %s: %u %s\n", shard, name, r->status, r->message);
+        fprintf(stderr, "kvs-cli: shard %u %s: %u ", shard, name, r->status);
     else
-        fprintf(stderr, "kvs-cli: shard %u %s: %s\n", shard, name, why);
+        fprintf(stderr, "kvs-cli: shard %u %s: ", shard, name);
+    cli_text_put(ok ? stdout : stderr, r != NULL ? r->message : why);
+    putc('\n', ok ? stdout : stderr);
     if (r != NULL)
         kvs__command_response__free_unpacked(r, NULL);
     return ok ? 0 : 1;

@@ -33,11 +33,16 @@
  *
  * Memory: everything is allocated at start-up (clients, rings, templates);
  * connection output buffers grow to one window of requests and stay there.
+ * A server that stops answering ends the run: when --timeout seconds pass
+ * without a connection completing or an answer arriving, kvs-bench says so
+ * and exits 1 (a watchdog timer compares the clock with the last progress).
+ *
  * Exit status: 0 when every test ran to the end (error statuses are
- * reported, not fatal), 1 when the server cannot be reached or a connection
- * breaks mid-run, 2 for usage errors.
+ * reported, not fatal), 1 when the server cannot be reached, stops
+ * answering or a connection breaks mid-run, 2 for usage errors.
  */
 #include "bench_hist.h"
+#include "cli_text.h"
 #include "kvs_addr.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
@@ -62,6 +67,7 @@
 #define BENCH_MAX_TESTS 32
 #define BENCH_MAX_STATUS 8 /* distinct statuses tracked by value */
 #define BENCH_PROGRESS_MS 250
+#define BENCH_WATCHDOG_MS 100
 #define BENCH_MAX_VALUE (1024u * 1024u)
 
 typedef enum { K_HSET, K_HGET, K_HMGET, K_PING, K_COUNT, K_MIXED = K_COUNT } bench_kind_t;
@@ -86,6 +92,7 @@ typedef struct bench_tmpl_s {
 
 typedef struct bench_opts_s {
     uint64_t clients, requests, pipeline, keyspace, value_size, keys, warmup, seed;
+    uint64_t timeout; /* seconds without progress before giving up; 0: never */
     double read_ratio;
     const char *table;
     const bench_test_t *tests[BENCH_MAX_TESTS];
@@ -136,6 +143,8 @@ struct bench_s {
     kvs_flusher_t flusher;
     uv_timer_t progress;
     int progress_on; /* stderr is a terminal */
+    uv_timer_t watchdog;
+    uint64_t last_ns; /* when a connection or an answer last came */
     bench_client_t *clients;
     uint64_t connected;
     int finishing;
@@ -399,8 +408,9 @@ static void note_first_error(bench_run_t *r, uint32_t st, const uint8_t *p, size
     if (r->first_error[0] != '\0')
         return;
     Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, p);
-    snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " %s", st,
-             m != NULL && m->message != NULL ? m->message : "");
+    int n = snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " ", st);
+    cli_text_copy(r->first_error + n, sizeof(r->first_error) - (size_t)n,
+                  m != NULL && m->message != NULL ? m->message : "");
     if (m != NULL)
         kvs__command_response__free_unpacked(m, NULL);
 }
@@ -664,16 +674,33 @@ static void auth_answered(bench_client_t *c, const uint8_t *payload, size_t len)
     c->authing = 0;
     if (response_status(payload, len, &st) != 0 || st != KVS_STATUS_OK) {
         Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, payload);
-        bench_fail(b, "authentication as \"%s\" failed: %s", b->o.user,
-                   m != NULL && m->message != NULL ? m->message : "no valid answer");
+        char why[512];
+        cli_text_copy(why, sizeof(why),
+                      m != NULL && m->message != NULL ? m->message : "no valid answer");
+        bench_fail(b, "authentication as \"%s\" failed: %s", b->o.user, why);
     }
     client_connected(c);
+}
+
+/* --timeout: ends the run when nothing came for that long. */
+static void on_watchdog(uv_timer_t *t)
+{
+    bench_t *b = t->data;
+    uint64_t quiet = uv_hrtime() - b->last_ns;
+    if (b->finishing || quiet < b->o.timeout * 1000000000ull)
+        return;
+    bench_fail(b,
+               "%s answered nothing for %" PRIu64 " s during %s (%" PRIu64 " of %" PRIu64
+               " responses received; see --timeout)",
+               b->name, b->o.timeout, b->run.test ? b->run.test->title : "start-up", b->run.done,
+               b->run.total);
 }
 
 static void on_frame(kvs_conn_t *conn, const uint8_t *payload, size_t len)
 {
     bench_client_t *c = conn->data;
     bench_t *b = c->b;
+    b->last_ns = uv_hrtime();
     if (c->authing) {
         auth_answered(c, payload, len);
         return;
@@ -733,6 +760,7 @@ static void on_conn_close(kvs_conn_t *conn)
 static void client_connected(bench_client_t *c)
 {
     bench_t *b = c->b;
+    b->last_ns = uv_hrtime();
     if (++b->connected == b->o.clients)
         run_next(b);
 }
@@ -819,6 +847,7 @@ static void bench_shutdown(bench_t *b)
         kvs_conn_close(&b->clients[i].conn);
     kvs_flusher_close(&b->flusher, NULL);
     uv_close((uv_handle_t *)&b->progress, NULL);
+    uv_close((uv_handle_t *)&b->watchdog, NULL);
 }
 
 /* ---- options ---------------------------------------------------------------------- */
@@ -844,6 +873,8 @@ static void usage(FILE *f)
             "      --insecure         do not verify the server's certificate (testing only)\n"
             "      --user NAME        authenticate every connection as NAME (Auth)\n"
             "      --token TOKEN      its token (default: the environment variable KVS_TOKEN)\n"
+            "      --timeout SECONDS  give up when no connection completes and no answer\n"
+            "                         comes for this long (default 10; 0 = wait forever)\n"
             "Workload:\n"
             "  -c, --clients N        parallel connections (default 50)\n"
             "  -n, --requests N       requests per test (default 100000)\n"
@@ -871,8 +902,8 @@ static void usage(FILE *f)
             "never written) is counted as \"not found\", not as an error: run hset before\n"
             "hget (as the default order does) so most keys exist; with -r R and -n N about\n"
             "R*exp(-N/R) keys are still missing. Any other status counts as an error.\n"
-            "Exit status: 0 when all tests ran, 1 when the server cannot be reached or a\n"
-            "connection breaks, 2 for usage errors.\n");
+            "Exit status: 0 when all tests ran, 1 when the server cannot be reached, stops\n"
+            "answering (--timeout) or a connection breaks, 2 for usage errors.\n");
 }
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -941,6 +972,7 @@ static void opts_defaults(bench_opts_t *o)
     o->keys = 10;
     o->seed = 1;
     o->read_ratio = 0.9;
+    o->timeout = 10;
     o->table = "bench";
     snprintf(o->addr.host, sizeof(o->addr.host), "127.0.0.1");
     o->addr.port = 9527;
@@ -962,6 +994,7 @@ enum {
     OPT_INSECURE,
     OPT_USER,
     OPT_TOKEN,
+    OPT_TIMEOUT,
 };
 
 static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'},
@@ -988,6 +1021,7 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
                                           {"insecure", no_argument, NULL, OPT_INSECURE},
                                           {"user", required_argument, NULL, OPT_USER},
                                           {"token", required_argument, NULL, OPT_TOKEN},
+                                          {"timeout", required_argument, NULL, OPT_TIMEOUT},
                                           {NULL, 0, NULL, 0}};
 
 /* Applies one connection option; returns 0 if `ch` is not one. */
@@ -1008,6 +1042,8 @@ static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
         o->user = arg;
     } else if (ch == OPT_TOKEN) {
         o->token = arg;
+    } else if (ch == OPT_TIMEOUT) {
+        o->timeout = parse_u64("--timeout", arg, 0, 86400);
     } else if (ch >= OPT_TLS && ch <= OPT_INSECURE) {
         o->tls = 1;
         if (ch == OPT_CACERT)
@@ -1134,9 +1170,14 @@ int main(int argc, char **argv)
     tmpl_init_all(&b);
     b.clients = calloc(b.o.clients, sizeof(*b.clients));
     if (b.clients == NULL || kvs_flusher_init(&b.flusher, b.loop, NULL, &b) != 0 ||
-        uv_timer_init(b.loop, &b.progress) != 0)
+        uv_timer_init(b.loop, &b.progress) != 0 || uv_timer_init(b.loop, &b.watchdog) != 0)
         bench_fail(&b, "cannot set up the event loop");
     b.progress.data = &b;
+    b.watchdog.data = &b;
+    b.last_ns = uv_hrtime();
+    if (b.o.timeout > 0 &&
+        uv_timer_start(&b.watchdog, on_watchdog, BENCH_WATCHDOG_MS, BENCH_WATCHDOG_MS) != 0)
+        bench_fail(&b, "cannot set up the event loop");
     clients_connect(&b);
     uv_run(b.loop, UV_RUN_DEFAULT);
     for (uint64_t i = 0; i < b.o.clients; i++)

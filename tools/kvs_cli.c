@@ -58,6 +58,7 @@
  * have put it.
  */
 #include "cli_ask.h"
+#include "cli_text.h"
 #include "cli_digest.h"
 #include "cli_rebuild.h"
 #include "cli_edit.h"
@@ -252,8 +253,10 @@ static int cli_auth(cli_t *c, char *why, size_t len)
     if (rc != 0 || r->status == KVS_STATUS_OK)
         return rc;
     fflush(stdout);
-    fprintf(stderr, "kvs-cli: %s: authentication as \"%s\" failed: %" PRIu32 " %s\n", c->name,
-            c->user, r->status, r->message);
+    fprintf(stderr, "kvs-cli: %s: authentication as \"%s\" failed: %" PRIu32 " ", c->name, c->user,
+            r->status);
+    cli_text_put(stderr, r->message);
+    putc('\n', stderr);
     return CLI_FAILED;
 }
 
@@ -434,7 +437,8 @@ static void put_reply(const cli_t *c, cli_shape_t shape, const Kvs__CommandRespo
 {
     switch (shape) {
     case SHAPE_PING:
-        puts(r->message[0] != '\0' ? r->message : "PONG");
+        cli_text_put(stdout, r->message[0] != '\0' ? r->message : "PONG");
+        putchar('\n');
         break;
     case SHAPE_VALUE:
         put_value(c, r->n_values > 0 ? r->values[0] : NULL);
@@ -482,7 +486,9 @@ static int check_status(const cli_t *c, const cli_cmd_t *cmd, const Kvs__Command
         return CLI_FAILED;
     }
     fflush(stdout);
-    fprintf(stderr, "(error) %" PRIu32 " %s\n", r->status, r->message);
+    fprintf(stderr, "(error) %" PRIu32 " ", r->status);
+    cli_text_put(stderr, r->message);
+    putc('\n', stderr);
     return CLI_FAILED;
 }
 
@@ -1048,19 +1054,28 @@ static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry 
     gmtime_r(&sec, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
     if (c->raw) {
-        printf("%" PRIu64 "\t%s.%03dZ\t%" PRIu64 "\t%s\t%s\t%" PRIu32 "\t%" PRIu32 "\t%s\n", e->id,
-               when, (int)(e->time_us % 1000000 / 1000), e->duration_us, e->command, e->table,
-               e->keys, e->status, e->client);
+        printf("%" PRIu64 "\t%s.%03dZ\t%" PRIu64 "\t", e->id, when,
+               (int)(e->time_us % 1000000 / 1000), e->duration_us);
+        cli_text_put(stdout, e->command);
+        putchar('\t');
+        cli_text_put(stdout, e->table);
+        printf("\t%" PRIu32 "\t%" PRIu32 "\t", e->keys, e->status);
+        cli_text_put(stdout, e->client);
+        putchar('\n');
         return;
     }
-    printf("%zu) #%" PRIu64 " %s.%03dZ %.3f ms %s ", i + 1, e->id, when,
-           (int)(e->time_us % 1000000 / 1000), (double)e->duration_us / 1000.0, e->command);
+    printf("%zu) #%" PRIu64 " %s.%03dZ %.3f ms ", i + 1, e->id, when,
+           (int)(e->time_us % 1000000 / 1000), (double)e->duration_us / 1000.0);
+    cli_text_put(stdout, e->command);
+    putchar(' ');
     if (e->table[0] != '\0') {
         put_quoted(e->table, strlen(e->table));
         putchar(' ');
     }
-    printf("%" PRIu32 " key%s, status %" PRIu32 ", client %s\n", e->keys, e->keys == 1 ? "" : "s",
-           e->status, e->client);
+    printf("%" PRIu32 " key%s, status %" PRIu32 ", client ", e->keys, e->keys == 1 ? "" : "s",
+           e->status);
+    cli_text_put(stdout, e->client);
+    putchar('\n');
 }
 
 /* slowlog [N|reset]: the router's (or a worker's) slowest recent requests. */
@@ -1281,8 +1296,10 @@ static int run_rebuild(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
 {
     Kvs__CommandResponse *r;
     int rc = worker_command(c, cmd, argv, argc, rebuild_cluster, &r);
-    if (rc == 0 && r != NULL)
-        puts(r->message);
+    if (rc == 0 && r != NULL) {
+        cli_text_put(stdout, r->message);
+        putchar('\n');
+    }
     return rc;
 }
 

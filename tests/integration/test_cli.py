@@ -461,5 +461,141 @@ class CliTest(unittest.TestCase):
             self.assertLess(elapsed, 2.5)
 
 
+class FakeServer:
+    """A loopback listener impersonating a kvs server: each connection is
+    handed to handler(conn) on its own thread; close() stops accepting."""
+
+    def __init__(self, handler):
+        self.listener = socket.socket()
+        self.listener.bind((HOST, 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.handler = handler
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                self.handler(conn)
+            except (OSError, ConnectionError, struct.error):
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def answer(conn, resp):
+    """Reads whatever request is there, then sends one framed answer."""
+    conn.recv(65536)
+    payload = resp.SerializeToString()
+    conn.sendall(struct.pack(">I", len(payload)) + payload)
+
+
+def answer_each(conn, resp):
+    """Answers every framed request on the connection with `resp`."""
+    payload = resp.SerializeToString()
+    frame = struct.pack(">I", len(payload)) + payload
+    while True:
+        (n,) = struct.unpack(">I", recv_exact(conn, 4))
+        recv_exact(conn, n)
+        conn.sendall(frame)
+
+
+class HostileServerTest(unittest.TestCase):
+    """kvs-cli against fake servers that stall, trickle or lie."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kvs-cli-hostile-")
+        self.servers = []
+
+    def tearDown(self):
+        for s in self.servers:
+            s.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def serve(self, handler):
+        s = FakeServer(handler)
+        self.servers.append(s)
+        return s.port
+
+    def cli(self, port, *args, limit=8):
+        """Runs kvs-cli against `port`; fails the test if it runs past
+        `limit` seconds. Returns the CompletedProcess and the time taken."""
+        start = time.monotonic()
+        try:
+            p = subprocess.run([CLI, "--port", str(port)] + [str(a) for a in args], input=b"",
+                               capture_output=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-cli %s still ran after %d s" % (" ".join(args), limit))
+        return p, time.monotonic() - start
+
+    def test_server_text_cannot_drive_the_terminal(self):
+        # Escape sequences (retitle, clear screen, colour), BEL, CR and a C1
+        # CSI in a server's message come out as \xHH; UTF-8 text stays.
+        evil = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\rfake \u009b2J \u00e9\u2713"
+        shown = "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\x0dfake \\xc2\\x9b2J \u00e9\u2713"
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=500, message=evil)))
+        p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stdout, b"")
+        self.assertEqual(p.stderr.decode(), "(error) 500 %s\n" % shown)
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=200, message=evil)))
+        p, _ = self.cli(port, "--timeout", "2", "ping")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode(), shown + "\n")
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=500,
+                                                                            message=evil)))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "3", "-t", "ping", "-q"],
+                           capture_output=True, timeout=8)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"\x1b", p.stdout + p.stderr)
+        self.assertIn(b"3 errors (first: 500 \\x1b]0;owned", p.stdout)
+
+    def test_bench_gives_up_on_a_server_that_stops_answering(self):
+        def mute(conn):
+            while conn.recv(65536):
+                pass
+
+        port = self.serve(mute)
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        start = time.monotonic()
+        try:
+            p = subprocess.run([bench, "--port", str(port), "-c", "2", "-n", "10", "-t", "ping",
+                                "-q", "--timeout", "1"], capture_output=True, timeout=8)
+        except subprocess.TimeoutExpired:
+            self.fail("kvs-bench still waited for a mute server after 8 s")
+        self.assertLess(time.monotonic() - start, 4)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr.decode(),
+                         "kvs-bench: 127.0.0.1:%d answered nothing for 1 s during PING "
+                         "(0 of 10 responses received; see --timeout)\n" % port)
+
+    def test_slow_reader_cannot_stretch_a_send_past_the_timeout(self):
+        # The server takes 256 KiB every half second: every send() makes some
+        # progress, so a timeout per call never fires; the exchange's must.
+        def slow_reader(conn):
+            while conn.recv(256 << 10):
+                time.sleep(0.5)
+
+        port = self.serve(slow_reader)
+        big = os.path.join(self.dir, "big")
+        with open(big, "wb") as f:
+            f.write(b"\0" * (30 << 20))
+        p, elapsed = self.cli(port, "--timeout", "1", "--binary", "hset", "t", "k", "@" + big)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"no reply within 1 s", p.stderr)
+        self.assertLess(elapsed, 4)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -699,8 +699,8 @@ static void send_frame(cli_net_t *n, const void *p, size_t len)
 {
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
-    CHECK_EQ(cli_net_send(n, hdr, sizeof(hdr)), 0);
-    CHECK_EQ(cli_net_send(n, p, len), 0);
+    CHECK_EQ(cli_net_send(n, hdr, sizeof(hdr), cli_net_deadline(5)), 0);
+    CHECK_EQ(cli_net_send(n, p, len, cli_net_deadline(5)), 0);
 }
 
 static size_t read_frame(cli_net_t *n, uint8_t *buf, size_t cap)
@@ -739,7 +739,7 @@ static void send_frames(cli_net_t *n, unsigned first, unsigned last)
         for (size_t j = 0; j < len; j++)
             out.data[out.len++] = frame_byte(i, j);
     }
-    CHECK_EQ(cli_net_send(n, out.data, out.len), 0);
+    CHECK_EQ(cli_net_send(n, out.data, out.len, cli_net_deadline(5)), 0);
     kvs_buf_free(&out);
 }
 
@@ -872,7 +872,7 @@ static void client_without_cert(server_t *s, cli_net_t *n)
     /* TLS 1.3: the client's handshake completes before the server checks
      * its certificate; the refusal arrives as an alert on the first read. */
     if (n->fd >= 0) {
-        cli_net_send(n, (const uint8_t *)"\0\0\0\1x", 5);
+        cli_net_send(n, (const uint8_t *)"\0\0\0\1x", 5, cli_net_deadline(5));
         CHECK_EQ(cli_net_recv(n, buf, 4, cli_net_deadline(5)), KVS_ETLS);
     }
     CHECK(n->tls_err[0] != '\0');
