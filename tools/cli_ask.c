@@ -88,3 +88,48 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
     cli_net_close(&net);
     return rc == 0 ? r : NULL;
 }
+
+/* ---- walks ------------------------------------------------------------------- */
+
+/* The name a replica's node is known by in a walk, or NULL (a local
+ * worker's unix socket). */
+static const char *walk_key(const kvs_replica_t *rep)
+{
+    if (rep->node[0] != '\0')
+        return rep->node;
+    return rep->addr.is_unix ? NULL : rep->addr.host;
+}
+
+static int walk_silent(const cli_walk_t *w, const char *key)
+{
+    for (int i = 0; i < w->n; i++)
+        if (strcmp(w->silent[i], key) == 0)
+            return 1;
+    return 0;
+}
+
+Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
+                                   const Kvs__CommandRequest *q, double timeout, char *why,
+                                   size_t len, int *skipped)
+{
+    const char *key = walk_key(rep);
+    if (skipped != NULL)
+        *skipped = 0;
+    if (key != NULL && walk_silent(w, key)) {
+        snprintf(why, len,
+                 "not asked: node %s left a question unanswered for the whole timeout earlier "
+                 "in this command",
+                 key);
+        if (skipped != NULL)
+            *skipped = 1;
+        return NULL;
+    }
+    double start = cli_net_now();
+    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, timeout, why, len);
+    /* Only a failure that took the whole timeout: a refused connection or
+     * an error answer costs nothing to meet again. */
+    if (r == NULL && key != NULL && timeout > 0 && cli_net_now() - start >= timeout * 0.9 &&
+        w->n < CLI_WALK_MAX && strlen(key) < sizeof(w->silent[0]))
+        snprintf(w->silent[w->n++], sizeof(w->silent[0]), "%s", key);
+    return r;
+}

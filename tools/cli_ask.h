@@ -12,6 +12,7 @@
 #include "cli_net.h"
 #include "kvs.pb-c.h"
 #include "kvs_addr.h"
+#include "kvs_cluster.h"
 #include "kvs_tls.h"
 
 #include <stddef.h>
@@ -35,5 +36,24 @@ int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, Pro
  * saying what went wrong. */
 Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
                               double timeout, char *why, size_t len);
+
+/* A walk over the cluster map (digest, rebuild): a node that let a question
+ * use up the whole timeout without an answer (connect, TLS handshake or
+ * the answer itself) is asked nothing more in that walk, so one hung node
+ * serving many shards costs one timeout, not one per shard. A node is
+ * known by its name in the map, or by its host (cluster.remote); a local
+ * worker's unix socket is one process per shard and is always asked. */
+#define CLI_WALK_MAX 64
+
+typedef struct cli_walk_s {
+    char silent[CLI_WALK_MAX][256];
+    int n;
+} cli_walk_t;
+
+/* cli_ask to one replica, unless its node is known silent in this walk:
+ * then NULL at once, why saying so, and *skipped set (may be NULL). */
+Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
+                                   const Kvs__CommandRequest *q, double timeout, char *why,
+                                   size_t len, int *skipped);
 
 #endif

@@ -8,8 +8,9 @@
  * every 100 ms until they match or the time is up. Equal positions and
  * equal digests: the shard's copies hold the same pairs.
  *
- * One request, one answer per connection, through cli_ask (every wait
- * bounded, TLS when the replica is over TCP and a TLS context is given).
+ * One request, one answer per connection, through cli_walk_ask (every
+ * wait bounded, TLS when the replica is over TCP and a TLS context is
+ * given; a node that let a question time out is asked nothing more).
  */
 #include "cli_digest.h"
 #include "cli_ask.h"
@@ -28,6 +29,7 @@
 
 typedef struct answer_s {
     int ok;                       /* 200 with a digest */
+    int skipped;                  /* its node is silent (cli_walk_ask): not asked */
     char why[500];                /* otherwise */
     uint8_t digest[KVS_HASH_LEN]; /* when ok */
     int64_t keys;
@@ -37,8 +39,8 @@ typedef struct answer_s {
 
 /* Sends Digest {table} to `a` (over TLS with `tls` when it is TCP and
  * `tls` is set) and reads the answer into *out. */
-static void ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const char *table, double timeout,
-                answer_t *out)
+static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, const char *table,
+                double timeout, answer_t *out)
 {
     memset(out, 0, sizeof(*out));
     Kvs__Digest d = KVS__DIGEST__INIT;
@@ -46,7 +48,8 @@ static void ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const char *table, doub
     d.table = (char *)table;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_DIGEST;
     q.digest = &d;
-    Kvs__CommandResponse *r = cli_ask(a, tls, &q, timeout, out->why, sizeof(out->why));
+    Kvs__CommandResponse *r =
+        cli_walk_ask(w, rep, tls, &q, timeout, out->why, sizeof(out->why), &out->skipped);
     if (r == NULL)
         return;
     if (r->status != 200 || r->n_values < 2 || r->position.len > sizeof(out->pos) ||
@@ -82,7 +85,7 @@ static void put_replica(const kvs_replica_t *rep, const answer_t *a, int raw, ui
 
 /* One shard: asks until every replica answers at one position, or the
  * time is up. Returns 0 (agree), 1 (differ or not comparable). */
-static int digest_shard(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t shard,
+static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t shard,
                         const char *table, double timeout, int raw)
 {
     kvs_replica_t reps[KVS_MAX_REPLICAS];
@@ -98,15 +101,15 @@ static int digest_shard(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, uint32_t sh
     while (!settled) {
         failed = -1;
         for (int i = 0; i < n; i++) {
-            ask(&reps[i].addr, tls, table, timeout, &ans[i]);
+            ask(w, &reps[i], tls, table, timeout, &ans[i]);
             if (!ans[i].ok && failed < 0)
                 failed = i;
         }
         settled = failed < 0;
         for (int i = 1; settled && i < n; i++)
             settled = same_position(&ans[0], &ans[i]);
-        if (settled || cli_net_now() >= deadline)
-            break;
+        if (settled || cli_net_now() >= deadline || (failed >= 0 && ans[failed].skipped))
+            break; /* a silent node will not answer the next round either */
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -138,8 +141,10 @@ int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tabl
                    const kvs_node_t *only, double timeout, int raw)
 {
     int rc = 0;
+    static cli_walk_t walk; /* one command per process */
+    walk.n = 0;
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (only == NULL || kvs_node_serves(only, s))
-            rc |= digest_shard(cfg, tls, s, table, timeout, raw);
+            rc |= digest_shard(&walk, cfg, tls, s, table, timeout, raw);
     return rc;
 }

@@ -5,7 +5,8 @@
  * its own stored offsets, so each is asked on its own (a worker command:
  * the router refuses it), through cli_ask. A replica that cannot be reached
  * is reported and the others are still asked: running the command again
- * is harmless (it starts that copy over once more).
+ * is harmless (it starts that copy over once more). A node that let a
+ * question time out is not asked again in the same command (cli_walk_ask).
  */
 #include "cli_rebuild.h"
 #include "cli_ask.h"
@@ -16,7 +17,7 @@
 #include <string.h>
 
 /* One replica: returns 0 when it rebuilt. */
-static int rebuild_one(const kvs_replica_t *rep, kvs_tls_ctx_t *tls, uint32_t shard,
+static int rebuild_one(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, uint32_t shard,
                        const char *table, double timeout)
 {
     char why[500];
@@ -26,7 +27,7 @@ static int rebuild_one(const kvs_replica_t *rep, kvs_tls_ctx_t *tls, uint32_t sh
     m.table = (char *)table;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_REBUILD;
     q.rebuild = &m;
-    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, &q, timeout, why, sizeof(why));
+    Kvs__CommandResponse *r = cli_walk_ask(w, rep, tls, &q, timeout, why, sizeof(why), NULL);
     int ok = r != NULL && r->status == 200;
     if (ok)
         printf("shard %u %s: ", shard, name);
@@ -45,6 +46,8 @@ int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tab
                     const kvs_node_t *only, double timeout)
 {
     int rc = 0;
+    static cli_walk_t walk; /* one command per process */
+    walk.n = 0;
     for (uint32_t s = 0; s < cfg->shards; s++) {
         if (only != NULL && !kvs_node_serves(only, s))
             continue;
@@ -56,7 +59,7 @@ int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tab
         }
         for (int i = 0; i < n; i++)
             if (only == NULL || strcmp(reps[i].node, only->name) == 0)
-                rc |= rebuild_one(&reps[i], tls, s, table, timeout);
+                rc |= rebuild_one(&walk, &reps[i], tls, s, table, timeout);
     }
     return rc;
 }

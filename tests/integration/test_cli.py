@@ -32,7 +32,7 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-from kvstest import free_port  # noqa: E402
+from kvstest import free_port, free_ports  # noqa: E402
 
 
 def recv_exact(sock, n):
@@ -465,9 +465,10 @@ class FakeServer:
     """A loopback listener impersonating a kvs server: each connection is
     handed to handler(conn) on its own thread; close() stops accepting."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, port=0):
         self.listener = socket.socket()
-        self.listener.bind((HOST, 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((HOST, port))
         self.listener.listen(8)
         self.port = self.listener.getsockname()[1]
         self.handler = handler
@@ -537,6 +538,38 @@ class HostileServerTest(unittest.TestCase):
         except subprocess.TimeoutExpired:
             self.fail("kvs-cli %s still ran after %d s" % (" ".join(args), limit))
         return p, time.monotonic() - start
+
+    def test_a_hung_node_costs_a_walk_one_timeout_not_one_per_shard(self):
+        # Node a serves shards 0-3 and accepts every connection without
+        # answering. digest and rebuild walk the map shard by shard: each
+        # shard used to wait its own --timeout on a (4 s for 4 shards at 1 s);
+        # a node that let a question time out is now asked nothing more.
+        base, own = free_ports(4), free_ports(1)
+        hung = []
+
+        def silent(conn):
+            conn.recv(65536)
+            time.sleep(5)
+        for i in range(4):
+            self.servers.append(FakeServer(silent, base + i))
+            hung.append(base + i)
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 4\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0, 1, 2, 3]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: [3]}\n"
+                    % (self.dir, base, own))
+        for cmd in ("digest", "rebuild"):
+            start = time.monotonic()
+            p = subprocess.run([CLI, "--config", cfg, "--timeout", "1", cmd, "t"], input=b"",
+                               capture_output=True, timeout=8)
+            elapsed = time.monotonic() - start
+            out = (p.stdout + p.stderr).decode()
+            self.assertEqual(p.returncode, 1, out)
+            self.assertLess(elapsed, 2.5, "%s took %.1f s:\n%s" % (cmd, elapsed, out))
+            self.assertEqual(out.count("not asked: node a left a question unanswered"), 3, out)
+            for shard in range(4):
+                self.assertIn("shard %d" % shard, out)
 
     def test_server_text_cannot_drive_the_terminal(self):
         # Escape sequences (retitle, clear screen, colour), BEL, CR and a C1
