@@ -175,6 +175,30 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 return m
             time.sleep(0.05)
 
+    def copy_holding_a_reload(self, a, b):
+        """a's worker 0 starts over empty and copies its snapshot from b's
+        worker 0, which is stopped (SIGSTOP), so the copy hangs; then a's
+        master gets a SIGHUP, which the copying worker holds until it
+        serves. Returns the stopped pid: SIGCONT it when done."""
+        source = b.workers()[0]
+        os.kill(source, signal.SIGSTOP)
+        try:
+            copies = a.stderr().count("copying a snapshot from node b")
+            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
+            a.kill_worker(0)
+            self.assertTrue(wait_until(
+                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
+                a.stderr()[-3000:])
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
+                10), a.stderr()[-3000:])
+            time.sleep(1.5)  # past the hold: the worker, still copying, got it
+        except BaseException:
+            os.kill(source, signal.SIGCONT)
+            raise
+        return source
+
     def a_and_b(self, layout, names=("a", "b"), processes=1, env=None, router_yaml=()):
         """Nodes a and b of `layout`, started (base ports for every name in
         `names`); a serves /metrics. Returns (mock, bases, mport, a, b)."""
@@ -561,22 +585,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         _, bases, _, a, b = self.a_and_b(layout)
         edit(a, "log: {level: info}", "log: {level: info, slow_threshold: 0}")
-        source = b.workers()[0]
-        os.kill(source, signal.SIGSTOP)
-        try:
-            copies = a.stderr().count("copying a snapshot from node b")
-            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
-            a.kill_worker(0)
-            self.assertTrue(wait_until(
-                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
-                a.stderr()[-3000:])
-            a.proc.send_signal(signal.SIGHUP)
-            self.assertTrue(wait_until(
-                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
-                10), a.stderr()[-3000:])
-            time.sleep(1.5)  # past the hold: the worker, still copying, got it
-        finally:
-            os.kill(source, signal.SIGCONT)
+        os.kill(self.copy_holding_a_reload(a, b), signal.SIGCONT)  # the copy goes on
         key = next(b"k-%d" % i for i in range(400) if shard_of_key(b"k-%d" % i) == 0)
 
         def logs_every_read():
@@ -607,21 +616,9 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # one (2 replicas).
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         _, bases, _, a, b = self.a_and_b(layout)
-        source = b.workers()[0]
         bad = os.path.join(a.data_dir, "shard-2")
-        os.kill(source, signal.SIGSTOP)
+        source = self.copy_holding_a_reload(a, b)  # the reload changes nothing
         try:
-            copies = a.stderr().count("copying a snapshot from node b")
-            os.unlink(os.path.join(a.data_dir, "shard-0", "data.mdb"))
-            a.kill_worker(0)
-            self.assertTrue(wait_until(
-                lambda: a.stderr().count("copying a snapshot from node b") > copies, 10),
-                a.stderr()[-3000:])
-            a.proc.send_signal(signal.SIGHUP)  # nothing changed: every process reloads
-            self.assertTrue(wait_until(
-                lambda: "SIGHUP: passed on to 1 router process(es) and 2 worker(s)" in a.stderr(),
-                10), a.stderr()[-3000:])
-            time.sleep(1.5)  # past the hold: the worker, still copying, got it
             # The change fails at once: shard 2's new worker finds shard 0's
             # environment in its directory (exit 78).
             os.mkdir(bad, 0o700)
