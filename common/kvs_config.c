@@ -1893,12 +1893,30 @@ int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, 
     return rc;
 }
 
-static int open_read(const char *path)
+static int open_read(const char *path, int flags)
 {
     int fd;
     do
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        fd = open(path, O_RDONLY | O_CLOEXEC | flags);
     while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+int kvs_config_open(const char *path, int reload, char *err, size_t errlen)
+{
+    int fd = open_read(path, reload ? O_NONBLOCK : 0);
+    if (fd < 0)
+        return file_error(path, "cannot open", -errno, err, errlen);
+    struct stat st;
+    if (reload && fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+        close(fd);
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen,
+                     "%s: a pipe, not a file: a reload reads a file and does not wait for a "
+                     "writer (put the configuration in a regular file)",
+                     path);
+        return KVS_ECONFIG;
+    }
     return fd;
 }
 
@@ -1909,7 +1927,7 @@ int kvs_config_load_from(const char *path, const char *from, kvs_config_t **out,
 {
     *fell_back = 0;
     if (from != NULL) {
-        int fd = open_read(from);
+        int fd = open_read(from, 0);
         if (fd >= 0) {
             int rc = kvs_config_load_fd(path, fd, out, err, errlen);
             close(fd);
@@ -1925,30 +1943,15 @@ int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errl
     return load_path(path, 0, out, err, errlen);
 }
 
-/* kvs_config_load; for a `reload` (a running process: its loop must not
- * stop) a FIFO or pipe is refused, not waited for: opening one blocks
- * until a writer comes. */
+/* kvs_config_load; `reload`: kvs_config_open's. */
 static int load_path(const char *path, int reload, kvs_config_t **out, char *err, size_t errlen)
 {
     char *text = NULL;
     size_t len = 0;
     *out = NULL;
-    int fd;
-    do
-        fd = open(path, O_RDONLY | O_CLOEXEC | (reload ? O_NONBLOCK : 0));
-    while (fd < 0 && errno == EINTR);
+    int fd = kvs_config_open(path, reload, err, errlen);
     if (fd < 0)
-        return file_error(path, "cannot open", -errno, err, errlen);
-    struct stat st;
-    if (reload && fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
-        close(fd);
-        if (err != NULL && errlen > 0)
-            snprintf(err, errlen,
-                     "%s: a pipe, not a file: a reload reads a file and does not wait for a "
-                     "writer (put the configuration in a regular file)",
-                     path);
-        return KVS_ECONFIG;
-    }
+        return fd;
     int rc = read_fd(fd, &text, &len);
     close(fd);
     if (rc != 0)

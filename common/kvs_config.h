@@ -330,6 +330,13 @@ typedef struct kvs_config_s {
  * then NULL. err may be NULL when errlen is 0. */
 int kvs_config_load(const char *path, kvs_config_t **out, char *err, size_t errlen);
 
+/* Opens the config file `path` to read it. For a `reload` (a running
+ * process, whose loop must not stop) a FIFO, pipe or socket is refused
+ * rather than waited for: opening one blocks until a writer comes.
+ * Returns the descriptor, or -errno (KVS_ECONFIG for a pipe) with
+ * err[0..errlen) saying why ("PATH: cannot open: ..."). */
+int kvs_config_open(const char *path, int reload, char *err, size_t errlen);
+
 /* Same, from the content of an open descriptor (read from offset 0 with
  * pread, so its offset, which other processes may share, does not move);
  * `path` names it in messages and in cfg->path. A router process loads

@@ -126,7 +126,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
@@ -207,26 +206,14 @@ struct master_s {
 /* Reads the config file at `path` into a sealed memfd (a snapshot every
  * router process may load). Returns 0 and *fd, or a negative errno with
  * err[0..errlen) saying why. For a `reload` the loop runs, so a FIFO (or a
- * pipe: --config <(...)) is refused rather than waited for: its open
- * blocks until some writer comes, with every signal and child unheard. */
+ * pipe: --config <(...)) is refused rather than waited for
+ * (kvs_config_open): its open would block, every signal and child unheard. */
 static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, int reload)
 {
     *fd = -1;
-    int in = open(path, O_RDONLY | O_CLOEXEC | (reload ? O_NONBLOCK : 0));
-    if (in < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    if (reload && fstat(in, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
-        snprintf(err, errlen,
-                 "%s: a pipe, not a file: a reload reads a file and does not wait for a "
-                 "writer (put the configuration in a regular file)",
-                 path);
-        close(in);
-        return -ESPIPE;
-    }
+    int in = kvs_config_open(path, reload, err, errlen);
+    if (in < 0)
+        return in;
     int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     int rc = out < 0 ? -errno : 0;
     char buf[65536];
