@@ -59,6 +59,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_schema.h"
+#include "kvs_testhook.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -553,22 +554,14 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- entry -------------------------------------------------------------------------- */
 
-/* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS: a complete copy's sync takes that much
- * longer, for tests of a slow disk. Compiled in only with KVS_TEST_HOOKS;
- * never a config key. */
+/* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (kvs_testhook): a complete copy's sync
+ * takes that much longer, for tests of a slow disk. */
 static void read_test_hooks(boot_t *b)
 {
-#ifdef KVS_TEST_HOOKS
-    const char *d = getenv("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS");
-    if (d != NULL && *d != '\0') {
-        b->sync_delay_ms = strtoull(d, NULL, 10);
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS", &b->sync_delay_ms))
         kvs_warn("test hook: syncing a snapshot copy takes %llu ms more "
                  "(KVS_TEST_SNAPSHOT_SYNC_DELAY_MS)",
                  (unsigned long long)b->sync_delay_ms);
-    }
-#else
-    (void)b;
-#endif
 }
 
 /* The peers to ask, or 0 when no copy is wanted. */

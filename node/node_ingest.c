@@ -68,6 +68,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_schema.h"
+#include "kvs_testhook.h"
 #include "node_kafka.h"
 #include "node_placecheck.h"
 
@@ -1756,27 +1757,20 @@ static int start_queue(node_ingest_t *in)
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
  * while a worker lags. KVS_TEST_RANGE_SHORT_ANSWERS: the next N answers
  * to range questions are short, for tests of what one lagging broker's
- * answer does (there is no such broker in the mock cluster). Compiled in
- * only with KVS_TEST_HOOKS; never config keys. */
+ * answer does (there is no such broker in the mock cluster). Test builds
+ * only (kvs_testhook); never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
-#ifdef KVS_TEST_HOOKS
-    const char *d = getenv("KVS_TEST_INGEST_DELAY_MS");
-    if (d != NULL && *d != '\0') {
-        in->throttle_ms = strtoull(d, NULL, 10);
+    uint64_t n;
+    if (kvs_test_hook_u64("KVS_TEST_INGEST_DELAY_MS", &in->throttle_ms))
         kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
                  (unsigned long long)in->throttle_ms);
-    }
-    d = getenv("KVS_TEST_RANGE_SHORT_ANSWERS");
-    if (d != NULL && *d != '\0') {
-        in->short_answers = strtoul(d, NULL, 10);
+    if (kvs_test_hook_u64("KVS_TEST_RANGE_SHORT_ANSWERS", &n)) {
+        in->short_answers = (unsigned long)n;
         kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "
                  "starts (KVS_TEST_RANGE_SHORT_ANSWERS)",
                  in->short_answers);
     }
-#else
-    (void)in;
-#endif
 }
 
 int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)

@@ -74,6 +74,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_plugins.h"
+#include "kvs_testhook.h"
 #include "router.h"
 #include "router_master.h"
 #include "router_procs.h"
@@ -233,20 +234,14 @@ static void tell_listening(router_main_t *m)
  * membership change can switch to a new generation meanwhile. */
 static void test_ready_delay(const router_main_t *m)
 {
-#ifdef KVS_TEST_HOOKS
-    const char *v = getenv("KVS_TEST_ROUTER_READY_DELAY_MS");
-    if (v == NULL || m->next)
+    uint64_t ms = 0;
+    if (m->next || !kvs_test_hook_u64("KVS_TEST_ROUTER_READY_DELAY_MS", &ms) || ms == 0)
         return;
-    long ms = strtol(v, NULL, 10);
-    if (ms <= 0)
-        return;
-    kvs_warn("test hook: taking the sockets in %ld ms (KVS_TEST_ROUTER_READY_DELAY_MS)", ms);
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    kvs_warn("test hook: taking the sockets in %llu ms (KVS_TEST_ROUTER_READY_DELAY_MS)",
+             (unsigned long long)ms);
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-#else
-    (void)m;
-#endif
 }
 
 /* Every local shard answers (or there is none): accept clients and say so.
