@@ -438,7 +438,10 @@ static void on_peer_closed(kvs_conn_t *c)
 static void on_stall(uv_timer_t *t)
 {
     boot_t *b = t->data;
-    attempt_over(b, "it sent less than 64 KiB of the copy in limits.frame_timeout");
+    char why[100];
+    snprintf(why, sizeof(why), "it sent less than %u KiB of the copy in limits.frame_timeout",
+             MIN_PROGRESS / 1024);
+    attempt_over(b, why);
 }
 
 /* Sends the one Snapshot request (after the TLS handshake, under TLS). */
