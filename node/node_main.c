@@ -51,6 +51,7 @@
 #include "kvs_log.h"
 #include "kvs_schema.h"
 #include "kvs_shardstate.h"
+#include "kvs_signals.h"
 #include "node_bootstrap.h"
 #include "kvs_plugins.h"
 #include "node_ingest.h"
@@ -306,17 +307,7 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
-    /* A SIGHUP changes nothing from now on, and must not kill the process
-     * either once closing the loop's handles gives it its default action
-     * back (libuv does when its last handle closes; the threads of libuv's
-     * pool, ingestion's, take it as well as this one): blocked here while
-     * its handle stops, then ignored for good. */
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_BLOCK, &hup, NULL);
-    uv_signal_stop(&m->sighup);
-    signal(SIGHUP, SIG_IGN);
+    kvs_signals_ignore(&m->sighup, SIGHUP); /* changes nothing now, never kills */
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
@@ -680,10 +671,7 @@ int main(int argc, char **argv)
      * kill it nor be lost: blocked until the loop's handler takes over
      * (libuv resets the disposition and the mask in the processes it
      * spawns). */
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_BLOCK, &hup, NULL);
+    kvs_signals_hold(1, SIGHUP, 0);
     signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
     kvs_log_init("node", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
@@ -727,7 +715,7 @@ int main(int argc, char **argv)
     /* Before the listeners: a client may reload as soon as it can connect
      * (the handlers run once the loop does, when everything exists). */
     watch_signals(&m);
-    sigprocmask(SIG_UNBLOCK, &hup, NULL); /* one that came meanwhile now reloads */
+    kvs_signals_hold(0, SIGHUP, 0); /* one that came meanwhile now reloads */
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         kvs_shardstate_close(m.state);

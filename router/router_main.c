@@ -74,6 +74,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_plugins.h"
+#include "kvs_signals.h"
 #include "kvs_testhook.h"
 #include "router.h"
 #include "router_master.h"
@@ -349,7 +350,8 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    router_reload_signals_ignore(&m->sighup, &m->sigusr2); /* ignored, never fatal */
+    kvs_signals_ignore(&m->sighup, SIGHUP); /* ignored, never fatal */
+    kvs_signals_ignore(&m->sigusr2, SIGUSR2);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
     router_clients_drain(&m->r); /* may call on_drained at once */
@@ -522,7 +524,7 @@ static int router_start(router_main_t *m)
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_signal_start(&m->sigusr2, on_sigusr2, SIGUSR2);
-    router_reload_signals(0); /* a SIGHUP that came meanwhile now reloads */
+    kvs_signals_hold(0, SIGHUP, SIGUSR2); /* a SIGHUP that came meanwhile now reloads */
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     for (uint32_t s = 0; s < r->shards; s++)
@@ -667,10 +669,10 @@ int main(int argc, char **argv)
     /* A reload (SIGHUP) that comes while this process starts must neither
      * kill it nor be lost (the master reads the file before it takes the
      * signal over; a router process may be past the supervisor's hold):
-     * blocked until the loop's handler takes over (router_reload_signals;
+     * blocked until the loop's handler takes over (kvs_signals;
      * libuv resets the disposition and the mask in the processes it
      * spawns). */
-    router_reload_signals(1);
+    kvs_signals_hold(1, SIGHUP, SIGUSR2);
     kvs_log_init("router", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would

@@ -110,6 +110,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_signals.h"
 #include "router_notify.h"
 #include "router_ports.h"
 #include "router_probe.h"
@@ -346,26 +347,6 @@ static int check_tls(const kvs_config_t *cfg)
     return 0;
 }
 
-void router_reload_signals(int blocked)
-{
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR2);
-    sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
-}
-
-void router_reload_signals_ignore(uv_signal_t *hup, uv_signal_t *usr2)
-{
-    router_reload_signals(1); /* this thread, while libuv puts SIG_DFL back */
-    if (hup != NULL)
-        uv_signal_stop(hup);
-    if (usr2 != NULL)
-        uv_signal_stop(usr2);
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGUSR2, SIG_IGN);
-}
-
 /* Resolves the client ports for the check that nobody else listens there.
  * Returns 0 or 1 after logging why. */
 static int resolve_listeners(master_t *m)
@@ -489,7 +470,8 @@ static void shutdown_begin(master_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    router_reload_signals_ignore(&m->sighup, NULL); /* ignored from now on, never fatal */
+    kvs_signals_ignore(&m->sighup, SIGHUP); /* ignored from now on, never fatal */
+    kvs_signals_ignore(NULL, SIGUSR2);
     uv_timer_stop(&m->timer);
     if (exit_code == 0)
         router_notify_stopping("draining clients");
@@ -1320,7 +1302,8 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
-    router_reload_signals(0); /* a SIGHUP that came while the master started now reloads */
+    /* a SIGHUP that came while the master started now reloads */
+    kvs_signals_hold(0, SIGHUP, SIGUSR2);
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
 }

@@ -12,8 +12,6 @@
 #include "kvs_config.h"
 #include "kvs_tls.h"
 
-#include <uv.h>
-
 #include <stddef.h>
 
 /* Runs the node from the config file at `config_path` until it stops;
@@ -29,21 +27,5 @@ int router_master_run(const char *config_path, const char *argv0);
  * way before anything starts; each router process builds its own. */
 int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
                     char *err, size_t errlen);
-
-/* Blocks (blocked != 0) or unblocks SIGHUP and SIGUSR2 in the calling
- * thread, the signals that would kill a process whose loop has no handler
- * for them. main() blocks them until the loop's handlers exist, so a
- * reload that comes while a process starts is neither fatal nor lost: the
- * master and each router process unblock them once their uv_signal
- * handlers are started, and a SIGHUP that came meanwhile then reloads. */
-void router_reload_signals(int blocked);
-
-/* The shutdown: SIGHUP and SIGUSR2 change nothing any more, and must not
- * kill the process either once closing the loop's handles gives them
- * their default action back (libuv does when their last handle closes;
- * threads of libuv's pool may take a signal the loop's thread blocks).
- * Stops the given handles (NULL ones skipped) and ignores the signals
- * for the rest of the process's life. */
-void router_reload_signals_ignore(uv_signal_t *hup, uv_signal_t *usr2);
 
 #endif

@@ -1,0 +1,43 @@
+/*
+ * kvs_signals: the reload signals of a process whose libuv loop handles
+ * them (SIGHUP everywhere, SIGUSR2 in router processes). Their default
+ * action kills the process, so:
+ *  - main() holds them (blocked) until the loop's uv_signal handlers
+ *    exist, then releases them: a reload that came while the process
+ *    started is neither fatal nor lost, it is taken then (libuv resets the
+ *    disposition and the mask in the processes it spawns);
+ *  - a shutdown ignores them for good: closing the loop's handles gives a
+ *    signal its default action back (libuv does when its last handle
+ *    closes), and threads of libuv's pool may take a signal the loop's
+ *    thread blocks.
+ */
+#ifndef KVS_SIGNALS_H
+#define KVS_SIGNALS_H
+
+#include <signal.h>
+#include <uv.h>
+
+/* Blocks (hold != 0) or unblocks `sig` and `sig2` (0: none) in the
+ * calling thread. */
+static inline void kvs_signals_hold(int hold, int sig, int sig2)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    if (sig2 != 0)
+        sigaddset(&set, sig2);
+    sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+/* The shutdown: `sig` changes nothing any more and never kills. Stops its
+ * handle `h` (NULL: none) and ignores it for the rest of the process's
+ * life (blocked in this thread meanwhile). */
+static inline void kvs_signals_ignore(uv_signal_t *h, int sig)
+{
+    kvs_signals_hold(1, sig, 0);
+    if (h != NULL)
+        uv_signal_stop(h);
+    signal(sig, SIG_IGN);
+}
+
+#endif
