@@ -1591,6 +1591,12 @@ static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
     return kvs_redis_bulk(out, num, n);
 }
 
+/* HGET or HSTRLEN of a missing field (or table): nil or 0, as Redis. */
+static int missing_field(router_redis_t *rs, int rcmd, kvs_buf_t *out)
+{
+    return rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+}
+
 /* The answers of the single-key commands, read without decoding them (the
  * hot path). Returns 1 when it wrote the reply (*rc its result), 0 when the
  * answer needs the full decoder. */
@@ -1605,8 +1611,8 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
         !kvs_msg_answer_peek(payload, len, &a))
         return 0;
     if (a.status == KVS_STATUS_NOT_FOUND && a.n_values == 0 &&
-        (rcmd == RC_HGET || rcmd == RC_HSTRLEN)) { /* a missing field, as router_redis_answer */
-        *rc = rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+        (rcmd == RC_HGET || rcmd == RC_HSTRLEN)) {
+        *rc = missing_field(rs, rcmd, out);
         return 1;
     }
     if (a.status != KVS_STATUS_OK || a.n_values != 1 ||
@@ -1649,7 +1655,7 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     else if (a->status == KVS_STATUS_OK)
         rc = answer_ok(rs, req, a, out);
     else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
-        rc = req->rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+        rc = missing_field(rs, req->rcmd, out);
     else if (a->status == KVS_STATUS_UNAUTHENTICATED &&
              (req->rcmd == RC_AUTH || req->rcmd == RC_HELLO))
         rc = strncmp(a->message, "invalid user or token", 21) == 0
