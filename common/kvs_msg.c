@@ -124,17 +124,23 @@ int kvs_utf8_valid(const void *p, size_t n)
     return 1;
 }
 
-/* Bytes of the character at s[0..n) as kvs_msg_quote copies it unescaped:
- * printable ASCII other than `"` and `\`, or a valid UTF-8 sequence that is
- * not a C1 control (U+0080-U+009F); 0 when it must be escaped. */
-static size_t plain_char(const uint8_t *s, size_t n)
+size_t kvs_text_printable(const uint8_t *s, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (s[0] >= 0x20 && s[0] < 0x7f)
-        return s[0] == '"' || s[0] == '\\' ? 0 : 1;
+        return 1;
     size_t len = (s[0] >> 5) == 6 ? 2 : (s[0] >> 4) == 14 ? 3 : (s[0] >> 3) == 30 ? 4 : 0;
     if (len == 0 || len > n || !kvs_utf8_valid(s, len) || (s[0] == 0xc2 && s[1] < 0xa0))
         return 0;
     return len;
+}
+
+/* Bytes of the character at s[0..n) as kvs_msg_quote copies it unescaped:
+ * a printable one other than `"` and `\`; 0 when it must be escaped. */
+static size_t plain_char(const uint8_t *s, size_t n)
+{
+    return s[0] == '"' || s[0] == '\\' ? 0 : kvs_text_printable(s, n);
 }
 
 /* Width of s[i] escaped, and the bytes it consumes (*step). */

@@ -144,6 +144,12 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
  * most U+10FFFF): what protobuf runtimes demand of string fields. */
 int kvs_utf8_valid(const void *p, size_t n);
 
+/* Bytes of the printable character at s[0..n): 1 for printable ASCII, 2-4
+ * for a well-formed UTF-8 character that is not a C1 control
+ * (U+0080-U+009F); 0 for anything a terminal or a log must not get raw
+ * (a control character, DEL, a byte that is not UTF-8). */
+size_t kvs_text_printable(const uint8_t *s, size_t n);
+
 /* Writes p[0..n) into out[0..cap) as text fit for a message (a key in a
  * 404, say): printable ASCII and valid UTF-8 stay as they are, `"` and `\`
  * are escaped, any other byte (control characters, invalid UTF-8) becomes
