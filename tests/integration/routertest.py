@@ -149,6 +149,15 @@ def procs_for_config(config):
     return out
 
 
+def edit_config(router, old, new):
+    """Replaces `old` (which must be there) by `new` in router's config file."""
+    with open(router.config) as f:
+        text = f.read()
+    assert old in text, (old, text)
+    with open(router.config, "w") as f:
+        f.write(text.replace(old, new))
+
+
 def free_port_range(n):
     """A base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
     return free_ports(n)

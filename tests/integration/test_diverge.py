@@ -38,7 +38,7 @@ import time
 import unittest
 
 from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
-from routertest import partition_of
+from routertest import edit_config, partition_of
 import kafkatest
 from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
 from test_ingest import KafkaFixtures
@@ -432,14 +432,9 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         # at the log's end, so it is caught up at once, and stays so across
         # a restart, though no record came since to move its offset.
         r, m, lo, hi, kept = self.retention_setup()  # earliest: the first 50 applied
-        with open(r.config) as f:
-            text = f.read()
         prop = '    "reconnect.backoff.max.ms": "500"\n'
-        self.assertIn(prop, text)
-        self.assertIn("kafka:\n", text)
-        text = text.replace(prop, prop + '    "auto.offset.reset": "latest"\n')
-        with open(r.config, "w") as f:
-            f.write(text.replace("kafka:\n", "kafka:\n  max_lag: 5\n"))
+        edit_config(r, prop, prop + '    "auto.offset.reset": "latest"\n')
+        edit_config(r, "kafka:\n", "kafka:\n  max_lag: 5\n")
         r.start()
         parts = self.wait_caught_up(r, TOPIC, {0: hi}, timeout=10)
         self.assertEqual((parts[0]["applied"], parts[0]["diverged"], parts[0]["halted"]),

@@ -21,7 +21,8 @@ import sys
 import time
 
 from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
-from routertest import RouterTestCase, free_port, keys_by_shard, procs_for_config, shard_of
+from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
+                        shard_of)
 
 EX_CONFIG = 78
 SLOW_HOST = "slow-shard.kvs.test"
@@ -360,10 +361,7 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(wait_until(lambda: "looking up " + SLOW_HOST in r.stderr(), 10),
                         r.stderr())
         self.assertNotIn("started shard", r.stderr())
-        with open(r.config) as f:
-            text = f.read()
-        with open(r.config, "w") as f:
-            f.write(text.replace("slow_threshold: off", "slow_threshold: 0"))
+        edit_config(r, "slow_threshold: off", "slow_threshold: 0")
         r.proc.send_signal(signal.SIGHUP)
         line = "configuration reloaded from %s (log.slow_threshold)" % r.config
         # The master, the router process and both workers (held a second

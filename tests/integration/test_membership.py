@@ -19,7 +19,7 @@ import unittest
 
 from kafkatest import info_pairs, wait_until
 from kvstest import HOST, Client, free_port, pb, pyval, req_hget, req_hset
-from routertest import procs_for_config
+from routertest import edit_config as edit, procs_for_config
 from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
 from test_replicas import SHARDS, TABLE, ReplicaFixtures, hget_at, shard_of_key
@@ -37,14 +37,6 @@ def set_map(router, layout, bases):
                     for n, shards in layout.items()]
     with open(router.config, "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def edit(router, old, new):
-    with open(router.config) as f:
-        text = f.read()
-    assert old in text, (old, text)
-    with open(router.config, "w") as f:
-        f.write(text.replace(old, new))
 
 
 def changes_over(router):
