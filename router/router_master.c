@@ -995,8 +995,10 @@ static void master_metrics(void *arg, kvs_mb_t *b)
     kvs_mb_sample(b, f, (double)m->changes[0], 1, "result", "done");
     kvs_mb_sample(b, f, (double)m->changes[1], 1, "result", "failed");
     f = kvs_mb_family(b, "kvs_config_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
-                      "Configuration reloads (SIGHUP) by result: ok, error (the file did not "
-                      "load), refused (a key that cannot change live changed).");
+                      "Configuration reloads (SIGHUP) by result: ok (the file was taken; a "
+                      "membership change's outcome is kvs_membership_changes_total), error (the "
+                      "file did not load), refused (a key that cannot change live changed, or a "
+                      "membership change was under way).");
     static const char *const results[] = {"ok", "error", "refused"};
     for (int i = 0; i < 3; i++)
         kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "master", "result", results[i]);
