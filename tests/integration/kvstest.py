@@ -620,7 +620,36 @@ class Node(Managed):
         self.kill9()
 
 
-class NodeTestCase(unittest.TestCase):
+class LogsOnFailure:
+    """Mixed into a TestCase before it: a test that fails or errs prints the
+    logs of the processes it started. A class says which in two methods:
+    start_fixtures() resets its lists before each test, and
+    failure_logs() yields (title, text) pairs afterwards."""
+
+    def start_fixtures(self):
+        raise NotImplementedError
+
+    def failure_logs(self):
+        raise NotImplementedError
+
+    def run(self, result=None):
+        self.start_fixtures()
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            for title, text in self.failure_logs():
+                sys.stderr.write("\n---- %s (%s) ----\n%s\n" % (title, self.id(), text))
+        return out
+
+
+def log_of(proc, last=None):
+    """A Managed process's log (its log file, else its stderr), the last
+    `last` characters of it if given."""
+    text = proc.log_text or proc.stderr()
+    return text if last is None else text[-last:]
+
+
+class NodeTestCase(LogsOnFailure, unittest.TestCase):
     """Base class: self.node(...) starts a Node that is always cleaned up;
     if the test fails, every node's stderr is printed."""
 
@@ -630,15 +659,12 @@ class NodeTestCase(unittest.TestCase):
         self.addCleanup(n.close)
         return n
 
-    def run(self, result=None):
+    def start_fixtures(self):
         self._nodes = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            for n in self._nodes:
-                sys.stderr.write("\n---- kvs-node stderr (%s) ----\n%s\n"
-                                 % (self.id(), n.log_text or n.stderr()))
-        return out
+
+    def failure_logs(self):
+        for n in self._nodes:
+            yield "kvs-node stderr", log_of(n)
 
     # assertions shared by the test modules
     def assertOk(self, resp):

@@ -17,14 +17,14 @@ and py/kvs_pb2.py (through kvstest).
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 import zlib
 
-from kvstest import BUILD_DIR, HOST, Client, Managed, encode, free_port, free_ports
+from kvstest import (BUILD_DIR, HOST, Client, LogsOnFailure, Managed, encode, free_port, free_ports,
+                     log_of)
 
 START_TIMEOUT = 15.0  # router start (all local workers up) and stop are bounded by this
 
@@ -386,7 +386,7 @@ class Router(Managed):
         self.kill_all()
 
 
-class RouterTestCase(unittest.TestCase):
+class RouterTestCase(LogsOnFailure, unittest.TestCase):
     """Base class: self.router(...) starts a Router that is always cleaned up;
     if the test fails, every router's stderr (with its workers') is printed."""
 
@@ -398,15 +398,12 @@ class RouterTestCase(unittest.TestCase):
             r.start()
         return r
 
-    def run(self, result=None):
+    def start_fixtures(self):
         self._routers = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            for r in self._routers:
-                sys.stderr.write("\n---- kvs-router %s stderr (%s) ----\n%s\n"
-                                 % (r.name, self.id(), r.log_text or r.stderr()))
-        return out
+
+    def failure_logs(self):
+        for r in self._routers:
+            yield "kvs-router %s stderr" % r.name, log_of(r)
 
     def assertOk(self, resp):
         self.assertEqual(resp.status, 200, resp.message)

@@ -23,8 +23,8 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, Node, frame, free_port, free_ports,
-                     pb, req_hget, req_hset, req_ping)
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LogsOnFailure, Managed, Node, frame, free_port,
+                     free_ports, log_of, pb, req_hget, req_hset, req_ping)
 
 
 class FakePeer:
@@ -153,17 +153,13 @@ def final_frame(*values):
     return frame(r.SerializeToString())
 
 
-class SnapshotPeerTest(unittest.TestCase):
-    def run(self, result=None):
+class SnapshotPeerTest(LogsOnFailure, unittest.TestCase):
+    def start_fixtures(self):
         self._procs = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            import sys
-            for p in self._procs:
-                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
-                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
-        return out
+
+    def failure_logs(self):
+        for p in self._procs:
+            yield "%s stderr" % p.config, log_of(p, 6000)
 
     def peer(self, answer):
         p = FakePeer(answer)

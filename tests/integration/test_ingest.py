@@ -27,11 +27,10 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 import unittest
 
-from kvstest import Client, Node, pb, pyval, req_hmget
+from kvstest import Client, LogsOnFailure, Node, log_of, pb, pyval, req_hmget
 from routertest import Router, partition_of, procs_for_config
 import kafkatest
 from kafkatest import (KCAT, MockKafka, caught_up, committed, info, info_pairs, ingest_yaml,
@@ -43,28 +42,22 @@ MDB_DUMP = shutil.which("mdb_dump")
 CATCH_UP = 60.0  # seconds for a router to ingest everything (200,000 records: ~2 s here)
 
 
-class KafkaFixtures:
+class KafkaFixtures(LogsOnFailure):
     """Fixtures and checks of the Kafka tests (mixed into unittest.TestCase
     classes here and in test_partitioner.py)."""
 
     # ---- fixtures -----------------------------------------------------------------
 
-    def run(self, result=None):
+    def start_fixtures(self):
         self._routers, self._mocks, self._nodes = [], [], []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            for r in self._routers:
-                text = r.log_text or r.stderr()
-                sys.stderr.write("\n---- kvs-router stderr (%s), last 12000 chars ----\n%s\n"
-                                 % (self.id(), text[-12000:]))
-            for n in self._nodes:
-                sys.stderr.write("\n---- kvs-node stderr (%s), last 12000 chars ----\n%s\n"
-                                 % (self.id(), (n.log_text or n.stderr())[-12000:]))
-            for m in self._mocks:
-                sys.stderr.write("\n---- kvs-mock-kafka stderr (%s) ----\n%s\n"
-                                 % (self.id(), m.stderr()[-4000:]))
-        return out
+
+    def failure_logs(self):
+        for r in self._routers:
+            yield "kvs-router stderr, last 12000 chars", log_of(r, 12000)
+        for n in self._nodes:
+            yield "kvs-node stderr, last 12000 chars", log_of(n, 12000)
+        for m in self._mocks:
+            yield "kvs-mock-kafka stderr", m.stderr()[-4000:]
 
     def mock(self, topics, brokers=1, control=False):
         m = MockKafka(topics, brokers=brokers, control=control)

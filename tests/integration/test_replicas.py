@@ -19,7 +19,8 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import BUILD_DIR, Client, free_ports, pb, pyval, req_hget, req_hset, tls_yaml
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hget, req_hset,
+                     tls_yaml)
 from routertest import Router, partition_of
 
 SHARDS = 4
@@ -42,20 +43,15 @@ def hget_at(table, key, position=b""):
     return r
 
 
-class ReplicaFixtures:
+class ReplicaFixtures(LogsOnFailure):
     """A cluster of named nodes over one mock Kafka (mixed into a TestCase)."""
 
-    def run(self, result=None):
+    def start_fixtures(self):
         self._routers, self._mocks = [], []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            import sys
-            for r in self._routers:
-                text = r.log_text or r.stderr()
-                sys.stderr.write("\n---- node %s stderr (%s), last 8000 chars ----\n%s\n"
-                                 % (r.name, self.id(), text[-8000:]))
-        return out
+
+    def failure_logs(self):
+        for r in self._routers:
+            yield "node %s stderr, last 8000 chars" % r.name, log_of(r, 8000)
 
     def mock(self):
         m = MockKafka({TOPIC: TOPIC_PARTS})
