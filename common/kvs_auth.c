@@ -95,8 +95,7 @@ struct kvs_auth_s {
     kvs_auth_attempt_t *head, *tail;          /* waiting to run (one per address at most) */
     kvs_auth_attempt_t *parked, *parked_tail; /* waiting for their address's turn */
     addr_count_t addrs[KVS_AUTH_ADDRESSES];
-    uint64_t log_second;
-    unsigned log_lines, log_dropped;
+    kvs_log_budget_t log_budget; /* failure lines */
 };
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -113,6 +112,7 @@ int kvs_auth_new(const kvs_config_t *cfg, uv_loop_t *loop, kvs_auth_t **out)
         return -ENOMEM;
     }
     a->loop = loop;
+    kvs_log_budget_init(&a->log_budget, "failed Auth attempts", KVS_AUTH_LOG_PER_SECOND, 1000);
     a->cfg = cfg;
     a->n_users = cfg->n_users;
     uint32_t iterations = KVS_TOKEN_MIN_ITERATIONS;
@@ -330,18 +330,8 @@ static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
 
 __attribute__((format(printf, 2, 3))) static void log_failure(kvs_auth_t *a, const char *fmt, ...)
 {
-    uint64_t second = uv_now(a->loop) / 1000;
-    if (second != a->log_second) {
-        if (a->log_dropped > 0)
-            kvs_warn("auth: %u more failed Auth attempts were not logged", a->log_dropped);
-        a->log_second = second;
-        a->log_lines = a->log_dropped = 0;
-    }
-    if (a->log_lines >= KVS_AUTH_LOG_PER_SECOND) {
-        a->log_dropped++;
+    if (!kvs_log_budget_take(&a->log_budget, uv_now(a->loop)))
         return;
-    }
-    a->log_lines++;
     char line[600];
     va_list ap;
     va_start(ap, fmt);

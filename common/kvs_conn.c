@@ -166,13 +166,20 @@ int kvs_conn_has_frame(const kvs_conn_t *c)
 
 /* ---- limits --------------------------------------------------------------- */
 
+int kvs_conn_may_log(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    return g == NULL || kvs_log_budget_take(&g->log_budget, uv_now(g->loop));
+}
+
 /* Past the hard limit the peer is not reading what it asked for: close it
  * (its output is dropped), naming it. Returns 1 if it was closed. */
 static int conn_check_hard(kvs_conn_t *c)
 {
     if (c->hard_limit == 0 || has(c, KVS_CONN_CLOSING) || kvs_conn_pending(c) <= c->hard_limit)
         return 0;
-    kvs_warn("closing %s: %zu bytes of answers are waiting for it, more than "
+    if (kvs_conn_may_log(c))
+        kvs_warn("closing %s: %zu bytes of answers are waiting for it, more than "
              "limits.client_output (%zu); it sends requests faster than it reads the answers",
              c->peer, kvs_conn_pending(c), c->hard_limit);
     kvs_conn_close(c);
@@ -289,7 +296,8 @@ static void conn_input_ended(kvs_conn_t *c, int err)
 /* The next frame does not fit the group's input budget. */
 static void conn_over_budget(kvs_conn_t *c)
 {
-    kvs_warn("closing %s: its incomplete request would take the memory held by all clients' "
+    if (kvs_conn_may_log(c))
+        kvs_warn("closing %s: its incomplete request would take the memory held by all clients' "
              "incomplete requests past limits.input_buffers (%zu bytes)",
              c->peer, c->group->limits.input_budget);
     c->flags |= KVS_CONN_READ_REFUSED;
@@ -376,7 +384,7 @@ static void conn_frame_error(kvs_conn_t *c, int err)
      * as a frame of over 352 MiB, so always KVS_ETOOBIG below that max). */
     if (err == KVS_ETOOBIG && c->tls == NULL && kvs_tls_looks_like_hello(c->dec.bad_len))
         err = KVS_ETLSHELLO;
-    if (err == KVS_ETLSHELLO)
+    if (err == KVS_ETLSHELLO && kvs_conn_may_log(c))
         kvs_warn("closing %s: it started a TLS handshake on a plaintext port (enable TLS on this "
                  "listener, or connect without TLS)",
                  c->peer);
@@ -718,7 +726,8 @@ static void conn_tls_send(kvs_conn_t *c)
  * alert goes out, no more frames; the owner hears `err`. */
 static void conn_tls_failed(kvs_conn_t *c, int err)
 {
-    kvs_warn("closing %s: TLS %s failed: %s", c->peer,
+    if (kvs_conn_may_log(c))
+        kvs_warn("closing %s: TLS %s failed: %s", c->peer,
              has(c, KVS_CONN_TLS_READY) ? "connection" : "handshake", kvs_tls_error(c->tls));
     c->flags |= KVS_CONN_TLS_FAILED | KVS_CONN_FRAME_ERROR;
     c->partial_since_ms = 0;
@@ -730,7 +739,8 @@ static void conn_tls_failed(kvs_conn_t *c, int err)
  * clear (a plaintext client would read nothing else), and end input. */
 static void conn_not_tls(kvs_conn_t *c)
 {
-    kvs_warn("closing %s: %s", c->peer, kvs_tls_error(c->tls));
+    if (kvs_conn_may_log(c))
+        kvs_warn("closing %s: %s", c->peer, kvs_tls_error(c->tls));
     kvs_tls_free(c->tls);
     c->tls = NULL;
     c->cout.len = 0;
@@ -962,17 +972,21 @@ void kvs_conn_close(kvs_conn_t *c)
 
 /* ---- groups ------------------------------------------------------------- */
 
-/* Closes members whose started frame is overdue, and idle members. */
+/* Closes members whose started frame is overdue, and idle members; says
+ * how many lines about members were left out once their window is over. */
 static void on_sweep(uv_timer_t *t)
 {
     kvs_conn_group_t *g = t->data;
     uint64_t now = uv_now(g->loop);
     const kvs_conn_limits_t *lim = &g->limits;
+    kvs_log_budget_flush(&g->log_budget, now);
     for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
         next = c->grp_next; /* closing unlinks c */
         if (lim->frame_timeout_ms > 0 && c->partial_since_ms != 0 &&
             now - (c->partial_since_ms - 1) >= lim->frame_timeout_ms) {
-            if (c->tls != NULL && !has(c, KVS_CONN_TLS_READY))
+            if (!kvs_log_budget_take(&g->log_budget, now))
+                ; /* counted: the summary says how many */
+            else if (c->tls != NULL && !has(c, KVS_CONN_TLS_READY))
                 kvs_warn("closing %s: its TLS handshake did not complete within "
                          "limits.frame_timeout (%llu ms)",
                          c->peer, (unsigned long long)lim->frame_timeout_ms);
@@ -991,8 +1005,9 @@ static void on_sweep(uv_timer_t *t)
         if (lim->idle_timeout_ms > 0 && c->owed == 0 && kvs_conn_pending(c) == 0 &&
             kvs_frame_dec_pending(&c->dec) == 0 && !has(c, KVS_CONN_SHUTTING) &&
             now - c->last_input_ms >= lim->idle_timeout_ms) {
-            kvs_info("closing %s %s: idle for limits.idle_timeout (%llu ms)", g->what, c->peer,
-                     (unsigned long long)lim->idle_timeout_ms);
+            if (kvs_log_budget_take(&g->log_budget, now))
+                kvs_info("closing %s %s: idle for limits.idle_timeout (%llu ms)", g->what,
+                         c->peer, (unsigned long long)lim->idle_timeout_ms);
             kvs_conn_close(c);
         }
     }
@@ -1058,28 +1073,21 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
     g->loop = loop;
     g->limits = *limits;
     g->what = what;
+    snprintf(g->log_what, sizeof(g->log_what), "lines about %.40ss", what);
+    kvs_log_budget_init(&g->log_budget, g->log_what, KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     int rc = uv_timer_init(loop, &g->sweep);
     if (rc != 0)
         return rc;
     g->sweep.data = g;
-    if (limits->frame_timeout_ms > 0 || limits->idle_timeout_ms > 0) {
-        uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-        uv_unref((uv_handle_t *)&g->sweep); /* never keeps the loop alive by itself */
-    }
+    /* Even without timeouts: it also ends the log budget's windows. */
+    uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_unref((uv_handle_t *)&g->sweep); /* never keeps the loop alive by itself */
     return 0;
 }
 
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits)
 {
     g->limits = *limits;
-    if (limits->frame_timeout_ms > 0 || limits->idle_timeout_ms > 0) {
-        if (!uv_is_active((uv_handle_t *)&g->sweep)) {
-            uv_timer_start(&g->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-            uv_unref((uv_handle_t *)&g->sweep);
-        }
-    } else {
-        uv_timer_stop(&g->sweep);
-    }
     for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
         next = c->grp_next; /* a member past the new hard limit closes and leaves */
         if (limits->high_water > 0)

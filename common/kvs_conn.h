@@ -66,6 +66,7 @@
 #include "kvs_buf.h"
 #include "kvs_config.h"
 #include "kvs_frame.h"
+#include "kvs_log.h"
 #include "kvs_tls.h"
 
 #include <uv.h>
@@ -302,6 +303,8 @@ struct kvs_conn_group_s {
     uint64_t joined;    /* members ever (connections accepted) */
     uint64_t bytes_in;  /* bytes members read */
     uint64_t bytes_out; /* bytes members wrote */
+    kvs_log_budget_t log_budget; /* the lines members cause (closing a peer that broke a rule) */
+    char log_what[64];           /* "lines about clients", the budget's name */
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -324,9 +327,18 @@ int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *
 uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve);
 
 /* Starts a group on `loop` with `limits` (copied). `what` names members in
- * log lines and must outlive the group. Returns 0 or a uv error. */
+ * log lines and must outlive the group. The lines members cause (one per
+ * member closed for breaking a limit or a protocol rule) are logged within
+ * the group's kvs_log_budget: a peer that opens connections at will cannot
+ * flood the log. Returns 0 or a uv error. */
 int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_limits_t *limits,
                         const char *what);
+
+/* Whether a line about `c` that its peer caused (it broke a limit or a
+ * rule) may be logged: a group member's lines are within the group's
+ * budget, a connection of no group (one of our own, such as a link) logs
+ * every one. Counts the line either way. */
+int kvs_conn_may_log(kvs_conn_t *c);
 
 /* New limits for a running group (a live reload): members keep their
  * connections; output limits apply to each at once (a member past the new

@@ -319,3 +319,37 @@ void kvs_log(kvs_log_level_t level, const char *fmt, ...)
         n = text_line(line, KVS_LOG_MSG_MAX, level, when, msg);
     write_all(line, n);
 }
+
+void kvs_log_budget_init(kvs_log_budget_t *b, const char *what, uint32_t max_lines,
+                         uint32_t window_ms)
+{
+    memset(b, 0, sizeof(*b));
+    b->what = what;
+    b->max_lines = max_lines;
+    b->window_ms = window_ms;
+}
+
+void kvs_log_budget_flush(kvs_log_budget_t *b, uint64_t now_ms)
+{
+    if (now_ms - b->start_ms < b->window_ms)
+        return;
+    if (b->dropped > 0)
+        kvs_warn("%llu more %s were not logged in the last %llu s (at most %u are per %u s)",
+                 (unsigned long long)b->dropped, b->what,
+                 (unsigned long long)((now_ms - b->start_ms + 500) / 1000), b->max_lines,
+                 b->window_ms / 1000);
+    b->start_ms = now_ms;
+    b->lines = 0;
+    b->dropped = 0;
+}
+
+int kvs_log_budget_take(kvs_log_budget_t *b, uint64_t now_ms)
+{
+    kvs_log_budget_flush(b, now_ms);
+    if (b->lines < b->max_lines) {
+        b->lines++;
+        return 1;
+    }
+    b->dropped++;
+    return 0;
+}

@@ -27,6 +27,8 @@
 #ifndef KVS_LOG_H
 #define KVS_LOG_H
 
+#include <stdint.h>
+
 typedef enum {
     KVS_LOG_DEBUG = 0,
     KVS_LOG_INFO = 1,
@@ -65,6 +67,36 @@ int kvs_log_enabled(kvs_log_level_t level);
 
 /* Prints one line (a trailing newline is added). */
 void kvs_log(kvs_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A budget for lines a remote peer can cause at will (one per connection
+ * it opens, one per failed Auth): at most `max_lines` of them per
+ * `window_ms` (whole seconds).
+ * The lines past it are counted, not printed, and one line says how many
+ * were left out once the window is over (at the next take, or at
+ * kvs_log_budget_flush, which an owner calls from a timer). Not locked: a
+ * budget belongs to one event loop. */
+typedef struct {
+    const char *what;   /* what is counted, plural: "lines about clients" */
+    uint32_t max_lines; /* per window */
+    uint32_t window_ms;
+    uint64_t start_ms; /* when the current window started */
+    uint32_t lines;    /* printed in it */
+    uint64_t dropped;  /* left out in it */
+} kvs_log_budget_t;
+
+/* The budget of the lines a connection's peer causes: 20 per 10 s. */
+#define KVS_LOG_PEER_LINES 20
+#define KVS_LOG_PEER_WINDOW_MS 10000
+
+/* Sets up an empty budget; `what` must outlive it. */
+void kvs_log_budget_init(kvs_log_budget_t *b, const char *what, uint32_t max_lines,
+                         uint32_t window_ms);
+/* 1 when one more line may be printed at `now_ms` (a loop's clock, in ms;
+ * the line is counted), 0 when it must be left out (and it is counted as
+ * such). */
+int kvs_log_budget_take(kvs_log_budget_t *b, uint64_t now_ms);
+/* Prints the summary of a window that is over, if lines were left out. */
+void kvs_log_budget_flush(kvs_log_budget_t *b, uint64_t now_ms);
 
 #define kvs_debug(...) kvs_log(KVS_LOG_DEBUG, __VA_ARGS__)
 #define kvs_info(...) kvs_log(KVS_LOG_INFO, __VA_ARGS__)

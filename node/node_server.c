@@ -608,7 +608,7 @@ static void on_tls_ready(kvs_conn_t *c)
         srv->auth != NULL ? kvs_auth_by_certificate(srv->auth, &cl->auth, c->tls) : NULL;
     if (who != NULL)
         kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
-    else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls))
+    else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls) && kvs_conn_may_log(c))
         kvs_warn("%s: its certificate names no user (users: in config.yaml; a router's node "
                  "certificate needs one), so it may only Ping and Auth",
                  c->peer);
@@ -685,9 +685,10 @@ static void on_conn_error(kvs_conn_t *c, int err)
 {
     node_client_t *cl = c->data;
     if (err == KVS_ETOOBIG) {
-        kvs_warn("client sent a frame header announcing %u bytes (limits.max_frame is %u); "
-                 "closing it",
-                 c->dec.bad_len, cl->srv->max_frame);
+        if (kvs_conn_may_log(c))
+            kvs_warn("client %s sent a frame header announcing %u bytes (limits.max_frame is "
+                     "%u); closing it",
+                     c->peer, c->dec.bad_len, cl->srv->max_frame);
         kvs_msg_append_status(&c->out, KVS_STATUS_TOO_LARGE,
                               "frame of %u bytes exceeds limits.max_frame (%u bytes); the "
                               "connection is closed",

@@ -157,6 +157,30 @@ class RespTlsHelloTest(RouterTestCase):
         self.assertEqual(len(lines), 2, lines)  # one per attempt
 
 
+class LogFloodTest(RouterTestCase):
+    def test_a_peer_that_breaks_rules_at_will_cannot_flood_the_log(self):
+        """Each connection that breaks a rule is worth a line (here a TLS
+        handshake on the plaintext protobuf port), so one peer opening
+        connections in a loop could write the log as fast as it connects:
+        300 such connections give at most kvs_log's budget of 20 lines
+        (the summary of what was left out comes when the 10 s window is
+        over: test_log covers it), and the router serves on."""
+        r = self.router(shards=1, partitions=8)
+        hello = client_hello()
+        for _ in range(300):
+            s = socket.create_connection(r.addr, timeout=FAST)
+            s.sendall(hello)
+            while s.recv(4096):
+                pass
+            s.close()
+        c = Client(r.addr)
+        self.addCleanup(c.close)
+        self.assertEqual(c.call(req_ping()).status, 200)
+        told = r.stderr().count("TLS handshake on a plaintext port")
+        self.assertGreaterEqual(told, 1)
+        self.assertLessEqual(told, 20, r.stderr()[-3000:])
+
+
 class AuthFloodTest(RouterTestCase):
     def test_auth_flood_from_one_address_is_checked_at_its_limit_only(self):
         """30 connections from one address send a wrong Auth at once: its

@@ -932,7 +932,78 @@ KVS_TEST(json_checker_is_strict)
     json_free(&d);
 }
 
-KVS_TEST_MAIN(KVS_CASE(router_index_in_text_and_json), KVS_CASE(level_parse_names),
+/* Counts the lines of `text` that contain `needle`. */
+static int count_lines_with(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+KVS_TEST(budget_lets_a_burst_through_then_counts_and_says_how_many)
+{
+    kvs_log_init("router", -1, KVS_LOG_INFO);
+    kvs_log_budget_t b;
+    kvs_log_budget_init(&b, "lines about clients", KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
+    uint64_t t0 = 5000000; /* a loop's clock: any start */
+    capture_t c;
+    capture_start(&c);
+    int printed = 0;
+    for (int i = 0; i < 1000; i++) {
+        if (kvs_log_budget_take(&b, t0 + (uint64_t)i)) {
+            kvs_warn("closing peer %d", i);
+            printed++;
+        }
+    }
+    /* Within the window nothing more, and no summary yet. */
+    kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS - 1);
+    char *text = capture_end(&c, NULL);
+    CHECK_EQ(printed, KVS_LOG_PEER_LINES);
+    CHECK_EQ(count_lines_with(text, "closing peer"), KVS_LOG_PEER_LINES);
+    CHECK(strstr(text, "not logged") == NULL);
+    free(text);
+
+    /* The window is over: the flush (a timer's) says how many were left
+     * out, once, and a new window lets a burst through again. */
+    capture_start(&c);
+    kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 5);
+    kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 6);
+    CHECK(kvs_log_budget_take(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 7));
+    text = capture_end(&c, NULL);
+    CHECK_EQ(count_lines_with(text, "WARN  980 more lines about clients were not logged in the "
+                                    "last 10 s (at most 20 are per 10 s)\n"),
+             1);
+    CHECK_EQ(count_lines_with(text, "\n"), 1);
+    free(text);
+}
+
+KVS_TEST(budget_summary_comes_with_the_next_line_without_a_flush)
+{
+    kvs_log_init("node", 0, KVS_LOG_INFO);
+    kvs_log_budget_t b;
+    kvs_log_budget_init(&b, "failed Auth attempts", 5, 1000);
+    uint64_t t0 = 42;
+    for (int i = 0; i < 5 + 3; i++)
+        CHECK_EQ(kvs_log_budget_take(&b, t0), i < 5);
+    capture_t c;
+    capture_start(&c);
+    /* Long after: the summary names the time since the window began. */
+    CHECK(kvs_log_budget_take(&b, t0 + 65000));
+    char *text = capture_end(&c, NULL);
+    CHECK(strstr(text, "3 more failed Auth attempts were not logged in the last 65 s (at most 5 are per 1 s)\n") != NULL);
+    free(text);
+    /* A quiet window says nothing. */
+    capture_start(&c);
+    kvs_log_budget_flush(&b, t0 + 65000 + 2000);
+    text = capture_end(&c, NULL);
+    CHECK_EQ(strlen(text), 0);
+    free(text);
+}
+
+KVS_TEST_MAIN(KVS_CASE(budget_lets_a_burst_through_then_counts_and_says_how_many),
+              KVS_CASE(budget_summary_comes_with_the_next_line_without_a_flush),
+              KVS_CASE(router_index_in_text_and_json), KVS_CASE(level_parse_names),
               KVS_CASE(level_parse_rejects_other_strings), KVS_CASE(line_format_with_shard),
               KVS_CASE(line_format_without_shard), KVS_CASE(shard_zero_is_shown),
               KVS_CASE(role_truncated_to_15_bytes), KVS_CASE(levels_below_threshold_print_nothing),
