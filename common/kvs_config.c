@@ -1804,8 +1804,11 @@ int kvs_config_parse(const char *name, const char *text, size_t len, kvs_config_
     return parse_as(name ? name : "<string>", "<string>", text, len, out, err, errlen);
 }
 
-/* Reads a whole file into a malloc'd buffer. Returns 0 or -errno. */
-static int read_fd(int fd, char **text, size_t *len)
+/* Reads the whole content of `fd` into a malloc'd buffer: from its
+ * offset with read, or, when `from_start`, from offset 0 with pread,
+ * leaving its offset alone (it may be shared with other processes).
+ * Returns 0 or -errno (-EFBIG past KVS_CONFIG_MAX_FILE). */
+static int read_whole(int fd, int from_start, char **text, size_t *len)
 {
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
@@ -1821,7 +1824,7 @@ static int read_fd(int fd, char **text, size_t *len)
             buf = bigger;
             cap *= 2;
         }
-        ssize_t r = read(fd, buf + n, cap - n);
+        ssize_t r = from_start ? pread(fd, buf + n, cap - n, (off_t)n) : read(fd, buf + n, cap - n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -1845,47 +1848,12 @@ static int file_error(const char *path, const char *what, int rc, char *err, siz
     return rc;
 }
 
-/* Reads the whole content of `fd` from offset 0 with pread, leaving its
- * offset alone (it may be shared with other processes). Returns 0 or -errno. */
-static int pread_fd(int fd, char **text, size_t *len)
-{
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    if (buf == NULL)
-        return -ENOMEM;
-    for (;;) {
-        if (n == cap) {
-            char *bigger = cap >= KVS_CONFIG_MAX_FILE ? NULL : realloc(buf, cap * 2);
-            if (bigger == NULL) {
-                free(buf);
-                return cap >= KVS_CONFIG_MAX_FILE ? -EFBIG : -ENOMEM;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            return -e;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    *text = buf;
-    *len = n;
-    return 0;
-}
-
 int kvs_config_load_fd(const char *path, int fd, kvs_config_t **out, char *err, size_t errlen)
 {
     char *text = NULL;
     size_t len = 0;
     *out = NULL;
-    int rc = pread_fd(fd, &text, &len);
+    int rc = read_whole(fd, 1, &text, &len);
     if (rc != 0)
         return file_error(path, "cannot read", rc, err, errlen);
     rc = parse_as(path, path, text, len, out, err, errlen);
@@ -1952,7 +1920,7 @@ static int load_path(const char *path, int reload, kvs_config_t **out, char *err
     int fd = kvs_config_open(path, reload, err, errlen);
     if (fd < 0)
         return fd;
-    int rc = read_fd(fd, &text, &len);
+    int rc = read_whole(fd, 0, &text, &len);
     close(fd);
     if (rc != 0)
         return file_error(path, "cannot read", rc, err, errlen);
