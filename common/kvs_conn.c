@@ -180,8 +180,8 @@ static int conn_check_hard(kvs_conn_t *c)
         return 0;
     if (kvs_conn_may_log(c))
         kvs_warn("closing %s: %zu bytes of answers are waiting for it, more than "
-             "limits.client_output (%zu); it sends requests faster than it reads the answers",
-             c->peer, kvs_conn_pending(c), c->hard_limit);
+                 "limits.client_output (%zu); it sends requests faster than it reads the answers",
+                 c->peer, kvs_conn_pending(c), c->hard_limit);
     kvs_conn_close(c);
     return 1;
 }
@@ -298,8 +298,8 @@ static void conn_over_budget(kvs_conn_t *c)
 {
     if (kvs_conn_may_log(c))
         kvs_warn("closing %s: its incomplete request would take the memory held by all clients' "
-             "incomplete requests past limits.input_buffers (%zu bytes)",
-             c->peer, c->group->limits.input_budget);
+                 "incomplete requests past limits.input_buffers (%zu bytes)",
+                 c->peer, c->group->limits.input_budget);
     c->flags |= KVS_CONN_READ_REFUSED;
     c->partial_since_ms = 0;
     conn_input_ended(c, KVS_ELIMIT);
@@ -517,7 +517,7 @@ int kvs_conn_start(kvs_conn_t *c)
         rc = kvs_tls_handshake(c->tls);
         if (rc != 0 && rc != -EAGAIN)
             return KVS_ETLS;
-        conn_tls_send(c); /* `out` waits for the handshake */
+        conn_tls_send(c);      /* `out` waits for the handshake */
         conn_track_partial(c); /* the handshake's time runs from now */
     }
     return 0;
@@ -728,7 +728,7 @@ static void conn_tls_failed(kvs_conn_t *c, int err)
 {
     if (kvs_conn_may_log(c))
         kvs_warn("closing %s: TLS %s failed: %s", c->peer,
-             has(c, KVS_CONN_TLS_READY) ? "connection" : "handshake", kvs_tls_error(c->tls));
+                 has(c, KVS_CONN_TLS_READY) ? "connection" : "handshake", kvs_tls_error(c->tls));
     c->flags |= KVS_CONN_TLS_FAILED | KVS_CONN_FRAME_ERROR;
     c->partial_since_ms = 0;
     conn_tls_send(c);
@@ -1006,8 +1006,8 @@ static void on_sweep(uv_timer_t *t)
             kvs_frame_dec_pending(&c->dec) == 0 && !has(c, KVS_CONN_SHUTTING) &&
             now - c->last_input_ms >= lim->idle_timeout_ms) {
             if (kvs_log_budget_take(&g->log_budget, now))
-                kvs_info("closing %s %s: idle for limits.idle_timeout (%llu ms)", g->what,
-                         c->peer, (unsigned long long)lim->idle_timeout_ms);
+                kvs_info("closing %s %s: idle for limits.idle_timeout (%llu ms)", g->what, c->peer,
+                         (unsigned long long)lim->idle_timeout_ms);
             kvs_conn_close(c);
         }
     }

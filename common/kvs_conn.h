@@ -298,11 +298,11 @@ struct kvs_conn_group_s {
     uv_timer_t sweep; /* once a second: frame and idle timeouts */
     kvs_conn_t *head; /* members */
     size_t count;
-    size_t input_used;  /* decoder bytes charged by all members */
-    const char *what;   /* "client", for log lines */
-    uint64_t joined;    /* members ever (connections accepted) */
-    uint64_t bytes_in;  /* bytes members read */
-    uint64_t bytes_out; /* bytes members wrote */
+    size_t input_used;           /* decoder bytes charged by all members */
+    const char *what;            /* "client", for log lines */
+    uint64_t joined;             /* members ever (connections accepted) */
+    uint64_t bytes_in;           /* bytes members read */
+    uint64_t bytes_out;          /* bytes members wrote */
     kvs_log_budget_t log_budget; /* the lines members cause (closing a peer that broke a rule) */
     char log_what[64];           /* "lines about clients", the budget's name */
 };

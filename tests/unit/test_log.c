@@ -991,7 +991,8 @@ KVS_TEST(budget_summary_comes_with_the_next_line_without_a_flush)
     /* Long after: the summary names the time since the window began. */
     CHECK(kvs_log_budget_take(&b, t0 + 65000));
     char *text = capture_end(&c, NULL);
-    CHECK(strstr(text, "3 more failed Auth attempts were not logged in the last 65 s (at most 5 are per 1 s)\n") != NULL);
+    CHECK(strstr(text, "3 more failed Auth attempts were not logged in the last 65 s (at most 5 "
+                       "are per 1 s)\n") != NULL);
     free(text);
     /* A quiet window says nothing. */
     capture_start(&c);
