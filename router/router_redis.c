@@ -249,6 +249,16 @@ typedef struct cmd_s cmd_t;
 typedef void (*cmd_fn)(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                        const cmd_t *cmd);
 
+/* What args_refused checks before a command runs: its key (argument 1)
+ * and where its hash fields are, from argument 2. */
+enum {
+    ARGS_FREE = 0, /* nothing (not a hash command, or DEL, which is refused anyway) */
+    ARGS_KEY,      /* the key: HGETALL, HKEYS, HVALS, HLEN, HSCAN, EXISTS */
+    ARGS_FIELD,    /* the key and one field: HGET, HSTRLEN, HEXISTS, HSETNX, HINCRBY* */
+    ARGS_FIELDS,   /* the key and every other argument: HMGET, HDEL */
+    ARGS_PAIRS,    /* the key and field value pairs: HSET, HMSET */
+};
+
 struct cmd_s {
     const char *name; /* lower case */
     int arity;        /* Redis's convention: -N means at least N */
@@ -256,27 +266,53 @@ struct cmd_s {
     int first, last, step; /* key positions, for COMMAND */
     cmd_fn fn;
     int rcmd;
+    int args; /* ARGS_* */
 };
 
-/* A Redis key holding a NUL byte: the kvs table name it stands for cannot
- * hold one, and a C string of it would end there (silently naming another
- * table). Answers the error and returns 1 if so. */
-static int table_refused(router_req_t *req, const kvs_redis_arg_t *a)
+/* A Redis key must be a kvs table name: 1 to KVS_MAX_TABLE bytes of UTF-8,
+ * no NUL (a C string of it would end there, silently naming another
+ * table), not starting with "__". Answers the error in Redis's terms (kvs's
+ * own messages name protobuf fields) and returns 1 if it is not. */
+static int key_refused(router_req_t *req, const kvs_redis_arg_t *a)
 {
-    if (memchr(a->p, 0, a->len) == NULL)
+    if (a->len == 0)
+        reply_error(req, "ERR the key is empty: a key names a kvs table, of 1 to %d bytes",
+                    KVS_MAX_TABLE);
+    else if (a->len > KVS_MAX_TABLE)
+        reply_error(req, "ERR the key is %zu bytes: a key names a kvs table, of at most %d bytes",
+                    a->len, KVS_MAX_TABLE);
+    else if (memchr(a->p, 0, a->len) != NULL)
+        reply_error(req, "ERR the key (a kvs table name) holds a NUL byte (U+0000), which table "
+                         "names may not contain");
+    else if (!kvs_utf8_valid(a->p, a->len))
+        reply_error(req, "ERR the key is not valid UTF-8: a key names a kvs table, whose name is "
+                         "text");
+    else if (a->len >= 2 && a->p[0] == '_' && a->p[1] == '_')
+        reply_error_quoting(req, "ERR the key '", a,
+                            "' is reserved: kvs table names starting with \"__\" belong to kvs");
+    else
         return 0;
-    reply_error(req, "ERR the key (a kvs table name) holds a NUL byte (U+0000), which table "
-                     "names may not contain");
     return 1;
 }
 
-/* A NUL-terminated copy of a table name in the router's redis_arena (names
- * are checked by router_route like any other), or NULL once the error is
- * answered. */
+/* A hash field must be a kvs key: 1 to KVS_MAX_KEY bytes (LMDB's limit). */
+static int field_refused(router_req_t *req, const kvs_redis_arg_t *a)
+{
+    if (a->len == 0)
+        reply_error(req, "ERR a hash field is empty: a field is a kvs key, of 1 to %d bytes",
+                    KVS_MAX_KEY);
+    else if (a->len > KVS_MAX_KEY)
+        reply_error(req, "ERR a hash field is %zu bytes: a field is a kvs key, of at most %d bytes",
+                    a->len, KVS_MAX_KEY);
+    else
+        return 0;
+    return 1;
+}
+
+/* A NUL-terminated copy of a table name (checked by args_refused) in the
+ * router's redis_arena, or NULL once the error is answered. */
 static char *table_of(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
 {
-    if (table_refused(req, a))
-        return NULL;
     char *t = kvs_arena_alloc(&rs->r->redis_arena, a->len + 1);
     if (t == NULL) {
         oom(req);
@@ -584,11 +620,6 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     int64_t count = 10;
     uint64_t seq;
     const kvs_redis_arg_t *match = NULL;
-    if (a[1].len > KVS_MAX_TABLE)
-        return reply_error(req, "ERR the key (a kvs table name) is longer than %d bytes",
-                           KVS_MAX_TABLE);
-    if (table_refused(req, &a[1]))
-        return;
     if (scan_cursor(&a[2], &seq) != 0)
         return reply_error(req, "ERR invalid cursor");
     for (size_t i = 3; i < rs->ps.argc; i += 2) {
@@ -1175,34 +1206,38 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
 
 /* Kept in the order clients send them most: the lookup is linear. */
 static const cmd_t commands[] = {
-    {"hget", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HGET},
-    {"hset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSET},
-    {"hmget", -3, "readonly fast", 1, 1, 1, cmd_fields, RC_HMGET},
-    {"hmset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_OK},
-    {"hdel", -3, "write fast", 1, 1, 1, cmd_fields, RC_HDEL},
-    {"hexists", 3, "readonly fast", 1, 1, 1, cmd_hexists, RC_HEXISTS},
-    {"hgetall", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HGETALL},
-    {"hsetnx", 4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSETNX},
-    {"hincrby", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBY},
-    {"hincrbyfloat", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBYFLOAT},
-    {"hkeys", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HKEYS},
-    {"hvals", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HVALS},
-    {"hlen", 2, "readonly fast", 1, 1, 1, cmd_hlen, RC_HLEN},
-    {"hstrlen", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HSTRLEN},
-    {"hscan", -3, "readonly", 1, 1, 1, cmd_hscan, RC_HSCAN},
-    {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS},
-    {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE},
-    {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE},
-    {"echo", 2, "loading stale fast", 0, 0, 0, cmd_echo, RC_NONE},
-    {"info", -1, "loading stale", 0, 0, 0, cmd_info, RC_INFO},
-    {"command", -1, "loading stale", 0, 0, 0, cmd_command, RC_NONE},
-    {"client", -2, "", 0, 0, 0, cmd_client, RC_NONE}, /* containers: flags per subcommand */
-    {"hello", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_hello, RC_NONE},
-    {"auth", -2, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_auth, RC_NONE},
-    {"select", 2, "loading stale fast", 0, 0, 0, cmd_select, RC_NONE},
-    {"config", -2, "", 0, 0, 0, cmd_config, RC_NONE},
-    {"slowlog", -2, "", 0, 0, 0, cmd_slowlog, RC_NONE},
-    {"quit", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_quit, RC_NONE},
+    {"hget", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HGET, ARGS_FIELD},
+    {"hset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSET, ARGS_PAIRS},
+    {"hmget", -3, "readonly fast", 1, 1, 1, cmd_fields, RC_HMGET, ARGS_FIELDS},
+    {"hmset", -4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_OK, ARGS_PAIRS},
+    {"hdel", -3, "write fast", 1, 1, 1, cmd_fields, RC_HDEL, ARGS_FIELDS},
+    {"hexists", 3, "readonly fast", 1, 1, 1, cmd_hexists, RC_HEXISTS, ARGS_FIELD},
+    {"hgetall", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HGETALL, ARGS_KEY},
+    {"hsetnx", 4, "write denyoom fast", 1, 1, 1, cmd_hset, RC_HSETNX, ARGS_FIELD},
+    {"hincrby", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBY, ARGS_FIELD},
+    {"hincrbyfloat", 4, "write denyoom fast", 1, 1, 1, cmd_hincr, RC_HINCRBYFLOAT, ARGS_FIELD},
+    {"hkeys", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HKEYS, ARGS_KEY},
+    {"hvals", 2, "readonly", 1, 1, 1, cmd_hgetall, RC_HVALS, ARGS_KEY},
+    {"hlen", 2, "readonly fast", 1, 1, 1, cmd_hlen, RC_HLEN, ARGS_KEY},
+    {"hstrlen", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HSTRLEN, ARGS_FIELD},
+    {"hscan", -3, "readonly", 1, 1, 1, cmd_hscan, RC_HSCAN, ARGS_KEY},
+    {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS, ARGS_KEY},
+    {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE, ARGS_FREE},
+    {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE, ARGS_FREE},
+    {"echo", 2, "loading stale fast", 0, 0, 0, cmd_echo, RC_NONE, ARGS_FREE},
+    {"info", -1, "loading stale", 0, 0, 0, cmd_info, RC_INFO, ARGS_FREE},
+    {"command", -1, "loading stale", 0, 0, 0, cmd_command, RC_NONE, ARGS_FREE},
+    {"client", -2, "", 0, 0, 0, cmd_client, RC_NONE,
+     ARGS_FREE}, /* containers: flags per subcommand */
+    {"hello", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_hello, RC_NONE,
+     ARGS_FREE},
+    {"auth", -2, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_auth, RC_NONE,
+     ARGS_FREE},
+    {"select", 2, "loading stale fast", 0, 0, 0, cmd_select, RC_NONE, ARGS_FREE},
+    {"config", -2, "", 0, 0, 0, cmd_config, RC_NONE, ARGS_FREE},
+    {"slowlog", -2, "", 0, 0, 0, cmd_slowlog, RC_NONE, ARGS_FREE},
+    {"quit", -1, "noscript loading stale fast no_auth allow_busy", 0, 0, 0, cmd_quit, RC_NONE,
+     ARGS_FREE},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1328,6 +1363,23 @@ static void unknown_command(router_redis_t *rs, router_req_t *req)
                 (const char *)a[0].p, args);
 }
 
+/* A hash command's key and fields (cmd->args), checked before it runs, so
+ * that what is wrong is said in Redis's terms. Answers and returns 1 if
+ * one is refused. */
+static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg_t *a, size_t argc)
+{
+    if (cmd->args == ARGS_FREE)
+        return 0;
+    if (key_refused(req, &a[1]))
+        return 1;
+    size_t last = cmd->args == ARGS_KEY ? 1 : cmd->args == ARGS_FIELD ? 2 : argc - 1;
+    size_t step = cmd->args == ARGS_PAIRS ? 2 : 1;
+    for (size_t i = 2; i <= last && i < argc; i += step)
+        if (field_refused(req, &a[i]))
+            return 1;
+    return 0;
+}
+
 void router_redis_command(router_redis_t *rs, router_client_t *cl)
 {
     if (rs->quit) {
@@ -1351,7 +1403,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
         reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
     else if (!router_client_authenticated(cl) && strstr(cmd->flags, "no_auth") == NULL)
         reply_error(req, "NOAUTH Authentication required.");
-    else
+    else if (!args_refused(req, cmd, rs->ps.argv, argc))
         cmd->fn(rs, cl, req, cmd);
     req->in_route = 0;
     kvs_arena_reset(&rs->r->redis_arena);
