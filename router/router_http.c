@@ -13,7 +13,10 @@
  *    group timeouts);
  *  - one request at a time per connection: while a scrape is in flight
  *    the connection is paused (nothing more is read), and pipelined
- *    requests wait their turn.
+ *    requests wait their turn, which comes once the last answer went
+ *    whole into the socket (a high-water mark of one byte), so a client
+ *    that pipelines scrapes and reads nothing costs one answer, not one
+ *    per request.
  * Output is what the scrape renders (bounded by limits.max_frame, the size
  * a Metrics answer may reach), plus a short error page.
  *
@@ -373,7 +376,7 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
         return UV_EINVAL;
     }
     kvs_conn_limits_t limits = {
-        .high_water = SIZE_MAX, /* one request at a time: nothing to hold back */
+        .high_water = 1, /* the next request once the last answer is in the socket */
         .hard_limit = 0,
         .frame_timeout_ms = HTTP_TIMEOUT_MS,
         .idle_timeout_ms = HTTP_IDLE_MS,

@@ -95,7 +95,7 @@ def slowlog_req(count=0, reset=False):
     return req
 
 
-class MetricsTest(RouterTestCase):
+class MetricsCase(RouterTestCase):
     def metrics_router(self, **kw):
         self.mport = free_port()
         return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
@@ -119,6 +119,8 @@ class MetricsTest(RouterTestCase):
                 return m
             time.sleep(0.05)
 
+
+class MetricsTest(MetricsCase):
     def test_scrape_passes_promtool_and_counts_activity(self):
         r = self.metrics_router(shards=2, partitions=8)
         before = self.settled_scrape()
@@ -242,6 +244,68 @@ class MetricsTest(RouterTestCase):
         self.assertEqual(total(s, "kvs_partition_applied_records_total", shard="0")
                          + total(s, "kvs_partition_applied_records_total", shard="1"), 20)
         promtool_check(self, self.scrape())
+
+
+def worker_scrapes(samples):
+    """Metrics commands the workers executed: one per shard per scrape."""
+    return total(samples, "kvs_worker_requests_total", command="Metrics")
+
+
+def kernel_buffers():
+    """Most bytes the kernel may hold for one loopback connection: the
+    sender's buffer grows to tcp_wmem's maximum (the receiver's is set
+    small by the tests)."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+def non_reading_socket(port, rcvbuf=4096):
+    """A connection to `port` that will not read what it is sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: no autotuning
+    s.settimeout(10)
+    s.connect((HOST, port))
+    return s
+
+
+def send_for(s, data, seconds):
+    """Sends `data` over and over for `seconds`, never reading; returns how
+    many times it went whole into the socket."""
+    s.settimeout(0.1)
+    n = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            s.sendall(data)
+            n += 1
+        except socket.timeout:
+            pass  # the server stopped reading: as expected of a bound
+    return n
+
+
+class MetricsListenerBoundsTest(MetricsCase):
+    """What a client of the metrics port can make the master spend."""
+
+    GET = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def test_pipelined_scrapes_wait_for_the_client_to_read(self):
+        # A client that pipelines scrapes and never reads gets the next
+        # one answered only once the last answer went into the socket: the
+        # master holds one answer for it, not one per request.
+        self.metrics_router(shards=2, partitions=8)
+        before = self.settled_scrape()
+        size = len(self.scrape().encode())
+        s = non_reading_socket(self.mport)
+        try:
+            sent = send_for(s, self.GET * 64, 3.0)
+            self.assertGreater(sent, 0)
+            after = parse_metrics(self.scrape())  # another connection is served meanwhile
+        finally:
+            s.close()
+        scrapes = (worker_scrapes(after) - worker_scrapes(before)) / 2 - 1  # per shard; not ours
+        self.assertLessEqual(scrapes, kernel_buffers() // size + 4,
+                             "%d scrapes of %d bytes for a client that read nothing"
+                             % (scrapes, size))
 
 
 class SlowlogTest(RouterTestCase):
