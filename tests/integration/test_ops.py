@@ -12,6 +12,7 @@ values against known activity: N writes move the request counters by N.
 import http.client
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -306,6 +307,51 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertLessEqual(scrapes, kernel_buffers() // size + 4,
                              "%d scrapes of %d bytes for a client that read nothing"
                              % (scrapes, size))
+
+
+    def short_timeout_router(self):
+        """A metrics port whose 10 s request and answer bound is 1 s
+        (KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook)."""
+        return self.metrics_router(shards=1, partitions=8,
+                                   env={"KVS_TEST_METRICS_TIMEOUT_MS": "1000"})
+
+    def test_clients_that_never_read_lose_their_connection(self):
+        # Every connection the port takes is one that pipelines scrapes
+        # and reads nothing: each is closed once an answer has waited past
+        # the bound, and the port serves again.
+        self.short_timeout_router()
+        self.settled_scrape()
+        hogs = [non_reading_socket(self.mport) for _ in range(16)]
+        try:
+            for s in hogs:
+                send_for(s, self.GET * 64, 0.1)
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 503 Service Unavailable")
+            self.assertTrue(wait_until(lambda: raw_http(self.mport, self.GET)
+                                       == "HTTP/1.1 200 OK", 5), "the port stays taken")
+        finally:
+            for s in hogs:
+                s.close()
+
+    def test_a_request_sent_a_byte_at_a_time_is_cut_off(self):
+        # Slowloris: headers that never end are closed at the request
+        # bound, however steadily their bytes come.
+        self.short_timeout_router()
+        with socket.create_connection((HOST, self.mport), timeout=10) as s:
+            start = time.monotonic()
+            closed = False
+            for b in b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 100:
+                try:
+                    s.sendall(bytes([b]))
+                except OSError:
+                    closed = True
+                    break
+                r, _, _ = select.select([s], [], [], 0.1)
+                if r:
+                    closed = True
+                    break
+            elapsed = time.monotonic() - start
+        self.assertTrue(closed, "still open after %.1f s" % elapsed)
+        self.assertLess(elapsed, 4.0)
 
 
 class SlowlogTest(RouterTestCase):
