@@ -390,6 +390,28 @@ class SlowlogTest(RouterTestCase):
         self.assertIn(("Hset", "users"), {(e.command, e.table) for e in resp.ops.slowlog})
 
 
+    def test_a_table_that_is_not_utf8_leaves_the_slowlog_readable(self):
+        # Requests refused for their table name are logged too; the
+        # protobuf answer must still decode (strings are UTF-8) and the
+        # RESP one show what was sent, escaped.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        for table in (b"\xff\xfe", b"a\xc3", b"x" + b"\xc3\xa9" * 150):
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command("HSET", table, "k", "v")
+        with r.client() as c:
+            resp = c.call(slowlog_req(count=3))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual([e.table for e in resp.ops.slowlog][1:], ["a\\xc3", "\\xff\\xfe"])
+        self.assertTrue(resp.ops.slowlog[0].table.startswith("x\u00e9\u00e9"))
+        self.assertTrue(resp.ops.slowlog[0].table.endswith("..."))
+        got = rc.execute_command("SLOWLOG", "GET", "10")
+        self.assertIn(b"\\xff\\xfe", [e[3][1] for e in got])
+
+
 class PluginTest(RouterTestCase):
     def test_audit_log_writes_one_line_per_write(self):
         r = self.router(shards=2, partitions=8, start=False)
