@@ -97,9 +97,10 @@ def slowlog_req(count=0, reset=False):
 
 
 class MetricsCase(RouterTestCase):
-    def metrics_router(self, **kw):
+    def metrics_router(self, router_yaml=(), **kw):
         self.mport = free_port()
-        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)]
+                           + list(router_yaml), **kw)
 
     def scrape(self):
         status, ctype, body = http_get(self.mport)
@@ -354,6 +355,41 @@ class MetricsListenerBoundsTest(MetricsCase):
         self.assertLess(elapsed, 4.0)
 
 
+    def test_client_strings_never_become_labels(self):
+        # Table names and command names are the clients' to choose; the
+        # exposition's series are not: commands count under their kvs
+        # command ("none" for any other), tables nowhere.
+        rport = free_port()
+        self.metrics_router(shards=1, partitions=8,
+                            router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        rc.hset("warm", "k", "v")
+        with self.assertRaises(redis.ResponseError):
+            rc.execute_command("NOSUCH0")
+
+        def series(text):  # a histogram counts once
+            return {(re.sub("_(bucket|sum|count)$", "", n),
+                     tuple(sorted((k, v) for k, v in ls.items() if k != "le")))
+                    for n, ls, v in parse_metrics(text)}
+        self.scrape()  # the scrapes' own series (command Metrics) are there from now on
+        before = series(self.scrape())
+        for i in range(300):  # tables up to storage.max_tables (256), then refusals
+            name = 't%d "\\\n\xe9' % i
+            try:
+                rc.hset(name, "k", "v")
+            except redis.ResponseError as e:
+                self.assertIn("max_tables", str(e))
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command(name.replace(" ", "_"), "x")
+        text = self.scrape()
+        promtool_check(self, text)
+        new = series(text) - before
+        self.assertLessEqual(len(new), 4, sorted(new))  # Hset's 507 (max_tables), say
+        self.assertNotIn("t1 ", text)
+        self.assertNotIn("NOSUCH0", text)
+
+
 class SlowlogTest(RouterTestCase):
     def test_slowlog_through_cli_resp_and_a_worker(self):
         rport = free_port()
@@ -410,6 +446,35 @@ class SlowlogTest(RouterTestCase):
         self.assertTrue(resp.ops.slowlog[0].table.endswith("..."))
         got = rc.execute_command("SLOWLOG", "GET", "10")
         self.assertIn(b"\\xff\\xfe", [e[3][1] for e in got])
+
+
+    def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
+        # An entry is the command, table, key count and address, whatever
+        # the request carried (here a 1000-field, 1 MiB Hmset); any count
+        # asked for answers at most log.slow_max entries.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, max_frame="8MiB",
+                        log="{level: info, slow_threshold: 0, slow_max: 4}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        big = {"k%d" % i: "v" * 1024 for i in range(1000)}
+        for _ in range(6):
+            self.assertEqual(rc.hset("t", mapping=big), 0 if _ else 1000)
+        for count in ("-1", "4294967296", "9223372036854775807"):
+            got = rc.execute_command("SLOWLOG", "GET", count)
+            self.assertEqual(len(got), 4, count)
+            self.assertLess(len(repr(got)), 4096)
+            self.assertIn([b"Hmset", b"t", b"1000 keys"], [e[3] for e in got])
+        for count in ("-2", "9223372036854775808", "x"):
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command("SLOWLOG", "GET", count)
+        with r.client() as c:
+            resp = c.call(slowlog_req(count=0xFFFFFFFF))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual(len(resp.ops.slowlog), 4)
+        self.assertEqual(resp.ops.slowlog_len, 4)
+        self.assertLess(resp.ByteSize(), 1024)
 
 
 class PluginTest(RouterTestCase):
