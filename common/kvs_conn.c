@@ -33,7 +33,7 @@
  * `out` along. On a shutdown, close_notify is sealed after the last answer.
  *
  * Groups: the members of a kvs_conn_group are on an intrusive list, swept
- * once a second for frame and idle timeouts (a timer per connection would
+ * once a second for frame, output and idle timeouts (a timer per connection would
  * cost a heap operation per read on the hot path). Decoder memory beyond
  * KVS_CONN_INPUT_FREE per member is charged to the group before it is
  * allocated; it is uncharged when the buffer shrinks or the member closes.
@@ -172,6 +172,13 @@ int kvs_conn_may_log(kvs_conn_t *c)
     return g == NULL || kvs_log_budget_take(&g->log_budget, uv_now(g->loop));
 }
 
+/* Notes when pending output started to wait, for the output timeout. */
+static void conn_track_output(kvs_conn_t *c)
+{
+    if (c->output_since_ms == 0 && kvs_conn_pending(c) > 0 && !has(c, KVS_CONN_CLOSING))
+        c->output_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
+}
+
 /* Past the hard limit the peer is not reading what it asked for: close it
  * (its output is dropped), naming it. Returns 1 if it was closed. */
 static int conn_check_hard(kvs_conn_t *c)
@@ -190,6 +197,8 @@ static int conn_check_hard(kvs_conn_t *c)
  * may go on now, schedule it (never deliver from here: see invariants). */
 static void conn_output_drained(kvs_conn_t *c)
 {
+    if (kvs_conn_pending(c) == 0)
+        c->output_since_ms = 0; /* all taken: the output timeout starts over */
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
         c->flags &= ~KVS_CONN_OUTPUT_FULL;
         conn_kick(c);
@@ -202,6 +211,7 @@ void kvs_conn_hold(kvs_conn_t *c, ptrdiff_t delta)
     if (delta < 0 && (size_t)-delta > c->held)
         delta = -(ptrdiff_t)c->held;
     c->held = (size_t)((ptrdiff_t)c->held + delta);
+    conn_track_output(c);
     if (delta > 0)
         conn_check_hard(c);
     else if (delta < 0)
@@ -696,6 +706,7 @@ void kvs_conn_flush(kvs_conn_t *c)
 
 void kvs_conn_queue(kvs_conn_t *c)
 {
+    conn_track_output(c);
     if (conn_check_hard(c))
         return;
     kvs_flusher_t *f = c->flusher;
@@ -972,8 +983,9 @@ void kvs_conn_close(kvs_conn_t *c)
 
 /* ---- groups ------------------------------------------------------------- */
 
-/* Closes members whose started frame is overdue, and idle members; says
- * how many lines about members were left out once their window is over. */
+/* Closes members whose started frame is overdue, members that do not take
+ * their output, and idle members; says how many lines about members were
+ * left out once their window is over. */
 static void on_sweep(uv_timer_t *t)
 {
     kvs_conn_group_t *g = t->data;
@@ -999,6 +1011,16 @@ static void on_sweep(uv_timer_t *t)
                          "complete within limits.frame_timeout (%llu ms)",
                          c->peer, kvs_frame_dec_pending(&c->dec),
                          (unsigned long long)lim->frame_timeout_ms);
+            kvs_conn_close(c);
+            continue;
+        }
+        if (lim->output_timeout_ms > 0 && c->output_since_ms != 0 && kvs_conn_pending(c) > 0 &&
+            now - (c->output_since_ms - 1) >= lim->output_timeout_ms) {
+            if (kvs_log_budget_take(&g->log_budget, now))
+                kvs_warn("closing %s %s: it did not take %zu bytes owed to it within %llu ms "
+                         "(it does not read)",
+                         g->what, c->peer, kvs_conn_pending(c),
+                         (unsigned long long)lim->output_timeout_ms);
             kvs_conn_close(c);
             continue;
         }

@@ -196,6 +196,7 @@ struct kvs_conn_s {
     uint64_t read_ns;          /* kvs_now_ns() of the last read, when stamp_reads is set */
     int stamp_reads;           /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms; /* loop time an incomplete frame started to wait (0: none) */
+    uint64_t output_since_ms;  /* loop time pending output started to wait (0: none) */
     char peer[64];             /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                /* the owner's */
 };
@@ -284,12 +285,14 @@ size_t kvs_conn_pending(const kvs_conn_t *c);
 /* ---- groups: limits shared by a listener's connections ------------------ */
 
 typedef struct kvs_conn_limits_s {
-    size_t high_water;         /* per connection: stop delivering frames at this output */
-    size_t hard_limit;         /* per connection: close past this output (0: none) */
-    uint64_t frame_timeout_ms; /* a started frame must complete within this (0: none) */
-    uint64_t idle_timeout_ms;  /* close members idle this long (0: never) */
-    size_t input_budget;       /* decoder bytes all members may hold beyond their free
-                                  KVS_CONN_INPUT_FREE each (0: no limit) */
+    size_t high_water;          /* per connection: stop delivering frames at this output */
+    size_t hard_limit;          /* per connection: close past this output (0: none) */
+    uint64_t frame_timeout_ms;  /* a started frame must complete within this (0: none) */
+    uint64_t idle_timeout_ms;   /* close members idle this long (0: never) */
+    uint64_t output_timeout_ms; /* close members whose pending output has not all gone
+                                   into the socket within this (0: never) */
+    size_t input_budget;        /* decoder bytes all members may hold beyond their free
+                                   KVS_CONN_INPUT_FREE each (0: no limit) */
 } kvs_conn_limits_t;
 
 struct kvs_conn_group_s {

@@ -2,6 +2,13 @@
  * kvs_slowlog: see kvs_slowlog.h. The ring is an array of `cap` slots;
  * `head` is where the next entry goes, so the newest is at head - 1 and
  * entry i (newest first) at head - 1 - i, modulo cap.
+ *
+ * Hooks see every request, those refused for their table name included,
+ * so an entry's table is whatever bytes a client sent. Answers carry it in
+ * a protobuf string, which strict runtimes (Python's, Go's) refuse unless
+ * it is UTF-8, failing the whole answer: a table that is not UTF-8, holds
+ * a NUL, or is longer than a table may be is kept as kvs_msg_quote's
+ * text for it instead (\xHH escapes, "..." past the slot's room).
  */
 #include "kvs_slowlog.h"
 #include "kvs_config.h"
@@ -46,6 +53,21 @@ int kvs_slowlog_on(const kvs_slowlog_t *s)
     return s->threshold_ns != UINT64_MAX && s->cap > 0;
 }
 
+/* The table as it came when it is a table name kvs could hold, else its
+ * escaped text; always UTF-8. */
+static void copy_table(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (src == NULL)
+        n = 0;
+    if (n < cap && kvs_utf8_valid(src, n) && (n == 0 || memchr(src, '\0', n) == NULL)) {
+        if (n > 0)
+            memcpy(dst, src, n);
+        dst[n] = '\0';
+        return;
+    }
+    kvs_msg_quote(dst, cap, src, n);
+}
+
 static void copy_text(char *dst, size_t cap, const char *src, size_t n)
 {
     if (src == NULL)
@@ -76,7 +98,7 @@ uint32_t kvs_slowlog_hook(void *state, kvs_hook_event_t ev, const kvs_request_in
     e->command = req->command;
     e->keys = req->keys;
     e->status = req->status;
-    copy_text(e->table, sizeof(e->table), req->table, req->table_len);
+    copy_table(e->table, sizeof(e->table), req->table, req->table_len);
     copy_text(e->client, sizeof(e->client), req->peer, req->peer ? strlen(req->peer) : 0);
     s->head = (s->head + 1) % s->cap;
     if (s->len < s->cap)

@@ -8,12 +8,18 @@
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
  *    connection is closed;
- *  - a request that started must arrive whole within HTTP_TIMEOUT_MS, and
- *    a keep-alive connection idle for HTTP_IDLE_MS is closed (kvs_conn's
- *    group timeouts);
+ *  - a request that started must arrive whole within HTTP_TIMEOUT_MS, so
+ *    must an answer go whole into the socket (a client that does not read
+ *    would keep its connection, and its answer, for ever), and a
+ *    keep-alive connection idle for HTTP_IDLE_MS is closed (kvs_conn's
+ *    group timeouts; KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook,
+ *    replaces HTTP_TIMEOUT_MS);
  *  - one request at a time per connection: while a scrape is in flight
  *    the connection is paused (nothing more is read), and pipelined
- *    requests wait their turn.
+ *    requests wait their turn, which comes once the last answer went
+ *    whole into the socket (a high-water mark of one byte), so a client
+ *    that pipelines scrapes and reads nothing costs one answer, not one
+ *    per request.
  * Output is what the scrape renders (bounded by limits.max_frame, the size
  * a Metrics answer may reach), plus a short error page.
  *
@@ -35,6 +41,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
+#include "kvs_testhook.h"
 
 #include <http_parser.h>
 #include <stdio.h>
@@ -372,11 +379,17 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
         free(h);
         return UV_EINVAL;
     }
+    uint64_t timeout_ms = HTTP_TIMEOUT_MS;
+    if (kvs_test_hook_u64("KVS_TEST_METRICS_TIMEOUT_MS", &timeout_ms))
+        kvs_warn("test hook: metrics requests and answers must pass within %llu ms "
+                 "(KVS_TEST_METRICS_TIMEOUT_MS)",
+                 (unsigned long long)timeout_ms);
     kvs_conn_limits_t limits = {
-        .high_water = SIZE_MAX, /* one request at a time: nothing to hold back */
+        .high_water = 1, /* the next request once the last answer is in the socket */
         .hard_limit = 0,
-        .frame_timeout_ms = HTTP_TIMEOUT_MS,
+        .frame_timeout_ms = timeout_ms,
         .idle_timeout_ms = HTTP_IDLE_MS,
+        .output_timeout_ms = timeout_ms,
     };
     rc = kvs_conn_group_init(&h->group, loop, &limits, "metrics client");
     *out = h; /* from here the group's timer is a handle: router_http_stop closes it */

@@ -12,6 +12,7 @@ values against known activity: N writes move the request counters by N.
 import http.client
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -95,10 +96,11 @@ def slowlog_req(count=0, reset=False):
     return req
 
 
-class MetricsTest(RouterTestCase):
-    def metrics_router(self, **kw):
+class MetricsCase(RouterTestCase):
+    def metrics_router(self, router_yaml=(), **kw):
         self.mport = free_port()
-        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+        return self.router(router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)]
+                           + list(router_yaml), **kw)
 
     def scrape(self):
         status, ctype, body = http_get(self.mport)
@@ -119,6 +121,8 @@ class MetricsTest(RouterTestCase):
                 return m
             time.sleep(0.05)
 
+
+class MetricsTest(MetricsCase):
     def test_scrape_passes_promtool_and_counts_activity(self):
         r = self.metrics_router(shards=2, partitions=8)
         before = self.settled_scrape()
@@ -244,6 +248,148 @@ class MetricsTest(RouterTestCase):
         promtool_check(self, self.scrape())
 
 
+def worker_scrapes(samples):
+    """Metrics commands the workers executed: one per shard per scrape."""
+    return total(samples, "kvs_worker_requests_total", command="Metrics")
+
+
+def kernel_buffers():
+    """Most bytes the kernel may hold for one loopback connection: the
+    sender's buffer grows to tcp_wmem's maximum (the receiver's is set
+    small by the tests)."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+def non_reading_socket(port, rcvbuf=4096):
+    """A connection to `port` that will not read what it is sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: no autotuning
+    s.settimeout(10)
+    s.connect((HOST, port))
+    return s
+
+
+def send_for(s, data, seconds):
+    """Sends `data` over and over for `seconds`, never reading; returns how
+    many times it went whole into the socket."""
+    s.settimeout(0.1)
+    n = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            s.sendall(data)
+            n += 1
+        except socket.timeout:
+            pass  # the server stopped reading: as expected of a bound
+    return n
+
+
+class MetricsListenerBoundsTest(MetricsCase):
+    """What a client of the metrics port can make the master spend."""
+
+    GET = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def test_pipelined_scrapes_wait_for_the_client_to_read(self):
+        # A client that pipelines scrapes and never reads gets the next
+        # one answered only once the last answer went into the socket: the
+        # master holds one answer for it, not one per request.
+        self.metrics_router(shards=2, partitions=8)
+        before = self.settled_scrape()
+        size = len(self.scrape().encode())
+        s = non_reading_socket(self.mport)
+        try:
+            sent = send_for(s, self.GET * 64, 3.0)
+            self.assertGreater(sent, 0)
+            after = parse_metrics(self.scrape())  # another connection is served meanwhile
+        finally:
+            s.close()
+        scrapes = (worker_scrapes(after) - worker_scrapes(before)) / 2 - 1  # per shard; not ours
+        self.assertLessEqual(scrapes, kernel_buffers() // size + 4,
+                             "%d scrapes of %d bytes for a client that read nothing"
+                             % (scrapes, size))
+
+
+    def short_timeout_router(self):
+        """A metrics port whose 10 s request and answer bound is 1 s
+        (KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook)."""
+        return self.metrics_router(shards=1, partitions=8,
+                                   env={"KVS_TEST_METRICS_TIMEOUT_MS": "1000"})
+
+    def test_clients_that_never_read_lose_their_connection(self):
+        # Every connection the port takes is one that pipelines scrapes
+        # and reads nothing: each is closed once an answer has waited past
+        # the bound, and the port serves again.
+        self.short_timeout_router()
+        self.settled_scrape()
+        hogs = [non_reading_socket(self.mport) for _ in range(16)]
+        try:
+            for s in hogs:
+                send_for(s, self.GET * 64, 0.1)
+            self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 503 Service Unavailable")
+            self.assertTrue(wait_until(lambda: raw_http(self.mport, self.GET)
+                                       == "HTTP/1.1 200 OK", 5), "the port stays taken")
+        finally:
+            for s in hogs:
+                s.close()
+
+    def test_a_request_sent_a_byte_at_a_time_is_cut_off(self):
+        # Slowloris: headers that never end are closed at the request
+        # bound, however steadily their bytes come.
+        self.short_timeout_router()
+        with socket.create_connection((HOST, self.mport), timeout=10) as s:
+            start = time.monotonic()
+            closed = False
+            for b in b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 100:
+                try:
+                    s.sendall(bytes([b]))
+                except OSError:
+                    closed = True
+                    break
+                r, _, _ = select.select([s], [], [], 0.1)
+                if r:
+                    closed = True
+                    break
+            elapsed = time.monotonic() - start
+        self.assertTrue(closed, "still open after %.1f s" % elapsed)
+        self.assertLess(elapsed, 4.0)
+
+
+    def test_client_strings_never_become_labels(self):
+        # Table names and command names are the clients' to choose; the
+        # exposition's series are not: commands count under their kvs
+        # command ("none" for any other), tables nowhere.
+        rport = free_port()
+        self.metrics_router(shards=1, partitions=8,
+                            router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        rc.hset("warm", "k", "v")
+        with self.assertRaises(redis.ResponseError):
+            rc.execute_command("NOSUCH0")
+
+        def series(text):  # a histogram counts once
+            return {(re.sub("_(bucket|sum|count)$", "", n),
+                     tuple(sorted((k, v) for k, v in ls.items() if k != "le")))
+                    for n, ls, v in parse_metrics(text)}
+        self.scrape()  # the scrapes' own series (command Metrics) are there from now on
+        before = series(self.scrape())
+        for i in range(300):  # tables up to storage.max_tables (256), then refusals
+            name = 't%d "\\\n\xe9' % i
+            try:
+                rc.hset(name, "k", "v")
+            except redis.ResponseError as e:
+                self.assertIn("max_tables", str(e))
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command(name.replace(" ", "_"), "x")
+        text = self.scrape()
+        promtool_check(self, text)
+        new = series(text) - before
+        self.assertLessEqual(len(new), 4, sorted(new))  # Hset's 507 (max_tables), say
+        self.assertNotIn("t1 ", text)
+        self.assertNotIn("NOSUCH0", text)
+
+
 class SlowlogTest(RouterTestCase):
     def test_slowlog_through_cli_resp_and_a_worker(self):
         rport = free_port()
@@ -278,6 +424,57 @@ class SlowlogTest(RouterTestCase):
             resp = w.call(slowlog_req(count=100))
         self.assertEqual(resp.status, 200, resp.message)
         self.assertIn(("Hset", "users"), {(e.command, e.table) for e in resp.ops.slowlog})
+
+
+    def test_a_table_that_is_not_utf8_leaves_the_slowlog_readable(self):
+        # Requests refused for their table name are logged too; the
+        # protobuf answer must still decode (strings are UTF-8) and the
+        # RESP one show what was sent, escaped.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        for table in (b"\xff\xfe", b"a\xc3", b"x" + b"\xc3\xa9" * 150):
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command("HSET", table, "k", "v")
+        with r.client() as c:
+            resp = c.call(slowlog_req(count=3))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual([e.table for e in resp.ops.slowlog][1:], ["a\\xc3", "\\xff\\xfe"])
+        self.assertTrue(resp.ops.slowlog[0].table.startswith("x\u00e9\u00e9"))
+        self.assertTrue(resp.ops.slowlog[0].table.endswith("..."))
+        got = rc.execute_command("SLOWLOG", "GET", "10")
+        self.assertIn(b"\\xff\\xfe", [e[3][1] for e in got])
+
+
+    def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
+        # An entry is the command, table, key count and address, whatever
+        # the request carried (here a 1000-field, 1 MiB Hmset); any count
+        # asked for answers at most log.slow_max entries.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, max_frame="8MiB",
+                        log="{level: info, slow_threshold: 0, slow_max: 4}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        big = {"k%d" % i: "v" * 1024 for i in range(1000)}
+        for _ in range(6):
+            self.assertEqual(rc.hset("t", mapping=big), 0 if _ else 1000)
+        for count in ("-1", "4294967296", "9223372036854775807"):
+            got = rc.execute_command("SLOWLOG", "GET", count)
+            self.assertEqual(len(got), 4, count)
+            self.assertLess(len(repr(got)), 4096)
+            self.assertIn([b"Hmset", b"t", b"1000 keys"], [e[3] for e in got])
+        for count in ("-2", "9223372036854775808", "x"):
+            with self.assertRaises(redis.ResponseError):
+                rc.execute_command("SLOWLOG", "GET", count)
+        with r.client() as c:
+            resp = c.call(slowlog_req(count=0xFFFFFFFF))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual(len(resp.ops.slowlog), 4)
+        self.assertEqual(resp.ops.slowlog_len, 4)
+        self.assertLess(resp.ByteSize(), 1024)
 
 
 class PluginTest(RouterTestCase):

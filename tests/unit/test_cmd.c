@@ -1485,8 +1485,62 @@ KVS_TEST(metrics_and_slowlog_answers)
     kvs_slowlog_free(&log);
 }
 
+/* A request's table is logged as it came, but the answer's table is a
+ * protobuf string, which strict runtimes refuse unless it is UTF-8: a
+ * table that is not (a request refused for it) or that ran past the ring's
+ * room is logged escaped, as text that is. */
+KVS_TEST(slowlog_tables_are_utf8)
+{
+    kvs_slowlog_t log;
+    kvs_arena_t arena;
+    char longname[KVS_MAX_TABLE + 2];
+    longname[0] = 'a'; /* "a" then "é" (2 bytes) to 201 bytes: cut inside an "é" */
+    for (size_t i = 1; i + 1 < sizeof(longname); i += 2)
+        memcpy(longname + i, "\xc3\xa9", 2);
+    longname[sizeof(longname) - 1] = '\0';
+    const struct {
+        const char *table;
+        size_t len;
+        const char *logged;
+    } cases[] = {
+        {"users", 5, "users"},
+        {"t \"q\" \\ \xc3\xa9", 10, "t \"q\" \\ \xc3\xa9"}, /* valid UTF-8 stays as it is */
+        {"\xff\xfe", 2, "\\xff\\xfe"},
+        {"a\xc3", 2, "a\\xc3"},
+        {"a\0b", 3, "a\\x00b"},
+        {longname, KVS_MAX_TABLE + 1, NULL},
+    };
+    size_t n = sizeof(cases) / sizeof(cases[0]);
+    kvs_slowlog_init(&log);
+    kvs_arena_init(&arena);
+    CHECK_EQ(kvs_slowlog_configure(&log, 0, 8), 0);
+    for (size_t i = 0; i < n; i++) {
+        kvs_request_info_t req = {.struct_size = sizeof(req),
+                                  .command = KVS__COMMAND_REQUEST__COMMAND_HSET,
+                                  .table = cases[i].table,
+                                  .table_len = (uint32_t)cases[i].len,
+                                  .peer = "unix",
+                                  .received_ns = 1,
+                                  .now_ns = 2};
+        kvs_slowlog_hook(&log, KVS_HOOK_EXECUTED, &req, NULL, 0);
+    }
+    Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
+    CHECK_EQ(kvs_slowlog_answer(&log, 8, &arena, &ops), 0);
+    CHECK_EQ(ops.n_slowlog, n);
+    for (size_t i = 0; i < n; i++) {
+        const char *t = ops.slowlog[n - 1 - i]->table; /* newest first */
+        CHECK(kvs_utf8_valid(t, strlen(t)));
+        CHECK(strlen(t) <= KVS_MAX_TABLE);
+        if (cases[i].logged != NULL)
+            CHECK_STR(t, cases[i].logged);
+    }
+    kvs_arena_close(&arena);
+    kvs_slowlog_free(&log);
+}
+
 KVS_TEST_MAIN(
     KVS_CASE(hooks_see_every_request_and_may_stop_it), KVS_CASE(metrics_and_slowlog_answers),
+    KVS_CASE(slowlog_tables_are_utf8),
     KVS_CASE(answer_budget_refuses_before_writing), KVS_CASE(value_stored_under_a_larger_max_frame),
     KVS_CASE(hget_missing_is_404_naming_table), KVS_CASE(hset_returns_previous_value),
     KVS_CASE(text_with_nul_reads_back_whole), KVS_CASE(integers_are_int64_on_every_path),

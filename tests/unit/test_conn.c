@@ -1007,6 +1007,65 @@ KVS_TEST(idle_timeout_closes_an_idle_member)
     CHECK(s.closed_before_done);
 }
 
+/* Asks for a 300 KiB echo and reads none of it for longer than the output
+ * timeout (and the sweep after it); then finds that the server gave up on
+ * it: the echo ends early, only what the kernels' buffers held. */
+static void client_never_reads(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *big = calloc(1, BIG_FRAME);
+    CHECK(big != NULL);
+    send_frame(fd, big, BIG_FRAME);
+    usleep(2500 * 1000);
+    struct timeval tv = {5, 0};
+    CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    size_t got = 0;
+    while (got < KVS_FRAME_HEADER + BIG_FRAME) { /* all of it: not closed */
+        ssize_t r = recv(fd, big, BIG_FRAME, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        CHECK(r >= 0 || errno == ECONNRESET); /* not a timeout: the server is done */
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    free(big);
+    CHECK(got < BIG_FRAME);
+}
+
+KVS_TEST(output_timeout_closes_a_member_that_does_not_read)
+{
+    server_t s;
+    server_init(&s, 0, client_never_reads);
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    s.use_group = 1;
+    s.limits.output_timeout_ms = 300;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+}
+
+/* Two big echoes read whole, with a pause longer than the output timeout
+ * between them: output that is taken in time never times out. */
+static void client_reads_in_time(server_t *s, int fd)
+{
+    client_one_big_echo(s, fd);
+    usleep(1500 * 1000);
+    client_one_big_echo(s, fd);
+}
+
+KVS_TEST(output_timeout_spares_a_member_that_reads)
+{
+    server_t s;
+    server_init(&s, 0, client_reads_in_time);
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    s.use_group = 1;
+    s.limits.output_timeout_ms = 1000;
+    server_run(&s);
+    CHECK_EQ(s.frames, 2); /* and the client read both echoes: never closed on the way */
+}
+
 /* ---- runs of frames (on_delivered) ------------------------------------------------ */
 
 static void run_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
@@ -1105,4 +1164,6 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(frame_timeout_spares_a_frame_that_completes),
               KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
               KVS_CASE(idle_timeout_closes_an_idle_member),
+              KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
+              KVS_CASE(output_timeout_spares_a_member_that_reads),
               KVS_CASE(on_delivered_follows_each_run_of_frames))
