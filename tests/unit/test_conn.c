@@ -1149,8 +1149,8 @@ KVS_TEST(loop_close_all_leaves_nothing_to_run)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
-              KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
+KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run), KVS_CASE(echo_pipelined_frames_tcp),
+              KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
               KVS_CASE(flusher_before_runs_before_bytes_leave),
