@@ -95,6 +95,48 @@ class HungProcessTest(RouterTestCase):
         self.assertEqual(status, 200, body)
         return parse_metrics(body)
 
+    def test_scrape_and_metrics_command_name_what_hung_and_recover(self):
+        r = self.node()
+        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
+                                   WAIT), self.scrape())
+        with stopped(worker0, router1):
+            m, took = timed(self.scrape)
+            self.assertLess(took, 2.5)  # router.timeout, once, for both
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", router="1"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+            self.assertEqual(total(m, "kvs_metrics_source_up", router="0"), 1)
+            self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
+            self.assertEqual(total(m, "kvs_lmdb_map_size_bytes", shard="0"), 0)
+            self.assertGreater(total(m, "kvs_client_connections", router="0"), 0)
+            # The Metrics command through router 0: the worker that hung is
+            # named and said to be left out, the other's families are there.
+            with Client(self.sock0) as c:
+                resp, took = timed(c.call, metrics_req())
+            self.assertLess(took, 2.5)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertIn("shard 0", resp.message)
+            up = {dict(zip(s.labels[::2], s.labels[1::2]))["shard"]: s.value
+                  for f in resp.ops.metrics if f.name == "kvs_metrics_source_up"
+                  for s in f.samples}
+            self.assertEqual(up, {"0": 0, "1": 1})
+            shards = {dict(zip(s.labels[::2], s.labels[1::2])).get("shard")
+                      for f in resp.ops.metrics if f.name == "kvs_lmdb_pages_used"
+                      for s in f.samples}
+            self.assertEqual(shards, {"1"})
+            self.assertShard1Served()
+        # Running again, everything is back in the next scrapes.
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
+                                   WAIT), self.scrape())
+        def whole():
+            with Client(self.sock0) as c:
+                resp = c.call(metrics_req())
+            return (resp.status, resp.message) == (200, "") and {
+                s.value for f in resp.ops.metrics if f.name == "kvs_metrics_source_up"
+                for s in f.samples} == {1}
+        self.assertTrue(wait_until(whole, WAIT))
+
     def test_sigterm_with_a_stopped_worker_and_router_process_ends_at_once(self):
         # A stopped child only takes the SIGTERM once it runs: the master
         # used to wait out the grace periods (15 s for the router process,
