@@ -137,6 +137,51 @@ class HungProcessTest(RouterTestCase):
                 for s in f.samples} == {1}
         self.assertTrue(wait_until(whole, WAIT))
 
+    def test_info_and_slowlog_with_a_stopped_worker(self):
+        r = self.node(log="{level: info, slow_threshold: 0}")
+        with stopped(r.worker_pid(0)):
+            with Client(self.sock0) as c:
+                resp, took = timed(c.call, info_req())
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 200, resp.message)
+                text = str(resp)
+                self.assertIn("shard.000.unavailable", text)
+                self.assertIn("shard.001.tables", text)
+                self.assertNotIn("shard.000.tables", text)
+                resp, took = timed(c.call, slowlog_req(5))
+                self.assertLess(took, 0.5)  # the router process's own log
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertGreater(len(resp.ops.slowlog), 0)
+            # The stopped worker's own slow log: kvs-cli gives up in time.
+            p, took = timed(subprocess.run, [CLI, "--socket", r.socket_path(0), "--timeout", "1",
+                                             "slowlog"], capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"no reply within 1 s", p.stderr)
+            self.assertShard1Served()
+        def whole():
+            with Client(self.sock0) as c:
+                text = str(c.call(info_req()))
+            return "unavailable" not in text and "shard.000.tables" in text
+        self.assertTrue(wait_until(whole, WAIT))
+
+    def test_reload_with_a_stopped_worker_reaches_it_once_it_runs(self):
+        r = self.node()
+        worker0 = r.worker_pid(0)
+        with stopped(worker0):
+            edit_config(r, "log: {level: info}", "log: {level: info, slow_threshold: 5ms}")
+            r.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 2 router process(es) and 2 worker(s)" in r.stderr()
+                and r.stderr().count("(log.slow_threshold)") == 4, WAIT), r.stderr()[-3000:])
+            self.assertNotIn("node[0] INFO  configuration reloaded", r.stderr())
+            self.assertShard1Served()
+        self.assertTrue(wait_until(
+            lambda: "node[0] INFO  configuration reloaded" in r.stderr(), WAIT), r.stderr()[-3000:])
+        self.assertEqual(r.stderr().count("(log.slow_threshold)"), 5)
+        with Client(self.sock0) as c:
+            for k in self.keys[0]:
+                self.assertEqual(c.call(req_hget("t", k)).status, 200)
+
     def test_sigterm_with_a_stopped_worker_and_router_process_ends_at_once(self):
         # A stopped child only takes the SIGTERM once it runs: the master
         # used to wait out the grace periods (15 s for the router process,
@@ -158,6 +203,93 @@ class HungProcessTest(RouterTestCase):
         self.assertIn("router 1 (pid %d) exited with status 0" % router1, log)
         self.assertTrue(r.wait_all_gone(5))
 
+
+class HungSenderTest(unittest.TestCase):
+    def run(self, result=None):
+        self._procs = []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            for p in self._procs:
+                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
+                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
+        return out
+
+    def test_a_sender_stopped_mid_stream_is_given_up_and_serves_again(self):
+        sender = Node(extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
+        self._procs.append(sender)
+        self.addCleanup(sender.close)
+        with sender.client() as c:
+            for i in range(40):
+                self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v" * (512 << 10))).status, 200)
+        w = Worker(0, sender.port, frame_timeout="1s")
+        self._procs.append(w)
+        self.addCleanup(w.close)
+        part = os.path.join(w.shard_dir(), "data.mdb.part")
+        w.start()
+        # Mid-stream, deterministically: the receiver is stopped once its
+        # copy has begun, then the sender (whose output to it is bounded),
+        # then the receiver runs on and finds the rest never comes.
+        self.assertTrue(wait_until(lambda: os.path.exists(part) and os.path.getsize(part) > 0,
+                                   WAIT, interval=0.001), w.stderr())
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        with stopped(sender.pid):
+            os.kill(w.proc.pid, signal.SIGCONT)
+            self.assertTrue(wait_until(lambda: "starting empty" in w.stderr(), WAIT), w.stderr())
+            self.assertIn("snapshot from peer failed: it sent less than 64 KiB", w.stderr())
+            self.assertFalse(os.path.exists(part))
+            self.assertTrue(wait_until(w.serves, WAIT), w.stderr())
+        # Once it runs, the sender drops the abandoned copy: it writes, and
+        # sends a whole snapshot to the next who asks.
+        with sender.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"after", "v")).status, 200)
+            req = pb.CommandRequest()
+            req.snapshot.SetInParent()
+            c.send(req)
+            deadline = time.monotonic() + WAIT
+            while True:
+                resp = c.recv()
+                if resp.status != 206:
+                    break
+                self.assertLess(time.monotonic(), deadline)
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("snapshot of shard 0", resp.message)
+
+
+class HungNodeTest(ReplicaFixtures, unittest.TestCase):
+    """Nodes a and b both serve shards 0-3; kvs-cli walks the map."""
+
+    def cli(self, router, *args):
+        p, took = timed(subprocess.run, [CLI, "--config", router.config, "--timeout", "1"]
+                        + list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        return p.returncode, (p.stdout + p.stderr).decode(), took
+
+    def test_digest_and_rebuild_against_a_stopped_worker_and_a_stopped_node(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+                                       timeout="1s")
+        a, b = rt["a"], rt["b"]
+        with a.client() as c:
+            for i in range(40):
+                self.assertEqual(c.call(req_hset(TABLE, b"d%d" % i, "v")).status, 200)
+        self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
+        with stopped(b.worker_pid(2)):
+            for cmd in ("digest", "rebuild"):
+                rc, out, took = self.cli(a, cmd, TABLE, "--node", "b")
+                self.assertEqual(rc, 1, out)
+                self.assertLess(took, 2.5, out)  # one --timeout, not one per shard
+                self.assertIn("no answer", out)
+                self.assertIn("not asked: node b left a question unanswered", out)
+        everything = sorted(procs_for_config(b.config))
+        with stopped(*everything):
+            rc, out, took = self.cli(a, "digest", TABLE)
+            self.assertEqual(rc, 1, out)
+            self.assertLess(took, 2.5, out)
+            self.assertEqual(out.count("not every replica answered"), 4, out)
+            # a serves every shard from its own copies meanwhile.
+            with a.client() as c:
+                for i in range(40):
+                    self.assertEqual(c.call(req_hget(TABLE, b"d%d" % i)).status, 200)
+        self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
 
 
 if __name__ == "__main__":
