@@ -21,11 +21,11 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hget, req_hset, req_ping
+from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hget, req_hset
 from routertest import RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config
 from test_hostile_peers import Worker
 from test_ops import http_get, metrics_req, parse_metrics, slowlog_req, total
-from test_replicas import TABLE, ReplicaFixtures
+from test_replicas import TABLE, ReplicaFixtures, shard_of_key
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
 WAIT = 15.0
@@ -260,27 +260,32 @@ class HungSenderTest(unittest.TestCase):
 
 
 class HungNodeTest(ReplicaFixtures, unittest.TestCase):
-    """Nodes a and b both serve shards 0-3; kvs-cli walks the map."""
+    """Node a serves shards 0-2, node b shards 0-3 (shard 3 only there),
+    router.timeout 1 s; kvs-cli walks the map with --timeout 1."""
 
     def cli(self, router, *args):
         p, took = timed(subprocess.run, [CLI, "--config", router.config, "--timeout", "1"]
                         + list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         return p.returncode, (p.stdout + p.stderr).decode(), took
 
-    def test_digest_and_rebuild_against_a_stopped_worker_and_a_stopped_node(self):
-        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+    def test_digest_rebuild_info_and_shutdown_with_a_stopped_worker_or_node(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2], "b": [0, 1, 2, 3]},
                                        timeout="1s")
         a, b = rt["a"], rt["b"]
+        keys = {}
         with a.client() as c:
             for i in range(40):
-                self.assertEqual(c.call(req_hset(TABLE, b"d%d" % i, "v")).status, 200)
+                k = b"d%d" % i
+                self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                keys.setdefault(shard_of_key(k), []).append(k)
         self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
         with stopped(b.worker_pid(2)):
             for cmd in ("digest", "rebuild"):
                 rc, out, took = self.cli(a, cmd, TABLE, "--node", "b")
                 self.assertEqual(rc, 1, out)
                 self.assertLess(took, 2.5, out)  # one --timeout, not one per shard
-                self.assertIn("no answer", out)
+                self.assertIn("shard 2", out)
+                self.assertIn("no answer within 1 s (--timeout): the worker hangs", out)
                 self.assertIn("not asked: node b left a question unanswered", out)
         everything = sorted(procs_for_config(b.config))
         with stopped(*everything):
@@ -288,11 +293,32 @@ class HungNodeTest(ReplicaFixtures, unittest.TestCase):
             self.assertEqual(rc, 1, out)
             self.assertLess(took, 2.5, out)
             self.assertEqual(out.count("not every replica answered"), 4, out)
-            # a serves every shard from its own copies meanwhile.
+            # a serves its shards from its own copies; Info and a read of
+            # shard 3 (on b alone) come back within router.timeout, naming it.
             with a.client() as c:
-                for i in range(40):
-                    self.assertEqual(c.call(req_hget(TABLE, b"d%d" % i)).status, 200)
+                for s in (0, 1, 2):
+                    for k in keys[s]:
+                        self.assertEqual(c.call(req_hget(TABLE, k)).status, 200)
+                resp, took = timed(c.call, info_req())
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertIn("shard.003.unavailable", str(resp))
+                resp, took = timed(c.call, req_hget(TABLE, keys[3][0]))
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("shard 3", resp.message)
         self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
+        self.wait_serving(a)
+        # A shutdown of a while b hangs is bounded too.
+        with stopped(*everything):
+            with a.client() as c:
+                c.send(req_hget(TABLE, keys[3][0]))  # pending on b when the drain begins
+                time.sleep(0.2)
+                started = time.monotonic()
+                a.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(c.recv().status, 503)
+                self.assertEqual(a.proc.wait(10), 0)
+            self.assertLess(time.monotonic() - started, 5)
 
 
 if __name__ == "__main__":
