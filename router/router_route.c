@@ -1758,15 +1758,18 @@ static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
         if (up != NULL)
             kvs_mb_sample(&b, up, ok, 1, "shard", kvs_mb_printf(&b, "%u", m->part_shard[i]));
         if (!ok && wlen < sizeof(why)) {
-            int n = m->failed[i] ? snprintf(why + wlen, sizeof(why) - wlen, "%s%s",
-                                            wlen ? "; " : "", (const char *)m->answers[i].data)
-                    : a == NULL ? snprintf(why + wlen, sizeof(why) - wlen,
-                                           "%sshard %u's worker sent an answer that does not decode",
-                                           wlen ? "; " : "", m->part_shard[i])
-                                : snprintf(why + wlen, sizeof(why) - wlen,
-                                           "%sshard %u's worker answered %u: %s", wlen ? "; " : "",
-                                           m->part_shard[i], a->status,
-                                           a->message != NULL ? a->message : "");
+            const char *sep = wlen ? "; " : "";
+            char *at = why + wlen;
+            size_t room = sizeof(why) - wlen;
+            int n;
+            if (m->failed[i])
+                n = snprintf(at, room, "%s%s", sep, (const char *)m->answers[i].data);
+            else if (a == NULL)
+                n = snprintf(at, room, "%sshard %u's worker sent an answer that does not decode",
+                             sep, m->part_shard[i]);
+            else
+                n = snprintf(at, room, "%sshard %u's worker answered %u: %s", sep, m->part_shard[i],
+                             a->status, a->message != NULL ? a->message : "");
             wlen += n > 0 ? (size_t)n : 0;
         }
         if (!ok)
