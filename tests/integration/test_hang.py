@@ -13,6 +13,7 @@ worker, or whose every process, is stopped. Every test continues what it
 stopped, bounds every wait, and kills every process at cleanup.
 """
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -202,6 +203,43 @@ class HungProcessTest(RouterTestCase):
         self.assertIn("shard 0 (pid %d) exited with status 0" % worker0, log)
         self.assertIn("router 1 (pid %d) exited with status 0" % router1, log)
         self.assertTrue(r.wait_all_gone(5))
+
+
+class ScrapeDeadlineTest(RouterTestCase):
+    def test_a_scrape_answers_within_prometheus_own_timeout(self):
+        # Prometheus sends its scrape_timeout with every scrape and drops an
+        # answer that comes later, every metric with it. With a worker
+        # stopped, the scrape used to wait router.timeout (5 s by default)
+        # whatever the scraper's deadline (2 s here): Prometheus saw the
+        # node down, not which process hung.
+        mport = free_port()
+        r = self.router(shards=2, partitions=8,
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
+
+        def scrape(timeout=None):
+            c = http.client.HTTPConnection(HOST, mport, timeout=15)
+            try:
+                headers = {} if timeout is None else {
+                    "X-Prometheus-Scrape-Timeout-Seconds": timeout}
+                c.request("GET", "/metrics", headers=headers)
+                resp = c.getresponse()
+                self.assertEqual(resp.status, 200)
+                return parse_metrics(resp.read().decode())
+            finally:
+                c.close()
+        self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        for bad in ("abc", "-1", "1e9", ""):  # ignored: router.timeout applies
+            self.assertEqual(total(scrape(bad), "kvs_metrics_source_up"), 3)
+        with stopped(r.worker_pid(0)):
+            m, took = timed(scrape, "2")
+            self.assertLess(took, 2)
+            self.assertGreater(took, 1)  # 2 s less its margin: it did wait for the worker
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+            self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
+        self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
+                                   WAIT))
 
 
 class HungSenderTest(unittest.TestCase):
