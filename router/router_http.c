@@ -34,6 +34,9 @@
  * which collects the families of every process of the node) with a token;
  * the owner answers through router_http_done, at once or later. If the
  * connection closes first, the token is orphaned and the answer dropped.
+ * The token carries the scraper's own deadline, Prometheus's
+ * X-Prometheus-Scrape-Timeout-Seconds header, when the request has one:
+ * an answer later than that is thrown away whole by Prometheus.
  */
 #include "router_http.h"
 #include "kvs_addr.h"
@@ -44,20 +47,26 @@
 #include "kvs_testhook.h"
 
 #include <http_parser.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define HTTP_MAX_CONNS 16
 #define HTTP_MAX_REQUEST 8192u
 #define HTTP_MAX_URL 1024u
 #define HTTP_TIMEOUT_MS 10000u
 #define HTTP_IDLE_MS 60000u
+/* The header Prometheus sends with its scrape_timeout, in seconds. */
+static const char timeout_header[] = "X-Prometheus-Scrape-Timeout-Seconds";
+#define HTTP_MAX_TIMEOUT_VALUE 31 /* bytes of its value, at most (longer: ignored) */
 
 typedef struct http_conn_s http_conn_t;
 
 struct router_http_scrape_s {
-    http_conn_t *hc; /* NULL once the connection is gone */
+    http_conn_t *hc;     /* NULL once the connection is gone */
+    uint64_t timeout_ms; /* the scraper's deadline (its header), or 0 */
 };
 
 struct router_http_s {
@@ -84,7 +93,16 @@ struct http_conn_s {
     size_t url_len;
     int url_too_long;
     int headers_done;
-    size_t head_bytes;            /* request line and header bytes seen (names and values) */
+    size_t head_bytes; /* request line and header bytes seen (names and values) */
+    /* The header being parsed (its pieces may come in several calls): its
+     * name's first bytes, and whether it is timeout_header; that one's value. */
+    char hname[sizeof(timeout_header)];
+    size_t hname_len;
+    int in_value; /* the last piece was a value: the next name piece starts a header */
+    int is_timeout;
+    char tvalue[HTTP_MAX_TIMEOUT_VALUE + 1];
+    size_t tvalue_len;
+    uint64_t timeout_ms;          /* this request's X-Prometheus-Scrape-Timeout-Seconds, or 0 */
     router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
     int keep_alive;               /* of the request being answered */
     http_conn_t *prev, *next;
@@ -92,12 +110,57 @@ struct http_conn_s {
 
 /* ---- parsing ------------------------------------------------------------------ */
 
-static int on_header_data(http_parser *p, const char *at, size_t len)
+static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *hc = p->data;
-    (void)at;
     hc->head_bytes += len;
+    if (hc->in_value) { /* a new header */
+        hc->in_value = 0;
+        hc->hname_len = 0;
+    }
+    for (size_t i = 0; i < len && hc->hname_len < sizeof(hc->hname); i++)
+        hc->hname[hc->hname_len++] = at[i]; /* one past the name's length: not it */
     return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    http_conn_t *hc = p->data;
+    hc->head_bytes += len;
+    if (!hc->in_value) { /* the first piece of this header's value */
+        hc->in_value = 1;
+        hc->is_timeout = hc->hname_len == sizeof(timeout_header) - 1 &&
+                         strncasecmp(hc->hname, timeout_header, hc->hname_len) == 0;
+        if (hc->is_timeout)
+            hc->tvalue_len = 0;
+    }
+    for (size_t i = 0; hc->is_timeout && i < len; i++) {
+        if (hc->tvalue_len == sizeof(hc->tvalue) - 1) { /* too long for a number of seconds */
+            hc->is_timeout = 0;
+            hc->tvalue_len = 0;
+            break;
+        }
+        hc->tvalue[hc->tvalue_len++] = at[i];
+    }
+    return 0;
+}
+
+/* The scraper's deadline from its header's value (seconds, as Prometheus
+ * writes them: "10", "9.5"); 0 when there is none or it is not a number
+ * of seconds above 0 and below a day. */
+static uint64_t parse_timeout(http_conn_t *hc)
+{
+    char *end;
+    if (hc->tvalue_len == 0)
+        return 0;
+    hc->tvalue[hc->tvalue_len] = '\0';
+    double v = strtod(hc->tvalue, &end);
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (end == hc->tvalue || *end != '\0' || !isfinite(v) || v <= 0 || v >= 86400)
+        return 0;
+    uint64_t ms = (uint64_t)(v * 1000.0);
+    return ms > 0 ? ms : 1;
 }
 
 static int on_url(http_parser *p, const char *at, size_t len)
@@ -118,6 +181,7 @@ static int on_headers_complete(http_parser *p)
 {
     http_conn_t *hc = p->data;
     hc->headers_done = 1;
+    hc->timeout_ms = parse_timeout(hc);
     return 0;
 }
 
@@ -131,8 +195,8 @@ static int on_message_complete(http_parser *p)
 
 static const http_parser_settings settings = {
     .on_url = on_url,
-    .on_header_field = on_header_data,
-    .on_header_value = on_header_data,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
     .on_message_complete = on_message_complete,
 };
@@ -148,6 +212,11 @@ static void parser_reset(http_conn_t *hc)
     hc->url_too_long = 0;
     hc->headers_done = 0;
     hc->head_bytes = 0;
+    hc->hname_len = 0;
+    hc->in_value = 0;
+    hc->is_timeout = 0;
+    hc->tvalue_len = 0;
+    hc->timeout_ms = 0;
 }
 
 /* kvs_conn's codec: feeds what the parser has not seen of p[0..len). */
@@ -229,6 +298,11 @@ static void respond_text(http_conn_t *hc, int status, const char *text, const ch
     respond(hc, status, "text/plain; charset=utf-8", text, strlen(text), extra);
 }
 
+uint64_t router_http_scrape_timeout_ms(const router_http_scrape_t *s)
+{
+    return s->timeout_ms;
+}
+
 void router_http_done(router_http_scrape_t *s, int status, const void *body, size_t len)
 {
     http_conn_t *hc = s->hc;
@@ -246,7 +320,7 @@ void router_http_done(router_http_scrape_t *s, int status, const void *body, siz
 }
 
 /* Hands the scrape to the owner; one at a time per connection. */
-static void scrape(http_conn_t *hc)
+static void scrape(http_conn_t *hc, uint64_t timeout_ms)
 {
     router_http_scrape_t *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -254,6 +328,7 @@ static void scrape(http_conn_t *hc)
         return;
     }
     s->hc = hc;
+    s->timeout_ms = timeout_ms;
     hc->scrape = s;
     kvs_conn_pause(&hc->conn); /* one request at a time */
     hc->h->on_scrape(hc->h->arg, s);
@@ -269,6 +344,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     (void)len;
     hc->keep_alive = http_should_keep_alive(&hc->parser);
     int method = hc->parser.method, too_long = hc->url_too_long;
+    uint64_t timeout_ms = hc->timeout_ms;
     http_parser_url_init(&u);
     int bad_url = too_long || http_parser_parse_url(hc->url, hc->url_len, 0, &u) != 0;
     if (!bad_url && (u.field_set & (1u << UF_PATH)))
@@ -284,7 +360,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     else if (method != HTTP_GET)
         respond_text(hc, 405, "only GET is allowed on /metrics\n", "Allow: GET\r\n");
     else
-        scrape(hc);
+        scrape(hc, timeout_ms);
 }
 
 /* The codec failed (or the input ended): answer the 4xx, then close. */

@@ -9,6 +9,7 @@
 #define ROUTER_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct router_http_s router_http_t;
@@ -25,6 +26,10 @@ typedef void (*router_http_scrape_cb)(void *arg, router_http_scrape_t *s);
  * router_http_free it like a running one, after which run the loop). */
 int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
                       void *arg, router_http_t **out);
+
+/* The scraper's own deadline for `s` in ms (Prometheus's
+ * X-Prometheus-Scrape-Timeout-Seconds header), or 0 when it gave none. */
+uint64_t router_http_scrape_timeout_ms(const router_http_scrape_t *s);
 
 /* Answers scrape `s`: 200 with the exposition text body[0..len), or
  * another status with a short text. `s` is freed; when its connection

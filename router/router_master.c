@@ -93,7 +93,8 @@
  * (shutdown_begin), steps in order: worker restarts are held; every router
  * process gets SIGTERM and drains its clients (SIGKILL after
  * ROUTER_GRACE_MS); once all are gone, the workers get SIGTERM (SIGKILL
- * after WORKER_GRACE_MS); then the master exits. The sum stays within
+ * after WORKER_GRACE_MS); then the master exits. Every SIGTERM comes with
+ * a SIGCONT (router_supervisor), so a stopped child drains as well. The sum stays within
  * deploy/kvs.service's TimeoutStopSec. A second signal is passed on to the
  * routers, which then close their clients at once.
  *

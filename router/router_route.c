@@ -1721,26 +1721,58 @@ static void route_metrics(router_t *r, router_req_t *req, const Kvs__Metrics *q,
         t->link = (uint32_t)li;
         t->tried = 1ull << ((uint32_t)li - r->sets[s].first);
         m->part_shard[p] = s;
-        if (router_link_send(&r->links[li], raw, rawlen, req, p) != 0)
-            router_route_reply(req, p, NULL, 0, "the shard's worker is unavailable");
+        if (router_link_send(&r->links[li], raw, rawlen, req, p) != 0) {
+            char why[80];
+            snprintf(why, sizeof(why), "shard %u's worker is unavailable: its link is down", s);
+            router_route_reply(req, p, NULL, 0, why);
+        }
         p++;
     }
 }
 
-/* Every family: the router's, then each worker's that answered (one that
- * did not is left out: kvs_shard_link_up says which). */
+/* Every family: the router's, then each worker's that answered. One that
+ * did not (no answer within router.timeout, the link down, an error) is
+ * left out, as on /metrics: kvs_metrics_source_up{shard} is 0 for it and
+ * the answer's message says why. */
 static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
     kvs_mb_t b;
+    char why[1024], msg[1100];
+    size_t wlen = 0;
+    why[0] = '\0';
     kvs_mb_init(&b, arena);
     router_ops_metrics(m->router, &b);
+    Kvs__MetricFamily *up =
+        m->nparts == 0
+            ? NULL
+            : kvs_mb_family(&b, "kvs_metrics_source_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                            "1 when the shard's worker answered this Metrics request within "
+                            "router.timeout; its metrics are left out when 0.");
     for (uint32_t i = 0; i < m->nparts; i++) {
         Kvs__CommandResponse *a =
             m->failed[i]
                 ? NULL
                 : kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
-        if (a == NULL || a->status != KVS_STATUS_OK || a->ops == NULL)
+        int ok = a != NULL && a->status == KVS_STATUS_OK && a->ops != NULL;
+        if (up != NULL)
+            kvs_mb_sample(&b, up, ok, 1, "shard", kvs_mb_printf(&b, "%u", m->part_shard[i]));
+        if (!ok && wlen < sizeof(why)) {
+            const char *sep = wlen ? "; " : "";
+            char *at = why + wlen;
+            size_t room = sizeof(why) - wlen;
+            int n;
+            if (m->failed[i])
+                n = snprintf(at, room, "%s%s", sep, (const char *)m->answers[i].data);
+            else if (a == NULL)
+                n = snprintf(at, room, "%sshard %u's worker sent an answer that does not decode",
+                             sep, m->part_shard[i]);
+            else
+                n = snprintf(at, room, "%sshard %u's worker answered %u: %s", sep, m->part_shard[i],
+                             a->status, a->message != NULL ? a->message : "");
+            wlen += n > 0 ? (size_t)n : 0;
+        }
+        if (!ok)
             continue;
         for (size_t k = 0; k < a->ops->n_metrics; k++)
             kvs_mb_add(&b, a->ops->metrics[k]);
@@ -1754,6 +1786,10 @@ static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
     ops.metrics = b.fams;
     ops.n_metrics = b.n;
     out.status = KVS_STATUS_OK;
+    if (wlen > 0) {
+        snprintf(msg, sizeof(msg), "left out (kvs_metrics_source_up 0): %s", why);
+        out.message = msg;
+    }
     out.ops = &ops;
     finish_packed(req, &out, "Metrics", "raise limits.max_frame");
 }

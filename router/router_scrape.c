@@ -132,6 +132,23 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
         scrape_finish(x);
 }
 
+/* How long this scrape waits for a process: router.timeout (live), but
+ * never past the scraper's own deadline (Prometheus's scrape_timeout,
+ * sent in its header) less a margin for the rest of the work (half a
+ * second, or half of it when it is short): a scrape answered after that
+ * is dropped whole by Prometheus, so one hung process would hide every
+ * metric, kvs_metrics_source_up included. */
+static uint64_t scrape_wait_ms(const router_scrape_t *sc, router_http_scrape_t *token)
+{
+    uint64_t wait = sc->cfg->router_timeout_ms, theirs = router_http_scrape_timeout_ms(token);
+    if (theirs > 0) {
+        uint64_t margin = theirs / 2 < 500 ? theirs / 2 : 500;
+        if (theirs - margin < wait)
+            wait = theirs - margin > 0 ? theirs - margin : 1;
+    }
+    return wait;
+}
+
 /* router_http: a GET /metrics. */
 static void on_scrape(void *arg, router_http_scrape_t *token)
 {
@@ -154,9 +171,10 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     x->sc = sc;
     x->token = token;
     x->left = sc->n_links + 1; /* +1: held until every request is out */
+    uint64_t wait_ms = scrape_wait_ms(sc, token);
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
-        l->timeout_ms = sc->cfg->router_timeout_ms; /* live: read at every scrape */
+        l->timeout_ms = wait_ms; /* live: read at every scrape */
         int rc = i < sc->n_procs     ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
                  : worker_asked(sc, i) ? router_link_send(l, ask_worker, sizeof(ask_worker), x, i)
                                        : KVS_ECLOSED;

@@ -625,6 +625,18 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     worker_schedule_restart(w);
 }
 
+/* Sends sig to w's child. SIGTERM is followed by SIGCONT (as systemd
+ * does): a child that is stopped (SIGSTOP, a job-control stop of its group)
+ * takes a signal only once it runs, so it would otherwise sit out the
+ * grace period and be killed rather than drain. */
+static int worker_kill(sup_worker_t *w, int sig)
+{
+    int rc = uv_process_kill(w->proc, sig);
+    if (rc == 0 && sig == SIGTERM)
+        rc = uv_process_kill(w->proc, SIGCONT);
+    return rc;
+}
+
 static void sup_on_grace(uv_timer_t *t)
 {
     router_sup_t *s = t->data;
@@ -650,7 +662,7 @@ static void sup_signal_all(router_sup_t *s, int sig)
             continue;
         kvs_info("stopping %s %" PRIu32 " (pid %d) with %s", s->what, w->shard, (int)w->pid,
                  sig_name(sig, buf, sizeof(buf)));
-        uv_process_kill(w->proc, sig);
+        worker_kill(w, sig);
     }
     if (s->n_running > 0 && sig != SIGKILL) {
         sup_now(s);
@@ -786,7 +798,7 @@ static int worker_signal(sup_worker_t *w, int sig)
     router_sup_t *s = w->sup;
     uint64_t age = sup_now(s) - w->started_ms;
     if (held_bit(sig) == 0 || age >= SUP_SIGNAL_AGE_MS)
-        return uv_process_kill(w->proc, sig);
+        return worker_kill(w, sig);
     w->held |= held_bit(sig);
     uint64_t due = SUP_SIGNAL_AGE_MS - age;
     if (!uv_is_active((uv_handle_t *)&s->held) || uv_timer_get_due_in(&s->held) > due)
@@ -890,7 +902,7 @@ int router_sup_retire(router_sup_t *s, uint32_t shard)
         return 0; /* waiting for a restart: now it never comes; stopping: signalled already */
     kvs_info("stopping %s %" PRIu32 " (pid %d) with SIGTERM: no longer wanted", s->what, w->shard,
              (int)w->pid);
-    uv_process_kill(w->proc, SIGTERM);
+    worker_kill(w, SIGTERM);
     sup_now(s);
     uv_timer_start(&w->restart, worker_on_kill, s->stop_grace_ms, 0);
     return 0;

@@ -78,11 +78,13 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
         return NULL;
     }
     int rc = cli_ask_on(&net, q, timeout, NULL, &r, err, sizeof(err));
-    if (rc != 0)
+    if (rc == -ETIMEDOUT)
+        snprintf(why, len, "no answer within %g s (--timeout): the worker hangs or is overloaded",
+                 timeout);
+    else if (rc != 0)
         snprintf(why, len, "no answer: %s",
                  rc == KVS_EPROTO    ? err
                  : rc == KVS_ETLS    ? cli_net_tls_error(&net)
-                 : rc == -ETIMEDOUT  ? "none in time"
                  : rc == KVS_ECLOSED ? "the connection closed"
                                      : strerror(-rc));
     cli_net_close(&net);

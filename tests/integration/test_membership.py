@@ -760,7 +760,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 10),
                         a.stderr()[-3000:])
         self.assertIn("router 0 of the new map exited", a.stderr())
-        os.kill(new[1], signal.SIGCONT)  # its pending SIGTERM (the change stops it) ends it
+        # The change stops it: SIGTERM, then SIGCONT from the master, so it
+        # drains and exits though it was stopped (continuing it again is moot).
+        self.assertTrue(wait_until(lambda: new[1] not in procs_for_config(a.config), 10),
+                        a.stderr()[-3000:])
         # The killed process's router0.next is gone once the change is over.
         self.assertTrue(wait_until(lambda: not any(os.path.exists(p) for p in nexts), 10),
                         [os.path.exists(p) for p in nexts])

@@ -1,0 +1,363 @@
+"""Every peer can hang: operations of a node while one of its processes,
+or a peer it talks to, is stopped dead (SIGSTOP), and after it runs again
+(SIGCONT).
+
+Covered: a Prometheus scrape of /metrics and the Metrics command with a
+worker and a router process stopped (bounded by router.timeout, the one
+that hung named, the others' metrics there); Info and the slow log with a
+stopped worker; a live reload (SIGHUP) with a stopped worker; shutdown
+(SIGTERM) with a stopped worker and router process; a snapshot bootstrap
+whose sender stops mid-stream (the receiver gives up, the sender serves
+again once it runs); kvs-cli digest and rebuild against a node whose
+worker, or whose every process, is stopped. Every test continues what it
+stopped, bounds every wait, and kills every process at cleanup.
+"""
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+from kafkatest import wait_until
+from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hget, req_hset
+from routertest import RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config
+from test_hostile_peers import Worker
+from test_ops import http_get, metrics_req, parse_metrics, slowlog_req, total
+from test_replicas import TABLE, ReplicaFixtures, shard_of_key
+
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
+WAIT = 15.0
+
+
+@contextlib.contextmanager
+def stopped(*pids):
+    """The processes are SIGSTOPped for the block (and always continued)."""
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+
+
+def timed(fn, *args, **kw):
+    t = time.monotonic()
+    out = fn(*args, **kw)
+    return out, time.monotonic() - t
+
+
+def info_req():
+    req = pb.CommandRequest()
+    req.info.SetInParent()
+    return req
+
+
+def router_procs(r):
+    """{index: pid} of r's router processes."""
+    out = {}
+    for pid, argv in procs_for_config(r.config).items():
+        if "--router" in argv:
+            out[int(argv[argv.index("--router") + 1])] = pid
+    return out
+
+
+class HungProcessTest(RouterTestCase):
+    """One node, two shards, two router processes, router.timeout 1 s."""
+
+    def node(self, **kw):
+        self.mport = free_port()
+        r = self.router(shards=2, partitions=8, timeout="1s", processes=2,
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+        self.keys = keys_by_shard("k", 2, 8, 2)
+        # Router 0's own socket: the client port's connections could land on
+        # the stopped router process (the kernel spreads them, SO_REUSEPORT).
+        self.sock0 = os.path.join(r.data_dir, "router0.sock")
+        self.assertTrue(wait_until(lambda: len(router_procs(r)) == 2 and
+                                   os.path.exists(self.sock0), WAIT))
+        with Client(self.sock0) as c:
+            for ks in self.keys.values():
+                for k in ks:
+                    self.assertEqual(c.call(req_hset("t", k, "v")).status, 200)
+        return r
+
+    def assertShard1Served(self):
+        with Client(self.sock0) as c:
+            for k in self.keys[1]:
+                resp = c.call(req_hget("t", k))
+                self.assertEqual(resp.status, 200, resp.message)
+
+    def scrape(self):
+        status, _, body = http_get(self.mport)
+        self.assertEqual(status, 200, body)
+        return parse_metrics(body)
+
+    def test_scrape_and_metrics_command_name_what_hung_and_recover(self):
+        r = self.node()
+        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
+                                   WAIT), self.scrape())
+        with stopped(worker0, router1):
+            m, took = timed(self.scrape)
+            self.assertLess(took, 2.5)  # router.timeout, once, for both
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", router="1"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+            self.assertEqual(total(m, "kvs_metrics_source_up", router="0"), 1)
+            self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
+            self.assertEqual(total(m, "kvs_lmdb_map_size_bytes", shard="0"), 0)
+            self.assertGreater(total(m, "kvs_client_connections", router="0"), 0)
+            # The Metrics command through router 0: the worker that hung is
+            # named and said to be left out, the other's families are there.
+            with Client(self.sock0) as c:
+                resp, took = timed(c.call, metrics_req())
+            self.assertLess(took, 2.5)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertIn("shard 0", resp.message)
+            up = {dict(zip(s.labels[::2], s.labels[1::2]))["shard"]: s.value
+                  for f in resp.ops.metrics if f.name == "kvs_metrics_source_up"
+                  for s in f.samples}
+            self.assertEqual(up, {"0": 0, "1": 1})
+            shards = {dict(zip(s.labels[::2], s.labels[1::2])).get("shard")
+                      for f in resp.ops.metrics if f.name == "kvs_lmdb_pages_used"
+                      for s in f.samples}
+            self.assertEqual(shards, {"1"})
+            self.assertShard1Served()
+        # Running again, everything is back in the next scrapes.
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
+                                   WAIT), self.scrape())
+        def whole():
+            with Client(self.sock0) as c:
+                resp = c.call(metrics_req())
+            return (resp.status, resp.message) == (200, "") and {
+                s.value for f in resp.ops.metrics if f.name == "kvs_metrics_source_up"
+                for s in f.samples} == {1}
+        self.assertTrue(wait_until(whole, WAIT))
+
+    def test_info_and_slowlog_with_a_stopped_worker(self):
+        r = self.node(log="{level: info, slow_threshold: 0}")
+        with stopped(r.worker_pid(0)):
+            with Client(self.sock0) as c:
+                resp, took = timed(c.call, info_req())
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 200, resp.message)
+                text = str(resp)
+                self.assertIn("shard.000.unavailable", text)
+                self.assertIn("shard.001.tables", text)
+                self.assertNotIn("shard.000.tables", text)
+                resp, took = timed(c.call, slowlog_req(5))
+                self.assertLess(took, 0.5)  # the router process's own log
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertGreater(len(resp.ops.slowlog), 0)
+            # The stopped worker's own slow log: kvs-cli gives up in time.
+            p, took = timed(subprocess.run, [CLI, "--socket", r.socket_path(0), "--timeout", "1",
+                                             "slowlog"], capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"no reply within 1 s", p.stderr)
+            self.assertShard1Served()
+        def whole():
+            with Client(self.sock0) as c:
+                text = str(c.call(info_req()))
+            return "unavailable" not in text and "shard.000.tables" in text
+        self.assertTrue(wait_until(whole, WAIT))
+
+    def test_reload_with_a_stopped_worker_reaches_it_once_it_runs(self):
+        r = self.node()
+        worker0 = r.worker_pid(0)
+        with stopped(worker0):
+            edit_config(r, "log: {level: info}", "log: {level: info, slow_threshold: 5ms}")
+            r.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "SIGHUP: passed on to 2 router process(es) and 2 worker(s)" in r.stderr()
+                and r.stderr().count("(log.slow_threshold)") == 4, WAIT), r.stderr()[-3000:])
+            self.assertNotIn("node[0] INFO  configuration reloaded", r.stderr())
+            self.assertShard1Served()
+        self.assertTrue(wait_until(
+            lambda: "node[0] INFO  configuration reloaded" in r.stderr(), WAIT), r.stderr()[-3000:])
+        self.assertEqual(r.stderr().count("(log.slow_threshold)"), 5)
+        with Client(self.sock0) as c:
+            for k in self.keys[0]:
+                self.assertEqual(c.call(req_hget("t", k)).status, 200)
+
+    def test_sigterm_with_a_stopped_worker_and_router_process_ends_at_once(self):
+        # A stopped child only takes the SIGTERM once it runs: the master
+        # used to wait out the grace periods (15 s for the router process,
+        # then 10 s for the worker) and SIGKILL them.
+        r = self.node()
+        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        with stopped(worker0, router1):
+            started = time.monotonic()
+            r.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = r.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                self.fail("kvs-router still ran 8 s after SIGTERM")
+            self.assertEqual(rc, 0, r.stderr()[-3000:])
+            self.assertLess(time.monotonic() - started, 5)
+        log = r.stderr()
+        self.assertNotIn("SIGKILL", log)
+        self.assertIn("shard 0 (pid %d) exited with status 0" % worker0, log)
+        self.assertIn("router 1 (pid %d) exited with status 0" % router1, log)
+        self.assertTrue(r.wait_all_gone(5))
+
+
+class ScrapeDeadlineTest(RouterTestCase):
+    def test_a_scrape_answers_within_prometheus_own_timeout(self):
+        # Prometheus sends its scrape_timeout with every scrape and drops an
+        # answer that comes later, every metric with it. With a worker
+        # stopped, the scrape used to wait router.timeout (5 s by default)
+        # whatever the scraper's deadline (2 s here): Prometheus saw the
+        # node down, not which process hung.
+        mport = free_port()
+        r = self.router(shards=2, partitions=8,
+                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
+
+        def scrape(timeout=None):
+            c = http.client.HTTPConnection(HOST, mport, timeout=15)
+            try:
+                headers = {} if timeout is None else {
+                    "X-Prometheus-Scrape-Timeout-Seconds": timeout}
+                c.request("GET", "/metrics", headers=headers)
+                resp = c.getresponse()
+                self.assertEqual(resp.status, 200)
+                return parse_metrics(resp.read().decode())
+            finally:
+                c.close()
+        self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        for bad in ("abc", "-1", "1e9", ""):  # ignored: router.timeout applies
+            self.assertEqual(total(scrape(bad), "kvs_metrics_source_up"), 3)
+        with stopped(r.worker_pid(0)):
+            m, took = timed(scrape, "2")
+            self.assertLess(took, 2)
+            self.assertGreater(took, 1)  # 2 s less its margin: it did wait for the worker
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+            self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+            self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
+        self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+
+
+class HungSenderTest(unittest.TestCase):
+    def run(self, result=None):
+        self._procs = []
+        before = len(result.failures) + len(result.errors) if result else 0
+        out = super().run(result)
+        if result is not None and len(result.failures) + len(result.errors) > before:
+            for p in self._procs:
+                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
+                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
+        return out
+
+    def test_a_sender_stopped_mid_stream_is_given_up_and_serves_again(self):
+        sender = Node(extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
+        self._procs.append(sender)
+        self.addCleanup(sender.close)
+        with sender.client() as c:
+            for i in range(40):
+                self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v" * (512 << 10))).status, 200)
+        w = Worker(0, sender.port, frame_timeout="1s")
+        self._procs.append(w)
+        self.addCleanup(w.close)
+        part = os.path.join(w.shard_dir(), "data.mdb.part")
+        w.start()
+        # Mid-stream, deterministically: the receiver is stopped once its
+        # copy has begun, then the sender (whose output to it is bounded),
+        # then the receiver runs on and finds the rest never comes.
+        self.assertTrue(wait_until(lambda: os.path.exists(part) and os.path.getsize(part) > 0,
+                                   WAIT, interval=0.001), w.stderr())
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        with stopped(sender.pid):
+            os.kill(w.proc.pid, signal.SIGCONT)
+            self.assertTrue(wait_until(lambda: "starting empty" in w.stderr(), WAIT), w.stderr())
+            self.assertIn("snapshot from peer failed: it sent less than 64 KiB", w.stderr())
+            self.assertFalse(os.path.exists(part))
+            self.assertTrue(wait_until(w.serves, WAIT), w.stderr())
+        # Once it runs, the sender drops the abandoned copy (a request that
+        # comes before its thread noticed is told 503, retry shortly): it
+        # writes, and sends a whole snapshot to the next who asks.
+        with sender.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"after", "v")).status, 200)
+
+        def whole_snapshot():
+            req = pb.CommandRequest()
+            req.snapshot.SetInParent()
+            with sender.client() as c:
+                c.send(req)
+                while True:
+                    resp = c.recv()
+                    if resp.status != 206:
+                        return resp
+        resp = wait_until(lambda: (lambda r: r.status == 200 and r)(whole_snapshot()), WAIT)
+        self.assertTrue(resp, whole_snapshot().message)
+        self.assertIn("snapshot of shard 0", resp.message)
+
+
+class HungNodeTest(ReplicaFixtures, unittest.TestCase):
+    """Node a serves shards 0-2, node b shards 0-3 (shard 3 only there),
+    router.timeout 1 s; kvs-cli walks the map with --timeout 1."""
+
+    def cli(self, router, *args):
+        p, took = timed(subprocess.run, [CLI, "--config", router.config, "--timeout", "1"]
+                        + list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        return p.returncode, (p.stdout + p.stderr).decode(), took
+
+    def test_digest_rebuild_info_and_shutdown_with_a_stopped_worker_or_node(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2], "b": [0, 1, 2, 3]},
+                                       timeout="1s")
+        a, b = rt["a"], rt["b"]
+        keys = {}
+        with a.client() as c:
+            for i in range(40):
+                k = b"d%d" % i
+                self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                keys.setdefault(shard_of_key(k), []).append(k)
+        self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
+        with stopped(b.worker_pid(2)):
+            for cmd in ("digest", "rebuild"):
+                rc, out, took = self.cli(a, cmd, TABLE, "--node", "b")
+                self.assertEqual(rc, 1, out)
+                self.assertLess(took, 2.5, out)  # one --timeout, not one per shard
+                self.assertIn("shard 2", out)
+                self.assertIn("no answer within 1 s (--timeout): the worker hangs", out)
+                self.assertIn("not asked: node b left a question unanswered", out)
+        everything = sorted(procs_for_config(b.config))
+        with stopped(*everything):
+            rc, out, took = self.cli(a, "digest", TABLE)
+            self.assertEqual(rc, 1, out)
+            self.assertLess(took, 2.5, out)
+            self.assertEqual(out.count("not every replica answered"), 4, out)
+            # a serves its shards from its own copies; Info and a read of
+            # shard 3 (on b alone) come back within router.timeout, naming it.
+            with a.client() as c:
+                for s in (0, 1, 2):
+                    for k in keys[s]:
+                        self.assertEqual(c.call(req_hget(TABLE, k)).status, 200)
+                resp, took = timed(c.call, info_req())
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertIn("shard.003.unavailable", str(resp))
+                resp, took = timed(c.call, req_hget(TABLE, keys[3][0]))
+                self.assertLess(took, 2.5)
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("shard 3", resp.message)
+        self.assertTrue(wait_until(lambda: self.cli(a, "digest", TABLE)[0] == 0, WAIT))
+        self.wait_serving(a)
+        # A shutdown of a while b hangs is bounded too.
+        with stopped(*everything):
+            with a.client() as c:
+                c.send(req_hget(TABLE, keys[3][0]))  # pending on b when the drain begins
+                time.sleep(0.2)
+                started = time.monotonic()
+                a.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(c.recv().status, 503)
+                self.assertEqual(a.proc.wait(10), 0)
+            self.assertLess(time.monotonic() - started, 5)
+
+
+if __name__ == "__main__":
+    unittest.main()
