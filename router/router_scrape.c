@@ -175,7 +175,7 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
         l->timeout_ms = wait_ms; /* live: read at every scrape */
-        int rc = i < sc->n_procs     ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
+        int rc = i < sc->n_procs       ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
                  : worker_asked(sc, i) ? router_link_send(l, ask_worker, sizeof(ask_worker), x, i)
                                        : KVS_ECLOSED;
         if (rc != 0)
@@ -227,8 +227,8 @@ static int start_links(router_scrape_t *sc)
     for (uint32_t i = 0; i < sc->n_procs; i++) {
         kvs_addr_t addr;
         if (router_procs_admin_addr(cfg, i, 0, &addr) != 0) {
-            kvs_error("metrics: router %u's socket: %s/router%u.sock is too long", i,
-                      cfg->data_dir, i);
+            kvs_error("metrics: router %u's socket: %s/router%u.sock is too long", i, cfg->data_dir,
+                      i);
             return UV_EINVAL;
         }
         int rc = start_link(sc, i, i, &addr);
