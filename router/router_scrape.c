@@ -175,6 +175,8 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
         l->timeout_ms = wait_ms; /* live: read at every scrape */
+        l->timeout_name =
+            wait_ms < sc->cfg->router_timeout_ms ? "the scrape's deadline" : "router.timeout";
         int rc = i < sc->n_procs       ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
                  : worker_asked(sc, i) ? router_link_send(l, ask_worker, sizeof(ask_worker), x, i)
                                        : KVS_ECLOSED;

@@ -17,12 +17,11 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, pb, req_hget, req_hset
+from kvstest import BUILD_DIR, HOST, Client, LogsOnFailure, Node, log_of, pb, req_hget, req_hset
 from routertest import RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config
 from test_hostile_peers import Worker
 from test_ops import http_get, metrics_req, parse_metrics, slowlog_req, total
@@ -238,20 +237,19 @@ class ScrapeDeadlineTest(RouterTestCase):
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
             self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
+            # The log says which deadline ran out, not router.timeout.
+            self.assertIn("no answer within the scrape's deadline (1500 ms)", r.stderr())
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
 
 
-class HungSenderTest(unittest.TestCase):
-    def run(self, result=None):
+class HungSenderTest(LogsOnFailure, unittest.TestCase):
+    def start_fixtures(self):
         self._procs = []
-        before = len(result.failures) + len(result.errors) if result else 0
-        out = super().run(result)
-        if result is not None and len(result.failures) + len(result.errors) > before:
-            for p in self._procs:
-                sys.stderr.write("\n---- %s stderr (%s) ----\n%s\n"
-                                 % (p.config, self.id(), (p.log_text or p.stderr())[-6000:]))
-        return out
+
+    def failure_logs(self):
+        for p in self._procs:
+            yield "%s stderr" % p.config, log_of(p, 6000)
 
     def test_a_sender_stopped_mid_stream_is_given_up_and_serves_again(self):
         sender = Node(extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
