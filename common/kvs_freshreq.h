@@ -15,7 +15,9 @@
  * > serve), with the partition that gave it, so an answer can name it.
  * Positions are looked up by binary search in the request's token (its
  * entries of the binding's topic, already in partition order: tokens are
- * canonical), so a read of many keys costs n log m, never n * m.
+ * canonical), so a read of many keys costs n log m, never n * m. Only
+ * entries of partitions the topic has are collected: the memory a read
+ * takes is bounded by the topic's partition count, whatever the token.
  */
 #ifndef KVS_FRESHREQ_H
 #define KVS_FRESHREQ_H

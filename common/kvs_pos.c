@@ -201,6 +201,22 @@ int kvs_pos_set_add_token(kvs_pos_set_t *s, const uint8_t *tok, size_t len)
     return rc;
 }
 
+int kvs_pos_set_add_topic(kvs_pos_set_t *s, const uint8_t *tok, size_t len, const char *topic,
+                          size_t topic_len, uint32_t partitions)
+{
+    kvs_pos_iter_t it;
+    kvs_pos_entry_t e;
+    int rc = kvs_pos_iter_init(&it, tok, len);
+    while (rc == 0 && (rc = kvs_pos_iter_next(&it, &e)) == 1) {
+        rc = 0;
+        if (e.topic_len != topic_len || memcmp(e.topic, topic, topic_len) != 0 ||
+            e.partition >= partitions)
+            continue; /* the walk goes on: a malformed tail is still an error */
+        rc = kvs_pos_set_add(s, e.topic, e.topic_len, e.partition, e.offset);
+    }
+    return rc;
+}
+
 static int entry_cmp(const void *a, const void *b)
 {
     const kvs_pos_entry_t *x = a, *y = b;
@@ -237,9 +253,23 @@ int kvs_pos_set_encode(kvs_pos_set_t *s, kvs_buf_t *out)
 {
     if (kvs_pos_set_normalize(s) == 0)
         return 0;
-    /* Worst case: per entry a topic header (2 + 249 + 10) and 5 + 10. */
-    if (s->n > (SIZE_MAX - 1) / (KVS_POS_TOPIC_MAX + 40) ||
-        kvs_buf_reserve(out, 1 + s->n * (KVS_POS_TOPIC_MAX + 40)) != 0)
+    /* The exact size first: a set may hold a client's million entries, and
+     * reserving the worst case (a topic header for each) would take 289
+     * bytes for every one of them. Entries are at most 15 bytes, topic
+     * headers at most 2 + 249 + 10, and there are at most n of each. */
+    if (s->n > (SIZE_MAX - 1) / (KVS_POS_TOPIC_MAX + 40))
+        return -ENOMEM;
+    size_t need = 1;
+    for (size_t i = 0; i < s->n; i++) {
+        if (i == 0 || !same_topic(&s->e[i], &s->e[i - 1])) {
+            size_t j = i;
+            while (j < s->n && same_topic(&s->e[j], &s->e[i]))
+                j++;
+            need += kvs_varint_len(s->e[i].topic_len) + s->e[i].topic_len + kvs_varint_len(j - i);
+        }
+        need += kvs_varint_len(s->e[i].partition) + kvs_varint_len((uint64_t)s->e[i].offset);
+    }
+    if (kvs_buf_reserve(out, need) != 0)
         return -ENOMEM;
     uint8_t *p = out->data + out->len, *start = p;
     *p++ = KVS_POS_VERSION;

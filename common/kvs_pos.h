@@ -112,6 +112,14 @@ int kvs_pos_set_add(kvs_pos_set_t *s, const char *topic, size_t topic_len, uint3
  * token (the set may then hold some of it), or -ENOMEM. */
 int kvs_pos_set_add_token(kvs_pos_set_t *s, const uint8_t *tok, size_t len);
 
+/* Adds the positions of `tok` in one topic, topic[0..topic_len), on its
+ * partitions below `partitions`: what a read of that topic's table can
+ * use. The set grows by at most `partitions` entries, however large the
+ * token (a client's may hold a million). Returns 0, KVS_EPROTO for a
+ * malformed token, or -ENOMEM. */
+int kvs_pos_set_add_topic(kvs_pos_set_t *s, const uint8_t *tok, size_t len, const char *topic,
+                          size_t topic_len, uint32_t partitions);
+
 /* Sorts the set into token order and merges duplicates (highest offset
  * wins); returns the number of entries left. */
 size_t kvs_pos_set_normalize(kvs_pos_set_t *s);

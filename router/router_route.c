@@ -1896,8 +1896,9 @@ static void mark_write(router_req_t *req)
 }
 
 /* Adds the session's positions in b's topic (of `partition`, or all when
- * negative) to a read's min_position; the merged token goes into `tok`
- * and q->min_position points there. Returns 1 when q changed, 0 when the
+ * negative) to a read's min_position (of which only b's topic's entries
+ * are kept); the merged token goes into `tok` and q->min_position points
+ * there. Returns 1 when q changed, 0 when the
  * session knows no position there, or -ENOMEM. */
 static int attach_positions(router_t *r, router_req_t *req, Kvs__CommandRequest *q,
                             const kvs_binding_t *b, int64_t partition, kvs_buf_t *tok)
@@ -1912,8 +1913,13 @@ static int attach_positions(router_t *r, router_req_t *req, Kvs__CommandRequest 
         kvs_pos_set_free(&set);
         return 0;
     }
+    /* Of the client's token, only what a read of b's table can use: its
+     * topic's partitions (the worker ignores the rest). A token may hold a
+     * million entries; expanding them all would cost 32 bytes each. */
+    uint32_t parts = b->partitions > 0 ? b->partitions : r->cfg->partitions;
     if (rc == 0)
-        rc = kvs_pos_set_add_token(&set, q->min_position.data, q->min_position.len);
+        rc = kvs_pos_set_add_topic(&set, q->min_position.data, q->min_position.len, b->topic,
+                                   strlen(b->topic), parts);
     if (rc == 0)
         rc = kvs_pos_set_encode(&set, tok);
     kvs_pos_set_free(&set);

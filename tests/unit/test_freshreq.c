@@ -175,6 +175,37 @@ KVS_TEST(every_partition_ahead_is_told)
     kvs_pos_set_free(&set);
 }
 
+/* A token a client made up, with a million-odd entries of the binding's
+ * topic (the partitions past the topic's count included): the walk keeps
+ * only the partitions the topic has, so a read costs memory in proportion
+ * to the topic, never to the token. */
+KVS_TEST(positions_past_the_topic_take_no_memory)
+{
+    kvs_freshreq_t c;
+    kvs_pos_set_t set;
+    kvs_buf_t tok;
+    setup(KVS_PARTITIONER_MURMUR2);
+    kvs_pos_set_init(&set);
+    kvs_buf_init(&tok);
+    for (uint32_t p = 0; p < 200000; p++)
+        CHECK_EQ(kvs_pos_set_add(&set, "t", 1, p, 1), 0);
+    CHECK_EQ(kvs_pos_set_encode(&set, &tok), 0);
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    req.hgetall = &m;
+    req.min_position.data = tok.data;
+    req.min_position.len = tok.len;
+    kvs_freshreq_init(&c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    CHECK_EQ(kvs_freshreq_request(&c, &req, &fx.arena), 0);
+    CHECK_EQ(c.verdict, KVS_FRESH_SERVE); /* every owned partition is at 100 > 1 */
+    CHECK(c.npos <= PARTS);
+    CHECK(fx.arena.big <= 16384);
+    kvs_arena_close(&fx.arena);
+    kvs_buf_free(&tok);
+    kvs_pos_set_free(&set);
+}
+
 /* The worker and the router's local reads ask this one question. */
 KVS_TEST(every_read_but_hlen_is_held_to_the_rules)
 {
@@ -192,4 +223,5 @@ KVS_TEST_MAIN(KVS_CASE(every_read_but_hlen_is_held_to_the_rules),
               KVS_CASE(many_keys_look_up_each_partition_once),
               KVS_CASE(no_partitioner_walks_the_owned_partitions_once),
               KVS_CASE(a_partition_behind_still_holds_the_read_back),
-              KVS_CASE(every_partition_ahead_is_told))
+              KVS_CASE(every_partition_ahead_is_told),
+              KVS_CASE(positions_past_the_topic_take_no_memory))

@@ -229,6 +229,56 @@ KVS_TEST(many_entries_encode_in_order)
     kvs_pos_set_free(&s);
 }
 
+KVS_TEST(encoding_reserves_what_it_writes)
+{
+    /* A set as large as a client may send (a token of 4 MiB holds about a
+     * million entries) is encoded into about its own size, not into the
+     * worst case of every entry with a topic of its own (289 bytes each). */
+    kvs_pos_set_t s;
+    kvs_buf_t b;
+    kvs_pos_set_init(&s);
+    kvs_buf_init(&b);
+    for (uint32_t p = 0; p < 100000; p++)
+        CHECK_EQ(kvs_pos_set_add(&s, "t", 1, p, 1), 0);
+    CHECK_EQ(kvs_pos_set_encode(&s, &b), 0);
+    CHECK(b.len < 500000);
+    CHECK(b.cap <= 2 * b.len);
+    CHECK(kvs_pos_valid(b.data, b.len));
+    kvs_buf_free(&b);
+    kvs_pos_set_free(&s);
+}
+
+KVS_TEST(adding_one_topic_keeps_only_its_partitions_in_range)
+{
+    /* A client's token: other topics, and partitions no topic of 4 has. */
+    kvs_pos_set_t in, s;
+    kvs_buf_t tok, out;
+    kvs_pos_set_init(&in);
+    kvs_pos_set_init(&s);
+    kvs_buf_init(&tok);
+    kvs_buf_init(&out);
+    for (uint32_t p = 0; p < 50000; p++) {
+        CHECK_EQ(kvs_pos_set_add(&in, "users", 5, p, 7), 0);
+        CHECK_EQ(kvs_pos_set_add(&in, "a", 1, p, 1), 0);
+        CHECK_EQ(kvs_pos_set_add(&in, "zz", 2, p, 1), 0);
+    }
+    CHECK_EQ(kvs_pos_set_encode(&in, &tok), 0);
+    CHECK_EQ(kvs_pos_set_add(&s, "users", 5, 2, 9), 0); /* higher than the token's: kept */
+    CHECK_EQ(kvs_pos_set_add_topic(&s, tok.data, tok.len, "users", 5, 4), 0);
+    CHECK_EQ(s.n, 5);
+    CHECK_EQ(kvs_pos_set_encode(&s, &out), 0);
+    static const uint8_t want[] = {1, 5, 'u', 's', 'e', 'r', 's', 4, 0, 7, 1, 7, 2, 9, 3, 7};
+    CHECK_EQ(out.len, sizeof(want));
+    CHECK(memcmp(out.data, want, sizeof(want)) == 0);
+    /* a malformed token is refused */
+    kvs_pos_set_clear(&s);
+    CHECK_EQ(kvs_pos_set_add_topic(&s, tok.data, tok.len - 1, "users", 5, 4), KVS_EPROTO);
+    kvs_buf_free(&tok);
+    kvs_buf_free(&out);
+    kvs_pos_set_free(&in);
+    kvs_pos_set_free(&s);
+}
+
 KVS_TEST(encode_one_matches_a_set)
 {
     uint8_t one[KVS_POS_ONE_MAX];
@@ -254,4 +304,6 @@ KVS_TEST_MAIN(KVS_CASE(encodes_exact_bytes), KVS_CASE(encode_one_matches_a_set),
               KVS_CASE(empty_set_is_empty_token), KVS_CASE(large_offsets_round_trip),
               KVS_CASE(rejects_bad_entries), KVS_CASE(decodes_only_canonical_tokens),
               KVS_CASE(merging_tokens_keeps_the_highest), KVS_CASE(text_form_round_trip),
-              KVS_CASE(text_form_errors), KVS_CASE(many_entries_encode_in_order))
+              KVS_CASE(text_form_errors), KVS_CASE(many_entries_encode_in_order),
+              KVS_CASE(encoding_reserves_what_it_writes),
+              KVS_CASE(adding_one_topic_keeps_only_its_partitions_in_range))
