@@ -12,7 +12,10 @@
  *      loop does. Invalid input must get exactly the status step 1 found;
  *      every input must get exactly one well-formed CommandResponse frame
  *      no larger than max_frame (MAX_FRAME here). The harness configures
- *      no users, so a valid Auth is answered 400 ("no users configured").
+ *      no users, so a valid Auth is answered 400 ("no users configured"),
+ *      and no Kafka bindings, so a valid Rebuild is 400 too (only a bound
+ *      table can be rebuilt); a worker's Snapshot and Digest need its
+ *      server and threads, which node_cmd alone has not: 503.
  *
  * The store lives in a temporary directory created once per process (in
  * LLVMFuzzerInitialize, so the replay driver gets it too) and removed at
@@ -64,8 +67,8 @@ static struct {
     node_cmd_ctx_t cmd;
     kvs_arena_t arena; /* for step 1's decode */
     kvs_buf_t out;
-    unsigned inputs; /* since the store was opened */
-    int is_auth;     /* the input is an Auth */
+    unsigned inputs;  /* since the store was opened */
+    uint32_t refused; /* what a valid request of the input's command gets here (0: none) */
 } fx;
 
 static void on_batch_failed(void *arg, uint64_t gen, int err)
@@ -217,6 +220,22 @@ static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandReque
 
 /* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
  * the request is valid (any status may follow from executing it). */
+/* The status the harness's setup gives a valid request of `cmd` (see
+ * the top), or 0 when it is served. */
+static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
+{
+    switch (cmd) {
+    case KVS__COMMAND_REQUEST__COMMAND_AUTH:    /* no users */
+    case KVS__COMMAND_REQUEST__COMMAND_REBUILD: /* no bindings */
+        return KVS_STATUS_BAD_REQUEST;
+    case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
+    case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
+        return KVS_STATUS_UNAVAILABLE;
+    default:
+        return 0;
+    }
+}
+
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];
@@ -225,7 +244,7 @@ static uint32_t decode_and_validate(const uint8_t *data, size_t size)
         return KVS_STATUS_BAD_REQUEST;
     const char *name = kvs_msg_command_name(req->command_case);
     FUZZ_CHECK(name != NULL && name[0] != '\0');
-    fx.is_auth = req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH;
+    fx.refused = refused_here(req->command_case);
     const char *table = kvs_msg_request_table(req);
     FUZZ_CHECK(table == NULL || strlen(table) < size);
 
@@ -261,7 +280,7 @@ static void check_response(uint32_t expect)
         uint32_t st = resp->status;
         FUZZ_CHECK(st == KVS_STATUS_OK || st == KVS_STATUS_NOT_FOUND ||
                    st == KVS_STATUS_TOO_LARGE || st == KVS_STATUS_NO_SPACE ||
-                   (fx.is_auth && st == KVS_STATUS_BAD_REQUEST));
+                   (fx.refused != 0 && st == fx.refused));
     }
     FUZZ_CHECK(resp->status == KVS_STATUS_OK || (resp->message && resp->message[0] != '\0'));
     kvs__command_response__free_unpacked(resp, NULL);
@@ -271,7 +290,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (fx.inputs % FIXTURE_EVERY == 0)
         put_fixture();
-    fx.is_auth = 0;
+    fx.refused = 0;
     uint32_t expect = decode_and_validate(data, size);
 
     fx.out.len = 0;
