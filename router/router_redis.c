@@ -275,6 +275,13 @@ struct cmd_s {
  * own messages name protobuf fields) and returns 1 if it is not. */
 static int key_refused(router_req_t *req, const kvs_redis_arg_t *a)
 {
+    size_t i = 0;
+    if (a->len > 0 && a->len <= KVS_MAX_TABLE && a->p[0] != '_') {
+        while (i < a->len && a->p[i] != 0 && a->p[i] < 0x80)
+            i++;
+        if (i == a->len)
+            return 0; /* the common case, checked in one pass: plain ASCII */
+    }
     if (a->len == 0)
         reply_error(req, "ERR the key is empty: a key names a kvs table, of 1 to %d bytes",
                     KVS_MAX_TABLE);
