@@ -290,9 +290,15 @@ static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
         break;
     }
     const char *problem = p->problem ? p->problem : "invalid YAML";
+    /* A problem found at the end of the input is marked by libyaml on the
+     * line after the last when the text does not end with a line break:
+     * the position given is the end of the text instead. */
+    yaml_mark_t at = p->problem_mark;
+    if (at.index >= ctx->len)
+        at = offset_mark(ctx, ctx->len);
     if (p->context == NULL)
-        return cfg_error(ctx, &p->problem_mark, "%s", problem);
-    return cfg_error(ctx, &p->problem_mark, "%s (%s at line %zu column %zu)", problem, p->context,
+        return cfg_error(ctx, &at, "%s", problem);
+    return cfg_error(ctx, &at, "%s (%s at line %zu column %zu)", problem, p->context,
                      p->context_mark.line + 1, p->context_mark.column + 1);
 }
 

@@ -500,6 +500,11 @@ KVS_TEST(yaml_syntax_error)
     parse_fails("cluster: {shards: 4\n",
                 "config.yaml:2:1: did not find expected ',' or '}' (while parsing a flow "
                 "mapping at line 1 column 10)");
+    /* At the end of a text without a final line break: its end, not a
+     * line after the last (libyaml's mark). */
+    parse_fails("cluster: {shards: 4",
+                "config.yaml:1:20: did not find expected ',' or '}' (while parsing a flow "
+                "mapping at line 1 column 10)");
     parse_fails("\tcluster: {}\n", "config.yaml:1:1: found character that cannot start any "
                                    "token (while scanning for the next token at line 1 column 1)");
 }
