@@ -11,11 +11,13 @@
  *      over a real node_store, then ends the turn (commit) as the worker's
  *      loop does. Invalid input must get exactly the status step 1 found;
  *      every input must get exactly one well-formed CommandResponse frame
- *      no larger than max_frame (MAX_FRAME here). The harness configures
- *      no users, so a valid Auth is answered 400 ("no users configured"),
- *      and no Kafka bindings, so a valid Rebuild is 400 too (only a bound
- *      table can be rebuilt); a worker's Snapshot and Digest need its
- *      server and threads, which node_cmd alone has not: 503.
+ *      no larger than max_frame (MAX_FRAME here). A valid Hincr of a value
+ *      that is not a number is 400, as is one that would overflow. The
+ *      harness configures no users, so a valid Auth is answered 400 ("no
+ *      users configured"), and no Kafka bindings, so a valid Rebuild is
+ *      400 too (only a bound table can be rebuilt); a worker's Snapshot and
+ *      Digest need its server and threads, which node_cmd alone has not:
+ *      503.
  *
  * The store lives in a temporary directory created once per process (in
  * LLVMFuzzerInitialize, so the replay driver gets it too) and removed at
@@ -68,7 +70,7 @@ static struct {
     kvs_arena_t arena; /* for step 1's decode */
     kvs_buf_t out;
     unsigned inputs;  /* since the store was opened */
-    uint32_t refused; /* what a valid request of the input's command gets here (0: none) */
+    uint32_t refused; /* what a valid request of the input's command may get here (0: none) */
 } fx;
 
 static void on_batch_failed(void *arg, uint64_t gen, int err)
@@ -220,13 +222,16 @@ static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandReque
 
 /* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
  * the request is valid (any status may follow from executing it). */
-/* The status the harness's setup gives a valid request of `cmd` (see
- * the top), or 0 when it is served. */
+/* The status other than the served ones (200, 404, 413, 507) that a
+ * valid request of `cmd` may get in the harness's setup (see the top), or
+ * 0. Hincr's depends on the data: a stored value that is not a number, or
+ * a sum that would overflow, is 400. */
 static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
 {
     switch (cmd) {
     case KVS__COMMAND_REQUEST__COMMAND_AUTH:    /* no users */
     case KVS__COMMAND_REQUEST__COMMAND_REBUILD: /* no bindings */
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:   /* not a number, or overflow */
         return KVS_STATUS_BAD_REQUEST;
     case KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT:
     case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
