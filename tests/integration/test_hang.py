@@ -17,6 +17,7 @@ import http.client
 import os
 import signal
 import subprocess
+import threading
 import time
 import unittest
 
@@ -205,27 +206,30 @@ class HungProcessTest(RouterTestCase):
 
 
 class ScrapeDeadlineTest(RouterTestCase):
+    def deadline_router(self, **kw):
+        self.mport = free_port()
+        return self.router(shards=2, partitions=8,
+                           router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+
+    def scrape(self, timeout=None):
+        c = http.client.HTTPConnection(HOST, self.mport, timeout=15)
+        try:
+            headers = {} if timeout is None else {"X-Prometheus-Scrape-Timeout-Seconds": timeout}
+            c.request("GET", "/metrics", headers=headers)
+            resp = c.getresponse()
+            self.assertEqual(resp.status, 200)
+            return parse_metrics(resp.read().decode())
+        finally:
+            c.close()
+
     def test_a_scrape_answers_within_prometheus_own_timeout(self):
         # Prometheus sends its scrape_timeout with every scrape and drops an
         # answer that comes later, every metric with it. With a worker
         # stopped, the scrape used to wait router.timeout (5 s by default)
         # whatever the scraper's deadline (2 s here): Prometheus saw the
         # node down, not which process hung.
-        mport = free_port()
-        r = self.router(shards=2, partitions=8,
-                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
-
-        def scrape(timeout=None):
-            c = http.client.HTTPConnection(HOST, mport, timeout=15)
-            try:
-                headers = {} if timeout is None else {
-                    "X-Prometheus-Scrape-Timeout-Seconds": timeout}
-                c.request("GET", "/metrics", headers=headers)
-                resp = c.getresponse()
-                self.assertEqual(resp.status, 200)
-                return parse_metrics(resp.read().decode())
-            finally:
-                c.close()
+        r = self.deadline_router()
+        scrape = self.scrape
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
         for bad in ("abc", "-1", "1e9", ""):  # ignored: router.timeout applies
@@ -237,10 +241,52 @@ class ScrapeDeadlineTest(RouterTestCase):
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
             self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
-            # The log says which deadline ran out, not router.timeout.
-            self.assertIn("no answer within the scrape's deadline (1500 ms)", r.stderr())
+            # The log says which deadline ran out and who was left out; the
+            # link to the worker is not taken down for it.
+            self.assertTrue(wait_until(lambda: "a scrape's own deadline (1500 ms" in r.stderr(),
+                                       WAIT), r.stderr()[-3000:])
+            self.assertIn("passed before shard 0 answered", r.stderr())
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
+
+    def test_each_scrape_keeps_its_own_deadline(self):
+        # Scrapes share the master's links. A scrape with no deadline of its
+        # own (router.timeout, 3 s here) is in flight to a stopped worker
+        # when Prometheus's (2 s) comes: Prometheus's still answers within
+        # its 2 s, though its request waits behind the other on the link,
+        # and the other is not cut short at Prometheus's deadline.
+        r = self.deadline_router(timeout="3s")
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        took = {}
+
+        def plain():
+            m, took["plain"] = timed(self.scrape)
+            took["plain_up"] = total(m, "kvs_metrics_source_up")
+
+        with stopped(r.worker_pid(0)):
+            t = threading.Thread(target=plain)
+            t.start()
+            time.sleep(0.3)
+            m, took["prometheus"] = timed(self.scrape, "2")
+            t.join(10)
+        self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+        self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+        self.assertLess(took["prometheus"], 2, took)
+        self.assertGreater(took["plain"], 2.5, took)  # router.timeout, not the other's deadline
+        self.assertEqual(took["plain_up"], 2, took)
+
+    def test_a_short_deadline_does_not_take_the_links_down(self):
+        # Anyone who reaches the metrics port may send a deadline of a
+        # millisecond: that scrape leaves out whoever is slower, and no
+        # other scrape loses a process for it.
+        r = self.deadline_router()
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        for _ in range(20):
+            self.scrape("0.001")
+            self.assertEqual(total(self.scrape(), "kvs_metrics_source_up"), 3)
+        self.assertNotIn("no answer within", r.stderr())
 
 
 class HungSenderTest(LogsOnFailure, unittest.TestCase):
