@@ -218,8 +218,6 @@ static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandReque
     }
 }
 
-/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
- * the request is valid (any status may follow from executing it). */
 /* The status the harness's setup gives a valid request of `cmd` (see
  * the top), or 0 when it is served. */
 static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
@@ -236,6 +234,8 @@ static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
     }
 }
 
+/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
+ * the request is valid (any status may follow from executing it). */
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];
