@@ -12,7 +12,6 @@ again once it runs); kvs-cli digest and rebuild against a node whose
 worker, or whose every process, is stopped. Every test continues what it
 stopped, bounds every wait, and kills every process at cleanup.
 """
-import contextlib
 import http.client
 import os
 import signal
@@ -23,26 +22,14 @@ import unittest
 
 from kafkatest import wait_until
 from kvstest import BUILD_DIR, HOST, Client, LogsOnFailure, Node, log_of, pb, req_hget, req_hset
-from routertest import RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config
+from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
+                        router_pids, stopped)
 from test_hostile_peers import Worker
 from test_ops import http_get, metrics_req, parse_metrics, slowlog_req, total
 from test_replicas import TABLE, ReplicaFixtures, shard_of_key
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
 WAIT = 15.0
-
-
-@contextlib.contextmanager
-def stopped(*pids):
-    """The processes are SIGSTOPped for the block (and always continued)."""
-    for p in pids:
-        os.kill(p, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGCONT)
 
 
 def timed(fn, *args, **kw):
@@ -57,15 +44,6 @@ def info_req():
     return req
 
 
-def router_procs(r):
-    """{index: pid} of r's router processes."""
-    out = {}
-    for pid, argv in procs_for_config(r.config).items():
-        if "--router" in argv:
-            out[int(argv[argv.index("--router") + 1])] = pid
-    return out
-
-
 class HungProcessTest(RouterTestCase):
     """One node, two shards, two router processes, router.timeout 1 s."""
 
@@ -77,7 +55,7 @@ class HungProcessTest(RouterTestCase):
         # Router 0's own socket: the client port's connections could land on
         # the stopped router process (the kernel spreads them, SO_REUSEPORT).
         self.sock0 = os.path.join(r.data_dir, "router0.sock")
-        self.assertTrue(wait_until(lambda: len(router_procs(r)) == 2 and
+        self.assertTrue(wait_until(lambda: len(router_pids(r)) == 2 and
                                    os.path.exists(self.sock0), WAIT))
         with Client(self.sock0) as c:
             for ks in self.keys.values():
@@ -98,7 +76,7 @@ class HungProcessTest(RouterTestCase):
 
     def test_scrape_and_metrics_command_name_what_hung_and_recover(self):
         r = self.node()
-        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        worker0, router1 = r.worker_pid(0), router_pids(r)[1]
         self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
                                    WAIT), self.scrape())
         with stopped(worker0, router1):
@@ -188,7 +166,7 @@ class HungProcessTest(RouterTestCase):
         # used to wait out the grace periods (15 s for the router process,
         # then 10 s for the worker) and SIGKILL them.
         r = self.node()
-        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        worker0, router1 = r.worker_pid(0), router_pids(r)[1]
         with stopped(worker0, router1):
             started = time.monotonic()
             r.proc.send_signal(signal.SIGTERM)
