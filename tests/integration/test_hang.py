@@ -21,7 +21,8 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import BUILD_DIR, HOST, Client, LogsOnFailure, Node, log_of, pb, req_hget, req_hset
+from kvstest import (BUILD_DIR, HOST, Client, LogsOnFailure, Node, encode, log_of, pb, req_hget,
+                     req_hset)
 from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
                         router_pids, stopped)
 from test_hostile_peers import Worker
@@ -181,6 +182,28 @@ class HungProcessTest(RouterTestCase):
         self.assertIn("shard 0 (pid %d) exited with status 0" % worker0, log)
         self.assertIn("router 1 (pid %d) exited with status 0" % router1, log)
         self.assertTrue(r.wait_all_gone(5))
+
+
+class OverloadedWorkerMetricsTest(RouterTestCase):
+    def test_metrics_says_a_worker_is_overloaded_not_that_its_link_is_down(self):
+        # A stopped worker's link holds limits.client_output bytes of
+        # requests: the Metrics command leaves the worker out, and says why
+        # as a forwarded request would (overloaded), not "its link is down"
+        # (the link is up: the next answer of the worker unblocks it).
+        r = self.router(shards=2, partitions=8, timeout="5s",
+                        extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
+        keys = keys_by_shard("k", 1, 8, 2)
+        big = b"v" * (200 << 10)
+        with stopped(r.worker_pid(0)), r.client() as w, r.client() as c:
+            for i in range(12):  # 2.4 MiB for shard 0: the socket takes some, the link 1 MiB
+                w.send_raw(encode(req_hset("t", keys[0][0], big)))
+            self.assertTrue(wait_until(lambda: "overloaded" in c.call(
+                req_hset("t", keys[0][0], b"x")).message, 3))  # a write is refused so
+            resp = c.call(metrics_req())
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertIn("shard 0", resp.message)
+            self.assertIn("overloaded", resp.message)
+            self.assertNotIn("link is down", resp.message)
 
 
 class ScrapeDeadlineTest(RouterTestCase):
