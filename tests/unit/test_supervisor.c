@@ -27,6 +27,13 @@
     "for a; do s=$a; done\n"                                                                       \
     "echo \"$$ $*\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" \"$d/shard-$s\"\n"
 
+/* A well-behaved worker: records itself, and on SIGTERM exits with
+ * status 10 + its shard. */
+#define GRACEFUL_BODY                                                                              \
+    "for a; do s=$a; done\n"                                                                       \
+    "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"                                          \
+    "sleep 30 & c=$!\n" REC_BODY "wait $c\n"
+
 typedef struct {
     uint32_t shard;
     int running;
@@ -460,12 +467,7 @@ KVS_TEST(stop_terminates_workers_and_calls_done)
     tctx_t t;
     t_init(&t);
     char exe[256], line[512];
-    /* A well-behaved worker: on SIGTERM it exits with status 10 + shard. */
-    t_script(&t, "graceful.sh",
-             "for a; do s=$a; done\n"
-             "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"
-             "sleep 30 & c=$!\n" REC_BODY "wait $c\n",
-             exe, sizeof(exe));
+    t_script(&t, "graceful.sh", GRACEFUL_BODY, exe, sizeof(exe));
     const uint32_t shards[] = {0, 1};
     router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
     o.backoff_min_ms = 20;
@@ -510,11 +512,7 @@ KVS_TEST(stop_continues_a_stopped_worker)
     tctx_t t;
     t_init(&t);
     char exe[256], line[512];
-    t_script(&t, "graceful.sh",
-             "for a; do s=$a; done\n"
-             "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"
-             "sleep 30 & c=$!\n" REC_BODY "wait $c\n",
-             exe, sizeof(exe));
+    t_script(&t, "graceful.sh", GRACEFUL_BODY, exe, sizeof(exe));
     const uint32_t shards[] = {2};
     router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
     o.stop_grace_ms = 3000;
