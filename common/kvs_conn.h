@@ -298,7 +298,7 @@ typedef struct kvs_conn_limits_s {
 struct kvs_conn_group_s {
     uv_loop_t *loop;
     kvs_conn_limits_t limits;
-    uv_timer_t sweep; /* once a second: frame and idle timeouts */
+    uv_timer_t sweep; /* once a second: frame, output and idle timeouts, log budget */
     kvs_conn_t *head; /* members */
     size_t count;
     size_t input_used;           /* decoder bytes charged by all members */
@@ -339,8 +339,8 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
 
 /* Whether a line about `c` that its peer caused (it broke a limit or a
  * rule) may be logged: a group member's lines are within the group's
- * budget, a connection of no group (one of our own, such as a link) logs
- * every one. Counts the line either way. */
+ * budget (and counted there, printed or not), a connection of no group
+ * (one of our own, such as a link) logs every one. */
 int kvs_conn_may_log(kvs_conn_t *c);
 
 /* New limits for a running group (a live reload): members keep their

@@ -1377,6 +1377,8 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
 {
     if (cmd->args == ARGS_FREE)
         return 0;
+    if (cmd->args == ARGS_PAIRS && argc % 2 != 0)
+        return 0; /* a field without its value: cmd_hset answers the arity, as Redis does first */
     if (key_refused(req, &a[1]))
         return 1;
     size_t last = cmd->args == ARGS_KEY ? 1 : cmd->args == ARGS_FIELD ? 2 : argc - 1;

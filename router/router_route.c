@@ -1721,9 +1721,10 @@ static void route_metrics(router_t *r, router_req_t *req, const Kvs__Metrics *q,
         t->link = (uint32_t)li;
         t->tried = 1ull << ((uint32_t)li - r->sets[s].first);
         m->part_shard[p] = s;
-        if (router_link_send(&r->links[li], raw, rawlen, req, p) != 0) {
-            char why[80];
-            snprintf(why, sizeof(why), "shard %u's worker is unavailable: its link is down", s);
+        int rc = router_link_send(&r->links[li], raw, rawlen, req, p);
+        if (rc != 0) {
+            char why[600];
+            router_send_refused(s, rc, &r->links[li], "", why, sizeof(why));
             router_route_reply(req, p, NULL, 0, why);
         }
         p++;

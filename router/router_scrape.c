@@ -16,6 +16,16 @@
  * on_reply. The last one to finish builds the families in the scraper's
  * arena (the master's own, then each answer's, decoded in place), renders
  * them, and hands the text to router_http.
+ *
+ * A scraper's own deadline (Prometheus's header) shorter than
+ * router.timeout is the scrape's, not the links': links are shared by
+ * every scrape in flight, so a request of a scrape with a short deadline
+ * may wait behind one of another scrape, and a link torn down at one
+ * scraper's whim would cost every other scrape its process. The scrape
+ * keeps a timer of its own instead: when it fires, the scrape is answered
+ * with what came (scrape_answer), and its scrape_t lives on, answered,
+ * until every link has replied (late answers are dropped), since each
+ * link holds it as the context of a request.
  */
 #include "router_scrape.h"
 #include "kvs_cluster.h"
@@ -44,15 +54,20 @@ struct router_scrape_s {
     router_scrape_own_cb own;
     void *arg;
     kvs_arena_t arena;
+    kvs_log_budget_t log_budget; /* lines about scrapes whose own deadline passed */
     int stopped;
 };
 
 typedef struct scrape_s {
     router_scrape_t *sc;
-    router_http_scrape_t *token;
-    uint32_t left;
-    kvs_buf_t *answers; /* per link: the answer's payload */
-    uint8_t *ok;        /* per link: it answered */
+    router_http_scrape_t *token; /* NULL once answered */
+    uint32_t left;               /* link replies to come (+1 while sending) */
+    uint64_t wait_ms;            /* the scraper's deadline less a margin, when it is the sooner */
+    uv_timer_t deadline;         /* fires at wait_ms; its memory is x's: freed once closed */
+    int timer_on;                /* deadline was initialized (closed before x is freed) */
+    kvs_buf_t *answers;          /* per link: the answer's payload */
+    uint8_t *asked;              /* per link: a request is out */
+    uint8_t *ok;                 /* per link: it answered */
 } scrape_t;
 
 static void scrape_free(scrape_t *x)
@@ -60,8 +75,25 @@ static void scrape_free(scrape_t *x)
     for (uint32_t i = 0; x->answers != NULL && i < x->sc->n_links; i++)
         kvs_buf_free(&x->answers[i]);
     free(x->answers);
+    free(x->asked);
     free(x->ok);
     free(x);
+}
+
+static void on_deadline_closed(uv_handle_t *h)
+{
+    scrape_free(h->data);
+}
+
+/* Every link has replied: frees x (once its timer is closed). */
+static void scrape_release(scrape_t *x)
+{
+    if (!x->timer_on) {
+        scrape_free(x);
+        return;
+    }
+    uv_timer_stop(&x->deadline);
+    uv_close((uv_handle_t *)&x->deadline, on_deadline_closed);
 }
 
 /* Whether link i (a worker's) is asked: its shard is local in the map as
@@ -75,10 +107,11 @@ static int worker_asked(const router_scrape_t *sc, uint32_t i)
 static void source_metrics(const scrape_t *x, kvs_mb_t *b)
 {
     router_scrape_t *sc = x->sc;
-    Kvs__MetricFamily *f =
-        kvs_mb_family(b, "kvs_metrics_source_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
-                      "1 when the process (a router process, or a shard's worker) answered this "
-                      "scrape within router.timeout; its metrics are left out when 0.");
+    Kvs__MetricFamily *f = kvs_mb_family(
+        b, "kvs_metrics_source_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
+        "1 when the process (a router process, or a shard's worker) answered this "
+        "scrape within router.timeout (or the scraper's own deadline); its metrics are "
+        "left out when 0.");
     for (uint32_t i = 0; i < sc->n_links; i++) {
         if (i < sc->n_procs)
             kvs_mb_sample(b, f, x->ok[i], 1, "router", kvs_mb_printf(b, "%u", i));
@@ -87,8 +120,9 @@ static void source_metrics(const scrape_t *x, kvs_mb_t *b)
     }
 }
 
-/* Every part is in: the families, as text, to the scraper's client. */
-static void scrape_finish(scrape_t *x)
+/* Every part is in, or the scraper's deadline came: the families of what
+ * answered, as text, to the scraper's client. x stays (see the top). */
+static void scrape_answer(scrape_t *x)
 {
     router_scrape_t *sc = x->sc;
     kvs_mb_t b;
@@ -116,7 +150,7 @@ static void scrape_finish(scrape_t *x)
     }
     kvs_buf_free(&body);
     kvs_arena_reset(&sc->arena);
-    scrape_free(x);
+    x->token = NULL;
 }
 
 /* A link's answer to a scrape's request, or its failure. */
@@ -126,10 +160,42 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
     scrape_t *x = ctx;
     if (x == NULL || part >= x->sc->n_links)
         return;
-    if (failure == NULL && kvs_buf_append(&x->answers[part], payload, len) == 0)
-        x->ok[part] = 1;
-    if (--x->left == 0)
-        scrape_finish(x);
+    if (x->token != NULL && failure == NULL && kvs_buf_append(&x->answers[part], payload, len) == 0)
+        x->ok[part] = 1; /* after the deadline: too late, dropped */
+    if (--x->left > 0)
+        return;
+    if (x->token != NULL)
+        scrape_answer(x);
+    scrape_release(x);
+}
+
+/* The scraper's deadline (less its margin) came first: the scrape is
+ * answered with what is in; the links' requests run on to router.timeout
+ * (a process that is only slow is not cut off for every other scrape). A
+ * client chooses the deadline, so the line is within the scraper's log
+ * budget. */
+static void on_deadline(uv_timer_t *t)
+{
+    scrape_t *x = t->data;
+    router_scrape_t *sc = x->sc;
+    char who[256];
+    size_t n = 0;
+    who[0] = '\0';
+    for (uint32_t i = 0; i < sc->n_links && n < sizeof(who); i++) {
+        if (!x->asked[i] || x->ok[i])
+            continue;
+        int k =
+            i < sc->n_procs
+                ? snprintf(who + n, sizeof(who) - n, "%srouter %u", n ? ", " : "", i)
+                : snprintf(who + n, sizeof(who) - n, "%sshard %u", n ? ", " : "", i - sc->n_procs);
+        n += k > 0 ? (size_t)k : 0;
+    }
+    if (kvs_log_budget_take(&sc->log_budget, uv_now(sc->loop)))
+        kvs_warn("metrics: a scrape's own deadline (%llu ms: its "
+                 "X-Prometheus-Scrape-Timeout-Seconds less a margin) passed before %s answered; "
+                 "left out of it",
+                 (unsigned long long)x->wait_ms, who);
+    scrape_answer(x);
 }
 
 /* How long this scrape waits for a process: router.timeout (live), but
@@ -156,12 +222,14 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     scrape_t *x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->answers = calloc(sc->n_links ? sc->n_links : 1, sizeof(*x->answers));
+        x->asked = calloc(sc->n_links ? sc->n_links : 1, 1);
         x->ok = calloc(sc->n_links ? sc->n_links : 1, 1);
     }
-    if (x == NULL || x->answers == NULL || x->ok == NULL) {
+    if (x == NULL || x->answers == NULL || x->asked == NULL || x->ok == NULL) {
         static const char oom[] = "the kvs-router master is out of memory\n";
         if (x != NULL) {
             free(x->answers);
+            free(x->asked);
             free(x->ok);
             free(x);
         }
@@ -171,20 +239,30 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     x->sc = sc;
     x->token = token;
     x->left = sc->n_links + 1; /* +1: held until every request is out */
-    uint64_t wait_ms = scrape_wait_ms(sc, token);
+    x->wait_ms = scrape_wait_ms(sc, token);
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
-        l->timeout_ms = wait_ms; /* live: read at every scrape */
-        l->timeout_name =
-            wait_ms < sc->cfg->router_timeout_ms ? "the scrape's deadline" : "router.timeout";
+        l->timeout_ms = sc->cfg->router_timeout_ms; /* live: read at every scrape */
         int rc = i < sc->n_procs       ? router_link_send(l, ask_router, sizeof(ask_router), x, i)
                  : worker_asked(sc, i) ? router_link_send(l, ask_worker, sizeof(ask_worker), x, i)
                                        : KVS_ECLOSED;
         if (rc != 0)
             --x->left; /* down: left out */
+        else
+            x->asked[i] = 1;
     }
-    if (--x->left == 0)
-        scrape_finish(x);
+    if (--x->left == 0) {
+        scrape_answer(x);
+        scrape_free(x);
+        return;
+    }
+    /* Failing to start the timer only loses the earlier answer: the
+     * links' own timeout still ends the scrape. */
+    if (x->wait_ms < sc->cfg->router_timeout_ms && uv_timer_init(sc->loop, &x->deadline) == 0) {
+        x->timer_on = 1;
+        x->deadline.data = x;
+        uv_timer_start(&x->deadline, on_deadline, x->wait_ms, 0);
+    }
 }
 
 /* ---- links ------------------------------------------------------------------------ */
@@ -256,6 +334,8 @@ int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_pro
     sc->own = own;
     sc->arg = arg;
     kvs_arena_init(&sc->arena);
+    kvs_log_budget_init(&sc->log_budget, "lines about scrapes past their deadline",
+                        KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_flusher_init(&sc->flusher, loop, NULL, sc);
     sc->flusher_on = rc == 0;
     if (rc == 0)

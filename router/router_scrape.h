@@ -11,8 +11,9 @@
  * router="I"), each local worker's (a Metrics request on its unix socket;
  * labelled shard="N"), and the master's own (worker and router process
  * restarts, reloads, the master process). A process that does not answer
- * within router.timeout is left out of that scrape, and
- * kvs_metrics_source_up says so.
+ * within router.timeout, or before the scraper's own deadline (Prometheus's
+ * X-Prometheus-Scrape-Timeout-Seconds, less a margin) when that comes
+ * first, is left out of that scrape, and kvs_metrics_source_up says so.
  *
  * The master keeps one router_link per process, from the moment the node
  * is ready (reconnecting by itself while a process restarts); a scrape sends one request on each

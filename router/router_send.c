@@ -39,16 +39,9 @@ uint32_t router_send_status(const uint8_t *p, size_t len)
     return 0;
 }
 
-/* Words for a part no replica took. */
-static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l,
-                        char *why, size_t n)
+void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const char *who, char *why,
+                         size_t n)
 {
-    const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
-    uint32_t reps = r->sets[shard].n;
-    char who[120] = "";
-    if (reps > 1)
-        snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
-                 reps, node ? node : "?");
     if (rc == KVS_ELIMIT)
         snprintf(why, n,
                  "shard %u is overloaded: %zu bytes of requests are waiting for it "
@@ -59,6 +52,19 @@ static void unavailable(const router_t *r, uint32_t shard, int rc, const router_
                  l != NULL && l->last_error[0] ? l->last_error : "its connection is closing", who);
     else
         snprintf(why, n, "shard %u: cannot forward: %s", shard, kvs_strerror(rc));
+}
+
+/* Words for a part no replica took. */
+static void unavailable(const router_t *r, uint32_t shard, int rc, const router_link_t *l,
+                        char *why, size_t n)
+{
+    const char *node = l != NULL && l->node != NULL && l->node[0] ? l->node : NULL;
+    uint32_t reps = r->sets[shard].n;
+    char who[120] = "";
+    if (reps > 1)
+        snprintf(who, sizeof(who), " (none of its %u replicas took the request; last tried: %s)",
+                 reps, node ? node : "?");
+    router_send_refused(shard, rc, l, who, why, n);
 }
 
 /* Sends to the next replica that takes it. Returns 0, or the last error

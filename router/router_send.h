@@ -25,6 +25,13 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                          const uint8_t *payload, size_t len, const char *failure);
 
+/* Why link `l` of `shard` refused a request (router_link_send's error
+ * `rc`: down, or overloaded with limits.client_output bytes of requests),
+ * as a 503's message that says what to do; `who` (may be "") is appended
+ * to the first clause. Writes at most `n` bytes of why, NUL included. */
+void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const char *who, char *why,
+                         size_t n);
+
 /* The status of an encoded CommandResponse (0 when it has none first). */
 uint32_t router_send_status(const uint8_t *payload, size_t len);
 

@@ -220,8 +220,6 @@ static void check_peek(const uint8_t *data, size_t size, const Kvs__CommandReque
     }
 }
 
-/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
- * the request is valid (any status may follow from executing it). */
 /* The status other than the served ones (200, 404, 413, 507) that a
  * valid request of `cmd` may get in the harness's setup (see the top), or
  * 0. Hincr's depends on the data: a stored value that is not a number, or
@@ -241,6 +239,8 @@ static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
     }
 }
 
+/* Step 1. Returns the status node_cmd_frame must answer with, or 200 when
+ * the request is valid (any status may follow from executing it). */
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];

@@ -14,6 +14,7 @@ handling.
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-router, kvs-node
 and py/kvs_pb2.py (through kvstest).
 """
+import contextlib
 import os
 import signal
 import subprocess
@@ -148,6 +149,28 @@ def procs_for_config(config):
                 break
     return out
 
+
+
+def router_pids(r):
+    """{index: pid} of r's live router processes (the master's children)."""
+    out = {}
+    for pid, argv in procs_for_config(r.config).items():
+        if "--router" in argv:
+            out[int(argv[argv.index("--router") + 1])] = pid
+    return out
+
+
+@contextlib.contextmanager
+def stopped(*pids):
+    """The processes are SIGSTOPped for the block (and always continued)."""
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
 
 def edit_config(router, old, new):
     """Replaces `old` (which must be there) by `new` in router's config file."""

@@ -12,36 +12,25 @@ again once it runs); kvs-cli digest and rebuild against a node whose
 worker, or whose every process, is stopped. Every test continues what it
 stopped, bounds every wait, and kills every process at cleanup.
 """
-import contextlib
 import http.client
 import os
 import signal
 import subprocess
+import threading
 import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import BUILD_DIR, HOST, Client, LogsOnFailure, Node, log_of, pb, req_hget, req_hset
-from routertest import RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config
+from kvstest import (BUILD_DIR, HOST, Client, LogsOnFailure, Node, encode, log_of, pb, req_hget,
+                     req_hset)
+from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
+                        router_pids, stopped)
 from test_hostile_peers import Worker
 from test_ops import http_get, metrics_req, parse_metrics, slowlog_req, total
 from test_replicas import TABLE, ReplicaFixtures, shard_of_key
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
 WAIT = 15.0
-
-
-@contextlib.contextmanager
-def stopped(*pids):
-    """The processes are SIGSTOPped for the block (and always continued)."""
-    for p in pids:
-        os.kill(p, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGCONT)
 
 
 def timed(fn, *args, **kw):
@@ -56,15 +45,6 @@ def info_req():
     return req
 
 
-def router_procs(r):
-    """{index: pid} of r's router processes."""
-    out = {}
-    for pid, argv in procs_for_config(r.config).items():
-        if "--router" in argv:
-            out[int(argv[argv.index("--router") + 1])] = pid
-    return out
-
-
 class HungProcessTest(RouterTestCase):
     """One node, two shards, two router processes, router.timeout 1 s."""
 
@@ -76,7 +56,7 @@ class HungProcessTest(RouterTestCase):
         # Router 0's own socket: the client port's connections could land on
         # the stopped router process (the kernel spreads them, SO_REUSEPORT).
         self.sock0 = os.path.join(r.data_dir, "router0.sock")
-        self.assertTrue(wait_until(lambda: len(router_procs(r)) == 2 and
+        self.assertTrue(wait_until(lambda: len(router_pids(r)) == 2 and
                                    os.path.exists(self.sock0), WAIT))
         with Client(self.sock0) as c:
             for ks in self.keys.values():
@@ -97,7 +77,7 @@ class HungProcessTest(RouterTestCase):
 
     def test_scrape_and_metrics_command_name_what_hung_and_recover(self):
         r = self.node()
-        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        worker0, router1 = r.worker_pid(0), router_pids(r)[1]
         self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 4,
                                    WAIT), self.scrape())
         with stopped(worker0, router1):
@@ -187,7 +167,7 @@ class HungProcessTest(RouterTestCase):
         # used to wait out the grace periods (15 s for the router process,
         # then 10 s for the worker) and SIGKILL them.
         r = self.node()
-        worker0, router1 = r.worker_pid(0), router_procs(r)[1]
+        worker0, router1 = r.worker_pid(0), router_pids(r)[1]
         with stopped(worker0, router1):
             started = time.monotonic()
             r.proc.send_signal(signal.SIGTERM)
@@ -204,28 +184,53 @@ class HungProcessTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
 
 
+class OverloadedWorkerMetricsTest(RouterTestCase):
+    def test_metrics_says_a_worker_is_overloaded_not_that_its_link_is_down(self):
+        # A stopped worker's link holds limits.client_output bytes of
+        # requests: the Metrics command leaves the worker out, and says why
+        # as a forwarded request would (overloaded), not "its link is down"
+        # (the link is up: the next answer of the worker unblocks it).
+        r = self.router(shards=2, partitions=8, timeout="5s",
+                        extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
+        keys = keys_by_shard("k", 1, 8, 2)
+        big = b"v" * (200 << 10)
+        with stopped(r.worker_pid(0)), r.client() as w, r.client() as c:
+            for i in range(12):  # 2.4 MiB for shard 0: the socket takes some, the link 1 MiB
+                w.send_raw(encode(req_hset("t", keys[0][0], big)))
+            self.assertTrue(wait_until(lambda: "overloaded" in c.call(
+                req_hset("t", keys[0][0], b"x")).message, 3))  # a write is refused so
+            resp = c.call(metrics_req())
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertIn("shard 0", resp.message)
+            self.assertIn("overloaded", resp.message)
+            self.assertNotIn("link is down", resp.message)
+
+
 class ScrapeDeadlineTest(RouterTestCase):
+    def deadline_router(self, **kw):
+        self.mport = free_port()
+        return self.router(shards=2, partitions=8,
+                           router_yaml=['metrics_listen: "%s:%d"' % (HOST, self.mport)], **kw)
+
+    def scrape(self, timeout=None):
+        c = http.client.HTTPConnection(HOST, self.mport, timeout=15)
+        try:
+            headers = {} if timeout is None else {"X-Prometheus-Scrape-Timeout-Seconds": timeout}
+            c.request("GET", "/metrics", headers=headers)
+            resp = c.getresponse()
+            self.assertEqual(resp.status, 200)
+            return parse_metrics(resp.read().decode())
+        finally:
+            c.close()
+
     def test_a_scrape_answers_within_prometheus_own_timeout(self):
         # Prometheus sends its scrape_timeout with every scrape and drops an
         # answer that comes later, every metric with it. With a worker
         # stopped, the scrape used to wait router.timeout (5 s by default)
         # whatever the scraper's deadline (2 s here): Prometheus saw the
         # node down, not which process hung.
-        mport = free_port()
-        r = self.router(shards=2, partitions=8,
-                        router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
-
-        def scrape(timeout=None):
-            c = http.client.HTTPConnection(HOST, mport, timeout=15)
-            try:
-                headers = {} if timeout is None else {
-                    "X-Prometheus-Scrape-Timeout-Seconds": timeout}
-                c.request("GET", "/metrics", headers=headers)
-                resp = c.getresponse()
-                self.assertEqual(resp.status, 200)
-                return parse_metrics(resp.read().decode())
-            finally:
-                c.close()
+        r = self.deadline_router()
+        scrape = self.scrape
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
         for bad in ("abc", "-1", "1e9", ""):  # ignored: router.timeout applies
@@ -237,10 +242,52 @@ class ScrapeDeadlineTest(RouterTestCase):
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
             self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
             self.assertGreater(total(m, "kvs_lmdb_map_size_bytes", shard="1"), 0)
-            # The log says which deadline ran out, not router.timeout.
-            self.assertIn("no answer within the scrape's deadline (1500 ms)", r.stderr())
+            # The log says which deadline ran out and who was left out; the
+            # link to the worker is not taken down for it.
+            self.assertTrue(wait_until(lambda: "a scrape's own deadline (1500 ms" in r.stderr(),
+                                       WAIT), r.stderr()[-3000:])
+            self.assertIn("passed before shard 0 answered", r.stderr())
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
+
+    def test_each_scrape_keeps_its_own_deadline(self):
+        # Scrapes share the master's links. A scrape with no deadline of its
+        # own (router.timeout, 3 s here) is in flight to a stopped worker
+        # when Prometheus's (2 s) comes: Prometheus's still answers within
+        # its 2 s, though its request waits behind the other on the link,
+        # and the other is not cut short at Prometheus's deadline.
+        r = self.deadline_router(timeout="3s")
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        took = {}
+
+        def plain():
+            m, took["plain"] = timed(self.scrape)
+            took["plain_up"] = total(m, "kvs_metrics_source_up")
+
+        with stopped(r.worker_pid(0)):
+            t = threading.Thread(target=plain)
+            t.start()
+            time.sleep(0.3)
+            m, took["prometheus"] = timed(self.scrape, "2")
+            t.join(10)
+        self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+        self.assertEqual(total(m, "kvs_metrics_source_up", shard="1"), 1)
+        self.assertLess(took["prometheus"], 2, took)
+        self.assertGreater(took["plain"], 2.5, took)  # router.timeout, not the other's deadline
+        self.assertEqual(took["plain_up"], 2, took)
+
+    def test_a_short_deadline_does_not_take_the_links_down(self):
+        # Anyone who reaches the metrics port may send a deadline of a
+        # millisecond: that scrape leaves out whoever is slower, and no
+        # other scrape loses a process for it.
+        r = self.deadline_router()
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        for _ in range(20):
+            self.scrape("0.001")
+            self.assertEqual(total(self.scrape(), "kvs_metrics_source_up"), 3)
+        self.assertNotIn("no answer within", r.stderr())
 
 
 class HungSenderTest(LogsOnFailure, unittest.TestCase):

@@ -23,8 +23,8 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LogsOnFailure, Managed, Node, frame, free_port,
-                     free_ports, log_of, pb, req_hget, req_hset, req_ping)
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LogsOnFailure, Managed, Node, frame,
+                     free_port, free_ports, log_of, pb, req_hget, req_hset, req_ping)
 
 
 class FakePeer:

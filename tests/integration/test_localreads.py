@@ -16,7 +16,6 @@ router processes; users' rights checked before a local answer (TLS,
 both front doors); other nodes' routers still asking the worker; replicas
 (never an answer the local replica has not applied).
 """
-import contextlib
 import ctypes
 import ctypes.util
 import itertools
@@ -35,7 +34,8 @@ import redis
 
 from kvstest import (BUILD_DIR, cert_path, pb, pyval, req_hexist, req_hget, req_hgetall,
                      req_hmexist, req_hmget, req_hscan, req_hset, tls_context, tls_yaml)
-from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard, procs_for_config
+from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard,
+                        router_pids, stopped)
 from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
 from test_auth import USERS, req_auth, users_yaml
 from test_logfirst import FreshnessFixtures, keys_in_partition, with_options
@@ -46,15 +46,6 @@ from test_replicas import ReplicaFixtures, hget_at, shard_of_key
 
 PARTITIONS = 16
 QUICK = 1.5  # a read answered here comes back well within this, even under ASan
-
-
-def router_pids(r):
-    """{index: pid} of r's live router processes (the master's children)."""
-    out = {}
-    for pid, argv in procs_for_config(r.config).items():
-        if "--router" in argv:
-            out[int(argv[argv.index("--router") + 1])] = pid
-    return out
 
 
 def lmdb_readers(env):
@@ -79,21 +70,6 @@ def req_hlen(table):
     q = pb.CommandRequest()
     q.hlen.table = table
     return q
-
-
-@contextlib.contextmanager
-def stopped(*pids):
-    """The processes are SIGSTOPped for the block (and always continued)."""
-    for p in pids:
-        os.kill(p, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
 
 class LocalReadsCase(RouterTestCase):

@@ -19,8 +19,8 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hget, req_hset,
-                     tls_yaml)
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hget,
+                     req_hset, tls_yaml)
 from routertest import Router, partition_of
 
 SHARDS = 4

@@ -326,6 +326,14 @@ class HashCommandsTest(RespDiffTestCase):
             C("HSET", "bin", "\xff\x00", b"\x00\xfe\xff"), C("HGET", "bin", "\xff\x00"),
             C("HSTRLEN", "bin", "\xff\x00"),
             C("EXISTS", "h"), C("EXISTS", "nokey"), C("EXISTS"), C("DEL"),
+            # A command of the wrong shape says so first, whatever its
+            # key and fields (kvs's rules for them come after Redis's).
+            C("HSET", "h", "f", "v", ""), C("HSET", "", "f", "v", "g"),
+            C("HMSET", "h2", "a", "1", ""),
+            # Keys kvs takes past the plain-ASCII fast path, and at its bound.
+            C("HSET", "\u00e9t\u00e9", "f", "v"), C("HGET", "\u00e9t\u00e9", "f"),
+            C("HSET", "_x", "f", "v"), C("HLEN", "_x"),
+            C("HSET", "t" * 200, "f", "v"), C("HGET", "t" * 200, "f"),
         ])
 
     def test_deliberate_differences(self):

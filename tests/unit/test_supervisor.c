@@ -27,6 +27,13 @@
     "for a; do s=$a; done\n"                                                                       \
     "echo \"$$ $*\" > \"$d/shard-$s.tmp\" && mv \"$d/shard-$s.tmp\" \"$d/shard-$s\"\n"
 
+/* A well-behaved worker: records itself, and on SIGTERM exits with
+ * status 10 + its shard. */
+#define GRACEFUL_BODY                                                                              \
+    "for a; do s=$a; done\n"                                                                       \
+    "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"                                          \
+    "sleep 30 & c=$!\n" REC_BODY "wait $c\n"
+
 typedef struct {
     uint32_t shard;
     int running;
@@ -365,7 +372,7 @@ KVS_TEST(paused_restarts_wait_for_resume)
     router_sup_pause(t.sup); /* idempotent */
     unlink_shard_file(&t, 4);
     CHECK_EQ(kill(b, SIGKILL), 0);
-    RUN_UNTIL(&t, t.n_ev >= 2); /* shard 4 exits while paused */
+    RUN_UNTIL(&t, t.n_ev >= 2);      /* shard 4 exits while paused */
     uint64_t until = now_ms() + 300; /* six backoffs: nothing restarts */
     RUN_UNTIL(&t, now_ms() >= until);
     CHECK_EQ(t.n_ev, 2);
@@ -460,12 +467,7 @@ KVS_TEST(stop_terminates_workers_and_calls_done)
     tctx_t t;
     t_init(&t);
     char exe[256], line[512];
-    /* A well-behaved worker: on SIGTERM it exits with status 10 + shard. */
-    t_script(&t, "graceful.sh",
-             "for a; do s=$a; done\n"
-             "trap 'kill $c 2>/dev/null; exit $((10 + s))' TERM\n"
-             "sleep 30 & c=$!\n" REC_BODY "wait $c\n",
-             exe, sizeof(exe));
+    t_script(&t, "graceful.sh", GRACEFUL_BODY, exe, sizeof(exe));
     const uint32_t shards[] = {0, 1};
     router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 2);
     o.backoff_min_ms = 20;
@@ -484,6 +486,46 @@ KVS_TEST(stop_terminates_workers_and_calls_done)
     uint64_t until = now_ms() + 200;
     RUN_UNTIL(&t, now_ms() >= until);
     CHECK_EQ(t.n_ev, 2);
+    t_close(&t);
+}
+
+/* Whether `pid` is stopped (state T in /proc/<pid>/stat). */
+static int is_stopped(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p != NULL && p[1] == ' ' && p[2] == 'T';
+}
+
+/* A worker stopped (SIGSTOP) when the supervisor stops takes SIGTERM only
+ * once it runs: the SIGCONT after it lets it drain and exit as asked, well
+ * before the grace period's SIGKILL. */
+KVS_TEST(stop_continues_a_stopped_worker)
+{
+    tctx_t t;
+    t_init(&t);
+    char exe[256], line[512];
+    t_script(&t, "graceful.sh", GRACEFUL_BODY, exe, sizeof(exe));
+    const uint32_t shards[] = {2};
+    router_sup_opts_t o = t_opts(&t, exe, NULL, shards, 1);
+    o.stop_grace_ms = 3000;
+    CHECK_EQ(router_sup_start(&o, &t.sup), 0);
+    pid_t pid = wait_shard_pid(&t, 2, line, sizeof(line));
+    CHECK_EQ(kill(pid, SIGSTOP), 0);
+    RUN_UNTIL(&t, is_stopped(pid));
+    uint64_t t0 = now_ms();
+    t_stop(&t);
+    CHECK(t.done_at - t0 < 2000);
+    CHECK_EQ(t.n_ev, 1);
+    CHECK_EQ(t.ev[0].sig, 0);
+    CHECK_EQ(t.ev[0].status, 12);
     t_close(&t);
 }
 
@@ -811,7 +853,7 @@ KVS_TEST(add_and_retire_ids_while_running)
     CHECK(router_sup_wanted(t.sup, 2));
     CHECK_EQ(t.n_ev, 0);
     CHECK_EQ(router_sup_signal(t.sup, 0), 2);
-    CHECK_EQ(router_sup_signal_one(t.sup, 2, 0), 0); /* one id's child only */
+    CHECK_EQ(router_sup_signal_one(t.sup, 2, 0), 0);        /* one id's child only */
     CHECK_EQ(router_sup_signal_one(t.sup, 1, 0), UV_ESRCH); /* not supervised */
     /* Retire 0: SIGTERM, no restart. */
     unlink_shard_file(&t, 0);
@@ -1037,12 +1079,12 @@ KVS_TEST(notify_lines_reach_on_line)
 }
 
 KVS_TEST_MAIN(KVS_CASE(router_children_get_flags_generation_and_fds),
+              KVS_CASE(stop_continues_a_stopped_worker),
               KVS_CASE(reload_signals_wait_until_a_child_is_old_enough),
-              KVS_CASE(paused_restarts_wait_for_resume),
-              KVS_CASE(add_and_retire_ids_while_running), KVS_CASE(retire_kills_a_straggler),
-              KVS_CASE(notify_lines_reach_on_line), KVS_CASE(spawns_every_shard_with_its_args),
-              KVS_CASE(restarts_a_killed_worker), KVS_CASE(backoff_grows_for_a_crash_loop),
-              KVS_CASE(stable_worker_resets_backoff),
+              KVS_CASE(paused_restarts_wait_for_resume), KVS_CASE(add_and_retire_ids_while_running),
+              KVS_CASE(retire_kills_a_straggler), KVS_CASE(notify_lines_reach_on_line),
+              KVS_CASE(spawns_every_shard_with_its_args), KVS_CASE(restarts_a_killed_worker),
+              KVS_CASE(backoff_grows_for_a_crash_loop), KVS_CASE(stable_worker_resets_backoff),
               KVS_CASE(stop_terminates_workers_and_calls_done),
               KVS_CASE(stop_from_an_event_callback), KVS_CASE(stop_kills_stragglers_after_grace),
               KVS_CASE(restart_survives_a_vanished_exe), KVS_CASE(missing_exe_fails_start),
