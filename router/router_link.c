@@ -413,8 +413,9 @@ static void on_timer(uv_timer_t *t)
     if (l->handshaking) {
         char why[160];
         snprintf(why, sizeof(why),
-                 "the TLS handshake with the worker did not complete within %s (%llu ms)",
-                 l->timeout_name, (unsigned long long)l->timeout_ms);
+                 "the TLS handshake with the worker did not complete within router.timeout "
+                 "(%llu ms)",
+                 (unsigned long long)l->timeout_ms);
         link_down(l, why);
         return;
     }
@@ -425,7 +426,7 @@ static void on_timer(uv_timer_t *t)
     }
     if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
         char why[160], state[64];
-        snprintf(state, sizeof(state), "no answer within %s (%llu ms)", l->timeout_name,
+        snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);
         snprintf(why, sizeof(why), "%s; the request may or may not have been applied", state);
         link_down_state(l, why, state);
@@ -475,7 +476,6 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
     l->addr = *addr;
     kvs_addr_format(addr, l->addr_text, sizeof(l->addr_text));
     l->timeout_ms = timeout_ms;
-    l->timeout_name = "router.timeout";
     l->max_frame = max_frame;
     l->flusher = flusher;
     l->tls = tls;

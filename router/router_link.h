@@ -64,7 +64,6 @@ struct router_link_s {
     uint64_t backoff_ms;
     uint64_t up_since; /* uv_now when it last came up */
     uint64_t timeout_ms;
-    const char *timeout_name; /* what set timeout_ms, for messages ("router.timeout") */
     uint32_t max_frame;
     size_t max_queue;            /* bytes of requests queued before sends are refused (0: none) */
     router_link_pending_t *fifo; /* ring buffer */
