@@ -151,6 +151,11 @@ static void scrape_answer(scrape_t *x)
     kvs_buf_free(&body);
     kvs_arena_reset(&sc->arena);
     x->token = NULL;
+    /* x may wait for late replies for up to router.timeout (see the top):
+     * it keeps no answers meanwhile, so a scraper that asks again and
+     * again while a process hangs holds a few bytes per scrape. */
+    for (uint32_t i = 0; i < sc->n_links; i++)
+        kvs_buf_free(&x->answers[i]);
 }
 
 /* A link's answer to a scrape's request, or its failure. */
