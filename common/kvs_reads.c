@@ -288,6 +288,15 @@ int kvs_reads_finish(kvs_resp_t *r, size_t max_frame, Kvs__CommandRequest__Comma
                  "limits.max_frame to at least %zu bytes",
                  n);
         break;
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        snprintf(hint, sizeof(hint),
+                 "it holds this process's metrics, some per Kafka partition; raise "
+                 "limits.max_frame to at least %zu bytes",
+                 n);
+        break;
+    case KVS__COMMAND_REQUEST__COMMAND_SLOWLOG:
+        snprintf(hint, sizeof(hint), "ask for fewer entries");
+        break;
     default: /* Hget of a value stored under a larger limit */
         snprintf(hint, sizeof(hint),
                  "the value was stored under a larger limit: raise limits.max_frame to at "

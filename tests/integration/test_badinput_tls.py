@@ -65,7 +65,12 @@ class FuzzCorpusTlsTest(NodeTestCase):
             c.send_raw(b"".join(frame(p) for p in payloads))
             for name in names:  # exactly one answer each, in order
                 r = c.recv()
-                self.assertIn(r.status, (200, 400, 404, 413), "%s: %s" % (name, r.message))
+                # A Digest of a table the writes before it in the same batch
+                # are creating is 503 "retry shortly".
+                allowed = (200, 400, 404, 413) + ((503,) if "digest" in name else ())
+                self.assertIn(r.status, allowed, "%s: %s" % (name, r.message))
+                if name.endswith("-metrics") and r.status == 413:  # over this node's 4 KiB
+                    self.assertIn("this process's metrics", r.message)
             self.assertEqual(c.ping().message, "PONG")
         self.assertTrue(n.alive(), n.stderr())
 
