@@ -270,6 +270,17 @@ static yaml_mark_t offset_mark(const cfg_ctx_t *ctx, size_t off)
     return m;
 }
 
+/* The characters of the text (libyaml's marks count them): its bytes
+ * less UTF-8 continuation bytes. */
+static size_t text_chars(const cfg_ctx_t *ctx)
+{
+    const unsigned char *t = (const unsigned char *)ctx->text;
+    size_t n = 0;
+    for (size_t i = 0; i < ctx->len; i++)
+        n += (t[i] & 0xc0) != 0x80;
+    return n;
+}
+
 /* Turns a libyaml failure into a message with libyaml's own words. */
 static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
 {
@@ -292,9 +303,10 @@ static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
     const char *problem = p->problem ? p->problem : "invalid YAML";
     /* A problem found at the end of the input is marked by libyaml on the
      * line after the last when the text does not end with a line break:
-     * the position given is the end of the text instead. */
+     * the position given is the end of the text instead. (A mark's index
+     * counts characters, not bytes.) */
     yaml_mark_t at = p->problem_mark;
-    if (at.index >= ctx->len)
+    if (at.index >= text_chars(ctx))
         at = offset_mark(ctx, ctx->len);
     if (p->context == NULL)
         return cfg_error(ctx, &at, "%s", problem);

@@ -505,6 +505,10 @@ KVS_TEST(yaml_syntax_error)
     parse_fails("cluster: {shards: 4",
                 "config.yaml:1:20: did not find expected ',' or '}' (while parsing a flow "
                 "mapping at line 1 column 10)");
+    /* libyaml counts characters: an é is one, though it is two bytes. */
+    parse_fails("cluster: {shards: \xc3\xa9",
+                "config.yaml:1:20: did not find expected ',' or '}' (while parsing a flow "
+                "mapping at line 1 column 10)");
     parse_fails("\tcluster: {}\n", "config.yaml:1:1: found character that cannot start any "
                                    "token (while scanning for the next token at line 1 column 1)");
 }
