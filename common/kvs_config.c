@@ -214,11 +214,21 @@ typedef struct {
 
 /* Writes "name:line:col: message" (or "name: message" without a mark) and
  * returns KVS_ECONFIG, so callers can `return cfg_error(...)`. */
+static yaml_mark_t offset_mark(const cfg_ctx_t *ctx, size_t off);
+
 __attribute__((format(printf, 3, 4))) static int cfg_error(cfg_ctx_t *ctx, const yaml_mark_t *mark,
                                                            const char *fmt, ...)
 {
     if (ctx->err == NULL || ctx->errlen == 0)
         return KVS_ECONFIG;
+    /* A mark at the end of the input (a problem found there, an empty
+     * document after the last "---") is put by libyaml on the line after
+     * the last when the text does not end with a line break: the position
+     * given is the end of the text instead. A mark's index counts
+     * characters. */
+    yaml_mark_t end = offset_mark(ctx, ctx->len);
+    if (mark != NULL && mark->index >= end.index)
+        mark = &end;
     int n;
     if (mark != NULL)
         n = snprintf(ctx->err, ctx->errlen, "%s:%zu:%zu: ", ctx->name, mark->line + 1,
@@ -241,15 +251,17 @@ static int cfg_oom(cfg_ctx_t *ctx)
     return -ENOMEM;
 }
 
-/* Line and column (0-based, like libyaml's marks) of byte `off` of the
- * text: lines end at \n, \r\n, \r, NEL, LS or PS (YAML's line breaks);
- * columns count characters, so UTF-8 continuation bytes are not counted. */
+/* The mark (0-based, like libyaml's: index and column count characters,
+ * so UTF-8 continuation bytes are not counted) of byte `off` of the text:
+ * lines end at \n, \r\n, \r, NEL, LS or PS (YAML's line breaks). */
 static yaml_mark_t offset_mark(const cfg_ctx_t *ctx, size_t off)
 {
     const unsigned char *t = (const unsigned char *)ctx->text;
-    yaml_mark_t m = {.index = off, .line = 0, .column = 0};
+    yaml_mark_t m = {.index = 0, .line = 0, .column = 0};
     if (off > ctx->len)
         off = ctx->len;
+    for (size_t i = 0; i < off; i++)
+        m.index += (t[i] & 0xc0) != 0x80;
     for (size_t i = 0; i < off; i++) {
         size_t brk = 0;
         if (t[i] == '\n' || (t[i] == '\r' && (i + 1 >= ctx->len || t[i + 1] != '\n')))
@@ -268,17 +280,6 @@ static yaml_mark_t offset_mark(const cfg_ctx_t *ctx, size_t off)
         }
     }
     return m;
-}
-
-/* The characters of the text (libyaml's marks count them): its bytes
- * less UTF-8 continuation bytes. */
-static size_t text_chars(const cfg_ctx_t *ctx)
-{
-    const unsigned char *t = (const unsigned char *)ctx->text;
-    size_t n = 0;
-    for (size_t i = 0; i < ctx->len; i++)
-        n += (t[i] & 0xc0) != 0x80;
-    return n;
 }
 
 /* Turns a libyaml failure into a message with libyaml's own words. */
@@ -301,16 +302,9 @@ static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
         break;
     }
     const char *problem = p->problem ? p->problem : "invalid YAML";
-    /* A problem found at the end of the input is marked by libyaml on the
-     * line after the last when the text does not end with a line break:
-     * the position given is the end of the text instead. (A mark's index
-     * counts characters, not bytes.) */
-    yaml_mark_t at = p->problem_mark;
-    if (at.index >= text_chars(ctx))
-        at = offset_mark(ctx, ctx->len);
     if (p->context == NULL)
-        return cfg_error(ctx, &at, "%s", problem);
-    return cfg_error(ctx, &at, "%s (%s at line %zu column %zu)", problem, p->context,
+        return cfg_error(ctx, &p->problem_mark, "%s", problem);
+    return cfg_error(ctx, &p->problem_mark, "%s (%s at line %zu column %zu)", problem, p->context,
                      p->context_mark.line + 1, p->context_mark.column + 1);
 }
 

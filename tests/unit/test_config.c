@@ -505,6 +505,8 @@ KVS_TEST(yaml_syntax_error)
     parse_fails("cluster: {shards: 4",
                 "config.yaml:1:20: did not find expected ',' or '}' (while parsing a flow "
                 "mapping at line 1 column 10)");
+    /* kvs's own errors too: an empty second document at the very end. */
+    parse_fails("data_dir: a\n---", "config.yaml:2:4: only one YAML document is allowed");
     /* libyaml counts characters: an é is one, though it is two bytes. */
     parse_fails("cluster: {shards: \xc3\xa9",
                 "config.yaml:1:20: did not find expected ',' or '}' (while parsing a flow "
