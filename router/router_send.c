@@ -47,6 +47,12 @@ void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const c
                  "shard %u is overloaded: %zu bytes of requests are waiting for it "
                  "(limits.client_output)%s; nothing was sent, retry shortly",
                  shard, l->max_queue, who);
+    else if (rc == KVS_ETOOBIG)
+        snprintf(why, n,
+                 "the request for shard %u would take more than limits.max_frame (%u bytes) "
+                 "once the router added what the shard needs; nothing was sent, send fewer "
+                 "keys per request",
+                 shard, l != NULL ? l->max_frame : 0);
     else if (rc == KVS_ECLOSED || l == NULL)
         snprintf(why, n, "shard %u is unavailable: %s%s; retry shortly", shard,
                  l != NULL && l->last_error[0] ? l->last_error : "its connection is closing", who);
