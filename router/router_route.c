@@ -1465,32 +1465,33 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     return keep_keys(req, q, keybytes);
 }
 
-/* Refuses, with 413, a request whose part for `shard` would take `len`
- * bytes, more than a frame may hold: a worker refuses such a frame by
- * closing the connection, which would fail every other request on the
- * link. A part can be larger than the client's request by the few bytes
- * the router adds (an answer budget, positions), so a request at the
- * limit can meet this. Returns 1 when it did. */
+/* Refuses, with 413, a split write whose part for `shard` would take
+ * `len` bytes, more than a frame may hold (a link refuses to send such a
+ * frame: a worker would close the connection, failing every request on
+ * it). A part can be a few bytes larger than the client's request, for
+ * the answer budget the router adds, so a request at the limit can meet
+ * this; refused before any part is sent, it wrote nothing anywhere.
+ * Returns 1 when it did. */
 static int part_too_large(router_t *r, router_req_t *req, uint32_t shard, size_t len)
 {
     if (len <= r->cfg->max_frame)
         return 0;
     router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
-                             "%s: its part for shard %u would take %zu bytes with what the router "
-                             "adds to it, more than limits.max_frame (%llu bytes); nothing was "
-                             "sent%s; send fewer keys per request",
+                             "%s: its part for shard %u would take %zu bytes with the answer "
+                             "budget the router adds to it, more than limits.max_frame (%llu "
+                             "bytes); nothing was sent or written; send fewer keys per request",
                              kvs_msg_command_name(req->cmd), shard, len,
-                             (unsigned long long)r->cfg->max_frame,
-                             is_write(req->cmd) ? " or written" : "");
+                             (unsigned long long)r->cfg->max_frame);
     return 1;
 }
 
 /* Sends each part of a split request: its keys (sel is scratch for n
- * indexes) and answer budget, once every part is known to fit a frame
- * (else the request is refused whole: nothing sent). When the last part
- * is answered at once (a down link, a local read), the request completes
- * and its merge is freed inside the last send_part: nothing of `m` is read
- * after it. */
+ * indexes) and answer budget. A write's parts are all checked first
+ * (part_too_large: refused whole, nothing sent); a read's part too large
+ * for a frame fails alone when it is sent, with 413 (unless it is read
+ * here). When the last part is answered at once (a down link, a local
+ * read), the request completes and its merge is freed inside the last
+ * send_part: nothing of `m` is read after it. */
 static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, size_t *sel,
                        const uint32_t *budget)
 {
@@ -1510,8 +1511,8 @@ static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest
                                      "router out of memory; nothing was sent");
             return;
         }
-        if (part_too_large(r, req, m->part_shard[p],
-                           protobuf_c_message_get_packed_size(&subs[p].base)))
+        if (is_write(req->cmd) && part_too_large(r, req, m->part_shard[p],
+                                                 protobuf_c_message_get_packed_size(&subs[p].base)))
             return;
     }
     for (uint32_t p = 0; p < nparts; p++)
@@ -1544,8 +1545,6 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
             return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
-        if (part_too_large(r, req, shard_of[0], rawlen))
-            return; /* the client's bytes and the positions the router added */
         req->parts_left = 1;
         send_part(r, req, 0, shard_of[0], NULL, raw, rawlen, q);
         return;

@@ -9,28 +9,37 @@ sent or a worker answered.
   that announces a frame past max_frame, and the router's link to it is
   shared by every client of the shard.
 
+- An Hmget of exactly max_frame bytes on a table bound to a topic, after a
+  write on the same connection: the router attaches the connection's
+  write positions to it, and the request it forwards passes max_frame.
+  That read alone gets 413; the link, and the next request, are fine.
+
 Real kvs-router / kvs-node processes on loopback; every wait is bounded.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
 import unittest
 
-from kvstest import pyval, req_hmdel
-from routertest import RouterTestCase, keys_by_shard, shard_of
+import kafkatest
+from kafkatest import KCAT, ingest_yaml
+from kvstest import pyval, req_hmdel, req_hmget
+from routertest import Router, RouterTestCase, keys_by_shard, shard_of
 from test_answers import Bystander
+from test_ingest import KafkaFixtures
 
 PARTITIONS = 64
 
 
-def exact_size(req, size, pad_key, keep_shard):
+def exact_size(req, size, pad_key, keep_shard, partitions=PARTITIONS):
     """Pads keys[0] of `req` (Hmdel/Hmget) so the request takes exactly
-    `size` bytes, its key staying on shard `keep_shard` (2 shards)."""
+    `size` bytes, its key staying on shard `keep_shard` (of 2, the table
+    having `partitions`)."""
     keys = req.hmdel.keys if req.WhichOneof("command") == "hmdel" else req.hmget.keys
     pad = size - len(req.SerializeToString())
     for _ in range(50):
         k = pad_key + b"x" * pad
         j = 0
-        while shard_of(k + b"%03d" % j, PARTITIONS, 2) != keep_shard:
+        while shard_of(k + b"%03d" % j, partitions, 2) != keep_shard:
             j += 1
         keys[0] = k + b"%03d" % j
         n = len(req.SerializeToString())
@@ -76,6 +85,44 @@ class SplitPartPastMaxFrameTest(RouterTestCase):
         log = r.stderr()[log_from:]
         self.assertNotIn(" down", log, "no link may go down")
         self.assertNotIn("announcing", log, "no worker may see a frame past max_frame")
+
+
+@unittest.skipIf(KCAT is None or kafkatest.Producer is None,
+                 "kcat and python3-confluent-kafka are needed")
+class PositionsPastMaxFrameTest(KafkaFixtures, unittest.TestCase):
+    def test_read_at_max_frame_with_positions_attached_is_413_alone(self):
+        mf, parts = 64 * 1024, 4
+        m = self.mock({"bt": parts})
+        for local in ("true", "false"):
+            r = Router(shards=2, partitions=PARTITIONS, max_frame="64KiB", start=False,
+                       router_yaml=["local_reads: %s" % local],
+                       extra_yaml=ingest_yaml(m.bootstrap, [("bt", "bt", "raw", parts)], "kvs",
+                                              {"reconnect.backoff.max.ms": "500"}))
+            self._routers.append(r)
+            self.addCleanup(r.close)
+            r.start()
+            keys = keys_by_shard("k" * 100, 700, parts, 2)[0]
+            req = exact_size(req_hmget("bt", [b"p"] + keys[1:620]), mf, b"p", 0, parts)
+            with r.client(timeout=30) as c:
+                c.max_frame = mf
+                resp = c.hset("bt", keys[1], b"written")  # the session now has a position
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertTrue(resp.position)
+                for _ in range(3):
+                    resp = c.call(req)
+                    self.assertEqual(resp.status, 413, resp.message)
+                    self.assertIn("limits.max_frame", resp.message)
+                    resp = c.hget("bt", keys[1])
+                    self.assertEqual(resp.status, 200, resp.message)
+                    self.assertEqual(pyval(resp.values[0]), b"written")
+                del req.hmget.keys[2]  # a key fewer fits, positions and all
+                resp = c.call(req)
+                self.assertEqual(resp.status, 200, resp.message)
+                self.assertEqual(pyval(resp.values[1]), b"written")
+            log = r.stderr()
+            self.assertNotIn(" down", log, "no link may go down")
+            self.assertNotIn("announcing", log, "no worker may see a frame past max_frame")
+            r.close()
 
 
 if __name__ == "__main__":
