@@ -14,15 +14,25 @@ sent or a worker answered.
   write positions to it, and the request it forwards passes max_frame.
   That read alone gets 413; the link, and the next request, are fine.
 
+- kvs-cli reads a value as large as the server's limits.max_frame lets it
+  store (past 64 MiB), prints it escaped (no byte of it reaches the
+  terminal as a control character) or raw, whole, with memory that follows
+  the bytes it received, not what a server announced.
+
 Real kvs-router / kvs-node processes on loopback; every wait is bounded.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
+import os
+import resource
+import socket
+import subprocess
+import threading
 import unittest
 
 import kafkatest
 from kafkatest import KCAT, ingest_yaml
-from kvstest import pyval, req_hmdel, req_hmget
+from kvstest import BUILD_DIR, free_port, pyval, req_hmdel, req_hmget
 from routertest import Router, RouterTestCase, keys_by_shard, shard_of
 from test_answers import Bystander
 from test_ingest import KafkaFixtures
@@ -123,6 +133,58 @@ class PositionsPastMaxFrameTest(KafkaFixtures, unittest.TestCase):
             self.assertNotIn(" down", log, "no link may go down")
             self.assertNotIn("announcing", log, "no worker may see a frame past max_frame")
             r.close()
+
+
+class CliHugeValueTest(RouterTestCase):
+    CLI = os.path.join(BUILD_DIR, "kvs-cli")
+
+    def test_cli_prints_a_value_past_64_mib_whole_and_escaped(self):
+        r = self.router(shards=1, partitions=4, max_frame="80MiB")
+        value = b"\x1b[2J\x07" + b"v" * (66 << 20)  # a terminal escape, then 66 MiB
+        with r.client(timeout=60) as c:
+            self.assertOk(c.hset("t", b"k", value))
+        del value
+        base = ["--port", str(r.port), "--timeout", "60"]
+        out = subprocess.run([self.CLI] + base + ["hget", "t", "k"], capture_output=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr[-500:])
+        head = b'(binary) "\\x1b[2J\\x07'
+        self.assertEqual(out.stdout[:len(head)], head)
+        self.assertNotIn(b"\x1b", out.stdout)
+        self.assertNotIn(b"\x07", out.stdout)
+        self.assertEqual(len(out.stdout), len(head) + (66 << 20) + 2)  # quote and newline
+        del out
+        out = subprocess.run([self.CLI] + base + ["--raw", "hget", "t", "k"],
+                             capture_output=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr[-500:])
+        self.assertEqual(len(out.stdout), 5 + (66 << 20) + 1)
+        self.assertEqual(out.stdout[:5], b"\x1b[2J\x07")
+
+    def test_an_announced_answer_costs_only_the_bytes_that_came(self):
+        # A server that announces a 1 GiB answer and sends 1 KiB of it, then
+        # closes: kvs-cli fails (exit 2) without taking a gigabyte first.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        self.addCleanup(srv.close)
+
+        def serve():
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"\x40\x00\x00\x00" + b"\x08" * 1024)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        def limit_memory():  # 512 MiB of address space: a gigabyte cannot be taken
+            resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+
+        out = subprocess.run([self.CLI, "--port", str(srv.getsockname()[1]), "--timeout", "10",
+                              "ping"], capture_output=True, timeout=30, preexec_fn=limit_memory)
+        t.join(10)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertNotIn(b"memory", out.stderr, "kvs-cli asked for the bytes before they came")
+        self.assertIn(b"closed", out.stderr)
 
 
 if __name__ == "__main__":
