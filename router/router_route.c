@@ -1429,11 +1429,13 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
         size_t v = hmset ? kvs__value__get_packed_size(q->hmset->pairs[i]->value) : 0;
         if (k->len + v > pair_max) {
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
-                                     "Hmset.pairs[%zu]: value of %zu bytes is too large: an answer "
-                                     "holding it must fit in limits.max_frame (%llu bytes), so "
-                                     "keys plus values may be at most %zu bytes; nothing was "
+                                     "Hmset.pairs[%zu]: value is too large: key and value take "
+                                     "%zu bytes (the value %zu as stored), and an answer holding "
+                                     "them must fit in limits.max_frame (%llu bytes), so a key "
+                                     "and its value may take at most %zu bytes; nothing was "
                                      "written",
-                                     i, v, (unsigned long long)r->cfg->max_frame, pair_max);
+                                     i, k->len + v, v, (unsigned long long)r->cfg->max_frame,
+                                     pair_max);
             return -1;
         }
         keybytes += k->len;

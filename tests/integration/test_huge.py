@@ -2,6 +2,12 @@
 limits.max_frame, on the paths where the router adds to what a client
 sent or a worker answered.
 
+- The largest pair a frame can carry (a key, 1 or 511 bytes, and a value
+  of limits.max_frame - 575 bytes together, as stored) is written through
+  protobuf and RESP and read back whole by every read, through the
+  router's local reads and through the workers; one byte more is 413
+  whose message gives the sizes compared (the key and value, and the
+  most they may take).
 - A split Hmdel of exactly max_frame bytes whose part for one shard holds
   all but one tiny key: the part, with the answer budget the router adds,
   is a few bytes larger than the client's request. It must be refused
@@ -32,9 +38,10 @@ import unittest
 
 import kafkatest
 from kafkatest import KCAT, ingest_yaml
-from kvstest import BUILD_DIR, free_port, pyval, req_hmdel, req_hmget
+from kvstest import BUILD_DIR, free_port, pyval, req_hmdel, req_hmget, req_hmset
 from routertest import Router, RouterTestCase, keys_by_shard, shard_of
 from test_answers import Bystander
+from test_hostile_api import RespSocket
 from test_ingest import KafkaFixtures
 
 PARTITIONS = 64
@@ -57,6 +64,69 @@ def exact_size(req, size, pad_key, keep_shard, partitions=PARTITIONS):
             return req
         pad += size - n
     raise AssertionError("could not pad the request to %d bytes" % size)
+
+
+class LargestPairTest(RouterTestCase):
+    def test_largest_pair_round_trips_on_every_path_and_one_byte_more_is_413(self):
+        mf = 64 * 1024
+        most = mf - 575  # a key and its value as stored (tag and length included)
+        for local in ("true", "false"):
+            rport = free_port()
+            r = self.router(shards=2, partitions=PARTITIONS, max_frame="64KiB",
+                            router_yaml=["local_reads: %s" % local,
+                                         'resp_listen: "127.0.0.1:%d"' % rport])
+            # A binary value of n bytes is stored in n + 4 (tag, 3-byte length).
+            big = {b"k": b"\x00v" * ((most - 1 - 4) // 2) + b"v" * ((most - 1 - 4) % 2),
+                   b"K" * 511: b"w" * (most - 511 - 4)}
+            with r.client(timeout=30) as c:
+                c.max_frame = mf
+                for k, v in big.items():
+                    self.assertOk(c.hset("t", k, v))
+                    resp = c.hset("t", k, v + b"+")  # one byte more
+                    self.assertEqual(resp.status, 413, resp.message)
+                    self.assertIn("key and value take %d bytes" % (most + 1), resp.message)
+                    self.assertIn("at most %d bytes" % most, resp.message)
+                    other = keys_by_shard("o", 1, PARTITIONS, 2)[1 - shard_of(k, PARTITIONS, 2)][0]
+                    resp = c.call(req_hmset("t", [(k, v + b"+"), (other, b"y")]))
+                    self.assertEqual(resp.status, 413, resp.message)  # split: the router's check
+                    self.assertIn("key and value take %d bytes" % (most + 1), resp.message)
+                    self.assertIn("nothing was written", resp.message)
+                    resp = c.hget("t", k)
+                    self.assertOk(resp)
+                    self.assertEqual(pyval(resp.values[0]), v)
+                    resp = c.hmget("t", [k])
+                    self.assertOk(resp)
+                    self.assertEqual(pyval(resp.values[0]), v)
+                self.assertEqual(c.hmget("t", list(big)).status, 413)  # two never fit
+                self.assertEqual(c.hgetall("t").status, 413)
+                for count in (1, 2, 100):
+                    self.assertEqual(dict(c.scan_all("t", count)), big)
+            for proto in (2, 3):
+                s = RespSocket(rport)
+                self.addCleanup(s.close)
+                if proto == 3:
+                    self.assertIsInstance(s.call("HELLO", "3"), bytes)  # a map: first line
+                    s.buf.clear()
+                    s.at = 0
+                    s.sock.sendall(b"PING\r\n")
+                    while not s.buf.endswith(b"+PONG\r\n"):
+                        s._more()
+                    s.buf.clear()
+                for k, v in big.items():
+                    self.assertEqual(s.call("HGET", "t", k), v)
+                    self.assertEqual(s.call("HSTRLEN", "t", k), b":%d" % len(v))
+                    self.assertEqual(s.call("HSET", "t", k, v), b":0")
+                    err = s.call("HSET", "t", k, v + b"+")
+                    self.assertTrue(err.startswith(b"-ERR value is too large"), err)
+                fields, cursor = [], b"0"
+                for _ in range(10):
+                    cursor, page = s.call("HSCAN", "t", cursor, "COUNT", "1")
+                    fields += page[::2]
+                    if cursor == b"0":
+                        break
+                self.assertEqual(sorted(fields), sorted(big))
+            self.assertNotIn(" down", r.stderr())
+            r.close()
 
 
 class SplitPartPastMaxFrameTest(RouterTestCase):
