@@ -24,6 +24,8 @@ sent or a worker answered.
   store (past 64 MiB), prints it escaped (no byte of it reaches the
   terminal as a control character) or raw, whole, with memory that follows
   the bytes it received, not what a server announced.
+- kvs-bench writes and reads values of several MiB (-d past 1 MiB) and
+  takes answers past 4 MiB from a server whose max_frame allows them.
 
 Real kvs-router / kvs-node processes on loopback; every wait is bounded.
 
@@ -255,6 +257,29 @@ class CliHugeValueTest(RouterTestCase):
         self.assertEqual(out.returncode, 2, out.stderr)
         self.assertNotIn(b"memory", out.stderr, "kvs-cli asked for the bytes before they came")
         self.assertIn(b"closed", out.stderr)
+
+
+class BenchHugeValueTest(RouterTestCase):
+    BENCH = os.path.join(BUILD_DIR, "kvs-bench")
+
+    def test_bench_values_and_answers_as_large_as_the_server_allows(self):
+        r = self.router(shards=2, partitions=PARTITIONS, max_frame="16MiB")
+        out = subprocess.run([self.BENCH, "-p", str(r.port), "-c", "1", "-n", "4", "-r", "4",
+                              "-d", str(3 << 20), "--keys", "4", "-t", "hset,hget,hmget",
+                              "--timeout", "30"], capture_output=True, timeout=120)
+        text = out.stdout.decode()
+        self.assertEqual(out.returncode, 0, out.stderr.decode()[-500:])
+        for test in ("HSET", "HGET", "HMGET"):  # hmget: 4 values of 3 MiB, a 12 MiB answer
+            self.assertIn("====== %s ======" % test, text)
+        self.assertEqual(text.count("status: 200 x 4"), 3, text)
+        # Past the server's max_frame: it answers 413 and closes, and the
+        # run ends saying so (the node is fine).
+        out = subprocess.run([self.BENCH, "-p", str(r.port), "-c", "1", "-n", "4",
+                              "-d", str(17 << 20), "-t", "hset"], capture_output=True, timeout=60)
+        self.assertNotEqual(out.returncode, 0, out.stdout)
+        self.assertIn(b"the server closed the connection", out.stderr)
+        with r.client() as c:
+            self.assertOk(c.ping())
 
 
 if __name__ == "__main__":
