@@ -20,6 +20,9 @@ sent or a worker answered.
   write positions to it, and the request it forwards passes max_frame.
   That read alone gets 413; the link, and the next request, are fine.
 
+- Kafka records at the key limit: a 511-byte key with the largest value
+  it may have is stored, a 512-byte key is skipped and counted, and a
+  record's headers, however large, are not stored nor in the way.
 - kvs-cli reads a value as large as the server's limits.max_frame lets it
   store (past 64 MiB), prints it escaped (no byte of it reaches the
   terminal as a control character) or raw, whole, with memory that follows
@@ -39,7 +42,7 @@ import threading
 import unittest
 
 import kafkatest
-from kafkatest import KCAT, ingest_yaml
+from kafkatest import KCAT, ingest_yaml, producer
 from kvstest import BUILD_DIR, free_port, pyval, req_hmdel, req_hmget, req_hmset
 from routertest import Router, RouterTestCase, keys_by_shard, shard_of
 from test_answers import Bystander
@@ -205,6 +208,49 @@ class PositionsPastMaxFrameTest(KafkaFixtures, unittest.TestCase):
             self.assertNotIn(" down", log, "no link may go down")
             self.assertNotIn("announcing", log, "no worker may see a frame past max_frame")
             r.close()
+
+
+@unittest.skipIf(KCAT is None or kafkatest.Producer is None,
+                 "kcat and python3-confluent-kafka are needed")
+class IngestAtTheLimitsTest(KafkaFixtures, unittest.TestCase):
+    def test_key_limit_and_large_headers(self):
+        topic, parts, mf = "edge", 2, 64 * 1024
+        m = self.mock({topic: parts})
+        r = Router(shards=2, partitions=PARTITIONS, max_frame="64KiB", start=False,
+                   extra_yaml=ingest_yaml(m.bootstrap, [(topic, "edge", "raw", parts)], "kvs",
+                                          {"reconnect.backoff.max.ms": "500"}))
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        r.start()
+        longest = b"L" * 511
+        value = b"v" * (mf - 575 - 511 - 4)  # key + stored value: exactly the most
+        prod = producer(m.bootstrap, **{"linger.ms": 0})
+        errors = []
+
+        def sent(err, msg):
+            if err is not None:
+                errors.append(err)
+
+        prod.produce(topic, key=longest, value=value, on_delivery=sent)
+        prod.produce(topic, key=b"M" * 512, value=b"x", on_delivery=sent)
+        prod.produce(topic, key=b"hdr", value=b"h", headers=[("big", b"H" * (900 << 10))],
+                     on_delivery=sent)
+        self.assertEqual(prod.flush(30), 0)
+        self.assertEqual(errors, [])
+        ends = self.ends(m, topic, parts)
+        st = self.wait_caught_up(r, topic, ends)
+        self.assertEqual(sum(p["skipped"] for p in st.values()), 1, st)
+        self.assertEqual(sum(p["applied"] for p in st.values()), 2, st)
+        with r.client() as c:
+            c.max_frame = mf
+            resp = c.hget("edge", longest)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), value)
+            resp = c.hget("edge", b"hdr")
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"h")
+            self.assertEqual([k for k, _ in c.scan_all("edge", 1)], [longest, b"hdr"])
+        self.assertIn("key longer than 511 bytes", r.stderr())
 
 
 class CliHugeValueTest(RouterTestCase):
