@@ -127,9 +127,10 @@ static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBin
     kvs_resp_begin(r, r->out);
     kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
     kvs_resp_message(r,
-                     "value of %zu bytes is too large: an answer holding it must fit in "
-                     "limits.max_frame (%zu bytes), so keys plus values may be at most %zu bytes",
-                     vlen, ctx->max_frame, max);
+                     "value is too large: key and value take %zu bytes (the value %zu as "
+                     "stored), and an answer holding them must fit in limits.max_frame (%zu "
+                     "bytes), so a key and its value may take at most %zu bytes",
+                     key->len + vlen, vlen, ctx->max_frame, max);
     return 1;
 }
 

@@ -580,9 +580,11 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
         size_t vlen = items[i].vlen;
         if (items[i].key->len + vlen + KVS_MAX_KEY + 64 > wr->max_frame) {
             snprintf(msg, mlen,
-                     "value of %zu bytes is too large: an answer holding it must fit in "
-                     "limits.max_frame (%zu bytes), so keys plus values may be at most %zu bytes",
-                     vlen, wr->max_frame, wr->max_frame - KVS_MAX_KEY - 64);
+                     "value is too large: key and value take %zu bytes (the value %zu as "
+                     "stored), and an answer holding them must fit in limits.max_frame (%zu "
+                     "bytes), so a key and its value may take at most %zu bytes",
+                     items[i].key->len + vlen, vlen, wr->max_frame,
+                     wr->max_frame - KVS_MAX_KEY - 64);
             return KVS_ETOOBIG;
         }
         news += vlen;

@@ -509,6 +509,8 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
     int rc = link_usable(l);
     if (rc != 0)
         return rc;
+    if (len > l->max_frame)
+        return KVS_ETOOBIG; /* the worker would refuse it and close the link */
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
     if (kvs_buf_reserve(&l->conn->out, sizeof(hdr) + len) != 0 || fifo_push(l, ctx, part) != 0)
@@ -528,7 +530,7 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
         return rc;
     if (fifo_push(l, ctx, part) != 0)
         return -ENOMEM;
-    rc = kvs_msg_append(&l->conn->out, m, SIZE_MAX);
+    rc = kvs_msg_append(&l->conn->out, m, l->max_frame); /* KVS_ETOOBIG past it */
     if (rc != 0) {
         l->count--; /* undo the push: nothing was sent */
         return rc;

@@ -98,7 +98,9 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
 
 /* Queues one request frame (payload without header; the link adds it).
  * Returns 0, or KVS_ECLOSED when the link is down (l->last_error says
- * why), KVS_ELIMIT when max_queue bytes are already queued, or -ENOMEM. */
+ * why), KVS_ELIMIT when max_queue bytes are already queued, KVS_ETOOBIG
+ * when the frame would be larger than max_frame (the worker would close
+ * the link, failing every request on it: nothing is sent), or -ENOMEM. */
 int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void *ctx,
                      uint32_t part);
 

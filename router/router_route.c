@@ -1429,11 +1429,13 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
         size_t v = hmset ? kvs__value__get_packed_size(q->hmset->pairs[i]->value) : 0;
         if (k->len + v > pair_max) {
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
-                                     "Hmset.pairs[%zu]: value of %zu bytes is too large: an answer "
-                                     "holding it must fit in limits.max_frame (%llu bytes), so "
-                                     "keys plus values may be at most %zu bytes; nothing was "
+                                     "Hmset.pairs[%zu]: value is too large: key and value take "
+                                     "%zu bytes (the value %zu as stored), and an answer holding "
+                                     "them must fit in limits.max_frame (%llu bytes), so a key "
+                                     "and its value may take at most %zu bytes; nothing was "
                                      "written",
-                                     i, v, (unsigned long long)r->cfg->max_frame, pair_max);
+                                     i, k->len + v, v, (unsigned long long)r->cfg->max_frame,
+                                     pair_max);
             return -1;
         }
         keybytes += k->len;
@@ -1465,28 +1467,58 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     return keep_keys(req, q, keybytes);
 }
 
+/* Refuses, with 413, a split write whose part for `shard` would take
+ * `len` bytes, more than a frame may hold (a link refuses to send such a
+ * frame: a worker would close the connection, failing every request on
+ * it). A part can be a few bytes larger than the client's request, for
+ * the answer budget the router adds, so a request at the limit can meet
+ * this; refused before any part is sent, it wrote nothing anywhere.
+ * Returns 1 when it did. */
+static int part_too_large(router_t *r, router_req_t *req, uint32_t shard, size_t len)
+{
+    if (len <= r->cfg->max_frame)
+        return 0;
+    router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                             "%s: its part for shard %u would take %zu bytes with the answer "
+                             "budget the router adds to it, more than limits.max_frame (%llu "
+                             "bytes); nothing was sent or written; send fewer keys per request",
+                             kvs_msg_command_name(req->cmd), shard, len,
+                             (unsigned long long)r->cfg->max_frame);
+    return 1;
+}
+
 /* Sends each part of a split request: its keys (sel is scratch for n
- * indexes) and answer budget. When the last part is answered at once (a
- * down link, a local read), the request completes and its merge is freed
- * inside the last send_part: nothing of `m` is read after it. */
+ * indexes) and answer budget. A write's parts are all checked first
+ * (part_too_large: refused whole, nothing sent); a read's part too large
+ * for a frame fails alone when it is sent, with 413 (unless it is read
+ * here). When the last part is answered at once (a down link, a local
+ * read), the request completes and its merge is freed inside the last
+ * send_part: nothing of `m` is read after it. */
 static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest *q, size_t *sel,
                        const uint32_t *budget)
 {
     route_merge_t *m = req->merge;
     uint32_t nparts = m->nparts;
-    for (uint32_t p = 0; p < nparts; p++) {
-        size_t k = 0;
+    Kvs__CommandRequest *subs = kvs_arena_alloc(&r->arena, nparts * sizeof(*subs));
+    if (subs == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return;
+    }
+    for (uint32_t p = 0, k = 0; p < nparts; p++, k = 0) {
         for (size_t i = 0; i < m->nkeys; i++)
             if (m->key_part[i] == p)
                 sel[k++] = i;
-        Kvs__CommandRequest sub;
-        if (build_subrequest(r, q, sel, k, budget[p], &sub) != 0) {
-            m->tries[p].unsent = 1;
-            router_route_reply(req, p, NULL, 0, "router out of memory");
-        } else {
-            send_part(r, req, p, m->part_shard[p], &sub.base, NULL, 0, NULL);
+        if (build_subrequest(r, q, sel, k, budget[p], &subs[p]) != 0) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                     "router out of memory; nothing was sent");
+            return;
         }
+        if (is_write(req->cmd) && part_too_large(r, req, m->part_shard[p],
+                                                 protobuf_c_message_get_packed_size(&subs[p].base)))
+            return;
     }
+    for (uint32_t p = 0; p < nparts; p++)
+        send_part(r, req, p, m->part_shard[p], &subs[p].base, NULL, 0, NULL);
 }
 
 /* Splits a multi-key request on a table with binding `b` (or NULL) per shard. */

@@ -47,6 +47,12 @@ void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const c
                  "shard %u is overloaded: %zu bytes of requests are waiting for it "
                  "(limits.client_output)%s; nothing was sent, retry shortly",
                  shard, l->max_queue, who);
+    else if (rc == KVS_ETOOBIG)
+        snprintf(why, n,
+                 "the request for shard %u would take more than limits.max_frame (%u bytes) "
+                 "once the router added what the shard needs; nothing was sent, send fewer "
+                 "keys per request",
+                 shard, l != NULL ? l->max_frame : 0);
     else if (rc == KVS_ECLOSED || l == NULL)
         snprintf(why, n, "shard %u is unavailable: %s%s; retry shortly", shard,
                  l != NULL && l->last_error[0] ? l->last_error : "its connection is closing", who);
@@ -123,7 +129,12 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     unavailable(r, shard, rc, last, why, sizeof(why));
     t->bytes.len = 0; /* every replica refused: nothing to retry */
     t->unsent = 1;    /* so a split write's answer can say it wrote nothing */
-    router_route_reply(req, part, NULL, 0, why);
+    /* A frame too large to send fails as one too large to take: a length
+     * (its own) with the failure makes it 413 for a read. */
+    size_t len = rc != KVS_ETOOBIG ? 0
+                 : msg != NULL     ? protobuf_c_message_get_packed_size(msg)
+                                   : rawlen;
+    router_route_reply(req, part, NULL, len, why);
 }
 
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,

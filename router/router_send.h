@@ -12,7 +12,8 @@
  * raw payload), trying the next replica at once when a link refuses it
  * (down: nothing was sent). `retryable`: a read that may be sent again,
  * whose bytes `t` then keeps. When no replica takes it, the part fails
- * through router_route_reply (503 naming the shard). */
+ * through router_route_reply (503 naming the shard; a frame larger than
+ * limits.max_frame, which no link sends, 413 for a read). */
 void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                       uint32_t shard, const ProtobufCMessage *msg, const uint8_t *raw,
                       size_t rawlen, int retryable);
@@ -26,7 +27,8 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
                          const uint8_t *payload, size_t len, const char *failure);
 
 /* Why link `l` of `shard` refused a request (router_link_send's error
- * `rc`: down, or overloaded with limits.client_output bytes of requests),
+ * `rc`: down, overloaded with limits.client_output bytes of requests, or
+ * KVS_ETOOBIG: a frame larger than limits.max_frame),
  * as a 503's message that says what to do; `who` (may be "") is appended
  * to the first clause. Writes at most `n` bytes of why, NUL included. */
 void router_send_refused(uint32_t shard, int rc, const router_link_t *l, const char *who, char *why,

@@ -11,7 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Reads one answer frame before `deadline`. */
+#define ANSWER_STEP (1u << 20) /* an answer's buffer starts at this and doubles */
+
+/* Reads one answer frame before `deadline`. Its buffer grows with the bytes
+ * that came, so a header announcing a large answer costs nothing until
+ * the answer does. */
 static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
                        Kvs__CommandResponse **out, char *why, size_t len)
 {
@@ -25,13 +29,31 @@ static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
         return KVS_EPROTO;
     }
     if (n > CLI_ASK_MAX_ANSWER) {
-        snprintf(why, len, "reply frame announces %" PRIu32 " bytes (the limit is 64 MiB)", n);
+        snprintf(why, len,
+                 "reply frame announces %" PRIu32 " bytes (the limit is 1 GiB, the largest "
+                 "limits.max_frame)",
+                 n);
         return KVS_EPROTO;
     }
-    uint8_t *payload = malloc(n ? n : 1);
+    size_t cap = n < ANSWER_STEP ? n : ANSWER_STEP, got = 0;
+    uint8_t *payload = malloc(cap ? cap : 1);
     if (payload == NULL)
         return -ENOMEM;
-    rc = cli_net_recv(net, payload, n, deadline);
+    while (rc == 0 && got < n) {
+        if (got == cap) {
+            size_t more = cap * 2 < n ? cap * 2 : n;
+            uint8_t *p = realloc(payload, more);
+            if (p == NULL) {
+                free(payload);
+                return -ENOMEM;
+            }
+            payload = p;
+            cap = more;
+        }
+        rc = cli_net_recv(net, payload + got, cap - got, deadline);
+        if (rc == 0)
+            got = cap;
+    }
     if (rc == 0) /* unpacking copies what it keeps */
         *out = kvs__command_response__unpack(pb, n, payload);
     free(payload);

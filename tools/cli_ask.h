@@ -17,7 +17,9 @@
 
 #include <stddef.h>
 
-#define CLI_ASK_MAX_ANSWER (64u << 20) /* the largest answer accepted */
+/* The largest answer accepted: the largest limits.max_frame a server may
+ * be configured with (1 GiB), so every answer a server sends is read. */
+#define CLI_ASK_MAX_ANSWER (1u << 30)
 
 /* Sends `q` on the open connection `net` and reads one answer frame, the
  * whole exchange within `timeout` seconds (0: none). A server that refuses

@@ -68,7 +68,11 @@
 #define BENCH_MAX_STATUS 8 /* distinct statuses tracked by value */
 #define BENCH_PROGRESS_MS 250
 #define BENCH_WATCHDOG_MS 100
-#define BENCH_MAX_VALUE (1024u * 1024u)
+/* Frames as large as any server's limits.max_frame may be (1 GiB): values
+ * and answers are whatever the server takes and sends. A connection's
+ * buffers follow the bytes that came, not this. */
+#define BENCH_MAX_FRAME (1u << 30)
+#define BENCH_MAX_VALUE BENCH_MAX_FRAME /* a request must still fit a frame */
 
 typedef enum { K_HSET, K_HGET, K_HMGET, K_PING, K_COUNT, K_MIXED = K_COUNT } bench_kind_t;
 
@@ -283,7 +287,7 @@ static int pack_request(bench_t *b, bench_kind_t kind, char digit, kvs_buf_t *ou
     bench_msgs_t m;
     fill_request(b, kind, k, keys, &m);
     out->len = 0;
-    int rc = kvs_msg_append(out, &m.req.base, KVS_FRAME_DEFAULT_MAX);
+    int rc = kvs_msg_append(out, &m.req.base, BENCH_MAX_FRAME);
     free(keys);
     return rc;
 }
@@ -343,7 +347,7 @@ static void tmpl_init_all(bench_t *b)
         int rc = tmpl_build(b, (bench_kind_t)k, &b->tmpl[k]);
         if (rc == KVS_ETOOBIG)
             bench_fail(b, "a request does not fit in a %u-byte frame (lower -d or --keys)",
-                       KVS_FRAME_DEFAULT_MAX);
+                       BENCH_MAX_FRAME);
         if (rc != 0)
             bench_fail(b, "cannot build the %s request template: %s", TESTS[k].title,
                        kvs_strerror(rc));
@@ -736,7 +740,8 @@ static void on_conn_error(kvs_conn_t *conn, int err)
         return;
     }
     const char *why = err == KVS_ECLOSED   ? "the server closed the connection"
-                      : err == KVS_ETOOBIG ? "a response frame exceeds the 4 MiB limit"
+                      : err == KVS_ETOOBIG ? "a response frame exceeds 1 GiB, the largest "
+                                             "limits.max_frame"
                       : err == KVS_EPROTO  ? "a response frame has the compressed bit set"
                       : err == KVS_ETLS || err == KVS_ENOTLS ? kvs_conn_tls_error(conn)
                                                              : kvs_strerror(err);
@@ -820,8 +825,8 @@ static void clients_connect(bench_t *b)
         c->sent_at = calloc(b->o.pipeline, sizeof(*c->sent_at));
         if (c->sent_at == NULL)
             bench_fail(b, "out of memory");
-        rc = kvs_conn_init(&c->conn, b->loop, a->is_unix, KVS_FRAME_DEFAULT_MAX, on_frame,
-                           on_conn_error, on_conn_close);
+        rc = kvs_conn_init(&c->conn, b->loop, a->is_unix, BENCH_MAX_FRAME, on_frame, on_conn_error,
+                           on_conn_close);
         if (rc != 0)
             bench_fail(b, "cannot create a connection: %s", uv_strerror(rc));
         c->conn.data = c;

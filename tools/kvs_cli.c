@@ -7,7 +7,8 @@
  * The client is deliberately simple: one blocking socket, one request in
  * flight, no event loop. Each command becomes one kvs.CommandRequest sent as
  * a length-prefixed frame; the reply frame is checked (bit 31 set or more
- * than 64 MiB is a protocol error, since no server sends that) and decoded
+ * than 1 GiB, the largest limits.max_frame, is a protocol error, since no
+ * server sends that; its buffer grows as its bytes come) and decoded
  * with protobuf-c. `--timeout` bounds connecting and waiting for each reply.
  *
  * Memory: two arenas. `arena` holds what one command builds (its request,

@@ -17,6 +17,7 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_test.h"
+#include "kvs.pb-c.h"
 #include "router_link.h"
 
 #include <uv.h>
@@ -312,6 +313,44 @@ KVS_TEST(oversized_answer_fails_only_its_request)
     t_close(&t);
 }
 
+/* A request frame past max_frame (4096 here) is refused before anything
+ * is queued: the worker would close the connection on its header, failing
+ * every request on the link. The link stays up and carries the next one. */
+KVS_TEST(request_past_max_frame_is_refused_and_the_link_stays_up)
+{
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "127.0.0.1");
+    while (!(l.up && t.accepted))
+        uv_run(&t.loop, UV_RUN_ONCE);
+    static uint8_t big[4097];
+    memset(big, 'x', sizeof(big));
+    CHECK_EQ(router_link_send(&l, big, sizeof(big), (void *)1, 0), KVS_ETOOBIG);
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    v.binary_value.data = big;
+    v.binary_value.len = 4090; /* 4090 + tag + 2-byte length: 4093 bytes, then 4097 */
+    CHECK_EQ(router_link_send_msg(&l, &v.base, (void *)2, 0), 0);
+    v.binary_value.len = 4094;
+    CHECK_EQ(router_link_send_msg(&l, &v.base, (void *)3, 0), KVS_ETOOBIG);
+    CHECK_EQ(l.count, 1);
+    CHECK_EQ(router_link_send(&l, big, 4096, (void *)4, 0), 0); /* exactly max_frame: sent */
+    CHECK_EQ(l.count, 2);
+    peer_frame(&t, "a", 1);
+    peer_frame(&t, "b", 1);
+    uint64_t deadline = uv_now(&t.loop) + 10000;
+    while (t.replies < 2 && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(t.replies, 2);
+    CHECK_EQ(t.got[0].ctx, 2);
+    CHECK_EQ(t.got[1].ctx, 4);
+    CHECK(l.up);
+    CHECK_EQ(t.downs, 0);
+    router_link_stop(&l);
+    t_close(&t);
+}
+
 /* The worker answers at 1.2 s and 2.4 s after three requests were sent,
  * router.timeout being 2 s: the second answer comes later than 2 s after
  * its request but 1.2 s after the answer before it, so the worker is
@@ -470,9 +509,9 @@ KVS_TEST(a_peer_that_drops_every_connection_is_dialled_with_backoff)
 
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
-              KVS_CASE(stop_while_connecting),
-              KVS_CASE(stop_of_a_link_never_started),
+              KVS_CASE(stop_while_connecting), KVS_CASE(stop_of_a_link_never_started),
               KVS_CASE(oversized_answer_fails_only_its_request),
+              KVS_CASE(request_past_max_frame_is_refused_and_the_link_stays_up),
               KVS_CASE(timeout_counts_from_the_last_answer),
               KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied),
               KVS_CASE(a_peer_that_drops_every_connection_is_dialled_with_backoff))
