@@ -469,6 +469,26 @@ static void listen_failed(const char *where, int rc)
         kvs_error("cannot listen on %s: %s", where, uv_strerror(rc));
 }
 
+/* A client listener (`key`, at `text`) that other hosts can reach without
+ * TLS is worth a warning at start: with no users, anyone who reaches it
+ * may do everything; with users, no other host can authenticate. */
+static void warn_exposed(const router_t *r, const char *key, const char *text,
+                         const kvs_addr_t *addr)
+{
+    if (r->tls != NULL || kvs_addr_is_loopback(addr))
+        return;
+    if (r->auth == NULL)
+        kvs_warn("%s %s is not a loopback address, clients connect without TLS and no users "
+                 "are configured: anyone who can reach it can read and write every table (see "
+                 "README, Security)",
+                 key, text);
+    else
+        kvs_warn("%s %s is not a loopback address and clients connect without TLS: tokens sent "
+                 "from other hosts are refused (they would travel in the clear), so those "
+                 "clients cannot authenticate; enable tls.router",
+                 key, text);
+}
+
 static int listen_resp(router_t *r)
 {
     kvs_addr_t addr;
@@ -489,7 +509,9 @@ static int listen_resp(router_t *r)
     r->n_listen++;
     r->resp_listener.handle.data = r;
     r->resp_listening = 1;
-    kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
+    kvs_info("accepting Redis protocol clients on %s%s%s", r->cfg->resp_listen,
+             r->tls ? " (TLS)" : "", r->auth ? ", users required" : "");
+    warn_exposed(r, "router.resp_listen", r->cfg->resp_listen, &addr);
     return 0;
 }
 
@@ -593,16 +615,7 @@ int router_clients_listen(router_t *r)
     r->listening = 1;
     kvs_info("accepting clients on %s%s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "",
              r->auth ? ", users required" : "");
-    if (r->tls == NULL && r->auth == NULL && !kvs_addr_is_loopback(&addr))
-        kvs_warn("router.listen %s is not a loopback address, clients connect without TLS and "
-                 "no users are configured: anyone who can reach it can read and write every "
-                 "table (see README, Security)",
-                 r->cfg->router_listen);
-    else if (r->tls == NULL && !kvs_addr_is_loopback(&addr))
-        kvs_warn("router.listen %s is not a loopback address and clients connect without TLS: "
-                 "tokens sent from other hosts are refused (they would travel in the clear), "
-                 "so those clients cannot authenticate; enable tls.router",
-                 r->cfg->router_listen);
+    warn_exposed(r, "router.listen", r->cfg->router_listen, &addr);
     return listen_resp(r);
 }
 
