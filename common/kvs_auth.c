@@ -40,8 +40,10 @@
 #include "kvs_log.h"
 #include "kvs_token.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -274,16 +276,33 @@ uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cm
 
 /* ---- failures ------------------------------------------------------------------ */
 
-/* "1.2.3.4" of "1.2.3.4:5678", "::1" of "[::1]:5678"; other peers as they are. */
+/* The host a peer's failures are counted against: "1.2.3.4" of
+ * "1.2.3.4:5678" and of "[::ffff:1.2.3.4]:5678" (an IPv4 client of a
+ * dual-stack listener), the /64 of an IPv6 address ("2001:db8:1:2::/64" of
+ * "[2001:db8:1:2::9]:5678": a host is given a /64 at least, and one
+ * address per attempt would dodge any per-address limit), "::1" of
+ * "[::1]:5678"; other peers as they are. */
 static void peer_ip(const char *peer, char *ip, size_t len)
 {
     const char *colon = strrchr(peer, ':');
     size_t n = colon != NULL ? (size_t)(colon - peer) : strlen(peer);
+    char text[INET6_ADDRSTRLEN];
+    struct in6_addr a;
     if (peer[0] == '[' && n >= 2 && peer[n - 1] == ']') {
         peer++;
         n -= 2;
     }
     snprintf(ip, len, "%.*s", (int)n, peer);
+    if (n >= sizeof(text) || inet_pton(AF_INET6, ip, &a) != 1 || IN6_IS_ADDR_LOOPBACK(&a))
+        return;
+    if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        if (inet_ntop(AF_INET, &a.s6_addr[12], text, sizeof(text)) != NULL)
+            snprintf(ip, len, "%s", text);
+        return;
+    }
+    memset(&a.s6_addr[8], 0, 8);
+    if (inet_ntop(AF_INET6, &a, text, sizeof(text)) != NULL)
+        snprintf(ip, len, "%s/64", text);
 }
 
 /* Whether entry e is a better one to reuse than `best`: never one in

@@ -275,6 +275,40 @@ KVS_TEST(auth_failures_per_address_are_limited)
     env_close(&e);
 }
 
+/* One host, one count: an IPv6 host has a /64 to pick addresses from (one
+ * per attempt would dodge any per-address limit), and an IPv4 client
+ * reaching a dual-stack listener shows as ::ffff:a.b.c.d. */
+KVS_TEST(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4)
+{
+    env_t e;
+    int deferred;
+    env_init(&e, "limits: {auth_failures: 100, auth_failures_per_minute: 2}\n");
+    kvs_auth_conn_t ac;
+    kvs_auth_conn_init(&ac, 0, 1);
+    CHECK_EQ(auth(&e, &ac, "alice", "x", "[2001:db8:1:2::1]:5", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "y", "[2001:db8:1:2:ffff:ffff:ffff:fffe]:5", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "[2001:db8:1:2:abcd::9]:7", &deferred), 401);
+    CHECK(!deferred);
+    CHECK_CONTAINS(e.msg, "too many failed Auth attempts from 2001:db8:1:2::/64");
+    CHECK(ac.user == NULL);
+    /* The next /64 is another host. */
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "[2001:db8:1:3::1]:7", &deferred), 200);
+    /* An IPv4 address counts the same whichever listener it came through. */
+    kvs_auth_conn_t v4;
+    kvs_auth_conn_init(&v4, 0, 1);
+    CHECK_EQ(auth(&e, &v4, "carol", "x", "10.9.9.9:1", &deferred), 401);
+    CHECK_EQ(auth(&e, &v4, "carol", "y", "[::ffff:10.9.9.9]:2", &deferred), 401);
+    CHECK_EQ(auth(&e, &v4, "carol", "c", "10.9.9.9:3", &deferred), 401);
+    CHECK(!deferred);
+    CHECK_CONTAINS(e.msg, "too many failed Auth attempts from 10.9.9.9 ");
+    CHECK_EQ(auth(&e, &v4, "carol", "c", "[::ffff:10.9.9.8]:3", &deferred), 200);
+    /* Loopback is one host as it is. */
+    kvs_auth_conn_t lo;
+    kvs_auth_conn_init(&lo, 0, 1);
+    CHECK_EQ(auth(&e, &lo, "carol", "c", "[::1]:4", &deferred), 200);
+    env_close(&e);
+}
+
 KVS_TEST(auth_cancelled_when_the_connection_goes)
 {
     env_t e;
@@ -445,6 +479,7 @@ KVS_TEST_MAIN(KVS_CASE(token_round_trip_and_check), KVS_CASE(token_text_is_stric
               KVS_CASE(rights_by_command_and_table_pattern),
               KVS_CASE(auth_tokens_right_wrong_unknown_and_remembered),
               KVS_CASE(auth_failures_per_address_are_limited),
+              KVS_CASE(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4),
               KVS_CASE(auth_one_check_at_a_time_per_address),
               KVS_CASE(auth_failures_cost_the_same_for_every_user),
               KVS_CASE(auth_cancelled_when_the_connection_goes), KVS_CASE(no_users_no_auth))
