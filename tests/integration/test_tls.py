@@ -17,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import warnings
 
 from kvstest import (BUILD_DIR, NodeTestCase, cert_path, encode, pb, pyval, req_hget, req_ping,
                      tls_context, tls_yaml)
@@ -164,6 +165,43 @@ class TlsRouterTest(RouterTestCase):
             self.assertEqual(len(lines), 1, new)
             self.assertIn(why, lines[0])
             self.assertRegex(lines[0], r"closing 127\.0\.0\.1:\d+")
+
+    def test_a_certificate_not_for_client_use_is_refused(self):
+        # Signed by the cluster's CA and naming a user, but its
+        # extendedKeyUsage is serverAuth only: no identity for a client.
+        r = self.tls_router(router={"client_cert": "optional"})
+        before = r.stderr()
+        with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            with r.client(tls=tls_context(cert="serveronly")) as c:
+                c.ping()
+        time.sleep(0.1)
+        lines = log_lines(r.stderr()[len(before):], "TLS handshake failed")
+        self.assertEqual(len(lines), 1, r.stderr())
+        self.assertIn("unsuitable certificate purpose", lines[0])
+        with r.client(tls=tls_context(cert="alice")) as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+    def test_tls_1_0_and_1_1_and_renegotiation_are_refused(self):
+        r = self.tls_router()
+        for v in ("TLSv1", "TLSv1_1"):
+            ctx = tls_context()
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # this client could offer them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, v)
+            with self.assertRaises(ssl.SSLError, msg=v):
+                r.client(tls=ctx)
+        time.sleep(0.1)
+        self.assertEqual(len(log_lines(r.stderr(), "TLS handshake failed: unsupported protocol")),
+                         2, r.stderr())
+        # A TLS 1.2 client asking to renegotiate ("R" to s_client) is refused.
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % r.port,
+                            "-tls1_2", "-CAfile", cert_path("ca.crt")],
+                           input=b"R\n", capture_output=True, timeout=10)
+        self.assertIn(b"RENEGOTIATING", p.stderr)
+        self.assertIn(b"no renegotiation", p.stderr)
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
 
     def test_min_version_tls13_refuses_tls12(self):
         r = self.tls_router(min_version="TLS1.3")
