@@ -53,6 +53,13 @@
 #define KVS_AUTH_MAX_WORKERS 2    /* hash checks running at once */
 #define KVS_AUTH_LOG_PER_SECOND 5 /* failure log lines per second */
 #define KVS_AUTH_ADDRESSES 1024   /* client addresses whose failures are counted */
+/* The largest request (frame payload, or RESP command) a client may send
+ * before it authenticates: room for Ping, Auth (a user name and a token of
+ * at most KVS_TOKEN_MAX bytes) and HELLO ... AUTH ... SETNAME. Its input
+ * then stays within what a connection holds uncharged (kvs_conn's
+ * KVS_CONN_INPUT_FREE), so clients nobody knows cannot take the input
+ * budget (limits.input_buffers) that users' large requests need. */
+#define KVS_AUTH_UNAUTH_FRAME 16384u
 
 typedef struct kvs_auth_s kvs_auth_t;
 typedef struct kvs_auth_user_s kvs_auth_user_t;

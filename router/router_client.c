@@ -258,14 +258,22 @@ static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
+    int capped = c->dec.max < r->cfg->max_frame; /* not authenticated: client_frame_limit */
     if (cl->redis != NULL &&
         (err == KVS_EPROTO || err == KVS_ELIMIT || err == KVS_ENOTLS || err == KVS_ETLSHELLO)) {
         router_req_t *req = router_client_enqueue(cl);
         if (req != NULL)
-            router_redis_input_error(cl->redis, req, err);
+            router_redis_input_error(cl->redis, req, err, capped ? c->dec.max : 0);
     } else if (err == KVS_ETOOBIG || err == KVS_EPROTO) {
         router_req_t *req = router_client_enqueue(cl);
-        if (req != NULL && err == KVS_ETOOBIG)
+        if (req != NULL && err == KVS_ETOOBIG && capped)
+            router_req_finish_status(req, KVS_STATUS_UNAUTHENTICATED,
+                                     "frame of %u bytes from a client that has not "
+                                     "authenticated, whose requests may be at most %u bytes: "
+                                     "authenticate first (Auth, or a client certificate that "
+                                     "names a user); the connection is closed",
+                                     c->dec.bad_len, c->dec.max);
+        else if (req != NULL && err == KVS_ETOOBIG)
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                      "frame of %u bytes exceeds limits.max_frame (%llu bytes); "
                                      "the connection is closed",
@@ -297,11 +305,25 @@ static void on_conn_error(kvs_conn_t *c, int err)
 
 /* ---- identity ---------------------------------------------------------------- */
 
+/* A client's largest request follows who it is: until it authenticates,
+ * KVS_AUTH_UNAUTH_FRAME (enough for Ping and Auth), so that clients
+ * nobody knows never hold the listener's input budget. Frames it sent
+ * after an Auth are judged once that Auth is decided (it is paused
+ * meanwhile). */
+static void client_frame_limit(router_client_t *cl)
+{
+    uint32_t max = (uint32_t)cl->router->cfg->max_frame;
+    if (!router_client_authenticated(cl) && max > KVS_AUTH_UNAUTH_FRAME)
+        max = KVS_AUTH_UNAUTH_FRAME;
+    kvs_conn_set_max_frame(&cl->conn, max);
+}
+
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
 {
     router_client_t *cl = arg;
     router_req_t *req = cl->auth_req;
     cl->auth_req = NULL; /* before the answer: its flush resumes the client */
+    client_frame_limit(cl);
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
@@ -319,6 +341,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
         cl->auth_req = req; /* answered by on_auth_done; the client waits */
         return;
     }
+    client_frame_limit(cl);
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
@@ -337,6 +360,7 @@ static void on_tls_ready(kvs_conn_t *c)
     const char *who = cl->router->auth != NULL
                           ? kvs_auth_by_certificate(cl->router->auth, &cl->auth, c->tls)
                           : NULL;
+    client_frame_limit(cl);
     if (who != NULL)
         kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
 }
@@ -453,6 +477,7 @@ static void on_connection(uv_stream_t *server, int status)
      * peers are the node's own user (its directory is private): trusted. */
     kvs_auth_conn_init(&cl->auth, admin,
                        admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
+    client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
