@@ -69,6 +69,30 @@ def log_lines(text, pattern):
     return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
+def short_lived_cert(d, cn, not_before, not_after):
+    """d/cert.pem and d/key.pem: a client certificate for `cn` from the test
+    CA, valid between the two Unix times (openssl ca can set them)."""
+    stamp = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))  # noqa: E731
+    with open(os.path.join(d, "index.txt"), "w"):
+        pass
+    with open(os.path.join(d, "serial"), "w") as f:
+        f.write("2000\n")
+    with open(os.path.join(d, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = t\n[t]\ndatabase = %s/index.txt\nnew_certs_dir = %s\n"
+                "serial = %s/serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n"
+                "[any]\ncommonName = supplied\n[leaf]\nbasicConstraints = CA:FALSE\n"
+                "extendedKeyUsage = clientAuth\n" % (d, d, d))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=20)  # noqa: E731
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-out", os.path.join(d, "key.pem"))
+    run("openssl", "req", "-new", "-key", os.path.join(d, "key.pem"), "-subj", "/CN=" + cn,
+        "-out", os.path.join(d, "req.csr"))
+    run("openssl", "ca", "-batch", "-config", os.path.join(d, "ca.cnf"), "-cert",
+        cert_path("ca.crt"), "-keyfile", cert_path("ca.key"), "-extensions", "leaf",
+        "-startdate", stamp(not_before), "-enddate", stamp(not_after), "-notext",
+        "-in", os.path.join(d, "req.csr"), "-out", os.path.join(d, "cert.pem"))
+
+
 class TlsRouterTest(RouterTestCase):
     def tls_router(self, router=None, start=True, **kw):
         keys = {"enabled": "true"}
@@ -202,6 +226,33 @@ class TlsRouterTest(RouterTestCase):
         self.assertIn(b"no renegotiation", p.stderr)
         with r.client() as c:
             self.assertEqual(c.ping().message, "PONG")
+
+    def test_a_session_does_not_outlive_its_client_certificate(self):
+        # A resumed TLS session skips certificate verification: were sessions
+        # resumable, a certificate that expired would keep its access (and
+        # its user) for the ticket's lifetime (two hours).
+        d = tempfile.mkdtemp(prefix="kvs-short-")
+        self.addCleanup(shutil.rmtree, d, True)
+        until = time.time() + 3
+        short_lived_cert(d, "alice", time.time() - 60, until)
+        r = self.tls_router(router={"client_cert": "require"})
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cert_path("ca.crt"))
+        ctx.load_cert_chain(os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"))
+        with r.client(tls=ctx) as c:
+            self.assertEqual(c.ping().message, "PONG")  # the session ticket comes meanwhile
+            session = c.sock.session
+        time.sleep(max(0.0, until - time.time()) + 1.2)
+        s = socket.create_connection(("127.0.0.1", r.port), timeout=FAST)
+        self.addCleanup(s.close)
+        with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            t = ctx.wrap_socket(s, server_hostname="localhost", session=session)
+            self.addCleanup(t.close)
+            t.sendall(encode(req_ping()))
+            if not t.recv(65536):
+                raise EOFError("closed")
+        time.sleep(0.1)
+        self.assertIn("certificate has expired", log_lines(r.stderr(), "TLS handshake failed")[-1])
 
     def test_min_version_tls13_refuses_tls12(self):
         r = self.tls_router(min_version="TLS1.3")
