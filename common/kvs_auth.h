@@ -28,7 +28,8 @@
  * Limits: tokens are accepted only where they cannot be overheard (TLS, a
  * unix socket, loopback); limits.auth_failures failures close a connection;
  * a client address with limits.auth_failures_per_minute failures in a
- * minute is refused without a check until the minute is over. An address
+ * minute is refused without a check until the minute is over (an IPv6
+ * address counts as its /64, an IPv4-mapped one as the IPv4 address). An address
  * has one check at a time: its other attempts wait (on whichever of its
  * connections sent them) and are decided when that check ends, so the
  * limit holds however many connections it opens, and one address cannot
@@ -52,6 +53,13 @@
 #define KVS_AUTH_MAX_WORKERS 2    /* hash checks running at once */
 #define KVS_AUTH_LOG_PER_SECOND 5 /* failure log lines per second */
 #define KVS_AUTH_ADDRESSES 1024   /* client addresses whose failures are counted */
+/* The largest request (frame payload, or RESP command) a client may send
+ * before it authenticates: room for Ping, Auth (a user name and a token of
+ * at most KVS_TOKEN_MAX bytes) and HELLO ... AUTH ... SETNAME. Its input
+ * then stays within what a connection holds uncharged (kvs_conn's
+ * KVS_CONN_INPUT_FREE), so clients nobody knows cannot take the input
+ * budget (limits.input_buffers) that users' large requests need. */
+#define KVS_AUTH_UNAUTH_FRAME 16384u
 
 typedef struct kvs_auth_s kvs_auth_t;
 typedef struct kvs_auth_user_s kvs_auth_user_t;

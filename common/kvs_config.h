@@ -128,7 +128,8 @@
  *                              token: pbkdf2-sha256$...   (kvs-cli hash-token;
  *                                                     none: certificate only)
  *                              allow: {"orders*": [read, write], "*": read}
- *                            rights on table patterns (fnmatch globs): read,
+ *                            rights on table patterns (globs over UTF-8
+ *                            characters, see kvs_auth): read,
  *                            write, admin. With no users, every client may
  *                            do everything.
  *
@@ -208,7 +209,7 @@ enum {
 };
 
 typedef struct kvs_grant_s {
-    char *pattern;   /* a glob over table names (fnmatch, no flags: * matches any run) */
+    char *pattern;   /* a glob over table names' characters (kvs_auth: * matches any run) */
     unsigned rights; /* KVS_RIGHT_* */
 } kvs_grant_t;
 

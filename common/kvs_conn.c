@@ -105,6 +105,11 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
     return rc;
 }
 
+void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
+{
+    c->dec.max = max_frame;
+}
+
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
     return c->out.len + c->cout.len + (c->wbuf.len - c->woff);

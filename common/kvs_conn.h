@@ -210,6 +210,13 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
                   kvs_conn_frame_cb on_frame, kvs_conn_error_cb on_error,
                   kvs_conn_close_cb on_close);
 
+/* The largest frame (or codec request) `c` takes from now on: a frame
+ * already read is judged by it when it comes to be delivered. Servers
+ * with users lower it for a client until it authenticates (kvs_auth.h,
+ * KVS_AUTH_UNAUTH_FRAME), so that such a client's input stays within
+ * KVS_CONN_INPUT_FREE and never draws on the group's input budget. */
+void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame);
+
 /* Makes `c` (initialized; not yet accepted or started) speak TLS with the
  * settings of `ctx`, as a server or a client by ctx's role. A client
  * verifies that the server's certificate names `host` (see kvs_tls_new;

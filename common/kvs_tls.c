@@ -288,6 +288,18 @@ static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t er
     SSL_CTX_set_verify(s, verify_mode(c), NULL);
     if (c->o.role == KVS_TLS_SERVER)
         SSL_CTX_set_session_id_context(s, (const unsigned char *)"kvs", 3);
+    if (c->o.role == KVS_TLS_SERVER && c->o.peer != KVS_TLS_PEER_NONE) {
+        /* No resumption where client certificates count: a resumed session
+         * is not verified again, so a certificate that expired since would
+         * keep its access, and its user, for the ticket's lifetime (two
+         * hours). Every handshake verifies. */
+        SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
+        if (!SSL_CTX_set_num_tickets(s, 0)) {
+            SSL_CTX_free(s);
+            return ctx_error(err, errlen, "%s: cannot turn session tickets off", c->what);
+        }
+    }
     *out = s;
     return 0;
 }

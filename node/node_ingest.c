@@ -1604,22 +1604,6 @@ static void ingest_assign(node_ingest_t *in)
 /* Called from librdkafka's threads. While a broker is down it logs every
  * reconnect attempt; at most one warning per second gets through (a racy
  * but harmless check: worst case two lines). */
-/* Overwrites with '*' every occurrence in `line` of a secret
- * kafka.properties value (kvs_config_secret_key; values of 4 bytes and
- * more). librdkafka already redacts secrets in what it logs; this is the
- * second line of defence. Runs on librdkafka's threads: cfg is immutable. */
-static void scrub_secrets(const kvs_config_t *cfg, char *line)
-{
-    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
-        const kvs_kv_t *kv = &cfg->kafka_properties[i];
-        size_t n = strlen(kv->value);
-        if (n < 4 || !kvs_config_secret_key(kv->key))
-            continue;
-        for (char *p = strstr(line, kv->value); p != NULL; p = strstr(p + n, kv->value))
-            memset(p, '*', n);
-    }
-}
-
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
@@ -1634,7 +1618,7 @@ static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, con
     const node_ingest_t *in = rd_kafka_opaque(rk);
     snprintf(line, sizeof(line), "%s", buf);
     if (in != NULL)
-        scrub_secrets(in->cfg, line);
+        node_kafka_scrub(in->cfg, line);
     /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
     kvs_log(level <= 3   ? KVS_LOG_ERROR
             : level == 4 ? KVS_LOG_WARN
@@ -1808,6 +1792,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     }
     in->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
     if (in->rk == NULL) {
+        node_kafka_scrub(in->cfg, why);
         snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
         rd_kafka_conf_destroy(conf);
         free(in->group);

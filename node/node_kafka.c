@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, const char *client,
@@ -27,6 +28,18 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, const c
     else
         snprintf(err, errlen, "kafka property %s=%s (for %s): %s", k, v, client, why);
     return -1;
+}
+
+void node_kafka_scrub(const kvs_config_t *cfg, char *line)
+{
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
+        const kvs_kv_t *kv = &cfg->kafka_properties[i];
+        size_t n = strlen(kv->value);
+        if (n < 4 || !kvs_config_secret_key(kv->key))
+            continue;
+        for (char *p = strstr(line, kv->value); p != NULL; p = strstr(p + n, kv->value))
+            memset(p, '*', n);
+    }
 }
 
 rd_kafka_conf_t *node_kafka_conf(const node_kafka_prop_t *defaults, size_t n,

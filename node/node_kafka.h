@@ -32,6 +32,15 @@ struct rd_kafka_conf_s *node_kafka_conf(const node_kafka_prop_t *defaults, size_
                                         const kvs_config_t *cfg, const char *client, char *err,
                                         size_t errlen);
 
+/* Overwrites with '*' every occurrence in `line` of the value of a secret
+ * kafka.properties key (kvs_config_secret_key; values of 4 bytes and
+ * more). librdkafka redacts the properties it deems sensitive in what it
+ * logs, not every key kvs counts as a secret (sasl.kerberos.principal, say,
+ * is dumped as it is): every text of librdkafka's that kvs logs, from its
+ * consumer or its producer, goes through here first. Safe on librdkafka's
+ * threads: kafka.properties never changes while the process runs. */
+void node_kafka_scrub(const kvs_config_t *cfg, char *line);
+
 /* The client.id of shard `shard`'s client `role` ("" or "writer"):
  * kvs-[<node.name>-]shard-<N>[-<role>], so a broker's logs and quotas name
  * the node and shard. */

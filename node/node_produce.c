@@ -74,12 +74,15 @@ static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     node_produce_t *pr = opaque;
-    char why[512];
+    char why[512], line[1024];
     if (err != RD_KAFKA_RESP_ERR__FATAL) {
-        kvs_debug("kafka producer: %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+        snprintf(line, sizeof(line), "%s", reason);
+        node_kafka_scrub(pr->cfg, line);
+        kvs_debug("kafka producer: %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), line);
         return;
     }
     rd_kafka_fatal_error(rk, why, sizeof(why));
+    node_kafka_scrub(pr->cfg, why);
     if (pr->failed)
         return;
     pr->failed = 1;
@@ -89,11 +92,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     pr->on_fatal(pr->arg, msg);
 }
 
-/* Called from librdkafka's threads: rate-limited like node_ingest's. */
+/* Called from librdkafka's threads: rate-limited like node_ingest's, secrets scrubbed. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
-    (void)rk;
     if (level <= 4) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -101,11 +103,16 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
             return;
         last_warn = ts.tv_sec;
     }
+    char line[2048];
+    const node_produce_t *pr = rd_kafka_opaque(rk);
+    snprintf(line, sizeof(line), "%s", buf);
+    if (pr != NULL)
+        node_kafka_scrub(pr->cfg, line);
     kvs_log(level <= 3   ? KVS_LOG_ERROR
             : level == 4 ? KVS_LOG_WARN
             : level <= 6 ? KVS_LOG_INFO
                          : KVS_LOG_DEBUG,
-            "librdkafka producer %s: %s", fac, buf);
+            "librdkafka producer %s: %s", fac, line);
 }
 
 static void serve(node_produce_t *pr)
@@ -236,6 +243,7 @@ int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char 
         return KVS_ECONFIG;
     pr->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
     if (pr->rk == NULL) {
+        node_kafka_scrub(pr->cfg, why);
         snprintf(err, errlen, "cannot create the Kafka producer of writes: %s", why);
         rd_kafka_conf_destroy(conf);
         return KVS_ECONFIG;

@@ -569,11 +569,25 @@ static void on_turn_end(kvs_flusher_t *f)
 
 /* ---- identity ---------------------------------------------------------------- */
 
+/* A client's largest request follows who it is: until it authenticates,
+ * KVS_AUTH_UNAUTH_FRAME (enough for Ping and Auth), so that clients
+ * nobody knows never hold the listener's input budget. */
+static void client_frame_limit(node_client_t *cl)
+{
+    node_server_t *srv = cl->srv;
+    uint32_t max = srv->max_frame;
+    if (srv->auth != NULL && !cl->auth.trusted && kvs_auth_user_name(&cl->auth) == NULL &&
+        max > KVS_AUTH_UNAUTH_FRAME)
+        max = KVS_AUTH_UNAUTH_FRAME;
+    kvs_conn_set_max_frame(&cl->conn, max);
+}
+
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
 {
     node_client_t *cl = arg;
     node_slot_t *slot = cl->auth_slot;
     cl->auth_slot = NULL;
+    client_frame_limit(cl);
     if (slot == NULL)
         return;
     kvs_msg_append_status(node_slot_buf(slot), status, "%s", msg);
@@ -593,8 +607,10 @@ static int node_auth(void *arg, const Kvs__Auth *m, kvs_buf_t *out)
     char msg[400];
     uint32_t st = kvs_auth_begin(srv->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl, msg,
                                  sizeof(msg), &cl->auth_close);
-    if (st != 0)
+    if (st != 0) {
+        client_frame_limit(cl);
         return kvs_msg_append_status(out, st, "%s", msg);
+    }
     if ((cl->auth_slot = defer_current(srv, 64, 1)) == NULL)
         return -ENOMEM; /* the connection is closed, which cancels the check */
     return 0;
@@ -606,6 +622,7 @@ static void on_tls_ready(kvs_conn_t *c)
     node_server_t *srv = cl->srv;
     const char *who =
         srv->auth != NULL ? kvs_auth_by_certificate(srv->auth, &cl->auth, c->tls) : NULL;
+    client_frame_limit(cl);
     if (who != NULL)
         kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
     else if (srv->auth != NULL && kvs_tls_peer_verified(c->tls) && kvs_conn_may_log(c))
@@ -684,7 +701,14 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 static void on_conn_error(kvs_conn_t *c, int err)
 {
     node_client_t *cl = c->data;
-    if (err == KVS_ETOOBIG) {
+    if (err == KVS_ETOOBIG && c->dec.max < cl->srv->max_frame) { /* client_frame_limit */
+        kvs_msg_append_status(&c->out, KVS_STATUS_UNAUTHENTICATED,
+                              "frame of %u bytes from a client that has not authenticated, "
+                              "whose requests may be at most %u bytes: authenticate first (Auth, "
+                              "or a client certificate that names a user); the connection is "
+                              "closed",
+                              c->dec.bad_len, c->dec.max);
+    } else if (err == KVS_ETOOBIG) {
         if (kvs_conn_may_log(c))
             kvs_warn("client %s sent a frame header announcing %u bytes (limits.max_frame is "
                      "%u); closing it",
@@ -811,6 +835,7 @@ static void on_connection(uv_stream_t *server, int status)
     /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
     kvs_auth_conn_init(&cl->auth, is_unix,
                        srv->listener_tls[li] != NULL || kvs_conn_peer_is_local(&cl->conn));
+    client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);

@@ -258,14 +258,22 @@ static void on_conn_error(kvs_conn_t *c, int err)
 {
     router_client_t *cl = c->data;
     router_t *r = cl->router;
+    int capped = c->dec.max < r->cfg->max_frame; /* not authenticated: client_frame_limit */
     if (cl->redis != NULL &&
         (err == KVS_EPROTO || err == KVS_ELIMIT || err == KVS_ENOTLS || err == KVS_ETLSHELLO)) {
         router_req_t *req = router_client_enqueue(cl);
         if (req != NULL)
-            router_redis_input_error(cl->redis, req, err);
+            router_redis_input_error(cl->redis, req, err, capped ? c->dec.max : 0);
     } else if (err == KVS_ETOOBIG || err == KVS_EPROTO) {
         router_req_t *req = router_client_enqueue(cl);
-        if (req != NULL && err == KVS_ETOOBIG)
+        if (req != NULL && err == KVS_ETOOBIG && capped)
+            router_req_finish_status(req, KVS_STATUS_UNAUTHENTICATED,
+                                     "frame of %u bytes from a client that has not "
+                                     "authenticated, whose requests may be at most %u bytes: "
+                                     "authenticate first (Auth, or a client certificate that "
+                                     "names a user); the connection is closed",
+                                     c->dec.bad_len, c->dec.max);
+        else if (req != NULL && err == KVS_ETOOBIG)
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                      "frame of %u bytes exceeds limits.max_frame (%llu bytes); "
                                      "the connection is closed",
@@ -297,11 +305,25 @@ static void on_conn_error(kvs_conn_t *c, int err)
 
 /* ---- identity ---------------------------------------------------------------- */
 
+/* A client's largest request follows who it is: until it authenticates,
+ * KVS_AUTH_UNAUTH_FRAME (enough for Ping and Auth), so that clients
+ * nobody knows never hold the listener's input budget. Frames it sent
+ * after an Auth are judged once that Auth is decided (it is paused
+ * meanwhile). */
+static void client_frame_limit(router_client_t *cl)
+{
+    uint32_t max = (uint32_t)cl->router->cfg->max_frame;
+    if (!router_client_authenticated(cl) && max > KVS_AUTH_UNAUTH_FRAME)
+        max = KVS_AUTH_UNAUTH_FRAME;
+    kvs_conn_set_max_frame(&cl->conn, max);
+}
+
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
 {
     router_client_t *cl = arg;
     router_req_t *req = cl->auth_req;
     cl->auth_req = NULL; /* before the answer: its flush resumes the client */
+    client_frame_limit(cl);
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
@@ -319,6 +341,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
         cl->auth_req = req; /* answered by on_auth_done; the client waits */
         return;
     }
+    client_frame_limit(cl);
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
@@ -337,6 +360,7 @@ static void on_tls_ready(kvs_conn_t *c)
     const char *who = cl->router->auth != NULL
                           ? kvs_auth_by_certificate(cl->router->auth, &cl->auth, c->tls)
                           : NULL;
+    client_frame_limit(cl);
     if (who != NULL)
         kvs_debug("%s: authenticated as \"%s\" by its certificate", c->peer, who);
 }
@@ -453,6 +477,7 @@ static void on_connection(uv_stream_t *server, int status)
      * peers are the node's own user (its directory is private): trusted. */
     kvs_auth_conn_init(&cl->auth, admin,
                        admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
+    client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
         kvs_warn("accept failed: %s", uv_strerror(rc));
         kvs_conn_close(&cl->conn);
@@ -467,6 +492,26 @@ static void listen_failed(const char *where, int rc)
                   where, uv_strerror(rc));
     else
         kvs_error("cannot listen on %s: %s", where, uv_strerror(rc));
+}
+
+/* A client listener (`key`, at `text`) that other hosts can reach without
+ * TLS is worth a warning at start: with no users, anyone who reaches it
+ * may do everything; with users, no other host can authenticate. */
+static void warn_exposed(const router_t *r, const char *key, const char *text,
+                         const kvs_addr_t *addr)
+{
+    if (r->tls != NULL || kvs_addr_is_loopback(addr))
+        return;
+    if (r->auth == NULL)
+        kvs_warn("%s %s is not a loopback address, clients connect without TLS and no users "
+                 "are configured: anyone who can reach it can read and write every table (see "
+                 "README, Security)",
+                 key, text);
+    else
+        kvs_warn("%s %s is not a loopback address and clients connect without TLS: tokens sent "
+                 "from other hosts are refused (they would travel in the clear), so those "
+                 "clients cannot authenticate; enable tls.router",
+                 key, text);
 }
 
 static int listen_resp(router_t *r)
@@ -489,7 +534,9 @@ static int listen_resp(router_t *r)
     r->n_listen++;
     r->resp_listener.handle.data = r;
     r->resp_listening = 1;
-    kvs_info("accepting Redis protocol clients on %s", r->cfg->resp_listen);
+    kvs_info("accepting Redis protocol clients on %s%s%s", r->cfg->resp_listen,
+             r->tls ? " (TLS)" : "", r->auth ? ", users required" : "");
+    warn_exposed(r, "router.resp_listen", r->cfg->resp_listen, &addr);
     return 0;
 }
 
@@ -593,16 +640,7 @@ int router_clients_listen(router_t *r)
     r->listening = 1;
     kvs_info("accepting clients on %s%s%s", r->cfg->router_listen, r->tls ? " (TLS)" : "",
              r->auth ? ", users required" : "");
-    if (r->tls == NULL && r->auth == NULL && !kvs_addr_is_loopback(&addr))
-        kvs_warn("router.listen %s is not a loopback address, clients connect without TLS and "
-                 "no users are configured: anyone who can reach it can read and write every "
-                 "table (see README, Security)",
-                 r->cfg->router_listen);
-    else if (r->tls == NULL && !kvs_addr_is_loopback(&addr))
-        kvs_warn("router.listen %s is not a loopback address and clients connect without TLS: "
-                 "tokens sent from other hosts are refused (they would travel in the clear), "
-                 "so those clients cannot authenticate; enable tls.router",
-                 r->cfg->router_listen);
+    warn_exposed(r, "router.listen", r->cfg->router_listen, &addr);
     return listen_resp(r);
 }
 

@@ -227,9 +227,20 @@ static int shown(const kvs_redis_arg_t *a)
     return a->len > 128 ? 128 : (int)a->len;
 }
 
-void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err)
+void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err, size_t unauth_max)
 {
-    if (err == KVS_ELIMIT)
+    /* The parser took the client's size limit for a bulk length beyond it
+     * ("invalid bulk length", Redis's words, said of a malformed one too)
+     * or a request past it. */
+    if (err == KVS_EPROTO && unauth_max > 0 && rs->ps.error != NULL &&
+        (strstr(rs->ps.error, "request larger than") != NULL ||
+         strstr(rs->ps.error, "invalid bulk length") != NULL))
+        reply_error(req,
+                    "NOAUTH a client that has not authenticated may send requests of at most %zu "
+                    "bytes: authenticate first (AUTH, or HELLO with AUTH); the connection is "
+                    "closed",
+                    unauth_max);
+    else if (err == KVS_ELIMIT)
         reply_error(req, "ERR the server is short of memory for incomplete requests "
                          "(limits.input_buffers); the connection is closed");
     else if (err == KVS_ENOTLS)

@@ -43,8 +43,10 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl);
 
 /* Input ended with `err` (KVS_EPROTO: the parser's error; KVS_ELIMIT: the
  * input budget; KVS_ENOTLS / KVS_ETLSHELLO: plaintext on a TLS port or the
- * reverse): writes the error reply Redis would give into `req`. */
-void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err);
+ * reverse): writes the error reply Redis would give into `req`.
+ * `unauth_max`: the request size limit of a client that has not
+ * authenticated (KVS_AUTH_UNAUTH_FRAME), or 0 when it has. */
+void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err, size_t unauth_max);
 
 /* Appends the RESP reply for `req` to `out`, given the kvs answer payload
  * (an encoded CommandResponse). Returns 0 or -ENOMEM. */

@@ -12,6 +12,8 @@
 #   wrong.crt wrong.key       CN alice, signed by another CA (other-ca.crt)
 #   other-ca.crt other-ca.key that other CA
 #   server-wrongname.crt/.key a server certificate for otherhost.example only
+#   serveronly.crt .key       CN alice, signed by the CA, for serverAuth only
+#                             (extendedKeyUsage): no client certificate
 set -euo pipefail
 
 dir=${1:?usage: make_certs.sh DIR}
@@ -27,15 +29,15 @@ ca() { # ca NAME CN
         -out "$1.crt" 2>/dev/null
 }
 
-# leaf NAME CN CA SAN-or-empty [DAYS]
+# leaf NAME CN CA SAN-or-empty [DAYS [EKU]]
 leaf() {
-    local name=$1 cn=$2 ca=$3 san=$4 days=${5:-3650}
+    local name=$1 cn=$2 ca=$3 san=$4 days=${5:-3650} eku=${6:-serverAuth,clientAuth}
     key "$name.key"
     openssl req -new -key "$name.key" -subj "/CN=$cn" -out "$name.csr" 2>/dev/null
     {
         echo "basicConstraints=CA:FALSE"
         echo "keyUsage=critical,digitalSignature"
-        echo "extendedKeyUsage=serverAuth,clientAuth"
+        echo "extendedKeyUsage=$eku"
         [ -n "$san" ] && echo "subjectAltName=$san"
     } >"$name.ext"
     openssl x509 -req -in "$name.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial \
@@ -51,6 +53,7 @@ leaf alice alice ca "email:alice@example.com"
 leaf bob bob ca ""
 leaf wrong alice other-ca ""
 leaf server-wrongname kvs-node ca "DNS:otherhost.example"
+leaf serveronly alice ca "" 3650 serverAuth
 
 # An expired certificate: `openssl x509 -req` cannot backdate, `openssl ca` can.
 key expired.key

@@ -134,11 +134,12 @@ def certs_dir():
     """<build>/test-certs, made once by tests/make_certs.sh with the openssl
     command (under a lock: parallel tests share one set; never committed).
     Holds ca, node, node2, alice, bob, expired, wrong, other-ca,
-    server-wrongname (.crt and .key)."""
+    server-wrongname, serveronly (.crt and .key); a set made before the
+    last of them was added is made again."""
     d = os.path.join(BUILD_DIR, "test-certs")
     with open(d + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(d, "alice.crt")):
+        if not all(os.path.exists(os.path.join(d, f)) for f in ("alice.crt", "serveronly.crt")):
             subprocess.run([os.path.join(HERE, "..", "make_certs.sh"), d], check=True,
                            timeout=60)
     return d

@@ -6,6 +6,7 @@ with kvs-cli hash-token at a low iteration count so each check is quick.
 import fnmatch
 import os
 import socket
+import struct
 import subprocess
 import time
 
@@ -169,6 +170,42 @@ class AuthTest(RouterTestCase):
                 self.assertEqual(info.status, 403)
                 self.assertIn('needs admin on "*"', info.message)
 
+    def test_unauthenticated_clients_cannot_take_the_input_budget(self):
+        # Incomplete frames of all connections share limits.input_buffers. A
+        # client that has not authenticated may only Ping and Auth, small
+        # requests; were it to send large frames, a few such clients would
+        # hold the whole budget and the users' large requests be refused.
+        r = self.auth_router(tls=False, limits="max_frame: 1MiB, input_buffers: 1MiB")
+        hogs = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=5)
+            self.addCleanup(s.close)
+            try:
+                s.sendall(struct.pack(">I", 1000000) + b"\0" * 600000)  # never finished
+            except OSError:
+                pass  # refused before it was all sent
+            hogs.append(s)
+        for s in hogs:  # each is told why, and closed
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            resp = pb.CommandResponse()
+            resp.ParseFromString(got[4:])
+            self.assertEqual(resp.status, 401, resp.message)
+            self.assertIn("authenticate first", resp.message)
+        c = self.authed(r, "ops")
+        self.assertOk(c.hset("orders", "big", b"x" * 400000))
+        # Auth and a large request pipelined: the large one is read once the
+        # Auth has made the client someone.
+        with r.client() as c2:
+            got = c2.pipeline([req_auth("ops", "ops-pw"), req_hset("orders", "big2", b"y" * 400000),
+                               req_hget("orders", "big2")])
+            self.assertEqual([x.status for x in got], [200, 200, 200])
+            self.assertEqual(len(pyval(got[2].values[0])), 400000)
+
     def test_auth_in_a_pipeline_applies_to_what_follows(self):
         r = self.auth_router()
         with r.client() as c:
@@ -311,6 +348,19 @@ class RespAuthTest(RouterTestCase):
             got += chunk
         return got
 
+    def test_a_redis_listener_reachable_from_other_hosts_is_warned_about(self):
+        # README: a router listening on a non-loopback address without TLS or
+        # users says so at start; the Redis listener is one of its listeners.
+        # (Users configured, so the port held for a moment on every
+        # interface refuses tokens from other hosts; the test uses loopback.)
+        self.rport = free_port()
+        r = self.router(shards=1, partitions=8, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "0.0.0.0:%d"' % self.rport])
+        self.assertEqual(self.redis(username="ops", password="ops-pw").ping(), True)
+        self.assertIn("router.resp_listen 0.0.0.0:%d is not a loopback address and clients "
+                      "connect without TLS" % self.rport, r.stderr())
+        self.assertNotIn("router.listen", r.stderr())  # 127.0.0.1: nothing to say
+
     def test_noauth_until_auth_then_rights_apply(self):
         self.resp_router()
         c = self.redis()
@@ -352,6 +402,16 @@ class RespAuthTest(RouterTestCase):
         bad = self.redis(username="ops", password="nope")
         with self.assertRaisesRegex(redis.exceptions.RedisError, "WRONGPASS|Invalid"):
             bad.ping()
+
+    def test_large_requests_wait_for_auth(self):
+        self.resp_router()
+        big = b"*4\r\n$4\r\nHSET\r\n$6\r\norders\r\n$1\r\nf\r\n$20000\r\n" + b"v" * 20000 + b"\r\n"
+        got = self.raw(big, 1)
+        self.assertEqual(got, b"-NOAUTH a client that has not authenticated may send requests of "
+                              b"at most 16384 bytes: authenticate first (AUTH, or HELLO with "
+                              b"AUTH); the connection is closed\r\n")
+        got = self.raw(b"AUTH ops ops-pw\r\n" + big, 2)
+        self.assertEqual(got, b"+OK\r\n:1\r\n")
 
     def test_auth_in_a_pipeline_applies_to_what_follows(self):
         self.resp_router()
@@ -418,6 +478,23 @@ class AuthNodeTest(NodeTestCase):
             self.assertOk(c.call(req_info()))
         with n.client(unix=True) as c:  # the local router's way in: trusted
             self.assertOk(c.hset("pub", "k", 2))
+
+
+    def test_a_worker_takes_only_small_frames_before_auth(self):
+        n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),
+                      tls=tls_context(cert="bob"))  # a valid certificate that names no user
+        with n.client() as c:
+            c.send_raw(struct.pack(">I", 100000) + b"\0" * 1000)
+            resp = c.recv()
+            self.assertEqual(resp.status, 401, resp.message)
+            self.assertIn("frame of 100000 bytes from a client that has not authenticated",
+                          resp.message)
+            self.assertTrue(c.at_eof())
+        with n.client() as c:  # Auth first, pipelined with a large request: taken
+            got = c.pipeline([req_auth("ops", "ops-pw"), req_hset("t", "big", b"x" * 100000)])
+            self.assertEqual([x.status for x in got], [200, 200], got[-1].message)
+        with Client(n.addr, tls=tls_context(cert="alice")) as c:  # a user by certificate
+            self.assertOk(c.hset("orders", "big", b"x" * 100000))
 
 
 class AuthClusterTest(RouterTestCase):

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import warnings
 
 from kvstest import (BUILD_DIR, NodeTestCase, cert_path, encode, pb, pyval, req_hget, req_ping,
                      tls_context, tls_yaml)
@@ -66,6 +67,30 @@ def _info():
 
 def log_lines(text, pattern):
     return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def short_lived_cert(d, cn, not_before, not_after):
+    """d/cert.pem and d/key.pem: a client certificate for `cn` from the test
+    CA, valid between the two Unix times (openssl ca can set them)."""
+    stamp = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))  # noqa: E731
+    with open(os.path.join(d, "index.txt"), "w"):
+        pass
+    with open(os.path.join(d, "serial"), "w") as f:
+        f.write("2000\n")
+    with open(os.path.join(d, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = t\n[t]\ndatabase = %s/index.txt\nnew_certs_dir = %s\n"
+                "serial = %s/serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n"
+                "[any]\ncommonName = supplied\n[leaf]\nbasicConstraints = CA:FALSE\n"
+                "extendedKeyUsage = clientAuth\n" % (d, d, d))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=20)  # noqa: E731
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-out", os.path.join(d, "key.pem"))
+    run("openssl", "req", "-new", "-key", os.path.join(d, "key.pem"), "-subj", "/CN=" + cn,
+        "-out", os.path.join(d, "req.csr"))
+    run("openssl", "ca", "-batch", "-config", os.path.join(d, "ca.cnf"), "-cert",
+        cert_path("ca.crt"), "-keyfile", cert_path("ca.key"), "-extensions", "leaf",
+        "-startdate", stamp(not_before), "-enddate", stamp(not_after), "-notext",
+        "-in", os.path.join(d, "req.csr"), "-out", os.path.join(d, "cert.pem"))
 
 
 class TlsRouterTest(RouterTestCase):
@@ -164,6 +189,70 @@ class TlsRouterTest(RouterTestCase):
             self.assertEqual(len(lines), 1, new)
             self.assertIn(why, lines[0])
             self.assertRegex(lines[0], r"closing 127\.0\.0\.1:\d+")
+
+    def test_a_certificate_not_for_client_use_is_refused(self):
+        # Signed by the cluster's CA and naming a user, but its
+        # extendedKeyUsage is serverAuth only: no identity for a client.
+        r = self.tls_router(router={"client_cert": "optional"})
+        before = r.stderr()
+        with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            with r.client(tls=tls_context(cert="serveronly")) as c:
+                c.ping()
+        time.sleep(0.1)
+        lines = log_lines(r.stderr()[len(before):], "TLS handshake failed")
+        self.assertEqual(len(lines), 1, r.stderr())
+        self.assertIn("unsuitable certificate purpose", lines[0])
+        with r.client(tls=tls_context(cert="alice")) as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+    def test_tls_1_0_and_1_1_and_renegotiation_are_refused(self):
+        r = self.tls_router()
+        for v in ("TLSv1", "TLSv1_1"):
+            ctx = tls_context()
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # this client could offer them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, v)
+            with self.assertRaises(ssl.SSLError, msg=v):
+                r.client(tls=ctx)
+        time.sleep(0.1)
+        self.assertEqual(len(log_lines(r.stderr(), "TLS handshake failed: unsupported protocol")),
+                         2, r.stderr())
+        # A TLS 1.2 client asking to renegotiate ("R" to s_client) is refused.
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % r.port,
+                            "-tls1_2", "-CAfile", cert_path("ca.crt")],
+                           input=b"R\n", capture_output=True, timeout=10)
+        self.assertIn(b"RENEGOTIATING", p.stderr)
+        self.assertIn(b"no renegotiation", p.stderr)
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+
+    def test_a_session_does_not_outlive_its_client_certificate(self):
+        # A resumed TLS session skips certificate verification: were sessions
+        # resumable, a certificate that expired would keep its access (and
+        # its user) for the ticket's lifetime (two hours).
+        d = tempfile.mkdtemp(prefix="kvs-short-")
+        self.addCleanup(shutil.rmtree, d, True)
+        until = time.time() + 3
+        short_lived_cert(d, "alice", time.time() - 60, until)
+        r = self.tls_router(router={"client_cert": "require"})
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cert_path("ca.crt"))
+        ctx.load_cert_chain(os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"))
+        with r.client(tls=ctx) as c:
+            self.assertEqual(c.ping().message, "PONG")  # the session ticket comes meanwhile
+            session = c.sock.session
+        time.sleep(max(0.0, until - time.time()) + 1.2)
+        s = socket.create_connection(("127.0.0.1", r.port), timeout=FAST)
+        self.addCleanup(s.close)
+        with self.assertRaises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            t = ctx.wrap_socket(s, server_hostname="localhost", session=session)
+            self.addCleanup(t.close)
+            t.sendall(encode(req_ping()))
+            if not t.recv(65536):
+                raise EOFError("closed")
+        time.sleep(0.1)
+        self.assertIn("certificate has expired", log_lines(r.stderr(), "TLS handshake failed")[-1])
 
     def test_min_version_tls13_refuses_tls12(self):
         r = self.tls_router(min_version="TLS1.3")
@@ -399,6 +488,24 @@ class KafkaSecretsTest(NodeTestCase):
         for s in self.SECRETS:
             self.assertNotIn(s, log)
             self.assertFalse(any(s.encode() in p.key for p in info.pairs))
+
+    def test_secrets_librdkafka_shows_are_scrubbed_from_both_clients_logs(self):
+        # librdkafka redacts its own sensitive properties, not every key kvs
+        # counts as a secret: it logs sasl.kerberos.principal's value in its
+        # configuration dump, for the consumer and for the producer of writes.
+        secret = "pw-s3cret-principal"
+        n = self.node(extra_yaml=self.kafka_yaml(**{"sasl.kerberos.principal": secret}),
+                      log_level="debug")
+        with n.client(unix=True) as c:
+            self.assertEqual(c.ping().message, "PONG")
+        deadline = time.monotonic() + 5
+        while ("librdkafka producer CONF" not in n.stderr()
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        log = n.stderr()
+        self.assertIn("librdkafka producer CONF", log)  # the producer did dump its config
+        self.assertIn("sasl.kerberos.principal = ****", log)
+        self.assertNotIn(secret, log)
 
     def test_a_refused_secret_is_named_but_not_shown(self):
         n = self.node(extra_yaml=self.kafka_yaml(**{"sasl.oauthbearer.method": "pw-s3cret-x"}),

@@ -215,6 +215,63 @@ static int auth(env_t *e, kvs_auth_conn_t *ac, const char *user, const char *tok
     return done;
 }
 
+/* Patterns match table names by characters (UTF-8), as README says: "?"
+ * is one character and "[...]" a set of characters, never bytes, so a
+ * grant matches no table its author did not mean. */
+KVS_TEST(patterns_match_characters_not_bytes)
+{
+    env_t e;
+    char extra[600], h[KVS_TOKEN_TEXT], msg[300];
+    kvs_token_hash_t th;
+    int deferred;
+    CHECK_EQ(kvs_token_make("d", 1, 1000, &th), 0);
+    CHECK_EQ(kvs_token_format(&th, h, sizeof(h)), 0);
+    snprintf(extra, sizeof(extra),
+             "  - {name: dora, token: \"%s\", allow: {\"[\u00e9\u00fc]*\": read, \"x??\": write,"
+             " \"y?\": write, \"[!\u00e9]z\": admin, \"[a-c\u00e0-\u00e2]q\": read,"
+             " \"lit\\\\*\": read}}\n",
+             h);
+    env_init(&e, extra);
+    kvs_auth_conn_t ac;
+    kvs_auth_conn_init(&ac, 0, 1);
+    CHECK_EQ(auth(&e, &ac, "dora", "d", "10.0.0.1:1", &deferred), 200);
+    static const struct {
+        Kvs__CommandRequest__CommandCase cmd;
+        const char *table;
+        uint32_t want;
+    } m[] = {
+        {CMD(HGET), "\u00fc1", 200},       /* [éü]*: starts with ü */
+        {CMD(HGET), "\u00e9", 200},        /* ... or is é */
+        {CMD(HGET), "\u00f6-secret", 403}, /* ö shares é's first byte, not é */
+        {CMD(HGET), "\u00c3x", 403},       /* Ã is é's first byte as a character */
+        {CMD(HSET), "xab", 200},           /* x??: two characters after x */
+        {CMD(HSET), "x\u00e9", 403},       /* one character (two bytes) */
+        {CMD(HSET), "x\u00e9\u00e9", 200}, /* two characters (four bytes) */
+        {CMD(HSET), "y\u00e9", 200},       /* y?: one character, whatever its bytes */
+        {CMD(HSET), "y\u20ac", 200},       /* a three-byte one */
+        {CMD(HSET), "y\U0001F600", 200},   /* a four-byte one */
+        {CMD(HSET), "yab", 403},
+        {CMD(DIGEST), "\u00fcz", 200}, /* [!é]z: ü is not é */
+        {CMD(DIGEST), "\u00e9z", 403},
+        {CMD(DIGEST), "az", 200},
+        {CMD(HGET), "bq", 200}, /* [a-cà-â]q: ranges of characters */
+        {CMD(HGET), "\u00e1q", 200},
+        {CMD(HGET), "\u00e3q", 403},
+        {CMD(HGET), "dq", 403},
+        {CMD(HGET), "lit*", 200}, /* lit\\*: an escaped star is a star */
+        {CMD(HGET), "literal", 403},
+    };
+    for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
+        uint32_t st = check(&ac, m[i].cmd, m[i].table, msg);
+        if (st != m[i].want) {
+            fprintf(stderr, "%s on %s: %u, wanted %u (%s)\n", kvs_msg_command_name(m[i].cmd),
+                    m[i].table, st, m[i].want, msg);
+            CHECK(0);
+        }
+    }
+    env_close(&e);
+}
+
 KVS_TEST(auth_tokens_right_wrong_unknown_and_remembered)
 {
     env_t e;
@@ -272,6 +329,40 @@ KVS_TEST(auth_failures_per_address_are_limited)
     CHECK(ac.user == NULL);
     /* Another address is not affected. */
     CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "127.0.0.1:7", &deferred), 200);
+    env_close(&e);
+}
+
+/* One host, one count: an IPv6 host has a /64 to pick addresses from (one
+ * per attempt would dodge any per-address limit), and an IPv4 client
+ * reaching a dual-stack listener shows as ::ffff:a.b.c.d. */
+KVS_TEST(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4)
+{
+    env_t e;
+    int deferred;
+    env_init(&e, "limits: {auth_failures: 100, auth_failures_per_minute: 2}\n");
+    kvs_auth_conn_t ac;
+    kvs_auth_conn_init(&ac, 0, 1);
+    CHECK_EQ(auth(&e, &ac, "alice", "x", "[2001:db8:1:2::1]:5", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "y", "[2001:db8:1:2:ffff:ffff:ffff:fffe]:5", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "[2001:db8:1:2:abcd::9]:7", &deferred), 401);
+    CHECK(!deferred);
+    CHECK_CONTAINS(e.msg, "too many failed Auth attempts from 2001:db8:1:2::/64");
+    CHECK(ac.user == NULL);
+    /* The next /64 is another host. */
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "[2001:db8:1:3::1]:7", &deferred), 200);
+    /* An IPv4 address counts the same whichever listener it came through. */
+    kvs_auth_conn_t v4;
+    kvs_auth_conn_init(&v4, 0, 1);
+    CHECK_EQ(auth(&e, &v4, "carol", "x", "10.9.9.9:1", &deferred), 401);
+    CHECK_EQ(auth(&e, &v4, "carol", "y", "[::ffff:10.9.9.9]:2", &deferred), 401);
+    CHECK_EQ(auth(&e, &v4, "carol", "c", "10.9.9.9:3", &deferred), 401);
+    CHECK(!deferred);
+    CHECK_CONTAINS(e.msg, "too many failed Auth attempts from 10.9.9.9 ");
+    CHECK_EQ(auth(&e, &v4, "carol", "c", "[::ffff:10.9.9.8]:3", &deferred), 200);
+    /* Loopback is one host as it is. */
+    kvs_auth_conn_t lo;
+    kvs_auth_conn_init(&lo, 0, 1);
+    CHECK_EQ(auth(&e, &lo, "carol", "c", "[::1]:4", &deferred), 200);
     env_close(&e);
 }
 
@@ -443,8 +534,10 @@ KVS_TEST(no_users_no_auth)
 
 KVS_TEST_MAIN(KVS_CASE(token_round_trip_and_check), KVS_CASE(token_text_is_strict),
               KVS_CASE(rights_by_command_and_table_pattern),
+              KVS_CASE(patterns_match_characters_not_bytes),
               KVS_CASE(auth_tokens_right_wrong_unknown_and_remembered),
               KVS_CASE(auth_failures_per_address_are_limited),
+              KVS_CASE(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4),
               KVS_CASE(auth_one_check_at_a_time_per_address),
               KVS_CASE(auth_failures_cost_the_same_for_every_user),
               KVS_CASE(auth_cancelled_when_the_connection_goes), KVS_CASE(no_users_no_auth))
