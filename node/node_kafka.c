@@ -63,8 +63,8 @@ rd_kafka_conf_t *node_kafka_conf(const node_kafka_prop_t *defaults, size_t n,
 void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *role, char *out,
                           size_t len)
 {
-    snprintf(out, len, "kvs-%s%sshard-%u%s%s", cfg->node_name, cfg->node_name[0] ? "-" : "",
-             shard, role[0] ? "-" : "", role);
+    snprintf(out, len, "kvs-%s%sshard-%u%s%s", cfg->node_name, cfg->node_name[0] ? "-" : "", shard,
+             role[0] ? "-" : "", role);
 }
 
 /* ---- bounded destroy ------------------------------------------------------------- */

@@ -591,7 +591,8 @@ int router_clients_retake_admin(router_t *r)
                                      on_connection, &ino);
     if (rc != 0) {
         kvs_warn("cannot take my own socket %s again: %s; /metrics and kvs-cli do not reach this "
-                 "router process", r->admin_path, uv_strerror(rc));
+                 "router process",
+                 r->admin_path, uv_strerror(rc));
         return rc;
     }
     r->admin_listeners[slot].handle.data = r;

@@ -348,19 +348,6 @@ class RespAuthTest(RouterTestCase):
             got += chunk
         return got
 
-    def test_a_redis_listener_reachable_from_other_hosts_is_warned_about(self):
-        # README: a router listening on a non-loopback address without TLS or
-        # users says so at start; the Redis listener is one of its listeners.
-        # (Users configured, so the port held for a moment on every
-        # interface refuses tokens from other hosts; the test uses loopback.)
-        self.rport = free_port()
-        r = self.router(shards=1, partitions=8, extra_yaml=users_yaml(),
-                        router_yaml=['resp_listen: "0.0.0.0:%d"' % self.rport])
-        self.assertEqual(self.redis(username="ops", password="ops-pw").ping(), True)
-        self.assertIn("router.resp_listen 0.0.0.0:%d is not a loopback address and clients "
-                      "connect without TLS" % self.rport, r.stderr())
-        self.assertNotIn("router.listen", r.stderr())  # 127.0.0.1: nothing to say
-
     def test_noauth_until_auth_then_rights_apply(self):
         self.resp_router()
         c = self.redis()
