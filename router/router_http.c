@@ -145,22 +145,24 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-/* The scraper's deadline from its header's value (seconds, as Prometheus
- * writes them: "10", "9.5"); 0 when there is none or it is not a number
- * of seconds above 0 and below a day. */
-static uint64_t parse_timeout(http_conn_t *hc)
+uint64_t router_http_timeout_ms(const char *value)
 {
     char *end;
-    if (hc->tvalue_len == 0)
-        return 0;
-    hc->tvalue[hc->tvalue_len] = '\0';
-    double v = strtod(hc->tvalue, &end);
+    double v = strtod(value, &end);
     while (*end == ' ' || *end == '\t')
         end++;
-    if (end == hc->tvalue || *end != '\0' || !isfinite(v) || v <= 0 || v >= 86400)
+    if (end == value || *end != '\0' || !isfinite(v) || v <= 0 || v >= 86400)
         return 0;
     uint64_t ms = (uint64_t)(v * 1000.0);
     return ms > 0 ? ms : 1;
+}
+
+static uint64_t parse_timeout(http_conn_t *hc)
+{
+    if (hc->tvalue_len == 0)
+        return 0;
+    hc->tvalue[hc->tvalue_len] = '\0';
+    return router_http_timeout_ms(hc->tvalue);
 }
 
 static int on_url(http_parser *p, const char *at, size_t len)

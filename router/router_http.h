@@ -27,6 +27,12 @@ typedef void (*router_http_scrape_cb)(void *arg, router_http_scrape_t *s);
 int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,
                       void *arg, router_http_t **out);
 
+/* The deadline a X-Prometheus-Scrape-Timeout-Seconds value asks for, in
+ * ms: seconds as Prometheus writes them ("10", "9.5"), trailing blanks
+ * allowed, above 0 and below a day (a value under a millisecond is 1);
+ * 0 for anything else (no deadline: router.timeout applies). */
+uint64_t router_http_timeout_ms(const char *value);
+
 /* The scraper's own deadline for `s` in ms (Prometheus's
  * X-Prometheus-Scrape-Timeout-Seconds header), or 0 when it gave none. */
 uint64_t router_http_scrape_timeout_ms(const router_http_scrape_t *s);
