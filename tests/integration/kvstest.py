@@ -643,6 +643,24 @@ class LogsOnFailure:
         return out
 
 
+class ManagedOnFailure(LogsOnFailure):
+    """Mixed into a TestCase before it: self.managed(p) takes a Managed
+    process of any kind, closes it at cleanup and prints the end of its
+    log if the test fails."""
+
+    def start_fixtures(self):
+        self._procs = []
+
+    def failure_logs(self):
+        for p in self._procs:
+            yield "%s stderr" % p.config, log_of(p, 6000)
+
+    def managed(self, p):
+        self._procs.append(p)
+        self.addCleanup(p.close)
+        return p
+
+
 def log_of(proc, last=None):
     """A Managed process's log (its log file, else its stderr), the last
     `last` characters of it if given."""

@@ -21,7 +21,7 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import (BUILD_DIR, HOST, SANITIZED, Client, LogsOnFailure, Node, encode, log_of, pb,
+from kvstest import (BUILD_DIR, HOST, SANITIZED, Client, ManagedOnFailure, Node, encode, pb,
                      req_hget, req_hset)
 from routertest import (RouterTestCase, edit_config, free_port, keys_by_shard, procs_for_config,
                         router_pids, stopped)
@@ -338,24 +338,13 @@ class ScrapeDeadlineTest(RouterTestCase):
         self.assertLess(grown, 8 * MIB, "%d scrapes" % count[0])
 
 
-class HungSenderTest(LogsOnFailure, unittest.TestCase):
-    def start_fixtures(self):
-        self._procs = []
-
-    def failure_logs(self):
-        for p in self._procs:
-            yield "%s stderr" % p.config, log_of(p, 6000)
-
+class HungSenderTest(ManagedOnFailure, unittest.TestCase):
     def test_a_sender_stopped_mid_stream_is_given_up_and_serves_again(self):
-        sender = Node(extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n")
-        self._procs.append(sender)
-        self.addCleanup(sender.close)
+        sender = self.managed(Node(extra_yaml="limits: {max_frame: 1MiB, client_output: 4MiB}\n"))
         with sender.client() as c:
             for i in range(40):
                 self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v" * (512 << 10))).status, 200)
-        w = Worker(0, sender.port, frame_timeout="1s")
-        self._procs.append(w)
-        self.addCleanup(w.close)
+        w = self.managed(Worker(0, sender.port, frame_timeout="1s"))
         part = os.path.join(w.shard_dir(), "data.mdb.part")
         w.start()
         # Mid-stream, deterministically: the receiver is stopped once its

@@ -23,8 +23,8 @@ import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LogsOnFailure, Managed, Node, frame,
-                     free_port, free_ports, log_of, pb, req_hget, req_hset, req_ping)
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, ManagedOnFailure, Node, frame,
+                     free_port, free_ports, pb, req_hget, req_hset, req_ping)
 
 
 class FakePeer:
@@ -153,23 +153,14 @@ def final_frame(*values):
     return frame(r.SerializeToString())
 
 
-class SnapshotPeerTest(LogsOnFailure, unittest.TestCase):
-    def start_fixtures(self):
-        self._procs = []
-
-    def failure_logs(self):
-        for p in self._procs:
-            yield "%s stderr" % p.config, log_of(p, 6000)
-
+class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
     def peer(self, answer):
         p = FakePeer(answer)
         self.addCleanup(p.close)
         return p
 
     def worker(self, shard, peer_base, **kw):
-        w = Worker(shard, peer_base, **kw)
-        self._procs.append(w)
-        self.addCleanup(w.close)
+        w = self.managed(Worker(shard, peer_base, **kw))
         w.start()
         return w
 
@@ -199,9 +190,7 @@ class SnapshotPeerTest(LogsOnFailure, unittest.TestCase):
         # which sends a good copy of shard 0 (checksum and all). Installed,
         # it made the worker exit 78 at this start and every later one
         # ("created with shard 0"), telling the operator to fix data_dir.
-        other = Node()
-        self._procs.append(other)
-        self.addCleanup(other.close)
+        other = self.managed(Node())
         with other.client() as c:
             for i in range(50):
                 self.assertEqual(c.call(req_hset("t", b"k%d" % i, "v")).status, 200)
@@ -246,9 +235,7 @@ class SnapshotPeerTest(LogsOnFailure, unittest.TestCase):
         # disk) with limits.frame_timeout 1 s: the peer has sent its final
         # frame and owes nothing. The stall deadline used to run on through
         # the sync and discard the verified copy ("sent less than").
-        other = Node()
-        self._procs.append(other)
-        self.addCleanup(other.close)
+        other = self.managed(Node())
         with other.client() as c:
             self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
         w = self.worker(0, other.port, frame_timeout="1s",
