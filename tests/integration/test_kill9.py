@@ -270,6 +270,26 @@ class SnapshotKill9Test(NodeTestCase):
         w.start()
         self.assertCopied(w)
 
+    def test_a_copy_cut_by_kill9_is_removed_when_the_worker_starts_without_copying(self):
+        # Killed mid-copy, then started with cluster.bootstrap: replay (or
+        # without a peer): the half copy must not stay on the disk forever.
+        peer, w = self.peer_and_worker()
+        w.start()
+        self.assertTrue(wait_until(lambda: os.path.exists(self.part(w)) and
+                                   os.path.getsize(self.part(w)) > 0, TIMEOUT, interval=0.001),
+                        w.stderr())
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.proc.wait(TIMEOUT)
+        self.assertTrue(os.path.exists(self.part(w)))
+        with open(w.config) as f:
+            text = f.read().replace("  nodes:\n", "  bootstrap: replay\n  nodes:\n")
+        with open(w.config, "w") as f:
+            f.write(text)
+        w.start()
+        self.assertTrue(wait_until(w.serves, 3 * TIMEOUT), w.stderr())
+        self.assertFalse(os.path.exists(self.part(w)), "a half copy stays in " + w.shard_dir())
+        self.assertIn("removed a snapshot copy that a crash interrupted", w.stderr())
+
 
 if __name__ == "__main__":
     unittest.main()
