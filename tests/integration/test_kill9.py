@@ -1,7 +1,9 @@
 """kill -9 at the moments test_durability does not reach: a worker killed
 in the middle of a burst of Hincr, of table creations, of large Hmsets
 that grow the map, of writes on a full disk, and while it installs a
-snapshot copy from a peer.
+snapshot copy from a peer; the whole node (or its master alone) killed
+while clients write a bound table log-first and read with positions; a
+worker killed as the node reloads its config.
 
 One connection pipelines requests; a receiver thread keeps every answer
 in order. After kill -9 and a restart on the same data:
@@ -12,18 +14,25 @@ in order. After kill -9 and a restart on the same data:
   - nothing half-written is visible (an Hmset is all there or absent);
   - a write answered 507 (full disk) is absent;
   - the worker starts again by itself (a snapshot copy cut by the kill is
-    thrown away and copied again, never used).
+    thrown away and copied again, never used);
+  - a read carrying the position of a write acknowledged before the kill
+    is served with that write or a later one.
 
 Every wait is bounded; a kill comes once enough answers arrived, so the
 crash finds requests in flight whatever the machine's speed.
 """
+import functools
 import os
 import signal
+import socket
 import threading
 import time
 import unittest
 
-from kafkatest import wait_until
+from kafkatest import ingest_yaml, wait_until
+from routertest import Router, RouterTestCase, edit_config, procs_for_config
+from test_ingest import KafkaFixtures
+from test_logfirst import with_options
 from kvstest import (TIMEOUT, Client, NodeTestCase, encode, pb, pyval, req_hget, req_hmset,
                      req_hset)
 from test_hostile_peers import Worker
@@ -87,9 +96,17 @@ class Pipe:
         return wait_until(lambda: len(self.answers) >= n, timeout, interval=0.001)
 
     def join(self):
+        """Stops sending; once every request sent is answered (or the
+        connection is gone), ends the receiver too. True if both ended."""
         self.stop.set()
-        for t in self.threads:
-            t.join(TIMEOUT)
+        self.threads[0].join(TIMEOUT)
+        wait_until(lambda: len(self.answers) >= self.sent or not self.threads[1].is_alive(),
+                   TIMEOUT)
+        try:
+            self.c.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.threads[1].join(TIMEOUT)
         return not any(t.is_alive() for t in self.threads)
 
     def acked(self):
@@ -157,18 +174,19 @@ class Kill9Test(NodeTestCase):
     def test_large_hmsets_that_grow_the_map_are_all_or_nothing(self):
         keys, size = 4000, 600  # about 2.5 MB per Hmset, started on a 1 MiB map
 
-        def make(b):
-            return encode(req_hmset("big", [("%d_%d" % (b, j), "%d:%d:" % (b, j) + "x" * size)
+        def make(table, b):
+            return encode(req_hmset(table, [("%d_%d" % (b, j), "%d:%d:" % (b, j) + "x" * size)
                                             for j in range(keys)]))
 
         n = self.node(max_frame="8MiB", storage={"map_size": "1MiB"})
-        for kill_at in (1, 4, 9):
-            p = self.killed_mid_stream(n, make, 60, kill_at, chunk=1)
+        for round_, kill_at in enumerate((1, 4, 9)):
+            table = "big%d" % round_
+            p = self.killed_mid_stream(n, functools.partial(make, table), 60, kill_at, chunk=1)
             acked = p.acked()
             self.assertEqual(acked, list(range(len(acked))))
             batches = {}
             with Client(n.addr, max_frame=8 << 20) as c:
-                for k, v in c.scan_all("big", count=5000):
+                for k, v in c.scan_all(table, count=5000):
                     b, j = (int(x) for x in k.decode().split("_"))
                     self.assertTrue(v.startswith("%d:%d:" % (b, j)), (k, v[:20]))
                     batches.setdefault(b, set()).add(j)
@@ -196,7 +214,8 @@ class Kill9Test(NodeTestCase):
             self.assertTrue(p.join())
         self.assertEqual(p.errors, [])
         statuses = {a[0] for a in p.answers}
-        self.assertLessEqual(statuses, {200, 507}, [a for a in p.answers if a[0] not in (200, 507)][:3])
+        self.assertLessEqual(statuses, {200, 507},
+                             [a for a in p.answers if a[0] not in (200, 507)][:3])
         n.start()  # a new process: RLIMIT_FSIZE is gone, the disk has room again
         with n.client() as c:
             got = c.pipeline(req_hget("t", b"%06d" % i) for i in range(len(p.answers)))
@@ -289,6 +308,138 @@ class SnapshotKill9Test(NodeTestCase):
         self.assertTrue(wait_until(w.serves, 3 * TIMEOUT), w.stderr())
         self.assertFalse(os.path.exists(self.part(w)), "a half copy stays in " + w.shard_dir())
         self.assertIn("removed a snapshot copy that a crash interrupted", w.stderr())
+
+
+class NodeKill9Test(KafkaFixtures, unittest.TestCase):
+    """The whole node (master, router processes, workers) killed -9 while
+    clients write a bound table through the router (log-first) and read
+    with positions: after a restart every acknowledged write reads back,
+    and a read carrying the position of a write acknowledged before the
+    kill is served with that write (or a later one), never an older
+    value."""
+
+    def test_whole_node_kill9_keeps_acknowledged_log_first_writes_and_their_positions(self):
+        self.writes_through_a_kill("all")
+
+    def test_master_kill9_keeps_acknowledged_log_first_writes_and_their_positions(self):
+        # Its router processes and workers learn of it (PR_SET_PDEATHSIG:
+        # SIGTERM), drain and exit; a new master starts once they are gone.
+        self.writes_through_a_kill("master")
+
+    def writes_through_a_kill(self, victims):
+        topic, parts = "users", 4
+        m = self.mock({topic: parts})
+        r = Router(shards=2, partitions=64, start=False, timeout="3s", processes=2,
+                   extra_yaml=ingest_yaml(m.bootstrap, [(topic, "users", "string", parts)],
+                                          properties={"reconnect.backoff.max.ms": "500"}))
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        r.start()
+        acked, attempted, errors = {}, {}, []
+        lock, stop = threading.Lock(), threading.Event()
+
+        def writer(t):
+            keys = [b"w%d-%d" % (t, j) for j in range(6)]
+            try:
+                with r.client(timeout=5) as c:
+                    n = 0
+                    while not stop.is_set():
+                        n += 1
+                        k = keys[n % len(keys)]
+                        with lock:
+                            attempted[k] = n
+                        resp = c.hset("users", k, str(n))
+                        if resp.status == 200:
+                            self.assertTrue(resp.position, "a log-first write without position")
+                            with lock:
+                                acked[k] = (n, resp.position)
+                            # the session reads its own write
+                            # (or 503 once the node goes down under it)
+                            got = c.hget("users", k)
+                            if got.status not in (200, 503) or (
+                                    got.status == 200 and got.values[0].string_value != str(n)):
+                                errors.append((k, n, got.status, got.message))
+                        elif resp.status != 503:
+                            errors.append((k, n, resp.status, resp.message))
+            except (OSError, EOFError):
+                pass  # the node died under us
+
+        threads = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(4)]
+        for t in threads:
+            t.start()
+        self.assertTrue(wait_until(lambda: len(acked) >= 20, 20), "too few writes acknowledged")
+        time.sleep(0.5)
+        pids = [r.pid] + (sorted(procs_for_config(r.config)) if victims == "all" else [])
+        for pid in pids:  # at once: no process sees another one die first
+            os.kill(pid, signal.SIGKILL)
+        with lock:
+            before = dict(acked)
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        self.assertEqual(errors, [])
+        self.assertTrue(r.wait_all_gone(10))
+        r.start()
+        for k, (n, pos) in sorted(before.items()):
+            def read():
+                with r.client() as c:
+                    got = c.call(with_options(req_hget("users", k), pos))
+                if got.status == 503:
+                    return None
+                return got
+            got = wait_until(read, 20, 0.05)
+            self.assertTrue(got, "a read at the position of %r=%d is never served" % (k, n))
+            self.assertEqual(got.status, 200, got.message)
+            v = int(got.values[0].string_value)
+            self.assertGreaterEqual(v, n, "%r: acknowledged %d, read %d at its position"
+                                    % (k, n, v))
+            self.assertLessEqual(v, attempted[k])
+        ends = self.ends(m, topic, parts)
+        self.assert_exactly_once(self.wait_caught_up(r, topic, ends), ends)
+
+
+class ReloadKill9Test(RouterTestCase):
+    """A worker killed -9 right as the node reloads its config (SIGHUP)
+    while a client streams writes through the router: every write answered
+    200 reads back, the master restarts the worker, and the restarted
+    worker runs the reloaded config (the master's new snapshot, or the old
+    one then the SIGHUP it is owed), not the one it started with."""
+
+    def test_worker_killed_during_a_live_reload(self):
+        r = self.router(shards=2, log="{level: info, slow_threshold: off}")
+        with r.client() as c:
+            p = Pipe(c, lambda i: encode(req_hset("t", b"%06d" % i, "v%d" % i)), 200000, chunk=200)
+            self.assertTrue(p.wait_answers(2000))
+            edit_config(r, "slow_threshold: off", "slow_threshold: 0")
+            old = r.worker_pid(0)
+            r.proc.send_signal(signal.SIGHUP)
+            os.kill(old, signal.SIGKILL)
+            self.assertIsNotNone(r.wait_worker(0, not_pid=old))
+            p.wait_answers(len(p.answers) + 5000, timeout=2.0)
+            self.assertTrue(p.join())
+        self.assertEqual(p.errors, [])
+        bad = [a for a in p.answers if a[0] not in (200, 503)]
+        self.assertEqual(bad[:3], [])
+        self.assertIn(503, [a[0] for a in p.answers], "the kill cost no request: too late")
+        line = "configuration reloaded from %s (log.slow_threshold)" % r.config
+        self.assertTrue(wait_until(lambda: "node[1] INFO  " + line in r.stderr(), TIMEOUT),
+                        r.stderr())
+        # the new worker 0 runs threshold 0: its own slow log takes every request
+
+        def slow_entries():
+            with r.worker_client(0) as c:
+                req = pb.CommandRequest()
+                req.slowlog.count = 10
+                c.call(req_hget("t", b"probe"))
+                resp = c.call(req)
+                return resp.status == 200 and len(resp.ops.slowlog) > 0
+        self.assertTrue(wait_until(slow_entries, TIMEOUT), r.stderr())
+        with r.client() as c:
+            got = c.pipeline(req_hget("t", b"%06d" % i) for i in range(len(p.answers)))
+        lost = [i for i, a in enumerate(p.answers)
+                if a[0] == 200 and stored_text(got[i]) != "v%d" % i]
+        self.assertEqual(lost[:10], [], "acknowledged writes lost")
+        self.assertEqual(r.stop(), 0, r.stderr())
 
 
 if __name__ == "__main__":
