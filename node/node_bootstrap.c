@@ -23,7 +23,8 @@
  * placement, as the store checks them when it opens it) and renamed to
  * data.mdb (and the directory synced): a crash at any point leaves either
  * no data.mdb (the next start bootstraps again; a stale .part is removed
- * first) or a complete one. A peer that sends less than MIN_PROGRESS bytes
+ * first, and node_store_open removes one left when no copy is made) or a
+ * complete one. A peer that sends less than MIN_PROGRESS bytes
  * in limits.frame_timeout (30 s by default: a stall, or a trickle of a few
  * bytes at a time) is given up, as is one that
  * answers an error, closes early, sends bytes that do not match, or sends

@@ -738,6 +738,24 @@ static int lock_dir(node_store_t *s, const char *dir, char *err, size_t errlen)
     return s->lock_fd < 0 ? s->lock_fd : 0;
 }
 
+/* Under kvs.lock: a snapshot copy (node_bootstrap) that a crash cut off
+ * left data.mdb.part behind. Once the store opens, no copy runs here any
+ * more (the bootstrap holds the same lock, and a worker copies only before
+ * it opens its store), so the file is never used: remove it, however the
+ * store came to open (a later copy succeeded, cluster.bootstrap: replay,
+ * no peer left in the map), rather than leave up to a whole environment's
+ * size on the disk. */
+static void drop_stale_copy(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/data.mdb.part", dir);
+    if (unlink(path) == 0)
+        kvs_warn("%s: removed a snapshot copy that a crash interrupted", path);
+    else if (errno != ENOENT)
+        kvs_warn("%s: cannot remove a snapshot copy that a crash interrupted: %s", path,
+                 strerror(errno));
+}
+
 /* Checks (or, in a fresh env, records) one identity field in __kvs. */
 static int meta_check(MDB_txn *txn, MDB_dbi meta, const char *key, const char *want,
                       const char *dir, char *err, size_t errlen)
@@ -1016,6 +1034,8 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     }
     if (rc == 0)
         rc = lock_dir(s, o->dir, err, errlen);
+    if (rc == 0)
+        drop_stale_copy(o->dir);
     if (rc == 0)
         rc = env_open(s, o, err, errlen);
     if (rc == 0)
