@@ -343,7 +343,8 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
         n != NODE_INGEST_OWN_ID_LEN)
         return 0;
     kvs_buf_t *prev =
-        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store));
+        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store),
+                      m->key, m->key_len, m->payload, m->len);
     if (prev == NULL)
         return 0;
     prev->len = 0;

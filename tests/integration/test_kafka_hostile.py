@@ -1,0 +1,60 @@
+"""Integration tests: kvs's Kafka side against a hostile producer on a
+bound topic and a misbehaving broker (kvs-mock-kafka's control commands).
+Real kvs-router, kvs-node workers and kvs-mock-kafka processes on
+loopback; every wait is bounded."""
+import time
+import unittest
+
+from kvstest import pyval, req_hset
+from routertest import partition_of
+import kafkatest
+from kafkatest import KCAT, pos_entries, read_topic, wait_until
+from test_ingest import KafkaFixtures
+from test_logfirst import keys_in_partition
+
+HAVE_CK = kafkatest.Producer is not None
+
+
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class HostileProducerTest(KafkaFixtures, unittest.TestCase):
+    def test_a_forged_writer_header_does_not_answer_a_write(self):
+        # A producer that reads the topic sees the kvs.writer headers (a
+        # run's prefix and a sequence number). A record it sends with the
+        # id of a write in flight, on the write's partition, before the
+        # write's own record, must not be taken for the write.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        properties={"retry.backoff.ms": "1000"})
+        key = b"victim"
+        p = partition_of(key, parts)
+        other = [k for k in keys_in_partition(p, parts, 2, "o") if k != key][0]
+        with r.client() as c:
+            self.assertEqual(c.hset("users", key, b"v1").status, 200)
+        rec = [x for x in read_topic(m.bootstrap, "users", parts) if x[2] == key][0]
+        wid = rec[4]["kvs.writer"]
+        forged = wid[:8] + (int.from_bytes(wid[8:], "big") + 1).to_bytes(8, "big")
+        prod = kafkatest.producer(m.bootstrap, **{"linger.ms": 0})
+        prod.produce("users", key=other, value=b"x", partition=p)
+        self.assertEqual(prod.flush(10), 0)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: pyval(c.hget("users", other).values[0]) == b"x",
+                                       10))
+        m.ctl("error Produce NOT_ENOUGH_REPLICAS 1")  # kvs's record is sent again 1 s later
+        with r.client() as c:
+            c.send(req_hset("users", key, b"v2"))
+            time.sleep(0.3)
+            prod.produce("users", key=other, value=b"evil", partition=p,
+                         headers=[("kvs.writer", forged)])
+            self.assertEqual(prod.flush(10), 0)
+            resp = c.recv()
+        self.assertEqual(resp.status, 200, resp.message)
+        recs = [x for x in read_topic(m.bootstrap, "users", parts) if x[0] == p]
+        self.assertEqual([(k, v) for _, _, k, v, _ in recs],
+                         [(key, b"v1"), (other, b"x"), (other, b"evil"), (key, b"v2")])
+        self.assertEqual(pyval(resp.values[0]), b"v1", "the answer is the forged record's")
+        self.assertEqual(pos_entries(resp.position), [("users", p, recs[3][1])])
+
+
+if __name__ == "__main__":
+    unittest.main()
