@@ -407,10 +407,23 @@ static void on_timer(uv_timer_t *t)
     char msg[512];
     while (wr->head != NULL && wr->head->deadline <= now) {
         wreq_t *w = wr->head;
-        int acked = 1;
-        for (size_t i = 0; i < w->n; i++)
+        int acked = 1, placed = 1;
+        for (size_t i = 0; i < w->n; i++) {
             acked &= w->recs[i]->acked;
-        if (acked)
+            placed &= w->recs[i]->offset >= 0;
+        }
+        /* Acknowledged without an offset (a broker saying "duplicate" of a
+         * record it has, or one that says so wrongly) and not seen since:
+         * no position can name it, and whether it is in the log is not
+         * known. */
+        if (acked && !placed)
+            snprintf(msg, sizeof(msg),
+                     "%s: Kafka acknowledged the write without saying at which offset, and this "
+                     "worker did not find it in topic %s within %llu ms: the write may or may not "
+                     "have happened; read the key%s to find out",
+                     kvs_msg_command_name(w->cmd), w->b->topic,
+                     (unsigned long long)node_wait_ms(wr->cfg), w->n > 1 ? "s" : "");
+        else if (acked)
             snprintf(msg, sizeof(msg),
                      "%s: Kafka acknowledged the write (see its position), but this worker did "
                      "not apply it within %llu ms; it will be applied: read with this position "

@@ -56,5 +56,28 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(pos_entries(resp.position), [("users", p, recs[3][1])])
 
 
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
+    def test_an_acknowledgement_without_offset_is_not_a_promise(self):
+        # A broker that answers DUPLICATE_SEQUENCE_NUMBER acknowledges a
+        # record without an offset; this one never wrote it. The write
+        # cannot promise it will be applied, nor name it in a position.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"1").status, 200)
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            resp = c.hset("users", b"k", b"2")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertNotIn("it will be applied", resp.message)
+            self.assertEqual(pos_entries(resp.position), [])
+            self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"1")
+            self.assertEqual(c.hset("users", b"k", b"3").status, 200)
+        self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)],
+                         [b"1", b"3"])
+
+
 if __name__ == "__main__":
     unittest.main()
