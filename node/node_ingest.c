@@ -1078,7 +1078,18 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 t->parts[o->partition].group_next = o->offset;
         }
     }
-    if (err != 0 && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    if (err == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID || err == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+        err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {
+        /* A group with members refuses commits from outside it: another
+         * application's consumers subscribed under the same group id. */
+        char why[512];
+        snprintf(why, sizeof(why),
+                 "%s: another consumer is a member of this group (an application that "
+                 "subscribes under the same group id); kvs reads its partitions without "
+                 "joining, so set a kafka.group_id no other application uses",
+                 rd_kafka_err2str(err));
+        log_group_error(in, why);
+    } else if (err != 0 && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         log_group_error(in, rd_kafka_err2str(err));
 }
 

@@ -2,6 +2,7 @@
 bound topic and a misbehaving broker (kvs-mock-kafka's control commands).
 Real kvs-router, kvs-node workers and kvs-mock-kafka processes on
 loopback; every wait is bounded."""
+import threading
 import time
 import unittest
 
@@ -9,7 +10,7 @@ from kvstest import pyval, req_hset
 from routertest import partition_of
 import kafkatest
 from kafkatest import KCAT, pos_entries, read_topic, wait_until
-from test_ingest import KafkaFixtures
+from test_ingest import KafkaFixtures, log_of
 from test_logfirst import keys_in_partition
 
 HAVE_CK = kafkatest.Producer is not None
@@ -54,6 +55,39 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
                          [(key, b"v1"), (other, b"x"), (other, b"evil"), (key, b"v2")])
         self.assertEqual(pyval(resp.values[0]), b"v1", "the answer is the forged record's")
         self.assertEqual(pos_entries(resp.position), [("users", p, recs[3][1])])
+
+    def test_a_consumer_in_kvss_group_takes_nothing_and_is_named(self):
+        # Another application subscribes under kvs's group id: kvs assigns
+        # its partitions itself, so it keeps ingesting everything; only
+        # its group commits are refused, and the log says why.
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        stop, seen = threading.Event(), []
+
+        def thief():
+            c = kafkatest.consumer(m.bootstrap, group="kvs")
+            c.subscribe(["users"])
+            while not stop.is_set():
+                msg = c.poll(0.1)
+                if msg is not None and not msg.error():
+                    seen.append(msg.offset())
+            c.close()
+
+        t = threading.Thread(target=thief)
+        t.start()
+        try:
+            self.assertTrue(wait_until(lambda: kafkatest.produce(
+                m.bootstrap, "users", [(b"w", b"0")]) and seen, 10), "the thief joined")
+            kafkatest.produce(m.bootstrap, "users", [(b"k%d" % i, b"v%d" % i) for i in range(200)])
+            ends = self.ends(m, "users", parts)
+            self.assert_exactly_once(self.wait_caught_up(r, "users", ends, 20), ends)
+            self.assertTrue(wait_until(lambda: "another consumer is a member of this group"
+                                       in log_of(r), 10), "the refused commits are explained")
+        finally:
+            stop.set()
+            t.join(10)
+        self.assertIn("consumer group kvs failed", log_of(r))
 
 
 @unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
