@@ -6,12 +6,12 @@ import threading
 import time
 import unittest
 
-from kvstest import pyval, req_hset
+from kvstest import pyval, req_hget, req_hset
 from routertest import partition_of
 import kafkatest
 from kafkatest import KCAT, pos_entries, read_topic, wait_until
 from test_ingest import KafkaFixtures, log_of
-from test_logfirst import keys_in_partition
+from test_logfirst import keys_in_partition, with_options
 
 HAVE_CK = kafkatest.Producer is not None
 
@@ -111,6 +111,37 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
             self.assertEqual(c.hset("users", b"k", b"3").status, 200)
         self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)],
                          [b"1", b"3"])
+
+    def test_a_partition_without_leader_fails_its_writes_in_time_and_only_its_writes(self):
+        # Partition p loses its leader for longer than router.timeout:
+        # a write to it is answered (503, may or may not) before the
+        # router gives up, and writes and position reads of the other
+        # partitions go on meanwhile.
+        parts = 4
+        m = self.mock({"users": parts}, brokers=3, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        key, other = keys_in_partition(0, parts, 1, "a")[0], keys_in_partition(2, parts, 1, "b")[0]
+        with r.client() as c:
+            self.assertEqual(c.hset("users", key, b"1").status, 200)
+            resp = c.hset("users", other, b"1")
+            self.assertEqual(resp.status, 200, resp.message)
+            pos = resp.position
+            m.ctl("leader users 0 -1")
+            t0 = time.monotonic()
+            resp = c.hset("users", key, b"2")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertLess(time.monotonic() - t0, 2.0, "answered before router.timeout")
+            resp = c.hset("users", other, b"2")  # same shard, another partition
+            self.assertEqual(resp.status, 200, resp.message)
+            resp = c.call(with_options(req_hget("users", other), pos))
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"2"), resp.message)
+            m.ctl("leader users 0 2")
+            self.assertTrue(wait_until(lambda: c.hset("users", key, b"3").status == 200, 20, 0.2))
+            self.assertEqual(pyval(c.hget("users", key).values[0]), b"3")
+        vals = [v for p, _, k, v, _ in read_topic(m.bootstrap, "users", parts) if p == 0]
+        self.assertIn(vals, ([b"1", b"3"], [b"1", b"2", b"3"]))
+        self.assertEqual(len([v for v in vals if v == b"3"]), 1)
 
 
 if __name__ == "__main__":
