@@ -1390,8 +1390,11 @@ int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
 {
     rd_kafka_message_t *m = (rd_kafka_message_t *)record;
     topic_t *t = topic_of(in, m);
+    /* An acknowledgement without an offset (a duplicate, as the broker
+     * says) places the record nowhere: a partition that never gave a
+     * record has next -1 too, and must not take it as its next one. */
     if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
-        m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        m->offset < 0 || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
         !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
         return 0; /* not next in its partition: ingestion applies it when it reads it */
     int rc = apply_batch(in, &m, 1);

@@ -112,6 +112,29 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)],
                          [b"1", b"3"])
 
+    def test_an_acknowledgement_without_offset_applies_nothing(self):
+        # The same on a partition that never gave a record: the
+        # acknowledged record is in no known place of the log, so it must
+        # not be applied as if it were the partition's next one.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        p = partition_of(b"k", parts)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: kafkatest.kafka_parts(
+                kafkatest.info(r), "users")[p]["end_offset"] == 0, 10))
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            resp = c.hset("users", b"k", b"1")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertEqual(c.hget("users", b"k").status, 404, "applied a record not in the log")
+            st = kafkatest.kafka_parts(kafkatest.info(r), "users")[p]
+            self.assertEqual((st["applied"], st["next_offset"]), (0, 0), st)
+            resp = c.hset("users", b"k", b"2")
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, None), resp.message)
+            self.assertEqual(pos_entries(resp.position), [("users", p, 0)])
+        self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)], [b"2"])
+
     def test_a_partition_without_leader_fails_its_writes_in_time_and_only_its_writes(self):
         # Partition p loses its leader for longer than router.timeout:
         # a write to it is answered (503, may or may not) before the
