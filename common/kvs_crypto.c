@@ -47,6 +47,23 @@ int kvs_crypto_hmac(const void *key, size_t klen, const void *msg, size_t mlen,
     return 0;
 }
 
+int kvs_crypto_sha256(const void *const *p, const size_t *len, size_t n,
+                      uint8_t out[KVS_CRYPTO_SHA256])
+{
+    unsigned int got = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = len[i] == 0 || EVP_DigestUpdate(ctx, p[i], len[i]) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, out, &got) == 1 && got == KVS_CRYPTO_SHA256;
+    EVP_MD_CTX_free(ctx);
+    if (!ok) {
+        ERR_clear_error();
+        return KVS_EINVAL;
+    }
+    return 0;
+}
+
 int kvs_crypto_equal(const void *a, const void *b, size_t n)
 {
     return CRYPTO_memcmp(a, b, n) == 0;

@@ -343,7 +343,8 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
         n != NODE_INGEST_OWN_ID_LEN)
         return 0;
     kvs_buf_t *prev =
-        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store));
+        in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store),
+                      m->key, m->key_len, m->payload, m->len);
     if (prev == NULL)
         return 0;
     prev->len = 0;
@@ -1077,7 +1078,18 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 t->parts[o->partition].group_next = o->offset;
         }
     }
-    if (err != 0 && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    if (err == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID || err == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+        err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {
+        /* A group with members refuses commits from outside it: another
+         * application's consumers subscribed under the same group id. */
+        char why[512];
+        snprintf(why, sizeof(why),
+                 "%s: another consumer is a member of this group (an application that "
+                 "subscribes under the same group id); kvs reads its partitions without "
+                 "joining, so set a kafka.group_id no other application uses",
+                 rd_kafka_err2str(err));
+        log_group_error(in, why);
+    } else if (err != 0 && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         log_group_error(in, rd_kafka_err2str(err));
 }
 
@@ -1378,8 +1390,11 @@ int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
 {
     rd_kafka_message_t *m = (rd_kafka_message_t *)record;
     topic_t *t = topic_of(in, m);
+    /* An acknowledgement without an offset (a duplicate, as the broker
+     * says) places the record nowhere: a partition that never gave a
+     * record has next -1 too, and must not take it as its next one. */
     if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
-        m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        m->offset < 0 || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
         !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
         return 0; /* not next in its partition: ingestion applies it when it reads it */
     int rc = apply_batch(in, &m, 1);

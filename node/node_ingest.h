@@ -158,12 +158,15 @@ int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 #define NODE_INGEST_OWN_ID_LEN 16
 
 typedef struct node_ingest_own_s {
-    /* A record carrying header `id` is about to be applied at (partition,
-     * offset) in batch `gen`: returns the buffer that receives the value
-     * it replaces (an encoded Value, left empty when the key had none), or
-     * NULL when no write waits for it. */
+    /* A record carrying header `id`, key and payload (NULL: a tombstone)
+     * is about to be applied at (partition, offset) in batch `gen`:
+     * returns the buffer that receives the value it replaces (an encoded
+     * Value, left empty when the key had none), or NULL when no write
+     * waits for it (any producer can send any header: a record is a
+     * write's only if it is the record the write sent). */
     kvs_buf_t *(*claim)(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
-                        uint64_t gen);
+                        uint64_t gen, const void *key, size_t klen, const void *payload,
+                        size_t len);
     const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
     void *arg;
 } node_ingest_own_t;

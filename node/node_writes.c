@@ -17,7 +17,11 @@
  * the broker recognized as already written). Matching never depends on
  * that order: records are claimed by the id in their "kvs.writer" header
  * (this incarnation's random prefix + a sequence number), found in a hash
- * table while they are outstanding.
+ * table while they are outstanding. Anyone who reads the topic can read
+ * those ids, guess the next ones and produce records carrying them, so a
+ * claim also checks that the record is the one sent: same partition, and
+ * the same key and payload (by a SHA-256 digest kept with the record).
+ * Another record carrying a write's id is applied like any other.
  *
  * A claim in a batch that then fails to commit is forgotten (applied = 0):
  * ingestion re-reads the records from the last committed offsets, and the
@@ -36,6 +40,7 @@
  * ingestion, exactly once (the offsets are in LMDB with the data).
  */
 #include "node_writes.h"
+#include "kvs_crypto.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_place.h"
@@ -62,7 +67,8 @@ struct rec_s {
     int64_t offset; /* -1 until known */
     uint64_t gen;   /* batch the claim happened in */
     unsigned delivered : 1, acked : 1, applied : 1, committed : 1, on_settle : 1;
-    kvs_buf_t prev; /* the value the record replaced, as an encoded Value */
+    uint8_t digest[KVS_CRYPTO_SHA256]; /* of its key and payload (record_digest) */
+    kvs_buf_t prev;                    /* the value the record replaced, as an encoded Value */
 };
 
 struct wreq_s {
@@ -166,6 +172,20 @@ static void rec_release(node_writes_t *wr, rec_t *r)
     wr->outstanding--;
     kvs_buf_free(&r->prev);
     free(r);
+}
+
+/* What a claim compares: the key's length, the key, whether there is a
+ * payload (a tombstone has none) and the payload. */
+static int record_digest(const void *key, size_t klen, const void *payload, size_t len,
+                         uint8_t out[KVS_CRYPTO_SHA256])
+{
+    uint8_t head[9];
+    for (int i = 0; i < 8; i++)
+        head[i] = (uint8_t)((uint64_t)klen >> (56 - 8 * i));
+    head[8] = payload != NULL;
+    const void *p[] = {head, key, payload};
+    const size_t n[] = {sizeof(head), klen, payload != NULL ? len : 0};
+    return kvs_crypto_sha256(p, n, 3, out);
 }
 
 static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[NODE_PRODUCE_ID_LEN])
@@ -319,9 +339,11 @@ static void on_delivery(void *arg, const node_delivery_t *d)
 }
 
 static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
-                           uint64_t gen)
+                           uint64_t gen, const void *key, size_t klen, const void *payload,
+                           size_t len)
 {
     node_writes_t *wr = arg;
+    uint8_t digest[KVS_CRYPTO_SHA256];
     uint64_t seq = 0;
     if (memcmp(id, wr->incarnation, 8) != 0)
         return NULL; /* an earlier run's record: applied like any other */
@@ -329,6 +351,11 @@ static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int6
         seq = seq << 8 | id[8 + i];
     rec_t *r = rec_find(wr, seq);
     if (r == NULL || r->w == NULL || r->partition != partition)
+        return NULL;
+    /* Another producer's record with this write's id (read from the topic
+     * and guessed) is not this write. */
+    if (record_digest(key, klen, payload, len, digest) != 0 ||
+        !kvs_crypto_equal(digest, r->digest, sizeof(digest)))
         return NULL;
     /* Claimed before at another offset: the same record twice in the log
      * (a broker without idempotence); the second copy is not this write.
@@ -380,10 +407,23 @@ static void on_timer(uv_timer_t *t)
     char msg[512];
     while (wr->head != NULL && wr->head->deadline <= now) {
         wreq_t *w = wr->head;
-        int acked = 1;
-        for (size_t i = 0; i < w->n; i++)
+        int acked = 1, placed = 1;
+        for (size_t i = 0; i < w->n; i++) {
             acked &= w->recs[i]->acked;
-        if (acked)
+            placed &= w->recs[i]->offset >= 0;
+        }
+        /* Acknowledged without an offset (a broker saying "duplicate" of a
+         * record it has, or one that says so wrongly) and not seen since:
+         * no position can name it, and whether it is in the log is not
+         * known. */
+        if (acked && !placed)
+            snprintf(msg, sizeof(msg),
+                     "%s: Kafka acknowledged the write without saying at which offset, and this "
+                     "worker did not find it in topic %s within %llu ms: the write may or may not "
+                     "have happened; read the key%s to find out",
+                     kvs_msg_command_name(w->cmd), w->b->topic,
+                     (unsigned long long)node_wait_ms(wr->cfg), w->n > 1 ? "s" : "");
+        else if (acked)
             snprintf(msg, sizeof(msg),
                      "%s: Kafka acknowledged the write (see its position), but this worker did "
                      "not apply it within %llu ms; it will be applied: read with this position "
@@ -618,9 +658,14 @@ static int send_all(node_writes_t *wr, wreq_t *w, const item_t *items, char *why
     for (size_t i = 0; i < w->n; i++) {
         rec_t *r = w->recs[i];
         make_id(wr, r->seq, id);
-        int rc =
-            node_produce_send(wr->producer, w->b, items[i].partition, items[i].key->data,
-                              items[i].key->len, items[i].payload, items[i].len, id, r, why, wlen);
+        int rc = record_digest(items[i].key->data, items[i].key->len, items[i].payload,
+                               items[i].len, r->digest);
+        if (rc != 0)
+            snprintf(why, wlen, "cannot compute the record's digest");
+        else
+            rc = node_produce_send(wr->producer, w->b, items[i].partition, items[i].key->data,
+                                   items[i].key->len, items[i].payload, items[i].len, id, r, why,
+                                   wlen);
         if (rc == 0)
             continue;
         for (size_t k = i; k < w->n; k++)

@@ -1,7 +1,9 @@
 /*
  * test_hash: kvs_hash is XXH3-128 in its canonical form, checked against
  * vectors from the reference tool (xxhsum -H2), streamed and one-shot.
+ * Also kvs_crypto_sha256 over pieces (FIPS 180-2's "abc" vector).
  */
+#include "kvs_crypto.h"
 #include "kvs_hash.h"
 #include "kvs_test.h"
 
@@ -56,4 +58,20 @@ KVS_TEST(streamed_equals_one_shot)
     kvs_hash_free(y);
 }
 
-KVS_TEST_MAIN(KVS_CASE(vectors), KVS_CASE(streamed_equals_one_shot))
+KVS_TEST(sha256_of_pieces)
+{
+    static const uint8_t want[KVS_CRYPTO_SHA256] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea,
+                                                    0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+                                                    0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c,
+                                                    0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    uint8_t d[KVS_CRYPTO_SHA256];
+    const void *p[] = {"a", NULL, "bc"};
+    const size_t n[] = {1, 0, 2};
+    CHECK_EQ(kvs_crypto_sha256(p, n, 3, d), 0);
+    CHECK(kvs_crypto_equal(d, want, sizeof(d)));
+    const void *one[] = {"abd"};
+    CHECK_EQ(kvs_crypto_sha256(one, (const size_t[]){3}, 1, d), 0);
+    CHECK(!kvs_crypto_equal(d, want, sizeof(d)));
+}
+
+KVS_TEST_MAIN(KVS_CASE(vectors), KVS_CASE(streamed_equals_one_shot), KVS_CASE(sha256_of_pieces))

@@ -1,0 +1,171 @@
+"""Integration tests: kvs's Kafka side against a hostile producer on a
+bound topic and a misbehaving broker (kvs-mock-kafka's control commands).
+Real kvs-router, kvs-node workers and kvs-mock-kafka processes on
+loopback; every wait is bounded."""
+import threading
+import time
+import unittest
+
+from kvstest import pyval, req_hget, req_hset
+from routertest import partition_of
+import kafkatest
+from kafkatest import KCAT, pos_entries, read_topic, wait_until
+from test_ingest import KafkaFixtures, log_of
+from test_logfirst import keys_in_partition, with_options
+
+HAVE_CK = kafkatest.Producer is not None
+
+
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class HostileProducerTest(KafkaFixtures, unittest.TestCase):
+    def test_a_forged_writer_header_does_not_answer_a_write(self):
+        # A producer that reads the topic sees the kvs.writer headers (a
+        # run's prefix and a sequence number). A record it sends with the
+        # id of a write in flight, on the write's partition, before the
+        # write's own record, must not be taken for the write.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2,
+                        properties={"retry.backoff.ms": "1000"})
+        key = b"victim"
+        p = partition_of(key, parts)
+        other = [k for k in keys_in_partition(p, parts, 2, "o") if k != key][0]
+        with r.client() as c:
+            self.assertEqual(c.hset("users", key, b"v1").status, 200)
+        rec = [x for x in read_topic(m.bootstrap, "users", parts) if x[2] == key][0]
+        wid = rec[4]["kvs.writer"]
+        forged = wid[:8] + (int.from_bytes(wid[8:], "big") + 1).to_bytes(8, "big")
+        prod = kafkatest.producer(m.bootstrap, **{"linger.ms": 0})
+        prod.produce("users", key=other, value=b"x", partition=p)
+        self.assertEqual(prod.flush(10), 0)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: pyval(c.hget("users", other).values[0]) == b"x",
+                                       10))
+        m.ctl("error Produce NOT_ENOUGH_REPLICAS 1")  # kvs's record is sent again 1 s later
+        with r.client() as c:
+            c.send(req_hset("users", key, b"v2"))
+            time.sleep(0.3)
+            prod.produce("users", key=other, value=b"evil", partition=p,
+                         headers=[("kvs.writer", forged)])
+            self.assertEqual(prod.flush(10), 0)
+            resp = c.recv()
+        self.assertEqual(resp.status, 200, resp.message)
+        recs = [x for x in read_topic(m.bootstrap, "users", parts) if x[0] == p]
+        self.assertEqual([(k, v) for _, _, k, v, _ in recs],
+                         [(key, b"v1"), (other, b"x"), (other, b"evil"), (key, b"v2")])
+        self.assertEqual(pyval(resp.values[0]), b"v1", "the answer is the forged record's")
+        self.assertEqual(pos_entries(resp.position), [("users", p, recs[3][1])])
+
+    def test_a_consumer_in_kvss_group_takes_nothing_and_is_named(self):
+        # Another application subscribes under kvs's group id: kvs assigns
+        # its partitions itself, so it keeps ingesting everything; only
+        # its group commits are refused, and the log says why.
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        stop, seen = threading.Event(), []
+
+        def thief():
+            c = kafkatest.consumer(m.bootstrap, group="kvs")
+            c.subscribe(["users"])
+            while not stop.is_set():
+                msg = c.poll(0.1)
+                if msg is not None and not msg.error():
+                    seen.append(msg.offset())
+            c.close()
+
+        t = threading.Thread(target=thief)
+        t.start()
+        try:
+            self.assertTrue(wait_until(lambda: kafkatest.produce(
+                m.bootstrap, "users", [(b"w", b"0")]) and seen, 10), "the thief joined")
+            kafkatest.produce(m.bootstrap, "users", [(b"k%d" % i, b"v%d" % i) for i in range(200)])
+            ends = self.ends(m, "users", parts)
+            self.assert_exactly_once(self.wait_caught_up(r, "users", ends, 20), ends)
+            self.assertTrue(wait_until(lambda: "another consumer is a member of this group"
+                                       in log_of(r), 10), "the refused commits are explained")
+        finally:
+            stop.set()
+            t.join(10)
+        self.assertIn("consumer group kvs failed", log_of(r))
+
+
+@unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
+class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
+    def test_an_acknowledgement_without_offset_is_not_a_promise(self):
+        # A broker that answers DUPLICATE_SEQUENCE_NUMBER acknowledges a
+        # record without an offset; this one never wrote it. The write
+        # cannot promise it will be applied, nor name it in a position.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"1").status, 200)
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            resp = c.hset("users", b"k", b"2")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertNotIn("it will be applied", resp.message)
+            self.assertEqual(pos_entries(resp.position), [])
+            self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"1")
+            self.assertEqual(c.hset("users", b"k", b"3").status, 200)
+        self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)],
+                         [b"1", b"3"])
+
+    def test_an_acknowledgement_without_offset_applies_nothing(self):
+        # The same on a partition that never gave a record: the
+        # acknowledged record is in no known place of the log, so it must
+        # not be applied as if it were the partition's next one.
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        p = partition_of(b"k", parts)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: kafkatest.kafka_parts(
+                kafkatest.info(r), "users")[p]["end_offset"] == 0, 10))
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            resp = c.hset("users", b"k", b"1")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertEqual(c.hget("users", b"k").status, 404, "applied a record not in the log")
+            st = kafkatest.kafka_parts(kafkatest.info(r), "users")[p]
+            self.assertEqual((st["applied"], st["next_offset"]), (0, 0), st)
+            resp = c.hset("users", b"k", b"2")
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, None), resp.message)
+            self.assertEqual(pos_entries(resp.position), [("users", p, 0)])
+        self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)], [b"2"])
+
+    def test_a_partition_without_leader_fails_its_writes_in_time_and_only_its_writes(self):
+        # Partition p loses its leader for longer than router.timeout:
+        # a write to it is answered (503, may or may not) before the
+        # router gives up, and writes and position reads of the other
+        # partitions go on meanwhile.
+        parts = 4
+        m = self.mock({"users": parts}, brokers=3, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        key, other = keys_in_partition(0, parts, 1, "a")[0], keys_in_partition(2, parts, 1, "b")[0]
+        with r.client() as c:
+            self.assertEqual(c.hset("users", key, b"1").status, 200)
+            resp = c.hset("users", other, b"1")
+            self.assertEqual(resp.status, 200, resp.message)
+            pos = resp.position
+            m.ctl("leader users 0 -1")
+            t0 = time.monotonic()
+            resp = c.hset("users", key, b"2")
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertLess(time.monotonic() - t0, 2.0, "answered before router.timeout")
+            resp = c.hset("users", other, b"2")  # same shard, another partition
+            self.assertEqual(resp.status, 200, resp.message)
+            resp = c.call(with_options(req_hget("users", other), pos))
+            self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"2"), resp.message)
+            m.ctl("leader users 0 2")
+            self.assertTrue(wait_until(lambda: c.hset("users", key, b"3").status == 200, 20, 0.2))
+            self.assertEqual(pyval(c.hget("users", key).values[0]), b"3")
+        vals = [v for p, _, k, v, _ in read_topic(m.bootstrap, "users", parts) if p == 0]
+        self.assertIn(vals, ([b"1", b"3"], [b"1", b"2", b"3"]))
+        self.assertEqual(len([v for v in vals if v == b"3"]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
