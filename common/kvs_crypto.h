@@ -1,8 +1,9 @@
 /*
  * kvs_crypto: the few primitives of OpenSSL's libcrypto kvs uses outside
  * TLS (tokens, kvs_token and kvs_auth; node_writes): random bytes,
- * PBKDF2-HMAC-SHA256, HMAC-SHA256, SHA-256 and a constant-time comparison. The only file besides
- * kvs_tls that includes OpenSSL's headers. Every function is thread-safe.
+ * PBKDF2-HMAC-SHA256, HMAC-SHA256, SHA-256 and a constant-time
+ * comparison. The only file besides kvs_tls that includes OpenSSL's
+ * headers. Every function is thread-safe.
  */
 #ifndef KVS_CRYPTO_H
 #define KVS_CRYPTO_H

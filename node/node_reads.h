@@ -19,7 +19,8 @@
  *  - otherwise it is served at once, by the ordinary command handler.
  *
  * A waiting read is re-checked after every commit of ingested records and
- * every answer from the brokers, and served (in full, the gate included) once nothing holds it back.
+ * every answer from the brokers, and served (in full, the gate included)
+ * once nothing holds it back.
  * Its request bytes are kept until then, counted against the client's
  * output limits through the slot.
  */
