@@ -259,14 +259,18 @@ class SnapshotKill9Test(NodeTestCase):
                 self.assertTrue(r.values[0].string_value.startswith("v%d:" % i))
         self.assertFalse(os.path.exists(self.part(w)))
 
-    def test_kill9_mid_stream_then_restart_copies_again(self):
-        peer, w = self.peer_and_worker()
+    def kill9_mid_copy(self, w):
+        """Starts `w` and kills it -9 once its copy has begun."""
         w.start()
         self.assertTrue(wait_until(lambda: os.path.exists(self.part(w)) and
                                    os.path.getsize(self.part(w)) > 0, TIMEOUT, interval=0.001),
                         w.stderr())
         os.kill(w.proc.pid, signal.SIGKILL)
         w.proc.wait(TIMEOUT)
+
+    def test_kill9_mid_stream_then_restart_copies_again(self):
+        peer, w = self.peer_and_worker()
+        self.kill9_mid_copy(w)
         self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb")))
         w.start()
         self.assertCopied(w)
@@ -293,12 +297,7 @@ class SnapshotKill9Test(NodeTestCase):
         # Killed mid-copy, then started with cluster.bootstrap: replay (or
         # without a peer): the half copy must not stay on the disk forever.
         peer, w = self.peer_and_worker()
-        w.start()
-        self.assertTrue(wait_until(lambda: os.path.exists(self.part(w)) and
-                                   os.path.getsize(self.part(w)) > 0, TIMEOUT, interval=0.001),
-                        w.stderr())
-        os.kill(w.proc.pid, signal.SIGKILL)
-        w.proc.wait(TIMEOUT)
+        self.kill9_mid_copy(w)
         self.assertTrue(os.path.exists(self.part(w)))
         with open(w.config) as f:
             text = f.read().replace("  nodes:\n", "  bootstrap: replay\n  nodes:\n")
