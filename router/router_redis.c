@@ -515,26 +515,39 @@ static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
+/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
+ * one): NULL, or Redis's error for it. */
+static const char *hincr_by(const cmd_t *cmd, const kvs_redis_arg_t *a, Kvs__Hincr *m)
+{
+    Kvs__Hincr scratch = KVS__HINCR__INIT;
+    if (m == NULL)
+        m = &scratch;
+    if (cmd->rcmd == RC_HINCRBY) {
+        int64_t by;
+        if (kvs_redis_arg_int(&a[3], &by) != 0)
+            return "ERR value is not an integer or out of range";
+        m->by_case = KVS__HINCR__BY_BY_INT;
+        m->by_int = by;
+    } else {
+        double by;
+        if (kvs_redis_arg_double(&a[3], &by) != 0)
+            return "ERR value is not a valid float";
+        if (isinf(by))
+            return "ERR value is NaN or Infinity";
+        m->by_case = KVS__HINCR__BY_BY_FLOAT;
+        m->by_float = by;
+    }
+    return NULL;
+}
+
 static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
     Kvs__Hincr m = KVS__HINCR__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if (cmd->rcmd == RC_HINCRBY) {
-        int64_t by;
-        if (kvs_redis_arg_int(&a[3], &by) != 0)
-            return reply_error(req, "ERR value is not an integer or out of range");
-        m.by_case = KVS__HINCR__BY_BY_INT;
-        m.by_int = by;
-    } else {
-        double by;
-        if (kvs_redis_arg_double(&a[3], &by) != 0)
-            return reply_error(req, "ERR value is not a valid float");
-        if (isinf(by))
-            return reply_error(req, "ERR value is NaN or Infinity");
-        m.by_case = KVS__HINCR__BY_BY_FLOAT;
-        m.by_float = by;
-    }
+    const char *err = hincr_by(cmd, a, &m);
+    if (err != NULL)
+        return reply_error(req, "%s", err);
     if ((m.table = table_of(rs, req, &a[1])) == NULL)
         return;
     m.key = bytes_of(&a[2]);
@@ -1390,6 +1403,8 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
         return 0;
     if (cmd->args == ARGS_PAIRS && argc % 2 != 0)
         return 0; /* a field without its value: cmd_hset answers the arity, as Redis does first */
+    if (cmd->fn == cmd_hincr && hincr_by(cmd, a, NULL) != NULL)
+        return 0; /* a bad increment: cmd_hincr answers it, as Redis checks it first */
     if (key_refused(req, &a[1]))
         return 1;
     size_t last = cmd->args == ARGS_KEY ? 1 : cmd->args == ARGS_FIELD ? 2 : argc - 1;

@@ -440,6 +440,11 @@ class HashCommandsTest(RespDiffTestCase):
             C("HINCRBY", "n", "c", "9223372036854775808"),
             C("HINCRBY", "n", "c", "-9223372036854775808"), C("HGET", "n", "c"),
             C("HINCRBY", "n", "c"), C("HINCRBY", "n", "c", "1", "2"),
+            # A bad increment is Redis's own error, said before kvs's rules
+            # for the key and field are checked.
+            C("HINCRBY", "n", "", "x"), C("HINCRBY", "", "c", "x"),
+            C("HINCRBYFLOAT", "n", "", "x"), C("HINCRBYFLOAT", "", "c", "inf"),
+            C("HINCRBYFLOAT", "t" * 201, "c", "x"),
             C("HINCRBY", "nokey", "c", "3"),
             C("HINCRBYFLOAT", "n", "g", "1.5"), C("HINCRBYFLOAT", "n", "g", "0.25"),
             C("HINCRBYFLOAT", "n", "g", "1e3"), C("HINCRBYFLOAT", "n", "g", "0x10"),
