@@ -1286,8 +1286,9 @@ static void put_simple_or_bulk(kvs_buf_t *b, const char *s)
     kvs_redis_simple(b, s);
 }
 
-/* One COMMAND INFO entry, as Redis 7 lays it out. */
-static void command_entry(kvs_buf_t *b, const cmd_t *c)
+/* One COMMAND INFO entry, as Redis 7 lays it out: in RESP3 the flags,
+ * categories, tips, key specs and (absent) subcommands are sets. */
+static void command_entry(kvs_buf_t *b, const cmd_t *c, int resp3)
 {
     char flags[64];
     size_t nflags = 0;
@@ -1297,16 +1298,16 @@ static void command_entry(kvs_buf_t *b, const cmd_t *c)
     snprintf(flags, sizeof(flags), "%s", c->flags);
     for (char *s = flags; *s != '\0'; s++)
         nflags += (s == flags || s[-1] == ' ') && *s != ' ';
-    kvs_redis_array(b, nflags);
+    kvs_redis_set(b, nflags, resp3);
     for (char *tok = strtok(flags, " "); tok != NULL; tok = strtok(NULL, " "))
         put_simple_or_bulk(b, tok);
     kvs_redis_integer(b, c->first);
     kvs_redis_integer(b, c->last);
     kvs_redis_integer(b, c->step);
-    kvs_redis_array(b, 0); /* ACL categories */
-    kvs_redis_array(b, 0); /* tips */
-    kvs_redis_array(b, 0); /* key specs */
-    kvs_redis_array(b, 0); /* subcommands */
+    kvs_redis_set(b, 0, resp3); /* ACL categories */
+    kvs_redis_set(b, 0, resp3); /* tips */
+    kvs_redis_set(b, 0, resp3); /* key specs */
+    kvs_redis_set(b, 0, resp3); /* subcommands */
 }
 
 static const sub_t command_subs[] = {
@@ -1358,7 +1359,7 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
     if (sub == -2 || (sub == 1 && argc == 2)) { /* COMMAND, COMMAND INFO: every command */
         kvs_redis_array(b, N_COMMANDS);
         for (size_t i = 0; i < N_COMMANDS; i++)
-            command_entry(b, &commands[i]);
+            command_entry(b, &commands[i], rs->resp3);
     } else if (sub == 0) {
         kvs_redis_integer(b, N_COMMANDS);
     } else if (sub == 1) {
@@ -1366,7 +1367,7 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
         for (size_t i = 2; i < argc; i++) {
             const cmd_t *c = lookup(&a[i]);
             if (c != NULL)
-                command_entry(b, c);
+                command_entry(b, c, rs->resp3);
             else
                 kvs_redis_null(b, rs->resp3);
         }

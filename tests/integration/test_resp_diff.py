@@ -579,6 +579,12 @@ class HashCommandsTest(RespDiffTestCase):
             C("COMMAND", "INFO", "nosuch"), C("INFO", how="type"), C("INFO", "nosuch"),
             C("INFO", "server", how="info"),
             C("PING"), C("PING", "x"), C("ECHO", "x"), C("nosuch", "x"), C("SELECT", "0"),
+            # COMMAND INFO's flags, categories, tips, key specs and
+            # subcommands are sets in RESP3 (kvs's empty ones included).
+            C("COMMAND", "INFO", "hget", "ping", "client", "nosuch", how="commands"),
+            D(["COMMAND", "INFO", "ping", "nosuch"],
+              b"*2\r\n*10\r\n$4\r\nping\r\n:-1\r\n~1\r\n+fast\r\n:0\r\n:0\r\n:0\r\n"
+              b"~0\r\n~0\r\n~0\r\n~0\r\n_\r\n", None),
             C("HELLO", norm=ID), C("HELLO", "2", norm=ID), C("HGET", "h", "nope"),
         ])
 
