@@ -388,6 +388,14 @@ class HashCommandsTest(RespDiffTestCase):
               b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
             D(["CONFIG", "SET", "save", ""],
               b"-ERR kvs supports only CONFIG GET (its config is config.yaml)\r\n", b"+OK\r\n"),
+            # HELLO checks every option before it applies any (Redis 7.2);
+            # Redis 7.0 sets the name and checks AUTH as it goes.
+            D(["HELLO", "2", "SETNAME", "n1", "FOO"],
+              b"-ERR Syntax error in HELLO option 'FOO'\r\n",
+              b"-ERR Syntax error in HELLO option 'FOO'\r\n"),
+            D(["CLIENT", "GETNAME"], b"$-1\r\n", b"$2\r\nn1\r\n"),
+            D(["HELLO", "2", "AUTH", "x", "y", "z"], b"-ERR Syntax error in HELLO option 'z'\r\n",
+              b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
             # Four parameters only (Redis: also replica-read-only, ...).
             D(["CONFIG", "GET", "*only"], b"*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n", None),
             # A bad option is refused before kvs knows whether the hash
