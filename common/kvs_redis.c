@@ -492,6 +492,11 @@ int kvs_redis_map(kvs_buf_t *b, size_t n, int resp3)
     return resp3 ? put_num(b, '%', (long long)n) : put_num(b, '*', 2 * (long long)n);
 }
 
+int kvs_redis_set(kvs_buf_t *b, size_t n, int resp3)
+{
+    return put_num(b, resp3 ? '~' : '*', (long long)n);
+}
+
 /* The shortest decimal digits that read back as `v` (finite, not 0): up to
  * 17 digits in digits[], *nd of them, the point after *point of them
  * (negative: zeros before them). */

@@ -102,6 +102,7 @@ int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len);                /* $
 int kvs_redis_null(kvs_buf_t *b, int resp3);                                /* $-1 or _ */
 int kvs_redis_array(kvs_buf_t *b, size_t n);                                /* *n */
 int kvs_redis_map(kvs_buf_t *b, size_t n, int resp3);                       /* %n, or *2n */
+int kvs_redis_set(kvs_buf_t *b, size_t n, int resp3);                       /* ~n, or *n */
 int kvs_redis_double(kvs_buf_t *b, double v, int resp3);                    /* ,v or a bulk */
 int kvs_redis_bool(kvs_buf_t *b, int v, int resp3);                         /* #t/#f or :1/:0 */
 int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =txt: or bulk */

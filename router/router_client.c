@@ -59,6 +59,7 @@ struct router_client_s {
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
+    int auth_closed;          /* limits.auth_failures reached: run nothing more it sent */
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
     kvs_auth_conn_t auth;     /* who it is (users configured) */
     router_req_t *auth_req;   /* an Auth whose token is being checked, or NULL */
@@ -243,6 +244,13 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         cl->holding = 1;
         router_local_hold(cl->router->local);
     }
+    if (cl->auth_closed) {
+        /* Frames that arrived with the failing Auth (a pipeline) are
+         * dropped, not run: another Auth among them would be checked past
+         * limits.auth_failures. */
+        router_client_close_after_answers(cl);
+        return;
+    }
     if (cl->redis != NULL) {
         router_redis_command(cl->redis, cl);
         return;
@@ -327,6 +335,7 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
+        cl->auth_closed = 1;
     }
     router_req_finish_status(req, status, "%s", msg);
 }
@@ -345,6 +354,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
     if (close) {
         kvs_conn_stop_reading(&cl->conn);
         cl->closing_when_drained = 1;
+        cl->auth_closed = 1;
     }
     router_req_finish_status(req, st, "%s", msg);
 }

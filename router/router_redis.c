@@ -515,26 +515,39 @@ static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
+/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
+ * one): NULL, or Redis's error for it. */
+static const char *hincr_by(const cmd_t *cmd, const kvs_redis_arg_t *a, Kvs__Hincr *m)
+{
+    Kvs__Hincr scratch = KVS__HINCR__INIT;
+    if (m == NULL)
+        m = &scratch;
+    if (cmd->rcmd == RC_HINCRBY) {
+        int64_t by;
+        if (kvs_redis_arg_int(&a[3], &by) != 0)
+            return "ERR value is not an integer or out of range";
+        m->by_case = KVS__HINCR__BY_BY_INT;
+        m->by_int = by;
+    } else {
+        double by;
+        if (kvs_redis_arg_double(&a[3], &by) != 0)
+            return "ERR value is not a valid float";
+        if (isinf(by))
+            return "ERR value is NaN or Infinity";
+        m->by_case = KVS__HINCR__BY_BY_FLOAT;
+        m->by_float = by;
+    }
+    return NULL;
+}
+
 static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
     Kvs__Hincr m = KVS__HINCR__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if (cmd->rcmd == RC_HINCRBY) {
-        int64_t by;
-        if (kvs_redis_arg_int(&a[3], &by) != 0)
-            return reply_error(req, "ERR value is not an integer or out of range");
-        m.by_case = KVS__HINCR__BY_BY_INT;
-        m.by_int = by;
-    } else {
-        double by;
-        if (kvs_redis_arg_double(&a[3], &by) != 0)
-            return reply_error(req, "ERR value is not a valid float");
-        if (isinf(by))
-            return reply_error(req, "ERR value is NaN or Infinity");
-        m.by_case = KVS__HINCR__BY_BY_FLOAT;
-        m.by_float = by;
-    }
+    const char *err = hincr_by(cmd, a, &m);
+    if (err != NULL)
+        return reply_error(req, "%s", err);
     if ((m.table = table_of(rs, req, &a[1])) == NULL)
         return;
     m.key = bytes_of(&a[2]);
@@ -1273,8 +1286,9 @@ static void put_simple_or_bulk(kvs_buf_t *b, const char *s)
     kvs_redis_simple(b, s);
 }
 
-/* One COMMAND INFO entry, as Redis 7 lays it out. */
-static void command_entry(kvs_buf_t *b, const cmd_t *c)
+/* One COMMAND INFO entry, as Redis 7 lays it out: in RESP3 the flags,
+ * categories, tips, key specs and (absent) subcommands are sets. */
+static void command_entry(kvs_buf_t *b, const cmd_t *c, int resp3)
 {
     char flags[64];
     size_t nflags = 0;
@@ -1284,16 +1298,16 @@ static void command_entry(kvs_buf_t *b, const cmd_t *c)
     snprintf(flags, sizeof(flags), "%s", c->flags);
     for (char *s = flags; *s != '\0'; s++)
         nflags += (s == flags || s[-1] == ' ') && *s != ' ';
-    kvs_redis_array(b, nflags);
+    kvs_redis_set(b, nflags, resp3);
     for (char *tok = strtok(flags, " "); tok != NULL; tok = strtok(NULL, " "))
         put_simple_or_bulk(b, tok);
     kvs_redis_integer(b, c->first);
     kvs_redis_integer(b, c->last);
     kvs_redis_integer(b, c->step);
-    kvs_redis_array(b, 0); /* ACL categories */
-    kvs_redis_array(b, 0); /* tips */
-    kvs_redis_array(b, 0); /* key specs */
-    kvs_redis_array(b, 0); /* subcommands */
+    kvs_redis_set(b, 0, resp3); /* ACL categories */
+    kvs_redis_set(b, 0, resp3); /* tips */
+    kvs_redis_set(b, 0, resp3); /* key specs */
+    kvs_redis_set(b, 0, resp3); /* subcommands */
 }
 
 static const sub_t command_subs[] = {
@@ -1345,7 +1359,7 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
     if (sub == -2 || (sub == 1 && argc == 2)) { /* COMMAND, COMMAND INFO: every command */
         kvs_redis_array(b, N_COMMANDS);
         for (size_t i = 0; i < N_COMMANDS; i++)
-            command_entry(b, &commands[i]);
+            command_entry(b, &commands[i], rs->resp3);
     } else if (sub == 0) {
         kvs_redis_integer(b, N_COMMANDS);
     } else if (sub == 1) {
@@ -1353,7 +1367,7 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
         for (size_t i = 2; i < argc; i++) {
             const cmd_t *c = lookup(&a[i]);
             if (c != NULL)
-                command_entry(b, c);
+                command_entry(b, c, rs->resp3);
             else
                 kvs_redis_null(b, rs->resp3);
         }
@@ -1390,6 +1404,8 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
         return 0;
     if (cmd->args == ARGS_PAIRS && argc % 2 != 0)
         return 0; /* a field without its value: cmd_hset answers the arity, as Redis does first */
+    if (cmd->fn == cmd_hincr && hincr_by(cmd, a, NULL) != NULL)
+        return 0; /* a bad increment: cmd_hincr answers it, as Redis checks it first */
     if (key_refused(req, &a[1]))
         return 1;
     size_t last = cmd->args == ARGS_KEY ? 1 : cmd->args == ARGS_FIELD ? 2 : argc - 1;

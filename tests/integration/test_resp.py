@@ -333,6 +333,21 @@ class RawProtocolTest(RespTestCase):
         self.assertEqual(got, b"+PONG\r\n+OK\r\n")
         self.assertIsNone(self.redis().hget("t", "after"))
 
+    def test_auth_failures_close_even_a_pipeline(self):
+        """limits.auth_failures: the failure that reaches it is the last thing
+        the connection runs, even with more commands (a right AUTH among
+        them) already pipelined behind it."""
+        from test_auth import users_yaml
+        self.resp_router(extra=users_yaml())
+        s = self.raw()
+        wrong = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$3\r\nbad\r\n"
+        got = self.exchange(s, wrong * 3 + b"AUTH alice alice-pw\r\nHSET orders k v\r\nPING\r\n")
+        wp = b"-WRONGPASS invalid username-password pair or user is disabled."
+        self.assertEqual(got, (wp + b"\r\n") * 2 + wp +
+                         b" (too many failures: the connection is closed)\r\n")
+        c = self.redis(username="alice", password="alice-pw")
+        self.assertIsNone(c.hget("orders", "k"))  # the pipelined HSET never ran
+
     def test_max_clients_refused_like_redis(self):
         self.resp_router(extra="limits: {max_clients: 3}\n")
         held = []

@@ -388,6 +388,14 @@ class HashCommandsTest(RespDiffTestCase):
               b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
             D(["CONFIG", "SET", "save", ""],
               b"-ERR kvs supports only CONFIG GET (its config is config.yaml)\r\n", b"+OK\r\n"),
+            # HELLO checks every option before it applies any (Redis 7.2);
+            # Redis 7.0 sets the name and checks AUTH as it goes.
+            D(["HELLO", "2", "SETNAME", "n1", "FOO"],
+              b"-ERR Syntax error in HELLO option 'FOO'\r\n",
+              b"-ERR Syntax error in HELLO option 'FOO'\r\n"),
+            D(["CLIENT", "GETNAME"], b"$-1\r\n", b"$2\r\nn1\r\n"),
+            D(["HELLO", "2", "AUTH", "x", "y", "z"], b"-ERR Syntax error in HELLO option 'z'\r\n",
+              b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
             # Four parameters only (Redis: also replica-read-only, ...).
             D(["CONFIG", "GET", "*only"], b"*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n", None),
             # A bad option is refused before kvs knows whether the hash
@@ -440,6 +448,11 @@ class HashCommandsTest(RespDiffTestCase):
             C("HINCRBY", "n", "c", "9223372036854775808"),
             C("HINCRBY", "n", "c", "-9223372036854775808"), C("HGET", "n", "c"),
             C("HINCRBY", "n", "c"), C("HINCRBY", "n", "c", "1", "2"),
+            # A bad increment is Redis's own error, said before kvs's rules
+            # for the key and field are checked.
+            C("HINCRBY", "n", "", "x"), C("HINCRBY", "", "c", "x"),
+            C("HINCRBYFLOAT", "n", "", "x"), C("HINCRBYFLOAT", "", "c", "inf"),
+            C("HINCRBYFLOAT", "t" * 201, "c", "x"),
             C("HINCRBY", "nokey", "c", "3"),
             C("HINCRBYFLOAT", "n", "g", "1.5"), C("HINCRBYFLOAT", "n", "g", "0.25"),
             C("HINCRBYFLOAT", "n", "g", "1e3"), C("HINCRBYFLOAT", "n", "g", "0x10"),
@@ -574,6 +587,12 @@ class HashCommandsTest(RespDiffTestCase):
             C("COMMAND", "INFO", "nosuch"), C("INFO", how="type"), C("INFO", "nosuch"),
             C("INFO", "server", how="info"),
             C("PING"), C("PING", "x"), C("ECHO", "x"), C("nosuch", "x"), C("SELECT", "0"),
+            # COMMAND INFO's flags, categories, tips, key specs and
+            # subcommands are sets in RESP3 (kvs's empty ones included).
+            C("COMMAND", "INFO", "hget", "ping", "client", "nosuch", how="commands"),
+            D(["COMMAND", "INFO", "ping", "nosuch"],
+              b"*2\r\n*10\r\n$4\r\nping\r\n:-1\r\n~1\r\n+fast\r\n:0\r\n:0\r\n:0\r\n"
+              b"~0\r\n~0\r\n~0\r\n~0\r\n_\r\n", None),
             C("HELLO", norm=ID), C("HELLO", "2", norm=ID), C("HGET", "h", "nope"),
         ])
 

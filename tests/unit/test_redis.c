@@ -357,6 +357,10 @@ KVS_TEST(replies_resp2_and_resp3)
     BUF(&b, "*4\r\n");
     kvs_redis_map(&b, 2, 1);
     BUF(&b, "%2\r\n");
+    kvs_redis_set(&b, 3, 0);
+    BUF(&b, "*3\r\n");
+    kvs_redis_set(&b, 0, 1);
+    BUF(&b, "~0\r\n");
     kvs_redis_double(&b, 0.1, 1);
     BUF(&b, ",0.1\r\n");
     kvs_redis_double(&b, 2.5, 0);
