@@ -180,6 +180,8 @@ int kvs_conn_may_log(kvs_conn_t *c)
 /* Notes when pending output started to wait, for the output timeout. */
 static void conn_track_output(kvs_conn_t *c)
 {
+    if (c->group == NULL || c->group->limits.output_timeout_ms == 0)
+        return; /* no output timeout here (only the metrics port has one) */
     if (c->output_since_ms == 0 && kvs_conn_pending(c) > 0 && !has(c, KVS_CONN_CLOSING))
         c->output_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
 }
