@@ -326,17 +326,24 @@ static void client_frame_limit(router_client_t *cl)
     kvs_conn_set_max_frame(&cl->conn, max);
 }
 
+/* limits.auth_failures reached: nothing more it sent runs (on_frame drops
+ * what is buffered), and the connection closes once the answers before
+ * are out. */
+static void auth_refused_more(router_client_t *cl)
+{
+    kvs_conn_stop_reading(&cl->conn);
+    cl->closing_when_drained = 1;
+    cl->auth_closed = 1;
+}
+
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
 {
     router_client_t *cl = arg;
     router_req_t *req = cl->auth_req;
     cl->auth_req = NULL; /* before the answer: its flush resumes the client */
     client_frame_limit(cl);
-    if (close) {
-        kvs_conn_stop_reading(&cl->conn);
-        cl->closing_when_drained = 1;
-        cl->auth_closed = 1;
-    }
+    if (close)
+        auth_refused_more(cl);
     router_req_finish_status(req, status, "%s", msg);
 }
 
@@ -351,11 +358,8 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
         return;
     }
     client_frame_limit(cl);
-    if (close) {
-        kvs_conn_stop_reading(&cl->conn);
-        cl->closing_when_drained = 1;
-        cl->auth_closed = 1;
-    }
+    if (close)
+        auth_refused_more(cl);
     router_req_finish_status(req, st, "%s", msg);
 }
 
