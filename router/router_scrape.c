@@ -42,6 +42,12 @@
 /* CommandRequest{metrics: {own: true}} and CommandRequest{metrics: {}}. */
 static const uint8_t ask_router[] = {0x82, 0x01, 0x02, 0x08, 0x01};
 static const uint8_t ask_worker[] = {0x82, 0x01, 0x00};
+/* Bytes of asks a link may hold unanswered before a scrape leaves its
+ * process out: far more than the metrics port's 16 connections ask at
+ * once, but a bound on the scrapes answered at their own deadline that
+ * wait, each with its ask, for a hung process's reply (up to
+ * router.timeout, which may be ten minutes). */
+#define SCRAPE_MAX_QUEUE 4096u
 
 struct router_scrape_s {
     uv_loop_t *loop;
@@ -279,6 +285,8 @@ static int start_link(router_scrape_t *sc, uint32_t i, uint32_t id, const kvs_ad
                                (uint32_t)sc->cfg->max_frame, &sc->flusher, NULL, on_reply, NULL);
     if (rc != 0)
         kvs_error("metrics: cannot reach %s: %s", l->addr_text, uv_strerror(rc));
+    else
+        l->max_queue = SCRAPE_MAX_QUEUE;
     return rc;
 }
 
