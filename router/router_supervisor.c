@@ -625,16 +625,21 @@ static void worker_on_exit(uv_process_t *proc, int64_t exit_status, int term_sig
     worker_schedule_restart(w);
 }
 
-/* Sends sig to w's child. SIGTERM is followed by SIGCONT (as systemd
- * does): a child that is stopped (SIGSTOP, a job-control stop of its group)
- * takes a signal only once it runs, so it would otherwise sit out the
- * grace period and be killed rather than drain. */
+/* Sends sig to w's child. SIGTERM comes right after a SIGCONT: a child
+ * that is stopped (SIGSTOP, a job-control stop of its group) takes a
+ * signal only once it runs, so it would otherwise sit out the grace period
+ * and be killed rather than drain. SIGCONT first, not after (systemd's
+ * order): a SIGCONT that reaches a child already exiting on the SIGTERM
+ * discards the stop signals pending for it, and LeakSanitizer's exit check
+ * (the ASan build's) stops the child's threads with those and waits for
+ * them (twice in CI a router process logged "stopped" and then sat there
+ * until SIGKILL at the grace period, when the master had been slow to
+ * send the SIGCONT). */
 static int worker_kill(sup_worker_t *w, int sig)
 {
-    int rc = uv_process_kill(w->proc, sig);
-    if (rc == 0 && sig == SIGTERM)
-        rc = uv_process_kill(w->proc, SIGCONT);
-    return rc;
+    if (sig == SIGTERM)
+        uv_process_kill(w->proc, SIGCONT); /* its error is the SIGTERM's too */
+    return uv_process_kill(w->proc, sig);
 }
 
 static void sup_on_grace(uv_timer_t *t)
