@@ -59,6 +59,9 @@ static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         .opaque = m->_private,
         .ok = m->err == RD_KAFKA_RESP_ERR_NO_ERROR,
         .why = m->err ? rd_kafka_err2str(m->err) : NULL,
+        .not_written =
+            m->err != 0 && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED,
+        .too_large = m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
         .partition = m->partition,
         .offset = m->err == 0 && m->offset >= 0 ? m->offset : -1,
         .key = m->key,

@@ -37,6 +37,9 @@ typedef struct node_delivery_s {
     void *opaque;    /* as given to node_produce_send */
     int ok;          /* acknowledged by Kafka (acks=all) */
     const char *why; /* !ok: what librdkafka said */
+    int not_written; /* !ok: Kafka certainly does not have the record (librdkafka's
+                      * RD_KAFKA_MSG_STATUS_NOT_PERSISTED: never sent, or refused) */
+    int too_large;   /* !ok: refused for its size (the broker's message.max.bytes) */
     int32_t partition;
     int64_t offset;  /* ok: the record's offset; -1 if the broker did not say */
     const void *key; /* the record as produced (valid during the callback) */

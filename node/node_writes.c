@@ -316,6 +316,19 @@ static void on_delivery(void *arg, const node_delivery_t *d)
         return;
     }
     wreq_t *w = r->w;
+    if (!d->ok && d->not_written) {
+        /* librdkafka knows the log does not have it (never sent, or refused):
+         * retrying cannot write it twice. */
+        snprintf(
+            msg, sizeof(msg), "%s: Kafka %s the record of a key on topic %s partition %d (%s): %s",
+            kvs_msg_command_name(w->cmd), d->too_large ? "refused as too large" : "did not take",
+            w->b->topic, r->partition, d->why,
+            w->n > 1 ? "that key was not written; other keys of this request may have been "
+                       "written, read them to find out"
+                     : "the write did not happen");
+        wreq_end(wr, w, d->too_large ? KVS_STATUS_TOO_LARGE : KVS_STATUS_UNAVAILABLE, msg);
+        return;
+    }
     if (!d->ok) {
         snprintf(msg, sizeof(msg),
                  "%s: Kafka did not acknowledge the record of a key on topic %s partition %d (%s): "

@@ -400,6 +400,19 @@ def kafka_parts(pairs, topic):
     return out
 
 
+def unwritten_or_unsure(test, resp):
+    """Assert that `resp` is the 503 of a write Kafka did not acknowledge,
+    and return True if it says the write certainly did not happen (the
+    record never left the producer, or a broker refused it), False if it
+    says it may or may not have. Which one depends on whether the record
+    was in flight when the broker went away."""
+    test.assertEqual(resp.status, 503, resp.message)
+    if "the write did not happen" in resp.message:
+        return True
+    test.assertIn("may or may not have happened", resp.message)
+    return False
+
+
 def caught_up(router, topic, ends):
     """The per-partition Info of `topic` if every partition in `ends`
     ({partition: end offset}) is reported with next_offset == end and lag 0,
