@@ -158,6 +158,7 @@ typedef struct scan_state_s {
     size_t limit;     /* response bytes allowed */
     int overflow;     /* stopped because of `limit` */
     int whole;        /* Hgetall: any pair no answer can hold stops the walk */
+    int keys_only;    /* Hgetall keys_only: pairs without their values */
     int huge;         /* stopped at a pair no answer can hold (`next` is its key) */
     size_t huge_len;  /* ... its key plus value bytes */
     kvs_slice_t next; /* first key not returned, copied */
@@ -176,6 +177,8 @@ static int scan_stop(scan_state_t *st, kvs_slice_t key)
 static int scan_one(void *arg, kvs_slice_t key, kvs_slice_t val)
 {
     scan_state_t *st = arg;
+    if (st->keys_only)
+        val.len = 0;
     if ((st->taken == 0 || st->whole) && st->left != 0 &&
         key.len + val.len > kvs_msg_pair_max(st->src->max_frame)) {
         st->huge = 1;
@@ -187,7 +190,10 @@ static int scan_one(void *arg, kvs_slice_t key, kvs_slice_t val)
         st->overflow = st->left != 0;
         return scan_stop(st, key);
     }
-    kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
+    if (st->keys_only)
+        kvs_resp_key(st->r, key.p, key.len);
+    else
+        kvs_resp_pair(st->r, key.p, key.len, val.p, val.len);
     st->left--;
     st->taken++;
     return 0;
@@ -210,9 +216,15 @@ static void pair_unreadable(kvs_resp_t *r, size_t max_frame, const char *cmd,
                      st->huge_len, max_frame, need);
 }
 
-static int hgetall(const kvs_reads_src_t *src, const char *table, kvs_resp_t *r)
+static int hgetall(const kvs_reads_src_t *src, const Kvs__Hgetall *m, kvs_resp_t *r)
 {
-    scan_state_t st = {.src = src, .r = r, .left = UINT32_MAX, .limit = src->max_frame, .whole = 1};
+    scan_state_t st = {.src = src,
+                       .r = r,
+                       .left = UINT32_MAX,
+                       .limit = src->max_frame,
+                       .whole = 1,
+                       .keys_only = m->keys_only};
+    const char *table = m->table;
     kvs_resp_status(r, KVS_STATUS_OK);
     int rc = src->scan(src->arg, table, NULL, 0, scan_one, &st);
     if (rc != 0)
@@ -258,7 +270,7 @@ int kvs_reads_execute(const kvs_reads_src_t *src, const Kvs__CommandRequest *req
     case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
         return hmexist(src, req->hmexist, r);
     case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-        return hgetall(src, req->hgetall->table, r);
+        return hgetall(src, req->hgetall, r);
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         return hscan(src, req->hscan, r);
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:

@@ -137,6 +137,21 @@ void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc,
     r->out->len += n + len;
 }
 
+void kvs_resp_key(kvs_resp_t *r, const void *key, size_t klen)
+{
+    size_t inner = 1 + kvs_varint_len(klen) + klen;
+    uint8_t *d = room(r, 1 + 10 + inner);
+    if (d == NULL)
+        return;
+    size_t n = kvs_varint_put(d, F_PAIRS << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, inner);
+    n += kvs_varint_put(d + n, F_PAIR_KEY << 3 | WT_LEN);
+    n += kvs_varint_put(d + n, klen);
+    if (klen > 0)
+        memcpy(d + n, key, klen);
+    r->out->len += n + klen;
+}
+
 void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len)
 {
     if (len > 0)

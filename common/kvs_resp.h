@@ -50,6 +50,9 @@ void kvs_resp_bool(kvs_resp_t *r, int b);
 /* One element of `pairs`: key bytes and an encoded kvs.Value. */
 void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len);
 
+/* One element of `pairs` with a key and no value (Hgetall keys_only). */
+void kvs_resp_key(kvs_resp_t *r, const void *key, size_t klen);
+
 void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len);
 
 /* CommandResponse.position: a position token (kvs_pos); nothing when len

@@ -496,6 +496,7 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     if ((m.table = table_of(rs, req, &rs->ps.argv[1])) == NULL)
         return;
+    m.keys_only = cmd->rcmd == RC_HKEYS; /* a table of large values still fits */
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
     q.hgetall = &m;
     route_request(rs, cl, req, &q, cmd->rcmd);

@@ -99,7 +99,14 @@ enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 typedef enum { VT_STRING, VT_INT, VT_FLOAT, VT_BOOL, VT_BINARY } cli_vtype_t;
 
 /* What a reply carries, and so how it is printed. */
-typedef enum { SHAPE_PING, SHAPE_VALUE, SHAPE_LIST, SHAPE_PAIRS, SHAPE_SCAN } cli_shape_t;
+typedef enum {
+    SHAPE_PING,
+    SHAPE_VALUE,
+    SHAPE_LIST,
+    SHAPE_PAIRS,
+    SHAPE_KEYS,
+    SHAPE_SCAN
+} cli_shape_t;
 
 /* One argument: bytes, not necessarily NUL-terminated. */
 typedef struct cli_arg_s {
@@ -421,6 +428,20 @@ static void put_pairs(const cli_t *c, Kvs__Kvpair *const *pairs, size_t n, size_
     }
 }
 
+/* The keys of pairs answered without values (hkeys). */
+static void put_keys(const cli_t *c, Kvs__Kvpair *const *pairs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (c->raw) {
+            put_bytes(pairs[i]->key.data, pairs[i]->key.len);
+        } else {
+            printf("%zu) ", i + 1);
+            put_quoted(pairs[i]->key.data, pairs[i]->key.len);
+        }
+        putchar('\n');
+    }
+}
+
 static void put_cursor(const cli_t *c, const ProtobufCBinaryData *cur)
 {
     if (c->raw) {
@@ -452,6 +473,11 @@ static void put_reply(const cli_t *c, cli_shape_t shape, const Kvs__CommandRespo
         if (r->n_pairs == 0 && !c->raw)
             puts("(empty)");
         put_pairs(c, r->pairs, r->n_pairs, 0);
+        break;
+    case SHAPE_KEYS:
+        if (r->n_pairs == 0 && !c->raw)
+            puts("(empty)");
+        put_keys(c, r->pairs, r->n_pairs);
         break;
     case SHAPE_SCAN:
         if (c->raw) /* cursor first, as redis-cli --raw scan does */
@@ -866,6 +892,7 @@ static int build_hgetall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
 {
     req->hgetall = cli_new(c, &kvs__hgetall__descriptor);
     req->command_case = cmd->cc;
+    req->hgetall->keys_only = cmd->shape == SHAPE_KEYS; /* hkeys */
     return arg_string(c, "table name", argv[0], &req->hgetall->table);
 }
 
@@ -1327,6 +1354,8 @@ static const cli_cmd_t commands[] = {
      SHAPE_LIST, run_simple},
     {"hgetall", "TABLE", "every pair of a small table (else use hscan)", 1, 1, 1, CC(HGETALL),
      build_hgetall, SHAPE_PAIRS, run_simple},
+    {"hkeys", "TABLE", "every key of a table (its values may be large)", 1, 1, 1, CC(HGETALL),
+     build_hgetall, SHAPE_KEYS, run_simple},
     {"hscan", "TABLE [CURSOR [COUNT]]", "one page in key order; CURSOR \"\" starts", 1, 3, 1,
      CC(HSCAN), build_hscan, SHAPE_SCAN, run_simple},
     {"hscanall", "TABLE [COUNT]", "every pair, fetched COUNT at a time", 1, 2, 1, CC(HSCAN), NULL,

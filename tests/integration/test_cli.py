@@ -264,6 +264,13 @@ class CliTest(unittest.TestCase):
                          '3) "c\\x01" => (binary) "x"\n')
         self.assertEqual(self.ok("--raw", "hgetall", "t"), "a\n1\nb\nbee\nc\x01\nx\n")
 
+    def test_hkeys_lists_keys_only(self):
+        self.assertEqual(self.ok("hkeys", "t"), "(empty)\n")
+        self.ok("hset", "t", "b", "bee")
+        self.ok("--binary", "hset", "t", "c\x01", "x" * 5000)
+        self.assertEqual(self.ok("hkeys", "t"), '1) "b"\n2) "c\\x01"\n')
+        self.assertEqual(self.ok("--raw", "hkeys", "t"), "b\nc\x01\n")
+
     def test_hscan_paging(self):
         for i in range(1, 6):
             self.ok("hset", "t", "k%d" % i, "v%d" % i)

@@ -203,6 +203,37 @@ class CrossProtocolTest(RespTestCase):
             self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))
 
 
+class LargeValuesTest(RespTestCase):
+    def test_hkeys_of_a_table_whose_values_exceed_one_answer(self):
+        # HKEYS asks for the keys only: a table of large values, which
+        # HGETALL cannot answer within limits.max_frame, still lists its
+        # keys, whether the router reads its shards itself or asks them.
+        for local in ("true", "false"):
+            with self.subTest(local_reads=local):
+                self.rport = free_port()
+                r = self.router(shards=2, max_frame="1MiB",
+                                router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport,
+                                             "local_reads: %s" % local])
+                c = self.redis()
+                fields = [b"f%d" % i for i in range(8)]
+                for f in fields:
+                    self.assertEqual(c.hset("big", f, b"v" * 300000), 1)
+                with self.assertRaises(redis.ResponseError) as e:
+                    c.hgetall("big")
+                self.assertIn("exceed limits.max_frame", str(e.exception))
+                self.assertEqual(sorted(c.hkeys("big")), fields)
+                self.assertEqual(c.hlen("big"), 8)
+                with r.client() as pbc:
+                    q = pb.CommandRequest()
+                    q.hgetall.table = "big"
+                    q.hgetall.keys_only = True
+                    a = pbc.call(q)
+                    self.assertEqual(a.status, 200, a.message)
+                    self.assertEqual([p.key for p in a.pairs], fields, "merged in key order")
+                    self.assertFalse(any(p.HasField("value") for p in a.pairs))
+                r.close()
+
+
 class RedisCliTest(RespTestCase):
     def test_one_shot(self):
         self.resp_router()

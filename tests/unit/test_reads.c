@@ -167,6 +167,27 @@ KVS_TEST(answers_past_max_frame_are_413)
     kvs_arena_close(&arena);
 }
 
+KVS_TEST(keys_only_answers_keys_without_their_values)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    Kvs__Hgetall m = KVS__HGETALL__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    q.hgetall = &m;
+    m.table = TABLE;
+    m.keys_only = 1;
+    Kvs__CommandResponse *a = run(&q, 1024, &rc); /* whole pairs would not fit */
+    CHECK_EQ(a->status, 200);
+    CHECK_EQ(a->n_pairs, 5);
+    for (size_t i = 0; i < a->n_pairs; i++) {
+        CHECK(a->pairs[i]->value == NULL);
+        CHECK_EQ(a->pairs[i]->key.len, strlen(fake.keys[i]));
+        CHECK(memcmp(a->pairs[i]->key.data, fake.keys[i], a->pairs[i]->key.len) == 0);
+    }
+    kvs_arena_close(&arena);
+}
+
 KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 {
     int rc;
@@ -199,4 +220,5 @@ KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 
 KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor),
               KVS_CASE(answers_past_max_frame_are_413),
+              KVS_CASE(keys_only_answers_keys_without_their_values),
               KVS_CASE(a_source_error_is_returned_with_nothing_answered))
