@@ -117,9 +117,13 @@ void kvs_resp_bool(kvs_resp_t *r, int b)
     put_len_field(r, F_VALUES, v, kvs_value_encode_bool(v, b));
 }
 
-void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len)
+/* One element of `pairs`: the key, then the value's field unless `enc` is
+ * NULL (keys only). */
+static void put_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len)
 {
-    size_t inner = 1 + kvs_varint_len(klen) + klen + 1 + kvs_varint_len(len) + len;
+    size_t inner = 1 + kvs_varint_len(klen) + klen;
+    if (enc != NULL)
+        inner += 1 + kvs_varint_len(len) + len;
     uint8_t *d = room(r, 1 + 10 + inner);
     if (d == NULL)
         return;
@@ -130,26 +134,25 @@ void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc,
     if (klen > 0)
         memcpy(d + n, key, klen);
     n += klen;
-    n += kvs_varint_put(d + n, F_PAIR_VALUE << 3 | WT_LEN);
-    n += kvs_varint_put(d + n, len);
-    if (len > 0)
-        memcpy(d + n, enc, len);
-    r->out->len += n + len;
+    if (enc != NULL) {
+        n += kvs_varint_put(d + n, F_PAIR_VALUE << 3 | WT_LEN);
+        n += kvs_varint_put(d + n, len);
+        if (len > 0)
+            memcpy(d + n, enc, len);
+        n += len;
+    }
+    r->out->len += n;
+}
+
+void kvs_resp_pair(kvs_resp_t *r, const void *key, size_t klen, const void *enc, size_t len)
+{
+    static const uint8_t none[1];
+    put_pair(r, key, klen, enc != NULL ? enc : none, len);
 }
 
 void kvs_resp_key(kvs_resp_t *r, const void *key, size_t klen)
 {
-    size_t inner = 1 + kvs_varint_len(klen) + klen;
-    uint8_t *d = room(r, 1 + 10 + inner);
-    if (d == NULL)
-        return;
-    size_t n = kvs_varint_put(d, F_PAIRS << 3 | WT_LEN);
-    n += kvs_varint_put(d + n, inner);
-    n += kvs_varint_put(d + n, F_PAIR_KEY << 3 | WT_LEN);
-    n += kvs_varint_put(d + n, klen);
-    if (klen > 0)
-        memcpy(d + n, key, klen);
-    r->out->len += n + klen;
+    put_pair(r, key, klen, NULL, 0);
 }
 
 void kvs_resp_cursor(kvs_resp_t *r, const void *cur, size_t len)
