@@ -17,7 +17,8 @@
  * into the start-up check): every read and write of that table is refused
  * with 503 naming both counts (kvs_fresh RESIZED, node_ingest_resized),
  * on this worker and on routers reading its environment (the state page),
- * with one ERROR line, until kvs restarts with the new layout. The owned
+ * with one ERROR line, until kvs restarts with the new layout (later
+ * answers with the old count do not lift it: see recheck_done). The owned
  * partitions are still ingested: their records are the topic's all the
  * same.
  *
@@ -149,7 +150,7 @@ typedef struct topic_s {
     uint32_t partitions; /* expected (configured) */
     int32_t actual;      /* from the brokers; -1 = not known yet */
     int32_t seen;        /* what the metadata query in flight found (-1: not there) */
-    uint32_t resized;    /* `actual` once it is not `partitions` after start; 0 */
+    uint32_t resized;    /* the largest count seen once not `partitions` after start; 0 */
     rd_kafka_topic_t *rkt;
     part_t *parts;           /* indexed by partition */
     node_placecheck_t check; /* are records on their keys' partitions? */
@@ -1638,10 +1639,14 @@ static void metadata_work(uv_work_t *w)
 }
 
 /* A check while running: a topic whose count is no longer the placed one
- * turns its table's reads and writes away (one ERROR line per change),
- * and back when the count is the placed one again. A topic missing from
- * the answer (brokers unreachable, the topic deleted) changes nothing:
- * other checks deal with that. */
+ * turns its table's reads and writes away, with one ERROR line, until
+ * the worker restarts. It stays so whatever later answers say: brokers
+ * learn of new partitions one after the other, so one that has not yet
+ * may still say the old count, and Kafka never takes partitions away (a
+ * topic deleted and created again diverges, see "out of range"). A larger
+ * count yet is logged again. A topic missing from the answer (brokers
+ * unreachable, the topic deleted) changes nothing: other checks deal
+ * with that. */
 static void recheck_done(node_ingest_t *in)
 {
     char msg[1024];
@@ -1649,21 +1654,17 @@ static void recheck_done(node_ingest_t *in)
         topic_t *t = &in->topics[i];
         if (t->seen <= 0)
             continue;
+        kvs_debug("kafka: topic %s has %d partitions (checked)", t->b->topic, t->seen);
+        if (t->resized != 0 && (uint32_t)t->seen <= t->resized)
+            continue; /* known, or an answer from before the change */
         t->actual = t->seen;
-        kvs_debug("kafka: topic %s has %d partitions (checked)", t->b->topic, t->actual);
-        uint32_t now = (uint32_t)t->actual != t->partitions ? (uint32_t)t->actual : 0;
-        if (now == t->resized)
+        if ((uint32_t)t->actual == t->partitions)
             continue;
-        t->resized = now;
+        t->resized = (uint32_t)t->actual;
         if (in->state != NULL)
-            kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), now);
-        if (now != 0)
-            kvs_error("kafka: %s",
-                      node_ingest_resized_message(t->b, now, t->partitions, msg, sizeof(msg)));
-        else
-            kvs_info("kafka: topic %s has %u partitions again, the count kvs places table %s "
-                     "by: its reads and writes are served again",
-                     t->b->topic, t->partitions, t->b->table);
+            kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), t->resized);
+        kvs_error("kafka: %s",
+                  node_ingest_resized_message(t->b, t->resized, t->partitions, msg, sizeof(msg)));
     }
 }
 

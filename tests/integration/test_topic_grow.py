@@ -89,7 +89,7 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
             i += 1
         return [out[p] for p in range(4)]
 
-    def test_grown_topic_is_refused_until_it_is_back(self):
+    def test_grown_topic_is_refused_until_restart(self):
         r = self.grow_router()
         keys = self.keys()
         kcat_produce(self.m.bootstrap, "users", [(k, b"from-kafka") for k in keys])
@@ -164,19 +164,31 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
             self.assertRegex(ln, REFUSED)
         self.assertNotIn("exited", log, "no worker may stop over it")
 
-        # The topic has its placed count again (as after a restart with
-        # the new layout would be, for this old one): served again.
+        # A broker that has not heard of the new partitions yet still says
+        # 4: that does not make the table served again.
         self.say_partitions(4)
+        before = len(re.findall(r"DEBUG kafka: topic users has 4 partitions", r.stderr()))
+        self.assertTrue(wait_until(lambda: len(re.findall(
+            r"DEBUG kafka: topic users has 4 partitions", r.stderr())) >= before + 4, 10),
+            "no checks answered with the old count")
+        with r.client() as c:
+            for k in keys:
+                got = c.call(req_hget("users", k))
+                self.assertEqual(got.status, 503, got.message)
+                self.assertRegex(got.message, REFUSED)
+        # Grown once more: logged once more, with the new count.
+        self.say_partitions(12)
         with r.client() as c:
             self.assertTrue(wait_until(lambda: all(
-                c.call(req_hget("users", k)).status == 200 for k in keys), 10, 0.05),
-                "reads still refused 10 s after")
-            got = c.call(req_hget("users", keys[0]))
-            self.assertEqual(got.status, 200, got.message)
-            self.assertEqual(pyval(got.values[0]), "written")
-            self.assertEqual(c.call(req_hset("users", keys[2], "again")).status, 200)
-        self.assertEqual(len(re.findall(r"kafka: topic users has 4 partitions again",
-                                        r.stderr())), 2)
+                "has 12 partitions" in c.call(req_hget("users", k)).message for k in keys),
+                10, 0.05), "the new count is not in the answers")
+        log = r.stderr()
+        self.assertEqual(len(re.findall(r"ERROR +kafka: topic users has 8 partitions", log)), 2)
+        self.assertEqual(len(re.findall(r"ERROR +kafka: topic users has 12 partitions, but kvs "
+                                        r"placed table users on 4", log)), 2)
+        for s in (0, 1):
+            self.assertEqual({st["topic_partitions"] for st in self.worker_info(r, s).values()},
+                             {12})
 
     def test_grown_before_start_is_a_startup_error(self):
         # The same counts at start: the worker refuses to run (EX_CONFIG).
