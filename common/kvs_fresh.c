@@ -30,6 +30,8 @@ kvs_fresh_verdict_t kvs_fresh_decide(const kvs_fresh_part_t *p, uint64_t max_lag
     int64_t lag = kvs_fresh_lag(p);
     if (count != NULL)
         *count = 0;
+    if (p->topic_partitions != 0)
+        return KVS_FRESH_RESIZED; /* no answer is right, however stale it may be */
     if (!accept_stale && p->diverged)
         return KVS_FRESH_DIVERGED;
     if (!accept_stale && p->settling && lag < 0)

@@ -23,6 +23,13 @@
  *     partition ends (a worker) asks once and decides again; otherwise it
  *     is refused, since nothing says the record will ever come.
  *
+ * Before all: a topic whose partition count is no longer the one kvs
+ * places its table by (partitions were added while kvs ran) serves no
+ * reads at all, stale or not. Its producers now put keys on other
+ * partitions than the one kvs looks a key up on, so an answer could come
+ * from the wrong partition, or the wrong shard: no setting makes it right,
+ * only a restart with the new layout.
+ *
  * Before both: a copy whose partition diverged from the topic (the log
  * now ends below what the copy applied: the topic was deleted and created
  * anew, or its log was truncated) serves no reads of it unless the read
@@ -45,6 +52,9 @@ typedef struct kvs_fresh_part_s {
                      or past the copy's own acknowledged writes); -1 unknown */
     int settling; /* just started, end not heard yet: its lag is not known yet */
     int diverged; /* the log ends below `next`: see above */
+    uint32_t topic_partitions; /* the topic's partition count when it is no longer the one
+                                  kvs places the table by (see above); 0: the same, or not
+                                  known */
 } kvs_fresh_part_t;
 
 /* Verdicts, from best to worst (a read touching several partitions gets
@@ -56,6 +66,7 @@ typedef enum {
     KVS_FRESH_AHEAD = 3,       /* the position is past the end the copy knows: ask, or 503 */
     KVS_FRESH_CATCHING_UP = 4, /* lag above max_lag: 503 now (unless stale is accepted) */
     KVS_FRESH_DIVERGED = 5,    /* the log no longer holds what was applied: 503 (ditto) */
+    KVS_FRESH_RESIZED = 6,     /* the topic's partition count changed: 503, stale or not */
 } kvs_fresh_verdict_t;
 
 /* Verdicts from here on refuse the read at once, whatever else it touches. */

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #define MAGIC "KVSSTATE"
-#define VERSION 2 /* 2: slots say whether the partition diverged */
+#define VERSION 3 /* 2: slots say whether the partition diverged; 3: and whether the topic grew */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "shared-memory atomics must be lock-free");
 
@@ -50,7 +50,8 @@ _Static_assert(sizeof(page_t) == 128, "the header keeps its size");
 typedef struct slot_s {
     _Atomic int64_t end;
     _Atomic int64_t start;
-    _Atomic int64_t diverged; /* 0 or 1 */
+    _Atomic int64_t diverged;         /* 0 or 1 */
+    _Atomic int64_t topic_partitions; /* the topic's count when it is not the placed one; 0 */
 } slot_t;
 
 struct kvs_shardstate_s {
@@ -215,6 +216,7 @@ static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last,
         atomic_store(&s->slots[i].end, -1);
         atomic_store(&s->slots[i].start, -1);
         atomic_store(&s->slots[i].diverged, 0);
+        atomic_store(&s->slots[i].topic_partitions, 0);
     }
     end_write(pg);
     s->dev = (uint64_t)st.st_dev;
@@ -276,6 +278,13 @@ void kvs_shardstate_set_diverged(kvs_shardstate_t *s, uint32_t binding, uint32_t
     slot_t *sl = slot_of(s, binding, p);
     if (sl != NULL)
         atomic_store_explicit(&sl->diverged, diverged != 0, memory_order_release);
+}
+
+void kvs_shardstate_set_resized(kvs_shardstate_t *s, uint32_t binding, uint32_t n)
+{
+    for (uint64_t i = binding < s->n_bindings ? s->base[binding] : 0;
+         binding < s->n_bindings && i < s->base[binding + 1]; i++)
+        atomic_store_explicit(&s->slots[i].topic_partitions, (int64_t)n, memory_order_release);
 }
 
 void kvs_shardstate_set_settle(kvs_shardstate_t *s, int64_t until_ms)
@@ -352,6 +361,13 @@ int kvs_shardstate_diverged(const kvs_shardstate_t *s, uint32_t binding, uint32_
 {
     slot_t *sl = slot_of(s, binding, p);
     return sl != NULL && atomic_load_explicit(&sl->diverged, memory_order_acquire) != 0;
+}
+
+uint32_t kvs_shardstate_resized(const kvs_shardstate_t *s, uint32_t binding, uint32_t p)
+{
+    slot_t *sl = slot_of(s, binding, p);
+    return sl != NULL ? (uint32_t)atomic_load_explicit(&sl->topic_partitions, memory_order_acquire)
+                      : 0;
 }
 
 void kvs_shardstate_file(const kvs_shardstate_t *s, uint64_t *dev, uint64_t *ino)

@@ -16,8 +16,11 @@
  *    the worker started, an unknown end means "settling" (kvs_fresh); and a
  *    heartbeat, so a router does not trust the end offsets of a worker that
  *    stopped ticking; and whether the partition diverged from the topic
- *    (kvs_fresh), so a router refuses its reads as the worker does. The applied offsets are not
- * here: they are in the environment, read in the same snapshot as the data.
+ *    (kvs_fresh), so a router refuses its reads as the worker does; and
+ *    the topic's partition count when it is no longer the one the table is
+ *    placed by (kvs_fresh: partitions were added while kvs ran), likewise.
+ *    The applied offsets are not here: they are in the environment, read
+ *    in the same snapshot as the data.
  *
  * Times are uv_now() milliseconds (libuv's monotonic clock, the same in
  * every process of the machine).
@@ -33,7 +36,7 @@
  * the old one until it notices the new inode, and then refuses the new
  * page by its version.
  *
- * Layout: a header, then a slot (end, start, diverged) per (binding, owned
+ * Layout: a header, then a slot (end, start, diverged, topic_partitions) per (binding, owned
  * partition), in config order. The header records a fingerprint of that layout (shard,
  * shards, bindings' topics and partition counts): a reader whose config
  * differs reads nothing.
@@ -76,6 +79,10 @@ void kvs_shardstate_set_part(kvs_shardstate_t *s, uint32_t binding, uint32_t p, 
 /* Whether partition p of cfg->bindings[binding] diverged (kvs_fresh); 0
  * when the page is opened. */
 void kvs_shardstate_set_diverged(kvs_shardstate_t *s, uint32_t binding, uint32_t p, int diverged);
+/* The partition count cfg->bindings[binding]'s topic has now, when it is
+ * not the one the table is placed by (0: the same, or not known), for
+ * every partition of it this shard owns; 0 when the page is opened. */
+void kvs_shardstate_set_resized(kvs_shardstate_t *s, uint32_t binding, uint32_t n);
 void kvs_shardstate_set_settle(kvs_shardstate_t *s, int64_t until_ms);
 void kvs_shardstate_heartbeat(kvs_shardstate_t *s, int64_t now_ms);
 
@@ -99,6 +106,10 @@ void kvs_shardstate_part(const kvs_shardstate_t *s, uint32_t binding, uint32_t p
 /* What kvs_shardstate_set_diverged said of the partition (0 for one not
  * of this shard). */
 int kvs_shardstate_diverged(const kvs_shardstate_t *s, uint32_t binding, uint32_t p);
+
+/* What kvs_shardstate_set_resized said of the topic of partition p (0
+ * for a partition not of this shard). */
+uint32_t kvs_shardstate_resized(const kvs_shardstate_t *s, uint32_t binding, uint32_t p);
 
 /* The page's file as opened (device, inode): a reader compares it with the
  * path's now to notice a page that was removed and created anew. */

@@ -8,6 +8,20 @@
  * count against the configured one: a mismatch would silently misroute
  * keys, so it is fatal with a message saying what to set.
  *
+ * While running, the same query (for the bound topics only) runs every
+ * topic.metadata.refresh.interval.ms (kvs sets 30 s; -1 turns it off): a
+ * topic that got more partitions meanwhile (an admin's CreatePartitions)
+ * now has its producers put keys on other partitions than kvs looks them
+ * up on, and the new partitions are consumed by no one. Not fatal (the
+ * other tables are fine, and a worker that exits would only be restarted
+ * into the start-up check): every read and write of that table is refused
+ * with 503 naming both counts (kvs_fresh RESIZED, node_ingest_resized),
+ * on this worker and on routers reading its environment (the state page),
+ * with one ERROR line, until kvs restarts with the new layout (later
+ * answers with the old count do not lift it: see recheck_done). The owned
+ * partitions are still ingested: their records are the topic's all the
+ * same.
+ *
  * Flow: librdkafka's threads fetch into the consumer queue; the queue's IO
  * event wakes a uv_poll on the loop thread, which drains up to
  * MAX_PER_TURN records per loop turn into the worker's write batch (the
@@ -84,6 +98,7 @@
 #define BATCH 1024
 #define MAX_PER_TURN 16384
 #define METADATA_TIMEOUT_MS 2000
+#define CHECK_DEFAULT_MS "30000" /* topic.metadata.refresh.interval.ms kvs sets */
 #define TICK_MS 1000
 #define REPORT_EVERY_TICKS 30
 #define LOG_EVERY_MS 10000
@@ -134,6 +149,8 @@ typedef struct topic_s {
     const kvs_binding_t *b;
     uint32_t partitions; /* expected (configured) */
     int32_t actual;      /* from the brokers; -1 = not known yet */
+    int32_t seen;        /* what the metadata query in flight found (-1: not there) */
+    uint32_t resized;    /* the largest count seen once not `partitions` after start; 0 */
     rd_kafka_topic_t *rkt;
     part_t *parts;           /* indexed by partition */
     node_placecheck_t check; /* are records on their keys' partitions? */
@@ -157,6 +174,13 @@ struct node_ingest_s {
     uv_timer_t range_timer; /* re-assigns partitions found out of range */
     uv_work_t work;
     int work_busy;
+    int checked;            /* the start-up check passed: later ones are rechecks */
+    uint64_t check_ms;      /* check partition counts this often once running; 0: never */
+    uint64_t last_check_ms; /* uv_now when the last check started */
+    /* Test hook (KVS_TEST_TOPIC_PARTITIONS_FILE, test builds only): lines
+     * "TOPIC N" in this file stand for what the brokers say of TOPIC's
+     * partition count. NULL = off. */
+    const char *counts_file;
     topic_t *topics; /* sorted by topic name */
     size_t n_topics;
     int assigned;
@@ -1155,6 +1179,23 @@ static void report(node_ingest_t *in)
     }
 }
 
+static void metadata_work(uv_work_t *w);
+static void metadata_done(uv_work_t *w, int status);
+
+/* Starts a check of the bound topics' partition counts when one is due. */
+static void check_start(node_ingest_t *in)
+{
+    uint64_t now = uv_now(in->loop);
+    if (!in->checked || in->check_ms == 0 || in->work_busy || in->stopping ||
+        now - in->last_check_ms < in->check_ms)
+        return;
+    in->last_check_ms = now;
+    in->work_busy = 1;
+    in->work.data = in;
+    if (uv_queue_work(in->loop, &in->work, metadata_work, metadata_done) != 0)
+        in->work_busy = 0;
+}
+
 static void on_tick(uv_timer_t *h)
 {
     node_ingest_t *in = h->data;
@@ -1166,6 +1207,7 @@ static void on_tick(uv_timer_t *h)
         return;
     commit_group(in);
     range_start(in); /* partitions out of range the brokers did not answer for */
+    check_start(in);
     for (size_t i = 0; i < in->n_topics; i++)
         report_misplaced(in, &in->topics[i], 1);
     if (++in->ticks % REPORT_EVERY_TICKS == 0)
@@ -1350,7 +1392,26 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
     out->end = known_end(in, t, (int32_t)p);
     out->diverged = t->parts[p].diverged;
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
+    out->topic_partitions = t->resized;
     return 0;
+}
+
+uint32_t node_ingest_resized(node_ingest_t *in, const kvs_binding_t *b)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return t != NULL ? t->resized : 0;
+}
+
+const char *node_ingest_resized_message(const kvs_binding_t *b, uint32_t now, uint32_t placed,
+                                        char *buf, size_t len)
+{
+    snprintf(buf, len,
+             "topic %s has %u partitions, but kvs placed table %s on %u: its producers now put "
+             "keys on other partitions than kvs looks them up on, so the table's reads and "
+             "writes are refused; restart kvs with the new layout (partitions: %u in the "
+             "table's kafka.bindings entry; README: \"Growing a bound topic\")",
+             b->topic, now, b->table, placed, now);
+    return buf;
 }
 
 void node_ingest_note_produced(node_ingest_t *in, const kvs_binding_t *b, uint32_t p,
@@ -1448,6 +1509,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, kvs_fresh_serving(&fp, in->cfg->kafka_max_lag));
             snprintf(key + n, sizeof(key) - (size_t)n, "skipped");
             info_int(r, key, (int64_t)pt->skipped);
+            snprintf(key + n, sizeof(key) - (size_t)n, "topic_partitions");
+            info_int(r, key, t->actual);
         }
     }
 }
@@ -1472,8 +1535,9 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 2 ? (double)pt->misplaced
                        : col == 3 ? (double)next
                        : col == 4 ? (double)end
-                       : col == 5 ? (double)part_lag(next, end)
-                                  : (double)(serving && !pt->diverged && !pt->halted);
+                       : col == 5
+                           ? (double)part_lag(next, end)
+                           : (double)(serving && !pt->diverged && !pt->halted && t->resized == 0);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
         }
@@ -1502,34 +1566,106 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
          KVS__METRIC_FAMILY__TYPE__GAUGE},
         {"kvs_partition_serving",
          "1 while the partition is assigned and ingesting, 0 while its worker waits (start-up "
-         "checks, re-reading a lost batch, stopping) or it is halted (diverged from the topic).",
+         "checks, re-reading a lost batch, stopping), it is halted (diverged from the topic), "
+         "or its topic has another partition count than the binding's.",
          KVS__METRIC_FAMILY__TYPE__GAUGE},
     };
     for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
         metric_column(in, b, shard, cols[i].name, cols[i].type, cols[i].help, i);
+    Kvs__MetricFamily *fp = kvs_mb_family(
+        b, "kvs_topic_partitions", KVS__METRIC_FAMILY__TYPE__GAUGE,
+        "The bound topic's partition count as the brokers last said (-1: not known yet).");
+    for (size_t i = 0; i < in->n_topics; i++)
+        kvs_mb_sample(b, fp, (double)in->topics[i].actual, 2, "shard", shard, "topic",
+                      in->topics[i].b->topic);
+    Kvs__MetricFamily *fr =
+        kvs_mb_family(b, "kvs_topic_resized", KVS__METRIC_FAMILY__TYPE__GAUGE,
+                      "1 while the bound topic has another partition count than kvs places its "
+                      "table by (partitions were added): the table's reads and writes are "
+                      "refused until kvs restarts with the new layout.");
+    for (size_t i = 0; i < in->n_topics; i++)
+        kvs_mb_sample(b, fr, (double)(in->topics[i].resized != 0), 2, "shard", shard, "topic",
+                      in->topics[i].b->topic);
 }
 
 /* ---- metadata check and assignment ------------------------------------------------ */
 
-/* Asks for every topic (not just ours): a metadata request naming a topic
- * makes brokers with auto-creation on (and the mock cluster) create it, so
- * a misspelled binding would silently become a new topic. */
+/* KVS_TEST_TOPIC_PARTITIONS_FILE: what the file says overrides the
+ * brokers' answer (in the thread pool: file I/O stays off the loop). */
+static void read_counts_file(node_ingest_t *in)
+{
+    char line[400], name[300];
+    int n;
+    FILE *f = in->counts_file != NULL ? fopen(in->counts_file, "re") : NULL;
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "%299s %d", name, &n) != 2 || n <= 0)
+            continue;
+        for (size_t i = 0; i < in->n_topics; i++)
+            if (strcmp(name, in->topics[i].b->topic) == 0)
+                in->topics[i].seen = n;
+    }
+    fclose(f);
+}
+
+/* In the thread pool: writes only each topic's `seen`, which the loop
+ * thread reads in metadata_done, after this returned.
+ *
+ * The start-up check asks for every topic (not just ours): a metadata
+ * request naming a topic makes brokers with auto-creation on (and the mock
+ * cluster) create it, so a misspelled binding would silently become a new
+ * topic. Once running, the bound topics exist: a check names only them
+ * (the topics this handle knows), which costs the brokers far less on a
+ * cluster of many topics, and a consumer's request never creates a topic
+ * (allow.auto.create.topics is false for consumers). */
 static void metadata_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
     const struct rd_kafka_metadata *md = NULL;
     for (size_t i = 0; i < in->n_topics; i++)
-        in->topics[i].actual = -1;
-    if (rd_kafka_metadata(in->rk, 1, NULL, &md, METADATA_TIMEOUT_MS) != 0)
+        in->topics[i].seen = -1;
+    if (rd_kafka_metadata(in->rk, !in->checked, NULL, &md, METADATA_TIMEOUT_MS) != 0)
         return;
     for (int k = 0; k < md->topic_cnt; k++) {
         if (md->topics[k].err != 0)
             continue;
         for (size_t i = 0; i < in->n_topics; i++)
             if (strcmp(md->topics[k].topic, in->topics[i].b->topic) == 0)
-                in->topics[i].actual = md->topics[k].partition_cnt;
+                in->topics[i].seen = md->topics[k].partition_cnt;
     }
     rd_kafka_metadata_destroy(md);
+    read_counts_file(in);
+}
+
+/* A check while running: a topic whose count is no longer the placed one
+ * turns its table's reads and writes away, with one ERROR line, until
+ * the worker restarts. It stays so whatever later answers say: brokers
+ * learn of new partitions one after the other, so one that has not yet
+ * may still say the old count, and Kafka never takes partitions away (a
+ * topic deleted and created again diverges, see "out of range"). A larger
+ * count yet is logged again. A topic missing from the answer (brokers
+ * unreachable, the topic deleted) changes nothing: other checks deal
+ * with that. */
+static void recheck_done(node_ingest_t *in)
+{
+    char msg[1024];
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        if (t->seen <= 0)
+            continue;
+        kvs_debug("kafka: topic %s has %d partitions (checked)", t->b->topic, t->seen);
+        if (t->resized != 0 && (uint32_t)t->seen <= t->resized)
+            continue; /* known, or an answer from before the change */
+        t->actual = t->seen;
+        if ((uint32_t)t->actual == t->partitions)
+            continue;
+        t->resized = (uint32_t)t->actual;
+        if (in->state != NULL)
+            kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), t->resized);
+        kvs_error("kafka: %s",
+                  node_ingest_resized_message(t->b, t->resized, t->partitions, msg, sizeof(msg)));
+    }
 }
 
 static void start_metadata(node_ingest_t *in);
@@ -1541,8 +1677,13 @@ static void metadata_done(uv_work_t *w, int status)
     in->work_busy = 0;
     if (in->stopping || status != 0)
         return;
+    if (in->checked) {
+        recheck_done(in);
+        return;
+    }
     for (size_t i = 0; i < in->n_topics; i++) {
         topic_t *t = &in->topics[i];
+        t->actual = t->seen;
         if (t->actual < 0) {
             uint64_t now = uv_now(in->loop);
             if (in->last_err_log == 0 || now - in->last_err_log >= LOG_EVERY_MS) {
@@ -1566,6 +1707,8 @@ static void metadata_done(uv_work_t *w, int status)
             return;
         }
     }
+    in->checked = 1;
+    in->last_check_ms = uv_now(in->loop);
     ingest_assign(in);
 }
 
@@ -1661,6 +1804,7 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
         {"fetch.wait.max.ms", "50"},
         {"queued.min.messages", "1000000"},
         {"log.connection.close", "false"},
+        {"topic.metadata.refresh.interval.ms", CHECK_DEFAULT_MS},
     };
     rd_kafka_conf_t *conf = node_kafka_conf(defaults, sizeof(defaults) / sizeof(defaults[0]),
                                             in->cfg, "the consumer", err, errlen);
@@ -1674,6 +1818,13 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
             ? RD_KAFKA_OFFSET_END
             : RD_KAFKA_OFFSET_BEGINNING;
     in->reset_error = strcmp(reset, "error") == 0;
+    /* kvs checks the bound topics' partition counts as often as librdkafka
+     * refreshes their metadata: the user's setting, or kvs's 30 s. */
+    char every[32] = CHECK_DEFAULT_MS;
+    n = sizeof(every);
+    rd_kafka_conf_get(conf, "topic.metadata.refresh.interval.ms", every, &n);
+    long long ms = strtoll(every, NULL, 10);
+    in->check_ms = ms > 0 ? (uint64_t)ms : 0;
     /* kvs applies the user's choice itself (see "out of range"). */
     if (rd_kafka_conf_set(conf, "auto.offset.reset", "error", err, errlen) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
@@ -1764,6 +1915,11 @@ static void read_test_hooks(node_ingest_t *in)
     if (kvs_test_hook_u64("KVS_TEST_INGEST_DELAY_MS", &in->throttle_ms))
         kvs_warn("test hook: applying one Kafka record every %llu ms (KVS_TEST_INGEST_DELAY_MS)",
                  (unsigned long long)in->throttle_ms);
+    in->counts_file = kvs_test_hook_str("KVS_TEST_TOPIC_PARTITIONS_FILE");
+    if (in->counts_file != NULL)
+        kvs_warn("test hook: \"TOPIC N\" lines in %s stand for the brokers' partition counts "
+                 "(KVS_TEST_TOPIC_PARTITIONS_FILE)",
+                 in->counts_file);
     if (kvs_test_hook_u64("KVS_TEST_RANGE_SHORT_ANSWERS", &n)) {
         in->short_answers = (unsigned long)n;
         kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "

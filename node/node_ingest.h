@@ -143,6 +143,18 @@ const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32
  * -ESHUTDOWN while stopping, or a store error (nothing changed). */
 int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted);
 
+/* The partition count `b`'s topic has now, when a check while running
+ * found it is no longer the one the table is placed by (partitions were
+ * added), else 0. Reads (kvs_fresh) and writes of the table are refused
+ * then: nothing kvs could answer is right. */
+uint32_t node_ingest_resized(node_ingest_t *in, const kvs_binding_t *b);
+
+/* The words of that refusal, for an answer or the log: the topic, both
+ * counts and what to do. Writes them into buf[0..len) (NUL-terminated)
+ * and returns buf. */
+const char *node_ingest_resized_message(const kvs_binding_t *b, uint32_t now, uint32_t placed,
+                                        char *buf, size_t len);
+
 /* True when this worker ingests partition `p` of `b`'s topic (it owns it,
  * and ingestion is not stopping), so it will apply its own writes to it.
  * Ingestion need not have started yet: records written before it starts

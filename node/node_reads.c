@@ -52,6 +52,7 @@ struct node_reads_s {
     waiter_t *head, *tail; /* deadline order */
     size_t waiting;
     kvs_arena_t arena; /* decoding waiting reads again */
+    char msg[1024];    /* an answer's words */
 };
 
 typedef kvs_freshreq_t check_t;
@@ -115,6 +116,14 @@ static int answer_diverged(const check_t *c, kvs_buf_t *out)
         (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
 }
 
+static int answer_resized(const check_t *c, kvs_buf_t *out)
+{
+    return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "%s",
+                                 node_ingest_resized_message(c->b, c->state.topic_partitions,
+                                                             c->partitions, rd_of(c)->msg,
+                                                             sizeof(rd_of(c)->msg)));
+}
+
 static int answer_ahead(const check_t *c, kvs_buf_t *out)
 {
     if (rd_of(c)->ingest == NULL)
@@ -163,6 +172,8 @@ static int answer_behind(const check_t *c, kvs_buf_t *out)
 static int answer_refused(const check_t *c, kvs_buf_t *out)
 {
     switch (c->verdict) {
+    case KVS_FRESH_RESIZED:
+        return answer_resized(c, out);
     case KVS_FRESH_DIVERGED:
         return answer_diverged(c, out);
     case KVS_FRESH_CATCHING_UP:
@@ -301,6 +312,8 @@ static int condition_met(node_reads_t *rd, const waiter_t *w)
     kvs_fresh_part_t st;
     if (rd->ingest == NULL || node_ingest_fresh(rd->ingest, w->b, w->partition, &st) != 0)
         return 0;
+    if (st.topic_partitions != 0)
+        return 1; /* the topic grew: refused at once */
     if (w->need < 0)
         return !st.settling;
     return st.next > w->need || (w->ticket != 0 && node_ingest_answered(rd->ingest, w->ticket));

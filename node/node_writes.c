@@ -570,6 +570,12 @@ static int place_items(node_writes_t *wr, const kvs_binding_t *b, item_t *items,
                        char *msg, size_t mlen, uint32_t *status)
 {
     uint32_t partitions = b->partitions > 0 ? b->partitions : wr->cfg->partitions;
+    uint32_t now = node_ingest_resized(wr->ingest, b);
+    if (now != 0) { /* a key's partition is no longer the one kvs computes */
+        *status = KVS_STATUS_UNAVAILABLE;
+        node_ingest_resized_message(b, now, partitions, msg, mlen);
+        return KVS_EINVAL;
+    }
     *status = KVS_STATUS_BAD_REQUEST;
     if (b->partitioner == KVS_PARTITIONER_NONE) {
         snprintf(msg, mlen,

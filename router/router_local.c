@@ -190,6 +190,7 @@ static int fresh_lookup(void *arg, const kvs_binding_t *b, uint32_t p, kvs_fresh
         out->next = o.next; /* negative: rebuilt, read from the start (kvs_schema) */
     out->settling = out->end < 0 && (int64_t)uv_now(c->lc->loop) < c->h->settle_until_ms;
     out->diverged = kvs_shardstate_diverged(c->ls->state, (uint32_t)(b - cfg->bindings), p);
+    out->topic_partitions = kvs_shardstate_resized(c->ls->state, (uint32_t)(b - cfg->bindings), p);
     return 0;
 }
 

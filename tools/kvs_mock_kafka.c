@@ -15,6 +15,10 @@
  *   - no CreateTopics handler; topics come from --topic. Any Metadata request
  *     naming an unknown topic (a producer, list_topics, even a consumer's
  *     assign()) creates it with 4 partitions; only list-all requests do not.
+ *   - no CreatePartitions handler either (an admin client's request is never
+ *     answered), and rd_kafka_mock_topic_create refuses a topic that exists
+ *     (TOPIC_ALREADY_EXISTS): a topic's partition count never changes, so
+ *     no control command can offer that.
  *   - each partition keeps at most 5 MiB of batch bytes or 100,000 message
  *     sets and silently drops the oldest; the byte limit binds first (about
  *     45,000 records of 100 bytes). It never compacts. --replication is
@@ -131,6 +135,7 @@ static void usage(FILE *f)
             "  - no CreateTopics API: create topics with --topic. A metadata request for\n"
             "    an unknown topic (from a producer, or a consumer that assigns it)\n"
             "    creates it with 4 partitions, so a misspelled topic does not fail.\n"
+            "  - no CreatePartitions API: a topic keeps its partition count.\n"
             "  - each partition keeps at most 5 MiB of batches or 100,000 message sets\n"
             "    and silently drops the oldest beyond that (the 5 MiB binds first: about\n"
             "    45,000 records of 100 bytes). It never compacts.\n"

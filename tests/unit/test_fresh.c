@@ -128,5 +128,29 @@ KVS_TEST(diverged)
     CHECK(KVS_FRESH_AHEAD < KVS_FRESH_REFUSED);
 }
 
+KVS_TEST(resized)
+{
+    uint64_t n = 99;
+    /* the topic has 8 partitions now, kvs placed it by 4: nothing serves,
+     * a fresh partition, stale accepted or a position met included */
+    kvs_fresh_part_t p = {.next = 10, .end = 10, .topic_partitions = 8};
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_RESIZED);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 1, &n), KVS_FRESH_RESIZED);
+    CHECK_EQ(kvs_fresh_decide(&p, 100, 5, 1, &n), KVS_FRESH_RESIZED);
+    CHECK(!kvs_fresh_serving(&p, 100));
+    /* before every other verdict */
+    p.diverged = 1;
+    p.settling = 1;
+    CHECK_EQ(kvs_fresh_decide(&p, 0, -1, 0, &n), KVS_FRESH_RESIZED);
+    CHECK(KVS_FRESH_DIVERGED < KVS_FRESH_RESIZED && KVS_FRESH_RESIZED >= KVS_FRESH_REFUSED);
+    /* the same count again (0): the other rules decide */
+    p.topic_partitions = 0;
+    CHECK_EQ(kvs_fresh_decide(&p, 0, -1, 0, &n), KVS_FRESH_DIVERGED);
+    p.diverged = 0;
+    p.settling = 0;
+    CHECK_EQ(kvs_fresh_decide(&p, 100, -1, 0, &n), KVS_FRESH_SERVE);
+}
+
 KVS_TEST_MAIN(KVS_CASE(lag), KVS_CASE(catch_up_gate), KVS_CASE(minimum_position),
-              KVS_CASE(settling), KVS_CASE(diverged))
+              KVS_CASE(settling), KVS_CASE(diverged), KVS_CASE(resized))

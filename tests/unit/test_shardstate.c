@@ -97,6 +97,17 @@ KVS_TEST(published_state_is_read_back)
     CHECK_EQ(kvs_shardstate_diverged(r, 1, 1), 0);
     CHECK_EQ(kvs_shardstate_diverged(r, 0, 4), 0);
     CHECK_EQ(kvs_shardstate_diverged(r, 2, 1), 0);
+    /* binding 0's topic grew to 20: every partition of it shard 1 owns */
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 5), 0);
+    kvs_shardstate_set_resized(w, 0, 20);
+    kvs_shardstate_set_resized(w, 7, 20); /* no such binding: ignored */
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 1), 20);
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 5), 20);
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 4), 0); /* not shard 1's */
+    CHECK_EQ(kvs_shardstate_resized(r, 1, 1), 0); /* another topic */
+    kvs_shardstate_set_resized(w, 0, 0);
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 5), 0);
+    kvs_shardstate_set_resized(w, 0, 20);
     kvs_shardstate_close(w); /* a worker that stops is not live */
     CHECK_EQ(kvs_shardstate_head(r, &h), 0);
     CHECK_EQ(h.live, 0);
@@ -135,6 +146,7 @@ KVS_TEST(next_worker_learns_the_last_files)
     kvs_shardstate_publish(w, &id);
     kvs_shardstate_set_part(w, 0, 1, 5, 5);
     kvs_shardstate_set_diverged(w, 0, 1, 1);
+    kvs_shardstate_set_resized(w, 0, 9);
     kvs_shardstate_close(w);
     w = writer(cfg, &last, &had);
     CHECK_EQ(had, 1);
@@ -145,6 +157,7 @@ KVS_TEST(next_worker_learns_the_last_files)
     kvs_shardstate_part(r, 0, 1, &end, &start);
     CHECK_EQ(end, -1);                             /* and nothing known of Kafka yet */
     CHECK_EQ(kvs_shardstate_diverged(r, 0, 1), 0); /* the new worker finds out again */
+    CHECK_EQ(kvs_shardstate_resized(r, 0, 1), 0);
     kvs_shardstate_close(r);
     kvs_shardstate_close(w);
     kvs_config_free(cfg);
