@@ -26,20 +26,6 @@ static inline int kvs_test_hook_u64(const char *name, uint64_t *out)
     (void)name;
     (void)out;
     return 0;
-/* The value of the hook `name` in a test build when it is set and not
- * empty (the environment's string: valid while the environment is not
- * changed), else NULL. The caller logs that the hook is on. */
-static inline const char *kvs_test_hook_str(const char *name)
-{
-#ifdef KVS_TEST_HOOKS
-    const char *v = getenv(name);
-    return v != NULL && *v != '\0' ? v : NULL;
-#else
-    (void)name;
-    return NULL;
-#endif
-}
-
 #endif
 }
 
