@@ -148,7 +148,13 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
-        kvs_conn_close(l->conn);
+        /* Requests pending on it are answered 503 below, and the client
+         * may write the same keys again elsewhere: a reset tells a worker
+         * that reads them only now not to run them (kvs_conn_abort). */
+        if (l->count > 0)
+            kvs_conn_abort(l->conn);
+        else
+            kvs_conn_close(l->conn);
         l->conn = NULL;
     }
     l->up = 0;
@@ -545,11 +551,15 @@ void router_link_stop(router_link_t *l)
 {
     if (l->loop == NULL || l->stopping)
         return; /* never started (a failed start-up), or stopped already */
+    int pending = l->count > 0;
     fail_all(l, "the router is shutting down");
     l->stopping = 1;
     if (l->conn != NULL) {
         l->conn->data = NULL;
-        kvs_conn_close(l->conn);
+        if (pending) /* answered 503 just now: not to be run (link_down_state) */
+            kvs_conn_abort(l->conn);
+        else
+            kvs_conn_close(l->conn);
         l->conn = NULL;
     }
     if (l->resolving)
