@@ -1003,6 +1003,20 @@ void kvs_conn_abort(kvs_conn_t *c)
     conn_close(c, 1);
 }
 
+int kvs_conn_reset_on_close(kvs_conn_t *c)
+{
+    uv_os_fd_t fd;
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    if (c->h.handle.type != UV_TCP)
+        return 0;
+    int rc = uv_fileno(&c->h.handle, &fd);
+    if (rc != 0)
+        return rc;
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0
+               ? 0
+               : uv_translate_sys_error(errno);
+}
+
 int kvs_conn_peer_gone(const kvs_conn_t *c)
 {
     uv_os_fd_t fd;

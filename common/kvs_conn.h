@@ -291,6 +291,13 @@ void kvs_conn_close(kvs_conn_t *c);
  * them. A unix socket's peer can tell from the close itself. */
 void kvs_conn_abort(kvs_conn_t *c);
 
+/* Makes every close of a connected TCP `c` a reset, kvs_conn_close and
+ * the process's end (a crash, kill -9) included, as kvs_conn_abort: for a
+ * connection whose peer must never run requests it reads after this side
+ * is gone. Nothing for a unix socket (its close says as much). Returns 0
+ * or a uv error. */
+int kvs_conn_reset_on_close(kvs_conn_t *c);
+
 /* True when the peer is gone for good: it closed a unix socket, or reset
  * a TCP connection (kvs_conn_abort), so no answer will be read. A peer
  * that only shut down its sending side (a client that half-closes and

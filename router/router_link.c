@@ -270,6 +270,15 @@ static void on_connected(uv_connect_t *req, int status)
             link_maybe_closed(l);
         return;
     }
+    /* Whenever this side goes, the link process's death included, the
+     * worker is told by a reset, so it does not run requests it reads only
+     * after that (kvs_conn_peer_gone): their clients were answered 503, or
+     * lost their connections, and may have written the same keys since. */
+    int lrc = kvs_conn_reset_on_close(c);
+    if (lrc != 0)
+        kvs_warn("link to %s %u (%s): cannot set SO_LINGER (%s): a worker may run requests "
+                 "of this router that it reads after this router gave up on them",
+                 link_what(l), l->shard, l->addr_text, uv_strerror(lrc));
     if (c->tls == NULL) {
         link_up(l);
         return;

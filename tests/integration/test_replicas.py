@@ -639,5 +639,35 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         self.assert_after_stands(mock, [b, c], b"zombie-2", pos, part)
 
 
+    def test_writes_of_a_router_killed_9_are_not_run_when_a_hung_worker_resumes(self):
+        # a routes only: its links to b's and c's workers are TCP. Its
+        # writes to b hang; then a dies (kill -9: the kernel closes its
+        # sockets), its clients write again through c, and b resumes.
+        mock, bases, rt = self.cluster(layout={"a": [], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+                                       timeout="5s")
+        a, b, c = rt["a"], rt["b"], rt["c"]
+        keys = [b"zombie-3", b"zombie-4"]
+        while shard_of_key(keys[1]) != shard_of_key(keys[0]):
+            keys[1] += b"x"
+        pid = b.worker_pid(shard_of_key(keys[0]))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with a.client(timeout=20) as ca:
+                # Taken in turn: one of the two goes to b, and hangs there.
+                ca.send(req_hset(TABLE, keys[0], "abandoned"), req_hset(TABLE, keys[1], "abandoned"))
+                time.sleep(0.5)
+                a.kill_all()
+            positions = []
+            with c.client(timeout=20) as cc:
+                for k in keys:
+                    resp = cc.call(req_hset(TABLE, k, "after"))
+                    self.assertEqual(resp.status, 200, resp.message)
+                    positions.append(resp.position)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for k, pos in zip(keys, positions):
+            self.assert_after_stands(mock, [b, c], k, pos, partition_of(k, TOPIC_PARTS))
+
+
 if __name__ == "__main__":
     unittest.main()

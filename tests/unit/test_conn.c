@@ -1218,7 +1218,8 @@ KVS_TEST(peer_gone_after_a_unix_close_not_a_half_close)
 }
 
 /* Over TCP an orderly close looks like a half close, so it is not taken
- * for gone; a reset is, and kvs_conn_abort sends one. */
+ * for gone; a reset is, and kvs_conn_abort sends one, as does any close
+ * after kvs_conn_reset_on_close. */
 KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
 {
     uv_loop_t loop;
@@ -1244,6 +1245,19 @@ KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
     char buf[16]; /* what arrived before the reset is still there to read */
     CHECK_EQ(read(rst[0], buf, sizeof(buf)), 7);
     kvs_conn_close(&c);
+
+    /* kvs_conn_reset_on_close: any close resets, an ordinary one included */
+    kvs_conn_t later, closer;
+    int lin[2];
+    tcp_pair(lin);
+    conn_on_fd(&loop, &later, 0, lin[0]);
+    conn_on_fd(&loop, &closer, 0, lin[1]);
+    CHECK_EQ(kvs_conn_reset_on_close(&closer), 0);
+    CHECK_EQ(write(lin[1], "request", 7), 7);
+    kvs_conn_close(&closer);
+    CHECK(wait_events(lin[0], POLLHUP | POLLERR));
+    CHECK(kvs_conn_peer_gone(&later));
+    kvs_conn_close(&later);
     CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
