@@ -46,6 +46,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -972,7 +973,7 @@ void kvs_conn_close_after_flush(kvs_conn_t *c)
     kvs_conn_queue(c);
 }
 
-void kvs_conn_close(kvs_conn_t *c)
+static void conn_close(kvs_conn_t *c, int reset)
 {
     if (has(c, KVS_CONN_CLOSING))
         return;
@@ -985,7 +986,44 @@ void kvs_conn_close(kvs_conn_t *c)
     c->flags &= ~KVS_CONN_READING;
     if (c->open_handles > 1)
         uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    uv_close(&c->h.handle, on_handle_closed);
+    /* A reset fails on a socket never connected or being shut down: then
+     * an ordinary close. */
+    if (!reset || c->h.handle.type != UV_TCP ||
+        uv_tcp_close_reset(&c->h.tcp, on_handle_closed) != 0)
+        uv_close(&c->h.handle, on_handle_closed);
+}
+
+void kvs_conn_close(kvs_conn_t *c)
+{
+    conn_close(c, 0);
+}
+
+void kvs_conn_abort(kvs_conn_t *c)
+{
+    conn_close(c, 1);
+}
+
+int kvs_conn_reset_on_close(kvs_conn_t *c)
+{
+    uv_os_fd_t fd;
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    if (c->h.handle.type != UV_TCP)
+        return 0;
+    int rc = uv_fileno(&c->h.handle, &fd);
+    if (rc != 0)
+        return rc;
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0
+               ? 0
+               : uv_translate_sys_error(errno);
+}
+
+int kvs_conn_peer_gone(const kvs_conn_t *c)
+{
+    uv_os_fd_t fd;
+    if (has(c, KVS_CONN_CLOSING) || uv_fileno(&c->h.handle, &fd) != 0)
+        return 0;
+    struct pollfd p = {.fd = fd, .events = 0, .revents = 0};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0;
 }
 
 /* ---- groups ------------------------------------------------------------- */

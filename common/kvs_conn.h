@@ -283,6 +283,28 @@ void kvs_conn_close_after_flush(kvs_conn_t *c);
 /* Closes now; queued output is dropped. close_cb runs later. Idempotent. */
 void kvs_conn_close(kvs_conn_t *c);
 
+/* kvs_conn_close for a connection whose unanswered requests are given up
+ * (a router's link to a worker that did not answer in time): a TCP peer is
+ * reset (RST) rather than sent an orderly end, so that, should it come to
+ * read those requests only now (it was stopped, or the network held them),
+ * it can tell that nobody waits for them (kvs_conn_peer_gone) and not run
+ * them. A unix socket's peer can tell from the close itself. */
+void kvs_conn_abort(kvs_conn_t *c);
+
+/* Makes every close of a connected TCP `c` a reset, kvs_conn_close and
+ * the process's end (a crash, kill -9) included, as kvs_conn_abort: for a
+ * connection whose peer must never run requests it reads after this side
+ * is gone. Nothing for a unix socket (its close says as much). Returns 0
+ * or a uv error. */
+int kvs_conn_reset_on_close(kvs_conn_t *c);
+
+/* True when the peer is gone for good: it closed a unix socket, or reset
+ * a TCP connection (kvs_conn_abort), so no answer will be read. A peer
+ * that only shut down its sending side (a client that half-closes and
+ * still reads its answers), or closed a TCP connection in order, is not
+ * taken for gone. One poll(2) that does not wait. */
+int kvs_conn_peer_gone(const kvs_conn_t *c);
+
 /* Bytes queued or being written. */
 size_t kvs_conn_backlog(const kvs_conn_t *c);
 

@@ -643,6 +643,20 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     }
 }
 
+int kvs_msg_frame_writes(const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len, *v;
+    uint64_t tag;
+    size_t n;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return 0;
+        if ((tag & 7) == 2 && kvs_msg_is_write((Kvs__CommandRequest__CommandCase)(tag >> 3)))
+            return 1;
+    }
+    return 0;
+}
+
 /* A table name: NUL-free UTF-8. */
 static int name_ok(const uint8_t *p, size_t n)
 {

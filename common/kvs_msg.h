@@ -72,6 +72,12 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
  * bytes that decoded as a CommandRequest. */
 uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen);
 
+/* Whether the encoded CommandRequest `p` carries a write (kvs_msg_is_write)
+ * among its top-level fields, found from its wire bytes without decoding.
+ * Bytes that do not parse as far as the write are taken for no write (the
+ * request is refused when decoded, and changes nothing). */
+int kvs_msg_frame_writes(const uint8_t *p, size_t len);
+
 /* What kvs_msg_peek found in a single-key request. */
 typedef struct kvs_peek_s {
     Kvs__CommandRequest__CommandCase cmd; /* Hget, Hset, Hdel or Hexist */

@@ -115,6 +115,7 @@ struct node_client_s {
     node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
     int streaming;              /* handed to the snapshot sender: serves nothing else */
+    int peer_checked;           /* this run of frames found its peer there (on_frame) */
 };
 
 struct node_server_s {
@@ -128,6 +129,7 @@ struct node_server_s {
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
+    uint64_t gone_log_ms; /* last line about writes of a peer that was gone */
     kvs_auth_t *auth;
     kvs_conn_group_t groups[2]; /* each listener's clients, under limits.* */
     kvs_flusher_t flusher;
@@ -642,11 +644,50 @@ static void hook_identity(node_server_t *srv, node_client_t *cl)
     in->received_ns = cl->conn.read_ns; /* noted once per read by kvs_conn */
 }
 
+/* The peer of `cl` closed (or reset) the connection before this worker
+ * read the writes it had sent: it gave up on them. A router does so when
+ * a worker leaves its requests unanswered for router.timeout (it was
+ * stopped, or overloaded), answers the client 503 ("may or may not have
+ * been applied"), and sends the client's next writes on, perhaps to
+ * another replica, which acknowledges them. Running the abandoned writes
+ * now would put them after those in the topic (or in LMDB) and undo
+ * acknowledged writes, on every replica. So they are dropped with the
+ * connection, unanswered (nobody is there to read an answer). */
+static void drop_abandoned(node_server_t *srv, node_client_t *cl)
+{
+    uint64_t now = uv_now(srv->loop);
+    if (srv->gone_log_ms == 0 || now - srv->gone_log_ms >= 10000) {
+        srv->gone_log_ms = now;
+        kvs_warn("%s closed its connection before this worker read the writes it had sent: "
+                 "they are not run (the sender answered them as unavailable; logged at most "
+                 "every 10 s)",
+                 cl->conn.peer);
+    }
+    kvs_conn_close(&cl->conn);
+}
+
+/* The end of a run of frames: the next run's first write checks its peer
+ * again. */
+static void on_delivered(kvs_conn_t *c)
+{
+    node_client_t *cl = c->data;
+    cl->peer_checked = 0;
+}
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
     node_slot_t *slot = NULL;
+    /* Once per run (the frames of one read), before its first write: one
+     * poll(2), paid by writes only. */
+    if (!cl->peer_checked && kvs_msg_frame_writes(payload, len)) {
+        cl->peer_checked = 1;
+        if (kvs_conn_peer_gone(c)) {
+            drop_abandoned(srv, cl);
+            return;
+        }
+    }
     if (cl->head != NULL && (slot = slot_push(cl)) == NULL) {
         kvs_error("out of memory for an answer; closing the connection");
         kvs_conn_close(c);
@@ -820,6 +861,7 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.data = cl;
     cl->conn.flusher = &srv->flusher;
     cl->conn.on_ready = on_tls_ready;
+    cl->conn.on_delivered = on_delivered;
     cl->conn.stamp_reads = 1;
     kvs_conn_join(&cl->conn, &srv->groups[li]);
     cl->next = srv->clients;

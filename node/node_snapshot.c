@@ -16,9 +16,13 @@
  * of its output limit (its high-water mark) the pipe is not read, so the
  * copy thread blocks in write(); a check handle (run after each poll,
  * never keeping the loop awake) reads on once the receiver took enough.
- * A receiver that takes nothing for `stall_ms` is given up: the copy holds
- * a read snapshot, which keeps LMDB from reusing pages and the map from
- * growing (node_store views), so it must not last for ever.
+ * A receiver that takes less than MIN_PROGRESS bytes in `stall_ms` of
+ * being waited for (a stall, or a trickle of a few bytes at a time: as
+ * node_bootstrap asks of a sender) is given up: the copy holds a read
+ * snapshot, which keeps LMDB from reusing pages and the map from growing
+ * (node_store views), so it must not last for ever. The clock runs only
+ * while the stream is held back for the receiver, not while it waits for
+ * the copy thread (this worker's own disk).
  *
  * Ending early: when the connection closes (the receiver left, a stall,
  * shutdown), the pipe's read end is closed; the copy thread's next write
@@ -42,6 +46,8 @@
 
 #define CHUNK_MAX (1u << 20) /* bytes per chunk frame, at most (and below max_frame) */
 #define CHUNK_OVERHEAD 32    /* a chunk frame's own bytes beside the data */
+/* What a receiver must take per stall_ms of being waited for. */
+#define MIN_PROGRESS (64u * 1024u)
 
 struct node_snapshot_s {
     uv_loop_t *loop;
@@ -60,8 +66,11 @@ struct node_snapshot_s {
     int pipe_open;
     uv_check_t check;
     int checking;
-    uint64_t idle_since; /* uv_now when the receiver last took bytes, while waiting */
-    size_t last_backlog;
+    uint64_t queued;       /* bytes of chunk frames put on the connection */
+    uint64_t base;         /* the connection's backlog when the snapshot started */
+    uint64_t window_taken; /* bytes the receiver had taken when the current window began */
+    uint64_t window_left;  /* ms of it left, on a clock that runs only while held back */
+    uint64_t held_since;   /* uv_now when the current hold began */
     kvs_hash_t *hash;
     uint64_t total;
     uint8_t *rbuf;
@@ -218,8 +227,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void hold_back(node_snapshot_t *sn)
 {
     uv_read_stop((uv_stream_t *)&sn->pipe);
-    sn->idle_since = uv_now(sn->loop);
-    sn->last_backlog = kvs_conn_backlog(sn->conn);
+    sn->held_since = uv_now(sn->loop);
     sn->checking = 1;
     uv_check_start(&sn->check, on_check);
 }
@@ -238,11 +246,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     sn->total += (uint64_t)n;
     if (sn->conn == NULL)
         return;
+    size_t before = sn->conn->out.len;
     if (append_chunk(&sn->conn->out, sn->rbuf, (size_t)n) != 0) {
         kvs_error("snapshot to %s: out of memory; closing it", sn->conn->peer);
         kvs_conn_close(sn->conn); /* node_snapshot_gone follows */
         return;
     }
+    sn->queued += sn->conn->out.len - before;
     kvs_conn_queue(sn->conn);
     if (sn->conn != NULL && kvs_conn_backlog(sn->conn) >= sn->conn->high_water)
         hold_back(sn);
@@ -258,18 +268,25 @@ static void on_check(uv_check_t *h)
     }
     size_t backlog = kvs_conn_backlog(sn->conn);
     uint64_t now = uv_now(sn->loop);
-    if (backlog < sn->last_backlog) {
-        sn->last_backlog = backlog;
-        sn->idle_since = now;
+    uint64_t sent = sn->base + sn->queued;
+    uint64_t taken = sent > backlog ? sent - backlog : 0;
+    if (taken < sn->window_taken) /* TLS: sealing added its records' overhead to the backlog */
+        sn->window_taken = taken;
+    if (taken - sn->window_taken >= MIN_PROGRESS) { /* enough: a new window */
+        sn->window_taken = taken;
+        sn->window_left = sn->stall_ms;
+        sn->held_since = now;
     }
+    uint64_t held = now - sn->held_since;
     if (backlog < sn->conn->high_water / 2) {
+        sn->window_left = held < sn->window_left ? sn->window_left - held : 0;
         uv_check_stop(h);
         sn->checking = 0;
         uv_read_start((uv_stream_t *)&sn->pipe, on_alloc, on_read);
-    } else if (sn->stall_ms > 0 && now - sn->idle_since >= sn->stall_ms) {
-        kvs_warn("snapshot to %s: the receiver took nothing for %llu ms (limits.frame_timeout); "
-                 "giving up",
-                 sn->conn->peer, (unsigned long long)sn->stall_ms);
+    } else if (sn->stall_ms > 0 && held >= sn->window_left) {
+        kvs_warn("snapshot to %s: the receiver took less than %u KiB of it in limits.frame_timeout "
+                 "(%llu ms); giving up",
+                 sn->conn->peer, MIN_PROGRESS / 1024, (unsigned long long)sn->stall_ms);
         kvs_conn_close(sn->conn);
     }
 }
@@ -324,6 +341,10 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
     sn->copy_rc = 0;
     sn->conn = conn;
     sn->active = 1;
+    sn->queued = 0;
+    sn->base = kvs_conn_backlog(conn);
+    sn->window_taken = 0;
+    sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);
     if (rc == 0) {
         sn->work.data = sn;

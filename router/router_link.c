@@ -148,7 +148,13 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
-        kvs_conn_close(l->conn);
+        /* Requests pending on it are answered 503 below, and the client
+         * may write the same keys again elsewhere: a reset tells a worker
+         * that reads them only now not to run them (kvs_conn_abort). */
+        if (l->count > 0)
+            kvs_conn_abort(l->conn);
+        else
+            kvs_conn_close(l->conn);
         l->conn = NULL;
     }
     l->up = 0;
@@ -264,6 +270,15 @@ static void on_connected(uv_connect_t *req, int status)
             link_maybe_closed(l);
         return;
     }
+    /* Whenever this side goes, the link process's death included, the
+     * worker is told by a reset, so it does not run requests it reads only
+     * after that (kvs_conn_peer_gone): their clients were answered 503, or
+     * lost their connections, and may have written the same keys since. */
+    int lrc = kvs_conn_reset_on_close(c);
+    if (lrc != 0)
+        kvs_warn("link to %s %u (%s): cannot set SO_LINGER (%s): a worker may run requests "
+                 "of this router that it reads after this router gave up on them",
+                 link_what(l), l->shard, l->addr_text, uv_strerror(lrc));
     if (c->tls == NULL) {
         link_up(l);
         return;
@@ -545,11 +560,15 @@ void router_link_stop(router_link_t *l)
 {
     if (l->loop == NULL || l->stopping)
         return; /* never started (a failed start-up), or stopped already */
+    int pending = l->count > 0;
     fail_all(l, "the router is shutting down");
     l->stopping = 1;
     if (l->conn != NULL) {
         l->conn->data = NULL;
-        kvs_conn_close(l->conn);
+        if (pending) /* answered 503 just now: not to be run (link_down_state) */
+            kvs_conn_abort(l->conn);
+        else
+            kvs_conn_close(l->conn);
         l->conn = NULL;
     }
     if (l->resolving)

@@ -284,5 +284,50 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertNotIn("starting empty", w.stderr())  # the copy was still going on
 
 
+
+class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
+    """The other side: a receiver that asks a worker for a Snapshot and then
+    takes the stream a few bytes at a time. While the copy runs, the worker
+    keeps its read snapshot (LMDB reuses no page freed since, and its map
+    does not grow: writes that need room get 503) and sends no other
+    snapshot, so the receiver must keep up, as a sender must."""
+
+    def test_a_receiver_that_trickles_is_given_up(self):
+        # Small frames: the stream's chunks, and the writes that carry them
+        # to the socket, are a few KiB each, so a receiver taking a few KiB
+        # a second completes one write after another.
+        node = self.managed(Node(extra_yaml="limits: {max_frame: 4KiB, client_output: 64KiB, "
+                                 "frame_timeout: 2s}\n"))
+        with node.client() as c:
+            for b in range(10):  # about 3 MB that no compaction shrinks
+                reqs = [req_hset("t", b"k%d-%d" % (b, i), os.urandom(3000)) for i in range(100)]
+                self.assertEqual({r.status for r in c.pipeline(reqs)}, {200})
+        snap = pb.CommandRequest()
+        snap.snapshot.SetInParent()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(TIMEOUT)
+        s.connect(node.addr)
+        s.sendall(frame(snap.SerializeToString()))
+        got = 0
+        deadline = time.monotonic() + 6  # three times frame_timeout
+        while time.monotonic() < deadline:  # 2 KiB every 0.25 s: 8 KiB/s
+            data = s.recv(2048)
+            self.assertTrue(data, "the stream ended: the test's data is too small")
+            got += len(data)
+            time.sleep(0.25)
+        self.assertGreater(got, 32 << 10)  # it did take bytes all along
+        # What the worker had handed to its socket may still reach the
+        # trickling receiver, but the copy and its read snapshot are over:
+        # the worker sends the next one.
+        with Client(node.addr, timeout=TIMEOUT) as c:
+            c.send(snap)
+            resp = c.recv()
+            self.assertEqual(resp.status, 206, resp.message)
+        self.assertIn("the receiver took less than 64 KiB of it in limits.frame_timeout",
+                      node.stderr())
+
+
 if __name__ == "__main__":
     unittest.main()

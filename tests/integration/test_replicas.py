@@ -569,5 +569,105 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             self.assertIn("Bind the table to a topic", resp.message)
 
 
+class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
+    """A write the router gave up on (no answer within router.timeout: 503,
+    "may or may not have been applied") while the replica it was sent to
+    hung, followed by an acknowledged write of the same key through another
+    replica. When the hung worker resumes, it must not run the abandoned
+    request: it would be produced after the acknowledged write and undo it
+    on every replica."""
+
+    def abandon_then_overwrite(self, router, hung_node, key):
+        """Through `router`: `key` = "before" (acknowledged); then, with
+        hung_node's worker of key's shard stopped, writes "abandoned" until
+        one is sent to that worker (503 after router.timeout), then "after",
+        which another replica acknowledges. Returns (position of "after",
+        the partition)."""
+        shard = shard_of_key(key)
+        part = partition_of(key, TOPIC_PARTS)
+        pid = hung_node.worker_pid(shard)
+        with router.client(timeout=20) as c:
+            self.assertEqual(c.call(req_hset(TABLE, key, "before")).status, 200)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                abandoned = None
+                for _ in range(4):  # a routing node takes the replicas in turn
+                    resp = c.call(req_hset(TABLE, key, "abandoned"))
+                    if resp.status == 503:
+                        abandoned = resp
+                        break
+                    self.assertEqual(resp.status, 200, resp.message)
+                self.assertIsNotNone(abandoned, "no write reached the stopped worker")
+                self.assertIn("router.timeout", abandoned.message)
+                after = c.call(req_hset(TABLE, key, "after"))
+                self.assertEqual(after.status, 200, after.message)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        return after.position, part
+
+    def assert_after_stands(self, mock, nodes, key, position, part):
+        # The resumed worker has every chance to run what it had buffered.
+        def pong(n):
+            with Client(n.socket_path(shard_of_key(key)), timeout=5) as w:
+                return w.ping().status == 200
+        self.assertTrue(wait_until(lambda: all(pong(n) for n in nodes), 10))
+        time.sleep(1.5)
+        ends = kafkatest.watermarks(mock.bootstrap, TOPIC, TOPIC_PARTS)
+        (entry,) = [e for e in kafkatest.pos_entries(position) if e[1] == part]
+        self.assertEqual(ends[part][1], entry[2] + 1,
+                         "records were produced to partition %d after the acknowledged write "
+                         "(offset %d)" % (part, entry[2]))
+        for n in nodes:
+            with Client(n.socket_path(shard_of_key(key))) as w:
+                resp = w.call(hget_at(TABLE, key, position))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, "after"), "node %s: %s" % (n.name, resp.message))
+
+    def test_write_abandoned_at_a_hung_local_worker_is_not_run_when_it_resumes(self):
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]},
+                                       timeout="1s")
+        a, b = rt["a"], rt["b"]
+        pos, part = self.abandon_then_overwrite(a, a, b"zombie-1")
+        self.assert_after_stands(mock, [a, b], b"zombie-1", pos, part)
+
+    def test_write_abandoned_at_a_hung_remote_worker_is_not_run_when_it_resumes(self):
+        # a routes only: its links to b's and c's workers are TCP.
+        mock, bases, rt = self.cluster(layout={"a": [], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+                                       timeout="1s")
+        a, b, c = rt["a"], rt["b"], rt["c"]
+        pos, part = self.abandon_then_overwrite(a, b, b"zombie-2")
+        self.assert_after_stands(mock, [b, c], b"zombie-2", pos, part)
+
+
+    def test_writes_of_a_router_killed_9_are_not_run_when_a_hung_worker_resumes(self):
+        # a routes only: its links to b's and c's workers are TCP. Its
+        # writes to b hang; then a dies (kill -9: the kernel closes its
+        # sockets), its clients write again through c, and b resumes.
+        mock, bases, rt = self.cluster(layout={"a": [], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+                                       timeout="5s")
+        a, b, c = rt["a"], rt["b"], rt["c"]
+        keys = [b"zombie-3", b"zombie-4"]
+        while shard_of_key(keys[1]) != shard_of_key(keys[0]):
+            keys[1] += b"x"
+        pid = b.worker_pid(shard_of_key(keys[0]))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with a.client(timeout=20) as ca:
+                # Taken in turn: one of the two goes to b, and hangs there.
+                ca.send(req_hset(TABLE, keys[0], "abandoned"), req_hset(TABLE, keys[1], "abandoned"))
+                time.sleep(0.5)
+                a.kill_all()
+            positions = []
+            with c.client(timeout=20) as cc:
+                for k in keys:
+                    resp = cc.call(req_hset(TABLE, k, "after"))
+                    self.assertEqual(resp.status, 200, resp.message)
+                    positions.append(resp.position)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for k, pos in zip(keys, positions):
+            self.assert_after_stands(mock, [b, c], k, pos, partition_of(k, TOPIC_PARTS))
+
+
 if __name__ == "__main__":
     unittest.main()

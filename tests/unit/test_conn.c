@@ -1149,6 +1149,119 @@ KVS_TEST(loop_close_all_leaves_nothing_to_run)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
+/* ---- kvs_conn_peer_gone and kvs_conn_abort ----------------------------------------- */
+
+static void closed_noop(kvs_conn_t *c)
+{
+    (void)c;
+}
+
+/* `fd`, one end of a connected pair, as a kvs_conn on `loop` (not reading). */
+static void conn_on_fd(uv_loop_t *loop, kvs_conn_t *c, int is_unix, int fd)
+{
+    CHECK_EQ(kvs_conn_init(c, loop, is_unix, 1024, NULL, NULL, closed_noop), 0);
+    CHECK_EQ(is_unix ? uv_pipe_open(&c->h.pipe, fd) : uv_tcp_open(&c->h.tcp, fd), 0);
+}
+
+/* Waits (bounded) until `fd` reports one of `events`. */
+static int wait_events(int fd, short events)
+{
+    for (int i = 0; i < 200; i++) {
+        struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+        if (poll(&p, 1, 10) == 1 && (p.revents & events) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* A connected TCP pair on 127.0.0.1: fds[0] the accepted end, fds[1] the
+ * connecting one. */
+static void tcp_pair(int fds[2])
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(l >= 0);
+    CHECK_EQ(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    CHECK_EQ(listen(l, 1), 0);
+    CHECK_EQ(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+    fds[1] = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fds[1] >= 0);
+    CHECK_EQ(connect(fds[1], (struct sockaddr *)&a, sizeof(a)), 0);
+    fds[0] = accept(l, NULL, NULL);
+    CHECK(fds[0] >= 0);
+    close(l);
+}
+
+/* A peer is gone once it closed a unix socket; not while it only shut
+ * down its sending side (it still reads its answers), even with unread
+ * requests waiting. */
+KVS_TEST(peer_gone_after_a_unix_close_not_a_half_close)
+{
+    uv_loop_t loop;
+    kvs_conn_t c;
+    int sv[2];
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    conn_on_fd(&loop, &c, 1, sv[0]);
+    CHECK(!kvs_conn_peer_gone(&c));
+    CHECK_EQ(write(sv[1], "request", 7), 7);
+    CHECK_EQ(shutdown(sv[1], SHUT_WR), 0);
+    CHECK(wait_events(sv[0], POLLRDHUP));
+    CHECK(!kvs_conn_peer_gone(&c));
+    close(sv[1]);
+    CHECK(kvs_conn_peer_gone(&c));
+    kvs_conn_close(&c);
+    CHECK(!kvs_conn_peer_gone(&c)); /* closing: nothing more is run anyway */
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
+/* Over TCP an orderly close looks like a half close, so it is not taken
+ * for gone; a reset is, and kvs_conn_abort sends one, as does any close
+ * after kvs_conn_reset_on_close. */
+KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
+{
+    uv_loop_t loop;
+    kvs_conn_t orderly, c, peer;
+    int fin[2], rst[2];
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    tcp_pair(fin);
+    conn_on_fd(&loop, &orderly, 0, fin[0]);
+    CHECK_EQ(write(fin[1], "request", 7), 7);
+    close(fin[1]); /* FIN */
+    CHECK(wait_events(fin[0], POLLRDHUP));
+    CHECK(!kvs_conn_peer_gone(&orderly));
+    kvs_conn_close(&orderly);
+
+    tcp_pair(rst);
+    conn_on_fd(&loop, &c, 0, rst[0]);
+    conn_on_fd(&loop, &peer, 0, rst[1]);
+    CHECK_EQ(write(rst[1], "request", 7), 7);
+    CHECK(!kvs_conn_peer_gone(&c));
+    kvs_conn_abort(&peer);
+    CHECK(wait_events(rst[0], POLLHUP | POLLERR));
+    CHECK(kvs_conn_peer_gone(&c));
+    char buf[16]; /* what arrived before the reset is still there to read */
+    CHECK_EQ(read(rst[0], buf, sizeof(buf)), 7);
+    kvs_conn_close(&c);
+
+    /* kvs_conn_reset_on_close: any close resets, an ordinary one included */
+    kvs_conn_t later, closer;
+    int lin[2];
+    tcp_pair(lin);
+    conn_on_fd(&loop, &later, 0, lin[0]);
+    conn_on_fd(&loop, &closer, 0, lin[1]);
+    CHECK_EQ(kvs_conn_reset_on_close(&closer), 0);
+    CHECK_EQ(write(lin[1], "request", 7), 7);
+    kvs_conn_close(&closer);
+    CHECK(wait_events(lin[0], POLLHUP | POLLERR));
+    CHECK(kvs_conn_peer_gone(&later));
+    kvs_conn_close(&later);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run), KVS_CASE(echo_pipelined_frames_tcp),
               KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
@@ -1166,4 +1279,6 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run), KVS_CASE(echo_pipe
               KVS_CASE(idle_timeout_closes_an_idle_member),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
-              KVS_CASE(on_delivered_follows_each_run_of_frames))
+              KVS_CASE(on_delivered_follows_each_run_of_frames),
+              KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
+              KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))

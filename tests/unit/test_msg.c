@@ -1464,9 +1464,67 @@ KVS_TEST(find_bytes_and_resp_position)
     kvs_buf_free(&b);
 }
 
+/* kvs_msg_frame_writes finds the command's case on the wire, wherever the
+ * other top-level fields are (a router appends min_position after it; a
+ * client may put it first), and takes bytes that do not parse for none. */
+KVS_TEST(frame_writes_finds_writes_only)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    Kvs__Kvpair hp = KVS__KVPAIR__INIT;
+    Kvs__Value v = KVS__VALUE__INIT;
+    Kvs__Hget hg = KVS__HGET__INIT;
+    Kvs__Hincr hi = KVS__HINCR__INIT;
+    Kvs__Hmdel hd = KVS__HMDEL__INIT;
+    uint8_t buf[256], pos[4] = {1, 2, 3, 4};
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    v.string_value = bin("v");
+    hp.key = (ProtobufCBinaryData){1, (uint8_t *)"k"};
+    hp.value = &v;
+    hs.table = "t";
+    hs.pair = &hp;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    q.hset = &hs;
+    size_t n = kvs__command_request__pack(&q, buf);
+    CHECK_EQ(kvs_msg_frame_writes(buf, n), 1);
+    CHECK_EQ(kvs_msg_frame_writes(buf, n - 1), 0); /* cut short: no write */
+    q.min_position = (ProtobufCBinaryData){sizeof(pos), pos};
+    n = kvs__command_request__pack(&q, buf);
+    CHECK_EQ(kvs_msg_frame_writes(buf, n), 1);
+    /* min_position first, then the command */
+    Kvs__CommandRequest only = KVS__COMMAND_REQUEST__INIT;
+    uint8_t cmd[256], moved[256];
+    only.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    only.hset = &hs;
+    size_t cmd_len = kvs__command_request__pack(&only, cmd);
+    CHECK(cmd_len < n);
+    memcpy(moved, buf + cmd_len, n - cmd_len); /* field 100, packed after the command */
+    memcpy(moved + (n - cmd_len), cmd, cmd_len);
+    CHECK_EQ(kvs_msg_frame_writes(moved, n), 1);
+    hi.table = "t";
+    hi.key = hp.key;
+    hi.by_case = KVS__HINCR__BY_BY_INT;
+    hi.by_int = 1;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HINCR;
+    q.hincr = &hi;
+    CHECK_EQ(kvs_msg_frame_writes(buf, kvs__command_request__pack(&q, buf)), 1);
+    hd.table = "t";
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+    q.hmdel = &hd;
+    CHECK_EQ(kvs_msg_frame_writes(buf, kvs__command_request__pack(&q, buf)), 1);
+    hg.table = "t";
+    hg.key = hp.key;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &hg;
+    CHECK_EQ(kvs_msg_frame_writes(buf, kvs__command_request__pack(&q, buf)), 0);
+    CHECK_EQ(kvs_msg_frame_writes(buf, 0), 0);
+    CHECK_EQ(kvs_msg_frame_writes((const uint8_t *)"\xff\xff\xff", 3), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(answer_and_value_peek_agree_with_the_decoder),
               KVS_CASE(find_bytes_and_resp_position), KVS_CASE(peek_agrees_with_full_validation),
+              KVS_CASE(frame_writes_finds_writes_only),
               KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
               KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
