@@ -59,6 +59,18 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n)
     if (n > SIZE_MAX / 2)
         return NULL; /* no such request is genuine; rounding would wrap */
     n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (n > ARENA_CHUNK / 2 && a->head != NULL && a->head->size - a->used < n) {
+        /* A chunk of its own, linked behind the head: the room left in
+         * the head is still used, so memory follows what was asked for. */
+        kvs_arena_chunk_t *c = malloc(sizeof(*c) + n);
+        if (c == NULL)
+            return NULL;
+        c->size = n;
+        c->next = a->head->next;
+        a->head->next = c;
+        a->big += n;
+        return c->mem;
+    }
     if (a->head == NULL || a->head->size - a->used < n) {
         size_t size = n > ARENA_CHUNK ? n : ARENA_CHUNK;
         kvs_arena_chunk_t *c = malloc(sizeof(*c) + size);
@@ -77,20 +89,20 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n)
 
 void kvs_arena_reset(kvs_arena_t *a)
 {
-    kvs_arena_chunk_t *c = a->head;
-    if (c == NULL)
-        return;
-    /* Keep the oldest standard-size chunk (the tail of the list). */
-    while (c->next != NULL) {
-        kvs_arena_chunk_t *next = c->next;
-        free(c);
-        c = next;
+    kvs_arena_chunk_t *keep = NULL;
+    /* Keep the oldest standard-size chunk (the last in the list). */
+    for (kvs_arena_chunk_t *c = a->head, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->size == ARENA_CHUNK) {
+            free(keep);
+            keep = c;
+        } else {
+            free(c);
+        }
     }
-    if (c->size != ARENA_CHUNK) {
-        free(c);
-        c = NULL;
-    }
-    a->head = c;
+    if (keep != NULL)
+        keep->next = NULL;
+    a->head = keep;
     a->used = 0;
     a->big = 0;
 }
@@ -186,9 +198,65 @@ const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n)
 
 /* ---- requests --------------------------------------------------------- */
 
-Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
+/* The allocator kvs_msg_decode_request hands protobuf-c: the arena's (or
+ * malloc's) memory, counted against what the request may take. */
+typedef struct decode_budget_s {
+    ProtobufCAllocator pb;
+    kvs_arena_t *arena; /* NULL: malloc and free */
+    size_t left;        /* bytes that may still be handed out */
+    int over;           /* an allocation was refused for the budget */
+} decode_budget_t;
+
+static void *budget_alloc(void *data, size_t n)
 {
-    return kvs__command_request__unpack(arena ? &arena->pb : NULL, len, p);
+    decode_budget_t *b = data;
+    /* Counted as the arena rounds it (and as malloc at least spends it). */
+    size_t cost = n > SIZE_MAX / 2 ? SIZE_MAX : (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (cost > b->left) {
+        b->over = 1;
+        return NULL;
+    }
+    b->left -= cost;
+    return b->arena != NULL ? kvs_arena_alloc(b->arena, n) : malloc(n);
+}
+
+static void budget_free(void *data, void *p)
+{
+    decode_budget_t *b = data;
+    if (b->arena == NULL)
+        free(p); /* the budget is not given back: it bounds what a request may ask for */
+}
+
+size_t kvs_msg_decode_budget(size_t len)
+{
+    if (len > (SIZE_MAX - KVS_DECODE_SLACK) / KVS_DECODE_FACTOR)
+        return SIZE_MAX;
+    return len * KVS_DECODE_FACTOR + KVS_DECODE_SLACK;
+}
+
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                            uint32_t *status)
+{
+    decode_budget_t b = {{budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0};
+    b.pb.allocator_data = &b;
+    Kvs__CommandRequest *q = kvs__command_request__unpack(&b.pb, len, p);
+    if (q == NULL && status != NULL)
+        *status = b.over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
+    return q;
+}
+
+uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen)
+{
+    if (status == KVS_STATUS_TOO_LARGE)
+        snprintf(msg, mlen,
+                 "request of %zu bytes would take more than %zu bytes of memory to decode (%d "
+                 "times its size and %d MiB): it holds too many keys, pairs or fields for its "
+                 "size; nothing was done; send fewer keys per request",
+                 len, kvs_msg_decode_budget(len), KVS_DECODE_FACTOR,
+                 KVS_DECODE_SLACK / (1024 * 1024));
+    else
+        snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
+    return status;
 }
 
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
@@ -843,6 +911,94 @@ int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8
         }
     }
     return found;
+}
+
+/* ---- key counts --------------------------------------------------------- */
+
+/* Moves *p past the field whose tag is `tag` (any wire type protobuf-c
+ * reads). Returns 0, or -1 when the bytes end first or the type is not one
+ * protobuf-c reads. */
+static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag)
+{
+    uint64_t v;
+    switch (tag & 7) {
+    case 0:
+        return kvs_varint_get(p, end, &v) != 0 ? -1 : 0;
+    case 1:
+    case 5: {
+        size_t n = (tag & 7) == 1 ? 8 : 4;
+        if ((size_t)(end - *p) < n)
+            return -1;
+        *p += n;
+        return 0;
+    }
+    case 2:
+        if (kvs_varint_get(p, end, &v) != 0 || v > (uint64_t)(end - *p))
+            return -1;
+        *p += v;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* Field 2 entries (keys, pairs) in the encoded command message p[0..len). */
+static size_t count_field2(const uint8_t *p, const uint8_t *end)
+{
+    size_t n = 0;
+    uint64_t tag;
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        if (tag == (2 << 3 | 2))
+            n++;
+        if (skip_field(&p, end, tag) != 0)
+            break;
+    }
+    return n;
+}
+
+static int is_multi_key(uint64_t field)
+{
+    return field == KVS__COMMAND_REQUEST__COMMAND_HMGET ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMEXIST;
+}
+
+size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd)
+{
+    const uint8_t *end = p + len;
+    size_t n = 0;
+    uint64_t tag;
+    *cmd = KVS__COMMAND_REQUEST__COMMAND__NOT_SET;
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        const uint8_t *at = p;
+        uint64_t vlen;
+        if ((tag & 7) == 2 && is_multi_key(tag >> 3) && kvs_varint_get(&at, end, &vlen) == 0 &&
+            vlen <= (uint64_t)(end - at)) {
+            /* Every occurrence counts: protobuf merges repeated ones. */
+            n += count_field2(at, at + vlen);
+            *cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
+        }
+        if (skip_field(&p, end, tag) != 0)
+            break;
+    }
+    return n;
+}
+
+uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, char *msg, size_t mlen)
+{
+    Kvs__CommandRequest__CommandCase cmd;
+    if (max_keys == 0)
+        return KVS_STATUS_OK;
+    size_t n = kvs_msg_count_keys(p, len, &cmd);
+    if (n <= max_keys)
+        return KVS_STATUS_OK;
+    snprintf(msg, mlen,
+             "%s names %zu %s, more than limits.max_keys (%u); nothing was done; send fewer "
+             "keys per request",
+             kvs_msg_command_name(cmd), n,
+             cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ? "pairs" : "keys", max_keys);
+    return KVS_STATUS_TOO_LARGE;
 }
 
 /* ---- values ----------------------------------------------------------- */

@@ -408,6 +408,22 @@ static void cmd_hexists(router_redis_t *rs, router_client_t *cl, router_req_t *r
     route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HEXIST, cmd);
 }
 
+/* Refuses, before anything is built for it, a command naming more than
+ * limits.max_keys fields (`what`: "fields" or "pairs"), as router_route
+ * would refuse the request it became. Returns 1 when it did. */
+static int too_many_keys(router_redis_t *rs, router_req_t *req, const cmd_t *cmd, size_t n,
+                         const char *what)
+{
+    uint32_t max = rs->r->cfg->max_keys;
+    if (max == 0 || n <= max)
+        return 0;
+    reply_error(req,
+                "ERR %s names %zu %s, more than limits.max_keys (%u); nothing was done; send "
+                "fewer per command",
+                cmd->name, n, what, max);
+    return 1;
+}
+
 /* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
  * if_absent), several as one Hmset. */
 static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -418,6 +434,8 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     kvs_arena_t *ar = &rs->r->redis_arena;
     if ((rs->ps.argc - 2) % 2 != 0)
         return reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    if (too_many_keys(rs, req, cmd, n, "pairs"))
+        return;
     char *table = table_of(rs, req, &a[1]);
     if (table == NULL)
         return;
@@ -456,6 +474,8 @@ static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *re
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t n = rs->ps.argc - 2;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if (too_many_keys(rs, req, cmd, n, "fields"))
+        return;
     char *table = table_of(rs, req, &a[1]);
     if (table == NULL)
         return;

@@ -2120,11 +2120,13 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         } /* partitioner none: the full path asks every owning shard */
         received = 1;
     }
-    Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
+    /* Counted first: decoding many keys is what costs memory. */
+    Kvs__CommandRequest *q = NULL;
+    uint32_t why = kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));
+    if (why == KVS_STATUS_OK && (q = kvs_msg_decode_request(&r->arena, payload, len, &why)) == NULL)
+        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
     if (q == NULL) {
-        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
-                                 "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
-                                 len);
+        router_req_finish_status(req, why, "%s", msg);
     } else {
         req->cmd = q->command_case;
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));

@@ -18,6 +18,7 @@
 #include "kvs_msg.h"
 #include "kvs_resp.h"
 #include "kvs_test.h"
+#include "kvs_varint.h"
 
 #include <math.h>
 
@@ -131,7 +132,7 @@ static uint32_t validate_bytes(const uint8_t *p, size_t len)
 {
     kvs_arena_t a;
     kvs_arena_init(&a);
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len, NULL);
     CHECK(req != NULL);
     msg[0] = '\0';
     uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
@@ -214,7 +215,7 @@ KVS_TEST(validate_unknown_command_field)
     expect_bad_bytes(auth, sizeof(auth), "Auth.user is empty");
     static const uint8_t auth_u[] = {0x6a, 0x03, 0x0a, 0x01, 'u'};
     CHECK_EQ(validate_bytes(auth_u, sizeof(auth_u)), KVS_STATUS_OK);
-    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u));
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u), NULL);
     CHECK(r != NULL);
     CHECK(kvs_msg_request_table(r) == NULL);
     CHECK_STR(kvs_msg_command_name(r->command_case), "Auth");
@@ -505,9 +506,9 @@ KVS_TEST(decode_garbage_is_null)
     static const uint8_t truncated[] = {0x0a, 0x08, 0x0a, 0x01}; /* length past the end */
     kvs_arena_t a;
     kvs_arena_init(&a);
-    CHECK(kvs_msg_decode_request(&a, junk, sizeof(junk)) == NULL);
-    CHECK(kvs_msg_decode_request(&a, truncated, sizeof(truncated)) == NULL);
-    CHECK(kvs_msg_decode_request(NULL, junk, sizeof(junk)) == NULL);
+    CHECK(kvs_msg_decode_request(&a, junk, sizeof(junk), NULL) == NULL);
+    CHECK(kvs_msg_decode_request(&a, truncated, sizeof(truncated), NULL) == NULL);
+    CHECK(kvs_msg_decode_request(NULL, junk, sizeof(junk), NULL) == NULL);
     kvs_arena_close(&a);
 }
 
@@ -706,7 +707,7 @@ KVS_TEST(decode_with_arena_then_reset)
     for (int round = 0; round < 300; round++) {
         size_t n = 1 + (size_t)round % 8, len;
         uint8_t *p = pack_hmset(n, &len);
-        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len);
+        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
         free(p); /* the decoded request owns copies in the arena */
         check_hmset(r, n);
         CHECK_EQ(kvs_msg_validate(r, msg, sizeof(msg)), KVS_STATUS_OK);
@@ -718,10 +719,187 @@ KVS_TEST(decode_with_arena_then_reset)
     /* Without an arena: malloc, freed by the caller. */
     size_t len;
     uint8_t *p = pack_hmset(3, &len);
-    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, p, len);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, p, len, NULL);
     check_hmset(r, 3);
     kvs__command_request__free_unpacked(r, NULL);
     free(p);
+}
+
+/* ---- memory per request ------------------------------------------------------ */
+
+/* Appends varint v at p[*n]. */
+static void put_varint(uint8_t *p, size_t *n, uint64_t v)
+{
+    *n += kvs_varint_put(p + *n, v);
+}
+
+/* Encodes, by hand (protobuf-c would take the same memory to build it as
+ * to decode it), a request of command `cmd` (Hmget, Hmdel, Hmexist: n keys;
+ * Hmset: n pairs with integer value 1) on table "t" whose i-th key is the
+ * klen low bytes of i, so keys are distinct while n <= 256^klen. */
+static uint8_t *raw_multi(Kvs__CommandRequest__CommandCase cmd, size_t n, size_t klen, size_t *len)
+{
+    size_t elem = cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ? 2 + 2 + klen + 4 : 2 + klen;
+    size_t inner = 3 + n * elem, at = 0;
+    uint8_t *p = malloc(inner + 16);
+    CHECK(p != NULL && klen < 100);
+    put_varint(p, &at, (uint64_t)cmd << 3 | 2);
+    put_varint(p, &at, inner);
+    p[at++] = 0x0a, p[at++] = 1, p[at++] = 't';
+    for (size_t i = 0; i < n; i++) {
+        p[at++] = 0x12;
+        if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+            p[at++] = (uint8_t)(2 + klen + 4);
+            p[at++] = 0x0a;
+        }
+        p[at++] = (uint8_t)klen;
+        for (size_t b = 0; b < klen; b++)
+            p[at++] = (uint8_t)(i >> (8 * b));
+        if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET)
+            p[at++] = 0x12, p[at++] = 2, p[at++] = 0x18, p[at++] = 1;
+    }
+    *len = at;
+    return p;
+}
+
+/* Decodes p[0..len) into a fresh arena and checks the outcome: `want` is
+ * 200 (decoded) or 413/400 (refused); the arena never held more than the
+ * decode budget and a chunk. */
+static void decode_costs(const uint8_t *p, size_t len, uint32_t want)
+{
+    kvs_arena_t a;
+    uint32_t st = 0;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, &st);
+    CHECK_EQ(r != NULL ? KVS_STATUS_OK : st, want);
+    CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
+    kvs_arena_close(&a);
+    if (want != KVS_STATUS_OK) { /* malloc'ed decoding is held to the same budget */
+        st = 0;
+        CHECK(kvs_msg_decode_request(NULL, p, len, &st) == NULL);
+        CHECK_EQ(st, want);
+    }
+}
+
+KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
+{
+    static const Kvs__CommandRequest__CommandCase cmds[] = {
+        KVS__COMMAND_REQUEST__COMMAND_HMGET, KVS__COMMAND_REQUEST__COMMAND_HMDEL,
+        KVS__COMMAND_REQUEST__COMMAND_HMEXIST, KVS__COMMAND_REQUEST__COMMAND_HMSET};
+    char text[400];
+    for (size_t c = 0; c + 1 < sizeof(cmds) / sizeof(cmds[0]); c++)
+        for (size_t klen = 0; klen <= 1; klen++) {
+            size_t len;
+            uint8_t *p = raw_multi(cmds[c], 1000000, klen, &len);
+            decode_costs(p, len, KVS_STATUS_TOO_LARGE);
+            free(p);
+        }
+    /* Empty pairs (Hmset), and a flood of unknown fields (a varint of
+     * field 15 inside Hmget), 2 bytes each. */
+    static const uint8_t flood[][2] = {{0x12, 0}, {15 << 3, 0}};
+    for (size_t f = 0; f < 2; f++) {
+        size_t n = 2 << 20, at = 0;
+        uint8_t *p = malloc(n + 16);
+        CHECK(p != NULL);
+        put_varint(p, &at, (f == 0 ? cmds[3] : cmds[0]) << 3 | 2);
+        put_varint(p, &at, n);
+        for (size_t i = 0; i < n; i += 2)
+            p[at++] = flood[f][0], p[at++] = flood[f][1];
+        decode_costs(p, at, KVS_STATUS_TOO_LARGE);
+        free(p);
+    }
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_TOO_LARGE, 3000000, text, sizeof(text)), 413);
+    CHECK_CONTAINS(text, "request of 3000000 bytes would take more than 62097152 bytes of memory "
+                         "to decode (20 times its size and 2 MiB)");
+    CHECK_CONTAINS(text, "nothing was done; send fewer keys per request");
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_BAD_REQUEST, 7, text, sizeof(text)), 400);
+    CHECK_STR(text, "frame payload (7 bytes) is not a valid kvs.CommandRequest");
+    CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
+}
+
+KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
+{
+    /* Keys of 2 bytes or fewer: at most 65,536 distinct, within the slack;
+     * keys of 3 bytes or more cost less than 16 times their bytes. */
+    static const struct {
+        Kvs__CommandRequest__CommandCase cmd;
+        size_t n, klen;
+    } ok[] = {
+        {KVS__COMMAND_REQUEST__COMMAND_HMGET, 65536, 2},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 65536, 2},
+        {KVS__COMMAND_REQUEST__COMMAND_HMGET, 1000000, 3},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 1000000, 3},
+        {KVS__COMMAND_REQUEST__COMMAND_HMDEL, 300000, 8},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 1000, 1},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        size_t len;
+        uint8_t *p = raw_multi(ok[i].cmd, ok[i].n, ok[i].klen, &len);
+        decode_costs(p, len, KVS_STATUS_OK);
+        free(p);
+    }
+    size_t len; /* garbage is still 400 */
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 10, 3, &len);
+    decode_costs(p, len - 1, KVS_STATUS_BAD_REQUEST);
+    free(p);
+}
+
+KVS_TEST(count_keys_on_the_wire)
+{
+    Kvs__CommandRequest__CommandCase cmd;
+    char text[300];
+    size_t len;
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMEXIST, 7, 2, &len);
+    CHECK_EQ(kvs_msg_count_keys(p, len, &cmd), 7);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMEXIST);
+    free(p);
+    p = pack_hmset(5, &len);
+    CHECK_EQ(kvs_msg_count_keys(p, len, &cmd), 5);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 5, text, sizeof(text)), KVS_STATUS_OK);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 0, text, sizeof(text)), KVS_STATUS_OK); /* no limit */
+    CHECK_EQ(kvs_msg_check_keys(p, len, 4, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_STR(text, "Hmset names 5 pairs, more than limits.max_keys (4); nothing was done; "
+                    "send fewer keys per request");
+    free(p);
+
+    /* A command field sent twice: both count (protobuf would merge them;
+     * protobuf-c keeps the last, so the count may be more, never less);
+     * an unknown fixed32 or fixed64 field before them is stepped over. */
+    uint8_t *a = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, 4, &len);
+    uint8_t twice[200];
+    size_t n = 0;
+    static const uint8_t odd[] = {0xfd, 0x06, 1, 2, 3, 4, 0xf9, 0x06, 1, 2, 3, 4, 5, 6, 7, 8};
+    memcpy(twice, odd, sizeof(odd));
+    n += sizeof(odd);
+    memcpy(twice + n, a, len), n += len;
+    memcpy(twice + n, a, len), n += len;
+    CHECK_EQ(kvs_msg_count_keys(twice, n, &cmd), 6);
+    kvs_arena_t ar;
+    kvs_arena_init(&ar);
+    Kvs__CommandRequest *r =
+        kvs_msg_decode_request(&ar, twice + sizeof(odd), n - sizeof(odd), NULL);
+    CHECK(r != NULL && r->hmget->n_keys >= 3 && r->hmget->n_keys <= 6);
+    kvs_arena_close(&ar);
+    CHECK_EQ(kvs_msg_check_keys(twice, n, 5, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_STR(text, "Hmget names 6 keys, more than limits.max_keys (5); nothing was done; "
+                    "send fewer keys per request");
+    /* Cut short: counts what it saw (the decoder refuses the rest). */
+    CHECK_EQ(kvs_msg_count_keys(twice, n - 1, &cmd), 3);
+    free(a);
+
+    /* Single-key commands and others name no key list. */
+    Kvs__Hget g = KVS__HGET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    uint8_t buf[64];
+    g.table = "t";
+    g.key = bin("k");
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &g;
+    len = kvs__command_request__pack(&q, buf);
+    CHECK_EQ(kvs_msg_count_keys(buf, len, &cmd), 0);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND__NOT_SET);
+    CHECK_EQ(kvs_msg_check_keys(buf, len, 1, text, sizeof(text)), KVS_STATUS_OK);
 }
 
 KVS_TEST(decode_value_with_arena)
@@ -1178,7 +1356,7 @@ static int peek_agrees(const Kvs__CommandRequest *q)
     int fast = kvs_msg_peek(buf, n, &pk);
     kvs_arena_t a;
     kvs_arena_init(&a);
-    Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n);
+    Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n, NULL);
     uint32_t st = d == NULL ? 400 : kvs_msg_validate(d, m, sizeof(m));
     if (st == 200)
         st = kvs_msg_check_strings(buf, n, m, sizeof(m));
@@ -1305,7 +1483,7 @@ KVS_TEST(peek_agrees_with_full_validation)
     for (size_t i = 0; i < 4; i++) {
         kvs_arena_t a;
         kvs_arena_init(&a);
-        Kvs__CommandRequest *d = kvs_msg_decode_request(&a, odd[i], odd_len[i]);
+        Kvs__CommandRequest *d = kvs_msg_decode_request(&a, odd[i], odd_len[i], NULL);
         Kvs__Value *v = NULL;
         /* The full path refuses each: protobuf-c cannot decode it, sees no
          * known command in it, or (the Value) cannot decode it once stored. */
@@ -1480,8 +1658,11 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(arena_alignment_16), KVS_CASE(arena_reset_reuses_memory),
               KVS_CASE(arena_large_allocations), KVS_CASE(arena_impossible_size_is_null),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
-              KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
-              KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
+              KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
+              KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
+              KVS_CASE(count_keys_on_the_wire), KVS_CASE(resp_every_field_decodes),
+              KVS_CASE(resp_bytes_match_protobuf_c), KVS_CASE(resp_status_only_matches_protobuf_c),
+              KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
               KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
               KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
