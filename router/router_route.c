@@ -71,6 +71,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_reads.h"
+#include "kvs_varint.h"
 #include "router.h"
 #include "router_send.h"
 
@@ -1120,6 +1121,114 @@ static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
     finish_packed(req, &out, "Hlen", "");
 }
 
+/* A value of a part's answer: where its encoded Value lies in the answer. */
+typedef struct raw_value_s {
+    uint32_t at, len;
+} raw_value_t;
+
+/* Lists the values of part `i`'s answer (a CommandResponse holding only
+ * status, message and values; answers ≤ max_frame ≤ 1 GiB) into v[0..want).
+ * Returns 200, its status (finishing `req` with it and its message) when
+ * it is not, or 0 when the answer holds anything else (decode it). */
+static uint32_t raw_values(router_req_t *req, uint32_t i, raw_value_t *v, size_t want)
+{
+    route_merge_t *m = req->merge;
+    kvs_answer_peek_t pk;
+    const uint8_t *a = m->answers[i].data, *p = a, *end = a + m->answers[i].len;
+    if (!kvs_msg_answer_peek(a, m->answers[i].len, &pk))
+        return 0;
+    if (pk.status != KVS_STATUS_OK) {
+        router_req_finish_status(req, pk.status, "%.*s", (int)pk.message_len,
+                                 pk.message != NULL ? (const char *)pk.message : "");
+        return pk.status;
+    }
+    if (pk.n_values < want) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                 "shard %u answered %zu values for more keys", m->part_shard[i],
+                                 pk.n_values);
+        return KVS_STATUS_INTERNAL;
+    }
+    for (size_t k = 0; k < want;) {
+        uint64_t tag = 0, len = 0; /* status is the one varint field: its value reads as len */
+        if (kvs_varint_get(&p, end, &tag) != 0 || kvs_varint_get(&p, end, &len) != 0)
+            return 0; /* kvs_msg_answer_peek read it whole: not reached */
+        if (tag == (3 << 3 | 2))
+            v[k++] = (raw_value_t){(uint32_t)(p - a), (uint32_t)len};
+        if ((tag & 7) == 2)
+            p += len;
+    }
+    return KVS_STATUS_OK;
+}
+
+/* merge_keys for reads, without decoding: each part's values are copied
+ * into the merged answer as the worker encoded them, so a merge costs 8
+ * bytes per key besides the answer (decoded, a Value costs some 100).
+ * Returns 0 when an answer holds more than status, message and values and
+ * must be decoded (merge_keys); 1 when `req` was finished. */
+static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    uint32_t *first = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*first));
+    raw_value_t *v = kvs_arena_alloc(arena, m->nkeys * sizeof(*v));
+    if (first == NULL || v == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    memset(first, 0, (m->nparts + 1) * sizeof(*first));
+    for (size_t i = 0; i < m->nkeys; i++)
+        first[m->key_part[i] + 1]++;
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        if (m->failed[p]) {
+            router_req_finish_status(req, m->failed[p], "%s", (const char *)m->answers[p].data);
+            return 1;
+        }
+        uint32_t st = raw_values(req, p, v + first[p], first[p + 1]);
+        if (st == 0)
+            return 0;
+        if (st != KVS_STATUS_OK)
+            return 1;
+        first[p + 1] += first[p];
+    }
+    uint8_t head[16];
+    size_t hl = kvs_varint_put(head, 1 << 3 | 0), size;
+    hl += kvs_varint_put(head + hl, KVS_STATUS_OK);
+    size = hl;
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const raw_value_t *x = &v[first[m->key_part[i]] + m->key_index[i]];
+        size += 1 + kvs_varint_len(x->len) + x->len;
+    }
+    router_t *r = m->router;
+    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK) {
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                 "%s answer would exceed limits.max_frame (%llu bytes); ask for "
+                                 "fewer keys per request",
+                                 kvs_msg_command_name(m->cmd),
+                                 (unsigned long long)r->cfg->max_frame);
+        return 1;
+    }
+    req->resp.len = 0;
+    if (kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    uint8_t *o = req->resp.data;
+    kvs_frame_put_header(o, (uint32_t)size);
+    o += KVS_FRAME_HEADER;
+    memcpy(o, head, hl);
+    o += hl;
+    for (size_t i = 0; i < m->nkeys; i++) {
+        uint32_t p = m->key_part[i];
+        const raw_value_t *x = &v[first[p] + m->key_index[i]];
+        *o++ = 3 << 3 | 2;
+        o += kvs_varint_put(o, x->len);
+        memcpy(o, m->answers[p].data + x->at, x->len);
+        o += x->len;
+    }
+    req->resp.len = KVS_FRAME_HEADER + size;
+    router_req_complete(req);
+    return 1;
+}
+
 static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
@@ -1138,6 +1247,10 @@ static void merge_finish(router_req_t *req)
     if (!m->anywhere && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
                          m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)) {
         merge_write(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
+    if (!m->anywhere && m->nkeys > 0 && merge_keys_raw(req, arena)) {
         kvs_arena_reset(arena);
         return;
     }
