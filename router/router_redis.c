@@ -363,7 +363,8 @@ static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a)
     return v;
 }
 
-/* Packs `q` and routes it; the answer is shown as `rcmd`. */
+/* Packs `q` and routes it; the answer is shown as `rcmd`. `q` and what it
+ * points to in redis_arena are gone when it returns. */
 static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                           const Kvs__CommandRequest *q, int rcmd)
 {
@@ -377,6 +378,10 @@ static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t 
         return;
     }
     protobuf_c_message_pack(&q->base, b->data);
+    /* The messages `q` was built from are packed: give their memory back
+     * before routing decodes the request again (for a command of many
+     * fields, each costs some 100 bytes in both). */
+    kvs_arena_reset(&r->redis_arena);
     router_route(r, req, b->data, n);
     (void)cl; /* router_redis_command delivers */
 }
