@@ -913,6 +913,12 @@ int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8
     return found;
 }
 
+int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                       size_t *n)
+{
+    return peek_field(p, end, tag, v, n);
+}
+
 /* ---- key counts --------------------------------------------------------- */
 
 /* Moves *p past the field whose tag is `tag` (any wire type protobuf-c

@@ -167,6 +167,13 @@ typedef struct kvs_value_peek_s {
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
+/* Reads the field at *p (before `end`) of an encoded message: its tag,
+ * and its value v[0..n) (a varint's or fixed64's bytes, a length-delimited
+ * field's contents), moving *p past it. Returns 0, or -1 when the bytes
+ * are not a varint, 64-bit or length-delimited field. */
+int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                       size_t *n);
+
 /* Finds the length-delimited top-level field `field` of the encoded
  * message p[0..len) without decoding it (the last occurrence, as protobuf
  * reads it). Returns 1 with *v and *n set, 0 when absent, -1 when the bytes

@@ -876,6 +876,143 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
 }
 
+/* A pair of a part's Hgetall answer: its encoded Kvpair, and its key. */
+typedef struct raw_pair_s {
+    const uint8_t *pair, *key;
+    size_t len, klen;
+} raw_pair_t;
+
+/* Counts (pairs == NULL) or lists the pairs of the encoded answer
+ * a[0..len), which must hold status, message and pairs only; *status is
+ * its status (message: in *msg[0..*mlen)). Returns the number of pairs, or
+ * -1 when it holds anything else or a pair has no key. */
+static ptrdiff_t answer_pairs(const uint8_t *a, size_t len, raw_pair_t *pairs, uint64_t *status,
+                              const uint8_t **msg, size_t *mlen)
+{
+    const uint8_t *p = a, *end = a + len, *v;
+    uint64_t tag;
+    size_t n, count = 0;
+    *status = 0, *msg = (const uint8_t *)"", *mlen = 0;
+    while (p < end) {
+        if (kvs_msg_next_field(&p, end, &tag, &v, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 0)) {
+            if (kvs_varint_get(&v, v + n, status) != 0)
+                return -1;
+            continue;
+        }
+        if (tag == (2 << 3 | 2)) {
+            *msg = v, *mlen = n;
+            continue;
+        }
+        if (tag != (4 << 3 | 2))
+            return -1;
+        if (pairs != NULL) {
+            raw_pair_t *x = &pairs[count];
+            const uint8_t *q = v, *k;
+            uint64_t t;
+            size_t kn;
+            x->pair = v, x->len = n, x->key = NULL, x->klen = 0;
+            while (q < v + n) {
+                if (kvs_msg_next_field(&q, v + n, &t, &k, &kn) != 0)
+                    return -1;
+                if (t == (1 << 3 | 2))
+                    x->key = k, x->klen = kn; /* the last one, as protobuf reads it */
+            }
+            if (x->key == NULL)
+                return -1;
+        }
+        count++;
+    }
+    return (ptrdiff_t)count;
+}
+
+static int raw_key_cmp(const raw_pair_t *a, const raw_pair_t *b)
+{
+    size_t n = a->klen < b->klen ? a->klen : b->klen;
+    int c = memcmp(a->key, b->key, n);
+    return c != 0 ? c : (a->klen > b->klen) - (a->klen < b->klen);
+}
+
+/* Hgetall's merge without decoding: the parts' pairs (each part in key
+ * order) are merged by key and copied as the workers encoded them, at 32
+ * bytes per pair besides the answers (decoded, a pair costs some 200).
+ * Returns 0 when an answer holds more than status, message and pairs (it
+ * must be decoded), 1 when `req` was finished. */
+static int merge_pairs_raw(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    raw_pair_t **parts = kvs_arena_alloc(arena, m->nparts * sizeof(*parts));
+    size_t *count = kvs_arena_alloc(arena, 2 * m->nparts * sizeof(*count)), *pos, size = 3;
+    if (parts == NULL || count == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    pos = count + m->nparts;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        const uint8_t *a = m->answers[i].data, *msg;
+        size_t alen = m->answers[i].len, mlen;
+        uint64_t st;
+        if (m->failed[i]) {
+            router_req_finish_status(req, m->failed[i], "%s", (const char *)a);
+            return 1;
+        }
+        ptrdiff_t n = answer_pairs(a, alen, NULL, &st, &msg, &mlen);
+        if (n < 0 || st > UINT32_MAX)
+            return 0;
+        if (st != KVS_STATUS_OK) {
+            router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
+            return 1;
+        }
+        parts[i] = kvs_arena_alloc(arena, ((size_t)n + 1) * sizeof(**parts));
+        if (parts[i] == NULL) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            return 1;
+        }
+        if (answer_pairs(a, alen, parts[i], &st, &msg, &mlen) != n)
+            return 0;
+        count[i] = (size_t)n;
+        pos[i] = 0;
+        for (size_t k = 0; k < count[i]; k++)
+            size += 1 + kvs_varint_len(parts[i][k].len) + parts[i][k].len;
+    }
+    router_t *r = m->router;
+    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK) {
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                 "Hgetall answer would exceed limits.max_frame (%llu bytes); read "
+                                 "the table in pages with Hscan",
+                                 (unsigned long long)r->cfg->max_frame);
+        return 1;
+    }
+    req->resp.len = 0;
+    if (kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    uint8_t *o = req->resp.data;
+    kvs_frame_put_header(o, (uint32_t)size);
+    o += KVS_FRAME_HEADER;
+    o += kvs_varint_put(o, 1 << 3 | 0);
+    o += kvs_varint_put(o, KVS_STATUS_OK);
+    for (;;) {
+        uint32_t best = UINT32_MAX;
+        for (uint32_t i = 0; i < m->nparts; i++)
+            if (pos[i] < count[i] &&
+                (best == UINT32_MAX || raw_key_cmp(&parts[i][pos[i]], &parts[best][pos[best]]) < 0))
+                best = i;
+        if (best == UINT32_MAX)
+            break;
+        const raw_pair_t *x = &parts[best][pos[best]++];
+        *o++ = 4 << 3 | 2;
+        o += kvs_varint_put(o, x->len);
+        memcpy(o, x->pair, x->len);
+        o += x->len;
+    }
+    req->resp.len = KVS_FRAME_HEADER + size;
+    router_req_complete(req);
+    return 1;
+}
+
 /* k-way merge of the key-ordered pairs of rs[0..nparts). */
 static void merge_pairs_of(router_req_t *req, Kvs__CommandResponse **rs, uint32_t nparts,
                            kvs_arena_t *arena)
@@ -1250,7 +1387,9 @@ static void merge_finish(router_req_t *req)
         kvs_arena_reset(arena);
         return;
     }
-    if (!m->anywhere && m->nkeys > 0 && merge_keys_raw(req, arena)) {
+    if (!m->anywhere &&
+        ((m->nkeys > 0 && merge_keys_raw(req, arena)) ||
+         (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HGETALL && merge_pairs_raw(req, arena)))) {
         kvs_arena_reset(arena);
         return;
     }
