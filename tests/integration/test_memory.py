@@ -27,7 +27,7 @@ import unittest
 
 from google.protobuf.internal import encoder
 
-from kvstest import SANITIZED, Client, frame, pyval, req_hmdel, req_hmexist, req_hmget, req_hmset
+from kvstest import SANITIZED, Client, frame, pb, pyval, req_hmdel, req_hmexist, req_hmget, req_hmset
 from routertest import RouterTestCase, free_port, procs_for_config
 from test_hostile_api import RespSocket, hlen, resp
 
@@ -185,6 +185,43 @@ class MaxKeysTest(MemoryTestCase):
             got = c.hmget("t", keys[:1000])
             self.assertEqual([pyval(v) for v in got.values], list(range(1000)))
             self.assertEqual(len(self.resp_call("HMGET", "t", *keys[:1000])), 1000)
+
+
+class MergedAnswersTest(MemoryTestCase):
+    def test_split_reads_and_redis_replies_show_every_kind_as_single_reads_do(self):
+        """Split Hmget/Hmexist and Hgetall answers are merged, and the
+        Redis door's HMGET, HGETALL, HKEYS, HVALS, HSET and HDEL replies are
+        written, from the workers' encoded values without decoding them:
+        every kind of value (text, bytes, integers, floats, booleans, empty)
+        reads back through them exactly as one Hget / HGET of each key
+        shows it, in the order asked, over both shards."""
+        r = self.start()
+        kinds = ["text", "", b"\x00\xffbytes", 0, -7, 2 ** 62, 1.5, -0.25, True, False,
+                 "\u00e9t\u00e9"]
+        keys = [b"k%02d" % i for i in range(2 * len(kinds))]
+        vals = {k: kinds[i % len(kinds)] for i, k in enumerate(keys)}
+        with r.client() as c:
+            self.assertEqual(c.call(req_hmset("t", vals.items())).status, 200)
+            one = {k: c.hget("t", k).values[0] for k in keys}
+            asked = keys[::-1] + [b"missing"]
+            got = c.hmget("t", asked)
+            self.assertEqual(got.status, 200, got.message)
+            self.assertEqual(list(got.values), [one[k] for k in keys[::-1]] + [pb.Value()])
+            got = c.call(req_hmexist("t", asked))
+            self.assertEqual([v.bool_value for v in got.values], [True] * len(keys) + [False])
+            got = c.hgetall("t")
+            self.assertEqual([(p.key, p.value) for p in got.pairs],
+                             sorted((k, one[k]) for k in keys))
+        shown = {k: self.resp_call("HGET", "t", k) for k in keys}
+        self.assertEqual(self.resp_call("HMGET", "t", *asked),
+                         [shown[k] for k in keys[::-1]] + [b"$-1"])
+        flat = self.resp_call("HGETALL", "t")
+        self.assertEqual(list(zip(flat[::2], flat[1::2])), sorted(shown.items()))
+        self.assertEqual(self.resp_call("HKEYS", "t"), sorted(keys))
+        self.assertEqual(self.resp_call("HVALS", "t"), [shown[k] for k in sorted(keys)])
+        self.assertEqual(self.resp_call("HSET", "t", keys[0], "x", keys[1], "y", b"new", "z"),
+                         b":1")
+        self.assertEqual(self.resp_call("HDEL", "t", keys[0], b"new", b"none", keys[5]), b":3")
 
 
 class DecodeBudgetTest(MemoryTestCase):
