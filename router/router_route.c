@@ -876,10 +876,10 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
 }
 
-/* A pair of a part's Hgetall answer: its encoded Kvpair, and its key. */
+/* A pair of a part's Hgetall answer: where its encoded Kvpair and its key
+ * lie in the answer (answers <= max_frame <= 1 GiB). */
 typedef struct raw_pair_s {
-    const uint8_t *pair, *key;
-    size_t len, klen;
+    uint32_t at, len, key, klen;
 } raw_pair_t;
 
 /* Counts (pairs == NULL) or lists the pairs of the encoded answer
@@ -912,14 +912,14 @@ static ptrdiff_t answer_pairs(const uint8_t *a, size_t len, raw_pair_t *pairs, u
             const uint8_t *q = v, *k;
             uint64_t t;
             size_t kn;
-            x->pair = v, x->len = n, x->key = NULL, x->klen = 0;
+            x->at = (uint32_t)(v - a), x->len = (uint32_t)n, x->key = 0, x->klen = UINT32_MAX;
             while (q < v + n) {
                 if (kvs_msg_next_field(&q, v + n, &t, &k, &kn) != 0)
                     return -1;
                 if (t == (1 << 3 | 2))
-                    x->key = k, x->klen = kn; /* the last one, as protobuf reads it */
+                    x->key = (uint32_t)(k - a), x->klen = (uint32_t)kn; /* the last, as protobuf */
             }
-            if (x->key == NULL)
+            if (x->klen == UINT32_MAX)
                 return -1;
         }
         count++;
@@ -927,15 +927,17 @@ static ptrdiff_t answer_pairs(const uint8_t *a, size_t len, raw_pair_t *pairs, u
     return (ptrdiff_t)count;
 }
 
-static int raw_key_cmp(const raw_pair_t *a, const raw_pair_t *b)
+/* Compares the keys of pair a of answer pa and pair b of answer pb. */
+static int raw_key_cmp(const uint8_t *pa, const raw_pair_t *a, const uint8_t *pb,
+                       const raw_pair_t *b)
 {
     size_t n = a->klen < b->klen ? a->klen : b->klen;
-    int c = memcmp(a->key, b->key, n);
+    int c = memcmp(pa + a->key, pb + b->key, n);
     return c != 0 ? c : (a->klen > b->klen) - (a->klen < b->klen);
 }
 
 /* Hgetall's merge without decoding: the parts' pairs (each part in key
- * order) are merged by key and copied as the workers encoded them, at 32
+ * order) are merged by key and copied as the workers encoded them, at 16
  * bytes per pair besides the answers (decoded, a pair costs some 200).
  * Returns 0 when an answer holds more than status, message and pairs (it
  * must be decoded), 1 when `req` was finished. */
@@ -998,14 +1000,16 @@ static int merge_pairs_raw(router_req_t *req, kvs_arena_t *arena)
         uint32_t best = UINT32_MAX;
         for (uint32_t i = 0; i < m->nparts; i++)
             if (pos[i] < count[i] &&
-                (best == UINT32_MAX || raw_key_cmp(&parts[i][pos[i]], &parts[best][pos[best]]) < 0))
+                (best == UINT32_MAX ||
+                 raw_key_cmp(m->answers[i].data, &parts[i][pos[i]], m->answers[best].data,
+                             &parts[best][pos[best]]) < 0))
                 best = i;
         if (best == UINT32_MAX)
             break;
         const raw_pair_t *x = &parts[best][pos[best]++];
         *o++ = 4 << 3 | 2;
         o += kvs_varint_put(o, x->len);
-        memcpy(o, x->pair, x->len);
+        memcpy(o, m->answers[best].data + x->at, x->len);
         o += x->len;
     }
     req->resp.len = KVS_FRAME_HEADER + size;
