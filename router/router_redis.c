@@ -49,7 +49,8 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_KEEP_PACK 16384 /* bytes of redis_pack kept between commands */
+#define ROUTER_REDIS_MAX_NAME 512    /* bytes in a client name: kept for the connection's life */
 #define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
 #define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
@@ -384,6 +385,8 @@ static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t 
      * fields, each costs some 100 bytes in both). */
     kvs_arena_reset(&r->redis_arena);
     router_route(r, req, b->data, n);
+    if (b->cap > ROUTER_REDIS_KEEP_PACK) /* routed (held or sent: copied): not kept for good */
+        kvs_buf_free(b);
     (void)cl; /* router_redis_command delivers */
 }
 

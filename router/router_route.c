@@ -1481,10 +1481,13 @@ static int read_here(router_t *r, router_req_t *req, uint32_t part, uint32_t sha
     }
     kvs_buf_t *out = &r->local_out;
     out->len = 0;
-    if (!router_local_read(r->local, shard, q, b, out))
-        return 0;
-    router_route_reply(req, part, out->data + KVS_FRAME_HEADER, out->len - KVS_FRAME_HEADER, NULL);
-    return 1;
+    int done = router_local_read(r->local, shard, q, b, out);
+    if (done)
+        router_route_reply(req, part, out->data + KVS_FRAME_HEADER, out->len - KVS_FRAME_HEADER,
+                           NULL);
+    if (out->cap > REQ_KEEP_BUF) /* copied: one large answer is not kept for good */
+        kvs_buf_free(out);
+    return done;
 }
 
 /* A part goes to a local worker: until `req` is answered, its connection's
