@@ -234,14 +234,26 @@ size_t kvs_msg_decode_budget(size_t len)
     return len * KVS_DECODE_FACTOR + KVS_DECODE_SLACK;
 }
 
-Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
-                                            uint32_t *status)
+/* Unpacks a message of type `d` from p[0..len) within the decode budget;
+ * *over says whether it failed for the budget. */
+static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs_arena_t *arena,
+                                        const uint8_t *p, size_t len, int *over)
 {
     decode_budget_t b = {{budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0};
     b.pb.allocator_data = &b;
-    Kvs__CommandRequest *q = kvs__command_request__unpack(&b.pb, len, p);
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &b.pb, len, p);
+    *over = b.over;
+    return m;
+}
+
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                            uint32_t *status)
+{
+    int over;
+    Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
+        &kvs__command_request__descriptor, arena, p, len, &over);
     if (q == NULL && status != NULL)
-        *status = b.over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
+        *status = over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
     return q;
 }
 
@@ -1011,14 +1023,16 @@ uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, cha
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)
 {
-    *out = kvs__value__unpack(&arena->pb, len, p);
+    int over;
+    *out = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
     return *out != NULL ? 0 : KVS_EPROTO;
 }
 
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
 {
     char msg[160];
-    Kvs__Value *v = kvs__value__unpack(&arena->pb, len, p);
+    int over; /* a valid Value costs about its size: only unknown fields pass the budget */
+    Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
              check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,

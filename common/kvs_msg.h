@@ -226,12 +226,13 @@ uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len);
 /* ---- values ----------------------------------------------------------- */
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for
- * any memory (string/bytes point into the arena). Returns 0 or KVS_EPROTO. */
+ * any memory (string/bytes point into the arena), within the decode budget
+ * (kvs_msg_decode_budget). Returns 0 or KVS_EPROTO. */
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
 
 /* True when p[0..len) is an encoded Value a client could read back: it
- * decodes, has a kind set, no unknown fields, and its strings are UTF-8.
- * `arena` is scratch (reset before returning). */
+ * decodes (within the decode budget), has a kind set, no unknown fields,
+ * and its strings are UTF-8. `arena` is scratch (reset before returning). */
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len);
 
 /* ---- answer sizes ------------------------------------------------------ */

@@ -844,6 +844,35 @@ KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
     free(p);
 }
 
+KVS_TEST(value_decoding_is_held_to_the_budget)
+{
+    /* A Kafka record's value (format: value) is checked with
+     * kvs_msg_value_valid: a flood of unknown fields must not cost 30 times
+     * its size on the way to being refused; a large valid value decodes. */
+    size_t n = 4 << 20, at = 0;
+    uint8_t *p = malloc(n + 16);
+    Kvs__Value *v;
+    kvs_arena_t a;
+    CHECK(p != NULL);
+    kvs_arena_init(&a);
+    while (at < n)
+        p[at++] = 15 << 3, p[at++] = 0;
+    CHECK(!kvs_msg_value_valid(&a, p, at));
+    CHECK_EQ(kvs_msg_decode_value(&a, p, at, &v), KVS_EPROTO);
+    CHECK(a.big <= kvs_msg_decode_budget(at) + 16384);
+    kvs_arena_reset(&a);
+    at = 0;
+    p[at++] = 2 << 3 | 2;
+    put_varint(p, &at, n - 8);
+    memset(p + at, 0xee, n - 8);
+    at += n - 8;
+    CHECK(kvs_msg_value_valid(&a, p, at));
+    CHECK_EQ(kvs_msg_decode_value(&a, p, at, &v), 0);
+    CHECK(v->kind_case == KVS__VALUE__KIND_BINARY_VALUE && v->binary_value.len == n - 8);
+    kvs_arena_close(&a);
+    free(p);
+}
+
 KVS_TEST(count_keys_on_the_wire)
 {
     Kvs__CommandRequest__CommandCase cmd;
@@ -1660,9 +1689,9 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
               KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
-              KVS_CASE(count_keys_on_the_wire), KVS_CASE(resp_every_field_decodes),
-              KVS_CASE(resp_bytes_match_protobuf_c), KVS_CASE(resp_status_only_matches_protobuf_c),
-              KVS_CASE(resp_message_truncated_at_1k),
+              KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
+              KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
+              KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
               KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
               KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
