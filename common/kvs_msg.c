@@ -246,9 +246,112 @@ static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs
     return m;
 }
 
+static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                      size_t *n);
+
+/* What keys_body found in an Hmget, Hmdel or Hmexist message. */
+typedef struct keys_body_s {
+    const uint8_t *table; /* NULL when absent; not terminated */
+    size_t table_len;
+    size_t n_keys;
+    uint64_t budget; /* Hmdel.answer_budget */
+} keys_body_t;
+
+/* Reads the message body[0..len) of command `cmd`, listing its keys into
+ * keys[0..kb->n_keys) (pointing into body) unless `keys` is NULL (then
+ * they are only counted). Returns 0, or -1 when it holds anything else: a
+ * field protobuf-c would keep as unknown. Repeated fields other than the
+ * keys: the last one counts, as protobuf-c reads them. */
+static int keys_body(uint64_t cmd, const uint8_t *body, size_t len, keys_body_t *kb,
+                     ProtobufCBinaryData *keys)
+{
+    const uint8_t *p = body, *end = body + len, *v;
+    uint64_t tag;
+    size_t n;
+    memset(kb, 0, sizeof(*kb));
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 2)) {
+            kb->table = v, kb->table_len = n;
+        } else if (tag == (2 << 3 | 2)) {
+            if (keys != NULL)
+                keys[kb->n_keys] = (ProtobufCBinaryData){n, (uint8_t *)v};
+            kb->n_keys++;
+        } else if (tag != (3 << 3 | 0) || cmd != KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+                   kvs_varint_get(&v, v + n, &kb->budget) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Decodes an Hmget, Hmdel or Hmexist request leaving its keys where they
+ * are in p[0..len): 16 bytes per key, where protobuf-c copies each (some
+ * 80 bytes a key with its scan record). The request is valid only as
+ * long as p is. Returns NULL when it is any other request, or unusual in
+ * any way (a command field twice, a field unknown or cut short):
+ * protobuf-c decodes those. */
+static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len, *v, *body = NULL, *pos = NULL;
+    uint64_t tag, cmd = 0, stale = 0;
+    size_t n, blen = 0, poslen = 0;
+    keys_body_t kb;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return NULL;
+        if (tag == (KVS__COMMAND_REQUEST__COMMAND_HMGET << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMDEL << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMEXIST << 3 | 2)) {
+            if (body != NULL)
+                return NULL; /* twice: protobuf-c's rules for that apply */
+            body = v, blen = n, cmd = tag >> 3;
+        } else if (tag == (100 << 3 | 2)) {
+            pos = v, poslen = n;
+        } else if (tag != (101 << 3 | 0) || kvs_varint_get(&v, v + n, &stale) != 0) {
+            return NULL;
+        }
+    }
+    if (body == NULL || keys_body(cmd, body, blen, &kb, NULL) != 0)
+        return NULL;
+    const ProtobufCMessageDescriptor *d =
+        cmd == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
+        : cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
+                                                     : &kvs__hmexist__descriptor;
+    Kvs__CommandRequest *q = kvs_arena_alloc(arena, sizeof(*q));
+    Kvs__Hmdel *m = kvs_arena_alloc(arena, d->sizeof_message);
+    ProtobufCBinaryData *keys = kvs_arena_alloc(arena, (kb.n_keys + 1) * sizeof(*keys));
+    char *table = kvs_arena_alloc(arena, kb.table_len + 1);
+    if (q == NULL || m == NULL || keys == NULL || table == NULL ||
+        keys_body(cmd, body, blen, &kb, keys) != 0)
+        return NULL;
+    /* Hmget and Hmexist are {table, n_keys, keys}, as Hmdel begins. */
+    protobuf_c_message_init(d, m);
+    if (kb.table != NULL) {
+        memcpy(table, kb.table, kb.table_len);
+        table[kb.table_len] = '\0';
+        m->table = table;
+    }
+    m->n_keys = kb.n_keys;
+    m->keys = keys;
+    if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+        m->answer_budget = (uint32_t)kb.budget; /* truncated, as protobuf-c does */
+    kvs__command_request__init(q);
+    q->command_case = (Kvs__CommandRequest__CommandCase)cmd;
+    q->hmdel = m; /* the oneof members share storage */
+    if (pos != NULL)
+        q->min_position = (ProtobufCBinaryData){poslen, (uint8_t *)pos};
+    q->accept_stale = stale != 0;
+    return q;
+}
+
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status)
 {
+    Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
+    if (fast != NULL)
+        return fast;
     int over;
     Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
         &kvs__command_request__descriptor, arena, p, len, &over);

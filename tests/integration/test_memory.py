@@ -12,8 +12,9 @@ a 4 MiB Hmget of 1-byte keys took the router 267 MB. Now:
   its keys), at the router, at a worker asked directly, and at the Redis
   door (HMGET, HDEL, HSET: "-ERR ... limits.max_keys").
 - With limits.max_keys raised out of the way, decoding is still held to
-  20 times the request plus 2 MiB: a flood of tiny keys is 413 "... bytes
-  of memory to decode", at the router and at a worker.
+  20 times the request plus 2 MiB: a flood of tiny pairs is 413 "... bytes
+  of memory to decode", at the router and at a worker; Hmget, Hmexist and
+  Hmdel keys are left in the request as they are decoded (16 bytes a key).
 
 Peak memory is each process's VmHWM (proc(5)) growth over its VmRSS when
 the request was sent, the peak having been reset (clear_refs 5) just
@@ -256,15 +257,22 @@ class WholeTableReadTest(MemoryTestCase):
 
 class DecodeBudgetTest(MemoryTestCase):
     def test_with_max_keys_out_of_the_way_decoding_is_bounded(self):
-        """limits.max_keys at its largest: a max_frame flood of tiny keys is
-        refused while it is decoded, at 20 times its size plus 2 MiB, with
-        413 saying so; no process's peak grows by more than that plus 3
-        times the request (its frame's buffer), where it grew by 100 to 267
-        MB. At the router and at a worker's own socket."""
+        """limits.max_keys at its largest. Requests protobuf-c decodes (an
+        Hmset, or an Hmget holding a field it keeps as unknown) are
+        refused once decoding passes 20 times their size plus 2 MiB, with
+        413 saying so; Hmget, Hmexist and Hmdel of plain keys are decoded
+        leaving the keys in the request (16 bytes a key). Either way no
+        process's peak grows by more than 20 times the request plus 2 MiB
+        and 3 times the request (its frame's buffer), where it grew by 70
+        to 267 MB. At the router and at a worker's own socket."""
         r = self.start(extra_yaml="limits: {max_keys: 100000000}\n")
+        refused = [("Hmset", 5, b"\x12\x00"), ("Hmset", 5, _field(2, _field(1, b"k"))),
+                   ("Hmget", 3, b"\x12\x01a")]
         for addr in (r.addr, r.socket_path(1)):
-            for name, number, what, element in FLOODS[:-1]:  # the last one fits
+            for name, number, element in refused:
                 payload = flood(number, element)
+                if name == "Hmget":  # its last key becomes field 15 (unknown): varint 0
+                    payload = payload[:-3] + b"\x78\x80\x00"
                 budget = 20 * len(payload) + 2 * MIB
                 got = []
                 peaks = self.peaks(r, lambda: got.append(self.call_raw(addr, payload)))
@@ -276,6 +284,13 @@ class DecodeBudgetTest(MemoryTestCase):
                                  "decode (20 times its size and 2 MiB): it holds too many keys, "
                                  "pairs or fields for its size; nothing was done; send fewer keys "
                                  "per request" % (len(payload), budget))
+            for name, number, what, element in FLOODS[:4]:
+                payload = flood(number, element)
+                got = []
+                peaks = self.peaks(r, lambda: got.append(self.call_raw(addr, payload)))
+                self.assertPeaksBelow(peaks, 23 * len(payload) + 2 * MIB,
+                                      "%s %r at %s" % (name, element, addr))
+                self.assertIn(got[0].status, (200, 400, 413), got[0].message)
         with r.client() as c:
             self.assertEqual(c.call(hlen("t")).values[0].integer_value, 0)
 

@@ -763,22 +763,27 @@ static uint8_t *raw_multi(Kvs__CommandRequest__CommandCase cmd, size_t n, size_t
 }
 
 /* Decodes p[0..len) into a fresh arena and checks the outcome: `want` is
- * 200 (decoded) or 413/400 (refused); the arena never held more than the
- * decode budget and a chunk. */
-static void decode_costs(const uint8_t *p, size_t len, uint32_t want)
+ * 200 (decoded) or 413/400 (refused); the arena never held more than
+ * `most` bytes (0: the decode budget) and a chunk. */
+static void decode_costs_at_most(const uint8_t *p, size_t len, uint32_t want, size_t most)
 {
     kvs_arena_t a;
     uint32_t st = 0;
     kvs_arena_init(&a);
     Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, &st);
     CHECK_EQ(r != NULL ? KVS_STATUS_OK : st, want);
-    CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
+    CHECK(a.big <= (most != 0 ? most : kvs_msg_decode_budget(len)) + 16384);
     kvs_arena_close(&a);
     if (want != KVS_STATUS_OK) { /* malloc'ed decoding is held to the same budget */
         st = 0;
         CHECK(kvs_msg_decode_request(NULL, p, len, &st) == NULL);
         CHECK_EQ(st, want);
     }
+}
+
+static void decode_costs(const uint8_t *p, size_t len, uint32_t want)
+{
+    decode_costs_at_most(p, len, want, 0);
 }
 
 KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
@@ -791,6 +796,16 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
         for (size_t klen = 0; klen <= 1; klen++) {
             size_t len;
             uint8_t *p = raw_multi(cmds[c], 1000000, klen, &len);
+            /* Left in place: 16 bytes a key, at most 8 times the request. */
+            decode_costs_at_most(p, len, KVS_STATUS_OK, 8 * len);
+            /* With a field protobuf-c keeps as unknown, protobuf-c decodes
+             * it, within the budget. */
+            uint8_t *last = p + len - (2 + klen); /* the last key becomes field 15: 0 */
+            last[0] = 15 << 3;
+            if (klen == 1)
+                last[1] = 0x80, last[2] = 0; /* 0 in two bytes */
+            else
+                last[1] = 0;
             decode_costs(p, len, KVS_STATUS_TOO_LARGE);
             free(p);
         }
@@ -842,6 +857,101 @@ KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
     uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 10, 3, &len);
     decode_costs(p, len - 1, KVS_STATUS_BAD_REQUEST);
     free(p);
+}
+
+/* Checks that kvs_msg_decode_request (into an arena) reads p[0..len)
+ * exactly as protobuf-c does; returns 1 when it left the keys in p (the
+ * keys request decoder took it). */
+static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
+{
+    char m1[300], m2[300];
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, len, NULL);
+    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, len, p);
+    CHECK((q == NULL) == (r == NULL));
+    int in_place = 0;
+    if (q != NULL) {
+        CHECK_EQ(q->command_case, r->command_case);
+        CHECK_EQ(q->accept_stale, r->accept_stale);
+        CHECK_EQ(q->min_position.len, r->min_position.len);
+        CHECK(q->min_position.len == 0 ||
+              memcmp(q->min_position.data, r->min_position.data, r->min_position.len) == 0);
+        CHECK_EQ(kvs_msg_validate(q, m1, sizeof(m1)), kvs_msg_validate(r, m2, sizeof(m2)));
+        CHECK_STR(m1, m2);
+        const char *t1 = kvs_msg_request_table(q), *t2 = kvs_msg_request_table(r);
+        CHECK((t1 == NULL) == (t2 == NULL));
+        if (t1 != NULL)
+            CHECK_STR(t1, t2);
+        if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET ||
+            q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+            q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMEXIST) {
+            const Kvs__Hmdel *x = q->hmdel, *y = r->hmdel; /* {table, n_keys, keys} alike */
+            CHECK_EQ(x->n_keys, y->n_keys);
+            for (size_t i = 0; i < x->n_keys; i++) {
+                CHECK_EQ(x->keys[i].len, y->keys[i].len);
+                CHECK(x->keys[i].len == 0 ||
+                      memcmp(x->keys[i].data, y->keys[i].data, x->keys[i].len) == 0);
+                in_place |= x->keys[i].data >= p && x->keys[i].data < p + len;
+            }
+            if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+                CHECK_EQ(x->answer_budget, y->answer_budget);
+        }
+        kvs__command_request__free_unpacked(r, NULL);
+    }
+    kvs_arena_close(&a);
+    return in_place;
+}
+
+KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
+{
+    static const Kvs__CommandRequest__CommandCase cmds[] = {KVS__COMMAND_REQUEST__COMMAND_HMGET,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMDEL,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMEXIST};
+    uint8_t buf[512];
+    for (size_t c = 0; c < 3; c++) {
+        size_t len;
+        uint8_t *p = raw_multi(cmds[c], 50, 3, &len);
+        CHECK(decodes_as_protobuf_c(p, len)); /* the plain shape: keys left in place */
+        /* Request options, a table given twice, Hmdel's budget (twice,
+         * and past 32 bits), empty keys, no table: all read alike. */
+        static const uint8_t extra[][16] = {
+            {0xa2, 0x06, 3, 1, 2, 3, 0xa8, 0x06, 1}, /* min_position, accept_stale */
+            {0xa8, 0x06, 0x80, 0x01, 0xa2, 0x06, 0}, /* stale 128, empty position */
+            {0xa2, 0x06, 1, 9, 0xa2, 0x06, 2, 7, 7}, /* position twice */
+        };
+        static const size_t extra_len[] = {9, 7, 9};
+        for (size_t e = 0; e < 3; e++) {
+            CHECK(len + extra_len[e] <= sizeof(buf));
+            memcpy(buf, p, len);
+            memcpy(buf + len, extra[e], extra_len[e]);
+            CHECK(decodes_as_protobuf_c(buf, len + extra_len[e]));
+        }
+        free(p);
+    }
+    static const uint8_t odd[][40] = {
+        /* Hmget{table "t", table "uv", keys "a", ""} */
+        {0x1a, 12, 0x0a, 1, 't', 0x0a, 2, 'u', 'v', 0x12, 1, 'a', 0x12, 0},
+        /* Hmdel{keys "a", budget 5, budget 2^32 + 7} */
+        {0x3a, 14, 0x12, 1, 'a', 0x18, 5, 0x18, 0x87, 0x80, 0x80, 0x80, 0x10, 0x0a, 1, 'x'},
+        /* Hmexist with no table */
+        {0x4a, 3, 0x12, 1, 'k'},
+        /* Hmget with an unknown field inside; with a table as a varint */
+        {0x1a, 5, 0x12, 1, 'k', 0x20, 1},
+        {0x1a, 5, 0x12, 1, 'k', 0x08, 1},
+        /* Hmget twice; Hmget then Hget */
+        {0x1a, 3, 0x12, 1, 'a', 0x1a, 3, 0x12, 1, 'b'},
+        {0x1a, 3, 0x12, 1, 'a', 0x0a, 3, 0x12, 1, 'b'},
+        /* a fixed32 field at the top; a key cut short */
+        {0x1a, 3, 0x12, 1, 'a', 0xfd, 0x06, 1, 2, 3, 4},
+        {0x1a, 3, 0x12, 2, 'a'},
+    };
+    static const size_t odd_len[] = {14, 16, 5, 7, 7, 10, 10, 11, 5};
+    for (size_t i = 0; i < sizeof(odd_len) / sizeof(odd_len[0]); i++)
+        decodes_as_protobuf_c(odd[i], odd_len[i]);
+    CHECK(decodes_as_protobuf_c(odd[0], odd_len[0]));
+    CHECK(decodes_as_protobuf_c(odd[1], odd_len[1]));
+    CHECK(!decodes_as_protobuf_c(odd[3], odd_len[3])); /* protobuf-c's: keys copied */
 }
 
 KVS_TEST(value_decoding_is_held_to_the_budget)
@@ -1690,6 +1800,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
               KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
+              KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
