@@ -835,9 +835,17 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
 /* An Hmset or Hmdel split over shards: the merged previous values when
  * every shard applied its part; otherwise an answer that says exactly
  * which shards wrote and which did not (or may have). */
+static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena);
+
 static void merge_write(router_req_t *req, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
+    uint32_t ok = 0;
+    for (uint32_t i = 0; i < m->nparts; i++)
+        ok += !m->failed[i] &&
+              kvs_msg_answer_status(m->answers[i].data, m->answers[i].len) == KVS_STATUS_OK;
+    if (ok == m->nparts && merge_keys_raw(req, arena))
+        return; /* every shard applied its part: the previous values, merged */
     Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
     uint8_t *outcome = kvs_arena_alloc(arena, m->nparts);
     if (rs == NULL || outcome == NULL) {
@@ -1268,35 +1276,42 @@ typedef struct raw_value_s {
 } raw_value_t;
 
 /* Lists the values of part `i`'s answer (a CommandResponse holding only
- * status, message and values; answers ≤ max_frame ≤ 1 GiB) into v[0..want).
- * Returns 200, its status (finishing `req` with it and its message) when
- * it is not, or 0 when the answer holds anything else (decode it). */
+ * status, message, values and, for a split write, its position; answers
+ * <= max_frame <= 1 GiB) into v[0..want). Returns 200, its status
+ * (finishing `req` with it and its message) when it is not, or 0 when the
+ * answer holds anything else (decode it). */
 static uint32_t raw_values(router_req_t *req, uint32_t i, raw_value_t *v, size_t want)
 {
     route_merge_t *m = req->merge;
-    kvs_answer_peek_t pk;
-    const uint8_t *a = m->answers[i].data, *p = a, *end = a + m->answers[i].len;
-    if (!kvs_msg_answer_peek(a, m->answers[i].len, &pk))
-        return 0;
-    if (pk.status != KVS_STATUS_OK) {
-        router_req_finish_status(req, pk.status, "%.*s", (int)pk.message_len,
-                                 pk.message != NULL ? (const char *)pk.message : "");
-        return pk.status;
+    const uint8_t *a = m->answers[i].data, *p = a, *end = a + m->answers[i].len, *x;
+    const uint8_t *msg = (const uint8_t *)"";
+    uint64_t tag, st = 0;
+    size_t n, mlen = 0, count = 0;
+    while (p < end) {
+        if (kvs_msg_next_field(&p, end, &tag, &x, &n) != 0)
+            return 0;
+        if (tag == (1 << 3 | 0)) {
+            if (kvs_varint_get(&x, x + n, &st) != 0 || st > UINT32_MAX || st == 0)
+                return 0;
+        } else if (tag == (2 << 3 | 2)) {
+            msg = x, mlen = n;
+        } else if (tag == (3 << 3 | 2)) {
+            if (count < want)
+                v[count] = (raw_value_t){(uint32_t)(x - a), (uint32_t)n};
+            count++;
+        } else if (tag != (6 << 3 | 2) || !is_split_write(m)) { /* position: merged apart */
+            return 0;
+        }
     }
-    if (pk.n_values < want) {
+    if (st != KVS_STATUS_OK) {
+        router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
+        return (uint32_t)st;
+    }
+    if (count < want) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL,
                                  "shard %u answered %zu values for more keys", m->part_shard[i],
-                                 pk.n_values);
+                                 count);
         return KVS_STATUS_INTERNAL;
-    }
-    for (size_t k = 0; k < want;) {
-        uint64_t tag = 0, len = 0; /* status is the one varint field: its value reads as len */
-        if (kvs_varint_get(&p, end, &tag) != 0 || kvs_varint_get(&p, end, &len) != 0)
-            return 0; /* kvs_msg_answer_peek read it whole: not reached */
-        if (tag == (3 << 3 | 2))
-            v[k++] = (raw_value_t){(uint32_t)(p - a), (uint32_t)len};
-        if ((tag & 7) == 2)
-            p += len;
     }
     return KVS_STATUS_OK;
 }
@@ -1338,18 +1353,25 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
         const raw_value_t *x = &v[first[m->key_part[i]] + m->key_index[i]];
         size += 1 + kvs_varint_len(x->len) + x->len;
     }
+    kvs_buf_t tok; /* a split write's answer carries every part's position */
+    kvs_buf_init(&tok);
+    if (is_split_write(m))
+        merge_positions(req, arena, &tok);
+    if (tok.len > 0)
+        size += 1 + kvs_varint_len(tok.len) + tok.len;
     router_t *r = m->router;
-    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK) {
-        router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
-                                 "%s answer would exceed limits.max_frame (%llu bytes); ask for "
-                                 "fewer keys per request",
-                                 kvs_msg_command_name(m->cmd),
-                                 (unsigned long long)r->cfg->max_frame);
-        return 1;
-    }
     req->resp.len = 0;
-    if (kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK ||
+        kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
+        if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK)
+            router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                     "%s answer would exceed limits.max_frame (%llu bytes); ask "
+                                     "for fewer keys per request",
+                                     kvs_msg_command_name(m->cmd),
+                                     (unsigned long long)r->cfg->max_frame);
+        else
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        kvs_buf_free(&tok);
         return 1;
     }
     uint8_t *o = req->resp.data;
@@ -1365,6 +1387,12 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
         memcpy(o, m->answers[p].data + x->at, x->len);
         o += x->len;
     }
+    if (tok.len > 0) {
+        *o++ = 6 << 3 | 2;
+        o += kvs_varint_put(o, tok.len);
+        memcpy(o, tok.data, tok.len);
+    }
+    kvs_buf_free(&tok);
     req->resp.len = KVS_FRAME_HEADER + size;
     router_req_complete(req);
     return 1;
