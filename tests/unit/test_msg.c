@@ -864,7 +864,7 @@ KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
  * keys request decoder took it). */
 static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
 {
-    char m1[300], m2[300];
+    char m1[300] = "", m2[300] = ""; /* a valid request leaves them as they are */
     kvs_arena_t a;
     kvs_arena_init(&a);
     Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, len, NULL);
