@@ -286,14 +286,137 @@ static int keys_body(uint64_t cmd, const uint8_t *body, size_t len, keys_body_t 
     return 0;
 }
 
-/* Decodes an Hmget, Hmdel or Hmexist request leaving its keys where they
- * are in p[0..len): 16 bytes per key, where protobuf-c copies each (some
- * 80 bytes a key with its scan record). The request is valid only as
- * long as p is. Returns NULL when it is any other request, or unusual in
- * any way (a command field twice, a field unknown or cut short):
+/* Reads the encoded Value p[0..len) into *v as protobuf-c would, its bytes
+ * left in place. Returns 0, or -1 when it holds more than one field, or
+ * one protobuf-c would keep as unknown. */
+static int value_in_place(const uint8_t *p, size_t len, Kvs__Value *v)
+{
+    const uint8_t *end = p + len, *x;
+    uint64_t tag, u = 0;
+    size_t n;
+    kvs__value__init(v);
+    if (len == 0)
+        return 0; /* an empty Value: no kind */
+    if (peek_field(&p, end, &tag, &x, &n) != 0 || p != end)
+        return -1;
+    if ((tag & 7) == 0 && kvs_varint_get(&x, x + n, &u) != 0)
+        return -1;
+    switch (tag) {
+    case 1 << 3 | 2:
+        v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
+        v->string_value = (ProtobufCBinaryData){n, (uint8_t *)x};
+        return 0;
+    case 2 << 3 | 2:
+        v->kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+        v->binary_value = (ProtobufCBinaryData){n, (uint8_t *)x};
+        return 0;
+    case 3 << 3 | 0:
+        v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+        v->integer_value = (int64_t)u;
+        return 0;
+    case 4 << 3 | 1:
+        for (int i = 7; i >= 0; i--)
+            u = u << 8 | x[i];
+        v->kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+        memcpy(&v->float_value, &u, sizeof(u));
+        return 0;
+    case 5 << 3 | 0:
+        v->kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+        v->bool_value = u != 0;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* Reads the encoded Kvpair p[0..len) into *kp (and its value, if any, into
+ * *v), bytes left in place. Returns 0, or -1 when it holds a value twice
+ * (protobuf-c would merge them) or a field it would keep as unknown. */
+static int pair_in_place(const uint8_t *p, size_t len, Kvs__Kvpair *kp, Kvs__Value *v)
+{
+    const uint8_t *end = p + len, *x;
+    uint64_t tag;
+    size_t n;
+    kvs__kvpair__init(kp);
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 2)) {
+            kp->key = (ProtobufCBinaryData){n, (uint8_t *)x}; /* the last one, as protobuf-c */
+        } else if (tag == (2 << 3 | 2) && kp->value == NULL) {
+            if (value_in_place(x, n, v) != 0)
+                return -1;
+            kp->value = v;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Decodes the Hmset message body[0..len) leaving keys and values in place:
+ * 104 bytes a pair (a pointer, a Kvpair, a Value), where protobuf-c spends
+ * some 180 and copies the bytes. NULL when anything is unusual (see
+ * pair_in_place, value_in_place): protobuf-c decodes it. */
+static Kvs__Hmset *decode_hmset(kvs_arena_t *arena, const uint8_t *body, size_t len)
+{
+    const uint8_t *p = body, *end = body + len, *x, *table = NULL;
+    uint64_t tag, budget = 0;
+    size_t n, tlen = 0, count = 0;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return NULL;
+        if (tag == (1 << 3 | 2))
+            table = x, tlen = n;
+        else if (tag == (2 << 3 | 2))
+            count++;
+        else if (tag != (3 << 3 | 0) || kvs_varint_get(&x, x + n, &budget) != 0)
+            return NULL;
+    }
+    /* A valid pair takes 7 bytes or more on the wire (15 times that here);
+     * a flood of empty ones goes to protobuf-c, and its budget. */
+    if ((count + 1) * (sizeof(Kvs__Kvpair *) + sizeof(Kvs__Kvpair) + sizeof(Kvs__Value)) + tlen >
+        kvs_msg_decode_budget(len))
+        return NULL;
+    Kvs__Hmset *m = kvs_arena_alloc(arena, sizeof(*m));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, (count + 1) * sizeof(*pp));
+    Kvs__Kvpair *pairs = kvs_arena_alloc(arena, (count + 1) * sizeof(*pairs));
+    Kvs__Value *vals = kvs_arena_alloc(arena, (count + 1) * sizeof(*vals));
+    char *t = kvs_arena_alloc(arena, tlen + 1);
+    if (m == NULL || pp == NULL || pairs == NULL || vals == NULL || t == NULL)
+        return NULL;
+    kvs__hmset__init(m);
+    for (p = body, count = 0; p < end;) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return NULL;
+        if (tag != (2 << 3 | 2))
+            continue;
+        if (pair_in_place(x, n, &pairs[count], &vals[count]) != 0)
+            return NULL;
+        pp[count] = &pairs[count];
+        count++;
+    }
+    if (table != NULL) {
+        memcpy(t, table, tlen);
+        t[tlen] = '\0';
+        m->table = t;
+    }
+    m->n_pairs = count;
+    m->pairs = pp;
+    m->answer_budget = (uint32_t)budget; /* truncated, as protobuf-c does */
+    return m;
+}
+
+/* Decodes an Hmget, Hmset, Hmdel or Hmexist request leaving its keys and
+ * values where they are in p[0..len): 16 bytes per key (Hmset: 104 per
+ * pair), where protobuf-c copies each (some 80 bytes a key with its scan
+ * record; 180 a pair). The request is valid only as long as p is. Returns
+ * NULL when it is any other request, or unusual in any way (a command
+ * field twice, a field unknown or cut short, a Value of two fields):
  * protobuf-c decodes those. */
 static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
 {
+    Kvs__CommandRequest *q;
     const uint8_t *end = p + len, *v, *body = NULL, *pos = NULL;
     uint64_t tag, cmd = 0, stale = 0;
     size_t n, blen = 0, poslen = 0;
@@ -302,6 +425,7 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
         if (peek_field(&p, end, &tag, &v, &n) != 0)
             return NULL;
         if (tag == (KVS__COMMAND_REQUEST__COMMAND_HMGET << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMSET << 3 | 2) ||
             tag == (KVS__COMMAND_REQUEST__COMMAND_HMDEL << 3 | 2) ||
             tag == (KVS__COMMAND_REQUEST__COMMAND_HMEXIST << 3 | 2)) {
             if (body != NULL)
@@ -313,13 +437,24 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
             return NULL;
         }
     }
-    if (body == NULL || keys_body(cmd, body, blen, &kb, NULL) != 0)
+    if (body == NULL)
+        return NULL;
+    if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        Kvs__Hmset *hm = decode_hmset(arena, body, blen);
+        q = hm != NULL ? kvs_arena_alloc(arena, sizeof(*q)) : NULL;
+        if (q == NULL)
+            return NULL;
+        kvs__command_request__init(q);
+        q->hmset = hm;
+        goto options;
+    }
+    if (keys_body(cmd, body, blen, &kb, NULL) != 0)
         return NULL;
     const ProtobufCMessageDescriptor *d =
         cmd == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
         : cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
                                                      : &kvs__hmexist__descriptor;
-    Kvs__CommandRequest *q = kvs_arena_alloc(arena, sizeof(*q));
+    q = kvs_arena_alloc(arena, sizeof(*q));
     Kvs__Hmdel *m = kvs_arena_alloc(arena, d->sizeof_message);
     ProtobufCBinaryData *keys = kvs_arena_alloc(arena, (kb.n_keys + 1) * sizeof(*keys));
     char *table = kvs_arena_alloc(arena, kb.table_len + 1);
@@ -338,8 +473,9 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
     if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
         m->answer_budget = (uint32_t)kb.budget; /* truncated, as protobuf-c does */
     kvs__command_request__init(q);
-    q->command_case = (Kvs__CommandRequest__CommandCase)cmd;
     q->hmdel = m; /* the oneof members share storage */
+options:
+    q->command_case = (Kvs__CommandRequest__CommandCase)cmd;
     if (pos != NULL)
         q->min_position = (ProtobufCBinaryData){poslen, (uint8_t *)pos};
     q->accept_stale = stale != 0;

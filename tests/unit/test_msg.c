@@ -708,9 +708,9 @@ KVS_TEST(decode_with_arena_then_reset)
         size_t n = 1 + (size_t)round % 8, len;
         uint8_t *p = pack_hmset(n, &len);
         Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
-        free(p); /* the decoded request owns copies in the arena */
-        check_hmset(r, n);
+        check_hmset(r, n); /* its keys and values are read where they are in p */
         CHECK_EQ(kvs_msg_validate(r, msg, sizeof(msg)), KVS_STATUS_OK);
+        free(p);
         if (round % 10 == 9)
             kvs_arena_reset(&a);
     }
@@ -879,6 +879,19 @@ static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
               memcmp(q->min_position.data, r->min_position.data, r->min_position.len) == 0);
         CHECK_EQ(kvs_msg_validate(q, m1, sizeof(m1)), kvs_msg_validate(r, m2, sizeof(m2)));
         CHECK_STR(m1, m2);
+        /* Packed again, the two are the same bytes: every field alike. */
+        size_t n1 = protobuf_c_message_get_packed_size(&q->base);
+        CHECK_EQ(n1, protobuf_c_message_get_packed_size(&r->base));
+        uint8_t *b1 = malloc(n1 + 1), *b2 = malloc(n1 + 1);
+        CHECK(b1 != NULL && b2 != NULL);
+        protobuf_c_message_pack(&q->base, b1);
+        protobuf_c_message_pack(&r->base, b2);
+        CHECK(memcmp(b1, b2, n1) == 0);
+        free(b1);
+        free(b2);
+        if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET && q->hmset->n_pairs > 0)
+            in_place = q->hmset->pairs[0]->key.len > 0 && q->hmset->pairs[0]->key.data >= p &&
+                       q->hmset->pairs[0]->key.data < p + len;
         const char *t1 = kvs_msg_request_table(q), *t2 = kvs_msg_request_table(r);
         CHECK((t1 == NULL) == (t2 == NULL));
         if (t1 != NULL)
@@ -901,6 +914,47 @@ static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
     }
     kvs_arena_close(&a);
     return in_place;
+}
+
+KVS_TEST(hmset_decodes_in_place_as_protobuf_c_reads_it)
+{
+    size_t len;
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 40, 3, &len);
+    CHECK(decodes_as_protobuf_c(p, len));
+    free(p);
+    p = pack_hmset(8, &len); /* integers, as protobuf-c packs them */
+    CHECK(decodes_as_protobuf_c(p, len));
+    free(p);
+    /* Hmset{table "t", pairs: every kind of value, no value, an empty one,
+     * the key twice; budget, twice}, then with the options. */
+    static const uint8_t kinds[] = {
+        0x2a, 86,   0x0a, 1,    't',  0x18, 9,                            /* table, budget 9 */
+        0x12, 7,    0x0a, 1,    'a',  0x12, 2,    0x0a, 0,                /* string "" */
+        0x12, 9,    0x0a, 1,    'b',  0x12, 4,    0x12, 2,    0,    0xff, /* binary */
+        0x12, 14,   0x0a, 1,    'c',  0x12, 9,    0x21, 1,    2,    3,
+        4,    5,    6,    7,    0xbf, /* float */
+        0x12, 16,   0x0a, 1,    'd',  0x12, 11,   0x18, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,          /* integer -1 */
+        0x12, 7,    0x0a, 1,    'e',  0x12, 2,    0x28, 2, /* bool */
+        0x12, 3,    0x0a, 1,    'f',                       /* no value */
+        0x12, 5,    0x0a, 1,    'g',  0x12, 0,             /* an empty Value */
+        0x18, 0x87, 0x80, 0x80, 0x80, 0x10,                /* budget 2^32 + 7 */
+        0xa2, 0x06, 1,    9,    0xa8, 0x06, 1};
+    CHECK(decodes_as_protobuf_c(kinds, sizeof(kinds) - 7));
+    CHECK(decodes_as_protobuf_c(kinds, sizeof(kinds)));
+    /* What protobuf-c reads in its own ways: a value twice (merged), a
+     * Value of two fields (the last kind), an unknown field in a pair, a
+     * string as a varint, a key cut short. */
+    static const uint8_t odd[][24] = {
+        {0x2a, 13, 0x12, 11, 0x0a, 1, 'a', 0x12, 2, 0x18, 1, 0x12, 2, 0x28, 1},
+        {0x2a, 11, 0x12, 9, 0x0a, 1, 'a', 0x12, 4, 0x18, 1, 0x28, 1},
+        {0x2a, 7, 0x12, 5, 0x0a, 1, 'a', 0x20, 1},
+        {0x2a, 9, 0x12, 7, 0x0a, 1, 'a', 0x12, 2, 0x08, 1},
+        {0x2a, 5, 0x12, 3, 0x0a, 2, 'a'},
+    };
+    static const size_t odd_len[] = {15, 13, 9, 11, 7};
+    for (size_t i = 0; i < 5; i++)
+        CHECK(!decodes_as_protobuf_c(odd[i], odd_len[i]));
 }
 
 KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
@@ -1801,6 +1855,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
               KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
+              KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
