@@ -141,6 +141,7 @@ static const directive_t directives[] = {
     {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
     {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
     {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, F_LIVE},
+    {"limits.max_keys", D_UINT32, OFF(max_keys), "250000", 1, 100000000, NULL, NULL, 0},
     {"limits.client_output", D_SIZE, OFF(client_output), "64MiB", 64 * KIB, UINT64_MAX / 4,
      "at least 64KiB", NULL, F_LIVE},
     {"limits.max_clients", D_UINT32, OFF(max_clients), "10000", 1, 1000000, NULL, NULL, F_LIVE},

@@ -65,6 +65,8 @@
  *     max_frame: 4MiB        size; 1KiB .. 1GiB
  *     max_inflight: 1024     requests in flight per router client before
  *                            the router stops reading from it; 1..1000000
+ *     max_keys: 250000       keys (Hmset: pairs) one request may name;
+ *                            1..100000000
  *     client_output: 64MiB   answers a connection may owe: at a quarter of
  *                            this its requests stop being executed, past it
  *                            the connection is closed; >= 4 x max_frame
@@ -287,6 +289,7 @@ typedef struct kvs_config_s {
 
     uint64_t max_frame;
     uint32_t max_inflight;
+    uint32_t max_keys;         /* keys (Hmset: pairs) one request may name */
     uint64_t client_output;    /* bytes of answers a connection may owe before it is closed */
     uint32_t max_clients;      /* connections per listener */
     uint64_t idle_timeout_ms;  /* 0 = never */

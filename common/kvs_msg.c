@@ -59,6 +59,18 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n)
     if (n > SIZE_MAX / 2)
         return NULL; /* no such request is genuine; rounding would wrap */
     n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (n > ARENA_CHUNK / 2 && a->head != NULL && a->head->size - a->used < n) {
+        /* A chunk of its own, linked behind the head: the room left in
+         * the head is still used, so memory follows what was asked for. */
+        kvs_arena_chunk_t *c = malloc(sizeof(*c) + n);
+        if (c == NULL)
+            return NULL;
+        c->size = n;
+        c->next = a->head->next;
+        a->head->next = c;
+        a->big += n;
+        return c->mem;
+    }
     if (a->head == NULL || a->head->size - a->used < n) {
         size_t size = n > ARENA_CHUNK ? n : ARENA_CHUNK;
         kvs_arena_chunk_t *c = malloc(sizeof(*c) + size);
@@ -77,20 +89,20 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n)
 
 void kvs_arena_reset(kvs_arena_t *a)
 {
-    kvs_arena_chunk_t *c = a->head;
-    if (c == NULL)
-        return;
-    /* Keep the oldest standard-size chunk (the tail of the list). */
-    while (c->next != NULL) {
-        kvs_arena_chunk_t *next = c->next;
-        free(c);
-        c = next;
+    kvs_arena_chunk_t *keep = NULL;
+    /* Keep the oldest standard-size chunk (the last in the list). */
+    for (kvs_arena_chunk_t *c = a->head, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->size == ARENA_CHUNK) {
+            free(keep);
+            keep = c;
+        } else {
+            free(c);
+        }
     }
-    if (c->size != ARENA_CHUNK) {
-        free(c);
-        c = NULL;
-    }
-    a->head = c;
+    if (keep != NULL)
+        keep->next = NULL;
+    a->head = keep;
     a->used = 0;
     a->big = 0;
 }
@@ -186,9 +198,316 @@ const char *kvs_msg_quote(char *out, size_t cap, const void *p, size_t n)
 
 /* ---- requests --------------------------------------------------------- */
 
-Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
+/* The allocator kvs_msg_decode_request hands protobuf-c: the arena's (or
+ * malloc's) memory, counted against what the request may take. */
+typedef struct decode_budget_s {
+    ProtobufCAllocator pb;
+    kvs_arena_t *arena; /* NULL: malloc and free */
+    size_t left;        /* bytes that may still be handed out */
+    int over;           /* an allocation was refused for the budget */
+} decode_budget_t;
+
+static void *budget_alloc(void *data, size_t n)
 {
-    return kvs__command_request__unpack(arena ? &arena->pb : NULL, len, p);
+    decode_budget_t *b = data;
+    /* Counted as the arena rounds it (and as malloc at least spends it). */
+    size_t cost = n > SIZE_MAX / 2 ? SIZE_MAX : (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (cost > b->left) {
+        b->over = 1;
+        return NULL;
+    }
+    b->left -= cost;
+    return b->arena != NULL ? kvs_arena_alloc(b->arena, n) : malloc(n);
+}
+
+static void budget_free(void *data, void *p)
+{
+    decode_budget_t *b = data;
+    if (b->arena == NULL)
+        free(p); /* the budget is not given back: it bounds what a request may ask for */
+}
+
+size_t kvs_msg_decode_budget(size_t len)
+{
+    if (len > (SIZE_MAX - KVS_DECODE_SLACK) / KVS_DECODE_FACTOR)
+        return SIZE_MAX;
+    return len * KVS_DECODE_FACTOR + KVS_DECODE_SLACK;
+}
+
+/* Unpacks a message of type `d` from p[0..len) within the decode budget;
+ * *over says whether it failed for the budget. */
+static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs_arena_t *arena,
+                                        const uint8_t *p, size_t len, int *over)
+{
+    decode_budget_t b = {{budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0};
+    b.pb.allocator_data = &b;
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &b.pb, len, p);
+    *over = b.over;
+    return m;
+}
+
+static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                      size_t *n);
+
+/* What keys_body found in an Hmget, Hmdel or Hmexist message. */
+typedef struct keys_body_s {
+    const uint8_t *table; /* NULL when absent; not terminated */
+    size_t table_len;
+    size_t n_keys;
+    uint64_t budget; /* Hmdel.answer_budget */
+} keys_body_t;
+
+/* Reads the message body[0..len) of command `cmd`, listing its keys into
+ * keys[0..kb->n_keys) (pointing into body) unless `keys` is NULL (then
+ * they are only counted). Returns 0, or -1 when it holds anything else: a
+ * field protobuf-c would keep as unknown. Repeated fields other than the
+ * keys: the last one counts, as protobuf-c reads them. */
+static int keys_body(uint64_t cmd, const uint8_t *body, size_t len, keys_body_t *kb,
+                     ProtobufCBinaryData *keys)
+{
+    const uint8_t *p = body, *end = body + len, *v;
+    uint64_t tag;
+    size_t n;
+    memset(kb, 0, sizeof(*kb));
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 2)) {
+            kb->table = v, kb->table_len = n;
+        } else if (tag == (2 << 3 | 2)) {
+            if (keys != NULL)
+                keys[kb->n_keys] = (ProtobufCBinaryData){n, (uint8_t *)v};
+            kb->n_keys++;
+        } else if (tag != (3 << 3 | 0) || cmd != KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+                   kvs_varint_get(&v, v + n, &kb->budget) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Reads the encoded Value p[0..len) into *v as protobuf-c would, its bytes
+ * left in place. Returns 0, or -1 when it holds more than one field, or
+ * one protobuf-c would keep as unknown. */
+static int value_in_place(const uint8_t *p, size_t len, Kvs__Value *v)
+{
+    const uint8_t *end = p + len, *x;
+    uint64_t tag, u = 0;
+    size_t n;
+    kvs__value__init(v);
+    if (len == 0)
+        return 0; /* an empty Value: no kind */
+    if (peek_field(&p, end, &tag, &x, &n) != 0 || p != end)
+        return -1;
+    if ((tag & 7) == 0 && kvs_varint_get(&x, x + n, &u) != 0)
+        return -1;
+    switch (tag) {
+    case 1 << 3 | 2:
+        v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
+        v->string_value = (ProtobufCBinaryData){n, (uint8_t *)x};
+        return 0;
+    case 2 << 3 | 2:
+        v->kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+        v->binary_value = (ProtobufCBinaryData){n, (uint8_t *)x};
+        return 0;
+    case 3 << 3 | 0:
+        v->kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+        v->integer_value = (int64_t)u;
+        return 0;
+    case 4 << 3 | 1:
+        for (int i = 7; i >= 0; i--)
+            u = u << 8 | x[i];
+        v->kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+        memcpy(&v->float_value, &u, sizeof(u));
+        return 0;
+    case 5 << 3 | 0:
+        v->kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+        v->bool_value = u != 0;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* Reads the encoded Kvpair p[0..len) into *kp (and its value, if any, into
+ * *v), bytes left in place. Returns 0, or -1 when it holds a value twice
+ * (protobuf-c would merge them) or a field it would keep as unknown. */
+static int pair_in_place(const uint8_t *p, size_t len, Kvs__Kvpair *kp, Kvs__Value *v)
+{
+    const uint8_t *end = p + len, *x;
+    uint64_t tag;
+    size_t n;
+    kvs__kvpair__init(kp);
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 2)) {
+            kp->key = (ProtobufCBinaryData){n, (uint8_t *)x}; /* the last one, as protobuf-c */
+        } else if (tag == (2 << 3 | 2) && kp->value == NULL) {
+            if (value_in_place(x, n, v) != 0)
+                return -1;
+            kp->value = v;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Decodes the Hmset message body[0..len) leaving keys and values in place:
+ * 104 bytes a pair (a pointer, a Kvpair, a Value), where protobuf-c spends
+ * some 180 and copies the bytes. NULL when anything is unusual (see
+ * pair_in_place, value_in_place): protobuf-c decodes it. */
+static Kvs__Hmset *decode_hmset(kvs_arena_t *arena, const uint8_t *body, size_t len)
+{
+    const uint8_t *p = body, *end = body + len, *x, *table = NULL;
+    uint64_t tag, budget = 0;
+    size_t n, tlen = 0, count = 0;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return NULL;
+        if (tag == (1 << 3 | 2))
+            table = x, tlen = n;
+        else if (tag == (2 << 3 | 2))
+            count++;
+        else if (tag != (3 << 3 | 0) || kvs_varint_get(&x, x + n, &budget) != 0)
+            return NULL;
+    }
+    /* A valid pair takes 7 bytes or more on the wire (15 times that here);
+     * a flood of empty ones goes to protobuf-c, and its budget. */
+    if ((count + 1) * (sizeof(Kvs__Kvpair *) + sizeof(Kvs__Kvpair) + sizeof(Kvs__Value)) + tlen >
+        kvs_msg_decode_budget(len))
+        return NULL;
+    Kvs__Hmset *m = kvs_arena_alloc(arena, sizeof(*m));
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, (count + 1) * sizeof(*pp));
+    Kvs__Kvpair *pairs = kvs_arena_alloc(arena, (count + 1) * sizeof(*pairs));
+    Kvs__Value *vals = kvs_arena_alloc(arena, (count + 1) * sizeof(*vals));
+    char *t = kvs_arena_alloc(arena, tlen + 1);
+    if (m == NULL || pp == NULL || pairs == NULL || vals == NULL || t == NULL)
+        return NULL;
+    kvs__hmset__init(m);
+    for (p = body, count = 0; p < end;) {
+        if (peek_field(&p, end, &tag, &x, &n) != 0)
+            return NULL;
+        if (tag != (2 << 3 | 2))
+            continue;
+        if (pair_in_place(x, n, &pairs[count], &vals[count]) != 0)
+            return NULL;
+        pp[count] = &pairs[count];
+        count++;
+    }
+    if (table != NULL) {
+        memcpy(t, table, tlen);
+        t[tlen] = '\0';
+        m->table = t;
+    }
+    m->n_pairs = count;
+    m->pairs = pp;
+    m->answer_budget = (uint32_t)budget; /* truncated, as protobuf-c does */
+    return m;
+}
+
+/* Decodes an Hmget, Hmset, Hmdel or Hmexist request leaving its keys and
+ * values where they are in p[0..len): 16 bytes per key (Hmset: 104 per
+ * pair), where protobuf-c copies each (some 80 bytes a key with its scan
+ * record; 180 a pair). The request is valid only as long as p is. Returns
+ * NULL when it is any other request, or unusual in any way (a command
+ * field twice, a field unknown or cut short, a Value of two fields):
+ * protobuf-c decodes those. */
+static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_t *p, size_t len)
+{
+    Kvs__CommandRequest *q;
+    const uint8_t *end = p + len, *v, *body = NULL, *pos = NULL;
+    uint64_t tag, cmd = 0, stale = 0;
+    size_t n, blen = 0, poslen = 0;
+    keys_body_t kb;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0)
+            return NULL;
+        if (tag == (KVS__COMMAND_REQUEST__COMMAND_HMGET << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMSET << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMDEL << 3 | 2) ||
+            tag == (KVS__COMMAND_REQUEST__COMMAND_HMEXIST << 3 | 2)) {
+            if (body != NULL)
+                return NULL; /* twice: protobuf-c's rules for that apply */
+            body = v, blen = n, cmd = tag >> 3;
+        } else if (tag == (100 << 3 | 2)) {
+            pos = v, poslen = n;
+        } else if (tag != (101 << 3 | 0) || kvs_varint_get(&v, v + n, &stale) != 0) {
+            return NULL;
+        }
+    }
+    if (body == NULL)
+        return NULL;
+    if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        Kvs__Hmset *hm = decode_hmset(arena, body, blen);
+        q = hm != NULL ? kvs_arena_alloc(arena, sizeof(*q)) : NULL;
+        if (q == NULL)
+            return NULL;
+        kvs__command_request__init(q);
+        q->hmset = hm;
+        goto options;
+    }
+    if (keys_body(cmd, body, blen, &kb, NULL) != 0)
+        return NULL;
+    const ProtobufCMessageDescriptor *d =
+        cmd == KVS__COMMAND_REQUEST__COMMAND_HMGET   ? &kvs__hmget__descriptor
+        : cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? &kvs__hmdel__descriptor
+                                                     : &kvs__hmexist__descriptor;
+    q = kvs_arena_alloc(arena, sizeof(*q));
+    Kvs__Hmdel *m = kvs_arena_alloc(arena, d->sizeof_message);
+    ProtobufCBinaryData *keys = kvs_arena_alloc(arena, (kb.n_keys + 1) * sizeof(*keys));
+    char *table = kvs_arena_alloc(arena, kb.table_len + 1);
+    if (q == NULL || m == NULL || keys == NULL || table == NULL ||
+        keys_body(cmd, body, blen, &kb, keys) != 0)
+        return NULL;
+    /* Hmget and Hmexist are {table, n_keys, keys}, as Hmdel begins. */
+    protobuf_c_message_init(d, m);
+    if (kb.table != NULL) {
+        memcpy(table, kb.table, kb.table_len);
+        table[kb.table_len] = '\0';
+        m->table = table;
+    }
+    m->n_keys = kb.n_keys;
+    m->keys = keys;
+    if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+        m->answer_budget = (uint32_t)kb.budget; /* truncated, as protobuf-c does */
+    kvs__command_request__init(q);
+    q->hmdel = m; /* the oneof members share storage */
+options:
+    q->command_case = (Kvs__CommandRequest__CommandCase)cmd;
+    if (pos != NULL)
+        q->min_position = (ProtobufCBinaryData){poslen, (uint8_t *)pos};
+    q->accept_stale = stale != 0;
+    return q;
+}
+
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                            uint32_t *status)
+{
+    Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
+    if (fast != NULL)
+        return fast;
+    int over;
+    Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
+        &kvs__command_request__descriptor, arena, p, len, &over);
+    if (q == NULL && status != NULL)
+        *status = over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
+    return q;
+}
+
+uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen)
+{
+    if (status == KVS_STATUS_TOO_LARGE)
+        snprintf(msg, mlen,
+                 "request of %zu bytes would take more than %zu bytes of memory to decode (%d "
+                 "times its size and %d MiB): it holds too many keys, pairs or fields for its "
+                 "size; nothing was done; send fewer keys per request",
+                 len, kvs_msg_decode_budget(len), KVS_DECODE_FACTOR,
+                 KVS_DECODE_SLACK / (1024 * 1024));
+    else
+        snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
+    return status;
 }
 
 const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
@@ -859,18 +1178,114 @@ int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8
     return found;
 }
 
+int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                       size_t *n)
+{
+    return peek_field(p, end, tag, v, n);
+}
+
+/* ---- key counts --------------------------------------------------------- */
+
+/* Moves *p past the field whose tag is `tag` (any wire type protobuf-c
+ * reads). Returns 0, or -1 when the bytes end first or the type is not one
+ * protobuf-c reads. */
+static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag)
+{
+    uint64_t v;
+    switch (tag & 7) {
+    case 0:
+        return kvs_varint_get(p, end, &v) != 0 ? -1 : 0;
+    case 1:
+    case 5: {
+        size_t n = (tag & 7) == 1 ? 8 : 4;
+        if ((size_t)(end - *p) < n)
+            return -1;
+        *p += n;
+        return 0;
+    }
+    case 2:
+        if (kvs_varint_get(p, end, &v) != 0 || v > (uint64_t)(end - *p))
+            return -1;
+        *p += v;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* Field 2 entries (keys, pairs) in the encoded command message p[0..len). */
+static size_t count_field2(const uint8_t *p, const uint8_t *end)
+{
+    size_t n = 0;
+    uint64_t tag;
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        if (tag == (2 << 3 | 2))
+            n++;
+        if (skip_field(&p, end, tag) != 0)
+            break;
+    }
+    return n;
+}
+
+static int is_multi_key(uint64_t field)
+{
+    return field == KVS__COMMAND_REQUEST__COMMAND_HMGET ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           field == KVS__COMMAND_REQUEST__COMMAND_HMEXIST;
+}
+
+size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd)
+{
+    const uint8_t *end = p + len;
+    size_t n = 0;
+    uint64_t tag;
+    *cmd = KVS__COMMAND_REQUEST__COMMAND__NOT_SET;
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        const uint8_t *at = p;
+        uint64_t vlen;
+        if ((tag & 7) == 2 && is_multi_key(tag >> 3) && kvs_varint_get(&at, end, &vlen) == 0 &&
+            vlen <= (uint64_t)(end - at)) {
+            /* Every occurrence counts: protobuf merges repeated ones. */
+            n += count_field2(at, at + vlen);
+            *cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
+        }
+        if (skip_field(&p, end, tag) != 0)
+            break;
+    }
+    return n;
+}
+
+uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, char *msg, size_t mlen)
+{
+    Kvs__CommandRequest__CommandCase cmd;
+    if (max_keys == 0)
+        return KVS_STATUS_OK;
+    size_t n = kvs_msg_count_keys(p, len, &cmd);
+    if (n <= max_keys)
+        return KVS_STATUS_OK;
+    snprintf(msg, mlen,
+             "%s names %zu %s, more than limits.max_keys (%u); nothing was done; send fewer "
+             "keys per request",
+             kvs_msg_command_name(cmd), n,
+             cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ? "pairs" : "keys", max_keys);
+    return KVS_STATUS_TOO_LARGE;
+}
+
 /* ---- values ----------------------------------------------------------- */
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)
 {
-    *out = kvs__value__unpack(&arena->pb, len, p);
+    int over;
+    *out = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
     return *out != NULL ? 0 : KVS_EPROTO;
 }
 
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
 {
     char msg[160];
-    Kvs__Value *v = kvs__value__unpack(&arena->pb, len, p);
+    int over; /* a valid Value costs about its size: only unknown fields pass the budget */
+    Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
              check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,

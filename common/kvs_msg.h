@@ -59,10 +59,53 @@ void *kvs_arena_alloc(kvs_arena_t *a, size_t n);
 
 /* ---- requests -------------------------------------------------------- */
 
+/* Decoding a request may take at most KVS_DECODE_FACTOR times its size
+ * plus KVS_DECODE_SLACK bytes (kvs_msg_decode_budget). protobuf-c spends
+ * 64 to 96 bytes on each element of a repeated field (a 32-byte record
+ * per field in slabs that double, the element, its bytes), so a request
+ * of tiny keys or pairs (2 or 3 bytes each on the wire) would otherwise
+ * cost 20 to 50 times what the client sent. Any request whose keys are
+ * distinct fits: keys of 3 bytes or more cost less than 20 times their
+ * bytes on the wire, and the 65,536 keys of 2 bytes or fewer fit within
+ * the slack. One refused repeats tiny keys, or is not valid anyway (empty
+ * keys, floods of unknown fields); README, "Bounds". */
+#define KVS_DECODE_FACTOR 20
+#define KVS_DECODE_SLACK (2 * 1024 * 1024)
+
+/* The most memory decoding a request of `len` bytes may take. */
+size_t kvs_msg_decode_budget(size_t len);
+
 /* Decodes a CommandRequest with memory from `arena` (NULL = malloc; then
- * free with kvs__command_request__free_unpacked). Returns NULL when the
- * bytes are not a CommandRequest. */
-Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len);
+ * free with kvs__command_request__free_unpacked), taking no more than
+ * kvs_msg_decode_budget(len) bytes. With an arena, the keys and values of
+ * an Hmget, Hmset, Hmdel or Hmexist are left in p, not copied (16 bytes a
+ * key, 104 a pair, where protobuf-c spends 80 and 180 and copies them):
+ * such a request is valid only as long as p is. Returns NULL when the bytes are not a
+ * CommandRequest (*status = 400) or would take more memory than that
+ * (*status = 413); `status` may be NULL. What protobuf-c allocated before
+ * it failed stays in the arena until its reset. */
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                            uint32_t *status);
+
+/* Writes to msg[0..mlen) what a request of `len` bytes that
+ * kvs_msg_decode_request refused with `status` is told, and returns
+ * `status`. */
+uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen);
+
+/* Counts, without decoding, the keys (Hmset: pairs) the encoded request
+ * p[0..len) names in its multi-key command: every Hmget, Hmset, Hmdel and
+ * Hmexist field's key or pair entries, so never fewer than protobuf-c
+ * would decode (it merges repeated command fields). *cmd is the last such
+ * command (NOT_SET when none). Cost: one pass over the bytes, no memory;
+ * counting stops, short, at bytes protobuf-c could not decode either. */
+size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd);
+
+/* Refuses a request naming more than `max_keys` keys (limits.max_keys; 0
+ * = no limit): returns 200, or 413 with msg saying the command, the count and the
+ * limit. Call before decoding: the count costs no memory, a decode of
+ * many keys does. */
+uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, char *msg,
+                            size_t mlen);
 
 /* Checks every text field in the encoded request `p` (found through the
  * message descriptors), which protobuf-c would pass on unchecked: table
@@ -133,6 +176,13 @@ typedef struct kvs_value_peek_s {
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
+/* Reads the field at *p (before `end`) of an encoded message: its tag,
+ * and its value v[0..n) (a varint's or fixed64's bytes, a length-delimited
+ * field's contents), moving *p past it. Returns 0, or -1 when the bytes
+ * are not a varint, 64-bit or length-delimited field. */
+int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
+                       size_t *n);
+
 /* Finds the length-delimited top-level field `field` of the encoded
  * message p[0..len) without decoding it (the last occurrence, as protobuf
  * reads it). Returns 1 with *v and *n set, 0 when absent, -1 when the bytes
@@ -185,12 +235,13 @@ uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len);
 /* ---- values ----------------------------------------------------------- */
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for
- * any memory (string/bytes point into the arena). Returns 0 or KVS_EPROTO. */
+ * any memory (string/bytes point into the arena), within the decode budget
+ * (kvs_msg_decode_budget). Returns 0 or KVS_EPROTO. */
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
 
 /* True when p[0..len) is an encoded Value a client could read back: it
- * decodes, has a kind set, no unknown fields, and its strings are UTF-8.
- * `arena` is scratch (reset before returning). */
+ * decodes (within the decode budget), has a kind set, no unknown fields,
+ * and its strings are UTF-8. `arena` is scratch (reset before returning). */
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len);
 
 /* ---- answer sizes ------------------------------------------------------ */

@@ -906,11 +906,13 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
 {
     char msg[KVS_HOOK_MSG];
     int rc;
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len);
+    uint32_t why;
+    if ((why = kvs_msg_check_keys(payload, len, ctx->max_keys, msg, sizeof(msg))) != KVS_STATUS_OK)
+        return kvs_msg_append_status(out, why, "%s", msg);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len, &why);
     if (req == NULL)
-        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
-                                     "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
-                                     len);
+        return kvs_msg_append_status(out, kvs_msg_decode_refusal(why, len, msg, sizeof(msg)), "%s",
+                                     msg);
     uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
     if (st == KVS_STATUS_OK)
         st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));

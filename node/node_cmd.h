@@ -34,6 +34,7 @@ typedef struct node_cmd_ctx_s {
     node_store_t *store;
     size_t max_frame;    /* largest response allowed */
     uint32_t max_tables; /* for the message when the limit is hit */
+    uint32_t max_keys;   /* limits.max_keys; 0 = no limit */
     uint32_t shard;
     node_ingest_t *ingest;    /* NULL when Kafka is off */
     kvs_arena_t arena;        /* per-request scratch; reset by node_cmd_frame */

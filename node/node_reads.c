@@ -287,7 +287,7 @@ static int recheck(node_reads_t *rd, waiter_t *w, check_t *c, int may_ask)
     check_init(c, rd, w->b);
     if (may_ask)
         c->ahead = want_end;
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&rd->arena, w->payload, w->len);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&rd->arena, w->payload, w->len, NULL);
     if (req == NULL || check_request(c, req, &rd->arena) != 0) {
         c->verdict = KVS_FRESH_SERVE; /* let the handler say what is wrong */
         return 1;

@@ -1079,6 +1079,7 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->cmd.store = o->store;
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
+    srv->cmd.max_keys = o->limits != NULL ? o->limits->max_keys : 0;
     srv->cmd.shard = o->shard;
     srv->cmd.defer = defer_current;
     srv->cmd.defer_arg = srv;

@@ -36,6 +36,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_redis.h"
+#include "kvs_varint.h"
 #include "router.h"
 #include "router_procs.h"
 
@@ -48,7 +49,8 @@
 #include <unistd.h>
 
 #define ROUTER_REDIS_CURSORS 16384
-#define ROUTER_REDIS_MAX_NAME 512 /* bytes in a client name: kept for the connection's life */
+#define ROUTER_REDIS_KEEP_PACK 16384 /* bytes of redis_pack kept between commands */
+#define ROUTER_REDIS_MAX_NAME 512    /* bytes in a client name: kept for the connection's life */
 #define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
 #define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
 
@@ -363,7 +365,8 @@ static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a)
     return v;
 }
 
-/* Packs `q` and routes it; the answer is shown as `rcmd`. */
+/* Packs `q` and routes it; the answer is shown as `rcmd`. `q` and what it
+ * points to in redis_arena are gone when it returns. */
 static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                           const Kvs__CommandRequest *q, int rcmd)
 {
@@ -377,7 +380,13 @@ static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t 
         return;
     }
     protobuf_c_message_pack(&q->base, b->data);
+    /* The messages `q` was built from are packed: give their memory back
+     * before routing decodes the request again (for a command of many
+     * fields, each costs some 100 bytes in both). */
+    kvs_arena_reset(&r->redis_arena);
     router_route(r, req, b->data, n);
+    if (b->cap > ROUTER_REDIS_KEEP_PACK) /* routed (held or sent: copied): not kept for good */
+        kvs_buf_free(b);
     (void)cl; /* router_redis_command delivers */
 }
 
@@ -408,6 +417,22 @@ static void cmd_hexists(router_redis_t *rs, router_client_t *cl, router_req_t *r
     route_key_request(rs, req, KVS__COMMAND_REQUEST__COMMAND_HEXIST, cmd);
 }
 
+/* Refuses, before anything is built for it, a command naming more than
+ * limits.max_keys fields (`what`: "fields" or "pairs"), as router_route
+ * would refuse the request it became. Returns 1 when it did. */
+static int too_many_keys(router_redis_t *rs, router_req_t *req, const cmd_t *cmd, size_t n,
+                         const char *what)
+{
+    uint32_t max = rs->r->cfg->max_keys;
+    if (max == 0 || n <= max)
+        return 0;
+    reply_error(req,
+                "ERR %s names %zu %s, more than limits.max_keys (%u); nothing was done; send "
+                "fewer per command",
+                cmd->name, n, what, max);
+    return 1;
+}
+
 /* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
  * if_absent), several as one Hmset. */
 static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -418,6 +443,8 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     kvs_arena_t *ar = &rs->r->redis_arena;
     if ((rs->ps.argc - 2) % 2 != 0)
         return reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    if (too_many_keys(rs, req, cmd, n, "pairs"))
+        return;
     char *table = table_of(rs, req, &a[1]);
     if (table == NULL)
         return;
@@ -456,6 +483,8 @@ static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *re
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t n = rs->ps.argc - 2;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if (too_many_keys(rs, req, cmd, n, "fields"))
+        return;
     char *table = table_of(rs, req, &a[1]);
     if (table == NULL)
         return;
@@ -1728,11 +1757,96 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
     }
 }
 
+/* The key and value of an encoded Kvpair p[0..len), without decoding it.
+ * Returns 1 when it holds a key and at most one well-formed value (*has
+ * says whether it has one) and nothing else, else 0. */
+static int pair_peek(const uint8_t *p, size_t len, const uint8_t **key, size_t *klen,
+                     kvs_value_peek_t *v, int *has)
+{
+    const uint8_t *end = p + len, *x;
+    uint64_t tag;
+    size_t n;
+    *key = NULL, *klen = 0, *has = 0;
+    while (p < end) {
+        if (kvs_msg_next_field(&p, end, &tag, &x, &n) != 0)
+            return 0;
+        if (tag == (1 << 3 | 2)) {
+            *key = x, *klen = n;
+        } else if (tag == (2 << 3 | 2) && !*has) {
+            if (!kvs_msg_value_peek(x, n, v))
+                return 0;
+            *has = 1;
+        } else {
+            return 0; /* a value twice (protobuf would merge them), or anything else */
+        }
+    }
+    return *key != NULL;
+}
+
+/* The answers holding many values or pairs (HMGET; HSET and HDEL of
+ * several fields; HGETALL, HKEYS, HVALS), read without decoding them: a
+ * decoded value or pair costs some 100 to 200 bytes, where the answer may
+ * hold millions. Returns 1 when it wrote the reply (*rc its result), 0
+ * when the answer needs the full decoder (not 200, or anything unusual). */
+static int answer_list(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                       kvs_buf_t *out, int *rc)
+{
+    int rcmd = req->rcmd, has;
+    int pairs = rcmd == RC_HGETALL || rcmd == RC_HKEYS || rcmd == RC_HVALS;
+    const uint8_t *p = payload, *end = payload + len, *x, *key;
+    uint64_t tag, st = 0;
+    size_t n, klen, count = 0, empty = 0;
+    kvs_value_peek_t v;
+    if (!pairs && rcmd != RC_HMGET && rcmd != RC_HSET && rcmd != RC_HDEL)
+        return 0;
+    for (int pass = 0; pass < 2; pass++) { /* check all of it, then write */
+        for (p = payload; p < end;) {
+            if (kvs_msg_next_field(&p, end, &tag, &x, &n) != 0)
+                return 0;
+            if (tag == (1 << 3 | 0)) {
+                if (kvs_varint_get(&x, x + n, &st) != 0)
+                    return 0;
+            } else if (tag == (3 << 3 | 2) && !pairs) {
+                if (!kvs_msg_value_peek(x, n, &v))
+                    return 0;
+                count += pass == 0, empty += pass == 0 && v.kind == KVS__VALUE__KIND__NOT_SET;
+                if (pass == 1 && rcmd == RC_HMGET)
+                    bulk_peeked(out, &v, rs->resp3);
+            } else if (tag == (4 << 3 | 2) && pairs) {
+                if (!pair_peek(x, n, &key, &klen, &v, &has))
+                    return 0;
+                count += pass == 0;
+                if (pass == 1 && rcmd != RC_HVALS)
+                    kvs_redis_bulk(out, key, klen);
+                if (pass == 1 && rcmd != RC_HKEYS)
+                    has ? bulk_peeked(out, &v, rs->resp3) : kvs_redis_null(out, rs->resp3);
+            } else if (tag != (2 << 3 | 2)) { /* the message is all else there may be */
+                return 0;
+            }
+        }
+        if (pass == 1)
+            break;
+        if (st != KVS_STATUS_OK)
+            return 0;
+        if (rcmd == RC_HSET || rcmd == RC_HDEL) {
+            *rc = kvs_redis_integer(out, (int64_t)(rcmd == RC_HSET ? empty : count - empty));
+            return 1;
+        }
+        if (rcmd == RC_HGETALL)
+            kvs_redis_map(out, count, rs->resp3);
+        else
+            kvs_redis_array(out, count);
+    }
+    *rc = 0;
+    return 1;
+}
+
 int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
                         kvs_buf_t *out)
 {
     int fast_rc;
-    if (answer_fast(rs, req, payload, len, out, &fast_rc))
+    if (answer_fast(rs, req, payload, len, out, &fast_rc) ||
+        answer_list(rs, req, payload, len, out, &fast_rc))
         return fast_rc;
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);

@@ -71,6 +71,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_reads.h"
+#include "kvs_varint.h"
 #include "router.h"
 #include "router_send.h"
 
@@ -834,9 +835,17 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
 /* An Hmset or Hmdel split over shards: the merged previous values when
  * every shard applied its part; otherwise an answer that says exactly
  * which shards wrote and which did not (or may have). */
+static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena);
+
 static void merge_write(router_req_t *req, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
+    uint32_t ok = 0;
+    for (uint32_t i = 0; i < m->nparts; i++)
+        ok += !m->failed[i] &&
+              kvs_msg_answer_status(m->answers[i].data, m->answers[i].len) == KVS_STATUS_OK;
+    if (ok == m->nparts && merge_keys_raw(req, arena))
+        return; /* every shard applied its part: the previous values, merged */
     Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
     uint8_t *outcome = kvs_arena_alloc(arena, m->nparts);
     if (rs == NULL || outcome == NULL) {
@@ -873,6 +882,147 @@ static int key_cmp(const ProtobufCBinaryData *a, const ProtobufCBinaryData *b)
     size_t n = a->len < b->len ? a->len : b->len;
     int c = memcmp(a->data, b->data, n);
     return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* A pair of a part's Hgetall answer: where its encoded Kvpair and its key
+ * lie in the answer (answers <= max_frame <= 1 GiB). */
+typedef struct raw_pair_s {
+    uint32_t at, len, key, klen;
+} raw_pair_t;
+
+/* Counts (pairs == NULL) or lists the pairs of the encoded answer
+ * a[0..len), which must hold status, message and pairs only; *status is
+ * its status (message: in *msg[0..*mlen)). Returns the number of pairs, or
+ * -1 when it holds anything else or a pair has no key. */
+static ptrdiff_t answer_pairs(const uint8_t *a, size_t len, raw_pair_t *pairs, uint64_t *status,
+                              const uint8_t **msg, size_t *mlen)
+{
+    const uint8_t *p = a, *end = a + len, *v;
+    uint64_t tag;
+    size_t n, count = 0;
+    *status = 0, *msg = (const uint8_t *)"", *mlen = 0;
+    while (p < end) {
+        if (kvs_msg_next_field(&p, end, &tag, &v, &n) != 0)
+            return -1;
+        if (tag == (1 << 3 | 0)) {
+            if (kvs_varint_get(&v, v + n, status) != 0)
+                return -1;
+            continue;
+        }
+        if (tag == (2 << 3 | 2)) {
+            *msg = v, *mlen = n;
+            continue;
+        }
+        if (tag != (4 << 3 | 2))
+            return -1;
+        if (pairs != NULL) {
+            raw_pair_t *x = &pairs[count];
+            const uint8_t *q = v, *k;
+            uint64_t t;
+            size_t kn;
+            x->at = (uint32_t)(v - a), x->len = (uint32_t)n, x->key = 0, x->klen = UINT32_MAX;
+            while (q < v + n) {
+                if (kvs_msg_next_field(&q, v + n, &t, &k, &kn) != 0)
+                    return -1;
+                if (t == (1 << 3 | 2))
+                    x->key = (uint32_t)(k - a), x->klen = (uint32_t)kn; /* the last, as protobuf */
+            }
+            if (x->klen == UINT32_MAX)
+                return -1;
+        }
+        count++;
+    }
+    return (ptrdiff_t)count;
+}
+
+/* Compares the keys of pair a of answer pa and pair b of answer pb. */
+static int raw_key_cmp(const uint8_t *pa, const raw_pair_t *a, const uint8_t *pb,
+                       const raw_pair_t *b)
+{
+    size_t n = a->klen < b->klen ? a->klen : b->klen;
+    int c = memcmp(pa + a->key, pb + b->key, n);
+    return c != 0 ? c : (a->klen > b->klen) - (a->klen < b->klen);
+}
+
+/* Hgetall's merge without decoding: the parts' pairs (each part in key
+ * order) are merged by key and copied as the workers encoded them, at 16
+ * bytes per pair besides the answers (decoded, a pair costs some 200).
+ * Returns 0 when an answer holds more than status, message and pairs (it
+ * must be decoded), 1 when `req` was finished. */
+static int merge_pairs_raw(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    raw_pair_t **parts = kvs_arena_alloc(arena, m->nparts * sizeof(*parts));
+    size_t *count = kvs_arena_alloc(arena, 2 * m->nparts * sizeof(*count)), *pos, size = 3;
+    if (parts == NULL || count == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    pos = count + m->nparts;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        const uint8_t *a = m->answers[i].data, *msg;
+        size_t alen = m->answers[i].len, mlen;
+        uint64_t st;
+        if (m->failed[i]) {
+            router_req_finish_status(req, m->failed[i], "%s", (const char *)a);
+            return 1;
+        }
+        ptrdiff_t n = answer_pairs(a, alen, NULL, &st, &msg, &mlen);
+        if (n < 0 || st > UINT32_MAX)
+            return 0;
+        if (st != KVS_STATUS_OK) {
+            router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
+            return 1;
+        }
+        parts[i] = kvs_arena_alloc(arena, ((size_t)n + 1) * sizeof(**parts));
+        if (parts[i] == NULL) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            return 1;
+        }
+        if (answer_pairs(a, alen, parts[i], &st, &msg, &mlen) != n)
+            return 0;
+        count[i] = (size_t)n;
+        pos[i] = 0;
+        for (size_t k = 0; k < count[i]; k++)
+            size += 1 + kvs_varint_len(parts[i][k].len) + parts[i][k].len;
+    }
+    router_t *r = m->router;
+    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK) {
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                 "Hgetall answer would exceed limits.max_frame (%llu bytes); read "
+                                 "the table in pages with Hscan",
+                                 (unsigned long long)r->cfg->max_frame);
+        return 1;
+    }
+    req->resp.len = 0;
+    if (kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    uint8_t *o = req->resp.data;
+    kvs_frame_put_header(o, (uint32_t)size);
+    o += KVS_FRAME_HEADER;
+    o += kvs_varint_put(o, 1 << 3 | 0);
+    o += kvs_varint_put(o, KVS_STATUS_OK);
+    for (;;) {
+        uint32_t best = UINT32_MAX;
+        for (uint32_t i = 0; i < m->nparts; i++)
+            if (pos[i] < count[i] &&
+                (best == UINT32_MAX ||
+                 raw_key_cmp(m->answers[i].data, &parts[i][pos[i]], m->answers[best].data,
+                             &parts[best][pos[best]]) < 0))
+                best = i;
+        if (best == UINT32_MAX)
+            break;
+        const raw_pair_t *x = &parts[best][pos[best]++];
+        *o++ = 4 << 3 | 2;
+        o += kvs_varint_put(o, x->len);
+        memcpy(o, m->answers[best].data + x->at, x->len);
+        o += x->len;
+    }
+    req->resp.len = KVS_FRAME_HEADER + size;
+    router_req_complete(req);
+    return 1;
 }
 
 /* k-way merge of the key-ordered pairs of rs[0..nparts). */
@@ -1120,6 +1270,134 @@ static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
     finish_packed(req, &out, "Hlen", "");
 }
 
+/* A value of a part's answer: where its encoded Value lies in the answer. */
+typedef struct raw_value_s {
+    uint32_t at, len;
+} raw_value_t;
+
+/* Lists the values of part `i`'s answer (a CommandResponse holding only
+ * status, message, values and, for a split write, its position; answers
+ * <= max_frame <= 1 GiB) into v[0..want). Returns 200, its status
+ * (finishing `req` with it and its message) when it is not, or 0 when the
+ * answer holds anything else (decode it). */
+static uint32_t raw_values(router_req_t *req, uint32_t i, raw_value_t *v, size_t want)
+{
+    route_merge_t *m = req->merge;
+    const uint8_t *a = m->answers[i].data, *p = a, *end = a + m->answers[i].len, *x;
+    const uint8_t *msg = (const uint8_t *)"";
+    uint64_t tag, st = 0;
+    size_t n, mlen = 0, count = 0;
+    while (p < end) {
+        if (kvs_msg_next_field(&p, end, &tag, &x, &n) != 0)
+            return 0;
+        if (tag == (1 << 3 | 0)) {
+            if (kvs_varint_get(&x, x + n, &st) != 0 || st > UINT32_MAX || st == 0)
+                return 0;
+        } else if (tag == (2 << 3 | 2)) {
+            msg = x, mlen = n;
+        } else if (tag == (3 << 3 | 2)) {
+            if (count < want)
+                v[count] = (raw_value_t){(uint32_t)(x - a), (uint32_t)n};
+            count++;
+        } else if (tag != (6 << 3 | 2) || !is_split_write(m)) { /* position: merged apart */
+            return 0;
+        }
+    }
+    if (st != KVS_STATUS_OK) {
+        router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
+        return (uint32_t)st;
+    }
+    if (count < want) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                 "shard %u answered %zu values for more keys", m->part_shard[i],
+                                 count);
+        return KVS_STATUS_INTERNAL;
+    }
+    return KVS_STATUS_OK;
+}
+
+/* merge_keys for reads, without decoding: each part's values are copied
+ * into the merged answer as the worker encoded them, so a merge costs 8
+ * bytes per key besides the answer (decoded, a Value costs some 100).
+ * Returns 0 when an answer holds more than status, message and values and
+ * must be decoded (merge_keys); 1 when `req` was finished. */
+static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    uint32_t *first = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*first));
+    raw_value_t *v = kvs_arena_alloc(arena, m->nkeys * sizeof(*v));
+    if (first == NULL || v == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    memset(first, 0, (m->nparts + 1) * sizeof(*first));
+    for (size_t i = 0; i < m->nkeys; i++)
+        first[m->key_part[i] + 1]++;
+    for (uint32_t p = 0; p < m->nparts; p++) {
+        if (m->failed[p]) {
+            router_req_finish_status(req, m->failed[p], "%s", (const char *)m->answers[p].data);
+            return 1;
+        }
+        uint32_t st = raw_values(req, p, v + first[p], first[p + 1]);
+        if (st == 0)
+            return 0;
+        if (st != KVS_STATUS_OK)
+            return 1;
+        first[p + 1] += first[p];
+    }
+    uint8_t head[16];
+    size_t hl = kvs_varint_put(head, 1 << 3 | 0), size;
+    hl += kvs_varint_put(head + hl, KVS_STATUS_OK);
+    size = hl;
+    for (size_t i = 0; i < m->nkeys; i++) {
+        const raw_value_t *x = &v[first[m->key_part[i]] + m->key_index[i]];
+        size += 1 + kvs_varint_len(x->len) + x->len;
+    }
+    kvs_buf_t tok; /* a split write's answer carries every part's position */
+    kvs_buf_init(&tok);
+    if (is_split_write(m))
+        merge_positions(req, arena, &tok);
+    if (tok.len > 0)
+        size += 1 + kvs_varint_len(tok.len) + tok.len;
+    router_t *r = m->router;
+    req->resp.len = 0;
+    if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK ||
+        kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
+        if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK)
+            router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
+                                     "%s answer would exceed limits.max_frame (%llu bytes); ask "
+                                     "for fewer keys per request",
+                                     kvs_msg_command_name(m->cmd),
+                                     (unsigned long long)r->cfg->max_frame);
+        else
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        kvs_buf_free(&tok);
+        return 1;
+    }
+    uint8_t *o = req->resp.data;
+    kvs_frame_put_header(o, (uint32_t)size);
+    o += KVS_FRAME_HEADER;
+    memcpy(o, head, hl);
+    o += hl;
+    for (size_t i = 0; i < m->nkeys; i++) {
+        uint32_t p = m->key_part[i];
+        const raw_value_t *x = &v[first[p] + m->key_index[i]];
+        *o++ = 3 << 3 | 2;
+        o += kvs_varint_put(o, x->len);
+        memcpy(o, m->answers[p].data + x->at, x->len);
+        o += x->len;
+    }
+    if (tok.len > 0) {
+        *o++ = 6 << 3 | 2;
+        o += kvs_varint_put(o, tok.len);
+        memcpy(o, tok.data, tok.len);
+    }
+    kvs_buf_free(&tok);
+    req->resp.len = KVS_FRAME_HEADER + size;
+    router_req_complete(req);
+    return 1;
+}
+
 static void merge_finish(router_req_t *req)
 {
     route_merge_t *m = req->merge;
@@ -1138,6 +1416,12 @@ static void merge_finish(router_req_t *req)
     if (!m->anywhere && (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
                          m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL)) {
         merge_write(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
+    if (!m->anywhere &&
+        ((m->nkeys > 0 && merge_keys_raw(req, arena)) ||
+         (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HGETALL && merge_pairs_raw(req, arena)))) {
         kvs_arena_reset(arena);
         return;
     }
@@ -1225,10 +1509,13 @@ static int read_here(router_t *r, router_req_t *req, uint32_t part, uint32_t sha
     }
     kvs_buf_t *out = &r->local_out;
     out->len = 0;
-    if (!router_local_read(r->local, shard, q, b, out))
-        return 0;
-    router_route_reply(req, part, out->data + KVS_FRAME_HEADER, out->len - KVS_FRAME_HEADER, NULL);
-    return 1;
+    int done = router_local_read(r->local, shard, q, b, out);
+    if (done)
+        router_route_reply(req, part, out->data + KVS_FRAME_HEADER, out->len - KVS_FRAME_HEADER,
+                           NULL);
+    if (out->cap > REQ_KEEP_BUF) /* copied: one large answer is not kept for good */
+        kvs_buf_free(out);
+    return done;
 }
 
 /* A part goes to a local worker: until `req` is answered, its connection's
@@ -2120,11 +2407,13 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         } /* partitioner none: the full path asks every owning shard */
         received = 1;
     }
-    Kvs__CommandRequest *q = kvs_msg_decode_request(&r->arena, payload, len);
+    /* Counted first: decoding many keys is what costs memory. */
+    Kvs__CommandRequest *q = NULL;
+    uint32_t why = kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));
+    if (why == KVS_STATUS_OK && (q = kvs_msg_decode_request(&r->arena, payload, len, &why)) == NULL)
+        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
     if (q == NULL) {
-        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
-                                 "frame payload (%zu bytes) is not a valid kvs.CommandRequest",
-                                 len);
+        router_req_finish_status(req, why, "%s", msg);
     } else {
         req->cmd = q->command_case;
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));

@@ -244,7 +244,7 @@ static uint32_t refused_here(Kvs__CommandRequest__CommandCase cmd)
 static uint32_t decode_and_validate(const uint8_t *data, size_t size)
 {
     char msg[512];
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&fx.arena, data, size);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&fx.arena, data, size, NULL);
     if (req == NULL)
         return KVS_STATUS_BAD_REQUEST;
     const char *name = kvs_msg_command_name(req->command_case);

@@ -46,6 +46,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_EQ(c->sync_interval_ms, 1000);
     CHECK_EQ(c->map_size, 1ull << 30);
     CHECK_EQ(c->max_tables, 256);
+    CHECK_EQ(c->max_keys, 250000);
     CHECK_EQ(c->max_frame, 4ull << 20);
     CHECK_STR(c->kafka_brokers, "");
     CHECK_STR(c->kafka_group_id, "kvs");
@@ -202,6 +203,14 @@ KVS_TEST(shards_range_and_type)
                 "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"-1\")");
     parse_fails("cluster:\n  shards: {a: 1}\n",
                 "config.yaml:2:11: cluster.shards: expected an integer, got a mapping");
+    kvs_config_t *k = parse_ok("limits: {max_keys: 100000000}\n");
+    CHECK_EQ(k->max_keys, 100000000);
+    kvs_config_free(k);
+    parse_fails("limits: {max_keys: 0}\n", "config.yaml:1:20: limits.max_keys must be an integer "
+                                           "from 1 to 100000000 (got \"0\")");
+    parse_fails("limits: {max_keys: 100000001}\n",
+                "config.yaml:1:20: limits.max_keys must be an integer from 1 to 100000000 (got "
+                "\"100000001\")");
     parse_fails("storage: {max_tables: 32001}\n",
                 "config.yaml:1:23: storage.max_tables must be an integer from 1 to 32000 (got "
                 "\"32001\")");

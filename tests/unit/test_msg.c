@@ -18,6 +18,7 @@
 #include "kvs_msg.h"
 #include "kvs_resp.h"
 #include "kvs_test.h"
+#include "kvs_varint.h"
 
 #include <math.h>
 
@@ -131,7 +132,7 @@ static uint32_t validate_bytes(const uint8_t *p, size_t len)
 {
     kvs_arena_t a;
     kvs_arena_init(&a);
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len, NULL);
     CHECK(req != NULL);
     msg[0] = '\0';
     uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
@@ -214,7 +215,7 @@ KVS_TEST(validate_unknown_command_field)
     expect_bad_bytes(auth, sizeof(auth), "Auth.user is empty");
     static const uint8_t auth_u[] = {0x6a, 0x03, 0x0a, 0x01, 'u'};
     CHECK_EQ(validate_bytes(auth_u, sizeof(auth_u)), KVS_STATUS_OK);
-    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u));
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, auth_u, sizeof(auth_u), NULL);
     CHECK(r != NULL);
     CHECK(kvs_msg_request_table(r) == NULL);
     CHECK_STR(kvs_msg_command_name(r->command_case), "Auth");
@@ -505,9 +506,9 @@ KVS_TEST(decode_garbage_is_null)
     static const uint8_t truncated[] = {0x0a, 0x08, 0x0a, 0x01}; /* length past the end */
     kvs_arena_t a;
     kvs_arena_init(&a);
-    CHECK(kvs_msg_decode_request(&a, junk, sizeof(junk)) == NULL);
-    CHECK(kvs_msg_decode_request(&a, truncated, sizeof(truncated)) == NULL);
-    CHECK(kvs_msg_decode_request(NULL, junk, sizeof(junk)) == NULL);
+    CHECK(kvs_msg_decode_request(&a, junk, sizeof(junk), NULL) == NULL);
+    CHECK(kvs_msg_decode_request(&a, truncated, sizeof(truncated), NULL) == NULL);
+    CHECK(kvs_msg_decode_request(NULL, junk, sizeof(junk), NULL) == NULL);
     kvs_arena_close(&a);
 }
 
@@ -706,10 +707,10 @@ KVS_TEST(decode_with_arena_then_reset)
     for (int round = 0; round < 300; round++) {
         size_t n = 1 + (size_t)round % 8, len;
         uint8_t *p = pack_hmset(n, &len);
-        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len);
-        free(p); /* the decoded request owns copies in the arena */
-        check_hmset(r, n);
+        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
+        check_hmset(r, n); /* its keys and values are read where they are in p */
         CHECK_EQ(kvs_msg_validate(r, msg, sizeof(msg)), KVS_STATUS_OK);
+        free(p);
         if (round % 10 == 9)
             kvs_arena_reset(&a);
     }
@@ -718,10 +719,380 @@ KVS_TEST(decode_with_arena_then_reset)
     /* Without an arena: malloc, freed by the caller. */
     size_t len;
     uint8_t *p = pack_hmset(3, &len);
-    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, p, len);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(NULL, p, len, NULL);
     check_hmset(r, 3);
     kvs__command_request__free_unpacked(r, NULL);
     free(p);
+}
+
+/* ---- memory per request ------------------------------------------------------ */
+
+/* Appends varint v at p[*n]. */
+static void put_varint(uint8_t *p, size_t *n, uint64_t v)
+{
+    *n += kvs_varint_put(p + *n, v);
+}
+
+/* Encodes, by hand (protobuf-c would take the same memory to build it as
+ * to decode it), a request of command `cmd` (Hmget, Hmdel, Hmexist: n keys;
+ * Hmset: n pairs with integer value 1) on table "t" whose i-th key is the
+ * klen low bytes of i, so keys are distinct while n <= 256^klen. */
+static uint8_t *raw_multi(Kvs__CommandRequest__CommandCase cmd, size_t n, size_t klen, size_t *len)
+{
+    size_t elem = cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ? 2 + 2 + klen + 4 : 2 + klen;
+    size_t inner = 3 + n * elem, at = 0;
+    uint8_t *p = malloc(inner + 16);
+    CHECK(p != NULL && klen < 100);
+    put_varint(p, &at, (uint64_t)cmd << 3 | 2);
+    put_varint(p, &at, inner);
+    p[at++] = 0x0a, p[at++] = 1, p[at++] = 't';
+    for (size_t i = 0; i < n; i++) {
+        p[at++] = 0x12;
+        if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+            p[at++] = (uint8_t)(2 + klen + 4);
+            p[at++] = 0x0a;
+        }
+        p[at++] = (uint8_t)klen;
+        for (size_t b = 0; b < klen; b++)
+            p[at++] = (uint8_t)(i >> (8 * b));
+        if (cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET)
+            p[at++] = 0x12, p[at++] = 2, p[at++] = 0x18, p[at++] = 1;
+    }
+    *len = at;
+    return p;
+}
+
+/* Decodes p[0..len) into a fresh arena and checks the outcome: `want` is
+ * 200 (decoded) or 413/400 (refused); the arena never held more than
+ * `most` bytes (0: the decode budget) and a chunk. */
+static void decode_costs_at_most(const uint8_t *p, size_t len, uint32_t want, size_t most)
+{
+    kvs_arena_t a;
+    uint32_t st = 0;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, &st);
+    CHECK_EQ(r != NULL ? KVS_STATUS_OK : st, want);
+    CHECK(a.big <= (most != 0 ? most : kvs_msg_decode_budget(len)) + 16384);
+    kvs_arena_close(&a);
+    if (want != KVS_STATUS_OK) { /* malloc'ed decoding is held to the same budget */
+        st = 0;
+        CHECK(kvs_msg_decode_request(NULL, p, len, &st) == NULL);
+        CHECK_EQ(st, want);
+    }
+}
+
+static void decode_costs(const uint8_t *p, size_t len, uint32_t want)
+{
+    decode_costs_at_most(p, len, want, 0);
+}
+
+KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
+{
+    static const Kvs__CommandRequest__CommandCase cmds[] = {
+        KVS__COMMAND_REQUEST__COMMAND_HMGET, KVS__COMMAND_REQUEST__COMMAND_HMDEL,
+        KVS__COMMAND_REQUEST__COMMAND_HMEXIST, KVS__COMMAND_REQUEST__COMMAND_HMSET};
+    char text[400];
+    for (size_t c = 0; c + 1 < sizeof(cmds) / sizeof(cmds[0]); c++)
+        for (size_t klen = 0; klen <= 1; klen++) {
+            size_t len;
+            uint8_t *p = raw_multi(cmds[c], 1000000, klen, &len);
+            /* Left in place: 16 bytes a key, at most 8 times the request. */
+            decode_costs_at_most(p, len, KVS_STATUS_OK, 8 * len);
+            /* With a field protobuf-c keeps as unknown, protobuf-c decodes
+             * it, within the budget. */
+            uint8_t *last = p + len - (2 + klen); /* the last key becomes field 15: 0 */
+            last[0] = 15 << 3;
+            if (klen == 1)
+                last[1] = 0x80, last[2] = 0; /* 0 in two bytes */
+            else
+                last[1] = 0;
+            decode_costs(p, len, KVS_STATUS_TOO_LARGE);
+            free(p);
+        }
+    /* Empty pairs (Hmset), and a flood of unknown fields (a varint of
+     * field 15 inside Hmget), 2 bytes each. */
+    static const uint8_t flood[][2] = {{0x12, 0}, {15 << 3, 0}};
+    for (size_t f = 0; f < 2; f++) {
+        size_t n = 2 << 20, at = 0;
+        uint8_t *p = malloc(n + 16);
+        CHECK(p != NULL);
+        put_varint(p, &at, (f == 0 ? cmds[3] : cmds[0]) << 3 | 2);
+        put_varint(p, &at, n);
+        for (size_t i = 0; i < n; i += 2)
+            p[at++] = flood[f][0], p[at++] = flood[f][1];
+        decode_costs(p, at, KVS_STATUS_TOO_LARGE);
+        free(p);
+    }
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_TOO_LARGE, 3000000, text, sizeof(text)), 413);
+    CHECK_CONTAINS(text, "request of 3000000 bytes would take more than 62097152 bytes of memory "
+                         "to decode (20 times its size and 2 MiB)");
+    CHECK_CONTAINS(text, "nothing was done; send fewer keys per request");
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_BAD_REQUEST, 7, text, sizeof(text)), 400);
+    CHECK_STR(text, "frame payload (7 bytes) is not a valid kvs.CommandRequest");
+    CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
+}
+
+KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
+{
+    /* Keys of 2 bytes or fewer: at most 65,536 distinct, within the slack;
+     * keys of 3 bytes or more cost less than 16 times their bytes. */
+    static const struct {
+        Kvs__CommandRequest__CommandCase cmd;
+        size_t n, klen;
+    } ok[] = {
+        {KVS__COMMAND_REQUEST__COMMAND_HMGET, 65536, 2},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 65536, 2},
+        {KVS__COMMAND_REQUEST__COMMAND_HMGET, 1000000, 3},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 1000000, 3},
+        {KVS__COMMAND_REQUEST__COMMAND_HMDEL, 300000, 8},
+        {KVS__COMMAND_REQUEST__COMMAND_HMSET, 1000, 1},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        size_t len;
+        uint8_t *p = raw_multi(ok[i].cmd, ok[i].n, ok[i].klen, &len);
+        decode_costs(p, len, KVS_STATUS_OK);
+        free(p);
+    }
+    size_t len; /* garbage is still 400 */
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 10, 3, &len);
+    decode_costs(p, len - 1, KVS_STATUS_BAD_REQUEST);
+    free(p);
+}
+
+/* Checks that kvs_msg_decode_request (into an arena) reads p[0..len)
+ * exactly as protobuf-c does; returns 1 when it left the keys in p (the
+ * keys request decoder took it). */
+static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
+{
+    char m1[300] = "", m2[300] = ""; /* a valid request leaves them as they are */
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, len, NULL);
+    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, len, p);
+    CHECK((q == NULL) == (r == NULL));
+    int in_place = 0;
+    if (q != NULL) {
+        CHECK_EQ(q->command_case, r->command_case);
+        CHECK_EQ(q->accept_stale, r->accept_stale);
+        CHECK_EQ(q->min_position.len, r->min_position.len);
+        CHECK(q->min_position.len == 0 ||
+              memcmp(q->min_position.data, r->min_position.data, r->min_position.len) == 0);
+        CHECK_EQ(kvs_msg_validate(q, m1, sizeof(m1)), kvs_msg_validate(r, m2, sizeof(m2)));
+        CHECK_STR(m1, m2);
+        /* Packed again, the two are the same bytes: every field alike. */
+        size_t n1 = protobuf_c_message_get_packed_size(&q->base);
+        CHECK_EQ(n1, protobuf_c_message_get_packed_size(&r->base));
+        uint8_t *b1 = malloc(n1 + 1), *b2 = malloc(n1 + 1);
+        CHECK(b1 != NULL && b2 != NULL);
+        protobuf_c_message_pack(&q->base, b1);
+        protobuf_c_message_pack(&r->base, b2);
+        CHECK(memcmp(b1, b2, n1) == 0);
+        free(b1);
+        free(b2);
+        if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET && q->hmset->n_pairs > 0)
+            in_place = q->hmset->pairs[0]->key.len > 0 && q->hmset->pairs[0]->key.data >= p &&
+                       q->hmset->pairs[0]->key.data < p + len;
+        const char *t1 = kvs_msg_request_table(q), *t2 = kvs_msg_request_table(r);
+        CHECK((t1 == NULL) == (t2 == NULL));
+        if (t1 != NULL)
+            CHECK_STR(t1, t2);
+        if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET ||
+            q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+            q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMEXIST) {
+            const Kvs__Hmdel *x = q->hmdel, *y = r->hmdel; /* {table, n_keys, keys} alike */
+            CHECK_EQ(x->n_keys, y->n_keys);
+            for (size_t i = 0; i < x->n_keys; i++) {
+                CHECK_EQ(x->keys[i].len, y->keys[i].len);
+                CHECK(x->keys[i].len == 0 ||
+                      memcmp(x->keys[i].data, y->keys[i].data, x->keys[i].len) == 0);
+                in_place |= x->keys[i].data >= p && x->keys[i].data < p + len;
+            }
+            if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMDEL)
+                CHECK_EQ(x->answer_budget, y->answer_budget);
+        }
+        kvs__command_request__free_unpacked(r, NULL);
+    }
+    kvs_arena_close(&a);
+    return in_place;
+}
+
+KVS_TEST(hmset_decodes_in_place_as_protobuf_c_reads_it)
+{
+    size_t len;
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 40, 3, &len);
+    CHECK(decodes_as_protobuf_c(p, len));
+    free(p);
+    p = pack_hmset(8, &len); /* integers, as protobuf-c packs them */
+    CHECK(decodes_as_protobuf_c(p, len));
+    free(p);
+    /* Hmset{table "t", pairs: every kind of value, no value, an empty one,
+     * the key twice; budget, twice}, then with the options. */
+    static const uint8_t kinds[] = {
+        0x2a, 86,   0x0a, 1,    't',  0x18, 9,                            /* table, budget 9 */
+        0x12, 7,    0x0a, 1,    'a',  0x12, 2,    0x0a, 0,                /* string "" */
+        0x12, 9,    0x0a, 1,    'b',  0x12, 4,    0x12, 2,    0,    0xff, /* binary */
+        0x12, 14,   0x0a, 1,    'c',  0x12, 9,    0x21, 1,    2,    3,
+        4,    5,    6,    7,    0xbf, /* float */
+        0x12, 16,   0x0a, 1,    'd',  0x12, 11,   0x18, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,          /* integer -1 */
+        0x12, 7,    0x0a, 1,    'e',  0x12, 2,    0x28, 2, /* bool */
+        0x12, 3,    0x0a, 1,    'f',                       /* no value */
+        0x12, 5,    0x0a, 1,    'g',  0x12, 0,             /* an empty Value */
+        0x18, 0x87, 0x80, 0x80, 0x80, 0x10,                /* budget 2^32 + 7 */
+        0xa2, 0x06, 1,    9,    0xa8, 0x06, 1};
+    CHECK(decodes_as_protobuf_c(kinds, sizeof(kinds) - 7));
+    CHECK(decodes_as_protobuf_c(kinds, sizeof(kinds)));
+    /* What protobuf-c reads in its own ways: a value twice (merged), a
+     * Value of two fields (the last kind), an unknown field in a pair, a
+     * string as a varint, a key cut short. */
+    static const uint8_t odd[][24] = {
+        {0x2a, 13, 0x12, 11, 0x0a, 1, 'a', 0x12, 2, 0x18, 1, 0x12, 2, 0x28, 1},
+        {0x2a, 11, 0x12, 9, 0x0a, 1, 'a', 0x12, 4, 0x18, 1, 0x28, 1},
+        {0x2a, 7, 0x12, 5, 0x0a, 1, 'a', 0x20, 1},
+        {0x2a, 9, 0x12, 7, 0x0a, 1, 'a', 0x12, 2, 0x08, 1},
+        {0x2a, 5, 0x12, 3, 0x0a, 2, 'a'},
+    };
+    static const size_t odd_len[] = {15, 13, 9, 11, 7};
+    for (size_t i = 0; i < 5; i++)
+        CHECK(!decodes_as_protobuf_c(odd[i], odd_len[i]));
+}
+
+KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
+{
+    static const Kvs__CommandRequest__CommandCase cmds[] = {KVS__COMMAND_REQUEST__COMMAND_HMGET,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMDEL,
+                                                            KVS__COMMAND_REQUEST__COMMAND_HMEXIST};
+    uint8_t buf[512];
+    for (size_t c = 0; c < 3; c++) {
+        size_t len;
+        uint8_t *p = raw_multi(cmds[c], 50, 3, &len);
+        CHECK(decodes_as_protobuf_c(p, len)); /* the plain shape: keys left in place */
+        /* Request options, a table given twice, Hmdel's budget (twice,
+         * and past 32 bits), empty keys, no table: all read alike. */
+        static const uint8_t extra[][16] = {
+            {0xa2, 0x06, 3, 1, 2, 3, 0xa8, 0x06, 1}, /* min_position, accept_stale */
+            {0xa8, 0x06, 0x80, 0x01, 0xa2, 0x06, 0}, /* stale 128, empty position */
+            {0xa2, 0x06, 1, 9, 0xa2, 0x06, 2, 7, 7}, /* position twice */
+        };
+        static const size_t extra_len[] = {9, 7, 9};
+        for (size_t e = 0; e < 3; e++) {
+            CHECK(len + extra_len[e] <= sizeof(buf));
+            memcpy(buf, p, len);
+            memcpy(buf + len, extra[e], extra_len[e]);
+            CHECK(decodes_as_protobuf_c(buf, len + extra_len[e]));
+        }
+        free(p);
+    }
+    static const uint8_t odd[][40] = {
+        /* Hmget{table "t", table "uv", keys "a", ""} */
+        {0x1a, 12, 0x0a, 1, 't', 0x0a, 2, 'u', 'v', 0x12, 1, 'a', 0x12, 0},
+        /* Hmdel{keys "a", budget 5, budget 2^32 + 7} */
+        {0x3a, 14, 0x12, 1, 'a', 0x18, 5, 0x18, 0x87, 0x80, 0x80, 0x80, 0x10, 0x0a, 1, 'x'},
+        /* Hmexist with no table */
+        {0x4a, 3, 0x12, 1, 'k'},
+        /* Hmget with an unknown field inside; with a table as a varint */
+        {0x1a, 5, 0x12, 1, 'k', 0x20, 1},
+        {0x1a, 5, 0x12, 1, 'k', 0x08, 1},
+        /* Hmget twice; Hmget then Hget */
+        {0x1a, 3, 0x12, 1, 'a', 0x1a, 3, 0x12, 1, 'b'},
+        {0x1a, 3, 0x12, 1, 'a', 0x0a, 3, 0x12, 1, 'b'},
+        /* a fixed32 field at the top; a key cut short */
+        {0x1a, 3, 0x12, 1, 'a', 0xfd, 0x06, 1, 2, 3, 4},
+        {0x1a, 3, 0x12, 2, 'a'},
+    };
+    static const size_t odd_len[] = {14, 16, 5, 7, 7, 10, 10, 11, 5};
+    for (size_t i = 0; i < sizeof(odd_len) / sizeof(odd_len[0]); i++)
+        decodes_as_protobuf_c(odd[i], odd_len[i]);
+    CHECK(decodes_as_protobuf_c(odd[0], odd_len[0]));
+    CHECK(decodes_as_protobuf_c(odd[1], odd_len[1]));
+    CHECK(!decodes_as_protobuf_c(odd[3], odd_len[3])); /* protobuf-c's: keys copied */
+}
+
+KVS_TEST(value_decoding_is_held_to_the_budget)
+{
+    /* A Kafka record's value (format: value) is checked with
+     * kvs_msg_value_valid: a flood of unknown fields must not cost 30 times
+     * its size on the way to being refused; a large valid value decodes. */
+    size_t n = 4 << 20, at = 0;
+    uint8_t *p = malloc(n + 16);
+    Kvs__Value *v;
+    kvs_arena_t a;
+    CHECK(p != NULL);
+    kvs_arena_init(&a);
+    while (at < n)
+        p[at++] = 15 << 3, p[at++] = 0;
+    CHECK(!kvs_msg_value_valid(&a, p, at));
+    CHECK_EQ(kvs_msg_decode_value(&a, p, at, &v), KVS_EPROTO);
+    CHECK(a.big <= kvs_msg_decode_budget(at) + 16384);
+    kvs_arena_reset(&a);
+    at = 0;
+    p[at++] = 2 << 3 | 2;
+    put_varint(p, &at, n - 8);
+    memset(p + at, 0xee, n - 8);
+    at += n - 8;
+    CHECK(kvs_msg_value_valid(&a, p, at));
+    CHECK_EQ(kvs_msg_decode_value(&a, p, at, &v), 0);
+    CHECK(v->kind_case == KVS__VALUE__KIND_BINARY_VALUE && v->binary_value.len == n - 8);
+    kvs_arena_close(&a);
+    free(p);
+}
+
+KVS_TEST(count_keys_on_the_wire)
+{
+    Kvs__CommandRequest__CommandCase cmd;
+    char text[300];
+    size_t len;
+    uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMEXIST, 7, 2, &len);
+    CHECK_EQ(kvs_msg_count_keys(p, len, &cmd), 7);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMEXIST);
+    free(p);
+    p = pack_hmset(5, &len);
+    CHECK_EQ(kvs_msg_count_keys(p, len, &cmd), 5);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 5, text, sizeof(text)), KVS_STATUS_OK);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 0, text, sizeof(text)), KVS_STATUS_OK); /* no limit */
+    CHECK_EQ(kvs_msg_check_keys(p, len, 4, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_STR(text, "Hmset names 5 pairs, more than limits.max_keys (4); nothing was done; "
+                    "send fewer keys per request");
+    free(p);
+
+    /* A command field sent twice: both count (protobuf would merge them;
+     * protobuf-c keeps the last, so the count may be more, never less);
+     * an unknown fixed32 or fixed64 field before them is stepped over. */
+    uint8_t *a = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, 4, &len);
+    uint8_t twice[200];
+    size_t n = 0;
+    static const uint8_t odd[] = {0xfd, 0x06, 1, 2, 3, 4, 0xf9, 0x06, 1, 2, 3, 4, 5, 6, 7, 8};
+    memcpy(twice, odd, sizeof(odd));
+    n += sizeof(odd);
+    memcpy(twice + n, a, len), n += len;
+    memcpy(twice + n, a, len), n += len;
+    CHECK_EQ(kvs_msg_count_keys(twice, n, &cmd), 6);
+    kvs_arena_t ar;
+    kvs_arena_init(&ar);
+    Kvs__CommandRequest *r =
+        kvs_msg_decode_request(&ar, twice + sizeof(odd), n - sizeof(odd), NULL);
+    CHECK(r != NULL && r->hmget->n_keys >= 3 && r->hmget->n_keys <= 6);
+    kvs_arena_close(&ar);
+    CHECK_EQ(kvs_msg_check_keys(twice, n, 5, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_STR(text, "Hmget names 6 keys, more than limits.max_keys (5); nothing was done; "
+                    "send fewer keys per request");
+    /* Cut short: counts what it saw (the decoder refuses the rest). */
+    CHECK_EQ(kvs_msg_count_keys(twice, n - 1, &cmd), 3);
+    free(a);
+
+    /* Single-key commands and others name no key list. */
+    Kvs__Hget g = KVS__HGET__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    uint8_t buf[64];
+    g.table = "t";
+    g.key = bin("k");
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &g;
+    len = kvs__command_request__pack(&q, buf);
+    CHECK_EQ(kvs_msg_count_keys(buf, len, &cmd), 0);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND__NOT_SET);
+    CHECK_EQ(kvs_msg_check_keys(buf, len, 1, text, sizeof(text)), KVS_STATUS_OK);
 }
 
 KVS_TEST(decode_value_with_arena)
@@ -1178,7 +1549,7 @@ static int peek_agrees(const Kvs__CommandRequest *q)
     int fast = kvs_msg_peek(buf, n, &pk);
     kvs_arena_t a;
     kvs_arena_init(&a);
-    Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n);
+    Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n, NULL);
     uint32_t st = d == NULL ? 400 : kvs_msg_validate(d, m, sizeof(m));
     if (st == 200)
         st = kvs_msg_check_strings(buf, n, m, sizeof(m));
@@ -1305,7 +1676,7 @@ KVS_TEST(peek_agrees_with_full_validation)
     for (size_t i = 0; i < 4; i++) {
         kvs_arena_t a;
         kvs_arena_init(&a);
-        Kvs__CommandRequest *d = kvs_msg_decode_request(&a, odd[i], odd_len[i]);
+        Kvs__CommandRequest *d = kvs_msg_decode_request(&a, odd[i], odd_len[i], NULL);
         Kvs__Value *v = NULL;
         /* The full path refuses each: protobuf-c cannot decode it, sees no
          * known command in it, or (the Value) cannot decode it once stored. */
@@ -1537,6 +1908,11 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(arena_alignment_16), KVS_CASE(arena_reset_reuses_memory),
               KVS_CASE(arena_large_allocations), KVS_CASE(arena_impossible_size_is_null),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
+              KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
+              KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
+              KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
+              KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
+              KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
