@@ -28,7 +28,8 @@
  * in limits.frame_timeout (30 s by default: a stall, or a trickle of a few
  * bytes at a time) is given up, as is one that
  * answers an error, closes early, sends bytes that do not match, or sends
- * an environment of another shard or cluster layout. That deadline times
+ * an environment of another shard or cluster layout, or more than the disk
+ * can hold with DISK_RESERVE to spare (disk_short). That deadline times
  * the peer only: it stops while a chunk is being written and once the
  * final frame arrived (syncing a large copy may take longer), and a chunk
  * of no bytes does not move it.
@@ -69,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define MAX_WAITING 256 /* clients answered 503 at once, at most */
@@ -76,6 +78,7 @@
  * stall and a trickle are alike (a legitimate sender, even over a slow
  * link, sends this much in a fraction of a second). */
 #define MIN_PROGRESS (64u * 1024u)
+#define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
 
 typedef struct boot_s boot_t;
 
@@ -199,7 +202,7 @@ static void end_all(boot_t *b)
 static void attempt_over(boot_t *b, const char *why)
 {
     uv_timer_stop(&b->timer);
-    if (b->writing) { /* the file is in use by a thread: finish once the write returns */
+    if (b->writing) {          /* the file is in use by a thread: finish once the write returns */
         if (why != b->abandon) /* kept, cut to fit, until the write returns */
             snprintf(b->abandon, sizeof(b->abandon), "%.*s", (int)sizeof(b->abandon) - 1,
                      why ? why : "stopped");
@@ -383,6 +386,30 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
     return why;
 }
 
+/* Whether writing `n` more bytes of the copy would leave less than
+ * DISK_RESERVE free on the file system of the shard's directory: the copy
+ * stops there (why[] says so) rather than fill a disk that other shards,
+ * and the log, write to. A peer's environment may simply be larger than
+ * this disk (or the peer may send without end): either way a full disk
+ * would fail every write on it until the part file is removed. statvfs
+ * costs one system call per chunk (up to 1 MiB). */
+static int disk_short(const boot_t *b, size_t n, char *why, size_t len)
+{
+    struct statvfs st;
+    if (statvfs(b->dir, &st) != 0)
+        return 0; /* cannot tell: the write will say */
+    uint64_t avail = (uint64_t)st.f_bavail * st.f_frsize;
+    if (avail >= n + DISK_RESERVE)
+        return 0;
+    snprintf(why, len,
+             "the copy would leave less than %llu MiB free on the file system of %.300s "
+             "(%llu MiB free, %llu bytes copied so far): it stops before it fills the disk; "
+             "make room, or give this replica a larger disk",
+             DISK_RESERVE >> 20, b->dir, (unsigned long long)(avail >> 20),
+             (unsigned long long)b->got);
+    return 1;
+}
+
 static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     boot_t *b = c->data;
@@ -395,6 +422,10 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
         if (v.len == 0)
             return; /* no progress: the stall deadline runs on */
+        if (disk_short(b, v.len, why, sizeof(why))) {
+            attempt_over(b, why);
+            return;
+        }
         b->got += v.len;
         b->window_got += v.len;
         kvs_hash_update(b->hash, v.bytes, v.len);

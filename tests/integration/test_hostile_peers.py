@@ -230,6 +230,36 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # as the peer liked.
         self.assertSlowPeerGivenUp(b"x", 0.2)
 
+    def test_a_copy_stops_before_it_fills_the_disk(self):
+        # A peer whose copy is larger than this disk (here: one that sends
+        # without end) used to fill the file system the other shards and
+        # the log write to, until a write failed. The copy now stops while
+        # 64 MiB are still free. Needs a small file system: a tmpfs, which
+        # only root may mount.
+        where = []
+        least_free = []
+
+        def answer(c):
+            for _ in range(300):  # 300 MiB: more than the disk holds
+                c.sendall(chunk_frame(b"x" * (1 << 20)))
+                st = os.statvfs(where[0])
+                least_free.append(st.f_bavail * st.f_frsize)
+        peer = self.peer(answer)
+        w = self.managed(Worker(0, peer.port))
+        os.makedirs(w.data_dir)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m,mode=700", "tmpfs",
+                           w.data_dir], capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here (not root?)")
+        self.addCleanup(lambda: subprocess.run(["umount", w.data_dir], check=False))
+        self.addCleanup(w.stop)  # before the unmount
+        where.append(w.data_dir)
+        w.start()
+        self.assertGaveUpAndServes(w, "the copy would leave less than 64 MiB free on the "
+                                      "file system of %s/shard-0" % w.data_dir)
+        self.assertIn("it stops before it fills the disk", w.stderr())
+        self.assertGreater(len(least_free), 50, "the copy ran a while")
+        self.assertGreater(min(least_free), 62 << 20, "free space went below the reserve")
+
     def test_a_slow_sync_of_a_complete_copy_is_not_taken_for_a_silent_peer(self):
         # Syncing the complete copy takes 2.5 s (a test hook for a slow
         # disk) with limits.frame_timeout 1 s: the peer has sent its final
