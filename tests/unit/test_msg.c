@@ -1008,6 +1008,31 @@ KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
     CHECK(!decodes_as_protobuf_c(odd[3], odd_len[3])); /* protobuf-c's: keys copied */
 }
 
+/* A bool sent as a 10-byte varint whose last byte holds bits past 64:
+ * protobuf-c reads it true (any payload bit set), whatever the bits past
+ * 64 are. The in-place decoders must read it alike: accept_stale, an
+ * Hmset value's bool_value, and a peeked Value. */
+KVS_TEST(long_bools_read_as_protobuf_c_reads_them)
+{
+    /* Hmget{table "t", keys "k"}, accept_stale = 1 << 63 << 1 (only a bit
+     * past 64 set). */
+    static const uint8_t stale[] = {0x1a, 6,    0x0a, 1,    't',  0x12, 1,    'k',  0xa8, 0x06,
+                                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
+    CHECK(decodes_as_protobuf_c(stale, sizeof(stale)));
+    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, sizeof(stale), stale);
+    CHECK(r != NULL && r->accept_stale); /* what protobuf-c makes of it */
+    kvs__command_request__free_unpacked(r, NULL);
+    /* Hmset{table "t", pairs [{key "a", value {bool_value: the same}}]} */
+    static const uint8_t hmset[] = {0x2a, 21,   0x0a, 1,    't',  0x12, 16,   0x0a,
+                                    1,    'a',  0x12, 11,   0x28, 0x80, 0x80, 0x80,
+                                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
+    CHECK(decodes_as_protobuf_c(hmset, sizeof(hmset)));
+    kvs_value_peek_t v;
+    CHECK_EQ(kvs_msg_value_peek(hmset + 12, 11, &v), 1);
+    CHECK_EQ(v.kind, KVS__VALUE__KIND_BOOL_VALUE);
+    CHECK_EQ(v.boolean, 1);
+}
+
 KVS_TEST(value_decoding_is_held_to_the_budget)
 {
     /* A Kafka record's value (format: value) is checked with
@@ -1913,6 +1938,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
+              KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
