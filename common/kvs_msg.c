@@ -976,15 +976,19 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     }
 }
 
+static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag);
+
 int kvs_msg_frame_writes(const uint8_t *p, size_t len)
 {
-    const uint8_t *end = p + len, *v;
+    const uint8_t *end = p + len;
     uint64_t tag;
-    size_t n;
-    while (p < end) {
-        if (peek_field(&p, end, &tag, &v, &n) != 0)
+    /* Every field protobuf-c steps over is stepped over here, a 32-bit
+     * one included: it reads a bool (accept_stale) of any wire type. */
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        if (skip_field(&p, end, tag) != 0)
             return 0;
-        if ((tag & 7) == 2 && kvs_msg_is_write((Kvs__CommandRequest__CommandCase)(tag >> 3)))
+        if ((tag & 7) == 2 && tag >> 3 <= UINT32_MAX &&
+            kvs_msg_is_write((Kvs__CommandRequest__CommandCase)(tag >> 3)))
             return 1;
     }
     return 0;

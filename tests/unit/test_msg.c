@@ -1897,6 +1897,23 @@ KVS_TEST(frame_writes_finds_writes_only)
     memcpy(moved, buf + cmd_len, n - cmd_len); /* field 100, packed after the command */
     memcpy(moved + (n - cmd_len), cmd, cmd_len);
     CHECK_EQ(kvs_msg_frame_writes(moved, n), 1);
+    /* accept_stale before the command as a fixed32 (protobuf-c reads a
+     * bool of any wire type) or a fixed64: a valid Hset all the same. */
+    static const uint8_t stale32[] = {0xad, 0x06, 1, 0, 0, 0},
+                         stale64[] = {0xa9, 0x06, 1, 0, 0, 0, 0, 0, 0, 0};
+    const uint8_t *stale[] = {stale32, stale64};
+    size_t stale_len[] = {sizeof(stale32), sizeof(stale64)};
+    for (int i = 0; i < 2; i++) {
+        char m[200];
+        memcpy(moved, stale[i], stale_len[i]);
+        memcpy(moved + stale_len[i], cmd, cmd_len);
+        Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, stale_len[i] + cmd_len, moved);
+        CHECK(r != NULL && r->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
+              r->accept_stale);
+        CHECK_EQ(kvs_msg_validate(r, m, sizeof(m)), KVS_STATUS_OK);
+        kvs__command_request__free_unpacked(r, NULL);
+        CHECK_EQ(kvs_msg_frame_writes(moved, stale_len[i] + cmd_len), 1);
+    }
     hi.table = "t";
     hi.key = hp.key;
     hi.by_case = KVS__HINCR__BY_BY_INT;
