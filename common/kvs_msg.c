@@ -375,12 +375,17 @@ static Kvs__Hmset *decode_hmset(kvs_arena_t *arena, const uint8_t *body, size_t 
     const uint8_t *p = body, *end = body + len, *x, *table = NULL;
     uint64_t tag, budget = 0;
     size_t n, tlen = 0, count = 0;
+    Kvs__Kvpair kp;
+    Kvs__Value kv;
+    /* Every pair is checked before anything is allocated: memory taken
+     * for a request protobuf-c then decodes would come on top of its
+     * budget. */
     while (p < end) {
         if (peek_field(&p, end, &tag, &x, &n) != 0)
             return NULL;
         if (tag == (1 << 3 | 2))
             table = x, tlen = n;
-        else if (tag == (2 << 3 | 2))
+        else if (tag == (2 << 3 | 2) && pair_in_place(x, n, &kp, &kv) == 0)
             count++;
         else if (tag != (3 << 3 | 0) || kvs_varint_get(&x, x + n, &budget) != 0)
             return NULL;

@@ -832,6 +832,26 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
     CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
 }
 
+/* An Hmset the in-place decoder gives up on only at its last pair (a field
+ * protobuf-c keeps as unknown) costs no more than the budget all the
+ * same: what the in-place attempt took is not added to protobuf-c's. */
+KVS_TEST(decode_budget_holds_when_in_place_gives_up_late)
+{
+    for (size_t klen = 3; klen <= 8; klen += 5) {
+        size_t len;
+        uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 300000, klen, &len);
+        p[len - 2] = 7 << 3; /* the last value: {field 7: 1}, unknown */
+        kvs_arena_t a;
+        kvs_arena_init(&a);
+        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
+        CHECK(r != NULL && r->hmset->n_pairs == 300000); /* by protobuf-c: */
+        CHECK_EQ(r->hmset->pairs[299999]->value->base.n_unknown_fields, 1);
+        CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
+        kvs_arena_close(&a);
+        free(p);
+    }
+}
+
 KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
 {
     /* Keys of 2 bytes or fewer: at most 65,536 distinct, within the slack;
@@ -1952,7 +1972,9 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
               KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
-              KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
+              KVS_CASE(count_keys_on_the_wire),
+              KVS_CASE(decode_budget_holds_when_in_place_gives_up_late),
+              KVS_CASE(value_decoding_is_held_to_the_budget),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
               KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
