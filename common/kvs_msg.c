@@ -249,6 +249,17 @@ static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs
 static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                       size_t *n);
 
+/* The bool of the varint v[0..n) as protobuf-c reads it: true when any of
+ * its bits is set, those past 64 bits included (which kvs_varint_get
+ * drops: a 10-byte varint of 1 << 64 is 0 there, true here). */
+static int varint_bool(const uint8_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] & 0x7f)
+            return 1;
+    return 0;
+}
+
 /* What keys_body found in an Hmget, Hmdel or Hmexist message. */
 typedef struct keys_body_s {
     const uint8_t *table; /* NULL when absent; not terminated */
@@ -299,7 +310,8 @@ static int value_in_place(const uint8_t *p, size_t len, Kvs__Value *v)
         return 0; /* an empty Value: no kind */
     if (peek_field(&p, end, &tag, &x, &n) != 0 || p != end)
         return -1;
-    if ((tag & 7) == 0 && kvs_varint_get(&x, x + n, &u) != 0)
+    const uint8_t *at = x;
+    if ((tag & 7) == 0 && kvs_varint_get(&at, x + n, &u) != 0)
         return -1;
     switch (tag) {
     case 1 << 3 | 2:
@@ -322,7 +334,7 @@ static int value_in_place(const uint8_t *p, size_t len, Kvs__Value *v)
         return 0;
     case 5 << 3 | 0:
         v->kind_case = KVS__VALUE__KIND_BOOL_VALUE;
-        v->bool_value = u != 0;
+        v->bool_value = varint_bool(x, n);
         return 0;
     default:
         return -1;
@@ -363,12 +375,17 @@ static Kvs__Hmset *decode_hmset(kvs_arena_t *arena, const uint8_t *body, size_t 
     const uint8_t *p = body, *end = body + len, *x, *table = NULL;
     uint64_t tag, budget = 0;
     size_t n, tlen = 0, count = 0;
+    Kvs__Kvpair kp;
+    Kvs__Value kv;
+    /* Every pair is checked before anything is allocated: memory taken
+     * for a request protobuf-c then decodes would come on top of its
+     * budget. */
     while (p < end) {
         if (peek_field(&p, end, &tag, &x, &n) != 0)
             return NULL;
         if (tag == (1 << 3 | 2))
             table = x, tlen = n;
-        else if (tag == (2 << 3 | 2))
+        else if (tag == (2 << 3 | 2) && pair_in_place(x, n, &kp, &kv) == 0)
             count++;
         else if (tag != (3 << 3 | 0) || kvs_varint_get(&x, x + n, &budget) != 0)
             return NULL;
@@ -433,7 +450,9 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
             body = v, blen = n, cmd = tag >> 3;
         } else if (tag == (100 << 3 | 2)) {
             pos = v, poslen = n;
-        } else if (tag != (101 << 3 | 0) || kvs_varint_get(&v, v + n, &stale) != 0) {
+        } else if (tag == (101 << 3 | 0)) {
+            stale = varint_bool(v, n); /* peek_field read it: a whole varint */
+        } else {
             return NULL;
         }
     }
@@ -478,7 +497,7 @@ options:
     q->command_case = (Kvs__CommandRequest__CommandCase)cmd;
     if (pos != NULL)
         q->min_position = (ProtobufCBinaryData){poslen, (uint8_t *)pos};
-    q->accept_stale = stale != 0;
+    q->accept_stale = stale;
     return q;
 }
 
@@ -962,15 +981,19 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     }
 }
 
+static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag);
+
 int kvs_msg_frame_writes(const uint8_t *p, size_t len)
 {
-    const uint8_t *end = p + len, *v;
+    const uint8_t *end = p + len;
     uint64_t tag;
-    size_t n;
-    while (p < end) {
-        if (peek_field(&p, end, &tag, &v, &n) != 0)
+    /* Every field protobuf-c steps over is stepped over here, a 32-bit
+     * one included: it reads a bool (accept_stale) of any wire type. */
+    while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
+        if (skip_field(&p, end, tag) != 0)
             return 0;
-        if ((tag & 7) == 2 && kvs_msg_is_write((Kvs__CommandRequest__CommandCase)(tag >> 3)))
+        if ((tag & 7) == 2 && tag >> 3 <= UINT32_MAX &&
+            kvs_msg_is_write((Kvs__CommandRequest__CommandCase)(tag >> 3)))
             return 1;
     }
     return 0;
@@ -1146,7 +1169,7 @@ int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
             return 0;
         out->kind = tag >> 3 == 3 ? KVS__VALUE__KIND_INTEGER_VALUE : KVS__VALUE__KIND_BOOL_VALUE;
         out->integer = (int64_t)x;
-        out->boolean = x != 0;
+        out->boolean = varint_bool(v, n);
         return 1;
     case 4 << 3 | 1:
         x = 0;

@@ -76,6 +76,10 @@ typedef struct turn_rec_s {
     char peer[64];
 } turn_rec_t;
 
+/* A run's writes check their peer again once this long passed since the
+ * last check (on_frame): far below any router.timeout worth having, far
+ * above the time a write takes. */
+#define PEER_RECHECK_NS 1000000u
 #define TURN_RECS_KEEP 4096 /* a record array larger than this is given back after its turn */
 
 struct node_slot_s {
@@ -116,6 +120,7 @@ struct node_client_s {
     node_client_t *prev, *next; /* all clients */
     int streaming;              /* handed to the snapshot sender: serves nothing else */
     int peer_checked;           /* this run of frames found its peer there (on_frame) */
+    uint64_t peer_checked_ns;   /* ... at this uv_hrtime */
 };
 
 struct node_server_s {
@@ -679,13 +684,20 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
     node_slot_t *slot = NULL;
-    /* Once per run (the frames of one read), before its first write: one
-     * poll(2), paid by writes only. */
-    if (!cl->peer_checked && kvs_msg_frame_writes(payload, len)) {
-        cl->peer_checked = 1;
-        if (kvs_conn_peer_gone(c)) {
-            drop_abandoned(srv, cl);
-            return;
+    /* Before the first write of a run (the frames of one read), and again
+     * before a later one once PEER_RECHECK_NS passed since: one poll(2),
+     * paid by writes only. The worker may have hung on an earlier frame
+     * of the run (a slow disk, a hook) for long enough that the router
+     * gave up on the rest meanwhile. */
+    if (kvs_msg_frame_writes(payload, len)) {
+        uint64_t now = uv_hrtime();
+        if (!cl->peer_checked || now - cl->peer_checked_ns >= PEER_RECHECK_NS) {
+            cl->peer_checked = 1;
+            cl->peer_checked_ns = now;
+            if (kvs_conn_peer_gone(c)) {
+                drop_abandoned(srv, cl);
+                return;
+            }
         }
     }
     if (cl->head != NULL && (slot = slot_push(cl)) == NULL) {

@@ -700,17 +700,29 @@ static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8
     return count;
 }
 
-/* Some part got no answer, or was not sent: 503 (or the status its
- * failure gave), naming what is known of every shard. */
-static void write_unknown(router_req_t *req, const uint8_t *outcome, uint32_t u)
+/* Whether a part's error answer `r` says its keys may have been written
+ * after all (node_writes): Kafka acknowledged some of its records (their
+ * position is in the answer), or the worker cannot tell ("may or may
+ * not"; "other keys of this request may have been written"). */
+static int part_may_have_written(const Kvs__CommandResponse *r)
+{
+    return r->position.len > 0 || strstr(r->message, "may or may not") != NULL ||
+           strstr(r->message, "may have been written") != NULL;
+}
+
+/* Some part got no answer, was not sent, or may have written (rs[u], its
+ * answer, then says so): 503 (or the status its failure or answer gave),
+ * naming what is known of every shard. */
+static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const uint8_t *outcome,
+                          uint32_t u)
 {
     route_merge_t *m = req->merge;
     static const char *const says[] = {[PART_APPLIED] = "applied their keys",
                                        [PART_REFUSED] = "wrote nothing",
                                        [PART_UNKNOWN] = "may or may not have written"};
     char lists[3][200], why[160];
-    const char *msg = (const char *)m->answers[u].data;
-    uint32_t status = m->failed[u], n = 0;
+    const char *msg = rs[u] != NULL ? rs[u]->message : (const char *)m->answers[u].data;
+    uint32_t status = rs[u] != NULL ? rs[u]->status : m->failed[u], n = 0;
     if (status == 0) {
         snprintf(why, sizeof(why), "shard %u sent an answer that is not a CommandResponse",
                  m->part_shard[u]);
@@ -860,15 +872,18 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
         outcome[i] = rs[i] == NULL
                          ? (m->failed[i] && m->tries[i].unsent ? PART_REFUSED : PART_UNKNOWN)
                      : rs[i]->status == KVS_STATUS_OK ? PART_APPLIED
+                     : part_may_have_written(rs[i])   ? PART_UNKNOWN
                                                       : PART_REFUSED;
         applied += outcome[i] == PART_APPLIED;
         if (rs[i] != NULL && outcome[i] == PART_REFUSED && refused == UINT32_MAX)
             refused = i;
-        if (rs[i] == NULL && failed == UINT32_MAX)
+        if (outcome[i] == PART_UNKNOWN && failed == UINT32_MAX)
             failed = i;
+        else if (rs[i] == NULL && failed == UINT32_MAX)
+            failed = i; /* not sent: its failure says why */
     }
-    if (failed != UINT32_MAX) /* a shard down or silent: 503 saying what is known */
-        write_unknown(req, outcome, failed);
+    if (failed != UINT32_MAX) /* a shard down, silent or unsure: 503 saying what is known */
+        write_unknown(req, rs, outcome, failed);
     else if (refused == UINT32_MAX)
         merge_keys(req, rs, arena);
     else if (applied == 0)

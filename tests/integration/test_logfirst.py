@@ -816,6 +816,31 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertIn("fini node %d" % r.shard_of(b"k"), lines)
         self.assertIn("fini node %d" % (1 - r.shard_of(b"k")), lines)
 
+    def test_a_split_write_kafka_took_is_not_said_unwritten(self):
+        # Each shard's part of an Hmset is acknowledged by Kafka but not
+        # applied within 4/5 of router.timeout (one record applied every
+        # 3 s): each worker answers 503 "Kafka acknowledged the write ...
+        # it will be applied" with its position. The router must not merge
+        # those into "nothing was written" (nor a 207 listing the keys as
+        # not written): the parts may well have written, and here did.
+        parts = 2
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="1s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "3000"})
+        k0, k1 = keys_in_partition(0, parts, 2), keys_in_partition(1, parts, 2)
+        with r.client(timeout=20) as c:
+            # One record ahead on each partition, so the next ones wait.
+            c.pipeline([req_hset("users", k0[1], b"x"), req_hset("users", k1[1], b"x")])
+            resp = c.call(req_hmset("users", [(k0[0], b"a"), (k1[0], b"b")]))
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("Kafka acknowledged the write", resp.message)
+        self.assertNotIn("nothing was written", resp.message)
+        self.assertIn("shards 0, 1 may or may not have written", resp.message)
+        self.assertEqual(len(resp.pairs), 0)
+        vals = [(k, v) for _, _, k, v, _ in kafkatest.read_topic(m.bootstrap, "users", parts)]
+        self.assertIn((k0[0], b"a"), vals)
+        self.assertIn((k1[0], b"b"), vals)
+
     def test_cli_prints_and_takes_positions(self):
         parts = 4
         m = self.mock({"users": parts})

@@ -832,6 +832,26 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
     CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
 }
 
+/* An Hmset the in-place decoder gives up on only at its last pair (a field
+ * protobuf-c keeps as unknown) costs no more than the budget all the
+ * same: what the in-place attempt took is not added to protobuf-c's. */
+KVS_TEST(decode_budget_holds_when_in_place_gives_up_late)
+{
+    for (size_t klen = 3; klen <= 8; klen += 5) {
+        size_t len;
+        uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 300000, klen, &len);
+        p[len - 2] = 7 << 3; /* the last value: {field 7: 1}, unknown */
+        kvs_arena_t a;
+        kvs_arena_init(&a);
+        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
+        CHECK(r != NULL && r->hmset->n_pairs == 300000); /* by protobuf-c: */
+        CHECK_EQ(r->hmset->pairs[299999]->value->base.n_unknown_fields, 1);
+        CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
+        kvs_arena_close(&a);
+        free(p);
+    }
+}
+
 KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
 {
     /* Keys of 2 bytes or fewer: at most 65,536 distinct, within the slack;
@@ -1006,6 +1026,31 @@ KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
     CHECK(decodes_as_protobuf_c(odd[0], odd_len[0]));
     CHECK(decodes_as_protobuf_c(odd[1], odd_len[1]));
     CHECK(!decodes_as_protobuf_c(odd[3], odd_len[3])); /* protobuf-c's: keys copied */
+}
+
+/* A bool sent as a 10-byte varint whose last byte holds bits past 64:
+ * protobuf-c reads it true (any payload bit set), whatever the bits past
+ * 64 are. The in-place decoders must read it alike: accept_stale, an
+ * Hmset value's bool_value, and a peeked Value. */
+KVS_TEST(long_bools_read_as_protobuf_c_reads_them)
+{
+    /* Hmget{table "t", keys "k"}, accept_stale = 1 << 63 << 1 (only a bit
+     * past 64 set). */
+    static const uint8_t stale[] = {0x1a, 6,    0x0a, 1,    't',  0x12, 1,    'k',  0xa8, 0x06,
+                                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
+    CHECK(decodes_as_protobuf_c(stale, sizeof(stale)));
+    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, sizeof(stale), stale);
+    CHECK(r != NULL && r->accept_stale); /* what protobuf-c makes of it */
+    kvs__command_request__free_unpacked(r, NULL);
+    /* Hmset{table "t", pairs [{key "a", value {bool_value: the same}}]} */
+    static const uint8_t hmset[] = {0x2a, 21,   0x0a, 1,    't',  0x12, 16,   0x0a,
+                                    1,    'a',  0x12, 11,   0x28, 0x80, 0x80, 0x80,
+                                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
+    CHECK(decodes_as_protobuf_c(hmset, sizeof(hmset)));
+    kvs_value_peek_t v;
+    CHECK_EQ(kvs_msg_value_peek(hmset + 12, 11, &v), 1);
+    CHECK_EQ(v.kind, KVS__VALUE__KIND_BOOL_VALUE);
+    CHECK_EQ(v.boolean, 1);
 }
 
 KVS_TEST(value_decoding_is_held_to_the_budget)
@@ -1872,6 +1917,23 @@ KVS_TEST(frame_writes_finds_writes_only)
     memcpy(moved, buf + cmd_len, n - cmd_len); /* field 100, packed after the command */
     memcpy(moved + (n - cmd_len), cmd, cmd_len);
     CHECK_EQ(kvs_msg_frame_writes(moved, n), 1);
+    /* accept_stale before the command as a fixed32 (protobuf-c reads a
+     * bool of any wire type) or a fixed64: a valid Hset all the same. */
+    static const uint8_t stale32[] = {0xad, 0x06, 1, 0, 0, 0},
+                         stale64[] = {0xa9, 0x06, 1, 0, 0, 0, 0, 0, 0, 0};
+    const uint8_t *stale[] = {stale32, stale64};
+    size_t stale_len[] = {sizeof(stale32), sizeof(stale64)};
+    for (int i = 0; i < 2; i++) {
+        char m[200];
+        memcpy(moved, stale[i], stale_len[i]);
+        memcpy(moved + stale_len[i], cmd, cmd_len);
+        Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, stale_len[i] + cmd_len, moved);
+        CHECK(r != NULL && r->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
+              r->accept_stale);
+        CHECK_EQ(kvs_msg_validate(r, m, sizeof(m)), KVS_STATUS_OK);
+        kvs__command_request__free_unpacked(r, NULL);
+        CHECK_EQ(kvs_msg_frame_writes(moved, stale_len[i] + cmd_len), 1);
+    }
     hi.table = "t";
     hi.key = hp.key;
     hi.by_case = KVS__HINCR__BY_BY_INT;
@@ -1910,9 +1972,12 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
               KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
-              KVS_CASE(count_keys_on_the_wire), KVS_CASE(value_decoding_is_held_to_the_budget),
+              KVS_CASE(count_keys_on_the_wire),
+              KVS_CASE(decode_budget_holds_when_in_place_gives_up_late),
+              KVS_CASE(value_decoding_is_held_to_the_budget),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
+              KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
               KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),

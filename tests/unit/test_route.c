@@ -997,6 +997,63 @@ KVS_TEST(split_write_partly_applied_is_207)
     CHECK_CONTAINS(r->message, "storage is full");
 }
 
+/* A part answered with an error that says its keys may have been written
+ * (a worker whose records Kafka did not acknowledge in time, or took in
+ * part; one whose records Kafka acknowledged but it did not apply in time,
+ * which gives their position) did not write nothing: the answer is not a
+ * 207 listing its keys as not written, nor "nothing was written", but 503
+ * saying it may or may not have. */
+KVS_TEST(split_write_part_that_may_have_written_is_not_said_unwritten)
+{
+    setup();
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
+    static const char *const maybe[] = {
+        "Hmset: no acknowledgement from Kafka within 4000 ms (topic t): the write may or may "
+        "not have happened; read the keys to find out",
+        "Hmset: Kafka did not take the record of a key on topic t partition 1 (Broker: "
+        "Invalid record): that key was not written; other keys of this request may have been "
+        "written, read them to find out"};
+    for (int i = 0; i < 2; i++) {
+        route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+        reply_values_from_keys(sent_to(0));
+        reply_status(sent_to(1), 503, maybe[i]);
+        Kvs__CommandResponse *r = answer_async();
+        check_status(r, 503);
+        CHECK_CONTAINS(r->message, "shard 0 applied their keys");
+        CHECK_CONTAINS(r->message, "shard 1 may or may not have written");
+        CHECK_EQ(r->n_pairs, 0);
+        /* Every part so: not "nothing was written". */
+        route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
+        reply_status(sent_to(0), 503, maybe[i]);
+        reply_status(sent_to(1), 503, maybe[i]);
+        r = answer_async();
+        check_status(r, 503);
+        CHECK(strstr(r->message, "nothing was written") == NULL);
+        CHECK_CONTAINS(r->message, "shards 0, 1 may or may not have written");
+    }
+    /* Acknowledged, not applied in time: the answer's position says so. */
+    uint8_t tok[KVS_POS_ONE_MAX];
+    Kvs__CommandResponse late = KVS__COMMAND_RESPONSE__INIT;
+    late.status = 503;
+    late.message = "Hmset: Kafka acknowledged the write (see its position), but this worker did "
+                   "not apply it within 4000 ms; it will be applied";
+    late.position = (ProtobufCBinaryData){kvs_pos_encode_one(tok, "t", 1, 1, 7), tok};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply(sent_to(1), &late);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shard 1 may or may not have written");
+    CHECK_EQ(r->n_pairs, 0);
+    /* A refusal that says nothing of the kind is still one (207). */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 503, "the worker is shutting down; nothing was written, retry");
+    r = answer_async();
+    check_status(r, 207);
+    CHECK_CONTAINS(r->message, "the 1 key on shard 1 were not");
+}
+
 /* A 207 that does not fit max_frame leaves out the previous values first
  * (the keys not written are what a client must act on), and says so. */
 KVS_TEST(partial_answer_leaves_out_what_does_not_fit)
@@ -2559,8 +2616,8 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_split_read_retries_its_part),
               KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
               KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
-              KVS_CASE(replica_info_shows_retries), KVS_CASE(info_names_the_router_process_when_several),
-              KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(replica_info_shows_retries),
+              KVS_CASE(info_names_the_router_process_when_several), KVS_CASE(hlen_sums_every_shard),
               KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
@@ -2570,6 +2627,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(split_write_refused_before_sending),
               KVS_CASE(split_write_refused_everywhere_is_413),
               KVS_CASE(split_write_partly_applied_is_207),
+              KVS_CASE(split_write_part_that_may_have_written_is_not_said_unwritten),
               KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
               KVS_CASE(split_write_with_unknown_part_says_what_is_known),
               KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
