@@ -435,7 +435,7 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
 {
     Kvs__CommandRequest *q;
     const uint8_t *end = p + len, *v, *body = NULL, *pos = NULL;
-    uint64_t tag, cmd = 0, stale = 0;
+    uint64_t tag, cmd = 0, stale = 0, lengths = 0;
     size_t n, blen = 0, poslen = 0;
     keys_body_t kb;
     while (p < end) {
@@ -452,6 +452,8 @@ static Kvs__CommandRequest *decode_keys_request(kvs_arena_t *arena, const uint8_
             pos = v, poslen = n;
         } else if (tag == (101 << 3 | 0)) {
             stale = varint_bool(v, n); /* peek_field read it: a whole varint */
+        } else if (tag == (102 << 3 | 0)) {
+            lengths = varint_bool(v, n);
         } else {
             return NULL;
         }
@@ -498,6 +500,7 @@ options:
     if (pos != NULL)
         q->min_position = (ProtobufCBinaryData){poslen, (uint8_t *)pos};
     q->accept_stale = stale;
+    q->value_lengths = lengths;
     return q;
 }
 

@@ -15,6 +15,7 @@
  */
 #include "kvs_reads.h"
 #include "kvs_err.h"
+#include "kvs_redis.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -79,6 +80,37 @@ static int bools_too_large(const kvs_reads_src_t *src, kvs_resp_t *r, size_t n)
 
 /* ---- keys ----------------------------------------------------------------------- */
 
+void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
+{
+    kvs_value_peek_t v;
+    char num[KVS_REDIS_DOUBLE_MAX];
+    uint8_t out[16];
+    int64_t n;
+    if (!r->value_lengths || len == 0 || !kvs_msg_value_peek(enc, len, &v)) {
+        kvs_resp_value(r, enc, len); /* a stored value always peeks: it was checked */
+        return;
+    }
+    switch (v.kind) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        n = (int64_t)v.len;
+        break;
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        n = snprintf(num, sizeof(num), "%lld", (long long)v.integer);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        n = (int64_t)kvs_redis_format_double(num, v.real);
+        break;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        n = 1;
+        break;
+    default: /* an empty Value: none */
+        kvs_resp_value(r, NULL, 0);
+        return;
+    }
+    kvs_resp_value(r, out, kvs_value_encode_int(out, n));
+}
+
 int kvs_reads_key(const kvs_reads_src_t *src, Kvs__CommandRequest__CommandCase cmd,
                   const char *table, const void *key, size_t klen, kvs_resp_t *r)
 {
@@ -93,7 +125,7 @@ int kvs_reads_key(const kvs_reads_src_t *src, Kvs__CommandRequest__CommandCase c
         not_found(r, table, key, klen);
     } else {
         kvs_resp_status(r, KVS_STATUS_OK);
-        kvs_resp_value(r, v.p, v.len);
+        kvs_reads_stored(r, v.p, v.len);
     }
     return 0;
 }
@@ -107,7 +139,7 @@ static int hmget(const kvs_reads_src_t *src, const Kvs__Hmget *m, kvs_resp_t *r)
         int rc = src->get(src->arg, m->table, m->keys[i].data, m->keys[i].len, &v);
         if (rc != 0 && rc != KVS_ENOTFOUND)
             return rc;
-        kvs_resp_value(r, rc == 0 ? v.p : NULL, rc == 0 ? v.len : 0);
+        kvs_reads_stored(r, rc == 0 ? v.p : NULL, rc == 0 ? v.len : 0);
         size_t now = kvs_resp_size(r);
         if (now <= src->max_frame)
             continue;
@@ -258,6 +290,7 @@ static int hscan(const kvs_reads_src_t *src, const Kvs__Hscan *m, kvs_resp_t *r)
 
 int kvs_reads_execute(const kvs_reads_src_t *src, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
+    r->value_lengths = req->value_lengths;
     switch (req->command_case) {
     case KVS__COMMAND_REQUEST__COMMAND_HGET:
         return kvs_reads_key(src, req->command_case, req->hget->table, req->hget->key.data,

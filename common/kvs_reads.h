@@ -51,6 +51,13 @@ int kvs_reads_is_read(Kvs__CommandRequest__CommandCase cmd);
  * source's error (then abort `r`: what it holds is partial). */
 int kvs_reads_execute(const kvs_reads_src_t *src, const Kvs__CommandRequest *req, kvs_resp_t *r);
 
+/* Appends a stored value (its encoded bytes; len 0: none) to `values`, or,
+ * when r->value_lengths (CommandRequest.value_lengths), the length of its
+ * text as an integer_value: bytes of a string or binary value, decimal
+ * digits of a number (a float as Redis prints it), 1 for a bool. Every
+ * answer holding stored values uses this, on workers and in the router. */
+void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len);
+
 /* Hget or Hexist of key[0..klen) in `table` (NUL-terminated), from a
  * request's wire bytes (kvs_msg_peek): the same answer as
  * kvs_reads_execute gives the decoded request. Same returns. */

@@ -64,6 +64,7 @@ void kvs_resp_begin(kvs_resp_t *r, kvs_buf_t *out)
     r->out = out;
     r->start = out->len;
     r->err = 0;
+    r->value_lengths = 0;
     if (room(r, KVS_FRAME_HEADER) != NULL)
         out->len += KVS_FRAME_HEADER;
 }

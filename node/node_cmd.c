@@ -89,7 +89,7 @@ static int append_stored(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table,
     }
     if (rc != 0)
         return rc;
-    kvs_resp_value(r, v.p, v.len);
+    kvs_reads_stored(r, v.p, v.len);
     return 1;
 }
 
@@ -596,6 +596,7 @@ int node_cmd_execute(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_bu
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_AUTH)
         return run_auth(ctx, req->auth, out);
     kvs_resp_begin(&r, out);
+    r.value_lengths = req->value_lengths;
     size_t c = (size_t)req->command_case;
     int rc = KVS_EINVAL;
     if (c < sizeof(commands) / sizeof(commands[0]) && commands[c] != NULL)

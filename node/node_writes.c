@@ -45,6 +45,7 @@
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
+#include "kvs_reads.h"
 #include "kvs_resp.h"
 #include "node_produce.h"
 
@@ -77,8 +78,9 @@ struct wreq_s {
     Kvs__CommandRequest__CommandCase cmd;
     const kvs_binding_t *b;
     uint64_t deadline;
-    size_t n, left; /* records, records not settled */
-    rec_t *recs[];  /* in request order */
+    int value_lengths; /* CommandRequest.value_lengths: previous values as lengths */
+    size_t n, left;    /* records, records not settled */
+    rec_t *recs[];     /* in request order */
 };
 
 struct node_writes_s {
@@ -272,8 +274,9 @@ static void wreq_succeed(node_writes_t *wr, wreq_t *w)
     out->len = 0;
     kvs_resp_begin(&r, out);
     kvs_resp_status(&r, KVS_STATUS_OK);
+    r.value_lengths = w->value_lengths;
     for (size_t i = 0; i < w->n; i++)
-        kvs_resp_value(&r, w->recs[i]->prev.data, w->recs[i]->prev.len);
+        kvs_reads_stored(&r, w->recs[i]->prev.data, w->recs[i]->prev.len);
     int rc = position_of(w, &tok);
     if (rc == 0)
         kvs_resp_position(&r, tok.data, tok.len);
@@ -708,6 +711,7 @@ static wreq_t *wreq_new(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     if (w == NULL)
         return NULL;
     w->cmd = req->command_case;
+    w->value_lengths = req->value_lengths;
     w->b = b;
     w->n = w->left = n;
     for (size_t i = 0; i < n; i++) {

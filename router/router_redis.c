@@ -400,6 +400,11 @@ static void route_key_request(router_redis_t *rs, router_req_t *req,
     b->len = 0;
     if (kvs_msg_encode_key_request(b, kc, a[1].p, a[1].len, a[2].p, a[2].len) != 0)
         return oom(req);
+    if (cmd->rcmd == RC_HSTRLEN) { /* the length, not the value: CommandRequest.value_lengths */
+        static const uint8_t lengths[] = {0xb0, 0x06, 0x01}; /* field 102, varint 1 */
+        if (kvs_buf_append(b, lengths, sizeof(lengths)) != 0)
+            return oom(req);
+    }
     req->rcmd = (uint8_t)cmd->rcmd;
     router_route(rs->r, req, b->data, b->len);
 }
@@ -465,6 +470,7 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         one.table = table;
         one.pair = pp[0];
         one.if_absent = cmd->rcmd == RC_HSETNX;
+        q.value_lengths = cmd->rcmd == RC_HSETNX; /* whether it was there, not its bytes */
         q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
         q.hset = &one;
     } else {
@@ -1659,10 +1665,12 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     case RC_EXISTS:
         n = v0 != NULL ? (size_t)v0->integer_value : 0;
         return kvs_redis_integer(out, req->rcmd == RC_EXISTS ? n > 0 : (int64_t)n);
-    case RC_HSTRLEN:
+    case RC_HSTRLEN: /* asked with value_lengths: values[0] is the length */
         if (is_empty(v0))
             return kvs_redis_integer(out, 0);
-        value_text(v0, num, &p, &n);
+        if (v0->kind_case == KVS__VALUE__KIND_INTEGER_VALUE)
+            return kvs_redis_integer(out, v0->integer_value);
+        value_text(v0, num, &p, &n); /* a worker that ignored value_lengths */
         return kvs_redis_integer(out, (int64_t)n);
     case RC_HINCRBY:
         return kvs_redis_integer(out, v0 != NULL ? v0->integer_value : 0);
@@ -1747,10 +1755,9 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
     case RC_HSETNX:
         *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND__NOT_SET);
         return 1;
-    default: /* RC_HSTRLEN */
-        if (v.kind == KVS__VALUE__KIND_STRING_VALUE || v.kind == KVS__VALUE__KIND_BINARY_VALUE ||
-            v.kind == KVS__VALUE__KIND__NOT_SET) {
-            *rc = kvs_redis_integer(out, (int64_t)v.len);
+    default: /* RC_HSTRLEN: asked with value_lengths, so the length itself */
+        if (v.kind == KVS__VALUE__KIND_INTEGER_VALUE || v.kind == KVS__VALUE__KIND__NOT_SET) {
+            *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND__NOT_SET ? 0 : v.integer);
             return 1;
         }
         return 0;

@@ -1619,6 +1619,7 @@ static int build_subrequest(router_t *r, const Kvs__CommandRequest *q, const siz
     sub->command_case = q->command_case;
     sub->min_position = q->min_position; /* every part reads at least as fresh */
     sub->accept_stale = q->accept_stale;
+    sub->value_lengths = q->value_lengths;
     if (q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
         Kvs__Hmset *m = kvs_arena_alloc(a, sizeof(*m));
         Kvs__Kvpair **pairs = kvs_arena_alloc(a, n * sizeof(*pairs));

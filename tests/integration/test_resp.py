@@ -234,6 +234,49 @@ class LargeValuesTest(RespTestCase):
                 r.close()
 
 
+    def test_hstrlen_and_hsetnx_do_not_move_the_value(self):
+        # HSTRLEN and HSETNX ask for the value's length only
+        # (CommandRequest.value_lengths), so a value larger than one answer
+        # may now hold (stored under a larger limits.max_frame) is measured
+        # and found there, and a small command never makes a worker send a
+        # large value to the router. The protobuf Hget with value_lengths
+        # answers the same, from a worker or from the router's own read.
+        for local in ("true", "false"):
+            with self.subTest(local_reads=local):
+                self.rport = free_port()
+                r = self.router(shards=2, max_frame="4MiB",
+                                router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport,
+                                             "local_reads: %s" % local])
+                c = self.redis()
+                self.assertEqual(c.hset("big", "f", b"v" * 3000000), 1)
+                self.assertEqual(c.hset("big", "n", -1234), 1)
+                c.close()
+                self.assertEqual(r.stop(), 0, r.stderr())
+                with open(r.config) as f:
+                    text = f.read()
+                self.assertIn("max_frame: 4MiB", text)
+                with open(r.config, "w") as f:
+                    f.write(text.replace("max_frame: 4MiB", "max_frame: 1MiB"))
+                r.start()
+                c = self.redis()
+                with self.assertRaises(redis.ResponseError) as e:
+                    c.hget("big", "f")
+                self.assertIn("limits.max_frame", str(e.exception))
+                self.assertEqual(c.hstrlen("big", "f"), 3000000)
+                self.assertEqual(c.hstrlen("big", "n"), 5)
+                self.assertEqual(c.hstrlen("big", "none"), 0)
+                self.assertFalse(c.hsetnx("big", "f", "x"))
+                self.assertTrue(c.hsetnx("big", "g", "x"))
+                self.assertEqual(c.hget("big", "g"), b"x")
+                with r.client() as pbc:
+                    q = req_hget("big", b"f")
+                    q.value_lengths = True
+                    a = pbc.call(q)
+                    self.assertEqual(a.status, 200, a.message)
+                    self.assertEqual(a.values[0].integer_value, 3000000)
+                r.close()
+
+
 class RedisCliTest(RespTestCase):
     def test_one_shot(self):
         self.resp_router()

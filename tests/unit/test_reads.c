@@ -188,6 +188,56 @@ KVS_TEST(keys_only_answers_keys_without_their_values)
     kvs_arena_close(&arena);
 }
 
+/* kvs_reads_stored's answer for one stored value: its integer_value, or
+ * -1 for an empty Value. */
+static int64_t stored_length(const uint8_t *enc, size_t len)
+{
+    kvs_resp_t r;
+    out.len = 0;
+    kvs_resp_begin(&r, &out);
+    r.value_lengths = 1;
+    kvs_resp_status(&r, 200);
+    kvs_reads_stored(&r, enc, len);
+    CHECK_EQ(kvs_resp_end(&r), 0);
+    Kvs__CommandResponse *a = kvs__command_response__unpack(&arena.pb, out.len - KVS_FRAME_HEADER,
+                                                            out.data + KVS_FRAME_HEADER);
+    CHECK(a != NULL && a->n_values == 1);
+    if (a->values[0]->kind_case == KVS__VALUE__KIND__NOT_SET)
+        return -1;
+    CHECK_EQ(a->values[0]->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+    return a->values[0]->integer_value;
+}
+
+KVS_TEST(value_lengths_answer_each_stored_value_by_the_length_of_its_text)
+{
+    int rc;
+    uint8_t enc[64];
+    kvs_arena_init(&arena);
+    CHECK_EQ(stored_length(enc, kvs_value_encode_bytes(enc, 1, "h\xc3\xa9llo", 6)), 6);
+    CHECK_EQ(stored_length(enc, kvs_value_encode_bytes(enc, 0, "\0\1", 2)), 2);
+    CHECK_EQ(stored_length(enc, kvs_value_encode_bytes(enc, 1, "", 0)), 0);
+    CHECK_EQ(stored_length(enc, kvs_value_encode_int(enc, -1234)), 5);
+    CHECK_EQ(stored_length(enc, kvs_value_encode_float(enc, 0.1)), 3); /* "0.1", as HGET shows */
+    CHECK_EQ(stored_length(enc, kvs_value_encode_bool(enc, 1)), 1);
+    CHECK_EQ(stored_length(NULL, 0), -1); /* absent */
+    /* Through Hget and Hmget: the fake's values are strings. */
+    Kvs__Hmget m = KVS__HMGET__INIT;
+    ProtobufCBinaryData keys[2] = {{1, (uint8_t *)"b"}, {1, (uint8_t *)"z"}};
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    q.hmget = &m;
+    q.value_lengths = 1;
+    m.table = TABLE;
+    m.keys = keys;
+    m.n_keys = 2;
+    Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+    CHECK_EQ(a->n_values, 2);
+    CHECK_EQ(a->values[0]->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+    CHECK_EQ((size_t)a->values[0]->integer_value, strlen(fake.vals[1]));
+    CHECK_EQ(a->values[1]->kind_case, KVS__VALUE__KIND__NOT_SET);
+    kvs_arena_close(&arena);
+}
+
 KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 {
     int rc;
@@ -221,4 +271,5 @@ KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor),
               KVS_CASE(answers_past_max_frame_are_413),
               KVS_CASE(keys_only_answers_keys_without_their_values),
+              KVS_CASE(value_lengths_answer_each_stored_value_by_the_length_of_its_text),
               KVS_CASE(a_source_error_is_returned_with_nothing_answered))
