@@ -686,6 +686,23 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             for k, v in acked.items():
                 self.assertEqual(pyval(c.hget("users", k).values[0]), v)
 
+    def test_value_lengths_answers_previous_values_by_length(self):
+        # CommandRequest.value_lengths on a log-first write: the answer
+        # (built once the record is applied) gives the previous value's
+        # length, not its bytes; without it, the bytes.
+        m = self.mock({"users": 4})
+        r = self.router(m, [("users", "users", "raw", 4)], shards=2)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"\xff" * 100000).status, 200)
+            q = req_hset("users", b"k", b"short")
+            q.value_lengths = True
+            resp = c.call(q)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(resp.values[0].integer_value, 100000)
+            self.assertTrue(resp.position, "a position, as every log-first write has")
+            resp = c.call(req_hset("users", b"k", b"y"))
+            self.assertEqual(pyval(resp.values[0]), b"short")
+
     def test_broker_down_answers_may_or_may_not(self):
         parts = 4
         m = self.mock({"users": parts}, control=True)
