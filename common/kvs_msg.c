@@ -14,6 +14,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_pos.h"
+#include "kvs_redis.h"
 #include "kvs_varint.h"
 
 #include <errno.h>
@@ -1145,6 +1146,31 @@ int kvs_msg_answer_peek(const uint8_t *p, size_t len, kvs_answer_peek_t *out)
         }
     }
     return 1;
+}
+
+size_t kvs_msg_value_text(const kvs_value_peek_t *v, char *num, const uint8_t **text)
+{
+    size_t n;
+    switch (v->kind) {
+    case KVS__VALUE__KIND_STRING_VALUE:
+    case KVS__VALUE__KIND_BINARY_VALUE:
+        *text = v->bytes;
+        return v->len;
+    case KVS__VALUE__KIND_INTEGER_VALUE:
+        n = (size_t)snprintf(num, KVS_REDIS_DOUBLE_MAX, "%lld", (long long)v->integer);
+        break;
+    case KVS__VALUE__KIND_FLOAT_VALUE:
+        n = kvs_redis_format_double(num, v->real);
+        break;
+    case KVS__VALUE__KIND_BOOL_VALUE:
+        n = (size_t)snprintf(num, KVS_REDIS_DOUBLE_MAX, "%d", v->boolean ? 1 : 0);
+        break;
+    default:
+        n = 0;
+        break;
+    }
+    *text = (const uint8_t *)num;
+    return n;
 }
 
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)

@@ -176,6 +176,13 @@ typedef struct kvs_value_peek_s {
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
+/* A value as Redis clients see it (HGET, HSTRLEN): the bytes of a string
+ * or binary value, a number in decimal (a float as
+ * kvs_redis_format_double writes it), a bool as "1" or "0". Sets *text
+ * (into the value, or into `num` of KVS_REDIS_DOUBLE_MAX bytes) and
+ * returns its length; an empty Value is "" (check `kind` for it). */
+size_t kvs_msg_value_text(const kvs_value_peek_t *v, char *num, const uint8_t **text);
+
 /* Reads the field at *p (before `end`) of an encoded message: its tag,
  * and its value v[0..n) (a varint's or fixed64's bytes, a length-delimited
  * field's contents), moving *p past it. Returns 0, or -1 when the bytes

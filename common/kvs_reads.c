@@ -84,31 +84,16 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
 {
     kvs_value_peek_t v;
     char num[KVS_REDIS_DOUBLE_MAX];
+    const uint8_t *text;
     uint8_t out[16];
-    int64_t n;
-    if (!r->value_lengths || len == 0 || !kvs_msg_value_peek(enc, len, &v)) {
-        kvs_resp_value(r, enc, len); /* a stored value always peeks: it was checked */
+    /* A stored value always peeks (it was checked); an empty one stays empty. */
+    if (!r->value_lengths || len == 0 || !kvs_msg_value_peek(enc, len, &v) ||
+        v.kind == KVS__VALUE__KIND__NOT_SET) {
+        kvs_resp_value(r, enc, len);
         return;
     }
-    switch (v.kind) {
-    case KVS__VALUE__KIND_STRING_VALUE:
-    case KVS__VALUE__KIND_BINARY_VALUE:
-        n = (int64_t)v.len;
-        break;
-    case KVS__VALUE__KIND_INTEGER_VALUE:
-        n = snprintf(num, sizeof(num), "%lld", (long long)v.integer);
-        break;
-    case KVS__VALUE__KIND_FLOAT_VALUE:
-        n = (int64_t)kvs_redis_format_double(num, v.real);
-        break;
-    case KVS__VALUE__KIND_BOOL_VALUE:
-        n = 1;
-        break;
-    default: /* an empty Value: none */
-        kvs_resp_value(r, NULL, 0);
-        return;
-    }
-    kvs_resp_value(r, out, kvs_value_encode_int(out, n));
+    size_t n = kvs_msg_value_text(&v, num, &text);
+    kvs_resp_value(r, out, kvs_value_encode_int(out, (int64_t)n));
 }
 
 int kvs_reads_key(const kvs_reads_src_t *src, Kvs__CommandRequest__CommandCase cmd,

@@ -1490,29 +1490,25 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
  * for numbers and bools (`num` holds KVS_REDIS_DOUBLE_MAX bytes). */
 static void value_text(const Kvs__Value *v, char *num, const uint8_t **p, size_t *n)
 {
+    kvs_value_peek_t pv = {.kind = v->kind_case};
     switch (v->kind_case) {
     case KVS__VALUE__KIND_STRING_VALUE:
-        *p = v->string_value.data;
-        *n = v->string_value.len;
-        return;
+        pv.bytes = v->string_value.data, pv.len = v->string_value.len;
+        break;
     case KVS__VALUE__KIND_BINARY_VALUE:
-        *p = v->binary_value.data;
-        *n = v->binary_value.len;
-        return;
+        pv.bytes = v->binary_value.data, pv.len = v->binary_value.len;
+        break;
     case KVS__VALUE__KIND_INTEGER_VALUE:
-        *n = (size_t)snprintf(num, 32, "%lld", (long long)v->integer_value);
+        pv.integer = v->integer_value;
         break;
     case KVS__VALUE__KIND_FLOAT_VALUE:
-        *n = kvs_redis_format_double(num, v->float_value);
-        break;
-    case KVS__VALUE__KIND_BOOL_VALUE:
-        *n = (size_t)snprintf(num, 32, "%d", v->bool_value ? 1 : 0);
+        pv.real = v->float_value;
         break;
     default:
-        *n = 0;
+        pv.boolean = v->bool_value;
         break;
     }
-    *p = (const uint8_t *)num;
+    *n = kvs_msg_value_text(&pv, num, p);
 }
 
 static int bulk_value(kvs_buf_t *out, const Kvs__Value *v, int resp3)
@@ -1697,24 +1693,11 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
 static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
 {
     char num[KVS_REDIS_DOUBLE_MAX];
-    size_t n;
-    switch (v->kind) {
-    case KVS__VALUE__KIND__NOT_SET:
+    const uint8_t *text;
+    if (v->kind == KVS__VALUE__KIND__NOT_SET)
         return kvs_redis_null(out, resp3);
-    case KVS__VALUE__KIND_STRING_VALUE:
-    case KVS__VALUE__KIND_BINARY_VALUE:
-        return kvs_redis_bulk(out, v->bytes, v->len);
-    case KVS__VALUE__KIND_INTEGER_VALUE:
-        n = (size_t)snprintf(num, sizeof(num), "%lld", (long long)v->integer);
-        break;
-    case KVS__VALUE__KIND_FLOAT_VALUE:
-        n = kvs_redis_format_double(num, v->real);
-        break;
-    default:
-        n = (size_t)snprintf(num, sizeof(num), "%d", v->boolean ? 1 : 0);
-        break;
-    }
-    return kvs_redis_bulk(out, num, n);
+    size_t n = kvs_msg_value_text(v, num, &text);
+    return kvs_redis_bulk(out, text, n);
 }
 
 /* HGET or HSTRLEN of a missing field (or table): nil or 0, as Redis. */
