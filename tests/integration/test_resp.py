@@ -22,11 +22,11 @@ BENCH = "redis-benchmark"
 
 
 class RespTestCase(RouterTestCase):
-    def resp_router(self, shards=2, extra=""):
+    def resp_router(self, shards=2, extra="", router_yaml=(), **kw):
         self.rport = free_port()
         r = self.router(shards=shards,
-                        router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport],
-                        extra_yaml=extra)
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport] + list(router_yaml),
+                        extra_yaml=extra, **kw)
         self.r = r
         return r
 
@@ -210,10 +210,7 @@ class LargeValuesTest(RespTestCase):
         # keys, whether the router reads its shards itself or asks them.
         for local in ("true", "false"):
             with self.subTest(local_reads=local):
-                self.rport = free_port()
-                r = self.router(shards=2, max_frame="1MiB",
-                                router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport,
-                                             "local_reads: %s" % local])
+                r = self.resp_router(max_frame="1MiB", router_yaml=["local_reads: " + local])
                 c = self.redis()
                 fields = [b"f%d" % i for i in range(8)]
                 for f in fields:
@@ -243,10 +240,7 @@ class LargeValuesTest(RespTestCase):
         # answers the same, from a worker or from the router's own read.
         for local in ("true", "false"):
             with self.subTest(local_reads=local):
-                self.rport = free_port()
-                r = self.router(shards=2, max_frame="4MiB",
-                                router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport,
-                                             "local_reads: %s" % local])
+                r = self.resp_router(max_frame="4MiB", router_yaml=["local_reads: " + local])
                 c = self.redis()
                 self.assertEqual(c.hset("big", "f", b"v" * 3000000), 1)
                 self.assertEqual(c.hset("big", "n", -1234), 1)
