@@ -119,8 +119,7 @@ struct node_client_s {
     node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
     int streaming;              /* handed to the snapshot sender: serves nothing else */
-    int peer_checked;           /* this run of frames found its peer there (on_frame) */
-    uint64_t peer_checked_ns;   /* ... at this uv_hrtime */
+    uint64_t peer_checked_ns;   /* uv_hrtime this run of frames found its peer there; 0: not yet */
 };
 
 struct node_server_s {
@@ -676,7 +675,7 @@ static void drop_abandoned(node_server_t *srv, node_client_t *cl)
 static void on_delivered(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
-    cl->peer_checked = 0;
+    cl->peer_checked_ns = 0;
 }
 
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
@@ -691,8 +690,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
      * gave up on the rest meanwhile. */
     if (kvs_msg_frame_writes(payload, len)) {
         uint64_t now = uv_hrtime();
-        if (!cl->peer_checked || now - cl->peer_checked_ns >= PEER_RECHECK_NS) {
-            cl->peer_checked = 1;
+        if (cl->peer_checked_ns == 0 || now - cl->peer_checked_ns >= PEER_RECHECK_NS) {
             cl->peer_checked_ns = now;
             if (kvs_conn_peer_gone(c)) {
                 drop_abandoned(srv, cl);
