@@ -25,6 +25,7 @@
 #define F_CURSOR 5
 #define F_POSITION 6
 #define F_OPS 7
+#define F_OUTCOME_UNKNOWN 8
 /* Kvpair fields */
 #define F_PAIR_KEY 1
 #define F_PAIR_VALUE 2
@@ -171,6 +172,16 @@ void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len)
 void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len)
 {
     put_len_field(r, F_OPS, packed, len);
+}
+
+void kvs_resp_outcome_unknown(kvs_resp_t *r)
+{
+    uint8_t *d = room(r, 2);
+    if (d == NULL)
+        return;
+    d[0] = F_OUTCOME_UNKNOWN << 3 | WT_VARINT;
+    d[1] = 1;
+    r->out->len += 2;
 }
 
 size_t kvs_resp_size(const kvs_resp_t *r)

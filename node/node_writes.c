@@ -230,7 +230,12 @@ static int position_of(const wreq_t *w, kvs_buf_t *tok)
 /* Answers `w` (the answer is in its slot already, or `status` != 0 writes
  * one with `msg` and the position so far) and frees it; its records stay
  * until their reports come. */
-static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, const char *msg)
+/* Whether an error answer says the write may or may not have happened
+ * (CommandResponse.outcome_unknown); else its message and position say
+ * what was written. */
+enum { OUTCOME_KNOWN = 0, OUTCOME_UNKNOWN = 1 };
+
+static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, int unknown, const char *msg)
 {
     kvs_buf_t *out = node_slot_buf(w->slot);
     if (status != 0 && node_slot_wanted(w->slot)) {
@@ -241,6 +246,8 @@ static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, const char *
         kvs_resp_begin(&r, out);
         kvs_resp_status(&r, status);
         kvs_resp_message(&r, "%s", msg);
+        if (unknown)
+            kvs_resp_outcome_unknown(&r);
         if (position_of(w, &tok) == 0)
             kvs_resp_position(&r, tok.data, tok.len);
         if (kvs_resp_end(&r) != 0)
@@ -284,16 +291,24 @@ static void wreq_succeed(node_writes_t *wr, wreq_t *w)
     rc = rc != 0 ? rc : kvs_resp_end(&r);
     kvs_buf_free(&tok);
     if (rc == 0 && size <= wr->max_frame) {
-        wreq_end(wr, w, 0, NULL);
+        wreq_end(wr, w, 0, OUTCOME_KNOWN, NULL);
         return;
     }
+    /* Applied, but its answer cannot be sent: not 413, which says nothing
+     * was written. A previous value this large was stored while max_frame
+     * was larger (the check before producing priced it otherwise). */
     if (rc == 0)
         snprintf(msg, sizeof(msg),
-                 "%s was applied, but the previous values it replaced do not fit in an answer of "
-                 "limits.max_frame (%zu bytes); send fewer keys per request",
-                 kvs_msg_command_name(w->cmd), wr->max_frame);
-    wreq_end(wr, w, rc == 0 ? KVS_STATUS_TOO_LARGE : KVS_STATUS_INTERNAL,
-             rc == 0 ? msg : "server out of memory");
+                 "%s was applied (see its position), but the previous value%s it replaced do%s "
+                 "not fit in an answer of limits.max_frame (%zu bytes)%s",
+                 kvs_msg_command_name(w->cmd), w->n > 1 ? "s" : "", w->n > 1 ? "" : "es",
+                 wr->max_frame, w->n > 1 ? "; send fewer keys per request" : "");
+    else
+        snprintf(msg, sizeof(msg),
+                 "%s was applied (see its position), but the worker ran out of memory for its "
+                 "answer",
+                 kvs_msg_command_name(w->cmd));
+    wreq_end(wr, w, KVS_STATUS_INTERNAL, OUTCOME_KNOWN, msg);
 }
 
 /* A record is acked and committed. */
@@ -329,7 +344,8 @@ static void on_delivery(void *arg, const node_delivery_t *d)
             w->n > 1 ? "that key was not written; other keys of this request may have been "
                        "written, read them to find out"
                      : "the write did not happen");
-        wreq_end(wr, w, d->too_large ? KVS_STATUS_TOO_LARGE : KVS_STATUS_UNAVAILABLE, msg);
+        wreq_end(wr, w, d->too_large ? KVS_STATUS_TOO_LARGE : KVS_STATUS_UNAVAILABLE,
+                 w->n > 1 ? OUTCOME_UNKNOWN : OUTCOME_KNOWN, msg);
         return;
     }
     if (!d->ok) {
@@ -339,7 +355,7 @@ static void on_delivery(void *arg, const node_delivery_t *d)
                  kvs_msg_command_name(w->cmd), w->b->topic, r->partition, d->why,
                  w->n > 1 ? ", and other keys of this request may have been written" : "",
                  w->n > 1 ? "s" : "");
-        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN, msg);
         return;
     }
     r->acked = 1;
@@ -451,7 +467,8 @@ static void on_timer(uv_timer_t *t)
                      "or may not have happened; read the key%s to find out",
                      kvs_msg_command_name(w->cmd), (unsigned long long)node_wait_ms(wr->cfg),
                      w->b->topic, w->n > 1 ? "s" : "");
-        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, acked && placed ? OUTCOME_KNOWN : OUTCOME_UNKNOWN,
+                 msg);
     }
     arm_timer(wr);
 }
@@ -698,7 +715,7 @@ static int send_all(node_writes_t *wr, wreq_t *w, const item_t *items, char *why
                  "%s: Kafka took %zu of its %zu records, then refused one (%s): the keys sent "
                  "may or may not be written, the rest were not; read the keys to find out",
                  kvs_msg_command_name(w->cmd), i, w->n, why);
-        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, msg);
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN, msg);
         return 0;
     }
     return 0;
@@ -801,7 +818,7 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     if (rc != 0) {
         kvs_buf_t *s = node_slot_buf(w->slot);
         refuse_send(wr, b, rc, why, s);
-        wreq_end(wr, w, 0, NULL);
+        wreq_end(wr, w, 0, OUTCOME_KNOWN, NULL);
     }
     return 0;
 }
@@ -866,7 +883,7 @@ void node_writes_stop(node_writes_t *wr)
     wr->draining = 1;
     wr->stopping = 1;
     while (wr->head != NULL)
-        wreq_end(wr, wr->head, KVS_STATUS_UNAVAILABLE,
+        wreq_end(wr, wr->head, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN,
                  "the worker is shutting down: the write may or may not have happened; read the "
                  "key to find out");
     node_produce_stop(wr->producer); /* every report left, from here */

@@ -278,12 +278,14 @@ static size_t message_room(const router_t *r)
 
 /* Makes req->resp a frame with just `status` and the text in
  * text[0..cap) (n = what snprintf reported). */
-static void req_status_frame(router_req_t *req, uint32_t status, char *text, size_t cap, int n)
+static void req_status_frame(router_req_t *req, uint32_t status, int unknown, char *text,
+                             size_t cap, int n)
 {
     cut_text(text, n, cap, message_room(req->router));
     Kvs__CommandResponse resp = KVS__COMMAND_RESPONSE__INIT;
     resp.status = status;
     resp.message = text;
+    resp.outcome_unknown = unknown != 0;
     req->resp.len = 0;
     req->raw = 0;
     if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
@@ -297,7 +299,23 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
     va_start(ap, fmt);
     int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    req_status_frame(req, status, text, sizeof(text), n);
+    req_status_frame(req, status, 0, text, sizeof(text), n);
+    router_req_complete(req);
+}
+
+/* router_req_finish_status for a write that may or may not have happened
+ * (CommandResponse.outcome_unknown). */
+static void finish_unknown(router_req_t *req, uint32_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void finish_unknown(router_req_t *req, uint32_t status, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    req_status_frame(req, status, 1, text, sizeof(text), n);
     router_req_complete(req);
 }
 
@@ -332,7 +350,7 @@ static void req_executed(router_req_t *req)
     if (st == 0)
         return;
     req->info.status = st;
-    req_status_frame(req, st, msg, sizeof(msg), (int)strlen(msg));
+    req_status_frame(req, st, 0, msg, sizeof(msg), (int)strlen(msg));
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -443,10 +461,11 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             note_position(req, tok, toklen);
         write_finished(req);
         forward_finished(req);
-        if (failure != NULL)
-            router_req_finish_status(
-                req, failure_status(req->cmd, len), "%s%s", failure,
-                len > 0 && is_write(req->cmd) ? "; the write may have been applied there" : "");
+        if (failure != NULL && is_write(req->cmd) && !t->unsent) /* sent: it may have run */
+            finish_unknown(req, failure_status(req->cmd, len), "%s%s", failure,
+                           len > 0 ? "; the write may have been applied there" : "");
+        else if (failure != NULL)
+            router_req_finish_status(req, failure_status(req->cmd, len), "%s", failure);
         else if (!passthrough_executed(req, payload, len) &&
                  (req->client == NULL || req->in_route ||
                   !router_client_deliver(req->client, req, payload, len))) {
@@ -495,13 +514,15 @@ static void merge_positions(router_req_t *req, kvs_arena_t *arena, kvs_buf_t *to
     note_position(req, tok->data, tok->len);
 }
 
-/* Completes `req` with a status, a message and a position. */
-static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok,
+/* Completes `req` with a status, a message, a position and whether the
+ * write may or may not have happened. */
+static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok, int unknown,
                               const char *text)
 {
     Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
     r.status = status;
     r.message = (char *)text;
+    r.outcome_unknown = unknown != 0;
     r.position.data = tok->data;
     r.position.len = tok->len;
     req->resp.len = 0;
@@ -702,12 +723,10 @@ static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8
 
 /* Whether a part's error answer `r` says its keys may have been written
  * after all (node_writes): Kafka acknowledged some of its records (their
- * position is in the answer), or the worker cannot tell ("may or may
- * not"; "other keys of this request may have been written"). */
+ * position is in the answer), or the worker cannot tell (outcome_unknown). */
 static int part_may_have_written(const Kvs__CommandResponse *r)
 {
-    return r->position.len > 0 || strstr(r->message, "may or may not") != NULL ||
-           strstr(r->message, "may have been written") != NULL;
+    return r->position.len > 0 || r->outcome_unknown;
 }
 
 /* Some part got no answer, was not sent, or may have written (rs[u], its
@@ -729,10 +748,13 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
         msg = why;
         status = KVS_STATUS_INTERNAL;
     }
+    int unknown = 0;
     for (uint8_t o = PART_APPLIED; o <= PART_UNKNOWN; o++) {
         char shards[160];
-        if (shard_list(m, outcome, o, shards, sizeof(shards)) > 0)
-            snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards, says[o]);
+        if (shard_list(m, outcome, o, shards, sizeof(shards)) == 0)
+            continue;
+        snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards, says[o]);
+        unknown |= o == PART_UNKNOWN;
     }
     char text[1200];
     snprintf(text, sizeof(text),
@@ -742,7 +764,7 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
     kvs_buf_t tok; /* the positions of the parts that did answer */
     kvs_buf_init(&tok);
     merge_positions(req, &m->router->merge_arena, &tok);
-    finish_status_pos(req, status, &tok, text);
+    finish_status_pos(req, status, &tok, unknown, text);
     kvs_buf_free(&tok);
 }
 

@@ -408,8 +408,10 @@ def unwritten_or_unsure(test, resp):
     was in flight when the broker went away."""
     test.assertEqual(resp.status, 503, resp.message)
     if "the write did not happen" in resp.message:
+        test.assertFalse(resp.outcome_unknown, resp.message)
         return True
     test.assertIn("may or may not have happened", resp.message)
+    test.assertTrue(resp.outcome_unknown, resp.message)
     return False
 
 

@@ -351,9 +351,11 @@ class UnavailableShardTest(HostileApiTestCase):
                                       "shards 0, 1, 2 applied their keys",
                                       "shard 3 wrote nothing")
                     self.assertNotIn("may or may not", a.message)
+                    self.assertFalse(a.outcome_unknown)
             a = c.hset("t", keys[3], 1)
             self.assertStatus(a, 503, "shard 3 is unavailable")
             self.assertNotIn("may or may not", a.message)
+            self.assertFalse(a.outcome_unknown)
             self.assertEqual(c.call(hlen("t")).status, 503)
 
 
@@ -408,6 +410,7 @@ class HungWorkerTest(HostileApiTestCase):
         a = result["answer"]
         self.assertStatus(a, 503, "shard 1 is unavailable", "router.timeout",
                           "shards 0, 2, 3 applied their keys", "shard 1 may or may not have")
+        self.assertTrue(a.outcome_unknown)
         self.assertGreaterEqual(result["took"], 1.9)
         self.assertLess(result["took"], 8.0)
         self.assertGreater(rounds, 3)

@@ -105,6 +105,7 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
             resp = c.hset("users", b"k", b"2")
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("may or may not have happened", resp.message)
+            self.assertTrue(resp.outcome_unknown)
             self.assertNotIn("it will be applied", resp.message)
             self.assertEqual(pos_entries(resp.position), [])
             self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"1")
@@ -152,6 +153,7 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
             resp = c.hset("users", b"k", b"1")
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("may or may not have happened", resp.message)
+            self.assertTrue(resp.outcome_unknown)
             self.assertEqual(c.hget("users", b"k").status, 404, "applied a record not in the log")
             st = kafkatest.kafka_parts(kafkatest.info(r), "users")[p]
             self.assertEqual((st["applied"], st["next_offset"]), (0, 0), st)

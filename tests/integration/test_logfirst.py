@@ -703,6 +703,30 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(req_hset("users", b"k", b"y"))
             self.assertEqual(pyval(resp.values[0]), b"short")
 
+    def test_a_write_applied_whose_answer_does_not_fit_says_it_was_applied(self):
+        # A value stored while limits.max_frame was larger; after it was
+        # lowered, a log-first Hset of that key is applied, but the previous
+        # value cannot be answered. That answer must not be 413 (which
+        # always means nothing was written): 500 saying it was applied,
+        # with its position, outcome known.
+        parts = 4
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"x" * 100000).status, 200)
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        with open(r.config, "a") as f:
+            f.write("limits: {max_frame: 64KiB}\n")
+        r.start()
+        with r.client() as c:
+            resp = c.hset("users", b"k", b"small")
+            self.assertEqual(resp.status, 500, resp.message)
+            self.assertIn("was applied", resp.message)
+            self.assertFalse(resp.outcome_unknown)
+            self.assertTrue(resp.position, "the write's position, as every applied write has")
+            self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"small")
+
     def test_broker_down_answers_may_or_may_not(self):
         parts = 4
         m = self.mock({"users": parts}, control=True)
@@ -853,6 +877,7 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertIn("Kafka acknowledged the write", resp.message)
         self.assertNotIn("nothing was written", resp.message)
         self.assertIn("shards 0, 1 may or may not have written", resp.message)
+        self.assertTrue(resp.outcome_unknown)
         self.assertEqual(len(resp.pairs), 0)
         vals = [(k, v) for _, _, k, v, _ in kafkatest.read_topic(m.bootstrap, "users", parts)]
         self.assertIn((k0[0], b"a"), vals)

@@ -599,6 +599,7 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
                     self.assertEqual(resp.status, 200, resp.message)
                 self.assertIsNotNone(abandoned, "no write reached the stopped worker")
                 self.assertIn("router.timeout", abandoned.message)
+                self.assertTrue(abandoned.outcome_unknown, "a write sent and unanswered is unknown")
                 after = c.call(req_hset(TABLE, key, "after"))
                 self.assertEqual(after.status, 200, after.message)
             finally:

@@ -1880,6 +1880,32 @@ KVS_TEST(find_bytes_and_resp_position)
     kvs_buf_free(&b);
 }
 
+/* kvs_resp_outcome_unknown writes CommandResponse.outcome_unknown where
+ * protobuf-c reads it; an answer without it reads false. */
+KVS_TEST(resp_outcome_unknown)
+{
+    kvs_buf_t b;
+    kvs_resp_t r;
+    kvs_buf_init(&b);
+    for (int unknown = 0; unknown < 2; unknown++) {
+        b.len = 0;
+        kvs_resp_begin(&r, &b);
+        kvs_resp_status(&r, 503);
+        kvs_resp_message(&r, "no acknowledgement");
+        if (unknown)
+            kvs_resp_outcome_unknown(&r);
+        CHECK_EQ(kvs_resp_end(&r), 0);
+        Kvs__CommandResponse *resp = kvs__command_response__unpack(NULL, b.len - KVS_FRAME_HEADER,
+                                                                   b.data + KVS_FRAME_HEADER);
+        CHECK(resp != NULL);
+        CHECK_EQ(resp->status, 503);
+        CHECK_EQ(resp->outcome_unknown, unknown);
+        CHECK_STR(resp->message, "no acknowledgement");
+        kvs__command_response__free_unpacked(resp, NULL);
+    }
+    kvs_buf_free(&b);
+}
+
 /* kvs_msg_frame_writes finds the command's case on the wire, wherever the
  * other top-level fields are (a router appends min_position after it; a
  * client may put it first), and takes bytes that do not parse for none. */
@@ -1956,9 +1982,10 @@ KVS_TEST(frame_writes_finds_writes_only)
 
 KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(answer_and_value_peek_agree_with_the_decoder),
-              KVS_CASE(find_bytes_and_resp_position), KVS_CASE(peek_agrees_with_full_validation),
-              KVS_CASE(frame_writes_finds_writes_only), KVS_CASE(validate_every_command_ok),
-              KVS_CASE(validate_no_command), KVS_CASE(validate_unknown_command_field),
+              KVS_CASE(find_bytes_and_resp_position), KVS_CASE(resp_outcome_unknown),
+              KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(frame_writes_finds_writes_only),
+              KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
+              KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
               KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
               KVS_CASE(validate_hset_value), KVS_CASE(validate_hset_value_unknown_kind),

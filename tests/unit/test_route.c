@@ -525,6 +525,17 @@ static void reply_status(size_t i, uint32_t status, const char *msg)
     reply(i, &r);
 }
 
+/* Answers part `i` as a worker that cannot tell whether the write happened
+ * (CommandResponse.outcome_unknown). */
+static void reply_unknown(size_t i, uint32_t status, const char *msg)
+{
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = (char *)msg;
+    r.outcome_unknown = 1;
+    reply(i, &r);
+}
+
 /* Answers part `i` with 200 and one string value text_of("v", key) per
  * key of that part's request. */
 static void reply_values_from_keys(size_t i)
@@ -1016,21 +1027,38 @@ KVS_TEST(split_write_part_that_may_have_written_is_not_said_unwritten)
     for (int i = 0; i < 2; i++) {
         route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
         reply_values_from_keys(sent_to(0));
-        reply_status(sent_to(1), 503, maybe[i]);
+        reply_unknown(sent_to(1), 503, maybe[i]);
         Kvs__CommandResponse *r = answer_async();
         check_status(r, 503);
+        CHECK(r->outcome_unknown);
         CHECK_CONTAINS(r->message, "shard 0 applied their keys");
         CHECK_CONTAINS(r->message, "shard 1 may or may not have written");
         CHECK_EQ(r->n_pairs, 0);
         /* Every part so: not "nothing was written". */
         route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
-        reply_status(sent_to(0), 503, maybe[i]);
-        reply_status(sent_to(1), 503, maybe[i]);
+        reply_unknown(sent_to(0), 503, maybe[i]);
+        reply_unknown(sent_to(1), 503, maybe[i]);
         r = answer_async();
         check_status(r, 503);
+        CHECK(r->outcome_unknown);
         CHECK(strstr(r->message, "nothing was written") == NULL);
         CHECK_CONTAINS(r->message, "shards 0, 1 may or may not have written");
     }
+    /* The field decides, not the words: the same text without it is a
+     * refusal (207), and any text with it is not. */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_status(sent_to(1), 503, maybe[0]);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 207);
+    CHECK(!r->outcome_unknown);
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply_unknown(sent_to(1), 503, "busy");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK(r->outcome_unknown);
+    CHECK_CONTAINS(r->message, "shard 1 may or may not have written");
     /* Acknowledged, not applied in time: the answer's position says so. */
     uint8_t tok[KVS_POS_ONE_MAX];
     Kvs__CommandResponse late = KVS__COMMAND_RESPONSE__INIT;
@@ -1041,7 +1069,7 @@ KVS_TEST(split_write_part_that_may_have_written_is_not_said_unwritten)
     route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
     reply_values_from_keys(sent_to(0));
     reply(sent_to(1), &late);
-    Kvs__CommandResponse *r = answer_async();
+    r = answer_async();
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shard 1 may or may not have written");
     CHECK_EQ(r->n_pairs, 0);
@@ -1111,6 +1139,7 @@ KVS_TEST(split_write_with_unknown_part_says_what_is_known)
     CHECK_CONTAINS(r->message, "shard 0 applied their keys");
     CHECK_CONTAINS(r->message, "shard 1 wrote nothing");
     CHECK_CONTAINS(r->message, "shard 3 may or may not have written");
+    CHECK(r->outcome_unknown);
 }
 
 /* A part no link took (its shard down) was never sent: the client is told
@@ -1129,6 +1158,7 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     CHECK_CONTAINS(r->message, "shard 3 is unavailable: connect: connection refused");
     CHECK_CONTAINS(r->message, "shards 0, 1 applied their keys, shard 3 wrote nothing)");
     CHECK(strstr(r->message, "may or may not") == NULL);
+    CHECK(!r->outcome_unknown); /* what happened is known */
 
     /* With a part lost after it was sent as well: each is named for what
      * is known of it. */
@@ -1140,6 +1170,7 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     CHECK_CONTAINS(r->message, "shard 1 is unavailable: worker closed the connection");
     CHECK_CONTAINS(r->message, "shard 0 applied their keys, shard 3 wrote nothing, "
                                "shard 1 may or may not have written)");
+    CHECK(r->outcome_unknown);
 
     for (uint32_t s = 0; s < SHARDS; s++) /* nothing sent anywhere */
         set_down(s);
@@ -1147,6 +1178,7 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     r = answer_sync();
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shards 0, 1, 3 wrote nothing)");
+    CHECK(!r->outcome_unknown);
 }
 
 /* An answer the link dropped for its size (a node with a larger
@@ -1168,6 +1200,7 @@ KVS_TEST(oversized_part_answer_fails_that_request_only)
     check_status(r, 500);
     CHECK_CONTAINS(r->message, why);
     CHECK_CONTAINS(r->message, "may have been applied");
+    CHECK(r->outcome_unknown);
 
     const char *keys[] = {fx.keys[0][0], fx.keys[2][0]};
     route_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 2, keys);
@@ -1183,6 +1216,7 @@ KVS_TEST(oversized_part_answer_fails_that_request_only)
     check_status(r, 500);
     CHECK_CONTAINS(r->message, "shard 0 applied their keys");
     CHECK_CONTAINS(r->message, "shard 2 may or may not have written");
+    CHECK(r->outcome_unknown);
 }
 
 /* A part whose answer does not match its request is the shard's fault: 500. */
@@ -1221,6 +1255,12 @@ KVS_TEST(down_shard_is_503_at_once)
     CHECK_CONTAINS(r->message, "shard 2");
     CHECK_CONTAINS(r->message, "connection refused");
     CHECK_EQ(fx.n_sent, 0);
+    /* A write never sent certainly did not happen. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[2][0]);
+    r = answer_sync();
+    check_status(r, 503);
+    CHECK(!r->outcome_unknown);
+    CHECK(strstr(r->message, "may have been applied") == NULL);
 
     const char *keys[] = {fx.keys[2][0], fx.keys[2][1]}; /* one part, down */
     route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
@@ -1278,6 +1318,13 @@ KVS_TEST(link_failure_after_send_is_503)
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 503);
     CHECK_STR(r->message, "shard 3 did not answer within router.timeout (5000 ms)");
+    CHECK(r->outcome_unknown); /* it was sent: it may have been applied */
+    /* A read that fails so says nothing of the kind. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[3][0]);
+    reply_failure(0, "shard 3 did not answer within router.timeout (5000 ms)");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK(!r->outcome_unknown);
 
     const char *keys[] = {fx.keys[0][0], fx.keys[3][0]};
     route_multi(KVS__COMMAND_REQUEST__COMMAND_HMDEL, 2, keys);
@@ -1288,6 +1335,7 @@ KVS_TEST(link_failure_after_send_is_503)
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shard 3: connection reset");
     CHECK_CONTAINS(r->message, "Hmdel spans 2 shards and is not atomic");
+    CHECK(r->outcome_unknown);
 }
 
 /* ---- fan-out
