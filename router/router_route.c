@@ -276,16 +276,23 @@ static size_t message_room(const router_t *r)
     return (size_t)r->cfg->max_frame - 64;
 }
 
-/* Makes req->resp a frame with just `status` and the text in
- * text[0..cap) (n = what snprintf reported). */
-static void req_status_frame(router_req_t *req, uint32_t status, int unknown, char *text,
-                             size_t cap, int n)
+/* Makes req->resp a frame with `status`, the text in text[0..cap) (n =
+ * what snprintf reported; cut to what fits max_frame beside the rest),
+ * whether a write may or may not have happened (`unknown`:
+ * CommandResponse.outcome_unknown) and a position (`tok`, or NULL). */
+static void req_status_frame(router_req_t *req, uint32_t status, int unknown, const kvs_buf_t *tok,
+                             char *text, size_t cap, int n)
 {
-    cut_text(text, n, cap, message_room(req->router));
+    size_t room = message_room(req->router), toklen = tok != NULL ? tok->len : 0;
+    cut_text(text, n, cap, toklen + 16 < room ? room - toklen - 16 : 0);
     Kvs__CommandResponse resp = KVS__COMMAND_RESPONSE__INIT;
     resp.status = status;
     resp.message = text;
     resp.outcome_unknown = unknown != 0;
+    if (toklen > 0) {
+        resp.position.data = tok->data;
+        resp.position.len = toklen;
+    }
     req->resp.len = 0;
     req->raw = 0;
     if (kvs_msg_append(&req->resp, &resp.base, SIZE_MAX) != 0)
@@ -299,23 +306,7 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
     va_start(ap, fmt);
     int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    req_status_frame(req, status, 0, text, sizeof(text), n);
-    router_req_complete(req);
-}
-
-/* router_req_finish_status for a write that may or may not have happened
- * (CommandResponse.outcome_unknown). */
-static void finish_unknown(router_req_t *req, uint32_t status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void finish_unknown(router_req_t *req, uint32_t status, const char *fmt, ...)
-{
-    char text[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    req_status_frame(req, status, 1, text, sizeof(text), n);
+    req_status_frame(req, status, 0, NULL, text, sizeof(text), n);
     router_req_complete(req);
 }
 
@@ -350,7 +341,7 @@ static void req_executed(router_req_t *req)
     if (st == 0)
         return;
     req->info.status = st;
-    req_status_frame(req, st, 0, msg, sizeof(msg), (int)strlen(msg));
+    req_status_frame(req, st, 0, NULL, msg, sizeof(msg), (int)strlen(msg));
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -461,10 +452,13 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             note_position(req, tok, toklen);
         write_finished(req);
         forward_finished(req);
-        if (failure != NULL && is_write(req->cmd) && !t->unsent) /* sent: it may have run */
-            finish_unknown(req, failure_status(req->cmd, len), "%s%s", failure,
-                           len > 0 ? "; the write may have been applied there" : "");
-        else if (failure != NULL)
+        if (failure != NULL && is_write(req->cmd) && !t->unsent) { /* sent: it may have run */
+            char text[1024];
+            int n = snprintf(text, sizeof(text), "%s%s", failure,
+                             len > 0 ? "; the write may have been applied there" : "");
+            req_status_frame(req, failure_status(req->cmd, len), 1, NULL, text, sizeof(text), n);
+            router_req_complete(req);
+        } else if (failure != NULL)
             router_req_finish_status(req, failure_status(req->cmd, len), "%s", failure);
         else if (!passthrough_executed(req, payload, len) &&
                  (req->client == NULL || req->in_route ||
@@ -512,23 +506,6 @@ static void merge_positions(router_req_t *req, kvs_arena_t *arena, kvs_buf_t *to
         tok->len = 0;
     kvs_pos_set_free(&set);
     note_position(req, tok->data, tok->len);
-}
-
-/* Completes `req` with a status, a message, a position and whether the
- * write may or may not have happened. */
-static void finish_status_pos(router_req_t *req, uint32_t status, const kvs_buf_t *tok, int unknown,
-                              const char *text)
-{
-    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
-    r.status = status;
-    r.message = (char *)text;
-    r.outcome_unknown = unknown != 0;
-    r.position.data = tok->data;
-    r.position.len = tok->len;
-    req->resp.len = 0;
-    if (kvs_msg_append(&req->resp, &r.base, SIZE_MAX) != 0)
-        req->resp.len = 0;
-    router_req_complete(req);
 }
 
 /* One integer pair of an Info answer, in `arena`; NULL when out of memory. */
@@ -757,15 +734,16 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
         unknown |= o == PART_UNKNOWN;
     }
     char text[1200];
-    snprintf(text, sizeof(text),
-             "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s)", msg,
-             kvs_msg_command_name(m->cmd), m->nparts, lists[0], n > 1 ? ", " : "",
-             n > 1 ? lists[1] : "", n > 2 ? ", " : "", n > 2 ? lists[2] : "");
+    int len = snprintf(text, sizeof(text),
+                       "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s)", msg,
+                       kvs_msg_command_name(m->cmd), m->nparts, lists[0], n > 1 ? ", " : "",
+                       n > 1 ? lists[1] : "", n > 2 ? ", " : "", n > 2 ? lists[2] : "");
     kvs_buf_t tok; /* the positions of the parts that did answer */
     kvs_buf_init(&tok);
     merge_positions(req, &m->router->merge_arena, &tok);
-    finish_status_pos(req, status, &tok, unknown, text);
+    req_status_frame(req, status, unknown, &tok, text, sizeof(text), len);
     kvs_buf_free(&tok);
+    router_req_complete(req);
 }
 
 /* Every part refused: nothing was written anywhere, and the first

@@ -1123,6 +1123,33 @@ KVS_TEST(partial_answer_leaves_out_what_does_not_fit)
     CHECK_CONTAINS(r->message, "\xc3\xa9\xc3\xa9");
 }
 
+/* The 503 of a split write with a part unknown fits max_frame however
+ * long the failure's text: its message is cut, the field and the
+ * position stay. */
+KVS_TEST(unknown_split_write_answer_fits_max_frame)
+{
+    setup_frame("1KiB");
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0]};
+    char why[901];
+    memset(why, 'w', 900);
+    why[900] = '\0';
+    uint8_t tok[KVS_POS_ONE_MAX];
+    Kvs__CommandResponse part = KVS__COMMAND_RESPONSE__INIT;
+    part.status = 503;
+    part.message = why;
+    part.outcome_unknown = 1;
+    part.position = (ProtobufCBinaryData){kvs_pos_encode_one(tok, "t", 1, 1, 7), tok};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, keys);
+    reply_values_from_keys(sent_to(0));
+    reply(sent_to(1), &part);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503);
+    CHECK(fx.req->resp.len <= KVS_FRAME_HEADER + 1024);
+    CHECK(r->outcome_unknown);
+    CHECK(r->position.len > 0);
+    CHECK_CONTAINS(r->message, "wwww");
+}
+
 /* A part with no answer may or may not have been applied: the client is
  * told what is known of every shard. */
 KVS_TEST(split_write_with_unknown_part_says_what_is_known)
@@ -2677,6 +2704,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(split_write_partly_applied_is_207),
               KVS_CASE(split_write_part_that_may_have_written_is_not_said_unwritten),
               KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
+              KVS_CASE(unknown_split_write_answer_fits_max_frame),
               KVS_CASE(split_write_with_unknown_part_says_what_is_known),
               KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
               KVS_CASE(oversized_part_answer_fails_that_request_only),
