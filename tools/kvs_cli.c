@@ -20,7 +20,9 @@
  * Exit status (also the result of every internal command runner):
  *   0 the server answered 200;
  *   1 it answered anything else (hget of a missing key prints (nil) too);
- *   2 usage error, connection failure, timeout or protocol error.
+ *   2 usage error, connection failure, timeout or protocol error;
+ *   3 it answered that the write may or may not have happened
+ *     (CommandResponse.outcome_unknown): read the keys to find out.
  * A session ends with 1 when any of its commands failed, else 0.
  *
  * Session lines are split like a shell would: whitespace separates tokens,
@@ -94,7 +96,7 @@
 #define KVS_VERSION "0.1.0"
 #endif
 
-enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
+enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_UNKNOWN = 3 };
 
 typedef enum { VT_STRING, VT_INT, VT_FLOAT, VT_BOOL, VT_BINARY } cli_vtype_t;
 
@@ -516,7 +518,7 @@ static int check_status(const cli_t *c, const cli_cmd_t *cmd, const Kvs__Command
     fprintf(stderr, "(error) %" PRIu32 " ", r->status);
     cli_text_put(stderr, r->message);
     putc('\n', stderr);
-    return CLI_FAILED;
+    return r->outcome_unknown ? CLI_UNKNOWN : CLI_FAILED;
 }
 
 /* ---- arguments ------------------------------------------------------------------- */
@@ -1727,7 +1729,8 @@ static void usage(FILE *f)
                "command names, and a command's arguments are hinted at the right.\n"
                "\n"
                "Exit status: 0 ok; 1 the server answered with an error (or hget found no\n"
-               "key); 2 usage error, connection failure, timeout or protocol error.\n");
+               "key); 2 usage error, connection failure, timeout or protocol error; 3 the\n"
+               "server answered that a write may or may not have happened (read to find out).\n");
 }
 
 static int parse_port(const char *s)

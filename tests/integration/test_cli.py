@@ -578,6 +578,17 @@ class HostileServerTest(unittest.TestCase):
             for shard in range(4):
                 self.assertIn("shard %d" % shard, out)
 
+    def test_a_write_of_unknown_outcome_exits_3(self):
+        # CommandResponse.outcome_unknown: exit status 3, so that a script
+        # can tell "may or may not have happened" from "did not happen".
+        msg = "shard 1 did not answer within router.timeout (2000 ms)"
+        for unknown, status in ((True, 3), (False, 1)):
+            port = self.serve(lambda conn, u=unknown: answer(conn, pb.CommandResponse(
+                status=503, message=msg, outcome_unknown=u)))
+            p, _ = self.cli(port, "--timeout", "2", "hset", "t", "k", "v")
+            self.assertEqual(p.returncode, status, p.stderr)
+            self.assertEqual(p.stderr.decode(), "(error) 503 %s\n" % msg)
+
     def test_server_text_cannot_drive_the_terminal(self):
         # Escape sequences (retitle, clear screen, colour), BEL, CR and a C1
         # CSI in a server's message come out as \xHH; UTF-8 text stays.
