@@ -72,6 +72,7 @@ typedef enum {
 #define F_AUTO 8u  /* D_UINT32: "auto" is accepted and stored as 0 */
 #define F_LIVE 16u /* may change in a running process (SIGHUP) */
 #define F_OFF 32u  /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
+#define F_ZERO 64u /* D_DURATION: 0 (off) is accepted besides [min, max] */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -128,6 +129,8 @@ static const directive_t directives[] = {
      NULL, F_AUTO},
     {"router.ready_timeout", D_DURATION, OFF(router_ready_timeout_ms), "30s", 1, 3600000,
      "from 1ms to 1h", NULL, F_LIVE},
+    {"router.liveness_timeout", D_DURATION, OFF(router_liveness_timeout_ms), "10s", 100, 3600000,
+     "0 (off) or from 100ms to 1h", NULL, F_LIVE | F_ZERO},
     {"router.local_reads", D_BOOL, OFF(router_local_reads), "true", 0, 0, NULL, NULL, 0},
     {"router.retry_percent", D_UINT32, OFF(retry_percent), "10", 0, 100, NULL, NULL, F_LIVE},
     {"router.retry_burst", D_UINT32, OFF(retry_burst), "100", 0, 100000, NULL, NULL, F_LIVE},
@@ -553,7 +556,7 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
                          "%s: \"%.80s\" is not a duration (write milliseconds, or a number with "
                          "ms, s, m, h or d, as in 1s%s)",
                          d->path, text, (d->flags & F_OFF) ? "; or off" : "");
-    if (v < d->min || v > d->max)
+    if ((v < d->min || v > d->max) && !((d->flags & F_ZERO) && v == 0))
         return cfg_error(ctx, m, "%s must be %s (got \"%.80s\")", d->path, d->range, text);
     *(uint64_t *)field(ctx, d) = v;
     return 0;

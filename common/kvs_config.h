@@ -40,6 +40,9 @@
  *                            for auto (the master resolves it)
  *     ready_timeout: 30s     the local workers must all answer within this
  *                            at start, or the router gives up (exit 1)
+ *     liveness_timeout: 10s  a serving router process that sends the master
+ *                            no heartbeat for this long is killed and
+ *                            restarted; 0 = off, else 100ms..1h
  *     local_reads: true      answer reads of local shards from their LMDB
  *                            environments (read-only) instead of asking
  *                            the worker; false: every request goes to it
@@ -140,9 +143,9 @@
  * kvs_config_apply_live moves the live keys' values into the running
  * config (which keeps its address, so whoever holds a pointer to it reads
  * the new values). Live: log.*, router.timeout, router.ready_timeout,
- * router.retry_percent, router.retry_burst, storage.sync_interval,
- * limits.* except max_frame, kafka.max_lag, cluster.bootstrap, and
- * cluster.nodes as long as this node's own address stays (moving shards
+ * router.liveness_timeout, router.retry_percent, router.retry_burst,
+ * storage.sync_interval, limits.* except max_frame, kafka.max_lag,
+ * cluster.bootstrap, and cluster.nodes as long as this node's own address stays (moving shards
  * between nodes: kvs_config_apply_map). Every other
  * key may not change live: listeners, the cluster's shape, storage layout,
  * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
@@ -275,8 +278,9 @@ typedef struct kvs_config_s {
     char *resp_listen; /* "" = no Redis protocol listener */
     uint64_t router_timeout_ms;
     uint64_t router_ready_timeout_ms;
-    int router_local_reads; /* answer reads of local shards from their environments */
-    char *node_listen;      /* "" when unset (with a map: self->address stands in) */
+    uint64_t router_liveness_timeout_ms; /* 0 = off */
+    int router_local_reads;              /* answer reads of local shards from their environments */
+    char *node_listen;                   /* "" when unset (with a map: self->address stands in) */
     uint32_t retry_percent;
     uint32_t retry_burst;
     uint32_t router_processes; /* 0 = auto */

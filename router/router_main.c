@@ -51,6 +51,15 @@
  * process by one started with the new map (router_master.c), which then
  * drains this one.
  *
+ * Heartbeat: from the moment it listens until it exits (its drain
+ * included), a router process sends the master a heartbeat line on its
+ * notify pipe from a timer of its loop, every quarter of
+ * router.liveness_timeout (router_liveness.h): a loop that stops turning
+ * (stopped, looping, deadlocked) goes silent, and the master kills and
+ * restarts the process rather than leave it its share of new connections.
+ * A reload that changes the timeout takes effect at once: one beat then,
+ * the next ones at the new interval.
+ *
  * Operations: the request hooks, metrics and slow log (router_ops.c) of
  * this process, its plugins (loaded at start; a plugin that does not load
  * is a fatal configuration error, 78), and its own unix socket
@@ -77,6 +86,7 @@
 #include "kvs_signals.h"
 #include "kvs_testhook.h"
 #include "router.h"
+#include "router_liveness.h"
 #include "router_master.h"
 #include "router_procs.h"
 #include "router_redis.h"
@@ -112,9 +122,13 @@ typedef struct router_main_s {
     const char *reload_from; /* --reload-from: the text a reload reads (the master's), or NULL */
     int next; /* --next: a membership change's new generation (router_t.admin_next) */
     uv_signal_t sigterm, sigint, sighup, sigusr2;
-    uv_timer_t timer; /* drain deadline */
+    uv_timer_t timer;       /* drain deadline */
+    uv_timer_t beat;        /* the heartbeat to the master, once listening */
+    uint64_t beat_every_ms; /* its interval now; 0: not beating */
+    int beat_failed;        /* a failed heartbeat was logged */
     int signals;
     int ready;
+    int listening;      /* told the master so: the heartbeat runs */
     int shutting_down;  /* shutdown_begin ran: draining clients */
     int links_stopping; /* clients are gone: links are being stopped */
     int exit_code;
@@ -229,6 +243,38 @@ static void tell_listening(router_main_t *m)
         kvs_warn("cannot tell the master this router listens: %s", strerror(errno));
 }
 
+static void on_beat(uv_timer_t *t)
+{
+    router_main_t *m = t->data;
+    int rc = router_liveness_beat(ROUTER_FD_NOTIFY);
+    /* EAGAIN: the master does not read (it does not check anyone
+     * meanwhile); EPIPE: it is gone (its death signal drains this one). */
+    if (rc == 0 || rc == -EAGAIN || rc == -EPIPE || m->beat_failed)
+        return;
+    m->beat_failed = 1;
+    kvs_warn("cannot send the master a heartbeat: %s; it will take this router process for hung "
+             "after router.liveness_timeout",
+             strerror(-rc));
+}
+
+/* Runs the heartbeat at the interval the config says now (once this
+ * process listens; at a reload): a changed interval beats at once, so a
+ * master whose timeout just got shorter hears from it before it waits
+ * the new interval. */
+static void beat_configure(router_main_t *m)
+{
+    uint64_t every = router_liveness_interval_ms(m->cfg->router_liveness_timeout_ms);
+    if (!m->listening || every == m->beat_every_ms)
+        return;
+    m->beat_every_ms = every;
+    if (every == 0) {
+        uv_timer_stop(&m->beat);
+        return;
+    }
+    on_beat(&m->beat);
+    uv_timer_start(&m->beat, on_beat, every, every);
+}
+
 /* KVS_TEST_ROUTER_READY_DELAY_MS (test builds only, never a config key):
  * a router process of the serving generation (not --next) waits this long,
  * its signals held, before it takes its sockets, as a slow start would: a
@@ -259,6 +305,8 @@ static int become_ready(router_main_t *m)
     kvs_info("router %u of %u ready: %u shards (%u local)", m->r.proc_index, m->r.n_procs,
              m->r.shards, m->n_local);
     tell_listening(m);
+    m->listening = 1;
+    beat_configure(m);
     return 0;
 }
 
@@ -400,7 +448,8 @@ static void tls_reload(kvs_tls_ctx_t *c)
 /* Pushes the reloaded live keys to what copied them: the slow log and hook
  * chain were rebuilt already; client limits (to connected clients too,
  * see kvs_conn_group_set_limits), links' router.timeout (for requests
- * sent from now on) and request queue bound, the retry budget. */
+ * sent from now on) and request queue bound, the retry budget, the
+ * heartbeat's interval. */
 static void apply_reload(router_main_t *m)
 {
     router_t *r = &m->r;
@@ -411,6 +460,7 @@ static void apply_reload(router_main_t *m)
         r->links[i].max_queue = (size_t)cfg->client_output;
     }
     router_budget_configure(&r->budget, cfg->retry_percent, cfg->retry_burst);
+    beat_configure(m);
     kvs_log_level_t level = KVS_LOG_INFO;
     kvs_log_level_parse(cfg->log_level, &level);
     kvs_log_set_level(level);
@@ -527,6 +577,9 @@ static int router_start(router_main_t *m)
     kvs_signals_hold(0, SIGHUP, SIGUSR2); /* a SIGHUP that came meanwhile now reloads */
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
+    uv_timer_init(r->loop, &m->beat);
+    m->beat.data = m;
+    uv_unref((uv_handle_t *)&m->beat); /* beats while the loop runs, never keeps it running */
     for (uint32_t s = 0; s < r->shards; s++)
         if (kvs_config_local(r->cfg, s))
             m->n_local++;

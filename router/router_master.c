@@ -85,6 +85,29 @@
  * generation serves; /metrics shows the router processes by state
  * (kvs_router_processes).
  *
+ * Liveness (router.liveness_timeout, router_liveness.h): a router process
+ * that hangs keeps its listening sockets, and with them its share of new
+ * connections, whose clients wait. Each one that listens sends a
+ * heartbeat line on its notify pipe every quarter of the timeout, from its
+ * loop. The master checks the serving generation every quarter of the
+ * timeout, once the node is ready and until its shutdown: a process that
+ * listens and was not heard from (a heartbeat, or its "listening" line,
+ * which starts its clock) for the timeout is logged (one ERROR line, its
+ * pid and silence), killed with SIGKILL, and restarted like a router
+ * process that crashed (same backoff and crash-loop rule; counted in
+ * kvs_router_liveness_kills_total). Not checked: one that starts (before
+ * "listening"), a membership change's new generation before the switch
+ * (router.ready_timeout bounds it) and the draining old one
+ * (ROUTER_GRACE_MS), everyone during the shutdown. A stopped process
+ * (SIGSTOP: state T) holds its share like a hung one and is killed too;
+ * one that a debugger traces (TracerPid) is not: a warning, once, then it
+ * gets a whole timeout once the debugger lets go. A master that itself
+ * did not run for two check intervals (stopped, starved) has heartbeats
+ * waiting unread in the pipes: it restarts every clock instead of judging
+ * anyone. A reload may change the timeout: every clock restarts and nobody
+ * is killed for 2 s or the previous timeout, the time the router
+ * processes need to take the SIGHUP and beat at the new interval.
+ *
  * Metrics (router.metrics_listen): the master serves GET /metrics for the
  * whole node (router_scrape.c), from every router process, every local
  * worker and itself.
@@ -112,6 +135,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_signals.h"
+#include "router_liveness.h"
 #include "router_notify.h"
 #include "router_ports.h"
 #include "router_probe.h"
@@ -150,7 +174,8 @@ typedef struct rgen_s {
     uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
     uint8_t *listening;
     uint32_t n_listening;
-    int stopping; /* router_sup_stop called */
+    router_live_t *live; /* per router process (see Liveness above) */
+    int stopping;        /* router_sup_stop called */
 } rgen_t;
 
 struct master_s {
@@ -189,6 +214,10 @@ struct master_s {
     uint64_t changes[2]; /* membership changes: done, failed */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
+    uv_timer_t live_timer;     /* checks the serving router processes' heartbeats */
+    uint64_t live_timeout_ms;  /* the router.liveness_timeout it checks with; 0: off */
+    uint64_t live_tick_ms;     /* loop time of its last run */
+    uint64_t live_quiet_until; /* loop time before which it kills nobody (a new timeout) */
     uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
     struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
     const char *listen_name[ROUTER_LISTEN_MAX];
@@ -197,6 +226,7 @@ struct master_s {
     router_scrape_t *scrape;   /* router.metrics_listen, when set */
     uint64_t *worker_restarts; /* per shard: times its worker was started again */
     uint64_t *router_restarts; /* per router process */
+    uint64_t *router_hung;     /* per router process: killed for sending no heartbeat */
     uint64_t reloads[3];       /* ok, error, refused */
     double start_time;
     int signals, ready, shutting_down, workers_stopping, exit_code;
@@ -396,9 +426,11 @@ static rgen_t *gen_new(master_t *m)
     g->m = m;
     g->inodes = calloc(m->n_procs, sizeof(*g->inodes));
     g->listening = calloc(m->n_procs, 1);
-    if (g->inodes == NULL || g->listening == NULL) {
+    g->live = calloc(m->n_procs, sizeof(*g->live));
+    if (g->inodes == NULL || g->listening == NULL || g->live == NULL) {
         free(g->inodes);
         free(g->listening);
+        free(g->live);
         free(g);
         return NULL;
     }
@@ -412,6 +444,7 @@ static void gen_free(rgen_t *g)
     router_sup_free(g->sup);
     free(g->inodes);
     free(g->listening);
+    free(g->live);
     free(g);
 }
 
@@ -474,6 +507,7 @@ static void shutdown_begin(master_t *m, int exit_code)
     kvs_signals_ignore(&m->sighup, SIGHUP); /* ignored from now on, never fatal */
     kvs_signals_ignore(NULL, SIGUSR2);
     uv_timer_stop(&m->timer);
+    uv_timer_stop(&m->live_timer); /* nobody is killed for a slow drain */
     if (exit_code == 0)
         router_notify_stopping("draining clients");
     else
@@ -517,6 +551,112 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     kvs_info("received %s: draining", name);
     shutdown_begin(m, 0);
+}
+
+/* ---- liveness ------------------------------------------------------------------------ */
+
+/* g's processes were all heard from `now`: their clocks start again. */
+static void gen_live_reset(const master_t *m, rgen_t *g, uint64_t now)
+{
+    for (uint32_t i = 0; g != NULL && i < m->n_procs; i++)
+        g->live[i].beat_ms = now;
+}
+
+static void live_reset_all(master_t *m, uint64_t now)
+{
+    gen_live_reset(m, m->routers, now);
+    gen_live_reset(m, m->next, now);
+    gen_live_reset(m, m->old, now);
+}
+
+/* Router process `i` of g said something (a heartbeat, "listening") or
+ * started: its clock starts again. */
+static void live_heard(master_t *m, rgen_t *g, uint32_t i)
+{
+    g->live[i].beat_ms = uv_now(m->loop);
+}
+
+/* Router process i of the serving generation, if it sent nothing for
+ * router.liveness_timeout: unless it is exiting already or a debugger
+ * holds it, it is killed, and restarted as any router process that dies
+ * (on_router_event, with the supervisor's backoff). */
+static void live_check(master_t *m, rgen_t *g, uint32_t i, uint64_t now)
+{
+    router_live_t *l = &g->live[i];
+    pid_t pid = router_sup_pid(g->sup, i);
+    uint64_t silent = now - l->beat_ms;
+    router_proc_state_t st;
+    char buf[16];
+    if (!g->listening[i] || pid == 0)
+        return;
+    switch (router_liveness_judge(l, pid, now, m->live_timeout_ms, router_liveness_inspect, &st)) {
+    case ROUTER_LIVE_TRACED_NEW:
+        kvs_warn("router %u (pid %d) sent no heartbeat for %llu ms, but a debugger (pid %d) "
+                 "traces it: not killing it while it is traced",
+                 i, (int)pid, (unsigned long long)silent, (int)st.tracer);
+        break;
+    case ROUTER_LIVE_HUNG:
+        kvs_error("router %u (pid %d) sent no heartbeat for %llu ms (router.liveness_timeout %llu "
+                  "ms; it is %s) and would keep its share of new connections unserved: killing "
+                  "it (SIGKILL) to start another",
+                  i, (int)pid, (unsigned long long)silent, (unsigned long long)m->live_timeout_ms,
+                  router_liveness_state_name(st.state, buf, sizeof(buf)));
+        m->router_hung[i]++;
+        router_sup_signal_one(g->sup, i, SIGKILL); /* UV_ESRCH: it exited meanwhile */
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_live_tick(uv_timer_t *t)
+{
+    master_t *m = t->data;
+    uint64_t now = uv_now(m->loop);
+    uint64_t gap = now - m->live_tick_ms;
+    m->live_tick_ms = now;
+    uint64_t every = router_liveness_interval_ms(m->live_timeout_ms);
+    if (gap > 2 * every) {
+        /* The master itself did not run (stopped, starved): heartbeats
+         * sent meanwhile still wait in the pipes, read after this timer
+         * in the loop's turn. Nobody is judged by that silence. */
+        kvs_warn("the master's liveness check ran %llu ms after the previous one (due every "
+                 "%llu ms: the master itself did not run); the router processes' clocks start "
+                 "again",
+                 (unsigned long long)gap, (unsigned long long)every);
+        live_reset_all(m, now);
+        return;
+    }
+    /* Only the serving generation: a starting one has ready_timeout, a
+     * draining one its grace period; nobody before the node is ready. */
+    rgen_t *g = m->routers;
+    if (!m->ready || m->shutting_down || g == NULL || g->stopping || now < m->live_quiet_until)
+        return;
+    for (uint32_t i = 0; i < m->n_procs; i++)
+        live_check(m, g, i, now);
+}
+
+/* Runs the check with the router.liveness_timeout m->cfg holds now (at
+ * start, after a reload or a membership change took one). A new value
+ * restarts every clock, and nobody is killed for 2 s or the previous
+ * timeout, whichever is longer: the router processes beat at the new
+ * interval only once they took the reload (a young one gets its SIGHUP
+ * up to 1 s late, router_supervisor). */
+static void live_configure(master_t *m)
+{
+    uint64_t timeout = m->cfg->router_liveness_timeout_ms, prev = m->live_timeout_ms;
+    if (timeout == prev)
+        return;
+    uint64_t now = uv_now(m->loop);
+    m->live_timeout_ms = timeout;
+    m->live_tick_ms = now;
+    m->live_quiet_until = now + (prev > 2000 ? prev : 2000);
+    live_reset_all(m, now);
+    uint64_t every = router_liveness_interval_ms(timeout);
+    if (every == 0)
+        uv_timer_stop(&m->live_timer);
+    else
+        uv_timer_start(&m->live_timer, on_live_tick, every, every);
 }
 
 /* ---- membership change -------------------------------------------------------------- */
@@ -736,6 +876,7 @@ static void change_switch(master_t *m)
         kvs_log_level_parse(m->cfg->log_level, &level);
         kvs_log_set_level(level);
         kvs_log_set_format(m->cfg->log_format);
+        live_configure(m);
     }
     gen_take_paths(m, m->routers);
     close(m->config_fd); /* the old generation's: it spawns nothing any more */
@@ -938,6 +1079,7 @@ static void on_sighup(uv_signal_t *h, int signum)
         kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
                  "it once they serve");
     } else {
+        live_configure(m); /* before the router processes take the new interval */
         size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
                    gen_signal(m->old, SIGHUP);
         size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
@@ -977,10 +1119,24 @@ static void master_metrics(void *arg, kvs_mb_t *b)
                              "Times the master started a router process again after it exited.");
     up = kvs_mb_family(b, "kvs_router_up", KVS__METRIC_FAMILY__TYPE__GAUGE,
                        "1 while the router process accepts clients.");
+    Kvs__MetricFamily *hung = kvs_mb_family(
+        b, "kvs_router_liveness_kills_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+        "Times the master killed a router process that sent no heartbeat within "
+        "router.liveness_timeout (restarted then, as after a crash: kvs_router_restarts_total).");
+    Kvs__MetricFamily *age = kvs_mb_family(
+        b, "kvs_router_heartbeat_age_seconds", KVS__METRIC_FAMILY__TYPE__GAUGE,
+        "Time since the serving router process's last heartbeat (while it accepts clients and "
+        "router.liveness_timeout is on).");
+    uint64_t now = uv_now(m->loop);
     for (uint32_t i = 0; i < m->n_procs && m->router_restarts != NULL; i++) {
         const char *index = kvs_mb_printf(b, "%u", i);
+        int serving = m->routers != NULL && m->routers->listening[i];
         kvs_mb_sample(b, restarts, (double)m->router_restarts[i], 1, "router", index);
-        kvs_mb_sample(b, up, m->routers != NULL && m->routers->listening[i], 1, "router", index);
+        kvs_mb_sample(b, up, serving, 1, "router", index);
+        kvs_mb_sample(b, hung, (double)m->router_hung[i], 1, "router", index);
+        if (serving && m->live_timeout_ms > 0)
+            kvs_mb_sample(b, age, (double)(now - m->routers->live[i].beat_ms) / 1000.0, 1, "router",
+                          index);
     }
     Kvs__MetricFamily *f = kvs_mb_family(
         b, "kvs_router_processes", KVS__METRIC_FAMILY__TYPE__GAUGE,
@@ -1077,11 +1233,13 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
     master_t *m = g->m;
     uint64_t inodes[ROUTER_LISTEN_MAX] = {0};
     size_t n = 0;
-    if (index >= m->n_procs || router_procs_parse_listening(line, inodes, &n) != 0) {
+    int beat = strcmp(line, ROUTER_LIVENESS_LINE) == 0;
+    if (index >= m->n_procs || (!beat && router_procs_parse_listening(line, inodes, &n) != 0)) {
         kvs_warn("router %u said something unexpected: %.100s", index, line);
         return;
     }
-    if (g->listening[index] || m->shutting_down || g->stopping)
+    live_heard(m, g, index); /* a heartbeat, or it became ready: its clock starts again */
+    if (beat || g->listening[index] || m->shutting_down || g->stopping)
         return;
     memcpy(g->inodes[index], inodes, sizeof(inodes));
     g->listening[index] = 1;
@@ -1105,8 +1263,10 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
     master_t *m = g->m;
     if (running && m->router_restarts != NULL && index < m->n_procs)
         m->router_restarts[index]++; /* the supervisor reports starts after the first only */
-    if (running)
+    if (running) {
+        g->live[index] = (router_live_t){.beat_ms = uv_now(m->loop)};
         return;
+    }
     if (g->listening[index]) {
         g->listening[index] = 0;
         g->n_listening--;
@@ -1309,6 +1469,8 @@ static void master_signals(master_t *m)
     kvs_signals_hold(0, SIGHUP, SIGUSR2);
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
+    uv_timer_init(m->loop, &m->live_timer);
+    m->live_timer.data = m;
 }
 
 int router_master_run(const char *config_path, const char *argv0)
@@ -1326,8 +1488,9 @@ int router_master_run(const char *config_path, const char *argv0)
     master_signals(&m);
     m.worker_restarts = calloc(m.cfg->shards, sizeof(*m.worker_restarts));
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
-    if (m.worker_restarts == NULL || m.router_restarts == NULL || start_workers(&m) != 0 ||
-        start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
+    m.router_hung = calloc(m.n_procs, sizeof(*m.router_hung));
+    if (m.worker_restarts == NULL || m.router_restarts == NULL || m.router_hung == NULL ||
+        start_workers(&m) != 0 || start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
         (m.cfg->metrics_listen[0] != '\0' &&
          router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
         if (m.routers != NULL && m.routers->sup == NULL) {
@@ -1339,6 +1502,7 @@ int router_master_run(const char *config_path, const char *argv0)
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
         m.start_timeout_ms = m.cfg->router_ready_timeout_ms;
         uv_timer_start(&m.timer, on_ready_timeout, m.start_timeout_ms, 0);
+        live_configure(&m);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.workers); /* every generation freed itself once stopped */
@@ -1350,6 +1514,7 @@ int router_master_run(const char *config_path, const char *argv0)
         close(m.next_config_fd);
     free(m.worker_restarts);
     free(m.router_restarts);
+    free(m.router_hung);
     kvs_config_free(m.cfg);
     if (m.final_msg[0] != '\0')
         kvs_error("%s", m.final_msg);

@@ -58,6 +58,7 @@ static void check_defaults(const kvs_config_t *c)
     CHECK_STR(c->log_level, "info");
     CHECK_EQ(c->log_format, KVS_LOG_TEXT);
     CHECK_EQ(c->router_ready_timeout_ms, 30000);
+    CHECK_EQ(c->router_liveness_timeout_ms, 10000);
     CHECK_EQ(c->router_processes, 0); /* auto */
     CHECK(!c->tls_router.enabled && !c->tls_node.enabled && !c->tls_link.enabled);
     CHECK_EQ(c->tls_router.client_cert, KVS_CLIENT_CERT_NONE);
@@ -622,6 +623,53 @@ KVS_TEST(ready_timeout)
     kvs_config_free(c);
     parse_fails("router:\n  ready_timeout: 0s\n",
                 "config.yaml:2:18: router.ready_timeout must be from 1ms to 1h (got \"0s\")");
+}
+
+KVS_TEST(liveness_timeout)
+{
+    char changed[512], fixed[512];
+    kvs_config_t *c = parse_ok("");
+    CHECK_EQ(c->router_liveness_timeout_ms, 10000);
+    kvs_config_free(c);
+    c = parse_ok("router: {liveness_timeout: 1s}\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 1000);
+    kvs_config_free(c);
+    c = parse_ok("router: {liveness_timeout: 100ms}\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 100);
+    kvs_config_free(c);
+    c = parse_ok("router: {liveness_timeout: 1h}\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 3600000);
+    kvs_config_free(c);
+    /* 0 turns the check off, with or without a unit. */
+    c = parse_ok("router: {liveness_timeout: 0}\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 0);
+    kvs_config_free(c);
+    c = parse_ok("router:\n  liveness_timeout: 0s\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 0);
+    kvs_config_free(c);
+    parse_fails("router:\n  liveness_timeout: 99ms\n",
+                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 100ms to 1h "
+                "(got \"99ms\")");
+    parse_fails("router:\n  liveness_timeout: 61m\n",
+                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 100ms to 1h "
+                "(got \"61m\")");
+    parse_fails("router:\n  liveness_timeout: off\n",
+                "config.yaml:2:21: router.liveness_timeout: \"off\" is not a duration (write "
+                "milliseconds, or a number with ms, s, m, h or d, as in 1s)");
+    parse_fails("router: {liveness_timeout: [1s]}\n",
+                "config.yaml:1:28: router.liveness_timeout: expected a duration such as 1s, got "
+                "a list");
+    /* Live: a reload may change it (the master and every router process
+     * take it together, see router_master.c). */
+    kvs_config_t *a = parse_ok("");
+    kvs_config_t *b = parse_ok("router: {liveness_timeout: 2s}\n");
+    CHECK_EQ(kvs_config_reload_check(a, b, changed, sizeof(changed), fixed, sizeof(fixed)), 0);
+    CHECK_STR(changed, "router.liveness_timeout");
+    CHECK_STR(fixed, "");
+    kvs_config_apply_live(a, b);
+    CHECK_EQ(a->router_liveness_timeout_ms, 2000);
+    kvs_config_free(a);
+    kvs_config_free(b);
 }
 
 KVS_TEST(router_processes)
@@ -1397,27 +1445,25 @@ KVS_TEST(apply_live_swaps_only_live_values)
     kvs_config_free(cur);
 }
 
-KVS_TEST_MAIN(KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
-              KVS_CASE(users_and_their_grants), KVS_CASE(secret_kafka_properties),
-              KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
-              KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
-              KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
-              KVS_CASE(reload_check_classifies_main_keys),
-              KVS_CASE(reload_check_cluster_map_is_live),
-              KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
-              KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
-              KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
-              KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type),
-              KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
-              KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
-              KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
-              KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
-              KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
-              KVS_CASE(kafka_properties), KVS_CASE(yaml_syntax_error),
-              KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
-              KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length),
-              KVS_CASE(ready_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
-              KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
-              KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
-              KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table),
-              KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
+KVS_TEST_MAIN(
+    KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
+    KVS_CASE(users_and_their_grants), KVS_CASE(secret_kafka_properties),
+    KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
+    KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
+    KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
+    KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
+    KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
+    KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
+    KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key), KVS_CASE(duplicate_key),
+    KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
+    KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
+    KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
+    KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
+    KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
+    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
+    KVS_CASE(aliases_are_bounded), KVS_CASE(reader_errors_have_positions),
+    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
+    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
