@@ -22,6 +22,10 @@
  *        pages and make the writer grow the file);
  *      - follows the writer's map growth: a begin that meets MDB_MAP_RESIZED
  *        adopts the new size (mdb_env_set_mapsize(env, 0)) and retries;
+ *      - never reads past the end of data.mdb: a snapshot whose pages
+ *        reach beyond the file (cut short, or damaged) is refused rather
+ *        than faulted on (a read of a mapped page past the end of a file
+ *        is SIGBUS);
  *      - learns the handle (DBI) of a table the first time it is read, in
  *        that read transaction, which then commits instead of resetting
  *        (LMDB keeps a handle opened in a read transaction only if it
@@ -91,9 +95,10 @@ typedef struct kvs_lmdb_ident_s {
     uint64_t lock_dev, lock_ino;
 } kvs_lmdb_ident_t;
 
-/* Opens the environment in o->dir read-only, after checking (in a first
- * snapshot) that it holds the current format version, o->shard and
- * o->placement, and clears stale reader slots. Never creates data.mdb.
+/* Opens the environment in o->dir read-only, after checking that data.mdb
+ * holds every page its newest commit uses and (in a first snapshot) that
+ * it holds the current format version, o->shard and o->placement, and
+ * clears stale reader slots. Never creates data.mdb.
  * Returns 0 and *out; KVS_EMISMATCH (another shard, placement or format;
  * or not initialized yet), KVS_ESTORE (cannot open: err says why), or
  * -ENOMEM. err[0..errlen) then says what is wrong. */
@@ -105,8 +110,9 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
  * shard `shard` of `placement` in the current format: what
  * kvs_lmdb_reader_open checks. Opens it read-only without a lock file and
  * closes it. Returns 0; KVS_EMISMATCH (another shard, placement or format,
- * or never set up by a worker), KVS_ESTORE (not an LMDB environment, or
- * unreadable) or -ENOMEM; err[0..errlen) then says what is wrong. */
+ * or never set up by a worker), KVS_ESTORE (not an LMDB environment,
+ * unreadable, or shorter than its pages: truncated) or -ENOMEM; err[0..errlen) then says what is
+ * wrong. */
 int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
                         size_t errlen);
 
@@ -118,7 +124,13 @@ const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r);
 
 /* Begins a snapshot: every commit made before this call is visible.
  * Adopts a map the writer grew (counted in kvs_lmdb_reader_remaps).
- * Returns 0 or KVS_ESTORE (err logged; no snapshot is open). */
+ * Returns 0; KVS_ESTORE (err logged; no snapshot is open); or -EIO, not
+ * logged: the commit's pages reach past the end of data.mdb (truncated or
+ * damaged: a read there would fault), so no snapshot is open and none
+ * will be until the file holds them (kvs_lmdb_reader_fits says why). The
+ * file's size is looked at again only when the pages outgrow it as last
+ * seen: a file cut short under an open reader is noticed by
+ * kvs_lmdb_reader_fits, not here. */
 int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
 
 /* Ends the snapshot begun (slices read in it become invalid). */
@@ -135,6 +147,11 @@ int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *fr
                          kvs_lmdb_scan_cb cb, void *arg);
 int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n);
 int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val);
+
+/* Whether every page of the newest commit lies inside data.mdb, the file
+ * looked at now. Returns 0, or -EIO with err[0..errlen) saying what is
+ * wrong (a file cut short, or damaged). */
+int kvs_lmdb_reader_fits(kvs_lmdb_reader_t *r, char *err, size_t errlen);
 
 /* Outside a snapshot: clears the reader slots of processes that died
  * (mdb_reader_check); *cleared gets their number. Returns 0 or KVS_ESTORE. */

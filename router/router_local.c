@@ -147,6 +147,19 @@ static int open_env(router_local_t *lc, lshard_t *ls, const kvs_lmdb_ident_t *wa
     return 1;
 }
 
+/* The open environment's data.mdb is shorter than its pages (cut short
+ * under us, or damaged): a read would fault on the missing pages, so it
+ * is closed and its reads go to the worker until an open finds it whole. */
+static void not_in_file(router_local_t *lc, lshard_t *ls)
+{
+    char err[200], why[220];
+    if (ls->env == NULL || kvs_lmdb_reader_fits(ls->env, err, sizeof(err)) == 0)
+        return;
+    close_env(ls);
+    snprintf(why, sizeof(why), "data.mdb: %s", err);
+    open_failed(lc, ls, why);
+}
+
 /* The gate of every local read (router_local.h). Returns 1 with the page's
  * header in *h when the shard may be read here now. */
 static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
@@ -281,11 +294,12 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
 {
     kvs_shardstate_head_t h;
     int ok = ready(lc, ls, &h);
-    if (ok && kvs_lmdb_reader_begin(ls->env) != 0) {
-        log_error(lc, ls, KVS_ESTORE);
-        ok = 0;
-    }
-    if (!ok)
+    int rc = ok ? kvs_lmdb_reader_begin(ls->env) : 0;
+    if (rc == -EIO)
+        not_in_file(lc, ls); /* a read would fault: not read here until it is whole again */
+    else if (rc != 0)
+        log_error(lc, ls, rc);
+    if (!ok || rc != 0)
         return 0;
     if (b != NULL && kvs_freshreq_applies(q != NULL ? q->command_case : pk->cmd)) {
         fresh_ctx_t ctx;
@@ -384,7 +398,8 @@ static void on_timer(uv_timer_t *t)
         if (ls->link == NULL)
             continue;
         check_state_file(lc, ls);
-        ready(lc, ls, &h); /* follows a worker that moved to other files, opens a new one's */
+        ready(lc, ls, &h);   /* follows a worker that moved to other files, opens a new one's */
+        not_in_file(lc, ls); /* a data.mdb cut short since the last look */
         if (ls->env == NULL)
             continue;
         if (kvs_lmdb_reader_check(ls->env, &cleared) == 0 && cleared > 0)

@@ -32,8 +32,12 @@
  *    When they differ (a snapshot bootstrap replaced the directory, the
  *    worker recreated its files) the environment is closed and the one the
  *    worker names opened: no answer comes from files the worker left;
- *  - the environment opens and is the shard's (format, shard, placement).
- *    One that cannot be opened is logged once and tried again every second.
+ *  - the environment opens and is the shard's (format, shard, placement),
+ *    and its data.mdb holds every page its commits use: a file cut short
+ *    (a read of the missing pages would fault and kill the router) is
+ *    closed and not read here. Checked at opening, whenever the pages
+ *    outgrow the file as last seen, and every second. One that cannot be
+ *    opened is logged once and tried again every second.
  *
  * Resources: per local shard one read-only environment (two descriptors,
  * a map the size of the worker's), one reusable read transaction and so at

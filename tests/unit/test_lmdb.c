@@ -465,6 +465,64 @@ KVS_TEST(one_slot_and_stale_slots_cleared)
     CHECK_EQ(slots_of(getpid()), 0); /* released on close */
 }
 
+/* A writer that commits a little, pauses, then commits some 2 MB more. */
+static void writer_fills(void)
+{
+    node_store_t *s = store_open(16u << 20);
+    put(s, "t", "a", "1");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* the reader opens a small file */
+    char key[32], val[1000];
+    memset(val, 'y', sizeof(val));
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof(key), "k%06d", i);
+        CHECK_EQ(node_store_put(s, "big", key, strlen(key), val, sizeof(val)), 0);
+    }
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* A data.mdb shorter than the pages its commits use (cut short, or a
+ * damaged copy) is never read: a read of a mapped page past the end of
+ * the file faults (SIGBUS) and would kill the reading process. Refused
+ * when the snapshot's pages outgrow the file as last seen, when asked
+ * (kvs_lmdb_reader_fits, the router's upkeep), at opening, and in a copy
+ * checked before it takes data.mdb's place. */
+KVS_TEST(never_reads_past_the_end_of_data_mdb)
+{
+    peer_t w;
+    struct stat st;
+    char err[512], path[400], part[400], buf[2000];
+    fresh_dir();
+    peer_start(&w, writer_fills);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_STR(read_now(r, "t", "a", buf), "1");
+    CHECK_EQ(kvs_lmdb_reader_fits(r, err, sizeof(err)), 0);
+    peer_go(&w);
+    peer_join(&w); /* some 2 MB committed since the reader last looked */
+    snprintf(path, sizeof(path), "%s/data.mdb", envdir);
+    CHECK_EQ(stat(path, &st), 0);
+    CHECK(st.st_size > (1 << 21));
+    snprintf(part, sizeof(part), "%s/copy.part", kvs_test_dir());
+    copy_file(path, part);
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), 0); /* whole: fine */
+    CHECK_EQ(truncate(path, st.st_size / 2), 0);
+    CHECK_EQ(kvs_lmdb_reader_begin(r), -EIO); /* not a page of it read */
+    CHECK_EQ(kvs_lmdb_reader_begin(r), -EIO);
+    CHECK_EQ(kvs_lmdb_reader_fits(r, err, sizeof(err)), -EIO);
+    CHECK_CONTAINS(err, "less than the");
+    kvs_lmdb_reader_close(r);
+    kvs_lmdb_reader_opts_t o = {.dir = envdir, .shard = 0, .placement = "p", .max_tables = 8};
+    r = NULL;
+    CHECK_EQ(kvs_lmdb_reader_open(&o, &r, err, sizeof(err)), KVS_ESTORE);
+    CHECK(r == NULL);
+    CHECK_CONTAINS(err, "data.mdb: it is");
+    CHECK_EQ(truncate(part, st.st_size / 2), 0);
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), KVS_ESTORE);
+    CHECK_CONTAINS(err, "truncated");
+}
+
 KVS_TEST(identity_names_the_files)
 {
     peer_t w;
@@ -494,4 +552,5 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
-              KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would))
+              KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),
+              KVS_CASE(never_reads_past_the_end_of_data_mdb))
