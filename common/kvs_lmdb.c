@@ -120,6 +120,7 @@ struct kvs_lmdb_reader_s {
     int fd;              /* data.mdb's descriptor (LMDB's) */
     uint64_t psize;      /* page size */
     uint64_t file_bytes; /* data.mdb's size when last looked at (it only grows) */
+    const char *why;     /* why the last begin failed (LMDB's static text) */
 };
 
 /* Whether every page the newest commit uses lies inside data.mdb: a page
@@ -216,8 +217,10 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
         }
         r->remaps++;
     }
-    if (rc != 0)
-        return kvs_lmdb_err("read snapshot", rc);
+    if (rc != 0) {
+        r->why = mdb_strerror(rc); /* the caller logs, as often as it sees fit */
+        return KVS_ESTORE;
+    }
     char err[200];
     if (pages_in_file(r, 0, err, sizeof(err)) != 0) {
         mdb_txn_reset(r->txn); /* not one page of it is read */
@@ -275,6 +278,11 @@ int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
 int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val)
 {
     return kvs_lmdb_get(r->txn, r->meta, key, strlen(key), val);
+}
+
+const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r)
+{
+    return r->why != NULL ? r->why : "no error";
 }
 
 int kvs_lmdb_reader_fits(kvs_lmdb_reader_t *r, char *err, size_t errlen)
@@ -341,7 +349,8 @@ static int check_identity(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o,
     char shard[16], version[] = KVS_SCHEMA_FORMAT_VERSION;
     kvs_slice_t v;
     if (kvs_lmdb_reader_begin(r) != 0) {
-        snprintf(err, errlen, "%s: cannot begin a read snapshot", o->dir);
+        snprintf(err, errlen, "%s: cannot begin a read snapshot: %s", o->dir,
+                 kvs_lmdb_reader_why(r));
         return KVS_ESTORE;
     }
     int rc = mdb_dbi_open(r->txn, KVS_SCHEMA_META_DB, 0, &r->meta);

@@ -124,14 +124,20 @@ const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r);
 
 /* Begins a snapshot: every commit made before this call is visible.
  * Adopts a map the writer grew (counted in kvs_lmdb_reader_remaps).
- * Returns 0; KVS_ESTORE (err logged; no snapshot is open); or -EIO, not
- * logged: the commit's pages reach past the end of data.mdb (truncated or
+ * Returns 0; KVS_ESTORE (no snapshot is open; not logged, so a caller
+ * that meets it on every request can log it as seldom as it likes:
+ * kvs_lmdb_reader_why says why, e.g. every reader slot is taken); or
+ * -EIO, not logged either: the commit's pages reach past the end of data.mdb (truncated or
  * damaged: a read there would fault), so no snapshot is open and none
  * will be until the file holds them (kvs_lmdb_reader_fits says why). The
  * file's size is looked at again only when the pages outgrow it as last
  * seen: a file cut short under an open reader is noticed by
  * kvs_lmdb_reader_fits, not here. */
 int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
+
+/* Why the last kvs_lmdb_reader_begin that returned KVS_ESTORE failed:
+ * static text, valid for the process's life. */
+const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r);
 
 /* Ends the snapshot begun (slices read in it become invalid). */
 void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r);

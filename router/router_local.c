@@ -241,15 +241,19 @@ static int src_count(void *arg, const char *table, uint64_t *n)
     return kvs_lmdb_reader_count(arg, table, n);
 }
 
-static void log_error(router_local_t *lc, lshard_t *ls, int rc)
+/* A local read failed with `rc` (`why`: LMDB's reason, or NULL). A
+ * failure that lasts (every reader slot taken) meets every read: logged
+ * at most every ERROR_LOG_MS. */
+static void log_error(router_local_t *lc, lshard_t *ls, int rc, const char *why)
 {
     uint64_t now = uv_now(lc->loop);
     if (lc->error_log_ms != 0 && now - lc->error_log_ms < ERROR_LOG_MS)
         return;
     lc->error_log_ms = now;
-    kvs_warn("shard %u: a local read failed (%s); it went to the worker (logged at most every "
-             "%d s)",
-             ls->id, kvs_strerror(rc), ERROR_LOG_MS / 1000);
+    kvs_warn("shard %u: a local read failed (%s%s%s); it went to the worker (logged at most "
+             "every %d s)",
+             ls->id, kvs_strerror(rc), why != NULL ? ": " : "", why != NULL ? why : "",
+             ERROR_LOG_MS / 1000);
 }
 
 /* Builds the answer of `q` (or of the peeked Hget/Hexist `pk`) from the open
@@ -273,7 +277,7 @@ static int answer(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q
     }
     if (rc != 0) {
         kvs_resp_abort(&r);
-        log_error(lc, ls, rc);
+        log_error(lc, ls, rc, NULL);
         return 0;
     }
     if (kvs_reads_finish(&r, src.max_frame, cmd) != 0) {
@@ -298,7 +302,7 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
     if (rc == -EIO)
         not_in_file(lc, ls); /* a read would fault: not read here until it is whole again */
     else if (rc != 0)
-        log_error(lc, ls, rc);
+        log_error(lc, ls, rc, kvs_lmdb_reader_why(ls->env));
     if (!ok || rc != 0)
         return 0;
     if (b != NULL && kvs_freshreq_applies(q != NULL ? q->command_case : pk->cmd)) {

@@ -727,6 +727,7 @@ class ReplicasTest(ReplicaFixtures, unittest.TestCase):
 
 LMDB = ctypes.util.find_library("lmdb")
 MDB_RDONLY = 0x20000
+MDB_NOTLS = 0x200000
 
 HOLD_SNAPSHOT = r"""
 import ctypes, sys, time
@@ -739,6 +740,21 @@ print("holding", flush=True)
 time.sleep(60)
 """ % (MDB_RDONLY, MDB_RDONLY)
 
+# Takes every free reader slot of environment argv[2] (MDB_NOTLS: a slot
+# per transaction) and holds them.
+TAKE_EVERY_SLOT = r"""
+import ctypes, sys, time
+lib = ctypes.CDLL(sys.argv[1])
+env = ctypes.c_void_p()
+assert lib.mdb_env_create(ctypes.byref(env)) == 0
+assert lib.mdb_env_open(env, sys.argv[2].encode(), %d, 0o600) == 0
+held, rc = [], 0
+while rc == 0:
+    held.append(ctypes.c_void_p())
+    rc = lib.mdb_txn_begin(env, None, %d, ctypes.byref(held[-1]))
+print("holding %%d" %% (len(held) - 1), flush=True)
+time.sleep(60)
+""" % (MDB_RDONLY | MDB_NOTLS, MDB_RDONLY)
 
 @unittest.skipIf(LMDB is None or shutil.which("mdb_stat") is None, "liblmdb and mdb_stat needed")
 class ReaderSlotsTest(LocalReadsCase):
@@ -766,6 +782,40 @@ class ReaderSlotsTest(LocalReadsCase):
         self.assertIn("shard 0: cleared 1 reader slot(s) left by processes that died",
                       r.stderr())
         self.assertEqual(self.readers(env).count(router), 1)
+
+    def test_a_full_reader_table_sends_reads_to_the_worker_logged_seldom(self):
+        """Every reader slot taken (another process holds them all) while the
+        router has none: each read of the shard goes to its worker, and the
+        failure, met by every read, is logged at most every 10 s, not once
+        per read. Once slots are free again, reads are answered here."""
+        r = self.local_router()
+        keys = self.fill(r, "t", 3)
+        env = os.path.join(r.data_dir, "shard-0")
+        with r.client() as c:
+            self.assertEqual(c.hset("u", keys[0][0], b"u").status, 200)
+            p = subprocess.Popen([sys.executable, "-c", TAKE_EVERY_SLOT, LMDB, env],
+                                 stdout=subprocess.PIPE, text=True)
+            self.addCleanup(p.stdout.close)
+            self.addCleanup(p.kill)
+            self.assertTrue(p.stdout.readline().startswith("holding"))
+            # a table read here for the first time: the router's snapshot
+            # commits (to keep the table's handle), which gives its slot up
+            self.assertEqual(pyval(c.hget("u", keys[0][0]).values[0]), b"u")
+            for i in range(100):
+                k = keys[0][i % 3]
+                got = c.hget("t", k)
+                self.assertEqual((got.status, pyval(got.values[0])), (200, b"v-" + k),
+                                 got.message)
+            log = r.stderr()
+            self.assertIn("shard 0: a local read failed (storage error: MDB_READERS_FULL", log)
+            self.assertEqual(log.count("MDB_READERS_FULL"), 1, "logged once per read")
+            p.kill()
+            p.wait(10)
+            self.assertTrue(wait_until(lambda: str(p.pid) not in self.readers(env), 5))
+            with stopped(r.workers()[0]):
+                got, el = self.timed(c.hget, "t", keys[0][0])
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[0][0])
 
     def test_slot_of_a_worker_killed_mid_write_is_cleared(self):
         """A worker killed while it writes leaves its reader slot behind (its
