@@ -817,6 +817,36 @@ class ReaderSlotsTest(LocalReadsCase):
                 self.assertHere(el, "Hget")
                 self.assertEqual(pyval(got.values[0]), b"v-" + keys[0][0])
 
+    def test_worker_clears_a_dead_readers_slot_when_no_router_reads(self):
+        """A reader killed holding a snapshot (a router process, a backup
+        tool) leaves a slot that keeps every page freed after it from being
+        reused: each write then grows data.mdb. With no router process
+        reading the environment (local reads off here; or every router
+        process restarting) nobody else clears it: the worker does, once
+        the file grows. Without that, this workload grew it to ~95 MB."""
+        r = self.local_router(router_yaml=["local_reads: false"])
+        keys = keys_by_shard(b"d", 20, PARTITIONS, 2)[0]
+        env = os.path.join(r.data_dir, "shard-0")
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, b"x").status, 200)
+            p = subprocess.Popen([sys.executable, "-c", HOLD_SNAPSHOT, LMDB, env],
+                                 stdout=subprocess.PIPE, text=True)
+            self.addCleanup(p.stdout.close)
+            self.addCleanup(p.kill)
+            self.assertEqual(p.stdout.readline().strip(), "holding")
+            p.kill()  # dies holding its snapshot
+            p.wait(10)
+            self.assertIn(str(p.pid), self.readers(env))
+            for _ in range(200):  # each round replaces 400 kB
+                got = c.pipeline([req_hset("t", k, os.urandom(20000)) for k in keys])
+                self.assertEqual({g.status for g in got}, {200})
+        self.assertNotIn(str(p.pid), self.readers(env))
+        size = os.path.getsize(os.path.join(env, "data.mdb"))
+        self.assertLess(size, 16 << 20, "data.mdb grew to %d bytes" % size)
+        self.assertIn("node[0] INFO  cleared 1 reader slot(s) left by processes that died",
+                      r.stderr())
+
     def test_slot_of_a_worker_killed_mid_write_is_cleared(self):
         """A worker killed while it writes leaves its reader slot behind (its
         per-turn snapshot); the next worker, or the router within a second,
