@@ -117,41 +117,8 @@ struct kvs_lmdb_reader_s {
     kvs_dbimap_t tables; /* up to storage.max_tables */
     uint64_t remaps;
     kvs_lmdb_ident_t ident;
-    int fd;              /* data.mdb's descriptor (LMDB's) */
-    uint64_t psize;      /* page size */
-    uint64_t file_bytes; /* data.mdb's size when last looked at (it only grows) */
-    const char *why;     /* why the last begin failed (LMDB's static text) */
+    const char *why; /* why the last begin failed (LMDB's static text) */
 };
-
-/* Whether every page the newest commit uses lies inside data.mdb: a page
- * past the end of the file is not there to read (a read would fault,
- * SIGBUS). The file is stat'ed only when the pages reach past its size as
- * last seen (the writer extends it before it commits pages there), or
- * when `restat`. Returns 0, or -EIO (err says why). */
-static int pages_in_file(kvs_lmdb_reader_t *r, int restat, char *err, size_t errlen)
-{
-    MDB_envinfo info;
-    struct stat st;
-    if (mdb_env_info(r->env, &info) != 0) {
-        snprintf(err, errlen, "cannot read its meta page");
-        return -EIO;
-    }
-    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * r->psize;
-    if (need <= r->file_bytes && !restat)
-        return 0;
-    if (fstat(r->fd, &st) != 0) {
-        snprintf(err, errlen, "cannot stat data.mdb: %s", strerror(errno));
-        return -EIO;
-    }
-    r->file_bytes = (uint64_t)st.st_size;
-    if (need <= r->file_bytes)
-        return 0;
-    snprintf(err, errlen,
-             "it is %llu bytes, less than the %llu bytes its pages take (it was truncated or is "
-             "damaged)",
-             (unsigned long long)r->file_bytes, (unsigned long long)need);
-    return -EIO;
-}
 
 /* No handle is left for `table` (this reader holds as many as
  * storage.max_tables allows): whether the table exists decides, looked up
@@ -221,11 +188,6 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
         r->why = mdb_strerror(rc); /* the caller logs, as often as it sees fit */
         return KVS_ESTORE;
     }
-    char err[200];
-    if (pages_in_file(r, 0, err, sizeof(err)) != 0) {
-        mdb_txn_reset(r->txn); /* not one page of it is read */
-        return -EIO;
-    }
     r->live = 1;
     return 0;
 }
@@ -283,11 +245,6 @@ int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val
 const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r)
 {
     return r->why != NULL ? r->why : "no error";
-}
-
-int kvs_lmdb_reader_fits(kvs_lmdb_reader_t *r, char *err, size_t errlen)
-{
-    return pages_in_file(r, 1, err, errlen);
 }
 
 int kvs_lmdb_reader_check(kvs_lmdb_reader_t *r, int *cleared)
@@ -377,17 +334,6 @@ static int check_identity(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o,
     return rc;
 }
 
-/* Notes data.mdb's descriptor and the page size, once the environment is
- * open. Returns 0 or KVS_ESTORE. */
-static int file_of(kvs_lmdb_reader_t *r)
-{
-    MDB_stat st;
-    if (mdb_env_get_fd(r->env, &r->fd) != 0 || mdb_env_stat(r->env, &st) != 0)
-        return KVS_ESTORE;
-    r->psize = st.ms_psize;
-    return 0;
-}
-
 static int env_open(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char *err, size_t errlen)
 {
     char path[4200];
@@ -410,11 +356,9 @@ static int env_open(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char 
                  mdb_strerror(rc));
         return KVS_ESTORE;
     }
+    int fd;
     snprintf(path, sizeof(path), "%s/lock.mdb", o->dir);
-    rc = file_of(r);
-    if (rc == 0)
-        rc = fstat(r->fd, &st) != 0 ? -errno : 0;
-    if (rc != 0) {
+    if (mdb_env_get_fd(r->env, &fd) != 0 || fstat(fd, &st) != 0) {
         snprintf(err, errlen, "%s: cannot stat data.mdb", o->dir);
         return KVS_ESTORE;
     }
@@ -429,14 +373,29 @@ static int env_open(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char 
     return 0;
 }
 
-/* At opening: every page inside the file. Returns 0, or KVS_ESTORE with
- * err naming `what` (the directory or file). */
-static int fits_or_say(kvs_lmdb_reader_t *r, const char *what, char *err, size_t errlen)
+/* A compacted copy (MDB_CP_COMPACT, as a Snapshot sends) holds exactly
+ * the pages its meta page names, none past them, none missing: one that
+ * is shorter was cut short, and a read of its missing pages would fault
+ * (SIGBUS) once it is in place. (A live environment may legitimately end
+ * before its last page: LMDB leaves free pages at the end unwritten.)
+ * Returns 0, or KVS_ESTORE with err saying why. */
+static int copy_is_whole(kvs_lmdb_reader_t *r, const char *path, char *err, size_t errlen)
 {
-    char why[200];
-    if (pages_in_file(r, 1, why, sizeof(why)) == 0)
+    MDB_envinfo info;
+    MDB_stat ms;
+    struct stat st;
+    int fd;
+    if (mdb_env_info(r->env, &info) != 0 || mdb_env_stat(r->env, &ms) != 0 ||
+        mdb_env_get_fd(r->env, &fd) != 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot read its size or meta page", path);
+        return KVS_ESTORE;
+    }
+    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
+    if ((uint64_t)st.st_size >= need)
         return 0;
-    snprintf(err, errlen, "%s: %s", what, why);
+    snprintf(err, errlen,
+             "%s is %llu bytes, less than the %llu bytes its pages take: the copy was cut short",
+             path, (unsigned long long)st.st_size, (unsigned long long)need);
     return KVS_ESTORE;
 }
 
@@ -444,25 +403,22 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
                          size_t errlen)
 {
     kvs_lmdb_reader_t *r = calloc(1, sizeof(*r));
+    *out = r; /* already: a caller that jumps out of a fault here can close it */
     if (r == NULL)
         return -ENOMEM;
     int rc = kvs_dbimap_init(&r->tables, o->max_tables);
     if (rc == 0)
         rc = env_open(r, o, err, errlen);
-    char data[4200];
-    snprintf(data, sizeof(data), "%s/data.mdb", o->dir);
-    if (rc == 0)
-        rc = fits_or_say(r, data, err, errlen);
     if (rc == 0)
         rc = check_identity(r, o, err, errlen);
     int cleared;
     if (rc == 0)
         kvs_lmdb_reader_check(r, &cleared);
     if (rc != 0) {
+        *out = NULL;
         kvs_lmdb_reader_close(r);
         return rc;
     }
-    *out = r;
     return 0;
 }
 
@@ -486,7 +442,7 @@ int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement,
         rc = KVS_ESTORE;
     }
     if (rc == 0)
-        rc = file_of(r) == 0 ? fits_or_say(r, path, err, errlen) : KVS_ESTORE;
+        rc = copy_is_whole(r, path, err, errlen);
     if (rc == 0)
         rc = check_identity(r, &o, err, errlen);
     kvs_lmdb_reader_close(r);

@@ -22,10 +22,6 @@
  *        pages and make the writer grow the file);
  *      - follows the writer's map growth: a begin that meets MDB_MAP_RESIZED
  *        adopts the new size (mdb_env_set_mapsize(env, 0)) and retries;
- *      - never reads past the end of data.mdb: a snapshot whose pages
- *        reach beyond the file (cut short, or damaged) is refused rather
- *        than faulted on (a read of a mapped page past the end of a file
- *        is SIGBUS);
  *      - learns the handle (DBI) of a table the first time it is read, in
  *        that read transaction, which then commits instead of resetting
  *        (LMDB keeps a handle opened in a read transaction only if it
@@ -95,13 +91,15 @@ typedef struct kvs_lmdb_ident_s {
     uint64_t lock_dev, lock_ino;
 } kvs_lmdb_ident_t;
 
-/* Opens the environment in o->dir read-only, after checking that data.mdb
- * holds every page its newest commit uses and (in a first snapshot) that
- * it holds the current format version, o->shard and o->placement, and
- * clears stale reader slots. Never creates data.mdb.
+/* Opens the environment in o->dir read-only, after checking (in a first
+ * snapshot) that it holds the current format version, o->shard and
+ * o->placement, and clears stale reader slots. Never creates data.mdb.
  * Returns 0 and *out; KVS_EMISMATCH (another shard, placement or format;
  * or not initialized yet), KVS_ESTORE (cannot open: err says why), or
- * -ENOMEM. err[0..errlen) then says what is wrong. */
+ * -ENOMEM (*out is NULL then). err[0..errlen) then says what is wrong.
+ * *out is set as soon as the reader exists (and set to NULL again if the
+ * open fails), so a caller that jumps out of a fault in the middle of the
+ * open (router_local) holds what to close. */
 int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
                          size_t errlen);
 
@@ -109,9 +107,11 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
  * open (a copy not yet in place), holds an environment this kvs reads as
  * shard `shard` of `placement` in the current format: what
  * kvs_lmdb_reader_open checks. Opens it read-only without a lock file and
- * closes it. Returns 0; KVS_EMISMATCH (another shard, placement or format,
- * or never set up by a worker), KVS_ESTORE (not an LMDB environment,
- * unreadable, or shorter than its pages: truncated) or -ENOMEM; err[0..errlen) then says what is
+ * closes it. The file must be a compacted copy (MDB_CP_COMPACT, as a
+ * Snapshot sends), which holds exactly the pages it names. Returns 0;
+ * KVS_EMISMATCH (another shard, placement or format, or never set up by a
+ * worker), KVS_ESTORE (not an LMDB environment, unreadable, or shorter
+ * than its pages: cut short) or -ENOMEM; err[0..errlen) then says what is
  * wrong. */
 int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
                         size_t errlen);
@@ -124,15 +124,13 @@ const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r);
 
 /* Begins a snapshot: every commit made before this call is visible.
  * Adopts a map the writer grew (counted in kvs_lmdb_reader_remaps).
- * Returns 0; KVS_ESTORE (no snapshot is open; not logged, so a caller
+ * Returns 0, or KVS_ESTORE (no snapshot is open; not logged, so a caller
  * that meets it on every request can log it as seldom as it likes:
- * kvs_lmdb_reader_why says why, e.g. every reader slot is taken); or
- * -EIO, not logged either: the commit's pages reach past the end of data.mdb (truncated or
- * damaged: a read there would fault), so no snapshot is open and none
- * will be until the file holds them (kvs_lmdb_reader_fits says why). The
- * file's size is looked at again only when the pages outgrow it as last
- * seen: a file cut short under an open reader is noticed by
- * kvs_lmdb_reader_fits, not here. */
+ * kvs_lmdb_reader_why says why, e.g. every reader slot is taken).
+ *
+ * Pages are read through the map: a data.mdb cut short under the reader
+ * (truncated, a damaged disk) faults (SIGBUS) at the first read of a
+ * missing page. The caller decides what a fault does (router_local). */
 int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
 
 /* Why the last kvs_lmdb_reader_begin that returned KVS_ESTORE failed:
@@ -153,11 +151,6 @@ int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *fr
                          kvs_lmdb_scan_cb cb, void *arg);
 int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n);
 int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val);
-
-/* Whether every page of the newest commit lies inside data.mdb, the file
- * looked at now. Returns 0, or -EIO with err[0..errlen) saying what is
- * wrong (a file cut short, or damaged). */
-int kvs_lmdb_reader_fits(kvs_lmdb_reader_t *r, char *err, size_t errlen);
 
 /* Outside a snapshot: clears the reader slots of processes that died
  * (mdb_reader_check); *cleared gets their number. Returns 0 or KVS_ESTORE. */
