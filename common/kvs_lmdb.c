@@ -117,6 +117,7 @@ struct kvs_lmdb_reader_s {
     kvs_dbimap_t tables; /* up to storage.max_tables */
     uint64_t remaps;
     kvs_lmdb_ident_t ident;
+    const char *why; /* why the last begin failed (LMDB's static text) */
 };
 
 /* No handle is left for `table` (this reader holds as many as
@@ -183,8 +184,10 @@ int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r)
         }
         r->remaps++;
     }
-    if (rc != 0)
-        return kvs_lmdb_err("read snapshot", rc);
+    if (rc != 0) {
+        r->why = mdb_strerror(rc); /* the caller logs, as often as it sees fit */
+        return KVS_ESTORE;
+    }
     r->live = 1;
     return 0;
 }
@@ -237,6 +240,11 @@ int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
 int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val)
 {
     return kvs_lmdb_get(r->txn, r->meta, key, strlen(key), val);
+}
+
+const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r)
+{
+    return r->why != NULL ? r->why : "no error";
 }
 
 int kvs_lmdb_reader_check(kvs_lmdb_reader_t *r, int *cleared)
@@ -298,7 +306,8 @@ static int check_identity(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o,
     char shard[16], version[] = KVS_SCHEMA_FORMAT_VERSION;
     kvs_slice_t v;
     if (kvs_lmdb_reader_begin(r) != 0) {
-        snprintf(err, errlen, "%s: cannot begin a read snapshot", o->dir);
+        snprintf(err, errlen, "%s: cannot begin a read snapshot: %s", o->dir,
+                 kvs_lmdb_reader_why(r));
         return KVS_ESTORE;
     }
     int rc = mdb_dbi_open(r->txn, KVS_SCHEMA_META_DB, 0, &r->meta);
@@ -364,10 +373,37 @@ static int env_open(kvs_lmdb_reader_t *r, const kvs_lmdb_reader_opts_t *o, char 
     return 0;
 }
 
+/* A compacted copy (MDB_CP_COMPACT, as a Snapshot sends) holds exactly
+ * the pages its meta page names, none past them, none missing: one that
+ * is shorter was cut short, and a read of its missing pages would fault
+ * (SIGBUS) once it is in place. (A live environment may legitimately end
+ * before its last page: LMDB leaves free pages at the end unwritten.)
+ * Returns 0, or KVS_ESTORE with err saying why. */
+static int copy_is_whole(kvs_lmdb_reader_t *r, const char *path, char *err, size_t errlen)
+{
+    MDB_envinfo info;
+    MDB_stat ms;
+    struct stat st;
+    int fd;
+    if (mdb_env_info(r->env, &info) != 0 || mdb_env_stat(r->env, &ms) != 0 ||
+        mdb_env_get_fd(r->env, &fd) != 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot read its size or meta page", path);
+        return KVS_ESTORE;
+    }
+    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
+    if ((uint64_t)st.st_size >= need)
+        return 0;
+    snprintf(err, errlen,
+             "%s is %llu bytes, less than the %llu bytes its pages take: the copy was cut short",
+             path, (unsigned long long)st.st_size, (unsigned long long)need);
+    return KVS_ESTORE;
+}
+
 int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
                          size_t errlen)
 {
     kvs_lmdb_reader_t *r = calloc(1, sizeof(*r));
+    *out = r; /* already: a caller that jumps out of a fault here can close it */
     if (r == NULL)
         return -ENOMEM;
     int rc = kvs_dbimap_init(&r->tables, o->max_tables);
@@ -379,10 +415,10 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
     if (rc == 0)
         kvs_lmdb_reader_check(r, &cleared);
     if (rc != 0) {
+        *out = NULL;
         kvs_lmdb_reader_close(r);
         return rc;
     }
-    *out = r;
     return 0;
 }
 
@@ -405,6 +441,8 @@ int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement,
                  mdb_strerror(rc));
         rc = KVS_ESTORE;
     }
+    if (rc == 0)
+        rc = copy_is_whole(r, path, err, errlen);
     if (rc == 0)
         rc = check_identity(r, &o, err, errlen);
     kvs_lmdb_reader_close(r);

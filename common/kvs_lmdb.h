@@ -96,7 +96,10 @@ typedef struct kvs_lmdb_ident_s {
  * o->placement, and clears stale reader slots. Never creates data.mdb.
  * Returns 0 and *out; KVS_EMISMATCH (another shard, placement or format;
  * or not initialized yet), KVS_ESTORE (cannot open: err says why), or
- * -ENOMEM. err[0..errlen) then says what is wrong. */
+ * -ENOMEM (*out is NULL then). err[0..errlen) then says what is wrong.
+ * *out is set as soon as the reader exists (and set to NULL again if the
+ * open fails), so a caller that jumps out of a fault in the middle of the
+ * open (router_local) holds what to close. */
 int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **out, char *err,
                          size_t errlen);
 
@@ -104,9 +107,12 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
  * open (a copy not yet in place), holds an environment this kvs reads as
  * shard `shard` of `placement` in the current format: what
  * kvs_lmdb_reader_open checks. Opens it read-only without a lock file and
- * closes it. Returns 0; KVS_EMISMATCH (another shard, placement or format,
- * or never set up by a worker), KVS_ESTORE (not an LMDB environment, or
- * unreadable) or -ENOMEM; err[0..errlen) then says what is wrong. */
+ * closes it. The file must be a compacted copy (MDB_CP_COMPACT, as a
+ * Snapshot sends), which holds exactly the pages it names. Returns 0;
+ * KVS_EMISMATCH (another shard, placement or format, or never set up by a
+ * worker), KVS_ESTORE (not an LMDB environment, unreadable, or shorter
+ * than its pages: cut short) or -ENOMEM; err[0..errlen) then says what is
+ * wrong. */
 int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
                         size_t errlen);
 
@@ -118,8 +124,18 @@ const kvs_lmdb_ident_t *kvs_lmdb_reader_ident(const kvs_lmdb_reader_t *r);
 
 /* Begins a snapshot: every commit made before this call is visible.
  * Adopts a map the writer grew (counted in kvs_lmdb_reader_remaps).
- * Returns 0 or KVS_ESTORE (err logged; no snapshot is open). */
+ * Returns 0, or KVS_ESTORE (no snapshot is open; not logged, so a caller
+ * that meets it on every request can log it as seldom as it likes:
+ * kvs_lmdb_reader_why says why, e.g. every reader slot is taken).
+ *
+ * Pages are read through the map: a data.mdb cut short under the reader
+ * (truncated, a damaged disk) faults (SIGBUS) at the first read of a
+ * missing page. The caller decides what a fault does (router_local). */
 int kvs_lmdb_reader_begin(kvs_lmdb_reader_t *r);
+
+/* Why the last kvs_lmdb_reader_begin that returned KVS_ESTORE failed:
+ * static text, valid for the process's life. */
+const char *kvs_lmdb_reader_why(const kvs_lmdb_reader_t *r);
 
 /* Ends the snapshot begun (slices read in it become invalid). */
 void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r);

@@ -29,7 +29,10 @@
  * whole). A commit that cannot get space fails whole, before LMDB writes the
  * meta page, so the previous state stands, and fail_cb turns every answer of
  * the batch into an error. Deletes and overwrites mostly reuse freed pages,
- * so they keep working on a full disk whenever LMDB can commit them.
+ * so they keep working on a full disk whenever LMDB can commit them. Pages
+ * a live snapshot may read are never reused, so a reader killed holding one
+ * would make the file grow for good: dead readers' slots are cleared at
+ * open and whenever the pages in use grew by an eighth (watch_dead_readers).
  *
  * Map growth. The map is address space, not disk. LMDB fails a write with
  * MDB_MAP_FULL when the map is full, and a failed write poisons its whole
@@ -107,6 +110,7 @@ struct node_store_s {
     uint64_t failed_batches;
     kvs_lmdb_ident_t ident; /* data.mdb and lock.mdb as opened */
     unsigned pins;          /* views and copies other threads run: the map must not move */
+    size_t check_at;        /* pages in use past which stale reader slots are looked for */
 };
 
 struct node_store_view_s {
@@ -332,6 +336,35 @@ static void map_grow(node_store_t *s, size_t need)
     s->map_size = size;
 }
 
+/* Frees the reader slots of processes that died: a slot that held a
+ * snapshot keeps every page freed after it from being reused, and the file
+ * grows instead for as long as it stays. `dir` names the environment in
+ * the log line (NULL: the shard's log prefix says it). */
+static void clear_dead_readers(node_store_t *s, const char *dir)
+{
+    int dead = 0;
+    mdb_reader_check(s->env, &dead);
+    if (dead > 0)
+        kvs_info("%s%scleared %d reader slot(s) left by processes that died", dir ? dir : "",
+                 dir ? ": " : "", dead);
+}
+
+/* Pages in use grew past what they were at the last look for dead
+ * readers' slots (by an eighth): look again. Routers reading the
+ * environment look every second, but none may be running (local reads
+ * off, every router process restarting) while the slot of a reader killed
+ * holding a snapshot (a router process, a backup tool) makes every write
+ * grow the file; the growth is what calls for the look, so it costs
+ * nothing while the file keeps its size. */
+static void watch_dead_readers(node_store_t *s)
+{
+    if (s->used <= s->check_at)
+        return;
+    if (s->check_at > 0)
+        clear_dead_readers(s, NULL);
+    s->check_at = s->used + s->used / 8 + 64;
+}
+
 /* Opens a batch that starts with writes priced `op_pages` and `bytes`,
  * growing the map first if their worst case would not fit. */
 static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
@@ -339,6 +372,7 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
     s->used = (size_t)info.me_last_pgno + 1;
+    watch_dead_readers(s);
     s->op_pages = 0;
     s->bytes = 0;
     size_t need = batch_pages(s, op_pages, bytes);
@@ -950,10 +984,7 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
         return KVS_ESTORE;
     }
-    int dead = 0;
-    mdb_reader_check(s->env, &dead); /* slots of dead readers would pin old pages */
-    if (dead > 0)
-        kvs_info("%s: cleared %d reader slot(s) left by processes that died", o->dir, dead);
+    clear_dead_readers(s, o->dir);
     if ((rc = ident_of(s, o->dir)) != 0) {
         snprintf(err, errlen, "%s: cannot stat its files: %s", o->dir, strerror(-rc));
         return KVS_ESTORE;

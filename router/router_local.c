@@ -30,6 +30,9 @@
 #include "kvs_shardstate.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,11 +48,14 @@ typedef struct lshard_s {
     const router_link_t *link; /* the link to this node's worker of the shard; NULL: none */
     kvs_lmdb_reader_t *env;    /* NULL: not open */
     kvs_shardstate_t *state;
-    uint64_t retry_at; /* uv_now before which no open is tried */
-    int warned;        /* the current failure to open was logged */
-    uint64_t remaps;   /* map growths followed, as last logged */
-    int refuse;        /* test hook: opening fails (KVS_TEST_LOCAL_READS_REFUSE) */
-    int held;          /* its snapshot stays open until router_local_release */
+    uint64_t retry_at;     /* uv_now before which no open is tried */
+    int warned;            /* the current failure to open was logged */
+    uint64_t remaps;       /* map growths followed, as last logged */
+    int refuse;            /* test hook: opening fails (KVS_TEST_LOCAL_READS_REFUSE) */
+    int held;              /* its snapshot stays open until router_local_release */
+    kvs_lmdb_ident_t seen; /* the files its worker named at the last look */
+    kvs_lmdb_ident_t bad;  /* files a read of faulted on (has_bad): never opened again */
+    int has_bad;
 } lshard_t;
 
 struct router_local_s {
@@ -65,6 +71,64 @@ struct router_local_s {
     uint32_t *held; /* shards whose snapshot is held, n_held of them */
     uint32_t n_held;
 };
+
+/* ---- faults ---------------------------------------------------------------------
+ *
+ * LMDB reads pages through a map of data.mdb, and the state page is mapped
+ * too: a read of a mapped page past the end of its file is SIGBUS. A file
+ * cut short under a running cluster (truncated, a damaged disk) would kill
+ * this router process, and every client on it, at the first read of a
+ * missing page. A healthy environment never lacks a page its snapshot
+ * reads (LMDB writes every page a commit uses before the commit's meta
+ * page), so such a fault means the files are damaged.
+ *
+ * Every use of a shard's files here (a read, an opening, the upkeep) runs
+ * guarded: sigsetjmp, then `guard_armed`. A SIGBUS while armed jumps back
+ * there (siglongjmp out of the handler: the fault is in LMDB's page
+ * reading or our copy from the map, which hold no lock), and `faulted`
+ * closes the shard's files and never opens those files again (by device
+ * and inode: until its worker serves from other ones); its reads go to
+ * the worker, which answers or fails as its own files allow. What the
+ * jump abandons: at most a cursor's memory, once per damaged file (an
+ * environment being opened is already ls->env, and closed). A SIGBUS
+ * while not armed, or in another thread, is not ours:
+ * the previous disposition is put back and the faulting access, run
+ * again, meets it. Cost per read: a sigsetjmp that does not save the
+ * signal mask (no system call). */
+
+static sigjmp_buf guard_jump;
+static volatile sig_atomic_t guard_armed;
+static pthread_t guard_thread;      /* the loop's: the only one that arms */
+static struct sigaction guard_prev; /* SIGBUS's disposition before ours */
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+    (void)si;
+    (void)uctx;
+    if (guard_armed && pthread_equal(pthread_self(), guard_thread)) {
+        guard_armed = 0;
+        siglongjmp(guard_jump, 1);
+    }
+    sigaction(sig, &guard_prev, NULL); /* not ours: the access runs again, and meets it */
+}
+
+/* Installs the handler once per process. Returns 0 or -errno. */
+static int guard_install(void)
+{
+    static int installed;
+    struct sigaction sa;
+    if (installed)
+        return 0;
+    guard_thread = pthread_self();
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER; /* not blocked after the jump: no mask to restore */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &guard_prev) != 0)
+        return -errno;
+    installed = 1;
+    return 0;
+}
 
 /* ---- opening and closing ------------------------------------------------------ */
 
@@ -113,8 +177,8 @@ static void open_failed(router_local_t *lc, lshard_t *ls, const char *why)
 static int open_env(router_local_t *lc, lshard_t *ls, const kvs_lmdb_ident_t *want)
 {
     char dir[4200], err[600];
-    if (uv_now(lc->loop) < ls->retry_at)
-        return 0;
+    if (uv_now(lc->loop) < ls->retry_at || (ls->has_bad && same_files(want, &ls->bad)))
+        return 0; /* not yet again; or files a read faulted on (faulted) */
     int reopen = ls->env != NULL;
     close_env(ls); /* the worker has other files now: none of these is read again */
     if (kvs_schema_shard_dir(dir, sizeof(dir), lc->cfg->data_dir, ls->id) != 0) {
@@ -155,6 +219,7 @@ static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
         return 0;
     if (kvs_shardstate_head(ls->state, h) != 0 || !h->live)
         return 0; /* starting, stopped, or publishing this very moment */
+    ls->seen = h->ident;
     if (ls->env != NULL && same_files(kvs_lmdb_reader_ident(ls->env), &h->ident))
         return 1;
     return open_env(lc, ls, &h->ident);
@@ -228,15 +293,19 @@ static int src_count(void *arg, const char *table, uint64_t *n)
     return kvs_lmdb_reader_count(arg, table, n);
 }
 
-static void log_error(router_local_t *lc, lshard_t *ls, int rc)
+/* A local read failed with `rc` (`why`: LMDB's reason, or NULL). A
+ * failure that lasts (every reader slot taken) meets every read: logged
+ * at most every ERROR_LOG_MS. */
+static void log_error(router_local_t *lc, lshard_t *ls, int rc, const char *why)
 {
     uint64_t now = uv_now(lc->loop);
     if (lc->error_log_ms != 0 && now - lc->error_log_ms < ERROR_LOG_MS)
         return;
     lc->error_log_ms = now;
-    kvs_warn("shard %u: a local read failed (%s); it went to the worker (logged at most every "
-             "%d s)",
-             ls->id, kvs_strerror(rc), ERROR_LOG_MS / 1000);
+    kvs_warn("shard %u: a local read failed (%s%s%s); it went to the worker (logged at most "
+             "every %d s)",
+             ls->id, kvs_strerror(rc), why != NULL ? ": " : "", why != NULL ? why : "",
+             ERROR_LOG_MS / 1000);
 }
 
 /* Builds the answer of `q` (or of the peeked Hget/Hexist `pk`) from the open
@@ -260,7 +329,7 @@ static int answer(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q
     }
     if (rc != 0) {
         kvs_resp_abort(&r);
-        log_error(lc, ls, rc);
+        log_error(lc, ls, rc, NULL);
         return 0;
     }
     if (kvs_reads_finish(&r, src.max_frame, cmd) != 0) {
@@ -276,16 +345,16 @@ static lshard_t *shard_of(router_local_t *lc, uint32_t shard)
 }
 
 /* The common frame of both entries: gate, snapshot, freshness, answer. */
-static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
-                 const kvs_peek_t *pk, const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out)
+static int serve_here(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
+                      const kvs_peek_t *pk, const kvs_binding_t *b, int64_t min_offset,
+                      kvs_buf_t *out)
 {
     kvs_shardstate_head_t h;
     int ok = ready(lc, ls, &h);
-    if (ok && kvs_lmdb_reader_begin(ls->env) != 0) {
-        log_error(lc, ls, KVS_ESTORE);
-        ok = 0;
-    }
-    if (!ok)
+    int rc = ok ? kvs_lmdb_reader_begin(ls->env) : 0;
+    if (rc != 0)
+        log_error(lc, ls, rc, kvs_lmdb_reader_why(ls->env));
+    if (!ok || rc != 0)
         return 0;
     if (b != NULL && kvs_freshreq_applies(q != NULL ? q->command_case : pk->cmd)) {
         fresh_ctx_t ctx;
@@ -315,6 +384,50 @@ static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
         lc->held[lc->n_held++] = ls->id;
     }
     return ok;
+}
+
+/* A guarded use of ls's files faulted (see "faults"): they are closed and
+ * never read here again; the snapshot and what was being built are gone. */
+static void faulted(router_local_t *lc, lshard_t *ls)
+{
+    kvs_arena_reset(&lc->arena);
+    ls->bad = ls->seen;
+    ls->has_bad = 1;
+    close_env(ls); /* touches no page of the map: ends the txn, unmaps */
+    close_state(ls);
+    kvs_error("shard %u: reading its files faulted (SIGBUS: data.mdb or its state page is "
+              "shorter than the pages it names: cut short or damaged); they are not read here "
+              "again, its reads go to its worker until it serves from other files",
+              ls->id);
+}
+
+/* The common frame of both entries, guarded (see "faults"). */
+static int serve(router_local_t *lc, lshard_t *ls, const Kvs__CommandRequest *q,
+                 const kvs_peek_t *pk, const kvs_binding_t *b, int64_t min_offset, kvs_buf_t *out)
+{
+    size_t before = out->len;
+    if (sigsetjmp(guard_jump, 0) != 0) {
+        out->len = before;
+        faulted(lc, ls);
+        return 0;
+    }
+    guard_armed = 1;
+    int ok = serve_here(lc, ls, q, pk, b, min_offset, out);
+    guard_armed = 0;
+    return ok;
+}
+
+/* Runs fn(lc, ls) guarded (see "faults"): the upkeep's and a link's look
+ * at the shard, which may open its files or read their meta pages. */
+static void guarded(router_local_t *lc, lshard_t *ls, void (*fn)(router_local_t *, lshard_t *))
+{
+    if (sigsetjmp(guard_jump, 0) != 0) {
+        faulted(lc, ls);
+        return;
+    }
+    guard_armed = 1;
+    fn(lc, ls);
+    guard_armed = 0;
 }
 
 void router_local_hold(router_local_t *lc)
@@ -374,38 +487,51 @@ static void check_state_file(router_local_t *lc, lshard_t *ls)
         close_state(ls);
 }
 
+/* Opens what can be opened now, so the first reads need not. */
+static void look(router_local_t *lc, lshard_t *ls)
+{
+    kvs_shardstate_head_t h;
+    ready(lc, ls, &h);
+}
+
+/* The upkeep of one shard (on_timer). */
+static void upkeep(router_local_t *lc, lshard_t *ls)
+{
+    int cleared = 0;
+    kvs_shardstate_head_t h;
+    ready(lc, ls, &h); /* follows a worker that moved to other files, opens a new one's */
+    if (ls->env == NULL)
+        return;
+    if (kvs_lmdb_reader_check(ls->env, &cleared) == 0 && cleared > 0)
+        kvs_info("shard %u: cleared %d reader slot(s) left by processes that died", ls->id,
+                 cleared);
+    uint64_t remaps = kvs_lmdb_reader_remaps(ls->env);
+    if (remaps != ls->remaps)
+        kvs_info("shard %u: its worker grew the map; local reads follow it (%llu MiB)", ls->id,
+                 (unsigned long long)(kvs_lmdb_reader_map_size(ls->env) >> 20));
+    ls->remaps = remaps;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     router_local_t *lc = t->data;
     for (uint32_t s = 0; s < lc->cfg->shards; s++) {
         lshard_t *ls = &lc->shards[s];
-        int cleared = 0;
-        kvs_shardstate_head_t h;
         if (ls->link == NULL)
             continue;
         check_state_file(lc, ls);
-        ready(lc, ls, &h); /* follows a worker that moved to other files, opens a new one's */
-        if (ls->env == NULL)
-            continue;
-        if (kvs_lmdb_reader_check(ls->env, &cleared) == 0 && cleared > 0)
-            kvs_info("shard %u: cleared %d reader slot(s) left by processes that died", s, cleared);
-        uint64_t remaps = kvs_lmdb_reader_remaps(ls->env);
-        if (remaps != ls->remaps)
-            kvs_info("shard %u: its worker grew the map; local reads follow it (%llu MiB)", s,
-                     (unsigned long long)(kvs_lmdb_reader_map_size(ls->env) >> 20));
-        ls->remaps = remaps;
+        guarded(lc, ls, upkeep);
     }
 }
 
 void router_local_link_up(router_local_t *lc, uint32_t shard)
 {
-    kvs_shardstate_head_t h;
     lshard_t *ls = shard_of(lc, shard);
     if (ls == NULL)
         return;
     check_state_file(lc, ls);
     ls->retry_at = 0;
-    ready(lc, ls, &h); /* opens what it can now, so the first reads need not */
+    guarded(lc, ls, look);
     if (!lc->timer_started) {
         uv_timer_start(&lc->timer, on_timer, MAINT_MS, MAINT_MS);
         lc->timer_started = 1;
@@ -440,6 +566,9 @@ static void read_test_hooks(router_local_t *lc)
 int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link_t *links,
                      uint32_t n_links, router_local_t **out)
 {
+    int rc = guard_install();
+    if (rc != 0)
+        return rc;
     router_local_t *lc = calloc(1, sizeof(*lc));
     if (lc == NULL)
         return -ENOMEM;

@@ -33,7 +33,11 @@
  *    worker recreated its files) the environment is closed and the one the
  *    worker names opened: no answer comes from files the worker left;
  *  - the environment opens and is the shard's (format, shard, placement).
- *    One that cannot be opened is logged once and tried again every second.
+ *    One that cannot be opened is logged once and tried again every second;
+ *  - no read of these files faulted: a data.mdb or state page cut short
+ *    (truncated, a damaged disk) makes a read of a missing page SIGBUS,
+ *    which is caught, logged, and those files (by device and inode) are
+ *    never read here again; the router process lives on.
  *
  * Resources: per local shard one read-only environment (two descriptors,
  * a map the size of the worker's), one reusable read transaction and so at
@@ -62,7 +66,9 @@ typedef struct router_local_s router_local_t;
 /* Sets up local reads of every shard this node runs a worker of (a link
  * over its unix socket, among the router's `n_links` links, which must
  * outlive this); nothing is opened before a shard's link first comes up.
- * Returns 0 and *out, or -ENOMEM. */
+ * Installs a SIGBUS handler for the process (router_local.c: a file cut
+ * short faults its reads). Returns 0 and *out, -ENOMEM, or -errno from
+ * sigaction. */
 int router_local_new(uv_loop_t *loop, const kvs_config_t *cfg, const router_link_t *links,
                      uint32_t n_links, router_local_t **out);
 

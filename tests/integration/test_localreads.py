@@ -396,6 +396,37 @@ class LifecycleTest(LocalReadsCase):
         self.assertIn("shard 0: its worker serves from other files now", log)
         self.assertIn("started a new lock file", log)
 
+    def test_data_file_cut_short_never_kills_the_router(self):
+        """A data.mdb cut short under a running cluster (an operator's slip,
+        a damaged disk): a read of a missing page faults (SIGBUS), which
+        used to kill the router process with every client on it, and again
+        after each restart. The fault is caught: those files are not read
+        here again, the read and the shard's next ones go to its worker,
+        and the other shard is still read here."""
+        r = self.local_router()
+        big = keys_by_shard(b"c", 200, PARTITIONS, 2)[0]
+        keys = self.fill(r, "t", 2)
+        with r.client() as c:
+            for k in big:  # some 600 kB on shard 0
+                self.assertEqual(c.hset("t", k, k * 300).status, 200)
+            router = router_pids(r)[0]
+            data = os.path.join(r.data_dir, "shard-0", "data.mdb")
+            with stopped(*r.workers().values()):
+                os.truncate(data, 32768)
+                got = c.call(req_hscan("t", b"S\x00\x00", 1000))  # shard 0's whole table
+                self.assertUnavailable(got, 0)  # faulted here, then sent to its stopped worker
+                self.assertIn("shard 0: reading its files faulted (SIGBUS", r.stderr())
+                got = c.hget("t", big[-1])
+                self.assertUnavailable(got, 0)
+            with r.client() as c, stopped(r.workers()[1]):
+                got, el = self.timed(c.hget, "t", keys[1][0])
+                self.assertHere(el, "Hget of shard 1")
+                self.assertEqual(got.status, 200, got.message)
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[1][0])
+        self.assertEqual(router_pids(r), {0: router}, "the router process died")
+        self.assertNotRegex(r.stderr(), r"router 0 \(pid \d+\) killed")
+        self.assertEqual(r.stderr().count("reading its files faulted"), 1)
+
     def test_environment_that_cannot_be_opened_goes_to_the_worker(self):
         r = self.local_router(env={"KVS_TEST_LOCAL_READS_REFUSE": "1"})
         keys = self.fill(r, "t", 4)
@@ -695,6 +726,7 @@ class ReplicasTest(ReplicaFixtures, unittest.TestCase):
 
 LMDB = ctypes.util.find_library("lmdb")
 MDB_RDONLY = 0x20000
+MDB_NOTLS = 0x200000
 
 HOLD_SNAPSHOT = r"""
 import ctypes, sys, time
@@ -707,6 +739,21 @@ print("holding", flush=True)
 time.sleep(60)
 """ % (MDB_RDONLY, MDB_RDONLY)
 
+# Takes every free reader slot of environment argv[2] (MDB_NOTLS: a slot
+# per transaction) and holds them.
+TAKE_EVERY_SLOT = r"""
+import ctypes, sys, time
+lib = ctypes.CDLL(sys.argv[1])
+env = ctypes.c_void_p()
+assert lib.mdb_env_create(ctypes.byref(env)) == 0
+assert lib.mdb_env_open(env, sys.argv[2].encode(), %d, 0o600) == 0
+held, rc = [], 0
+while rc == 0:
+    held.append(ctypes.c_void_p())
+    rc = lib.mdb_txn_begin(env, None, %d, ctypes.byref(held[-1]))
+print("holding %%d" %% (len(held) - 1), flush=True)
+time.sleep(60)
+""" % (MDB_RDONLY | MDB_NOTLS, MDB_RDONLY)
 
 @unittest.skipIf(LMDB is None or shutil.which("mdb_stat") is None, "liblmdb and mdb_stat needed")
 class ReaderSlotsTest(LocalReadsCase):
@@ -734,6 +781,70 @@ class ReaderSlotsTest(LocalReadsCase):
         self.assertIn("shard 0: cleared 1 reader slot(s) left by processes that died",
                       r.stderr())
         self.assertEqual(self.readers(env).count(router), 1)
+
+    def test_a_full_reader_table_sends_reads_to_the_worker_logged_seldom(self):
+        """Every reader slot taken (another process holds them all) while the
+        router has none: each read of the shard goes to its worker, and the
+        failure, met by every read, is logged at most every 10 s, not once
+        per read. Once slots are free again, reads are answered here."""
+        r = self.local_router()
+        keys = self.fill(r, "t", 3)
+        env = os.path.join(r.data_dir, "shard-0")
+        with r.client() as c:
+            self.assertEqual(c.hset("u", keys[0][0], b"u").status, 200)
+            p = subprocess.Popen([sys.executable, "-c", TAKE_EVERY_SLOT, LMDB, env],
+                                 stdout=subprocess.PIPE, text=True)
+            self.addCleanup(p.stdout.close)
+            self.addCleanup(p.kill)
+            self.assertTrue(p.stdout.readline().startswith("holding"))
+            # a table read here for the first time: the router's snapshot
+            # commits (to keep the table's handle), which gives its slot up
+            self.assertEqual(pyval(c.hget("u", keys[0][0]).values[0]), b"u")
+            for i in range(100):
+                k = keys[0][i % 3]
+                got = c.hget("t", k)
+                self.assertEqual((got.status, pyval(got.values[0])), (200, b"v-" + k),
+                                 got.message)
+            log = r.stderr()
+            self.assertIn("shard 0: a local read failed (storage error: MDB_READERS_FULL", log)
+            self.assertEqual(log.count("MDB_READERS_FULL"), 1, "logged once per read")
+            p.kill()
+            p.wait(10)
+            self.assertTrue(wait_until(lambda: str(p.pid) not in self.readers(env), 5))
+            with stopped(r.workers()[0]):
+                got, el = self.timed(c.hget, "t", keys[0][0])
+                self.assertHere(el, "Hget")
+                self.assertEqual(pyval(got.values[0]), b"v-" + keys[0][0])
+
+    def test_worker_clears_a_dead_readers_slot_when_no_router_reads(self):
+        """A reader killed holding a snapshot (a router process, a backup
+        tool) leaves a slot that keeps every page freed after it from being
+        reused: each write then grows data.mdb. With no router process
+        reading the environment (local reads off here; or every router
+        process restarting) nobody else clears it: the worker does, once
+        the file grows. Without that, this workload grew it to ~95 MB."""
+        r = self.local_router(router_yaml=["local_reads: false"])
+        keys = keys_by_shard(b"d", 20, PARTITIONS, 2)[0]
+        env = os.path.join(r.data_dir, "shard-0")
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, b"x").status, 200)
+            p = subprocess.Popen([sys.executable, "-c", HOLD_SNAPSHOT, LMDB, env],
+                                 stdout=subprocess.PIPE, text=True)
+            self.addCleanup(p.stdout.close)
+            self.addCleanup(p.kill)
+            self.assertEqual(p.stdout.readline().strip(), "holding")
+            p.kill()  # dies holding its snapshot
+            p.wait(10)
+            self.assertIn(str(p.pid), self.readers(env))
+            for _ in range(200):  # each round replaces 400 kB
+                got = c.pipeline([req_hset("t", k, os.urandom(20000)) for k in keys])
+                self.assertEqual({g.status for g in got}, {200})
+        self.assertNotIn(str(p.pid), self.readers(env))
+        size = os.path.getsize(os.path.join(env, "data.mdb"))
+        self.assertLess(size, 16 << 20, "data.mdb grew to %d bytes" % size)
+        self.assertIn("node[0] INFO  cleared 1 reader slot(s) left by processes that died",
+                      r.stderr())
 
     def test_slot_of_a_worker_killed_mid_write_is_cleared(self):
         """A worker killed while it writes leaves its reader slot behind (its

@@ -15,6 +15,7 @@
 #include "node_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -465,6 +466,70 @@ KVS_TEST(one_slot_and_stale_slots_cleared)
     CHECK_EQ(slots_of(getpid()), 0); /* released on close */
 }
 
+/* A writer whose last batch wrote a large value and deleted it again:
+ * LMDB leaves the pages it took from the end of the file, free again by
+ * the commit, unwritten, so data.mdb ends before the last page its meta
+ * page names. Then a compacted copy of it, as a Snapshot sends. */
+static void writer_leaves_a_free_tail(void)
+{
+    static char big[400000];
+    char copy[400];
+    node_store_stats_t st;
+    struct stat fs;
+    node_store_t *s = store_open(16u << 20);
+    put(s, "t", "a", "1");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    for (int i = 0; i < 4; i++) { /* pages freed, for LMDB to reuse below */
+        char k[8];
+        snprintf(k, sizeof(k), "b%d", i);
+        CHECK_EQ(node_store_put(s, "t", k, strlen(k), big, sizeof(big)), 0);
+        put(s, "t", k, "small");
+        if (i < 3)
+            CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(node_store_put(s, "t", "huge", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_del(s, "t", "huge", 4), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_stats(s, &st);
+    snprintf(copy, sizeof(copy), "%s/data.mdb", envdir);
+    CHECK_EQ(stat(copy, &fs), 0);
+    CHECK((uint64_t)fs.st_size < st.pages_used * 4096); /* the tail is not in the file */
+    snprintf(copy, sizeof(copy), "%s/copy.part", kvs_test_dir());
+    int fd = open(copy, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    node_store_view_t *v;
+    CHECK_EQ(node_store_view_open(s, NULL, &v), 0);
+    CHECK_EQ(node_store_view_copy(v, fd), 0);
+    node_store_view_close(v);
+    CHECK_EQ(close(fd), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* A live data.mdb may end before the last page its meta page names (free
+ * pages LMDB never wrote): it is read as any other. A compacted copy holds
+ * exactly its pages, so one shorter than that was cut short, and is
+ * refused before it takes data.mdb's place: once in place, a read of its
+ * missing pages would fault (SIGBUS). */
+KVS_TEST(a_free_tail_is_read_and_a_copy_cut_short_refused)
+{
+    peer_t w;
+    struct stat st;
+    char err[512], part[400], buf[16];
+    fresh_dir();
+    peer_start(&w, writer_leaves_a_free_tail);
+    peer_join(&w);
+    kvs_lmdb_reader_t *r = reader_open();
+    CHECK_STR(read_now(r, "t", "a", buf), "1");
+    CHECK(read_now(r, "t", "huge", buf) == NULL);
+    kvs_lmdb_reader_close(r);
+    snprintf(part, sizeof(part), "%s/copy.part", kvs_test_dir());
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), 0);
+    CHECK_EQ(stat(part, &st), 0);
+    CHECK_EQ(truncate(part, st.st_size - 4096), 0);
+    CHECK_EQ(kvs_lmdb_check_file(part, 0, "p", err, sizeof(err)), KVS_ESTORE);
+    CHECK_CONTAINS(err, "the copy was cut short");
+}
+
 KVS_TEST(identity_names_the_files)
 {
     peer_t w;
@@ -494,4 +559,5 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
-              KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would))
+              KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),
+              KVS_CASE(a_free_tail_is_read_and_a_copy_cut_short_refused))
