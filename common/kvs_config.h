@@ -148,6 +148,12 @@
  * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
  * files are read again at every reload, at the paths configured).
  *
+ * The text is YAML without tags (every value is read as text; !!binary and
+ * the like are refused). Anchors and aliases are allowed, but a file may
+ * nest at most 16 levels and hold at most 500000 values and 64 MiB of text
+ * with every alias counted as the value it repeats; users may list at most
+ * 10000 entries, cluster.nodes 1024, kafka.bindings 4096.
+ *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
  * plain integer (milliseconds) or a suffix ms, s, m.
@@ -256,6 +262,9 @@ typedef enum {
 #define KVS_MAX_REPLICAS 64         /* nodes serving one shard, at most */
 #define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
 #define KVS_SHARDS_MAX 1024         /* cluster.shards */
+#define KVS_NODES_MAX 1024          /* cluster.nodes entries */
+#define KVS_USERS_MAX 10000         /* users entries */
+#define KVS_BINDINGS_MAX 4096       /* kafka.bindings entries */
 
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
