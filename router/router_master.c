@@ -223,11 +223,15 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, in
     for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
         if (n < 0 && errno == EINTR)
             continue;
-        if (n > 0 && (total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
+        if (n < 0) { /* EISDIR (a directory), EIO: the same again at every try */
+            rc = -errno;
+            break;
+        }
+        if ((total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
             rc = -EFBIG; /* the loader would refuse it: copy no more */
             break;
         }
-        ssize_t w = n < 0 ? -1 : write(out, buf, (size_t)n);
+        ssize_t w = write(out, buf, (size_t)n);
         if (w != n) /* a memfd takes it whole, short of memory */
             rc = w < 0 ? -errno : -ENOSPC;
     }

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
@@ -130,6 +131,46 @@ class LifecycleTest(RouterTestCase):
         self.assertTrue(ok, r.stderr()[-3000:])
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
+        self.assertEqual(r.stop(), 0)
+
+    def test_a_config_path_that_is_a_directory_is_refused_at_start_and_at_a_reload(self):
+        """A config path that is a directory (--config /etc/kvs/, or the
+        file replaced by one): the master's copy into its snapshot took
+        read's EISDIR for a write of nothing and read again, for ever, at
+        100% CPU without a word: at start, and at a reload in the master's
+        loop (no signal heard, no worker supervised). It is refused now:
+        at start with 78, at a reload with the running configuration
+        unchanged; a kvs-node running alone refuses it too."""
+        d = tempfile.mkdtemp(prefix="kvs-cfgdir-")
+        self.addCleanup(os.rmdir, d)
+        out = subprocess.run([os.path.join(BUILD_DIR, "kvs-router"), "--config", d],
+                             capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        self.assertIn("%s: cannot read: Is a directory" % d, out.stderr)
+        r = self.router(shards=2)
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        for path in (r.config, node.config):
+            os.rename(path, path + ".saved")
+            os.mkdir(path)
+        try:
+            r.proc.send_signal(signal.SIGHUP)
+            node.proc.send_signal(signal.SIGHUP)
+            refused = "reload: %s: cannot read: Is a directory; the running configuration is " \
+                      "unchanged"
+            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
+            ok_node = wait_until(lambda: ("%s: cannot read: Is a directory" % node.config)
+                                 in node.stderr(), 5)
+        finally:
+            for path in (r.config, node.config):
+                os.rmdir(path)
+                os.rename(path + ".saved", path)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        self.assertTrue(ok_node, node.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
         self.assertEqual(r.stop(), 0)
 
     def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
