@@ -59,7 +59,8 @@
  *   storage:
  *     sync: batch            full | batch | none
  *     sync_interval: 1s      duration (ms, s, m); how often `batch` syncs
- *     map_size: 1GiB         initial LMDB map size; grows automatically
+ *     map_size: 1GiB         initial LMDB map size, 1MiB..16TiB; grows
+ *                            automatically
  *     max_tables: 256        named LMDB databases per shard, 1..32000
  *   limits:
  *     max_frame: 4MiB        size; 1KiB .. 1GiB

@@ -257,10 +257,22 @@ KVS_TEST(bad_size_values)
     parse_fails("limits:\n  max_frame: 1023\n",
                 "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"1023\")");
     parse_fails("storage:\n  map_size: 1000kB\n",
-                "config.yaml:2:13: storage.map_size must be at least 1MiB (got \"1000kB\")");
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"1000kB\")");
+    /* A map past the address space: every worker failed to open its
+     * environment (ENOMEM) and was restarted for ever. */
+    parse_fails("storage:\n  map_size: 100TiB\n",
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"100TiB\")");
+    parse_fails("storage:\n  map_size: 18446744073709551615\n",
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"18446744073709551615\")");
     kvs_config_t *c = parse_ok("limits: {max_frame: 1GiB}\nstorage: {map_size: 1MiB}\n");
     CHECK_EQ(c->max_frame, 1ull << 30);
     CHECK_EQ(c->map_size, 1ull << 20);
+    kvs_config_free(c);
+    c = parse_ok("storage: {map_size: 16TiB}\n");
+    CHECK_EQ(c->map_size, 16ull << 40);
     kvs_config_free(c);
 }
 
