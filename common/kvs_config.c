@@ -483,11 +483,21 @@ static const unit_t duration_units[] = {
     {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}, {NULL, 0},
 };
 
-/* Parses leading decimal digits (at least one) without overflow. */
+/* "010": YAML 1.1 (and so PyYAML, and tools that write YAML from its
+ * values) reads it as octal 8, a reader of the text as 10. */
+static int leading_zero(const char *s)
+{
+    return s[0] == '0' && s[1] >= '0' && s[1] <= '9';
+}
+
+/* Parses leading decimal digits (at least one, no leading zero) without
+ * overflow. */
 static int parse_digits(const char *s, uint64_t *out, const char **end)
 {
     uint64_t v = 0;
     const char *p = s;
+    if (leading_zero(s))
+        return KVS_EINVAL;
     for (; *p >= '0' && *p <= '9'; p++) {
         uint64_t d = (uint64_t)(*p - '0');
         if (v > (UINT64_MAX - d) / 10)
@@ -590,6 +600,14 @@ static int set_listen(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
     return store_string(ctx, field(ctx, d), text);
 }
 
+static int zero_error(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    return cfg_error(ctx, m,
+                     "%s: \"%.80s\" starts with 0, which YAML 1.1 reads as an octal number; "
+                     "write it without the leading zero",
+                     d->path, text);
+}
+
 static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     uint64_t v;
@@ -598,6 +616,8 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
         *(uint32_t *)field(ctx, d) = 0;
         return 0;
     }
+    if (leading_zero(text))
+        return zero_error(ctx, d, text, m);
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %san integer from %llu to %llu (got \"%.80s\")",
                          d->path, (d->flags & F_AUTO) ? "auto or " : "", (unsigned long long)d->min,
@@ -613,6 +633,8 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
         *(uint64_t *)field(ctx, d) = UINT64_MAX;
         return 0;
     }
+    if (leading_zero(text))
+        return zero_error(ctx, d, text, m);
     if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "

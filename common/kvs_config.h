@@ -436,8 +436,9 @@ void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next);
 void kvs_config_free(kvs_config_t *cfg);
 
 /* Parses a size ("4MiB", "1000", "2GB"). Returns 0 or KVS_EINVAL (*out is
- * untouched) for anything else: empty, a sign, spaces, fractions, an unknown
- * suffix, or a value past UINT64_MAX. */
+ * untouched) for anything else: empty, a sign, spaces, fractions, a leading
+ * zero ("010": octal in YAML 1.1), an unknown suffix, or a value past
+ * UINT64_MAX. */
 int kvs_config_parse_size(const char *s, uint64_t *out);
 
 /* Parses a duration ("250ms", "1s", "2m", "500" = ms). Returns 0 or KVS_EINVAL,

@@ -201,6 +201,10 @@ KVS_TEST(shards_range_and_type)
         "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"1025\")");
     parse_fails("cluster:\n  shards: -1\n",
                 "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"-1\")");
+    /* YAML 1.1 reads 010 as 8: the file's author may have meant either. */
+    parse_fails("cluster:\n  shards: 010\n",
+                "config.yaml:2:11: cluster.shards: \"010\" starts with 0, which YAML 1.1 reads as "
+                "an octal number; write it without the leading zero");
     parse_fails("cluster:\n  shards: {a: 1}\n",
                 "config.yaml:2:11: cluster.shards: expected an integer, got a mapping");
     kvs_config_t *k = parse_ok("limits: {max_keys: 100000000}\n");
@@ -256,6 +260,9 @@ KVS_TEST(bad_size_values)
                 "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"2GiB\")");
     parse_fails("limits:\n  max_frame: 1023\n",
                 "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"1023\")");
+    parse_fails("limits:\n  max_frame: 04MiB\n",
+                "config.yaml:2:14: limits.max_frame: \"04MiB\" starts with 0, which YAML 1.1 reads "
+                "as an octal number; write it without the leading zero");
     parse_fails("storage:\n  map_size: 1000kB\n",
                 "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
                 "by itself when full) (got \"1000kB\")");
@@ -990,6 +997,9 @@ KVS_TEST(parse_size_table)
         uint64_t want;
     } cases[] = {
         {"0", 0, 0},
+        {"0MiB", 0, 0},
+        {"010", KVS_EINVAL, 0}, /* octal in YAML 1.1 */
+        {"00", KVS_EINVAL, 0},
         {"1000", 0, 1000},
         {"17B", 0, 17},
         {"1KiB", 0, 1024},
