@@ -2336,6 +2336,48 @@ int kvs_config_secret_key(const char *key)
            (n >= 9 && strcmp(key + n - 9, ".password") == 0);
 }
 
+/* The secrets `cfg` holds, named for a message ("" when none). */
+static void secrets_held(const kvs_config_t *cfg, char *out, size_t len)
+{
+    int tokens = 0;
+    const char *prop = NULL;
+    for (size_t i = 0; i < cfg->n_users; i++)
+        tokens |= cfg->users[i].token != NULL;
+    for (size_t i = 0; i < cfg->n_kafka_properties && prop == NULL; i++)
+        if (kvs_config_secret_key(cfg->kafka_properties[i].key))
+            prop = cfg->kafka_properties[i].key;
+    snprintf(out, len, "%s%s%s%.60s", tokens ? "users' token hashes" : "",
+             tokens && prop ? ", " : "", prop ? "kafka.properties " : "", prop ? prop : "");
+}
+
+int kvs_config_file_warning(const kvs_config_t *cfg, const char *path, char *msg, size_t len)
+{
+    struct stat st;
+    char secrets[160];
+    if (len > 0)
+        msg[0] = '\0';
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    unsigned mode = (unsigned)st.st_mode & 07777;
+    secrets_held(cfg, secrets, sizeof(secrets));
+    const char *who = (mode & 022) == 022 ? "its group and others"
+                      : (mode & 020)      ? "its group"
+                                          : "others";
+    if (mode & 022)
+        snprintf(msg, len,
+                 "%s is writable by %s (mode %04o): whoever may write it decides what this node "
+                 "runs (plugins load code, users grant rights); chmod go-w %s",
+                 path, who, mode, path);
+    else if ((mode & 004) && secrets[0] != '\0')
+        snprintf(msg, len,
+                 "%s is readable by others (mode %04o) and holds secrets (%s); chmod o-r %s "
+                 "(and keep it readable by the node's user only)",
+                 path, mode, secrets, path);
+    else
+        return 0;
+    return 1;
+}
+
 void kvs_config_free(kvs_config_t *cfg)
 {
     if (cfg == NULL)

@@ -390,6 +390,16 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
  * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
  * sasl.oauthbearer.client.secret, ...). */
 int kvs_config_secret_key(const char *key);
+/* What is unsafe about the config file at `path`, which `cfg` was loaded
+ * from: writable by its group or by others (whoever may write it decides
+ * what the node runs: plugins load code, users grant rights), or readable
+ * by others while it holds secrets (users' token hashes, kafka.properties
+ * that kvs_config_secret_key names). Like ssh's checks of key files, but a
+ * warning: the node still starts. Writes one line saying what to change into
+ * msg[0..len) and returns 1, or returns 0 with msg "" when the mode is fine
+ * or `path` cannot be stat'ed (the load itself reports that). */
+int kvs_config_file_warning(const kvs_config_t *cfg, const char *path, char *msg, size_t len);
+
 /* True when this node runs a worker for `shard`: with cluster.nodes, when
  * its own entry lists the shard; otherwise when cluster.remote does not
  * name it. */

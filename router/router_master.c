@@ -264,6 +264,8 @@ static int load_snapshot(master_t *m)
         kvs_error("%s", err);
         return EX_CONFIG;
     }
+    if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
+        kvs_warn("%s", err);
     if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
         (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
@@ -900,6 +902,8 @@ static int reload_config(master_t *m, int *map)
         kvs_log_set_level(level);
         kvs_log_set_format(m->cfg->log_format);
         m->reloads[0]++;
+        if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
+            kvs_warn("%s", err);
         if (*map)
             kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
                      "once the router processes of the new map serve",

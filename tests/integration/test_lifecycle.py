@@ -173,7 +173,46 @@ class LifecycleTest(RouterTestCase):
             self.assertEqual(c.ping().status, 200)
         self.assertEqual(r.stop(), 0)
 
-    def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
+    def test_a_config_file_others_may_write_or_read_secrets_in_is_warned_of(self):
+        """A config file writable by others (who then decide what the node
+        runs: plugins load code) or readable by others while it holds
+        secrets (token hashes, Kafka passwords) is warned of, as ssh refuses
+        such key files: at start and at a reload of kvs-router (the master,
+        once, not each worker) and at the start of a kvs-node running
+        alone. The node starts and serves all the same; a file only its
+        user may read and write gets no warning."""
+        writable = "%s is writable by its group and others (mode 0666): whoever may write it " \
+                   "decides what this node runs (plugins load code, users grant rights); " \
+                   "chmod go-w %s"
+        r = self.router(shards=2, start=False)
+        os.chmod(r.config, 0o666)
+        r.start()
+        self.assertEqual(r.stderr().count(writable % (r.config, r.config)), 1, r.stderr())
+        self.assertIn("router WARN  " + writable % (r.config, r.config), r.stderr())
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        os.chmod(r.config, 0o600)
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "configuration reloaded" in r.stderr(), 5))
+        self.assertEqual(r.stderr().count("is writable by"), 1)  # none at a good reload
+        os.chmod(r.config, 0o646)
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "is writable by others (mode 0646)" in r.stderr(), 5),
+                        r.stderr()[-3000:])
+        self.assertEqual(r.stop(), 0)
+        secrets = "kafka: {properties: {sasl.password: hunter2}}\n"
+        node = Node(extra_yaml=secrets, start=False)
+        self.addCleanup(node.close)
+        os.chmod(node.config, 0o644)
+        node.start()
+        self.assertIn("node[0] WARN  %s is readable by others (mode 0644) and holds secrets "
+                      "(kafka.properties sasl.password); chmod o-r %s" % (node.config, node.config),
+                      node.stderr())
+        self.assertNotIn("hunter2", node.stderr())
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+
+
         """The config path became a FIFO (or was a pipe from the start:
         --config <(...)): a reload's open blocked until some writer came,
         in the master's loop, so it answered no signal (a SIGTERM went

@@ -9,6 +9,7 @@
 #include "kvs_test.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char err[512];
@@ -1363,6 +1364,55 @@ KVS_TEST(users_and_their_grants)
                 "config.yaml:1:8: users: expected a list of {name, token, allow}, got a mapping");
 }
 
+/* Writes `text` to a fresh file of mode `mode`, loads it and returns what
+ * kvs_config_file_warning says of it (in err). */
+static int file_warning(const char *text, unsigned mode, char *path)
+{
+    strcpy(path, "/tmp/kvs_test_config_XXXXXX");
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, text, strlen(text)), (long long)strlen(text));
+    close(fd);
+    CHECK_EQ(chmod(path, mode), 0);
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_load(path, &c, err, sizeof(err)), 0);
+    int rc = kvs_config_file_warning(c, path, err, sizeof(err));
+    kvs_config_free(c);
+    unlink(path);
+    return rc;
+}
+
+KVS_TEST(file_mode_warnings)
+{
+    static const char users[] = "users: [{name: a, token: \"" HASH "\"}]\n";
+    static const char sasl[] = "kafka: {properties: {sasl.password: pw, client.id: x}}\n";
+    char path[64], want[512];
+    /* Writable by others: whoever may write it runs code here (plugins). */
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0666, path), 1);
+    snprintf(want, sizeof(want),
+             "%s is writable by its group and others (mode 0666): whoever may write it decides "
+             "what this node runs (plugins load code, users grant rights); chmod go-w %s",
+             path, path);
+    CHECK_STR(err, want);
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0620, path), 1);
+    CHECK(strstr(err, "is writable by its group (mode 0620)") != NULL);
+    /* Readable by others while it holds secrets. */
+    CHECK_EQ(file_warning(users, 0644, path), 1);
+    snprintf(want, sizeof(want),
+             "%s is readable by others (mode 0644) and holds secrets (users' token hashes); "
+             "chmod o-r %s (and keep it readable by the node's user only)",
+             path, path);
+    CHECK_STR(err, want);
+    CHECK_EQ(file_warning(sasl, 0604, path), 1);
+    CHECK(strstr(err, "holds secrets (kafka.properties sasl.password); chmod o-r") != NULL);
+    /* Fine: no secrets, or not readable by others (root:kvs 0640). */
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0644, path), 0);
+    CHECK_STR(err, "");
+    CHECK_EQ(file_warning(users, 0640, path), 0);
+    CHECK_EQ(file_warning(sasl, 0600, path), 0);
+    CHECK_STR(err, "");
+}
+
 KVS_TEST(secret_kafka_properties)
 {
     static const char *const secret[] = {"sasl.password",         "sasl.username",
@@ -1592,8 +1642,8 @@ KVS_TEST(apply_live_swaps_only_live_values)
 
 KVS_TEST_MAIN(
     KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
-    KVS_CASE(users_and_their_grants), KVS_CASE(secret_kafka_properties),
-    KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
+    KVS_CASE(users_and_their_grants), KVS_CASE(file_mode_warnings),
+    KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
     KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
     KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
     KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
