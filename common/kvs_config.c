@@ -450,12 +450,17 @@ static int check_key(cfg_ctx_t *ctx, const yaml_node_t *map, const yaml_node_pai
                      scalar_text(key), in, q, w, q, prev->start_mark.line + 1);
 }
 
+/* "<<" is YAML 1.1's merge key, which libyaml does not apply: say so, or
+ * the user is left wondering why the anchor's keys were not taken. */
 static int unknown_key(cfg_ctx_t *ctx, const yaml_node_t *key, const char *where)
 {
+    const char *merge = strcmp(scalar_text(key), "<<") == 0
+                            ? " (YAML merge keys are not supported: write the keys out)"
+                            : "";
     if (where == NULL)
-        return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\"", scalar_text(key));
-    return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\" in \"%s\"", scalar_text(key),
-                     where);
+        return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\"%s", scalar_text(key), merge);
+    return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\" in \"%s\"%s", scalar_text(key),
+                     where, merge);
 }
 
 /* ---- value parsers -------------------------------------------------------- */

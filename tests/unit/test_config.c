@@ -765,6 +765,10 @@ KVS_TEST(aliases_are_bounded)
     kvs_config_t *c = parse_ok("cluster:\n  shards: &n 16\n  partitions: *n\n");
     CHECK_EQ(c->partitions, 16);
     kvs_config_free(c);
+    /* A merge key is not applied (libyaml does not): said so. */
+    parse_fails("tls: &t {cert: a.pem, key: a.key}\nlog:\n  <<: *t\n",
+                "config.yaml:3:3: unknown key \"<<\" in \"log\" (YAML merge keys are not "
+                "supported: write the keys out)");
     /* What anchors are for: users sharing one allow mapping. */
     c = parse_ok("users:\n  - {name: a, allow: &r {\"*\": read}}\n  - {name: b, allow: *r}\n");
     CHECK_EQ(c->n_users, 2);
