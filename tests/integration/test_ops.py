@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -562,7 +563,13 @@ class PluginTest(RouterTestCase):
             self.assertEqual(w.call(req_hset("ro_users", b"k", "v")).status, 403)
 
     def test_missing_or_wrong_abi_plugin_refuses_to_start(self):
-        for path, why in [("/nonexistent/kvs_plugin.so", "cannot be loaded: "
+        # A FIFO: dlopen waited for a writer in every worker, and the node
+        # gave up after router.ready_timeout (exit 1) with no reason given.
+        fifo = os.path.join(tempfile.mkdtemp(prefix="kvs-plug-"), "plugin.so")
+        os.mkfifo(fifo)
+        self.addCleanup(shutil.rmtree, os.path.dirname(fifo), True)
+        for path, why in [(fifo, "plugin.so is a FIFO, not a shared object file"),
+                          ("/nonexistent/kvs_plugin.so", "cannot be loaded: "
                            "/nonexistent/kvs_plugin.so: cannot open shared object file"),
                           ("%s/test_wrong_abi.so" % PLUGINS, "test_wrong_abi.so was built for "
                            "kvs plugin ABI version 2, but this kvs has ABI version 1; rebuild it "
