@@ -21,9 +21,16 @@
  * Ownership: every string and array hangs off the kvs_config_t and is freed by
  * kvs_config_free; on any error the half-built config is freed before
  * returning, so callers never see one. The yaml document lives only for the
- * duration of a parse. Aliases are harmless: the walk follows the directive
- * table (at most three levels deep), not the data, so a cyclic or repeated
- * alias cannot make it loop or blow up.
+ * duration of a parse.
+ *
+ * Cost: a text is read once as events (prescan) before it is composed, and
+ * refused when it would cost far more than its size: nesting past 16 levels,
+ * more than 500000 values or 64 MiB of text once every alias is counted as
+ * the value it repeats, an alias inside its own value, more than 100
+ * anchors. Duplicate keys are found by sorting each mapping's keys once, and
+ * the lists whose entries must be unique (users, cluster.nodes,
+ * kafka.bindings) have a maximum length, so no text makes the load take more
+ * than about a second.
  *
  * Threads: no global state; parse as many configs in parallel as you like.
  */
@@ -140,7 +147,8 @@ static const directive_t directives[] = {
     {"storage.sync", D_ENUM, OFF(sync), "batch", 0, 0, "full, batch, none", sync_names, 0},
     {"storage.sync_interval", D_DURATION, OFF(sync_interval_ms), "1s", 1, 3600000, "from 1ms to 1h",
      NULL, F_LIVE},
-    {"storage.map_size", D_SIZE, OFF(map_size), "1GiB", MIB, UINT64_MAX, "at least 1MiB", NULL, 0},
+    {"storage.map_size", D_SIZE, OFF(map_size), "1GiB", MIB, 16 * 1024 * GIB,
+     "from 1MiB to 16TiB (the map grows by itself when full)", NULL, 0},
     {"storage.max_tables", D_UINT32, OFF(max_tables), "256", 1, 32000, NULL, NULL, 0},
     {"limits.max_frame", D_SIZE, OFF(max_frame), "4MiB", KIB, GIB, "from 1KiB to 1GiB", NULL, 0},
     {"limits.max_inflight", D_UINT32, OFF(max_inflight), "1024", 1, 1000000, NULL, NULL, F_LIVE},
@@ -211,6 +219,7 @@ typedef struct {
     unsigned char seen[N_DIRECTIVES]; /* set by the file, not defaulted */
     yaml_mark_t marks[N_DIRECTIVES];  /* where the file set it */
     yaml_mark_t *node_marks;          /* cluster.nodes[i]: name, address, shards (3 each) */
+    struct map_dup_s *dups;           /* per document node: its first duplicate key (find_dups) */
     char desc[64];                    /* scratch for describe() */
 } cfg_ctx_t;
 
@@ -364,6 +373,69 @@ static int scalar_value(cfg_ctx_t *ctx, const yaml_node_t *n, const char *path, 
     return 0;
 }
 
+/* A mapping's first duplicate key: pairs[dup] repeats the key of
+ * pairs[first] (dup < 0: none). */
+typedef struct map_dup_s {
+    long dup, first;
+} map_dup_t;
+
+typedef struct {
+    const char *key;
+    long pair;
+} key_ref_t;
+
+static int cmp_key_ref(const void *a, const void *b)
+{
+    const key_ref_t *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c != 0 ? c : (x->pair > y->pair) - (x->pair < y->pair);
+}
+
+/* Finds every mapping's first duplicate key (in file order) once, sorting
+ * its keys, so that a mapping of many keys (or one an alias makes the walk
+ * visit again) costs n log n, not n squared. */
+static int find_dups(cfg_ctx_t *ctx)
+{
+    yaml_document_t *doc = ctx->doc;
+    size_t n_nodes = (size_t)(doc->nodes.top - doc->nodes.start), cap = 0;
+    key_ref_t *refs = NULL;
+    if ((ctx->dups = calloc(n_nodes ? n_nodes : 1, sizeof(*ctx->dups))) == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < n_nodes; i++) {
+        const yaml_node_t *map = &doc->nodes.start[i];
+        map_dup_t *d = &ctx->dups[i];
+        d->dup = -1;
+        if (map->type != YAML_MAPPING_NODE ||
+            map->data.mapping.pairs.top - map->data.mapping.pairs.start < 2)
+            continue;
+        size_t n = 0, pairs = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+        if (pairs > cap) {
+            key_ref_t *bigger = realloc(refs, pairs * sizeof(*refs));
+            if (bigger == NULL) {
+                free(refs);
+                return cfg_oom(ctx);
+            }
+            refs = bigger;
+            cap = pairs;
+        }
+        for (size_t p = 0; p < pairs; p++) {
+            const yaml_node_t *key = node_at(ctx, map->data.mapping.pairs.start[p].key);
+            if (key->type == YAML_SCALAR_NODE)
+                refs[n++] = (key_ref_t){scalar_text(key), (long)p};
+        }
+        qsort(refs, n, sizeof(*refs), cmp_key_ref);
+        for (size_t k = 1; k < n; k++)
+            if (strcmp(refs[k - 1].key, refs[k].key) == 0 &&
+                (d->dup < 0 || refs[k].pair < d->dup) &&
+                (k < 2 || strcmp(refs[k - 2].key, refs[k].key) != 0)) {
+                d->dup = refs[k].pair;
+                d->first = refs[k - 1].pair;
+            }
+    }
+    free(refs);
+    return 0;
+}
+
 /* Checks the key of `pair` (in mapping `map`): a string, not seen before in
  * the same mapping. `where` names the mapping in messages (NULL: top level). */
 static int check_key(cfg_ctx_t *ctx, const yaml_node_t *map, const yaml_node_pair_t *pair,
@@ -373,22 +445,25 @@ static int check_key(cfg_ctx_t *ctx, const yaml_node_t *map, const yaml_node_pai
     const char *in = where ? " in " : "", *q = where ? "\"" : "", *w = where ? where : "";
     if (key->type != YAML_SCALAR_NODE || strlen(scalar_text(key)) != key->data.scalar.length)
         return cfg_error(ctx, &key->start_mark, "keys must be plain strings%s%s%s%s", in, q, w, q);
-    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < pair; p++) {
-        const yaml_node_t *prev = node_at(ctx, p->key);
-        if (prev->type == YAML_SCALAR_NODE && strcmp(scalar_text(prev), scalar_text(key)) == 0)
-            return cfg_error(ctx, &key->start_mark,
-                             "duplicate key \"%.80s\"%s%s%s%s (first at line %zu)",
-                             scalar_text(key), in, q, w, q, prev->start_mark.line + 1);
-    }
-    return 0;
+    const map_dup_t *d = &ctx->dups[map - ctx->doc->nodes.start];
+    if (d->dup != pair - map->data.mapping.pairs.start)
+        return 0;
+    const yaml_node_t *prev = node_at(ctx, map->data.mapping.pairs.start[d->first].key);
+    return cfg_error(ctx, &key->start_mark, "duplicate key \"%.80s\"%s%s%s%s (first at line %zu)",
+                     scalar_text(key), in, q, w, q, prev->start_mark.line + 1);
 }
 
+/* "<<" is YAML 1.1's merge key, which libyaml does not apply: say so, or
+ * the user is left wondering why the anchor's keys were not taken. */
 static int unknown_key(cfg_ctx_t *ctx, const yaml_node_t *key, const char *where)
 {
+    const char *merge = strcmp(scalar_text(key), "<<") == 0
+                            ? " (YAML merge keys are not supported: write the keys out)"
+                            : "";
     if (where == NULL)
-        return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\"", scalar_text(key));
-    return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\" in \"%s\"", scalar_text(key),
-                     where);
+        return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\"%s", scalar_text(key), merge);
+    return cfg_error(ctx, &key->start_mark, "unknown key \"%.80s\" in \"%s\"%s", scalar_text(key),
+                     where, merge);
 }
 
 /* ---- value parsers -------------------------------------------------------- */
@@ -416,11 +491,21 @@ static const unit_t duration_units[] = {
     {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}, {NULL, 0},
 };
 
-/* Parses leading decimal digits (at least one) without overflow. */
+/* "010": YAML 1.1 (and so PyYAML, and tools that write YAML from its
+ * values) reads it as octal 8, a reader of the text as 10. */
+static int leading_zero(const char *s)
+{
+    return s[0] == '0' && s[1] >= '0' && s[1] <= '9';
+}
+
+/* Parses leading decimal digits (at least one, no leading zero) without
+ * overflow. */
 static int parse_digits(const char *s, uint64_t *out, const char **end)
 {
     uint64_t v = 0;
     const char *p = s;
+    if (leading_zero(s))
+        return KVS_EINVAL;
     for (; *p >= '0' && *p <= '9'; p++) {
         uint64_t d = (uint64_t)(*p - '0');
         if (v > (UINT64_MAX - d) / 10)
@@ -523,6 +608,14 @@ static int set_listen(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
     return store_string(ctx, field(ctx, d), text);
 }
 
+static int zero_error(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+{
+    return cfg_error(ctx, m,
+                     "%s: \"%.80s\" starts with 0, which YAML 1.1 reads as an octal number; "
+                     "write it without the leading zero",
+                     d->path, text);
+}
+
 static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
     uint64_t v;
@@ -531,6 +624,8 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
         *(uint32_t *)field(ctx, d) = 0;
         return 0;
     }
+    if (leading_zero(text))
+        return zero_error(ctx, d, text, m);
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %san integer from %llu to %llu (got \"%.80s\")",
                          d->path, (d->flags & F_AUTO) ? "auto or " : "", (unsigned long long)d->min,
@@ -546,6 +641,8 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
         *(uint64_t *)field(ctx, d) = UINT64_MAX;
         return 0;
     }
+    if (leading_zero(text))
+        return zero_error(ctx, d, text, m);
     if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "
@@ -628,15 +725,23 @@ static const char *expected(const directive_t *d)
 
 /* How many entries the list `seq` has (0 when it is null or empty); a
  * value that is not a list is refused with `what` ("kafka.bindings:
- * expected a list of ..."). */
-static int list_len(cfg_ctx_t *ctx, const yaml_node_t *seq, const char *what, size_t *n)
+ * expected a list of ..."), and so is one of more than `max` entries (the
+ * lists whose entries must be unique: each entry is compared with the
+ * ones before it). */
+static int list_len(cfg_ctx_t *ctx, const yaml_node_t *seq, const char *what, size_t max, size_t *n)
 {
     *n = 0;
     if (is_null(seq))
         return 0;
     if (seq->type != YAML_SEQUENCE_NODE)
         return cfg_error(ctx, &seq->start_mark, "%s, got %s", what, describe(ctx, seq));
-    *n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    size_t len = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (len > max) {
+        size_t wl = strcspn(what, ":");
+        return cfg_error(ctx, &seq->start_mark, "%.*s: %zu entries; at most %zu are allowed",
+                         (int)wl, what, len, max);
+    }
+    *n = len;
     return 0;
 }
 
@@ -815,7 +920,8 @@ static int parse_binding(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
     size_t n;
-    int rc = list_len(ctx, seq, "kafka.bindings: expected a list of {topic, table, format}", &n);
+    int rc = list_len(ctx, seq, "kafka.bindings: expected a list of {topic, table, format}",
+                      KVS_BINDINGS_MAX, &n);
     if (rc != 0 || n == 0)
         return rc;
     if ((ctx->cfg->bindings = calloc(n, sizeof(kvs_binding_t))) == NULL)
@@ -937,7 +1043,8 @@ static int cmp_remote(const void *a, const void *b)
 static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
     size_t n;
-    int rc = list_len(ctx, seq, "cluster.remote: expected a list of {shard, address}", &n);
+    int rc = list_len(ctx, seq, "cluster.remote: expected a list of {shard, address}",
+                      KVS_SHARDS_MAX, &n);
     if (rc != 0 || n == 0)
         return rc;
     if ((ctx->cfg->remote = calloc(n, sizeof(kvs_remote_t))) == NULL)
@@ -1068,7 +1175,8 @@ static int parse_node(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 static int set_nodes(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
     size_t n;
-    int rc = list_len(ctx, seq, "cluster.nodes: expected a list of {name, address, shards}", &n);
+    int rc = list_len(ctx, seq, "cluster.nodes: expected a list of {name, address, shards}",
+                      KVS_NODES_MAX, &n);
     if (rc != 0 || n == 0)
         return rc;
     ctx->cfg->nodes = calloc(n, sizeof(kvs_node_t));
@@ -1158,7 +1266,7 @@ static int parse_plugin(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 static int set_plugins(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
     size_t n;
-    int rc = list_len(ctx, seq, "plugins: expected a list of shared object paths", &n);
+    int rc = list_len(ctx, seq, "plugins: expected a list of shared object paths", SIZE_MAX, &n);
     if (rc != 0 || n == 0)
         return rc;
     if ((ctx->cfg->plugins = calloc(n, sizeof(kvs_plugin_conf_t))) == NULL)
@@ -1336,7 +1444,8 @@ static int parse_user(cfg_ctx_t *ctx, const yaml_node_t *item, size_t idx)
 static int set_users(cfg_ctx_t *ctx, const yaml_node_t *seq)
 {
     size_t n;
-    int rc = list_len(ctx, seq, "users: expected a list of {name, token, allow}", &n);
+    int rc =
+        list_len(ctx, seq, "users: expected a list of {name, token, allow}", KVS_USERS_MAX, &n);
     if (rc != 0 || n == 0)
         return rc;
     if ((ctx->cfg->users = calloc(n, sizeof(kvs_user_t))) == NULL)
@@ -1741,6 +1850,284 @@ static int apply_defaults(cfg_ctx_t *ctx)
     return 0;
 }
 
+/* ---- the shape of the text, before it is composed ------------------------------ */
+
+/* libyaml composes whatever it is given, and some texts cost far more than
+ * their size: an alias re-uses its anchor's whole value wherever it appears,
+ * and the walk copies each use (a few aliases of aliases of a long value
+ * ask for gigabytes: "billion laughs"); deep flow nesting ("[[[[...") makes
+ * libyaml's scanner work in time quadratic in the depth; and each value costs
+ * the document a node whatever its size. So the events are read once, cheaply,
+ * before the document is composed, and a text past these bounds is refused
+ * at the value that crosses them. A kvs config nests five levels at most
+ * (users[i].allow.PATTERN[j]). Tags are refused too: every value is read as
+ * text, so "!!binary" or "!!python/object" would be silently ignored. */
+#define KVS_CONFIG_MAX_DEPTH 16
+#define KVS_CONFIG_MAX_ANCHORS 100
+#define KVS_CONFIG_MAX_VALUES 500000
+
+typedef struct {
+    int map;      /* a mapping (else a list) */
+    int want_key; /* mapping: the next event is a key */
+    size_t idx;   /* list: the next entry's index */
+    char key[48]; /* mapping: the key whose value comes next */
+} scan_frame_t;
+
+typedef struct {
+    char *name;
+    int open;               /* its value is still being read */
+    uint64_t values, bytes; /* what one use of it costs, aliases included */
+} scan_anchor_t;
+
+typedef struct {
+    scan_frame_t frames[KVS_CONFIG_MAX_DEPTH];
+    size_t depth;
+    scan_anchor_t anchors[KVS_CONFIG_MAX_ANCHORS];
+    size_t n_anchors;
+    uint64_t open_values[KVS_CONFIG_MAX_DEPTH], open_bytes[KVS_CONFIG_MAX_DEPTH];
+    uint64_t values, bytes; /* the document's, every alias counted as its value */
+    char path[256];
+} scan_t;
+
+/* Where the current event is, as a key path ("users[2].allow"), for messages;
+ * "the top level" outside any mapping. */
+static const char *scan_path(scan_t *s)
+{
+    size_t n = 0;
+    s->path[0] = '\0';
+    for (size_t i = 0; i < s->depth && n < sizeof(s->path); i++) {
+        const scan_frame_t *f = &s->frames[i];
+        int w;
+        if (f->map && f->want_key)
+            break; /* at a key: the path is the mapping's */
+        if (f->map)
+            w = snprintf(s->path + n, sizeof(s->path) - n, "%s%s", n ? "." : "", f->key);
+        else
+            w = snprintf(s->path + n, sizeof(s->path) - n, "[%zu]", f->idx);
+        if (w < 0)
+            break;
+        n += (size_t)w;
+    }
+    return s->path[0] ? s->path : "the top level";
+}
+
+/* A tag libyaml resolved, as it was written ("!!binary" for yaml.org's). */
+static const char *tag_text(const yaml_char_t *tag)
+{
+    static const char core[] = "tag:yaml.org,2002:";
+    const char *t = (const char *)tag;
+    return strncmp(t, core, sizeof(core) - 1) == 0 ? t + sizeof(core) - 1 : t;
+}
+
+/* Refuses an explicit tag other than the one every such node has anyway
+ * (!!str on a scalar, !!seq on a list, !!map on a mapping). */
+static int scan_tag(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e, const yaml_char_t *tag,
+                    const char *plain)
+{
+    if (tag == NULL || strcmp((const char *)tag, plain) == 0)
+        return 0;
+    const char *t = tag_text(tag);
+    return cfg_error(ctx, &e->start_mark,
+                     "%s: YAML tags are not supported (got %s%.60s): kvs reads every value as "
+                     "plain text; remove the tag",
+                     scan_path(s), t != (const char *)tag ? "!!" : "", t);
+}
+
+/* Counts what a value costs the document (`values` nodes, `bytes` of
+ * text) against the bounds. */
+static int scan_cost(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e, uint64_t values,
+                     uint64_t bytes)
+{
+    s->values = values > UINT64_MAX - s->values ? UINT64_MAX : s->values + values;
+    s->bytes = bytes > UINT64_MAX - s->bytes ? UINT64_MAX : s->bytes + bytes;
+    if (s->values > KVS_CONFIG_MAX_VALUES)
+        return cfg_error(ctx, &e->start_mark,
+                         "%s: the file holds more than %d values (aliases count as the values "
+                         "they repeat); no kvs config needs that many",
+                         scan_path(s), KVS_CONFIG_MAX_VALUES);
+    if (s->bytes > KVS_CONFIG_MAX_FILE)
+        return cfg_error(ctx, &e->start_mark,
+                         "%s: the file's values add up to more than %u MiB of text (aliases count "
+                         "as the values they repeat); write each value out once",
+                         scan_path(s), KVS_CONFIG_MAX_FILE >> 20);
+    return 0;
+}
+
+/* A node with `anchor` starts: it is remembered, open until its value ends. */
+static int scan_anchor(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e, const yaml_char_t *anchor)
+{
+    if (anchor == NULL)
+        return 0;
+    if (s->n_anchors == KVS_CONFIG_MAX_ANCHORS)
+        return cfg_error(ctx, &e->start_mark,
+                         "%s: more than %d anchors (&name); no kvs config needs that many",
+                         scan_path(s), KVS_CONFIG_MAX_ANCHORS);
+    scan_anchor_t *a = &s->anchors[s->n_anchors];
+    if ((a->name = strdup((const char *)anchor)) == NULL)
+        return cfg_oom(ctx);
+    s->n_anchors++;
+    a->open = 1;
+    a->values = s->values;
+    a->bytes = s->bytes;
+    return 0;
+}
+
+/* Closes the most recent open anchor, if `anchor` named the node that ended:
+ * what it repeats is what the document grew by since it opened. */
+static void scan_anchor_end(scan_t *s, const yaml_char_t *anchor, uint64_t values, uint64_t bytes)
+{
+    if (anchor == NULL)
+        return;
+    for (size_t i = s->n_anchors; i-- > 0;) {
+        scan_anchor_t *a = &s->anchors[i];
+        if (a->open && strcmp(a->name, (const char *)anchor) == 0) {
+            a->open = 0;
+            a->values = s->values - values;
+            a->bytes = s->bytes - bytes;
+            return;
+        }
+    }
+}
+
+static int scan_alias(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e)
+{
+    const char *name = (const char *)e->data.alias.anchor;
+    for (size_t i = s->n_anchors; i-- > 0;) {
+        const scan_anchor_t *a = &s->anchors[i];
+        if (strcmp(a->name, name) != 0)
+            continue;
+        if (a->open)
+            return cfg_error(ctx, &e->start_mark,
+                             "%s: the alias *%.60s is inside the value it repeats; write the "
+                             "value out",
+                             scan_path(s), name);
+        return scan_cost(ctx, s, e, a->values, a->bytes);
+    }
+    return scan_cost(ctx, s, e, 1, 0); /* undefined: the loader says so */
+}
+
+/* A value (scalar, alias or whole collection) was read where the top frame
+ * expected one: a mapping's key or value, or a list entry. */
+static void scan_next(scan_t *s, const yaml_event_t *e)
+{
+    if (s->depth == 0)
+        return;
+    scan_frame_t *f = &s->frames[s->depth - 1];
+    if (!f->map) {
+        f->idx++;
+        return;
+    }
+    if (f->want_key) {
+        const char *k =
+            e != NULL && e->type == YAML_SCALAR_EVENT ? (const char *)e->data.scalar.value : "?";
+        snprintf(f->key, sizeof(f->key), "%.40s%s", k, strlen(k) > 40 ? "..." : "");
+    }
+    f->want_key = !f->want_key;
+}
+
+/* A collection starts (`map`): one level deeper, which must stay within
+ * KVS_CONFIG_MAX_DEPTH. */
+static int scan_open(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e, int map)
+{
+    const yaml_char_t *anchor = map ? e->data.mapping_start.anchor : e->data.sequence_start.anchor;
+    int rc = scan_tag(ctx, s, e, map ? e->data.mapping_start.tag : e->data.sequence_start.tag,
+                      map ? YAML_MAP_TAG : YAML_SEQ_TAG);
+    if (rc == 0 && s->depth == KVS_CONFIG_MAX_DEPTH)
+        rc = cfg_error(ctx, &e->start_mark,
+                       "%s: nested more than %d levels deep; a kvs config nests 5 at most "
+                       "(look for a stray bracket or indentation)",
+                       scan_path(s), KVS_CONFIG_MAX_DEPTH);
+    if (rc == 0)
+        rc = scan_cost(ctx, s, e, 1, 0);
+    if (rc == 0)
+        rc = scan_anchor(ctx, s, e, anchor);
+    if (rc != 0)
+        return rc;
+    s->open_values[s->depth] = s->values - 1;
+    s->open_bytes[s->depth] = s->bytes;
+    scan_frame_t *f = &s->frames[s->depth++];
+    memset(f, 0, sizeof(*f));
+    f->map = map;
+    f->want_key = map;
+    return 0;
+}
+
+/* One event; `anchors` of collections are kept by the caller until they end. */
+static int scan_event(cfg_ctx_t *ctx, scan_t *s, const yaml_event_t *e, const yaml_char_t **open)
+{
+    int rc = 0;
+    switch (e->type) {
+    case YAML_SCALAR_EVENT:
+        if ((rc = scan_tag(ctx, s, e, e->data.scalar.tag, YAML_STR_TAG)) != 0 ||
+            (rc = scan_cost(ctx, s, e, 1, e->data.scalar.length)) != 0)
+            return rc;
+        if (e->data.scalar.anchor != NULL) {
+            if ((rc = scan_anchor(ctx, s, e, e->data.scalar.anchor)) != 0)
+                return rc;
+            scan_anchor_end(s, e->data.scalar.anchor, s->values - 1,
+                            s->bytes - e->data.scalar.length);
+        }
+        scan_next(s, e);
+        return 0;
+    case YAML_ALIAS_EVENT:
+        if ((rc = scan_alias(ctx, s, e)) != 0)
+            return rc;
+        scan_next(s, e);
+        return 0;
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT:
+        return scan_open(ctx, s, e, e->type == YAML_MAPPING_START_EVENT);
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT:
+        assert(s->depth > 0);
+        s->depth--;
+        scan_anchor_end(s, open[s->depth], s->open_values[s->depth], s->open_bytes[s->depth]);
+        scan_next(s, NULL);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* Reads the events of the text and checks its shape (see above). A text
+ * libyaml cannot parse passes: composing it says what is wrong, and where. */
+static int prescan(cfg_ctx_t *ctx)
+{
+    yaml_parser_t parser;
+    yaml_event_t e;
+    scan_t *s = calloc(1, sizeof(*s));
+    yaml_char_t *open[KVS_CONFIG_MAX_DEPTH]; /* anchors of the open collections */
+    int rc = 0, done = 0;
+    if (s == NULL || !yaml_parser_initialize(&parser)) {
+        free(s);
+        return cfg_oom(ctx);
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)ctx->text, ctx->len);
+    while (rc == 0 && !done && yaml_parser_parse(&parser, &e)) {
+        size_t depth = s->depth;
+        rc = scan_event(ctx, s, &e, (const yaml_char_t **)open);
+        if (rc == 0 && s->depth > depth) { /* keep the anchor's name until its end */
+            const yaml_char_t *a = e.type == YAML_MAPPING_START_EVENT
+                                       ? e.data.mapping_start.anchor
+                                       : e.data.sequence_start.anchor;
+            open[depth] = a != NULL ? (yaml_char_t *)strdup((const char *)a) : NULL;
+            if (a != NULL && open[depth] == NULL)
+                rc = cfg_oom(ctx);
+        } else if (s->depth < depth) {
+            free(open[s->depth]);
+        }
+        done = e.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&e);
+    }
+    while (s->depth > 0)
+        free(open[--s->depth]);
+    for (size_t i = 0; i < s->n_anchors; i++)
+        free(s->anchors[i].name);
+    free(s);
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
 /* Composes the document and builds the config from it. After the document
  * the stream must end: a second document would be silently ignored. */
 static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
@@ -1749,7 +2136,9 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
     if (!yaml_parser_load(parser, &doc))
         return yaml_error(ctx, parser);
     ctx->doc = &doc;
-    int rc = walk_root(ctx);
+    int rc = find_dups(ctx);
+    if (rc == 0)
+        rc = walk_root(ctx);
     if (rc == 0)
         rc = check_partitions(ctx);
     if (rc == 0)
@@ -1765,6 +2154,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
     if (rc == 0)
         rc = check_tls(ctx);
     ctx->doc = NULL;
+    free(ctx->dups);
+    ctx->dups = NULL;
     yaml_document_delete(&doc);
     if (rc != 0)
         return rc;
@@ -1801,8 +2192,9 @@ static int parse_as(const char *name, const char *stored_path, const char *text,
     }
     if ((rc = apply_defaults(&ctx)) != 0)
         goto done;
-    yaml_parser_set_input_string(&parser, (const unsigned char *)(text ? text : ""),
-                                 text ? len : 0);
+    if ((rc = prescan(&ctx)) != 0)
+        goto done;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)ctx.text, ctx.len);
     rc = build(&ctx, &parser);
 done:
     yaml_parser_delete(&parser);
@@ -1950,6 +2342,48 @@ int kvs_config_secret_key(const char *key)
     size_t n = strlen(key);
     return strncmp(key, "sasl.", 5) == 0 || strncmp(key, "ssl.key.", 8) == 0 ||
            (n >= 9 && strcmp(key + n - 9, ".password") == 0);
+}
+
+/* The secrets `cfg` holds, named for a message ("" when none). */
+static void secrets_held(const kvs_config_t *cfg, char *out, size_t len)
+{
+    int tokens = 0;
+    const char *prop = NULL;
+    for (size_t i = 0; i < cfg->n_users; i++)
+        tokens |= cfg->users[i].token != NULL;
+    for (size_t i = 0; i < cfg->n_kafka_properties && prop == NULL; i++)
+        if (kvs_config_secret_key(cfg->kafka_properties[i].key))
+            prop = cfg->kafka_properties[i].key;
+    snprintf(out, len, "%s%s%s%.60s", tokens ? "users' token hashes" : "",
+             tokens && prop ? ", " : "", prop ? "kafka.properties " : "", prop ? prop : "");
+}
+
+int kvs_config_file_warning(const kvs_config_t *cfg, const char *path, char *msg, size_t len)
+{
+    struct stat st;
+    char secrets[160];
+    if (len > 0)
+        msg[0] = '\0';
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    unsigned mode = (unsigned)st.st_mode & 07777;
+    secrets_held(cfg, secrets, sizeof(secrets));
+    const char *who = (mode & 022) == 022 ? "its group and others"
+                      : (mode & 020)      ? "its group"
+                                          : "others";
+    if (mode & 022)
+        snprintf(msg, len,
+                 "%s is writable by %s (mode %04o): whoever may write it decides what this node "
+                 "runs (plugins load code, users grant rights); chmod go-w %s",
+                 path, who, mode, path);
+    else if ((mode & 004) && secrets[0] != '\0')
+        snprintf(msg, len,
+                 "%s is readable by others (mode %04o) and holds secrets (%s); chmod o-r %s "
+                 "(and keep it readable by the node's user only)",
+                 path, mode, secrets, path);
+    else
+        return 0;
+    return 1;
 }
 
 void kvs_config_free(kvs_config_t *cfg)

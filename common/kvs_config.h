@@ -62,7 +62,8 @@
  *   storage:
  *     sync: batch            full | batch | none
  *     sync_interval: 1s      duration (ms, s, m); how often `batch` syncs
- *     map_size: 1GiB         initial LMDB map size; grows automatically
+ *     map_size: 1GiB         initial LMDB map size, 1MiB..16TiB; grows
+ *                            automatically
  *     max_tables: 256        named LMDB databases per shard, 1..32000
  *   limits:
  *     max_frame: 4MiB        size; 1KiB .. 1GiB
@@ -150,6 +151,12 @@
  * key may not change live: listeners, the cluster's shape, storage layout,
  * Kafka's brokers, bindings and properties, tls.*, users, plugins (TLS
  * files are read again at every reload, at the paths configured).
+ *
+ * The text is YAML without tags (every value is read as text; !!binary and
+ * the like are refused). Anchors and aliases are allowed, but a file may
+ * nest at most 16 levels and hold at most 500000 values and 64 MiB of text
+ * with every alias counted as the value it repeats; users may list at most
+ * 10000 entries, cluster.nodes 1024, kafka.bindings 4096.
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a
@@ -259,6 +266,9 @@ typedef enum {
 #define KVS_MAX_REPLICAS 64         /* nodes serving one shard, at most */
 #define KVS_ROUTER_PROCESSES_MAX 64 /* router.processes */
 #define KVS_SHARDS_MAX 1024         /* cluster.shards */
+#define KVS_NODES_MAX 1024          /* cluster.nodes entries */
+#define KVS_USERS_MAX 10000         /* users entries */
+#define KVS_BINDINGS_MAX 4096       /* kafka.bindings entries */
 
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
@@ -384,6 +394,16 @@ const kvs_remote_t *kvs_config_remote(const kvs_config_t *cfg, uint32_t shard);
  * sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
  * sasl.oauthbearer.client.secret, ...). */
 int kvs_config_secret_key(const char *key);
+/* What is unsafe about the config file at `path`, which `cfg` was loaded
+ * from: writable by its group or by others (whoever may write it decides
+ * what the node runs: plugins load code, users grant rights), or readable
+ * by others while it holds secrets (users' token hashes, kafka.properties
+ * that kvs_config_secret_key names). Like ssh's checks of key files, but a
+ * warning: the node still starts. Writes one line saying what to change into
+ * msg[0..len) and returns 1, or returns 0 with msg "" when the mode is fine
+ * or `path` cannot be stat'ed (the load itself reports that). */
+int kvs_config_file_warning(const kvs_config_t *cfg, const char *path, char *msg, size_t len);
+
 /* True when this node runs a worker for `shard`: with cluster.nodes, when
  * its own entry lists the shard; otherwise when cluster.remote does not
  * name it. */
@@ -430,8 +450,9 @@ void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next);
 void kvs_config_free(kvs_config_t *cfg);
 
 /* Parses a size ("4MiB", "1000", "2GB"). Returns 0 or KVS_EINVAL (*out is
- * untouched) for anything else: empty, a sign, spaces, fractions, an unknown
- * suffix, or a value past UINT64_MAX. */
+ * untouched) for anything else: empty, a sign, spaces, fractions, a leading
+ * zero ("010": octal in YAML 1.1), an unknown suffix, or a value past
+ * UINT64_MAX. */
 int kvs_config_parse_size(const char *s, uint64_t *out);
 
 /* Parses a duration ("250ms", "1s", "2m", "500" = ms). Returns 0 or KVS_EINVAL,

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define PLUGIN_V1_SIZE (offsetof(kvs_plugin_t, fini) + sizeof(void (*)(void *)))
 
@@ -106,6 +107,16 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
     const kvs_plugin_conf_t *pc = &cfg->plugins[i];
     char path[4200];
     snprintf(path, sizeof(path), "%s%s", strchr(pc->path, '/') ? "" : "./", pc->path);
+    /* dlopen opens whatever the path names: a FIFO would block this
+     * process (and every worker) until some writer came. A path that does
+     * not stat is left to dlopen's own message. */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
+                            S_ISFIFO(st.st_mode)   ? "a FIFO"
+                            : S_ISDIR(st.st_mode)  ? "a directory"
+                            : S_ISSOCK(st.st_mode) ? "a socket"
+                                                   : "a device");
     dlerror();
     l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {

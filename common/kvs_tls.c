@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -265,6 +266,46 @@ static int verify_mode(const kvs_tls_ctx_t *c)
 }
 
 /* A fresh SSL_CTX from c's settings and files. */
+/* A PEM file larger than this is a mistake (a CA bundle of every public
+ * root is well under 1 MiB). */
+#define KVS_TLS_MAX_FILE (16u << 20)
+
+/* OpenSSL opens and reads whatever the path names: a FIFO blocks the
+ * process (a reload in a router process's loop: it stops serving, and
+ * hears no signal) until some writer comes, a device or a huge file is
+ * read to its end. So each file is checked first: a path that does not
+ * stat is left to OpenSSL to report. */
+static int check_file(const kvs_tls_ctx_t *c, const char *key, const char *path, char *err,
+                      size_t errlen)
+{
+    struct stat st;
+    if (path[0] == '\0' || stat(path, &st) != 0)
+        return 0;
+    if (!S_ISREG(st.st_mode)) {
+        const char *kind = S_ISFIFO(st.st_mode)   ? "a FIFO"
+                           : S_ISDIR(st.st_mode)  ? "a directory"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "a device";
+        return ctx_error(err, errlen, "%s.%s %s: %s, not a file: name a PEM file", c->what, key,
+                         path, kind);
+    }
+    if ((unsigned long long)st.st_size > KVS_TLS_MAX_FILE)
+        return ctx_error(err, errlen,
+                         "%s.%s %s: %llu bytes, larger than a PEM file for TLS can be (16 MiB)",
+                         c->what, key, path, (unsigned long long)st.st_size);
+    return 0;
+}
+
+static int check_files(const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    int rc = check_file(c, "cert", c->cert, err, errlen);
+    if (rc == 0 && c->cert[0] != '\0')
+        rc = check_file(c, "key", c->key, err, errlen);
+    if (rc == 0 && c->o.peer != KVS_TLS_PEER_NONE)
+        rc = check_file(c, "ca", c->ca, err, errlen);
+    return rc;
+}
+
 static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t errlen)
 {
     SSL_CTX *s =
@@ -277,6 +318,8 @@ static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t er
     int rc = set_versions(s, c, err, errlen);
     if (rc == 0)
         rc = set_ciphers(s, c, err, errlen);
+    if (rc == 0)
+        rc = check_files(c, err, errlen);
     if (rc == 0)
         rc = load_identity(s, c, err, errlen);
     if (rc == 0)

@@ -618,6 +618,9 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     kvs_log_level_parse((*cfg)->log_level, &level);
     kvs_log_init("node", (int)args->shard, level);
     kvs_log_set_format((*cfg)->log_format);
+    /* Run alone (a router's workers start from its snapshot: it warns). */
+    if (args->config_fd < 0 && kvs_config_file_warning(*cfg, args->config, err, sizeof(err)))
+        kvs_warn("%s", err);
     if ((uint32_t)args->shard >= (*cfg)->shards)
         return config_fatal(m,
                             "--shard %ld is out of range: %s has cluster.shards = %u (shards "

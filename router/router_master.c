@@ -253,11 +253,15 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, in
     for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
         if (n < 0 && errno == EINTR)
             continue;
-        if (n > 0 && (total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
+        if (n < 0) { /* EISDIR (a directory), EIO: the same again at every try */
+            rc = -errno;
+            break;
+        }
+        if ((total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
             rc = -EFBIG; /* the loader would refuse it: copy no more */
             break;
         }
-        ssize_t w = n < 0 ? -1 : write(out, buf, (size_t)n);
+        ssize_t w = write(out, buf, (size_t)n);
         if (w != n) /* a memfd takes it whole, short of memory */
             rc = w < 0 ? -errno : -ENOSPC;
     }
@@ -290,6 +294,8 @@ static int load_snapshot(master_t *m)
         kvs_error("%s", err);
         return EX_CONFIG;
     }
+    if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
+        kvs_warn("%s", err);
     if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
         (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
@@ -1037,6 +1043,8 @@ static int reload_config(master_t *m, int *map)
         kvs_log_set_level(level);
         kvs_log_set_format(m->cfg->log_format);
         m->reloads[0]++;
+        if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
+            kvs_warn("%s", err);
         if (*map)
             kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
                      "once the router processes of the new map serve",

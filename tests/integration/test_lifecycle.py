@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from kvstest import BUILD_DIR, HOST, Node, pyval, req_hget, req_hset
@@ -132,7 +133,86 @@ class LifecycleTest(RouterTestCase):
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual(r.stop(), 0)
 
-    def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
+    def test_a_config_path_that_is_a_directory_is_refused_at_start_and_at_a_reload(self):
+        """A config path that is a directory (--config /etc/kvs/, or the
+        file replaced by one): the master's copy into its snapshot took
+        read's EISDIR for a write of nothing and read again, for ever, at
+        100% CPU without a word: at start, and at a reload in the master's
+        loop (no signal heard, no worker supervised). It is refused now:
+        at start with 78, at a reload with the running configuration
+        unchanged; a kvs-node running alone refuses it too."""
+        d = tempfile.mkdtemp(prefix="kvs-cfgdir-")
+        self.addCleanup(os.rmdir, d)
+        out = subprocess.run([os.path.join(BUILD_DIR, "kvs-router"), "--config", d],
+                             capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        self.assertIn("%s: cannot read: Is a directory" % d, out.stderr)
+        r = self.router(shards=2)
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        for path in (r.config, node.config):
+            os.rename(path, path + ".saved")
+            os.mkdir(path)
+        try:
+            r.proc.send_signal(signal.SIGHUP)
+            node.proc.send_signal(signal.SIGHUP)
+            refused = "reload: %s: cannot read: Is a directory; the running configuration is " \
+                      "unchanged"
+            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
+            ok_node = wait_until(lambda: ("%s: cannot read: Is a directory" % node.config)
+                                 in node.stderr(), 5)
+        finally:
+            for path in (r.config, node.config):
+                os.rmdir(path)
+                os.rename(path + ".saved", path)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        self.assertTrue(ok_node, node.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+
+    def test_a_config_file_others_may_write_or_read_secrets_in_is_warned_of(self):
+        """A config file writable by others (who then decide what the node
+        runs: plugins load code) or readable by others while it holds
+        secrets (token hashes, Kafka passwords) is warned of, as ssh refuses
+        such key files: at start and at a reload of kvs-router (the master,
+        once, not each worker) and at the start of a kvs-node running
+        alone. The node starts and serves all the same; a file only its
+        user may read and write gets no warning."""
+        writable = "%s is writable by its group and others (mode 0666): whoever may write it " \
+                   "decides what this node runs (plugins load code, users grant rights); " \
+                   "chmod go-w %s"
+        r = self.router(shards=2, start=False)
+        os.chmod(r.config, 0o666)
+        r.start()
+        self.assertEqual(r.stderr().count(writable % (r.config, r.config)), 1, r.stderr())
+        self.assertIn("router WARN  " + writable % (r.config, r.config), r.stderr())
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        os.chmod(r.config, 0o600)
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "configuration reloaded" in r.stderr(), 5))
+        self.assertEqual(r.stderr().count("is writable by"), 1)  # none at a good reload
+        os.chmod(r.config, 0o646)
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "is writable by others (mode 0646)" in r.stderr(), 5),
+                        r.stderr()[-3000:])
+        self.assertEqual(r.stop(), 0)
+        secrets = "kafka: {properties: {sasl.password: hunter2}}\n"
+        node = Node(extra_yaml=secrets, start=False)
+        self.addCleanup(node.close)
+        os.chmod(node.config, 0o644)
+        node.start()
+        self.assertIn("node[0] WARN  %s is readable by others (mode 0644) and holds secrets "
+                      "(kafka.properties sasl.password); chmod o-r %s" % (node.config, node.config),
+                      node.stderr())
+        self.assertNotIn("hunter2", node.stderr())
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+
+
         """The config path became a FIFO (or was a pipe from the start:
         --config <(...)): a reload's open blocked until some writer came,
         in the master's loop, so it answered no signal (a SIGTERM went

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -562,7 +563,13 @@ class PluginTest(RouterTestCase):
             self.assertEqual(w.call(req_hset("ro_users", b"k", "v")).status, 403)
 
     def test_missing_or_wrong_abi_plugin_refuses_to_start(self):
-        for path, why in [("/nonexistent/kvs_plugin.so", "cannot be loaded: "
+        # A FIFO: dlopen waited for a writer in every worker, and the node
+        # gave up after router.ready_timeout (exit 1) with no reason given.
+        fifo = os.path.join(tempfile.mkdtemp(prefix="kvs-plug-"), "plugin.so")
+        os.mkfifo(fifo)
+        self.addCleanup(shutil.rmtree, os.path.dirname(fifo), True)
+        for path, why in [(fifo, "plugin.so is a FIFO, not a shared object file"),
+                          ("/nonexistent/kvs_plugin.so", "cannot be loaded: "
                            "/nonexistent/kvs_plugin.so: cannot open shared object file"),
                           ("%s/test_wrong_abi.so" % PLUGINS, "test_wrong_abi.so was built for "
                            "kvs plugin ABI version 2, but this kvs has ABI version 1; rebuild it "
@@ -650,6 +657,44 @@ class ReloadTest(RouterTestCase):
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
         got = self.reloads(r)  # refused by the master: its children were not told
         self.assertEqual(got[("master", None, "error")], 1)
+        self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
+
+    def test_a_costly_config_is_refused_at_once_and_serving_goes_on(self):
+        """Texts that cost far more than their size to load are refused at a
+        reload at once, each with one error naming the file, line and key:
+        deep flow nesting (libyaml's scanner is quadratic in it: this one
+        held the master for half a minute), an alias repeating a 1 MiB value
+        100 times (the master copied all of it), a tag, and a mapping of
+        many keys (duplicates were found in quadratic time). The node keeps
+        serving its running configuration and no child hears of them."""
+        r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
+        with open(r.config) as f:
+            good = f.read()
+        cases = [
+            ("plugins: " + "[" * 100000 + "]" * 100000 + "\n",
+             r"\d+:25: plugins(\[0\]){15}: nested more than 16 levels deep"),
+            ("plugins:\n  - &p {path: /x, arg: " + "a" * (1 << 20) + "}\n" + "  - *p\n" * 100,
+             r"\d+:5: plugins\[63\]: the file's values add up to more than 64 MiB of text"),
+            ("limits: {max_inflight: !!int 7}\n",
+             r"\d+:24: limits.max_inflight: YAML tags are not supported \(got !!int\)"),
+            ("kafka:\n  properties:\n" + "".join("    p%d: v\n" % i for i in range(200000)) +
+             "    p9: w\n",
+             r"\d+:5: duplicate key \"p9\" in \"kafka.properties\" \(first at line \d+\)"),
+        ]
+        for i, (text, msg) in enumerate(cases):
+            with open(r.config, "w") as f:
+                f.write(good + text)
+            start = time.monotonic()
+            self.hup(r, "the running configuration is unchanged", count=1)
+            self.assertLess(time.monotonic() - start, 5.0)
+            errors = [l for l in r.stderr().splitlines() if "router ERROR reload: " in l]
+            self.assertEqual(len(errors), i + 1, errors)
+            self.assertRegex(errors[-1], r"reload: %s:%s" % (re.escape(r.config), msg))
+            with r.client() as c:  # still serving, slow log still off
+                self.assertEqual(c.hset("t", "k", "v").status, 200)
+                self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
+        got = self.reloads(r)
+        self.assertEqual(got[("master", None, "error")], len(cases))
         self.assertEqual(sum(v for k, v in got.items() if k[0] != "master"), 0)
 
     def test_key_that_cannot_change_live_is_refused(self):

@@ -254,6 +254,35 @@ class TlsRouterTest(RouterTestCase):
         time.sleep(0.1)
         self.assertIn("certificate has expired", log_lines(r.stderr(), "TLS handshake failed")[-1])
 
+    def test_a_key_path_turned_fifo_fails_the_reload_and_serving_goes_on(self):
+        """The key path became a FIFO before a SIGHUP: OpenSSL's open of it
+        waited for a writer in the router process's loop, which then
+        answered no client and no signal (a SIGTERM went unheard). The
+        reload fails now, logged with the path and what it is, and the
+        router process serves with the previous material and stops when
+        told."""
+        d = tempfile.mkdtemp(prefix="kvs-fifo-")
+        self.addCleanup(shutil.rmtree, d, True)
+        key = os.path.join(d, "cur.key")
+        shutil.copy(cert_path("node.crt"), os.path.join(d, "cur.crt"))
+        shutil.copy(cert_path("node.key"), key)
+        r = self.router(shards=1, partitions=8, start=False, tls=tls_context(), extra_yaml=(
+            "tls:\n  cert: %s\n  key: %s\n  router: {enabled: true}\n"
+            % (os.path.join(d, "cur.crt"), key)))
+        r.start()
+        os.unlink(key)
+        os.mkfifo(key)
+        os.kill(r.pid, signal.SIGHUP)
+        failed = ("tls.router: reload failed, still using the previous material: tls.router.key "
+                  "%s: a FIFO, not a file: name a PEM file" % key)
+        deadline = time.monotonic() + 5
+        while failed not in r.stderr() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIn(failed, r.stderr())
+        with r.client(timeout=FAST) as c:
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertEqual(r.stop(), 0)
+
     def test_min_version_tls13_refuses_tls12(self):
         r = self.tls_router(min_version="TLS1.3")
         with self.assertRaises(ssl.SSLError):

@@ -9,6 +9,7 @@
 #include "kvs_test.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char err[512];
@@ -202,6 +203,10 @@ KVS_TEST(shards_range_and_type)
         "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"1025\")");
     parse_fails("cluster:\n  shards: -1\n",
                 "config.yaml:2:11: cluster.shards must be an integer from 1 to 1024 (got \"-1\")");
+    /* YAML 1.1 reads 010 as 8: the file's author may have meant either. */
+    parse_fails("cluster:\n  shards: 010\n",
+                "config.yaml:2:11: cluster.shards: \"010\" starts with 0, which YAML 1.1 reads as "
+                "an octal number; write it without the leading zero");
     parse_fails("cluster:\n  shards: {a: 1}\n",
                 "config.yaml:2:11: cluster.shards: expected an integer, got a mapping");
     kvs_config_t *k = parse_ok("limits: {max_keys: 100000000}\n");
@@ -257,11 +262,26 @@ KVS_TEST(bad_size_values)
                 "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"2GiB\")");
     parse_fails("limits:\n  max_frame: 1023\n",
                 "config.yaml:2:14: limits.max_frame must be from 1KiB to 1GiB (got \"1023\")");
+    parse_fails("limits:\n  max_frame: 04MiB\n",
+                "config.yaml:2:14: limits.max_frame: \"04MiB\" starts with 0, which YAML 1.1 reads "
+                "as an octal number; write it without the leading zero");
     parse_fails("storage:\n  map_size: 1000kB\n",
-                "config.yaml:2:13: storage.map_size must be at least 1MiB (got \"1000kB\")");
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"1000kB\")");
+    /* A map past the address space: every worker failed to open its
+     * environment (ENOMEM) and was restarted for ever. */
+    parse_fails("storage:\n  map_size: 100TiB\n",
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"100TiB\")");
+    parse_fails("storage:\n  map_size: 18446744073709551615\n",
+                "config.yaml:2:13: storage.map_size must be from 1MiB to 16TiB (the map grows "
+                "by itself when full) (got \"18446744073709551615\")");
     kvs_config_t *c = parse_ok("limits: {max_frame: 1GiB}\nstorage: {map_size: 1MiB}\n");
     CHECK_EQ(c->max_frame, 1ull << 30);
     CHECK_EQ(c->map_size, 1ull << 20);
+    kvs_config_free(c);
+    c = parse_ok("storage: {map_size: 16TiB}\n");
+    CHECK_EQ(c->map_size, 16ull << 40);
     kvs_config_free(c);
 }
 
@@ -786,12 +806,187 @@ KVS_TEST(top_level_must_be_one_mapping)
 
 KVS_TEST(aliases_are_bounded)
 {
-    /* An alias that points back at its own parent must not loop. */
+    /* An alias inside the value it repeats (a cycle) is refused. */
     parse_fails("kafka: &k\n  properties: *k\n",
-                "config.yaml:1:8: kafka.properties.properties: expected a string, got a mapping");
+                "config.yaml:2:15: kafka.properties: the alias *k is inside the value it "
+                "repeats; write the value out");
     kvs_config_t *c = parse_ok("cluster:\n  shards: &n 16\n  partitions: *n\n");
     CHECK_EQ(c->partitions, 16);
     kvs_config_free(c);
+    /* A merge key is not applied (libyaml does not): said so. */
+    parse_fails("tls: &t {cert: a.pem, key: a.key}\nlog:\n  <<: *t\n",
+                "config.yaml:3:3: unknown key \"<<\" in \"log\" (YAML merge keys are not "
+                "supported: write the keys out)");
+    /* What anchors are for: users sharing one allow mapping. */
+    c = parse_ok("users:\n  - {name: a, allow: &r {\"*\": read}}\n  - {name: b, allow: *r}\n");
+    CHECK_EQ(c->n_users, 2);
+    CHECK_EQ(c->users[1].n_grants, 1);
+    CHECK_EQ(c->users[1].grants[0].rights, KVS_RIGHT_READ);
+    kvs_config_free(c);
+}
+
+/* A text built piece by piece (aborts on a full heap: a test). */
+typedef struct {
+    char *text;
+    size_t len, cap;
+} text_t;
+
+static void grow(text_t *b, const char *more, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *bigger = realloc(b->text, cap);
+        CHECK(bigger != NULL);
+        b->text = bigger;
+        b->cap = cap;
+    }
+    memcpy(b->text + b->len, more, n);
+    b->len += n;
+    b->text[b->len] = '\0';
+}
+
+static void add(text_t *b, const char *more)
+{
+    grow(b, more, strlen(more));
+}
+
+KVS_TEST(alias_expansion_is_bounded)
+{
+    /* 100 uses of a 1 MiB value: the walk would copy 100 MiB. The text
+     * is refused where its values, aliases counted as what they repeat,
+     * pass KVS_CONFIG_MAX_FILE. */
+    text_t b = {0};
+    char *big = malloc(1u << 20);
+    CHECK(big != NULL);
+    memset(big, 'a', 1u << 20);
+    add(&b, "plugins:\n  - &p {path: /x, arg: ");
+    grow(&b, big, 1u << 20);
+    add(&b, "}\n");
+    for (int i = 0; i < 100; i++)
+        add(&b, "  - *p\n");
+    parse_fails(b.text,
+                "config.yaml:65:5: plugins[63]: the file's values add up to more than 64 MiB "
+                "of text (aliases count as the values they repeat); write each value out "
+                "once");
+    /* Billion laughs: each level repeats the one before ten times. */
+    b.len = 0;
+    add(&b, "a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (char l = 'b'; l <= 'i'; l++) {
+        char line[80];
+        int n = snprintf(line, sizeof(line),
+                         "%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n", l, l,
+                         l - 1, l - 1, l - 1, l - 1, l - 1, l - 1, l - 1, l - 1, l - 1, l - 1);
+        grow(&b, line, (size_t)n);
+    }
+    parse_fails(b.text, "config.yaml:6:20: f[3]: the file holds more than 500000 values (aliases "
+                        "count as the values they repeat); no kvs config needs that many");
+    free(big);
+    free(b.text);
+}
+
+KVS_TEST(nesting_is_bounded)
+{
+    /* libyaml's scanner takes time quadratic in the depth of flow nesting
+     * (100000 levels: half a minute); no kvs key nests past 5. */
+    text_t b = {0};
+    add(&b, "plugins: ");
+    for (int i = 0; i < 100000; i++)
+        add(&b, "[");
+    for (int i = 0; i < 100000; i++)
+        add(&b, "]");
+    parse_fails(b.text, "config.yaml:1:25: plugins[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: "
+                        "nested more than 16 levels deep; a kvs config nests 5 at most (look for a "
+                        "stray bracket or indentation)");
+    b.len = 0;
+    for (int i = 0; i < 17; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof(line), "%*sk:\n", 2 * i, "");
+        grow(&b, line, (size_t)n);
+    }
+    parse_fails(b.text, "config.yaml:17:33: k.k.k.k.k.k.k.k.k.k.k.k.k.k.k.k: nested more than 16 "
+                        "levels deep; a kvs config nests 5 at most (look for a stray bracket or "
+                        "indentation)");
+    free(b.text);
+}
+
+KVS_TEST(tags_are_refused)
+{
+    parse_fails("cluster:\n  shards: !!binary AAAA\n",
+                "config.yaml:2:11: cluster.shards: YAML tags are not supported (got !!binary): kvs "
+                "reads every value as plain text; remove the tag");
+    parse_fails("plugins:\n  - !!python/object:os.system x\n",
+                "config.yaml:2:5: plugins[0]: YAML tags are not supported (got "
+                "!!python/object:os.system): kvs reads every value as plain text; remove the tag");
+    parse_fails("cluster: !local\n  shards: 4\n",
+                "config.yaml:1:10: cluster: YAML tags are not supported (got !local): kvs reads "
+                "every value as plain text; remove the tag");
+    parse_fails("limits: {max_frame: !!int 4096}\n",
+                "config.yaml:1:21: limits.max_frame: YAML tags are not supported (got !!int): kvs "
+                "reads every value as plain text; remove the tag");
+    /* The tag each node has anyway changes nothing. */
+    kvs_config_t *c =
+        parse_ok("data_dir: !!str ./x\ncluster: !!map {shards: 8}\nplugins: !!seq []\n");
+    CHECK_STR(c->data_dir, "./x");
+    CHECK_EQ(c->shards, 8);
+    kvs_config_free(c);
+}
+
+KVS_TEST(many_keys_cost_n_log_n)
+{
+    /* Duplicate keys were found by comparing each key with every one
+     * before it: 200000 kafka.properties took minutes. */
+    text_t b = {0};
+    add(&b, "kafka:\n  properties:\n");
+    for (int i = 0; i < 200000; i++) {
+        char line[40];
+        int n = snprintf(line, sizeof(line), "    p%d: v\n", i);
+        grow(&b, line, (size_t)n);
+    }
+    add(&b, "    p7: w\n    p3: w\n");
+    parse_fails(b.text, "config.yaml:200003:5: duplicate key \"p7\" in \"kafka.properties\" (first "
+                        "at line 10)");
+    free(b.text);
+}
+
+KVS_TEST(unique_lists_are_bounded)
+{
+    /* Each entry of these lists is compared with the ones before it. */
+    static const struct {
+        const char *head, *entry, *msg;
+        int n;
+    } cases[] = {
+        {"users:\n", "  - {name: u%d}\n",
+         "config.yaml:2:3: users: 10001 entries; at most 10000 are allowed", 10001},
+        {"kafka:\n  bindings:\n", "    - {topic: t%d, table: x%d}\n",
+         "config.yaml:3:5: kafka.bindings: 4097 entries; at most 4096 are allowed", 4097},
+        {"cluster:\n  nodes:\n", "    - {name: n%d, address: \"h%d:1000\", shards: [0]}\n",
+         "config.yaml:3:5: cluster.nodes: 1025 entries; at most 1024 are allowed", 1025},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        text_t b = {0};
+        add(&b, cases[k].head);
+        for (int i = 0; i < cases[k].n; i++) {
+            char line[96];
+            int n = snprintf(line, sizeof(line), cases[k].entry, i, i);
+            grow(&b, line, (size_t)n);
+        }
+        parse_fails(b.text, cases[k].msg);
+        free(b.text);
+    }
+    kvs_config_t *c = NULL;
+    text_t b = {0};
+    add(&b, "users:\n");
+    for (int i = 0; i < 10000; i++) {
+        char line[40];
+        int n = snprintf(line, sizeof(line), "  - {name: u%d}\n", i);
+        grow(&b, line, (size_t)n);
+    }
+    c = parse_ok(b.text);
+    CHECK_EQ(c->n_users, 10000);
+    kvs_config_free(c);
+    free(b.text);
 }
 
 KVS_TEST(error_buffer_is_optional_and_bounded)
@@ -855,6 +1050,9 @@ KVS_TEST(parse_size_table)
         uint64_t want;
     } cases[] = {
         {"0", 0, 0},
+        {"0MiB", 0, 0},
+        {"010", KVS_EINVAL, 0}, /* octal in YAML 1.1 */
+        {"00", KVS_EINVAL, 0},
         {"1000", 0, 1000},
         {"17B", 0, 17},
         {"1KiB", 0, 1024},
@@ -1218,6 +1416,55 @@ KVS_TEST(users_and_their_grants)
                 "config.yaml:1:8: users: expected a list of {name, token, allow}, got a mapping");
 }
 
+/* Writes `text` to a fresh file of mode `mode`, loads it and returns what
+ * kvs_config_file_warning says of it (in err). */
+static int file_warning(const char *text, unsigned mode, char *path)
+{
+    strcpy(path, "/tmp/kvs_test_config_XXXXXX");
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, text, strlen(text)), (long long)strlen(text));
+    close(fd);
+    CHECK_EQ(chmod(path, mode), 0);
+    kvs_config_t *c = NULL;
+    CHECK_EQ(kvs_config_load(path, &c, err, sizeof(err)), 0);
+    int rc = kvs_config_file_warning(c, path, err, sizeof(err));
+    kvs_config_free(c);
+    unlink(path);
+    return rc;
+}
+
+KVS_TEST(file_mode_warnings)
+{
+    static const char users[] = "users: [{name: a, token: \"" HASH "\"}]\n";
+    static const char sasl[] = "kafka: {properties: {sasl.password: pw, client.id: x}}\n";
+    char path[64], want[512];
+    /* Writable by others: whoever may write it runs code here (plugins). */
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0666, path), 1);
+    snprintf(want, sizeof(want),
+             "%s is writable by its group and others (mode 0666): whoever may write it decides "
+             "what this node runs (plugins load code, users grant rights); chmod go-w %s",
+             path, path);
+    CHECK_STR(err, want);
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0620, path), 1);
+    CHECK(strstr(err, "is writable by its group (mode 0620)") != NULL);
+    /* Readable by others while it holds secrets. */
+    CHECK_EQ(file_warning(users, 0644, path), 1);
+    snprintf(want, sizeof(want),
+             "%s is readable by others (mode 0644) and holds secrets (users' token hashes); "
+             "chmod o-r %s (and keep it readable by the node's user only)",
+             path, path);
+    CHECK_STR(err, want);
+    CHECK_EQ(file_warning(sasl, 0604, path), 1);
+    CHECK(strstr(err, "holds secrets (kafka.properties sasl.password); chmod o-r") != NULL);
+    /* Fine: no secrets, or not readable by others (root:kvs 0640). */
+    CHECK_EQ(file_warning("data_dir: ./d\n", 0644, path), 0);
+    CHECK_STR(err, "");
+    CHECK_EQ(file_warning(users, 0640, path), 0);
+    CHECK_EQ(file_warning(sasl, 0600, path), 0);
+    CHECK_STR(err, "");
+}
+
 KVS_TEST(secret_kafka_properties)
 {
     static const char *const secret[] = {"sasl.password",         "sasl.username",
@@ -1447,8 +1694,8 @@ KVS_TEST(apply_live_swaps_only_live_values)
 
 KVS_TEST_MAIN(
     KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
-    KVS_CASE(users_and_their_grants), KVS_CASE(secret_kafka_properties),
-    KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
+    KVS_CASE(users_and_their_grants), KVS_CASE(file_mode_warnings),
+    KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
     KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
     KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
     KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
@@ -1461,7 +1708,9 @@ KVS_TEST_MAIN(
     KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
     KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
     KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
-    KVS_CASE(aliases_are_bounded), KVS_CASE(reader_errors_have_positions),
+    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
+    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
+    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
     KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
     KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
     KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),

@@ -429,6 +429,57 @@ static void copy_file(const char *from, const char *to)
     CHECK_EQ(system(cmd), 0);
 }
 
+KVS_TEST(context_files_that_are_not_files_are_refused)
+{
+    /* OpenSSL opened a FIFO and waited for a writer (a router process's
+     * reload stopped serving for good), and read a device or a huge file
+     * to its end. */
+    char dir[] = "/tmp/kvs-test-tls-XXXXXX", crt[100], key[100], want[300], err[600];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    copy_file("node.crt", crt);
+    copy_file("node.key", key);
+    kvs_tls_opts_t so = {.role = KVS_TLS_SERVER,
+                         .cert = crt,
+                         .key = key,
+                         .min_version = KVS_TLS_V12,
+                         .max_version = KVS_TLS_V13,
+                         .what = "tls.router"};
+    kvs_tls_ctx_t *s;
+    CHECK_EQ(kvs_tls_ctx_new(&so, &s, err, sizeof(err)), 0);
+    CHECK_EQ(unlink(key), 0);
+    CHECK_EQ(mkfifo(key, 0600), 0);
+    CHECK_EQ(kvs_tls_ctx_reload(s, err, sizeof(err)), KVS_ECONFIG);
+    snprintf(want, sizeof(want), "tls.router.key %s: a FIFO, not a file: name a PEM file", key);
+    CHECK_STR(err, want);
+    CHECK_EQ(unlink(key), 0);
+    CHECK_EQ(mkdir(key, 0700), 0);
+    CHECK_EQ(kvs_tls_ctx_reload(s, err, sizeof(err)), KVS_ECONFIG);
+    snprintf(want, sizeof(want), "tls.router.key %s: a directory, not a file: name a PEM file",
+             key);
+    CHECK_STR(err, want);
+    CHECK_EQ(rmdir(key), 0);
+    CHECK_EQ(truncate(crt, 17 << 20), 0); /* sparse: no disk used */
+    CHECK_EQ(kvs_tls_ctx_reload(s, err, sizeof(err)), KVS_ECONFIG);
+    snprintf(want, sizeof(want),
+             "tls.router.cert %s: 17825792 bytes, larger than a PEM file for TLS can be (16 MiB)",
+             crt);
+    CHECK_STR(err, want);
+    kvs_tls_ctx_free(s);
+    /* A client's CA bundle too. */
+    kvs_tls_opts_t co = {.role = KVS_TLS_CLIENT,
+                         .ca = "/dev/zero",
+                         .peer = KVS_TLS_PEER_REQUIRE,
+                         .min_version = KVS_TLS_V12,
+                         .max_version = KVS_TLS_V13,
+                         .what = "tls.link"};
+    CHECK_EQ(kvs_tls_ctx_new(&co, &s, err, sizeof(err)), KVS_ECONFIG);
+    CHECK_STR(err, "tls.link.ca /dev/zero: a device, not a file: name a PEM file");
+    CHECK_EQ(unlink(crt), 0);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 KVS_TEST(context_reload_switches_new_sessions_only)
 {
     char dir[] = "/tmp/kvs-test-tls-XXXXXX", crt[100], key[100], err[600];
@@ -923,6 +974,7 @@ KVS_TEST_MAIN(KVS_CASE(session_handshake_data_and_close_notify),
               KVS_CASE(session_server_name_and_ca_are_checked),
               KVS_CASE(session_plaintext_peer_is_not_tls), KVS_CASE(session_versions_are_enforced),
               KVS_CASE(context_reload_switches_new_sessions_only),
+              KVS_CASE(context_files_that_are_not_files_are_refused),
               KVS_CASE(conn_echo_pipelined_frames_over_tls),
               KVS_CASE(conn_small_writes_and_backpressure_over_tls),
               KVS_CASE(conn_plaintext_client_on_tls_port_gets_a_plaintext_answer),
