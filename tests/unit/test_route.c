@@ -1170,7 +1170,10 @@ KVS_TEST(split_write_with_unknown_part_says_what_is_known)
 }
 
 /* A part no link took (its shard down) was never sent: the client is told
- * that shard wrote nothing, not that it may have. */
+ * that shard wrote nothing, not that it may have. With other shards
+ * applied, that is a 207 listing the keys not written: a 503 without
+ * outcome_unknown (and, on an unbound table, without a position) would
+ * say that nothing was written (kvs.proto, CommandResponse.status). */
 KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
 {
     setup();
@@ -1181,11 +1184,27 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     reply_values_from_keys(sent_to(0));
     reply_values_from_keys(sent_to(1));
     Kvs__CommandResponse *r = answer_async();
-    check_status(r, 503);
+    check_status(r, 207);
+    CHECK_CONTAINS(r->message, "the keys on shards 0, 1 were written");
+    CHECK_CONTAINS(r->message, "the 1 key on shard 3 were not");
     CHECK_CONTAINS(r->message, "shard 3 is unavailable: connect: connection refused");
-    CHECK_CONTAINS(r->message, "shards 0, 1 applied their keys, shard 3 wrote nothing)");
     CHECK(strstr(r->message, "may or may not") == NULL);
     CHECK(!r->outcome_unknown); /* what happened is known */
+    CHECK_EQ(r->n_values, 3);
+    check_text_of(r->values[0], "v", keys[0], strlen(keys[0]));
+    check_text_of(r->values[1], "v", keys[1], strlen(keys[1]));
+    CHECK_EQ(r->values[2]->kind_case, KVS__VALUE__KIND__NOT_SET);
+    CHECK_EQ(r->n_pairs, 1);
+    CHECK(bin_is(r->pairs[0]->key, keys[2], strlen(keys[2])));
+    /* A refusal and a part not sent, nothing applied: nothing was written. */
+    const char *two[] = {fx.keys[0][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, two);
+    reply_status(sent_to(0), 507, "storage is full; free disk space");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shards 0, 3 wrote nothing)");
+    CHECK(!r->outcome_unknown);
+    CHECK_EQ(r->n_pairs, 0);
 
     /* With a part lost after it was sent as well: each is named for what
      * is known of it. */
