@@ -405,12 +405,13 @@ static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__
 /* The status of a request that got no answer (see router_link_reply_cb):
  * 503 when the link failed; when the answer came but was dropped for its
  * size, 413 for a read (nothing changed) and 500 for a write (it may have
- * been applied, so 413 would say too much). */
-static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len)
+ * been applied, so 413 would say too much). A request too large to send
+ * (`unsent`, with its own length) is 413: nothing ran. */
+static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len, int unsent)
 {
     if (len == 0)
         return KVS_STATUS_UNAVAILABLE;
-    return is_write(cmd) ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
+    return is_write(cmd) && !unsent ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
 }
 
 /* EXECUTED for an answer passed through as the worker sent it. Returns 1
@@ -456,10 +457,10 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             char text[1024];
             int n = snprintf(text, sizeof(text), "%s%s", failure,
                              len > 0 ? "; the write may have been applied there" : "");
-            req_status_frame(req, failure_status(req->cmd, len), 1, NULL, text, sizeof(text), n);
+            req_status_frame(req, failure_status(req->cmd, len, 0), 1, NULL, text, sizeof(text), n);
             router_req_complete(req);
         } else if (failure != NULL)
-            router_req_finish_status(req, failure_status(req->cmd, len), "%s", failure);
+            router_req_finish_status(req, failure_status(req->cmd, len, t->unsent), "%s", failure);
         else if (!passthrough_executed(req, payload, len) &&
                  (req->client == NULL || req->in_route ||
                   !router_client_deliver(req->client, req, payload, len))) {
@@ -471,7 +472,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     kvs_buf_t *a = &m->answers[part];
     a->len = 0;
     if (failure != NULL) {
-        m->failed[part] = failure_status(m->cmd, len);
+        m->failed[part] = failure_status(m->cmd, len, t->unsent);
         kvs_buf_append(a, failure, strlen(failure) + 1);
     } else {
         kvs_buf_append(a, payload, len);

@@ -74,6 +74,8 @@ static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint3
     CHECK(shard < fx.r.shards);
     if (!l->up)
         return KVS_ECLOSED;
+    if (l->max_frame > 0 && n > l->max_frame)
+        return KVS_ETOOBIG; /* as router_link does: nothing is sent */
     CHECK(fx.n_sent < MAX_SENT);
     sent_t *s = &fx.sent[fx.n_sent++];
     *s = (sent_t){.shard = (uint32_t)shard,
@@ -1225,6 +1227,30 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shards 0, 1, 3 wrote nothing)");
     CHECK(!r->outcome_unknown);
+}
+
+/* A write no link took because its frame would pass max_frame (what the
+ * router adds to a request it forwards may take it past) was never sent:
+ * 413 like a read so refused, not 500, which may mean it was applied. */
+KVS_TEST(write_too_large_to_send_is_413)
+{
+    static char big[2048];
+    setup_frame("1KiB");
+    memset(big, 'x', sizeof(big) - 1);
+    Kvs__Value v = vstr(big);
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset m = KVS__HSET__INIT;
+    m.table = TABLE;
+    m.pair = &pair;
+    pair.key = bin(fx.keys[2][0]);
+    pair.value = &v;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HSET, &m);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 413);
+    CHECK_EQ(fx.n_sent, 0);
+    CHECK_CONTAINS(r->message, "nothing was sent");
+    CHECK(!r->outcome_unknown);
+    CHECK(strstr(r->message, "may have been applied") == NULL);
 }
 
 /* An answer the link dropped for its size (a node with a larger
@@ -2726,6 +2752,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(unknown_split_write_answer_fits_max_frame),
               KVS_CASE(split_write_with_unknown_part_says_what_is_known),
               KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
+              KVS_CASE(write_too_large_to_send_is_413),
               KVS_CASE(oversized_part_answer_fails_that_request_only),
               KVS_CASE(info_too_large_on_a_shard_is_413),
               KVS_CASE(merged_info_over_max_frame_is_413), KVS_CASE(down_shard_is_503_at_once),
