@@ -608,12 +608,13 @@ static int set_listen(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
     return store_string(ctx, field(ctx, d), text);
 }
 
-static int zero_error(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
+/* A number at `path` written with a leading zero (leading_zero). */
+static int zero_error(cfg_ctx_t *ctx, const char *path, const char *text, const yaml_mark_t *m)
 {
     return cfg_error(ctx, m,
                      "%s: \"%.80s\" starts with 0, which YAML 1.1 reads as an octal number; "
                      "write it without the leading zero",
-                     d->path, text);
+                     path, text);
 }
 
 static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
@@ -625,7 +626,7 @@ static int set_uint32(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
         return 0;
     }
     if (leading_zero(text))
-        return zero_error(ctx, d, text, m);
+        return zero_error(ctx, d->path, text, m);
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < d->min || v > d->max)
         return cfg_error(ctx, m, "%s must be %san integer from %llu to %llu (got \"%.80s\")",
                          d->path, (d->flags & F_AUTO) ? "auto or " : "", (unsigned long long)d->min,
@@ -642,7 +643,7 @@ static int set_u64(cfg_ctx_t *ctx, const directive_t *d, const char *text, const
         return 0;
     }
     if (leading_zero(text))
-        return zero_error(ctx, d, text, m);
+        return zero_error(ctx, d->path, text, m);
     if (d->type == D_SIZE && kvs_config_parse_size(text, &v) != 0)
         return cfg_error(ctx, m,
                          "%s: \"%.80s\" is not a size (write bytes, or a number with B, KiB, MiB, "
@@ -812,6 +813,8 @@ static int binding_partitions(cfg_ctx_t *ctx, const char *path, const yaml_node_
     int rc = scalar_value(ctx, val, path, "an integer", &text);
     if (rc != 0)
         return rc;
+    if (leading_zero(text))
+        return zero_error(ctx, path, text, &val->start_mark);
     if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v < 1 || v > 100000)
         return cfg_error(ctx, &val->start_mark,
                          "%s must be the topic's partition count, 1 to 100000 (got \"%.40s\")",
@@ -988,6 +991,8 @@ static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
     if (strcmp(k, "shard") == 0) {
         uint64_t v;
         const char *end;
+        if (leading_zero(text))
+            return zero_error(ctx, path, text, &val->start_mark);
         if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v >= ctx->cfg->shards)
             return cfg_error(ctx, &val->start_mark,
                              "%s must be a shard id from 0 to %u (cluster.shards - 1), got "
@@ -1098,6 +1103,8 @@ static int node_shards(cfg_ctx_t *ctx, const char *path, const yaml_node_t *val,
         int rc = scalar_value(ctx, item, path, "a shard id", &text);
         if (rc != 0)
             return rc;
+        if (leading_zero(text))
+            return zero_error(ctx, path, text, &item->start_mark);
         if (parse_digits(text, &v, &end) != 0 || *end != '\0' || v >= 1024)
             return cfg_error(ctx, &item->start_mark,
                              "%s: \"%.40s\" is not a shard id (0 to cluster.shards - 1)", path,

@@ -153,10 +153,11 @@
  * files are read again at every reload, at the paths configured).
  *
  * The text is YAML without tags (every value is read as text; !!binary and
- * the like are refused). Anchors and aliases are allowed, but a file may
- * nest at most 16 levels and hold at most 500000 values and 64 MiB of text
- * with every alias counted as the value it repeats; users may list at most
- * 10000 entries, cluster.nodes 1024, kafka.bindings 4096.
+ * the like are refused). Anchors and aliases are allowed (at most 100
+ * anchors), but a file may nest at most 16 levels and hold at most 500000
+ * values and 64 MiB of text with every alias counted as the value it
+ * repeats; users may list at most 10000 entries, cluster.nodes 1024,
+ * kafka.bindings 4096.
  *
  * Sizes accept a plain integer (bytes) or a suffix B, KiB, MiB, GiB, TiB
  * (powers of 1024) or kB, MB, GB, TB (powers of 1000). Durations accept a

@@ -265,7 +265,6 @@ static int verify_mode(const kvs_tls_ctx_t *c)
     return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
 }
 
-/* A fresh SSL_CTX from c's settings and files. */
 /* A PEM file larger than this is a mistake (a CA bundle of every public
  * root is well under 1 MiB). */
 #define KVS_TLS_MAX_FILE (16u << 20)
@@ -306,6 +305,7 @@ static int check_files(const kvs_tls_ctx_t *c, char *err, size_t errlen)
     return rc;
 }
 
+/* A fresh SSL_CTX from c's settings and files. */
 static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t errlen)
 {
     SSL_CTX *s =

@@ -227,14 +227,14 @@ static int position_of(const wreq_t *w, kvs_buf_t *tok)
     return rc;
 }
 
-/* Answers `w` (the answer is in its slot already, or `status` != 0 writes
- * one with `msg` and the position so far) and frees it; its records stay
- * until their reports come. */
 /* Whether an error answer says the write may or may not have happened
  * (CommandResponse.outcome_unknown); else its message and position say
  * what was written. */
 enum { OUTCOME_KNOWN = 0, OUTCOME_UNKNOWN = 1 };
 
+/* Answers `w` (the answer is in its slot already, or `status` != 0 writes
+ * one with `msg`, `unknown` and the position so far) and frees it; its
+ * records stay until their reports come. */
 static void wreq_end(node_writes_t *wr, wreq_t *w, uint32_t status, int unknown, const char *msg)
 {
     kvs_buf_t *out = node_slot_buf(w->slot);

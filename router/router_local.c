@@ -91,10 +91,11 @@ struct router_local_s {
  * the worker, which answers or fails as its own files allow. What the
  * jump abandons: at most a cursor's memory, once per damaged file (an
  * environment being opened is already ls->env, and closed). A SIGBUS
- * while not armed, or in another thread, is not ours:
- * the previous disposition is put back and the faulting access, run
- * again, meets it. Cost per read: a sigsetjmp that does not save the
- * signal mask (no system call). */
+ * while not armed, or in another thread, is not ours: the previous
+ * disposition is put back and the faulting access, run again, meets it;
+ * nor is one sent (kill -BUS: si_code <= 0), which is raised again to
+ * meet it. Cost per read: a sigsetjmp that does not save the signal mask
+ * (no system call). */
 
 static sigjmp_buf guard_jump;
 static volatile sig_atomic_t guard_armed;
@@ -103,13 +104,15 @@ static struct sigaction guard_prev; /* SIGBUS's disposition before ours */
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 {
-    (void)si;
     (void)uctx;
-    if (guard_armed && pthread_equal(pthread_self(), guard_thread)) {
+    int fault = si->si_code > 0; /* the kernel's (BUS_ADRERR, ...), not kill(2)'s */
+    if (fault && guard_armed && pthread_equal(pthread_self(), guard_thread)) {
         guard_armed = 0;
         siglongjmp(guard_jump, 1);
     }
     sigaction(sig, &guard_prev, NULL); /* not ours: the access runs again, and meets it */
+    if (!fault)
+        raise(sig); /* sent: no access repeats it; delivered now (SA_NODEFER) */
 }
 
 /* Installs the handler once per process. Returns 0 or -errno. */

@@ -294,8 +294,6 @@ static int load_snapshot(master_t *m)
         kvs_error("%s", err);
         return EX_CONFIG;
     }
-    if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
-        kvs_warn("%s", err);
     if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
         (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
@@ -1451,6 +1449,9 @@ static int master_prepare(master_t *m, const char *argv0)
     kvs_log_level_parse(m->cfg->log_level, &level);
     kvs_log_set_level(level);
     kvs_log_set_format(m->cfg->log_format);
+    char warning[1024]; /* in the file's own log format */
+    if (kvs_config_file_warning(m->cfg, m->config_path, warning, sizeof(warning)))
+        kvs_warn("%s", warning);
     if ((rc = take_lock(m)) != 0 || (rc = check_tls(m->cfg)) != 0 ||
         (rc = resolve_listeners(m)) != 0)
         return rc;

@@ -405,12 +405,13 @@ static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__
 /* The status of a request that got no answer (see router_link_reply_cb):
  * 503 when the link failed; when the answer came but was dropped for its
  * size, 413 for a read (nothing changed) and 500 for a write (it may have
- * been applied, so 413 would say too much). */
-static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len)
+ * been applied, so 413 would say too much). A request too large to send
+ * (`unsent`, with its own length) is 413: nothing ran. */
+static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len, int unsent)
 {
     if (len == 0)
         return KVS_STATUS_UNAVAILABLE;
-    return is_write(cmd) ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
+    return is_write(cmd) && !unsent ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
 }
 
 /* EXECUTED for an answer passed through as the worker sent it. Returns 1
@@ -456,10 +457,10 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             char text[1024];
             int n = snprintf(text, sizeof(text), "%s%s", failure,
                              len > 0 ? "; the write may have been applied there" : "");
-            req_status_frame(req, failure_status(req->cmd, len), 1, NULL, text, sizeof(text), n);
+            req_status_frame(req, failure_status(req->cmd, len, 0), 1, NULL, text, sizeof(text), n);
             router_req_complete(req);
         } else if (failure != NULL)
-            router_req_finish_status(req, failure_status(req->cmd, len), "%s", failure);
+            router_req_finish_status(req, failure_status(req->cmd, len, t->unsent), "%s", failure);
         else if (!passthrough_executed(req, payload, len) &&
                  (req->client == NULL || req->in_route ||
                   !router_client_deliver(req->client, req, payload, len))) {
@@ -471,7 +472,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     kvs_buf_t *a = &m->answers[part];
     a->len = 0;
     if (failure != NULL) {
-        m->failed[part] = failure_status(m->cmd, len);
+        m->failed[part] = failure_status(m->cmd, len, t->unsent);
         kvs_buf_append(a, failure, strlen(failure) + 1);
     } else {
         kvs_buf_append(a, payload, len);
@@ -676,6 +677,13 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
  * been applied. */
 enum { PART_APPLIED = 1, PART_REFUSED, PART_UNKNOWN };
 
+/* Why part `i` failed: its worker's message, or the router's failure
+ * (a part not sent, or sent with no answer). */
+static const char *part_why(const route_merge_t *m, Kvs__CommandResponse **rs, uint32_t i)
+{
+    return rs[i] != NULL ? rs[i]->message : (const char *)m->answers[i].data;
+}
+
 /* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
  * shard order) into buf; returns how many. */
 static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8_t o, char *buf,
@@ -717,7 +725,7 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
                                        [PART_REFUSED] = "wrote nothing",
                                        [PART_UNKNOWN] = "may or may not have written"};
     char lists[3][200], why[160];
-    const char *msg = rs[u] != NULL ? rs[u]->message : (const char *)m->answers[u].data;
+    const char *msg = part_why(m, rs, u);
     uint32_t status = rs[u] != NULL ? rs[u]->status : m->failed[u], n = 0;
     if (status == 0) {
         snprintf(why, sizeof(why), "shard %u sent an answer that is not a CommandResponse",
@@ -795,10 +803,12 @@ static int partial_lists(router_req_t *req, Kvs__CommandResponse **rs, const uin
     return 0;
 }
 
-/* 207: some shards wrote their keys, the others refused theirs. The answer
- * says exactly what happened (see kvs.proto, CommandResponse.status):
- * previous values for the written keys, the unwritten keys in `pairs`;
- * what does not fit max_frame is left out, the message saying so. */
+/* 207: some shards wrote their keys, the others refused theirs or were
+ * not sent theirs (their shard down). The answer says exactly what
+ * happened (see kvs.proto, CommandResponse.status): previous values for
+ * the written keys, the unwritten keys in `pairs`; what does not fit
+ * max_frame is left out, the message saying so. `first` is the first
+ * part not written, whose failure the message quotes. */
 static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const uint8_t *outcome,
                           uint32_t first, kvs_arena_t *arena)
 {
@@ -826,7 +836,7 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
                          "%s partly applied: the keys on %s were written (their previous values "
                          "are in values); the %zu key%s on %s were not (listed in pairs): %s%s",
                          kvs_msg_command_name(m->cmd), wrote, unwritten, unwritten == 1 ? "" : "s",
-                         refused, rs[first]->message, left_out[stage]);
+                         refused, part_why(m, rs, first), left_out[stage]);
         cut_text(text, n, sizeof(text), message_room(m->router));
         out.n_values = stage == 0 ? m->nkeys : 0;
         out.n_pairs = stage == 2 ? 0 : unwritten;
@@ -864,7 +874,7 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
-    uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX;
+    uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX, unknown = 0;
     for (uint32_t i = 0; i < m->nparts; i++) {
         rs[i] = m->failed[i] ? NULL
                              : kvs__command_response__unpack(&arena->pb, m->answers[i].len,
@@ -875,14 +885,17 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
                      : part_may_have_written(rs[i])   ? PART_UNKNOWN
                                                       : PART_REFUSED;
         applied += outcome[i] == PART_APPLIED;
-        if (rs[i] != NULL && outcome[i] == PART_REFUSED && refused == UINT32_MAX)
+        unknown += outcome[i] == PART_UNKNOWN;
+        if (outcome[i] == PART_REFUSED && refused == UINT32_MAX)
             refused = i;
-        if (outcome[i] == PART_UNKNOWN && failed == UINT32_MAX)
-            failed = i;
-        else if (rs[i] == NULL && failed == UINT32_MAX)
-            failed = i; /* not sent: its failure says why */
+        if ((outcome[i] == PART_UNKNOWN || rs[i] == NULL) && failed == UINT32_MAX)
+            failed = i; /* sent with no answer, unsure, or not sent: its failure says why */
     }
-    if (failed != UINT32_MAX) /* a shard down, silent or unsure: 503 saying what is known */
+    /* Some shard silent or unsure, or none applied with one down: 503
+     * saying what is known of each. Shards down while others applied their
+     * keys: a 207 like any refusal, since a 503 without outcome_unknown
+     * says nothing was written. */
+    if (unknown > 0 || (failed != UINT32_MAX && applied == 0))
         write_unknown(req, rs, outcome, failed);
     else if (refused == UINT32_MAX)
         merge_keys(req, rs, arena);

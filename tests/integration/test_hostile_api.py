@@ -336,8 +336,10 @@ class RespTableNameTest(HostileApiTestCase):
 class UnavailableShardTest(HostileApiTestCase):
     def test_split_write_to_an_unreachable_shard_says_it_wrote_nothing(self):
         """A part that could not be sent (its shard's link is down) was
-        certainly not written: the 503 says so, rather than "may or may
-        not", and says which shards applied their keys."""
+        certainly not written: the answer says so, rather than "may or may
+        not". The other shards applied their keys: that is a 207 listing
+        the key not written (a 503 without outcome_unknown would say that
+        nothing was written)."""
         r = self.start(remote={3: "127.0.0.1:%d" % free_port()}, timeout="1s")
         per = keys_by_shard("w", 1, PARTITIONS, 4)
         keys = [per[s][0] for s in range(4)]
@@ -347,11 +349,12 @@ class UnavailableShardTest(HostileApiTestCase):
                         pb.CommandRequest(hmdel=pb.Hmdel(table="t", keys=keys))):
                 with self.subTest(command=req.WhichOneof("command")):
                     a = c.call(req)
-                    self.assertStatus(a, 503, "shard 3 is unavailable", "cannot connect",
-                                      "shards 0, 1, 2 applied their keys",
-                                      "shard 3 wrote nothing")
+                    self.assertStatus(a, 207, "shard 3 is unavailable", "cannot connect",
+                                      "the keys on shards 0, 1, 2 were written",
+                                      "the 1 key on shard 3 were not")
                     self.assertNotIn("may or may not", a.message)
                     self.assertFalse(a.outcome_unknown)
+                    self.assertEqual([p.key for p in a.pairs], [keys[3]])
             a = c.hset("t", keys[3], 1)
             self.assertStatus(a, 503, "shard 3 is unavailable")
             self.assertNotIn("may or may not", a.message)

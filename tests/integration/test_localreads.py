@@ -32,8 +32,9 @@ import unittest
 
 import redis
 
-from kvstest import (BUILD_DIR, cert_path, pb, pyval, req_hexist, req_hget, req_hgetall,
-                     req_hmexist, req_hmget, req_hscan, req_hset, tls_context, tls_yaml)
+from kvstest import (BUILD_DIR, SANITIZED, cert_path, pb, pyval, req_hexist, req_hget,
+                     req_hgetall, req_hmexist, req_hmget, req_hscan, req_hset, tls_context,
+                     tls_yaml)
 from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard,
                         router_pids, stopped)
 from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
@@ -426,6 +427,28 @@ class LifecycleTest(LocalReadsCase):
         self.assertEqual(router_pids(r), {0: router}, "the router process died")
         self.assertNotRegex(r.stderr(), r"router 0 \(pid \d+\) killed")
         self.assertEqual(r.stderr().count("reading its files faulted"), 1)
+
+    def test_a_sigbus_sent_by_kill_is_not_taken_for_a_fault(self):
+        """The handler that catches a read of a data.mdb cut short must not
+        swallow a SIGBUS someone sent (kill -BUS): that one ends the
+        process as it did before the handler, which is then restarted,
+        and no file is marked as faulted."""
+        r = self.local_router()
+        keys = self.fill(r, "t", 1)
+        router = router_pids(r)[0]
+        os.kill(router, signal.SIGBUS)
+        self.assertTrue(wait_until(lambda: router_pids(r).get(0) not in (None, router), 10),
+                        r.stderr()[-3000:])
+        # the previous disposition: the default's, or a sanitizer's report
+        self.assertRegex(r.stderr(), r"router 0 \(pid %d\) killed by signal SIGBUS" % router
+                         if not SANITIZED else r"==%d==ERROR: AddressSanitizer: BUS" % router)
+        self.assertNotIn("reading its files faulted", r.stderr())
+        self.assertTrue(wait_until(lambda: "router 0 accepts clients again" in r.stderr(), 10),
+                        r.stderr()[-3000:])
+        with r.client() as c, stopped(r.workers()[0]):
+            got, el = self.timed(c.hget, "t", keys[0][0])
+            self.assertHere(el, "Hget after the restart")
+            self.assertEqual(pyval(got.values[0]), b"v-" + keys[0][0])
 
     def test_environment_that_cannot_be_opened_goes_to_the_worker(self):
         r = self.local_router(env={"KVS_TEST_LOCAL_READS_REFUSE": "1"})

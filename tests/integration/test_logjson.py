@@ -79,6 +79,18 @@ class LogJsonTest(RouterTestCase):
         self.assertEqual(lines[-1]["role"], "router")
         self.assertEqual(lines[-1]["message"], "stopped")
 
+    def test_a_warning_about_the_config_file_is_json_too(self):
+        # The file loaded, so its format is known: the master's warning of
+        # a file others may write is a JSON line like every other.
+        r = self.router(shards=1, partitions=4, log="{format: json}", start=False)
+        os.chmod(r.config, 0o666)
+        r.start()
+        self.assertEqual(r.stop(), 0)
+        lines = json_lines(r.stderr())
+        warned = [o for o in lines if "is writable by its group and others" in o["message"]]
+        self.assertEqual(len(warned), 1, r.stderr()[-3000:])
+        self.assertEqual((warned[0]["role"], warned[0]["level"]), ("router", "warn"))
+
     def test_config_error_before_the_format_is_known_is_text(self):
         # A file that does not load cannot say which format it wants: the
         # error is the usual text line, and the exit status 78.

@@ -207,6 +207,17 @@ KVS_TEST(shards_range_and_type)
     parse_fails("cluster:\n  shards: 010\n",
                 "config.yaml:2:11: cluster.shards: \"010\" starts with 0, which YAML 1.1 reads as "
                 "an octal number; write it without the leading zero");
+    /* So in lists too: "08" is not out of range, it is written oddly. */
+    parse_fails("cluster: {shards: 2, nodes: [{name: a, address: \"h:1\", shards: [00, 1]}]}\n",
+                "config.yaml:1:65: cluster.nodes[0].shards: \"00\" starts with 0, which YAML 1.1 "
+                "reads as an octal number; write it without the leading zero");
+    parse_fails("cluster: {shards: 2, remote: [{shard: 01, address: \"h:1\"}]}\n",
+                "config.yaml:1:39: cluster.remote[0].shard: \"01\" starts with 0, which YAML 1.1 "
+                "reads as an octal number; write it without the leading zero");
+    parse_fails("kafka: {brokers: \"h:1\", bindings: [{topic: t, table: t, format: raw, "
+                "partitions: 08}]}\n",
+                "config.yaml:1:82: kafka.bindings[0].partitions: \"08\" starts with 0, which YAML "
+                "1.1 reads as an octal number; write it without the leading zero");
     parse_fails("cluster:\n  shards: {a: 1}\n",
                 "config.yaml:2:11: cluster.shards: expected an integer, got a mapping");
     kvs_config_t *k = parse_ok("limits: {max_keys: 100000000}\n");

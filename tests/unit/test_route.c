@@ -74,6 +74,8 @@ static int record(router_link_t *l, const uint8_t *p, size_t n, void *ctx, uint3
     CHECK(shard < fx.r.shards);
     if (!l->up)
         return KVS_ECLOSED;
+    if (l->max_frame > 0 && n > l->max_frame)
+        return KVS_ETOOBIG; /* as router_link does: nothing is sent */
     CHECK(fx.n_sent < MAX_SENT);
     sent_t *s = &fx.sent[fx.n_sent++];
     *s = (sent_t){.shard = (uint32_t)shard,
@@ -1170,7 +1172,10 @@ KVS_TEST(split_write_with_unknown_part_says_what_is_known)
 }
 
 /* A part no link took (its shard down) was never sent: the client is told
- * that shard wrote nothing, not that it may have. */
+ * that shard wrote nothing, not that it may have. With other shards
+ * applied, that is a 207 listing the keys not written: a 503 without
+ * outcome_unknown (and, on an unbound table, without a position) would
+ * say that nothing was written (kvs.proto, CommandResponse.status). */
 KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
 {
     setup();
@@ -1181,11 +1186,27 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     reply_values_from_keys(sent_to(0));
     reply_values_from_keys(sent_to(1));
     Kvs__CommandResponse *r = answer_async();
-    check_status(r, 503);
+    check_status(r, 207);
+    CHECK_CONTAINS(r->message, "the keys on shards 0, 1 were written");
+    CHECK_CONTAINS(r->message, "the 1 key on shard 3 were not");
     CHECK_CONTAINS(r->message, "shard 3 is unavailable: connect: connection refused");
-    CHECK_CONTAINS(r->message, "shards 0, 1 applied their keys, shard 3 wrote nothing)");
     CHECK(strstr(r->message, "may or may not") == NULL);
     CHECK(!r->outcome_unknown); /* what happened is known */
+    CHECK_EQ(r->n_values, 3);
+    check_text_of(r->values[0], "v", keys[0], strlen(keys[0]));
+    check_text_of(r->values[1], "v", keys[1], strlen(keys[1]));
+    CHECK_EQ(r->values[2]->kind_case, KVS__VALUE__KIND__NOT_SET);
+    CHECK_EQ(r->n_pairs, 1);
+    CHECK(bin_is(r->pairs[0]->key, keys[2], strlen(keys[2])));
+    /* A refusal and a part not sent, nothing applied: nothing was written. */
+    const char *two[] = {fx.keys[0][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 2, two);
+    reply_status(sent_to(0), 507, "storage is full; free disk space");
+    r = answer_async();
+    check_status(r, 503);
+    CHECK_CONTAINS(r->message, "shards 0, 3 wrote nothing)");
+    CHECK(!r->outcome_unknown);
+    CHECK_EQ(r->n_pairs, 0);
 
     /* With a part lost after it was sent as well: each is named for what
      * is known of it. */
@@ -1206,6 +1227,30 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     check_status(r, 503);
     CHECK_CONTAINS(r->message, "shards 0, 1, 3 wrote nothing)");
     CHECK(!r->outcome_unknown);
+}
+
+/* A write no link took because its frame would pass max_frame (what the
+ * router adds to a request it forwards may take it past) was never sent:
+ * 413 like a read so refused, not 500, which may mean it was applied. */
+KVS_TEST(write_too_large_to_send_is_413)
+{
+    static char big[2048];
+    setup_frame("1KiB");
+    memset(big, 'x', sizeof(big) - 1);
+    Kvs__Value v = vstr(big);
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset m = KVS__HSET__INIT;
+    m.table = TABLE;
+    m.pair = &pair;
+    pair.key = bin(fx.keys[2][0]);
+    pair.value = &v;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HSET, &m);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 413);
+    CHECK_EQ(fx.n_sent, 0);
+    CHECK_CONTAINS(r->message, "nothing was sent");
+    CHECK(!r->outcome_unknown);
+    CHECK(strstr(r->message, "may have been applied") == NULL);
 }
 
 /* An answer the link dropped for its size (a node with a larger
@@ -2707,6 +2752,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(unknown_split_write_answer_fits_max_frame),
               KVS_CASE(split_write_with_unknown_part_says_what_is_known),
               KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
+              KVS_CASE(write_too_large_to_send_is_413),
               KVS_CASE(oversized_part_answer_fails_that_request_only),
               KVS_CASE(info_too_large_on_a_shard_is_413),
               KVS_CASE(merged_info_over_max_frame_is_413), KVS_CASE(down_shard_is_503_at_once),
