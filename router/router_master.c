@@ -105,8 +105,8 @@
  * did not run for two check intervals (stopped, starved) has heartbeats
  * waiting unread in the pipes: it restarts every clock instead of judging
  * anyone. A reload may change the timeout: every clock restarts and nobody
- * is killed for 2 s or the previous timeout, the time the router
- * processes need to take the SIGHUP and beat at the new interval.
+ * is killed for LIVE_RELOAD_QUIET_MS, the time the router processes need
+ * to take the SIGHUP and beat at the new interval.
  *
  * Metrics (router.metrics_listen): the master serves GET /metrics for the
  * whole node (router_scrape.c), from every router process, every local
@@ -642,10 +642,15 @@ static void on_live_tick(uv_timer_t *t)
 
 /* Runs the check with the router.liveness_timeout m->cfg holds now (at
  * start, after a reload or a membership change took one). A new value
- * restarts every clock, and nobody is killed for 2 s or the previous
- * timeout, whichever is longer: the router processes beat at the new
- * interval only once they took the reload (a young one gets its SIGHUP
- * up to 1 s late, router_supervisor). */
+ * restarts every clock, and nobody is killed for LIVE_RELOAD_QUIET_MS:
+ * the router processes beat at the new interval only once they took the
+ * reload (a young one gets its SIGHUP up to 1 s late, router_supervisor),
+ * and beat at once when they do. Not the previous timeout: from 1 h to
+ * 1 s, that would leave the check off for an hour; a process that did
+ * not take the reload and beats at the old interval is restarted on the
+ * new config, which is what it should run anyway. */
+#define LIVE_RELOAD_QUIET_MS 3000
+
 static void live_configure(master_t *m)
 {
     uint64_t timeout = m->cfg->router_liveness_timeout_ms, prev = m->live_timeout_ms;
@@ -654,7 +659,7 @@ static void live_configure(master_t *m)
     uint64_t now = uv_now(m->loop);
     m->live_timeout_ms = timeout;
     m->live_tick_ms = now;
-    m->live_quiet_until = now + (prev > 2000 ? prev : 2000);
+    m->live_quiet_until = now + LIVE_RELOAD_QUIET_MS;
     live_reset_all(m, now);
     uint64_t every = router_liveness_interval_ms(timeout);
     if (every == 0)

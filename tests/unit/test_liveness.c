@@ -211,7 +211,15 @@ KVS_TEST(inspect_a_traced_process)
 {
     pid_t pid = start_child();
     CHECK(wait_state(pid, 'S'));
-    CHECK_EQ(ptrace(PTRACE_SEIZE, pid, NULL, NULL), 0);
+    if (ptrace(PTRACE_SEIZE, pid, NULL, NULL) != 0) {
+        /* A machine whose policy forbids tracing (seccomp, Yama level 3):
+         * nothing of kvs to check here. */
+        CHECK(errno == EPERM);
+        fprintf(stderr, "inspect_a_traced_process: tracing is not allowed here; skipped\n");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return;
+    }
     router_proc_state_t st;
     CHECK_EQ(router_liveness_inspect(pid, &st), 0);
     CHECK_EQ(st.tracer, getpid());
