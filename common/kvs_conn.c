@@ -37,6 +37,8 @@
  * cost a heap operation per read on the hot path). Decoder memory beyond
  * KVS_CONN_INPUT_FREE per member is charged to the group before it is
  * allocated; it is uncharged when the buffer shrinks or the member closes.
+ * The sweep also gives back the empty buffers of members that read nothing
+ * since the last sweep (conn_trim_idle).
  */
 #include "kvs_conn.h"
 #include "kvs_err.h"
@@ -253,6 +255,27 @@ static void conn_charge(kvs_conn_t *c, size_t cap)
         return;
     g->input_used = g->input_used - c->charged + want;
     c->charged = want;
+}
+
+/* Gives back what buffers still hold for a connection that read nothing
+ * for a whole sweep: everything above KVS_CONN_IDLE_KEEP in a buffer with
+ * nothing in it. Trimming on drain keeps up to KVS_CONN_KEEP_BUFFER per
+ * buffer, so that a busy connection does not allocate per request; an
+ * idle one keeping that much for each of its buffers would let a pool of
+ * connections, each sent one large request or answer, hold hundreds of
+ * kilobytes apiece for as long as they stay connected. */
+static void conn_trim_idle(kvs_conn_t *c)
+{
+    if (has(c, KVS_CONN_CLOSING | KVS_CONN_DELIVERING))
+        return;
+    if (c->out.len == 0 && c->out.cap > KVS_CONN_IDLE_KEEP)
+        kvs_buf_free(&c->out);
+    if (c->cout.len == 0 && c->cout.cap > KVS_CONN_IDLE_KEEP)
+        kvs_buf_free(&c->cout);
+    if (!has(c, KVS_CONN_WRITING) && c->wbuf.len == 0 && c->wbuf.cap > KVS_CONN_IDLE_KEEP)
+        kvs_buf_free(&c->wbuf);
+    if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_IDLE_KEEP))
+        conn_charge(c, 0);
 }
 
 /* Whether growing the decoder to `cap` fits the group's input budget. */
@@ -1069,6 +1092,8 @@ static void on_sweep(uv_timer_t *t)
             kvs_conn_close(c);
             continue;
         }
+        if (now - c->last_input_ms >= SWEEP_MS)
+            conn_trim_idle(c);
         if (lim->idle_timeout_ms > 0 && c->owed == 0 && kvs_conn_pending(c) == 0 &&
             kvs_frame_dec_pending(&c->dec) == 0 && !has(c, KVS_CONN_SHUTTING) &&
             now - c->last_input_ms >= lim->idle_timeout_ms) {

@@ -74,7 +74,8 @@
 #define KVS_CONN_LINGER_MS 2000
 #define KVS_CONN_MAX_WRITE (1u << 30)           /* bytes per uv_write: fits uv_buf_t's unsigned */
 #define KVS_CONN_INPUT_FREE (128u * 1024u)      /* decoder bytes per connection not charged */
-#define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* an idle buffer above this is given back */
+#define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* a drained buffer above this is given back */
+#define KVS_CONN_IDLE_KEEP 4096u                /* ... and above this, once idle for a sweep */
 #define KVS_CONN_DEFAULT_HIGH_WATER (16u << 20) /* when the owner sets none */
 
 typedef struct kvs_conn_s kvs_conn_t;

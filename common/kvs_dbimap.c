@@ -1,30 +1,87 @@
 /*
  * kvs_dbimap: table name -> LMDB database handle (see kvs_dbimap.h).
  *
- * Linear probing with FNV-1a. Entries leave only when the transaction that
- * opened them failed (tables are never dropped), by backward-shift
- * deletion, so no probe run is ever cut and nothing is allocated.
+ * Linear probing with a keyed hash (SipHash-1-3 under a random key drawn
+ * at init, so nobody outside the process can pick names that share a
+ * probe run). Entries leave only when the transaction that opened them
+ * failed (tables are never dropped), by backward-shift deletion, so no
+ * probe run is ever cut and nothing is allocated.
  */
 #include "kvs_dbimap.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
-static uint32_t name_hash(const char *s)
+#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+
+static void sip_round(uint64_t v[4])
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
+    v[0] += v[1];
+    v[1] = ROTL64(v[1], 13);
+    v[1] ^= v[0];
+    v[0] = ROTL64(v[0], 32);
+    v[2] += v[3];
+    v[3] = ROTL64(v[3], 16);
+    v[3] ^= v[2];
+    v[0] += v[3];
+    v[3] = ROTL64(v[3], 21);
+    v[3] ^= v[0];
+    v[2] += v[1];
+    v[1] = ROTL64(v[1], 17);
+    v[1] ^= v[2];
+    v[2] = ROTL64(v[2], 32);
+}
+
+/* SipHash-1-3 of the NUL-terminated `s` under `key`. */
+static uint64_t name_hash(const uint64_t key[2], const char *s)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t n = strlen(s), i = 0;
+    uint64_t v[4] = {key[0] ^ 0x736f6d6570736575ull, key[1] ^ 0x646f72616e646f6dull,
+                     key[0] ^ 0x6c7967656e657261ull, key[1] ^ 0x7465646279746573ull};
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = 0;
+        for (unsigned j = 0; j < 8; j++)
+            w |= (uint64_t)p[i + j] << (8 * j);
+        v[3] ^= w;
+        sip_round(v);
+        v[0] ^= w;
+    }
+    uint64_t last = (uint64_t)n << 56;
+    for (unsigned j = 0; i + j < n; j++)
+        last |= (uint64_t)p[i + j] << (8 * j);
+    v[3] ^= last;
+    sip_round(v);
+    v[0] ^= last;
+    v[2] ^= 0xff;
+    sip_round(v);
+    sip_round(v);
+    sip_round(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+/* A random key; should the kernel give none, one nobody outside can
+ * know in advance either (the clock, the pid, where the map lives). */
+static void draw_key(kvs_dbimap_t *m)
+{
+    if (getrandom(m->key, sizeof(m->key), GRND_NONBLOCK) == (ssize_t)sizeof(m->key))
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    m->key[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+    m->key[1] = (uint64_t)getpid() * 0xc2b2ae3d27d4eb4full ^ (uint64_t)(uintptr_t)m->slots;
 }
 
 /* The slot holding `name`, or the empty slot where it would go. */
-static kvs_dbimap_entry_t *slot(kvs_dbimap_entry_t *slots, uint32_t cap, const char *name)
+static kvs_dbimap_entry_t *slot(const kvs_dbimap_t *m, const char *name)
 {
-    uint32_t mask = cap - 1;
-    for (uint32_t i = name_hash(name) & mask;; i = (i + 1) & mask) {
-        kvs_dbimap_entry_t *e = &slots[i];
+    uint32_t mask = m->cap - 1;
+    for (uint32_t i = (uint32_t)name_hash(m->key, name) & mask;; i = (i + 1) & mask) {
+        kvs_dbimap_entry_t *e = &m->slots[i];
         if (e->name == NULL || strcmp(e->name, name) == 0)
             return e;
     }
@@ -41,6 +98,7 @@ int kvs_dbimap_init(kvs_dbimap_t *m, uint32_t max_entries)
         return -ENOMEM;
     m->cap = cap;
     m->max_entries = max_entries;
+    draw_key(m);
     return 0;
 }
 
@@ -54,7 +112,7 @@ void kvs_dbimap_free(kvs_dbimap_t *m)
 
 const kvs_dbimap_entry_t *kvs_dbimap_find(const kvs_dbimap_t *m, const char *name)
 {
-    const kvs_dbimap_entry_t *e = slot(m->slots, m->cap, name);
+    const kvs_dbimap_entry_t *e = slot(m, name);
     return e->name != NULL ? e : NULL;
 }
 
@@ -62,7 +120,7 @@ int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pend
 {
     if (m->n >= m->max_entries)
         return -ENOSPC;
-    kvs_dbimap_entry_t *e = slot(m->slots, m->cap, name);
+    kvs_dbimap_entry_t *e = slot(m, name);
     e->name = strdup(name);
     if (e->name == NULL)
         return -ENOMEM;
@@ -82,7 +140,7 @@ static void remove_at(kvs_dbimap_t *m, uint32_t i)
     free(m->slots[i].name);
     m->slots[i].name = NULL;
     for (uint32_t j = (i + 1) & mask; m->slots[j].name != NULL; j = (j + 1) & mask) {
-        uint32_t home = name_hash(m->slots[j].name) & mask;
+        uint32_t home = (uint32_t)name_hash(m->key, m->slots[j].name) & mask;
         /* j stays where it is if its home lies cyclically in (i, j]. */
         int stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
         if (stays)

@@ -6,10 +6,13 @@
  * Open addressing over a power-of-two array sized once for the most tables
  * the environment may hold (storage.max_tables), so it never grows and a
  * lookup is one hash and, mostly, one string compare: it runs for every
- * request. An entry added while the transaction that opened its handle has
- * not committed yet is "pending": if that transaction does not commit,
- * LMDB closes the handle, and kvs_dbimap_settle(m, 1) forgets every
- * pending entry; if it commits, kvs_dbimap_settle(m, 0) keeps them.
+ * request. Clients choose table names, so the hash is keyed (SipHash-1-3,
+ * a random key per map): names chosen to collide under a fixed hash would
+ * pile into one probe run, and every lookup near it would compare its
+ * name against all of them (up to storage.max_tables). An entry added while the transaction that
+ * opened its handle has not committed yet is "pending": if that transaction does not commit, LMDB
+ * closes the handle, and kvs_dbimap_settle(m, 1) forgets every pending entry; if it commits,
+ * kvs_dbimap_settle(m, 0) keeps them.
  *
  * Handles are LMDB's MDB_dbi (an unsigned int): this module does not
  * include lmdb.h.
@@ -30,6 +33,7 @@ typedef struct kvs_dbimap_s {
     uint32_t cap; /* a power of two, at least twice max_entries */
     uint32_t n, n_pending;
     uint32_t max_entries;
+    uint64_t key[2]; /* the hash's key: random, per map */
 } kvs_dbimap_t;
 
 /* Room for max_entries names. Returns 0 or -ENOMEM. */

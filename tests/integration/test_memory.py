@@ -24,12 +24,13 @@ kvs-node processes on loopback; every wait is bounded.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
+import time
 import unittest
 
 from google.protobuf.internal import encoder
 
 from kvstest import SANITIZED, Client, frame, pb, pyval, req_hmdel, req_hmexist, req_hmget, req_hmset
-from routertest import RouterTestCase, free_port, procs_for_config
+from routertest import RouterTestCase, free_port, procs_for_config, router_pids
 from test_hostile_api import RespSocket, hlen, resp
 
 MIB = 1 << 20
@@ -293,6 +294,46 @@ class DecodeBudgetTest(MemoryTestCase):
                 self.assertIn(got[0].status, (200, 400, 413), got[0].message)
         with r.client() as c:
             self.assertEqual(c.call(hlen("t")).values[0].integer_value, 0)
+
+
+class IdleBuffersTest(MemoryTestCase):
+    def test_idle_connections_give_back_what_a_burst_left(self):
+        """Connections that each once sent a 200 KB request and were owed a
+        200 KB answer, then went quiet, hold no buffers for it a few seconds
+        later: the router process, and a worker asked on its own socket,
+        come back within 16 MiB of where they were with 100 such
+        connections open. Each such connection kept up to 256 KiB per
+        buffer (decoder, output, write) for as long as it stayed connected:
+        about 600 KB apiece, 59 MB for the 100, and a client opening
+        limits.max_clients of them could pin gigabytes."""
+        r = self.start()
+        big = "b" * 200000
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "x", big).status, 200)
+        shard = r.shard_of("x")
+        for addr, pid in ((r.addr, router_pids(r)[0]),
+                          (r.socket_path(shard), r.worker_pid(shard))):
+            base = _status_kib(pid, "RssAnon")  # not LMDB's file pages a worker maps
+            conns = [Client(addr, timeout=20) for _ in range(100)]
+            try:
+                for c in conns:
+                    self.assertEqual(c.hset("t", "x", big).status, 200)
+                    got = c.hget("t", "x")
+                    self.assertEqual((got.status, len(got.values[0].string_value)), (200, len(big)))
+                deadline = time.monotonic() + 8
+                while True:
+                    grown = (_status_kib(pid, "RssAnon") - base) * 1024
+                    if SANITIZED or grown < 16 * MIB or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                if not SANITIZED:
+                    self.assertLess(grown, 16 * MIB, "%s: %.1f MiB held by 100 idle connections"
+                                    % (addr, grown / MIB))
+                for c in conns:  # idle connections still serve
+                    self.assertEqual(c.hget("t", "x").status, 200)
+            finally:
+                for c in conns:
+                    c.close()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 /*
  * test_dbimap: names map to their handles through collisions and a full
  * map; pending entries survive a commit and are forgotten after a failed
- * transaction without cutting the probe runs of the entries that stay.
+ * transaction without cutting the probe runs of the entries that stay;
+ * names chosen to collide under a fixed hash do not share a probe run.
  */
 #include "kvs_dbimap.h"
 #include "kvs_test.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 
 static unsigned dbi_of(const kvs_dbimap_t *m, const char *name)
@@ -90,6 +92,50 @@ KVS_TEST(forgetting_keeps_every_probe_run_whole)
     }
 }
 
+/* 32-bit FNV-1a: an unkeyed hash anyone can search for collisions. */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* The longest run of occupied slots (wrapping around): what a lookup that
+ * lands at its start compares its name against. */
+static uint32_t longest_run(const kvs_dbimap_t *m)
+{
+    uint32_t best = 0, run = 0;
+    for (uint32_t i = 0; i < 2 * m->cap; i++) {
+        run = m->slots[i & (m->cap - 1)].name != NULL ? run + 1 : 0;
+        best = run > best ? run : best;
+    }
+    return best > m->cap ? m->cap : best;
+}
+
+/* 250 names a client could pick because an unkeyed hash (FNV-1a, which the
+ * map once used) sends them all to one slot: with that hash they formed one
+ * probe run of 250, and every lookup of them, or of any name hashing near
+ * them, compared up to 250 long names. Keyed, they spread like any names. */
+KVS_TEST(names_chosen_to_collide_do_not_pile_up)
+{
+    kvs_dbimap_t m;
+    char name[64];
+    CHECK_EQ(kvs_dbimap_init(&m, 256), 0);
+    uint32_t mask = m.cap - 1, added = 0;
+    for (uint32_t i = 0; added < 250; i++) {
+        snprintf(name, sizeof(name), "pppppppppppppppppppppppppppppp%09u", i);
+        if ((fnv1a(name) & mask) != 5)
+            continue;
+        CHECK_EQ(kvs_dbimap_add(&m, name, added + 2, 0), 0);
+        added++;
+    }
+    CHECK_EQ(m.n, 250);
+    CHECK(longest_run(&m) < 40);
+    kvs_dbimap_free(&m);
+}
+
 KVS_TEST_MAIN(KVS_CASE(names_find_their_handles_up_to_the_limit),
               KVS_CASE(forgetting_keeps_every_probe_run_whole),
+              KVS_CASE(names_chosen_to_collide_do_not_pile_up),
               KVS_CASE(pending_entries_stay_on_commit_and_go_on_failure))
