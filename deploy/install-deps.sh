@@ -55,6 +55,13 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
+    # A fresh Debian 12 may have no sudo: say what to do rather than
+    # "sudo: command not found".
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-deps: not root and sudo is missing; as root, run:" >&2
+        echo "  apt-get update && apt-get install --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
     sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
