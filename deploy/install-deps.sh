@@ -24,9 +24,11 @@ build_pkgs=(build-essential cmake pkg-config
 # the TLS tests' certificates and is an independent TLS client; prometheus
 # brings promtool, which checks the /metrics text; redis-server (7.0 on
 # Debian 12) is the reference test_resp_diff.py compares kvs's Redis
-# protocol with, byte for byte (it runs its own on a free port).
+# protocol with, byte for byte (it runs its own on a free port); logrotate
+# checks deploy/kvs.logrotate.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools redis-server python3-redis
-           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus
+           logrotate)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
