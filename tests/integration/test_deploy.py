@@ -355,7 +355,10 @@ class ContainerFilesTest(unittest.TestCase):
             ok, err = config_loads(path)
             self.assertTrue(ok, "%s: %s" % (path, err))
             nodes[name] = cfg = load_yaml(path)
-            self.assertEqual(svc["ports"][0].split(":")[1], cfg["router"]["listen"].split(":")[1])
+            # Published on the host's loopback only: no TLS, no users.
+            host_ip, _, port = svc["ports"][0].split(":")
+            self.assertEqual(host_ip, "127.0.0.1", svc["ports"])
+            self.assertEqual(port, cfg["router"]["listen"].split(":")[1])
             self.assertEqual(cfg["kafka"]["brokers"], "kafka:9092")
             self.assertEqual([(b["topic"], b["partitions"]) for b in cfg["kafka"]["bindings"]],
                              [(topic, topic_parts)])
@@ -376,6 +379,7 @@ class ContainerFilesTest(unittest.TestCase):
             owners = [e["name"] for e in maps[0] if s in e["shards"]]
             self.assertEqual(len(owners), 2, (s, owners))
 
+        self.assertTrue(services["prometheus"]["ports"][0].startswith("127.0.0.1:"))
         # Prometheus scrapes the three nodes.
         prom = load_yaml(os.path.join(COMPOSE_DIR, "prometheus.yml"))
         targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"]
