@@ -32,9 +32,12 @@ test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools redis-ser
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
-# against the binaries.
+# against the binaries. Plus ca-certificates: librdkafka verifies a TLS
+# broker against the system's CAs when kafka.properties names no
+# ssl.ca.location, and debian:12-slim has none (a broker with a public
+# CA's certificate would fail verification in the container image).
 runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
-              libsystemd0 libssl3 libxxhash0 libhttp-parser2.9)
+              libsystemd0 libssl3 libxxhash0 libhttp-parser2.9 ca-certificates)
 
 case "${1:-}" in
 "") want=("${build_pkgs[@]}") ;;
