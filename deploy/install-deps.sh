@@ -24,15 +24,20 @@ build_pkgs=(build-essential cmake pkg-config
 # the TLS tests' certificates and is an independent TLS client; prometheus
 # brings promtool, which checks the /metrics text; redis-server (7.0 on
 # Debian 12) is the reference test_resp_diff.py compares kvs's Redis
-# protocol with, byte for byte (it runs its own on a free port).
+# protocol with, byte for byte (it runs its own on a free port); logrotate
+# checks deploy/kvs.logrotate.
 test_pkgs=(python3 python3-protobuf protobuf-compiler kcat redis-tools redis-server python3-redis
-           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus)
+           python3-confluent-kafka lmdb-utils tmux systemd python3-yaml openssl prometheus
+           logrotate)
 
 # The shared libraries kvs-router, kvs-node and kvs-cli link against (libc6
 # aside), by Debian 12 package name; test_deploy.py checks this list
-# against the binaries.
+# against the binaries. Plus ca-certificates: librdkafka verifies a TLS
+# broker against the system's CAs when kafka.properties names no
+# ssl.ca.location, and debian:12-slim has none (a broker with a public
+# CA's certificate would fail verification in the container image).
 runtime_pkgs=(libuv1 libprotobuf-c1 liblmdb0 librdkafka1 libyaml-0-2 libedit2
-              libsystemd0 libssl3 libxxhash0 libhttp-parser2.9)
+              libsystemd0 libssl3 libxxhash0 libhttp-parser2.9 ca-certificates)
 
 case "${1:-}" in
 "") want=("${build_pkgs[@]}") ;;
@@ -55,6 +60,13 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
+    # A fresh Debian 12 may have no sudo: say what to do rather than
+    # "sudo: command not found".
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-deps: not root and sudo is missing; as root, run:" >&2
+        echo "  apt-get update && apt-get install --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
     sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive

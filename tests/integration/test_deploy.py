@@ -249,7 +249,7 @@ class UnitFileTest(unittest.TestCase):
                 "KillMode": "mixed", "RestartPreventExitStatus": "78", "User": "kvs",
                 "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                 "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/kvs",
-                "WorkingDirectory": "/var/lib/kvs"}
+                "WorkingDirectory": "/var/lib/kvs", "LogsDirectory": "kvs"}
         for k, v in want.items():
             self.assertEqual(s.get(k), [v], k)
         self.assertGreaterEqual(int(s["LimitNOFILE"][0]), 65536)
@@ -258,6 +258,52 @@ class UnitFileTest(unittest.TestCase):
         # by default) in the start timeout.
         self.assertGreater(int(s["TimeoutStopSec"][0]), 20)
         self.assertGreater(int(s["TimeoutStartSec"][0]), 30)
+
+
+# ---- logrotate ---------------------------------------------------------------------
+
+
+LOGROTATE = shutil.which("logrotate") or (os.path.exists("/usr/sbin/logrotate")
+                                          and "/usr/sbin/logrotate")
+
+
+@unittest.skipUnless(LOGROTATE, "logrotate is missing (deploy/install-deps.sh --test installs it)")
+class LogrotateTest(unittest.TestCase):
+    def test_rotates_a_file_a_plugin_keeps_open(self):
+        # deploy/kvs.logrotate on a directory of our own, rotated while a
+        # writer holds the file open for appending, as the audit_log plugin
+        # does (opened once, never reopened): the old lines move to .1, the
+        # writer's next line starts the emptied file (no hole before it).
+        d = tempfile.mkdtemp(prefix="kvs-logrotate-")
+        self.addCleanup(shutil.rmtree, d, True)
+        logs = os.path.join(d, "logs")
+        os.mkdir(logs, 0o750)
+        with open(os.path.join(DEPLOY, "kvs.logrotate")) as f:
+            text = f.read()
+        self.assertIn("/var/log/kvs/*.log {", text)
+        self.assertIn("su kvs kvs", text)
+        me = subprocess.run(["id", "-un"], stdout=subprocess.PIPE, text=True).stdout.strip()
+        grp = subprocess.run(["id", "-gn"], stdout=subprocess.PIPE, text=True).stdout.strip()
+        text = text.replace("/var/log/kvs/", logs + "/").replace("su kvs kvs",
+                                                                 "su %s %s" % (me, grp))
+        conf = os.path.join(d, "kvs.logrotate")
+        with open(conf, "w") as f:
+            f.write(text)
+        path = os.path.join(logs, "audit.log")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, b"first line\n" * 100)
+            p = subprocess.run([LOGROTATE, "-f", "-s", os.path.join(d, "state"), conf],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            os.write(fd, b"after\n")
+        finally:
+            os.close(fd)
+        with open(path + ".1", "rb") as f:
+            self.assertEqual(f.read(), b"first line\n" * 100)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"after\n")
 
 
 # ---- container files ------------------------------------------------------------------
@@ -309,7 +355,10 @@ class ContainerFilesTest(unittest.TestCase):
             ok, err = config_loads(path)
             self.assertTrue(ok, "%s: %s" % (path, err))
             nodes[name] = cfg = load_yaml(path)
-            self.assertEqual(svc["ports"][0].split(":")[1], cfg["router"]["listen"].split(":")[1])
+            # Published on the host's loopback only: no TLS, no users.
+            host_ip, _, port = svc["ports"][0].split(":")
+            self.assertEqual(host_ip, "127.0.0.1", svc["ports"])
+            self.assertEqual(port, cfg["router"]["listen"].split(":")[1])
             self.assertEqual(cfg["kafka"]["brokers"], "kafka:9092")
             self.assertEqual([(b["topic"], b["partitions"]) for b in cfg["kafka"]["bindings"]],
                              [(topic, topic_parts)])
@@ -330,6 +379,7 @@ class ContainerFilesTest(unittest.TestCase):
             owners = [e["name"] for e in maps[0] if s in e["shards"]]
             self.assertEqual(len(owners), 2, (s, owners))
 
+        self.assertTrue(services["prometheus"]["ports"][0].startswith("127.0.0.1:"))
         # Prometheus scrapes the three nodes.
         prom = load_yaml(os.path.join(COMPOSE_DIR, "prometheus.yml"))
         targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"]
