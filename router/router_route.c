@@ -2202,12 +2202,6 @@ static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
 }
 
-static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
-{
-    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
-}
-
 /* Holds `req` back when its session holds earlier requests, or when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight. Returns 1 when held (or answered: out of memory). */
@@ -2358,7 +2352,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     kvs_buf_t tok, packed;
     kvs_buf_init(&tok);
     kvs_buf_init(&packed);
-    if (b != NULL && is_write_cmd(q->command_case))
+    if (b != NULL && is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
         mark_write(req);
     if (b != NULL && is_read_cmd(q->command_case)) {
         int rc = attach_positions(r, req, q, b, -1, &tok);
