@@ -133,6 +133,34 @@ class LifecycleTest(RouterTestCase):
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual(r.stop(), 0)
 
+    def reload_refused(self, make, remove, refused_router, refused_node):
+        """Replaces the config file of a node (kvs-router) and of a kvs-node
+        running alone with what make(path) creates, sends both SIGHUP, and
+        asserts that each logs its refusal (refused_*, with %s for the
+        path) and serves on with its running configuration."""
+        r = self.router(shards=2)
+        node = Node(extra_yaml="")
+        self.addCleanup(node.close)
+        for path in (r.config, node.config):
+            os.rename(path, path + ".saved")
+            make(path)
+        try:
+            r.proc.send_signal(signal.SIGHUP)
+            node.proc.send_signal(signal.SIGHUP)
+            ok = wait_until(lambda: refused_router % r.config in r.stderr(), 5)
+            ok_node = wait_until(lambda: refused_node % node.config in node.stderr(), 5)
+        finally:
+            for path in (r.config, node.config):
+                remove(path)
+                os.rename(path + ".saved", path)
+        self.assertTrue(ok, r.stderr()[-3000:])
+        self.assertTrue(ok_node, node.stderr()[-3000:])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        with node.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+
     def test_a_config_path_that_is_a_directory_is_refused_at_start_and_at_a_reload(self):
         """A config path that is a directory (--config /etc/kvs/, or the
         file replaced by one): the master's copy into its snapshot took
@@ -147,31 +175,9 @@ class LifecycleTest(RouterTestCase):
                              capture_output=True, text=True, timeout=10)
         self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
         self.assertIn("%s: cannot read: Is a directory" % d, out.stderr)
-        r = self.router(shards=2)
-        node = Node(extra_yaml="")
-        self.addCleanup(node.close)
-        for path in (r.config, node.config):
-            os.rename(path, path + ".saved")
-            os.mkdir(path)
-        try:
-            r.proc.send_signal(signal.SIGHUP)
-            node.proc.send_signal(signal.SIGHUP)
-            refused = "reload: %s: cannot read: Is a directory; the running configuration is " \
-                      "unchanged"
-            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
-            ok_node = wait_until(lambda: ("%s: cannot read: Is a directory" % node.config)
-                                 in node.stderr(), 5)
-        finally:
-            for path in (r.config, node.config):
-                os.rmdir(path)
-                os.rename(path + ".saved", path)
-        self.assertTrue(ok, r.stderr()[-3000:])
-        self.assertTrue(ok_node, node.stderr()[-3000:])
-        with r.client() as c:
-            self.assertOk(c.hset("t", "k", "v"))
-        with node.client() as c:
-            self.assertEqual(c.ping().status, 200)
-        self.assertEqual(r.stop(), 0)
+        self.reload_refused(os.mkdir, os.rmdir,
+                            "reload: %s: cannot read: Is a directory; the running configuration "
+                            "is unchanged", "%s: cannot read: Is a directory")
 
     def test_a_config_file_others_may_write_or_read_secrets_in_is_warned_of(self):
         """A config file writable by others (who then decide what the node
@@ -212,36 +218,15 @@ class LifecycleTest(RouterTestCase):
         with node.client() as c:
             self.assertEqual(c.ping().status, 200)
 
-
+    def test_a_config_path_that_is_a_pipe_is_refused_at_a_reload_not_waited_for(self):
         """The config path became a FIFO (or was a pipe from the start:
         --config <(...)): a reload's open blocked until some writer came,
         in the master's loop, so it answered no signal (a SIGTERM went
         unheard for good) and supervised nothing. A reload refuses it now;
         so does a kvs-node running alone."""
-        r = self.router(shards=2)
-        node = Node(extra_yaml="")
-        self.addCleanup(node.close)
         refused = ("reload: %s: a pipe, not a file: a reload reads a file and does not wait "
                    "for a writer")
-        for path in (r.config, node.config):
-            os.rename(path, path + ".saved")
-            os.mkfifo(path)
-        try:
-            r.proc.send_signal(signal.SIGHUP)
-            node.proc.send_signal(signal.SIGHUP)
-            ok = wait_until(lambda: refused % r.config in r.stderr(), 5)
-            ok_node = wait_until(lambda: refused % node.config in node.stderr(), 5)
-        finally:
-            for path in (r.config, node.config):
-                os.unlink(path)
-                os.rename(path + ".saved", path)
-        self.assertTrue(ok, r.stderr()[-3000:])
-        self.assertTrue(ok_node, node.stderr()[-3000:])
-        with r.client() as c:
-            self.assertOk(c.hset("t", "k", "v"))
-        with node.client() as c:
-            self.assertEqual(c.ping().status, 200)
-        self.assertEqual(r.stop(), 0)
+        self.reload_refused(os.mkfifo, os.unlink, refused, refused)
 
     # ---- a worker whose configuration can never work ----------------------------------
 
