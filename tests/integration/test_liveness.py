@@ -18,7 +18,7 @@ import signal
 import time
 
 from kvstest import HOST, Client
-from routertest import edit_config, free_port
+from routertest import _alive, edit_config, free_port
 from test_ops import http_get, parse_metrics, total
 from test_procs import ProcsTestCase, wait_until
 
@@ -46,12 +46,7 @@ def ptrace(request, pid):
 
 def gone(pid):
     """True once pid is no process (or a zombie nobody reaped yet)."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
+    return not _alive(pid)
 
 
 class LivenessTest(ProcsTestCase):

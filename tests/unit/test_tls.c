@@ -429,17 +429,27 @@ static void copy_file(const char *from, const char *to)
     CHECK_EQ(system(cmd), 0);
 }
 
+/* Makes the directory `dir` (a mkdtemp template) holding a copy of the
+ * node's certificate and key, named in crt and key (100 bytes each).
+ * Returns 0, or -1 when the directory cannot be made. */
+static int server_files(char *dir, char *crt, char *key)
+{
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    snprintf(crt, 100, "%s/server.crt", dir);
+    snprintf(key, 100, "%s/server.key", dir);
+    copy_file("node.crt", crt);
+    copy_file("node.key", key);
+    return 0;
+}
+
 KVS_TEST(context_files_that_are_not_files_are_refused)
 {
     /* OpenSSL opened a FIFO and waited for a writer (a router process's
      * reload stopped serving for good), and read a device or a huge file
      * to its end. */
     char dir[] = "/tmp/kvs-test-tls-XXXXXX", crt[100], key[100], want[300], err[600];
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
-    snprintf(key, sizeof(key), "%s/server.key", dir);
-    copy_file("node.crt", crt);
-    copy_file("node.key", key);
+    CHECK(server_files(dir, crt, key) == 0);
     kvs_tls_opts_t so = {.role = KVS_TLS_SERVER,
                          .cert = crt,
                          .key = key,
@@ -483,11 +493,7 @@ KVS_TEST(context_files_that_are_not_files_are_refused)
 KVS_TEST(context_reload_switches_new_sessions_only)
 {
     char dir[] = "/tmp/kvs-test-tls-XXXXXX", crt[100], key[100], err[600];
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
-    snprintf(key, sizeof(key), "%s/server.key", dir);
-    copy_file("node.crt", crt);
-    copy_file("node.key", key);
+    CHECK(server_files(dir, crt, key) == 0);
     kvs_tls_opts_t so = {.role = KVS_TLS_SERVER,
                          .cert = crt,
                          .key = key,
