@@ -311,25 +311,27 @@ class MetricsListenerBoundsTest(MetricsCase):
                              % (scrapes, size))
 
 
-    def short_timeout_router(self):
-        """A metrics port whose 10 s request and answer bound is 1 s
+    def short_timeout_router(self, ms=1000):
+        """A metrics port whose 10 s request and answer bound is `ms`
         (KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook)."""
         return self.metrics_router(shards=1, partitions=8,
-                                   env={"KVS_TEST_METRICS_TIMEOUT_MS": "1000"})
+                                   env={"KVS_TEST_METRICS_TIMEOUT_MS": str(ms)})
 
     def test_clients_that_never_read_lose_their_connection(self):
         # Every connection the port takes is one that pipelines scrapes
         # and reads nothing: each is closed once an answer has waited past
-        # the bound, and the port serves again.
-        self.short_timeout_router()
+        # the bound, and the port serves again. The bound (3 s) is longer
+        # than taking the 16 connections may last on a loaded machine, so
+        # that none is closed before the 17th is refused.
+        self.short_timeout_router(3000)
         self.settled_scrape()
         hogs = [non_reading_socket(self.mport) for _ in range(16)]
         try:
             for s in hogs:
-                send_for(s, self.GET * 64, 0.1)
+                send_for(s, self.GET * 64, 0.05)
             self.assertEqual(raw_http(self.mport, self.GET), "HTTP/1.1 503 Service Unavailable")
             self.assertTrue(wait_until(lambda: raw_http(self.mport, self.GET)
-                                       == "HTTP/1.1 200 OK", 5), "the port stays taken")
+                                       == "HTTP/1.1 200 OK", 15), "the port stays taken")
         finally:
             for s in hogs:
                 s.close()
