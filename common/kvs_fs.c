@@ -32,6 +32,15 @@ int kvs_mkdir_p(const char *path)
     return 0;
 }
 
+const char *kvs_fs_kind(mode_t mode)
+{
+    return S_ISFIFO(mode)   ? "a FIFO"
+           : S_ISDIR(mode)  ? "a directory"
+           : S_ISSOCK(mode) ? "a socket"
+           : S_ISREG(mode)  ? "a file"
+                            : "a device";
+}
+
 int kvs_fs_check_private(const char *path, char *err, size_t len)
 {
     struct stat st;

@@ -8,6 +8,7 @@
 #define KVS_FS_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* mkdir -p: creates `path` (mode 0700: the data of kvs, its sockets and
  * locks are the node user's alone) and its missing parents (0755).
@@ -19,6 +20,12 @@ int kvs_mkdir_p(const char *path);
  * Returns 0, or KVS_EINVAL (a world-writable directory, or not a
  * directory) or -errno, with the reason in err[0..len). */
 int kvs_fs_check_private(const char *path, char *err, size_t len);
+
+/* What a stat mode names, for a message: "a FIFO", "a directory", "a
+ * socket", "a device" or "a file". Paths handed to a library that opens
+ * and reads them (OpenSSL, dlopen) are checked with it first: a FIFO
+ * would block the process until some writer came. */
+const char *kvs_fs_kind(mode_t mode);
 
 /* Opens (creating, mode 0600) `path` and takes an exclusive, non-blocking flock on
  * it, held until the returned descriptor is closed or the process exits

@@ -22,6 +22,7 @@
  */
 #include "kvs_plugins.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_log.h"
 
 #include <dlfcn.h>
@@ -113,10 +114,7 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
     struct stat st;
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
         return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
-                            S_ISFIFO(st.st_mode)   ? "a FIFO"
-                            : S_ISDIR(st.st_mode)  ? "a directory"
-                            : S_ISSOCK(st.st_mode) ? "a socket"
-                                                   : "a device");
+                            kvs_fs_kind(st.st_mode));
     dlerror();
     l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {

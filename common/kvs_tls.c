@@ -29,6 +29,7 @@
  */
 #include "kvs_tls.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -281,14 +282,9 @@ static int check_file(const kvs_tls_ctx_t *c, const char *key, const char *path,
     struct stat st;
     if (path[0] == '\0' || stat(path, &st) != 0)
         return 0;
-    if (!S_ISREG(st.st_mode)) {
-        const char *kind = S_ISFIFO(st.st_mode)   ? "a FIFO"
-                           : S_ISDIR(st.st_mode)  ? "a directory"
-                           : S_ISSOCK(st.st_mode) ? "a socket"
-                                                  : "a device";
+    if (!S_ISREG(st.st_mode))
         return ctx_error(err, errlen, "%s.%s %s: %s, not a file: name a PEM file", c->what, key,
-                         path, kind);
-    }
+                         path, kvs_fs_kind(st.st_mode));
     if ((unsigned long long)st.st_size > KVS_TLS_MAX_FILE)
         return ctx_error(err, errlen,
                          "%s.%s %s: %llu bytes, larger than a PEM file for TLS can be (16 MiB)",
