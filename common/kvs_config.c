@@ -160,6 +160,8 @@ static const directive_t directives[] = {
      "from 0 (never) to 7 days", NULL, F_LIVE},
     {"limits.frame_timeout", D_DURATION, OFF(frame_timeout_ms), "30s", 0, 3600000,
      "from 0 (never) to 1h", NULL, F_LIVE},
+    {"limits.auth_timeout", D_DURATION, OFF(auth_timeout_ms), "10s", 0, 3600000,
+     "from 0 (never) to 1h", NULL, F_LIVE},
     {"limits.input_buffers", D_SIZE, OFF(input_buffers), "256MiB", MIB, UINT64_MAX / 4,
      "at least 1MiB", NULL, F_LIVE},
     {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, F_LIVE},

@@ -79,6 +79,8 @@
  *                            limit allows)
  *     idle_timeout: 0        close clients idle this long (0 = never)
  *     frame_timeout: 30s     a request frame must arrive whole within this
+ *     auth_timeout: 10s      with users, a client must authenticate within
+ *                            this of its connection (0 = never)
  *     input_buffers: 256MiB  memory all connections' incomplete frames may
  *                            hold together; >= max_frame
  *     auth_failures: 3       failed Auth attempts on one connection before it
@@ -309,6 +311,7 @@ typedef struct kvs_config_s {
     uint32_t max_clients;      /* connections per listener */
     uint64_t idle_timeout_ms;  /* 0 = never */
     uint64_t frame_timeout_ms; /* 0 = never */
+    uint64_t auth_timeout_ms;  /* 0 = never */
     uint64_t input_buffers;    /* bytes all incomplete frames may hold together */
     uint32_t auth_failures;    /* failed Auth attempts per connection before it is closed */
     uint32_t auth_failures_per_minute; /* per client address */

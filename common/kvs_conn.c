@@ -113,6 +113,14 @@ void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
     c->dec.max = max_frame;
 }
 
+void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
+{
+    if (!unproven)
+        c->unproven_since_ms = 0;
+    else if (c->unproven_since_ms == 0)
+        c->unproven_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
+}
+
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
     return c->out.len + c->cout.len + (c->wbuf.len - c->woff);
@@ -1092,6 +1100,16 @@ static void on_sweep(uv_timer_t *t)
             kvs_conn_close(c);
             continue;
         }
+        if (lim->auth_timeout_ms > 0 && c->unproven_since_ms != 0 && c->owed == 0 &&
+            !has(c, KVS_CONN_SHUTTING) &&
+            now - (c->unproven_since_ms - 1) >= lim->auth_timeout_ms) {
+            if (kvs_log_budget_take(&g->log_budget, now))
+                kvs_info("closing %s %s: it did not authenticate within limits.auth_timeout "
+                         "(%llu ms)",
+                         g->what, c->peer, (unsigned long long)lim->auth_timeout_ms);
+            kvs_conn_close(c);
+            continue;
+        }
         if (now - c->last_input_ms >= SWEEP_MS)
             conn_trim_idle(c);
         if (lim->idle_timeout_ms > 0 && c->owed == 0 && kvs_conn_pending(c) == 0 &&
@@ -1112,6 +1130,7 @@ void kvs_conn_limits_from_config(kvs_conn_limits_t *l, const kvs_config_t *cfg)
     l->high_water = l->hard_limit / 4;
     l->frame_timeout_ms = cfg->frame_timeout_ms;
     l->idle_timeout_ms = cfg->idle_timeout_ms;
+    l->auth_timeout_ms = cfg->auth_timeout_ms;
     l->input_budget = (size_t)cfg->input_buffers;
 }
 

@@ -192,14 +192,16 @@ struct kvs_conn_s {
     int queued;              /* on the flusher's list */
     kvs_conn_group_t *group; /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
-    size_t charged;            /* decoder bytes charged to the group's input budget */
-    uint64_t last_input_ms;    /* loop time of the last bytes read */
-    uint64_t read_ns;          /* kvs_now_ns() of the last read, when stamp_reads is set */
-    int stamp_reads;           /* the owner wants read_ns (request latency from arrival) */
-    uint64_t partial_since_ms; /* loop time an incomplete frame started to wait (0: none) */
-    uint64_t output_since_ms;  /* loop time pending output started to wait (0: none) */
-    char peer[64];             /* "1.2.3.4:5678", for log lines about this peer */
-    void *data;                /* the owner's */
+    size_t charged;             /* decoder bytes charged to the group's input budget */
+    uint64_t last_input_ms;     /* loop time of the last bytes read */
+    uint64_t read_ns;           /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;            /* the owner wants read_ns (request latency from arrival) */
+    uint64_t partial_since_ms;  /* loop time an incomplete frame started to wait (0: none) */
+    uint64_t output_since_ms;   /* loop time pending output started to wait (0: none) */
+    uint64_t unproven_since_ms; /* loop time its owner started to wait for it to authenticate
+                                   (kvs_conn_set_unproven; 0: authenticated, or no need) */
+    char peer[64];              /* "1.2.3.4:5678", for log lines about this peer */
+    void *data;                 /* the owner's */
 };
 
 /* Initializes `c` for `loop`. is_unix picks a pipe or a TCP handle. The
@@ -217,6 +219,14 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
  * KVS_AUTH_UNAUTH_FRAME), so that such a client's input stays within
  * KVS_CONN_INPUT_FREE and never draws on the group's input budget. */
 void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame);
+
+/* Whether `c` has yet to prove who it is (servers with users, until the
+ * client authenticates). An unproven member owed no answer is closed once
+ * it has been unproven for its group's auth_timeout_ms, counted from the
+ * first call that made it unproven (clients nobody knows cannot hold
+ * connection slots for ever). Servers call it at accept and at each change
+ * of the client's identity. */
+void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
 
 /* Makes `c` (initialized; not yet accepted or started) speak TLS with the
  * settings of `ctx`, as a server or a client by ctx's role. A client
@@ -319,6 +329,7 @@ typedef struct kvs_conn_limits_s {
     size_t hard_limit;          /* per connection: close past this output (0: none) */
     uint64_t frame_timeout_ms;  /* a started frame must complete within this (0: none) */
     uint64_t idle_timeout_ms;   /* close members idle this long (0: never) */
+    uint64_t auth_timeout_ms;   /* close members unproven this long (0: never) */
     uint64_t output_timeout_ms; /* close members whose pending output has not all gone
                                    into the socket within this (0: never) */
     size_t input_budget;        /* decoder bytes all members may hold beyond their free

@@ -577,15 +577,17 @@ static void on_turn_end(kvs_flusher_t *f)
 
 /* A client's largest request follows who it is: until it authenticates,
  * KVS_AUTH_UNAUTH_FRAME (enough for Ping and Auth), so that clients
- * nobody knows never hold the listener's input budget. */
+ * nobody knows never hold the listener's input budget, and it has
+ * limits.auth_timeout to authenticate in. */
 static void client_frame_limit(node_client_t *cl)
 {
     node_server_t *srv = cl->srv;
     uint32_t max = srv->max_frame;
-    if (srv->auth != NULL && !cl->auth.trusted && kvs_auth_user_name(&cl->auth) == NULL &&
-        max > KVS_AUTH_UNAUTH_FRAME)
+    int proven = srv->auth == NULL || cl->auth.trusted || kvs_auth_user_name(&cl->auth) != NULL;
+    if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
+    kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
 }
 
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)

@@ -315,15 +315,18 @@ static void on_conn_error(kvs_conn_t *c, int err)
 
 /* A client's largest request follows who it is: until it authenticates,
  * KVS_AUTH_UNAUTH_FRAME (enough for Ping and Auth), so that clients
- * nobody knows never hold the listener's input budget. Frames it sent
+ * nobody knows never hold the listener's input budget, and it has
+ * limits.auth_timeout to authenticate in. Frames it sent
  * after an Auth are judged once that Auth is decided (it is paused
  * meanwhile). */
 static void client_frame_limit(router_client_t *cl)
 {
     uint32_t max = (uint32_t)cl->router->cfg->max_frame;
-    if (!router_client_authenticated(cl) && max > KVS_AUTH_UNAUTH_FRAME)
+    int proven = router_client_authenticated(cl);
+    if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
+    kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops

@@ -273,6 +273,39 @@ class AuthTest(RouterTestCase):
             self.assertOk(c.call(req_auth("reader", "reader-pw")))
             self.assertEqual(c.hget("pub", "c").status, 404)
 
+    def test_clients_must_authenticate_within_auth_timeout(self):
+        # A client nobody knows may not hold a connection slot for ever, not
+        # even by pinging: limits.auth_timeout after its connection, it is
+        # closed unless it authenticated.
+        r = self.auth_router(tls=False, limits="auth_timeout: 1s")
+        start = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+        self.addCleanup(silent.close)
+        pinger = r.client()
+        self.addCleanup(pinger.close)
+        user = self.authed(r, "ops")
+        closed_after = None
+        while time.monotonic() - start < 8:
+            try:
+                if pinger.ping().message != "PONG":
+                    break
+            except (EOFError, ConnectionError):
+                closed_after = time.monotonic() - start
+                break
+            time.sleep(0.2)
+        self.assertIsNotNone(closed_after, "a client that only pings was never closed")
+        self.assertGreaterEqual(closed_after, 0.9)
+        self.assertEqual(silent.recv(1), b"")  # closed as well, without a word
+        time.sleep(1.5)
+        self.assertOk(user.hset("orders", "k", 1))  # authenticated: spared
+        self.assertIn("did not authenticate within limits.auth_timeout (1000 ms)", r.stderr())
+
+    def test_auth_timeout_needs_users(self):
+        r = self.router(shards=1, partitions=8, extra_yaml="limits: {auth_timeout: 1s}\n")
+        with r.client() as c:
+            time.sleep(2.5)
+            self.assertOk(c.hset("orders", "k", 1))
+
     def test_no_users_means_no_checks_and_auth_is_400(self):
         r = self.router(shards=1, partitions=8)
         with r.client() as c:
@@ -466,6 +499,17 @@ class AuthNodeTest(NodeTestCase):
         with n.client(unix=True) as c:  # the local router's way in: trusted
             self.assertOk(c.hset("pub", "k", 2))
 
+
+    def test_a_worker_closes_clients_that_do_not_authenticate(self):
+        n = self.node(extra_yaml=users_yaml(limits="auth_timeout: 1s") +
+                      tls_yaml(node={"enabled": "true"}),
+                      tls=tls_context(cert="bob"))  # a valid certificate that names no user
+        with n.client() as nobody, Client(n.addr, tls=tls_context(cert="alice")) as alice:
+            self.assertOk(alice.hset("orders", "k", 1))
+            start = time.monotonic()
+            self.assertTrue(nobody.at_eof())  # waits for the close (or the socket's timeout)
+            self.assertGreaterEqual(time.monotonic() - start, 0.5)
+            self.assertOk(alice.hget("orders", "k"))  # a user by certificate: spared
 
     def test_a_worker_takes_only_small_frames_before_auth(self):
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),

@@ -58,6 +58,7 @@ struct server_s {
     void (*on_tick)(server_t *s);
     unsigned tick_ms;
     int use_group;            /* the connection joins a group with `limits` */
+    int unproven;             /* the connection starts unproven (a frame "auth" proves it) */
     kvs_conn_limits_t limits; /* for use_group */
     kvs_conn_group_t group;
     size_t max_write;      /* 0: the connection's default */
@@ -158,6 +159,8 @@ static void on_connection(uv_stream_t *server, int status)
         s->conn.max_write = s->max_write;
     CHECK_EQ(kvs_conn_accept(&s->conn, server), 0);
     CHECK(s->conn.flags & KVS_CONN_READING);
+    if (s->unproven)
+        kvs_conn_set_unproven(&s->conn, 1);
     if (s->send_buffer != 0) {
         int v = s->send_buffer;
         CHECK_EQ(uv_send_buffer_size(&s->conn.h.handle, &v), 0);
@@ -1007,6 +1010,61 @@ KVS_TEST(idle_timeout_closes_an_idle_member)
     CHECK(s.closed_before_done);
 }
 
+/* A member that has not authenticated is closed after auth_timeout even
+ * while it keeps talking (ping); one that did is spared, idle or not. */
+static void auth_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    if (len == 4 && memcmp(p, "auth", 4) == 0)
+        kvs_conn_set_unproven(c, 0);
+    echo_frame(c, p, len);
+}
+
+static void client_never_authenticates(server_t *s, int fd)
+{
+    (void)s;
+    for (int i = 0; i < 3; i++) { /* talking does not count */
+        send_frame(fd, "ping", 4);
+        expect_frame(fd, "ping");
+        usleep(100 * 1000);
+    }
+    expect_eof(fd); /* closed by the auth timeout */
+}
+
+KVS_TEST(auth_timeout_closes_a_member_that_never_authenticates)
+{
+    server_t s;
+    server_init(&s, 0, client_never_authenticates);
+    s.use_group = 1;
+    s.unproven = 1;
+    s.on_frame = auth_frame;
+    s.limits.auth_timeout_ms = 400;
+    server_run(&s);
+    CHECK_EQ(s.frames, 3);
+    CHECK(s.closed_before_done);
+}
+
+static void client_authenticates(server_t *s, int fd)
+{
+    (void)s;
+    send_frame(fd, "auth", 4);
+    expect_frame(fd, "auth");
+    usleep(1500 * 1000); /* past the timeout and a sweep after it */
+    send_frame(fd, "ping", 4);
+    expect_frame(fd, "ping");
+}
+
+KVS_TEST(auth_timeout_spares_a_member_that_authenticated)
+{
+    server_t s;
+    server_init(&s, 0, client_authenticates);
+    s.use_group = 1;
+    s.unproven = 1;
+    s.on_frame = auth_frame;
+    s.limits.auth_timeout_ms = 300;
+    server_run(&s);
+    CHECK_EQ(s.frames, 2); /* the second answered after the timeout: still open */
+}
+
 /* Asks for a 300 KiB echo and reads none of it for longer than the output
  * timeout (and the sweep after it); then finds that the server gave up on
  * it: the echo ends early, only what the kernels' buffers held. */
@@ -1277,6 +1335,8 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run), KVS_CASE(echo_pipe
               KVS_CASE(frame_timeout_spares_a_frame_that_completes),
               KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
               KVS_CASE(idle_timeout_closes_an_idle_member),
+              KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
+              KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
