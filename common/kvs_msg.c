@@ -249,6 +249,8 @@ static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs
 
 static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                       size_t *n);
+static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v);
+static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag);
 
 /* The bool of the varint v[0..n) as protobuf-c reads it: true when any of
  * its bits is set, those past 64 bits included (which kvs_varint_get
@@ -505,15 +507,118 @@ options:
     return q;
 }
 
+/* The field number of the CommandRequest.command member whose tag is
+ * `tag`, or 0 when the tag is of any other field. */
+static uint32_t command_member(uint64_t tag)
+{
+    if (tag >> 3 == 0 || tag >> 3 > UINT32_MAX)
+        return 0;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(&kvs__command_request__descriptor, tag >> 3);
+    return f != NULL && (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ? (uint32_t)(tag >> 3) : 0;
+}
+
+/* The last run of the command member a request ends with: `member`
+ * given `count` times in a row (no other member between), the first at
+ * `at`, their bodies `body` bytes in all. */
+typedef struct command_run_s {
+    uint32_t member, count;
+    const uint8_t *at;
+    size_t body;
+} command_run_t;
+
+/* Finds the last run of command members in p[0..len). Returns 0, or -1
+ * when the bytes are not a request protobuf-c reads (it judges those). */
+static int command_run(const uint8_t *p, size_t len, command_run_t *run)
+{
+    const uint8_t *q = p, *end = p + len, *at, *v;
+    uint64_t tag = 0, vlen = 0;
+    uint32_t member;
+    memset(run, 0, sizeof(*run));
+    while (q < end) {
+        at = q;
+        if (read_varint32(&q, end, &tag) != 0)
+            return -1;
+        v = q;
+        if (skip_field(&q, end, tag) != 0)
+            return -1;
+        if ((member = command_member(tag)) == 0)
+            continue;
+        if ((tag & 7) != 2)
+            return -1; /* not a message: protobuf-c refuses it */
+        if (member != run->member)
+            *run = (command_run_t){member, 0, at, 0};
+        run->count++;
+        (void)kvs_varint_get(&v, end, &vlen);
+        run->body += (size_t)vlen;
+    }
+    return 0;
+}
+
+/* When the command member a request ends with appears more than once in
+ * a row, protobuf says the parser merges them, as if by MergeFrom: the same
+ * as one field holding their bodies one after the other (repeated fields
+ * concatenated, the last scalar winning, messages merged). So a client may
+ * build a request by concatenating encoded CommandRequests: Hmset{t, [a]}
+ * + Hmset{t, [b]} is Hmset{t, [a, b]}. protobuf-c does not merge a oneof
+ * member with itself: it keeps the last one alone (it would write [b]
+ * only and answer 200). This writes the request protobuf reads, for the
+ * request p[0..len) whose last run is `run` (count >= 2), into buf: one
+ * merged member, the members before the run dropped (as a parser clears
+ * them), every other field as it is. Returns its length, which is never
+ * more than len: one tag and length replace two or more. */
+static size_t merge_command(const uint8_t *p, size_t len, const command_run_t *run, uint8_t *buf)
+{
+    const uint8_t *q, *end = p + len, *at, *v;
+    uint64_t tag = 0, vlen = 0;
+    size_t n = 0;
+    for (q = p; q < end;) { /* command_run read it whole: nothing fails */
+        at = q;
+        (void)read_varint32(&q, end, &tag);
+        (void)skip_field(&q, end, tag);
+        if (command_member(tag) == 0) {
+            memcpy(buf + n, at, (size_t)(q - at));
+            n += (size_t)(q - at);
+        }
+    }
+    n += kvs_varint_put(buf + n, (uint64_t)run->member << 3 | 2);
+    n += kvs_varint_put(buf + n, run->body);
+    for (q = run->at; q < end;) {
+        (void)read_varint32(&q, end, &tag);
+        v = q;
+        (void)skip_field(&q, end, tag);
+        if (command_member(tag) != 0) { /* in the run, every member is run->member */
+            (void)kvs_varint_get(&v, end, &vlen);
+            memcpy(buf + n, v, (size_t)vlen);
+            n += (size_t)vlen;
+        }
+    }
+    return n;
+}
+
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status)
 {
+    uint8_t *merged = NULL;
+    command_run_t run;
+    if (command_run(p, len, &run) == 0 && run.count > 1) {
+        merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
+        if (merged == NULL) {
+            if (status != NULL)
+                *status = KVS_STATUS_TOO_LARGE;
+            return NULL;
+        }
+        len = merge_command(p, len, &run, merged);
+        p = merged; /* in the arena: it lives as long as the request decoded from it */
+    }
     Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
     if (fast != NULL)
         return fast;
     int over;
     Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
         &kvs__command_request__descriptor, arena, p, len, &over);
+    if (arena == NULL)
+        free(merged); /* protobuf-c copied what it kept */
     if (q == NULL && status != NULL)
         *status = over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
     return q;
@@ -984,8 +1089,6 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
         return -1;
     }
 }
-
-static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag);
 
 int kvs_msg_frame_writes(const uint8_t *p, size_t len)
 {

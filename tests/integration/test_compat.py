@@ -228,6 +228,96 @@ class CompatTest(RouterTestCase):
         for k, v in model.items():
             self.assertValue(got[k], v, "final hgetall " + k)
 
+    def test_float_edges_keep_their_bits(self):
+        # NaN (with and without a payload), the infinities, -0.0 and the
+        # smallest subnormal come back bit for bit, whether stored by Hset
+        # (bytes kept as sent) or by Hmset (decoded and encoded again), and
+        # in every answer that carries them. Compared as bytes: NaN != NaN.
+        c = self.c
+        bits = {"nan": "000000000000f87f", "nan-payload": "0100000000f8ff7f",
+                "snan": "010000000000f07f", "-nan": "000000000000f8ff",
+                "inf": "000000000000f07f", "-inf": "000000000000f0ff",
+                "-0": "0000000000000080", "subnormal": "0100000000000000"}
+        floats = {k: kv.Value.FromString(b"\x21" + bytes.fromhex(h)) for k, h in bits.items()}
+        for k, v in floats.items():
+            self.assertEqual(v.SerializeToString(), b"\x21" + bytes.fromhex(bits[k]), k)
+            self.ok(c.hset("hset-" + k, v), 1)
+        r = self.ok(c.hmset([("hmset-" + k, v) for k, v in floats.items()]), len(floats))
+        keys = ["%s-%s" % (how, k) for how in ("hset", "hmset") for k in floats]
+        want = [floats[k].SerializeToString() for _ in (1, 2) for k in floats]
+        for k, w in zip(keys, want):
+            self.assertEqual(self.ok(c.hget(k), 1).values[0].SerializeToString(), w, k)
+        r = self.ok(c.hmget(keys), len(keys))
+        self.assertEqual([v.SerializeToString() for v in r.values], want)
+        got = {p.key: p.value.SerializeToString() for p in self.ok(c.hgetall()).pairs}
+        self.assertEqual(got, dict(zip(keys, want)))
+        # The previous values Hset and Hmdel answer are the same bytes too.
+        r = self.ok(c.hset("hset-nan-payload", value(integer=1)), 1)
+        self.assertEqual(r.values[0].SerializeToString(), want[1])
+        r = self.ok(c.hmdel(keys[len(floats):]), len(floats))
+        self.assertEqual([v.SerializeToString() for v in r.values], want[len(floats):])
+
+    def test_concatenated_requests_are_merged(self):
+        # Encoded protobuf messages concatenate into their merge: a client
+        # may build one request from parts (the same command member given
+        # twice is merged, as MergeFrom does: repeated fields concatenated,
+        # the last scalar winning). kvs reads them as protobuf does; it once
+        # kept the last part only (an Hmset of two parts wrote the second
+        # part's pairs and answered 200).
+        c = self.c
+        self.load()
+
+        def both(*parts):
+            """(kvs's answer to the concatenated parts, the request protobuf reads)."""
+            raw = b"".join(p.SerializeToString() for p in parts)
+            merged = kv.CommandRequest.FromString(raw)
+            return kv.CommandResponse.FromString(c.call_raw(raw)), merged
+
+        req = lambda **kw: kv.CommandRequest(**kw)  # noqa: E731
+        first = [("cat-%d" % i, value(integer=-i)) for i in range(6)]
+        second = [("cat-%d" % i, value(string="s%d" % i)) for i in range(6, 12)]
+        self.assertGreater(self.spans_shards([k for k, _ in first + second]), 1)
+        r, merged = both(req(hmset=kv.Hmset(table=TABLE, pairs=[kv.Kvpair(key=k, value=v)
+                                                                for k, v in first])),
+                         req(hmset=kv.Hmset(table=TABLE, pairs=[kv.Kvpair(key=k, value=v)
+                                                                for k, v in second])))
+        self.assertEqual(len(merged.hmset.pairs), 12)
+        self.ok(r, 12)
+        keys = [k for k, _ in first + second]
+        r = self.ok(c.hmget(keys), 12)
+        for i, (k, v) in enumerate(first + second):
+            self.assertValue(r.values[i], v, k)
+        # Hmget in two parts, the table in the first only: one answer per key.
+        r, merged = both(req(hmget=kv.Hmget(table=TABLE, keys=keys[:3] + ["nope"])),
+                         req(hmget=kv.Hmget(keys=keys[9:])))
+        self.assertEqual(list(merged.hmget.keys), keys[:3] + ["nope"] + keys[9:])
+        self.ok(r, 7)
+        self.assertEqual([x.WhichOneof("value") for x in r.values],
+                         ["integer"] * 3 + [None] + ["string"] * 3)
+        # Hget{table} + Hget{key}; Hset{table} + Hset{pair}; Hexist likewise.
+        r, _ = both(req(hget=kv.Hget(table=TABLE)), req(hget=kv.Hget(key="i-min")))
+        self.assertValue(self.ok(r, 1).values[0], VALUES["i-min"], "hget in two parts")
+        r, _ = both(req(hset=kv.Hset(table=TABLE)),
+                    req(hset=kv.Hset(pair=kv.Kvpair(key="cat-x", value=value(bool=True)))))
+        self.ok(r, 1)
+        self.assertValue(self.ok(c.hget("cat-x"), 1).values[0], value(bool=True), "cat-x")
+        r, _ = both(req(hexist=kv.Hexist(table=TABLE)), req(hexist=kv.Hexist(key="cat-x")))
+        self.assertTrue(self.ok(r, 1).values[0].bool)
+        # Hmdel in two parts deletes every key.
+        r, _ = both(req(hmdel=kv.Hmdel(table=TABLE, keys=keys[:6])),
+                    req(hmdel=kv.Hmdel(keys=keys[6:])))
+        self.ok(r, 12)
+        self.assertEqual([x.bool for x in self.ok(c.hmexist(keys), 12).values], [False] * 12)
+        # Another command between: the last alone counts (a oneof's last
+        # member wins), as protobuf reads it.
+        r, merged = both(req(hmget=kv.Hmget(table=TABLE, keys=["s"])),
+                         req(hget=kv.Hget(table=TABLE, key="t")),
+                         req(hmget=kv.Hmget(table=TABLE, keys=["i-5", "i-neg"])))
+        self.assertEqual(list(merged.hmget.keys), ["i-5", "i-neg"])
+        r = self.ok(r, 2)
+        self.assertValue(r.values[0], VALUES["i-5"], "i-5")
+        self.assertValue(r.values[1], VALUES["i-neg"], "i-neg")
+
 
 if __name__ == "__main__":
     unittest.main()

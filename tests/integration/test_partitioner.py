@@ -238,6 +238,53 @@ class PartitionerTest(test_ingest.KafkaFixtures, unittest.TestCase):
         self.assert_values(r.addr, "events", {keys[0]: b"v-" + keys[0]})  # unchanged
         self.assertNotRegex(r.stderr(), "came on another partition|exited")
 
+    def test_edge_keys_odd_partition_counts_and_table_names(self):
+        # What a hash port gets wrong: 1- to 3-byte keys (the tail, every
+        # byte value, high bits included), keys of 4 to 16 bytes around
+        # the block size, keys up to the 511-byte limit, partition counts
+        # that are not powers of two (7 over 3 shards, 12 over 5), and table
+        # names holding '/' and non-ASCII text. kcat places every key with
+        # each librdkafka partitioner; the router must find each one (its
+        # local reads and its workers alike) and no record is misplaced.
+        rnd = random.Random(7)
+        keys = [bytes([b]) for b in KEY_BYTES]
+        keys += [bytes(rnd.choice(KEY_BYTES) for _ in range(n)) for n in (2, 3) for _ in range(150)]
+        keys += [bytes(rnd.choice(KEY_BYTES) for _ in range(n)) for n in range(4, 17)
+                 for _ in range(8)]
+        keys += [bytes(rnd.choice(KEY_BYTES) for _ in range(rnd.randrange(200, 512)))
+                 for _ in range(40)]
+        keys += [bytes(rnd.choice(KEY_BYTES) for _ in range(511)) for _ in range(5)]
+        keys = list(dict.fromkeys(keys))  # distinct, in order
+        fams = [("murmur2_random", "murmur2", 7), ("consistent_random", "crc32", 12),
+                ("fnv1a_random", "fnv1a", 7), ("consistent", "crc32", 7)]
+        topics = {"e-%s-%d" % (rdk, n): n for rdk, _, n in fams}
+        tables = {"e-%s-%d" % (rdk, n): "edge/%s/\u00e9t\u00e9-%d" % (rdk, n) for rdk, _, n in fams}
+        m = self.mock(topics)
+        for rdk, _, n in fams:
+            kcat_produce(m.bootstrap, "e-%s-%d" % (rdk, n), [(k, b"v-" + k) for k in keys],
+                         partitioner=rdk)
+        for shards in (3, 5):
+            r = self.router(m, [(t, tables[t], "raw", topics[t], kvs) for rdk, kvs, n in fams
+                                for t in ["e-%s-%d" % (rdk, n)]], shards=shards)
+            for rdk, kvs, n in fams:
+                topic = "e-%s-%d" % (rdk, n)
+                landed = kcat_consume(m.bootstrap, topic)
+                self.assertEqual(sorted(k for k, _, _ in landed), sorted(keys), topic)
+                wrong = [(k, p) for k, p, _ in landed if p != partition_by(kvs, k, n)]
+                self.assertEqual(wrong[:5], [], "%s: records not where %s puts them"
+                                 % (topic, kvs))
+                st = self.wait_caught_up(r, topic, self.ends(m, topic, n))
+                self.assertEqual(sum(s["misplaced"] for s in st.values()), 0, topic)
+                expected = {k: b"v-" + k for k in keys}
+                self.assert_hget_all(r, tables[topic], expected)
+                self.assert_values(r.addr, tables[topic], expected)
+                sample = keys[::7]
+                where = {k: p for k, p, _ in landed}
+                self.assertEqual(self.keyslots(r, tables[topic], sample),
+                                 [(where[k], where[k] % shards) for k in sample], topic)
+            self.assertNotRegex(r.stderr(), "came on another partition|exited")
+            self.assertEqual(r.stop(), 0)
+
     @unittest.skipIf(MDB_DUMP is None or MDB_LOAD is None, "mdb_dump and mdb_load are needed")
     def test_offsets_record_of_24_bytes_still_loads(self):
         # Data directories written before `misplaced` existed hold 24-byte

@@ -880,15 +880,15 @@ KVS_TEST(decode_budget_takes_every_request_of_distinct_keys)
 }
 
 /* Checks that kvs_msg_decode_request (into an arena) reads p[0..len)
- * exactly as protobuf-c does; returns 1 when it left the keys in p (the
- * keys request decoder took it). */
-static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
+ * exactly as protobuf-c reads ref[0..ref_len); returns 1 when it left the
+ * keys in p (the keys request decoder took it). */
+static int decodes_as(const uint8_t *p, size_t len, const uint8_t *ref, size_t ref_len)
 {
     char m1[300] = "", m2[300] = ""; /* a valid request leaves them as they are */
     kvs_arena_t a;
     kvs_arena_init(&a);
     Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, len, NULL);
-    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, len, p);
+    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, ref_len, ref);
     CHECK((q == NULL) == (r == NULL));
     int in_place = 0;
     if (q != NULL) {
@@ -934,6 +934,13 @@ static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
     }
     kvs_arena_close(&a);
     return in_place;
+}
+
+/* decodes_as for a request with its command member once: protobuf-c reads
+ * it as protobuf does. */
+static int decodes_as_protobuf_c(const uint8_t *p, size_t len)
+{
+    return decodes_as(p, len, p, len);
 }
 
 KVS_TEST(hmset_decodes_in_place_as_protobuf_c_reads_it)
@@ -1022,10 +1029,124 @@ KVS_TEST(keys_requests_decode_in_place_as_protobuf_c_reads_them)
     };
     static const size_t odd_len[] = {14, 16, 5, 7, 7, 10, 10, 11, 5};
     for (size_t i = 0; i < sizeof(odd_len) / sizeof(odd_len[0]); i++)
-        decodes_as_protobuf_c(odd[i], odd_len[i]);
+        if (i != 5) /* Hmget twice: merged (concatenated_requests_merge) */
+            decodes_as_protobuf_c(odd[i], odd_len[i]);
     CHECK(decodes_as_protobuf_c(odd[0], odd_len[0]));
     CHECK(decodes_as_protobuf_c(odd[1], odd_len[1]));
     CHECK(!decodes_as_protobuf_c(odd[3], odd_len[3])); /* protobuf-c's: keys copied */
+}
+
+/* Appends field `num` (length-delimited) holding b[0..n) to out at *len. */
+static void put_ld(uint8_t *out, size_t *len, uint32_t num, const void *b, size_t n)
+{
+    *len += kvs_varint_put(out + *len, (uint64_t)num << 3 | 2);
+    *len += kvs_varint_put(out + *len, n);
+    memcpy(out + *len, b, n);
+    *len += n;
+}
+
+/* A command member given several times in a row is merged, as protobuf
+ * reads it (MergeFrom; the conformance suite's ValidDataOneof.MESSAGE.Merge):
+ * what concatenated encoded requests mean. protobuf-c keeps the last one
+ * alone, so an Hmset of two concatenated requests wrote the last one's
+ * pairs only, answering 200. The reference is protobuf-c reading the one
+ * merged member (where it is right: repeated fields concatenated, the last
+ * scalar winning, messages merged). */
+KVS_TEST(concatenated_requests_merge_as_protobuf_reads_them)
+{
+    static const uint8_t hmset_a[] = {0x0a, 1, 't', 0x12, 7, 0x0a, 1, 'a', 0x12, 2, 0x18, 1};
+    static const uint8_t hmset_b[] = {0x0a, 1, 't', 0x12, 7, 0x0a, 1, 'b', 0x12, 2, 0x18, 2};
+    static const uint8_t keys_a[] = {0x0a, 1, 't', 0x12, 1, 'a'}, keys_b[] = {0x12, 1, 'b'};
+    static const uint8_t keys_c[] = {0x12, 1, 'c', 0x18, 5}; /* Hmdel: budget 5 */
+    static const uint8_t table[] = {0x0a, 1, 't'}, key[] = {0x12, 1, 'k'};
+    static const uint8_t pair[] = {0x12, 7, 0x0a, 1, 'k', 0x12, 2, 0x18, 9};
+    static const uint8_t pos[] = {1, 2, 3}; /* min_position, outside the command */
+    uint8_t p[128], ref[128], body[64];
+    size_t n, rn, bn;
+    enum { HGET = 1, HMGET = 3, HSET = 4, HMSET = 5, HMDEL = 7 };
+
+    /* Hmset{t, [a]} + Hmset{t, [b]} = Hmset{t, t, [a], [b]}. */
+    n = rn = bn = 0;
+    put_ld(p, &n, HMSET, hmset_a, sizeof(hmset_a));
+    put_ld(p, &n, HMSET, hmset_b, sizeof(hmset_b));
+    memcpy(body, hmset_a, sizeof(hmset_a));
+    memcpy(body + sizeof(hmset_a), hmset_b, sizeof(hmset_b));
+    put_ld(ref, &rn, HMSET, body, sizeof(hmset_a) + sizeof(hmset_b));
+    decodes_as(p, n, ref, rn);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, n, NULL);
+    CHECK(q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET);
+    CHECK_EQ(q->hmset->n_pairs, 2u);
+    CHECK_EQ(q->hmset->pairs[0]->key.data[0], 'a');
+    CHECK_EQ(q->hmset->pairs[1]->value->integer_value, 2);
+    kvs_arena_close(&a);
+    q = kvs_msg_decode_request(NULL, p, n, NULL); /* malloc'd: the same */
+    CHECK(q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET);
+    CHECK_EQ(q->hmset->n_pairs, 2u);
+    kvs__command_request__free_unpacked(q, NULL);
+
+    /* Hmget{t, [a]}, min_position, Hmget{[b]}: the option stays. An
+     * earlier other member (Hget) is dropped, as a parser clears it. */
+    for (int hget_first = 0; hget_first < 2; hget_first++) {
+        n = rn = 0;
+        if (hget_first)
+            put_ld(p, &n, HGET, key, sizeof(key));
+        put_ld(p, &n, HMGET, keys_a, sizeof(keys_a));
+        put_ld(p, &n, 100, pos, sizeof(pos));
+        put_ld(p, &n, HMGET, keys_b, sizeof(keys_b));
+        put_ld(ref, &rn, 100, pos, sizeof(pos));
+        memcpy(body, keys_a, sizeof(keys_a));
+        memcpy(body + sizeof(keys_a), keys_b, sizeof(keys_b));
+        put_ld(ref, &rn, HMGET, body, sizeof(keys_a) + sizeof(keys_b));
+        decodes_as(p, n, ref, rn);
+    }
+
+    /* Three Hmdel in a row: every key, the last budget. */
+    n = rn = bn = 0;
+    put_ld(p, &n, HMDEL, keys_a, sizeof(keys_a));
+    put_ld(p, &n, HMDEL, keys_b, sizeof(keys_b));
+    put_ld(p, &n, HMDEL, keys_c, sizeof(keys_c));
+    memcpy(body, keys_a, sizeof(keys_a));
+    memcpy(body + sizeof(keys_a), keys_b, sizeof(keys_b));
+    memcpy(body + sizeof(keys_a) + sizeof(keys_b), keys_c, sizeof(keys_c));
+    put_ld(ref, &rn, HMDEL, body, sizeof(keys_a) + sizeof(keys_b) + sizeof(keys_c));
+    decodes_as(p, n, ref, rn);
+    kvs_arena_init(&a);
+    q = kvs_msg_decode_request(&a, p, n, NULL);
+    CHECK(q != NULL && q->hmdel->n_keys == 3u && q->hmdel->answer_budget == 5u);
+    kvs_arena_close(&a);
+
+    /* Hget{t} + Hget{k} = Hget{t, k}; Hset{t} + Hset{pair} = Hset{t, pair}. */
+    n = rn = 0;
+    put_ld(p, &n, HGET, table, sizeof(table));
+    put_ld(p, &n, HGET, key, sizeof(key));
+    memcpy(body, table, sizeof(table));
+    memcpy(body + sizeof(table), key, sizeof(key));
+    put_ld(ref, &rn, HGET, body, sizeof(table) + sizeof(key));
+    decodes_as(p, n, ref, rn);
+    n = rn = 0;
+    put_ld(p, &n, HSET, table, sizeof(table));
+    put_ld(p, &n, HSET, pair, sizeof(pair));
+    memcpy(body, table, sizeof(table));
+    memcpy(body + sizeof(table), pair, sizeof(pair));
+    put_ld(ref, &rn, HSET, body, sizeof(table) + sizeof(pair));
+    decodes_as(p, n, ref, rn);
+    char msg[200];
+    kvs_arena_init(&a);
+    q = kvs_msg_decode_request(&a, p, n, NULL);
+    CHECK(q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET);
+    CHECK_EQ(kvs_msg_validate(q, msg, sizeof(msg)), KVS_STATUS_OK);
+    kvs_arena_close(&a);
+
+    /* Another member between: no merge, the last alone (Hmget{t, [b]}). */
+    n = 0;
+    put_ld(p, &n, HMGET, keys_a, sizeof(keys_a));
+    put_ld(p, &n, HGET, key, sizeof(key));
+    memcpy(body, table, sizeof(table));
+    memcpy(body + sizeof(table), keys_b, sizeof(keys_b));
+    put_ld(p, &n, HMGET, body, sizeof(table) + sizeof(keys_b));
+    decodes_as_protobuf_c(p, n);
 }
 
 /* A bool sent as a 10-byte varint whose last byte holds bits past 64:
@@ -2004,6 +2125,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(value_decoding_is_held_to_the_budget),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
+              KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
               KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
