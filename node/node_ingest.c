@@ -243,6 +243,7 @@ struct node_ingest_s {
 static void ingest_assign(node_ingest_t *in);
 static void on_idle(uv_idle_t *h);
 static void publish(node_ingest_t *in);
+static int part_short(node_ingest_t *in, const topic_t *t, int32_t p);
 
 /* ---- metadata keys ------------------------------------------------------ */
 
@@ -808,6 +809,7 @@ static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
     kvs_warn("kafka %s [%d]: offset %lld is not in the partition's log (%s); asking the "
              "brokers where the log starts and ends",
              t->b->topic, m->partition, (long long)m->offset, rd_kafka_message_errstr(m));
+    publish(in); /* a short log (part_short) is on the page at once, not at the next tick */
     range_start(in);
 }
 
@@ -898,6 +900,8 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                  in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
         skip_to(in, t, p, to);
     } else {
+        if (hi > pt->asked_end)
+            pt->asked_end = hi; /* the end as they said: part_short no longer holds */
         kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld)%s; resuming there", topic,
                  p, (long long)pt->next, (long long)lo, (long long)hi,
                  suspected ? " when asked again" : " after all");
@@ -983,7 +987,17 @@ const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32
     if (t->parts[p].halted)
         return "records were deleted from the partition before this shard applied them, and "
                "auto.offset.reset is \"error\"";
+    if (part_short(in, t, (int32_t)p))
+        return "the brokers say the partition's log ends below what this shard applied, and "
+               "whether it diverged is being checked; retry shortly";
     return NULL;
+}
+
+int node_ingest_log_short(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return t != NULL && p < t->partitions && t->parts[p].owned && !t->parts[p].diverged &&
+           part_short(in, t, (int32_t)p);
 }
 
 /* A partition rebuilt: nothing applied, nothing known of its log. */
@@ -1226,11 +1240,35 @@ static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p)
     return t->parts[p].produced_end > end ? t->parts[p].produced_end : end;
 }
 
-/* The page's diverged flag: a Rebuild clears it only once its txn
- * committed, so routers never read the old table as current meanwhile. */
-static int page_diverged(const part_t *pt)
+/* Whether the brokers say the partition's log ends below what this shard
+ * applied, before the range check (see "out of range") decided: librdkafka's
+ * high watermark (from any fetch) is below `next`, above the worker's own
+ * acknowledged records and any end it was told, or one answer to a range
+ * question was short. The log may have diverged (a topic created again
+ * under a worker that was down: its first fetch learns the short end at
+ * once, the DIVERGED verdict takes a second answer a second later), so the
+ * partition's reads are refused meanwhile, as a diverged one's: serving
+ * the old table as current is what the check is there to prevent. A
+ * broker that lags a moment costs a moment of refused reads. */
+static int part_short(node_ingest_t *in, const topic_t *t, int32_t p)
 {
-    return pt->diverged || (pt->rebuilding && pt->was_diverged);
+    const part_t *pt = &t->parts[p];
+    if (pt->next < 0)
+        return 0;
+    if (pt->suspect)
+        return 1;
+    int64_t hi = end_offset(in, t, p);
+    return hi >= 0 && pt->next > hi && pt->next > pt->produced_end && pt->next > pt->asked_end;
+}
+
+/* The page's diverged flag: a Rebuild clears it only once its txn
+ * committed, so routers never read the old table as current meanwhile;
+ * it is also set while the log looks short (part_short), so routers send
+ * those reads to the worker, which refuses them. */
+static int page_diverged(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    const part_t *pt = &t->parts[p];
+    return pt->diverged || (pt->rebuilding && pt->was_diverged) || part_short(in, t, p);
 }
 
 /* Brings the state page up to date: what a router reading this shard's
@@ -1248,7 +1286,7 @@ static void publish(node_ingest_t *in)
             if (t->parts[p].owned) {
                 kvs_shardstate_set_part(in->state, b, p, known_end(in, t, (int32_t)p),
                                         reset_start(in, t, (int32_t)p));
-                kvs_shardstate_set_diverged(in->state, b, p, page_diverged(&t->parts[p]));
+                kvs_shardstate_set_diverged(in->state, b, p, page_diverged(in, t, (int32_t)p));
             }
     }
 }
@@ -1390,7 +1428,7 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
     out->end = known_end(in, t, (int32_t)p);
-    out->diverged = t->parts[p].diverged;
+    out->diverged = t->parts[p].diverged || part_short(in, t, (int32_t)p);
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     out->topic_partitions = t->resized;
     return 0;

@@ -301,6 +301,61 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         expect.update(recs[95:])
         self.assert_values(r.addr, "users", expect)
 
+    def test_a_log_that_ends_below_what_was_applied_is_not_served_while_checked(self):
+        # The node applied 100 records from mock `a`, then is pointed at
+        # mock `b` whose log ends at 5 (the topic created again while it was
+        # down). Its first fetch tells it that end at once; deciding
+        # "diverged" takes two answers to range questions a second apart.
+        # Meanwhile it must not serve the old table as current: before,
+        # reads answered 200 with `a`'s data (and Info said serving 1 with
+        # end_offset 5 below next_offset 100) until the second answer came.
+        # The brokers leave range questions unanswered here (a leader
+        # moving), which stretches "meanwhile" as long as the test likes.
+        a = self.mock({TOPIC: 1})
+        first = {b"a%d" % i: b"x%d" % i for i in range(100)}
+        produce(a.bootstrap, TOPIC, sorted(first.items()))
+        r = self.router(a, [(TOPIC, "users", "raw", 1)], shards=1)
+        self.wait_caught_up(r, TOPIC, {0: 100})
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: 1}, control=True)
+        produce(b.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(5)])
+        b.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 100000")
+        self.point_at(r, a, b)
+        r.start()
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["end_offset"] == 5, 20),
+                        "the fetch must tell the log's end: %r" % self.parts(r))
+        self.assertTrue(wait_until(lambda: "is not in the partition's log" in r.stderr(), 10))
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            parts = self.parts(r)[0]
+            self.assertEqual((parts["serving"], parts["diverged"], parts["next_offset"]),
+                             (0, 0, 100), parts)
+            with Client(r.addr) as c:
+                resp = c.call(req_hget("users", b"a7"))
+                self.assertEqual(resp.status, 503, "the old table served as current: %r"
+                                 % (pyval(resp.values[0]) if resp.values else resp.message))
+                self.assertIn("checking whether its log diverged", resp.message)
+                resp = c.call(stale(req_hget("users", b"a7")))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"x7"), resp.message)
+            with r.worker_client(0) as c:  # the worker itself, not only the router's copy
+                resp = c.call(req_hget("users", b"a7"))
+                self.assertEqual(resp.status, 503, resp.message)
+                resp = c.call(req_hset("users", b"a7", b"new"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("whether it diverged is being checked", resp.message)
+            time.sleep(0.2)
+        self.assertNotIn("DIVERGED", r.stderr())
+        # Once the brokers answer (twice, short), the partition diverged.
+        b.ctl("clear-errors ListOffsets")
+        self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 5), "nothing was produced")
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 20),
+                        "the partition must be found diverged: %r" % self.parts(r))
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("users", b"a7"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("diverged: topic users partition 0", resp.message)
+
     def test_a_fetch_that_keeps_failing_is_retried_once_a_second(self):
         # Every fetch answers "out of range" while the brokers say the
         # offset is in the log: each round (ask, decide "transient", assign
