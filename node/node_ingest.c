@@ -119,6 +119,8 @@ typedef struct part_s {
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
     uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
                                bootstrapped from a snapshot shows only the tail it read) */
+    uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
+                               they were read (retention), or passed by auto.offset.reset latest */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
@@ -894,10 +896,13 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                  topic, p, (long long)lo);
     } else if (pt->next < lo) {
         int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
-        kvs_warn("kafka %s [%d]: offsets %lld..%lld are gone (deleted before this shard applied "
-                 "them); resuming at offset %lld, the log's %s (auto.offset.reset)",
-                 topic, p, (long long)pt->next, (long long)lo - 1, (long long)to,
-                 in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
+        pt->lost += (uint64_t)(to - pt->next);
+        kvs_error("kafka %s [%d]: DATA LOST: %lld records, offsets %lld..%lld are gone (deleted "
+                  "before this shard applied them)%s; resuming at offset %lld, the log's %s "
+                  "(auto.offset.reset); Info counts them as lost",
+                  topic, p, (long long)(to - pt->next), (long long)pt->next, (long long)lo - 1,
+                  to > lo ? ", and the records left before the log's end are passed over" : "",
+                  (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
         skip_to(in, t, p, to);
     } else {
         if (hi > pt->asked_end)
@@ -1005,8 +1010,10 @@ static void part_forget(topic_t *t, uint32_t p)
 {
     part_t *pt = &t->parts[p];
     int owned = pt->owned;
+    uint64_t lost = pt->lost; /* a counter of this process: it never goes down */
     memset(pt, 0, sizeof(*pt));
     pt->owned = owned;
+    pt->lost = lost;
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
     pt->produced_end = pt->asked_end = -1;
@@ -1537,6 +1544,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->ingested);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
             info_int(r, key, part_lag(next, end));
+            snprintf(key + n, sizeof(key) - (size_t)n, "lost");
+            info_int(r, key, (int64_t)pt->lost);
             snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
@@ -1573,8 +1582,9 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 2 ? (double)pt->misplaced
                        : col == 3 ? (double)next
                        : col == 4 ? (double)end
-                       : col == 5
-                           ? (double)part_lag(next, end)
+                       : col == 5 ? (double)part_lag(next, end)
+                       : col == 7
+                           ? (double)pt->lost
                            : (double)(serving && !pt->diverged && !pt->halted && t->resized == 0);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
@@ -1607,6 +1617,10 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
          "checks, re-reading a lost batch, stopping), it is halted (diverged from the topic), "
          "or its topic has another partition count than the binding's.",
          KVS__METRIC_FAMILY__TYPE__GAUGE},
+        {"kvs_partition_lost_records_total",
+         "Kafka records this worker process passed over without applying them: deleted before "
+         "they were read (retention), or passed by auto.offset.reset latest.",
+         KVS__METRIC_FAMILY__TYPE__COUNTER},
     };
     for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
         metric_column(in, b, shard, cols[i].name, cols[i].type, cols[i].help, i);

@@ -462,6 +462,39 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertRegex(r.stderr(), r"offsets 50\.\.%d are gone" % (lo - 1))
         self.assert_values(r.addr, "users", dict(list(kept.items())[:20]))
 
+    def lost_metric(self, router, shard):
+        """kvs_partition_lost_records_total of TOPIC on `shard`'s worker."""
+        q = pb.CommandRequest()
+        q.metrics.SetInParent()
+        with router.worker_client(shard) as c:
+            resp = c.call(q)
+        self.assertEqual(resp.status, 200, resp.message)
+        return sum(s.value for f in resp.ops.metrics if f.name == "kvs_partition_lost_records_total"
+                   for s in f.samples if dict(zip(s.labels[::2], s.labels[1::2])).get("topic")
+                   == TOPIC)
+
+    def test_records_deleted_before_they_were_read_are_counted_as_lost(self):
+        # Records a shard never applied because retention deleted them
+        # first are data lost: before, one WARN line gave their offsets
+        # and nothing counted them (applied + skipped just fell short of
+        # the offsets passed). Now an ERROR says how many, and Info's
+        # `lost` and a metric count them.
+        r, m, lo, hi, kept = self.retention_setup()
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        gone = lo - 50
+        self.assertEqual(parts[0]["lost"], gone, parts[0])
+        self.assertEqual(parts[0]["applied"] + parts[0]["skipped"] + parts[0]["lost"], hi, parts[0])
+        self.assertEqual(self.lost_metric(r, 0), gone)
+        self.assertRegex(r.stderr(), r"ERROR +kafka %s \[0\]: DATA LOST: %d records, offsets "
+                                     r"50\.\.%d are gone" % (TOPIC, gone, lo - 1))
+        self.assertEqual(r.stderr().count("DATA LOST"), 1)
+        # A Rebuild starts the partition over; the counter does not go down.
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        self.assertEqual((parts[0]["applied"], parts[0]["lost"]), (len(kept), gone), parts[0])
+
     def test_records_deleted_with_auto_offset_reset_error_halt_the_partition(self):
         r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
         r.start()
