@@ -119,6 +119,8 @@ typedef struct part_s {
     uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
     uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
                                bootstrapped from a snapshot shows only the tail it read) */
+    uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
+                               they were read (retention), or passed by auto.offset.reset latest */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
@@ -243,6 +245,7 @@ struct node_ingest_s {
 static void ingest_assign(node_ingest_t *in);
 static void on_idle(uv_idle_t *h);
 static void publish(node_ingest_t *in);
+static int part_short(node_ingest_t *in, const topic_t *t, int32_t p);
 
 /* ---- metadata keys ------------------------------------------------------ */
 
@@ -808,6 +811,7 @@ static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
     kvs_warn("kafka %s [%d]: offset %lld is not in the partition's log (%s); asking the "
              "brokers where the log starts and ends",
              t->b->topic, m->partition, (long long)m->offset, rd_kafka_message_errstr(m));
+    publish(in); /* a short log (part_short) is on the page at once, not at the next tick */
     range_start(in);
 }
 
@@ -892,12 +896,17 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                  topic, p, (long long)lo);
     } else if (pt->next < lo) {
         int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
-        kvs_warn("kafka %s [%d]: offsets %lld..%lld are gone (deleted before this shard applied "
-                 "them); resuming at offset %lld, the log's %s (auto.offset.reset)",
-                 topic, p, (long long)pt->next, (long long)lo - 1, (long long)to,
-                 in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
+        pt->lost += (uint64_t)(to - pt->next);
+        kvs_error("kafka %s [%d]: DATA LOST: %lld records, offsets %lld..%lld are gone (deleted "
+                  "before this shard applied them)%s; resuming at offset %lld, the log's %s "
+                  "(auto.offset.reset); Info counts them as lost",
+                  topic, p, (long long)(to - pt->next), (long long)pt->next, (long long)lo - 1,
+                  to > lo ? ", and the records left before the log's end are passed over" : "",
+                  (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
         skip_to(in, t, p, to);
     } else {
+        if (hi > pt->asked_end)
+            pt->asked_end = hi; /* the end as they said: part_short no longer holds */
         kvs_info("kafka %s [%d]: offset %lld is in the log (%lld..%lld)%s; resuming there", topic,
                  p, (long long)pt->next, (long long)lo, (long long)hi,
                  suspected ? " when asked again" : " after all");
@@ -983,7 +992,17 @@ const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32
     if (t->parts[p].halted)
         return "records were deleted from the partition before this shard applied them, and "
                "auto.offset.reset is \"error\"";
+    if (part_short(in, t, (int32_t)p))
+        return "the brokers say the partition's log ends below what this shard applied, and "
+               "whether it diverged is being checked; retry shortly";
     return NULL;
+}
+
+int node_ingest_log_short(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return t != NULL && p < t->partitions && t->parts[p].owned && !t->parts[p].diverged &&
+           part_short(in, t, (int32_t)p);
 }
 
 /* A partition rebuilt: nothing applied, nothing known of its log. */
@@ -991,8 +1010,10 @@ static void part_forget(topic_t *t, uint32_t p)
 {
     part_t *pt = &t->parts[p];
     int owned = pt->owned;
+    uint64_t lost = pt->lost; /* a counter of this process: it never goes down */
     memset(pt, 0, sizeof(*pt));
     pt->owned = owned;
+    pt->lost = lost;
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
     pt->produced_end = pt->asked_end = -1;
@@ -1226,11 +1247,35 @@ static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p)
     return t->parts[p].produced_end > end ? t->parts[p].produced_end : end;
 }
 
-/* The page's diverged flag: a Rebuild clears it only once its txn
- * committed, so routers never read the old table as current meanwhile. */
-static int page_diverged(const part_t *pt)
+/* Whether the brokers say the partition's log ends below what this shard
+ * applied, before the range check (see "out of range") decided: librdkafka's
+ * high watermark (from any fetch) is below `next`, above the worker's own
+ * acknowledged records and any end it was told, or one answer to a range
+ * question was short. The log may have diverged (a topic created again
+ * under a worker that was down: its first fetch learns the short end at
+ * once, the DIVERGED verdict takes a second answer a second later), so the
+ * partition's reads are refused meanwhile, as a diverged one's: serving
+ * the old table as current is what the check is there to prevent. A
+ * broker that lags a moment costs a moment of refused reads. */
+static int part_short(node_ingest_t *in, const topic_t *t, int32_t p)
 {
-    return pt->diverged || (pt->rebuilding && pt->was_diverged);
+    const part_t *pt = &t->parts[p];
+    if (pt->next < 0)
+        return 0;
+    if (pt->suspect)
+        return 1;
+    int64_t hi = end_offset(in, t, p);
+    return hi >= 0 && pt->next > hi && pt->next > pt->produced_end && pt->next > pt->asked_end;
+}
+
+/* The page's diverged flag: a Rebuild clears it only once its txn
+ * committed, so routers never read the old table as current meanwhile;
+ * it is also set while the log looks short (part_short), so routers send
+ * those reads to the worker, which refuses them. */
+static int page_diverged(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    const part_t *pt = &t->parts[p];
+    return pt->diverged || (pt->rebuilding && pt->was_diverged) || part_short(in, t, p);
 }
 
 /* Brings the state page up to date: what a router reading this shard's
@@ -1248,7 +1293,7 @@ static void publish(node_ingest_t *in)
             if (t->parts[p].owned) {
                 kvs_shardstate_set_part(in->state, b, p, known_end(in, t, (int32_t)p),
                                         reset_start(in, t, (int32_t)p));
-                kvs_shardstate_set_diverged(in->state, b, p, page_diverged(&t->parts[p]));
+                kvs_shardstate_set_diverged(in->state, b, p, page_diverged(in, t, (int32_t)p));
             }
     }
 }
@@ -1390,7 +1435,7 @@ int node_ingest_fresh(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, kvs
         return KVS_ENOTFOUND;
     out->next = next_offset(in, t, (int32_t)p);
     out->end = known_end(in, t, (int32_t)p);
-    out->diverged = t->parts[p].diverged;
+    out->diverged = t->parts[p].diverged || part_short(in, t, (int32_t)p);
     out->settling = out->end < 0 && uv_now(in->loop) - in->started_ms < NODE_INGEST_SETTLE_MS;
     out->topic_partitions = t->resized;
     return 0;
@@ -1499,6 +1544,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, (int64_t)pt->ingested);
             snprintf(key + n, sizeof(key) - (size_t)n, "lag");
             info_int(r, key, part_lag(next, end));
+            snprintf(key + n, sizeof(key) - (size_t)n, "lost");
+            info_int(r, key, (int64_t)pt->lost);
             snprintf(key + n, sizeof(key) - (size_t)n, "misplaced");
             info_int(r, key, (int64_t)pt->misplaced);
             snprintf(key + n, sizeof(key) - (size_t)n, "next_offset");
@@ -1535,8 +1582,9 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 2 ? (double)pt->misplaced
                        : col == 3 ? (double)next
                        : col == 4 ? (double)end
-                       : col == 5
-                           ? (double)part_lag(next, end)
+                       : col == 5 ? (double)part_lag(next, end)
+                       : col == 7
+                           ? (double)pt->lost
                            : (double)(serving && !pt->diverged && !pt->halted && t->resized == 0);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
@@ -1569,6 +1617,10 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
          "checks, re-reading a lost batch, stopping), it is halted (diverged from the topic), "
          "or its topic has another partition count than the binding's.",
          KVS__METRIC_FAMILY__TYPE__GAUGE},
+        {"kvs_partition_lost_records_total",
+         "Kafka records this worker process passed over without applying them: deleted before "
+         "they were read (retention), or passed by auto.offset.reset latest.",
+         KVS__METRIC_FAMILY__TYPE__COUNTER},
     };
     for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
         metric_column(in, b, shard, cols[i].name, cols[i].type, cols[i].help, i);

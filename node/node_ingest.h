@@ -129,10 +129,17 @@ int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_
 
 /* Why partition `p` of `b`'s topic is halted (no longer ingested: its
  * log diverged from this shard's data, or records were deleted before they
- * were applied and auto.offset.reset is error), as words for an answer;
- * NULL when it is not. Writes to it are refused: they would never be
- * applied. */
+ * were applied and auto.offset.reset is error), or may be (the brokers say
+ * its log ends below what this shard applied, and the check whether it
+ * diverged has not decided yet), as words for an answer; NULL when
+ * neither. Writes to it are refused: they would never be applied. */
 const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
+
+/* 1 while the brokers say partition `p`'s log ends below what this shard
+ * applied and the check whether it diverged has not decided: its reads
+ * are refused as a diverged partition's (kvs_fresh_part_t.diverged), with
+ * other words. */
+int node_ingest_log_short(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 /* Rebuilds `b`'s table from its topic (the Rebuild command): in the turn's
  * batch, empties the table and stores "from the log's start"

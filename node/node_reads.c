@@ -106,6 +106,16 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
 
 static int answer_diverged(const check_t *c, kvs_buf_t *out)
 {
+    node_ingest_t *in = rd_of(c)->ingest;
+    if (in != NULL && node_ingest_log_short(in, c->b, c->partition))
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            "the brokers say topic %s partition %u ends at offset %lld, below offset %lld this "
+            "worker applied: checking whether its log diverged (the topic deleted and created "
+            "again, or its log truncated; README: \"When a topic's log diverges\"); retry "
+            "shortly, or set accept_stale to read what it has",
+            c->b->topic, c->partition, (long long)c->state.end,
+            (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
         "diverged: topic %s partition %u now ends at offset %lld, but this worker had applied it "

@@ -301,6 +301,61 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         expect.update(recs[95:])
         self.assert_values(r.addr, "users", expect)
 
+    def test_a_log_that_ends_below_what_was_applied_is_not_served_while_checked(self):
+        # The node applied 100 records from mock `a`, then is pointed at
+        # mock `b` whose log ends at 5 (the topic created again while it was
+        # down). Its first fetch tells it that end at once; deciding
+        # "diverged" takes two answers to range questions a second apart.
+        # Meanwhile it must not serve the old table as current: before,
+        # reads answered 200 with `a`'s data (and Info said serving 1 with
+        # end_offset 5 below next_offset 100) until the second answer came.
+        # The brokers leave range questions unanswered here (a leader
+        # moving), which stretches "meanwhile" as long as the test likes.
+        a = self.mock({TOPIC: 1})
+        first = {b"a%d" % i: b"x%d" % i for i in range(100)}
+        produce(a.bootstrap, TOPIC, sorted(first.items()))
+        r = self.router(a, [(TOPIC, "users", "raw", 1)], shards=1)
+        self.wait_caught_up(r, TOPIC, {0: 100})
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: 1}, control=True)
+        produce(b.bootstrap, TOPIC, [(b"b%d" % i, b"y") for i in range(5)])
+        b.ctl("error ListOffsets NOT_LEADER_FOR_PARTITION 100000")
+        self.point_at(r, a, b)
+        r.start()
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["end_offset"] == 5, 20),
+                        "the fetch must tell the log's end: %r" % self.parts(r))
+        self.assertTrue(wait_until(lambda: "is not in the partition's log" in r.stderr(), 10))
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            parts = self.parts(r)[0]
+            self.assertEqual((parts["serving"], parts["diverged"], parts["next_offset"]),
+                             (0, 0, 100), parts)
+            with Client(r.addr) as c:
+                resp = c.call(req_hget("users", b"a7"))
+                self.assertEqual(resp.status, 503, "the old table served as current: %r"
+                                 % (pyval(resp.values[0]) if resp.values else resp.message))
+                self.assertIn("checking whether its log diverged", resp.message)
+                resp = c.call(stale(req_hget("users", b"a7")))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"x7"), resp.message)
+            with r.worker_client(0) as c:  # the worker itself, not only the router's copy
+                resp = c.call(req_hget("users", b"a7"))
+                self.assertEqual(resp.status, 503, resp.message)
+                resp = c.call(req_hset("users", b"a7", b"new"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("whether it diverged is being checked", resp.message)
+            time.sleep(0.2)
+        self.assertNotIn("DIVERGED", r.stderr())
+        # Once the brokers answer (twice, short), the partition diverged.
+        b.ctl("clear-errors ListOffsets")
+        self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 5), "nothing was produced")
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 20),
+                        "the partition must be found diverged: %r" % self.parts(r))
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("users", b"a7"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("diverged: topic users partition 0", resp.message)
+
     def test_a_fetch_that_keeps_failing_is_retried_once_a_second(self):
         # Every fetch answers "out of range" while the brokers say the
         # offset is in the log: each round (ask, decide "transient", assign
@@ -406,6 +461,39 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(parts[0]["applied"], 50 + len(kept), parts[0])
         self.assertRegex(r.stderr(), r"offsets 50\.\.%d are gone" % (lo - 1))
         self.assert_values(r.addr, "users", dict(list(kept.items())[:20]))
+
+    def lost_metric(self, router, shard):
+        """kvs_partition_lost_records_total of TOPIC on `shard`'s worker."""
+        q = pb.CommandRequest()
+        q.metrics.SetInParent()
+        with router.worker_client(shard) as c:
+            resp = c.call(q)
+        self.assertEqual(resp.status, 200, resp.message)
+        return sum(s.value for f in resp.ops.metrics if f.name == "kvs_partition_lost_records_total"
+                   for s in f.samples if dict(zip(s.labels[::2], s.labels[1::2])).get("topic")
+                   == TOPIC)
+
+    def test_records_deleted_before_they_were_read_are_counted_as_lost(self):
+        # Records a shard never applied because retention deleted them
+        # first are data lost: before, one WARN line gave their offsets
+        # and nothing counted them (applied + skipped just fell short of
+        # the offsets passed). Now an ERROR says how many, and Info's
+        # `lost` and a metric count them.
+        r, m, lo, hi, kept = self.retention_setup()
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        gone = lo - 50
+        self.assertEqual(parts[0]["lost"], gone, parts[0])
+        self.assertEqual(parts[0]["applied"] + parts[0]["skipped"] + parts[0]["lost"], hi, parts[0])
+        self.assertEqual(self.lost_metric(r, 0), gone)
+        self.assertRegex(r.stderr(), r"ERROR +kafka %s \[0\]: DATA LOST: %d records, offsets "
+                                     r"50\.\.%d are gone" % (TOPIC, gone, lo - 1))
+        self.assertEqual(r.stderr().count("DATA LOST"), 1)
+        # A Rebuild starts the partition over; the counter does not go down.
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, err)
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        self.assertEqual((parts[0]["applied"], parts[0]["lost"]), (len(kept), gone), parts[0])
 
     def test_records_deleted_with_auto_offset_reset_error_halt_the_partition(self):
         r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
