@@ -22,6 +22,15 @@
  * Auth's token is being checked the client is paused (auth_req), so the
  * requests after it run as whoever it makes the client; the answer takes
  * its place in the FIFO like any other.
+ * A client that has not authenticated is closed limits.auth_timeout
+ * after it connected (kvs_conn_set_unproven), and the router keeps such
+ * clients of each front door in connection order (r->unproven): when a
+ * front door is at limits.max_clients, a new client takes the place of
+ * the oldest of them (not one whose Auth is being checked) instead of
+ * being refused. Clients nobody knows, however many and however fast,
+ * then never keep a user out: a new client that authenticates within the
+ * time the flood needs to open as many connections as there are unproven
+ * ones keeps its place.
  *
  * Hooks: a request's info (what hooks see) starts at router_client_enqueue
  * with the client's address, the user it authenticated as (kvs_auth; ""
@@ -53,6 +62,9 @@
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
+    router_client_t *un_prev, *un_next; /* on r->unproven[resp] while in_unproven */
+    int in_unproven;
+    int evicted;               /* closed at limits.max_clients (evict_unproven) */
     router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
     int holding;               /* its run of frames holds local snapshots (router_local_hold) */
@@ -319,6 +331,65 @@ static void on_conn_error(kvs_conn_t *c, int err)
  * limits.auth_timeout to authenticate in. Frames it sent
  * after an Auth are judged once that Auth is decided (it is paused
  * meanwhile). */
+static void unproven_unlink(router_client_t *cl)
+{
+    if (!cl->in_unproven)
+        return;
+    router_t *r = cl->router;
+    int door = cl->redis != NULL;
+    if (cl->un_prev != NULL)
+        cl->un_prev->un_next = cl->un_next;
+    else
+        r->unproven[door].head = cl->un_next;
+    if (cl->un_next != NULL)
+        cl->un_next->un_prev = cl->un_prev;
+    else
+        r->unproven[door].tail = cl->un_prev;
+    cl->un_prev = cl->un_next = NULL;
+    cl->in_unproven = 0;
+}
+
+static void unproven_append(router_client_t *cl)
+{
+    if (cl->in_unproven)
+        return;
+    router_t *r = cl->router;
+    int door = cl->redis != NULL;
+    cl->un_prev = r->unproven[door].tail;
+    cl->un_next = NULL;
+    if (cl->un_prev != NULL)
+        cl->un_prev->un_next = cl;
+    else
+        r->unproven[door].head = cl;
+    r->unproven[door].tail = cl;
+    cl->in_unproven = 1;
+}
+
+/* At limits.max_clients on front door `door`: closes the oldest client
+ * that has not authenticated, unless its Auth is being checked (looking
+ * past at most a few such). Returns 1 when one was closed (its place is
+ * free: its descriptor goes at once, its count when it has closed). */
+static int evict_unproven(router_t *r, int door)
+{
+    int looked = 0;
+    for (router_client_t *cl = r->unproven[door].head; cl != NULL && looked < 16;
+         cl = cl->un_next, looked++) {
+        if (cl->auth_req != NULL)
+            continue;
+        if (kvs_conn_may_log(&cl->conn))
+            kvs_info("closing client %s: limits.max_clients reached, and it is the oldest of "
+                     "the clients that have not authenticated",
+                     cl->conn.peer);
+        unproven_unlink(cl);
+        r->evicted[door]++;
+        r->evicting[door]++; /* its place is free now, though counted until it has closed */
+        cl->evicted = 1;
+        kvs_conn_abort(&cl->conn);
+        return 1;
+    }
+    return 0;
+}
+
 static void client_frame_limit(router_client_t *cl)
 {
     uint32_t max = (uint32_t)cl->router->cfg->max_frame;
@@ -327,6 +398,10 @@ static void client_frame_limit(router_client_t *cl)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
     kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
+    if (proven)
+        unproven_unlink(cl);
+    else if (!(cl->conn.flags & KVS_CONN_CLOSING)) /* an evicted one stays off the list */
+        unproven_append(cl);
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops
@@ -387,6 +462,9 @@ static void on_conn_closed(kvs_conn_t *c)
     router_client_t *cl = c->data;
     router_t *r = cl->router;
     kvs_auth_conn_close(&cl->auth);
+    unproven_unlink(cl);
+    if (cl->evicted)
+        r->evicting[cl->redis != NULL]--;
     router_route_forget(r, &cl->session);
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
@@ -453,8 +531,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int resp = server == &r->resp_listener.stream;
     int admin = server == &r->admin_listeners[r->admin_cur].stream; /* private: not capped */
-    size_t n = resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients;
-    if (!admin && n >= r->max_clients) {
+    size_t n = (resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients) - r->evicting[resp];
+    if (!admin && n >= r->max_clients && !evict_unproven(r, resp)) {
         refuse_client(r, server, resp);
         return;
     }

@@ -150,18 +150,22 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
 {
     static const char *const protos[] = {"kvs", "resp"};
     size_t open[2] = {r->n_clients - r->n_resp_clients, r->n_resp_clients};
-    Kvs__MetricFamily *f[3] = {
+    Kvs__MetricFamily *f[4] = {
         kvs_mb_family(b, "kvs_client_connections", KVS__METRIC_FAMILY__TYPE__GAUGE,
                       "Client connections open, by protocol."),
         kvs_mb_family(b, "kvs_client_connections_accepted_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Client connections accepted."),
         kvs_mb_family(b, "kvs_client_connections_refused_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Client connections refused at limits.max_clients."),
+        kvs_mb_family(b, "kvs_client_connections_evicted_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "Clients that had not authenticated, closed at limits.max_clients to make "
+                      "room for a new client."),
     };
     for (int p = 0; p < 2; p++) {
         kvs_mb_sample(b, f[0], (double)open[p], 1, "protocol", protos[p]);
         kvs_mb_sample(b, f[1], (double)r->accepted[p], 1, "protocol", protos[p]);
         kvs_mb_sample(b, f[2], (double)r->refused[p], 1, "protocol", protos[p]);
+        kvs_mb_sample(b, f[3], (double)r->evicted[p], 1, "protocol", protos[p]);
     }
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_received_bytes_total",

@@ -300,6 +300,60 @@ class AuthTest(RouterTestCase):
         self.assertOk(user.hset("orders", "k", 1))  # authenticated: spared
         self.assertIn("did not authenticate within limits.auth_timeout (1000 ms)", r.stderr())
 
+    def test_at_max_clients_unauthenticated_clients_make_room_for_new_ones(self):
+        # Clients nobody knows, however many, never keep a user out: at
+        # limits.max_clients the oldest of them is closed for a new client,
+        # which keeps its place once it authenticates; when every client is
+        # someone, new ones are refused as before.
+        r = self.auth_router(tls=False, limits="max_clients: 4, auth_timeout: 60s")
+        silent = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            silent.append(s)
+        time.sleep(0.3)  # all four accepted
+        users = [self.authed(r, "ops")]  # in, in place of the oldest
+        for _ in range(6):  # a flood after it: closes the others and itself, not the user
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            silent.append(s)
+        time.sleep(0.3)
+        self.assertOk(users[0].hset("orders", "k", 1))
+        gone = 0
+        for s in silent[:7]:
+            try:
+                gone += s.recv(1) == b""
+            except ConnectionResetError:
+                gone += 1
+        self.assertEqual(gone, 7)  # the 7 oldest of 10: 3 stay beside the user
+        for _ in range(3):
+            users.append(self.authed(r, "ops"))
+        extra = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+        self.addCleanup(extra.close)
+        got = b""
+        while True:
+            chunk = extra.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        resp = pb.CommandResponse()
+        resp.ParseFromString(got[4:])
+        self.assertEqual(resp.status, 503)
+        self.assertIn("too many clients", resp.message)
+        for c in users:
+            self.assertOk(c.ping())
+        req = pb.CommandRequest()
+        req.metrics.SetInParent()
+        m = users[0].call(req)
+        self.assertOk(m)
+        evicted = [smp.value for f in m.ops.metrics if f.name == "kvs_client_connections_evicted_total"
+                   for smp in f.samples if list(smp.labels)[-2:] == ["protocol", "kvs"]]
+        # 10, and the harness's readiness probe if the router had not yet
+        # seen it go when the first four came
+        self.assertIn(sum(evicted), (10, 11), r.stderr())
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", r.stderr())
+
     def test_auth_timeout_needs_users(self):
         r = self.router(shards=1, partitions=8, extra_yaml="limits: {auth_timeout: 1s}\n")
         with r.client() as c:
