@@ -35,7 +35,8 @@
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement or every user may write to it, TLS material
+ * another shard or placement or every user may write to it, its files are
+ * damaged or not files (node_store_open's KVS_EDAMAGED), TLS material
  * does not load, librdkafka refuses a kafka.properties entry, or a bound
  * topic's partition count differs from the configured one. 1
  * for anything that may pass by itself (a port in use, a data directory
@@ -593,6 +594,7 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
         .reset_lock = reset_lock,
+        .last = m->had_last ? &m->last : NULL,
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
@@ -651,7 +653,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     if (rc != 0)
         kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
     rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));
-    if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
+    if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG || rc == KVS_EDAMAGED)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
         kvs_error("%s", err);
