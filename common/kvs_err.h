@@ -23,7 +23,8 @@
     X(KVS_ELIMIT, -30010, "limit reached")                                                         \
     X(KVS_ETLS, -30011, "TLS failure")                                                             \
     X(KVS_ENOTLS, -30012, "the peer does not speak TLS")                                           \
-    X(KVS_ETLSHELLO, -30013, "the peer started TLS on a plaintext port")
+    X(KVS_ETLSHELLO, -30013, "the peer started TLS on a plaintext port")                           \
+    X(KVS_EDAMAGED, -30014, "the data files are damaged or not data files")
 
 enum {
 #define KVS_ERR_ENUM(name, value, msg) name = value,

@@ -35,7 +35,8 @@
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement or every user may write to it, TLS material
+ * another shard or placement or every user may write to it, its files are
+ * damaged or not files (node_store_open's KVS_EDAMAGED), TLS material
  * does not load, librdkafka refuses a kafka.properties entry, or a bound
  * topic's partition count differs from the configured one. 1
  * for anything that may pass by itself (a port in use, a data directory
@@ -73,6 +74,7 @@
 #include <unistd.h>
 
 #define DRAIN_TIMEOUT_MS 10000
+#define FILES_WATCH_MS 1000 /* how often the worker checks its data.mdb is still in place */
 
 typedef struct node_args_s {
     const char *config;
@@ -104,6 +106,9 @@ typedef struct node_main_s {
     const char *reload_from; /* --reload-from, or NULL */
     kvs_config_t *cfg;       /* the running config (live reload changes its live keys in place) */
     uv_timer_t drain;
+    uv_timer_t files_watch;         /* watch_files */
+    char shard_dir[4200];           /* <data_dir>/shard-N */
+    const kvs_lmdb_ident_t *opened; /* the files the store has open */
     int signals;
     int exit_code;
     int report_fd;    /* --report-fd, or -1 */
@@ -316,6 +321,42 @@ static void begin_shutdown(node_main_t *m)
     uv_timer_start(&m->drain, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     uv_unref((uv_handle_t *)&m->drain);
     node_server_stop(m->srv, on_stopped, m);
+}
+
+/* Every FILES_WATCH_MS: whether <data_dir>/shard-N/data.mdb is still the
+ * file the store has open. Removed, moved or replaced under the running
+ * worker, its writes would go on being acknowledged into a file no later
+ * worker opens (and routers would read a file it no longer writes): the
+ * worker says so and stops, answering what it took, so that the
+ * supervisor's next worker opens what is there now. */
+static void on_files_watch(uv_timer_t *t)
+{
+    node_main_t *m = t->data;
+    kvs_lmdb_ident_t now;
+    if (m->signals > 0)
+        return;
+    int rc = kvs_lmdb_ident_of(m->shard_dir, &now);
+    if (rc != 0 && rc != -ENOENT)
+        return; /* cannot tell (a fault the next look may not meet) */
+    if (rc == 0 && now.data_dev == m->opened->data_dev && now.data_ino == m->opened->data_ino)
+        return;
+    kvs_error("%s/data.mdb is %s under this worker: writes since then went to a file no "
+              "worker will open again; stopping so that the next worker opens what is there "
+              "(replace a shard's files only while its worker is stopped)",
+              m->shard_dir, rc == -ENOENT ? "gone (removed or moved)" : "another file (replaced)");
+    m->exit_code = 1;
+    m->signals++;
+    begin_shutdown(m);
+}
+
+static void watch_files(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t *store)
+{
+    snprintf(m->shard_dir, sizeof(m->shard_dir), "%s/shard-%ld", cfg->data_dir, shard);
+    m->opened = node_store_ident(store);
+    uv_timer_init(m->loop, &m->files_watch);
+    m->files_watch.data = m;
+    uv_timer_start(&m->files_watch, on_files_watch, FILES_WATCH_MS, FILES_WATCH_MS);
+    uv_unref((uv_handle_t *)&m->files_watch);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -593,6 +634,7 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
         .reset_lock = reset_lock,
+        .last = m->had_last ? &m->last : NULL,
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
     };
@@ -651,7 +693,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     if (rc != 0)
         kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
     rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));
-    if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG)
+    if (rc == KVS_EMISMATCH || rc == KVS_ECONFIG || rc == KVS_EDAMAGED)
         return config_fatal(m, "%s", err);
     if (rc != 0) {
         kvs_error("%s", err);
@@ -764,6 +806,7 @@ int main(int argc, char **argv)
         m.signals = 1;
         begin_shutdown(&m);
     }
+    watch_files(&m, cfg, args.shard, store);
     if (m.state != NULL)
         kvs_shardstate_publish(m.state, node_store_ident(store)); /* routers may read it now */
     kvs_info("shard %ld ready (data %s/shard-%ld, %u tables, sync %s)", args.shard, cfg->data_dir,

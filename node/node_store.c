@@ -60,7 +60,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <lmdb.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -962,6 +965,141 @@ static int ident_of(node_store_t *s, const char *dir)
     return 0;
 }
 
+/* ---- damaged files ------------------------------------------------------------ */
+
+/* What to do about data files kvs cannot use: said after every refusal. */
+#define DAMAGED_HINT                                                                               \
+    "restore the shard's files (a backup, or a replica's copy) or move %s away to start the "      \
+    "shard empty"
+
+/* Whether `name` in o->dir can be a file of the environment: absent (LMDB
+ * creates it), or a regular file, also through a symbolic link. A
+ * directory, FIFO, socket or device would fail (or, for a FIFO, block)
+ * the open on every restart; a link to nothing would have LMDB create a new
+ * empty file at its target; a data.mdb emptied under the last worker (the
+ * one kvs_shardstate names) would have LMDB start a new empty environment
+ * in it, as if the shard never held anything. Returns 0, or KVS_EDAMAGED
+ * with err set. */
+static int file_usable(const node_store_opts_t *o, const char *name, char *err, size_t errlen)
+{
+    char path[4200], target[4096];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%s", o->dir, name);
+    if (lstat(path, &st) != 0)
+        return 0; /* absent, or a fault the open reports */
+    if (S_ISLNK(st.st_mode) && stat(path, &st) != 0) {
+        ssize_t n = readlink(path, target, sizeof(target) - 1);
+        target[n > 0 ? n : 0] = '\0';
+        snprintf(err, errlen,
+                 "%s is a symbolic link to %s, which cannot be reached (%s); " DAMAGED_HINT, path,
+                 target, strerror(errno), o->dir);
+        return KVS_EDAMAGED;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s is %s, not a file; " DAMAGED_HINT, path, kvs_fs_kind(st.st_mode),
+                 o->dir);
+        return KVS_EDAMAGED;
+    }
+    if (strcmp(name, "data.mdb") == 0 && st.st_size == 0 && o->last != NULL &&
+        (uint64_t)st.st_dev == o->last->data_dev && (uint64_t)st.st_ino == o->last->data_ino) {
+        snprintf(err, errlen,
+                 "%s is empty, but it is the file the last worker of this shard served from: its "
+                 "data was cut away; " DAMAGED_HINT,
+                 path, o->dir);
+        return KVS_EDAMAGED;
+    }
+    return 0;
+}
+
+static sigjmp_buf fault_jump;
+
+static void on_fault(int sig)
+{
+    (void)sig;
+    siglongjmp(fault_jump, 1);
+}
+
+/* Counts the free pages numbered `from` and above, walking LMDB's freelist
+ * (one record per transaction that freed pages, its value a list of page
+ * numbers that starts with its length, as mdb_stat reads it). A read of a
+ * page past the end of the file faults (SIGBUS): caught here, for the
+ * walk only. Returns the count, or -1 (a fault, or LMDB's error). */
+static int64_t free_pages_from(MDB_env *env, size_t from)
+{
+    struct sigaction sa, prev;
+    MDB_txn *volatile txn = NULL;
+    MDB_cursor *volatile cur = NULL;
+    volatile int64_t n = 0;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_fault;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &prev) != 0)
+        return -1;
+    if (sigsetjmp(fault_jump, 1) == 0) {
+        MDB_txn *t;
+        MDB_cursor *c;
+        MDB_val k, v;
+        int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
+        if (rc == 0)
+            txn = t;
+        if (rc == 0 && (rc = mdb_cursor_open(t, 0, &c)) == 0) /* 0: the freelist */
+            cur = c;
+        while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+            const size_t *ids = v.mv_data; /* LMDB's pgno_t */
+            size_t len = v.mv_size / sizeof(size_t);
+            for (size_t i = 1; i < len && i <= ids[0]; i++)
+                n += ids[i] >= from;
+        }
+        if (rc != MDB_NOTFOUND)
+            n = -1;
+    } else {
+        n = -1; /* the walk faulted */
+    }
+    sigaction(SIGBUS, &prev, NULL);
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    if (txn != NULL)
+        mdb_txn_abort(txn);
+    return n;
+}
+
+/* data.mdb may end before the last page the environment uses only where
+ * those missing pages are free: LMDB does not write a page a commit
+ * allocated and freed again, so a batch that stored and then deleted a
+ * large value at the end leaves the file short of its last pages. A
+ * missing page that is not free holds data (or a tree): the file was cut
+ * short, and the first read of that page would kill the worker (SIGBUS),
+ * again at each restart. Found at open, it is refused. Returns 0, or
+ * KVS_EDAMAGED with err set. */
+static int pages_present(node_store_t *s, const char *dir, char *err, size_t errlen)
+{
+    MDB_envinfo info;
+    MDB_stat ms;
+    struct stat st;
+    int fd;
+    if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &ms) != 0 ||
+        mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s/data.mdb: cannot read its size or meta page", dir);
+        return KVS_ESTORE;
+    }
+    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
+    if ((uint64_t)st.st_size >= need)
+        return 0;
+    size_t whole = (size_t)((uint64_t)st.st_size / ms.ms_psize); /* pages wholly in the file */
+    int64_t missing = (int64_t)(info.me_last_pgno + 1 - whole);
+    int64_t free_missing = free_pages_from(s->env, whole);
+    if (free_missing >= missing) {
+        kvs_info("%s/data.mdb ends %" PRId64 " page(s) before its last one, all of them free", dir,
+                 missing);
+        return 0;
+    }
+    snprintf(err, errlen,
+             "%s/data.mdb is %llu bytes, but the pages its environment uses take %llu bytes: the "
+             "file was cut short (pages in use are missing); " DAMAGED_HINT,
+             dir, (unsigned long long)st.st_size, (unsigned long long)need, dir);
+    return KVS_EDAMAGED;
+}
+
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
     unsigned flags = MDB_NOTLS; /* see the file comment for what each mode keeps */
@@ -969,9 +1107,14 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         flags |= MDB_NOMETASYNC;
     else if (o->sync == KVS_SYNC_NONE)
         flags |= MDB_NOSYNC;
+    int rc = file_usable(o, "data.mdb", err, errlen);
+    if (rc == 0)
+        rc = file_usable(o, "lock.mdb", err, errlen);
+    if (rc != 0)
+        return rc;
     if (o->reset_lock && reset_lock(o->dir, err, errlen) != 0)
         return KVS_ESTORE;
-    int rc = mdb_env_create(&s->env);
+    rc = mdb_env_create(&s->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(s->env, o->max_tables + 1);
     if (rc == 0)
@@ -980,11 +1123,21 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
         rc = mdb_env_set_mapsize(s->env, (size_t)o->map_size);
     if (rc == 0)
         rc = mdb_env_open(s->env, o->dir, flags, 0600); /* the node's user only */
+    if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
+        /* Its first pages are not an LMDB meta page: no restart changes that. */
+        snprintf(err, errlen,
+                 "%s/data.mdb cannot be opened as an LMDB environment (%s): it was overwritten "
+                 "or damaged; " DAMAGED_HINT,
+                 o->dir, mdb_strerror(rc), o->dir);
+        return KVS_EDAMAGED;
+    }
     if (rc != 0) {
         snprintf(err, errlen, "%s: cannot open LMDB environment: %s", o->dir, mdb_strerror(rc));
         return KVS_ESTORE;
     }
     clear_dead_readers(s, o->dir);
+    if ((rc = pages_present(s, o->dir, err, errlen)) != 0)
+        return rc;
     if ((rc = ident_of(s, o->dir)) != 0) {
         snprintf(err, errlen, "%s: cannot stat its files: %s", o->dir, strerror(-rc));
         return KVS_ESTORE;

@@ -59,6 +59,9 @@ typedef struct node_store_opts_s {
      * one from this data file rather than trust a reader table and
      * transaction id kept alive by routers still reading the old files. */
     int reset_lock;
+    /* The data.mdb the last worker of this shard served from (kvs_shardstate),
+     * or NULL: that file found empty was emptied, not left new by a crash. */
+    const kvs_lmdb_ident_t *last;
     node_store_fail_cb fail_cb;
     void *fail_arg;
 } node_store_opts_t;
@@ -69,7 +72,11 @@ typedef struct node_store_opts_s {
  * environment created for another shard or placement or by an unknown
  * format version; with KVS_ELIMIT, one whose tables (plus those o->tables
  * still needs) exceed o->max_tables, naming some and the value to set; and
- * with -EBUSY, a directory another process has open. Returns 0 and *out, or
+ * with -EBUSY, a directory another process has open; with KVS_EDAMAGED,
+ * data files that are not LMDB's (overwritten, not a regular file, a
+ * symbolic link to nothing, emptied: see o->last), or a data.mdb cut short
+ * (missing pages that are in use, which would fault at their first read).
+ * Returns 0 and *out, or
  * an error with err[0..errlen) saying what is wrong and what to do. */
 int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
 

@@ -1308,13 +1308,13 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
 
 /* A worker exited with EX_CONFIG: its configuration can never work (a
  * binding's partition count differs from the topic's, its data directory
- * belongs to another shard, ...). The supervisor does not restart it, and
- * a node missing a shard for good is not a node: stop, saying why. One
- * that a membership change started, before the new map serves, fails the
- * change instead (the node serves on with the previous map), and one of
- * a shard the map no longer has here (a failed change's, or one leaving)
- * only waits for retire_workers. A worker retired by a membership change
- * only ends the change. */
+ * belongs to another shard, its data files are damaged, ...). The
+ * supervisor does not restart it, and a node missing a shard for good is
+ * not a node: stop, saying why. One that a membership change started,
+ * before the new map serves, fails the change instead (the node serves on
+ * with the previous map), and one of a shard the map no longer has here (a
+ * failed change's, or one leaving) only waits for retire_workers. A
+ * worker retired by a membership change only ends the change. */
 static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
 {
     master_t *m = arg;
@@ -1339,7 +1339,7 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
     }
     snprintf(m->final_msg, sizeof(m->final_msg),
              "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
-             "status %d, EX_CONFIG; fix the config and start again)",
+             "status %d, EX_CONFIG; fix what it names and start again)",
              shard, why[0] ? why : "see its error above", EX_CONFIG);
     kvs_error("shard %u cannot run with this configuration; stopping the node", shard);
     shutdown_begin(m, EX_CONFIG);

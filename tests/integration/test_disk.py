@@ -18,6 +18,8 @@ What is checked:
     several clients pipelining at once) and none of its writes is visible.
 """
 import os
+import re
+import shutil
 import subprocess
 import threading
 import unittest
@@ -244,6 +246,34 @@ class DiskTest(NodeTestCase):
             self.assertEqual(pyval(c.hget("t", "new-0-0").values[0]), "now")
         self.assertIn("write batch", n.stderr())
         self.assertEqual(n.stop(), 0, n.stderr())
+
+    def test_a_data_file_removed_or_replaced_under_the_worker_stops_it(self):
+        # The shard directory removed (or data.mdb replaced) while the
+        # worker runs: its writes used to be acknowledged, with no word,
+        # into a file no later worker opens. It now notices within a second,
+        # says so, and exits 1 (the supervisor's next worker opens what is
+        # there).
+        for how in ("removed", "replaced"):
+            with self.subTest(how=how):
+                n = self.node()
+                with n.client() as c:
+                    self.assertOk(c.hset("t", "k", "v"))
+                shard = os.path.dirname(n.data_file())
+                if how == "removed":
+                    shutil.rmtree(shard)
+                else:
+                    shutil.copyfile(n.data_file(), n.data_file() + ".new")
+                    os.rename(n.data_file() + ".new", n.data_file())
+                try:
+                    rc = n.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.fail("kvs-node still runs 5 s after its data.mdb was %s:\n%s"
+                              % (how, n.stderr()))
+                self.assertEqual(rc, 1, n.stderr())
+                self.assertRegex(n.stderr(), r"ERROR +" + re.escape(shard) + r"/data.mdb is "
+                                 + ("gone" if how == "removed" else "another file")
+                                 + r" .* under this worker: writes since then went to a file no "
+                                 r"worker will open again")
 
 
 if __name__ == "__main__":

@@ -598,7 +598,7 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                 last = log.rstrip("\n").split("\n")[-1]
                 self.assertRegex(last, r"router ERROR +stopped: shard \d cannot run with this "
                                        r"configuration: " + why + r".*\(kvs-node exited with "
-                                       r"status 78, EX_CONFIG; fix the config and start again\)")
+                                       r"status 78, EX_CONFIG; fix what it names and start again\)")
                 self.assertIn(names, log)
                 self.assertNotIn("restarting shard", log)
                 self.assertNotIn("kafka: consuming", log, "no partition may be consumed")

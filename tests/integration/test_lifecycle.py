@@ -1,7 +1,7 @@
 """kvs-router start-up and shutdown when something is wrong: a config error
 found at load (by position, before any worker starts), a worker whose
-configuration can never work (not restarted: the router stops with
-EX_CONFIG and the worker's reason), a signal after the readiness timeout,
+configuration or data files can never work (not restarted: the router
+stops with EX_CONFIG and the worker's reason), a signal after the readiness timeout,
 and a remote shard whose name takes seconds to resolve (no client waits
 for it).
 
@@ -253,7 +253,34 @@ class LifecycleTest(RouterTestCase):
         last = log.rstrip("\n").split("\n")[-1]
         self.assertRegex(last, r"router ERROR +stopped: shard \d cannot run with this "
                                r"configuration: " + why + r".* \(kvs-node exited with status 78, "
-                               r"EX_CONFIG; fix the config and start again\)$")
+                               r"EX_CONFIG; fix what it names and start again\)$")
+        self.assertNotIn("restarting shard", log)
+        self.assertTrue(r.wait_all_gone(10), "processes left: %r" % procs_for_config(r.config))
+
+    def test_a_data_file_cut_short_stops_the_router_with_ex_config(self):
+        """A data.mdb truncated while the node is stopped: its worker used to
+        start, die of SIGBUS at the first read of a missing page, and be
+        restarted for that again and again (each client read of a lost key
+        killed it). It now refuses at open, naming the file and both
+        sizes, and the router stops with 78 and that reason."""
+        r = self.router(shards=1, partitions=8)
+        with r.client() as c:
+            for i in range(200):
+                self.assertOk(c.hset("t", "k%d" % i, "v" * 20000))
+        self.assertEqual(r.stop(), 0)
+        data = os.path.join(r.dir, "data", "shard-0", "data.mdb")
+        size = os.stat(data).st_size
+        self.assertGreater(size, 2 << 20)
+        os.truncate(data, 1 << 20)
+        rc, log = self.exits_at_once(r, timeout=15)
+        self.assertEqual(rc, EX_CONFIG, log)
+        why = (re.escape(data) + r" is 1048576 bytes, but the pages its environment uses take "
+               r"\d+ bytes: the file was cut short")
+        self.assertRegex(log, r"node\[0\] ERROR +" + why)
+        last = log.rstrip("\n").split("\n")[-1]
+        self.assertRegex(last, r"router ERROR +stopped: shard 0 cannot run with this "
+                               r"configuration: " + why + r".*EX_CONFIG; fix what it names")
+        self.assertNotIn("SIGBUS", log)
         self.assertNotIn("restarting shard", log)
         self.assertTrue(r.wait_all_gone(10), "processes left: %r" % procs_for_config(r.config))
 

@@ -7,12 +7,18 @@
  * A full disk is simulated without privileges with RLIMIT_FSIZE: the data
  * file may not grow past the limit (writes past it fail with EFBIG, or are
  * cut short, which LMDB reports as EIO; SIGXFSZ is ignored).
+ *
+ * Damaged files (data.mdb cut short, overwritten, not a file, emptied) are
+ * made by hand between a close and an open; lmdb.h is included only to read
+ * an environment's last page, which the store does not expose.
  */
 #include "kvs_err.h"
 #include "kvs_test.h"
 #include "node_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <lmdb.h>
 #include <stdio.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -784,6 +790,177 @@ KVS_TEST(tables_named_at_open_are_created)
     CHECK_CONTAINS(err, "at least 5");
 }
 
+/* ---- damaged files ------------------------------------------------------------ */
+
+static void data_path(char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/data.mdb", envdir);
+}
+
+/* A store holding `n` values of 8 KB in table "t", closed. */
+static void store_with_values(int n)
+{
+    node_store_t *s = open_ok(opts(0, "p1"));
+    static char v[8192];
+    memset(v, 'v', sizeof(v));
+    for (int i = 0; i < n; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%04d", i);
+        CHECK_EQ(node_store_put(s, "t", k, strlen(k), v, sizeof(v)), 0);
+        if (i % 20 == 19)
+            CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+static int open_fails(node_store_opts_t o, char *err, size_t errlen)
+{
+    node_store_t *s = NULL;
+    err[0] = '\0';
+    int rc = node_store_open(&o, &s, err, errlen);
+    CHECK(s == NULL || rc == 0);
+    if (rc == 0)
+        node_store_close(s);
+    return rc;
+}
+
+/* data.mdb cut short (truncate while stopped): the pages its trees use
+ * are missing. Opening it used to succeed or fault (SIGBUS) at the first
+ * read of a missing page, at every restart; it is refused at open, naming
+ * the file and both sizes. */
+KVS_TEST(data_file_cut_short_is_refused)
+{
+    fresh_dir();
+    store_with_values(200);
+    char path[400], err[1024];
+    data_path(path, sizeof(path));
+    CHECK_EQ(truncate(path, 16384), 0);
+    CHECK_EQ(open_fails(opts(0, "p1"), err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, path);
+    CHECK_CONTAINS(err, "is 16384 bytes, but the pages its environment uses take ");
+    CHECK_CONTAINS(err, "cut short");
+}
+
+/* The last pages of an environment may legitimately be missing: LMDB does
+ * not write pages a commit allocated and freed again (a large value stored
+ * and deleted in one batch, at the end of the file). Such a store opens,
+ * with its data. */
+KVS_TEST(data_file_short_of_free_pages_opens)
+{
+    fresh_dir();
+    node_store_opts_t o = opts(0, "p1");
+    o.map_size = 64u << 20; /* no early commit to grow the map */
+    node_store_t *s = open_ok(o);
+    static char big[300000];
+    memset(big, 'b', sizeof(big));
+    /* free pages first, so that LMDB has a free list to give pages back to */
+    CHECK_EQ(node_store_put(s, "t", "big0", 4, big, 100000), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_del(s, "t", "big0", 4), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    for (int i = 0; i < 3; i++) {
+        put_str(s, "t", "keep", "kept");
+        CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    CHECK_EQ(node_store_put(s, "t", "big1", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_put(s, "t", "big2", 4, big, sizeof(big)), 0);
+    CHECK_EQ(node_store_del(s, "t", "big2", 4), 0);
+    CHECK_EQ(node_store_del(s, "t", "big1", 4), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+    /* the precondition: the file ends before the environment's last page */
+    MDB_env *env;
+    MDB_envinfo info;
+    MDB_stat ms;
+    struct stat st;
+    char path[400];
+    data_path(path, sizeof(path));
+    CHECK_EQ(mdb_env_create(&env), 0);
+    CHECK_EQ(mdb_env_open(env, envdir, MDB_RDONLY, 0600), 0);
+    CHECK_EQ(mdb_env_info(env, &info), 0);
+    CHECK_EQ(mdb_env_stat(env, &ms), 0);
+    mdb_env_close(env);
+    CHECK_EQ(stat(path, &st), 0);
+    CHECK((uint64_t)st.st_size < ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize);
+    s = open_ok(o);
+    CHECK(get_is(s, "t", "keep", "kept"));
+    CHECK(get_is(s, "t", "big1", NULL));
+    put_str(s, "t", "after", "reopen");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* data.mdb overwritten (its meta pages are not LMDB's): no restart helps,
+ * so it is KVS_EDAMAGED (a worker exits EX_CONFIG), not a storage error
+ * that may pass (exit 1, restarted forever). */
+KVS_TEST(data_file_overwritten_is_damaged)
+{
+    fresh_dir();
+    store_with_values(5);
+    char path[400], err[1024], junk[8192];
+    data_path(path, sizeof(path));
+    memset(junk, 0x5a, sizeof(junk));
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    CHECK_EQ(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(open_fails(opts(0, "p1"), err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "data.mdb cannot be opened as an LMDB environment");
+    CHECK_CONTAINS(err, "move ");
+}
+
+/* data.mdb or lock.mdb that is not a file, or a link to nothing. */
+KVS_TEST(data_files_that_are_not_files_are_damaged)
+{
+    char path[400], err[1024];
+    const char *names[] = {"data.mdb", "lock.mdb"};
+    for (int i = 0; i < 2; i++) {
+        fresh_dir();
+        store_with_values(1);
+        snprintf(path, sizeof(path), "%s/%s", envdir, names[i]);
+        CHECK_EQ(unlink(path), 0);
+        CHECK_EQ(mkfifo(path, 0600), 0);
+        CHECK_EQ(open_fails(opts(0, "p1"), err, sizeof(err)), KVS_EDAMAGED);
+        CHECK_CONTAINS(err, "is a FIFO, not a file");
+        CHECK_EQ(unlink(path), 0);
+        CHECK_EQ(mkdir(path, 0700), 0);
+        CHECK_EQ(open_fails(opts(0, "p1"), err, sizeof(err)), KVS_EDAMAGED);
+        CHECK_CONTAINS(err, "is a directory, not a file");
+        CHECK_EQ(rmdir(path), 0);
+    }
+    data_path(path, sizeof(path));
+    CHECK_EQ(unlink(path), 0);
+    CHECK_EQ(symlink("/nonexistent-kvs-dir/data.mdb", path), 0);
+    CHECK_EQ(open_fails(opts(0, "p1"), err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "is a symbolic link to /nonexistent-kvs-dir/data.mdb, which cannot be "
+                        "reached");
+}
+
+/* A data.mdb emptied under the last worker (same file, now 0 bytes) would
+ * open as a new, empty environment; one nobody served from (a first start
+ * cut off before LMDB wrote it) still does. */
+KVS_TEST(emptied_data_file_of_the_last_worker_is_damaged)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p1"));
+    put_str(s, "t", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    kvs_lmdb_ident_t last = *node_store_ident(s);
+    CHECK_EQ(node_store_close(s), 0);
+    char path[400], err[1024];
+    data_path(path, sizeof(path));
+    CHECK_EQ(truncate(path, 0), 0);
+    node_store_opts_t o = opts(0, "p1");
+    o.last = &last;
+    CHECK_EQ(open_fails(o, err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "is empty, but it is the file the last worker of this shard served from");
+    o.last = NULL;
+    s = open_ok(o);
+    CHECK(get_is(s, "t", "k", NULL));
+    CHECK_EQ(node_store_close(s), 0);
+}
+
 KVS_TEST_MAIN(
     KVS_CASE(full_disk_fails_the_commit_sync_none), KVS_CASE(full_disk_fails_the_commit_sync_batch),
     KVS_CASE(full_disk_fails_the_commit_sync_full), KVS_CASE(small_room_takes_small_writes),
@@ -799,4 +976,7 @@ KVS_TEST_MAIN(
     KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
     KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
     KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data),
-    KVS_CASE(clear_empties_a_table_with_its_offsets), KVS_CASE(clear_works_on_a_full_disk))
+    KVS_CASE(clear_empties_a_table_with_its_offsets), KVS_CASE(clear_works_on_a_full_disk),
+    KVS_CASE(data_file_cut_short_is_refused), KVS_CASE(data_file_short_of_free_pages_opens),
+    KVS_CASE(data_file_overwritten_is_damaged), KVS_CASE(data_files_that_are_not_files_are_damaged),
+    KVS_CASE(emptied_data_file_of_the_last_worker_is_damaged))
