@@ -23,8 +23,8 @@ import unittest
 
 import redis
 
-from kafkatest import MockKafka, ingest_yaml, produce, wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hset
+from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
+from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hget, req_hset
 from routertest import RouterTestCase, free_port
 from test_auth import req_auth, users_yaml
 
@@ -563,6 +563,74 @@ class PluginTest(RouterTestCase):
         # The workers load it too: a write sent to one directly is refused there.
         with r.worker_client(r.shard_of(b"k")) as w:
             self.assertEqual(w.call(req_hset("ro_users", b"k", "v")).status, 403)
+
+    def deny_after(self, prefix, **kw):
+        """A router whose deny_writes hook replaces, at EXECUTED, the answer
+        of each write to a table named PREFIX* (the write has run by then)."""
+        r = self.router(start=False, **kw)
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_deny_writes.so", arg: "executed:%s"}\n'
+                    % (PLUGINS, prefix))
+        r.start()
+        return r
+
+    def assertReplaced(self, resp, unknown, command="Hset", table="ro_users"):
+        self.assertEqual(resp.status, 403, resp.message)
+        self.assertEqual(resp.message, '%s of table "%s" refused by deny_writes: tables ro_* '
+                                       'are read-only' % (command, table))
+        self.assertEqual(resp.outcome_unknown, unknown)
+
+    def test_a_hook_replacing_a_writes_answer_keeps_its_outcome(self):
+        # An error answer to a write without outcome_unknown or a position
+        # says nothing was written: a hook's answer to a write that ran
+        # must not say that.
+        r = self.deny_after("ro_", shards=2, partitions=8)
+        with r.client() as c:
+            self.assertReplaced(c.hset("ro_users", "k", "v"), True)
+            self.assertEqual(pyval(c.hget("ro_users", "k").values[0]), "v")  # it was written
+            self.assertReplaced(c.hmset("ro_users", [(b"a", "1"), (b"b", "2")]), True, "Hmset")
+            self.assertEqual([pyval(v) for v in c.hmget("ro_users", [b"a", b"b"]).values],
+                             ["1", "2"])
+            # A write refused before it ran (not a number to add to) says so still.
+            inc = pb.CommandRequest()
+            inc.hincr.table, inc.hincr.key, inc.hincr.by_int = "ro_users", b"k", 1
+            refused = c.call(inc)
+            self.assertReplaced(refused, False, "Hincr")
+            self.assertEqual(refused.position, b"")
+            self.assertEqual(pyval(c.hget("ro_users", "k").values[0]), "v")
+            self.assertEqual(c.hset("users", "k", "v").status, 200)
+        # A worker's own hook does the same to a write sent to it directly.
+        with r.worker_client(r.shard_of(b"k2")) as w:
+            self.assertReplaced(w.call(req_hset("ro_users", b"k2", "v")), True)
+
+    def test_a_hook_replacing_an_unknown_writes_answer_keeps_it_unknown(self):
+        # The worker holds the Hdel past router.timeout: the router's 503
+        # says it may or may not have run, and the hook's 403 must too.
+        r = self.router(start=False, shards=1, partitions=8, timeout="500ms")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_stall_writes.so", arg: "Hdel 2000"}\n'
+                    '  - {path: "%s/test_deny_writes.so", arg: "executed:ro_"}\n'
+                    % (PLUGINS, PLUGINS))
+        r.start()
+        with r.client(timeout=20) as c:
+            self.assertReplaced(c.hdel("ro_users", "k"), True, "Hdel")
+
+    def test_a_hook_replacing_a_logged_writes_answer_keeps_its_position(self):
+        # A table bound to a topic: the write's records are in Kafka and
+        # will be applied; the replacement names them by their position.
+        m = MockKafka({"ro_users": 4})
+        self.addCleanup(m.close)
+        r = self.deny_after("ro_", shards=2, partitions=4,
+                            extra_yaml=ingest_yaml(m.bootstrap, [("ro_users", "ro_users", "string", 4)]))
+        with r.client() as c:
+            resp = c.hset("ro_users", "k", "v")
+            self.assertReplaced(resp, False)
+            (entry,) = pos_entries(resp.position)
+            self.assertEqual(entry[0], "ro_users")
+            read = req_hget("ro_users", b"k")
+            read.min_position = resp.position
+            got = c.call(read)
+            self.assertEqual(pyval(got.values[0]), "v", got.message)
 
     def test_missing_or_wrong_abi_plugin_refuses_to_start(self):
         # A FIFO: dlopen waited for a writer in every worker, and the node
