@@ -38,6 +38,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_token.h"
 
 #include <assert.h>
@@ -932,6 +933,43 @@ static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
     return each_entry(ctx, seq, parse_binding);
 }
 
+/* The librdkafka properties that name a file it opens and reads (OpenSSL
+ * loads the TLS ones when the client is made, the engine is dlopen'ed,
+ * kinit reads the keytab): a FIFO there blocks a worker's start until some
+ * writer comes, a directory fails later with OpenSSL's words. Only
+ * ssl.ca.location may name a directory (of CA certificates). */
+static const struct kafka_file_s {
+    const char *name;
+    int dir_ok;
+} kafka_files[] = {
+    {"ssl.ca.location", 1},      {"ssl.certificate.location", 0}, {"ssl.key.location", 0},
+    {"ssl.crl.location", 0},     {"ssl.keystore.location", 0},    {"ssl.engine.location", 0},
+    {"sasl.kerberos.keytab", 0},
+};
+
+/* Checks what the value of property `k` names, when it names a file
+ * librdkafka reads (kafka_files), as kvs_tls checks the router's TLS
+ * files: at load and at every reload, so a bad path is refused with its
+ * line before any worker hands it to librdkafka. A path that does not
+ * stat is left to librdkafka to report; ssl.ca.location "probe" is
+ * librdkafka's own. */
+static int check_property_file(cfg_ctx_t *ctx, const yaml_node_t *val, const char *k,
+                               const char *path)
+{
+    const struct kafka_file_s *f = NULL;
+    for (size_t i = 0; i < sizeof(kafka_files) / sizeof(kafka_files[0]) && f == NULL; i++)
+        if (strcmp(k, kafka_files[i].name) == 0)
+            f = &kafka_files[i];
+    struct stat st;
+    if (f == NULL || path[0] == '\0' || (f->dir_ok && strcmp(path, "probe") == 0) ||
+        stat(path, &st) != 0 || S_ISREG(st.st_mode) || (f->dir_ok && S_ISDIR(st.st_mode)))
+        return 0;
+    return cfg_error(ctx, &val->start_mark, "kafka.properties.%s %s: %s, not a file%s: name %s", k,
+                     path, kvs_fs_kind(st.st_mode), f->dir_ok ? " or a directory" : "",
+                     f->dir_ok ? "a PEM file or a directory of CA certificates"
+                               : "the file librdkafka is to read");
+}
+
 static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
@@ -942,6 +980,8 @@ static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
                          "kafka.properties: property names must not be empty");
     snprintf(path, sizeof(path), "kafka.properties.%.80s", k);
     int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc == 0)
+        rc = check_property_file(ctx, val, k, text);
     if (rc != 0)
         return rc;
     kvs_kv_t *kv = &ctx->cfg->kafka_properties[ctx->cfg->n_kafka_properties++];

@@ -530,6 +530,64 @@ KVS_TEST(kafka_properties)
                 "properties, got a list");
 }
 
+/* Parses kafka.properties with one property `k` set to `v`; expects
+ * success, or the error `msg` (positions: line 3, column 5 + len(k) + 2). */
+static void kafka_file_property(const char *k, const char *v, const char *msg)
+{
+    char text[512];
+    snprintf(text, sizeof(text), "kafka:\n  properties:\n    %s: \"%s\"\n", k, v);
+    if (msg == NULL)
+        kvs_config_free(parse_ok(text));
+    else
+        parse_fails(text, msg);
+}
+
+KVS_TEST(kafka_file_properties_are_checked)
+{
+    char dir[] = "/tmp/kvs-test-config-XXXXXX", fifo[64], pem[64], msg[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(fifo, sizeof(fifo), "%s/ca.pem", dir);
+    snprintf(pem, sizeof(pem), "%s/key.pem", dir);
+    CHECK_EQ(mkfifo(fifo, 0600), 0);
+    FILE *f = fopen(pem, "w");
+    CHECK(f != NULL);
+    CHECK_EQ(fclose(f), 0);
+    /* A FIFO would block librdkafka's open: refused with its line. */
+    static const char *const files[] = {"ssl.ca.location",       "ssl.certificate.location",
+                                        "ssl.key.location",      "ssl.crl.location",
+                                        "ssl.keystore.location", "ssl.engine.location",
+                                        "sasl.kerberos.keytab"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        int ca = i == 0;
+        snprintf(msg, sizeof(msg),
+                 "config.yaml:3:%zu: kafka.properties.%s %s: a FIFO, not a file%s: name %s",
+                 strlen(files[i]) + 7, files[i], fifo, ca ? " or a directory" : "",
+                 ca ? "a PEM file or a directory of CA certificates"
+                    : "the file librdkafka is to read");
+        kafka_file_property(files[i], fifo, msg);
+        kafka_file_property(files[i], pem, NULL); /* a file is what they name */
+    }
+    /* A directory: only ssl.ca.location may name one. */
+    kafka_file_property("ssl.ca.location", dir, NULL);
+    snprintf(msg, sizeof(msg),
+             "config.yaml:3:23: kafka.properties.ssl.key.location %s: a directory, not a file: "
+             "name the file librdkafka is to read",
+             dir);
+    kafka_file_property("ssl.key.location", dir, msg);
+    /* A device too. */
+    kafka_file_property("ssl.certificate.location", "/dev/zero",
+                        "config.yaml:3:31: kafka.properties.ssl.certificate.location /dev/zero: "
+                        "a device, not a file: name the file librdkafka is to read");
+    /* What does not stat is librdkafka's to report; "probe" is its own
+     * word; other properties are not paths. */
+    kafka_file_property("ssl.key.location", "/nonexistent/key.pem", NULL);
+    kafka_file_property("ssl.ca.location", "probe", NULL);
+    kafka_file_property("client.id", fifo, NULL);
+    CHECK_EQ(unlink(fifo), 0);
+    CHECK_EQ(unlink(pem), 0);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 KVS_TEST(yaml_syntax_error)
 {
     parse_fails(
@@ -1718,12 +1776,13 @@ KVS_TEST_MAIN(
     KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
     KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
     KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
-    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
-    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
-    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
-    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
-    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
-    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
-    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
-    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
-    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
+    KVS_CASE(kafka_file_properties_are_checked), KVS_CASE(yaml_syntax_error),
+    KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
+    KVS_CASE(alias_expansion_is_bounded), KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused),
+    KVS_CASE(many_keys_cost_n_log_n), KVS_CASE(unique_lists_are_bounded),
+    KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length), KVS_CASE(ready_timeout),
+    KVS_CASE(liveness_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
+    KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
+    KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
+    KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
+    KVS_CASE(bindings_partitioner))
