@@ -25,7 +25,7 @@ import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hget, req_hset
-from routertest import RouterTestCase, free_port
+from routertest import RouterTestCase, config_place, free_port
 from test_auth import req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
@@ -771,8 +771,9 @@ class ReloadTest(RouterTestCase):
         r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
         self.rewrite(r, "  partitions: 8\n", "  partitions: 16\n")
         self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
-        self.hup(r, "reload refused: cluster.partitions changed, which cannot change while the "
-                    "node runs")
+        # Named at its place in the file, as a startup error names a key's.
+        self.hup(r, "reload refused: %s: cluster.partitions changed, which cannot change while "
+                    "the node runs" % config_place(r, "partitions: 16", "16"))
         with r.client() as c:  # nothing of the file applied, not even the live key
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
@@ -864,7 +865,8 @@ class ReloadTest(RouterTestCase):
         self.hup(r, "configuration reloaded from %s (router.retry_burst, limits.auth_failures)"
                  % r.config, count=4)
         self.rewrite(r, "  - name: reader\n", "  - name: reader2\n")
-        self.hup(r, "reload refused: users changed, which cannot change while the node runs")
+        self.hup(r, "reload refused: %s: users changed, which cannot change while the node runs"
+                 % config_place(r, "  - name: ", "- name"))
         got = self.reloads(r)
         self.assertEqual(got[("master", None, "ok")], 1)
         self.assertEqual(got[("master", None, "refused")], 1)

@@ -1396,6 +1396,44 @@ KVS_TEST(reload_check_names_the_keys)
     kvs_config_free(not_live);
 }
 
+KVS_TEST(reload_refusal_names_file_and_line)
+{
+    char msg[512];
+    kvs_config_t *a = parse_ok("storage: {sync: batch}\ncluster:\n  shards: 4\n");
+    /* One key: its place leads, as in a startup error. */
+    kvs_config_t *b = parse_ok("log: {level: debug}\ncluster:\n  shards: 8\n"
+                               "storage: {sync: batch}\n");
+    kvs_config_reload_refusal(a, b, "/etc/kvs/config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "/etc/kvs/config.yaml:3:11: cluster.shards changed, which cannot change while "
+                   "the node runs (restart it for that)");
+    /* Several: the first leads, the others name their line. */
+    kvs_config_t *c = parse_ok("cluster:\n  shards: 8\nstorage:\n  sync: full\n"
+                               "plugins:\n  - x.so\n");
+    kvs_config_reload_refusal(a, c, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:2:11: cluster.shards, storage.sync (line 4), plugins (line 6) "
+                   "changed, which cannot change while the node runs (restart it for that)");
+    /* A key the file no longer sets has no line: a key that has one
+     * leads, or else the file alone. */
+    kvs_config_t *d = parse_ok("storage: {sync: full}\n");
+    kvs_config_t *e = parse_ok("storage: {sync: full}\ncluster: {shards: 8}\n");
+    kvs_config_reload_refusal(e, d, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml: cluster.shards (not set) changed, which cannot change while the "
+                   "node runs (restart it for that)");
+    kvs_config_t *f = parse_ok("storage: {sync: batch}\n");
+    kvs_config_reload_refusal(e, f, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:1:17: storage.sync, cluster.shards (not set) changed, which "
+                   "cannot change while the node runs (restart it for that)");
+    kvs_config_reload_refusal(a, e, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:2:19: cluster.shards, storage.sync (line 1) changed, which cannot "
+                   "change while the node runs (restart it for that)");
+    kvs_config_free(a);
+    kvs_config_free(b);
+    kvs_config_free(c);
+    kvs_config_free(d);
+    kvs_config_free(e);
+    kvs_config_free(f);
+}
+
 KVS_TEST(tls_sections_inherit_and_check)
 {
     kvs_config_t *c = parse_ok("tls:\n"
@@ -1767,22 +1805,22 @@ KVS_TEST_MAIN(
     KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
     KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
     KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
-    KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
-    KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
-    KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
-    KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key), KVS_CASE(duplicate_key),
-    KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
-    KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
-    KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
-    KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
-    KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
-    KVS_CASE(kafka_file_properties_are_checked), KVS_CASE(yaml_syntax_error),
-    KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
-    KVS_CASE(alias_expansion_is_bounded), KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused),
-    KVS_CASE(many_keys_cost_n_log_n), KVS_CASE(unique_lists_are_bounded),
-    KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length), KVS_CASE(ready_timeout),
-    KVS_CASE(liveness_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
-    KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
-    KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
-    KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
-    KVS_CASE(bindings_partitioner))
+    KVS_CASE(reload_refusal_names_file_and_line), KVS_CASE(reload_check_classifies_main_keys),
+    KVS_CASE(reload_check_cluster_map_is_live), KVS_CASE(apply_live_swaps_only_live_values),
+    KVS_CASE(defaults_from_empty_string), KVS_CASE(comments_and_empty_sections_are_defaults),
+    KVS_CASE(full_file_parses), KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
+    KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards),
+    KVS_CASE(bad_sync_enum), KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values),
+    KVS_CASE(listen_addresses), KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
+    KVS_CASE(log_formats), KVS_CASE(bindings_default_format_and_block_style),
+    KVS_CASE(bindings_errors), KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
+    KVS_CASE(kafka_properties), KVS_CASE(kafka_file_properties_are_checked),
+    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
+    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
+    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
+    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
+    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
+    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
