@@ -674,11 +674,15 @@ uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len)
 
 void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t *out)
 {
-    const uint8_t *end = p + len, *v;
     uint64_t tag, status = 0;
     size_t n;
     int unknown = 0;
     memset(out, 0, sizeof(*out));
+    if (len == 0) { /* no answer at all: nobody can say what happened */
+        out->unknown = 1;
+        return;
+    }
+    const uint8_t *end = p + len, *v;
     while (p < end) {
         if (peek_field(&p, end, &tag, &v, &n) != 0) {
             out->unknown = 1; /* unreadable: nobody can say what happened */
