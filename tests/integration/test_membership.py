@@ -876,7 +876,8 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # A new map with a key that cannot change live: refused whole.
         set_map(a, grown, bases)
         edit(a, "storage: {sync: batch}", "storage: {sync: full}")
-        refused("reload refused: %s: storage.sync changed" % config_place(a, "storage: {sync: full}", "full"), 1)
+        refused("reload refused: %s: storage.sync changed"
+                % config_place(a, "storage: {sync: full}", "full"), 1)
         # A map that no longer lists this node does not load.
         set_map(a, {"b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
         refused('node.name "a" is not in cluster.nodes', 1)

@@ -620,8 +620,8 @@ class PluginTest(RouterTestCase):
         # will be applied; the replacement names them by their position.
         m = MockKafka({"ro_users": 4})
         self.addCleanup(m.close)
-        r = self.deny_after("ro_", shards=2, partitions=4,
-                            extra_yaml=ingest_yaml(m.bootstrap, [("ro_users", "ro_users", "string", 4)]))
+        bound = ingest_yaml(m.bootstrap, [("ro_users", "ro_users", "string", 4)])
+        r = self.deny_after("ro_", shards=2, partitions=4, extra_yaml=bound)
         with r.client() as c:
             resp = c.hset("ro_users", "k", "v")
             self.assertReplaced(resp, False)
