@@ -38,11 +38,13 @@
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_token.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,6 +211,12 @@ static const directive_t directives[] = {
 };
 
 #define N_DIRECTIVES (sizeof(directives) / sizeof(directives[0]))
+
+/* kvs_config_t.key_pos: per directive, where the file set it (1-based; 0
+ * when it was defaulted). */
+struct kvs_config_pos_s {
+    uint32_t line, column;
+};
 
 typedef struct {
     const char *name; /* file name for messages */
@@ -934,6 +942,43 @@ static int set_bindings(cfg_ctx_t *ctx, const yaml_node_t *seq)
     return each_entry(ctx, seq, parse_binding);
 }
 
+/* The librdkafka properties that name a file it opens and reads (OpenSSL
+ * loads the TLS ones when the client is made, the engine is dlopen'ed,
+ * kinit reads the keytab): a FIFO there blocks a worker's start until some
+ * writer comes, a directory fails later with OpenSSL's words. Only
+ * ssl.ca.location may name a directory (of CA certificates). */
+static const struct kafka_file_s {
+    const char *name;
+    int dir_ok;
+} kafka_files[] = {
+    {"ssl.ca.location", 1},      {"ssl.certificate.location", 0}, {"ssl.key.location", 0},
+    {"ssl.crl.location", 0},     {"ssl.keystore.location", 0},    {"ssl.engine.location", 0},
+    {"sasl.kerberos.keytab", 0},
+};
+
+/* Checks what the value of property `k` names, when it names a file
+ * librdkafka reads (kafka_files), as kvs_tls checks the router's TLS
+ * files: at load and at every reload, so a bad path is refused with its
+ * line before any worker hands it to librdkafka. A path that does not
+ * stat is left to librdkafka to report; ssl.ca.location "probe" is
+ * librdkafka's own. */
+static int check_property_file(cfg_ctx_t *ctx, const yaml_node_t *val, const char *k,
+                               const char *path)
+{
+    const struct kafka_file_s *f = NULL;
+    for (size_t i = 0; i < sizeof(kafka_files) / sizeof(kafka_files[0]) && f == NULL; i++)
+        if (strcmp(k, kafka_files[i].name) == 0)
+            f = &kafka_files[i];
+    struct stat st;
+    if (f == NULL || path[0] == '\0' || (f->dir_ok && strcmp(path, "probe") == 0) ||
+        stat(path, &st) != 0 || S_ISREG(st.st_mode) || (f->dir_ok && S_ISDIR(st.st_mode)))
+        return 0;
+    return cfg_error(ctx, &val->start_mark, "kafka.properties.%s %s: %s, not a file%s: name %s", k,
+                     path, kvs_fs_kind(st.st_mode), f->dir_ok ? " or a directory" : "",
+                     f->dir_ok ? "a PEM file or a directory of CA certificates"
+                               : "the file librdkafka is to read");
+}
+
 static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
@@ -944,6 +989,8 @@ static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
                          "kafka.properties: property names must not be empty");
     snprintf(path, sizeof(path), "kafka.properties.%.80s", k);
     int rc = scalar_value(ctx, val, path, "a string", &text);
+    if (rc == 0)
+        rc = check_property_file(ctx, val, k, text);
     if (rc != 0)
         return rc;
     kvs_kv_t *kv = &ctx->cfg->kafka_properties[ctx->cfg->n_kafka_properties++];
@@ -2139,6 +2186,21 @@ static int prescan(cfg_ctx_t *ctx)
 
 /* Composes the document and builds the config from it. After the document
  * the stream must end: a second document would be silently ignored. */
+/* Keeps where the file set each key (kvs_config_t.key_pos). */
+static int keep_positions(cfg_ctx_t *ctx)
+{
+    struct kvs_config_pos_s *pos = calloc(N_DIRECTIVES, sizeof(*pos));
+    if (pos == NULL)
+        return cfg_oom(ctx);
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (ctx->seen[i]) {
+            pos[i].line = (uint32_t)ctx->marks[i].line + 1;
+            pos[i].column = (uint32_t)ctx->marks[i].column + 1;
+        }
+    ctx->cfg->key_pos = pos;
+    return 0;
+}
+
 static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
 {
     yaml_document_t doc, extra;
@@ -2162,6 +2224,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_limits(ctx);
     if (rc == 0)
         rc = check_tls(ctx);
+    if (rc == 0)
+        rc = keep_positions(ctx);
     ctx->doc = NULL;
     free(ctx->dups);
     ctx->dups = NULL;
@@ -2438,6 +2502,7 @@ void kvs_config_free(kvs_config_t *cfg)
     }
     free(cfg->plugins);
     free(cfg->path);
+    free(cfg->key_pos);
     free(cfg);
 }
 
@@ -2640,6 +2705,22 @@ void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next)
     next->self = self;
 }
 
+/* How directive `d` differs between `cur` and `next`: 0 not at all, 1
+ * live, 2 not live (a reload is refused for it; *name says it then). */
+static int key_change(const directive_t *d, const kvs_config_t *cur, const kvs_config_t *next,
+                      const char **name)
+{
+    *name = d->path;
+    if (directive_eq(d, cur, next))
+        return 0;
+    if (d->type == D_NODES && !map_live(cur, next)) {
+        if (cur->self != NULL && next->self != NULL)
+            *name = "cluster.nodes (this node's own address)";
+        return 2;
+    }
+    return d->flags & F_LIVE ? 1 : 2;
+}
+
 int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
                             size_t clen, char *fixed, size_t flen)
 {
@@ -2649,21 +2730,51 @@ int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, c
         fixed[0] = '\0';
     int refused = 0;
     for (size_t i = 0; i < N_DIRECTIVES; i++) {
-        const directive_t *d = &directives[i];
-        if (directive_eq(d, cur, next))
-            continue;
-        if (d->type == D_NODES && !map_live(cur, next)) {
-            list_add(fixed, flen,
-                     cur->self != NULL && next->self != NULL
-                         ? "cluster.nodes (this node's own address)"
-                         : d->path);
-            refused = 1;
-        } else if (d->flags & F_LIVE) {
-            list_add(changed, clen, d->path);
-        } else {
-            list_add(fixed, flen, d->path);
+        const char *name;
+        int how = key_change(&directives[i], cur, next, &name);
+        if (how == 1)
+            list_add(changed, clen, name);
+        else if (how == 2) {
+            list_add(fixed, flen, name);
             refused = 1;
         }
     }
     return refused ? KVS_ECONFIG : 0;
+}
+
+/* Where `next` sets directive i (NULL when it does not: its default). */
+static const struct kvs_config_pos_s *key_pos(const kvs_config_t *next, size_t i)
+{
+    return next->key_pos != NULL && next->key_pos[i].line != 0 ? &next->key_pos[i] : NULL;
+}
+
+void kvs_config_reload_refusal(const kvs_config_t *cur, const kvs_config_t *next, const char *file,
+                               char *msg, size_t len)
+{
+    char keys[512] = "", where[64] = "";
+    const char *name;
+    size_t lead = N_DIRECTIVES; /* the first key the file sets: its place leads the message */
+    for (size_t i = 0; i < N_DIRECTIVES && lead == N_DIRECTIVES; i++)
+        if (key_change(&directives[i], cur, next, &name) == 2 && key_pos(next, i) != NULL)
+            lead = i;
+    if (lead < N_DIRECTIVES) {
+        const struct kvs_config_pos_s *p = key_pos(next, lead);
+        snprintf(where, sizeof(where), ":%" PRIu32 ":%" PRIu32, p->line, p->column);
+        key_change(&directives[lead], cur, next, &name);
+        list_add(keys, sizeof(keys), name);
+    }
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        if (i == lead || key_change(&directives[i], cur, next, &name) != 2)
+            continue;
+        const struct kvs_config_pos_s *p = key_pos(next, i);
+        char item[160];
+        if (p != NULL)
+            snprintf(item, sizeof(item), "%s (line %" PRIu32 ")", name, p->line);
+        else
+            snprintf(item, sizeof(item), "%s (not set)", name);
+        list_add(keys, sizeof(keys), item);
+    }
+    snprintf(msg, len,
+             "%s%s: %s changed, which cannot change while the node runs (restart it for that)",
+             file, where, keys);
 }

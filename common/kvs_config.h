@@ -339,6 +339,11 @@ typedef struct kvs_config_s {
 
     kvs_plugin_conf_t *plugins;
     size_t n_plugins;
+
+    /* Where the file set each key (kvs_config's own: its directive
+     * table's order), for messages about a key after the load (a refused
+     * reload). NULL for a config not made by a load or parse. */
+    struct kvs_config_pos_s *key_pos;
 } kvs_config_t;
 
 /* A config file larger than this is a mistake (or not a file: /dev/zero);
@@ -431,6 +436,17 @@ const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name);
  * otherwise. */
 int kvs_config_reload_check(const kvs_config_t *cur, const kvs_config_t *next, char *changed,
                             size_t clen, char *fixed, size_t flen);
+
+/* Live reload, after kvs_config_reload_check refused `next` (loaded from
+ * `file`): writes the refusal into msg[0..len) the way a startup error
+ * names its key's place, "FILE:LINE:COLUMN: KEYS changed, which cannot
+ * change while the node runs (restart it for that)": the position is
+ * where `next` sets the first key listed (the first the file sets);
+ * each further key is followed by its line ("storage.sync (line 9)") or,
+ * when `next` does not set it, by "(not set)". When the file sets none of
+ * them the message starts "FILE: ". */
+void kvs_config_reload_refusal(const kvs_config_t *cur, const kvs_config_t *next, const char *file,
+                               char *msg, size_t len);
 
 /* Live reload, after kvs_config_reload_check accepted `next`: swaps the
  * value of every live key between `cur` and `next`, so `cur` (the running

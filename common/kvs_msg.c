@@ -777,6 +777,39 @@ uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len)
     return 0;
 }
 
+void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t *out)
+{
+    uint64_t tag, status = 0;
+    size_t n;
+    int unknown = 0;
+    memset(out, 0, sizeof(*out));
+    if (len == 0) { /* no answer at all: nobody can say what happened */
+        out->unknown = 1;
+        return;
+    }
+    const uint8_t *end = p + len, *v;
+    while (p < end) {
+        if (peek_field(&p, end, &tag, &v, &n) != 0) {
+            out->unknown = 1; /* unreadable: nobody can say what happened */
+            out->position = NULL;
+            out->position_len = 0;
+            return;
+        }
+        if (tag == (1 << 3 | 0)) { /* status */
+            const uint8_t *q = v;
+            if (kvs_varint_get(&q, v + n, &status) != 0)
+                status = 0;
+        } else if (tag == (6 << 3 | 2)) { /* position: the last one, as protobuf reads it */
+            out->position = n > 0 ? v : NULL;
+            out->position_len = n;
+        } else if (tag == (8 << 3 | 0)) { /* outcome_unknown */
+            unknown = varint_bool(v, n);
+        }
+    }
+    int applied = status == KVS_STATUS_OK || status == KVS_STATUS_PARTIAL;
+    out->unknown = unknown || status == 0 || (applied && out->position_len == 0);
+}
+
 static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -239,6 +239,25 @@ int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c);
  * field 1); 0 when the answer does not start with one. */
 uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len);
 
+/* What an answer that replaces the answer to a write must keep saying of
+ * whether the write happened (see kvs_msg_replaced_outcome). */
+typedef struct kvs_answer_outcome_s {
+    int unknown;             /* set CommandResponse.outcome_unknown */
+    const uint8_t *position; /* the replaced answer's position; NULL when it had none */
+    size_t position_len;
+} kvs_answer_outcome_t;
+
+/* For a hook that replaces the encoded CommandResponse p[0..len), the
+ * answer to a write, with an error of its own: what the replacement must
+ * keep so that the client is not told that nothing was written (an error
+ * answer to a write without outcome_unknown or a position says so). The
+ * position is kept as it was (Kafka has those records: they will be
+ * applied), pointing into p. outcome_unknown is set when the replaced
+ * answer set it, when it said the write was applied (200, 207) and no
+ * position names what was written (a table bound to no topic), and when
+ * it cannot be read. An error answer without either stays without. */
+void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t *out);
+
 /* ---- values ----------------------------------------------------------- */
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for

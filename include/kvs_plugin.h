@@ -48,7 +48,9 @@
  * it, with a message written into msg[0..msglen). At RECEIVED a stopped
  * request is not executed (nothing changes) and is answered with that
  * status and message; at EXECUTED its answer is replaced (a write has been
- * applied by then: say so in the message). What a hook returns at the send
+ * applied by then: say so in the message; the host keeps the replaced
+ * answer's position and sets outcome_unknown where the client would
+ * otherwise read the error as "nothing was written"). What a hook returns at the send
  * events is ignored. Hooks run in registration order, the built-in ones
  * (metrics, slow log) first; the first that stops a request ends the chain
  * for that event.

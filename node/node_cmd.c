@@ -827,6 +827,35 @@ static uint32_t hook_received(node_cmd_ctx_t *ctx, char *msg, size_t mlen)
     return kvs_hook_run(ctx->hooks, KVS_HOOK_RECEIVED, &ctx->info, msg, mlen);
 }
 
+/* Replaces the answer at out[start..) with a hook's `status` and `msg`. A
+ * write's replacement keeps what the answer said of whether it happened
+ * (kvs_msg_replaced_outcome): the write is in the open batch by now, and
+ * the hook's error must not tell the client that nothing was written. */
+static int hook_replace(kvs_buf_t *out, size_t start, int write, uint32_t status, char *msg)
+{
+    kvs_answer_outcome_t o = {0};
+    kvs_buf_t tok; /* a copy: the answer it lies in is overwritten */
+    kvs_buf_init(&tok);
+    if (write) {
+        kvs_msg_replaced_outcome(out->data + start + KVS_FRAME_HEADER,
+                                 out->len - start - KVS_FRAME_HEADER, &o);
+        if (o.position_len > 0 && kvs_buf_append(&tok, o.position, o.position_len) != 0) {
+            tok.len = 0;
+            o.unknown = 1; /* out of memory: without its position, all that is known is this */
+        }
+    }
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = status;
+    r.message = msg;
+    r.outcome_unknown = o.unknown != 0;
+    r.position.data = tok.data;
+    r.position.len = tok.len;
+    out->len = start;
+    int rc = kvs_msg_append(out, &r.base, SIZE_MAX);
+    kvs_buf_free(&tok);
+    return rc;
+}
+
 int node_cmd_executed(const kvs_hook_chain_t *hooks, kvs_request_info_t *in, kvs_buf_t *out,
                       size_t start)
 {
@@ -837,9 +866,8 @@ int node_cmd_executed(const kvs_hook_chain_t *hooks, kvs_request_info_t *in, kvs
     uint32_t st = kvs_hook_run(hooks, KVS_HOOK_EXECUTED, in, msg, sizeof(msg));
     if (st == 0)
         return 0;
-    out->len = start;
     in->status = st;
-    return kvs_msg_append_status(out, st, "%s", msg);
+    return hook_replace(out, start, in->write != 0, st, msg);
 }
 
 /* EXECUTED once the answer appended at out[start..) is known; a hook may

@@ -508,9 +508,8 @@ static int reload_config(node_main_t *m)
     }
     int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
     if (rc != 0) {
-        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
-                  "it for that); the running configuration is unchanged",
-                  fixed);
+        kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
         node_server_count_reload(m->srv, "refused");
     } else if ((rc = node_server_reload(m->srv, next)) != 0) {
         kvs_error("reload: out of memory; the running configuration is unchanged");

@@ -487,9 +487,8 @@ static int reload_config(router_main_t *m)
     router_procs_share(next, m->r.proc_index, m->r.n_procs); /* as the running one was */
     int rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed, sizeof(fixed));
     if (rc != 0) {
-        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
-                  "it for that); the running configuration is unchanged",
-                  fixed);
+        kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
     } else if ((rc = router_ops_reload(&m->r, next)) != 0) {
         kvs_error("reload: out of memory; the running configuration is unchanged");

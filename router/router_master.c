@@ -1004,9 +1004,8 @@ static int reload_config(master_t *m, int *map)
         m->reloads[1]++;
     } else if ((rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed,
                                              sizeof(fixed))) != 0) {
-        kvs_error("reload refused: %s changed, which cannot change while the node runs (restart "
-                  "it for that); the running configuration is unchanged",
-                  fixed);
+        kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
     } else if ((busy = reload_busy(m, *map)) != NULL) {
         rc = KVS_ECONFIG;

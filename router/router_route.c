@@ -324,6 +324,32 @@ static uint32_t resp_status(const router_req_t *req)
     return kvs_msg_answer_status(b->data + KVS_FRAME_HEADER, b->len - KVS_FRAME_HEADER);
 }
 
+/* Replaces the answer of `req`, answer[0..len) (it may lie in req->resp),
+ * with the status `st` and message msg[0..cap) a hook stopped it with. A
+ * write's replacement keeps what the answer said of whether the write
+ * happened (kvs_msg_replaced_outcome): the hook runs after the write was
+ * applied, or sent, and its error must not tell the client that nothing
+ * was written. */
+static void hook_replace(router_req_t *req, uint32_t st, char *msg, size_t cap,
+                         const uint8_t *answer, size_t len)
+{
+    /* A RESP reply (raw) is one the router made itself: no write ran. */
+    int write = req->info.write && !req->raw;
+    kvs_answer_outcome_t o = {0};
+    kvs_buf_t tok; /* a copy: req_status_frame overwrites req->resp */
+    kvs_buf_init(&tok);
+    if (write) {
+        kvs_msg_replaced_outcome(answer, len, &o);
+        if (o.position_len > 0 && kvs_buf_append(&tok, o.position, o.position_len) != 0) {
+            tok.len = 0;
+            o.unknown = 1; /* out of memory: without its position, all that is known is this */
+        }
+    }
+    req->info.status = st;
+    req_status_frame(req, st, o.unknown, &tok, msg, cap, (int)strlen(msg));
+    kvs_buf_free(&tok);
+}
+
 /* EXECUTED, once per request, when its answer is complete in req->resp: a
  * hook may replace the answer with its own status. */
 static void req_executed(router_req_t *req)
@@ -340,8 +366,9 @@ static void req_executed(router_req_t *req)
     uint32_t st = kvs_hook_run(&r->chain, KVS_HOOK_EXECUTED, &req->info, msg, sizeof(msg));
     if (st == 0)
         return;
-    req->info.status = st;
-    req_status_frame(req, st, 0, NULL, msg, sizeof(msg), (int)strlen(msg));
+    const kvs_buf_t *b = &req->resp;
+    size_t len = b->len > KVS_FRAME_HEADER ? b->len - KVS_FRAME_HEADER : 0;
+    hook_replace(req, st, msg, sizeof(msg), len > 0 ? b->data + KVS_FRAME_HEADER : NULL, len);
 }
 
 /* ---- answers ----------------------------------------------------------------- */
@@ -430,8 +457,8 @@ static int passthrough_executed(router_req_t *req, const uint8_t *payload, size_
     uint32_t st = kvs_hook_run(&r->chain, KVS_HOOK_EXECUTED, &req->info, msg, sizeof(msg));
     if (st == 0)
         return 0;
-    req->info.status = st;
-    router_req_finish_status(req, st, "%s", msg);
+    hook_replace(req, st, msg, sizeof(msg), payload, len);
+    router_req_complete(req);
     return 1;
 }
 

@@ -181,6 +181,18 @@ def edit_config(router, old, new):
         f.write(text.replace(old, new))
 
 
+def config_place(router, text, at=None):
+    """"FILE:LINE:COLUMN" of `at` (default: `text`) on the first line of
+    router's config file holding `text` (which must be there), as kvs names
+    a key's place in its messages."""
+    with open(router.config) as f:
+        for n, line in enumerate(f, 1):
+            if text in line:
+                return "%s:%d:%d" % (router.config, n,
+                                     line.index(text) + text.index(at or text) + 1)
+    raise AssertionError("%r is not in %s" % (text, router.config))
+
+
 def free_port_range(n):
     """A base port such that base .. base+n-1 are all free on 127.0.0.1 right now."""
     return free_ports(n)

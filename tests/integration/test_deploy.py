@@ -6,6 +6,10 @@ what the router sends: READY=1 only once clients are accepted (a client
 connected the moment it arrives is served), never when a worker cannot
 start, STOPPING=1 on SIGTERM, STATUS= lines on the way.
 
+StartScriptTest runs deploy/start.sh with stand-ins for the build and
+kvs-router: it refuses, before building, while a node holds its config's
+data_dir, and otherwise builds and starts as on a fresh machine.
+
 UnitFileTest checks deploy/kvs.service with systemd-analyze: `verify` on a
 copy whose ExecStart points at this build's kvs-router (verify requires the
 binary to exist), and `security --offline` for the sandboxing's exposure.
@@ -15,6 +19,7 @@ compose file parses, mounts files that exist and load as kvs configs whose
 nodes agree on one cluster; the Dockerfile copies files that exist, and its
 runtime package list covers every library the binaries link.
 """
+import fcntl
 import os
 import re
 import shutil
@@ -174,6 +179,93 @@ class NotifyTest(RouterTestCase):
         self.assertTrue(r.alive())
         self.assertNotIn("killed by signal", r.stderr())
         self.assertEqual(r.stop(), 0)
+
+
+# ---- deploy/start.sh ----------------------------------------------------------------
+
+
+class StartScriptTest(RouterTestCase):
+    """deploy/start.sh, run from a copy of deploy/ whose build.sh and
+    build/kvs-router are stand-ins that note they ran (the real ones would
+    install packages and build the repository): a second start.sh while a
+    node runs on its config must stop before building."""
+
+    def setUp(self):
+        super().setUp()
+        self.top = tempfile.mkdtemp(prefix="kvs-start-")
+        self.addCleanup(shutil.rmtree, self.top, ignore_errors=True)
+        os.makedirs(os.path.join(self.top, "deploy"))
+        os.makedirs(os.path.join(self.top, "build"))
+        shutil.copy(os.path.join(DEPLOY, "start.sh"), os.path.join(self.top, "deploy"))
+        self.built = os.path.join(self.top, "built")
+        self.ran = os.path.join(self.top, "ran")
+        self.stub("deploy/build.sh", 'echo "$@" > %s' % self.built)
+        self.stub("build/kvs-router", 'echo "$PWD $*" > %s' % self.ran)
+
+    def stub(self, rel, body):
+        path = os.path.join(self.top, rel)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n%s\n" % body)
+        os.chmod(path, 0o755)
+
+    def start_sh(self, config):
+        for f in (self.built, self.ran):
+            if os.path.exists(f):
+                os.unlink(f)
+        return subprocess.run([os.path.join(self.top, "deploy", "start.sh"), config],
+                              capture_output=True, text=True, timeout=30)
+
+    def assertStarted(self, p, config):
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(self.built) as f:
+            self.assertEqual(f.read(), "%s/build -DCMAKE_BUILD_TYPE=Release\n" % self.top)
+        with open(self.ran) as f:
+            self.assertEqual(f.read(), "%s --config %s\n" % (self.top, config))
+
+    def assertRefused(self, p, config, lock):
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, "start.sh: a kvs node is already running on %s (it holds %s): "
+                                   "stop it first (Ctrl-C where it runs, or SIGTERM to its "
+                                   "kvs-router); building now would replace the binaries it "
+                                   "restarts its workers from\n" % (config, lock))
+        self.assertFalse(os.path.exists(self.built), "built under the running node")
+        self.assertFalse(os.path.exists(self.ran))
+
+    def test_a_second_start_while_the_node_runs_builds_nothing(self):
+        r = self.router(shards=1, partitions=8)
+        lock = os.path.join(r.data_dir, "router.lock")
+        self.assertRefused(self.start_sh(r.config), r.config, lock)
+        # Once it stopped, its lock file stays but nobody holds it.
+        self.assertEqual(r.stop(), 0, r.stderr())
+        self.assertTrue(os.path.exists(lock))
+        self.assertStarted(self.start_sh(r.config), r.config)
+
+    def test_first_run_and_data_dir_spellings(self):
+        # data_dir as kvs reads it: relative to the node's directory (the
+        # repository's top), quoted or not, with a comment, or the default.
+        config = os.path.join(self.top, "config.yaml")
+        for text, data in [("data_dir: ./data   # here\n", "data"),
+                           ("cluster: {shards: 1}\n", "data"),
+                           ('data_dir: "my data" # quoted\n', "my data"),
+                           ("data_dir: '%s/abs'\n" % self.top, "abs"),
+                           ("data_dir: rel/d\n", "rel/d")]:
+            with self.subTest(text=text):
+                with open(config, "w") as f:
+                    f.write(text)
+                self.assertStarted(self.start_sh(config), config)  # nothing there yet
+                d = os.path.join(self.top, data)
+                os.makedirs(d, exist_ok=True)
+                lock = os.path.join(d, "router.lock")
+                with open(lock, "w") as held:
+                    fcntl.flock(held, fcntl.LOCK_EX)
+                    self.assertRefused(self.start_sh(config), config, lock)
+                self.assertStarted(self.start_sh(config), config)
+
+    def test_a_config_that_is_not_readable_is_refused_before_building(self):
+        p = self.start_sh(os.path.join(self.top, "missing.yaml"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("missing.yaml: not a readable file", p.stderr)
+        self.assertFalse(os.path.exists(self.built))
 
 
 # ---- the systemd unit --------------------------------------------------------------------

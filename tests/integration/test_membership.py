@@ -19,7 +19,7 @@ import unittest
 
 from kafkatest import info_pairs, wait_until
 from kvstest import HOST, Client, free_port, pb, pyval, req_hget, req_hset
-from routertest import edit_config as edit, procs_for_config
+from routertest import config_place, edit_config as edit, procs_for_config
 from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
 from test_replicas import SHARDS, TABLE, ReplicaFixtures, hget_at, shard_of_key
@@ -876,14 +876,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # A new map with a key that cannot change live: refused whole.
         set_map(a, grown, bases)
         edit(a, "storage: {sync: batch}", "storage: {sync: full}")
-        refused("reload refused: storage.sync changed", 1)
+        refused("reload refused: %s: storage.sync changed"
+                % config_place(a, "storage: {sync: full}", "full"), 1)
         # A map that no longer lists this node does not load.
         set_map(a, {"b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases)
         refused('node.name "a" is not in cluster.nodes', 1)
         # This node's own address is where its workers listen: not live.
         moved = dict(bases, a=bases["a"] + 1000)
         set_map(a, layout, moved)
-        refused("reload refused: cluster.nodes (this node's own address) changed", 1)
+        refused("reload refused: %s: cluster.nodes (this node's own address) changed"
+                % config_place(a, "    - {name: ", "- {name"), 1)
         self.assertNotIn("membership change", a.stderr())
         # The next good reload goes through.
         set_map(a, grown, bases)

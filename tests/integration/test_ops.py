@@ -23,9 +23,9 @@ import unittest
 
 import redis
 
-from kafkatest import MockKafka, ingest_yaml, produce, wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hset
-from routertest import RouterTestCase, free_port
+from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
+from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hget, req_hset
+from routertest import RouterTestCase, config_place, free_port
 from test_auth import req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
@@ -564,6 +564,74 @@ class PluginTest(RouterTestCase):
         with r.worker_client(r.shard_of(b"k")) as w:
             self.assertEqual(w.call(req_hset("ro_users", b"k", "v")).status, 403)
 
+    def deny_after(self, prefix, **kw):
+        """A router whose deny_writes hook replaces, at EXECUTED, the answer
+        of each write to a table named PREFIX* (the write has run by then)."""
+        r = self.router(start=False, **kw)
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_deny_writes.so", arg: "executed:%s"}\n'
+                    % (PLUGINS, prefix))
+        r.start()
+        return r
+
+    def assertReplaced(self, resp, unknown, command="Hset", table="ro_users"):
+        self.assertEqual(resp.status, 403, resp.message)
+        self.assertEqual(resp.message, '%s of table "%s" refused by deny_writes: tables ro_* '
+                                       'are read-only' % (command, table))
+        self.assertEqual(resp.outcome_unknown, unknown)
+
+    def test_a_hook_replacing_a_writes_answer_keeps_its_outcome(self):
+        # An error answer to a write without outcome_unknown or a position
+        # says nothing was written: a hook's answer to a write that ran
+        # must not say that.
+        r = self.deny_after("ro_", shards=2, partitions=8)
+        with r.client() as c:
+            self.assertReplaced(c.hset("ro_users", "k", "v"), True)
+            self.assertEqual(pyval(c.hget("ro_users", "k").values[0]), "v")  # it was written
+            self.assertReplaced(c.hmset("ro_users", [(b"a", "1"), (b"b", "2")]), True, "Hmset")
+            self.assertEqual([pyval(v) for v in c.hmget("ro_users", [b"a", b"b"]).values],
+                             ["1", "2"])
+            # A write refused before it ran (not a number to add to) says so still.
+            inc = pb.CommandRequest()
+            inc.hincr.table, inc.hincr.key, inc.hincr.by_int = "ro_users", b"k", 1
+            refused = c.call(inc)
+            self.assertReplaced(refused, False, "Hincr")
+            self.assertEqual(refused.position, b"")
+            self.assertEqual(pyval(c.hget("ro_users", "k").values[0]), "v")
+            self.assertEqual(c.hset("users", "k", "v").status, 200)
+        # A worker's own hook does the same to a write sent to it directly.
+        with r.worker_client(r.shard_of(b"k2")) as w:
+            self.assertReplaced(w.call(req_hset("ro_users", b"k2", "v")), True)
+
+    def test_a_hook_replacing_an_unknown_writes_answer_keeps_it_unknown(self):
+        # The worker holds the Hdel past router.timeout: the router's 503
+        # says it may or may not have run, and the hook's 403 must too.
+        r = self.router(start=False, shards=1, partitions=8, timeout="500ms")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_stall_writes.so", arg: "Hdel 2000"}\n'
+                    '  - {path: "%s/test_deny_writes.so", arg: "executed:ro_"}\n'
+                    % (PLUGINS, PLUGINS))
+        r.start()
+        with r.client(timeout=20) as c:
+            self.assertReplaced(c.hdel("ro_users", "k"), True, "Hdel")
+
+    def test_a_hook_replacing_a_logged_writes_answer_keeps_its_position(self):
+        # A table bound to a topic: the write's records are in Kafka and
+        # will be applied; the replacement names them by their position.
+        m = MockKafka({"ro_users": 4})
+        self.addCleanup(m.close)
+        bound = ingest_yaml(m.bootstrap, [("ro_users", "ro_users", "string", 4)])
+        r = self.deny_after("ro_", shards=2, partitions=4, extra_yaml=bound)
+        with r.client() as c:
+            resp = c.hset("ro_users", "k", "v")
+            self.assertReplaced(resp, False)
+            (entry,) = pos_entries(resp.position)
+            self.assertEqual(entry[0], "ro_users")
+            read = req_hget("ro_users", b"k")
+            read.min_position = resp.position
+            got = c.call(read)
+            self.assertEqual(pyval(got.values[0]), "v", got.message)
+
     def test_missing_or_wrong_abi_plugin_refuses_to_start(self):
         # A FIFO: dlopen waited for a writer in every worker, and the node
         # gave up after router.ready_timeout (exit 1) with no reason given.
@@ -703,8 +771,9 @@ class ReloadTest(RouterTestCase):
         r = self.metrics_router(shards=2, partitions=8, log="{level: info, slow_threshold: off}")
         self.rewrite(r, "  partitions: 8\n", "  partitions: 16\n")
         self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
-        self.hup(r, "reload refused: cluster.partitions changed, which cannot change while the "
-                    "node runs")
+        # Named at its place in the file, as a startup error names a key's.
+        self.hup(r, "reload refused: %s: cluster.partitions changed, which cannot change while "
+                    "the node runs" % config_place(r, "partitions: 16", "16"))
         with r.client() as c:  # nothing of the file applied, not even the live key
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(len(c.call(slowlog_req()).ops.slowlog), 0)
@@ -796,7 +865,8 @@ class ReloadTest(RouterTestCase):
         self.hup(r, "configuration reloaded from %s (router.retry_burst, limits.auth_failures)"
                  % r.config, count=4)
         self.rewrite(r, "  - name: reader\n", "  - name: reader2\n")
-        self.hup(r, "reload refused: users changed, which cannot change while the node runs")
+        self.hup(r, "reload refused: %s: users changed, which cannot change while the node runs"
+                 % config_place(r, "  - name: ", "- name"))
         got = self.reloads(r)
         self.assertEqual(got[("master", None, "ok")], 1)
         self.assertEqual(got[("master", None, "refused")], 1)

@@ -3,7 +3,10 @@
  * table whose name starts with the plugin's arg (default "ro_"), with
  * status 403 and a message naming the table; everything else goes on.
  * Registered in the router and in the workers alike, so a write that
- * reaches a worker directly is refused there too. Used by test_ops.py.
+ * reaches a worker directly is refused there too. With an arg of
+ * "executed:PREFIX" the hook runs at EXECUTED instead: the write has run
+ * (or was sent and may have), and the hook replaces its answer with the
+ * 403. Used by test_ops.py.
  */
 #include "kvs_plugin.h"
 
@@ -27,9 +30,15 @@ static uint32_t deny_hook(void *state, kvs_hook_event_t event, const kvs_request
 
 static int deny_init(const kvs_plugin_host_t *host, void **state)
 {
-    char *prefix = strdup(host->arg[0] ? host->arg : "ro_");
-    if (prefix == NULL ||
-        host->add_hook(host, KVS_HOOK_MASK(KVS_HOOK_RECEIVED), deny_hook, prefix) != 0) {
+    static const char executed[] = "executed:";
+    const char *arg = host->arg;
+    kvs_hook_event_t event = KVS_HOOK_RECEIVED;
+    if (strncmp(arg, executed, sizeof(executed) - 1) == 0) {
+        event = KVS_HOOK_EXECUTED;
+        arg += sizeof(executed) - 1;
+    }
+    char *prefix = strdup(arg[0] ? arg : "ro_");
+    if (prefix == NULL || host->add_hook(host, KVS_HOOK_MASK(event), deny_hook, prefix) != 0) {
         free(prefix);
         snprintf(host->error, host->error_len, "cannot register the hook");
         return -1;

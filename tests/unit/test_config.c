@@ -530,6 +530,64 @@ KVS_TEST(kafka_properties)
                 "properties, got a list");
 }
 
+/* Parses kafka.properties with one property `k` set to `v`; expects
+ * success, or the error `msg` (positions: line 3, column 5 + len(k) + 2). */
+static void kafka_file_property(const char *k, const char *v, const char *msg)
+{
+    char text[512];
+    snprintf(text, sizeof(text), "kafka:\n  properties:\n    %s: \"%s\"\n", k, v);
+    if (msg == NULL)
+        kvs_config_free(parse_ok(text));
+    else
+        parse_fails(text, msg);
+}
+
+KVS_TEST(kafka_file_properties_are_checked)
+{
+    char dir[] = "/tmp/kvs-test-config-XXXXXX", fifo[64], pem[64], msg[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(fifo, sizeof(fifo), "%s/ca.pem", dir);
+    snprintf(pem, sizeof(pem), "%s/key.pem", dir);
+    CHECK_EQ(mkfifo(fifo, 0600), 0);
+    FILE *f = fopen(pem, "w");
+    CHECK(f != NULL);
+    CHECK_EQ(fclose(f), 0);
+    /* A FIFO would block librdkafka's open: refused with its line. */
+    static const char *const files[] = {"ssl.ca.location",       "ssl.certificate.location",
+                                        "ssl.key.location",      "ssl.crl.location",
+                                        "ssl.keystore.location", "ssl.engine.location",
+                                        "sasl.kerberos.keytab"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        int ca = i == 0;
+        snprintf(msg, sizeof(msg),
+                 "config.yaml:3:%zu: kafka.properties.%s %s: a FIFO, not a file%s: name %s",
+                 strlen(files[i]) + 7, files[i], fifo, ca ? " or a directory" : "",
+                 ca ? "a PEM file or a directory of CA certificates"
+                    : "the file librdkafka is to read");
+        kafka_file_property(files[i], fifo, msg);
+        kafka_file_property(files[i], pem, NULL); /* a file is what they name */
+    }
+    /* A directory: only ssl.ca.location may name one. */
+    kafka_file_property("ssl.ca.location", dir, NULL);
+    snprintf(msg, sizeof(msg),
+             "config.yaml:3:23: kafka.properties.ssl.key.location %s: a directory, not a file: "
+             "name the file librdkafka is to read",
+             dir);
+    kafka_file_property("ssl.key.location", dir, msg);
+    /* A device too. */
+    kafka_file_property("ssl.certificate.location", "/dev/zero",
+                        "config.yaml:3:31: kafka.properties.ssl.certificate.location /dev/zero: "
+                        "a device, not a file: name the file librdkafka is to read");
+    /* What does not stat is librdkafka's to report; "probe" is its own
+     * word; other properties are not paths. */
+    kafka_file_property("ssl.key.location", "/nonexistent/key.pem", NULL);
+    kafka_file_property("ssl.ca.location", "probe", NULL);
+    kafka_file_property("client.id", fifo, NULL);
+    CHECK_EQ(unlink(fifo), 0);
+    CHECK_EQ(unlink(pem), 0);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 KVS_TEST(yaml_syntax_error)
 {
     parse_fails(
@@ -1338,6 +1396,44 @@ KVS_TEST(reload_check_names_the_keys)
     kvs_config_free(not_live);
 }
 
+KVS_TEST(reload_refusal_names_file_and_line)
+{
+    char msg[512];
+    kvs_config_t *a = parse_ok("storage: {sync: batch}\ncluster:\n  shards: 4\n");
+    /* One key: its place leads, as in a startup error. */
+    kvs_config_t *b = parse_ok("log: {level: debug}\ncluster:\n  shards: 8\n"
+                               "storage: {sync: batch}\n");
+    kvs_config_reload_refusal(a, b, "/etc/kvs/config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "/etc/kvs/config.yaml:3:11: cluster.shards changed, which cannot change while "
+                   "the node runs (restart it for that)");
+    /* Several: the first leads, the others name their line. */
+    kvs_config_t *c = parse_ok("cluster:\n  shards: 8\nstorage:\n  sync: full\n"
+                               "plugins:\n  - x.so\n");
+    kvs_config_reload_refusal(a, c, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:2:11: cluster.shards, storage.sync (line 4), plugins (line 6) "
+                   "changed, which cannot change while the node runs (restart it for that)");
+    /* A key the file no longer sets has no line: a key that has one
+     * leads, or else the file alone. */
+    kvs_config_t *d = parse_ok("storage: {sync: full}\n");
+    kvs_config_t *e = parse_ok("storage: {sync: full}\ncluster: {shards: 8}\n");
+    kvs_config_reload_refusal(e, d, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml: cluster.shards (not set) changed, which cannot change while the "
+                   "node runs (restart it for that)");
+    kvs_config_t *f = parse_ok("storage: {sync: batch}\n");
+    kvs_config_reload_refusal(e, f, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:1:17: storage.sync, cluster.shards (not set) changed, which "
+                   "cannot change while the node runs (restart it for that)");
+    kvs_config_reload_refusal(a, e, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:2:19: cluster.shards, storage.sync (line 1) changed, which cannot "
+                   "change while the node runs (restart it for that)");
+    kvs_config_free(a);
+    kvs_config_free(b);
+    kvs_config_free(c);
+    kvs_config_free(d);
+    kvs_config_free(e);
+    kvs_config_free(f);
+}
+
 KVS_TEST(tls_sections_inherit_and_check)
 {
     kvs_config_t *c = parse_ok("tls:\n"
@@ -1709,15 +1805,16 @@ KVS_TEST_MAIN(
     KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
     KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
     KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
-    KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
-    KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
-    KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
-    KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key), KVS_CASE(duplicate_key),
-    KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
-    KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
-    KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
-    KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
-    KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
+    KVS_CASE(reload_refusal_names_file_and_line), KVS_CASE(reload_check_classifies_main_keys),
+    KVS_CASE(reload_check_cluster_map_is_live), KVS_CASE(apply_live_swaps_only_live_values),
+    KVS_CASE(defaults_from_empty_string), KVS_CASE(comments_and_empty_sections_are_defaults),
+    KVS_CASE(full_file_parses), KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
+    KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards),
+    KVS_CASE(bad_sync_enum), KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values),
+    KVS_CASE(listen_addresses), KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
+    KVS_CASE(log_formats), KVS_CASE(bindings_default_format_and_block_style),
+    KVS_CASE(bindings_errors), KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
+    KVS_CASE(kafka_properties), KVS_CASE(kafka_file_properties_are_checked),
     KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
     KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
     KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),

@@ -2001,6 +2001,48 @@ KVS_TEST(find_bytes_and_resp_position)
     kvs_buf_free(&b);
 }
 
+/* What a hook's replacement keeps of the answer to a write it replaces:
+ * the position as it was; outcome_unknown when the answer set it, said the
+ * write was applied with no position, or cannot be read; nothing for a
+ * refusal that wrote nothing. */
+static void replaced(uint32_t status, int unknown, const uint8_t *tok, size_t toklen,
+                     int want_unknown)
+{
+    Kvs__CommandResponse m = KVS__COMMAND_RESPONSE__INIT;
+    uint8_t buf[128];
+    m.status = status;
+    m.message = "m";
+    m.outcome_unknown = unknown != 0;
+    m.position.data = (uint8_t *)tok;
+    m.position.len = toklen;
+    size_t n = kvs__command_response__pack(&m, buf);
+    kvs_answer_outcome_t o;
+    kvs_msg_replaced_outcome(buf, n, &o);
+    CHECK_EQ(o.unknown, want_unknown);
+    CHECK_EQ(o.position_len, toklen);
+    CHECK(toklen == 0 ? o.position == NULL : memcmp(o.position, tok, toklen) == 0);
+}
+
+KVS_TEST(replaced_outcome_keeps_what_the_write_did)
+{
+    static const uint8_t tok[] = {0x01, 0x01, 't', 0x01, 0x03, 0x11};
+    replaced(200, 0, NULL, 0, 1);          /* applied, nothing names it */
+    replaced(200, 0, tok, sizeof(tok), 0); /* applied: its records are named */
+    replaced(207, 0, NULL, 0, 1);          /* partly applied */
+    replaced(207, 0, tok, sizeof(tok), 0);
+    replaced(503, 1, NULL, 0, 1); /* may or may not */
+    replaced(503, 1, tok, sizeof(tok), 1);
+    replaced(503, 0, tok, sizeof(tok), 0); /* acknowledged, not applied yet */
+    replaced(403, 0, NULL, 0, 0);          /* refused: nothing written */
+    replaced(400, 0, NULL, 0, 0);
+    kvs_answer_outcome_t o;
+    static const uint8_t cut[] = {0x08, 0xc8, 0x01, 0x32, 0x05, 'a'}; /* 200, position cut short */
+    kvs_msg_replaced_outcome(cut, sizeof(cut), &o);
+    CHECK(o.unknown && o.position == NULL && o.position_len == 0);
+    kvs_msg_replaced_outcome(NULL, 0, &o); /* no answer */
+    CHECK(o.unknown && o.position == NULL);
+}
+
 /* kvs_resp_outcome_unknown writes CommandResponse.outcome_unknown where
  * protobuf-c reads it; an answer without it reads false. */
 KVS_TEST(resp_outcome_unknown)
@@ -2133,4 +2175,5 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
               KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
               KVS_CASE(value_encode_bytes_and_string), KVS_CASE(msg_append_writes_one_frame),
-              KVS_CASE(msg_append_status), KVS_CASE(msg_append_too_big))
+              KVS_CASE(msg_append_status), KVS_CASE(msg_append_too_big),
+              KVS_CASE(replaced_outcome_keeps_what_the_write_did))
