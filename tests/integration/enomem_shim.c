@@ -16,8 +16,9 @@
  *   KVS_TEST_ENOMEM_EVERY     fail every Nth call counted from the arming
  *   KVS_TEST_ENOMEM_PPM       or: fail each call with this probability, in
  *                             parts per million, decided by a hash of
- *                             KVS_TEST_ENOMEM_SEED and the call's number
- *                             (reproducible for a single-threaded caller)
+ *                             KVS_TEST_ENOMEM_SEED, the call's number and
+ *                             the pid (so a process restarted in the
+ *                             window does not fail exactly as before)
  *   KVS_TEST_ENOMEM_AFTER_MS  arm this long after the process loaded the
  *                             shim (default 0), so start-up is not affected
  *   KVS_TEST_ENOMEM_AT_MS     or: arm at this wall-clock time (milliseconds
@@ -127,6 +128,7 @@ static uint64_t every;     /* fail every Nth call, 0 = use ppm */
 static uint64_t ppm;       /* probability in parts per million */
 static uint64_t seed;
 static uint64_t min_size;
+static uint64_t salt; /* the pid: a restarted process fails other calls */
 static int64_t arm_at_ms;  /* CLOCK_MONOTONIC */
 static int64_t disarm_at_ms; /* INT64_MAX = never */
 static atomic_uint_fast64_t calls, failed;
@@ -250,6 +252,7 @@ __attribute__((constructor)) static void shim_init(void)
     if (every == 0 && ppm == 0)
         return;
     seed = env_u64("KVS_TEST_ENOMEM_SEED", 1);
+    salt = (uint64_t)getpid() << 32;
     min_size = env_u64("KVS_TEST_ENOMEM_MIN_SIZE", 0);
     int64_t start = now_ms();
     arm_at_ms = start + (int64_t)env_u64("KVS_TEST_ENOMEM_AFTER_MS", 0);
@@ -295,7 +298,7 @@ static int fail_now(size_t size)
     if (!atomic_exchange(&armed_said, 1))
         say("armed", 0);
     uint64_t n = atomic_fetch_add(&calls, 1) + 1;
-    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n)) % 1000000 < ppm;
+    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n ^ salt)) % 1000000 < ppm;
     if (fail)
         atomic_fetch_add(&failed, 1);
     return fail;
