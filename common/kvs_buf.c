@@ -6,6 +6,7 @@
  */
 #include "kvs_buf.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,14 @@ int kvs_buf_append(kvs_buf_t *b, const void *p, size_t n)
         memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;
+}
+
+void kvs_buf_put(kvs_buf_t *b, const void *p, size_t n)
+{
+    assert(b->cap - b->len >= n);
+    if (n > 0)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
 }
 
 void kvs_buf_consume(kvs_buf_t *b, size_t n)

@@ -22,11 +22,17 @@ void kvs_buf_init(kvs_buf_t *b);
 void kvs_buf_free(kvs_buf_t *b);
 
 /* Makes room for `extra` more bytes past len. Returns 0 or -ENOMEM (the
- * buffer is unchanged on failure). */
-int kvs_buf_reserve(kvs_buf_t *b, size_t extra);
+ * buffer is unchanged on failure). Both this and kvs_buf_append must have
+ * their result checked (warn_unused_result): an append that failed and
+ * went unnoticed is an answer with a hole in it. */
+int kvs_buf_reserve(kvs_buf_t *b, size_t extra) __attribute__((warn_unused_result));
 
 /* Appends `n` bytes. Returns 0 or -ENOMEM. */
-int kvs_buf_append(kvs_buf_t *b, const void *p, size_t n);
+int kvs_buf_append(kvs_buf_t *b, const void *p, size_t n) __attribute__((warn_unused_result));
+
+/* Appends `n` bytes into room a kvs_buf_reserve already made (asserted):
+ * never allocates, so it cannot fail. */
+void kvs_buf_put(kvs_buf_t *b, const void *p, size_t n);
 
 /* Drops the first `n` bytes (memmove of the rest). */
 void kvs_buf_consume(kvs_buf_t *b, size_t n);

@@ -1230,20 +1230,55 @@ void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
     c->hard_limit = g->limits.hard_limit;
 }
 
+/* Refusing must not need memory: a listener whose pending connection is
+ * not accepted stops accepting for good (libuv polls it again only after
+ * uv_accept). Without memory for a handle, the spare takes the
+ * connection; while the spare is closing, listeners that need it wait
+ * (a few: a process has few listeners) and are served from its close
+ * callback. Single-threaded, like every loop. */
+#define REFUSE_WAITING_MAX 16
+static kvs_listener_t refuse_spare;
+static int refuse_spare_busy;
+static uv_stream_t *refuse_waiting[REFUSE_WAITING_MAX];
+static size_t refuse_n_waiting;
+
 static void on_refused_closed(uv_handle_t *h)
 {
-    free(h);
+    if (h != &refuse_spare.handle) {
+        free(h);
+        return;
+    }
+    refuse_spare_busy = 0;
+    while (refuse_n_waiting > 0 && !refuse_spare_busy) {
+        uv_stream_t *server = refuse_waiting[--refuse_n_waiting];
+        if (!uv_is_closing((uv_handle_t *)server))
+            kvs_conn_refuse(server, NULL, 0);
+    }
 }
 
 int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
 {
     kvs_listener_t *h = malloc(sizeof(*h));
-    if (h == NULL)
-        return UV_ENOMEM;
+    if (h == NULL && refuse_spare_busy) {
+        for (size_t i = 0; i < refuse_n_waiting; i++)
+            if (refuse_waiting[i] == server)
+                return 0; /* already waiting: one accept per turn of the listener */
+        if (refuse_n_waiting == REFUSE_WAITING_MAX)
+            return UV_ENOMEM;
+        refuse_waiting[refuse_n_waiting++] = server;
+        return 0;
+    }
+    if (h == NULL) {
+        h = &refuse_spare;
+        refuse_spare_busy = 1;
+    }
     int rc = server->type == UV_NAMED_PIPE ? uv_pipe_init(server->loop, &h->pipe, 0)
                                            : uv_tcp_init(server->loop, &h->tcp);
     if (rc != 0) {
-        free(h);
+        if (h == &refuse_spare)
+            refuse_spare_busy = 0;
+        else
+            free(h);
         return rc;
     }
     rc = uv_accept(server, &h->stream);

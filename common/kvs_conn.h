@@ -400,8 +400,11 @@ void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 /* Accepts a pending connection from `server` only to refuse it: writes
  * `msg[0..len)` (a complete frame, small enough for the socket buffer; NULL
  * for nothing, as on a TLS listener) if the socket takes it at once, and
- * closes. For a listener at its
- * connection limit. Returns 0 or a uv error. */
+ * closes. For a listener at its connection limit, or one that has no
+ * memory for a new client: a connection callback must accept or refuse,
+ * or libuv stops polling the listener. Needs no memory: without any, a
+ * spare handle takes the connection, now or once it is free again.
+ * Returns 0 or a uv error. */
 int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len);
 
 /* ---- flusher: flush every queued connection once per loop turn -------- */

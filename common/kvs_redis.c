@@ -285,7 +285,7 @@ static int inline_word(const uint8_t *s, size_t n, size_t *i, kvs_buf_t *out)
             b = c;
             k++;
         }
-        kvs_buf_append(out, &b, 1);
+        kvs_buf_put(out, &b, 1); /* split_inline reserved n + 1 bytes */
     }
     *i = k;
     return 0;

@@ -186,7 +186,9 @@ void kvs_resp_outcome_unknown(kvs_resp_t *r)
 
 size_t kvs_resp_size(const kvs_resp_t *r)
 {
-    return r->out->len - r->start - KVS_FRAME_HEADER;
+    /* kvs_resp_begin without memory for the header wrote nothing */
+    return r->out->len >= r->start + KVS_FRAME_HEADER ? r->out->len - r->start - KVS_FRAME_HEADER
+                                                      : 0;
 }
 
 int kvs_resp_end(kvs_resp_t *r)

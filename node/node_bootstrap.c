@@ -162,9 +162,10 @@ static void on_waiter(uv_stream_t *server, int status)
     if (w == NULL) {
         kvs_buf_t msg;
         kvs_buf_init(&msg);
-        if (kvs_msg_append_status(&msg, KVS_STATUS_UNAVAILABLE, "shard %u is starting", b->shard) ==
+        if (kvs_msg_append_status(&msg, KVS_STATUS_UNAVAILABLE, "shard %u is starting", b->shard) !=
             0)
-            kvs_conn_refuse(server, msg.data, msg.len);
+            msg.len = 0; /* no memory for the reason: refused all the same */
+        kvs_conn_refuse(server, msg.len > 0 ? msg.data : NULL, msg.len);
         kvs_buf_free(&msg);
         return;
     }

@@ -136,10 +136,13 @@ static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBin
 
 /* An Hset's or Hdel's answer, holding the previous value, must fit before
  * the write happens: a previous value stored under a larger max_frame
- * makes it 413 and nothing is written. Returns 1 if it did. */
+ * makes it 413 and nothing is written; so does an answer that could not
+ * be built (r->err: kvs_resp_end reports it). Returns 1 if it did. */
 static int previous_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
                               const ProtobufCBinaryData *key)
 {
+    if (r->err != 0)
+        return 1; /* no memory for the answer: nothing is written, the answer says why */
     size_t need = kvs_resp_size(r);
     if (need <= ctx->max_frame)
         return 0;

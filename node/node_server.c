@@ -834,8 +834,9 @@ static void refuse_client(node_server_t *srv, uv_stream_t *server, int li)
     kvs_buf_init(&b);
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
                               "too many clients (limits.max_clients = %u); retry later",
-                              srv->max_clients) == 0)
-        kvs_conn_refuse(server, srv->listener_tls[li] != NULL ? NULL : b.data, b.len);
+                              srv->max_clients) != 0)
+        b.len = 0; /* no memory for the reason: refused all the same */
+    kvs_conn_refuse(server, srv->listener_tls[li] != NULL || b.len == 0 ? NULL : b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(srv->loop);
     if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
@@ -860,7 +861,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     node_client_t *cl = calloc(1, sizeof(*cl));
     if (cl == NULL) {
-        kvs_error("out of memory accepting a client");
+        kvs_error("out of memory accepting a client; closing it");
+        kvs_conn_refuse(server, NULL, 0); /* or the listener stops accepting */
         return;
     }
     cl->srv = srv;

@@ -135,8 +135,8 @@ static int append_chunk(kvs_buf_t *out, const uint8_t *p, size_t n)
     q = put_varint(q, value);
     *q++ = 0x12; /* binary_value */
     q = put_varint(q, n);
-    kvs_buf_append(out, head, (size_t)(q - head));
-    kvs_buf_append(out, p, n);
+    kvs_buf_put(out, head, (size_t)(q - head));
+    kvs_buf_put(out, p, n);
     return 0;
 }
 

@@ -94,8 +94,8 @@ static int client_write(router_client_t *cl, router_req_t *req, const uint8_t *p
     kvs_frame_put_header(hdr, (uint32_t)len);
     if (kvs_buf_reserve(out, sizeof(hdr) + len) != 0)
         return -ENOMEM;
-    kvs_buf_append(out, hdr, sizeof(hdr));
-    kvs_buf_append(out, payload, len);
+    kvs_buf_put(out, hdr, sizeof(hdr));
+    kvs_buf_put(out, payload, len);
     return 0;
 }
 
@@ -511,6 +511,8 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp)
                                           "too many clients (limits.max_clients = %u); retry later",
                                           r->max_clients)) == 0)
         kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
+    else
+        kvs_conn_refuse(server, NULL, 0); /* no memory for the reason */
     kvs_buf_free(&b);
     r->refused[resp != 0]++;
     uint64_t now = uv_now(r->loop);
@@ -540,8 +542,9 @@ static void on_connection(uv_stream_t *server, int status)
     if (cl == NULL ||
         (resp && (cl->redis = router_redis_new(
                       r, r->id_base | (++r->next_client_id & ROUTER_ID_COUNTER_MASK))) == NULL)) {
-        kvs_error("out of memory accepting a client");
+        kvs_error("out of memory accepting a client; closing it");
         free(cl);
+        kvs_conn_refuse(server, NULL, 0); /* or the listener stops accepting */
         return;
     }
     cl->router = r;

@@ -421,8 +421,10 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     http_conn_t *hc = calloc(1, sizeof(*hc));
-    if (hc == NULL)
+    if (hc == NULL) {
+        kvs_conn_refuse(server, NULL, 0); /* or the listener stops accepting */
         return;
+    }
     hc->h = h;
     kvs_conn_init(&hc->conn, h->loop, 0, HTTP_MAX_REQUEST, on_frame, on_conn_error, on_conn_closed);
     hc->conn.data = hc;

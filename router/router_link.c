@@ -530,8 +530,8 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
     kvs_frame_put_header(hdr, (uint32_t)len);
     if (kvs_buf_reserve(&l->conn->out, sizeof(hdr) + len) != 0 || fifo_push(l, ctx, part) != 0)
         return -ENOMEM;
-    kvs_buf_append(&l->conn->out, hdr, sizeof(hdr));
-    kvs_buf_append(&l->conn->out, payload, len);
+    kvs_buf_put(&l->conn->out, hdr, sizeof(hdr));
+    kvs_buf_put(&l->conn->out, payload, len);
     kvs_conn_queue(l->conn);
     if (l->count == 1)
         link_arm_timer(l);

@@ -620,6 +620,10 @@ static int load_config(router_main_t *m, kvs_config_t **cfg)
     char err[1024];
     int rc = kvs_config_load_fd(m->config_path, ROUTER_FD_CONFIG, cfg, err, sizeof(err));
     close(ROUTER_FD_CONFIG);
+    if (rc == -ENOMEM) { /* not the config's fault: the master restarts this process */
+        kvs_error("%s; exiting", err);
+        return EXIT_FAILURE;
+    }
     if (rc != 0) {
         report_exit("%s", err);
         return EX_CONFIG;

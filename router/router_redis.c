@@ -763,7 +763,7 @@ static void cmd_info(router_redis_t *rs, router_client_t *cl, router_req_t *req,
 }
 
 /* "# Server" as Redis writes it, with the version clients check. */
-static void info_server(router_redis_t *rs, kvs_buf_t *t, unsigned want)
+static int info_server(router_redis_t *rs, kvs_buf_t *t, unsigned want)
 {
     char line[256];
     int n = 0;
@@ -776,7 +776,7 @@ static void info_server(router_redis_t *rs, kvs_buf_t *t, unsigned want)
         n +=
             snprintf(line + n, sizeof(line) - (size_t)n, "%s# Clients\r\nconnected_clients:%zu\r\n",
                      n > 0 ? "\r\n" : "", rs->r->n_clients);
-    kvs_buf_append(t, line, (size_t)n);
+    return kvs_buf_append(t, line, (size_t)n);
 }
 
 /* ---- commands kvs answers itself --------------------------------------------------------------
@@ -1605,23 +1605,27 @@ static int answer_info(router_redis_t *rs, router_req_t *req, const Kvs__Command
 {
     kvs_buf_t t;
     kvs_buf_init(&t);
-    info_server(rs, &t, req->rflags);
-    if (req->rflags & INFO_KVS) {
+    int rc = info_server(rs, &t, req->rflags);
+    if (rc == 0 && (req->rflags & INFO_KVS)) {
         if (t.len > 0)
-            kvs_buf_append(&t, "\r\n", 2);
-        kvs_buf_append(&t, "# Kvs\r\n", 7);
-        for (size_t i = 0; i < a->n_pairs; i++) {
+            rc |= kvs_buf_append(&t, "\r\n", 2);
+        rc |= kvs_buf_append(&t, "# Kvs\r\n", 7);
+        for (size_t i = 0; rc == 0 && i < a->n_pairs; i++) {
             char num[KVS_REDIS_DOUBLE_MAX];
             const uint8_t *p;
             size_t n;
             value_text(a->pairs[i]->value, num, &p, &n);
-            kvs_buf_append(&t, a->pairs[i]->key.data, a->pairs[i]->key.len);
-            kvs_buf_append(&t, ":", 1);
-            kvs_buf_append(&t, p, n);
-            kvs_buf_append(&t, "\r\n", 2);
+            rc |= kvs_buf_append(&t, a->pairs[i]->key.data, a->pairs[i]->key.len);
+            rc |= kvs_buf_append(&t, ":", 1);
+            rc |= kvs_buf_append(&t, p, n);
+            rc |= kvs_buf_append(&t, "\r\n", 2);
         }
     }
-    int rc = kvs_redis_verbatim(out, t.data, t.len, rs->resp3);
+    if (rc != 0) {
+        kvs_buf_free(&t);
+        return -ENOMEM;
+    }
+    rc = kvs_redis_verbatim(out, t.data, t.len, rs->resp3);
     kvs_buf_free(&t);
     return rc;
 }

@@ -140,8 +140,9 @@ static void merge_free(route_merge_t *m)
 {
     if (m == NULL)
         return;
-    for (uint32_t i = 0; i < m->nparts; i++) {
-        kvs_buf_free(&m->answers[i]);
+    for (uint32_t i = 0; i < m->nparts; i++) { /* merge_new may have failed half way */
+        if (m->answers != NULL)
+            kvs_buf_free(&m->answers[i]);
         if (m->tries != NULL)
             kvs_buf_free(&m->tries[i].bytes);
     }
@@ -500,12 +501,23 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     a->len = 0;
     if (failure != NULL) {
         m->failed[part] = failure_status(m->cmd, len, t->unsent);
-        kvs_buf_append(a, failure, strlen(failure) + 1);
-    } else {
-        kvs_buf_append(a, payload, len);
+        if (kvs_buf_append(a, failure, strlen(failure) + 1) != 0)
+            a->len = 0; /* part_failure says "router out of memory" */
+    } else if (kvs_buf_append(a, payload, len) != 0) {
+        /* The answer is lost: the part failed (a write part was sent, so
+         * it may have been applied: the merge says so). */
+        a->len = 0;
+        m->failed[part] = KVS_STATUS_INTERNAL;
     }
     if (--req->parts_left == 0)
         merge_finish(req);
+}
+
+/* The failure text of failed part `i`: what router_route_reply was told,
+ * or, when even that could not be kept, the reason. */
+static const char *part_failure(const route_merge_t *m, uint32_t i)
+{
+    return m->answers[i].len > 0 ? (const char *)m->answers[i].data : "router out of memory";
 }
 
 static int is_split_write(const route_merge_t *m)
@@ -590,7 +602,7 @@ static Kvs__CommandResponse *decode_info_part(router_req_t *req, uint32_t i, kvs
 {
     route_merge_t *m = req->merge;
     Kvs__CommandResponse *r = NULL;
-    const char *why = (const char *)m->answers[i].data;
+    const char *why = part_failure(m, i);
     uint32_t st = m->failed[i];
     if (st == 0) {
         r = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
@@ -624,7 +636,7 @@ static Kvs__CommandResponse **decode_parts(router_req_t *req, kvs_arena_t *arena
             continue;
         }
         if (m->failed[i]) {
-            router_req_finish_status(req, m->failed[i], "%s", (const char *)m->answers[i].data);
+            router_req_finish_status(req, m->failed[i], "%s", part_failure(m, i));
             return NULL;
         }
         rs[i] = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
@@ -708,7 +720,7 @@ enum { PART_APPLIED = 1, PART_REFUSED, PART_UNKNOWN };
  * (a part not sent, or sent with no answer). */
 static const char *part_why(const route_merge_t *m, Kvs__CommandResponse **rs, uint32_t i)
 {
-    return rs[i] != NULL ? rs[i]->message : (const char *)m->answers[i].data;
+    return rs[i] != NULL ? rs[i]->message : part_failure(m, i);
 }
 
 /* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
@@ -1019,11 +1031,11 @@ static int merge_pairs_raw(router_req_t *req, kvs_arena_t *arena)
         size_t alen = m->answers[i].len, mlen;
         uint64_t st;
         if (m->failed[i]) {
-            router_req_finish_status(req, m->failed[i], "%s", (const char *)a);
+            router_req_finish_status(req, m->failed[i], "%s", part_failure(m, i));
             return 1;
         }
         ptrdiff_t n = answer_pairs(a, alen, NULL, &st, &msg, &mlen);
-        if (n < 0 || st > UINT32_MAX)
+        if (n < 0 || st > UINT32_MAX || st == 0) /* no status: merge_pairs judges it */
             return 0;
         if (st != KVS_STATUS_OK) {
             router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
@@ -1226,7 +1238,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
     Kvs__CommandResponse *error = NULL;
     for (uint32_t i = 0; i < m->nparts; i++) {
         if (m->failed[i] == KVS_STATUS_TOO_LARGE) { /* its answer (the key's?) was dropped */
-            router_req_finish_status(req, m->failed[i], "%s", (const char *)m->answers[i].data);
+            router_req_finish_status(req, m->failed[i], "%s", part_failure(m, i));
             return;
         }
         if (m->failed[i]) {
@@ -1258,7 +1270,7 @@ static void merge_found_one(router_req_t *req, kvs_arena_t *arena)
                                  "%s (the table has partitioner: none, so its keys may be on any "
                                  "shard that owns one of its partitions; whether this one is "
                                  "stored is unknown until that shard answers)",
-                                 (const char *)m->answers[failed].data);
+                                 part_failure(m, failed));
     else {
         set_frame(&req->resp, m->answers[miss].data, m->answers[miss].len);
         router_req_complete(req);
@@ -1358,6 +1370,8 @@ static uint32_t raw_values(router_req_t *req, uint32_t i, raw_value_t *v, size_t
             return 0;
         }
     }
+    if (st == 0)
+        return 0; /* no status: merge_keys judges it (a 0 here would mean "decode it") */
     if (st != KVS_STATUS_OK) {
         router_req_finish_status(req, (uint32_t)st, "%.*s", (int)mlen, (const char *)msg);
         return (uint32_t)st;
@@ -1390,7 +1404,7 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
         first[m->key_part[i] + 1]++;
     for (uint32_t p = 0; p < m->nparts; p++) {
         if (m->failed[p]) {
-            router_req_finish_status(req, m->failed[p], "%s", (const char *)m->answers[p].data);
+            router_req_finish_status(req, m->failed[p], "%s", part_failure(m, p));
             return 1;
         }
         uint32_t st = raw_values(req, p, v + first[p], first[p + 1]);
@@ -2139,7 +2153,7 @@ static void merge_metrics(router_req_t *req, kvs_arena_t *arena)
             size_t room = sizeof(why) - wlen;
             int n;
             if (m->failed[i])
-                n = snprintf(at, room, "%s%s", sep, (const char *)m->answers[i].data);
+                n = snprintf(at, room, "%s%s", sep, part_failure(m, i));
             else if (a == NULL)
                 n = snprintf(at, room, "%sshard %u's worker sent an answer that does not decode",
                              sep, m->part_shard[i]);
@@ -2327,9 +2341,9 @@ static int append_position(router_t *r, router_req_t *req, const kvs_binding_t *
     out->len = 0;
     if (n == 0 || kvs_buf_reserve(out, *len + h + n) != 0)
         return 0; /* without it: the worker answers from what it has */
-    kvs_buf_append(out, *payload, *len);
-    kvs_buf_append(out, hdr, h);
-    kvs_buf_append(out, tok, n);
+    kvs_buf_put(out, *payload, *len);
+    kvs_buf_put(out, hdr, h);
+    kvs_buf_put(out, tok, n);
     *payload = out->data;
     *len = out->len;
     return 1;

@@ -45,12 +45,14 @@ typedef struct trace_s {
 static void record(trace_t *t, const kvs_redis_parser_t *ps)
 {
     uint64_t n = ps->argc;
-    kvs_buf_append(&t->log, &n, sizeof(n));
+    int rc = kvs_buf_append(&t->log, &n, sizeof(n));
     for (size_t i = 0; i < ps->argc; i++) {
         uint64_t len = ps->argv[i].len;
-        kvs_buf_append(&t->log, &len, sizeof(len));
-        kvs_buf_append(&t->log, ps->argv[i].p, ps->argv[i].len);
+        rc |= kvs_buf_append(&t->log, &len, sizeof(len));
+        rc |= kvs_buf_append(&t->log, ps->argv[i].p, ps->argv[i].len);
     }
+    if (rc != 0)
+        abort(); /* a fuzzer without memory has nothing to report */
 }
 
 static int inside(const uint8_t *p, size_t n, const uint8_t *base, size_t len)

@@ -201,9 +201,9 @@ KVS_TEST(memory_follows_the_bytes_not_the_counts)
     kvs_buf_init(&big);
     char hdr[32];
     int n = snprintf(hdr, sizeof(hdr), "*%d\r\n", 5000);
-    kvs_buf_append(&big, hdr, (size_t)n);
+    CHECK_EQ(kvs_buf_append(&big, hdr, (size_t)n), 0);
     for (int i = 0; i < 5000; i++)
-        kvs_buf_append(&big, "$1\r\nx\r\n", 7);
+        CHECK_EQ(kvs_buf_append(&big, "$1\r\nx\r\n", 7), 0);
     CHECK_EQ(kvs_redis_parse(&ps, big.data, big.len, MAXREQ, &used), 1);
     CHECK_EQ(ps.argc, 5000);
     CHECK(ps.cap >= 5000);
@@ -225,16 +225,16 @@ KVS_TEST(incomplete_request_holds_no_argument_memory)
     kvs_buf_init(&big);
     char hdr[32];
     int n = snprintf(hdr, sizeof(hdr), "*%d\r\n", N);
-    kvs_buf_append(&big, hdr, (size_t)n);
+    CHECK_EQ(kvs_buf_append(&big, hdr, (size_t)n), 0);
     for (int i = 0; i < N - 1; i++) {
         if (i % 1000 == 7) {
             n = snprintf(hdr, sizeof(hdr), "$%d\r\n", 10 + i % 90);
-            kvs_buf_append(&big, hdr, (size_t)n);
+            CHECK_EQ(kvs_buf_append(&big, hdr, (size_t)n), 0);
             for (int k = 0; k < 10 + i % 90; k++)
-                kvs_buf_append(&big, k % 2 ? "\r" : "\n", 1);
-            kvs_buf_append(&big, "\r\n", 2);
+                CHECK_EQ(kvs_buf_append(&big, k % 2 ? "\r" : "\n", 1), 0);
+            CHECK_EQ(kvs_buf_append(&big, "\r\n", 2), 0);
         } else {
-            kvs_buf_append(&big, "$0\r\n\r\n", 6);
+            CHECK_EQ(kvs_buf_append(&big, "$0\r\n\r\n", 6), 0);
         }
     }
     size_t used, part = big.len;
@@ -242,7 +242,7 @@ KVS_TEST(incomplete_request_holds_no_argument_memory)
         CHECK_EQ(kvs_redis_parse(&ps, big.data, k, 1u << 30, &used), 0);
     CHECK_EQ(kvs_redis_parse(&ps, big.data, part, 1u << 30, &used), 0);
     CHECK_EQ(ps.cap, 0);
-    kvs_buf_append(&big, "$3\r\nend\r\n", 9);
+    CHECK_EQ(kvs_buf_append(&big, "$3\r\nend\r\n", 9), 0);
     CHECK_EQ(kvs_redis_parse(&ps, big.data, big.len, 1u << 30, &used), 1);
     CHECK_EQ(used, big.len);
     CHECK_EQ(ps.argc, N);

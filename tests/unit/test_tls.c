@@ -632,8 +632,10 @@ static void on_error(kvs_conn_t *c, int err)
     snprintf(s->tls_error, sizeof(s->tls_error), "%s", kvs_conn_tls_error(c));
     if (err == KVS_ENOTLS || err == KVS_ETLSHELLO) { /* a last word, in the clear */
         kvs_frame_put_header(hdr, 3);
-        kvs_buf_append(&c->out, hdr, sizeof(hdr));
-        kvs_buf_append(&c->out, "bye", 3);
+        if (kvs_buf_reserve(&c->out, sizeof(hdr) + 3) == 0) {
+            kvs_buf_put(&c->out, hdr, sizeof(hdr));
+            kvs_buf_put(&c->out, "bye", 3);
+        }
     }
     kvs_conn_close_after_flush(c);
 }

@@ -1,0 +1,397 @@
+/*
+ * enomem_shim: an LD_PRELOAD allocator shim for the integration tests that
+ * makes malloc, calloc, realloc, posix_memalign, aligned_alloc and memalign
+ * fail (NULL, errno ENOMEM) during a time window, so a test can check that
+ * kvs handles every failed allocation: answers an error or closes one
+ * connection, never crashes, and serves normally afterwards
+ * (tests/integration/test_enomem.py).
+ *
+ * Environment (read once, when the shim is loaded):
+ *   KVS_TEST_ENOMEM_ROLE      which kvs processes inject, a comma list of
+ *                             master (kvs-router without --router), router
+ *                             (kvs-router --router N), node (kvs-node), or
+ *                             any. The shim is inherited by every child the
+ *                             node spawns; the others only pass calls on.
+ *                             Unset: nothing is injected anywhere.
+ *   KVS_TEST_ENOMEM_EVERY     fail every Nth call counted from the arming
+ *   KVS_TEST_ENOMEM_PPM       or: fail each call with this probability, in
+ *                             parts per million, decided by a hash of
+ *                             KVS_TEST_ENOMEM_SEED, the call's number and
+ *                             the pid (so a process restarted in the
+ *                             window does not fail exactly as before)
+ *   KVS_TEST_ENOMEM_AFTER_MS  arm this long after the process loaded the
+ *                             shim (default 0), so start-up is not affected
+ *   KVS_TEST_ENOMEM_AT_MS     or: arm at this wall-clock time (milliseconds
+ *                             since the epoch), the same moment in every
+ *                             process, a restarted one included
+ *   KVS_TEST_ENOMEM_FOR_MS    disarm this long after arming (default: never)
+ *   KVS_TEST_ENOMEM_MIN_SIZE  fail only requests of at least this many
+ *                             bytes (default 0: every size)
+ *
+ * An injecting process writes "kvs-test-enomem: pid P armed" to stderr at
+ * its first call in the window and "kvs-test-enomem: pid P disarmed: F of
+ * N calls failed" at its first call after it (or at exit), so a test can
+ * check that failures really were injected.
+ *
+ * dlsym may itself allocate (glibc's dlerror state uses calloc): calls made
+ * while the real functions are being looked up are served from a small
+ * static arena, which free() and realloc() recognise. Counters are atomics:
+ * libuv's thread pool and librdkafka's threads allocate too.
+ *
+ * Built unsanitized and never in the sanitizer build (ASan replaces the
+ * allocator itself; CMakeLists.txt).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef void *(*malloc_fn)(size_t);
+typedef void *(*calloc_fn)(size_t, size_t);
+typedef void *(*realloc_fn)(void *, size_t);
+typedef void (*free_fn)(void *);
+typedef int (*posix_memalign_fn)(void **, size_t, size_t);
+typedef void *(*aligned_alloc_fn)(size_t, size_t);
+
+static malloc_fn real_malloc;
+static calloc_fn real_calloc;
+static realloc_fn real_realloc;
+static free_fn real_free;
+static posix_memalign_fn real_posix_memalign;
+static aligned_alloc_fn real_aligned_alloc;
+static aligned_alloc_fn real_memalign;
+
+/* ---- the static arena for allocations made during dlsym ------------------ */
+
+#define ARENA_SIZE 16384
+#define ARENA_ALIGN 16
+static _Alignas(ARENA_ALIGN) unsigned char arena[ARENA_SIZE];
+static atomic_size_t arena_used;
+static atomic_int resolving;
+
+static int in_arena(const void *p)
+{
+    const unsigned char *c = p;
+    return c >= arena && c < arena + ARENA_SIZE;
+}
+
+/* Each arena block is preceded by its size (one aligned slot). */
+static void *arena_alloc(size_t n)
+{
+    size_t need = ARENA_ALIGN + ((n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1));
+    size_t at = atomic_fetch_add(&arena_used, need);
+    if (need > ARENA_SIZE || at > ARENA_SIZE - need) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memcpy(arena + at, &n, sizeof(n));
+    return arena + at + ARENA_ALIGN; /* static storage: already zero */
+}
+
+static size_t arena_size(const void *p)
+{
+    size_t n;
+    memcpy(&n, (const unsigned char *)p - ARENA_ALIGN, sizeof(n));
+    return n;
+}
+
+static void resolve(void)
+{
+    if (real_free != NULL)
+        return;
+    atomic_store(&resolving, 1);
+    real_malloc = (malloc_fn)dlsym(RTLD_NEXT, "malloc");
+    real_calloc = (calloc_fn)dlsym(RTLD_NEXT, "calloc");
+    real_realloc = (realloc_fn)dlsym(RTLD_NEXT, "realloc");
+    real_posix_memalign = (posix_memalign_fn)dlsym(RTLD_NEXT, "posix_memalign");
+    real_aligned_alloc = (aligned_alloc_fn)dlsym(RTLD_NEXT, "aligned_alloc");
+    real_memalign = (aligned_alloc_fn)dlsym(RTLD_NEXT, "memalign");
+    real_free = (free_fn)dlsym(RTLD_NEXT, "free");
+    atomic_store(&resolving, 0);
+    if (real_malloc == NULL || real_calloc == NULL || real_realloc == NULL || real_free == NULL) {
+        static const char msg[] = "kvs-test-enomem: dlsym found no malloc\n";
+        if (write(2, msg, sizeof(msg) - 1) < 0)
+            _exit(127);
+        _exit(127);
+    }
+}
+
+/* ---- configuration and the decision ------------------------------------ */
+
+static int configured;     /* this process injects */
+static uint64_t every;     /* fail every Nth call, 0 = use ppm */
+static uint64_t ppm;       /* probability in parts per million */
+static uint64_t seed;
+static uint64_t min_size;
+static uint64_t salt; /* the pid: a restarted process fails other calls */
+static int64_t arm_at_ms;  /* CLOCK_MONOTONIC */
+static int64_t disarm_at_ms; /* INT64_MAX = never */
+static atomic_uint_fast64_t calls, failed;
+static atomic_int armed_said, disarmed_said;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Unsigned decimal of getenv(name), or dflt when unset or not a number. */
+static uint64_t env_u64(const char *name, uint64_t dflt)
+{
+    const char *s = getenv(name);
+    if (s == NULL || *s == '\0')
+        return dflt;
+    uint64_t v = 0;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9')
+            return dflt;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    return v;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    while (n > 0)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static void say(const char *what, int with_counts)
+{
+    char line[160], *p = line;
+    static const char head[] = "kvs-test-enomem: pid ";
+    memcpy(p, head, sizeof(head) - 1);
+    p += sizeof(head) - 1;
+    p = put_u64(p, (uint64_t)getpid());
+    *p++ = ' ';
+    size_t n = strlen(what);
+    memcpy(p, what, n);
+    p += n;
+    if (with_counts) {
+        memcpy(p, ": ", 2);
+        p += 2;
+        p = put_u64(p, atomic_load(&failed));
+        static const char of[] = " of ";
+        memcpy(p, of, sizeof(of) - 1);
+        p += sizeof(of) - 1;
+        p = put_u64(p, atomic_load(&calls));
+        static const char tail[] = " calls failed";
+        memcpy(p, tail, sizeof(tail) - 1);
+        p += sizeof(tail) - 1;
+    }
+    *p++ = '\n';
+    if (write(2, line, (size_t)(p - line)) < 0)
+        return; /* stderr gone: nothing to tell */
+}
+
+/* This process's role from /proc/self/cmdline: 'm' master, 'r' router
+ * process, 'n' worker, 0 anything else. No allocation. */
+static char my_role(void)
+{
+    static char buf[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    buf[got] = '\0';
+    const char *argv0 = buf;
+    const char *base = strrchr(argv0, '/');
+    base = base != NULL ? base + 1 : argv0;
+    if (strncmp(base, "kvs-node", 8) == 0)
+        return 'n';
+    if (strncmp(base, "kvs-router", 10) != 0)
+        return 0;
+    for (const char *a = buf; a < buf + got; a += strlen(a) + 1)
+        if (strcmp(a, "--router") == 0)
+            return 'r';
+    return 'm';
+}
+
+static int role_wanted(const char *roles, char role)
+{
+    if (roles == NULL || role == 0)
+        return 0;
+    const char *names[] = {"master", "router", "node", "any"};
+    const char codes[] = {'m', 'r', 'n', '*'};
+    for (const char *p = roles; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        for (int i = 0; i < 4; i++)
+            if (len == strlen(names[i]) && strncmp(p, names[i], len) == 0 &&
+                (codes[i] == '*' || codes[i] == role))
+                return 1;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+    resolve();
+    if (!role_wanted(getenv("KVS_TEST_ENOMEM_ROLE"), my_role()))
+        return;
+    every = env_u64("KVS_TEST_ENOMEM_EVERY", 0);
+    ppm = env_u64("KVS_TEST_ENOMEM_PPM", 0);
+    if (every == 0 && ppm == 0)
+        return;
+    seed = env_u64("KVS_TEST_ENOMEM_SEED", 1);
+    salt = (uint64_t)getpid() << 32;
+    min_size = env_u64("KVS_TEST_ENOMEM_MIN_SIZE", 0);
+    int64_t start = now_ms();
+    arm_at_ms = start + (int64_t)env_u64("KVS_TEST_ENOMEM_AFTER_MS", 0);
+    uint64_t at = env_u64("KVS_TEST_ENOMEM_AT_MS", 0);
+    if (at != 0) {
+        struct timespec wall;
+        clock_gettime(CLOCK_REALTIME, &wall);
+        int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+        arm_at_ms = start + ((int64_t)at - wall_ms);
+    }
+    uint64_t for_ms = env_u64("KVS_TEST_ENOMEM_FOR_MS", UINT64_MAX);
+    disarm_at_ms = for_ms >= (uint64_t)INT64_MAX / 2 ? INT64_MAX : arm_at_ms + (int64_t)for_ms;
+    configured = 1;
+}
+
+__attribute__((destructor)) static void shim_fini(void)
+{
+    if (configured && atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
+        say("disarmed at exit", 1);
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Whether this call (asking for `size` bytes) fails. */
+static int fail_now(size_t size)
+{
+    if (!configured || size < min_size)
+        return 0;
+    int64_t t = now_ms();
+    if (t < arm_at_ms)
+        return 0;
+    if (t >= disarm_at_ms) {
+        if (atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
+            say("disarmed", 1);
+        return 0;
+    }
+    if (!atomic_exchange(&armed_said, 1))
+        say("armed", 0);
+    uint64_t n = atomic_fetch_add(&calls, 1) + 1;
+    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n ^ salt)) % 1000000 < ppm;
+    if (fail)
+        atomic_fetch_add(&failed, 1);
+    return fail;
+}
+
+/* ---- the wrappers ---------------------------------------------------- */
+
+void *malloc(size_t n)
+{
+    if (atomic_load(&resolving))
+        return arena_alloc(n);
+    resolve();
+    if (fail_now(n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return real_malloc(n);
+}
+
+void *calloc(size_t k, size_t n)
+{
+    if (atomic_load(&resolving)) {
+        size_t total;
+        if (__builtin_mul_overflow(k, n, &total)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        return arena_alloc(total);
+    }
+    resolve();
+    size_t total;
+    if (fail_now(__builtin_mul_overflow(k, n, &total) ? SIZE_MAX : total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return real_calloc(k, n);
+}
+
+void *realloc(void *p, size_t n)
+{
+    if (p != NULL && in_arena(p)) {
+        void *q = malloc(n);
+        if (q != NULL) {
+            size_t old = arena_size(p);
+            memcpy(q, p, old < n ? old : n);
+        }
+        return q;
+    }
+    if (atomic_load(&resolving))
+        return p == NULL ? arena_alloc(n) : NULL;
+    resolve();
+    /* realloc(p, 0) frees: never "fails". */
+    if ((p == NULL || n != 0) && fail_now(n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return real_realloc(p, n);
+}
+
+void free(void *p)
+{
+    if (p == NULL || in_arena(p))
+        return;
+    resolve();
+    real_free(p);
+}
+
+int posix_memalign(void **out, size_t align, size_t n)
+{
+    resolve();
+    if (real_posix_memalign == NULL)
+        return ENOMEM;
+    if (fail_now(n))
+        return ENOMEM;
+    return real_posix_memalign(out, align, n);
+}
+
+void *aligned_alloc(size_t align, size_t n)
+{
+    resolve();
+    if (real_aligned_alloc == NULL || fail_now(n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return real_aligned_alloc(align, n);
+}
+
+void *memalign(size_t align, size_t n)
+{
+    resolve();
+    if (real_memalign == NULL || fail_now(n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return real_memalign(align, n);
+}
