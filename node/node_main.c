@@ -653,7 +653,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
                      : kvs_config_load(args->config, cfg, err, sizeof(err));
     if (args->config_fd >= 0)
         close(args->config_fd); /* read whole: a reload reads --reload-from */
-    if (loaded == -ENOMEM) { /* not the config's fault: the router restarts this worker */
+    if (loaded == -ENOMEM) {    /* not the config's fault: the router restarts this worker */
         kvs_error("%s; exiting", err);
         return EXIT_FAILURE;
     }

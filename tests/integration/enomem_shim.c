@@ -123,13 +123,13 @@ static void resolve(void)
 
 /* ---- configuration and the decision ------------------------------------ */
 
-static int configured;     /* this process injects */
-static uint64_t every;     /* fail every Nth call, 0 = use ppm */
-static uint64_t ppm;       /* probability in parts per million */
+static int configured; /* this process injects */
+static uint64_t every; /* fail every Nth call, 0 = use ppm */
+static uint64_t ppm;   /* probability in parts per million */
 static uint64_t seed;
 static uint64_t min_size;
-static uint64_t salt; /* the pid: a restarted process fails other calls */
-static int64_t arm_at_ms;  /* CLOCK_MONOTONIC */
+static uint64_t salt;        /* the pid: a restarted process fails other calls */
+static int64_t arm_at_ms;    /* CLOCK_MONOTONIC */
 static int64_t disarm_at_ms; /* INT64_MAX = never */
 static atomic_uint_fast64_t calls, failed;
 static atomic_int armed_said, disarmed_said;
