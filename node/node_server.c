@@ -497,7 +497,11 @@ static void flush_slots(node_server_t *srv)
             cl->head = s->next;
             if (cl->head == NULL)
                 cl->tail = NULL;
-            if (kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
+            /* An empty slot is an answer that could not be built (even
+             * its 500): sending nothing for it would have the client take
+             * each later answer for the request before, so the connection
+             * goes, as the router's client does (client_flush_done). */
+            if (s->buf.len == 0 || kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
                 kvs_error("cannot queue an answer (out of memory); closing the connection");
                 slot_free(s);
                 kvs_conn_close(&cl->conn);
