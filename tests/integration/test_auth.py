@@ -300,6 +300,27 @@ class AuthTest(RouterTestCase):
         self.assertOk(user.hset("orders", "k", 1))  # authenticated: spared
         self.assertIn("did not authenticate within limits.auth_timeout (1000 ms)", r.stderr())
 
+    def test_a_client_that_does_not_read_cannot_outlive_auth_timeout(self):
+        # One that has not authenticated and does not read its answers is
+        # closed at limits.auth_timeout all the same: having its answers
+        # pending when it hung up its sending side (the connection waits to
+        # flush them, and nothing else would ever close it) is no way to
+        # keep a connection slot.
+        r = self.auth_router(tls=False, limits="auth_timeout: 1s")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing
+        s.connect(("127.0.0.1", r.port))
+        port = s.getsockname()[1]
+        frame = req_hget("orders", "k").SerializeToString()
+        s.sendall((struct.pack(">I", len(frame)) + frame) * 50000)  # 50000 401s: MiBs unread
+        s.shutdown(socket.SHUT_WR)
+        line = "closing client 127.0.0.1:%d: it did not authenticate" % port
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and line not in r.stderr():
+            time.sleep(0.2)
+        self.assertIn(line, r.stderr())
+
     def test_at_max_clients_unauthenticated_clients_make_room_for_new_ones(self):
         # Clients nobody knows, however many, never keep a user out: at
         # limits.max_clients the oldest of them is closed for a new client,
