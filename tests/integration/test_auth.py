@@ -375,6 +375,43 @@ class AuthTest(RouterTestCase):
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
+    def test_auths_being_checked_do_not_stop_eviction(self):
+        # Clients whose Auth is being checked (or waits for its address's
+        # check) are spared at limits.max_clients, but they must not shield
+        # the clients behind them: with more of them at the head of the
+        # line than eviction used to look past, a flood from one address
+        # kept every user out for as long as its checks took.
+        users = dict(USERS)
+        users["slow"] = ("slow-pw", {"*": ["read"]})
+        token_hash("slow-pw")
+        slow = subprocess.run([CLI, "hash-token", "-", "2000000"], input=b"slow-pw",
+                              capture_output=True, timeout=30, check=True)
+        _HASHES["slow-pw"] = slow.stdout.decode().strip()  # every check costs ~1 s now
+        r = self.router(shards=1, partitions=8,
+                        extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+        frame = req_auth("alice", "wrong").SerializeToString()
+        checking = []
+        for _ in range(17):  # one checked, 16 waiting for it (one address, one check)
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(struct.pack(">I", len(frame)) + frame)
+            checking.append(s)
+        silent = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            silent.append(s)
+        time.sleep(0.3)  # all 20 accepted, their Auths begun
+        c = r.client()
+        self.addCleanup(c.close)
+        self.assertEqual(c.ping().message, "PONG")  # in, in place of a silent one
+        try:
+            self.assertEqual(silent[0].recv(1), b"")  # the oldest of those not checked
+        except ConnectionResetError:
+            pass
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", r.stderr())
+
     def test_auth_timeout_needs_users(self):
         r = self.router(shards=1, partitions=8, extra_yaml="limits: {auth_timeout: 1s}\n")
         with r.client() as c:
