@@ -28,10 +28,11 @@
  * front door is at limits.max_clients, a new client takes the place of
  * the oldest of them instead of being refused. One whose Auth is being
  * checked is off the list meanwhile (spared), and goes back at its end if
- * the Auth fails (at most limits.auth_failures times: then it is closed). Clients nobody knows, however many and however fast,
- * then never keep a user out: a new client that authenticates within the
- * time the flood needs to open as many connections as there are unproven
- * ones keeps its place.
+ * the Auth fails (at most limits.auth_failures times: then it is closed).
+ * Clients nobody knows, however many and however fast, then never keep a
+ * user out: a new client that authenticates within the time the flood
+ * needs to open as many connections as there are unproven ones keeps its
+ * place.
  *
  * Hooks: a request's info (what hooks see) starts at router_client_enqueue
  * with the client's address, the user it authenticated as (kvs_auth; ""
@@ -431,7 +432,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
     uint32_t st = kvs_auth_begin(cl->router->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl,
                                  msg, sizeof(msg), &close);
     if (st == 0) {
-        cl->auth_req = req; /* answered by on_auth_done; the client waits */
+        cl->auth_req = req;  /* answered by on_auth_done; the client waits */
         unproven_unlink(cl); /* not evicted meanwhile; back at the tail if it fails */
         return;
     }
