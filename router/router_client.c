@@ -27,8 +27,8 @@
  * clients of each front door in connection order (r->unproven): when a
  * front door is at limits.max_clients, a new client takes the place of
  * the oldest of them instead of being refused. One whose Auth is being
- * checked is off the list meanwhile (spared), and goes back at its end if
- * the Auth fails (at most limits.auth_failures times: then it is closed).
+ * checked is off the list meanwhile (spared), and one whose Auth failed
+ * goes to its head (the first to make room).
  * Clients nobody knows, however many and however fast, then never keep a
  * user out: a new client that authenticates within the time the flood
  * needs to open as many connections as there are unproven ones keeps its
@@ -367,6 +367,28 @@ static void unproven_append(router_client_t *cl)
     cl->in_unproven = 1;
 }
 
+/* A client whose Auth failed (it is still unproven): the first to make
+ * room at limits.max_clients. A wrong token is no reason to be spared
+ * longer than the clients that have not tried yet, and a flood that
+ * fails now and then must not keep its connections younger than theirs. */
+static void unproven_to_front(router_client_t *cl)
+{
+    if (router_client_authenticated(cl) || (cl->conn.flags & KVS_CONN_CLOSING) ||
+        cl->auth_req != NULL)
+        return;
+    unproven_unlink(cl);
+    router_t *r = cl->router;
+    int door = cl->redis != NULL;
+    cl->un_prev = NULL;
+    cl->un_next = r->unproven[door].head;
+    if (cl->un_next != NULL)
+        cl->un_next->un_prev = cl;
+    else
+        r->unproven[door].tail = cl;
+    r->unproven[door].head = cl;
+    cl->in_unproven = 1;
+}
+
 /* At limits.max_clients on front door `door`: closes the oldest client
  * that has not authenticated. One whose Auth is being checked (or waits
  * for its address's check) is not on the list meanwhile (router_client_auth),
@@ -420,6 +442,7 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
     router_req_t *req = cl->auth_req;
     cl->auth_req = NULL; /* before the answer: its flush resumes the client */
     client_frame_limit(cl);
+    unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
     router_req_finish_status(req, status, "%s", msg);
@@ -437,6 +460,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
         return;
     }
     client_frame_limit(cl);
+    unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
     router_req_finish_status(req, st, "%s", msg);

@@ -412,6 +412,32 @@ class AuthTest(RouterTestCase):
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
+    def test_a_client_whose_auth_failed_is_the_first_to_make_room(self):
+        # At limits.max_clients the client that presented a wrong token
+        # goes before those that have not tried: a failed Auth must not
+        # make a client younger than the ones that connected after it (a
+        # flood could keep its connections by failing now and then).
+        r = self.auth_router(tls=False, limits="max_clients: 4, auth_timeout: 60s")
+        first = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+        self.addCleanup(first.close)
+        time.sleep(0.2)
+        failed = r.client()
+        self.addCleanup(failed.close)
+        self.assertEqual(failed.call(req_auth("alice", "wrong")).status, 401)
+        others = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            others.append(s)
+        time.sleep(0.3)  # all four accepted
+        newer = r.client()
+        self.addCleanup(newer.close)
+        self.assertEqual(newer.ping().message, "PONG")
+        self.assertTrue(failed.at_eof(), "the client whose Auth failed is still open")
+        first.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            first.recv(1)  # the oldest of those that did not try is still open
+
     def test_auth_timeout_needs_users(self):
         r = self.router(shards=1, partitions=8, extra_yaml="limits: {auth_timeout: 1s}\n")
         with r.client() as c:
