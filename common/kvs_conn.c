@@ -1100,8 +1100,11 @@ static void on_sweep(uv_timer_t *t)
             kvs_conn_close(c);
             continue;
         }
+        /* Closing after its output is written (SHUTTING) spares no one:
+         * a peer that hung up its sending side and reads nothing would
+         * hold the connection for ever (only the metrics port has an
+         * output timeout). */
         if (lim->auth_timeout_ms > 0 && c->unproven_since_ms != 0 && c->owed == 0 &&
-            !has(c, KVS_CONN_SHUTTING) &&
             now - (c->unproven_since_ms - 1) >= lim->auth_timeout_ms) {
             if (kvs_log_budget_take(&g->log_budget, now))
                 kvs_info("closing %s %s: it did not authenticate within limits.auth_timeout "

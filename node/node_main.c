@@ -70,6 +70,7 @@
 #include <string.h>
 #include <stdarg.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <unistd.h>
 
@@ -328,17 +329,23 @@ static void begin_shutdown(node_main_t *m)
  * worker, its writes would go on being acknowledged into a file no later
  * worker opens (and routers would read a file it no longer writes): the
  * worker says so and stops, answering what it took, so that the
- * supervisor's next worker opens what is there now. */
+ * supervisor's next worker opens what is there now. Only data.mdb: with
+ * lock.mdb removed the worker still writes the file every later worker
+ * opens (routers, which check both, send their reads to it until it
+ * restarts). */
 static void on_files_watch(uv_timer_t *t)
 {
     node_main_t *m = t->data;
-    kvs_lmdb_ident_t now;
+    char path[sizeof(m->shard_dir) + 16];
+    struct stat st;
     if (m->signals > 0)
         return;
-    int rc = kvs_lmdb_ident_of(m->shard_dir, &now);
+    snprintf(path, sizeof(path), "%s/data.mdb", m->shard_dir);
+    int rc = stat(path, &st) == 0 ? 0 : -errno;
     if (rc != 0 && rc != -ENOENT)
         return; /* cannot tell (a fault the next look may not meet) */
-    if (rc == 0 && now.data_dev == m->opened->data_dev && now.data_ino == m->opened->data_ino)
+    if (rc == 0 && (uint64_t)st.st_dev == m->opened->data_dev &&
+        (uint64_t)st.st_ino == m->opened->data_ino)
         return;
     kvs_error("%s/data.mdb is %s under this worker: writes since then went to a file no "
               "worker will open again; stopping so that the next worker opens what is there "

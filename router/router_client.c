@@ -26,11 +26,13 @@
  * after it connected (kvs_conn_set_unproven), and the router keeps such
  * clients of each front door in connection order (r->unproven): when a
  * front door is at limits.max_clients, a new client takes the place of
- * the oldest of them (not one whose Auth is being checked) instead of
- * being refused. Clients nobody knows, however many and however fast,
- * then never keep a user out: a new client that authenticates within the
- * time the flood needs to open as many connections as there are unproven
- * ones keeps its place.
+ * the oldest of them instead of being refused. One whose Auth is being
+ * checked is off the list meanwhile (spared), and one whose Auth failed
+ * goes to its head (the first to make room).
+ * Clients nobody knows, however many and however fast, then never keep a
+ * user out: a new client that authenticates within the time the flood
+ * needs to open as many connections as there are unproven ones keeps its
+ * place.
  *
  * Hooks: a request's info (what hooks see) starts at router_client_enqueue
  * with the client's address, the user it authenticated as (kvs_auth; ""
@@ -365,29 +367,49 @@ static void unproven_append(router_client_t *cl)
     cl->in_unproven = 1;
 }
 
+/* A client whose Auth failed (it is still unproven): the first to make
+ * room at limits.max_clients. A wrong token is no reason to be spared
+ * longer than the clients that have not tried yet, and a flood that
+ * fails now and then must not keep its connections younger than theirs. */
+static void unproven_to_front(router_client_t *cl)
+{
+    if (router_client_authenticated(cl) || (cl->conn.flags & KVS_CONN_CLOSING) ||
+        cl->auth_req != NULL)
+        return;
+    unproven_unlink(cl);
+    router_t *r = cl->router;
+    int door = cl->redis != NULL;
+    cl->un_prev = NULL;
+    cl->un_next = r->unproven[door].head;
+    if (cl->un_next != NULL)
+        cl->un_next->un_prev = cl;
+    else
+        r->unproven[door].tail = cl;
+    r->unproven[door].head = cl;
+    cl->in_unproven = 1;
+}
+
 /* At limits.max_clients on front door `door`: closes the oldest client
- * that has not authenticated, unless its Auth is being checked (looking
- * past at most a few such). Returns 1 when one was closed (its place is
- * free: its descriptor goes at once, its count when it has closed). */
+ * that has not authenticated. One whose Auth is being checked (or waits
+ * for its address's check) is not on the list meanwhile (router_client_auth),
+ * so however many of those there are, none shields the others. Returns 1
+ * when one was closed (its place is free: its descriptor goes at once,
+ * its count when it has closed). */
 static int evict_unproven(router_t *r, int door)
 {
-    int looked = 0;
-    for (router_client_t *cl = r->unproven[door].head; cl != NULL && looked < 16;
-         cl = cl->un_next, looked++) {
-        if (cl->auth_req != NULL)
-            continue;
-        if (kvs_conn_may_log(&cl->conn))
-            kvs_info("closing client %s: limits.max_clients reached, and it is the oldest of "
-                     "the clients that have not authenticated",
-                     cl->conn.peer);
-        unproven_unlink(cl);
-        r->evicted[door]++;
-        r->evicting[door]++; /* its place is free now, though counted until it has closed */
-        cl->evicted = 1;
-        kvs_conn_abort(&cl->conn);
-        return 1;
-    }
-    return 0;
+    router_client_t *cl = r->unproven[door].head;
+    if (cl == NULL)
+        return 0;
+    if (kvs_conn_may_log(&cl->conn))
+        kvs_info("closing client %s: limits.max_clients reached, and it is the oldest of the "
+                 "clients that have not authenticated",
+                 cl->conn.peer);
+    unproven_unlink(cl);
+    r->evicted[door]++;
+    r->evicting[door]++; /* its place is free now, though counted until it has closed */
+    cl->evicted = 1;
+    kvs_conn_abort(&cl->conn);
+    return 1;
 }
 
 static void client_frame_limit(router_client_t *cl)
@@ -400,8 +422,8 @@ static void client_frame_limit(router_client_t *cl)
     kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
     if (proven)
         unproven_unlink(cl);
-    else if (!(cl->conn.flags & KVS_CONN_CLOSING)) /* an evicted one stays off the list */
-        unproven_append(cl);
+    else if (!(cl->conn.flags & KVS_CONN_CLOSING) && cl->auth_req == NULL)
+        unproven_append(cl); /* an evicted one, or one whose Auth is checked, stays off */
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops
@@ -420,6 +442,7 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
     router_req_t *req = cl->auth_req;
     cl->auth_req = NULL; /* before the answer: its flush resumes the client */
     client_frame_limit(cl);
+    unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
     router_req_finish_status(req, status, "%s", msg);
@@ -432,10 +455,12 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
     uint32_t st = kvs_auth_begin(cl->router->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl,
                                  msg, sizeof(msg), &close);
     if (st == 0) {
-        cl->auth_req = req; /* answered by on_auth_done; the client waits */
+        cl->auth_req = req;  /* answered by on_auth_done; the client waits */
+        unproven_unlink(cl); /* not evicted meanwhile; back at the tail if it fails */
         return;
     }
     client_frame_limit(cl);
+    unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
     router_req_finish_status(req, st, "%s", msg);

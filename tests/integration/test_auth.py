@@ -300,6 +300,27 @@ class AuthTest(RouterTestCase):
         self.assertOk(user.hset("orders", "k", 1))  # authenticated: spared
         self.assertIn("did not authenticate within limits.auth_timeout (1000 ms)", r.stderr())
 
+    def test_a_client_that_does_not_read_cannot_outlive_auth_timeout(self):
+        # One that has not authenticated and does not read its answers is
+        # closed at limits.auth_timeout all the same: having its answers
+        # pending when it hung up its sending side (the connection waits to
+        # flush them, and nothing else would ever close it) is no way to
+        # keep a connection slot.
+        r = self.auth_router(tls=False, limits="auth_timeout: 1s")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing
+        s.connect(("127.0.0.1", r.port))
+        port = s.getsockname()[1]
+        frame = req_hget("orders", "k").SerializeToString()
+        s.sendall((struct.pack(">I", len(frame)) + frame) * 50000)  # 50000 401s: MiBs unread
+        s.shutdown(socket.SHUT_WR)
+        line = "closing client 127.0.0.1:%d: it did not authenticate" % port
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and line not in r.stderr():
+            time.sleep(0.2)
+        self.assertIn(line, r.stderr())
+
     def test_at_max_clients_unauthenticated_clients_make_room_for_new_ones(self):
         # Clients nobody knows, however many, never keep a user out: at
         # limits.max_clients the oldest of them is closed for a new client,
@@ -353,6 +374,69 @@ class AuthTest(RouterTestCase):
         self.assertIn(sum(evicted), (10, 11), r.stderr())
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
+
+    def test_auths_being_checked_do_not_stop_eviction(self):
+        # Clients whose Auth is being checked (or waits for its address's
+        # check) are spared at limits.max_clients, but they must not shield
+        # the clients behind them: with more of them at the head of the
+        # line than eviction used to look past, a flood from one address
+        # kept every user out for as long as its checks took.
+        users = dict(USERS)
+        users["slow"] = ("slow-pw", {"*": ["read"]})
+        token_hash("slow-pw")
+        slow = subprocess.run([CLI, "hash-token", "-", "2000000"], input=b"slow-pw",
+                              capture_output=True, timeout=30, check=True)
+        _HASHES["slow-pw"] = slow.stdout.decode().strip()  # every check costs ~1 s now
+        r = self.router(shards=1, partitions=8,
+                        extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+        frame = req_auth("alice", "wrong").SerializeToString()
+        checking = []
+        for _ in range(17):  # one checked, 16 waiting for it (one address, one check)
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(struct.pack(">I", len(frame)) + frame)
+            checking.append(s)
+        silent = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            silent.append(s)
+        time.sleep(0.3)  # all 20 accepted, their Auths begun
+        c = r.client()
+        self.addCleanup(c.close)
+        self.assertEqual(c.ping().message, "PONG")  # in, in place of a silent one
+        try:
+            self.assertEqual(silent[0].recv(1), b"")  # the oldest of those not checked
+        except ConnectionResetError:
+            pass
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", r.stderr())
+
+    def test_a_client_whose_auth_failed_is_the_first_to_make_room(self):
+        # At limits.max_clients the client that presented a wrong token
+        # goes before those that have not tried: a failed Auth must not
+        # make a client younger than the ones that connected after it (a
+        # flood could keep its connections by failing now and then).
+        r = self.auth_router(tls=False, limits="max_clients: 4, auth_timeout: 60s")
+        first = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+        self.addCleanup(first.close)
+        time.sleep(0.2)
+        failed = r.client()
+        self.addCleanup(failed.close)
+        self.assertEqual(failed.call(req_auth("alice", "wrong")).status, 401)
+        others = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            self.addCleanup(s.close)
+            others.append(s)
+        time.sleep(0.3)  # all four accepted
+        newer = r.client()
+        self.addCleanup(newer.close)
+        self.assertEqual(newer.ping().message, "PONG")
+        self.assertTrue(failed.at_eof(), "the client whose Auth failed is still open")
+        first.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            first.recv(1)  # the oldest of those that did not try is still open
 
     def test_auth_timeout_needs_users(self):
         r = self.router(shards=1, partitions=8, extra_yaml="limits: {auth_timeout: 1s}\n")

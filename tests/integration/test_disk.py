@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import unittest
 
 from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset
@@ -275,6 +276,21 @@ class DiskTest(NodeTestCase):
                                  + r" .* under this worker: writes since then went to a file no "
                                  r"worker will open again")
 
+
+    def test_lock_file_removed_under_the_worker_does_not_stop_it(self):
+        # The watch is about data.mdb: with lock.mdb gone (a cleanup that
+        # took it for a stale lock) the worker's data file is still the
+        # one it writes, so it serves on, and never says data.mdb is gone.
+        n = self.node()
+        with n.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+            os.unlink(os.path.join(os.path.dirname(n.data_file()), "lock.mdb"))
+            time.sleep(2.5)  # two looks of the watch
+            self.assertIsNone(n.proc.poll(), n.stderr())
+            self.assertOk(c.hset("t", "k2", "v2"))
+            self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+        self.assertNotIn("data.mdb is gone", n.stderr())
+        self.assertEqual(n.stop(), 0, n.stderr())
 
 if __name__ == "__main__":
     unittest.main()
