@@ -195,6 +195,11 @@ const char *kvs_auth_user_name(const kvs_auth_conn_t *ac)
     return ac->user != NULL ? ac->user->cfg->name : NULL;
 }
 
+int kvs_auth_conn_checking(const kvs_auth_conn_t *ac)
+{
+    return ac->pending != NULL && ac->pending->running;
+}
+
 /* ---- authorization ------------------------------------------------------------ */
 
 static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)

@@ -101,6 +101,11 @@ const char *kvs_auth_by_certificate(kvs_auth_t *a, kvs_auth_conn_t *ac, const kv
 /* The user's name, or NULL. */
 const char *kvs_auth_user_name(const kvs_auth_conn_t *ac);
 
+/* 1 while the connection's Auth is being checked in the thread pool (at
+ * most KVS_AUTH_MAX_WORKERS connections at a time); 0 when it has none, or
+ * one that waits its turn (queued, or parked behind its address's). */
+int kvs_auth_conn_checking(const kvs_auth_conn_t *ac);
+
 /* May the connection run `cmd` on table[0..tlen) (table NULL for commands
  * without one)? Returns 200, or 401 / 403 with the answer's message in
  * msg[0..mlen). The table must be valid (validated, or vouched for by

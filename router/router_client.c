@@ -26,9 +26,11 @@
  * after it connected (kvs_conn_set_unproven), and the router keeps such
  * clients of each front door in connection order (r->unproven): when a
  * front door is at limits.max_clients, a new client takes the place of
- * the oldest of them instead of being refused. One whose Auth is being
- * checked is off the list meanwhile (spared), and one whose Auth failed
- * goes to its head (the first to make room).
+ * the oldest of them instead of being refused. One whose token is being
+ * checked in the thread pool is spared (at most KVS_AUTH_MAX_WORKERS in the
+ * process, so none of them can shield the others); one whose Auth waits
+ * its turn is not (its attempt is dropped with it), and one whose Auth
+ * failed goes to the head (the first to make room).
  * Clients nobody knows, however many and however fast, then never keep a
  * user out: a new client that authenticates within the time the flood
  * needs to open as many connections as there are unproven ones keeps its
@@ -390,14 +392,19 @@ static void unproven_to_front(router_client_t *cl)
 }
 
 /* At limits.max_clients on front door `door`: closes the oldest client
- * that has not authenticated. One whose Auth is being checked (or waits
- * for its address's check) is not on the list meanwhile (router_client_auth),
- * so however many of those there are, none shields the others. Returns 1
- * when one was closed (its place is free: its descriptor goes at once,
- * its count when it has closed). */
+ * that has not authenticated, passing over those whose token is being
+ * checked right now (KVS_AUTH_MAX_WORKERS at most: an attempt still
+ * waiting to run is dropped with its client). Returns 1 when one was
+ * closed (its place is free: its descriptor goes at once, its count when
+ * it has closed). */
 static int evict_unproven(router_t *r, int door)
 {
     router_client_t *cl = r->unproven[door].head;
+    for (int skipped = 0; cl != NULL && kvs_auth_conn_checking(&cl->auth); skipped++) {
+        if (skipped == KVS_AUTH_MAX_WORKERS)
+            return 0;
+        cl = cl->un_next;
+    }
     if (cl == NULL)
         return 0;
     if (kvs_conn_may_log(&cl->conn))
@@ -422,8 +429,8 @@ static void client_frame_limit(router_client_t *cl)
     kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
     if (proven)
         unproven_unlink(cl);
-    else if (!(cl->conn.flags & KVS_CONN_CLOSING) && cl->auth_req == NULL)
-        unproven_append(cl); /* an evicted one, or one whose Auth is checked, stays off */
+    else if (!(cl->conn.flags & KVS_CONN_CLOSING))
+        unproven_append(cl); /* an evicted one stays off the list */
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops
@@ -455,8 +462,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
     uint32_t st = kvs_auth_begin(cl->router->auth, &cl->auth, m, cl->conn.peer, on_auth_done, cl,
                                  msg, sizeof(msg), &close);
     if (st == 0) {
-        cl->auth_req = req;  /* answered by on_auth_done; the client waits */
-        unproven_unlink(cl); /* not evicted meanwhile; back at the tail if it fails */
+        cl->auth_req = req; /* answered by on_auth_done; the client waits */
         return;
     }
     client_frame_limit(cl);

@@ -376,11 +376,11 @@ class AuthTest(RouterTestCase):
                       "have not authenticated", r.stderr())
 
     def test_auths_being_checked_do_not_stop_eviction(self):
-        # Clients whose Auth is being checked (or waits for its address's
-        # check) are spared at limits.max_clients, but they must not shield
-        # the clients behind them: with more of them at the head of the
-        # line than eviction used to look past, a flood from one address
-        # kept every user out for as long as its checks took.
+        # At limits.max_clients a client whose token is being checked right
+        # now is spared (two at most in a process), but not one whose Auth
+        # waits its turn: otherwise a flood that keeps Auths waiting (one
+        # check at a time per address) would keep every user out for as
+        # long as its checks took.
         users = dict(USERS)
         users["slow"] = ("slow-pw", {"*": ["read"]})
         token_hash("slow-pw")
@@ -404,11 +404,15 @@ class AuthTest(RouterTestCase):
         time.sleep(0.3)  # all 20 accepted, their Auths begun
         c = r.client()
         self.addCleanup(c.close)
-        self.assertEqual(c.ping().message, "PONG")  # in, in place of a silent one
-        try:
-            self.assertEqual(silent[0].recv(1), b"")  # the oldest of those not checked
+        self.assertEqual(c.ping().message, "PONG")  # in
+        try:  # in place of the oldest whose token is not being checked
+            self.assertEqual(checking[1].recv(1), b"")
         except ConnectionResetError:
             pass
+        for s in (checking[0], silent[0]):  # the one being checked, and younger ones: open
+            s.setblocking(False)
+            with self.assertRaises(BlockingIOError):
+                s.recv(1)
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
