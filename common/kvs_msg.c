@@ -596,20 +596,37 @@ static size_t merge_command(const uint8_t *p, size_t len, const command_run_t *r
     return n;
 }
 
+int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
+{
+    command_run_t run;
+    if (command_run(*p, *len, &run) != 0 || run.count < 2)
+        return 0;
+    uint8_t *merged = kvs_arena_alloc(arena, *len);
+    if (merged == NULL)
+        return -ENOMEM;
+    *len = merge_command(*p, *len, &run, merged);
+    *p = merged;
+    return 0;
+}
+
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status)
 {
     uint8_t *merged = NULL;
     command_run_t run;
-    if (command_run(p, len, &run) == 0 && run.count > 1) {
-        merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
-        if (merged == NULL) {
+    if (arena != NULL && kvs_msg_merge_request(arena, &p, &len) != 0) {
+        if (status != NULL)
+            *status = KVS_STATUS_TOO_LARGE;
+        return NULL;
+    } /* in the arena, merged bytes live as long as the request decoded from them */
+    if (arena == NULL && command_run(p, len, &run) == 0 && run.count > 1) {
+        if ((merged = malloc(len)) == NULL) {
             if (status != NULL)
                 *status = KVS_STATUS_TOO_LARGE;
             return NULL;
         }
         len = merge_command(p, len, &run, merged);
-        p = merged; /* in the arena: it lives as long as the request decoded from it */
+        p = merged;
     }
     Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
     if (fast != NULL)

@@ -87,6 +87,16 @@ size_t kvs_msg_decode_budget(size_t len);
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status);
 
+/* When the request at *p (*len bytes) gives its command several times in
+ * a row, protobuf reads it as one command holding them all merged (a
+ * client may concatenate encoded requests); protobuf-c would keep the last
+ * alone. This writes those merged bytes in `arena` and points *p and *len
+ * at them; otherwise it changes nothing. kvs_msg_decode_request does it
+ * itself; a router that forwards a request's bytes does it first, so that
+ * a worker of any version reads the request the router routed. Returns 0,
+ * or -ENOMEM (nothing changed). */
+int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len);
+
 /* Writes to msg[0..mlen) what a request of `len` bytes that
  * kvs_msg_decode_request refused with `status` is told, and returns
  * `status`. */

@@ -2471,6 +2471,9 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         } /* partitioner none: the full path asks every owning shard */
         received = 1;
     }
+    /* A command given several times in a row is forwarded merged, as this
+     * router reads it (on failure decoding fails the same way). */
+    (void)kvs_msg_merge_request(&r->arena, &payload, &len);
     /* Counted first: decoding many keys is what costs memory. */
     Kvs__CommandRequest *q = NULL;
     uint32_t why = kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));

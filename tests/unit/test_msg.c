@@ -1052,6 +1052,44 @@ static void put_ld(uint8_t *out, size_t *len, uint32_t num, const void *b, size_
  * pairs only, answering 200. The reference is protobuf-c reading the one
  * merged member (where it is right: repeated fields concatenated, the last
  * scalar winning, messages merged). */
+/* What a router forwards: the merged bytes themselves, so that a worker
+ * that keeps only the last member (an older release) reads the same. */
+KVS_TEST(merge_request_gives_the_bytes_protobuf_reads)
+{
+    static const uint8_t keys_a[] = {0x0a, 1, 't', 0x12, 1, 'a'}, keys_b[] = {0x12, 1, 'b'};
+    static const uint8_t key[] = {0x0a, 1, 't', 0x12, 1, 'k'};
+    static const uint8_t pos[] = {1, 2, 3};
+    uint8_t p[128], ref[128], body[64];
+    size_t n = 0, rn = 0;
+    enum { HGET = 1, HMGET = 3 };
+    put_ld(p, &n, HGET, key, sizeof(key)); /* dropped: another member before the run */
+    put_ld(p, &n, HMGET, keys_a, sizeof(keys_a));
+    put_ld(p, &n, 100, pos, sizeof(pos));
+    put_ld(p, &n, HMGET, keys_b, sizeof(keys_b));
+    put_ld(ref, &rn, 100, pos, sizeof(pos));
+    memcpy(body, keys_a, sizeof(keys_a));
+    memcpy(body + sizeof(keys_a), keys_b, sizeof(keys_b));
+    put_ld(ref, &rn, HMGET, body, sizeof(keys_a) + sizeof(keys_b));
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    const uint8_t *q = p;
+    size_t len = n;
+    CHECK_EQ(kvs_msg_merge_request(&a, &q, &len), 0);
+    CHECK(q != p);
+    CHECK_EQ(len, rn);
+    CHECK(memcmp(q, ref, rn) == 0);
+    const uint8_t *again = q; /* merged once: nothing left to merge */
+    CHECK_EQ(kvs_msg_merge_request(&a, &again, &len), 0);
+    CHECK(again == q);
+    size_t off = 2 + 1 + sizeof(pos); /* past field 100: the Hmget member alone */
+    const uint8_t *single = ref + off;
+    size_t slen = rn - off;
+    CHECK(kvs_msg_decode_request(&a, single, slen, NULL) != NULL); /* a request indeed */
+    CHECK_EQ(kvs_msg_merge_request(&a, &single, &slen), 0);
+    CHECK(single == ref + off && slen == rn - off);
+    kvs_arena_close(&a);
+}
+
 KVS_TEST(concatenated_requests_merge_as_protobuf_reads_them)
 {
     static const uint8_t hmset_a[] = {0x0a, 1, 't', 0x12, 7, 0x0a, 1, 'a', 0x12, 2, 0x18, 1};
@@ -2168,6 +2206,7 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
               KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
               KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
+              KVS_CASE(merge_request_gives_the_bytes_protobuf_reads),
               KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
               KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
               KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
