@@ -36,6 +36,7 @@ typedef struct {
     size_t size;
     long run;     /* the run it was allocated in */
     void *caller; /* who allocated it, for the leak report (addr2line) */
+    int lib;      /* allocated by libyaml (yaml_malloc and friends) */
 } fa_slot_t;
 
 static fa_slot_t fa_table[FA_SLOTS];
@@ -45,6 +46,8 @@ static long fa_seen;     /* allocations counted in this run */
 static long fa_target;   /* fail this one (1-based); 0 = none */
 static int fa_did_fail;  /* one was failed in this run */
 static long fa_run = 1;  /* labels blocks for the leak report */
+static int fa_in_lib;    /* inside a yaml_* allocation function */
+static int fa_lib_failed; /* the failure injected in this run hit libyaml */
 
 static size_t fa_hash(const void *p)
 {
@@ -62,7 +65,7 @@ static void fa_insert(void *p, size_t size, void *caller)
     size_t i = fa_hash(p);
     while (fa_table[i].p != NULL && fa_table[i].p != FA_TOMB)
         i = (i + 1) & (FA_SLOTS - 1);
-    fa_table[i] = (fa_slot_t){p, size, fa_run, caller};
+    fa_table[i] = (fa_slot_t){p, size, fa_run, caller, fa_in_lib};
     if (++fa_nlive > FA_SLOTS / 2) {
         fprintf(stderr, "kvs_failalloc: more than %u live blocks\n", FA_SLOTS / 2);
         abort();
@@ -95,6 +98,7 @@ static int fa_should_fail(void)
     fa_seen++;
     if (fa_target != 0 && fa_seen == fa_target) {
         fa_did_fail = 1;
+        fa_lib_failed = fa_in_lib;
         return 1;
     }
     return 0;
@@ -175,6 +179,89 @@ char *__wrap_strndup(const char *s, size_t n)
     return p;
 }
 
+/* libyaml's allocation functions (--wrap=yaml_malloc,... reaches the
+ * calls between its objects): the blocks are tagged as libyaml's, for
+ * the leak check's one exception (fa_check_leaks). */
+void *__real_yaml_malloc(size_t n);
+void *__real_yaml_realloc(void *p, size_t n);
+unsigned char *__real_yaml_strdup(const unsigned char *s);
+void *__wrap_yaml_malloc(size_t n);
+void *__wrap_yaml_realloc(void *p, size_t n);
+unsigned char *__wrap_yaml_strdup(const unsigned char *s);
+
+void *__wrap_yaml_malloc(size_t n)
+{
+    fa_in_lib++;
+    void *p = __real_yaml_malloc(n);
+    fa_in_lib--;
+    return p;
+}
+
+void *__wrap_yaml_realloc(void *p, size_t n)
+{
+    fa_in_lib++;
+    void *q = __real_yaml_realloc(p, n);
+    fa_in_lib--;
+    return q;
+}
+
+unsigned char *__wrap_yaml_strdup(const unsigned char *s)
+{
+    fa_in_lib++;
+    unsigned char *p = __real_yaml_strdup(s);
+    fa_in_lib--;
+    return p;
+}
+
+/* libyaml's stacks, queues and strings grow through api.c, whose own
+ * calls to yaml_realloc the linker does not redirect. */
+int __real_yaml_stack_extend(void **start, void **top, void **end);
+int __real_yaml_queue_extend(void **start, void **head, void **tail, void **end);
+int __real_yaml_string_extend(unsigned char **start, unsigned char **pointer, unsigned char **end);
+int __real_yaml_string_join(unsigned char **a_start, unsigned char **a_pointer,
+                            unsigned char **a_end, unsigned char **b_start,
+                            unsigned char **b_pointer, unsigned char **b_end);
+int __wrap_yaml_stack_extend(void **start, void **top, void **end);
+int __wrap_yaml_queue_extend(void **start, void **head, void **tail, void **end);
+int __wrap_yaml_string_extend(unsigned char **start, unsigned char **pointer, unsigned char **end);
+int __wrap_yaml_string_join(unsigned char **a_start, unsigned char **a_pointer,
+                            unsigned char **a_end, unsigned char **b_start,
+                            unsigned char **b_pointer, unsigned char **b_end);
+
+int __wrap_yaml_stack_extend(void **start, void **top, void **end)
+{
+    fa_in_lib++;
+    int rc = __real_yaml_stack_extend(start, top, end);
+    fa_in_lib--;
+    return rc;
+}
+
+int __wrap_yaml_queue_extend(void **start, void **head, void **tail, void **end)
+{
+    fa_in_lib++;
+    int rc = __real_yaml_queue_extend(start, head, tail, end);
+    fa_in_lib--;
+    return rc;
+}
+
+int __wrap_yaml_string_extend(unsigned char **start, unsigned char **pointer, unsigned char **end)
+{
+    fa_in_lib++;
+    int rc = __real_yaml_string_extend(start, pointer, end);
+    fa_in_lib--;
+    return rc;
+}
+
+int __wrap_yaml_string_join(unsigned char **a_start, unsigned char **a_pointer,
+                            unsigned char **a_end, unsigned char **b_start,
+                            unsigned char **b_pointer, unsigned char **b_end)
+{
+    fa_in_lib++;
+    int rc = __real_yaml_string_join(a_start, a_pointer, a_end, b_start, b_pointer, b_end);
+    fa_in_lib--;
+    return rc;
+}
+
 void kvs_fa_on(void)
 {
     fa_counting = 1;
@@ -208,6 +295,16 @@ static void fa_check_leaks(const char *name, long n)
         fa_slot_t *s = &fa_table[i];
         if (s->p == NULL || s->p == FA_TOMB || s->run != fa_run)
             continue;
+        if (s->lib && fa_lib_failed) {
+            /* libyaml 0.2.5 leaks on some of its own failures (loader.c:
+             * a sequence's or mapping's item stack when adding the node
+             * fails); kvs cannot free what it never got. Only when the
+             * failure hit libyaml: kvs leaking a libyaml object (an event
+             * or document not deleted) shows in every other run. */
+            fprintf(stderr, "kvs_failalloc %s: fail_at=%ld: libyaml leaked %zu bytes itself\n",
+                    name, n, s->size);
+            continue;
+        }
         if (leaked < 8)
             fprintf(stderr,
                     "kvs_failalloc %s: fail_at=%ld leaked a block of %zu bytes allocated at %p\n",
@@ -228,6 +325,7 @@ static void fa_one_run(const char *name, void (*step)(void *), void *ctx, long t
     fa_seen = 0;
     fa_target = target;
     fa_did_fail = 0;
+    fa_lib_failed = 0;
     fa_counting = 0;
     step(ctx);
     fa_counting = 0;
