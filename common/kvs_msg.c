@@ -246,13 +246,11 @@ size_t kvs_msg_decode_budget(size_t len)
 static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs_arena_t *arena,
                                         const uint8_t *p, size_t len, uint32_t *why)
 {
-    decode_budget_t b = {{budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0,
-                         0};
+    decode_budget_t b = {
+        {budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0, 0};
     b.pb.allocator_data = &b;
     ProtobufCMessage *m = protobuf_c_message_unpack(d, &b.pb, len, p);
-    *why = b.over    ? KVS_STATUS_TOO_LARGE
-           : b.nomem ? KVS_STATUS_INTERNAL
-                     : KVS_STATUS_BAD_REQUEST;
+    *why = b.over ? KVS_STATUS_TOO_LARGE : b.nomem ? KVS_STATUS_INTERNAL : KVS_STATUS_BAD_REQUEST;
     return m;
 }
 

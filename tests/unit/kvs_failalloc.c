@@ -41,12 +41,12 @@ typedef struct {
 
 static fa_slot_t fa_table[FA_SLOTS];
 static size_t fa_nlive;
-static int fa_counting;  /* between kvs_fa_on and kvs_fa_off */
-static long fa_seen;     /* allocations counted in this run */
-static long fa_target;   /* fail this one (1-based); 0 = none */
-static int fa_did_fail;  /* one was failed in this run */
-static long fa_run = 1;  /* labels blocks for the leak report */
-static int fa_in_lib;    /* inside a yaml_* allocation function */
+static int fa_counting;   /* between kvs_fa_on and kvs_fa_off */
+static long fa_seen;      /* allocations counted in this run */
+static long fa_target;    /* fail this one (1-based); 0 = none */
+static int fa_did_fail;   /* one was failed in this run */
+static long fa_run = 1;   /* labels blocks for the leak report */
+static int fa_in_lib;     /* inside a yaml_* allocation function */
 static int fa_lib_failed; /* the failure injected in this run hit libyaml */
 
 static size_t fa_hash(const void *p)

@@ -1,5 +1,5 @@
 /*
- * test_enomem: allocation failures in kvs's parsers and codecs, one at a
+ * test_failalloc: allocation failures in kvs's parsers and codecs, one at a
  * time (kvs_failalloc.h). For each input a function call is made once
  * counting its allocations (K), then K more times with the n-th failing;
  * every run must end in the function's documented error or in the
@@ -134,9 +134,9 @@ static void describe(const Kvs__CommandRequest *q, uint32_t status, decoded_t *d
 
 static int same_decode(const decoded_t *a, const decoded_t *b)
 {
-    return a->decoded == b->decoded && a->status == b->status &&
-           a->packed_len == b->packed_len && memcmp(a->packed, b->packed, a->packed_len) == 0 &&
-           a->valid == b->valid && strcmp(a->msg, b->msg) == 0;
+    return a->decoded == b->decoded && a->status == b->status && a->packed_len == b->packed_len &&
+           memcmp(a->packed, b->packed, a->packed_len) == 0 && a->valid == b->valid &&
+           strcmp(a->msg, b->msg) == 0;
 }
 
 typedef struct {
@@ -156,25 +156,27 @@ static void decode_step(void *arg)
     kvs_arena_t arena;
     kvs_arena_init(&arena);
     kvs_fa_on();
-    Kvs__CommandRequest *q = kvs_msg_decode_request(c->use_arena ? &arena : NULL, c->in->data,
-                                                    c->in->len, &status);
+    Kvs__CommandRequest *q =
+        kvs_msg_decode_request(c->use_arena ? &arena : NULL, c->in->data, c->in->len, &status);
     kvs_fa_off();
-    decoded_t *d = kvs_fa_fail_at() == 0 && !c->ref.decoded && c->ref.status == 0 ? &c->ref
-                                                                                  : &c->got;
+    decoded_t *d =
+        kvs_fa_fail_at() == 0 && !c->ref.decoded && c->ref.status == 0 ? &c->ref : &c->got;
     describe(q, status, d);
     if (d != &c->ref && !same_decode(&c->ref, d)) {
         /* Out of memory, a request is refused with 500 (kvs_msg_decode_request:
          * it may be fine), whatever it would have been told otherwise. */
         if (!kvs_fa_failed() || d->decoded) {
-            fprintf(stderr, "%s (arena %d): fail_at=%ld: decoded %d status %u valid %u, "
-                            "reference decoded %d status %u valid %u\n",
-                    c->in->name, c->use_arena, kvs_fa_fail_at(), d->decoded, d->status,
-                    d->valid, c->ref.decoded, c->ref.status, c->ref.valid);
+            fprintf(stderr,
+                    "%s (arena %d): fail_at=%ld: decoded %d status %u valid %u, "
+                    "reference decoded %d status %u valid %u\n",
+                    c->in->name, c->use_arena, kvs_fa_fail_at(), d->decoded, d->status, d->valid,
+                    c->ref.decoded, c->ref.status, c->ref.valid);
             abort();
         }
         if (d->status != KVS_STATUS_INTERNAL) {
-            fprintf(stderr, "%s (arena %d): fail_at=%ld: a failed allocation refused a valid "
-                            "request with %u\n",
+            fprintf(stderr,
+                    "%s (arena %d): fail_at=%ld: a failed allocation refused a valid "
+                    "request with %u\n",
                     c->in->name, c->use_arena, kvs_fa_fail_at(), d->status);
             abort();
         }
@@ -287,8 +289,8 @@ static void redis_step(void *arg)
     CHECK_EQ(nomem, kvs_fa_failed());
     if (end != c->ref_end || log.len != c->ref.len ||
         (log.len > 0 && memcmp(log.data, c->ref.data, log.len) != 0)) {
-        fprintf(stderr, "%s: fail_at=%ld: different commands after -ENOMEM and a retry\n",
-                c->name, kvs_fa_fail_at());
+        fprintf(stderr, "%s: fail_at=%ld: different commands after -ENOMEM and a retry\n", c->name,
+                kvs_fa_fail_at());
         abort();
     }
     kvs_buf_free(&log);
@@ -328,7 +330,11 @@ KVS_TEST(redis_parse_grow)
     int n = snprintf(line, sizeof(line), "*%d\r\n$4\r\nHDEL\r\n", KVS_REDIS_KEEP_ARGS + 100);
     CHECK(kvs_buf_append(&s, line, (size_t)n) == 0);
     for (int i = 1; i < KVS_REDIS_KEEP_ARGS + 100; i++) {
-        n = snprintf(line, sizeof(line), "$%d\r\nk%d\r\n", i < 10 ? 2 : i < 100 ? 3 : i < 1000 ? 4 : 5,
+        n = snprintf(line, sizeof(line), "$%d\r\nk%d\r\n",
+                     i < 10     ? 2
+                     : i < 100  ? 3
+                     : i < 1000 ? 4
+                                : 5,
                      i);
         CHECK(kvs_buf_append(&s, line, (size_t)n) == 0);
     }
@@ -369,7 +375,7 @@ static void writers_step(void *arg)
             CHECK_EQ(rc_, -ENOMEM);                                                                \
             CHECK_EQ(b.len, before);                                                               \
             failures++;                                                                            \
-            CHECK((call) == 0); /* and it works once memory is there */                           \
+            CHECK((call) == 0); /* and it works once memory is there */                            \
         }                                                                                          \
     } while (0)
     W(kvs_redis_simple(&b, "OK"));
@@ -533,8 +539,10 @@ static void pos_step(void *arg)
     size_t n = 0;
     for (int i = 0; i < 300; i++)
         n += (size_t)snprintf(text + n, sizeof(text) - n, "%s%s:%d:%d", i ? "," : "",
-                              i % 3 == 0 ? "users" : i % 3 == 1 ? "orders" : "a.b-c_d", i % 40,
-                              i * 7);
+                              i % 3 == 0   ? "users"
+                              : i % 3 == 1 ? "orders"
+                                           : "a.b-c_d",
+                              i % 40, i * 7);
     int failures = 0;
     int rc;
 #define AGAIN(call)                                                                                \
@@ -702,9 +710,9 @@ static void config_step(void *arg)
     if (rc == 0) {
         char changed[512], fixed[512];
         CHECK(cfg != NULL);
-        CHECK_EQ(kvs_config_reload_check(c->ref, cfg, changed, sizeof(changed), fixed,
-                                         sizeof(fixed)),
-                 0);
+        CHECK_EQ(
+            kvs_config_reload_check(c->ref, cfg, changed, sizeof(changed), fixed, sizeof(fixed)),
+            0);
         CHECK_STR(changed, "");
         CHECK_STR(fixed, "");
         CHECK(kvs_config_map_eq(c->ref, cfg));
@@ -734,16 +742,30 @@ KVS_TEST(config_parse_full)
     config_loop("full config", full_config, sizeof(full_config) - 1, 50);
 }
 
-KVS_TEST(config_parse_corpus)
+/* The config corpus in two halves (the fuzzer's finds, f-*, and the
+ * rest), each a few seconds under ASan. */
+static void config_corpus(int finds)
 {
     input_t *v;
     size_t n = read_corpus("config", &v);
     for (size_t i = 0; i < n; i++)
-        config_loop(v[i].name, (const char *)v[i].data, v[i].len, 0);
+        if ((strncmp(v[i].name, "config/f-", 9) == 0) == finds)
+            config_loop(v[i].name, (const char *)v[i].data, v[i].len, 0);
     free_corpus(v, n);
+}
+
+KVS_TEST(config_parse_corpus)
+{
+    config_corpus(0);
+}
+
+KVS_TEST(config_parse_corpus_finds)
+{
+    config_corpus(1);
 }
 
 KVS_TEST_MAIN(KVS_CASE(msg_decode_request_arena), KVS_CASE(msg_decode_request_malloc),
               KVS_CASE(redis_parse_corpus), KVS_CASE(redis_parse_grow), KVS_CASE(redis_writers),
               KVS_CASE(resp_answers), KVS_CASE(pos_tokens), KVS_CASE(buf_append),
-              KVS_CASE(config_parse_full), KVS_CASE(config_parse_corpus))
+              KVS_CASE(config_parse_full), KVS_CASE(config_parse_corpus),
+              KVS_CASE(config_parse_corpus_finds))
