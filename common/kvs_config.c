@@ -311,6 +311,11 @@ static int yaml_error(cfg_ctx_t *ctx, const yaml_parser_t *p)
     switch (p->error) {
     case YAML_MEMORY_ERROR:
         return cfg_oom(ctx);
+    case YAML_NO_ERROR:
+        /* libyaml's loader fails without setting an error when a copy it
+         * makes (a node's default tag, an anchor) cannot be allocated:
+         * every failure of the input itself sets one. */
+        return cfg_oom(ctx);
     case YAML_READER_ERROR: {
         /* libyaml's reader gives only a byte offset (no mark): count the
          * lines and characters before it, as its marks do. */
@@ -2175,6 +2180,11 @@ static int prescan(cfg_ctx_t *ctx)
         done = e.type == YAML_STREAM_END_EVENT;
         yaml_event_delete(&e);
     }
+    /* Out of memory is not a text libyaml cannot parse: passing it on
+     * would compose a text whose shape was never checked (an alias bomb,
+     * a cycle) once memory is back. */
+    if (rc == 0 && !done && parser.error == YAML_MEMORY_ERROR)
+        rc = cfg_oom(ctx);
     while (s->depth > 0)
         free(open[--s->depth]);
     for (size_t i = 0; i < s->n_anchors; i++)

@@ -206,6 +206,7 @@ typedef struct decode_budget_s {
     kvs_arena_t *arena; /* NULL: malloc and free */
     size_t left;        /* bytes that may still be handed out */
     int over;           /* an allocation was refused for the budget */
+    int nomem;          /* an allocation within the budget failed: out of memory */
 } decode_budget_t;
 
 static void *budget_alloc(void *data, size_t n)
@@ -218,7 +219,10 @@ static void *budget_alloc(void *data, size_t n)
         return NULL;
     }
     b->left -= cost;
-    return b->arena != NULL ? kvs_arena_alloc(b->arena, n) : malloc(n);
+    void *p = b->arena != NULL ? kvs_arena_alloc(b->arena, n) : malloc(n);
+    if (p == NULL)
+        b->nomem = 1;
+    return p;
 }
 
 static void budget_free(void *data, void *p)
@@ -236,14 +240,17 @@ size_t kvs_msg_decode_budget(size_t len)
 }
 
 /* Unpacks a message of type `d` from p[0..len) within the decode budget;
- * *over says whether it failed for the budget. */
+ * when it fails, *why says why: KVS_STATUS_TOO_LARGE for the budget,
+ * KVS_STATUS_INTERNAL when memory ran out (protobuf-c returns NULL for
+ * both, as for bytes that are not such a message: KVS_STATUS_BAD_REQUEST). */
 static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs_arena_t *arena,
-                                        const uint8_t *p, size_t len, int *over)
+                                        const uint8_t *p, size_t len, uint32_t *why)
 {
-    decode_budget_t b = {{budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0};
+    decode_budget_t b = {
+        {budget_alloc, budget_free, NULL}, arena, kvs_msg_decode_budget(len), 0, 0};
     b.pb.allocator_data = &b;
     ProtobufCMessage *m = protobuf_c_message_unpack(d, &b.pb, len, p);
-    *over = b.over;
+    *why = b.over ? KVS_STATUS_TOO_LARGE : b.nomem ? KVS_STATUS_INTERNAL : KVS_STATUS_BAD_REQUEST;
     return m;
 }
 
@@ -622,7 +629,7 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
     if (arena == NULL && command_run(p, len, &run) == 0 && run.count > 1) {
         if ((merged = malloc(len)) == NULL) {
             if (status != NULL)
-                *status = KVS_STATUS_TOO_LARGE;
+                *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
             return NULL;
         }
         len = merge_command(p, len, &run, merged);
@@ -631,13 +638,13 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
     Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
     if (fast != NULL)
         return fast;
-    int over;
+    uint32_t why;
     Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
-        &kvs__command_request__descriptor, arena, p, len, &over);
+        &kvs__command_request__descriptor, arena, p, len, &why);
     if (arena == NULL)
         free(merged); /* protobuf-c copied what it kept */
     if (q == NULL && status != NULL)
-        *status = over ? KVS_STATUS_TOO_LARGE : KVS_STATUS_BAD_REQUEST;
+        *status = why;
     return q;
 }
 
@@ -650,6 +657,11 @@ uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t m
                  "size; nothing was done; send fewer keys per request",
                  len, kvs_msg_decode_budget(len), KVS_DECODE_FACTOR,
                  KVS_DECODE_SLACK / (1024 * 1024));
+    else if (status == KVS_STATUS_INTERNAL)
+        snprintf(msg, mlen,
+                 "server out of memory decoding a request of %zu bytes; nothing was done; "
+                 "try again",
+                 len);
     else
         snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
     return status;
@@ -1481,16 +1493,16 @@ uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, cha
 
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out)
 {
-    int over;
-    *out = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
-    return *out != NULL ? 0 : KVS_EPROTO;
+    uint32_t why;
+    *out = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &why);
+    return *out != NULL ? 0 : why == KVS_STATUS_INTERNAL ? -ENOMEM : KVS_EPROTO;
 }
 
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
 {
     char msg[160];
-    int over; /* a valid Value costs about its size: only unknown fields pass the budget */
-    Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &over);
+    uint32_t why; /* a valid Value costs about its size: only unknown fields pass the budget */
+    Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &why);
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
              check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,

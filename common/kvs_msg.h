@@ -81,8 +81,10 @@ size_t kvs_msg_decode_budget(size_t len);
  * an Hmget, Hmset, Hmdel or Hmexist are left in p, not copied (16 bytes a
  * key, 104 a pair, where protobuf-c spends 80 and 180 and copies them):
  * such a request is valid only as long as p is. Returns NULL when the bytes are not a
- * CommandRequest (*status = 400) or would take more memory than that
- * (*status = 413); `status` may be NULL. What protobuf-c allocated before
+ * CommandRequest (*status = 400), would take more memory than that
+ * (*status = 413), or memory ran out (*status = 500: the request may be
+ * fine; kvs_msg_decode_refusal says "server out of memory"); `status` may
+ * be NULL. What protobuf-c allocated before
  * it failed stays in the arena until its reset. */
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status);
@@ -272,7 +274,8 @@ void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for
  * any memory (string/bytes point into the arena), within the decode budget
- * (kvs_msg_decode_budget). Returns 0 or KVS_EPROTO. */
+ * (kvs_msg_decode_budget). Returns 0, KVS_EPROTO, or -ENOMEM when memory
+ * ran out (the value may be fine). */
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
 
 /* True when p[0..len) is an encoded Value a client could read back: it

@@ -467,7 +467,11 @@ int kvs_redis_integer(kvs_buf_t *b, int64_t v)
 
 int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len)
 {
-    if (put_num(b, '$', (long long)len) != 0 || kvs_buf_reserve(b, len + 2) != 0)
+    /* Room for the whole reply first (a header is at most 24 bytes): a
+     * header without its body would make the client read whatever is
+     * written next as the bulk's bytes. */
+    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 2) != 0 ||
+        put_num(b, '$', (long long)len) != 0)
         return -ENOMEM;
     if (len > 0)
         memcpy(b->data + b->len, p, len);
@@ -574,8 +578,9 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3)
 {
     if (!resp3)
         return kvs_redis_bulk(b, p, len);
-    if (put_num(b, '=', (long long)len + 4) != 0 || kvs_buf_reserve(b, len + 6) != 0)
-        return -ENOMEM;
+    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 6) != 0 ||
+        put_num(b, '=', (long long)len + 4) != 0)
+        return -ENOMEM; /* all or nothing, as kvs_redis_bulk */
     memcpy(b->data + b->len, "txt:", 4);
     b->len += 4;
     if (len > 0)

@@ -93,7 +93,8 @@ int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
 
 /* ---- replies -------------------------------------------------------------- */
 
-/* Each returns 0 or -ENOMEM. */
+/* Each returns 0 or -ENOMEM; after -ENOMEM `b` is as it was (nothing of
+ * the reply was appended). */
 int kvs_redis_simple(kvs_buf_t *b, const char *s);      /* +s */
 int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...) /* -... (newlines become spaces) */
     __attribute__((format(printf, 2, 3)));
