@@ -623,7 +623,7 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
     command_run_t run;
     if (arena != NULL && kvs_msg_merge_request(arena, &p, &len) != 0) {
         if (status != NULL)
-            *status = KVS_STATUS_TOO_LARGE;
+            *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
         return NULL;
     } /* in the arena, merged bytes live as long as the request decoded from them */
     if (arena == NULL && command_run(p, len, &run) == 0 && run.count > 1) {
