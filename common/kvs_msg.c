@@ -1503,6 +1503,10 @@ int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
     char msg[160];
     uint32_t why; /* a valid Value costs about its size: only unknown fields pass the budget */
     Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &why);
+    if (v == NULL && why == KVS_STATUS_INTERNAL) {
+        kvs_arena_reset(arena);
+        return -ENOMEM;
+    }
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
              check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,

@@ -278,9 +278,11 @@ void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t
  * ran out (the value may be fine). */
 int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__Value **out);
 
-/* True when p[0..len) is an encoded Value a client could read back: it
+/* 1 when p[0..len) is an encoded Value a client could read back: it
  * decodes (within the decode budget), has a kind set, no unknown fields,
- * and its strings are UTF-8. `arena` is scratch (reset before returning). */
+ * and its strings are UTF-8; 0 when it is not; -ENOMEM when memory ran out
+ * before that could be told (the value may be fine). `arena` is scratch
+ * (reset before returning). */
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len);
 
 /* ---- answer sizes ------------------------------------------------------ */

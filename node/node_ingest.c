@@ -311,35 +311,42 @@ static topic_t *topic_of(node_ingest_t *in, const rd_kafka_message_t *m)
     return NULL;
 }
 
-/* Encodes a payload as the Value the binding's format says. Returns NULL
- * with *why set when the format rejects it. */
-static const uint8_t *encode_payload(node_ingest_t *in, const topic_t *t,
-                                     const rd_kafka_message_t *m, size_t *len, const char **why)
+/* Encodes a payload as the Value the binding's format says, into *out and
+ * *len. Returns 0; 0 with *out NULL and *why set when the format rejects
+ * it (the record is skipped); or -ENOMEM, which is no verdict on the
+ * record: the batch fails and is read again, so that memory running short
+ * never skips a record. */
+static int encode_payload(node_ingest_t *in, const topic_t *t, const rd_kafka_message_t *m,
+                          const uint8_t **out, size_t *len, const char **why)
 {
     const uint8_t *p = m->payload;
+    int ok;
+    *out = NULL;
     switch (t->b->format) {
     case KVS_FORMAT_VALUE:
-        if (!kvs_msg_value_valid(&in->arena, p, m->len)) {
+        if ((ok = kvs_msg_value_valid(&in->arena, p, m->len)) < 0)
+            return ok;
+        if (!ok) {
             *why = "payload is not an encoded kvs.Value (with valid UTF-8 strings)";
-            return NULL;
+            return 0;
         }
         *len = m->len;
-        return p;
+        *out = p;
+        return 0;
     case KVS_FORMAT_STRING:
         if (!kvs_utf8_valid(p, m->len)) {
             *why = "payload is not valid UTF-8";
-            return NULL;
+            return 0;
         }
         /* fall through */
     default:
         in->scratch.len = 0;
-        if (kvs_buf_reserve(&in->scratch, m->len + 16) != 0) {
-            *why = "out of memory";
-            return NULL;
-        }
+        if (kvs_buf_reserve(&in->scratch, m->len + 16) != 0)
+            return -ENOMEM;
         *len =
             kvs_value_encode_bytes(in->scratch.data, t->b->format == KVS_FORMAT_STRING, p, m->len);
-        return in->scratch.data;
+        *out = in->scratch.data;
+        return 0;
     }
 }
 
@@ -400,8 +407,9 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
         if (rc == KVS_ENOTFOUND)
             rc = 0;
     } else {
-        size_t len, max = kvs_msg_pair_max(in->cfg->max_frame);
-        const uint8_t *v = encode_payload(in, t, m, &len, &why);
+        size_t len = 0, max = kvs_msg_pair_max(in->cfg->max_frame);
+        const uint8_t *v = NULL;
+        rc = encode_payload(in, t, m, &v, &len, &why);
         if (v != NULL && m->key_len + len > max) {
             snprintf(big, sizeof(big),
                      "value too large to be read back: key and value take %zu bytes, more than "

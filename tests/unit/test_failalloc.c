@@ -627,6 +627,54 @@ KVS_TEST(buf_append)
     kvs_failalloc_loop("buf", buf_step, NULL, 4);
 }
 
+/* ---- kvs_msg_value_valid: ingestion's check of a `value` record --------------- */
+
+/* Memory running out is never a verdict: a valid Value is 1 or -ENOMEM,
+ * never 0 (ingestion would skip the record as malformed, for good). */
+typedef struct value_ctx_s {
+    uint8_t good[64], bad[64];
+    size_t good_len, bad_len;
+} value_ctx_t;
+
+static void value_step(void *arg)
+{
+    value_ctx_t *c = arg;
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    kvs_fa_on();
+    int good = kvs_msg_value_valid(&a, c->good, c->good_len);
+    kvs_fa_off();
+    if (kvs_fa_failed())
+        CHECK(good == -ENOMEM || good == 1);
+    else
+        CHECK_EQ(good, 1);
+    int failed_before = kvs_fa_failed();
+    kvs_fa_on();
+    int bad = kvs_msg_value_valid(&a, c->bad, c->bad_len);
+    kvs_fa_off();
+    if (kvs_fa_failed() && !failed_before)
+        CHECK(bad == -ENOMEM || bad == 0);
+    else
+        CHECK_EQ(bad, 0);
+    kvs_arena_close(&a);
+}
+
+KVS_TEST(value_valid)
+{
+    value_ctx_t c;
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_STRING_VALUE;
+    static const char text[] = "h\xc3\xa9llo, a value long enough to be copied";
+    v.string_value.data = (uint8_t *)text;
+    v.string_value.len = sizeof(text) - 1;
+    c.good_len = kvs__value__pack(&v, c.good);
+    memcpy(c.bad, c.good, c.good_len);
+    c.bad[c.good_len] = 0x30; /* field 6, varint: unknown */
+    c.bad[c.good_len + 1] = 1;
+    c.bad_len = c.good_len + 2;
+    kvs_failalloc_loop("value valid", value_step, &c, 1);
+}
+
 /* ---- kvs_config: loading a YAML text ----------------------------------------- */
 
 /* Users, bindings, cluster.nodes, tls, plugins and properties: the
@@ -768,4 +816,4 @@ KVS_TEST_MAIN(KVS_CASE(msg_decode_request_arena), KVS_CASE(msg_decode_request_ma
               KVS_CASE(redis_parse_corpus), KVS_CASE(redis_parse_grow), KVS_CASE(redis_writers),
               KVS_CASE(resp_answers), KVS_CASE(pos_tokens), KVS_CASE(buf_append),
               KVS_CASE(config_parse_full), KVS_CASE(config_parse_corpus),
-              KVS_CASE(config_parse_corpus_finds))
+              KVS_CASE(config_parse_corpus_finds), KVS_CASE(value_valid))
