@@ -178,12 +178,17 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
  * HINCRBY, string2ld for HINCRBYFLOAT: "inf" is a number, then too large
  * to add to). Returns 0, or a 400 message. */
 static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int want_float,
-                                 int64_t *i, double *d)
+                                 int64_t *i, double *d, int *nomem)
 {
     Kvs__Value *val;
     char num[KVS_REDIS_DOUBLE_MAX];
     kvs_redis_arg_t text;
-    if (kvs_msg_decode_value(&ctx->arena, v->p, v->len, &val) != 0)
+    int rc = kvs_msg_decode_value(&ctx->arena, v->p, v->len, &val);
+    if (rc == -ENOMEM) { /* no verdict on the value: the request fails with 500 */
+        *nomem = 1;
+        return NULL;
+    }
+    if (rc != 0)
         return "the stored value cannot be read";
     const char *not = want_float ? "hash value is not a float" : "hash value is not an integer";
     switch (val->kind_case) {
@@ -225,7 +230,10 @@ static int cmd_hincr(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
     if (rc != 0 && rc != KVS_ENOTFOUND)
         return rc;
-    const char *bad = rc == 0 ? stored_number(ctx, &v, by_float, &i, &d) : NULL;
+    int nomem = 0;
+    const char *bad = rc == 0 ? stored_number(ctx, &v, by_float, &i, &d, &nomem) : NULL;
+    if (nomem)
+        return -ENOMEM;
     if (bad == NULL && !by_float &&
         ((m->by_int > 0 && i > INT64_MAX - m->by_int) ||
          (m->by_int < 0 && i < INT64_MIN - m->by_int)))
