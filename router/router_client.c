@@ -599,16 +599,14 @@ static void on_connection(uv_stream_t *server, int status)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = r->tls != NULL && !admin ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
-    if (rc == 0)
-        rc = kvs_conn_accept(&cl->conn, server);
+    int rc = kvs_conn_accept_tls(&cl->conn, server, r->tls != NULL && !admin ? r->tls : NULL);
     /* Tokens only where nobody can overhear them. The private socket's
      * peers are the node's own user (its directory is private): trusted. */
     kvs_auth_conn_init(&cl->auth, admin,
                        admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
     client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
-        kvs_warn("accept failed: %s", uv_strerror(rc));
+        kvs_warn("accept failed: %s", kvs_strerror(rc));
         kvs_conn_close(&cl->conn);
     }
 }
