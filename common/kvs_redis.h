@@ -93,7 +93,12 @@ int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
 
 /* ---- replies -------------------------------------------------------------- */
 
-/* Each returns 0 or -ENOMEM. */
+/* Each returns 0 or -ENOMEM; a failed one may leave part of its bytes in
+ * `b`. A reply is built of several calls whose results are easy to drop:
+ * kvs_redis_reply_failures counts this thread's failed calls, so the
+ * builder of a whole reply can tell, by comparing it before and after,
+ * that the reply is incomplete (and must not be sent). */
+unsigned long kvs_redis_reply_failures(void);
 int kvs_redis_simple(kvs_buf_t *b, const char *s);      /* +s */
 int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...) /* -... (newlines become spaces) */
     __attribute__((format(printf, 2, 3)));

@@ -52,6 +52,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
+#include "kvs_redis.h"
 #include "router.h"
 #include "router_ports.h"
 #include "router_procs.h"
@@ -92,7 +93,16 @@ static int client_write(router_client_t *cl, router_req_t *req, const uint8_t *p
     if (cl->redis != NULL) {
         if (req->raw)
             return kvs_buf_append(out, req->resp.data, req->resp.len);
-        return router_redis_answer(cl->redis, req, payload, len, out);
+        /* A reply missing a piece (an array's header, a bulk's bytes)
+         * would have the client take the rest for the next replies. */
+        size_t start = out->len;
+        unsigned long failures = kvs_redis_reply_failures();
+        int rc = router_redis_answer(cl->redis, req, payload, len, out);
+        if (rc == 0 && kvs_redis_reply_failures() != failures)
+            rc = -ENOMEM;
+        if (rc != 0)
+            out->len = start;
+        return rc;
     }
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
