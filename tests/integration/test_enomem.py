@@ -52,7 +52,7 @@ import unittest
 
 from kvstest import BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall, \
     req_hmget, req_hmset, req_hscan, req_hset, tls_context, tls_yaml
-from routertest import RouterTestCase, free_port, free_port_range
+from routertest import START_TIMEOUT, RouterTestCase, free_port, free_port_range
 from test_auth import USERS, users_yaml
 
 SHIM = os.path.join(BUILD_DIR, "libkvs_test_enomem.so")
@@ -579,8 +579,9 @@ class EnomemTest(RouterTestCase):
                         node_listen="127.0.0.1:%d" % base_b,
                         remote={0: "127.0.0.1:%d" % base_a, 1: "127.0.0.1:%d" % (base_a + 1)},
                         extra_yaml=tls_yaml(node=both, link=both, cert="node2"))
-        a.start()
-        b.start()
+        a.proc, b.proc = a.spawn(), b.spawn()  # both start at once: the run stays short
+        a.wait_accepting("kvs-router A", START_TIMEOUT)
+        b.wait_accepting("kvs-router B", START_TIMEOUT)
         return a
 
     def front(self, r, timeout=5.0):
@@ -643,7 +644,7 @@ class EnomemTest(RouterTestCase):
         # The environment is fixed at exec: the window opens at a fixed
         # time after the start, and the test checks the node was ready
         # (and the fixed table written) before it.
-        start_budget_ms = 5000 if link else 2500
+        start_budget_ms = 3500 if link else 2500
         at_ms = int(time.time() * 1000) + start_budget_ms
         env["KVS_TEST_ENOMEM_AT_MS"] = str(at_ms)
         r = self.start_nodes(env, tls, auth, resp, metrics, processes, link)
@@ -746,7 +747,7 @@ class EnomemTest(RouterTestCase):
         self.assertGreater(out["answers"]["Driver"], 100, out)
 
     def test_resp_listener_survives_failing_allocations(self):
-        out = self.run_window("router", *spec("ppm=50000", 3), resp=True, proto=1)
+        out = self.run_window("router", *spec("every=5", 4), resp=True, proto=1)
         self.assertGreater(out["answers"]["RespDriver"], 100, out)
 
     def test_tls_clients_and_auth_survive_failing_allocations(self):
