@@ -502,7 +502,9 @@ static void flush_slots(node_server_t *srv)
              * each later answer for the request before, so the connection
              * goes, as the router's client does (client_flush_done). */
             if (s->buf.len == 0 || kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
-                kvs_error("cannot queue an answer (out of memory); closing the connection");
+                kvs_error("%s (out of memory); closing the connection",
+                          s->buf.len == 0 ? "an answer could not be built"
+                                          : "cannot queue an answer");
                 slot_free(s);
                 kvs_conn_close(&cl->conn);
                 break;
