@@ -53,7 +53,10 @@ import unittest
 from kvstest import BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall, \
     req_hmget, req_hmset, req_hscan, req_hset, tls_context, tls_yaml
 from routertest import START_TIMEOUT, RouterTestCase, free_port, free_port_range
+from kafkatest import wait_until
+from routertest import pipeline_threaded
 from test_auth import USERS, users_yaml
+from test_ingest import KafkaFixtures
 
 SHIM = os.path.join(BUILD_DIR, "libkvs_test_enomem.so")
 WINDOW_MS = 2500       # allocations fail this long
@@ -773,6 +776,62 @@ class EnomemTest(RouterTestCase):
     def test_two_router_processes_survive_failing_allocations(self):
         out = self.run_window("router", *spec(), processes=2, resp=True, metrics=True)
         self.assertGreater(out["answers"]["Driver"], 100, out)
+
+
+@unittest.skipIf(SANITIZED, "ASan replaces the allocator: no allocation shim there")
+class LogFirstEnomemTest(KafkaFixtures, unittest.TestCase):
+    """A log-first write whose answer cannot be built at all (its 503,
+    then the plain 500 in its place, both fail for want of memory) leaves
+    its slot empty: the worker must close the connection (node_server.c
+    flush_slots), not send nothing, which would have the router take each
+    later answer for the request before it. Only the worker's main thread
+    fails allocations (KVS_TEST_ENOMEM_THREAD=main): librdkafka's threads
+    abort on a failed one."""
+
+    def test_a_write_whose_answer_cannot_be_built_closes_the_connection(self):
+        self.assertTrue(os.path.exists(SHIM), SHIM)
+        start_budget_ms, window_ms = 4000, 1500
+        at_ms = int(time.time() * 1000) + start_budget_ms
+        env = {"LD_PRELOAD": SHIM, "KVS_TEST_ENOMEM_ROLE": "node",
+               "KVS_TEST_ENOMEM_THREAD": "main", "KVS_TEST_ENOMEM_EVERY": "1",
+               "KVS_TEST_ENOMEM_AT_MS": str(at_ms), "KVS_TEST_ENOMEM_FOR_MS": str(window_ms)}
+        m = self.mock({"users": 4}, control=True)
+        r = self.router(m, [("users", "users", "raw", 4)], shards=1, timeout="2s", env=env)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"1").status, 200)
+            m.ctl("broker-down all")
+            # The writes wait for Kafka; their deadline (router.timeout,
+            # 2 s) falls inside the window, where every allocation of the
+            # worker's loop fails.
+            lead = at_ms / 1000.0 - time.time() - 1.2
+            self.assertGreater(lead, 0.05, "the node took too long to start")
+            time.sleep(lead)
+            t0 = time.monotonic()
+            out = pipeline_threaded(c, [req_hset("users", b"k%d" % i, b"v") for i in range(20)],
+                                    timeout=10)
+            took = time.monotonic() - t0
+        for resp in out:
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+        # The connection was closed when the answer could not be built, well
+        # before the router's own 2-s wait for an answer would have ended.
+        self.assertIn("worker closed the connection", out[0].message)
+        self.assertLess(took, 3.5, out[0].message)
+        log = r.stderr()
+        self.assertIn("an answer could not be built (out of memory); closing the connection", log)
+        killed = re.findall(r".*killed by signal.*", log)
+        self.assertEqual(killed, [], "\n".join(killed))
+        m.ctl("broker-up all")
+        ok = wait_until(lambda: self.write_works(r), 20, 0.2)
+        self.assertTrue(ok, "writes work again after the window")
+
+    @staticmethod
+    def write_works(r):
+        try:
+            with r.client(timeout=5.0) as c:
+                return c.hset("users", b"after", b"v").status == 200
+        except (OSError, EOFError):
+            return False
 
 
 if __name__ == "__main__":
