@@ -133,7 +133,7 @@ static uint64_t every; /* fail every Nth call, 0 = use ppm */
 static uint64_t ppm;   /* probability in parts per million */
 static uint64_t seed;
 static uint64_t min_size;
-static int main_only; /* KVS_TEST_ENOMEM_THREAD=main */
+static int main_only;        /* KVS_TEST_ENOMEM_THREAD=main */
 static uint64_t salt;        /* the pid: a restarted process fails other calls */
 static int64_t arm_at_ms;    /* CLOCK_MONOTONIC */
 static int64_t disarm_at_ms; /* INT64_MAX = never */
