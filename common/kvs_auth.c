@@ -80,6 +80,7 @@ struct kvs_auth_attempt_s {
     uint8_t token[KVS_TOKEN_MAX];
     size_t token_len;
     int ok;
+    int unchecked; /* the hash could not be computed (out of memory): neither right nor wrong */
     int running;
     kvs_auth_done_cb cb;
     void *arg;
@@ -531,8 +532,9 @@ static void work_check(uv_work_t *w)
     kvs_auth_attempt_t *at = w->data;
     const kvs_token_hash_t *decoy = &at->auth->decoy;
     const kvs_token_hash_t *h = at->user != NULL && at->user->has_token ? &at->user->hash : decoy;
-    int match = kvs_token_check(h, at->token, at->token_len) == 1;
-    at->ok = match && h != decoy;
+    int rc = kvs_token_check(h, at->token, at->token_len);
+    at->unchecked = rc < 0;
+    at->ok = rc == 1 && h != decoy;
     if (h->iterations < decoy->iterations) { /* as dear as every other check */
         uint8_t pad[KVS_CRYPTO_SHA256];
         kvs_crypto_pbkdf2(at->token, at->token_len, decoy->salt, decoy->salt_len,
@@ -573,6 +575,13 @@ static void after_check(uv_work_t *w, int status)
             remember(a, at->user, at->token, at->token_len);
             set_user(ac, at->user);
             snprintf(msg, sizeof(msg), "authenticated as \"%s\"", at->user->cfg->name);
+        } else if (status == 0 && at->unchecked) {
+            /* Not a failure: the token may well be right (not counted,
+             * so a node short of memory locks nobody out). */
+            st = KVS_STATUS_INTERNAL;
+            snprintf(msg, sizeof(msg),
+                     "the token could not be checked (hashing failed, most likely for want of "
+                     "memory); retry");
         } else {
             st = refuse(a, ac, at->name, at->peer, msg, sizeof(msg), &close);
         }

@@ -113,9 +113,10 @@ int kvs_auth_conn_checking(const kvs_auth_conn_t *ac);
 uint32_t kvs_auth_check(kvs_auth_conn_t *ac, Kvs__CommandRequest__CommandCase cmd,
                         const void *table, size_t tlen, char *msg, size_t mlen);
 
-/* An Auth's outcome: status 200 or 401 and the answer's message (valid
- * during the call); `close`: the connection failed too often, answer and
- * close it. */
+/* An Auth's outcome: status 200, 401, or 500 when the token could not be
+ * checked (hashing failed: out of memory; not counted as a failure), and
+ * the answer's message (valid during the call); `close`: the connection
+ * failed too often, answer and close it. */
 typedef void (*kvs_auth_done_cb)(void *arg, uint32_t status, const char *msg, int close);
 
 /* Starts checking Auth `m` (a validated request; copied) for connection

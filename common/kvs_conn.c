@@ -551,6 +551,17 @@ int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server)
     return kvs_conn_start(c);
 }
 
+int kvs_conn_accept_tls(kvs_conn_t *c, uv_stream_t *server, kvs_tls_ctx_t *tls)
+{
+    int rc = tls != NULL ? kvs_conn_use_tls(c, tls, NULL) : 0;
+    int arc = uv_accept(server, &c->h.stream); /* whatever happened: see kvs_conn.h */
+    if (rc != 0)
+        return rc;
+    if (arc != 0)
+        return arc;
+    return kvs_conn_start(c);
+}
+
 int kvs_conn_start(kvs_conn_t *c)
 {
     if (c->h.handle.type == UV_TCP) {

@@ -246,6 +246,13 @@ const char *kvs_conn_tls_error(const kvs_conn_t *c);
  * kvs_conn_close(c). */
 int kvs_conn_accept(kvs_conn_t *c, uv_stream_t *server);
 
+/* kvs_conn_accept, speaking TLS with the settings of `tls` (a server
+ * context) unless it is NULL. The connection is taken off the listener's
+ * backlog even when its TLS session cannot be made (out of memory): one
+ * left there stops libuv accepting any other. On failure the caller must
+ * still kvs_conn_close(c). */
+int kvs_conn_accept_tls(kvs_conn_t *c, uv_stream_t *server, kvs_tls_ctx_t *tls);
+
 /* Starts reading on a connected stream (after a uv_connect); a TLS
  * client sends its ClientHello. Returns 0, a uv error, or KVS_ETLS. */
 int kvs_conn_start(kvs_conn_t *c);

@@ -413,10 +413,29 @@ int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
 
 /* ---- replies ------------------------------------------------------------------------ */
 
+/* Replies this thread could not append (see kvs_redis_reply_failures). */
+static _Thread_local unsigned long reply_failures;
+
+unsigned long kvs_redis_reply_failures(void)
+{
+    return reply_failures;
+}
+
+static int reply_failed(void)
+{
+    reply_failures++;
+    return -ENOMEM;
+}
+
+static int append(kvs_buf_t *b, const char *s, size_t n)
+{
+    return kvs_buf_append(b, s, n) != 0 ? reply_failed() : 0;
+}
+
 static int put_line(kvs_buf_t *b, char type, const char *s, size_t n)
 {
     if (kvs_buf_reserve(b, n + 3) != 0)
-        return -ENOMEM;
+        return reply_failed();
     b->data[b->len++] = (uint8_t)type;
     memcpy(b->data + b->len, s, n);
     b->len += n;
@@ -470,9 +489,10 @@ int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len)
     /* Room for the whole reply first (a header is at most 24 bytes): a
      * header without its body would make the client read whatever is
      * written next as the bulk's bytes. */
-    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 2) != 0 ||
-        put_num(b, '$', (long long)len) != 0)
-        return -ENOMEM;
+    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 2) != 0)
+        return reply_failed();
+    if (put_num(b, '$', (long long)len) != 0)
+        return -ENOMEM; /* not reached: the room is there */
     if (len > 0)
         memcpy(b->data + b->len, p, len);
     b->len += len;
@@ -483,7 +503,7 @@ int kvs_redis_bulk(kvs_buf_t *b, const void *p, size_t len)
 
 int kvs_redis_null(kvs_buf_t *b, int resp3)
 {
-    return resp3 ? kvs_buf_append(b, "_\r\n", 3) : kvs_buf_append(b, "$-1\r\n", 5);
+    return resp3 ? append(b, "_\r\n", 3) : append(b, "$-1\r\n", 5);
 }
 
 int kvs_redis_array(kvs_buf_t *b, size_t n)
@@ -570,17 +590,18 @@ int kvs_redis_double(kvs_buf_t *b, double v, int resp3)
 int kvs_redis_bool(kvs_buf_t *b, int v, int resp3)
 {
     if (resp3)
-        return kvs_buf_append(b, v ? "#t\r\n" : "#f\r\n", 4);
-    return kvs_buf_append(b, v ? ":1\r\n" : ":0\r\n", 4);
+        return append(b, v ? "#t\r\n" : "#f\r\n", 4);
+    return append(b, v ? ":1\r\n" : ":0\r\n", 4);
 }
 
 int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3)
 {
     if (!resp3)
         return kvs_redis_bulk(b, p, len);
-    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 6) != 0 ||
-        put_num(b, '=', (long long)len + 4) != 0)
-        return -ENOMEM; /* all or nothing, as kvs_redis_bulk */
+    if (len > SIZE_MAX - 32 || kvs_buf_reserve(b, 24 + len + 6) != 0)
+        return reply_failed(); /* all or nothing, as kvs_redis_bulk */
+    if (put_num(b, '=', (long long)len + 4) != 0)
+        return -ENOMEM;
     memcpy(b->data + b->len, "txt:", 4);
     b->len += 4;
     if (len > 0)

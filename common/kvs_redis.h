@@ -94,7 +94,11 @@ int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
 /* ---- replies -------------------------------------------------------------- */
 
 /* Each returns 0 or -ENOMEM; after -ENOMEM `b` is as it was (nothing of
- * the reply was appended). */
+ * that call's bytes was appended). A reply is built of several calls whose
+ * results are easy to drop: kvs_redis_reply_failures counts this thread's
+ * failed calls, so the builder of a whole reply can tell, by comparing it
+ * before and after, that the reply is incomplete (and must not be sent). */
+unsigned long kvs_redis_reply_failures(void);
 int kvs_redis_simple(kvs_buf_t *b, const char *s);      /* +s */
 int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...) /* -... (newlines become spaces) */
     __attribute__((format(printf, 2, 3)));

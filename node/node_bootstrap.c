@@ -463,9 +463,20 @@ static void on_peer_error(kvs_conn_t *c, int err)
                                        : kvs_strerror(err));
 }
 
+/* Every close the attempt asks for clears c->data first; one it did not
+ * ask for is kvs_conn's own, when it cannot go on (out of memory
+ * encrypting or decrypting TLS): the attempt fails now rather than at the
+ * stall timer (and b->conn does not outlive c). */
 static void on_peer_closed(kvs_conn_t *c)
 {
+    boot_t *b = c->data;
+    int current = b != NULL && b->conn == c;
     free(c);
+    if (!current)
+        return;
+    b->conn = NULL;
+    if (!b->verified) /* verified: the copy is whole, being installed */
+        attempt_over(b, "the connection to the peer failed (see above)");
 }
 
 static void on_stall(uv_timer_t *t)

@@ -502,7 +502,9 @@ static void flush_slots(node_server_t *srv)
              * each later answer for the request before, so the connection
              * goes, as the router's client does (client_flush_done). */
             if (s->buf.len == 0 || kvs_buf_append(&cl->conn.out, s->buf.data, s->buf.len) != 0) {
-                kvs_error("cannot queue an answer (out of memory); closing the connection");
+                kvs_error("%s (out of memory); closing the connection",
+                          s->buf.len == 0 ? "an answer could not be built"
+                                          : "cannot queue an answer");
                 slot_free(s);
                 kvs_conn_close(&cl->conn);
                 break;
@@ -887,17 +889,13 @@ static void on_connection(uv_stream_t *server, int status)
         srv->clients->prev = cl;
     srv->clients = cl;
     srv->n_clients++;
-    int rc = srv->listener_tls[li] != NULL
-                 ? kvs_conn_use_tls(&cl->conn, srv->listener_tls[li], NULL)
-                 : 0;
-    if (rc == 0)
-        rc = kvs_conn_accept(&cl->conn, server);
+    int rc = kvs_conn_accept_tls(&cl->conn, server, srv->listener_tls[li]);
     /* Unix socket peers are the node's own user; tokens only where nobody can overhear them. */
     kvs_auth_conn_init(&cl->auth, is_unix,
                        srv->listener_tls[li] != NULL || kvs_conn_peer_is_local(&cl->conn));
     client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
-        kvs_warn("accept failed: %s", uv_strerror(rc));
+        kvs_warn("accept failed: %s", kvs_strerror(rc));
         kvs_conn_close(&cl->conn);
     }
 }

@@ -52,6 +52,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
+#include "kvs_redis.h"
 #include "router.h"
 #include "router_ports.h"
 #include "router_procs.h"
@@ -92,7 +93,16 @@ static int client_write(router_client_t *cl, router_req_t *req, const uint8_t *p
     if (cl->redis != NULL) {
         if (req->raw)
             return kvs_buf_append(out, req->resp.data, req->resp.len);
-        return router_redis_answer(cl->redis, req, payload, len, out);
+        /* A reply missing a piece (an array's header, a bulk's bytes)
+         * would have the client take the rest for the next replies. */
+        size_t start = out->len;
+        unsigned long failures = kvs_redis_reply_failures();
+        int rc = router_redis_answer(cl->redis, req, payload, len, out);
+        if (rc == 0 && kvs_redis_reply_failures() != failures)
+            rc = -ENOMEM;
+        if (rc != 0)
+            out->len = start;
+        return rc;
     }
     uint8_t hdr[KVS_FRAME_HEADER];
     kvs_frame_put_header(hdr, (uint32_t)len);
@@ -599,16 +609,14 @@ static void on_connection(uv_stream_t *server, int status)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
-    int rc = r->tls != NULL && !admin ? kvs_conn_use_tls(&cl->conn, r->tls, NULL) : 0;
-    if (rc == 0)
-        rc = kvs_conn_accept(&cl->conn, server);
+    int rc = kvs_conn_accept_tls(&cl->conn, server, r->tls != NULL && !admin ? r->tls : NULL);
     /* Tokens only where nobody can overhear them. The private socket's
      * peers are the node's own user (its directory is private): trusted. */
     kvs_auth_conn_init(&cl->auth, admin,
                        admin || r->tls != NULL || kvs_conn_peer_is_local(&cl->conn));
     client_frame_limit(cl); /* before its first read (a callback to come) */
     if (rc != 0) {
-        kvs_warn("accept failed: %s", uv_strerror(rc));
+        kvs_warn("accept failed: %s", kvs_strerror(rc));
         kvs_conn_close(&cl->conn);
     }
 }

@@ -126,9 +126,23 @@ static void fail_all(router_link_t *l, const char *why)
 
 /* ---- connection ---------------------------------------------------------- */
 
+static void link_down(router_link_t *l, const char *why);
+
+/* Every close the link asks for clears c->data first; one it did not ask
+ * for is kvs_conn's own, when it cannot go on (out of memory encrypting
+ * or decrypting TLS): the link is down, and what was pending on it fails
+ * now rather than at router.timeout (and l->conn does not outlive c). */
 static void on_conn_closed(kvs_conn_t *c)
 {
+    router_link_t *l = c->data;
+    int current = l != NULL && l->conn == c;
     free(c);
+    if (!current)
+        return;
+    l->conn = NULL;
+    char why[80];
+    snprintf(why, sizeof(why), "the connection to the %s failed (see above)", link_peer(l));
+    link_down(l, why);
 }
 
 static void link_forget_addrs(router_link_t *l)
@@ -261,6 +275,7 @@ static void on_connected(uv_connect_t *req, int status)
         if (!l->stopping && status != 0)
             snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
                      uv_strerror(status));
+        c->data = NULL;
         kvs_conn_close(c);
         if (c == l->conn)
             l->conn = NULL;
@@ -323,6 +338,7 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
     if (rc != 0) {
         snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
                  uv_strerror(rc));
+        c->data = NULL;
         kvs_conn_close(c);
         l->conn = NULL;
         link_retry(l);

@@ -1468,6 +1468,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     /* As in router_route: a request finished while its command runs is
      * delivered after, by router_client_routed, never under the handler. */
     req->in_route = 1;
+    unsigned long failures = kvs_redis_reply_failures();
     if (cmd == NULL)
         unknown_command(rs, req);
     else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
@@ -1477,6 +1478,10 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
         reply_error(req, "NOAUTH Authentication required.");
     else if (!args_refused(req, cmd, rs->ps.argv, argc))
         cmd->fn(rs, cl, req, cmd);
+    /* A reply written here that misses a piece is not sent: the client
+     * is closed instead (client_flush_done, for an empty reply). */
+    if (req->done && req->raw && kvs_redis_reply_failures() != failures)
+        req->resp.len = 0;
     req->in_route = 0;
     kvs_arena_reset(&rs->r->redis_arena);
     router_client_routed(cl, req);

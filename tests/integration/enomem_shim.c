@@ -27,6 +27,11 @@
  *   KVS_TEST_ENOMEM_FOR_MS    disarm this long after arming (default: never)
  *   KVS_TEST_ENOMEM_MIN_SIZE  fail only requests of at least this many
  *                             bytes (default 0: every size)
+ *   KVS_TEST_ENOMEM_THREAD    "main": fail only calls made by the process's
+ *                             main thread (its event loop), not by its other
+ *                             threads (libuv's pool, librdkafka's threads,
+ *                             which abort on a failed allocation: rd_calloc
+ *                             asserts); unset: every thread
  *
  * An injecting process writes "kvs-test-enomem: pid P armed" to stderr at
  * its first call in the window and "kvs-test-enomem: pid P disarmed: F of
@@ -128,6 +133,7 @@ static uint64_t every; /* fail every Nth call, 0 = use ppm */
 static uint64_t ppm;   /* probability in parts per million */
 static uint64_t seed;
 static uint64_t min_size;
+static int main_only;        /* KVS_TEST_ENOMEM_THREAD=main */
 static uint64_t salt;        /* the pid: a restarted process fails other calls */
 static int64_t arm_at_ms;    /* CLOCK_MONOTONIC */
 static int64_t disarm_at_ms; /* INT64_MAX = never */
@@ -254,6 +260,8 @@ __attribute__((constructor)) static void shim_init(void)
     seed = env_u64("KVS_TEST_ENOMEM_SEED", 1);
     salt = (uint64_t)getpid() << 32;
     min_size = env_u64("KVS_TEST_ENOMEM_MIN_SIZE", 0);
+    const char *thread = getenv("KVS_TEST_ENOMEM_THREAD");
+    main_only = thread != NULL && strcmp(thread, "main") == 0;
     int64_t start = now_ms();
     arm_at_ms = start + (int64_t)env_u64("KVS_TEST_ENOMEM_AFTER_MS", 0);
     uint64_t at = env_u64("KVS_TEST_ENOMEM_AT_MS", 0);
@@ -285,7 +293,7 @@ static uint64_t mix(uint64_t x)
 /* Whether this call (asking for `size` bytes) fails. */
 static int fail_now(size_t size)
 {
-    if (!configured || size < min_size)
+    if (!configured || size < min_size || (main_only && gettid() != getpid()))
         return 0;
     int64_t t = now_ms();
     if (t < arm_at_ms)

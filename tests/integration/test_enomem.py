@@ -19,32 +19,58 @@ outcome. No process may die of a signal. After the window the node must
 serve normally: every write acknowledged with 200 reads back, and every
 write refused without outcome_unknown wrote nothing.
 
-Not in the sanitizer build (ASan replaces the allocator): skipped there.
+The other front doors and paths run the same way: RESP clients on
+router.resp_listen (raw RESP2, every reply parsed strictly: a reply missing
+a piece shifts all the ones after it), TLS clients (tls.router), users
+whose Auth is checked afresh in the pipeline (a right token must never
+get 401: that counts against limits.auth_failures_per_minute), a second
+node reached over TLS links (tls.link to its tls.node listener), a
+scraper of router.metrics_listen while the master fails allocations, and
+router.processes: 2. After the window each front door the run used must
+answer normally (a listener or link that stopped working is a wedge).
 
-KVS_TEST_ENOMEM_SPEC ("every=N" or "ppm=N", default ppm=20000) and
-KVS_TEST_ENOMEM_SEED (default 1) change the rate and the seed, for
-exploring by hand; the run prints its tallies with -v.
+Not in the sanitizer build (ASan replaces the allocator): skipped there.
+(By hand, the shim also runs under ASan: a build directory holding the
+ASan kvs-router and kvs-node, the unsanitized shim, py and test-certs,
+without CMakeCache.txt, as KVS_BUILD_DIR, and
+ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0.)
+
+KVS_TEST_ENOMEM_SPEC ("every=N" or "ppm=N") and KVS_TEST_ENOMEM_SEED
+change the rate and the seed of every test (each has its own, the one
+that found its defects: ppm=20000 and seed 1 unless it says otherwise),
+for exploring by hand; the run prints its tallies then.
 """
 import os
+import http.client
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import unittest
 
 from kvstest import BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall, \
-    req_hmget, req_hmset, req_hscan, req_hset
-from routertest import RouterTestCase
+    req_hmget, req_hmset, req_hscan, req_hset, tls_context, tls_yaml
+from routertest import START_TIMEOUT, RouterTestCase, free_port, free_port_range
+from kafkatest import wait_until
+from routertest import pipeline_threaded
+from test_auth import USERS, users_yaml
+from test_ingest import KafkaFixtures
 
 SHIM = os.path.join(BUILD_DIR, "libkvs_test_enomem.so")
 WINDOW_MS = 2500       # allocations fail this long
 ARM_DELAY_MS = 300     # from the end of the node's start to the window
 CONNECTIONS = 3
 FIXED = {("f%02d" % i).encode(): "fixed-%d" % i for i in range(12)}
-ERRORS = (500, 503, 507)
-SPEC = (os.environ.get("KVS_TEST_ENOMEM_SPEC", "ppm=20000"),
-        int(os.environ.get("KVS_TEST_ENOMEM_SEED", "1")))  # what a valid request may get while memory fails
+ERRORS = (500, 503, 507)  # what a valid request may get while memory fails
+
+
+def spec(default="ppm=20000", seed=1):
+    """(rate, seed) of a run: the test's own, which found its defects,
+    unless KVS_TEST_ENOMEM_SPEC / _SEED say otherwise."""
+    return (os.environ.get("KVS_TEST_ENOMEM_SPEC", default),
+            int(os.environ.get("KVS_TEST_ENOMEM_SEED", str(seed))))
 
 
 def req_info():
@@ -68,9 +94,10 @@ class Driver(threading.Thread):
     acked (200), refused (an error answer without outcome_unknown: nothing
     written) or unknown."""
 
-    def __init__(self, addr, tid, seed, stop):
+    def __init__(self, addr, tid, seed, stop, tls=None, auth=None):
         super().__init__(daemon=True)
         self.addr, self.tid, self.stop = addr, tid, stop
+        self.tls, self.auth = tls, auth
         self.rng = random.Random(seed * 1000 + tid)
         self.acked, self.refused = {}, set()
         self.problems = []
@@ -110,7 +137,10 @@ class Driver(threading.Thread):
             elif what < 0.86:
                 out.append((req_hscan("fixed", b"", 5), self.pairs_check(whole=False)))
             elif what < 0.93:
-                out.append((req_info(), self.plain_check))
+                if self.auth is not None and self.rng.random() < 0.5:  # checked afresh
+                    out.append((req_auth(*self.auth), self.auth_check))
+                else:
+                    out.append((req_info(), self.plain_check))
             else:
                 bad = self.rng.choice([req_bad_empty_table, req_bad_nothing])
                 out.append((bad(), self.bad_check))
@@ -170,6 +200,12 @@ class Driver(threading.Thread):
     def plain_check(self, resp):
         return None if resp.status == 200 else self.error_ok(resp)
 
+    def auth_check(self, resp):
+        """The token is right: 200, or an error saying it could not be
+        checked (never 401, which says it is wrong and counts against
+        limits.auth_failures_per_minute)."""
+        return None if resp.status == 200 else self.error_ok(resp)
+
     def bad_check(self, resp):
         if resp.status == 400 and resp.message:
             return None
@@ -182,10 +218,21 @@ class Driver(threading.Thread):
             while not self.stop.is_set():
                 if client is None:
                     try:
-                        client = Client(self.addr, timeout=5.0)
-                    except OSError as e:
-                        self.problems.append("cannot connect: %r" % (e,))
-                        return
+                        client = Client(self.addr, timeout=5.0, tls=self.tls)
+                    except (OSError, EOFError) as e:
+                        # A TLS handshake the router could not finish
+                        # without memory is a closed connection.
+                        if self.tls is None or time.monotonic() > self.give_up:
+                            self.problems.append("cannot connect: %r" % (e,))
+                            return
+                        self.closes += 1
+                        continue
+                    self.give_up = time.monotonic() + 10
+                    if self.auth is not None and not self.authenticate(client):
+                        client.close()
+                        client = None
+                        self.closes += 1
+                        continue
                 if not self.one_batch(client):
                     client.close()
                     client = None
@@ -193,6 +240,28 @@ class Driver(threading.Thread):
         finally:
             if client is not None:
                 client.close()
+
+    give_up = float("inf")
+
+    def authenticate(self, client):
+        """Sends Auth with the right token: 200, or an error that says the
+        node could not check it (never 401: the token is right). False if
+        the connection is not authenticated."""
+        try:
+            resp = client.call(req_auth(*self.auth))
+        except (EOFError, ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return False
+        except socket.timeout:
+            self.problems.append("no answer within 5 s to auth")
+            return False
+        self.answers += 1
+        self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+        if resp.status == 200:
+            return True
+        bad = self.error_ok(resp)
+        if bad is not None:
+            self.problems.append("auth: %s" % bad)
+        return False
 
     def one_batch(self, client):
         """Sends a batch pipelined and checks its answers; False once the
@@ -205,8 +274,8 @@ class Driver(threading.Thread):
             for req, check in items:
                 try:
                     resp = client.recv()
-                except (EOFError, ConnectionResetError, BrokenPipeError):
-                    return False
+                except (EOFError, ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                    return False  # (a TLS alert: the router could not go on)
                 except socket.timeout:
                     self.problems.append("no answer within 5 s to %s"
                                          % req.WhichOneof("command"))
@@ -228,14 +297,349 @@ class Driver(threading.Thread):
             pass  # the reader sees the close
 
 
+def req_auth(user, token):
+    r = pb.CommandRequest()
+    r.auth.user, r.auth.token = user, token
+    return r
+
+
+class Resp:
+    """A raw RESP2 connection whose reader refuses anything that is not a
+    well-formed reply (ValueError)."""
+
+    def __init__(self, addr, timeout):
+        self.sock = socket.create_connection(addr, timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+            if len(self.buf) > (1 << 16) and b"\r\n" not in self.buf:
+                raise ValueError("a reply line longer than 64 KiB")
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def bulk(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        data, end, self.buf = self.buf[:n], self.buf[n:n + 2], self.buf[n + 2:]
+        if end != b"\r\n":
+            raise ValueError("bulk of %d bytes not followed by CRLF: %r" % (n, end))
+        return data
+
+    def reply(self):
+        """("+", text), ("-", text), an int, bytes, None or a list."""
+        line = self.line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b"-"):
+            return (kind.decode(), rest.decode("utf-8", "replace"))
+        try:
+            n = int(rest)
+        except ValueError:
+            raise ValueError("malformed reply line %r" % (line[:100],))
+        if kind == b":":
+            return n
+        if kind == b"$":
+            return None if n == -1 else self.bulk(n)
+        if kind == b"*":
+            return None if n == -1 else [self.reply() for _ in range(n)]
+        raise ValueError("malformed reply line %r" % (line[:100],))
+
+
+def as_stored(v):
+    """A value written through RESP as kvs stores it: text if UTF-8."""
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return v
+
+
+def resp_command(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class RespDriver(Driver):
+    """Driver's workload through router.resp_listen, raw RESP2 pipelined.
+    An error reply must be "-ERR <message>"; a write's error leaves its
+    outcome unknown (RESP has no outcome_unknown)."""
+
+    def __init__(self, addr, tid, seed, stop):
+        super().__init__(addr, tid, seed, stop)
+
+    def batch(self):
+        out = []
+        for _ in range(self.rng.randint(4, 12)):
+            what = self.rng.random()
+            if what < 0.4:
+                k, v = self.key(), self.val()
+                v = v if isinstance(v, bytes) else v.encode()
+                out.append((resp_command("HSET", "w", k, v), self.resp_write([(k, v)])))
+            elif what < 0.5:
+                pairs = [(self.key(), ("m%d" % i).encode()) for i in range(self.rng.randint(2, 6))]
+                args = [x for p in pairs for x in p]
+                out.append((resp_command("HSET", "w", *args), self.resp_write(pairs)))
+            elif what < 0.6:
+                k = self.rng.choice(sorted(FIXED))
+                out.append((resp_command("HGET", "fixed", k), self.resp_values([k], False)))
+            elif what < 0.7:
+                ks = self.rng.sample(sorted(FIXED), 4) + [b"absent"]
+                out.append((resp_command("HMGET", "fixed", *ks), self.resp_values(ks, True)))
+            elif what < 0.8:
+                out.append((resp_command("HGETALL", "fixed"), self.resp_all))
+            elif what < 0.87:
+                out.append((resp_command("HLEN", "fixed"), self.resp_len))
+            elif what < 0.94:
+                out.append((resp_command("PING"), self.resp_pong))
+            else:
+                out.append((resp_command("HGET", "fixed"), self.resp_bad))
+        return out
+
+    @staticmethod
+    def resp_error(r):
+        if isinstance(r, tuple) and r[0] == "-" and r[1].startswith("ERR ") and len(r[1]) > 4:
+            return None
+        return "reply %r" % (r if not isinstance(r, bytes) else r[:60],)
+
+    def resp_write(self, pairs):
+        def check(r):
+            if r == len(pairs):
+                for k, v in pairs:
+                    self.acked[k] = as_stored(v)
+                return None
+            return self.resp_error(r)
+        return check
+
+    def resp_values(self, keys, multi):
+        def check(r):
+            if isinstance(r, tuple):
+                return self.resp_error(r)
+            vals = r if multi else [r]
+            if not isinstance(vals, list) or len(vals) != len(keys):
+                return "reply %r for %d keys" % (r, len(keys))
+            for k, v in zip(keys, vals):
+                want = FIXED.get(k)
+                if v is not None and not isinstance(v, bytes):
+                    return "key %r: reply element %r" % (k, v)
+                if (v.decode() if v is not None else None) != want:
+                    return "key %r: %r" % (k, v)
+            return None
+        return check
+
+    def resp_all(self, r):
+        if isinstance(r, tuple):
+            return self.resp_error(r)
+        if not isinstance(r, list) or len(r) % 2 or not all(isinstance(x, bytes) for x in r):
+            return "HGETALL reply %r" % (r,)
+        got = {r[i]: r[i + 1].decode() for i in range(0, len(r), 2)}
+        return None if got == FIXED else "HGETALL: %r" % (got,)
+
+    def resp_len(self, r):
+        return None if r == len(FIXED) else self.resp_error(r)
+
+    def resp_pong(self, r):
+        return None if r == ("+", "PONG") else self.resp_error(r)
+
+    def resp_bad(self, r):
+        return self.resp_error(r)
+
+    def run(self):
+        conn = None
+        try:
+            while not self.stop.is_set():
+                if conn is None:
+                    try:
+                        conn = Resp(self.addr, 5.0)
+                    except OSError as e:
+                        self.problems.append("cannot connect: %r" % (e,))
+                        return
+                if not self.one_batch(conn):
+                    conn.close()
+                    conn = None
+                    self.closes += 1
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def one_batch(self, conn):
+        items = self.batch()
+        data = b"".join(c for c, _ in items)
+        sender = threading.Thread(target=self.send_all, args=(conn.sock, data), daemon=True)
+        sender.start()
+        try:
+            for cmd, check in items:
+                name = cmd.split(b"\r\n")[2].decode()
+                try:
+                    r = conn.reply()
+                except (EOFError, ConnectionResetError, BrokenPipeError):
+                    return False
+                except socket.timeout:
+                    self.problems.append("no RESP reply within 5 s to %s" % name)
+                    return False
+                except ValueError as e:
+                    self.problems.append("%s: %s" % (name, e))
+                    return False
+                self.answers += 1
+                key = r[0] if isinstance(r, tuple) else type(r).__name__
+                self.statuses[key] = self.statuses.get(key, 0) + 1
+                bad = check(r)
+                if bad is not None:
+                    self.problems.append("RESP %s: %s" % (name, bad))
+            return True
+        finally:
+            sender.join(10)
+
+    @staticmethod
+    def send_all(sock, data):
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+
+class Scraper(threading.Thread):
+    """GETs router.metrics_listen's /metrics over and over: each answer is
+    200 with the metrics, or a 5xx with a body; a closed connection is
+    allowed, no answer within 5 s is not."""
+
+    def __init__(self, port, stop):
+        super().__init__(daemon=True)
+        self.port, self.stop = port, stop
+        self.problems, self.statuses = [], {}
+        self.answers = self.closes = 0
+        self.tid = "scraper"
+        self.acked, self.refused = {}, set()
+
+    def run(self):
+        while not self.stop.is_set():
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                c.request("GET", "/metrics")
+                r = c.getresponse()
+                body = r.read()
+            except socket.timeout:
+                self.problems.append("no metrics answer within 5 s")
+                return
+            except (OSError, http.client.HTTPException):
+                self.closes += 1
+                continue
+            finally:
+                c.close()
+            self.answers += 1
+            self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
+            if r.status == 200:
+                if b"kvs_" not in body:
+                    self.problems.append("metrics 200 without metrics: %r" % (body[:200],))
+            elif not (500 <= r.status < 600 and body):
+                self.problems.append("metrics answer %d %r" % (r.status, body[:200]))
+
+
+
 @unittest.skipIf(SANITIZED, "ASan replaces the allocator: no allocation shim there")
 class EnomemTest(RouterTestCase):
 
-    def run_window(self, role, spec, seed):
+    def start_nodes(self, env, tls, auth, resp, metrics, processes, link):
+        """The node the clients use (and, with `link`, a second node that
+        serves shards 2 and 3 to it over TLS links); returns it."""
+        extra = ""
+        if auth:
+            extra += users_yaml()
+        router_yaml = []
+        if resp:
+            self.rport = free_port()
+            router_yaml.append('resp_listen: "127.0.0.1:%d"' % self.rport)
+        if metrics:
+            self.mport = free_port()
+            router_yaml.append('metrics_listen: "127.0.0.1:%d"' % self.mport)
+        if not link:
+            if tls:
+                extra += tls_yaml(router={"enabled": "true"})
+            return self.router(shards=2, partitions=16, env=env, extra_yaml=extra,
+                               router_yaml=router_yaml, processes=processes,
+                               tls=tls_context() if tls else None)
+        base_a = free_port_range(4)
+        base_b = free_port_range(4)
+        while abs(base_a - base_b) < 4:
+            base_b = free_port_range(4)
+        both = {"enabled": "true"}
+        a = self.router(start=False, name="A", shards=4, partitions=16, env=env,
+                        node_listen="127.0.0.1:%d" % base_a, router_yaml=router_yaml,
+                        remote={2: "127.0.0.1:%d" % (base_b + 2), 3: "127.0.0.1:%d" % (base_b + 3)},
+                        extra_yaml=extra + tls_yaml(node=both, link=both), processes=processes)
+        b = self.router(start=False, name="B", shards=4, partitions=16, env=env,
+                        node_listen="127.0.0.1:%d" % base_b,
+                        remote={0: "127.0.0.1:%d" % base_a, 1: "127.0.0.1:%d" % (base_a + 1)},
+                        extra_yaml=tls_yaml(node=both, link=both, cert="node2"))
+        a.proc, b.proc = a.spawn(), b.spawn()  # both start at once: the run stays short
+        a.wait_accepting("kvs-router A", START_TIMEOUT)
+        b.wait_accepting("kvs-router B", START_TIMEOUT)
+        return a
+
+    def front(self, r, timeout=5.0):
+        """A client of r's client listener, authenticated if r has users."""
+        c = r.client(timeout=timeout)
+        if self.auth is not None:
+            resp = c.call(req_auth(*self.auth))
+            if resp.status != 200:
+                c.close()
+                raise OSError("Auth: %d %s" % (resp.status, resp.message))
+        return c
+
+    def serves(self, r):
+        """True if every front door of r answers normally right now."""
+        try:
+            with self.front(r) as c:
+                for resp in (c.ping(), c.hgetall("fixed"), c.hset("after", b"k", "v")):
+                    if resp.status != 200:
+                        self.why = "%d %s" % (resp.status, resp.message)
+                        return False
+            if self.rport is not None:
+                conn = Resp(("127.0.0.1", self.rport), 5.0)
+                try:
+                    conn.sock.sendall(resp_command("PING") + resp_command("HLEN", "fixed"))
+                    if conn.reply() != ("+", "PONG") or conn.reply() != len(FIXED):
+                        return False
+                finally:
+                    conn.close()
+            if self.mport is not None:
+                c = http.client.HTTPConnection("127.0.0.1", self.mport, timeout=5)
+                try:
+                    c.request("GET", "/metrics")
+                    if c.getresponse().status != 200:
+                        return False
+                finally:
+                    c.close()
+            return True
+        except (OSError, EOFError, ValueError, http.client.HTTPException) as e:
+            self.why = repr(e)
+            return False
+
+    def run_window(self, role, spec, seed, tls=False, auth=False, resp=False, metrics=False,
+                   processes=1, link=False, proto=CONNECTIONS):
         """Starts a node whose `role` processes fail allocations per `spec`
         ("every=N" or "ppm=N") for WINDOW_MS, drives the workload through
-        the window, then checks everything the module docstring says."""
+        the window, then checks everything the module docstring says.
+        tls: clients use TLS (tls.router); auth: the node has users and
+        every connection authenticates first; resp: RESP drivers too
+        (router.resp_listen); metrics: a scraper of router.metrics_listen;
+        processes: router.processes; link: shards 2 and 3 are on a second
+        node, reached over TLS links (tls.link to its tls.node listener);
+        proto: how many protobuf connections."""
         self.assertTrue(os.path.exists(SHIM), SHIM)
+        self.auth = ("ops", USERS["ops"][0]) if auth else None
+        self.rport = self.mport = None
         kind, n = spec.split("=")
         env = {"LD_PRELOAD": SHIM, "KVS_TEST_ENOMEM_ROLE": role,
                "KVS_TEST_ENOMEM_" + kind.upper(): n, "KVS_TEST_ENOMEM_SEED": str(seed),
@@ -243,51 +647,59 @@ class EnomemTest(RouterTestCase):
         # The environment is fixed at exec: the window opens at a fixed
         # time after the start, and the test checks the node was ready
         # (and the fixed table written) before it.
-        start_budget_ms = 2500
+        start_budget_ms = 3500 if link else 2500
         at_ms = int(time.time() * 1000) + start_budget_ms
         env["KVS_TEST_ENOMEM_AT_MS"] = str(at_ms)
-        r = self.router(shards=2, partitions=16, env=env)
-        with r.client() as c:
-            resp = c.pipeline([req_hmset("fixed", FIXED.items())])[0]
-            self.assertEqual(resp.status, 200, resp.message)
+        r = self.start_nodes(env, tls, auth, resp, metrics, processes, link)
+        deadline = time.monotonic() + start_budget_ms / 1000.0
+        while True:  # links to the other node come up after the start
+            with self.front(r) as c:
+                resp0 = c.pipeline([req_hmset("fixed", FIXED.items())])[0]
+            if resp0.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(resp0.status, 200, resp0.message)
         lead = at_ms / 1000.0 - time.time()
         self.assertGreater(lead, 0.05, "the node took too long to start: raise start_budget_ms")
         stop = threading.Event()
-        drivers = [Driver(r.addr, t, seed, stop) for t in range(CONNECTIONS)]
+        tls_ctx = tls_context() if tls else None
+        drivers = [Driver(r.addr, t, seed, stop, tls=tls_ctx, auth=self.auth)
+                   for t in range(proto)]
+        if resp:
+            drivers += [RespDriver(("127.0.0.1", self.rport), 10 + t, seed, stop)
+                        for t in range(2)]
+        if metrics:
+            drivers.append(Scraper(self.mport, stop))
         for d in drivers:
             d.start()
         time.sleep(lead + WINDOW_MS / 1000.0 + 0.2)
         stop.set()
         for d in drivers:
             d.join(30)
-            self.assertFalse(d.is_alive(), "driver %d stuck" % d.tid)
+            self.assertFalse(d.is_alive(), "driver %s stuck" % d.tid)
 
-        # After the window: the node serves normally, once links a worker
-        # closed in the window are up again (they reconnect with backoff):
-        # the fixed table has keys on both shards.
+        # After the window: every front door serves normally, once links a
+        # worker closed in the window are up again (they reconnect with
+        # backoff): the fixed table has keys on every shard.
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                with r.client(timeout=5.0) as c:
-                    if (c.ping().status == 200 and c.hgetall("fixed").status == 200
-                            and c.hset("after", b"k", "v").status == 200):
-                        break
-            except (OSError, EOFError):
-                pass
-            self.assertLess(time.monotonic(), deadline, "node not serving after the window")
+        self.why = "an answer was not 200"
+        while not self.serves(r):
+            self.assertLess(time.monotonic(), deadline, "node not serving after the window: "
+                            + self.why)
             time.sleep(0.1)
 
         acked, refused = {}, set()
         for d in drivers:
             acked.update(d.acked)
             refused |= d.refused
-        with r.client(timeout=10.0) as c:
+        with self.front(r, timeout=10.0) as c:
             self.check_keys(c, sorted(acked), lambda k: acked[k], "acknowledged")
             self.check_keys(c, sorted(refused), lambda k: None, "refused")
             self.assertEqual(c.hgetall("fixed").status, 200)
 
-        log = r.stderr()
-        self.assertIsNone(r.proc.poll(), "the master exited:\n" + log[-3000:])
+        log = "".join(x.stderr() for x in self._routers)
+        for x in self._routers:
+            self.assertIsNone(x.proc.poll(), "the master exited:\n" + x.stderr()[-3000:])
         killed = re.findall(r".*killed by signal.*", log)
         self.assertEqual(killed, [], "\n".join(killed))
         injected = [int(f) for f in re.findall(r"kvs-test-enomem: pid \d+ disarmed[^:]*: (\d+) of",
@@ -296,15 +708,18 @@ class EnomemTest(RouterTestCase):
                         "no allocation failed: the test tested nothing\n" + log[-3000:])
         problems = [p for d in drivers for p in d.problems]
         self.assertEqual(problems, [], "\n".join(problems[:40]))
-        answers = sum(d.answers for d in drivers)
+        answers = {}
+        for d in drivers:
+            kind = type(d).__name__
+            answers[kind] = answers.get(kind, 0) + d.answers
         statuses = {}
         for d in drivers:
             for s, c in d.statuses.items():
                 statuses[s] = statuses.get(s, 0) + c
         exits = re.findall(r".*exited with status.*", log)
         out = {"answers": answers, "statuses": statuses, "acked": len(acked),
-                "refused": len(refused), "closes": sum(d.closes for d in drivers),
-                "failed_allocs": sum(injected), "exits": exits}
+               "refused": len(refused), "closes": sum(d.closes for d in drivers),
+               "failed_allocs": sum(injected), "exits": exits}
         if os.environ.get("KVS_TEST_ENOMEM_SPEC"):
             print(role, spec, seed, out)
         return out
@@ -327,12 +742,96 @@ class EnomemTest(RouterTestCase):
                 self.assertEqual(pyval(v), want(k), "%s key %r" % (what, k))
 
     def test_router_process_survives_failing_allocations(self):
-        out = self.run_window("router", *SPEC)
-        self.assertGreater(out["answers"], 100, out)
+        out = self.run_window("router", *spec())
+        self.assertGreater(out["answers"]["Driver"], 100, out)
 
     def test_worker_survives_failing_allocations(self):
-        out = self.run_window("node", *SPEC)
-        self.assertGreater(out["answers"], 100, out)
+        out = self.run_window("node", *spec())
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+    def test_resp_listener_survives_failing_allocations(self):
+        out = self.run_window("router", *spec("every=5", 4), resp=True, proto=1)
+        self.assertGreater(out["answers"]["RespDriver"], 100, out)
+
+    def test_tls_clients_and_auth_survive_failing_allocations(self):
+        out = self.run_window("router", *spec(), tls=True, auth=True)
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+    def test_auth_checks_survive_failing_allocations(self):
+        out = self.run_window("router", *spec(), auth=True)
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+    def test_tls_links_survive_failing_allocations_in_routers(self):
+        out = self.run_window("router", *spec(), link=True)
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+    def test_tls_links_survive_failing_allocations_in_workers(self):
+        out = self.run_window("node", *spec(), link=True)
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+    def test_metrics_listener_survives_failing_allocations_in_the_master(self):
+        out = self.run_window("master", *spec(), metrics=True, proto=1)
+        self.assertGreater(out["answers"]["Scraper"], 20, out)
+
+    def test_two_router_processes_survive_failing_allocations(self):
+        out = self.run_window("router", *spec(), processes=2, resp=True, metrics=True)
+        self.assertGreater(out["answers"]["Driver"], 100, out)
+
+
+@unittest.skipIf(SANITIZED, "ASan replaces the allocator: no allocation shim there")
+class LogFirstEnomemTest(KafkaFixtures, unittest.TestCase):
+    """A log-first write whose answer cannot be built at all (its 503,
+    then the plain 500 in its place, both fail for want of memory) leaves
+    its slot empty: the worker must close the connection (node_server.c
+    flush_slots), not send nothing, which would have the router take each
+    later answer for the request before it. Only the worker's main thread
+    fails allocations (KVS_TEST_ENOMEM_THREAD=main): librdkafka's threads
+    abort on a failed one."""
+
+    def test_a_write_whose_answer_cannot_be_built_closes_the_connection(self):
+        self.assertTrue(os.path.exists(SHIM), SHIM)
+        start_budget_ms, window_ms = 4000, 1500
+        at_ms = int(time.time() * 1000) + start_budget_ms
+        env = {"LD_PRELOAD": SHIM, "KVS_TEST_ENOMEM_ROLE": "node",
+               "KVS_TEST_ENOMEM_THREAD": "main", "KVS_TEST_ENOMEM_EVERY": "1",
+               "KVS_TEST_ENOMEM_AT_MS": str(at_ms), "KVS_TEST_ENOMEM_FOR_MS": str(window_ms)}
+        m = self.mock({"users": 4}, control=True)
+        r = self.router(m, [("users", "users", "raw", 4)], shards=1, timeout="2s", env=env)
+        with r.client() as c:
+            self.assertEqual(c.hset("users", b"k", b"1").status, 200)
+            m.ctl("broker-down all")
+            # The writes wait for Kafka; their deadline (router.timeout,
+            # 2 s) falls inside the window, where every allocation of the
+            # worker's loop fails.
+            lead = at_ms / 1000.0 - time.time() - 1.2
+            self.assertGreater(lead, 0.05, "the node took too long to start")
+            time.sleep(lead)
+            t0 = time.monotonic()
+            out = pipeline_threaded(c, [req_hset("users", b"k%d" % i, b"v") for i in range(20)],
+                                    timeout=10)
+            took = time.monotonic() - t0
+        for resp in out:
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+        # The connection was closed when the answer could not be built, well
+        # before the router's own 2-s wait for an answer would have ended.
+        self.assertIn("worker closed the connection", out[0].message)
+        self.assertLess(took, 3.5, out[0].message)
+        log = r.stderr()
+        self.assertIn("an answer could not be built (out of memory); closing the connection", log)
+        killed = re.findall(r".*killed by signal.*", log)
+        self.assertEqual(killed, [], "\n".join(killed))
+        m.ctl("broker-up all")
+        ok = wait_until(lambda: self.write_works(r), 20, 0.2)
+        self.assertTrue(ok, "writes work again after the window")
+
+    @staticmethod
+    def write_works(r):
+        try:
+            with r.client(timeout=5.0) as c:
+                return c.hset("users", b"after", b"v").status == 200
+        except (OSError, EOFError):
+            return False
 
 
 if __name__ == "__main__":
