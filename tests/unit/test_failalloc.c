@@ -347,19 +347,37 @@ KVS_TEST(redis_parse_grow)
     kvs_buf_free(&s);
 }
 
-/* ---- kvs_redis: reply writers ---------------------------------------------- */
+/* ---- the bytes a step made --------------------------------------------------- */
 
+/* The bytes of the first run (the warm-up, where nothing fails) are the
+ * reference every later run must make again. */
 typedef struct {
     kvs_buf_t ref;
     int have_ref;
-} writers_ctx_t;
+} bytes_ctx_t;
+
+/* Keeps `b` as the reference on the first run, else checks it equals the
+ * reference and frees it. */
+static void same_bytes(bytes_ctx_t *c, kvs_buf_t *b)
+{
+    if (!c->have_ref) {
+        c->ref = *b;
+        c->have_ref = 1;
+        return;
+    }
+    CHECK_EQ(b->len, c->ref.len);
+    CHECK(memcmp(b->data, c->ref.data, b->len) == 0);
+    kvs_buf_free(b);
+}
+
+/* ---- kvs_redis: reply writers ---------------------------------------------- */
 
 /* Every writer, into a buffer that already holds a reply: a failed one
  * returns -ENOMEM and leaves the buffer as it was (its len), so the
  * caller can write an error instead. */
 static void writers_step(void *arg)
 {
-    writers_ctx_t *c = arg;
+    bytes_ctx_t *c = arg;
     kvs_buf_t b;
     kvs_buf_init(&b);
     static uint8_t big[20000];
@@ -397,29 +415,17 @@ static void writers_step(void *arg)
     W(kvs_redis_verbatim(&b, big, 100, 0));
 #undef W
     CHECK_EQ(failures, kvs_fa_failed());
-    if (!c->have_ref) {
-        c->ref = b;
-        c->have_ref = 1;
-        return;
-    }
-    CHECK_EQ(b.len, c->ref.len);
-    CHECK(memcmp(b.data, c->ref.data, b.len) == 0);
-    kvs_buf_free(&b);
+    same_bytes(c, &b);
 }
 
 KVS_TEST(redis_writers)
 {
-    static writers_ctx_t c;
+    static bytes_ctx_t c;
     kvs_failalloc_loop("redis writers", writers_step, &c, 3);
     kvs_buf_free(&c.ref);
 }
 
 /* ---- kvs_resp and kvs_msg_append: answers ---------------------------------- */
-
-typedef struct {
-    kvs_buf_t ref;
-    int have_ref;
-} answers_ctx_t;
 
 /* Builds answers of every shape after a frame already in the buffer. A
  * failed kvs_resp_end is -ENOMEM with the partial frame gone; a failed
@@ -427,7 +433,7 @@ typedef struct {
  * built again (as a worker would retry, or write an error instead). */
 static void answers_step(void *arg)
 {
-    answers_ctx_t *c = arg;
+    bytes_ctx_t *c = arg;
     kvs_buf_t b;
     kvs_buf_init(&b);
     static uint8_t big[12000];
@@ -497,36 +503,24 @@ static void answers_step(void *arg)
         frames++;
     }
     CHECK_EQ(frames, 5);
-    if (!c->have_ref) {
-        c->ref = b;
-        c->have_ref = 1;
-        return;
-    }
-    CHECK_EQ(b.len, c->ref.len);
-    CHECK(memcmp(b.data, c->ref.data, b.len) == 0);
-    kvs_buf_free(&b);
+    same_bytes(c, &b);
 }
 
 KVS_TEST(resp_answers)
 {
-    static answers_ctx_t c;
+    static bytes_ctx_t c;
     kvs_failalloc_loop("answers", answers_step, &c, 2);
     kvs_buf_free(&c.ref);
 }
 
 /* ---- kvs_pos: position tokens ------------------------------------------------ */
 
-typedef struct {
-    kvs_buf_t ref;
-    int have_ref;
-} pos_ctx_t;
-
 /* The text form parsed, merged with a token, one topic taken out, and
  * encoded: a failed call is -ENOMEM and the set stays one that
  * kvs_pos_set_free frees; the call is then made again. */
 static void pos_step(void *arg)
 {
-    pos_ctx_t *c = arg;
+    bytes_ctx_t *c = arg;
     kvs_pos_set_t s, t, u;
     kvs_buf_t tok, out;
     char err[128];
@@ -571,19 +565,12 @@ static void pos_step(void *arg)
     kvs_pos_set_free(&t);
     kvs_pos_set_free(&u);
     kvs_buf_free(&tok);
-    if (!c->have_ref) {
-        c->ref = out;
-        c->have_ref = 1;
-        return;
-    }
-    CHECK_EQ(out.len, c->ref.len);
-    CHECK(memcmp(out.data, c->ref.data, out.len) == 0);
-    kvs_buf_free(&out);
+    same_bytes(c, &out);
 }
 
 KVS_TEST(pos_tokens)
 {
-    static pos_ctx_t c;
+    static bytes_ctx_t c;
     kvs_failalloc_loop("pos tokens", pos_step, &c, 5);
     kvs_buf_free(&c.ref);
 }
