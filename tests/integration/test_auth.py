@@ -120,6 +120,15 @@ class AuthTest(RouterTestCase):
         return self.router(shards=2, partitions=8, extra_yaml=extra,
                            tls=tls_context() if tls else None, **kw)
 
+    def plain_socket(self, r, first=b"", timeout=10):
+        """A plain socket to r's client port (closed at cleanup), `first`
+        sent on it."""
+        s = socket.create_connection(("127.0.0.1", r.port), timeout=timeout)
+        self.addCleanup(s.close)
+        if first:
+            s.sendall(first)
+        return s
+
     def authed(self, r, user, **kw):
         c = r.client(**kw)
         self.addCleanup(c.close)
@@ -327,17 +336,11 @@ class AuthTest(RouterTestCase):
         # which keeps its place once it authenticates; when every client is
         # someone, new ones are refused as before.
         r = self.auth_router(tls=False, limits="max_clients: 4, auth_timeout: 60s")
-        silent = []
-        for _ in range(4):
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            self.addCleanup(s.close)
-            silent.append(s)
+        silent = [self.plain_socket(r) for _ in range(4)]
         time.sleep(0.3)  # all four accepted
         users = [self.authed(r, "ops")]  # in, in place of the oldest
-        for _ in range(6):  # a flood after it: closes the others and itself, not the user
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            self.addCleanup(s.close)
-            silent.append(s)
+        # a flood after it: closes the others and itself, not the user
+        silent += [self.plain_socket(r) for _ in range(6)]
         time.sleep(0.3)
         self.assertOk(users[0].hset("orders", "k", 1))
         gone = 0
@@ -349,8 +352,7 @@ class AuthTest(RouterTestCase):
         self.assertEqual(gone, 7)  # the 7 oldest of 10: 3 stay beside the user
         for _ in range(3):
             users.append(self.authed(r, "ops"))
-        extra = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-        self.addCleanup(extra.close)
+        extra = self.plain_socket(r)
         got = b""
         while True:
             chunk = extra.recv(65536)
@@ -390,17 +392,9 @@ class AuthTest(RouterTestCase):
         r = self.router(shards=1, partitions=8,
                         extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
         frame = req_auth("alice", "wrong").SerializeToString()
-        checking = []
-        for _ in range(17):  # one checked, 16 waiting for it (one address, one check)
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            self.addCleanup(s.close)
-            s.sendall(struct.pack(">I", len(frame)) + frame)
-            checking.append(s)
-        silent = []
-        for _ in range(3):
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            self.addCleanup(s.close)
-            silent.append(s)
+        # one checked, 16 waiting for it (one address, one check)
+        checking = [self.plain_socket(r, struct.pack(">I", len(frame)) + frame) for _ in range(17)]
+        silent = [self.plain_socket(r) for _ in range(3)]
         time.sleep(0.3)  # all 20 accepted, their Auths begun
         c = r.client()
         self.addCleanup(c.close)
@@ -422,17 +416,12 @@ class AuthTest(RouterTestCase):
         # make a client younger than the ones that connected after it (a
         # flood could keep its connections by failing now and then).
         r = self.auth_router(tls=False, limits="max_clients: 4, auth_timeout: 60s")
-        first = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-        self.addCleanup(first.close)
+        first = self.plain_socket(r)
         time.sleep(0.2)
         failed = r.client()
         self.addCleanup(failed.close)
         self.assertEqual(failed.call(req_auth("alice", "wrong")).status, 401)
-        others = []
-        for _ in range(2):
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            self.addCleanup(s.close)
-            others.append(s)
+        others = [self.plain_socket(r) for _ in range(2)]
         time.sleep(0.3)  # all four accepted
         newer = r.client()
         self.addCleanup(newer.close)
