@@ -1358,7 +1358,14 @@ int node_store_close(node_store_t *s)
         rc = batch_commit(s);
         if (s->rtxn != NULL)
             mdb_txn_abort(s->rtxn);
-        mdb_env_sync(s->env, 1);
+        int src = mdb_env_sync(s->env, 1); /* storage.sync batch: the last meta page */
+        if (src != 0) {
+            kvs_error("closing: the last sync failed (%s): the last commit may be undone by "
+                      "power loss",
+                      mdb_strerror(src));
+            if (rc == 0)
+                rc = KVS_ESTORE;
+        }
         mdb_env_close(s->env);
     }
     kvs_dbimap_free(&s->tables);
