@@ -24,7 +24,8 @@
     X(KVS_ETLS, -30011, "TLS failure")                                                             \
     X(KVS_ENOTLS, -30012, "the peer does not speak TLS")                                           \
     X(KVS_ETLSHELLO, -30013, "the peer started TLS on a plaintext port")                           \
-    X(KVS_EDAMAGED, -30014, "the data files are damaged or not data files")
+    X(KVS_EDAMAGED, -30014, "the data files are damaged or not data files")                        \
+    X(KVS_EBROKEN, -30015, "storage failed: the environment must be reopened")
 
 enum {
 #define KVS_ERR_ENUM(name, value, msg) name = value,

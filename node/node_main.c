@@ -110,6 +110,8 @@ typedef struct node_main_s {
     uv_timer_t files_watch;         /* watch_files */
     char shard_dir[4200];           /* <data_dir>/shard-N */
     const kvs_lmdb_ident_t *opened; /* the files the store has open */
+    int watching;                   /* files_watch runs */
+    int store_broken;               /* LMDB gave up on the environment: stop (on_files_watch) */
     int signals;
     int exit_code;
     int report_fd;    /* --report-fd, or -1 */
@@ -340,6 +342,14 @@ static void on_files_watch(uv_timer_t *t)
     struct stat st;
     if (m->signals > 0)
         return;
+    if (m->store_broken) {
+        kvs_error("stopping: this worker can neither read nor write its environment any more "
+                  "(see above); the supervisor's next worker opens it afresh");
+        m->exit_code = 1;
+        m->signals++;
+        begin_shutdown(m);
+        return;
+    }
     snprintf(path, sizeof(path), "%s/data.mdb", m->shard_dir);
     int rc = stat(path, &st) == 0 ? 0 : -errno;
     if (rc != 0 && rc != -ENOENT)
@@ -362,8 +372,24 @@ static void watch_files(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     m->opened = node_store_ident(store);
     uv_timer_init(m->loop, &m->files_watch);
     m->files_watch.data = m;
-    uv_timer_start(&m->files_watch, on_files_watch, FILES_WATCH_MS, FILES_WATCH_MS);
+    uv_timer_start(&m->files_watch, on_files_watch, m->store_broken ? 0 : FILES_WATCH_MS,
+                   FILES_WATCH_MS);
     uv_unref((uv_handle_t *)&m->files_watch);
+    m->watching = 1;
+}
+
+/* node_store's broken_cb: LMDB gave up on the environment after a failed
+ * write (an I/O error on the meta page). Every request would be an error
+ * from now on, so the worker stops, answering what it took, and the
+ * supervisor starts a new one: opening the environment afresh is the only
+ * way back. Not from inside the commit that failed: files_watch's next
+ * run (at once) begins the shutdown. */
+static void on_store_broken(void *arg)
+{
+    node_main_t *m = arg;
+    m->store_broken = 1;
+    if (m->watching)
+        uv_timer_start(&m->files_watch, on_files_watch, 0, FILES_WATCH_MS);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -643,6 +669,8 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .last = m->had_last ? &m->last : NULL,
         .fail_cb = node_server_fail_cb,
         .fail_arg = NULL, /* node_store_set_fail_arg, once the server exists */
+        .broken_cb = on_store_broken,
+        .broken_arg = m,
     };
     int rc = node_store_open(&so, out, err, errlen);
     free(bound);

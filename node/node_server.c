@@ -53,6 +53,7 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_resp.h"
 #include "kvs_time.h"
 #include "node_cmd.h"
 #include "node_slot.h"
@@ -173,6 +174,23 @@ struct node_server_s {
 
 /* ---- batch failure ----------------------------------------------------- */
 
+/* A batch whose commit failed writing LMDB's meta page (KVS_EBROKEN) may be
+ * on disk or not: its answers say outcome_unknown. */
+static void append_unknown(kvs_buf_t *out)
+{
+    kvs_resp_t r;
+    kvs_resp_begin(&r, out);
+    kvs_resp_status(&r, KVS_STATUS_INTERNAL);
+    kvs_resp_message(&r, "storage error: writing the commit of the write batch holding this "
+                         "request failed, and it may or may not be stored (read the keys to "
+                         "find out); this shard's worker restarts");
+    kvs_resp_outcome_unknown(&r);
+    if (kvs_resp_end(&r) != 0)
+        kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                              "storage error: the write batch holding this request may or may "
+                              "not be stored");
+}
+
 static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
 {
     for (uint32_t i = 0; i < n; i++) {
@@ -180,6 +198,8 @@ static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
             kvs_msg_append_status(out, KVS_STATUS_NO_SPACE,
                                   "storage is full: the write batch holding this request was "
                                   "not stored (free disk space on the data directory)");
+        else if (err == KVS_EBROKEN)
+            append_unknown(out);
         else
             kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                   "storage error (%s): the write batch holding this request was "

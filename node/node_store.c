@@ -107,6 +107,11 @@ struct node_store_s {
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
+    node_store_broken_cb broken_cb;
+    void *broken_arg;
+    int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
+    int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
+    int resync;             /* ... and a sync failed since: node_store_sync commits anew first */
     uint64_t batch_writes;  /* writes in the open batch */
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
@@ -206,6 +211,8 @@ static MDB_txn *read_txn(node_store_t *s)
 {
     if (s->wtxn != NULL)
         return s->wtxn;
+    if (s->broken)
+        return NULL; /* every txn would be MDB_PANIC */
     if (!s->rtxn_live) {
         int rc = mdb_txn_renew(s->rtxn);
         if (rc != 0) {
@@ -245,6 +252,40 @@ static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes)
     return pages + pages / 128 + 16;
 }
 
+/* After a failed commit or write (no txn open): whether LMDB gave up on the
+ * environment. It does when writing a meta page failed (MDB_FATAL_ERROR, a
+ * flag it does not show: from then on every txn, read or write, begins
+ * with MDB_PANIC), and only then: a failed page write or fdatasync before
+ * the meta page fails the commit and leaves the environment as it was. */
+static int gave_up(node_store_t *s)
+{
+    if (s->broken)
+        return 1;
+    MDB_txn *t = NULL;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t);
+    if (rc == 0) {
+        mdb_txn_abort(t);
+        return 0;
+    }
+    if (rc != MDB_PANIC)
+        return 0; /* (no reader slot: not a sign of anything) */
+    s->broken = 1;
+    kvs_error("LMDB gave up on the environment after writing a commit's meta page failed (%s): "
+              "whether that commit is on disk is not known, and nothing can be read or written "
+              "until the environment is opened afresh",
+              mdb_strerror(rc));
+    return 1;
+}
+
+/* Tells the owner, once, that the environment is unusable (gave_up). */
+static void say_broken(node_store_t *s)
+{
+    if (s->broken == 1 && s->broken_cb != NULL) {
+        s->broken = 2;
+        s->broken_cb(s->broken_arg);
+    }
+}
+
 /* Fails the open batch with `err` (a KVS_E* code): LMDB cannot undo part
  * of a txn, so the whole batch is aborted and its generation reported. */
 static int batch_abort(node_store_t *s, int err)
@@ -259,8 +300,11 @@ static int batch_abort(node_store_t *s, int err)
     s->wtxn = NULL;
     s->gen = 0;
     kvs_dbimap_settle(&s->tables, 1);
+    if (gave_up(s))
+        err = KVS_EBROKEN;
     if (s->fail_cb != NULL)
         s->fail_cb(s->fail_arg, gen, err);
+    say_broken(s);
     return err;
 }
 
@@ -288,14 +332,20 @@ static int batch_commit(node_store_t *s)
         s->failed_batches++;
     }
     if (rc != 0) {
-        /* LMDB writes the meta page last: a failed commit left the previous
-         * state whole. Nothing of the batch is stored; say so. */
+        /* LMDB writes the meta page last: a commit that failed before it
+         * left the previous state whole, and nothing of the batch is
+         * stored; say so. One that failed writing it may be stored or not
+         * (KVS_EBROKEN, gave_up). */
         int err = write_err(s, "commit", rc);
         kvs_dbimap_settle(&s->tables, 1);
         s->last_failed_gen = gen;
+        s->resync = s->meta_unsynced; /* its fdatasync may be what failed */
         read_release(s);
+        if (gave_up(s))
+            err = KVS_EBROKEN;
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
+        say_broken(s);
         return err;
     }
     kvs_dbimap_settle(&s->tables, 0);
@@ -372,6 +422,8 @@ static void watch_dead_readers(node_store_t *s)
  * growing the map first if their worst case would not fit. */
 static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
 {
+    if (s->broken)
+        return KVS_EBROKEN; /* every txn would be MDB_PANIC (gave_up said why) */
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
     s->used = (size_t)info.me_last_pgno + 1;
@@ -631,10 +683,62 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
     return 0;
 }
 
+/* Commits a txn that rewrites the format record as it is, so that LMDB
+ * writes a meta page again (the other one of its two), naming everything
+ * committed. A commit that writes nothing writes no meta page. */
+static int recommit(node_store_t *s)
+{
+    MDB_txn *t = NULL;
+    MDB_val k = {sizeof(KVS_SCHEMA_KEY_FORMAT) - 1, (void *)KVS_SCHEMA_KEY_FORMAT}, v;
+    char val[64];
+    read_release(s);
+    int rc = mdb_txn_begin(s->env, NULL, 0, &t);
+    if (rc == 0)
+        rc = mdb_get(t, s->meta, &k, &v);
+    if (rc == 0 && v.mv_size > sizeof(val))
+        rc = EINVAL; /* (format_check read it at open: a few digits) */
+    if (rc == 0) {
+        memcpy(val, v.mv_data, v.mv_size);
+        v.mv_data = val;
+        rc = mdb_put(t, s->meta, &k, &v, 0);
+    }
+    if (rc == 0) {
+        rc = mdb_txn_commit(t); /* frees it, also when it fails */
+        t = NULL;
+    }
+    if (t != NULL)
+        mdb_txn_abort(t);
+    read_release(s); /* a snapshot from before this commit must not be read again */
+    if (rc != 0 && gave_up(s))
+        say_broken(s);
+    return rc == 0 ? 0 : write_err(s, "commit after a failed sync", rc);
+}
+
+/* With storage.sync batch a commit leaves its meta page unsynced, for this
+ * (or the next commit) to sync. If a sync fails, the kernel may have
+ * dropped that page's write-back for good: it stays in memory, marked
+ * written, and a later sync that succeeds does not write it. The last
+ * commit would then stay undone by power loss however old it grows. So
+ * after a failed sync the next one first commits anew (recommit): a new
+ * meta page, in the other slot, that the sync then writes. */
 int node_store_sync(node_store_t *s)
 {
+    int pending = s->resync;
+    if (pending && s->wtxn == NULL && !s->broken) {
+        kvs_info("a sync failed since the last one: committing anew so that a meta page naming "
+                 "every commit is written and synced");
+        int rc = recommit(s);
+        if (rc != 0)
+            return rc;
+        pending = 0;
+    }
     int rc = mdb_env_sync(s->env, 1);
-    return rc == 0 ? 0 : write_err(s, "mdb_env_sync", rc);
+    if (rc != 0) {
+        s->resync = s->meta_unsynced;
+        return write_err(s, "mdb_env_sync", rc);
+    }
+    s->resync = pending;
+    return 0;
 }
 
 void node_store_stats(const node_store_t *s, node_store_stats_t *out)
@@ -1211,6 +1315,9 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     s->lock_fd = -1;
     s->fail_cb = o->fail_cb;
     s->fail_arg = o->fail_arg;
+    s->broken_cb = o->broken_cb;
+    s->broken_arg = o->broken_arg;
+    s->meta_unsynced = o->sync == KVS_SYNC_BATCH;
     int rc = kvs_dbimap_init(&s->tables, o->max_tables);
     if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
@@ -1251,7 +1358,14 @@ int node_store_close(node_store_t *s)
         rc = batch_commit(s);
         if (s->rtxn != NULL)
             mdb_txn_abort(s->rtxn);
-        mdb_env_sync(s->env, 1);
+        int src = mdb_env_sync(s->env, 1); /* storage.sync batch: the last meta page */
+        if (src != 0) {
+            kvs_error("closing: the last sync failed (%s): the last commit may be undone by "
+                      "power loss",
+                      mdb_strerror(src));
+            if (rc == 0)
+                rc = KVS_ESTORE;
+        }
         mdb_env_close(s->env);
     }
     kvs_dbimap_free(&s->tables);

@@ -15,6 +15,10 @@
  * fails to commit (a full disk fails a commit, never an earlier step), or
  * is aborted by a failed write, fail_cb is told its generation so the caller
  * can turn every answer it prepared inside that batch into an error.
+ * With err KVS_EBROKEN the commit failed while LMDB wrote its meta page:
+ * whether the batch is on disk is not known (LMDB writes the old page back,
+ * but the new one may have reached the disk), and the environment is
+ * unusable from then on (broken_cb).
  *
  * Memory: values returned by get/scan point into LMDB pages and are valid
  * only until the next call on the store. Copy before calling again.
@@ -44,6 +48,12 @@ typedef kvs_slice_t node_slice_t;
  * is stored. */
 typedef void (*node_store_fail_cb)(void *arg, uint64_t gen, int err);
 
+/* LMDB gave up on the environment (a write of its meta page failed: every
+ * later transaction fails with MDB_PANIC); called once, after the fail_cb
+ * of the batch whose commit it was (that batch's err is KVS_EBROKEN). Only
+ * a new process, opening the environment afresh, can write or read it. */
+typedef void (*node_store_broken_cb)(void *arg);
+
 typedef struct node_store_opts_s {
     const char *dir;       /* the shard's directory; created if missing */
     uint32_t shard;        /* recorded at creation, checked at every open */
@@ -64,6 +74,8 @@ typedef struct node_store_opts_s {
     const kvs_lmdb_ident_t *last;
     node_store_fail_cb fail_cb;
     void *fail_arg;
+    node_store_broken_cb broken_cb; /* or NULL */
+    void *broken_arg;
 } node_store_opts_t;
 
 /* Opens (creating if needed) the environment in o->dir, and creates the

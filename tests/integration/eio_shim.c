@@ -1,0 +1,418 @@
+/*
+ * eio_shim: an LD_PRELOAD shim for the integration tests that makes the
+ * calls which put data on disk fail (-1, errno EIO or ENOSPC) during a time
+ * window: fdatasync, fsync and msync, and write, pwrite, writev and pwritev
+ * on regular files under a chosen directory (the data directory: never a
+ * socket, a pipe or the log). A test can then check that kvs never
+ * acknowledges a write that is not durable, and stops or serves on as it
+ * should (tests/integration/test_eio.py).
+ *
+ * What LMDB 0.9 calls (the worker's store; no MDB_WRITEMAP): a commit
+ * writes the dirty pages with pwrite, or lseek and writev, syncs them with
+ * fdatasync (unless MDB_NOSYNC), then writes the meta page with pwrite: to
+ * a second descriptor opened O_DSYNC (storage.sync: full; the sync is part
+ * of the write) or to the first one (batch, none). mdb_env_sync is
+ * fdatasync. msync is used only with MDB_WRITEMAP.
+ *
+ * Environment (read once, when the shim is loaded):
+ *   KVS_TEST_EIO_ROLE     which kvs processes inject, a comma list of master
+ *                         (kvs-router without --router), router
+ *                         (kvs-router --router N), node (kvs-node), or any.
+ *                         Unset: nothing is injected anywhere.
+ *   KVS_TEST_EIO_PATH     only descriptors of regular files whose path
+ *                         (/proc/self/fd) is this directory or under it
+ *                         (syncs and writes alike; msync, which has no
+ *                         descriptor, is not filtered). Unset: every
+ *                         regular file.
+ *   KVS_TEST_EIO_CALLS    a comma list of: sync (fdatasync, fsync, msync),
+ *                         write (write, pwrite, writev, pwritev), dsync (the
+ *                         writes to a descriptor opened O_DSYNC or O_SYNC
+ *                         only: LMDB's meta page in storage.sync full), or
+ *                         the single names fdatasync, fsync, msync.
+ *                         Default: sync,write.
+ *   KVS_TEST_EIO_ERRNO    EIO (default) or ENOSPC
+ *   KVS_TEST_EIO_WHEN     before (default): the call fails without doing
+ *                         anything; after: the call is made, then reported
+ *                         failed (what the disk did is unknown to the
+ *                         caller: a write reached the page cache, a sync
+ *                         may have reached the disk)
+ *   KVS_TEST_EIO_EVERY    fail every Nth call that passes the filters,
+ *                         counted from the arming
+ *   KVS_TEST_EIO_PPM      or: fail each such call with this probability,
+ *                         in parts per million, decided by a hash of
+ *                         KVS_TEST_EIO_SEED, the call's number and the pid
+ *   KVS_TEST_EIO_AFTER_MS arm this long after the process loaded the shim
+ *   KVS_TEST_EIO_AT_MS    or: arm at this wall-clock time (milliseconds
+ *                         since the epoch), the same in every process, a
+ *                         restarted one included
+ *   KVS_TEST_EIO_FOR_MS   disarm this long after arming (default: never)
+ *
+ * An injecting process writes "kvs-test-eio: pid P armed" to stderr at its
+ * first filtered call in the window, and "kvs-test-eio: pid P disarmed: F
+ * of N calls failed" at its first one after it (or at exit), so a test can
+ * check that failures really were injected.
+ *
+ * The shim allocates nothing. Counters are atomics: libuv's thread pool may
+ * write files too.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef ssize_t (*write_fn)(int, const void *, size_t);
+typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
+typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
+typedef ssize_t (*pwritev_fn)(int, const struct iovec *, int, off_t);
+typedef int (*sync_fn)(int);
+typedef int (*msync_fn)(void *, size_t, int);
+
+static write_fn real_write;
+static pwrite_fn real_pwrite, real_pwrite64;
+static writev_fn real_writev;
+static pwritev_fn real_pwritev, real_pwritev64;
+static sync_fn real_fdatasync, real_fsync;
+static msync_fn real_msync;
+
+#define C_FDATASYNC 1u
+#define C_FSYNC 2u
+#define C_MSYNC 4u
+#define C_WRITE 8u
+#define C_DSYNC 16u
+
+static int configured;
+static unsigned calls_wanted;
+static int fail_errno = EIO;
+static int fail_after; /* KVS_TEST_EIO_WHEN=after */
+static char dir[PATH_MAX];
+static size_t dir_len;
+static uint64_t every, ppm, seed, salt;
+static int64_t arm_at_ms, disarm_at_ms;
+static atomic_uint_fast64_t calls, failed;
+static atomic_int armed_said, disarmed_said;
+
+static void *must(const char *name)
+{
+    void *f = dlsym(RTLD_NEXT, name);
+    if (f == NULL) {
+        static const char msg[] = "kvs-test-eio: dlsym found no libc function\n";
+        if (real_write != NULL && real_write(2, msg, sizeof(msg) - 1) < 0)
+            _exit(127);
+        _exit(127);
+    }
+    return f;
+}
+
+static void resolve(void)
+{
+    if (real_fsync != NULL)
+        return;
+    real_write = (write_fn)must("write");
+    real_pwrite = (pwrite_fn)must("pwrite");
+    real_pwrite64 = (pwrite_fn)must("pwrite64");
+    real_writev = (writev_fn)must("writev");
+    real_pwritev = (pwritev_fn)must("pwritev");
+    real_pwritev64 = (pwritev_fn)must("pwritev64");
+    real_fdatasync = (sync_fn)must("fdatasync");
+    real_msync = (msync_fn)must("msync");
+    real_fsync = (sync_fn)must("fsync");
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t env_u64(const char *name, uint64_t dflt)
+{
+    const char *s = getenv(name);
+    if (s == NULL || *s == '\0')
+        return dflt;
+    uint64_t v = 0;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9')
+            return dflt;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    return v;
+}
+
+static void say(const char *what, int with_counts)
+{
+    char line[160];
+    int n;
+    if (with_counts)
+        n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d %s: %llu of %llu calls failed\n",
+                     (int)getpid(), what, (unsigned long long)atomic_load(&failed),
+                     (unsigned long long)atomic_load(&calls));
+    else
+        n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d %s\n", (int)getpid(), what);
+    if (n > 0 && real_write(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
+        return; /* stderr gone: nothing to tell */
+}
+
+/* This process's role from /proc/self/cmdline: 'm' master, 'r' router
+ * process, 'n' worker, 0 anything else. */
+static char my_role(void)
+{
+    static char buf[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    buf[got] = '\0';
+    const char *base = strrchr(buf, '/');
+    base = base != NULL ? base + 1 : buf;
+    if (strncmp(base, "kvs-node", 8) == 0)
+        return 'n';
+    if (strncmp(base, "kvs-router", 10) != 0)
+        return 0;
+    for (const char *a = buf; a < buf + got; a += strlen(a) + 1)
+        if (strcmp(a, "--router") == 0)
+            return 'r';
+    return 'm';
+}
+
+/* Whether the comma list `list` names `name`. */
+static int listed(const char *list, const char *name)
+{
+    size_t want = strlen(name);
+    for (const char *p = list; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        if (len == want && strncmp(p, name, len) == 0)
+            return 1;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+static int role_wanted(const char *roles, char role)
+{
+    if (roles == NULL || role == 0)
+        return 0;
+    return listed(roles, "any") || (role == 'm' && listed(roles, "master")) ||
+           (role == 'r' && listed(roles, "router")) || (role == 'n' && listed(roles, "node"));
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+    resolve();
+    if (!role_wanted(getenv("KVS_TEST_EIO_ROLE"), my_role()))
+        return;
+    every = env_u64("KVS_TEST_EIO_EVERY", 0);
+    ppm = env_u64("KVS_TEST_EIO_PPM", 0);
+    if (every == 0 && ppm == 0)
+        return;
+    const char *c = getenv("KVS_TEST_EIO_CALLS");
+    if (c == NULL || *c == '\0')
+        c = "sync,write";
+    if (listed(c, "sync"))
+        calls_wanted |= C_FDATASYNC | C_FSYNC | C_MSYNC;
+    if (listed(c, "fdatasync"))
+        calls_wanted |= C_FDATASYNC;
+    if (listed(c, "fsync"))
+        calls_wanted |= C_FSYNC;
+    if (listed(c, "msync"))
+        calls_wanted |= C_MSYNC;
+    if (listed(c, "write"))
+        calls_wanted |= C_WRITE;
+    if (listed(c, "dsync"))
+        calls_wanted |= C_DSYNC;
+    const char *e = getenv("KVS_TEST_EIO_ERRNO");
+    fail_errno = e != NULL && strcmp(e, "ENOSPC") == 0 ? ENOSPC : EIO;
+    const char *w = getenv("KVS_TEST_EIO_WHEN");
+    fail_after = w != NULL && strcmp(w, "after") == 0;
+    const char *p = getenv("KVS_TEST_EIO_PATH");
+    if (p != NULL && *p != '\0') {
+        /* the directory as /proc/self/fd shows it: symbolic links resolved */
+        if (realpath(p, dir) == NULL)
+            snprintf(dir, sizeof(dir), "%s", p);
+        dir_len = strlen(dir);
+        while (dir_len > 1 && dir[dir_len - 1] == '/')
+            dir[--dir_len] = '\0';
+    }
+    seed = env_u64("KVS_TEST_EIO_SEED", 1);
+    salt = (uint64_t)getpid() << 32;
+    int64_t start = now_ms();
+    arm_at_ms = start + (int64_t)env_u64("KVS_TEST_EIO_AFTER_MS", 0);
+    uint64_t at = env_u64("KVS_TEST_EIO_AT_MS", 0);
+    if (at != 0) {
+        struct timespec wall;
+        clock_gettime(CLOCK_REALTIME, &wall);
+        int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+        arm_at_ms = start + ((int64_t)at - wall_ms);
+    }
+    uint64_t for_ms = env_u64("KVS_TEST_EIO_FOR_MS", UINT64_MAX);
+    disarm_at_ms = for_ms >= (uint64_t)INT64_MAX / 2 ? INT64_MAX : arm_at_ms + (int64_t)for_ms;
+    configured = 1;
+}
+
+__attribute__((destructor)) static void shim_fini(void)
+{
+    if (configured && atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
+        say("disarmed at exit", 1);
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Whether descriptor fd is a regular file under the chosen directory. */
+static int fd_wanted(int fd)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    if (dir_len == 0)
+        return 1;
+    char link[32], path[PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n <= 0)
+        return 0;
+    path[n] = '\0';
+    return (size_t)n > dir_len && strncmp(path, dir, dir_len) == 0 && path[dir_len] == '/';
+}
+
+/* Whether this call (of kind `kind`, on fd, -1 for msync) fails. */
+static int fail_now(unsigned kind, int fd)
+{
+    if (!configured)
+        return 0;
+    if (kind == C_WRITE) {
+        if (!(calls_wanted & (C_WRITE | C_DSYNC)))
+            return 0;
+        if (!(calls_wanted & C_WRITE)) { /* dsync only */
+            int fl = fcntl(fd, F_GETFL);
+            if (fl < 0 || !(fl & (O_DSYNC | O_SYNC)))
+                return 0;
+        }
+    } else if (!(calls_wanted & kind)) {
+        return 0;
+    }
+    if (kind != C_MSYNC && !fd_wanted(fd))
+        return 0;
+    int64_t t = now_ms();
+    if (t < arm_at_ms)
+        return 0;
+    if (t >= disarm_at_ms) {
+        if (atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
+            say("disarmed", 1);
+        return 0;
+    }
+    if (!atomic_exchange(&armed_said, 1))
+        say("armed", 0);
+    uint64_t n = atomic_fetch_add(&calls, 1) + 1;
+    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n ^ salt)) % 1000000 < ppm;
+    if (fail)
+        atomic_fetch_add(&failed, 1);
+    return fail;
+}
+
+/* Returns the failure of a call: made first with KVS_TEST_EIO_WHEN=after
+ * (its result dropped), not made at all otherwise. */
+#define FAIL_RET(type, call)                                                                       \
+    do {                                                                                           \
+        if (fail_after) {                                                                          \
+            type r_ = call;                                                                        \
+            (void)r_;                                                                              \
+        }                                                                                          \
+        errno = fail_errno;                                                                        \
+        return (type)-1;                                                                           \
+    } while (0)
+
+ssize_t write(int fd, const void *buf, size_t n)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_write(fd, buf, n));
+    return real_write(fd, buf, n);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_pwrite(fd, buf, n, off));
+    return real_pwrite(fd, buf, n, off);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_pwrite64(fd, buf, n, off));
+    return real_pwrite64(fd, buf, n, off);
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_writev(fd, iov, cnt));
+    return real_writev(fd, iov, cnt);
+}
+
+ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_pwritev(fd, iov, cnt, off));
+    return real_pwritev(fd, iov, cnt, off);
+}
+
+ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+    resolve();
+    if (fail_now(C_WRITE, fd))
+        FAIL_RET(ssize_t, real_pwritev64(fd, iov, cnt, off));
+    return real_pwritev64(fd, iov, cnt, off);
+}
+
+int fdatasync(int fd)
+{
+    resolve();
+    if (fail_now(C_FDATASYNC, fd))
+        FAIL_RET(int, real_fdatasync(fd));
+    return real_fdatasync(fd);
+}
+
+int fsync(int fd)
+{
+    resolve();
+    if (fail_now(C_FSYNC, fd))
+        FAIL_RET(int, real_fsync(fd));
+    return real_fsync(fd);
+}
+
+int msync(void *addr, size_t len, int flags)
+{
+    resolve();
+    if (fail_now(C_MSYNC, -1))
+        FAIL_RET(int, real_msync(addr, len, flags));
+    return real_msync(addr, len, flags);
+}
