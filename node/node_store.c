@@ -1204,6 +1204,37 @@ static int pages_present(node_store_t *s, const char *dir, char *err, size_t err
     return KVS_EDAMAGED;
 }
 
+/* Puts the names of the environment's files on disk: its directory and the
+ * one above (data_dir, which holds shard-N). A data.mdb LMDB has just
+ * created, or a snapshot copy renamed into place before this open, would
+ * otherwise be a name only in memory: the commits acknowledged in it would
+ * be lost with it on power loss, however well each was synced. A file
+ * system that cannot sync a directory (EINVAL) is taken as it is, and a
+ * directory that cannot be opened is left to the open that follows.
+ * Returns 0, or KVS_ESTORE with err set (the worker stops and is started
+ * again, and syncs again). */
+static int sync_dirs(const char *dir, char *err, size_t errlen)
+{
+    char parent[4200];
+    snprintf(parent, sizeof(parent), "%s/..", dir);
+    const char *paths[2] = {dir, parent};
+    for (int i = 0; i < 2; i++) {
+        int fd = open(paths[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        int rc = fsync(fd) == 0 || errno == EINVAL ? 0 : errno;
+        close(fd);
+        if (rc != 0) {
+            snprintf(err, errlen,
+                     "cannot sync the directory %s (%s): the files created or renamed in it "
+                     "might not survive a power loss, nor the writes acknowledged in them",
+                     paths[i], strerror(rc));
+            return KVS_ESTORE;
+        }
+    }
+    return 0;
+}
+
 static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size_t errlen)
 {
     unsigned flags = MDB_NOTLS; /* see the file comment for what each mode keeps */
@@ -1241,6 +1272,8 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
     }
     clear_dead_readers(s, o->dir);
     if ((rc = pages_present(s, o->dir, err, errlen)) != 0)
+        return rc;
+    if ((rc = sync_dirs(o->dir, err, errlen)) != 0)
         return rc;
     if ((rc = ident_of(s, o->dir)) != 0) {
         snprintf(err, errlen, "%s: cannot stat its files: %s", o->dir, strerror(-rc));

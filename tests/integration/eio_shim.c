@@ -30,6 +30,9 @@
  *                         only: LMDB's meta page in storage.sync full), or
  *                         the single names fdatasync, fsync, msync.
  *                         Default: sync,write.
+ *   KVS_TEST_EIO_DIRS     1: syncs of directories count too (the chosen
+ *                         directory itself and those under it), as well
+ *                         as of regular files
  *   KVS_TEST_EIO_ERRNO    EIO (default) or ENOSPC
  *   KVS_TEST_EIO_WHEN     before (default): the call fails without doing
  *                         anything; after: the call is made, then reported
@@ -99,6 +102,7 @@ static int fail_errno = EIO;
 static int fail_after; /* KVS_TEST_EIO_WHEN=after */
 static char dir[PATH_MAX];
 static size_t dir_len;
+static int dirs_too; /* KVS_TEST_EIO_DIRS */
 static uint64_t every, ppm, seed, salt;
 static int64_t arm_at_ms, disarm_at_ms;
 static atomic_uint_fast64_t calls, failed;
@@ -238,6 +242,7 @@ __attribute__((constructor)) static void shim_init(void)
         calls_wanted |= C_WRITE;
     if (listed(c, "dsync"))
         calls_wanted |= C_DSYNC;
+    dirs_too = env_u64("KVS_TEST_EIO_DIRS", 0) != 0;
     const char *e = getenv("KVS_TEST_EIO_ERRNO");
     fail_errno = e != NULL && strcmp(e, "ENOSPC") == 0 ? ENOSPC : EIO;
     const char *w = getenv("KVS_TEST_EIO_WHEN");
@@ -281,11 +286,15 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* Whether descriptor fd is a regular file under the chosen directory. */
+/* Whether descriptor fd is a regular file under the chosen directory (or,
+ * with KVS_TEST_EIO_DIRS, that directory or one under it). */
 static int fd_wanted(int fd)
 {
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return 0;
+    int is_dir = S_ISDIR(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !(dirs_too && is_dir))
         return 0;
     if (dir_len == 0)
         return 1;
@@ -295,6 +304,8 @@ static int fd_wanted(int fd)
     if (n <= 0)
         return 0;
     path[n] = '\0';
+    if (is_dir && (size_t)n == dir_len && strcmp(path, dir) == 0)
+        return 1;
     return (size_t)n > dir_len && strncmp(path, dir, dir_len) == 0 && path[dir_len] == '/';
 }
 
