@@ -76,6 +76,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shim_common.h"
+
+#define P "KVS_TEST_EIO_" /* the environment variables' prefix */
+
 typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
@@ -135,27 +139,6 @@ static void resolve(void)
     real_fsync = (sync_fn)must("fsync");
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t env_u64(const char *name, uint64_t dflt)
-{
-    const char *s = getenv(name);
-    if (s == NULL || *s == '\0')
-        return dflt;
-    uint64_t v = 0;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9')
-            return dflt;
-        v = v * 10 + (uint64_t)(*s - '0');
-    }
-    return v;
-}
-
 static void say(const char *what, int with_counts)
 {
     char line[160];
@@ -170,79 +153,31 @@ static void say(const char *what, int with_counts)
         return; /* stderr gone: nothing to tell */
 }
 
-/* This process's role from /proc/self/cmdline: 'm' master, 'r' router
- * process, 'n' worker, 0 anything else. */
-static char my_role(void)
-{
-    static char buf[4096];
-    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t got = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (got <= 0)
-        return 0;
-    buf[got] = '\0';
-    const char *base = strrchr(buf, '/');
-    base = base != NULL ? base + 1 : buf;
-    if (strncmp(base, "kvs-node", 8) == 0)
-        return 'n';
-    if (strncmp(base, "kvs-router", 10) != 0)
-        return 0;
-    for (const char *a = buf; a < buf + got; a += strlen(a) + 1)
-        if (strcmp(a, "--router") == 0)
-            return 'r';
-    return 'm';
-}
-
-/* Whether the comma list `list` names `name`. */
-static int listed(const char *list, const char *name)
-{
-    size_t want = strlen(name);
-    for (const char *p = list; *p != '\0';) {
-        size_t len = strcspn(p, ",");
-        if (len == want && strncmp(p, name, len) == 0)
-            return 1;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return 0;
-}
-
-static int role_wanted(const char *roles, char role)
-{
-    if (roles == NULL || role == 0)
-        return 0;
-    return listed(roles, "any") || (role == 'm' && listed(roles, "master")) ||
-           (role == 'r' && listed(roles, "router")) || (role == 'n' && listed(roles, "node"));
-}
-
 __attribute__((constructor)) static void shim_init(void)
 {
     resolve();
-    if (!role_wanted(getenv("KVS_TEST_EIO_ROLE"), my_role()))
+    if (!shim_role_wanted(getenv("KVS_TEST_EIO_ROLE")))
         return;
-    every = env_u64("KVS_TEST_EIO_EVERY", 0);
-    ppm = env_u64("KVS_TEST_EIO_PPM", 0);
+    every = shim_env_u64(P, "EVERY", 0);
+    ppm = shim_env_u64(P, "PPM", 0);
     if (every == 0 && ppm == 0)
         return;
     const char *c = getenv("KVS_TEST_EIO_CALLS");
     if (c == NULL || *c == '\0')
         c = "sync,write";
-    if (listed(c, "sync"))
+    if (shim_listed(c, "sync"))
         calls_wanted |= C_FDATASYNC | C_FSYNC | C_MSYNC;
-    if (listed(c, "fdatasync"))
+    if (shim_listed(c, "fdatasync"))
         calls_wanted |= C_FDATASYNC;
-    if (listed(c, "fsync"))
+    if (shim_listed(c, "fsync"))
         calls_wanted |= C_FSYNC;
-    if (listed(c, "msync"))
+    if (shim_listed(c, "msync"))
         calls_wanted |= C_MSYNC;
-    if (listed(c, "write"))
+    if (shim_listed(c, "write"))
         calls_wanted |= C_WRITE;
-    if (listed(c, "dsync"))
+    if (shim_listed(c, "dsync"))
         calls_wanted |= C_DSYNC;
-    dirs_too = env_u64("KVS_TEST_EIO_DIRS", 0) != 0;
+    dirs_too = shim_env_u64(P, "DIRS", 0) != 0;
     const char *e = getenv("KVS_TEST_EIO_ERRNO");
     fail_errno = e != NULL && strcmp(e, "ENOSPC") == 0 ? ENOSPC : EIO;
     const char *w = getenv("KVS_TEST_EIO_WHEN");
@@ -256,19 +191,9 @@ __attribute__((constructor)) static void shim_init(void)
         while (dir_len > 1 && dir[dir_len - 1] == '/')
             dir[--dir_len] = '\0';
     }
-    seed = env_u64("KVS_TEST_EIO_SEED", 1);
+    seed = shim_env_u64(P, "SEED", 1);
     salt = (uint64_t)getpid() << 32;
-    int64_t start = now_ms();
-    arm_at_ms = start + (int64_t)env_u64("KVS_TEST_EIO_AFTER_MS", 0);
-    uint64_t at = env_u64("KVS_TEST_EIO_AT_MS", 0);
-    if (at != 0) {
-        struct timespec wall;
-        clock_gettime(CLOCK_REALTIME, &wall);
-        int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
-        arm_at_ms = start + ((int64_t)at - wall_ms);
-    }
-    uint64_t for_ms = env_u64("KVS_TEST_EIO_FOR_MS", UINT64_MAX);
-    disarm_at_ms = for_ms >= (uint64_t)INT64_MAX / 2 ? INT64_MAX : arm_at_ms + (int64_t)for_ms;
+    shim_window(P, &arm_at_ms, &disarm_at_ms);
     configured = 1;
 }
 
@@ -276,14 +201,6 @@ __attribute__((destructor)) static void shim_fini(void)
 {
     if (configured && atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
         say("disarmed at exit", 1);
-}
-
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
 }
 
 /* Whether descriptor fd is a regular file under the chosen directory (or,
@@ -327,7 +244,7 @@ static int fail_now(unsigned kind, int fd)
     }
     if (kind != C_MSYNC && !fd_wanted(fd))
         return 0;
-    int64_t t = now_ms();
+    int64_t t = shim_now_ms();
     if (t < arm_at_ms)
         return 0;
     if (t >= disarm_at_ms) {
@@ -338,7 +255,7 @@ static int fail_now(unsigned kind, int fd)
     if (!atomic_exchange(&armed_said, 1))
         say("armed", 0);
     uint64_t n = atomic_fetch_add(&calls, 1) + 1;
-    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n ^ salt)) % 1000000 < ppm;
+    int fail = every != 0 ? n % every == 0 : shim_mix(seed ^ shim_mix(n ^ salt)) % 1000000 < ppm;
     if (fail)
         atomic_fetch_add(&failed, 1);
     return fail;

@@ -56,6 +56,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shim_common.h"
+
+#define P "KVS_TEST_ENOMEM_" /* the environment variables' prefix */
+
 typedef void *(*malloc_fn)(size_t);
 typedef void *(*calloc_fn)(size_t, size_t);
 typedef void *(*realloc_fn)(void *, size_t);
@@ -140,28 +144,6 @@ static int64_t disarm_at_ms; /* INT64_MAX = never */
 static atomic_uint_fast64_t calls, failed;
 static atomic_int armed_said, disarmed_said;
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Unsigned decimal of getenv(name), or dflt when unset or not a number. */
-static uint64_t env_u64(const char *name, uint64_t dflt)
-{
-    const char *s = getenv(name);
-    if (s == NULL || *s == '\0')
-        return dflt;
-    uint64_t v = 0;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9')
-            return dflt;
-        v = v * 10 + (uint64_t)(*s - '0');
-    }
-    return v;
-}
-
 static char *put_u64(char *p, uint64_t v)
 {
     char tmp[24];
@@ -203,76 +185,21 @@ static void say(const char *what, int with_counts)
         return; /* stderr gone: nothing to tell */
 }
 
-/* This process's role from /proc/self/cmdline: 'm' master, 'r' router
- * process, 'n' worker, 0 anything else. No allocation. */
-static char my_role(void)
-{
-    static char buf[4096];
-    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t got = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (got <= 0)
-        return 0;
-    buf[got] = '\0';
-    const char *argv0 = buf;
-    const char *base = strrchr(argv0, '/');
-    base = base != NULL ? base + 1 : argv0;
-    if (strncmp(base, "kvs-node", 8) == 0)
-        return 'n';
-    if (strncmp(base, "kvs-router", 10) != 0)
-        return 0;
-    for (const char *a = buf; a < buf + got; a += strlen(a) + 1)
-        if (strcmp(a, "--router") == 0)
-            return 'r';
-    return 'm';
-}
-
-static int role_wanted(const char *roles, char role)
-{
-    if (roles == NULL || role == 0)
-        return 0;
-    const char *names[] = {"master", "router", "node", "any"};
-    const char codes[] = {'m', 'r', 'n', '*'};
-    for (const char *p = roles; *p != '\0';) {
-        size_t len = strcspn(p, ",");
-        for (int i = 0; i < 4; i++)
-            if (len == strlen(names[i]) && strncmp(p, names[i], len) == 0 &&
-                (codes[i] == '*' || codes[i] == role))
-                return 1;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return 0;
-}
-
 __attribute__((constructor)) static void shim_init(void)
 {
     resolve();
-    if (!role_wanted(getenv("KVS_TEST_ENOMEM_ROLE"), my_role()))
+    if (!shim_role_wanted(getenv("KVS_TEST_ENOMEM_ROLE")))
         return;
-    every = env_u64("KVS_TEST_ENOMEM_EVERY", 0);
-    ppm = env_u64("KVS_TEST_ENOMEM_PPM", 0);
+    every = shim_env_u64(P, "EVERY", 0);
+    ppm = shim_env_u64(P, "PPM", 0);
     if (every == 0 && ppm == 0)
         return;
-    seed = env_u64("KVS_TEST_ENOMEM_SEED", 1);
+    seed = shim_env_u64(P, "SEED", 1);
     salt = (uint64_t)getpid() << 32;
-    min_size = env_u64("KVS_TEST_ENOMEM_MIN_SIZE", 0);
+    min_size = shim_env_u64(P, "MIN_SIZE", 0);
     const char *thread = getenv("KVS_TEST_ENOMEM_THREAD");
     main_only = thread != NULL && strcmp(thread, "main") == 0;
-    int64_t start = now_ms();
-    arm_at_ms = start + (int64_t)env_u64("KVS_TEST_ENOMEM_AFTER_MS", 0);
-    uint64_t at = env_u64("KVS_TEST_ENOMEM_AT_MS", 0);
-    if (at != 0) {
-        struct timespec wall;
-        clock_gettime(CLOCK_REALTIME, &wall);
-        int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
-        arm_at_ms = start + ((int64_t)at - wall_ms);
-    }
-    uint64_t for_ms = env_u64("KVS_TEST_ENOMEM_FOR_MS", UINT64_MAX);
-    disarm_at_ms = for_ms >= (uint64_t)INT64_MAX / 2 ? INT64_MAX : arm_at_ms + (int64_t)for_ms;
+    shim_window(P, &arm_at_ms, &disarm_at_ms);
     configured = 1;
 }
 
@@ -282,20 +209,12 @@ __attribute__((destructor)) static void shim_fini(void)
         say("disarmed at exit", 1);
 }
 
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 /* Whether this call (asking for `size` bytes) fails. */
 static int fail_now(size_t size)
 {
     if (!configured || size < min_size || (main_only && gettid() != getpid()))
         return 0;
-    int64_t t = now_ms();
+    int64_t t = shim_now_ms();
     if (t < arm_at_ms)
         return 0;
     if (t >= disarm_at_ms) {
@@ -306,7 +225,7 @@ static int fail_now(size_t size)
     if (!atomic_exchange(&armed_said, 1))
         say("armed", 0);
     uint64_t n = atomic_fetch_add(&calls, 1) + 1;
-    int fail = every != 0 ? n % every == 0 : mix(seed ^ mix(n ^ salt)) % 1000000 < ppm;
+    int fail = every != 0 ? n % every == 0 : shim_mix(seed ^ shim_mix(n ^ salt)) % 1000000 < ppm;
     if (fail)
         atomic_fetch_add(&failed, 1);
     return fail;
