@@ -100,17 +100,13 @@ static msync_fn real_msync;
 #define C_WRITE 8u
 #define C_DSYNC 16u
 
-static int configured;
+static shim_plan_t plan;
 static unsigned calls_wanted;
 static int fail_errno = EIO;
 static int fail_after; /* KVS_TEST_EIO_WHEN=after */
 static char dir[PATH_MAX];
 static size_t dir_len;
 static int dirs_too; /* KVS_TEST_EIO_DIRS */
-static uint64_t every, ppm, seed, salt;
-static int64_t arm_at_ms, disarm_at_ms;
-static atomic_uint_fast64_t calls, failed;
-static atomic_int armed_said, disarmed_said;
 
 static void *must(const char *name)
 {
@@ -145,8 +141,8 @@ static void say(const char *what, int with_counts)
     int n;
     if (with_counts)
         n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d %s: %llu of %llu calls failed\n",
-                     (int)getpid(), what, (unsigned long long)atomic_load(&failed),
-                     (unsigned long long)atomic_load(&calls));
+                     (int)getpid(), what, (unsigned long long)atomic_load(&plan.failed),
+                     (unsigned long long)atomic_load(&plan.calls));
     else
         n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d %s\n", (int)getpid(), what);
     if (n > 0 && real_write(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
@@ -158,9 +154,7 @@ __attribute__((constructor)) static void shim_init(void)
     resolve();
     if (!shim_role_wanted(getenv("KVS_TEST_EIO_ROLE")))
         return;
-    every = shim_env_u64(P, "EVERY", 0);
-    ppm = shim_env_u64(P, "PPM", 0);
-    if (every == 0 && ppm == 0)
+    if (!shim_plan_init(&plan, P))
         return;
     const char *c = getenv("KVS_TEST_EIO_CALLS");
     if (c == NULL || *c == '\0')
@@ -191,16 +185,12 @@ __attribute__((constructor)) static void shim_init(void)
         while (dir_len > 1 && dir[dir_len - 1] == '/')
             dir[--dir_len] = '\0';
     }
-    seed = shim_env_u64(P, "SEED", 1);
-    salt = (uint64_t)getpid() << 32;
-    shim_window(P, &arm_at_ms, &disarm_at_ms);
-    configured = 1;
+    plan.configured = 1;
 }
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-    if (configured && atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
-        say("disarmed at exit", 1);
+    shim_plan_fini(&plan, say);
 }
 
 /* Whether descriptor fd is a regular file under the chosen directory (or,
@@ -229,7 +219,7 @@ static int fd_wanted(int fd)
 /* Whether this call (of kind `kind`, on fd, -1 for msync) fails. */
 static int fail_now(unsigned kind, int fd)
 {
-    if (!configured)
+    if (!plan.configured)
         return 0;
     if (kind == C_WRITE) {
         if (!(calls_wanted & (C_WRITE | C_DSYNC)))
@@ -244,21 +234,7 @@ static int fail_now(unsigned kind, int fd)
     }
     if (kind != C_MSYNC && !fd_wanted(fd))
         return 0;
-    int64_t t = shim_now_ms();
-    if (t < arm_at_ms)
-        return 0;
-    if (t >= disarm_at_ms) {
-        if (atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
-            say("disarmed", 1);
-        return 0;
-    }
-    if (!atomic_exchange(&armed_said, 1))
-        say("armed", 0);
-    uint64_t n = atomic_fetch_add(&calls, 1) + 1;
-    int fail = every != 0 ? n % every == 0 : shim_mix(seed ^ shim_mix(n ^ salt)) % 1000000 < ppm;
-    if (fail)
-        atomic_fetch_add(&failed, 1);
-    return fail;
+    return shim_decide(&plan, say);
 }
 
 /* Returns the failure of a call: made first with KVS_TEST_EIO_WHEN=after

@@ -132,17 +132,9 @@ static void resolve(void)
 
 /* ---- configuration and the decision ------------------------------------ */
 
-static int configured; /* this process injects */
-static uint64_t every; /* fail every Nth call, 0 = use ppm */
-static uint64_t ppm;   /* probability in parts per million */
-static uint64_t seed;
+static shim_plan_t plan;
 static uint64_t min_size;
-static int main_only;        /* KVS_TEST_ENOMEM_THREAD=main */
-static uint64_t salt;        /* the pid: a restarted process fails other calls */
-static int64_t arm_at_ms;    /* CLOCK_MONOTONIC */
-static int64_t disarm_at_ms; /* INT64_MAX = never */
-static atomic_uint_fast64_t calls, failed;
-static atomic_int armed_said, disarmed_said;
+static int main_only; /* KVS_TEST_ENOMEM_THREAD=main */
 
 static char *put_u64(char *p, uint64_t v)
 {
@@ -171,11 +163,11 @@ static void say(const char *what, int with_counts)
     if (with_counts) {
         memcpy(p, ": ", 2);
         p += 2;
-        p = put_u64(p, atomic_load(&failed));
+        p = put_u64(p, atomic_load(&plan.failed));
         static const char of[] = " of ";
         memcpy(p, of, sizeof(of) - 1);
         p += sizeof(of) - 1;
-        p = put_u64(p, atomic_load(&calls));
+        p = put_u64(p, atomic_load(&plan.calls));
         static const char tail[] = " calls failed";
         memcpy(p, tail, sizeof(tail) - 1);
         p += sizeof(tail) - 1;
@@ -188,47 +180,25 @@ static void say(const char *what, int with_counts)
 __attribute__((constructor)) static void shim_init(void)
 {
     resolve();
-    if (!shim_role_wanted(getenv("KVS_TEST_ENOMEM_ROLE")))
+    if (!shim_role_wanted(getenv("KVS_TEST_ENOMEM_ROLE")) || !shim_plan_init(&plan, P))
         return;
-    every = shim_env_u64(P, "EVERY", 0);
-    ppm = shim_env_u64(P, "PPM", 0);
-    if (every == 0 && ppm == 0)
-        return;
-    seed = shim_env_u64(P, "SEED", 1);
-    salt = (uint64_t)getpid() << 32;
     min_size = shim_env_u64(P, "MIN_SIZE", 0);
     const char *thread = getenv("KVS_TEST_ENOMEM_THREAD");
     main_only = thread != NULL && strcmp(thread, "main") == 0;
-    shim_window(P, &arm_at_ms, &disarm_at_ms);
-    configured = 1;
+    plan.configured = 1;
 }
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-    if (configured && atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
-        say("disarmed at exit", 1);
+    shim_plan_fini(&plan, say);
 }
 
 /* Whether this call (asking for `size` bytes) fails. */
 static int fail_now(size_t size)
 {
-    if (!configured || size < min_size || (main_only && gettid() != getpid()))
+    if (!plan.configured || size < min_size || (main_only && gettid() != getpid()))
         return 0;
-    int64_t t = shim_now_ms();
-    if (t < arm_at_ms)
-        return 0;
-    if (t >= disarm_at_ms) {
-        if (atomic_load(&armed_said) && !atomic_exchange(&disarmed_said, 1))
-            say("disarmed", 1);
-        return 0;
-    }
-    if (!atomic_exchange(&armed_said, 1))
-        say("armed", 0);
-    uint64_t n = atomic_fetch_add(&calls, 1) + 1;
-    int fail = every != 0 ? n % every == 0 : shim_mix(seed ^ shim_mix(n ^ salt)) % 1000000 < ppm;
-    if (fail)
-        atomic_fetch_add(&failed, 1);
-    return fail;
+    return shim_decide(&plan, say);
 }
 
 /* ---- the wrappers ---------------------------------------------------- */

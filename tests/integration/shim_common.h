@@ -9,6 +9,7 @@
 #define KVS_SHIM_COMMON_H
 
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +123,61 @@ static inline uint64_t shim_mix(uint64_t x)
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+/* When and how often a shim fails the calls that pass its own filters. */
+typedef struct shim_plan_s {
+    int configured;                  /* this process injects */
+    uint64_t every;                  /* fail every Nth call, 0 = use ppm */
+    uint64_t ppm;                    /* probability in parts per million */
+    uint64_t seed, salt;             /* salt: the pid, so a restarted process fails others */
+    int64_t arm_at_ms, disarm_at_ms; /* shim_now_ms() time; INT64_MAX = never disarmed */
+    atomic_uint_fast64_t calls, failed;
+    atomic_int armed_said, disarmed_said;
+} shim_plan_t;
+
+/* Reads prefix EVERY, PPM, SEED and the window (shim_window) into p.
+ * Returns 0 when neither rate is set (nothing to inject). */
+static inline int shim_plan_init(shim_plan_t *p, const char *prefix)
+{
+    p->every = shim_env_u64(prefix, "EVERY", 0);
+    p->ppm = shim_env_u64(prefix, "PPM", 0);
+    if (p->every == 0 && p->ppm == 0)
+        return 0;
+    p->seed = shim_env_u64(prefix, "SEED", 1);
+    p->salt = (uint64_t)getpid() << 32;
+    shim_window(prefix, &p->arm_at_ms, &p->disarm_at_ms);
+    return 1;
+}
+
+/* Whether this call fails: inside the window, every Nth or by the rate.
+ * The first call in the window says "armed" and the first after it
+ * "disarmed" with the counts, through the shim's say(what, with_counts). */
+static inline int shim_decide(shim_plan_t *p, void (*say)(const char *what, int with_counts))
+{
+    int64_t t = shim_now_ms();
+    if (t < p->arm_at_ms)
+        return 0;
+    if (t >= p->disarm_at_ms) {
+        if (atomic_load(&p->armed_said) && !atomic_exchange(&p->disarmed_said, 1))
+            say("disarmed", 1);
+        return 0;
+    }
+    if (!atomic_exchange(&p->armed_said, 1))
+        say("armed", 0);
+    uint64_t n = atomic_fetch_add(&p->calls, 1) + 1;
+    int fail = p->every != 0 ? n % p->every == 0
+                             : shim_mix(p->seed ^ shim_mix(n ^ p->salt)) % 1000000 < p->ppm;
+    if (fail)
+        atomic_fetch_add(&p->failed, 1);
+    return fail;
+}
+
+/* At exit: "disarmed at exit" if the window was entered and not left. */
+static inline void shim_plan_fini(shim_plan_t *p, void (*say)(const char *what, int with_counts))
+{
+    if (p->configured && atomic_load(&p->armed_said) && !atomic_exchange(&p->disarmed_said, 1))
+        say("disarmed at exit", 1);
 }
 
 #endif
