@@ -616,35 +616,38 @@ int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
     return 0;
 }
 
-Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
-                                            uint32_t *status)
+Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                           uint32_t *status)
 {
-    uint8_t *merged = NULL;
-    command_run_t run;
-    if (arena != NULL && kvs_msg_merge_request(arena, &p, &len) != 0) {
-        if (status != NULL)
-            *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
-        return NULL;
-    } /* in the arena, merged bytes live as long as the request decoded from them */
-    if (arena == NULL && command_run(p, len, &run) == 0 && run.count > 1) {
-        if ((merged = malloc(len)) == NULL) {
-            if (status != NULL)
-                *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
-            return NULL;
-        }
-        len = merge_command(p, len, &run, merged);
-        p = merged;
-    }
     Kvs__CommandRequest *fast = arena != NULL ? decode_keys_request(arena, p, len) : NULL;
     if (fast != NULL)
         return fast;
     uint32_t why;
     Kvs__CommandRequest *q = (Kvs__CommandRequest *)unpack_bounded(
         &kvs__command_request__descriptor, arena, p, len, &why);
-    if (arena == NULL)
-        free(merged); /* protobuf-c copied what it kept */
     if (q == NULL && status != NULL)
         *status = why;
+    return q;
+}
+
+Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                            uint32_t *status)
+{
+    command_run_t run;
+    if (command_run(p, len, &run) != 0 || run.count < 2)
+        return kvs_msg_decode_merged(arena, p, len, status);
+    /* In the arena, the merged bytes live as long as the request decoded
+     * from them; with malloc, protobuf-c copies what it keeps. */
+    uint8_t *merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
+    if (merged == NULL) {
+        if (status != NULL)
+            *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
+        return NULL;
+    }
+    Kvs__CommandRequest *q =
+        kvs_msg_decode_merged(arena, merged, merge_command(p, len, &run, merged), status);
+    if (arena == NULL)
+        free(merged);
     return q;
 }
 

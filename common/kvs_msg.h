@@ -99,6 +99,12 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
  * or -ENOMEM (nothing changed). */
 int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len);
 
+/* kvs_msg_decode_request of bytes kvs_msg_merge_request already merged
+ * (a router that forwards them): the same, without looking for a repeated
+ * command again. */
+Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                           uint32_t *status);
+
 /* Writes to msg[0..mlen) what a request of `len` bytes that
  * kvs_msg_decode_request refused with `status` is told, and returns
  * `status`. */

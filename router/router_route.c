@@ -2471,13 +2471,17 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         } /* partitioner none: the full path asks every owning shard */
         received = 1;
     }
-    /* A command given several times in a row is forwarded merged, as this
-     * router reads it (on failure decoding fails the same way). */
-    (void)kvs_msg_merge_request(&r->arena, &payload, &len);
-    /* Counted first: decoding many keys is what costs memory. */
+    /* A command given several times in a row is merged once, here: it is
+     * decoded and forwarded as this router reads it. Keys are counted
+     * first: decoding many keys is what costs memory. */
     Kvs__CommandRequest *q = NULL;
-    uint32_t why = kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));
-    if (why == KVS_STATUS_OK && (q = kvs_msg_decode_request(&r->arena, payload, len, &why)) == NULL)
+    uint32_t why = kvs_msg_merge_request(&r->arena, &payload, &len) != 0
+                       ? KVS_STATUS_INTERNAL
+                       : kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));
+    if (why == KVS_STATUS_INTERNAL)
+        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+    else if (why == KVS_STATUS_OK &&
+             (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
         kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
     if (q == NULL) {
         router_req_finish_status(req, why, "%s", msg);
