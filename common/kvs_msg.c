@@ -842,6 +842,18 @@ void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t
     out->unknown = unknown || status == 0 || (applied && out->position_len == 0);
 }
 
+int kvs_msg_replaced_keep(const uint8_t *p, size_t len, kvs_buf_t *pos)
+{
+    kvs_answer_outcome_t o;
+    kvs_msg_replaced_outcome(p, len, &o);
+    pos->len = 0;
+    if (o.position_len > 0 && kvs_buf_append(pos, o.position, o.position_len) != 0) {
+        pos->len = 0;
+        return 1;
+    }
+    return o.unknown;
+}
+
 static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

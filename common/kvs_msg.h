@@ -276,6 +276,13 @@ typedef struct kvs_answer_outcome_s {
  * it cannot be read. An error answer without either stays without. */
 void kvs_msg_replaced_outcome(const uint8_t *p, size_t len, kvs_answer_outcome_t *out);
 
+/* kvs_msg_replaced_outcome for a replacement built after p[0..len) is
+ * overwritten: the position is copied to `pos` (emptied first). Returns
+ * the outcome_unknown the replacement must carry; when the position cannot
+ * be copied for lack of memory, `pos` stays empty and the answer is 1
+ * (without its position, all that is known is that the outcome is not). */
+int kvs_msg_replaced_keep(const uint8_t *p, size_t len, kvs_buf_t *pos);
+
 /* ---- values ----------------------------------------------------------- */
 
 /* Decodes a stored Value (its encoded bytes) into *out using `arena` for

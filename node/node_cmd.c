@@ -844,21 +844,15 @@ static uint32_t hook_received(node_cmd_ctx_t *ctx, char *msg, size_t mlen)
  * the hook's error must not tell the client that nothing was written. */
 static int hook_replace(kvs_buf_t *out, size_t start, int write, uint32_t status, char *msg)
 {
-    kvs_answer_outcome_t o = {0};
     kvs_buf_t tok; /* a copy: the answer it lies in is overwritten */
     kvs_buf_init(&tok);
-    if (write) {
-        kvs_msg_replaced_outcome(out->data + start + KVS_FRAME_HEADER,
-                                 out->len - start - KVS_FRAME_HEADER, &o);
-        if (o.position_len > 0 && kvs_buf_append(&tok, o.position, o.position_len) != 0) {
-            tok.len = 0;
-            o.unknown = 1; /* out of memory: without its position, all that is known is this */
-        }
-    }
+    int unknown = write ? kvs_msg_replaced_keep(out->data + start + KVS_FRAME_HEADER,
+                                                out->len - start - KVS_FRAME_HEADER, &tok)
+                        : 0;
     Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
     r.status = status;
     r.message = msg;
-    r.outcome_unknown = o.unknown != 0;
+    r.outcome_unknown = unknown != 0;
     r.position.data = tok.data;
     r.position.len = tok.len;
     out->len = start;

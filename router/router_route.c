@@ -336,18 +336,11 @@ static void hook_replace(router_req_t *req, uint32_t st, char *msg, size_t cap,
 {
     /* A RESP reply (raw) is one the router made itself: no write ran. */
     int write = req->info.write && !req->raw;
-    kvs_answer_outcome_t o = {0};
     kvs_buf_t tok; /* a copy: req_status_frame overwrites req->resp */
     kvs_buf_init(&tok);
-    if (write) {
-        kvs_msg_replaced_outcome(answer, len, &o);
-        if (o.position_len > 0 && kvs_buf_append(&tok, o.position, o.position_len) != 0) {
-            tok.len = 0;
-            o.unknown = 1; /* out of memory: without its position, all that is known is this */
-        }
-    }
+    int unknown = write ? kvs_msg_replaced_keep(answer, len, &tok) : 0;
     req->info.status = st;
-    req_status_frame(req, st, o.unknown, &tok, msg, cap, (int)strlen(msg));
+    req_status_frame(req, st, unknown, &tok, msg, cap, (int)strlen(msg));
     kvs_buf_free(&tok);
 }
 

@@ -662,6 +662,48 @@ KVS_TEST(value_valid)
     kvs_failalloc_loop("value valid", value_step, &c, 1);
 }
 
+/* ---- kvs_msg_replaced_keep: a hook's replacement of a write's answer ----------- */
+
+/* Without memory for the position's copy, the replacement says the outcome
+ * is unknown and carries no position: never "nothing was written". */
+typedef struct keep_ctx_s {
+    uint8_t answer[256];
+    size_t len;
+    size_t pos_len;
+} keep_ctx_t;
+
+static void keep_step(void *arg)
+{
+    keep_ctx_t *c = arg;
+    kvs_buf_t pos;
+    kvs_buf_init(&pos);
+    kvs_fa_on();
+    int unknown = kvs_msg_replaced_keep(c->answer, c->len, &pos);
+    kvs_fa_off();
+    if (kvs_fa_failed()) {
+        CHECK_EQ(unknown, 1);
+        CHECK_EQ(pos.len, 0);
+    } else {
+        CHECK_EQ(unknown, 0);
+        CHECK_EQ(pos.len, c->pos_len);
+    }
+    kvs_buf_free(&pos);
+}
+
+KVS_TEST(replaced_keep)
+{
+    static keep_ctx_t c;
+    static uint8_t tok[200];
+    Kvs__CommandResponse m = KVS__COMMAND_RESPONSE__INIT;
+    memset(tok, 0x11, sizeof(tok));
+    m.status = 200;
+    m.position.data = tok;
+    m.position.len = sizeof(tok);
+    c.len = kvs__command_response__pack(&m, c.answer);
+    c.pos_len = sizeof(tok);
+    kvs_failalloc_loop("replaced keep", keep_step, &c, 1);
+}
+
 /* ---- kvs_config: loading a YAML text ----------------------------------------- */
 
 /* Users, bindings, cluster.nodes, tls, plugins and properties: the
@@ -803,4 +845,4 @@ KVS_TEST_MAIN(KVS_CASE(msg_decode_request_arena), KVS_CASE(msg_decode_request_ma
               KVS_CASE(redis_parse_corpus), KVS_CASE(redis_parse_grow), KVS_CASE(redis_writers),
               KVS_CASE(resp_answers), KVS_CASE(pos_tokens), KVS_CASE(buf_append),
               KVS_CASE(config_parse_full), KVS_CASE(config_parse_corpus),
-              KVS_CASE(config_parse_corpus_finds), KVS_CASE(value_valid))
+              KVS_CASE(config_parse_corpus_finds), KVS_CASE(value_valid), KVS_CASE(replaced_keep))

@@ -2081,6 +2081,32 @@ KVS_TEST(replaced_outcome_keeps_what_the_write_did)
     CHECK(o.unknown && o.position == NULL);
 }
 
+/* kvs_msg_replaced_keep: the same verdict, the position copied (the answer
+ * it lay in may be overwritten), the copy emptied first. */
+KVS_TEST(replaced_keep_copies_the_position)
+{
+    static const uint8_t tok[] = {0x01, 0x01, 't', 0x01, 0x03, 0x11};
+    Kvs__CommandResponse m = KVS__COMMAND_RESPONSE__INIT;
+    uint8_t buf[128];
+    m.status = 200;
+    m.position.data = (uint8_t *)tok;
+    m.position.len = sizeof(tok);
+    size_t n = kvs__command_response__pack(&m, buf);
+    kvs_buf_t pos;
+    kvs_buf_init(&pos);
+    CHECK(kvs_buf_append(&pos, "stale", 5) == 0);
+    CHECK_EQ(kvs_msg_replaced_keep(buf, n, &pos), 0);
+    memset(buf, 0, sizeof(buf)); /* the answer is overwritten */
+    CHECK_EQ(pos.len, sizeof(tok));
+    CHECK(memcmp(pos.data, tok, sizeof(tok)) == 0);
+    m.position.len = 0; /* applied, nothing names it */
+    n = kvs__command_response__pack(&m, buf);
+    CHECK_EQ(kvs_msg_replaced_keep(buf, n, &pos), 1);
+    CHECK_EQ(pos.len, 0);
+    CHECK_EQ(kvs_msg_replaced_keep(NULL, 0, &pos), 1);
+    kvs_buf_free(&pos);
+}
+
 /* kvs_resp_outcome_unknown writes CommandResponse.outcome_unknown where
  * protobuf-c reads it; an answer without it reads false. */
 KVS_TEST(resp_outcome_unknown)
@@ -2215,4 +2241,5 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
               KVS_CASE(value_encode_bytes_and_string), KVS_CASE(msg_append_writes_one_frame),
               KVS_CASE(msg_append_status), KVS_CASE(msg_append_too_big),
-              KVS_CASE(replaced_outcome_keeps_what_the_write_did))
+              KVS_CASE(replaced_outcome_keeps_what_the_write_did),
+              KVS_CASE(replaced_keep_copies_the_position))
