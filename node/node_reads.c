@@ -94,6 +94,12 @@ static void want_end(void *arg, const kvs_binding_t *b, uint32_t p)
 
 /* ---- answers ------------------------------------------------------------------- */
 
+/* The last offset of the partition this worker applied; -1 for none. */
+static long long applied_to(const check_t *c)
+{
+    return c->state.next < 0 ? -1 : (long long)c->state.next - 1;
+}
+
 static int answer_catching_up(const check_t *c, kvs_buf_t *out)
 {
     return kvs_msg_append_status(
@@ -114,16 +120,14 @@ static int answer_diverged(const check_t *c, kvs_buf_t *out)
             "worker applied: checking whether its log diverged (the topic deleted and created "
             "again, or its log truncated; README: \"When a topic's log diverges\"); retry "
             "shortly, or set accept_stale to read what it has",
-            c->b->topic, c->partition, (long long)c->state.end,
-            (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+            c->b->topic, c->partition, (long long)c->state.end, applied_to(c));
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
         "diverged: topic %s partition %u now ends at offset %lld, but this worker had applied it "
         "up to offset %lld (the topic was deleted and created again, or its log was truncated); "
         "the partition is not ingested until its table is rebuilt from the topic (README: "
         "\"When a topic's log diverges\"); set accept_stale to read what it has",
-        c->b->topic, c->partition, (long long)c->state.end,
-        (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+        c->b->topic, c->partition, (long long)c->state.end, applied_to(c));
 }
 
 static int answer_resized(const check_t *c, kvs_buf_t *out)
@@ -149,7 +153,7 @@ static int answer_ahead(const check_t *c, kvs_buf_t *out)
             "this worker cannot reach the brokers to catch up (it has applied up to offset %lld); "
             "retry later",
             (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
-            (long long)(c->state.next < 0 ? -1 : c->state.next - 1));
+            applied_to(c));
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
         "position ahead of the topic: the read needs offset %lld of topic %s partition %u, but "
@@ -173,8 +177,7 @@ static int answer_behind(const check_t *c, kvs_buf_t *out)
         out, KVS_STATUS_UNAVAILABLE,
         "behind by %llu records: the read needs offset %lld of topic %s partition %u, and this "
         "worker has applied the partition up to offset %lld; waited %llu ms; retry shortly",
-        (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition,
-        (long long)(c->state.next < 0 ? -1 : c->state.next - 1),
+        (unsigned long long)c->count, (long long)c->need, c->b->topic, c->partition, applied_to(c),
         (unsigned long long)node_wait_ms(rd_of(c)->cfg));
 }
 
