@@ -327,12 +327,32 @@ class TlsRouterTest(RouterTestCase):
         self.assertTrue(r.alive())
         self.assertEqual(r.stop(), 0)
 
+    def test_ciphersuites_choose_the_tls_1_3_suites(self):
+        r = self.tls_router(ciphersuites="TLS_CHACHA20_POLY1305_SHA256")
+        with r.client() as c:  # Python's client offers every TLS 1.3 suite
+            self.assertEqual(c.sock.cipher()[0], "TLS_CHACHA20_POLY1305_SHA256")
+            self.assertEqual(c.ping().message, "PONG")
+        # A client offering only other suites gets no session.
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % r.port,
+                            "-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+                            "-CAfile", cert_path("ca.crt")],
+                           input=b"", capture_output=True, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertRegex(p.stderr + p.stdout, rb"handshake failure|no shared cipher")
+        time.sleep(0.1)
+        self.assertEqual(len(log_lines(r.stderr(), "TLS handshake failed: no shared cipher")), 1,
+                         r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+
     def test_bad_tls_settings_stop_the_router_with_78(self):
         cases = [
             (tls_yaml(router={"enabled": "true"}).replace(cert_path("node.key"), "/nonexistent"),
              "/nonexistent: cannot load"),
             ("tls: {router: {enabled: true}}\n", "no certificate and key"),
             (tls_yaml(router={"enabled": "true"}, ciphers='"NOPE"'), "tls.router.ciphers"),
+            (tls_yaml(router={"enabled": "true"}, ciphersuites="TLS_NOPE"),
+             'tls.router.ciphersuites "TLS_NOPE"'),
             (tls_yaml(router={"enabled": "true", "client_cert": "sometimes"}),
              "client_cert must be one of none, optional, require"),
         ]
