@@ -43,8 +43,9 @@ struct router_s {
     kvs_tls_ctx_t *link_tls; /* tls.link: links to remote workers, or NULL */
     kvs_auth_t *auth;        /* users, or NULL when none are configured */
     router_client_t *clients;
-    size_t n_clients;      /* both front doors */
-    size_t n_resp_clients; /* of which RESP */
+    size_t n_clients;       /* both front doors */
+    size_t n_resp_clients;  /* of which RESP */
+    size_t n_admin_clients; /* of which on the private socket (kvs-cli, the master's scrape) */
     /* Per front door (0 protobuf, 1 RESP), its clients that have yet to
      * authenticate, oldest first: at limits.max_clients the oldest makes
      * room for a new client (router_client.c, "Identity"). */

@@ -70,6 +70,7 @@ struct router_client_s {
     router_client_t *un_prev, *un_next; /* on r->unproven[resp] while in_unproven */
     int in_unproven;
     int evicted;               /* closed at limits.max_clients (evict_unproven) */
+    int admin;                 /* on the private socket: not counted against max_clients */
     router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
     int holding;               /* its run of frames holds local snapshots (router_local_hold) */
@@ -528,6 +529,8 @@ static void on_conn_closed(kvs_conn_t *c)
     r->n_clients--;
     if (cl->redis != NULL)
         r->n_resp_clients--;
+    if (cl->admin)
+        r->n_admin_clients--;
     router_redis_free(cl->redis);
     free(cl);
     if (r->draining && r->n_clients == 0 && r->on_drained != NULL)
@@ -574,7 +577,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int resp = server == &r->resp_listener.stream;
     int admin = server == &r->admin_listeners[r->admin_cur].stream; /* private: not capped */
-    size_t n = (resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients) - r->evicting[resp];
+    size_t n = (resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients - r->n_admin_clients) -
+               r->evicting[resp];
     if (!admin && n >= r->max_clients && !evict_unproven(r, resp)) {
         refuse_client(r, server, resp);
         return;
@@ -609,6 +613,8 @@ static void on_connection(uv_stream_t *server, int status)
         r->clients->prev = cl;
     r->clients = cl;
     r->n_clients++;
+    cl->admin = admin;
+    r->n_admin_clients += (size_t)admin;
     int rc = kvs_conn_accept_tls(&cl->conn, server, r->tls != NULL && !admin ? r->tls : NULL);
     /* Tokens only where nobody can overhear them. The private socket's
      * peers are the node's own user (its directory is private): trusted. */

@@ -406,6 +406,29 @@ class ProcsTest(ProcsTestCase):
         self.assertGreaterEqual(refused, 3)
 
 
+    def test_private_socket_clients_take_no_front_door_slot(self):
+        # kvs-cli and the master's scrape use a router process's private
+        # socket: they are not counted against limits.max_clients.
+        from kvstest import Client
+        r = self.node(processes=1, resp=False, extra_yaml="limits: {max_clients: 1}\n")
+        admin = []
+        for _ in range(3):
+            c = Client(os.path.join(r.data_dir, "router0.sock"))
+            self.addCleanup(c.close)
+            self.assertEqual(c.ping().status, 200)
+            admin.append(c)
+        c = r.client()
+        self.addCleanup(c.close)
+        c.sock.settimeout(10)
+        self.assertEqual(c.ping().status, 200)  # the one front-door slot is free
+        extra = r.client()
+        self.addCleanup(extra.close)
+        extra.sock.settimeout(10)
+        resp = extra.recv()  # the second one is not: told at once, unasked
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("limits.max_clients", resp.message)
+        self.assertEqual(admin[0].ping().status, 200)
+
 class ProcsMetricsTest(ProcsTestCase):
     """/metrics with several router processes: the master serves the port
     and asks every router process (its own socket) and every worker."""
