@@ -159,6 +159,7 @@ static void link_forget_addrs(router_link_t *l)
 static void link_down_state(router_link_t *l, const char *why, const char *state)
 {
     int was_up = l->up;
+    l->hung = 0; /* on_timer sets it again when that is why */
     snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
@@ -247,6 +248,7 @@ static void link_up(router_link_t *l)
 {
     link_forget_addrs(l);
     l->handshaking = 0;
+    l->hung = 0;
     l->up = 1;
     l->up_since = uv_now(l->loop);
     l->last_error[0] = '\0';
@@ -271,6 +273,8 @@ static void on_connected(uv_connect_t *req, int status)
     router_link_t *l = req->data;
     kvs_conn_t *c = (kvs_conn_t *)req->handle->data;
     l->connecting = 0;
+    if (status != 0)
+        l->hung = 0; /* nobody listens: the worker is gone, not slow */
     if (l->stopping || status != 0 || kvs_conn_start(c) != 0) {
         if (!l->stopping && status != 0)
             snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,
@@ -461,6 +465,7 @@ static void on_timer(uv_timer_t *t)
                  (unsigned long long)l->timeout_ms);
         snprintf(why, sizeof(why), "%s; the request may or may not have been applied", state);
         link_down_state(l, why, state);
+        l->hung = 1; /* until the next connection says more (router_local reads on) */
         return;
     }
     link_arm_timer(l);

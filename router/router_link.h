@@ -59,6 +59,9 @@ struct router_link_s {
     int connecting;
     int handshaking; /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
+    int hung; /* down since its worker left requests unanswered for timeout_ms (it is there,
+               * slow or stopped, serving from the same files), not since it closed or
+               * refused a connection: cleared by the next connection's outcome */
     int stopping;
     uv_timer_t timer; /* reconnect backoff, and request deadlines */
     uint64_t backoff_ms;

@@ -218,7 +218,12 @@ static int open_env(router_local_t *lc, lshard_t *ls, const kvs_lmdb_ident_t *wa
  * header in *h when the shard may be read here now. */
 static int ready(router_local_t *lc, lshard_t *ls, kvs_shardstate_head_t *h)
 {
-    if (!ls->link->up || !have_state(lc, ls))
+    /* A link reset because its worker did not answer in time (a commit
+     * stuck on a slow disk, a stopped process) leaves the worker serving
+     * from these files: reads go on here, between that reset and the
+     * next connection's outcome, instead of failing with 503 while the
+     * link waits to reconnect. */
+    if (!(ls->link->up || ls->link->hung) || !have_state(lc, ls))
         return 0;
     if (kvs_shardstate_head(ls->state, h) != 0 || !h->live)
         return 0; /* starting, stopped, or publishing this very moment */

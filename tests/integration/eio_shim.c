@@ -49,11 +49,23 @@
  *                         since the epoch), the same in every process, a
  *                         restarted one included
  *   KVS_TEST_EIO_FOR_MS   disarm this long after arming (default: never)
+ *   KVS_TEST_EIO_STALL_MS stall instead of failing: a chosen call sleeps
+ *                         this long (a slow or hanging disk; signals do
+ *                         not cut the sleep short, as they cannot cut a
+ *                         sync in the kernel short), then is made and
+ *                         returns what it returned: nothing fails.
+ *   KVS_TEST_EIO_GATE     with STALL_MS: a call is chosen only while this
+ *                         file exists, and its stall ends as soon as the
+ *                         file is gone (checked every 5 ms), or after
+ *                         STALL_MS, whichever comes first: the test says
+ *                         when the disk hangs and when it comes back.
  *
  * An injecting process writes "kvs-test-eio: pid P armed" to stderr at its
  * first filtered call in the window, and "kvs-test-eio: pid P disarmed: F
  * of N calls failed" at its first one after it (or at exit), so a test can
- * check that failures really were injected.
+ * check that failures really were injected. A stall writes
+ * "kvs-test-eio: pid P stalling fdatasync" as it begins and
+ * "kvs-test-eio: pid P stalled fdatasync for M ms" as it ends.
  *
  * The shim allocates nothing. Counters are atomics: libuv's thread pool may
  * write files too.
@@ -106,7 +118,9 @@ static int fail_errno = EIO;
 static int fail_after; /* KVS_TEST_EIO_WHEN=after */
 static char dir[PATH_MAX];
 static size_t dir_len;
-static int dirs_too; /* KVS_TEST_EIO_DIRS */
+static int dirs_too;        /* KVS_TEST_EIO_DIRS */
+static uint64_t stall_ms;   /* KVS_TEST_EIO_STALL_MS: 0 = fail instead */
+static char gate[PATH_MAX]; /* KVS_TEST_EIO_GATE: "" = none */
 
 static void *must(const char *name)
 {
@@ -172,6 +186,10 @@ __attribute__((constructor)) static void shim_init(void)
     if (shim_listed(c, "dsync"))
         calls_wanted |= C_DSYNC;
     dirs_too = shim_env_u64(P, "DIRS", 0) != 0;
+    stall_ms = shim_env_u64(P, "STALL_MS", 0);
+    const char *g = getenv("KVS_TEST_EIO_GATE");
+    if (g != NULL)
+        snprintf(gate, sizeof(gate), "%s", g);
     const char *e = getenv("KVS_TEST_EIO_ERRNO");
     fail_errno = e != NULL && strcmp(e, "ENOSPC") == 0 ? ENOSPC : EIO;
     const char *w = getenv("KVS_TEST_EIO_WHEN");
@@ -234,13 +252,57 @@ static int fail_now(unsigned kind, int fd)
     }
     if (kind != C_MSYNC && !fd_wanted(fd))
         return 0;
+    if (stall_ms != 0 && gate[0] != '\0' && access(gate, F_OK) != 0)
+        return 0;
     return shim_decide(&plan, say);
 }
 
+/* Writes a line (n: snprintf's count) to stderr; one that cannot be
+ * written is dropped (stderr gone: nothing to tell). */
+static void say_line(const char *line, size_t n)
+{
+    if (n >= 160)
+        n = 159;
+    if (real_write(2, line, n) < 0)
+        return;
+}
+
+static int gate_open(void)
+{
+    return gate[0] != '\0' && access(gate, F_OK) != 0;
+}
+
+/* A chosen call's stall: STALL_MS, or less once the gate file is gone.
+ * EINTR does not end it (a sync in the kernel does not return early for
+ * a signal either). */
+static void stall(const char *name)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d stalling %s\n", (int)getpid(), name);
+    if (n > 0)
+        say_line(line, (size_t)n);
+    int64_t start = shim_now_ms(), end = start + (int64_t)stall_ms;
+    for (int64_t now = start; now < end && !gate_open(); now = shim_now_ms()) {
+        int64_t step = gate[0] != '\0' && end - now > 5 ? 5 : end - now;
+        struct timespec ts = {(time_t)(step / 1000), (long)(step % 1000) * 1000000L};
+        nanosleep(&ts, NULL); /* EINTR: the loop sleeps on */
+    }
+    n = snprintf(line, sizeof(line), "kvs-test-eio: pid %d stalled %s for %lld ms\n", (int)getpid(),
+                 name, (long long)(shim_now_ms() - start));
+    if (n > 0)
+        say_line(line, (size_t)n);
+}
+
 /* Returns the failure of a call: made first with KVS_TEST_EIO_WHEN=after
- * (its result dropped), not made at all otherwise. */
+ * (its result dropped), not made at all otherwise. With
+ * KVS_TEST_EIO_STALL_MS the call is stalled, then made, and its own
+ * result returned. */
 #define FAIL_RET(type, call)                                                                       \
     do {                                                                                           \
+        if (stall_ms != 0) {                                                                       \
+            stall(__func__);                                                                       \
+            return call;                                                                           \
+        }                                                                                          \
         if (fail_after) {                                                                          \
             type r_ = call;                                                                        \
             (void)r_;                                                                              \
