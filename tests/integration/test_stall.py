@@ -229,8 +229,9 @@ class StallTest(RouterTestCase):
         self.assertGreater(statuses.get("503", 0), statuses["503u"], statuses)
         # What waits for the worker is bounded by limits.client_output (1 MiB)
         # plus the client's own answers: far below the 16+ MiB written.
-        self.assertLess(peak - base, 12 * MIB, "router grew from %d to %d KiB (%d writes: %s)"
-                        % (base >> 10, peak >> 10, sent, statuses))
+        if not SANITIZED:  # ASan's quarantine keeps freed memory by design
+            self.assertLess(peak - base, 12 * MIB, "router grew from %d to %d KiB (%d writes: %s)"
+                            % (base >> 10, peak >> 10, sent, statuses))
         self.unstall()
         self.stalled_for(r, n)
 
