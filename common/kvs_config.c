@@ -45,6 +45,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -984,6 +985,53 @@ static int check_property_file(cfg_ctx_t *ctx, const yaml_node_t *val, const cha
                                : "the file librdkafka is to read");
 }
 
+/* plugin.library.paths: librdkafka dlopen()s each of its ';'-separated
+ * libraries while the property is set (a worker's start), retrying with
+ * ".so" appended when the name has no extension. An entry with a '/' is a
+ * path, checked here at load and at every reload: one that names nothing
+ * (with or without the ".so") or anything but a file (a FIFO would block
+ * the worker's start, a directory fails in dlopen's words) is refused with
+ * its line. An entry without a '/' is a name for dlopen's search path
+ * (LD_LIBRARY_PATH, ld.so.cache), left to librdkafka. */
+static int check_plugin_paths(cfg_ctx_t *ctx, const yaml_node_t *val, const char *list)
+{
+    const char *p = list;
+    while (*p != '\0') {
+        size_t n = strcspn(p, ";");
+        char path[PATH_MAX + 4];
+        if (n >= PATH_MAX)
+            return cfg_error(ctx, &val->start_mark,
+                             "kafka.properties.plugin.library.paths: an entry is longer than "
+                             "%d bytes",
+                             PATH_MAX - 1);
+        memcpy(path, p, n);
+        path[n] = '\0';
+        p += n + (p[n] == ';');
+        if (memchr(path, '/', n) == NULL)
+            continue;
+        struct stat st;
+        int found = stat(path, &st) == 0;
+        const char *base = strrchr(path, '/') + 1;
+        if (!found && strchr(base, '.') == NULL) {
+            memcpy(path + n, ".so", 4); /* what librdkafka tries next */
+            found = stat(path, &st) == 0;
+            if (!found)
+                path[n] = '\0';
+        }
+        if (!found)
+            return cfg_error(ctx, &val->start_mark,
+                             "kafka.properties.plugin.library.paths: %s: %s; name the plugin "
+                             "library librdkafka is to load",
+                             path, strerror(errno));
+        if (!S_ISREG(st.st_mode))
+            return cfg_error(ctx, &val->start_mark,
+                             "kafka.properties.plugin.library.paths: %s: %s, not a file: name the "
+                             "plugin library librdkafka is to load",
+                             path, kvs_fs_kind(st.st_mode));
+    }
+    return 0;
+}
+
 static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
 {
     const yaml_node_t *key = node_at(ctx, pair->key), *val = node_at(ctx, pair->value);
@@ -996,6 +1044,8 @@ static int add_property(cfg_ctx_t *ctx, const yaml_node_pair_t *pair)
     int rc = scalar_value(ctx, val, path, "a string", &text);
     if (rc == 0)
         rc = check_property_file(ctx, val, k, text);
+    if (rc == 0 && strcmp(k, "plugin.library.paths") == 0)
+        rc = check_plugin_paths(ctx, val, text);
     if (rc != 0)
         return rc;
     kvs_kv_t *kv = &ctx->cfg->kafka_properties[ctx->cfg->n_kafka_properties++];

@@ -121,6 +121,88 @@ void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
         c->unproven_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
 }
 
+static void unproven_unlink(kvs_unproven_t *u, kvs_conn_t *c)
+{
+    if (c->un_list != u)
+        return;
+    if (c->un_prev != NULL)
+        c->un_prev->un_next = c->un_next;
+    else
+        u->head = c->un_next;
+    if (c->un_next != NULL)
+        c->un_next->un_prev = c->un_prev;
+    else
+        u->tail = c->un_prev;
+    c->un_prev = c->un_next = NULL;
+    c->un_list = NULL;
+}
+
+void kvs_unproven_set(kvs_unproven_t *u, kvs_conn_t *c, int unproven)
+{
+    kvs_conn_set_unproven(c, unproven);
+    if (!unproven) {
+        unproven_unlink(u, c);
+        return;
+    }
+    if (c->un_list == u || c->evicted || has(c, KVS_CONN_CLOSING))
+        return;
+    c->un_prev = u->tail;
+    c->un_next = NULL;
+    if (u->tail != NULL)
+        u->tail->un_next = c;
+    else
+        u->head = c;
+    u->tail = c;
+    c->un_list = u;
+}
+
+void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c)
+{
+    if (c->unproven_since_ms == 0 || c->evicted || has(c, KVS_CONN_CLOSING))
+        return;
+    unproven_unlink(u, c);
+    c->un_prev = NULL;
+    c->un_next = u->head;
+    if (u->head != NULL)
+        u->head->un_prev = c;
+    else
+        u->tail = c;
+    u->head = c;
+    c->un_list = u;
+}
+
+void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c)
+{
+    unproven_unlink(u, c);
+    if (c->evicted) {
+        c->evicted = 0;
+        u->evicting--;
+    }
+}
+
+int kvs_unproven_evict(kvs_unproven_t *u, int (*spared)(const kvs_conn_t *c), int max_spared)
+{
+    kvs_conn_t *c = u->head;
+    for (int skipped = 0; c != NULL && spared != NULL && spared(c); skipped++) {
+        if (skipped == max_spared)
+            return 0;
+        c = c->un_next;
+    }
+    if (c == NULL)
+        return 0;
+    if (kvs_conn_may_log(c))
+        kvs_info("closing %s %s: limits.max_clients reached, and it is the oldest of the "
+                 "%ss that have not authenticated",
+                 c->group != NULL ? c->group->what : "client", c->peer,
+                 c->group != NULL ? c->group->what : "client");
+    unproven_unlink(u, c);
+    u->evicted++;
+    u->evicting++; /* its place is free now, though counted until it has closed */
+    c->evicted = 1;
+    kvs_conn_abort(c);
+    return 1;
+}
+
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
     return c->out.len + c->cout.len + (c->wbuf.len - c->woff);

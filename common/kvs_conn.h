@@ -192,16 +192,19 @@ struct kvs_conn_s {
     int queued;              /* on the flusher's list */
     kvs_conn_group_t *group; /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
-    size_t charged;             /* decoder bytes charged to the group's input budget */
-    uint64_t last_input_ms;     /* loop time of the last bytes read */
-    uint64_t read_ns;           /* kvs_now_ns() of the last read, when stamp_reads is set */
-    int stamp_reads;            /* the owner wants read_ns (request latency from arrival) */
-    uint64_t partial_since_ms;  /* loop time an incomplete frame started to wait (0: none) */
-    uint64_t output_since_ms;   /* loop time pending output started to wait (0: none) */
-    uint64_t unproven_since_ms; /* loop time its owner started to wait for it to authenticate
-                                   (kvs_conn_set_unproven; 0: authenticated, or no need) */
-    char peer[64];              /* "1.2.3.4:5678", for log lines about this peer */
-    void *data;                 /* the owner's */
+    size_t charged;                 /* decoder bytes charged to the group's input budget */
+    uint64_t last_input_ms;         /* loop time of the last bytes read */
+    uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
+    uint64_t partial_since_ms;      /* loop time an incomplete frame started to wait (0: none) */
+    uint64_t output_since_ms;       /* loop time pending output started to wait (0: none) */
+    uint64_t unproven_since_ms;     /* loop time its owner started to wait for it to authenticate
+                                       (kvs_conn_set_unproven; 0: authenticated, or no need) */
+    struct kvs_unproven_s *un_list; /* the unproven list it is on (kvs_unproven_set), or NULL */
+    kvs_conn_t *un_prev, *un_next;  /* its neighbours there */
+    int evicted;                    /* closed by kvs_unproven_evict */
+    char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
+    void *data;                     /* the owner's */
 };
 
 /* Initializes `c` for `loop`. is_unix picks a pipe or a TCP handle. The
@@ -227,6 +230,47 @@ void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame);
  * connection slots for ever). Servers call it at accept and at each change
  * of the client's identity. */
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
+
+/* ---- unproven lists: who makes room at limits.max_clients ---------------- */
+
+/* A listener's connections that have yet to authenticate, oldest first.
+ * When the listener is at limits.max_clients, a new connection takes the
+ * place of the oldest of them instead of being refused
+ * (kvs_unproven_evict), so that clients nobody knows, however many and
+ * however fast, never keep a user out: a client that authenticates within
+ * the time a flood needs to open as many connections as there are
+ * unproven ones keeps its place. The router's front doors and a worker's
+ * TCP listener each keep one. */
+typedef struct kvs_unproven_s {
+    kvs_conn_t *head, *tail; /* oldest first */
+    size_t evicting;         /* closed to make room, their close callback still to come */
+    uint64_t evicted;        /* closed to make room, ever */
+} kvs_unproven_t;
+
+/* kvs_conn_set_unproven(c, unproven), and `c` joins the tail of `u` while
+ * unproven (unless it is closing or was evicted) or leaves it once
+ * proven. Servers call it at accept and at each change of the client's
+ * identity. */
+void kvs_unproven_set(kvs_unproven_t *u, kvs_conn_t *c, int unproven);
+
+/* `c`, still unproven, failed to authenticate: it goes to the head of
+ * `u`, the first to make room. A wrong token is no reason to be spared
+ * longer than the clients that have not tried yet, and a flood that fails
+ * now and then must not keep its connections younger than theirs. Nothing
+ * for a connection that is proven or closing. */
+void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c);
+
+/* From the owner's close callback: `c` leaves `u` (and, evicted, stops
+ * counting in u->evicting). */
+void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c);
+
+/* The listener of `u` is at limits.max_clients: closes (kvs_conn_abort)
+ * the oldest member, passing over those `spared` says to spare (a client
+ * whose token is being checked right now), at most `max_spared` of them.
+ * Returns 1 when one was closed: its place is free (its descriptor goes
+ * at once; the owner counts it until its close callback, so subtract
+ * u->evicting from the connections counted against the cap). */
+int kvs_unproven_evict(kvs_unproven_t *u, int (*spared)(const kvs_conn_t *c), int max_spared);
 
 /* Makes `c` (initialized; not yet accepted or started) speak TLS with the
  * settings of `ctx`, as a server or a client by ctx's role. A client

@@ -32,7 +32,12 @@
  * is authorized (node_cmd); unix socket clients (the local router) are
  * trusted. An Auth whose token is being checked pauses its client; its
  * answer is appended when the check is done, in a later turn, so it never
- * belongs to a write batch.
+ * belongs to a write batch. As at the router's front doors, a client that
+ * has not authenticated is closed limits.auth_timeout after it connected,
+ * and a listener at limits.max_clients closes the oldest such client to
+ * take a new one (kvs_unproven_t) instead of refusing it, sparing those
+ * whose token is being checked right now: silent connections cannot keep
+ * a remote router or a user out.
  *
  * Hooks: the worker's chain (kvs_hook) holds the built-in metrics hook and
  * the slow log (both at EXECUTED: a worker's service time) and the
@@ -131,6 +136,7 @@ struct node_server_s {
     kvs_listener_t listeners[2];
     kvs_tls_ctx_t *listener_tls[2]; /* TLS of each listener, or NULL */
     size_t listener_clients[2];     /* clients per listener, each capped at max_clients */
+    kvs_unproven_t unproven[2];     /* each listener's clients yet to authenticate */
     int n_listeners;
     uint32_t max_clients;
     uint64_t refused_log_ms;
@@ -613,7 +619,24 @@ static void client_frame_limit(node_client_t *cl)
     if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
-    kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
+    /* limits.auth_timeout, and limits.max_clients's eviction order */
+    kvs_unproven_set(&srv->unproven[cl->listener], &cl->conn, !proven);
+}
+
+/* After an Auth: a client it left unproven (it failed) is the first to
+ * make room at limits.max_clients (kvs_unproven_to_front). */
+static void auth_failed(node_client_t *cl)
+{
+    if (cl->auth_slot == NULL)
+        kvs_unproven_to_front(&cl->srv->unproven[cl->listener], &cl->conn);
+}
+
+/* Not one to close at limits.max_clients: its token is being checked
+ * right now (KVS_AUTH_MAX_WORKERS at most in the process). */
+static int auth_checking(const kvs_conn_t *c)
+{
+    const node_client_t *cl = c->data;
+    return kvs_auth_conn_checking(&cl->auth);
 }
 
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
@@ -622,6 +645,7 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
     node_slot_t *slot = cl->auth_slot;
     cl->auth_slot = NULL;
     client_frame_limit(cl);
+    auth_failed(cl);
     if (slot == NULL)
         return;
     kvs_msg_append_status(node_slot_buf(slot), status, "%s", msg);
@@ -643,6 +667,7 @@ static int node_auth(void *arg, const Kvs__Auth *m, kvs_buf_t *out)
                                  sizeof(msg), &cl->auth_close);
     if (st != 0) {
         client_frame_limit(cl);
+        auth_failed(cl);
         return kvs_msg_append_status(out, st, "%s", msg);
     }
     if ((cl->auth_slot = defer_current(srv, 64, 1)) == NULL)
@@ -821,6 +846,7 @@ static void on_conn_closed(kvs_conn_t *c)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
+    kvs_unproven_closed(&srv->unproven[cl->listener], c);
     kvs_auth_conn_close(&cl->auth); /* a token check in flight is cancelled: */
     if (cl->auth_slot != NULL) {    /* its slot will never be answered */
         cl->auth_slot->deferred = 0;
@@ -881,7 +907,8 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
-    if (srv->listener_clients[li] >= srv->max_clients) {
+    if (srv->listener_clients[li] - srv->unproven[li].evicting >= srv->max_clients &&
+        !kvs_unproven_evict(&srv->unproven[li], auth_checking, KVS_AUTH_MAX_WORKERS)) {
         refuse_client(srv, server, li);
         return;
     }
@@ -996,8 +1023,9 @@ static void store_metrics(node_server_t *srv, kvs_mb_t *b)
 static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
 {
     const char *sh = srv->shard_label;
-    uint64_t joined = 0, in = 0, out = 0;
+    uint64_t joined = 0, in = 0, out = 0, evicted = 0;
     for (int i = 0; i < 2; i++) {
+        evicted += srv->unproven[i].evicted;
         joined += srv->groups[i].joined;
         in += srv->groups[i].bytes_in;
         out += srv->groups[i].bytes_out;
@@ -1011,6 +1039,12 @@ static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Connections the worker accepted."),
                   (double)joined, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_worker_connections_evicted_total",
+                                KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Connections that had not authenticated, closed at "
+                                "limits.max_clients to make room for a new one."),
+                  (double)evicted, 1, "shard", sh);
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_worker_received_bytes_total",
                                 KVS__METRIC_FAMILY__TYPE__COUNTER,

@@ -49,10 +49,7 @@ struct router_s {
     /* Per front door (0 protobuf, 1 RESP), its clients that have yet to
      * authenticate, oldest first: at limits.max_clients the oldest makes
      * room for a new client (router_client.c, "Identity"). */
-    struct {
-        router_client_t *head, *tail;
-    } unproven[2];
-    size_t evicting[2];      /* of n_clients: closed for that, close callback still to come */
+    kvs_unproven_t unproven[2];
     kvs_arena_t arena;       /* request decode scratch, reset per request */
     kvs_arena_t merge_arena; /* answer decode scratch, reset per merge */
     kvs_arena_t redis_arena; /* RESP command -> kvs request, reset per command */
@@ -96,7 +93,6 @@ struct router_s {
     kvs_req_metrics_t reqm;       /* requests by command and status, end to end */
     kvs_slowlog_t slowlog;
     uint64_t accepted[2], refused[2]; /* clients, by protocol (0 kvs, 1 RESP) */
-    uint64_t evicted[2]; /* unauthenticated clients closed at max_clients (r->unproven) */
     /* More families for Metrics (the supervisor's, the process's), or NULL. */
     void (*add_metrics)(router_t *r, kvs_mb_t *b);
     struct router_http_s *http; /* router.metrics_listen, when set */

@@ -24,7 +24,8 @@
  * its place in the FIFO like any other.
  * A client that has not authenticated is closed limits.auth_timeout
  * after it connected (kvs_conn_set_unproven), and the router keeps such
- * clients of each front door in connection order (r->unproven): when a
+ * clients of each front door in connection order (r->unproven, a
+ * kvs_unproven_t, which a worker's listeners use too): when a
  * front door is at limits.max_clients, a new client takes the place of
  * the oldest of them instead of being refused. One whose token is being
  * checked in the thread pool is spared (at most KVS_AUTH_MAX_WORKERS in the
@@ -67,9 +68,6 @@
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
-    router_client_t *un_prev, *un_next; /* on r->unproven[resp] while in_unproven */
-    int in_unproven;
-    int evicted;               /* closed at limits.max_clients (evict_unproven) */
     int admin;                 /* on the private socket: not counted against max_clients */
     router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
@@ -346,88 +344,23 @@ static void on_conn_error(kvs_conn_t *c, int err)
  * limits.auth_timeout to authenticate in. Frames it sent
  * after an Auth are judged once that Auth is decided (it is paused
  * meanwhile). */
-static void unproven_unlink(router_client_t *cl)
+/* Not one to close at limits.max_clients: its token is being checked
+ * right now (KVS_AUTH_MAX_WORKERS at most in the process, so none of them
+ * can shield the others; an attempt still waiting to run is dropped with
+ * its client). */
+static int auth_checking(const kvs_conn_t *c)
 {
-    if (!cl->in_unproven)
-        return;
-    router_t *r = cl->router;
-    int door = cl->redis != NULL;
-    if (cl->un_prev != NULL)
-        cl->un_prev->un_next = cl->un_next;
-    else
-        r->unproven[door].head = cl->un_next;
-    if (cl->un_next != NULL)
-        cl->un_next->un_prev = cl->un_prev;
-    else
-        r->unproven[door].tail = cl->un_prev;
-    cl->un_prev = cl->un_next = NULL;
-    cl->in_unproven = 0;
-}
-
-static void unproven_append(router_client_t *cl)
-{
-    if (cl->in_unproven)
-        return;
-    router_t *r = cl->router;
-    int door = cl->redis != NULL;
-    cl->un_prev = r->unproven[door].tail;
-    cl->un_next = NULL;
-    if (cl->un_prev != NULL)
-        cl->un_prev->un_next = cl;
-    else
-        r->unproven[door].head = cl;
-    r->unproven[door].tail = cl;
-    cl->in_unproven = 1;
+    const router_client_t *cl = c->data;
+    return kvs_auth_conn_checking(&cl->auth);
 }
 
 /* A client whose Auth failed (it is still unproven): the first to make
- * room at limits.max_clients. A wrong token is no reason to be spared
- * longer than the clients that have not tried yet, and a flood that
- * fails now and then must not keep its connections younger than theirs. */
+ * room at limits.max_clients (kvs_unproven_to_front). */
 static void unproven_to_front(router_client_t *cl)
 {
-    if (router_client_authenticated(cl) || (cl->conn.flags & KVS_CONN_CLOSING) ||
-        cl->auth_req != NULL)
+    if (router_client_authenticated(cl) || cl->auth_req != NULL)
         return;
-    unproven_unlink(cl);
-    router_t *r = cl->router;
-    int door = cl->redis != NULL;
-    cl->un_prev = NULL;
-    cl->un_next = r->unproven[door].head;
-    if (cl->un_next != NULL)
-        cl->un_next->un_prev = cl;
-    else
-        r->unproven[door].tail = cl;
-    r->unproven[door].head = cl;
-    cl->in_unproven = 1;
-}
-
-/* At limits.max_clients on front door `door`: closes the oldest client
- * that has not authenticated, passing over those whose token is being
- * checked right now (KVS_AUTH_MAX_WORKERS at most: an attempt still
- * waiting to run is dropped with its client). Returns 1 when one was
- * closed (its place is free: its descriptor goes at once, its count when
- * it has closed). */
-static int evict_unproven(router_t *r, int door)
-{
-    router_client_t *cl = r->unproven[door].head;
-    for (int skipped = 0; cl != NULL && kvs_auth_conn_checking(&cl->auth); skipped++) {
-        if (skipped == KVS_AUTH_MAX_WORKERS)
-            return 0;
-        cl = cl->un_next;
-    }
-    if (cl == NULL)
-        return 0;
-    if (kvs_conn_may_log(&cl->conn))
-        kvs_info("closing client %s: limits.max_clients reached, and it is the oldest of the "
-                 "clients that have not authenticated",
-                 cl->conn.peer);
-    unproven_unlink(cl);
-    r->evicted[door]++;
-    r->evicting[door]++; /* its place is free now, though counted until it has closed */
-    cl->evicted = 1;
-    kvs_conn_abort(&cl->conn);
-    return 1;
+    kvs_unproven_to_front(&cl->router->unproven[cl->redis != NULL], &cl->conn);
 }
 
 static void client_frame_limit(router_client_t *cl)
@@ -437,11 +370,8 @@ static void client_frame_limit(router_client_t *cl)
     if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
-    kvs_conn_set_unproven(&cl->conn, !proven); /* limits.auth_timeout */
-    if (proven)
-        unproven_unlink(cl);
-    else if (!(cl->conn.flags & KVS_CONN_CLOSING))
-        unproven_append(cl); /* an evicted one stays off the list */
+    /* limits.auth_timeout, and limits.max_clients's eviction order */
+    kvs_unproven_set(&cl->router->unproven[cl->redis != NULL], &cl->conn, !proven);
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops
@@ -504,9 +434,7 @@ static void on_conn_closed(kvs_conn_t *c)
     router_client_t *cl = c->data;
     router_t *r = cl->router;
     kvs_auth_conn_close(&cl->auth);
-    unproven_unlink(cl);
-    if (cl->evicted)
-        r->evicting[cl->redis != NULL]--;
+    kvs_unproven_closed(&r->unproven[cl->redis != NULL], &cl->conn);
     router_route_forget(r, &cl->session);
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
@@ -578,8 +506,9 @@ static void on_connection(uv_stream_t *server, int status)
     int resp = server == &r->resp_listener.stream;
     int admin = server == &r->admin_listeners[r->admin_cur].stream; /* private: not capped */
     size_t n = (resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients - r->n_admin_clients) -
-               r->evicting[resp];
-    if (!admin && n >= r->max_clients && !evict_unproven(r, resp)) {
+               r->unproven[resp].evicting;
+    if (!admin && n >= r->max_clients &&
+        !kvs_unproven_evict(&r->unproven[resp], auth_checking, KVS_AUTH_MAX_WORKERS)) {
         refuse_client(r, server, resp);
         return;
     }

@@ -9,6 +9,13 @@
  * router.processes router processes, supervises them all, tells systemd
  * when the node is ready, and stops everything in order.
  *
+ *   kvs-router --config FILE --print data_dir
+ *
+ * loads the config as the master would, prints the value of the key
+ * (data_dir, as written: relative to the directory the node runs in) and
+ * exits: 0, or EX_CONFIG with the loader's error (deploy/start.sh asks it
+ * where the node keeps its lock).
+ *
  * This file is also the router process the master starts:
  *
  *   kvs-router --config FILE --processes N --master PID [--next] --generation G --router I
@@ -120,6 +127,7 @@ typedef struct router_main_s {
     long n_procs;
     long master;             /* --master: the pid of the master that started this router process */
     const char *reload_from; /* --reload-from: the text a reload reads (the master's), or NULL */
+    const char *print;       /* --print: the config key to print, or NULL */
     int next; /* --next: a membership change's new generation (router_t.admin_next) */
     uv_signal_t sigterm, sigint, sighup, sigusr2;
     uv_timer_t timer;       /* drain deadline */
@@ -139,10 +147,15 @@ typedef struct router_main_s {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvs-router --config FILE\n"
+               "       kvs-router --config FILE --print data_dir\n"
                "\n"
                "Starts a kvs node: spawns the local shard workers (kvs-node) and\n"
                "router.processes router processes, which serve clients on router.listen,\n"
-               "routing every table/key to its shard.\n");
+               "routing every table/key to its shard.\n"
+               "\n"
+               "--print data_dir: load FILE as the node would, print its data_dir (as\n"
+               "written: relative to the directory the node runs in) and exit; a config\n"
+               "error is printed instead, with exit status 78.\n");
 }
 
 /* A decimal number of --router, --generation, --processes or --master in [0, max];
@@ -165,6 +178,7 @@ static int parse_args(int argc, char **argv, router_main_t *m)
                                          {"master", required_argument, NULL, 'm'},
                                          {"next", no_argument, NULL, 'n'},
                                          {"reload-from", required_argument, NULL, 'R'},
+                                         {"print", required_argument, NULL, 'P'},
                                          {NULL, 0, NULL, 0}};
     int ch, bad = 0;
     m->index = m->gen = m->n_procs = m->master = -1;
@@ -186,6 +200,9 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             m->next = 1;
         } else if (ch == 'R') {
             m->reload_from = optarg;
+        } else if (ch == 'P') {
+            m->print = optarg;
+            bad |= strcmp(optarg, "data_dir") != 0; /* the one key asked for so far */
         } else {
             bad = 1;
         }
@@ -195,6 +212,8 @@ static int parse_args(int argc, char **argv, router_main_t *m)
         bad = 1;
     if (m->index < 0 &&
         (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0 || m->next || m->reload_from))
+        bad = 1;
+    if (m->print != NULL && m->index >= 0)
         bad = 1;
     if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
@@ -717,6 +736,26 @@ static int router_process_run(router_main_t *m)
     return m->exit_code;
 }
 
+/* --print KEY: the value of KEY (data_dir) in the config at `path`, loaded
+ * as the master loads it. Returns the exit status. */
+static int print_key(const char *path, const char *key)
+{
+    char err[1024];
+    kvs_config_t *cfg = NULL;
+    if (kvs_config_load(path, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "kvs-router: %s\n", err);
+        return EX_CONFIG;
+    }
+    (void)key; /* parse_args took only data_dir */
+    int ok = printf("%s\n", cfg->data_dir) >= 0 && fflush(stdout) == 0;
+    kvs_config_free(cfg);
+    if (!ok) {
+        fprintf(stderr, "kvs-router: writing data_dir: %s\n", strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
@@ -736,6 +775,8 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, KVS_CONN_KEEP_BUFFER);
     if (parse_args(argc, argv, &m) != 0)
         return 2;
+    if (m.print != NULL)
+        return print_key(m.config_path, m.print);
     if (m.index < 0)
         return router_master_run(m.config_path, argv[0]);
     return router_process_run(&m);

@@ -165,7 +165,7 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
         kvs_mb_sample(b, f[0], (double)open[p], 1, "protocol", protos[p]);
         kvs_mb_sample(b, f[1], (double)r->accepted[p], 1, "protocol", protos[p]);
         kvs_mb_sample(b, f[2], (double)r->refused[p], 1, "protocol", protos[p]);
-        kvs_mb_sample(b, f[3], (double)r->evicted[p], 1, "protocol", protos[p]);
+        kvs_mb_sample(b, f[3], (double)r->unproven[p].evicted, 1, "protocol", protos[p]);
     }
     kvs_mb_sample(b,
                   kvs_mb_family(b, "kvs_client_received_bytes_total",

@@ -642,6 +642,46 @@ class AuthNodeTest(NodeTestCase):
             self.assertGreaterEqual(time.monotonic() - start, 0.5)
             self.assertOk(alice.hget("orders", "k"))  # a user by certificate: spared
 
+    def test_a_worker_at_max_clients_makes_room_for_users(self):
+        # A worker's TCP listener (clients and remote routers that connect
+        # to workers directly) takes the router's policy: at
+        # limits.max_clients the oldest client that has not authenticated
+        # is closed for a new one, which keeps its place once it has.
+        n = self.node(extra_yaml=users_yaml(limits="max_clients: 4, auth_timeout: 60s"))
+
+        def silent_socket():
+            s = socket.create_connection(n.addr, timeout=10)
+            self.addCleanup(s.close)
+            return s
+
+        silent = [silent_socket() for _ in range(4)]
+        time.sleep(0.3)  # all four accepted
+        user = n.client()
+        self.addCleanup(user.close)
+        resp = user.call(req_auth("ops", "ops-pw"))  # in, in place of the oldest
+        self.assertEqual(resp.status, 200, resp.message)
+        silent += [silent_socket() for _ in range(6)]  # a flood after it
+        time.sleep(0.3)
+        self.assertOk(user.hset("orders", "k", 1))
+        gone = 0
+        for s in silent[:7]:
+            try:
+                gone += s.recv(1) == b""
+            except ConnectionResetError:
+                gone += 1
+        self.assertEqual(gone, 7)  # the 7 oldest of 10: 3 stay beside the user
+        req = pb.CommandRequest()
+        req.metrics.SetInParent()
+        m = user.call(req)
+        self.assertOk(m)
+        evicted = [smp.value for f in m.ops.metrics
+                   if f.name == "kvs_worker_connections_evicted_total" for smp in f.samples]
+        # 7, and the harness's readiness probe if the worker had not yet
+        # seen it go when the first four came
+        self.assertIn(sum(evicted), (7, 8), n.stderr())
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", n.stderr())
+
     def test_a_worker_takes_only_small_frames_before_auth(self):
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),
                       tls=tls_context(cert="bob"))  # a valid certificate that names no user

@@ -187,8 +187,10 @@ class NotifyTest(RouterTestCase):
 class StartScriptTest(RouterTestCase):
     """deploy/start.sh, run from a copy of deploy/ whose build.sh and
     build/kvs-router are stand-ins that note they ran (the real ones would
-    install packages and build the repository): a second start.sh while a
-    node runs on its config must stop before building."""
+    install packages and build the repository; the stand-in router hands
+    --print to this build's, so data_dir is what kvs's own loader reads):
+    a second start.sh while a node runs on its config must stop before
+    building."""
 
     def setUp(self):
         super().setUp()
@@ -200,7 +202,10 @@ class StartScriptTest(RouterTestCase):
         self.built = os.path.join(self.top, "built")
         self.ran = os.path.join(self.top, "ran")
         self.stub("deploy/build.sh", 'echo "$@" > %s' % self.built)
-        self.stub("build/kvs-router", 'echo "$PWD $*" > %s' % self.ran)
+        self.stub("build/kvs-router", self.ROUTER % (os.path.abspath(BUILD_DIR), self.ran))
+
+    ROUTER = """case "$*" in *--print*) exec %s/kvs-router "$@";; esac
+echo "$PWD $*" > %s"""
 
     def stub(self, rel, body):
         path = os.path.join(self.top, rel)
@@ -208,12 +213,12 @@ class StartScriptTest(RouterTestCase):
             f.write("#!/bin/sh\n%s\n" % body)
         os.chmod(path, 0o755)
 
-    def start_sh(self, config):
+    def start_sh(self, config, env=None):
         for f in (self.built, self.ran):
             if os.path.exists(f):
                 os.unlink(f)
         return subprocess.run([os.path.join(self.top, "deploy", "start.sh"), config],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, env=env)
 
     def assertStarted(self, p, config):
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -248,7 +253,11 @@ class StartScriptTest(RouterTestCase):
                            ("cluster: {shards: 1}\n", "data"),
                            ('data_dir: "my data" # quoted\n', "my data"),
                            ("data_dir: '%s/abs'\n" % self.top, "abs"),
-                           ("data_dir: rel/d\n", "rel/d")]:
+                           ("data_dir: rel/d\n", "rel/d"),
+                           # spellings only a YAML parser reads right
+                           ("{data_dir: flow}\n", "flow"),
+                           ("data_dir: >-\n  folded\n", "folded"),
+                           ("data_dir: ./d1\n# data_dir: ./d2\n", "d1")]:
             with self.subTest(text=text):
                 with open(config, "w") as f:
                     f.write(text)
@@ -260,6 +269,65 @@ class StartScriptTest(RouterTestCase):
                     fcntl.flock(held, fcntl.LOCK_EX)
                     self.assertRefused(self.start_sh(config), config, lock)
                 self.assertStarted(self.start_sh(config), config)
+
+    def test_a_config_kvs_refuses_stops_before_building(self):
+        # The loader's own error, with its line: not a build, then a
+        # refusal at start.
+        config = os.path.join(self.top, "config.yaml")
+        with open(config, "w") as f:
+            f.write("data_dir: ./data\ncluster: {shards: 0}\n")
+        p = self.start_sh(config)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("config.yaml:2:", p.stderr)
+        self.assertIn("kvs-router could not load it (exit 78)", p.stderr)
+        self.assertFalse(os.path.exists(self.built))
+        self.assertFalse(os.path.exists(self.ran))
+
+    def test_without_a_router_it_builds_first_then_asks(self):
+        # A fresh checkout: no kvs-router to ask yet. Building is safe (no
+        # node can run from binaries that are not there), then the built
+        # one is asked, and a node holding the lock is still refused.
+        os.unlink(os.path.join(self.top, "build", "kvs-router"))
+        self.stub("deploy/build.sh", 'echo "$@" > %s && cp %s/router.stub %s/build/kvs-router' %
+                  (self.built, self.top, self.top))
+        with open(os.path.join(self.top, "router.stub"), "w") as f:
+            f.write("#!/bin/sh\n" + self.ROUTER % (os.path.abspath(BUILD_DIR), self.ran) + "\n")
+        os.chmod(os.path.join(self.top, "router.stub"), 0o755)
+        config = os.path.join(self.top, "config.yaml")
+        with open(config, "w") as f:
+            f.write("data_dir: ./d\n")
+        self.assertStarted(self.start_sh(config), config)
+        os.unlink(os.path.join(self.top, "build", "kvs-router"))
+        os.makedirs(os.path.join(self.top, "d"))
+        lock = os.path.join(self.top, "d", "router.lock")
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            p = self.start_sh(config)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("a kvs node is already running on %s" % config, p.stderr)
+        self.assertFalse(os.path.exists(self.ran))
+
+    def test_a_lock_flock_cannot_test_stops_it(self):
+        # flock failing for any other reason than a held lock (here a
+        # stand-in that cannot open the file; or flock missing) must not
+        # be taken for "free": nothing is built or started.
+        os.makedirs(os.path.join(self.top, "bin"))
+        self.stub("bin/flock", 'echo "flock: $4: Input/output error" >&2; exit 66')
+        config = os.path.join(self.top, "config.yaml")
+        with open(config, "w") as f:
+            f.write("data_dir: ./data\n")
+        os.makedirs(os.path.join(self.top, "data"))
+        lock = os.path.join(self.top, "data", "router.lock")
+        open(lock, "w").close()
+        env = dict(os.environ, PATH=os.path.join(self.top, "bin") + ":" + os.environ["PATH"])
+        p = self.start_sh(config, env=env)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, "start.sh: cannot tell whether a node holds %s: flock failed "
+                                   "(exit 66): flock: %s: Input/output error; not building or "
+                                   "starting (install util-linux's flock, or check the file)\n"
+                         % (lock, lock))
+        self.assertFalse(os.path.exists(self.built))
+        self.assertFalse(os.path.exists(self.ran))
 
     def test_a_config_that_is_not_readable_is_refused_before_building(self):
         p = self.start_sh(os.path.join(self.top, "missing.yaml"))

@@ -588,6 +588,43 @@ KVS_TEST(kafka_file_properties_are_checked)
     CHECK_EQ(rmdir(dir), 0);
 }
 
+KVS_TEST(kafka_plugin_paths_are_checked)
+{
+    char dir[] = "/tmp/kvs-test-config-XXXXXX", lib[64], fifo[64], v[256], msg[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(lib, sizeof(lib), "%s/libmon.so", dir);
+    snprintf(fifo, sizeof(fifo), "%s/fifo.so", dir);
+    FILE *f = fopen(lib, "w");
+    CHECK(f != NULL);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(mkfifo(fifo, 0600), 0);
+    /* Files, with or without the ".so" librdkafka appends, and names for
+     * dlopen's search path: taken. */
+    snprintf(v, sizeof(v), "%s;%s/libmon;monitoring-interceptor", lib, dir);
+    kafka_file_property("plugin.library.paths", v, NULL);
+    /* A path that names nothing, the second of two. */
+    snprintf(v, sizeof(v), "%s;%s/missing", lib, dir);
+    snprintf(msg, sizeof(msg),
+             "config.yaml:3:27: kafka.properties.plugin.library.paths: %s/missing: No such file "
+             "or directory; name the plugin library librdkafka is to load",
+             dir);
+    kafka_file_property("plugin.library.paths", v, msg);
+    /* A directory, a FIFO: not a library. */
+    snprintf(msg, sizeof(msg),
+             "config.yaml:3:27: kafka.properties.plugin.library.paths: %s: a directory, not a "
+             "file: name the plugin library librdkafka is to load",
+             dir);
+    kafka_file_property("plugin.library.paths", dir, msg);
+    snprintf(msg, sizeof(msg),
+             "config.yaml:3:27: kafka.properties.plugin.library.paths: %s: a FIFO, not a file: "
+             "name the plugin library librdkafka is to load",
+             fifo);
+    kafka_file_property("plugin.library.paths", fifo, msg);
+    CHECK_EQ(unlink(fifo), 0);
+    CHECK_EQ(unlink(lib), 0);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 KVS_TEST(yaml_syntax_error)
 {
     parse_fails(
@@ -1815,12 +1852,13 @@ KVS_TEST_MAIN(
     KVS_CASE(log_formats), KVS_CASE(bindings_default_format_and_block_style),
     KVS_CASE(bindings_errors), KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
     KVS_CASE(kafka_properties), KVS_CASE(kafka_file_properties_are_checked),
-    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
-    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
-    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
-    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
-    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
-    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
-    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
-    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
-    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
+    KVS_CASE(kafka_plugin_paths_are_checked), KVS_CASE(yaml_syntax_error),
+    KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
+    KVS_CASE(alias_expansion_is_bounded), KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused),
+    KVS_CASE(many_keys_cost_n_log_n), KVS_CASE(unique_lists_are_bounded),
+    KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length), KVS_CASE(ready_timeout),
+    KVS_CASE(liveness_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
+    KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
+    KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
+    KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
+    KVS_CASE(bindings_partitioner))
