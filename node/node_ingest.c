@@ -126,6 +126,9 @@ typedef struct part_s {
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
     int64_t asked_end;      /* the end as the brokers last answered node_ingest_ask_end; -1 */
     int want_end;           /* a read asked for the end: in the next query */
+    /* uv_now when the brokers last told where it ends (a fetch delivered
+     * its records, or they answered a question; see "end age"); 0 never. */
+    uint64_t end_heard_ms;
     /* Its fetch position is not in the log (see "out of range" below). */
     int out_of_range; /* fetching stopped; a range check is due */
     int diverged;     /* the log ends below `next`: halted, reads refused */
@@ -179,6 +182,7 @@ struct node_ingest_s {
     int checked;            /* the start-up check passed: later ones are rechecks */
     uint64_t check_ms;      /* check partition counts this often once running; 0: never */
     uint64_t last_check_ms; /* uv_now when the last check started */
+    uint64_t last_probe_ms; /* uv_now when end_probe last ran (see "end age") */
     /* Test hook (KVS_TEST_TOPIC_PARTITIONS_FILE, test builds only): lines
      * "TOPIC N" in this file stand for what the brokers say of TOPIC's
      * partition count. NULL = off. */
@@ -487,13 +491,19 @@ static void report_misplaced(node_ingest_t *in, topic_t *t, int tick)
         kvs_log((kvs_log_level_t)level, "%s", line);
 }
 
-/* True when `m` is a record of ours at or past its partition's next
- * offset: one apply_batch would apply. */
-static int to_apply(node_ingest_t *in, const rd_kafka_message_t *m)
+/* Takes note of record `m` fetched at loop time `now`: the fetch that
+ * brought it also told where its partition ends (end_heard_ms). Returns
+ * whether it is a record of ours at or past its partition's next offset:
+ * one apply_batch would apply. */
+static int note_record(node_ingest_t *in, const rd_kafka_message_t *m, uint64_t now)
 {
     topic_t *t = m->err == 0 ? topic_of(in, m) : NULL;
-    return t != NULL && m->partition >= 0 && (uint32_t)m->partition < t->partitions &&
-           t->parts[m->partition].owned && m->offset >= t->parts[m->partition].next;
+    if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
+        !t->parts[m->partition].owned)
+        return 0;
+    part_t *pt = &t->parts[m->partition];
+    pt->end_heard_ms = now;
+    return m->offset >= pt->next;
 }
 
 static size_t record_bytes(const rd_kafka_message_t *m)
@@ -513,8 +523,9 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
      * back through the consumer) need no room: a batch of only those opens
      * no transaction. */
     size_t todo = 0, parts = in->n_owned < n ? in->n_owned : n;
+    uint64_t now = uv_now(in->loop);
     for (size_t i = 0; i < n; i++)
-        todo += (size_t)to_apply(in, msgs[i]);
+        todo += (size_t)note_record(in, msgs[i], now);
     for (size_t i = 0; todo == 0 && i < n; i++)
         if (msgs[i]->err != 0)
             consumer_event(in, msgs[i]);
@@ -1225,6 +1236,8 @@ static void check_start(node_ingest_t *in)
         in->work_busy = 0;
 }
 
+static void end_probe(node_ingest_t *in);
+
 static void on_tick(uv_timer_t *h)
 {
     node_ingest_t *in = h->data;
@@ -1237,6 +1250,7 @@ static void on_tick(uv_timer_t *h)
     commit_group(in);
     range_start(in); /* partitions out of range the brokers did not answer for */
     check_start(in);
+    end_probe(in);
     for (size_t i = 0; i < in->n_topics; i++)
         report_misplaced(in, &in->topics[i], 1);
     if (++in->ticks % REPORT_EVERY_TICKS == 0)
@@ -1367,6 +1381,8 @@ static void ask_done(uv_work_t *w, int status)
     for (size_t i = 0; i < in->n_asks; i++) {
         if (in->asks[i].q.off < 0)
             in->ask_failed_ms = uv_now(in->loop);
+        else
+            in->asks[i].part->end_heard_ms = uv_now(in->loop);
         if (in->asks[i].q.off > in->asks[i].part->asked_end)
             in->asks[i].part->asked_end = in->asks[i].q.off;
     }
@@ -1400,6 +1416,48 @@ static void ask_start(node_ingest_t *in)
     in->ask_started++;
     in->ask_work.data = in;
     uv_queue_work(in->loop, &in->ask_work, ask_work, ask_done);
+}
+
+/* ---- end age ------------------------------------------------------------------------ */
+
+/* Info's end_offset and lag are only as current as the brokers' last word
+ * on the partition: the high watermark of the last fetch that delivered
+ * its records, or an answer to a question. A worker cut off from the
+ * brokers while they work for everyone else would go on showing the last
+ * of them (lag 0, serving) with nothing to tell the stall. So once per
+ * check interval (the partition-count check's: topic.metadata.refresh.
+ * interval.ms, 30 s unless set; 0: never) the worker asks where every
+ * owned partition ends that nothing spoke of for half of it, and Info and
+ * /metrics show each partition's end_offset_age_ms: how long ago the
+ * brokers last told. An idle partition of a healthy cluster stays below
+ * about 1.5 intervals; one cut off grows without bound. */
+static void end_probe(node_ingest_t *in)
+{
+    uint64_t now = uv_now(in->loop);
+    if (in->check_ms == 0 || in->stopping || in->asks == NULL)
+        return;
+    if (in->last_probe_ms == 0)
+        in->last_probe_ms = now; /* the first interval from the first tick */
+    if (now - in->last_probe_ms < in->check_ms)
+        return;
+    in->last_probe_ms = now;
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (pt->owned && !pt->diverged && !pt->halted &&
+                now - pt->end_heard_ms >= in->check_ms / 2)
+                pt->want_end = 1;
+        }
+    }
+    ask_start(in);
+}
+
+/* How long ago the brokers last told where partition p ends, in ms; -1
+ * when they never did. */
+static int64_t end_age_ms(node_ingest_t *in, const part_t *pt)
+{
+    return pt->end_heard_ms == 0 ? -1 : (int64_t)(uv_now(in->loop) - pt->end_heard_ms);
 }
 
 int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
@@ -1546,6 +1604,8 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             info_int(r, key, pt->diverged);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");
             info_int(r, key, end);
+            snprintf(key + n, sizeof(key) - (size_t)n, "end_offset_age_ms");
+            info_int(r, key, end_age_ms(in, pt));
             snprintf(key + n, sizeof(key) - (size_t)n, "halted");
             info_int(r, key, pt->diverged || pt->halted);
             snprintf(key + n, sizeof(key) - (size_t)n, "ingested");
@@ -1591,8 +1651,9 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 3 ? (double)next
                        : col == 4 ? (double)end
                        : col == 5 ? (double)part_lag(next, end)
-                       : col == 7
-                           ? (double)pt->lost
+                       : col == 7 ? (double)pt->lost
+                       : col == 8
+                           ? (pt->end_heard_ms == 0 ? -1.0 : (double)end_age_ms(in, pt) / 1000.0)
                            : (double)(serving && !pt->diverged && !pt->halted && t->resized == 0);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
@@ -1629,6 +1690,11 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
          "Kafka records this worker process passed over without applying them: deleted before "
          "they were read (retention), or passed by auto.offset.reset latest.",
          KVS__METRIC_FAMILY__TYPE__COUNTER},
+        {"kvs_partition_end_offset_age_seconds",
+         "How long ago the brokers last told where the partition ends (a fetch that delivered "
+         "its records, or an answer to a question; asked once per "
+         "topic.metadata.refresh.interval.ms when idle); -1: never.",
+         KVS__METRIC_FAMILY__TYPE__GAUGE},
     };
     for (int i = 0; i < (int)(sizeof(cols) / sizeof(cols[0])); i++)
         metric_column(in, b, shard, cols[i].name, cols[i].type, cols[i].help, i);

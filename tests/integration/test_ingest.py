@@ -497,6 +497,46 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                                   r"(refused|down|unreachable)", r.stderr()),
                         "the broker outage must be logged")
 
+    def test_end_offset_age_shows_brokers_out_of_reach(self):
+        # Lag 0 and the last end offset are all a worker cut off from the
+        # brokers can show; end_offset_age_ms says how old that word is.
+        topic, parts, every = "users", 4, 400  # topic.metadata.refresh.interval.ms
+        m = self.mock({topic: parts}, control=True)
+        produce(m.bootstrap, topic, [(b"k%d" % i, b"v") for i in range(200)])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2,
+                        properties={"topic.metadata.refresh.interval.ms": str(every)})
+        ends = self.ends(m, topic, parts)
+        self.wait_caught_up(r, topic, ends)
+
+        def ages():
+            return {p: f["end_offset_age_ms"] for p, f in kafka_parts(info(r), topic).items()}
+        # Idle and healthy: each partition is asked about once an interval,
+        # so no age grows past about 1.5 of them (plus a tick).
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.5:
+            now = ages()
+            self.assertEqual(sorted(now), list(range(parts)))
+            self.assertTrue(all(0 <= a <= 1.5 * every + 1500 for a in now.values()), now)
+            time.sleep(0.2)
+        m.ctl("broker-down all")
+        self.assertTrue(wait_until(lambda: all(a > 4000 for a in ages().values()), 10), ages())
+        stale = kafka_parts(info(r), topic)
+        for p, f in stale.items():  # what the worker shows otherwise: nothing is wrong
+            self.assertEqual(f["end_offset"], ends[p])
+            self.assertEqual(f["lag"], 0)
+        m.ctl("broker-up all")
+        self.assertTrue(wait_until(lambda: all(0 <= a < 3000 for a in ages().values()), 15),
+                        ages())
+        req = pb.CommandRequest()
+        req.metrics.SetInParent()
+        with Client(r.addr) as c:
+            resp = c.call(req)
+        self.assertEqual(resp.status, 200, resp.message)
+        samples = [x for f in resp.ops.metrics if f.name == "kvs_partition_end_offset_age_seconds"
+                   for x in f.samples]  # a family per worker
+        self.assertEqual(len(samples), parts)
+        self.assertTrue(all(0 <= x.value < 3 for x in samples), samples)
+
     def test_restart_with_brokers_down_serves_reads_and_reports_stored_state(self):
         topic, parts = "users", 8
         m = self.mock({topic: parts}, control=True)
