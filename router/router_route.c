@@ -2243,6 +2243,14 @@ static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
 }
 
+/* The reads a session's in-flight writes to their bound table hold back:
+ * the keyed and whole-table reads, and Hlen (Redis HLEN and EXISTS), which
+ * counts what the writes before it changed. */
+static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
+{
+    return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
+}
+
 /* Holds `req` back when its session holds earlier requests, or when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight. Returns 1 when held (or answered: out of memory). */
@@ -2385,7 +2393,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                       router_ops_received(r, req)))
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
+    if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
         return;
     if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
         route_unplaced(r, req, q, b, raw, rawlen))

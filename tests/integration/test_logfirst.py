@@ -596,6 +596,14 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                              len({partition_of(k, parts) for k in keys}),
                              "the answer names every partition the write touched")
             self.assertEqual([pyval(v) for v in out[1].values], [b"m-" + k for k in keys])
+            # Hlen (Redis HLEN, EXISTS) counts the writes before it too
+            hlen = pb.CommandRequest()
+            hlen.hlen.table = "users"
+            out = c.pipeline([req_hmdel("users", keys[:5]), hlen, req_hset("users", b"n", b"1"),
+                              hlen])
+            self.assertEqual([o.status for o in out], [200] * 4, out)
+            self.assertEqual([out[1].values[0].integer_value, out[3].values[0].integer_value],
+                             [2 + 7, 2 + 7 + 1])
 
     def test_session_reads_wait_for_an_acknowledged_write(self):
         parts = 4
