@@ -185,6 +185,7 @@ struct router_req_s {
     uint8_t raw;    /* resp holds the reply in the client's protocol (RESP), not a frame */
     uint8_t rcmd;   /* RESP clients: how the kvs answer is shown (router_redis) */
     uint8_t rflags; /* ... and its options */
+    uint8_t rresp3; /* ... in RESP3: the protocol when its command was read */
     void *rctx;     /* ... and its context (malloc'd, freed with the request) */
     int done;
     int in_route;

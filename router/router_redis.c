@@ -1465,6 +1465,9 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
         return; /* the client is being closed for lack of memory */
     const cmd_t *cmd = lookup(&rs->ps.argv[0]);
     size_t argc = rs->ps.argc;
+    /* Its reply is shown in the protocol of this turn, whenever its answer
+     * comes: a HELLO pipelined behind it switches the commands after. */
+    req->rresp3 = (uint8_t)rs->resp3;
     /* As in router_route: a request finished while its command runs is
      * delivered after, by router_client_routed, never under the handler. */
     req->in_route = 1;
@@ -1547,12 +1550,11 @@ static int incr_error(kvs_buf_t *out, const char *msg)
     return kvs_redis_error(out, "ERR %s", msg);
 }
 
-static int answer_pairs(router_redis_t *rs, router_req_t *req, const Kvs__CommandResponse *a,
-                        kvs_buf_t *out)
+static int answer_pairs(router_req_t *req, const Kvs__CommandResponse *a, kvs_buf_t *out)
 {
     size_t n = a->n_pairs;
     if (req->rcmd == RC_HGETALL)
-        kvs_redis_map(out, n, rs->resp3);
+        kvs_redis_map(out, n, req->rresp3);
     else
         kvs_redis_array(out, n);
     for (size_t i = 0; i < n; i++) {
@@ -1560,7 +1562,7 @@ static int answer_pairs(router_redis_t *rs, router_req_t *req, const Kvs__Comman
         if (req->rcmd != RC_HVALS)
             kvs_redis_bulk(out, p->key.data, p->key.len);
         if (req->rcmd != RC_HKEYS)
-            bulk_value(out, p->value, rs->resp3);
+            bulk_value(out, p->value, req->rresp3);
     }
     return 0;
 }
@@ -1600,7 +1602,7 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
         if (!hit[i])
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
-        bulk_value(out, p->value, rs->resp3);
+        bulk_value(out, p->value, req->rresp3);
     }
     return 0;
 }
@@ -1630,7 +1632,7 @@ static int answer_info(router_redis_t *rs, router_req_t *req, const Kvs__Command
         kvs_buf_free(&t);
         return -ENOMEM;
     }
-    rc = kvs_redis_verbatim(out, t.data, t.len, rs->resp3);
+    rc = kvs_redis_verbatim(out, t.data, t.len, req->rresp3);
     kvs_buf_free(&t);
     return rc;
 }
@@ -1645,7 +1647,7 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     size_t n, count = 0;
     switch (req->rcmd) {
     case RC_HGET:
-        return bulk_value(out, v0, rs->resp3);
+        return bulk_value(out, v0, req->rresp3);
     case RC_HSET:
     case RC_HDEL:
         for (size_t i = 0; i < a->n_values; i++)
@@ -1658,14 +1660,14 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     case RC_HMGET:
         kvs_redis_array(out, a->n_values);
         for (size_t i = 0; i < a->n_values; i++)
-            bulk_value(out, a->values[i], rs->resp3);
+            bulk_value(out, a->values[i], req->rresp3);
         return 0;
     case RC_HEXISTS:
         return kvs_redis_integer(out, v0 != NULL && v0->bool_value);
     case RC_HGETALL:
     case RC_HKEYS:
     case RC_HVALS:
-        return answer_pairs(rs, req, a, out);
+        return answer_pairs(req, a, out);
     case RC_HLEN:
     case RC_EXISTS:
         n = v0 != NULL ? (size_t)v0->integer_value : 0;
@@ -1680,7 +1682,7 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     case RC_HINCRBY:
         return kvs_redis_integer(out, v0 != NULL ? v0->integer_value : 0);
     case RC_HINCRBYFLOAT:
-        return bulk_value(out, v0, rs->resp3);
+        return bulk_value(out, v0, req->rresp3);
     case RC_HSCAN:
         return answer_scan(rs, req, a, out);
     case RC_INFO:
@@ -1710,16 +1712,16 @@ static int bulk_peeked(kvs_buf_t *out, const kvs_value_peek_t *v, int resp3)
 }
 
 /* HGET or HSTRLEN of a missing field (or table): nil or 0, as Redis. */
-static int missing_field(router_redis_t *rs, int rcmd, kvs_buf_t *out)
+static int missing_field(const router_req_t *req, int rcmd, kvs_buf_t *out)
 {
-    return rcmd == RC_HGET ? kvs_redis_null(out, rs->resp3) : kvs_redis_integer(out, 0);
+    return rcmd == RC_HGET ? kvs_redis_null(out, req->rresp3) : kvs_redis_integer(out, 0);
 }
 
 /* The answers of the single-key commands, read without decoding them (the
  * hot path). Returns 1 when it wrote the reply (*rc its result), 0 when the
  * answer needs the full decoder. */
-static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
-                       kvs_buf_t *out, int *rc)
+static int answer_fast(router_req_t *req, const uint8_t *payload, size_t len, kvs_buf_t *out,
+                       int *rc)
 {
     kvs_answer_peek_t a;
     kvs_value_peek_t v;
@@ -1730,7 +1732,7 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
         return 0;
     if (a.status == KVS_STATUS_NOT_FOUND && a.n_values == 0 &&
         (rcmd == RC_HGET || rcmd == RC_HSTRLEN)) {
-        *rc = missing_field(rs, rcmd, out);
+        *rc = missing_field(req, rcmd, out);
         return 1;
     }
     if (a.status != KVS_STATUS_OK || a.n_values != 1 ||
@@ -1738,7 +1740,7 @@ static int answer_fast(router_redis_t *rs, router_req_t *req, const uint8_t *pay
         return 0;
     switch (rcmd) {
     case RC_HGET:
-        *rc = bulk_peeked(out, &v, rs->resp3);
+        *rc = bulk_peeked(out, &v, req->rresp3);
         return 1;
     case RC_HEXISTS:
         *rc = kvs_redis_integer(out, v.kind == KVS__VALUE__KIND_BOOL_VALUE && v.boolean);
@@ -1787,8 +1789,8 @@ static int pair_peek(const uint8_t *p, size_t len, const uint8_t **key, size_t *
  * decoded value or pair costs some 100 to 200 bytes, where the answer may
  * hold millions. Returns 1 when it wrote the reply (*rc its result), 0
  * when the answer needs the full decoder (not 200, or anything unusual). */
-static int answer_list(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
-                       kvs_buf_t *out, int *rc)
+static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kvs_buf_t *out,
+                       int *rc)
 {
     int rcmd = req->rcmd, has;
     int pairs = rcmd == RC_HGETALL || rcmd == RC_HKEYS || rcmd == RC_HVALS;
@@ -1810,7 +1812,7 @@ static int answer_list(router_redis_t *rs, router_req_t *req, const uint8_t *pay
                     return 0;
                 count += pass == 0, empty += pass == 0 && v.kind == KVS__VALUE__KIND__NOT_SET;
                 if (pass == 1 && rcmd == RC_HMGET)
-                    bulk_peeked(out, &v, rs->resp3);
+                    bulk_peeked(out, &v, req->rresp3);
             } else if (tag == (4 << 3 | 2) && pairs) {
                 if (!pair_peek(x, n, &key, &klen, &v, &has))
                     return 0;
@@ -1818,7 +1820,7 @@ static int answer_list(router_redis_t *rs, router_req_t *req, const uint8_t *pay
                 if (pass == 1 && rcmd != RC_HVALS)
                     kvs_redis_bulk(out, key, klen);
                 if (pass == 1 && rcmd != RC_HKEYS)
-                    has ? bulk_peeked(out, &v, rs->resp3) : kvs_redis_null(out, rs->resp3);
+                    has ? bulk_peeked(out, &v, req->rresp3) : kvs_redis_null(out, req->rresp3);
             } else if (tag != (2 << 3 | 2)) { /* the message is all else there may be */
                 return 0;
             }
@@ -1832,7 +1834,7 @@ static int answer_list(router_redis_t *rs, router_req_t *req, const uint8_t *pay
             return 1;
         }
         if (rcmd == RC_HGETALL)
-            kvs_redis_map(out, count, rs->resp3);
+            kvs_redis_map(out, count, req->rresp3);
         else
             kvs_redis_array(out, count);
     }
@@ -1844,8 +1846,8 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
                         kvs_buf_t *out)
 {
     int fast_rc;
-    if (answer_fast(rs, req, payload, len, out, &fast_rc) ||
-        answer_list(rs, req, payload, len, out, &fast_rc))
+    if (answer_fast(req, payload, len, out, &fast_rc) ||
+        answer_list(req, payload, len, out, &fast_rc))
         return fast_rc;
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
@@ -1857,7 +1859,7 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     else if (a->status == KVS_STATUS_OK)
         rc = answer_ok(rs, req, a, out);
     else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
-        rc = missing_field(rs, req->rcmd, out);
+        rc = missing_field(req, req->rcmd, out);
     else if (a->status == KVS_STATUS_UNAUTHENTICATED &&
              (req->rcmd == RC_AUTH || req->rcmd == RC_HELLO))
         rc = strncmp(a->message, "invalid user or token", 21) == 0

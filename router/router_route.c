@@ -2183,6 +2183,11 @@ static int route_allowed(router_req_t *req, Kvs__CommandRequest__CommandCase cmd
                          size_t tlen)
 {
     char msg[512];
+    /* A held request being released was judged when it arrived, as the
+     * user who sent it: an Auth pipelined after it, which has run since,
+     * changes the user of the requests after that Auth only. */
+    if (req->releasing)
+        return 1;
     uint32_t st = kvs_auth_check(req->who, cmd, table, tlen, msg, sizeof(msg));
     if (st == KVS_STATUS_OK)
         return 1;
@@ -2234,6 +2239,14 @@ static int is_read_cmd(Kvs__CommandRequest__CommandCase c)
     return c == KVS__COMMAND_REQUEST__COMMAND_HGET || c == KVS__COMMAND_REQUEST__COMMAND_HEXIST ||
            c == KVS__COMMAND_REQUEST__COMMAND_HMGET || c == KVS__COMMAND_REQUEST__COMMAND_HMEXIST ||
            c == KVS__COMMAND_REQUEST__COMMAND_HGETALL || c == KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+}
+
+/* The reads a session's in-flight writes to their bound table hold back:
+ * the keyed and whole-table reads, and Hlen (Redis HLEN and EXISTS), which
+ * counts what the writes before it changed. */
+static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
+{
+    return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
 }
 
 /* Holds `req` back when its session holds earlier requests, or when it
@@ -2378,7 +2391,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                       router_ops_received(r, req)))
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (hold(req, b != NULL && is_read_cmd(q->command_case), raw, rawlen))
+    if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
         return;
     if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
         route_unplaced(r, req, q, b, raw, rawlen))

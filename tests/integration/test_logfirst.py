@@ -596,6 +596,50 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                              len({partition_of(k, parts) for k in keys}),
                              "the answer names every partition the write touched")
             self.assertEqual([pyval(v) for v in out[1].values], [b"m-" + k for k in keys])
+            # Hlen (Redis HLEN, EXISTS) counts the writes before it too
+            hlen = pb.CommandRequest()
+            hlen.hlen.table = "users"
+            out = c.pipeline([req_hmdel("users", keys[:5]), hlen, req_hset("users", b"n", b"1"),
+                              hlen])
+            self.assertEqual([o.status for o in out], [200] * 4, out)
+            self.assertEqual([out[1].values[0].integer_value, out[3].values[0].integer_value],
+                             [2 + 7, 2 + 7 + 1])
+
+    def test_requests_held_behind_a_write_run_as_the_user_who_sent_them(self):
+        """An Auth pipelined behind reads the router holds for a write
+        changes the user of what follows it only: the held reads are
+        judged as the user who sent them, through both front doors."""
+        import socket
+        from routertest import free_port
+        from test_auth import req_auth, users_yaml
+        m = self.mock({"users": 4})
+        rport = free_port()
+        r = self.router(m, [("users", "users", "string", 4)], shards=2, start=False,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "200"},  # the reads wait for it
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        with open(r.config, "a") as f:
+            f.write(users_yaml())  # ops may do everything, alice nothing on "users"
+        r.start()
+        hlen = pb.CommandRequest()
+        hlen.hlen.table = "users"
+        with r.client() as c:
+            out = c.pipeline([req_auth("ops", "ops-pw"), req_hset("users", b"k", "v"),
+                              req_hget("users", b"k"), hlen, req_auth("alice", "alice-pw"),
+                              req_hget("users", b"k")])
+        self.assertEqual([o.status for o in out], [200, 200, 200, 200, 200, 403], out)
+        self.assertEqual((pyval(out[2].values[0]), out[3].values[0].integer_value), ("v", 1))
+        self.assertIn('user "alice" may not run Hget', out[5].message)
+        s = socket.create_connection(("127.0.0.1", rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"AUTH ops ops-pw\r\nHSET users k w\r\nHGET users k\r\nHLEN users\r\n"
+                  b"AUTH alice alice-pw\r\nHGET users k\r\n")
+        got = b""
+        while got.count(b"\r\n") < 7:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertEqual(got, b"+OK\r\n:0\r\n$1\r\nw\r\n:1\r\n+OK\r\n-NOPERM user \"alice\" may "
+                              b"not run Hget on table \"users\": it needs read\r\n")
 
     def test_session_reads_wait_for_an_acknowledged_write(self):
         parts = 4

@@ -358,6 +358,23 @@ class RawProtocolTest(RespTestCase):
         self.assertEqual(self.exchange(s, b"HELLO 4\r\n", until=b"\r\n"),
                          b"-NOPROTO unsupported protocol version\r\n")
 
+    def test_hello_pipelined_behind_reads_leaves_their_replies_in_their_protocol(self):
+        """Each reply is in the protocol of its own command's turn, as with
+        Redis, which runs commands in order: reads still at a worker when a
+        pipelined HELLO switches protocol are answered in the old one."""
+        self.resp_router(router_yaml=["local_reads: false"])  # the reads wait for workers
+        s = self.raw()
+        self.assertEqual(self.exchange(s, b"HSET h a 1\r\n", until=b"\r\n"), b":1\r\n")
+        reads = b"HGETALL h\r\nHGET h nope\r\nHMGET h a nope\r\n"
+        got = self.exchange(s, reads + b"HELLO 3\r\n" + reads + b"HELLO 2\r\n" + reads,
+                            until=b"$1\r\n1\r\n$-1\r\n*2\r\n$1\r\n1\r\n$-1\r\n")
+        resp2 = b"*2\r\n$1\r\na\r\n$1\r\n1\r\n$-1\r\n*2\r\n$1\r\n1\r\n$-1\r\n"
+        resp3 = b"%1\r\n$1\r\na\r\n$1\r\n1\r\n_\r\n*2\r\n$1\r\n1\r\n_\r\n"
+        self.assertTrue(got.startswith(resp2 + b"%7\r\n"), got)
+        hello3_end = got.index(b"*0\r\n") + 4  # HELLO's reply ends with `modules` empty
+        self.assertTrue(got[hello3_end:].startswith(resp3 + b"*14\r\n"), got)
+        self.assertTrue(got.endswith(b"*0\r\n" + resp2), got)
+
     def test_inline_and_empty_commands(self):
         self.resp_router()
         s = self.raw()
