@@ -53,6 +53,14 @@ def users_yaml(users=USERS, limits=""):
     return "\n".join(lines) + "\n"
 
 
+def closed(s):
+    """True once the peer closed socket `s` (EOF or reset; waits up to its timeout)."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 def req_auth(user, token):
     r = pb.CommandRequest()
     r.auth.user, r.auth.token = user, token
@@ -679,6 +687,49 @@ class AuthNodeTest(NodeTestCase):
         # 7, and the harness's readiness probe if the worker had not yet
         # seen it go when the first four came
         self.assertIn(sum(evicted), (7, 8), n.stderr())
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", n.stderr())
+
+    def test_a_flood_of_handshakes_at_max_clients_does_not_keep_peers_out_of_a_worker(self):
+        """A worker's TCP listener is where other nodes' routers link in:
+        at limits.max_clients, connections that never finish their TLS
+        handshake (nor authenticate) make room for a new client, the
+        oldest first, as at a router process; authenticated ones stay."""
+        n = self.node(extra_yaml=users_yaml(limits="max_clients: 4") +
+                      tls_yaml(node={"enabled": "true"}),
+                      tls=tls_context(cert="alice"))
+        time.sleep(0.3)  # the start's probe connection has closed
+        with n.client() as first:  # alice by certificate: never evicted
+            self.assertOk(first.hset("orders", "k", 1))
+            flood = [socket.create_connection(n.addr, timeout=10) for _ in range(3)]
+            for s in flood:
+                self.addCleanup(s.close)
+            time.sleep(0.3)  # accepted: the listener is at its 4
+            with n.client() as c:  # the oldest silent connection makes room
+                self.assertOk(c.hget("orders", "k"))
+                self.assertTrue(closed(flood[0]))
+                self.assertOk(first.hget("orders", "k"))
+            # bob's certificate names no user: unproven, younger than the flood
+            with Client(n.addr, tls=tls_context(cert="bob")) as bob:
+                self.assertEqual(bob.ping().message, "PONG")
+                with n.client() as c2, n.client() as c3:  # flood[1] then flood[2] go
+                    self.assertOk(c2.hget("orders", "k"))
+                    self.assertOk(c3.hget("orders", "k"))
+                    self.assertTrue(closed(flood[1]) and closed(flood[2]))
+                    self.assertEqual(bob.ping().message, "PONG")
+                    with n.client() as c4:  # then bob
+                        self.assertOk(c4.hget("orders", "k"))
+                        self.assertTrue(bob.at_eof())
+            self.assertOk(first.hget("orders", "k"))
+            # A client whose Auth failed is the first to make room.
+            flood = [socket.create_connection(n.addr, timeout=10) for _ in range(2)]
+            for s in flood:
+                self.addCleanup(s.close)
+            with Client(n.addr, tls=tls_context(cert="bob")) as bob:
+                self.assertEqual(bob.call(req_auth("ops", "wrong")).status, 401)
+                with n.client() as c:
+                    self.assertOk(c.hget("orders", "k"))
+                    self.assertTrue(bob.at_eof())
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", n.stderr())
 
