@@ -121,6 +121,11 @@ void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
         c->unproven_since_ms = uv_now(c->h.handle.loop) + 1; /* never 0 */
 }
 
+int kvs_conn_tls_pending(const kvs_conn_t *c)
+{
+    return c->tls != NULL && !has(c, KVS_CONN_TLS_READY);
+}
+
 static void unproven_unlink(kvs_unproven_t *u, kvs_conn_t *c)
 {
     if (c->un_list != u)
@@ -1200,9 +1205,10 @@ static void on_sweep(uv_timer_t *t)
         if (lim->auth_timeout_ms > 0 && c->unproven_since_ms != 0 && c->owed == 0 &&
             now - (c->unproven_since_ms - 1) >= lim->auth_timeout_ms) {
             if (kvs_log_budget_take(&g->log_budget, now))
-                kvs_info("closing %s %s: it did not authenticate within limits.auth_timeout "
-                         "(%llu ms)",
-                         g->what, c->peer, (unsigned long long)lim->auth_timeout_ms);
+                kvs_info("closing %s %s: it did not %s within limits.auth_timeout (%llu ms)",
+                         g->what, c->peer,
+                         kvs_conn_tls_pending(c) ? "finish its TLS handshake" : "authenticate",
+                         (unsigned long long)lim->auth_timeout_ms);
             kvs_conn_close(c);
             continue;
         }

@@ -231,6 +231,11 @@ void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame);
  * of the client's identity. */
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
 
+/* Whether `c` speaks TLS and its handshake has not completed: a peer that
+ * is nobody yet, users or not (servers count it unproven: it has
+ * limits.auth_timeout to finish, and makes room at limits.max_clients). */
+int kvs_conn_tls_pending(const kvs_conn_t *c);
+
 /* ---- unproven lists: who makes room at limits.max_clients ---------------- */
 
 /* A listener's connections that have yet to authenticate, oldest first.

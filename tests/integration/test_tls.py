@@ -327,6 +327,33 @@ class TlsRouterTest(RouterTestCase):
         self.assertTrue(r.alive())
         self.assertEqual(r.stop(), 0)
 
+    def test_unfinished_handshakes_make_room_and_time_out_without_users(self):
+        # No users: every client that finishes its handshake may do
+        # everything, but one that never does is nobody yet. At
+        # limits.max_clients the oldest of those makes room, and
+        # limits.auth_timeout closes them.
+        from test_bounds import closed_by_peer, raw_connect
+        r = self.router(shards=1, partitions=8, tls=tls_context(),
+                        extra_yaml=tls_yaml(router={"enabled": "true"}) +
+                        "limits: {max_clients: 4, auth_timeout: 1500ms, frame_timeout: 60s}\n")
+        done = r.client()  # a finished handshake: stays
+        self.addCleanup(done.close)
+        self.assertEqual(done.ping().message, "PONG")
+        flood = [raw_connect(r.addr) for _ in range(3)]  # the listener is at its 4
+        for s in flood:
+            self.addCleanup(s.close)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with r.client() as c:  # the oldest unfinished handshake makes room
+            self.assertEqual(c.ping().message, "PONG")
+            self.assertTrue(closed_by_peer(flood[0], 2.0))
+        # The others are closed by auth_timeout, long before frame_timeout.
+        self.assertTrue(closed_by_peer(flood[1], 3.0))
+        self.assertTrue(closed_by_peer(flood[2], 1.0))
+        self.assertLess(time.monotonic() - t0, 5.0)
+        self.assertEqual(done.ping().message, "PONG")  # idle, but someone: not closed
+        self.assertIn("it did not finish its TLS handshake within limits.auth_timeout", r.stderr())
+
     def test_ciphersuites_choose_the_tls_1_3_suites(self):
         r = self.tls_router(ciphersuites="TLS_CHACHA20_POLY1305_SHA256")
         with r.client() as c:  # Python's client offers every TLS 1.3 suite
