@@ -121,6 +121,8 @@ typedef struct part_s {
                                bootstrapped from a snapshot shows only the tail it read) */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
                                they were read (retention), or passed by auto.offset.reset latest */
+    int64_t lost_to;        /* `lost` counts those below this offset: a skip made again after the
+                               batch that stored it was lost counts nothing twice */
     int64_t committed_next; /* `next` as last committed to LMDB */
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
@@ -215,6 +217,10 @@ struct node_ingest_s {
      * many of the next answers to range questions say the log ends where
      * it starts, as a broker that lags behind may. 0 = off. */
     unsigned long short_answers;
+    /* Test hook (KVS_TEST_LOSE_SKIPS, test builds only): the batches of
+     * this many of the next skips (records gone before they were read)
+     * fail, as a full or failing disk would make them. 0 = off. */
+    unsigned long lose_skips;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
     char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -858,8 +864,14 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
     part_t *pt = &t->parts[p];
     pt->next = to;
     int rc = node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN);
-    if (rc == 0)
-        rc = node_store_reserve_end(in->store, part_save(in, t, p));
+    if (rc == 0) {
+        rc = part_save(in, t, p);
+        if (rc == 0 && in->lose_skips > 0) {
+            in->lose_skips--;
+            rc = -EIO; /* the test hook: the whole batch is aborted */
+        }
+        rc = node_store_reserve_end(in->store, rc);
+    }
     if (rc == 0 && in->pending_gen == 0)
         in->pending_gen = node_store_batch_gen(in->store);
     if (rc != 0 && !in->rewind) {
@@ -915,13 +927,19 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                  topic, p, (long long)lo);
     } else if (pt->next < lo) {
         int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
-        pt->lost += (uint64_t)(to - pt->next);
+        int64_t from = pt->next > pt->lost_to ? pt->next : pt->lost_to;
+        if (to > from) {
+            pt->lost += (uint64_t)(to - from);
+            pt->lost_to = to;
+        }
         kvs_error("kafka %s [%d]: DATA LOST: %lld records, offsets %lld..%lld are gone (deleted "
                   "before this shard applied them)%s; resuming at offset %lld, the log's %s "
-                  "(auto.offset.reset); Info counts them as lost",
+                  "(auto.offset.reset); Info counts them as lost%s",
                   topic, p, (long long)(to - pt->next), (long long)pt->next, (long long)lo - 1,
                   to > lo ? ", and the records left before the log's end are passed over" : "",
-                  (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start");
+                  (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start",
+                  to > from ? ""
+                            : " (counted once already: the batch that stored the skip was lost)");
         skip_to(in, t, p, to);
     } else {
         if (hi > pt->asked_end)
@@ -2033,7 +2051,8 @@ static int start_queue(node_ingest_t *in)
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act
  * while a worker lags. KVS_TEST_RANGE_SHORT_ANSWERS: the next N answers
  * to range questions are short, for tests of what one lagging broker's
- * answer does (there is no such broker in the mock cluster). Test builds
+ * answer does (there is no such broker in the mock cluster).
+ * KVS_TEST_LOSE_SKIPS: the batches of the next N skips fail. Test builds
  * only (kvs_testhook); never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
@@ -2051,6 +2070,11 @@ static void read_test_hooks(node_ingest_t *in)
         kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "
                  "starts (KVS_TEST_RANGE_SHORT_ANSWERS)",
                  in->short_answers);
+    }
+    if (kvs_test_hook_u64("KVS_TEST_LOSE_SKIPS", &n)) {
+        in->lose_skips = (unsigned long)n;
+        kvs_warn("test hook: the batches of the next %lu skips fail (KVS_TEST_LOSE_SKIPS)",
+                 in->lose_skips);
     }
 }
 

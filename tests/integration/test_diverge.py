@@ -495,6 +495,21 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.wait_caught_up(r, TOPIC, {0: hi})
         self.assertEqual((parts[0]["applied"], parts[0]["lost"]), (len(kept), gone), parts[0])
 
+    def test_a_skip_made_again_after_its_batch_was_lost_is_counted_once(self):
+        # The batch that stores a skip over deleted records fails (a full
+        # or failing disk): the worker reloads its offsets and decides the
+        # same skip again. The records are lost once, not twice.
+        r, m, lo, hi, kept = self.retention_setup()
+        r.env = dict(r.env or {}, KVS_TEST_LOSE_SKIPS="1")
+        r.start()
+        parts = self.wait_caught_up(r, TOPIC, {0: hi})
+        gone = lo - 50
+        self.assertEqual(r.stderr().count("DATA LOST"), 2, r.stderr())  # decided twice
+        self.assertEqual(parts[0]["lost"], gone, parts[0])
+        self.assertEqual(parts[0]["applied"] + parts[0]["skipped"] + parts[0]["lost"], hi, parts[0])
+        self.assertEqual(self.lost_metric(r, 0), gone)
+        self.assertIn("counted once already", r.stderr())
+
     def test_records_deleted_with_auto_offset_reset_error_halt_the_partition(self):
         r, m, lo, hi, kept = self.retention_setup({"auto.offset.reset": "error"})
         r.start()
