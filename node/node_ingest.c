@@ -109,6 +109,15 @@
 #define RANGE_RETRY_MS 1000 /* a partition out of range is assigned again after this */
 #define ASK_BACKOFF_MS 5000 /* after a question the brokers left unanswered, none for this long */
 
+/* Why a record is skipped, for the log's rate limit (log_skip). */
+typedef enum {
+    SKIP_NO_KEY,
+    SKIP_LONG_KEY,
+    SKIP_PAYLOAD,   /* the binding's format refuses it */
+    SKIP_TOO_LARGE, /* could not be read back under limits.max_frame */
+    SKIP_KINDS
+} skip_kind_t;
+
 typedef struct part_s {
     int owned;
     int dirty;
@@ -203,7 +212,8 @@ struct node_ingest_s {
     int rewind_err;       /* why */
     unsigned losses;      /* batches lost in a row */
     unsigned ticks;
-    uint64_t last_skip_log, last_err_log, last_loss_log;
+    uint64_t last_skip_log[SKIP_KINDS]; /* per kind: a flood of one hides no other */
+    uint64_t last_err_log, last_loss_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
     /* Test hook (KVS_TEST_INGEST_DELAY_MS, test builds only): apply one
@@ -361,14 +371,14 @@ static int encode_payload(node_ingest_t *in, const topic_t *t, const rd_kafka_me
 }
 
 static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message_t *m,
-                     const char *why)
+                     skip_kind_t kind, const char *why)
 {
     uint64_t now = uv_now(in->loop);
-    if (now - in->last_skip_log < LOG_EVERY_MS && in->last_skip_log != 0)
+    if (now - in->last_skip_log[kind] < LOG_EVERY_MS && in->last_skip_log[kind] != 0)
         return;
-    in->last_skip_log = now;
-    kvs_warn("kafka %s [%d] offset %lld skipped: %s (further skips are counted, logged at most "
-             "every %d s)",
+    in->last_skip_log[kind] = now;
+    kvs_warn("kafka %s [%d] offset %lld skipped: %s (further skips for this reason are counted, "
+             "logged at most every %d s)",
              t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
 }
 
@@ -405,12 +415,15 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
 {
     char big[224];
     const char *why = NULL;
+    skip_kind_t kind = SKIP_PAYLOAD;
     int rc = 0;
-    if (m->key == NULL || m->key_len == 0)
+    if (m->key == NULL || m->key_len == 0) {
         why = "record has no key";
-    else if (m->key_len > KVS_MAX_KEY)
+        kind = SKIP_NO_KEY;
+    } else if (m->key_len > KVS_MAX_KEY) {
         why = "key longer than 511 bytes";
-    else if (m->payload == NULL) {
+        kind = SKIP_LONG_KEY;
+    } else if (m->payload == NULL) {
         rc = capture_own(in, t, m);
         if (rc == 0)
             rc = node_store_del(in->store, t->b->table, m->key, m->key_len); /* tombstone */
@@ -427,6 +440,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
                      "limits.max_frame to store such records",
                      m->key_len + len, max, (unsigned long long)in->cfg->max_frame);
             why = big;
+            kind = SKIP_TOO_LARGE;
         } else if (v != NULL && (rc = capture_own(in, t, m)) == 0)
             rc = node_store_put(in->store, t->b->table, m->key, m->key_len, v, len);
     }
@@ -434,7 +448,7 @@ static int apply_one(node_ingest_t *in, topic_t *t, part_t *pt, const rd_kafka_m
         return rc;
     if (why != NULL) {
         pt->skipped++;
-        log_skip(in, t, m, why);
+        log_skip(in, t, m, kind, why);
     } else {
         pt->applied++;
         pt->misplaced +=
