@@ -5,12 +5,13 @@ with its families missing); a router process that would need more
 descriptors than its limit for its links to workers refuses to start,
 saying so, rather than failing at random or spinning on reconnects.
 """
-import os
-import re
+import resource
+import signal
+import subprocess
 import time
 
 from kvstest import HOST
-from routertest import RouterTestCase, free_port
+from routertest import RouterTestCase, free_port, free_port_range
 from test_ops import http_get, parse_metrics
 
 
@@ -51,3 +52,86 @@ class ScrapeOfOversizedAnswersTest(RouterTestCase):
         log = r.stderr()
         self.assertRegex(log, r"metrics: router 0 answered 413 .*max_frame.*; left out")
         self.assertRegex(log, r"metrics: shard 0 answered 413 .*max_frame.*; left out")
+
+
+def replicas_yaml(shards, replicas, base_port):
+    """A cluster.nodes map where this node (n0, on base_port) and
+    replicas - 1 others (on loopback addresses nothing listens on) each
+    serve every shard: shards x replicas links per router process."""
+    lines = ["  bootstrap: replay", "  nodes:"]
+    for i in range(replicas):
+        addr = "127.0.0.1:%d" % base_port if i == 0 else "127.0.%d.%d:20000" % (i // 250 + 1,
+                                                                               i % 250 + 1)
+        lines.append('    - {name: n%d, address: "%s", shards: [%s]}'
+                     % (i, addr, ", ".join(str(s) for s in range(shards))))
+    return lines
+
+
+class DescriptorLimitTest(RouterTestCase):
+    def spawn_limited(self, r, nofile):
+        """Starts r's kvs-router with RLIMIT_NOFILE (soft and hard) `nofile`."""
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        log = open(r.log_path, "ab")
+        try:
+            r.proc = subprocess.Popen([r.exe, "--config", r.config], stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=log, preexec_fn=limit)
+        finally:
+            log.close()
+
+    def test_more_links_than_descriptors_is_refused_at_start(self):
+        # 4 shards x 64 replicas = 256 links, local reads of 4 shards (8
+        # files), 64 kept: 329 descriptors with one client.
+        base = free_port_range(4)
+        r = self.router(start=False, shards=4, partitions=8, node_name="n0",
+                        cluster_yaml=replicas_yaml(4, 64, base))
+        self.spawn_limited(r, 300)
+        try:
+            code = r.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.assertEqual(code, 78, r.stderr()[-3000:])
+        self.assertRegex(r.stderr(), r"needs 329 descriptors for itself \(a link to each of the "
+                                     r"256 replicas .*descriptor limit \(RLIMIT_NOFILE\) is 300")
+        # With room for them it starts and serves.
+        r2 = self.router(start=False, shards=4, partitions=8, node_name="n0",
+                         cluster_yaml=replicas_yaml(4, 64, free_port_range(4)))
+        self.spawn_limited(r2, 400)
+        r2.wait_accepting("kvs-router", 30)
+        with r2.client() as c:
+            self.assertEqual(c.ping().status, 200)
+
+    def test_a_reload_keeps_the_descriptors_of_links_and_local_reads(self):
+        # 4 shards, local reads: 4 links + 8 files + 64 kept = 76 of 100
+        # descriptors, so 24 clients fit, below limits.max_clients. A
+        # reload recomputes the cap and must count the same descriptors.
+        r = self.router(start=False, shards=4, partitions=8,
+                        extra_yaml="limits: {max_clients: 30}\n")
+        self.spawn_limited(r, 100)
+        r.wait_accepting("kvs-router", 30)
+        self.assertIn("serving at most 24 clients per listener", r.stderr())
+        with open(r.config) as f:
+            text = f.read()
+        with open(r.config, "w") as f:
+            f.write(text.replace("max_clients: 30", "max_clients: 31"))
+        line = "router INFO  configuration reloaded"
+        before = r.stderr().count(line)
+        r.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while r.stderr().count(line) < before + 2:  # the master's, then the router process's
+            self.assertLess(time.monotonic(), deadline, r.stderr()[-3000:])
+            time.sleep(0.05)
+        clients = []
+        try:
+            for i in range(24):
+                c = r.client()
+                clients.append(c)
+                self.assertEqual(c.ping().status, 200, "client %d" % i)
+            c = r.client()
+            clients.append(c)
+            resp = c.ping()
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("too many clients", resp.message)
+        finally:
+            for c in clients:
+                c.close()
