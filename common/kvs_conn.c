@@ -1255,17 +1255,24 @@ int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *
     return kvs_tls_ctx_new(&o, out, err, errlen);
 }
 
-uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve)
+uint64_t kvs_conn_fd_limit(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return configured;
+        return UINT64_MAX;
     if (rl.rlim_cur < rl.rlim_max) {
         struct rlimit up = {rl.rlim_max, rl.rlim_max};
         if (setrlimit(RLIMIT_NOFILE, &up) == 0)
             rl.rlim_cur = rl.rlim_max;
     }
-    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve)
+{
+    uint64_t fds = kvs_conn_fd_limit();
+    if (fds == UINT64_MAX)
+        return configured;
     uint64_t room = fds > reserve ? (fds - reserve) / (listeners ? listeners : 1) : 0;
     if (room >= configured)
         return configured;

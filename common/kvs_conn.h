@@ -426,6 +426,11 @@ int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *
  * (as Redis and nginx do). Logs a warning when it had to lower the cap. */
 uint32_t kvs_conn_max_clients(uint32_t configured, unsigned listeners, unsigned reserve);
 
+/* The descriptor limit (RLIMIT_NOFILE) after raising the soft limit to
+ * the hard one, as kvs_conn_max_clients does; UINT64_MAX when unlimited
+ * or unknown. */
+uint64_t kvs_conn_fd_limit(void);
+
 /* Starts a group on `loop` with `limits` (copied). `what` names members in
  * log lines and must outlive the group. The lines members cause (one per
  * member closed for breaking a limit or a protocol rule) are logged within

@@ -679,6 +679,12 @@ int router_clients_retake_admin(router_t *r)
     return 0;
 }
 
+uint64_t router_fd_reserve(const kvs_config_t *cfg, uint32_t links, int local_reads)
+{
+    uint64_t n = links > cfg->shards ? links : cfg->shards;
+    return n + (local_reads ? 2ull * cfg->shards : 0) + ROUTER_FD_RESERVE;
+}
+
 int router_clients_listen(router_t *r)
 {
     kvs_addr_t addr;
@@ -698,13 +704,9 @@ int router_clients_listen(router_t *r)
     rc = listen_admin(r);
     if (rc != 0)
         return rc;
-    /* Descriptors kept back: a link per replica of every shard, worker
-     * spawns, the lock file, the log, name resolution; with local reads,
-     * data.mdb and lock.mdb of every shard. */
-    uint32_t links = r->n_links > r->shards ? r->n_links : r->shards;
     r->max_clients =
         kvs_conn_max_clients(r->cfg->max_clients, r->cfg->resp_listen[0] ? 2 : 1,
-                             links + (r->local != NULL ? 2 * r->shards : 0) + ROUTER_FD_RESERVE);
+                             (unsigned)router_fd_reserve(r->cfg, r->n_links, r->local != NULL));
     rc = router_ports_listen(r->loop, &addr, &r->listener, on_connection, &r->listen_inodes[0]);
     if (rc != 0) {
         listen_failed(r->cfg->router_listen, rc);
@@ -726,8 +728,11 @@ void router_clients_reload(router_t *r, const kvs_config_t *next)
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, next);
     kvs_conn_group_set_limits(&r->group, &limits);
-    r->max_clients = kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1,
-                                          r->shards + ROUTER_FD_RESERVE);
+    /* The links and local reads are this process's, whatever `next` says
+     * (a change of cluster.nodes starts new router processes). */
+    r->max_clients =
+        kvs_conn_max_clients(next->max_clients, next->resp_listen[0] ? 2 : 1,
+                             (unsigned)router_fd_reserve(r->cfg, r->n_links, r->local != NULL));
 }
 
 void router_clients_drain(router_t *r)

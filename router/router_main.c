@@ -696,6 +696,34 @@ static int plugins_start(router_main_t *m)
     return EX_CONFIG;
 }
 
+/* Whether the descriptor limit holds what this process keeps for itself
+ * (router_fd_reserve: a link to every replica of every shard above all)
+ * and one client per listener. A cluster map with more links than that
+ * could never hold them: links would fail with EMFILE and retry without
+ * end, and the process's own sockets would fail at random. Returns 0, or
+ * EX_CONFIG after saying what to raise (retrying cannot help). */
+static int descriptors_fit(const kvs_config_t *cfg)
+{
+    uint32_t links = 0, local = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++) {
+        links += kvs_config_replica_count(cfg, s);
+        local += kvs_config_local(cfg, s) ? 1 : 0;
+    }
+    unsigned listeners = cfg->resp_listen[0] ? 2 : 1;
+    uint64_t need = router_fd_reserve(cfg, links, cfg->router_local_reads && local > 0) + listeners;
+    uint64_t limit = kvs_conn_fd_limit();
+    if (limit >= need)
+        return 0;
+    report_exit("this router process needs %llu descriptors for itself (a link to each of the %u "
+                "replicas of the %u shards in the cluster map%s, 64 more) and a client per "
+                "listener, but its descriptor limit (RLIMIT_NOFILE) is %llu: raise it (ulimit -n, "
+                "LimitNOFILE=) to at least %llu plus the clients it should serve",
+                (unsigned long long)need, links, cfg->shards,
+                cfg->router_local_reads && local > 0 ? ", two files per shard for local reads" : "",
+                (unsigned long long)limit, (unsigned long long)need);
+    return EX_CONFIG;
+}
+
 /* A router process, from its descriptors to its exit status. */
 static int router_process_run(router_main_t *m)
 {
@@ -712,6 +740,8 @@ static int router_process_run(router_main_t *m)
         return 2;
     unsetenv("NOTIFY_SOCKET"); /* only the master speaks to systemd (NotifyAccess=main) */
     int rc = load_config(m, &cfg);
+    if (rc == 0)
+        rc = descriptors_fit(cfg);
     if (rc == 0)
         rc = plugins_start(m);
     if (rc == 0)

@@ -31,6 +31,7 @@
 #include "kvs_cluster.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "kvs_msg.h"
 #include "router_http.h"
 #include "router_link.h"
 #include "router_procs.h"
@@ -60,7 +61,7 @@ struct router_scrape_s {
     router_scrape_own_cb own;
     void *arg;
     kvs_arena_t arena;
-    kvs_log_budget_t log_budget; /* lines about scrapes whose own deadline passed */
+    kvs_log_budget_t log_budget; /* lines about processes left out of a scrape */
     int stopped;
 };
 
@@ -164,6 +165,27 @@ static void scrape_answer(scrape_t *x)
         kvs_buf_free(&x->answers[i]);
 }
 
+/* A process answered the scrape's ask with an error instead of its
+ * families (413: they do not fit limits.max_frame; 500: out of memory):
+ * it is left out, as one that did not answer (kvs_metrics_source_up 0),
+ * and the log says why, within the scraper's budget. */
+static void answer_refused(router_scrape_t *sc, uint32_t part, const uint8_t *payload, size_t len)
+{
+    kvs_answer_peek_t a;
+    if (!kvs_log_budget_take(&sc->log_budget, uv_now(sc->loop)))
+        return;
+    if (!kvs_msg_answer_peek(payload, len, &a) || a.status == 0) {
+        a.status = kvs_msg_answer_status(payload, len);
+        a.message = NULL;
+        a.message_len = 0;
+    }
+    int mlen = a.message_len > 300 ? 300 : (int)a.message_len;
+    kvs_warn("metrics: %s %u answered %u (%.*s); left out of this scrape",
+             part < sc->n_procs ? "router" : "shard",
+             part < sc->n_procs ? part : part - sc->n_procs, a.status, mlen,
+             a.message != NULL ? (const char *)a.message : "");
+}
+
 /* A link's answer to a scrape's request, or its failure. */
 static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                      const char *failure)
@@ -171,8 +193,13 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
     scrape_t *x = ctx;
     if (x == NULL || part >= x->sc->n_links)
         return;
-    if (x->token != NULL && failure == NULL && kvs_buf_append(&x->answers[part], payload, len) == 0)
-        x->ok[part] = 1; /* after the deadline: too late, dropped */
+    /* After the deadline (token NULL): too late, dropped. */
+    if (x->token != NULL && failure == NULL) {
+        if (kvs_msg_answer_status(payload, len) != KVS_STATUS_OK)
+            answer_refused(x->sc, part, payload, len);
+        else if (kvs_buf_append(&x->answers[part], payload, len) == 0)
+            x->ok[part] = 1;
+    }
     if (--x->left > 0)
         return;
     if (x->token != NULL)
@@ -347,7 +374,7 @@ int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_pro
     sc->own = own;
     sc->arg = arg;
     kvs_arena_init(&sc->arena);
-    kvs_log_budget_init(&sc->log_budget, "lines about scrapes past their deadline",
+    kvs_log_budget_init(&sc->log_budget, "lines about processes left out of scrapes",
                         KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_flusher_init(&sc->flusher, loop, NULL, sc);
     sc->flusher_on = rc == 0;
