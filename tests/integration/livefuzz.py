@@ -756,6 +756,11 @@ def authenticate(conn, ctx, user):
 # ---- threads ---------------------------------------------------------------------------------
 
 
+class Reconnect(Exception):
+    """The owner's connection ended as it should (after a frame past
+    max_frame) or was reported: go on with a new one."""
+
+
 def owner_thread(ctx, idx, seed, deadline, shadows):
     rng = random.Random(seed)
     where = "owner %d (seed %d)" % (idx, seed)
@@ -812,7 +817,7 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                                                 " ".join("%s:%d" % (b[0].WhichOneof("command"), st)
                                                          for b, st in zip(batch, got))))
                         mark_unknown(batch[i:], shadows)
-                        return
+                        raise Reconnect()
                     ctx.count("status %d" % resp.status)
                     got.append(resp.status)
                     if len(enc) > ctx.max_frame:
@@ -820,7 +825,7 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                             ctx.findings.add(where, "a %d-byte frame: %d %s, not 413 and closed"
                                              % (len(enc), resp.status, resp.message))
                         join()
-                        return
+                        raise Reconnect()
                     if e is not None:
                         msg = e.check(resp)
                         if msg:
@@ -834,6 +839,8 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                 if err:
                     ctx.findings.add(where, "sending: %r" % (err,))
                     return
+        except Reconnect:
+            pass
         finally:
             conn.close()
 
@@ -1098,6 +1105,7 @@ def resp_thread(ctx, idx, seed, deadline):
 
 
 def resp_valid_session(ctx, rng, sock, rd, where):
+    may_close = False  # an earlier reply may have been the server's last
     for _ in range(rng.randrange(1, 10)):
         cmds = [rand_resp_command(rng, ctx) for _ in range(rng.randrange(1, 20))]
         if rng.random() < 0.2:  # an inline command
@@ -1122,10 +1130,13 @@ def resp_valid_session(ctx, rng, sock, rd, where):
                 prev = cmds[i - 1][0] if i else b"-"
                 if ctx.users and any(len(resp_encode(x)) > 16384 for x in cmds):
                     return  # a large request before AUTH: -NOAUTH and closed
+                if i == 0 and may_close:
+                    return
                 ctx.findings.add(where, "EOF instead of reply %d of %d (command %r, after %r)"
                                  % (i, len(cmds), c[0][:20], prev[:20]))
                 return
             ctx.count("resp reply %s" % r[0].decode())
+            may_close = r[0] == b"-"
             if r[0] == b"-":
                 code = r[1].split(b" ", 1)[0]
                 if code not in ERROR_PREFIXES:
