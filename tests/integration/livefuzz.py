@@ -1135,7 +1135,7 @@ def resp_valid_session(ctx, rng, sock, rd, where):
                 prev = cmds[i - 1][0] if i else b"-"
                 if ctx.users and any(len(resp_encode(x)) > 16384 for x in cmds):
                     return  # a large request before AUTH: -NOAUTH and closed
-                if i == 0 and may_close:
+                if may_close:  # e.g. a third failed AUTH: answered, then closed
                     return
                 ctx.findings.add(where, "EOF instead of reply %d of %d (command %r, after %r)"
                                  % (i, len(cmds), c[0][:20], prev[:20]))
