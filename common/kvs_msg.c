@@ -873,6 +873,12 @@ static uint32_t check_table(const char *cmd, const char *table, char *msg, size_
         return bad(msg, len, "%s.table is empty", cmd);
     if (n > KVS_MAX_TABLE)
         return bad(msg, len, "%s.table is %zu bytes; the maximum is %d", cmd, n, KVS_MAX_TABLE);
+    /* Before anything quotes the name: an answer's message is a protobuf
+     * string, and a client's decoder refuses the answer when it is not
+     * UTF-8 (kvs_msg_check_strings, which would say the same, runs later). */
+    if (!kvs_utf8_valid(table, n))
+        return bad(msg, len,
+                   "%s.table is not valid UTF-8 text; send arbitrary bytes as binary fields", cmd);
     if (table[0] == '_' && table[1] == '_')
         return bad(msg, len,
                    "%s.table \"%s\" is reserved (names starting with \"__\" belong to kvs)", cmd,

@@ -265,6 +265,28 @@ KVS_TEST(validate_table_rules)
     }
 }
 
+/* A table name that is not UTF-8 is never quoted: the answer's message
+ * is a protobuf string, which a client's decoder refuses (and with it the
+ * whole answer) when it is not UTF-8. A reserved-looking name is checked
+ * as text first. */
+KVS_TEST(validate_table_not_utf8_is_not_quoted)
+{
+    for (int i = 1; i <= NCMD; i++) {
+        if (!has_table(CMD(i)))
+            continue;
+        const char *name = kvs_msg_command_name(CMD(i));
+        char want[128];
+        req_t q;
+        req_make(&q, CMD(i), "__k\xffs", bin("k"));
+        snprintf(want, sizeof(want), "%s.table is not valid UTF-8 text", name);
+        expect_bad(&q.r, want);
+        CHECK(kvs_utf8_valid(msg, strlen(msg)));
+        req_make(&q, CMD(i), "t\xc3", bin("k"));
+        expect_bad(&q.r, want);
+        CHECK(kvs_utf8_valid(msg, strlen(msg)));
+    }
+}
+
 KVS_TEST(validate_key_rules)
 {
     static uint8_t k512[512];
@@ -2214,16 +2236,17 @@ KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
               KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
               KVS_CASE(validate_unknown_command_field),
               KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
-              KVS_CASE(validate_key_rules), KVS_CASE(validate_keys_lists),
-              KVS_CASE(validate_hset_value), KVS_CASE(validate_hset_value_unknown_kind),
-              KVS_CASE(validate_hset_old_shape), KVS_CASE(check_strings_nul_rules),
-              KVS_CASE(quote_for_messages), KVS_CASE(value_encode_int_is_plain_int64),
-              KVS_CASE(validate_hmset_pairs), KVS_CASE(validate_hmset_pair_keys),
-              KVS_CASE(validate_hscan_cursor), KVS_CASE(decode_garbage_is_null),
-              KVS_CASE(request_table_and_command_names), KVS_CASE(arena_many_allocations),
-              KVS_CASE(arena_alignment_16), KVS_CASE(arena_reset_reuses_memory),
-              KVS_CASE(arena_large_allocations), KVS_CASE(arena_impossible_size_is_null),
-              KVS_CASE(decode_with_arena_then_reset), KVS_CASE(decode_value_with_arena),
+              KVS_CASE(validate_table_not_utf8_is_not_quoted), KVS_CASE(validate_key_rules),
+              KVS_CASE(validate_keys_lists), KVS_CASE(validate_hset_value),
+              KVS_CASE(validate_hset_value_unknown_kind), KVS_CASE(validate_hset_old_shape),
+              KVS_CASE(check_strings_nul_rules), KVS_CASE(quote_for_messages),
+              KVS_CASE(value_encode_int_is_plain_int64), KVS_CASE(validate_hmset_pairs),
+              KVS_CASE(validate_hmset_pair_keys), KVS_CASE(validate_hscan_cursor),
+              KVS_CASE(decode_garbage_is_null), KVS_CASE(request_table_and_command_names),
+              KVS_CASE(arena_many_allocations), KVS_CASE(arena_alignment_16),
+              KVS_CASE(arena_reset_reuses_memory), KVS_CASE(arena_large_allocations),
+              KVS_CASE(arena_impossible_size_is_null), KVS_CASE(decode_with_arena_then_reset),
+              KVS_CASE(decode_value_with_arena),
               KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
               KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
               KVS_CASE(count_keys_on_the_wire),
