@@ -667,6 +667,34 @@ static void finish_packed(router_req_t *req, Kvs__CommandResponse *resp, const c
     router_req_complete(req);
 }
 
+/* A split write every part of which was applied, whose merged answer (the
+ * previous values) does not fit limits.max_frame (`too_large`) or could
+ * not be built: not 413, which says nothing was written. The parts' answer
+ * budgets keep the merge within the limit when each part's previous values
+ * are known before it writes; a part of a bound table prices the values
+ * stored when it is checked, and an earlier write of the same keys still
+ * in flight through Kafka may replace them with larger ones by the time
+ * it applies. The position names what was written; without one (a table
+ * bound to no topic) the outcome is said unknown rather than nothing. */
+static void finish_applied_unsent(router_req_t *req, const kvs_buf_t *tok, int too_large)
+{
+    route_merge_t *m = req->merge;
+    char msg[400];
+    const char *cmd = kvs_msg_command_name(m->cmd);
+    const char *see = tok->len > 0 ? " (see its position)" : "";
+    int n = too_large ? snprintf(msg, sizeof(msg),
+                                 "%s was applied on every shard%s, but the previous values it "
+                                 "replaced do not fit in an answer of limits.max_frame (%llu "
+                                 "bytes); send fewer keys per request",
+                                 cmd, see, (unsigned long long)m->router->cfg->max_frame)
+                      : snprintf(msg, sizeof(msg),
+                                 "%s was applied on every shard%s, but the router ran out of "
+                                 "memory for its answer",
+                                 cmd, see);
+    req_status_frame(req, KVS_STATUS_INTERNAL, tok->len == 0, tok, msg, sizeof(msg), n);
+    router_req_complete(req);
+}
+
 static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
@@ -688,14 +716,21 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         }
         out.values[i] = pr->values[m->key_index[i]];
     }
+    if (!is_split_write(m)) {
+        finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+        return;
+    }
     kvs_buf_t tok;
     kvs_buf_init(&tok);
-    if (is_split_write(m)) {
-        merge_positions(req, arena, &tok);
-        out.position.data = tok.data;
-        out.position.len = tok.len;
-    }
-    finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
+    merge_positions(req, arena, &tok);
+    out.position.data = tok.data;
+    out.position.len = tok.len;
+    req->resp.len = 0;
+    int rc = kvs_msg_append(&req->resp, &out.base, m->router->cfg->max_frame);
+    if (rc != 0)
+        finish_applied_unsent(req, &tok, rc == KVS_ETOOBIG);
+    else
+        router_req_complete(req);
     kvs_buf_free(&tok);
 }
 
@@ -1425,7 +1460,9 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
     req->resp.len = 0;
     if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK ||
         kvs_buf_reserve(&req->resp, KVS_FRAME_HEADER + size) != 0) {
-        if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK)
+        if (is_split_write(m))
+            finish_applied_unsent(req, &tok, size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK);
+        else if (size > r->cfg->max_frame || size > KVS_FRAME_LEN_MASK)
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                      "%s answer would exceed limits.max_frame (%llu bytes); ask "
                                      "for fewer keys per request",

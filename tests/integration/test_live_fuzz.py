@@ -17,8 +17,7 @@ and workers' memory stayed bounded (not under a sanitizer).
 
 CI mode (the default): fixed seeds, about 5 s of traffic per node.
 Long mode: KVS_LIVE_FUZZ_SECONDS=N runs each node N/2 s; KVS_LIVE_FUZZ_SEED
-picks the seed (default 1). KVS_LIVE_FUZZ_KB_SHADOW=1 also models the
-owners' keys of the Kafka-bound table (not settled yet: see livefuzz.run).
+picks the seed (default 1).
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """

@@ -361,6 +361,35 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertEqual(pos_entries(resp.position), sorted((topic, p, o) for p, o in records),
                          resp)
 
+    def test_a_split_write_whose_answer_outgrows_the_frame_says_it_was_applied(self):
+        # A part of a split write to a bound table prices the previous
+        # values stored when it is checked; earlier writes of the same keys
+        # still on their way through Kafka (ingestion slowed here) replace
+        # them with larger ones by the time it applies. The merged answer
+        # then does not fit limits.max_frame: the router said 413 "ask for
+        # fewer keys", which says nothing was written, though every key was.
+        parts = 4
+        m = self.mock({"vl": parts})
+        r = self.router(m, [("vl", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "150"})
+        k0 = next(k for k in (b"a%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 0)
+        k1 = next(k for k in (b"b%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 1)
+        big = b"x" * (40 * 1024)
+        with r.client(timeout=30) as c:
+            reqs = [req_hset("vals", k0, big), req_hset("vals", k1, big),
+                    req_hmset("vals", [(k0, 1), (k1, 2)])]
+            for q in reqs:
+                c.send(q)
+            answers = [c.recv() for _ in reqs]
+            self.assertEqual([a.status for a in answers[:2]], [200, 200], answers[:2])
+            resp = answers[2]
+            self.assertEqual(resp.status, 500, resp.message)
+            self.assertIn("Hmset was applied on every shard (see its position)", resp.message)
+            self.assertFalse(resp.outcome_unknown)
+            self.assertEqual(len(pos_entries(resp.position)), 2, resp)
+            self.assertEqual([pyval(v) for v in c.call(req_hmget("vals", [k0, k1])).values],
+                             [1, 2])
+
     def test_writes_go_through_the_topic(self):
         parts = 4
         m = self.mock({"st": parts, "rw": parts, "vl": parts})
