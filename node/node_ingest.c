@@ -137,6 +137,7 @@ typedef struct part_s {
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
     int64_t asked_end;      /* the end as the brokers last answered node_ingest_ask_end; -1 */
     int want_end;           /* a read asked for the end: in the next query */
+    int probe_end;          /* end_probe asks: in the next query that carries no read's */
     /* uv_now when the brokers last told where it ends (a fetch delivered
      * its records, or they answered a question; see "end age"); 0 never. */
     uint64_t end_heard_ms;
@@ -231,6 +232,10 @@ struct node_ingest_s {
      * this many of the next skips (records gone before they were read)
      * fail, as a full or failing disk would make them. 0 = off. */
     unsigned long lose_skips;
+    /* Test hook (KVS_TEST_ASKS_UNANSWERED, test builds only): this many of
+     * the next end questions go unanswered, as the brokers' would when out
+     * of reach, without asking them. 0 = off. */
+    unsigned long unanswered;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
     char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
@@ -249,7 +254,9 @@ struct node_ingest_s {
         offq_t q; /* q.off: the end */
         part_t *part;
     } * asks;
-    size_t n_asks; /* of the query in flight */
+    size_t n_asks;      /* of the query in flight */
+    int ask_unanswered; /* ... which the test hook leaves unanswered */
+    int ask_probe;      /* ... which is end_probe's alone (see "end age") */
     /* Asking where the logs of partitions out of range start and end: one
      * query at a time, in the thread pool. */
     uv_work_t range_work;
@@ -1399,6 +1406,11 @@ static void list_offsets(node_ingest_t *in, int64_t want, void *items, size_t st
 static void ask_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
+    if (in->ask_unanswered) {
+        for (size_t i = 0; i < in->n_asks; i++)
+            in->asks[i].q.off = -1; /* the test hook: nobody answered */
+        return;
+    }
     list_offsets(in, RD_KAFKA_OFFSET_END, in->asks, sizeof(*in->asks), in->n_asks);
 }
 
@@ -1411,10 +1423,10 @@ static void ask_done(uv_work_t *w, int status)
     in->ask_busy = 0;
     in->ask_done = in->ask_started;
     for (size_t i = 0; i < in->n_asks; i++) {
-        if (in->asks[i].q.off < 0)
-            in->ask_failed_ms = uv_now(in->loop);
-        else
+        if (in->asks[i].q.off >= 0)
             in->asks[i].part->end_heard_ms = uv_now(in->loop);
+        else if (!in->ask_probe)
+            in->ask_failed_ms = uv_now(in->loop); /* reads stop asking for a while */
         if (in->asks[i].q.off > in->asks[i].part->asked_end)
             in->asks[i].part->asked_end = in->asks[i].q.off;
     }
@@ -1427,25 +1439,44 @@ static void ask_done(uv_work_t *w, int status)
         in->on_answer(in->arg);
 }
 
-/* Starts a query for every partition asked since the last one started;
- * none when nothing was asked. */
+/* Adds to the next query every partition a read asked about (want_end),
+ * or with `probe` every one end_probe did (probe_end), clearing both
+ * flags of each. */
+static void ask_collect(node_ingest_t *in, int probe)
+{
+    for (size_t i = 0; i < in->n_topics; i++) {
+        topic_t *t = &in->topics[i];
+        for (uint32_t p = 0; p < t->partitions; p++) {
+            part_t *pt = &t->parts[p];
+            if (!(probe ? pt->probe_end : pt->want_end))
+                continue;
+            pt->want_end = pt->probe_end = 0;
+            in->asks[in->n_asks++] = (struct ask_s){{t->b->topic, (int32_t)p, -1}, pt};
+        }
+    }
+}
+
+/* Starts a query for every partition reads asked about since the last one
+ * started; when none did, for those end_probe asks about. None when
+ * nothing was asked. */
 static void ask_start(node_ingest_t *in)
 {
     if (in->ask_busy || in->stopping)
         return;
-    for (size_t i = 0; i < in->n_topics; i++) {
-        topic_t *t = &in->topics[i];
-        for (uint32_t p = 0; p < t->partitions; p++) {
-            if (!t->parts[p].want_end)
-                continue;
-            t->parts[p].want_end = 0;
-            in->asks[in->n_asks++] = (struct ask_s){{t->b->topic, (int32_t)p, -1}, &t->parts[p]};
-        }
-    }
+    ask_collect(in, 0);
+    in->ask_probe = in->n_asks == 0;
+    if (in->ask_probe)
+        ask_collect(in, 1);
     if (in->n_asks == 0)
         return;
     in->ask_busy = 1;
     in->ask_started++;
+    in->ask_unanswered = in->unanswered > 0;
+    if (in->ask_unanswered) {
+        in->unanswered--;
+        kvs_warn("test hook: end question %llu goes unanswered (KVS_TEST_ASKS_UNANSWERED)",
+                 (unsigned long long)in->ask_started);
+    }
     in->ask_work.data = in;
     uv_queue_work(in->loop, &in->ask_work, ask_work, ask_done);
 }
@@ -1462,7 +1493,15 @@ static void ask_start(node_ingest_t *in)
  * owned partition ends that nothing spoke of for half of it, and Info and
  * /metrics show each partition's end_offset_age_ms: how long ago the
  * brokers last told. An idle partition of a healthy cluster stays below
- * about 1.5 intervals; one cut off grows without bound. */
+ * about 1.5 intervals; one cut off grows without bound.
+ *
+ * The probe is the worker's own business and must not change what reads
+ * get: its partitions go in a query of their own, only when no read's
+ * question waits (an idle partition whose leader is slow or gone cannot
+ * fail a read's question about another), and its going unanswered does
+ * not stop reads from asking (ASK_BACKOFF_MS is for reads' questions). A
+ * read that asks while a probe's query runs waits for it to end (at most
+ * ask_timeout_ms, once per interval), as behind any other query. */
 static void end_probe(node_ingest_t *in)
 {
     uint64_t now = uv_now(in->loop);
@@ -1479,7 +1518,7 @@ static void end_probe(node_ingest_t *in)
             part_t *pt = &t->parts[p];
             if (pt->owned && !pt->diverged && !pt->halted &&
                 now - pt->end_heard_ms >= in->check_ms / 2)
-                pt->want_end = 1;
+                pt->probe_end = 1;
         }
     }
     ask_start(in);
@@ -2066,7 +2105,8 @@ static int start_queue(node_ingest_t *in)
  * while a worker lags. KVS_TEST_RANGE_SHORT_ANSWERS: the next N answers
  * to range questions are short, for tests of what one lagging broker's
  * answer does (there is no such broker in the mock cluster).
- * KVS_TEST_LOSE_SKIPS: the batches of the next N skips fail. Test builds
+ * KVS_TEST_LOSE_SKIPS: the batches of the next N skips fail.
+ * KVS_TEST_ASKS_UNANSWERED: the next N end questions go unanswered. Test builds
  * only (kvs_testhook); never config keys. */
 static void read_test_hooks(node_ingest_t *in)
 {
@@ -2084,6 +2124,11 @@ static void read_test_hooks(node_ingest_t *in)
         kvs_warn("test hook: the next %lu answers to range questions say the log ends where it "
                  "starts (KVS_TEST_RANGE_SHORT_ANSWERS)",
                  in->short_answers);
+    }
+    if (kvs_test_hook_u64("KVS_TEST_ASKS_UNANSWERED", &n)) {
+        in->unanswered = (unsigned long)n;
+        kvs_warn("test hook: the next %lu end questions go unanswered (KVS_TEST_ASKS_UNANSWERED)",
+                 in->unanswered);
     }
     if (kvs_test_hook_u64("KVS_TEST_LOSE_SKIPS", &n)) {
         in->lose_skips = (unsigned long)n;

@@ -2,7 +2,7 @@
  * router_local: reads of local shards answered from their environments
  * (see router_local.h for what is promised and when a shard is read here).
  *
- * Per read: the gate (link up; the state page live and naming the files
+ * Per read: the gate (link up or hung; the state page live and naming the files
  * this router has open), one snapshot begun (kvs_lmdb_reader_begin: a
  * renewed read txn), for a bound table the freshness walk over that
  * snapshot's applied offsets and the page's end offsets, the answer built

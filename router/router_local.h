@@ -26,7 +26,11 @@
  * A shard is read here only while all of these hold, else its reads go to
  * the worker as before:
  *  - its link is up (the worker is running: a dead or starting worker's
- *    shard is not served from files it may be replacing);
+ *    shard is not served from files it may be replacing), or was reset
+ *    because the worker left requests unanswered for router.timeout
+ *    (router_link's `hung`: stuck on a slow disk or stopped, still serving
+ *    from the same files), until the next connection attempt's outcome;
+ *    a worker started meanwhile clears `live` first (next point);
  *  - its state page says the worker serves (live) from exactly the files
  *    (data.mdb and lock.mdb, by device and inode) this router has open.
  *    When they differ (a snapshot bootstrap replaced the directory, the

@@ -225,6 +225,35 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
                           "partition 1, but the partition ends at offset 1", resp.message)
             self.assertLess(time.monotonic() - t0, 1.5)
 
+    def test_an_unanswered_end_probe_does_not_refuse_reads_questions(self):
+        """The periodic end question about idle partitions (once per
+        topic.metadata.refresh.interval.ms, for end_offset_age_ms) is the
+        worker's own: when the brokers leave it unanswered, a read past
+        the end heard of still asks its own question, and is served once
+        the record is ingested, instead of being refused at once for the 5 s
+        after an unanswered read question. Here the first question, the
+        probe, goes unanswered (test hook); then a record is appended while
+        the worker's fetch is parked and read at its position."""
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        key = keys_in_partition(1, parts, 1)[0]
+        kcat_produce(m.bootstrap, topic, [(key, b"v0")])
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=2, timeout="10s",
+                        properties={"fetch.wait.max.ms": "5000",
+                                    "topic.metadata.refresh.interval.ms": "2000"},
+                        env={"KVS_TEST_ASKS_UNANSWERED": "1"})
+        self.wait_applied(r, 1, topic, 1, 1)
+        self.assertTrue(wait_until(lambda: "end question 1 goes unanswered" in r.stderr(), 10),
+                        "the probe was never asked")
+        time.sleep(0.3)  # the worker's next fetch is parked at the broker
+        kcat_produce(m.bootstrap, topic, [(key, b"v1")])  # offset 1 of partition 1
+        with r.client() as c:
+            t0 = time.monotonic()
+            resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 1)])))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"v1")
+            self.assertLess(time.monotonic() - t0, 7.0)
+
     def test_a_position_past_the_end_with_the_brokers_down_waits_one_bounded_question(self):
         """With every broker down, the question a read past the end asks
         (where does the partition end?) gives up after its own timeout
