@@ -519,6 +519,32 @@ static int is_split_write(const route_merge_t *m)
            m->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL;
 }
 
+/* The router cannot build the merged answer of `req` (out of memory, or a
+ * worker's answer that does not match its part): 500. A split write's
+ * parts have answered by then, and some or all of them were applied, so
+ * its 500 says the keys may or may not be written (outcome_unknown), never
+ * that nothing was. */
+static void merge_failed(router_req_t *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void merge_failed(router_req_t *req, const char *fmt, ...)
+{
+    char text[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    int split = req->merge != NULL && is_split_write(req->merge);
+    size_t n = strlen(text);
+    if (split)
+        snprintf(text + n, sizeof(text) - n,
+                 "; %s may or may not have written its keys (its parts answered, some or all "
+                 "of them applied): read them to find out",
+                 kvs_msg_command_name(req->merge->cmd));
+    req_status_frame(req, KVS_STATUS_INTERNAL, split, NULL, text, sizeof(text), (int)strlen(text));
+    router_req_complete(req);
+}
+
 /* The positions the parts of a split write answered (successful or not:
  * a 503 may carry the position of records Kafka has), merged into `tok`
  * and noted in the session. */
@@ -703,15 +729,14 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     out.n_values = m->nkeys;
     out.values = kvs_arena_alloc(arena, m->nkeys * sizeof(*out.values));
     if (out.values == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        merge_failed(req, "router out of memory");
         return;
     }
     for (size_t i = 0; i < m->nkeys; i++) {
         Kvs__CommandResponse *pr = rs[m->key_part[i]];
         if (m->key_index[i] >= pr->n_values) {
-            router_req_finish_status(req, KVS_STATUS_INTERNAL,
-                                     "shard %u answered %zu values for more keys",
-                                     m->part_shard[m->key_part[i]], pr->n_values);
+            merge_failed(req, "shard %u answered %zu values for more keys",
+                         m->part_shard[m->key_part[i]], pr->n_values);
             return;
         }
         out.values[i] = pr->values[m->key_index[i]];
@@ -846,7 +871,7 @@ static int partial_lists(router_req_t *req, Kvs__CommandResponse **rs, const uin
     out->pairs = kvs_arena_alloc(arena, unwritten * sizeof(*out->pairs));
     Kvs__Kvpair *kp = kvs_arena_alloc(arena, unwritten * sizeof(*kp));
     if (out->values == NULL || out->pairs == NULL || kp == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        merge_failed(req, "router out of memory");
         return -1;
     }
     for (size_t i = 0; i < m->nkeys; i++) {
@@ -860,9 +885,8 @@ static int partial_lists(router_req_t *req, Kvs__CommandResponse **rs, const uin
         } else if (m->key_index[i] < pr->n_values) {
             out->values[i] = pr->values[m->key_index[i]];
         } else {
-            router_req_finish_status(req, KVS_STATUS_INTERNAL,
-                                     "shard %u answered %zu values for more keys",
-                                     m->part_shard[m->key_part[i]], pr->n_values);
+            merge_failed(req, "shard %u answered %zu values for more keys",
+                         m->part_shard[m->key_part[i]], pr->n_values);
             return -1;
         }
     }
@@ -918,7 +942,7 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
             break;
     }
     kvs_buf_free(&tok);
-    router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+    merge_failed(req, "router out of memory");
 }
 
 /* An Hmset or Hmdel split over shards: the merged previous values when
@@ -938,7 +962,7 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
     Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
     uint8_t *outcome = kvs_arena_alloc(arena, m->nparts);
     if (rs == NULL || outcome == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        merge_failed(req, "router out of memory");
         return;
     }
     uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX, unknown = 0;
@@ -1405,9 +1429,7 @@ static uint32_t raw_values(router_req_t *req, uint32_t i, raw_value_t *v, size_t
         return (uint32_t)st;
     }
     if (count < want) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL,
-                                 "shard %u answered %zu values for more keys", m->part_shard[i],
-                                 count);
+        merge_failed(req, "shard %u answered %zu values for more keys", m->part_shard[i], count);
         return KVS_STATUS_INTERNAL;
     }
     return KVS_STATUS_OK;
@@ -1424,7 +1446,7 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
     uint32_t *first = kvs_arena_alloc(arena, (m->nparts + 1) * sizeof(*first));
     raw_value_t *v = kvs_arena_alloc(arena, m->nkeys * sizeof(*v));
     if (first == NULL || v == NULL) {
-        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        merge_failed(req, "router out of memory");
         return 1;
     }
     memset(first, 0, (m->nparts + 1) * sizeof(*first));
@@ -1469,7 +1491,7 @@ static int merge_keys_raw(router_req_t *req, kvs_arena_t *arena)
                                      kvs_msg_command_name(m->cmd),
                                      (unsigned long long)r->cfg->max_frame);
         else
-            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            merge_failed(req, "router out of memory");
         kvs_buf_free(&tok);
         return 1;
     }

@@ -762,5 +762,77 @@ class RouterTest(RouterTestCase):
                                                                        for s in set(statuses)})
 
 
+
+class FakeShard:
+    """A remote worker impersonated on loopback: it answers every request
+    on every connection with answer(request) (a CommandResponse)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+
+    def _conn(self, c):
+        with c:
+            c.settimeout(10)
+            try:
+                while not self.stopping:
+                    hdr = c.recv(4, socket.MSG_WAITALL)
+                    if len(hdr) < 4:
+                        return
+                    (n,) = struct.unpack(">I", hdr)
+                    body = c.recv(n, socket.MSG_WAITALL) if n else b""
+                    c.sendall(frame(self.answer(pb.CommandRequest.FromString(body))
+                                    .SerializeToString()))
+            except OSError:
+                return
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+class SplitWriteMergeTest(RouterTestCase):
+    def test_a_split_write_the_router_cannot_merge_is_not_said_unwritten(self):
+        # A part answered 200 with fewer previous values than keys: the
+        # router cannot merge the answer, but the other shard wrote its
+        # keys. Its 500 said nothing about that, which tells a client that
+        # nothing was written; it must say the keys may or may not be.
+        def answer(req):
+            resp = pb.CommandResponse()
+            resp.status = 200
+            if req.WhichOneof("command") == "ping":
+                resp.message = "PONG"
+            return resp  # no values, whatever the keys
+        fake = FakeShard(answer)
+        self.addCleanup(fake.close)
+        r = self.router(shards=2, partitions=PARTITIONS,
+                        remote={1: "127.0.0.1:%d" % fake.port})
+        ks = keys_by_shard("sw", 1, PARTITIONS, 2)
+        with r.client() as c:
+            resp = c.call(req_hmset("t", [(ks[0][0], "a"), (ks[1][0], "b")]))
+            self.assertEqual(resp.status, 500, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+            self.assertIn("shard 1 answered 0 values for more keys", resp.message)
+            self.assertIn("Hmset may or may not have written its keys", resp.message)
+            self.assertEqual(pyval(c.hget("t", ks[0][0]).values[0]), "a")  # shard 0 wrote
+
 if __name__ == "__main__":
     unittest.main()
