@@ -78,10 +78,16 @@
  * integers: format_check refuses it. */
 #define FORMAT_VERSION KVS_SCHEMA_FORMAT_VERSION
 #define META_DB KVS_SCHEMA_META_DB
-#define MIN_FREE_PAGES 16384  /* keep at least 64 MiB (4 KiB pages) of map free */
-#define MAX_BATCH_PAGES 16384 /* a batch may dirty at most this much before an early commit */
-#define NAMES_SHOWN 5         /* table names an error message lists */
-#define NAME_CAP 256          /* longest table name read back, plus NUL (kvs allows 200) */
+#define MIN_FREE_PAGES 16384 /* keep at least 64 MiB (4 KiB pages) of map free */
+/* A batch may dirty at most this much (by its worst-case price, 256 MiB)
+ * before an early commit. Every commit writes and syncs each page it
+ * dirtied, so the bound sets how often a busy stream rewrites a table's
+ * leaves: 16,384 (64 MiB) committed Kafka ingestion every ~1,500 records and
+ * cost 4x its rate (tests/bench/README.md). LMDB's own limit is 131,071
+ * dirty pages (MDB_IDL_UM_MAX). */
+#define MAX_BATCH_PAGES 65536
+#define NAMES_SHOWN 5 /* table names an error message lists */
+#define NAME_CAP 256  /* longest table name read back, plus NUL (kvs allows 200) */
 
 struct node_store_s {
     MDB_env *env;
