@@ -1033,8 +1033,8 @@ def mutator_session(ctx, rng, conn, where):
                 if r is not None:
                     ctx.count("lying header status %d" % r.status)
                     if r.status not in (400, 401, 413):
-                        ctx.findings.add(where, "lying header %d answered %d %s"
-                                         % (lie, r.status, r.message))
+                        ctx.findings.add(where, "lying header %d answered %d %s; the pipeline: %s"
+                                         % (lie, r.status, r.message, dump(sent)))
             return  # the stream is out of step now: close mid-frame
         err = join()
         if err:
