@@ -977,6 +977,8 @@ def dump(frames):
 def mutator_session(ctx, rng, conn, where):
     last = None  # the last answer on this connection
     for _ in range(rng.randrange(1, 8)):
+        if time.monotonic() >= ctx.deadline:
+            return
         frames, sent = [], []
         whole = [gen_shared(rng, ctx)[0].SerializeToString() for _ in range(2)]
         for _ in range(rng.randrange(1, 16)):
@@ -1026,10 +1028,16 @@ def mutator_session(ctx, rng, conn, where):
         if lie is not None:
             if lie in (0, 1, 2):
                 conn.sock.settimeout(5.0)
+                t0 = time.monotonic()
                 try:
                     r = conn.recv(ctx)
+                except socket.timeout:
+                    ctx.findings.add(where, "lying header %d: neither an answer nor EOF within "
+                                     "5 s; the pipeline: %s" % (lie, dump(sent)))
+                    r = None
                 except (OSError, EOFError):
                     r = None
+                ctx.count("lying header %d answered in %.1f s" % (lie, time.monotonic() - t0))
                 if r is not None:
                     ctx.count("lying header status %d" % r.status)
                     if r.status not in (400, 401, 413):
@@ -1184,6 +1192,8 @@ def resp_thread(ctx, idx, seed, deadline):
 def resp_valid_session(ctx, rng, sock, rd, where):
     may_close = False  # an earlier reply may have been the server's last
     for _ in range(rng.randrange(1, 10)):
+        if time.monotonic() >= ctx.deadline:
+            return
         cmds = [rand_resp_command(rng, ctx) for _ in range(rng.randrange(1, 20))]
         if rng.random() < 0.2:  # an inline command
             inline = b" ".join([b"HSET", b"rs", b"f%d" % rng.randrange(9), b"v"]) + b"\r\n"
@@ -1399,6 +1409,7 @@ class Ctx:
         # models the keys of its shard only)
         self.key_filter = None
         self.stop = threading.Event()
+        self.deadline = float("inf")  # run() sets it
 
     def count(self, key):
         self.findings.count(key)
@@ -1431,7 +1442,7 @@ def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1, resp_owner
     unbound table, "kb": their keys of the bound table, when ctx.kafka);
     resp_owners: RESP owners, each alone writing table own_r<n>; extra:
     more callables run in threads as f(deadline) (fault injection)."""
-    deadline = time.monotonic() + seconds
+    deadline = ctx.deadline = time.monotonic() + seconds
     threads, shadows = [], []
     if ctx.resp_port is None:
         resps = resp_owners = 0
@@ -1465,7 +1476,20 @@ def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1, resp_owner
                                         args=(ctx, i, seed * 1000 + 300 + i, deadline)))
     for f in extra:
         threads.append(threading.Thread(target=f, args=(deadline,)))
+    late = {}
+
+    def timed(t):
+        target = t._target
+
+        def wrapped(*a):
+            try:
+                target(*a)
+            finally:
+                late[t.name] = time.monotonic() - deadline
+        t._target = wrapped
     for t in threads:
+        t.name = "%s %d" % (getattr(t._target, "__name__", "extra"), len(late) + id(t) % 1000)
+        timed(t)
         t.daemon = True
         t.start()
     for t in threads:
@@ -1473,6 +1497,9 @@ def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1, resp_owner
         if t.is_alive():
             ctx.findings.add("run", "a client thread is still running 120 s after its deadline")
             ctx.stop.set()
+    if os.environ.get("KVS_LIVE_FUZZ_VERBOSE"):
+        print("\nthreads ended after the deadline (s): " + ", ".join(
+            "%s %.1f" % kv for kv in sorted(late.items(), key=lambda kv: -kv[1])))
     return shadows
 
 
