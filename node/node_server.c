@@ -122,6 +122,7 @@ struct node_client_s {
     int on_resume_list;
     kvs_auth_conn_t auth;       /* who it is (users configured) */
     int auth_close;             /* Auth failed too often: close after its answer */
+    int error_close;            /* input ended with answers owed: close once they are out */
     node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
     int streaming;              /* handed to the snapshot sender: serves nothing else */
@@ -543,7 +544,7 @@ static void flush_slots(node_server_t *srv)
         }
         if (moved)
             kvs_conn_queue(&cl->conn);
-        if ((srv->stopping || cl->auth_close) && cl->head == NULL)
+        if ((srv->stopping || cl->auth_close || cl->error_close) && cl->head == NULL)
             kvs_conn_close_after_flush(&cl->conn);
     }
 }
@@ -807,8 +808,27 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 static void on_conn_error(kvs_conn_t *c, int err)
 {
     node_client_t *cl = c->data;
+    /* Answers still owed (a Digest from its thread, a write waiting for
+     * Kafka...) go first, in request order: the error's answer takes a
+     * slot behind them, and the connection closes once they are out. At
+     * the end of its input (a client that shut down its sending side) the
+     * owed answers still go out, then EOF. A broken TLS stream cannot
+     * carry them. */
+    if (cl->head != NULL && err == KVS_ECLOSED) {
+        cl->error_close = 1;
+        return;
+    }
+    int answered = err == KVS_ETOOBIG || err == KVS_EPROTO || err == KVS_ELIMIT ||
+                   err == KVS_ENOTLS || err == KVS_ETLSHELLO;
+    node_slot_t *slot = NULL;
+    if (cl->head != NULL && answered && (slot = slot_push(cl)) == NULL) {
+        kvs_error("out of memory for an answer; closing the connection");
+        kvs_conn_close(c);
+        return;
+    }
+    kvs_buf_t *out = slot != NULL ? &slot->buf : &c->out;
     if (err == KVS_ETOOBIG && c->dec.max < cl->srv->max_frame) { /* client_frame_limit */
-        kvs_msg_append_status(&c->out, KVS_STATUS_UNAUTHENTICATED,
+        kvs_msg_append_status(out, KVS_STATUS_UNAUTHENTICATED,
                               "frame of %u bytes from a client that has not authenticated, "
                               "whose requests may be at most %u bytes: authenticate first (Auth, "
                               "or a client certificate that names a user); the connection is "
@@ -819,25 +839,30 @@ static void on_conn_error(kvs_conn_t *c, int err)
             kvs_warn("client %s sent a frame header announcing %u bytes (limits.max_frame is "
                      "%u); closing it",
                      c->peer, c->dec.bad_len, cl->srv->max_frame);
-        kvs_msg_append_status(&c->out, KVS_STATUS_TOO_LARGE,
+        kvs_msg_append_status(out, KVS_STATUS_TOO_LARGE,
                               "frame of %u bytes exceeds limits.max_frame (%u bytes); the "
                               "connection is closed",
                               c->dec.bad_len, cl->srv->max_frame);
     } else if (err == KVS_EPROTO) {
-        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+        kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                               "compressed frames are not supported (header bit 31 set); the "
                               "connection is closed");
     } else if (err == KVS_ELIMIT) {
-        kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
+        kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                               "the server is short of memory for incomplete requests "
                               "(limits.input_buffers); the connection is closed, retry");
     } else if (err == KVS_ENOTLS) { /* sent in the clear: the client speaks plaintext */
-        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+        kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                               "this port requires TLS (tls.node); connect with TLS and a client "
                               "certificate");
     } else if (err == KVS_ETLSHELLO) {
-        kvs_msg_append_status(&c->out, KVS_STATUS_BAD_REQUEST,
+        kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                               "this port does not use TLS; connect without TLS");
+    }
+    if (slot != NULL) {
+        cl->error_close = 1;
+        slot_finish(slot);
+        return;
     }
     kvs_conn_close_after_flush(c); /* after the turn's commit, via the flusher */
 }

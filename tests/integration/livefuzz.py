@@ -20,8 +20,16 @@ Client threads:
 - Resp: Redis commands of random arity and arguments, pipelined (one
   well-formed reply each), and mutated RESP streams (replies must still
   parse).
+- Resp owner: HSET/HGET/HDEL/HMGET/HINCRBY pipelines on its own unbound
+  table (own_r<n>), every reply predicted exactly (Redis's integer rules
+  for HINCRBY, README's RESP Values).
 - Abuser: closes mid-frame, half-closes (every answer still comes, then
   EOF), clients that stop reading, slow drips, connect-and-leave.
+
+Ctx.flaky (brokers in trouble, a worker killed) makes 503s expected: the
+owners' model of a bound table then follows README's log-first writes
+(kafka_503), and reads of it may be refused for a while. Ctx.key_filter
+narrows the owners' keys (a worker's own listener: its shard's keys).
 
 Nothing a mutator, Resp or abuser thread sends can name an own_ table or
 an o<n>_ key of kb (their tables and keys are others, and a single bit
@@ -29,6 +37,7 @@ flip cannot turn one into the other), so the shadow model stays exact.
 """
 import os
 import random
+import re
 import socket
 import ssl
 import struct
@@ -389,6 +398,7 @@ class Shadow:
         self.keys = keys
         self.bound = bound  # a Kafka-bound table (format value)
         self.vals = {}      # key -> Python value; absent = absent; UNKNOWN
+        self.resp = False   # written over RESP: values are bytes (stored_bytes)
 
     def get(self, k):
         return self.vals.get(k)
@@ -428,6 +438,37 @@ def applied_unsent(resp, sh):
             and len(resp.position) > 0 and not resp.outcome_unknown)
 
 
+def kafka_503(resp, sh, ks, ctx):
+    """A 503 that a write to a bound table may get (README, log-first
+    writes; Replicas, Writes): True if it is one, and the model is updated:
+    outcome_unknown or a position (Kafka has the records; they will be
+    applied) make the keys unknown; a single-key write that says nothing
+    of the kind did not happen. A split write's 503 may have been applied
+    on some shards (the message says which): its keys become unknown."""
+    if not sh.bound or not resp.message:
+        return False
+    if resp.status != 503 and not (resp.status == 413 and "Kafka refused" in resp.message):
+        return False
+    if resp.outcome_unknown or len(resp.position) > 0 or len(set(ks)) > 1:
+        ctx.count("bound write 503 unknown" if resp.outcome_unknown
+                  else "bound write 503 position" if len(resp.position) else
+                  "bound write 503 split")
+        for a in ks:
+            sh.vals[a] = UNKNOWN
+    else:
+        ctx.count("bound write %d not written" % resp.status)
+    return True
+
+
+def bound_read_503(resp, sh, ctx):
+    """A read of a bound table may get 503 while brokers or replicas are in
+    trouble (catching up, behind a position, a shard unavailable)."""
+    if sh.bound and ctx.flaky and resp.status == 503 and resp.message:
+        ctx.count("bound read 503")
+        return True
+    return False
+
+
 def gen_owned(rng, sh, ctx):
     """(request, Expect) on the owner's keys of shadow `sh`."""
     mf = ctx.max_frame
@@ -458,6 +499,8 @@ def gen_owned(rng, sh, ctx):
                     return "Hset of a %d-byte pair past the limit: %d %s" % (
                         len(k) + enc_len(v), resp.status, resp.message)
                 return None
+            if kafka_503(resp, sh, [k], ctx):
+                return None
             if prev is UNKNOWN:
                 if resp.status == 200 and not if_absent:
                     sh.vals[k] = v
@@ -480,7 +523,7 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
-            if prev is UNKNOWN:
+            if prev is UNKNOWN or bound_read_503(resp, sh, ctx):
                 return None
             if prev is None:
                 if resp.status != 404:
@@ -495,6 +538,8 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
+            if kafka_503(resp, sh, [k], ctx):
+                return None
             if prev is UNKNOWN:
                 if resp.status == 200:
                     sh.vals.pop(k, None)
@@ -511,6 +556,8 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             want = [sh.get(x) for x in ks]
+            if bound_read_503(resp, sh, ctx):
+                return None
             size = sum(enc_len(w) + 8 for w in want if w is not None and w is not UNKNOWN)
             if any(w is UNKNOWN for w in want) or size > mf - 4096:
                 if resp.status in (200, 413):
@@ -537,6 +584,8 @@ def gen_owned(rng, sh, ctx):
             size += sum(enc_len(p) + 16 for p in prev if p is not None and p is not UNKNOWN)
             near = size > mf // 4 or any(b is not None and len(a) + enc_len(b) > limit
                                          for a, b in zip(ks, vs))
+            if kafka_503(resp, sh, ks, ctx):
+                return None
             if resp.status == 200:
                 err = expect_values(resp, prev, name) if plain else None
                 for a, b in zip(ks, vs):
@@ -580,6 +629,8 @@ def gen_owned(rng, sh, ctx):
              else req(hmexist=pb.Hmexist(table=sh.table, keys=ks)))
 
         def check(resp):
+            if bound_read_503(resp, sh, ctx):
+                return None
             if resp.status != 200:
                 return "Hexist/Hmexist: %d %s" % (resp.status, resp.message)
             want = [UNKNOWN if sh.get(x) is UNKNOWN else sh.get(x) is not None for x in ks]
@@ -619,7 +670,7 @@ def gen_owned(rng, sh, ctx):
         r = req(hlen=pb.Hlen(table=sh.table))
 
         def check(resp):
-            if any(v is UNKNOWN for v in sh.vals.values()):
+            if any(v is UNKNOWN for v in sh.vals.values()) or bound_read_503(resp, sh, ctx):
                 return None
             if resp.status != 200:
                 return "Hlen: %d %s" % (resp.status, resp.message)
@@ -630,7 +681,7 @@ def gen_owned(rng, sh, ctx):
     r = req(hgetall=pb.Hgetall(table=sh.table, keys_only=keys_only))
 
     def check(resp):
-        if any(v is UNKNOWN for v in sh.vals.values()):
+        if any(v is UNKNOWN for v in sh.vals.values()) or bound_read_503(resp, sh, ctx):
             return None
         size = sum(len(a) + 16 + (0 if keys_only else enc_len(b)) for a, b in sh.vals.items())
         if resp.status == 413 and size > mf - 4096:
@@ -668,6 +719,8 @@ def sane(resp, table, ctx):
         return None
     if resp.status == 503 and ctx.kafka and ("Kafka" in resp.message or "kafka" in resp.message
                                              or "topic" in resp.message):
+        return None
+    if resp.status == 503 and ctx.flaky:
         return None
     return "status %d: %s" % (resp.status, resp.message)
 
@@ -924,6 +977,8 @@ def dump(frames):
 def mutator_session(ctx, rng, conn, where):
     last = None  # the last answer on this connection
     for _ in range(rng.randrange(1, 8)):
+        if time.monotonic() >= ctx.deadline:
+            return
         frames, sent = [], []
         whole = [gen_shared(rng, ctx)[0].SerializeToString() for _ in range(2)]
         for _ in range(rng.randrange(1, 16)):
@@ -973,15 +1028,21 @@ def mutator_session(ctx, rng, conn, where):
         if lie is not None:
             if lie in (0, 1, 2):
                 conn.sock.settimeout(5.0)
+                t0 = time.monotonic()
                 try:
                     r = conn.recv(ctx)
+                except socket.timeout:
+                    ctx.findings.add(where, "lying header %d: neither an answer nor EOF within "
+                                     "5 s; the pipeline: %s" % (lie, dump(sent)))
+                    r = None
                 except (OSError, EOFError):
                     r = None
+                ctx.count("lying header %d answered in %.1f s" % (lie, time.monotonic() - t0))
                 if r is not None:
                     ctx.count("lying header status %d" % r.status)
                     if r.status not in (400, 401, 413):
-                        ctx.findings.add(where, "lying header %d answered %d %s"
-                                         % (lie, r.status, r.message))
+                        ctx.findings.add(where, "lying header %d answered %d %s; the pipeline: %s"
+                                         % (lie, r.status, r.message, dump(sent)))
             return  # the stream is out of step now: close mid-frame
         err = join()
         if err:
@@ -1131,6 +1192,8 @@ def resp_thread(ctx, idx, seed, deadline):
 def resp_valid_session(ctx, rng, sock, rd, where):
     may_close = False  # an earlier reply may have been the server's last
     for _ in range(rng.randrange(1, 10)):
+        if time.monotonic() >= ctx.deadline:
+            return
         cmds = [rand_resp_command(rng, ctx) for _ in range(rng.randrange(1, 20))]
         if rng.random() < 0.2:  # an inline command
             inline = b" ".join([b"HSET", b"rs", b"f%d" % rng.randrange(9), b"v"]) + b"\r\n"
@@ -1288,6 +1351,8 @@ def abuser_thread(ctx, idx, seed, deadline):
                     c.sock.sendall(data[i:i + 1])
                     time.sleep(0.01)
                 c.close(rst=rng.random() < 0.5)
+            elif act == 4 and ctx.resp_port is None:
+                continue
             elif act == 4:  # RESP cut mid-command
                 s = ctx.connect(ctx.resp_port, 2.0)
                 data = resp_encode(rand_resp_command(rng, ctx))
@@ -1297,7 +1362,8 @@ def abuser_thread(ctx, idx, seed, deadline):
                     time.sleep(0.05)
                 s.close()
             elif act == 5:  # connect and leave; or garbage where a TLS hello is due
-                s = socket.create_connection(("127.0.0.1", rng.choice([ctx.port, ctx.resp_port])),
+                port = rng.choice([ctx.port, ctx.resp_port or ctx.port])
+                s = socket.create_connection(("127.0.0.1", port),
                                              timeout=2.0)
                 if rng.random() < 0.5:
                     s.sendall(rng.choice([b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
@@ -1336,7 +1402,14 @@ class Ctx:
         self.kafka = kafka
         self.tables = SHARED_TABLES
         self.findings = findings
+        # 503s are expected answers (brokers in trouble, a worker killed):
+        # reads of bound tables and untracked requests may get them
+        self.flaky = False
+        # which owned keys an owner's shadow tracks (a worker's own listener
+        # models the keys of its shard only)
+        self.key_filter = None
         self.stop = threading.Event()
+        self.deadline = float("inf")  # run() sets it
 
     def count(self, key):
         self.findings.count(key)
@@ -1362,17 +1435,36 @@ def owned_keys(idx, bound):
     return ks
 
 
-def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1):
-    """Runs every thread for `seconds`; returns the owners' shadows."""
-    deadline = time.monotonic() + seconds
+def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1, resp_owners=0,
+        tables=("own", "kb"), extra=()):
+    """Runs every thread for `seconds`; returns the owners' shadows.
+    tables: which owned tables the protobuf owners write ("own": their own
+    unbound table, "kb": their keys of the bound table, when ctx.kafka);
+    resp_owners: RESP owners, each alone writing table own_r<n>; extra:
+    more callables run in threads as f(deadline) (fault injection)."""
+    deadline = ctx.deadline = time.monotonic() + seconds
     threads, shadows = [], []
+    if ctx.resp_port is None:
+        resps = resp_owners = 0
+
+    def keys(i, bound):
+        ks = owned_keys(i, bound)
+        return [k for k in ks if ctx.key_filter(k)] if ctx.key_filter else ks
     for i in range(owners):
-        mine = [Shadow("own_%d" % i, owned_keys(i, False), False)]
-        if ctx.kafka:
-            mine.append(Shadow("kb", owned_keys(i, True), True))
+        mine = []
+        if "own" in tables:
+            mine.append(Shadow("own_%d" % i, keys(i, False), False))
+        if ctx.kafka and "kb" in tables:
+            mine.append(Shadow("kb", keys(i, True), True))
         shadows.extend(mine)
         threads.append(threading.Thread(target=owner_thread,
                                         args=(ctx, i, seed * 1000 + i, deadline, mine)))
+    for i in range(resp_owners):
+        sh = Shadow("own_r%d" % i, resp_owned_fields(i), False)
+        sh.resp = True
+        shadows.append(sh)
+        threads.append(threading.Thread(target=resp_owner_thread,
+                                        args=(ctx, i, seed * 1000 + 400 + i, deadline, sh)))
     for i in range(mutators):
         threads.append(threading.Thread(target=mutator_thread,
                                         args=(ctx, i, seed * 1000 + 100 + i, deadline)))
@@ -1382,7 +1474,22 @@ def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1):
     for i in range(abusers):
         threads.append(threading.Thread(target=abuser_thread,
                                         args=(ctx, i, seed * 1000 + 300 + i, deadline)))
+    for f in extra:
+        threads.append(threading.Thread(target=f, args=(deadline,)))
+    late = {}
+
+    def timed(t):
+        target = t._target
+
+        def wrapped(*a):
+            try:
+                target(*a)
+            finally:
+                late[t.name] = time.monotonic() - deadline
+        t._target = wrapped
     for t in threads:
+        t.name = "%s %d" % (getattr(t._target, "__name__", "extra"), len(late) + id(t) % 1000)
+        timed(t)
         t.daemon = True
         t.start()
     for t in threads:
@@ -1390,7 +1497,224 @@ def run(ctx, seed, seconds, owners=3, mutators=2, resps=1, abusers=1):
         if t.is_alive():
             ctx.findings.add("run", "a client thread is still running 120 s after its deadline")
             ctx.stop.set()
+    if os.environ.get("KVS_LIVE_FUZZ_VERBOSE"):
+        print("\nthreads ended after the deadline (s): " + ", ".join(
+            "%s %.1f" % kv for kv in sorted(late.items(), key=lambda kv: -kv[1])))
     return shadows
+
+
+# ---- the RESP owner: an exact model over the Redis protocol ------------------------------
+
+RESP_INT = re.compile(rb"-?[1-9][0-9]{0,18}|0")
+
+
+def resp_int(v):
+    """A stored value's integer as HINCRBY reads it (README, RESP: Redis's
+    rules; absent is 0), or None if it is not one."""
+    if v is None:
+        return 0
+    if RESP_INT.fullmatch(v) and -2**63 <= int(v) < 2**63:
+        return int(v)
+    return None
+
+
+def stored_bytes(v):
+    """A value read through protobuf as RESP reads it back: text and binary
+    as their bytes, integers as decimal text."""
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, bool):
+        return b"1" if v else b"0"
+    if isinstance(v, int):
+        return b"%d" % v
+    return v
+
+
+def resp_owned_fields(idx):
+    p = b"r%d_" % idx
+    return [p + b"%d" % i for i in range(16)] + [p + b"\x00", p + b"\r\n", p + b" ",
+                                                  p + b"\xff\xfe", p + b"z" * (511 - len(p))]
+
+
+def resp_value(rng):
+    k = rng.randrange(12)
+    if k == 0:
+        return b""
+    if k in (1, 2):
+        return b"%d" % rng.choice([0, 1, -1, 42, 2**63 - 1, -2**63, rng.randrange(-10**6, 10**6)])
+    if k == 3:
+        return rng.choice([b" 5", b"+5", b"05", b"5.0", b"1e3", b"9223372036854775808",
+                           b"-9223372036854775809", b"0x10", b"5 ", b"--1", b"-", b"inf"])
+    if k == 4:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 30)))
+    if k == 5:
+        return rand_text(rng, rng.randrange(1, 20)).encode()
+    if k == 6:
+        return b"w" * rng.randrange(1000, 6000)
+    return b"v%d" % rng.randrange(1000)
+
+
+def partly(r, ks, sh):
+    """A split HSET or HDEL some of whose shards refused their part (207
+    through RESP: README, Multi-key commands: the answer budget is shared by
+    new value bytes, so a part of small new values replacing large ones can
+    be refused). The error names shards, not fields: the fields become
+    unknown."""
+    if r[0] == b"-" and b"partly applied" in r[1]:
+        for k in ks:
+            sh.vals[k] = UNKNOWN
+        return True
+    return False
+
+
+def gen_resp_owned(rng, sh):
+    """(command, check) on the RESP owner's fields; check(reply) returns an
+    error text or None and applies the command to the model."""
+    fs = sh.keys
+    t = sh.table.encode()
+    c = rng.randrange(6)
+    if c == 0:  # HSET, distinct fields
+        ks = rng.sample(fs, rng.randrange(1, 5))
+        vs = [resp_value(rng) for _ in ks]
+        cmd = [b"HSET", t] + [x for kv in zip(ks, vs) for x in kv]
+
+        def check(r):
+            prev = [sh.get(k) for k in ks]
+            if partly(r, ks, sh):
+                return None
+            if r[0] != b":":
+                for k in ks:
+                    sh.vals[k] = UNKNOWN
+                return "HSET of %d fields: %r" % (len(ks), r)
+            for k, v in zip(ks, vs):
+                sh.vals[k] = v
+            if any(p is UNKNOWN for p in prev):
+                return None
+            want = sum(p is None for p in prev)
+            if int(r[1]) != want:
+                return "HSET of %d fields: %s new, model says %d" % (len(ks), r[1], want)
+            return None
+        return cmd, check
+    if c == 1:  # HGET
+        k = rng.choice(fs)
+
+        def check(r):
+            want = sh.get(k)
+            if want is UNKNOWN:
+                return None
+            if r != (b"$", want):
+                return "HGET %s: %s, model %s" % (fmt(k), fmt(r), fmt(want))
+            return None
+        return [b"HGET", t, k], check
+    if c == 2:  # HDEL, distinct fields
+        ks = rng.sample(fs, rng.randrange(1, 4))
+
+        def check(r):
+            prev = [sh.get(k) for k in ks]
+            if partly(r, ks, sh):
+                return None
+            if r[0] != b":":
+                for k in ks:
+                    sh.vals[k] = UNKNOWN
+                return "HDEL: %r" % (r,)
+            for k in ks:
+                sh.vals.pop(k, None)
+            if any(p is UNKNOWN for p in prev):
+                return None
+            want = sum(p is not None for p in prev)
+            if int(r[1]) != want:
+                return "HDEL of %d fields: %s removed, model says %d" % (len(ks), r[1], want)
+            return None
+        return [b"HDEL", t] + ks, check
+    if c == 3:  # HMGET, duplicates allowed
+        ks = [rng.choice(fs) for _ in range(rng.randrange(1, 8))]
+
+        def check(r):
+            want = [sh.get(k) for k in ks]
+            if r[0] != b"*" or r[1] is None or len(r[1]) != len(ks):
+                return "HMGET of %d: %s" % (len(ks), fmt(r))
+            for k, w, g in zip(ks, want, r[1]):
+                if w is not UNKNOWN and g != (b"$", w):
+                    return "HMGET %s: %s, model %s" % (fmt(k), fmt(g), fmt(w))
+            return None
+        return [b"HMGET", t] + ks, check
+    # HINCRBY
+    k = rng.choice(fs)
+    by = rng.choice([1, -1, 3, 1000, 2**62, -2**62, 2**63 - 1, -2**63, 0])
+
+    def check(r):
+        prev = sh.get(k)
+        if prev is UNKNOWN:
+            sh.vals[k] = r[1] if r[0] == b":" else UNKNOWN
+            return None
+        n = resp_int(prev)
+        if n is None or not -2**63 <= n + by < 2**63:
+            if r[0] != b"-" or not r[1].startswith(b"ERR "):
+                sh.vals[k] = UNKNOWN
+                return "HINCRBY %s by %d of %s: %s, want an error" % (fmt(k), by, fmt(prev),
+                                                                     fmt(r))
+            return None
+        if r != (b":", b"%d" % (n + by)):
+            sh.vals[k] = UNKNOWN
+            return "HINCRBY %s by %d of %s: %s, want %d" % (fmt(k), by, fmt(prev), fmt(r), n + by)
+        sh.vals[k] = b"%d" % (n + by)
+        return None
+    return [b"HINCRBY", t, k, b"%d" % by], check
+
+
+def resp_owner_thread(ctx, idx, seed, deadline, sh):
+    rng = random.Random(seed)
+    where = "resp owner %d (seed %d)" % (idx, seed)
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        try:
+            sock = ctx.connect(ctx.resp_port, 10.0)
+        except OSError as e:
+            ctx.findings.add(where, "connect: %r" % e)
+            return
+        rd = RespReader(sock)
+        pending = []
+        try:
+            if ctx.users:
+                sock.sendall(resp_encode([b"AUTH", ctx.owner_user[0].encode(),
+                                          ctx.owner_user[1].encode()]))
+                r = rd.reply()
+                if r != (b"+", b"OK"):
+                    ctx.findings.add(where, "AUTH: %r" % (r,))
+                    return
+            for _ in range(rng.randrange(1, 20)):
+                if time.monotonic() >= deadline:
+                    break
+                batch = [gen_resp_owned(rng, sh) for _ in range(rng.randrange(1, 16))]
+                sock.sendall(b"".join(resp_encode(c) for c, _ in batch))
+                pending = list(batch)
+                for cmd, check in batch:
+                    r = rd.reply()
+                    pending.pop(0)
+                    ctx.count("resp owner reply %s" % r[0].decode())
+                    if ctx.flaky and r[0] == b"-" and b"unavailable" in r[1]:
+                        ctx.count("resp owner unavailable")
+                        for k in cmd[2:]:
+                            if k in sh.keys:
+                                sh.vals[k] = UNKNOWN
+                        continue
+                    msg = check(r)
+                    if msg:
+                        ctx.findings.add(where, "table %s: %s" % (sh.table, msg))
+                rd.compact()
+        except (OSError, EOFError) as e:
+            ctx.findings.add(where, "connection error %r with %d commands unanswered"
+                             % (e, len(pending)))
+        except (AssertionError, ValueError) as e:
+            ctx.findings.add(where, "malformed reply: %s" % e)
+        finally:
+            for cmd, _ in pending:
+                for k in cmd[2:]:
+                    if k in sh.keys:
+                        sh.vals[k] = UNKNOWN
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 def env_seconds():

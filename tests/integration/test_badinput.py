@@ -370,6 +370,36 @@ class BadInputTest(NodeTestCase):
         for key, v in accepted.items():
             self.assertEqual(pyval(self.c.hget("b", key).values[0]), v)
 
+    def test_answers_owed_go_before_a_frame_error(self):
+        # A Digest is answered later, from its thread (a deferred answer):
+        # a bad frame header behind it must not answer first nor close the
+        # connection before the Digest and the requests after it are
+        # answered, in request order (found by test_live_fuzz, seed 2, at
+        # a worker's TCP listener).
+        digest = pb.CommandRequest()
+        digest.digest.table = "seed"
+        for bad, status in ((struct.pack(">I", 10 * MAX_FRAME), 413),
+                            (frame(req_ping().SerializeToString(), COMPRESSED), 400)):
+            with self.n.client() as c:
+                c.send_raw(encode(digest) + encode(req_ping()) + bad)
+                c.sock.settimeout(5)
+                r = c.recv()
+                self.assertEqual((r.status, r.message.split(":")[0]),
+                                 (200, 'table "seed", shard 0'), r.message)
+                self.assertEqual(c.recv().message, "PONG")
+                self.assertEqual(c.recv().status, status)
+                self.assert_closed_quickly(c)
+        # So too when the client shuts down its sending side: every answer
+        # still comes, then EOF.
+        with self.n.client() as c:
+            c.send_raw(encode(digest) + encode(req_ping()))
+            c.sock.shutdown(socket.SHUT_WR)
+            c.sock.settimeout(5)
+            self.assertEqual(c.recv().status, 200)
+            self.assertEqual(c.recv().message, "PONG")
+            self.assert_closed_quickly(c)
+        self.assert_unharmed()
+
     def test_compressed_bit_gets_400_and_close(self):
         self.scenario_compressed_bit()
         self.assert_unharmed()
