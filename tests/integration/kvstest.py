@@ -16,6 +16,7 @@ import resource
 import shutil
 import signal
 import socket
+import threading
 import ssl
 import struct
 import subprocess
@@ -125,6 +126,52 @@ def free_ports(n=1, tries=500):
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago (free_ports)."""
     return free_ports(1)
+
+
+class LoopbackServer:
+    """A TCP listener on 127.0.0.1 (self.port) whose thread accepts
+    connections and hands each to handle(sock), in a thread of its own
+    when `threaded`, else one after the other; close() stops it. Tests
+    impersonate peers (a worker, a snapshot source) with it."""
+
+    def __init__(self, handle, port=None, threaded=False):
+        self.handle = handle
+        self.threaded = threaded
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, port or 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.threaded:
+                threading.Thread(target=self._one, args=(c,), daemon=True).start()
+            else:
+                self._one(c)
+
+    def _one(self, c):
+        with c:
+            c.settimeout(TIMEOUT)
+            try:
+                self.handle(c)
+            except (OSError, EOFError):
+                pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(TIMEOUT)
+        self.sock.close()
 
 
 # ---- TLS ----------------------------------------------------------------------

@@ -18,31 +18,22 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
 from kafkatest import wait_until
-from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, Managed, ManagedOnFailure, Node, frame,
-                     free_port, free_ports, pb, req_hget, req_hset, req_ping)
+from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
+                     Node, frame, free_port, free_ports, pb, req_hget, req_hset, req_ping)
 
 
-class FakePeer:
+class FakePeer(LoopbackServer):
     """A worker impersonated on 127.0.0.1: for each connection it reads the
     first frame (kept in self.requests, decoded) and calls answer(sock)."""
 
     def __init__(self, answer):
         self.answer = answer
         self.requests = []
-        self.port = free_port()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, self.port))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(self._first_frame, port=free_port())
 
     def _recv(self, c, n):
         data = b""
@@ -53,27 +44,10 @@ class FakePeer:
             data += chunk
         return data
 
-    def _serve(self):
-        while not self.stopping:
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with c:
-                c.settimeout(TIMEOUT)
-                try:
-                    (n,) = struct.unpack(">I", self._recv(c, 4))
-                    self.requests.append(pb.CommandRequest.FromString(self._recv(c, n)))
-                    self.answer(c)
-                except (OSError, EOFError):
-                    pass
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(TIMEOUT)
-        self.sock.close()
+    def _first_frame(self, c):
+        (n,) = struct.unpack(">I", self._recv(c, 4))
+        self.requests.append(pb.CommandRequest.FromString(self._recv(c, n)))
+        self.answer(c)
 
 
 class Worker(Managed):

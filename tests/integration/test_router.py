@@ -18,8 +18,8 @@ import threading
 import time
 import unittest
 
-from kvstest import (COMPRESSED, encode, frame, pb, pyval, req_hexist, req_hget, req_hgetall,
-                     req_hmdel, req_hmget, req_hmset, req_hscan, req_hset, req_ping)
+from kvstest import (COMPRESSED, LoopbackServer, encode, frame, pb, pyval, req_hexist, req_hget,
+                     req_hgetall, req_hmdel, req_hmget, req_hmset, req_hscan, req_hset, req_ping)
 from routertest import (RouterTestCase, free_port_range, keys_by_shard, murmur2,
                         pipeline_threaded, procs_for_config, shard_of)
 
@@ -763,50 +763,22 @@ class RouterTest(RouterTestCase):
 
 
 
-class FakeShard:
+class FakeShard(LoopbackServer):
     """A remote worker impersonated on loopback: it answers every request
     on every connection with answer(request) (a CommandResponse)."""
 
     def __init__(self, answer):
         self.answer = answer
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(self._serve_frames, threaded=True)
 
-    def _serve(self):
+    def _serve_frames(self, c):
         while not self.stopping:
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
+            hdr = c.recv(4, socket.MSG_WAITALL)
+            if len(hdr) < 4:
                 return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
-
-    def _conn(self, c):
-        with c:
-            c.settimeout(10)
-            try:
-                while not self.stopping:
-                    hdr = c.recv(4, socket.MSG_WAITALL)
-                    if len(hdr) < 4:
-                        return
-                    (n,) = struct.unpack(">I", hdr)
-                    body = c.recv(n, socket.MSG_WAITALL) if n else b""
-                    c.sendall(frame(self.answer(pb.CommandRequest.FromString(body))
-                                    .SerializeToString()))
-            except OSError:
-                return
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(5)
-        self.sock.close()
+            (n,) = struct.unpack(">I", hdr)
+            body = c.recv(n, socket.MSG_WAITALL) if n else b""
+            c.sendall(frame(self.answer(pb.CommandRequest.FromString(body)).SerializeToString()))
 
 
 class SplitWriteMergeTest(RouterTestCase):
