@@ -447,6 +447,13 @@ def kafka_503(resp, sh, ks, ctx):
     on some shards (the message says which): its keys become unknown."""
     if not sh.bound or not resp.message:
         return False
+    if resp.status == 500 and (resp.outcome_unknown or len(resp.position) > 0):
+        # A split write some part of which was applied (its own answer did
+        # not fit max_frame) while another may or may not have been.
+        ctx.count("bound write 500 applied in part")
+        for a in ks:
+            sh.vals[a] = UNKNOWN
+        return True
     if resp.status != 503 and not (resp.status == 413 and "Kafka refused" in resp.message):
         return False
     if resp.outcome_unknown or len(resp.position) > 0 or len(set(ks)) > 1:
