@@ -142,23 +142,30 @@ static void unproven_unlink(kvs_unproven_t *u, kvs_conn_t *c)
     c->un_list = NULL;
 }
 
+/* Puts `c` (on no list) into `u` after `prev` (NULL: at the head); the
+ * mirror of unproven_unlink. */
+static void unproven_insert(kvs_unproven_t *u, kvs_conn_t *c, kvs_conn_t *prev)
+{
+    c->un_prev = prev;
+    c->un_next = prev != NULL ? prev->un_next : u->head;
+    if (c->un_prev != NULL)
+        c->un_prev->un_next = c;
+    else
+        u->head = c;
+    if (c->un_next != NULL)
+        c->un_next->un_prev = c;
+    else
+        u->tail = c;
+    c->un_list = u;
+}
+
 void kvs_unproven_set(kvs_unproven_t *u, kvs_conn_t *c, int unproven)
 {
     kvs_conn_set_unproven(c, unproven);
-    if (!unproven) {
+    if (!unproven)
         unproven_unlink(u, c);
-        return;
-    }
-    if (c->un_list == u || c->evicted || has(c, KVS_CONN_CLOSING))
-        return;
-    c->un_prev = u->tail;
-    c->un_next = NULL;
-    if (u->tail != NULL)
-        u->tail->un_next = c;
-    else
-        u->head = c;
-    u->tail = c;
-    c->un_list = u;
+    else if (c->un_list != u && !c->evicted && !has(c, KVS_CONN_CLOSING))
+        unproven_insert(u, c, u->tail);
 }
 
 void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c)
@@ -166,14 +173,7 @@ void kvs_unproven_to_front(kvs_unproven_t *u, kvs_conn_t *c)
     if (c->unproven_since_ms == 0 || c->evicted || has(c, KVS_CONN_CLOSING))
         return;
     unproven_unlink(u, c);
-    c->un_prev = NULL;
-    c->un_next = u->head;
-    if (u->head != NULL)
-        u->head->un_prev = c;
-    else
-        u->tail = c;
-    u->head = c;
-    c->un_list = u;
+    unproven_insert(u, c, NULL);
 }
 
 void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c)
