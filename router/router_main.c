@@ -345,6 +345,15 @@ static void on_link_state(router_link_t *l, int up)
         shutdown_begin(m, 1);
 }
 
+/* The links a router process keeps: one per replica of every shard. */
+static uint32_t link_count(const kvs_config_t *cfg)
+{
+    uint32_t total = 0;
+    for (uint32_t s = 0; s < cfg->shards; s++)
+        total += kvs_config_replica_count(cfg, s);
+    return total;
+}
+
 /* One link per replica of every shard (kvs_cluster: the local one over
  * its unix socket, the others over TCP), grouped per shard in r->sets. */
 static int start_links(router_main_t *m)
@@ -352,9 +361,7 @@ static int start_links(router_main_t *m)
     const kvs_config_t *cfg = m->r.cfg;
     kvs_replica_t reps[KVS_MAX_REPLICAS];
     char err[256];
-    uint32_t total = 0;
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        total += kvs_config_replica_count(cfg, s);
+    uint32_t total = link_count(cfg);
     m->r.links = calloc(total, sizeof(router_link_t));
     m->r.sets = calloc(cfg->shards, sizeof(router_set_t));
     if (m->r.links == NULL || m->r.sets == NULL)
@@ -704,13 +711,12 @@ static int plugins_start(router_main_t *m)
  * EX_CONFIG after saying what to raise (retrying cannot help). */
 static int descriptors_fit(const kvs_config_t *cfg)
 {
-    uint32_t links = 0, local = 0;
-    for (uint32_t s = 0; s < cfg->shards; s++) {
-        links += kvs_config_replica_count(cfg, s);
-        local += kvs_config_local(cfg, s) ? 1 : 0;
-    }
+    uint32_t links = link_count(cfg);
+    int local_reads = 0; /* as router_start decides: local_reads and a local shard */
+    for (uint32_t s = 0; s < cfg->shards && cfg->router_local_reads && !local_reads; s++)
+        local_reads = kvs_config_local(cfg, s);
     unsigned listeners = cfg->resp_listen[0] ? 2 : 1;
-    uint64_t need = router_fd_reserve(cfg, links, cfg->router_local_reads && local > 0) + listeners;
+    uint64_t need = router_fd_reserve(cfg, links, local_reads) + listeners;
     uint64_t limit = kvs_conn_fd_limit();
     if (limit >= need)
         return 0;
@@ -719,7 +725,7 @@ static int descriptors_fit(const kvs_config_t *cfg)
                 "listener, but its descriptor limit (RLIMIT_NOFILE) is %llu: raise it (ulimit -n, "
                 "LimitNOFILE=) to at least %llu plus the clients it should serve",
                 (unsigned long long)need, links, cfg->shards,
-                cfg->router_local_reads && local > 0 ? ", two files per shard for local reads" : "",
+                local_reads ? ", two files per shard for local reads" : "",
                 (unsigned long long)limit, (unsigned long long)need);
     return EX_CONFIG;
 }
@@ -766,9 +772,9 @@ static int router_process_run(router_main_t *m)
     return m->exit_code;
 }
 
-/* --print KEY: the value of KEY (data_dir) in the config at `path`, loaded
- * as the master loads it. Returns the exit status. */
-static int print_key(const char *path, const char *key)
+/* --print data_dir (the one key parse_args takes): data_dir of the config
+ * at `path`, loaded as the master loads it. Returns the exit status. */
+static int print_data_dir(const char *path)
 {
     char err[1024];
     kvs_config_t *cfg = NULL;
@@ -776,7 +782,6 @@ static int print_key(const char *path, const char *key)
         fprintf(stderr, "kvs-router: %s\n", err);
         return EX_CONFIG;
     }
-    (void)key; /* parse_args took only data_dir */
     int ok = printf("%s\n", cfg->data_dir) >= 0 && fflush(stdout) == 0;
     kvs_config_free(cfg);
     if (!ok) {
@@ -806,7 +811,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &m) != 0)
         return 2;
     if (m.print != NULL)
-        return print_key(m.config_path, m.print);
+        return print_data_dir(m.config_path);
     if (m.index < 0)
         return router_master_run(m.config_path, argv[0]);
     return router_process_run(&m);
