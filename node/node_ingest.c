@@ -1531,6 +1531,13 @@ static int64_t end_age_ms(node_ingest_t *in, const part_t *pt)
     return pt->end_heard_ms == 0 ? -1 : (int64_t)(uv_now(in->loop) - pt->end_heard_ms);
 }
 
+/* end_age_ms in seconds, for /metrics (-1 still means never). */
+static double end_age_seconds(node_ingest_t *in, const part_t *pt)
+{
+    int64_t ms = end_age_ms(in, pt);
+    return ms < 0 ? -1.0 : (double)ms / 1000.0;
+}
+
 int node_ingest_want_end(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
 {
     topic_t *t = topic_of_binding(in, b);
@@ -1724,7 +1731,7 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
                        : col == 5 ? (double)part_lag(next, end)
                        : col == 7 ? (double)pt->lost
                        : col == 8
-                           ? (pt->end_heard_ms == 0 ? -1.0 : (double)end_age_ms(in, pt) / 1000.0)
+                           ? end_age_seconds(in, pt)
                            : (double)(serving && !pt->diverged && !pt->halted && t->resized == 0);
             kvs_mb_sample(b, f, v, 3, "shard", shard, "topic", t->b->topic, "partition",
                           kvs_mb_printf(b, "%u", p));
