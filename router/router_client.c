@@ -64,11 +64,15 @@
 #include <string.h>
 
 #define ROUTER_FD_RESERVE 64
+/* Clients of a router process's own socket at once (kvs-cli, the master's
+ * scrape): the node's own user only, but a local tool opening thousands
+ * would take the descriptors the links and the workers need. */
+#define ROUTER_ADMIN_MAX_CLIENTS 32
 
 struct router_client_s {
     kvs_conn_t conn;
     router_t *router;
-    int admin;                 /* on the private socket: not counted against max_clients */
+    int admin; /* on the private socket: ROUTER_ADMIN_MAX_CLIENTS, not limits.max_clients */
     router_session_t session;  /* positions of its writes, requests held behind them */
     uint64_t id;               /* unique within the process (hooks' conn_id) */
     int holding;               /* its run of frames holds local snapshots (router_local_hold) */
@@ -467,11 +471,30 @@ static void on_conn_closed(kvs_conn_t *c)
         r->on_drained(r);
 }
 
-/* At limits.max_clients: accept only to say why, then close. */
-static void refuse_client(router_t *r, uv_stream_t *server, int resp)
+/* At limits.max_clients (or ROUTER_ADMIN_MAX_CLIENTS on the private
+ * socket): accept only to say why, then close. */
+static void refuse_client(router_t *r, uv_stream_t *server, int resp, int admin)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
+    if (admin) {
+        if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                  "too many clients on this router process's own socket (%u at "
+                                  "once); close some and retry",
+                                  ROUTER_ADMIN_MAX_CLIENTS) == 0)
+            kvs_conn_refuse(server, b.data, b.len);
+        else
+            kvs_conn_refuse(server, NULL, 0);
+        kvs_buf_free(&b);
+        uint64_t now = uv_now(r->loop);
+        if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
+            r->refused_log_ms = now;
+            kvs_warn("refusing clients of my own socket: %u connected at once (logged at most "
+                     "every 10 s)",
+                     ROUTER_ADMIN_MAX_CLIENTS);
+        }
+        return;
+    }
     if (resp)
         kvs_conn_refuse(server, r->tls != NULL ? NULL : (const void *)router_redis_too_many_clients,
                         strlen(router_redis_too_many_clients));
@@ -506,12 +529,13 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int resp = server == &r->resp_listener.stream;
-    int admin = server == &r->admin_listeners[r->admin_cur].stream; /* private: not capped */
+    int admin = server == &r->admin_listeners[r->admin_cur].stream; /* its own cap */
     size_t n = (resp ? r->n_resp_clients : r->n_clients - r->n_resp_clients - r->n_admin_clients) -
                r->unproven[resp].evicting;
-    if (!admin && n >= r->max_clients &&
-        !kvs_unproven_evict(&r->unproven[resp], auth_checking, KVS_AUTH_MAX_WORKERS)) {
-        refuse_client(r, server, resp);
+    if (admin ? r->n_admin_clients >= ROUTER_ADMIN_MAX_CLIENTS
+              : n >= r->max_clients &&
+                    !kvs_unproven_evict(&r->unproven[resp], auth_checking, KVS_AUTH_MAX_WORKERS)) {
+        refuse_client(r, server, resp, admin);
         return;
     }
     router_client_t *cl = calloc(1, sizeof(*cl));
@@ -682,7 +706,8 @@ int router_clients_retake_admin(router_t *r)
 uint64_t router_fd_reserve(const kvs_config_t *cfg, uint32_t links, int local_reads)
 {
     uint64_t n = links > cfg->shards ? links : cfg->shards;
-    return n + (local_reads ? 2ull * cfg->shards : 0) + ROUTER_FD_RESERVE;
+    return n + (local_reads ? 2ull * cfg->shards : 0) + ROUTER_FD_RESERVE +
+           ROUTER_ADMIN_MAX_CLIENTS;
 }
 
 int router_clients_listen(router_t *r)

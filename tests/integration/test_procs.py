@@ -429,6 +429,43 @@ class ProcsTest(ProcsTestCase):
         self.assertIn("limits.max_clients", resp.message)
         self.assertEqual(admin[0].ping().status, 200)
 
+    def test_private_socket_has_its_own_cap(self):
+        # The private socket takes no front-door slot, but it is capped on
+        # its own (32 at once): a local tool opening thousands would take
+        # the descriptors the links and the workers need.
+        from kvstest import Client
+        r = self.node(processes=1, resp=False, extra_yaml="limits: {max_clients: 1}\n")
+        path = os.path.join(r.data_dir, "router0.sock")
+        admin = []
+        for _ in range(32):
+            c = Client(path)
+            self.addCleanup(c.close)
+            c.sock.settimeout(10)
+            self.assertEqual(c.ping().status, 200)
+            admin.append(c)
+        extra = Client(path)
+        self.addCleanup(extra.close)
+        extra.sock.settimeout(10)
+        resp = extra.recv()  # told at once, unasked
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("own socket", resp.message)
+        front = r.client()  # the front door is not touched
+        self.addCleanup(front.close)
+        front.sock.settimeout(10)
+        self.assertEqual(front.ping().status, 200)
+        admin.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the router sees the close on its next turn
+            again = Client(path)
+            self.addCleanup(again.close)
+            again.sock.settimeout(10)
+            resp = again.ping()
+            if resp.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("refusing clients of my own socket", r.stderr())
+
 class ProcsMetricsTest(ProcsTestCase):
     """/metrics with several router processes: the master serves the port
     and asks every router process (its own socket) and every worker."""
