@@ -273,8 +273,11 @@ static void on_connected(uv_connect_t *req, int status)
     router_link_t *l = req->data;
     kvs_conn_t *c = (kvs_conn_t *)req->handle->data;
     l->connecting = 0;
-    if (status != 0)
-        l->hung = 0; /* nobody listens: the worker is gone, not slow */
+    /* Nobody listens: the worker is gone, not slow. Any other failure (a
+     * full listen queue, EAGAIN, is what a stuck worker's socket says)
+     * tells nothing new: a hung worker stays hung. */
+    if (status == UV_ECONNREFUSED || status == UV_ENOENT)
+        l->hung = 0;
     if (l->stopping || status != 0 || kvs_conn_start(c) != 0) {
         if (!l->stopping && status != 0)
             snprintf(l->last_error, sizeof(l->last_error), "cannot connect to %s: %s", l->addr_text,

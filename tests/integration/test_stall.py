@@ -21,7 +21,9 @@ SIGTERM while the sync hangs: the node exits 0 within a bound and loses
 nothing it acknowledged.
 """
 import os
+import resource
 import signal
+import socket
 import time
 import unittest
 
@@ -239,6 +241,58 @@ class StallTest(RouterTestCase):
             with r.client(timeout=5.0) as c:
                 return c.hset("t", stuck[-1], "after").status == 200
         self.assertTrue(wait_until(serves, 3 + SLACK), "the stuck shard did not serve again")
+
+    def test_full_listen_queue_keeps_a_hung_worker_hung(self):
+        """A stuck worker accepts nothing: once its socket's listen queue is
+        full, the router's reconnects fail with EAGAIN. That says the worker
+        is there and slow, not gone: reads of its shard go on being answered
+        from its files (a refused connection, nobody listening, would say
+        gone and end them)."""
+        r = self.node()
+        stuck = self.keys[STUCK]
+        with r.client() as c:
+            for i, k in enumerate(stuck[:10]):
+                self.assertOk(c.hset("t", k, "base%d" % i))
+        trigger = r.client(timeout=10.0)
+        self.addCleanup(trigger.close)
+        reader = r.client(timeout=10.0)
+        self.addCleanup(reader.close)
+        self.stall(r, trigger)
+        # Fill the stuck worker's listen queue (511) until connects fail.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1024 and hard >= 1024:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        path = os.path.join(r.data_dir, "shard-%d.sock" % STUCK)
+        queued = []
+        self.addCleanup(lambda: [q.close() for q in queued])
+        while len(queued) < 900:
+            q = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            q.setblocking(False)
+            try:
+                q.connect(path)
+            except BlockingIOError:
+                q.close()
+                break
+            queued.append(q)
+        self.assertLess(len(queued), 900, "the listen queue never filled")
+        # The trigger's write times out: the link goes down, the worker hung;
+        # its reconnects then fail for the full queue.
+        resp = trigger.recv()
+        self.assertEqual(resp.status, 503, resp.message)
+        # Reconnects fail after 50, 100, 200, 400 ms...: reads answered
+        # throughout, and a write refused says why (the link is down).
+        t = time.monotonic()
+        i = 0
+        while time.monotonic() - t < 1.5:
+            i = i % 9 + 1
+            resp = reader.call(req_hget("t", stuck[i]))
+            self.assertOk(resp)
+            self.assertEqual(pyval(resp.values[0]), "base%d" % i)
+            time.sleep(0.05)
+        resp = reader.call(req_hset("t", stuck[1], "refused"))
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("resource temporarily unavailable", resp.message.lower())
 
     def test_sigterm_while_a_commit_hangs(self):
         """SIGTERM while the stuck worker's commit hangs: the waiting write
