@@ -1963,30 +1963,12 @@ static void ingest_assign(node_ingest_t *in)
 
 /* ---- start / stop ------------------------------------------------------------------ */
 
-/* Called from librdkafka's threads. While a broker is down it logs every
- * reconnect attempt; at most one warning per second gets through (a racy
- * but harmless check: worst case two lines). */
+/* Called from librdkafka's threads (node_kafka_log). */
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
-    if (level <= 4) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if (ts.tv_sec == last_warn)
-            return;
-        last_warn = ts.tv_sec;
-    }
-    char line[2048];
     const node_ingest_t *in = rd_kafka_opaque(rk);
-    snprintf(line, sizeof(line), "%s", buf);
-    if (in != NULL)
-        node_kafka_scrub(in->cfg, line);
-    /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
-    kvs_log(level <= 3   ? KVS_LOG_ERROR
-            : level == 4 ? KVS_LOG_WARN
-            : level <= 6 ? KVS_LOG_INFO
-                         : KVS_LOG_DEBUG,
-            "librdkafka %s: %s", fac, line);
+    node_kafka_log(&last_warn, in != NULL ? in->cfg : NULL, "", level, fac, buf);
 }
 
 /* Sets one property. A refused secret (kvs_config_secret_key) is named

@@ -42,6 +42,28 @@ void node_kafka_scrub(const kvs_config_t *cfg, char *line)
     }
 }
 
+void node_kafka_log(_Atomic long *last_warn, const kvs_config_t *cfg, const char *client, int level,
+                    const char *fac, const char *buf)
+{
+    if (level <= 4) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (ts.tv_sec == *last_warn)
+            return;
+        *last_warn = ts.tv_sec;
+    }
+    char line[2048];
+    snprintf(line, sizeof(line), "%s", buf);
+    if (cfg != NULL)
+        node_kafka_scrub(cfg, line);
+    /* syslog levels: 0-3 errors, 4 warning, 5-6 notice/info, 7 debug */
+    kvs_log(level <= 3   ? KVS_LOG_ERROR
+            : level == 4 ? KVS_LOG_WARN
+            : level <= 6 ? KVS_LOG_INFO
+                         : KVS_LOG_DEBUG,
+            "librdkafka %s%s: %s", client, fac, line);
+}
+
 rd_kafka_conf_t *node_kafka_conf(const node_kafka_prop_t *defaults, size_t n,
                                  const kvs_config_t *cfg, const char *client, char *err,
                                  size_t errlen)

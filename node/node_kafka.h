@@ -41,6 +41,15 @@ struct rd_kafka_conf_s *node_kafka_conf(const node_kafka_prop_t *defaults, size_
  * threads: kafka.properties never changes while the process runs. */
 void node_kafka_scrub(const kvs_config_t *cfg, char *line);
 
+/* Logs a line librdkafka logs (its log_cb, on its threads) through
+ * kvs_log, prefixed "librdkafka <client><fac>: " (client "" or
+ * "producer "), its secrets scrubbed (cfg NULL: none to scrub). While a
+ * broker is down librdkafka logs every reconnect attempt: at most one
+ * warning or error a second gets through, per `last_warn` (one per client
+ * kind; a racy but harmless check: worst case two lines). */
+void node_kafka_log(_Atomic long *last_warn, const kvs_config_t *cfg, const char *client, int level,
+                    const char *fac, const char *buf);
+
 /* The client.id of shard `shard`'s client `role` ("" or "writer"):
  * kvs-[<node.name>-]shard-<N>[-<role>], so a broker's logs and quotas name
  * the node and shard. */

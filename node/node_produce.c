@@ -95,27 +95,12 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     pr->on_fatal(pr->arg, msg);
 }
 
-/* Called from librdkafka's threads: rate-limited like node_ingest's, secrets scrubbed. */
+/* Called from librdkafka's threads (node_kafka_log). */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     static _Atomic long last_warn;
-    if (level <= 4) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if (ts.tv_sec == last_warn)
-            return;
-        last_warn = ts.tv_sec;
-    }
-    char line[2048];
     const node_produce_t *pr = rd_kafka_opaque(rk);
-    snprintf(line, sizeof(line), "%s", buf);
-    if (pr != NULL)
-        node_kafka_scrub(pr->cfg, line);
-    kvs_log(level <= 3   ? KVS_LOG_ERROR
-            : level == 4 ? KVS_LOG_WARN
-            : level <= 6 ? KVS_LOG_INFO
-                         : KVS_LOG_DEBUG,
-            "librdkafka producer %s: %s", fac, line);
+    node_kafka_log(&last_warn, pr != NULL ? pr->cfg : NULL, "producer ", level, fac, buf);
 }
 
 static void serve(node_produce_t *pr)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -99,6 +100,43 @@ static inline void kvs_test_ignore_sigpipe(void)
 #ifdef SIGPIPE
     signal(SIGPIPE, SIG_IGN);
 #endif
+}
+
+/* Capturing stderr (what kvs_log writes): kvs_capture_start sends it to
+ * a temporary file, kvs_capture_end restores it and returns what was
+ * written (malloc'd, NUL-terminated; its length in *len when not NULL). */
+typedef struct {
+    FILE *file;
+    int saved_fd;
+} kvs_capture_t;
+
+static inline void kvs_capture_start(kvs_capture_t *c)
+{
+    fflush(stderr);
+    c->file = tmpfile();
+    CHECK(c->file != NULL);
+    c->saved_fd = dup(STDERR_FILENO);
+    CHECK(c->saved_fd >= 0);
+    CHECK(dup2(fileno(c->file), STDERR_FILENO) == STDERR_FILENO);
+}
+
+static inline char *kvs_capture_end(kvs_capture_t *c, size_t *len)
+{
+    fflush(stderr);
+    CHECK(dup2(c->saved_fd, STDERR_FILENO) == STDERR_FILENO);
+    close(c->saved_fd);
+    CHECK(fseek(c->file, 0, SEEK_END) == 0);
+    long n = ftell(c->file);
+    CHECK(n >= 0);
+    rewind(c->file);
+    char *text = malloc((size_t)n + 1);
+    CHECK(text != NULL);
+    CHECK_EQ(fread(text, 1, (size_t)n, c->file), n);
+    text[n] = '\0';
+    fclose(c->file);
+    if (len != NULL)
+        *len = (size_t)n;
+    return text;
 }
 
 #define KVS_TEST_MAIN(...)                                                                         \

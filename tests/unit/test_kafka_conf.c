@@ -3,14 +3,17 @@
  * kvs's settings, then kafka.properties, which win; a refused value is
  * named unless its key may hold a secret; client ids name node and shard.
  * And it ends a client within a bound: a close librdkafka holds up is left
- * running after it.
+ * running after it. librdkafka's own log lines reach kvs's log scrubbed of
+ * secrets, warnings at most one a second.
  */
+#include "kvs_log.h"
 #include "kvs_test.h"
 #include "node_kafka.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -72,6 +75,32 @@ KVS_TEST(refused_secret_is_never_shown)
         CHECK(strstr(err, "hunter2") == NULL);
         kvs_config_free(cfg);
     }
+}
+
+KVS_TEST(librdkafka_lines_are_scrubbed_and_warnings_rate_limited)
+{
+    kvs_config_t *cfg = load("kafka:\n  properties: {sasl.password: \"hunter22\"}\n");
+    kvs_log_init("node", 0, KVS_LOG_DEBUG);
+    static _Atomic long last_warn;
+    struct timespec ts;
+    /* Not at the turn of a second: the two warnings below share one. */
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    } while (ts.tv_nsec > 800000000L);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
+    node_kafka_log(&last_warn, cfg, "producer ", 4, "FAIL", "login hunter22 refused");
+    node_kafka_log(&last_warn, cfg, "producer ", 3, "FAIL", "second hunter22");
+    node_kafka_log(&last_warn, cfg, "producer ", 6, "STATE", "info hunter22 passes");
+    node_kafka_log(&last_warn, NULL, "", 7, "DBG", "no config");
+    char *text = kvs_capture_end(&c, NULL);
+    CHECK(strstr(text, "hunter22") == NULL);
+    CHECK_CONTAINS(text, "librdkafka producer FAIL: login ******** refused");
+    CHECK(strstr(text, "second") == NULL); /* the second warning of that second */
+    CHECK_CONTAINS(text, "librdkafka producer STATE: info ******** passes");
+    CHECK_CONTAINS(text, "librdkafka DBG: no config");
+    free(text);
+    kvs_config_free(cfg);
 }
 
 KVS_TEST(client_ids_name_node_and_shard)
@@ -158,7 +187,9 @@ KVS_TEST(destroy_held_up_by_a_commit_is_left_after_the_bound)
     CHECK_EQ(rd_kafka_thread_cnt(), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(properties_win_over_defaults), KVS_CASE(refused_value_is_named_with_its_client),
+KVS_TEST_MAIN(KVS_CASE(properties_win_over_defaults),
+              KVS_CASE(refused_value_is_named_with_its_client),
               KVS_CASE(refused_secret_is_never_shown), KVS_CASE(client_ids_name_node_and_shard),
+              KVS_CASE(librdkafka_lines_are_scrubbed_and_warnings_rate_limited),
               KVS_CASE(destroy_within_the_bound_frees_the_client),
               KVS_CASE(destroy_held_up_by_a_commit_is_left_after_the_bound))

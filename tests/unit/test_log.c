@@ -24,42 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- capturing stderr ---------------------------------------------------- */
-
-typedef struct {
-    FILE *file;
-    int saved_fd;
-} capture_t;
-
-static void capture_start(capture_t *c)
-{
-    fflush(stderr);
-    c->file = tmpfile();
-    CHECK(c->file != NULL);
-    c->saved_fd = dup(STDERR_FILENO);
-    CHECK(c->saved_fd >= 0);
-    CHECK(dup2(fileno(c->file), STDERR_FILENO) == STDERR_FILENO);
-}
-
-/* Restores stderr and returns what was written (malloc'd, NUL-terminated). */
-static char *capture_end(capture_t *c, size_t *len)
-{
-    CHECK(dup2(c->saved_fd, STDERR_FILENO) == STDERR_FILENO);
-    close(c->saved_fd);
-    CHECK(fseek(c->file, 0, SEEK_END) == 0);
-    long n = ftell(c->file);
-    CHECK(n >= 0);
-    rewind(c->file);
-    char *text = malloc((size_t)n + 1);
-    CHECK(text != NULL);
-    CHECK_EQ(fread(text, 1, (size_t)n, c->file), n);
-    text[n] = '\0';
-    fclose(c->file);
-    if (len != NULL)
-        *len = (size_t)n;
-    return text;
-}
-
 /* Checks `text` against an extended regex anchored at both ends. */
 static void check_matches(const char *text, const char *pattern)
 {
@@ -448,11 +412,11 @@ static char *json_roundtrip(const char *msg, size_t *len)
 {
     kvs_log_init("node", 1, KVS_LOG_INFO);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_t c;
+    kvs_capture_t c;
     size_t n;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("%s", msg);
-    char *text = capture_end(&c, &n);
+    char *text = kvs_capture_end(&c, &n);
     jdoc_t d;
     check_json_line(text, n, &d, "info", "node", 1);
     jmember_t *m = (jmember_t *)jget(&d, "message");
@@ -500,11 +464,11 @@ KVS_TEST(level_parse_rejects_other_strings)
 KVS_TEST(line_format_with_shard)
 {
     kvs_log_init("node", 2, KVS_LOG_INFO);
-    capture_t c;
+    kvs_capture_t c;
     time_t before = time(NULL);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("opened shard-%d (%d tables)", 2, 3);
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     time_t after = time(NULL);
     check_matches(text, "^" STAMP " node\\[2\\] INFO  opened shard-2 \\(3 tables\\)\n$");
 
@@ -520,13 +484,13 @@ KVS_TEST(line_format_with_shard)
 KVS_TEST(line_format_without_shard)
 {
     kvs_log_init("router", -1, KVS_LOG_DEBUG);
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     kvs_debug("d %s", "one");
     kvs_info("i");
     kvs_warn("w %d", -5);
     kvs_error("e%%");
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " router DEBUG d one\n" STAMP " router INFO  i\n" STAMP
                         " router WARN  w -5\n" STAMP " router ERROR e%\n$");
     CHECK(strchr(text, '[') == NULL);
@@ -536,10 +500,10 @@ KVS_TEST(line_format_without_shard)
 KVS_TEST(shard_zero_is_shown)
 {
     kvs_log_init("node", 0, KVS_LOG_INFO);
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     kvs_error("x");
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " node\\[0\\] ERROR x\n$");
     free(text);
 }
@@ -547,10 +511,10 @@ KVS_TEST(shard_zero_is_shown)
 KVS_TEST(role_truncated_to_15_bytes)
 {
     kvs_log_init("abcdefghijklmnopqrstuvwxyz", 7, KVS_LOG_INFO);
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     kvs_info("m");
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " abcdefghijklmno\\[7\\] INFO  m\n$");
     free(text);
 }
@@ -562,19 +526,19 @@ KVS_TEST(levels_below_threshold_print_nothing)
     CHECK(!kvs_log_enabled(KVS_LOG_INFO));
     CHECK(kvs_log_enabled(KVS_LOG_WARN));
     CHECK(kvs_log_enabled(KVS_LOG_ERROR));
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_debug("hidden debug");
     kvs_info("hidden info");
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     CHECK_EQ(len, 0);
     free(text);
 
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("hidden");
     kvs_warn("shown");
-    text = capture_end(&c, NULL);
+    text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " cli WARN  shown\n$");
     free(text);
 
@@ -583,9 +547,9 @@ KVS_TEST(levels_below_threshold_print_nothing)
     CHECK(!kvs_log_enabled(KVS_LOG_WARN));
     kvs_log_set_level(KVS_LOG_DEBUG);
     CHECK(kvs_log_enabled(KVS_LOG_DEBUG));
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_debug("now shown");
-    text = capture_end(&c, NULL);
+    text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " cli DEBUG now shown\n$");
     free(text);
 }
@@ -598,12 +562,12 @@ KVS_TEST(long_message_truncated_with_newline)
     CHECK(big != NULL);
     memset(big, 'x', n);
     big[n] = '\0';
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("%s", big);
     kvs_info("after");
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
 
     /* Two lines: the first cut short but whole, then the next intact. */
     char *nl = strchr(text, '\n');
@@ -625,11 +589,11 @@ KVS_TEST(long_message_truncated_with_newline)
 KVS_TEST(text_escapes_control_characters)
 {
     kvs_log_init("router", -1, KVS_LOG_INFO);
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_warn("user \"%s\" end", "x\n2026-01-01T00:00:00.000Z router ERROR  forged\r\t\x1b[31m\x7f");
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     CHECK(strchr(text, '\n') == text + len - 1);
     check_matches(text, "^" STAMP " router WARN  user \"x\\\\n2026-01-01T00:00:00\\.000Z router "
                         "ERROR  forged\\\\r\\\\t\\\\x1b\\[31m\\\\x7f\" end\n$");
@@ -639,9 +603,9 @@ KVS_TEST(text_escapes_control_characters)
     for (size_t n = 2020; n < 2060; n++) {
         memset(msg, '\x01', n);
         msg[n] = '\0';
-        capture_start(&c);
+        kvs_capture_start(&c);
         kvs_info("%s", msg);
-        text = capture_end(&c, &len);
+        text = kvs_capture_end(&c, &len);
         CHECK(strchr(text, '\n') == text + len - 1);
         CHECK(len <= 2048);
         CHECK(strlen(text) == len);
@@ -659,11 +623,11 @@ KVS_TEST(message_of_exactly_the_line_size)
     for (size_t n = 2000; n < sizeof(msg); n++) {
         memset(msg, 'y', n);
         msg[n] = '\0';
-        capture_t c;
+        kvs_capture_t c;
         size_t len;
-        capture_start(&c);
+        kvs_capture_start(&c);
         kvs_info("%s", msg);
-        char *text = capture_end(&c, &len);
+        char *text = kvs_capture_end(&c, &len);
         CHECK(len > 0);
         CHECK_EQ(text[len - 1], '\n');
         CHECK(strchr(text, '\n') == text + len - 1);
@@ -678,12 +642,12 @@ KVS_TEST(json_line_fields)
 {
     kvs_log_init("node", 2, KVS_LOG_DEBUG);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
     time_t before = time(NULL);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("opened shard-%d (%d tables)", 2, 3);
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     time_t after = time(NULL);
     jdoc_t d;
     check_json_line(text, len, &d, "info", "node", 2);
@@ -707,14 +671,14 @@ KVS_TEST(json_levels_and_no_shard)
 {
     kvs_log_init("router", -1, KVS_LOG_DEBUG);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_debug("d");
     kvs_info("i");
     kvs_warn("w %d", -5);
     kvs_error("e%%");
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     static const char *const want[][2] = {
         {"debug", "d"}, {"info", "i"}, {"warn", "w -5"}, {"error", "e%"}};
     char *line = text;
@@ -732,17 +696,17 @@ KVS_TEST(json_levels_and_no_shard)
 
     /* Shard 0 is a shard; back to text, the text format is back. */
     kvs_log_init("node", 0, KVS_LOG_INFO);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("x");
-    text = capture_end(&c, &len);
+    text = kvs_capture_end(&c, &len);
     jdoc_t d;
     check_json_line(text, len, &d, "info", "node", 0);
     json_free(&d);
     free(text);
     kvs_log_set_format(KVS_LOG_TEXT);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("x");
-    text = capture_end(&c, NULL);
+    text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " node\\[0\\] INFO  x\n$");
     free(text);
 }
@@ -751,25 +715,25 @@ KVS_TEST(router_index_in_text_and_json)
 {
     kvs_log_init("router", -1, KVS_LOG_INFO);
     kvs_log_set_index("router", 1);
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("accepting");
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     check_matches(text, "^" STAMP " router\\[1\\] INFO  accepting\n$");
     free(text);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("accepting");
-    text = capture_end(&c, &len);
+    text = kvs_capture_end(&c, &len);
     CHECK(strstr(text, "\"role\":\"router\",\"router\":1,\"message\":\"accepting\"}") != NULL);
     CHECK(strstr(text, "shard") == NULL);
     free(text);
     /* kvs_log_init starts over: a shard again. */
     kvs_log_init("node", 3, KVS_LOG_INFO);
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_info("x");
-    text = capture_end(&c, &len);
+    text = kvs_capture_end(&c, &len);
     jdoc_t d;
     check_json_line(text, len, &d, "info", "node", 3);
     json_free(&d);
@@ -799,10 +763,10 @@ KVS_TEST(json_escapes_quotes_backslashes_and_controls)
     /* A NUL printed with %c is a character of the message too. */
     kvs_log_init("cli", -1, KVS_LOG_INFO);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     kvs_info("a%cb", 0);
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     CHECK(strstr(text, "\"message\":\"a\\u0000b\"}") != NULL);
     jdoc_t d;
     check_json_line(text, len, &d, "info", "cli", -1);
@@ -879,11 +843,11 @@ KVS_TEST(json_role_is_escaped_too)
 {
     kvs_log_init("a\"b\\c", 4, KVS_LOG_INFO);
     kvs_log_set_format(KVS_LOG_JSON);
-    capture_t c;
+    kvs_capture_t c;
     size_t len;
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_warn("m");
-    char *text = capture_end(&c, &len);
+    char *text = kvs_capture_end(&c, &len);
     jdoc_t d;
     check_json_line(text, len, &d, "warn", "a\"b\\c", 4);
     json_free(&d);
@@ -947,8 +911,8 @@ KVS_TEST(budget_lets_a_burst_through_then_counts_and_says_how_many)
     kvs_log_budget_t b;
     kvs_log_budget_init(&b, "lines about clients", KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     uint64_t t0 = 5000000; /* a loop's clock: any start */
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     int printed = 0;
     for (int i = 0; i < 1000; i++) {
         if (kvs_log_budget_take(&b, t0 + (uint64_t)i)) {
@@ -958,7 +922,7 @@ KVS_TEST(budget_lets_a_burst_through_then_counts_and_says_how_many)
     }
     /* Within the window nothing more, and no summary yet. */
     kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS - 1);
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     CHECK_EQ(printed, KVS_LOG_PEER_LINES);
     CHECK_EQ(count_lines_with(text, "closing peer"), KVS_LOG_PEER_LINES);
     CHECK(strstr(text, "not logged") == NULL);
@@ -966,11 +930,11 @@ KVS_TEST(budget_lets_a_burst_through_then_counts_and_says_how_many)
 
     /* The window is over: the flush (a timer's) says how many were left
      * out, once, and a new window lets a burst through again. */
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 5);
     kvs_log_budget_flush(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 6);
     CHECK(kvs_log_budget_take(&b, t0 + KVS_LOG_PEER_WINDOW_MS + 7));
-    text = capture_end(&c, NULL);
+    text = kvs_capture_end(&c, NULL);
     CHECK_EQ(count_lines_with(text, "WARN  980 more lines about clients were not logged in the "
                                     "last 10 s (at most 20 are per 10 s)\n"),
              1);
@@ -986,18 +950,18 @@ KVS_TEST(budget_summary_comes_with_the_next_line_without_a_flush)
     uint64_t t0 = 42;
     for (int i = 0; i < 5 + 3; i++)
         CHECK_EQ(kvs_log_budget_take(&b, t0), i < 5);
-    capture_t c;
-    capture_start(&c);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
     /* Long after: the summary names the time since the window began. */
     CHECK(kvs_log_budget_take(&b, t0 + 65000));
-    char *text = capture_end(&c, NULL);
+    char *text = kvs_capture_end(&c, NULL);
     CHECK(strstr(text, "3 more failed Auth attempts were not logged in the last 65 s (at most 5 "
                        "are per 1 s)\n") != NULL);
     free(text);
     /* A quiet window says nothing. */
-    capture_start(&c);
+    kvs_capture_start(&c);
     kvs_log_budget_flush(&b, t0 + 65000 + 2000);
-    text = capture_end(&c, NULL);
+    text = kvs_capture_end(&c, NULL);
     CHECK_EQ(strlen(text), 0);
     free(text);
 }
