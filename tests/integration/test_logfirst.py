@@ -14,6 +14,7 @@ Every wait is bounded; every process is killed at cleanup.
 """
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -70,6 +71,39 @@ class FreshnessFixtures(KafkaFixtures):
 
 @unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
 class FreshnessTest(FreshnessFixtures, unittest.TestCase):
+    def test_frames_behind_a_waiting_read_are_answered_before_a_frame_error(self):
+        # A worker holds the frames pipelined behind a read that waits for a
+        # position; a bad frame header behind them is met only when delivery
+        # reaches it: the read, then the Ping, then the error, then EOF.
+        from kvstest import COMPRESSED, frame, req_ping
+        topic, parts = "users", 2
+        m = self.mock({topic: parts})
+        # applying takes 8 s per record: the write's answer is 503 with its
+        # position (Kafka has it), which the worker reaches only later
+        r = self.router(m, [(topic, "users", "raw", parts)], shards=1, timeout="1s",
+                        env={"KVS_TEST_INGEST_DELAY_MS": "8000"})
+        with r.client() as c:
+            resp = c.hset("users", b"k", b"v")
+            self.assertEqual(resp.status, 503, resp.message)
+            ahead = resp.position
+            self.assertTrue(ahead)
+        for bad, status in ((struct.pack(">I", 1 << 30), 413),
+                            (frame(req_ping().SerializeToString(), COMPRESSED), 400)):
+            with Client(r.socket_path(0)) as w:
+                w.sock.settimeout(10)
+                t = time.monotonic()
+                w.send_raw(encode(with_options(req_hget("users", b"k"), ahead)) +
+                           encode(req_ping()) + bad)
+                resp = w.recv()
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("behind by 1 records", resp.message)
+                self.assertGreater(time.monotonic() - t, 0.3, "the read did not wait")
+                self.assertEqual(w.recv().message, "PONG")
+                self.assertEqual(w.recv().status, status)
+                self.assertTrue(w.at_eof())
+        with Client(r.socket_path(0)) as w:  # the worker serves on
+            self.assertEqual(w.call(req_ping()).message, "PONG")
+
     def test_catch_up_gate_until_within_max_lag(self):
         topic, parts = "users", 2
         m = self.mock({topic: parts})
