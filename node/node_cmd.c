@@ -667,6 +667,7 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 {
     kvs_resp_t r;
     kvs_resp_begin(&r, out);
+    r.value_lengths = pk->value_lengths;
     char table[KVS_MAX_TABLE + 1];
     int rc = fast_path(ctx, pk, &r);
     if (rc != 0) {
