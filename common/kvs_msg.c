@@ -1239,7 +1239,7 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
     const uint8_t *end = p + len, *body, *v;
     uint64_t tag;
     size_t blen, n;
-    if (peek_field(&p, end, &tag, &body, &blen) != 0 || p != end || (tag & 7) != 2)
+    if (peek_field(&p, end, &tag, &body, &blen) != 0 || (tag & 7) != 2)
         return 0;
     out->cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
     if (out->cmd != KVS__COMMAND_REQUEST__COMMAND_HGET &&
@@ -1247,6 +1247,16 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
         out->cmd != KVS__COMMAND_REQUEST__COMMAND_HDEL &&
         out->cmd != KVS__COMMAND_REQUEST__COMMAND_HEXIST)
         return 0;
+    /* An Hset or Hdel may ask for value_lengths (the Redis door's HSET and
+     * HDEL do), after its command as protobuf packs it. */
+    out->value_lengths = 0;
+    if (p != end) {
+        if ((out->cmd != KVS__COMMAND_REQUEST__COMMAND_HSET &&
+             out->cmd != KVS__COMMAND_REQUEST__COMMAND_HDEL) ||
+            peek_field(&p, end, &tag, &v, &n) != 0 || p != end || tag != (102 << 3 | 0))
+            return 0;
+        out->value_lengths = varint_bool(v, n);
+    }
     /* Hget, Hdel, Hexist: {table = 1, key = 2}; Hset: {table = 1,
      * pair = 2 {key = 1, value = 2}}. */
     int hset = out->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET;

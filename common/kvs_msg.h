@@ -148,14 +148,17 @@ typedef struct kvs_peek_s {
     size_t key_len;
     const uint8_t *value; /* Hset: the encoded Hset.pair.value, as stored */
     size_t value_len;
+    int value_lengths; /* Hset, Hdel: CommandRequest.value_lengths */
 } kvs_peek_t;
 
 /* The router's fast path: finds the table and key of an Hget, Hset, Hdel
  * or Hexist request straight from its wire bytes, without decoding. Returns
  * 1 only when the request is certainly valid (every check kvs_msg_validate
  * and kvs_msg_check_strings make passes); 0 when anything is unusual (an
- * error, another command, unknown or repeated fields), and the caller must
- * decode and validate in full, which also writes the right message. */
+ * error, another command, unknown or repeated fields, any request-level
+ * option but an Hset's or Hdel's value_lengths after the command), and the
+ * caller must decode and validate in full, which also writes the right
+ * message. Whoever answers a peeked Hset or Hdel honours value_lengths. */
 int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out);
 
 /* Appends the encoded CommandRequest of a single-key command (`cmd`: Hget,

@@ -80,6 +80,25 @@ static int bools_too_large(const kvs_reads_src_t *src, kvs_resp_t *r, size_t n)
 
 /* ---- keys ----------------------------------------------------------------------- */
 
+/* Peeks a stored Value. One stored from a Kafka record's payload as it
+ * came (format: value) may hold several members one after another, which
+ * a decoder reads as the last (protobuf's rule for a oneof; ingestion
+ * checked that it decodes, with no unknown field): that one is peeked. */
+static int stored_peek(const uint8_t *p, size_t len, kvs_value_peek_t *v)
+{
+    const uint8_t *end = p + len, *last = NULL, *x;
+    uint64_t tag;
+    size_t n;
+    if (kvs_msg_value_peek(p, len, v))
+        return 1;
+    for (const uint8_t *q = p; q < end;) {
+        last = q;
+        if (kvs_msg_next_field(&q, end, &tag, &x, &n) != 0)
+            return 0;
+    }
+    return last != NULL && kvs_msg_value_peek(last, (size_t)(end - last), v);
+}
+
 void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
 {
     kvs_value_peek_t v;
@@ -87,13 +106,25 @@ void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
     const uint8_t *text;
     uint8_t out[16];
     /* A stored value always peeks (it was checked); an empty one stays empty. */
-    if (!r->value_lengths || len == 0 || !kvs_msg_value_peek(enc, len, &v) ||
+    if (!r->value_lengths || len == 0 || !stored_peek(enc, len, &v) ||
         v.kind == KVS__VALUE__KIND__NOT_SET) {
         kvs_resp_value(r, enc, len);
         return;
     }
     size_t n = kvs_msg_value_text(&v, num, &text);
     kvs_resp_value(r, out, kvs_value_encode_int(out, (int64_t)n));
+}
+
+size_t kvs_reads_stored_bound(int value_lengths, size_t len)
+{
+    return value_lengths && len > KVS_READS_LENGTH_MAX ? KVS_READS_LENGTH_MAX : len;
+}
+
+size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes)
+{
+    if (value_lengths && bytes > n * KVS_READS_LENGTH_MAX)
+        bytes = n * KVS_READS_LENGTH_MAX;
+    return kvs_msg_answer_bound(n, bytes);
 }
 
 int kvs_reads_key(const kvs_reads_src_t *src, Kvs__CommandRequest__CommandCase cmd,

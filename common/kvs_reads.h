@@ -58,6 +58,23 @@ int kvs_reads_execute(const kvs_reads_src_t *src, const Kvs__CommandRequest *req
  * answer holding stored values uses this, on workers and in the router. */
 void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len);
 
+/* The most bytes of an encoded Value kvs_reads_stored appends for a
+ * stored value of `len` encoded bytes (0: none): `len`, or with
+ * `value_lengths` at most KVS_READS_LENGTH_MAX (the integer_value of a
+ * length is never larger than the Value it measures). */
+#define KVS_READS_LENGTH_MAX 11 /* an integer_value: its tag and a 10-byte varint */
+size_t kvs_reads_stored_bound(int value_lengths, size_t len);
+
+/* The bound of a write's answer (kvs_msg_answer_bound) holding n previous
+ * values, the kvs_reads_stored_bound of each (stored now, or for a key
+ * repeated in the request an earlier pair's new value) adding up to at
+ * most `bytes`. With `value_lengths` each previous value is a length or
+ * nothing, so the bound is never more than n lengths' whatever `bytes`
+ * is: a write that answers lengths is never refused for the size of
+ * values it does not show. Workers check their answers against it before
+ * they write; the router plans split writes' budgets with it. */
+size_t kvs_reads_write_bound(int value_lengths, size_t n, size_t bytes);
+
 /* Hget or Hexist of key[0..klen) in `table` (NUL-terminated), from a
  * request's wire bytes (kvs_msg_peek): the same answer as
  * kvs_reads_execute gives the decoded request. Same returns. */

@@ -271,14 +271,15 @@ static int cmd_hdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
 
 /* What the keys of a multi-key write hold now. */
 typedef struct stored_s {
-    size_t bytes;     /* of the stored values: bounds the answer */
+    size_t bytes;     /* of the stored values as answered (kvs_reads_stored_bound) */
     size_t found;     /* keys that exist */
     size_t key_bytes; /* of the keys that exist */
 } stored_t;
 
-/* Looks up `keys` before anything is written, to bound the answer and to
- * price what a delete will write. Returns a negative error or 0. */
-static int stored_bytes(node_cmd_ctx_t *ctx, const char *table, size_t n,
+/* Looks up `keys` before anything is written, to bound the answer (as
+ * `r` answers stored values) and to price what a delete will write.
+ * Returns a negative error or 0. */
+static int stored_bytes(node_cmd_ctx_t *ctx, const kvs_resp_t *r, const char *table, size_t n,
                         const ProtobufCBinaryData *(*key_at)(const void *, size_t), const void *m,
                         stored_t *out)
 {
@@ -288,7 +289,7 @@ static int stored_bytes(node_cmd_ctx_t *ctx, const char *table, size_t n,
         const ProtobufCBinaryData *k = key_at(m, i);
         int rc = node_store_get(ctx->store, table, k->data, k->len, &v);
         if (rc == 0) {
-            out->bytes += v.len;
+            out->bytes += kvs_reads_stored_bound(r->value_lengths, v.len);
             out->found++;
             out->key_bytes += k->len;
         } else if (rc != KVS_ENOTFOUND) {
@@ -310,14 +311,15 @@ static const ProtobufCBinaryData *hmdel_key(const void *m, size_t i)
 
 /* A multi-key write must know its answer fits before it writes: refusing
  * afterwards would report failure for applied writes. `bytes` is an upper
- * bound of the n previous values' bytes; the answer may take at most
- * max_frame, or `budget` when that is smaller and not 0 (the router's
- * share of the merged answer for this part). Returns 1 when it answered
- * 413. */
+ * bound of the n previous values' bytes as `r` answers them (lengths
+ * only, with value_lengths: kvs_reads_write_bound); the answer may take
+ * at most max_frame, or `budget` when that is smaller and not 0 (the
+ * router's share of the merged answer for this part). Returns 1 when it
+ * answered 413. */
 static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, size_t n,
                             size_t bytes, uint32_t budget)
 {
-    size_t need = kvs_msg_answer_bound(n, bytes);
+    size_t need = kvs_reads_write_bound(r->value_lengths, n, bytes);
     if (budget == 0 || budget >= ctx->max_frame) {
         if (need <= ctx->max_frame)
             return 0;
@@ -350,11 +352,11 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
         if (pair_too_large(ctx, r, &m->pairs[i]->key, vlen))
             return 0;
         bytes += m->pairs[i]->key.len + vlen;
-        news += vlen;
+        news += kvs_reads_stored_bound(r->value_lengths, vlen);
     }
     /* A previous value is either stored now or, for a key repeated in the
      * request, an earlier pair's new value: both sums bound the answer. */
-    int rc = stored_bytes(ctx, m->table, m->n_pairs, hmset_key, m, &old);
+    int rc = stored_bytes(ctx, r, m->table, m->n_pairs, hmset_key, m, &old);
     if (rc != 0)
         return rc;
     if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news, m->answer_budget))
@@ -379,7 +381,7 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
 {
     const Kvs__Hmdel *m = req->hmdel;
     stored_t old;
-    int rc = stored_bytes(ctx, m->table, m->n_keys, hmdel_key, m, &old);
+    int rc = stored_bytes(ctx, r, m->table, m->n_keys, hmdel_key, m, &old);
     if (rc != 0)
         return rc;
     if (answer_too_large(ctx, r, "Hmdel", m->n_keys, old.bytes, m->answer_budget))
@@ -665,6 +667,7 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 {
     kvs_resp_t r;
     kvs_resp_begin(&r, out);
+    r.value_lengths = pk->value_lengths;
     char table[KVS_MAX_TABLE + 1];
     int rc = fast_path(ctx, pk, &r);
     if (rc != 0) {

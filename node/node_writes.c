@@ -649,9 +649,13 @@ static size_t answer_budget(const Kvs__CommandRequest *req)
 }
 
 /* Every pair must be readable back, and the answer must fit: checked
- * before anything is produced (the rules of direct writes, node_cmd). */
+ * before anything is produced (the rules of direct writes, node_cmd).
+ * With value_lengths the previous values are answered as lengths
+ * (kvs_reads_stored_bound): however large they are now, or become before
+ * the records apply (a write of the same keys still on its way through
+ * the topic), the answer stays within this bound. */
 static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *items, size_t n,
-                       size_t budget, char *msg, size_t mlen)
+                       size_t budget, int value_lengths, char *msg, size_t mlen)
 {
     size_t olds = 0, news = 0;
     for (size_t i = 0; i < n; i++) {
@@ -666,10 +670,10 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
                      wr->max_frame - KVS_MAX_KEY - 64);
             return KVS_ETOOBIG;
         }
-        news += vlen;
+        news += kvs_reads_stored_bound(value_lengths, vlen);
         int rc = node_store_get(wr->store, b->table, items[i].key->data, items[i].key->len, &v);
         if (rc == 0)
-            olds += v.len;
+            olds += kvs_reads_stored_bound(value_lengths, v.len);
         else if (rc != KVS_ENOTFOUND)
             return rc;
     }
@@ -677,7 +681,9 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
      * pair's new value) and the position token. A split write's part may
      * carry a smaller budget (Hmset/Hmdel.answer_budget, set by the router). */
     size_t limit = budget > 0 && budget < wr->max_frame ? budget : wr->max_frame;
-    if (n > 1 && kvs_msg_answer_bound(n, olds + news) + 24 * n + 64 + strlen(b->topic) > limit) {
+    if (n > 1 &&
+        kvs_reads_write_bound(value_lengths, n, olds + news) + 24 * n + 64 + strlen(b->topic) >
+            limit) {
         snprintf(msg, mlen,
                  "answer would exceed %s (%zu bytes); nothing was written; send fewer keys per "
                  "request",
@@ -784,8 +790,8 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     int rc = collect_items(wr, b, req, arena, &items, &n, msg, sizeof(msg));
     if (rc == 0)
         rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
-    if (rc == 0 &&
-        (rc = check_sizes(wr, b, items, n, answer_budget(req), msg, sizeof(msg))) == KVS_ETOOBIG)
+    if (rc == 0 && (rc = check_sizes(wr, b, items, n, answer_budget(req), req->value_lengths, msg,
+                                     sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;
     if (rc == -ENOMEM)
         return rc;

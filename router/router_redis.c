@@ -439,7 +439,11 @@ static int too_many_keys(router_redis_t *rs, router_req_t *req, const cmd_t *cmd
 }
 
 /* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
- * if_absent), several as one Hmset. */
+ * if_absent), several as one Hmset. Every one asks for value_lengths: its
+ * reply (a count of new fields, +OK, 0 or 1) needs only whether each
+ * field was there, so no previous value is sent to the router, and none
+ * can make the answer too large for limits.max_frame (a worker and the
+ * router's split-write budgets price lengths only). */
 static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
@@ -470,7 +474,6 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         one.table = table;
         one.pair = pp[0];
         one.if_absent = cmd->rcmd == RC_HSETNX;
-        q.value_lengths = cmd->rcmd == RC_HSETNX; /* whether it was there, not its bytes */
         q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
         q.hset = &one;
     } else {
@@ -480,10 +483,13 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMSET;
         q.hmset = &many;
     }
+    q.value_lengths = 1; /* whether each field was there, not its bytes */
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
-/* HMGET and HDEL: one field as Hget/Hdel, several as Hmget/Hmdel. */
+/* HMGET and HDEL: one field as Hget/Hdel, several as Hmget/Hmdel. HDEL
+ * asks for value_lengths, as HSET does: it counts the fields that were
+ * there. */
 static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
@@ -520,6 +526,7 @@ static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *re
         q.command_case = KVS__COMMAND_REQUEST__COMMAND_HMDEL;
         q.hmdel = &md;
     }
+    q.value_lengths = cmd->rcmd == RC_HDEL;
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 

@@ -1818,20 +1818,27 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
  * keeps the request's keys for a 207. Returns 0, or -1 when `req` was
  * answered. Weights: Hmset, the part's new value bytes (previous values
  * are most often about as large as the values that replace them); Hmdel,
- * its keys. */
+ * its keys. With value_lengths (the Redis door's writes) each previous
+ * value is answered as a length or nothing, so the router knows each
+ * part's whole bound (kvs_reads_write_bound) and gives it all of it: no
+ * part is refused for previous values, however large. Only when those
+ * bounds pass the total (a request of very many keys: some 20 bytes
+ * each, 70 on a bound table) are the parts budgeted as without it,
+ * sharing the room for what they do not know. */
 static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                       const kvs_binding_t *b, uint32_t *budget)
 {
     route_merge_t *m = req->merge;
     int hmset = q->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET;
     const char *cmd = kvs_msg_command_name(q->command_case);
-    uint64_t *known = kvs_arena_alloc(&r->arena, 3 * m->nparts * sizeof(*known));
+    int lengths = q->value_lengths;
+    uint64_t *known = kvs_arena_alloc(&r->arena, 4 * m->nparts * sizeof(*known));
     if (known == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return -1;
     }
-    uint64_t *weight = known + m->nparts, *news = weight + m->nparts;
-    memset(known, 0, 3 * m->nparts * sizeof(*known));
+    uint64_t *weight = known + m->nparts, *news = weight + m->nparts, *whole = news + m->nparts;
+    memset(known, 0, 4 * m->nparts * sizeof(*known));
     size_t pair_max = kvs_msg_pair_max(r->cfg->max_frame), keybytes = 0;
     for (size_t i = 0; i < m->nkeys; i++) {
         const ProtobufCBinaryData *k = nth_key(q, i);
@@ -1849,7 +1856,7 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
         }
         keybytes += k->len;
         known[m->key_part[i]]++; /* the part's keys, for now */
-        news[m->key_part[i]] += v;
+        news[m->key_part[i]] += kvs_reads_stored_bound(lengths, v);
     }
     /* A table bound to a topic is written through it (node_writes): each
      * part's answer also carries its position (what node_writes counts),
@@ -1859,11 +1866,14 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     for (uint32_t p = 0; p < m->nparts; p++) {
         weight[p] = hmset ? news[p] : known[p];
         uint64_t tok = b != NULL ? 24 * known[p] + 64 + topic : 0;
-        known[p] = kvs_msg_answer_bound(known[p], news[p]) + tok;
+        whole[p] = kvs_reads_write_bound(1, known[p], known[p] * KVS_READS_LENGTH_MAX) + tok;
+        known[p] = kvs_reads_write_bound(lengths, known[p], news[p]) + tok;
     }
     uint32_t asked = hmset ? q->hmset->answer_budget : q->hmdel->answer_budget;
     uint64_t total = asked != 0 && asked < r->cfg->max_frame ? asked : r->cfg->max_frame;
     total = total > positions ? total - positions : 0;
+    if (lengths && split_budget(total, m->nparts, whole, weight, budget) == 0)
+        return keep_keys(req, q, keybytes);
     if (split_budget(total, m->nparts, known, weight, budget) != 0) {
         router_req_finish_status(
             req, KVS_STATUS_TOO_LARGE,

@@ -1568,11 +1568,11 @@ def resp_value(rng):
 
 
 def partly(r, ks, sh):
-    """A split HSET or HDEL some of whose shards refused their part (207
-    through RESP: README, Multi-key commands: the answer budget is shared by
-    new value bytes, so a part of small new values replacing large ones can
-    be refused). The error names shards, not fields: the fields become
-    unknown."""
+    """A split HSET or HDEL some of whose shards refused their part or were
+    down (207 through RESP). Not for the previous values: the Redis door's
+    writes ask for value_lengths, priced by lengths (README, Multi-key
+    commands), so large values replaced no longer make a part refuse. The
+    error names shards, not fields: the fields become unknown."""
     if r[0] == b"-" and b"partly applied" in r[1]:
         for k in ks:
             sh.vals[k] = UNKNOWN

@@ -453,6 +453,50 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual([pyval(v) for v in c.call(req_hmget("vals", [k0, k1])).values],
                              [1, 2])
 
+    def test_redis_writes_count_fields_whatever_the_values_they_replace(self):
+        # HSET and HDEL through the Redis door ask for value_lengths: their
+        # reply is a count, so neither the previous values stored when a
+        # write is checked nor those a write of the same keys still on its
+        # way through Kafka leaves behind can make it fail. Before, five
+        # 14 KiB values stored (the frame 64 KiB) made the Hmset or Hmdel
+        # of all five 413 or 207, and two 40 KiB values in flight made the
+        # HSET or HDEL of both 500 "was applied".
+        import redis
+        from routertest import free_port
+        parts = 4
+        m = self.mock({"vl": parts})
+        rport = free_port()
+        r = self.router(m, [("vl", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
+                        env={"KVS_TEST_INGEST_DELAY_MS": "150"},
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(c.close)
+        fields = [b"f%d" % i for i in range(5)]
+        big = b"v" * (14 * 1024)
+        for f in fields:  # each answered once applied
+            self.assertEqual(c.hset("vals", f, big), 1)
+        self.assertEqual(c.hset("vals", mapping={f: b"s" for f in fields + [b"new"]}), 1)
+        self.assertEqual(c.hmget("vals", fields + [b"new"]), [b"s"] * 6)
+        for f in fields:
+            c.hset("vals", f, big)
+        self.assertEqual(c.hdel("vals", *(fields + [b"none"])), 5)
+        self.assertEqual(c.hmget("vals", fields), [None] * 5)
+
+        k0 = next(k for k in (b"a%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 0)
+        k1 = next(k for k in (b"b%d" % i for i in range(100)) if partition_of(k, parts) % 2 == 1)
+        huge = b"x" * (40 * 1024)
+        for last, want in ((("HSET", "vals", k0, b"1", k1, b"2"), 0),
+                           (("HDEL", "vals", k0, k1), 2)):
+            with self.subTest(last[0]):
+                p = c.pipeline(transaction=False)
+                p.hset("vals", k0, huge)
+                p.hset("vals", k1, huge)
+                p.execute_command(*last)
+                out = p.execute(raise_on_error=False)
+                self.assertEqual(out[2], want, out)
+                self.assertEqual(c.hmget("vals", [k0, k1]),
+                                 [b"1", b"2"] if last[0] == "HSET" else [None, None])
+
     def test_writes_go_through_the_topic(self):
         parts = 4
         m = self.mock({"st": parts, "rw": parts, "vl": parts})

@@ -14,7 +14,7 @@ import unittest
 
 import redis
 
-from kvstest import SANITIZED, pb, pyval, req_hget, req_hset
+from kvstest import SANITIZED, pb, pyval, req_hget, req_hmset, req_hset
 from routertest import RouterTestCase, free_port, procs_for_config
 
 CLI = "redis-cli"
@@ -269,6 +269,47 @@ class LargeValuesTest(RespTestCase):
                     self.assertEqual(a.status, 200, a.message)
                     self.assertEqual(a.values[0].integer_value, 3000000)
                 r.close()
+
+
+class WriteCountsTest(RespTestCase):
+    def test_hset_and_hdel_count_fields_whatever_the_size_of_the_values_they_replace(self):
+        # HSET and HDEL reply a count and HMSET +OK: they ask for
+        # CommandRequest.value_lengths, so the previous values they never
+        # show are neither sent to the router nor priced against
+        # limits.max_frame. Five 14 KiB values (70 KiB in all, the frame
+        # 64 KiB): the Hmset or Hmdel of all five was refused (413, or 207
+        # with one shard's part refused), though its reply is one number.
+        r = self.resp_router(shards=2, max_frame="64KiB")
+        c = self.redis()
+        fields = [b"f%d" % i for i in range(5)]
+        big = b"v" * (14 * 1024)
+
+        def fill():
+            for f in fields:
+                c.hset("big", f, big)
+
+        fill()
+        self.assertEqual(c.hset("big", mapping={f: b"s-" + f for f in fields + [b"new"]}), 1)
+        self.assertEqual(c.hmget("big", fields + [b"new"]),
+                         [b"s-" + f for f in fields + [b"new"]])
+        fill()
+        self.assertEqual(c.hdel("big", *(fields + [b"none"])), 5)
+        self.assertEqual(c.hmget("big", fields), [None] * 5)
+        fill()
+        self.assertTrue(c.execute_command("HMSET", "big", *[x for f in fields for x in (f, b"1")]))
+        self.assertEqual(c.hmget("big", fields), [b"1"] * 5)
+        # A protobuf client still gets the previous values (and the same
+        # request is refused for them, as before).
+        fill()
+        with r.client() as pbc:
+            a = pbc.call(req_hmset("big", [(f, 2) for f in fields]))
+            self.assertIn(a.status, (207, 413), a.message)
+            fill()
+            q = req_hmset("big", [(f, 2) for f in fields])
+            q.value_lengths = True
+            a = pbc.call(q)
+            self.assertEqual(a.status, 200, a.message)
+            self.assertEqual([v.integer_value for v in a.values], [len(big)] * 5)
 
 
 class RedisCliTest(RespTestCase):

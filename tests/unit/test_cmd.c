@@ -1055,6 +1055,76 @@ KVS_TEST(answer_budget_refuses_before_writing)
     free(v);
 }
 
+/* Runs a request whose command is `c` with body `body`, asking for
+ * value_lengths. */
+static Kvs__CommandResponse *run_lengths(Kvs__CommandRequest__CommandCase c, void *body)
+{
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = c;
+    q.hget = body;
+    q.value_lengths = 1;
+    return run(&q);
+}
+
+/* With value_lengths (the Redis door's HSET, HMSET, HDEL) a write answers
+ * each previous value as its length, and is priced so: previous values
+ * that would not fit an answer (3 x 1,500 bytes, a 4 KiB max_frame; or a
+ * small answer_budget) do not make it 413. Without it, nothing changed
+ * (hmset_answer_over_max_frame_is_413). */
+KVS_TEST(value_lengths_writes_are_priced_by_lengths)
+{
+    char *v = put_big_values();
+    const char *small[] = {"1", "2", "3"};
+    Kvs__Kvpair pairs[3], *pp[3];
+    Kvs__Value values[3];
+    for (size_t i = 0; i < 3; i++) {
+        values[i] = vstr(small[i]);
+        kvs__kvpair__init(&pairs[i]);
+        pairs[i].key = bin(big_keys[i]);
+        pairs[i].value = &values[i];
+        pp[i] = &pairs[i];
+    }
+    Kvs__Hmset m = KVS__HMSET__INIT;
+    m.table = TABLE;
+    m.n_pairs = 3;
+    m.pairs = pp;
+    m.answer_budget = 200; /* room for three lengths only */
+    Kvs__CommandResponse *r = run_lengths(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 3);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(r->values[i]->kind_case, KVS__VALUE__KIND_INTEGER_VALUE);
+        CHECK_EQ(r->values[i]->integer_value, 1500);
+    }
+    end_turn();
+    check_str(value0(hget(TABLE, "b")), "2");
+    for (int i = 0; i < 3; i++)
+        put(TABLE, big_keys[i], v);
+    end_turn();
+    ProtobufCBinaryData kb[4] = {bin("a"), bin("b"), bin("c"), bin("none")};
+    Kvs__Hmdel d = KVS__HMDEL__INIT;
+    d.table = TABLE;
+    d.n_keys = 4;
+    d.keys = kb;
+    r = run_lengths(KVS__COMMAND_REQUEST__COMMAND_HMDEL, &d);
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 4);
+    CHECK_EQ(r->values[0]->integer_value, 1500);
+    CHECK_EQ(r->values[3]->kind_case, KVS__VALUE__KIND__NOT_SET);
+    end_turn();
+    check_status(hget(TABLE, "a"), 404);
+    /* The same with lengths a budget cannot hold: 413, nothing written. */
+    put(TABLE, "a", v);
+    end_turn();
+    m.answer_budget = 50;
+    r = run_lengths(KVS__COMMAND_REQUEST__COMMAND_HMSET, &m);
+    check_status(r, 413);
+    CHECK_CONTAINS(r->message, "nothing was written");
+    end_turn();
+    check_str(value0(hget(TABLE, "a")), v);
+    free(v);
+}
+
 /* Runs `q` through node_cmd_execute, the handlers behind the decoder (the
  * path every request the fast path does not take goes). */
 static Kvs__CommandResponse *run_execute(Kvs__CommandRequest__CommandCase c, void *body)
@@ -1136,6 +1206,31 @@ KVS_TEST(value_stored_under_a_larger_max_frame)
     fx.ctx.max_frame = 64 * 1024;
     check_str(value0(hget(TABLE, "big")), v);
     check_str(value0(hget(TABLE, "small")), "small");
+    /* Asking for lengths (the Redis door's HSET and HDEL), the same writes
+     * answer the value's length and are applied. */
+    fx.ctx.max_frame = 4096;
+    Kvs__Value x1 = vstr("x");
+    Kvs__Kvpair pair = KVS__KVPAIR__INIT;
+    Kvs__Hset hs = KVS__HSET__INIT;
+    hs.table = TABLE;
+    hs.pair = &pair;
+    pair.key = bin("big");
+    pair.value = &x1;
+    r = run_lengths(KVS__COMMAND_REQUEST__COMMAND_HSET, &hs);
+    check_status(r, 200);
+    CHECK_EQ(value0(r)->integer_value, 10000);
+    end_turn();
+    check_str(value0(hget(TABLE, "big")), "x");
+    fx.ctx.max_frame = 64 * 1024;
+    put(TABLE, "big", v); /* stored under the larger limit again */
+    end_turn();
+    fx.ctx.max_frame = 4096;
+    r = run_lengths(KVS__COMMAND_REQUEST__COMMAND_HDEL, &d);
+    check_status(r, 200);
+    CHECK_EQ(value0(r)->integer_value, 10000);
+    end_turn();
+    check_status(hget(TABLE, "big"), 404);
+    fx.ctx.max_frame = 64 * 1024;
     free(v);
 }
 
@@ -1541,6 +1636,7 @@ KVS_TEST(slowlog_tables_are_utf8)
 KVS_TEST_MAIN(
     KVS_CASE(hooks_see_every_request_and_may_stop_it), KVS_CASE(metrics_and_slowlog_answers),
     KVS_CASE(slowlog_tables_are_utf8), KVS_CASE(answer_budget_refuses_before_writing),
+    KVS_CASE(value_lengths_writes_are_priced_by_lengths),
     KVS_CASE(value_stored_under_a_larger_max_frame), KVS_CASE(hget_missing_is_404_naming_table),
     KVS_CASE(hset_returns_previous_value), KVS_CASE(text_with_nul_reads_back_whole),
     KVS_CASE(integers_are_int64_on_every_path), KVS_CASE(hdel_returns_previous_or_empty),

@@ -1785,6 +1785,7 @@ static int peek_agrees(const Kvs__CommandRequest *q)
         CHECK_EQ(pk.table_len, strlen(table));
         CHECK(memcmp(pk.table, table, pk.table_len) == 0);
         CHECK_EQ(pk.cmd, d->command_case);
+        CHECK_EQ(pk.value_lengths, d->value_lengths);
         const ProtobufCBinaryData *key = pk.cmd == KVS__COMMAND_REQUEST__COMMAND_HSET
                                              ? &d->hset->pair->key
                                              : &d->hget->key; /* Hget, Hdel, Hexist alike */
@@ -1860,6 +1861,26 @@ KVS_TEST(peek_agrees_with_full_validation)
     v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
     v.binary_value = (ProtobufCBinaryData){3, (uint8_t *)"\0\1\2"};
     CHECK(peek_agrees(&q) == 1);
+    /* An Hset or Hdel asking for value_lengths (the Redis door's HSET and
+     * HDEL) stays on the fast path; any other option, or a read asking
+     * for lengths, takes the full one. */
+    q.value_lengths = 1;
+    CHECK(peek_agrees(&q) == 1);
+    q.accept_stale = 1;
+    CHECK(peek_agrees(&q) == 0);
+    q.accept_stale = 0;
+    Kvs__Hdel hd = KVS__HDEL__INIT;
+    hd.table = "t";
+    hd.key = (ProtobufCBinaryData){1, key};
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HDEL;
+    q.hdel = &hd;
+    CHECK(peek_agrees(&q) == 1);
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGET;
+    q.hget = &hg;
+    CHECK(peek_agrees(&q) == 0);
+    q.value_lengths = 0;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSET;
+    q.hset = &hs;
     hp.key.len = 0;
     CHECK(peek_agrees(&q) == 0); /* empty key */
     hp.key.len = 512;
@@ -1873,6 +1894,22 @@ KVS_TEST(peek_agrees_with_full_validation)
     CHECK(kvs_msg_peek(unknown, sizeof(unknown), &pk) == 0);
     static const uint8_t ping[] = {0x5a, 0x00};
     CHECK(kvs_msg_peek(ping, sizeof(ping), &pk) == 0);
+    /* value_lengths before the command, twice, or with another wire type. */
+    static const uint8_t lengths_first[] = {0xb0, 0x06, 0x01, 0x32, 0x06, 0x0a,
+                                            0x01, 't',  0x12, 0x01, 'k'};
+    static const uint8_t lengths_twice[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12, 0x01,
+                                            'k',  0xb0, 0x06, 0x01, 0xb0, 0x06, 0x00};
+    static const uint8_t lengths_bytes[] = {0x32, 0x06, 0x0a, 0x01, 't',  0x12,
+                                            0x01, 'k',  0xb2, 0x06, 0x01, 0x01};
+    static const uint8_t lengths_ok[] = {
+        0x32, 0x06, 0x0a, 0x01, 't',  0x12,
+        0x01, 'k',  0xb0, 0x06, 0x80, 0x01}; /* 128: true, as protobuf-c reads it */
+    CHECK(kvs_msg_peek(lengths_first, sizeof(lengths_first), &pk) == 0);
+    CHECK(kvs_msg_peek(lengths_twice, sizeof(lengths_twice), &pk) == 0);
+    CHECK(kvs_msg_peek(lengths_bytes, sizeof(lengths_bytes), &pk) == 0);
+    CHECK(kvs_msg_peek(lengths_ok, sizeof(lengths_ok), &pk) == 1);
+    CHECK_EQ(pk.cmd, KVS__COMMAND_REQUEST__COMMAND_HDEL);
+    CHECK_EQ(pk.value_lengths, 1);
     /* Hset with two pairs (protobuf merges them), a pair with an unknown
      * field, a pair with its key twice: valid protobuf, full path only. */
     static const uint8_t two_pairs[] = {0x22, 0x11, 0x0a, 0x01, 't',  0x12, 0x07, 0x0a, 0x01, 'k',

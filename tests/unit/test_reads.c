@@ -238,6 +238,51 @@ KVS_TEST(value_lengths_answer_each_stored_value_by_the_length_of_its_text)
     kvs_arena_close(&arena);
 }
 
+/* A write's answer with value_lengths holds lengths (or nothing), never
+ * the values: what kvs_reads_stored appends is bounded by
+ * kvs_reads_stored_bound, and so is the answer of n keys by
+ * kvs_reads_write_bound, whatever the stored values' size. A Value stored
+ * from a Kafka record may hold several members; the last one counts. */
+KVS_TEST(value_lengths_bound_what_a_write_answers)
+{
+    uint8_t enc[64], big[4000];
+    kvs_arena_init(&arena);
+    memset(big, 'x', sizeof(big));
+    CHECK_EQ(kvs_reads_stored_bound(0, 4003), 4003);
+    CHECK_EQ(kvs_reads_stored_bound(1, 4003), KVS_READS_LENGTH_MAX);
+    CHECK_EQ(kvs_reads_stored_bound(1, 2), 2);
+    CHECK_EQ(kvs_reads_stored_bound(1, 0), 0); /* absent: an empty Value */
+    CHECK_EQ(kvs_reads_write_bound(0, 3, 12000), kvs_msg_answer_bound(3, 12000));
+    CHECK_EQ(kvs_reads_write_bound(1, 3, 12000), kvs_msg_answer_bound(3, 3 * KVS_READS_LENGTH_MAX));
+    CHECK_EQ(kvs_reads_write_bound(1, 3, 6), kvs_msg_answer_bound(3, 6));
+    /* Each answered Value within its bound, the largest length too. */
+    kvs_buf_t big_enc;
+    kvs_buf_init(&big_enc);
+    CHECK_EQ(kvs_buf_reserve(&big_enc, sizeof(big) + 16), 0);
+    size_t n = kvs_value_encode_bytes(big_enc.data, 0, big, sizeof(big));
+    kvs_resp_t r;
+    out.len = 0;
+    kvs_resp_begin(&r, &out);
+    r.value_lengths = 1;
+    kvs_resp_status(&r, 200);
+    size_t before = kvs_resp_size(&r);
+    kvs_reads_stored(&r, big_enc.data, n);
+    CHECK(kvs_resp_size(&r) - before <= kvs_reads_stored_bound(1, n) + 8);
+    kvs_resp_abort(&r);
+    size_t m = kvs_value_encode_int(enc, INT64_MIN); /* 11 bytes: the largest integer_value */
+    CHECK_EQ(m, KVS_READS_LENGTH_MAX);
+    CHECK_EQ(stored_length(enc, m), 20);
+    /* Two members one after another (text, then a number): the number. */
+    m = kvs_value_encode_bytes(enc, 1, "abcdefghijklmnop", 16);
+    m += kvs_value_encode_int(enc + m, 123);
+    CHECK_EQ(stored_length(enc, m), 3);
+    m = kvs_value_encode_int(enc, 123);
+    m += kvs_value_encode_bytes(enc + m, 1, "abcdefghijklmnop", 16);
+    CHECK_EQ(stored_length(enc, m), 16);
+    kvs_buf_free(&big_enc);
+    kvs_arena_close(&arena);
+}
+
 KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 {
     int rc;
@@ -272,4 +317,5 @@ KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor
               KVS_CASE(answers_past_max_frame_are_413),
               KVS_CASE(keys_only_answers_keys_without_their_values),
               KVS_CASE(value_lengths_answer_each_stored_value_by_the_length_of_its_text),
+              KVS_CASE(value_lengths_bound_what_a_write_answers),
               KVS_CASE(a_source_error_is_returned_with_nothing_answered))

@@ -22,6 +22,7 @@
 #include "kvs_frame.h"
 #include "kvs_place.h"
 #include "kvs_pos.h"
+#include "kvs_reads.h"
 #include "kvs_test.h"
 #include "router.h"
 
@@ -59,6 +60,7 @@ typedef struct {
     int many;                 /* several requests at once: any may complete */
     router_req_t *completed[8];
     size_t n_completed;
+    int value_lengths; /* route_cmd asks for CommandRequest.value_lengths */
 } fixture_t;
 
 static fixture_t fx;
@@ -338,6 +340,7 @@ static void route_cmd(Kvs__CommandRequest__CommandCase c, void *body)
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     q.command_case = c;
     q.hget = body; /* the oneof members share storage */
+    q.value_lengths = fx.value_lengths;
     route(&q);
 }
 
@@ -913,6 +916,51 @@ KVS_TEST(split_hmdel_budgets_fill_max_frame_by_keys)
         CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HMDEL);
         CHECK_EQ(q->hmdel->n_keys, fx.sent[i].shard == 0 ? 3 : 1);
     }
+}
+
+/* With value_lengths (the Redis door's writes) a previous value is
+ * answered as a length: each part gets its whole bound (lengths for its
+ * keys, at most KVS_READS_LENGTH_MAX bytes each), so no worker refuses its
+ * part for previous values; what is left is shared as without it. New
+ * values too large for the frame together are no reason to refuse: the
+ * answer holds their lengths only. The parts ask for lengths too. */
+KVS_TEST(split_write_asking_for_lengths_gives_each_part_its_whole_bound)
+{
+    setup_frame("4KiB");
+    const uint64_t total = 4096;
+    const char *keys[] = {fx.keys[0][0], fx.keys[1][0], fx.keys[0][1], fx.keys[3][0]};
+    const size_t sizes[] = {1500, 1500, 1500, 10}; /* 4,500 bytes of new values */
+    fx.value_lengths = 1;
+    route_hmset_sized(4, keys, sizes, 0);
+    check_pending();
+    CHECK_EQ(fx.n_sent, 3);
+    uint64_t w0 = kvs_msg_answer_bound(2, 2 * KVS_READS_LENGTH_MAX),
+             w1 = kvs_msg_answer_bound(1, KVS_READS_LENGTH_MAX),
+             w3 = kvs_msg_answer_bound(1, KVS_READS_LENGTH_MAX);
+    CHECK(budget_of(0) >= w0 && budget_of(1) >= w1 && budget_of(3) >= w3);
+    CHECK_EQ((uint64_t)budget_of(0) + budget_of(1) + budget_of(3), total);
+    for (size_t i = 0; i < fx.n_sent; i++)
+        CHECK(sent_request(i)->value_lengths);
+    const char *dkeys[] = {fx.keys[0][0], fx.keys[2][0]};
+    route_hmdel_budget(2, dkeys, 0);
+    CHECK_EQ(fx.n_sent, 2);
+    CHECK(budget_of(0) >= kvs_msg_answer_bound(1, KVS_READS_LENGTH_MAX));
+    CHECK(budget_of(2) >= kvs_msg_answer_bound(1, KVS_READS_LENGTH_MAX));
+    CHECK(sent_request(0)->value_lengths && sent_request(1)->value_lengths);
+    /* A budget that cannot hold every length: the parts share it as
+     * without value_lengths (each may refuse its part if its previous
+     * values do not fit). */
+    const size_t small[] = {1, 1, 1, 1};
+    route_hmset_sized(4, keys, small, 250);
+    CHECK_EQ(fx.n_sent, 3);
+    CHECK_EQ((uint64_t)budget_of(0) + budget_of(1) + budget_of(3), 250);
+    CHECK(budget_of(0) < w0);
+    /* Without value_lengths, as before: the new values fill the frame. */
+    fx.value_lengths = 0;
+    route_hmset_sized(4, keys, sizes, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 413);
+    CHECK_EQ(fx.n_sent, 0);
 }
 
 /* What no shard could accept is refused before anything is sent: 413
@@ -2744,6 +2792,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
               KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
               KVS_CASE(split_hmdel_budgets_fill_max_frame_by_keys),
+              KVS_CASE(split_write_asking_for_lengths_gives_each_part_its_whole_bound),
               KVS_CASE(split_write_refused_before_sending),
               KVS_CASE(split_write_refused_everywhere_is_413),
               KVS_CASE(split_write_partly_applied_is_207),
