@@ -29,14 +29,13 @@ tallies when KVS_TEST_EIO_SPEC is set (empty: each test's own), and the
 node's log too with KVS_TEST_EIO_LOG=1.
 """
 import os
-import random
 import re
-import socket
 import threading
 import time
 import unittest
 
-from kvstest import BUILD_DIR, SANITIZED, Client, encode, pyval, req_hdel, req_hmset, req_hset
+from kvstest import BUILD_DIR, SANITIZED, pyval, req_hdel, req_hmset, req_hset
+from pipelinetest import PipelineThread
 from routertest import START_TIMEOUT, RouterTestCase
 
 SHIM = os.path.join(BUILD_DIR, "libkvs_test_eio.so")
@@ -52,23 +51,18 @@ def spec(default, seed=1):
             int(os.environ.get("KVS_TEST_EIO_SEED") or seed))
 
 
-class Writer(threading.Thread):
+class Writer(PipelineThread):
     """One connection pipelining batches of writes until `stop` is set,
     reconnecting when the node closes it. Its keys are its own; `possible`
     maps each key to the set of values it may hold (ABSENT for none)."""
 
+    timeout = 10.0
+
     def __init__(self, addr, tid, seed, stop):
-        super().__init__(daemon=True)
-        self.addr, self.tid, self.stop = addr, tid, stop
-        self.rng = random.Random(seed * 1000 + tid)
+        super().__init__(addr, tid, seed, stop)
         self.possible = {}
         self.written = []  # keys whose last known state is a value (Hdel candidates)
-        self.problems, self.statuses = [], {}
-        self.answers = self.closes = self.n = self.seen503 = 0
-
-    def key(self):
-        self.n += 1
-        return ("t%d-%06d" % (self.tid, self.n)).encode()
+        self.seen503 = 0
 
     def val(self):
         if self.rng.random() < 0.05:
@@ -119,72 +113,30 @@ class Writer(threading.Thread):
             return None
         return "status %d %r" % (resp.status, resp.message)
 
-    def run(self):
-        client = None
-        try:
-            while not self.stop.is_set():
-                if client is None:
-                    try:
-                        client = Client(self.addr, timeout=10.0)
-                    except OSError as e:
-                        self.problems.append("cannot connect: %r" % (e,))
-                        return
-                if not self.one_batch(client):
-                    client.close()
-                    client = None
-                    self.closes += 1
-                n503 = self.statuses.get("503", 0) + self.statuses.get("503u", 0)
-                if n503 > self.seen503:
-                    # a worker is restarting: back off a little, as a client
-                    # would (the run stays short: fewer keys to check)
-                    self.seen503 = n503
-                    time.sleep(0.02)
-        finally:
-            if client is not None:
-                client.close()
+    def status_key(self, resp):
+        return "%d%s" % (resp.status, "u" if resp.outcome_unknown else "")
 
-    def one_batch(self, client):
-        items = self.batch()
-        data = b"".join(encode(r) for r, _ in items)
-        sender = threading.Thread(target=self.send_all, args=(client, data), daemon=True)
-        sender.start()
-        try:
-            for i, (req, effects) in enumerate(items):
-                try:
-                    resp = client.recv()
-                except (EOFError, ConnectionResetError, BrokenPipeError):
-                    for _, eff in items[i:]:
-                        self.settle(eff, None)
-                    return False
-                except socket.timeout:
-                    self.problems.append("no answer within 10 s to %s" % req.WhichOneof("command"))
-                    for _, eff in items[i:]:
-                        self.settle(eff, None)
-                    return False
-                self.answers += 1
-                st = "%d%s" % (resp.status, "u" if resp.outcome_unknown else "")
-                self.statuses[st] = self.statuses.get(st, 0) + 1
-                bad = self.check(req, resp)
-                if bad is None and resp.status == 200 and req.WhichOneof("command") == "hdel":
-                    k = req.hdel.key
-                    prev = pyval(resp.values[0]) if len(resp.values) == 1 else "no value"
-                    if prev not in self.possible[k]:
-                        bad = "Hdel %r: previous value %r, which no answer allows" % (k, prev)
-                if bad is not None:
-                    self.problems.append("%s: %s" % (req.WhichOneof("command"), bad))
-                    self.settle(effects, None)
-                else:
-                    self.settle(effects, resp)
-            return True
-        finally:
-            sender.join(10)
+    def answer(self, req, effects, resp):
+        bad = self.check(req, resp)
+        if bad is None and resp.status == 200 and req.WhichOneof("command") == "hdel":
+            k = req.hdel.key
+            prev = pyval(resp.values[0]) if len(resp.values) == 1 else "no value"
+            if prev not in self.possible[k]:
+                bad = "Hdel %r: previous value %r, which no answer allows" % (k, prev)
+        self.settle(effects, resp if bad is None else None)
+        return bad
 
-    @staticmethod
-    def send_all(client, data):
-        try:
-            client.sock.sendall(data)
-        except OSError:
-            pass
+    def lost(self, items):
+        for _, effects in items:
+            self.settle(effects, None)
+
+    def after_batch(self):
+        n503 = self.statuses.get("503", 0) + self.statuses.get("503u", 0)
+        if n503 > self.seen503:
+            # a worker is restarting: back off a little, as a client
+            # would (the run stays short: fewer keys to check)
+            self.seen503 = n503
+            time.sleep(0.02)
 
 
 class EioTest(RouterTestCase):

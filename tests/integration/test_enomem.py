@@ -42,16 +42,15 @@ for exploring by hand; the run prints its tallies then.
 """
 import os
 import http.client
-import random
 import re
 import socket
-import ssl
 import threading
 import time
 import unittest
 
-from kvstest import BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall, \
+from kvstest import BUILD_DIR, SANITIZED, Client, pb, pyval, req_hget, req_hgetall, \
     req_hmget, req_hmset, req_hscan, req_hset, tls_context, tls_yaml
+from pipelinetest import CLOSED, PipelineThread
 from routertest import START_TIMEOUT, RouterTestCase, free_port, free_port_range
 from kafkatest import wait_until
 from routertest import pipeline_threaded
@@ -87,28 +86,19 @@ def req_bad_nothing():
     return pb.CommandRequest()
 
 
-class Driver(threading.Thread):
+class Driver(PipelineThread):
     """One client connection pipelining batches until `stop` is set; it
     reconnects when the node closes it. Writes go to unique keys of table
     "w" (never written twice), so each key's expected final state is known:
     acked (200), refused (an error answer without outcome_unknown: nothing
-    written) or unknown."""
+    written) or unknown (its answer lost: in neither)."""
+
+    timeout = 5.0
 
     def __init__(self, addr, tid, seed, stop, tls=None, auth=None):
-        super().__init__(daemon=True)
-        self.addr, self.tid, self.stop = addr, tid, stop
+        super().__init__(addr, tid, seed, stop)
         self.tls, self.auth = tls, auth
-        self.rng = random.Random(seed * 1000 + tid)
         self.acked, self.refused = {}, set()
-        self.problems = []
-        self.statuses = {}
-        self.closes = 0
-        self.answers = 0
-        self.n = 0
-
-    def key(self):
-        self.n += 1
-        return ("t%d-%06d" % (self.tid, self.n)).encode()
 
     def val(self):
         if self.rng.random() < 0.1:
@@ -211,35 +201,24 @@ class Driver(threading.Thread):
             return None
         return self.error_ok(resp)
 
-    # ---- the loop
-    def run(self):
-        client = None
+    def answer(self, req, check, resp):
+        return check(resp)
+
+    # ---- the connection
+    def connect(self):
         try:
-            while not self.stop.is_set():
-                if client is None:
-                    try:
-                        client = Client(self.addr, timeout=5.0, tls=self.tls)
-                    except (OSError, EOFError) as e:
-                        # A TLS handshake the router could not finish
-                        # without memory is a closed connection.
-                        if self.tls is None or time.monotonic() > self.give_up:
-                            self.problems.append("cannot connect: %r" % (e,))
-                            return
-                        self.closes += 1
-                        continue
-                    self.give_up = time.monotonic() + 10
-                    if self.auth is not None and not self.authenticate(client):
-                        client.close()
-                        client = None
-                        self.closes += 1
-                        continue
-                if not self.one_batch(client):
-                    client.close()
-                    client = None
-                    self.closes += 1
-        finally:
-            if client is not None:
-                client.close()
+            client = Client(self.addr, timeout=self.timeout, tls=self.tls)
+        except (OSError, EOFError):
+            # A TLS handshake the router could not finish without memory
+            # is a closed connection.
+            if self.tls is None or time.monotonic() > self.give_up:
+                raise
+            return None
+        self.give_up = time.monotonic() + 10
+        if self.auth is not None and not self.authenticate(client):
+            client.close()
+            return None
+        return client
 
     give_up = float("inf")
 
@@ -249,10 +228,10 @@ class Driver(threading.Thread):
         the connection is not authenticated."""
         try:
             resp = client.call(req_auth(*self.auth))
-        except (EOFError, ConnectionResetError, BrokenPipeError, ssl.SSLError):
+        except CLOSED:
             return False
         except socket.timeout:
-            self.problems.append("no answer within 5 s to auth")
+            self.problems.append("no answer within %g s to auth" % self.timeout)
             return False
         self.answers += 1
         self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
@@ -262,39 +241,6 @@ class Driver(threading.Thread):
         if bad is not None:
             self.problems.append("auth: %s" % bad)
         return False
-
-    def one_batch(self, client):
-        """Sends a batch pipelined and checks its answers; False once the
-        node closed the connection."""
-        items = self.batch()
-        data = b"".join(encode(r) for r, _ in items)
-        sender = threading.Thread(target=self.send_all, args=(client, data), daemon=True)
-        sender.start()
-        try:
-            for req, check in items:
-                try:
-                    resp = client.recv()
-                except (EOFError, ConnectionResetError, BrokenPipeError, ssl.SSLError):
-                    return False  # (a TLS alert: the router could not go on)
-                except socket.timeout:
-                    self.problems.append("no answer within 5 s to %s"
-                                         % req.WhichOneof("command"))
-                    return False
-                self.answers += 1
-                self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
-                bad = check(resp)
-                if bad is not None:
-                    self.problems.append("%s: %s" % (req.WhichOneof("command"), bad))
-            return True
-        finally:
-            sender.join(10)
-
-    @staticmethod
-    def send_all(client, data):
-        try:
-            client.sock.sendall(data)
-        except OSError:
-            pass  # the reader sees the close
 
 
 def req_auth(user, token):
@@ -379,6 +325,21 @@ class RespDriver(Driver):
     def __init__(self, addr, tid, seed, stop):
         super().__init__(addr, tid, seed, stop)
 
+    def connect(self):
+        return Resp(self.addr, self.timeout)
+
+    def encode(self, cmd):
+        return cmd
+
+    def receive(self, conn):
+        return conn.reply()
+
+    def name(self, cmd):
+        return "RESP " + cmd.split(b"\r\n")[2].decode()
+
+    def status_key(self, r):
+        return r[0] if isinstance(r, tuple) else type(r).__name__
+
     def batch(self):
         out = []
         for _ in range(self.rng.randint(4, 12)):
@@ -454,59 +415,6 @@ class RespDriver(Driver):
 
     def resp_bad(self, r):
         return self.resp_error(r)
-
-    def run(self):
-        conn = None
-        try:
-            while not self.stop.is_set():
-                if conn is None:
-                    try:
-                        conn = Resp(self.addr, 5.0)
-                    except OSError as e:
-                        self.problems.append("cannot connect: %r" % (e,))
-                        return
-                if not self.one_batch(conn):
-                    conn.close()
-                    conn = None
-                    self.closes += 1
-        finally:
-            if conn is not None:
-                conn.close()
-
-    def one_batch(self, conn):
-        items = self.batch()
-        data = b"".join(c for c, _ in items)
-        sender = threading.Thread(target=self.send_all, args=(conn.sock, data), daemon=True)
-        sender.start()
-        try:
-            for cmd, check in items:
-                name = cmd.split(b"\r\n")[2].decode()
-                try:
-                    r = conn.reply()
-                except (EOFError, ConnectionResetError, BrokenPipeError):
-                    return False
-                except socket.timeout:
-                    self.problems.append("no RESP reply within 5 s to %s" % name)
-                    return False
-                except ValueError as e:
-                    self.problems.append("%s: %s" % (name, e))
-                    return False
-                self.answers += 1
-                key = r[0] if isinstance(r, tuple) else type(r).__name__
-                self.statuses[key] = self.statuses.get(key, 0) + 1
-                bad = check(r)
-                if bad is not None:
-                    self.problems.append("RESP %s: %s" % (name, bad))
-            return True
-        finally:
-            sender.join(10)
-
-    @staticmethod
-    def send_all(sock, data):
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass
 
 
 class Scraper(threading.Thread):
