@@ -554,20 +554,28 @@ class EnomemTest(RouterTestCase):
                "KVS_TEST_ENOMEM_FOR_MS": str(WINDOW_MS)}
         # The environment is fixed at exec: the window opens at a fixed
         # time after the start, and the test checks the node was ready
-        # (and the fixed table written) before it.
+        # (and the fixed table written) before it. A start slower than
+        # that (a loaded machine) is tried once more with a longer budget.
         start_budget_ms = 3500 if link else 2500
-        at_ms = int(time.time() * 1000) + start_budget_ms
-        env["KVS_TEST_ENOMEM_AT_MS"] = str(at_ms)
-        r = self.start_nodes(env, tls, auth, resp, metrics, processes, link)
-        deadline = time.monotonic() + start_budget_ms / 1000.0
-        while True:  # links to the other node come up after the start
-            with self.front(r) as c:
-                resp0 = c.pipeline([req_hmset("fixed", FIXED.items())])[0]
-            if resp0.status == 200 or time.monotonic() > deadline:
+        for attempt in (1, 2):
+            at_ms = int(time.time() * 1000) + start_budget_ms
+            env["KVS_TEST_ENOMEM_AT_MS"] = str(at_ms)
+            started = len(self._routers)
+            r = self.start_nodes(env, tls, auth, resp, metrics, processes, link)
+            deadline = time.monotonic() + start_budget_ms / 1000.0
+            while True:  # links to the other node come up after the start
+                with self.front(r) as c:
+                    resp0 = c.pipeline([req_hmset("fixed", FIXED.items())])[0]
+                if resp0.status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            lead = at_ms / 1000.0 - time.time()
+            if attempt == 2 or (resp0.status == 200 and lead > 0.05):
                 break
-            time.sleep(0.05)
+            for late in self._routers[started:]:
+                late.kill_all()
+            start_budget_ms *= 3
         self.assertEqual(resp0.status, 200, resp0.message)
-        lead = at_ms / 1000.0 - time.time()
         self.assertGreater(lead, 0.05, "the node took too long to start: raise start_budget_ms")
         stop = threading.Event()
         tls_ctx = tls_context() if tls else None
