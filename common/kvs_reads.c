@@ -99,20 +99,27 @@ static int stored_peek(const uint8_t *p, size_t len, kvs_value_peek_t *v)
     return last != NULL && kvs_msg_value_peek(last, (size_t)(end - last), v);
 }
 
-void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
+size_t kvs_reads_stored_length(const void *enc, size_t len, uint8_t buf[16], const void **out)
 {
     kvs_value_peek_t v;
     char num[KVS_REDIS_DOUBLE_MAX];
     const uint8_t *text;
-    uint8_t out[16];
+    *out = enc;
     /* A stored value always peeks (it was checked); an empty one stays empty. */
-    if (!r->value_lengths || len == 0 || !stored_peek(enc, len, &v) ||
-        v.kind == KVS__VALUE__KIND__NOT_SET) {
-        kvs_resp_value(r, enc, len);
-        return;
-    }
+    if (len == 0 || !stored_peek(enc, len, &v) || v.kind == KVS__VALUE__KIND__NOT_SET)
+        return len;
     size_t n = kvs_msg_value_text(&v, num, &text);
-    kvs_resp_value(r, out, kvs_value_encode_int(out, (int64_t)n));
+    *out = buf;
+    return kvs_value_encode_int(buf, (int64_t)n);
+}
+
+void kvs_reads_stored(kvs_resp_t *r, const void *enc, size_t len)
+{
+    uint8_t buf[16];
+    const void *p = enc;
+    if (r->value_lengths)
+        len = kvs_reads_stored_length(enc, len, buf, &p);
+    kvs_resp_value(r, p, len);
 }
 
 size_t kvs_reads_stored_bound(int value_lengths, size_t len)

@@ -81,6 +81,7 @@
 #include "kvs_fresh.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "kvs_reads.h"
 #include "kvs_schema.h"
 #include "kvs_testhook.h"
 #include "node_kafka.h"
@@ -403,16 +404,20 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
         rd_kafka_header_get_last(hdrs, NODE_INGEST_OWN_HEADER, &id, &n) != 0 ||
         n != NODE_INGEST_OWN_ID_LEN)
         return 0;
+    int lengths = 0;
     kvs_buf_t *prev =
         in->own.claim(in->own.arg, id, m->partition, m->offset, node_store_batch_gen(in->store),
-                      m->key, m->key_len, m->payload, m->len);
+                      m->key, m->key_len, m->payload, m->len, &lengths);
     if (prev == NULL)
         return 0;
     prev->len = 0;
     int rc = node_store_get(in->store, t->b->table, m->key, m->key_len, &v);
     if (rc == KVS_ENOTFOUND)
         return 0;
-    if (rc == 0 && kvs_buf_append(prev, v.p, v.len) != 0)
+    uint8_t buf[16];
+    const void *p = v.p;
+    size_t len = rc == 0 && lengths ? kvs_reads_stored_length(v.p, v.len, buf, &p) : v.len;
+    if (rc == 0 && kvs_buf_append(prev, p, len) != 0)
         rc = -ENOMEM;
     return rc;
 }

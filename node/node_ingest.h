@@ -182,10 +182,13 @@ typedef struct node_ingest_own_s {
      * returns the buffer that receives the value it replaces (an encoded
      * Value, left empty when the key had none), or NULL when no write
      * waits for it (any producer can send any header: a record is a
-     * write's only if it is the record the write sent). */
+     * write's only if it is the record the write sent). Sets *lengths
+     * when the write answers previous values as lengths (value_lengths):
+     * the buffer then receives only that (kvs_reads_stored_length), never
+     * a value however large. */
     kvs_buf_t *(*claim)(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
-                        uint64_t gen, const void *key, size_t klen, const void *payload,
-                        size_t len);
+                        uint64_t gen, const void *key, size_t klen, const void *payload, size_t len,
+                        int *lengths);
     const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
     void *arg;
 } node_ingest_own_t;

@@ -281,9 +281,10 @@ static void wreq_succeed(node_writes_t *wr, wreq_t *w)
     out->len = 0;
     kvs_resp_begin(&r, out);
     kvs_resp_status(&r, KVS_STATUS_OK);
-    r.value_lengths = w->value_lengths;
+    /* Each previous value as it is answered: with value_lengths its
+     * length was kept, not the value (node_ingest's claim). */
     for (size_t i = 0; i < w->n; i++)
-        kvs_reads_stored(&r, w->recs[i]->prev.data, w->recs[i]->prev.len);
+        kvs_resp_value(&r, w->recs[i]->prev.data, w->recs[i]->prev.len);
     int rc = position_of(w, &tok);
     if (rc == 0)
         kvs_resp_position(&r, tok.data, tok.len);
@@ -372,7 +373,7 @@ static void on_delivery(void *arg, const node_delivery_t *d)
 
 static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
                            uint64_t gen, const void *key, size_t klen, const void *payload,
-                           size_t len)
+                           size_t len, int *lengths)
 {
     node_writes_t *wr = arg;
     uint8_t digest[KVS_CRYPTO_SHA256];
@@ -397,6 +398,7 @@ static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int6
     r->applied = 1;
     r->offset = offset;
     r->gen = gen;
+    *lengths = r->w->value_lengths;
     if (!r->on_settle) {
         r->on_settle = 1;
         r->settle_next = wr->settle;

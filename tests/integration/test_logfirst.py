@@ -497,6 +497,48 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                 self.assertEqual(c.hmget("vals", [k0, k1]),
                                  [b"1", b"2"] if last[0] == "HSET" else [None, None])
 
+    @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
+    def test_redis_writes_keep_lengths_not_the_values_they_replace(self):
+        # A write asking for value_lengths (every Redis-door HSET and HDEL)
+        # is not priced by its previous values, so the worker must not keep
+        # them either while the write waits for its records: only their
+        # lengths. Before, an HSET of 40 small fields over 40 stored 900 KiB
+        # values (under the broker's message.max.bytes) held 35 MiB in the
+        # worker until answered.
+        import redis
+        from routertest import free_port
+        from test_bounds import MIB, rss_anon
+        parts, n, delay_ms = 4, 40, 50
+        m = self.mock({"vl": parts})
+        rport = free_port()
+        r = self.router(m, [("vl", "vals", "value", parts)], shards=1, max_frame=4 * MIB,
+                        timeout="10s", env={"KVS_TEST_INGEST_DELAY_MS": str(delay_ms)},
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(c.close)
+        fields = [b"f%d" % i for i in range(n)]
+        p = c.pipeline(transaction=False)
+        for i, f in enumerate(fields):
+            p.hset("vals", f, bytes([65 + i % 26]) * (900 << 10))
+        self.assertEqual(p.execute(), [1] * n)
+        wpid = r.worker_pid(0)
+        base = peak = rss_anon(wpid)
+        done = threading.Event()
+        out = []
+
+        def write():
+            out.append(c.hset("vals", mapping={f: b"s" for f in fields}))
+            done.set()
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        while not done.wait(0.01):  # the records apply one every 50 ms
+            peak = max(peak, rss_anon(wpid))
+        t.join()
+        self.assertEqual(out, [0])
+        self.assertEqual(c.hmget("vals", fields[:3]), [b"s"] * 3)
+        self.assertLess(peak - base, 12 * MIB, "the worker grew from %d to %d MiB"
+                        % (base // MIB, peak // MIB))
+
     def test_writes_go_through_the_topic(self):
         parts = 4
         m = self.mock({"st": parts, "rw": parts, "vl": parts})

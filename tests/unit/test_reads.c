@@ -269,6 +269,16 @@ KVS_TEST(value_lengths_bound_what_a_write_answers)
     kvs_reads_stored(&r, big_enc.data, n);
     CHECK(kvs_resp_size(&r) - before <= kvs_reads_stored_bound(1, n) + 8);
     kvs_resp_abort(&r);
+    /* What a waiting write keeps instead of the value (node_ingest's
+     * claim): the length, in the caller's buffer; an absent value as is. */
+    uint8_t lbuf[16];
+    const void *kept = NULL;
+    size_t kn = kvs_reads_stored_length(big_enc.data, n, lbuf, &kept);
+    CHECK(kept == lbuf && kn <= KVS_READS_LENGTH_MAX);
+    CHECK_EQ(kn, kvs_value_encode_int(enc, (int64_t)sizeof(big)));
+    CHECK(memcmp(lbuf, enc, kn) == 0);
+    CHECK_EQ(kvs_reads_stored_length(big_enc.data, 0, lbuf, &kept), 0);
+    CHECK(kept == big_enc.data);
     size_t m = kvs_value_encode_int(enc, INT64_MIN); /* 11 bytes: the largest integer_value */
     CHECK_EQ(m, KVS_READS_LENGTH_MAX);
     CHECK_EQ(stored_length(enc, m), 20);
