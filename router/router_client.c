@@ -477,47 +477,44 @@ static void refuse_client(router_t *r, uv_stream_t *server, int resp, int admin)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
-    if (admin) {
-        if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                                  "too many clients on this router process's own socket (%u at "
-                                  "once); close some and retry",
-                                  ROUTER_ADMIN_MAX_CLIENTS) == 0)
-            kvs_conn_refuse(server, b.data, b.len);
-        else
-            kvs_conn_refuse(server, NULL, 0);
-        kvs_buf_free(&b);
-        uint64_t now = uv_now(r->loop);
-        if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
-            r->refused_log_ms = now;
-            kvs_warn("refusing clients of my own socket: %u connected at once (logged at most "
-                     "every 10 s)",
-                     ROUTER_ADMIN_MAX_CLIENTS);
-        }
-        return;
+    int rc = 0;
+    if (admin)
+        rc = kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                   "too many clients on this router process's own socket (%u at "
+                                   "once); close some and retry",
+                                   ROUTER_ADMIN_MAX_CLIENTS);
+    else if (!resp) /* RESP: a fixed reply, router_redis_too_many_clients */
+        rc = r->n_procs > 1
+                 ? kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                         "too many clients (%u, this router process's share of "
+                                         "limits.max_clients over %u router processes); retry "
+                                         "later",
+                                         r->max_clients, r->n_procs)
+                 : kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
+                                         "too many clients (limits.max_clients = %u); retry later",
+                                         r->max_clients);
+    /* (the private socket is never RESP, nor TLS) */
+    const void *why = resp ? (const void *)router_redis_too_many_clients : b.data;
+    size_t len = resp ? strlen(router_redis_too_many_clients) : b.len;
+    if (rc != 0 || (r->tls != NULL && !admin)) { /* no memory for the reason; TLS: just close */
+        why = NULL;
+        len = 0;
     }
-    if (resp)
-        kvs_conn_refuse(server, r->tls != NULL ? NULL : (const void *)router_redis_too_many_clients,
-                        strlen(router_redis_too_many_clients));
-    else if ((r->n_procs > 1
-                  ? kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                                          "too many clients (%u, this router process's share of "
-                                          "limits.max_clients over %u router processes); retry "
-                                          "later",
-                                          r->max_clients, r->n_procs)
-                  : kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                                          "too many clients (limits.max_clients = %u); retry later",
-                                          r->max_clients)) == 0)
-        kvs_conn_refuse(server, r->tls != NULL ? NULL : b.data, b.len); /* TLS: just close */
-    else
-        kvs_conn_refuse(server, NULL, 0); /* no memory for the reason */
+    kvs_conn_refuse(server, why, len);
     kvs_buf_free(&b);
-    r->refused[resp != 0]++;
+    if (!admin)
+        r->refused[resp != 0]++;
     uint64_t now = uv_now(r->loop);
     if (r->refused_log_ms == 0 || now - r->refused_log_ms >= 10000) {
         r->refused_log_ms = now;
-        kvs_warn("refusing clients: %zu connected, limits.max_clients is %u (logged at most "
-                 "every 10 s)",
-                 r->n_clients, r->max_clients);
+        if (admin)
+            kvs_warn("refusing clients of my own socket: %u connected at once (logged at most "
+                     "every 10 s)",
+                     ROUTER_ADMIN_MAX_CLIENTS);
+        else
+            kvs_warn("refusing clients: %zu connected, limits.max_clients is %u (logged at most "
+                     "every 10 s)",
+                     r->n_clients, r->max_clients);
     }
 }
 
