@@ -1369,6 +1369,40 @@ size_t kvs_msg_value_text(const kvs_value_peek_t *v, char *num, const uint8_t **
     return n;
 }
 
+/* protobuf-c reads a bool_value (field 5) of any wire type but a group's,
+ * as true when any byte it reads (a length prefix included) has one of
+ * its low 7 bits set; so a Kafka record's payload (format: value) may be
+ * stored holding one of wire type 1, 2 or 5. Returns 1 when p[0..end) is
+ * exactly one such field, setting *out; else 0. */
+static int odd_bool_peek(const uint8_t *p, const uint8_t *end, kvs_value_peek_t *out)
+{
+    uint64_t tag, n;
+    if (read_varint32(&p, end, &tag) != 0 || tag >> 3 != 5)
+        return 0;
+    const uint8_t *v = p;
+    switch (tag & 7) {
+    case 1:
+        n = 8;
+        break;
+    case 5:
+        n = 4;
+        break;
+    case 2:
+        if (read_varint32(&p, end, &n) != 0)
+            return 0;
+        n += (uint64_t)(p - v);
+        break;
+    default:
+        return 0;
+    }
+    if (n != (uint64_t)(end - v))
+        return 0;
+    out->kind = KVS__VALUE__KIND_BOOL_VALUE;
+    out->boolean = varint_bool(v, (size_t)n);
+    out->integer = out->boolean;
+    return 1;
+}
+
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
 {
     const uint8_t *end = p + len, *v, *q;
@@ -1377,6 +1411,8 @@ int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
     memset(out, 0, sizeof(*out));
     out->kind = KVS__VALUE__KIND__NOT_SET;
     if (len == 0)
+        return 1;
+    if (odd_bool_peek(p, end, out))
         return 1;
     if (peek_field(&p, end, &tag, &v, &n) != 0 || p != end)
         return 0;
@@ -1430,6 +1466,14 @@ int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, con
                        size_t *n)
 {
     return peek_field(p, end, tag, v, n);
+}
+
+int kvs_msg_step_field(const uint8_t **p, const uint8_t *end)
+{
+    uint64_t tag;
+    if (read_varint32(p, end, &tag) != 0 || (tag >> 3) == 0)
+        return -1;
+    return skip_field(p, end, tag);
 }
 
 /* ---- key counts --------------------------------------------------------- */

@@ -193,7 +193,8 @@ typedef struct kvs_value_peek_s {
     int boolean;
 } kvs_value_peek_t;
 
-/* Reads an encoded Value (one member, or none) without decoding it.
+/* Reads an encoded Value (one member, or none) without decoding it; a
+ * bool_value of any wire type protobuf-c reads is read as it reads it.
  * Returns 1, or 0 when it is anything else (decode it in full). */
 int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out);
 
@@ -210,6 +211,11 @@ size_t kvs_msg_value_text(const kvs_value_peek_t *v, char *num, const uint8_t **
  * are not a varint, 64-bit or length-delimited field. */
 int kvs_msg_next_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                        size_t *n);
+
+/* Moves *p (before `end`) past one field of an encoded message, of any
+ * wire type protobuf-c reads (a 32-bit one too, which kvs_msg_next_field
+ * refuses). Returns 0, or -1 when the bytes are no such field. */
+int kvs_msg_step_field(const uint8_t **p, const uint8_t *end);
 
 /* Finds the length-delimited top-level field `field` of the encoded
  * message p[0..len) without decoding it (the last occurrence, as protobuf

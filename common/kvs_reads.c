@@ -86,14 +86,12 @@ static int bools_too_large(const kvs_reads_src_t *src, kvs_resp_t *r, size_t n)
  * checked that it decodes, with no unknown field): that one is peeked. */
 static int stored_peek(const uint8_t *p, size_t len, kvs_value_peek_t *v)
 {
-    const uint8_t *end = p + len, *last = NULL, *x;
-    uint64_t tag;
-    size_t n;
+    const uint8_t *end = p + len, *last = NULL;
     if (kvs_msg_value_peek(p, len, v))
         return 1;
     for (const uint8_t *q = p; q < end;) {
         last = q;
-        if (kvs_msg_next_field(&q, end, &tag, &x, &n) != 0)
+        if (kvs_msg_step_field(&q, end) != 0)
             return 0;
     }
     return last != NULL && kvs_msg_value_peek(last, (size_t)(end - last), v);

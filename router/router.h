@@ -113,8 +113,10 @@ int router_clients_listen(router_t *r);
 /* Descriptors a router process keeps for itself, beyond its clients: a
  * link to each replica of every shard (`links`, counted as at least one
  * per shard), with local reads (`local_reads`) data.mdb and lock.mdb of
- * every shard, and 64 for the rest (worker spawns, the lock file, the
- * log, its own socket, name resolution). */
+ * every shard, 64 for the rest (worker spawns, the lock file, the log,
+ * its own socket, name resolution), and ROUTER_ADMIN_MAX_CLIENTS for the
+ * clients of its own socket. */
+#define ROUTER_ADMIN_MAX_CLIENTS 32 /* clients of a router process's own socket at once */
 uint64_t router_fd_reserve(const kvs_config_t *cfg, uint32_t links, int local_reads);
 
 /* A reload: applies `next`'s limits.* to the clients (connected ones too,

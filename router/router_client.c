@@ -64,10 +64,10 @@
 #include <string.h>
 
 #define ROUTER_FD_RESERVE 64
-/* Clients of a router process's own socket at once (kvs-cli, the master's
- * scrape): the node's own user only, but a local tool opening thousands
- * would take the descriptors the links and the workers need. */
-#define ROUTER_ADMIN_MAX_CLIENTS 32
+/* ROUTER_ADMIN_MAX_CLIENTS (router.h) caps the clients of a router
+ * process's own socket (kvs-cli, the master's scrape): the node's own user
+ * only, but a local tool opening thousands would take the descriptors the
+ * links and the workers need. */
 
 struct router_client_s {
     kvs_conn_t conn;

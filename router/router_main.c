@@ -721,11 +721,13 @@ static int descriptors_fit(const kvs_config_t *cfg)
     if (limit >= need)
         return 0;
     report_exit("this router process needs %llu descriptors for itself (a link to each of the %u "
-                "replicas of the %u shards in the cluster map%s, 64 more) and a client per "
-                "listener, but its descriptor limit (RLIMIT_NOFILE) is %llu: raise it (ulimit -n, "
-                "LimitNOFILE=) to at least %llu plus the clients it should serve",
+                "replicas of the %u shards in the cluster map%s, %u for clients of its own socket, "
+                "64 more) and a client per listener, but its descriptor limit (RLIMIT_NOFILE) is "
+                "%llu: raise it (ulimit -n, LimitNOFILE=) to at least %llu plus the clients it "
+                "should serve",
                 (unsigned long long)need, links, cfg->shards,
                 local_reads ? ", two files per shard for local reads" : "",
+                (unsigned)ROUTER_ADMIN_MAX_CLIENTS,
                 (unsigned long long)limit, (unsigned long long)need);
     return EX_CONFIG;
 }

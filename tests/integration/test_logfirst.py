@@ -497,6 +497,43 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                 self.assertEqual(c.hmget("vals", [k0, k1]),
                                  [b"1", b"2"] if last[0] == "HSET" else [None, None])
 
+    def test_redis_writes_count_fields_over_bools_of_any_wire_type(self):
+        # A Kafka record's payload (format: value) is stored as it came once
+        # it decodes, and protobuf-c reads a bool_value of any wire type: a
+        # 40 KiB length-delimited field 5 is a bool. A Redis-door write
+        # asking for value_lengths is priced at one length per previous
+        # value, so the length is all it may keep and answer: before, the
+        # worker kept and answered each such value whole, and the HSET of
+        # two of them (the frame 64 KiB) was applied and then answered 500.
+        import redis
+        from routertest import free_port
+        parts = 4
+        m = self.mock({"vl": parts})
+        rport = free_port()
+        r = self.router(m, [("vl", "vals", "value", parts)], shards=1, max_frame=64 * 1024,
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(c.close)
+        body = b"t" * (40 * 1024)
+        odd = bytes([5 << 3 | 2]) + encoder._VarintBytes(len(body)) + body
+        kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd), (b"k1", odd)])
+        self.assertTrue(wait_until(lambda: [c.hget("vals", k) for k in (b"k0", b"k1")] == [b"1", b"1"], 30),
+                        "the records were never applied")
+        self.assertEqual(c.hset("vals", mapping={b"k0": b"a", b"k1": b"b", b"k2": b"c"}), 1)
+        self.assertEqual(c.hmget("vals", [b"k0", b"k1", b"k2"]), [b"a", b"b", b"c"])
+        kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd), (b"k1", odd)])
+        self.assertTrue(wait_until(lambda: [c.hget("vals", k) for k in (b"k0", b"k1")] == [b"1", b"1"], 30),
+                        "the records were never applied")
+        self.assertEqual(c.hdel("vals", b"k0", b"k1", b"k2"), 3)
+        with r.client() as pbc:  # a protobuf client asking for lengths: bool's is 1
+            kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd)])
+            self.assertTrue(wait_until(lambda: c.hget("vals", b"k0") == b"1", 30))
+            q = req_hset("vals", b"k0", b"x")
+            q.value_lengths = True
+            resp = pbc.call(q)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(resp.values[0].integer_value, 1, resp.values[0])
+
     @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
     def test_redis_writes_keep_lengths_not_the_values_they_replace(self):
         # A write asking for value_lengths (every Redis-door HSET and HDEL)

@@ -81,7 +81,8 @@ class DescriptorLimitTest(RouterTestCase):
 
     def test_more_links_than_descriptors_is_refused_at_start(self):
         # 4 shards x 64 replicas = 256 links, local reads of 4 shards (8
-        # files), 64 kept: 329 descriptors with one client.
+        # files), 32 for clients of its own socket, 64 kept: 361 descriptors
+        # with one client.
         base = free_port_range(4)
         r = self.router(start=False, shards=4, partitions=8, node_name="n0",
                         cluster_yaml=replicas_yaml(4, 64, base))
@@ -91,8 +92,9 @@ class DescriptorLimitTest(RouterTestCase):
         except subprocess.TimeoutExpired:
             code = None
         self.assertEqual(code, 78, r.stderr()[-3000:])
-        self.assertRegex(r.stderr(), r"needs 329 descriptors for itself \(a link to each of the "
-                                     r"256 replicas .*descriptor limit \(RLIMIT_NOFILE\) is 300")
+        self.assertRegex(r.stderr(), r"needs 361 descriptors for itself \(a link to each of the "
+                                     r"256 replicas .*, 32 for clients of its own socket, 64 "
+                                     r"more\) .*descriptor limit \(RLIMIT_NOFILE\) is 300")
         # With room for them it starts and serves.
         r2 = self.router(start=False, shards=4, partitions=8, node_name="n0",
                          cluster_yaml=replicas_yaml(4, 64, free_port_range(4)))
@@ -102,12 +104,13 @@ class DescriptorLimitTest(RouterTestCase):
             self.assertEqual(c.ping().status, 200)
 
     def test_a_reload_keeps_the_descriptors_of_links_and_local_reads(self):
-        # 4 shards, local reads: 4 links + 8 files + 64 kept = 76 of 100
-        # descriptors, so 24 clients fit, below limits.max_clients. A
-        # reload recomputes the cap and must count the same descriptors.
+        # 4 shards, local reads: 4 links + 8 files + 32 for clients of its
+        # own socket + 64 kept = 108 of 132 descriptors, so 24 clients fit,
+        # below limits.max_clients. A reload recomputes the cap and must
+        # count the same descriptors.
         r = self.router(start=False, shards=4, partitions=8,
                         extra_yaml="limits: {max_clients: 30}\n")
-        self.spawn_limited(r, 100)
+        self.spawn_limited(r, 132)
         r.wait_accepting("kvs-router", 30)
         self.assertIn("serving at most 24 clients per listener", r.stderr())
         with open(r.config) as f:

@@ -293,6 +293,59 @@ KVS_TEST(value_lengths_bound_what_a_write_answers)
     kvs_arena_close(&arena);
 }
 
+/* protobuf-c reads a bool_value of wire type 1, 2 or 5 too (ingestion
+ * stores a Kafka record's payload that decodes as it came): its length is
+ * a bool's, 1, never the bytes it takes, alone or after other members. */
+KVS_TEST(value_lengths_read_a_bool_of_any_wire_type)
+{
+    uint8_t enc[600];
+    kvs_value_peek_t v;
+    kvs_arena_init(&arena);
+    enc[0] = 5 << 3 | 2;
+    enc[1] = 0x80 | (500 & 0x7f);
+    enc[2] = 500 >> 7;
+    memset(enc + 3, 't', 500);
+    CHECK_EQ(stored_length(enc, 503), 1);
+    uint8_t lbuf[16];
+    const void *kept = NULL;
+    CHECK(kvs_reads_stored_length(enc, 503, lbuf, &kept) <= KVS_READS_LENGTH_MAX);
+    CHECK(kept == lbuf);
+    /* As protobuf-c reads each: any byte read with a low bit set is true. */
+    static const uint8_t f64[] = {5 << 3 | 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
+    static const uint8_t f32[] = {5 << 3 | 5, 0, 0, 1, 0};
+    static const uint8_t empty[] = {5 << 3 | 2, 0};
+    static const uint8_t zeros[] = {5 << 3 | 2, 2, 0, 0};
+    static const uint8_t tail[] = {5 << 3 | 2, 2, 0};
+    static const uint8_t groupish[] = {5 << 3 | 3, 5 << 3 | 4};
+    const struct {
+        const uint8_t *p;
+        size_t n;
+        int ok, b;
+    } cases[] = {{f64, sizeof(f64), 1, 0},     {f32, sizeof(f32), 1, 1},
+                 {empty, sizeof(empty), 1, 0}, {zeros, sizeof(zeros), 1, 1},
+                 {tail, sizeof(tail), 0, 0},   {groupish, sizeof(groupish), 0, 0}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        Kvs__Value *d = kvs__value__unpack(NULL, cases[i].n, cases[i].p);
+        CHECK_EQ(d != NULL, cases[i].ok);
+        CHECK_EQ(kvs_msg_value_peek(cases[i].p, cases[i].n, &v), cases[i].ok);
+        if (d != NULL) {
+            CHECK_EQ(v.kind, KVS__VALUE__KIND_BOOL_VALUE);
+            CHECK_EQ(d->kind_case, KVS__VALUE__KIND_BOOL_VALUE);
+            CHECK_EQ(v.boolean, d->bool_value);
+            CHECK_EQ(v.boolean, cases[i].b);
+            kvs__value__free_unpacked(d, NULL);
+        }
+    }
+    /* After a text, a 32-bit bool is the member read; before a number, not. */
+    size_t m = kvs_value_encode_bytes(enc, 1, "abcdefghijklmnop", 16);
+    memcpy(enc + m, f32, sizeof(f32));
+    CHECK_EQ(stored_length(enc, m + sizeof(f32)), 1);
+    memcpy(enc, f32, sizeof(f32));
+    m = sizeof(f32) + kvs_value_encode_int(enc + sizeof(f32), 123456);
+    CHECK_EQ(stored_length(enc, m), 6);
+    kvs_arena_close(&arena);
+}
+
 KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 {
     int rc;
@@ -328,4 +381,5 @@ KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor
               KVS_CASE(keys_only_answers_keys_without_their_values),
               KVS_CASE(value_lengths_answer_each_stored_value_by_the_length_of_its_text),
               KVS_CASE(value_lengths_bound_what_a_write_answers),
+              KVS_CASE(value_lengths_read_a_bool_of_any_wire_type),
               KVS_CASE(a_source_error_is_returned_with_nothing_answered))
