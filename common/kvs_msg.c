@@ -1403,17 +1403,12 @@ static int odd_bool_peek(const uint8_t *p, const uint8_t *end, kvs_value_peek_t 
     return 1;
 }
 
-int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
+/* The members as kvs writes them (each of its own wire type). */
+static int plain_value_peek(const uint8_t *p, const uint8_t *end, kvs_value_peek_t *out)
 {
-    const uint8_t *end = p + len, *v, *q;
+    const uint8_t *v, *q;
     uint64_t tag, x;
     size_t n;
-    memset(out, 0, sizeof(*out));
-    out->kind = KVS__VALUE__KIND__NOT_SET;
-    if (len == 0)
-        return 1;
-    if (odd_bool_peek(p, end, out))
-        return 1;
     if (peek_field(&p, end, &tag, &v, &n) != 0 || p != end)
         return 0;
     switch (tag) {
@@ -1442,6 +1437,15 @@ int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
     default:
         return 0;
     }
+}
+
+int kvs_msg_value_peek(const uint8_t *p, size_t len, kvs_value_peek_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->kind = KVS__VALUE__KIND__NOT_SET;
+    if (len == 0)
+        return 1;
+    return plain_value_peek(p, p + len, out) || odd_bool_peek(p, p + len, out);
 }
 
 int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8_t **v, size_t *n)
