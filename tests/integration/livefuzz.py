@@ -742,8 +742,13 @@ def sane(resp, table, ctx):
 class Conn:
     """A protobuf connection to the router (TLS when the context says)."""
 
-    def __init__(self, ctx, timeout=10.0):
-        self.sock = ctx.connect(ctx.port, timeout)
+    def __init__(self, ctx, timeout=10.0, half_close=False):
+        """half_close: under TLS, a socket whose shutdown(SHUT_WR) sends
+        close_notify and leaves it readable (BioTls)."""
+        if half_close and ctx.tls is not None:
+            self.sock = BioTls(ctx.tls, ctx.port, timeout)
+        else:
+            self.sock = ctx.connect(ctx.port, timeout)
         self.buf = bytearray()
 
     def close(self, rst=False):
@@ -822,6 +827,70 @@ class Conn:
         except Exception as e:  # noqa: BLE001 - DecodeError
             raise AssertionError("answer does not decode (%s): %r" % (e, payload[:60]))
         return r
+
+
+class BioTls:
+    """A TLS client socket over ssl.MemoryBIO whose shutdown(SHUT_WR) is a
+    TLS half-close: close_notify is sent and the answers still read (an
+    SSLSocket's shutdown drops its TLS state, and what it reads after is
+    ciphertext). The server takes close_notify as a plaintext client's
+    EOF: every answer before it still comes, then its own close_notify."""
+
+    def __init__(self, tls, port, timeout):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = tls.wrap_bio(self.inb, self.outb, server_hostname="localhost")
+        try:
+            self._pump(self.obj.do_handshake)
+        except BaseException:
+            self.raw.close()
+            raise
+
+    def _flush(self):
+        out = self.outb.read()
+        if out:
+            self.raw.sendall(out)
+
+    def _pump(self, op, *args):
+        while True:
+            try:
+                got = op(*args)
+                self._flush()
+                return got
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.raw.recv(1 << 16)
+                if not data:
+                    self.inb.write_eof()
+                else:
+                    self.inb.write(data)
+
+    def sendall(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def recv(self, n):
+        try:
+            return self._pump(self.obj.read, n)
+        except ssl.SSLZeroReturnError:
+            return b""  # the server's close_notify
+
+    def shutdown(self, how):
+        assert how == socket.SHUT_WR
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify sent; the server's comes after its answers
+        self._flush()
+
+    def settimeout(self, t):
+        self.raw.settimeout(t)
+
+    def setsockopt(self, *args):
+        self.raw.setsockopt(*args)
+
+    def close(self):
+        self.raw.close()
 
 
 def frame(payload, word=None):
@@ -1323,7 +1392,7 @@ def abuser_thread(ctx, idx, seed, deadline):
                 c.sock.sendall(frame(enc)[:cut])
                 c.close(rst=rng.random() < 0.5)
             elif act == 1:  # half-close: every answer still comes, then EOF
-                c = Conn(ctx, timeout=10.0)
+                c = Conn(ctx, timeout=10.0, half_close=True)
                 if ctx.users and authenticate(c, ctx, ctx.owner_user):
                     ctx.findings.add(where, "Auth failed")
                     c.close()
