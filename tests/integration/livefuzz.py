@@ -399,9 +399,39 @@ class Shadow:
         self.bound = bound  # a Kafka-bound table (format value)
         self.vals = {}      # key -> Python value; absent = absent; UNKNOWN
         self.resp = False   # written over RESP: values are bytes (stored_bytes)
+        # bound: key -> every value it held since the owner's pipeline began
+        self.held = {}
+        # bound: key -> the largest encoded value ever written to it
+        self.largest = {}
 
     def get(self, k):
         return self.vals.get(k)
+
+    def begin_pipeline(self):
+        self.held = {}
+
+    def pipelined_write(self, k, v):
+        """A request of the pipeline being made writes v to k (None:
+        deletes it). On a bound table it is applied, and answered, only
+        after the requests behind it were checked (README, log-first
+        writes: a part prices the previous values stored when it is
+        checked), so those may be priced against any value k held since
+        the pipeline began."""
+        if self.bound:
+            self.held.setdefault(k, [self.vals.get(k)]).append(v)
+            if v is not None:
+                self.largest[k] = max(self.largest.get(k, 0), enc_len(v))
+
+    def largest_stored(self, k, ctx):
+        """The largest encoded value k may have in the store when a request
+        now added to the pipeline is checked; None if it is unknown. Once
+        a replica may lag (ctx.replicas_lag), any value ever written."""
+        if ctx.replicas_lag:
+            return self.largest.get(k, 0)
+        vs = self.held.get(k, [self.vals.get(k)])
+        if any(v is UNKNOWN for v in vs):
+            return None
+        return max((enc_len(v) for v in vs if v is not None), default=0)
 
 
 class Expect:
@@ -497,6 +527,7 @@ def gen_owned(rng, sh, ctx):
         if_absent = rng.random() < 0.15 and not sh.bound  # 400 on a bound table
         r = req(hset=pb.Hset(table=sh.table, pair=pair(k, v), if_absent=if_absent))
         fits = len(k) + enc_len(v) <= limit
+        sh.pipelined_write(k, v)
 
         def check(resp):
             prev = sh.get(k)
@@ -542,6 +573,7 @@ def gen_owned(rng, sh, ctx):
         return r, Expect(check)
     if c == 2:  # Hdel
         r = req(hdel=pb.Hdel(table=sh.table, key=k))
+        sh.pipelined_write(k, None)
 
         def check(resp):
             prev = sh.get(k)
@@ -583,14 +615,22 @@ def gen_owned(rng, sh, ctx):
             vs = [None] * len(ks)
             r = req(hmdel=pb.Hmdel(table=sh.table, keys=ks))
         name = "Hmset" if c == 4 else "Hmdel"
+        stored = [sh.largest_stored(a, ctx) for a in ks] if sh.bound else None
+        for a, b in zip(ks, vs):
+            sh.pipelined_write(a, b)
 
         def check(resp):
             prev = [sh.get(x) for x in ks]
             plain = all(p is not UNKNOWN for p in prev)
+            # The previous values the answer is priced with: the model's,
+            # or on a bound table the largest each key may have had when
+            # the request was checked. One unknown: any size (413 is sane).
+            olds = stored if sh.bound else [None if p is UNKNOWN else
+                                            0 if p is None else enc_len(p) for p in prev]
             size = sum(len(a) + enc_len(b) + 16 for a, b in zip(ks, vs) if b is not None)
-            size += sum(enc_len(p) + 16 for p in prev if p is not None and p is not UNKNOWN)
-            near = size > mf // 4 or any(b is not None and len(a) + enc_len(b) > limit
-                                         for a, b in zip(ks, vs))
+            size += sum(o + 16 for o in olds if o)
+            near = (size > mf // 4 or None in olds
+                    or any(b is not None and len(a) + enc_len(b) > limit for a, b in zip(ks, vs)))
             if kafka_503(resp, sh, ks, ctx):
                 return None
             if resp.status == 200:
@@ -934,6 +974,8 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                 if time.monotonic() >= deadline:
                     break
                 batch = []
+                for sh in shadows:
+                    sh.begin_pipeline()
                 for _ in range(rng.randrange(1, 24)):
                     if rng.random() < 0.7:
                         sh = rng.choice(shadows)
@@ -1487,6 +1529,12 @@ class Ctx:
         # 503s are expected answers (brokers in trouble, a worker killed):
         # reads of bound tables and untracked requests may get them
         self.flaky = False
+        # A write may be checked by a replica (or a restarted worker) that
+        # has not applied the key's latest records yet: it prices the
+        # previous values it holds (README, Multi-key commands), any value
+        # the key had before. Set from a worker's kill on (its writes go to
+        # the other node's replica, then to the new worker catching up).
+        self.replicas_lag = False
         # which owned keys an owner's shadow tracks (a worker's own listener
         # models the keys of its shard only)
         self.key_filter = None
