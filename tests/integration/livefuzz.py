@@ -956,15 +956,23 @@ class Reconnect(Exception):
     max_frame) or was reported: go on with a new one."""
 
 
-def owner_thread(ctx, idx, seed, deadline, shadows):
-    rng = random.Random(seed)
-    where = "owner %d (seed %d)" % (idx, seed)
+def sessions(ctx, where, deadline, connect):
+    """A client thread's connections, one a session, each from connect()
+    and closed by the thread, until `deadline` or ctx.stop. A connect that
+    fails is a finding and ends them (the node refused a client)."""
     while time.monotonic() < deadline and not ctx.stop.is_set():
         try:
-            conn = Conn(ctx)
+            conn = connect()
         except OSError as e:
             ctx.findings.add(where, "connect: %r" % e)
             return
+        yield conn
+
+
+def owner_thread(ctx, idx, seed, deadline, shadows):
+    rng = random.Random(seed)
+    where = "owner %d (seed %d)" % (idx, seed)
+    for conn in sessions(ctx, where, deadline, lambda: Conn(ctx)):
         try:
             err = authenticate(conn, ctx, ctx.owner_user)
             if err:
@@ -1069,12 +1077,7 @@ def mark_unknown(batch, shadows):
 def mutator_thread(ctx, idx, seed, deadline):
     rng = random.Random(seed)
     where = "mutator %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            conn = Conn(ctx)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for conn in sessions(ctx, where, deadline, lambda: Conn(ctx)):
         try:
             user = rng.choice(ctx.users) if ctx.users and rng.random() < 0.85 else None
             if user is not None and authenticate(conn, ctx, user):
@@ -1282,12 +1285,7 @@ ERROR_PREFIXES = (b"ERR", b"NOAUTH", b"NOPERM", b"WRONGPASS", b"NOPROTO")
 def resp_thread(ctx, idx, seed, deadline):
     rng = random.Random(seed)
     where = "resp %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            sock = ctx.connect(ctx.resp_port, 10.0)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for sock in sessions(ctx, where, deadline, lambda: ctx.connect(ctx.resp_port, 10.0)):
         rd = RespReader(sock)
         try:
             if ctx.users and rng.random() < 0.8:
@@ -1795,12 +1793,7 @@ def gen_resp_owned(rng, sh):
 def resp_owner_thread(ctx, idx, seed, deadline, sh):
     rng = random.Random(seed)
     where = "resp owner %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            sock = ctx.connect(ctx.resp_port, 10.0)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for sock in sessions(ctx, where, deadline, lambda: ctx.connect(ctx.resp_port, 10.0)):
         rd = RespReader(sock)
         pending = []
         try:
