@@ -399,9 +399,39 @@ class Shadow:
         self.bound = bound  # a Kafka-bound table (format value)
         self.vals = {}      # key -> Python value; absent = absent; UNKNOWN
         self.resp = False   # written over RESP: values are bytes (stored_bytes)
+        # bound: key -> every value it held since the owner's pipeline began
+        self.held = {}
+        # bound: key -> the largest encoded value ever written to it
+        self.largest = {}
 
     def get(self, k):
         return self.vals.get(k)
+
+    def begin_pipeline(self):
+        self.held = {}
+
+    def pipelined_write(self, k, v):
+        """A request of the pipeline being made writes v to k (None:
+        deletes it). On a bound table it is applied, and answered, only
+        after the requests behind it were checked (README, log-first
+        writes: a part prices the previous values stored when it is
+        checked), so those may be priced against any value k held since
+        the pipeline began."""
+        if self.bound:
+            self.held.setdefault(k, [self.vals.get(k)]).append(v)
+            if v is not None:
+                self.largest[k] = max(self.largest.get(k, 0), enc_len(v))
+
+    def largest_stored(self, k, ctx):
+        """The largest encoded value k may have in the store when a request
+        now added to the pipeline is checked; None if it is unknown. Once
+        a replica may lag (ctx.replicas_lag), any value ever written."""
+        if ctx.replicas_lag:
+            return self.largest.get(k, 0)
+        vs = self.held.get(k, [self.vals.get(k)])
+        if any(v is UNKNOWN for v in vs):
+            return None
+        return max((enc_len(v) for v in vs if v is not None), default=0)
 
 
 class Expect:
@@ -497,6 +527,7 @@ def gen_owned(rng, sh, ctx):
         if_absent = rng.random() < 0.15 and not sh.bound  # 400 on a bound table
         r = req(hset=pb.Hset(table=sh.table, pair=pair(k, v), if_absent=if_absent))
         fits = len(k) + enc_len(v) <= limit
+        sh.pipelined_write(k, v)
 
         def check(resp):
             prev = sh.get(k)
@@ -542,6 +573,7 @@ def gen_owned(rng, sh, ctx):
         return r, Expect(check)
     if c == 2:  # Hdel
         r = req(hdel=pb.Hdel(table=sh.table, key=k))
+        sh.pipelined_write(k, None)
 
         def check(resp):
             prev = sh.get(k)
@@ -583,14 +615,22 @@ def gen_owned(rng, sh, ctx):
             vs = [None] * len(ks)
             r = req(hmdel=pb.Hmdel(table=sh.table, keys=ks))
         name = "Hmset" if c == 4 else "Hmdel"
+        stored = [sh.largest_stored(a, ctx) for a in ks] if sh.bound else None
+        for a, b in zip(ks, vs):
+            sh.pipelined_write(a, b)
 
         def check(resp):
             prev = [sh.get(x) for x in ks]
             plain = all(p is not UNKNOWN for p in prev)
+            # The previous values the answer is priced with: the model's,
+            # or on a bound table the largest each key may have had when
+            # the request was checked. One unknown: any size (413 is sane).
+            olds = stored if sh.bound else [None if p is UNKNOWN else
+                                            0 if p is None else enc_len(p) for p in prev]
             size = sum(len(a) + enc_len(b) + 16 for a, b in zip(ks, vs) if b is not None)
-            size += sum(enc_len(p) + 16 for p in prev if p is not None and p is not UNKNOWN)
-            near = size > mf // 4 or any(b is not None and len(a) + enc_len(b) > limit
-                                         for a, b in zip(ks, vs))
+            size += sum(o + 16 for o in olds if o)
+            near = (size > mf // 4 or None in olds
+                    or any(b is not None and len(a) + enc_len(b) > limit for a, b in zip(ks, vs)))
             if kafka_503(resp, sh, ks, ctx):
                 return None
             if resp.status == 200:
@@ -742,8 +782,13 @@ def sane(resp, table, ctx):
 class Conn:
     """A protobuf connection to the router (TLS when the context says)."""
 
-    def __init__(self, ctx, timeout=10.0):
-        self.sock = ctx.connect(ctx.port, timeout)
+    def __init__(self, ctx, timeout=10.0, half_close=False):
+        """half_close: under TLS, a socket whose shutdown(SHUT_WR) sends
+        close_notify and leaves it readable (BioTls)."""
+        if half_close and ctx.tls is not None:
+            self.sock = BioTls(ctx.tls, ctx.port, timeout)
+        else:
+            self.sock = ctx.connect(ctx.port, timeout)
         self.buf = bytearray()
 
     def close(self, rst=False):
@@ -824,6 +869,70 @@ class Conn:
         return r
 
 
+class BioTls:
+    """A TLS client socket over ssl.MemoryBIO whose shutdown(SHUT_WR) is a
+    TLS half-close: close_notify is sent and the answers still read (an
+    SSLSocket's shutdown drops its TLS state, and what it reads after is
+    ciphertext). The server takes close_notify as a plaintext client's
+    EOF: every answer before it still comes, then its own close_notify."""
+
+    def __init__(self, tls, port, timeout):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = tls.wrap_bio(self.inb, self.outb, server_hostname="localhost")
+        try:
+            self._pump(self.obj.do_handshake)
+        except BaseException:
+            self.raw.close()
+            raise
+
+    def _flush(self):
+        out = self.outb.read()
+        if out:
+            self.raw.sendall(out)
+
+    def _pump(self, op, *args):
+        while True:
+            try:
+                got = op(*args)
+                self._flush()
+                return got
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.raw.recv(1 << 16)
+                if not data:
+                    self.inb.write_eof()
+                else:
+                    self.inb.write(data)
+
+    def sendall(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def recv(self, n):
+        try:
+            return self._pump(self.obj.read, n)
+        except ssl.SSLZeroReturnError:
+            return b""  # the server's close_notify
+
+    def shutdown(self, how):
+        assert how == socket.SHUT_WR
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify sent; the server's comes after its answers
+        self._flush()
+
+    def settimeout(self, t):
+        self.raw.settimeout(t)
+
+    def setsockopt(self, *args):
+        self.raw.setsockopt(*args)
+
+    def close(self):
+        self.raw.close()
+
+
 def frame(payload, word=None):
     return struct.pack(">I", len(payload) if word is None else word) + payload
 
@@ -847,15 +956,23 @@ class Reconnect(Exception):
     max_frame) or was reported: go on with a new one."""
 
 
-def owner_thread(ctx, idx, seed, deadline, shadows):
-    rng = random.Random(seed)
-    where = "owner %d (seed %d)" % (idx, seed)
+def sessions(ctx, where, deadline, connect):
+    """A client thread's connections, one a session, each from connect()
+    and closed by the thread, until `deadline` or ctx.stop. A connect that
+    fails is a finding and ends them (the node refused a client)."""
     while time.monotonic() < deadline and not ctx.stop.is_set():
         try:
-            conn = Conn(ctx)
+            conn = connect()
         except OSError as e:
             ctx.findings.add(where, "connect: %r" % e)
             return
+        yield conn
+
+
+def owner_thread(ctx, idx, seed, deadline, shadows):
+    rng = random.Random(seed)
+    where = "owner %d (seed %d)" % (idx, seed)
+    for conn in sessions(ctx, where, deadline, lambda: Conn(ctx)):
         try:
             err = authenticate(conn, ctx, ctx.owner_user)
             if err:
@@ -865,6 +982,8 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                 if time.monotonic() >= deadline:
                     break
                 batch = []
+                for sh in shadows:
+                    sh.begin_pipeline()
                 for _ in range(rng.randrange(1, 24)):
                     if rng.random() < 0.7:
                         sh = rng.choice(shadows)
@@ -958,12 +1077,7 @@ def mark_unknown(batch, shadows):
 def mutator_thread(ctx, idx, seed, deadline):
     rng = random.Random(seed)
     where = "mutator %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            conn = Conn(ctx)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for conn in sessions(ctx, where, deadline, lambda: Conn(ctx)):
         try:
             user = rng.choice(ctx.users) if ctx.users and rng.random() < 0.85 else None
             if user is not None and authenticate(conn, ctx, user):
@@ -1171,12 +1285,7 @@ ERROR_PREFIXES = (b"ERR", b"NOAUTH", b"NOPERM", b"WRONGPASS", b"NOPROTO")
 def resp_thread(ctx, idx, seed, deadline):
     rng = random.Random(seed)
     where = "resp %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            sock = ctx.connect(ctx.resp_port, 10.0)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for sock in sessions(ctx, where, deadline, lambda: ctx.connect(ctx.resp_port, 10.0)):
         rd = RespReader(sock)
         try:
             if ctx.users and rng.random() < 0.8:
@@ -1323,7 +1432,7 @@ def abuser_thread(ctx, idx, seed, deadline):
                 c.sock.sendall(frame(enc)[:cut])
                 c.close(rst=rng.random() < 0.5)
             elif act == 1:  # half-close: every answer still comes, then EOF
-                c = Conn(ctx, timeout=10.0)
+                c = Conn(ctx, timeout=10.0, half_close=True)
                 if ctx.users and authenticate(c, ctx, ctx.owner_user):
                     ctx.findings.add(where, "Auth failed")
                     c.close()
@@ -1418,6 +1527,12 @@ class Ctx:
         # 503s are expected answers (brokers in trouble, a worker killed):
         # reads of bound tables and untracked requests may get them
         self.flaky = False
+        # A write may be checked by a replica (or a restarted worker) that
+        # has not applied the key's latest records yet: it prices the
+        # previous values it holds (README, Multi-key commands), any value
+        # the key had before. Set from a worker's kill on (its writes go to
+        # the other node's replica, then to the new worker catching up).
+        self.replicas_lag = False
         # which owned keys an owner's shadow tracks (a worker's own listener
         # models the keys of its shard only)
         self.key_filter = None
@@ -1678,12 +1793,7 @@ def gen_resp_owned(rng, sh):
 def resp_owner_thread(ctx, idx, seed, deadline, sh):
     rng = random.Random(seed)
     where = "resp owner %d (seed %d)" % (idx, seed)
-    while time.monotonic() < deadline and not ctx.stop.is_set():
-        try:
-            sock = ctx.connect(ctx.resp_port, 10.0)
-        except OSError as e:
-            ctx.findings.add(where, "connect: %r" % e)
-            return
+    for sock in sessions(ctx, where, deadline, lambda: ctx.connect(ctx.resp_port, 10.0)):
         rd = RespReader(sock)
         pending = []
         try:

@@ -312,6 +312,7 @@ class LiveFuzzTest(RouterTestCase):
 
         def killer(deadline):
             time.sleep(max(0.0, deadline - time.monotonic()) / 2)
+            ctx.replicas_lag = True
             a.kill_worker(0)
             ctx.count("killed worker 0 of a")
 
