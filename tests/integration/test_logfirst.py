@@ -539,13 +539,14 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         # A write asking for value_lengths (every Redis-door HSET and HDEL)
         # is not priced by its previous values, so the worker must not keep
         # them either while the write waits for its records: only their
-        # lengths. Before, an HSET of 40 small fields over 40 stored 900 KiB
-        # values (under the broker's message.max.bytes) held 35 MiB in the
-        # worker until answered.
+        # lengths. Before, an HSET of 32 small fields over 32 stored 900 KiB
+        # values (under the broker's message.max.bytes) held 29 MiB in the
+        # worker until answered. Two fields a partition: the mock broker
+        # keeps only ~5 MiB of each partition's log.
         import redis
         from routertest import free_port
         from test_bounds import MIB, rss_anon
-        parts, n, delay_ms = 4, 40, 50
+        parts, delay_ms = 16, 30
         m = self.mock({"vl": parts})
         rport = free_port()
         r = self.router(m, [("vl", "vals", "value", parts)], shards=1, max_frame=4 * MIB,
@@ -553,11 +554,11 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                         router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
         c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
         self.addCleanup(c.close)
-        fields = [b"f%d" % i for i in range(n)]
+        fields = [f for p in range(parts) for f in keys_in_partition(p, parts, 2, "f")]
         p = c.pipeline(transaction=False)
         for i, f in enumerate(fields):
             p.hset("vals", f, bytes([65 + i % 26]) * (900 << 10))
-        self.assertEqual(p.execute(), [1] * n)
+        self.assertEqual(p.execute(), [1] * len(fields))
         wpid = r.worker_pid(0)
         base = peak = rss_anon(wpid)
         done = threading.Event()
@@ -568,7 +569,7 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             done.set()
         t = threading.Thread(target=write, daemon=True)
         t.start()
-        while not done.wait(0.01):  # the records apply one every 50 ms
+        while not done.wait(0.01):  # the records apply one every 30 ms
             peak = max(peak, rss_anon(wpid))
         t.join()
         self.assertEqual(out, [0])
