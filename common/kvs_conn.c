@@ -856,6 +856,7 @@ void kvs_conn_queue(kvs_conn_t *c)
     c->queued = 1;
     c->flush_next = f->head;
     f->head = c;
+    kvs_flusher_wake(f);
 }
 
 /* ---- TLS --------------------------------------------------------------- */
@@ -1418,7 +1419,26 @@ void kvs_flusher_run(kvs_flusher_t *f)
 
 static void on_check(uv_check_t *h)
 {
-    kvs_flusher_run(h->data);
+    kvs_flusher_t *f = h->data;
+    if (f->waking) {
+        f->waking = 0;
+        uv_idle_stop(&f->idle);
+    }
+    kvs_flusher_run(f);
+}
+
+/* An active idle handle is what makes libuv poll without waiting. */
+static void on_idle_wake(uv_idle_t *h)
+{
+    (void)h;
+}
+
+void kvs_flusher_wake(kvs_flusher_t *f)
+{
+    if (f->waking || f->closing || uv_is_closing((uv_handle_t *)&f->idle))
+        return; /* (closed with the loop: kvs_loop_close_all) */
+    f->waking = 1;
+    uv_idle_start(&f->idle, on_idle_wake);
 }
 
 int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, void *data)
@@ -1426,17 +1446,34 @@ int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, v
     memset(f, 0, sizeof(*f));
     f->before = before;
     f->data = data;
-    int rc = uv_check_init(loop, &f->check);
+    int rc = uv_idle_init(loop, &f->idle);
     if (rc != 0)
         return rc;
+    f->idle.data = f;
+    rc = uv_check_init(loop, &f->check);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&f->idle, NULL);
+        return rc;
+    }
     f->check.data = f;
     return uv_check_start(&f->check, on_check);
+}
+
+static void on_flusher_closed(uv_handle_t *h)
+{
+    kvs_flusher_t *f = h->data;
+    if (--f->closing == 0 && f->close_cb != NULL)
+        f->close_cb(h);
 }
 
 void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb)
 {
     uv_check_stop(&f->check);
-    uv_close((uv_handle_t *)&f->check, cb);
+    uv_idle_stop(&f->idle);
+    f->close_cb = cb;
+    f->closing = 2;
+    uv_close((uv_handle_t *)&f->check, on_flusher_closed);
+    uv_close((uv_handle_t *)&f->idle, on_flusher_closed);
 }
 
 static void close_any(uv_handle_t *h, void *arg)

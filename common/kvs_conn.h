@@ -474,6 +474,9 @@ typedef void (*kvs_flusher_cb)(kvs_flusher_t *f);
 
 struct kvs_flusher_s {
     uv_check_t check;
+    uv_idle_t idle; /* active while work waits for the check (kvs_flusher_wake) */
+    int waking, closing;
+    uv_close_cb close_cb;
     kvs_conn_t *head;
     kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
     kvs_flusher_cb after;  /* runs after flushing (optional; set after init) */
@@ -487,12 +490,18 @@ struct kvs_flusher_s {
  * calls `after` (if set). */
 int kvs_flusher_init(kvs_flusher_t *f, uv_loop_t *loop, kvs_flusher_cb before, void *data);
 
+/* Work was left for the turn's end (a connection queued, a batch opened)
+ * where libuv would otherwise block in poll before its check handle runs:
+ * in a timer callback, say. Keeps the next poll from waiting, so the
+ * check runs at once. kvs_conn_queue calls it; cheap when already done. */
+void kvs_flusher_wake(kvs_flusher_t *f);
+
 /* Flushes what is queued right now (also used by the check handle). */
 void kvs_flusher_run(kvs_flusher_t *f);
 
-/* Stops and closes the check handle; `cb` (may be NULL) runs once it is
- * closed (its handle's data is `f`): until then `f` must stay valid, as
- * with any uv handle. */
+/* Stops and closes the flusher's handles; `cb` (may be NULL) runs once
+ * both are closed (with one of them, whose data is `f`): until then `f`
+ * must stay valid, as with any uv handle. */
 void kvs_flusher_close(kvs_flusher_t *f, uv_close_cb cb);
 
 /* Removes `c` from its flusher's list (called by kvs_conn_close). */

@@ -1241,6 +1241,8 @@ void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_serv
     srv->cmd.ingest = ingest;
     srv->turn_cb = cb;
     srv->turn_arg = arg;
+    if (ingest != NULL)
+        node_ingest_set_flusher(ingest, &srv->flusher);
 }
 
 void node_server_set_reads(node_server_t *srv, node_reads_t *reads)

@@ -713,6 +713,59 @@ KVS_TEST(pause_resume_delivers_buffered_frames)
     CHECK_STR(s.events, "PR");
 }
 
+/* ---- work left for the turn's end outside the poll phase --------------------------- */
+
+/* The answer is made by a timer, not in the read callback: libuv runs
+ * timers before it polls, and the flusher runs after the poll, so without
+ * kvs_flusher_wake the answer waited for the loop's next event (here the
+ * next tick, LATE_TICK_MS later). */
+#define LATE_TICK_MS 500
+
+static void late_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    (void)p;
+    (void)len;
+    s->frames++; /* answered by late_tick */
+}
+
+static void late_tick(server_t *s)
+{
+    if (s->frames == 1 && !s->resumed) {
+        s->resumed = 1;
+        send_back(&s->conn, "late", 4);
+    }
+}
+
+static void client_times_the_late_answer(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t buf[KVS_FRAME_HEADER + 1];
+    kvs_frame_put_header(buf, 1);
+    buf[KVS_FRAME_HEADER] = 'x';
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    send_all(fd, buf, sizeof(buf));
+    expect_frame(fd, "late");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    if (ms >= LATE_TICK_MS + 350)
+        fprintf(stderr, "the answer made at the first tick came after %ld ms\n", ms);
+    CHECK(ms < LATE_TICK_MS + 350); /* not at the second tick */
+}
+
+KVS_TEST(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event)
+{
+    server_t s;
+    server_init(&s, 1, client_times_the_late_answer);
+    s.on_frame = late_frame;
+    s.on_tick = late_tick;
+    s.tick_ms = LATE_TICK_MS;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.resumed);
+}
+
 /* ---- output bounds ----------------------------------------------------------------- */
 
 #define OB_FRAME 1024u
@@ -1320,8 +1373,9 @@ KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run), KVS_CASE(echo_pipelined_frames_tcp),
-              KVS_CASE(echo_pipelined_frames_unix),
+KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
+              KVS_CASE(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event),
+              KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
               KVS_CASE(flusher_before_runs_before_bytes_leave),
