@@ -1404,6 +1404,7 @@ int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
 
 void kvs_flusher_run(kvs_flusher_t *f)
 {
+    f->running = 1; /* what is queued meanwhile leaves in this run: no wake */
     if (f->before != NULL)
         f->before(f);
     while (f->head != NULL) {
@@ -1413,6 +1414,7 @@ void kvs_flusher_run(kvs_flusher_t *f)
         c->flush_next = NULL;
         kvs_conn_flush(c);
     }
+    f->running = 0;
     if (f->after != NULL)
         f->after(f);
 }
@@ -1435,7 +1437,7 @@ static void on_idle_wake(uv_idle_t *h)
 
 void kvs_flusher_wake(kvs_flusher_t *f)
 {
-    if (f->waking || f->closing || uv_is_closing((uv_handle_t *)&f->idle))
+    if (f->waking || f->running || f->closing || uv_is_closing((uv_handle_t *)&f->idle))
         return; /* (closed with the loop: kvs_loop_close_all) */
     f->waking = 1;
     uv_idle_start(&f->idle, on_idle_wake);
