@@ -1422,10 +1422,7 @@ void kvs_flusher_run(kvs_flusher_t *f)
 static void on_check(uv_check_t *h)
 {
     kvs_flusher_t *f = h->data;
-    if (f->waking) {
-        f->waking = 0;
-        uv_idle_stop(&f->idle);
-    }
+    uv_idle_stop(&f->idle); /* (nothing when not woken) */
     kvs_flusher_run(f);
 }
 
@@ -1437,9 +1434,11 @@ static void on_idle_wake(uv_idle_t *h)
 
 void kvs_flusher_wake(kvs_flusher_t *f)
 {
-    if (f->waking || f->running || f->closing || uv_is_closing((uv_handle_t *)&f->idle))
-        return; /* (closed with the loop: kvs_loop_close_all) */
-    f->waking = 1;
+    /* Woken already, running (what is queued leaves in this run), or
+     * closing (kvs_flusher_close, or with the loop: kvs_loop_close_all). */
+    if (f->running || uv_is_active((uv_handle_t *)&f->idle) ||
+        uv_is_closing((uv_handle_t *)&f->idle))
+        return;
     uv_idle_start(&f->idle, on_idle_wake);
 }
 

@@ -475,7 +475,7 @@ typedef void (*kvs_flusher_cb)(kvs_flusher_t *f);
 struct kvs_flusher_s {
     uv_check_t check;
     uv_idle_t idle; /* active while work waits for the check (kvs_flusher_wake) */
-    int waking, running, closing;
+    int running, closing;
     uv_close_cb close_cb;
     kvs_conn_t *head;
     kvs_flusher_cb before; /* runs before flushing, e.g. to commit a batch */
