@@ -77,7 +77,6 @@
  * except metadata_work, which touches only the rdkafka handle.
  */
 #include "node_ingest.h"
-#include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_fresh.h"
 #include "kvs_log.h"
@@ -239,7 +238,6 @@ struct node_ingest_s {
      * of reach, without asking them. 0 = off. */
     unsigned long unanswered;
     node_ingest_own_t own;   /* this worker's own records (log-first writes) */
-    kvs_flusher_t *flusher;  /* woken after a throttled apply (node_ingest_set_flusher) */
     char *group;             /* the consumer group offsets are committed to */
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
     kvs_shardstate_t *state; /* the state page routers read, or NULL */
@@ -715,8 +713,6 @@ static void pump_throttled(node_ingest_t *in)
         rd_kafka_message_destroy(in->throttled);
         in->throttled = NULL;
         in->last_apply = now;
-        if (in->flusher != NULL)
-            kvs_flusher_wake(in->flusher); /* applied from a timer: commit now */
         if (rc != 0) {
             kvs_error("applying Kafka records failed (%s); they will be re-read", kvs_strerror(rc));
             in->rewind = 1;
@@ -1639,11 +1635,6 @@ int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
 }
 
 /* ---- this worker's own records ------------------------------------------------------ */
-
-void node_ingest_set_flusher(node_ingest_t *in, kvs_flusher_t *f)
-{
-    in->flusher = f;
-}
 
 void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own)
 {

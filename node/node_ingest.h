@@ -195,13 +195,6 @@ typedef struct node_ingest_own_s {
 
 void node_ingest_set_own(node_ingest_t *in, const node_ingest_own_t *own);
 
-/* The flusher whose turn end commits what ingestion applies (node_server's):
- * records applied outside the poll phase (the KVS_TEST_INGEST_DELAY_MS
- * hook applies from a timer) wake it, so their commit does not wait for
- * the loop's next event. NULL: none. */
-struct kvs_flusher_s;
-void node_ingest_set_flusher(node_ingest_t *in, struct kvs_flusher_s *f);
-
 /* A record this worker produced was acknowledged; `record` is librdkafka's
  * delivered message (node_delivery_t.record, opaque here). If it is the
  * next record of its partition, applies it now, in the turn's batch, as

@@ -582,6 +582,11 @@ static void batch_list_remove(node_server_t *srv, node_client_t *cl)
     cl->on_batch_list = 0;
 }
 
+static void wake_flusher(void *arg)
+{
+    kvs_flusher_wake(arg);
+}
+
 /* The flusher's `before` step: end of a loop turn. */
 static void on_turn_end(kvs_flusher_t *f)
 {
@@ -1231,6 +1236,8 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
         /* Handles already open are closed by the caller's loop teardown. */
         return rc;
     }
+    if (srv->store != NULL) /* a batch opened in a timer commits at once */
+        node_store_set_wake(srv->store, wake_flusher, &srv->flusher);
     *out = srv;
     return 0;
 }
@@ -1241,8 +1248,6 @@ void node_server_set_ingest(node_server_t *srv, node_ingest_t *ingest, node_serv
     srv->cmd.ingest = ingest;
     srv->turn_cb = cb;
     srv->turn_arg = arg;
-    if (ingest != NULL)
-        node_ingest_set_flusher(ingest, &srv->flusher);
 }
 
 void node_server_set_reads(node_server_t *srv, node_reads_t *reads)

@@ -94,8 +94,10 @@ struct node_store_s {
     MDB_dbi meta;
     MDB_txn *rtxn; /* reused read txn; reset between turns */
     int rtxn_live;
-    MDB_txn *wtxn; /* the open batch, or NULL */
-    uint64_t gen;  /* generation of the open batch (0 = none) */
+    MDB_txn *wtxn;           /* the open batch, or NULL */
+    void (*wake)(void *arg); /* node_store_set_wake: a batch opened */
+    void *wake_arg;
+    uint64_t gen; /* generation of the open batch (0 = none) */
     uint64_t next_gen;
     uint64_t last_failed_gen; /* most recent batch that failed (0 = none) */
     size_t op_pages;          /* sum of the batch's writes' worst cases */
@@ -452,6 +454,8 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
         return map_err("mdb_txn_begin", rc);
     }
     s->gen = ++s->next_gen;
+    if (s->wake != NULL)
+        s->wake(s->wake_arg);
     s->op_pages = op_pages;
     s->bytes = bytes;
     s->txn_budget = budget;
@@ -1381,6 +1385,12 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     mdb_txn_reset(s->rtxn);
     *out = s;
     return 0;
+}
+
+void node_store_set_wake(node_store_t *s, void (*wake)(void *arg), void *arg)
+{
+    s->wake = wake;
+    s->wake_arg = arg;
 }
 
 void node_store_set_fail_arg(node_store_t *s, void *arg)

@@ -95,6 +95,11 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
 /* Sets the argument passed to fail_cb (for owners created after the store). */
 void node_store_set_fail_arg(node_store_t *s, void *arg);
 
+/* Calls wake(arg) whenever a batch opens: whoever commits at the turn's
+ * end (node_server's flusher) must run even when the batch opened outside
+ * the poll phase, in a timer callback (kvs_flusher_wake). NULL: none. */
+void node_store_set_wake(node_store_t *s, void (*wake)(void *arg), void *arg);
+
 /* Commits any open batch, syncs to disk, and closes. NULL is allowed.
  * Returns 0 or the commit error. */
 int node_store_close(node_store_t *s);
