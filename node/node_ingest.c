@@ -412,14 +412,12 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
         return 0;
     prev->len = 0;
     int rc = node_store_get(in->store, t->b->table, m->key, m->key_len, &v);
-    if (rc == KVS_ENOTFOUND)
-        return 0;
+    if (rc != 0)
+        return rc == KVS_ENOTFOUND ? 0 : rc;
     uint8_t buf[16];
     const void *p = v.p;
-    size_t len = rc == 0 && lengths ? kvs_reads_stored_length(v.p, v.len, buf, &p) : v.len;
-    if (rc == 0 && kvs_buf_append(prev, p, len) != 0)
-        rc = -ENOMEM;
-    return rc;
+    size_t len = lengths ? kvs_reads_stored_length(v.p, v.len, buf, &p) : v.len;
+    return kvs_buf_append(prev, p, len) != 0 ? -ENOMEM : 0;
 }
 
 /* Applies one record to the batch. Returns 0 or a store error. */
