@@ -208,6 +208,30 @@ KVS_TEST(batch_reads_its_own_writes)
     node_store_close(s);
 }
 
+static void count_wake(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* Whoever commits at the turn's end is woken once per batch opened
+ * (node_server's flusher: a batch a timer opens commits at once). */
+KVS_TEST(opening_a_batch_wakes_its_committer)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    int wakes = 0;
+    node_store_set_wake(s, count_wake, &wakes);
+    put_str(s, "t", "k", "v1");
+    put_str(s, "t", "k2", "v2"); /* the same batch */
+    CHECK_EQ(wakes, 1);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(wakes, 1); /* a commit opens nothing */
+    put_str(s, "t", "k", "v3");
+    CHECK_EQ(wakes, 2);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+}
+
 KVS_TEST(uncommitted_batch_is_lost_on_crash)
 {
     /* A child process writes without ending its turn and dies: nothing of
@@ -962,10 +986,10 @@ KVS_TEST(emptied_data_file_of_the_last_worker_is_damaged)
 }
 
 KVS_TEST_MAIN(
-    KVS_CASE(full_disk_fails_the_commit_sync_none), KVS_CASE(full_disk_fails_the_commit_sync_batch),
-    KVS_CASE(full_disk_fails_the_commit_sync_full), KVS_CASE(small_room_takes_small_writes),
-    KVS_CASE(deletes_work_on_a_full_disk), KVS_CASE(disk_use_follows_bytes_written),
-    KVS_CASE(deleting_absent_keys_costs_nothing),
+    KVS_CASE(opening_a_batch_wakes_its_committer), KVS_CASE(full_disk_fails_the_commit_sync_none),
+    KVS_CASE(full_disk_fails_the_commit_sync_batch), KVS_CASE(full_disk_fails_the_commit_sync_full),
+    KVS_CASE(small_room_takes_small_writes), KVS_CASE(deletes_work_on_a_full_disk),
+    KVS_CASE(disk_use_follows_bytes_written), KVS_CASE(deleting_absent_keys_costs_nothing),
     KVS_CASE(many_small_writes_do_not_balloon_the_map),
     KVS_CASE(error_mid_reservation_aborts_the_batch), KVS_CASE(refuses_more_tables_than_max_tables),
     KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
