@@ -221,6 +221,19 @@ class LiveFuzzTest(RouterTestCase):
                 if end > base[p] + RSS_GROWTH_END or (peak[p] or 0) > RSS_PEAK:
                     problems.append("pid %d: RssAnon %d KiB at start, peak %d, end %d"
                                     % (p, base[p] >> 10, peak[p] >> 10, end >> 10))
+        # a clean stop after the abuse: every process exits 0 and, in the
+        # sanitizer build, LeakSanitizer (which runs at a clean exit, never
+        # at the SIGKILL of a cleanup) reports nothing
+        for r in routers:
+            start = len(r.stderr())
+            rc = r.stop()
+            if rc != 0:
+                problems.append("%s exited with %r on SIGTERM" % (r.name, rc))
+            if not r.wait_all_gone(10):
+                problems.append("processes of %s left after SIGTERM" % r.name)
+            bad = [line for line in r.stderr()[start:].splitlines() if SANITIZER.search(line)]
+            if bad:
+                problems.append("log of %s at stop: %s" % (r.name, " | ".join(bad[:10])))
         stats = sorted(findings.stats.items())
         summary = "seed %d, %.1f s, %s" % (seed, elapsed, ", ".join("%s=%d" % kv for kv in stats))
         if os.environ.get("KVS_LIVE_FUZZ_VERBOSE"):
