@@ -18,6 +18,7 @@
 #include "kvs_varint.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1004,17 +1005,37 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
     }
 }
 
+/* "Hget Hgetall ...": every command of the schema's oneof, in field order,
+ * so the list a client is shown cannot fall behind the commands kvs has. */
+static void command_names(char *out, size_t len)
+{
+    const ProtobufCMessageDescriptor *d = &kvs__command_request__descriptor;
+    size_t at = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) == 0 ||
+            f->quantifier_offset != offsetof(Kvs__CommandRequest, command_case))
+            continue;
+        int n = snprintf(out + at, len - at, "%s%s", at > 0 ? " " : "",
+                         kvs_msg_command_name((Kvs__CommandRequest__CommandCase)f->id));
+        if (n < 0 || (size_t)n >= len - at)
+            return;
+        at += (size_t)n;
+    }
+}
+
 uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
 {
     const ProtobufCMessage *body = request_body(req);
     if (body == NULL) {
-        if (req->base.n_unknown_fields > 0)
-            return bad(
-                msg, len,
-                "unsupported command (CommandRequest field %u); this server supports "
-                "Hget Hgetall Hmget Hset Hmset Hdel Hmdel Hexist Hmexist Hscan Ping Info Auth "
-                "Hincr Hlen Metrics Slowlog Digest Snapshot",
-                req->base.unknown_fields[0].tag);
+        if (req->base.n_unknown_fields > 0) {
+            char names[256];
+            command_names(names, sizeof(names));
+            return bad(msg, len,
+                       "unsupported command (CommandRequest field %u); this server supports %s",
+                       req->base.unknown_fields[0].tag, names);
+        }
         return bad(msg, len, "request has no command set");
     }
     const char *cmd = kvs_msg_command_name(req->command_case);
