@@ -124,6 +124,7 @@ static void usage(FILE *f)
                "\n"
                "Serves shard N of the cluster described by FILE from <data_dir>/shard-N/.\n"
                "  --config FILE       config.yaml (required)\n"
+               "  --version           print the version and exit\n"
                "  --shard N           shard id, 0 <= N < cluster.shards (required)\n"
                "  --listen HOST:PORT  also serve TCP here (default: node.listen + N, if set)\n"
                "  --socket PATH       unix socket path (default <data_dir>/shard-N.sock)\n"
@@ -152,6 +153,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"config-fd", required_argument, NULL, 'f'},
                                          {"reload-from", required_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->shard = -1;
@@ -203,6 +205,9 @@ static int parse_args(int argc, char **argv, node_args_t *a)
         }
         case 'h':
             usage(stdout);
+            exit(0);
+        case 'V':
+            printf("kvs-node %s\n", KVS_VERSION);
             exit(0);
         default:
             usage(stderr);

@@ -147,6 +147,7 @@ typedef struct router_main_s {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kvs-router --config FILE\n"
+               "       kvs-router --version\n"
                "       kvs-router --config FILE --print data_dir\n"
                "\n"
                "Starts a kvs node: spawns the local shard workers (kvs-node) and\n"
@@ -172,6 +173,7 @@ static int parse_args(int argc, char **argv, router_main_t *m)
 {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {"router", required_argument, NULL, 'r'},
                                          {"generation", required_argument, NULL, 'g'},
                                          {"processes", required_argument, NULL, 'p'},
@@ -187,6 +189,9 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             m->config_path = optarg;
         } else if (ch == 'h') {
             usage(stdout);
+            exit(0);
+        } else if (ch == 'V') {
+            printf("kvs-router %s\n", KVS_VERSION);
             exit(0);
         } else if (ch == 'r') {
             bad |= (m->index = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX - 1)) < 0;
@@ -727,8 +732,8 @@ static int descriptors_fit(const kvs_config_t *cfg)
                 "should serve",
                 (unsigned long long)need, links, cfg->shards,
                 local_reads ? ", two files per shard for local reads" : "",
-                (unsigned)ROUTER_ADMIN_MAX_CLIENTS,
-                (unsigned long long)limit, (unsigned long long)need);
+                (unsigned)ROUTER_ADMIN_MAX_CLIENTS, (unsigned long long)limit,
+                (unsigned long long)need);
     return EX_CONFIG;
 }
 

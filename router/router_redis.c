@@ -777,7 +777,8 @@ static int info_server(router_redis_t *rs, kvs_buf_t *t, unsigned want)
     if (want & INFO_SERVER)
         n += snprintf(line, sizeof(line),
                       "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
-                      "kvs_version:0.1.0\r\nos:Linux\r\narch_bits:%zu\r\nprocess_id:%ld\r\n",
+                      "kvs_version:" KVS_VERSION
+                      "\r\nos:Linux\r\narch_bits:%zu\r\nprocess_id:%ld\r\n",
                       REDIS_COMPAT_VERSION, sizeof(void *) * 8, (long)getpid());
     if (want & INFO_CLIENTS)
         n +=

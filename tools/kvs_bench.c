@@ -902,6 +902,7 @@ static void usage(FILE *f)
             "      --json             one JSON object per test on stdout\n"
             "  -q, --quiet            one line per test\n"
             "      --help             this help\n"
+            "      --version          print the version\n"
             "\n"
             "Statuses: every answer other than 200 is counted by status. 404 (Hget of a key\n"
             "never written) is counted as \"not found\", not as an error: run hset before\n"
@@ -992,6 +993,7 @@ enum {
     OPT_SEED,
     OPT_JSON,
     OPT_HELP,
+    OPT_VERSION,
     OPT_TLS,
     OPT_CACERT,
     OPT_CERT,
@@ -1019,6 +1021,7 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
                                           {"seed", required_argument, NULL, OPT_SEED},
                                           {"json", no_argument, NULL, OPT_JSON},
                                           {"help", no_argument, NULL, OPT_HELP},
+                                          {"version", no_argument, NULL, OPT_VERSION},
                                           {"tls", no_argument, NULL, OPT_TLS},
                                           {"cacert", required_argument, NULL, OPT_CACERT},
                                           {"cert", required_argument, NULL, OPT_CERT},
@@ -1146,6 +1149,10 @@ static void parse_args(int argc, char **argv, bench_opts_t *o)
     while ((ch = getopt_long(argc, argv, "h:p:s:c:n:P:r:d:t:q", LONG_OPTS, NULL)) != -1) {
         if (ch == OPT_HELP) {
             usage(stdout);
+            exit(0);
+        }
+        if (ch == OPT_VERSION) {
+            printf("kvs-bench %s\n", KVS_VERSION);
             exit(0);
         }
         if (!parse_conn_opt(o, ch, optarg) && !parse_load_opt(o, ch, optarg)) {

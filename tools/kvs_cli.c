@@ -92,10 +92,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef KVS_VERSION
-#define KVS_VERSION "0.1.0"
-#endif
-
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_UNKNOWN = 3 };
 
 typedef enum { VT_STRING, VT_INT, VT_FLOAT, VT_BOOL, VT_BINARY } cli_vtype_t;

@@ -11,6 +11,7 @@ a key documented as live that is not (or the other way round).
 """
 import os
 import re
+import subprocess
 import unittest
 
 try:
@@ -20,6 +21,7 @@ except ImportError:  # deploy/install-deps.sh --test installs python3-yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.normpath(os.path.join(HERE, "..", ".."))
+BUILD_DIR = os.environ.get("KVS_BUILD_DIR") or os.path.join(TOP, "build")
 
 
 def read(path):
@@ -145,6 +147,18 @@ class ConfigDocsTest(unittest.TestCase):
             self.assertEqual(text.lower(), default.lower(), "config.yaml's " + key)
             seen += 1
         self.assertGreater(seen, 30)
+
+
+class VersionTest(unittest.TestCase):
+    def test_every_binary_prints_the_projects_version(self):
+        """`--version` of each binary says its name and CMakeLists.txt's
+        project version, exits 0 and writes nothing else."""
+        version = re.search(r"project\(kvs VERSION ([0-9.]+)", read("CMakeLists.txt")).group(1)
+        for exe in ("kvs-router", "kvs-node", "kvs-cli", "kvs-bench"):
+            p = subprocess.run([os.path.join(BUILD_DIR, exe), "--version"], capture_output=True,
+                               text=True, timeout=10)
+            self.assertEqual((p.returncode, p.stdout, p.stderr),
+                             (0, "%s %s\n" % (exe, version), ""), exe)
 
 
 if __name__ == "__main__":
