@@ -60,6 +60,21 @@ int kvs_lmdb_get(MDB_txn *txn, unsigned int dbi, const void *key, size_t klen, k
     return 0;
 }
 
+/* Walks `cur` from `from` (the first key if flen is 0) until cb says stop. */
+static int scan_cursor(MDB_cursor *cur, const void *from, size_t flen, kvs_lmdb_scan_cb cb,
+                       void *arg)
+{
+    MDB_val k = {flen, (void *)from}, v;
+    int rc = mdb_cursor_get(cur, &k, &v, flen > 0 ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0) {
+        kvs_slice_t ks = {k.mv_data, k.mv_size}, vs = {v.mv_data, v.mv_size};
+        if (cb(arg, ks, vs) != 0)
+            break;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : kvs_lmdb_err("mdb_cursor_get", rc);
+}
+
 int kvs_lmdb_scan(MDB_txn *txn, unsigned int dbi, const void *from, size_t flen,
                   kvs_lmdb_scan_cb cb, void *arg)
 {
@@ -67,16 +82,9 @@ int kvs_lmdb_scan(MDB_txn *txn, unsigned int dbi, const void *from, size_t flen,
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc != 0)
         return kvs_lmdb_err("mdb_cursor_open", rc);
-    MDB_val k = {flen, (void *)from}, v;
-    rc = mdb_cursor_get(cur, &k, &v, flen > 0 ? MDB_SET_RANGE : MDB_FIRST);
-    while (rc == 0) {
-        kvs_slice_t ks = {k.mv_data, k.mv_size}, vs = {v.mv_data, v.mv_size};
-        if (cb(arg, ks, vs) != 0)
-            break;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
+    rc = scan_cursor(cur, from, flen, cb, arg);
     mdb_cursor_close(cur);
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : kvs_lmdb_err("mdb_cursor_get", rc);
+    return rc;
 }
 
 int kvs_lmdb_count(MDB_txn *txn, unsigned int dbi, uint64_t *n)
@@ -118,6 +126,9 @@ struct kvs_lmdb_reader_s {
     uint64_t remaps;
     kvs_lmdb_ident_t ident;
     const char *why; /* why the last begin failed (LMDB's static text) */
+    /* The cursor of a scan under way: a caller that jumps out of one (the
+     * router's SIGBUS guard, router_local) leaves it here for the close. */
+    MDB_cursor *cursor;
 };
 
 /* No handle is left for `table` (this reader holds as many as
@@ -224,7 +235,16 @@ int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *fr
     int rc = table_dbi(r, table, &dbi);
     if (rc == KVS_ENOTFOUND)
         return 0; /* a missing table walks nothing */
-    return rc != 0 ? rc : kvs_lmdb_scan(r->txn, dbi, from, flen, cb, arg);
+    if (rc != 0)
+        return rc;
+    if ((rc = mdb_cursor_open(r->txn, dbi, &r->cursor)) != 0) {
+        r->cursor = NULL;
+        return kvs_lmdb_err("mdb_cursor_open", rc);
+    }
+    rc = scan_cursor(r->cursor, from, flen, cb, arg);
+    mdb_cursor_close(r->cursor);
+    r->cursor = NULL;
+    return rc;
 }
 
 int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
@@ -453,6 +473,8 @@ void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r)
 {
     if (r == NULL)
         return;
+    if (r->cursor != NULL) /* a read-only txn's cursor: closing it only frees it */
+        mdb_cursor_close(r->cursor);
     if (r->txn != NULL)
         mdb_txn_abort(r->txn); /* also after a reset: frees the txn and its slot */
     if (r->env != NULL)

@@ -89,8 +89,10 @@ struct router_local_s {
  * closes the shard's files and never opens those files again (by device
  * and inode: until its worker serves from other ones); its reads go to
  * the worker, which answers or fails as its own files allow. What the
- * jump abandons: at most a cursor's memory, once per damaged file (an
- * environment being opened is already ls->env, and closed). A SIGBUS
+ * jump abandons: at most a read transaction LMDB was creating (its
+ * memory, once per damaged file). A scan's cursor is the reader's until
+ * the scan ends (kvs_lmdb_reader_close closes it), and an environment
+ * being opened is already ls->env, and closed. A SIGBUS
  * while not armed, or in another thread, is not ours: the previous
  * disposition is put back and the faulting access, run again, meets it;
  * nor is one sent (kill -BUS: si_code <= 0), which is raised again to
