@@ -998,7 +998,7 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
         return KVS_STATUS_OK;
     case KVS__COMMAND_REQUEST__COMMAND_HINCR:
         if (r->hincr->by_case == KVS__HINCR__BY__NOT_SET)
-            return bad(msg, len, "Hincr needs an increment: set by_int or by_float");
+            return bad(msg, len, "Hincr needs an increment: set by_int, by_float or by_decimal");
         return check_key(cmd, "key", -1, &r->hincr->key, msg, len);
     default:
         return KVS_STATUS_OK;

@@ -392,20 +392,49 @@ int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out)
     return 0;
 }
 
-int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
+/* Copies a float argument into buf (KVS_REDIS_MAX_FLOAT_TEXT bytes) as a
+ * C string; -1 for what string2ld refuses before it parses: empty, too
+ * long, or starting with a space. */
+static int float_text(const kvs_redis_arg_t *a, char *buf)
 {
-    char buf[KVS_REDIS_MAX_FLOAT_TEXT];
-    if (a->len == 0 || a->len >= sizeof(buf) || isspace(a->p[0]))
+    if (a->len == 0 || a->len >= KVS_REDIS_MAX_FLOAT_TEXT || isspace(a->p[0]))
         return -1;
     memcpy(buf, a->p, a->len);
     buf[a->len] = '\0';
-    char *end;
+    return 0;
+}
+
+/* Whether a parse of a->len bytes of text that stopped at `end` (with
+ * errno as the parse left it) gave a number: out of range only when it
+ * overflowed or underflowed to zero (a subnormal result is a number), as
+ * Redis's string2ld. */
+static int float_ok(const kvs_redis_arg_t *a, const char *buf, const char *end, int inf, int zero,
+                    int nan)
+{
+    return end == buf + a->len && !nan && !(errno == ERANGE && (inf || zero));
+}
+
+int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
+{
+    char buf[KVS_REDIS_MAX_FLOAT_TEXT], *end;
+    if (float_text(a, buf) != 0)
+        return -1;
     errno = 0;
     double v = strtod(buf, &end);
-    /* Out of range only when it overflowed or underflowed to zero (a
-     * subnormal result is a number), as Redis's string2ld. */
-    if (end != buf + a->len || isnan(v) ||
-        (errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL || v == 0)))
+    if (!float_ok(a, buf, end, isinf(v), v == 0, isnan(v)))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int kvs_redis_arg_ldouble(const kvs_redis_arg_t *a, long double *out)
+{
+    char buf[KVS_REDIS_MAX_FLOAT_TEXT], *end;
+    if (float_text(a, buf) != 0)
+        return -1;
+    errno = 0;
+    long double v = strtold(buf, &end);
+    if (!float_ok(a, buf, end, isinf(v), v == 0, isnan(v)))
         return -1;
     *out = v;
     return 0;
@@ -578,6 +607,27 @@ size_t kvs_redis_format_double(char *buf, double v)
     }
     buf[n] = '\0';
     return n;
+}
+
+size_t kvs_redis_format_ldouble(char *buf, long double v)
+{
+    if (!isfinite(v))
+        return (size_t)snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%s",
+                                isnan(v) ? "nan"
+                                : v > 0  ? "inf"
+                                         : "-inf");
+    int n = snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%.17Lf", v);
+    if (n < 0 || n >= KVS_REDIS_LDOUBLE_MAX) /* cannot be: 4,933 digits at most */
+        return (size_t)snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%s", v > 0 ? "inf" : "-inf");
+    size_t len = (size_t)n;
+    while (buf[len - 1] == '0') /* "%.17Lf" always writes a '.' */
+        len--;
+    if (buf[len - 1] == '.')
+        len--;
+    if (len == 2 && buf[0] == '-' && buf[1] == '0')
+        buf[0] = '0', len = 1;
+    buf[len] = '\0';
+    return len;
 }
 
 int kvs_redis_double(kvs_buf_t *b, double v, int resp3)

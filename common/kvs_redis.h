@@ -91,6 +91,10 @@ int kvs_redis_arg_int(const kvs_redis_arg_t *a, int64_t *out);
 #define KVS_REDIS_MAX_FLOAT_TEXT (5 * 1024)
 int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out);
 
+/* The same as a long double, exactly as Redis's string2ld (HINCRBYFLOAT's
+ * increment and stored value): "1e400" is a number here. */
+int kvs_redis_arg_ldouble(const kvs_redis_arg_t *a, long double *out);
+
 /* ---- replies -------------------------------------------------------------- */
 
 /* Each returns 0 or -ENOMEM; after -ENOMEM `b` is as it was (nothing of
@@ -120,6 +124,15 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3); /* =
  * bytes (the longest: "-0." then 323 zeros and the digits of 5e-324). */
 #define KVS_REDIS_DOUBLE_MAX 352
 size_t kvs_redis_format_double(char *buf, double v);
+
+/* Writes a long double exactly as Redis writes HINCRBYFLOAT's result
+ * (ld2string, LD_STR_HUMAN): "%.17Lf", trailing zeros and a trailing '.'
+ * removed, "-0" as "0" (so 0.1 + 0.2 is "0.3" and 1e-20 is "0"); inf and
+ * nan as "inf", "-inf" and "nan". Returns the length; `buf` holds
+ * KVS_REDIS_LDOUBLE_MAX bytes (Redis's MAX_LONG_DOUBLE_CHARS: the largest
+ * finite long double takes 4,933 digits and 18 more bytes). */
+#define KVS_REDIS_LDOUBLE_MAX (5 * 1024)
+size_t kvs_redis_format_ldouble(char *buf, long double v);
 
 /* Redis's glob matching (stringmatchlen): *, ?, [...] with ranges and ^,
  * backslash escapes. Iterative: no pattern can make it exponential, but a

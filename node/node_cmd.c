@@ -171,14 +171,18 @@ static int cmd_hset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
 
 /* ---- read-modify-write ---------------------------------------------------- */
 
+/* How Hincr adds (Kvs__Hincr.by): int64, double, or Redis's long double. */
+enum { BY_INT, BY_FLOAT, BY_DECIMAL };
+
 /* The number a stored Value holds for Hincr, read as Redis reads the text
- * it shows for it (HGET): integer_value; float_value (by_float, or without
- * it when its text is a whole number: 5.0 shows as "5"); bool_value as 0
- * or 1; or text that reads as a number with Redis's rules (string2ll for
- * HINCRBY, string2ld for HINCRBYFLOAT: "inf" is a number, then too large
- * to add to). Returns 0, or a 400 message. */
-static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int want_float,
-                                 int64_t *i, double *d, int *nomem)
+ * it shows for it (HGET): integer_value; float_value (as a float, or as an
+ * integer when its text is a whole number: 5.0 shows as "5"); bool_value
+ * as 0 or 1; or text that reads as a number with Redis's rules (string2ll
+ * for HINCRBY, string2ld for HINCRBYFLOAT: "inf" is a number, then too
+ * large to add to). BY_DECIMAL reads a float_value's text too, as the
+ * long double Redis would read from it. Returns 0, or a 400 message. */
+static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int by, int64_t *i,
+                                 double *d, long double *ld, int *nomem)
 {
     Kvs__Value *val;
     char num[KVS_REDIS_DOUBLE_MAX];
@@ -190,27 +194,33 @@ static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int
     }
     if (rc != 0)
         return "the stored value cannot be read";
-    const char *not = want_float ? "hash value is not a float" : "hash value is not an integer";
+    const char *not = by != BY_INT ? "hash value is not a float" : "hash value is not an integer";
     switch (val->kind_case) {
     case KVS__VALUE__KIND_INTEGER_VALUE:
         *i = val->integer_value;
         *d = (double)val->integer_value;
+        *ld = (long double)val->integer_value;
         return NULL;
     case KVS__VALUE__KIND_FLOAT_VALUE:
         *d = val->float_value;
-        if (want_float)
+        if (by == BY_FLOAT)
             return isnan(*d) ? not : NULL;
         text.p = (const uint8_t *)num;
         text.len = kvs_redis_format_double(num, val->float_value);
+        if (by == BY_DECIMAL)
+            return kvs_redis_arg_ldouble(&text, ld) == 0 ? NULL : not ;
         return kvs_redis_arg_int(&text, i) == 0 ? NULL : not ;
     case KVS__VALUE__KIND_BOOL_VALUE:
         *i = val->bool_value ? 1 : 0;
         *d = (double)*i;
+        *ld = (long double)*i;
         return NULL;
     case KVS__VALUE__KIND_STRING_VALUE:
         text.p = val->string_value.data;
         text.len = val->string_value.len;
-        if (want_float)
+        if (by == BY_DECIMAL)
+            return kvs_redis_arg_ldouble(&text, ld) == 0 ? NULL : not ;
+        if (by == BY_FLOAT)
             return kvs_redis_arg_double(&text, d) == 0 ? NULL : not ;
         return kvs_redis_arg_int(&text, i) == 0 ? NULL : not ;
     default:
@@ -218,36 +228,70 @@ static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int
     }
 }
 
+/* Hincr's new value, encoded into enc (KVS_REDIS_LDOUBLE_MAX + 16 bytes),
+ * or a 400 message: the stored number (i, d or ld, as `by` read it) plus
+ * the increment. BY_DECIMAL is Redis's HINCRBYFLOAT: long doubles, the
+ * sum stored as the text Redis stores. */
+static const char *hincr_sum(const Kvs__Hincr *m, int by, int64_t i, double d, long double ld,
+                             uint8_t *enc, size_t *n)
+{
+    if (by == BY_INT) {
+        if ((m->by_int > 0 && i > INT64_MAX - m->by_int) ||
+            (m->by_int < 0 && i < INT64_MIN - m->by_int))
+            return "increment or decrement would overflow";
+        *n = kvs_value_encode_int(enc, i + m->by_int);
+        return NULL;
+    }
+    if (by == BY_FLOAT) {
+        if (!isfinite(d + m->by_float))
+            return "increment would produce NaN or Infinity";
+        *n = kvs_value_encode_float(enc, d + m->by_float);
+        return NULL;
+    }
+    long double by_ld;
+    kvs_redis_arg_t text = {(const uint8_t *)m->by_decimal, strlen(m->by_decimal)};
+    if (kvs_redis_arg_ldouble(&text, &by_ld) != 0)
+        return "value is not a valid float";
+    if (isinf(by_ld))
+        return "value is NaN or Infinity";
+    if (!isfinite(ld + by_ld))
+        return "increment would produce NaN or Infinity";
+    char sum[KVS_REDIS_LDOUBLE_MAX];
+    size_t len = kvs_redis_format_ldouble(sum, ld + by_ld);
+    *n = kvs_value_encode_bytes(enc, 1, sum, len);
+    return NULL;
+}
+
 /* Hincr: the stored number plus the increment, written in the same batch
  * as the read, so nothing can come between them (one writer per shard). */
 static int cmd_hincr(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
     const Kvs__Hincr *m = req->hincr;
-    int by_float = m->by_case == KVS__HINCR__BY_BY_FLOAT;
+    int by = m->by_case == KVS__HINCR__BY_BY_INT     ? BY_INT
+             : m->by_case == KVS__HINCR__BY_BY_FLOAT ? BY_FLOAT
+                                                     : BY_DECIMAL;
     int64_t i = 0;
     double d = 0;
+    long double ld = 0;
     node_slice_t v;
     int rc = node_store_get(ctx->store, m->table, m->key.data, m->key.len, &v);
     if (rc != 0 && rc != KVS_ENOTFOUND)
         return rc;
     int nomem = 0;
-    const char *bad = rc == 0 ? stored_number(ctx, &v, by_float, &i, &d, &nomem) : NULL;
+    const char *bad = rc == 0 ? stored_number(ctx, &v, by, &i, &d, &ld, &nomem) : NULL;
     if (nomem)
         return -ENOMEM;
-    if (bad == NULL && !by_float &&
-        ((m->by_int > 0 && i > INT64_MAX - m->by_int) ||
-         (m->by_int < 0 && i < INT64_MIN - m->by_int)))
-        bad = "increment or decrement would overflow";
-    if (bad == NULL && by_float && !isfinite(d + m->by_float))
-        bad = "increment would produce NaN or Infinity";
+    uint8_t enc[KVS_REDIS_LDOUBLE_MAX + 16];
+    size_t n = 0;
+    if (bad == NULL)
+        bad = hincr_sum(m, by, i, d, ld, enc, &n);
     if (bad != NULL) {
         kvs_resp_status(r, KVS_STATUS_BAD_REQUEST);
         kvs_resp_message(r, "Hincr of table \"%s\": %s; nothing was changed", m->table, bad);
         return 0;
     }
-    uint8_t enc[16];
-    size_t n = by_float ? kvs_value_encode_float(enc, d + m->by_float)
-                        : kvs_value_encode_int(enc, i + m->by_int);
+    if (pair_too_large(ctx, r, &m->key, n))
+        return 0;
     rc = node_store_put(ctx->store, m->table, m->key.data, m->key.len, enc, n);
     if (rc != 0)
         return rc;

@@ -558,27 +558,36 @@ static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
-/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
- * one): NULL, or Redis's error for it. */
-static const char *hincr_by(const cmd_t *cmd, const kvs_redis_arg_t *a, Kvs__Hincr *m)
+/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: only check
+ * it): NULL, or Redis's error for it. HINCRBYFLOAT's goes as its text
+ * (by_decimal, copied into the arena: rs non-NULL with m), so the worker
+ * adds as Redis does, in long doubles. */
+static const char *hincr_by(router_redis_t *rs, const cmd_t *cmd, const kvs_redis_arg_t *a,
+                            Kvs__Hincr *m)
 {
-    Kvs__Hincr scratch = KVS__HINCR__INIT;
-    if (m == NULL)
-        m = &scratch;
     if (cmd->rcmd == RC_HINCRBY) {
         int64_t by;
         if (kvs_redis_arg_int(&a[3], &by) != 0)
             return "ERR value is not an integer or out of range";
-        m->by_case = KVS__HINCR__BY_BY_INT;
-        m->by_int = by;
-    } else {
-        double by;
-        if (kvs_redis_arg_double(&a[3], &by) != 0)
-            return "ERR value is not a valid float";
-        if (isinf(by))
-            return "ERR value is NaN or Infinity";
-        m->by_case = KVS__HINCR__BY_BY_FLOAT;
-        m->by_float = by;
+        if (m != NULL) {
+            m->by_case = KVS__HINCR__BY_BY_INT;
+            m->by_int = by;
+        }
+        return NULL;
+    }
+    long double by;
+    if (kvs_redis_arg_ldouble(&a[3], &by) != 0)
+        return "ERR value is not a valid float";
+    if (isinf(by))
+        return "ERR value is NaN or Infinity";
+    if (m != NULL) {
+        char *text = kvs_arena_alloc(&rs->r->redis_arena, a[3].len + 1);
+        if (text == NULL)
+            return "ERR the server is out of memory";
+        memcpy(text, a[3].p, a[3].len);
+        text[a[3].len] = '\0';
+        m->by_case = KVS__HINCR__BY_BY_DECIMAL;
+        m->by_decimal = text;
     }
     return NULL;
 }
@@ -588,7 +597,7 @@ static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req
     const kvs_redis_arg_t *a = rs->ps.argv;
     Kvs__Hincr m = KVS__HINCR__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    const char *err = hincr_by(cmd, a, &m);
+    const char *err = hincr_by(rs, cmd, a, &m);
     if (err != NULL)
         return reply_error(req, "%s", err);
     if ((m.table = table_of(rs, req, &a[1])) == NULL)
@@ -1448,7 +1457,7 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
         return 0;
     if (cmd->args == ARGS_PAIRS && argc % 2 != 0)
         return 0; /* a field without its value: cmd_hset answers the arity, as Redis does first */
-    if (cmd->fn == cmd_hincr && hincr_by(cmd, a, NULL) != NULL)
+    if (cmd->fn == cmd_hincr && hincr_by(NULL, cmd, a, NULL) != NULL)
         return 0; /* a bad increment: cmd_hincr answers it, as Redis checks it first */
     if (key_refused(req, &a[1]))
         return 1;

@@ -198,9 +198,14 @@ class CrossProtocolTest(RespTestCase):
         self.assertEqual(c.hincrby("y", "t", 1), 2)
         self.assertEqual(c.hincrby("y", "n", 5), 5)
         self.assertEqual(c.hincrbyfloat("y", "f", 1), 1.1)
+        # HINCRBYFLOAT adds as Redis does and stores Redis's text for the sum
+        self.assertEqual(c.hincrbyfloat("y", "f", 0.2), 1.3)
+        self.assertEqual(c.hget("y", "f"), b"1.3")
         with r.client() as pbc:
             v = pbc.hget("y", "i").values[0]
             self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))
+            v = pbc.hget("y", "f").values[0]
+            self.assertEqual((v.WhichOneof("kind"), v.string_value), ("string_value", "1.3"))
 
 
 class LargeValuesTest(RespTestCase):

@@ -183,6 +183,22 @@ static Kvs__Value vint(int64_t i)
     return v;
 }
 
+static Kvs__Value vfloat(double d)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_FLOAT_VALUE;
+    v.float_value = d;
+    return v;
+}
+
+static Kvs__Value vbool(int b)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_BOOL_VALUE;
+    v.bool_value = b;
+    return v;
+}
+
 static void check_status(const Kvs__CommandResponse *r, uint32_t status)
 {
     if (r->status != status)
@@ -1365,6 +1381,57 @@ KVS_TEST(hincr_adds_to_integers_and_numeric_text)
     CHECK(value0(hincr_float(TABLE, "f", 1))->float_value == 13.5);
 }
 
+static Kvs__CommandResponse *hincr_decimal(const char *t, const char *key, const char *by)
+{
+    Kvs__Hincr m = KVS__HINCR__INIT;
+    m.table = (char *)t;
+    m.key = bin(key);
+    m.by_case = KVS__HINCR__BY_BY_DECIMAL;
+    m.by_decimal = (char *)by;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HINCR, &m);
+}
+
+/* by_decimal is Redis's HINCRBYFLOAT: long doubles, the sum stored as
+ * Redis's text, a float_value read as the text it is shown as. */
+KVS_TEST(hincr_by_decimal_adds_as_redis_does)
+{
+    setup_default();
+    check_str(value0(hincr_decimal(TABLE, "n", "0.1")), "0.1");
+    check_str(value0(hincr_decimal(TABLE, "n", "0.2")), "0.3");
+    end_turn();
+    check_str(value0(hget(TABLE, "n")), "0.3"); /* stored as text */
+    hset(TABLE, "f", vfloat(0.1));
+    hset(TABLE, "i", vint(-7));
+    hset(TABLE, "b", vbool(1));
+    check_str(value0(hincr_decimal(TABLE, "f", "0.2")), "0.3");
+    check_str(value0(hincr_decimal(TABLE, "i", "0.5")), "-6.5");
+    check_str(value0(hincr_decimal(TABLE, "b", "1e-20")), "1");
+    check_str(value0(hincr_decimal(TABLE, "x", "1e-20")), "0");
+    hset(TABLE, "big", vstr("1e308"));
+    const Kvs__Value *v = value0(hincr_decimal(TABLE, "big", "1e308"));
+    CHECK_EQ(v->kind_case, KVS__VALUE__KIND_STRING_VALUE);
+    CHECK(v->string_value.len > 300 &&
+          memcmp(v->string_value.data, "19999999999999999999", 20) == 0);
+    Kvs__CommandResponse *r = hincr_decimal(TABLE, "n", "1e5000");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "value is not a valid float");
+    r = hincr_decimal(TABLE, "n", "inf");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "value is NaN or Infinity");
+    check_status(hincr_decimal(TABLE, "n", ""), 400);
+    hset(TABLE, "s", vstr("abc"));
+    r = hincr_decimal(TABLE, "s", "1");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "hash value is not a float");
+    hset(TABLE, "huge", vstr("1e4932"));
+    r = hincr_decimal(TABLE, "huge", "1e4932");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "increment would produce NaN or Infinity");
+    end_turn();
+    check_str(value0(hget(TABLE, "n")), "0.3"); /* the refusals changed nothing */
+    check_str(value0(hget(TABLE, "huge")), "1e4932");
+}
+
 KVS_TEST(hincr_refuses_and_changes_nothing)
 {
     setup_default();
@@ -1653,4 +1720,4 @@ KVS_TEST_MAIN(
     KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
-    KVS_CASE(hlen_counts_keys))
+    KVS_CASE(hincr_by_decimal_adds_as_redis_does), KVS_CASE(hlen_counts_keys))

@@ -374,6 +374,61 @@ KVS_TEST(replies_resp2_and_resp3)
     kvs_buf_free(&b);
 }
 
+/* HINCRBYFLOAT's numbers as Redis reads and writes them (string2ld,
+ * ld2string's LD_STR_HUMAN), on x86-64's 80-bit long double. */
+KVS_TEST(long_doubles_as_redis_reads_and_writes_them)
+{
+    kvs_redis_arg_t a;
+    long double v;
+#define SETA(s) (a.p = (const uint8_t *)(s), a.len = strlen(s))
+    static char s[KVS_REDIS_LDOUBLE_MAX];
+    SETA("0.1");
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), 0);
+    long double sum = v;
+    SETA("0.2");
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), 0);
+    kvs_redis_format_ldouble(s, sum + v);
+    CHECK_STR(s, "0.3"); /* a double sum would be 0.30000000000000004 */
+    SETA("1e400");       /* beyond a double, within a long double */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), 0);
+    CHECK_EQ(kvs_redis_format_ldouble(s, v), 401);
+    CHECK(strncmp(s, "1000000000000000000", 19) == 0 && strchr(s, '.') == NULL);
+    SETA("1e5000"); /* overflows */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    SETA("1e-5000"); /* underflows to 0 */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    SETA("nan");
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    SETA(" 1");
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    SETA("1 ");
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    a.p = (const uint8_t *)"1\0";
+    a.len = 2; /* a NUL inside: not all of it is a number */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), -1);
+    SETA("-inf"); /* a number: HINCRBYFLOAT refuses it itself */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), 0);
+    CHECK(isinf(v) && v < 0);
+    kvs_redis_format_ldouble(s, 1e-20L);
+    CHECK_STR(s, "0"); /* 17 decimals */
+    kvs_redis_format_ldouble(s, -1e-20L);
+    CHECK_STR(s, "0"); /* "-0" is written "0" */
+    SETA("1234.5678"); /* Redis shows this one with all its 17 decimals */
+    CHECK_EQ(kvs_redis_arg_ldouble(&a, &v), 0);
+    kvs_redis_format_ldouble(s, v);
+    CHECK_STR(s, "1234.56779999999999997");
+    kvs_redis_format_ldouble(s, (long double)1234.5678); /* the double's value */
+    CHECK_STR(s, "1234.56780000000003383");
+    kvs_redis_format_ldouble(s, 5200.0L);
+    CHECK_STR(s, "5200");
+    kvs_redis_format_ldouble(s, -2.5L);
+    CHECK_STR(s, "-2.5");
+    size_t n = kvs_redis_format_ldouble(s, LDBL_MAX); /* the longest there is */
+    CHECK_EQ(n, strlen(s));
+    CHECK_EQ(n, 4933);
+#undef SETA
+}
+
 KVS_TEST(doubles_are_shortest_exact)
 {
     char s[KVS_REDIS_DOUBLE_MAX];
@@ -498,5 +553,6 @@ KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_t
               KVS_CASE(multibulk_errors_with_redis_words),
               KVS_CASE(request_larger_than_the_limit_is_refused_early),
               KVS_CASE(arguments_as_numbers), KVS_CASE(replies_resp2_and_resp3),
-              KVS_CASE(doubles_are_shortest_exact), KVS_CASE(glob_like_redis),
+              KVS_CASE(doubles_are_shortest_exact),
+              KVS_CASE(long_doubles_as_redis_reads_and_writes_them), KVS_CASE(glob_like_redis),
               KVS_CASE(glob_work_is_bounded_by_a_budget))
