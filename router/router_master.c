@@ -128,6 +128,7 @@
  * in order.
  */
 #include "router_master.h"
+#include "router_master_int.h"
 
 #include "kvs_addr.h"
 #include "kvs_conn.h"
@@ -155,83 +156,6 @@
 #include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
-
-#define ROUTER_DRAIN_MS 10000 /* a router process's own drain deadline (router_main.c) */
-#define ROUTER_GRACE_MS (ROUTER_DRAIN_MS + 5000)
-#define WORKER_GRACE_MS 10000
-#define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
-#define REPORT_FD_ARG "3"
-#define WORKER_CONFIG_FD 4 /* kvs-node --config-fd: the serving snapshot */
-#define WORKER_CONFIG_FD_ARG "4"
-
-typedef struct master_s master_t;
-
-/* One generation of router processes: the n_procs of them one supervisor
- * runs, all started with the same snapshot. */
-typedef struct rgen_s {
-    master_t *m;
-    router_sup_t *sup;
-    uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
-    uint8_t *listening;
-    uint32_t n_listening;
-    router_live_t *live; /* per router process (see Liveness above) */
-    int stopping;        /* router_sup_stop called */
-} rgen_t;
-
-struct master_s {
-    uv_loop_t *loop;
-    kvs_config_t *cfg;
-    const char *config_path;
-    char exe_dir[4096];
-    int lock_fd, config_fd;
-    /* The snapshot workers start from: the serving map's (a copy of
-     * config_fd, at one number for the workers' supervisor, which passes
-     * whatever it holds to each worker it starts). */
-    int worker_config_fd;
-    /* The text of the last reload the master applied (a copy of the
-     * serving snapshot: a new map's only from change_switch on), which
-     * every child's reload reads through /proc (reload_arg:
-     * --reload-from), not the file: an edit made after the master read it
-     * reaches no process, nor does a map before it serves (a SIGHUP a
-     * starting worker handles late). */
-    int reload_fd;
-    char reload_arg[64];
-    uint32_t n_procs, n_local;
-    router_sup_t *workers;
-    rgen_t *routers; /* the generation serving clients */
-    /* A membership change (see the file comment): `next` starts with
-     * the new map, then serves while `old` drains;
-     * next_config_fd is `next`'s snapshot (m->config_fd the serving
-     * generation's), prev_cfg keeps the map it replaced
-     * until it is over, to go back if the new generation cannot start. */
-    rgen_t *next, *old;
-    int changing;          /* new workers probed, or `next` starting */
-    int abandoned;         /* the change in progress failed (change_maybe_done says so) */
-    router_probe_t *probe; /* waits for the new workers to serve */
-    kvs_config_t *prev_cfg;
-    int next_config_fd;
-    uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
-    uint64_t changes[2]; /* membership changes: done, failed */
-    uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
-    uv_timer_t live_timer;     /* checks the serving router processes' heartbeats */
-    uint64_t live_timeout_ms;  /* the router.liveness_timeout it checks with; 0: off */
-    uint64_t live_tick_ms;     /* loop time of its last run */
-    uint64_t live_quiet_until; /* loop time before which it kills nobody (a new timeout) */
-    uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
-    struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
-    const char *listen_name[ROUTER_LISTEN_MAX];
-    size_t n_listen;
-    int census_failed;         /* sock_diag unavailable: said once */
-    router_scrape_t *scrape;   /* router.metrics_listen, when set */
-    uint64_t *worker_restarts; /* per shard: times its worker was started again */
-    uint64_t *router_restarts; /* per router process */
-    uint64_t *router_hung;     /* per router process: killed for sending no heartbeat */
-    uint64_t reloads[3];       /* ok, error, refused */
-    double start_time;
-    int signals, ready, shutting_down, workers_stopping, exit_code;
-    char final_msg[800]; /* the last log line, when a child's exit stopped the node */
-};
 
 /* ---- start-up checks --------------------------------------------------------------- */
 
