@@ -38,7 +38,7 @@ typedef struct rgen_s {
     uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
     uint8_t *listening;
     uint32_t n_listening;
-    router_live_t *live; /* per router process (see Liveness above) */
+    router_live_t *live; /* per router process (router_master_live.c) */
     int stopping;        /* router_sup_stop called */
 } rgen_t;
 
@@ -96,5 +96,12 @@ struct master_s {
     int signals, ready, shutting_down, workers_stopping, exit_code;
     char final_msg[800]; /* the last log line, when a child's exit stopped the node */
 };
+
+/* ---- router_master_live.c: the liveness check ---- */
+
+/* Router process `i` of g said something or started: its clock starts again. */
+void router_master_live_heard(master_t *m, rgen_t *g, uint32_t i);
+/* Runs the check with the router.liveness_timeout m->cfg holds now. */
+void router_master_live_configure(master_t *m);
 
 #endif
