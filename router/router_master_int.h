@@ -104,4 +104,18 @@ void router_master_live_heard(master_t *m, rgen_t *g, uint32_t i);
 /* Runs the check with the router.liveness_timeout m->cfg holds now. */
 void router_master_live_configure(master_t *m);
 
+/* ---- router_master_config.c: start-up checks, the config snapshot ---- */
+
+/* Checks, then prepares the start; 0, or the exit status (logged). */
+int router_master_prepare(master_t *m, const char *argv0);
+/* The workers start from `fd`'s text from now on. */
+void router_master_set_worker_snapshot(master_t *m, int fd);
+/* Every child's reload reads the serving snapshot from now on. */
+void router_master_pass_reload_text(master_t *m);
+/* Reads and checks the file for a reload: 0 when its live keys were taken. */
+int router_master_reload_config(master_t *m, int *map);
+
+/* ---- router_master.c: the membership change (for now) ---- */
+void router_master_remove_next_paths(const kvs_config_t *cfg);
+
 #endif
