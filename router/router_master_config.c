@@ -254,7 +254,8 @@ int router_master_prepare(master_t *m, const char *argv0)
  * its own snapshot, and a reload would have to replace both. */
 static const char *reload_busy(const master_t *m, int map)
 {
-    if (m->prev_cfg != NULL) /* from change_begin until change_maybe_done */
+    /* From router_master_change_begin until router_master_change_maybe_done. */
+    if (m->prev_cfg != NULL)
         return "a membership change is in progress";
     if (map && !m->ready)
         return "cluster.nodes changed while the node is still starting";
@@ -305,7 +306,7 @@ int router_master_reload_config(master_t *m, int *map)
             kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
         } else {
             /* A new map is taken whole once its router processes serve
-             * (change_switch: the live keys of the same file then, the
+             * (router_master_change_switch: the live keys of the same file then, the
              * workers' snapshot too), or not at all if the change fails:
              * prev_cfg holds the previous map and the new live keys until
              * the change is over. */

@@ -53,7 +53,7 @@ struct master_s {
      * whatever it holds to each worker it starts). */
     int worker_config_fd;
     /* The text of the last reload the master applied (a copy of the
-     * serving snapshot: a new map's only from change_switch on), which
+     * serving snapshot: a new map's only from router_master_change_switch on), which
      * every child's reload reads through /proc (reload_arg:
      * --reload-from), not the file: an edit made after the master read it
      * reaches no process, nor does a map before it serves (a SIGHUP a
@@ -69,8 +69,8 @@ struct master_s {
      * generation's), prev_cfg keeps the map it replaced
      * until it is over, to go back if the new generation cannot start. */
     rgen_t *next, *old;
-    int changing;          /* new workers probed, or `next` starting */
-    int abandoned;         /* the change in progress failed (change_maybe_done says so) */
+    int changing;  /* new workers probed, or `next` starting */
+    int abandoned; /* the change in progress failed (router_master_change_maybe_done says so) */
     router_probe_t *probe; /* waits for the new workers to serve */
     kvs_config_t *prev_cfg;
     int next_config_fd;
@@ -115,7 +115,36 @@ void router_master_pass_reload_text(master_t *m);
 /* Reads and checks the file for a reload: 0 when its live keys were taken. */
 int router_master_reload_config(master_t *m, int *map);
 
-/* ---- router_master.c: the membership change (for now) ---- */
+/* ---- router_master_change.c: the membership change ---- */
+
+/* Removes every routerI.next (at start, and after a failed change). */
 void router_master_remove_next_paths(const kvs_config_t *cfg);
+/* A generation finished draining (router_sup_stop's callback; arg: the rgen_t). */
+void router_master_on_gen_stopped(void *arg);
+/* The new generation cannot start (`why`, logged): back to the previous map. */
+void router_master_change_failed(master_t *m, const char *why);
+/* The change is over: the previous map and snapshot are freed. */
+void router_master_change_maybe_done(master_t *m);
+/* Every process of the new generation listens: it serves, the old one drains. */
+void router_master_change_switch(master_t *m);
+/* The reload took a new map: new workers, then a new generation. */
+void router_master_change_begin(master_t *m);
+
+/* ---- router_master.c ---- */
+
+/* The args of a router process (before --generation and --router). */
+#define ROUTER_ARGS 10
+void router_master_router_args(const master_t *m, int next, const char *args[ROUTER_ARGS],
+                               char n_arg[12], char pid_arg[24]);
+void router_master_gen_free(rgen_t *g);
+/* Drains g's processes; the generation is freed once all are gone. */
+void router_master_gen_stop(rgen_t *g);
+/* Starts a generation of router processes: 0 and *out, or a uv error (logged). */
+int router_master_start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd,
+                                int next);
+/* Is anything but our routers listening on a client port? 0, or 1 + its index. */
+int router_master_foreign_listener(master_t *m);
+/* Every router process is gone: stop the workers. */
+void router_master_on_routers_stopped(master_t *m);
 
 #endif
