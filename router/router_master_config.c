@@ -10,9 +10,9 @@
  * (workers: once a new map serves, so after a failed membership change a
  * restarted worker runs the map the routers route by). Then
  * <data_dir>/router.lock is taken (a second node on the same data
- * refuses) and the TLS material is checked. Each router
- * process holds the lock descriptor too, so the lock is free only once
- * the master and every router are gone.
+ * refuses) and the TLS material is checked. Each router process holds
+ * the lock descriptor too, so the lock is free only once the master and
+ * every router are gone.
  *
  * Live reload (SIGHUP, systemctl reload), between RELOADING=1 and READY=1:
  * the master reads the file into a new snapshot and loads it, built whole

@@ -130,20 +130,31 @@ void router_master_change_switch(master_t *m);
 /* The reload took a new map: new workers, then a new generation. */
 void router_master_change_begin(master_t *m);
 
-/* ---- router_master.c ---- */
+/* ---- router_master_children.c: workers, router generations, readiness ---- */
 
 /* The args of a router process (before --generation and --router). */
 #define ROUTER_ARGS 10
 void router_master_router_args(const master_t *m, int next, const char *args[ROUTER_ARGS],
                                char n_arg[12], char pid_arg[24]);
 void router_master_gen_free(rgen_t *g);
+/* How many of g's processes run (a pid), or 0 for NULL. */
+uint32_t router_master_gen_running(const master_t *m, const rgen_t *g);
+/* Sends `sig` to g's processes; how many got it (0 for NULL). */
+size_t router_master_gen_signal(rgen_t *g, int sig);
 /* Drains g's processes; the generation is freed once all are gone. */
 void router_master_gen_stop(rgen_t *g);
+/* Starts the workers of the local shards: 0, or a uv error (logged). */
+int router_master_start_workers(master_t *m);
 /* Starts a generation of router processes: 0 and *out, or a uv error (logged). */
 int router_master_start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd,
                                 int next);
 /* Is anything but our routers listening on a client port? 0, or 1 + its index. */
 int router_master_foreign_listener(master_t *m);
+
+/* ---- router_master.c: shutdown ---- */
+
+/* The one way into the shutdown; later calls only raise the exit code. */
+void router_master_shutdown_begin(master_t *m, int exit_code);
 /* Every router process is gone: stop the workers. */
 void router_master_on_routers_stopped(master_t *m);
 
