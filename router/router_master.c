@@ -19,8 +19,8 @@
  * worker and itself.
  *
  * Shutdown (SIGTERM/SIGINT, a fatal exit, the readiness timeout), one entry
- * (router_master_shutdown_begin), steps in order: worker restarts are held; every router
- * process gets SIGTERM and drains its clients (SIGKILL after
+ * (router_master_shutdown_begin), steps in order: worker restarts are
+ * held; every router process gets SIGTERM and drains its clients (SIGKILL after
  * ROUTER_GRACE_MS); once all are gone, the workers get SIGTERM (SIGKILL
  * after WORKER_GRACE_MS); then the master exits. Every SIGTERM comes with
  * a SIGCONT (router_supervisor), so a stopped child drains as well. The sum stays within

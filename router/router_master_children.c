@@ -6,9 +6,10 @@
  *
  * Start-up: once the checks passed (router_master_config.c), the kvs-node
  * workers are spawned (one per local shard) and the router processes too
- * (router.processes of them, each `kvs-router --router I`, fork+exec through router_supervisor:
- * a fresh image per process, no loop state or LMDB environment crossing a
- * fork, the same restart and backoff code as the workers).
+ * (router.processes of them, each `kvs-router --router I`, fork+exec
+ * through router_supervisor: a fresh image per process, no loop state or
+ * LMDB environment crossing a fork, the same restart and backoff code as
+ * the workers).
  *
  * Readiness: a router process connects to every shard and, once every
  * local one answers, listens and says "listening <inodes>" on its notify
