@@ -4,6 +4,7 @@
  * and by nothing else. One master_t lives for the whole process
  * (router_master_run); every callback of the master gets it, or an rgen_t
  * that points to it. Single-threaded: everything runs on the master's loop.
+ * Each function declared here has its full contract above its definition.
  */
 #ifndef ROUTER_MASTER_INT_H
 #define ROUTER_MASTER_INT_H
