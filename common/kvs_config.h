@@ -462,7 +462,7 @@ int kvs_config_map_eq(const kvs_config_t *a, const kvs_config_t *b);
  * `next`: swaps cluster.nodes (and this node's entry in it) between `cur`
  * and `next`, like kvs_config_apply_live. Only for a process that acts on
  * the new map: the master (it starts and stops workers and replaces the
- * router processes, router_master.c) and a worker (its replica count).
+ * router processes, router_master_change.c) and a worker (its replica count).
  * A router process keeps the map it started with until it is replaced. */
 void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next);
 

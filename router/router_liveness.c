@@ -6,7 +6,7 @@
  * write that may block: the pipe's buffer holds tens of thousands of
  * beats, but a master stopped for long enough would otherwise freeze
  * every router process it supervises (the master copes with a stall of
- * its own: router_master.c restarts every clock after one).
+ * its own: router_master_live.c restarts every clock after one).
  *
  * The kernel's view of a process comes from /proc/PID/status, whose
  * "State:" and "TracerPid:" lines say whether it is stopped and whether a

@@ -10,7 +10,7 @@
  * a timer of its event loop every router_liveness_interval_ms: a loop that
  * stops turning stops the heartbeat. The master kills (SIGKILL) a serving
  * one that sent nothing for router.liveness_timeout and restarts it as it
- * restarts one that crashed (router_master.c), except while a debugger
+ * restarts one that crashed (router_master_live.c), except while a debugger
  * traces it (router_liveness_inspect says so).
  *
  * Pure functions, besides router_liveness_beat (one send) and

@@ -22,7 +22,7 @@
  *
  * with the descriptors router_procs.h lists (never started by hand);
  * --next for a membership change's new generation, which listens on
- * routerI.next until the master renames it into place (router_master.c). A
+ * routerI.next until the master renames it into place (router_master_change.c). A
  * router process loads the master's config snapshot, takes its share of
  * the node-wide limits, connects a link to every shard (unix socket for
  * local ones, TCP for remote ones), and once every local shard answers
@@ -41,7 +41,7 @@
  * router process is gone.
  *
  * SIGHUP (passed on by the master once its own check accepted the file,
- * see router_master.c) is a live reload: the router process loads the
+ * see router_master_config.c) is a live reload: the router process loads the
  * text the master accepted (--reload-from; the file itself if that cannot
  * be opened, or without a master), takes its share of it, and checks it against
  * its running config with the same rules (kvs_config_reload_check: a file
@@ -55,7 +55,7 @@
  * material; a file that does not load leaves the old material in use,
  * logged). A changed cluster.nodes is not applied here: its links were
  * built from the map it started with, and the master replaces the whole
- * process by one started with the new map (router_master.c), which then
+ * process by one started with the new map (router_master_change.c), which then
  * drains this one.
  *
  * Heartbeat: from the moment it listens until it exits (its drain
@@ -113,7 +113,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DRAIN_TIMEOUT_MS 10000 /* router_master.c allows this plus a margin */
+#define DRAIN_TIMEOUT_MS 10000 /* router_master_int.h allows this plus a margin */
 
 typedef struct router_main_s {
     router_t r;

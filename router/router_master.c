@@ -1,120 +1,26 @@
 /*
- * router_master: the node's supervisor process (nginx's master).
+ * router_master: the node's supervisor process (nginx's master): its
+ * main loop, its signals and its shutdown.
  *
- * Start-up: the config file is read once into a snapshot (a sealed memfd)
- * and loaded from it, so the master, every router process and every
- * worker start from exactly the same text, even one restarted after the
- * file was edited (the edit takes effect at the next reload or start, as
- * with nginx; kvs-node --config-fd). A reload replaces the snapshot
- * (workers: once a new map serves, so after a failed membership change a
- * restarted worker runs the map the routers route by). Then
- * <data_dir>/router.lock is taken (a second node on the same data
- * refuses), the TLS material is checked, the kvs-node workers are spawned
- * (one per local shard) and the router processes too (router.processes of
- * them, each `kvs-router --router I`, fork+exec through router_supervisor:
- * a fresh image per process, no loop state or LMDB environment crossing a
- * fork, the same restart and backoff code as the workers). Each router
- * process holds the lock descriptor too, so the lock is free only once
- * the master and every router are gone.
- *
- * Readiness: a router process connects to every shard and, once every
- * local one answers, listens and says "listening <inodes>" on its notify
- * pipe. When all of them did, the master checks that nothing but its
- * routers listens on the client ports (router_ports_foreign), then sends
- * READY=1 (router_notify; NotifyAccess=main: only the master speaks to
- * systemd, the router processes never do). router.ready_timeout bounds
- * the whole start; a router process that exits before the node is ready
- * fails the start (exit 1, or 78 with its reason).
- *
- * While serving: a router process that dies is restarted with backoff
- * (its clients lose their connections; the kernel gives its share of new
- * connections to the other routers meanwhile); one that exits 78 stops the
- * node with 78, like a worker that does.
- *
- * Live reload (SIGHUP, systemctl reload), between RELOADING=1 and READY=1:
- * the master reads the file into a new snapshot and loads it, built whole
- * before anything uses it (nginx style), and checks it against its running
- * config (kvs_config_reload_check). A file that does not load, or that
- * changes a key that cannot change live, is refused whole: logged, naming
- * the keys, nothing changes anywhere, the children are not told. Otherwise
- * the master takes the live keys (kvs_config_apply_live), the new snapshot
- * replaces the old one (a router process restarted from now on runs it),
- * and SIGHUP is passed on to every router process and worker. Each of them
- * loads the text the master accepted (reload_fd, through /proc/PID/fd/N:
- * --reload-from; the file itself only if that cannot be opened), so an
- * edit made after the master read the file reaches no process, and checks
- * it against its own running config with the same rules before it applies
- * the live keys, then reloads its TLS material (router_main.c,
- * node_main.c): so no process ever applies a change that is not live.
- *
- * Membership change (a reload whose cluster.nodes differs; the map must
- * still load, name this node at the same address, and everything else of
- * the reload must be live, or it is refused whole as above), nginx's
- * binary-less upgrade of its workers, taken whole or not at all: the
- * master takes the new map (the file's other live keys wait in prev_cfg
- * until the switch; the serving router processes are not told, the new
- * ones start with the new snapshot), starts
- * a worker for each shard that became local (a new replica copies a
- * peer's snapshot, as at start) and a new generation of router processes
- * with the new snapshot (their generation numbers continue the old ones',
- * so client ids and cursors stay unique). Each joins the client ports
- * (SO_REUSEPORT: the ports never close) and listens on its own unix
- * socket under a name of its own, routerI.next (--next). Once every new
- * one listens (change_switch) the master renames each of those over
- * routerI.sock (kvs-cli and the scrape reach the new process from then
- * on), the master takes the file's live keys and the workers get the
- * SIGHUP (they take the new map only now: after a change that failed they
- * run the map and config the routers run), and the
- * old generation gets SIGTERM: it stops accepting, answers what it
- * received, closes its clients (they reconnect, as after any router
- * restart, and reach the new map). Once it is gone, workers of shards no
- * longer local stop (retire_workers; their data stays on disk). If the
- * new generation does not all listen within router.ready_timeout, or one
- * of it exits first, it is stopped, the master goes back to the previous
- * map and snapshot, and the old generation never stopped serving, its
- * sockets never moved (change_failed). A worker the change started that
- * exits 78 before then fails the change too, where any other stops the
- * node. While the new generation starts, the serving one's restarts wait
- * (router_sup_pause): one that exits then is restarted once the new one
- * is gone after a failure, or replaced by it. Each generation runs its
- * own snapshot (m->config_fd,
- * m->next_config_fd), so a reload while a change is in progress is
- * refused (reload again once it is over; systemd hears nothing of the
- * refused one). During a change, the shutdown drains every generation;
- * the port census counts them all; RELOADING=1 lasts until the new
- * generation serves; /metrics shows the router processes by state
- * (kvs_router_processes).
- *
- * Liveness (router.liveness_timeout, router_liveness.h): a router process
- * that hangs keeps its listening sockets, and with them its share of new
- * connections, whose clients wait. Each one that listens sends a
- * heartbeat line on its notify pipe every quarter of the timeout, from its
- * loop. The master checks the serving generation every quarter of the
- * timeout, once the node is ready and until its shutdown: a process that
- * listens and was not heard from (a heartbeat, or its "listening" line,
- * which starts its clock) for the timeout is logged (one ERROR line, its
- * pid and silence), killed with SIGKILL, and restarted like a router
- * process that crashed (same backoff and crash-loop rule; counted in
- * kvs_router_liveness_kills_total). Not checked: one that starts (before
- * "listening"), a membership change's new generation before the switch
- * (router.ready_timeout bounds it) and the draining old one
- * (ROUTER_GRACE_MS), everyone during the shutdown. A stopped process
- * (SIGSTOP: state T) holds its share like a hung one and is killed too;
- * one that a debugger traces (TracerPid) is not: a warning, once, then it
- * gets a whole timeout once the debugger lets go. A master that itself
- * did not run for two check intervals (stopped, starved) has heartbeats
- * waiting unread in the pipes: it restarts every clock instead of judging
- * anyone. A reload may change the timeout: every clock restarts and nobody
- * is killed for LIVE_RELOAD_QUIET_MS, the time the router processes need
- * to take the SIGHUP and beat at the new interval.
+ * The master's other files share its state, one master_t
+ * (router_master_int.h), each with a concern of its own:
+ * router_master_config.c (the start-up checks, the config snapshot and a
+ * live reload's check), router_master_children.c (the workers and the
+ * generations of router processes: their start, readiness and exits),
+ * router_master_change.c (a membership change: a reload whose
+ * cluster.nodes differs) and router_master_live.c (the router processes'
+ * liveness check). This file runs them: router_master_run checks, starts
+ * the children and runs the loop; SIGHUP reloads (passed on to the
+ * children, or starting a membership change); SIGTERM and SIGINT stop the
+ * node in order.
  *
  * Metrics (router.metrics_listen): the master serves GET /metrics for the
  * whole node (router_scrape.c), from every router process, every local
  * worker and itself.
  *
  * Shutdown (SIGTERM/SIGINT, a fatal exit, the readiness timeout), one entry
- * (shutdown_begin), steps in order: worker restarts are held; every router
- * process gets SIGTERM and drains its clients (SIGKILL after
+ * (router_master_shutdown_begin), steps in order: worker restarts are
+ * held; every router process gets SIGTERM and drains its clients (SIGKILL after
  * ROUTER_GRACE_MS); once all are gone, the workers get SIGTERM (SIGKILL
  * after WORKER_GRACE_MS); then the master exits. Every SIGTERM comes with
  * a SIGCONT (router_supervisor), so a stopped child drains as well. The sum stays within
@@ -128,355 +34,19 @@
  * in order.
  */
 #include "router_master.h"
+#include "router_master_int.h"
 
-#include "kvs_addr.h"
 #include "kvs_conn.h"
-#include "kvs_err.h"
-#include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_signals.h"
-#include "router_liveness.h"
 #include "router_notify.h"
-#include "router_ports.h"
 #include "router_probe.h"
-#include "router_procs.h"
 #include "router_scrape.h"
 #include "router_supervisor.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sysexits.h>
 #include <unistd.h>
-
-#define ROUTER_DRAIN_MS 10000 /* a router process's own drain deadline (router_main.c) */
-#define ROUTER_GRACE_MS (ROUTER_DRAIN_MS + 5000)
-#define WORKER_GRACE_MS 10000
-#define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
-#define REPORT_FD_ARG "3"
-#define WORKER_CONFIG_FD 4 /* kvs-node --config-fd: the serving snapshot */
-#define WORKER_CONFIG_FD_ARG "4"
-
-typedef struct master_s master_t;
-
-/* One generation of router processes: the n_procs of them one supervisor
- * runs, all started with the same snapshot. */
-typedef struct rgen_s {
-    master_t *m;
-    router_sup_t *sup;
-    uint64_t (*inodes)[ROUTER_LISTEN_MAX]; /* per router process, while it listens */
-    uint8_t *listening;
-    uint32_t n_listening;
-    router_live_t *live; /* per router process (see Liveness above) */
-    int stopping;        /* router_sup_stop called */
-} rgen_t;
-
-struct master_s {
-    uv_loop_t *loop;
-    kvs_config_t *cfg;
-    const char *config_path;
-    char exe_dir[4096];
-    int lock_fd, config_fd;
-    /* The snapshot workers start from: the serving map's (a copy of
-     * config_fd, at one number for the workers' supervisor, which passes
-     * whatever it holds to each worker it starts). */
-    int worker_config_fd;
-    /* The text of the last reload the master applied (a copy of the
-     * serving snapshot: a new map's only from change_switch on), which
-     * every child's reload reads through /proc (reload_arg:
-     * --reload-from), not the file: an edit made after the master read it
-     * reaches no process, nor does a map before it serves (a SIGHUP a
-     * starting worker handles late). */
-    int reload_fd;
-    char reload_arg[64];
-    uint32_t n_procs, n_local;
-    router_sup_t *workers;
-    rgen_t *routers; /* the generation serving clients */
-    /* A membership change (see the file comment): `next` starts with
-     * the new map, then serves while `old` drains;
-     * next_config_fd is `next`'s snapshot (m->config_fd the serving
-     * generation's), prev_cfg keeps the map it replaced
-     * until it is over, to go back if the new generation cannot start. */
-    rgen_t *next, *old;
-    int changing;          /* new workers probed, or `next` starting */
-    int abandoned;         /* the change in progress failed (change_maybe_done says so) */
-    router_probe_t *probe; /* waits for the new workers to serve */
-    kvs_config_t *prev_cfg;
-    int next_config_fd;
-    uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
-    uint64_t changes[2]; /* membership changes: done, failed */
-    uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
-    uv_timer_t live_timer;     /* checks the serving router processes' heartbeats */
-    uint64_t live_timeout_ms;  /* the router.liveness_timeout it checks with; 0: off */
-    uint64_t live_tick_ms;     /* loop time of its last run */
-    uint64_t live_quiet_until; /* loop time before which it kills nobody (a new timeout) */
-    uint64_t start_timeout_ms; /* the start's deadline (a reload meanwhile does not move it) */
-    struct sockaddr_storage listen_addr[ROUTER_LISTEN_MAX];
-    const char *listen_name[ROUTER_LISTEN_MAX];
-    size_t n_listen;
-    int census_failed;         /* sock_diag unavailable: said once */
-    router_scrape_t *scrape;   /* router.metrics_listen, when set */
-    uint64_t *worker_restarts; /* per shard: times its worker was started again */
-    uint64_t *router_restarts; /* per router process */
-    uint64_t *router_hung;     /* per router process: killed for sending no heartbeat */
-    uint64_t reloads[3];       /* ok, error, refused */
-    double start_time;
-    int signals, ready, shutting_down, workers_stopping, exit_code;
-    char final_msg[800]; /* the last log line, when a child's exit stopped the node */
-};
-
-/* ---- start-up checks --------------------------------------------------------------- */
-
-/* Reads the config file at `path` into a sealed memfd (a snapshot every
- * router process may load). Returns 0 and *fd, or a negative errno with
- * err[0..errlen) saying why. For a `reload` the loop runs, so a FIFO (or a
- * pipe: --config <(...)) is refused rather than waited for
- * (kvs_config_open): its open would block, every signal and child unheard. */
-static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, int reload)
-{
-    *fd = -1;
-    int in = kvs_config_open(path, reload, err, errlen);
-    if (in < 0)
-        return in;
-    int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    int rc = out < 0 ? -errno : 0;
-    char buf[65536];
-    size_t total = 0;
-    for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) { /* EISDIR (a directory), EIO: the same again at every try */
-            rc = -errno;
-            break;
-        }
-        if ((total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
-            rc = -EFBIG; /* the loader would refuse it: copy no more */
-            break;
-        }
-        ssize_t w = write(out, buf, (size_t)n);
-        if (w != n) /* a memfd takes it whole, short of memory */
-            rc = w < 0 ? -errno : -ENOSPC;
-    }
-    close(in);
-    /* Nobody may change the snapshot: every router process reads this text. */
-    if (rc == 0 &&
-        fcntl(out, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
-        rc = -errno;
-    if (rc != 0) {
-        snprintf(err, errlen, "%s: cannot read: %s", path, kvs_strerror(rc));
-        if (out >= 0)
-            close(out);
-        return rc;
-    }
-    *fd = out;
-    return 0;
-}
-
-/* Reads the config file into a memfd (the snapshot every router process
- * loads) and loads the master's config from it. Returns 0, or EX_CONFIG
- * after logging why. */
-static int load_snapshot(master_t *m)
-{
-    char err[1024];
-    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err), 0) != 0) {
-        kvs_error("%s", err);
-        return EX_CONFIG;
-    }
-    if (kvs_config_load_fd(m->config_path, m->config_fd, &m->cfg, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        return EX_CONFIG;
-    }
-    if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
-        (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
-        kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
-                  strerror(errno));
-        return EX_CONFIG;
-    }
-    snprintf(m->reload_arg, sizeof(m->reload_arg), "/proc/%ld/fd/%d", (long)getpid(), m->reload_fd);
-    return 0;
-}
-
-/* The workers start from `fd`'s text from now on. */
-static void set_worker_snapshot(master_t *m, int fd)
-{
-    if (dup3(fd, m->worker_config_fd, O_CLOEXEC) < 0) /* onto an open descriptor */
-        kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
-                 "restarts runs the previous one",
-                 strerror(errno));
-}
-
-/* Every child's reload reads the serving snapshot from now on. */
-static void pass_reload_text(master_t *m)
-{
-    if (dup3(m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
-        kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s itself",
-                 strerror(errno), m->config_path);
-}
-
-/* One node per data directory: an flock held for the life of the master
- * and of every router process (they inherit the descriptor). Returns 0, 1,
- * or EX_CONFIG for a data directory others may write to. */
-static int take_lock(master_t *m)
-{
-    const kvs_config_t *cfg = m->cfg;
-    char path[4200], why[4400];
-    int rc = kvs_mkdir_p(cfg->data_dir);
-    if (rc != 0) {
-        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
-        return 1;
-    }
-    if (kvs_fs_check_private(cfg->data_dir, why, sizeof(why)) != 0) {
-        kvs_error("%s", why);
-        return EX_CONFIG;
-    }
-    snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
-    m->lock_fd = kvs_lock_file(path);
-    if (m->lock_fd == -EBUSY)
-        kvs_error("another kvs-router is already running on data_dir %s (it, or one of its router "
-                  "processes, holds %s); stop it first or use another data_dir",
-                  cfg->data_dir, path);
-    else if (m->lock_fd < 0)
-        kvs_error("%s: cannot open: %s", path, kvs_strerror(m->lock_fd));
-    return m->lock_fd < 0 ? 1 : 0;
-}
-
-int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
-                    char *err, size_t errlen)
-{
-    int rc = 0;
-    *tls = *link_tls = NULL;
-    if (cfg->tls_router.enabled)
-        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, tls, err, errlen);
-    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
-        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, link_tls, err, errlen);
-    if (rc != 0) {
-        if (rc != KVS_ECONFIG)
-            snprintf(err, errlen, "%s", kvs_strerror(rc));
-        kvs_tls_ctx_free(*tls);
-        *tls = NULL;
-        return KVS_ECONFIG;
-    }
-    return 0;
-}
-
-/* The TLS material must load before anything starts. Returns 0 or
- * EX_CONFIG after logging why. */
-static int check_tls(const kvs_config_t *cfg)
-{
-    kvs_tls_ctx_t *tls, *link_tls;
-    char err[600];
-    if (router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0) {
-        kvs_error("%s", err);
-        return EX_CONFIG;
-    }
-    kvs_tls_ctx_free(tls);
-    kvs_tls_ctx_free(link_tls);
-    return 0;
-}
-
-/* Resolves the client ports for the check that nobody else listens there.
- * Returns 0 or 1 after logging why. */
-static int resolve_listeners(master_t *m)
-{
-    const char *names[] = {"router.listen", "router.resp_listen"};
-    const char *specs[] = {m->cfg->router_listen, m->cfg->resp_listen};
-    for (size_t i = 0; i < ROUTER_LISTEN_MAX; i++) {
-        kvs_addr_t addr;
-        char err[256];
-        if (specs[i][0] == '\0')
-            continue;
-        int rc = kvs_addr_parse(specs[i], 0, &addr, err, sizeof(err));
-        if (rc == 0)
-            rc = kvs_resolve(uv_default_loop(), &addr, &m->listen_addr[m->n_listen]);
-        if (rc != 0) {
-            kvs_error("%s %s: %s", names[i], specs[i], rc == KVS_EINVAL ? err : uv_strerror(rc));
-            return 1;
-        }
-        m->listen_name[m->n_listen++] = names[i];
-    }
-    return 0;
-}
-
-/* ---- router generations -------------------------------------------------------------- */
-
-/* The args of a router process (before --generation and --router), in
- * args[0..ROUTER_ARGS) with the numbers in n_arg and pid_arg; `next` for
- * a membership change's new generation (router_main.c). */
-#define ROUTER_ARGS 10
-static void router_args(const master_t *m, int next, const char *args[ROUTER_ARGS], char n_arg[12],
-                        char pid_arg[24])
-{
-    snprintf(n_arg, 12, "%u", m->n_procs);
-    snprintf(pid_arg, 24, "%ld", (long)getpid());
-    const char *a[ROUTER_ARGS] = {
-        "--config",      m->config_path, "--processes",          n_arg, "--master", pid_arg,
-        "--reload-from", m->reload_arg,  next ? "--next" : NULL, NULL};
-    memcpy(args, a, sizeof(a));
-}
-
-static rgen_t *gen_new(master_t *m)
-{
-    rgen_t *g = calloc(1, sizeof(*g));
-    if (g == NULL)
-        return NULL;
-    g->m = m;
-    g->inodes = calloc(m->n_procs, sizeof(*g->inodes));
-    g->listening = calloc(m->n_procs, 1);
-    g->live = calloc(m->n_procs, sizeof(*g->live));
-    if (g->inodes == NULL || g->listening == NULL || g->live == NULL) {
-        free(g->inodes);
-        free(g->listening);
-        free(g->live);
-        free(g);
-        return NULL;
-    }
-    return g;
-}
-
-static void gen_free(rgen_t *g)
-{
-    if (g == NULL)
-        return;
-    router_sup_free(g->sup);
-    free(g->inodes);
-    free(g->listening);
-    free(g->live);
-    free(g);
-}
-
-/* How many of g's processes run (a pid), or 0 for NULL. */
-static uint32_t gen_running(const master_t *m, const rgen_t *g)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; g != NULL && g->sup != NULL && i < m->n_procs; i++)
-        n += router_sup_pid(g->sup, i) > 0;
-    return n;
-}
-
-static size_t gen_signal(rgen_t *g, int sig)
-{
-    return g != NULL && g->sup != NULL ? router_sup_signal(g->sup, sig) : 0;
-}
-
-static void on_gen_stopped(void *arg);
-
-/* Drains g's processes (SIGTERM; SIGKILL after ROUTER_GRACE_MS); the
- * generation is freed once all are gone (on_gen_stopped). */
-static void gen_stop(rgen_t *g)
-{
-    if (g == NULL || g->stopping)
-        return;
-    g->stopping = 1;
-    router_sup_stop(g->sup, on_gen_stopped, g);
-}
 
 /* ---- shutdown ------------------------------------------------------------------------ */
 
@@ -487,7 +57,7 @@ static void on_workers_stopped(void *arg)
 }
 
 /* Every router process is gone, so no client is left: stop the workers. */
-static void on_routers_stopped(master_t *m)
+void router_master_on_routers_stopped(master_t *m)
 {
     m->workers_stopping = 1;
     kvs_info("clients drained; stopping workers");
@@ -501,7 +71,7 @@ static void on_routers_stopped(master_t *m)
 /* The one way into the shutdown: no more worker restarts, routers drain
  * (every generation, during a membership change), then workers stop.
  * Later calls only raise the exit code. */
-static void shutdown_begin(master_t *m, int exit_code)
+void router_master_shutdown_begin(master_t *m, int exit_code)
 {
     if (m->exit_code == 0)
         m->exit_code = exit_code;
@@ -522,12 +92,12 @@ static void shutdown_begin(master_t *m, int exit_code)
     if (m->workers != NULL)
         router_sup_hold(m->workers);
     if (m->routers == NULL && m->next == NULL && m->old == NULL) {
-        on_routers_stopped(m);
+        router_master_on_routers_stopped(m);
         return;
     }
-    gen_stop(m->routers);
-    gen_stop(m->next);
-    gen_stop(m->old);
+    router_master_gen_stop(m->routers);
+    router_master_gen_stop(m->next);
+    router_master_gen_stop(m->old);
 }
 
 static void on_ready_timeout(uv_timer_t *t)
@@ -537,7 +107,7 @@ static void on_ready_timeout(uv_timer_t *t)
               "errors above); giving up (%u of %u router processes accept clients)",
               (unsigned long long)m->start_timeout_ms,
               m->routers != NULL ? m->routers->n_listening : 0, m->n_procs);
-    shutdown_begin(m, 1);
+    router_master_shutdown_begin(m, 1);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -547,526 +117,22 @@ static void on_signal(uv_signal_t *h, int signum)
     if (m->signals++ > 0 || m->shutting_down) {
         kvs_warn("%s while shutting down: closing clients now", name);
         if (!m->workers_stopping) { /* a router's second signal */
-            gen_signal(m->routers, SIGTERM);
-            gen_signal(m->next, SIGTERM);
-            gen_signal(m->old, SIGTERM);
+            router_master_gen_signal(m->routers, SIGTERM);
+            router_master_gen_signal(m->next, SIGTERM);
+            router_master_gen_signal(m->old, SIGTERM);
         }
         return;
     }
     kvs_info("received %s: draining", name);
-    shutdown_begin(m, 0);
-}
-
-/* ---- liveness ------------------------------------------------------------------------ */
-
-/* g's processes were all heard from `now`: their clocks start again. */
-static void gen_live_reset(const master_t *m, rgen_t *g, uint64_t now)
-{
-    for (uint32_t i = 0; g != NULL && i < m->n_procs; i++)
-        g->live[i].beat_ms = now;
-}
-
-static void live_reset_all(master_t *m, uint64_t now)
-{
-    gen_live_reset(m, m->routers, now);
-    gen_live_reset(m, m->next, now);
-    gen_live_reset(m, m->old, now);
-}
-
-/* Router process `i` of g said something (a heartbeat, "listening") or
- * started: its clock starts again. */
-static void live_heard(master_t *m, rgen_t *g, uint32_t i)
-{
-    g->live[i].beat_ms = uv_now(m->loop);
-}
-
-/* Router process i of the serving generation, if it sent nothing for
- * router.liveness_timeout: unless it is exiting already or a debugger
- * holds it, it is killed, and restarted as any router process that dies
- * (on_router_event, with the supervisor's backoff). */
-static void live_check(master_t *m, rgen_t *g, uint32_t i, uint64_t now)
-{
-    router_live_t *l = &g->live[i];
-    pid_t pid = router_sup_pid(g->sup, i);
-    uint64_t silent = now - l->beat_ms;
-    router_proc_state_t st;
-    char buf[16];
-    if (!g->listening[i] || pid == 0)
-        return;
-    switch (router_liveness_judge(l, pid, now, m->live_timeout_ms, router_liveness_inspect, &st)) {
-    case ROUTER_LIVE_TRACED_NEW:
-        kvs_warn("router %u (pid %d) sent no heartbeat for %llu ms, but a debugger (pid %d) "
-                 "traces it: not killing it while it is traced",
-                 i, (int)pid, (unsigned long long)silent, (int)st.tracer);
-        break;
-    case ROUTER_LIVE_HUNG:
-        kvs_error("router %u (pid %d) sent no heartbeat for %llu ms (router.liveness_timeout %llu "
-                  "ms; it is %s) and would keep its share of new connections unserved: killing "
-                  "it (SIGKILL) to start another",
-                  i, (int)pid, (unsigned long long)silent, (unsigned long long)m->live_timeout_ms,
-                  router_liveness_state_name(st.state, buf, sizeof(buf)));
-        m->router_hung[i]++;
-        router_sup_signal_one(g->sup, i, SIGKILL); /* UV_ESRCH: it exited meanwhile */
-        break;
-    default:
-        break;
-    }
-}
-
-static void on_live_tick(uv_timer_t *t)
-{
-    master_t *m = t->data;
-    uint64_t now = uv_now(m->loop);
-    uint64_t gap = now - m->live_tick_ms;
-    m->live_tick_ms = now;
-    uint64_t every = router_liveness_interval_ms(m->live_timeout_ms);
-    if (gap > 2 * every) {
-        /* The master itself did not run (stopped, starved): heartbeats
-         * sent meanwhile still wait in the pipes, read after this timer
-         * in the loop's turn. Nobody is judged by that silence. */
-        kvs_warn("the master's liveness check ran %llu ms after the previous one (due every "
-                 "%llu ms: the master itself did not run); the router processes' clocks start "
-                 "again",
-                 (unsigned long long)gap, (unsigned long long)every);
-        live_reset_all(m, now);
-        return;
-    }
-    /* Only the serving generation: a starting one has ready_timeout, a
-     * draining one its grace period; nobody before the node is ready. */
-    rgen_t *g = m->routers;
-    if (!m->ready || m->shutting_down || g == NULL || g->stopping || now < m->live_quiet_until)
-        return;
-    for (uint32_t i = 0; i < m->n_procs; i++)
-        live_check(m, g, i, now);
-}
-
-/* Runs the check with the router.liveness_timeout m->cfg holds now (at
- * start, after a reload or a membership change took one). A new value
- * restarts every clock, and nobody is killed for LIVE_RELOAD_QUIET_MS:
- * the router processes beat at the new interval only once they took the
- * reload (a young one gets its SIGHUP up to 1 s late, router_supervisor),
- * and beat at once when they do. Not the previous timeout: from 1 h to
- * 1 s, that would leave the check off for an hour; a process that did
- * not take the reload and beats at the old interval is restarted on the
- * new config, which is what it should run anyway. */
-#define LIVE_RELOAD_QUIET_MS 3000
-
-static void live_configure(master_t *m)
-{
-    uint64_t timeout = m->cfg->router_liveness_timeout_ms, prev = m->live_timeout_ms;
-    if (timeout == prev)
-        return;
-    uint64_t now = uv_now(m->loop);
-    m->live_timeout_ms = timeout;
-    m->live_tick_ms = now;
-    m->live_quiet_until = now + LIVE_RELOAD_QUIET_MS;
-    live_reset_all(m, now);
-    uint64_t every = router_liveness_interval_ms(timeout);
-    if (every == 0)
-        uv_timer_stop(&m->live_timer);
-    else
-        uv_timer_start(&m->live_timer, on_live_tick, every, every);
-}
-
-/* ---- membership change -------------------------------------------------------------- */
-
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd, int next);
-
-static uint32_t count_local(const kvs_config_t *cfg)
-{
-    uint32_t n = 0;
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        n += (uint32_t)kvs_config_local(cfg, s);
-    return n;
-}
-
-/* The change is over (no generation starting or draining, no worker
- * retiring): the previous map and snapshot are no longer needed. */
-static void change_maybe_done(master_t *m)
-{
-    if (m->changing || m->next != NULL || m->old != NULL || m->n_retiring > 0 ||
-        m->prev_cfg == NULL)
-        return;
-    kvs_config_free(m->prev_cfg);
-    m->prev_cfg = NULL;
-    if (m->abandoned)
-        kvs_info("membership change abandoned: the previous map serves, %u shards (%u local), "
-                 "%u router process%s; a reload may try again",
-                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
-    else
-        kvs_info("membership change complete: %u shards (%u local), %u router process%s",
-                 m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
-}
-
-/* No router process uses a worker the map no longer wants any more: stop
- * those (their shard's data directory stays). */
-static void retire_workers(master_t *m)
-{
-    for (uint32_t s = 0; s < m->cfg->shards && m->workers != NULL; s++) {
-        if (kvs_config_local(m->cfg, s) || !router_sup_wanted(m->workers, s))
-            continue;
-        int running = router_sup_pid(m->workers, s) > 0;
-        if (router_sup_retire(m->workers, s) == 0 && running)
-            m->n_retiring++;
-        kvs_info("membership change: shard %u is no longer served here; its worker stops", s);
-    }
-}
-
-/* Removes every routerI.next: once a failed change's processes are gone,
- * and at start (the lock is held: no process of an earlier run lives),
- * nothing listens there; a process killed -9 left its file. */
-static void remove_next_paths(const kvs_config_t *cfg)
-{
-    for (uint32_t i = 0; i < KVS_ROUTER_PROCESSES_MAX; i++) {
-        kvs_addr_t next;
-        if (router_procs_admin_addr(cfg, i, 1, &next) == 0 && unlink(next.path) != 0 &&
-            errno != ENOENT)
-            kvs_warn("cannot remove %s (left by an earlier router process): %s", next.path,
-                     strerror(errno));
-    }
-}
-
-/* Whether a process listens on the unix socket at `path` (a connect is
- * taken at once, or waits in its backlog). */
-static int path_serves(const char *path)
-{
-    struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sun.sun_path))
-        return 0;
-    memcpy(sun.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return 1; /* cannot tell: leave it */
-    int ok = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 || errno == EAGAIN;
-    close(fd);
-    return ok;
-}
-
-/* The previous generation is gone. One of its processes that became ready
- * only after the switch took routerI.sock over from the new process (it
- * was started to serve under that name) and removed it, or left it dead,
- * when it drained: ask the new process to take its path again. */
-static void gen_reclaim_paths(master_t *m, rgen_t *g)
-{
-    for (uint32_t i = 0; i < m->n_procs; i++) {
-        kvs_addr_t path;
-        if (!g->listening[i] || router_procs_admin_addr(m->cfg, i, 0, &path) != 0 ||
-            path_serves(path.path))
-            continue;
-        if (router_sup_signal_one(g->sup, i, SIGUSR2) == 0)
-            kvs_warn("router %u's socket %s was taken by a process of the previous map that "
-                     "started late; router %u takes it again",
-                     i, path.path, i);
-    }
-}
-
-/* A generation finished draining (shutdown, the old one after a change,
- * or a new one that could not start). */
-static void on_gen_stopped(void *arg)
-{
-    rgen_t *g = arg;
-    master_t *m = g->m;
-    int was_next = m->next == g; /* a change's new generation that failed */
-    int was_old = m->old == g;   /* the generation a change replaced */
-    if (m->routers == g)
-        m->routers = NULL;
-    if (m->next == g)
-        m->next = NULL;
-    if (was_next && m->routers != NULL && !m->shutting_down)
-        router_sup_resume(m->routers->sup); /* its generation numbers are free again */
-    if (m->old == g)
-        m->old = NULL;
-    gen_free(g);
-    if (m->shutting_down) {
-        if (m->routers == NULL && m->next == NULL && m->old == NULL)
-            on_routers_stopped(m);
-        return;
-    }
-    if (was_old && m->routers != NULL)
-        gen_reclaim_paths(m, m->routers);
-    if (was_next)
-        remove_next_paths(m->cfg);
-    retire_workers(m);
-    change_maybe_done(m);
-}
-
-/* The new generation cannot start: it stops, the serving one goes on with
- * the map it has, and the master goes back to the previous map and
- * snapshot, so reloading again retries. */
-static void change_failed(master_t *m, const char *why)
-{
-    if (!m->changing)
-        return;
-    m->changing = 0;
-    m->abandoned = 1;
-    router_probe_stop(m->probe);
-    uv_timer_stop(&m->timer);
-    m->changes[1]++;
-    kvs_error("membership change failed: %s; the router processes and workers keep serving the "
-              "previous map and configuration, nothing of that reload applies (fix the cause and "
-              "reload again; %s still holds the new map)",
-              why, m->config_path);
-    if (m->prev_cfg != NULL)
-        kvs_config_apply_map(m->cfg, m->prev_cfg);
-    if (m->next_config_fd >= 0)
-        close(m->next_config_fd); /* `next` stops: it spawns nothing any more */
-    m->next_config_fd = -1;
-    m->n_local = count_local(m->cfg);
-    if (m->next != NULL) {
-        gen_stop(m->next); /* then on_gen_stopped stops workers the map does not want */
-    } else {
-        retire_workers(m);
-        change_maybe_done(m);
-    }
-    if (m->ready)
-        router_notify_ready("serving clients on %s: %u shards (%u local); membership change "
-                            "failed",
-                            m->cfg->router_listen, m->cfg->shards, m->n_local);
-}
-
-/* A change's bound: router.ready_timeout of the file that brought it (its
- * live keys wait in prev_cfg until the switch). */
-static uint64_t change_timeout_ms(const master_t *m)
-{
-    return m->prev_cfg != NULL ? m->prev_cfg->router_ready_timeout_ms
-                               : m->cfg->router_ready_timeout_ms;
-}
-
-static void on_change_timeout(uv_timer_t *t)
-{
-    master_t *m = t->data;
-    char why[200];
-    snprintf(why, sizeof(why),
-             "the new workers did not all serve and the new router processes did not all accept "
-             "clients within router.ready_timeout (%llu ms; a new local shard still copying its "
-             "snapshot?)",
-             (unsigned long long)change_timeout_ms(m));
-    change_failed(m, why);
-}
-
-static int foreign_listener(master_t *m);
-
-/* The new generation serves: each process's socket takes its path
- * (routerI.next renamed over routerI.sock, atomically: kvs-cli and the
- * scrape reach the old process or the new one), and its restarts from
- * now on take that path themselves. */
-static void gen_take_paths(master_t *m, rgen_t *g)
-{
-    char n_arg[12], pid_arg[24];
-    const char *args[ROUTER_ARGS];
-    for (uint32_t i = 0; i < m->n_procs; i++) {
-        kvs_addr_t from, to; /* both fit: the config was checked (kvs_config) */
-        if (router_procs_admin_addr(m->cfg, i, 1, &from) == 0 &&
-            router_procs_admin_addr(m->cfg, i, 0, &to) == 0 && rename(from.path, to.path) != 0)
-            kvs_warn("membership change: router %u's socket %s: cannot move it to %s: %s; "
-                     "/metrics and kvs-cli do not reach that router process",
-                     i, from.path, to.path, strerror(errno));
-    }
-    router_args(m, 0, args, n_arg, pid_arg);
-    if (router_sup_set_args(g->sup, args) != 0)
-        kvs_warn("membership change: out of memory; a router process restarted from now on "
-                 "listens on routerI.next, out of /metrics' and kvs-cli's reach");
-}
-
-/* Every process of the new generation listens: it serves, the old one
- * drains (stops accepting, answers what it has, closes its clients). The
- * workers now take the new map too (on_sighup held their SIGHUP back). */
-static void change_switch(master_t *m)
-{
-    uv_timer_stop(&m->timer);
-    foreign_listener(m); /* logged; nothing to stop while serving */
-    m->changing = 0;
-    m->old = m->routers;
-    m->routers = m->next;
-    m->next = NULL;
-    if (m->prev_cfg != NULL) { /* the reload's live keys, held back until now */
-        kvs_config_apply_live(m->cfg, m->prev_cfg);
-        kvs_log_level_t level = KVS_LOG_INFO;
-        kvs_log_level_parse(m->cfg->log_level, &level);
-        kvs_log_set_level(level);
-        kvs_log_set_format(m->cfg->log_format);
-        live_configure(m);
-    }
-    gen_take_paths(m, m->routers);
-    close(m->config_fd); /* the old generation's: it spawns nothing any more */
-    m->config_fd = m->next_config_fd;
-    m->next_config_fd = -1;
-    set_worker_snapshot(m, m->config_fd);
-    pass_reload_text(m); /* before the workers' SIGHUP */
-    size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
-    kvs_info("membership change: SIGHUP passed on to %zu worker(s)", w);
-    m->changes[0]++;
-    kvs_info("membership change: the router processes of the new map accept clients; draining "
-             "the previous ones (their clients are closed after their answers)");
-    if (router_scrape_remap(m->scrape) != 0)
-        kvs_warn("metrics: cannot reach the new local workers; /metrics leaves them out");
-    router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
-                        m->cfg->shards, m->n_local);
-    gen_stop(m->old); /* then on_gen_stopped retires the workers no longer wanted */
-}
-
-/* Every worker the new map added serves: start the router processes of
- * the new map. */
-static void start_next(void *arg)
-{
-    master_t *m = arg;
-    uint32_t base = 0;
-    for (uint32_t i = 0; i < m->n_procs; i++) {
-        uint32_t g = router_sup_generation(m->routers->sup, i);
-        base = g > base ? g : base;
-    }
-    router_notify_status("membership change: starting router processes with the new map");
-    /* Until the new generation serves (then the old one stops) or is gone
-     * (on_gen_stopped): an old process restarted meanwhile would get a
-     * generation number a new one has, and could take routerI.sock back
-     * after change_switch renamed the new one over it. */
-    router_sup_pause(m->routers->sup);
-    if (start_routers(m, &m->next, base, m->next_config_fd, 1) != 0) {
-        rgen_t *g = m->next;
-        m->next = NULL;
-        gen_free(g); /* nothing of it started */
-        router_sup_resume(m->routers->sup);
-        change_failed(m, "cannot start router processes");
-    }
-}
-
-/* The reload took a new map (m->cfg holds it, m->prev_cfg the old one):
- * workers for shards that became local, and once they serve a new
- * generation of router processes with the new snapshot, all within
- * router.ready_timeout. */
-static void change_begin(master_t *m)
-{
-    uint32_t added[KVS_SHARDS_MAX];
-    size_t n = 0;
-    int rc = 0;
-    m->n_local = count_local(m->cfg);
-    m->changing = 1;
-    m->abandoned = 0;
-    uv_timer_start(&m->timer, on_change_timeout, change_timeout_ms(m), 0);
-    for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
-        if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
-            continue;
-        kvs_info("membership change: shard %u is now served here too; starting its worker", s);
-        rc = router_sup_add(m->workers, s); /* a failed spawn is retried, not an error */
-        if (rc == 0)
-            added[n++] = s;
-    }
-    if (rc != 0) {
-        char why[100];
-        snprintf(why, sizeof(why), "cannot start a new worker: %s", uv_strerror(rc));
-        change_failed(m, why); /* retires those already added */
-        return;
-    }
-    if (n == 0) {
-        start_next(m);
-        return;
-    }
-    router_notify_status("membership change: waiting for %zu new worker(s) to serve", n);
-    router_probe_free(m->probe); /* the previous change's: it frees itself once closed */
-    m->probe = NULL;
-    if (router_probe_start(m->loop, m->cfg, added, n, start_next, m, &m->probe) != 0)
-        change_failed(m, "cannot reach the new workers");
+    router_master_shutdown_begin(m, 0);
 }
 
 /* ---- live reload ------------------------------------------------------------------ */
 
-/* Why this reload cannot be taken now (NULL when it can). During a
- * membership change nothing is: each generation of router processes runs
- * its own snapshot, and a reload would have to replace both. */
-static const char *reload_busy(const master_t *m, int map)
-{
-    if (m->prev_cfg != NULL) /* from change_begin until change_maybe_done */
-        return "a membership change is in progress";
-    if (map && !m->ready)
-        return "cluster.nodes changed while the node is still starting";
-    return NULL;
-}
-
-/* The file, read and checked (see the file comment). Returns 0 when its
- * live keys were taken (the children may be told), nonzero (logged) when
- * nothing changed. *map is set when cluster.nodes changed: m->cfg then
- * holds the new map, m->prev_cfg the previous one, m->next_config_fd the
- * new snapshot (for the new generation; the serving one keeps its own). */
-static int reload_config(master_t *m, int *map)
-{
-    char err[1024], changed[512], fixed[512];
-    kvs_config_t *next = NULL;
-    const char *busy = NULL;
-    int fd = -1;
-    *map = 0;
-    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err), 1);
-    if (rc == 0)
-        rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
-    if (rc == 0)
-        *map = !kvs_config_map_eq(m->cfg, next);
-    if (rc != 0) {
-        kvs_error("reload: %s; the running configuration is unchanged", err);
-        m->reloads[1]++;
-    } else if ((rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed,
-                                             sizeof(fixed))) != 0) {
-        kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
-        kvs_error("reload refused: %s; the running configuration is unchanged", err);
-        m->reloads[2]++;
-    } else if ((busy = reload_busy(m, *map)) != NULL) {
-        rc = KVS_ECONFIG;
-        kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
-                  "it is over)",
-                  busy);
-        m->reloads[2]++;
-    } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
-        rc = -errno;
-        kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
-                  "unchanged",
-                  strerror(-rc));
-        m->reloads[1]++;
-    } else {
-        fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
-        if (!*map) {
-            set_worker_snapshot(m, m->config_fd);
-            kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
-        } else {
-            /* A new map is taken whole once its router processes serve
-             * (change_switch: the live keys of the same file then, the
-             * workers' snapshot too), or not at all if the change fails:
-             * prev_cfg holds the previous map and the new live keys until
-             * the change is over. */
-            kvs_config_apply_map(m->cfg, next);
-            m->prev_cfg = next;
-            next = NULL;
-            m->next_config_fd = fd;
-            fd = -1;
-        }
-        /* What every child's reload reads from now on (before they are
-         * told); a new map's text at the switch. */
-        if (!*map)
-            pass_reload_text(m);
-        kvs_log_level_t level = KVS_LOG_INFO;
-        kvs_log_level_parse(m->cfg->log_level, &level);
-        kvs_log_set_level(level);
-        kvs_log_set_format(m->cfg->log_format);
-        m->reloads[0]++;
-        if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
-            kvs_warn("%s", err);
-        if (*map)
-            kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
-                     "once the router processes of the new map serve",
-                     m->config_path, changed);
-        else
-            kvs_info("configuration reloaded from %s (%s)", m->config_path,
-                     changed[0] ? changed : "nothing changed");
-    }
-    if (fd >= 0)
-        close(fd);
-    kvs_config_free(next);
-    if (rc != 0)
-        *map = 0;
-    return rc;
-}
-
 /* SIGHUP: a live reload; the children apply it too once the master
  * accepted the file. A new map then replaces the router processes
- * (change_begin), and the node is READY again once the new ones serve;
- * the workers get the SIGHUP then (change_switch), so after a change that
+ * (router_master_change_begin), and the node is READY again once the new ones serve;
+ * the workers get the SIGHUP then (router_master_change_switch), so after a change that
  * failed they still run the map the router processes route by. A SIGHUP
  * during a change is refused (reload_busy) without a word to systemd: the
  * change's RELOADING=1 holds until its READY=1. */
@@ -1080,23 +146,24 @@ static void on_sighup(uv_signal_t *h, int signum)
     int notify = m->ready && !m->changing;
     if (notify)
         router_notify_reloading("reloading %s", m->config_path);
-    if (reload_config(m, &map) != 0) {
+    if (router_master_reload_config(m, &map) != 0) {
         /* logged: nothing changed, nobody is told */
     } else if (map) {
         /* The serving router processes keep their config: the new
          * generation starts with the new one, the workers get the SIGHUP
-         * once it serves (change_switch). */
+         * once it serves (router_master_change_switch). */
         kvs_info("SIGHUP: the router processes of the new map start with it; the workers get "
                  "it once they serve");
     } else {
-        live_configure(m); /* before the router processes take the new interval */
-        size_t r = gen_signal(m->routers, SIGHUP) + gen_signal(m->next, SIGHUP) +
-                   gen_signal(m->old, SIGHUP);
+        router_master_live_configure(m); /* before the router processes take the new interval */
+        size_t r = router_master_gen_signal(m->routers, SIGHUP) +
+                   router_master_gen_signal(m->next, SIGHUP) +
+                   router_master_gen_signal(m->old, SIGHUP);
         size_t w = m->workers != NULL ? router_sup_signal(m->workers, SIGHUP) : 0;
         kvs_info("SIGHUP: passed on to %zu router process(es) and %zu worker(s)", r, w);
     }
     if (map) {
-        change_begin(m);
+        router_master_change_begin(m);
         return; /* READY=1 once the new router processes serve, or the change failed */
     }
     if (notify)
@@ -1152,9 +219,9 @@ static void master_metrics(void *arg, kvs_mb_t *b)
         b, "kvs_router_processes", KVS__METRIC_FAMILY__TYPE__GAUGE,
         "Router processes running, by state: serving, starting (a membership change's new "
         "map), draining (the previous map's, closing their clients).");
-    kvs_mb_sample(b, f, gen_running(m, m->routers), 1, "state", "serving");
-    kvs_mb_sample(b, f, gen_running(m, m->next), 1, "state", "starting");
-    kvs_mb_sample(b, f, gen_running(m, m->old), 1, "state", "draining");
+    kvs_mb_sample(b, f, router_master_gen_running(m, m->routers), 1, "state", "serving");
+    kvs_mb_sample(b, f, router_master_gen_running(m, m->next), 1, "state", "starting");
+    kvs_mb_sample(b, f, router_master_gen_running(m, m->old), 1, "state", "draining");
     f = kvs_mb_family(b, "kvs_membership_changes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Changes of cluster.nodes taken live (SIGHUP) by result: done (the new "
                       "router processes serve), failed (they could not start; the previous map "
@@ -1172,302 +239,7 @@ static void master_metrics(void *arg, kvs_mb_t *b)
     kvs_mb_process(b, m->start_time, 1, labels);
 }
 
-/* ---- readiness ------------------------------------------------------------------------- */
-
-/* Adds the listening sockets of g's processes on port l to ours[*n..]. */
-static void gen_inodes(const master_t *m, const rgen_t *g, size_t l, uint64_t *ours, size_t *n)
-{
-    for (uint32_t i = 0; g != NULL && i < m->n_procs; i++)
-        if (g->listening[i])
-            ours[(*n)++] = g->inodes[i][l];
-}
-
-/* Is anything but our routers (of every generation) listening on a
- * client port? Returns 0 when not (or when the kernel cannot say: warned
- * once), else 1 + the index of the port (m->listen_name) after logging
- * what is there. */
-static int foreign_listener(master_t *m)
-{
-    uint64_t ours[3 * KVS_ROUTER_PROCESSES_MAX];
-    for (size_t l = 0; l < m->n_listen; l++) {
-        size_t n = 0;
-        gen_inodes(m, m->routers, l, ours, &n);
-        gen_inodes(m, m->next, l, ours, &n);
-        gen_inodes(m, m->old, l, ours, &n);
-        router_port_sock_t who;
-        int rc = router_ports_foreign((struct sockaddr *)&m->listen_addr[l], ours, n, &who);
-        if (rc < 0 && !m->census_failed) {
-            m->census_failed = 1;
-            kvs_warn("cannot check that only this node listens on %s (sock_diag: %s); a process "
-                     "of this user sharing the port with SO_REUSEPORT would go unnoticed",
-                     m->listen_name[l], strerror(-rc));
-        }
-        if (rc != 1)
-            continue;
-        const char *spec = l == 0 ? m->cfg->router_listen : m->cfg->resp_listen;
-        kvs_error("%s %s is shared with a process that is not one of this node's routers (a "
-                  "socket of uid %u, inode %llu, listens on the same port with SO_REUSEPORT and "
-                  "would take part of the clients: another kvs node given the same port?); stop "
-                  "it or choose another port",
-                  m->listen_name[l], spec, who.uid, (unsigned long long)who.inode);
-        return (int)l + 1;
-    }
-    return 0;
-}
-
-static void become_ready(master_t *m)
-{
-    int shared = foreign_listener(m);
-    if (shared > 0) {
-        snprintf(m->final_msg, sizeof(m->final_msg),
-                 "stopped: %s is shared with another process (see above)",
-                 m->listen_name[shared - 1]);
-        shutdown_begin(m, 1);
-        return;
-    }
-    m->ready = 1;
-    uv_timer_stop(&m->timer);
-    if (router_scrape_connect(m->scrape) != 0)
-        kvs_warn("metrics: the master cannot reach the node's processes; /metrics shows its own "
-                 "families only");
-    kvs_info("node ready: %u shards (%u local), %u router process%s", m->cfg->shards, m->n_local,
-             m->n_procs, m->n_procs == 1 ? "" : "es");
-    router_notify_ready("serving clients on %s: %u shards (%u local)", m->cfg->router_listen,
-                        m->cfg->shards, m->n_local);
-}
-
-/* A router process said something on its notify pipe. */
-static void on_router_line(void *arg, uint32_t index, const char *line)
-{
-    rgen_t *g = arg;
-    master_t *m = g->m;
-    uint64_t inodes[ROUTER_LISTEN_MAX] = {0};
-    size_t n = 0;
-    int beat = strcmp(line, ROUTER_LIVENESS_LINE) == 0;
-    if (index >= m->n_procs || (!beat && router_procs_parse_listening(line, inodes, &n) != 0)) {
-        kvs_warn("router %u said something unexpected: %.100s", index, line);
-        return;
-    }
-    live_heard(m, g, index); /* a heartbeat, or it became ready: its clock starts again */
-    if (beat || g->listening[index] || m->shutting_down || g->stopping)
-        return;
-    memcpy(g->inodes[index], inodes, sizeof(inodes));
-    g->listening[index] = 1;
-    g->n_listening++;
-    if (g == m->next) {
-        if (g->n_listening == m->n_procs)
-            change_switch(m);
-    } else if (m->ready) {
-        kvs_info("router %u accepts clients again", index);
-        if (g->n_listening == m->n_procs)
-            foreign_listener(m); /* logged: nothing to stop any more */
-    } else if (g->n_listening == m->n_procs) {
-        become_ready(m);
-    }
-}
-
-/* A router process started or exited (router_supervisor logged it). */
-static void on_router_event(void *arg, uint32_t index, int running, int64_t status, int sig)
-{
-    rgen_t *g = arg;
-    master_t *m = g->m;
-    if (running && m->router_restarts != NULL && index < m->n_procs)
-        m->router_restarts[index]++; /* the supervisor reports starts after the first only */
-    if (running) {
-        g->live[index] = (router_live_t){.beat_ms = uv_now(m->loop)};
-        return;
-    }
-    if (g->listening[index]) {
-        g->listening[index] = 0;
-        g->n_listening--;
-    }
-    if (m->shutting_down || g->stopping)
-        return;
-    const char *why = router_sup_report(g->sup, index);
-    char msg[700];
-    if (g == m->next) { /* a new generation is all up, or none of it */
-        snprintf(msg, sizeof(msg), "router %u of the new map exited (%s)", index,
-                 why[0] ? why : "see its errors above");
-        change_failed(m, msg);
-    } else if (sig == 0 && status == EX_CONFIG) {
-        snprintf(m->final_msg, sizeof(m->final_msg),
-                 "stopped: router %u cannot run with this configuration: %s (it exited with "
-                 "status %d, EX_CONFIG; fix the config and start again)",
-                 index, why[0] ? why : "see its error above", EX_CONFIG);
-        kvs_error("router %u cannot run with this configuration; stopping the node", index);
-        shutdown_begin(m, EX_CONFIG);
-    } else if (!m->ready) {
-        snprintf(m->final_msg, sizeof(m->final_msg), "stopped: router %u could not start: %s",
-                 index, why[0] ? why : "see its errors above");
-        shutdown_begin(m, 1);
-    }
-}
-
-/* ---- children ------------------------------------------------------------------------ */
-
-/* A worker exited with EX_CONFIG: its configuration can never work (a
- * binding's partition count differs from the topic's, its data directory
- * belongs to another shard, its data files are damaged, ...). The
- * supervisor does not restart it, and a node missing a shard for good is
- * not a node: stop, saying why. One that a membership change started,
- * before the new map serves, fails the change instead (the node serves on
- * with the previous map), and one of a shard the map no longer has here (a
- * failed change's, or one leaving) only waits for retire_workers. A
- * worker retired by a membership change only ends the change. */
-static void on_worker_event(void *arg, uint32_t shard, int running, int64_t status, int sig)
-{
-    master_t *m = arg;
-    if (running && m->worker_restarts != NULL && shard < m->cfg->shards)
-        m->worker_restarts[shard]++; /* the supervisor reports starts after the first only */
-    if (running)
-        return;
-    if (!router_sup_wanted(m->workers, shard)) {
-        if (m->n_retiring > 0 && --m->n_retiring == 0 && !m->shutting_down)
-            change_maybe_done(m);
-        return;
-    }
-    if (sig != 0 || status != EX_CONFIG || !kvs_config_local(m->cfg, shard))
-        return; /* the last: a change's leftover (failed, or done), retire_workers takes it */
-    const char *why = router_sup_report(m->workers, shard);
-    if (m->changing && m->prev_cfg != NULL && !kvs_config_local(m->prev_cfg, shard)) {
-        char msg[700]; /* a worker the change started: the change fails, the node serves on */
-        snprintf(msg, sizeof(msg), "shard %u's new worker cannot run with this configuration: %s",
-                 shard, why[0] ? why : "see its error above");
-        change_failed(m, msg);
-        return;
-    }
-    snprintf(m->final_msg, sizeof(m->final_msg),
-             "stopped: shard %u cannot run with this configuration: %s (kvs-node exited with "
-             "status %d, EX_CONFIG; fix what it names and start again)",
-             shard, why[0] ? why : "see its error above", EX_CONFIG);
-    kvs_error("shard %u cannot run with this configuration; stopping the node", shard);
-    shutdown_begin(m, EX_CONFIG);
-}
-
-static int start_workers(master_t *m)
-{
-    const kvs_config_t *cfg = m->cfg;
-    char exe[4200];
-    snprintf(exe, sizeof(exe), "%s/kvs-node", m->exe_dir);
-    uint32_t *local = calloc(cfg->shards, sizeof(*local));
-    if (local == NULL)
-        return UV_ENOMEM;
-    for (uint32_t s = 0; s < cfg->shards; s++)
-        if (kvs_config_local(cfg, s))
-            local[m->n_local++] = s;
-    char parent_arg[48];
-    snprintf(parent_arg, sizeof(parent_arg), "--exit-with-parent=%ld", (long)getpid());
-    const char *args[] = {
-        "--config",    m->config_path,       parent_arg,      "--report-fd", REPORT_FD_ARG,
-        "--config-fd", WORKER_CONFIG_FD_ARG, "--reload-from", m->reload_arg, NULL};
-    const router_sup_fd_t fds[] = {{WORKER_CONFIG_FD, m->worker_config_fd}};
-    router_sup_opts_t o = {
-        .loop = m->loop,
-        .exe = exe,
-        .args = args,
-        .shards = local,
-        .n_shards = m->n_local,
-        .max_shards = cfg->shards, /* a membership change may bring any shard here */
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 10000,
-        .stable_ms = 30000,
-        .crash_loop_limit = 5,
-        .stop_grace_ms = WORKER_GRACE_MS,
-        .detach = 1,
-        .report_fd = REPORT_FD,
-        .inherit = fds,
-        .n_inherit = 1,
-        .fatal_status = EX_CONFIG,
-        .on_event = on_worker_event,
-        .arg = m,
-    };
-    int rc = router_sup_start(&o, &m->workers);
-    free(local);
-    if (rc != 0)
-        kvs_error("cannot start workers (%s): %s", exe, uv_strerror(rc));
-    return rc;
-}
-
-/* Starts a generation of router processes with the snapshot in
- * config_fd (which must stay open while it may spawn), numbered from
- * gen_base; with `next`, a membership change's (they listen on
- * routerI.next until change_switch). Returns 0 and *out, or a uv error
- * (logged; *out is then set if it was allocated, with no supervisor). */
-static int start_routers(master_t *m, rgen_t **out, uint32_t gen_base, int config_fd, int next)
-{
-    char exe[4200], n_arg[12], pid_arg[24];
-    const char *args[ROUTER_ARGS];
-    snprintf(exe, sizeof(exe), "%s/kvs-router", m->exe_dir);
-    router_args(m, next, args, n_arg, pid_arg);
-    rgen_t *g = *out = gen_new(m);
-    uint32_t *ids = calloc(m->n_procs, sizeof(*ids));
-    if (g == NULL || ids == NULL) {
-        free(ids);
-        return UV_ENOMEM;
-    }
-    for (uint32_t i = 0; i < m->n_procs; i++)
-        ids[i] = i;
-    const router_sup_fd_t fds[] = {{ROUTER_FD_LOCK, m->lock_fd}, {ROUTER_FD_CONFIG, config_fd}};
-    router_sup_opts_t o = {
-        .loop = m->loop,
-        .exe = exe,
-        .args = args,
-        .shards = ids,
-        .n_shards = m->n_procs,
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 10000,
-        .stable_ms = 30000,
-        .crash_loop_limit = 5,
-        .stop_grace_ms = ROUTER_GRACE_MS,
-        .detach = 1,
-        .report_fd = ROUTER_FD_REPORT,
-        .fatal_status = EX_CONFIG,
-        .on_event = on_router_event,
-        .arg = g,
-        .what = "router",
-        .id_flag = "--router",
-        .gen_flag = "--generation",
-        .gen_base = gen_base,
-        .notify_fd = ROUTER_FD_NOTIFY,
-        .on_line = on_router_line,
-        .inherit = fds,
-        .n_inherit = 2,
-    };
-    int rc = router_sup_start(&o, &g->sup);
-    free(ids);
-    if (rc != 0)
-        kvs_error("cannot start router processes (%s): %s", exe, uv_strerror(rc));
-    return rc;
-}
-
 /* ---- main ------------------------------------------------------------------------------ */
-
-/* Checks, then starts everything. Returns 0 (running: the loop decides),
- * or the exit status when nothing could start. */
-static int master_prepare(master_t *m, const char *argv0)
-{
-    int rc = load_snapshot(m);
-    if (rc != 0)
-        return rc;
-    kvs_log_level_t level = KVS_LOG_INFO;
-    kvs_log_level_parse(m->cfg->log_level, &level);
-    kvs_log_set_level(level);
-    kvs_log_set_format(m->cfg->log_format);
-    char warning[1024]; /* in the file's own log format */
-    if (kvs_config_file_warning(m->cfg, m->config_path, warning, sizeof(warning)))
-        kvs_warn("%s", warning);
-    if ((rc = take_lock(m)) != 0 || (rc = check_tls(m->cfg)) != 0 ||
-        (rc = resolve_listeners(m)) != 0)
-        return rc;
-    remove_next_paths(m->cfg);
-    m->n_procs = router_procs_count(m->cfg->router_processes);
-    char exe[4200];
-    size_t len = sizeof(exe);
-    if (uv_exepath(exe, &len) != 0)
-        snprintf(exe, sizeof(exe), "%s", argv0);
-    snprintf(m->exe_dir, sizeof(m->exe_dir), "%s", dirname(exe));
-    return 0;
-}
 
 static void master_signals(master_t *m)
 {
@@ -1491,7 +263,7 @@ int router_master_run(const char *config_path, const char *argv0)
     static master_t m; /* zeroed; lives for the whole process */
     m.config_path = config_path;
     m.lock_fd = m.config_fd = m.next_config_fd = m.worker_config_fd = m.reload_fd = -1;
-    int rc = master_prepare(&m, argv0);
+    int rc = router_master_prepare(&m, argv0);
     if (rc != 0) {
         kvs_config_free(m.cfg);
         return rc;
@@ -1503,19 +275,20 @@ int router_master_run(const char *config_path, const char *argv0)
     m.router_restarts = calloc(m.n_procs, sizeof(*m.router_restarts));
     m.router_hung = calloc(m.n_procs, sizeof(*m.router_hung));
     if (m.worker_restarts == NULL || m.router_restarts == NULL || m.router_hung == NULL ||
-        start_workers(&m) != 0 || start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
+        router_master_start_workers(&m) != 0 ||
+        router_master_start_routers(&m, &m.routers, 0, m.config_fd, 0) != 0 ||
         (m.cfg->metrics_listen[0] != '\0' &&
          router_scrape_start(m.loop, m.cfg, m.n_procs, master_metrics, &m, &m.scrape) != 0)) {
         if (m.routers != NULL && m.routers->sup == NULL) {
-            gen_free(m.routers); /* none of it started */
+            router_master_gen_free(m.routers); /* none of it started */
             m.routers = NULL;
         }
-        shutdown_begin(&m, 1);
+        router_master_shutdown_begin(&m, 1);
     } else {
         router_notify_status("starting: waiting for %u local shard(s)", m.n_local);
         m.start_timeout_ms = m.cfg->router_ready_timeout_ms;
         uv_timer_start(&m.timer, on_ready_timeout, m.start_timeout_ms, 0);
-        live_configure(&m);
+        router_master_live_configure(&m);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);
     router_sup_free(m.workers); /* every generation freed itself once stopped */

@@ -48,7 +48,7 @@ int router_ports_listen(uv_loop_t *loop, const kvs_addr_t *addr, kvs_listener_t 
 
 /* A router process's own unix socket (router_procs_admin_addr), which a
  * process replacing it must take over while it still drains (a membership
- * change, router_master.c): bound under a temporary name in the same
+ * change, router_master_change.c): bound under a temporary name in the same
  * directory and renamed over `path`, so new connections reach the new
  * process at once and never find no socket there. Listens and starts `l`
  * accepting with `cb`; sets *ino to the inode of the socket file. Returns

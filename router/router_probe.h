@@ -1,6 +1,6 @@
 /*
  * router_probe: waits until some of this node's workers serve, for the
- * master's membership change (router_master.c). A worker started for a
+ * master's membership change (router_master_change.c). A worker started for a
  * shard that became local may first copy a peer's snapshot, and answers
  * 503 to everything meanwhile (node_bootstrap); router processes of the
  * new map must not take clients before it serves, or writes to its shard

@@ -786,7 +786,7 @@ KVS_TEST(liveness_timeout)
                 "config.yaml:1:28: router.liveness_timeout: expected a duration such as 1s, got "
                 "a list");
     /* Live: a reload may change it (the master and every router process
-     * take it together, see router_master.c). */
+     * take it together, see router_master_live.c). */
     kvs_config_t *a = parse_ok("");
     kvs_config_t *b = parse_ok("router: {liveness_timeout: 2s}\n");
     CHECK_EQ(kvs_config_reload_check(a, b, changed, sizeof(changed), fixed, sizeof(fixed)), 0);

@@ -201,7 +201,7 @@ KVS_TEST(done_once_every_worker_answered_200)
 }
 
 /* The master's membership change may stop a probe and free it in one
- * callback (a change that failed, then the next SIGHUP's change_begin). */
+ * callback (a change that failed, then the next SIGHUP's router_master_change_begin). */
 static void on_stopper(uv_timer_t *h)
 {
     tctx_t *t = h->data;

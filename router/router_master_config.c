@@ -1,0 +1,344 @@
+/*
+ * router_master_config: the master's start-up checks and its config
+ * snapshot, read at start and replaced by a live reload.
+ *
+ * Start-up: the config file is read once into a snapshot (a sealed memfd)
+ * and loaded from it, so the master, every router process and every
+ * worker start from exactly the same text, even one restarted after the
+ * file was edited (the edit takes effect at the next reload or start, as
+ * with nginx; kvs-node --config-fd). A reload replaces the snapshot
+ * (workers: once a new map serves, so after a failed membership change a
+ * restarted worker runs the map the routers route by). Then
+ * <data_dir>/router.lock is taken (a second node on the same data
+ * refuses) and the TLS material is checked. Each router process holds
+ * the lock descriptor too, so the lock is free only once the master and
+ * every router are gone.
+ *
+ * Live reload (SIGHUP, systemctl reload), between RELOADING=1 and READY=1:
+ * the master reads the file into a new snapshot and loads it, built whole
+ * before anything uses it (nginx style), and checks it against its running
+ * config (kvs_config_reload_check). A file that does not load, or that
+ * changes a key that cannot change live, is refused whole: logged, naming
+ * the keys, nothing changes anywhere, the children are not told. Otherwise
+ * the master takes the live keys (kvs_config_apply_live), the new snapshot
+ * replaces the old one (a router process restarted from now on runs it),
+ * and SIGHUP is passed on to every router process and worker. Each of them
+ * loads the text the master accepted (reload_fd, through /proc/PID/fd/N:
+ * --reload-from; the file itself only if that cannot be opened), so an
+ * edit made after the master read the file reaches no process, and checks
+ * it against its own running config with the same rules before it applies
+ * the live keys, then reloads its TLS material (router_main.c,
+ * node_main.c): so no process ever applies a change that is not live.
+ */
+#include "router_master.h"
+#include "router_master_int.h"
+
+#include "kvs_addr.h"
+#include "kvs_conn.h"
+#include "kvs_err.h"
+#include "kvs_fs.h"
+#include "kvs_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+/* ---- start-up checks --------------------------------------------------------------- */
+
+/* Reads the config file at `path` into a sealed memfd (a snapshot every
+ * router process may load). Returns 0 and *fd, or a negative errno with
+ * err[0..errlen) saying why. For a `reload` the loop runs, so a FIFO (or a
+ * pipe: --config <(...)) is refused rather than waited for
+ * (kvs_config_open): its open would block, every signal and child unheard. */
+static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, int reload)
+{
+    *fd = -1;
+    int in = kvs_config_open(path, reload, err, errlen);
+    if (in < 0)
+        return in;
+    int out = memfd_create("kvs-config", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int rc = out < 0 ? -errno : 0;
+    char buf[65536];
+    size_t total = 0;
+    for (ssize_t n; rc == 0 && (n = read(in, buf, sizeof(buf))) != 0;) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) { /* EISDIR (a directory), EIO: the same again at every try */
+            rc = -errno;
+            break;
+        }
+        if ((total += (size_t)n) > KVS_CONFIG_MAX_FILE) {
+            rc = -EFBIG; /* the loader would refuse it: copy no more */
+            break;
+        }
+        ssize_t w = write(out, buf, (size_t)n);
+        if (w != n) /* a memfd takes it whole, short of memory */
+            rc = w < 0 ? -errno : -ENOSPC;
+    }
+    close(in);
+    /* Nobody may change the snapshot: every router process reads this text. */
+    if (rc == 0 &&
+        fcntl(out, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
+        rc = -errno;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, kvs_strerror(rc));
+        if (out >= 0)
+            close(out);
+        return rc;
+    }
+    *fd = out;
+    return 0;
+}
+
+/* Reads the config file into a memfd (the snapshot every router process
+ * loads) and loads the master's config from it. Returns 0, or EX_CONFIG
+ * after logging why. */
+static int load_snapshot(master_t *m)
+{
+    char err[1024];
+    if (read_snapshot(m->config_path, &m->config_fd, err, sizeof(err), 0) != 0) {
+        kvs_error("%s", err);
+        return EX_CONFIG;
+    }
+    if (kvs_config_load_fd(m->config_path, m->config_fd, &m->cfg, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
+        return EX_CONFIG;
+    }
+    if ((m->worker_config_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
+        (m->reload_fd = fcntl(m->config_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        kvs_error("%s: cannot keep a snapshot for the workers: %s", m->config_path,
+                  strerror(errno));
+        return EX_CONFIG;
+    }
+    snprintf(m->reload_arg, sizeof(m->reload_arg), "/proc/%ld/fd/%d", (long)getpid(), m->reload_fd);
+    return 0;
+}
+
+/* The workers start from `fd`'s text from now on. */
+void router_master_set_worker_snapshot(master_t *m, int fd)
+{
+    if (dup3(fd, m->worker_config_fd, O_CLOEXEC) < 0) /* onto an open descriptor */
+        kvs_warn("cannot pass the new config snapshot to the workers: %s; a worker that "
+                 "restarts runs the previous one",
+                 strerror(errno));
+}
+
+/* Every child's reload reads the serving snapshot from now on. */
+void router_master_pass_reload_text(master_t *m)
+{
+    if (dup3(m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
+        kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s itself",
+                 strerror(errno), m->config_path);
+}
+
+/* One node per data directory: an flock held for the life of the master
+ * and of every router process (they inherit the descriptor). Returns 0, 1,
+ * or EX_CONFIG for a data directory others may write to. */
+static int take_lock(master_t *m)
+{
+    const kvs_config_t *cfg = m->cfg;
+    char path[4200], why[4400];
+    int rc = kvs_mkdir_p(cfg->data_dir);
+    if (rc != 0) {
+        kvs_error("data_dir %s: cannot create: %s", cfg->data_dir, kvs_strerror(rc));
+        return 1;
+    }
+    if (kvs_fs_check_private(cfg->data_dir, why, sizeof(why)) != 0) {
+        kvs_error("%s", why);
+        return EX_CONFIG;
+    }
+    snprintf(path, sizeof(path), "%s/router.lock", cfg->data_dir);
+    m->lock_fd = kvs_lock_file(path);
+    if (m->lock_fd == -EBUSY)
+        kvs_error("another kvs-router is already running on data_dir %s (it, or one of its router "
+                  "processes, holds %s); stop it first or use another data_dir",
+                  cfg->data_dir, path);
+    else if (m->lock_fd < 0)
+        kvs_error("%s: cannot open: %s", path, kvs_strerror(m->lock_fd));
+    return m->lock_fd < 0 ? 1 : 0;
+}
+
+int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t **link_tls,
+                    char *err, size_t errlen)
+{
+    int rc = 0;
+    *tls = *link_tls = NULL;
+    if (cfg->tls_router.enabled)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, tls, err, errlen);
+    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
+        rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, link_tls, err, errlen);
+    if (rc != 0) {
+        if (rc != KVS_ECONFIG)
+            snprintf(err, errlen, "%s", kvs_strerror(rc));
+        kvs_tls_ctx_free(*tls);
+        *tls = NULL;
+        return KVS_ECONFIG;
+    }
+    return 0;
+}
+
+/* The TLS material must load before anything starts. Returns 0 or
+ * EX_CONFIG after logging why. */
+static int check_tls(const kvs_config_t *cfg)
+{
+    kvs_tls_ctx_t *tls, *link_tls;
+    char err[600];
+    if (router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0) {
+        kvs_error("%s", err);
+        return EX_CONFIG;
+    }
+    kvs_tls_ctx_free(tls);
+    kvs_tls_ctx_free(link_tls);
+    return 0;
+}
+
+/* Resolves the client ports for the check that nobody else listens there.
+ * Returns 0 or 1 after logging why. */
+static int resolve_listeners(master_t *m)
+{
+    const char *names[] = {"router.listen", "router.resp_listen"};
+    const char *specs[] = {m->cfg->router_listen, m->cfg->resp_listen};
+    for (size_t i = 0; i < ROUTER_LISTEN_MAX; i++) {
+        kvs_addr_t addr;
+        char err[256];
+        if (specs[i][0] == '\0')
+            continue;
+        int rc = kvs_addr_parse(specs[i], 0, &addr, err, sizeof(err));
+        if (rc == 0)
+            rc = kvs_resolve(uv_default_loop(), &addr, &m->listen_addr[m->n_listen]);
+        if (rc != 0) {
+            kvs_error("%s %s: %s", names[i], specs[i], rc == KVS_EINVAL ? err : uv_strerror(rc));
+            return 1;
+        }
+        m->listen_name[m->n_listen++] = names[i];
+    }
+    return 0;
+}
+
+/* Checks, then starts everything. Returns 0 (running: the loop decides),
+ * or the exit status when nothing could start. */
+int router_master_prepare(master_t *m, const char *argv0)
+{
+    int rc = load_snapshot(m);
+    if (rc != 0)
+        return rc;
+    kvs_log_level_t level = KVS_LOG_INFO;
+    kvs_log_level_parse(m->cfg->log_level, &level);
+    kvs_log_set_level(level);
+    kvs_log_set_format(m->cfg->log_format);
+    char warning[1024]; /* in the file's own log format */
+    if (kvs_config_file_warning(m->cfg, m->config_path, warning, sizeof(warning)))
+        kvs_warn("%s", warning);
+    if ((rc = take_lock(m)) != 0 || (rc = check_tls(m->cfg)) != 0 ||
+        (rc = resolve_listeners(m)) != 0)
+        return rc;
+    router_master_remove_next_paths(m->cfg);
+    m->n_procs = router_procs_count(m->cfg->router_processes);
+    char exe[4200];
+    size_t len = sizeof(exe);
+    if (uv_exepath(exe, &len) != 0)
+        snprintf(exe, sizeof(exe), "%s", argv0);
+    snprintf(m->exe_dir, sizeof(m->exe_dir), "%s", dirname(exe));
+    return 0;
+}
+
+/* ---- live reload ------------------------------------------------------------------ */
+
+/* Why this reload cannot be taken now (NULL when it can). During a
+ * membership change nothing is: each generation of router processes runs
+ * its own snapshot, and a reload would have to replace both. */
+static const char *reload_busy(const master_t *m, int map)
+{
+    /* From router_master_change_begin until router_master_change_maybe_done. */
+    if (m->prev_cfg != NULL)
+        return "a membership change is in progress";
+    if (map && !m->ready)
+        return "cluster.nodes changed while the node is still starting";
+    return NULL;
+}
+
+/* The file, read and checked (see the file comment). Returns 0 when its
+ * live keys were taken (the children may be told), nonzero (logged) when
+ * nothing changed. *map is set when cluster.nodes changed: m->cfg then
+ * holds the new map, m->prev_cfg the previous one, m->next_config_fd the
+ * new snapshot (for the new generation; the serving one keeps its own). */
+int router_master_reload_config(master_t *m, int *map)
+{
+    char err[1024], changed[512], fixed[512];
+    kvs_config_t *next = NULL;
+    const char *busy = NULL;
+    int fd = -1;
+    *map = 0;
+    int rc = read_snapshot(m->config_path, &fd, err, sizeof(err), 1);
+    if (rc == 0)
+        rc = kvs_config_load_fd(m->config_path, fd, &next, err, sizeof(err));
+    if (rc == 0)
+        *map = !kvs_config_map_eq(m->cfg, next);
+    if (rc != 0) {
+        kvs_error("reload: %s; the running configuration is unchanged", err);
+        m->reloads[1]++;
+    } else if ((rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed,
+                                             sizeof(fixed))) != 0) {
+        kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
+        m->reloads[2]++;
+    } else if ((busy = reload_busy(m, *map)) != NULL) {
+        rc = KVS_ECONFIG;
+        kvs_error("reload refused: %s; the running configuration is unchanged (reload again once "
+                  "it is over)",
+                  busy);
+        m->reloads[2]++;
+    } else if (!*map && dup2(fd, m->config_fd) < 0) { /* same number: the supervisor passes it */
+        rc = -errno;
+        kvs_error("reload: cannot replace the config snapshot: %s; the running configuration is "
+                  "unchanged",
+                  strerror(-rc));
+        m->reloads[1]++;
+    } else {
+        fcntl(m->config_fd, F_SETFD, FD_CLOEXEC);
+        if (!*map) {
+            router_master_set_worker_snapshot(m, m->config_fd);
+            kvs_config_apply_live(m->cfg, next); /* next now holds the old values */
+        } else {
+            /* A new map is taken whole once its router processes serve
+             * (router_master_change_switch: the live keys of the same file then, the
+             * workers' snapshot too), or not at all if the change fails:
+             * prev_cfg holds the previous map and the new live keys until
+             * the change is over. */
+            kvs_config_apply_map(m->cfg, next);
+            m->prev_cfg = next;
+            next = NULL;
+            m->next_config_fd = fd;
+            fd = -1;
+        }
+        /* What every child's reload reads from now on (before they are
+         * told); a new map's text at the switch. */
+        if (!*map)
+            router_master_pass_reload_text(m);
+        kvs_log_level_t level = KVS_LOG_INFO;
+        kvs_log_level_parse(m->cfg->log_level, &level);
+        kvs_log_set_level(level);
+        kvs_log_set_format(m->cfg->log_format);
+        m->reloads[0]++;
+        if (kvs_config_file_warning(m->cfg, m->config_path, err, sizeof(err)))
+            kvs_warn("%s", err);
+        if (*map)
+            kvs_info("configuration accepted from %s (%s): a membership change, taken whole "
+                     "once the router processes of the new map serve",
+                     m->config_path, changed);
+        else
+            kvs_info("configuration reloaded from %s (%s)", m->config_path,
+                     changed[0] ? changed : "nothing changed");
+    }
+    if (fd >= 0)
+        close(fd);
+    kvs_config_free(next);
+    if (rc != 0)
+        *map = 0;
+    return rc;
+}
