@@ -1426,18 +1426,24 @@ static void on_check(uv_check_t *h)
     kvs_flusher_run(f);
 }
 
-/* An active idle handle is what makes libuv poll without waiting. */
+/* An active idle handle is what makes libuv poll without waiting. Only
+ * the check stops it: once the check was stopped on its own (a shutdown
+ * closing the check and leaving the idle handle to kvs_loop_close_all),
+ * it stops itself, or the loop would spin until then. */
 static void on_idle_wake(uv_idle_t *h)
 {
-    (void)h;
+    kvs_flusher_t *f = h->data;
+    if (!uv_is_active((uv_handle_t *)&f->check))
+        uv_idle_stop(h);
 }
 
 void kvs_flusher_wake(kvs_flusher_t *f)
 {
     /* Woken already, running (what is queued leaves in this run), or
-     * closing (kvs_flusher_close, or with the loop: kvs_loop_close_all). */
+     * closing (kvs_flusher_close, or with the loop: kvs_loop_close_all),
+     * or its check was stopped: no check would run to stop the idle. */
     if (f->running || uv_is_active((uv_handle_t *)&f->idle) ||
-        uv_is_closing((uv_handle_t *)&f->idle))
+        uv_is_closing((uv_handle_t *)&f->idle) || !uv_is_active((uv_handle_t *)&f->check))
         return;
     uv_idle_start(&f->idle, on_idle_wake);
 }

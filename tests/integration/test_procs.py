@@ -527,6 +527,45 @@ class ProcsMetricsTest(ProcsTestCase):
         self.assertEqual(r.stop(), 0)
 
 
+    def test_a_scrape_arriving_with_sigterm_leaves_the_master_idle_while_it_drains(self):
+        # The master's scrape closed its flusher's check handle at shutdown
+        # and left its idle handle to the loop's end: a scrape whose
+        # requests were queued in the same poll as SIGTERM woke the idle
+        # handle with no check left to stop it, and the master spun a core
+        # for the whole drain (a connected client keeps it up to 10 s).
+        # Stopping the master while both arrive puts them in one poll.
+        from test_ops import http_get
+        mport = free_port()
+        r = self.node(processes=2, resp=False,
+                      router_yaml=['metrics_listen: "%s:%d"' % (HOST, mport)])
+        self.assertEqual(http_get(mport)[0], 200)  # the scrape's links are up
+        client = r.client()  # keeps the router processes draining
+        self.addCleanup(client.close)
+        scraper = socket.create_connection((HOST, mport), timeout=10)
+        self.addCleanup(scraper.close)
+        master = r.proc.pid
+        os.kill(master, signal.SIGSTOP)
+        try:
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: kvs\r\n\r\n")
+            time.sleep(0.1)
+            os.kill(master, signal.SIGTERM)
+            time.sleep(0.05)
+        finally:
+            os.kill(master, signal.SIGCONT)
+
+        def cpu_s():
+            with open("/proc/%d/stat" % master) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        time.sleep(0.2)
+        c0 = cpu_s()
+        time.sleep(1.0)
+        used = cpu_s() - c0
+        self.assertIsNone(r.proc.poll(), "the master should still be draining:\n" + r.stderr())
+        self.assertLess(used, 0.3, "the master used %.2f s of CPU in 1 s of its drain" % used)
+        client.close()
+        self.assertEqual(r.proc.wait(20), 0, r.stderr())
+
 class ProcsStartTest(ProcsTestCase):
     def on_port(self, port):
         """A two-router node, not started, whose router.listen is `port`."""

@@ -766,6 +766,54 @@ KVS_TEST(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event)
     CHECK(s.resumed);
 }
 
+/* A flusher whose check handle was stopped and closed on its own (as
+ * node_server's and router_scrape's shutdowns do, the idle handle being
+ * left for kvs_loop_close_all): a wake from before or after that must not
+ * keep the idle handle active, which would make the loop poll without
+ * waiting, spinning a core, until something else closed it. The guard
+ * timer keeps nothing alive: it fires only while the loop spins. */
+typedef struct spin_s {
+    kvs_flusher_t f;
+    int spun;
+} spin_t;
+
+static void stop_spinning(uv_timer_t *t)
+{
+    spin_t *x = t->data;
+    x->spun = 1;
+    uv_idle_stop(&x->f.idle);
+}
+
+static void wake_and_close_the_check_only(int wake_first)
+{
+    uv_loop_t loop;
+    spin_t x = {.spun = 0};
+    uv_timer_t guard;
+    CHECK_EQ(uv_loop_init(&loop), 0);
+    CHECK_EQ(kvs_flusher_init(&x.f, &loop, NULL, NULL), 0);
+    CHECK_EQ(uv_timer_init(&loop, &guard), 0);
+    guard.data = &x;
+    CHECK_EQ(uv_timer_start(&guard, stop_spinning, 500, 0), 0);
+    uv_unref((uv_handle_t *)&guard);
+    if (wake_first)
+        kvs_flusher_wake(&x.f);
+    uv_check_stop(&x.f.check);
+    uv_close((uv_handle_t *)&x.f.check, NULL);
+    if (!wake_first)
+        kvs_flusher_wake(&x.f);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK(!x.spun); /* the loop ended at once, not at the guard */
+    kvs_loop_close_all(&loop);
+    CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
+KVS_TEST(a_wake_never_spins_a_flusher_whose_check_is_gone)
+{
+    wake_and_close_the_check_only(1);
+    wake_and_close_the_check_only(0);
+}
+
 /* ---- output bounds ----------------------------------------------------------------- */
 
 #define OB_FRAME 1024u
@@ -1375,6 +1423,7 @@ KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
 
 KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event),
+              KVS_CASE(a_wake_never_spins_a_flusher_whose_check_is_gone),
               KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
               KVS_CASE(oversized_header_gets_last_response_then_close),
               KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
