@@ -704,7 +704,7 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
             return -1;
         if (pat[i] == '\\' && i + 1 < plen) {
             i++;
-            match |= fold(pat[i], nocase) == fold(c, nocase);
+            match |= pat[i] == c; /* as Redis: an escaped byte in a class is not folded */
         } else if (i + 2 < plen && pat[i + 1] == '-') { /* "[a-]": a to ']', as Redis */
             /* As Redis: the bytes compared as C chars, signed where char
              * is (x86-64: "[A-\xc3]" is \xc3, -61, to A, no a-z), unsigned

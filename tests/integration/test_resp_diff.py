@@ -553,6 +553,11 @@ class HashCommandsTest(RespDiffTestCase):
             # to a, which holds nothing.
             C("CONFIG", "GET", "[Z-a]ave"), C("CONFIG", "GET", "[a-Z]ave"),
             C("CONFIG", "GET", "[z-A]ave"), C("CONFIG", "GET", "[S-s]ave"),
+            # An escaped byte in a class is compared as it is, not folded
+            # (outside a class it is).
+            C("CONFIG", "GET", "databa[\\S]es"), C("CONFIG", "GET", "databa[\\s]es"),
+            C("CONFIG", "GET", "DATABASE[\\s]"), C("CONFIG", "GET", "databa\\Se*"),
+            C("CONFIG", "GET", "databa\\Ses"),
             C("CONFIG", "GET", "appendonly", "APPENDONLY", "save", how="unordered"),
             C("CONFIG", "GET", "appendonly", "append?nly", how="unordered"),
             C("CONFIG", "GET", "*", how="type"), C("CONFIG", "NOSUCH"),

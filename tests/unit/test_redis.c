@@ -513,6 +513,10 @@ KVS_TEST(glob_like_redis)
     CHECK(!kvs_redis_glob((const uint8_t *)"[a-Z]", 5, (const uint8_t *)"s", 1, 1, NULL));
     CHECK(kvs_redis_glob((const uint8_t *)"[z-A]", 5, (const uint8_t *)"s", 1, 1, NULL));
     CHECK(glob("[Z-a]", "_"));
+    /* An escaped byte is folded outside a class, not in one (as Redis). */
+    CHECK(kvs_redis_glob((const uint8_t *)"\\S", 2, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(!kvs_redis_glob((const uint8_t *)"[\\S]", 4, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(kvs_redis_glob((const uint8_t *)"[\\S]", 4, (const uint8_t *)"S", 1, 1, NULL));
     /* Exponential for naive backtracking; linear-ish here. */
     char s[201], p[64];
     memset(s, 'a', 200);
