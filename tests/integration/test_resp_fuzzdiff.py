@@ -359,7 +359,8 @@ class Gen:
                                           for _ in range(self.rng.randint(0, 8)))]
             else:
                 args += [self.pick([b"COUNT", b"count"]), self.pick(
-                    [b"1", b"2", b"10", b"1000", b"0", b"-1", b"abc", b"1.5"])]
+                    [b"1", b"2", b"10", b"1000", b"0", b"-1", b"abc", b"1.5"])
+                    if self.rng.random() < 0.8 else self.number()]
         if self.rng.random() < 0.03:
             args = args[:self.rng.randint(1, len(args) - 1)] if len(args) > 3 else args[:2]
         elif self.rng.random() < 0.03:
@@ -377,7 +378,7 @@ class Gen:
         if r < 0.30:
             return Step(self.arity_noise([b"SELECT", self.pick(
                 [b"0", b"00", b"1", b"-1", b"abc", b" 0", b"2147483648", b"-2147483649",
-                 b"99999999999", b"+0", b"0x0"])]))
+                 b"99999999999", b"+0", b"0x0"]) if self.rng.random() < 0.7 else self.number()]))
         if r < 0.45:
             return self.hello()
         if r < 0.60:
@@ -388,7 +389,9 @@ class Gen:
                 return Step(self.arity_noise([b"CLIENT", b"GETNAME"]))
             if sub < 0.85:
                 return Step(self.arity_noise([b"CLIENT", self.pick([b"SETNAME", b"setname"]),
-                                              self.pick(CLIENT_NAMES)]))
+                                              self.pick(CLIENT_NAMES) if self.rng.random() < 0.7
+                                              else bytes(self.rng.randint(0, 255) for _ in range(
+                                                  self.rng.randint(1, 4)))]))
             return Step([b"CLIENT", self.pick([b"NOSUCH", b"LIST2", b"x" * 50])])
         if r < 0.68:
             params = [self.pick(CONFIG_PARAMS) if self.rng.random() < 0.6 else b"".join(
@@ -422,7 +425,8 @@ class Gen:
             if self.rng.random() < 0.3:
                 args += [b"SETNAME", self.pick(CLIENT_NAMES)]
         elif r < 0.9:
-            args.append(self.pick([b"1", b"4", b"abc", b"", b"-1", b"03", b"3 "]))
+            args.append(self.pick([b"1", b"4", b"abc", b"", b"-1", b"03", b"3 "])
+                        if self.rng.random() < 0.7 else self.number())
         elif r < 0.95:
             args += [self.pick([b"2", b"3"]), self.pick([b"FOO", b"AUTH", b"SETNAME"])]
         return Step(args, how="hello")
