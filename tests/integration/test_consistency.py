@@ -553,6 +553,16 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
                 mock.ctl("broker-up all")
         return kind
 
+    def restart(self, r):
+        """Starts a killed node and waits until its master says it is
+        ready: a router process killed before that stops the node (exit 1,
+        "router N could not start"), which is how kvs treats a router
+        process that dies while the node starts, not a fault under test."""
+        before = r.stderr().count("node ready:")
+        r.start()
+        self.assertTrue(wait_until(lambda: r.stderr().count("node ready:") > before, 20),
+                        "node %s never ready after a restart" % r.name)
+
     def nemesis(self, rnd, nodes, mock, seconds):
         done, down = {}, {}
         end = time.monotonic() + seconds
@@ -560,7 +570,7 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
             time.sleep(rnd.uniform(0.3, 1.2))
             for n, when in list(down.items()):
                 if time.monotonic() - when > 1.0:
-                    nodes[n].start()
+                    self.restart(nodes[n])
                     del down[n]
             a = self.fault(rnd, nodes, down, mock)
             done[a] = done.get(a, 0) + 1
@@ -568,7 +578,7 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
                 if n not in down:
                     self.assertIsNone(r.proc.poll(), "node %s exited" % n)
         for n in list(down):
-            nodes[n].start()
+            self.restart(nodes[n])
         return done
 
     # ---- the run
