@@ -56,6 +56,7 @@ class Op:
         self.id, self.session, self.f, self.keys, self.vals = oid, session, f, keys, vals
         self.t0 = time.monotonic()
         self.t1 = None
+        self.t0s = None     # a read pipelined behind a write: that write's answer
         self.status, self.message, self.unknown, self.position = None, "", False, b""
         self.outcome = {}   # write: key -> ok | later | fail | unknown
         self.prev = {}      # write: key -> value replaced (None: absent), when known
@@ -184,20 +185,29 @@ class Checker:
 
     def check_read(self, op, k, v, scope):
         """Op saw value v (None: absent) of key k. scope: whose acknowledged
-        writes it must see (global: everybody's; session: its own)."""
+        writes it must see (global: everybody's, acknowledged before it
+        began; session: its connection's, acknowledged before it began or
+        pipelined before it)."""
+        if v is not None and self.source(k, v, op) is None:
+            return
+        self.stale(op, k, v, scope, op.t0)
+        if scope == "global" and op.t0s is not None:
+            self.stale(op, k, v, "session", op.t0s)
+
+    def stale(self, op, k, v, scope, t0):
+        if scope == "session" and op.t0s is not None:
+            t0 = op.t0s
         sk = (k, "global" if scope == "global" else op.session)
         if v is not None:
-            w = self.source(k, v, op)
-            if w is None:
-                return
+            w = self.h.writer_of[v][0]
             # The acknowledged write (answered before op began) that began
             # last: if it began after w took effect, it came after w.
-            x = self.latest(self.acked.get(sk), op.t0)
+            x = self.latest(self.acked.get(sk), t0)
             if x is not None and w.done(k) < x.t0:
                 self.err("read %r of %r: stale, overwritten by write %d acknowledged "
                          "before the read began (%s)" % (v, k, x.id, scope), op, w, x)
             return
-        x = self.latest(self.acked_sets.get(sk), op.t0)
+        x = self.latest(self.acked_sets.get(sk), t0)
         if x is None:
             return
         d = self.latest(self.dels.get(k), op.t1)
@@ -318,37 +328,53 @@ class Clients:
             c.close()
 
     def one(self, c, session, tag, rnd):
-        t = self.table
-        what = rnd.choice(["hset", "hset", "hmset", "hdel", "hget", "hget", "hmget"])
-        if what in ("hset", "hdel", "hget"):
-            keys = [rnd.choice(KEYS)]
-        else:
-            keys = rnd.sample(KEYS, rnd.randint(2, 4))
-        vals = ["%s-%s" % (tag, k.decode()) if what in ("hset", "hmset") else None for k in keys]
-        op = self.h.invoke(session, what, keys, vals)
-        op.scope = "session" if self.bound else "global"
-        if what == "hset":
-            req = req_hset(t, keys[0], vals[0])
-        elif what == "hmset":
-            req = req_hmset(t, list(zip(keys, vals)))
-        elif what == "hdel":
-            req = req_hdel(t, keys[0])
-        elif what == "hget":
-            req = req_hget(t, keys[0])
-        else:
-            req = req_hmget(t, keys)
-        try:
-            resp = c.call(req)
-        except (OSError, EOFError):
+        """One operation, or now and then a write and a read of its keys
+        pipelined (sent at once): the router holds the read until the
+        write is answered, so it reads the write (README: Freshness)."""
+        plan = [rnd.choice(["hset", "hset", "hmset", "hdel", "hget", "hget", "hmget"])]
+        if rnd.random() < 0.15:
+            plan = [rnd.choice(["hset", "hmset", "hdel"]), None]
+        keys = ([rnd.choice(KEYS)] if plan[0] in ("hset", "hdel", "hget")
+                else rnd.sample(KEYS, rnd.randint(2, 4)))
+        if len(plan) == 2:
+            plan[1] = "hget" if len(keys) == 1 else "hmget"
+        sent = []
+        for i, what in enumerate(plan):
+            vals = ["%s.%d-%s" % (tag, i, k.decode()) if what in ("hset", "hmset") else None
+                    for k in keys]
+            op = self.h.invoke(session, what, keys, vals)
+            op.scope = "session" if self.bound else "global"
+            t = self.table
+            req = (req_hset(t, keys[0], vals[0]) if what == "hset" else
+                   req_hmset(t, list(zip(keys, vals))) if what == "hmset" else
+                   req_hdel(t, keys[0]) if what == "hdel" else
+                   req_hget(t, keys[0]) if what == "hget" else req_hmget(t, keys))
+            sent.append((op, req))
+        c.send(*[req for _, req in sent])
+        answered = 0
+        for op, _ in sent:
+            try:
+                resp = c.recv()
+            except (OSError, EOFError):
+                for o, _ in sent[answered:]:
+                    o.t1 = time.monotonic()
+                    o.status = "connection lost"
+                    if o.f in ("hset", "hmset", "hdel"):
+                        o.outcome = {k: "unknown" for k in o.keys}
+                raise
+            answered += 1
             op.t1 = time.monotonic()
-            op.status = "connection lost"
-            if what in ("hset", "hmset", "hdel"):
-                op.outcome = {k: "unknown" for k in keys}
-            raise
-        op.t1 = time.monotonic()
+            if answered == 2:
+                # Held until the write before it was answered.
+                op.t0s = sent[0][0].t1 + 1e-6
+            self.answer(op, resp)
+
+    def answer(self, op, resp):
+        what, keys = op.f, op.keys
         op.status, op.message, op.unknown = resp.status, resp.message, resp.outcome_unknown
         op.position = resp.position
-        self.bump("%s %d%s" % (what, resp.status, " unknown" if resp.outcome_unknown else ""))
+        self.bump("%s %d%s%s" % (what, resp.status, " unknown" if resp.outcome_unknown else "",
+                                 " pipelined" if op.t0s is not None else ""))
         if what in ("hget", "hmget"):
             if resp.status == 200:
                 for k, v in zip(keys, resp.values):
@@ -464,6 +490,20 @@ class CheckerTest(unittest.TestCase):
         errs = self.errors("session", *ops, (1, "hget", b"k", None, 4, 5, "a"))
         self.assertEqual(len(errs), 1, errs)
         self.assertIn("stale", errs[0])
+
+    def test_a_read_pipelined_behind_a_write_reads_it(self):
+        ops = [(1, "hset", b"k", "a", 0, 1, "ok", None),
+               (1, "hset", b"k", "b", 2, 3, "ok", "a"),
+               (1, "hget", b"k", None, 2, 3.1, "a")]
+        for scope in ("global", "session"):
+            self.assertEqual(self.errors(scope, *ops), [])
+            h = self.hist(*ops)
+            for op in h.ops:
+                op.scope = scope
+            h.ops[2].t0s = 3 + 1e-6
+            errs = [e[0] for e in Checker(h, scope).run()]
+            self.assertEqual(len(errs), 1, errs)
+            self.assertIn("stale", errs[0])
 
     def test_finds_phantoms_failed_writes_and_reads_from_the_future(self):
         errs = self.errors("global",
