@@ -552,15 +552,17 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
     # ---- nemesis
 
     def fault(self, rnd, nodes, down, mock):
-        """One fault on a random node; returns its name."""
+        """One fault on a random node: (its name, None or a function that
+        lasts a while and then heals it: a stopped worker, brokers away or
+        slow, which the nemesis may run beside the next faults)."""
         live = [n for n in nodes if n not in down]
         if not live:
-            return "none (every node down)"
+            return "none (every node down)", None
         name = rnd.choice(live)
         r = nodes[name]
         kinds = ["kill_worker", "kill_router_process", "stop_worker", "kill_node"]
         if mock is not None:
-            kinds.append("brokers_down")
+            kinds += ["brokers_down", "kafka_trouble"]
         kind = rnd.choice(kinds)
         if kind == "kill_worker":
             w = r.workers()
@@ -572,26 +574,52 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
                 os.kill(rnd.choice(sorted(p.values())), signal.SIGKILL)
         elif kind == "stop_worker":
             w = r.workers()
-            if w:
-                pid = rnd.choice(sorted(w.values()))
-                os.kill(pid, signal.SIGSTOP)
+            if not w:
+                return kind + " (none)", None
+            pid = rnd.choice(sorted(w.values()))
+            pause = rnd.choice([0.3, 1.0, 2.5, 3.5])
+            os.kill(pid, signal.SIGSTOP)
+
+            def resume():
+                time.sleep(pause)
                 try:
-                    time.sleep(rnd.choice([0.3, 1.0, 2.5, 3.5]))
-                finally:
                     os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:  # its node was killed meanwhile
+                    pass
+            return kind, resume
         elif kind == "kill_node":
             if len(live) < len(nodes) or (len(nodes) > 1 and len(live) < 2):
-                return "kill_node (skipped)"
+                return "kill_node (skipped)", None
             r.kill_all()
             r.proc = None
             down[name] = time.monotonic()
         elif kind == "brokers_down":
             mock.ctl("broker-down all")
-            try:
-                time.sleep(rnd.uniform(0.5, 3))
-            finally:
+            pause = rnd.uniform(0.5, 3)
+
+            def up():
+                time.sleep(pause)
                 mock.ctl("broker-up all")
-        return kind
+            return kind, up
+        elif kind == "kafka_trouble":
+            # Slow acknowledgements (some only after the worker's wait:
+            # "may or may not" writes that land), failed produce requests
+            # (retried by the idempotent producer, or refused: the write
+            # did not happen), acknowledgements without an offset.
+            code = rnd.choice(["NOT_LEADER_FOR_PARTITION", "REQUEST_TIMED_OUT",
+                               "NOT_ENOUGH_REPLICAS", "_TRANSPORT", "INVALID_RECORD",
+                               "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "DUPLICATE_SEQUENCE_NUMBER",
+                               "KAFKA_STORAGE_ERROR"])
+            mock.ctl("error Produce %s %d" % (code, rnd.randint(1, 5)))
+            rtt = rnd.choice([100, 800, 1900])
+            mock.ctl("rtt all %d" % rtt)
+            pause = rnd.uniform(0.5, 2)
+
+            def fast():
+                time.sleep(pause)
+                mock.ctl("rtt all 0")
+            return "%s (%s, rtt %d)" % (kind, code, rtt), fast
+        return kind, None
 
     def restart(self, r):
         """Starts a killed node and waits until its master says it is
@@ -605,18 +633,29 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
 
     def nemesis(self, rnd, nodes, mock, seconds):
         done, down = {}, {}
+        lasting = None  # the thread of a fault that lasts, healing it at its end
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(rnd.uniform(0.3, 1.2))
-            for n, when in list(down.items()):
-                if time.monotonic() - when > 1.0:
-                    self.restart(nodes[n])
-                    del down[n]
-            a = self.fault(rnd, nodes, down, mock)
-            done[a] = done.get(a, 0) + 1
-            for n, r in nodes.items():
-                if n not in down:
-                    self.assertIsNone(r.proc.poll(), "node %s exited" % n)
+        try:
+            while time.monotonic() < end:
+                time.sleep(rnd.uniform(0.3, 1.2))
+                for n, when in list(down.items()):
+                    if time.monotonic() - when > 1.0:
+                        self.restart(nodes[n])
+                        del down[n]
+                a, heal = self.fault(rnd, nodes, down, mock)
+                done[a] = done.get(a, 0) + 1
+                if heal is not None:
+                    if lasting is None or not lasting.is_alive():
+                        lasting = threading.Thread(target=heal, daemon=True)
+                        lasting.start()
+                    else:
+                        heal()
+                for n, r in nodes.items():
+                    if n not in down:
+                        self.assertIsNone(r.proc.poll(), "node %s exited" % n)
+        finally:
+            if lasting is not None:
+                lasting.join(10)
         for n in list(down):
             self.restart(nodes[n])
         return done
