@@ -233,6 +233,7 @@ class Checker:
                     if other is not op:
                         self.err("writes %d and %d both replaced %r of %r: one of them "
                                  "was lost" % (other.id, op.id, v, k), other, op)
+        self.read_after_read()
         # Positions: per connection, per partition, increasing.
         last = {}
         for op in sorted(self.h.ops, key=lambda o: o.t0):
@@ -244,6 +245,44 @@ class Checker:
                                  "connection" % (t, p, last[key][0], off), last[key][1], op)
                     last[key] = (off, op)
         return self.errors
+
+    def read_after_read(self):
+        """A read must not return a value older than one a read answered
+        before it began returned (w older than w': w took effect before w'
+        began). Everybody's reads on a table bound to no topic (one copy:
+        what was read was committed); on bound tables, read through
+        replicas, README promises no such thing even within a connection:
+        a regression there is only noted (self.notes)."""
+        self.notes = []
+        reads = {}
+        for op in self.h.ops:
+            for k, v in op.read.items():
+                if v is not None and v in self.h.writer_of:
+                    w = self.h.writer_of[v][0]
+                    if w.outcome.get(k) not in (None, "fail"):
+                        scope = "global" if op.scope == "global" else op.session
+                        reads.setdefault((k, scope), []).append((op, w))
+        for (k, scope), rs in reads.items():
+            rs.sort(key=lambda x: x[0].t1)
+            ends = [r.t1 for r, _ in rs]
+            best = []
+            for r, w in rs:
+                if not best or w.t0 > best[-1][1].t0:
+                    best.append((r, w))
+                else:
+                    best.append(best[-1])
+            for r, w in rs:
+                i = bisect.bisect_left(ends, r.t0)
+                if not i:
+                    continue
+                r2, w2 = best[i - 1]
+                if w.done(k) < w2.t0:
+                    what = ("read %r of %r: older than %r, read before it began by op %d"
+                            % (w.vals[w.keys.index(k)], k, w2.vals[w2.keys.index(k)], r2.id))
+                    if scope == "global":
+                        self.err(what, r, w, r2, w2)
+                    else:
+                        self.notes.append((what, [r, w, r2, w2]))
 
     def report(self, seed, limit=12):
         lines = ["seed %d (KVS_CONSISTENCY_SEED=%d KVS_CONSISTENCY_SECONDS=%s): %d violations"
@@ -398,16 +437,19 @@ class Clients:
                     op.outcome[k] = "ok"
                     if len(resp.values) == len(keys):
                         op.prev[k] = val_of(resp.values[i])
-        elif resp.outcome_unknown:
-            op.outcome = {k: "unknown" for k in keys}
         elif resp.position:
-            # Nothing was written but the records the position names: a
-            # partition named for one key of the write is that key's record.
+            # Nothing was written but the records the position names (and,
+            # with outcome_unknown, what may or may not have been): a
+            # partition named for one key of the write is that key's
+            # record, which Kafka has and which will be applied.
             named = {p for _, p, _ in pos_entries(resp.position)}
             parts = [partition_of(k, TOPIC_PARTS) for k in keys]
+            other = "unknown" if resp.outcome_unknown else "fail"
             for k, p in zip(keys, parts):
-                op.outcome[k] = ("fail" if p not in named else
+                op.outcome[k] = (other if p not in named else
                                  "later" if parts.count(p) == 1 else "unknown")
+        elif resp.outcome_unknown:
+            op.outcome = {k: "unknown" for k in keys}
         else:
             op.outcome = {k: "fail" for k in keys}
 
@@ -504,6 +546,19 @@ class CheckerTest(unittest.TestCase):
             errs = [e[0] for e in Checker(h, scope).run()]
             self.assertEqual(len(errs), 1, errs)
             self.assertIn("stale", errs[0])
+
+    def test_finds_a_read_older_than_one_before_it(self):
+        ops = [(1, "hset", b"k", "a", 0, 1, "ok", None),
+               (1, "hset", b"k", "b", 2, 8, "unknown"),
+               (2, "hget", b"k", None, 3, 4, "b"),
+               (3, "hget", b"k", None, 5, 6, "a")]
+        errs = self.errors("global", *ops)
+        self.assertEqual(len(errs), 1, errs)
+        self.assertIn("older than", errs[0])
+        h = self.hist(*ops, (2, "hget", b"k", None, 7, 7.5, "a"))
+        c = Checker(h, "session")
+        self.assertEqual(c.run(), [])
+        self.assertEqual(len(c.notes), 1, c.notes)
 
     def test_finds_phantoms_failed_writes_and_reads_from_the_future(self):
         errs = self.errors("global",
@@ -704,9 +759,18 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
                                     "node %s never served a read of %r" % (name, k))
         checker = Checker(hist, "session" if bound else "global")
         errors = checker.run()
-        summary = ("seed %d: faults %r; answers %r; %d operations"
+        outcomes = {}
+        for op in hist.ops:
+            for o in op.outcome.values():
+                outcomes[o] = outcomes.get(o, 0) + 1
+        summary = ("seed %d: faults %r; answers %r; %d operations; keys written %r"
                    % (seed, dict(sorted(faults.items())), dict(sorted(clients.counts.items())),
-                      len(hist.ops)))
+                      len(hist.ops), dict(sorted(outcomes.items()))))
+        if checker.notes:
+            summary += ("\n%d reads on a connection older than one it read before (not a "
+                        "promise of README), e.g. %s\n    %s"
+                        % (len(checker.notes), checker.notes[0][0],
+                           "\n    ".join(map(repr, checker.notes[0][1]))))
         print(summary)
         self.assertEqual(errors, [], summary + "\n" + checker.report(seed))
         acked = sum(1 for op in hist.ops if "ok" in op.outcome.values())
