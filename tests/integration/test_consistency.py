@@ -37,6 +37,7 @@ any failure, with the history of the keys concerned).
 import bisect
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -52,6 +53,8 @@ SEED = int(os.environ.get("KVS_CONSISTENCY_SEED", "20261202"))
 KEYS = [b"k%d" % i for i in range(8)]
 TOPIC, TOPIC_PARTS = "users", 4
 INF = float("inf")
+CRASH = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|Assertion|core dumped|"
+                   r"by signal SIG(?:SEGV|BUS|ABRT|FPE|ILL)")
 
 
 class Op:
@@ -777,6 +780,9 @@ class ConsistencyTest(LogsOnFailure, unittest.TestCase):
         self.assertGreater(acked, 20, summary)
         for r in nodes.values():
             self.assertEqual(r.stop(timeout=40), 0, "node %s did not stop cleanly" % r.name)
+            # Only the nemesis's own signals ended processes.
+            bad = CRASH.search(r.stderr())
+            self.assertIsNone(bad, "node %s: %s" % (r.name, bad and bad.group(0)))
 
     def test_unbound_table_one_node(self):
         r = self.managed(Router(shards=2, partitions=64, processes=2, timeout="2s",
