@@ -65,8 +65,8 @@ struct node_produce_s {
  * when the broker gave none (see nooff_part). */
 static int64_t acked_offset(node_produce_t *pr, const rd_kafka_message_t *m)
 {
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && pr->nooff_part >= 0 &&
-        m->rkt == pr->nooff_rkt && m->partition == pr->nooff_part && m->offset == pr->nooff_next) {
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && pr->nooff_part >= 0 && m->rkt == pr->nooff_rkt &&
+        m->partition == pr->nooff_part && m->offset == pr->nooff_next) {
         pr->nooff_next++;
         return -1;
     }
