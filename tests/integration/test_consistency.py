@@ -46,7 +46,7 @@ import unittest
 from kafkatest import MockKafka, ingest_yaml, pos_entries, pos_token, wait_until
 from kvstest import (Client, LogsOnFailure, free_ports, log_of, pyval, req_hdel, req_hget,
                      req_hmget, req_hmset, req_hset)
-from routertest import Router, partition_of, router_pids
+from routertest import ClientThreads, Router, partition_of, router_pids
 
 SECONDS = float(os.environ.get("KVS_CONSISTENCY_SECONDS", "8"))
 SEED = int(os.environ.get("KVS_CONSISTENCY_SEED", "20261202"))
@@ -306,15 +306,14 @@ class Checker:
         return "\n".join(lines)
 
 
-class Clients:
+class Clients(ClientThreads):
     """Client threads over `nodes` (callables giving each a node's address,
     or None while it is down), recording into a History."""
 
     def __init__(self, hist, addrs, table, seed, n=4, bound=False):
+        super().__init__()
         self.h, self.addrs, self.table, self.bound = hist, addrs, table, bound
-        self.stop = threading.Event()
         self.counts = {}
-        self.lock = threading.Lock()
         self.sessions = 0
         self.threads = [threading.Thread(target=self.run, args=(i, random.Random(seed * 1000 + i)),
                                          daemon=True) for i in range(n)]
@@ -323,16 +322,9 @@ class Clients:
         with self.lock:
             self.counts[what] = self.counts.get(what, 0) + 1
 
-    def start(self):
-        for t in self.threads:
-            t.start()
-
     def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-            if t.is_alive():
-                raise AssertionError("a client thread is stuck")
+        if super().finish(60):
+            raise AssertionError("a client thread is stuck")
 
     def new_session(self):
         with self.lock:
