@@ -47,7 +47,39 @@ struct node_produce_s {
     size_t outstanding;
     int stopping;
     int failed; /* a fatal error: no more sends */
+    /* A batch acknowledged without an offset (a broker answering
+     * DUPLICATE_SEQUENCE_NUMBER): librdkafka numbers its records from the
+     * base offset it got, -1, so its first record says -1 and the others
+     * 0, 1, ..., which are not theirs. Their reports come one after the
+     * other (one report per batch, in order): the partition and the next
+     * such number while they come. A batch whose base offset really is 0
+     * right after such a batch is taken for one too: its writes are
+     * answered "may or may not" (and applied when ingestion reads them),
+     * never with an offset that is not theirs. */
+    const rd_kafka_topic_t *nooff_rkt;
+    int32_t nooff_part; /* -1: none */
+    int64_t nooff_next;
 };
+
+/* The offset of an acknowledged record as librdkafka reports it, or -1
+ * when the broker gave none (see nooff_part). */
+static int64_t acked_offset(node_produce_t *pr, const rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && pr->nooff_part >= 0 && m->rkt == pr->nooff_rkt &&
+        m->partition == pr->nooff_part && m->offset == pr->nooff_next) {
+        pr->nooff_next++;
+        return -1;
+    }
+    pr->nooff_part = -1;
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return -1;
+    if (m->offset >= 0)
+        return m->offset;
+    pr->nooff_rkt = m->rkt;
+    pr->nooff_part = m->partition;
+    pr->nooff_next = m->offset + 1;
+    return -1;
+}
 
 /* ---- events ------------------------------------------------------------------ */
 
@@ -63,7 +95,7 @@ static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
             m->err != 0 && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED,
         .too_large = m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
         .partition = m->partition,
-        .offset = m->err == 0 && m->offset >= 0 ? m->offset : -1,
+        .offset = acked_offset(pr, m),
         .key = m->key,
         .key_len = m->key_len,
         .payload = m->payload,
@@ -105,6 +137,9 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void serve(node_produce_t *pr)
 {
+    /* A batch's reports are all served by one rd_kafka_poll: a run of
+     * numbers (nooff_part) never spans two calls of this. */
+    pr->nooff_part = -1;
     while (rd_kafka_poll(pr->rk, 0) > 0) {
     }
 }
@@ -225,6 +260,7 @@ int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char 
     pr->on_fatal = o->on_fatal;
     pr->arg = o->arg;
     pr->pipefd[0] = pr->pipefd[1] = -1;
+    pr->nooff_part = -1;
     *out = pr;
     rd_kafka_conf_t *conf = make_conf(pr, o->shard, err, errlen);
     if (conf == NULL)

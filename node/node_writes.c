@@ -362,7 +362,9 @@ static void on_delivery(void *arg, const node_delivery_t *d)
     r->acked = 1;
     if (r->offset < 0)
         r->offset = d->offset;
-    if (!r->applied && !wr->stopping) {
+    /* Without an offset (d->offset, not the record's own: see
+     * node_produce's acked_offset) the record is nowhere known. */
+    if (!r->applied && !wr->stopping && d->offset >= 0) {
         int rc = node_ingest_apply_delivered(wr->ingest, d->record);
         if (rc < 0)
             kvs_warn("applying an acknowledged write failed: %s", kvs_strerror(rc));

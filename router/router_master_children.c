@@ -18,7 +18,8 @@
  * READY=1 (router_notify; NotifyAccess=main: only the master speaks to
  * systemd, the router processes never do). router.ready_timeout bounds
  * the whole start; a router process that exits before the node is ready
- * fails the start (exit 1, or 78 with its reason).
+ * fails the start (exit 1, or 78 with its reason), one killed by a signal
+ * is restarted as it would be once serving.
  *
  * While serving: a router process that dies is restarted with backoff
  * (its clients lose their connections; the kernel gives its share of new
@@ -232,10 +233,14 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
                  index, why[0] ? why : "see its error above", EX_CONFIG);
         kvs_error("router %u cannot run with this configuration; stopping the node", index);
         router_master_shutdown_begin(m, EX_CONFIG);
-    } else if (!m->ready) {
+    } else if (!m->ready && sig == 0) {
         snprintf(m->final_msg, sizeof(m->final_msg), "stopped: router %u could not start: %s",
                  index, why[0] ? why : "see its errors above");
         router_master_shutdown_begin(m, 1);
+    } else if (!m->ready) { /* killed (kill -9, the OOM killer, a crash): as once serving */
+        kvs_warn("router %u was killed before the node was ready; the supervisor restarts it "
+                 "(router.ready_timeout still bounds the start)",
+                 index);
     }
 }
 

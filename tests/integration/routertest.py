@@ -160,6 +160,31 @@ def router_pids(r):
     return out
 
 
+class ClientThreads:
+    """Client threads a test starts together and stops by one event: a
+    subclass fills self.threads (daemon threads whose loops end once
+    self.stop is set)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = []
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self, timeout=30):
+        """Stops them; the threads still running after `timeout` s each."""
+        self.stop.set()
+        stuck = []
+        for t in self.threads:
+            t.join(timeout)
+            if t.is_alive():
+                stuck.append(t)
+        return stuck
+
+
 @contextlib.contextmanager
 def stopped(*pids):
     """The processes are SIGSTOPped for the block (and always continued)."""

@@ -113,6 +113,40 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual([v for _, _, _, v, _ in read_topic(m.bootstrap, "users", parts)],
                          [b"1", b"3"])
 
+    def test_a_batch_acknowledged_without_offset_names_no_position(self):
+        # The same for several records of one partition, sent in one
+        # produce request: librdkafka numbers a batch's records from its
+        # base offset, -1 here, so all but the first come with offsets
+        # 0, 1, ... that are not theirs. The answer must name none of them
+        # (seen by test_consistency: a position 1 for a partition at 11757).
+        parts = 4
+        m = self.mock({"users": parts}, control=True)
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, timeout="2s")
+        p = partition_of(b"k", parts)
+        keys = keys_in_partition(p, parts, 4, "b")
+        with r.client() as c:
+            for i in range(5):
+                self.assertEqual(c.hset("users", b"k", b"%d" % i).status, 200)
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            resp = c.hmset("users", [(k, b"x") for k in keys])
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("may or may not have happened", resp.message)
+            self.assertTrue(resp.outcome_unknown)
+            self.assertEqual(pos_entries(resp.position), [])
+            # Two writes in one batch: the second is no more placed than
+            # the first (it is not "acknowledged, it will be applied").
+            m.ctl("error Produce DUPLICATE_SEQUENCE_NUMBER 1")
+            for resp in c.pipeline([req_hset("users", keys[0], b"y"),
+                                    req_hset("users", keys[1], b"y")]):
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("may or may not have happened", resp.message)
+                self.assertTrue(resp.outcome_unknown)
+                self.assertEqual(pos_entries(resp.position), [])
+            # The next write's position is past every record of the log.
+            resp = c.hset("users", b"k", b"5")
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pos_entries(resp.position), [("users", p, 5)])
+
     def test_a_record_the_broker_refuses_is_known_not_written(self):
         # A broker that refuses a record (too large for its
         # message.max.bytes; an invalid record) answers with an error that

@@ -19,7 +19,7 @@ import unittest
 
 from kafkatest import info_pairs, wait_until
 from kvstest import HOST, Client, free_port, pb, pyval, req_hget, req_hset
-from routertest import config_place, edit_config as edit, procs_for_config
+from routertest import ClientThreads, config_place, edit_config as edit, procs_for_config
 from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
 from test_replicas import SHARDS, TABLE, ReplicaFixtures, hget_at, shard_of_key
@@ -55,7 +55,7 @@ def router_procs(router):
     return out
 
 
-class MoveTraffic:
+class MoveTraffic(ClientThreads):
     """Writers and readers through one node while its router processes are
     replaced. A client whose connection the node closes (a drained router
     process) reconnects and sends the request that got no answer again
@@ -67,9 +67,8 @@ class MoveTraffic:
 
     def __init__(self, router, writers=2, readers=2, pause=0.004):
         self.router = router
+        super().__init__()
         self.acked = {}  # key -> (value, position, when)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
         self.errors = []
         self.reconnects = 0
         self.reads = 0
@@ -79,14 +78,6 @@ class MoveTraffic:
         self.threads += [threading.Thread(target=self.reader, args=(r,), daemon=True)
                          for r in range(readers)]
 
-    def start(self):
-        for t in self.threads:
-            t.start()
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
     def call(self, conn, req):
         """conn: a one-element list holding the thread's Client (or None)."""

@@ -21,7 +21,7 @@ import redis
 
 from kafkatest import MockKafka, ingest_yaml
 from kvstest import BUILD_DIR, HOST, pb, pyval
-from routertest import RouterTestCase, free_port, procs_for_config
+from routertest import RouterTestCase, free_port, procs_for_config, router_pids
 
 EX_CONFIG = 78
 WAIT = 15.0
@@ -607,6 +607,30 @@ class ProcsStartTest(ProcsTestCase):
         self.assertRegex(log.splitlines()[-1],
                          r"router ERROR stopped: router \d could not start: cannot listen")
         self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+    def test_a_router_process_killed_during_the_start_is_restarted(self):
+        """A router process killed (kill -9, the OOM killer) before the node
+        is ready is restarted, as once serving, and the node starts; the
+        test hook holds each process 2 s before it takes its sockets."""
+        r = self.router(start=False, shards=2, processes=2,
+                        env={"KVS_TEST_ROUTER_READY_DELAY_MS": "2000"})
+        r.proc = r.spawn()
+        self.assertTrue(wait_until(lambda: len(router_pids(r)) == 2 and
+                                   "test hook: taking the sockets" in r.stderr(), 20),
+                        r.stderr())
+        killed = router_pids(r)[1]
+        os.kill(killed, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 20), r.stderr()[-3000:])
+        self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
+        log = r.stderr()
+        self.assertIn("router 1 was killed before the node was ready; the supervisor restarts "
+                      "it", log)
+        self.assertNotIn("could not start", log)
+        self.assertLess(log.index("killed by signal SIGKILL"), log.index("node ready"))
+        self.assertNotEqual(router_pids(r).get(1), killed)
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+            self.assertEqual(c.hget("t", "k").status, 200)
 
     def test_port_shared_with_another_reuseport_socket_fails_the_start(self):
         port = free_port()

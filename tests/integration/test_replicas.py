@@ -21,7 +21,7 @@ import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
 from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hdel,
                      req_hget, req_hset, tls_yaml)
-from routertest import Router, partition_of
+from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
 PARTITIONS = 64      # cluster.partitions (tables bound to no topic)
@@ -154,7 +154,7 @@ class ReplicaFixtures(LogsOnFailure):
         return p.returncode, p.stdout.decode() + p.stderr.decode()
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Writers and readers through some routers, recording what happened.
 
     Each writer owns its keys and writes each once (key -> value), keeping
@@ -165,9 +165,8 @@ class Traffic:
 
     def __init__(self, routers, writers_per_router=1, readers_per_router=1, pause=0.004):
         self.routers = routers
+        super().__init__()
         self.acked = {}  # key -> (value, position)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
         self.read_fail = []
         self.write_status = {}
         self.reads = 0
@@ -180,14 +179,6 @@ class Traffic:
             for _ in range(readers_per_router):
                 self.threads.append(threading.Thread(target=self.reader, args=(r,), daemon=True))
 
-    def start(self):
-        for t in self.threads:
-            t.start()
-
-    def finish(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
     def writer(self, router, tag):
         i = 0
