@@ -664,9 +664,15 @@ int kvs_redis_verbatim(kvs_buf_t *b, const void *p, size_t len, int resp3)
 
 /* ---- glob --------------------------------------------------------------------------- */
 
+/* tolower in the C locale, as Redis folds (on a byte or a char). */
+static int fold_int(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+}
+
 static uint8_t fold(uint8_t c, int nocase)
 {
-    return nocase && c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
+    return nocase ? (uint8_t)fold_int(c) : c;
 }
 
 /* One step of matching work spent from *budget (NULL: unbounded); 0 once
@@ -698,13 +704,23 @@ static int class_match(const uint8_t *pat, size_t plen, size_t *pi, uint8_t c, i
             return -1;
         if (pat[i] == '\\' && i + 1 < plen) {
             i++;
-            match |= fold(pat[i], nocase) == fold(c, nocase);
+            match |= pat[i] == c; /* as Redis: an escaped byte in a class is not folded */
         } else if (i + 2 < plen && pat[i + 1] == '-') { /* "[a-]": a to ']', as Redis */
-            uint8_t lo = fold(pat[i], nocase), hi = fold(pat[i + 2], nocase), x = fold(c, nocase);
+            /* As Redis: the bytes compared as C chars, signed where char
+             * is (x86-64: "[A-\xc3]" is \xc3, -61, to A, no a-z), unsigned
+             * where it is not (ARM), so the same cast gives Redis's answer
+             * on the platform kvs is built for; the bounds put in order
+             * before they are folded (nocase "[Z-a]" is z to a: nothing). */
+            int lo = (char)pat[i], hi = (char)pat[i + 2], x = (char)c;
             if (lo > hi) {
-                uint8_t t = lo;
+                int t = lo;
                 lo = hi;
                 hi = t;
+            }
+            if (nocase) {
+                lo = fold_int(lo);
+                hi = fold_int(hi);
+                x = fold_int(x);
             }
             match |= x >= lo && x <= hi;
             i += 2;

@@ -496,7 +496,7 @@ class HashCommandsTest(RespDiffTestCase):
 
     def test_hscan_cursors_options_and_match(self):
         fields = ["a1", "a2", "b1", "a*", "a?", "[x]", "a\\b", "-", "_", "]", "A1", "x-y",
-                  "^a"]
+                  "^a", "\u00e9", "\x7f"]
         setup = ["HSET", "s"]
         for i, f in enumerate(fields):
             setup += [f, str(i)]
@@ -522,7 +522,11 @@ class HashCommandsTest(RespDiffTestCase):
              for p in ["a*", "a?", "a\\*", "a\\?", "\\[x\\]", "[x]", "[[]x]", "a[0-9]", "a[^1]",
                        "a[2-1]", "[a-]", "[-a]", "[]]", "[^]]", "[\\]]", "[a-\\]", "a\\\\b",
                        "a\\", "*", "**", "", "[", "a[", "a[\\", "?*", "*1", "A*", "[^a]*",
-                       "[!a]*", "x[--y]y", "[_-a]", "*?*?*", "a*\\", "[a-c-e]1", "[^]"]])
+                       "[!a]*", "x[--y]y", "[_-a]", "*?*?*", "a*\\", "[a-c-e]1", "[^]",
+                       # A range compares bytes as C chars, signed on x86-64:
+                       # A to \xc3 is \xc3 (-61) to A, no lower-case letter.
+                       b"[A-\xc3]*", b"[\xc3-A]*", b"[\x01-\xc3]*", b"[\x80-\xff]*",
+                       b"[\xc3-\x7f]*", b"[^A-\xc3]*", b"\xc3[\x80-\xbf]"]])
 
     def test_connection_commands(self):
         self.run_session([
@@ -545,6 +549,15 @@ class HashCommandsTest(RespDiffTestCase):
             C("CONFIG", "GET", "APPENDONLY"), C("CONFIG", "GET", "append\\only"),
             C("CONFIG", "GET", "appendonl?"), C("CONFIG", "GET", "maxmemor[y]"),
             C("CONFIG", "GET", "databa*"), C("config", "get", "Databa*"),
+            # Case folded after a range's bounds are ordered: Z to a is z
+            # to a, which holds nothing.
+            C("CONFIG", "GET", "[Z-a]ave"), C("CONFIG", "GET", "[a-Z]ave"),
+            C("CONFIG", "GET", "[z-A]ave"), C("CONFIG", "GET", "[S-s]ave"),
+            # An escaped byte in a class is compared as it is, not folded
+            # (outside a class it is).
+            C("CONFIG", "GET", "databa[\\S]es"), C("CONFIG", "GET", "databa[\\s]es"),
+            C("CONFIG", "GET", "DATABASE[\\s]"), C("CONFIG", "GET", "databa\\Se*"),
+            C("CONFIG", "GET", "databa\\Ses"),
             C("CONFIG", "GET", "appendonly", "APPENDONLY", "save", how="unordered"),
             C("CONFIG", "GET", "appendonly", "append?nly", how="unordered"),
             C("CONFIG", "GET", "*", how="type"), C("CONFIG", "NOSUCH"),

@@ -500,6 +500,23 @@ KVS_TEST(glob_like_redis)
     CHECK(glob("user:*:name", "user:42:name"));
     CHECK(!glob("user:*:name", "user:42:nam"));
     CHECK(kvs_redis_glob((const uint8_t *)"A*", 2, (const uint8_t *)"abc", 3, 1, NULL));
+    /* A range's bytes compare as C chars, as Redis's do: where char is
+     * signed (x86-64), \xc3 is -61, so A to \xc3 is \xc3 to A. */
+    int signed_char = (char)0xc3 < 0;
+    CHECK_EQ(glob("[A-\xc3]", "c"), !signed_char);
+    CHECK_EQ(glob("[A-\xc3]", "-"), signed_char);
+    CHECK(glob("[A-\xc3]", "A"));
+    CHECK(glob("[A-\xc3]", "\xc3"));
+    CHECK(glob("[\x80-\xff]", "\xc3"));
+    /* Folded after the bounds are put in order: nocase Z to a is z to a. */
+    CHECK(!kvs_redis_glob((const uint8_t *)"[Z-a]", 5, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(!kvs_redis_glob((const uint8_t *)"[a-Z]", 5, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(kvs_redis_glob((const uint8_t *)"[z-A]", 5, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(glob("[Z-a]", "_"));
+    /* An escaped byte is folded outside a class, not in one (as Redis). */
+    CHECK(kvs_redis_glob((const uint8_t *)"\\S", 2, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(!kvs_redis_glob((const uint8_t *)"[\\S]", 4, (const uint8_t *)"s", 1, 1, NULL));
+    CHECK(kvs_redis_glob((const uint8_t *)"[\\S]", 4, (const uint8_t *)"S", 1, 1, NULL));
     /* Exponential for naive backtracking; linear-ish here. */
     char s[201], p[64];
     memset(s, 'a', 200);
