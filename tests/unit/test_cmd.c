@@ -1449,7 +1449,7 @@ KVS_TEST(hincr_reads_binary_value_as_its_text)
     hset(TABLE, "d", vbinary("1.5"));
     hset(TABLE, "i", vbinary("7"));
     hset(TABLE, "f", vbinary("2.5"));
-    hset(TABLE, "x", vbinary("\xff" "1"));
+    hset(TABLE, "x", vbinary("1\xff"));
     end_turn();
     check_str(value0(hincr_decimal(TABLE, "d", "0.1")), "1.6");
     CHECK_EQ(value0(hincr_int(TABLE, "i", 1))->integer_value, 8);
@@ -1753,5 +1753,5 @@ KVS_TEST_MAIN(
     KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
-    KVS_CASE(hincr_by_decimal_adds_as_redis_does),
-    KVS_CASE(hincr_reads_binary_value_as_its_text), KVS_CASE(hlen_counts_keys))
+    KVS_CASE(hincr_by_decimal_adds_as_redis_does), KVS_CASE(hincr_reads_binary_value_as_its_text),
+    KVS_CASE(hlen_counts_keys))
