@@ -1125,8 +1125,10 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
         if (text && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL) {
             wire_path_t leaf = {f->name, path};
             path_text(&leaf, where, sizeof(where));
-            return bad(msg, mlen, "%s holds a NUL byte (U+0000), which table names may not contain",
-                       where);
+            return bad(msg, mlen, "%s holds a NUL byte (U+0000), which %s", where,
+                       strcmp(f->name, "table") == 0
+                           ? "table names may not contain"
+                           : "no text field but Value.string_value may hold");
         }
         if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
             /* Paths read as users write them: Hset.pair.value.string_value

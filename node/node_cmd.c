@@ -177,7 +177,8 @@ enum { BY_INT, BY_FLOAT, BY_DECIMAL };
 /* The number a stored Value holds for Hincr, read as Redis reads the text
  * it shows for it (HGET): integer_value; float_value (as a float, or as an
  * integer when its text is a whole number: 5.0 shows as "5"); bool_value
- * as 0 or 1; or text that reads as a number with Redis's rules (string2ll
+ * as 0 or 1; or text (string_value, or binary_value's bytes, which HGET
+ * shows as they are) that reads as a number with Redis's rules (string2ll
  * for HINCRBY, string2ld for HINCRBYFLOAT: "inf" is a number, then too
  * large to add to). BY_DECIMAL reads a float_value's text too, as the
  * long double Redis would read from it. Returns 0, or a 400 message. */
@@ -216,8 +217,11 @@ static const char *stored_number(node_cmd_ctx_t *ctx, const node_slice_t *v, int
         *ld = (long double)*i;
         return NULL;
     case KVS__VALUE__KIND_STRING_VALUE:
-        text.p = val->string_value.data;
-        text.len = val->string_value.len;
+    case KVS__VALUE__KIND_BINARY_VALUE: /* HGET shows its bytes: Redis reads them */
+        if (val->kind_case == KVS__VALUE__KIND_STRING_VALUE)
+            text.p = val->string_value.data, text.len = val->string_value.len;
+        else
+            text.p = val->binary_value.data, text.len = val->binary_value.len;
         if (by == BY_DECIMAL)
             return kvs_redis_arg_ldouble(&text, ld) == 0 ? NULL : not ;
         if (by == BY_FLOAT)

@@ -19,7 +19,9 @@
  * systemd, the router processes never do). router.ready_timeout bounds
  * the whole start; a router process that exits before the node is ready
  * fails the start (exit 1, or 78 with its reason), one killed by a signal
- * is restarted as it would be once serving.
+ * is restarted as it would be once serving, unless it was killed each of
+ * ROUTER_START_KILLS times it started (it crashes as it starts: the start
+ * fails then, saying so, rather than at router.ready_timeout).
  *
  * While serving: a router process that dies is restarted with backoff
  * (its clients lose their connections; the kernel gives its share of new
@@ -237,6 +239,16 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
         snprintf(m->final_msg, sizeof(m->final_msg), "stopped: router %u could not start: %s",
                  index, why[0] ? why : "see its errors above");
         router_master_shutdown_begin(m, 1);
+    } else if (!m->ready && m->router_restarts != NULL &&
+               m->router_restarts[index] + 1 >= ROUTER_START_KILLS) {
+        /* Killed every time it started: it crashes as it starts (or
+         * something kills it each time), and waiting out ready_timeout
+         * would only end with a message blaming the workers. */
+        snprintf(m->final_msg, sizeof(m->final_msg),
+                 "stopped: router %u was killed by a signal each of the %llu times it started "
+                 "before the node was ready (the last time: %s); see its errors above",
+                 index, (unsigned long long)m->router_restarts[index] + 1, strsignal(sig));
+        router_master_shutdown_begin(m, 1);
     } else if (!m->ready) { /* killed (kill -9, the OOM killer, a crash): as once serving */
         kvs_warn("router %u was killed before the node was ready; the supervisor restarts it "
                  "(router.ready_timeout still bounds the start)",
@@ -359,7 +371,7 @@ int router_master_start_routers(master_t *m, rgen_t **out, uint32_t gen_base, in
         .backoff_min_ms = 100,
         .backoff_max_ms = 10000,
         .stable_ms = 30000,
-        .crash_loop_limit = 5,
+        .crash_loop_limit = ROUTER_START_KILLS,
         .stop_grace_ms = ROUTER_GRACE_MS,
         .detach = 1,
         .report_fd = ROUTER_FD_REPORT,

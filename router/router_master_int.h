@@ -24,6 +24,10 @@
 #define ROUTER_DRAIN_MS 10000 /* a router process's own drain deadline (router_main.c) */
 #define ROUTER_GRACE_MS (ROUTER_DRAIN_MS + 5000)
 #define WORKER_GRACE_MS 10000
+/* A router process killed this many times before the node is ready fails
+ * the start (router_master_children.c); also the supervisor's crash-loop
+ * limit for router processes. */
+#define ROUTER_START_KILLS 5
 #define REPORT_FD 3 /* kvs-node --report-fd: why a worker exited with EX_CONFIG */
 #define REPORT_FD_ARG "3"
 #define WORKER_CONFIG_FD 4 /* kvs-node --config-fd: the serving snapshot */

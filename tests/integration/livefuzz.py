@@ -345,8 +345,12 @@ def gen_shared(rng, ctx):
         h = pb.Hincr(table=t, key=rand_key(rng))
         if rng.random() < 0.5:
             h.by_int = rng.choice([1, -1, 2**63 - 1, -2**63, 0])
-        else:
+        elif rng.random() < 0.5:
             h.by_float = rng.choice([0.5, float("inf"), float("nan"), -1e308, 1e-300])
+        else:  # the Redis door's increment, sent directly: Redis's string2ld rules
+            h.by_decimal = rng.choice(["0.1", "-0", "1e4932", "1e-4950", "0x1p-16445", "inf",
+                                       "nan", " 1", "", "1" * 5119, "9" * 70000,
+                                       "0." + "0" * 5117 + "1", "é", "1e400"])
         r = req(hincr=h)
     elif c == 14:
         r = req(hlen=pb.Hlen(table=t))

@@ -632,6 +632,34 @@ class ProcsStartTest(ProcsTestCase):
             self.assertEqual(c.hset("t", "k", "v").status, 200)
             self.assertEqual(c.hget("t", "k").status, 200)
 
+    def test_a_router_process_killed_each_time_it_starts_fails_the_start(self):
+        """A router process killed every time it starts before the node is
+        ready (a crash at start) fails the start after five kills, saying
+        so, instead of waiting out router.ready_timeout (60 s here) and then
+        blaming the local shards."""
+        r = self.router(start=False, shards=2, processes=2, router_yaml=["ready_timeout: 60s"],
+                        env={"KVS_TEST_ROUTER_READY_DELAY_MS": "500"})
+        r.proc = r.spawn()
+        killed, t0 = set(), time.monotonic()
+        while r.proc.poll() is None and time.monotonic() - t0 < 30:
+            pid = router_pids(r).get(1)
+            if pid is not None and pid not in killed:
+                try:
+                    os.kill(pid, signal.SIGSEGV)
+                    killed.add(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+        log = r.stderr()
+        self.assertEqual(r.proc.poll(), 1, log[-3000:])
+        self.assertLess(time.monotonic() - t0, 30, log[-3000:])
+        self.assertEqual(len(killed), 5, log[-3000:])
+        self.assertRegex(log, r"router ERROR stopped: router 1 was killed by a signal each of the "
+                         r"5 times it started before the node was ready \(the last time: "
+                         r"Segmentation fault\)")
+        self.assertNotIn("did not come up", log)
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
     def test_port_shared_with_another_reuseport_socket_fails_the_start(self):
         port = free_port()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

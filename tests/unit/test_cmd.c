@@ -175,6 +175,14 @@ static Kvs__Value vstr(const char *s)
     return vtext(s, strlen(s));
 }
 
+static Kvs__Value vbinary(const char *s)
+{
+    Kvs__Value v = KVS__VALUE__INIT;
+    v.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
+    v.binary_value = (ProtobufCBinaryData){strlen(s), (uint8_t *)s};
+    return v;
+}
+
 static Kvs__Value vint(int64_t i)
 {
     Kvs__Value v = KVS__VALUE__INIT;
@@ -1432,6 +1440,31 @@ KVS_TEST(hincr_by_decimal_adds_as_redis_does)
     check_str(value0(hget(TABLE, "huge")), "1e4932");
 }
 
+/* A binary_value's bytes are what a Redis client is shown for it (HGET),
+ * so Hincr reads them as Redis reads that text, as it reads string_value:
+ * numeric bytes (a protobuf client may store "7" as bytes) are a number. */
+KVS_TEST(hincr_reads_binary_value_as_its_text)
+{
+    setup_default();
+    hset(TABLE, "d", vbinary("1.5"));
+    hset(TABLE, "i", vbinary("7"));
+    hset(TABLE, "f", vbinary("2.5"));
+    hset(TABLE, "x", vbinary("1\xff"));
+    end_turn();
+    check_str(value0(hincr_decimal(TABLE, "d", "0.1")), "1.6");
+    CHECK_EQ(value0(hincr_int(TABLE, "i", 1))->integer_value, 8);
+    CHECK(value0(hincr_float(TABLE, "f", 1))->float_value == 3.5);
+    Kvs__CommandResponse *r = hincr_decimal(TABLE, "x", "1");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "hash value is not a float");
+    check_status(hincr_int(TABLE, "x", 1), 400);
+    hset(TABLE, "f2", vbinary("2.5"));
+    end_turn();
+    r = hincr_int(TABLE, "f2", 1); /* "2.5" is not an integer to HINCRBY */
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "hash value is not an integer");
+}
+
 KVS_TEST(hincr_refuses_and_changes_nothing)
 {
     setup_default();
@@ -1720,4 +1753,5 @@ KVS_TEST_MAIN(
     KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
-    KVS_CASE(hincr_by_decimal_adds_as_redis_does), KVS_CASE(hlen_counts_keys))
+    KVS_CASE(hincr_by_decimal_adds_as_redis_does), KVS_CASE(hincr_reads_binary_value_as_its_text),
+    KVS_CASE(hlen_counts_keys))

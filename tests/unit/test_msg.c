@@ -461,7 +461,14 @@ KVS_TEST(check_strings_nul_rules)
     static const uint8_t nul_table[] = {0x0a, 0x08, 0x0a, 0x03, 'a', 0x00, 'b', 0x12, 0x01, 'k'};
     CHECK_EQ(kvs_msg_check_strings(nul_table, sizeof(nul_table), msg, sizeof(msg)),
              KVS_STATUS_BAD_REQUEST);
-    CHECK_CONTAINS(msg, "Hget.table holds a NUL byte");
+    CHECK_CONTAINS(msg, "Hget.table holds a NUL byte (U+0000), which table names may not contain");
+    /* Any other string field says it of itself, not of table names. */
+    static const uint8_t nul_decimal[] = {0x72, 0x0a, 0x0a, 0x01, 't', 0x12,
+                                          0x01, 'k',  0x2a, 0x02, '1', 0x00};
+    CHECK_EQ(kvs_msg_check_strings(nul_decimal, sizeof(nul_decimal), msg, sizeof(msg)),
+             KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hincr.by_decimal holds a NUL byte (U+0000), which no text field but "
+                        "Value.string_value may hold");
     kvs_peek_t pk;
     CHECK(kvs_msg_peek(nul_table, sizeof(nul_table), &pk) == 0);
 }
