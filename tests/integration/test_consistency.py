@@ -30,7 +30,7 @@ every node, and the history is checked against what README.md promises:
 
 Two cases: a table bound to no topic on one node (2 shards, 2 router
 processes), and a table bound to a topic on kvs-mock-kafka with two nodes
-each running a replica of both shards. KVS_CONSISTENCY_SECONDS (default 8)
+each running a replica of both shards. KVS_CONSISTENCY_SECONDS (default 6)
 sets how long the faults go on, KVS_CONSISTENCY_SEED the seed (printed with
 any failure, with the history of the keys concerned).
 """
@@ -48,7 +48,7 @@ from kvstest import (Client, LogsOnFailure, free_ports, log_of, pyval, req_hdel,
                      req_hmget, req_hmset, req_hset)
 from routertest import ClientThreads, Router, partition_of, router_pids
 
-SECONDS = float(os.environ.get("KVS_CONSISTENCY_SECONDS", "8"))
+SECONDS = float(os.environ.get("KVS_CONSISTENCY_SECONDS", "6"))
 SEED = int(os.environ.get("KVS_CONSISTENCY_SEED", "20261202"))
 KEYS = [b"k%d" % i for i in range(8)]
 TOPIC, TOPIC_PARTS = "users", 4

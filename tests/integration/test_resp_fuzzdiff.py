@@ -64,7 +64,7 @@ compared; test_resp_diff.py compares their shapes), inline commands
 holding a NUL byte, client names over 512 bytes.
 
 Environment: KVS_RESP_FUZZ_SEED (default 1) is the first session's seed,
-the next sessions take the following ones; KVS_RESP_FUZZ_SECONDS (default 10)
+the next sessions take the following ones; KVS_RESP_FUZZ_SECONDS (default 6)
 bounds the run (long runs: a larger number); KVS_RESP_FUZZ_SESSIONS stops
 after that many sessions (1 with the seed a failure printed replays it).
 A failure prints the session's seed, the step and the commands sent so far.
@@ -80,7 +80,7 @@ from test_resp_diff import (EMPTY_FIELD, EMPTY_KEY, NUL_KEY, REDIS_SERVER, Conn,
                             RespDiffTestCase, cmd, parse, unordered)
 
 SEED = int(os.environ.get("KVS_RESP_FUZZ_SEED", "1"))
-SECONDS = float(os.environ.get("KVS_RESP_FUZZ_SECONDS", "10"))
+SECONDS = float(os.environ.get("KVS_RESP_FUZZ_SECONDS", "6"))
 SESSIONS = int(os.environ.get("KVS_RESP_FUZZ_SESSIONS", "0"))  # 0: as many as fit
 STEPS = 300  # steps per session
 
