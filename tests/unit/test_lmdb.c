@@ -214,15 +214,22 @@ static void writer_keys(void)
     CHECK_EQ(node_store_close(s), 0);
 }
 
-KVS_TEST(walks_in_key_order_from_a_key)
+/* A reader, its snapshot begun, of an environment writer_keys wrote. */
+static kvs_lmdb_reader_t *reader_of_keys(void)
 {
-    char got[64] = "";
     peer_t w;
     fresh_dir();
     peer_start(&w, writer_keys);
     peer_join(&w);
     kvs_lmdb_reader_t *r = reader_open();
     CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    return r;
+}
+
+KVS_TEST(walks_in_key_order_from_a_key)
+{
+    char got[64] = "";
+    kvs_lmdb_reader_t *r = reader_of_keys();
     CHECK_EQ(kvs_lmdb_reader_scan(r, "t", "k4", 2, collect, got), 0);
     CHECK_STR(got, "k5,k7,k9,"); /* k11 sorts before k3 */
     got[0] = '\0';
@@ -245,12 +252,7 @@ static int jump(void *arg, kvs_slice_t k, kvs_slice_t v)
  * (in the sanitizer build, LeakSanitizer fails this test otherwise). */
 KVS_TEST(a_scan_jumped_out_of_leaves_nothing_after_close)
 {
-    peer_t w;
-    fresh_dir();
-    peer_start(&w, writer_keys);
-    peer_join(&w);
-    kvs_lmdb_reader_t *r = reader_open();
-    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    kvs_lmdb_reader_t *r = reader_of_keys();
     volatile int jumped = 0;
     if (sigsetjmp(jump_out, 0) == 0)
         kvs_lmdb_reader_scan(r, "t", NULL, 0, jump, NULL);
