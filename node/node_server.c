@@ -1318,13 +1318,21 @@ static void close_handle(node_server_t *srv, uv_handle_t *h)
     uv_close(h, on_handle_closed);
 }
 
+/* kvs_flusher_close's callback: its handle's data is the flusher. */
+static void on_flusher_closed(uv_handle_t *h)
+{
+    kvs_flusher_t *f = h->data;
+    h->data = f->data;
+    on_handle_closed(h);
+}
+
 static void maybe_stopped(node_server_t *srv)
 {
     if (!srv->stopping || srv->n_clients > 0 || srv->closing_handles > 0)
         return;
     node_store_end_turn(srv->store);
-    uv_check_stop(&srv->flusher.check);
-    close_handle(srv, (uv_handle_t *)&srv->flusher.check);
+    srv->closing_handles++;
+    kvs_flusher_close(&srv->flusher, on_flusher_closed); /* its check and idle handles */
     for (int i = 0; i < 2; i++) {
         uv_timer_stop(&srv->groups[i].sweep);
         close_handle(srv, (uv_handle_t *)&srv->groups[i].sweep);

@@ -405,11 +405,8 @@ void router_scrape_stop(router_scrape_t *sc)
     router_http_stop(sc->http);
     for (uint32_t i = 0; i < sc->n_links; i++)
         router_link_stop(&sc->links[i]); /* fails what is pending: those scrapes finish */
-    if (sc->flusher_on) {
-        uv_check_stop(&sc->flusher.check);
-        if (!uv_is_closing((uv_handle_t *)&sc->flusher.check))
-            uv_close((uv_handle_t *)&sc->flusher.check, NULL);
-    }
+    if (sc->flusher_on && !uv_is_closing((uv_handle_t *)&sc->flusher.check))
+        kvs_flusher_close(&sc->flusher, NULL); /* its check and idle handles */
 }
 
 void router_scrape_free(router_scrape_t *sc)
