@@ -329,9 +329,10 @@ static int field_refused(router_req_t *req, const kvs_redis_arg_t *a)
     return 1;
 }
 
-/* A NUL-terminated copy of a table name (checked by args_refused) in the
- * router's redis_arena, or NULL once the error is answered. */
-static char *table_of(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
+/* A NUL-terminated copy of an argument (a table name, checked by
+ * args_refused; HINCRBYFLOAT's increment, by hincr_by) in the router's
+ * redis_arena, or NULL once the error is answered. */
+static char *text_of(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
 {
     char *t = kvs_arena_alloc(&rs->r->redis_arena, a->len + 1);
     if (t == NULL) {
@@ -454,7 +455,7 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         return reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
     if (too_many_keys(rs, req, cmd, n, "pairs"))
         return;
-    char *table = table_of(rs, req, &a[1]);
+    char *table = text_of(rs, req, &a[1]);
     if (table == NULL)
         return;
     Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
@@ -497,7 +498,7 @@ static void cmd_fields(router_redis_t *rs, router_client_t *cl, router_req_t *re
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     if (too_many_keys(rs, req, cmd, n, "fields"))
         return;
-    char *table = table_of(rs, req, &a[1]);
+    char *table = text_of(rs, req, &a[1]);
     if (table == NULL)
         return;
     ProtobufCBinaryData *keys = kvs_arena_alloc(&rs->r->redis_arena, n * sizeof(*keys));
@@ -536,7 +537,7 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
 {
     Kvs__Hgetall m = KVS__HGETALL__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, req, &rs->ps.argv[1])) == NULL)
+    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
         return;
     m.keys_only = cmd->rcmd == RC_HKEYS; /* a table of large values still fits */
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HGETALL;
@@ -551,43 +552,35 @@ static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         return reply_error(req, "ERR kvs answers EXISTS for one key at a time");
     Kvs__Hlen m = KVS__HLEN__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = table_of(rs, req, &rs->ps.argv[1])) == NULL)
+    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
         return;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
     q.hlen = &m;
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
-/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: only check
- * it): NULL, or Redis's error for it. HINCRBYFLOAT's goes as its text
- * (by_decimal, copied into the arena: rs non-NULL with m), so the worker
- * adds as Redis does, in long doubles. */
-static const char *hincr_by(router_redis_t *rs, const cmd_t *cmd, const kvs_redis_arg_t *a,
-                            Kvs__Hincr *m)
+/* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
+ * one): NULL, or Redis's error for it. HINCRBYFLOAT's is only checked
+ * here: it goes as its text (by_decimal, which cmd_hincr sets), so the
+ * worker adds as Redis does, in long doubles. */
+static const char *hincr_by(const cmd_t *cmd, const kvs_redis_arg_t *a, Kvs__Hincr *m)
 {
+    Kvs__Hincr scratch = KVS__HINCR__INIT;
+    if (m == NULL)
+        m = &scratch;
     if (cmd->rcmd == RC_HINCRBY) {
         int64_t by;
         if (kvs_redis_arg_int(&a[3], &by) != 0)
             return "ERR value is not an integer or out of range";
-        if (m != NULL) {
-            m->by_case = KVS__HINCR__BY_BY_INT;
-            m->by_int = by;
-        }
-        return NULL;
-    }
-    long double by;
-    if (kvs_redis_arg_ldouble(&a[3], &by) != 0)
-        return "ERR value is not a valid float";
-    if (isinf(by))
-        return "ERR value is NaN or Infinity";
-    if (m != NULL) {
-        char *text = kvs_arena_alloc(&rs->r->redis_arena, a[3].len + 1);
-        if (text == NULL)
-            return "ERR the server is out of memory";
-        memcpy(text, a[3].p, a[3].len);
-        text[a[3].len] = '\0';
+        m->by_case = KVS__HINCR__BY_BY_INT;
+        m->by_int = by;
+    } else {
+        long double by;
+        if (kvs_redis_arg_ldouble(&a[3], &by) != 0)
+            return "ERR value is not a valid float";
+        if (isinf(by))
+            return "ERR value is NaN or Infinity";
         m->by_case = KVS__HINCR__BY_BY_DECIMAL;
-        m->by_decimal = text;
     }
     return NULL;
 }
@@ -597,10 +590,12 @@ static void cmd_hincr(router_redis_t *rs, router_client_t *cl, router_req_t *req
     const kvs_redis_arg_t *a = rs->ps.argv;
     Kvs__Hincr m = KVS__HINCR__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    const char *err = hincr_by(rs, cmd, a, &m);
+    const char *err = hincr_by(cmd, a, &m);
     if (err != NULL)
         return reply_error(req, "%s", err);
-    if ((m.table = table_of(rs, req, &a[1])) == NULL)
+    if ((m.table = text_of(rs, req, &a[1])) == NULL ||
+        (m.by_case == KVS__HINCR__BY_BY_DECIMAL &&
+         (m.by_decimal = text_of(rs, req, &a[3])) == NULL))
         return;
     m.key = bytes_of(&a[2]);
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_HINCR;
@@ -1457,7 +1452,7 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
         return 0;
     if (cmd->args == ARGS_PAIRS && argc % 2 != 0)
         return 0; /* a field without its value: cmd_hset answers the arity, as Redis does first */
-    if (cmd->fn == cmd_hincr && hincr_by(NULL, cmd, a, NULL) != NULL)
+    if (cmd->fn == cmd_hincr && hincr_by(cmd, a, NULL) != NULL)
         return 0; /* a bad increment: cmd_hincr answers it, as Redis checks it first */
     if (key_refused(req, &a[1]))
         return 1;
