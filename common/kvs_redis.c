@@ -26,6 +26,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -405,13 +406,14 @@ static int float_text(const kvs_redis_arg_t *a, char *buf)
 }
 
 /* Whether a parse of a->len bytes of text that stopped at `end` (with
- * errno as the parse left it) gave a number: out of range only when it
- * overflowed or underflowed to zero (a subnormal result is a number), as
- * Redis's string2ld. */
-static int float_ok(const kvs_redis_arg_t *a, const char *buf, const char *end, int inf, int zero,
-                    int nan)
+ * errno as the parse left it) and read a value that `is_nan`, or `huge`
+ * (infinite) or zero, gave a number: out of range only when it overflowed
+ * or underflowed to zero (a subnormal result is a number), as Redis's
+ * string2ld. */
+static int float_ok(const kvs_redis_arg_t *a, const char *buf, const char *end, int is_nan,
+                    int huge_or_zero)
 {
-    return end == buf + a->len && !nan && !(errno == ERANGE && (inf || zero));
+    return end == buf + a->len && !is_nan && !(errno == ERANGE && huge_or_zero);
 }
 
 int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
@@ -421,7 +423,7 @@ int kvs_redis_arg_double(const kvs_redis_arg_t *a, double *out)
         return -1;
     errno = 0;
     double v = strtod(buf, &end);
-    if (!float_ok(a, buf, end, isinf(v), v == 0, isnan(v)))
+    if (!float_ok(a, buf, end, isnan(v), isinf(v) || v == 0))
         return -1;
     *out = v;
     return 0;
@@ -434,7 +436,7 @@ int kvs_redis_arg_ldouble(const kvs_redis_arg_t *a, long double *out)
         return -1;
     errno = 0;
     long double v = strtold(buf, &end);
-    if (!float_ok(a, buf, end, isinf(v), v == 0, isnan(v)))
+    if (!float_ok(a, buf, end, isnan(v), isinf(v) || v == 0))
         return -1;
     *out = v;
     return 0;
@@ -616,10 +618,10 @@ size_t kvs_redis_format_ldouble(char *buf, long double v)
                                 isnan(v) ? "nan"
                                 : v > 0  ? "inf"
                                          : "-inf");
-    int n = snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%.17Lf", v);
-    if (n < 0 || n >= KVS_REDIS_LDOUBLE_MAX) /* cannot be: 4,933 digits at most */
-        return (size_t)snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%s", v > 0 ? "inf" : "-inf");
-    size_t len = (size_t)n;
+    /* A sign, the integer digits (LDBL_MAX_10_EXP + 1 at most), '.', 17
+     * decimals and the NUL always fit: */
+    _Static_assert(LDBL_MAX_10_EXP + 21 <= KVS_REDIS_LDOUBLE_MAX, "room for any long double");
+    size_t len = (size_t)snprintf(buf, KVS_REDIS_LDOUBLE_MAX, "%.17Lf", v);
     while (buf[len - 1] == '0') /* "%.17Lf" always writes a '.' */
         len--;
     if (buf[len - 1] == '.')
