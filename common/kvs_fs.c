@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 int kvs_mkdir_p(const char *path)
@@ -74,4 +75,12 @@ int kvs_lock_file(const char *path)
         return e == EWOULDBLOCK ? -EBUSY : -e;
     }
     return fd;
+}
+
+int kvs_fs_stdout_done(const char *prog)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return 0;
+    fprintf(stderr, "%s: cannot write to standard output: %s\n", prog, strerror(errno));
+    return EX_IOERR;
 }

@@ -34,4 +34,10 @@ const char *kvs_fs_kind(mode_t mode);
  * another -errno. */
 int kvs_lock_file(const char *path);
 
+/* Flushes standard output after --version or --help: a write that failed
+ * (a closed pipe, a full disk) must not end in exit status 0. Returns 0,
+ * or EX_IOERR (74) after "<prog>: cannot write to standard output: ..."
+ * on stderr: the value for exit(). */
+int kvs_fs_stdout_done(const char *prog);
+
 #endif

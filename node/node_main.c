@@ -205,10 +205,10 @@ static int parse_args(int argc, char **argv, node_args_t *a)
         }
         case 'h':
             usage(stdout);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-node"));
         case 'V':
             printf("kvs-node %s\n", KVS_VERSION);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-node"));
         default:
             usage(stderr);
             return -1;

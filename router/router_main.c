@@ -189,10 +189,10 @@ static int parse_args(int argc, char **argv, router_main_t *m)
             m->config_path = optarg;
         } else if (ch == 'h') {
             usage(stdout);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-router"));
         } else if (ch == 'V') {
             printf("kvs-router %s\n", KVS_VERSION);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-router"));
         } else if (ch == 'r') {
             bad |= (m->index = number_arg(optarg, KVS_ROUTER_PROCESSES_MAX - 1)) < 0;
         } else if (ch == 'g') {

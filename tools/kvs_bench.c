@@ -46,6 +46,7 @@
 #include "kvs_addr.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
+#include "kvs_fs.h"
 #include "kvs_frame.h"
 #include "kvs_msg.h"
 #include "kvs_varint.h"
@@ -1149,11 +1150,11 @@ static void parse_args(int argc, char **argv, bench_opts_t *o)
     while ((ch = getopt_long(argc, argv, "h:p:s:c:n:P:r:d:t:q", LONG_OPTS, NULL)) != -1) {
         if (ch == OPT_HELP) {
             usage(stdout);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-bench"));
         }
         if (ch == OPT_VERSION) {
             printf("kvs-bench %s\n", KVS_VERSION);
-            exit(0);
+            exit(kvs_fs_stdout_done("kvs-bench"));
         }
         if (!parse_conn_opt(o, ch, optarg) && !parse_load_opt(o, ch, optarg)) {
             fputs("kvs-bench: see kvs-bench --help\n", stderr);

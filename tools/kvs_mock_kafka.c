@@ -39,6 +39,7 @@
  * Closing the signal handles restores the default action, so a second signal
  * during teardown ends the process at once.
  */
+#include "kvs_fs.h"
 #include "kvs_log.h"
 
 #include <librdkafka/rdkafka.h>
@@ -865,7 +866,7 @@ int main(int argc, char **argv)
     mock_t m;
     int rc = parse_args(argc, argv, &opts);
     if (rc != 0)
-        return rc < 0 ? MOCK_OK : rc;
+        return rc < 0 ? kvs_fs_stdout_done("kvs-mock-kafka") : rc;
     kvs_log_init("mock-kafka", -1, KVS_LOG_INFO);
     signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error return, not a death */
     memset(&m, 0, sizeof(m));

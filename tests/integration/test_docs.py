@@ -160,6 +160,20 @@ class VersionTest(unittest.TestCase):
             self.assertEqual((p.returncode, p.stdout, p.stderr),
                              (0, "%s %s\n" % (exe, version), ""), exe)
 
+    def test_version_and_help_that_cannot_be_written_do_not_exit_0(self):
+        """A --version or --help whose output fails (here /dev/full: ENOSPC)
+        says so on stderr and exits non-zero, so a script sees it."""
+        for exe in ("kvs-router", "kvs-node", "kvs-cli", "kvs-bench", "kvs-mock-kafka"):
+            for opt in ("--version", "--help"):
+                if exe == "kvs-mock-kafka" and opt == "--version":
+                    continue
+                with open("/dev/full", "w") as full:
+                    p = subprocess.run([os.path.join(BUILD_DIR, exe), opt], stdout=full,
+                                       stderr=subprocess.PIPE, text=True, timeout=10)
+                self.assertNotEqual(p.returncode, 0, (exe, opt))
+                self.assertIn("%s: cannot write" % exe, p.stderr, (exe, opt))
+                self.assertIn("No space left on device", p.stderr, (exe, opt))
+
 
 if __name__ == "__main__":
     unittest.main()
