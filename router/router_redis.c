@@ -75,6 +75,7 @@ enum {
     RC_HINCRBYFLOAT,
     RC_HSCAN,
     RC_EXISTS,
+    RC_TYPE, /* +hash, or +none for a table without fields */
     RC_INFO,
     RC_AUTH,          /* +OK */
     RC_HELLO,         /* HELLO ... AUTH: the HELLO reply once authenticated */
@@ -545,7 +546,7 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
-/* HLEN and EXISTS (a table exists when it has a key). */
+/* HLEN, EXISTS and TYPE (a table exists, as a hash, when it has a key). */
 static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
     if (cmd->rcmd == RC_EXISTS && rs->ps.argc != 2)
@@ -1301,6 +1302,7 @@ static const cmd_t commands[] = {
     {"hstrlen", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HSTRLEN, ARGS_FIELD},
     {"hscan", -3, "readonly", 1, 1, 1, cmd_hscan, RC_HSCAN, ARGS_KEY},
     {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS, ARGS_KEY},
+    {"type", 2, "readonly fast", 1, 1, 1, cmd_hlen, RC_TYPE, ARGS_KEY},
     {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE, ARGS_FREE},
     {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE, ARGS_FREE},
     {"echo", 2, "loading stale fast", 0, 0, 0, cmd_echo, RC_NONE, ARGS_FREE},
@@ -1367,6 +1369,21 @@ static const sub_t command_subs[] = {
     {"help", 2, "HELP", "Prints this help."},
 };
 
+/* COMMAND DOCS's group of a command, Redis's: the hash commands, the
+ * keyspace ones (EXISTS, TYPE, DEL), the server's and the connection's. */
+static const char *command_group(const cmd_t *c)
+{
+    static const char *const generic[] = {"exists", "type", "del"};
+    static const char *const server[] = {"info", "command", "config", "slowlog"};
+    for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
+        if (strcmp(c->name, generic[i]) == 0)
+            return "generic";
+    for (size_t i = 0; i < sizeof(server) / sizeof(server[0]); i++)
+        if (strcmp(c->name, server[i]) == 0)
+            return "server";
+    return c->name[0] == 'h' && c->rcmd != RC_NONE ? "hash" : "connection";
+}
+
 /* COMMAND DOCS [name...]: the commands named, or all; a group for each. */
 static void command_docs(router_redis_t *rs, kvs_buf_t *b)
 {
@@ -1385,8 +1402,8 @@ static void command_docs(router_redis_t *rs, kvs_buf_t *b)
                     kvs_redis_bulk(b, commands[i].name, strlen(commands[i].name));
                     kvs_redis_map(b, 1, rs->resp3);
                     kvs_redis_bulk(b, "group", 5);
-                    kvs_redis_bulk(b, commands[i].rcmd != RC_NONE ? "hash" : "connection",
-                                   commands[i].rcmd != RC_NONE ? 4 : 10);
+                    const char *group = command_group(&commands[i]);
+                    kvs_redis_bulk(b, group, strlen(group));
                     break;
                 }
     }
@@ -1682,7 +1699,10 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return answer_pairs(req, a, out);
     case RC_HLEN:
     case RC_EXISTS:
+    case RC_TYPE:
         n = v0 != NULL ? (size_t)v0->integer_value : 0;
+        if (req->rcmd == RC_TYPE)
+            return kvs_redis_simple(out, n > 0 ? "hash" : "none");
         return kvs_redis_integer(out, req->rcmd == RC_EXISTS ? n > 0 : (int64_t)n);
     case RC_HSTRLEN: /* asked with value_lengths: values[0] is the length */
         if (is_empty(v0))

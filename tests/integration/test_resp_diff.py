@@ -192,6 +192,17 @@ def command_entries(node):
     return [e[2] if not isinstance(e[1], list) else [x[2] for x in e[1][:6]] for e in node[1]]
 
 
+def doc_groups(node):
+    """COMMAND DOCS cut to each command's group: {name: group}."""
+    if not isinstance(node[1], list):
+        return node[2]
+    items, groups = node[1], {}
+    for name, doc in zip(items[::2], items[1::2]):
+        fields = [x[1] for x in doc[1]]
+        groups[name[1]] = dict(zip(fields[::2], fields[1::2])).get(b"group")
+    return groups
+
+
 # ---- the servers ----------------------------------------------------------------------------
 
 
@@ -265,6 +276,8 @@ class RespDiffTestCase(RouterTestCase):
             return kn[0] == rn[0] and section_heads(kn) == section_heads(rn)
         if c.how == "commands":
             return command_entries(kn) == command_entries(rn)
+        if c.how == "groups":
+            return doc_groups(kn) == doc_groups(rn)
         raise ValueError(c.how)
 
     def run_session(self, cases):
@@ -326,6 +339,7 @@ class HashCommandsTest(RespDiffTestCase):
             C("HSET", "bin", "\xff\x00", b"\x00\xfe\xff"), C("HGET", "bin", "\xff\x00"),
             C("HSTRLEN", "bin", "\xff\x00"),
             C("EXISTS", "h"), C("EXISTS", "nokey"), C("EXISTS"), C("DEL"),
+            C("TYPE", "h"), C("TYPE", "nokey"), C("type", "h"), C("TYPE"), C("TYPE", "h", "x"),
             # A command of the wrong shape says so first, whatever its
             # key and fields (kvs's rules for them come after Redis's).
             C("HSET", "h", "f", "v", ""), C("HSET", "", "f", "v", "g"),
@@ -567,7 +581,11 @@ class HashCommandsTest(RespDiffTestCase):
             C("COMMAND", "DOCS", "hget", how="type"),
             C("COMMAND", "INFO", "hget", "HSET", "hmget", "hmset", "hdel", "hexists", "hgetall",
               "hsetnx", "hincrby", "hincrbyfloat", "hkeys", "hvals", "hlen", "hstrlen", "hscan",
-              "exists", "del", "nosuch", "ping", "echo", "select", "quit", how="commands"),
+              "exists", "type", "del", "nosuch", "ping", "echo", "select", "quit",
+              how="commands"),
+            C("COMMAND", "DOCS", "hget", "hscan", "hello", "exists", "type", "del", "ping",
+              "echo", "select", "quit", "auth", "client", "info", "command", "config",
+              "slowlog", how="groups"),
             C("INFO", how="type"), C("INFO", "server", how="info"),
             C("INFO", "SERVER", how="info"), C("INFO", "clients", how="info"),
             C("INFO", "server", "clients", how="info"), C("INFO", "nosuch"),

@@ -129,11 +129,13 @@ HASH_CMDS = {  # name: (positions of its fields, whether it writes)
     b"HINCRBY": ([2], True), b"HINCRBYFLOAT": ([2], True), b"HMGET": ("rest", False),
     b"HDEL": ("rest", True), b"HGETALL": ([], False), b"HKEYS": ([], False),
     b"HVALS": ([], False), b"HLEN": ([], False), b"EXISTS": ([], False), b"HSCAN": ([], False),
+    b"TYPE": ([], False),
 }
 KEYS = [b"h", b"g", b"\xc3\xa9t\xc3\xa9", b"t" * 200, b"missing"]  # the last one rarely used
 KVS_COMMANDS = {  # README, "Redis protocol (RESP)"; DEL is refused, not unknown
     b"hget", b"hset", b"hsetnx", b"hmset", b"hmget", b"hdel", b"hexists", b"hgetall", b"hkeys",
-    b"hvals", b"hlen", b"hstrlen", b"hincrby", b"hincrbyfloat", b"hscan", b"exists", b"ping",
+    b"hvals", b"hlen", b"hstrlen", b"hincrby", b"hincrbyfloat", b"hscan", b"exists", b"type",
+    b"ping",
     b"echo", b"info", b"command", b"client", b"select", b"hello", b"auth", b"config", b"slowlog",
     b"quit", b"del"}
 TOO_LARGE = rb"-ERR \w+ answer would exceed limits\.max_frame \(4194304 bytes\)"
@@ -354,7 +356,7 @@ class Gen:
                 ) if self.rng.random() < 0.6 else self.pick(NUMBERS)
             args = [b"HINCRBYFLOAT", k, self.field(), by]
         elif r < 0.92:
-            args = [b"EXISTS", k]
+            args = [b"EXISTS" if self.rng.random() < 0.7 else b"TYPE", k]
             if self.rng.random() < 0.1:
                 args.append(self.key())
         else:
@@ -489,7 +491,7 @@ class Gen:
                 args = [b"HDEL", k, f]
             else:
                 args = self.pick([[b"HGET", k, f], [b"HSTRLEN", k, f], [b"HEXISTS", k, f],
-                                  [b"HLEN", k], [b"HMGET", k, f, f], [b"EXISTS", k],
+                                  [b"HLEN", k], [b"HMGET", k, f, f], [b"EXISTS", k], [b"TYPE", k],
                                   [b"HGETALL", k], [b"HVALS", k]])
             batch.append(self.maybe_inline(Step(args)))
         return batch
