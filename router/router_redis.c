@@ -53,6 +53,7 @@
 #define ROUTER_REDIS_MAX_NAME 512    /* bytes in a client name: kept for the connection's life */
 #define ROUTER_REDIS_GLOB_STEPS (1u << 24) /* glob work per HSCAN page or CONFIG GET: ~20 ms */
 #define REDIS_COMPAT_VERSION "7.0.15"      /* what clients that check redis_version see */
+#define SCAN_PAGE_MIN 128                  /* HSCAN's least count (cmd_hscan) */
 
 const char router_redis_too_many_clients[] = "-ERR max number of clients reached\r\n";
 
@@ -727,7 +728,12 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     Kvs__Hscan m = KVS__HSCAN__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     m.table = sc->table;
-    m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* workers cap it */
+    /* Redis answers a hash of up to hash-max-listpack-entries (128)
+     * fields in one page whatever COUNT says (COUNT is a hint): so does
+     * kvs, whose page goes on across the shards (router_route.c). */
+    if (count < SCAN_PAGE_MIN)
+        count = SCAN_PAGE_MIN;
+    m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* the router caps it */
     if (seq != 0) {
         if (cursor_foreign(rs->r, seq))
             return reply_error(req, "ERR invalid cursor: not handed out by this router process "

@@ -97,6 +97,15 @@ typedef struct route_merge_s {
     uint32_t *key_index;       /* ... and its index inside that part */
     int anywhere;              /* every part got the whole request: the key may be on any */
     router_try_t *tries;       /* each part's replicas */
+    /* Hscan: a shard's part ended before `count` pairs, so the page goes on
+     * with the next shard (scan_next). The earlier shards' answers, each
+     * [u32 length][CommandResponse]; the request for the next one (packed
+     * frame, cursor empty); pairs and shards so far. */
+    kvs_buf_t scan_pages;
+    kvs_buf_t scan_req;
+    uint32_t scan_count; /* the page's count, default and cap applied */
+    uint32_t scan_pairs;
+    uint32_t scan_hops;
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -146,6 +155,8 @@ static void merge_free(route_merge_t *m)
         if (m->tries != NULL)
             kvs_buf_free(&m->tries[i].bytes);
     }
+    kvs_buf_free(&m->scan_pages);
+    kvs_buf_free(&m->scan_req);
     free(m->tries);
     free(m->answers);
     free(m->part_shard);
@@ -1235,7 +1246,111 @@ static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     merge_pairs_of(req, all, m->nparts + 1, arena);
 }
 
-/* Rewrites a worker's Hscan cursor into the router's. */
+/* An Hscan page goes on to the next shard while the shard walked ended
+ * before `count` pairs, up to this many shards per page and while the
+ * pages kept stay within limits.max_frame / SCAN_KEEP_DIV (so a small
+ * table is one page, as Redis answers a small hash in one HSCAN, and the
+ * request holds little more than it did one shard at a time). */
+#define SCAN_HOPS_MAX 16
+#define SCAN_KEEP_DIV 4
+
+static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t shard,
+                      const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
+                      const Kvs__CommandRequest *q);
+
+/* Keeps the answer of the shard just walked and asks shard `next` for the
+ * rest of the page. Returns 0 when sent (its answer may have come, and
+ * `req` been answered, before this returns: touch neither after), or -1
+ * when it could not be asked (out of memory; the page ends here). */
+static int scan_next(router_req_t *req, uint32_t next, uint32_t pairs)
+{
+    route_merge_t *m = req->merge;
+    kvs_buf_t *a = &m->answers[0];
+    uint8_t len[4] = {(uint8_t)(a->len >> 24), (uint8_t)(a->len >> 16), (uint8_t)(a->len >> 8),
+                      (uint8_t)a->len};
+    size_t mark = m->scan_pages.len;
+    if (kvs_buf_append(&m->scan_pages, len, sizeof(len)) != 0 ||
+        kvs_buf_append(&m->scan_pages, a->data, a->len) != 0) {
+        m->scan_pages.len = mark;
+        return -1;
+    }
+    Kvs__CommandRequest *sub = kvs__command_request__unpack(
+        NULL, m->scan_req.len - KVS_FRAME_HEADER, m->scan_req.data + KVS_FRAME_HEADER);
+    if (sub == NULL) {
+        m->scan_pages.len = mark;
+        return -1;
+    }
+    m->scan_pairs += pairs;
+    m->scan_hops++;
+    sub->hscan->count = m->scan_count - m->scan_pairs;
+    m->part_shard[0] = next;
+    req->parts_left = 1;
+    send_part(m->router, req, 0, next, &sub->base, NULL, 0, NULL);
+    kvs__command_request__free_unpacked(sub, NULL);
+    return 0;
+}
+
+/* The pages kept by scan_next before `w` (the last shard's), decoded, with
+ * w's pairs after theirs: 0, or -1 (out of memory, or a kept page that
+ * does not decode: not possible, it decoded when kept). */
+static int scan_join(route_merge_t *m, Kvs__CommandResponse *w, kvs_arena_t *arena)
+{
+    size_t n = m->scan_pairs + w->n_pairs, k = 0;
+    Kvs__Kvpair **pp = kvs_arena_alloc(arena, (n ? n : 1) * sizeof(*pp));
+    if (pp == NULL)
+        return -1;
+    const uint8_t *p = m->scan_pages.data, *end = p + m->scan_pages.len;
+    while (p < end) {
+        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        Kvs__CommandResponse *page = kvs__command_response__unpack(&arena->pb, len, p + 4);
+        if (page == NULL || k + page->n_pairs > n)
+            return -1;
+        if (page->n_pairs > 0)
+            memcpy(pp + k, page->pairs, page->n_pairs * sizeof(*pp));
+        k += page->n_pairs;
+        p += 4 + len;
+    }
+    if (w->n_pairs > 0)
+        memcpy(pp + k, w->pairs, w->n_pairs * sizeof(*pp));
+    w->pairs = pp;
+    w->n_pairs = k + w->n_pairs;
+    return 0;
+}
+
+/* A page that went on to shard part_shard[0], which did not answer it
+ * (down, or an error status): it ends with the earlier shards' pairs, and
+ * the next page starts that shard, whose own answer then says what is
+ * wrong. Returns 1 when it did so. */
+static int scan_cut(router_req_t *req, kvs_arena_t *arena)
+{
+    route_merge_t *m = req->merge;
+    if (m->scan_pages.len == 0)
+        return 0;
+    if (!m->failed[0]) {
+        Kvs__CommandResponse *w =
+            kvs__command_response__unpack(&arena->pb, m->answers[0].len, m->answers[0].data);
+        if (w != NULL && w->status == KVS_STATUS_OK)
+            return 0;
+    }
+    uint32_t shard = m->part_shard[0];
+    uint8_t *c = kvs_arena_alloc(arena, 3);
+    Kvs__CommandResponse own = KVS__COMMAND_RESPONSE__INIT;
+    own.status = KVS_STATUS_OK;
+    if (c == NULL || scan_join(m, &own, arena) != 0) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+        return 1;
+    }
+    c[0] = CURSOR_TAG;
+    c[1] = (uint8_t)(shard >> 8);
+    c[2] = (uint8_t)shard;
+    own.cursor.data = c;
+    own.cursor.len = 3;
+    finish_packed(req, &own, "Hscan", "ask for a smaller count");
+    return 1;
+}
+
+/* Rewrites a worker's Hscan cursor into the router's; a page whose shard
+ * ended early goes on with the next shard (scan_next). */
 static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
 {
     route_merge_t *m = req->merge;
@@ -1245,6 +1360,28 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     if (inner.len == 0) {
         next = shard + 1; /* this shard is done */
         inner.data = NULL;
+        size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
+        if (next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
+            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+            scan_next(req, next, (uint32_t)w->n_pairs) == 0)
+            return; /* req may be answered already */
+    }
+    if (m->scan_pages.len > 0) {
+        size_t own = w->n_pairs;
+        if (scan_join(m, w, arena) != 0) {
+            router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
+            return;
+        }
+        /* + 4: the router's cursor is 3 bytes longer, its length may take
+         * one more */
+        if (protobuf_c_message_get_packed_size(&w->base) + 4 > m->router->cfg->max_frame) {
+            /* This shard's pairs do not fit beside the earlier ones': the
+             * page ends before them, and the next one starts this shard. */
+            w->n_pairs -= own;
+            next = shard;
+            inner.data = NULL;
+            inner.len = 0;
+        }
     }
     if (next < m->router->shards) {
         uint8_t *c = kvs_arena_alloc(arena, 3 + inner.len);
@@ -1543,6 +1680,10 @@ static void merge_finish(router_req_t *req)
     if (!m->anywhere &&
         ((m->nkeys > 0 && merge_keys_raw(req, arena)) ||
          (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HGETALL && merge_pairs_raw(req, arena)))) {
+        kvs_arena_reset(arena);
+        return;
+    }
+    if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HSCAN && scan_cut(req, arena)) {
         kvs_arena_reset(arena);
         return;
     }
@@ -2041,13 +2182,22 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     req->merge = m;
     req->parts_left = 1;
     Kvs__Hscan inner = *q->hscan;
-    inner.cursor.data = c->len > 3 ? c->data + 3 : NULL;
-    inner.cursor.len = c->len > 3 ? c->len - 3 : 0;
     Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
     sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
     sub.hscan = &inner;
     sub.min_position = q->min_position;
     sub.accept_stale = q->accept_stale;
+    /* For the next shards of the page (scan_next): the same request from
+     * their start. Without it (out of memory) the page is one shard's. */
+    m->scan_count = inner.count == 0             ? KVS_SCAN_DEFAULT
+                    : inner.count > KVS_SCAN_MAX ? KVS_SCAN_MAX
+                                                 : inner.count;
+    inner.cursor.data = NULL;
+    inner.cursor.len = 0;
+    if (shard + 1 < r->shards && kvs_msg_append(&m->scan_req, &sub.base, SIZE_MAX) != 0)
+        m->scan_hops = SCAN_HOPS_MAX;
+    inner.cursor.data = c->len > 3 ? c->data + 3 : NULL;
+    inner.cursor.len = c->len > 3 ? c->len - 3 : 0;
     send_part(r, req, 0, shard, &sub.base, NULL, 0, NULL);
 }
 

@@ -206,8 +206,11 @@ class AnswersTest(LocalReadsCase):
             second = w.hscan("t", first.cursor[3:], 4)  # the worker continues it
             third = c.hscan("t", b"S\x00\x00" + second.cursor, 4)  # and the router again
             walked = [p.key for p in list(first.pairs) + list(second.pairs) + list(third.pairs)]
-            self.assertEqual(walked, sorted(keys[0]))  # shard 0's whole table: 4 + 4 + 2
-            self.assertEqual(third.cursor, b"S\x00\x01")  # on to shard 1
+            # shard 0's whole table (4 + 4 + 2), then the page goes on with
+            # shard 1's first 2
+            self.assertEqual(walked, sorted(keys[0]) + sorted(keys[1])[:2])
+            self.assertEqual(third.cursor[:3], b"S\x00\x01")
+            self.assertGreater(len(third.cursor), 3)  # within shard 1
 
     def test_answers_past_max_frame_are_413_as_from_the_worker(self):
         r = self.local_router(max_frame="64KiB")

@@ -258,6 +258,73 @@ class RouterTest(RouterTestCase):
                 self.assertIn("cursor", resp.message)
             self.assertEqual(c.ping().message, "PONG")
 
+    def test_hscan_page_goes_on_across_shards_within_its_bounds(self):
+        """A page whose shard ends before `count` pairs goes on with the next
+        shards: a small table is one page with an empty cursor (as Redis
+        answers a small hash in one HSCAN), a page never holds more than
+        `count` pairs, nor walks more than 16 shards, nor keeps more than
+        max_frame / 4 of earlier shards' pairs; a shard's pairs that do not
+        fit beside the earlier ones' start the next page."""
+        r = self.router(shards=SHARDS, partitions=PARTITIONS, max_frame="64KiB")
+        keys = keys_by_shard("f", 3, PARTITIONS, SHARDS)
+        with r.client() as c:
+            for s in range(SHARDS):
+                self.assertOk(c.hmset("small", [(k, b"v") for k in keys[s]]))
+            # every shard's keys in one page, shard by shard, each in key order
+            resp = c.hscan("small", b"", 0)
+            self.assertOk(resp)
+            self.assertEqual([p.key for p in resp.pairs],
+                             [k for s in range(SHARDS) for k in sorted(keys[s])])
+            self.assertEqual(resp.cursor, b"")
+            # count 5: shard 0's 3 and shard 1's first 2, then the rest
+            resp = c.hscan("small", b"", 5)
+            self.assertEqual([p.key for p in resp.pairs], sorted(keys[0]) + sorted(keys[1])[:2])
+            self.assertEqual(resp.cursor[:3], b"S\x00\x01")
+            rest = c.hscan("small", resp.cursor, 5)
+            self.assertEqual([p.key for p in rest.pairs],
+                             sorted(keys[1])[2:] + sorted(keys[2]) + sorted(keys[3])[:1])
+            self.assertEqual(rest.cursor[:3], b"S\x00\x03")
+            self.assertEqual(len(c.scan_all("small", count=5)), 3 * SHARDS)
+            # A table on the last shard alone: the empty shards cost no page.
+            self.assertOk(c.hset("last", keys[SHARDS - 1][0], b"v"))
+            resp = c.hscan("last", b"", 10)
+            self.assertEqual(([p.key for p in resp.pairs], resp.cursor),
+                             ([keys[SHARDS - 1][0]], b""))
+            # Large values: shard 0's 20 KB (over 64 KiB / 4) ends its page;
+            # shard 1's 10 KB is kept, shard 2's 2 x 30 KB does not fit
+            # beside it and starts the next page, which is over 64 KiB / 4
+            # and ends there.
+            self.assertOk(c.hmset("big", [(k, b"a" * 10000) for k in keys[0][:2]]))
+            self.assertOk(c.hset("big", keys[1][0], b"b" * 10000))
+            self.assertOk(c.hmset("big", [(k, b"c" * 30000) for k in keys[2][:2]]))
+            self.assertOk(c.hset("big", keys[3][0], b"d"))
+            pages, cursor = [], b""
+            while True:
+                resp = c.hscan("big", cursor, 100)
+                self.assertOk(resp)
+                pages.append(([p.key for p in resp.pairs], resp.cursor))
+                cursor = resp.cursor
+                if not cursor:
+                    break
+            self.assertEqual(pages, [
+                (sorted(keys[0][:2]), b"S\x00\x01"),
+                ([keys[1][0]], b"S\x00\x02"),
+                (sorted(keys[2][:2]), b"S\x00\x03"),
+                ([keys[3][0]], b""),
+            ])
+
+    def test_hscan_page_walks_at_most_16_shards(self):
+        shards = 18
+        r = self.router(shards=shards, partitions=shards)
+        key = keys_by_shard("h", 1, shards, shards)[shards - 1][0]
+        with r.client() as c:
+            self.assertOk(c.hset("far", key, b"v"))
+            first = c.hscan("far", b"", 10)
+            self.assertOk(first)
+            self.assertEqual((len(first.pairs), first.cursor), (0, b"S\x00\x10"))
+            second = c.hscan("far", first.cursor, 10)
+            self.assertEqual(([p.key for p in second.pairs], second.cursor), ([key], b""))
+
     def test_text_with_nul_whole_on_every_path(self):
         # U+0000 inside string_value is valid text: written by Hset (passed
         # through) and by an Hmset the router splits per shard (sub-requests

@@ -1720,14 +1720,15 @@ KVS_TEST(merged_info_over_max_frame_is_413)
 static size_t check_hscan_sent(uint32_t shard, const char *inner, uint32_t count)
 {
     check_pending();
-    CHECK_EQ(fx.n_sent, 1);
-    CHECK_EQ(fx.sent[0].shard, shard);
-    Kvs__CommandRequest *q = sent_request(0);
+    CHECK(fx.n_sent > 0);
+    size_t i = fx.n_sent - 1; /* the page's latest part: one shard at a time */
+    CHECK_EQ(fx.sent[i].shard, shard);
+    Kvs__CommandRequest *q = sent_request(i);
     CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_HSCAN);
     CHECK_STR(q->hscan->table, TABLE);
     CHECK_EQ(q->hscan->count, count);
     CHECK(bin_is(q->hscan->cursor, inner, strlen(inner)));
-    return 0;
+    return i;
 }
 
 static void check_cursor(const Kvs__CommandResponse *r, const void *want, size_t len)
@@ -1747,15 +1748,42 @@ KVS_TEST(hscan_walks_shards_in_turn)
     CHECK(bin_is(r->pairs[0]->key, "k1", 2));
     check_cursor(r, "S\x00\x00k2", 5);
 
-    route_hscan("S\x00\x00k2", 5, 7); /* shard 0 from k2: exhausted */
-    reply_pairs(check_hscan_sent(0, "k2", 7), 1, page, NULL, 0);
+    route_hscan("S\x00\x00k2", 5, 2); /* shard 0 from k2: exhausted at count */
+    const ProtobufCBinaryData two[] = {{2, (uint8_t *)"k2"}, {2, (uint8_t *)"k3"}};
+    reply_pairs(check_hscan_sent(0, "k2", 2), 2, two, NULL, 0);
     check_cursor(answer_async(), "S\x00\x01", 3);
 
-    route_hscan("S\x00\x01", 3, 0); /* shard 1 from its start: empty */
+    /* A shard that ends before `count` pairs: the page goes on with the
+     * next shards, each asked for what is left of the count and from its
+     * start, and holds their pairs in shard order. */
+    route_hscan("S\x00\x00k2", 5, 7);
+    reply_pairs(check_hscan_sent(0, "k2", 7), 1, page, NULL, 0);
+    reply_pairs(check_hscan_sent(1, "", 6), 0, NULL, NULL, 0); /* shard 1: empty */
+    const ProtobufCBinaryData more[] = {{1, (uint8_t *)"a"}, {1, (uint8_t *)"b"}};
+    reply_pairs(check_hscan_sent(2, "", 6), 2, more, "c", 1); /* shard 2: not done */
+    CHECK_EQ(fx.n_sent, 3);
+    r = answer_async();
+    CHECK_EQ(r->n_pairs, 3);
+    CHECK(bin_is(r->pairs[0]->key, "k1", 2));
+    CHECK(bin_is(r->pairs[1]->key, "a", 1));
+    CHECK(bin_is(r->pairs[2]->key, "b", 1));
+    check_cursor(r,
+                 "S\x00\x02"
+                 "c",
+                 4);
+
+    route_hscan("S\x00\x01", 3, 0); /* from shard 1, default count: all empty */
     reply_pairs(check_hscan_sent(1, "", 0), 0, NULL, NULL, 0);
+    reply_pairs(check_hscan_sent(2, "", KVS_SCAN_DEFAULT), 0, NULL, NULL, 0);
+    reply_pairs(check_hscan_sent(3, "", KVS_SCAN_DEFAULT), 0, NULL, NULL, 0);
     r = answer_async();
     CHECK_EQ(r->n_pairs, 0);
-    check_cursor(r, "S\x00\x02", 3);
+    check_cursor(r, "", 0);
+
+    route_hscan("S\x00\x02", 3, 99999); /* a count past the cap asks for the rest of it */
+    reply_pairs(check_hscan_sent(2, "", 99999), 1, page, NULL, 0);
+    reply_pairs(check_hscan_sent(3, "", KVS_SCAN_MAX - 1), 0, NULL, NULL, 0);
+    check_cursor(answer_async(), "", 0);
 
     route_hscan("S\x00\x03", 3, 5); /* the last shard */
     reply_pairs(check_hscan_sent(3, "", 5), 1, page, "zz", 2);
@@ -1763,6 +1791,32 @@ KVS_TEST(hscan_walks_shards_in_turn)
     route_hscan("S\x00\x03zz", 5, 5);
     reply_pairs(check_hscan_sent(3, "zz", 5), 1, page, NULL, 0);
     check_cursor(answer_async(), "", 0); /* the walk is complete */
+}
+
+/* A page that goes on to a shard that does not answer it ends with the
+ * earlier shards' pairs; the next page starts that shard and gets its
+ * error. */
+KVS_TEST(hscan_page_ends_before_a_shard_that_fails)
+{
+    setup();
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    for (int how = 0; how < 2; how++) {
+        route_hscan(NULL, 0, 7);
+        reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+        if (how == 0)
+            reply_failure(check_hscan_sent(1, "", 6), "link to shard 1 down");
+        else
+            reply_status(check_hscan_sent(1, "", 6), 503, "catching up: lag 9");
+        Kvs__CommandResponse *r = answer_async();
+        CHECK_EQ(r->n_pairs, 1);
+        CHECK(bin_is(r->pairs[0]->key, "k1", 2));
+        check_cursor(r, "S\x00\x01", 3);
+        route_hscan("S\x00\x01", 3, 7);
+        reply_status(check_hscan_sent(1, "", 7), 503, "catching up: lag 9");
+        r = answer_async();
+        check_status(r, 503);
+        CHECK_STR(r->message, "catching up: lag 9");
+    }
 }
 
 KVS_TEST(hscan_forged_cursor_is_400)
@@ -2779,45 +2833,43 @@ KVS_TEST(replica_retry_budget)
     CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b)); /* cap */
 }
 
-KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
-              KVS_CASE(replica_read_fails_once_every_replica_failed),
-              KVS_CASE(replica_split_read_retries_its_part),
-              KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
-              KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
-              KVS_CASE(replica_info_shows_retries),
-              KVS_CASE(info_names_the_router_process_when_several), KVS_CASE(hlen_sums_every_shard),
-              KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
-              KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
-              KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
-              KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
-              KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
-              KVS_CASE(split_hmdel_budgets_fill_max_frame_by_keys),
-              KVS_CASE(split_write_asking_for_lengths_gives_each_part_its_whole_bound),
-              KVS_CASE(split_write_refused_before_sending),
-              KVS_CASE(split_write_refused_everywhere_is_413),
-              KVS_CASE(split_write_partly_applied_is_207),
-              KVS_CASE(split_write_part_that_may_have_written_is_not_said_unwritten),
-              KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
-              KVS_CASE(unknown_split_write_answer_fits_max_frame),
-              KVS_CASE(split_write_with_unknown_part_says_what_is_known),
-              KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
-              KVS_CASE(write_too_large_to_send_is_413),
-              KVS_CASE(oversized_part_answer_fails_that_request_only),
-              KVS_CASE(info_too_large_on_a_shard_is_413),
-              KVS_CASE(merged_info_over_max_frame_is_413), KVS_CASE(down_shard_is_503_at_once),
-              KVS_CASE(down_shard_among_parts_is_503), KVS_CASE(link_failure_after_send_is_503),
-              KVS_CASE(hgetall_merges_in_byte_order), KVS_CASE(merged_answer_over_max_frame_is_413),
-              KVS_CASE(info_fans_out_and_merges), KVS_CASE(info_reports_an_unavailable_shard),
-              KVS_CASE(hscan_walks_shards_in_turn), KVS_CASE(hscan_forged_cursor_is_400),
-              KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
-              KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
-              KVS_CASE(orphaned_request_frees_itself),
-              KVS_CASE(bound_table_placed_by_its_partitioner),
-              KVS_CASE(unbound_table_beside_bindings_is_murmur2),
-              KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
-              KVS_CASE(none_asks_only_shards_that_own_partitions),
-              KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused),
-              KVS_CASE(session_read_carries_its_writes_position),
-              KVS_CASE(session_holds_reads_behind_its_writes),
-              KVS_CASE(session_release_stops_at_the_next_write),
-              KVS_CASE(split_write_answer_merges_positions))
+KVS_TEST_MAIN(
+    KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
+    KVS_CASE(replica_read_fails_once_every_replica_failed),
+    KVS_CASE(replica_split_read_retries_its_part),
+    KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
+    KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
+    KVS_CASE(replica_info_shows_retries), KVS_CASE(info_names_the_router_process_when_several),
+    KVS_CASE(hlen_sums_every_shard), KVS_CASE(single_key_forwarded_raw),
+    KVS_CASE(hmget_split_merge), KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
+    KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
+    KVS_CASE(part_error_status_reaches_client), KVS_CASE(malformed_part_answer_is_500),
+    KVS_CASE(split_hmset_budgets_fill_max_frame_by_value_bytes),
+    KVS_CASE(split_hmdel_budgets_fill_max_frame_by_keys),
+    KVS_CASE(split_write_asking_for_lengths_gives_each_part_its_whole_bound),
+    KVS_CASE(split_write_refused_before_sending), KVS_CASE(split_write_refused_everywhere_is_413),
+    KVS_CASE(split_write_partly_applied_is_207),
+    KVS_CASE(split_write_part_that_may_have_written_is_not_said_unwritten),
+    KVS_CASE(partial_answer_leaves_out_what_does_not_fit),
+    KVS_CASE(unknown_split_write_answer_fits_max_frame),
+    KVS_CASE(split_write_with_unknown_part_says_what_is_known),
+    KVS_CASE(split_write_with_a_down_shard_says_it_wrote_nothing),
+    KVS_CASE(write_too_large_to_send_is_413),
+    KVS_CASE(oversized_part_answer_fails_that_request_only),
+    KVS_CASE(info_too_large_on_a_shard_is_413), KVS_CASE(merged_info_over_max_frame_is_413),
+    KVS_CASE(down_shard_is_503_at_once), KVS_CASE(down_shard_among_parts_is_503),
+    KVS_CASE(link_failure_after_send_is_503), KVS_CASE(hgetall_merges_in_byte_order),
+    KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
+    KVS_CASE(info_reports_an_unavailable_shard), KVS_CASE(hscan_walks_shards_in_turn),
+    KVS_CASE(hscan_page_ends_before_a_shard_that_fails), KVS_CASE(hscan_forged_cursor_is_400),
+    KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
+    KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
+    KVS_CASE(orphaned_request_frees_itself), KVS_CASE(bound_table_placed_by_its_partitioner),
+    KVS_CASE(unbound_table_beside_bindings_is_murmur2),
+    KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
+    KVS_CASE(none_asks_only_shards_that_own_partitions),
+    KVS_CASE(none_hmget_and_hmexist_merge_per_key), KVS_CASE(none_writes_are_refused),
+    KVS_CASE(session_read_carries_its_writes_position),
+    KVS_CASE(session_holds_reads_behind_its_writes),
+    KVS_CASE(session_release_stops_at_the_next_write),
+    KVS_CASE(split_write_answer_merges_positions))
