@@ -516,9 +516,11 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         def ages():
             return {p: f["end_offset_age_ms"] for p, f in kafka_parts(info(r), topic).items()}
         # Idle and healthy: each partition is asked about once an interval,
-        # so no age grows past about 1.5 of them (plus a tick).
+        # so no age grows past about 1.5 of them (plus a tick): 2.1 s. For
+        # longer than that (six intervals), so that an age nothing refreshed
+        # would pass it.
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 3.5:
+        while time.monotonic() - t0 < 2.5:
             now = ages()
             self.assertEqual(sorted(now), list(range(parts)))
             self.assertTrue(all(0 <= a <= 1.5 * every + 1500 for a in now.values()), now)

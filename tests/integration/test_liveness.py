@@ -150,8 +150,9 @@ class LivenessTest(ProcsTestCase):
         self.assertTrue(os.WIFSTOPPED(status))
         warning = "router 1 (pid %d) sent no heartbeat for" % pid
         self.assertTrue(wait_until(lambda: warning in r.stderr(), 10), r.stderr()[-3000:])
-        # Several timeouts: warned once, never killed.
-        time.sleep(3 * TIMEOUT_S)
+        # Two more timeouts (eight more checks, each of which would warn
+        # again or kill): warned once, never killed.
+        time.sleep(2 * TIMEOUT_S)
         log = r.stderr()
         lines = [l for l in log.splitlines() if warning in l]
         self.assertEqual(len(lines), 1, log[-3000:])
@@ -159,14 +160,19 @@ class LivenessTest(ProcsTestCase):
         self.assertIn("but a debugger (pid %d) traces it: not killing it" % os.getpid(), lines[0])
         self.assertNotIn("SIGKILL", log)
         self.assertEqual(self.routers(r).get(1), pid)
-        # Let go, it beats again and serves on (the same process).
+        # Let go, it beats again and serves on (the same process). Released,
+        # it gets a whole timeout from the first check after: one that did
+        # not beat again would be killed within a timeout and a check
+        # interval (2.5 s); two timeouts leave a margin.
         detach()
-        time.sleep(3 * TIMEOUT_S)
+        time.sleep(2 * TIMEOUT_S)
         self.assertEqual(self.routers(r).get(1), pid)
         self.assertNotIn("SIGKILL", r.stderr())
         with Client(os.path.join(r.data_dir, "router1.sock"), timeout=2.0) as c:
             self.assertEqual(c.ping().status, 200)
-        self.assertEqual(total(self.metrics(), "kvs_router_liveness_kills_total"), 0)
+        m = self.metrics()
+        self.assertEqual(total(m, "kvs_router_liveness_kills_total"), 0)
+        self.assertLess(total(m, "kvs_router_heartbeat_age_seconds", router="1"), TIMEOUT_S)
         self.assertEqual(r.stop(), 0)
 
     def test_a_stalled_master_kills_nobody(self):
@@ -175,14 +181,18 @@ class LivenessTest(ProcsTestCase):
         loop's turn. It restarts every clock instead of killing them all."""
         r = self.live_node()
         before = self.routers(r)
+        # Stalled for twice the timeout: every clock is past it when the
+        # master runs again.
         os.kill(r.pid, signal.SIGSTOP)
         try:
-            time.sleep(3 * TIMEOUT_S)
+            time.sleep(2 * TIMEOUT_S)
         finally:
             os.kill(r.pid, signal.SIGCONT)
         self.assertTrue(wait_until(lambda: "the master's liveness check ran" in r.stderr(), 10),
                         r.stderr()[-3000:])
-        time.sleep(2 * TIMEOUT_S)
+        # A clock that did not start again would be judged at the next
+        # check (0.5 s); a timeout and a half covers a whole timeout since.
+        time.sleep(1.5 * TIMEOUT_S)
         self.assertNotIn("sent no heartbeat", r.stderr())
         self.assertEqual(self.routers(r), before)
         self.assertEveryConnectionAnswered(r, 10)
@@ -193,7 +203,9 @@ class LivenessTest(ProcsTestCase):
         victim = self.routers(r)[1]
         os.kill(victim, signal.SIGSTOP)
         self.addCleanup(lambda: gone(victim) or os.kill(victim, signal.SIGCONT))
-        time.sleep(3 * TIMEOUT_S)
+        # Off, nothing checks: at any timeout up to this one and a half, a
+        # check would have killed it by now.
+        time.sleep(1.5 * TIMEOUT_S)
         self.assertEqual(self.routers(r).get(1), victim)
         self.assertNotIn("sent no heartbeat", r.stderr())
         os.kill(victim, signal.SIGCONT)

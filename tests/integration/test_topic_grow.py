@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import unittest
 
 from kvstest import pb, pyval, req_hget, req_hgetall, req_hmget, req_hscan, req_hset, req_hdel
@@ -150,8 +149,17 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(kafkatest.watermarks(self.m.bootstrap, "users", 4)[
             partition_of(keys[2], 4)][1], 1)
 
-        # One ERROR line per worker, however many checks ran since.
-        time.sleep(3.0)  # checks run at most once a second
+        # One ERROR line per worker, however many checks ran since: wait
+        # for two checks of each worker after its ERROR line (a check logs
+        # its count before any ERROR; checks run at most once a second),
+        # each of which would have logged it again.
+        def checks_since_error(s):
+            log = r.stderr()
+            at = log.find("node[%d] ERROR " % s)
+            return -1 if at < 0 else len(re.findall(
+                r"node\[%d\] DEBUG kafka: topic users has 8 partitions \(checked\)" % s, log[at:]))
+        self.assertTrue(wait_until(lambda: all(checks_since_error(s) >= 2 for s in (0, 1)), 10),
+                        "checks must have gone on")
         log = r.stderr()
         checks = re.findall(r"node\[\d\] DEBUG kafka: topic users has 8 partitions \(checked\)",
                             log)
