@@ -1134,9 +1134,17 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
         kvs_conn_group_set_limits(&srv->groups[i], &limits);
     srv->max_clients =
         kvs_conn_max_clients(cfg->max_clients, (unsigned)srv->n_listeners, NODE_FD_RESERVE);
-    if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH)
-        uv_timer_start(&srv->sync_timer, on_sync_timer, cfg->sync_interval_ms,
-                       cfg->sync_interval_ms);
+    /* Only a changed interval touches the timer, and the next sync stays
+     * no later than it was due: restarting it at every reload put the
+     * sync a whole interval off each time, so reloads more frequent than
+     * storage.sync_interval kept the last commit's meta page unsynced
+     * for as long as they went on. */
+    uint64_t every = cfg->sync_interval_ms;
+    if (srv->sync_timer_on && cfg->sync == KVS_SYNC_BATCH &&
+        uv_timer_get_repeat(&srv->sync_timer) != every) {
+        uint64_t due = uv_timer_get_due_in(&srv->sync_timer);
+        uv_timer_start(&srv->sync_timer, on_sync_timer, due < every ? due : every, every);
+    }
     srv->cmd.replicas = kvs_config_replica_count(cfg, srv->cmd.shard); /* cluster.nodes is live */
     return 0;
 }

@@ -24,7 +24,8 @@ import unittest
 import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
-from kvstest import BUILD_DIR, HOST, Client, Node, frame, pb, pyval, req_hget, req_hset
+from kvstest import (BUILD_DIR, HOST, SANITIZED, Client, Node, frame, pb, pyval, req_hget,
+                     req_hset)
 from routertest import RouterTestCase, config_place, free_port
 from test_auth import req_auth, users_yaml
 
@@ -874,6 +875,40 @@ class ReloadTest(RouterTestCase):
         self.assertEqual(got[("router", None, "refused")], 0)
         with r.client() as c:  # the running users are the old ones
             self.assertEqual(c.call(req_auth("reader", "reader-pw")).status, 200)
+
+    def test_reloads_do_not_put_off_the_periodic_sync(self):
+        """storage.sync_interval bounds how long the last commit's meta
+        page (storage.sync: batch) stays unsynced. Each reload restarted the
+        worker's sync timer, putting the sync a whole interval off: SIGHUPs
+        more frequent than the interval kept it from ever running. The
+        eio shim stalls every fdatasync under data_dir for 1 ms and logs it,
+        which counts the worker's syncs."""
+        env = {"LD_PRELOAD": os.path.join(BUILD_DIR, "libkvs_test_eio.so"),
+               "KVS_TEST_EIO_ROLE": "node", "KVS_TEST_EIO_CALLS": "fdatasync",
+               "KVS_TEST_EIO_EVERY": "1", "KVS_TEST_EIO_STALL_MS": "1"}
+        if SANITIZED:
+            env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") +
+                                   ":verify_asan_link_order=0").lstrip(":")
+        r = self.router(start=False, shards=1, partitions=8, env=env,
+                        storage_yaml=["sync_interval: 400ms"])
+        r.env["KVS_TEST_EIO_PATH"] = r.data_dir
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        # The worker takes a SIGHUP once it is a second old: count from
+        # its first reload on.
+        r.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "node[0] INFO  configuration reloaded" in r.stderr(),
+                                   WAIT), r.stderr()[-3000:])
+        syncs = r.stderr().count("stalling fdatasync")
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:  # a reload every 150 ms
+            r.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.15)
+        # 5 intervals went by: at least 3 periodic syncs, whatever the
+        # scheduling (none before the fix).
+        self.assertGreaterEqual(r.stderr().count("stalling fdatasync") - syncs, 3,
+                                r.stderr()[-3000:])
 
     def test_standalone_worker_reloads_on_sighup(self):
         node = Node(extra_yaml="")
