@@ -1372,9 +1372,10 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
             router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
             return;
         }
-        /* + 4: the router's cursor is 3 bytes longer, its length may take
-         * one more */
-        if (protobuf_c_message_get_packed_size(&w->base) + 4 > m->router->cfg->max_frame) {
+        /* + 5: the router's cursor is 3 bytes longer and its length may
+         * take one more; where the worker's was empty (absent), it is a
+         * field of 5 bytes (tag, length, shard) */
+        if (protobuf_c_message_get_packed_size(&w->base) + 5 > m->router->cfg->max_frame) {
             /* This shard's pairs do not fit beside the earlier ones': the
              * page ends before them, and the next one starts this shard. */
             w->n_pairs -= own;
