@@ -1361,8 +1361,10 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         next = shard + 1; /* this shard is done */
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
-        if (next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
-            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+        /* not for a client gone (req->client NULL): nobody takes the page */
+        if (req->client != NULL && next < m->router->shards &&
+            m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
+            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }

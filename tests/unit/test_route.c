@@ -1820,9 +1820,9 @@ KVS_TEST(hscan_page_ends_before_a_shard_that_fails)
 }
 
 /* A response of pairs keys[k] = vals[k] (text values) and `cursor`. */
-static Kvs__CommandResponse scan_resp(size_t n, Kvs__Kvpair *pairs, Kvs__Kvpair **pp,
-                                      Kvs__Value *v, const char *const *keys,
-                                      const ProtobufCBinaryData *vals, const char *cursor)
+static Kvs__CommandResponse scan_resp(size_t n, Kvs__Kvpair *pairs, Kvs__Kvpair **pp, Kvs__Value *v,
+                                      const char *const *keys, const ProtobufCBinaryData *vals,
+                                      const char *cursor)
 {
     for (size_t k = 0; k < n; k++) {
         kvs__kvpair__init(&pairs[k]);
@@ -2042,6 +2042,27 @@ KVS_TEST(orphaned_request_frees_itself)
     orphan();
     for (uint32_t s = 0; s < SHARDS; s++)
         reply_pairs(sent_to(s), 0, NULL, NULL, 0);
+    CHECK_EQ(fx.done_calls, 0);
+}
+
+/* An Hscan page whose client went away, before it was sent or between two
+ * of its shards, ends where it is: it does not go on to read the next
+ * shards for nobody (and frees itself). */
+KVS_TEST(orphaned_hscan_page_does_not_go_on)
+{
+    setup();
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    route_hscan(NULL, 0, 7);
+    orphan();
+    reply_pairs(0, 1, page, NULL, 0);
+    CHECK_EQ(fx.n_sent, 1);
+
+    route_hscan(NULL, 0, 7);
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+    check_hscan_sent(1, "", 6);
+    orphan();
+    reply_pairs(1, 0, NULL, NULL, 0);
+    CHECK_EQ(fx.n_sent, 2);
     CHECK_EQ(fx.done_calls, 0);
 }
 
@@ -2940,7 +2961,8 @@ KVS_TEST_MAIN(
     KVS_CASE(hscan_forged_cursor_is_400),
     KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
     KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
-    KVS_CASE(orphaned_request_frees_itself), KVS_CASE(bound_table_placed_by_its_partitioner),
+    KVS_CASE(orphaned_request_frees_itself), KVS_CASE(orphaned_hscan_page_does_not_go_on),
+    KVS_CASE(bound_table_placed_by_its_partitioner),
     KVS_CASE(unbound_table_beside_bindings_is_murmur2),
     KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
     KVS_CASE(none_asks_only_shards_that_own_partitions),
