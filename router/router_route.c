@@ -1326,12 +1326,10 @@ static int scan_cut(router_req_t *req, kvs_arena_t *arena)
     route_merge_t *m = req->merge;
     if (m->scan_pages.len == 0)
         return 0;
-    if (!m->failed[0]) {
-        Kvs__CommandResponse *w =
-            kvs__command_response__unpack(&arena->pb, m->answers[0].len, m->answers[0].data);
-        if (w != NULL && w->status == KVS_STATUS_OK)
-            return 0;
-    }
+    /* The status alone (protobuf-c writes it first): decoding the answer
+     * here, as decode_parts does next, would hold it decoded twice. */
+    if (!m->failed[0] && router_send_status(m->answers[0].data, m->answers[0].len) == KVS_STATUS_OK)
+        return 0;
     uint32_t shard = m->part_shard[0];
     uint8_t *c = kvs_arena_alloc(arena, 3);
     Kvs__CommandResponse own = KVS__COMMAND_RESPONSE__INIT;
