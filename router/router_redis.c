@@ -730,9 +730,18 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
     m.table = sc->table;
     /* Redis answers a hash of up to hash-max-listpack-entries (128)
      * fields in one page whatever COUNT says (COUNT is a hint): so does
-     * kvs, whose page goes on across the shards (router_route.c). */
-    if (count < SCAN_PAGE_MIN)
-        count = SCAN_PAGE_MIN;
+     * kvs, whose page goes on across the shards (router_route.c). With
+     * MATCH, no more than a page of the longest fields the pattern can be
+     * matched against within ROUTER_REDIS_GLOB_STEPS (a field costs at
+     * most about the pattern's length times its own, answer_scan), so
+     * that a smaller COUNT always gets past "pattern too costly". */
+    int64_t least = SCAN_PAGE_MIN;
+    if (match != NULL) {
+        uint64_t fit = ROUTER_REDIS_GLOB_STEPS / (((uint64_t)match->len + 2) * (KVS_MAX_KEY + 1));
+        least = fit < (uint64_t)least ? (int64_t)fit : least;
+    }
+    if (count < least)
+        count = least;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* the router caps it */
     if (seq != 0) {
         if (cursor_foreign(rs->r, seq))

@@ -1326,12 +1326,10 @@ static int scan_cut(router_req_t *req, kvs_arena_t *arena)
     route_merge_t *m = req->merge;
     if (m->scan_pages.len == 0)
         return 0;
-    if (!m->failed[0]) {
-        Kvs__CommandResponse *w =
-            kvs__command_response__unpack(&arena->pb, m->answers[0].len, m->answers[0].data);
-        if (w != NULL && w->status == KVS_STATUS_OK)
-            return 0;
-    }
+    /* The status alone (protobuf-c writes it first): decoding the answer
+     * here, as decode_parts does next, would hold it decoded twice. */
+    if (!m->failed[0] && router_send_status(m->answers[0].data, m->answers[0].len) == KVS_STATUS_OK)
+        return 0;
     uint32_t shard = m->part_shard[0];
     uint8_t *c = kvs_arena_alloc(arena, 3);
     Kvs__CommandResponse own = KVS__COMMAND_RESPONSE__INIT;
@@ -1361,8 +1359,10 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         next = shard + 1; /* this shard is done */
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
-        if (next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
-            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+        /* not for a client gone (req->client NULL): nobody takes the page */
+        if (req->client != NULL && next < m->router->shards &&
+            m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
+            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }
@@ -1372,9 +1372,10 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
             router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
             return;
         }
-        /* + 4: the router's cursor is 3 bytes longer, its length may take
-         * one more */
-        if (protobuf_c_message_get_packed_size(&w->base) + 4 > m->router->cfg->max_frame) {
+        /* + 5: the router's cursor is 3 bytes longer and its length may
+         * take one more; where the worker's was empty (absent), it is a
+         * field of 5 bytes (tag, length, shard) */
+        if (protobuf_c_message_get_packed_size(&w->base) + 5 > m->router->cfg->max_frame) {
             /* This shard's pairs do not fit beside the earlier ones': the
              * page ends before them, and the next one starts this shard. */
             w->n_pairs -= own;

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from kvstest import SANITIZED, NodeTestCase, encode, req_hget, req_hgetall, req_ping
-from routertest import Router, RouterTestCase
+from routertest import Router, RouterTestCase, keys_by_shard, router_pids
 
 MIB = 1 << 20
 
@@ -170,6 +170,32 @@ class RouterBoundsTest(RouterTestCase):
             payload = read_frame(hostile)
             self.assertIsNotNone(payload, "answer %d missing" % i)
             self.assertEqual(payload, want)
+
+    @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
+    def test_hscan_page_across_shards_holds_what_one_shards_page_holds(self):
+        """An Hscan page that goes on to the next shard keeps the earlier
+        shards' pairs (at most max_frame / 4) and decodes the last shard's
+        answer once: its peak is that of the same shard's page alone, not
+        one answer more."""
+        r = self.router(shards=2, partitions=4, max_frame="16MiB")
+        keys = keys_by_shard("k", 600, 4, 2)
+        pid = router_pids(r)[0]  # the router process (r.pid is the master)
+
+        def peak():  # VmHWM: the most the router process was ever resident
+            with open("/proc/%d/status" % pid) as f:
+                return next(int(x.split()[1]) << 10 for x in f if x.startswith("VmHWM:"))
+
+        with r.client(timeout=30) as c:
+            self.assertOk(c.hset("t", keys[0][0], "v"))
+            for i in range(0, 600, 50):
+                self.assertOk(c.hmset("t", [(k, "x" * 25000) for k in keys[1][i:i + 50]]))
+            alone = c.hscan("t", b"S\x00\x01", 10000)  # shard 1's page (15 MB)
+            self.assertEqual((alone.status, len(alone.pairs), alone.cursor), (200, 600, b""))
+            before = peak()
+            page = c.hscan("t", b"", 10000)  # shard 0's pair, then shard 1's
+            self.assertEqual((page.status, len(page.pairs), page.cursor), (200, 601, b""))
+            grown = (peak() - before) >> 20
+        self.assertLess(grown, 4, "the page across shards took %d MiB more" % grown)
 
     def test_client_owed_more_than_client_output_is_closed(self):
         """Answers already asked for that exceed limits.client_output close

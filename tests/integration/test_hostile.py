@@ -353,3 +353,30 @@ class RespGlobTest(RouterTestCase):
         self.assertLess(time.monotonic() - t0, FAST, "the router's loop was held")
         got = s.recv(4096)
         self.assertTrue(got.startswith(b"-ERR MATCH pattern too costly"), got)
+
+    def test_a_smaller_count_gets_past_a_costly_match(self):
+        """The Redis door asks for at least 128 fields per HSCAN page, but
+        with MATCH for no more than the pattern can be matched against
+        within the bound on its work, so the error's advice (a smaller
+        COUNT) gets the walk through: every matching field exactly once."""
+        import redis
+        port = free_port()
+        self.router(shards=2, partitions=8, router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
+        self.addCleanup(c.close)
+        fields = {b"%03d" % i + b"a" * 499 + (b"b" if i % 2 == 0 else b"a"): b"v"
+                  for i in range(40)}
+        self.assertEqual(c.hset("t", mapping=fields), 40)
+        pat = b"*[" + b"b" * 2048 + b"]"  # about a million steps per field
+        with self.assertRaises(redis.ResponseError) as e:
+            c.hscan("t", 0, match=pat, count=100)  # 40 fields: over the bound
+        self.assertIn("too costly", str(e.exception))
+        seen, cursor, pages = [], 0, 0
+        while True:
+            cursor, page = c.hscan("t", cursor, match=pat, count=4)
+            seen += list(page)
+            pages += 1
+            self.assertLess(pages, 40)
+            if cursor == 0:
+                break
+        self.assertEqual(sorted(seen), sorted(k for k in fields if k.endswith(b"b")))

@@ -1819,6 +1819,81 @@ KVS_TEST(hscan_page_ends_before_a_shard_that_fails)
     }
 }
 
+/* A response of pairs keys[k] = vals[k] (text values) and `cursor`. */
+static Kvs__CommandResponse scan_resp(size_t n, Kvs__Kvpair *pairs, Kvs__Kvpair **pp, Kvs__Value *v,
+                                      const char *const *keys, const ProtobufCBinaryData *vals,
+                                      const char *cursor)
+{
+    for (size_t k = 0; k < n; k++) {
+        kvs__kvpair__init(&pairs[k]);
+        pairs[k].key = bin(keys[k]);
+        v[k] = vtext((const char *)vals[k].data, vals[k].len);
+        pairs[k].value = &v[k];
+        pp[k] = &pairs[k];
+    }
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    r.status = 200;
+    r.n_pairs = n;
+    r.pairs = pp;
+    r.cursor = bin(cursor);
+    return r;
+}
+
+/* A page that went on to a shard whose part ends there, and ends with that
+ * shard's pairs: the router's cursor (the next shard's start, 5 bytes with
+ * its field tag and length) is on top of the pairs, where the worker's had
+ * none. Pairs that fit max_frame beside the earlier shard's only without
+ * that cursor start the next page, never make a 413 the walk cannot get
+ * past (asking for the same page again gets the same answer). */
+KVS_TEST(hscan_page_fits_the_routers_cursor_where_the_worker_had_none)
+{
+    setup_frame("64KiB");
+    static char big[65536];
+    memset(big, 'x', sizeof(big));
+    const char *k0[] = {"a"}, *k1[] = {"b"}, *both[] = {"a", "b"};
+    ProtobufCBinaryData v0 = {700, (uint8_t *)big}, v1 = {0, (uint8_t *)big}, vv[2];
+    Kvs__Kvpair pairs[2], *pp[2];
+    Kvs__Value v[2];
+    /* shard 1's value so that both pairs, without a cursor, take
+     * max_frame - 4 bytes: the most that the router's check lets by */
+    for (v1.len = 60000;; v1.len++) {
+        vv[0] = v0;
+        vv[1] = v1;
+        Kvs__CommandResponse j = scan_resp(2, pairs, pp, v, both, vv, "");
+        size_t n = protobuf_c_message_get_packed_size(&j.base);
+        if (n >= fx.cfg->max_frame - 4)
+            break;
+    }
+    vv[0] = v0;
+    vv[1] = v1;
+    Kvs__CommandResponse j = scan_resp(2, pairs, pp, v, both, vv, "");
+    CHECK_EQ(protobuf_c_message_get_packed_size(&j.base), fx.cfg->max_frame - 4);
+    CHECK(v1.len <= kvs_msg_pair_max(fx.cfg->max_frame)); /* a worker would answer it */
+
+    route_hscan(NULL, 0, 100);
+    Kvs__CommandResponse r0 = scan_resp(1, pairs, pp, v, k0, &v0, "");
+    reply(check_hscan_sent(0, "", 100), &r0);
+    Kvs__CommandResponse r1 = scan_resp(1, pairs, pp, v, k1, &v1, "");
+    reply(check_hscan_sent(1, "", 99), &r1); /* over max_frame / 4: the page ends */
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK(fx.req->resp.len - KVS_FRAME_HEADER <= fx.cfg->max_frame);
+    if (r->n_pairs == 2) { /* both, and shard 2 next */
+        CHECK(bin_is(r->pairs[1]->key, "b", 1));
+        check_cursor(r, "S\x00\x02", 3);
+    } else { /* shard 1's pair starts the next page */
+        CHECK_EQ(r->n_pairs, 1);
+        CHECK(bin_is(r->pairs[0]->key, "a", 1));
+        check_cursor(r, "S\x00\x01", 3);
+        route_hscan("S\x00\x01", 3, 100);
+        reply(check_hscan_sent(1, "", 100), &r1);
+        r = decode_resp();
+        CHECK_EQ(r->n_pairs, 1);
+        CHECK(bin_is(r->pairs[0]->key, "b", 1));
+        check_cursor(r, "S\x00\x02", 3);
+    }
+}
+
 KVS_TEST(hscan_forged_cursor_is_400)
 {
     setup();
@@ -1967,6 +2042,27 @@ KVS_TEST(orphaned_request_frees_itself)
     orphan();
     for (uint32_t s = 0; s < SHARDS; s++)
         reply_pairs(sent_to(s), 0, NULL, NULL, 0);
+    CHECK_EQ(fx.done_calls, 0);
+}
+
+/* An Hscan page whose client went away, before it was sent or between two
+ * of its shards, ends where it is: it does not go on to read the next
+ * shards for nobody (and frees itself). */
+KVS_TEST(orphaned_hscan_page_does_not_go_on)
+{
+    setup();
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    route_hscan(NULL, 0, 7);
+    orphan();
+    reply_pairs(0, 1, page, NULL, 0);
+    CHECK_EQ(fx.n_sent, 1);
+
+    route_hscan(NULL, 0, 7);
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+    check_hscan_sent(1, "", 6);
+    orphan();
+    reply_pairs(1, 0, NULL, NULL, 0);
+    CHECK_EQ(fx.n_sent, 2);
     CHECK_EQ(fx.done_calls, 0);
 }
 
@@ -2861,10 +2957,12 @@ KVS_TEST_MAIN(
     KVS_CASE(link_failure_after_send_is_503), KVS_CASE(hgetall_merges_in_byte_order),
     KVS_CASE(merged_answer_over_max_frame_is_413), KVS_CASE(info_fans_out_and_merges),
     KVS_CASE(info_reports_an_unavailable_shard), KVS_CASE(hscan_walks_shards_in_turn),
-    KVS_CASE(hscan_page_ends_before_a_shard_that_fails), KVS_CASE(hscan_forged_cursor_is_400),
+    KVS_CASE(hscan_page_ends_before_a_shard_that_fails), KVS_CASE(hscan_page_fits_the_routers_cursor_where_the_worker_had_none),
+    KVS_CASE(hscan_forged_cursor_is_400),
     KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
     KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
-    KVS_CASE(orphaned_request_frees_itself), KVS_CASE(bound_table_placed_by_its_partitioner),
+    KVS_CASE(orphaned_request_frees_itself), KVS_CASE(orphaned_hscan_page_does_not_go_on),
+    KVS_CASE(bound_table_placed_by_its_partitioner),
     KVS_CASE(unbound_table_beside_bindings_is_murmur2),
     KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
     KVS_CASE(none_asks_only_shards_that_own_partitions),
