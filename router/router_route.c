@@ -71,6 +71,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_reads.h"
+#include "kvs_time.h"
 #include "kvs_varint.h"
 #include "router.h"
 #include "router_send.h"
@@ -106,6 +107,7 @@ typedef struct route_merge_s {
     uint32_t scan_count; /* the page's count, default and cap applied */
     uint32_t scan_pairs;
     uint32_t scan_hops;
+    uint64_t scan_until; /* kvs_now_ns() past which the page takes no more shards */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -1247,10 +1249,11 @@ static void merge_info(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
 }
 
 /* An Hscan page goes on to the next shard while the shard walked ended
- * before `count` pairs, up to this many shards per page and while the
- * pages kept stay within limits.max_frame / SCAN_KEEP_DIV (so a small
- * table is one page, as Redis answers a small hash in one HSCAN, and the
- * request holds little more than it did one shard at a time). */
+ * before `count` pairs, up to this many shards per page, while the pages
+ * kept stay within limits.max_frame / SCAN_KEEP_DIV and for half a
+ * router.timeout from the page's start (so a small table is one page, as
+ * Redis answers a small hash in one HSCAN, and the request holds little
+ * more, and takes little longer, than it did one shard at a time). */
 #define SCAN_HOPS_MAX 16
 #define SCAN_KEEP_DIV 4
 
@@ -1362,7 +1365,7 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         /* not for a client gone (req->client NULL): nobody takes the page */
         if (req->client != NULL && next < m->router->shards &&
             m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
-            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }
@@ -2193,6 +2196,10 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     m->scan_count = inner.count == 0             ? KVS_SCAN_DEFAULT
                     : inner.count > KVS_SCAN_MAX ? KVS_SCAN_MAX
                                                  : inner.count;
+    /* A slow shard (a hung replica the page was retried past) ends the
+     * page's walk: it takes more shards only for half a router.timeout,
+     * so it costs a client at most that more than one shard's page. */
+    m->scan_until = kvs_now_ns() + r->cfg->router_timeout_ms * 500000; /* half, in ns */
     inner.cursor.data = NULL;
     inner.cursor.len = 0;
     if (shard + 1 < r->shards && kvs_msg_append(&m->scan_req, &sub.base, SIZE_MAX) != 0)

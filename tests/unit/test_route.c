@@ -2066,6 +2066,22 @@ KVS_TEST(orphaned_hscan_page_does_not_go_on)
     CHECK_EQ(fx.done_calls, 0);
 }
 
+/* A page takes more shards only for half a router.timeout from its start
+ * (a hung replica retried past must not make it wait out more): with a
+ * timeout of 0, none. */
+KVS_TEST(hscan_page_goes_on_for_half_a_timeout_only)
+{
+    setup();
+    fx.cfg->router_timeout_ms = 0;
+    const ProtobufCBinaryData page[] = {{2, (uint8_t *)"k1"}};
+    route_hscan(NULL, 0, 7);
+    reply_pairs(check_hscan_sent(0, "", 7), 1, page, NULL, 0);
+    CHECK_EQ(fx.n_sent, 1);
+    Kvs__CommandResponse *r = answer_async();
+    CHECK_EQ(r->n_pairs, 1);
+    check_cursor(r, "S\x00\x01", 3);
+}
+
 /* ---- placement by the binding's partitioner
  * ----------------------------------------------------------------------- */
 
@@ -2965,6 +2981,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
               KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
               KVS_CASE(orphaned_request_frees_itself), KVS_CASE(orphaned_hscan_page_does_not_go_on),
+              KVS_CASE(hscan_page_goes_on_for_half_a_timeout_only),
               KVS_CASE(bound_table_placed_by_its_partitioner),
               KVS_CASE(unbound_table_beside_bindings_is_murmur2),
               KVS_CASE(none_hget_answered_by_the_shard_that_has_it), KVS_CASE(none_hget_failures),
