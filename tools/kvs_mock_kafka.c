@@ -131,6 +131,7 @@ static void usage(FILE *f)
             "                          newline to PATH (temp file + rename); removed at exit\n"
             "  --control               read control commands from stdin (below)\n"
             "  -h, --help              this help\n"
+            "  --version               print the version and exit\n"
             "\n"
             "Limits of the mock cluster (librdkafka 2.0), size tests for them:\n"
             "  - no CreateTopics API: create topics with --topic. A metadata request for\n"
@@ -231,16 +232,14 @@ static int add_topic(mock_opts_t *o, const char *arg)
 }
 
 /* Fills *o from argv. Returns 0, or MOCK_USAGE after printing why, or -1
- * after printing the help (the caller exits 0). */
+ * after printing the help or the version (the caller exits 0). */
 static int parse_args(int argc, char **argv, mock_opts_t *o)
 {
-    static const struct option longopts[] = {{"brokers", required_argument, NULL, 'b'},
-                                             {"topic", required_argument, NULL, 't'},
-                                             {"replication", required_argument, NULL, 'r'},
-                                             {"ready-file", required_argument, NULL, 'f'},
-                                             {"control", no_argument, NULL, 'c'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        {"brokers", required_argument, NULL, 'b'},     {"topic", required_argument, NULL, 't'},
+        {"replication", required_argument, NULL, 'r'}, {"ready-file", required_argument, NULL, 'f'},
+        {"control", no_argument, NULL, 'c'},           {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},           {NULL, 0, NULL, 0}};
     memset(o, 0, sizeof(*o));
     o->brokers = 1;
     o->replication = 1;
@@ -269,6 +268,9 @@ static int parse_args(int argc, char **argv, mock_opts_t *o)
             break;
         case 'h':
             usage(stdout);
+            return -1;
+        case 'V':
+            printf("kvs-mock-kafka %s\n", KVS_VERSION);
             return -1;
         case ':':
             rc = usage_error("option %s needs an argument", argv[optind - 1]);
