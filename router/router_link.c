@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
@@ -268,6 +269,46 @@ static void on_tls_ready(kvs_conn_t *c)
 
 static void link_maybe_closed(router_link_t *l);
 
+/* The parent of process `pid` (field 4 of /proc/PID/stat, after the
+ * command name, which may hold spaces and parentheses), or 0 when it
+ * cannot be read. */
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    char state;
+    long ppid;
+    if (p == NULL || sscanf(p + 1, " %c %ld", &state, &ppid) != 2 || ppid <= 0)
+        return 0;
+    return (pid_t)ppid;
+}
+
+/* Is the process serving c's socket someone other than a child of
+ * l->peer_parent? A worker of an earlier run of the node (its master
+ * killed, the worker stopped or hung in the kernel) keeps its listening
+ * socket: connecting succeeds, and the link would count as up while
+ * nothing answers, so a new node became ready without the shard (its own
+ * worker cannot take the shard's lock meanwhile). Returns the peer's pid
+ * when it is foreign, else 0 (also when it cannot be told). */
+static pid_t link_foreign_peer(const router_link_t *l, kvs_conn_t *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    uv_os_fd_t fd;
+    if (l->peer_parent <= 0 || !l->addr.is_unix || uv_fileno((uv_handle_t *)&c->h.pipe, &fd) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
+        return 0;
+    pid_t parent = parent_of(cred.pid);
+    return parent != 0 && parent != l->peer_parent ? cred.pid : 0;
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     router_link_t *l = req->data;
@@ -290,6 +331,23 @@ static void on_connected(uv_connect_t *req, int status)
             link_retry(l); /* the name's next address, or later */
         else
             link_maybe_closed(l);
+        return;
+    }
+    pid_t foreign = link_foreign_peer(l, c);
+    if (foreign != 0) {
+        snprintf(l->last_error, sizeof(l->last_error),
+                 "%s is served by pid %ld, which this node did not start (a kvs-node of an "
+                 "earlier run, stopped or hung, still holding the shard: stop it)",
+                 l->addr_text, (long)foreign);
+        if (foreign != l->foreign_pid)
+            kvs_warn("link to %s %u: %s; not using it, and trying again", link_what(l), l->shard,
+                     l->last_error);
+        l->foreign_pid = foreign;
+        l->hung = 0;
+        c->data = NULL;
+        kvs_conn_close(c);
+        l->conn = NULL;
+        link_retry(l);
         return;
     }
     /* Whenever this side goes, the link process's death included, the

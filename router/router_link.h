@@ -6,9 +6,11 @@
  * to the n-th request sent: the FIFO needs no ids. A link is "up" once
  * connected; while down, sends fail at once (the caller answers 503) and the
  * link reconnects in the background (a TLS link is up once its handshake
- * completed). When the connection breaks, or the
- * oldest request waits past the timeout, every pending request is failed
- * with 503 and the link starts over: answers can no longer be matched.
+ * completed; a link to this node's own worker once the process serving the
+ * socket is known to be a child of the master: peer_parent). When the
+ * connection breaks, or the oldest request waits past the timeout, every
+ * pending request is failed with 503 and the link starts over: answers can
+ * no longer be matched.
  */
 #ifndef ROUTER_LINK_H
 #define ROUTER_LINK_H
@@ -19,6 +21,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 typedef struct router_link_s router_link_t;
@@ -86,6 +89,12 @@ struct router_link_s {
     const char *what;                /* NULL: a shard's worker; "router": a router process's
                                         own socket (the master's scrape); for log lines */
     int timer_closed;
+    /* A unix link to this node's own worker: the process serving the
+     * socket must be a child of this pid (the master), or the connection
+     * is dropped as if refused (a worker of an earlier run, stopped or
+     * hung, that still holds the socket and the shard's lock); 0: no check. */
+    pid_t peer_parent;
+    pid_t foreign_pid; /* the last foreign peer logged (once per pid) */
     void *data;
 };
 

@@ -389,6 +389,8 @@ static int start_links(router_main_t *m)
                 return rc;
             l->data = m;
             l->node = reps[i].node;
+            if (reps[i].addr.is_unix) /* this node's own worker, a child of the master */
+                l->peer_parent = (pid_t)m->master;
             l->max_queue = (size_t)cfg->client_output;
         }
     }

@@ -294,11 +294,10 @@ void router_master_change_switch(master_t *m)
 static void start_next(void *arg)
 {
     master_t *m = arg;
-    uint32_t base = 0;
-    for (uint32_t i = 0; i < m->n_procs; i++) {
-        uint32_t g = router_sup_generation(m->routers->sup, i);
-        base = g > base ? g : base;
-    }
+    uint32_t next[KVS_ROUTER_PROCESSES_MAX];
+    for (uint32_t i = 0; i < m->n_procs; i++)
+        next[i] = router_sup_generation(m->routers->sup, i);
+    uint32_t base = router_procs_next_gen_base(next, m->n_procs);
     router_notify_status("membership change: starting router processes with the new map");
     /* Until the new generation serves (then the old one stops) or is gone
      * (router_master_on_gen_stopped): an old process restarted meanwhile would get a

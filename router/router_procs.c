@@ -62,6 +62,21 @@ uint64_t router_procs_id_base(uint32_t index, uint32_t gen)
     return ((uint64_t)(index & 0x3f) << 7 | (gen & 0x7f)) << ROUTER_ID_BITS;
 }
 
+uint32_t router_procs_next_gen_base(const uint32_t *next, size_t n)
+{
+    uint32_t base = 0;
+    for (size_t i = 0; i < n; i++)
+        base = next[i] > base ? next[i] : base;
+    for (;;) {
+        size_t i = 0;
+        while (i < n && (next[i] == 0 || ((next[i] - 1) & 0x7f) != (base & 0x7f)))
+            i++;
+        if (i == n)
+            return base;
+        base++;
+    }
+}
+
 uint32_t router_procs_id_router(uint64_t id)
 {
     return (uint32_t)(id >> (ROUTER_ID_BITS + 7));

@@ -87,6 +87,17 @@ int router_procs_admin_addr(const kvs_config_t *cfg, uint32_t index, int next, k
  * languages whose numbers are doubles). */
 uint64_t router_procs_id_base(uint32_t index, uint32_t gen);
 
+/* The first generation of a membership change's new router processes,
+ * given next[i] (i < n): the generation serving router process i's next
+ * start would get (router_sup_generation), so its running process, if
+ * any, is next[i] - 1. The result is at least every next[i] (numbers go
+ * on from the serving ones'), and differs modulo 128 (what an id keeps of
+ * it) from every next[i] - 1: new process i would otherwise hand out the
+ * ids and cursor numbers of old process i, which serves on until it is
+ * drained, once one router process was restarted 127 times more than
+ * another. n <= KVS_ROUTER_PROCESSES_MAX (< 128), so one always exists. */
+uint32_t router_procs_next_gen_base(const uint32_t *next, size_t n);
+
 /* The router index a client id or cursor number was handed out by. */
 uint32_t router_procs_id_router(uint64_t id);
 

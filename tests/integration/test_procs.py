@@ -280,6 +280,39 @@ class ProcsTest(ProcsTestCase):
         r.proc.wait(5)
         self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
 
+    def test_a_stopped_worker_of_a_killed_node_does_not_make_a_new_node_ready(self):
+        """kill -9 of the master while a worker is stopped leaves that worker
+        behind, still listening on shard-N.sock and holding the shard's lock.
+        A new node's router process could connect to that socket, and it
+        took the connection for its own worker answering: the node became
+        ready while the shard's requests went to a process that answers
+        nothing. It must see the socket is not its worker's and wait
+        (router.ready_timeout bounds that) for the shard's own worker."""
+        r = self.node(processes=1, resp=False, router_yaml=["ready_timeout: 3s"])
+        with r.client() as c:
+            self.assertOk(c.hset("t", "k", "v"))
+        shards = r.workers()
+        orphan = shards[1]
+        os.kill(orphan, signal.SIGSTOP)
+        self.addCleanup(lambda: self._cont(orphan))
+        r.proc.kill()
+        r.proc.wait(5)
+        self.assertTrue(wait_until(lambda: set(procs_for_config(r.config)) == {orphan}, 10),
+                        procs_for_config(r.config))
+        rc, log = self.exits_at_once(r, timeout=15)
+        self.assertEqual(rc, 1, log)
+        self.assertEqual(log.count("node ready"), 1, log)  # the first node's only
+        self.assertIn("is served by pid %d, which this node did not start" % orphan, log)
+        self.assertIn("did not come up within router.ready_timeout", log)
+        # Once it runs, its pending SIGTERM (its master's death) ends it, and
+        # the node starts with every write.
+        os.kill(orphan, signal.SIGCONT)
+        self.assertTrue(r.wait_all_gone(10), procs_for_config(r.config))
+        r.start()
+        self.assertTrue(wait_until(lambda: r.stderr().count("node ready") == 2), r.stderr())
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
+
     def test_router_process_whose_master_is_gone_does_not_start(self):
         """A router process checks its parent is the master that started it
         (--master), not whoever its parent was when it began: a master

@@ -81,6 +81,32 @@ KVS_TEST(id_spaces_are_disjoint_and_below_2_53)
     CHECK_EQ(router_procs_id_base(2, 128), router_procs_id_base(2, 0)); /* generations wrap */
 }
 
+KVS_TEST(a_new_generation_hands_out_no_serving_process_ids)
+{
+    /* Each new process starts at the base; old process i runs next[i] - 1. */
+    const uint32_t fresh[] = {1, 1, 1};
+    CHECK_EQ(router_procs_next_gen_base(fresh, 3), 1);
+    const uint32_t some[] = {3, 9, 5};
+    CHECK_EQ(router_procs_next_gen_base(some, 3), 9);
+    /* Router 1 restarted 127 times more than router 0: 128 would be router
+     * 0's own generation 0 again, modulo 128. */
+    const uint32_t skewed[] = {1, 128};
+    uint32_t b = router_procs_next_gen_base(skewed, 2);
+    CHECK(b >= 128);
+    for (uint32_t i = 0; i < 2; i++)
+        CHECK(router_procs_id_base(i, b) != router_procs_id_base(i, skewed[i] - 1));
+    /* Every residue but one taken by some router's running process. */
+    uint32_t many[64];
+    for (uint32_t i = 0; i < 64; i++)
+        many[i] = 1000 + i; /* running 999 + i */
+    b = router_procs_next_gen_base(many, 64);
+    CHECK(b >= 1063);
+    for (uint32_t i = 0; i < 64; i++)
+        CHECK(router_procs_id_base(i, b) != router_procs_id_base(i, many[i] - 1));
+    const uint32_t none[] = {0};
+    CHECK_EQ(router_procs_next_gen_base(none, 1), 0); /* nothing ran: nothing to avoid */
+}
+
 KVS_TEST(listening_line_round_trip)
 {
     char line[64];
@@ -237,8 +263,9 @@ KVS_TEST(admin_socket_and_its_next_name)
     kvs_config_free(cfg);
 }
 
-KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name),
-              KVS_CASE(count_auto_and_configured), KVS_CASE(parts_add_up_and_never_zero),
-              KVS_CASE(share_splits_node_limits), KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
+KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name), KVS_CASE(count_auto_and_configured),
+              KVS_CASE(parts_add_up_and_never_zero), KVS_CASE(share_splits_node_limits),
+              KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
+              KVS_CASE(a_new_generation_hands_out_no_serving_process_ids),
               KVS_CASE(listening_line_round_trip), KVS_CASE(overlap_of_listening_addresses),
               KVS_CASE(shared_listeners_and_census))
