@@ -6,14 +6,19 @@ IPv4 wildcard listener, and Auth failures counted per IPv6 address.
 The rest of the suite runs on 127.0.0.1; these tests skip when the machine
 has no ::1. Every server runs on loopback, every wait is bounded.
 """
+import os
 import re
 import socket
+import subprocess
 import time
 
-from kvstest import pyval, tls_yaml
+from kvstest import BUILD_DIR, pyval, tls_yaml
 from routertest import Router, RouterTestCase, free_port_range, keys_by_shard
 
 from test_auth import req_auth, users_yaml
+
+CLI = os.path.join(BUILD_DIR, "kvs-cli")
+
 
 def _has_ipv6_loopback():
     try:
@@ -139,3 +144,9 @@ class IPv6Test(RouterTestCase):
             self.assertEqual(resp.status, 401)
             self.assertIn("too many failed Auth attempts from ::1 ", resp.message)
         self.assertRegex(r.stderr(), r'failed Auth as "alice" from \[::1\]:\d+ \(1 on this')
+        # kvs-cli takes an IPv6 --host as it is written, brackets or not.
+        for host in ("::1", "[::1]"):
+            p = subprocess.run([CLI, "--host", host, "--port", str(r.port), "ping"],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+            self.assertEqual((p.returncode, p.stdout.strip()), (0, b"PONG"),
+                             (host, p.stderr))
