@@ -79,10 +79,10 @@ typedef enum {
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
-#define F_AUTO 8u  /* D_UINT32: "auto" is accepted and stored as 0 */
-#define F_LIVE 16u /* may change in a running process (SIGHUP) */
-#define F_OFF 32u  /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
-#define F_ZERO 64u /* D_DURATION: 0 (off) is accepted besides [min, max] */
+#define F_AUTO 8u      /* D_UINT32: "auto" is accepted and stored as 0 */
+#define F_LIVE 16u     /* may change in a running process (SIGHUP) */
+#define F_OFF 32u      /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
+#define F_ZERO 64u     /* D_DURATION: 0 (off) is accepted besides [min, max] */
 #define F_BROKERS 128u /* D_STRING: a list of Kafka bootstrap servers (check_brokers) */
 
 typedef struct {

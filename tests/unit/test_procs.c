@@ -246,8 +246,7 @@ KVS_TEST(admin_socket_and_its_next_name)
     kvs_config_free(cfg);
 }
 
-KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name),
-              KVS_CASE(count_auto_and_configured), KVS_CASE(parts_add_up_and_never_zero),
-              KVS_CASE(share_splits_node_limits), KVS_CASE(id_spaces_are_disjoint_and_below_2_53),
-              KVS_CASE(listening_line_round_trip), KVS_CASE(overlap_of_listening_addresses),
-              KVS_CASE(shared_listeners_and_census))
+KVS_TEST_MAIN(KVS_CASE(admin_socket_and_its_next_name), KVS_CASE(count_auto_and_configured),
+              KVS_CASE(parts_add_up_and_never_zero), KVS_CASE(share_splits_node_limits),
+              KVS_CASE(id_spaces_are_disjoint_and_below_2_53), KVS_CASE(listening_line_round_trip),
+              KVS_CASE(overlap_of_listening_addresses), KVS_CASE(shared_listeners_and_census))
