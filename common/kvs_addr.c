@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define HOST_NAME_MAX_LEN 253 /* DNS: 255 octets on the wire, 253 as text */
 #define LABEL_MAX_LEN 63
@@ -196,9 +197,13 @@ int kvs_addr_is_loopback(const kvs_addr_t *a)
 {
     struct in_addr v4;
     struct in6_addr v6;
-    if (a->is_unix || strcmp(a->host, "localhost") == 0)
+    if (a->is_unix || strcasecmp(a->host, "localhost") == 0 ||
+        strcasecmp(a->host, "localhost.") == 0)
         return 1;
     if (inet_pton(AF_INET, a->host, &v4) == 1)
         return (ntohl(v4.s_addr) >> 24) == 127;
-    return inet_pton(AF_INET6, a->host, &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+    if (inet_pton(AF_INET6, a->host, &v6) != 1)
+        return 0;
+    /* ::ffff:127.x.y.z is 127.x.y.z, as a dual-stack socket sees it */
+    return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
 }

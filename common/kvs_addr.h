@@ -27,8 +27,8 @@ int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, s
  * without the input), for callers that word the message themselves. */
 int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const char **why);
 
-/* True for a unix socket, "localhost", 127.0.0.0/8 and ::1: addresses only
- * this machine can reach. */
+/* True for a unix socket, "localhost", 127.0.0.0/8 (also IPv4-mapped,
+ * ::ffff:127.0.0.0/104) and ::1: addresses only this machine can reach. */
 int kvs_addr_is_loopback(const kvs_addr_t *a);
 
 /* Formats an address back to text ("127.0.0.1:9527", "[::1]:9527",

@@ -79,10 +79,11 @@ typedef enum {
 #define F_NONEMPTY 1u
 #define F_OPTIONAL 2u
 #define F_TEXT 4u
-#define F_AUTO 8u  /* D_UINT32: "auto" is accepted and stored as 0 */
-#define F_LIVE 16u /* may change in a running process (SIGHUP) */
-#define F_OFF 32u  /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
-#define F_ZERO 64u /* D_DURATION: 0 (off) is accepted besides [min, max] */
+#define F_AUTO 8u      /* D_UINT32: "auto" is accepted and stored as 0 */
+#define F_LIVE 16u     /* may change in a running process (SIGHUP) */
+#define F_OFF 32u      /* D_DURATION: "off" is accepted and stored as UINT64_MAX */
+#define F_ZERO 64u     /* D_DURATION: 0 (off) is accepted besides [min, max] */
+#define F_BROKERS 128u /* D_STRING: a list of Kafka bootstrap servers (check_brokers) */
 
 typedef struct {
     const char *path;         /* "section.key" or "key" */
@@ -170,7 +171,7 @@ static const directive_t directives[] = {
     {"limits.auth_failures", D_UINT32, OFF(auth_failures), "3", 1, 100, NULL, NULL, F_LIVE},
     {"limits.auth_failures_per_minute", D_UINT32, OFF(auth_failures_per_minute), "20", 1, 100000,
      NULL, NULL, F_LIVE},
-    {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, 0},
+    {"kafka.brokers", D_STRING, OFF(kafka_brokers), "", 0, 0, NULL, NULL, F_BROKERS},
     {"kafka.group_id", D_STRING, OFF(kafka_group_id), "kvs", 0, 0, NULL, NULL, F_NONEMPTY},
     {"kafka.bindings", D_BINDINGS, 0, NULL, 0, 0, NULL, NULL, 0},
     {"kafka.max_lag", D_UINT32, OFF(kafka_max_lag), "10000", 0, UINT32_MAX, NULL, NULL, F_LIVE},
@@ -607,10 +608,74 @@ static int store_string(cfg_ctx_t *ctx, char **slot, const char *text)
     return 0;
 }
 
+/* Kafka bootstrap servers, "HOST[:PORT],..." as librdkafka reads them: each
+ * entry optionally "SCHEME://" (PLAINTEXT://, SSL://, ...), then a host
+ * name, an IPv4 address or a bracketed IPv6 address, then ":PORT" (9092
+ * when left out); spaces around an entry are skipped. Each host is
+ * checked as a listen address's is, so "::1:9092" (which librdkafka would
+ * read as the host "::1:9092" on port 9092) is refused at load rather than
+ * failing to resolve in every worker. On failure returns -1 and sets *why
+ * and the entry [*bad, *bad + *badlen). */
+static int check_brokers(const char *s, const char **why, const char **bad, size_t *badlen)
+{
+    const char *p = s;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t n = strcspn(p, ",");
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        *bad = p;
+        *badlen = n;
+        const char *host = p, *end = p + n;
+        const char *scheme = n > 0 ? strstr(p, "://") : NULL;
+        if (scheme != NULL && scheme < end)
+            host = scheme + 3;
+        char entry[300];
+        size_t hn = (size_t)(end - host);
+        if (n == 0) {
+            *why = "empty entry";
+            return -1;
+        }
+        if (hn == 0) {
+            *why = "missing host";
+            return -1;
+        }
+        if (hn + sizeof(":9092") > sizeof(entry)) {
+            *why = "host name is too long (at most 253 bytes)";
+            return -1;
+        }
+        memcpy(entry, host, hn);
+        entry[hn] = '\0';
+        /* no port: "host", "[v6]" (an unbracketed IPv6 address has colons) */
+        const char *close = hn > 0 && entry[0] == '[' ? memchr(entry, ']', hn) : NULL;
+        if (close != NULL ? close[1] == '\0' : memchr(entry, ':', hn) == NULL)
+            memcpy(entry + hn, ":9092", sizeof(":9092"));
+        kvs_addr_t a;
+        if (strncmp(entry, "unix:", 5) == 0) {
+            *why = "a unix socket is not allowed here";
+            return -1;
+        }
+        if (kvs_addr_parse_why(entry, 0, &a, why) != 0)
+            return -1;
+        p += strcspn(p, ",");
+        if (*p == '\0')
+            return 0;
+        p++;
+    }
+}
+
 static int set_string(cfg_ctx_t *ctx, const directive_t *d, const char *text, const yaml_mark_t *m)
 {
+    const char *why, *bad;
+    size_t badlen;
     if ((d->flags & F_NONEMPTY) && text[0] == '\0')
         return cfg_error(ctx, m, "%s must not be empty", d->path);
+    if ((d->flags & F_BROKERS) && text[0] != '\0' && check_brokers(text, &why, &bad, &badlen) != 0)
+        return cfg_error(ctx, m,
+                         "%s must be HOST[:PORT] or [IPV6][:PORT] entries separated by commas "
+                         "(got \"%.*s\"): %s",
+                         d->path, (int)(badlen < 80 ? badlen : 80), bad, why);
     return store_string(ctx, field(ctx, d), text);
 }
 

@@ -170,7 +170,7 @@ int router_tls_load(const kvs_config_t *cfg, kvs_tls_ctx_t **tls, kvs_tls_ctx_t 
     *tls = *link_tls = NULL;
     if (cfg->tls_router.enabled)
         rc = kvs_conn_tls_from_config(cfg, &cfg->tls_router, "tls.router", 1, tls, err, errlen);
-    if (rc == 0 && cfg->tls_link.enabled && cfg->n_remote > 0)
+    if (rc == 0 && cfg->tls_link.enabled && (cfg->n_remote > 0 || cfg->n_nodes > 0))
         rc = kvs_conn_tls_from_config(cfg, &cfg->tls_link, "tls.link", 0, link_tls, err, errlen);
     if (rc != 0) {
         if (rc != KVS_ECONFIG)

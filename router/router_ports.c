@@ -193,10 +193,22 @@ static int v4_of(const struct sockaddr *a, struct in_addr *v4)
     return 1;
 }
 
+/* Whether wildcard `any` takes connections to `b`: an IPv6 wildcard takes
+ * every address (a dual-stack socket, IPV6_V6ONLY off, takes IPv4 too;
+ * sock_diag does not say which), an IPv4 one only IPv4 addresses, their
+ * IPv6-mapped forms and the other wildcards. */
+static int any_takes(const struct sockaddr *any, const struct sockaddr *b)
+{
+    struct in_addr v4;
+    return any->sa_family == AF_INET6 || is_any(b) || v4_of(b, &v4);
+}
+
 int router_ports_overlap(const struct sockaddr *a, const struct sockaddr *b)
 {
-    if (is_any(a) || is_any(b))
-        return 1;
+    if (is_any(a))
+        return any_takes(a, b);
+    if (is_any(b))
+        return any_takes(b, a);
     struct in_addr x, y;
     if (v4_of(a, &x) && v4_of(b, &y))
         return x.s_addr == y.s_addr;

@@ -73,7 +73,8 @@ typedef struct router_port_sock_s {
 
 /* True when two listening addresses of the same port would share
  * connections: equal addresses (an IPv4 address and its IPv6-mapped form
- * are equal), or either is a wildcard (0.0.0.0, ::). */
+ * are equal), or either is a wildcard that takes the other's connections
+ * (:: takes every address, 0.0.0.0 the IPv4 ones and ::, not ::1). */
 int router_ports_overlap(const struct sockaddr *a, const struct sockaddr *b);
 
 /* Looks for a TCP socket of this network namespace listening on `addr`'s

@@ -869,7 +869,7 @@ static void usage(FILE *f)
             "percentiles (queued-to-answered, histogram with <= 1%% error).\n"
             "\n"
             "Connection:\n"
-            "  -h, --host HOST        server host (default 127.0.0.1)\n"
+            "  -h, --host HOST        server host (default 127.0.0.1); IPv6 as ::1 or [::1]\n"
             "  -p, --port PORT        server port (default 9527)\n"
             "  -s, --socket PATH      unix socket; overrides --host and --port\n"
             "      --tls              connect with TLS (the certificate must name --host)\n"
@@ -1037,9 +1037,13 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
 static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
 {
     if (ch == 'h') {
-        if (strlen(arg) >= sizeof(o->addr.host) || arg[0] == '\0')
+        size_t n = strlen(arg);
+        if (n >= sizeof(o->addr.host) || arg[0] == '\0')
             usage_error("--host wants a host name or address, got \"%s\"", arg);
-        snprintf(o->addr.host, sizeof(o->addr.host), "%s", arg);
+        if (n > 2 && arg[0] == '[' && arg[n - 1] == ']') /* "[::1]": the address inside */
+            snprintf(o->addr.host, sizeof(o->addr.host), "%.*s", (int)(n - 2), arg + 1);
+        else
+            snprintf(o->addr.host, sizeof(o->addr.host), "%s", arg);
     } else if (ch == 'p') {
         o->addr.port = (uint16_t)parse_u64("--port", arg, 1, 65535);
     } else if (ch == 's') {

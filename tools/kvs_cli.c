@@ -114,6 +114,7 @@ typedef struct cli_arg_s {
 
 typedef struct cli_s {
     const char *host;
+    char host_buf[256]; /* --host "[v6]" without its brackets */
     const char *port;
     const char *socket; /* overrides host/port when set */
     double timeout;     /* seconds; 0 = wait forever */
@@ -1684,7 +1685,7 @@ static void usage(FILE *f)
                "Options come before the command.\n"
                "\n"
                "Connection:\n"
-               "  --host HOST        server host (default 127.0.0.1)\n"
+               "  --host HOST        server host (default 127.0.0.1); IPv6 as ::1 or [::1]\n"
                "  --port PORT        server port (default 9527)\n"
                "  --socket PATH      unix socket; overrides --host and --port\n"
                "  --timeout SECONDS  limit on connecting and on each reply (default 10; 0 = none)\n"
@@ -1756,9 +1757,18 @@ static int parse_timeout(const char *s, double *out)
 static int apply_option(cli_t *c, int ch, const char *arg)
 {
     switch (ch) {
-    case 'H':
-        c->host = arg;
+    case 'H': {
+        /* "[::1]" as every config address writes it: the address inside */
+        size_t n = strlen(arg);
+        if (n >= 2 && arg[0] == '[' && arg[n - 1] == ']' && n - 2 < sizeof(c->host_buf)) {
+            memcpy(c->host_buf, arg + 1, n - 2);
+            c->host_buf[n - 2] = '\0';
+            c->host = c->host_buf;
+        } else {
+            c->host = arg;
+        }
         return -1;
+    }
     case 'p':
         c->port = arg;
         return parse_port(arg) == 0 ? -1 : CLI_USAGE;

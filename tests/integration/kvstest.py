@@ -362,7 +362,8 @@ def parse_size(text):
 
 
 class Client:
-    """One connection. addr: (host, port) for TCP or a str path for a unix socket.
+    """One connection. addr: (host, port) for TCP (IPv4, or IPv6 as ("::1", port))
+    or a str path for a unix socket.
     max_frame: if set, a response frame larger than this fails the test (the
     limit holds in both directions: a router's decoder would refuse it).
     tls: an ssl.SSLContext (see tls_context) to speak TLS; the server's
@@ -373,6 +374,8 @@ class Client:
         self.max_frame = max_frame
         if isinstance(addr, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        elif ":" in addr[0]:  # ("::1", port)
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         else:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)

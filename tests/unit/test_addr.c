@@ -213,7 +213,35 @@ KVS_TEST(format_port0_and_truncation)
     CHECK_STR(kvs_addr_format(&a, buf, 6), "127.0");
 }
 
+static int loopback(const char *s)
+{
+    kvs_addr_t a = parse_ok(s, 0);
+    return kvs_addr_is_loopback(&a);
+}
+
+/* Loopback is loopback in every form it is written: an IPv4-mapped
+ * 127.0.0.1 is the address a dual-stack socket sees, and the warnings about
+ * exposed listeners must agree with how peers are judged local. */
+KVS_TEST(loopback_forms)
+{
+    CHECK_EQ(loopback("127.0.0.1:1"), 1);
+    CHECK_EQ(loopback("127.8.9.10:1"), 1);
+    CHECK_EQ(loopback("localhost:1"), 1);
+    CHECK_EQ(loopback("LocalHost.:1"), 1);
+    CHECK_EQ(loopback("[::1]:1"), 1);
+    CHECK_EQ(loopback("[0:0::1]:1"), 1);
+    CHECK_EQ(loopback("[::ffff:127.0.0.1]:1"), 1);
+    CHECK_EQ(loopback("[::ffff:127.3.2.1]:1"), 1);
+    CHECK_EQ(loopback("unix:/tmp/x.sock"), 1);
+    CHECK_EQ(loopback("[::ffff:10.0.0.1]:1"), 0);
+    CHECK_EQ(loopback("[::]:1"), 0);
+    CHECK_EQ(loopback("0.0.0.0:1"), 0);
+    CHECK_EQ(loopback("[fe80::1%lo]:1"), 0);
+    CHECK_EQ(loopback("128.0.0.1:1"), 0);
+    CHECK_EQ(loopback("localhost.example:1"), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
-              KVS_CASE(format_port0_and_truncation))
+              KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms))

@@ -358,6 +358,55 @@ KVS_TEST(listen_addresses)
     kvs_config_free(c);
 }
 
+/* kafka.brokers goes to librdkafka as bootstrap.servers; its hosts are
+ * checked at load like every other address. */
+/* Parses `text`; expects KVS_ECONFIG with a message containing `part`. */
+static void parse_fails_with(const char *text, const char *part)
+{
+    kvs_config_t *cfg = NULL;
+    CHECK_EQ(kvs_config_parse("config.yaml", text, strlen(text), &cfg, err, sizeof(err)),
+             KVS_ECONFIG);
+    CHECK(cfg == NULL);
+    CHECK_CONTAINS(err, part);
+}
+
+KVS_TEST(kafka_brokers_addresses)
+{
+    static const char *const good[] = {
+        "k1:9092,k2:9092",
+        "[::1]:9092",
+        "[::1]",
+        "kafka",
+        "10.0.0.1",
+        "PLAINTEXT://[::1]:9092, SSL://k2:9093",
+        " k1:1 ,\t[2001:db8::5]:9092 ",
+        "[fe80::1%eth0]:9092",
+        "[::ffff:127.0.0.1]:9092",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char text[200];
+        snprintf(text, sizeof(text), "kafka: {brokers: \"%s\"}\n", good[i]);
+        kvs_config_t *c = parse_ok(text);
+        CHECK_STR(c->kafka_brokers, good[i]);
+        kvs_config_free(c);
+    }
+    parse_fails("kafka:\n  brokers: \"::1:9092\"\n",
+                "config.yaml:2:12: kafka.brokers must be HOST[:PORT] or [IPV6][:PORT] entries "
+                "separated by commas (got \"::1:9092\"): an IPv6 address must be in brackets, as "
+                "in [::1]:9527");
+    parse_fails_with("kafka:\n  brokers: \"k1:9092,2001:db8::1\"\n",
+                     "(got \"2001:db8::1\"): an IPv6 address must be in brackets");
+    parse_fails_with("kafka: {brokers: \"[::1]9092\"}\n", "(got \"[::1]9092\"): missing :PORT");
+    parse_fails_with("kafka: {brokers: \"[::1\"}\n", "missing ']' after the IPv6 address");
+    parse_fails_with("kafka: {brokers: \"k1:0\"}\n", "(got \"k1:0\"): port must be 1-65535");
+    parse_fails_with("kafka: {brokers: \"300.1.1.1:9092\"}\n", "not a valid IPv4 address");
+    parse_fails_with("kafka: {brokers: \"k1:9092,,k2:9092\"}\n", "(got \"\"): empty entry");
+    parse_fails_with("kafka: {brokers: \"k1:9092,\"}\n", "(got \"\"): empty entry");
+    parse_fails_with("kafka: {brokers: \"SSL://\"}\n", "(got \"SSL://\"): missing host");
+    parse_fails_with("kafka: {brokers: \"unix:/tmp/k.sock\"}\n",
+                     "a unix socket is not allowed here");
+}
+
 KVS_TEST(null_and_wrong_type_values)
 {
     parse_fails("data_dir: ~\n", "config.yaml:1:11: data_dir: expected a string, got null");
@@ -1848,17 +1897,17 @@ KVS_TEST_MAIN(
     KVS_CASE(full_file_parses), KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
     KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards),
     KVS_CASE(bad_sync_enum), KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values),
-    KVS_CASE(listen_addresses), KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
-    KVS_CASE(log_formats), KVS_CASE(bindings_default_format_and_block_style),
-    KVS_CASE(bindings_errors), KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
-    KVS_CASE(kafka_properties), KVS_CASE(kafka_file_properties_are_checked),
-    KVS_CASE(kafka_plugin_paths_are_checked), KVS_CASE(yaml_syntax_error),
-    KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
-    KVS_CASE(alias_expansion_is_bounded), KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused),
-    KVS_CASE(many_keys_cost_n_log_n), KVS_CASE(unique_lists_are_bounded),
-    KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length), KVS_CASE(ready_timeout),
-    KVS_CASE(liveness_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
-    KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
-    KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
-    KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
-    KVS_CASE(bindings_partitioner))
+    KVS_CASE(listen_addresses), KVS_CASE(kafka_brokers_addresses),
+    KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
+    KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
+    KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
+    KVS_CASE(kafka_file_properties_are_checked), KVS_CASE(kafka_plugin_paths_are_checked),
+    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
+    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
+    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
+    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
+    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
+    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))

@@ -166,6 +166,15 @@ KVS_TEST(overlap_of_listening_addresses)
         {"::1", "::1", 1},
         {"::1", "127.0.0.1", 0},
         {"::1", "fe80::1", 0},
+        /* An IPv4 wildcard takes no IPv6 client: a router on [::1]:P does
+         * not share its port with another process's 0.0.0.0:P. */
+        {"0.0.0.0", "::1", 0},
+        {"0.0.0.0", "2001:db8::1", 0},
+        {"0.0.0.0", "::ffff:10.0.0.1", 1},
+        {"0.0.0.0", "::", 1},
+        {"0.0.0.0", "0.0.0.0", 1},
+        {"::", "::1", 1},
+        {"::", "::", 1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct sockaddr_storage a = sa_of(cases[i].a, 1), b = sa_of(cases[i].b, 1);
