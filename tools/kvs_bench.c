@@ -1176,8 +1176,8 @@ static void parse_args(int argc, char **argv, bench_opts_t *o)
 int main(int argc, char **argv)
 {
     static bench_t b; /* large (the histogram): static, not on the stack */
+    signal(SIGPIPE, SIG_IGN); /* before --help: a closed pipe is EPIPE (exit 74), not a death */
     parse_args(argc, argv, &b.o);
-    signal(SIGPIPE, SIG_IGN);
     b.loop = uv_default_loop();
     b.rng = b.o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     kvs_addr_format(&b.o.addr, b.name, sizeof(b.name));
