@@ -53,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
@@ -290,6 +291,21 @@ static pid_t parent_of(pid_t pid)
     return (pid_t)ppid;
 }
 
+/* Whether /proc is this process's pid namespace's (/proc/self names
+ * getpid()): in a namespace without a /proc of its own (unshare -p without
+ * one mounted), the pid a socket names there is another process's. */
+static int proc_is_ours(void)
+{
+    char buf[32];
+    ssize_t n = readlink("/proc/self", buf, sizeof(buf) - 1);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *end;
+    long pid = strtol(buf, &end, 10);
+    return *end == '\0' && pid == (long)getpid();
+}
+
 /* Is the process serving c's socket someone other than a child of
  * l->peer_parent? A worker of an earlier run of the node (its master
  * killed, the worker stopped or hung in the kernel) keeps its listening
@@ -305,6 +321,8 @@ static pid_t link_foreign_peer(const router_link_t *l, kvs_conn_t *c)
     if (l->peer_parent <= 0 || !l->addr.is_unix || uv_fileno((uv_handle_t *)&c->h.pipe, &fd) != 0 ||
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
         return 0;
+    if (!proc_is_ours())
+        return 0; /* cannot be told */
     pid_t parent = parent_of(cred.pid);
     return parent != 0 && parent != l->peer_parent ? cred.pid : 0;
 }

@@ -70,6 +70,7 @@
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_fs.h"
 #include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_place.h"
@@ -89,6 +90,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1830,10 +1832,10 @@ static int apply_option(cli_t *c, int ch, const char *arg)
         return -1;
     case 'h':
         usage(stdout);
-        return CLI_OK;
+        return kvs_fs_stdout_done("kvs-cli"); /* 0 (CLI_OK), or 74 said */
     case 'V':
         printf("kvs-cli %s\n", KVS_VERSION);
-        return CLI_OK;
+        return kvs_fs_stdout_done("kvs-cli");
     case VT_STRING + 1000:
     case VT_INT + 1000:
     case VT_FLOAT + 1000:
@@ -1912,7 +1914,7 @@ int main(int argc, char **argv)
     kvs_arena_close(&c.arena);
     kvs_arena_close(&c.reply);
     kvs_buf_free(&c.min_position);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
+    if (rc != EX_IOERR && (fflush(stdout) != 0 || ferror(stdout))) { /* 74: said already */
         fprintf(stderr, "kvs-cli: cannot write the output: %s\n", strerror(errno));
         if (rc == CLI_OK)
             rc = CLI_USAGE;

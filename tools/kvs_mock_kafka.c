@@ -866,11 +866,11 @@ int main(int argc, char **argv)
 {
     mock_opts_t opts;
     mock_t m;
+    signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error return (74 for --help), not a death */
     int rc = parse_args(argc, argv, &opts);
     if (rc != 0)
         return rc < 0 ? kvs_fs_stdout_done("kvs-mock-kafka") : rc;
     kvs_log_init("mock-kafka", -1, KVS_LOG_INFO);
-    signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error return, not a death */
     memset(&m, 0, sizeof(m));
     m.opts = &opts;
     if (opts.ready_file != NULL)

@@ -161,16 +161,27 @@ class VersionTest(unittest.TestCase):
                              (0, "%s %s\n" % (exe, version), ""), exe)
 
     def test_version_and_help_that_cannot_be_written_do_not_exit_0(self):
-        """A --version or --help whose output fails (here /dev/full: ENOSPC)
-        says so on stderr and exits non-zero, so a script sees it."""
+        """A --version or --help whose output fails (/dev/full: ENOSPC; a
+        pipe whose reader is gone: EPIPE, not a death by SIGPIPE) says so on
+        stderr and exits 74, as README says, so a script sees it."""
         for exe in ("kvs-router", "kvs-node", "kvs-cli", "kvs-bench", "kvs-mock-kafka"):
             for opt in ("--version", "--help"):
                 with open("/dev/full", "w") as full:
                     p = subprocess.run([os.path.join(BUILD_DIR, exe), opt], stdout=full,
                                        stderr=subprocess.PIPE, text=True, timeout=10)
-                self.assertNotEqual(p.returncode, 0, (exe, opt))
-                self.assertIn("%s: cannot write" % exe, p.stderr, (exe, opt))
-                self.assertIn("No space left on device", p.stderr, (exe, opt))
+                self.assertEqual(p.returncode, 74, (exe, opt, p.stderr))
+                self.assertEqual(p.stderr, "%s: cannot write to standard output: No space left "
+                                 "on device\n" % exe, (exe, opt))
+                r, w = os.pipe()
+                os.close(r)
+                try:  # restore_signals: SIGPIPE is the default action in the child
+                    p = subprocess.run([os.path.join(BUILD_DIR, exe), opt], stdout=w,
+                                       stderr=subprocess.PIPE, text=True, timeout=10)
+                finally:
+                    os.close(w)
+                self.assertEqual(p.returncode, 74, (exe, opt, p.stderr))
+                self.assertEqual(p.stderr, "%s: cannot write to standard output: Broken pipe\n"
+                                 % exe, (exe, opt))
 
 
 if __name__ == "__main__":

@@ -313,6 +313,32 @@ class ProcsTest(ProcsTestCase):
         with r.client() as c:
             self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
 
+    def test_a_node_in_a_pid_namespace_with_anothers_proc_becomes_ready(self):
+        """The check that a worker's socket is served by a child of the
+        master reads /proc/PID/stat for the pid the socket names. In a pid
+        namespace whose /proc is not its own (unshare -p without a /proc
+        mounted for it) that pid names another process: the check cannot
+        tell, so it must not refuse the node's own workers."""
+        if subprocess.run(["unshare", "-p", "-f", "--kill-child", "true"],
+                          stderr=subprocess.DEVNULL).returncode != 0:
+            self.skipTest("unshare -p not permitted here")
+        r = self.router(start=False, shards=2, partitions=16, processes=1,
+                        router_yaml=["ready_timeout: 5s"])
+        log = open(r.log_path, "ab")
+        try:
+            r.proc = subprocess.Popen(["unshare", "-p", "-f", "--kill-child", r.exe, "--config",
+                                       r.config], stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=log)
+        finally:
+            log.close()
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr() or
+                                   r.proc.poll() is not None, 10), r.stderr())
+        self.assertNotIn("which this node did not start", r.stderr())
+        self.assertIn("node ready", r.stderr())
+        with r.client() as c:
+            for i in range(8):  # both shards
+                self.assertOk(c.hset("t", "k%d" % i, "v"))
+
     def test_router_process_whose_master_is_gone_does_not_start(self):
         """A router process checks its parent is the master that started it
         (--master), not whoever its parent was when it began: a master
