@@ -47,6 +47,7 @@
 #include "kvs_frame.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
+#include "router_liveness.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -270,25 +271,12 @@ static void on_tls_ready(kvs_conn_t *c)
 
 static void link_maybe_closed(router_link_t *l);
 
-/* The parent of process `pid` (field 4 of /proc/PID/stat, after the
- * command name, which may hold spaces and parentheses), or 0 when it
- * cannot be read. */
+/* The parent of process `pid` (/proc/PID/status), or 0 when it cannot be
+ * read. */
 static pid_t parent_of(pid_t pid)
 {
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    char state;
-    long ppid;
-    if (p == NULL || sscanf(p + 1, " %c %ld", &state, &ppid) != 2 || ppid <= 0)
-        return 0;
-    return (pid_t)ppid;
+    router_proc_state_t st;
+    return router_liveness_inspect(pid, &st) == 0 ? st.ppid : 0;
 }
 
 /* Whether /proc is this process's pid namespace's (/proc/self names

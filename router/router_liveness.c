@@ -78,6 +78,14 @@ int router_liveness_parse_status(const char *text, router_proc_state_t *out)
         return KVS_EINVAL;
     out->state = *state;
     out->tracer = (pid_t)pid;
+    out->ppid = 0;
+    const char *ppid = status_field(text, "PPid");
+    if (ppid != NULL && *ppid >= '0' && *ppid <= '9') {
+        errno = 0;
+        pid = strtol(ppid, &end, 10);
+        if (errno == 0 && pid > 0 && (pid_t)pid == pid && (*end == '\n' || *end == '\0'))
+            out->ppid = (pid_t)pid;
+    }
     return 0;
 }
 

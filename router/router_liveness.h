@@ -41,16 +41,17 @@ int router_liveness_beat(int fd);
 
 /* What the kernel says of a process: its state letter (R running, S
  * sleeping, D uninterruptible sleep, T stopped by a signal, t stopped by
- * a debugger, Z zombie, ...) and the pid of the process that traces it
- * (0: none). */
+ * a debugger, Z zombie, ...), the pid of the process that traces it (0:
+ * none) and its parent's (0: not said). */
 typedef struct router_proc_state_s {
     char state;
     pid_t tracer;
+    pid_t ppid;
 } router_proc_state_t;
 
 /* Parses the text of /proc/PID/status (its "State:" and "TracerPid:"
- * lines). Returns 0 and *out, or KVS_EINVAL when either line is missing
- * or malformed. */
+ * lines, and "PPid:" when it is there). Returns 0 and *out, or KVS_EINVAL
+ * when either of the first two is missing or malformed. */
 int router_liveness_parse_status(const char *text, router_proc_state_t *out);
 
 /* Reads /proc/<pid>/status and parses it. Returns 0 and *out, or a

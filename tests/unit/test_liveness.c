@@ -62,12 +62,16 @@ KVS_TEST(parse_status_state_and_tracer)
     CHECK_EQ(router_liveness_parse_status(status_text, &st), 0);
     CHECK_EQ(st.state, 'T');
     CHECK_EQ(st.tracer, 0);
+    CHECK_EQ(st.ppid, 4200);
     CHECK_EQ(router_liveness_parse_status("State:\tt (tracing stop)\nTracerPid:\t77\n", &st), 0);
     CHECK_EQ(st.state, 't');
     CHECK_EQ(st.tracer, 77);
     /* The last line, without its newline. */
     CHECK_EQ(router_liveness_parse_status("State:\tS (sleeping)\nTracerPid:\t5", &st), 0);
     CHECK_EQ(st.tracer, 5);
+    CHECK_EQ(st.ppid, 0); /* no PPid line: not said */
+    CHECK_EQ(router_liveness_parse_status("State:\tS\nPPid:\t42x\nTracerPid:\t0\n", &st), 0);
+    CHECK_EQ(st.ppid, 0); /* malformed: not said */
     /* A key must start its line: "PPid" is not "Pid", a Name is no State. */
     CHECK_EQ(router_liveness_parse_status("Name:\tState: R\nTracerPid:\t0\n", &st), KVS_EINVAL);
     CHECK_EQ(router_liveness_parse_status("State:\tR (running)\n", &st), KVS_EINVAL);

@@ -10,6 +10,7 @@
  */
 #include "kvs_test.h"
 #include "kvs_log.h"
+#include "router_liveness.h"
 #include "router_supervisor.h"
 
 #include <dirent.h>
@@ -489,19 +490,11 @@ KVS_TEST(stop_terminates_workers_and_calls_done)
     t_close(&t);
 }
 
-/* Whether `pid` is stopped (state T in /proc/<pid>/stat). */
+/* Whether `pid` is stopped (state T in /proc/<pid>/status). */
 static int is_stopped(pid_t pid)
 {
-    char path[64], buf[256];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    return p != NULL && p[1] == ' ' && p[2] == 'T';
+    router_proc_state_t st;
+    return router_liveness_inspect(pid, &st) == 0 && st.state == 'T';
 }
 
 /* A worker stopped (SIGSTOP) when the supervisor stops takes SIGTERM only
