@@ -803,7 +803,7 @@ int main(int argc, char **argv)
     /* Before the listeners: a client may reload as soon as it can connect
      * (the handlers run once the loop does, when everything exists). */
     watch_signals(&m);
-    kvs_signals_hold(0, SIGHUP, 0); /* one that came meanwhile now reloads */
+    kvs_signals_release(m.loop, SIGHUP, 0); /* one that came meanwhile now reloads */
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
         kvs_shardstate_close(m.state);

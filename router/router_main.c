@@ -606,7 +606,7 @@ static int router_start(router_main_t *m)
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     uv_signal_start(&m->sigusr2, on_sigusr2, SIGUSR2);
-    kvs_signals_hold(0, SIGHUP, SIGUSR2); /* a SIGHUP that came meanwhile now reloads */
+    kvs_signals_release(r->loop, SIGHUP, SIGUSR2); /* a SIGHUP that came meanwhile now reloads */
     uv_timer_init(r->loop, &m->timer);
     m->timer.data = m;
     uv_timer_init(r->loop, &m->beat);

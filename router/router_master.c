@@ -251,7 +251,7 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
     /* a SIGHUP that came while the master started now reloads */
-    kvs_signals_hold(0, SIGHUP, SIGUSR2);
+    kvs_signals_release(m->loop, SIGHUP, SIGUSR2);
     uv_timer_init(m->loop, &m->timer);
     m->timer.data = m;
     uv_timer_init(m->loop, &m->live_timer);

@@ -216,6 +216,31 @@ class ProcsTest(ProcsTestCase):
         self.assertLess(at("router INFO  clients drained; stopping workers"), first_worker_stop)
         self.assertIn("router INFO  stopped", log[-1])
 
+    def test_only_the_loop_thread_of_a_process_takes_reload_signals(self):
+        # A shutdown gives SIGHUP its default action back for a moment
+        # (libuv does when its last handle stops) before ignoring it: a
+        # thread of libuv's pool that took one then killed the process.
+        # Every thread but the loop's keeps the reload signals blocked
+        # (kvs_signals_release starts the pool while they are held).
+        mock = MockKafka({"users": 4})
+        self.addCleanup(mock.close)
+        r = self.node(processes=2, resp=False,
+                      extra_yaml=ingest_yaml(mock.bootstrap, [("users", "users", "raw", 4)]))
+        self.assertTrue(wait_until(lambda: r.stderr().count("kafka: consuming") == 2),
+                        r.stderr()[-3000:])
+        with r.client() as c:  # a request or two: the pools are running by now
+            self.assertOk(c.hset("t", "k", "v"))
+        for pid in procs_for_config(r.config):
+            tasks = sorted(int(t) for t in os.listdir("/proc/%d/task" % pid))
+            for tid in tasks[1:]:  # the first is the process's own (the loop's) thread
+                with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+                    blk = int(re.search(r"SigBlk:\s*([0-9a-f]+)", f.read()).group(1), 16)
+                self.assertTrue(blk & (1 << (signal.SIGHUP - 1)),
+                                "thread %d of pid %d (%s) may take SIGHUP"
+                                % (tid, pid, procs_for_config(r.config).get(pid)))
+            self.assertGreater(len(tasks), 1, "no pool thread in pid %d" % pid)
+        self.assertEqual(r.stop(), 0)
+
     def test_sighup_during_the_shutdown_kills_no_process(self):
         # SIGHUPs (an operator's kill -HUP of every kvs process, say) keep
         # coming while the node stops. Each process ignores them once it
