@@ -628,8 +628,8 @@ static int check_brokers(const char *s, const char **why, const char **bad, size
         *bad = p;
         *badlen = n;
         const char *host = p, *end = p + n;
-        const char *scheme = n > 0 ? strstr(p, "://") : NULL;
-        if (scheme != NULL && scheme < end)
+        const char *scheme = memmem(p, n, "://", 3); /* in this entry only */
+        if (scheme != NULL)
             host = scheme + 3;
         char entry[300];
         size_t hn = (size_t)(end - host);
