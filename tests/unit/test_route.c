@@ -564,27 +564,43 @@ static void reply_values_from_keys(size_t i)
     reply(i, &r);
 }
 
-/* Answers part `i` with 200 and pairs keys[0..n) (values text_of("v", key)). */
-static void reply_pairs(size_t i, size_t n, const ProtobufCBinaryData *keys, const void *cursor,
-                        size_t clen)
+/* A 200 response of pairs keys[k] = vals[k] (text values) and `cursor`,
+ * built in the caller's pairs, pp and v (n of each). */
+static Kvs__CommandResponse pairs_resp(size_t n, Kvs__Kvpair *pairs, Kvs__Kvpair **pp,
+                                       Kvs__Value *v, const ProtobufCBinaryData *keys,
+                                       const ProtobufCBinaryData *vals, ProtobufCBinaryData cursor)
 {
-    Kvs__Kvpair pairs[16], *pp[16];
-    Kvs__Value vals[16];
-    char text[16][600];
-    CHECK(n <= 16);
     for (size_t k = 0; k < n; k++) {
         kvs__kvpair__init(&pairs[k]);
-        CHECK(keys[k].len + 8 <= sizeof(text[k]));
-        vals[k] = vtext(text[k], text_of(text[k], "v", keys[k].data, keys[k].len));
         pairs[k].key = keys[k];
-        pairs[k].value = &vals[k];
+        v[k] = vtext((const char *)vals[k].data, vals[k].len);
+        pairs[k].value = &v[k];
         pp[k] = &pairs[k];
     }
     Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
     r.status = 200;
     r.n_pairs = n;
     r.pairs = pp;
-    r.cursor = (ProtobufCBinaryData){clen, (uint8_t *)cursor};
+    r.cursor = cursor;
+    return r;
+}
+
+/* Answers part `i` with 200 and pairs keys[0..n) (values text_of("v", key)). */
+static void reply_pairs(size_t i, size_t n, const ProtobufCBinaryData *keys, const void *cursor,
+                        size_t clen)
+{
+    Kvs__Kvpair pairs[16], *pp[16];
+    Kvs__Value v[16];
+    ProtobufCBinaryData vals[16];
+    char text[16][600];
+    CHECK(n <= 16);
+    for (size_t k = 0; k < n; k++) {
+        CHECK(keys[k].len + 8 <= sizeof(text[k]));
+        vals[k] = (ProtobufCBinaryData){text_of(text[k], "v", keys[k].data, keys[k].len),
+                                        (uint8_t *)text[k]};
+    }
+    Kvs__CommandResponse r =
+        pairs_resp(n, pairs, pp, v, keys, vals, (ProtobufCBinaryData){clen, (uint8_t *)cursor});
     reply(i, &r);
 }
 
@@ -1819,26 +1835,6 @@ KVS_TEST(hscan_page_ends_before_a_shard_that_fails)
     }
 }
 
-/* A response of pairs keys[k] = vals[k] (text values) and `cursor`. */
-static Kvs__CommandResponse scan_resp(size_t n, Kvs__Kvpair *pairs, Kvs__Kvpair **pp, Kvs__Value *v,
-                                      const char *const *keys, const ProtobufCBinaryData *vals,
-                                      const char *cursor)
-{
-    for (size_t k = 0; k < n; k++) {
-        kvs__kvpair__init(&pairs[k]);
-        pairs[k].key = bin(keys[k]);
-        v[k] = vtext((const char *)vals[k].data, vals[k].len);
-        pairs[k].value = &v[k];
-        pp[k] = &pairs[k];
-    }
-    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
-    r.status = 200;
-    r.n_pairs = n;
-    r.pairs = pp;
-    r.cursor = bin(cursor);
-    return r;
-}
-
 /* A page that went on to a shard whose part ends there, and ends with that
  * shard's pairs: the router's cursor (the next shard's start, 5 bytes with
  * its field tag and length) is on top of the pairs, where the worker's had
@@ -1850,7 +1846,8 @@ KVS_TEST(hscan_page_fits_the_routers_cursor_where_the_worker_had_none)
     setup_frame("64KiB");
     static char big[65536];
     memset(big, 'x', sizeof(big));
-    const char *k0[] = {"a"}, *k1[] = {"b"}, *both[] = {"a", "b"};
+    const ProtobufCBinaryData k0[] = {{1, (uint8_t *)"a"}}, k1[] = {{1, (uint8_t *)"b"}},
+                              both[] = {{1, (uint8_t *)"a"}, {1, (uint8_t *)"b"}};
     ProtobufCBinaryData v0 = {700, (uint8_t *)big}, v1 = {0, (uint8_t *)big}, vv[2];
     Kvs__Kvpair pairs[2], *pp[2];
     Kvs__Value v[2];
@@ -1859,21 +1856,21 @@ KVS_TEST(hscan_page_fits_the_routers_cursor_where_the_worker_had_none)
     for (v1.len = 60000;; v1.len++) {
         vv[0] = v0;
         vv[1] = v1;
-        Kvs__CommandResponse j = scan_resp(2, pairs, pp, v, both, vv, "");
+        Kvs__CommandResponse j = pairs_resp(2, pairs, pp, v, both, vv, bin(""));
         size_t n = protobuf_c_message_get_packed_size(&j.base);
         if (n >= fx.cfg->max_frame - 4)
             break;
     }
     vv[0] = v0;
     vv[1] = v1;
-    Kvs__CommandResponse j = scan_resp(2, pairs, pp, v, both, vv, "");
+    Kvs__CommandResponse j = pairs_resp(2, pairs, pp, v, both, vv, bin(""));
     CHECK_EQ(protobuf_c_message_get_packed_size(&j.base), fx.cfg->max_frame - 4);
     CHECK(v1.len <= kvs_msg_pair_max(fx.cfg->max_frame)); /* a worker would answer it */
 
     route_hscan(NULL, 0, 100);
-    Kvs__CommandResponse r0 = scan_resp(1, pairs, pp, v, k0, &v0, "");
+    Kvs__CommandResponse r0 = pairs_resp(1, pairs, pp, v, k0, &v0, bin(""));
     reply(check_hscan_sent(0, "", 100), &r0);
-    Kvs__CommandResponse r1 = scan_resp(1, pairs, pp, v, k1, &v1, "");
+    Kvs__CommandResponse r1 = pairs_resp(1, pairs, pp, v, k1, &v1, bin(""));
     reply(check_hscan_sent(1, "", 99), &r1); /* over max_frame / 4: the page ends */
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 200);
