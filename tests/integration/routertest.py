@@ -450,8 +450,8 @@ class RouterTestCase(LogsOnFailure, unittest.TestCase):
     """Base class: self.router(...) starts a Router that is always cleaned up;
     if the test fails, every router's stderr (with its workers') is printed."""
 
-    def router(self, start=True, **kw):
-        r = Router(start=False, **kw)
+    def router(self, start=True, router_class=None, **kw):
+        r = (router_class or Router)(start=False, **kw)
         self._routers.append(r)
         self.addCleanup(r.close)
         if start:

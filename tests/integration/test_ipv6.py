@@ -10,8 +10,8 @@ import os
 import re
 import socket
 import subprocess
-import time
 
+from kafkatest import wait_until
 from kvstest import BUILD_DIR, pyval, tls_yaml
 from routertest import Router, RouterTestCase, free_port_range, keys_by_shard
 
@@ -57,21 +57,13 @@ class IPv6Test(RouterTestCase):
             self.skipTest("no IPv6 loopback (::1) on this machine")
 
     def v6router(self, start=True, **kw):
-        r = V6Router(start=False, **kw)
-        self._routers.append(r)
-        self.addCleanup(r.close)
-        if start:
-            r.start()
-        return r
+        return self.router(start, router_class=V6Router, **kw)
 
     def wait_for(self, r, pattern, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, r.stderr())
-            if m:
-                return m
-            time.sleep(0.05)
-        self.fail("%r not in the log of %s" % (pattern, r.name))
+        m = wait_until(lambda: re.search(pattern, r.stderr()), timeout)
+        if not m:
+            self.fail("%r not in the log of %s" % (pattern, r.name))
+        return m
 
     def test_two_nodes_route_over_ipv6_with_mutual_tls(self):
         # Node a serves shard 0, node b shard 1; each router reaches the other
