@@ -1363,7 +1363,7 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
         /* not for a client gone (req->client NULL): nobody takes the page */
-        if (req->client != NULL && next < m->router->shards &&
+        if (req->client != NULL && m->scan_req.len > 0 && next < m->router->shards &&
             m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
             kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
             scan_next(req, next, (uint32_t)w->n_pairs) == 0)
@@ -2192,7 +2192,8 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     sub.min_position = q->min_position;
     sub.accept_stale = q->accept_stale;
     /* For the next shards of the page (scan_next): the same request from
-     * their start. Without it (out of memory) the page is one shard's. */
+     * their start. Without it (the last shard; out of memory) the page is
+     * one shard's. */
     m->scan_count = inner.count == 0             ? KVS_SCAN_DEFAULT
                     : inner.count > KVS_SCAN_MAX ? KVS_SCAN_MAX
                                                  : inner.count;
@@ -2202,8 +2203,8 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     m->scan_until = kvs_now_ns() + r->cfg->router_timeout_ms * 500000; /* half, in ns */
     inner.cursor.data = NULL;
     inner.cursor.len = 0;
-    if (shard + 1 < r->shards && kvs_msg_append(&m->scan_req, &sub.base, SIZE_MAX) != 0)
-        m->scan_hops = SCAN_HOPS_MAX;
+    if (shard + 1 < r->shards) /* a failure leaves scan_req empty: no hops */
+        (void)kvs_msg_append(&m->scan_req, &sub.base, SIZE_MAX);
     inner.cursor.data = c->len > 3 ? c->data + 3 : NULL;
     inner.cursor.len = c->len > 3 ? c->len - 3 : 0;
     send_part(r, req, 0, shard, &sub.base, NULL, 0, NULL);
