@@ -182,6 +182,20 @@ int kvs_addr_parse(const char *s, int allow_port0, kvs_addr_t *out, char *err, s
     return rc;
 }
 
+int kvs_addr_host_arg(const char *arg, char *out, size_t cap)
+{
+    size_t n = strlen(arg);
+    if (n > 2 && arg[0] == '[' && arg[n - 1] == ']') { /* "[::1]": the address inside */
+        arg++;
+        n -= 2;
+    }
+    if (n == 0 || n >= cap)
+        return -1;
+    memcpy(out, arg, n);
+    out[n] = '\0';
+    return 0;
+}
+
 const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len)
 {
     if (a->is_unix)

@@ -31,6 +31,12 @@ int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const ch
  * ::ffff:127.0.0.0/104) and ::1: addresses only this machine can reach. */
 int kvs_addr_is_loopback(const kvs_addr_t *a);
 
+/* A host as a tool's --host option gives it, into out[0..cap): "[::1]",
+ * written as addresses are written with a port, loses its brackets; any
+ * other text is copied. Returns 0, or -1 when it is empty or does not fit
+ * (out is then untouched). */
+int kvs_addr_host_arg(const char *arg, char *out, size_t cap);
+
 /* Formats an address back to text ("127.0.0.1:9527", "[::1]:9527",
  * "unix:/x.sock"). Returns `buf`. */
 const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len);

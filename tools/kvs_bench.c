@@ -1037,13 +1037,8 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
 static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
 {
     if (ch == 'h') {
-        size_t n = strlen(arg);
-        if (n >= sizeof(o->addr.host) || arg[0] == '\0')
+        if (kvs_addr_host_arg(arg, o->addr.host, sizeof(o->addr.host)) != 0)
             usage_error("--host wants a host name or address, got \"%s\"", arg);
-        if (n > 2 && arg[0] == '[' && arg[n - 1] == ']') /* "[::1]": the address inside */
-            snprintf(o->addr.host, sizeof(o->addr.host), "%.*s", (int)(n - 2), arg + 1);
-        else
-            snprintf(o->addr.host, sizeof(o->addr.host), "%s", arg);
     } else if (ch == 'p') {
         o->addr.port = (uint16_t)parse_u64("--port", arg, 1, 65535);
     } else if (ch == 's') {

@@ -1759,18 +1759,9 @@ static int parse_timeout(const char *s, double *out)
 static int apply_option(cli_t *c, int ch, const char *arg)
 {
     switch (ch) {
-    case 'H': {
-        /* "[::1]" as every config address writes it: the address inside */
-        size_t n = strlen(arg);
-        if (n >= 2 && arg[0] == '[' && arg[n - 1] == ']' && n - 2 < sizeof(c->host_buf)) {
-            memcpy(c->host_buf, arg + 1, n - 2);
-            c->host_buf[n - 2] = '\0';
-            c->host = c->host_buf;
-        } else {
-            c->host = arg;
-        }
+    case 'H': /* "[::1]" as every config address writes it: the address inside */
+        c->host = kvs_addr_host_arg(arg, c->host_buf, sizeof(c->host_buf)) == 0 ? c->host_buf : arg;
         return -1;
-    }
     case 'p':
         c->port = arg;
         return parse_port(arg) == 0 ? -1 : CLI_USAGE;

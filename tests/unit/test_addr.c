@@ -222,6 +222,26 @@ static int loopback(const char *s)
 /* Loopback is loopback in every form it is written: an IPv4-mapped
  * 127.0.0.1 is the address a dual-stack socket sees, and the warnings about
  * exposed listeners must agree with how peers are judged local. */
+/* A --host option's text: "[::1]" loses its brackets, other text is
+ * copied; empty or too long is refused, leaving the buffer as it was. */
+KVS_TEST(host_arg_forms)
+{
+    char out[8];
+    CHECK_EQ(kvs_addr_host_arg("[::1]", out, sizeof(out)), 0);
+    CHECK_STR(out, "::1");
+    CHECK_EQ(kvs_addr_host_arg("::1", out, sizeof(out)), 0);
+    CHECK_STR(out, "::1");
+    CHECK_EQ(kvs_addr_host_arg("kafka", out, sizeof(out)), 0);
+    CHECK_STR(out, "kafka");
+    CHECK_EQ(kvs_addr_host_arg("[]", out, sizeof(out)), 0); /* not an address: left to resolve */
+    CHECK_STR(out, "[]");
+    CHECK_EQ(kvs_addr_host_arg("[1234567]", out, sizeof(out)), 0); /* 7 bytes inside: fits */
+    CHECK_STR(out, "1234567");
+    CHECK_EQ(kvs_addr_host_arg("12345678", out, sizeof(out)), -1);
+    CHECK_EQ(kvs_addr_host_arg("", out, sizeof(out)), -1);
+    CHECK_STR(out, "1234567");
+}
+
 KVS_TEST(loopback_forms)
 {
     CHECK_EQ(loopback("127.0.0.1:1"), 1);
@@ -244,4 +264,5 @@ KVS_TEST(loopback_forms)
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
-              KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms))
+              KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms),
+              KVS_CASE(host_arg_forms))
