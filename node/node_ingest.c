@@ -137,6 +137,7 @@ typedef struct part_s {
     int64_t group_next;     /* `next` as last committed to the consumer group */
     int64_t produced_end;   /* past this worker's own last acknowledged record; -1 none */
     int64_t asked_end;      /* the end as the brokers last answered node_ingest_ask_end; -1 */
+    int64_t pass_to;        /* where the consumer reached the end (see "passed over"); -1 */
     int want_end;           /* a read asked for the end: in the next query */
     int probe_end;          /* end_probe asks: in the next query that carries no read's */
     /* uv_now when the brokers last told where it ends (a fetch delivered
@@ -211,6 +212,7 @@ struct node_ingest_s {
     uint64_t pending_gen; /* first batch generation holding unconfirmed records */
     size_t n_owned;       /* partitions this shard owns, over all topics */
     int rewind;           /* a batch was lost: reload offsets, re-assign */
+    int passes;           /* some part_t's pass_to is set (see "passed over") */
     int rewind_err;       /* why */
     unsigned losses;      /* batches lost in a row */
     unsigned ticks;
@@ -497,12 +499,16 @@ static void log_consumer_error(node_ingest_t *in, const rd_kafka_message_t *m)
 }
 
 static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m);
+static void note_end(node_ingest_t *in, const rd_kafka_message_t *m);
+static void pass_over(node_ingest_t *in, int failed);
 
 /* An event from the consumer queue (a message with err set). */
 static void consumer_event(node_ingest_t *in, const rd_kafka_message_t *m)
 {
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        note_end(in, m);
         return;
+    }
     if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && m->rkt != NULL)
         out_of_range(in, m);
     else
@@ -613,6 +619,7 @@ static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
     }
     for (size_t i = 0; i < in->n_topics && rc == 0; i++)
         report_misplaced(in, &in->topics[i], 0);
+    pass_over(in, rc); /* after a failure too: what it noted is forgotten */
     return rc;
 }
 
@@ -904,6 +911,60 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
     }
 }
 
+/* ---- passed over: offsets the consumer does not hand over ------------------------------ *
+ *
+ * Not every offset of a log is a record the consumer hands over: a
+ * transaction's end (its commit or abort marker) takes an offset of its
+ * own, and with isolation.level read_committed (librdkafka's default) the
+ * records of aborted transactions are dropped too. `next` moves past them
+ * only when a later record is applied, so a log that ends with one (every
+ * transactional producer's log does, after each commit) would leave the
+ * partition lagging for good, and behind kafka.max_lag (a large aborted
+ * transaction) its reads refused. The consumer says where it reached the
+ * end (enable.partition.eof, which kvs sets): after the records before
+ * it, in queue order, so once they are applied, every offset below the
+ * end that did not move `next` was one of those; `next` moves to the end
+ * and is stored in the turn's batch (skip_to), so a restart resumes there
+ * too. Events of an earlier assignment never arrive (librdkafka drops
+ * them), and a partition with nothing applied yet keeps starting at
+ * auto.offset.reset. */
+
+static void note_end(node_ingest_t *in, const rd_kafka_message_t *m)
+{
+    topic_t *t = m->rkt != NULL ? topic_of(in, m) : NULL;
+    if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions)
+        return;
+    part_t *pt = &t->parts[m->partition];
+    if (in->assigned && pt->owned)
+        pt->end_heard_ms = uv_now(in->loop); /* the fetch said where the log ends */
+    if (in->assigned && pt->owned && pt->next >= 0 && m->offset > pt->next &&
+        m->offset > pt->pass_to) {
+        pt->pass_to = m->offset;
+        in->passes = 1;
+    }
+}
+
+/* After a batch was applied: moves `next` of each partition whose end the
+ * consumer reached past the records applied. */
+static void pass_over(node_ingest_t *in, int failed)
+{
+    if (!in->passes)
+        return;
+    in->passes = 0;
+    int keep = !in->rewind && !in->stopping && in->assigned && failed == 0;
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
+            topic_t *t = &in->topics[i];
+            part_t *pt = &t->parts[p];
+            int64_t to = pt->pass_to;
+            pt->pass_to = -1;
+            if (!keep || to <= pt->next || pt->next < 0 || pt->diverged || pt->halted ||
+                pt->out_of_range || pt->suspect)
+                continue;
+            skip_to(in, t, (int32_t)p, to);
+        }
+}
+
 /* Decides what becomes of a partition whose log was found to span
  * [lo, hi). Returns 1 when it is to be assigned again. */
 static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, int64_t hi)
@@ -1077,7 +1138,7 @@ static void part_forget(topic_t *t, uint32_t p)
     pt->lost = lost;
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
-    pt->produced_end = pt->asked_end = -1;
+    pt->produced_end = pt->asked_end = pt->pass_to = -1;
 }
 
 int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *restarted)
@@ -1948,6 +2009,7 @@ static void ingest_assign(node_ingest_t *in)
             rd_kafka_topic_partition_list_add(l, t->b->topic, (int32_t)p)->offset =
                 pt->next >= 0 && !pt->restart ? pt->next : start_of(in, pt);
             pt->restart = 0;
+            pt->pass_to = -1;     /* an end reached under the old assignment */
             pt->out_of_range = 0; /* fetching again */
             pt->suspect = 0;      /* a short answer was about the round this one ends */
         }
@@ -2014,8 +2076,10 @@ static rd_kafka_conf_t *make_conf(node_ingest_t *in, char *err, size_t errlen)
     rd_kafka_conf_get(conf, "topic.metadata.refresh.interval.ms", every, &n);
     long long ms = strtoll(every, NULL, 10);
     in->check_ms = ms > 0 ? (uint64_t)ms : 0;
-    /* kvs applies the user's choice itself (see "out of range"). */
-    if (rd_kafka_conf_set(conf, "auto.offset.reset", "error", err, errlen) != RD_KAFKA_CONF_OK) {
+    /* kvs applies the user's choice itself (see "out of range"), and learns
+     * where the consumer reached each partition's end (see "passed over"). */
+    if (rd_kafka_conf_set(conf, "auto.offset.reset", "error", err, errlen) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, errlen) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -2056,7 +2120,7 @@ static int make_topics(node_ingest_t *in)
             t->parts[p].owned = p % cfg->shards == in->shard;
             in->n_owned += t->parts[p].owned;
             t->parts[p].next = t->parts[p].committed_next = t->parts[p].group_next = -1;
-            t->parts[p].produced_end = t->parts[p].asked_end = -1;
+            t->parts[p].produced_end = t->parts[p].asked_end = t->parts[p].pass_to = -1;
         }
     }
     in->asks = calloc(in->n_owned > 0 ? in->n_owned : 1, sizeof(*in->asks));

@@ -30,6 +30,8 @@ Environment: KVS_BUILD_DIR (default ../../build) locates kvs-mock-kafka.
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -291,6 +293,73 @@ def committed(bootstrap, group, topic, partitions, timeout=10.0):
     finally:
         c.close()
 
+
+
+def _crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _zigzag(n):
+    return _varint((n << 1) ^ (n >> 63))
+
+
+def _marker_batch(commit, producer_id):
+    """A v2 record batch holding one transaction marker (a control record:
+    key = version 0, type 1 commit / 0 abort; value = version 0,
+    coordinator epoch 0), as a broker writes at a transaction's end."""
+    key = struct.pack(">hh", 0, 1 if commit else 0)
+    val = struct.pack(">hi", 0, 0)
+    rec = (b"\0" + _zigzag(0) + _zigzag(0) + _zigzag(len(key)) + key + _zigzag(len(val)) + val
+           + _zigzag(0))
+    now = int(time.time() * 1000)
+    # attributes: transactional (0x10) | control (0x20); base sequence -1; 1 record
+    body = struct.pack(">hiqqqhii", 0x30, 0, now, now, producer_id, 0, -1, 1)
+    body += _zigzag(len(rec)) + rec
+    tail = struct.pack(">ibI", -1, 2, _crc32c(body)) + body
+    return struct.pack(">qi", 0, len(tail)) + tail
+
+
+def produce_markers(bootstrap, topic, partition, count, commit=True, producer_id=4242):
+    """Appends `count` transaction markers to `partition` of `topic`, one
+    Produce request (v3) each, straight to the first bootstrap broker (the
+    partition's leader: use one broker). The mock cluster writes no markers
+    of its own at a transaction's end, but stores these as a broker would:
+    consumers skip them, yet each takes an offset. Returns their offsets."""
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    offsets = []
+    with socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT) as s:
+        for i in range(count):
+            batch = _marker_batch(commit, producer_id)
+            name = topic.encode()
+            body = (struct.pack(">hhi", -1, -1, 5000) + struct.pack(">i", 1)
+                    + struct.pack(">h", len(name)) + name + struct.pack(">ii", 1, partition)
+                    + struct.pack(">i", len(batch)) + batch)
+            req = struct.pack(">hhih", 0, 3, i + 1, 4) + b"test" + body
+            s.sendall(struct.pack(">i", len(req)) + req)
+            size = struct.unpack(">i", _recv_exactly(s, 4))[0]
+            resp = _recv_exactly(s, size)
+            # correlation id, 1 topic (name), 1 partition: index, error, base offset
+            at = 8 + 2 + struct.unpack_from(">h", resp, 8)[0] + 4
+            _, err, base = struct.unpack_from(">ihq", resp, at)
+            if err != 0:
+                raise AssertionError("marker produce to %s [%d]: error %d" % (topic, partition, err))
+            offsets.append(base)
+    return offsets
+
+
+def _recv_exactly(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise AssertionError("the broker closed the connection")
+        out += chunk
+    return out
 
 # ---- the kvs side -------------------------------------------------------------------------------
 

@@ -90,6 +90,41 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
         self.assertIn("consumer group kvs failed", log_of(r))
 
 
+    def test_transaction_markers_at_a_partitions_end_are_not_lag(self):
+        # A transactional producer's log ends with a marker after every
+        # commit; an abort leaves its records and a marker: offsets the
+        # consumer never hands over. Three at the end, with kafka.max_lag 2:
+        # counted as records still to apply, they would hold the partition
+        # "catching up" (its reads refused) until the next record came.
+        parts = 2
+        m = self.mock({"users": parts})
+        keys = keys_in_partition(0, parts, 6, "t")
+        kafkatest.produce(m.bootstrap, "users", [(k, b"v-" + k) for k in keys[:5]])
+        self.assertEqual(kafkatest.produce_markers(m.bootstrap, "users", 0, 3), [5, 6, 7])
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, max_lag=2)
+        st = self.wait_caught_up(r, "users", {0: 8, 1: 0}, 10)
+        self.assertEqual((st[0]["applied"], st[0]["skipped"]), (5, 0))
+        with r.client() as c:
+            resp = c.hget("users", keys[0])
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), b"v-" + keys[0])
+        # While it runs: a record between markers, and markers after it.
+        kafkatest.produce_markers(m.bootstrap, "users", 0, 1, commit=False)
+        kafkatest.produce(m.bootstrap, "users", [(keys[5], b"late")])
+        kafkatest.produce_markers(m.bootstrap, "users", 0, 2)
+        st = self.wait_caught_up(r, "users", {0: 12, 1: 0}, 10)
+        self.assertEqual(st[0]["applied"], 6)
+        # Stored with the records: a restart resumes past them, nothing
+        # applied twice.
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.start()
+        st = self.wait_caught_up(r, "users", {0: 12, 1: 0}, 10)
+        self.assertEqual((st[0]["applied"], st[0]["ingested"]), (6, 0))
+        with r.client() as c:
+            self.assertEqual(pyval(c.hget("users", keys[5]).values[0]), b"late")
+
+
 @unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
 class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
     def test_an_acknowledgement_without_offset_is_not_a_promise(self):
