@@ -625,8 +625,16 @@ static void conn_note_peer(kvs_conn_t *c)
         snprintf(c->peer, sizeof(c->peer), "%s:%u", host, ntohs(a->sin_port));
     } else if (ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        snprintf(c->peer, sizeof(c->peer), "[%s]:%u", host, ntohs(a->sin6_port));
+        /* An IPv4 client of a dual-stack listener is named as the IPv4
+         * address it is, as on an IPv4 listener (logs, audit lines, hooks
+         * and authentication name one client one way). */
+        if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+            inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], host, sizeof(host));
+            snprintf(c->peer, sizeof(c->peer), "%s:%u", host, ntohs(a->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+            snprintf(c->peer, sizeof(c->peer), "[%s]:%u", host, ntohs(a->sin6_port));
+        }
     }
 }
 

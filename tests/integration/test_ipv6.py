@@ -33,7 +33,10 @@ HAS_V6 = _has_ipv6_loopback()
 
 
 class V6Router(Router):
-    """A Router whose router.listen is [::1]:PORT."""
+    """A Router whose router.listen is [HOST]:PORT, HOST ::1; clients reach
+    it at `client_host`."""
+
+    host, client_host = "::1", "::1"
 
     def __init__(self, start=True, **kw):
         super().__init__(start=False, **kw)
@@ -42,13 +45,19 @@ class V6Router(Router):
         old = 'listen: "127.0.0.1:%d"' % self.port
         assert old in text, text
         with open(self.config, "w") as f:
-            f.write(text.replace(old, 'listen: "[::1]:%d"' % self.port))
+            f.write(text.replace(old, 'listen: "[%s]:%d"' % (self.host, self.port)))
         if start:
             self.start()
 
     @property
     def addr(self):
-        return ("::1", self.port)
+        return (self.client_host, self.port)
+
+
+class MappedRouter(V6Router):
+    """A Router on an IPv6 socket that IPv4 clients reach: [::ffff:127.0.0.1]."""
+
+    host, client_host = "::ffff:127.0.0.1", "127.0.0.1"
 
 
 class IPv6Test(RouterTestCase):
@@ -142,3 +151,14 @@ class IPv6Test(RouterTestCase):
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
             self.assertEqual((p.returncode, p.stdout.strip()), (0, b"PONG"),
                              (host, p.stderr))
+
+    def test_an_ipv4_client_of_an_ipv6_socket_is_named_as_ipv4(self):
+        # The socket sees the client as ::ffff:127.0.0.1; log lines name it
+        # as an IPv4 listener would, the way Auth counts its failures.
+        r = self.router(True, router_class=MappedRouter, shards=1, partitions=8,
+                        extra_yaml=users_yaml())
+        with r.client() as c:
+            self.assertEqual(c.call(req_auth("alice", "bad")).status, 401)
+            port = c.sock.getsockname()[1]
+        self.wait_for(r, r'failed Auth as "alice" from 127\.0\.0\.1:%d ' % port)
+        self.assertNotIn("::ffff:127.0.0.1]:%d" % port, r.stderr())
