@@ -608,7 +608,8 @@ static int store_string(cfg_ctx_t *ctx, char **slot, const char *text)
     return 0;
 }
 
-/* Kafka bootstrap servers, "HOST[:PORT],..." as librdkafka reads them: each
+/* Kafka bootstrap servers, "HOST[:PORT],..." as librdkafka reads them, at
+ * most KVS_MAX_BROKERS of them: each
  * entry optionally "SCHEME://" (PLAINTEXT://, SSL://, ...), then a host
  * name, an IPv4 address or a bracketed IPv6 address, then ":PORT" (9092
  * when left out); spaces around an entry are skipped. Each host is
@@ -616,10 +617,11 @@ static int store_string(cfg_ctx_t *ctx, char **slot, const char *text)
  * read as the host "::1:9092" on port 9092) is refused at load rather than
  * failing to resolve in every worker. On failure returns -1 and sets *why
  * and the entry [*bad, *bad + *badlen). */
+_Static_assert(KVS_MAX_BROKERS == 64, "check_brokers's message names the bound");
 static int check_brokers(const char *s, const char **why, const char **bad, size_t *badlen)
 {
     const char *p = s;
-    for (;;) {
+    for (unsigned count = 1;; count++) {
         while (*p == ' ' || *p == '\t')
             p++;
         size_t n = strcspn(p, ",");
@@ -627,6 +629,12 @@ static int check_brokers(const char *s, const char **why, const char **bad, size
             n--;
         *bad = p;
         *badlen = n;
+        if (count > KVS_MAX_BROKERS) {
+            *why = "more than 64 entries (librdkafka starts a thread for each one in every "
+                   "Kafka client of every worker; a few brokers of the cluster are enough to find "
+                   "the rest)";
+            return -1;
+        }
         const char *host = p, *end = p + n;
         const char *scheme = memmem(p, n, "://", 3); /* in this entry only */
         if (scheme != NULL)

@@ -272,6 +272,7 @@ typedef enum {
 #define KVS_NODES_MAX 1024          /* cluster.nodes entries */
 #define KVS_USERS_MAX 10000         /* users entries */
 #define KVS_BINDINGS_MAX 4096       /* kafka.bindings entries */
+#define KVS_MAX_BROKERS 64          /* kafka.brokers entries */
 
 typedef struct kvs_config_s {
     char *path; /* file it was loaded from ("<string>" for kvs_config_parse) */
