@@ -16,7 +16,8 @@ import struct
 import time
 import unittest
 
-from kvstest import SANITIZED, Client, NodeTestCase, encode, req_hget, req_hgetall, req_ping
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, req_hget, req_hgetall,
+                     req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids
 
 MIB = 1 << 20
@@ -342,8 +343,10 @@ class RouterBoundsTest(RouterTestCase):
 
     def test_idle_timeout_spares_the_routers_links(self):
         """The idle timeout is for clients: the router's links to its
-        workers, idle whenever its clients are, stay up."""
-        r = self.router(shards=2, extra_yaml="limits: {idle_timeout: 1s}\n")
+        workers, idle whenever its clients are, stay up, and so does the
+        master's link to the router process's own socket (for scrapes)."""
+        r = self.router(shards=2, extra_yaml="limits: {idle_timeout: 1s}\n",
+                        router_yaml=['metrics_listen: "127.0.0.1:%d"' % free_port()])
         time.sleep(3.0)
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
