@@ -1223,7 +1223,7 @@ static void on_sweep(uv_timer_t *t)
         }
         if (now - c->last_input_ms >= SWEEP_MS)
             conn_trim_idle(c);
-        if (lim->idle_timeout_ms > 0 && c->owed == 0 && kvs_conn_pending(c) == 0 &&
+        if (lim->idle_timeout_ms > 0 && !c->keep_idle && c->owed == 0 && kvs_conn_pending(c) == 0 &&
             kvs_frame_dec_pending(&c->dec) == 0 && !has(c, KVS_CONN_SHUTTING) &&
             now - c->last_input_ms >= lim->idle_timeout_ms) {
             if (kvs_log_budget_take(&g->log_budget, now))

@@ -203,6 +203,8 @@ struct kvs_conn_s {
     struct kvs_unproven_s *un_list; /* the unproven list it is on (kvs_unproven_set), or NULL */
     kvs_conn_t *un_prev, *un_next;  /* its neighbours there */
     int evicted;                    /* closed by kvs_unproven_evict */
+    int keep_idle;                  /* never closed by its group's idle timeout (the owner's own
+                                       peers: a link that is idle whenever nobody uses it) */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
 };

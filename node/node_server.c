@@ -72,6 +72,14 @@
  * pipes, the log. */
 #define NODE_FD_RESERVE 128
 
+/* The least a unix socket takes, whatever limits.max_clients says: it is
+ * the node's own door (its directory is private), where the links of its
+ * router processes come in (up to KVS_ROUTER_PROCESSES_MAX, twice that
+ * while a membership change runs two generations), the master's probe and
+ * scrape, and local tools. A cap on clients must never refuse them: a
+ * router process whose link is refused cannot serve its shard at all. */
+#define NODE_OWN_CLIENTS (2u * KVS_ROUTER_PROCESSES_MAX + 32u)
+
 typedef struct node_client_s node_client_t;
 
 /* What hooks see of a request, kept past its frame: for the send events
@@ -136,7 +144,7 @@ struct node_server_s {
     uint32_t max_frame;
     kvs_listener_t listeners[2];
     kvs_tls_ctx_t *listener_tls[2]; /* TLS of each listener, or NULL */
-    size_t listener_clients[2];     /* clients per listener, each capped at max_clients */
+    size_t listener_clients[2];     /* clients per listener, each capped (listener_cap) */
     kvs_unproven_t unproven[2];     /* each listener's clients yet to authenticate */
     int n_listeners;
     uint32_t max_clients;
@@ -911,23 +919,42 @@ static void on_conn_closed(kvs_conn_t *c)
     maybe_stopped(srv);
 }
 
-/* At limits.max_clients on this listener: accept only to say why. */
+/* The most clients `server` takes at once: limits.max_clients (lowered to
+ * fit the descriptor limit), and on a unix socket never fewer than
+ * NODE_OWN_CLIENTS. */
+static uint32_t listener_cap(const node_server_t *srv, const uv_stream_t *server)
+{
+    if (server->type == UV_NAMED_PIPE && srv->max_clients < NODE_OWN_CLIENTS)
+        return NODE_OWN_CLIENTS;
+    return srv->max_clients;
+}
+
+/* At its cap on this listener: accept only to say why. */
 static void refuse_client(node_server_t *srv, uv_stream_t *server, int li)
 {
     kvs_buf_t b;
     kvs_buf_init(&b);
+    uint32_t cap = listener_cap(srv, server);
     if (kvs_msg_append_status(&b, KVS_STATUS_UNAVAILABLE,
-                              "too many clients (limits.max_clients = %u); retry later",
-                              srv->max_clients) != 0)
+                              cap == srv->max_clients
+                                  ? "too many clients (limits.max_clients = %u); retry later"
+                                  : "too many clients on this worker's own socket (%u at once); "
+                                    "close some and retry",
+                              cap) != 0)
         b.len = 0; /* no memory for the reason: refused all the same */
     kvs_conn_refuse(server, srv->listener_tls[li] != NULL || b.len == 0 ? NULL : b.data, b.len);
     kvs_buf_free(&b);
     uint64_t now = uv_now(srv->loop);
     if (srv->refused_log_ms == 0 || now - srv->refused_log_ms >= 10000) {
         srv->refused_log_ms = now;
-        kvs_warn("refusing clients: limits.max_clients (%u) reached on a listener (logged at "
-                 "most every 10 s)",
-                 srv->max_clients);
+        if (cap == srv->max_clients)
+            kvs_warn("refusing clients: limits.max_clients (%u) reached on a listener (logged "
+                     "at most every 10 s)",
+                     cap);
+        else
+            kvs_warn("refusing clients of my own socket: %u connected at once (logged at most "
+                     "every 10 s)",
+                     cap);
     }
 }
 
@@ -939,7 +966,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
-    if (srv->listener_clients[li] - srv->unproven[li].evicting >= srv->max_clients &&
+    if (srv->listener_clients[li] - srv->unproven[li].evicting >= listener_cap(srv, server) &&
         !kvs_unproven_evict(&srv->unproven[li], auth_checking, KVS_AUTH_MAX_WORKERS)) {
         refuse_client(srv, server, li);
         return;

@@ -566,6 +566,9 @@ static void on_connection(uv_stream_t *server, int status)
     r->clients = cl;
     r->n_clients++;
     cl->admin = admin;
+    /* The master's scrape link stays connected, idle between scrapes:
+     * limits.idle_timeout is for clients of the front doors. */
+    cl->conn.keep_idle = admin;
     r->n_admin_clients += (size_t)admin;
     int rc = kvs_conn_accept_tls(&cl->conn, server, r->tls != NULL && !admin ? r->tls : NULL);
     /* Tokens only where nobody can overhear them. The private socket's

@@ -16,7 +16,8 @@ import struct
 import time
 import unittest
 
-from kvstest import SANITIZED, NodeTestCase, encode, req_hget, req_hgetall, req_ping
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, req_hget, req_hgetall,
+                     req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids
 
 MIB = 1 << 20
@@ -310,6 +311,24 @@ class RouterBoundsTest(RouterTestCase):
             time.sleep(0.05)
         self.assertIn("refusing clients", r.stderr())
 
+    def test_max_clients_never_refuses_the_nodes_own_links(self):
+        """limits.max_clients bounds clients, not the node's own peers: a
+        worker's unix socket, where the link of every router process comes
+        in, takes them whatever the limit. At 1, the second router
+        process's link was refused, so that process could serve nothing."""
+        r = self.router(shards=1, partitions=4, processes=2,
+                        extra_yaml="limits: {max_clients: 1}\n")
+        deadline = time.monotonic() + 10  # the port answers once one router process listens
+        while "node ready" not in r.stderr():
+            self.assertLess(time.monotonic(), deadline, r.stderr()[-3000:])
+            time.sleep(0.02)
+        for i in range(2):  # each router process's own socket: its link
+            with Client(os.path.join(r.data_dir, "router%d.sock" % i)) as c:
+                self.assertOk(c.hset("t", "k%d" % i, "v"))
+        with Client(r.socket_path(0)) as w:  # a local tool at the worker
+            self.assertOk(w.ping())
+        self.assertNotIn("refusing clients", r.stderr())
+
     def test_idle_timeout_closes_idle_clients_only(self):
         r = self.router(shards=1, extra_yaml="limits: {idle_timeout: 1s}\n")
         idle = raw_connect(r.addr)
@@ -324,8 +343,10 @@ class RouterBoundsTest(RouterTestCase):
 
     def test_idle_timeout_spares_the_routers_links(self):
         """The idle timeout is for clients: the router's links to its
-        workers, idle whenever its clients are, stay up."""
-        r = self.router(shards=2, extra_yaml="limits: {idle_timeout: 1s}\n")
+        workers, idle whenever its clients are, stay up, and so does the
+        master's link to the router process's own socket (for scrapes)."""
+        r = self.router(shards=2, extra_yaml="limits: {idle_timeout: 1s}\n",
+                        router_yaml=['metrics_listen: "127.0.0.1:%d"' % free_port()])
         time.sleep(3.0)
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
