@@ -883,6 +883,13 @@ static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *re
     router_client_auth(cl, req, &m);
 }
 
+/* Is `a` the user "default"? User names are compared as they are, not
+ * folded, as Redis's ACL compares them ("DEFAULT" is another user). */
+static int is_default_user(const kvs_redis_arg_t *a)
+{
+    return a->len == 7 && memcmp(a->p, "default", 7) == 0;
+}
+
 /* AUTH [user] token. Without users it behaves as a Redis without a
  * password: only the user "default", with any token. */
 static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -897,7 +904,7 @@ static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     if (rs->ps.argc == 2)
         return reply_error(req, "ERR AUTH <password> called without any password configured for "
                                 "the default user. Are you sure your configuration is correct?");
-    if (!kvs_redis_arg_is(&a[1], "default"))
+    if (!is_default_user(&a[1]))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     reply_ok(req);
 }
@@ -1100,11 +1107,11 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
         rs->hello_ver = (int)ver;
         return start_auth(rs, cl, req, user, token, RC_HELLO);
     }
-    if (user != NULL && !kvs_redis_arg_is(user, "default"))
+    if (user != NULL && !is_default_user(user))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     if (user == NULL && !router_client_authenticated(cl))
         return reply_error(req, "NOAUTH HELLO must be called with the client already "
-                                "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                "authenticated, otherwise the HELLO AUTH <user> <pass> "
                                 "option can be used to authenticate the client and select the "
                                 "RESP protocol version at the same time");
     if (name != NULL && set_name(rs, name) != 0)

@@ -19,7 +19,9 @@ redis= give each server's exact reply, so the test fails if either
 changes (README, "Redis protocol (RESP)", says why kvs differs).
 
 redis-server runs with --databases 1 (kvs has one database, and says so in
-CONFIG GET databases); nothing else of its configuration is changed.
+CONFIG GET databases); nothing else of its configuration is changed, but for
+AuthTest's users (the same names and tokens as the router's, and no default
+user).
 """
 import os
 import re
@@ -31,6 +33,7 @@ import time
 import unittest
 
 from routertest import RouterTestCase, free_port
+from test_auth import users_yaml
 
 HOST = "127.0.0.1"
 REDIS_SERVER = shutil.which("redis-server")
@@ -218,9 +221,16 @@ def doc_groups(node):
 @unittest.skipIf(REDIS_SERVER is None, "redis-server is not installed: the differential test "
                  "needs it (Debian package redis-server, installed by deploy/install-deps.sh)")
 class RespDiffTestCase(RouterTestCase):
+    REDIS_ARGS = ()  # more of redis-server's command line
+
+    def kvs_yaml(self):
+        """More of the router's config."""
+        return ""
+
     def setUp(self):
         self.rport = free_port()
-        self.router(shards=2, router_yaml=['resp_listen: "%s:%d"' % (HOST, self.rport)])
+        self.router(shards=2, router_yaml=['resp_listen: "%s:%d"' % (HOST, self.rport)],
+                    extra_yaml=self.kvs_yaml())
         self.redis_dir = tempfile.mkdtemp(prefix="kvs-redis-")
         self.addCleanup(shutil.rmtree, self.redis_dir, True)
         self.redis_port = free_port()
@@ -229,7 +239,7 @@ class RespDiffTestCase(RouterTestCase):
         self.redis_proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.redis_port), "--bind", HOST, "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--dir", self.redis_dir,
-             "--databases", "1"],
+             "--databases", "1"] + list(self.REDIS_ARGS),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while True:
@@ -606,6 +616,9 @@ class HashCommandsTest(RespDiffTestCase):
             C("INFO", "server", "nosuch", how="info"),
             C("AUTH"), C("AUTH", "x"), C("AUTH", "default", "x"), C("AUTH", "bob", "x"),
             C("AUTH", "a", "b", "c"), C("AUTH", "", "x"),
+            # User names are not folded: "DEFAULT" is not the default user.
+            C("AUTH", "DEFAULT", "x"), C("AUTH", "Default", "x"),
+            C("HELLO", "2", "AUTH", "DEFAULT", "x"),
             C("HELLO", "abc"), C("HELLO", "4"), C("HELLO", "1"), C("HELLO", "-1"),
             C("HELLO", "03"), C("HELLO", ""), C("HELLO", "3", "FOO"),
             C("HELLO", "3", "y" * 200), C("HELLO", "3", "AUTH", "a"),
@@ -666,6 +679,42 @@ class HashCommandsTest(RespDiffTestCase):
             R(b"*3\r\n$4\r\nNOPE\r\n$3\r\na\0b\r\n$1\r\nc\r\n"),
             R(b"*2\r\n$4\r\nNO\0E\r\n$1\r\nc\r\n"),
             R(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPI"), R(b"NG\r\n"),
+        ])
+
+
+class AuthTest(RespDiffTestCase):
+    """With users configured: kvs's users against the same names and
+    tokens in Redis's ACL, whose default user is off and has no password
+    (kvs has no user "default" here). Rights are not compared (kvs's are
+    per table, Redis's all commands)."""
+    REDIS_ARGS = ["--user", "default", "off", "resetpass", "--user", "alice", "on", ">alice-pw",
+                  "~*", "+@all", "--user", "ops", "on", ">ops-pw", "~*", "+@all"]
+
+    def kvs_yaml(self):
+        return users_yaml(limits="auth_failures: 100, auth_failures_per_minute: 1000")
+
+    def test_before_and_after_auth(self):
+        self.run_session([
+            C("PING"), C("HGET", "orders", "f"), C("HGET", "orders"), C("NOSUCH", "x"),
+            C("CLIENT", "ID"), C("CLIENT", "SETNAME", "x"), C("CLIENT", "GETNAME"),
+            C("SELECT", "0"), C("ECHO", "x"), C("COMMAND", "COUNT"), C("CONFIG", "GET", "save"),
+            C("INFO"), C("SLOWLOG", "LEN"), C("EXISTS", "orders"), C("DEL", "orders"),
+            C("TYPE", "orders"),
+            C("HELLO"), C("HELLO", "3"), C("HELLO", "2"), C("HELLO", "4"), C("HELLO", "x"),
+            C("HELLO", "3", "FOO"), C("HELLO", "3", "AUTH", "alice"),
+            C("HELLO", "3", "AUTH", "alice", "bad"), C("HELLO", "3", "AUTH", "nobody", "bad"),
+            C("HELLO", "3", "AUTH", "default", "bad"),
+            C("AUTH"), C("AUTH", "x"), C("AUTH", "a", "b", "c"), C("AUTH", "alice", "bad"),
+            C("AUTH", "ALICE", "alice-pw"), C("AUTH", "alice", "alice-pw\0"),
+            C("AUTH", "alice\0", "alice-pw"), C("AUTH", "", ""), C("AUTH", "default", ""),
+            C("CLIENT", "GETNAME"),
+            C("AUTH", "alice", "alice-pw"), C("HSET", "orders", "f", "v"), C("PING"),
+            C("AUTH", "alice", "bad"), C("HGET", "orders", "f"), C("HELLO", norm=ID),
+            C("HELLO", "3", norm=ID), C("HELLO", "3", "AUTH", "ops", "bad"),
+            C("HGET", "orders", "nope"),
+            C("HELLO", "2", "AUTH", "ops", "ops-pw", "SETNAME", "o", norm=ID),
+            C("CLIENT", "GETNAME"), C("HGET", "orders", "nope"), C("AUTH", "ops-pw"),
+            C("QUIT", "x"),
         ])
 
 
