@@ -1155,17 +1155,20 @@ static const sub_t config_subs[] = {
 
 /* Does CONFIG GET's argument `a` ask for parameter `name`? A pattern (one
  * of "[*?" in it) is matched without case, anything else is a name
- * compared without case, as Redis does. Returns 1, 0, or -1 when the
- * pattern ran out of `budget`. */
+ * compared without case, as Redis does. Redis reads a pattern as a C
+ * string: what follows a NUL is not part of it ("sav*\0x" is "sav*").
+ * Returns 1, 0, or -1 when the pattern ran out of `budget`. */
 static int config_wanted(const kvs_redis_arg_t *a, const char *name, uint64_t *budget)
 {
     static const char specials[] = "[*?";
+    const uint8_t *nul = memchr(a->p, 0, a->len);
+    size_t n = nul != NULL ? (size_t)(nul - a->p) : a->len;
     int pattern = 0;
-    for (size_t i = 0; i < a->len && !pattern; i++)
-        pattern = a->p[i] != '\0' && strchr(specials, a->p[i]) != NULL;
+    for (size_t i = 0; i < n && !pattern; i++)
+        pattern = strchr(specials, a->p[i]) != NULL;
     if (!pattern)
         return kvs_redis_arg_is(a, name);
-    return kvs_redis_glob(a->p, a->len, (const uint8_t *)name, strlen(name), 1, budget);
+    return kvs_redis_glob(a->p, n, (const uint8_t *)name, strlen(name), 1, budget);
 }
 
 /* CONFIG GET: the few parameters clients and redis-benchmark ask for. A

@@ -599,6 +599,10 @@ class HashCommandsTest(RespDiffTestCase):
             C("CONFIG", "GET", "appendonly", "APPENDONLY", "save", how="unordered"),
             C("CONFIG", "GET", "appendonly", "append?nly", how="unordered"),
             C("CONFIG", "GET", "*", how="type"), C("CONFIG", "NOSUCH"),
+            # A pattern is a C string to Redis: it ends at a NUL. A name
+            # is compared whole.
+            C("CONFIG", "GET", "sav*\0zzz"), C("CONFIG", "GET", "appendonl?\0x"),
+            C("CONFIG", "GET", "save\0*"), C("CONFIG", "GET", "save\0"),
             C("COMMAND", "COUNT", how="type"), C("COMMAND", "COUNT", "x"),
             C("COMMAND", "NOSUCH"), C("COMMAND", how="type"), C("COMMAND", "INFO", how="type"),
             C("COMMAND", "INFO", "nosuch"), C("COMMAND", "DOCS", how="type"),
