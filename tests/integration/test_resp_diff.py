@@ -13,7 +13,10 @@ how the two replies are compared:
              ID numbers, COMMAND tables);
   type       the same RESP type only (INFO's text);
   close      read until the server closes: the same bytes, and both close
-             (protocol errors).
+             (protocol errors);
+  subs       COMMAND INFO of containers: each entry's name, arity, flags and
+             key positions, and each of kvs's subcommand entries (cut the
+             same way) among Redis's (Redis has more subcommands).
 A case may instead pin a deliberate, documented difference: kvs= and
 redis= give each server's exact reply, so the test fails if either
 changes (README, "Redis protocol (RESP)", says why kvs differs).
@@ -204,6 +207,28 @@ def scan_page(node):
     return cursor[2], sorted(x[2] for x in items[1]) if isinstance(items[1], list) else items[2]
 
 
+# Subcommands kvs takes from Redis 7.2 (README: CLIENT SETINFO is accepted).
+REDIS_7_2_SUBS = {b"$14\r\nclient|setinfo\r\n"}
+
+
+def sub_entries(node):
+    """COMMAND INFO entries as command_entries cuts them, each with its
+    subcommands (the tenth element: its RESP type and its entries cut the
+    same way, as a set)."""
+    if not isinstance(node[1], list):
+        return node[2]
+    out = []
+    for e in node[1]:
+        if not isinstance(e[1], list):
+            out.append((e[2], None, None))
+            continue
+        subs = e[1][9]
+        out.append((command_entries((None, [e], None))[0], subs[0],
+                    frozenset(tuple(x) for x in command_entries(subs)
+                              if x[0] not in REDIS_7_2_SUBS)))
+    return out
+
+
 def doc_groups(node):
     """COMMAND DOCS cut to each command's group: {name: group}."""
     if not isinstance(node[1], list):
@@ -299,6 +324,10 @@ class RespDiffTestCase(RouterTestCase):
             return scan_page(kn) == scan_page(rn)
         if c.how == "groups":
             return doc_groups(kn) == doc_groups(rn)
+        if c.how == "subs":
+            ks, rs = sub_entries(kn), sub_entries(rn)
+            return len(ks) == len(rs) and all(
+                k[:2] == r[:2] and (k[2] is None or k[2] <= r[2]) for k, r in zip(ks, rs))
         raise ValueError(c.how)
 
     def run_session(self, cases):
@@ -638,6 +667,31 @@ class HashCommandsTest(RespDiffTestCase):
             C("HELLO", "3", "a\r\nb"),
             C("x" * 200, "y" * 200, "z"), C("a", *(["b" * 30] * 10)), C("MULTI2"),
             C("QUIT", "x"),
+        ])
+
+    def test_command_info_and_docs_of_subcommands(self):
+        """COMMAND INFO and DOCS look up "container|sub" as Redis 7 does,
+        and a container's entry lists its subcommands."""
+        subs = ["client|id", "CLIENT|GETNAME", "client|setname", "client|help", "config|get",
+                "config|set", "config|resetstat", "Config|Rewrite", "config|help",
+                "command|count", "command|info", "command|docs", "command|help", "slowlog|get",
+                "slowlog|len", "slowlog|reset", "slowlog|help"]
+        unknown = ["client|nosuch", "hget|x", "client|id|x", "client||id", "|", "client|",
+                   "|id", "nosuch|id"]
+        self.run_session([
+            C("COMMAND", "INFO", *subs, how="commands"), C("COMMAND", "INFO", *unknown),
+            C("COMMAND", "INFO", "client", "config", "command", "slowlog", "hget", "ping",
+              how="subs"),
+            C("COMMAND", "DOCS", *subs, how="groups"), C("COMMAND", "DOCS", *unknown),
+            # In the order named, a name given twice twice, under its own name.
+            D(["COMMAND", "DOCS", "hget", "CLIENT|ID", "nosuch", "hget"],
+              b"*6\r\n$4\r\nhget\r\n*2\r\n$5\r\ngroup\r\n$4\r\nhash\r\n"
+              b"$9\r\nclient|id\r\n*2\r\n$5\r\ngroup\r\n$10\r\nconnection\r\n"
+              b"$4\r\nhget\r\n*2\r\n$5\r\ngroup\r\n$4\r\nhash\r\n", None),
+            C("HELLO", "3", norm=ID),
+            C("COMMAND", "INFO", *subs, how="commands"), C("COMMAND", "INFO", *unknown),
+            C("COMMAND", "INFO", "client", "config", "command", "slowlog", "hget", "ping",
+              how="subs"),
         ])
 
     def test_resp3(self):
