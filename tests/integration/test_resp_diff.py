@@ -768,12 +768,33 @@ class AuthTest(RespDiffTestCase):
             C("CLIENT", "GETNAME"),
             C("AUTH", "alice", "alice-pw"), C("HSET", "orders", "f", "v"), C("PING"),
             C("AUTH", "alice", "bad"), C("HGET", "orders", "f"), C("HELLO", norm=ID),
-            C("HELLO", "3", norm=ID), C("HELLO", "3", "AUTH", "ops", "bad"),
+            # A HELLO whose AUTH fails changes nothing: RESP3 stays.
+            C("HELLO", "3", norm=ID), C("HELLO", "2", "AUTH", "ops", "bad"),
             C("HGET", "orders", "nope"),
             C("HELLO", "2", "AUTH", "ops", "ops-pw", "SETNAME", "o", norm=ID),
             C("CLIENT", "GETNAME"), C("HGET", "orders", "nope"), C("AUTH", "ops-pw"),
             C("QUIT", "x"),
         ])
+
+    def test_requests_before_auth(self):
+        """Before AUTH, kvs bounds a request's bytes (16 KiB: README,
+        Security) and says so; Redis bounds its arguments (10) and each
+        bulk (16384 bytes) with a protocol error."""
+        for data, kvs, redis in [
+                (cmd("HMGET", "orders", *"abcdefghij"),
+                 (b"-NOAUTH Authentication required.\r\n", False),
+                 (b"-ERR Protocol error: unauthenticated multibulk length\r\n", True)),
+                (cmd("HGET", "orders", "x" * 16385),
+                 (b"-NOAUTH a client that has not authenticated may send requests of at most "
+                  b"16384 bytes: authenticate first (AUTH, or HELLO with AUTH); the connection is "
+                  b"closed\r\n", True),
+                 (b"-ERR Protocol error: unauthenticated bulk length\r\n", True))]:
+            k, r = self.conns()
+            for conn in (k, r):
+                conn.sock.settimeout(0.3)
+                conn.send(data)
+            self.assertEqual(k.until_close(), kvs, data[:40])
+            self.assertEqual(r.until_close(), redis, data[:40])
 
 
 class ProtocolErrorTest(RespDiffTestCase):
@@ -808,10 +829,14 @@ class ProtocolErrorTest(RespDiffTestCase):
     def test_kvs_bounds_close_sooner(self):
         """kvs's documented bounds: at most 1,048,576 arguments and
         limits.max_frame bytes a request (default 4 MiB); Redis waits for
-        the bytes such a request announces."""
+        the bytes such a request announces. A count or length line holding
+        a NUL is refused at once; Redis, reading the line as a C string,
+        waits for its end."""
         for data, want in [
                 (b"*1048577\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n")]:
+                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n"),
+                (b"*1\0\r\n$4\r\nPING\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+                (b"*1\r\n$4\0\r\nPING\r\n", b"-ERR Protocol error: invalid bulk length\r\n")]:
             kg, rg = self.exchange_until_close(data, 0.3)
             self.assertEqual(kg, (b"+PONG\r\n" + want, True), data)
             self.assertEqual(rg, (b"+PONG\r\n", False), data)
