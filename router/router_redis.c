@@ -883,6 +883,13 @@ static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *re
     router_client_auth(cl, req, &m);
 }
 
+/* Is `a` the user "default"? User names are compared as they are, not
+ * folded, as Redis's ACL compares them ("DEFAULT" is another user). */
+static int is_default_user(const kvs_redis_arg_t *a)
+{
+    return a->len == 7 && memcmp(a->p, "default", 7) == 0;
+}
+
 /* AUTH [user] token. Without users it behaves as a Redis without a
  * password: only the user "default", with any token. */
 static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -897,7 +904,7 @@ static void cmd_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     if (rs->ps.argc == 2)
         return reply_error(req, "ERR AUTH <password> called without any password configured for "
                                 "the default user. Are you sure your configuration is correct?");
-    if (!kvs_redis_arg_is(&a[1], "default"))
+    if (!is_default_user(&a[1]))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     reply_ok(req);
 }
@@ -947,6 +954,7 @@ static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
 typedef struct sub_s {
     const char *name;  /* lower case */
     int arity;         /* of the whole request, Redis's convention (-N: at least N) */
+    const char *flags; /* Redis 7's, for COMMAND INFO */
     const char *usage; /* its lines in HELP */
     const char *text;
 } sub_t;
@@ -1006,11 +1014,14 @@ static int subcommand(router_redis_t *rs, router_req_t *req, const char *contain
 }
 
 static const sub_t client_subs[] = {
-    {"id", 2, "ID", "Return the ID of the current connection."},
-    {"getname", 2, "GETNAME", "Return the name of the current connection."},
-    {"setname", 3, "SETNAME <name>", "Assign the name <name> to the current connection."},
-    {"setinfo", 4, "SETINFO <option> <value>", "Accepted and ignored (lib-name, lib-ver)."},
-    {"help", 2, "HELP", "Prints this help."},
+    {"id", 2, "noscript loading stale", "ID", "Return the ID of the current connection."},
+    {"getname", 2, "noscript loading stale", "GETNAME",
+     "Return the name of the current connection."},
+    {"setname", 3, "noscript loading stale", "SETNAME <name>",
+     "Assign the name <name> to the current connection."},
+    {"setinfo", 4, "noscript loading stale", "SETINFO <option> <value>",
+     "Accepted and ignored (lib-name, lib-ver)."},
+    {"help", 2, "loading stale", "HELP", "Prints this help."},
 };
 
 static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
@@ -1100,11 +1111,11 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
         rs->hello_ver = (int)ver;
         return start_auth(rs, cl, req, user, token, RC_HELLO);
     }
-    if (user != NULL && !kvs_redis_arg_is(user, "default"))
+    if (user != NULL && !is_default_user(user))
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     if (user == NULL && !router_client_authenticated(cl))
         return reply_error(req, "NOAUTH HELLO must be called with the client already "
-                                "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                "authenticated, otherwise the HELLO AUTH <user> <pass> "
                                 "option can be used to authenticate the client and select the "
                                 "RESP protocol version at the same time");
     if (name != NULL && set_name(rs, name) != 0)
@@ -1139,26 +1150,33 @@ static int hello_done(router_redis_t *rs, kvs_buf_t *out)
 }
 
 static const sub_t config_subs[] = {
-    {"get", -3, "GET <pattern>", "Return parameters matching the glob-like <pattern>."},
-    {"set", -4, "SET <directive> <value>", "Refused: kvs's configuration is config.yaml."},
-    {"resetstat", 2, "RESETSTAT", "Refused: kvs's configuration is config.yaml."},
-    {"rewrite", 2, "REWRITE", "Refused: kvs's configuration is config.yaml."},
-    {"help", 2, "HELP", "Prints this help."},
+    {"get", -3, "admin noscript loading stale", "GET <pattern>",
+     "Return parameters matching the glob-like <pattern>."},
+    {"set", -4, "admin noscript loading stale", "SET <directive> <value>",
+     "Refused: kvs's configuration is config.yaml."},
+    {"resetstat", 2, "admin noscript loading stale", "RESETSTAT",
+     "Refused: kvs's configuration is config.yaml."},
+    {"rewrite", 2, "admin noscript loading stale", "REWRITE",
+     "Refused: kvs's configuration is config.yaml."},
+    {"help", 2, "loading stale", "HELP", "Prints this help."},
 };
 
 /* Does CONFIG GET's argument `a` ask for parameter `name`? A pattern (one
  * of "[*?" in it) is matched without case, anything else is a name
- * compared without case, as Redis does. Returns 1, 0, or -1 when the
- * pattern ran out of `budget`. */
+ * compared without case, as Redis does. Redis reads a pattern as a C
+ * string: what follows a NUL is not part of it ("sav*\0x" is "sav*").
+ * Returns 1, 0, or -1 when the pattern ran out of `budget`. */
 static int config_wanted(const kvs_redis_arg_t *a, const char *name, uint64_t *budget)
 {
     static const char specials[] = "[*?";
+    const uint8_t *nul = memchr(a->p, 0, a->len);
+    size_t n = nul != NULL ? (size_t)(nul - a->p) : a->len;
     int pattern = 0;
-    for (size_t i = 0; i < a->len && !pattern; i++)
-        pattern = a->p[i] != '\0' && strchr(specials, a->p[i]) != NULL;
+    for (size_t i = 0; i < n && !pattern; i++)
+        pattern = strchr(specials, a->p[i]) != NULL;
     if (!pattern)
         return kvs_redis_arg_is(a, name);
-    return kvs_redis_glob(a->p, a->len, (const uint8_t *)name, strlen(name), 1, budget);
+    return kvs_redis_glob(a->p, n, (const uint8_t *)name, strlen(name), 1, budget);
 }
 
 /* CONFIG GET: the few parameters clients and redis-benchmark ask for. A
@@ -1228,12 +1246,12 @@ static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
 }
 
 static const sub_t slowlog_subs[] = {
-    {"get", -2, "GET [<count>]",
+    {"get", -2, "admin loading stale", "GET [<count>]",
      "Return top <count> entries from the slowlog (default: 10, -1 "
      "mean all)."},
-    {"len", 2, "LEN", "Return the length of the slowlog."},
-    {"reset", 2, "RESET", "Reset the slowlog."},
-    {"help", 2, "HELP", "Prints this help."},
+    {"len", 2, "admin loading stale", "LEN", "Return the length of the slowlog."},
+    {"reset", 2, "admin loading stale", "RESET", "Reset the slowlog."},
+    {"help", 2, "loading stale", "HELP", "Prints this help."},
 };
 
 /* SLOWLOG GET [count] | LEN | RESET: a kvs Slowlog request, so it goes
@@ -1299,6 +1317,15 @@ static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, 
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                         const cmd_t *cmd);
 
+static const sub_t command_subs[] = {
+    {"count", 2, "loading stale", "COUNT", "Return the total number of commands in this server."},
+    {"info", -2, "loading stale", "INFO [<command-name> ...]",
+     "Return details about the named commands, or all of them without a name."},
+    {"docs", -2, "loading stale", "DOCS [<command-name> ...]",
+     "Return documentation details about the named commands, or all of them."},
+    {"help", 2, "loading stale", "HELP", "Prints this help."},
+};
+
 /* Kept in the order clients send them most: the lookup is linear. */
 static const cmd_t commands[] = {
     {"hget", 3, "readonly fast", 1, 1, 1, cmd_hget, RC_HGET, ARGS_FIELD},
@@ -1351,38 +1378,112 @@ static void put_simple_or_bulk(kvs_buf_t *b, const char *s)
     kvs_redis_simple(b, s);
 }
 
-/* One COMMAND INFO entry, as Redis 7 lays it out: in RESP3 the flags,
- * categories, tips, key specs and (absent) subcommands are sets. */
-static void command_entry(kvs_buf_t *b, const cmd_t *c, int resp3)
+/* The head of a COMMAND INFO entry, as Redis 7 lays it out: name, arity,
+ * flags, first, last and step key, then ACL categories, tips and key specs
+ * (kvs gives none); sets in RESP3. The caller writes the tenth element,
+ * the subcommands. */
+static void entry_head(kvs_buf_t *b, const char *name, int arity, const char *flag_list,
+                       const int keys[3], int resp3)
 {
     char flags[64];
     size_t nflags = 0;
     kvs_redis_array(b, 10);
-    kvs_redis_bulk(b, c->name, strlen(c->name));
-    kvs_redis_integer(b, c->arity);
-    snprintf(flags, sizeof(flags), "%s", c->flags);
+    kvs_redis_bulk(b, name, strlen(name));
+    kvs_redis_integer(b, arity);
+    snprintf(flags, sizeof(flags), "%s", flag_list);
     for (char *s = flags; *s != '\0'; s++)
         nflags += (s == flags || s[-1] == ' ') && *s != ' ';
     kvs_redis_set(b, nflags, resp3);
     for (char *tok = strtok(flags, " "); tok != NULL; tok = strtok(NULL, " "))
         put_simple_or_bulk(b, tok);
-    kvs_redis_integer(b, c->first);
-    kvs_redis_integer(b, c->last);
-    kvs_redis_integer(b, c->step);
+    for (int i = 0; i < 3; i++)
+        kvs_redis_integer(b, keys[i]);
     kvs_redis_set(b, 0, resp3); /* ACL categories */
     kvs_redis_set(b, 0, resp3); /* tips */
     kvs_redis_set(b, 0, resp3); /* key specs */
-    kvs_redis_set(b, 0, resp3); /* subcommands */
 }
 
-static const sub_t command_subs[] = {
-    {"count", 2, "COUNT", "Return the total number of commands in this server."},
-    {"info", -2, "INFO [<command-name> ...]",
-     "Return details about the named commands, or all of them without a name."},
-    {"docs", -2, "DOCS [<command-name> ...]",
-     "Return documentation details about the named commands, or all of them."},
-    {"help", 2, "HELP", "Prints this help."},
-};
+/* A container's subcommands (CLIENT, COMMAND, CONFIG, SLOWLOG), for
+ * COMMAND INFO and DOCS: NULL (*n 0) for any other command. */
+static const sub_t *subs_of(const cmd_t *c, size_t *n)
+{
+    static const struct {
+        cmd_fn fn;
+        const sub_t *subs;
+        size_t n;
+    } containers[] = {
+        {cmd_client, client_subs, N_SUBS(client_subs)},
+        {cmd_command, command_subs, N_SUBS(command_subs)},
+        {cmd_config, config_subs, N_SUBS(config_subs)},
+        {cmd_slowlog, slowlog_subs, N_SUBS(slowlog_subs)},
+    };
+    for (size_t i = 0; i < sizeof(containers) / sizeof(containers[0]); i++)
+        if (containers[i].fn == c->fn) {
+            *n = containers[i].n;
+            return containers[i].subs;
+        }
+    *n = 0;
+    return NULL;
+}
+
+/* A subcommand's full name, as Redis 7 writes it: "client|id". */
+static const char *sub_name(char *buf, size_t size, const cmd_t *c, const sub_t *s)
+{
+    snprintf(buf, size, "%s|%s", c->name, s->name);
+    return buf;
+}
+
+/* A subcommand's COMMAND INFO entry ("client|id"): it has no keys and no
+ * subcommands of its own. */
+static void sub_entry(kvs_buf_t *b, const cmd_t *c, const sub_t *s, int resp3)
+{
+    static const int no_keys[3] = {0, 0, 0};
+    char name[48];
+    entry_head(b, sub_name(name, sizeof(name), c, s), s->arity, s->flags, no_keys, resp3);
+    kvs_redis_set(b, 0, resp3);
+}
+
+/* A command's COMMAND INFO entry; a container's lists its subcommands (an
+ * array, as Redis's; none: an empty set). */
+static void command_entry(kvs_buf_t *b, const cmd_t *c, int resp3)
+{
+    const int keys[3] = {c->first, c->last, c->step};
+    size_t n;
+    const sub_t *subs = subs_of(c, &n);
+    entry_head(b, c->name, c->arity, c->flags, keys, resp3);
+    if (subs == NULL) {
+        kvs_redis_set(b, 0, resp3);
+        return;
+    }
+    kvs_redis_array(b, n);
+    for (size_t i = 0; i < n; i++)
+        sub_entry(b, c, &subs[i], resp3);
+}
+
+/* The command COMMAND INFO or DOCS names with `a`, looked up as Redis 7
+ * looks one up: "container|sub" (either part in any case, one '|' only)
+ * is a subcommand, *sub set; anything else a command, *sub NULL. NULL
+ * when kvs has no such command. */
+static const cmd_t *lookup_full(const kvs_redis_arg_t *a, const sub_t **sub)
+{
+    const uint8_t *bar = memchr(a->p, '|', a->len);
+    *sub = NULL;
+    if (bar == NULL)
+        return lookup(a);
+    size_t head = (size_t)(bar - a->p);
+    kvs_redis_arg_t base = {a->p, head}, tail = {bar + 1, a->len - head - 1};
+    size_t n;
+    const cmd_t *c = lookup(&base);
+    const sub_t *subs = c != NULL ? subs_of(c, &n) : NULL;
+    if (subs == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (kvs_redis_arg_is(&tail, subs[i].name)) {
+            *sub = &subs[i];
+            return c;
+        }
+    return NULL;
+}
 
 /* COMMAND DOCS's group of a command, Redis's: the hash commands, the
  * keyspace ones (EXISTS, TYPE, DEL), the server's and the connection's. */
@@ -1399,28 +1500,38 @@ static const char *command_group(const cmd_t *c)
     return c->name[0] == 'h' && c->rcmd != RC_NONE ? "hash" : "connection";
 }
 
-/* COMMAND DOCS [name...]: the commands named, or all; a group for each. */
+/* One COMMAND DOCS entry: the name and a map holding its group. */
+static void docs_entry(kvs_buf_t *b, const char *name, const char *group, int resp3)
+{
+    kvs_redis_bulk(b, name, strlen(name));
+    kvs_redis_map(b, 1, resp3);
+    kvs_redis_bulk(b, "group", 5);
+    kvs_redis_bulk(b, group, strlen(group));
+}
+
+/* COMMAND DOCS [name...]: every command, or those named, in the order
+ * named (a name given twice, twice), as Redis answers; a group for each
+ * (a subcommand's is its container's). */
 static void command_docs(router_redis_t *rs, kvs_buf_t *b)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
     size_t argc = rs->ps.argc, n = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1)
-            kvs_redis_map(b, n, rs->resp3);
+    char name[48];
+    const sub_t *sub;
+    if (argc == 2) {
+        kvs_redis_map(b, N_COMMANDS, rs->resp3);
         for (size_t i = 0; i < N_COMMANDS; i++)
-            for (size_t k = 2; k <= argc; k++)
-                if (argc == 2 || (k < argc && kvs_redis_arg_is(&a[k], commands[i].name))) {
-                    if (pass == 0) {
-                        n++;
-                        break;
-                    }
-                    kvs_redis_bulk(b, commands[i].name, strlen(commands[i].name));
-                    kvs_redis_map(b, 1, rs->resp3);
-                    kvs_redis_bulk(b, "group", 5);
-                    const char *group = command_group(&commands[i]);
-                    kvs_redis_bulk(b, group, strlen(group));
-                    break;
-                }
+            docs_entry(b, commands[i].name, command_group(&commands[i]), rs->resp3);
+        return;
+    }
+    for (size_t k = 2; k < argc; k++)
+        n += lookup_full(&a[k], &sub) != NULL;
+    kvs_redis_map(b, n, rs->resp3);
+    for (size_t k = 2; k < argc; k++) {
+        const cmd_t *c = lookup_full(&a[k], &sub);
+        if (c != NULL)
+            docs_entry(b, sub != NULL ? sub_name(name, sizeof(name), c, sub) : c->name,
+                       command_group(c), rs->resp3);
     }
 }
 
@@ -1445,11 +1556,14 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
     } else if (sub == 1) {
         kvs_redis_array(b, argc - 2);
         for (size_t i = 2; i < argc; i++) {
-            const cmd_t *c = lookup(&a[i]);
-            if (c != NULL)
-                command_entry(b, c, rs->resp3);
-            else
+            const sub_t *s;
+            const cmd_t *c = lookup_full(&a[i], &s);
+            if (c == NULL)
                 kvs_redis_null(b, rs->resp3);
+            else if (s != NULL)
+                sub_entry(b, c, s, rs->resp3);
+            else
+                command_entry(b, c, rs->resp3);
         }
     } else {
         command_docs(rs, b);

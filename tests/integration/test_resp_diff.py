@@ -13,13 +13,18 @@ how the two replies are compared:
              ID numbers, COMMAND tables);
   type       the same RESP type only (INFO's text);
   close      read until the server closes: the same bytes, and both close
-             (protocol errors).
+             (protocol errors);
+  subs       COMMAND INFO of containers: each entry's name, arity, flags and
+             key positions, and each of kvs's subcommand entries (cut the
+             same way) among Redis's (Redis has more subcommands).
 A case may instead pin a deliberate, documented difference: kvs= and
 redis= give each server's exact reply, so the test fails if either
 changes (README, "Redis protocol (RESP)", says why kvs differs).
 
 redis-server runs with --databases 1 (kvs has one database, and says so in
-CONFIG GET databases); nothing else of its configuration is changed.
+CONFIG GET databases); nothing else of its configuration is changed, but for
+AuthTest's users (the same names and tokens as the router's, and no default
+user).
 """
 import os
 import re
@@ -31,6 +36,7 @@ import time
 import unittest
 
 from routertest import RouterTestCase, free_port
+from test_auth import users_yaml
 
 HOST = "127.0.0.1"
 REDIS_SERVER = shutil.which("redis-server")
@@ -201,6 +207,28 @@ def scan_page(node):
     return cursor[2], sorted(x[2] for x in items[1]) if isinstance(items[1], list) else items[2]
 
 
+# Subcommands kvs takes from Redis 7.2 (README: CLIENT SETINFO is accepted).
+REDIS_7_2_SUBS = {b"$14\r\nclient|setinfo\r\n"}
+
+
+def sub_entries(node):
+    """COMMAND INFO entries as command_entries cuts them, each with its
+    subcommands (the tenth element: its RESP type and its entries cut the
+    same way, as a set)."""
+    if not isinstance(node[1], list):
+        return node[2]
+    out = []
+    for e in node[1]:
+        if not isinstance(e[1], list):
+            out.append((e[2], None, None))
+            continue
+        subs = e[1][9]
+        out.append((command_entries((None, [e], None))[0], subs[0],
+                    frozenset(tuple(x) for x in command_entries(subs)
+                              if x[0] not in REDIS_7_2_SUBS)))
+    return out
+
+
 def doc_groups(node):
     """COMMAND DOCS cut to each command's group: {name: group}."""
     if not isinstance(node[1], list):
@@ -218,9 +246,16 @@ def doc_groups(node):
 @unittest.skipIf(REDIS_SERVER is None, "redis-server is not installed: the differential test "
                  "needs it (Debian package redis-server, installed by deploy/install-deps.sh)")
 class RespDiffTestCase(RouterTestCase):
+    REDIS_ARGS = ()  # more of redis-server's command line
+
+    def kvs_yaml(self):
+        """More of the router's config."""
+        return ""
+
     def setUp(self):
         self.rport = free_port()
-        self.router(shards=2, router_yaml=['resp_listen: "%s:%d"' % (HOST, self.rport)])
+        self.router(shards=2, router_yaml=['resp_listen: "%s:%d"' % (HOST, self.rport)],
+                    extra_yaml=self.kvs_yaml())
         self.redis_dir = tempfile.mkdtemp(prefix="kvs-redis-")
         self.addCleanup(shutil.rmtree, self.redis_dir, True)
         self.redis_port = free_port()
@@ -229,7 +264,7 @@ class RespDiffTestCase(RouterTestCase):
         self.redis_proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.redis_port), "--bind", HOST, "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--dir", self.redis_dir,
-             "--databases", "1"],
+             "--databases", "1"] + list(self.REDIS_ARGS),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while True:
@@ -289,6 +324,10 @@ class RespDiffTestCase(RouterTestCase):
             return scan_page(kn) == scan_page(rn)
         if c.how == "groups":
             return doc_groups(kn) == doc_groups(rn)
+        if c.how == "subs":
+            ks, rs = sub_entries(kn), sub_entries(rn)
+            return len(ks) == len(rs) and all(
+                k[:2] == r[:2] and (k[2] is None or k[2] <= r[2]) for k, r in zip(ks, rs))
         raise ValueError(c.how)
 
     def run_session(self, cases):
@@ -589,6 +628,10 @@ class HashCommandsTest(RespDiffTestCase):
             C("CONFIG", "GET", "appendonly", "APPENDONLY", "save", how="unordered"),
             C("CONFIG", "GET", "appendonly", "append?nly", how="unordered"),
             C("CONFIG", "GET", "*", how="type"), C("CONFIG", "NOSUCH"),
+            # A pattern is a C string to Redis: it ends at a NUL. A name
+            # is compared whole.
+            C("CONFIG", "GET", "sav*\0zzz"), C("CONFIG", "GET", "appendonl?\0x"),
+            C("CONFIG", "GET", "save\0*"), C("CONFIG", "GET", "save\0"),
             C("COMMAND", "COUNT", how="type"), C("COMMAND", "COUNT", "x"),
             C("COMMAND", "NOSUCH"), C("COMMAND", how="type"), C("COMMAND", "INFO", how="type"),
             C("COMMAND", "INFO", "nosuch"), C("COMMAND", "DOCS", how="type"),
@@ -606,6 +649,9 @@ class HashCommandsTest(RespDiffTestCase):
             C("INFO", "server", "nosuch", how="info"),
             C("AUTH"), C("AUTH", "x"), C("AUTH", "default", "x"), C("AUTH", "bob", "x"),
             C("AUTH", "a", "b", "c"), C("AUTH", "", "x"),
+            # User names are not folded: "DEFAULT" is not the default user.
+            C("AUTH", "DEFAULT", "x"), C("AUTH", "Default", "x"),
+            C("HELLO", "2", "AUTH", "DEFAULT", "x"),
             C("HELLO", "abc"), C("HELLO", "4"), C("HELLO", "1"), C("HELLO", "-1"),
             C("HELLO", "03"), C("HELLO", ""), C("HELLO", "3", "FOO"),
             C("HELLO", "3", "y" * 200), C("HELLO", "3", "AUTH", "a"),
@@ -621,6 +667,31 @@ class HashCommandsTest(RespDiffTestCase):
             C("HELLO", "3", "a\r\nb"),
             C("x" * 200, "y" * 200, "z"), C("a", *(["b" * 30] * 10)), C("MULTI2"),
             C("QUIT", "x"),
+        ])
+
+    def test_command_info_and_docs_of_subcommands(self):
+        """COMMAND INFO and DOCS look up "container|sub" as Redis 7 does,
+        and a container's entry lists its subcommands."""
+        subs = ["client|id", "CLIENT|GETNAME", "client|setname", "client|help", "config|get",
+                "config|set", "config|resetstat", "Config|Rewrite", "config|help",
+                "command|count", "command|info", "command|docs", "command|help", "slowlog|get",
+                "slowlog|len", "slowlog|reset", "slowlog|help"]
+        unknown = ["client|nosuch", "hget|x", "client|id|x", "client||id", "|", "client|",
+                   "|id", "nosuch|id"]
+        self.run_session([
+            C("COMMAND", "INFO", *subs, how="commands"), C("COMMAND", "INFO", *unknown),
+            C("COMMAND", "INFO", "client", "config", "command", "slowlog", "hget", "ping",
+              how="subs"),
+            C("COMMAND", "DOCS", *subs, how="groups"), C("COMMAND", "DOCS", *unknown),
+            # In the order named, a name given twice twice, under its own name.
+            D(["COMMAND", "DOCS", "hget", "CLIENT|ID", "nosuch", "hget"],
+              b"*6\r\n$4\r\nhget\r\n*2\r\n$5\r\ngroup\r\n$4\r\nhash\r\n"
+              b"$9\r\nclient|id\r\n*2\r\n$5\r\ngroup\r\n$10\r\nconnection\r\n"
+              b"$4\r\nhget\r\n*2\r\n$5\r\ngroup\r\n$4\r\nhash\r\n", None),
+            C("HELLO", "3", norm=ID),
+            C("COMMAND", "INFO", *subs, how="commands"), C("COMMAND", "INFO", *unknown),
+            C("COMMAND", "INFO", "client", "config", "command", "slowlog", "hget", "ping",
+              how="subs"),
         ])
 
     def test_resp3(self):
@@ -669,6 +740,63 @@ class HashCommandsTest(RespDiffTestCase):
         ])
 
 
+class AuthTest(RespDiffTestCase):
+    """With users configured: kvs's users against the same names and
+    tokens in Redis's ACL, whose default user is off and has no password
+    (kvs has no user "default" here). Rights are not compared (kvs's are
+    per table, Redis's all commands)."""
+    REDIS_ARGS = ["--user", "default", "off", "resetpass", "--user", "alice", "on", ">alice-pw",
+                  "~*", "+@all", "--user", "ops", "on", ">ops-pw", "~*", "+@all"]
+
+    def kvs_yaml(self):
+        return users_yaml(limits="auth_failures: 100, auth_failures_per_minute: 1000")
+
+    def test_before_and_after_auth(self):
+        self.run_session([
+            C("PING"), C("HGET", "orders", "f"), C("HGET", "orders"), C("NOSUCH", "x"),
+            C("CLIENT", "ID"), C("CLIENT", "SETNAME", "x"), C("CLIENT", "GETNAME"),
+            C("SELECT", "0"), C("ECHO", "x"), C("COMMAND", "COUNT"), C("CONFIG", "GET", "save"),
+            C("INFO"), C("SLOWLOG", "LEN"), C("EXISTS", "orders"), C("DEL", "orders"),
+            C("TYPE", "orders"),
+            C("HELLO"), C("HELLO", "3"), C("HELLO", "2"), C("HELLO", "4"), C("HELLO", "x"),
+            C("HELLO", "3", "FOO"), C("HELLO", "3", "AUTH", "alice"),
+            C("HELLO", "3", "AUTH", "alice", "bad"), C("HELLO", "3", "AUTH", "nobody", "bad"),
+            C("HELLO", "3", "AUTH", "default", "bad"),
+            C("AUTH"), C("AUTH", "x"), C("AUTH", "a", "b", "c"), C("AUTH", "alice", "bad"),
+            C("AUTH", "ALICE", "alice-pw"), C("AUTH", "alice", "alice-pw\0"),
+            C("AUTH", "alice\0", "alice-pw"), C("AUTH", "", ""), C("AUTH", "default", ""),
+            C("CLIENT", "GETNAME"),
+            C("AUTH", "alice", "alice-pw"), C("HSET", "orders", "f", "v"), C("PING"),
+            C("AUTH", "alice", "bad"), C("HGET", "orders", "f"), C("HELLO", norm=ID),
+            # A HELLO whose AUTH fails changes nothing: RESP3 stays.
+            C("HELLO", "3", norm=ID), C("HELLO", "2", "AUTH", "ops", "bad"),
+            C("HGET", "orders", "nope"),
+            C("HELLO", "2", "AUTH", "ops", "ops-pw", "SETNAME", "o", norm=ID),
+            C("CLIENT", "GETNAME"), C("HGET", "orders", "nope"), C("AUTH", "ops-pw"),
+            C("QUIT", "x"),
+        ])
+
+    def test_requests_before_auth(self):
+        """Before AUTH, kvs bounds a request's bytes (16 KiB: README,
+        Security) and says so; Redis bounds its arguments (10) and each
+        bulk (16384 bytes) with a protocol error."""
+        for data, kvs, redis in [
+                (cmd("HMGET", "orders", *"abcdefghij"),
+                 (b"-NOAUTH Authentication required.\r\n", False),
+                 (b"-ERR Protocol error: unauthenticated multibulk length\r\n", True)),
+                (cmd("HGET", "orders", "x" * 16385),
+                 (b"-NOAUTH a client that has not authenticated may send requests of at most "
+                  b"16384 bytes: authenticate first (AUTH, or HELLO with AUTH); the connection is "
+                  b"closed\r\n", True),
+                 (b"-ERR Protocol error: unauthenticated bulk length\r\n", True))]:
+            k, r = self.conns()
+            for conn in (k, r):
+                conn.sock.settimeout(0.3)
+                conn.send(data)
+            self.assertEqual(k.until_close(), kvs, data[:40])
+            self.assertEqual(r.until_close(), redis, data[:40])
+
+
 class ProtocolErrorTest(RespDiffTestCase):
     CLOSING = [
         b"*abc\r\n", b"*\r\n", b"*1\r\n$abc\r\n", b"*1\r\n$-1\r\n", b"*1\r\n$\r\n",
@@ -701,10 +829,14 @@ class ProtocolErrorTest(RespDiffTestCase):
     def test_kvs_bounds_close_sooner(self):
         """kvs's documented bounds: at most 1,048,576 arguments and
         limits.max_frame bytes a request (default 4 MiB); Redis waits for
-        the bytes such a request announces."""
+        the bytes such a request announces. A count or length line holding
+        a NUL is refused at once; Redis, reading the line as a C string,
+        waits for its end."""
         for data, want in [
                 (b"*1048577\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n")]:
+                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n"),
+                (b"*1\0\r\n$4\r\nPING\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+                (b"*1\r\n$4\0\r\nPING\r\n", b"-ERR Protocol error: invalid bulk length\r\n")]:
             kg, rg = self.exchange_until_close(data, 0.3)
             self.assertEqual(kg, (b"+PONG\r\n" + want, True), data)
             self.assertEqual(rg, (b"+PONG\r\n", False), data)

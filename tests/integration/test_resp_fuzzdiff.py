@@ -54,7 +54,8 @@ exactly these normalizations are made:
   DEL of keys: sent to kvs only, which must answer its refusal;
   a session's ending: the same as above, reply by reply, and where a
       changed frame makes a value a command, kvs's "unknown command" for
-      one Redis has and kvs has not (GET, SET...); a request past kvs's
+      one Redis has and kvs has not (GET, SET...), or "unknown subcommand"
+      for a subcommand kvs has not (CLIENT LIST); a request past kvs's
       bounds (1,048,576 arguments, limits.max_frame) refused at once where
       Redis waits for its bytes.
 Not generated, as README documents them as different or they are not
@@ -138,6 +139,11 @@ KVS_COMMANDS = {  # README, "Redis protocol (RESP)"; DEL is refused, not unknown
     b"ping",
     b"echo", b"info", b"command", b"client", b"select", b"hello", b"auth", b"config", b"slowlog",
     b"quit", b"del"}
+KVS_SUBCOMMANDS = {  # README: any other subcommand is unknown, whether Redis has it or not
+    b"CLIENT": {b"id", b"getname", b"setname", b"setinfo", b"help"},
+    b"COMMAND": {b"count", b"info", b"docs", b"help"},
+    b"CONFIG": {b"get", b"set", b"resetstat", b"rewrite", b"help"},
+    b"SLOWLOG": {b"get", b"len", b"reset", b"help"}}
 TOO_LARGE = rb"-ERR \w+ answer would exceed limits\.max_frame \(4194304 bytes\)"
 CONFIG_KNOWN = {b"save", b"appendonly", b"databases", b"maxmemory"}
 HELLO_ID = rb"\$2\r\nid\r\n:\d+"
@@ -648,7 +654,8 @@ class RespFuzzDiffTest(RespDiffTestCase):
     def endings_agree(self, kg, rg):
         """Whether replies kg and rg (until_idle's) differ only where kvs
         answers "unknown command" for a command Redis has and kvs has not
-        (a framing change can make a value such as GET a command), or
+        (a framing change can make a value such as GET a command) or
+        "unknown subcommand" for a subcommand kvs has not (CLIENT LIST), or
         refuses a key or field that is not a kvs name (a changed length can
         cut a key short of UTF-8 or a field to nothing), or refuses DEL or
         an answer over limits.max_frame, or lists a hash in another
@@ -666,7 +673,9 @@ class RespFuzzDiffTest(RespDiffTestCase):
             except Exception:  # a partial reply: the rest must be the same bytes
                 return kg[0][ki:] == rg[0][ri:]
             m = re.match(rb"-ERR unknown command '(.*?)', with args", kn[2])
-            if kn[2] != rn[2] and unordered(kn) != unordered(rn) and not (m and m.group(1).lower() in self.redis_only) and not (
+            sub = re.match(rb"-ERR unknown subcommand '(.*?)'\. Try (\w+) HELP\.\r\n$", kn[2])
+            sub = sub and sub.group(1).lower() not in KVS_SUBCOMMANDS.get(sub.group(2), ())
+            if kn[2] != rn[2] and unordered(kn) != unordered(rn) and not (m and m.group(1).lower() in self.redis_only) and not sub and not (
                     re.match(rb"-ERR (the key |a hash field |kvs does not delete)", kn[2])) and not (
                     len(rn[2]) > 3 << 20 and re.match(TOO_LARGE, kn[2])):
                 return False
