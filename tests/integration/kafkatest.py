@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import time
 
-from kvstest import BUILD_DIR, Client, Managed, pb, pyval
+from kvstest import BUILD_DIR, Client, Managed, pb, pyval, recv_exact
 
 try:
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -341,8 +341,8 @@ def produce_markers(bootstrap, topic, partition, count, commit=True, producer_id
                     + struct.pack(">i", len(batch)) + batch)
             req = struct.pack(">hhih", 0, 3, i + 1, 4) + b"test" + body
             s.sendall(struct.pack(">i", len(req)) + req)
-            size = struct.unpack(">i", _recv_exactly(s, 4))[0]
-            resp = _recv_exactly(s, size)
+            size = struct.unpack(">i", recv_exact(s, 4))[0]
+            resp = recv_exact(s, size)
             # correlation id, 1 topic (name), 1 partition: index, error, base offset
             at = 8 + 2 + struct.unpack_from(">h", resp, 8)[0] + 4
             _, err, base = struct.unpack_from(">ihq", resp, at)
@@ -351,15 +351,6 @@ def produce_markers(bootstrap, topic, partition, count, commit=True, producer_id
             offsets.append(base)
     return offsets
 
-
-def _recv_exactly(s, n):
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise AssertionError("the broker closed the connection")
-        out += chunk
-    return out
 
 # ---- the kvs side -------------------------------------------------------------------------------
 

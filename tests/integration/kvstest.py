@@ -129,6 +129,17 @@ def free_port():
     return free_ports(1)
 
 
+def recv_exact(sock, n):
+    """Exactly n bytes from sock; ConnectionError if it closes first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return buf
+
+
 class LoopbackServer:
     """A TCP listener on 127.0.0.1 (self.port) whose thread accepts
     connections and hands each to handle(sock), in a thread of its own

@@ -32,17 +32,7 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 NODE = os.path.join(BUILD_DIR, "kvs-node")
 RUN_TIMEOUT = 20  # seconds for any one kvs-cli run
 
-from kvstest import free_port, free_ports  # noqa: E402
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed after %d of %d bytes" % (len(buf), n))
-        buf += chunk
-    return buf
+from kvstest import free_port, free_ports, recv_exact  # noqa: E402
 
 
 class Node:

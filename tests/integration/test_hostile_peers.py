@@ -23,7 +23,8 @@ import unittest
 
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
-                     Node, frame, free_port, free_ports, pb, req_hget, req_hset, req_ping)
+                     Node, frame, free_port, free_ports, pb, recv_exact, req_hget, req_hset,
+                     req_ping)
 
 
 class FakePeer(LoopbackServer):
@@ -35,18 +36,9 @@ class FakePeer(LoopbackServer):
         self.requests = []
         super().__init__(self._first_frame, port=free_port())
 
-    def _recv(self, c, n):
-        data = b""
-        while len(data) < n:
-            chunk = c.recv(n - len(data))
-            if not chunk:
-                raise EOFError("closed")
-            data += chunk
-        return data
-
     def _first_frame(self, c):
-        (n,) = struct.unpack(">I", self._recv(c, 4))
-        self.requests.append(pb.CommandRequest.FromString(self._recv(c, n)))
+        (n,) = struct.unpack(">I", recv_exact(c, 4))
+        self.requests.append(pb.CommandRequest.FromString(recv_exact(c, n)))
         self.answer(c)
 
 
