@@ -926,8 +926,27 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
  * end that did not move `next` was one of those; `next` moves to the end
  * and is stored in the turn's batch (skip_to), so a restart resumes there
  * too. Events of an earlier assignment never arrive (librdkafka drops
- * them), and a partition with nothing applied yet keeps starting at
- * auto.offset.reset. */
+ * them). A partition with nothing applied yet (no `next`: new, or
+ * rebuilt) was assigned at auto.offset.reset, and every record handed
+ * over since would have set `next`: if it started at the log's start
+ * (earliest, or rebuilt), the offsets from there to the end are all
+ * passed over too (a log of aborted transactions only, or a retained
+ * log that starts with a marker); one that started at the end (latest)
+ * counts from the end already (reset_start), and an empty one is left
+ * as it is. */
+
+static int64_t reset_start(node_ingest_t *in, const topic_t *t, int32_t p);
+
+/* The offset from which every offset below the consumer's position was
+ * handed over no record of: `next`, or, with nothing applied yet, the
+ * log's first offset where the partition started at it; -1 none. */
+static int64_t passed_from(node_ingest_t *in, const topic_t *t, int32_t p)
+{
+    const part_t *pt = &t->parts[p];
+    if (pt->next >= 0)
+        return pt->next;
+    return start_of(in, pt) == RD_KAFKA_OFFSET_BEGINNING ? reset_start(in, t, p) : -1;
+}
 
 static void note_end(node_ingest_t *in, const rd_kafka_message_t *m)
 {
@@ -935,10 +954,11 @@ static void note_end(node_ingest_t *in, const rd_kafka_message_t *m)
     if (t == NULL || m->partition < 0 || (uint32_t)m->partition >= t->partitions)
         return;
     part_t *pt = &t->parts[m->partition];
-    if (in->assigned && pt->owned)
-        pt->end_heard_ms = uv_now(in->loop); /* the fetch said where the log ends */
-    if (in->assigned && pt->owned && pt->next >= 0 && m->offset > pt->next &&
-        m->offset > pt->pass_to) {
+    if (!in->assigned || !pt->owned)
+        return;
+    pt->end_heard_ms = uv_now(in->loop); /* the fetch said where the log ends */
+    int64_t from = passed_from(in, t, m->partition);
+    if (from >= 0 && m->offset > from && m->offset > pt->pass_to) {
         pt->pass_to = m->offset;
         in->passes = 1;
     }
@@ -958,7 +978,7 @@ static void pass_over(node_ingest_t *in, int failed)
             part_t *pt = &t->parts[p];
             int64_t to = pt->pass_to;
             pt->pass_to = -1;
-            if (!keep || to <= pt->next || pt->next < 0 || pt->diverged || pt->halted ||
+            if (!keep || to < 0 || to <= pt->next || pt->diverged || pt->halted ||
                 pt->out_of_range || pt->suspect)
                 continue;
             skip_to(in, t, (int32_t)p, to);

@@ -124,6 +124,29 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
         with r.client() as c:
             self.assertEqual(pyval(c.hget("users", keys[5]).values[0]), b"late")
 
+    def test_a_partition_holding_only_markers_is_not_lag(self):
+        # A partition the consumer never hands a record of (aborted
+        # transactions only, or a rebuilt one whose retained log starts
+        # with markers): nothing is ever applied there, so `next` was
+        # never set, and with kafka.max_lag 2 its three markers held its
+        # reads "catching up" for good.
+        parts = 2
+        m = self.mock({"users": parts})
+        key = keys_in_partition(0, parts, 1, "t")[0]
+        self.assertEqual(kafkatest.produce_markers(m.bootstrap, "users", 0, 3, commit=False),
+                         [0, 1, 2])
+        r = self.router(m, [("users", "users", "raw", parts)], shards=2, max_lag=2)
+        st = self.wait_caught_up(r, "users", {0: 3, 1: 0}, 5)
+        self.assertEqual((st[0]["applied"], st[0]["skipped"], st[1]["next_offset"]), (0, 0, 0))
+        with r.client() as c:
+            resp = c.hget("users", key)
+            self.assertEqual(resp.status, 404, resp.message)  # served: not "catching up"
+            # ... and a record after them is applied as any other.
+            self.assertEqual(c.hset("users", key, b"v").status, 200)
+            self.assertEqual(pyval(c.hget("users", key).values[0]), b"v")
+        st = self.wait_caught_up(r, "users", {0: 4, 1: 0}, 5)
+        self.assertEqual((st[0]["applied"], st[0]["ingested"]), (1, 1))
+
 
 @unittest.skipIf(KCAT is None or not HAVE_CK, "kcat and python3-confluent-kafka are needed")
 class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
