@@ -35,7 +35,8 @@
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement or every user may write to it, its files are
+ * another shard or placement (a table's too: node_store_open) or every user
+ * may write to it, its files are
  * damaged or not files (node_store_open's KVS_EDAMAGED), TLS material
  * does not load, librdkafka refuses a kafka.properties entry, or a bound
  * topic's partition count differs from the configured one. 1
@@ -656,11 +657,14 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
-    const char **bound = calloc(cfg->n_bindings + 1, sizeof(*bound));
+    const char **bound = calloc(2 * (cfg->n_bindings + 1), sizeof(*bound));
     if (bound == NULL)
         return -ENOMEM;
-    for (size_t i = 0; ingest && i < cfg->n_bindings; i++)
+    const char **topics = bound + cfg->n_bindings + 1;
+    for (size_t i = 0; ingest && i < cfg->n_bindings; i++) {
         bound[i] = cfg->bindings[i].table;
+        topics[i] = cfg->bindings[i].topic;
+    }
     node_store_opts_t so = {
         .dir = dir,
         .shard = (uint32_t)shard,
@@ -668,8 +672,10 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .map_size = cfg->map_size,
         .max_tables = cfg->max_tables,
         .tables = bound,
+        .topics = topics,
         .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
+        .cfg = cfg,
         .reset_lock = reset_lock,
         .last = m->had_last ? &m->last : NULL,
         .fail_cb = node_server_fail_cb,
