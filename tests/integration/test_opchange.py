@@ -9,6 +9,7 @@ table and what to set; never answer 404 for a key it holds.
 
 Every wait is bounded; every process is killed at cleanup.
 """
+import os
 import subprocess
 import unittest
 
@@ -179,6 +180,30 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         self.rewrite(r, "partitions: 4, partitioner: crc32", "partitions: 64")
         r.start()
         self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
+
+    def test_a_data_dir_of_another_node_is_refused(self):
+        """Two nodes of a cluster.remote cluster with their data_dir swapped
+        both started, each with empty environments for its own shards, and
+        answered every key as missing. A worker whose shard directory is
+        missing while data_dir holds a shard another node runs now refuses
+        to start; once its directory exists (created empty on purpose), it
+        starts."""
+        gone = "127.0.0.1:1"  # the other node: not needed to start
+        r = Router(shards=4, partitions=64, start=False, remote={0: gone, 1: gone})
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        r.start()  # runs shards 2 and 3: their environments are in data_dir
+        self.assertEqual(r.stop(), 0)
+        self.rewrite(r, "shard: 0,", "shard: 2,")
+        self.rewrite(r, "shard: 1,", "shard: 3,")
+        self.refused(r, r"\S+/shard-[01] does not exist, but data_dir \S+ holds shard-2, shard-3, "
+                        r"which this node does not run \(cluster.remote names the node that "
+                        r"does\): data_dir looks like another node's, .* to start shard [01] "
+                        r"empty, create the directory \S+/shard-[01]")
+        for s in (0, 1):
+            os.mkdir(os.path.join(r.data_dir, "shard-%d" % s), 0o700)
+        r.start()
+        self.assertEqual(sorted(r.workers()), [0, 1])
 
     def router_plain(self):
         """A 2-shard router with KEYS written to table users, bound to nothing."""
