@@ -63,9 +63,14 @@ int kvs_schema_topic_table_key(char *buf, size_t len, const char *topic)
 
 int kvs_schema_table_layout_key(char *buf, size_t len, const void *table, size_t tlen)
 {
-    if (tlen > INT32_MAX)
+    static const char prefix[] = "table/";
+    size_t plen = sizeof(prefix) - 1;
+    if (tlen > INT32_MAX - plen || plen + tlen >= len)
         return -ENAMETOOLONG;
-    return fit(snprintf(buf, len, "table/%.*s", (int)tlen, (const char *)table), len);
+    memcpy(buf, prefix, plen);
+    memcpy(buf + plen, table, tlen); /* every byte of the name, a NUL included */
+    buf[plen + tlen] = '\0';
+    return (int)(plen + tlen);
 }
 
 void kvs_schema_layout(char *buf, size_t len, const char *topic, const char *partitioner,
