@@ -1215,22 +1215,33 @@ static int sample_fits(MDB_txn *txn, MDB_dbi dbi, const kvs_partitioner_t pt[2],
  * shards, a wrong hash still places half of them here by chance). With
  * Kafka on, a new count is the brokers' to check (node_ingest), and a
  * topic grown in place keeps its keys where they are ("Growing a bound
- * topic"). */
+ * topic"): a warning says how many of the sampled keys reads now miss. */
 static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, const char *table,
                          const layout_t *was, const layout_t *now, char *err, size_t errlen)
 {
     kvs_partitioner_t pt[2];
     uint32_t sampled, fit[2];
-    if (o->cfg->shards < 2 ||
-        (was->partitions != now->partitions && o->cfg->kafka_brokers[0] != '\0') ||
-        kvs_place_partitioner_parse(was->partitioner, &pt[0], NULL) != 0 ||
+    int grown = was->partitions != now->partitions && o->cfg->kafka_brokers[0] != '\0';
+    if (o->cfg->shards < 2 || kvs_place_partitioner_parse(was->partitioner, &pt[0], NULL) != 0 ||
         kvs_place_partitioner_parse(now->partitioner, &pt[1], NULL) != 0 ||
         (pt[0] == pt[1] && was->partitions == now->partitions) || pt[0] == KVS_PARTITIONER_NONE ||
         pt[1] == KVS_PARTITIONER_NONE)
         return 0;
     int rc = sample_fits(txn, dbi, pt, was->partitions, now->partitions, o->cfg->shards, o->shard,
                          &sampled, fit);
-    if (rc != 0 || sampled < 8 || fit[0] * 8 < sampled * 7 || (sampled - fit[1]) * 4 < sampled)
+    if (rc != 0 || sampled == 0 || fit[0] * 8 < sampled * 7)
+        return 0;
+    if (grown) { /* the brokers' count: taken; what it costs is said */
+        if (fit[1] < sampled)
+            kvs_warn("%s: table \"%s\" is now placed over %" PRIu32 " partitions (%" PRIu32
+                     " when its keys were stored): %" PRIu32 " of the %" PRIu32
+                     " keys sampled on this shard are looked up on other shards from now on, "
+                     "and answer as missing until they are written again (README, \"Growing a "
+                     "bound topic\")",
+                     o->dir, table, now->partitions, was->partitions, sampled - fit[1], sampled);
+        return 0;
+    }
+    if (sampled < 8 || (sampled - fit[1]) * 4 < sampled)
         return 0;
     snprintf(err, errlen,
              "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
@@ -1243,8 +1254,8 @@ static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, 
     return KVS_EMISMATCH;
 }
 
-/* Refuses a table whose layout changed between bound and unbound so that
- * its stored keys would be looked up on other shards; *refused set. */
+/* The refusal of a table whose layout changed between bound and unbound
+ * so that its stored keys would be looked up on other shards, in err. */
 static void layout_refusal(const node_store_opts_t *o, const char *table, uint64_t keys,
                            const layout_t *was, const layout_t *now, char *err, size_t errlen)
 {

@@ -162,6 +162,31 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                         r"8 partitions, .* Set partitioner: murmur2, partitions: 4 again in the "
                         r"binding of table users")
 
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_a_new_partition_count_the_brokers_confirm_says_what_reads_miss(self):
+        """With Kafka on, a binding's new count is the brokers' to check (the
+        topic grew, or was made anew): taken, but the keys stored under the
+        old count that are now looked up elsewhere are counted in a WARN,
+        not left to be found missing one read at a time."""
+        m = self.mock({"users": 4})
+        r = Router(shards=3, partitions=64, start=False, extra_yaml=ingest_yaml(
+            m.bootstrap, [("users", "users", "string", 4)],
+            properties={"reconnect.backoff.max.ms": "500"}))
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        r.start()
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
+        self.wait_values(r, "users", "v1")
+        self.assertEqual(r.stop(), 0)
+        m8 = self.mock({"users": 8})  # the topic made anew with 8 partitions
+        self.rewrite(r, 'brokers: "%s"' % m.bootstrap, 'brokers: "%s"' % m8.bootstrap)
+        self.rewrite(r, "partitions: 4", "partitions: 8")
+        r.start()
+        self.assertRegex(r.stderr(), r"node\[\d\] WARN +\S+/shard-\d: table \"users\" is now "
+                                     r"placed over 8 partitions \(4 when its keys were stored\): "
+                                     r"[1-9]\d* of the \d+ keys sampled on this shard are looked "
+                                     r"up on other shards from now on")
+
     def test_binding_a_table_clients_wrote_is_refused_unless_placed_alike(self):
         """Keys written to an unbound table sit where murmur2 over
         cluster.partitions puts them; a binding that places the table's
