@@ -187,6 +187,24 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                      r"[1-9]\d* of the \d+ keys sampled on this shard are looked "
                                      r"up on other shards from now on")
 
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_a_table_bound_to_another_topic_is_warned_of_until_rebuilt(self):
+        """A bound table given another topic keeps the old topic's records
+        (the documented way: rebuild it from the new topic after the
+        restart): served as they were, with a WARN saying what to run."""
+        m = self.mock({"users": 4, "users2": 4})
+        r = self.kafka_router(m, ("users", "users", "string", 4), partitions=64)
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
+        self.wait_values(r, "users", "v1")
+        self.assertEqual(r.stop(), 0)
+        self.rewrite(r, "topic: users,", "topic: users2,")
+        r.start()
+        self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
+        self.assertRegex(r.stderr(), r"node\[\d\] WARN +\S+/shard-\d: table \"users\" holds \d+ "
+                                     r"key\(s\) from topic users, and is now bound to topic "
+                                     r"users2: they stay until the table is rebuilt from it "
+                                     r"\(kvs-cli --config FILE rebuild users\)")
+
     def test_binding_a_table_clients_wrote_is_refused_unless_placed_alike(self):
         """Keys written to an unbound table sit where murmur2 over
         cluster.partitions puts them; a binding that places the table's
