@@ -7,7 +7,9 @@
 #include "kvs_schema.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 kvs_schema_format_t kvs_schema_format(const void *p, size_t len)
@@ -47,6 +49,61 @@ int kvs_schema_state_path(char *buf, size_t len, const char *data_dir, uint32_t 
 int kvs_schema_offsets_key(char *buf, size_t len, const char *topic, int32_t partition)
 {
     return fit(snprintf(buf, len, "kafka/%s/%d", topic, partition), len);
+}
+
+int kvs_schema_offsets_prefix(char *buf, size_t len, const char *topic)
+{
+    return fit(snprintf(buf, len, "kafka/%s/", topic), len);
+}
+
+int kvs_schema_topic_table_key(char *buf, size_t len, const char *topic)
+{
+    return fit(snprintf(buf, len, "topic/%s", topic), len);
+}
+
+int kvs_schema_table_layout_key(char *buf, size_t len, const void *table, size_t tlen)
+{
+    static const char prefix[] = "table/";
+    size_t plen = sizeof(prefix) - 1;
+    if (tlen > INT32_MAX - plen || plen + tlen >= len)
+        return -ENAMETOOLONG;
+    memcpy(buf, prefix, plen);
+    memcpy(buf + plen, table, tlen); /* every byte of the name, a NUL included */
+    buf[plen + tlen] = '\0';
+    return (int)(plen + tlen);
+}
+
+void kvs_schema_layout(char *buf, size_t len, const char *topic, const char *partitioner,
+                       uint32_t partitions)
+{
+    snprintf(buf, len, "topic=%s partitioner=%s partitions=%" PRIu32, topic, partitioner,
+             partitions);
+}
+
+int kvs_schema_layout_parse(const void *p, size_t n, char *topic, size_t tlen, char *partitioner,
+                            size_t plen, uint32_t *partitions)
+{
+    char text[512], *t, *q, *end;
+    if (p == NULL || n == 0 || n >= sizeof(text))
+        return -EINVAL;
+    memcpy(text, p, n);
+    text[n] = '\0';
+    if (strncmp(text, "topic=", 6) != 0 || (t = strstr(text, " partitioner=")) == NULL ||
+        (q = strstr(t + 1, " partitions=")) == NULL)
+        return -EINVAL;
+    size_t topic_len = (size_t)(t - (text + 6)), part_len = (size_t)(q - (t + 13));
+    if (topic_len == 0 || topic_len >= tlen || part_len == 0 || part_len >= plen)
+        return -EINVAL;
+    errno = 0;
+    unsigned long v = strtoul(q + 12, &end, 10);
+    if (errno != 0 || end == q + 12 || *end != '\0' || v == 0 || v > UINT32_MAX)
+        return -EINVAL;
+    memcpy(topic, text + 6, topic_len);
+    topic[topic_len] = '\0';
+    memcpy(partitioner, t + 13, part_len);
+    partitioner[part_len] = '\0';
+    *partitions = (uint32_t)v;
+    return 0;
 }
 
 static void put_u64(uint8_t *p, uint64_t v)

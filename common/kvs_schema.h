@@ -22,7 +22,8 @@
  *    bytes mean), the shard id and the placement fingerprint the
  *    environment was created for, and one record per Kafka partition the
  *    shard ingests (KVS_SCHEMA_OFFSETS_*), written in the same transaction
- *    as the records it counts;
+ *    as the records it counts, and per bound topic the table those records
+ *    went to (kvs_schema_topic_table_key);
  *  - an Hscan cursor, as a worker answers it, is the key of the first pair
  *    not returned; a walk continues at the first key >= the cursor, so a
  *    cursor stays valid across writes and across processes (a page served
@@ -44,6 +45,11 @@
 #define KVS_SCHEMA_KEY_FORMAT "format_version"
 #define KVS_SCHEMA_KEY_SHARD "shard"
 #define KVS_SCHEMA_KEY_PLACEMENT "placement"
+
+/* __kvs key present once the environment records its tables' layouts
+ * (kvs_schema_table_layout_key); an environment of an earlier kvs has
+ * none, and its tables are taken as the config binds them. */
+#define KVS_SCHEMA_KEY_LAYOUTS "table_layouts"
 
 /* Reader slots of an environment's lock file. Every process reading the
  * environment takes one per open read transaction: the worker one (its
@@ -97,6 +103,35 @@ typedef struct kvs_schema_offsets_s {
 /* The __kvs key of (topic, partition): "kafka/<topic>/<partition>".
  * Returns its length, or -ENAMETOOLONG when buf[0..len) cannot hold it. */
 int kvs_schema_offsets_key(char *buf, size_t len, const char *topic, int32_t partition);
+
+/* The __kvs key prefix of every partition record of `topic`:
+ * "kafka/<topic>/" (topic names hold no '/', so it is only that topic's).
+ * Returns its length, or -ENAMETOOLONG when buf[0..len) cannot hold it. */
+int kvs_schema_offsets_prefix(char *buf, size_t len, const char *topic);
+
+/* The __kvs key naming the table a topic's partition records were applied
+ * to: "topic/<topic>", whose value is the table's name. The offsets are
+ * the progress of that table: a binding that gives the topic another table
+ * (kafka.bindings renamed) must not let that table resume there, or it
+ * would never get the records below them (node_store_open reads the topic
+ * again from its start for it). Returns its length, or -ENAMETOOLONG. */
+int kvs_schema_topic_table_key(char *buf, size_t len, const char *topic);
+
+/* The __kvs key of a table's layout: "table/<table>" (table[0..tlen)),
+ * present for a table bound to a topic, whose keys are placed by its
+ * binding, absent for one bound to none (placed by murmur2 over
+ * cluster.partitions, which the placement fingerprint covers). Its value
+ * is kvs_schema_layout's text. Returns the key's length, or -ENAMETOOLONG. */
+int kvs_schema_table_layout_key(char *buf, size_t len, const void *table, size_t tlen);
+
+/* A bound table's layout, as stored: "topic=T partitioner=P partitions=N". */
+void kvs_schema_layout(char *buf, size_t len, const char *topic, const char *partitioner,
+                       uint32_t partitions);
+
+/* Parses a stored layout (p[0..n)) into topic[0..tlen), partitioner[0..plen)
+ * and *partitions. Returns 0, or -EINVAL for text of another form. */
+int kvs_schema_layout_parse(const void *p, size_t n, char *topic, size_t tlen, char *partitioner,
+                            size_t plen, uint32_t *partitions);
 
 /* Encodes `o` into out[0..KVS_SCHEMA_OFFSETS_LEN). */
 void kvs_schema_offsets_encode(uint8_t *out, const kvs_schema_offsets_t *o);

@@ -35,7 +35,9 @@
  * sysexits.h) when the configuration can never work for this shard, so a
  * supervisor must not restart it: the config file is invalid, the shard or
  * a derived address or path does not fit, the data directory belongs to
- * another shard or placement or every user may write to it, its files are
+ * another shard or placement (a table's too: node_store_open) or every user
+ * may write to it, or is missing in a data_dir that holds shards other
+ * nodes run (foreign_data_dir), its files are
  * damaged or not files (node_store_open's KVS_EDAMAGED), TLS material
  * does not load, librdkafka refuses a kafka.properties entry, or a bound
  * topic's partition count differs from the configured one. 1
@@ -63,6 +65,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -614,6 +617,50 @@ static int make_data_dir(const kvs_config_t *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* A node of a cluster.remote cluster whose shard directory does not exist
+ * while data_dir holds the environment of a shard another node runs: the
+ * data_dir is another node's (two nodes' data_dir swapped, a config copied
+ * from another node, a shard moved without its directory). Started empty,
+ * the shard would answer every key it held elsewhere as missing, with no
+ * word said. Returns 0, or KVS_ECONFIG with err set. A node with a cluster
+ * map (cluster.nodes) copies a new replica from a peer instead. */
+static int foreign_data_dir(const kvs_config_t *cfg, long shard, char *err, size_t errlen)
+{
+    char dir[4200], path[4300], list[200] = "";
+    struct stat st;
+    size_t n = 0;
+    if (cfg->n_nodes > 0 || cfg->n_remote == 0 ||
+        kvs_schema_shard_dir(dir, sizeof(dir), cfg->data_dir, (uint32_t)shard) != 0 ||
+        stat(dir, &st) == 0 || errno != ENOENT)
+        return 0;
+    for (size_t i = 0; i < cfg->n_remote; i++) {
+        snprintf(path, sizeof(path), "%s/shard-%" PRIu32 "/data.mdb", cfg->data_dir,
+                 cfg->remote[i].shard);
+        if (stat(path, &st) != 0 || st.st_size == 0)
+            continue;
+        size_t at = strlen(list);
+        if (at + 16 < sizeof(list))
+            snprintf(list + at, sizeof(list) - at, "%sshard-%" PRIu32, n > 0 ? ", " : "",
+                     cfg->remote[i].shard);
+        n++;
+    }
+    if (n == 0)
+        return 0;
+    /* Paths cut to fit the message (a data_dir of up to 4 KiB is allowed);
+     * a message cut at errlen still says what and where. */
+    int w = snprintf(
+        err, errlen,
+        "%.300s does not exist, but data_dir %.300s holds %s, which this node does not run "
+        "(cluster.remote names the node that does): data_dir looks like another node's, and "
+        "shard %ld started empty would answer every key it holds elsewhere as missing. "
+        "Point data_dir at this node's data, or move shard %ld's directory here from the "
+        "node that ran it; to start shard %ld empty, create the directory %.300s",
+        dir, cfg->data_dir, list, shard, shard, shard, dir);
+    if (w < 0)
+        snprintf(err, errlen, "%.300s: data_dir holds shards this node does not run", dir);
+    return KVS_ECONFIG;
+}
+
 /* Takes the state page (kvs_shardstate) and marks it not live, before
  * anything may change the shard's files (a snapshot bootstrap, the store's
  * opening): a router reading them stops until this worker publishes what
@@ -656,11 +703,14 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
     /* Tables Kafka writes to exist from the start, so clients creating
      * tables can never leave ingestion without room for them. */
     int ingest = cfg->kafka_brokers[0] != '\0' && cfg->n_bindings > 0;
-    const char **bound = calloc(cfg->n_bindings + 1, sizeof(*bound));
+    const char **bound = calloc(2 * (cfg->n_bindings + 1), sizeof(*bound));
     if (bound == NULL)
         return -ENOMEM;
-    for (size_t i = 0; ingest && i < cfg->n_bindings; i++)
+    const char **topics = bound + cfg->n_bindings + 1;
+    for (size_t i = 0; ingest && i < cfg->n_bindings; i++) {
         bound[i] = cfg->bindings[i].table;
+        topics[i] = cfg->bindings[i].topic;
+    }
     node_store_opts_t so = {
         .dir = dir,
         .shard = (uint32_t)shard,
@@ -668,8 +718,10 @@ static int open_store(node_main_t *m, const kvs_config_t *cfg, long shard, node_
         .map_size = cfg->map_size,
         .max_tables = cfg->max_tables,
         .tables = bound,
+        .topics = topics,
         .n_tables = ingest ? cfg->n_bindings : 0,
         .sync = cfg->sync,
+        .cfg = cfg,
         .reset_lock = reset_lock,
         .last = m->had_last ? &m->last : NULL,
         .fail_cb = node_server_fail_cb,
@@ -727,6 +779,8 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
         kvs_error("%s", err);
         return 1;
     }
+    if (foreign_data_dir(*cfg, args->shard, err, sizeof(err)) != 0)
+        return config_fatal(m, "%s", err);
     take_state(m, *cfg, args->shard);
     /* A new replica copies a peer's environment before opening its own. */
     m->loop = uv_default_loop();

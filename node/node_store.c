@@ -56,6 +56,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_place.h"
 #include "kvs_schema.h"
 
 #include <errno.h>
@@ -1043,6 +1044,346 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
     return rc;
 }
 
+/* Resets every partition record of `topic` in __kvs to "from the log's
+ * start", nothing applied (as Rebuild stores it). Returns the number reset
+ * (>= 0), or KVS_ESTORE with err set. */
+static int offsets_from_start(node_store_t *s, MDB_txn *txn, const char *topic, const char *dir,
+                              char *err, size_t errlen)
+{
+    char prefix[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    uint8_t enc[KVS_SCHEMA_OFFSETS_LEN];
+    kvs_schema_offsets_t o = {KVS_SCHEMA_NEXT_FROM_START, 0, 0, 0};
+    MDB_cursor *cur = NULL;
+    int n = 0, plen = kvs_schema_offsets_prefix(prefix, sizeof(prefix), topic);
+    kvs_schema_offsets_encode(enc, &o);
+    int rc = plen < 0 ? EINVAL : mdb_cursor_open(txn, s->meta, &cur);
+    MDB_val k = {(size_t)(plen < 0 ? 0 : plen), prefix}, v;
+    if (rc == 0)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size > (size_t)plen && memcmp(k.mv_data, prefix, (size_t)plen) == 0) {
+        MDB_val nv = {sizeof(enc), enc};
+        rc = mdb_cursor_put(cur, &k, &nv, MDB_CURRENT);
+        if (rc == 0) {
+            n++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+    }
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        snprintf(err, errlen, "%s: cannot reset the offsets of topic %s: %s", dir, topic,
+                 mdb_strerror(rc));
+        return KVS_ESTORE;
+    }
+    return n;
+}
+
+/* The partition records of a bound topic are the progress of the table
+ * they were applied to (kvs_schema_topic_table_key says which). A binding
+ * that now gives the topic another table (its `table:` renamed) must not
+ * let that table resume at them: it would hold only the records after the
+ * old table's progress, and miss every key written before, silently. So
+ * the topic is read again from its start for the new table (the old table
+ * keeps what it holds). With no record (an environment of an earlier kvs),
+ * a topic whose table does not exist yet has offsets of another table too.
+ * Runs before open_tables creates the missing tables. Returns 0, or
+ * KVS_ESTORE with err set. */
+static int topics_follow_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o,
+                                char *err, size_t errlen)
+{
+    MDB_dbi main;
+    if (o->topics == NULL || o->n_tables == 0)
+        return 0;
+    int rc = mdb_dbi_open(txn, NULL, 0, &main);
+    for (size_t i = 0; rc == 0 && i < o->n_tables; i++) {
+        char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+        const char *table = o->tables[i];
+        size_t tlen = strlen(table);
+        int klen = kvs_schema_topic_table_key(key, sizeof(key), o->topics[i]);
+        if (klen < 0)
+            continue; /* no topic name kvs accepts is that long */
+        MDB_val k = {(size_t)klen, key}, v, t = {tlen, (void *)table};
+        int had = mdb_get(txn, s->meta, &k, &v);
+        if (had != 0 && had != MDB_NOTFOUND) {
+            rc = had;
+            break;
+        }
+        if (had == 0 && v.mv_size == tlen && memcmp(v.mv_data, table, tlen) == 0)
+            continue;
+        char was[NAME_CAP] = "";
+        if (had == 0)
+            snprintf(was, sizeof(was), "%.*s", (int)(v.mv_size < 200 ? v.mv_size : 200),
+                     (const char *)v.mv_data);
+        MDB_val tv;
+        int exists = mdb_get(txn, main, &t, &tv) == 0;
+        if (had == 0 || !exists) {
+            int n = offsets_from_start(s, txn, o->topics[i], o->dir, err, errlen);
+            if (n < 0)
+                return n;
+            if (n > 0)
+                kvs_warn("kafka %s: the %d partition offset(s) stored in %s are those of table "
+                         "%s, but kafka.bindings now binds the topic to table %s: %s reads "
+                         "them again from their first record (table %s keeps what it holds)",
+                         o->topics[i], n, o->dir, was[0] ? was : "(another)", table, table,
+                         was[0] ? was : "(another)");
+        }
+        rc = mdb_put(txn, s->meta, &k, &t, 0);
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot record the tables of the bound topics: %s", o->dir,
+                 mdb_strerror(rc));
+        return KVS_ESTORE;
+    }
+    return 0;
+}
+
+/* How a table's keys are placed: by a binding (topic, partitioner,
+ * partitions), or, bound to none, by murmur2 over cluster.partitions. */
+typedef struct layout_s {
+    int bound;
+    char topic[256];
+    char partitioner[16];
+    uint32_t partitions;
+} layout_t;
+
+/* The layout the config gives table[0..tlen). */
+static layout_t layout_wanted(const kvs_config_t *cfg, const void *table, size_t tlen)
+{
+    layout_t l = {.partitions = cfg->partitions};
+    const kvs_binding_t *b = kvs_config_binding_n(cfg, table, tlen);
+    snprintf(l.partitioner, sizeof(l.partitioner), "%s",
+             kvs_place_partitioner_name(b != NULL ? b->partitioner : KVS_PARTITIONER_MURMUR2));
+    if (b != NULL) {
+        l.bound = 1;
+        snprintf(l.topic, sizeof(l.topic), "%s", b->topic);
+        l.partitions = b->partitions > 0 ? b->partitions : cfg->partitions;
+    }
+    return l;
+}
+
+/* Whether keys stored under layout `was` are all found when looked up
+ * under `now`: the same function, or one shard only, or partitioner none
+ * (reads ask every shard owning a partition) asking every shard that may
+ * hold one. */
+static int layout_finds(const layout_t *was, const layout_t *now, uint32_t shards)
+{
+    if (shards == 1 ||
+        (strcmp(was->partitioner, now->partitioner) == 0 && was->partitions == now->partitions))
+        return 1;
+    if (strcmp(now->partitioner, "none") == 0)
+        return kvs_place_owning_shards(now->partitions, shards) >=
+               kvs_place_owning_shards(was->partitions, shards);
+    return 0;
+}
+
+#define LAYOUT_SAMPLE 64 /* keys of a table a partitioner change is checked on */
+
+/* Of the first LAYOUT_SAMPLE keys of table `dbi` (*sampled), how many
+ * partitioner pt[0] over parts0 and pt[1] over parts1 place on shard
+ * `shard` of `shards`: fit[0], fit[1]. Returns 0 or an LMDB error. */
+static int sample_fits(MDB_txn *txn, MDB_dbi dbi, const kvs_partitioner_t pt[2], uint32_t parts0,
+                       uint32_t parts1, uint32_t shards, uint32_t shard, uint32_t *sampled,
+                       uint32_t fit[2])
+{
+    const uint32_t parts[2] = {parts0, parts1};
+    MDB_cursor *cur;
+    MDB_val k, v;
+    *sampled = fit[0] = fit[1] = 0;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0)
+        return rc;
+    for (MDB_cursor_op op = MDB_FIRST;
+         *sampled < LAYOUT_SAMPLE && (rc = mdb_cursor_get(cur, &k, &v, op)) == 0; op = MDB_NEXT) {
+        (*sampled)++;
+        for (int i = 0; i < 2; i++) {
+            uint32_t p = kvs_place_partition_by(pt[i], k.mv_data, k.mv_size, parts[i]);
+            fit[i] += kvs_place_shard(p, shards) == shard;
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* A bound table whose binding now names another partitioner, or (while
+ * kafka.brokers is empty, so that no check against the topic runs) another
+ * partition count: fine when the binding was wrong (the stored keys fit the
+ * new one: a binding fixed to the producers' partitioner, as README's
+ * "Misplaced records" says to do), but a binding set wrong would make reads
+ * miss the keys stored here. So a sample of them decides: refused
+ * (KVS_EMISMATCH, err set) when the old binding places nearly all of them
+ * (7/8) on this shard and the new one a quarter or more elsewhere (with 2
+ * shards, a wrong hash still places half of them here by chance). With
+ * Kafka on, a new count is the brokers' to check (node_ingest), and a
+ * topic grown in place keeps its keys where they are ("Growing a bound
+ * topic"): a warning says how many of the sampled keys reads now miss. */
+static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, const char *table,
+                         const layout_t *was, const layout_t *now, char *err, size_t errlen)
+{
+    kvs_partitioner_t pt[2];
+    uint32_t sampled, fit[2];
+    int grown = was->partitions != now->partitions && o->cfg->kafka_brokers[0] != '\0';
+    if (o->cfg->shards < 2 || kvs_place_partitioner_parse(was->partitioner, &pt[0], NULL) != 0 ||
+        kvs_place_partitioner_parse(now->partitioner, &pt[1], NULL) != 0 ||
+        (pt[0] == pt[1] && was->partitions == now->partitions) || pt[0] == KVS_PARTITIONER_NONE ||
+        pt[1] == KVS_PARTITIONER_NONE)
+        return 0;
+    int rc = sample_fits(txn, dbi, pt, was->partitions, now->partitions, o->cfg->shards, o->shard,
+                         &sampled, fit);
+    if (rc != 0 || sampled == 0 || fit[0] * 8 < sampled * 7)
+        return 0;
+    if (grown) { /* the brokers' count: taken; what it costs is said */
+        if (fit[1] < sampled)
+            kvs_warn("%s: table \"%s\" is now placed over %" PRIu32 " partitions (%" PRIu32
+                     " when its keys were stored): %" PRIu32 " of the %" PRIu32
+                     " keys sampled on this shard are looked up on other shards from now on, "
+                     "and answer as missing until they are written again (README, \"Growing a "
+                     "bound topic\")",
+                     o->dir, table, now->partitions, was->partitions, sampled - fit[1], sampled);
+        return 0;
+    }
+    if (sampled < 8 || (sampled - fit[1]) * 4 < sampled)
+        return 0;
+    snprintf(err, errlen,
+             "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
+             " partitions, but of the %" PRIu32 " keys sampled on this shard that places %" PRIu32
+             " on other shards, while %s over %" PRIu32 " partitions, its binding when they were "
+             "stored, places %" PRIu32 " here: reads would miss the keys stored here. Set "
+             "partitioner: %s, partitions: %" PRIu32 " again in the binding of table %s",
+             o->dir, table, now->partitioner, now->partitions, sampled, sampled - fit[1],
+             was->partitioner, was->partitions, fit[0], was->partitioner, was->partitions, table);
+    return KVS_EMISMATCH;
+}
+
+/* The refusal of a table whose layout changed between bound and unbound
+ * so that its stored keys would be looked up on other shards, in err. */
+static void layout_refusal(const node_store_opts_t *o, const char *table, uint64_t keys,
+                           const layout_t *was, const layout_t *now, char *err, size_t errlen)
+{
+    const kvs_binding_t *moved = NULL; /* the topic's binding now, to another table */
+    for (size_t i = 0; was->bound && i < o->cfg->n_bindings; i++)
+        if (strcmp(o->cfg->bindings[i].topic, was->topic) == 0)
+            moved = &o->cfg->bindings[i];
+    if (was->bound)
+        snprintf(err, errlen,
+                 "%s: table \"%s\" holds %" PRIu64 " key(s) placed by its binding to topic %s "
+                 "(partitioner %s, %" PRIu32 " partitions), but kafka.bindings no longer binds "
+                 "it, and a table bound to no topic is looked up by murmur2 over "
+                 "cluster.partitions (%" PRIu32 "): reads would miss keys stored here. Bind "
+                 "it again as it was ({topic: %s, table: %s, partitions: %" PRIu32
+                 ", partitioner: %s}%s%s%s); kvs cannot move stored keys to another placement",
+                 o->dir, table, keys, was->topic, was->partitioner, was->partitions,
+                 now->partitions, was->topic, table, was->partitions, was->partitioner,
+                 moved != NULL ? ", in place of the binding of the topic to table \"" : "",
+                 moved != NULL ? moved->table : "", moved != NULL ? "\"" : "");
+    else
+        snprintf(err, errlen,
+                 "%s: table \"%s\" holds %" PRIu64 " key(s) written while it was bound to no "
+                 "topic, placed by murmur2 over cluster.partitions (%" PRIu32 "), but "
+                 "kafka.bindings now binds it to topic %s, whose keys are placed by %s over "
+                 "%" PRIu32 " partitions: reads would miss keys stored here. Bind the topic to "
+                 "a table of another name, or bind none to \"%s\"; kvs cannot move stored keys "
+                 "to another placement",
+                 o->dir, table, keys, was->partitions, now->topic, now->partitioner,
+                 now->partitions, table);
+}
+
+/* Checks every table against the layout the config now gives it, and
+ * records that layout (o->cfg). A table that holds keys and went from
+ * bound to unbound, or the reverse, is refused unless its keys stay where
+ * reads look for them; a bound table whose binding changed otherwise
+ * (partitioner, partitions, topic: the documented ways to fix or grow a
+ * binding) is taken, a change of topic with a warning, since its records
+ * of the old topic stay until it is rebuilt. An environment of an earlier
+ * kvs (no layouts recorded) is taken as the config binds it. Runs after
+ * open_tables. Returns 0, KVS_EMISMATCH or KVS_ESTORE with err set. */
+static int layouts_check(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o, char *err,
+                         size_t errlen)
+{
+    const kvs_config_t *cfg = o->cfg;
+    MDB_dbi main;
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    if (cfg == NULL)
+        return 0;
+    MDB_val mk = {sizeof(KVS_SCHEMA_KEY_LAYOUTS) - 1, (void *)KVS_SCHEMA_KEY_LAYOUTS};
+    int rc = mdb_get(txn, s->meta, &mk, &v);
+    int recorded = rc == 0;
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, NULL, 0, &main);
+    if (rc == 0)
+        rc = mdb_cursor_open(txn, main, &cur);
+    while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+        char name[NAME_CAP], key[NAME_CAP + 16], text[512];
+        if (k.mv_size == 0 || k.mv_size >= sizeof(name))
+            continue;
+        memcpy(name, k.mv_data, k.mv_size);
+        name[k.mv_size] = '\0';
+        const kvs_dbimap_entry_t *t = kvs_dbimap_find(&s->tables, name);
+        int klen = kvs_schema_table_layout_key(key, sizeof(key), name, k.mv_size);
+        if (strcmp(name, META_DB) == 0 || t == NULL || klen < 0)
+            continue;
+        layout_t now = layout_wanted(cfg, name, k.mv_size), was = now;
+        MDB_val lk = {(size_t)klen, key}, lv;
+        int had = mdb_get(txn, s->meta, &lk, &lv);
+        if (had != 0 && had != MDB_NOTFOUND) {
+            rc = had;
+            break;
+        }
+        was.bound = had == 0;
+        if (had == 0 &&
+            kvs_schema_layout_parse(lv.mv_data, lv.mv_size, was.topic, sizeof(was.topic),
+                                    was.partitioner, sizeof(was.partitioner), &was.partitions) != 0)
+            was = now; /* not of a form this kvs wrote: take the config's */
+        else if (had != 0) {
+            snprintf(was.partitioner, sizeof(was.partitioner), "murmur2");
+            was.partitions = cfg->partitions;
+            was.topic[0] = '\0';
+        }
+        MDB_stat st;
+        uint64_t keys = mdb_stat(txn, t->dbi, &st) == 0 ? st.ms_entries : 0;
+        if (recorded && keys > 0 && was.bound != now.bound &&
+            !layout_finds(&was, &now, cfg->shards)) {
+            layout_refusal(o, name, keys, &was, &now, err, errlen);
+            mdb_cursor_close(cur);
+            return KVS_EMISMATCH;
+        }
+        if (recorded && keys > 0 && was.bound && now.bound &&
+            (rc = binding_check(txn, t->dbi, o, name, &was, &now, err, errlen)) != 0) {
+            mdb_cursor_close(cur);
+            return rc;
+        }
+        if (recorded && keys > 0 && was.bound && now.bound && strcmp(was.topic, now.topic) != 0)
+            kvs_warn("%s: table \"%s\" holds %" PRIu64 " key(s) from topic %s, and is now "
+                     "bound to topic %s: they stay until the table is rebuilt from it (kvs-cli "
+                     "--config FILE rebuild %s)",
+                     o->dir, name, keys, was.topic, now.topic, name);
+        if (now.bound) {
+            kvs_schema_layout(text, sizeof(text), now.topic, now.partitioner, now.partitions);
+            MDB_val nv = {strlen(text), text};
+            if (had != 0 || lv.mv_size != nv.mv_size || memcmp(lv.mv_data, text, nv.mv_size) != 0)
+                rc = mdb_put(txn, s->meta, &lk, &nv, 0);
+        } else if (had == 0) {
+            rc = mdb_del(txn, s->meta, &lk, NULL);
+        }
+    }
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (rc == 0 && !recorded) {
+        MDB_val one = {1, (void *)"1"};
+        rc = mdb_put(txn, s->meta, &mk, &one, 0);
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot record the tables' layouts: %s", o->dir,
+                 mdb_strerror(rc));
+        return KVS_ESTORE;
+    }
+    return 0;
+}
+
 /* Removes the lock file of a replaced environment (see
  * node_store_opts_t.reset_lock). Under kvs.lock: no other writer runs. */
 static int reset_lock(const char *dir, char *err, size_t errlen)
@@ -1337,7 +1678,11 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
     if (rc == 0)
         rc = meta_check(txn, s->meta, KVS_SCHEMA_KEY_PLACEMENT, o->placement, o->dir, err, errlen);
     if (rc == 0)
+        rc = topics_follow_tables(s, txn, o, err, errlen);
+    if (rc == 0)
         rc = open_tables(s, txn, o, err, errlen);
+    if (rc == 0)
+        rc = layouts_check(s, txn, o, err, errlen);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return rc;

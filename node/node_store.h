@@ -61,8 +61,15 @@ typedef struct node_store_opts_s {
     uint64_t map_size;     /* initial map size in bytes; grows on demand */
     uint32_t max_tables;
     const char *const *tables; /* created at open if missing (Kafka-bound tables) */
+    const char *const *topics; /* the topic bound to each of them, or NULL */
     size_t n_tables;
     kvs_sync_t sync;
+    /* The config the tables are looked up by (kafka.bindings, cluster): a
+     * table holding keys that were placed otherwise than the config now
+     * looks them up (bound to a topic then, to none now, or the reverse,
+     * with another partitioner or count) is refused, and each table's
+     * layout recorded (kvs_schema_table_layout_key). NULL: not checked. */
+    const kvs_config_t *cfg;
     /* The lock file belongs to another data file than the one now in
      * `dir` (the directory was replaced: kvs_shardstate says which files the
      * last worker had): remove it before opening, so that LMDB builds a new
@@ -80,16 +87,22 @@ typedef struct node_store_opts_s {
 
 /* Opens (creating if needed) the environment in o->dir, and creates the
  * tables in o->tables that do not exist yet, so that they never meet the
- * table limit later. Refuses, with KVS_EMISMATCH and a message in err, an
- * environment created for another shard or placement or by an unknown
- * format version; with KVS_ELIMIT, one whose tables (plus those o->tables
- * still needs) exceed o->max_tables, naming some and the value to set; and
- * with -EBUSY, a directory another process has open; with KVS_EDAMAGED,
- * data files that are not LMDB's (overwritten, not a regular file, a
- * symbolic link to nothing, emptied: see o->last), or a data.mdb cut short
- * (missing pages that are in use, which would fault at their first read).
- * Returns 0 and *out, or
- * an error with err[0..errlen) saying what is wrong and what to do. */
+ * table limit later. A topic in o->topics whose stored partition records
+ * were applied to another table than the one it is now bound to (a
+ * binding whose table was renamed) has them reset to "from the log's
+ * start", in the same transaction: the new table gets every record of the
+ * topic, not only those after the old table's progress (logged). Refuses,
+ * with KVS_EMISMATCH and a message in err, an environment created for
+ * another shard or placement or by an unknown format version, or (with
+ * o->cfg) one holding a table whose stored keys the config would look up
+ * on other shards; with KVS_ELIMIT, one whose tables (plus those
+ * o->tables still needs) exceed o->max_tables, naming some and the value
+ * to set; with -EBUSY, a directory another process has open; with
+ * KVS_EDAMAGED, data files that are not LMDB's (overwritten, not a regular
+ * file, a symbolic link to nothing, emptied: see o->last), or a data.mdb
+ * cut short (missing pages that are in use, which would fault at their
+ * first read). Returns 0 and *out, or an error with err[0..errlen) saying
+ * what is wrong and what to do. */
 int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, size_t errlen);
 
 /* Sets the argument passed to fail_cb (for owners created after the store). */

@@ -67,5 +67,46 @@ KVS_TEST(keys_and_paths)
     CHECK_STR(buf, "shards=4 partitions=64");
 }
 
+/* The keys a worker records its bindings under, and a table's layout
+ * text: written and read back; text of any other form is refused. */
+KVS_TEST(binding_records_round_trip)
+{
+    char buf[64], topic[32], part[16];
+    uint32_t n = 0;
+    CHECK_EQ(kvs_schema_offsets_prefix(buf, sizeof(buf), "users"), (int)strlen("kafka/users/"));
+    CHECK_STR(buf, "kafka/users/");
+    CHECK_EQ(kvs_schema_topic_table_key(buf, sizeof(buf), "users"), (int)strlen("topic/users"));
+    CHECK_STR(buf, "topic/users");
+    CHECK_EQ(kvs_schema_table_layout_key(buf, sizeof(buf), "t\0x", 3), 9);
+    CHECK(memcmp(buf, "table/t\0x", 10) == 0);
+    CHECK_EQ(kvs_schema_topic_table_key(buf, 8, "users"), -ENAMETOOLONG);
+    kvs_schema_layout(buf, sizeof(buf), "users.v2", "crc32", 12);
+    CHECK_STR(buf, "topic=users.v2 partitioner=crc32 partitions=12");
+    CHECK_EQ(
+        kvs_schema_layout_parse(buf, strlen(buf), topic, sizeof(topic), part, sizeof(part), &n), 0);
+    CHECK_STR(topic, "users.v2");
+    CHECK_STR(part, "crc32");
+    CHECK_EQ(n, 12);
+    const char *bad[] = {"",
+                         "topic=",
+                         "topic=u partitioner=crc32",
+                         "topic=u partitions=3",
+                         "topic= partitioner=crc32 partitions=3",
+                         "topic=u partitioner=crc32 partitions=0",
+                         "topic=u partitioner=crc32 partitions=3x",
+                         "topic=u partitioner= partitions=3",
+                         "topic=u partitioner=crc32 partitions=99999999999"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK_EQ(kvs_schema_layout_parse(bad[i], strlen(bad[i]), topic, sizeof(topic), part,
+                                         sizeof(part), &n),
+                 -EINVAL);
+    /* A topic or partitioner longer than the caller's buffers is refused. */
+    const char *long_part = "topic=u partitioner=aaaaaaaaaaaaaaaaaaaa partitions=3";
+    CHECK_EQ(kvs_schema_layout_parse(long_part, strlen(long_part), topic, sizeof(topic), part,
+                                     sizeof(part), &n),
+             -EINVAL);
+}
+
 KVS_TEST_MAIN(KVS_CASE(format_versions_are_classified), KVS_CASE(offsets_round_trip),
-              KVS_CASE(offsets_of_older_and_newer_layouts_decode), KVS_CASE(keys_and_paths))
+              KVS_CASE(offsets_of_older_and_newer_layouts_decode), KVS_CASE(keys_and_paths),
+              KVS_CASE(binding_records_round_trip))

@@ -13,6 +13,7 @@
  * an environment's last page, which the store does not expose.
  */
 #include "kvs_err.h"
+#include "kvs_schema.h"
 #include "kvs_test.h"
 #include "node_store.h"
 
@@ -814,6 +815,79 @@ KVS_TEST(tables_named_at_open_are_created)
     CHECK_CONTAINS(err, "at least 5");
 }
 
+/* The offsets of (topic, partition) as stored: next, applied. */
+static void offsets_of(node_store_t *s, const char *topic, int32_t p, int64_t *next,
+                       uint64_t *applied)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    kvs_schema_offsets_t o = {0};
+    node_slice_t v;
+    kvs_schema_offsets_key(key, sizeof(key), topic, p);
+    CHECK_EQ(node_store_meta_get(s, key, &v), 0);
+    CHECK_EQ(kvs_schema_offsets_decode(v.p, v.len, &o), 0);
+    *next = o.next;
+    *applied = o.applied;
+}
+
+static void put_offsets(node_store_t *s, const char *topic, int32_t p, int64_t next)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    uint8_t v[KVS_SCHEMA_OFFSETS_LEN];
+    kvs_schema_offsets_t o = {next, (uint64_t)next, 0, 0};
+    kvs_schema_offsets_key(key, sizeof(key), topic, p);
+    kvs_schema_offsets_encode(v, &o);
+    CHECK_EQ(node_store_meta_put(s, key, v, sizeof(v)), 0);
+}
+
+/* A topic's stored offsets are the progress of the table they were
+ * applied to. A binding that gives the topic another table (renamed) used
+ * to let the new table resume there: it never got the records below them.
+ * The new table now reads the topic from its start; the same binding
+ * again changes nothing, and other topics' offsets are not touched. */
+KVS_TEST(a_topic_bound_to_another_table_is_read_again_from_its_start)
+{
+    fresh_dir();
+    const char *tables[] = {"users", "orders"}, *topics[] = {"users", "users-x"};
+    node_store_opts_t o = opts(0, "p");
+    o.tables = tables;
+    o.topics = topics;
+    o.n_tables = 2;
+    node_store_t *s = open_ok(o);
+    put_str(s, "users", "k", "v");
+    put_offsets(s, "users", 0, 40);
+    put_offsets(s, "users", 2, 7);
+    put_offsets(s, "users-x", 0, 5);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+
+    int64_t next;
+    uint64_t applied;
+    s = open_ok(o); /* the same bindings: every offset stays */
+    offsets_of(s, "users", 0, &next, &applied);
+    CHECK_EQ(next, 40);
+    node_store_close(s);
+
+    const char *renamed[] = {"members", "orders"};
+    o.tables = renamed;
+    s = open_ok(o);
+    offsets_of(s, "users", 0, &next, &applied);
+    CHECK_EQ(next, KVS_SCHEMA_NEXT_FROM_START);
+    CHECK_EQ(applied, 0);
+    offsets_of(s, "users", 2, &next, &applied);
+    CHECK_EQ(next, KVS_SCHEMA_NEXT_FROM_START);
+    offsets_of(s, "users-x", 0, &next, &applied);
+    CHECK_EQ(next, 5);
+    CHECK(get_is(s, "users", "k", "v")); /* the old table keeps what it holds */
+    put_offsets(s, "users", 0, 3);       /* members' own progress */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_close(s);
+
+    s = open_ok(o); /* members again: its own progress stays */
+    offsets_of(s, "users", 0, &next, &applied);
+    CHECK_EQ(next, 3);
+    node_store_close(s);
+}
+
 /* ---- damaged files ------------------------------------------------------------ */
 
 static void data_path(char *buf, size_t len)
@@ -992,11 +1066,13 @@ KVS_TEST_MAIN(
     KVS_CASE(disk_use_follows_bytes_written), KVS_CASE(deleting_absent_keys_costs_nothing),
     KVS_CASE(many_small_writes_do_not_balloon_the_map),
     KVS_CASE(error_mid_reservation_aborts_the_batch), KVS_CASE(refuses_more_tables_than_max_tables),
-    KVS_CASE(tables_named_at_open_are_created), KVS_CASE(reopen_keeps_data),
-    KVS_CASE(reset_lock_starts_a_new_lock_file), KVS_CASE(refuses_other_shard),
-    KVS_CASE(refuses_other_placement), KVS_CASE(refuses_older_wire_format),
-    KVS_CASE(second_open_is_refused), KVS_CASE(batch_reads_its_own_writes),
-    KVS_CASE(uncommitted_batch_is_lost_on_crash), KVS_CASE(map_grows_before_it_is_full),
+    KVS_CASE(tables_named_at_open_are_created),
+    KVS_CASE(a_topic_bound_to_another_table_is_read_again_from_its_start),
+    KVS_CASE(reopen_keeps_data), KVS_CASE(reset_lock_starts_a_new_lock_file),
+    KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
+    KVS_CASE(refuses_older_wire_format), KVS_CASE(second_open_is_refused),
+    KVS_CASE(batch_reads_its_own_writes), KVS_CASE(uncommitted_batch_is_lost_on_crash),
+    KVS_CASE(map_grows_before_it_is_full),
     KVS_CASE(one_huge_turn_commits_early_and_keeps_everything),
     KVS_CASE(reserve_keeps_writes_in_one_batch), KVS_CASE(table_limit_is_enforced),
     KVS_CASE(scan_in_key_order_from_a_start_key), KVS_CASE(meta_commits_with_data),
