@@ -1528,14 +1528,14 @@ static uint32_t kvs_command_of(const cmd_t *cmd, size_t argc, uint32_t *keys)
     case RC_HSETNX:
     case RC_OK:
         *keys = (uint32_t)(fields / 2 < UINT32_MAX ? fields / 2 : UINT32_MAX);
-        return *keys == 1 ? KVS__COMMAND_REQUEST__COMMAND_HSET
+        return *keys <= 1 ? KVS__COMMAND_REQUEST__COMMAND_HSET
                           : KVS__COMMAND_REQUEST__COMMAND_HMSET;
     case RC_HMGET:
     case RC_HDEL:
         *keys = (uint32_t)(fields < UINT32_MAX ? fields : UINT32_MAX);
         if (cmd->rcmd == RC_HMGET)
             return KVS__COMMAND_REQUEST__COMMAND_HMGET;
-        return *keys == 1 ? KVS__COMMAND_REQUEST__COMMAND_HDEL
+        return *keys <= 1 ? KVS__COMMAND_REQUEST__COMMAND_HDEL
                           : KVS__COMMAND_REQUEST__COMMAND_HMDEL;
     case RC_HGETALL:
     case RC_HKEYS:
