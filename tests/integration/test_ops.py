@@ -590,6 +590,27 @@ class PluginTest(RouterTestCase):
         self.assertRegex(lines[2], stamp + 'user="alice" command=Hset table="__x" keys=1 '
                                            'status=400$')
 
+    def test_a_received_hook_sees_auth_on_both_front_doors(self):
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, start=False, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_deny_writes.so", arg: auth}\n' % PLUGINS)
+        r.start()
+        with r.client() as c:
+            resp = c.call(req_auth("ops", "ops-pw"))
+            self.assertEqual((resp.status, resp.message), (403, "Auth refused by deny_writes"))
+        s = socket.create_connection((HOST, rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"AUTH ops ops-pw\r\nHELLO 3 AUTH ops ops-pw\r\nPING\r\n")
+        got = b""
+        while got.count(b"\r\n") < 3:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertEqual(got, b"-NOPERM Auth refused by deny_writes\r\n" * 2 +
+                         b"-NOAUTH Authentication required.\r\n")
+
     def test_a_plugin_hook_refuses_writes(self):
         r = self.router(shards=2, partitions=8, start=False)
         with open(r.config, "a") as f:
