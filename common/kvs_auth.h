@@ -9,8 +9,10 @@
  *
  * Authorization: every command needs a right on its table (read: Hget
  * Hmget Hexist Hmexist Hgetall Hscan Hlen; write: Hset Hmset Hdel Hmdel
- * Hincr; admin: Info, on the pattern "*"); Ping and Auth need none. A user's rights on a
- * table are the union of its grants whose glob matches the table's name.
+ * Hincr; admin: Info, Metrics, Slowlog and Snapshot on the pattern "*",
+ * Digest and Rebuild on their table); Ping and Auth need none. A user's
+ * rights on a table are the union of its grants whose glob matches the
+ * table's name.
  * A connection that is not authenticated gets 401 for anything but Ping and
  * Auth; a forbidden command gets 403 naming user, command and table.
  * Connections over a unix socket are trusted (the socket is private to the

@@ -863,6 +863,9 @@ static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *re
     Kvs__Auth m = KVS__AUTH__INIT;
     const kvs_redis_arg_t *parts[2] = {user, token};
     char *copies[2] = {NULL, NULL};
+    /* An Auth, as on the kvs protocol (HELLO ... AUTH too): RECEIVED
+     * before the check. */
+    router_ops_note(rs->r, req, KVS__COMMAND_REQUEST__COMMAND_AUTH, NULL, 0, 0);
     for (int i = 0; i < 2; i++) {
         const kvs_redis_arg_t *a = parts[i];
         if (a == NULL)
@@ -880,6 +883,8 @@ static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *re
     if (m.user[0] == '\0')
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     req->rcmd = (uint8_t)rcmd;
+    if (router_ops_received(rs->r, req))
+        return;
     router_client_auth(cl, req, &m);
 }
 
@@ -1610,6 +1615,73 @@ static int args_refused(router_req_t *req, const cmd_t *cmd, const kvs_redis_arg
     return 0;
 }
 
+/* The kvs command `cmd` (with argc arguments) becomes, or 0 for the front
+ * door's own commands (PING, CLIENT, HELLO without AUTH, ...), and how
+ * many keys it names. */
+static uint32_t kvs_command_of(const cmd_t *cmd, size_t argc, uint32_t *keys)
+{
+    size_t fields = argc > 2 ? argc - 2 : 0;
+    *keys = 0;
+    if (cmd->fn == cmd_auth)
+        return KVS__COMMAND_REQUEST__COMMAND_AUTH;
+    if (cmd->fn == cmd_slowlog)
+        return KVS__COMMAND_REQUEST__COMMAND_SLOWLOG;
+    switch (cmd->rcmd) {
+    case RC_HGET:
+    case RC_HSTRLEN:
+        *keys = 1;
+        return KVS__COMMAND_REQUEST__COMMAND_HGET;
+    case RC_HEXISTS:
+        *keys = 1;
+        return KVS__COMMAND_REQUEST__COMMAND_HEXIST;
+    case RC_HINCRBY:
+    case RC_HINCRBYFLOAT:
+        *keys = 1;
+        return KVS__COMMAND_REQUEST__COMMAND_HINCR;
+    case RC_HSET:
+    case RC_HSETNX:
+    case RC_OK:
+        *keys = (uint32_t)(fields / 2 < UINT32_MAX ? fields / 2 : UINT32_MAX);
+        return *keys <= 1 ? KVS__COMMAND_REQUEST__COMMAND_HSET
+                          : KVS__COMMAND_REQUEST__COMMAND_HMSET;
+    case RC_HMGET:
+    case RC_HDEL:
+        *keys = (uint32_t)(fields < UINT32_MAX ? fields : UINT32_MAX);
+        if (cmd->rcmd == RC_HMGET)
+            return KVS__COMMAND_REQUEST__COMMAND_HMGET;
+        return *keys <= 1 ? KVS__COMMAND_REQUEST__COMMAND_HDEL
+                          : KVS__COMMAND_REQUEST__COMMAND_HMDEL;
+    case RC_HGETALL:
+    case RC_HKEYS:
+    case RC_HVALS:
+        return KVS__COMMAND_REQUEST__COMMAND_HGETALL;
+    case RC_HLEN:
+    case RC_EXISTS:
+    case RC_TYPE:
+        return KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    case RC_HSCAN:
+        return KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    case RC_INFO:
+        return KVS__COMMAND_REQUEST__COMMAND_INFO;
+    default:
+        return 0;
+    }
+}
+
+/* What hooks see of a command the front door answers itself (NOAUTH, a
+ * key that is no table name, a wrong arity): the kvs request it would
+ * have become, as a refused kvs protocol request is seen at EXECUTED.
+ * Routing notes the request again once it is built. */
+static void note_command(router_redis_t *rs, router_req_t *req, const cmd_t *cmd)
+{
+    uint32_t keys;
+    uint32_t kc = kvs_command_of(cmd, rs->ps.argc, &keys);
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    int table = cmd->args != ARGS_FREE && rs->ps.argc > 1;
+    if (kc != 0)
+        router_ops_note(rs->r, req, kc, table ? a[1].p : NULL, table ? a[1].len : 0, keys);
+}
+
 void router_redis_command(router_redis_t *rs, router_client_t *cl)
 {
     if (rs->quit) {
@@ -1630,6 +1702,8 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
      * delivered after, by router_client_routed, never under the handler. */
     req->in_route = 1;
     unsigned long failures = kvs_redis_reply_failures();
+    if (cmd != NULL)
+        note_command(rs, req, cmd);
     if (cmd == NULL)
         unknown_command(rs, req);
     else if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
@@ -1644,6 +1718,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     if (req->done && req->raw && kvs_redis_reply_failures() != failures)
         req->resp.len = 0;
     req->in_route = 0;
+    router_ops_forget(req); /* the arguments are going */
     kvs_arena_reset(&rs->r->redis_arena);
     router_client_routed(cl, req);
     if (rs->quit)

@@ -326,13 +326,25 @@ void router_req_finish_status(router_req_t *req, uint32_t status, const char *fm
 
 /* ---- hooks ------------------------------------------------------------------------ */
 
+/* Does the RESP reply in `b` start with `code`? */
+static int raw_error_is(const kvs_buf_t *b, const char *code)
+{
+    size_t n = strlen(code);
+    return b->len >= n && memcmp(b->data, code, n) == 0;
+}
+
 /* The status of the answer in req->resp: a frame, or a RESP reply (an
- * error reply counts as 400). */
+ * error reply counts as 400; NOAUTH and WRONGPASS as 401). */
 static uint32_t resp_status(const router_req_t *req)
 {
     const kvs_buf_t *b = &req->resp;
-    if (req->raw)
-        return b->len > 0 && b->data[0] == '-' ? KVS_STATUS_BAD_REQUEST : KVS_STATUS_OK;
+    if (req->raw) { /* a RESP reply the front door made: its error code says which */
+        if (b->len == 0 || b->data[0] != '-')
+            return KVS_STATUS_OK;
+        if (raw_error_is(b, "-NOAUTH ") || raw_error_is(b, "-WRONGPASS "))
+            return KVS_STATUS_UNAUTHENTICATED;
+        return KVS_STATUS_BAD_REQUEST;
+    }
     if (b->len <= KVS_FRAME_HEADER)
         return KVS_STATUS_INTERNAL;
     return kvs_msg_answer_status(b->data + KVS_FRAME_HEADER, b->len - KVS_FRAME_HEADER);

@@ -548,6 +548,69 @@ class PluginTest(RouterTestCase):
         self.assertRegex(lines[2], stamp + 'user="ops" command=Hset table="pub" keys=1 '
                                            'status=200$')
 
+    def test_redis_refusals_and_auth_reach_the_hooks_as_kvs_commands(self):
+        # A RESP command the front door refuses itself (NOAUTH, a key that
+        # is no table name) is the kvs request it would have become, for
+        # the hooks and the metrics, as on the kvs protocol; AUTH is Auth.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, start=False, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        audit = os.path.join(r.dir, "audit.log")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
+        r.start()
+        s = socket.create_connection((HOST, rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"HSET orders k v\r\nHDEL orders a b\r\nAUTH alice alice-pw\r\n"
+                  b"HSET __x k v\r\nPING\r\n")
+        got = b""
+        while got.count(b"\r\n") < 5:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertEqual(got.split(b"\r\n")[:3], [b"-NOAUTH Authentication required."] * 2 +
+                         [b"+OK"])
+        with r.client() as c:
+            self.assertOk(c.call(req_auth("ops", "ops-pw")))
+            m = c.call(metrics_req())
+        requests = {(smp.labels[3], smp.labels[5]): smp.value for f in m.ops.metrics
+                    if f.name == "kvs_requests_total" for smp in f.samples}
+        self.assertEqual(requests.get(("Hset", "401")), 1, requests)
+        self.assertEqual(requests.get(("Hmdel", "401")), 1, requests)
+        self.assertEqual(requests.get(("Auth", "200")), 2, requests)  # RESP's and this one
+        self.assertEqual(requests.get(("Hset", "400")), 1, requests)
+        self.assertEqual(requests.get(("none", "200")), 1, requests)  # PING
+        with open(audit) as f:
+            lines = f.read().splitlines()
+        stamp = r"^\S+Z client=127\.0\.0\.1:\d+ "
+        self.assertEqual(len(lines), 3, lines)
+        self.assertRegex(lines[0], stamp + 'user=- command=Hset table="orders" keys=1 status=401$')
+        self.assertRegex(lines[1], stamp + 'user=- command=Hmdel table="orders" keys=2 '
+                                           'status=401$')
+        self.assertRegex(lines[2], stamp + 'user="alice" command=Hset table="__x" keys=1 '
+                                           'status=400$')
+
+    def test_a_received_hook_sees_auth_on_both_front_doors(self):
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, start=False, extra_yaml=users_yaml(),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_deny_writes.so", arg: auth}\n' % PLUGINS)
+        r.start()
+        with r.client() as c:
+            resp = c.call(req_auth("ops", "ops-pw"))
+            self.assertEqual((resp.status, resp.message), (403, "Auth refused by deny_writes"))
+        s = socket.create_connection((HOST, rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"AUTH ops ops-pw\r\nHELLO 3 AUTH ops ops-pw\r\nPING\r\n")
+        got = b""
+        while got.count(b"\r\n") < 3:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertEqual(got, b"-NOPERM Auth refused by deny_writes\r\n" * 2 +
+                         b"-NOAUTH Authentication required.\r\n")
+
     def test_a_plugin_hook_refuses_writes(self):
         r = self.router(shards=2, partitions=8, start=False)
         with open(r.config, "a") as f:

@@ -6,7 +6,8 @@
  * reaches a worker directly is refused there too. With an arg of
  * "executed:PREFIX" the hook runs at EXECUTED instead: the write has run
  * (or was sent and may have), and the hook replaces its answer with the
- * 403. Used by test_ops.py.
+ * 403. With an arg of "auth" it refuses every Auth at RECEIVED instead.
+ * Used by test_ops.py.
  */
 #include "kvs_plugin.h"
 
@@ -20,6 +21,12 @@ static uint32_t deny_hook(void *state, kvs_hook_event_t event, const kvs_request
     const char *prefix = state;
     size_t n = strlen(prefix);
     (void)event;
+    if (strcmp(prefix, "auth") == 0) {
+        if (strcmp(req->command_name, "Auth") != 0)
+            return 0;
+        snprintf(msg, msglen, "Auth refused by deny_writes");
+        return 403;
+    }
     if (!req->write || req->table == NULL || req->table_len < n ||
         memcmp(req->table, prefix, n) != 0)
         return 0;
