@@ -560,6 +560,42 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             self.assertIn("Bind the table to a topic", resp.message)
 
 
+class DigestManyPartitionsTest(ReplicaFixtures, unittest.TestCase):
+    def test_digest_compares_replicas_of_a_shard_with_a_long_position(self):
+        # One shard owns all 600 partitions of the topic, each with a
+        # record: its Digest position is about 1.8 KB. kvs-cli kept at
+        # most 1 KiB of it, and took every longer one for a failed answer
+        # ("not every replica answered ... error: 200 ..."), so such a
+        # cluster could never be compared.
+        parts = 600
+        mock = MockKafka({TOPIC: parts})
+        self.addCleanup(mock.close)
+        bases = self.bases(["a", "b"])
+        nodes = ["  nodes:"] + ['    - {name: %s, address: "127.0.0.1:%d", shards: [0]}'
+                               % (n, bases[n]) for n in ("a", "b")]
+        routers = []
+        for n in ("a", "b"):
+            r = Router(shards=1, partitions=PARTITIONS, start=False, name=n, node_name=n,
+                       cluster_yaml=nodes,
+                       extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", parts)]))
+            self._routers.append(r)
+            self.addCleanup(r.close)
+            routers.append(r)
+        for r in routers:
+            r.start()
+        keys, i = {}, 0
+        while len(keys) < parts:
+            keys.setdefault(partition_of(b"m%d" % i, parts), b"m%d" % i)
+            i += 1
+        with routers[0].client(timeout=30) as c:
+            resps = c.pipeline([req_hset(TABLE, k, "v") for k in keys.values()])
+        self.assertEqual({r.status for r in resps}, {200}, [r.message for r in resps][:3])
+        rc, out = self.digest(routers[0])
+        self.assertEqual(rc, 0, out)
+        self.assertIn("shard 0: replicas agree", out)
+        self.assertEqual(out.count(" %d keys at %s:0:0," % (parts, TOPIC)), 2, out)
+
+
 class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
     """A write the router gave up on (no answer within router.timeout: 503,
     "may or may not have been applied") while the replica it was sent to
