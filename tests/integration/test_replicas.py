@@ -12,6 +12,7 @@ Every wait is bounded; every process is killed at cleanup.
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,8 +20,8 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hdel,
-                     req_hget, req_hset, tls_yaml)
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_port, free_ports, log_of, pb, pyval,
+                     req_hdel, req_hget, req_hset, tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -696,6 +697,39 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         self.assert_after_stands(mock, [a, b], key, after.position,
                                  partition_of(key, TOPIC_PARTS))
         self.assertIn("closed its connection before this worker read the writes", log_of(a))
+
+    def test_a_write_whose_link_breaks_says_it_may_have_been_applied(self):
+        # a's worker of the key's shard takes the writes (a router prefers
+        # its node's workers) and dies with them unanswered. The 503 had
+        # outcome_unknown but said only "worker closed the connection": a
+        # Redis client, which sees nothing but the text, could not tell
+        # that the write may have been applied, and sent it again.
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rport = self.mock(), self.bases(layout), free_port()
+        a = self.node(mock, "a", layout, bases, timeout="5s",
+                      router_yaml=('resp_listen: "127.0.0.1:%d"' % rport,))
+        b = self.node(mock, "b", layout, bases)
+        self.start_all(a, b)
+        key, other = b"cut-1", b"cut-2"
+        while shard_of_key(other) != shard_of_key(key):
+            other += b"x"
+        pid = a.worker_pid(shard_of_key(key))
+        os.kill(pid, signal.SIGSTOP)
+        with a.client(timeout=20) as c, socket.create_connection(("127.0.0.1", rport), 20) as rc:
+            c.send(req_hset(TABLE, key, "x"))
+            rc.sendall(b"*4\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\ny\r\n"
+                       % (len(TABLE), TABLE.encode(), len(other), other))
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            resp = c.recv()
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+            self.assertIn("closed the connection; the write may or may not have been applied",
+                          resp.message)
+            rc.settimeout(20)
+            line = rc.recv(4096)
+            self.assertTrue(line.startswith(b"-ERR ") and
+                            b"the write may or may not have been applied" in line, line)
 
     def test_writes_of_a_router_killed_9_are_not_run_when_a_hung_worker_resumes(self):
         # a routes only: its links to b's and c's workers are TCP. Its
