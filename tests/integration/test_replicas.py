@@ -495,6 +495,32 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
+    def test_pipelined_writes_of_a_key_are_applied_in_the_order_sent(self):
+        # a routes only: its writes to shard 0 go to b or c. Two pipelined
+        # writes of one key, while b's worker is slow (stopped 0.5 s):
+        # taken in turn, one went to b and the other to c, and when the
+        # first was b's, c produced the second before it: both answered
+        # 200, the key left at "first". A connection's writes now keep to
+        # one replica.
+        mock, bases, rt = self.cluster(layout={"a": [], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+                                       timeout="5s")
+        a, b = rt["a"], rt["b"]
+        keys = [k for k in (b"order-%d" % i for i in range(100)) if shard_of_key(k) == 0][:2]
+        pid = b.worker_pid(0)
+        with a.client(timeout=20) as c:
+            for k in keys:  # three sends a round: the turn differs from one to the next
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    c.send(req_hset(TABLE, k, "first"), req_hset(TABLE, k, "second"))
+                    time.sleep(0.5)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                first, second = c.recv(), c.recv()
+                self.assertEqual((first.status, second.status), (200, 200))
+                self.assertEqual(pyval(second.values[0]), "first", "applied out of order")
+                got = c.call(hget_at(TABLE, k, second.position))
+                self.assertEqual(pyval(got.values[0]), "second")
+
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
         with rt["a"].client() as c:
@@ -619,8 +645,11 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
             os.kill(pid, signal.SIGSTOP)
             try:
                 abandoned = None
-                for _ in range(4):  # a routing node takes the replicas in turn
-                    resp = c.call(req_hset(TABLE, key, "abandoned"))
+                # A connection's writes keep to one replica; a routing
+                # node gives each new connection the next in turn.
+                for _ in range(4):
+                    with router.client(timeout=20) as one:
+                        resp = one.call(req_hset(TABLE, key, "abandoned"))
                     if resp.status == 503:
                         abandoned = resp
                         break
@@ -744,9 +773,12 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         pid = b.worker_pid(shard_of_key(keys[0]))
         os.kill(pid, signal.SIGSTOP)
         try:
-            with a.client(timeout=20) as ca:
-                # Taken in turn: one of the two goes to b, and hangs there.
-                ca.send(req_hset(TABLE, keys[0], "abandoned"), req_hset(TABLE, keys[1], "abandoned"))
+            with a.client(timeout=20) as ca, a.client(timeout=20) as ca2:
+                # A connection's writes keep to one replica, and each new
+                # connection takes the next: one of the two goes to b, and
+                # hangs there.
+                ca.send(req_hset(TABLE, keys[0], "abandoned"))
+                ca2.send(req_hset(TABLE, keys[1], "abandoned"))
                 time.sleep(0.5)
                 a.kill_all()
             positions = []
@@ -759,6 +791,7 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
             os.kill(pid, signal.SIGCONT)
         for k, pos in zip(keys, positions):
             self.assert_after_stands(mock, [b, c], k, pos, partition_of(k, TOPIC_PARTS))
+        self.assertIn("closed its connection before this worker read the writes", log_of(b))
 
 
 if __name__ == "__main__":
