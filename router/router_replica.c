@@ -55,12 +55,15 @@ int router_replica_any_up(const router_link_t *links, const router_set_t *set, u
 }
 
 /* The best untried replica that is up and not avoided: the local one,
- * else the next in turn from set->rr. -1 when none. */
-static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now)
+ * else the next in turn from set->rr (start < 0, which moves it on) or
+ * from replica start % n. -1 when none. */
+static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now,
+                        int64_t start)
 {
     int found = -1;
+    uint32_t from = start < 0 ? set->rr : (uint32_t)((uint64_t)start % set->n);
     for (uint32_t k = 0; k < set->n; k++) {
-        uint32_t i = (set->rr + k) % set->n;
+        uint32_t i = (from + k) % set->n;
         const router_link_t *l = &links[set->first + i];
         if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now)
             continue;
@@ -71,13 +74,15 @@ static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried,
     }
     if (found < 0)
         return -1;
-    set->rr = ((uint32_t)found + 1) % set->n;
+    if (start < 0)
+        set->rr = ((uint32_t)found + 1) % set->n;
     return (int)(set->first + (uint32_t)found);
 }
 
-int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now)
+int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now,
+                        int64_t start)
 {
-    int i = pick_healthy(links, set, tried, now);
+    int i = pick_healthy(links, set, tried, now, start);
     if (i >= 0)
         return i;
     int avoided = -1, down = -1;

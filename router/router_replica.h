@@ -14,7 +14,8 @@
  *
  * Choice (router_replica_pick): among the replicas not tried yet, one that
  * is up and not avoided, this node's own first (no network hop), else the
- * others in turn; then one that is avoided, the one whose avoidance ends
+ * others in turn (a connection's writes: from one that connection
+ * keeps); then one that is avoided, the one whose avoidance ends
  * soonest; then one that is down (a send to it fails at once, and the
  * caller moves on). A replica is avoided for a while after it failed a
  * request (500 ms, doubling while failures repeat, up to 30 s; an answer
@@ -74,8 +75,13 @@ void router_budget_deposit(router_budget_t *b);
 int router_budget_take(router_budget_t *b);
 
 /* The replica of `set` to send to next (an index into `links`), skipping
- * those in `tried`; -1 when every one was tried. `now` is uv_now. */
-int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now);
+ * those in `tried`; -1 when every one was tried. `now` is uv_now. Among
+ * equals, `start` < 0 takes the next in turn (reads: spread over the
+ * replicas); otherwise the first from replica start % n (a connection's
+ * writes: one replica while it stays healthy, so they reach the topic in
+ * the order sent). */
+int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now,
+                        int64_t start);
 
 /* True when some replica of `set` outside `tried` is up. */
 int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried);

@@ -500,9 +500,14 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         write_finished(req);
         forward_finished(req);
         if (failure != NULL && is_write(req->cmd) && !t->unsent) { /* sent: it may have run */
+            /* Said in words too: a Redis client sees only the message.
+             * A link that timed out says it already. */
+            const char *tail = len > 0 ? "; the write may have been applied there"
+                               : strstr(failure, "may or may not") != NULL
+                                   ? ""
+                                   : "; the write may or may not have been applied";
             char text[1024];
-            int n = snprintf(text, sizeof(text), "%s%s", failure,
-                             len > 0 ? "; the write may have been applied there" : "");
+            int n = snprintf(text, sizeof(text), "%s%s", failure, tail);
             req_status_frame(req, failure_status(req->cmd, len, 0), 1, NULL, text, sizeof(text), n);
             router_req_complete(req);
         } else if (failure != NULL)

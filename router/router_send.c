@@ -76,14 +76,14 @@ static void unavailable(const router_t *r, uint32_t shard, int rc, const router_
 /* Sends to the next replica that takes it. Returns 0, or the last error
  * (no replica took it) with *last the link that refused last. */
 static int send_some(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
-                     const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
+                     const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen, int64_t start,
                      router_link_t **last)
 {
     router_set_t *set = &r->sets[t->shard];
     int rc = KVS_ECLOSED;
     *last = NULL;
     for (;;) {
-        int i = router_replica_pick(r->links, set, t->tried, now_ms(r));
+        int i = router_replica_pick(r->links, set, t->tried, now_ms(r), start);
         if (i < 0)
             return rc;
         t->tried |= 1ull << ((uint32_t)i - set->first);
@@ -121,8 +121,14 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
             t->bytes.len = 0; /* out of memory: sent once, not retried */
         }
     }
+    /* Not a read: the connection's own replica, so that its pipelined
+     * writes to the shard reach the topic in the order it sent them (two
+     * replicas would race to produce them). */
+    int64_t start = -1;
+    if (!retryable && req->client != NULL)
+        start = router_client_session(req->client)->replica_pref;
     router_link_t *last;
-    int rc = send_some(r, req, t, part, msg, raw, rawlen, &last);
+    int rc = send_some(r, req, t, part, msg, raw, rawlen, start, &last);
     if (rc == 0)
         return;
     char why[600];
@@ -155,7 +161,7 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
         !router_budget_take(&r->budget))
         return 0;
     router_link_t *last;
-    int rc = send_some(r, req, t, part, NULL, t->bytes.data, t->bytes.len, &last);
+    int rc = send_some(r, req, t, part, NULL, t->bytes.data, t->bytes.len, -1, &last);
     if (rc == 0)
         return 1;
     t->bytes.len = 0;

@@ -12,7 +12,9 @@
 
 void router_session_init(router_session_t *s)
 {
+    static uint32_t next_pref; /* one loop per process: no lock */
     memset(s, 0, sizeof(*s));
+    s->replica_pref = next_pref++;
 }
 
 void router_session_free(router_session_t *s)

@@ -13,6 +13,11 @@
  *    until those writes are answered, and so is everything after a held
  *    request. A pipelined write-then-read therefore reads the write, as it
  *    would on a single server, and the read carries the write's position.
+ *  - Writes: a connection's writes to a shard with replicas go to one
+ *    replica while it stays up and is not avoided (`replica_pref`, from a
+ *    counter, spreads connections over the replicas), so two pipelined
+ *    writes of one key are applied in the order sent, not raced through
+ *    two replicas into the topic.
  *  - Local reads (router_local): while any request of the connection is
  *    with a local worker (`forwarded`), its reads of local shards go to the
  *    workers too, behind it on the same links, instead of being answered
@@ -44,8 +49,9 @@ typedef struct router_pos_s {
 typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
-    uint32_t writes;                /* writes to bound tables sent and not answered */
-    uint32_t forwarded;             /* requests with a part at a local worker, not answered */
+    uint32_t writes;       /* writes to bound tables sent and not answered */
+    uint32_t forwarded;    /* requests with a part at a local worker, not answered */
+    uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     struct router_session_s *next;  /* on the router's release list */
     int on_release_list;

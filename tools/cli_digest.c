@@ -33,15 +33,28 @@ typedef struct answer_s {
     char why[500];                /* otherwise */
     uint8_t digest[KVS_HASH_LEN]; /* when ok */
     int64_t keys;
-    uint8_t pos[1024];
+    uint8_t *pos; /* malloc'd: a shard of many partitions has a long one */
     size_t pos_len;
 } answer_t;
+
+/* Whether `r` is a Digest answer: 200, values [digest, keys]. Each value's
+ * kind is checked before its member is read: the members share a union,
+ * so an integer 16 would read as a 16-byte binary_value whose data
+ * pointer is NULL. */
+static int is_digest(const Kvs__CommandResponse *r)
+{
+    return r->status == 200 && r->n_values == 2 &&
+           r->values[0]->kind_case == KVS__VALUE__KIND_BINARY_VALUE &&
+           r->values[0]->binary_value.len == KVS_HASH_LEN &&
+           r->values[1]->kind_case == KVS__VALUE__KIND_INTEGER_VALUE;
+}
 
 /* Sends Digest {table} to `a` (over TLS with `tls` when it is TCP and
  * `tls` is set) and reads the answer into *out. */
 static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, const char *table,
                 double timeout, answer_t *out)
 {
+    free(out->pos);
     memset(out, 0, sizeof(*out));
     Kvs__Digest d = KVS__DIGEST__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
@@ -52,14 +65,19 @@ static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, con
         cli_walk_ask(w, rep, tls, &q, timeout, out->why, sizeof(out->why), &out->skipped);
     if (r == NULL)
         return;
-    if (r->status != 200 || r->n_values < 2 || r->position.len > sizeof(out->pos) ||
-        r->values[0]->binary_value.len != KVS_HASH_LEN) {
+    if (r->status == 200 && !is_digest(r)) {
+        snprintf(out->why, sizeof(out->why), "the answer holds no digest (%u %s)", r->status,
+                 r->message);
+    } else if (r->status != 200) {
         snprintf(out->why, sizeof(out->why), "%u %s", r->status, r->message);
+    } else if (r->position.len > 0 && (out->pos = malloc(r->position.len)) == NULL) {
+        snprintf(out->why, sizeof(out->why), "out of memory");
     } else {
         out->ok = 1;
         memcpy(out->digest, r->values[0]->binary_value.data, KVS_HASH_LEN);
         out->keys = r->values[1]->integer_value;
-        memcpy(out->pos, r->position.data, r->position.len);
+        if (r->position.len > 0)
+            memcpy(out->pos, r->position.data, r->position.len);
         out->pos_len = r->position.len;
     }
     kvs__command_response__free_unpacked(r, NULL);
@@ -67,7 +85,7 @@ static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, con
 
 static int same_position(const answer_t *a, const answer_t *b)
 {
-    return a->pos_len == b->pos_len && memcmp(a->pos, b->pos, a->pos_len) == 0;
+    return a->pos_len == b->pos_len && (a->pos_len == 0 || memcmp(a->pos, b->pos, a->pos_len) == 0);
 }
 
 static void put_replica(const kvs_replica_t *rep, const answer_t *a, int raw, uint32_t shard)
@@ -133,6 +151,8 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
             putc('\n', f);
         }
     }
+    for (int i = 0; i < n; i++)
+        free(ans[i].pos);
     free(ans);
     return agree ? 0 : 1;
 }

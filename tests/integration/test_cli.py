@@ -568,6 +568,31 @@ class HostileServerTest(unittest.TestCase):
             for shard in range(4):
                 self.assertIn("shard %d" % shard, out)
 
+    def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
+        # A Digest answer whose first value is the integer 16 where the
+        # 16-byte digest belongs: read as bytes (the kinds share a union),
+        # that was a 16-byte binary_value at address NULL (SIGSEGV), on
+        # the one-server path and the cluster walk alike.
+        lie = pb.CommandResponse(status=200)
+        lie.values.add(integer_value=16)
+        lie.values.add(binary_value=b"x" * 16)
+        port = self.serve(lambda conn: answer(conn, lie))
+        p, _ = self.cli(port, "--timeout", "2", "digest", "t")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"the Digest answer holds no digest", p.stderr)
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    % (self.dir, port, free_ports(1)))
+        p = subprocess.run([CLI, "--config", cfg, "--timeout", "2", "digest", "t"], input=b"",
+                           capture_output=True, timeout=8)
+        out = (p.stdout + p.stderr).decode()
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn("shard 0: not every replica answered", out)
+        self.assertIn("error: the answer holds no digest (200 )", out)
+
     def test_a_write_of_unknown_outcome_exits_3(self):
         # CommandResponse.outcome_unknown: exit status 3, so that a script
         # can tell "may or may not have happened" from "did not happen".

@@ -12,6 +12,7 @@ Every wait is bounded; every process is killed at cleanup.
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,8 +20,8 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_ports, log_of, pb, pyval, req_hdel,
-                     req_hget, req_hset, tls_yaml)
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_port, free_ports, log_of, pb, pyval,
+                     req_hdel, req_hget, req_hset, tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -494,6 +495,32 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
+    def test_pipelined_writes_of_a_key_are_applied_in_the_order_sent(self):
+        # a routes only: its writes to shard 0 go to b or c. Two pipelined
+        # writes of one key, while b's worker is slow (stopped 0.5 s):
+        # taken in turn, one went to b and the other to c, and when the
+        # first was b's, c produced the second before it: both answered
+        # 200, the key left at "first". A connection's writes now keep to
+        # one replica.
+        mock, bases, rt = self.cluster(layout={"a": [], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+                                       timeout="5s")
+        a, b = rt["a"], rt["b"]
+        keys = [k for k in (b"order-%d" % i for i in range(100)) if shard_of_key(k) == 0][:2]
+        pid = b.worker_pid(0)
+        with a.client(timeout=20) as c:
+            for k in keys:  # three sends a round: the turn differs from one to the next
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    c.send(req_hset(TABLE, k, "first"), req_hset(TABLE, k, "second"))
+                    time.sleep(0.5)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                first, second = c.recv(), c.recv()
+                self.assertEqual((first.status, second.status), (200, 200))
+                self.assertEqual(pyval(second.values[0]), "first", "applied out of order")
+                got = c.call(hget_at(TABLE, k, second.position))
+                self.assertEqual(pyval(got.values[0]), "second")
+
     def test_consumer_group_and_info_name_the_replica(self):
         mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
         with rt["a"].client() as c:
@@ -560,6 +587,42 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             self.assertIn("Bind the table to a topic", resp.message)
 
 
+class DigestManyPartitionsTest(ReplicaFixtures, unittest.TestCase):
+    def test_digest_compares_replicas_of_a_shard_with_a_long_position(self):
+        # One shard owns all 600 partitions of the topic, each with a
+        # record: its Digest position is about 1.8 KB. kvs-cli kept at
+        # most 1 KiB of it, and took every longer one for a failed answer
+        # ("not every replica answered ... error: 200 ..."), so such a
+        # cluster could never be compared.
+        parts = 600
+        mock = MockKafka({TOPIC: parts})
+        self.addCleanup(mock.close)
+        bases = self.bases(["a", "b"])
+        nodes = ["  nodes:"] + ['    - {name: %s, address: "127.0.0.1:%d", shards: [0]}'
+                               % (n, bases[n]) for n in ("a", "b")]
+        routers = []
+        for n in ("a", "b"):
+            r = Router(shards=1, partitions=PARTITIONS, start=False, name=n, node_name=n,
+                       cluster_yaml=nodes,
+                       extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", parts)]))
+            self._routers.append(r)
+            self.addCleanup(r.close)
+            routers.append(r)
+        for r in routers:
+            r.start()
+        keys, i = {}, 0
+        while len(keys) < parts:
+            keys.setdefault(partition_of(b"m%d" % i, parts), b"m%d" % i)
+            i += 1
+        with routers[0].client(timeout=30) as c:
+            resps = c.pipeline([req_hset(TABLE, k, "v") for k in keys.values()])
+        self.assertEqual({r.status for r in resps}, {200}, [r.message for r in resps][:3])
+        rc, out = self.digest(routers[0])
+        self.assertEqual(rc, 0, out)
+        self.assertIn("shard 0: replicas agree", out)
+        self.assertEqual(out.count(" %d keys at %s:0:0," % (parts, TOPIC)), 2, out)
+
+
 class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
     """A write the router gave up on (no answer within router.timeout: 503,
     "may or may not have been applied") while the replica it was sent to
@@ -582,8 +645,11 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
             os.kill(pid, signal.SIGSTOP)
             try:
                 abandoned = None
-                for _ in range(4):  # a routing node takes the replicas in turn
-                    resp = c.call(req_hset(TABLE, key, "abandoned"))
+                # A connection's writes keep to one replica; a routing
+                # node gives each new connection the next in turn.
+                for _ in range(4):
+                    with router.client(timeout=20) as one:
+                        resp = one.call(req_hset(TABLE, key, "abandoned"))
                     if resp.status == 503:
                         abandoned = resp
                         break
@@ -661,6 +727,39 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
                                  partition_of(key, TOPIC_PARTS))
         self.assertIn("closed its connection before this worker read the writes", log_of(a))
 
+    def test_a_write_whose_link_breaks_says_it_may_have_been_applied(self):
+        # a's worker of the key's shard takes the writes (a router prefers
+        # its node's workers) and dies with them unanswered. The 503 had
+        # outcome_unknown but said only "worker closed the connection": a
+        # Redis client, which sees nothing but the text, could not tell
+        # that the write may have been applied, and sent it again.
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        mock, bases, rport = self.mock(), self.bases(layout), free_port()
+        a = self.node(mock, "a", layout, bases, timeout="5s",
+                      router_yaml=('resp_listen: "127.0.0.1:%d"' % rport,))
+        b = self.node(mock, "b", layout, bases)
+        self.start_all(a, b)
+        key, other = b"cut-1", b"cut-2"
+        while shard_of_key(other) != shard_of_key(key):
+            other += b"x"
+        pid = a.worker_pid(shard_of_key(key))
+        os.kill(pid, signal.SIGSTOP)
+        with a.client(timeout=20) as c, socket.create_connection(("127.0.0.1", rport), 20) as rc:
+            c.send(req_hset(TABLE, key, "x"))
+            rc.sendall(b"*4\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\ny\r\n"
+                       % (len(TABLE), TABLE.encode(), len(other), other))
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            resp = c.recv()
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+            self.assertIn("closed the connection; the write may or may not have been applied",
+                          resp.message)
+            rc.settimeout(20)
+            line = rc.recv(4096)
+            self.assertTrue(line.startswith(b"-ERR ") and
+                            b"the write may or may not have been applied" in line, line)
+
     def test_writes_of_a_router_killed_9_are_not_run_when_a_hung_worker_resumes(self):
         # a routes only: its links to b's and c's workers are TCP. Its
         # writes to b hang; then a dies (kill -9: the kernel closes its
@@ -674,9 +773,12 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         pid = b.worker_pid(shard_of_key(keys[0]))
         os.kill(pid, signal.SIGSTOP)
         try:
-            with a.client(timeout=20) as ca:
-                # Taken in turn: one of the two goes to b, and hangs there.
-                ca.send(req_hset(TABLE, keys[0], "abandoned"), req_hset(TABLE, keys[1], "abandoned"))
+            with a.client(timeout=20) as ca, a.client(timeout=20) as ca2:
+                # A connection's writes keep to one replica, and each new
+                # connection takes the next: one of the two goes to b, and
+                # hangs there.
+                ca.send(req_hset(TABLE, keys[0], "abandoned"))
+                ca2.send(req_hset(TABLE, keys[1], "abandoned"))
                 time.sleep(0.5)
                 a.kill_all()
             positions = []
@@ -689,6 +791,7 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
             os.kill(pid, signal.SIGCONT)
         for k, pos in zip(keys, positions):
             self.assert_after_stands(mock, [b, c], k, pos, partition_of(k, TOPIC_PARTS))
+        self.assertIn("closed its connection before this worker read the writes", log_of(b))
 
 
 if __name__ == "__main__":

@@ -1450,11 +1450,21 @@ KVS_TEST(link_failure_after_send_is_503)
 {
     setup();
     route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[3][0]);
-    reply_failure(0, "shard 3 did not answer within router.timeout (5000 ms)");
+    reply_failure(0, "shard 3 is unavailable: worker closed the connection");
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 503);
-    CHECK_STR(r->message, "shard 3 did not answer within router.timeout (5000 ms)");
+    /* Said in words too: a Redis client sees nothing else. */
+    CHECK_STR(r->message, "shard 3 is unavailable: worker closed the connection; the write may "
+                          "or may not have been applied");
     CHECK(r->outcome_unknown); /* it was sent: it may have been applied */
+    /* A link that timed out says so already (router_link): not twice. */
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[3][0]);
+    reply_failure(0, "shard 3 is unavailable: no answer within router.timeout (5000 ms); the "
+                     "request may or may not have been applied");
+    r = answer_async();
+    CHECK_STR(r->message, "shard 3 is unavailable: no answer within router.timeout (5000 ms); the "
+                          "request may or may not have been applied");
+    CHECK(r->outcome_unknown);
     /* A read that fails so says nothing of the kind. */
     route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[3][0]);
     reply_failure(0, "shard 3 did not answer within router.timeout (5000 ms)");
@@ -2863,6 +2873,36 @@ KVS_TEST(replica_writes_go_to_one_live_replica_and_are_never_resent)
                              "replicas took the request") != NULL);
 }
 
+/* Two replicas, neither this node's (a routing node): a connection's
+ * writes to a shard all go to one of them, so pipelined writes of a key
+ * reach the topic in the order sent (taken in turn, they raced through
+ * two producers and the first could land last); reads take turns. */
+KVS_TEST(replica_writes_of_a_connection_keep_to_one_replica)
+{
+    setup_replicas(10, 100);
+    fx.r.links[0].addr.is_unix = 0;
+    for (uint32_t pref = 0; pref < 2; pref++) {
+        fx.session.replica_pref = pref;
+        for (int i = 0; i < 3; i++) {
+            route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][i]);
+            CHECK_EQ(fx.n_sent, 1);
+            CHECK_EQ(fx.sent[0].link, pref);
+            reply_status(0, 200, "");
+            check_status(answer_async(), 200);
+        }
+    }
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][0]);
+    uint32_t read0 = fx.sent[0].link;
+    reply_status(0, 404, "");
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, fx.keys[0][1]);
+    CHECK_EQ(fx.sent[0].link, 1 - read0);
+    reply_status(0, 404, "");
+    /* Its replica down: the other takes its writes. */
+    fx.r.links[1].up = 0;
+    route_single(KVS__COMMAND_REQUEST__COMMAND_HSET, fx.keys[0][3]);
+    CHECK_EQ(fx.sent[0].link, 0);
+}
+
 KVS_TEST(replica_unbound_writes_refused)
 {
     setup_replicas(10, 100);
@@ -2946,6 +2986,7 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_split_read_retries_its_part),
               KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
+              KVS_CASE(replica_writes_of_a_connection_keep_to_one_replica),
               KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
               KVS_CASE(replica_info_shows_retries),
               KVS_CASE(info_names_the_router_process_when_several), KVS_CASE(hlen_sums_every_shard),
