@@ -207,14 +207,15 @@ struct node_ingest_s {
     int stopping;
     /* A group offset commit awaits on_commit. */
     int commit_unanswered;
-    int64_t reset_offset; /* where a partition with no stored offset starts */
-    int reset_error;      /* the user's auto.offset.reset is "error" */
-    uint64_t pending_gen; /* first batch generation holding unconfirmed records */
-    size_t n_owned;       /* partitions this shard owns, over all topics */
-    int rewind;           /* a batch was lost: reload offsets, re-assign */
-    int passes;           /* some part_t's pass_to is set (see "passed over") */
-    int rewind_err;       /* why */
-    unsigned losses;      /* batches lost in a row */
+    int64_t reset_offset;   /* where a partition with no stored offset starts */
+    int reset_error;        /* the user's auto.offset.reset is "error" */
+    uint64_t pending_gen;   /* first batch generation holding unconfirmed records */
+    size_t n_owned;         /* partitions this shard owns, over all topics */
+    int rewind;             /* a batch was lost: reload offsets, re-assign */
+    int passes;             /* some part_t's pass_to is set (see "passed over") */
+    int rewind_err;         /* why */
+    unsigned losses;        /* batches lost in a row */
+    unsigned long unlogged; /* batches lost since the last line saying so */
     unsigned ticks;
     uint64_t last_skip_log[SKIP_KINDS]; /* per kind: a flood of one hides no other */
     uint64_t last_err_log, last_loss_log;
@@ -787,13 +788,18 @@ static void rewind_all(node_ingest_t *in)
     uint64_t delay = (uint64_t)RETRY_MIN_MS << shift;
     delay = delay < RETRY_MAX_MS ? delay : RETRY_MAX_MS;
     in->losses++;
+    in->unlogged++;
     uint64_t now = uv_now(in->loop);
-    if (in->losses == 1 || now - in->last_loss_log >= LOG_EVERY_MS) {
+    /* Whether or not batches were stored in between: losses alternating
+     * with stored batches (a disk failing now and then) are a flood too. */
+    if (in->last_loss_log == 0 || now - in->last_loss_log >= LOG_EVERY_MS) {
         in->last_loss_log = now;
         kvs_warn("kafka: a write batch holding records was not stored (%s); re-reading from the "
-                 "last committed offsets in %llu ms (%u lost in a row; logged at most every %d s)",
-                 kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses,
+                 "last committed offsets in %llu ms (%u lost in a row, %lu since the last such "
+                 "line; logged at most every %d s)",
+                 kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses, in->unlogged,
                  LOG_EVERY_MS / 1000);
+        in->unlogged = 0;
     }
     in->rewind_err = 0;
     in->assigned = 0; /* pump drops what the old assignment fetched */
