@@ -16,7 +16,12 @@
  * message.timeout.ms stays within the time a worker lets a write wait, so a
  * record is either acknowledged or given up by then; the queue is capped
  * at 64 MiB per worker so that a broker outage cannot make a worker buffer
- * without bound (sends beyond it fail at once, and the client is told).
+ * without bound (sends beyond it fail at once, and the client is told);
+ * allow.auto.create.topics is off (librdkafka turns it on for producers),
+ * since the producer names the bound topics to the brokers as soon as it
+ * starts: brokers that create topics on demand would otherwise create a
+ * bound topic that does not exist, or was deleted to be created again,
+ * with their default partition count.
  */
 #include "node_produce.h"
 #include "kvs_err.h"
@@ -237,6 +242,7 @@ static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err,
         {"linger.ms", "0"},
         {"message.timeout.ms", timeout},
         {"queue.buffering.max.kbytes", "65536"},
+        {"allow.auto.create.topics", "false"},
         {"log.connection.close", "false"},
     };
     rd_kafka_conf_t *conf = node_kafka_conf(defaults, sizeof(defaults) / sizeof(defaults[0]),
