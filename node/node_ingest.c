@@ -123,12 +123,14 @@ typedef struct part_s {
     int owned;
     int dirty;
     int gap_logged;
-    int64_t next;           /* offset of the next record to apply */
-    uint64_t applied;       /* records applied, ever */
-    uint64_t skipped;       /* records skipped (no key, bad payload), ever */
-    uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
-    uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
-                               bootstrapped from a snapshot shows only the tail it read) */
+    int64_t next;       /* offset of the next record to apply */
+    uint64_t applied;   /* records applied, ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
+    uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
+    uint64_t ingested;  /* records this process took from Kafka (not stored: a replica
+                           bootstrapped from a snapshot shows only the tail it read) */
+    uint64_t committed_ingested; /* `ingested` as of the last commit: a lost batch's records,
+                                    read again, count once */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
                                they were read (retention), or passed by auto.offset.reset latest */
     int64_t lost_to;        /* `lost` counts those below this offset: a skip made again after the
@@ -779,8 +781,10 @@ static void rewind_all(node_ingest_t *in)
     }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
-            if (in->topics[i].parts[p].owned)
+            if (in->topics[i].parts[p].owned) {
                 part_load(in, &in->topics[i], (int32_t)p);
+                in->topics[i].parts[p].ingested = in->topics[i].parts[p].committed_ingested;
+            }
     rebuilds_undo(in);
     node_store_end_turn(in->store); /* release the read snapshot part_load used */
     in->rewind = 0;
@@ -824,6 +828,7 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
             part_t *pt = &in->topics[i].parts[p];
             pt->committed_next = pt->next;
+            pt->committed_ingested = pt->ingested;
             if (pt->rebuilding && in->state != NULL) /* committed: routers may read it now */
                 kvs_shardstate_set_diverged(
                     in->state, (uint32_t)(in->topics[i].b - in->cfg->bindings), p, pt->diverged);
@@ -1158,10 +1163,13 @@ static void part_forget(topic_t *t, uint32_t p)
 {
     part_t *pt = &t->parts[p];
     int owned = pt->owned;
-    uint64_t lost = pt->lost; /* a counter of this process: it never goes down */
+    /* Counters of this process: they never go down. */
+    uint64_t lost = pt->lost, ingested = pt->ingested, committed = pt->committed_ingested;
     memset(pt, 0, sizeof(*pt));
     pt->owned = owned;
     pt->lost = lost;
+    pt->ingested = ingested;
+    pt->committed_ingested = committed;
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
     pt->produced_end = pt->asked_end = pt->pass_to = -1;
