@@ -123,12 +123,14 @@ typedef struct part_s {
     int owned;
     int dirty;
     int gap_logged;
-    int64_t next;           /* offset of the next record to apply */
-    uint64_t applied;       /* records applied, ever */
-    uint64_t skipped;       /* records skipped (no key, bad payload), ever */
-    uint64_t misplaced;     /* of the applied ones, those on another partition than their key's */
-    uint64_t ingested;      /* records this process took from Kafka (not stored: a replica
-                               bootstrapped from a snapshot shows only the tail it read) */
+    int64_t next;       /* offset of the next record to apply */
+    uint64_t applied;   /* records applied, ever */
+    uint64_t skipped;   /* records skipped (no key, bad payload), ever */
+    uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
+    uint64_t ingested;  /* records this process took from Kafka (not stored: a replica
+                           bootstrapped from a snapshot shows only the tail it read) */
+    uint64_t committed_ingested; /* `ingested` as of the last commit: a lost batch's records,
+                                    read again, count once */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
                                they were read (retention), or passed by auto.offset.reset latest */
     int64_t lost_to;        /* `lost` counts those below this offset: a skip made again after the
@@ -207,14 +209,15 @@ struct node_ingest_s {
     int stopping;
     /* A group offset commit awaits on_commit. */
     int commit_unanswered;
-    int64_t reset_offset; /* where a partition with no stored offset starts */
-    int reset_error;      /* the user's auto.offset.reset is "error" */
-    uint64_t pending_gen; /* first batch generation holding unconfirmed records */
-    size_t n_owned;       /* partitions this shard owns, over all topics */
-    int rewind;           /* a batch was lost: reload offsets, re-assign */
-    int passes;           /* some part_t's pass_to is set (see "passed over") */
-    int rewind_err;       /* why */
-    unsigned losses;      /* batches lost in a row */
+    int64_t reset_offset;   /* where a partition with no stored offset starts */
+    int reset_error;        /* the user's auto.offset.reset is "error" */
+    uint64_t pending_gen;   /* first batch generation holding unconfirmed records */
+    size_t n_owned;         /* partitions this shard owns, over all topics */
+    int rewind;             /* a batch was lost: reload offsets, re-assign */
+    int passes;             /* some part_t's pass_to is set (see "passed over") */
+    int rewind_err;         /* why */
+    unsigned losses;        /* batches lost in a row */
+    unsigned long unlogged; /* batches lost since the last line saying so */
     unsigned ticks;
     uint64_t last_skip_log[SKIP_KINDS]; /* per kind: a flood of one hides no other */
     uint64_t last_err_log, last_loss_log;
@@ -778,8 +781,10 @@ static void rewind_all(node_ingest_t *in)
     }
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
-            if (in->topics[i].parts[p].owned)
+            if (in->topics[i].parts[p].owned) {
                 part_load(in, &in->topics[i], (int32_t)p);
+                in->topics[i].parts[p].ingested = in->topics[i].parts[p].committed_ingested;
+            }
     rebuilds_undo(in);
     node_store_end_turn(in->store); /* release the read snapshot part_load used */
     in->rewind = 0;
@@ -787,13 +792,18 @@ static void rewind_all(node_ingest_t *in)
     uint64_t delay = (uint64_t)RETRY_MIN_MS << shift;
     delay = delay < RETRY_MAX_MS ? delay : RETRY_MAX_MS;
     in->losses++;
+    in->unlogged++;
     uint64_t now = uv_now(in->loop);
-    if (in->losses == 1 || now - in->last_loss_log >= LOG_EVERY_MS) {
+    /* Whether or not batches were stored in between: losses alternating
+     * with stored batches (a disk failing now and then) are a flood too. */
+    if (in->last_loss_log == 0 || now - in->last_loss_log >= LOG_EVERY_MS) {
         in->last_loss_log = now;
         kvs_warn("kafka: a write batch holding records was not stored (%s); re-reading from the "
-                 "last committed offsets in %llu ms (%u lost in a row; logged at most every %d s)",
-                 kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses,
+                 "last committed offsets in %llu ms (%u lost in a row, %lu since the last such "
+                 "line; logged at most every %d s)",
+                 kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses, in->unlogged,
                  LOG_EVERY_MS / 1000);
+        in->unlogged = 0;
     }
     in->rewind_err = 0;
     in->assigned = 0; /* pump drops what the old assignment fetched */
@@ -818,6 +828,7 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
             part_t *pt = &in->topics[i].parts[p];
             pt->committed_next = pt->next;
+            pt->committed_ingested = pt->ingested;
             if (pt->rebuilding && in->state != NULL) /* committed: routers may read it now */
                 kvs_shardstate_set_diverged(
                     in->state, (uint32_t)(in->topics[i].b - in->cfg->bindings), p, pt->diverged);
@@ -1152,10 +1163,13 @@ static void part_forget(topic_t *t, uint32_t p)
 {
     part_t *pt = &t->parts[p];
     int owned = pt->owned;
-    uint64_t lost = pt->lost; /* a counter of this process: it never goes down */
+    /* Counters of this process: they never go down. */
+    uint64_t lost = pt->lost, ingested = pt->ingested, committed = pt->committed_ingested;
     memset(pt, 0, sizeof(*pt));
     pt->owned = owned;
     pt->lost = lost;
+    pt->ingested = ingested;
+    pt->committed_ingested = committed;
     pt->from_start = 1;
     pt->next = pt->committed_next = pt->group_next = -1;
     pt->produced_end = pt->asked_end = pt->pass_to = -1;

@@ -16,7 +16,12 @@
  * message.timeout.ms stays within the time a worker lets a write wait, so a
  * record is either acknowledged or given up by then; the queue is capped
  * at 64 MiB per worker so that a broker outage cannot make a worker buffer
- * without bound (sends beyond it fail at once, and the client is told).
+ * without bound (sends beyond it fail at once, and the client is told);
+ * allow.auto.create.topics is off (librdkafka turns it on for producers),
+ * since the producer names the bound topics to the brokers as soon as it
+ * starts: brokers that create topics on demand would otherwise create a
+ * bound topic that does not exist, or was deleted to be created again,
+ * with their default partition count.
  */
 #include "node_produce.h"
 #include "kvs_err.h"
@@ -45,6 +50,7 @@ struct node_produce_s {
     int pipefd[2];
     uv_poll_t poll;
     size_t outstanding;
+    size_t max_record; /* message.max.bytes: larger records are refused (node_produce_fits) */
     int stopping;
     int failed; /* a fatal error: no more sends */
     /* A batch acknowledged without an offset (a broker answering
@@ -200,6 +206,20 @@ int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partit
     }
 }
 
+/* How librdkafka sizes a record against message.max.bytes when it is
+ * handed over: its key and value, its headers (each a varint length, the
+ * name, a varint length, the value), and the most a v2 record's framing
+ * may take (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: 36 bytes of varints). */
+#define RECORD_FRAMING 36
+#define RECORD_HEADER (1 + sizeof(NODE_PRODUCE_HEADER) - 1 + 1 + NODE_PRODUCE_ID_LEN)
+
+int node_produce_fits(const node_produce_t *pr, size_t klen, size_t len, size_t *size, size_t *max)
+{
+    *size = RECORD_FRAMING + RECORD_HEADER + klen + len;
+    *max = pr->max_record;
+    return *size <= *max;
+}
+
 size_t node_produce_outstanding(const node_produce_t *pr)
 {
     return pr->outstanding;
@@ -222,6 +242,7 @@ static rd_kafka_conf_t *make_conf(node_produce_t *pr, uint32_t shard, char *err,
         {"linger.ms", "0"},
         {"message.timeout.ms", timeout},
         {"queue.buffering.max.kbytes", "65536"},
+        {"allow.auto.create.topics", "false"},
         {"log.connection.close", "false"},
     };
     rd_kafka_conf_t *conf = node_kafka_conf(defaults, sizeof(defaults) / sizeof(defaults[0]),
@@ -272,6 +293,10 @@ int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char 
         rd_kafka_conf_destroy(conf);
         return KVS_ECONFIG;
     }
+    char max[32] = "1000000";
+    size_t n = sizeof(max);
+    rd_kafka_conf_get(rd_kafka_conf(pr->rk), "message.max.bytes", max, &n);
+    pr->max_record = (size_t)strtoull(max, NULL, 10);
     pr->rkt = calloc(o->cfg->n_bindings ? o->cfg->n_bindings : 1, sizeof(*pr->rkt));
     if (pr->rkt == NULL)
         return -ENOMEM;

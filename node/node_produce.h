@@ -84,6 +84,12 @@ int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partit
                       const uint8_t id[NODE_PRODUCE_ID_LEN], void *opaque, char *why,
                       size_t whylen);
 
+/* Whether a record of a `klen`-byte key and a `len`-byte payload (with
+ * kvs's header) fits the producer's message.max.bytes as librdkafka counts
+ * it: node_produce_send refuses a larger one with KVS_ETOOBIG. *size gets
+ * the record's size so counted, *max the limit. */
+int node_produce_fits(const node_produce_t *pr, size_t klen, size_t len, size_t *size, size_t *max);
+
 struct rd_kafka_s;
 
 /* The producer's librdkafka handle, lent for requests to the brokers that

@@ -697,6 +697,27 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
     return 0;
 }
 
+/* Every record must fit the producer's message.max.bytes: checked before
+ * anything is produced, so a request with one record too large writes
+ * nothing (librdkafka would refuse that record only, after the ones
+ * before it were sent). */
+static int check_records(node_writes_t *wr, const item_t *items, size_t n, char *msg, size_t mlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t size, max;
+        if (node_produce_fits(wr->producer, items[i].key->len, items[i].len, &size, &max))
+            continue;
+        snprintf(msg, mlen,
+                 "value is too large for Kafka: the record of a key takes %zu bytes (key, value "
+                 "and kvs's header), more than the producer's message.max.bytes (%zu) lets it "
+                 "send; nothing was written (raise message.max.bytes in kafka.properties and on "
+                 "the brokers, or write a smaller value)",
+                 size, max);
+        return KVS_ETOOBIG;
+    }
+    return 0;
+}
+
 /* Sends every record of `w`. On a refusal after some were sent, the
  * request fails with a message saying so. Returns 0, or the error of the
  * first record (nothing sent; `w` untouched). */
@@ -796,6 +817,8 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
         rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
     if (rc == 0 && (rc = check_sizes(wr, b, items, n, answer_budget(req), req->value_lengths, msg,
                                      sizeof(msg))) == KVS_ETOOBIG)
+        status = KVS_STATUS_TOO_LARGE;
+    if (rc == 0 && (rc = check_records(wr, items, n, msg, sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;
     if (rc == -ENOMEM)
         return rc;

@@ -710,6 +710,31 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual(pyval(c.hset("plain", b"k", "w").values[0]), "v")
         self.assertEqual(sum(hi for lo, hi in watermarks(m.bootstrap, "users", parts).values()), 0)
 
+    def test_a_record_over_message_max_bytes_is_refused_before_anything_is_produced(self):
+        # librdkafka refuses a record larger than the producer's
+        # message.max.bytes when it is handed over. A worker checks every
+        # record of a write first: an Hmset with one such value is refused
+        # whole (413), rather than producing the keys before it and
+        # answering 503 "may or may not". A record takes its key, value,
+        # kvs.writer header and 36 bytes of framing.
+        parts, most = 2, 4000
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=1,
+                        properties={"message.max.bytes": str(most)})
+        a, b = keys_in_partition(0, parts, 2, "a")
+        with r.client() as c:
+            resp = c.hset("users", a, b"x" * (most - 64 - len(a)))  # fits exactly
+            self.assertEqual(resp.status, 200, resp.message)
+            for q in (req_hset("users", b, b"y" * (most - 63 - len(b))),
+                      req_hmset("users", [(b, b"small"), (a, b"z" * 5000)])):
+                resp = c.call(q)
+                self.assertEqual(resp.status, 413, resp.message)
+                self.assertIn("message.max.bytes (%d)" % most, resp.message)
+                self.assertIn("nothing was written", resp.message)
+                self.assertFalse(resp.outcome_unknown)
+            self.assertEqual(c.hget("users", b).status, 404)
+        self.assertEqual([k for _, _, k, _, _ in read_topic(m.bootstrap, "users", parts)], [a])
+
     def test_no_record_written_twice_when_the_producer_retries(self):
         parts = 4
         m = self.mock({"users": parts}, control=True)

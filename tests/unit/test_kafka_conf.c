@@ -9,6 +9,7 @@
 #include "kvs_log.h"
 #include "kvs_test.h"
 #include "node_kafka.h"
+#include "node_produce.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -119,6 +120,59 @@ KVS_TEST(client_ids_name_node_and_shard)
     kvs_config_free(cfg);
 }
 
+static void no_delivery(void *arg, const node_delivery_t *d)
+{
+    (void)arg;
+    (void)d;
+}
+
+static void no_fatal(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+/* The producer of writes names the bound topics to the brokers at once
+ * (librdkafka asks where their partitions lead): with librdkafka's
+ * default for producers, brokers that create topics on demand would
+ * create a bound topic that does not exist (with their default partition
+ * count), or one deleted to be created again. kafka.properties may still
+ * allow it. */
+KVS_TEST(producer_never_asks_brokers_to_create_topics)
+{
+    static const char *yamls[][2] = {
+        {"kafka:\n  brokers: \"127.0.0.1:1\"\n  bindings:\n    - {topic: t, table: t}\n"
+         "  properties: {log_level: \"0\"}\n",
+         "false"},
+        {"kafka:\n  brokers: \"127.0.0.1:1\"\n  bindings:\n    - {topic: t, table: t}\n"
+         "  properties: {allow.auto.create.topics: \"true\", log_level: \"0\"}\n",
+         "true"},
+    };
+    for (size_t i = 0; i < sizeof(yamls) / sizeof(yamls[0]); i++) {
+        kvs_config_t *cfg = load(yamls[i][0]);
+        uv_loop_t loop;
+        CHECK_EQ(uv_loop_init(&loop), 0);
+        node_produce_opts_t o = {.loop = &loop,
+                                 .cfg = cfg,
+                                 .shard = 0,
+                                 .on_delivery = no_delivery,
+                                 .on_fatal = no_fatal};
+        node_produce_t *pr = NULL;
+        char err[512] = "", v[16];
+        size_t n = sizeof(v);
+        CHECK_EQ(node_produce_start(&o, &pr, err, sizeof(err)), 0);
+        CHECK_EQ(rd_kafka_conf_get(rd_kafka_conf(node_produce_kafka(pr)),
+                                   "allow.auto.create.topics", v, &n),
+                 RD_KAFKA_CONF_OK);
+        CHECK(strcmp(v, yamls[i][1]) == 0);
+        node_produce_stop(pr);
+        CHECK_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        node_produce_free(pr);
+        CHECK_EQ(uv_loop_close(&loop), 0);
+        kvs_config_free(cfg);
+    }
+}
+
 /* A consumer of group "kvs-test" whose brokers cannot be reached. */
 static rd_kafka_t *consumer(const char *session_timeout_ms)
 {
@@ -191,5 +245,6 @@ KVS_TEST_MAIN(KVS_CASE(properties_win_over_defaults),
               KVS_CASE(refused_value_is_named_with_its_client),
               KVS_CASE(refused_secret_is_never_shown), KVS_CASE(client_ids_name_node_and_shard),
               KVS_CASE(librdkafka_lines_are_scrubbed_and_warnings_rate_limited),
+              KVS_CASE(producer_never_asks_brokers_to_create_topics),
               KVS_CASE(destroy_within_the_bound_frees_the_client),
               KVS_CASE(destroy_held_up_by_a_commit_is_left_after_the_bound))
