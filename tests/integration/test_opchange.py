@@ -14,7 +14,7 @@ import subprocess
 import unittest
 
 from kvstest import pyval, req_hmget, req_hset
-from routertest import Router, procs_for_config
+from routertest import Router, edit_config, procs_for_config
 import kafkatest
 from kafkatest import KCAT, ingest_yaml, kcat_produce, wait_until
 from test_ingest import KafkaFixtures
@@ -25,11 +25,7 @@ KEYS = [b"key-%d" % i for i in range(24)]
 
 class OpChangeTest(KafkaFixtures, unittest.TestCase):
     def rewrite(self, r, old, new):
-        with open(r.config) as f:
-            text = f.read()
-        self.assertIn(old, text)
-        with open(r.config, "w") as f:
-            f.write(text.replace(old, new))
+        edit_config(r, old, new)
 
     def hmget(self, r, table):
         with r.client() as c:
@@ -57,8 +53,8 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                r"configuration: " + why)
         self.assertTrue(r.wait_all_gone(10), "left: %r" % procs_for_config(r.config))
 
-    def kafka_router(self, m, binding, partitions):
-        r = Router(shards=2, partitions=partitions, start=False,
+    def kafka_router(self, m, binding, partitions, shards=2):
+        r = Router(shards=shards, partitions=partitions, start=False,
                    extra_yaml=ingest_yaml(m.bootstrap, [binding],
                                           properties={"reconnect.backoff.max.ms": "500"}))
         self._routers.append(r)
@@ -144,12 +140,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         murmur2 over 8 partitions looks a third of the keys up elsewhere
         (404). Refused, naming the binding to set back."""
         m = self.mock({"users": 4})
-        r = Router(shards=3, partitions=64, start=False, extra_yaml=ingest_yaml(
-            m.bootstrap, [("users", "users", "string", 4)],
-            properties={"reconnect.backoff.max.ms": "500"}))
-        self._routers.append(r)
-        self.addCleanup(r.close)
-        r.start()
+        r = self.kafka_router(m, ("users", "users", "string", 4), 64, shards=3)
         kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
         self.wait_values(r, "users", "v1")
         self.assertEqual(r.stop(), 0)
@@ -169,12 +160,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         old count that are now looked up elsewhere are counted in a WARN,
         not left to be found missing one read at a time."""
         m = self.mock({"users": 4})
-        r = Router(shards=3, partitions=64, start=False, extra_yaml=ingest_yaml(
-            m.bootstrap, [("users", "users", "string", 4)],
-            properties={"reconnect.backoff.max.ms": "500"}))
-        self._routers.append(r)
-        self.addCleanup(r.close)
-        r.start()
+        r = self.kafka_router(m, ("users", "users", "string", 4), 64, shards=3)
         kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
         self.wait_values(r, "users", "v1")
         self.assertEqual(r.stop(), 0)

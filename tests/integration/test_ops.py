@@ -26,7 +26,7 @@ import redis
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import (BUILD_DIR, HOST, SANITIZED, Client, Node, frame, pb, pyval, req_hget,
                      req_hset)
-from routertest import RouterTestCase, config_place, free_port
+from routertest import RouterTestCase, config_place, edit_config, free_port
 from test_auth import req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
@@ -723,11 +723,7 @@ class PluginTest(RouterTestCase):
 
 class ReloadTest(RouterTestCase):
     def rewrite(self, r, old, new):
-        with open(r.config) as f:
-            text = f.read()
-        self.assertIn(old, text)
-        with open(r.config, "w") as f:
-            f.write(text.replace(old, new))
+        edit_config(r, old, new)
 
     def hup(self, r, needle, count=1):
         """SIGHUP, then wait for `count` log lines holding `needle`."""
