@@ -53,6 +53,13 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                r"configuration: " + why)
         self.assertTrue(r.wait_all_gone(10), "left: %r" % procs_for_config(r.config))
 
+    def fill_and_stop(self, m, r):
+        """Produces KEYS = "v1" to topic users, waits until table users
+        serves them all, and stops the router."""
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
+        self.wait_values(r, "users", "v1")
+        self.assertEqual(r.stop(), 0)
+
     def kafka_router(self, m, binding, partitions, shards=2):
         r = Router(shards=shards, partitions=partitions, start=False,
                    extra_yaml=ingest_yaml(m.bootstrap, [binding],
@@ -72,9 +79,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         # cluster.partitions 4: the old table, now bound to nothing, is
         # looked up exactly where its keys are.
         r = self.kafka_router(m, ("users", "users", "string", 4), partitions=4)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r)
         self.rewrite(r, "table: users,", "table: members,")
         r.start()
         self.wait_values(r, "members", "v1")
@@ -141,9 +146,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         (404). Refused, naming the binding to set back."""
         m = self.mock({"users": 4})
         r = self.kafka_router(m, ("users", "users", "string", 4), 64, shards=3)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r)
         self.rewrite(r, 'brokers: "%s"' % m.bootstrap, 'brokers: ""')
         r.start()  # Kafka off, same binding: every key is served
         self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
@@ -161,9 +164,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         not left to be found missing one read at a time."""
         m = self.mock({"users": 4})
         r = self.kafka_router(m, ("users", "users", "string", 4), 64, shards=3)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r)
         m8 = self.mock({"users": 8})  # the topic made anew with 8 partitions
         self.rewrite(r, 'brokers: "%s"' % m.bootstrap, 'brokers: "%s"' % m8.bootstrap)
         self.rewrite(r, "partitions: 4", "partitions: 8")
@@ -180,9 +181,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         restart): served as they were, with a WARN saying what to run."""
         m = self.mock({"users": 4, "users2": 4})
         r = self.kafka_router(m, ("users", "users", "string", 4), partitions=64)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r)
         self.rewrite(r, "topic: users,", "topic: users2,")
         r.start()
         self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))

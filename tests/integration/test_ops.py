@@ -512,14 +512,20 @@ class PluginTest(RouterTestCase):
         self.assertRegex(lines[3], "^%s command=Hset table=\"users\" keys=1 status=400$" % stamp)
         self.assertIn("plugin audit_log loaded from", r.stderr())
 
-    def test_audit_log_names_the_user_on_both_front_doors(self):
+    def audited_router(self, shards):
+        """A started router with users, a Redis port and the audit_log plugin:
+        (router, its Redis port, the audit file)."""
         rport = free_port()
-        r = self.router(shards=2, partitions=8, start=False, extra_yaml=users_yaml(),
+        r = self.router(shards=shards, partitions=8, start=False, extra_yaml=users_yaml(),
                         router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
         audit = os.path.join(r.dir, "audit.log")
         with open(r.config, "a") as f:
             f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
         r.start()
+        return r, rport, audit
+
+    def test_audit_log_names_the_user_on_both_front_doors(self):
+        r, rport, audit = self.audited_router(shards=2)
         with r.client() as c:
             self.assertEqual(c.call(req_auth("alice", "alice-pw")).status, 200)
             self.assertEqual(c.hset("orders", "o1", "x").status, 200)
@@ -552,13 +558,7 @@ class PluginTest(RouterTestCase):
         # A RESP command the front door refuses itself (NOAUTH, a key that
         # is no table name) is the kvs request it would have become, for
         # the hooks and the metrics, as on the kvs protocol; AUTH is Auth.
-        rport = free_port()
-        r = self.router(shards=1, partitions=8, start=False, extra_yaml=users_yaml(),
-                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
-        audit = os.path.join(r.dir, "audit.log")
-        with open(r.config, "a") as f:
-            f.write('plugins:\n  - {path: "%s/audit_log.so", arg: "%s"}\n' % (PLUGINS, audit))
-        r.start()
+        r, rport, audit = self.audited_router(shards=1)
         s = socket.create_connection((HOST, rport), timeout=10)
         self.addCleanup(s.close)
         s.sendall(b"HSET orders k v\r\nHDEL orders a b\r\nAUTH alice alice-pw\r\n"
