@@ -16,7 +16,9 @@ and py/kvs_pb2.py (through kvstest).
 """
 import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -375,6 +377,18 @@ class Router(Managed):
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = self.spawn()
         self.wait_accepting("kvs-router", START_TIMEOUT)
+        # The Redis port opens just after the kvs port: a test that talks
+        # to it at once must not find it closed (bounded; a test that makes
+        # it fail finds that out itself).
+        with open(self.config) as f:
+            m = re.search(r'resp_listen: "([0-9.]+):(\d+)"', f.read())
+        deadline = time.monotonic() + 5
+        while m and time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection((m.group(1), int(m.group(2))), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
 
     def workers(self):
         """{shard: pid} of the live kvs-node processes running this config."""

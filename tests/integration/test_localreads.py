@@ -816,6 +816,8 @@ class ReaderSlotsTest(LocalReadsCase):
         r = self.local_router()
         keys = self.fill(r, "t", 3)
         env = os.path.join(r.data_dir, "shard-0")
+        # the router holds shard 0's environment open before the slots go
+        self.assertTrue(wait_until(lambda: "shard 0: answering its reads from" in r.stderr(), 10))
         with r.client() as c:
             self.assertEqual(c.hset("u", keys[0][0], b"u").status, 200)
             p = subprocess.Popen([sys.executable, "-c", TAKE_EVERY_SLOT, LMDB, env],
