@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -378,16 +377,16 @@ class Router(Managed):
         self.proc = self.spawn()
         self.wait_accepting("kvs-router", START_TIMEOUT)
         # The Redis port opens just after the kvs port: a test that talks
-        # to it at once must not find it closed (bounded; a test that makes
-        # it fail finds that out itself).
+        # to it at once must not find it closed. Its log line says when (a
+        # probe connection would count as a client); bounded, and a test
+        # that makes it fail finds that out itself.
         with open(self.config) as f:
-            m = re.search(r'resp_listen: "([0-9.]+):(\d+)"', f.read())
-        deadline = time.monotonic() + 5
-        while m and time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                socket.create_connection((m.group(1), int(m.group(2))), timeout=1).close()
-                break
-            except OSError:
+            m = re.search(r'resp_listen: "([0-9.]+:\d+)"', f.read())
+        if m:
+            line = "accepting Redis protocol clients on " + m.group(1)
+            deadline = time.monotonic() + 5
+            while (line not in self.stderr() and time.monotonic() < deadline
+                   and self.proc.poll() is None):
                 time.sleep(0.02)
 
     def workers(self):
