@@ -1514,9 +1514,19 @@ static void docs_entry(kvs_buf_t *b, const char *name, const char *group, int re
     kvs_redis_bulk(b, group, strlen(group));
 }
 
+/* Whether the reply being built in `b` is past limits.max_frame, the most
+ * a reply may take: names repeated in one COMMAND INFO or DOCS (a 12-byte
+ * "client" gives a 1 KiB entry) would otherwise build a reply a hundred
+ * times the request's size. */
+static int reply_past_frame(const router_redis_t *rs, const kvs_buf_t *b)
+{
+    return b->len > rs->r->cfg->max_frame;
+}
+
 /* COMMAND DOCS [name...]: every command, or those named, in the order
  * named (a name given twice, twice), as Redis answers; a group for each
- * (a subcommand's is its container's). */
+ * (a subcommand's is its container's). Stops once past limits.max_frame
+ * (reply_past_frame). */
 static void command_docs(router_redis_t *rs, kvs_buf_t *b)
 {
     const kvs_redis_arg_t *a = rs->ps.argv;
@@ -1532,7 +1542,7 @@ static void command_docs(router_redis_t *rs, kvs_buf_t *b)
     for (size_t k = 2; k < argc; k++)
         n += lookup_full(&a[k], &sub) != NULL;
     kvs_redis_map(b, n, rs->resp3);
-    for (size_t k = 2; k < argc; k++) {
+    for (size_t k = 2; k < argc && !reply_past_frame(rs, b); k++) {
         const cmd_t *c = lookup_full(&a[k], &sub);
         if (c != NULL)
             docs_entry(b, sub != NULL ? sub_name(name, sizeof(name), c, sub) : c->name,
@@ -1560,7 +1570,7 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
         kvs_redis_integer(b, N_COMMANDS);
     } else if (sub == 1) {
         kvs_redis_array(b, argc - 2);
-        for (size_t i = 2; i < argc; i++) {
+        for (size_t i = 2; i < argc && !reply_past_frame(rs, b); i++) {
             const sub_t *s;
             const cmd_t *c = lookup_full(&a[i], &s);
             if (c == NULL)
@@ -1573,6 +1583,11 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
     } else {
         command_docs(rs, b);
     }
+    if (reply_past_frame(rs, b))
+        return reply_error(req,
+                           "ERR the reply would exceed limits.max_frame (%llu bytes): name fewer "
+                           "commands",
+                           (unsigned long long)rs->r->cfg->max_frame);
     finish_raw(req);
 }
 

@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 
-from kvstest import SANITIZED, Client, encode, req_ping, tls_context, tls_yaml
+from kvstest import SANITIZED, Client, encode, req_ping, resp_exchange, tls_context, tls_yaml
 from routertest import RouterTestCase, free_port, router_pids
 from test_auth import req_auth, token_hash
 from test_bounds import MIB, closed_by_peer, rss_anon
@@ -266,6 +266,27 @@ class RespMemoryTest(RouterTestCase):
             self.assertLess(grown, sent + sent // 2 + 16 * MIB,
                             "the router holds %d MiB for %d MiB of incomplete requests"
                             % (grown >> 20, sent >> 20))
+
+    def test_command_info_of_repeated_names_is_bounded_by_max_frame(self):
+        """COMMAND INFO CLIENT CLIENT ...: 12 request bytes a name, a 1 KiB
+        entry each (CLIENT's lists its subcommands). 80,000 of them fit in
+        a 1 MiB request and would have built an 80 MiB reply; the reply
+        stops at limits.max_frame with an error, and the connection goes on."""
+        port = free_port()
+        r = self.router(shards=1, partitions=8, max_frame="1MiB",
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % port])
+        pid = router_pids(r)[0]
+        base = rss_anon(pid)
+        n = 80000
+        for sub in (b"INFO", b"DOCS"):
+            req = b"*%d\r\n$7\r\nCOMMAND\r\n$4\r\n%s\r\n" % (n + 2, sub)
+            req += b"$6\r\nclient\r\n" * n
+            self.assertLess(len(req), MIB)
+            got = resp_exchange(port, req + b"PING\r\n", end=b"+PONG\r\n")
+            self.assertEqual(got, b"-ERR the reply would exceed limits.max_frame (1048576 "
+                                  b"bytes): name fewer commands\r\n+PONG\r\n")
+        if not SANITIZED:
+            self.assertLess(rss_anon(pid) - base, 16 * MIB)
 
     def test_client_names_are_bounded_before_and_after_auth(self):
         """A client name lives as long as its connection and nothing counts
