@@ -37,11 +37,7 @@ typedef struct answer_s {
     size_t pos_len;
 } answer_t;
 
-/* Whether `r` is a Digest answer: 200, values [digest, keys]. Each value's
- * kind is checked before its member is read: the members share a union,
- * so an integer 16 would read as a 16-byte binary_value whose data
- * pointer is NULL. */
-static int is_digest(const Kvs__CommandResponse *r)
+int cli_digest_is_answer(const Kvs__CommandResponse *r)
 {
     return r->status == 200 && r->n_values == 2 &&
            r->values[0]->kind_case == KVS__VALUE__KIND_BINARY_VALUE &&
@@ -65,7 +61,7 @@ static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, con
         cli_walk_ask(w, rep, tls, &q, timeout, out->why, sizeof(out->why), &out->skipped);
     if (r == NULL)
         return;
-    if (r->status == 200 && !is_digest(r)) {
+    if (r->status == 200 && !cli_digest_is_answer(r)) {
         snprintf(out->why, sizeof(out->why), "the answer holds no digest (%u %s)", r->status,
                  r->message);
     } else if (r->status != 200) {

@@ -7,7 +7,14 @@
 #define CLI_DIGEST_H
 
 #include "kvs_config.h"
+#include "kvs_msg.h"
 #include "kvs_tls.h"
+
+/* Whether `r` is a Digest answer: 200, values [digest, keys]. Each
+ * value's kind is checked before its member is read: the members share a
+ * union, so an integer 16 would read as a 16-byte binary_value whose data
+ * pointer is NULL. */
+int cli_digest_is_answer(const Kvs__CommandResponse *r);
 
 /* Runs the comparison; prints one line per shard to stdout (problems to
  * stderr). `only`: the node whose shards are compared, NULL for every

@@ -1302,11 +1302,7 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0 || r == NULL)
         return rc;
     char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
-    /* The kind first: the values' members share a union (an integer 16
-     * would read as a 16-byte binary_value at address NULL). */
-    if (r->n_values != 2 || r->values[0]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
-        r->values[0]->binary_value.len != KVS_HASH_LEN ||
-        r->values[1]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE) {
+    if (!cli_digest_is_answer(r)) {
         fprintf(stderr, "kvs-cli: %s: the Digest answer holds no digest\n", c->name);
         return CLI_FAILED;
     }
