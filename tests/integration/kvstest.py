@@ -140,6 +140,23 @@ def recv_exact(sock, n):
     return buf
 
 
+def resp_exchange(port, data, lines=None, end=None, host="127.0.0.1", timeout=10.0):
+    """Sends `data` to a Redis protocol port on a fresh connection and
+    returns what came back once it holds `lines` lines (CRLFs), or ends
+    with `end`; what came by then if the server closes or `timeout` s pass."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        while ((got.count(b"\r\n") < lines if end is None else not got.endswith(end))
+               and time.monotonic() < deadline):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
 class LoopbackServer:
     """A TCP listener on 127.0.0.1 (self.port) whose thread accepts
     connections and hands each to handle(sock), in a thread of its own

@@ -14,7 +14,7 @@ import redis
 
 from kvstest import (BUILD_DIR, Client, NodeTestCase, cert_path, pb, pyval, req_hget,
                      req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset, req_hscan,
-                     req_hset, tls_context, tls_yaml)
+                     req_hset, resp_exchange, tls_context, tls_yaml)
 from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
@@ -502,18 +502,7 @@ class RespAuthTest(RouterTestCase):
     def raw(self, data, lines, end=None):
         """Sends `data` on a fresh connection; returns what came back once it
         holds `lines` lines, or ends with `end` if given."""
-        s = socket.create_connection(("127.0.0.1", self.rport), timeout=10)
-        self.addCleanup(s.close)
-        s.sendall(data)
-        got = b""
-        deadline = time.monotonic() + 10
-        while ((got.count(b"\r\n") < lines if end is None else not got.endswith(end))
-               and time.monotonic() < deadline):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return got
+        return resp_exchange(self.rport, data, lines, end)
 
     def test_noauth_until_auth_then_rights_apply(self):
         self.resp_router()

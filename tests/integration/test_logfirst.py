@@ -21,7 +21,7 @@ import time
 import unittest
 
 from kvstest import (BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hdel, req_hget,
-                     req_hgetall, req_hmdel, req_hmget, req_hmset, req_hset)
+                     req_hgetall, req_hmdel, req_hmget, req_hmset, req_hset, resp_exchange)
 from google.protobuf.internal import encoder
 from routertest import partition_of, procs_for_config
 import kafkatest
@@ -850,7 +850,6 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         """An Auth pipelined behind reads the router holds for a write
         changes the user of what follows it only: the held reads are
         judged as the user who sent them, through both front doors."""
-        import socket
         from routertest import free_port
         from test_auth import req_auth, users_yaml
         m = self.mock({"users": 4})
@@ -870,15 +869,8 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertEqual([o.status for o in out], [200, 200, 200, 200, 200, 403], out)
         self.assertEqual((pyval(out[2].values[0]), out[3].values[0].integer_value), ("v", 1))
         self.assertIn('user "alice" may not run Hget', out[5].message)
-        s = socket.create_connection(("127.0.0.1", rport), timeout=10)
-        self.addCleanup(s.close)
-        s.sendall(b"AUTH ops ops-pw\r\nHSET users k w\r\nHGET users k\r\nHLEN users\r\n"
-                  b"AUTH alice alice-pw\r\nHGET users k\r\n")
-        got = b""
-        while got.count(b"\r\n") < 7:
-            chunk = s.recv(65536)
-            self.assertTrue(chunk, got)
-            got += chunk
+        got = resp_exchange(rport, b"AUTH ops ops-pw\r\nHSET users k w\r\nHGET users k\r\n"
+                                   b"HLEN users\r\nAUTH alice alice-pw\r\nHGET users k\r\n", 7)
         self.assertEqual(got, b"+OK\r\n:0\r\n$1\r\nw\r\n:1\r\n+OK\r\n-NOPERM user \"alice\" may "
                               b"not run Hget on table \"users\": it needs read\r\n")
 

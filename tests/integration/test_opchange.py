@@ -15,7 +15,6 @@ import unittest
 
 from kvstest import pyval, req_hmget, req_hset
 from routertest import Router, edit_config, procs_for_config
-import kafkatest
 from kafkatest import KCAT, ingest_yaml, kcat_produce, wait_until
 from test_ingest import KafkaFixtures
 

@@ -25,7 +25,7 @@ import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import (BUILD_DIR, HOST, SANITIZED, Client, Node, frame, pb, pyval, req_hget,
-                     req_hset)
+                     req_hset, resp_exchange)
 from routertest import RouterTestCase, config_place, edit_config, free_port
 from test_auth import req_auth, users_yaml
 
@@ -559,15 +559,8 @@ class PluginTest(RouterTestCase):
         # is no table name) is the kvs request it would have become, for
         # the hooks and the metrics, as on the kvs protocol; AUTH is Auth.
         r, rport, audit = self.audited_router(shards=1)
-        s = socket.create_connection((HOST, rport), timeout=10)
-        self.addCleanup(s.close)
-        s.sendall(b"HSET orders k v\r\nHDEL orders a b\r\nAUTH alice alice-pw\r\n"
-                  b"HSET __x k v\r\nPING\r\n")
-        got = b""
-        while got.count(b"\r\n") < 5:
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, got)
-            got += chunk
+        got = resp_exchange(rport, b"HSET orders k v\r\nHDEL orders a b\r\nAUTH alice alice-pw\r\n"
+                                   b"HSET __x k v\r\nPING\r\n", 5, host=HOST)
         self.assertEqual(got.split(b"\r\n")[:3], [b"-NOAUTH Authentication required."] * 2 +
                          [b"+OK"])
         with r.client() as c:
@@ -600,14 +593,8 @@ class PluginTest(RouterTestCase):
         with r.client() as c:
             resp = c.call(req_auth("ops", "ops-pw"))
             self.assertEqual((resp.status, resp.message), (403, "Auth refused by deny_writes"))
-        s = socket.create_connection((HOST, rport), timeout=10)
-        self.addCleanup(s.close)
-        s.sendall(b"AUTH ops ops-pw\r\nHELLO 3 AUTH ops ops-pw\r\nPING\r\n")
-        got = b""
-        while got.count(b"\r\n") < 3:
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, got)
-            got += chunk
+        got = resp_exchange(rport, b"AUTH ops ops-pw\r\nHELLO 3 AUTH ops ops-pw\r\nPING\r\n", 3,
+                            host=HOST)
         self.assertEqual(got, b"-NOPERM Auth refused by deny_writes\r\n" * 2 +
                          b"-NOAUTH Authentication required.\r\n")
 
