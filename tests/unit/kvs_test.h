@@ -2,19 +2,24 @@
  * kvs_test: the smallest test harness that does the job.
  *
  * A test file defines cases with KVS_TEST(name) { ... } at the start of a
- * line (CMake greps for that to register one ctest per case), lists them in
- * KVS_TEST_MAIN, and each case runs in its own process: `test_x name`.
- * Without an argument every case runs in turn (handy under a debugger).
+ * line and lists them in KVS_TEST_MAIN. Without an argument (what ctest
+ * runs: one ctest per test program) every case runs in a process of its
+ * own, forked from the program, so no case sees what another left behind
+ * (globals, atexit handlers, a failing-allocation countdown) and a crash
+ * names its case; the program fails if any case did. `test_x name` runs
+ * that one case in the program's own process (handy under a debugger).
  * A failed CHECK prints file:line and the expression, then aborts.
  */
 #ifndef KVS_TEST_H
 #define KVS_TEST_H
 
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef struct {
@@ -139,25 +144,54 @@ static inline char *kvs_capture_end(kvs_capture_t *c, size_t *len)
     return text;
 }
 
+/* Runs cases[i] in a forked child and says how it ended; 0 if it passed. */
+static inline int kvs_test_run_forked(const kvs_test_case_t *c)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return 1;
+    }
+    if (pid == 0) {
+        c->fn();
+        printf("ok %s\n", c->name);
+        exit(0);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        CHECK(errno == EINTR);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    if (WIFSIGNALED(status))
+        fprintf(stderr, "FAILED %s: killed by signal %d\n", c->name, WTERMSIG(status));
+    else
+        fprintf(stderr, "FAILED %s: exit status %d\n", c->name, WEXITSTATUS(status));
+    return 1;
+}
+
 #define KVS_TEST_MAIN(...)                                                                         \
     int main(int argc, char **argv)                                                                \
     {                                                                                              \
         static const kvs_test_case_t cases[] = {__VA_ARGS__};                                      \
         size_t n = sizeof(cases) / sizeof(cases[0]);                                               \
-        int ran = 0;                                                                               \
         kvs_test_ignore_sigpipe();                                                                 \
-        for (size_t i = 0; i < n; i++) {                                                           \
-            if (argc > 1 && strcmp(argv[1], cases[i].name) != 0)                                   \
-                continue;                                                                          \
-            cases[i].fn();                                                                         \
-            printf("ok %s\n", cases[i].name);                                                      \
-            ran++;                                                                                 \
-        }                                                                                          \
-        if (ran == 0) {                                                                            \
-            fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "(any)");              \
+        if (argc > 1) {                                                                            \
+            for (size_t i = 0; i < n; i++)                                                         \
+                if (strcmp(argv[1], cases[i].name) == 0) {                                         \
+                    cases[i].fn();                                                                 \
+                    printf("ok %s\n", cases[i].name);                                              \
+                    return 0;                                                                      \
+                }                                                                                  \
+            fprintf(stderr, "no test case named %s\n", argv[1]);                                   \
             return 2;                                                                              \
         }                                                                                          \
-        return 0;                                                                                  \
+        int failed = 0;                                                                            \
+        for (size_t i = 0; i < n; i++)                                                             \
+            failed += kvs_test_run_forked(&cases[i]);                                              \
+        printf("%zu cases, %d failed\n", n, failed);                                               \
+        return failed ? 1 : 0;                                                                     \
     }
 
 #endif
