@@ -25,9 +25,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # integration tests spend their time waiting (for timeouts, restarts,
 # heartbeats), not computing, and at one test per core the cores were idle
 # more than half the time. Two per core was faster still but starved the
-# tests that assert time bounds more often. The few tests that keep a core
-# busy say so (PROCESSORS, from tests/slow_tests.txt) and take two slots.
-# KVS_TEST_JOBS=N runs N at a time instead.
+# tests that assert time bounds more often. KVS_TEST_JOBS=N runs N at a
+# time instead.
 test_jobs=${KVS_TEST_JOBS:-$(((3 * jobs + 1) / 2))}
 both="$top/build-tests"
 mkdir -p "$both"

@@ -191,7 +191,9 @@ class OverloadedWorkerMetricsTest(RouterTestCase):
         # requests: the Metrics command leaves the worker out, and says why
         # as a forwarded request would (overloaded), not "its link is down"
         # (the link is up: the next answer of the worker unblocks it).
-        r = self.router(shards=2, partitions=8, timeout="5s",
+        # router.timeout 60s: the link must not time out (and drop what it
+        # holds) before the writes below fill it, on a loaded machine too.
+        r = self.router(shards=2, partitions=8, timeout="60s",
                         extra_yaml="limits: {max_frame: 256KiB, client_output: 1MiB}\n")
         keys = keys_by_shard("k", 1, 8, 2)
         big = b"v" * (200 << 10)
@@ -208,7 +210,7 @@ class OverloadedWorkerMetricsTest(RouterTestCase):
         with stopped(r.worker_pid(0)), r.client() as w, r.client() as c:
             for i in range(12):  # 2.4 MiB for shard 0: the socket takes some, the link 1 MiB
                 w.send_raw(encode(req_hset("t", keys[0][0], big)))
-            self.assertTrue(wait_until(refused, 10))  # 4 s was too short on a loaded machine
+            self.assertTrue(wait_until(refused, 30), r.stderr()[-3000:])
             resp = c.call(metrics_req())
             self.assertEqual(resp.status, 200, resp.message)
             self.assertIn("shard 0", resp.message)
