@@ -185,6 +185,7 @@ struct node_server_s {
     char shard_label[16];
     turn_rec_t *recs; /* requests of this turn, for the send events */
     size_t n_recs, cap_recs;
+    kvs_log_budget_t batch_errs; /* lines about failed write batches */
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -265,8 +266,10 @@ static int has_gen(const node_client_t *cl, uint64_t gen)
 static void on_batch_failed(void *arg, uint64_t gen, int err)
 {
     node_server_t *srv = arg;
-    kvs_error("write batch %llu failed: %s; its requests are answered with errors",
-              (unsigned long long)gen, kvs_strerror(err));
+    /* a full disk fails every batch until room is made: a few lines, then a count */
+    if (kvs_log_budget_take(&srv->batch_errs, uv_now(srv->loop)))
+        kvs_error("write batch %llu failed: %s; its requests are answered with errors",
+                  (unsigned long long)gen, kvs_strerror(err));
     for (node_client_t *cl = srv->batch_members; cl != NULL; cl = cl->batch_next) {
         if (cl == srv->executing) {
             srv->exec_fail_gen = gen; /* applied when its request returns */
@@ -1211,6 +1214,8 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     if (srv == NULL)
         return -ENOMEM;
     srv->loop = o->loop;
+    kvs_log_budget_init(&srv->batch_errs, "lines about failed write batches", KVS_LOG_PEER_LINES,
+                        KVS_LOG_PEER_WINDOW_MS);
     srv->store = o->store;
     srv->max_frame = o->max_frame;
     srv->cmd.store = o->store;

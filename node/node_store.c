@@ -58,6 +58,7 @@
 #include "kvs_log.h"
 #include "kvs_place.h"
 #include "kvs_schema.h"
+#include "kvs_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -125,9 +126,10 @@ struct node_store_s {
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
     uint64_t failed_batches;
-    kvs_lmdb_ident_t ident; /* data.mdb and lock.mdb as opened */
-    unsigned pins;          /* views and copies other threads run: the map must not move */
-    size_t check_at;        /* pages in use past which stale reader slots are looked for */
+    kvs_lmdb_ident_t ident;      /* data.mdb and lock.mdb as opened */
+    unsigned pins;               /* views and copies other threads run: the map must not move */
+    size_t check_at;             /* pages in use past which stale reader slots are looked for */
+    kvs_log_budget_t write_errs; /* lines about failed commits and syncs (write_err) */
 };
 
 struct node_store_view_s {
@@ -144,7 +146,8 @@ static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
 
 /* ---- errors --------------------------------------------------------- */
 
-static int map_err(const char *what, int rc)
+/* kvs's error for an LMDB or system error code. */
+static int err_code(int rc)
 {
     switch (rc) {
     case 0:
@@ -154,14 +157,21 @@ static int map_err(const char *what, int rc)
     case ENOSPC:
     case EDQUOT:
     case EFBIG: /* the file may not grow (RLIMIT_FSIZE): as good as full */
-        kvs_error("%s: %s", what, mdb_strerror(rc));
         return KVS_EFULL;
     case MDB_DBS_FULL:
         return KVS_ELIMIT;
     default:
-        kvs_error("%s: %s", what, mdb_strerror(rc));
         return KVS_ESTORE;
     }
+}
+
+/* err_code, logging the failures that are the storage's (full, broken). */
+static int map_err(const char *what, int rc)
+{
+    int code = err_code(rc);
+    if (code == KVS_EFULL || code == KVS_ESTORE)
+        kvs_error("%s: %s", what, mdb_strerror(rc));
+    return code;
 }
 
 /* True when the data file cannot take `need` more bytes: its file system
@@ -190,20 +200,25 @@ static int out_of_room(node_store_t *s, uint64_t need)
  * that apart from a real I/O error, so a full disk is always KVS_EFULL. */
 static int write_err(node_store_t *s, const char *what, int rc)
 {
+    /* A full disk fails every batch until room is made, each with the same
+     * line: at most KVS_LOG_PEER_LINES of them per 10 s, then a count. */
+    int log = kvs_log_budget_take(&s->write_errs, kvs_now_ns() / 1000000);
     if (rc == MDB_MAP_FULL) {
         /* batch_pages was too low: a bug, but only this batch pays for it */
-        kvs_error("%s: LMDB map full (%llu MiB); growing it before the next batch", what,
-                  (unsigned long long)(s->map_size >> 20));
+        if (log)
+            kvs_error("%s: LMDB map full (%llu MiB); growing it before the next batch", what,
+                      (unsigned long long)(s->map_size >> 20));
         s->grow = 1;
         return KVS_ESTORE;
     }
     if (rc == EIO && out_of_room(s, (uint64_t)batch_pages(s, 0, 0) * s->psize)) {
-        kvs_error("%s: write cut short: the file system is full or the data file reached its "
-                  "size limit",
-                  what);
+        if (log)
+            kvs_error("%s: write cut short: the file system is full or the data file reached "
+                      "its size limit",
+                      what);
         return KVS_EFULL;
     }
-    return map_err(what, rc);
+    return log ? map_err(what, rc) : err_code(rc);
 }
 
 /* ---- batches ----------------------------------------------------------- */
@@ -1706,6 +1721,8 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     s->broken_cb = o->broken_cb;
     s->broken_arg = o->broken_arg;
     s->meta_unsynced = o->sync == KVS_SYNC_BATCH;
+    kvs_log_budget_init(&s->write_errs, "lines about failed commits and syncs", KVS_LOG_PEER_LINES,
+                        KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_dbimap_init(&s->tables, o->max_tables);
     if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;

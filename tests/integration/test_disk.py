@@ -192,6 +192,24 @@ class DiskTest(NodeTestCase):
 
     # ---- a commit that fails -------------------------------------------------
 
+    def test_a_full_disk_under_load_logs_a_bounded_number_of_lines(self):
+        # Every batch fails while the disk is full, and each failure used
+        # to log two lines: 200 failed writes were 400 lines.
+        n = self.node()
+        with n.client() as c:
+            self.assertOk(c.hset("t", "warm", "up"))
+            n.limit_growth(0)
+            for i in range(200):  # one at a time: 200 batches
+                self.assertStatus(c.hset("t", "k%03d" % i, "v" * 20000), 507)
+            self.assertEqual(pyval(c.hget("t", "warm").values[0]), "up")
+        log = n.stderr()
+        batches = len(re.findall(r"ERROR write batch \d+ failed: storage is full", log))
+        commits = len(re.findall(r"ERROR commit: (File too large|write cut short)", log))
+        self.assertGreater(batches, 0, log[-3000:])
+        self.assertLessEqual(batches, 20, log[-3000:])
+        self.assertGreater(commits, 0, log[-3000:])
+        self.assertLessEqual(commits, 20, log[-3000:])
+
     def test_failed_commit_fails_every_answer_of_its_batch(self):
         # The data file may not grow at all: any batch holding a new 20 KB
         # value (five pages in a row, which no freed space holds) fails at
