@@ -37,10 +37,14 @@ CODE_DIRS = ("common/", "node/", "router/", "tools/", "plugins/")
 
 
 def integration_tests(build):
-    out = subprocess.run(["ctest", "-N", "-L", "integration"], cwd=build,
+    """Every integration test method (module.Class.method): the arguments of
+    the build's integration ctests, one per class."""
+    out = subprocess.run(["ctest", "--show-only=json-v1", "-L", "integration"], cwd=build,
                          capture_output=True, text=True, check=True).stdout
-    return [line.split(": ", 1)[1].strip() for line in out.splitlines()
-            if line.strip().startswith("Test") and "#" in line]
+    names = []
+    for t in json.loads(out)["tests"]:
+        names += [a for a in t.get("command", []) if a.startswith("test_") and a.count(".") == 2]
+    return names
 
 
 def run_one(build, work, name):
