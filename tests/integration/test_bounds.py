@@ -10,7 +10,6 @@ there only the behaviour is checked, not the numbers.
 import os
 import resource
 import select
-import signal
 import socket
 import struct
 import time

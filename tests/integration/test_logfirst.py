@@ -20,8 +20,8 @@ import threading
 import time
 import unittest
 
-from kvstest import (BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hdel, req_hget,
-                     req_hgetall, req_hmdel, req_hmget, req_hmset, req_hset, resp_exchange)
+from kvstest import (BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall,
+                     req_hmdel, req_hmget, req_hmset, req_hset, resp_exchange)
 from google.protobuf.internal import encoder
 from routertest import partition_of, procs_for_config
 import kafkatest

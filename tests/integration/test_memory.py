@@ -31,7 +31,7 @@ from google.protobuf.internal import encoder
 
 from kvstest import SANITIZED, Client, frame, pb, pyval, req_hmdel, req_hmexist, req_hmget, req_hmset
 from routertest import RouterTestCase, free_port, procs_for_config, router_pids
-from test_hostile_api import RespSocket, hlen, resp
+from test_hostile_api import RespSocket, hlen
 
 MIB = 1 << 20
 MAX_FRAME = 4 * MIB  # limits.max_frame's default

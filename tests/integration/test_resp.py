@@ -14,7 +14,7 @@ import unittest
 
 import redis
 
-from kvstest import SANITIZED, pb, pyval, req_hget, req_hmset, req_hset
+from kvstest import SANITIZED, pb, pyval, req_hget, req_hmset
 from routertest import RouterTestCase, free_port, procs_for_config
 
 CLI = "redis-cli"

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import unittest
 
-from kvstest import pb, pyval, req_hget, req_hgetall, req_hmget, req_hscan, req_hset, req_hdel
+from kvstest import pyval, req_hget, req_hgetall, req_hmget, req_hscan, req_hset, req_hdel
 from routertest import Router, free_port, partition_of
 import kafkatest
 from kafkatest import (KCAT, info_pairs, ingest_yaml, kafka_parts, kcat_produce,
