@@ -11,8 +11,9 @@ reach). The others are written to tests/asan_covered.txt; CMake labels
 them asan_covered in a sanitizer build and deploy/test.sh leaves that
 label out. A test not in the file (a new one) runs in both builds.
 
-How: a coverage build (--coverage) with the sanitizer build's test
-behaviour runs each integration test once with its own GCOV_PREFIX and
+How: a coverage build (--coverage), its tests told to behave as in the
+sanitizer build (KVS_TEST_SANITIZED=1: the same skips, the same margins),
+runs each integration test once with its own GCOV_PREFIX and
 KVS_LEAK_REPORT (so every node stops with SIGTERM and writes its counts);
 gcov's JSON gives each test's set of lines and branches taken; a greedy
 weighted set cover picks tests by new lines and branches per second.
@@ -58,7 +59,8 @@ def run_one(build, work, name):
     os.makedirs(leaks, exist_ok=True)
     env = dict(os.environ, KVS_BUILD_DIR=build, PYTHONPATH=os.path.join(build, "py"),
                PYTHONPYCACHEPREFIX=os.path.join(build, "pycache"),
-               GCOV_PREFIX=d, GCOV_PREFIX_STRIP="0", KVS_LEAK_REPORT=leaks)
+               GCOV_PREFIX=d, GCOV_PREFIX_STRIP="0", KVS_LEAK_REPORT=leaks,
+               KVS_TEST_SANITIZED="1")  # the tests behave as in the sanitizer build
     t0 = time.monotonic()
     try:
         rc = subprocess.run([sys.executable, "-m", "unittest", name], cwd=IT_DIR, env=env,

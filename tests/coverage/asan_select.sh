@@ -16,12 +16,6 @@ keep=$keep,test_badinput,test_badinput_tls,test_kafka_hostile
 
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS=--coverage >/dev/null
 cmake --build "$build" -j "$(nproc)" >/dev/null
-# The tests read KVS_SANITIZE from the build's cache to behave as they do in
-# the sanitizer build (the same skips, the same margins). The cache says so
-# only after the build, so that the code is compiled without the sanitizers.
-sed -i 's/^KVS_SANITIZE:BOOL=OFF$/KVS_SANITIZE:BOOL=ON/' "$build/CMakeCache.txt"
-trap 'sed -i "s/^KVS_SANITIZE:BOOL=ON$/KVS_SANITIZE:BOOL=OFF/" "$build/CMakeCache.txt"' EXIT
-
 {
   cat <<'EOF'
 # Integration tests the sanitizer build (ASan + UBSan) leaves out of CI: the
