@@ -122,6 +122,7 @@ struct node_store_s {
     int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
     int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
     int resync;             /* ... and a sync failed since: node_store_sync commits anew first */
+    int recommit_failed;    /* ... and doing so failed: its retries are not announced again */
     uint64_t batch_writes;  /* writes in the open batch */
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
@@ -751,9 +752,12 @@ int node_store_sync(node_store_t *s)
 {
     int pending = s->resync;
     if (pending && s->wtxn == NULL && !s->broken) {
-        kvs_info("a sync failed since the last one: committing anew so that a meta page naming "
-                 "every commit is written and synced");
+        /* once per failure: a full disk fails the retry every second */
+        if (!s->recommit_failed)
+            kvs_info("a sync failed since the last one: committing anew so that a meta page "
+                     "naming every commit is written and synced");
         int rc = recommit(s);
+        s->recommit_failed = rc != 0;
         if (rc != 0)
             return rc;
         pending = 0;
@@ -764,6 +768,7 @@ int node_store_sync(node_store_t *s)
         return write_err(s, "mdb_env_sync", rc);
     }
     s->resync = pending;
+    s->recommit_failed = 0; /* the next failure is announced again */
     return 0;
 }
 
@@ -782,6 +787,11 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out)
     out->batch_writes = &s->hist_writes;
     out->commit_ns = &s->hist_commit;
     out->failed_batches = s->failed_batches;
+}
+
+void node_store_flush_logs(node_store_t *s)
+{
+    kvs_log_budget_flush(&s->write_errs, kvs_now_ns() / 1000000);
 }
 
 const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)
