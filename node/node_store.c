@@ -122,7 +122,7 @@ struct node_store_s {
     int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
     int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
     int resync;             /* ... and a sync failed since: node_store_sync commits anew first */
-    int recommit_failed;    /* ... and doing so failed: its retries are not announced again */
+    int recommit_said;      /* ... which was announced since the last sync that succeeded */
     uint64_t batch_writes;  /* writes in the open batch */
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
@@ -752,12 +752,13 @@ int node_store_sync(node_store_t *s)
 {
     int pending = s->resync;
     if (pending && s->wtxn == NULL && !s->broken) {
-        /* once per failure: a full disk fails the retry every second */
-        if (!s->recommit_failed)
+        /* once per run of failures: a full disk fails the retry, or the
+         * sync after it, every interval */
+        if (!s->recommit_said)
             kvs_info("a sync failed since the last one: committing anew so that a meta page "
                      "naming every commit is written and synced");
+        s->recommit_said = 1;
         int rc = recommit(s);
-        s->recommit_failed = rc != 0;
         if (rc != 0)
             return rc;
         pending = 0;
@@ -768,7 +769,7 @@ int node_store_sync(node_store_t *s)
         return write_err(s, "mdb_env_sync", rc);
     }
     s->resync = pending;
-    s->recommit_failed = 0; /* the next failure is announced again */
+    s->recommit_said = 0; /* the next failure is announced again */
     return 0;
 }
 

@@ -1181,6 +1181,9 @@ static int hello_done(router_redis_t *rs, router_req_t *req, kvs_buf_t *out)
         free(rs->name);
         rs->name = rs->hello_name;
         rs->hello_name = NULL;
+        /* The HELLO itself is off its client's list while it is written:
+         * the old name is freed, so it is repointed here. */
+        req->info.client_name = router_redis_name(rs);
         if (req->client != NULL)
             router_client_renamed(req->client);
     }

@@ -339,8 +339,10 @@ static int raw_error_is(const kvs_buf_t *b, const char *code)
 static uint32_t resp_status(const router_req_t *req)
 {
     const kvs_buf_t *b = &req->resp;
-    if (req->raw) { /* a RESP reply the front door made: its error code says which */
-        if (b->len == 0 || b->data[0] != '-')
+    if (req->raw) {      /* a RESP reply the front door made: its error code says which */
+        if (b->len == 0) /* none could be written (out of memory): the client is closed */
+            return KVS_STATUS_INTERNAL;
+        if (b->data[0] != '-')
             return KVS_STATUS_OK;
         if (req->rstatus != 0)
             return req->rstatus;

@@ -501,6 +501,29 @@ class SlowlogTest(RouterTestCase):
         self.assertTrue(all(len(f) == 9 for f in fields), fields)
         self.assertIn(b"hello-named", [f[8] for f in fields if f[3] == b"Hlen"])
 
+    def test_a_name_given_with_hello_auth_is_its_own_entrys(self):
+        # HELLO ... AUTH ... SETNAME renames the client when its Auth
+        # answer is written, after the HELLO left the client's list of
+        # requests: its own entry must name the new name, not the freed old
+        # one (the sanitizer build caught a use after free here).
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, extra_yaml=users_yaml(),
+                        log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        got = resp_exchange(rport, b"AUTH ops ops-pw\r\nCLIENT SETNAME " + b"A" * 300 +
+                            b"\r\nHELLO 2 AUTH ops ops-pw SETNAME newname\r\nPING\r\n",
+                            end=b"+PONG\r\n", host=HOST)
+        self.assertTrue(got.startswith(b"+OK\r\n+OK\r\n*"), got[:200])
+        self.assertTrue(got.endswith(b"+PONG\r\n"), got[-200:])
+        rc = redis.Redis(host=HOST, port=rport, username="ops", password="ops-pw",
+                         socket_timeout=10)
+        self.addCleanup(rc.close)
+        entries = rc.execute_command("SLOWLOG", "GET", "-1")
+        names = [(e[3][0], e[5]) for e in entries if e[3][0] == b"Auth"]
+        self.assertIn((b"Auth", b"newname"), names, entries)
+        self.assertIn((b"Auth", b""), names, entries)  # the AUTH before any name
+        self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
+
     def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
         # An entry is the command, table, key count and address, whatever
         # the request carried (here a 1000-field, 1 MiB Hmset); any count
