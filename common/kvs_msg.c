@@ -1575,7 +1575,8 @@ size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__Com
     return n;
 }
 
-uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, char *msg, size_t mlen)
+uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
+                            kvs_msg_refused_t *refused, char *msg, size_t mlen)
 {
     Kvs__CommandRequest__CommandCase cmd;
     if (max_keys == 0)
@@ -1583,6 +1584,10 @@ uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys, cha
     size_t n = kvs_msg_count_keys(p, len, &cmd);
     if (n <= max_keys)
         return KVS_STATUS_OK;
+    if (refused != NULL) {
+        refused->cmd = cmd;
+        refused->keys = n < UINT32_MAX ? (uint32_t)n : UINT32_MAX;
+    }
     snprintf(msg, mlen,
              "%s names %zu %s, more than limits.max_keys (%u); nothing was done; send fewer "
              "keys per request",

@@ -79,6 +79,19 @@ static void copy_text(char *dst, size_t cap, const char *src, size_t n)
     dst[n] = '\0';
 }
 
+/* A client name (printable ASCII, which the front door checked), its
+ * first cap - 4 bytes and "..." when it does not fit. */
+static void copy_name(char *dst, size_t cap, const char *name)
+{
+    size_t n = name != NULL ? strlen(name) : 0;
+    if (n < cap) {
+        copy_text(dst, cap, name, n);
+        return;
+    }
+    copy_text(dst, cap - 3, name, n);
+    memcpy(dst + cap - 4, "...", 4);
+}
+
 uint32_t kvs_slowlog_hook(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
                           char *msg, size_t msglen)
 {
@@ -100,6 +113,7 @@ uint32_t kvs_slowlog_hook(void *state, kvs_hook_event_t ev, const kvs_request_in
     e->status = req->status;
     copy_table(e->table, sizeof(e->table), req->table, req->table_len);
     copy_text(e->client, sizeof(e->client), req->peer, req->peer ? strlen(req->peer) : 0);
+    copy_name(e->client_name, sizeof(e->client_name), req->client_name);
     s->head = (s->head + 1) % s->cap;
     if (s->len < s->cap)
         s->len++;
@@ -143,6 +157,7 @@ int kvs_slowlog_answer(const kvs_slowlog_t *s, uint32_t count, kvs_arena_t *aren
         x->table = (char *)e->table;
         x->keys = e->keys;
         x->client = (char *)e->client;
+        x->client_name = (char *)e->client_name;
         x->status = e->status;
         ops->slowlog[ops->n_slowlog++] = x;
     }

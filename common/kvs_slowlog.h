@@ -6,8 +6,8 @@
  * AFTER_SEND (its duration is the whole time from receiving a request to
  * queueing its answer), a worker at EXECUTED (its service time). A fast
  * request costs one comparison; a slow one copies its command, table, key
- * count, client address and times into the oldest slot. The ring holds
- * log.slow_max entries (about 300 bytes each, allocated when the log is
+ * count, client address and name and times into the oldest slot. The ring holds
+ * log.slow_max entries (about 370 bytes each, allocated when the log is
  * configured); the newest evicts the oldest.
  *
  * Threads: the owner's loop thread only.
@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #define KVS_SLOWLOG_DEFAULT_COUNT 10 /* entries a Slowlog with count 0 returns */
+#define KVS_SLOWLOG_NAME 63          /* bytes of a client name an entry keeps */
 
 typedef struct kvs_slowlog_entry_s {
     uint64_t id;     /* 1, 2, 3, ... never reused */
@@ -32,6 +33,7 @@ typedef struct kvs_slowlog_entry_s {
     uint32_t status;
     char table[KVS_MAX_TABLE + 1];
     char client[64];
+    char client_name[KVS_SLOWLOG_NAME + 1]; /* cut to its first 60 bytes and "..." */
 } kvs_slowlog_entry_t;
 
 typedef struct kvs_slowlog_s {

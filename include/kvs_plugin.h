@@ -98,18 +98,21 @@ typedef struct kvs_request_info_s {
     const char *command_name; /* "Hget", ...; NUL-terminated */
     const char *table;        /* the table named, or NULL (Ping, Info, ...) */
     uint32_t table_len;
-    uint32_t keys;        /* keys the request names (0 when none) */
-    uint32_t write;       /* 1 for a write command (Hset Hmset Hdel Hmdel Hincr) */
-    uint32_t status;      /* the answer's status; 0 at RECEIVED */
-    const char *peer;     /* the client's address ("127.0.0.1:5000"); NUL-terminated */
-    const char *identity; /* the user the connection authenticated as (Auth, RESP AUTH,
-                             a client certificate); "" when nobody (no users configured,
-                             or a trusted unix socket peer); NUL-terminated */
-    uint64_t conn_id;     /* the connection, unique within the process */
-    uint64_t received_ns; /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
-    uint64_t now_ns;      /* CLOCK_MONOTONIC at this event; at the router's send events, the
-                             time of the read that brought the answer (no clock read per
-                             request), which is close to it */
+    uint32_t keys;           /* keys the request names (0 when none) */
+    uint32_t write;          /* 1 for a write command (Hset Hmset Hdel Hmdel Hincr) */
+    uint32_t status;         /* the answer's status; 0 at RECEIVED */
+    const char *peer;        /* the client's address ("127.0.0.1:5000"); NUL-terminated */
+    const char *identity;    /* the user the connection authenticated as (Auth, RESP AUTH,
+                                a client certificate); "" when nobody (no users configured,
+                                or a trusted unix socket peer); NUL-terminated */
+    uint64_t conn_id;        /* the connection, unique within the process */
+    uint64_t received_ns;    /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
+    uint64_t now_ns;         /* CLOCK_MONOTONIC at this event; at the router's send events, the
+                                time of the read that brought the answer (no clock read per
+                                request), which is close to it */
+    const char *client_name; /* the name the connection gave itself (RESP CLIENT SETNAME,
+                                HELLO ... SETNAME), as it is now; "" when none;
+                                NUL-terminated. Check KVS_PLUGIN_HAS(req, client_name). */
 } kvs_request_info_t;
 
 /* A hook (see above). `state` is what add_hook was given. Returns 0 or a

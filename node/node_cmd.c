@@ -854,6 +854,7 @@ static void hook_begin(node_cmd_ctx_t *ctx)
     in->command_name = "none";
     in->table = NULL;
     in->table_len = in->keys = in->write = in->status = 0;
+    in->client_name = ""; /* a worker's clients (routers, kvs-cli) give no names */
     if (in->received_ns == 0)
         in->received_ns = kvs_now_ns();
 }
@@ -992,8 +993,13 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
     char msg[KVS_HOOK_MSG];
     int rc;
     uint32_t why;
-    if ((why = kvs_msg_check_keys(payload, len, ctx->max_keys, msg, sizeof(msg))) != KVS_STATUS_OK)
+    kvs_msg_refused_t refused;
+    why = kvs_msg_check_keys(payload, len, ctx->max_keys, &refused, msg, sizeof(msg));
+    if (why != KVS_STATUS_OK) {
+        if (hooks && !received) /* EXECUTED sees the command refused (its table is not read) */
+            hook_note(ctx, refused.cmd, NULL, 0, refused.keys, 1);
         return kvs_msg_append_status(out, why, "%s", msg);
+    }
     Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len, &why);
     if (req == NULL)
         return kvs_msg_append_status(out, kvs_msg_decode_refusal(why, len, msg, sizeof(msg)), "%s",

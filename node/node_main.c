@@ -113,8 +113,9 @@ typedef struct node_main_s {
     uv_timer_t files_watch;         /* watch_files */
     char shard_dir[4200];           /* <data_dir>/shard-N */
     const kvs_lmdb_ident_t *opened; /* the files the store has open */
-    int watching;                   /* files_watch runs */
-    int store_broken;               /* LMDB gave up on the environment: stop (on_files_watch) */
+    node_store_t *store;
+    int watching;     /* files_watch runs */
+    int store_broken; /* LMDB gave up on the environment: stop (on_files_watch) */
     int signals;
     int exit_code;
     int report_fd;    /* --report-fd, or -1 */
@@ -334,8 +335,9 @@ static void begin_shutdown(node_main_t *m)
     node_server_stop(m->srv, on_stopped, m);
 }
 
-/* Every FILES_WATCH_MS: whether <data_dir>/shard-N/data.mdb is still the
- * file the store has open. Removed, moved or replaced under the running
+/* Every FILES_WATCH_MS: the counts of log lines about failed writes left
+ * out, and whether <data_dir>/shard-N/data.mdb is still the file the store
+ * has open. Removed, moved or replaced under the running
  * worker, its writes would go on being acknowledged into a file no later
  * worker opens (and routers would read a file it no longer writes): the
  * worker says so and stops, answering what it took, so that the
@@ -347,6 +349,9 @@ static void on_files_watch(uv_timer_t *t)
 {
     node_main_t *m = t->data;
     char path[sizeof(m->shard_dir) + 16];
+    /* within a second of their window's end, not at the next failure */
+    node_store_flush_logs(m->store);
+    node_server_flush_logs(m->srv);
     struct stat st;
     if (m->signals > 0)
         return;
@@ -378,6 +383,7 @@ static void watch_files(node_main_t *m, const kvs_config_t *cfg, long shard, nod
 {
     snprintf(m->shard_dir, sizeof(m->shard_dir), "%s/shard-%ld", cfg->data_dir, shard);
     m->opened = node_store_ident(store);
+    m->store = store;
     uv_timer_init(m->loop, &m->files_watch);
     m->files_watch.data = m;
     uv_timer_start(&m->files_watch, on_files_watch, m->store_broken ? 0 : FILES_WATCH_MS,

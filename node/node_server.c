@@ -185,7 +185,7 @@ struct node_server_s {
     char shard_label[16];
     turn_rec_t *recs; /* requests of this turn, for the send events */
     size_t n_recs, cap_recs;
-    kvs_log_budget_t batch_errs; /* lines about failed write batches */
+    kvs_log_budget_t batch_errs; /* lines about failed write batches and periodic syncs */
 };
 
 /* ---- batch failure ----------------------------------------------------- */
@@ -261,6 +261,11 @@ static int has_gen(const node_client_t *cl, uint64_t gen)
         if (s->done && s->gen == gen)
             return 1;
     return 0;
+}
+
+void node_server_flush_logs(node_server_t *srv)
+{
+    kvs_log_budget_flush(&srv->batch_errs, uv_now(srv->loop));
 }
 
 static void on_batch_failed(void *arg, uint64_t gen, int err)
@@ -1015,7 +1020,8 @@ static void on_sync_timer(uv_timer_t *t)
 {
     node_server_t *srv = t->data;
     int rc = node_store_sync(srv->store);
-    if (rc != 0)
+    /* a full disk fails it every interval until room is made */
+    if (rc != 0 && kvs_log_budget_take(&srv->batch_errs, uv_now(srv->loop)))
         kvs_error("periodic sync failed: %s", kvs_strerror(rc));
 }
 
@@ -1214,8 +1220,8 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     if (srv == NULL)
         return -ENOMEM;
     srv->loop = o->loop;
-    kvs_log_budget_init(&srv->batch_errs, "lines about failed write batches", KVS_LOG_PEER_LINES,
-                        KVS_LOG_PEER_WINDOW_MS);
+    kvs_log_budget_init(&srv->batch_errs, "lines about failed write batches and syncs",
+                        KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     srv->store = o->store;
     srv->max_frame = o->max_frame;
     srv->cmd.store = o->store;

@@ -75,6 +75,9 @@ void node_server_stop(node_server_t *srv, node_server_stopped_cb cb, void *arg);
 /* Closes every client at once (drain took too long). */
 void node_server_abort_clients(node_server_t *srv);
 
+/* As node_store_flush_logs, for the lines about failed write batches. */
+void node_server_flush_logs(node_server_t *srv);
+
 /* Frees the server after it stopped. */
 void node_server_free(node_server_t *srv);
 

@@ -122,6 +122,7 @@ struct node_store_s {
     int broken;             /* LMDB gave up on the environment (MDB_PANIC) */
     int meta_unsynced;      /* storage.sync batch: the last meta page is synced by the next sync */
     int resync;             /* ... and a sync failed since: node_store_sync commits anew first */
+    int recommit_said;      /* ... which was announced since the last sync that succeeded */
     uint64_t batch_writes;  /* writes in the open batch */
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
@@ -751,8 +752,12 @@ int node_store_sync(node_store_t *s)
 {
     int pending = s->resync;
     if (pending && s->wtxn == NULL && !s->broken) {
-        kvs_info("a sync failed since the last one: committing anew so that a meta page naming "
-                 "every commit is written and synced");
+        /* once per run of failures: a full disk fails the retry, or the
+         * sync after it, every interval */
+        if (!s->recommit_said)
+            kvs_info("a sync failed since the last one: committing anew so that a meta page "
+                     "naming every commit is written and synced");
+        s->recommit_said = 1;
         int rc = recommit(s);
         if (rc != 0)
             return rc;
@@ -764,6 +769,7 @@ int node_store_sync(node_store_t *s)
         return write_err(s, "mdb_env_sync", rc);
     }
     s->resync = pending;
+    s->recommit_said = 0; /* the next failure is announced again */
     return 0;
 }
 
@@ -782,6 +788,11 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out)
     out->batch_writes = &s->hist_writes;
     out->commit_ns = &s->hist_commit;
     out->failed_batches = s->failed_batches;
+}
+
+void node_store_flush_logs(node_store_t *s)
+{
+    kvs_log_budget_flush(&s->write_errs, kvs_now_ns() / 1000000);
 }
 
 const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)

@@ -193,6 +193,11 @@ int node_store_end_turn(node_store_t *s);
  * whose commits leave the last meta page unsynced). Returns 0 or an error. */
 int node_store_sync(node_store_t *s);
 
+/* Prints the count of failed-commit lines left out of the log (a full disk
+ * fails every batch) once their window is over; a timer calls it, so the
+ * count comes when the failures stop too, not only at the next one. */
+void node_store_flush_logs(node_store_t *s);
+
 /* The files the environment is (data.mdb and lock.mdb, as opened). */
 const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s);
 

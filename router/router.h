@@ -175,6 +175,10 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
  * nothing more meanwhile. */
 void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m);
 
+/* `cl` (a RESP client) changed its name: what hooks see of its requests
+ * in flight becomes the new one (the old one is being freed). */
+void router_client_renamed(router_client_t *cl);
+
 /* May `cl` run commands that need a right? (No users configured, or it is
  * authenticated.) */
 int router_client_authenticated(const router_client_t *cl);
@@ -190,12 +194,14 @@ struct router_req_s {
     kvs_auth_conn_t *who;    /* its client's identity when users are configured, else NULL */
     router_req_t *next;      /* client FIFO */
     kvs_buf_t resp;
-    size_t reserve; /* output reserved for the answer while in flight (whole-table reads) */
-    uint8_t raw;    /* resp holds the reply in the client's protocol (RESP), not a frame */
-    uint8_t rcmd;   /* RESP clients: how the kvs answer is shown (router_redis) */
-    uint8_t rflags; /* ... and its options */
-    uint8_t rresp3; /* ... in RESP3: the protocol when its command was read */
-    void *rctx;     /* ... and its context (malloc'd, freed with the request) */
+    size_t reserve;   /* output reserved for the answer while in flight (whole-table reads) */
+    uint8_t raw;      /* resp holds the reply in the client's protocol (RESP), not a frame */
+    uint8_t rcmd;     /* RESP clients: how the kvs answer is shown (router_redis) */
+    uint8_t rflags;   /* ... and its options */
+    uint8_t rresp3;   /* ... in RESP3: the protocol when its command was read */
+    uint16_t rstatus; /* ... the status of an error reply the front door made, when not 400
+                         (413 past a limit, 500 out of memory, 503 short of buffers) */
+    void *rctx;       /* ... and its context (malloc'd, freed with the request) */
     int done;
     int in_route;
     Kvs__CommandRequest__CommandCase cmd; /* the request's command, once known */

@@ -234,9 +234,17 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     const char *user = req->who != NULL ? kvs_auth_user_name(req->who) : NULL;
     in->peer = cl->conn.peer;
     in->identity = user != NULL ? user : ""; /* the user it authenticated as, both front doors */
+    in->client_name = cl->redis != NULL ? router_redis_name(cl->redis) : "";
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
+}
+
+void router_client_renamed(router_client_t *cl)
+{
+    const char *name = cl->redis != NULL ? router_redis_name(cl->redis) : "";
+    for (router_req_t *req = cl->head; req != NULL; req = req->next)
+        req->info.client_name = name;
 }
 
 void router_client_routed(router_client_t *cl, router_req_t *req)
@@ -451,6 +459,7 @@ static void on_conn_closed(kvs_conn_t *c)
         } else {
             req->client = NULL; /* frees itself when its parts answer */
             req->info.peer = "(gone)";
+            req->info.client_name = ""; /* freed with the client's RESP state */
         }
     }
     router_session_free(&cl->session);

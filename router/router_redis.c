@@ -121,6 +121,9 @@ typedef struct scan_ctx_s {
 
 /* ---- parsing ------------------------------------------------------------------ */
 
+/* The parser's error when it ran out of memory (500, not a protocol error). */
+static const char redis_oom[] = "ERR the server is out of memory";
+
 static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
 {
     router_redis_t *rs = state;
@@ -131,7 +134,7 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
     }
     int rc = kvs_redis_parse(&rs->ps, p, len, max, used);
     if (rc == -ENOMEM) {
-        rs->ps.error = "ERR the server is out of memory";
+        rs->ps.error = redis_oom;
         return -1;
     }
     return rc;
@@ -160,6 +163,11 @@ void router_redis_free(router_redis_t *rs)
     free(rs);
 }
 
+const char *router_redis_name(const router_redis_t *rs)
+{
+    return rs->name != NULL ? rs->name : "";
+}
+
 const kvs_codec_t *router_redis_codec(router_redis_t *rs)
 {
     return &rs->codec;
@@ -174,19 +182,42 @@ static void finish_raw(router_req_t *req)
     router_req_complete(req);
 }
 
+static void oom(router_req_t *req);
+
+static void reply_verror(router_req_t *req, uint16_t status, const char *fmt, va_list ap)
+{
+    char text[600];
+    vsnprintf(text, sizeof(text), fmt, ap);
+    req->resp.len = 0;
+    req->rstatus = status;
+    kvs_redis_error(&req->resp, "%s", text);
+    finish_raw(req);
+}
+
+/* An error reply; what hooks and metrics see of it is 400 (401 for
+ * NOAUTH and WRONGPASS: router_route reads the code). */
 static void reply_error(router_req_t *req, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void reply_error(router_req_t *req, const char *fmt, ...)
 {
-    char text[600];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    reply_verror(req, 0, fmt, ap);
     va_end(ap);
-    req->resp.len = 0;
-    kvs_redis_error(&req->resp, "%s", text);
-    finish_raw(req);
+}
+
+/* An error reply that hooks and metrics see as `status`, the one the
+ * protobuf door answers for the same refusal. */
+static void reply_error_status(router_req_t *req, uint16_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void reply_error_status(router_req_t *req, uint16_t status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reply_verror(req, status, fmt, ap);
+    va_end(ap);
 }
 
 /* An error quoting a whole argument as Redis's "%s" does (up to a NUL,
@@ -200,7 +231,7 @@ static void reply_error_quoting(router_req_t *req, const char *before, const kvs
     size_t na = strlen(after);
     b->len = 0;
     if (kvs_buf_reserve(b, 1 + nb + n + na + 2) != 0)
-        return reply_error(req, "ERR the server is out of memory");
+        return oom(req);
     b->data[b->len++] = '-';
     memcpy(b->data + b->len, before, nb);
     b->len += nb;
@@ -215,7 +246,7 @@ static void reply_error_quoting(router_req_t *req, const char *before, const kvs
 
 static void oom(router_req_t *req)
 {
-    reply_error(req, "ERR the server is out of memory");
+    reply_error_status(req, KVS_STATUS_INTERNAL, "ERR the server is out of memory");
 }
 
 static void reply_ok(router_req_t *req)
@@ -245,8 +276,11 @@ void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err, si
                     "closed",
                     unauth_max);
     else if (err == KVS_ELIMIT)
-        reply_error(req, "ERR the server is short of memory for incomplete requests "
-                         "(limits.input_buffers); the connection is closed");
+        reply_error_status(req, KVS_STATUS_UNAVAILABLE,
+                           "ERR the server is short of memory for incomplete requests "
+                           "(limits.input_buffers); the connection is closed");
+    else if (rs->ps.error == redis_oom)
+        oom(req);
     else if (err == KVS_ENOTLS)
         reply_error(req, "ERR this port requires TLS (tls.router); connect with TLS "
                          "(redis-cli --tls)");
@@ -378,10 +412,8 @@ static void route_request(router_redis_t *rs, router_client_t *cl, router_req_t 
     size_t n = protobuf_c_message_get_packed_size(&q->base);
     b->len = 0;
     req->rcmd = (uint8_t)rcmd;
-    if (kvs_buf_reserve(b, n ? n : 1) != 0) {
-        reply_error(req, "ERR the server is out of memory");
-        return;
-    }
+    if (kvs_buf_reserve(b, n ? n : 1) != 0)
+        return oom(req);
     protobuf_c_message_pack(&q->base, b->data);
     /* The messages `q` was built from are packed: give their memory back
      * before routing decodes the request again (for a command of many
@@ -434,10 +466,10 @@ static int too_many_keys(router_redis_t *rs, router_req_t *req, const cmd_t *cmd
     uint32_t max = rs->r->cfg->max_keys;
     if (max == 0 || n <= max)
         return 0;
-    reply_error(req,
-                "ERR %s names %zu %s, more than limits.max_keys (%u); nothing was done; send "
-                "fewer per command",
-                cmd->name, n, what, max);
+    reply_error_status(req, KVS_STATUS_TOO_LARGE,
+                       "ERR %s names %zu %s, more than limits.max_keys (%u); nothing was done; "
+                       "send fewer per command",
+                       cmd->name, n, what, max);
     return 1;
 }
 
@@ -939,7 +971,7 @@ static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
     return 0;
 }
 
-static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
+static int set_name(router_redis_t *rs, router_client_t *cl, const kvs_redis_arg_t *a)
 {
     char *n = NULL;
     if (a->len > 0) {
@@ -950,6 +982,7 @@ static int set_name(router_redis_t *rs, const kvs_redis_arg_t *a)
     }
     free(rs->name);
     rs->name = n;
+    router_client_renamed(cl);
     return 0;
 }
 
@@ -1047,7 +1080,7 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
     } else if (sub == 2) {
         if (name_refused(req, &a[2]))
             return;
-        if (set_name(rs, &a[2]) != 0)
+        if (set_name(rs, cl, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
     } else {
@@ -1123,7 +1156,7 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
                                 "authenticated, otherwise the HELLO AUTH <user> <pass> "
                                 "option can be used to authenticate the client and select the "
                                 "RESP protocol version at the same time");
-    if (name != NULL && set_name(rs, name) != 0)
+    if (name != NULL && set_name(rs, cl, name) != 0)
         return oom(req);
     rs->resp3 = ver == 3;
     req->resp.len = 0;
@@ -1141,13 +1174,18 @@ static void hello_failed(router_redis_t *rs)
 }
 
 /* A HELLO ... AUTH checked out: its protocol and name take effect. */
-static int hello_done(router_redis_t *rs, kvs_buf_t *out)
+static int hello_done(router_redis_t *rs, router_req_t *req, kvs_buf_t *out)
 {
     rs->resp3 = rs->hello_ver == 3;
     if (rs->hello_rename) {
         free(rs->name);
         rs->name = rs->hello_name;
         rs->hello_name = NULL;
+        /* The HELLO itself is off its client's list while it is written:
+         * the old name is freed, so it is repointed here. */
+        req->info.client_name = router_redis_name(rs);
+        if (req->client != NULL)
+            router_client_renamed(req->client);
     }
     rs->hello_rename = 0;
     hello_reply(rs, out);
@@ -1233,7 +1271,7 @@ static void cmd_config(router_redis_t *rs, router_client_t *cl, router_req_t *re
 
 /* One SLOWLOG GET entry, in Redis's shape: id, Unix time (s), duration
  * (us), the request as arguments (command, table, "N keys"), client
- * address, client name (kvs keeps none). */
+ * address, client name. */
 static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
 {
     char keys[32];
@@ -1247,7 +1285,7 @@ static void slowlog_entry(kvs_buf_t *b, const Kvs__SlowlogEntry *e)
     kvs_redis_bulk(b, e->table, strlen(e->table));
     kvs_redis_bulk(b, keys, (size_t)n);
     kvs_redis_bulk(b, e->client, strlen(e->client));
-    kvs_redis_bulk(b, "", 0);
+    kvs_redis_bulk(b, e->client_name, strlen(e->client_name));
 }
 
 static const sub_t slowlog_subs[] = {
@@ -1584,10 +1622,10 @@ static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *r
         command_docs(rs, b);
     }
     if (reply_past_frame(rs, b))
-        return reply_error(req,
-                           "ERR the reply would exceed limits.max_frame (%llu bytes): name fewer "
-                           "commands",
-                           (unsigned long long)rs->r->cfg->max_frame);
+        return reply_error_status(req, KVS_STATUS_TOO_LARGE,
+                                  "ERR the reply would exceed limits.max_frame (%llu bytes): name "
+                                  "fewer commands",
+                                  (unsigned long long)rs->r->cfg->max_frame);
     finish_raw(req);
 }
 
@@ -1941,7 +1979,7 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
     case RC_AUTH:
         return kvs_redis_simple(out, "OK");
     case RC_HELLO:
-        return hello_done(rs, out);
+        return hello_done(rs, req, out);
     case RC_SLOWLOG_GET:
     case RC_SLOWLOG_LEN:
     case RC_SLOWLOG_RESET:

@@ -34,6 +34,10 @@ typedef struct router_redis_s router_redis_t;
 router_redis_t *router_redis_new(router_t *r, uint64_t client_id);
 void router_redis_free(router_redis_t *rs);
 
+/* The name the client gave itself (CLIENT SETNAME, HELLO ... SETNAME),
+ * "" when none; valid until it renames itself (router_client_renamed). */
+const char *router_redis_name(const router_redis_t *rs);
+
 /* The codec to set on the client's connection. */
 const kvs_codec_t *router_redis_codec(router_redis_t *rs);
 

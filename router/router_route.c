@@ -334,13 +334,18 @@ static int raw_error_is(const kvs_buf_t *b, const char *code)
 }
 
 /* The status of the answer in req->resp: a frame, or a RESP reply (an
- * error reply counts as 400; NOAUTH and WRONGPASS as 401). */
+ * error reply counts as the status the front door gave it, else 400;
+ * NOAUTH and WRONGPASS as 401). */
 static uint32_t resp_status(const router_req_t *req)
 {
     const kvs_buf_t *b = &req->resp;
-    if (req->raw) { /* a RESP reply the front door made: its error code says which */
-        if (b->len == 0 || b->data[0] != '-')
+    if (req->raw) {      /* a RESP reply the front door made: its error code says which */
+        if (b->len == 0) /* none could be written (out of memory): the client is closed */
+            return KVS_STATUS_INTERNAL;
+        if (b->data[0] != '-')
             return KVS_STATUS_OK;
+        if (req->rstatus != 0)
+            return req->rstatus;
         if (raw_error_is(b, "-NOAUTH ") || raw_error_is(b, "-WRONGPASS "))
             return KVS_STATUS_UNAUTHENTICATED;
         return KVS_STATUS_BAD_REQUEST;
@@ -2726,11 +2731,15 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
      * decoded and forwarded as this router reads it. Keys are counted
      * first: decoding many keys is what costs memory. */
     Kvs__CommandRequest *q = NULL;
-    uint32_t why = kvs_msg_merge_request(&r->arena, &payload, &len) != 0
-                       ? KVS_STATUS_INTERNAL
-                       : kvs_msg_check_keys(payload, len, r->cfg->max_keys, msg, sizeof(msg));
+    kvs_msg_refused_t refused;
+    uint32_t why =
+        kvs_msg_merge_request(&r->arena, &payload, &len) != 0
+            ? KVS_STATUS_INTERNAL
+            : kvs_msg_check_keys(payload, len, r->cfg->max_keys, &refused, msg, sizeof(msg));
     if (why == KVS_STATUS_INTERNAL)
         kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+    else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command (not its table) */
+        router_ops_note(r, req, refused.cmd, NULL, 0, refused.keys);
     else if (why == KVS_STATUS_OK &&
              (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
         kvs_msg_decode_refusal(why, len, msg, sizeof(msg));

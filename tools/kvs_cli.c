@@ -1090,6 +1090,8 @@ static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry 
         cli_text_put(stdout, e->table);
         printf("\t%" PRIu32 "\t%" PRIu32 "\t", e->keys, e->status);
         cli_text_put(stdout, e->client);
+        putchar('\t');
+        cli_text_put(stdout, e->client_name);
         putchar('\n');
         return;
     }
@@ -1104,6 +1106,10 @@ static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry 
     printf("%" PRIu32 " key%s, status %" PRIu32 ", client ", e->keys, e->keys == 1 ? "" : "s",
            e->status);
     cli_text_put(stdout, e->client);
+    if (e->client_name[0] != '\0') {
+        fputs(" name ", stdout);
+        cli_text_put(stdout, e->client_name);
+    }
     putchar('\n');
 }
 

@@ -58,7 +58,6 @@ def run_one(build, work, name):
     leaks = os.path.join(d, "leaks")
     os.makedirs(leaks, exist_ok=True)
     env = dict(os.environ, KVS_BUILD_DIR=build, PYTHONPATH=os.path.join(build, "py"),
-               PYTHONPYCACHEPREFIX=os.path.join(build, "pycache"),
                GCOV_PREFIX=d, GCOV_PREFIX_STRIP="0", KVS_LEAK_REPORT=leaks,
                KVS_TEST_SANITIZED="1")  # the tests behave as in the sanitizer build
     t0 = time.monotonic()

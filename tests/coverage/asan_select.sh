@@ -5,6 +5,9 @@
 # on 2 cores. Run it when the suite or the code changed much; a test added
 # since the last run is simply run in both builds.
 #   tests/coverage/asan_select.sh [BUILD_DIR [WORK_DIR]]
+# Each run measures afresh (the work directory is emptied: a test measured
+# against older code or tests would count what it covered then);
+# KVS_SELECT_RESUME=1 instead finishes a run that was interrupted.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$top/build-cov}
@@ -14,6 +17,9 @@ work=${2:-$build/asan-select}
 keep=test_live_fuzz,test_resp_fuzzdiff,test_hostile,test_hostile_api,test_hostile_peers
 keep=$keep,test_badinput,test_badinput_tls,test_kafka_hostile
 
+if [ "${KVS_SELECT_RESUME:-0}" != 1 ]; then
+  rm -rf "$work"
+fi
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS=--coverage >/dev/null
 cmake --build "$build" -j "$(nproc)" >/dev/null
 {

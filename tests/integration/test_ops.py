@@ -459,6 +459,71 @@ class SlowlogTest(RouterTestCase):
         self.assertIn(b"\\xff\\xfe", [e[3][1] for e in got])
 
 
+    def test_a_redis_clients_name_is_in_its_entries(self):
+        # CLIENT SETNAME's name (and HELLO's SETNAME) is the sixth field of a
+        # RESP entry, as in Redis, and shown by kvs-cli; a long one is cut
+        # to 60 bytes and "..."; a protobuf client's entries have none.
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        self.assertTrue(rc.client_setname("loader-1"))
+        self.assertEqual(rc.hset("t", "a", "1"), 1)
+        long_name = "n" * 70
+        self.assertTrue(rc.client_setname(long_name))
+        self.assertEqual(rc.hget("t", "a"), b"1")
+        got = resp_exchange(rport, b"HELLO 2 SETNAME hello-named\r\nHLEN t\r\n", end=b":1\r\n",
+                            host=HOST)
+        self.assertTrue(got.endswith(b":1\r\n"), got)
+        with r.client() as c:
+            self.assertEqual(c.hget("t", "a").status, 200)
+        entries = rc.execute_command("SLOWLOG", "GET", "-1")
+        by_args = {tuple(e[3]): e for e in entries}
+        self.assertEqual(by_args[(b"Hset", b"t", b"1 key")][5], b"loader-1")
+        self.assertEqual(by_args[(b"Hget", b"t", b"1 key")][5], b"n" * 60 + b"...")
+        self.assertEqual(by_args[(b"Hlen", b"t", b"0 keys")][5], b"hello-named")
+        self.assertRegex(by_args[(b"Hset", b"t", b"1 key")][4], rb"^127\.0\.0\.1:\d+$")
+        with r.client() as c:
+            resp = c.call(slowlog_req(count=100))
+        self.assertEqual(resp.status, 200, resp.message)
+        hgets = [e.client_name for e in resp.ops.slowlog if e.command == "Hget"]
+        self.assertEqual(sorted(hgets), ["", "n" * 60 + "..."])  # the protobuf client's: none
+        out = subprocess.run([CLI, "--port", str(r.port), "slowlog", "100"], capture_output=True,
+                             timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout.decode(),
+                         r'Hset "t" 1 key, status 200, client 127\.0\.0\.1:\d+ name loader-1\n')
+        raw = subprocess.run([CLI, "--port", str(r.port), "--raw", "slowlog", "100"],
+                             capture_output=True, timeout=20)
+        self.assertEqual(raw.returncode, 0, raw.stderr)
+        fields = [ln.split(b"\t") for ln in raw.stdout.splitlines()]
+        self.assertTrue(all(len(f) == 9 for f in fields), fields)
+        self.assertIn(b"hello-named", [f[8] for f in fields if f[3] == b"Hlen"])
+
+    def test_a_name_given_with_hello_auth_is_its_own_entrys(self):
+        # HELLO ... AUTH ... SETNAME renames the client when its Auth
+        # answer is written, after the HELLO left the client's list of
+        # requests: its own entry must name the new name, not the freed old
+        # one (the sanitizer build caught a use after free here).
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, extra_yaml=users_yaml(),
+                        log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        got = resp_exchange(rport, b"AUTH ops ops-pw\r\nCLIENT SETNAME " + b"A" * 300 +
+                            b"\r\nHELLO 2 AUTH ops ops-pw SETNAME newname\r\nPING\r\n",
+                            end=b"+PONG\r\n", host=HOST)
+        self.assertTrue(got.startswith(b"+OK\r\n+OK\r\n*"), got[:200])
+        self.assertTrue(got.endswith(b"+PONG\r\n"), got[-200:])
+        rc = redis.Redis(host=HOST, port=rport, username="ops", password="ops-pw",
+                         socket_timeout=10)
+        self.addCleanup(rc.close)
+        entries = rc.execute_command("SLOWLOG", "GET", "-1")
+        names = [(e[3][0], e[5]) for e in entries if e[3][0] == b"Auth"]
+        self.assertIn((b"Auth", b"newname"), names, entries)
+        self.assertIn((b"Auth", b""), names, entries)  # the AUTH before any name
+        self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
+
     def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
         # An entry is the command, table, key count and address, whatever
         # the request carried (here a 1000-field, 1 MiB Hmset); any count
@@ -582,6 +647,44 @@ class PluginTest(RouterTestCase):
                                            'status=401$')
         self.assertRegex(lines[2], stamp + 'user="alice" command=Hset table="__x" keys=1 '
                                            'status=400$')
+
+    def test_redis_refusals_count_with_the_status_the_kvs_door_gives(self):
+        # Past limits.max_keys the Redis door refuses a command itself; the
+        # metrics and hooks see the 413 the protobuf door answers, not 400.
+        rport = free_port()
+        r = self.router(shards=2, partitions=8, extra_yaml="limits: {max_keys: 3}\n",
+                        log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        got = resp_exchange(rport, b"HMGET t a b c d\r\nHSET t a 1 b 2 c 3 d 4\r\n"
+                                   b"HGET t\r\n", 3, host=HOST)
+        lines = got.split(b"\r\n")
+        self.assertTrue(lines[0].startswith(b"-ERR hmget names 4 fields, more than "
+                                            b"limits.max_keys (3)"), got)
+        self.assertTrue(lines[1].startswith(b"-ERR hset names 4 pairs"), got)
+        self.assertEqual(lines[2], b"-ERR wrong number of arguments for 'hget' command")
+        with r.client() as c:
+            self.assertEqual(c.hmget("t", [b"a", b"b", b"c", b"d"]).status, 413)
+            m = c.call(metrics_req())
+            log = c.call(slowlog_req(count=10))
+        requests = {(smp.labels[3], smp.labels[5]): smp.value for f in m.ops.metrics
+                    if f.name == "kvs_requests_total" for smp in f.samples}
+        self.assertEqual(requests.get(("Hmget", "413")), 2, requests)
+        self.assertEqual(requests.get(("Hmset", "413")), 1, requests)
+        self.assertEqual(requests.get(("Hget", "400")), 1, requests)
+        self.assertNotIn(("Hmget", "400"), requests)
+        self.assertEqual([(e.command, e.status) for e in log.ops.slowlog][1:],
+                         [("Hmget", 413), ("Hget", 400), ("Hmset", 413), ("Hmget", 413)])
+        # A worker asked directly counts its refusal as the command too.
+        with r.worker_client(0) as w:
+            self.assertEqual(w.hmget("t", [b"a", b"b", b"c", b"d"]).status, 413)
+            m = w.call(metrics_req())
+        worker = {}
+        for f in m.ops.metrics:
+            for smp in f.samples:
+                ls = dict(zip(smp.labels[::2], smp.labels[1::2]))
+                if f.name == "kvs_worker_requests_total":
+                    worker[(ls["command"], ls["status"])] = smp.value
+        self.assertEqual(worker.get(("Hmget", "413")), 1, worker)
 
     def test_a_received_hook_sees_auth_on_both_front_doors(self):
         rport = free_port()

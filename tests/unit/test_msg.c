@@ -1294,11 +1294,14 @@ KVS_TEST(count_keys_on_the_wire)
     p = pack_hmset(5, &len);
     CHECK_EQ(kvs_msg_count_keys(p, len, &cmd), 5);
     CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET);
-    CHECK_EQ(kvs_msg_check_keys(p, len, 5, text, sizeof(text)), KVS_STATUS_OK);
-    CHECK_EQ(kvs_msg_check_keys(p, len, 0, text, sizeof(text)), KVS_STATUS_OK); /* no limit */
-    CHECK_EQ(kvs_msg_check_keys(p, len, 4, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 5, NULL, text, sizeof(text)), KVS_STATUS_OK);
+    CHECK_EQ(kvs_msg_check_keys(p, len, 0, NULL, text, sizeof(text)), KVS_STATUS_OK); /* no limit */
+    kvs_msg_refused_t refused = {0, 0};
+    CHECK_EQ(kvs_msg_check_keys(p, len, 4, &refused, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
     CHECK_STR(text, "Hmset names 5 pairs, more than limits.max_keys (4); nothing was done; "
                     "send fewer keys per request");
+    CHECK_EQ(refused.cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET); /* for the hooks */
+    CHECK_EQ(refused.keys, 5);
     free(p);
 
     /* A command field sent twice: both count (protobuf would merge them;
@@ -1319,7 +1322,7 @@ KVS_TEST(count_keys_on_the_wire)
         kvs_msg_decode_request(&ar, twice + sizeof(odd), n - sizeof(odd), NULL);
     CHECK(r != NULL && r->hmget->n_keys >= 3 && r->hmget->n_keys <= 6);
     kvs_arena_close(&ar);
-    CHECK_EQ(kvs_msg_check_keys(twice, n, 5, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK_EQ(kvs_msg_check_keys(twice, n, 5, NULL, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
     CHECK_STR(text, "Hmget names 6 keys, more than limits.max_keys (5); nothing was done; "
                     "send fewer keys per request");
     /* Cut short: counts what it saw (the decoder refuses the rest). */
@@ -1337,7 +1340,7 @@ KVS_TEST(count_keys_on_the_wire)
     len = kvs__command_request__pack(&q, buf);
     CHECK_EQ(kvs_msg_count_keys(buf, len, &cmd), 0);
     CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND__NOT_SET);
-    CHECK_EQ(kvs_msg_check_keys(buf, len, 1, text, sizeof(text)), KVS_STATUS_OK);
+    CHECK_EQ(kvs_msg_check_keys(buf, len, 1, NULL, text, sizeof(text)), KVS_STATUS_OK);
 }
 
 KVS_TEST(decode_value_with_arena)
