@@ -96,7 +96,8 @@ typedef struct kvs_request_info_s {
     uint32_t struct_size;     /* the host's sizeof(kvs_request_info_t) */
     uint32_t command;         /* CommandRequest field number: 1 Hget, 4 Hset, ...; 0 none */
     const char *command_name; /* "Hget", ...; NUL-terminated */
-    const char *table;        /* the table named, or NULL (Ping, Info, ...) */
+    const char *table;        /* the table named, or NULL (Ping, Info, ...); not NUL-terminated;
+                                 past RECEIVED a name over 200 bytes (refused) is cut to 201 */
     uint32_t table_len;
     uint32_t keys;           /* keys the request names (0 when none) */
     uint32_t write;          /* 1 for a write command (Hset Hmset Hdel Hmdel Hincr) */

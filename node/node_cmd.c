@@ -868,7 +868,8 @@ static void hook_note(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
 {
     kvs_request_info_t *in = &ctx->info;
     if (copy && table != NULL) {
-        table_len = table_len < sizeof(ctx->table_copy) ? table_len : sizeof(ctx->table_copy) - 1;
+        /* one byte past the longest name, as the router keeps it */
+        table_len = table_len <= sizeof(ctx->table_copy) ? table_len : sizeof(ctx->table_copy);
         memcpy(ctx->table_copy, table, table_len);
         table = ctx->table_copy;
     }

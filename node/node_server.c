@@ -86,7 +86,7 @@ typedef struct node_client_s node_client_t;
  * (a turn's records), and in a slot whose answer comes later. */
 typedef struct turn_rec_s {
     kvs_request_info_t info;
-    char table[KVS_MAX_TABLE + 1];
+    char table[KVS_MAX_TABLE + 2]; /* a refused name's 201 bytes (hook_note) and a NUL */
     char peer[64];
 } turn_rec_t;
 

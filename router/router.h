@@ -175,13 +175,31 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
  * nothing more meanwhile. */
 void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m);
 
-/* `cl` (a RESP client) changed its name: what hooks see of its requests
- * in flight becomes the new one (the old one is being freed). */
-void router_client_renamed(router_client_t *cl);
-
 /* May `cl` run commands that need a right? (No users configured, or it is
  * authenticated.) */
 int router_client_authenticated(const router_client_t *cl);
+
+/* A RESP client's name (CLIENT SETNAME, HELLO ... SETNAME), shared by the
+ * client and each request it sent while it had that name: each holds a
+ * reference, so a request's hooks (the slow log) see the name it was sent
+ * under, as Redis logs the name a command ran under. */
+typedef struct router_name_s {
+    uint32_t refs;
+    char text[]; /* NUL-terminated */
+} router_name_t;
+
+/* A name of p[0..len) with one reference, or NULL when out of memory. */
+router_name_t *router_name_new(const void *p, size_t len);
+
+/* One more reference to `n` (NULL: none); returns n. */
+router_name_t *router_name_ref(router_name_t *n);
+
+/* Drops a reference (NULL: nothing); the last frees the name. */
+void router_name_unref(router_name_t *n);
+
+/* Sets the name `req` was sent under (a new reference; NULL: none), which
+ * its hooks see as info.client_name. */
+void router_req_set_name(router_req_t *req, router_name_t *n);
 
 /* ---- requests (router_route.c) --------------------------------------------- */
 
@@ -219,9 +237,10 @@ struct router_req_s {
     kvs_buf_t held_payload;
     /* hooks: what they see of the request, and how far it got */
     kvs_request_info_t info;
-    uint8_t stopped;  /* a RECEIVED hook stopped it: no EXECUTED */
-    uint8_t executed; /* EXECUTED ran */
-    uint8_t internal; /* not a client's (a metrics scrape): no hooks, not counted */
+    uint8_t stopped;     /* a RECEIVED hook stopped it: no EXECUTED */
+    uint8_t executed;    /* EXECUTED ran */
+    uint8_t internal;    /* not a client's (a metrics scrape): no hooks, not counted */
+    router_name_t *name; /* the client's name when it was read (a reference), or NULL */
     void (*on_done)(router_req_t *req); /* internal requests: the answer is in resp */
     void *done_arg;
     /* Past this point nothing is zeroed when a request is recycled. */

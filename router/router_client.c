@@ -234,17 +234,10 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     const char *user = req->who != NULL ? kvs_auth_user_name(req->who) : NULL;
     in->peer = cl->conn.peer;
     in->identity = user != NULL ? user : ""; /* the user it authenticated as, both front doors */
-    in->client_name = cl->redis != NULL ? router_redis_name(cl->redis) : "";
+    router_req_set_name(req, cl->redis != NULL ? router_redis_name(cl->redis) : NULL);
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
-}
-
-void router_client_renamed(router_client_t *cl)
-{
-    const char *name = cl->redis != NULL ? router_redis_name(cl->redis) : "";
-    for (router_req_t *req = cl->head; req != NULL; req = req->next)
-        req->info.client_name = name;
 }
 
 void router_client_routed(router_client_t *cl, router_req_t *req)
@@ -398,6 +391,15 @@ static void auth_refused_more(router_client_t *cl)
     cl->auth_closed = 1;
 }
 
+/* Answers an Auth of `cl`: a RESP HELLO ... AUTH takes effect now (its
+ * protocol and name hold for the commands read after it), else the
+ * answer is the check's status. */
+static void auth_answer(router_client_t *cl, router_req_t *req, uint32_t status, const char *msg)
+{
+    if (cl->redis == NULL || !router_redis_auth_done(cl->redis, req, status))
+        router_req_finish_status(req, status, "%s", msg);
+}
+
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
 {
     router_client_t *cl = arg;
@@ -407,7 +409,7 @@ static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
     unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
-    router_req_finish_status(req, status, "%s", msg);
+    auth_answer(cl, req, status, msg);
 }
 
 void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
@@ -424,7 +426,7 @@ void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth 
     unproven_to_front(cl);
     if (close)
         auth_refused_more(cl);
-    router_req_finish_status(req, st, "%s", msg);
+    auth_answer(cl, req, st, msg);
 }
 
 int router_client_authenticated(const router_client_t *cl)
@@ -457,9 +459,8 @@ static void on_conn_closed(kvs_conn_t *c)
         if (req->done || req->held || req == cl->auth_req) {
             router_req_free(req);
         } else {
-            req->client = NULL; /* frees itself when its parts answer */
-            req->info.peer = "(gone)";
-            req->info.client_name = ""; /* freed with the client's RESP state */
+            req->client = NULL;        /* frees itself when its parts answer */
+            req->info.peer = "(gone)"; /* its name it holds itself */
         }
     }
     router_session_free(&cl->session);

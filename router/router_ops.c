@@ -64,7 +64,9 @@ void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *t
     in->keys = keys;
     in->write = (uint32_t)kvs_msg_is_write((Kvs__CommandRequest__CommandCase)cmd);
     if (!req->internal && kvs_hook_keep_request(&r->chain) && table != NULL) {
-        tlen = tlen <= KVS_MAX_TABLE ? tlen : KVS_MAX_TABLE;
+        /* one byte past the longest name: a longer one (refused) still
+         * looks too long to the hooks after (the slow log shows "...") */
+        tlen = tlen <= sizeof(req->table_copy) ? tlen : sizeof(req->table_copy);
         memcpy(req->table_copy, table, tlen);
         table = req->table_copy;
     }

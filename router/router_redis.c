@@ -91,13 +91,13 @@ struct router_redis_s {
     kvs_codec_t codec;
     uint64_t id;
     int resp3;
-    int quit;   /* QUIT seen: later commands are ignored */
-    char *name; /* CLIENT SETNAME, or NULL */
+    int quit;            /* QUIT seen: later commands are ignored */
+    router_name_t *name; /* CLIENT SETNAME (a reference), or NULL */
     /* HELLO ... AUTH being checked (the client reads nothing meanwhile):
      * applied when the check succeeds. */
     int hello_ver;
     int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
-    char *hello_name;
+    router_name_t *hello_name;
 };
 
 typedef struct cursor_slot_s {
@@ -158,14 +158,14 @@ void router_redis_free(router_redis_t *rs)
     if (rs == NULL)
         return;
     kvs_redis_parser_close(&rs->ps);
-    free(rs->name);
+    router_name_unref(rs->name);
     free(rs->hello_name);
     free(rs);
 }
 
-const char *router_redis_name(const router_redis_t *rs)
+router_name_t *router_redis_name(const router_redis_t *rs)
 {
-    return rs->name != NULL ? rs->name : "";
+    return rs->name;
 }
 
 const kvs_codec_t *router_redis_codec(router_redis_t *rs)
@@ -887,6 +887,8 @@ static void cmd_quit(router_redis_t *rs, router_client_t *cl, router_req_t *req,
 /* Users configured: AUTH's (or HELLO AUTH's) user and token go to the
  * router's Auth, answered later as `rcmd`. A user or token kvs could not
  * have (not NUL-free UTF-8) fails like a wrong token, without a check. */
+static void hello_failed(router_redis_t *rs);
+
 static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *req,
                        const kvs_redis_arg_t *user, const kvs_redis_arg_t *token, int rcmd)
 {
@@ -915,8 +917,11 @@ static void start_auth(router_redis_t *rs, router_client_t *cl, router_req_t *re
     if (m.user[0] == '\0')
         return reply_error(req, "WRONGPASS invalid username-password pair or user is disabled.");
     req->rcmd = (uint8_t)rcmd;
-    if (router_ops_received(rs->r, req))
+    if (router_ops_received(rs->r, req)) { /* a hook stopped it */
+        if (rcmd == RC_HELLO)
+            hello_failed(rs);
         return;
+    }
     router_client_auth(cl, req, &m);
 }
 
@@ -971,18 +976,30 @@ static int name_refused(router_req_t *req, const kvs_redis_arg_t *a)
     return 0;
 }
 
-static int set_name(router_redis_t *rs, router_client_t *cl, const kvs_redis_arg_t *a)
+/* The client is named `n` (its reference is taken; NULL: no name) from
+ * `req` on: the renaming command itself is logged under the new name, as
+ * Redis logs a command after it ran; the requests before keep theirs. */
+static void rename_to(router_redis_t *rs, router_req_t *req, router_name_t *n)
 {
-    char *n = NULL;
-    if (a->len > 0) {
-        if ((n = malloc(a->len + 1)) == NULL)
-            return -ENOMEM;
-        memcpy(n, a->p, a->len);
-        n[a->len] = '\0';
-    }
-    free(rs->name);
+    router_name_unref(rs->name);
     rs->name = n;
-    router_client_renamed(cl);
+    router_req_set_name(req, n);
+}
+
+/* A name of a[0] (checked by name_refused), or NULL for "": *n. Returns 0
+ * or -ENOMEM. */
+static int new_name(const kvs_redis_arg_t *a, router_name_t **n)
+{
+    *n = a->len > 0 ? router_name_new(a->p, a->len) : NULL;
+    return a->len > 0 && *n == NULL ? -ENOMEM : 0;
+}
+
+static int set_name(router_redis_t *rs, router_req_t *req, const kvs_redis_arg_t *a)
+{
+    router_name_t *n;
+    if (new_name(a, &n) != 0)
+        return -ENOMEM;
+    rename_to(rs, req, n);
     return 0;
 }
 
@@ -1058,7 +1075,7 @@ static const sub_t client_subs[] = {
     {"setname", 3, "noscript loading stale", "SETNAME <name>",
      "Assign the name <name> to the current connection."},
     {"setinfo", 4, "noscript loading stale", "SETINFO <option> <value>",
-     "Accepted and ignored (lib-name, lib-ver)."},
+     "Checked and ignored (lib-name, lib-ver)."},
     {"help", 2, "loading stale", "HELP", "Prints this help."},
 };
 
@@ -1074,17 +1091,25 @@ static void cmd_client(router_redis_t *rs, router_client_t *cl, router_req_t *re
         kvs_redis_integer(&req->resp, (int64_t)rs->id);
     } else if (sub == 1) {
         if (rs->name != NULL)
-            kvs_redis_bulk(&req->resp, rs->name, strlen(rs->name));
+            kvs_redis_bulk(&req->resp, rs->name->text, strlen(rs->name->text));
         else
             kvs_redis_null(&req->resp, rs->resp3);
     } else if (sub == 2) {
         if (name_refused(req, &a[2]))
             return;
-        if (set_name(rs, cl, &a[2]) != 0)
+        if (set_name(rs, req, &a[2]) != 0)
             return oom(req);
         kvs_redis_simple(&req->resp, "OK");
-    } else {
-        kvs_redis_simple(&req->resp, "OK"); /* SETINFO lib-name / lib-ver: noted by nobody */
+    } else { /* SETINFO: checked as Redis 7.2 does, then noted by nobody */
+        const char *attr = kvs_redis_arg_is(&a[2], "lib-name")  ? "lib-name"
+                           : kvs_redis_arg_is(&a[2], "lib-ver") ? "lib-ver"
+                                                                : NULL;
+        if (attr == NULL)
+            return reply_error_quoting(req, "ERR Unrecognized option '", &a[2], "'");
+        if (!name_ok(&a[3]))
+            return reply_error(req, "ERR %s cannot contain spaces, newlines or special characters.",
+                               attr);
+        kvs_redis_simple(&req->resp, "OK");
     }
     finish_raw(req);
 }
@@ -1136,14 +1161,10 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
         }
     }
     if (rs->r->auth != NULL && user != NULL) {
-        char *n = NULL;
-        if (name != NULL && name->len > 0) {
-            if ((n = malloc(name->len + 1)) == NULL)
-                return oom(req);
-            memcpy(n, name->p, name->len);
-            n[name->len] = '\0';
-        }
-        free(rs->hello_name);
+        router_name_t *n = NULL;
+        if (name != NULL && new_name(name, &n) != 0)
+            return oom(req);
+        router_name_unref(rs->hello_name);
         rs->hello_name = n;
         rs->hello_rename = name != NULL;
         rs->hello_ver = (int)ver;
@@ -1156,7 +1177,7 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
                                 "authenticated, otherwise the HELLO AUTH <user> <pass> "
                                 "option can be used to authenticate the client and select the "
                                 "RESP protocol version at the same time");
-    if (name != NULL && set_name(rs, cl, name) != 0)
+    if (name != NULL && set_name(rs, req, name) != 0)
         return oom(req);
     rs->resp3 = ver == 3;
     req->resp.len = 0;
@@ -1164,32 +1185,35 @@ static void cmd_hello(router_redis_t *rs, router_client_t *cl, router_req_t *req
     finish_raw(req);
 }
 
-/* A HELLO ... AUTH that failed: nothing of it takes effect, its name is
- * forgotten. */
+/* A HELLO ... AUTH that failed or was stopped: nothing of it takes
+ * effect, its name is forgotten. */
 static void hello_failed(router_redis_t *rs)
 {
-    free(rs->hello_name);
+    router_name_unref(rs->hello_name);
     rs->hello_name = NULL;
     rs->hello_rename = 0;
 }
 
-/* A HELLO ... AUTH checked out: its protocol and name take effect. */
-static int hello_done(router_redis_t *rs, router_req_t *req, kvs_buf_t *out)
+int router_redis_auth_done(router_redis_t *rs, router_req_t *req, uint32_t status)
 {
-    rs->resp3 = rs->hello_ver == 3;
-    if (rs->hello_rename) {
-        free(rs->name);
-        rs->name = rs->hello_name;
-        rs->hello_name = NULL;
-        /* The HELLO itself is off its client's list while it is written:
-         * the old name is freed, so it is repointed here. */
-        req->info.client_name = router_redis_name(rs);
-        if (req->client != NULL)
-            router_client_renamed(req->client);
+    if (req->rcmd != RC_HELLO)
+        return 0;
+    if (status != KVS_STATUS_OK) {
+        hello_failed(rs);
+        return 0;
     }
+    /* Now, not when its reply is written (after the replies of the
+     * commands before it): the client reads on from here, and a command
+     * read after the HELLO must see its protocol and name. */
+    rs->resp3 = rs->hello_ver == 3;
+    if (rs->hello_rename)
+        rename_to(rs, req, rs->hello_name);
+    rs->hello_name = NULL;
     rs->hello_rename = 0;
-    hello_reply(rs, out);
-    return 0;
+    req->resp.len = 0;
+    hello_reply(rs, &req->resp);
+    finish_raw(req);
+    return 1;
 }
 
 static const sub_t config_subs[] = {
@@ -1978,8 +2002,6 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return answer_info(rs, req, a, out);
     case RC_AUTH:
         return kvs_redis_simple(out, "OK");
-    case RC_HELLO:
-        return hello_done(rs, req, out);
     case RC_SLOWLOG_GET:
     case RC_SLOWLOG_LEN:
     case RC_SLOWLOG_RESET:
@@ -2141,8 +2163,6 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     kvs_arena_t *ar = &rs->r->reply_arena;
     Kvs__CommandResponse *a = kvs__command_response__unpack(&ar->pb, len, payload);
     int rc;
-    if (req->rcmd == RC_HELLO && (a == NULL || a->status != KVS_STATUS_OK))
-        hello_failed(rs);
     if (a == NULL)
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)

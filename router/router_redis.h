@@ -28,15 +28,23 @@ typedef struct router_s router_t;
 typedef struct router_client_s router_client_t;
 typedef struct router_req_s router_req_t;
 typedef struct router_redis_s router_redis_t;
+typedef struct router_name_s router_name_t;
 
 /* Per-client RESP state (parser, protocol version, name). NULL when out of
  * memory. */
 router_redis_t *router_redis_new(router_t *r, uint64_t client_id);
 void router_redis_free(router_redis_t *rs);
 
-/* The name the client gave itself (CLIENT SETNAME, HELLO ... SETNAME),
- * "" when none; valid until it renames itself (router_client_renamed). */
-const char *router_redis_name(const router_redis_t *rs);
+/* The name the client gave itself (CLIENT SETNAME, HELLO ... SETNAME), or
+ * NULL; take a reference (router_name_ref) to keep it. */
+router_name_t *router_redis_name(const router_redis_t *rs);
+
+/* The Auth check of `req` ended with `status`. A HELLO ... AUTH takes
+ * effect now when it passed (protocol and name, for the commands read
+ * after it, as Redis applies HELLO before it reads on): `req` is answered
+ * and 1 returned. Otherwise (any other request, or a failed HELLO, which
+ * changes nothing) returns 0: the caller answers `status`. */
+int router_redis_auth_done(router_redis_t *rs, router_req_t *req, uint32_t status);
 
 /* The codec to set on the client's connection. */
 const kvs_codec_t *router_redis_codec(router_redis_t *rs);

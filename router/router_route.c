@@ -169,6 +169,38 @@ static void merge_free(route_merge_t *m)
     free(m);
 }
 
+router_name_t *router_name_new(const void *p, size_t len)
+{
+    router_name_t *n = malloc(sizeof(*n) + len + 1);
+    if (n == NULL)
+        return NULL;
+    n->refs = 1;
+    memcpy(n->text, p, len);
+    n->text[len] = '\0';
+    return n;
+}
+
+router_name_t *router_name_ref(router_name_t *n)
+{
+    if (n != NULL)
+        n->refs++;
+    return n;
+}
+
+void router_name_unref(router_name_t *n)
+{
+    if (n != NULL && --n->refs == 0)
+        free(n);
+}
+
+void router_req_set_name(router_req_t *req, router_name_t *n)
+{
+    router_name_t *old = req->name;
+    req->name = router_name_ref(n);
+    router_name_unref(old);
+    req->info.client_name = n != NULL ? n->text : "";
+}
+
 void router_req_free(router_req_t *req)
 {
     router_t *r = req->router;
@@ -176,6 +208,8 @@ void router_req_free(router_req_t *req)
     req->merge = NULL;
     free(req->rctx);
     req->rctx = NULL;
+    router_name_unref(req->name);
+    req->name = NULL;
     kvs_buf_free(&req->held_payload);
     if (req->resp.cap > REQ_KEEP_BUF)
         kvs_buf_free(&req->resp);

@@ -15,7 +15,7 @@ import redis
 from kvstest import (BUILD_DIR, Client, NodeTestCase, cert_path, pb, pyval, req_hget,
                      req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset, req_hscan,
                      req_hset, resp_exchange, tls_context, tls_yaml)
-from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard
+from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard, stopped
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
 BENCH = os.path.join(BUILD_DIR, "kvs-bench")
@@ -584,6 +584,37 @@ class RespAuthTest(RouterTestCase):
         self.assertIn(b"$5\r\nproto\r\n:3\r\n", got)
         self.assertIn(b"$3\r\nrdr\r\n", got)
         self.assertTrue(got.endswith(b"_\r\n"), got)  # RESP3 null for a missing field
+
+    def test_a_pipelined_hello_auth_holds_for_the_commands_after_it(self):
+        # As in Redis, a HELLO ... AUTH that passes switches the protocol
+        # and the name for every command read after it, whenever its reply
+        # is written; one that fails changes nothing. Here the commands
+        # before it wait for stopped workers, so the router reads the rest
+        # long before it writes the HELLO's reply: the protocol and name
+        # were applied only then, so the commands read meanwhile answered
+        # in RESP2, and a second, failing HELLO's name was taken.
+        r = self.resp_router()
+        s = socket.create_connection(("127.0.0.1", self.rport), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"AUTH ops ops-pw\r\n")
+        self.assertEqual(s.recv(100), b"+OK\r\n")
+        with stopped(*r.workers().values()):
+            s.sendall(b"HSET orders a 2\r\nHELLO 3 AUTH ops ops-pw SETNAME good\r\n"
+                      b"HGETALL orders\r\nCLIENT GETNAME\r\n"
+                      b"HELLO 2 AUTH ops wrong SETNAME bad\r\nCLIENT GETNAME\r\n"
+                      b"HGETALL orders\r\nHGET orders missing\r\n")
+            time.sleep(0.5)  # the router reads all of it while the HSET waits
+        got = b""
+        while not got.endswith(b"_\r\n"):
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertTrue(got.startswith(b":1\r\n%7\r\n"), got)
+        self.assertIn(b"$5\r\nproto\r\n:3\r\n", got)
+        rest = got[got.index(b"$7\r\nmodules\r\n*0\r\n") + 17:]
+        self.assertEqual(rest, b"%1\r\n$1\r\na\r\n$1\r\n2\r\n$4\r\ngood\r\n"
+                               b"-WRONGPASS invalid username-password pair or user is disabled."
+                               b"\r\n$4\r\ngood\r\n%1\r\n$1\r\na\r\n$1\r\n2\r\n_\r\n")
 
     def test_redis_cli_over_tls_with_user_and_password(self):
         self.resp_router(tls=True)

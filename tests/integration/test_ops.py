@@ -26,7 +26,7 @@ import redis
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
 from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, frame, pb, pyval, req_hget, req_hset,
                      resp_exchange)
-from routertest import RouterTestCase, config_place, edit_config, free_port
+from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
 from test_auth import req_auth, users_yaml
 
 PLUGINS = os.path.join(BUILD_DIR, "plugins")
@@ -457,6 +457,26 @@ class SlowlogTest(RouterTestCase):
         self.assertTrue(resp.ops.slowlog[0].table.endswith("..."))
         got = rc.execute_command("SLOWLOG", "GET", "10")
         self.assertIn(b"\\xff\\xfe", [e[3][1] for e in got])
+        # A name too long for a table (refused) is never shown as a valid
+        # one cut to 200 bytes: it ends "..." (also one cut between
+        # characters, or not), on both front doors.
+        for table in (b"a" * 201, "\u00e9".encode() * 150, b"b" * 5000):
+            with self.assertRaisesRegex(redis.ResponseError, "the key"):
+                rc.hset(table, "f", "v")
+            shown = rc.execute_command("SLOWLOG", "GET", "1")[0][3][1]
+            self.assertTrue(shown.endswith(b"..."), shown)
+            self.assertTrue(table.startswith(shown[:150]), shown)
+        with r.client() as c:
+            self.assertEqual(c.hset("c" * 201, "k", "v").status, 400)
+            resp = c.call(slowlog_req(count=1))
+        self.assertTrue(resp.ops.slowlog[0].table.startswith("c" * 150), resp.ops.slowlog[0])
+        self.assertTrue(resp.ops.slowlog[0].table.endswith("..."), resp.ops.slowlog[0])
+        with r.worker_client(0) as w:  # a worker's log too
+            self.assertEqual(w.hset("d" * 201, "k", "v").status, 400)
+            resp = w.call(slowlog_req(count=1))
+        self.assertEqual(resp.ops.slowlog[0].command, "Hset", resp.ops.slowlog[0])
+        self.assertTrue(resp.ops.slowlog[0].table.startswith("d" * 150), resp.ops.slowlog[0])
+        self.assertTrue(resp.ops.slowlog[0].table.endswith("..."), resp.ops.slowlog[0])
 
 
     def test_a_redis_clients_name_is_in_its_entries(self):
@@ -500,6 +520,24 @@ class SlowlogTest(RouterTestCase):
         fields = [ln.split(b"\t") for ln in raw.stdout.splitlines()]
         self.assertTrue(all(len(f) == 9 for f in fields), fields)
         self.assertIn(b"hello-named", [f[8] for f in fields if f[3] == b"Hlen"])
+        # An entry names the client as it was named when the command was
+        # read, as Redis logs the name a command ran under, also when the
+        # client renames itself before the answer comes (workers stopped).
+        s = socket.create_connection((HOST, rport), timeout=10)
+        self.addCleanup(s.close)
+        with stopped(*r.workers().values()):
+            s.sendall(b"CLIENT SETNAME first\r\nHSET t2 a 1\r\nCLIENT SETNAME second\r\n"
+                      b"HGET t2 a\r\n")
+            time.sleep(0.3)
+        got = b""
+        while got.count(b"\r\n") < 5:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertEqual(got, b"+OK\r\n:1\r\n+OK\r\n$1\r\n1\r\n")
+        by_args = {tuple(e[3]): e for e in rc.execute_command("SLOWLOG", "GET", "-1")}
+        self.assertEqual(by_args[(b"Hset", b"t2", b"1 key")][5], b"first")
+        self.assertEqual(by_args[(b"Hget", b"t2", b"1 key")][5], b"second")
 
     def test_a_name_given_with_hello_auth_is_its_own_entrys(self):
         # HELLO ... AUTH ... SETNAME renames the client when its Auth

@@ -207,7 +207,7 @@ def scan_page(node):
     return cursor[2], sorted(x[2] for x in items[1]) if isinstance(items[1], list) else items[2]
 
 
-# Subcommands kvs takes from Redis 7.2 (README: CLIENT SETINFO is accepted).
+# Subcommands kvs takes from Redis 7.2 (README: CLIENT SETINFO is checked, then ignored).
 REDIS_7_2_SUBS = {b"$14\r\nclient|setinfo\r\n"}
 
 
@@ -449,6 +449,14 @@ class HashCommandsTest(RespDiffTestCase):
             D(["CLIENT", "SETNAME", "n" * 513], b"-ERR Client names may be at most 512 bytes\r\n",
               b"+OK\r\n"),
             D(["CLIENT", "SETINFO", "lib-name", "x"], b"+OK\r\n",  # Redis 7.2's, redis-py asks
+              b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
+            # checked as Redis 7.2 checks it (the Redis here is 7.0)
+            D(["CLIENT", "SETINFO", "LIB-VER", "1.2.3"], b"+OK\r\n",
+              b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
+            D(["CLIENT", "SETINFO", "bogus", "x"], b"-ERR Unrecognized option 'bogus'\r\n",
+              b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
+            D(["CLIENT", "SETINFO", "lib-name", "a b"],
+              b"-ERR lib-name cannot contain spaces, newlines or special characters.\r\n",
               b"-ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.\r\n"),
             D(["CONFIG", "SET", "save", ""],
               b"-ERR kvs supports only CONFIG GET (its config is config.yaml)\r\n", b"+OK\r\n"),
