@@ -38,6 +38,7 @@
 #include "kvs_frame.h"
 #include "kvs_freshreq.h"
 #include "kvs_log.h"
+#include "kvs_place.h"
 #include "kvs_reads.h"
 #include "kvs_redis.h"
 #include "kvs_resp.h"
@@ -754,6 +755,60 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     return rc == 0 ? 1 : rc;
 }
 
+/* Refuses a write to a table bound to no topic naming a key another shard
+ * owns (placed as kvs-router places it: murmur2 over cluster.partitions).
+ * kvs-router never sends one; through a worker's own socket or TCP
+ * listener it would store the key where no read by key looks, and
+ * whole-table reads would show it beside the owner's copy. Returns 1 when
+ * refused (answered), 0 to go on, or a negative error. */
+static int foreign_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
+                           const void *table, size_t tlen, const ProtobufCBinaryData *key,
+                           kvs_buf_t *out)
+{
+    if (ctx->cfg == NULL || ctx->ungated || key == NULL)
+        return 0;
+    uint32_t owner =
+        kvs_place_key_shard(key->data, key->len, ctx->cfg->partitions, ctx->cfg->shards);
+    if (owner == ctx->shard)
+        return 0;
+    char shown[80];
+    kvs_msg_quote(shown, sizeof(shown), key->data, key->len);
+    int rc = kvs_msg_append_status(
+        out, KVS_STATUS_BAD_REQUEST,
+        "%s: key \"%s\" of table \"%.*s\" belongs to shard %u, not this shard (%u): send writes "
+        "through kvs-router; nothing was written",
+        kvs_msg_command_name(cmd), shown, (int)(tlen > 200 ? 200 : tlen), (const char *)table,
+        owner, ctx->shard);
+    return rc == 0 ? 1 : rc;
+}
+
+/* foreign_refused for every key a decoded write names. */
+static int foreign_refused_req(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req,
+                               const char *table, kvs_buf_t *out)
+{
+    size_t tlen = strlen(table);
+    int rc = 0;
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HSET:
+        return foreign_refused(ctx, req->command_case, table, tlen, &req->hset->pair->key, out);
+    case KVS__COMMAND_REQUEST__COMMAND_HDEL:
+        return foreign_refused(ctx, req->command_case, table, tlen, &req->hdel->key, out);
+    case KVS__COMMAND_REQUEST__COMMAND_HINCR:
+        return foreign_refused(ctx, req->command_case, table, tlen, &req->hincr->key, out);
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+        for (size_t i = 0; i < req->hmset->n_pairs && rc == 0; i++)
+            rc = foreign_refused(ctx, req->command_case, table, tlen, &req->hmset->pairs[i]->key,
+                                 out);
+        return rc;
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        for (size_t i = 0; i < req->hmdel->n_keys && rc == 0; i++)
+            rc = foreign_refused(ctx, req->command_case, table, tlen, &req->hmdel->keys[i], out);
+        return rc;
+    default:
+        return 0;
+    }
+}
+
 /* The binding of table[0..len), or NULL (unbound, or no checks wanted). */
 static const kvs_binding_t *bound_table(const node_cmd_ctx_t *ctx, const void *table, size_t len)
 {
@@ -955,6 +1010,10 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
         return kvs_msg_append_status(out, st, "%s", msg);
     const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
     rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, out) : 0;
+    if (rc == 0 && b == NULL && is_write_cmd(pk->cmd)) {
+        ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
+        rc = foreign_refused(ctx, pk->cmd, pk->table, pk->table_len, &key, out);
+    }
     if (rc != 0)
         return rc < 0 ? rc : 0;
     if (b == NULL || !bound_peeked(ctx, b, pk))
@@ -979,7 +1038,8 @@ static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, cons
                    : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                            "Snapshot is not available on this server");
     if (b == NULL && table != NULL &&
-        (rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0)
+        ((rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0 ||
+         (rc = foreign_refused_req(ctx, req, table, out)) != 0))
         return rc < 0 ? rc : 0;
     if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
         return node_cmd_execute(ctx, req, out);

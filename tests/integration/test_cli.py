@@ -47,7 +47,9 @@ class Node:
         self.port = free_port()
         self.proc = None
         with open(self.config, "w") as f:
-            f.write("data_dir: %s\nstorage: {sync: none}\n" % self.data_dir)
+            # a one-shard cluster: a worker takes writes of its own keys only
+            f.write("data_dir: %s\ncluster: {shards: 1, partitions: 8}\nstorage: {sync: none}\n"
+                    % self.data_dir)
 
     def start(self):
         with open(self.log_path, "wb") as log:

@@ -305,6 +305,31 @@ class DuplicateKeysTest(HostileApiTestCase):
             self.assertEqual(c.call(hlen("t")).values[0].integer_value, 0)
 
 
+class ForeignKeyTest(HostileApiTestCase):
+    def test_a_worker_refuses_writes_of_keys_another_shard_owns(self):
+        """Through a worker's own socket, a write to a table bound to no topic
+        of a key another shard owns was stored there: no read by key (the
+        router asks the owner) found it, no delete through the router
+        removed it, and whole-table reads showed the key twice. Every write
+        command is refused now, the whole request, and nothing changes."""
+        r = self.start()
+        per = keys_by_shard("f", 1, PARTITIONS, 4)
+        own, foreign = per[0][0], per[1][0]
+        inc = pb.CommandRequest()
+        inc.hincr.table, inc.hincr.key, inc.hincr.by_int = "t", foreign, 1
+        with r.client() as c, r.worker_client(0) as w:
+            self.assertStatus(c.hset("t", foreign, "real"), 200)
+            for got in (w.hset("t", foreign, "phantom"), w.hdel("t", foreign),
+                        w.hmset("t", [(own, "x"), (foreign, "y")]), w.hmdel("t", [own, foreign]),
+                        w.call(inc)):
+                self.assertStatus(got, 400, 'key "%s" of table "t" belongs to shard 1, not '
+                                  "this shard (0): send writes through kvs-router" % foreign.decode())
+            self.assertStatus(w.hset("t", own, "mine"), 200)  # its own keys: as always
+            self.assertEqual(sorted((p.key, pyval(p.value)) for p in c.hgetall("t").pairs),
+                             sorted([(own, "mine"), (foreign, "real")]))
+            self.assertEqual(pyval(c.hget("t", foreign).values[0]), "real")
+
+
 class RespTableNameTest(HostileApiTestCase):
     def test_table_name_with_nul_is_refused_and_changes_no_other_table(self):
         """A NUL ends a name in C, so "a\\0b" would be table "a": the

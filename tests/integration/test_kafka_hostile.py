@@ -195,7 +195,10 @@ class MisbehavingBrokerTest(KafkaFixtures, unittest.TestCase):
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("may or may not have happened", resp.message)
             self.assertTrue(resp.outcome_unknown)
-            self.assertEqual(pos_entries(resp.position), [])
+            if pos_entries(resp.position):
+                # its first record went alone, unplaced; the rest in a later
+                # request the broker wrote: their real offset, checked below
+                placed.append((b"x", pos_entries(resp.position)))
             # Two pipelined writes: the first goes out in the produce
             # request the broker answers without offset; the second is in
             # it too (then it is no more placed than the first: not

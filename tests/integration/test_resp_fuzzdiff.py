@@ -762,6 +762,12 @@ class RespFuzzDiffTest(RespDiffTestCase):
                 return False  # kvs lists a hash in its fields' byte order
         if kraw == rraw:
             return True
+        if b"\x00" in s.args[0] and kraw.startswith(b"-ERR unknown command "):
+            # Redis hashes a command name's every byte but compares names
+            # as C strings: "hget\0" is unknown unless its hash, seeded at
+            # random when redis-server starts, falls in HGET's bucket (one
+            # run in a few hundred); then Redis runs HGET.
+            return True
         bad = name_error(s.args)
         if bad is not None:
             return kraw == bad
