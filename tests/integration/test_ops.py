@@ -312,6 +312,36 @@ class MetricsListenerBoundsTest(MetricsCase):
                              % (scrapes, size))
 
 
+    def test_an_http_1_0_keep_alive_is_said(self):
+        # HTTP/1.0 closes after an answer unless the answer says it keeps
+        # the connection: kvs kept it without saying so, and a client
+        # reading to the end waited for the idle timeout (60 s) while
+        # holding one of the port's 16 connections.
+        self.metrics_router(shards=1, partitions=8)
+        self.settled_scrape()
+        for req, want in ((b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                           b"Connection: keep-alive\r\n"),
+                          (b"GET /metrics HTTP/1.0\r\n\r\n", b"Connection: close\r\n")):
+            with socket.create_connection((HOST, self.mport), timeout=10) as s:
+                s.sendall(req)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = s.recv(65536)
+                    self.assertTrue(chunk, got)
+                    got += chunk
+                head = got.split(b"\r\n\r\n")[0] + b"\r\n"
+                self.assertIn(b" 200 OK\r\n", head)
+                self.assertIn(want, head)
+        # HTTP/1.1 keeps the connection by default, saying nothing
+        with socket.create_connection((HOST, self.mport), timeout=10) as s:
+            s.sendall(self.GET)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, got)
+                got += chunk
+            self.assertNotIn(b"Connection:", got.split(b"\r\n\r\n")[0])
+
     def short_timeout_router(self, ms=1000):
         """A metrics port whose 10 s request and answer bound is `ms`
         (KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook)."""
