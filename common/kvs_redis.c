@@ -319,18 +319,27 @@ static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
     return 1;
 }
 
-static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t *used)
+static int too_large(kvs_redis_parser_t *ps, size_t max_request)
 {
-    const uint8_t *nl =
-        memchr(p, '\n', len < KVS_REDIS_MAX_INLINE + 2 ? len : KVS_REDIS_MAX_INLINE + 2);
-    if (nl == NULL) {
-        if (len > KVS_REDIS_MAX_INLINE)
-            return fail(ps, "Protocol error: too big inline request");
-        return 0;
-    }
-    size_t n = (size_t)(nl - p);
-    if (n > KVS_REDIS_MAX_INLINE)
+    return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
+                max_request);
+}
+
+/* An inline request: one line of at most KVS_REDIS_MAX_INLINE bytes (as
+ * Redis) and at most max_request (a client that has not authenticated may
+ * send less). */
+static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t max_request,
+                        size_t *used)
+{
+    size_t lim = max_request < KVS_REDIS_MAX_INLINE ? max_request : KVS_REDIS_MAX_INLINE;
+    const uint8_t *nl = memchr(p, '\n', len < lim + 2 ? len : lim + 2);
+    size_t n = nl != NULL ? (size_t)(nl - p) : len;
+    if (n > lim && lim < KVS_REDIS_MAX_INLINE)
+        return too_large(ps, max_request);
+    if (n > lim)
         return fail(ps, "Protocol error: too big inline request");
+    if (nl == NULL)
+        return 0;
     size_t line = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
     int rc = split_inline(ps, p, line);
     if (rc == 1)
@@ -358,21 +367,19 @@ int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t
     ps->error = NULL;
     if (ps->want == 0)
         shrink(ps);
-    if (ps->want == 0) {
-        if (len == 0)
-            return 0;
-        if (p[0] != '*') {
-            ps->argc = 0;
-            return parse_inline(ps, p, len, used);
-        }
-        int rc = parse_count(ps, p, len, used);
-        if (rc != 2)
-            return rc;
+    if (ps->want == 0 && len == 0)
+        return 0;
+    if (ps->want == 0 && p[0] != '*') {
+        ps->argc = 0;
+        return parse_inline(ps, p, len, max_request, used);
     }
-    int rc = parse_bulks(ps, p, len, max_request, used);
+    int rc = ps->want == 0 ? parse_count(ps, p, len, used) : 2;
+    if (rc == 2)
+        rc = parse_bulks(ps, p, len, max_request, used);
+    /* incomplete past the bound, in any part (a count line that never
+     * ends, too) */
     if (rc == 0 && len > max_request)
-        return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
-                    max_request);
+        return too_large(ps, max_request);
     return rc;
 }
 

@@ -19,6 +19,19 @@
 #include <signal.h>
 #include <uv.h>
 
+/* Signals a kvs process has no use for whose default action kills it:
+ * ignored, so that a stray one (a log rotation's SIGUSR1: kvs logs to
+ * stderr, there is nothing to reopen) cannot stop a node. SIGUSR2 too when
+ * `usr2` (router processes handle it). Each process sets its own: libuv
+ * resets dispositions in the processes it spawns. */
+static inline void kvs_signals_ignore_stray(int usr2)
+{
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGALRM, SIG_IGN);
+    if (usr2)
+        signal(SIGUSR2, SIG_IGN);
+}
+
 /* Blocks (hold != 0) or unblocks `sig` and `sig2` (0: none) in the
  * calling thread. */
 static inline void kvs_signals_hold(int hold, int sig, int sig2)

@@ -821,6 +821,7 @@ int main(int argc, char **argv)
      * spawns). */
     kvs_signals_hold(1, SIGHUP, 0);
     signal(SIGXFSZ, SIG_IGN); /* past a file size limit a write fails (507), it does not kill */
+    kvs_signals_ignore_stray(1);
     kvs_log_init("node", -1, KVS_LOG_INFO);
     /* Buffers above this size get their own mapping, so freeing one after
      * a burst gives the memory back to the system at once (glibc would

@@ -105,6 +105,7 @@ struct http_conn_s {
     uint64_t timeout_ms;          /* this request's X-Prometheus-Scrape-Timeout-Seconds, or 0 */
     router_http_scrape_t *scrape; /* the scrape in flight, or NULL */
     int keep_alive;               /* of the request being answered */
+    int http10;                   /* ... which is HTTP/1.0: keep-alive must be said */
     http_conn_t *prev, *next;
 };
 
@@ -280,10 +281,13 @@ static void respond(http_conn_t *hc, int status, const char *type, const void *b
 {
     char head[512];
     int close = !hc->keep_alive || status >= 400;
+    /* HTTP/1.0 closes unless the answer says it keeps the connection */
+    const char *conn = close        ? "Connection: close\r\n"
+                       : hc->http10 ? "Connection: keep-alive\r\n"
+                                    : "";
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
-                     status, reason(status), type, len, extra ? extra : "",
-                     close ? "Connection: close\r\n" : "");
+                     status, reason(status), type, len, extra ? extra : "", conn);
     if (kvs_buf_append(&hc->conn.out, head, (size_t)n) != 0 ||
         kvs_buf_append(&hc->conn.out, body, len) != 0) {
         kvs_conn_close(&hc->conn);
@@ -345,6 +349,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     (void)payload;
     (void)len;
     hc->keep_alive = http_should_keep_alive(&hc->parser);
+    hc->http10 = hc->parser.http_major == 1 && hc->parser.http_minor == 0;
     int method = hc->parser.method, too_long = hc->url_too_long;
     uint64_t timeout_ms = hc->timeout_ms;
     http_parser_url_init(&u);

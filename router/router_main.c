@@ -805,6 +805,7 @@ int main(int argc, char **argv)
     static router_main_t m; /* zeroed; lives for the whole process */
 
     signal(SIGPIPE, SIG_IGN);
+    kvs_signals_ignore_stray(0); /* SIGUSR2: the master ignores it, router processes handle it */
     /* A reload (SIGHUP) that comes while this process starts must neither
      * kill it nor be lost (the master reads the file before it takes the
      * signal over; a router process may be past the supervisor's hold):

@@ -250,6 +250,7 @@ static void master_signals(master_t *m)
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    kvs_signals_ignore_stray(1); /* SIGUSR2 is for router processes */
     /* a SIGHUP that came while the master started now reloads */
     kvs_signals_release(m->loop, SIGHUP, SIGUSR2);
     uv_timer_init(m->loop, &m->timer);

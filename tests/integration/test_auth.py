@@ -555,6 +555,12 @@ class RespAuthTest(RouterTestCase):
                               b"AUTH); the connection is closed\r\n")
         got = self.raw(b"AUTH ops ops-pw\r\n" + big, 2)
         self.assertEqual(got, b"+OK\r\n:1\r\n")
+        # An inline request too (Redis bounds those at 64 KiB), ended or
+        # not: it was read whole, up to 64 KiB, and answered NOAUTH.
+        for data in (b"HSET orders f " + b"v" * 20000 + b"\r\n", b"A" * 20000):
+            got = self.raw(data, 1)
+            self.assertTrue(got.startswith(b"-NOAUTH a client that has not authenticated may "
+                                           b"send requests of at most 16384 bytes"), got[:200])
 
     def test_auth_in_a_pipeline_applies_to_what_follows(self):
         self.resp_router()

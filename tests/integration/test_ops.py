@@ -312,6 +312,36 @@ class MetricsListenerBoundsTest(MetricsCase):
                              % (scrapes, size))
 
 
+    def test_an_http_1_0_keep_alive_is_said(self):
+        # HTTP/1.0 closes after an answer unless the answer says it keeps
+        # the connection: kvs kept it without saying so, and a client
+        # reading to the end waited for the idle timeout (60 s) while
+        # holding one of the port's 16 connections.
+        self.metrics_router(shards=1, partitions=8)
+        self.settled_scrape()
+        for req, want in ((b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                           b"Connection: keep-alive\r\n"),
+                          (b"GET /metrics HTTP/1.0\r\n\r\n", b"Connection: close\r\n")):
+            with socket.create_connection((HOST, self.mport), timeout=10) as s:
+                s.sendall(req)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = s.recv(65536)
+                    self.assertTrue(chunk, got)
+                    got += chunk
+                head = got.split(b"\r\n\r\n")[0] + b"\r\n"
+                self.assertIn(b" 200 OK\r\n", head)
+                self.assertIn(want, head)
+        # HTTP/1.1 keeps the connection by default, saying nothing
+        with socket.create_connection((HOST, self.mport), timeout=10) as s:
+            s.sendall(self.GET)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, got)
+                got += chunk
+            self.assertNotIn(b"Connection:", got.split(b"\r\n\r\n")[0])
+
     def short_timeout_router(self, ms=1000):
         """A metrics port whose 10 s request and answer bound is `ms`
         (KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook)."""
@@ -395,6 +425,16 @@ class MetricsListenerBoundsTest(MetricsCase):
 
 
 class SlowlogTest(RouterTestCase):
+    def logged_router(self):
+        """A one-shard router that logs every request, with a Redis port:
+        (router, its Redis port, a Redis client of it)."""
+        rport = free_port()
+        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        return r, rport, rc
+
     def test_slowlog_through_cli_resp_and_a_worker(self):
         rport = free_port()
         r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: 0}",
@@ -429,7 +469,6 @@ class SlowlogTest(RouterTestCase):
         self.assertEqual(resp.status, 200, resp.message)
         self.assertIn(("Hset", "users"), {(e.command, e.table) for e in resp.ops.slowlog})
 
-
     def test_a_table_that_is_not_utf8_leaves_the_slowlog_readable(self):
         # Requests refused for their table name are logged too; the
         # protobuf answer must still decode (strings are UTF-8) and the
@@ -438,11 +477,7 @@ class SlowlogTest(RouterTestCase):
         # hooks: its table is written here as bytes, in place of a
         # placeholder of the same length, since protobuf runtimes refuse to
         # encode a string that is not UTF-8.)
-        rport = free_port()
-        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
-                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
-        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
-        self.addCleanup(rc.close)
+        r, rport, rc = self.logged_router()
         with r.client() as c:
             for table in (b"\xff\xfe", b"a\xc3", b"x" + b"\xc3\xa9" * 150):
                 placeholder = "T" * len(table)
@@ -478,16 +513,11 @@ class SlowlogTest(RouterTestCase):
         self.assertTrue(resp.ops.slowlog[0].table.startswith("d" * 150), resp.ops.slowlog[0])
         self.assertTrue(resp.ops.slowlog[0].table.endswith("..."), resp.ops.slowlog[0])
 
-
     def test_a_redis_clients_name_is_in_its_entries(self):
         # CLIENT SETNAME's name (and HELLO's SETNAME) is the sixth field of a
         # RESP entry, as in Redis, and shown by kvs-cli; a long one is cut
         # to 60 bytes and "..."; a protobuf client's entries have none.
-        rport = free_port()
-        r = self.router(shards=1, partitions=8, log="{level: info, slow_threshold: 0}",
-                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
-        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
-        self.addCleanup(rc.close)
+        r, rport, rc = self.logged_router()
         self.assertTrue(rc.client_setname("loader-1"))
         self.assertEqual(rc.hset("t", "a", "1"), 1)
         long_name = "n" * 70

@@ -117,6 +117,25 @@ class ProcsTest(ProcsTestCase):
         self.assertEqual(r.stop(), 0)
         self.assertNotIn("router[", r.stderr())
 
+    def test_stray_signals_stop_nothing(self):
+        # SIGUSR1 (what log rotation sends a daemon), SIGALRM and, outside
+        # router processes, SIGUSR2 killed a kvs process by default: the
+        # master's death, without a log line, took the whole node down.
+        r = self.node(resp=False)
+        routers = list(self.routers(r).values())
+        before = sorted([r.pid] + routers + list(r.workers().values()))
+        for pid in before:
+            for sig in (signal.SIGUSR1, signal.SIGALRM, signal.SIGUSR2):
+                if sig != signal.SIGUSR2 or pid not in routers:
+                    os.kill(pid, sig)
+        time.sleep(1)
+        self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
+        after = sorted([r.pid] + list(self.routers(r).values()) + list(r.workers().values()))
+        self.assertEqual(after, before, r.stderr()[-3000:])  # none died, none was restarted
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        self.assertNotIn("killed by signal", r.stderr())
+
     def test_two_routers_serve_both_front_doors(self):
         r = self.node(log="{level: info, format: json}")
         self.assertEqual(sorted(self.routers(r)), [0, 1])

@@ -150,6 +150,22 @@ KVS_TEST(inline_errors)
     memset(s, 'a', big);
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, big, MAXREQ, &used), -1);
     CHECK_STR(ps.error, "Protocol error: too big inline request");
+    /* Below the inline bound, a smaller request bound (a client that has
+     * not authenticated) holds for inline requests, ended or not, and for
+     * a multibulk count line that never ends. */
+    s[20000] = '\n';
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, 20001, 16384, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: request larger than limits.max_frame (16384 bytes)");
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, 20000, 16384, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: request larger than limits.max_frame (16384 bytes)");
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, 16384, 16384, &used), 0); /* may end */
+    s[100] = '\n';
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, 20001, 16384, &used), 1);
+    CHECK_EQ(used, 101);
+    s[0] = '*';
+    memset(s + 1, '1', 19999);
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)s, 20000, 16384, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: request larger than limits.max_frame (16384 bytes)");
     free(s);
     teardown();
 }
