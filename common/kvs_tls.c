@@ -205,6 +205,18 @@ static int set_ciphers(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t err
     return 0;
 }
 
+/* The passphrase of an encrypted key: none (*arg notes it was asked).
+ * OpenSSL's default asks on the terminal (or prints "Enter PEM pass
+ * phrase:" to stderr), which a server must never do, at start or at a
+ * SIGHUP's reload. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag;
+    if (arg != NULL)
+        *(int *)arg = 1;
+    return 0;
+}
+
 static int load_identity(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
 {
     char why[160];
@@ -219,8 +231,19 @@ static int load_identity(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t e
     if (!SSL_CTX_use_certificate_chain_file(s, c->cert))
         return ctx_error(err, errlen, "%s.cert %s: cannot load: %s", c->what, c->cert,
                          ssl_reason(why, sizeof(why), "not a PEM certificate"));
-    if (!SSL_CTX_use_PrivateKey_file(s, c->key, SSL_FILETYPE_PEM)) {
+    int asked = 0;
+    SSL_CTX_set_default_passwd_cb(s, no_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(s, &asked);
+    int loaded = SSL_CTX_use_PrivateKey_file(s, c->key, SSL_FILETYPE_PEM);
+    SSL_CTX_set_default_passwd_cb_userdata(s, NULL); /* `asked` dies here */
+    if (!loaded) {
         const char *r = ssl_reason(why, sizeof(why), "not a PEM private key");
+        if (asked)
+            return ctx_error(err, errlen,
+                             "%s.key %s: cannot load: %s (the key is protected by a passphrase, "
+                             "which kvs does not ask for: store it without one, e.g. openssl "
+                             "pkey -in KEY -out PLAIN)",
+                             c->what, c->key, r);
         if (strstr(r, "mismatch") != NULL)
             return ctx_error(err, errlen, "%s.key %s does not belong to the certificate in %s",
                              c->what, c->key, c->cert);

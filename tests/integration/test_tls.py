@@ -383,11 +383,20 @@ class TlsRouterTest(RouterTestCase):
             (tls_yaml(router={"enabled": "true", "client_cert": "sometimes"}),
              "client_cert must be one of none, optional, require"),
         ]
+        # A key protected by a passphrase: refused, never asked for (OpenSSL's
+        # default prompted "Enter PEM pass phrase:" on stderr).
+        enc = os.path.join(tempfile.mkdtemp(prefix="kvs-enc-"), "enc.key")
+        self.addCleanup(shutil.rmtree, os.path.dirname(enc), True)
+        subprocess.run(["openssl", "pkey", "-in", cert_path("node.key"), "-aes256", "-passout",
+                        "pass:secret", "-out", enc], check=True, capture_output=True, timeout=10)
+        cases.append((tls_yaml(router={"enabled": "true"}).replace(cert_path("node.key"), enc),
+                      "the key is protected by a passphrase, which kvs does not ask for"))
         for yaml, why in cases:
             r = self.router(shards=1, partitions=8, extra_yaml=yaml, start=False)
             p = r.spawn()
             self.assertEqual(p.wait(10), 78, r.stderr())
             self.assertIn(why, r.stderr())
+            self.assertNotIn("pass phrase", r.stderr())
 
 
 class TlsNodeTest(NodeTestCase):
