@@ -776,6 +776,8 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
         count = least;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* the router caps it */
     if (seq != 0) {
+        if (seq >= ROUTER_ID_LIMIT) /* no router process hands out such a number */
+            return reply_error(req, "ERR invalid cursor");
         if (cursor_foreign(rs->r, seq))
             return reply_error(req, "ERR invalid cursor: not handed out by this router process "
                                     "(a cursor lives in the kvs router process that returned "
