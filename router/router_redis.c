@@ -386,13 +386,15 @@ static ProtobufCBinaryData bytes_of(const kvs_redis_arg_t *a)
 }
 
 /* A written bulk string as a Value: text when it is valid UTF-8. */
-static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a)
+static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a, const kvs_binding_t *b)
 {
     Kvs__Value *v = kvs_arena_alloc(&rs->r->redis_arena, sizeof(*v));
     if (v == NULL)
         return NULL;
     kvs__value__init(v);
-    if (kvs_utf8_valid(a->p, a->len)) {
+    /* A table bound with format: raw carries bytes: a bulk string is
+     * bytes, whether or not they happen to be UTF-8. */
+    if ((b == NULL || b->format != KVS_FORMAT_RAW) && kvs_utf8_valid(a->p, a->len)) {
         v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
         v->string_value = bytes_of(a);
     } else {
@@ -492,6 +494,8 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     char *table = text_of(rs, req, &a[1]);
     if (table == NULL)
         return;
+    const kvs_binding_t *b =
+        rs->r->cfg->n_bindings > 0 ? kvs_config_binding_n(rs->r->cfg, a[1].p, a[1].len) : NULL;
     Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
     Kvs__Kvpair **pp = kvs_arena_alloc(ar, n * sizeof(*pp));
     if (pairs == NULL || pp == NULL)
@@ -499,8 +503,15 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     for (size_t i = 0; i < n; i++) {
         kvs__kvpair__init(&pairs[i]);
         pairs[i].key = bytes_of(&a[2 + 2 * i]);
-        if ((pairs[i].value = value_of(rs, &a[3 + 2 * i])) == NULL)
+        if ((pairs[i].value = value_of(rs, &a[3 + 2 * i], b)) == NULL)
             return oom(req);
+        if (b != NULL && b->format == KVS_FORMAT_STRING &&
+            pairs[i].value->kind_case != KVS__VALUE__KIND_STRING_VALUE)
+            return reply_error(req,
+                               "ERR value %zu is not UTF-8 text, but table '%s' is bound to topic "
+                               "%s with format: string, which carries only text (bind it with "
+                               "format: raw or value to store any bytes)",
+                               i + 1, b->table, b->topic);
         pp[i] = &pairs[i];
     }
     Kvs__Hset one = KVS__HSET__INIT;
