@@ -1873,9 +1873,41 @@ static int incr_error(kvs_buf_t *out, const char *msg)
     return kvs_redis_error(out, "ERR %s", msg);
 }
 
+/* Whether a reply of many values, written into `out` from `start`, has
+ * grown past limits.max_frame; then it is replaced by an error saying so
+ * (*rc its result). A value is a few bytes in a kvs answer and may be
+ * hundreds as Redis shows it (a float_value of 5e-324 is 9 bytes, its
+ * plain decimal 330), so a reply is checked as it is written, after each
+ * element: it never holds more than a frame and one value, as no kvs
+ * answer does. */
+static int reply_too_large(const router_req_t *req, kvs_buf_t *out, size_t start, int *rc)
+{
+    unsigned long long max = req->router->cfg->max_frame;
+    if (out->len - start <= max)
+        return 0;
+    out->len = start;
+    if (req->rcmd == RC_HMGET)
+        *rc = kvs_redis_error(out,
+                              "ERR Hmget answer would exceed limits.max_frame (%llu bytes); ask "
+                              "for fewer keys per request",
+                              max);
+    else if (req->rcmd == RC_HSCAN)
+        *rc = kvs_redis_error(out,
+                              "ERR Hscan page would exceed limits.max_frame (%llu bytes); use a "
+                              "smaller COUNT",
+                              max);
+    else
+        *rc = kvs_redis_error(out,
+                              "ERR Hgetall answer would exceed limits.max_frame (%llu bytes); read "
+                              "the table in pages with Hscan",
+                              max);
+    return 1;
+}
+
 static int answer_pairs(router_req_t *req, const Kvs__CommandResponse *a, kvs_buf_t *out)
 {
-    size_t n = a->n_pairs;
+    size_t n = a->n_pairs, start = out->len;
+    int rc;
     if (req->rcmd == RC_HGETALL)
         kvs_redis_map(out, n, req->rresp3);
     else
@@ -1886,6 +1918,8 @@ static int answer_pairs(router_req_t *req, const Kvs__CommandResponse *a, kvs_bu
             kvs_redis_bulk(out, p->key.data, p->key.len);
         if (req->rcmd != RC_HKEYS)
             bulk_value(out, p->value, req->rresp3);
+        if (reply_too_large(req, out, start, &rc))
+            return rc;
     }
     return 0;
 }
@@ -1916,6 +1950,8 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t start = out->len;
+    int rc;
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
@@ -1926,6 +1962,8 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, req->rresp3);
+        if (reply_too_large(req, out, start, &rc))
+            return rc;
     }
     return 0;
 }
@@ -1980,11 +2018,17 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return kvs_redis_integer(out, is_empty(v0));
     case RC_OK:
         return kvs_redis_simple(out, "OK");
-    case RC_HMGET:
+    case RC_HMGET: {
+        size_t start = out->len;
+        int rc;
         kvs_redis_array(out, a->n_values);
-        for (size_t i = 0; i < a->n_values; i++)
+        for (size_t i = 0; i < a->n_values; i++) {
             bulk_value(out, a->values[i], req->rresp3);
+            if (reply_too_large(req, out, start, &rc))
+                return rc;
+        }
         return 0;
+    }
     case RC_HEXISTS:
         return kvs_redis_integer(out, v0 != NULL && v0->bool_value);
     case RC_HGETALL:
@@ -2120,7 +2164,7 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
     int pairs = rcmd == RC_HGETALL || rcmd == RC_HKEYS || rcmd == RC_HVALS;
     const uint8_t *p = payload, *end = payload + len, *x, *key;
     uint64_t tag, st = 0;
-    size_t n, klen, count = 0, empty = 0;
+    size_t n, klen, count = 0, empty = 0, start = out->len;
     kvs_value_peek_t v;
     if (!pairs && rcmd != RC_HMGET && rcmd != RC_HSET && rcmd != RC_HDEL)
         return 0;
@@ -2137,6 +2181,8 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
                 count += pass == 0, empty += pass == 0 && v.kind == KVS__VALUE__KIND__NOT_SET;
                 if (pass == 1 && rcmd == RC_HMGET)
                     bulk_peeked(out, &v, req->rresp3);
+                if (pass == 1 && reply_too_large(req, out, start, rc))
+                    return 1;
             } else if (tag == (4 << 3 | 2) && pairs) {
                 if (!pair_peek(x, n, &key, &klen, &v, &has))
                     return 0;
@@ -2145,6 +2191,8 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
                     kvs_redis_bulk(out, key, klen);
                 if (pass == 1 && rcmd != RC_HKEYS)
                     has ? bulk_peeked(out, &v, req->rresp3) : kvs_redis_null(out, req->rresp3);
+                if (pass == 1 && reply_too_large(req, out, start, rc))
+                    return 1;
             } else if (tag != (2 << 3 | 2)) { /* the message is all else there may be */
                 return 0;
             }
