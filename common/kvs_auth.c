@@ -29,7 +29,9 @@
  * limit in any 60 s, where a fixed minute would let twice the limit
  * through across its boundary); when the table is full, an entry with no
  * attempt in flight is reused, one without failures in the last minute
- * first, else the one whose last failure is oldest. (With every entry in
+ * first, then one below the limit, the one whose last failure is oldest
+ * (so an address that is refused is forgotten only once every address
+ * counted is refused too: 1024 addresses at the limit). (With every entry in
  * flight, an address goes uncounted and its attempts are not parked.)
  *
  * Every check costs what the dearest one costs (the decoy's iterations):
@@ -438,8 +440,9 @@ static void peer_ip(const char *peer, char *ip, size_t len)
 }
 
 /* Whether entry e is a better one to reuse than `best`: never one in
- * flight; an empty one, then one without failures, then the stalest. */
-static int reusable_over(addr_count_t *e, addr_count_t *best, uint64_t now)
+ * flight; an empty one, then one without failures, then one below the
+ * limit, then the stalest. */
+static int reusable_over(addr_count_t *e, addr_count_t *best, uint64_t now, uint32_t limit)
 {
     if (e->busy)
         return 0;
@@ -447,9 +450,11 @@ static int reusable_over(addr_count_t *e, addr_count_t *best, uint64_t now)
         return best == NULL;
     if (e->ip[0] == '\0')
         return 1;
-    int e_clean = kvs_window_count(&e->failures, now) == 0;
-    if (e_clean != (kvs_window_count(&best->failures, now) == 0))
-        return e_clean;
+    uint32_t ne = kvs_window_count(&e->failures, now), nb = kvs_window_count(&best->failures, now);
+    if ((ne == 0) != (nb == 0))
+        return ne == 0;
+    if ((ne >= limit) != (nb >= limit)) /* a refused address is forgotten last */
+        return ne < limit;
     return e->last_ms < best->last_ms;
 }
 
@@ -464,7 +469,7 @@ static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
         addr_count_t *e = &a->addrs[i];
         if (e->ip[0] != '\0' && strcmp(e->ip, ip) == 0)
             return e;
-        if (reusable_over(e, best, now))
+        if (reusable_over(e, best, now, a->cfg->auth_failures_per_minute))
             best = e;
     }
     if (!create || best == NULL)
