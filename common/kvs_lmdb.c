@@ -528,9 +528,13 @@ static int walk_db(MDB_txn *txn, MDB_dbi dbi, const char *name, kvs_lmdb_walk_t 
 {
     MDB_stat st;
     MDB_cursor *c;
-    MDB_val k, v, prev = {0, NULL};
+    MDB_val k, v, prev = {0, NULL}, prev_v = {0, NULL};
     uint64_t n = 0;
+    unsigned flags = 0;
     int rc = mdb_stat(txn, dbi, &st);
+    if (rc == 0)
+        rc = mdb_dbi_flags(txn, dbi, &flags);
+    int dupsort = (flags & MDB_DUPSORT) != 0;
     if (rc == 0)
         rc = mdb_cursor_open(txn, dbi, &c);
     if (rc != 0) {
@@ -544,7 +548,10 @@ static int walk_db(MDB_txn *txn, MDB_dbi dbi, const char *name, kvs_lmdb_walk_t 
             mdb_cursor_close(c);
             return KVS_EDAMAGED;
         }
-        if (prev.mv_data != NULL && mdb_cmp(txn, dbi, &prev, &k) >= 0) {
+        int order = prev.mv_data != NULL ? mdb_cmp(txn, dbi, &prev, &k) : -1;
+        if (order == 0 && dupsort) /* a key's values, each after the one before */
+            order = mdb_dcmp(txn, dbi, &prev_v, &v);
+        if (order >= 0) {
             snprintf(err, errlen, "database \"%.200s\": pair %llu is out of order", name,
                      (unsigned long long)n);
             mdb_cursor_close(c);
@@ -554,6 +561,7 @@ static int walk_db(MDB_txn *txn, MDB_dbi dbi, const char *name, kvs_lmdb_walk_t 
         walk_touch(&v, sum);
         out->bytes += k.mv_size + v.mv_size;
         prev = k;
+        prev_v = v;
     }
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND) {
@@ -618,7 +626,12 @@ int kvs_lmdb_walk_file(const char *path, kvs_lmdb_walk_t *out, char *err, size_t
     MDB_txn *txn = NULL;
     MDB_envinfo info;
     uint64_t sum = 0;
+    struct stat fst;
     memset(out, 0, sizeof(*out));
+    if (stat(path, &fst) == 0 && S_ISREG(fst.st_mode) && fst.st_size == 0) {
+        snprintf(err, errlen, "the file is empty (0 bytes)");
+        return KVS_EDAMAGED;
+    }
     int rc = mdb_env_create(&env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(env, WALK_MAX_DBS);

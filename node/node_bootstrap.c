@@ -260,7 +260,7 @@ static uint64_t check_limit_ms(uint64_t bytes)
 static int check_pages(boot_t *b, char *why, size_t len)
 {
     extern char **environ;
-    char out[700];
+    char out[8192]; /* "PATH: verdict": data_dir may be long */
     size_t n = 0;
     int fds[2], st = 0;
     pid_t pid;
@@ -289,18 +289,23 @@ static int check_pages(boot_t *b, char *why, size_t len)
         return -1;
     }
     uint64_t start = uv_hrtime() / 1000000, limit = check_limit_ms(b->got);
-    int over = 0, killed = 0;
+    int over = 0, killed = 0, lost = 0;
     for (;;) { /* its verdict, until it closes its side */
         struct pollfd p = {.fd = fds[0], .events = POLLIN};
         int r = poll(&p, 1, 100);
         if (r > 0) {
             char buf[512];
             ssize_t got = read(fds[0], buf, sizeof(buf));
-            if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN))
+            if (got == 0)
                 break;
+            if (got < 0 && errno != EINTR && errno != EAGAIN) {
+                lost = errno;
+                break;
+            }
             for (ssize_t i = 0; i < got && n + 1 < sizeof(out); i++)
                 out[n++] = buf[i];
         } else if (r < 0 && errno != EINTR) {
+            lost = errno;
             break;
         }
         int stop = atomic_load(&b->stop_check);
@@ -311,15 +316,20 @@ static int check_pages(boot_t *b, char *why, size_t len)
         }
     }
     close(fds[0]);
+    if (lost != 0 && !killed) /* no verdict can come: never wait for it */
+        kill(pid, SIGKILL);
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
     out[n] = '\0';
     if (n > 0 && out[n - 1] == '\n')
         out[n - 1] = '\0';
-    if (!killed && WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, ": sound: ") != NULL)
+    if (!killed && lost == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+        strstr(out, ": sound: ") != NULL)
         return 0;
     const char *verdict = strstr(out, ": damaged: ");
-    if (over)
+    if (lost != 0)
+        snprintf(why, len, "cannot read the page check's verdict: %s", strerror(lost));
+    else if (over)
         snprintf(why, len, "reading every page of the copy took more than %llu s: refused",
                  (unsigned long long)(limit / 1000));
     else if (killed)

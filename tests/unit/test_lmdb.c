@@ -694,8 +694,45 @@ KVS_TEST(a_whole_file_walk_finds_damaged_table_pages)
     FILE *f = fopen(walk_part, "wb");
     CHECK(f != NULL);
     CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "the file is empty");
+    f = fopen(walk_part, "wb");
+    CHECK(f != NULL);
+    for (int i = 0; i < 8192; i++)
+        fputc('x', f);
+    CHECK_EQ(fclose(f), 0);
     CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), KVS_ESTORE);
     CHECK_CONTAINS(err, "cannot open it as an LMDB environment");
+}
+
+/* A database of sorted duplicates (MDB_DUPSORT: kvs makes none, other
+ * LMDB files may hold them) holds equal keys in a row, each value after
+ * the one before: sound. */
+KVS_TEST(a_whole_file_walk_reads_sorted_duplicates)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    char path[400], err[512] = "";
+    kvs_lmdb_walk_t got;
+    KVS_TEST_FRESH_DIR("lmdbdup");
+    snprintf(path, sizeof(path), "%s/dup.mdb", kvs_test_dir());
+    CHECK_EQ(mdb_env_create(&env), 0);
+    CHECK_EQ(mdb_env_set_maxdbs(env, 2), 0);
+    CHECK_EQ(mdb_env_open(env, path, MDB_NOSUBDIR, 0600), 0);
+    CHECK_EQ(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_EQ(mdb_dbi_open(txn, "dup", MDB_CREATE | MDB_DUPSORT, &dbi), 0);
+    for (int i = 0; i < 10; i++) {
+        char v[8];
+        snprintf(v, sizeof(v), "v%d", i);
+        MDB_val k = {3, "key"}, d = {strlen(v), v};
+        CHECK_EQ(mdb_put(txn, dbi, &k, &d, 0), 0);
+    }
+    CHECK_EQ(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    CHECK_EQ(kvs_lmdb_walk_file(path, &got, err, sizeof(err)), 0);
+    CHECK_EQ(got.tables, 1);
+    CHECK_EQ(got.pairs, 10);
 }
 
 KVS_TEST(identity_names_the_files)
@@ -730,4 +767,5 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
               KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),
               KVS_CASE(a_free_tail_is_read_and_a_copy_cut_short_refused),
-              KVS_CASE(a_whole_file_walk_finds_damaged_table_pages))
+              KVS_CASE(a_whole_file_walk_finds_damaged_table_pages),
+              KVS_CASE(a_whole_file_walk_reads_sorted_duplicates))
