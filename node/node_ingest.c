@@ -1322,9 +1322,9 @@ static int64_t next_offset(node_ingest_t *in, const topic_t *t, int32_t p)
     return next >= 0 ? next : reset_start(in, t, p);
 }
 
-/* Records between next and end; -1 when either is not known. */
 static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p);
 
+/* Records between next and end; -1 when either is not known. */
 static int64_t part_lag(int64_t next, int64_t end)
 {
     if (next < 0 || end < 0)

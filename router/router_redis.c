@@ -1962,7 +1962,13 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, req->rresp3);
-        if (reply_too_large(req, out, start, &rc))
+        /* A page of the least count (a COUNT no smaller one can go
+         * under) is answered whatever its size: at most SCAN_PAGE_MIN
+         * pairs more than the frame, each its key and a float's text
+         * (about 900 bytes), so that a table of floats can be walked
+         * under a small limits.max_frame; past that, a smaller COUNT
+         * always gets through. */
+        if (a->n_pairs > SCAN_PAGE_MIN && reply_too_large(req, out, start, &rc))
             return rc;
     }
     return 0;

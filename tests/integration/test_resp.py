@@ -279,6 +279,26 @@ class LargeValuesTest(RespTestCase):
                 self.assertEqual(set(got.values()), {text.encode()})
                 self.assertEqual(c.ping(), True)  # the connection was not closed
                 r.close()
+        # A page of the least count goes out whatever its size, so that a
+        # table of floats can be walked under a small max_frame (128 such
+        # pairs take some 45 KB as Redis shows them).
+        r = self.resp_router(max_frame="16KiB")
+        with r.client() as pbc:
+            q = pb.CommandRequest()
+            q.hmset.table = "fl"
+            for k in keys[:300]:
+                p = q.hmset.pairs.add()
+                p.key = k
+                p.value.float_value = 5e-324
+            self.assertEqual(pbc.call(q).status, 200)
+        c = self.redis()
+        got = dict(c.hscan_iter("fl", count=10))
+        self.assertEqual(len(got), 300)
+        self.assertEqual(set(got.values()), {text.encode()})
+        with self.assertRaises(redis.ResponseError) as e:
+            c.hscan("fl", 0, count=300)
+        self.assertIn("Hscan page would exceed limits.max_frame (16384 bytes); use a smaller "
+                      "COUNT", str(e.exception))
 
     def test_hstrlen_and_hsetnx_do_not_move_the_value(self):
         # HSTRLEN and HSETNX ask for the value's length only
