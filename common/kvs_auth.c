@@ -25,10 +25,14 @@
  * of connections authenticating at once costs one check.
  *
  * Accounting per client address is a small table: an address's failures
- * count within a minute from its first; when the table is full, an entry
- * with no attempt in flight is reused, one without failures first, else
- * the one whose minute started longest ago. (With every entry in flight,
- * an address goes uncounted and its attempts are not parked.)
+ * count over the last minute, sliding (kvs_window: never more than the
+ * limit in any 60 s, where a fixed minute would let twice the limit
+ * through across its boundary); when the table is full, an entry with no
+ * attempt in flight is reused, one without failures in the last minute
+ * first, then one below the limit, the one whose last failure is oldest
+ * (so an address that is refused is forgotten only once every address
+ * counted is refused too: 1024 addresses at the limit). (With every entry in
+ * flight, an address goes uncounted and its attempts are not parked.)
  *
  * Every check costs what the dearest one costs (the decoy's iterations):
  * a check against a cheaper hash is padded with more PBKDF2 rounds, so the
@@ -39,6 +43,7 @@
 #include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_token.h"
+#include "kvs_window.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -48,8 +53,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MINUTE_MS 60000u
 
 struct kvs_auth_user_s {
     const kvs_user_t *cfg; /* name and grants */
@@ -62,9 +65,9 @@ struct kvs_auth_user_s {
 
 typedef struct addr_count_s {
     char ip[64];
-    uint64_t since_ms; /* when this minute of counting started */
-    uint32_t failures;
-    int busy; /* an attempt from this address is queued or running */
+    kvs_window_t failures; /* over the last minute */
+    uint64_t last_ms;      /* when it last failed */
+    int busy;              /* an attempt from this address is queued or running */
 } addr_count_t;
 
 struct kvs_auth_attempt_s {
@@ -437,8 +440,9 @@ static void peer_ip(const char *peer, char *ip, size_t len)
 }
 
 /* Whether entry e is a better one to reuse than `best`: never one in
- * flight; an empty one, then one without failures, then the stalest. */
-static int reusable_over(const addr_count_t *e, const addr_count_t *best)
+ * flight; an empty one, then one without failures, then one below the
+ * limit, then the stalest. */
+static int reusable_over(addr_count_t *e, addr_count_t *best, uint64_t now, uint32_t limit)
 {
     if (e->busy)
         return 0;
@@ -446,9 +450,12 @@ static int reusable_over(const addr_count_t *e, const addr_count_t *best)
         return best == NULL;
     if (e->ip[0] == '\0')
         return 1;
-    if ((e->failures == 0) != (best->failures == 0))
-        return e->failures == 0;
-    return e->since_ms < best->since_ms;
+    uint32_t ne = kvs_window_count(&e->failures, now), nb = kvs_window_count(&best->failures, now);
+    if ((ne == 0) != (nb == 0))
+        return ne == 0;
+    if ((ne >= limit) != (nb >= limit)) /* a refused address is forgotten last */
+        return ne < limit;
+    return e->last_ms < best->last_ms;
 }
 
 /* The count of `ip`, or a slot for it (see the file comment for which is
@@ -460,21 +467,16 @@ static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
     uint64_t now = uv_now(a->loop);
     for (size_t i = 0; i < KVS_AUTH_ADDRESSES; i++) {
         addr_count_t *e = &a->addrs[i];
-        if (e->ip[0] != '\0' && strcmp(e->ip, ip) == 0) {
-            if (now - e->since_ms >= MINUTE_MS) { /* a new minute */
-                e->since_ms = now;
-                e->failures = 0;
-            }
+        if (e->ip[0] != '\0' && strcmp(e->ip, ip) == 0)
             return e;
-        }
-        if (reusable_over(e, best))
+        if (reusable_over(e, best, now, a->cfg->auth_failures_per_minute))
             best = e;
     }
     if (!create || best == NULL)
         return NULL;
     snprintf(best->ip, sizeof(best->ip), "%s", ip);
-    best->since_ms = now;
-    best->failures = 0;
+    memset(&best->failures, 0, sizeof(best->failures));
+    best->last_ms = now;
     return best;
 }
 
@@ -497,8 +499,10 @@ static int count_failure(kvs_auth_t *a, kvs_auth_conn_t *ac, const char *peer)
     char ip[64];
     peer_ip(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 1);
-    if (e != NULL)
-        e->failures++;
+    if (e != NULL) {
+        e->last_ms = uv_now(a->loop);
+        kvs_window_add(&e->failures, e->last_ms);
+    }
     return ++ac->failures >= a->cfg->auth_failures;
 }
 
@@ -673,11 +677,13 @@ static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *
     }
     peer_ip(peer, ip, sizeof(ip));
     addr_count_t *e = addr_slot(a, ip, 0);
-    if (e != NULL && e->failures >= a->cfg->auth_failures_per_minute) {
-        uint64_t left = (MINUTE_MS - (uv_now(a->loop) - e->since_ms)) / 1000 + 1;
+    uint64_t now = uv_now(a->loop);
+    uint32_t limit = a->cfg->auth_failures_per_minute;
+    if (e != NULL && kvs_window_count(&e->failures, now) >= limit) {
+        uint64_t left = (kvs_window_wait_ms(&e->failures, now, limit) + 999) / 1000;
         *close = ++ac->failures >= a->cfg->auth_failures;
         log_failure(a, "auth: Auth from %s refused unchecked: %u failures within a minute", peer,
-                    e->failures);
+                    kvs_window_count(&e->failures, now));
         snprintf(msg, mlen,
                  "too many failed Auth attempts from %s (limits.auth_failures_per_minute = %u); "
                  "retry in %llu s",

@@ -29,8 +29,9 @@
  *
  * Limits: tokens are accepted only where they cannot be overheard (TLS, a
  * unix socket, loopback); limits.auth_failures failures close a connection;
- * a client address with limits.auth_failures_per_minute failures in a
- * minute is refused without a check until the minute is over (an IPv6
+ * a client address with limits.auth_failures_per_minute failures in the
+ * last 60 s (sliding, kvs_window) is refused without a check until enough
+ * of them are a minute old (an IPv6
  * address counts as its /64, an IPv4-mapped one as the IPv4 address). An address
  * has one check at a time: its other attempts wait (on whichever of its
  * connections sent them) and are decided when that check ends, so the

@@ -86,8 +86,8 @@
  *     auth_failures: 3       failed Auth attempts on one connection before it
  *                            is closed; 1..100
  *     auth_failures_per_minute: 20   failed Auth attempts per client address
- *                            per minute; beyond, Auth is refused unchecked
- *                            until the minute is over; 1..100000
+ *                            in any 60 s; beyond, Auth is refused unchecked
+ *                            until enough are a minute old; 1..100000
  *   kafka:
  *     brokers: ""            "" = ingestion off
  *     group_id: kvs

@@ -475,13 +475,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             kvs_conn_close(c);
         return;
     }
-    if (n > 0 && c->tls != NULL) {
-        kvs_tls_in_commit(c->tls, (size_t)n);
-        c->last_input_ms = uv_now(c->h.handle.loop);
-        conn_tls_input(c);
-        return;
-    }
-    if (n > 0) {
+    if (n > 0) { /* bytes as they came (over TLS, records), and when */
         if (c->group != NULL)
             c->group->bytes_in += (uint64_t)n;
         if (c->stamp_reads) { /* one clock read per read, however many requests it holds */
@@ -489,6 +483,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             if (c->flusher != NULL)
                 c->flusher->now_ns = c->read_ns;
         }
+    }
+    if (n > 0 && c->tls != NULL) {
+        kvs_tls_in_commit(c->tls, (size_t)n);
+        c->last_input_ms = uv_now(c->h.handle.loop);
+        conn_tls_input(c);
+        return;
+    }
+    if (n > 0) {
         kvs_frame_dec_commit(&c->dec, (size_t)n);
         c->last_input_ms = uv_now(c->h.handle.loop);
         conn_deliver(c);

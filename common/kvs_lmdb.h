@@ -116,6 +116,28 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
 int kvs_lmdb_check_file(const char *path, uint32_t shard, const char *placement, char *err,
                         size_t errlen);
 
+/* What kvs_lmdb_walk_file read. */
+typedef struct kvs_lmdb_walk_s {
+    uint64_t tables;   /* named databases (tables and __kvs) */
+    uint64_t pairs;    /* their pairs, all together */
+    uint64_t bytes;    /* their keys' and values' bytes */
+    uint64_t free_ids; /* page numbers on the freelist */
+} kvs_lmdb_walk_t;
+
+/* Reads every page of the environment data file `path`, which no process
+ * writes while it runs (a copy not yet in place, a stopped shard's file):
+ * the freelist (every page number in range), and every named database's
+ * pairs in order (each key after the one before, each key and value read
+ * to its last byte, as many pairs as the database's header counts).
+ * kvs_lmdb_check_file reads the meta pages and __kvs only; a file whose
+ * table pages are damaged (bytes changed on a disk, or by a peer) passes
+ * it, and the first read of a damaged page may fault: run this where a
+ * fault costs nothing but the walk (a child process, kvs-node
+ * --check-data). Returns 0 with *out filled; KVS_EDAMAGED with err saying
+ * where (LMDB's error, pairs out of order, a count that does not match, a
+ * page number past the file); KVS_ESTORE when it cannot be opened. */
+int kvs_lmdb_walk_file(const char *path, kvs_lmdb_walk_t *out, char *err, size_t errlen);
+
 /* Ends any snapshot, releases the reader slot and closes. NULL is allowed. */
 void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r);
 

@@ -65,12 +65,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_WAITING 256 /* clients answered 503 at once, at most */
@@ -123,6 +127,7 @@ struct boot_s {
     int done;              /* copied, or gave up: close everything */
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
+    atomic_int stop_check;  /* the worker is stopping: end the page check (check_pages) */
 };
 
 static void next_peer(boot_t *b);
@@ -240,6 +245,105 @@ static void attempt_over(boot_t *b, const char *why)
  * the peer is off reaches another shard's worker, which sends a perfectly
  * good copy of that shard, and once in place the store would refuse it at
  * every start. */
+/* How long the page check of a copy of `bytes` may take: a minute, plus a
+ * second per 64 MiB (reading from the page cache, or a slow disk). Past it
+ * the copy is refused: a damaged tree can lead a walk round in circles. */
+static uint64_t check_limit_ms(uint64_t bytes)
+{
+    return 60000 + bytes / (64u << 20) * 1000;
+}
+
+/* Reads every page of the copy (kvs-node --check-data: this binary, in a
+ * process of its own, where a fault in a damaged page ends the check, not
+ * the worker): returns 0 when it says the copy is sound, else -1 with its
+ * verdict, or what became of it, in why. */
+static int check_pages(boot_t *b, char *why, size_t len)
+{
+    extern char **environ;
+    char out[8192]; /* "PATH: verdict": data_dir may be long */
+    size_t n = 0;
+    int fds[2], st = 0;
+    pid_t pid;
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        snprintf(why, len, "cannot check the copy's pages: pipe: %s", strerror(errno));
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
+    char *argv[] = {"kvs-node", "--check-data", b->part, NULL};
+    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &at, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(fds[1]);
+    if (rc != 0) {
+        close(fds[0]);
+        snprintf(why, len, "cannot check the copy's pages: cannot start kvs-node --check-data: %s",
+                 strerror(rc));
+        return -1;
+    }
+    uint64_t start = uv_hrtime() / 1000000, limit = check_limit_ms(b->got);
+    int over = 0, killed = 0, lost = 0;
+    for (;;) { /* its verdict, until it closes its side */
+        struct pollfd p = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&p, 1, 100);
+        if (r > 0) {
+            char buf[512];
+            ssize_t got = read(fds[0], buf, sizeof(buf));
+            if (got == 0)
+                break;
+            if (got < 0 && errno != EINTR && errno != EAGAIN) {
+                lost = errno;
+                break;
+            }
+            for (ssize_t i = 0; i < got && n + 1 < sizeof(out); i++)
+                out[n++] = buf[i];
+        } else if (r < 0 && errno != EINTR) {
+            lost = errno;
+            break;
+        }
+        int stop = atomic_load(&b->stop_check);
+        if (!killed && (stop || uv_hrtime() / 1000000 - start > limit)) {
+            over = !stop;
+            kill(pid, SIGKILL);
+            killed = 1;
+        }
+    }
+    close(fds[0]);
+    if (lost != 0 && !killed) /* no verdict can come: never wait for it */
+        kill(pid, SIGKILL);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    out[n] = '\0';
+    if (n > 0 && out[n - 1] == '\n')
+        out[n - 1] = '\0';
+    if (!killed && lost == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+        strstr(out, ": sound: ") != NULL)
+        return 0;
+    const char *verdict = strstr(out, ": damaged: ");
+    if (lost != 0)
+        snprintf(why, len, "cannot read the page check's verdict: %s", strerror(lost));
+    else if (over)
+        snprintf(why, len, "reading every page of the copy took more than %llu s: refused",
+                 (unsigned long long)(limit / 1000));
+    else if (killed)
+        snprintf(why, len, "the worker is stopping");
+    else if (verdict != NULL)
+        snprintf(why, len, "its pages are damaged: %.200s", verdict + 11);
+    else if (WIFSIGNALED(st))
+        snprintf(why, len, "reading every page of the copy ended by signal %d", WTERMSIG(st));
+    else
+        snprintf(why, len, "reading every page of the copy failed (exit status %d): %.200s",
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1, out[0] != '\0' ? out : "no verdict");
+    return -1;
+}
+
 static void install_work(uv_work_t *w)
 {
     boot_t *b = w->data;
@@ -256,6 +360,8 @@ static void install_work(uv_work_t *w)
         snprintf(b->install_err, sizeof(b->install_err),
                  "the copy is not an environment of shard %u: %s", b->shard,
                  err[0] != '\0' ? err : kvs_strerror(rc));
+    else if (check_pages(b, err, sizeof(err)) != 0)
+        snprintf(b->install_err, sizeof(b->install_err), "the copy is not sound: %s", err);
 }
 
 /* The file is synced and checked: rename it into place, sync the directory. */
@@ -593,6 +699,7 @@ static void on_signal(uv_signal_t *h, int signum)
     (void)signum;
     kvs_info("signal during the snapshot copy: stopping");
     b->canceled = 1;
+    atomic_store(&b->stop_check, 1);
     if (b->conn != NULL || b->fd >= 0)
         attempt_over(b, "the worker is stopping");
     else if (!b->done)

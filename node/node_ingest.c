@@ -1322,6 +1322,8 @@ static int64_t next_offset(node_ingest_t *in, const topic_t *t, int32_t p)
     return next >= 0 ? next : reset_start(in, t, p);
 }
 
+static int64_t known_end(node_ingest_t *in, const topic_t *t, int32_t p);
+
 /* Records between next and end; -1 when either is not known. */
 static int64_t part_lag(int64_t next, int64_t end)
 {
@@ -1340,7 +1342,7 @@ static void report(node_ingest_t *in)
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            int64_t l = part_lag(next_offset(in, t, (int32_t)p), end_offset(in, t, (int32_t)p));
+            int64_t l = part_lag(next_offset(in, t, (int32_t)p), known_end(in, t, (int32_t)p));
             applied += pt->applied;
             skipped += pt->skipped;
             misplaced += pt->misplaced;
@@ -1772,7 +1774,7 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            int64_t end = end_offset(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
+            int64_t end = known_end(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
             int n = snprintf(key, sizeof(key), "kafka.%s.%05u.", t->b->topic, p);
             snprintf(key + n, sizeof(key) - (size_t)n, "applied");
             info_int(r, key, (int64_t)pt->applied);
@@ -1820,7 +1822,7 @@ static void metric_column(node_ingest_t *in, kvs_mb_t *b, const char *shard, con
             part_t *pt = &t->parts[p];
             if (!pt->owned)
                 continue;
-            int64_t end = end_offset(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
+            int64_t end = known_end(in, t, (int32_t)p), next = next_offset(in, t, (int32_t)p);
             double v = col == 0   ? (double)pt->applied
                        : col == 1 ? (double)pt->skipped
                        : col == 2 ? (double)pt->misplaced

@@ -307,5 +307,6 @@ int router_master_run(const char *config_path, const char *argv0)
         kvs_error("%s", m.final_msg);
     else
         kvs_info("stopped");
+    router_notify_flush(1000); /* STOPPING=1 and the last status, if the manager takes them */
     return m.exit_code;
 }

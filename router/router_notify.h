@@ -9,6 +9,8 @@
  *   STOPPING=1  the node began its shutdown (draining clients)
  *
  * Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
+ * Messages are sent in order by a thread of their own, so the caller's
+ * loop never waits for a manager that does not read them.
  */
 #ifndef ROUTER_NOTIFY_H
 #define ROUTER_NOTIFY_H
@@ -25,5 +27,9 @@ void router_notify_reloading(const char *fmt, ...) __attribute__((format(printf,
 
 /* STOPPING=1 with STATUS=<text>, in one message. */
 void router_notify_stopping(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Waits until the messages queued so far are sent, at most wait_ms (the
+ * manager may take none: see router_notify.c). */
+void router_notify_flush(unsigned wait_ms);
 
 #endif

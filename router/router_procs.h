@@ -50,6 +50,7 @@
 #define ROUTER_PROCS_AUTO_MAX 8 /* router.processes: auto takes at most this many */
 #define ROUTER_ID_BITS 40       /* counter bits of a client id or cursor number */
 #define ROUTER_ID_COUNTER_MASK ((UINT64_C(1) << ROUTER_ID_BITS) - 1)
+#define ROUTER_ID_LIMIT (UINT64_C(1) << 53) /* every number handed out is below it */
 #define ROUTER_LISTEN_MAX 2 /* listeners of a router process: router.listen, resp_listen */
 
 /* router.processes: `configured` when not 0, else (auto) the CPUs this

@@ -386,13 +386,15 @@ static ProtobufCBinaryData bytes_of(const kvs_redis_arg_t *a)
 }
 
 /* A written bulk string as a Value: text when it is valid UTF-8. */
-static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a)
+static Kvs__Value *value_of(router_redis_t *rs, const kvs_redis_arg_t *a, const kvs_binding_t *b)
 {
     Kvs__Value *v = kvs_arena_alloc(&rs->r->redis_arena, sizeof(*v));
     if (v == NULL)
         return NULL;
     kvs__value__init(v);
-    if (kvs_utf8_valid(a->p, a->len)) {
+    /* A table bound with format: raw carries bytes: a bulk string is
+     * bytes, whether or not they happen to be UTF-8. */
+    if ((b == NULL || b->format != KVS_FORMAT_RAW) && kvs_utf8_valid(a->p, a->len)) {
         v->kind_case = KVS__VALUE__KIND_STRING_VALUE;
         v->string_value = bytes_of(a);
     } else {
@@ -492,6 +494,8 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     char *table = text_of(rs, req, &a[1]);
     if (table == NULL)
         return;
+    const kvs_binding_t *b =
+        rs->r->cfg->n_bindings > 0 ? kvs_config_binding_n(rs->r->cfg, a[1].p, a[1].len) : NULL;
     Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
     Kvs__Kvpair **pp = kvs_arena_alloc(ar, n * sizeof(*pp));
     if (pairs == NULL || pp == NULL)
@@ -499,8 +503,15 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
     for (size_t i = 0; i < n; i++) {
         kvs__kvpair__init(&pairs[i]);
         pairs[i].key = bytes_of(&a[2 + 2 * i]);
-        if ((pairs[i].value = value_of(rs, &a[3 + 2 * i])) == NULL)
+        if ((pairs[i].value = value_of(rs, &a[3 + 2 * i], b)) == NULL)
             return oom(req);
+        if (b != NULL && b->format == KVS_FORMAT_STRING &&
+            pairs[i].value->kind_case != KVS__VALUE__KIND_STRING_VALUE)
+            return reply_error(req,
+                               "ERR value %zu is not UTF-8 text, but table '%s' is bound to topic "
+                               "%s with format: string, which carries only text (bind it with "
+                               "format: raw or value to store any bytes)",
+                               i + 1, b->table, b->topic);
         pp[i] = &pairs[i];
     }
     Kvs__Hset one = KVS__HSET__INIT;
@@ -776,6 +787,8 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
         count = least;
     m.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count; /* the router caps it */
     if (seq != 0) {
+        if (seq >= ROUTER_ID_LIMIT) /* no router process hands out such a number */
+            return reply_error(req, "ERR invalid cursor");
         if (cursor_foreign(rs->r, seq))
             return reply_error(req, "ERR invalid cursor: not handed out by this router process "
                                     "(a cursor lives in the kvs router process that returned "
@@ -1860,9 +1873,41 @@ static int incr_error(kvs_buf_t *out, const char *msg)
     return kvs_redis_error(out, "ERR %s", msg);
 }
 
+/* Whether a reply of many values, written into `out` from `start`, has
+ * grown past limits.max_frame; then it is replaced by an error saying so
+ * (*rc its result). A value is a few bytes in a kvs answer and may be
+ * hundreds as Redis shows it (a float_value of 5e-324 is 9 bytes, its
+ * plain decimal 330), so a reply is checked as it is written, after each
+ * element: it never holds more than a frame and one value, as no kvs
+ * answer does. */
+static int reply_too_large(const router_req_t *req, kvs_buf_t *out, size_t start, int *rc)
+{
+    unsigned long long max = req->router->cfg->max_frame;
+    if (out->len - start <= max)
+        return 0;
+    out->len = start;
+    if (req->rcmd == RC_HMGET)
+        *rc = kvs_redis_error(out,
+                              "ERR Hmget answer would exceed limits.max_frame (%llu bytes); ask "
+                              "for fewer keys per request",
+                              max);
+    else if (req->rcmd == RC_HSCAN)
+        *rc = kvs_redis_error(out,
+                              "ERR Hscan page would exceed limits.max_frame (%llu bytes); use a "
+                              "smaller COUNT",
+                              max);
+    else
+        *rc = kvs_redis_error(out,
+                              "ERR Hgetall answer would exceed limits.max_frame (%llu bytes); read "
+                              "the table in pages with Hscan",
+                              max);
+    return 1;
+}
+
 static int answer_pairs(router_req_t *req, const Kvs__CommandResponse *a, kvs_buf_t *out)
 {
-    size_t n = a->n_pairs;
+    size_t n = a->n_pairs, start = out->len;
+    int rc;
     if (req->rcmd == RC_HGETALL)
         kvs_redis_map(out, n, req->rresp3);
     else
@@ -1873,6 +1918,8 @@ static int answer_pairs(router_req_t *req, const Kvs__CommandResponse *a, kvs_bu
             kvs_redis_bulk(out, p->key.data, p->key.len);
         if (req->rcmd != RC_HKEYS)
             bulk_value(out, p->value, req->rresp3);
+        if (reply_too_large(req, out, start, &rc))
+            return rc;
     }
     return 0;
 }
@@ -1903,6 +1950,8 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
     if (a->cursor.len > 0 &&
         (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
+    size_t start = out->len;
+    int rc;
     kvs_redis_array(out, 2);
     int k = snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
     kvs_redis_bulk(out, num, (size_t)k);
@@ -1913,6 +1962,14 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
             continue;
         kvs_redis_bulk(out, p->key.data, p->key.len);
         bulk_value(out, p->value, req->rresp3);
+        /* A page of the least count (a COUNT no smaller one can go
+         * under) is answered whatever its size: at most SCAN_PAGE_MIN
+         * pairs more than the frame, each its key and a float's text
+         * (about 900 bytes), so that a table of floats can be walked
+         * under a small limits.max_frame; past that, a smaller COUNT
+         * always gets through. */
+        if (a->n_pairs > SCAN_PAGE_MIN && reply_too_large(req, out, start, &rc))
+            return rc;
     }
     return 0;
 }
@@ -1967,11 +2024,17 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         return kvs_redis_integer(out, is_empty(v0));
     case RC_OK:
         return kvs_redis_simple(out, "OK");
-    case RC_HMGET:
+    case RC_HMGET: {
+        size_t start = out->len;
+        int rc;
         kvs_redis_array(out, a->n_values);
-        for (size_t i = 0; i < a->n_values; i++)
+        for (size_t i = 0; i < a->n_values; i++) {
             bulk_value(out, a->values[i], req->rresp3);
+            if (reply_too_large(req, out, start, &rc))
+                return rc;
+        }
         return 0;
+    }
     case RC_HEXISTS:
         return kvs_redis_integer(out, v0 != NULL && v0->bool_value);
     case RC_HGETALL:
@@ -2107,7 +2170,7 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
     int pairs = rcmd == RC_HGETALL || rcmd == RC_HKEYS || rcmd == RC_HVALS;
     const uint8_t *p = payload, *end = payload + len, *x, *key;
     uint64_t tag, st = 0;
-    size_t n, klen, count = 0, empty = 0;
+    size_t n, klen, count = 0, empty = 0, start = out->len;
     kvs_value_peek_t v;
     if (!pairs && rcmd != RC_HMGET && rcmd != RC_HSET && rcmd != RC_HDEL)
         return 0;
@@ -2124,6 +2187,8 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
                 count += pass == 0, empty += pass == 0 && v.kind == KVS__VALUE__KIND__NOT_SET;
                 if (pass == 1 && rcmd == RC_HMGET)
                     bulk_peeked(out, &v, req->rresp3);
+                if (pass == 1 && reply_too_large(req, out, start, rc))
+                    return 1;
             } else if (tag == (4 << 3 | 2) && pairs) {
                 if (!pair_peek(x, n, &key, &klen, &v, &has))
                     return 0;
@@ -2132,6 +2197,8 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
                     kvs_redis_bulk(out, key, klen);
                 if (pass == 1 && rcmd != RC_HKEYS)
                     has ? bulk_peeked(out, &v, req->rresp3) : kvs_redis_null(out, req->rresp3);
+                if (pass == 1 && reply_too_large(req, out, start, rc))
+                    return 1;
             } else if (tag != (2 << 3 | 2)) { /* the message is all else there may be */
                 return 0;
             }

@@ -22,15 +22,78 @@ def tls_node_kw(kw):
 
 
 class BadInputTlsTest(test_badinput.BadInputTest):
+    """Each of test_badinput's scenarios, written out here so that ctest,
+    which runs the methods a class's own text defines, runs them all
+    (test_every_scenario_runs_over_tls keeps the list whole)."""
+
     def node(self, **kw):
         return super().node(**tls_node_kw(kw))
+
+    def test_every_scenario_runs_over_tls(self):
+        base = {n for n in dir(test_badinput.BadInputTest) if n.startswith("test_")}
+        own = {n for n, v in vars(BadInputTlsTest).items() if n.startswith("test_")}
+        self.assertEqual(sorted(base - own), [], "add them to BadInputTlsTest")
 
     def test_all_bad_inputs_in_one_session(self):
         self.assertIsInstance(self.c.sock, ssl.SSLSocket)
         super().test_all_bad_inputs_in_one_session()
 
+    def test_truncated_frame_then_disconnect(self):
+        super().test_truncated_frame_then_disconnect()
+
+    def test_oversized_header_gets_413_and_close(self):
+        super().test_oversized_header_gets_413_and_close()
+
+    def test_frame_of_exactly_max_frame_is_accepted(self):
+        super().test_frame_of_exactly_max_frame_is_accepted()
+
+    def test_largest_pair_is_readable_within_max_frame(self):
+        super().test_largest_pair_is_readable_within_max_frame()
+
+    def test_answers_owed_go_before_a_frame_error(self):
+        super().test_answers_owed_go_before_a_frame_error()
+
+    def test_compressed_bit_gets_400_and_close(self):
+        super().test_compressed_bit_gets_400_and_close()
+
+    def test_garbage_payload_gets_400_and_connection_survives(self):
+        super().test_garbage_payload_gets_400_and_connection_survives()
+
+    def test_request_with_no_command(self):
+        super().test_request_with_no_command()
+
+    def test_invalid_fields_name_the_field(self):
+        super().test_invalid_fields_name_the_field()
+
+    def test_unknown_command_and_unknown_field(self):
+        super().test_unknown_command_and_unknown_field()
+
+    def test_string_value_not_utf8_is_refused(self):
+        super().test_string_value_not_utf8_is_refused()
+
+    def test_string_value_with_nul_is_whole_or_refused(self):
+        super().test_string_value_with_nul_is_whole_or_refused()
+
+    def test_table_not_utf8_is_refused(self):
+        super().test_table_not_utf8_is_refused()
+
+    def test_table_with_nul_is_refused(self):
+        super().test_table_with_nul_is_refused()
+
     def test_sigterm_with_a_client_that_never_reads(self):
         super().test_sigterm_with_a_client_that_never_reads()
+
+    def test_bad_requests_inside_a_pipeline(self):
+        super().test_bad_requests_inside_a_pipeline()
+
+    def test_oversized_answer_gets_413(self):
+        super().test_oversized_answer_gets_413()
+
+    def test_pipelining_client_that_never_reads(self):
+        super().test_pipelining_client_that_never_reads()
+
+    def test_slow_client(self):
+        super().test_slow_client()
 
 
 def pieces(data):

@@ -30,6 +30,7 @@ import tempfile
 import time
 import unittest
 
+from kafkatest import wait_until
 from kvstest import BUILD_DIR, Client
 from routertest import RouterTestCase
 
@@ -179,6 +180,32 @@ class NotifyTest(RouterTestCase):
         self.assertTrue(r.alive())
         self.assertNotIn("killed by signal", r.stderr())
         self.assertEqual(r.stop(), 0)
+
+
+    def test_a_manager_that_stops_reading_never_stalls_the_master(self):
+        # A manager that reads READY=1 and then nothing: its queue holds
+        # 10 datagrams, and each reload sends two. sd_notify's send then
+        # blocked the master's loop for good: no reload, no SIGTERM, no
+        # worker restart. Notifications now leave from a thread of their
+        # own; the master serves, reloads and stops as if nobody listened.
+        n = self.notify_socket()
+        r = self.router(shards=1, env={"NOTIFY_SOCKET": n.path})
+        self.assertIsNotNone(n.wait_for("READY"))
+        seen = len(n.messages)
+        for _ in range(20):  # 40 messages: the manager holds 10, the router 16
+            r.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+        self.assertTrue(wait_until(lambda: r.stderr().count("SIGHUP: passed on") >= 10, WAIT),
+                        r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        t0 = time.monotonic()
+        self.assertEqual(r.stop(), 0, r.stderr())
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertIn("takes no notifications", r.stderr())
+        got = n.drain()[seen:]  # what the queues held reads in order
+        self.assertGreaterEqual(len(got), 10, got)
+        self.assertEqual(["RELOADING" in m for m in got[:10]], [True, False] * 5, got)
 
 
 # ---- deploy/start.sh ----------------------------------------------------------------

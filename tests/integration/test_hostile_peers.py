@@ -13,6 +13,8 @@ sync of a complete copy is not the peer's silence), and the clients it
 answers 503 meanwhile are bounded like any clients. Every wait is bounded;
 every process is killed at cleanup.
 """
+import ctypes
+import ctypes.util
 import os
 import socket
 import struct
@@ -119,6 +121,38 @@ def final_frame(*values):
     return frame(r.SerializeToString())
 
 
+def snapshot_of(addr):
+    """The bytes of a Snapshot of the worker at `addr`, checked against the
+    length and checksum its final frame carries."""
+    snap = pb.CommandRequest()
+    snap.snapshot.SetInParent()
+    data = b""
+    with Client(addr, timeout=TIMEOUT) as c:
+        c.send(snap)
+        while True:
+            r = c.recv()
+            if r.status != 206:
+                break
+            data += r.values[0].binary_value
+    assert r.status == 200 and r.values[0].integer_value == len(data), r
+    assert r.values[1].binary_value == xxh3_128(data), "checksum"
+    return data
+
+
+class _XXH128(ctypes.Structure):
+    _fields_ = [("low", ctypes.c_uint64), ("high", ctypes.c_uint64)]
+
+
+def xxh3_128(data):
+    """XXH3-128 of `data` as a snapshot's final frame carries it (big
+    endian, high half first), computed by libxxhash, kvs's own library."""
+    lib = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
+    lib.XXH3_128bits.restype = _XXH128
+    lib.XXH3_128bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    h = lib.XXH3_128bits(data, len(data))
+    return struct.pack(">QQ", h.high, h.low)
+
+
 class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
     def peer(self, answer):
         p = FakePeer(answer)
@@ -168,6 +202,62 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
         self.assertEqual(w.stderr().count("copying a snapshot"), 1, w.stderr())
 
+
+    def test_a_copy_whose_table_pages_are_damaged_is_not_installed(self):
+        # A real copy of the peer's shard 0, its table's leaf pages damaged
+        # (nodes pointing off their page: a bad disk, or a peer that means
+        # harm), sent with the right length and checksum. Its meta pages
+        # and __kvs were all the checks read, so it was installed, and the
+        # first Hgetall killed the worker (SIGBUS), and every worker after
+        # it, since the damaged data.mdb stayed in place. The copy is now
+        # read to its last page (kvs-node --check-data, a process of its
+        # own) before it is installed.
+        other = self.managed(Node())
+        with other.client() as c:
+            reqs = [req_hset("t", b"key%04d" % i, "value-%d" % i) for i in range(300)]
+            self.assertEqual({r.status for r in c.pipeline(reqs)}, {200})
+        data = bytearray(snapshot_of(other.addr))
+        ps = os.sysconf("SC_PAGESIZE")
+        damaged = 0
+        for at in range(2 * ps, len(data) - ps + 1, ps):
+            flags, lower = struct.unpack_from("<HH", data, at + 10)
+            first = struct.unpack_from("<H", data, at + 16)[0] if lower >= 20 else ps
+            if flags & 0x7f != 0x02 or first + 11 > ps or data[at + first + 8:at + first + 11] != b"key":
+                continue
+            for off in range(at + 16, at + lower, 2):  # a leaf of table t
+                struct.pack_into("<H", data, off, ps - 16)
+            damaged += 1
+        self.assertGreater(damaged, 1)
+        data = bytes(data)
+
+        def answer(c):
+            c.sendall(chunk_frame(data) + final_frame({"integer_value": len(data)},
+                                                      {"binary_value": xxh3_128(data)}))
+        peer = self.peer(answer)
+        w = self.worker(0, peer.port)
+        self.assertGaveUpAndServes(w, "the copy is not sound: its pages are damaged: a read of "
+                                      "its pages faulted")
+        self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb")) and
+                         os.path.getsize(os.path.join(w.shard_dir(), "data.mdb")) == len(data))
+        with Client(w.addr) as c:  # started empty, and stays up
+            r = c.call(req_hget("t", b"key0001"))
+            self.assertEqual(r.status, 404, r.message)
+        self.assertIsNone(w.proc.poll())
+        # The same check, by hand: the sound copy passes, the damaged fails.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "copy.mdb")
+            with open(path, "wb") as f:
+                f.write(snapshot_of(other.addr))
+            out = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--check-data", path],
+                                 capture_output=True, timeout=TIMEOUT)
+            self.assertEqual(out.returncode, 0, out)
+            self.assertRegex(out.stdout, rb": sound: 2 tables, 30\d pairs")
+            with open(path, "wb") as f:
+                f.write(data)
+            out = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--check-data", path],
+                                 capture_output=True, timeout=TIMEOUT)
+            self.assertEqual(out.returncode, 1, out)
+            self.assertIn(b": damaged: ", out.stdout)
 
     def assertSlowPeerGivenUp(self, chunk, every):
         """A peer sending `chunk` every `every` seconds (for 10 s), far

@@ -466,9 +466,9 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         parts = 4
         m = self.mock({"vl": parts})
         rport = free_port()
-        r = self.router(m, [("vl", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
-                        env={"KVS_TEST_INGEST_DELAY_MS": "150"},
-                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        self.router(m, [("vl", "vals", "value", parts)], shards=2, max_frame=64 * 1024,
+                    env={"KVS_TEST_INGEST_DELAY_MS": "150"},
+                    router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
         c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
         self.addCleanup(c.close)
         fields = [b"f%d" % i for i in range(5)]
@@ -496,6 +496,39 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                 self.assertEqual(out[2], want, out)
                 self.assertEqual(c.hmget("vals", [k0, k1]),
                                  [b"1", b"2"] if last[0] == "HSET" else [None, None])
+
+    def test_redis_writes_store_bulk_strings_as_the_format_carries_them(self):
+        # A bulk string is bytes. On a table bound with format: raw (the
+        # default) it is produced and stored as those bytes whether or not
+        # they are UTF-8; before, text was sent as string_value and refused
+        # with "send a binary_value", which no Redis client can do. With
+        # format: string, bytes that are not UTF-8 are refused by the
+        # router, nothing produced, naming the value and the format.
+        import redis
+        from routertest import free_port
+        parts = 2
+        m = self.mock({"rw": parts, "st": parts})
+        rport = free_port()
+        r = self.router(m, [("rw", "raws", "raw", parts), ("st", "strs", "string", parts)],
+                        shards=2, router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(c.close)
+        self.assertEqual(c.hset("raws", "t", "hello"), 1)
+        self.assertEqual(c.hset("raws", mapping={"t": "again", "b": b"\xffbin"}), 1)
+        self.assertEqual(c.hmget("raws", ["t", "b"]), [b"again", b"\xffbin"])
+        with r.client() as pc:  # stored as the records' bytes: binary_value
+            self.assertEqual(pyval(pc.hget("raws", b"t").values[0]), b"again")
+        self.assertEqual(c.hset("strs", "s", "text"), 1)
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    r"value 2 is not UTF-8 text, but table 'strs' is bound to "
+                                    r"topic st with format: string, which carries only text"):
+            c.hset("strs", mapping={"s": "new", "x": b"\xff"})
+        self.assertEqual(c.hgetall("strs"), {b"s": b"text"})
+        recs = [(k, v) for _, _, k, v, _ in read_topic(m.bootstrap, "rw", parts)]
+        self.assertEqual(sorted(recs), sorted([(b"t", b"hello"), (b"t", b"again"),
+                                               (b"b", b"\xffbin")]))
+        self.assertEqual([(k, v) for _, _, k, v, _ in read_topic(m.bootstrap, "st", parts)],
+                         [(b"s", b"text")])
 
     def test_redis_writes_count_fields_over_bools_of_any_wire_type(self):
         # A Kafka record's payload (format: value) is stored as it came once
@@ -648,6 +681,25 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         st = kafka_parts(info(r), "vl")
         self.assertEqual(sum(s["applied"] for s in st.values()), len(want))
         self.assertEqual(sum(s["skipped"] for s in st.values()), 0)
+
+    def test_info_end_offset_is_never_behind_what_was_applied(self):
+        # Right after a write's answer, Info showed the consumer's cached
+        # high watermark (end_offset 1 under next_offset 3, lag clamped
+        # to 0, end_offset_age_ms 1) in most tries: Info and /metrics now
+        # show the end the worker knows, its own acknowledged records
+        # included, the end its catch-up gate uses.
+        parts = 2
+        m = self.mock({"u": parts})
+        r = self.router(m, [("u", "u", "raw", parts)], shards=1)
+        with r.client() as c:
+            for i in range(20):
+                resp = c.hset("u", b"k", b"v%d" % i)
+                self.assertEqual(resp.status, 200, resp.message)
+                (_, p, off), = pos_entries(resp.position)
+                st = kafka_parts(info(r), "u")[p]
+                self.assertGreaterEqual(st["next_offset"], off + 1, st)
+                self.assertGreaterEqual(st["end_offset"], st["next_offset"], st)
+                self.assertEqual(st["lag"], st["end_offset"] - st["next_offset"], st)
 
     def test_write_to_another_shards_key_on_a_worker_is_refused(self):
         parts = 4

@@ -67,14 +67,6 @@ class ProcsTestCase(RouterTestCase):
         self.assertTrue(wait_until(lambda: "node ready" in r.stderr()), r.stderr())
         return r
 
-    def routers(self, r):
-        """{index: pid} of r's live router processes."""
-        out = {}
-        for pid, argv in procs_for_config(r.config).items():
-            if "--router" in argv:
-                out[int(argv[argv.index("--router") + 1])] = pid
-        return out
-
     def conn_on(self, r, index, tries=200):
         """A protobuf Client that reached router process `index`."""
         for _ in range(tries):
@@ -108,7 +100,7 @@ class ProcsTestCase(RouterTestCase):
 class ProcsTest(ProcsTestCase):
     def test_one_router_process_looks_like_a_single_router(self):
         r = self.node(processes=1)
-        self.assertEqual(sorted(self.routers(r)), [0])
+        self.assertEqual(sorted(router_pids(r)), [0])
         with r.client() as c:
             self.assertFalse([k for k in info_of(c) if k.startswith("router.")])
         c = redis.Redis(host=HOST, port=self.rport, socket_timeout=10)
@@ -122,7 +114,7 @@ class ProcsTest(ProcsTestCase):
         # router processes, SIGUSR2 killed a kvs process by default: the
         # master's death, without a log line, took the whole node down.
         r = self.node(resp=False)
-        routers = list(self.routers(r).values())
+        routers = list(router_pids(r).values())
         before = sorted([r.pid] + routers + list(r.workers().values()))
         for pid in before:
             for sig in (signal.SIGUSR1, signal.SIGALRM, signal.SIGUSR2):
@@ -130,7 +122,7 @@ class ProcsTest(ProcsTestCase):
                     os.kill(pid, sig)
         time.sleep(1)
         self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
-        after = sorted([r.pid] + list(self.routers(r).values()) + list(r.workers().values()))
+        after = sorted([r.pid] + list(router_pids(r).values()) + list(r.workers().values()))
         self.assertEqual(after, before, r.stderr()[-3000:])  # none died, none was restarted
         with r.client() as c:
             self.assertEqual(c.hset("t", "k", "v").status, 200)
@@ -138,9 +130,9 @@ class ProcsTest(ProcsTestCase):
 
     def test_two_routers_serve_both_front_doors(self):
         r = self.node(log="{level: info, format: json}")
-        self.assertEqual(sorted(self.routers(r)), [0, 1])
+        self.assertEqual(sorted(router_pids(r)), [0, 1])
         master = r.pid
-        for pid in self.routers(r).values():
+        for pid in router_pids(r).values():
             with open("/proc/%d/stat" % pid) as f:
                 self.assertEqual(int(f.read().rsplit(")", 1)[1].split()[1]), master)
         # Connections spread over both routers, on both front doors.
@@ -185,7 +177,7 @@ class ProcsTest(ProcsTestCase):
         r = self.node()
         c0, c1 = self.conn_on(r, 0), self.conn_on(r, 1)
         rc1 = self.redis_on(1)
-        victim = self.routers(r)[1]
+        victim = router_pids(r)[1]
         os.kill(victim, signal.SIGKILL)
         # Its clients lose their connections...
         self.assertTrue(c1.at_eof())
@@ -198,7 +190,7 @@ class ProcsTest(ProcsTestCase):
             with r.client() as c:
                 self.assertEqual(c.ping().status, 200)
         # The master restarts it (a new generation: new ids).
-        self.assertTrue(wait_until(lambda: self.routers(r).get(1) not in (None, victim)),
+        self.assertTrue(wait_until(lambda: router_pids(r).get(1) not in (None, victim)),
                         r.stderr())
         self.assertTrue(wait_until(lambda: "router 1 accepts clients again" in r.stderr()),
                         r.stderr())
@@ -294,7 +286,7 @@ class ProcsTest(ProcsTestCase):
 
     def test_killed_master_leaves_no_process_and_the_lock_covers_routers(self):
         r = self.node(processes=2)
-        routers = self.routers(r)
+        routers = router_pids(r)
         # A router that cannot run yet (stopped) still holds the lock...
         os.kill(routers[0], signal.SIGSTOP)
         self.addCleanup(lambda: self._cont(routers[0]))
@@ -420,7 +412,7 @@ class ProcsTest(ProcsTestCase):
 
     def test_sighup_reaches_every_router_and_worker(self):
         r = self.node(resp=False)
-        before = dict(self.routers(r)), dict(r.workers())
+        before = dict(router_pids(r)), dict(r.workers())
         r.proc.send_signal(signal.SIGHUP)
         # Each router process and worker reloads the file itself (live
         # reload), then its TLS material.
@@ -436,7 +428,7 @@ class ProcsTest(ProcsTestCase):
         self.assertTrue(wait_until(lambda: passed in r.stderr()), r.stderr())
         with r.client() as c:
             self.assertOk(c.hset("t", "k", "v"))
-        self.assertEqual((self.routers(r), r.workers()), before)  # nobody died of it
+        self.assertEqual((router_pids(r), r.workers()), before)  # nobody died of it
         self.assertEqual(r.stop(), 0)
 
     def test_reloaded_config_reaches_a_restarted_router_process(self):
@@ -452,9 +444,9 @@ class ProcsTest(ProcsTestCase):
         self.assertTrue(wait_until(lambda: r.stderr().count(line) == 5), r.stderr())
         with open(r.config, "w") as f:  # the file changes again, unreloaded
             f.write(text.replace("slow_threshold: off", "slow_threshold: 1h"))
-        old = self.routers(r)[1]
+        old = router_pids(r)[1]
         os.kill(old, signal.SIGKILL)
-        self.assertTrue(wait_until(lambda: self.routers(r).get(1, old) != old and
+        self.assertTrue(wait_until(lambda: router_pids(r).get(1, old) != old and
                                    "router 1 accepts clients again" in r.stderr()), r.stderr())
         c = self.conn_on(r, 1)
         self.assertOk(c.hset("t", "k", "v"))
@@ -622,7 +614,7 @@ class ProcsMetricsTest(ProcsTestCase):
                    for f in resp.ops.metrics for s in f.samples}
         self.assertEqual(routers, {"1"})
         # A router process that dies is counted when it comes back.
-        os.kill(self.routers(r)[1], signal.SIGKILL)
+        os.kill(router_pids(r)[1], signal.SIGKILL)
         self.assertTrue(wait_until(lambda: total(parse_metrics(http_get(mport)[2]),
                                                  "kvs_router_restarts_total", router="1") == 1
                                    and total(parse_metrics(http_get(mport)[2]),
@@ -692,7 +684,7 @@ class ProcsStartTest(ProcsTestCase):
             self.assertNotIn("started", log)
         r = self.router(shards=1, processes="auto")
         n = min(len(os.sched_getaffinity(0)), 8)
-        self.assertEqual(len(self.routers(r)), n)
+        self.assertEqual(len(router_pids(r)), n)
         with r.client() as c:  # Info names the routers when there are several
             self.assertEqual(info_of(c).get("router.processes", 1), n)
         self.assertEqual(r.stop(), 0)

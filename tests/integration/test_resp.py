@@ -236,6 +236,70 @@ class LargeValuesTest(RespTestCase):
                 r.close()
 
 
+    def test_replies_of_floats_stay_within_max_frame(self):
+        # A float_value is 9 bytes in a kvs answer and up to about 330 as
+        # Redis shows it (plain decimal: 5e-324 is 0.000...494065645841247),
+        # so an HGETALL answer well within limits.max_frame made a reply 37
+        # times larger, past limits.max_frame and past the output limit
+        # (one such request got its client closed). The reply is checked
+        # as it is written: past the frame it is an error, as HGETALL of a
+        # table too large for one answer is.
+        for local in ("true", "false"):
+            with self.subTest(local_reads=local):
+                r = self.resp_router(max_frame="64KiB", router_yaml=["local_reads: " + local])
+                keys = [b"k%05d" % i for i in range(2500)]
+                with r.client() as pbc:
+                    q = pb.CommandRequest()
+                    q.hmset.table = "fl"
+                    for k in keys:
+                        p = q.hmset.pairs.add()
+                        p.key = k
+                        p.value.float_value = 5e-324
+                    a = pbc.call(q)
+                    self.assertEqual(a.status, 200, a.message)
+                    q = pb.CommandRequest()
+                    q.hgetall.table = "fl"
+                    a = pbc.call(q)
+                    self.assertEqual((a.status, len(a.pairs)), (200, 2500), a.message)
+                c = self.redis()
+                text = "0." + "0" * 323 + "494065645841247"
+                self.assertEqual(c.hget("fl", keys[0]), text.encode())
+                for call, what in ((lambda: c.hgetall("fl"), "Hgetall answer"),
+                                   (lambda: c.hvals("fl"), "Hgetall answer"),
+                                   (lambda: c.hmget("fl", keys), "Hmget answer"),
+                                   (lambda: c.hscan("fl", 0, count=2500), "Hscan page")):
+                    with self.assertRaises(redis.ResponseError) as e:
+                        call()
+                    self.assertIn("%s would exceed limits.max_frame (65536 bytes)" % what,
+                                  str(e.exception))
+                self.assertEqual(len(c.hkeys("fl")), 2500)
+                self.assertEqual(c.hmget("fl", keys[:100]), [text.encode()] * 100)
+                got = dict(c.hscan_iter("fl"))  # default pages fit
+                self.assertEqual(len(got), 2500)
+                self.assertEqual(set(got.values()), {text.encode()})
+                self.assertEqual(c.ping(), True)  # the connection was not closed
+                r.close()
+        # A page of the least count goes out whatever its size, so that a
+        # table of floats can be walked under a small max_frame (128 such
+        # pairs take some 45 KB as Redis shows them).
+        r = self.resp_router(max_frame="16KiB")
+        with r.client() as pbc:
+            q = pb.CommandRequest()
+            q.hmset.table = "fl"
+            for k in keys[:300]:
+                p = q.hmset.pairs.add()
+                p.key = k
+                p.value.float_value = 5e-324
+            self.assertEqual(pbc.call(q).status, 200)
+        c = self.redis()
+        got = dict(c.hscan_iter("fl", count=10))
+        self.assertEqual(len(got), 300)
+        self.assertEqual(set(got.values()), {text.encode()})
+        with self.assertRaises(redis.ResponseError) as e:
+            c.hscan("fl", 0, count=300)
+        self.assertIn("Hscan page would exceed limits.max_frame (16384 bytes); use a smaller "
+                      "COUNT", str(e.exception))
+
     def test_hstrlen_and_hsetnx_do_not_move_the_value(self):
         # HSTRLEN and HSETNX ask for the value's length only
         # (CommandRequest.value_lengths), so a value larger than one answer

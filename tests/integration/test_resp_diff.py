@@ -477,10 +477,16 @@ class HashCommandsTest(RespDiffTestCase):
               b"-ERR value is not an integer or out of range\r\n", b"*2\r\n$1\r\n0\r\n*0\r\n"),
             # A cursor is a number kvs handed out, not a position.
             C("HSET", "hs", "f", "v"),
-            D(["HSCAN", "hs", "-1"], b"-ERR invalid cursor: not handed out by this router process "
-              b"(a cursor lives in the kvs router process that returned it: another one of this "
-              b"node's, reached by a new connection, or this one before it restarted); start the "
-              b"scan again with 0\r\n", b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            D(["HSCAN", "hs", str(1 << 52)], b"-ERR invalid cursor: not handed out by this router "
+              b"process (a cursor lives in the kvs router process that returned it: another one of "
+              b"this node's, reached by a new connection, or this one before it restarted); start "
+              b"the scan again with 0\r\n",
+              b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            # Numbers no router process ever hands out (all are below 2^53).
+            D(["HSCAN", "hs", "-1"], b"-ERR invalid cursor\r\n",
+              b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            D(["HSCAN", "hs", str(1 << 53)], b"-ERR invalid cursor\r\n",
+              b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
             D(["HSCAN", "hs", "12345"], b"-ERR invalid cursor\r\n",
               b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
         ])

@@ -111,6 +111,53 @@ class TlsRouterTest(RouterTestCase):
         self.assertIn("(TLS)", r.stderr())
         self.assertEqual(r.stop(), 0)
 
+    def test_requests_over_tls_are_timed_and_counted(self):
+        # Reads over TLS took the decrypting branch, which stamped no read
+        # time: every TLS request was timed from the clock's origin (its
+        # duration the machine's uptime, every one in the slow log and in
+        # the +Inf latency bucket), and no byte was counted as received.
+        from test_ops import metrics_req, slowlog_req
+        r = self.router(shards=1, partitions=8, extra_yaml=tls_yaml(router={"enabled": "true"}),
+                        tls=tls_context(), log="{level: info, slow_threshold: 10ms}")
+        with r.client() as c:
+            self.assertEqual(c.sock.version(), "TLSv1.3")
+
+            def received():
+                m = c.call(metrics_req())
+                fam = [f for f in m.ops.metrics if f.name == "kvs_client_received_bytes_total"]
+                return fam[0].samples[0].value
+            before = received()
+            for i in range(20):
+                self.assertEqual(c.call(req_hget("t", b"k%d" % i)).status, 404)
+            self.assertGreater(received() - before, 20 * 10)
+            t0 = time.time()
+            resp = c.call(slowlog_req(count=100))
+            self.assertEqual(resp.status, 200, resp.message)
+            slow = [e for e in resp.ops.slowlog if e.command == "Hget"]
+            self.assertEqual(slow, [], "20 Hgets of a missing key are not 10 ms each")
+            m = c.call(metrics_req())
+        fam = [f for f in m.ops.metrics if f.name == "kvs_request_duration_seconds"]
+        self.assertTrue(fam, [f.name for f in m.ops.metrics])
+        hget = [x for x in fam[0].samples
+                if dict(zip(x.labels[::2], x.labels[1::2])).get("command") == "Hget"]
+        self.assertTrue(hget, fam[0])
+        for x in hget:
+            self.assertLess(x.sum, 20 * 1.0, "seconds spent in 20 Hgets: %r" % x)
+        # An entry logged at threshold 0 says when the request came, now.
+        r.stop()
+        with open(r.config) as f:
+            text = f.read().replace("slow_threshold: 10ms", "slow_threshold: 0")
+        with open(r.config, "w") as f:
+            f.write(text)
+        r.start()
+        with r.client() as c:
+            c.call(req_hget("t", b"x"))
+            resp = c.call(slowlog_req(count=100))
+        entries = [e for e in resp.ops.slowlog if e.command == "Hget"]
+        self.assertTrue(entries)
+        self.assertLess(abs(entries[0].time_us / 1e6 - t0), 60, entries[0])
+        self.assertLess(entries[0].duration_us, 5_000_000, entries[0])
+
     def test_plaintext_client_on_tls_port_is_told_and_logged_once(self):
         r = self.tls_router()
         before = r.stderr()

@@ -366,6 +366,35 @@ KVS_TEST(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4)
     env_close(&e);
 }
 
+/* The table of addresses is full (KVS_AUTH_ADDRESSES) of addresses that
+ * failed once: a new one takes the place of one of them, never of an
+ * address that is refused. Before, the stalest entry went, so failing
+ * once from 1024 other addresses gave a refused one its checks back. */
+KVS_TEST(a_refused_address_is_not_forgotten_for_others)
+{
+    env_t e;
+    int deferred;
+    char peer[64];
+    env_init(&e, "limits: {auth_failures: 100, auth_failures_per_minute: 2}\n");
+    kvs_auth_conn_t ac;
+    kvs_auth_conn_init(&ac, 0, 1);
+    CHECK_EQ(auth(&e, &ac, "alice", "x", "10.0.0.1:1", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "y", "10.0.0.1:1", &deferred), 401);
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "10.0.0.1:1", &deferred), 401);
+    CHECK(!deferred); /* refused unchecked */
+    for (int i = 0; i < KVS_AUTH_ADDRESSES + 8; i++) {
+        kvs_auth_conn_t other;
+        kvs_auth_conn_init(&other, 0, 1);
+        snprintf(peer, sizeof(peer), "10.1.%d.%d:1", i / 250, i % 250 + 1);
+        CHECK_EQ(auth(&e, &other, "alice", "z", peer, &deferred), 401);
+        CHECK(deferred);
+    }
+    CHECK_EQ(auth(&e, &ac, "alice", "alice-pw", "10.0.0.1:1", &deferred), 401);
+    CHECK(!deferred);
+    CHECK_CONTAINS(e.msg, "too many failed Auth attempts from 10.0.0.1 ");
+    env_close(&e);
+}
+
 KVS_TEST(auth_cancelled_when_the_connection_goes)
 {
     env_t e;
@@ -540,4 +569,5 @@ KVS_TEST_MAIN(KVS_CASE(token_round_trip_and_check), KVS_CASE(token_text_is_stric
               KVS_CASE(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4),
               KVS_CASE(auth_one_check_at_a_time_per_address),
               KVS_CASE(auth_failures_cost_the_same_for_every_user),
+              KVS_CASE(a_refused_address_is_not_forgotten_for_others),
               KVS_CASE(auth_cancelled_when_the_connection_goes), KVS_CASE(no_users_no_auth))

@@ -561,6 +561,180 @@ KVS_TEST(a_free_tail_is_read_and_a_copy_cut_short_refused)
     CHECK_CONTAINS(err, "the copy was cut short");
 }
 
+/* A writer of two tables: 300 small pairs over several leaf pages, and a
+ * value on overflow pages; written over several turns, so that pages
+ * were freed too. */
+static void create_tables(void)
+{
+    node_store_t *s = store_open(4u << 20);
+    char k[32], v[64], big[20000];
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof(k), "key%04d", i);
+        snprintf(v, sizeof(v), "value-%04d-of-the-table", i);
+        put(s, "t", k, v);
+        if (i % 100 == 99)
+            CHECK_EQ(node_store_end_turn(s), 0);
+    }
+    memset(big, 'b', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    put(s, "u", "big", big);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* Calls fix(page, size) on every leaf page of `path` whose first key
+ * starts with "key" (table t's leaves, current or freed); returns how
+ * many. */
+static int edit_leaves(const char *path, void (*fix)(uint8_t *page, size_t size))
+{
+    size_t ps = (size_t)sysconf(_SC_PAGESIZE), n = 0;
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    uint8_t *page = malloc(ps);
+    CHECK(page != NULL);
+    for (long i = 2;; i++) {
+        CHECK_EQ(fseek(f, i * (long)ps, SEEK_SET), 0);
+        if (fread(page, 1, ps, f) != ps)
+            break;
+        uint16_t flags, lower;
+        memcpy(&flags, page + 10, 2); /* LMDB's page header: pgno, pad, flags, lower, upper */
+        memcpy(&lower, page + 12, 2);
+        if ((flags & 0x7f) != 0x02 || lower < 16 + 4)
+            continue;
+        uint16_t first; /* a node: sizes and flags (8 bytes), then its key */
+        memcpy(&first, page + 16, 2);
+        if ((size_t)first + 8 + 3 > ps || memcmp(page + first + 8, "key", 3) != 0)
+            continue;
+        fix(page, ps);
+        CHECK_EQ(fseek(f, i * (long)ps, SEEK_SET), 0);
+        CHECK_EQ(fwrite(page, 1, ps, f), ps);
+        n++;
+    }
+    free(page);
+    CHECK_EQ(fclose(f), 0);
+    return (int)n;
+}
+
+static void swap_first_two(uint8_t *page, size_t size)
+{
+    uint8_t t[2];
+    (void)size;
+    memcpy(t, page + 16, 2);
+    memcpy(page + 16, page + 18, 2);
+    memcpy(page + 18, t, 2);
+}
+
+static void nodes_off_the_page(uint8_t *page, size_t size)
+{
+    uint16_t lower, past = (uint16_t)(size - 16);
+    memcpy(&lower, page + 12, 2);
+    for (size_t off = 16; off + 2 <= lower; off += 2)
+        memcpy(page + off, &past, 2);
+}
+
+static char walk_part[400];
+
+static void walk_fault(int sig)
+{
+    (void)sig;
+    _exit(4);
+}
+
+/* Child: walks walk_part; exits 0 only when it is found sound (a fault
+ * ends it with 4, as kvs-node --check-data reports one). */
+static void walk_child(void)
+{
+    kvs_lmdb_walk_t w;
+    char err[512];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = walk_fault;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+    _exit(kvs_lmdb_walk_file(walk_part, &w, err, sizeof(err)) == 0 ? 0 : 3);
+}
+
+/* The whole-file walk reads every table's pages: a sound file is counted;
+ * pairs out of order (bytes changed on a disk: the meta pages and __kvs,
+ * all kvs_lmdb_check_file reads, are untouched) are found; and a leaf
+ * whose nodes point off the page, which faults or fails the first read of
+ * it, never passes (walked in a child: a fault costs the walk only). */
+KVS_TEST(a_whole_file_walk_finds_damaged_table_pages)
+{
+    peer_t w;
+    kvs_lmdb_walk_t got;
+    char err[512] = "", from[400];
+    fresh_dir();
+    peer_start(&w, create_tables);
+    peer_join(&w);
+    snprintf(from, sizeof(from), "%s/data.mdb", envdir);
+    snprintf(walk_part, sizeof(walk_part), "%s/copy.part", kvs_test_dir());
+    copy_file(from, walk_part);
+    CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), 0);
+    CHECK_EQ(got.tables, 3); /* t, u and __kvs */
+    CHECK(got.pairs >= 301);
+    CHECK(got.bytes >= 20000 + 300 * 30);
+    CHECK(got.free_ids > 0);
+
+    CHECK(edit_leaves(walk_part, swap_first_two) >= 2);
+    CHECK_EQ(kvs_lmdb_check_file(walk_part, 0, "p", err, sizeof(err)), 0); /* passes that */
+    CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "database \"t\": pair");
+    CHECK_CONTAINS(err, "is out of order");
+
+    copy_file(from, walk_part);
+    CHECK(edit_leaves(walk_part, nodes_off_the_page) >= 2);
+    CHECK_EQ(kvs_lmdb_check_file(walk_part, 0, "p", err, sizeof(err)), 0);
+    peer_start(&w, walk_child);
+    int st;
+    CHECK(waitpid(w.pid, &st, 0) == w.pid);
+    CHECK(!(WIFEXITED(st) && WEXITSTATUS(st) == 0));
+
+    FILE *f = fopen(walk_part, "wb");
+    CHECK(f != NULL);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), KVS_EDAMAGED);
+    CHECK_CONTAINS(err, "the file is empty");
+    f = fopen(walk_part, "wb");
+    CHECK(f != NULL);
+    for (int i = 0; i < 8192; i++)
+        fputc('x', f);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(kvs_lmdb_walk_file(walk_part, &got, err, sizeof(err)), KVS_ESTORE);
+    CHECK_CONTAINS(err, "cannot open it as an LMDB environment");
+}
+
+/* A database of sorted duplicates (MDB_DUPSORT: kvs makes none, other
+ * LMDB files may hold them) holds equal keys in a row, each value after
+ * the one before: sound. */
+KVS_TEST(a_whole_file_walk_reads_sorted_duplicates)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    char path[400], err[512] = "";
+    kvs_lmdb_walk_t got;
+    KVS_TEST_FRESH_DIR("lmdbdup");
+    snprintf(path, sizeof(path), "%s/dup.mdb", kvs_test_dir());
+    CHECK_EQ(mdb_env_create(&env), 0);
+    CHECK_EQ(mdb_env_set_maxdbs(env, 2), 0);
+    CHECK_EQ(mdb_env_open(env, path, MDB_NOSUBDIR, 0600), 0);
+    CHECK_EQ(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_EQ(mdb_dbi_open(txn, "dup", MDB_CREATE | MDB_DUPSORT, &dbi), 0);
+    for (int i = 0; i < 10; i++) {
+        char v[8];
+        snprintf(v, sizeof(v), "v%d", i);
+        MDB_val k = {3, "key"}, d = {strlen(v), v};
+        CHECK_EQ(mdb_put(txn, dbi, &k, &d, 0), 0);
+    }
+    CHECK_EQ(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    CHECK_EQ(kvs_lmdb_walk_file(path, &got, err, sizeof(err)), 0);
+    CHECK_EQ(got.tables, 1);
+    CHECK_EQ(got.pairs, 10);
+}
+
 KVS_TEST(identity_names_the_files)
 {
     peer_t w;
@@ -592,4 +766,6 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
               KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),
-              KVS_CASE(a_free_tail_is_read_and_a_copy_cut_short_refused))
+              KVS_CASE(a_free_tail_is_read_and_a_copy_cut_short_refused),
+              KVS_CASE(a_whole_file_walk_finds_damaged_table_pages),
+              KVS_CASE(a_whole_file_walk_reads_sorted_duplicates))

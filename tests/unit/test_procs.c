@@ -78,6 +78,7 @@ KVS_TEST(id_spaces_are_disjoint_and_below_2_53)
     }
     uint64_t top = router_procs_id_base(63, 127) | ROUTER_ID_COUNTER_MASK;
     CHECK(top < (UINT64_C(1) << 53));
+    CHECK(top < ROUTER_ID_LIMIT);
     CHECK_EQ(router_procs_id_base(2, 128), router_procs_id_base(2, 0)); /* generations wrap */
 }
 
