@@ -1874,32 +1874,34 @@ static int incr_error(kvs_buf_t *out, const char *msg)
 }
 
 /* Whether a reply of many values, written into `out` from `start`, has
- * grown past limits.max_frame; then it is replaced by an error saying so
- * (*rc its result). A value is a few bytes in a kvs answer and may be
- * hundreds as Redis shows it (a float_value of 5e-324 is 9 bytes, its
- * plain decimal 330), so a reply is checked as it is written, after each
- * element: it never holds more than a frame and one value, as no kvs
- * answer does. */
+ * grown past twice limits.max_frame; then it is replaced by an error
+ * saying so (*rc its result). RESP takes more bytes than a kvs answer for
+ * the same pairs: about 1.6 times for the smallest (a 1-byte field and
+ * value), twice for a 19-digit integer, and up to 40 times for a float
+ * (9 bytes in an answer, 330 digits as Redis shows 5e-324). So the reply
+ * of any answer within the frame fits twice the frame, except floats',
+ * and it is checked as it is written, after each element: it never holds
+ * more than that and one value. */
 static int reply_too_large(const router_req_t *req, kvs_buf_t *out, size_t start, int *rc)
 {
-    unsigned long long max = req->router->cfg->max_frame;
+    unsigned long long max = 2ull * req->router->cfg->max_frame;
     if (out->len - start <= max)
         return 0;
     out->len = start;
     if (req->rcmd == RC_HMGET)
         *rc = kvs_redis_error(out,
-                              "ERR Hmget answer would exceed limits.max_frame (%llu bytes); ask "
-                              "for fewer keys per request",
+                              "ERR HMGET reply would exceed twice limits.max_frame (%llu bytes, "
+                              "as Redis shows the values); ask for fewer fields per request",
                               max);
     else if (req->rcmd == RC_HSCAN)
         *rc = kvs_redis_error(out,
-                              "ERR Hscan page would exceed limits.max_frame (%llu bytes); use a "
-                              "smaller COUNT",
+                              "ERR HSCAN page would exceed twice limits.max_frame (%llu bytes, "
+                              "as Redis shows the values); use a smaller COUNT",
                               max);
     else
         *rc = kvs_redis_error(out,
-                              "ERR Hgetall answer would exceed limits.max_frame (%llu bytes); read "
-                              "the table in pages with Hscan",
+                              "ERR HGETALL reply would exceed twice limits.max_frame (%llu bytes, "
+                              "as Redis shows the values); read the hash in pages with HSCAN",
                               max);
     return 1;
 }
@@ -1964,7 +1966,7 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
         bulk_value(out, p->value, req->rresp3);
         /* A page of the least count (a COUNT no smaller one can go
          * under) is answered whatever its size: at most SCAN_PAGE_MIN
-         * pairs more than the frame, each its key and a float's text
+         * pairs more than the limit, each its key and a float's text
          * (about 900 bytes), so that a table of floats can be walked
          * under a small limits.max_frame; past that, a smaller COUNT
          * always gets through. */

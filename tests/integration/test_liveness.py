@@ -18,7 +18,7 @@ import signal
 import time
 
 from kvstest import HOST, Client
-from routertest import _alive, edit_config, free_port
+from routertest import _alive, edit_config, free_port, router_pids
 from test_ops import http_get, parse_metrics, total
 from test_procs import ProcsTestCase, wait_until
 
@@ -64,7 +64,7 @@ class LivenessTest(ProcsTestCase):
     def replaced(self, r, index, old, timeout=WAIT):
         """The pid of router `index` once it is no longer `old` and listens again."""
         def new():
-            pid = self.routers(r).get(index)
+            pid = router_pids(r).get(index)
             return pid if pid not in (None, old) else None
         pid = wait_until(new, timeout)
         self.assertTrue(pid, r.stderr()[-3000:])
@@ -80,7 +80,7 @@ class LivenessTest(ProcsTestCase):
 
     def test_stopped_router_process_is_killed_and_replaced(self):
         r = self.live_node()
-        before = self.routers(r)
+        before = router_pids(r)
         victim = before[1]
         started = time.monotonic()
         os.kill(victim, signal.SIGSTOP)
@@ -104,7 +104,7 @@ class LivenessTest(ProcsTestCase):
                         r.stderr()[-3000:])
         # Every new connection is answered: none lands on a stopped process.
         self.assertEveryConnectionAnswered(r)
-        self.assertEqual(self.routers(r), {0: before[0], 1: new})
+        self.assertEqual(router_pids(r), {0: before[0], 1: new})
         m = self.metrics()
         self.assertEqual(total(m, "kvs_router_liveness_kills_total", router="1"), 1)
         self.assertEqual(total(m, "kvs_router_liveness_kills_total", router="0"), 0)
@@ -116,7 +116,7 @@ class LivenessTest(ProcsTestCase):
 
     def test_a_single_stopped_router_process_is_replaced(self):
         r = self.live_node(processes=1)
-        victim = self.routers(r)[0]
+        victim = router_pids(r)[0]
         os.kill(victim, signal.SIGSTOP)
         self.addCleanup(lambda: gone(victim) or os.kill(victim, signal.SIGCONT))
         self.replaced(r, 0, victim, 10)
@@ -128,7 +128,7 @@ class LivenessTest(ProcsTestCase):
 
     def test_router_process_held_by_a_debugger_is_not_killed(self):
         r = self.live_node()
-        pid = self.routers(r)[1]
+        pid = router_pids(r)[1]
         # A debugger halts its main thread (its event loop) as a breakpoint would.
         try:
             ptrace(PTRACE_SEIZE, pid)
@@ -159,14 +159,14 @@ class LivenessTest(ProcsTestCase):
         self.assertIn("WARN", lines[0])
         self.assertIn("but a debugger (pid %d) traces it: not killing it" % os.getpid(), lines[0])
         self.assertNotIn("SIGKILL", log)
-        self.assertEqual(self.routers(r).get(1), pid)
+        self.assertEqual(router_pids(r).get(1), pid)
         # Let go, it beats again and serves on (the same process). Released,
         # it gets a whole timeout from the first check after: one that did
         # not beat again would be killed within a timeout and a check
         # interval (2.5 s); two timeouts leave a margin.
         detach()
         time.sleep(2 * TIMEOUT_S)
-        self.assertEqual(self.routers(r).get(1), pid)
+        self.assertEqual(router_pids(r).get(1), pid)
         self.assertNotIn("SIGKILL", r.stderr())
         with Client(os.path.join(r.data_dir, "router1.sock"), timeout=2.0) as c:
             self.assertEqual(c.ping().status, 200)
@@ -180,7 +180,7 @@ class LivenessTest(ProcsTestCase):
         in its pipes; once it runs again its check comes first in the
         loop's turn. It restarts every clock instead of killing them all."""
         r = self.live_node()
-        before = self.routers(r)
+        before = router_pids(r)
         # Stalled for twice the timeout: every clock is past it when the
         # master runs again.
         os.kill(r.pid, signal.SIGSTOP)
@@ -194,19 +194,19 @@ class LivenessTest(ProcsTestCase):
         # check (0.5 s); a timeout and a half covers a whole timeout since.
         time.sleep(1.5 * TIMEOUT_S)
         self.assertNotIn("sent no heartbeat", r.stderr())
-        self.assertEqual(self.routers(r), before)
+        self.assertEqual(router_pids(r), before)
         self.assertEveryConnectionAnswered(r, 10)
         self.assertEqual(r.stop(), 0)
 
     def test_zero_is_off_and_a_reload_turns_it_on(self):
         r = self.live_node(timeout="0")
-        victim = self.routers(r)[1]
+        victim = router_pids(r)[1]
         os.kill(victim, signal.SIGSTOP)
         self.addCleanup(lambda: gone(victim) or os.kill(victim, signal.SIGCONT))
         # Off, nothing checks: at any timeout up to this one and a half, a
         # check would have killed it by now.
         time.sleep(1.5 * TIMEOUT_S)
-        self.assertEqual(self.routers(r).get(1), victim)
+        self.assertEqual(router_pids(r).get(1), victim)
         self.assertNotIn("sent no heartbeat", r.stderr())
         os.kill(victim, signal.SIGCONT)
         # Live: the master and both router processes take the new timeout.
