@@ -15,6 +15,11 @@
  *  - KVS_CONN_DELIVERING is set while frames are being delivered; pause,
  *    resume and close requested from inside a frame callback take effect
  *    when the callback returns, never under the delivering loop's feet.
+ *  - One delivery runs frames for at most KVS_CONN_SLICE_NS (5 ms): past
+ *    it the rest wait for the next loop turn (the delivery kick), so one
+ *    connection's pipeline of costly requests (a router's local reads of
+ *    whole tables) never keeps the loop from other connections or its
+ *    timers (the heartbeat the master watches).
  *  - Delivery is allowed iff not paused, framing intact, not shutting or
  *    closing, and pending output below high_water. Reading is on iff
  *    delivery is allowed and input has not ended or been stopped. Neither is
@@ -70,6 +75,7 @@ static void conn_update_reading(kvs_conn_t *c);
 static void conn_linger(kvs_conn_t *c);
 static void conn_deliver(kvs_conn_t *c);
 static void conn_kick(kvs_conn_t *c);
+static void conn_kick_after(kvs_conn_t *c, uint64_t ms);
 static void conn_tls_input(kvs_conn_t *c);
 static void conn_tls_send(kvs_conn_t *c);
 static int conn_write_queue(kvs_conn_t *c, kvs_buf_t *q);
@@ -546,6 +552,8 @@ static void conn_deliver(kvs_conn_t *c)
     if (has(c, KVS_CONN_DELIVERING))
         return; /* the outer loop picks up the rest */
     c->flags |= KVS_CONN_DELIVERING;
+    uint64_t since = kvs_now_ns();
+    int more = 0; /* frames left for the next turn: the slice is over */
     while (conn_can_deliver(c)) {
         const uint8_t *p;
         size_t len;
@@ -557,6 +565,10 @@ static void conn_deliver(kvs_conn_t *c)
             break;
         }
         c->on_frame(c, p, len);
+        if (kvs_now_ns() - since >= KVS_CONN_SLICE_NS) {
+            more = 1;
+            break;
+        }
     }
     c->flags &= ~KVS_CONN_DELIVERING;
     if (has(c, KVS_CONN_EOF_PENDING) && !has(c, KVS_CONN_CLOSING) && !conn_ready(c)) {
@@ -572,6 +584,11 @@ static void conn_deliver(kvs_conn_t *c)
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
         conn_charge(c, 0);
     conn_update_reading(c);
+    /* The rest after the loop polled: a zero-delay timer started from the
+     * kick itself would be due again in the same run of timers, and the
+     * loop would never poll (libuv runs due timers until none is). */
+    if (more)
+        conn_kick_after(c, 1);
 }
 
 static void on_kick(uv_timer_t *t)
@@ -587,12 +604,17 @@ static void on_kick(uv_timer_t *t)
         kvs_flusher_run(c->flusher);
 }
 
-/* Delivers buffered frames on the next loop turn. */
-static void conn_kick(kvs_conn_t *c)
+/* Delivers buffered frames after `ms` (0: on the next loop turn). */
+static void conn_kick_after(kvs_conn_t *c, uint64_t ms)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING) || c->open_handles < 2)
         return;
-    uv_timer_start(&c->timer, on_kick, 0, 0);
+    uv_timer_start(&c->timer, on_kick, ms, 0);
+}
+
+static void conn_kick(kvs_conn_t *c)
+{
+    conn_kick_after(c, 0);
 }
 
 static void conn_update_reading(kvs_conn_t *c)

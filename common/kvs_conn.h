@@ -77,6 +77,7 @@
 #define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* a drained buffer above this is given back */
 #define KVS_CONN_IDLE_KEEP 4096u                /* ... and above this, once idle for a sweep */
 #define KVS_CONN_DEFAULT_HIGH_WATER (16u << 20) /* when the owner sets none */
+#define KVS_CONN_SLICE_NS 5000000u              /* frames run at most this long a turn */
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;

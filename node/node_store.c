@@ -1230,6 +1230,38 @@ static int sample_fits(MDB_txn *txn, MDB_dbi dbi, const kvs_partitioner_t pt[2],
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* A table bound with partitioner none (its keys on whatever shard their
+ * records' partitions gave) whose binding now names a hash: reads then
+ * ask only the shard the hash names. Fine when the stored keys fit it
+ * (the producers used that hash all along); refused (KVS_EMISMATCH) when
+ * a quarter or more of the sample, or in a shard of fewer than 8 keys any
+ * of them, would be looked up elsewhere; a few misses are warned of. */
+static int from_none_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, const char *table,
+                           kvs_partitioner_t to, const layout_t *now, char *err, size_t errlen)
+{
+    const kvs_partitioner_t pt[2] = {to, to};
+    uint32_t sampled, fit[2];
+    int rc = sample_fits(txn, dbi, pt, now->partitions, now->partitions, o->cfg->shards, o->shard,
+                         &sampled, fit);
+    if (rc != 0 || sampled == 0 || fit[1] == sampled)
+        return 0;
+    if (sampled >= 8 && (sampled - fit[1]) * 4 < sampled) {
+        kvs_warn("%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
+                 " partitions (none when its keys were stored): %" PRIu32 " of the %" PRIu32
+                 " keys sampled on this shard are looked up on other shards from now on",
+                 o->dir, table, now->partitioner, now->partitions, sampled - fit[1], sampled);
+        return 0;
+    }
+    snprintf(err, errlen,
+             "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
+             " partitions, but of the %" PRIu32 " keys sampled on this shard that places %" PRIu32
+             " on other shards; they were stored under partitioner none (on the shard of their "
+             "record's partition): reads would miss the keys stored here. Set partitioner: none "
+             "again in the binding of table %s, or rebuild the table from its topic",
+             o->dir, table, now->partitioner, now->partitions, sampled, sampled - fit[1], table);
+    return KVS_EMISMATCH;
+}
+
 /* A bound table whose binding now names another partitioner, or (while
  * kafka.brokers is empty, so that no check against the topic runs) another
  * partition count: fine when the binding was wrong (the stored keys fit the
@@ -1250,11 +1282,15 @@ static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, 
     int grown = was->partitions != now->partitions && o->cfg->kafka_brokers[0] != '\0';
     if (o->cfg->shards < 2 || kvs_place_partitioner_parse(was->partitioner, &pt[0], NULL) != 0 ||
         kvs_place_partitioner_parse(now->partitioner, &pt[1], NULL) != 0 ||
-        (pt[0] == pt[1] && was->partitions == now->partitions) || pt[0] == KVS_PARTITIONER_NONE ||
-        pt[1] == KVS_PARTITIONER_NONE)
-        return 0;
+        (pt[0] == pt[1] && was->partitions == now->partitions) || pt[1] == KVS_PARTITIONER_NONE)
+        return 0; /* to none: reads ask every shard that may hold a key */
+    if (pt[0] == KVS_PARTITIONER_NONE)
+        return from_none_check(txn, dbi, o, table, pt[1], now, err, errlen);
     int rc = sample_fits(txn, dbi, pt, was->partitions, now->partitions, o->cfg->shards, o->shard,
                          &sampled, fit);
+    /* Keys the old binding did not place here (7 of 8 at least; all of
+     * them in a sample of fewer than 8) were placed by another function,
+     * the producers': the binding is being fixed. */
     if (rc != 0 || sampled == 0 || fit[0] * 8 < sampled * 7)
         return 0;
     if (grown) { /* the brokers' count: taken; what it costs is said */
@@ -1267,8 +1303,17 @@ static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, 
                      o->dir, table, now->partitions, was->partitions, sampled - fit[1], sampled);
         return 0;
     }
-    if (sampled < 8 || (sampled - fit[1]) * 4 < sampled)
+    /* A wrong hash places some of them here by chance (half, with 2
+     * shards): refused when a quarter or more miss, or, in a shard of
+     * fewer than 8 keys, which the old binding placed all here, any. */
+    if (fit[1] == sampled || (sampled >= 8 && (sampled - fit[1]) * 4 < sampled)) {
+        if (fit[1] < sampled)
+            kvs_warn("%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
+                     " partitions: %" PRIu32 " of the %" PRIu32
+                     " keys sampled on this shard are looked up on other shards from now on",
+                     o->dir, table, now->partitioner, now->partitions, sampled - fit[1], sampled);
         return 0;
+    }
     snprintf(err, errlen,
              "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
              " partitions, but of the %" PRIu32 " keys sampled on this shard that places %" PRIu32

@@ -673,8 +673,19 @@ void router_redis_cursors_free(router_t *r)
     r->redis_cursors = NULL;
 }
 
-/* Keeps `bytes` for `table`; returns the number to give the client, or 0
- * when out of memory. */
+/* The counter of the number the next cursor_keep hands out (0: out of
+ * memory): a reply can say it before the cursor is kept. */
+static uint64_t cursor_next(router_t *r)
+{
+    struct router_redis_cursors_s *cs = cursors(r);
+    if (cs == NULL)
+        return 0;
+    uint64_t seq = cs->next & ROUTER_ID_COUNTER_MASK;
+    return seq != 0 ? seq : (cs->next + 1) & ROUTER_ID_COUNTER_MASK; /* 0 ends a walk */
+}
+
+/* Keeps `bytes` for `table`; returns the number to give the client
+ * (id_base | cursor_next), or 0 when out of memory. */
 static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes, size_t len)
 {
     struct router_redis_cursors_s *cs = cursors(r);
@@ -682,7 +693,7 @@ static uint64_t cursor_keep(router_t *r, const char *table, const uint8_t *bytes
         return 0;
     uint64_t seq = cs->next++ & ROUTER_ID_COUNTER_MASK;
     if (seq == 0) /* wrapped: 0 ends a walk */
-        seq = cs->next++;
+        seq = cs->next++ & ROUTER_ID_COUNTER_MASK;
     cursor_slot_t *s = &cs->slots[seq % ROUTER_REDIS_CURSORS];
     char *t = strdup(table);
     uint8_t *b = malloc(len ? len : 1);
@@ -1949,9 +1960,11 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
         hit[i] = (uint8_t)m;
         n += (size_t)m;
     }
-    if (a->cursor.len > 0 &&
-        (seq = cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len)) == 0)
+    /* The cursor is kept once the page is written: a page refused for
+     * its size takes no place among the kept ones. */
+    if (a->cursor.len > 0 && (seq = cursor_next(rs->r)) == 0)
         return kvs_redis_error(out, "ERR the server is out of memory");
+    seq = seq != 0 ? rs->r->id_base | seq : 0;
     size_t start = out->len;
     int rc;
     kvs_redis_array(out, 2);
@@ -1972,6 +1985,10 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
          * always gets through. */
         if (a->n_pairs > SCAN_PAGE_MIN && reply_too_large(req, out, start, &rc))
             return rc;
+    }
+    if (seq != 0 && cursor_keep(rs->r, sc->table, a->cursor.data, a->cursor.len) != seq) {
+        out->len = start; /* the number it said is not kept */
+        return kvs_redis_error(out, "ERR the server is out of memory");
     }
     return 0;
 }

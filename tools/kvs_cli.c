@@ -37,7 +37,7 @@
  *
  * On a terminal (stdin and stdout both ttys), a session reads lines through
  * cli_edit (libedit): editing, history in ~/.kvscli_history (never a line
- * whose command is `auth`, nor one that does not parse), TAB completion of
+ * whose command is `auth` or `hash-token`, nor one that does not parse), TAB completion of
  * command names and a hint of their arguments. Piped input is read with
  * getline exactly as without a terminal.
  *
@@ -659,6 +659,8 @@ static int value_bool(cli_arg_t a, Kvs__Value *v)
 }
 
 /* Reads all of `fd` into a malloc'ed buffer. Returns 0 or -errno. */
+#define VALUE_FILE_MAX (1u << 30) /* the largest limits.max_frame: no server takes more */
+
 static int read_fd_all(int fd, uint8_t **out, size_t *len)
 {
     size_t cap = 65536, n = 0;
@@ -666,7 +668,11 @@ static int read_fd_all(int fd, uint8_t **out, size_t *len)
     for (;;) {
         if (buf == NULL)
             return -ENOMEM;
-        ssize_t k = read(fd, buf + n, cap - n);
+        if (n > VALUE_FILE_MAX) { /* /dev/zero, or a file no frame holds */
+            free(buf);
+            return -EFBIG;
+        }
+        ssize_t k = read(fd, buf + n, cap - n); /* cap: at most VALUE_FILE_MAX + 1 */
         if (k == 0)
             break;
         if (k < 0 && errno == EINTR)
@@ -677,8 +683,9 @@ static int read_fd_all(int fd, uint8_t **out, size_t *len)
             return err;
         }
         n += (size_t)k;
-        if (n == cap) {
-            uint8_t *p = realloc(buf, cap *= 2);
+        if (n == cap && n <= VALUE_FILE_MAX) {
+            cap = cap * 2 > (size_t)VALUE_FILE_MAX + 1 ? (size_t)VALUE_FILE_MAX + 1 : cap * 2;
+            uint8_t *p = realloc(buf, cap);
             if (p == NULL)
                 free(buf);
             buf = p;
@@ -709,6 +716,13 @@ static int value_file(cli_t *c, cli_arg_t a, Kvs__Value *v)
     if (!is_stdin && fd >= 0)
         close(fd);
     c->stdin_taken |= is_stdin;
+    if (rc == -EFBIG) {
+        fprintf(stderr,
+                "kvs-cli: %s holds more than 1 GiB, more than any kvs frame (limits.max_frame) "
+                "can carry\n",
+                is_stdin ? "stdin" : path);
+        return CLI_USAGE;
+    }
     if (rc != 0) {
         fprintf(stderr, "kvs-cli: cannot read %s: %s\n", is_stdin ? "stdin" : path, strerror(-rc));
         return CLI_USAGE;
@@ -962,12 +976,21 @@ static int scan_page(cli_t *c, const cli_cmd_t *cmd, Kvs__CommandRequest *req,
         return rc;
     put_pairs(c, r->pairs, r->n_pairs, *total);
     *total += r->n_pairs;
-    if (r->n_pairs == 0 && r->cursor.len > 0 && r->cursor.len == cursor->len &&
-        memcmp(r->cursor.data, cursor->data, cursor->len) == 0) {
+    int same = r->cursor.len > 0 && r->cursor.len == cursor->len &&
+               memcmp(r->cursor.data, cursor->data, cursor->len) == 0;
+    if (same && r->n_pairs == 0) {
         fflush(stdout);
         fprintf(stderr, "kvs-cli: the server returned no pairs and the same cursor; the pair at ");
         put_quoted_to(stderr, cursor->data, cursor->len);
         fprintf(stderr, " may be too large for one page\n");
+        return CLI_FAILED;
+    }
+    if (same) { /* a kvs cursor moves past every page: this walk would not end */
+        fflush(stdout);
+        fprintf(stderr,
+                "kvs-cli: the server returned the cursor it was given with %zu pairs; "
+                "the walk would never end: stopped\n",
+                r->n_pairs);
         return CLI_FAILED;
     }
     if (keep_cursor(cursor, &r->cursor) != 0) {
@@ -1560,7 +1583,8 @@ static int run_line(cli_t *c, char *line, size_t n, int *quit)
 }
 
 /* Whether the history may keep line[0..n): it parses, and its command
- * (after the line's options) is not `auth`, whose argument is a secret. A
+ * (after the line's options) is neither `auth` nor `hash-token`, whose
+ * arguments are secrets. A
  * line that does not parse is not kept either: what it would run is not
  * known, so neither is whether it holds a secret. */
 static int history_keeps(cli_t *c, const char *line, size_t n)
@@ -1574,7 +1598,7 @@ static int history_keeps(cli_t *c, const char *line, size_t n)
     int k = 0;
     while (k < argc && argv[k].len > 2 && memcmp(argv[k].p, "--", 2) == 0)
         k++;
-    return k == argc || !arg_is(argv[k], "auth");
+    return k == argc || (!arg_is(argv[k], "auth") && !arg_is(argv[k], "hash-token"));
 }
 
 /* A session on a terminal, through the line editor. Returns as

@@ -215,6 +215,11 @@ class CliTest(unittest.TestCase):
         p = self.cli("--binary", "hset", "bin", "x", "@" + path + ".missing")
         self.assertEqual(p.returncode, 2)
         self.assertIn(b"cannot read", p.stderr)
+        # A file without end is read up to what a frame can carry (1 GiB),
+        # not until memory runs out.
+        p = self.cli("--binary", "hset", "bin", "x", "@/dev/zero")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"/dev/zero holds more than 1 GiB, more than any kvs frame", p.stderr)
 
     def test_hmset_hmget_order_with_missing(self):
         self.assertEqual(self.ok("hmset", "t", "a", "1", "b", "2", "c", "3"),
@@ -569,6 +574,18 @@ class HostileServerTest(unittest.TestCase):
             self.assertEqual(out.count("not asked: node a left a question unanswered"), 3, out)
             for shard in range(4):
                 self.assertIn("shard %d" % shard, out)
+
+    def test_hscanall_stops_when_a_server_hands_back_its_cursor(self):
+        # A page of pairs with the cursor it was asked with: each page took
+        # under --timeout, so the walk printed the same pair for ever.
+        resp = pb.CommandResponse(status=200, cursor=b"Sxy")
+        resp.pairs.add(key=b"k").value.string_value = "v"
+        port = self.serve(lambda conn: answer_each(conn, resp))
+        p, _ = self.cli(port, "--timeout", "2", "hscanall", "t")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"returned the cursor it was given with 1 pairs; the walk would never end",
+                      p.stderr)
+        self.assertLess(p.stdout.count(b'"k"'), 5, p.stdout[:300])
 
     def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
         # A Digest answer whose first value is the integer 16 where the

@@ -162,7 +162,7 @@ class CliEditTest(NodeTestCase):
         self.start_cli(["KVSCLI_HISTFILE=%s" % path])
         p = self.prompt
         for line in ["auth hunter2", "AUTH 'pass word'", "--int auth s3cret", 'auth "unclosed',
-                     "ping"]:
+                     "hash-token t0psecret", "ping"]:
             self.type(line)
             self.keys("Enter")
         self.wait_screen(lambda s: "PONG" in s, "ping's answer")
@@ -182,7 +182,8 @@ class CliEditTest(NodeTestCase):
         self.assertEqual(history_lines(path), ["hgetall t", "ping"])
         with open(path, "rb") as f:
             data = f.read()
-        for secret in (b"hunter2", b"pass", b"s3cret", b"unclosed", b"auth", b"AUTH"):
+        for secret in (b"hunter2", b"pass", b"s3cret", b"unclosed", b"auth", b"AUTH",
+                       b"t0psecret", b"hash-token"):
             self.assertNotIn(secret, data)
 
 

@@ -32,9 +32,9 @@ import unittest
 
 import redis
 
-from kvstest import (BUILD_DIR, SANITIZED, cert_path, pb, pyval, req_hexist, req_hget,
-                     req_hgetall, req_hmexist, req_hmget, req_hscan, req_hset, tls_context,
-                     tls_yaml)
+from kvstest import (BUILD_DIR, SANITIZED, cert_path, encode, pb, pyval, req_hexist, req_hget,
+                     req_hgetall, req_hmexist, req_hmget, req_hmset, req_hscan, req_hset,
+                     tls_context, tls_yaml)
 from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard,
                         router_pids, stopped)
 from kafkatest import KCAT, kafka_parts, kcat_produce, pos_token, wait_until
@@ -522,6 +522,39 @@ class OpsTest(LocalReadsCase):
         logged = [(e.command, e.table) for e in slow.ops.slowlog]
         self.assertEqual(logged.count(("Hget", "t")), 6, logged)
         self.assertEqual(logged.count(("Hmget", "t")), 1, logged)
+
+
+class FairnessTest(LocalReadsCase):
+    def test_a_pipeline_of_costly_local_reads_leaves_room_for_others(self):
+        """A client pipelines 60 Hgetall of a table of 280,000 pairs, each
+        walked by the router itself and refused (413) once past the frame:
+        some 70 ms of work each. They all ran in one go, so the router
+        process served nobody else for seconds (300 of them got it killed
+        for a missed heartbeat). A connection's frames now run 5 ms a turn:
+        another client is answered within about one such read."""
+        r = self.local_router()
+        with r.client(timeout=60) as c:
+            keys = [b"%07d" % i for i in range(280000)]
+            for i in range(0, len(keys), 50000):
+                resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
+                self.assertEqual(resp.status, 200, resp.message)
+            t = time.monotonic()
+            resp = c.call(req_hgetall("big"))
+            one = time.monotonic() - t
+            self.assertEqual(resp.status, 413, resp.message)
+            c.send_raw(encode(req_hgetall("big")) * 60)
+            time.sleep(0.3)  # the router is in the middle of them
+            worst = 0.0
+            for _ in range(5):
+                with r.client(timeout=60) as other:
+                    t = time.monotonic()
+                    self.assertEqual(other.ping().status, 200)
+                    worst = max(worst, time.monotonic() - t)
+                time.sleep(0.1)
+            self.assertLess(worst, max(1.0, 4 * one),
+                            "a ping waited %.2f s (one Hgetall: %.2f s)" % (worst, one))
+            for _ in range(60):  # and the pipeline is answered whole
+                self.assertEqual(c.recv().status, 413)
 
 
 class ProcessesTest(LocalReadsCase):

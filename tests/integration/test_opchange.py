@@ -137,6 +137,46 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                         r"Set partitioner: murmur2, partitions: 4 again in the binding of table "
                         r"users")
 
+    def served(self, r, table, keys, value):
+        with r.client() as c:
+            got = c.call(req_hmget(table, keys))
+        return got.status == 200 and [pyval(v) for v in got.values] == [value] * len(keys)
+
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_a_wrong_partitioner_is_refused_on_shards_of_few_keys(self):
+        """12 keys over 4 shards, 3 or so a shard: the sample that judges a
+        partitioner change needed 8 keys, so a shard of fewer took any
+        change silently, and reads missed most keys. The old binding
+        placed every one of them here; the new one misses some: refused."""
+        keys = KEYS[:12]
+        m = self.mock({"users": 4})
+        r = self.kafka_router(m, ("users", "users", "string", 4, "crc32"), 64, shards=4)
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in keys],
+                     partitioner="consistent_random")  # librdkafka's crc32
+        self.assertTrue(wait_until(lambda: self.served(r, "users", keys, "v1"), 20))
+        self.assertEqual(r.stop(), 0)
+        self.rewrite(r, "partitioner: crc32", "partitioner: murmur2")
+        self.refused(r, r"\S+/shard-\d: table \"users\" is now placed by partitioner murmur2 over "
+                        r"4 partitions, but of the [1-7] keys sampled on this shard that places "
+                        r"[1-7] on other shards, while crc32 over 4 partitions, its binding when "
+                        r"they were stored, places [1-7] here")
+
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_partitioner_none_changed_to_a_hash_the_keys_do_not_fit_is_refused(self):
+        """Records on random partitions, bound with partitioner none (reads
+        ask every shard). Bound to crc32 instead, reads ask one shard per
+        key and missed three quarters of them, silently: refused, unless
+        the stored keys fit the new hash."""
+        m = self.mock({"users": 4})
+        r = self.kafka_router(m, ("users", "users", "string", 4, "none"), 64, shards=4)
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS], partitioner="random")
+        self.assertTrue(wait_until(lambda: self.served(r, "users", KEYS, "v1"), 20))
+        self.assertEqual(r.stop(), 0)
+        self.rewrite(r, "partitioner: none", "partitioner: crc32")
+        self.refused(r, r"\S+/shard-\d: table \"users\" is now placed by partitioner crc32 over 4 "
+                        r"partitions, but of the \d+ keys sampled on this shard that places \d+ "
+                        r"on other shards; they were stored under partitioner none")
+
     @unittest.skipIf(KCAT is None, "kcat is needed")
     def test_a_partition_count_changed_with_kafka_off_is_judged_by_the_stored_keys(self):
         """With kafka.brokers empty no worker asks the brokers, so a binding's
