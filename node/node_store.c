@@ -1230,6 +1230,25 @@ static int sample_fits(MDB_txn *txn, MDB_dbi dbi, const kvs_partitioner_t pt[2],
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* Whether a new placement that finds `fit` of the `sampled` keys stored
+ * here (the rest looked up on other shards) is taken: when it finds them
+ * all, or, in a sample of 8 or more, misses fewer than a quarter (said in
+ * a WARN, `was` telling what placed them). In a shard of fewer than 8
+ * keys any miss counts. */
+static int misses_taken(const node_store_opts_t *o, const char *table, const layout_t *now,
+                        const char *was, uint32_t sampled, uint32_t fit)
+{
+    if (fit == sampled)
+        return 1;
+    if (sampled < 8 || (sampled - fit) * 4 >= sampled)
+        return 0;
+    kvs_warn("%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
+             " partitions%s: %" PRIu32 " of the %" PRIu32
+             " keys sampled on this shard are looked up on other shards from now on",
+             o->dir, table, now->partitioner, now->partitions, was, sampled - fit, sampled);
+    return 1;
+}
+
 /* A table bound with partitioner none (its keys on whatever shard their
  * records' partitions gave) whose binding now names a hash: reads then
  * ask only the shard the hash names. Fine when the stored keys fit it
@@ -1243,15 +1262,9 @@ static int from_none_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o
     uint32_t sampled, fit[2];
     int rc = sample_fits(txn, dbi, pt, now->partitions, now->partitions, o->cfg->shards, o->shard,
                          &sampled, fit);
-    if (rc != 0 || sampled == 0 || fit[1] == sampled)
+    if (rc != 0 || sampled == 0 ||
+        misses_taken(o, table, now, " (none when its keys were stored)", sampled, fit[1]))
         return 0;
-    if (sampled >= 8 && (sampled - fit[1]) * 4 < sampled) {
-        kvs_warn("%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
-                 " partitions (none when its keys were stored): %" PRIu32 " of the %" PRIu32
-                 " keys sampled on this shard are looked up on other shards from now on",
-                 o->dir, table, now->partitioner, now->partitions, sampled - fit[1], sampled);
-        return 0;
-    }
     snprintf(err, errlen,
              "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
              " partitions, but of the %" PRIu32 " keys sampled on this shard that places %" PRIu32
@@ -1306,14 +1319,8 @@ static int binding_check(MDB_txn *txn, MDB_dbi dbi, const node_store_opts_t *o, 
     /* A wrong hash places some of them here by chance (half, with 2
      * shards): refused when a quarter or more miss, or, in a shard of
      * fewer than 8 keys, which the old binding placed all here, any. */
-    if (fit[1] == sampled || (sampled >= 8 && (sampled - fit[1]) * 4 < sampled)) {
-        if (fit[1] < sampled)
-            kvs_warn("%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
-                     " partitions: %" PRIu32 " of the %" PRIu32
-                     " keys sampled on this shard are looked up on other shards from now on",
-                     o->dir, table, now->partitioner, now->partitions, sampled - fit[1], sampled);
+    if (misses_taken(o, table, now, "", sampled, fit[1]))
         return 0;
-    }
     snprintf(err, errlen,
              "%s: table \"%s\" is now placed by partitioner %s over %" PRIu32
              " partitions, but of the %" PRIu32 " keys sampled on this shard that places %" PRIu32
