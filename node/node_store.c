@@ -1115,7 +1115,7 @@ static int offsets_from_start(node_store_t *s, MDB_txn *txn, const char *topic, 
  * Runs before open_tables creates the missing tables. Returns 0, or
  * KVS_ESTORE with err set. */
 static int topics_follow_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o,
-                                char *err, size_t errlen)
+                                kvs_buf_t *said, char *err, size_t errlen)
 {
     MDB_dbi main;
     if (o->topics == NULL || o->n_tables == 0)
@@ -1146,12 +1146,20 @@ static int topics_follow_tables(node_store_t *s, MDB_txn *txn, const node_store_
             int n = offsets_from_start(s, txn, o->topics[i], o->dir, err, errlen);
             if (n < 0)
                 return n;
-            if (n > 0)
-                kvs_warn("kafka %s: the %d partition offset(s) stored in %s are those of table "
-                         "%s, but kafka.bindings now binds the topic to table %s: %s reads "
-                         "them again from their first record (table %s keeps what it holds)",
-                         o->topics[i], n, o->dir, was[0] ? was : "(another)", table, table,
-                         was[0] ? was : "(another)");
+            char line[1200];
+            int k = n <= 0
+                        ? 0
+                        : snprintf(line, sizeof(line),
+                                   "kafka %s: the %d partition offset(s) stored in %s are those "
+                                   "of table %s, but kafka.bindings now binds the topic to table "
+                                   "%s: %s reads them again from their first record (table %s "
+                                   "keeps what it holds)",
+                                   o->topics[i], n, o->dir, was[0] ? was : "(another)", table,
+                                   table, was[0] ? was : "(another)");
+            /* said once the checks after it passed and this commits: a
+             * start refused for another reason reads nothing again */
+            if (k > 0 && kvs_buf_append(said, line, strlen(line) + 1) != 0)
+                kvs_warn("%s", line); /* no memory to hold it: said now */
         }
         rc = mdb_put(txn, s->meta, &k, &t, 0);
     }
@@ -1755,21 +1763,28 @@ static int identity_check(node_store_t *s, const node_store_opts_t *o, char *err
         rc = meta_check(txn, s->meta, KVS_SCHEMA_KEY_SHARD, shard, o->dir, err, errlen);
     if (rc == 0)
         rc = meta_check(txn, s->meta, KVS_SCHEMA_KEY_PLACEMENT, o->placement, o->dir, err, errlen);
+    kvs_buf_t said; /* warnings true only once this commits: NUL-separated */
+    kvs_buf_init(&said);
     if (rc == 0)
-        rc = topics_follow_tables(s, txn, o, err, errlen);
+        rc = topics_follow_tables(s, txn, o, &said, err, errlen);
     if (rc == 0)
         rc = open_tables(s, txn, o, err, errlen);
     if (rc == 0)
         rc = layouts_check(s, txn, o, err, errlen);
     if (rc != 0) {
         mdb_txn_abort(txn);
+        kvs_buf_free(&said);
         return rc;
     }
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
         snprintf(err, errlen, "%s: commit: %s", o->dir, mdb_strerror(rc));
+        kvs_buf_free(&said);
         return KVS_ESTORE;
     }
+    for (size_t at = 0; at < said.len; at += strlen((const char *)said.data + at) + 1)
+        kvs_warn("%s", (const char *)said.data + at);
+    kvs_buf_free(&said);
     return 0;
 }
 
