@@ -469,8 +469,8 @@ static addr_count_t *addr_slot(kvs_auth_t *a, const char *ip, int create)
         addr_count_t *e = &a->addrs[i];
         if (e->ip[0] != '\0' && strcmp(e->ip, ip) == 0)
             return e;
-        if (reusable_over(e, best, now, a->cfg->auth_failures_per_minute))
-            best = e;
+        if (create && reusable_over(e, best, now, a->cfg->auth_failures_per_minute))
+            best = e; /* only a new entry needs the one to reuse */
     }
     if (!create || best == NULL)
         return NULL;

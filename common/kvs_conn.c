@@ -489,16 +489,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             if (c->flusher != NULL)
                 c->flusher->now_ns = c->read_ns;
         }
-    }
-    if (n > 0 && c->tls != NULL) {
-        kvs_tls_in_commit(c->tls, (size_t)n);
         c->last_input_ms = uv_now(c->h.handle.loop);
-        conn_tls_input(c);
-        return;
-    }
-    if (n > 0) {
+        if (c->tls != NULL) {
+            kvs_tls_in_commit(c->tls, (size_t)n);
+            conn_tls_input(c);
+            return;
+        }
         kvs_frame_dec_commit(&c->dec, (size_t)n);
-        c->last_input_ms = uv_now(c->h.handle.loop);
         conn_deliver(c);
         conn_track_partial(c);
         return;

@@ -52,10 +52,11 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                r"configuration: " + why)
         self.assertTrue(r.wait_all_gone(10), "left: %r" % procs_for_config(r.config))
 
-    def fill_and_stop(self, m, r):
-        """Produces KEYS = "v1" to topic users, waits until table users
-        serves them all, and stops the router."""
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS])
+    def fill_and_stop(self, m, r, partitioner="murmur2_random"):
+        """Produces KEYS = "v1" to topic users (by librdkafka's
+        `partitioner`), waits until table users serves them all, and stops
+        the router."""
+        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS], partitioner=partitioner)
         self.wait_values(r, "users", "v1")
         self.assertEqual(r.stop(), 0)
 
@@ -95,10 +96,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         table reads the topic again came first, though nothing was."""
         m = self.mock({"users": 4})
         r = self.kafka_router(m, ("users", "users", "string", 4, "crc32"), partitions=64)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS],
-                     partitioner="consistent_random")
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r, partitioner="consistent_random")  # librdkafka's crc32
         self.rewrite(r, "table: users,", "table: members,")
         self.refused(r, r"\S+/shard-\d: table \"users\" holds \d+ key\(s\) placed by its binding "
                         r"to topic users \(partitioner crc32, 4 partitions\)")
@@ -112,10 +110,7 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         binding to put back; put back, every key is served."""
         m = self.mock({"users": 4})
         r = self.kafka_router(m, ("users", "users", "string", 4, "crc32"), partitions=64)
-        kcat_produce(m.bootstrap, "users", [(k, b"v1") for k in KEYS],
-                     partitioner="consistent_random")
-        self.wait_values(r, "users", "v1")
-        self.assertEqual(r.stop(), 0)
+        self.fill_and_stop(m, r, partitioner="consistent_random")  # librdkafka's crc32
         with open(r.config) as f:
             bound = f.read()
         with open(r.config, "w") as f:

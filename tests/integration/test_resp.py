@@ -296,6 +296,11 @@ class LargeValuesTest(RespTestCase):
         got = dict(c.hscan_iter("fl", count=10))
         self.assertEqual(len(got), 300)
         self.assertEqual(set(got.values()), {text.encode()})
+        before, _ = c.hscan("fl", 0, count=10)
+        with self.assertRaises(redis.ResponseError):
+            c.hscan("fl", 0, count=200)  # a page that would hand out a cursor
+        after, _ = c.hscan("fl", 0, count=10)
+        self.assertEqual(after, before + 1, "the refused page kept a cursor")
         with self.assertRaises(redis.ResponseError) as e:
             c.hscan("fl", 0, count=300)
         self.assertIn("HSCAN page would exceed twice limits.max_frame (32768 bytes, as Redis "
