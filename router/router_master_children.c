@@ -182,6 +182,10 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
     uint64_t inodes[ROUTER_LISTEN_MAX] = {0};
     size_t n = 0;
     int beat = strcmp(line, ROUTER_LIVENESS_LINE) == 0;
+    if (index < m->n_procs && strcmp(line, ROUTER_LIVENESS_RELOADING) == 0) {
+        router_master_live_reloading(m, g, index);
+        return;
+    }
     if (index >= m->n_procs || (!beat && router_procs_parse_listening(line, inodes, &n) != 0)) {
         kvs_warn("router %u said something unexpected: %.100s", index, line);
         return;
