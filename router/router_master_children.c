@@ -202,7 +202,10 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
             router_master_change_switch(m);
     } else if (m->ready) {
         kvs_info("router %u accepts clients again", index);
-        if (g->n_listening == m->n_procs)
+        /* Not while a membership change's new processes start: one may
+         * listen already and not have said so yet (its socket would look
+         * foreign); the switch checks once they all have. */
+        if (g->n_listening == m->n_procs && m->next == NULL)
             router_master_foreign_listener(m); /* logged: nothing to stop any more */
     } else if (g->n_listening == m->n_procs) {
         become_ready(m);
