@@ -4,7 +4,11 @@
  * The listener is for administrators, but it is a network port like any
  * other, so it is bounded like the client listeners, with kvs_conn doing
  * the work:
- *  - at most HTTP_MAX_CONNS connections; more get 503 and are closed;
+ *  - at most HTTP_MAX_CONNS connections: at that count a new one takes the
+ *    place of the one that waited longest for its client (no scrape in
+ *    flight, no answer being written), so that clients holding slots
+ *    idle never keep a scrape out; when every one is busy, the new one
+ *    gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
  *    connection is closed;
@@ -78,7 +82,7 @@ struct router_http_s {
     int listening;
     kvs_conn_group_t group;
     http_conn_t *conns;
-    uint64_t refused_log_ms;
+    uint64_t refused_log_ms, evicted_log_ms;
 };
 
 struct http_conn_s {
@@ -391,6 +395,7 @@ static void on_conn_closed(kvs_conn_t *c)
     router_http_t *h = hc->h;
     if (hc->scrape != NULL)
         hc->scrape->hc = NULL; /* router_http_done frees it */
+
     if (hc->prev != NULL)
         hc->prev->next = hc->next;
     else
@@ -416,12 +421,37 @@ static void refuse(router_http_t *h, uv_stream_t *server)
     }
 }
 
+/* At HTTP_MAX_CONNS: closes the connection that has waited longest for
+ * its client (read nothing for the longest time, with no scrape in flight
+ * and no answer being written) to make room (a closing one has left the
+ * group, which counts the others). Returns 0, or -1 when every connection
+ * is busy. */
+static int evict_one(router_http_t *h)
+{
+    http_conn_t *best = NULL;
+    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
+        if (hc->conn.group != NULL && hc->scrape == NULL && hc->conn.output_since_ms == 0 &&
+            (best == NULL || hc->conn.last_input_ms <= best->conn.last_input_ms))
+            best = hc; /* newest first: on a tie, the older one */
+    if (best == NULL)
+        return -1;
+    uint64_t now = uv_now(h->loop);
+    if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
+        h->evicted_log_ms = now;
+        kvs_warn("metrics listener: at %d connections, closing the one idle longest (%llu ms) "
+                 "for a new one (logged at most every 10 s)",
+                 HTTP_MAX_CONNS, (unsigned long long)(now - best->conn.last_input_ms));
+    }
+    kvs_conn_close(&best->conn);
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     router_http_t *h = server->data;
     if (status != 0)
         return;
-    if (h->group.count >= HTTP_MAX_CONNS) {
+    if (h->group.count >= HTTP_MAX_CONNS && evict_one(h) != 0) {
         refuse(h, server);
         return;
     }
