@@ -18,6 +18,9 @@
  *    keep-alive connection idle for HTTP_IDLE_MS is closed (kvs_conn's
  *    group timeouts; KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook,
  *    replaces HTTP_TIMEOUT_MS);
+ *  - the kernel's send buffer of a connection is HTTP_SNDBUF (not the
+ *    megabytes it grows to by itself), so that answers a client does not
+ *    read soon wait in its output, where the answer timeout sees them;
  *  - one request at a time per connection: while a scrape is in flight
  *    the connection is paused (nothing more is read), and pipelined
  *    requests wait their turn, which comes once the last answer went
@@ -62,6 +65,7 @@
 #define HTTP_MAX_URL 1024u
 #define HTTP_TIMEOUT_MS 10000u
 #define HTTP_IDLE_MS 60000u
+#define HTTP_SNDBUF 65536 /* SO_SNDBUF of a connection (Linux doubles it) */
 /* The header Prometheus sends with its scrape_timeout, in seconds. */
 static const char timeout_header[] = "X-Prometheus-Scrape-Timeout-Seconds";
 #define HTTP_MAX_TIMEOUT_VALUE 31 /* bytes of its value, at most (longer: ignored) */
@@ -472,8 +476,16 @@ static void on_connection(uv_stream_t *server, int status)
     if (h->conns != NULL)
         h->conns->prev = hc;
     h->conns = hc;
-    if (kvs_conn_accept(&hc->conn, server) != 0)
+    if (kvs_conn_accept(&hc->conn, server) != 0) {
         kvs_conn_close(&hc->conn);
+        return;
+    }
+    /* The kernel would otherwise take megabytes of answers a client does
+     * not read (its send buffer grows by itself): bounded, a client that
+     * pipelines scrapes and reads nothing has an answer waiting within a
+     * few answers, and the answer timeout closes it. */
+    int sndbuf = HTTP_SNDBUF;
+    (void)uv_send_buffer_size((uv_handle_t *)&hc->conn.h, &sndbuf); /* unset: merely larger */
 }
 
 int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,

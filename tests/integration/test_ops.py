@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -267,11 +268,10 @@ def worker_scrapes(samples):
 
 
 def kernel_buffers():
-    """Most bytes the kernel may hold for one loopback connection: the
-    sender's buffer grows to tcp_wmem's maximum (the receiver's is set
-    small by the tests)."""
-    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-        return int(f.read().split()[2])
+    """Most bytes the kernel may hold for one connection to the metrics
+    port: the master sets its send buffer to 64 KiB, which Linux doubles
+    (the receiver's is set small by the tests)."""
+    return 2 * 65536
 
 
 def non_reading_socket(port, rcvbuf=4096):
@@ -322,6 +322,41 @@ class MetricsListenerBoundsTest(MetricsCase):
                              "%d scrapes of %d bytes for a client that read nothing"
                              % (scrapes, size))
 
+
+    def test_a_flood_of_scrapes_asks_the_processes_at_most_ten_times_a_second(self):
+        # Anyone who reaches the port may scrape as fast as they can; each
+        # scrape would cost every process a Metrics answer. Scrapes share
+        # fan-outs instead, which start at least 100 ms apart.
+        self.metrics_router(shards=2, partitions=8)
+        before = self.settled_scrape()
+        answered = []
+        stop = time.monotonic() + 2.0
+
+        def flood():
+            n = 0
+            c = http.client.HTTPConnection(HOST, self.mport, timeout=10)
+            try:
+                while time.monotonic() < stop:
+                    c.request("GET", "/metrics")
+                    r = c.getresponse()
+                    body = r.read()
+                    if r.status == 200 and b"kvs_metrics_source_up" in body:
+                        n += 1
+            finally:
+                c.close()
+            answered.append(n)
+        started = time.monotonic()
+        threads = [threading.Thread(target=flood) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        elapsed = time.monotonic() - started
+        after = parse_metrics(self.scrape())
+        asked = (worker_scrapes(after) - worker_scrapes(before)) / 2 - 1  # per shard; not ours
+        self.assertEqual(len(answered), 8)
+        self.assertLessEqual(asked, elapsed * 10 + 3, "fan-outs for %d scrapes" % sum(answered))
+        self.assertGreater(sum(answered), 2 * asked, "scrapes share fan-outs")
 
     def test_an_http_1_0_keep_alive_is_said(self):
         # HTTP/1.0 closes after an answer unless the answer says it keeps
