@@ -35,7 +35,8 @@
  * of a message, which is then delivered as one "frame". Anything that is
  * not a well-formed request gets its 4xx: 400 for what the parser refuses
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
- * for another method, 414 for a URL over HTTP_MAX_URL bytes.
+ * for another method, 414 for a URL over HTTP_MAX_URL bytes, 505 for a
+ * version other than HTTP/1.0 and 1.1 (a request line without one, too).
  *
  * A scrape is handed to the owner's callback (the master's router_scrape,
  * which collects the families of every process of the node) with a token;
@@ -278,6 +279,8 @@ static const char *reason(int status)
         return "Request Header Fields Too Large";
     case 503:
         return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return "Internal Server Error";
     }
@@ -359,6 +362,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     hc->keep_alive = http_should_keep_alive(&hc->parser);
     hc->http10 = hc->parser.http_major == 1 && hc->parser.http_minor == 0;
     int method = hc->parser.method, too_long = hc->url_too_long;
+    int version_ok = hc->parser.http_major == 1 && hc->parser.http_minor <= 1;
     uint64_t timeout_ms = hc->timeout_ms;
     http_parser_url_init(&u);
     int bad_url = too_long || http_parser_parse_url(hc->url, hc->url_len, 0, &u) != 0;
@@ -366,7 +370,9 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len,
                  hc->url + u.field_data[UF_PATH].off);
     parser_reset(hc); /* the next request starts after this one */
-    if (too_long)
+    if (!version_ok)
+        respond_text(hc, 505, "only HTTP/1.0 and HTTP/1.1 are served\n", NULL);
+    else if (too_long)
         respond_text(hc, 414, "the URL is too long\n", NULL);
     else if (bad_url)
         respond_text(hc, 400, "the request target is not a URL\n", NULL);

@@ -196,6 +196,9 @@ class MetricsTest(MetricsCase):
                                   + b"a" * 9000), "HTTP/1.1 413 Content Too Large")
         self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 414 URI Too Long")
+        for version in (b" HTTP/9.9", b" HTTP/1.2", b" HTTP/2.0", b""):
+            self.assertEqual(raw_http(p, b"GET /metrics" + version + b"\r\n\r\n"),
+                             "HTTP/1.1 505 HTTP Version Not Supported", version)
         # Connections are bounded (16), but idle ones never keep a scrape
         # out: a new connection takes the place of the one idle longest.
         idle = [socket.create_connection((HOST, p), timeout=10)]
