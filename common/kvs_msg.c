@@ -1554,23 +1554,48 @@ static int is_multi_key(uint64_t field)
            field == KVS__COMMAND_REQUEST__COMMAND_HMEXIST;
 }
 
-size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd)
+/* Every command member's keys, for bytes command_run cannot read (the
+ * decoder refuses them; the count only has to be no less than theirs). */
+static size_t count_every_member(const uint8_t *p, const uint8_t *end,
+                                 Kvs__CommandRequest__CommandCase *cmd)
 {
-    const uint8_t *end = p + len;
     size_t n = 0;
     uint64_t tag;
-    *cmd = KVS__COMMAND_REQUEST__COMMAND__NOT_SET;
     while (p < end && kvs_varint_get(&p, end, &tag) == 0) {
         const uint8_t *at = p;
         uint64_t vlen;
         if ((tag & 7) == 2 && is_multi_key(tag >> 3) && kvs_varint_get(&at, end, &vlen) == 0 &&
             vlen <= (uint64_t)(end - at)) {
-            /* Every occurrence counts: protobuf merges repeated ones. */
             n += count_field2(at, at + vlen);
             *cmd = (Kvs__CommandRequest__CommandCase)(tag >> 3);
         }
         if (skip_field(&p, end, tag) != 0)
             break;
+    }
+    return n;
+}
+
+size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd)
+{
+    const uint8_t *end = p + len, *q, *v;
+    command_run_t run;
+    uint64_t tag = 0, vlen = 0;
+    size_t n = 0;
+    *cmd = KVS__COMMAND_REQUEST__COMMAND__NOT_SET;
+    if (command_run(p, len, &run) != 0)
+        return count_every_member(p, end, cmd);
+    if (run.count == 0 || !is_multi_key(run.member))
+        return 0;
+    /* Only the last run is decoded (merged into one member, see
+     * merge_command): the members before it are dropped, so their keys
+     * cost nothing and are not counted. */
+    *cmd = (Kvs__CommandRequest__CommandCase)run.member;
+    for (q = run.at; q < end;) { /* command_run read it whole: nothing fails */
+        (void)read_varint32(&q, end, &tag);
+        v = q;
+        (void)skip_field(&q, end, tag);
+        if (command_member(tag) != 0 && kvs_varint_get(&v, end, &vlen) == 0)
+            n += count_field2(v, v + vlen);
     }
     return n;
 }

@@ -175,6 +175,9 @@ typedef struct topic_s {
     rd_kafka_topic_t *rkt;
     part_t *parts;           /* indexed by partition */
     node_placecheck_t check; /* are records on their keys' partitions? */
+    /* uv_now of the last skip logged, per kind: a flood of one kind, or on
+     * one topic, hides no other */
+    uint64_t last_skip_log[SKIP_KINDS];
 } topic_t;
 
 struct node_ingest_s {
@@ -219,7 +222,6 @@ struct node_ingest_s {
     unsigned losses;        /* batches lost in a row */
     unsigned long unlogged; /* batches lost since the last line saying so */
     unsigned ticks;
-    uint64_t last_skip_log[SKIP_KINDS]; /* per kind: a flood of one hides no other */
     uint64_t last_err_log, last_loss_log;
     kvs_buf_t scratch; /* encoded Value of the record being applied */
     kvs_arena_t arena;
@@ -383,15 +385,15 @@ static int encode_payload(node_ingest_t *in, const topic_t *t, const rd_kafka_me
     }
 }
 
-static void log_skip(node_ingest_t *in, const topic_t *t, const rd_kafka_message_t *m,
+static void log_skip(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m,
                      skip_kind_t kind, const char *why)
 {
     uint64_t now = uv_now(in->loop);
-    if (now - in->last_skip_log[kind] < LOG_EVERY_MS && in->last_skip_log[kind] != 0)
+    if (now - t->last_skip_log[kind] < LOG_EVERY_MS && t->last_skip_log[kind] != 0)
         return;
-    in->last_skip_log[kind] = now;
-    kvs_warn("kafka %s [%d] offset %lld skipped: %s (further skips for this reason are counted, "
-             "logged at most every %d s)",
+    t->last_skip_log[kind] = now;
+    kvs_warn("kafka %s [%d] offset %lld skipped: %s (further skips of this topic for this "
+             "reason are counted, logged at most every %d s)",
              t->b->topic, m->partition, (long long)m->offset, why, LOG_EVERY_MS / 1000);
 }
 

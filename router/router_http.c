@@ -4,7 +4,11 @@
  * The listener is for administrators, but it is a network port like any
  * other, so it is bounded like the client listeners, with kvs_conn doing
  * the work:
- *  - at most HTTP_MAX_CONNS connections; more get 503 and are closed;
+ *  - at most HTTP_MAX_CONNS connections: at that count a new one takes the
+ *    place of the one that waited longest for its client (no scrape in
+ *    flight, no answer being written), so that clients holding slots
+ *    idle never keep a scrape out; when every one is busy, the new one
+ *    gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
  *    connection is closed;
@@ -14,6 +18,9 @@
  *    keep-alive connection idle for HTTP_IDLE_MS is closed (kvs_conn's
  *    group timeouts; KVS_TEST_METRICS_TIMEOUT_MS, a test build's hook,
  *    replaces HTTP_TIMEOUT_MS);
+ *  - the kernel's send buffer of a connection is HTTP_SNDBUF (not the
+ *    megabytes it grows to by itself), so that answers a client does not
+ *    read soon wait in its output, where the answer timeout sees them;
  *  - one request at a time per connection: while a scrape is in flight
  *    the connection is paused (nothing more is read), and pipelined
  *    requests wait their turn, which comes once the last answer went
@@ -28,7 +35,8 @@
  * of a message, which is then delivered as one "frame". Anything that is
  * not a well-formed request gets its 4xx: 400 for what the parser refuses
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
- * for another method, 414 for a URL over HTTP_MAX_URL bytes.
+ * for another method, 414 for a URL over HTTP_MAX_URL bytes, 505 for a
+ * version other than HTTP/1.0 and 1.1 (a request line without one, too).
  *
  * A scrape is handed to the owner's callback (the master's router_scrape,
  * which collects the families of every process of the node) with a token;
@@ -58,6 +66,7 @@
 #define HTTP_MAX_URL 1024u
 #define HTTP_TIMEOUT_MS 10000u
 #define HTTP_IDLE_MS 60000u
+#define HTTP_SNDBUF 65536 /* SO_SNDBUF of a connection (Linux doubles it) */
 /* The header Prometheus sends with its scrape_timeout, in seconds. */
 static const char timeout_header[] = "X-Prometheus-Scrape-Timeout-Seconds";
 #define HTTP_MAX_TIMEOUT_VALUE 31 /* bytes of its value, at most (longer: ignored) */
@@ -78,7 +87,7 @@ struct router_http_s {
     int listening;
     kvs_conn_group_t group;
     http_conn_t *conns;
-    uint64_t refused_log_ms;
+    uint64_t refused_log_ms, evicted_log_ms;
 };
 
 struct http_conn_s {
@@ -270,6 +279,8 @@ static const char *reason(int status)
         return "Request Header Fields Too Large";
     case 503:
         return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return "Internal Server Error";
     }
@@ -351,6 +362,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     hc->keep_alive = http_should_keep_alive(&hc->parser);
     hc->http10 = hc->parser.http_major == 1 && hc->parser.http_minor == 0;
     int method = hc->parser.method, too_long = hc->url_too_long;
+    int version_ok = hc->parser.http_major == 1 && hc->parser.http_minor <= 1;
     uint64_t timeout_ms = hc->timeout_ms;
     http_parser_url_init(&u);
     int bad_url = too_long || http_parser_parse_url(hc->url, hc->url_len, 0, &u) != 0;
@@ -358,7 +370,9 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len,
                  hc->url + u.field_data[UF_PATH].off);
     parser_reset(hc); /* the next request starts after this one */
-    if (too_long)
+    if (!version_ok)
+        respond_text(hc, 505, "only HTTP/1.0 and HTTP/1.1 are served\n", NULL);
+    else if (too_long)
         respond_text(hc, 414, "the URL is too long\n", NULL);
     else if (bad_url)
         respond_text(hc, 400, "the request target is not a URL\n", NULL);
@@ -391,6 +405,7 @@ static void on_conn_closed(kvs_conn_t *c)
     router_http_t *h = hc->h;
     if (hc->scrape != NULL)
         hc->scrape->hc = NULL; /* router_http_done frees it */
+
     if (hc->prev != NULL)
         hc->prev->next = hc->next;
     else
@@ -416,12 +431,37 @@ static void refuse(router_http_t *h, uv_stream_t *server)
     }
 }
 
+/* At HTTP_MAX_CONNS: closes the connection that has waited longest for
+ * its client (read nothing for the longest time, with no scrape in flight
+ * and no answer being written) to make room (a closing one has left the
+ * group, which counts the others). Returns 0, or -1 when every connection
+ * is busy. */
+static int evict_one(router_http_t *h)
+{
+    http_conn_t *best = NULL;
+    for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
+        if (hc->conn.group != NULL && hc->scrape == NULL && hc->conn.output_since_ms == 0 &&
+            (best == NULL || hc->conn.last_input_ms <= best->conn.last_input_ms))
+            best = hc; /* newest first: on a tie, the older one */
+    if (best == NULL)
+        return -1;
+    uint64_t now = uv_now(h->loop);
+    if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
+        h->evicted_log_ms = now;
+        kvs_warn("metrics listener: at %d connections, closing the one idle longest (%llu ms) "
+                 "for a new one (logged at most every 10 s)",
+                 HTTP_MAX_CONNS, (unsigned long long)(now - best->conn.last_input_ms));
+    }
+    kvs_conn_close(&best->conn);
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     router_http_t *h = server->data;
     if (status != 0)
         return;
-    if (h->group.count >= HTTP_MAX_CONNS) {
+    if (h->group.count >= HTTP_MAX_CONNS && evict_one(h) != 0) {
         refuse(h, server);
         return;
     }
@@ -442,8 +482,16 @@ static void on_connection(uv_stream_t *server, int status)
     if (h->conns != NULL)
         h->conns->prev = hc;
     h->conns = hc;
-    if (kvs_conn_accept(&hc->conn, server) != 0)
+    if (kvs_conn_accept(&hc->conn, server) != 0) {
         kvs_conn_close(&hc->conn);
+        return;
+    }
+    /* The kernel would otherwise take megabytes of answers a client does
+     * not read (its send buffer grows by itself): bounded, a client that
+     * pipelines scrapes and reads nothing has an answer waiting within a
+     * few answers, and the answer timeout closes it. */
+    int sndbuf = HTTP_SNDBUF;
+    (void)uv_send_buffer_size((uv_handle_t *)&hc->conn.h, &sndbuf); /* unset: merely larger */
 }
 
 int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb on_scrape,

@@ -32,18 +32,29 @@ uint64_t router_liveness_interval_ms(uint64_t timeout_ms)
     return timeout_ms / 4 > 0 ? timeout_ms / 4 : 1;
 }
 
-int router_liveness_beat(int fd)
+static int send_line(int fd, const char *line, size_t len)
 {
-    static const char line[] = ROUTER_LIVENESS_LINE "\n";
     ssize_t n;
     do
-        n = send(fd, line, sizeof(line) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        n = send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     /* A unix stream socket takes a line this short whole (one buffer) or
      * not at all: a part cannot happen. */
-    return n == (ssize_t)sizeof(line) - 1 ? 0 : -EAGAIN;
+    return n == (ssize_t)len ? 0 : -EAGAIN;
+}
+
+int router_liveness_beat(int fd)
+{
+    static const char line[] = ROUTER_LIVENESS_LINE "\n";
+    return send_line(fd, line, sizeof(line) - 1);
+}
+
+int router_liveness_reloading(int fd)
+{
+    static const char line[] = ROUTER_LIVENESS_RELOADING "\n";
+    return send_line(fd, line, sizeof(line) - 1);
 }
 
 /* The value of the line "<key>:" of `text` (after its blanks), or NULL. */
@@ -120,7 +131,8 @@ router_live_verdict_t router_liveness_judge(router_live_t *l, pid_t pid, uint64_
                                             router_proc_state_t *st)
 {
     *st = (router_proc_state_t){.state = '?'};
-    if (pid == l->killed || now < l->beat_ms || now - l->beat_ms < timeout_ms)
+    if (pid == l->killed || now < l->beat_ms || now - l->beat_ms < timeout_ms ||
+        now < l->grace_until)
         return ROUTER_LIVE_OK;
     int rc = inspect(pid, st);
     if (rc != 0)

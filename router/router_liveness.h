@@ -26,6 +26,13 @@
 /* The heartbeat line, without its newline. */
 #define ROUTER_LIVENESS_LINE "alive"
 
+/* The line a router process sends before it reads a reloaded config
+ * (SIGHUP), which may keep its loop busy for a while (a config file may
+ * hold up to 64 MiB): the master judges it again once it beats after the
+ * reload, or ROUTER_LIVENESS_RELOAD_GRACE_MS later, whichever is first. */
+#define ROUTER_LIVENESS_RELOADING "reloading"
+#define ROUTER_LIVENESS_RELOAD_GRACE_MS 60000
+
 /* How often a router process sends its heartbeat for a liveness timeout
  * of `timeout_ms`: a quarter of it (at least 1 ms), so three beats may be
  * late or lost before the master gives up on it; 0 (no heartbeat) when
@@ -38,6 +45,9 @@ uint64_t router_liveness_interval_ms(uint64_t timeout_ms);
  * when the pipe is full (the beat is lost: the master, which is not
  * reading, checks nobody meanwhile), -EPIPE once the master is gone. */
 int router_liveness_beat(int fd);
+
+/* Sends ROUTER_LIVENESS_RELOADING on `fd` the same way. */
+int router_liveness_reloading(int fd);
 
 /* What the kernel says of a process: its state letter (R running, S
  * sleeping, D uninterruptible sleep, T stopped by a signal, t stopped by
@@ -67,9 +77,10 @@ typedef int (*router_inspect_fn)(pid_t pid, router_proc_state_t *out);
  * the process starts; beat_ms set to the loop time whenever it is heard
  * from (a heartbeat, its "listening" line). */
 typedef struct router_live_s {
-    uint64_t beat_ms; /* loop time of its last sign of life */
-    pid_t traced;     /* its pid once found traced past its timeout (warned once) */
-    pid_t killed;     /* its pid once judged hung (until it exits and restarts) */
+    uint64_t beat_ms;     /* loop time of its last sign of life */
+    uint64_t grace_until; /* it reloads: not judged before this loop time (0: none) */
+    pid_t traced;         /* its pid once found traced past its timeout (warned once) */
+    pid_t killed;         /* its pid once judged hung (until it exits and restarts) */
 } router_live_t;
 
 typedef enum {
@@ -86,7 +97,8 @@ typedef enum {
  * inspected: *st is then what `inspect` said of it (state '?' when it
  * could not say). A traced one is never HUNG; once its tracer is gone it
  * gets a whole timeout from `now` (RELEASED) before it may be. A process
- * judged HUNG is not judged again (OK) until *l is reset at its restart.
+ * judged HUNG is not judged again (OK) until *l is reset at its restart;
+ * one within its reload grace (l->grace_until) is not judged either.
  * Updates *l. */
 router_live_verdict_t router_liveness_judge(router_live_t *l, pid_t pid, uint64_t now,
                                             uint64_t timeout_ms, router_inspect_fn inspect,

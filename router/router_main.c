@@ -299,17 +299,18 @@ static void beat_configure(router_main_t *m)
     uv_timer_start(&m->beat, on_beat, every, every);
 }
 
-/* KVS_TEST_ROUTER_READY_DELAY_MS (test builds only, never a config key):
- * a router process of the serving generation (not --next) waits this long,
- * its signals held, before it takes its sockets, as a slow start would: a
- * membership change can switch to a new generation meanwhile. */
-static void test_ready_delay(const router_main_t *m)
+/* Test builds only, never config keys: the loop stops for the hook's
+ * milliseconds, as slow work would. KVS_TEST_ROUTER_READY_DELAY_MS: a
+ * router process of the serving generation (not --next) waits, its signals
+ * held, before it takes its sockets (a membership change can switch to a
+ * new generation meanwhile); KVS_TEST_ROUTER_RELOAD_DELAY_MS: a reload
+ * reads its file this much longer (a config of many MiB). */
+static void test_delay(const char *hook, const char *doing)
 {
     uint64_t ms = 0;
-    if (m->next || !kvs_test_hook_u64("KVS_TEST_ROUTER_READY_DELAY_MS", &ms) || ms == 0)
+    if (!kvs_test_hook_u64(hook, &ms) || ms == 0)
         return;
-    kvs_warn("test hook: taking the sockets in %llu ms (KVS_TEST_ROUTER_READY_DELAY_MS)",
-             (unsigned long long)ms);
+    kvs_warn("test hook: %s in %llu ms (%s)", doing, (unsigned long long)ms, hook);
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
@@ -320,7 +321,8 @@ static void test_ready_delay(const router_main_t *m)
 static int become_ready(router_main_t *m)
 {
     m->ready = 1;
-    test_ready_delay(m);
+    if (!m->next)
+        test_delay("KVS_TEST_ROUTER_READY_DELAY_MS", "taking the sockets");
     int rc = router_clients_listen(&m->r);
     if (rc != 0) {
         report_exit("cannot listen for clients: %s (see above)", uv_strerror(rc));
@@ -509,6 +511,7 @@ static int reload_config(router_main_t *m)
     int fell_back = 0;
     int loaded =
         kvs_config_load_from(m->config_path, m->reload_from, &next, err, sizeof(err), &fell_back);
+    test_delay("KVS_TEST_ROUTER_RELOAD_DELAY_MS", "reloading");
     if (fell_back != 0)
         kvs_warn("reload: cannot read the master's snapshot %s (%s); reading %s itself",
                  m->reload_from, strerror(fell_back), m->config_path);
@@ -546,10 +549,20 @@ static void on_sighup(uv_signal_t *h, int signum)
 {
     router_main_t *m = h->data;
     (void)signum;
-    if (m->shutting_down || reload_config(m) != 0)
+    if (m->shutting_down)
         return;
-    tls_reload(m->r.tls);
-    tls_reload(m->r.link_tls);
+    /* Reading the file may take a while (up to 64 MiB): the master is told,
+     * so that it does not take this busy loop for a hung one, and hears a
+     * beat once it is done (router_master_live.c). */
+    int beats = m->beat_every_ms != 0;
+    if (beats)
+        (void)router_liveness_reloading(ROUTER_FD_NOTIFY); /* lost: judged as before */
+    if (reload_config(m) == 0) {
+        tls_reload(m->r.tls);
+        tls_reload(m->r.link_tls);
+    }
+    if (beats || m->beat_every_ms != 0)
+        on_beat(&m->beat);
 }
 
 /* The master: this process's own socket was taken from it (see

@@ -182,6 +182,10 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
     uint64_t inodes[ROUTER_LISTEN_MAX] = {0};
     size_t n = 0;
     int beat = strcmp(line, ROUTER_LIVENESS_LINE) == 0;
+    if (index < m->n_procs && strcmp(line, ROUTER_LIVENESS_RELOADING) == 0) {
+        router_master_live_reloading(m, g, index);
+        return;
+    }
     if (index >= m->n_procs || (!beat && router_procs_parse_listening(line, inodes, &n) != 0)) {
         kvs_warn("router %u said something unexpected: %.100s", index, line);
         return;
@@ -198,7 +202,10 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
             router_master_change_switch(m);
     } else if (m->ready) {
         kvs_info("router %u accepts clients again", index);
-        if (g->n_listening == m->n_procs)
+        /* Not while a membership change's new processes start: one may
+         * listen already and not have said so yet (its socket would look
+         * foreign); the switch checks once they all have. */
+        if (g->n_listening == m->n_procs && m->next == NULL)
             router_master_foreign_listener(m); /* logged: nothing to stop any more */
     } else if (g->n_listening == m->n_procs) {
         become_ready(m);

@@ -106,6 +106,9 @@ struct master_s {
 
 /* Router process `i` of g said something or started: its clock starts again. */
 void router_master_live_heard(master_t *m, rgen_t *g, uint32_t i);
+/* Router process `i` of g said it reads a reloaded config: it is not
+ * judged until it beats again (ROUTER_LIVENESS_RELOAD_GRACE_MS at most). */
+void router_master_live_reloading(master_t *m, rgen_t *g, uint32_t i);
 /* Runs the check with the router.liveness_timeout m->cfg holds now. */
 void router_master_live_configure(master_t *m);
 

@@ -21,7 +21,10 @@
  * waiting unread in the pipes: it restarts every clock instead of judging
  * anyone. A reload may change the timeout: every clock restarts and nobody
  * is killed for LIVE_RELOAD_QUIET_MS, the time the router processes need
- * to take the SIGHUP and beat at the new interval.
+ * to take the SIGHUP and beat at the new interval. Any reload may keep a
+ * router process's loop busy (a config file of up to 64 MiB to read and
+ * check): each says so before ("reloading") and beats once done; in
+ * between it is not judged, for ROUTER_LIVENESS_RELOAD_GRACE_MS at most.
  */
 #include "router_master_int.h"
 
@@ -48,6 +51,14 @@ static void live_reset_all(master_t *m, uint64_t now)
 void router_master_live_heard(master_t *m, rgen_t *g, uint32_t i)
 {
     g->live[i].beat_ms = uv_now(m->loop);
+    g->live[i].grace_until = 0;
+}
+
+void router_master_live_reloading(master_t *m, rgen_t *g, uint32_t i)
+{
+    uint64_t now = uv_now(m->loop);
+    g->live[i].beat_ms = now;
+    g->live[i].grace_until = now + ROUTER_LIVENESS_RELOAD_GRACE_MS;
 }
 
 /* Router process i of the serving generation, if it sent nothing for

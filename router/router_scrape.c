@@ -11,21 +11,27 @@
  * answered within router.timeout fails (and the link starts over), and a
  * process that restarts is reached again once it listens.
  *
- * A scrape (scrape_t) holds one answer slot per link. Parts that cannot
- * be sent (the link is down) fail at once; the others answer through
+ * Any client that reaches the port may scrape as fast as it can, and
+ * each scrape costs every process of the node a Metrics answer. So
+ * scrapes are not asked one by one: a fan-out (scrape_t) asks every
+ * process once for every scraper waiting when it starts, and fan-outs
+ * start at least SCRAPE_SPACING_MS apart (a scrape meanwhile waits for
+ * the next one: every answer holds what the processes said after it was
+ * asked). A fan-out holds one answer slot per link. Parts that cannot be
+ * sent (the link is down) fail at once; the others answer through
  * on_reply. The last one to finish builds the families in the scraper's
  * arena (the master's own, then each answer's, decoded in place), renders
- * them, and hands the text to router_http.
+ * them once, and hands the text to router_http for every waiter.
  *
  * A scraper's own deadline (Prometheus's header) shorter than
- * router.timeout is the scrape's, not the links': links are shared by
- * every scrape in flight, so a request of a scrape with a short deadline
- * may wait behind one of another scrape, and a link torn down at one
- * scraper's whim would cost every other scrape its process. The scrape
- * keeps a timer of its own instead: when it fires, the scrape is answered
- * with what came (scrape_answer), and its scrape_t lives on, answered,
- * until every link has replied (late answers are dropped), since each
- * link holds it as the context of a request.
+ * router.timeout is its own, not the links': links are shared by every
+ * fan-out in flight, so a request of one may wait behind another's, and a
+ * link torn down at one scraper's whim would cost every other scrape its
+ * process. The fan-out keeps a timer instead, for its earliest waiter's
+ * deadline: when it fires, the waiters whose deadline passed are answered
+ * with what came (scrape_answer), and the scrape_t lives on until every
+ * link has replied (answers after its last waiter's are dropped), since
+ * each link holds it as the context of a request.
  */
 #include "router_scrape.h"
 #include "kvs_cluster.h"
@@ -49,6 +55,10 @@ static const uint8_t ask_worker[] = {0x82, 0x01, 0x00};
  * wait, each with its ask, for a hung process's reply (up to
  * router.timeout, which may be ten minutes). */
 #define SCRAPE_MAX_QUEUE 4096u
+/* Fan-outs start at least this far apart (scrapes meanwhile wait for the
+ * next one, which answers them all), and at most this many scrapes wait. */
+#define SCRAPE_SPACING_MS 100u
+#define SCRAPE_MAX_PENDING 256u
 
 struct router_scrape_s {
     uv_loop_t *loop;
@@ -62,19 +72,37 @@ struct router_scrape_s {
     void *arg;
     kvs_arena_t arena;
     kvs_log_budget_t log_budget; /* lines about processes left out of a scrape */
+    router_http_scrape_t *pending[SCRAPE_MAX_PENDING]; /* scrapes for the next fan-out */
+    uint32_t n_pending;
+    uv_timer_t spacing; /* starts the next fan-out */
+    int spacing_on;     /* spacing was initialized (closed at the stop) */
+    int started;        /* a fan-out ever started */
+    uint64_t last_start_ms;
     int stopped;
 };
 
+static const char oom_text[] = "the kvs-router master is out of memory\n";
+
+/* A scraper waiting for a fan-out: its token (NULL once answered), how
+ * long it waits for a process (scrape_wait_ms) and the loop time that
+ * wait ends, when it is shorter than router.timeout (else UINT64_MAX: the
+ * links' own timeout ends it). */
+typedef struct waiter_s {
+    router_http_scrape_t *token;
+    uint64_t wait_ms, due_ms;
+} waiter_t;
+
 typedef struct scrape_s {
     router_scrape_t *sc;
-    router_http_scrape_t *token; /* NULL once answered */
-    uint32_t left;               /* link replies to come (+1 while sending) */
-    uint64_t wait_ms;            /* the scraper's deadline less a margin, when it is the sooner */
-    uv_timer_t deadline;         /* fires at wait_ms; its memory is x's: freed once closed */
-    int timer_on;                /* deadline was initialized (closed before x is freed) */
-    kvs_buf_t *answers;          /* per link: the answer's payload */
-    uint8_t *asked;              /* per link: a request is out */
-    uint8_t *ok;                 /* per link: it answered */
+    waiter_t *waiters;   /* the scrapers this fan-out answers */
+    uint32_t n_waiters;  /* ... */
+    uint32_t open;       /* ... not answered yet */
+    uint32_t left;       /* link replies to come (+1 while sending) */
+    uv_timer_t deadline; /* fires at the earliest open waiter's due_ms; its memory is x's */
+    int timer_on;        /* deadline was initialized (closed before x is freed) */
+    kvs_buf_t *answers;  /* per link: the answer's payload */
+    uint8_t *asked;      /* per link: a request is out */
+    uint8_t *ok;         /* per link: it answered */
 } scrape_t;
 
 static void scrape_free(scrape_t *x)
@@ -84,6 +112,7 @@ static void scrape_free(scrape_t *x)
     free(x->answers);
     free(x->asked);
     free(x->ok);
+    free(x->waiters);
     free(x);
 }
 
@@ -127,9 +156,10 @@ static void source_metrics(const scrape_t *x, kvs_mb_t *b)
     }
 }
 
-/* Every part is in, or the scraper's deadline came: the families of what
- * answered, as text, to the scraper's client. x stays (see the top). */
-static void scrape_answer(scrape_t *x)
+/* Every part is in (all), or the deadline of some waiters came (those
+ * whose due_ms is `now` or before): the families of what answered,
+ * rendered once, as text to each of them. x stays (see the top). */
+static void scrape_answer(scrape_t *x, int all, uint64_t now)
 {
     router_scrape_t *sc = x->sc;
     kvs_mb_t b;
@@ -149,15 +179,22 @@ static void scrape_answer(scrape_t *x)
         for (size_t k = 0; k < a->ops->n_metrics; k++)
             kvs_mb_add(&b, a->ops->metrics[k]);
     }
-    if (b.failed || kvs_metrics_render(b.fams, b.n, &body) != 0) {
-        static const char oom[] = "the kvs-router master is out of memory\n";
-        router_http_done(x->token, 500, oom, sizeof(oom) - 1);
-    } else {
-        router_http_done(x->token, 200, body.data, body.len);
+    int failed = b.failed || kvs_metrics_render(b.fams, b.n, &body) != 0;
+    for (uint32_t w = 0; w < x->n_waiters; w++) {
+        waiter_t *wt = &x->waiters[w];
+        if (wt->token == NULL || (!all && wt->due_ms > now))
+            continue;
+        if (failed)
+            router_http_done(wt->token, 500, oom_text, sizeof(oom_text) - 1);
+        else
+            router_http_done(wt->token, 200, body.data, body.len);
+        wt->token = NULL;
+        x->open--;
     }
     kvs_buf_free(&body);
     kvs_arena_reset(&sc->arena);
-    x->token = NULL;
+    if (x->open > 0)
+        return;
     /* x may wait for late replies for up to router.timeout (see the top):
      * it keeps no answers meanwhile, so a scraper that asks again and
      * again while a process hangs holds a few bytes per scrape. */
@@ -193,8 +230,8 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
     scrape_t *x = ctx;
     if (x == NULL || part >= x->sc->n_links)
         return;
-    /* After the deadline (token NULL): too late, dropped. */
-    if (x->token != NULL && failure == NULL) {
+    /* After every waiter's deadline: too late, dropped. */
+    if (x->open > 0 && failure == NULL) {
         if (kvs_msg_answer_status(payload, len) != KVS_STATUS_OK)
             answer_refused(x->sc, part, payload, len);
         else if (kvs_buf_append(&x->answers[part], payload, len) == 0)
@@ -202,23 +239,40 @@ static void on_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t le
     }
     if (--x->left > 0)
         return;
-    if (x->token != NULL)
-        scrape_answer(x);
+    if (x->open > 0)
+        scrape_answer(x, 1, 0);
     scrape_release(x);
 }
 
-/* The scraper's deadline (less its margin) came first: the scrape is
- * answered with what is in; the links' requests run on to router.timeout
- * (a process that is only slow is not cut off for every other scrape). A
- * client chooses the deadline, so the line is within the scraper's log
- * budget. */
+static void on_deadline(uv_timer_t *t);
+
+/* Arms x's timer for its earliest open waiter with a deadline, if any. */
+static void arm_deadline(scrape_t *x, uint64_t now)
+{
+    uint64_t due = UINT64_MAX;
+    for (uint32_t w = 0; w < x->n_waiters; w++)
+        if (x->waiters[w].token != NULL && x->waiters[w].due_ms < due)
+            due = x->waiters[w].due_ms;
+    if (due == UINT64_MAX || !x->timer_on)
+        return;
+    uv_timer_start(&x->deadline, on_deadline, due > now ? due - now : 0, 0);
+}
+
+/* A scraper's deadline (less its margin) came first: it is answered with
+ * what is in; the links' requests run on to router.timeout (a process
+ * that is only slow is not cut off for every other scrape). A client
+ * chooses the deadline, so the line is within the scraper's log budget. */
 static void on_deadline(uv_timer_t *t)
 {
     scrape_t *x = t->data;
     router_scrape_t *sc = x->sc;
+    uint64_t now = uv_now(sc->loop), wait = 0;
     char who[256];
     size_t n = 0;
     who[0] = '\0';
+    for (uint32_t w = 0; w < x->n_waiters; w++)
+        if (x->waiters[w].token != NULL && x->waiters[w].due_ms <= now)
+            wait = x->waiters[w].wait_ms;
     for (uint32_t i = 0; i < sc->n_links && n < sizeof(who); i++) {
         if (!x->asked[i] || x->ok[i])
             continue;
@@ -228,12 +282,13 @@ static void on_deadline(uv_timer_t *t)
                 : snprintf(who + n, sizeof(who) - n, "%sshard %u", n ? ", " : "", i - sc->n_procs);
         n += k > 0 ? (size_t)k : 0;
     }
-    if (kvs_log_budget_take(&sc->log_budget, uv_now(sc->loop)))
+    if (wait > 0 && kvs_log_budget_take(&sc->log_budget, now))
         kvs_warn("metrics: a scrape's own deadline (%llu ms: its "
                  "X-Prometheus-Scrape-Timeout-Seconds less a margin) passed before %s answered; "
                  "left out of it",
-                 (unsigned long long)x->wait_ms, who);
-    scrape_answer(x);
+                 (unsigned long long)wait, who);
+    scrape_answer(x, 0, now);
+    arm_deadline(x, now);
 }
 
 /* How long this scrape waits for a process: router.timeout (live), but
@@ -253,31 +308,44 @@ static uint64_t scrape_wait_ms(const router_scrape_t *sc, router_http_scrape_t *
     return wait;
 }
 
-/* router_http: a GET /metrics. */
-static void on_scrape(void *arg, router_http_scrape_t *token)
+/* One fan-out for every scraper waiting: a request to each process, the
+ * answers rendered once for all of them. */
+static void fan_out(router_scrape_t *sc)
 {
-    router_scrape_t *sc = arg;
+    uint32_t n_waiters = sc->n_pending;
+    uint64_t now = uv_now(sc->loop);
+    sc->n_pending = 0;
+    sc->last_start_ms = now;
+    sc->started = 1;
     scrape_t *x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->answers = calloc(sc->n_links ? sc->n_links : 1, sizeof(*x->answers));
         x->asked = calloc(sc->n_links ? sc->n_links : 1, 1);
         x->ok = calloc(sc->n_links ? sc->n_links : 1, 1);
+        x->waiters = calloc(n_waiters, sizeof(*x->waiters));
     }
-    if (x == NULL || x->answers == NULL || x->asked == NULL || x->ok == NULL) {
-        static const char oom[] = "the kvs-router master is out of memory\n";
+    if (x == NULL || x->answers == NULL || x->asked == NULL || x->ok == NULL ||
+        x->waiters == NULL) {
         if (x != NULL) {
             free(x->answers);
             free(x->asked);
             free(x->ok);
+            free(x->waiters);
             free(x);
         }
-        router_http_done(token, 500, oom, sizeof(oom) - 1);
+        for (uint32_t w = 0; w < n_waiters; w++)
+            router_http_done(sc->pending[w], 500, oom_text, sizeof(oom_text) - 1);
         return;
     }
     x->sc = sc;
-    x->token = token;
+    x->n_waiters = x->open = n_waiters;
+    for (uint32_t w = 0; w < n_waiters; w++) {
+        waiter_t *wt = &x->waiters[w];
+        wt->token = sc->pending[w];
+        wt->wait_ms = scrape_wait_ms(sc, wt->token);
+        wt->due_ms = wt->wait_ms < sc->cfg->router_timeout_ms ? now + wt->wait_ms : UINT64_MAX;
+    }
     x->left = sc->n_links + 1; /* +1: held until every request is out */
-    x->wait_ms = scrape_wait_ms(sc, token);
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
         l->timeout_ms = sc->cfg->router_timeout_ms; /* live: read at every scrape */
@@ -290,17 +358,45 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
             x->asked[i] = 1;
     }
     if (--x->left == 0) {
-        scrape_answer(x);
+        scrape_answer(x, 1, 0);
         scrape_free(x);
         return;
     }
-    /* Failing to start the timer only loses the earlier answer: the
+    /* Failing to start the timer only loses the earlier answers: the
      * links' own timeout still ends the scrape. */
-    if (x->wait_ms < sc->cfg->router_timeout_ms && uv_timer_init(sc->loop, &x->deadline) == 0) {
+    if (uv_timer_init(sc->loop, &x->deadline) == 0) {
         x->timer_on = 1;
         x->deadline.data = x;
-        uv_timer_start(&x->deadline, on_deadline, x->wait_ms, 0);
+        arm_deadline(x, now);
     }
+}
+
+static void on_spacing(uv_timer_t *t)
+{
+    router_scrape_t *sc = t->data;
+    if (sc->n_pending > 0 && !sc->stopped)
+        fan_out(sc);
+}
+
+/* router_http: a GET /metrics. It waits for the next fan-out: at once, or
+ * SCRAPE_SPACING_MS after the last one started, so that however many
+ * scrapes come (any client that reaches the port may send them), the
+ * processes are asked at most 1000 / SCRAPE_SPACING_MS times a second, and
+ * every answer still holds what the processes said after it was asked. */
+static void on_scrape(void *arg, router_http_scrape_t *token)
+{
+    router_scrape_t *sc = arg;
+    if (sc->n_pending == SCRAPE_MAX_PENDING) { /* a flood of scrapes whose clients left */
+        static const char busy[] = "too many scrapes waiting; try again\n";
+        router_http_done(token, 503, busy, sizeof(busy) - 1);
+        return;
+    }
+    sc->pending[sc->n_pending++] = token;
+    uint64_t now = uv_now(sc->loop), since = now - sc->last_start_ms;
+    if (!sc->started || since >= SCRAPE_SPACING_MS || !sc->spacing_on)
+        fan_out(sc);
+    else if (!uv_is_active((uv_handle_t *)&sc->spacing))
+        uv_timer_start(&sc->spacing, on_spacing, SCRAPE_SPACING_MS - since, 0);
 }
 
 /* ---- links ------------------------------------------------------------------------ */
@@ -378,6 +474,10 @@ int router_scrape_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t n_pro
                         KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_flusher_init(&sc->flusher, loop, NULL, sc);
     sc->flusher_on = rc == 0;
+    if (rc == 0 && uv_timer_init(loop, &sc->spacing) == 0) {
+        sc->spacing_on = 1;
+        sc->spacing.data = sc;
+    }
     if (rc == 0)
         rc = router_http_start(loop, cfg->metrics_listen, on_scrape, sc, &sc->http);
     return rc;
@@ -403,6 +503,12 @@ void router_scrape_stop(router_scrape_t *sc)
         return;
     sc->stopped = 1;
     router_http_stop(sc->http);
+    static const char gone[] = "the node is stopping\n";
+    for (uint32_t w = 0; w < sc->n_pending; w++) /* to nobody: their connections are closed */
+        router_http_done(sc->pending[w], 503, gone, sizeof(gone) - 1);
+    sc->n_pending = 0;
+    if (sc->spacing_on && !uv_is_closing((uv_handle_t *)&sc->spacing))
+        uv_close((uv_handle_t *)&sc->spacing, NULL);
     for (uint32_t i = 0; i < sc->n_links; i++)
         router_link_stop(&sc->links[i]); /* fails what is pending: those scrapes finish */
     if (sc->flusher_on && !uv_is_closing((uv_handle_t *)&sc->flusher.check))

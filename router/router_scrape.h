@@ -16,9 +16,9 @@
  * first, is left out of that scrape, and kvs_metrics_source_up says so.
  *
  * The master keeps one router_link per process, from the moment the node
- * is ready (reconnecting by itself while a process restarts); a scrape sends one request on each
- * link that is up and answers once every one answered or failed. At most router_http's connection
- * bound of scrapes run at once.
+ * is ready (reconnecting by itself while a process restarts); a fan-out sends one request on
+ * each link that is up and answers once every one answered or failed, for every scrape that
+ * waited for it. Fan-outs start at least 100 ms apart, however many scrapes come.
  *
  * Threads: the master's loop only.
  */

@@ -336,24 +336,27 @@ class ScrapeDeadlineTest(RouterTestCase):
         # A scrape answered at its deadline waits for its late replies
         # until router.timeout. Scraping again and again meanwhile must not
         # keep every earlier scrape's answers from the processes that did
-        # answer: about 20 KB a scrape, held 5 s.
+        # answer: about 20 KB a scrape, held 5 s. (Scrapes share fan-outs,
+        # at most 10 a second: 8 connections make ~80 scrapes a second.)
         if SANITIZED:
             self.skipTest("ASan keeps freed memory resident")
         r = self.deadline_router(timeout="5s")
         count, grown = self.flood_with_a_worker_stopped(r, 3)
-        self.assertGreater(count, 300)
+        self.assertGreater(count, 100)
         self.assertLess(grown, 8 * MIB, "%d scrapes" % count)
 
     def test_scrapes_waiting_for_a_stopped_worker_are_bounded_in_number(self):
         # With router.timeout at its limit (10 min) the answered scrapes
         # would wait that long each, with their asks queued on the hung
-        # worker's link: the link holds 4 KiB of asks at most, and a
-        # scrape past that leaves the worker out at once.
+        # worker's link: fan-outs (at most 10 a second, shared by every
+        # scrape waiting) hold no answers once answered, and the link holds
+        # 4 KiB of asks at most (a fan-out past that leaves the worker out
+        # at once).
         if SANITIZED:
             self.skipTest("ASan keeps freed memory resident")
         r = self.deadline_router(timeout="10m")
         count, grown = self.flood_with_a_worker_stopped(r, 4)
-        self.assertGreater(count, 1000)
+        self.assertGreater(count, 150)
         self.assertLess(grown, 3 * MIB, "%d scrapes" % count)
 
 

@@ -357,6 +357,32 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(r.workers(), pids, "no worker may restart")
         self.assertNotIn("exited", log)
 
+    def test_skip_log_rate_limit_is_per_topic(self):
+        # One worker ingests two topics: a flood of keyless records on one
+        # must not hide the first keyless record of the other from the log
+        # (rate-limited per topic and reason, not per worker).
+        parts = 2
+        m = self.mock({"flood": parts, "quiet": parts})
+        r = self.router(m, [("flood", "floodtab", "raw", parts),
+                            ("quiet", "quiettab", "raw", parts)], shards=2)
+        prod = kafkatest.producer(m.bootstrap)
+        for i in range(30):
+            prod.produce("flood", key=None, value=b"no key %d" % i, partition=0)
+        self.assertEqual(prod.flush(30), 0)
+        prod.produce("quiet", key=None, value=b"no key either", partition=0)
+        prod.produce("quiet", key=b"k", value=b"v", partition=partition_of(b"k", parts))
+        self.assertEqual(prod.flush(30), 0)
+        del prod
+        for topic in ("flood", "quiet"):
+            self.wait_caught_up(r, topic, self.ends(m, topic, parts))
+        log = r.stderr()
+        for topic in ("flood", "quiet"):
+            lines = [ln for ln in log.splitlines()
+                     if "kafka %s [0] offset 0 skipped: record has no key" % topic in ln]
+            self.assertEqual(len(lines), 1, "%s: %r" % (topic, log[-3000:]))
+            self.assertIn("node[0]", lines[0])
+        self.assertLessEqual(log.count("kafka flood [0] offset"), 1, "the flood is rate-limited")
+
     def test_value_with_invalid_utf8_string_is_skipped(self):
         # An encoded Value whose string_value is not UTF-8 is not a valid
         # kvs.Value (proto3 strings are UTF-8; kvs refuses it in Hset): a

@@ -50,9 +50,9 @@ def gone(pid):
 
 
 class LivenessTest(ProcsTestCase):
-    def live_node(self, processes=2, timeout="%dms" % (TIMEOUT_S * 1000)):
+    def live_node(self, processes=2, timeout="%dms" % (TIMEOUT_S * 1000), env=None):
         self.mport = free_port()
-        return self.node(processes=processes, resp=False,
+        return self.node(processes=processes, resp=False, env=env,
                          router_yaml=["liveness_timeout: %s" % timeout,
                                       'metrics_listen: "%s:%d"' % (HOST, self.mport)])
 
@@ -196,6 +196,32 @@ class LivenessTest(ProcsTestCase):
         self.assertNotIn("sent no heartbeat", r.stderr())
         self.assertEqual(router_pids(r), before)
         self.assertEveryConnectionAnswered(r, 10)
+        self.assertEqual(r.stop(), 0)
+
+    def test_a_reload_longer_than_the_timeout_kills_nobody(self):
+        # A reload may keep a router process's loop busy longer than the
+        # timeout (a config file of many MiB): each says so first and is
+        # not judged until it beats again. Here every reload reads its file
+        # for twice the timeout (a test hook).
+        r = self.live_node(env={"KVS_TEST_ROUTER_RELOAD_DELAY_MS": "%d" % (2 * TIMEOUT_S * 1000)})
+        before = router_pids(r)
+        took = re.compile(r"router\[[01]\] INFO +configuration reloaded from ")
+        for n in (2, 4):
+            r.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: len(took.findall(r.stderr())) == n, WAIT),
+                            r.stderr()[-3000:])
+        self.assertNotIn("sent no heartbeat", r.stderr())
+        self.assertEqual(router_pids(r), before)
+        self.assertEveryConnectionAnswered(r, 10)
+        # The grace ends with the beat after the reload: a process that hangs
+        # afterwards is replaced within the timeout, not a minute later.
+        victim = before[1]
+        started = time.monotonic()
+        os.kill(victim, signal.SIGSTOP)
+        self.addCleanup(lambda: gone(victim) or os.kill(victim, signal.SIGCONT))
+        self.replaced(r, 1, victim, 10)
+        self.assertLess(time.monotonic() - started, 8.0)
+        self.assertIn("router 1 (pid %d) sent no heartbeat" % victim, r.stderr())
         self.assertEqual(r.stop(), 0)
 
     def test_zero_is_off_and_a_reload_turns_it_on(self):

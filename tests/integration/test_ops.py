@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -182,7 +183,7 @@ class MetricsTest(MetricsCase):
         self.assertEqual(total(m, "kvs_shard_link_failures_total", shard="1"), 1)
 
     def test_bad_http_requests_get_4xx(self):
-        self.metrics_router(shards=1, partitions=8)
+        r = self.metrics_router(shards=1, partitions=8)
         p = self.mport
         self.assertEqual(http_get(p, "/other")[0], 404)
         self.assertEqual(http_get(p, "/metrics", method="POST")[0], 405)
@@ -195,16 +196,30 @@ class MetricsTest(MetricsCase):
                                   + b"a" * 9000), "HTTP/1.1 413 Content Too Large")
         self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 414 URI Too Long")
-        # Connections are bounded: 16 idle ones, the 17th is told 503.
-        idle = [socket.create_connection((HOST, p), timeout=10) for _ in range(16)]
+        for version in (b" HTTP/9.9", b" HTTP/1.2", b" HTTP/2.0", b""):
+            self.assertEqual(raw_http(p, b"GET /metrics" + version + b"\r\n\r\n"),
+                             "HTTP/1.1 505 HTTP Version Not Supported", version)
+        # Connections are bounded (16), but idle ones never keep a scrape
+        # out: a new connection takes the place of the one idle longest.
+        idle = [socket.create_connection((HOST, p), timeout=10)]
+        time.sleep(0.3)
+        idle += [socket.create_connection((HOST, p), timeout=10) for _ in range(15)]
         try:
             time.sleep(0.3)
-            self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\n\r\n"),
-                             "HTTP/1.1 503 Service Unavailable")
+            self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\n\r\n"), "HTTP/1.1 200 OK")
+            self.assertEqual(idle[0].recv(10), b"", "the oldest idle connection is closed")
+            for s in idle[1:]:
+                s.setblocking(False)
+                with self.assertRaises(BlockingIOError):  # still open, nothing to read
+                    s.recv(10)
+            # However many come, each gets its answer.
+            for _ in range(40):
+                self.assertEqual(http_get(p)[0], 200)
         finally:
             for s in idle:
                 s.close()
-        self.assertTrue(wait_until(lambda: http_get(p)[0] == 200, WAIT))
+        self.assertIn("metrics listener: at 16 connections, closing the one idle longest",
+                      r.stderr())
 
     def test_metrics_command_merges_router_and_workers(self):
         r = self.router(shards=2, partitions=8)
@@ -256,11 +271,10 @@ def worker_scrapes(samples):
 
 
 def kernel_buffers():
-    """Most bytes the kernel may hold for one loopback connection: the
-    sender's buffer grows to tcp_wmem's maximum (the receiver's is set
-    small by the tests)."""
-    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-        return int(f.read().split()[2])
+    """Most bytes the kernel may hold for one connection to the metrics
+    port: the master sets its send buffer to 64 KiB, which Linux doubles
+    (the receiver's is set small by the tests)."""
+    return 2 * 65536
 
 
 def non_reading_socket(port, rcvbuf=4096):
@@ -311,6 +325,41 @@ class MetricsListenerBoundsTest(MetricsCase):
                              "%d scrapes of %d bytes for a client that read nothing"
                              % (scrapes, size))
 
+
+    def test_a_flood_of_scrapes_asks_the_processes_at_most_ten_times_a_second(self):
+        # Anyone who reaches the port may scrape as fast as they can; each
+        # scrape would cost every process a Metrics answer. Scrapes share
+        # fan-outs instead, which start at least 100 ms apart.
+        self.metrics_router(shards=2, partitions=8)
+        before = self.settled_scrape()
+        answered = []
+        stop = time.monotonic() + 2.0
+
+        def flood():
+            n = 0
+            c = http.client.HTTPConnection(HOST, self.mport, timeout=10)
+            try:
+                while time.monotonic() < stop:
+                    c.request("GET", "/metrics")
+                    r = c.getresponse()
+                    body = r.read()
+                    if r.status == 200 and b"kvs_metrics_source_up" in body:
+                        n += 1
+            finally:
+                c.close()
+            answered.append(n)
+        started = time.monotonic()
+        threads = [threading.Thread(target=flood) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        elapsed = time.monotonic() - started
+        after = parse_metrics(self.scrape())
+        asked = (worker_scrapes(after) - worker_scrapes(before)) / 2 - 1  # per shard; not ours
+        self.assertEqual(len(answered), 8)
+        self.assertLessEqual(asked, elapsed * 10 + 3, "fan-outs for %d scrapes" % sum(answered))
+        self.assertGreater(sum(answered), 2 * asked, "scrapes share fan-outs")
 
     def test_an_http_1_0_keep_alive_is_said(self):
         # HTTP/1.0 closes after an answer unless the answer says it keeps

@@ -819,8 +819,8 @@ KVS_TEST(liveness_timeout)
     c = parse_ok("router: {liveness_timeout: 1s}\n");
     CHECK_EQ(c->router_liveness_timeout_ms, 1000);
     kvs_config_free(c);
-    c = parse_ok("router: {liveness_timeout: 100ms}\n");
-    CHECK_EQ(c->router_liveness_timeout_ms, 100);
+    c = parse_ok("router: {liveness_timeout: 1000ms}\n");
+    CHECK_EQ(c->router_liveness_timeout_ms, 1000);
     kvs_config_free(c);
     c = parse_ok("router: {liveness_timeout: 1h}\n");
     CHECK_EQ(c->router_liveness_timeout_ms, 3600000);
@@ -832,11 +832,11 @@ KVS_TEST(liveness_timeout)
     c = parse_ok("router:\n  liveness_timeout: 0s\n");
     CHECK_EQ(c->router_liveness_timeout_ms, 0);
     kvs_config_free(c);
-    parse_fails("router:\n  liveness_timeout: 99ms\n",
-                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 100ms to 1h "
-                "(got \"99ms\")");
+    parse_fails("router:\n  liveness_timeout: 999ms\n",
+                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 1s to 1h "
+                "(got \"999ms\")");
     parse_fails("router:\n  liveness_timeout: 61m\n",
-                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 100ms to 1h "
+                "config.yaml:2:21: router.liveness_timeout must be 0 (off) or from 1s to 1h "
                 "(got \"61m\")");
     parse_fails("router:\n  liveness_timeout: off\n",
                 "config.yaml:2:21: router.liveness_timeout: \"off\" is not a duration (write "

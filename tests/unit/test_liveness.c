@@ -131,6 +131,31 @@ KVS_TEST(judge_kills_a_silent_process_once)
     CHECK_STR(router_liveness_state_name('W', buf, sizeof(buf)), "in state W");
 }
 
+KVS_TEST(judge_spares_a_process_within_its_reload_grace)
+{
+    /* It said "reloading" at 5000 (grace to 5000 + 60 s): silent past the
+     * timeout, it is not judged until the grace ends. */
+    router_live_t l = {.beat_ms = 5000, .grace_until = 5000 + ROUTER_LIVENESS_RELOAD_GRACE_MS};
+    router_proc_state_t st;
+    fake_st = (router_proc_state_t){.state = 'R'};
+    fake_rc = fake_calls = 0;
+    CHECK_EQ(judge(&l, 6500, &st), ROUTER_LIVE_OK);
+    CHECK_EQ(judge(&l, 5000 + ROUTER_LIVENESS_RELOAD_GRACE_MS - 1, &st), ROUTER_LIVE_OK);
+    CHECK_EQ(fake_calls, 0);
+    /* A reload that never ends is a hang like any other. */
+    CHECK_EQ(judge(&l, 5000 + ROUTER_LIVENESS_RELOAD_GRACE_MS, &st), ROUTER_LIVE_HUNG);
+    /* The line the process sends before it reads the file. */
+    int sv[2];
+    char buf[32];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    CHECK_EQ(router_liveness_reloading(sv[0]), 0);
+    ssize_t n = read(sv[1], buf, sizeof(buf));
+    CHECK_EQ(n, (ssize_t)strlen(ROUTER_LIVENESS_RELOADING "\n"));
+    CHECK(memcmp(buf, ROUTER_LIVENESS_RELOADING "\n", (size_t)n) == 0);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 KVS_TEST(judge_leaves_an_exiting_process)
 {
     router_live_t l = {0};
@@ -251,6 +276,7 @@ KVS_TEST(inspect_a_traced_process)
 KVS_TEST_MAIN(KVS_CASE(interval_is_a_quarter_and_off_at_zero),
               KVS_CASE(beat_sends_one_line_and_never_blocks),
               KVS_CASE(parse_status_state_and_tracer), KVS_CASE(judge_kills_a_silent_process_once),
+              KVS_CASE(judge_spares_a_process_within_its_reload_grace),
               KVS_CASE(judge_leaves_an_exiting_process),
               KVS_CASE(judge_spares_a_traced_process_and_waits_once_it_is_let_go),
               KVS_CASE(inspect_real_processes), KVS_CASE(inspect_a_traced_process))

@@ -1304,9 +1304,9 @@ KVS_TEST(count_keys_on_the_wire)
     CHECK_EQ(refused.keys, 5);
     free(p);
 
-    /* A command field sent twice: both count (protobuf would merge them;
-     * protobuf-c keeps the last, so the count may be more, never less);
-     * an unknown fixed32 or fixed64 field before them is stepped over. */
+    /* A command field sent twice in a row: both count (the decoder
+     * merges them, as protobuf does); an unknown fixed32 or fixed64 field
+     * before them is stepped over. */
     uint8_t *a = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMGET, 3, 4, &len);
     uint8_t twice[200];
     size_t n = 0;
@@ -1320,13 +1320,42 @@ KVS_TEST(count_keys_on_the_wire)
     kvs_arena_init(&ar);
     Kvs__CommandRequest *r =
         kvs_msg_decode_request(&ar, twice + sizeof(odd), n - sizeof(odd), NULL);
-    CHECK(r != NULL && r->hmget->n_keys >= 3 && r->hmget->n_keys <= 6);
+    CHECK(r != NULL && r->hmget->n_keys == 6);
     kvs_arena_close(&ar);
     CHECK_EQ(kvs_msg_check_keys(twice, n, 5, NULL, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
     CHECK_STR(text, "Hmget names 6 keys, more than limits.max_keys (5); nothing was done; "
                     "send fewer keys per request");
     /* Cut short: counts what it saw (the decoder refuses the rest). */
     CHECK_EQ(kvs_msg_count_keys(twice, n - 1, &cmd), 3);
+
+    /* Another member before the last run is dropped by the decoder: its
+     * keys do not count (Hmexist{4} + Hmget{3} decodes as Hmget{3}). */
+    size_t alen = len, elen;
+    uint8_t *e = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMEXIST, 4, 2, &elen);
+    uint8_t mixed[400];
+    n = 0;
+    memcpy(mixed + n, e, elen), n += elen;
+    memcpy(mixed + n, a, alen), n += alen;
+    CHECK_EQ(kvs_msg_count_keys(mixed, n, &cmd), 3);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMGET);
+    CHECK_EQ(kvs_msg_check_keys(mixed, n, 3, NULL, text, sizeof(text)), KVS_STATUS_OK);
+    kvs_arena_init(&ar);
+    r = kvs_msg_decode_request(&ar, mixed, n, NULL);
+    CHECK(r != NULL && r->command_case == KVS__COMMAND_REQUEST__COMMAND_HMGET &&
+          r->hmget->n_keys == 3);
+    kvs_arena_close(&ar);
+    /* Hmget{3} + Hmexist{4} + Hmget{3}: only the last run counts. */
+    n = 0;
+    memcpy(mixed + n, a, alen), n += alen;
+    memcpy(mixed + n, e, elen), n += elen;
+    memcpy(mixed + n, a, alen), n += alen;
+    CHECK_EQ(kvs_msg_count_keys(mixed, n, &cmd), 3);
+    /* ... and when the last member names no key list, nothing counts. */
+    static const uint8_t hgetall[] = {0x12, 0x03, 0x0a, 0x01, 't'};
+    memcpy(mixed + n, hgetall, sizeof(hgetall)), n += sizeof(hgetall);
+    CHECK_EQ(kvs_msg_count_keys(mixed, n, &cmd), 0);
+    CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND__NOT_SET);
+    free(e);
     free(a);
 
     /* Single-key commands and others name no key list. */
