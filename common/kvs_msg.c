@@ -1602,7 +1602,8 @@ size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__Com
         return 0;
     /* Only the last run is decoded (merged into one member, see
      * merge_command): the members before it are dropped, so their keys
-     * cost nothing and are not counted. */
+     * cost nothing and are not counted. A run of several is counted member
+     * by member: exact only once merged (see kvs_msg.h). */
     *cmd = (Kvs__CommandRequest__CommandCase)run.member;
     for (q = run.at; q < end;) { /* command_run read it whole: nothing fails */
         (void)read_varint32(&q, end, &tag);
