@@ -136,6 +136,21 @@ void router_master_pass_reload_text(master_t *m)
                  strerror(errno), m->config_path);
 }
 
+/* Holds the binary at `path` open for the node's life and writes into
+ * `file` the path children are executed from (/proc/PID/fd/N): a worker or
+ * router process the master starts later, after a crash or for a
+ * membership change, runs the build the node started with, even once the
+ * files were replaced (a package upgrade, a rebuild), so one node never
+ * runs two builds. When it cannot be opened, `file` is "" and children
+ * are started by path (their spawn then says why it fails). */
+static void pin_binary(const char *path, char *file, size_t len)
+{
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    file[0] = '\0';
+    if (fd >= 0)
+        snprintf(file, len, "/proc/%ld/fd/%d", (long)getpid(), fd);
+}
+
 /* One node per data directory: an flock held for the life of the master
  * and of every router process (they inherit the descriptor). Returns 0, 1,
  * or EX_CONFIG for a data directory others may write to. */
@@ -244,6 +259,10 @@ int router_master_prepare(master_t *m, const char *argv0)
     if (uv_exepath(exe, &len) != 0)
         snprintf(exe, sizeof(exe), "%s", argv0);
     snprintf(m->exe_dir, sizeof(m->exe_dir), "%s", dirname(exe));
+    char node[4200];
+    snprintf(node, sizeof(node), "%s/kvs-node", m->exe_dir);
+    pin_binary(node, m->node_file, sizeof(m->node_file));
+    pin_binary("/proc/self/exe", m->router_file, sizeof(m->router_file));
     return 0;
 }
 
