@@ -93,7 +93,8 @@ typedef struct router_sup_opts_s {
     const char *exe;
     /* What is executed, when not exe: a path to the same binary that stays
      * that binary if exe's file is replaced (the master's
-     * /proc/PID/fd/N of it). Copied. NULL: exe. */
+     * /proc/self/fd/N of it, a descriptor the child keeps until its exec).
+     * Copied. NULL: exe. */
     const char *file;
     /* NULL-terminated extra argv after the exe, before "--shard N", e.g.
      * {"--config", "/abs/config.yaml", NULL}; NULL for none. Copied. */
