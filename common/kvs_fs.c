@@ -77,6 +77,22 @@ int kvs_lock_file(const char *path)
     return fd;
 }
 
+int kvs_fs_std_fds(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        int got = open("/dev/null", O_RDWR); /* the lowest free one: fd */
+        if (got < 0)
+            return -1;
+        if (got != fd) { /* cannot happen: fd was the lowest closed one */
+            close(got);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int kvs_fs_stdout_done(const char *prog)
 {
     if (fflush(stdout) == 0 && !ferror(stdout))

@@ -40,4 +40,11 @@ int kvs_lock_file(const char *path);
  * on stderr: the value for exit(). */
 int kvs_fs_stdout_done(const char *prog);
 
+/* Opens /dev/null on whichever of descriptors 0, 1 and 2 is closed: a
+ * process started with them closed would otherwise hand them to the first
+ * files it opens, and write its log into one of those. Call first thing
+ * in main. Returns 0, or -1 when /dev/null cannot be opened (the caller
+ * cannot even say so: it exits). */
+int kvs_fs_std_fds(void);
+
 #endif

@@ -138,6 +138,16 @@ int kvs_utf8_valid(const void *p, size_t n)
     return 1;
 }
 
+/* Format characters that move or hide the text around them: bidi marks,
+ * embeddings, overrides and isolates (text that reads in another order
+ * than it is), zero-width ones, the line and paragraph separators (a new
+ * line to some viewers: a forged log line) and the BOM. */
+static int invisible_format(uint32_t cp)
+{
+    return cp == 0x061c || (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
+           (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
+}
+
 size_t kvs_text_printable(const uint8_t *s, size_t n)
 {
     if (n == 0)
@@ -147,7 +157,11 @@ size_t kvs_text_printable(const uint8_t *s, size_t n)
     size_t len = (s[0] >> 5) == 6 ? 2 : (s[0] >> 4) == 14 ? 3 : (s[0] >> 3) == 30 ? 4 : 0;
     if (len == 0 || len > n || !kvs_utf8_valid(s, len) || (s[0] == 0xc2 && s[1] < 0xa0))
         return 0;
-    return len;
+    uint32_t cp = len == 2 ? (uint32_t)(s[0] & 0x1f) << 6 | (s[1] & 0x3f)
+                  : len == 3
+                      ? (uint32_t)(s[0] & 0x0f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 | (s[2] & 0x3f)
+                      : 0x10000; /* none of the four-byte ones is listed */
+    return invisible_format(cp) ? 0 : len;
 }
 
 /* Bytes of the character at s[0..n) as kvs_msg_quote copies it unescaped:
@@ -1588,7 +1602,8 @@ size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__Com
         return 0;
     /* Only the last run is decoded (merged into one member, see
      * merge_command): the members before it are dropped, so their keys
-     * cost nothing and are not counted. */
+     * cost nothing and are not counted. A run of several is counted member
+     * by member: exact only once merged (see kvs_msg.h). */
     *cmd = (Kvs__CommandRequest__CommandCase)run.member;
     for (q = run.at; q < end;) { /* command_run read it whole: nothing fails */
         (void)read_varint32(&q, end, &tag);

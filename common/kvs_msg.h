@@ -111,11 +111,15 @@ Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p,
 uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen);
 
 /* Counts, without decoding, the keys (Hmset: pairs) the encoded request
- * p[0..len) names in its multi-key command: every Hmget, Hmset, Hmdel and
- * Hmexist field's key or pair entries, so never fewer than protobuf-c
- * would decode (it merges repeated command fields). *cmd is the last such
- * command (NOT_SET when none). Cost: one pass over the bytes, no memory;
- * counting stops, short, at bytes protobuf-c could not decode either. */
+ * p[0..len) names in its multi-key command: the key or pair entries of the
+ * last run of command fields, the one the decoder keeps (members before it
+ * are dropped), when that command is Hmget, Hmset, Hmdel or Hmexist; *cmd
+ * is that command (NOT_SET when none). Exact for bytes
+ * kvs_msg_merge_request merged (count keys there: a run of several members
+ * is decoded as their bodies joined, where a field cut short at the end of
+ * one may hide keys of the next from a count member by member). Cost: one
+ * pass over the bytes, no memory; bytes the decoder refuses count what
+ * could be read. */
 size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__CommandCase *cmd);
 
 /* Refuses a request naming more than `max_keys` keys (limits.max_keys; 0
@@ -241,8 +245,10 @@ int kvs_utf8_valid(const void *p, size_t n);
 
 /* Bytes of the printable character at s[0..n): 1 for printable ASCII, 2-4
  * for a well-formed UTF-8 character that is not a C1 control
- * (U+0080-U+009F); 0 for anything a terminal or a log must not get raw
- * (a control character, DEL, a byte that is not UTF-8). */
+ * (U+0080-U+009F) nor an invisible format character (bidi controls such as
+ * U+202E, zero-width ones, U+2028/U+2029, the BOM); 0 for anything a
+ * terminal or a log must not get raw (a control character, DEL, a byte
+ * that is not UTF-8, those). */
 size_t kvs_text_printable(const uint8_t *s, size_t n);
 
 /* Writes p[0..n) into out[0..cap) as text fit for a message (a key in a

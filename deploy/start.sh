@@ -34,7 +34,11 @@ build() {
 ask_data_dir() {
     local out err rc=0
     [ -x "$router" ] || return 3
-    err=$(mktemp)
+    # (called in an `if`: set -e does not stop a failed mktemp here)
+    err=$(mktemp) || {
+        echo "start.sh: cannot create a temporary file (mktemp failed; is TMPDIR=${TMPDIR:-/tmp} a writable directory?)" >&2
+        exit 2
+    }
     out=$(cd "$top" && "$router" --config "$config" --print data_dir 2>"$err") || rc=$?
     if [ "$rc" -eq 2 ] && grep -q '^usage:' "$err"; then
         rm -f "$err"

@@ -1055,13 +1055,18 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
     int rc;
     uint32_t why;
     kvs_msg_refused_t refused;
+    /* A command given several times in a row is merged first, as the
+     * decoder reads it: the keys are counted in the bytes it decodes. */
+    if (kvs_msg_merge_request(&ctx->arena, &payload, &len) != 0)
+        return kvs_msg_append_status(
+            out, kvs_msg_decode_refusal(KVS_STATUS_INTERNAL, len, msg, sizeof(msg)), "%s", msg);
     why = kvs_msg_check_keys(payload, len, ctx->max_keys, &refused, msg, sizeof(msg));
     if (why != KVS_STATUS_OK) {
         if (hooks && !received) /* EXECUTED sees the command refused (its table is not read) */
             hook_note(ctx, refused.cmd, NULL, 0, refused.keys, 1);
         return kvs_msg_append_status(out, why, "%s", msg);
     }
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&ctx->arena, payload, len, &why);
+    Kvs__CommandRequest *req = kvs_msg_decode_merged(&ctx->arena, payload, len, &why);
     if (req == NULL)
         return kvs_msg_append_status(out, kvs_msg_decode_refusal(why, len, msg, sizeof(msg)), "%s",
                                      msg);

@@ -866,6 +866,8 @@ int main(int argc, char **argv)
     kvs_addr_t addrs[2];
     int n_addrs = 0;
 
+    if (kvs_fs_std_fds() != 0)
+        return EX_OSERR;
     signal(SIGPIPE, SIG_IGN);
     /* A reload (SIGHUP) that comes while this process starts must neither
      * kill it nor be lost: blocked until the loop's handler takes over

@@ -817,6 +817,8 @@ int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
 
+    if (kvs_fs_std_fds() != 0)
+        return EX_OSERR;
     signal(SIGPIPE, SIG_IGN);
     kvs_signals_ignore_stray(0); /* SIGUSR2: the master ignores it, router processes handle it */
     /* A reload (SIGHUP) that comes while this process starts must neither

@@ -324,6 +324,7 @@ int router_master_start_workers(master_t *m)
     router_sup_opts_t o = {
         .loop = m->loop,
         .exe = exe,
+        .file = m->node_file[0] ? m->node_file : NULL,
         .args = args,
         .shards = local,
         .n_shards = m->n_local,
@@ -372,6 +373,7 @@ int router_master_start_routers(master_t *m, rgen_t **out, uint32_t gen_base, in
     router_sup_opts_t o = {
         .loop = m->loop,
         .exe = exe,
+        .file = m->router_file[0] ? m->router_file : NULL,
         .args = args,
         .shards = ids,
         .n_shards = m->n_procs,

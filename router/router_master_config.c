@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <unistd.h>
 
@@ -134,6 +135,37 @@ void router_master_pass_reload_text(master_t *m)
     if (dup3(m->config_fd, m->reload_fd, O_CLOEXEC) < 0)
         kvs_warn("reload: cannot pass the new snapshot on: %s; the other processes read %s itself",
                  strerror(errno), m->config_path);
+}
+
+/* Holds the binary at `path` open for the node's life and writes into
+ * `file` the path children are executed from (/proc/self/fd/N): a worker
+ * or router process the master starts later, after a crash or for a
+ * membership change, runs the build the node started with, even once the
+ * files were replaced (a package upgrade, a rebuild), so one node never
+ * runs two builds. The child resolves the path after the fork, before its
+ * exec closes N: N is above every descriptor a child is given
+ * (PIN_FD_MIN), so its setup never replaces it. When it cannot be opened,
+ * or /proc does not show it (no /proc), `file` is "" and children are
+ * started by path (their spawn then says why it fails). */
+#define PIN_FD_MIN 100
+
+static void pin_binary(const char *path, char *file, size_t len)
+{
+    struct stat held, shown;
+    int fd = open(path, O_PATH | O_CLOEXEC), high = -1;
+    file[0] = '\0';
+    if (fd >= 0) {
+        high = fcntl(fd, F_DUPFD_CLOEXEC, PIN_FD_MIN);
+        close(fd);
+    }
+    if (high < 0)
+        return;
+    snprintf(file, len, "/proc/self/fd/%d", high);
+    if (fstat(high, &held) != 0 || stat(file, &shown) != 0 || held.st_dev != shown.st_dev ||
+        held.st_ino != shown.st_ino) {
+        file[0] = '\0';
+        close(high);
+    }
 }
 
 /* One node per data directory: an flock held for the life of the master
@@ -244,6 +276,10 @@ int router_master_prepare(master_t *m, const char *argv0)
     if (uv_exepath(exe, &len) != 0)
         snprintf(exe, sizeof(exe), "%s", argv0);
     snprintf(m->exe_dir, sizeof(m->exe_dir), "%s", dirname(exe));
+    char node[4200];
+    snprintf(node, sizeof(node), "%s/kvs-node", m->exe_dir);
+    pin_binary(node, m->node_file, sizeof(m->node_file));
+    pin_binary("/proc/self/exe", m->router_file, sizeof(m->router_file));
     return 0;
 }
 

@@ -52,6 +52,9 @@ struct master_s {
     kvs_config_t *cfg;
     const char *config_path;
     char exe_dir[4096];
+    /* The binaries children are started from, held open since the start
+     * (/proc/self/fd/N; "" when they could not be opened: by path). */
+    char node_file[48], router_file[48];
     int lock_fd, config_fd;
     /* The snapshot workers start from: the serving map's (a copy of
      * config_fd, at one number for the workers' supervisor, which passes

@@ -73,6 +73,7 @@ struct router_scrape_s {
     kvs_arena_t arena;
     kvs_log_budget_t log_budget; /* lines about processes left out of a scrape */
     router_http_scrape_t *pending[SCRAPE_MAX_PENDING]; /* scrapes for the next fan-out */
+    uint64_t arrived[SCRAPE_MAX_PENDING];              /* ... and the loop time each came */
     uint32_t n_pending;
     uv_timer_t spacing; /* starts the next fan-out */
     int spacing_on;     /* spacing was initialized (closed at the stop) */
@@ -333,8 +334,12 @@ static void fan_out(router_scrape_t *sc)
             free(x->waiters);
             free(x);
         }
+        /* An answer may let a connection's next scrape in (on_scrape):
+         * the tokens are taken out of `pending` first. */
+        router_http_scrape_t *tokens[SCRAPE_MAX_PENDING];
+        memcpy(tokens, sc->pending, n_waiters * sizeof(*tokens));
         for (uint32_t w = 0; w < n_waiters; w++)
-            router_http_done(sc->pending[w], 500, oom_text, sizeof(oom_text) - 1);
+            router_http_done(tokens[w], 500, oom_text, sizeof(oom_text) - 1);
         return;
     }
     x->sc = sc;
@@ -343,7 +348,10 @@ static void fan_out(router_scrape_t *sc)
         waiter_t *wt = &x->waiters[w];
         wt->token = sc->pending[w];
         wt->wait_ms = scrape_wait_ms(sc, wt->token);
-        wt->due_ms = wt->wait_ms < sc->cfg->router_timeout_ms ? now + wt->wait_ms : UINT64_MAX;
+        /* The scraper's deadline runs from when its scrape came, not from
+         * the fan-out (up to SCRAPE_SPACING_MS later). */
+        wt->due_ms =
+            wt->wait_ms < sc->cfg->router_timeout_ms ? sc->arrived[w] + wt->wait_ms : UINT64_MAX;
     }
     x->left = sc->n_links + 1; /* +1: held until every request is out */
     for (uint32_t i = 0; i < sc->n_links; i++) {
@@ -391,8 +399,9 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
         router_http_done(token, 503, busy, sizeof(busy) - 1);
         return;
     }
-    sc->pending[sc->n_pending++] = token;
     uint64_t now = uv_now(sc->loop), since = now - sc->last_start_ms;
+    sc->arrived[sc->n_pending] = now;
+    sc->pending[sc->n_pending++] = token;
     if (!sc->started || since >= SCRAPE_SPACING_MS || !sc->spacing_on)
         fan_out(sc);
     else if (!uv_is_active((uv_handle_t *)&sc->spacing))

@@ -87,6 +87,7 @@ struct router_sup_s {
     uv_loop_t *loop;
     char **argv; /* exe, args..., [gen_flag, slot], id_flag, slot, NULL; slots not owned */
     size_t argc;
+    char *file;      /* what is executed (opts.file), or NULL: argv[0] */
     size_t gen_slot; /* argv index of the generation slot, 0 when none */
     const char *what;
     int notify_fd;
@@ -248,6 +249,7 @@ static void sup_release(router_sup_t *s)
 {
     if (s->argv != NULL)
         argv_free(s->argv, s->argc, s->gen_slot);
+    free(s->file);
     free(s->w);
     free(s);
 }
@@ -286,7 +288,8 @@ static router_sup_t *sup_new(const router_sup_opts_t *o)
     s->cap = o->max_shards > o->n_shards ? o->max_shards : o->n_shards;
     s->gen_base = o->gen_base;
     s->w = calloc(s->cap > 0 ? s->cap : 1, sizeof(*s->w));
-    if (s->w == NULL || sup_copy_argv(s, o) != 0) {
+    if (s->w == NULL || sup_copy_argv(s, o) != 0 ||
+        (o->file != NULL && (s->file = strdup(o->file)) == NULL)) {
         sup_release(s);
         return NULL;
     }
@@ -447,7 +450,7 @@ static int worker_spawn(sup_worker_t *w)
     }
     uv_process_options_t po = {
         .exit_cb = worker_on_exit,
-        .file = s->argv[0],
+        .file = s->file != NULL ? s->file : s->argv[0],
         .args = s->argv,
         .stdio_count = count,
         .stdio = stdio,

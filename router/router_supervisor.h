@@ -89,8 +89,13 @@ typedef struct router_sup_fd_s {
 
 typedef struct router_sup_opts_s {
     uv_loop_t *loop;
-    /* Path of the worker binary (kvs-node). Copied. */
+    /* Path of the worker binary (kvs-node): argv[0]. Copied. */
     const char *exe;
+    /* What is executed, when not exe: a path to the same binary that stays
+     * that binary if exe's file is replaced (the master's
+     * /proc/self/fd/N of it, a descriptor the child keeps until its exec).
+     * Copied. NULL: exe. */
+    const char *file;
     /* NULL-terminated extra argv after the exe, before "--shard N", e.g.
      * {"--config", "/abs/config.yaml", NULL}; NULL for none. Copied. */
     const char *const *args;

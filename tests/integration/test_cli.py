@@ -626,10 +626,13 @@ class HostileServerTest(unittest.TestCase):
             self.assertEqual(p.stderr.decode(), "(error) 503 %s\n" % msg)
 
     def test_server_text_cannot_drive_the_terminal(self):
-        # Escape sequences (retitle, clear screen, colour), BEL, CR and a C1
-        # CSI in a server's message come out as \xHH; UTF-8 text stays.
-        evil = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\rfake \u009b2J \u00e9\u2713"
-        shown = "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\x0dfake \\xc2\\x9b2J \u00e9\u2713"
+        # Escape sequences (retitle, clear screen, colour), BEL, CR, a C1
+        # CSI, a right-to-left override, a zero-width space and a line
+        # separator in a server's message come out as \xHH; UTF-8 text stays.
+        evil = ("\x1b]0;owned\x07\x1b[2J\x1b[31mred\rfake \u009b2J \u00e9\u2713"
+                "\u202etxt.exe\u200b\u2028")
+        shown = ("\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\x0dfake \\xc2\\x9b2J \u00e9\u2713"
+                 "\\xe2\\x80\\xaetxt.exe\\xe2\\x80\\x8b\\xe2\\x80\\xa8")
         port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=500, message=evil)))
         p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
         self.assertEqual(p.returncode, 1, p.stderr)

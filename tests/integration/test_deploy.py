@@ -310,6 +310,20 @@ echo "$PWD $*" > %s"""
         self.assertFalse(os.path.exists(self.built))
         self.assertFalse(os.path.exists(self.ran))
 
+    def test_an_unusable_tmpdir_is_named_not_the_config(self):
+        # mktemp failing (TMPDIR gone) was taken for the config's fault.
+        config = os.path.join(self.top, "config.yaml")
+        with open(config, "w") as f:
+            f.write("data_dir: ./data\n")
+        env = dict(os.environ, TMPDIR=os.path.join(self.top, "no-such-dir"))
+        p = self.start_sh(config, env=env)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("start.sh: cannot create a temporary file (mktemp failed; is TMPDIR=%s "
+                      "a writable directory?)" % env["TMPDIR"], p.stderr)
+        self.assertNotIn("could not load it", p.stderr)
+        self.assertFalse(os.path.exists(self.built))
+        self.assertFalse(os.path.exists(self.ran))
+
     def test_without_a_router_it_builds_first_then_asks(self):
         # A fresh checkout: no kvs-router to ask yet. Building is safe (no
         # node can run from binaries that are not there), then the built

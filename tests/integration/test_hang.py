@@ -262,6 +262,29 @@ class ScrapeDeadlineTest(RouterTestCase):
         self.assertTrue(wait_until(lambda: total(scrape("2"), "kvs_metrics_source_up") == 3,
                                    WAIT))
 
+    def test_a_deadline_runs_from_the_scrape_not_its_fan_out(self):
+        # Scrapes wait for the next fan-out (up to 100 ms): a short deadline
+        # must still count from when the scrape came. Scrape A starts a
+        # fan-out (it waits for the stopped worker); B, just after, waits
+        # for the next one with a deadline of 150 ms (75 ms less its
+        # margin): answered by then, not 75 ms after the next fan-out.
+        r = self.deadline_router()
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        with stopped(r.worker_pid(0)):
+            took = {}
+
+            def plain():
+                took["a"] = timed(self.scrape, "3")[1]
+            t = threading.Thread(target=plain)
+            t.start()
+            time.sleep(0.01)
+            m, took["b"] = timed(self.scrape, "0.15")
+            t.join(10)
+        self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
+        self.assertLess(took["b"], 0.15, took)
+        self.assertGreater(took["a"], 1, took)  # it did wait for the worker
+
     def test_each_scrape_keeps_its_own_deadline(self):
         # Scrapes share the master's links. A scrape with no deadline of its
         # own (router.timeout, 3 s here) is in flight to a stopped worker

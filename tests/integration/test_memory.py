@@ -189,6 +189,28 @@ class MaxKeysTest(MemoryTestCase):
             self.assertEqual([pyval(v) for v in got.values], list(range(1000)))
             self.assertEqual(len(self.resp_call("HMGET", "t", *keys[:1000])), 1000)
 
+    def test_keys_across_merged_members_are_counted(self):
+        """Hmget{t, <fixed32 tag>} + Hmget{<unknown field 15> 1001 keys}:
+        counted member by member the second holds one unknown field and no
+        key, but the decoder reads the two bodies joined, where the fixed32
+        eats the unknown field's head and the keys follow. Through the
+        router and at a worker's own socket: 413, the keys counted as the
+        decoder would read them."""
+        r = self.start(extra_yaml="limits: {max_keys: 1000}\n")
+        keys = b"".join(b"\x12\x08" + b"key-%04d" % i for i in range(1001))
+        for pad in range(4):  # the fixed32 takes 0x7a, the length's bytes and the pad: 4 in all
+            head = b"\x7a" + encoder._VarintBytes(pad + len(keys))
+            if len(head) + pad == 4:
+                break
+        second = head + b"p" * pad + keys
+        first = b"\x0a\x01t\x7d"
+        payload = (b"\x1a" + encoder._VarintBytes(len(first)) + first +
+                   b"\x1a" + encoder._VarintBytes(len(second)) + second)
+        for addr in (r.addr, r.socket_path(0)):
+            got = self.call_raw(addr, payload)
+            self.assertEqual(got.status, 413, "%s: %s" % (addr, got.message))
+            self.assertIn("Hmget names 1001 keys, more than limits.max_keys (1000)", got.message)
+
 
 class MergedAnswersTest(MemoryTestCase):
     def test_split_reads_and_redis_replies_show_every_kind_as_single_reads_do(self):

@@ -12,9 +12,11 @@ takes a few seconds.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import redis
@@ -203,6 +205,51 @@ class ProcsTest(ProcsTestCase):
         self.assertIn("restarting router 1 in 100 ms", log)
         self.assertEqual(r.stop(), 0)
         self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+    def test_restarts_run_the_build_the_node_started_with(self):
+        # A package upgrade or a rebuild replaces the binaries under a
+        # running node: a worker or router process restarted after that
+        # must not run another build than the rest of the node. The master
+        # holds its binaries open from the start and starts children from
+        # them; here the files are replaced by a script that fails.
+        bindir = tempfile.mkdtemp(prefix="kvs-bin-")
+        self.addCleanup(shutil.rmtree, bindir, ignore_errors=True)
+        for name in ("kvs-router", "kvs-node"):
+            shutil.copy2(os.path.join(BUILD_DIR, name), bindir)
+        r = self.router(shards=2, partitions=16, processes=2, start=False)
+        r.exe = os.path.join(bindir, "kvs-router")
+        r.start()
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr()), r.stderr())
+        keys = [b"k%d" % i for i in range(40)]
+        with r.client() as c:
+            for k in keys:
+                self.assertEqual(c.hset("t", k, k).status, 200)
+        for name in ("kvs-router", "kvs-node"):
+            path = os.path.join(bindir, name)
+            os.unlink(path)
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\nexit 99\n")
+            os.chmod(path, 0o755)
+        old = r.kill_worker(0)
+        new = r.wait_worker(0, not_pid=old)
+        self.assertIsNotNone(new, r.stderr()[-3000:])
+        victim = router_pids(r)[1]
+        os.kill(victim, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: router_pids(r).get(1) not in (None, victim)),
+                        r.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "router 1 accepts clients again" in r.stderr()),
+                        r.stderr()[-3000:])
+        self.assertEqual(os.readlink("/proc/%d/exe" % new),
+                         os.path.join(bindir, "kvs-node") + " (deleted)")
+        self.assertEqual(os.readlink("/proc/%d/exe" % router_pids(r)[1]),
+                         os.path.join(bindir, "kvs-router") + " (deleted)")
+        for _ in range(6):  # connections land on either router process
+            with r.client() as c:
+                got = c.hmget("t", keys)
+                self.assertEqual(got.status, 200, got.message)
+                self.assertEqual([pyval(v) for v in got.values], keys)
+        self.assertNotIn("status 99", r.stderr())
+        self.assertEqual(r.stop(), 0, r.stderr()[-3000:])
 
     def test_sigterm_drains_routers_then_workers(self):
         r = self.node(processes=3, shards=3)

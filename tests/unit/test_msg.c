@@ -480,6 +480,23 @@ KVS_TEST(quote_for_messages)
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "caf\xc3\xa9", 5), "caf\xc3\xa9"); /* UTF-8 kept */
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "a\0\xff\n\"\\", 6), "a\\x00\\xff\\x0a\\\"\\\\");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xc2\x85", 2), "\\xc2\\x85"); /* C1 control */
+    /* Text that moves or hides what is around it: a right-to-left
+     * override, a zero-width space, a line separator, a BOM, an isolate. */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out),
+                            "a\xe2\x80\xae"
+                            "b",
+                            5),
+              "a\\xe2\\x80\\xaeb");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x80\x8b", 3), "\\xe2\\x80\\x8b");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x80\xa8", 3), "\\xe2\\x80\\xa8");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xef\xbb\xbf", 3), "\\xef\\xbb\\xbf");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x81\xa6", 3), "\\xe2\\x81\\xa6");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xd8\x9c", 2), "\\xd8\\x9c"); /* U+061C */
+    /* Their neighbours stay: an en dash, a dagger, U+2065, U+2070. */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x80\x93\xe2\x80\xa0", 6),
+              "\xe2\x80\x93\xe2\x80\xa0");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x81\xa5\xe2\x81\xb0", 6),
+              "\xe2\x81\xa5\xe2\x81\xb0");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "", 0), "");
     /* Exactly fitting text is whole; longer text ends in "..." after a
      * whole character, never inside an escape or a UTF-8 sequence. */
