@@ -144,16 +144,25 @@ void router_master_pass_reload_text(master_t *m)
  * files were replaced (a package upgrade, a rebuild), so one node never
  * runs two builds. The child resolves the path after the fork, before its
  * exec closes N: N is above every descriptor a child is given
- * (PIN_FD_MIN), so its setup never replaces it. When it cannot be opened,
- * or /proc does not show it (no /proc), `file` is "" and children are
- * started by path (their spawn then says why it fails). */
+ * (PIN_FD_MIN), so its setup never replaces it. A script ("#!": a
+ * wrapper, a test's stand-in) is started by path: its interpreter opens it
+ * after the exec, when the descriptor is closed. So is a file that cannot
+ * be opened, or that /proc does not show (no /proc): `file` is then "" (a
+ * spawn by path says why it fails). */
 #define PIN_FD_MIN 100
 
 static void pin_binary(const char *path, char *file, size_t len)
 {
     struct stat held, shown;
-    int fd = open(path, O_PATH | O_CLOEXEC), high = -1;
+    char head[2];
+    int fd = open(path, O_RDONLY | O_CLOEXEC), high = -1;
     file[0] = '\0';
+    if (fd >= 0 && pread(fd, head, sizeof(head), 0) == 2 && head[0] == '#' && head[1] == '!') {
+        close(fd);
+        return;
+    }
+    if (fd < 0) /* not readable: executable only, so no script either */
+        fd = open(path, O_PATH | O_CLOEXEC);
     if (fd >= 0) {
         high = fcntl(fd, F_DUPFD_CLOEXEC, PIN_FD_MIN);
         close(fd);

@@ -550,6 +550,7 @@ class ContainerFilesTest(unittest.TestCase):
         nodes = {}
         for name in ("kvs-a", "kvs-b", "kvs-c"):
             svc = services[name]
+            self.assertEqual(svc.get("restart"), "unless-stopped", name)  # a node that exits
             mount = [v for v in svc["volumes"] if v.split(":")[1] == svc["command"][-1]]
             self.assertEqual(len(mount), 1, (name, svc["volumes"]))
             path = os.path.join(COMPOSE_DIR, mount[0].split(":")[0])
@@ -600,6 +601,8 @@ class ContainerFilesTest(unittest.TestCase):
             for src in c.split()[:-1]:
                 self.assertTrue(os.path.exists(os.path.join(TOP, src)), src)
         self.assertRegex(self.dockerfile(), r"(?m)^USER kvs$")
+        # An image is a package: no test hooks in it (README, Development).
+        self.assertRegex(self.dockerfile(), r"(?m)^RUN cmake .*-DKVS_TEST_HOOKS=OFF")
         ok, err = config_loads(os.path.join(DEPLOY, "docker", "config.yaml"))
         self.assertTrue(ok, err)
 

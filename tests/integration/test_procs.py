@@ -239,6 +239,14 @@ class ProcsTest(ProcsTestCase):
                         r.stderr()[-3000:])
         self.assertTrue(wait_until(lambda: "router 1 accepts clients again" in r.stderr()),
                         r.stderr()[-3000:])
+
+        def serves():  # the new worker listens, and both router processes reach it again
+            for _ in range(6):  # connections land on either router process
+                with r.client() as c:
+                    if c.hmget("t", keys).status != 200:
+                        return False
+            return True
+        self.assertTrue(wait_until(serves), r.stderr()[-3000:])
         self.assertEqual(os.readlink("/proc/%d/exe" % new),
                          os.path.join(bindir, "kvs-node") + " (deleted)")
         self.assertEqual(os.readlink("/proc/%d/exe" % router_pids(r)[1]),
