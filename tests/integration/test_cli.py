@@ -8,6 +8,7 @@ The fixture is self-contained on purpose (no dependency on kvstest.py).
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-node, kvs-cli
 and py/kvs_pb2.py (also found through PYTHONPATH).
 """
+import json
 import os
 import shutil
 import signal
@@ -622,6 +623,19 @@ class HostileServerTest(unittest.TestCase):
             self.assertEqual(p.returncode, 2, (cmd, p.stderr))
             self.assertEqual(p.stdout, b"", cmd)
             self.assertIn(b"protocol error: the answer holds 1 values for", p.stderr)
+
+    def test_bench_counts_a_404_as_not_found_only_for_reads(self):
+        # Only Hget answers 404 (a key never written): to any other command
+        # it is an error, not a miss.
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=404,
+                                                                            message="nope")))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        for test, errors, missing in (("hset", 50, 0), ("ping", 50, 0), ("hget", 0, 50)):
+            p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "50", "-t", test,
+                                "--json"], capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            got = json.loads(p.stdout.decode().strip().splitlines()[-1])
+            self.assertEqual((got["errors"], got["not_found"]), (errors, missing), (test, got))
 
     def test_an_answer_without_a_status_is_a_protocol_error(self):
         port = self.serve(lambda conn: answer(conn, pb.CommandResponse()))
