@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sysexits.h>
 #include <unistd.h>
@@ -91,6 +92,16 @@ int kvs_fs_std_fds(void)
         }
     }
     return 0;
+}
+
+void kvs_fs_name_process(const char *argv0)
+{
+    if (argv0 == NULL || argv0[0] == '\0')
+        return;
+    const char *base = strrchr(argv0, '/');
+    char name[16];
+    snprintf(name, sizeof(name), "%s", base != NULL ? base + 1 : argv0);
+    (void)prctl(PR_SET_NAME, name, 0, 0, 0); /* only a name: nothing depends on it */
 }
 
 int kvs_fs_stdout_done(const char *prog)

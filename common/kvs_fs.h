@@ -47,4 +47,10 @@ int kvs_fs_stdout_done(const char *prog);
  * cannot even say so: it exits). */
 int kvs_fs_std_fds(void);
 
+/* Names the process after argv0's last component (at most 15 bytes, the
+ * kernel's limit): the name `top`, `pgrep`, `ps -C` and core files use,
+ * which the kernel took from the executed path, "100" for a child the
+ * master started through /proc/self/fd/100. */
+void kvs_fs_name_process(const char *argv0);
+
 #endif

@@ -140,12 +140,15 @@ int kvs_utf8_valid(const void *p, size_t n)
 
 /* Format characters that move or hide the text around them: bidi marks,
  * embeddings, overrides and isolates (text that reads in another order
- * than it is), zero-width ones, the line and paragraph separators (a new
- * line to some viewers: a forged log line) and the BOM. */
+ * than it is), the zero-width space and word joiners, the line and
+ * paragraph separators (a new line to some viewers: a forged log line)
+ * and the BOM. Not the zero-width joiner and non-joiner (U+200C, U+200D):
+ * emoji sequences and Persian or Indic words are made of them. */
 static int invisible_format(uint32_t cp)
 {
-    return cp == 0x061c || (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
-           (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
+    return cp == 0x061c || cp == 0x200b || cp == 0x200e || cp == 0x200f ||
+           (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2060 && cp <= 0x2064) ||
+           (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
 }
 
 size_t kvs_text_printable(const uint8_t *s, size_t n)

@@ -246,7 +246,7 @@ int kvs_utf8_valid(const void *p, size_t n);
 /* Bytes of the printable character at s[0..n): 1 for printable ASCII, 2-4
  * for a well-formed UTF-8 character that is not a C1 control
  * (U+0080-U+009F) nor an invisible format character (bidi controls such as
- * U+202E, zero-width ones, U+2028/U+2029, the BOM); 0 for anything a
+ * U+202E, the zero-width space, U+2028/U+2029, the BOM); 0 for anything a
  * terminal or a log must not get raw (a control character, DEL, a byte
  * that is not UTF-8, those). */
 size_t kvs_text_printable(const uint8_t *s, size_t n);

@@ -868,6 +868,7 @@ int main(int argc, char **argv)
 
     if (kvs_fs_std_fds() != 0)
         return EX_OSERR;
+    kvs_fs_name_process(argv[0]);
     signal(SIGPIPE, SIG_IGN);
     /* A reload (SIGHUP) that comes while this process starts must neither
      * kill it nor be lost: blocked until the loop's handler takes over

@@ -819,6 +819,7 @@ int main(int argc, char **argv)
 
     if (kvs_fs_std_fds() != 0)
         return EX_OSERR;
+    kvs_fs_name_process(argv[0]);
     signal(SIGPIPE, SIG_IGN);
     kvs_signals_ignore_stray(0); /* SIGUSR2: the master ignores it, router processes handle it */
     /* A reload (SIGHUP) that comes while this process starts must neither

@@ -58,6 +58,9 @@ static const uint8_t ask_worker[] = {0x82, 0x01, 0x00};
 /* Fan-outs start at least this far apart (scrapes meanwhile wait for the
  * next one, which answers them all), and at most this many scrapes wait. */
 #define SCRAPE_SPACING_MS 100u
+/* ... sooner for a scraper whose own deadline is near (it gets half its
+ * wait for the answers), but never closer than this to the last one. */
+#define SCRAPE_MIN_GAP_MS 20u
 #define SCRAPE_MAX_PENDING 256u
 
 struct router_scrape_s {
@@ -79,6 +82,7 @@ struct router_scrape_s {
     int spacing_on;     /* spacing was initialized (closed at the stop) */
     int started;        /* a fan-out ever started */
     uint64_t last_start_ms;
+    uint64_t spacing_at; /* loop time the spacing timer fires, while it is active */
     int stopped;
 };
 
@@ -318,6 +322,8 @@ static void fan_out(router_scrape_t *sc)
     sc->n_pending = 0;
     sc->last_start_ms = now;
     sc->started = 1;
+    if (sc->spacing_on) /* it takes every scrape waiting: the next one arms it again */
+        uv_timer_stop(&sc->spacing);
     scrape_t *x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->answers = calloc(sc->n_links ? sc->n_links : 1, sizeof(*x->answers));
@@ -387,10 +393,12 @@ static void on_spacing(uv_timer_t *t)
 }
 
 /* router_http: a GET /metrics. It waits for the next fan-out: at once, or
- * SCRAPE_SPACING_MS after the last one started, so that however many
- * scrapes come (any client that reaches the port may send them), the
- * processes are asked at most 1000 / SCRAPE_SPACING_MS times a second, and
- * every answer still holds what the processes said after it was asked. */
+ * SCRAPE_SPACING_MS after the last one started (sooner for a near deadline
+ * of its own), so that however many scrapes come (any client that reaches
+ * the port may send them), the processes are asked at most
+ * 1000 / SCRAPE_SPACING_MS times a second (1000 / SCRAPE_MIN_GAP_MS with
+ * deadlines under twice the spacing), and every answer still holds what
+ * the processes said after it was asked. */
 static void on_scrape(void *arg, router_http_scrape_t *token)
 {
     router_scrape_t *sc = arg;
@@ -402,10 +410,25 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
     uint64_t now = uv_now(sc->loop), since = now - sc->last_start_ms;
     sc->arrived[sc->n_pending] = now;
     sc->pending[sc->n_pending++] = token;
-    if (!sc->started || since >= SCRAPE_SPACING_MS || !sc->spacing_on)
+    if (!sc->started || since >= SCRAPE_SPACING_MS || !sc->spacing_on) {
         fan_out(sc);
-    else if (!uv_is_active((uv_handle_t *)&sc->spacing))
-        uv_timer_start(&sc->spacing, on_spacing, SCRAPE_SPACING_MS - since, 0);
+        return;
+    }
+    /* The next fan-out: at the spacing's end, or sooner when this
+     * scraper's deadline would leave it less than half its wait for the
+     * answers, but not within SCRAPE_MIN_GAP_MS of the last one (a client
+     * picks its deadline: at most 1000 / SCRAPE_MIN_GAP_MS a second). */
+    uint64_t at = sc->last_start_ms + SCRAPE_SPACING_MS, wait = scrape_wait_ms(sc, token);
+    if (wait < sc->cfg->router_timeout_ms && now + wait / 2 < at)
+        at = now + wait / 2;
+    if (at < sc->last_start_ms + SCRAPE_MIN_GAP_MS)
+        at = sc->last_start_ms + SCRAPE_MIN_GAP_MS;
+    if (at <= now) {
+        fan_out(sc);
+    } else if (!uv_is_active((uv_handle_t *)&sc->spacing) || at < sc->spacing_at) {
+        sc->spacing_at = at;
+        uv_timer_start(&sc->spacing, on_spacing, at - now, 0);
+    }
 }
 
 /* ---- links ------------------------------------------------------------------------ */

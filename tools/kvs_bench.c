@@ -434,7 +434,7 @@ static void count_status(bench_run_t *r, uint32_t st, const uint8_t *p, size_t l
     } else {
         r->other_status++;
     }
-    if (st == KVS_STATUS_NOT_FOUND)
+    if (st == KVS_STATUS_NOT_FOUND && (r->test->kind == K_HGET || r->test->kind == K_MIXED))
         r->not_found++; /* only Hget answers 404: a key never written */
     else if (st != KVS_STATUS_OK) {
         r->errors++;

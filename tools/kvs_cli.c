@@ -509,6 +509,11 @@ static int check_status(const cli_t *c, const cli_cmd_t *cmd, const Kvs__Command
 {
     if (r->status == KVS_STATUS_OK)
         return CLI_OK;
+    if (r->status == 0) { /* every kvs answer has one: this is no kvs server's */
+        fflush(stdout);
+        fprintf(stderr, "kvs-cli: protocol error: the answer has no status\n");
+        return CLI_USAGE;
+    }
     if (r->status == KVS_STATUS_NOT_FOUND && cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HGET) {
         puts(c->raw ? "" : "(nil)");
         return CLI_FAILED;
@@ -929,6 +934,24 @@ static int build_hscan(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
 
 /* ---- command runners ------------------------------------------------------------- */
 
+/* Keys (Hmset: pairs) of a multi-key request: an answer holds one value
+ * for each. */
+static size_t request_keys(const Kvs__CommandRequest *req)
+{
+    switch (req->command_case) {
+    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+        return req->hmget->n_keys;
+    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+        return req->hmset->n_pairs;
+    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+        return req->hmdel->n_keys;
+    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+        return req->hmexist->n_keys;
+    default:
+        return 0;
+    }
+}
+
 /* One request, one reply, printed by the command's shape. */
 static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
 {
@@ -942,6 +965,15 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0)
         return rc;
     rc = check_status(c, cmd, r);
+    if (rc == 0 && cmd->shape == SHAPE_LIST && r->n_values != request_keys(&req)) {
+        /* one value per key, in request order: fewer or more would pair
+         * values with the wrong keys */
+        fprintf(stderr,
+                "kvs-cli: protocol error: the answer holds %zu values for %zu keys; nothing "
+                "printed\n",
+                r->n_values, request_keys(&req));
+        return CLI_USAGE;
+    }
     if (rc == 0)
         put_reply(c, cmd->shape, r);
     put_position(c, r); /* a 503 may carry one too: the write may be applied later */
@@ -988,10 +1020,10 @@ static int scan_page(cli_t *c, const cli_cmd_t *cmd, Kvs__CommandRequest *req,
     if (same) { /* a kvs cursor moves past every page: this walk would not end */
         fflush(stdout);
         fprintf(stderr,
-                "kvs-cli: the server returned the cursor it was given with %zu pairs; "
-                "the walk would never end: stopped\n",
+                "kvs-cli: protocol error: the server returned the cursor it was given with %zu "
+                "pairs; the walk would never end: stopped\n",
                 r->n_pairs);
-        return CLI_FAILED;
+        return CLI_USAGE;
     }
     if (keep_cursor(cursor, &r->cursor) != 0) {
         fprintf(stderr, "kvs-cli: out of memory\n");
@@ -1010,15 +1042,40 @@ static int run_scanall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
     if (arg_string(c, "table name", argv[0], &req.hscan->table) != 0 ||
         (argc > 1 && arg_count(argv[1], &req.hscan->count) != 0))
         return CLI_USAGE;
-    ProtobufCBinaryData cursor = {0, NULL};
-    size_t total = 0;
+    /* A kvs cursor only moves forward: one handed back again means pages
+     * that go round in a circle, which would print the same pairs for
+     * ever. Brent's method finds any circle keeping one earlier cursor:
+     * `seen`, replaced after 1, 2, 4, ... pages. */
+    ProtobufCBinaryData cursor = {0, NULL}, seen = {0, NULL};
+    size_t total = 0, steps = 0, power = 1;
     int rc;
-    do
+    for (;;) {
         rc = scan_page(c, cmd, &req, &cursor, &total);
-    while (rc == 0 && cursor.len > 0);
+        if (rc != 0 || cursor.len == 0)
+            break;
+        if (seen.data != NULL && cursor.len == seen.len &&
+            memcmp(cursor.data, seen.data, seen.len) == 0) {
+            fflush(stdout);
+            fprintf(stderr, "kvs-cli: protocol error: the server handed back cursor ");
+            put_quoted_to(stderr, cursor.data, cursor.len);
+            fprintf(stderr, " again (its pages go round in a circle): stopped\n");
+            rc = CLI_USAGE;
+            break;
+        }
+        if (++steps == power) {
+            if (keep_cursor(&seen, &cursor) != 0) {
+                fprintf(stderr, "kvs-cli: out of memory\n");
+                rc = CLI_USAGE;
+                break;
+            }
+            power *= 2;
+            steps = 0;
+        }
+    }
     if (rc == 0 && total == 0 && !c->raw)
         puts("(empty)");
     free(cursor.data);
+    free(seen.data);
     return rc;
 }
 

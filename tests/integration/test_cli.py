@@ -8,6 +8,7 @@ The fixture is self-contained on purpose (no dependency on kvstest.py).
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-node, kvs-cli
 and py/kvs_pb2.py (also found through PYTHONPATH).
 """
+import json
 import os
 import shutil
 import signal
@@ -508,13 +509,19 @@ def answer(conn, resp):
 
 
 def answer_each(conn, resp):
-    """Answers every framed request on the connection with `resp`."""
-    payload = resp.SerializeToString()
-    frame = struct.pack(">I", len(payload)) + payload
+    """Answers every framed request on the connection with `resp`, or with
+    each of the list `resp` in turn, round and round."""
+    resps = resp if isinstance(resp, list) else [resp]
+    frames = []
+    for r in resps:
+        payload = r.SerializeToString()
+        frames.append(struct.pack(">I", len(payload)) + payload)
+    i = 0
     while True:
         (n,) = struct.unpack(">I", recv_exact(conn, 4))
         recv_exact(conn, n)
-        conn.sendall(frame)
+        conn.sendall(frames[i % len(frames)])
+        i += 1
 
 
 class HostileServerTest(unittest.TestCase):
@@ -584,10 +591,57 @@ class HostileServerTest(unittest.TestCase):
         resp.pairs.add(key=b"k").value.string_value = "v"
         port = self.serve(lambda conn: answer_each(conn, resp))
         p, _ = self.cli(port, "--timeout", "2", "hscanall", "t")
-        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.returncode, 2, p.stderr)  # a protocol error
         self.assertIn(b"returned the cursor it was given with 1 pairs; the walk would never end",
                       p.stderr)
         self.assertLess(p.stdout.count(b'"k"'), 5, p.stdout[:300])
+
+    def test_hscanall_stops_when_cursors_go_round_in_a_circle(self):
+        # Cursors A, B, C, A, B, C, ...: none is the one just sent, and the
+        # walk printed the same three pairs for ever.
+        pages = []
+        for cur in (b"A", b"B", b"C"):
+            resp = pb.CommandResponse(status=200, cursor=cur)
+            resp.pairs.add(key=b"dup").value.string_value = "v"
+            pages.append(resp)
+        port = self.serve(lambda conn: answer_each(conn, pages))
+        p, _ = self.cli(port, "--timeout", "2", "hscanall", "t")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertRegex(p.stderr, rb'handed back cursor "[ABC]" again \(its pages go round in a '
+                                   rb'circle\): stopped')
+        self.assertLess(p.stdout.count(b'"dup"'), 12, p.stdout[:300])
+
+    def test_an_answer_with_the_wrong_number_of_values_is_refused(self):
+        # One value for three keys: printed, it paired a value with the
+        # wrong key and exited 0.
+        one = pb.CommandResponse(status=200)
+        one.values.add(string_value="only")
+        for cmd in (["hmget", "t", "a", "b", "c"], ["hmexist", "t", "a", "b", "c"],
+                    ["hmdel", "t", "a", "b", "c"], ["hmset", "t", "a", "1", "b", "2"]):
+            port = self.serve(lambda conn: answer(conn, one))
+            p, _ = self.cli(port, "--timeout", "2", *cmd)
+            self.assertEqual(p.returncode, 2, (cmd, p.stderr))
+            self.assertEqual(p.stdout, b"", cmd)
+            self.assertIn(b"protocol error: the answer holds 1 values for", p.stderr)
+
+    def test_bench_counts_a_404_as_not_found_only_for_reads(self):
+        # Only Hget answers 404 (a key never written): to any other command
+        # it is an error, not a miss.
+        port = self.serve(lambda conn: answer_each(conn, pb.CommandResponse(status=404,
+                                                                            message="nope")))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        for test, errors, missing in (("hset", 50, 0), ("ping", 50, 0), ("hget", 0, 50)):
+            p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "50", "-t", test,
+                                "--json"], capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            got = json.loads(p.stdout.decode().strip().splitlines()[-1])
+            self.assertEqual((got["errors"], got["not_found"]), (errors, missing), (test, got))
+
+    def test_an_answer_without_a_status_is_a_protocol_error(self):
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse()))
+        p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertEqual(p.stderr, b"kvs-cli: protocol error: the answer has no status\n")
 
     def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
         # A Digest answer whose first value is the integer 16 where the

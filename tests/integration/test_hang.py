@@ -285,6 +285,21 @@ class ScrapeDeadlineTest(RouterTestCase):
         self.assertLess(took["b"], 0.15, took)
         self.assertGreater(took["a"], 1, took)  # it did wait for the worker
 
+    def test_a_short_deadline_right_after_a_fan_out_is_asked_for_sooner(self):
+        # A scrape with a 150 ms deadline just after another scrape's
+        # fan-out: waiting the whole spacing (100 ms) would leave it no time
+        # for the answers (it was answered with every process left out, on
+        # a healthy node); it is asked for sooner and hears everyone.
+        self.deadline_router()
+        self.assertTrue(wait_until(lambda: total(self.scrape(), "kvs_metrics_source_up") == 3,
+                                   WAIT))
+        for _ in range(5):
+            self.scrape()
+            time.sleep(0.01)
+            m, took = timed(self.scrape, "0.15")
+            self.assertEqual(total(m, "kvs_metrics_source_up"), 3, took)
+            self.assertLess(took, 0.15)
+
     def test_each_scrape_keeps_its_own_deadline(self):
         # Scrapes share the master's links. A scrape with no deadline of its
         # own (router.timeout, 3 s here) is in flight to a stopped worker
@@ -378,8 +393,14 @@ class ScrapeDeadlineTest(RouterTestCase):
         if SANITIZED:
             self.skipTest("ASan keeps freed memory resident")
         r = self.deadline_router(timeout="10m")
+        before = total(self.scrape(), "kvs_worker_requests_total", command="Metrics", shard="1")
         count, grown = self.flood_with_a_worker_stopped(r, 4)
         self.assertGreater(count, 150)
+        # Deadlines of a millisecond ask for fan-outs sooner: 50 a second
+        # at most (shard 1 runs; shard 0 is stopped, its asks queued).
+        asked = total(self.scrape(), "kvs_worker_requests_total", command="Metrics",
+                      shard="1") - before
+        self.assertLessEqual(asked, 4 * 50 + 5, "%d scrapes" % count)
         self.assertLess(grown, 3 * MIB, "%d scrapes" % count)
 
 

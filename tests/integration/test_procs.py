@@ -249,6 +249,12 @@ class ProcsTest(ProcsTestCase):
         self.assertTrue(wait_until(serves), r.stderr()[-3000:])
         self.assertEqual(os.readlink("/proc/%d/exe" % new),
                          os.path.join(bindir, "kvs-node") + " (deleted)")
+        # Named as ever (top, pgrep, ps -C, core files), not after the
+        # descriptor they were started through.
+        with open("/proc/%d/comm" % new) as f:
+            self.assertEqual(f.read(), "kvs-node\n")
+        with open("/proc/%d/comm" % router_pids(r)[1]) as f:
+            self.assertEqual(f.read(), "kvs-router\n")
         self.assertEqual(os.readlink("/proc/%d/exe" % router_pids(r)[1]),
                          os.path.join(bindir, "kvs-router") + " (deleted)")
         for _ in range(6):  # connections land on either router process

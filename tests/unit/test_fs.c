@@ -48,4 +48,35 @@ KVS_TEST(std_fds_get_dev_null_when_closed)
         CHECK_EQ(child_with_closed(closed), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(std_fds_get_dev_null_when_closed))
+/* The name /proc/self/comm shows after kvs_fs_name_process(argv0), read
+ * in a child (the test's own name stays). */
+static void comm_after(const char *argv0, const char *want)
+{
+    int fds[2];
+    char got[32] = "";
+    CHECK_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvs_fs_name_process(argv0);
+        int f = open("/proc/self/comm", O_RDONLY);
+        ssize_t n = f >= 0 ? read(f, got, sizeof(got) - 1) : -1;
+        _exit(n > 0 && write(fds[1], got, (size_t)n) == n ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t n = read(fds[0], got, sizeof(got) - 1);
+    close(fds[0]);
+    int status = -1;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0 && n > 0);
+    got[n > 0 ? n : 0] = '\0';
+    CHECK_STR(got, want);
+}
+
+KVS_TEST(process_named_after_argv0)
+{
+    comm_after("/usr/local/bin/kvs-node", "kvs-node\n");
+    comm_after("kvs-router", "kvs-router\n");
+    comm_after("/x/kvs-a-name-longer-than-fifteen", "kvs-a-name-long\n"); /* the kernel's 15 */
+}
+
+KVS_TEST_MAIN(KVS_CASE(std_fds_get_dev_null_when_closed), KVS_CASE(process_named_after_argv0))

@@ -492,7 +492,12 @@ KVS_TEST(quote_for_messages)
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xef\xbb\xbf", 3), "\\xef\\xbb\\xbf");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x81\xa6", 3), "\\xe2\\x81\\xa6");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xd8\x9c", 2), "\\xd8\\x9c"); /* U+061C */
-    /* Their neighbours stay: an en dash, a dagger, U+2065, U+2070. */
+    /* The joiners stay (an emoji family, a Persian word), and so do the
+     * neighbours: an en dash, a dagger, U+2065, U+2070. */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9", 11),
+              "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xd9\x85\xe2\x80\x8c\xd9\x85", 7),
+              "\xd9\x85\xe2\x80\x8c\xd9\x85");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x80\x93\xe2\x80\xa0", 6),
               "\xe2\x80\x93\xe2\x80\xa0");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x81\xa5\xe2\x81\xb0", 6),
