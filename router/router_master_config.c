@@ -148,10 +148,11 @@ void router_master_pass_reload_text(master_t *m)
  * wrapper, a test's stand-in) is started by path: its interpreter opens it
  * after the exec, when the descriptor is closed. So is a file that cannot
  * be opened, or that /proc does not show (no /proc): `file` is then "" (a
- * spawn by path says why it fails). */
+ * spawn by path says why it fails), with a warning naming `name` unless
+ * the file is missing or a script. */
 #define PIN_FD_MIN 100
 
-static void pin_binary(const char *path, char *file, size_t len)
+static void pin_binary(const char *path, const char *name, char *file, size_t len)
 {
     struct stat held, shown;
     char head[2];
@@ -163,18 +164,25 @@ static void pin_binary(const char *path, char *file, size_t len)
     }
     if (fd < 0) /* not readable: executable only, so no script either */
         fd = open(path, O_PATH | O_CLOEXEC);
-    if (fd >= 0) {
-        high = fcntl(fd, F_DUPFD_CLOEXEC, PIN_FD_MIN);
-        close(fd);
+    if (fd < 0)
+        return; /* not there: starting it by path says why */
+    high = fcntl(fd, F_DUPFD_CLOEXEC, PIN_FD_MIN);
+    int err = high < 0 ? errno : 0;
+    close(fd);
+    if (high >= 0) {
+        snprintf(file, len, "/proc/self/fd/%d", high);
+        if (fstat(high, &held) != 0 || stat(file, &shown) != 0 || held.st_dev != shown.st_dev ||
+            held.st_ino != shown.st_ino) {
+            err = errno != 0 ? errno : ENOENT;
+            file[0] = '\0';
+            close(high);
+        }
     }
-    if (high < 0)
-        return;
-    snprintf(file, len, "/proc/self/fd/%d", high);
-    if (fstat(high, &held) != 0 || stat(file, &shown) != 0 || held.st_dev != shown.st_dev ||
-        held.st_ino != shown.st_ino) {
-        file[0] = '\0';
-        close(high);
-    }
+    if (file[0] == '\0')
+        kvs_warn("cannot hold %s open for its processes (%s; descriptors from %d and /proc are "
+                 "needed): they are started by its path, so replacing the file under the running "
+                 "node changes what a restart runs",
+                 name, strerror(err), PIN_FD_MIN);
 }
 
 /* One node per data directory: an flock held for the life of the master
@@ -287,8 +295,9 @@ int router_master_prepare(master_t *m, const char *argv0)
     snprintf(m->exe_dir, sizeof(m->exe_dir), "%s", dirname(exe));
     char node[4200];
     snprintf(node, sizeof(node), "%s/kvs-node", m->exe_dir);
-    pin_binary(node, m->node_file, sizeof(m->node_file));
-    pin_binary("/proc/self/exe", m->router_file, sizeof(m->router_file));
+    pin_binary(node, node, m->node_file, sizeof(m->node_file));
+    snprintf(node, sizeof(node), "%s/kvs-router", m->exe_dir); /* its name, for the log */
+    pin_binary("/proc/self/exe", node, m->router_file, sizeof(m->router_file));
     return 0;
 }
 

@@ -1512,7 +1512,9 @@ static int run_command(cli_t *c, const cli_arg_t *argv, int argc)
 /* ---- sessions -------------------------------------------------------------------- */
 
 /* Decodes a double-quoted token part starting at s[*i] == '"' into s[*w...]
- * (in place: output never overtakes input). Returns 0 or -1 if unclosed. */
+ * (in place: output never overtakes input). Returns 0, -1 if unclosed, or
+ * -2 for an escape it does not know (\q, \x4, \xZZ: read as the letters
+ * they hold, they would name another key than the one meant). */
 static int read_dquoted(char *s, size_t n, size_t *i, size_t *w)
 {
     static const char from[] = "ntrab\\\"", to[] = "\n\t\r\a\b\\\"";
@@ -1528,8 +1530,10 @@ static int read_dquoted(char *s, size_t n, size_t *i, size_t *w)
             char hex[3] = {s[*i + 1], s[*i + 2], 0};
             s[(*w)++] = (char)strtol(hex, NULL, 16);
             *i += 2;
+        } else if (m != NULL && e != '\0') {
+            s[(*w)++] = to[m - from];
         } else {
-            s[(*w)++] = m != NULL && e != '\0' ? to[m - from] : e;
+            return -2;
         }
     }
     if (*i >= n)
@@ -1554,7 +1558,7 @@ static int read_squoted(char *s, size_t n, size_t *i, size_t *w)
 
 /* Splits a line into tokens, decoding quotes in place. `out` has room for
  * n / 2 + 2 entries; a NULL entry follows the last token. Returns the token
- * count, or -1 when a quote is not closed. */
+ * count, -1 when a quote is not closed, -2 for an unknown escape. */
 static int split_line(char *s, size_t n, cli_arg_t *out)
 {
     size_t i = 0, w = 0;
@@ -1574,7 +1578,7 @@ static int split_line(char *s, size_t n, cli_arg_t *out)
             else
                 s[w++] = s[i++];
             if (rc != 0)
-                return -1;
+                return rc;
         }
         out[count].p = s + start;
         out[count++].len = w - start;
@@ -1624,6 +1628,11 @@ static int run_line(cli_t *c, char *line, size_t n, int *quit)
         return CLI_OK;
     cli_arg_t *argv = cli_alloc(&c->arena, (n / 2 + 2) * sizeof(*argv));
     int argc = split_line(line, n, argv);
+    if (argc == -2) {
+        fprintf(stderr, "kvs-cli: unknown escape in a \"quoted\" token: use \\n \\t \\r \\a "
+                        "\\b \\\\ \\\" or \\xHH (two hex digits)\n");
+        return CLI_USAGE;
+    }
     if (argc < 0) {
         fprintf(stderr, "kvs-cli: unbalanced quotes: close every \" and ' on the line\n");
         return CLI_USAGE;

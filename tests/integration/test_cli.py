@@ -311,7 +311,8 @@ class CliTest(unittest.TestCase):
                          '(nil)\n(integer) 7\n(nil)\n"7"\n(nil)\n"it\'s"\nPONG\n')
         # Errors do not end the session, but make its exit status 1; quit ends it.
         p = self.cli(input=b"hget t missing\nbogus\nhget t\nhset __x k v\n"
-                           b'hget t "unclosed\nhget t n\nquit\nping\n')
+                           b'hget t "unclosed\nhset t "k\\q" v\nhset t "k\\x4" v\n'
+                           b'hset t "k\\xZZ" v\nhget t n\nquit\nping\n')
         self.assertEqual(p.returncode, 1)
         self.assertEqual(p.stdout, b"(nil)\n(integer) 7\n")
         err = p.stderr.decode()
@@ -319,6 +320,9 @@ class CliTest(unittest.TestCase):
         self.assertIn("usage: hget TABLE KEY", err)
         self.assertIn("(error) 400 ", err)
         self.assertIn("unbalanced quotes", err)
+        # An escape it does not know writes nothing (\q read as q would
+        # name another key than the one meant).
+        self.assertEqual(err.count("unknown escape in a \"quoted\" token"), 3, err)
         # help lists the commands.
         self.assertIn("hscan TABLE [CURSOR [COUNT]]", self.ok(input=b"help\n"))
 
