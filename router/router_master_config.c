@@ -141,15 +141,14 @@ void router_master_pass_reload_text(master_t *m)
  * `file` the path children are executed from (/proc/self/fd/N): a worker
  * or router process the master starts later, after a crash or for a
  * membership change, runs the build the node started with, even once the
- * files were replaced (a package upgrade, a rebuild), so one node never
- * runs two builds. The child resolves the path after the fork, before its
- * exec closes N: N is above every descriptor a child is given
- * (PIN_FD_MIN), so its setup never replaces it. A script ("#!": a
- * wrapper, a test's stand-in) is started by path: its interpreter opens it
- * after the exec, when the descriptor is closed. So is a file that cannot
- * be opened, or that /proc does not show (no /proc): `file` is then "" (a
- * spawn by path says why it fails), with a warning naming `name` unless
- * the file is missing or a script. */
+ * files were replaced (a package upgrade, a rebuild). The child resolves
+ * the path after the fork, before its exec closes N: N is above every
+ * descriptor a child is given (PIN_FD_MIN), so its setup never replaces
+ * it. A script ("#!": a wrapper, a test's stand-in) is started by path:
+ * its interpreter opens it after the exec, when the descriptor is closed.
+ * So is a file that cannot be opened, or that /proc does not show (no
+ * /proc): `file` is then "" (a spawn by path says why it fails), with a
+ * warning naming `name` unless the file is missing or a script. */
 #define PIN_FD_MIN 100
 
 static void pin_binary(const char *path, const char *name, char *file, size_t len)

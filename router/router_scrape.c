@@ -63,6 +63,15 @@ static const uint8_t ask_worker[] = {0x82, 0x01, 0x00};
 #define SCRAPE_MIN_GAP_MS 20u
 #define SCRAPE_MAX_PENDING 256u
 
+/* A scraper waiting for a fan-out: its token (NULL once answered), how
+ * long it waits for a process (scrape_wait_ms) and the loop time that
+ * wait ends, counted from its arrival, when it is shorter than
+ * router.timeout (else UINT64_MAX: the links' own timeout ends it). */
+typedef struct waiter_s {
+    router_http_scrape_t *token;
+    uint64_t wait_ms, due_ms;
+} waiter_t;
+
 struct router_scrape_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
@@ -74,28 +83,17 @@ struct router_scrape_s {
     router_scrape_own_cb own;
     void *arg;
     kvs_arena_t arena;
-    kvs_log_budget_t log_budget; /* lines about processes left out of a scrape */
-    router_http_scrape_t *pending[SCRAPE_MAX_PENDING]; /* scrapes for the next fan-out */
-    uint64_t arrived[SCRAPE_MAX_PENDING];              /* ... and the loop time each came */
+    kvs_log_budget_t log_budget;          /* lines about processes left out of a scrape */
+    waiter_t pending[SCRAPE_MAX_PENDING]; /* scrapes for the next fan-out */
     uint32_t n_pending;
     uv_timer_t spacing; /* starts the next fan-out */
     int spacing_on;     /* spacing was initialized (closed at the stop) */
     int started;        /* a fan-out ever started */
     uint64_t last_start_ms;
-    uint64_t spacing_at; /* loop time the spacing timer fires, while it is active */
     int stopped;
 };
 
 static const char oom_text[] = "the kvs-router master is out of memory\n";
-
-/* A scraper waiting for a fan-out: its token (NULL once answered), how
- * long it waits for a process (scrape_wait_ms) and the loop time that
- * wait ends, when it is shorter than router.timeout (else UINT64_MAX: the
- * links' own timeout ends it). */
-typedef struct waiter_s {
-    router_http_scrape_t *token;
-    uint64_t wait_ms, due_ms;
-} waiter_t;
 
 typedef struct scrape_s {
     router_scrape_t *sc;
@@ -342,23 +340,15 @@ static void fan_out(router_scrape_t *sc)
         }
         /* An answer may let a connection's next scrape in (on_scrape):
          * the tokens are taken out of `pending` first. */
-        router_http_scrape_t *tokens[SCRAPE_MAX_PENDING];
-        memcpy(tokens, sc->pending, n_waiters * sizeof(*tokens));
+        waiter_t taken[SCRAPE_MAX_PENDING];
+        memcpy(taken, sc->pending, n_waiters * sizeof(*taken));
         for (uint32_t w = 0; w < n_waiters; w++)
-            router_http_done(tokens[w], 500, oom_text, sizeof(oom_text) - 1);
+            router_http_done(taken[w].token, 500, oom_text, sizeof(oom_text) - 1);
         return;
     }
     x->sc = sc;
     x->n_waiters = x->open = n_waiters;
-    for (uint32_t w = 0; w < n_waiters; w++) {
-        waiter_t *wt = &x->waiters[w];
-        wt->token = sc->pending[w];
-        wt->wait_ms = scrape_wait_ms(sc, wt->token);
-        /* The scraper's deadline runs from when its scrape came, not from
-         * the fan-out (up to SCRAPE_SPACING_MS later). */
-        wt->due_ms =
-            wt->wait_ms < sc->cfg->router_timeout_ms ? sc->arrived[w] + wt->wait_ms : UINT64_MAX;
-    }
+    memcpy(x->waiters, sc->pending, n_waiters * sizeof(*x->waiters));
     x->left = sc->n_links + 1; /* +1: held until every request is out */
     for (uint32_t i = 0; i < sc->n_links; i++) {
         router_link_t *l = &sc->links[i];
@@ -408,8 +398,12 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
         return;
     }
     uint64_t now = uv_now(sc->loop), since = now - sc->last_start_ms;
-    sc->arrived[sc->n_pending] = now;
-    sc->pending[sc->n_pending++] = token;
+    waiter_t *wt = &sc->pending[sc->n_pending++];
+    wt->token = token;
+    wt->wait_ms = scrape_wait_ms(sc, token);
+    /* The scraper's deadline runs from now, not from the fan-out (up to
+     * SCRAPE_SPACING_MS later). */
+    wt->due_ms = wt->wait_ms < sc->cfg->router_timeout_ms ? now + wt->wait_ms : UINT64_MAX;
     if (!sc->started || since >= SCRAPE_SPACING_MS || !sc->spacing_on) {
         fan_out(sc);
         return;
@@ -418,15 +412,15 @@ static void on_scrape(void *arg, router_http_scrape_t *token)
      * scraper's deadline would leave it less than half its wait for the
      * answers, but not within SCRAPE_MIN_GAP_MS of the last one (a client
      * picks its deadline: at most 1000 / SCRAPE_MIN_GAP_MS a second). */
-    uint64_t at = sc->last_start_ms + SCRAPE_SPACING_MS, wait = scrape_wait_ms(sc, token);
-    if (wait < sc->cfg->router_timeout_ms && now + wait / 2 < at)
-        at = now + wait / 2;
+    uint64_t at = sc->last_start_ms + SCRAPE_SPACING_MS;
+    if (wt->due_ms != UINT64_MAX && now + wt->wait_ms / 2 < at)
+        at = now + wt->wait_ms / 2;
     if (at < sc->last_start_ms + SCRAPE_MIN_GAP_MS)
         at = sc->last_start_ms + SCRAPE_MIN_GAP_MS;
     if (at <= now) {
         fan_out(sc);
-    } else if (!uv_is_active((uv_handle_t *)&sc->spacing) || at < sc->spacing_at) {
-        sc->spacing_at = at;
+    } else if (!uv_is_active((uv_handle_t *)&sc->spacing) ||
+               at - now < uv_timer_get_due_in(&sc->spacing)) {
         uv_timer_start(&sc->spacing, on_spacing, at - now, 0);
     }
 }
@@ -537,7 +531,7 @@ void router_scrape_stop(router_scrape_t *sc)
     router_http_stop(sc->http);
     static const char gone[] = "the node is stopping\n";
     for (uint32_t w = 0; w < sc->n_pending; w++) /* to nobody: their connections are closed */
-        router_http_done(sc->pending[w], 503, gone, sizeof(gone) - 1);
+        router_http_done(sc->pending[w].token, 503, gone, sizeof(gone) - 1);
     sc->n_pending = 0;
     if (sc->spacing_on && !uv_is_closing((uv_handle_t *)&sc->spacing))
         uv_close((uv_handle_t *)&sc->spacing, NULL);

@@ -934,24 +934,6 @@ static int build_hscan(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
 
 /* ---- command runners ------------------------------------------------------------- */
 
-/* Keys (Hmset: pairs) of a multi-key request: an answer holds one value
- * for each. */
-static size_t request_keys(const Kvs__CommandRequest *req)
-{
-    switch (req->command_case) {
-    case KVS__COMMAND_REQUEST__COMMAND_HMGET:
-        return req->hmget->n_keys;
-    case KVS__COMMAND_REQUEST__COMMAND_HMSET:
-        return req->hmset->n_pairs;
-    case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
-        return req->hmdel->n_keys;
-    case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
-        return req->hmexist->n_keys;
-    default:
-        return 0;
-    }
-}
-
 /* One request, one reply, printed by the command's shape. */
 static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
 {
@@ -965,13 +947,13 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0)
         return rc;
     rc = check_status(c, cmd, r);
-    if (rc == 0 && cmd->shape == SHAPE_LIST && r->n_values != request_keys(&req)) {
+    if (rc == 0 && cmd->shape == SHAPE_LIST && r->n_values != kvs_msg_request_keys(&req)) {
         /* one value per key, in request order: fewer or more would pair
          * values with the wrong keys */
         fprintf(stderr,
-                "kvs-cli: protocol error: the answer holds %zu values for %zu keys; nothing "
-                "printed\n",
-                r->n_values, request_keys(&req));
+                "kvs-cli: protocol error: the answer holds %zu values for %" PRIu32
+                " keys; nothing printed\n",
+                r->n_values, kvs_msg_request_keys(&req));
         return CLI_USAGE;
     }
     if (rc == 0)
