@@ -2771,19 +2771,19 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
             ? KVS_STATUS_INTERNAL
             : kvs_msg_check_keys(payload, len, r->cfg->max_keys, &refused, msg, sizeof(msg));
     if (why == KVS_STATUS_INTERNAL)
-        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+        kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
     else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command (not its table) */
         router_ops_note(r, req, refused.cmd, NULL, 0, refused.keys);
     else if (why == KVS_STATUS_OK &&
              (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
-        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+        kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
     if (q == NULL) {
         router_req_finish_status(req, why, "%s", msg);
     } else {
         req->cmd = q->command_case;
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
-            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+            st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
         const char *table = kvs_msg_request_table(q);
         if (!received) /* EXECUTED sees what a refused request asked for too */
             router_ops_note(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,
