@@ -39,8 +39,10 @@
  * the catch-up gate keeps the new replica from serving until it reached
  * the topic's end (kafka.max_lag).
  *
- * Meanwhile the worker's own addresses (its unix socket, its TCP port)
- * answer every request with 503 "copying a snapshot", so its router comes
+ * Meanwhile the worker's own addresses (its unix socket, its TCP port,
+ * with tls.node's TLS as the server's: a client without the certificate
+ * the server would want gets no answer) answer every request with 503
+ * "copying a snapshot", so its router comes
  * up and serves the shard from other replicas. Their clients are bounded
  * as the ordinary server's are (limits.frame_timeout, input_buffers,
  * client_output: one kvs_conn group), since anyone who can reach the TCP
@@ -101,6 +103,7 @@ struct boot_s {
     int n_peers, next_peer;
     const char *peer; /* the one being asked */
     kvs_listener_t listeners[2];
+    kvs_tls_ctx_t *listener_tls[2]; /* tls.node on a TCP listener, as the server's; or NULL */
     int n_listeners;
     size_t n_waiting;
     kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
@@ -164,13 +167,16 @@ static void on_waiter(uv_stream_t *server, int status)
 {
     boot_t *b = server->data;
     waiter_t *w = status == 0 && b->n_waiting < MAX_WAITING ? calloc(1, sizeof(*w)) : NULL;
+    kvs_tls_ctx_t *tls = b->listener_tls[(kvs_listener_t *)server == &b->listeners[1]];
     if (w == NULL) {
         kvs_buf_t msg;
         kvs_buf_init(&msg);
         if (kvs_msg_append_status(&msg, KVS_STATUS_UNAVAILABLE, "shard %u is starting", b->shard) !=
             0)
             msg.len = 0; /* no memory for the reason: refused all the same */
-        kvs_conn_refuse(server, msg.len > 0 ? msg.data : NULL, msg.len);
+        /* Plaintext to a TLS client is noise: a TLS port refuses silently. */
+        kvs_conn_refuse(server, msg.len > 0 && tls == NULL ? msg.data : NULL,
+                        tls == NULL ? msg.len : 0);
         kvs_buf_free(&msg);
         return;
     }
@@ -184,7 +190,7 @@ static void on_waiter(uv_stream_t *server, int status)
                   on_waiter_frame, NULL, on_waiter_closed);
     w->conn.data = w;
     kvs_conn_join(&w->conn, &b->waiting);
-    if (kvs_conn_accept(&w->conn, server) != 0)
+    if (kvs_conn_accept_tls(&w->conn, server, tls) != 0)
         kvs_conn_close(&w->conn);
 }
 
@@ -565,8 +571,14 @@ static void on_peer_error(kvs_conn_t *c, int err)
     boot_t *b = c->data;
     if (b == NULL || b->verified)
         return;
-    attempt_over(b, err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
-                                       : kvs_strerror(err));
+    char why[400];
+    if ((err == KVS_ETLS || err == KVS_ENOTLS) && kvs_conn_tls_error(c)[0] != '\0')
+        snprintf(why, sizeof(why), "%s", kvs_conn_tls_error(c)); /* why, as the links say it */
+    else
+        snprintf(why, sizeof(why), "%s",
+                 err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
+                                    : kvs_strerror(err));
+    attempt_over(b, why);
 }
 
 /* Every close the attempt asks for clears c->data first; one it did not
@@ -736,7 +748,7 @@ static int wanted(boot_t *b)
     return b->n_peers;
 }
 
-static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
+static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls)
 {
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, b->cfg);
@@ -754,6 +766,7 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
         if (kvs_listen(b->loop, &addrs[i], l, on_waiter) != 0)
             continue; /* the worker's server will say why, when it binds */
         l->handle.data = b;
+        b->listener_tls[b->n_listeners] = addrs[i].is_unix ? NULL : tls;
         b->n_listeners++;
     }
     next_peer(b);
@@ -761,7 +774,7 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
 }
 
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
-                       const kvs_addr_t *addrs, size_t n_addrs)
+                       const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls)
 {
     boot_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
@@ -793,7 +806,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     if (rc == 0) {
         read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
-        rc = start(b, addrs, n_addrs);
+        rc = start(b, addrs, n_addrs, tls);
         if (rc == 0)
             uv_run(loop, UV_RUN_DEFAULT);
     }

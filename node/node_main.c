@@ -842,7 +842,7 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     take_state(m, *cfg, args->shard);
     /* A new replica copies a peer's environment before opening its own. */
     m->loop = uv_default_loop();
-    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs, m->tls);
     if (rc == -ECANCELED)
         return 0;
     if (rc != 0)

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -25,8 +26,8 @@ import unittest
 
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
-                     Node, frame, free_port, free_ports, pb, recv_exact, req_hget, req_hset,
-                     req_ping)
+                     Node, cert_path, frame, free_port, free_ports, pb, recv_exact, req_hget,
+                     req_hset, req_ping, tls_yaml)
 
 
 class FakePeer(LoopbackServer):
@@ -48,7 +49,8 @@ class Worker(Managed):
     """kvs-node for `shard` as node "new" of a cluster map whose first node
     ("peer", base port peer_base) serves every shard, as "new" does."""
 
-    def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None):
+    def __init__(self, shard, peer_base, shards=1, partitions=8, frame_timeout="3s", env=None,
+                 extra_yaml=""):
         self.dir = tempfile.mkdtemp(prefix="kvs-hp-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -72,7 +74,7 @@ class Worker(Managed):
                 "node: {name: new}",
                 "limits: {frame_timeout: %s}" % frame_timeout,
                 "log: {level: info}",
-            ]) + "\n")
+            ]) + "\n" + extra_yaml)
 
     @property
     def addr(self):
@@ -273,6 +275,29 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertGaveUpAndServes(w, "it sent less than 64 KiB of the copy in "
                                       "limits.frame_timeout")
         self.assertLess(time.monotonic() - started, 6)
+
+    def test_a_tls_failure_says_why(self):
+        # With tls.link the copy speaks TLS to the peer; a peer whose
+        # certificate another CA signed fails the handshake, and the log
+        # says why, as the router's links do (it said only "TLS failure").
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path("wrong.crt"), cert_path("wrong.key"))
+
+        def impostor(c):
+            try:
+                with ctx.wrap_socket(c, server_side=True) as t:
+                    t.recv(4096)
+            except (OSError, ssl.SSLError):
+                pass
+
+        p = LoopbackServer(impostor, port=free_port())
+        self.addCleanup(p.close)
+        w = self.worker(0, p.port, extra_yaml=tls_yaml(link={"enabled": "true"}))
+        self.assertTrue(wait_until(lambda: "starting empty" in w.stderr(), 3 * TIMEOUT),
+                        w.stderr())
+        line = [x for x in w.stderr().splitlines() if "snapshot from peer failed" in x]
+        self.assertEqual(len(line), 1, w.stderr())
+        self.assertIn("certificate", line[0])
 
     def test_chunks_of_no_bytes_do_not_keep_a_copy_alive(self):
         # Frames but no bytes of the copy. Each frame used to move the
