@@ -320,7 +320,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     continue
                 resp = w.call(req_hget(TABLE, k))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
-        # Shard 0 is read from b now; its data directory on a stays.
+        # Shard 0 is read from b now (its data directory on a moved aside).
         with a.client() as c:
             for i in range(0, 200, 7):
                 resp = c.call(req_hget(TABLE, b"pre-%d" % i))
