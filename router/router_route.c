@@ -1418,11 +1418,15 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         next = shard + 1; /* this shard is done */
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
-        /* not for a client gone (req->client NULL): nobody takes the page */
-        if (req->client != NULL && m->scan_req.len > 0 && next < m->router->shards &&
-            m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
-            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
-            scan_next(req, next, (uint32_t)w->n_pairs) == 0)
+        /* Not for a client gone (req->client NULL): nobody takes the page.
+         * Nor once the client's next request was read (req->next): it may
+         * be at the next shard already, a write this page must not show
+         * (pipelined commands run in order); the page ends at the shard
+         * boundary, and its cursor starts the next one. */
+        if (req->client != NULL && req->next == NULL && m->scan_req.len > 0 &&
+            next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
+            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+            kvs_now_ns() < m->scan_until && scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }
     if (m->scan_pages.len > 0) {
