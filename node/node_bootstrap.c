@@ -86,7 +86,7 @@
 #define MIN_PROGRESS (64u * 1024u)
 #define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
 
-typedef struct boot_s boot_t;
+typedef struct node_bootstrap_s boot_t;
 
 typedef struct waiter_s { /* a client of the 503 listener */
     kvs_conn_t conn;
@@ -94,7 +94,7 @@ typedef struct waiter_s { /* a client of the 503 listener */
     struct waiter_s *prev, *next;
 } waiter_t;
 
-struct boot_s {
+struct node_bootstrap_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
     uint32_t shard;
@@ -108,7 +108,6 @@ struct boot_s {
     size_t n_waiting;
     kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
     waiter_t *waiters;
-    uv_signal_t sigterm, sigint;
     uv_timer_t timer;    /* the peer's stall deadline */
     uint64_t window_got; /* bytes since the deadline was last set afresh */
     uint64_t window_ms;  /* its time left while a chunk is written */
@@ -130,6 +129,7 @@ struct boot_s {
     int done;              /* copied, or gave up: close everything */
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
+    uint64_t end_delay_ms;  /* KVS_TEST_SNAPSHOT_END_DELAY_MS (test builds), or 0 */
     atomic_int stop_check;  /* the worker is stopping: end the page check (check_pages) */
 };
 
@@ -206,8 +206,6 @@ static void end_all(boot_t *b)
         kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
     kvs_conn_group_close(&b->waiting);
     uv_close((uv_handle_t *)&b->timer, NULL);
-    uv_close((uv_handle_t *)&b->sigterm, NULL);
-    uv_close((uv_handle_t *)&b->sigint, NULL);
 }
 
 /* This peer's attempt is over (`why` != NULL: it failed). */
@@ -396,6 +394,11 @@ static void on_installed(uv_work_t *w, int status)
     }
     kvs_info("copied shard %u from %s: %llu bytes; ingestion resumes from the offsets in the copy",
              b->shard, b->peer, (unsigned long long)b->got);
+    if (b->end_delay_ms > 0) { /* test hook: a signal caught now is dispatched after the copy */
+        uint64_t until = uv_hrtime() + b->end_delay_ms * 1000000ull;
+        for (uint64_t now; (now = uv_hrtime()) < until;)
+            usleep((useconds_t)((until - now) / 1000)); /* a signal cuts it short: sleep on */
+    }
     attempt_over(b, NULL);
 }
 
@@ -705,10 +708,8 @@ static void next_peer(boot_t *b)
     end_all(b);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+void node_bootstrap_stop(node_bootstrap_t *b)
 {
-    boot_t *b = h->data;
-    (void)signum;
     kvs_info("signal during the snapshot copy: stopping");
     b->canceled = 1;
     atomic_store(&b->stop_check, 1);
@@ -721,9 +722,16 @@ static void on_signal(uv_signal_t *h, int signum)
 /* ---- entry -------------------------------------------------------------------------- */
 
 /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (kvs_testhook): a complete copy's sync
- * takes that much longer, for tests of a slow disk. */
+ * takes that much longer, for tests of a slow disk.
+ * KVS_TEST_SNAPSHOT_END_DELAY_MS: the loop's thread sleeps that long once
+ * the copy is installed, before the copy ends: a signal then is caught
+ * and dispatched only after it (a test that no signal is lost there). */
 static void read_test_hooks(boot_t *b)
 {
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_END_DELAY_MS", &b->end_delay_ms))
+        kvs_warn("test hook: the loop sleeps %llu ms once a copy is installed "
+                 "(KVS_TEST_SNAPSHOT_END_DELAY_MS)",
+                 (unsigned long long)b->end_delay_ms);
     if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS", &b->sync_delay_ms))
         kvs_warn("test hook: syncing a snapshot copy takes %llu ms more "
                  "(KVS_TEST_SNAPSHOT_SYNC_DELAY_MS)",
@@ -756,11 +764,6 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx
         return -ENOMEM; /* a timer that cannot start: libuv is out of memory */
     uv_timer_init(b->loop, &b->timer);
     b->timer.data = b;
-    uv_signal_init(b->loop, &b->sigterm);
-    uv_signal_init(b->loop, &b->sigint);
-    b->sigterm.data = b->sigint.data = b;
-    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&b->sigint, on_signal, SIGINT);
     for (size_t i = 0; i < n_addrs && i < 2; i++) {
         kvs_listener_t *l = &b->listeners[b->n_listeners];
         if (kvs_listen(b->loop, &addrs[i], l, on_waiter) != 0)
@@ -774,7 +777,8 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx
 }
 
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
-                       const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls)
+                       const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls,
+                       node_bootstrap_t **running)
 {
     boot_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
@@ -807,8 +811,11 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
         read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
         rc = start(b, addrs, n_addrs, tls);
-        if (rc == 0)
+        if (rc == 0) {
+            *running = b; /* node_bootstrap_stop may be called now */
             uv_run(loop, UV_RUN_DEFAULT);
+            *running = NULL;
+        }
     }
     rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
     if (lock_fd >= 0)

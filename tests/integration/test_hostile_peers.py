@@ -16,6 +16,7 @@ every process is killed at cleanup.
 import ctypes
 import ctypes.util
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -359,6 +360,26 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
             r = c.call(req_hget("t", b"key"))
             self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
 
+
+    def test_a_sigterm_as_the_copy_ends_stops_the_worker(self):
+        # The copy's own signal handles closed when it ended: a SIGTERM
+        # libuv had caught but not yet dispatched then was dropped, and the
+        # worker served on (seen: a worker whose router was killed -9 as
+        # its copy ended outlived it, holding the shard's lock). The hook
+        # holds the loop 1.5 s once the copy is installed; the SIGTERM sent
+        # meanwhile must stop the worker.
+        other = self.managed(Node())
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
+        w = self.worker(0, other.port, env={"KVS_TEST_SNAPSHOT_END_DELAY_MS": "1500"})
+        self.assertTrue(wait_until(lambda: "copied shard 0 from peer" in w.stderr(), 3 * TIMEOUT),
+                        w.stderr())
+        w.proc.send_signal(signal.SIGTERM)
+        try:
+            self.assertEqual(w.proc.wait(10), 0, w.stderr())
+        except subprocess.TimeoutExpired:
+            self.fail("the worker lived on after SIGTERM:\n" + w.stderr())
+        self.assertIn("received SIGTERM: draining", w.stderr())
 
     def test_clients_of_a_copying_worker_are_bounded_like_any_clients(self):
         # While it copies, the worker answers 503 on its TCP port, to anyone
