@@ -669,8 +669,10 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
     return q;
 }
 
-uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen)
+uint32_t kvs_msg_decode_refusal(uint32_t status, const uint8_t *p, size_t len, char *msg,
+                                size_t mlen)
 {
+    char why[256];
     if (status == KVS_STATUS_TOO_LARGE)
         snprintf(msg, mlen,
                  "request of %zu bytes would take more than %zu bytes of memory to decode (%d "
@@ -683,6 +685,9 @@ uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t m
                  "server out of memory decoding a request of %zu bytes; nothing was done; "
                  "try again",
                  len);
+    else if (p != NULL && kvs_msg_check_wire(p, len, why, sizeof(why)) != KVS_STATUS_OK)
+        snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest: %s", len,
+                 why);
     else
         snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest", len);
     return status;
@@ -893,7 +898,7 @@ static uint32_t check_table(const char *cmd, const char *table, char *msg, size_
         return bad(msg, len, "%s.table is %zu bytes; the maximum is %d", cmd, n, KVS_MAX_TABLE);
     /* Before anything quotes the name: an answer's message is a protobuf
      * string, and a client's decoder refuses the answer when it is not
-     * UTF-8 (kvs_msg_check_strings, which would say the same, runs later). */
+     * UTF-8 (kvs_msg_check_wire, which would say the same, runs later). */
     if (!kvs_utf8_valid(table, n))
         return bad(msg, len,
                    "%s.table is not valid UTF-8 text; send arbitrary bytes as binary fields", cmd);
@@ -1085,7 +1090,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
 
 /* ---- raw string check ------------------------------------------------- */
 
-/* Where check_strings is, as a chain of names up to the top; turned into
+/* Where check_wire is, as a chain of names up to the top; turned into
  * text ("Hset.pair.value.string_value") only when there is an error to
  * report. */
 typedef struct wire_path_s {
@@ -1107,52 +1112,139 @@ static int is_value_text(const ProtobufCMessageDescriptor *d, const ProtobufCFie
     return d == &kvs__value__descriptor && f->id == 1;
 }
 
-/* Walks one message's wire bytes; recurses into sub-messages. Malformed
- * input is left to the decoder (which already accepted it). String fields
- * (table names) must be NUL-free UTF-8; Value.string_value must be UTF-8
- * and may hold U+0000 like any other code point. */
-static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
-                              const uint8_t *end, const wire_path_t *path, int depth, char *msg,
-                              size_t mlen)
+/* The wire type protobuf gives a field of type `t`. */
+static unsigned wire_type_of(ProtobufCType t)
 {
-    char where[160];
-    while (p < end && depth < 8) {
-        uint64_t tag, n;
-        if (kvs_varint_get(&p, end, &tag) != 0)
-            return KVS_STATUS_OK;
-        unsigned wt = (unsigned)(tag & 7);
-        if (wt == 0   ? kvs_varint_get(&p, end, &n) != 0
-            : wt == 1 ? (p += 8) > end
-            : wt == 5 ? (p += 4) > end
-                      : wt != 2)
-            return KVS_STATUS_OK;
-        if (wt != 2)
+    switch (t) {
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_FLOAT:
+        return 5;
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return 1;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return 2;
+    default:
+        return 0; /* the integers, bool, enum */
+    }
+}
+
+/* Reads a varint as kvs_varint_get does (no bits past 64: Go's protowire
+ * refuses those; C++ and Java drop them, so a bool of 1 << 64 is false
+ * there, where protobuf-c reads true: refusing it is the one answer all of
+ * them can live with) in at most `max` bytes: 5 for tags and lengths (32
+ * bits, as protobuf-c and C++ read them). Returns 0, or -1. */
+static int wire_varint(const uint8_t **p, const uint8_t *end, size_t max, uint64_t *v)
+{
+    const uint8_t *start = *p;
+    return kvs_varint_get(p, end, v) != 0 || (size_t)(*p - start) > max ? -1 : 0;
+}
+
+/* Checks the packed elements p[0..end) of a repeated scalar of wire type
+ * `wt`. Returns 0, or -1. */
+static int wire_packed(const uint8_t *p, const uint8_t *end, unsigned wt)
+{
+    uint64_t v;
+    if (wt != 0)
+        return (size_t)(end - p) % (wt == 1 ? 8 : 4) == 0 ? 0 : -1;
+    while (p < end)
+        if (wire_varint(&p, end, KVS_VARINT_MAX, &v) != 0)
+            return -1;
+    return 0;
+}
+
+static uint32_t wire_bad(char *msg, size_t mlen, const wire_path_t *path, const char *name,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* 400 with "<path>[.name]: <what>" in msg. */
+static uint32_t wire_bad(char *msg, size_t mlen, const wire_path_t *path, const char *name,
+                         const char *fmt, ...)
+{
+    char where[160], what[200];
+    wire_path_t leaf = {name, path};
+    path_text(name != NULL ? &leaf : path, where, sizeof(where));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return bad(msg, mlen, "%s %s", where, what);
+}
+
+/* Walks one message's wire bytes against its descriptor; recurses into
+ * sub-messages (the schema bounds the depth). protobuf-c reads some bytes
+ * that Google's parsers read otherwise, and leaves some unchecked; so
+ * every field must be one the message declares (an unknown field in a
+ * sub-message, even in an earlier copy that a later one merges into, is
+ * refused as at the top), of the wire type its type is sent as (protobuf
+ * reads any other as an unknown field; protobuf-c reads a bool of any
+ * wire type as true), with varints within 64 bits and tags and lengths
+ * within 5 bytes. String fields (table names) must be NUL-free UTF-8;
+ * Value.string_value must be UTF-8 and may hold U+0000 like any other
+ * code point. */
+static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                           const uint8_t *end, const wire_path_t *path, int depth, char *msg,
+                           size_t mlen)
+{
+    static const char *const wire_names[8] = {"varint",      "64-bit",     "length-delimited",
+                                              "start-group", "end-group",  "32-bit",
+                                              "wire type 6", "wire type 7"};
+    while (p < end) {
+        uint64_t tag, v, n = 0;
+        if (wire_varint(&p, end, 5, &tag) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
+            return wire_bad(msg, mlen, path, NULL,
+                            "holds bytes that are not a field tag (a varint of at most 5 bytes "
+                            "naming a field from 1 to 536870911)");
+        unsigned wt = (unsigned)(tag & 7), id = (unsigned)(tag >> 3);
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, id);
+        if (f == NULL)
+            return wire_bad(msg, mlen, path, NULL, "has unknown field %u (%s)", id, wire_names[wt]);
+        unsigned want = wire_type_of(f->type);
+        int packed = wt == 2 && want != 2 && f->label == PROTOBUF_C_LABEL_REPEATED;
+        if (wt != want && !packed)
+            return wire_bad(msg, mlen, path, f->name,
+                            "is sent as %s, not as its type's %s: protobuf reads it as an "
+                            "unknown field",
+                            wire_names[wt], wire_names[want]);
+        const uint8_t *at = p;
+        if (wt == 0 && wire_varint(&p, end, KVS_VARINT_MAX, &v) != 0)
+            return wire_bad(msg, mlen, path, f->name, "%s",
+                            p - at >= KVS_VARINT_MAX ? "is a varint past 64 bits"
+                                                     : "runs past the end of its message");
+        if (wt == 2 && wire_varint(&p, end, 5, &n) != 0)
+            return wire_bad(msg, mlen, path, f->name,
+                            "has a length that is not a varint of at most 5 bytes");
+        if ((wt == 1 && end - p < 8) || (wt == 5 && end - p < 4) ||
+            (wt == 2 && n > (uint64_t)(end - p)))
+            return wire_bad(msg, mlen, path, f->name, "runs past the end of its message");
+        if (wt == 1 || wt == 5) {
+            p += wt == 1 ? 8 : 4;
             continue;
-        if (kvs_varint_get(&p, end, &n) != 0 || n > (uint64_t)(end - p))
-            return KVS_STATUS_OK;
-        const ProtobufCFieldDescriptor *f =
-            protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
-        int text = f != NULL && (f->type == PROTOBUF_C_TYPE_STRING || is_value_text(d, f));
-        if (text && !kvs_utf8_valid(p, n)) {
-            wire_path_t leaf = {f->name, path};
-            path_text(&leaf, where, sizeof(where));
-            return bad(msg, mlen,
-                       "%s is not valid UTF-8 text; send arbitrary bytes as binary fields", where);
         }
-        if (text && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL) {
-            wire_path_t leaf = {f->name, path};
-            path_text(&leaf, where, sizeof(where));
-            return bad(msg, mlen, "%s holds a NUL byte (U+0000), which %s", where,
-                       strcmp(f->name, "table") == 0
-                           ? "table names may not contain"
-                           : "no text field but Value.string_value may hold");
-        }
-        if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        if (wt == 0)
+            continue;
+        if (packed) {
+            if (wire_packed(p, p + n, want) != 0)
+                return wire_bad(msg, mlen, path, f->name, "is a packed list that is not whole %s",
+                                want == 0 ? "varints within 64 bits" : "numbers");
+        } else if (f->type == PROTOBUF_C_TYPE_STRING || is_value_text(d, f)) {
+            if (!kvs_utf8_valid(p, n))
+                return wire_bad(msg, mlen, path, f->name,
+                                "is not valid UTF-8 text; send arbitrary bytes as binary fields");
+            if (f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL)
+                return wire_bad(msg, mlen, path, f->name, "holds a NUL byte (U+0000), which %s",
+                                strcmp(f->name, "table") == 0
+                                    ? "table names may not contain"
+                                    : "no text field but Value.string_value may hold");
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
             /* Paths read as users write them: Hset.pair.value.string_value
              * (the command's message name, then field names). */
             const ProtobufCMessageDescriptor *fd = f->descriptor;
             wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path};
-            uint32_t st = check_strings(fd, p, p + n, &sub, depth + 1, msg, mlen);
+            uint32_t st = check_wire(fd, p, p + n, &sub, depth + 1, msg, mlen);
             if (st != KVS_STATUS_OK)
                 return st;
         }
@@ -1161,10 +1253,10 @@ static uint32_t check_strings(const ProtobufCMessageDescriptor *d, const uint8_t
     return KVS_STATUS_OK;
 }
 
-uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen)
+uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen)
 {
     wire_path_t top = {"CommandRequest", NULL};
-    return check_strings(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
+    return check_wire(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
 }
 
 /* ---- fast path --------------------------------------------------------- */
@@ -1539,8 +1631,8 @@ static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag)
         *p += n;
         return 0;
     }
-    case 2:
-        if (kvs_varint_get(p, end, &v) != 0 || v > (uint64_t)(end - *p))
+    case 2: /* lengths: at most 5 bytes, as protobuf-c reads them */
+        if (read_varint32(p, end, &v) != 0 || v > (uint64_t)(end - *p))
             return -1;
         *p += v;
         return 0;
@@ -1659,8 +1751,8 @@ int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
     }
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
-             check_strings(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1,
-                           msg, sizeof(msg)) == KVS_STATUS_OK;
+             check_wire(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1, msg,
+                        sizeof(msg)) == KVS_STATUS_OK;
     kvs_arena_reset(arena);
     return ok;
 }

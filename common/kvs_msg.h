@@ -105,10 +105,12 @@ int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len);
 Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                            uint32_t *status);
 
-/* Writes to msg[0..mlen) what a request of `len` bytes that
- * kvs_msg_decode_request refused with `status` is told, and returns
- * `status`. */
-uint32_t kvs_msg_decode_refusal(uint32_t status, size_t len, char *msg, size_t mlen);
+/* Writes to msg[0..mlen) what the request p[0..len) that
+ * kvs_msg_decode_request refused with `status` is told (for 400, the field
+ * kvs_msg_check_wire finds at fault, when it finds one and p is not NULL),
+ * and returns `status`. */
+uint32_t kvs_msg_decode_refusal(uint32_t status, const uint8_t *p, size_t len, char *msg,
+                                size_t mlen);
 
 /* Counts, without decoding, the keys (Hmset: pairs) the encoded request
  * p[0..len) names in its multi-key command: the key or pair entries of the
@@ -134,13 +136,19 @@ typedef struct kvs_msg_refused_s {
 uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
                             kvs_msg_refused_t *refused, char *msg, size_t mlen);
 
-/* Checks every text field in the encoded request `p` (found through the
- * message descriptors), which protobuf-c would pass on unchecked: table
- * names must be UTF-8 without NUL bytes (protobuf-c would cut "a\0b" to
- * "a", aliasing another table); Value.string_value must be UTF-8 and may
- * hold U+0000. Returns 200, or 400 with the field named in msg. Call on
- * bytes that decoded as a CommandRequest. */
-uint32_t kvs_msg_check_strings(const uint8_t *p, size_t len, char *msg, size_t mlen);
+/* Checks the encoded request `p` field by field against the message
+ * descriptors, for what protobuf-c would pass on unchecked or read other
+ * than Google's protobuf does: every field at every depth is one its
+ * message declares (protobuf-c drops the unknown fields of a sub-message
+ * that a later copy merges into), of the wire type its type is sent as
+ * (protobuf reads any other as an unknown field; protobuf-c reads a bool
+ * of any wire type, as true), varints within 64 bits, tags and lengths
+ * within 5 bytes; table names are UTF-8 without NUL bytes (protobuf-c
+ * would cut "a\0b" to "a", aliasing another table); Value.string_value is
+ * UTF-8 and may hold U+0000. Returns 200, or 400 with the field named in
+ * msg. Call before executing any request decoded by protobuf-c; on bytes
+ * it refused, it says why in words protobuf-c does not. */
+uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen);
 
 /* Whether the encoded CommandRequest `p` carries a write (kvs_msg_is_write)
  * among its top-level fields, found from its wire bytes without decoding.
@@ -163,7 +171,7 @@ typedef struct kvs_peek_s {
 /* The router's fast path: finds the table and key of an Hget, Hset, Hdel
  * or Hexist request straight from its wire bytes, without decoding. Returns
  * 1 only when the request is certainly valid (every check kvs_msg_validate
- * and kvs_msg_check_strings make passes); 0 when anything is unusual (an
+ * and kvs_msg_check_wire make passes); 0 when anything is unusual (an
  * error, another command, unknown or repeated fields, any request-level
  * option but an Hset's or Hdel's value_lengths after the command), and the
  * caller must decode and validate in full, which also writes the right

@@ -38,9 +38,13 @@ static inline size_t kvs_varint_put(uint8_t *p, uint64_t v)
 }
 
 /* Reads the varint at *p (ending before `end`) into *v and moves *p past
- * it. Accepts what protobuf-c accepts: at most KVS_VARINT_MAX bytes (bits
- * past 64 are dropped), so a check made here agrees with its decoder.
- * Returns 0, or KVS_EPROTO when the varint is cut short or longer. */
+ * it: at most KVS_VARINT_MAX bytes, and no bits past 64 (a 10th byte of 0
+ * or 1), as Go's protowire reads them. protobuf-c takes such bits (a bool
+ * of 1 << 64 is true there, false in C++ and Java): kvs_msg_check_wire
+ * refuses what protobuf-c decodes that this refuses, so the paths that
+ * read wire bytes themselves (which give up on what this refuses and leave
+ * it to protobuf-c) end at the same answer. Returns 0, or KVS_EPROTO when
+ * the varint is cut short, longer or past 64 bits. */
 static inline int kvs_varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
     uint64_t x = 0;
@@ -48,6 +52,8 @@ static inline int kvs_varint_get(const uint8_t **p, const uint8_t *end, uint64_t
         uint8_t b = *(*p)++;
         x |= (uint64_t)(b & 0x7f) << shift;
         if (b < 0x80) {
+            if (shift == 63 && b > 1)
+                return KVS_EPROTO;
             *v = x;
             return 0;
         }

@@ -39,8 +39,10 @@
  * the catch-up gate keeps the new replica from serving until it reached
  * the topic's end (kafka.max_lag).
  *
- * Meanwhile the worker's own addresses (its unix socket, its TCP port)
- * answer every request with 503 "copying a snapshot", so its router comes
+ * Meanwhile the worker's own addresses (its unix socket, its TCP port,
+ * with tls.node's TLS as the server's: a client without the certificate
+ * the server would want gets no answer) answer every request with 503
+ * "copying a snapshot", so its router comes
  * up and serves the shard from other replicas. Their clients are bounded
  * as the ordinary server's are (limits.frame_timeout, input_buffers,
  * client_output: one kvs_conn group), since anyone who can reach the TCP
@@ -84,7 +86,7 @@
 #define MIN_PROGRESS (64u * 1024u)
 #define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
 
-typedef struct boot_s boot_t;
+typedef struct node_bootstrap_s boot_t;
 
 typedef struct waiter_s { /* a client of the 503 listener */
     kvs_conn_t conn;
@@ -92,7 +94,7 @@ typedef struct waiter_s { /* a client of the 503 listener */
     struct waiter_s *prev, *next;
 } waiter_t;
 
-struct boot_s {
+struct node_bootstrap_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
     uint32_t shard;
@@ -101,11 +103,11 @@ struct boot_s {
     int n_peers, next_peer;
     const char *peer; /* the one being asked */
     kvs_listener_t listeners[2];
+    kvs_tls_ctx_t *listener_tls[2]; /* tls.node on a TCP listener, as the server's; or NULL */
     int n_listeners;
     size_t n_waiting;
     kvs_conn_group_t waiting; /* the waiters' limits (limits.*) */
     waiter_t *waiters;
-    uv_signal_t sigterm, sigint;
     uv_timer_t timer;    /* the peer's stall deadline */
     uint64_t window_got; /* bytes since the deadline was last set afresh */
     uint64_t window_ms;  /* its time left while a chunk is written */
@@ -127,6 +129,7 @@ struct boot_s {
     int done;              /* copied, or gave up: close everything */
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
+    uint64_t end_delay_ms;  /* KVS_TEST_SNAPSHOT_END_DELAY_MS (test builds), or 0 */
     atomic_int stop_check;  /* the worker is stopping: end the page check (check_pages) */
 };
 
@@ -164,13 +167,16 @@ static void on_waiter(uv_stream_t *server, int status)
 {
     boot_t *b = server->data;
     waiter_t *w = status == 0 && b->n_waiting < MAX_WAITING ? calloc(1, sizeof(*w)) : NULL;
+    kvs_tls_ctx_t *tls = b->listener_tls[(kvs_listener_t *)server == &b->listeners[1]];
     if (w == NULL) {
         kvs_buf_t msg;
         kvs_buf_init(&msg);
         if (kvs_msg_append_status(&msg, KVS_STATUS_UNAVAILABLE, "shard %u is starting", b->shard) !=
             0)
             msg.len = 0; /* no memory for the reason: refused all the same */
-        kvs_conn_refuse(server, msg.len > 0 ? msg.data : NULL, msg.len);
+        /* Plaintext to a TLS client is noise: a TLS port refuses silently. */
+        kvs_conn_refuse(server, msg.len > 0 && tls == NULL ? msg.data : NULL,
+                        tls == NULL ? msg.len : 0);
         kvs_buf_free(&msg);
         return;
     }
@@ -184,7 +190,7 @@ static void on_waiter(uv_stream_t *server, int status)
                   on_waiter_frame, NULL, on_waiter_closed);
     w->conn.data = w;
     kvs_conn_join(&w->conn, &b->waiting);
-    if (kvs_conn_accept(&w->conn, server) != 0)
+    if (kvs_conn_accept_tls(&w->conn, server, tls) != 0)
         kvs_conn_close(&w->conn);
 }
 
@@ -200,8 +206,6 @@ static void end_all(boot_t *b)
         kvs_conn_close(&w->conn); /* freed in on_waiter_closed, later */
     kvs_conn_group_close(&b->waiting);
     uv_close((uv_handle_t *)&b->timer, NULL);
-    uv_close((uv_handle_t *)&b->sigterm, NULL);
-    uv_close((uv_handle_t *)&b->sigint, NULL);
 }
 
 /* This peer's attempt is over (`why` != NULL: it failed). */
@@ -390,6 +394,11 @@ static void on_installed(uv_work_t *w, int status)
     }
     kvs_info("copied shard %u from %s: %llu bytes; ingestion resumes from the offsets in the copy",
              b->shard, b->peer, (unsigned long long)b->got);
+    if (b->end_delay_ms > 0) { /* test hook: a signal caught now is dispatched after the copy */
+        uint64_t until = uv_hrtime() + b->end_delay_ms * 1000000ull;
+        for (uint64_t now; (now = uv_hrtime()) < until;)
+            usleep((useconds_t)((until - now) / 1000)); /* a signal cuts it short: sleep on */
+    }
     attempt_over(b, NULL);
 }
 
@@ -565,8 +574,14 @@ static void on_peer_error(kvs_conn_t *c, int err)
     boot_t *b = c->data;
     if (b == NULL || b->verified)
         return;
-    attempt_over(b, err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
-                                       : kvs_strerror(err));
+    char why[400];
+    if ((err == KVS_ETLS || err == KVS_ENOTLS) && kvs_conn_tls_error(c)[0] != '\0')
+        snprintf(why, sizeof(why), "%s", kvs_conn_tls_error(c)); /* why, as the links say it */
+    else
+        snprintf(why, sizeof(why), "%s",
+                 err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
+                                    : kvs_strerror(err));
+    attempt_over(b, why);
 }
 
 /* Every close the attempt asks for clears c->data first; one it did not
@@ -693,10 +708,8 @@ static void next_peer(boot_t *b)
     end_all(b);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+void node_bootstrap_stop(node_bootstrap_t *b)
 {
-    boot_t *b = h->data;
-    (void)signum;
     kvs_info("signal during the snapshot copy: stopping");
     b->canceled = 1;
     atomic_store(&b->stop_check, 1);
@@ -709,9 +722,16 @@ static void on_signal(uv_signal_t *h, int signum)
 /* ---- entry -------------------------------------------------------------------------- */
 
 /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (kvs_testhook): a complete copy's sync
- * takes that much longer, for tests of a slow disk. */
+ * takes that much longer, for tests of a slow disk.
+ * KVS_TEST_SNAPSHOT_END_DELAY_MS: the loop's thread sleeps that long once
+ * the copy is installed, before the copy ends: a signal then is caught
+ * and dispatched only after it (a test that no signal is lost there). */
 static void read_test_hooks(boot_t *b)
 {
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_END_DELAY_MS", &b->end_delay_ms))
+        kvs_warn("test hook: the loop sleeps %llu ms once a copy is installed "
+                 "(KVS_TEST_SNAPSHOT_END_DELAY_MS)",
+                 (unsigned long long)b->end_delay_ms);
     if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_SYNC_DELAY_MS", &b->sync_delay_ms))
         kvs_warn("test hook: syncing a snapshot copy takes %llu ms more "
                  "(KVS_TEST_SNAPSHOT_SYNC_DELAY_MS)",
@@ -736,7 +756,7 @@ static int wanted(boot_t *b)
     return b->n_peers;
 }
 
-static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
+static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls)
 {
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, b->cfg);
@@ -744,16 +764,12 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
         return -ENOMEM; /* a timer that cannot start: libuv is out of memory */
     uv_timer_init(b->loop, &b->timer);
     b->timer.data = b;
-    uv_signal_init(b->loop, &b->sigterm);
-    uv_signal_init(b->loop, &b->sigint);
-    b->sigterm.data = b->sigint.data = b;
-    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&b->sigint, on_signal, SIGINT);
     for (size_t i = 0; i < n_addrs && i < 2; i++) {
         kvs_listener_t *l = &b->listeners[b->n_listeners];
         if (kvs_listen(b->loop, &addrs[i], l, on_waiter) != 0)
             continue; /* the worker's server will say why, when it binds */
         l->handle.data = b;
+        b->listener_tls[b->n_listeners] = addrs[i].is_unix ? NULL : tls;
         b->n_listeners++;
     }
     next_peer(b);
@@ -761,7 +777,8 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs)
 }
 
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
-                       const kvs_addr_t *addrs, size_t n_addrs)
+                       const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls,
+                       node_bootstrap_t **running)
 {
     boot_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
@@ -793,9 +810,12 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     if (rc == 0) {
         read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
-        rc = start(b, addrs, n_addrs);
-        if (rc == 0)
+        rc = start(b, addrs, n_addrs, tls);
+        if (rc == 0) {
+            *running = b; /* node_bootstrap_stop may be called now */
             uv_run(loop, UV_RUN_DEFAULT);
+            *running = NULL;
+        }
     }
     rc = rc != 0 ? rc : b->canceled ? -ECANCELED : 0;
     if (lock_fd >= 0)

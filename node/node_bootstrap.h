@@ -8,12 +8,15 @@
 
 #include "kvs_addr.h"
 #include "kvs_config.h"
+#include "kvs_tls.h"
 
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-/* Before the store is opened. When <data_dir>/shard-N/ holds no
+/* Before the store is opened (`tls`: tls.node's server context for the
+ * TCP address, as the server will use it, or NULL; *running is the copy
+ * while `loop` runs it, else NULL). When <data_dir>/shard-N/ holds no
  * data.mdb, cluster.bootstrap is snapshot and the map names other replicas
  * of the shard, asks them in turn for a snapshot and writes it to
  * data.mdb (verified: its length and XXH3-128), meanwhile answering every
@@ -22,8 +25,19 @@
  * handle open. Returns 0 when the caller may open the store (a snapshot is
  * in place, none was needed, or no peer could send one: the topics are
  * then replayed from their beginning, as for any empty replica), or
- * -ECANCELED when SIGTERM/SIGINT arrived meanwhile (exit). */
+ * -ECANCELED when node_bootstrap_stop was called meanwhile (exit). */
+typedef struct node_bootstrap_s node_bootstrap_t;
+
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
-                       const kvs_addr_t *addrs, size_t n_addrs);
+                       const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls,
+                       node_bootstrap_t **running);
+
+/* SIGTERM or SIGINT came while the copy in *running runs: it stops
+ * (node_bootstrap_run returns -ECANCELED). The caller's signal handles
+ * are the worker's for its whole life: a handle stopped between the copy
+ * and the server would drop a signal libuv had caught but not dispatched
+ * (seen: a worker whose router was killed -9 as its copy ended never
+ * took the SIGTERM its parent's death sent, and lived on). */
+void node_bootstrap_stop(node_bootstrap_t *b);
 
 #endif

@@ -1059,7 +1059,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
      * decoder reads it: the keys are counted in the bytes it decodes. */
     if (kvs_msg_merge_request(&ctx->arena, &payload, &len) != 0)
         return kvs_msg_append_status(
-            out, kvs_msg_decode_refusal(KVS_STATUS_INTERNAL, len, msg, sizeof(msg)), "%s", msg);
+            out, kvs_msg_decode_refusal(KVS_STATUS_INTERNAL, NULL, len, msg, sizeof(msg)), "%s",
+            msg);
     why = kvs_msg_check_keys(payload, len, ctx->max_keys, &refused, msg, sizeof(msg));
     if (why != KVS_STATUS_OK) {
         if (hooks && !received) /* EXECUTED sees the command refused (its table is not read) */
@@ -1068,11 +1069,11 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
     }
     Kvs__CommandRequest *req = kvs_msg_decode_merged(&ctx->arena, payload, len, &why);
     if (req == NULL)
-        return kvs_msg_append_status(out, kvs_msg_decode_refusal(why, len, msg, sizeof(msg)), "%s",
-                                     msg);
+        return kvs_msg_append_status(
+            out, kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg)), "%s", msg);
     uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
     if (st == KVS_STATUS_OK)
-        st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+        st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
     const char *table = kvs_msg_request_table(req);
     size_t tlen = table != NULL ? strlen(table) : 0;
     if (hooks && !received) /* EXECUTED sees what a refused request asked for too */

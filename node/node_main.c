@@ -103,8 +103,9 @@ typedef struct node_main_s {
     kvs_lmdb_ident_t last;   /* the files the last worker had, as its page says */
     int had_last;            /* ... if it said */
     uv_signal_t sigterm, sigint, sighup;
-    kvs_tls_ctx_t *tls; /* tls.node, for the TCP listener; or NULL */
-    kvs_auth_t *auth;   /* users, or NULL */
+    node_bootstrap_t *boot; /* the snapshot copy while it runs, else NULL */
+    kvs_tls_ctx_t *tls;     /* tls.node, for the TCP listener; or NULL */
+    kvs_auth_t *auth;       /* users, or NULL */
     node_digest_t *digest;
     node_snapshot_t *snapshot;
     const char *config_path;
@@ -461,6 +462,12 @@ static void on_store_broken(void *arg)
 static void on_signal(uv_signal_t *h, int signum)
 {
     node_main_t *m = h->data;
+    if (m->srv == NULL) { /* before the server: the copy stops, or the start does */
+        m->signals++;
+        if (m->boot != NULL)
+            node_bootstrap_stop(m->boot);
+        return;
+    }
     if (m->signals++ > 0) {
         kvs_warn("second signal: closing clients now");
         node_server_abort_clients(m->srv);
@@ -648,14 +655,25 @@ static void on_sighup(uv_signal_t *h, int signum)
                   err);
 }
 
-static void watch_signals(node_main_t *m)
+/* SIGTERM and SIGINT, from before the snapshot copy to the exit: one
+ * pair of handles, never stopped in between (node_bootstrap_stop says
+ * why). Unreferenced until the server runs: the copy's loop run ends when
+ * the copy does. */
+static void watch_stop_signals(node_main_t *m)
 {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
-    uv_signal_init(m->loop, &m->sighup);
-    m->sigterm.data = m->sigint.data = m->sighup.data = m;
+    m->sigterm.data = m->sigint.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_unref((uv_handle_t *)&m->sigterm);
+    uv_unref((uv_handle_t *)&m->sigint);
+}
+
+static void watch_sighup(node_main_t *m)
+{
+    uv_signal_init(m->loop, &m->sighup);
+    m->sighup.data = m;
     uv_signal_start(&m->sighup, on_sighup, SIGHUP);
 }
 
@@ -842,7 +860,9 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     take_state(m, *cfg, args->shard);
     /* A new replica copies a peer's environment before opening its own. */
     m->loop = uv_default_loop();
-    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs);
+    watch_stop_signals(m);
+    rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs, m->tls,
+                            &m->boot);
     if (rc == -ECANCELED)
         return 0;
     if (rc != 0)
@@ -907,8 +927,11 @@ int main(int argc, char **argv)
         node_store_close(store);
         kvs_tls_ctx_free(m.tls);
         kvs_config_free(cfg);
-        if (m.loop != NULL)
+        if (m.loop != NULL) { /* the signal handles */
+            kvs_loop_close_all(m.loop);
+            uv_run(m.loop, UV_RUN_DEFAULT);
             uv_loop_close(m.loop);
+        }
         return finish(&m, rc);
     }
     m.config_path = args.config;
@@ -918,7 +941,9 @@ int main(int argc, char **argv)
     m.loop = uv_default_loop();
     /* Before the listeners: a client may reload as soon as it can connect
      * (the handlers run once the loop does, when everything exists). */
-    watch_signals(&m);
+    watch_sighup(&m);
+    uv_ref((uv_handle_t *)&m.sigterm); /* the loop runs until the shutdown closes them */
+    uv_ref((uv_handle_t *)&m.sigint);
     kvs_signals_release(m.loop, SIGHUP, 0); /* one that came meanwhile now reloads */
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));

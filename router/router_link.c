@@ -182,7 +182,9 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     l->handshaking = 0;
     if (was_up)
         kvs_warn("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
-    fail_all(l, why);
+    /* The requests are told the state: a write's answer adds that it may
+     * have been applied (router_route), a read's must not say so. */
+    fail_all(l, state != NULL ? state : why);
     if (was_up && l->on_state != NULL)
         l->on_state(l, 0);
     link_arm_timer(l);
@@ -530,7 +532,8 @@ static void on_timer(uv_timer_t *t)
         char why[160], state[64];
         snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);
-        snprintf(why, sizeof(why), "%s; the request may or may not have been applied", state);
+        snprintf(why, sizeof(why), "%s; the requests in flight may or may not have been applied",
+                 state);
         link_down_state(l, why, state);
         l->hung = 1; /* until the next connection says more (router_local reads on) */
         return;

@@ -25,7 +25,9 @@
  * old generation gets SIGTERM: it stops accepting, answers what it
  * received, closes its clients (they reconnect, as after any router
  * restart, and reach the new map). Once it is gone, workers of shards no
- * longer local stop (retire_workers; their data stays on disk). If the
+ * longer local stop (retire_workers; their data directories are moved
+ * aside, shard-N.retired-<time>, so a later map giving the shard back
+ * copies it afresh rather than serving what it missed). If the
  * new generation does not all listen within router.ready_timeout, or one
  * of it exits first, it is stopped, the master goes back to the previous
  * map and snapshot, and the old generation never stopped serving, its
@@ -46,6 +48,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_log.h"
+#include "kvs_schema.h"
 #include "router_notify.h"
 
 #include <errno.h>
@@ -54,6 +57,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 static uint32_t count_local(const kvs_config_t *cfg)
@@ -82,17 +86,48 @@ void router_master_change_maybe_done(master_t *m)
                  m->cfg->shards, m->n_local, m->n_procs, m->n_procs == 1 ? "" : "es");
 }
 
+void router_master_retire_data(const master_t *m, uint32_t shard)
+{
+    char dir[4200], to[4300], stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    if (kvs_schema_shard_dir(dir, sizeof(dir), m->cfg->data_dir, shard) != 0 ||
+        gmtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
+        return;
+    for (int i = 0; i < 100; i++) {
+        snprintf(to, sizeof(to), i == 0 ? "%s.retired-%s" : "%s.retired-%s-%d", dir, stamp, i);
+        if (rename(dir, to) == 0) {
+            kvs_info("membership change: shard %u's data moved to %s (a map that gives the shard "
+                     "back copies it afresh from a peer; remove it when no longer wanted)",
+                     shard, to);
+            return;
+        }
+        if (errno == ENOENT)
+            return; /* no data here */
+        if (errno != EEXIST && errno != ENOTEMPTY)
+            break;
+    }
+    kvs_warn("membership change: cannot move shard %u's data %s aside: %s; remove it before a map "
+             "gives the shard back here, or that map's worker serves the data as it was when it "
+             "left",
+             shard, dir, strerror(errno));
+}
+
 /* No router process uses a worker the map no longer wants any more: stop
- * those (their shard's data directory stays). */
+ * those. Each one's data directory is moved aside once the worker is gone
+ * (router_master_retire_data): it misses every write from now on, and a
+ * later map that gives the shard back must copy it afresh, not serve it. */
 static void retire_workers(master_t *m)
 {
     for (uint32_t s = 0; s < m->cfg->shards && m->workers != NULL; s++) {
         if (kvs_config_local(m->cfg, s) || !router_sup_wanted(m->workers, s))
             continue;
         int running = router_sup_pid(m->workers, s) > 0;
-        if (router_sup_retire(m->workers, s) == 0 && running)
-            m->n_retiring++;
         kvs_info("membership change: shard %u is no longer served here; its worker stops", s);
+        if (router_sup_retire(m->workers, s) == 0 && running)
+            m->n_retiring++; /* its exit moves the data (on_worker_event) */
+        else
+            router_master_retire_data(m, s);
     }
 }
 

@@ -134,6 +134,9 @@ void router_master_remove_next_paths(const kvs_config_t *cfg);
 void router_master_on_gen_stopped(void *arg);
 /* The new generation cannot start (`why`, logged): back to the previous map. */
 void router_master_change_failed(master_t *m, const char *why);
+/* Moves the data directory of `shard`, whose worker the map no longer
+ * wants and which is gone, to shard-N.retired-<UTC time> (logged). */
+void router_master_retire_data(const master_t *m, uint32_t shard);
 /* The change is over: the previous map and snapshot are freed. */
 void router_master_change_maybe_done(master_t *m);
 /* Every process of the new generation listens: it serves, the old one drains. */

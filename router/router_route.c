@@ -1418,11 +1418,15 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         next = shard + 1; /* this shard is done */
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
-        /* not for a client gone (req->client NULL): nobody takes the page */
-        if (req->client != NULL && m->scan_req.len > 0 && next < m->router->shards &&
-            m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
-            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
-            scan_next(req, next, (uint32_t)w->n_pairs) == 0)
+        /* Not for a client gone (req->client NULL): nobody takes the page.
+         * Nor once the client's next request was read (req->next): it may
+         * be at the next shard already, a write this page must not show
+         * (pipelined commands run in order); the page ends at the shard
+         * boundary, and its cursor starts the next one. */
+        if (req->client != NULL && req->next == NULL && m->scan_req.len > 0 &&
+            next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
+            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
+            kvs_now_ns() < m->scan_until && scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }
     if (m->scan_pages.len > 0) {
@@ -2771,19 +2775,19 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
             ? KVS_STATUS_INTERNAL
             : kvs_msg_check_keys(payload, len, r->cfg->max_keys, &refused, msg, sizeof(msg));
     if (why == KVS_STATUS_INTERNAL)
-        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+        kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
     else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command (not its table) */
         router_ops_note(r, req, refused.cmd, NULL, 0, refused.keys);
     else if (why == KVS_STATUS_OK &&
              (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
-        kvs_msg_decode_refusal(why, len, msg, sizeof(msg));
+        kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
     if (q == NULL) {
         router_req_finish_status(req, why, "%s", msg);
     } else {
         req->cmd = q->command_case;
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
-            st = kvs_msg_check_strings(payload, len, msg, sizeof(msg));
+            st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
         const char *table = kvs_msg_request_table(q);
         if (!received) /* EXECUTED sees what a refused request asked for too */
             router_ops_note(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,

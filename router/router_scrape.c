@@ -392,7 +392,10 @@ static void on_spacing(uv_timer_t *t)
 static void on_scrape(void *arg, router_http_scrape_t *token)
 {
     router_scrape_t *sc = arg;
-    if (sc->n_pending == SCRAPE_MAX_PENDING) { /* a flood of scrapes whose clients left */
+    /* A guard, not a path a client can reach today: each of the port's
+     * 16 connections holds one scrape at a time, and reads nothing more
+     * (not even its client leaving) until it is answered. */
+    if (sc->n_pending == SCRAPE_MAX_PENDING) {
         static const char busy[] = "too many scrapes waiting; try again\n";
         router_http_done(token, 503, busy, sizeof(busy) - 1);
         return;

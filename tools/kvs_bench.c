@@ -37,9 +37,12 @@
  * without a connection completing or an answer arriving, kvs-bench says so
  * and exits 1 (a watchdog timer compares the clock with the last progress).
  *
- * Exit status: 0 when every test ran to the end (error statuses are
- * reported, not fatal), 1 when the server cannot be reached, stops
- * answering or a connection breaks mid-run, 2 for usage errors.
+ * Exit status: 0 when every test ran to the end and each had at least one
+ * answer that was not an error (error statuses are reported, not fatal:
+ * some 503s under load are a result); 1 when a test's every answer was an
+ * error (its numbers measure the error path, not the command: a denied
+ * table, a too-large value), when the server cannot be reached, stops
+ * answering or a connection breaks mid-run; 2 for usage errors.
  */
 #include "bench_hist.h"
 #include "cli_text.h"
@@ -157,7 +160,10 @@ struct bench_s {
     bench_tmpl_t tmpl[K_COUNT];
     uint8_t *value;
     uint64_t rng;
-    char name[400]; /* the server, for messages */
+    char name[400];             /* the server, for messages */
+    char last_error[256];       /* an error answer, warmup included, for a broken connection */
+    uint32_t last_error_status; /* its status: the text is taken when the status changes */
+    unsigned all_failed;        /* tests whose every measured answer was an error */
     bench_run_t run;
 };
 
@@ -407,17 +413,23 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
     return 0;
 }
 
-/* Keeps the first error's status and message for the report. */
-static void note_first_error(bench_run_t *r, uint32_t st, const uint8_t *p, size_t len)
+/* Writes "STATUS message" of an error answer into `out`, made printable. */
+static void error_text(char *out, size_t cap, uint32_t st, const uint8_t *p, size_t len)
 {
-    if (r->first_error[0] != '\0')
-        return;
     Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, p);
-    int n = snprintf(r->first_error, sizeof(r->first_error), "%" PRIu32 " ", st);
-    cli_text_copy(r->first_error + n, sizeof(r->first_error) - (size_t)n,
-                  m != NULL && m->message != NULL ? m->message : "");
+    int n = snprintf(out, cap, "%" PRIu32 " ", st);
+    cli_text_copy(out + n, cap - (size_t)n, m != NULL && m->message != NULL ? m->message : "");
     if (m != NULL)
         kvs__command_response__free_unpacked(m, NULL);
+}
+
+/* Whether `st` answers `r`'s command with an error (only Hget answers 404
+ * for a key never written: a miss, not an error). */
+static int is_error(const bench_run_t *r, uint32_t st)
+{
+    if (st == KVS_STATUS_NOT_FOUND)
+        return r->test->kind != K_HGET && r->test->kind != K_MIXED;
+    return st != KVS_STATUS_OK;
 }
 
 static void count_status(bench_run_t *r, uint32_t st, const uint8_t *p, size_t len)
@@ -434,11 +446,11 @@ static void count_status(bench_run_t *r, uint32_t st, const uint8_t *p, size_t l
     } else {
         r->other_status++;
     }
-    if (st == KVS_STATUS_NOT_FOUND && (r->test->kind == K_HGET || r->test->kind == K_MIXED))
-        r->not_found++; /* only Hget answers 404: a key never written */
-    else if (st != KVS_STATUS_OK) {
-        r->errors++;
-        note_first_error(r, st, p, len);
+    if (is_error(r, st)) {
+        if (r->errors++ == 0)
+            error_text(r->first_error, sizeof(r->first_error), st, p, len);
+    } else if (st == KVS_STATUS_NOT_FOUND) {
+        r->not_found++;
     }
 }
 
@@ -639,8 +651,11 @@ static void run_finish(bench_t *b)
         uv_timer_stop(&b->progress);
         progress_clear(b);
     }
-    if (r->measured)
+    if (r->measured) {
         report(b, r);
+        if (r->done > 0 && r->errors == r->done)
+            b->all_failed++;
+    }
     run_next(b);
 }
 
@@ -725,6 +740,12 @@ static void on_frame(kvs_conn_t *conn, const uint8_t *payload, size_t len)
         bench_hist_record(&r->hist, now - t0);
         count_status(r, st, payload, len);
     }
+    if (is_error(r, st) && st != b->last_error_status) {
+        /* A server that answers an error and then closes (413 for a frame
+         * past limits.max_frame) says why in that answer. */
+        b->last_error_status = st;
+        error_text(b->last_error, sizeof(b->last_error), st, payload, len);
+    }
     if (++r->done == r->total) {
         run_finish(b);
         return;
@@ -748,9 +769,10 @@ static void on_conn_error(kvs_conn_t *conn, int err)
                                                              : kvs_strerror(err);
     bench_fail(b,
                "connection %u to %s broke during %s (%" PRIu64 " of %" PRIu64
-               " responses received): %s",
+               " responses received): %s%s%s",
                c->id, b->name, b->run.test ? b->run.test->title : "start-up", b->run.done,
-               b->run.total, why);
+               b->run.total, why, b->last_error[0] != '\0' ? "; the last error answer was " : "",
+               b->last_error);
 }
 
 static void on_conn_close(kvs_conn_t *conn)
@@ -758,8 +780,9 @@ static void on_conn_close(kvs_conn_t *conn)
     bench_client_t *c = conn->data;
     bench_t *b = c->b;
     if (!b->finishing)
-        bench_fail(b, "connection %u to %s broke during %s: write failed", c->id, b->name,
-                   b->run.test ? b->run.test->title : "start-up");
+        bench_fail(b, "connection %u to %s broke during %s: write failed%s%s", c->id, b->name,
+                   b->run.test ? b->run.test->title : "start-up",
+                   b->last_error[0] != '\0' ? "; the last error answer was " : "", b->last_error);
 }
 
 /* The connection can carry requests (connected; for TLS, handshaken). */
@@ -909,8 +932,9 @@ static void usage(FILE *f)
             "never written) is counted as \"not found\", not as an error: run hset before\n"
             "hget (as the default order does) so most keys exist; with -r R and -n N about\n"
             "R*exp(-N/R) keys are still missing. Any other status counts as an error.\n"
-            "Exit status: 0 when all tests ran, 1 when the server cannot be reached, stops\n"
-            "answering (--timeout) or a connection breaks, 2 for usage errors.\n");
+            "Exit status: 0 when all tests ran, 1 when every answer of a test was an error,\n"
+            "the server cannot be reached, stops answering (--timeout) or a connection\n"
+            "breaks, 2 for usage errors.\n");
 }
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -1199,5 +1223,12 @@ int main(int argc, char **argv)
     tmpl_free_all(&b);
     uv_loop_close(b.loop);
     kvs_tls_ctx_free(b.tls);
-    return 0;
+    if (b.all_failed > 0) {
+        fprintf(stderr,
+                "kvs-bench: every answer of %u test%s was an error: the numbers above measure "
+                "the error path\n",
+                b.all_failed, b.all_failed == 1 ? "" : "s");
+        return 1;
+    }
+    return kvs_fs_stdout_done("kvs-bench");
 }

@@ -3,7 +3,7 @@
  *
  * The input is one frame payload, as a client would send it. The harness
  *   1. decodes it with kvs_msg_decode_request into an arena, and when it is
- *      a CommandRequest runs kvs_msg_validate, kvs_msg_check_strings (on the
+ *      a CommandRequest runs kvs_msg_validate, kvs_msg_check_wire (on the
  *      same bytes), kvs_msg_request_table and kvs_msg_command_name, checking
  *      that each status is one of the documented ones and each message is a
  *      non-empty, NUL-terminated string inside its buffer;
@@ -257,7 +257,7 @@ static uint32_t decode_and_validate(const uint8_t *data, size_t size)
     uint32_t valid = kvs_msg_validate(req, msg, sizeof(msg));
     check_verdict(valid, msg, sizeof(msg));
     memset(msg, 0x5a, sizeof(msg));
-    uint32_t strings = kvs_msg_check_strings(data, size, msg, sizeof(msg));
+    uint32_t strings = kvs_msg_check_wire(data, size, msg, sizeof(msg));
     check_verdict(strings, msg, sizeof(msg));
     if (valid == KVS_STATUS_OK && table != NULL) /* a valid table is a valid C string */
         FUZZ_CHECK(table[0] != '\0' && strlen(table) <= KVS_MAX_TABLE);

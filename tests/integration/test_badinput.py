@@ -232,6 +232,21 @@ class BadInputTest(NodeTestCase):
         self.assertBad(c.recv(), "Hset has field 3", "pair")
         self.assertEqual(c.ping().status, 200)
 
+    def scenario_bytes_protobuf_reads_otherwise(self):
+        # Sent to the worker itself: a bool of another wire type (true to
+        # protobuf-c, an unknown field to protobuf), a bool varint past 64
+        # bits (true to protobuf-c, false to C++), an unknown field in a
+        # Value that a second copy merges into (dropped by protobuf-c).
+        c = self.c
+        past64 = b"\x28" + b"\x80" * 9 + b"\x02"
+        for value, why in ((b"\x2a\x01\x01", "bool_value is sent as length-delimited"),
+                           (past64, "bool_value is a varint past 64 bits")):
+            c.send_raw(frame(raw_hset(b"seed", b"s001", value)))
+            self.assertBad(c.recv(), "Hset.pair.value." + why)
+        pair = ld(1, b"s001") + ld(2, ld(1, b"hijack") + b"\x48\x01") + ld(2, ld(1, b"x"))
+        c.send_raw(frame(ld(4, ld(1, b"seed") + ld(2, pair))))
+        self.assertBad(c.recv(), "Hset.pair.value has unknown field 9")
+
     def scenario_string_value_not_utf8(self):
         # Value.string_value is UTF-8 text. Storing other bytes would hand
         # every later reader of the key (and of Hgetall/Hscan of the table) a
@@ -420,6 +435,10 @@ class BadInputTest(NodeTestCase):
 
     def test_unknown_command_and_unknown_field(self):
         self.scenario_unknown_command_and_field()
+        self.assert_unharmed()
+
+    def test_bytes_protobuf_reads_otherwise_are_refused(self):
+        self.scenario_bytes_protobuf_reads_otherwise()
         self.assert_unharmed()
 
     def test_string_value_not_utf8_is_refused(self):

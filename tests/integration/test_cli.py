@@ -637,9 +637,48 @@ class HostileServerTest(unittest.TestCase):
         for test, errors, missing in (("hset", 50, 0), ("ping", 50, 0), ("hget", 0, 50)):
             p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "50", "-t", test,
                                 "--json"], capture_output=True, timeout=20)
-            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.returncode, 1 if errors else 0, p.stderr)
             got = json.loads(p.stdout.decode().strip().splitlines()[-1])
             self.assertEqual((got["errors"], got["not_found"]), (errors, missing), (test, got))
+
+    def test_bench_exits_1_when_every_answer_of_a_test_was_an_error(self):
+        # All 403s (a denied table) are fast: reporting them as the
+        # command's speed with exit 0 let a script publish the error path.
+        # Some errors among successes (503s under load) are a result: 0.
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        denied = pb.CommandResponse(status=403, message="user may not write t")
+        ok = pb.CommandResponse(status=200)
+        for resps, status in ((denied, 1), ([ok, denied], 0), ([ok], 0)):
+            port = self.serve(lambda conn, r=resps: answer_each(conn, r))
+            p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "20", "-t",
+                                "ping,hset", "-q"], capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, status, (resps, p.stdout, p.stderr))
+            if status:
+                self.assertIn(b"20 errors (first: 403 user may not write t)", p.stdout)
+                self.assertEqual(p.stderr, b"kvs-bench: every answer of 2 tests was an error: "
+                                           b"the numbers above measure the error path\n")
+            else:
+                self.assertEqual(p.stderr, b"")
+
+    def test_bench_says_which_error_came_before_a_close(self):
+        # A server answers 413 to a frame past limits.max_frame and closes:
+        # the failure names that answer, not only "closed the connection".
+        def too_big(conn):
+            (n,) = struct.unpack(">I", recv_exact(conn, 4))
+            recv_exact(conn, n)
+            payload = pb.CommandResponse(status=413, message="frame too large").SerializeToString()
+            conn.sendall(struct.pack(">I", len(payload)) + payload)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+
+        port = self.serve(too_big)
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "5", "-t", "hset",
+                            "-q", "--warmup", "1"], capture_output=True, timeout=20)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"the server closed the connection; the last error answer was 413 frame "
+                      b"too large\n", p.stderr)
 
     def test_an_answer_without_a_status_is_a_protocol_error(self):
         port = self.serve(lambda conn: answer(conn, pb.CommandResponse()))
@@ -705,7 +744,7 @@ class HostileServerTest(unittest.TestCase):
         bench = os.path.join(BUILD_DIR, "kvs-bench")
         p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "3", "-t", "ping", "-q"],
                            capture_output=True, timeout=8)
-        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.returncode, 1, p.stderr)
         self.assertNotIn(b"\x1b", p.stdout + p.stderr)
         self.assertIn(b"3 errors (first: 500 \\x1b]0;owned", p.stdout)
 

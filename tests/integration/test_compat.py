@@ -318,6 +318,57 @@ class CompatTest(RouterTestCase):
         self.assertValue(r.values[0], VALUES["i-5"], "i-5")
         self.assertValue(r.values[1], VALUES["i-neg"], "i-neg")
 
+    def test_bytes_protobuf_reads_otherwise_are_refused(self):
+        # protobuf-c reads some bytes unlike Google's parsers (a bool sent
+        # with another wire type is true to protobuf-c, an unknown field to
+        # protobuf; a 10-byte varint of 1 << 64 is true to protobuf-c, false
+        # to C++, refused by Go) or drops what they would keep (an unknown
+        # field in a sub-message that a later copy merges into). kvs
+        # refuses each with 400 naming the field, and changes nothing.
+        c = self.c
+        self.ok(c.hset("wk", value(string="old")), 1)
+        t = TABLE.encode()
+
+        def ld(field, payload):
+            return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+        def varint(n):
+            out = b""
+            while n >= 0x80:
+                out += bytes([n & 0x7f | 0x80])
+                n >>= 7
+            return out + bytes([n])
+
+        past64 = b"\x80" * 9 + b"\x02"  # only bit 64 set
+        new = ld(1, b"wk") + ld(2, ld(1, b"new"))
+        cases = [
+            (ld(4, ld(1, t) + ld(2, new) + b"\x25\x01\x00\x00\x00"),  # if_absent, 32-bit
+             "Hset.if_absent is sent as 32-bit, not as its type's varint"),
+            (ld(4, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, b"\x2a\x01\x01"))),  # bool_value, LEN
+             "Hset.pair.value.bool_value is sent as length-delimited, not as its type's varint"),
+            (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, b"\x28" + past64))),
+             "Hmset.pairs.value.bool_value is a varint past 64 bits"),
+            (ld(4, ld(1, t) + ld(2, new + b"\x38\x01") + ld(2, ld(2, ld(1, b"x")))),
+             "Hset.pair has unknown field 7 (varint)"),
+            (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, ld(1, b"new") + b"\x48\x01") +
+                                ld(2, ld(1, b"x")))),  # one pair, its value given twice
+             "Hmset.pairs.value has unknown field 9 (varint)"),
+            (ld(4, ld(1, t) + ld(2, new)) + b"\xa8\x06" + past64,  # accept_stale
+             "CommandRequest.accept_stale is a varint past 64 bits"),
+        ]
+        # A 6-byte length (protobuf-c refuses it alone), given twice: two
+        # copies are merged, and the merge must not make it valid.
+        body = ld(1, t) + ld(2, new)
+        long_len = b"\x22" + bytes([len(body) | 0x80]) + b"\x80\x80\x80\x80\x00" + body
+        cases.append((long_len * 2, "CommandRequest.hset has a length that is not a varint of at "
+                                    "most 5 bytes"))
+        for raw, why in cases:
+            r = kv.CommandResponse.FromString(c.call_raw(raw))
+            self.assertEqual(r.status, 400, (raw.hex(), r.message))
+            self.assertIn(why, r.message, raw.hex())
+            self.assertValue(self.ok(c.hget("wk"), 1).values[0], value(string="old"), raw.hex())
+        self.assertEqual(c.hget("x").status, 404)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -118,6 +118,29 @@ class HungProcessTest(RouterTestCase):
                 for s in f.samples} == {1}
         self.assertTrue(wait_until(whole, WAIT))
 
+    def test_a_read_that_timed_out_does_not_say_it_may_have_been_applied(self):
+        # A link that times out fails every request in flight on it. The
+        # reason said "the request may or may not have been applied" to
+        # reads too; only a write's answer says so now.
+        r = self.router(shards=2, partitions=8, timeout="1s",
+                        router_yaml=["local_reads: false"])
+        keys = keys_by_shard("k", 2, 8, 2)
+        with r.client() as c:
+            self.assertEqual(c.call(req_hset("t", keys[0][0], "v")).status, 200)
+            with stopped(r.worker_pid(0)):
+                c.send_raw(encode(req_hget("t", keys[0][0])) +
+                           encode(req_hset("t", keys[0][1], "w")))
+                read, write = c.recv(), c.recv()
+            self.assertEqual(read.status, 503, read.message)
+            self.assertIn("no answer within router.timeout (1000 ms)", read.message)
+            self.assertNotIn("may or may not", read.message)
+            self.assertFalse(read.outcome_unknown)
+            self.assertEqual(write.status, 503, write.message)
+            self.assertIn("no answer within router.timeout (1000 ms); the write may or may not "
+                          "have been applied", write.message)
+            self.assertTrue(write.outcome_unknown)
+        self.assertIn("the requests in flight may or may not have been applied", r.stderr())
+
     def test_info_and_slowlog_with_a_stopped_worker(self):
         r = self.node(log="{level: info, slow_threshold: 0}")
         with stopped(r.worker_pid(0)):

@@ -387,6 +387,32 @@ class UnavailableShardTest(HostileApiTestCase):
             self.assertEqual(c.call(hlen("t")).status, 503)
 
 
+    def test_a_split_resp_write_says_which_fields_were_not_written(self):
+        # The 207 of a split write names `values` and `pairs` and says
+        # "Hmset": a Redis client sees none of those. Its error reply says
+        # which fields were not written, in field terms.
+        self.start(remote={3: "127.0.0.1:%d" % free_port()}, timeout="1s", resp=True)
+        per = keys_by_shard("w", 6, PARTITIONS, 4)
+        fields = [per[s][0] for s in range(3)] + per[3][:5]
+        s = self.resp_socket()
+        args = ["HSET", "t"]
+        for f in fields:
+            args += [f, "v"]
+        reply = s.call(*args).decode()
+        self.assertTrue(reply.startswith("-ERR partly applied: the fields on shards 0, 1, 2 "
+                                         "were written; 5 fields on shard 3 were not ("), reply)
+        shown = per[3][:4]  # in the order sent
+        self.assertIn(", ".join('"%s"' % f.decode() for f in shown) + ", ...): shard 3 is "
+                      "unavailable", reply)
+        for word in ("Hmset", "values", "pairs", "may or may not"):
+            self.assertNotIn(word, reply)
+        reply = s.call("HDEL", "t", per[0][0], per[3][0]).decode()
+        self.assertTrue(reply.startswith("-ERR partly applied: the fields on shard 0 were "
+                                         "written; 1 field on shard 3 was not (\"%s\"): "
+                                         % per[3][0].decode()), reply)
+        self.assertEqual(s.call("HGET", "t", per[1][0]), b"v")
+
+
 
 class HungWorkerTest(HostileApiTestCase):
     def test_hung_worker_bounds_split_requests_and_others_are_served(self):

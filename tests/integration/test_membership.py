@@ -320,7 +320,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     continue
                 resp = w.call(req_hget(TABLE, k))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "p%d" % i))
-        # Shard 0 is read from b now; its data directory on a stays.
+        # Shard 0 is read from b now (its data directory on a moved aside).
         with a.client() as c:
             for i in range(0, 200, 7):
                 resp = c.call(req_hget(TABLE, b"pre-%d" % i))
@@ -347,6 +347,42 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 resp = c.call(req_hget("plain", k))
                 self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
                                  (200, "v"), resp.message)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_shard_given_back_is_copied_afresh_not_served_as_it_left(self):
+        # Shard 0 leaves a (its worker stops), is written on b meanwhile
+        # (a table bound to no topic: no replay brings those rows), then
+        # comes back to a. a's worker reopened the data it left with, and
+        # answered 404 for every row written while it was away; the data
+        # directory is now moved aside when the worker retires, so the
+        # shard comes back as a new replica does: a copy from a peer.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        keys = [b"g-%d" % i for i in range(400) if shard_of_key(b"g-%d" % i) == 0][:8]
+        away = {"a": [1], "b": [0, 1, 2, 3]}
+        set_map(a, away, bases)
+        self.reload(a, 1)
+        set_map(b, away, bases)
+        self.reload(b, 1)
+        self.assertTrue(wait_until(
+            lambda: info_pairs(b.socket_path(0))["shard.000.replicas"] == 1, 10))
+        self.assertIn("shard 0's data moved to %s/shard-0.retired-" % a.data_dir, a.stderr())
+        self.assertEqual(len([d for d in os.listdir(a.data_dir)
+                              if d.startswith("shard-0.retired-")]), 1)
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "shard-0")))
+        with b.client() as c:  # shard 0 has one replica now: unbound tables take writes
+            for k in keys:
+                resp = c.call(req_hset("plain", k, "while-away"))
+                self.assertEqual(resp.status, 200, resp.message)
+        set_map(a, layout, bases)
+        self.reload(a, 1 + 1)
+        self.assertIn("shard 0 has no data yet: copying a snapshot from node b", a.stderr())
+        with Client(a.socket_path(0)) as w:
+            for k in keys:
+                resp = w.call(req_hget("plain", k))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, "while-away"), resp.message)
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 

@@ -20,8 +20,8 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import (BUILD_DIR, Client, LogsOnFailure, free_port, free_ports, log_of, pb, pyval,
-                     req_hdel, req_hget, req_hset, tls_yaml)
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, cert_path, free_port, free_ports, log_of, pb,
+                     pyval, req_hdel, req_hget, req_hset, tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -395,12 +395,28 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             self.assertTrue(wait_until(lambda: all(
                 v["lag"] == 0 and v["next_offset"] > 0
                 for v in kafka_parts(self.worker_info(a, s), TOPIC).values()), 30))
+        # The copy's sync takes 4 s (test hook): meanwhile d's workers
+        # answer 503 on their ports, which speak TLS as the server will.
         d = self.node(mock, "d", {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}, bases,
-                      extra_yaml=secure)
+                      extra_yaml=secure, env={"KVS_TEST_SNAPSHOT_SYNC_DELAY_MS": "4000"})
         d.start()
+        self.assertTrue(wait_until(lambda: "copying a snapshot from node a" in d.stderr(), 20),
+                        d.stderr()[-3000:])
+        cli = [os.path.join(BUILD_DIR, "kvs-cli"), "--port", str(bases["d"]), "--timeout", "2"]
+        plain = subprocess.run(cli + ["ping"], stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=20)
+        mtls = subprocess.run(cli + ["--tls", "--cacert", cert_path("ca.crt"), "--cert",
+                                     cert_path("node.crt"), "--key", cert_path("node.key"),
+                                     "ping"], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=20)
+        self.assertNotEqual(plain.returncode, 0, plain.stdout)
+        self.assertNotIn(b"copying a snapshot", plain.stdout + plain.stderr)
+        self.assertEqual(mtls.returncode, 1, mtls.stderr)
+        self.assertIn(b"(error) 503 shard 0 is copying a snapshot from a", mtls.stderr)
         self.wait_workers(d)
         self.assertTrue(wait_until(lambda: d.stderr().count("copied shard") == SHARDS, 30),
                              d.stderr()[-3000:])
+        self.assertNotIn("plaintext port", a.stderr() + d.stderr())
         for s in range(SHARDS):
             self.assertTrue(wait_until(lambda: all(
                 v["serving"] == 1 and v["lag"] == 0

@@ -313,6 +313,41 @@ class RouterTest(RouterTestCase):
                 ([keys[3][0]], b""),
             ])
 
+    def test_a_pipelined_hscan_page_shows_no_later_write(self):
+        # A page walks its shards one after another; a write pipelined
+        # after it went to its shard at once, before the page got there,
+        # and the page showed it (a reply holding data from the future).
+        # Once a later request of the client was read, a page asked of
+        # the workers ends at its shard's end instead, its cursor starting
+        # the next shard. (A page read from local shards' files is read
+        # whole before the next request is routed.)
+        for local in ("false", "true"):
+            r = self.router(shards=SHARDS, partitions=PARTITIONS,
+                            router_yaml=["local_reads: %s" % local])
+            keys = keys_by_shard("p", 2, PARTITIONS, SHARDS)
+            with r.client() as c:
+                for s in range(SHARDS):
+                    self.assertOk(c.hmset("pipe", [(k, "old") for k in keys[s]]))
+                for _ in range(20):
+                    c.send_raw(encode(req_hscan("pipe", b"", 1000)) +
+                               b"".join(encode(req_hset("pipe", keys[s][0], "new"))
+                                        for s in range(1, SHARDS)))
+                    page = c.recv()
+                    for _ in range(1, SHARDS):
+                        self.assertOk(c.recv())
+                    self.assertOk(page)
+                    seen = {p.key: pyval(p.value) for p in page.pairs}
+                    self.assertEqual(set(seen.values()), {"old"}, (local, seen))
+                    if local == "false":
+                        self.assertEqual(sorted(seen), sorted(keys[0]))
+                        self.assertEqual(page.cursor, b"S\x00\x01")
+                    for s in range(1, SHARDS):
+                        self.assertOk(c.hset("pipe", keys[s][0], "old"))
+                # Alone, the page still goes on across the shards.
+                resp = c.hscan("pipe", b"", 1000)
+                self.assertEqual((len(resp.pairs), resp.cursor), (2 * SHARDS, b""))
+            r.close()
+
     def test_hscan_page_walks_at_most_16_shards(self):
         shards = 18
         r = self.router(shards=shards, partitions=shards)

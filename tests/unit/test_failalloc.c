@@ -183,7 +183,7 @@ static void decode_step(void *arg)
     }
     if (q == NULL && status == KVS_STATUS_INTERNAL) {
         char msg[256];
-        CHECK_EQ(kvs_msg_decode_refusal(status, c->in->len, msg, sizeof(msg)), 500);
+        CHECK_EQ(kvs_msg_decode_refusal(status, NULL, c->in->len, msg, sizeof(msg)), 500);
         CHECK_CONTAINS(msg, "server out of memory");
     }
     if (q != NULL && !c->use_arena)

@@ -423,18 +423,18 @@ KVS_TEST(validate_hset_old_shape)
     CHECK(pk.value_len == 2 && pk.value == orig + 12);
 }
 
-/* kvs_msg_check_strings on a packed request: the status, message in msg. */
-static uint32_t check_strings_of(const Kvs__CommandRequest *r)
+/* kvs_msg_check_wire on a packed request: the status, message in msg. */
+static uint32_t check_wire_of(const Kvs__CommandRequest *r)
 {
     uint8_t buf[1024];
     size_t n = protobuf_c_message_get_packed_size(&r->base);
     CHECK(n <= sizeof(buf));
     protobuf_c_message_pack(&r->base, buf);
     msg[0] = '\0';
-    return kvs_msg_check_strings(buf, n, msg, sizeof(msg));
+    return kvs_msg_check_wire(buf, n, msg, sizeof(msg));
 }
 
-KVS_TEST(check_strings_nul_rules)
+KVS_TEST(check_wire_nul_rules)
 {
     /* U+0000 is a code point like any other in string_value (Hset and
      * Hmset alike); table names may not hold it; invalid UTF-8 is refused
@@ -442,30 +442,30 @@ KVS_TEST(check_strings_nul_rules)
     req_t q;
     req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
     q.value.string_value = (ProtobufCBinaryData){5, (uint8_t *)"\0a\0b\0"};
-    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_OK);
     q.value.string_value = (ProtobufCBinaryData){4, (uint8_t *)"a\0\xc3"};
-    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_BAD_REQUEST);
+    CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_BAD_REQUEST);
     CHECK_CONTAINS(msg, "Hset.pair.value.string_value is not valid UTF-8");
     req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HMSET, "t", bin("k"));
     q.pvalue[1].string_value = (ProtobufCBinaryData){3, (uint8_t *)"x\0y"};
-    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_OK);
     q.pvalue[2].string_value = (ProtobufCBinaryData){2, (uint8_t *)"\xed\xa0"};
-    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_BAD_REQUEST);
+    CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_BAD_REQUEST);
     CHECK_CONTAINS(msg, "Hmset.pairs.value.string_value is not valid UTF-8");
     /* A binary value is not text at all. */
     req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
     q.value.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
     q.value.binary_value = (ProtobufCBinaryData){2, (uint8_t *)"\xff\0"};
-    CHECK_EQ(check_strings_of(&q.r), KVS_STATUS_OK);
+    CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_OK);
     /* Tables: "a\0b" would alias "a" in C. */
     static const uint8_t nul_table[] = {0x0a, 0x08, 0x0a, 0x03, 'a', 0x00, 'b', 0x12, 0x01, 'k'};
-    CHECK_EQ(kvs_msg_check_strings(nul_table, sizeof(nul_table), msg, sizeof(msg)),
+    CHECK_EQ(kvs_msg_check_wire(nul_table, sizeof(nul_table), msg, sizeof(msg)),
              KVS_STATUS_BAD_REQUEST);
     CHECK_CONTAINS(msg, "Hget.table holds a NUL byte (U+0000), which table names may not contain");
     /* Any other string field says it of itself, not of table names. */
     static const uint8_t nul_decimal[] = {0x72, 0x0a, 0x0a, 0x01, 't', 0x12,
                                           0x01, 'k',  0x2a, 0x02, '1', 0x00};
-    CHECK_EQ(kvs_msg_check_strings(nul_decimal, sizeof(nul_decimal), msg, sizeof(msg)),
+    CHECK_EQ(kvs_msg_check_wire(nul_decimal, sizeof(nul_decimal), msg, sizeof(msg)),
              KVS_STATUS_BAD_REQUEST);
     CHECK_CONTAINS(msg, "Hincr.by_decimal holds a NUL byte (U+0000), which no text field but "
                         "Value.string_value may hold");
@@ -886,11 +886,11 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
         decode_costs(p, at, KVS_STATUS_TOO_LARGE);
         free(p);
     }
-    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_TOO_LARGE, 3000000, text, sizeof(text)), 413);
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_TOO_LARGE, NULL, 3000000, text, sizeof(text)), 413);
     CHECK_CONTAINS(text, "request of 3000000 bytes would take more than 62097152 bytes of memory "
                          "to decode (20 times its size and 2 MiB)");
     CHECK_CONTAINS(text, "nothing was done; send fewer keys per request");
-    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_BAD_REQUEST, 7, text, sizeof(text)), 400);
+    CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_BAD_REQUEST, NULL, 7, text, sizeof(text)), 400);
     CHECK_STR(text, "frame payload (7 bytes) is not a valid kvs.CommandRequest");
     CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
 }
@@ -1251,28 +1251,90 @@ KVS_TEST(concatenated_requests_merge_as_protobuf_reads_them)
 }
 
 /* A bool sent as a 10-byte varint whose last byte holds bits past 64:
- * protobuf-c reads it true (any payload bit set), whatever the bits past
- * 64 are. The in-place decoders must read it alike: accept_stale, an
- * Hmset value's bool_value, and a peeked Value. */
-KVS_TEST(long_bools_read_as_protobuf_c_reads_them)
+ * protobuf-c reads it true (any payload bit set), C++ and Java false (the
+ * bits are dropped), Go refuses it. kvs refuses it too: the in-place
+ * decoders leave it to protobuf-c, and kvs_msg_check_wire says why. */
+KVS_TEST(long_bools_are_refused)
 {
+    char msg[200];
     /* Hmget{table "t", keys "k"}, accept_stale = 1 << 63 << 1 (only a bit
      * past 64 set). */
     static const uint8_t stale[] = {0x1a, 6,    0x0a, 1,    't',  0x12, 1,    'k',  0xa8, 0x06,
                                     0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
-    CHECK(decodes_as_protobuf_c(stale, sizeof(stale)));
-    Kvs__CommandRequest *r = kvs__command_request__unpack(NULL, sizeof(stale), stale);
-    CHECK(r != NULL && r->accept_stale); /* what protobuf-c makes of it */
-    kvs__command_request__free_unpacked(r, NULL);
+    CHECK(!decodes_as_protobuf_c(stale, sizeof(stale))); /* the same, not in place */
+    CHECK_EQ(kvs_msg_check_wire(stale, sizeof(stale), msg, sizeof(msg)), 400);
+    CHECK_STR(msg, "CommandRequest.accept_stale is a varint past 64 bits");
+    /* The same with the 10th byte 1 (bit 63: true everywhere) passes. */
+    uint8_t ok[sizeof(stale)];
+    memcpy(ok, stale, sizeof(ok));
+    ok[sizeof(ok) - 1] = 0x01;
+    CHECK_EQ(kvs_msg_check_wire(ok, sizeof(ok), msg, sizeof(msg)), 200);
     /* Hmset{table "t", pairs [{key "a", value {bool_value: the same}}]} */
     static const uint8_t hmset[] = {0x2a, 21,   0x0a, 1,    't',  0x12, 16,   0x0a,
                                     1,    'a',  0x12, 11,   0x28, 0x80, 0x80, 0x80,
                                     0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
-    CHECK(decodes_as_protobuf_c(hmset, sizeof(hmset)));
+    CHECK(!decodes_as_protobuf_c(hmset, sizeof(hmset)));
+    CHECK_EQ(kvs_msg_check_wire(hmset, sizeof(hmset), msg, sizeof(msg)), 400);
+    CHECK_STR(msg, "Hmset.pairs.value.bool_value is a varint past 64 bits");
     kvs_value_peek_t v;
-    CHECK_EQ(kvs_msg_value_peek(hmset + 12, 11, &v), 1);
-    CHECK_EQ(v.kind, KVS__VALUE__KIND_BOOL_VALUE);
-    CHECK_EQ(v.boolean, 1);
+    CHECK_EQ(kvs_msg_value_peek(hmset + 12, 11, &v), 0);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    CHECK_EQ(kvs_msg_value_valid(&a, hmset + 12, 11), 0); /* a Kafka record's value alike */
+    kvs_arena_close(&a);
+}
+
+/* Bytes protobuf-c reads and Google's parsers read otherwise (found by a
+ * differential fuzz against python3-protobuf): each is refused, with the
+ * field named. */
+KVS_TEST(check_wire_refuses_what_protobuf_reads_otherwise)
+{
+    static const struct {
+        const char *hex, *msg;
+    } cases[] = {
+        /* Hset.if_absent as 4 fixed bytes: protobuf-c true, Google an unknown field */
+        {"22150a027072120a0a016112050a036e65772501000000",
+         "Hset.if_absent is sent as 32-bit, not as its type's varint: protobuf reads it as an "
+         "unknown field"},
+        /* Value.bool_value length-delimited */
+        {"220e0a02707212080a016112032a0101",
+         "Hset.pair.value.bool_value is sent as length-delimited, not as its type's varint: "
+         "protobuf reads it as an unknown field"},
+        /* accept_stale as an empty length-delimited field */
+        {"aa0600", "CommandRequest.accept_stale is sent as length-delimited, not as its type's "
+                   "varint: protobuf reads it as an unknown field"},
+        /* Hset{p, pair{a, "new", field 7}, pair{value "x"}}: the first pair's
+         * unknown field, which protobuf-c drops when the second merges in */
+        {"22180a0170120c0a016112050a036e65773801120512030a0178",
+         "Hset.pair has unknown field 7 (varint)"},
+        /* the same in an Hmset pair's value */
+        {"2a160a017012110a016112070a036e6577480112030a0178",
+         "Hmset.pairs.value has unknown field 9 (varint)"},
+        /* a 6-byte length */
+        {"228f80808080000a0170120a0a016112050a036e6577",
+         "CommandRequest.hset has a length that is not a varint of at most 5 bytes"},
+        /* field 0, and a 6-byte tag */
+        {"0001", "CommandRequest holds bytes that are not a field tag (a varint of at most 5 "
+                 "bytes naming a field from 1 to 536870911)"},
+        {"2206f8ffffffff0100", "Hset holds bytes that are not a field tag (a varint of at most 5 "
+                               "bytes naming a field from 1 to 536870911)"},
+        /* cut short, and a group */
+        {"220a0a0170", "CommandRequest.hset runs past the end of its message"},
+        {"23", "CommandRequest.hset is sent as start-group, not as its type's length-delimited: "
+               "protobuf reads it as an unknown field"},
+        /* an unknown top-level field */
+        {"b80601", "CommandRequest has unknown field 103 (varint)"},
+    };
+    char msg[300];
+    uint8_t buf[64];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n = strlen(cases[i].hex) / 2;
+        for (size_t j = 0; j < n; j++)
+            CHECK(sscanf(cases[i].hex + 2 * j, "%2hhx", &buf[j]) == 1);
+        msg[0] = '\0';
+        CHECK_EQ(kvs_msg_check_wire(buf, n, msg, sizeof(msg)), 400);
+        CHECK_STR(msg, cases[i].msg);
+    }
 }
 
 KVS_TEST(value_decoding_is_held_to_the_budget)
@@ -1851,7 +1913,7 @@ static int peek_agrees(const Kvs__CommandRequest *q)
     Kvs__CommandRequest *d = kvs_msg_decode_request(&a, buf, n, NULL);
     uint32_t st = d == NULL ? 400 : kvs_msg_validate(d, m, sizeof(m));
     if (st == 200)
-        st = kvs_msg_check_strings(buf, n, m, sizeof(m));
+        st = kvs_msg_check_wire(buf, n, m, sizeof(m));
     if (fast) {
         CHECK_EQ(st, 200);
         const char *table = kvs_msg_request_table(d);
@@ -2339,40 +2401,38 @@ KVS_TEST(frame_writes_finds_writes_only)
     CHECK_EQ(kvs_msg_frame_writes((const uint8_t *)"\xff\xff\xff", 3), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
-              KVS_CASE(answer_and_value_peek_agree_with_the_decoder),
-              KVS_CASE(find_bytes_and_resp_position), KVS_CASE(resp_outcome_unknown),
-              KVS_CASE(peek_agrees_with_full_validation), KVS_CASE(frame_writes_finds_writes_only),
-              KVS_CASE(validate_every_command_ok), KVS_CASE(validate_no_command),
-              KVS_CASE(validate_unknown_command_field),
-              KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
-              KVS_CASE(validate_table_not_utf8_is_not_quoted), KVS_CASE(validate_key_rules),
-              KVS_CASE(validate_keys_lists), KVS_CASE(validate_hset_value),
-              KVS_CASE(validate_hset_value_unknown_kind), KVS_CASE(validate_hset_old_shape),
-              KVS_CASE(check_strings_nul_rules), KVS_CASE(quote_for_messages),
-              KVS_CASE(value_encode_int_is_plain_int64), KVS_CASE(validate_hmset_pairs),
-              KVS_CASE(validate_hmset_pair_keys), KVS_CASE(validate_hscan_cursor),
-              KVS_CASE(decode_garbage_is_null), KVS_CASE(request_table_and_command_names),
-              KVS_CASE(arena_many_allocations), KVS_CASE(arena_alignment_16),
-              KVS_CASE(arena_reset_reuses_memory), KVS_CASE(arena_large_allocations),
-              KVS_CASE(arena_impossible_size_is_null), KVS_CASE(decode_with_arena_then_reset),
-              KVS_CASE(decode_value_with_arena),
-              KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
-              KVS_CASE(decode_budget_takes_every_request_of_distinct_keys),
-              KVS_CASE(count_keys_on_the_wire),
-              KVS_CASE(decode_budget_holds_when_in_place_gives_up_late),
-              KVS_CASE(value_decoding_is_held_to_the_budget),
-              KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
-              KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
-              KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
-              KVS_CASE(merge_request_gives_the_bytes_protobuf_reads),
-              KVS_CASE(long_bools_read_as_protobuf_c_reads_them),
-              KVS_CASE(resp_every_field_decodes), KVS_CASE(resp_bytes_match_protobuf_c),
-              KVS_CASE(resp_status_only_matches_protobuf_c), KVS_CASE(resp_message_truncated_at_1k),
-              KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
-              KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
-              KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
-              KVS_CASE(value_encode_bytes_and_string), KVS_CASE(msg_append_writes_one_frame),
-              KVS_CASE(msg_append_status), KVS_CASE(msg_append_too_big),
-              KVS_CASE(replaced_outcome_keeps_what_the_write_did),
-              KVS_CASE(replaced_keep_copies_the_position))
+KVS_TEST_MAIN(
+    KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
+    KVS_CASE(answer_and_value_peek_agree_with_the_decoder), KVS_CASE(find_bytes_and_resp_position),
+    KVS_CASE(resp_outcome_unknown), KVS_CASE(peek_agrees_with_full_validation),
+    KVS_CASE(frame_writes_finds_writes_only), KVS_CASE(validate_every_command_ok),
+    KVS_CASE(validate_no_command), KVS_CASE(validate_unknown_command_field),
+    KVS_CASE(validate_unknown_field_inside_command), KVS_CASE(validate_table_rules),
+    KVS_CASE(validate_table_not_utf8_is_not_quoted), KVS_CASE(validate_key_rules),
+    KVS_CASE(validate_keys_lists), KVS_CASE(validate_hset_value),
+    KVS_CASE(validate_hset_value_unknown_kind), KVS_CASE(validate_hset_old_shape),
+    KVS_CASE(check_wire_nul_rules), KVS_CASE(quote_for_messages),
+    KVS_CASE(value_encode_int_is_plain_int64), KVS_CASE(validate_hmset_pairs),
+    KVS_CASE(validate_hmset_pair_keys), KVS_CASE(validate_hscan_cursor),
+    KVS_CASE(decode_garbage_is_null), KVS_CASE(request_table_and_command_names),
+    KVS_CASE(arena_many_allocations), KVS_CASE(arena_alignment_16),
+    KVS_CASE(arena_reset_reuses_memory), KVS_CASE(arena_large_allocations),
+    KVS_CASE(arena_impossible_size_is_null), KVS_CASE(decode_with_arena_then_reset),
+    KVS_CASE(decode_value_with_arena), KVS_CASE(decode_budget_refuses_floods_of_tiny_keys),
+    KVS_CASE(decode_budget_takes_every_request_of_distinct_keys), KVS_CASE(count_keys_on_the_wire),
+    KVS_CASE(decode_budget_holds_when_in_place_gives_up_late),
+    KVS_CASE(value_decoding_is_held_to_the_budget),
+    KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
+    KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
+    KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
+    KVS_CASE(merge_request_gives_the_bytes_protobuf_reads), KVS_CASE(long_bools_are_refused),
+    KVS_CASE(check_wire_refuses_what_protobuf_reads_otherwise), KVS_CASE(resp_every_field_decodes),
+    KVS_CASE(resp_bytes_match_protobuf_c), KVS_CASE(resp_status_only_matches_protobuf_c),
+    KVS_CASE(resp_message_truncated_at_1k),
+    KVS_CASE(resp_message_parts_joined_and_truncated_like_formatted),
+    KVS_CASE(resp_frames_back_to_back_and_abort), KVS_CASE(value_encode_int),
+    KVS_CASE(value_encode_float), KVS_CASE(value_encode_bool),
+    KVS_CASE(value_encode_bytes_and_string), KVS_CASE(msg_append_writes_one_frame),
+    KVS_CASE(msg_append_status), KVS_CASE(msg_append_too_big),
+    KVS_CASE(replaced_outcome_keeps_what_the_write_did),
+    KVS_CASE(replaced_keep_copies_the_position))

@@ -2005,7 +2005,7 @@ KVS_TEST(bad_input_is_400_like_a_worker)
     char msg[512];
     route_single(KVS__COMMAND_REQUEST__COMMAND_HGET, "k");
     fx.payload[4] = 0xff; /* Hget{table: "users"} -> "\xffsers": not UTF-8 */
-    CHECK_EQ(kvs_msg_check_strings(fx.payload, fx.payload_len, msg, sizeof(msg)), 400);
+    CHECK_EQ(kvs_msg_check_wire(fx.payload, fx.payload_len, msg, sizeof(msg)), 400);
     route_raw(fx.payload, fx.payload_len);
     r = answer_sync();
     check_status(r, 400);

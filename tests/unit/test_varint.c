@@ -66,12 +66,18 @@ KVS_TEST(refuses_cut_short_and_too_long)
                                      0x80, 0x80, 0x80, 0x80, 0x01};
     p = eleven;
     CHECK_EQ(kvs_varint_get(&p, eleven + sizeof(eleven), &v), KVS_EPROTO);
-    /* Ten bytes with bits past 64: accepted, those bits dropped, as
-     * protobuf-c does (so a check made here agrees with its decoder). */
+    /* Ten bytes with bits past 64: refused, as Go's protowire does
+     * (protobuf-c reads a bool of them as true, C++ as false). */
     static const uint8_t high[] = {0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x7f};
     p = high;
-    CHECK_EQ(kvs_varint_get(&p, high + sizeof(high), &v), 0);
+    CHECK_EQ(kvs_varint_get(&p, high + sizeof(high), &v), KVS_EPROTO);
+    CHECK_EQ(v, 7);
+    /* Ten bytes ending in 1 (bit 63): the largest varint. */
+    static const uint8_t top[] = {0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+    p = top;
+    CHECK_EQ(kvs_varint_get(&p, top + sizeof(top), &v), 0);
     CHECK_EQ(v, 0x8000000000000001ull);
+    CHECK(p == top + sizeof(top));
 }
 
 KVS_TEST_MAIN(KVS_CASE(encodes_exact_bytes), KVS_CASE(reads_one_varint_and_stops),
