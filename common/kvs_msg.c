@@ -1096,12 +1096,15 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
 typedef struct wire_path_s {
     const char *name;
     const struct wire_path_s *up;
+    int64_t idx; /* the element of a repeated field (Hmset.pairs[3]), or -1 */
 } wire_path_t;
 
 static size_t path_text(const wire_path_t *p, char *buf, size_t len)
 {
     size_t n = p->up != NULL ? path_text(p->up, buf, len) : 0;
-    int k = snprintf(buf + n, len - n, "%s%s", n > 0 ? "." : "", p->name);
+    int k = p->idx >= 0 ? snprintf(buf + n, len - n, "%s%s[%lld]", n > 0 ? "." : "", p->name,
+                                   (long long)p->idx)
+                        : snprintf(buf + n, len - n, "%s%s", n > 0 ? "." : "", p->name);
     return k < 0 ? n : n + (size_t)k >= len ? len - 1 : n + (size_t)k;
 }
 
@@ -1165,7 +1168,7 @@ static uint32_t wire_bad(char *msg, size_t mlen, const wire_path_t *path, const 
                          const char *fmt, ...)
 {
     char where[160], what[200];
-    wire_path_t leaf = {name, path};
+    wire_path_t leaf = {name, path, -1};
     path_text(name != NULL ? &leaf : path, where, sizeof(where));
     va_list ap;
     va_start(ap, fmt);
@@ -1192,6 +1195,7 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
     static const char *const wire_names[8] = {"varint",      "64-bit",     "length-delimited",
                                               "start-group", "end-group",  "32-bit",
                                               "wire type 6", "wire type 7"};
+    uint64_t nth[16] = {0}; /* elements of each repeated message field so far, by field id */
     while (p < end) {
         uint64_t tag, v, n = 0;
         if (wire_varint(&p, end, 5, &tag) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
@@ -1243,7 +1247,9 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
             /* Paths read as users write them: Hset.pair.value.string_value
              * (the command's message name, then field names). */
             const ProtobufCMessageDescriptor *fd = f->descriptor;
-            wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path};
+            wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path, -1};
+            if (depth > 0 && f->label == PROTOBUF_C_LABEL_REPEATED)
+                sub.idx = id < 16 ? (int64_t)nth[id]++ : -1;
             uint32_t st = check_wire(fd, p, p + n, &sub, depth + 1, msg, mlen);
             if (st != KVS_STATUS_OK)
                 return st;
@@ -1255,7 +1261,7 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
 
 uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen)
 {
-    wire_path_t top = {"CommandRequest", NULL};
+    wire_path_t top = {"CommandRequest", NULL, -1};
     return check_wire(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
 }
 
@@ -1751,8 +1757,8 @@ int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
     }
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
-             check_wire(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL}, 1, msg,
-                        sizeof(msg)) == KVS_STATUS_OK;
+             check_wire(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL, -1}, 1,
+                        msg, sizeof(msg)) == KVS_STATUS_OK;
     kvs_arena_reset(arena);
     return ok;
 }

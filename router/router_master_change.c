@@ -114,7 +114,10 @@ void router_master_retire_data(const master_t *m, uint32_t shard)
 }
 
 /* No router process uses a worker the map no longer wants any more: stop
- * those. Each one's data directory is moved aside once the worker is gone
+ * those. After a change that took (not one abandoned: its workers never
+ * served, and their directory may be one the operator must look at, such
+ * as another shard's data that made the worker exit 78), each one's data
+ * directory is moved aside once the worker is gone
  * (router_master_retire_data): it misses every write from now on, and a
  * later map that gives the shard back must copy it afresh, not serve it. */
 static void retire_workers(master_t *m)
@@ -126,7 +129,7 @@ static void retire_workers(master_t *m)
         kvs_info("membership change: shard %u is no longer served here; its worker stops", s);
         if (router_sup_retire(m->workers, s) == 0 && running)
             m->n_retiring++; /* its exit moves the data (on_worker_event) */
-        else
+        else if (!m->abandoned)
             router_master_retire_data(m, s);
     }
 }

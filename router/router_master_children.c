@@ -282,7 +282,7 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
     if (running)
         return;
     if (!router_sup_wanted(m->workers, shard)) {
-        if (!kvs_config_local(m->cfg, shard))
+        if (!kvs_config_local(m->cfg, shard) && !m->abandoned) /* see retire_workers */
             router_master_retire_data(m, shard);
         if (m->n_retiring > 0 && --m->n_retiring == 0 && !m->shutting_down)
             router_master_change_maybe_done(m);

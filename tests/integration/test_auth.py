@@ -424,7 +424,8 @@ class AuthTest(RouterTestCase):
         failed = r.client()
         self.addCleanup(failed.close)
         self.assertEqual(failed.call(req_auth("alice", "wrong")).status, 401)
-        others = [self.plain_socket(r) for _ in range(2)]
+        for _ in range(2):  # held open until the cleanup (plain_socket)
+            self.plain_socket(r)
         time.sleep(0.3)  # all four accepted
         newer = r.client()
         self.addCleanup(newer.close)

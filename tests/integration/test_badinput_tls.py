@@ -56,6 +56,9 @@ class BadInputTlsTest(test_badinput.BadInputTest):
     def test_compressed_bit_gets_400_and_close(self):
         super().test_compressed_bit_gets_400_and_close()
 
+    def test_bytes_protobuf_reads_otherwise_are_refused(self):
+        super().test_bytes_protobuf_reads_otherwise_are_refused()
+
     def test_garbage_payload_gets_400_and_connection_survives(self):
         super().test_garbage_payload_gets_400_and_connection_survives()
 

@@ -347,12 +347,12 @@ class CompatTest(RouterTestCase):
             (ld(4, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, b"\x2a\x01\x01"))),  # bool_value, LEN
              "Hset.pair.value.bool_value is sent as length-delimited, not as its type's varint"),
             (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, b"\x28" + past64))),
-             "Hmset.pairs.value.bool_value is a varint past 64 bits"),
+             "Hmset.pairs[0].value.bool_value is a varint past 64 bits"),
             (ld(4, ld(1, t) + ld(2, new + b"\x38\x01") + ld(2, ld(2, ld(1, b"x")))),
              "Hset.pair has unknown field 7 (varint)"),
             (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, ld(1, b"new") + b"\x48\x01") +
                                 ld(2, ld(1, b"x")))),  # one pair, its value given twice
-             "Hmset.pairs.value has unknown field 9 (varint)"),
+             "Hmset.pairs[0].value has unknown field 9 (varint)"),
             (ld(4, ld(1, t) + ld(2, new)) + b"\xa8\x06" + past64,  # accept_stale
              "CommandRequest.accept_stale is a varint past 64 bits"),
         ]

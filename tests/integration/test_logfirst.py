@@ -530,14 +530,14 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.assertEqual([(k, v) for _, _, k, v, _ in read_topic(m.bootstrap, "st", parts)],
                          [(b"s", b"text")])
 
-    def test_redis_writes_count_fields_over_bools_of_any_wire_type(self):
-        # A Kafka record's payload (format: value) is stored as it came once
-        # it decodes, and protobuf-c reads a bool_value of any wire type: a
-        # 40 KiB length-delimited field 5 is a bool. A Redis-door write
-        # asking for value_lengths is priced at one length per previous
-        # value, so the length is all it may keep and answer: before, the
-        # worker kept and answered each such value whole, and the HSET of
-        # two of them (the frame 64 KiB) was applied and then answered 500.
+    def test_redis_writes_answer_lengths_of_values_past_the_frame(self):
+        # A Redis-door write asks for value_lengths: priced at one length
+        # per previous value, so the length is all it may keep and answer.
+        # Before, the worker kept and answered each value whole, and the
+        # HSET of two 40 KiB values (the frame 64 KiB) was applied and then
+        # answered 500. A record whose payload protobuf-c would read as a
+        # bool of another wire type (a 40 KiB length-delimited field 5:
+        # protobuf reads an unknown field) is not stored at all.
         import redis
         from routertest import free_port
         parts = 4
@@ -549,23 +549,27 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         self.addCleanup(c.close)
         body = b"t" * (40 * 1024)
         odd = bytes([5 << 3 | 2]) + encoder._VarintBytes(len(body)) + body
-        kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd), (b"k1", odd)])
-        self.assertTrue(wait_until(lambda: [c.hget("vals", k) for k in (b"k0", b"k1")] == [b"1", b"1"], 30),
-                        "the records were never applied")
+        big = pb.Value(string_value=body.decode()).SerializeToString()
+        kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd), (b"k1", big), (b"k0", big)])
+        self.assertTrue(wait_until(lambda: [c.hstrlen("vals", k) for k in (b"k0", b"k1")]
+                                   == [len(body)] * 2, 30), "the records were never applied")
+        kafkatest.produce(m.bootstrap, "vl", [(b"k2", odd), (b"k3", big)])
+        self.assertTrue(wait_until(lambda: c.hstrlen("vals", b"k3") == len(body), 30))
+        self.assertIsNone(c.hget("vals", b"k2"))  # the odd record was skipped
         self.assertEqual(c.hset("vals", mapping={b"k0": b"a", b"k1": b"b", b"k2": b"c"}), 1)
         self.assertEqual(c.hmget("vals", [b"k0", b"k1", b"k2"]), [b"a", b"b", b"c"])
-        kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd), (b"k1", odd)])
-        self.assertTrue(wait_until(lambda: [c.hget("vals", k) for k in (b"k0", b"k1")] == [b"1", b"1"], 30),
-                        "the records were never applied")
+        kafkatest.produce(m.bootstrap, "vl", [(b"k0", big), (b"k1", big)])
+        self.assertTrue(wait_until(lambda: [c.hstrlen("vals", k) for k in (b"k0", b"k1")]
+                                   == [len(body)] * 2, 30), "the records were never applied")
         self.assertEqual(c.hdel("vals", b"k0", b"k1", b"k2"), 3)
-        with r.client() as pbc:  # a protobuf client asking for lengths: bool's is 1
-            kafkatest.produce(m.bootstrap, "vl", [(b"k0", odd)])
-            self.assertTrue(wait_until(lambda: c.hget("vals", b"k0") == b"1", 30))
+        with r.client() as pbc:  # a protobuf client asking for lengths
+            kafkatest.produce(m.bootstrap, "vl", [(b"k0", big)])
+            self.assertTrue(wait_until(lambda: c.hstrlen("vals", b"k0") == len(body), 30))
             q = req_hset("vals", b"k0", b"x")
             q.value_lengths = True
             resp = pbc.call(q)
             self.assertEqual(resp.status, 200, resp.message)
-            self.assertEqual(resp.values[0].integer_value, 1, resp.values[0])
+            self.assertEqual(resp.values[0].integer_value, len(body), resp.values[0])
 
     @unittest.skipIf(SANITIZED, "ASan's quarantine keeps freed memory by design")
     def test_redis_writes_keep_lengths_not_the_values_they_replace(self):

@@ -451,7 +451,7 @@ KVS_TEST(check_wire_nul_rules)
     CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_OK);
     q.pvalue[2].string_value = (ProtobufCBinaryData){2, (uint8_t *)"\xed\xa0"};
     CHECK_EQ(check_wire_of(&q.r), KVS_STATUS_BAD_REQUEST);
-    CHECK_CONTAINS(msg, "Hmset.pairs.value.string_value is not valid UTF-8");
+    CHECK_CONTAINS(msg, "Hmset.pairs[2].value.string_value is not valid UTF-8");
     /* A binary value is not text at all. */
     req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("k"));
     q.value.kind_case = KVS__VALUE__KIND_BINARY_VALUE;
@@ -1275,7 +1275,7 @@ KVS_TEST(long_bools_are_refused)
                                     0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02};
     CHECK(!decodes_as_protobuf_c(hmset, sizeof(hmset)));
     CHECK_EQ(kvs_msg_check_wire(hmset, sizeof(hmset), msg, sizeof(msg)), 400);
-    CHECK_STR(msg, "Hmset.pairs.value.bool_value is a varint past 64 bits");
+    CHECK_STR(msg, "Hmset.pairs[0].value.bool_value is a varint past 64 bits");
     kvs_value_peek_t v;
     CHECK_EQ(kvs_msg_value_peek(hmset + 12, 11, &v), 0);
     kvs_arena_t a;
@@ -1309,7 +1309,7 @@ KVS_TEST(check_wire_refuses_what_protobuf_reads_otherwise)
          "Hset.pair has unknown field 7 (varint)"},
         /* the same in an Hmset pair's value */
         {"2a160a017012110a016112070a036e6577480112030a0178",
-         "Hmset.pairs.value has unknown field 9 (varint)"},
+         "Hmset.pairs[0].value has unknown field 9 (varint)"},
         /* a 6-byte length */
         {"228f80808080000a0170120a0a016112050a036e6577",
          "CommandRequest.hset has a length that is not a varint of at most 5 bytes"},
