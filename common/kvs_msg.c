@@ -1631,8 +1631,12 @@ static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag)
 {
     uint64_t v;
     switch (tag & 7) {
-    case 0:
-        return kvs_varint_get(p, end, &v) != 0 ? -1 : 0;
+    case 0: /* any varint protobuf-c takes, bits past 64 included (which
+             * kvs_varint_get refuses): keys after one must be counted */
+        for (size_t i = 0; i < KVS_VARINT_MAX && *p < end; i++)
+            if (*(*p)++ < 0x80)
+                return 0;
+        return -1;
     case 1:
     case 5: {
         size_t n = (tag & 7) == 1 ? 8 : 4;
