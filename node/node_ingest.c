@@ -362,7 +362,12 @@ static int encode_payload(node_ingest_t *in, const topic_t *t, const rd_kafka_me
         if ((ok = kvs_msg_value_valid(&in->arena, p, m->len)) < 0)
             return ok;
         if (!ok) {
-            *why = "payload is not an encoded kvs.Value (with valid UTF-8 strings)";
+            /* An empty Value is zero bytes: valid protobuf, but no value
+             * (Hset refuses it too); a delete is a null payload. */
+            *why = m->len == 0 ? "payload is an empty kvs.Value (no kind set; a delete is a "
+                                 "tombstone: a null payload)"
+                               : "payload is not an encoded kvs.Value (with valid UTF-8 strings, "
+                                 "each field of its own wire type)";
             return 0;
         }
         *len = m->len;
@@ -385,8 +390,8 @@ static int encode_payload(node_ingest_t *in, const topic_t *t, const rd_kafka_me
     }
 }
 
-static void log_skip(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m,
-                     skip_kind_t kind, const char *why)
+static void log_skip(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *m, skip_kind_t kind,
+                     const char *why)
 {
     uint64_t now = uv_now(in->loop);
     if (now - t->last_skip_log[kind] < LOG_EVERY_MS && t->last_skip_log[kind] != 0)

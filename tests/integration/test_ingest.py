@@ -265,6 +265,22 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
             keys = [k for k, _ in c.scan_all("users")]
         self.assertEqual(sorted(keys), sorted(k for k, v in expected.items() if v is not None))
 
+    def test_an_empty_value_record_says_so(self):
+        # An empty Value is zero bytes, valid protobuf, but no value (Hset
+        # refuses it too): skipped, and the log says that, not that the
+        # payload is not a Value. An empty payload is not a tombstone.
+        m = self.mock({"ev": 1})
+        kcat_produce(m.bootstrap, "ev", [(b"k", b"")])
+        produce(m.bootstrap, "ev", [(b"j", pb.Value(integer_value=7).SerializeToString())])
+        r = self.router(m, [("ev", "evt", "value", 1)])
+        st = self.wait_caught_up(r, "ev", self.ends(m, "ev", 1))
+        self.assertEqual(sum(s["skipped"] for s in st.values()), 1)
+        self.assertIn("kafka ev [0] offset 0 skipped: payload is an empty kvs.Value (no kind set; "
+                      "a delete is a tombstone: a null payload)", r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.hget("evt", b"k").status, 404)
+            self.assertEqual(pyval(c.hget("evt", b"j").values[0]), 7)
+
     def test_keyless_and_malformed_are_skipped_and_counted(self):
         parts = 4
         m = self.mock({"rawt": parts, "strt": parts, "valt": parts})
@@ -292,7 +308,9 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                  b"\x0a\x05ab",                         # string_value cut short
                  b"\x18",                               # integer_value without its varint
                  b"\x21\x00\x00",                       # float_value cut short
-                 b"hello world"] * 6)]),
+                 b"\x2a\x01\x01",                       # bool_value length-delimited
+                 b"\x28" + b"\x80" * 9 + b"\x02",         # bool_value past 64 bits
+                 b"hello world"] * 5)]),
         }
         for p in (1, 2, 3):
             self.assertEqual(p % r.shards, p)  # each kind of skip on its own shard
@@ -347,7 +365,7 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
             self.assertTrue(lines, "no log line about the %s records skipped" % topic)
             self.assertIn(why, lines[0])
             self.assertIn("node[%d]" % shard, lines[0])
-            kinds = 2 if topic == "rawt" else 1  # rate-limited per reason
+            kinds = 2 if topic == "rawt" else 1  # rate-limited per kind of skip
             self.assertLessEqual(len(lines), kinds * (1 + int(elapsed / 10) + 1),
                                  "skips must be logged rate-limited: %r" % lines)
         # A flood of keyless records hides no other reason: the over-long

@@ -383,6 +383,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 resp = w.call(req_hget("plain", k))
                 self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
                                  (200, "while-away"), resp.message)
+        # Dropped from the map while the node is down, a shard keeps its
+        # directory (a mistyped map must not take a sole copy out of use):
+        # the start says what a later map giving it back would serve.
+        self.assertEqual(a.stop(), 0)
+        set_map(a, away, bases)
+        a.start()
+        self.assertIn("%s/shard-0 holds shard 0's data, but the map does not give this node "
+                      "shard 0" % a.data_dir, a.stderr())
+        self.assertNotIn("shard-1 holds", a.stderr())
+        self.assertTrue(os.path.exists(os.path.join(a.data_dir, "shard-0", "data.mdb")))
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 

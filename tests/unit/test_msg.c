@@ -1411,6 +1411,22 @@ KVS_TEST(count_keys_on_the_wire)
                     "send fewer keys per request");
     /* Cut short: counts what it saw (the decoder refuses the rest). */
     CHECK_EQ(kvs_msg_count_keys(twice, n - 1, &cmd), 3);
+    /* Keys after a varint past 64 bits (which protobuf-c decodes, and
+     * kvs_msg_check_wire refuses only after the decode) are counted: an
+     * Hmdel{answer_budget = 18 ff x9 7f, 20 keys}. */
+    uint8_t past[200];
+    size_t m = 0;
+    past[m++] = 0x3a; /* Hmdel = 7, length below */
+    past[m++] = 0;
+    past[m++] = 0x18;
+    for (int i = 0; i < 9; i++)
+        past[m++] = 0xff;
+    past[m++] = 0x7f;
+    for (int i = 0; i < 20; i++)
+        past[m++] = 0x12, past[m++] = 1, past[m++] = (uint8_t)('a' + i);
+    past[1] = (uint8_t)(m - 2);
+    CHECK_EQ(kvs_msg_count_keys(past, m, &cmd), 20);
+    CHECK_EQ(kvs_msg_check_keys(past, m, 10, NULL, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
 
     /* Another member before the last run is dropped by the decoder: its
      * keys do not count (Hmexist{4} + Hmget{3} decodes as Hmget{3}). */
