@@ -45,7 +45,9 @@
  * thread of its process and must not block: it holds up every client.
  *
  * A hook returns 0 to let the request go on, or a status (400..599) to stop
- * it, with a message written into msg[0..msglen). At RECEIVED a stopped
+ * it, with a message written into msg[0..msglen) (UTF-8 text; the host
+ * writes any byte that is not printable text, control characters
+ * included, as \xHH, and cuts the text at a whole character). At RECEIVED a stopped
  * request is not executed (nothing changes) and is answered with that
  * status and message; at EXECUTED its answer is replaced (a write has been
  * applied by then: say so in the message; the host keeps the replaced

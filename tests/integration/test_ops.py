@@ -927,6 +927,30 @@ class PluginTest(RouterTestCase):
             self.assertIn(why, r.stderr())
             self.assertEqual(r.workers(), {})  # refused before any worker started
 
+    def test_a_plugin_file_every_user_may_write_is_refused(self):
+        # Whoever may write the file decides the code every process runs.
+        d = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, d, True)
+        so = os.path.join(d, "deny.so")
+        shutil.copy("%s/test_deny_writes.so" % PLUGINS, so)
+        for mode, status in ((0o666, 78), (0o664, None)):
+            os.chmod(so, mode)
+            r = self.router(shards=1, start=False)
+            with open(r.config, "a") as f:
+                f.write('plugins: ["%s"]\n' % so)
+            if status is not None:
+                p = r.spawn()
+                self.assertEqual(p.wait(WAIT), status, r.stderr())
+                self.assertIn("deny.so is writable by every user (mode 0666): any of them could "
+                              "make kvs run their code; chmod o-w it", r.stderr())
+                self.assertEqual(r.workers(), {})
+            else:
+                r.start()
+                self.assertIn("deny.so is writable by its group (mode 0664)", r.stderr())
+                with r.client() as c:
+                    self.assertEqual(c.ping().message, "PONG")
+                r.close()
+
 
 class ReloadTest(RouterTestCase):
     def rewrite(self, r, old, new):
