@@ -112,7 +112,8 @@ typedef struct kvs_request_info_s {
     uint64_t received_ns;    /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
     uint64_t now_ns;         /* CLOCK_MONOTONIC at this event; at the router's send events, the
                                 time of the read that brought the answer (no clock read per
-                                request), which is close to it */
+                                request), which is close to it; never less than received_ns
+                                nor than an earlier event's now_ns */
     const char *client_name; /* the name the connection gave itself (RESP CLIENT SETNAME,
                                 HELLO ... SETNAME), as it is now; "" when none;
                                 NUL-terminated. Check KVS_PLUGIN_HAS(req, client_name). */
