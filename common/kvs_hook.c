@@ -3,6 +3,7 @@
  * written against is include/kvs_plugin.h.
  */
 #include "kvs_hook.h"
+#include "kvs_msg.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,35 @@ int kvs_hook_add(kvs_hook_chain_t *c, unsigned events, kvs_hook_fn fn, void *sta
     return 0;
 }
 
+/* Makes the hook's message msg[0..msglen) (NUL-terminated) fit for an
+ * answer: CommandResponse.message is a protobuf string (UTF-8, or no
+ * client parses the answer) and reaches terminals, logs and Redis error
+ * lines. Printable characters stay; anything else (a byte that is not
+ * UTF-8, a control character, a character cut short where the hook filled
+ * the buffer) becomes \xHH; the text ends at a whole character. */
+static void make_printable(char *msg, size_t msglen)
+{
+    char out[KVS_HOOK_MSG];
+    size_t cap = msglen < sizeof(out) ? msglen : sizeof(out), n = 0;
+    const uint8_t *s = (const uint8_t *)msg;
+    size_t left = strlen(msg);
+    while (left > 0) {
+        size_t k = kvs_text_printable(s, left);
+        size_t need = k > 0 ? k : 4;
+        if (n + need + 1 > cap)
+            break;
+        if (k > 0)
+            memcpy(out + n, s, k);
+        else
+            snprintf(out + n, 5, "\\x%02x", s[0]);
+        n += need;
+        s += k > 0 ? k : 1;
+        left -= k > 0 ? k : 1;
+    }
+    out[n] = '\0';
+    memcpy(msg, out, n + 1);
+}
+
 uint32_t kvs_hook_call(const kvs_hook_chain_t *c, kvs_hook_event_t ev,
                        const kvs_request_info_t *req, char *msg, size_t msglen)
 {
@@ -49,6 +79,8 @@ uint32_t kvs_hook_call(const kvs_hook_chain_t *c, kvs_hook_event_t ev,
         }
         if (msglen > 0 && msg[0] == '\0')
             snprintf(msg, msglen, "stopped by a request hook");
+        else if (msglen > 0)
+            make_printable(msg, msglen);
         return st;
     }
     return 0;

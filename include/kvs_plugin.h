@@ -45,7 +45,9 @@
  * thread of its process and must not block: it holds up every client.
  *
  * A hook returns 0 to let the request go on, or a status (400..599) to stop
- * it, with a message written into msg[0..msglen). At RECEIVED a stopped
+ * it, with a message written into msg[0..msglen) (UTF-8 text; the host
+ * writes any byte that is not printable text, control characters
+ * included, as \xHH, and cuts the text at a whole character). At RECEIVED a stopped
  * request is not executed (nothing changes) and is answered with that
  * status and message; at EXECUTED its answer is replaced (a write has been
  * applied by then: say so in the message; the host keeps the replaced
@@ -110,7 +112,8 @@ typedef struct kvs_request_info_s {
     uint64_t received_ns;    /* CLOCK_MONOTONIC when the request arrived (its bytes were read) */
     uint64_t now_ns;         /* CLOCK_MONOTONIC at this event; at the router's send events, the
                                 time of the read that brought the answer (no clock read per
-                                request), which is close to it */
+                                request), which is close to it; never less than received_ns
+                                nor than an earlier event's now_ns */
     const char *client_name; /* the name the connection gave itself (RESP CLIENT SETNAME,
                                 HELLO ... SETNAME), as it is now; "" when none;
                                 NUL-terminated. Check KVS_PLUGIN_HAS(req, client_name). */

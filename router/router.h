@@ -335,7 +335,11 @@ static inline void router_req_send_event(router_req_t *req, kvs_hook_event_t ev)
     char msg[KVS_HOOK_MSG];
     if (req->internal || !kvs_hook_any(&r->chain, ev))
         return;
-    req->info.now_ns = router_now_ns(r);
+    uint64_t now = router_now_ns(r); /* never before an earlier event's time */
+    if (now > req->info.now_ns)
+        req->info.now_ns = now;
+    if (req->info.now_ns < req->info.received_ns)
+        req->info.now_ns = req->info.received_ns;
     kvs_hook_run(&r->chain, ev, &req->info, msg, sizeof(msg));
 }
 

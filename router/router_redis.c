@@ -2268,12 +2268,40 @@ static int partial_error(kvs_buf_t *out, const Kvs__CommandResponse *a)
     if (a->n_pairs > 4)
         snprintf(fields + used, sizeof(fields) - used, ", ...");
     return kvs_redis_error(out,
-                           "ERR partly applied: the fields on %.*s were written; %lu field%s%.*s "
+                           "ERR partly applied: the fields on %.*s were %s; %lu field%s%.*s "
                            "%s not%s%s%s: %.*s",
-                           (int)(p2 - p1 - (sizeof(a1) - 1)), p1 + sizeof(a1) - 1, n,
+                           (int)(p2 - p1 - (sizeof(a1) - 1)), p1 + sizeof(a1) - 1,
+                           strncmp(msg, "Hmdel ", 6) == 0 ? "deleted" : "written", n,
                            n == 1 ? "" : "s", (int)(p3 - on), on, n == 1 ? "was" : "were",
                            fields[0] ? " (" : "", fields, fields[0] ? ")" : "",
                            (int)(cut ? (size_t)(cut - why) : strlen(why)), why);
+}
+
+/* A kvs error message in a Redis client's words: a split write's note
+ * (router_route's write_unknown: "(Hmset spans 4 shards and is not atomic
+ * across them: shards 0, 1 applied their keys, ...)") names the kvs
+ * command and keys, where the client sent HSET or HDEL about fields. */
+static int error_in_redis_words(kvs_buf_t *out, const char *msg)
+{
+    static const char *const from[] = {"Hmset spans ", "Hmdel spans ", "applied their keys"};
+    static const char *const to[] = {"the command spans ", "the command spans ",
+                                     "applied their fields"};
+    char text[1400];
+    size_t n = 0;
+    for (const char *p = msg; *p != '\0' && n + 1 < sizeof(text);) {
+        size_t i = 0;
+        while (i < 3 && strncmp(p, from[i], strlen(from[i])) != 0)
+            i++;
+        const char *put = i < 3 ? to[i] : p;
+        size_t k = i < 3 ? strlen(to[i]) : 1;
+        if (n + k + 1 > sizeof(text))
+            break;
+        memcpy(text + n, put, k);
+        n += k;
+        p += i < 3 ? strlen(from[i]) : 1;
+    }
+    text[n] = '\0';
+    return kvs_redis_error(out, "ERR %s", text);
 }
 
 int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
@@ -2310,7 +2338,7 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
         rc = a->status == KVS_STATUS_BAD_REQUEST ? incr_error(out, a->message)
                                                  : kvs_redis_error(out, "ERR %s", a->message);
     else
-        rc = kvs_redis_error(out, "ERR %s", a->message);
+        rc = error_in_redis_words(out, a->message);
     kvs_arena_reset(ar);
     return rc;
 }

@@ -22,7 +22,7 @@ import unittest
 from google.protobuf.internal import encoder
 
 from kvstest import frame, pb, pyval, req_hget, req_hmget, req_hset
-from routertest import RouterTestCase, free_port, keys_by_shard
+from routertest import RouterTestCase, free_port, keys_by_shard, stopped
 
 PARTITIONS = 64
 
@@ -408,13 +408,30 @@ class UnavailableShardTest(HostileApiTestCase):
             self.assertNotIn(word, reply)
         reply = s.call("HDEL", "t", per[0][0], per[3][0]).decode()
         self.assertTrue(reply.startswith("-ERR partly applied: the fields on shard 0 were "
-                                         "written; 1 field on shard 3 was not (\"%s\"): "
+                                         "deleted; 1 field on shard 3 was not (\"%s\"): "
                                          % per[3][0].decode()), reply)
         self.assertEqual(s.call("HGET", "t", per[1][0]), b"v")
 
 
 
 class HungWorkerTest(HostileApiTestCase):
+    def test_a_resp_split_write_that_timed_out_speaks_of_fields(self):
+        # One shard's part of an HSET timed out (it may have been written):
+        # the 503 spoke of "Hmset" and its keys to a client that sent HSET.
+        r = self.start(timeout="1s", resp=True, local_reads=False)
+        per = keys_by_shard("r", 1, PARTITIONS, 4)
+        s = self.resp_socket()
+        args = ["HSET", "t"]
+        for sh in range(4):
+            args += [per[sh][0], "v"]
+        with stopped(r.worker_pid(3)):
+            reply = s.call(*args).decode()
+        self.assertTrue(reply.startswith("-ERR shard 3 is unavailable: no answer within "
+                                         "router.timeout (1000 ms)"), reply)
+        self.assertIn("(the command spans 4 shards and is not atomic across them: shards 0, 1, "
+                      "2 applied their fields, shard 3 may or may not have written)", reply)
+        self.assertNotIn("Hmset", reply)
+
     def test_hung_worker_bounds_split_requests_and_others_are_served(self):
         """A worker stopped dead (SIGSTOP) while an Hmset across every shard
         waits for it: that client gets 503 after router.timeout, naming what

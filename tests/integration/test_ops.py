@@ -25,8 +25,8 @@ import unittest
 import redis
 
 from kafkatest import MockKafka, ingest_yaml, pos_entries, produce, wait_until
-from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, frame, pb, pyval, req_hget, req_hset,
-                     resp_exchange)
+from kvstest import (BUILD_DIR, HOST, SANITIZED, Node, encode, frame, pb, pyval, req_hget,
+                     req_hmget, req_hmset, req_hset, req_ping, resp_exchange)
 from routertest import RouterTestCase, config_place, edit_config, free_port, stopped
 from test_auth import req_auth, users_yaml
 
@@ -694,6 +694,33 @@ class PluginTest(RouterTestCase):
         self.assertRegex(lines[3], "^%s command=Hset table=\"users\" keys=1 status=400$" % stamp)
         self.assertIn("plugin audit_log loaded from", r.stderr())
 
+    def test_hook_times_never_run_backwards(self):
+        # The router's send events took the time of the read that brought
+        # the last answer, which for a split request could be before its
+        # executed event's clock read: a plugin subtracting them wrapped.
+        r = self.router(shards=4, partitions=16, start=False)
+        out = os.path.join(r.dir, "clock.txt")
+        with open(r.config, "a") as f:
+            f.write('plugins:\n  - {path: "%s/test_clock_order.so", arg: "%s"}\n'
+                    % (PLUGINS, out))
+        r.start()
+        with r.client() as c:
+            for i in range(50):
+                reqs = [req_hmset("t", [(b"k%d-%d" % (i, j), "v") for j in range(40)]),
+                        req_hmget("t", [b"k%d-%d" % (i, j) for j in range(40)]),
+                        req_hget("t", b"k%d-0" % i), req_ping()]
+                c.send_raw(b"".join(encode(q) for q in reqs))
+                for _ in reqs:
+                    self.assertEqual(c.recv().status, 200)
+        self.assertEqual(r.stop(), 0)
+        with open(out) as f:
+            lines = [ln.split() for ln in f.read().splitlines()]
+        self.assertEqual(len(lines), 5, lines)  # the router process and 4 workers
+        for _, role, shard, events, backwards in lines:
+            self.assertGreater(int(events), 0, (role, shard))
+            self.assertEqual(int(backwards), 0, "%s %s: %s events, %s backwards"
+                             % (role, shard, events, backwards))
+
     def audited_router(self, shards):
         """A started router with users, a Redis port and the audit_log plugin:
         (router, its Redis port, the audit file)."""
@@ -926,6 +953,30 @@ class PluginTest(RouterTestCase):
             self.assertIn("config.yaml:%d:5: plugins[0]" % (lines + 2), r.stderr())
             self.assertIn(why, r.stderr())
             self.assertEqual(r.workers(), {})  # refused before any worker started
+
+    def test_a_plugin_file_every_user_may_write_is_refused(self):
+        # Whoever may write the file decides the code every process runs.
+        d = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, d, True)
+        so = os.path.join(d, "deny.so")
+        shutil.copy("%s/test_deny_writes.so" % PLUGINS, so)
+        for mode, status in ((0o666, 78), (0o664, None)):
+            os.chmod(so, mode)
+            r = self.router(shards=1, start=False)
+            with open(r.config, "a") as f:
+                f.write('plugins: ["%s"]\n' % so)
+            if status is not None:
+                p = r.spawn()
+                self.assertEqual(p.wait(WAIT), status, r.stderr())
+                self.assertIn("deny.so is writable by every user (mode 0666): any of them could "
+                              "make kvs run their code; chmod o-w it", r.stderr())
+                self.assertEqual(r.workers(), {})
+            else:
+                r.start()
+                self.assertIn("deny.so is writable by its group (mode 0664)", r.stderr())
+                with r.client() as c:
+                    self.assertEqual(c.ping().message, "PONG")
+                r.close()
 
 
 class ReloadTest(RouterTestCase):

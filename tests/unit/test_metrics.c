@@ -6,6 +6,7 @@
  * tests run promtool over a live node's).
  */
 #include "kvs_hook.h"
+#include "kvs_msg.h"
 #include "kvs_metrics.h"
 #include "kvs_slowlog.h"
 #include "kvs_test.h"
@@ -222,6 +223,45 @@ KVS_TEST(hooks_run_in_order_and_stop)
     CHECK_CONTAINS(msg, "returned 200");
 }
 
+static const char *rude_text; /* what hook_rude writes; NULL: fill the buffer with "é" */
+
+static uint32_t hook_rude(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
+                          char *msg, size_t msglen)
+{
+    (void)state;
+    (void)ev;
+    (void)req;
+    if (rude_text != NULL) {
+        snprintf(msg, msglen, "%s", rude_text);
+    } else {
+        for (size_t i = 0; i + 1 < msglen; i += 2)
+            msg[i] = (char)0xc3, msg[i + 1] = (char)0xa9;
+        msg[msglen - 1] = (char)0xc3; /* no NUL at all: to the brim */
+    }
+    return 403;
+}
+
+/* A stopping hook's message becomes CommandResponse.message, a protobuf
+ * string: invalid UTF-8 made the answer unparsable, a control character
+ * reached terminals. The host escapes both and cuts at a whole character. */
+KVS_TEST(a_hooks_message_is_made_printable_text)
+{
+    kvs_hook_chain_t c;
+    char msg[KVS_HOOK_MSG];
+    kvs_hook_chain_init(&c);
+    kvs_request_info_t req = {.struct_size = sizeof(req), .table = "t", .table_len = 1};
+    CHECK_EQ(kvs_hook_add(&c, KVS_HOOK_MASK(KVS_HOOK_RECEIVED), hook_rude, NULL, 0), 0);
+    rude_text = "no \xff\xfe \x1b[31m\r\n \xc3\xa9 \xe2\x9c\x93";
+    CHECK_EQ(kvs_hook_run(&c, KVS_HOOK_RECEIVED, &req, msg, sizeof(msg)), 403);
+    CHECK_STR(msg, "no \\xff\\xfe \\x1b[31m\\x0d\\x0a \xc3\xa9 \xe2\x9c\x93");
+    rude_text = NULL;
+    CHECK_EQ(kvs_hook_run(&c, KVS_HOOK_RECEIVED, &req, msg, sizeof(msg)), 403);
+    size_t n = strlen(msg);
+    CHECK(n > 0 && n < sizeof(msg));
+    CHECK(kvs_utf8_valid(msg, n));
+    CHECK_EQ((unsigned char)msg[n - 1], 0xa9); /* ends at a whole character */
+}
+
 KVS_TEST(hook_chain_is_bounded)
 {
     kvs_hook_chain_t c;
@@ -305,4 +345,5 @@ KVS_TEST_MAIN(KVS_CASE(histogram_buckets_are_le), KVS_CASE(counter_and_gauge_tex
               KVS_CASE(families_of_one_name_merge),
               KVS_CASE(request_families_by_command_and_status),
               KVS_CASE(process_families_are_plausible), KVS_CASE(hooks_run_in_order_and_stop),
-              KVS_CASE(hook_chain_is_bounded), KVS_CASE(slowlog_keeps_the_newest_slow_requests))
+              KVS_CASE(hook_chain_is_bounded), KVS_CASE(a_hooks_message_is_made_printable_text),
+              KVS_CASE(slowlog_keeps_the_newest_slow_requests))
