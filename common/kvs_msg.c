@@ -146,9 +146,11 @@ int kvs_utf8_valid(const void *p, size_t n)
  * emoji sequences and Persian or Indic words are made of them. */
 static int invisible_format(uint32_t cp)
 {
-    return cp == 0x061c || cp == 0x200b || cp == 0x200e || cp == 0x200f ||
-           (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2060 && cp <= 0x2064) ||
-           (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
+    return cp == 0x00ad || cp == 0x034f || cp == 0x061c || cp == 0x115f || cp == 0x180e ||
+           cp == 0x200b || cp == 0x200e || cp == 0x200f || (cp >= 0x2028 && cp <= 0x202e) ||
+           (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x3164 ||
+           cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb) || cp == 0xfffe || cp == 0xffff ||
+           (cp >= 0xe0000 && cp <= 0xe007f); /* the tag characters */
 }
 
 size_t kvs_text_printable(const uint8_t *s, size_t n)
@@ -163,7 +165,8 @@ size_t kvs_text_printable(const uint8_t *s, size_t n)
     uint32_t cp = len == 2 ? (uint32_t)(s[0] & 0x1f) << 6 | (s[1] & 0x3f)
                   : len == 3
                       ? (uint32_t)(s[0] & 0x0f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 | (s[2] & 0x3f)
-                      : 0x10000; /* none of the four-byte ones is listed */
+                      : (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3f) << 12 |
+                            (uint32_t)(s[2] & 0x3f) << 6 | (s[3] & 0x3f);
     return invisible_format(cp) ? 0 : len;
 }
 

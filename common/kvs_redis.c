@@ -502,15 +502,19 @@ int kvs_redis_simple(kvs_buf_t *b, const char *s)
 
 int kvs_redis_error(kvs_buf_t *b, const char *fmt, ...)
 {
-    char text[512];
+    enum { MAX = 511 };
+    char text[MAX + 2]; /* one byte past MAX shows whether the cut falls in a character */
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     if (n < 0)
         n = 0;
-    if ((size_t)n >= sizeof(text))
-        n = sizeof(text) - 1;
+    if (n > MAX) { /* cut at a whole UTF-8 character, not in one */
+        n = MAX;
+        while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+            n--; /* text[n]: the first byte of the character the cut falls in */
+    }
     for (int i = 0; i < n; i++) /* an error is one line */
         if (text[i] == '\r' || text[i] == '\n')
             text[i] = ' ';

@@ -2286,9 +2286,18 @@ static int error_in_redis_words(kvs_buf_t *out, const char *msg)
     static const char *const from[] = {"Hmset spans ", "Hmdel spans ", "applied their keys"};
     static const char *const to[] = {"the command spans ", "the command spans ",
                                      "applied their fields"};
+    /* Only the router's note, the last "(Hmset spans " or "(Hmdel spans "
+     * on: the message before it (a worker's or a hook's words) is left. */
+    const char *note = NULL;
+    for (const char *q = msg; (q = strstr(q, " spans ")) != NULL; q++)
+        if (q - msg >= 6 && (strncmp(q - 6, "(Hmset", 6) == 0 || strncmp(q - 6, "(Hmdel", 6) == 0))
+            note = q - 5;
+    if (note == NULL)
+        return kvs_redis_error(out, "ERR %s", msg);
     char text[1400];
-    size_t n = 0;
-    for (const char *p = msg; *p != '\0' && n + 1 < sizeof(text);) {
+    size_t n = (size_t)(note - msg) < sizeof(text) - 1 ? (size_t)(note - msg) : sizeof(text) - 1;
+    memcpy(text, msg, n);
+    for (const char *p = msg + n; *p != '\0' && n + 1 < sizeof(text);) {
         size_t i = 0;
         while (i < 3 && strncmp(p, from[i], strlen(from[i])) != 0)
             i++;

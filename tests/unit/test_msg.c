@@ -492,6 +492,10 @@ KVS_TEST(quote_for_messages)
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xef\xbb\xbf", 3), "\\xef\\xbb\\xbf");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xe2\x81\xa6", 3), "\\xe2\\x81\\xa6");
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xd8\x9c", 2), "\\xd8\\x9c"); /* U+061C */
+    /* A tag character (ASCII smuggling), a soft hyphen, a noncharacter. */
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xf3\xa0\x81\x81", 4), "\\xf3\\xa0\\x81\\x81");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xc2\xad", 2), "\\xc2\\xad");
+    CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xef\xbf\xbf", 3), "\\xef\\xbf\\xbf");
     /* The joiners stay (an emoji family, a Persian word), and so do the
      * neighbours: an en dash, a dagger, U+2065, U+2070. */
     CHECK_STR(kvs_msg_quote(out, sizeof(out), "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9", 11),

@@ -359,6 +359,15 @@ KVS_TEST(replies_resp2_and_resp3)
     BUF(&b, "+OK\r\n");
     kvs_redis_error(&b, "ERR bad\r\nthing %d", 7);
     BUF(&b, "-ERR bad  thing 7\r\n");
+    /* A long error is cut at a whole UTF-8 character (511 bytes at most):
+     * "ERR " and 505 x, then a 3-byte character that would straddle 511. */
+    char xs[506];
+    memset(xs, 'x', 505);
+    xs[505] = '\0';
+    kvs_redis_error(&b, "ERR %s\xe2\x82\xac\xe2\x82\xac", xs);
+    CHECK_EQ(b.len, 1 + 4 + 505 + 2); /* the euro signs do not fit whole: both left out */
+    CHECK(b.data[b.len - 3] == 'x');
+    b.len = 0;
     kvs_redis_integer(&b, -42);
     BUF(&b, ":-42\r\n");
     kvs_redis_bulk(&b, "a\0b", 3);
