@@ -281,8 +281,8 @@ static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v);
 static int skip_field(const uint8_t **p, const uint8_t *end, uint64_t tag);
 
 /* The bool of the varint v[0..n) as protobuf-c reads it: true when any of
- * its bits is set, those past 64 bits included (which kvs_varint_get
- * drops: a 10-byte varint of 1 << 64 is 0 there, true here). */
+ * its bits is set. The varints it is given passed kvs_varint_get, which
+ * refuses bits past 64, so this is also how Google's protobuf reads it. */
 static int varint_bool(const uint8_t *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -1139,17 +1139,6 @@ static unsigned wire_type_of(ProtobufCType t)
     }
 }
 
-/* Reads a varint as kvs_varint_get does (no bits past 64: Go's protowire
- * refuses those; C++ and Java drop them, so a bool of 1 << 64 is false
- * there, where protobuf-c reads true: refusing it is the one answer all of
- * them can live with) in at most `max` bytes: 5 for tags and lengths (32
- * bits, as protobuf-c and C++ read them). Returns 0, or -1. */
-static int wire_varint(const uint8_t **p, const uint8_t *end, size_t max, uint64_t *v)
-{
-    const uint8_t *start = *p;
-    return kvs_varint_get(p, end, v) != 0 || (size_t)(*p - start) > max ? -1 : 0;
-}
-
 /* Checks the packed elements p[0..end) of a repeated scalar of wire type
  * `wt`. Returns 0, or -1. */
 static int wire_packed(const uint8_t *p, const uint8_t *end, unsigned wt)
@@ -1158,7 +1147,7 @@ static int wire_packed(const uint8_t *p, const uint8_t *end, unsigned wt)
     if (wt != 0)
         return (size_t)(end - p) % (wt == 1 ? 8 : 4) == 0 ? 0 : -1;
     while (p < end)
-        if (wire_varint(&p, end, KVS_VARINT_MAX, &v) != 0)
+        if (kvs_varint_get(&p, end, &v) != 0) /* within 64 bits */
             return -1;
     return 0;
 }
@@ -1205,7 +1194,7 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
                         WIRE_DEPTH_MAX);
     while (p < end) {
         uint64_t tag, v, n = 0;
-        if (wire_varint(&p, end, 5, &tag) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
+        if (read_varint32(&p, end, &tag) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
             return wire_bad(msg, mlen, path, NULL,
                             "holds bytes that are not a field tag (a varint of at most 5 bytes "
                             "naming a field from 1 to 536870911)");
@@ -1221,11 +1210,11 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
                             "unknown field",
                             wire_names[wt], wire_names[want]);
         const uint8_t *at = p;
-        if (wt == 0 && wire_varint(&p, end, KVS_VARINT_MAX, &v) != 0)
+        if (wt == 0 && kvs_varint_get(&p, end, &v) != 0) /* no bits past 64: see kvs_varint.h */
             return wire_bad(msg, mlen, path, f->name, "%s",
                             p - at >= KVS_VARINT_MAX ? "is a varint past 64 bits"
                                                      : "runs past the end of its message");
-        if (wt == 2 && wire_varint(&p, end, 5, &n) != 0)
+        if (wt == 2 && read_varint32(&p, end, &n) != 0)
             return wire_bad(msg, mlen, path, f->name,
                             "has a length that is not a varint of at most 5 bytes");
         if ((wt == 1 && end - p < 8) || (wt == 5 && end - p < 4) ||
