@@ -112,18 +112,19 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
      * process (and every worker) until some writer came. A path that does
      * not stat is left to dlopen's own message. */
     struct stat st;
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    int known = stat(path, &st) == 0;
+    if (known && !S_ISREG(st.st_mode))
         return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
                             kvs_fs_kind(st.st_mode));
     /* Whoever may write the file decides what code every process runs:
      * one every user may write is refused (as a data_dir every user may
      * write is), one its group may write is said. */
-    if (stat(path, &st) == 0 && (st.st_mode & S_IWOTH))
+    if (known && (st.st_mode & S_IWOTH))
         return plugin_error(err, errlen,
                             "%s: %s is writable by every user (mode %04o): any of them could "
                             "make kvs run their code; chmod o-w it",
                             where, pc->path, (unsigned)(st.st_mode & 07777));
-    if (stat(path, &st) == 0 && (st.st_mode & S_IWGRP))
+    if (known && (st.st_mode & S_IWGRP))
         kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the code "
                  "kvs runs; chmod g-w it unless that is meant",
                  where, pc->path, (unsigned)(st.st_mode & 07777));
