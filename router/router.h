@@ -214,6 +214,7 @@ struct router_req_s {
     kvs_buf_t resp;
     size_t reserve;   /* output reserved for the answer while in flight (whole-table reads) */
     uint8_t raw;      /* resp holds the reply in the client's protocol (RESP), not a frame */
+    uint8_t redis;    /* a RESP client's: the router's own words speak of fields, not keys */
     uint8_t rcmd;     /* RESP clients: how the kvs answer is shown (router_redis) */
     uint8_t rflags;   /* ... and its options */
     uint8_t rresp3;   /* ... in RESP3: the protocol when its command was read */

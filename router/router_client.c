@@ -235,6 +235,7 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     in->peer = cl->conn.peer;
     in->identity = user != NULL ? user : ""; /* the user it authenticated as, both front doors */
     router_req_set_name(req, cl->redis != NULL ? router_redis_name(cl->redis) : NULL);
+    req->redis = cl->redis != NULL;
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;

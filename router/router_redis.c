@@ -2239,80 +2239,6 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
     return 1;
 }
 
-/* A split write applied on some shards only (207), in a Redis client's
- * words: its answer lists the fields not written in `pairs` and the kvs
- * message speaks of keys, `values` and `pairs`, which RESP does not show.
- * The message router_route writes is "<Cmd> partly applied: the keys on
- * <shards> were written (their previous values are in values); the <n>
- * key(s) on <shards> were not (listed in pairs): <why>[; ...left out...]";
- * one in another shape is passed on as it is. */
-static int partial_error(kvs_buf_t *out, const Kvs__CommandResponse *a)
-{
-    static const char a1[] = "partly applied: the keys on ",
-                      a2[] = " were written (their previous values are in values); the ",
-                      a3[] = " were not (listed in pairs): ";
-    const char *msg = a->message, *p1 = strstr(msg, a1), *p2 = p1 ? strstr(p1, a2) : NULL,
-               *p3 = p2 ? strstr(p2, a3) : NULL;
-    unsigned long n = p3 ? strtoul(p2 + sizeof(a2) - 1, NULL, 10) : 0;
-    const char *on = p3 ? strstr(p2, " on ") : NULL;
-    if (on == NULL || on > p3)
-        return kvs_redis_error(out, "ERR %s", msg);
-    const char *why = p3 + sizeof(a3) - 1, *cut = strstr(why, "; previous values");
-    char fields[400] = "", q[80];
-    size_t used = 0;
-    for (size_t i = 0; i < a->n_pairs && i < 4; i++) { /* the first few: a message, not a list */
-        kvs_msg_quote(q, sizeof(q), a->pairs[i]->key.data, a->pairs[i]->key.len);
-        int k = snprintf(fields + used, sizeof(fields) - used, "%s\"%s\"", i ? ", " : "", q);
-        used += k > 0 && (size_t)k < sizeof(fields) - used ? (size_t)k : 0;
-    }
-    if (a->n_pairs > 4)
-        snprintf(fields + used, sizeof(fields) - used, ", ...");
-    return kvs_redis_error(out,
-                           "ERR partly applied: the fields on %.*s were %s; %lu field%s%.*s "
-                           "%s not%s%s%s: %.*s",
-                           (int)(p2 - p1 - (sizeof(a1) - 1)), p1 + sizeof(a1) - 1,
-                           strncmp(msg, "Hmdel ", 6) == 0 ? "deleted" : "written", n,
-                           n == 1 ? "" : "s", (int)(p3 - on), on, n == 1 ? "was" : "were",
-                           fields[0] ? " (" : "", fields, fields[0] ? ")" : "",
-                           (int)(cut ? (size_t)(cut - why) : strlen(why)), why);
-}
-
-/* A kvs error message in a Redis client's words: a split write's note
- * (router_route's write_unknown: "(Hmset spans 4 shards and is not atomic
- * across them: shards 0, 1 applied their keys, ...)") names the kvs
- * command and keys, where the client sent HSET or HDEL about fields. */
-static int error_in_redis_words(kvs_buf_t *out, const char *msg)
-{
-    static const char *const from[] = {"Hmset spans ", "Hmdel spans ", "applied their keys"};
-    static const char *const to[] = {"the command spans ", "the command spans ",
-                                     "applied their fields"};
-    /* Only the router's note, the last "(Hmset spans " or "(Hmdel spans "
-     * on: the message before it (a worker's or a hook's words) is left. */
-    const char *note = NULL;
-    for (const char *q = msg; (q = strstr(q, " spans ")) != NULL; q++)
-        if (q - msg >= 6 && (strncmp(q - 6, "(Hmset", 6) == 0 || strncmp(q - 6, "(Hmdel", 6) == 0))
-            note = q - 5;
-    if (note == NULL)
-        return kvs_redis_error(out, "ERR %s", msg);
-    char text[1400];
-    size_t n = (size_t)(note - msg) < sizeof(text) - 1 ? (size_t)(note - msg) : sizeof(text) - 1;
-    memcpy(text, msg, n);
-    for (const char *p = msg + n; *p != '\0' && n + 1 < sizeof(text);) {
-        size_t i = 0;
-        while (i < 3 && strncmp(p, from[i], strlen(from[i])) != 0)
-            i++;
-        const char *put = i < 3 ? to[i] : p;
-        size_t k = i < 3 ? strlen(to[i]) : 1;
-        if (n + k + 1 > sizeof(text))
-            break;
-        memcpy(text + n, put, k);
-        n += k;
-        p += i < 3 ? strlen(from[i]) : 1;
-    }
-    text[n] = '\0';
-    return kvs_redis_error(out, "ERR %s", text);
-}
-
 int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
                         kvs_buf_t *out)
 {
@@ -2327,8 +2253,6 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
         rc = kvs_redis_error(out, "ERR internal error: an answer that is not a CommandResponse");
     else if (a->status == KVS_STATUS_OK)
         rc = answer_ok(rs, req, a, out);
-    else if (a->status == KVS_STATUS_PARTIAL)
-        rc = partial_error(out, a);
     else if (a->status == KVS_STATUS_NOT_FOUND && (req->rcmd == RC_HGET || req->rcmd == RC_HSTRLEN))
         rc = missing_field(req, req->rcmd, out);
     else if (a->status == KVS_STATUS_UNAUTHENTICATED &&
@@ -2346,8 +2270,8 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     else if (req->rcmd == RC_HINCRBY || req->rcmd == RC_HINCRBYFLOAT)
         rc = a->status == KVS_STATUS_BAD_REQUEST ? incr_error(out, a->message)
                                                  : kvs_redis_error(out, "ERR %s", a->message);
-    else
-        rc = error_in_redis_words(out, a->message);
+    else /* the router's own words are a Redis client's already (req->redis) */
+        rc = kvs_redis_error(out, "ERR %s", a->message);
     kvs_arena_reset(ar);
     return rc;
 }

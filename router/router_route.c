@@ -607,9 +607,10 @@ static void merge_failed(router_req_t *req, const char *fmt, ...)
     size_t n = strlen(text);
     if (split)
         snprintf(text + n, sizeof(text) - n,
-                 "; %s may or may not have written its keys (its parts answered, some or all "
+                 "; %s may or may not have written its %s (its parts answered, some or all "
                  "of them applied): read them to find out",
-                 kvs_msg_command_name(req->merge->cmd));
+                 req->redis ? "the command" : kvs_msg_command_name(req->merge->cmd),
+                 req->redis ? "fields" : "keys");
     req_status_frame(req, KVS_STATUS_INTERNAL, split, NULL, text, sizeof(text), (int)strlen(text));
     router_req_complete(req);
 }
@@ -885,6 +886,7 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
     static const char *const says[] = {[PART_APPLIED] = "applied their keys",
                                        [PART_REFUSED] = "wrote nothing",
                                        [PART_UNKNOWN] = "may or may not have written"};
+    const char *cmd = req->redis ? "the command" : kvs_msg_command_name(m->cmd);
     char lists[3][200], why[160];
     const char *msg = part_why(m, rs, u);
     uint32_t status = rs[u] != NULL ? rs[u]->status : m->failed[u], n = 0;
@@ -899,14 +901,15 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
         char shards[160];
         if (shard_list(m, outcome, o, shards, sizeof(shards)) == 0)
             continue;
-        snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards, says[o]);
+        snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards,
+                 o == PART_APPLIED && req->redis ? "applied their fields" : says[o]);
         unknown |= o == PART_UNKNOWN;
     }
     char text[1200];
     int len = snprintf(text, sizeof(text),
                        "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s)", msg,
-                       kvs_msg_command_name(m->cmd), m->nparts, lists[0], n > 1 ? ", " : "",
-                       n > 1 ? lists[1] : "", n > 2 ? ", " : "", n > 2 ? lists[2] : "");
+                       cmd, m->nparts, lists[0], n > 1 ? ", " : "", n > 1 ? lists[1] : "",
+                       n > 2 ? ", " : "", n > 2 ? lists[2] : "");
     kvs_buf_t tok; /* the positions of the parts that did answer */
     kvs_buf_init(&tok);
     merge_positions(req, &m->router->merge_arena, &tok);
@@ -921,9 +924,10 @@ static void write_refused(router_req_t *req, Kvs__CommandResponse **rs, uint32_t
 {
     route_merge_t *m = req->merge;
     router_req_finish_status(req, rs[first]->status,
-                             "%s (shard %u; every one of the %u shards holding the keys refused "
+                             "%s (shard %u; every one of the %u shards holding the %s refused "
                              "its part: nothing was written)",
-                             rs[first]->message, m->part_shard[first], m->nparts);
+                             rs[first]->message, m->part_shard[first], m->nparts,
+                             req->redis ? "fields" : "keys");
 }
 
 /* Fills a 207's values (previous values of written keys; `empty` for the
@@ -963,6 +967,29 @@ static int partial_lists(router_req_t *req, Kvs__CommandResponse **rs, const uin
     return 0;
 }
 
+/* A 207's message to a Redis client, who sent HSET or HDEL about fields
+ * and sees neither `values` nor `pairs`: which fields were not written,
+ * the first few of them named. Returns what snprintf does. */
+static int partial_in_fields(const router_req_t *req, const Kvs__CommandResponse *out,
+                             const char *wrote, const char *refused, const char *why, char *text,
+                             size_t size)
+{
+    char fields[400] = "", q[80];
+    size_t used = 0;
+    for (size_t i = 0; i < out->n_pairs && i < 4; i++) { /* a message, not a list */
+        kvs_msg_quote(q, sizeof(q), out->pairs[i]->key.data, out->pairs[i]->key.len);
+        int k = snprintf(fields + used, sizeof(fields) - used, "%s\"%s\"", i ? ", " : "", q);
+        used += k > 0 && (size_t)k < sizeof(fields) - used ? (size_t)k : 0;
+    }
+    if (out->n_pairs > 4)
+        snprintf(fields + used, sizeof(fields) - used, ", ...");
+    size_t n = out->n_pairs;
+    return snprintf(
+        text, size, "partly applied: the fields on %s were %s; %zu field%s on %s %s not (%s): %s",
+        wrote, req->merge->cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL ? "deleted" : "written", n,
+        n == 1 ? "" : "s", refused, n == 1 ? "was" : "were", fields, why);
+}
+
 /* 207: some shards wrote their keys, the others refused theirs or were
  * not sent theirs (their shard down). The answer says exactly what
  * happened (see kvs.proto, CommandResponse.status): previous values for
@@ -992,11 +1019,15 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
         "", "; previous values left out: they do not fit limits.max_frame",
         "; previous values and keys left out: they do not fit limits.max_frame"};
     for (int stage = 0; stage < 3; stage++) {
-        int n = snprintf(text, sizeof(text),
-                         "%s partly applied: the keys on %s were written (their previous values "
-                         "are in values); the %zu key%s on %s were not (listed in pairs): %s%s",
-                         kvs_msg_command_name(m->cmd), wrote, unwritten, unwritten == 1 ? "" : "s",
-                         refused, part_why(m, rs, first), left_out[stage]);
+        int n = req->redis ? partial_in_fields(req, &out, wrote, refused, part_why(m, rs, first),
+                                               text, sizeof(text))
+                           : snprintf(text, sizeof(text),
+                                      "%s partly applied: the keys on %s were written (their "
+                                      "previous values are in values); the %zu key%s on %s were "
+                                      "not (listed in pairs): %s%s",
+                                      kvs_msg_command_name(m->cmd), wrote, unwritten,
+                                      unwritten == 1 ? "" : "s", refused, part_why(m, rs, first),
+                                      left_out[stage]);
         cut_text(text, n, sizeof(text), message_room(m->router));
         out.n_values = stage == 0 ? m->nkeys : 0;
         out.n_pairs = stage == 2 ? 0 : unwritten;

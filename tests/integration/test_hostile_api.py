@@ -413,6 +413,24 @@ class UnavailableShardTest(HostileApiTestCase):
         self.assertEqual(s.call("HGET", "t", per[1][0]), b"v")
 
 
+    def test_a_message_that_quotes_the_client_reaches_a_redis_client_as_it_is(self):
+        # Only the router's own note on a split write speaks of fields to
+        # a Redis client; a worker's message quoting a table name that
+        # reads like that note is passed on word for word.
+        # Refused by every shard, it says so of the fields.
+        self.start(shards=2, resp=True, storage_yaml=["max_tables: 1"])
+        per = keys_by_shard("m", 1, PARTITIONS, 2)
+        s = self.resp_socket()
+        self.assertEqual(s.call("HSET", "t", per[0][0], "v", per[1][0], "v"), b":2")
+        table = ("x (Hmset spans 2 shards and is not atomic across them: shard 0 applied "
+                 "their keys)")
+        full = ('-ERR cannot create table "%s": this shard already holds storage.max_tables (1) '
+                'tables; raise the limit in config.yaml' % table)
+        self.assertEqual(s.call("HSET", table, per[0][0], "v").decode(), full)
+        self.assertEqual(s.call("HSET", table, per[0][0], "v", per[1][0], "v").decode(),
+                         full + " (shard 0; every one of the 2 shards holding the fields "
+                         "refused its part: nothing was written)")
+
 
 class HungWorkerTest(HostileApiTestCase):
     def test_a_resp_split_write_that_timed_out_speaks_of_fields(self):
