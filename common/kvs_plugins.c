@@ -27,11 +27,14 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define PLUGIN_V1_SIZE (offsetof(kvs_plugin_t, fini) + sizeof(void (*)(void *)))
 
@@ -42,6 +45,7 @@ typedef struct reg_s {
 } reg_t;
 
 typedef struct loaded_s {
+    int fd; /* the file loaded, open while it is: see open_one */
     void *dl;
     const kvs_plugin_t *plugin;
     void *state;
@@ -101,39 +105,125 @@ __attribute__((format(printf, 3, 4))) static int plugin_error(char *err, size_t 
     return KVS_ECONFIG;
 }
 
-/* Opens entry `i` and checks that it is a plugin of our ABI. */
+/* Whoever may write a directory on the way to the plugin may put another
+ * file in its place: one every user may write (without the sticky bit,
+ * which keeps others' entries theirs) is refused, one its group may write
+ * is said. `dir` is a resolved path (no symbolic links); each of its
+ * ancestors is checked up to "/". */
+static int check_dirs(const char *dir, const char *where, const char *name, char *err,
+                      size_t errlen)
+{
+    char d[4200];
+    snprintf(d, sizeof(d), "%s", dir);
+    for (;;) {
+        struct stat st;
+        if (stat(d[0] ? d : "/", &st) == 0 && !(st.st_mode & S_ISVTX)) {
+            if (st.st_mode & S_IWOTH)
+                return plugin_error(err, errlen,
+                                    "%s: %s is in %s, a directory every user may write to (mode "
+                                    "%04o): any of them could put their code in its place; chmod "
+                                    "o-w it, or add the sticky bit",
+                                    where, name, d[0] ? d : "/", (unsigned)(st.st_mode & 07777));
+            if (st.st_mode & S_IWGRP)
+                kvs_warn("%s: %s is in %s, a directory its group may write to (mode %04o), whose "
+                         "members may put other code in its place; chmod g-w it unless that is "
+                         "meant",
+                         where, name, d[0] ? d : "/", (unsigned)(st.st_mode & 07777));
+        }
+        char *slash = strrchr(d, '/');
+        if (slash == NULL || d[0] == '\0')
+            return 0;
+        *slash = '\0'; /* "/usr/lib" -> "/usr" -> "" (the root) */
+    }
+}
+
+/* The directory part of `path`, resolved, checked with check_dirs. A path
+ * that does not resolve is left to the open that follows. */
+static int check_dir_of(const char *path, const char *where, const char *name, char *err,
+                        size_t errlen)
+{
+    char dir[4200], real[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return 0;
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if (realpath(dir, real) == NULL)
+        return 0;
+    return check_dirs(strcmp(real, "/") == 0 ? "" : real, where, name, err, errlen);
+}
+
+/* Opens entry `i` and checks that it is a plugin of our ABI. The checks
+ * are made on the file opened, and dlopen loads that open file (through
+ * /proc/self/fd), so the code that runs is the file checked, even if the
+ * path is changed meanwhile. */
 static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *where, char *err,
                     size_t errlen)
 {
     const kvs_plugin_conf_t *pc = &cfg->plugins[i];
-    char path[4200];
+    char path[4200], real[PATH_MAX];
     snprintf(path, sizeof(path), "%s%s", strchr(pc->path, '/') ? "" : "./", pc->path);
     /* dlopen opens whatever the path names: a FIFO would block this
-     * process (and every worker) until some writer came. A path that does
-     * not stat is left to dlopen's own message. */
+     * process (and every worker) until some writer came, and opening a
+     * device may do something. So the path is stat'ed before it is opened
+     * (without blocking), and what was opened is checked again. */
     struct stat st;
-    int known = stat(path, &st) == 0;
-    if (known && !S_ISREG(st.st_mode))
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
         return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
                             kvs_fs_kind(st.st_mode));
-    /* Whoever may write the file decides what code every process runs:
-     * one every user may write is refused (as a data_dir every user may
-     * write is), one its group may write is said. */
-    if (known && (st.st_mode & S_IWOTH))
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
         return plugin_error(err, errlen,
-                            "%s: %s is writable by every user (mode %04o): any of them could "
-                            "make kvs run their code; chmod o-w it",
-                            where, pc->path, (unsigned)(st.st_mode & 07777));
-    if (known && (st.st_mode & S_IWGRP))
-        kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the code "
-                 "kvs runs; chmod g-w it unless that is meant",
-                 where, pc->path, (unsigned)(st.st_mode & 07777));
+                            "%s cannot be loaded: %s: cannot open shared object file: %s",
+                            where, pc->path, strerror(errno));
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = plugin_error(err, errlen, "%s cannot be loaded: %s: %s", where, pc->path,
+                          strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
+                          kvs_fs_kind(st.st_mode));
+    /* Whoever may write the file, or a directory on its way, decides what
+     * code every process runs: what every user may write is refused (as a
+     * data_dir every user may write is), what its group may write is said. */
+    else if (st.st_mode & S_IWOTH)
+        rc = plugin_error(err, errlen,
+                          "%s: %s is writable by every user (mode %04o): any of them could "
+                          "make kvs run their code; chmod o-w it",
+                          where, pc->path, (unsigned)(st.st_mode & 07777));
+    else {
+        if (st.st_mode & S_IWGRP)
+            kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the "
+                     "code kvs runs; chmod g-w it unless that is meant",
+                     where, pc->path, (unsigned)(st.st_mode & 07777));
+        rc = check_dir_of(path, where, pc->path, err, errlen); /* a link's own directory */
+        if (rc == 0 && realpath(path, real) != NULL && strcmp(real, path) != 0)
+            rc = check_dir_of(real, where, pc->path, err, errlen); /* where it leads */
+    }
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    /* The descriptor stays open while the plugin is loaded: the dynamic
+     * loader knows a loaded object by the name it was opened under, and a
+     * later plugin opened on the same descriptor number would be taken for
+     * this one. */
+    char self[64];
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+    l->fd = fd;
     dlerror();
-    l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    l->dl = dlopen(self, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {
         const char *why = dlerror();
-        return plugin_error(err, errlen, "%s cannot be loaded: %s", where,
-                            why ? why : "unknown error");
+        size_t n = strlen(self);
+        if (why == NULL)
+            why = "unknown error";
+        else if (strncmp(why, self, n) == 0 && strncmp(why + n, ": ", 2) == 0)
+            why += n + 2; /* "/proc/self/fd/7: invalid ELF header": the config's path instead */
+        return plugin_error(err, errlen, "%s cannot be loaded: %s: %s", where, pc->path, why);
     }
     l->plugin = dlsym(l->dl, KVS_PLUGIN_SYMBOL);
     if (l->plugin == NULL)
@@ -161,6 +251,7 @@ static int load_one(kvs_plugins_t *p, const kvs_config_t *cfg, size_t i, const c
 {
     const kvs_plugin_conf_t *pc = &cfg->plugins[i];
     loaded_t *l = &p->loaded[p->n_loaded++];
+    l->fd = -1;
     char where[4400], why[512] = "";
     if (pc->line > 0)
         snprintf(where, sizeof(where), "%s:%u:%u: plugins[%zu]", cfg->path, pc->line, pc->column,
@@ -241,6 +332,8 @@ void kvs_plugins_free(kvs_plugins_t *p)
             l->plugin->fini(l->state);
         if (l->dl != NULL)
             dlclose(l->dl);
+        if (l->fd >= 0)
+            close(l->fd);
     }
     free(p->loaded);
     free(p);

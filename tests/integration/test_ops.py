@@ -942,7 +942,8 @@ class PluginTest(RouterTestCase):
                           ("%s/test_wrong_abi.so" % PLUGINS, "test_wrong_abi.so was built for "
                            "kvs plugin ABI version 2, but this kvs has ABI version 1; rebuild it "
                            "against this kvs's kvs_plugin.h"),
-                          ("%s/kvs-cli" % BUILD_DIR, "cannot be loaded: ")]:
+                          ("%s/kvs-cli" % BUILD_DIR, "cannot be loaded: %s/kvs-cli: "
+                           % BUILD_DIR)]:
             r = self.router(shards=1, start=False)
             with open(r.config) as f:
                 lines = len(f.read().splitlines())
@@ -976,6 +977,54 @@ class PluginTest(RouterTestCase):
                 self.assertIn("deny.so is writable by its group (mode 0664)", r.stderr())
                 with r.client() as c:
                     self.assertEqual(c.ping().message, "PONG")
+                r.close()
+
+    def test_a_plugin_in_a_directory_every_user_may_write_is_refused(self):
+        # Whoever may write a directory on the way to the file may put
+        # another in its place: the file's own mode is not enough. A
+        # directory with the sticky bit keeps others' entries theirs.
+        top = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, top, True)
+        safe = os.path.join(top, "safe")
+        os.mkdir(safe, 0o755)
+        so = os.path.join(safe, "deny.so")
+        shutil.copy("%s/test_deny_writes.so" % PLUGINS, so)
+        os.chmod(so, 0o644)
+        open_dir = os.path.join(top, "open")
+        os.mkdir(open_dir)
+        link_in_open = os.path.join(open_dir, "link.so")
+        os.symlink(so, link_in_open)
+        link_to_open = os.path.join(safe, "to-open.so")
+        os.symlink(os.path.join(open_dir, "deny.so"), link_to_open)
+        shutil.copy(so, os.path.join(open_dir, "deny.so"))
+        os.chmod(os.path.join(open_dir, "deny.so"), 0o644)
+        refused = "a directory every user may write to (mode 0777): any of them could put " \
+                  "their code in its place; chmod o-w it, or add the sticky bit"
+        cases = [(0o777, os.path.join(open_dir, "deny.so"), 78),
+                 (0o777, link_in_open, 78),   # the link can be replaced
+                 (0o777, link_to_open, 78),   # what it leads to can be
+                 (0o1777, os.path.join(open_dir, "deny.so"), 0),
+                 (0o775, os.path.join(open_dir, "deny.so"), 0)]
+        for mode, path, status in cases:
+            with self.subTest(mode=oct(mode), path=path):
+                os.chmod(open_dir, mode)
+                r = self.router(shards=1, start=False)
+                with open(r.config, "a") as f:
+                    f.write('plugins: ["%s"]\n' % path)
+                if status:
+                    p = r.spawn()
+                    self.assertEqual(p.wait(WAIT), status, r.stderr())
+                    self.assertIn("%s is in %s, %s" % (path, open_dir, refused), r.stderr())
+                    self.assertEqual(r.workers(), {})
+                    continue
+                r.start()
+                group = "is in %s, a directory its group may write to (mode 0775)" % open_dir
+                if mode == 0o775:
+                    self.assertIn(group, r.stderr())
+                else:
+                    self.assertNotIn(open_dir + ",", r.stderr())
+                with r.client() as c:
+                    self.assertEqual(c.hset("ro_t", "k", 1).status, 403)
                 r.close()
 
 
