@@ -206,16 +206,9 @@ int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partit
     }
 }
 
-/* How librdkafka sizes a record against message.max.bytes when it is
- * handed over: its key and value, its headers (each a varint length, the
- * name, a varint length, the value), and the most a v2 record's framing
- * may take (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: 36 bytes of varints). */
-#define RECORD_FRAMING 36
-#define RECORD_HEADER (1 + sizeof(NODE_PRODUCE_HEADER) - 1 + 1 + NODE_PRODUCE_ID_LEN)
-
 int node_produce_fits(const node_produce_t *pr, size_t klen, size_t len, size_t *size, size_t *max)
 {
-    *size = RECORD_FRAMING + RECORD_HEADER + klen + len;
+    *size = kvs_record_size(klen, len);
     *max = pr->max_record;
     return *size <= *max;
 }

@@ -22,13 +22,14 @@
 #define NODE_PRODUCE_H
 
 #include "kvs_config.h"
+#include "kvs_record.h"
 
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-#define NODE_PRODUCE_ID_LEN 16
-#define NODE_PRODUCE_HEADER "kvs.writer"
+#define NODE_PRODUCE_ID_LEN KVS_RECORD_ID_LEN
+#define NODE_PRODUCE_HEADER KVS_RECORD_HEADER
 
 typedef struct node_produce_s node_produce_t;
 

@@ -46,6 +46,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_reads.h"
+#include "kvs_record.h"
 #include "kvs_resp.h"
 #include "node_produce.h"
 
@@ -488,61 +489,23 @@ typedef struct item_s {
     int32_t partition;
 } item_t;
 
-static const char *kind_name(Kvs__Value__KindCase k)
-{
-    switch (k) {
-    case KVS__VALUE__KIND_STRING_VALUE:
-        return "string_value";
-    case KVS__VALUE__KIND_BINARY_VALUE:
-        return "binary_value";
-    case KVS__VALUE__KIND_INTEGER_VALUE:
-        return "integer_value";
-    case KVS__VALUE__KIND_FLOAT_VALUE:
-        return "float_value";
-    default:
-        return "bool_value";
-    }
-}
-
 /* The payload the binding's format makes of `v`, or 400 into msg. */
 static int encode_item(const kvs_binding_t *b, const Kvs__Value *v, kvs_arena_t *arena, item_t *it,
                        char *msg, size_t mlen, const char *where)
 {
     it->vlen = kvs__value__get_packed_size(v);
-    switch (b->format) {
-    case KVS_FORMAT_STRING:
-        if (v->kind_case == KVS__VALUE__KIND_STRING_VALUE) {
-            it->payload = v->string_value.data ? v->string_value.data : (const uint8_t *)"";
-            it->len = v->string_value.len;
-            return 0;
-        }
-        break;
-    case KVS_FORMAT_RAW:
-        if (v->kind_case == KVS__VALUE__KIND_BINARY_VALUE) {
-            it->payload = v->binary_value.data ? v->binary_value.data : (const uint8_t *)"";
-            it->len = v->binary_value.len;
-            return 0;
-        }
-        break;
-    default: {
-        uint8_t *p = kvs_arena_alloc(arena, it->vlen ? it->vlen : 1);
-        if (p == NULL)
-            return -ENOMEM;
-        kvs__value__pack(v, p);
-        it->payload = p;
-        it->len = it->vlen;
+    if (!kvs_record_payload(b, v, &it->payload, &it->len)) {
+        kvs_record_format_refusal(b, v, where, msg, mlen);
+        return KVS_EINVAL;
+    }
+    if (it->payload != NULL)
         return 0;
-    }
-    }
-    snprintf(msg, mlen,
-             "%s is %s, but table \"%s\" is bound to topic %s with format: %s, which carries "
-             "only %s values; send a %s (or bind the table with format: value, which carries "
-             "every kind)",
-             where, kind_name(v->kind_case), b->table, b->topic,
-             b->format == KVS_FORMAT_STRING ? "string" : "raw",
-             b->format == KVS_FORMAT_STRING ? "text" : "binary",
-             b->format == KVS_FORMAT_STRING ? "string_value" : "binary_value");
-    return KVS_EINVAL;
+    uint8_t *p = kvs_arena_alloc(arena, it->len ? it->len : 1); /* format value */
+    if (p == NULL)
+        return -ENOMEM;
+    kvs__value__pack(v, p);
+    it->payload = p;
+    return 0;
 }
 
 /* The keys of `req` as items, or a 400 into msg (returns KVS_EINVAL). */
@@ -707,12 +670,7 @@ static int check_records(node_writes_t *wr, const item_t *items, size_t n, char 
         size_t size, max;
         if (node_produce_fits(wr->producer, items[i].key->len, items[i].len, &size, &max))
             continue;
-        snprintf(msg, mlen,
-                 "value is too large for Kafka: the record of a key takes %zu bytes (key, value "
-                 "and kvs's header), more than the producer's message.max.bytes (%zu) lets it "
-                 "send; nothing was written (raise message.max.bytes in kafka.properties and on "
-                 "the brokers, or write a smaller value)",
-                 size, max);
+        kvs_record_too_large(size, max, msg, mlen);
         return KVS_ETOOBIG;
     }
     return 0;

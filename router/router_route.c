@@ -71,6 +71,7 @@
 #include "kvs_place.h"
 #include "kvs_pos.h"
 #include "kvs_reads.h"
+#include "kvs_record.h"
 #include "kvs_time.h"
 #include "kvs_varint.h"
 #include "router.h"
@@ -2048,6 +2049,31 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
     return 0;
 }
 
+/* A key of a split write to a bound table whose record its worker would
+ * refuse (a value the binding's format cannot carry, a record past the
+ * producer's message.max.bytes): the whole write is refused here, before
+ * any part is sent, so other shards write none of their keys. Returns 1
+ * once `req` is finished. */
+static int record_refused(router_req_t *req, const kvs_binding_t *b, const Kvs__Kvpair *pair,
+                          size_t i, size_t record_max)
+{
+    char msg[700], where[64];
+    const uint8_t *payload;
+    size_t len;
+    snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
+    if (!kvs_record_payload(b, pair->value, &payload, &len)) {
+        kvs_record_format_refusal(b, pair->value, where, msg, sizeof(msg));
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, "%s", msg);
+        return 1;
+    }
+    size_t size = kvs_record_size(pair->key.len, len);
+    if (size <= record_max)
+        return 0;
+    kvs_record_too_large(size, record_max, msg, sizeof(msg));
+    router_req_finish_status(req, KVS_STATUS_TOO_LARGE, "Hmset.pairs[%zu]: %s", i, msg);
+    return 1;
+}
+
 /* A split Hmset or Hmdel, before its parts go out: refuses at once what no
  * shard could accept (a pair too large to read back; an answer that cannot
  * fit whatever the previous values are), gives each part its budget, and
@@ -2076,9 +2102,12 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     uint64_t *weight = known + m->nparts, *news = weight + m->nparts, *whole = news + m->nparts;
     memset(known, 0, 4 * m->nparts * sizeof(*known));
     size_t pair_max = kvs_msg_pair_max(r->cfg->max_frame), keybytes = 0;
+    size_t record_max = b != NULL && hmset ? kvs_record_max(r->cfg) : 0;
     for (size_t i = 0; i < m->nkeys; i++) {
         const ProtobufCBinaryData *k = nth_key(q, i);
         size_t v = hmset ? kvs__value__get_packed_size(q->hmset->pairs[i]->value) : 0;
+        if (record_max > 0 && record_refused(req, b, q->hmset->pairs[i], i, record_max))
+            return -1;
         if (k->len + v > pair_max) {
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                      "Hmset.pairs[%zu]: value is too large: key and value take "

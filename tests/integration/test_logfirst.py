@@ -791,6 +791,37 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertEqual(c.hget("users", b).status, 404)
         self.assertEqual([k for _, _, k, _, _ in read_topic(m.bootstrap, "users", parts)], [a])
 
+    def test_a_split_write_with_one_bad_record_writes_none_of_its_keys(self):
+        # Each worker checked only its own part of a split Hmset: with one
+        # value too large for Kafka, or of a kind the format cannot carry,
+        # the other shard wrote its keys and the answer was 207. The router
+        # checks every key before it sends any part: 413 or 400, naming
+        # the key's place in the request, nothing produced.
+        parts, most = 2, 4000
+        m = self.mock({"rw": parts, "st": parts})
+        r = self.router(m, [("rw", "raws", "raw", parts), ("st", "strs", "string", parts)],
+                        shards=2, properties={"message.max.bytes": str(most)})
+        (a,) = keys_in_partition(0, parts, 1, "a")
+        (b,) = keys_in_partition(1, parts, 1, "b")
+        with r.client() as c:
+            for pairs, i in (([(a, b"small"), (b, b"x" * (most - 63 - len(b)))], 1),
+                             ([(b, b"x" * 5000), (a, b"small")], 0)):
+                resp = c.call(req_hmset("raws", pairs))
+                self.assertEqual(resp.status, 413, resp.message)
+                self.assertIn("Hmset.pairs[%d]: value is too large for Kafka" % i, resp.message)
+                self.assertIn("message.max.bytes (%d)" % most, resp.message)
+                self.assertFalse(resp.outcome_unknown)
+            resp = c.call(req_hmset("raws", [(a, b"y" * (most - 64 - len(a))), (b, b"small")]))
+            self.assertEqual(resp.status, 200, resp.message)  # fits exactly
+            resp = c.call(req_hmset("strs", [(a, "text"), (b, b"\x00binary")]))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("Hmset.pairs[1].value is binary_value, but table \"strs\" is bound to "
+                          "topic st with format: string", resp.message)
+            self.assertEqual(c.hget("strs", a).status, 404)
+        self.assertEqual(sorted(k for _, _, k, _, _ in read_topic(m.bootstrap, "rw", parts)),
+                         sorted([a, b]))
+        self.assertEqual(read_topic(m.bootstrap, "st", parts), [])
+
     def test_no_record_written_twice_when_the_producer_retries(self):
         parts = 4
         m = self.mock({"users": parts}, control=True)
