@@ -838,7 +838,7 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
  * link took (its shard down: it was never sent); a part sent with no
  * answer (the link failed, or its answer was dropped) may or may not have
  * been applied. */
-enum { PART_APPLIED = 1, PART_REFUSED, PART_UNKNOWN };
+enum { PART_APPLIED = 1, PART_ACKED, PART_REFUSED, PART_UNKNOWN };
 
 /* Why part `i` failed: its worker's message, or the router's failure
  * (a part not sent, or sent with no answer). */
@@ -869,26 +869,42 @@ static uint32_t shard_list(const route_merge_t *m, const uint8_t *outcome, uint8
     return count;
 }
 
-/* Whether a part's error answer `r` says its keys may have been written
- * after all (node_writes): Kafka acknowledged some of its records (their
- * position is in the answer), or the worker cannot tell (outcome_unknown). */
+/* A part's error answer `r` says (node_writes): its keys may have been
+ * written after all (Kafka acknowledged some of its records, their
+ * position in the answer, or the worker cannot tell: outcome_unknown), or
+ * they were written, every record acknowledged, and will be applied (a
+ * position and outcome_unknown not set: the worker did not apply them in
+ * time). */
 static int part_may_have_written(const Kvs__CommandResponse *r)
 {
     return r->position.len > 0 || r->outcome_unknown;
 }
 
-/* Some part got no answer, was not sent, or may have written (rs[u], its
- * answer, then says so): 503 (or the status its failure or answer gave),
- * naming what is known of every shard. */
+static int part_will_apply(const Kvs__CommandResponse *r)
+{
+    return r->position.len > 0 && !r->outcome_unknown;
+}
+
+/* Some part got no answer, was not sent, may have written, or wrote its
+ * keys to Kafka and has not applied them yet (rs[u], its answer, then says
+ * so): 503 (or the status its failure or answer gave), naming what is
+ * known of every shard. outcome_unknown is set unless every key is known
+ * to be written (applied, or acknowledged and to be applied) or known not
+ * to be. */
 static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const uint8_t *outcome,
                           uint32_t u)
 {
     route_merge_t *m = req->merge;
-    static const char *const says[] = {[PART_APPLIED] = "applied their keys",
-                                       [PART_REFUSED] = "wrote nothing",
-                                       [PART_UNKNOWN] = "may or may not have written"};
+    static const char *const says[][2] = {
+        [PART_APPLIED] = {"applied their keys", "applied their fields"},
+        [PART_ACKED] = {"wrote their keys to Kafka, which acknowledged them (they will be "
+                        "applied)",
+                        "wrote their fields to Kafka, which acknowledged them (they will be "
+                        "applied)"},
+        [PART_REFUSED] = {"wrote nothing", "wrote nothing"},
+        [PART_UNKNOWN] = {"may or may not have written", "may or may not have written"}};
     const char *cmd = req->redis ? "the command" : kvs_msg_command_name(m->cmd);
-    char lists[3][200], why[160];
+    char lists[4][260], why[160];
     const char *msg = part_why(m, rs, u);
     uint32_t status = rs[u] != NULL ? rs[u]->status : m->failed[u], n = 0;
     if (status == 0) {
@@ -897,20 +913,22 @@ static void write_unknown(router_req_t *req, Kvs__CommandResponse **rs, const ui
         msg = why;
         status = KVS_STATUS_INTERNAL;
     }
-    int unknown = 0;
+    int has[PART_UNKNOWN + 1] = {0};
     for (uint8_t o = PART_APPLIED; o <= PART_UNKNOWN; o++) {
         char shards[160];
         if (shard_list(m, outcome, o, shards, sizeof(shards)) == 0)
             continue;
-        snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards,
-                 o == PART_APPLIED && req->redis ? "applied their fields" : says[o]);
-        unknown |= o == PART_UNKNOWN;
+        snprintf(lists[n++], sizeof(lists[0]), "%s %s", shards, says[o][req->redis != 0]);
+        has[o] = 1;
     }
-    char text[1200];
-    int len = snprintf(text, sizeof(text),
-                       "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s)", msg,
-                       cmd, m->nparts, lists[0], n > 1 ? ", " : "", n > 1 ? lists[1] : "",
-                       n > 2 ? ", " : "", n > 2 ? lists[2] : "");
+    /* Known, but only in part: written on some shards, not on others. */
+    int unknown =
+        has[PART_UNKNOWN] || (has[PART_REFUSED] && (has[PART_APPLIED] || has[PART_ACKED]));
+    char text[1400];
+    int len = snprintf(
+        text, sizeof(text), "%s (%s spans %u shards and is not atomic across them: %s%s%s%s%s%s%s)",
+        msg, cmd, m->nparts, lists[0], n > 1 ? ", " : "", n > 1 ? lists[1] : "", n > 2 ? ", " : "",
+        n > 2 ? lists[2] : "", n > 3 ? ", " : "", n > 3 ? lists[3] : "");
     kvs_buf_t tok; /* the positions of the parts that did answer */
     kvs_buf_init(&tok);
     merge_positions(req, &m->router->merge_arena, &tok);
@@ -1066,7 +1084,8 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
         merge_failed(req, "router out of memory");
         return;
     }
-    uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX, unknown = 0;
+    uint32_t applied = 0, refused = UINT32_MAX, failed = UINT32_MAX, unknown = 0,
+             acked = UINT32_MAX;
     for (uint32_t i = 0; i < m->nparts; i++) {
         rs[i] = m->failed[i] ? NULL
                              : kvs__command_response__unpack(&arena->pb, m->answers[i].len,
@@ -1074,21 +1093,26 @@ static void merge_write(router_req_t *req, kvs_arena_t *arena)
         outcome[i] = rs[i] == NULL
                          ? (m->failed[i] && m->tries[i].unsent ? PART_REFUSED : PART_UNKNOWN)
                      : rs[i]->status == KVS_STATUS_OK ? PART_APPLIED
+                     : part_will_apply(rs[i])         ? PART_ACKED
                      : part_may_have_written(rs[i])   ? PART_UNKNOWN
                                                       : PART_REFUSED;
         applied += outcome[i] == PART_APPLIED;
+        if (outcome[i] == PART_ACKED && acked == UINT32_MAX)
+            acked = i;
         unknown += outcome[i] == PART_UNKNOWN;
         if (outcome[i] == PART_REFUSED && refused == UINT32_MAX)
             refused = i;
         if ((outcome[i] == PART_UNKNOWN || rs[i] == NULL) && failed == UINT32_MAX)
             failed = i; /* sent with no answer, unsure, or not sent: its failure says why */
     }
-    /* Some shard silent or unsure, or none applied with one down: 503
-     * saying what is known of each. Shards down while others applied their
-     * keys: a 207 like any refusal, since a 503 without outcome_unknown
-     * says nothing was written. */
-    if (unknown > 0 || (failed != UINT32_MAX && applied == 0))
-        write_unknown(req, rs, outcome, failed);
+    /* Some shard silent or unsure, or none applied with one down, or some
+     * shard's keys acknowledged by Kafka and not applied yet (its answer
+     * has no previous values for a 207): 503 saying what is known of each.
+     * Shards down while others applied their keys: a 207 like any refusal,
+     * since a 503 without outcome_unknown or a position says nothing was
+     * written. */
+    if (unknown > 0 || acked != UINT32_MAX || (failed != UINT32_MAX && applied == 0))
+        write_unknown(req, rs, outcome, failed != UINT32_MAX ? failed : acked);
     else if (refused == UINT32_MAX)
         merge_keys(req, rs, arena);
     else if (applied == 0)
