@@ -81,4 +81,52 @@ static inline void kvs_signals_ignore(uv_signal_t *h, int sig)
     signal(sig, SIG_IGN);
 }
 
+/* A reload signal whose deliveries all ask for the same work (SIGHUP:
+ * read the config again). Each delivery (re)starts a zero timer whose run
+ * does the work, so deliveries that come together make one run, not one
+ * each. That matters while the work runs: reading a large config blocks
+ * the loop for a while, and the signals sent meanwhile are delivered
+ * together once it returns; they make one more run (the file may have
+ * changed after the read began), where each used to make its own and a
+ * burst of SIGHUPs kept the loop busy for as many reloads. */
+typedef struct kvs_reload_sig_s {
+    uv_signal_t sig;
+    uv_timer_t run;
+    void (*fn)(void *arg);
+    void *arg;
+} kvs_reload_sig_t;
+
+static inline void kvs_reload_sig_run(uv_timer_t *t)
+{
+    kvs_reload_sig_t *h = t->data;
+    h->fn(h->arg);
+}
+
+static inline void kvs_reload_sig_delivered(uv_signal_t *s, int signum)
+{
+    kvs_reload_sig_t *h = s->data;
+    (void)signum;
+    uv_timer_start(&h->run, kvs_reload_sig_run, 0, 0);
+}
+
+/* Handles `sig` on `loop`: fn(arg) runs once for each batch of deliveries. */
+static inline void kvs_reload_sig_start(uv_loop_t *loop, kvs_reload_sig_t *h, int sig,
+                                        void (*fn)(void *), void *arg)
+{
+    h->fn = fn;
+    h->arg = arg;
+    uv_signal_init(loop, &h->sig);
+    uv_timer_init(loop, &h->run);
+    h->sig.data = h->run.data = h;
+    uv_signal_start(&h->sig, kvs_reload_sig_delivered, sig);
+}
+
+/* The shutdown: a run not yet made is dropped, and `sig` is ignored for
+ * good (kvs_signals_ignore). */
+static inline void kvs_reload_sig_stop(kvs_reload_sig_t *h, int sig)
+{
+    kvs_signals_ignore(&h->sig, sig);
+    uv_timer_stop(&h->run);
+}
+
 #endif

@@ -102,7 +102,8 @@ typedef struct node_main_s {
     kvs_shardstate_t *state; /* the state page routers read; NULL if it cannot be had */
     kvs_lmdb_ident_t last;   /* the files the last worker had, as its page says */
     int had_last;            /* ... if it said */
-    uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigterm, sigint;
+    kvs_reload_sig_t sighup;
     node_bootstrap_t *boot; /* the snapshot copy while it runs, else NULL */
     kvs_tls_ctx_t *tls;     /* tls.node, for the TCP listener; or NULL */
     kvs_auth_t *auth;       /* users, or NULL */
@@ -377,7 +378,7 @@ static void on_drain_timeout(uv_timer_t *t)
  * reads are answered at once. */
 static void begin_shutdown(node_main_t *m)
 {
-    kvs_signals_ignore(&m->sighup, SIGHUP); /* changes nothing now, never kills */
+    kvs_reload_sig_stop(&m->sighup, SIGHUP); /* changes nothing now, never kills */
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
@@ -638,11 +639,10 @@ static int reload_config(node_main_t *m)
 /* SIGHUP (the master passes it on once its own check accepted the file):
  * the config file's live keys, then the TLS material of tls.node. A
  * refused reload changes neither. */
-static void on_sighup(uv_signal_t *h, int signum)
+static void on_sighup(void *arg)
 {
-    node_main_t *m = h->data;
+    node_main_t *m = arg;
     char err[600];
-    (void)signum;
     if (m->signals > 0)
         return; /* shutting down */
     if (reload_config(m) != 0 || m->tls == NULL)
@@ -672,9 +672,7 @@ static void watch_stop_signals(node_main_t *m)
 
 static void watch_sighup(node_main_t *m)
 {
-    uv_signal_init(m->loop, &m->sighup);
-    m->sighup.data = m;
-    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    kvs_reload_sig_start(m->loop, &m->sighup, SIGHUP, on_sighup, m);
 }
 
 /* ---- main --------------------------------------------------------------------- */

@@ -129,7 +129,8 @@ typedef struct router_main_s {
     const char *reload_from; /* --reload-from: the text a reload reads (the master's), or NULL */
     const char *print;       /* --print: the config key to print, or NULL */
     int next; /* --next: a membership change's new generation (router_t.admin_next) */
-    uv_signal_t sigterm, sigint, sighup, sigusr2;
+    uv_signal_t sigterm, sigint, sigusr2;
+    kvs_reload_sig_t sighup;
     uv_timer_t timer;       /* drain deadline */
     uv_timer_t beat;        /* the heartbeat to the master, once listening */
     uint64_t beat_every_ms; /* its interval now; 0: not beating */
@@ -433,7 +434,7 @@ static void shutdown_begin(router_main_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    kvs_signals_ignore(&m->sighup, SIGHUP); /* ignored, never fatal */
+    kvs_reload_sig_stop(&m->sighup, SIGHUP); /* ignored, never fatal */
     kvs_signals_ignore(&m->sigusr2, SIGUSR2);
     uv_timer_start(&m->timer, on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
     m->r.on_drained = on_drained;
@@ -545,10 +546,9 @@ static int reload_config(router_main_t *m)
 
 /* SIGHUP: the config's live keys, then the TLS material. A refused
  * reload changes neither. */
-static void on_sighup(uv_signal_t *h, int signum)
+static void on_sighup(void *arg)
 {
-    router_main_t *m = h->data;
-    (void)signum;
+    router_main_t *m = arg;
     if (m->shutting_down)
         return;
     /* Reading the file may take a while (up to 64 MiB): the master is told,
@@ -612,12 +612,11 @@ static int router_start(router_main_t *m)
     int rc = kvs_flusher_init(&r->flusher, r->loop, on_flush, r);
     uv_signal_init(r->loop, &m->sigterm);
     uv_signal_init(r->loop, &m->sigint);
-    uv_signal_init(r->loop, &m->sighup);
     uv_signal_init(r->loop, &m->sigusr2);
-    m->sigterm.data = m->sigint.data = m->sighup.data = m->sigusr2.data = m;
+    m->sigterm.data = m->sigint.data = m->sigusr2.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
-    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    kvs_reload_sig_start(r->loop, &m->sighup, SIGHUP, on_sighup, m);
     uv_signal_start(&m->sigusr2, on_sigusr2, SIGUSR2);
     kvs_signals_release(r->loop, SIGHUP, SIGUSR2); /* a SIGHUP that came meanwhile now reloads */
     uv_timer_init(r->loop, &m->timer);

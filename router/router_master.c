@@ -78,7 +78,7 @@ void router_master_shutdown_begin(master_t *m, int exit_code)
     if (m->shutting_down)
         return;
     m->shutting_down = 1;
-    kvs_signals_ignore(&m->sighup, SIGHUP); /* ignored from now on, never fatal */
+    kvs_reload_sig_stop(&m->sighup, SIGHUP); /* ignored from now on, never fatal */
     kvs_signals_ignore(NULL, SIGUSR2);
     uv_timer_stop(&m->timer);
     uv_timer_stop(&m->live_timer); /* nobody is killed for a slow drain */
@@ -136,11 +136,10 @@ static void on_signal(uv_signal_t *h, int signum)
  * failed they still run the map the router processes route by. A SIGHUP
  * during a change is refused (reload_busy) without a word to systemd: the
  * change's RELOADING=1 holds until its READY=1. */
-static void on_sighup(uv_signal_t *h, int signum)
+static void on_sighup(void *arg)
 {
-    master_t *m = h->data;
+    master_t *m = arg;
     int map = 0;
-    (void)signum;
     if (m->shutting_down)
         return;
     int notify = m->ready && !m->changing;
@@ -245,11 +244,10 @@ static void master_signals(master_t *m)
 {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
-    uv_signal_init(m->loop, &m->sighup);
-    m->sigterm.data = m->sigint.data = m->sighup.data = m;
+    m->sigterm.data = m->sigint.data = m;
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
-    uv_signal_start(&m->sighup, on_sighup, SIGHUP);
+    kvs_reload_sig_start(m->loop, &m->sighup, SIGHUP, on_sighup, m);
     kvs_signals_ignore_stray(1); /* SIGUSR2 is for router processes */
     /* a SIGHUP that came while the master started now reloads */
     kvs_signals_release(m->loop, SIGHUP, SIGUSR2);

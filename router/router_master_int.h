@@ -10,6 +10,7 @@
 #define ROUTER_MASTER_INT_H
 
 #include "kvs_config.h"
+#include "kvs_signals.h"
 #include "router_liveness.h"
 #include "router_probe.h"
 #include "router_procs.h"
@@ -84,7 +85,8 @@ struct master_s {
     int next_config_fd;
     uint32_t n_retiring; /* workers of shards no longer local, not yet exited */
     uint64_t changes[2]; /* membership changes: done, failed */
-    uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigterm, sigint;
+    kvs_reload_sig_t sighup;
     uv_timer_t timer;          /* readiness deadline, at start and for a membership change */
     uv_timer_t live_timer;     /* checks the serving router processes' heartbeats */
     uint64_t live_timeout_ms;  /* the router.liveness_timeout it checks with; 0: off */
