@@ -4,6 +4,7 @@
  */
 #include "kvs_record.h"
 
+#include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,13 +74,25 @@ size_t kvs_record_size(size_t klen, size_t plen)
 
 size_t kvs_record_max(const kvs_config_t *cfg)
 {
-    for (size_t i = cfg->n_kafka_properties; i-- > 0;) /* the last one set wins */
-        if (strcmp(cfg->kafka_properties[i].key, "message.max.bytes") == 0) {
-            char *end;
-            unsigned long long n = strtoull(cfg->kafka_properties[i].value, &end, 10);
-            return end != cfg->kafka_properties[i].value ? (size_t)n : KVS_RECORD_MAX_DEFAULT;
-        }
-    return KVS_RECORD_MAX_DEFAULT;
+    /* librdkafka reads the value its own way (any base, trailing text
+     * ignored, a range of its own): it is asked, so the router's check is
+     * the producer's. */
+    const char *set = NULL;
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) /* the last one set wins */
+        if (strcmp(cfg->kafka_properties[i].key, "message.max.bytes") == 0)
+            set = cfg->kafka_properties[i].value;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char errstr[256], value[32] = "";
+    size_t n = sizeof(value);
+    size_t max = KVS_RECORD_MAX_DEFAULT;
+    if (conf != NULL &&
+        (set == NULL || rd_kafka_conf_set(conf, "message.max.bytes", set, errstr, sizeof(errstr)) ==
+                            RD_KAFKA_CONF_OK) &&
+        rd_kafka_conf_get(conf, "message.max.bytes", value, &n) == RD_KAFKA_CONF_OK)
+        max = (size_t)strtoull(value, NULL, 10);
+    if (conf != NULL)
+        rd_kafka_conf_destroy(conf);
+    return max; /* a value librdkafka refuses stops the worker's producer */
 }
 
 void kvs_record_too_large(size_t size, size_t max, char *msg, size_t mlen)

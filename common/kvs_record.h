@@ -42,7 +42,8 @@ void kvs_record_format_refusal(const kvs_binding_t *b, const Kvs__Value *v, cons
  * most a record's framing may take. */
 size_t kvs_record_size(size_t klen, size_t plen);
 
-/* message.max.bytes as kafka.properties sets it, or librdkafka's default. */
+/* message.max.bytes as kafka.properties sets it, read by librdkafka, or
+ * its default. Costs a librdkafka configuration: call it once per config. */
 size_t kvs_record_max(const kvs_config_t *cfg);
 
 /* The 413 for a record of `size` bytes past `max`. */

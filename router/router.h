@@ -75,6 +75,7 @@ struct router_s {
     uint64_t admin_ino;
     int admin_next;
     uint32_t proc_index;       /* this router process's index (router_procs.h) */
+    size_t record_max;         /* the producers' message.max.bytes (kvs_record_max); 0: default */
     uint32_t n_procs;          /* router.processes, resolved */
     uint64_t id_base;          /* client ids and HSCAN cursor numbers: id_base | counter */
     uint64_t listen_inodes[2]; /* the listeners' sockets: router.listen, resp_listen */

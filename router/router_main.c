@@ -90,6 +90,7 @@
 #include "kvs_fs.h"
 #include "kvs_log.h"
 #include "kvs_plugins.h"
+#include "kvs_record.h"
 #include "kvs_signals.h"
 #include "kvs_testhook.h"
 #include "router.h"
@@ -681,6 +682,7 @@ static int load_config(router_main_t *m, kvs_config_t **cfg)
     kvs_log_set_format((*cfg)->log_format);
     router_procs_share(*cfg, (uint32_t)m->index, (uint32_t)m->n_procs);
     m->r.cfg = m->cfg = *cfg;
+    m->r.record_max = kvs_record_max(*cfg); /* kafka.properties never change live */
     m->start_time = kvs_metrics_unix_now();
     m->r.proc_index = (uint32_t)m->index;
     m->r.admin_next = m->next;

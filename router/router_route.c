@@ -2079,22 +2079,27 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
  * any part is sent, so other shards write none of their keys. Returns 1
  * once `req` is finished. */
 static int record_refused(router_req_t *req, const kvs_binding_t *b, const Kvs__Kvpair *pair,
-                          size_t i, size_t record_max)
+                          size_t i)
 {
     char msg[700], where[64];
     const uint8_t *payload;
-    size_t len;
-    snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
+    size_t len, max = req->router->record_max ? req->router->record_max : KVS_RECORD_MAX_DEFAULT;
+    if (req->redis) /* HSET's fields and values: the i-th value */
+        snprintf(where, sizeof(where), "value %zu", i + 1);
+    else
+        snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
     if (!kvs_record_payload(b, pair->value, &payload, &len)) {
         kvs_record_format_refusal(b, pair->value, where, msg, sizeof(msg));
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, "%s", msg);
         return 1;
     }
     size_t size = kvs_record_size(pair->key.len, len);
-    if (size <= record_max)
+    if (size <= max)
         return 0;
-    kvs_record_too_large(size, record_max, msg, sizeof(msg));
-    router_req_finish_status(req, KVS_STATUS_TOO_LARGE, "Hmset.pairs[%zu]: %s", i, msg);
+    kvs_record_too_large(size, max, msg, sizeof(msg));
+    if (!req->redis)
+        where[strlen(where) - 6] = '\0'; /* "Hmset.pairs[i]: value is too large" */
+    router_req_finish_status(req, KVS_STATUS_TOO_LARGE, "%s: %s", where, msg);
     return 1;
 }
 
@@ -2126,11 +2131,10 @@ static int plan_write(router_t *r, router_req_t *req, const Kvs__CommandRequest 
     uint64_t *weight = known + m->nparts, *news = weight + m->nparts, *whole = news + m->nparts;
     memset(known, 0, 4 * m->nparts * sizeof(*known));
     size_t pair_max = kvs_msg_pair_max(r->cfg->max_frame), keybytes = 0;
-    size_t record_max = b != NULL && hmset ? kvs_record_max(r->cfg) : 0;
     for (size_t i = 0; i < m->nkeys; i++) {
         const ProtobufCBinaryData *k = nth_key(q, i);
         size_t v = hmset ? kvs__value__get_packed_size(q->hmset->pairs[i]->value) : 0;
-        if (record_max > 0 && record_refused(req, b, q->hmset->pairs[i], i, record_max))
+        if (b != NULL && hmset && record_refused(req, b, q->hmset->pairs[i], i))
             return -1;
         if (k->len + v > pair_max) {
             router_req_finish_status(req, KVS_STATUS_TOO_LARGE,

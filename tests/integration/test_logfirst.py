@@ -796,11 +796,16 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         # value too large for Kafka, or of a kind the format cannot carry,
         # the other shard wrote its keys and the answer was 207. The router
         # checks every key before it sends any part: 413 or 400, naming
-        # the key's place in the request, nothing produced.
+        # the key's place in the request, nothing produced. It reads
+        # message.max.bytes as librdkafka does (here in hex).
+        import redis
+        from routertest import free_port
         parts, most = 2, 4000
         m = self.mock({"rw": parts, "st": parts})
+        rport = free_port()
         r = self.router(m, [("rw", "raws", "raw", parts), ("st", "strs", "string", parts)],
-                        shards=2, properties={"message.max.bytes": str(most)})
+                        shards=2, properties={"message.max.bytes": hex(most)},
+                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
         (a,) = keys_in_partition(0, parts, 1, "a")
         (b,) = keys_in_partition(1, parts, 1, "b")
         with r.client() as c:
@@ -818,6 +823,11 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             self.assertIn("Hmset.pairs[1].value is binary_value, but table \"strs\" is bound to "
                           "topic st with format: string", resp.message)
             self.assertEqual(c.hget("strs", a).status, 404)
+        rc = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=30)
+        self.addCleanup(rc.close)
+        with self.assertRaisesRegex(redis.ResponseError, r"^value 2: value is too large for "
+                                    r"Kafka: .*message.max.bytes \(4000\)"):
+            rc.hset("raws", mapping={a: b"small", b: b"x" * 5000})
         self.assertEqual(sorted(k for _, _, k, _, _ in read_topic(m.bootstrap, "rw", parts)),
                          sorted([a, b]))
         self.assertEqual(read_topic(m.bootstrap, "st", parts), [])

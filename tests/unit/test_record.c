@@ -73,6 +73,14 @@ KVS_TEST(max_follows_the_properties)
     CHECK(kvs_record_max(&cfg) == 2000000);
     cfg.n_kafka_properties = 1;
     CHECK(kvs_record_max(&cfg) == 1000000);
+    /* read as librdkafka reads it: any base, trailing text ignored */
+    cfg.n_kafka_properties = 2;
+    props[1].value = "0x7d0";
+    CHECK(kvs_record_max(&cfg) == 2000);
+    props[1].value = "010000";
+    CHECK(kvs_record_max(&cfg) == 4096);
+    props[1].value = "5000.5";
+    CHECK(kvs_record_max(&cfg) == 5000);
 }
 
 KVS_TEST_MAIN(KVS_CASE(each_format_carries_its_kinds),
