@@ -45,7 +45,6 @@ typedef struct reg_s {
 } reg_t;
 
 typedef struct loaded_s {
-    int fd; /* the file loaded, open while it is: see open_one */
     void *dl;
     const kvs_plugin_t *plugin;
     void *state;
@@ -108,58 +107,145 @@ __attribute__((format(printf, 3, 4))) static int plugin_error(char *err, size_t 
 /* Whoever may write a directory on the way to the plugin may put another
  * file in its place: one every user may write (without the sticky bit,
  * which keeps others' entries theirs) is refused, one its group may write
- * is said. `dir` is a resolved path (no symbolic links); each of its
- * ancestors is checked up to "/". */
-static int check_dirs(const char *dir, const char *where, const char *name, char *err,
-                      size_t errlen)
+ * is said. `dir` is a path without symbolic links. */
+static int check_dir(const char *dir, const struct stat *st, const char *where, const char *name,
+                     char *err, size_t errlen)
 {
-    char d[4200];
-    snprintf(d, sizeof(d), "%s", dir);
-    for (;;) {
-        struct stat st;
-        if (stat(d[0] ? d : "/", &st) == 0 && !(st.st_mode & S_ISVTX)) {
-            if (st.st_mode & S_IWOTH)
-                return plugin_error(err, errlen,
-                                    "%s: %s is in %s, a directory every user may write to (mode "
-                                    "%04o): any of them could put their code in its place; chmod "
-                                    "o-w it, or add the sticky bit",
-                                    where, name, d[0] ? d : "/", (unsigned)(st.st_mode & 07777));
-            if (st.st_mode & S_IWGRP)
-                kvs_warn("%s: %s is in %s, a directory its group may write to (mode %04o), whose "
-                         "members may put other code in its place; chmod g-w it unless that is "
-                         "meant",
-                         where, name, d[0] ? d : "/", (unsigned)(st.st_mode & 07777));
+    if (st->st_mode & S_ISVTX)
+        return 0;
+    if (st->st_mode & S_IWOTH)
+        return plugin_error(err, errlen,
+                            "%s: %s is in %s, a directory every user may write to (mode %04o): "
+                            "any of them could put their code in its place; chmod o-w it, or add "
+                            "the sticky bit",
+                            where, name, dir, (unsigned)(st->st_mode & 07777));
+    if (st->st_mode & S_IWGRP)
+        kvs_warn("%s: %s is in %s, a directory its group may write to (mode %04o), whose members "
+                 "may put other code in its place; chmod g-w it unless that is meant",
+                 where, name, dir, (unsigned)(st->st_mode & 07777));
+    return 0;
+}
+
+#define WALK_LINKS 40 /* the kernel's own limit on links in one lookup */
+
+/* Resolves `path` as the kernel would, one name at a time, into `out` (a
+ * path without symbolic links), checking every directory it goes
+ * through with check_dir: each one above the file, above every link on
+ * the way and above what each link leads to (for a relative path, the
+ * working directory and each one above it too). A path that cannot be
+ * walked (too long, a loop of links, a name that cannot be looked at) is
+ * refused: what was not checked does not run. */
+static int walk_checked(const char *path, char *out, size_t outlen, const char *where,
+                        const char *name, char *err, size_t errlen)
+{
+    char cur[PATH_MAX], todo[2 * PATH_MAX], next[PATH_MAX], link[PATH_MAX];
+    struct stat st;
+    size_t n = 0;
+    const char *why = NULL;
+    int links = 0;
+    if (path[0] != '/' && getcwd(cur, sizeof(cur)) == NULL)
+        why = strerror(errno);
+    else if (path[0] == '/')
+        cur[0] = '\0'; /* "" is the root */
+    if (why == NULL && strlen(path) >= sizeof(todo))
+        why = strerror(ENAMETOOLONG);
+    if (why == NULL) {
+        snprintf(todo, sizeof(todo), "%s", path);
+        /* The directories above the start: the root, then down to it. */
+        char up[PATH_MAX];
+        snprintf(up, sizeof(up), "%s", cur);
+        for (size_t i = 0;; i++) {
+            if (up[i] != '/' && up[i] != '\0')
+                continue;
+            char c = up[i];
+            up[i] = '\0';
+            if (stat(i == 0 ? "/" : up, &st) != 0) {
+                why = strerror(errno);
+                break;
+            }
+            int rc = check_dir(i == 0 ? "/" : up, &st, where, name, err, errlen);
+            if (rc != 0)
+                return rc;
+            up[i] = c;
+            if (c == '\0')
+                break;
         }
-        char *slash = strrchr(d, '/');
-        if (slash == NULL || d[0] == '\0')
-            return 0;
-        *slash = '\0'; /* "/usr/lib" -> "/usr" -> "" (the root) */
     }
+    char *p = todo;
+    while (why == NULL && *p != '\0') {
+        while (*p == '/')
+            p++;
+        char *end = strchr(p, '/');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *rest = end ? end : p + len;
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            p = (char *)rest;
+            continue;
+        }
+        if (len == 2 && p[0] == '.' && p[1] == '.') { /* cur has no links: its parent is plain */
+            char *slash = strrchr(cur, '/');
+            if (slash != NULL)
+                *slash = '\0';
+            p = (char *)rest;
+            continue;
+        }
+        n = strlen(cur);
+        if (n + 1 + len >= sizeof(next)) {
+            why = strerror(ENAMETOOLONG);
+            break;
+        }
+        memcpy(next, cur, n);
+        next[n] = '/';
+        memcpy(next + n + 1, p, len);
+        next[n + 1 + len] = '\0';
+        if (lstat(next, &st) != 0) {
+            why = strerror(errno);
+            break;
+        }
+        if (S_ISLNK(st.st_mode)) { /* go on with what it names, then the rest */
+            ssize_t got = readlink(next, link, sizeof(link) - 1);
+            size_t k = got > 0 ? (size_t)got : 0, tail = strlen(rest);
+            if (++links > WALK_LINKS)
+                why = strerror(ELOOP);
+            else if (got <= 0)
+                why = strerror(got < 0 ? errno : ENOENT);
+            else if (k + tail + 1 > sizeof(todo))
+                why = strerror(ENAMETOOLONG);
+            if (why != NULL)
+                break;
+            memmove(todo + k, rest, tail + 1); /* rest lies in todo */
+            memcpy(todo, link, k);
+            p = todo;
+            if (link[0] == '/')
+                cur[0] = '\0';
+            continue;
+        }
+        memcpy(cur, next, n + 1 + len + 1);
+        p = (char *)rest;
+        while (*p == '/')
+            p++;
+        if (*p != '\0' && S_ISDIR(st.st_mode)) { /* a directory the file is below */
+            int rc = check_dir(cur, &st, where, name, err, errlen);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    if (why != NULL) /* the reason first: a path this long would hide it */
+        return plugin_error(err, errlen,
+                            "%s: cannot check the directories on the way to the plugin (%s), so "
+                            "it is not loaded: %s",
+                            where, why, name);
+    snprintf(out, outlen, "%s", cur[0] ? cur : "/");
+    return 0;
 }
 
-/* The directory part of `path`, resolved, checked with check_dirs. A path
- * that does not resolve is left to the open that follows. */
-static int check_dir_of(const char *path, const char *where, const char *name, char *err,
-                        size_t errlen)
-{
-    char dir[4200], real[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL)
-        return 0;
-    if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    if (realpath(dir, real) == NULL)
-        return 0;
-    return check_dirs(strcmp(real, "/") == 0 ? "" : real, where, name, err, errlen);
-}
-
-/* Opens entry `i` and checks that it is a plugin of our ABI. The checks
- * are made on the file opened, and dlopen loads that open file (through
- * /proc/self/fd), so the code that runs is the file checked, even if the
- * path is changed meanwhile. */
+/* Opens entry `i` and checks that it is a plugin of our ABI. The path is
+ * resolved one name at a time, every directory on the way checked
+ * (walk_checked), and what is loaded is the resolved path, so the
+ * checked file is the one that runs unless someone the checks trust
+ * swaps it. (Loading through /proc/self/fd would close even that, but a
+ * plugin's $ORIGIN would then be /proc/self/fd: the libraries it ships
+ * beside itself would not be found.) */
 static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *where, char *err,
                     size_t errlen)
 {
@@ -170,15 +256,15 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
      * process (and every worker) until some writer came, and opening a
      * device may do something. So the path is stat'ed before it is opened
      * (without blocking), and what was opened is checked again. */
-    struct stat st;
+    struct stat st, at;
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
         return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
                             kvs_fs_kind(st.st_mode));
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return plugin_error(err, errlen,
-                            "%s cannot be loaded: %s: cannot open shared object file: %s",
-                            where, pc->path, strerror(errno));
+                            "%s cannot be loaded: %s: cannot open shared object file: %s", where,
+                            pc->path, strerror(errno));
     int rc = 0;
     if (fstat(fd, &st) != 0)
         rc = plugin_error(err, errlen, "%s cannot be loaded: %s: %s", where, pc->path,
@@ -199,31 +285,21 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
             kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the "
                      "code kvs runs; chmod g-w it unless that is meant",
                      where, pc->path, (unsigned)(st.st_mode & 07777));
-        rc = check_dir_of(path, where, pc->path, err, errlen); /* a link's own directory */
-        if (rc == 0 && realpath(path, real) != NULL && strcmp(real, path) != 0)
-            rc = check_dir_of(real, where, pc->path, err, errlen); /* where it leads */
+        rc = walk_checked(path, real, sizeof(real), where, pc->path, err, errlen);
     }
-    if (rc != 0) {
-        close(fd);
+    close(fd);
+    if (rc != 0)
         return rc;
-    }
-    /* The descriptor stays open while the plugin is loaded: the dynamic
-     * loader knows a loaded object by the name it was opened under, and a
-     * later plugin opened on the same descriptor number would be taken for
-     * this one. */
-    char self[64];
-    snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
-    l->fd = fd;
+    /* The walk's path must still name the file checked. */
+    if (stat(real, &at) != 0 || at.st_dev != st.st_dev || at.st_ino != st.st_ino)
+        return plugin_error(err, errlen, "%s: %s changed while it was checked; not loaded", where,
+                            pc->path);
     dlerror();
-    l->dl = dlopen(self, RTLD_NOW | RTLD_LOCAL);
+    l->dl = dlopen(real, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {
         const char *why = dlerror();
-        size_t n = strlen(self);
-        if (why == NULL)
-            why = "unknown error";
-        else if (strncmp(why, self, n) == 0 && strncmp(why + n, ": ", 2) == 0)
-            why += n + 2; /* "/proc/self/fd/7: invalid ELF header": the config's path instead */
-        return plugin_error(err, errlen, "%s cannot be loaded: %s: %s", where, pc->path, why);
+        return plugin_error(err, errlen, "%s cannot be loaded: %s", where,
+                            why ? why : "unknown error");
     }
     l->plugin = dlsym(l->dl, KVS_PLUGIN_SYMBOL);
     if (l->plugin == NULL)
@@ -251,7 +327,6 @@ static int load_one(kvs_plugins_t *p, const kvs_config_t *cfg, size_t i, const c
 {
     const kvs_plugin_conf_t *pc = &cfg->plugins[i];
     loaded_t *l = &p->loaded[p->n_loaded++];
-    l->fd = -1;
     char where[4400], why[512] = "";
     if (pc->line > 0)
         snprintf(where, sizeof(where), "%s:%u:%u: plugins[%zu]", cfg->path, pc->line, pc->column,
@@ -332,8 +407,6 @@ void kvs_plugins_free(kvs_plugins_t *p)
             l->plugin->fini(l->state);
         if (l->dl != NULL)
             dlclose(l->dl);
-        if (l->fd >= 0)
-            close(l->fd);
     }
     free(p->loaded);
     free(p);

@@ -1000,9 +1000,14 @@ class PluginTest(RouterTestCase):
         os.chmod(os.path.join(open_dir, "deny.so"), 0o644)
         refused = "a directory every user may write to (mode 0777): any of them could put " \
                   "their code in its place; chmod o-w it, or add the sticky bit"
+        os.symlink(safe, os.path.join(open_dir, "dirlink"))
+        os.symlink(so, os.path.join(open_dir, "l2"))
+        os.symlink(os.path.join(open_dir, "l2"), os.path.join(safe, "l1"))
         cases = [(0o777, os.path.join(open_dir, "deny.so"), 78),
                  (0o777, link_in_open, 78),   # the link can be replaced
                  (0o777, link_to_open, 78),   # what it leads to can be
+                 (0o777, os.path.join(open_dir, "dirlink", "deny.so"), 78),  # a link to a dir
+                 (0o777, os.path.join(safe, "l1"), 78),  # a link on the way of a link
                  (0o1777, os.path.join(open_dir, "deny.so"), 0),
                  (0o775, os.path.join(open_dir, "deny.so"), 0)]
         for mode, path, status in cases:
@@ -1026,6 +1031,51 @@ class PluginTest(RouterTestCase):
                 with r.client() as c:
                     self.assertEqual(c.hset("ro_t", "k", 1).status, 403)
                 r.close()
+
+    def test_a_plugin_whose_directories_cannot_be_checked_is_refused(self):
+        # The file opens, but the path it resolves to is longer than the
+        # walk that checks its directories can follow: refused, not loaded
+        # unchecked.
+        top = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, top, True)
+        comp, chain = "d" * 200, []
+        fd = os.open(top, os.O_RDONLY)
+        for _ in range(21):  # 21 x 201 bytes: past PATH_MAX once resolved
+            os.mkdir(comp, 0o755, dir_fd=fd)
+            nfd = os.open(comp, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            chain.append(comp)
+        with open("%s/test_deny_writes.so" % PLUGINS, "rb") as f:
+            data = f.read()
+        out = os.open("deny.so", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+        os.close(fd)
+        os.symlink(os.path.join(top, *chain[:15]), os.path.join(top, "s"))
+        path = os.path.join(top, "s", *chain[15:], "deny.so")
+        r = self.router(shards=1, start=False)
+        with open(r.config, "a") as f:
+            f.write('plugins: ["%s"]\n' % path)
+        p = r.spawn()
+        self.assertEqual(p.wait(WAIT), 78, r.stderr())
+        self.assertIn("plugins[0]: cannot check the directories on the way to the plugin (File "
+                      "name too long), so it is not loaded: %s" % path[:100], r.stderr())
+
+    def test_a_plugin_finds_the_libraries_beside_it(self):
+        # A plugin linked with RUNPATH $ORIGIN finds the libraries it ships
+        # in its own directory (the loader sees its real path).
+        d = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, d, True)
+        for name in ("test_origin.so", "libtest_origin_helper.so"):
+            shutil.copy(os.path.join(PLUGINS, name), d)
+        r = self.router(shards=1, start=False)
+        with open(r.config, "a") as f:
+            f.write('plugins: ["%s/test_origin.so"]\n' % d)
+        r.start()
+        self.assertIn("origin: helper found beside the plugin", r.stderr())
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
 
 
 class ReloadTest(RouterTestCase):
