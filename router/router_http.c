@@ -35,8 +35,9 @@
  * of a message, which is then delivered as one "frame". Anything that is
  * not a well-formed request gets its 4xx: 400 for what the parser refuses
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
- * for another method, 414 for a URL over HTTP_MAX_URL bytes, 505 for a
- * version other than HTTP/1.0 and 1.1 (a request line without one, too).
+ * for another method, 501 for a method HTTP does not define, 414 for a URL
+ * over HTTP_MAX_URL bytes, 505 for a version other than HTTP/1.0 and 1.1
+ * (a request line without one, too).
  *
  * A scrape is handed to the owner's callback (the master's router_scrape,
  * which collects the families of every process of the node) with a token;
@@ -237,18 +238,20 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
     http_conn_t *hc = state;
     if (hc->error)
         return -1;
-    if (!hc->complete && len > hc->fed) {
-        size_t n =
-            http_parser_execute(&hc->parser, &settings, (const char *)p + hc->fed, len - hc->fed);
-        hc->fed += n;
+    if (!hc->complete && len > hc->fed && hc->fed <= max) {
+        /* The parser sees at most one byte past the bound, so what it has
+         * read when the bound is passed says where: in the URL, in the
+         * headers, or in the body. */
+        size_t room = max + 1 - hc->fed, n = len - hc->fed < room ? len - hc->fed : room;
+        hc->fed += http_parser_execute(&hc->parser, &settings, (const char *)p + hc->fed, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&hc->parser);
         if (!hc->complete && (e != HPE_OK || hc->parser.upgrade)) {
-            hc->error = 400;
+            hc->error = e == HPE_INVALID_METHOD ? 501 : 400; /* a method HTTP has not */
             return -1;
         }
     }
     if (hc->fed > max || (!hc->complete && len > max)) { /* this request passes the bound */
-        hc->error = hc->headers_done && hc->head_bytes <= max ? 413 : 431;
+        hc->error = hc->headers_done ? 413 : hc->url_too_long ? 414 : 431;
         return -1;
     }
     if (hc->complete) {
@@ -277,6 +280,8 @@ static const char *reason(int status)
         return "URI Too Long";
     case 431:
         return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
     case 503:
         return "Service Unavailable";
     case 505:
@@ -391,6 +396,10 @@ static void on_conn_error(kvs_conn_t *c, int err)
     hc->keep_alive = 0;
     if (err == KVS_EPROTO && hc->error == 431)
         respond_text(hc, 431, "the request headers are too large\n", NULL);
+    else if (err == KVS_EPROTO && hc->error == 414)
+        respond_text(hc, 414, "the URL is too long\n", NULL);
+    else if (err == KVS_EPROTO && hc->error == 501)
+        respond_text(hc, 501, "only GET is served, on /metrics\n", NULL);
     else if (err == KVS_EPROTO && hc->error == 413)
         respond_text(hc, 413, "the request is too large\n", NULL);
     else if (err == KVS_EPROTO)

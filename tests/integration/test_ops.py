@@ -189,9 +189,20 @@ class MetricsTest(MetricsCase):
         self.assertEqual(http_get(p, "/metrics", method="POST")[0], 405)
         self.assertEqual(http_get(p, "/metrics?x=1")[0], 200)  # a query string is fine
         self.assertEqual(raw_http(p, b"BREW /metrics HTCPCP/1.0\r\n\r\n"),
+                         "HTTP/1.1 501 Not Implemented")  # a method HTTP does not define
+        self.assertEqual(raw_http(p, b"FOOBAR /metrics HTTP/1.1\r\n\r\n"),
+                         "HTTP/1.1 501 Not Implemented")
+        self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
                          "HTTP/1.1 400 Bad Request")
         self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"),
                          "HTTP/1.1 431 Request Header Fields Too Large")
+        # Many small headers: their names and values alone are under the
+        # bound, the header section is not (it was answered 413).
+        self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\n" + b"X: a\r\n" * 2000 + b"\r\n"),
+                         "HTTP/1.1 431 Request Header Fields Too Large")
+        # A URL past the whole request's bound is still a URL too long.
+        self.assertEqual(raw_http(p, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"),
+                         "HTTP/1.1 414 URI Too Long")
         self.assertEqual(raw_http(p, b"POST /metrics HTTP/1.1\r\nContent-Length: 9000\r\n\r\n"
                                   + b"a" * 9000), "HTTP/1.1 413 Content Too Large")
         self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
