@@ -34,6 +34,7 @@
 #include "router_notify.h"
 #include "router_ports.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +213,30 @@ static void on_router_line(void *arg, uint32_t index, const char *line)
     }
 }
 
+/* A child that crashed, or exited with an error, while the node stopped
+ * (`what` and `n` name it). Its data is safe (LMDB commits are whole; a
+ * router process holds none), but a stop that was not clean must not look
+ * like one to whoever runs the node (systemd, a script): kvs-router then
+ * exits 1, its last line naming the child. The stop's own signals are not
+ * that: SIGTERM, and the SIGKILL of the grace period (logged). EX_CONFIG
+ * has its own message (on_worker_event). */
+static void stopped_unclean(master_t *m, const char *what, uint32_t n, int64_t status, int sig)
+{
+    if (sig == SIGTERM || sig == SIGKILL || (sig == 0 && (status == 0 || status == EX_CONFIG)))
+        return;
+    if (m->final_msg[0] == '\0' && sig != 0)
+        snprintf(m->final_msg, sizeof(m->final_msg),
+                 "stopped, but %s %u was killed by signal %d (%s) while the node stopped; its "
+                 "data is safe, see its errors above",
+                 what, n, sig, strsignal(sig));
+    else if (m->final_msg[0] == '\0')
+        snprintf(m->final_msg, sizeof(m->final_msg),
+                 "stopped, but %s %u exited with status %lld while the node stopped; its data is "
+                 "safe, see its errors above",
+                 what, n, (long long)status);
+    router_master_shutdown_begin(m, 1); /* only raises the exit status now */
+}
+
 /* A router process started or exited (router_supervisor logged it). */
 static void on_router_event(void *arg, uint32_t index, int running, int64_t status, int sig)
 {
@@ -227,6 +252,8 @@ static void on_router_event(void *arg, uint32_t index, int running, int64_t stat
         g->listening[index] = 0;
         g->n_listening--;
     }
+    if (m->shutting_down)
+        stopped_unclean(m, "router", index, status, sig);
     if (m->shutting_down || g->stopping)
         return;
     const char *why = router_sup_report(g->sup, index);
@@ -281,6 +308,8 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
         m->worker_restarts[shard]++; /* the supervisor reports starts after the first only */
     if (running)
         return;
+    if (m->shutting_down)
+        stopped_unclean(m, "shard", shard, status, sig);
     if (!router_sup_wanted(m->workers, shard)) {
         if (!kvs_config_local(m->cfg, shard) && !m->abandoned) /* see retire_workers */
             router_master_retire_data(m, shard);

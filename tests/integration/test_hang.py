@@ -208,6 +208,29 @@ class HungProcessTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
 
 
+    def test_a_worker_that_dies_while_the_node_stops_makes_the_exit_status_1(self):
+        # A worker killed by a signal of nobody's stop (a crash) during the
+        # shutdown: kvs-router exited 0, as after a clean stop. It now exits
+        # 1 and its last line names the worker. A signal pending while the
+        # worker is stopped is taken as soon as the stop's SIGCONT runs it.
+        r = self.node()
+        worker0 = r.worker_pid(0)
+        with stopped(worker0):
+            os.kill(worker0, signal.SIGVTALRM)  # default action: the process dies
+            r.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = r.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.fail("kvs-router still ran after SIGTERM:\n" + r.stderr()[-3000:])
+        log = r.stderr()
+        self.assertEqual(rc, 1, log[-3000:])
+        self.assertIn("shard 0 (pid %d) killed by signal %d" % (worker0, signal.SIGVTALRM), log)
+        self.assertIn("stopped, but shard 0 was killed by signal %d (%s) while the node stopped"
+                      % (signal.SIGVTALRM, signal.strsignal(signal.SIGVTALRM)),
+                      log.splitlines()[-1])
+        self.assertTrue(r.wait_all_gone(5))
+
+
 class OverloadedWorkerMetricsTest(RouterTestCase):
     def test_metrics_says_a_worker_is_overloaded_not_that_its_link_is_down(self):
         # A stopped worker's link holds limits.client_output bytes of
