@@ -31,6 +31,7 @@
  * Everything runs on the router's loop thread.
  */
 #include "router_redis.h"
+#include "kvs_crypto.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_log.h"
@@ -654,8 +655,15 @@ static struct router_redis_cursors_s *cursors(router_t *r)
 {
     if (r->redis_cursors == NULL) {
         r->redis_cursors = calloc(1, sizeof(*r->redis_cursors));
+        /* The numbers start at random: id_base repeats when the whole node
+         * starts again (the master counts generations from 0), and a
+         * cursor a client kept from an earlier run must not name a walk of
+         * this one (1 in 2^40 / 16,384 that it does). */
+        uint64_t start = 1;
+        if (r->redis_cursors != NULL && kvs_crypto_random(&start, sizeof(start)) != 0)
+            start = 1;
         if (r->redis_cursors != NULL)
-            r->redis_cursors->next = 1;
+            r->redis_cursors->next = (start & ROUTER_ID_COUNTER_MASK) | 1;
     }
     return r->redis_cursors;
 }

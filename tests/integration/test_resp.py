@@ -160,6 +160,28 @@ class RedisPyTest(RespTestCase):
         with self.assertRaisesRegex(redis.ResponseError, "invalid cursor"):
             c.hscan("big", cursor=987654321)
 
+    def test_a_cursor_from_before_the_node_restarted_is_refused(self):
+        # Cursor numbers hold the router process's index and generation,
+        # and the master counts generations from 0 again when the whole
+        # node restarts: a cursor kept from the earlier run named another
+        # client's walk of this one, and the walk went on from its place,
+        # skipping fields without a word. Each run now starts its numbers
+        # at random.
+        r = self.resp_router(shards=2)
+        c = self.redis()
+        want = {("f%04d" % i).encode(): b"v" for i in range(1000)}
+        c.hset("t", mapping=want)
+        kept, _ = c.hscan("t", 0, count=10)
+        self.assertNotEqual(kept, 0)
+        c.close()
+        r.stop()
+        r.start()
+        c = self.redis()
+        other, _ = c.hscan("t", 0, count=600)  # another client's walk, this run
+        self.assertNotEqual(other, kept)
+        with self.assertRaisesRegex(redis.ResponseError, "invalid cursor"):
+            c.hscan("t", kept, count=10)
+
     def test_client_commands(self):
         self.resp_router()
         c = self.redis()
