@@ -154,8 +154,9 @@ typedef struct part_s {
     /* Rebuilt in a batch not known to have committed yet, and what it
      * was before (restored should that batch be lost). */
     int rebuilding, was_diverged, was_halted;
-    int suspect; /* one answer said the log ends below `next`: the next one decides
-                    (the next one of the same round: an assignment ends a round) */
+    int suspect;         /* one answer said the log ends below `next`: the next one decides
+                            (the next one of the same round: an assignment ends a round) */
+    uint64_t suspect_ms; /* loop time of that answer: the next is asked a second later */
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -1014,6 +1015,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
         /* A broker may lag a moment (a leader change): halting takes a
          * second answer, at the next tick, that says the same. */
         pt->suspect = 1;
+        pt->suspect_ms = uv_now(in->loop);
         pt->out_of_range = 1;
         kvs_warn("kafka %s [%d]: the brokers say the log ends at offset %lld, below offset %lld "
                  "this shard applied; asking again to be sure",
@@ -1128,11 +1130,17 @@ static void range_start(node_ingest_t *in)
 {
     if (in->range_busy || in->stopping || in->ranges == NULL)
         return;
+    uint64_t now = uv_now(in->loop);
     for (size_t i = 0; i < in->n_topics; i++)
-        for (uint32_t p = 0; p < in->topics[i].partitions; p++)
-            if (in->topics[i].parts[p].out_of_range)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
+            const part_t *pt = &in->topics[i].parts[p];
+            /* A suspect's second answer comes a second after its first,
+             * not with a round another partition started sooner: a
+             * broker that lags a moment gets that second. */
+            if (pt->out_of_range && !(pt->suspect && now - pt->suspect_ms < RANGE_RETRY_MS))
                 in->ranges[in->n_ranges++] = (struct range_s){
                     {in->topics[i].b->topic, (int32_t)p, -1}, &in->topics[i], -1, -1};
+        }
     if (in->n_ranges == 0)
         return;
     in->range_busy = 1;

@@ -264,6 +264,41 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(parts[0]["applied"], 20, parts[0])
         self.assert_values(r.addr, "users", recs)
 
+    def test_the_second_answer_comes_a_second_after_the_first(self):
+        # Eight partitions of one shard go out of range one after another.
+        # A round another partition started carried a partition waiting for
+        # its second answer along, which then came well before the second
+        # the README promises a broker that lags a moment.
+        parts = 8
+        a = self.mock({TOPIC: parts})
+        produce(a.bootstrap, TOPIC, [(b"k%d" % i, b"x") for i in range(400)])
+        ends = self.ends(a, TOPIC, parts)
+        r = self.router(a, [(TOPIC, "users", "raw", parts)], shards=1)
+        self.wait_caught_up(r, TOPIC, ends)
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        b = self.mock({TOPIC: parts})
+        produce(b.bootstrap, TOPIC, [(b"k%d" % i, b"y") for i in range(10)])
+        self.point_at(r, a, b)
+        r.start()
+        self.assertTrue(wait_until(lambda: r.stderr().count("DIVERGED") >= parts, 30),
+                        r.stderr()[-3000:])
+
+        def when(line):
+            h, m, sec = line[11:23].split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        first, gaps = {}, {}
+        for line in r.stderr().splitlines():
+            for p in range(parts):
+                tag = "kafka %s [%d]: " % (TOPIC, p)
+                if tag + "the brokers say the log ends" in line:
+                    first[p] = when(line)
+                elif tag + "DIVERGED" in line:
+                    gaps[p] = when(line) - first[p]
+        self.assertEqual(sorted(gaps), list(range(parts)))
+        for p, gap in gaps.items():
+            self.assertGreaterEqual(gap, 0.98, "partition %d: %r" % (p, gaps))
+
     def test_one_short_answer_does_not_halt_the_partition(self):
         # The node applied 100 records from mock `a`; mock `b`'s log ends
         # at 5. The brokers' first answer (start, end) is given; every
