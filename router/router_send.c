@@ -143,6 +143,20 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
     router_route_reply(req, part, NULL, len, why);
 }
 
+/* Whether a request the client sent after `req` writes `req`'s table and
+ * has gone out (to the topic's writer): a retry of `req` on another
+ * replica could then see that later write, a read answered with the
+ * future of its own connection. Its failure stands instead. */
+static int later_write_of_table(const router_req_t *req)
+{
+    const kvs_request_info_t *in = &req->info;
+    for (const router_req_t *x = req->next; x != NULL; x = x->next)
+        if (x->bound_write && x->info.table_len == in->table_len &&
+            (in->table_len == 0 || memcmp(x->info.table, in->table, in->table_len) == 0))
+            return 1;
+    return 0;
+}
+
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                          const uint8_t *payload, size_t len, const char *failure)
 {
@@ -158,7 +172,7 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     if (r->sets[t->shard].n > 1)
         router_replica_failed(l, now_ms(r));
     if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||
-        !router_budget_take(&r->budget))
+        later_write_of_table(req) || !router_budget_take(&r->budget))
         return 0;
     router_link_t *last;
     int rc = send_some(r, req, t, part, NULL, t->bytes.data, t->bytes.len, -1, &last);

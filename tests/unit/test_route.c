@@ -2841,6 +2841,33 @@ KVS_TEST(replica_read_fails_once_every_replica_failed)
     CHECK_EQ(fx.r.budget.retries, retries);
 }
 
+/* A read whose connection sent a write of its table after it is not
+ * retried on another replica: that replica may have applied the later
+ * write, and the read would answer with its connection's future. Its
+ * failure stands. */
+KVS_TEST(replica_read_before_a_write_of_its_table_is_not_retried)
+{
+    setup_replicas(10, 100);
+    fx.many = 1;
+    router_req_t *rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, fx.keys[2][0]);
+    router_req_t *w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[2][0]);
+    CHECK_EQ(fx.n_sent, 2);
+    CHECK(w->bound_write);
+    rd->next = w; /* the client's FIFO: the write came after the read */
+    size_t i = fx.sent[0].len < fx.sent[1].len ? 0 : 1; /* the read is the shorter */
+    uint64_t retries = fx.r.budget.retries;
+    reply_status(i, 503, "catching up: lag 20000 records on topic t-users partition 3");
+    CHECK_EQ(fx.n_sent, 2); /* not sent again */
+    CHECK_EQ(fx.r.budget.retries, retries);
+    CHECK(rd->done);
+    Kvs__CommandResponse *a =
+        kvs__command_response__unpack(&fx.arena.pb, rd->resp.len - 4, rd->resp.data + 4);
+    CHECK(a != NULL && a->status == 503);
+    rd->next = NULL;
+    router_req_free(rd);
+    router_req_free(w);
+}
+
 KVS_TEST(replica_split_read_retries_its_part)
 {
     setup_replicas(10, 100);
@@ -2998,6 +3025,7 @@ KVS_TEST(replica_retry_budget)
 
 KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
+              KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
               KVS_CASE(replica_split_read_retries_its_part),
               KVS_CASE(replica_writes_go_to_one_live_replica_and_are_never_resent),
               KVS_CASE(replica_writes_of_a_connection_keep_to_one_replica),
