@@ -191,11 +191,15 @@ static int writer_init(kvs_shardstate_t *s, uint64_t fp, kvs_lmdb_ident_t *last,
     if (fstat(s->fd, &st) != 0)
         return -errno;
     size_t need = bytes_for(s->nslots), size = (size_t)st.st_size;
-    if (size < need) {
-        if (ftruncate(s->fd, (off_t)need) != 0) /* grows only: readers' maps stay valid */
-            return -errno;
+    /* Its blocks are allocated, not left a hole (ftruncate): the page is
+     * written through a map, and a hole that cannot be filled (a full
+     * disk) would be a SIGBUS there, not an error here. Grows only:
+     * readers' maps stay valid. */
+    int err = posix_fallocate(s->fd, 0, (off_t)(size > need ? size : need));
+    if (err != 0)
+        return -err;
+    if (size < need)
         size = need;
-    }
     int rc = map_file(s, size, PROT_READ | PROT_WRITE);
     if (rc != 0)
         return rc;

@@ -1486,6 +1486,38 @@ static int reset_lock(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
+/* LMDB sizes lock.mdb with ftruncate, which leaves a hole, and writes its
+ * header and reader slots through a shared map: on a full disk the first
+ * such write would be a SIGBUS, in this worker or in a router reading the
+ * shard (its reader slot). Its blocks are allocated here first, so a full
+ * disk is an error with a message instead. LMDB takes a larger file as it
+ * is (room for more readers). (data.mdb is written with pwrite, whose
+ * ENOSPC LMDB reports.) */
+#define LOCK_FILE_BYTES ((KVS_SCHEMA_MAX_READERS + 8) * 64 + 4096)
+
+static int allocate_lock(const char *dir, char *err, size_t errlen)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int rc = fd < 0 || fstat(fd, &st) != 0 ? errno : 0;
+    if (rc == 0) {
+        off_t len = st.st_size > LOCK_FILE_BYTES ? st.st_size : LOCK_FILE_BYTES;
+        rc = posix_fallocate(fd, 0, len);
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc == 0)
+        return 0;
+    snprintf(err, errlen, "%s: cannot allocate the lock file's %d bytes: %s%s", path,
+             LOCK_FILE_BYTES, strerror(rc),
+             rc == ENOSPC ? " (free disk space on the data directory; the worker is started "
+                            "again)"
+                          : "");
+    return -rc;
+}
+
 /* Records which files the environment is: data.mdb through LMDB's own
  * descriptor, lock.mdb by its path (this process just opened it, holding
  * kvs.lock). Returns 0 or -errno. */
@@ -1685,6 +1717,8 @@ static int env_open(node_store_t *s, const node_store_opts_t *o, char *err, size
     if (rc != 0)
         return rc;
     if (o->reset_lock && reset_lock(o->dir, err, errlen) != 0)
+        return KVS_ESTORE;
+    if (allocate_lock(o->dir, err, errlen) != 0)
         return KVS_ESTORE;
     rc = mdb_env_create(&s->env);
     if (rc == 0)

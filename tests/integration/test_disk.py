@@ -26,6 +26,8 @@ import time
 import unittest
 
 from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset
+from routertest import RouterTestCase
+from kafkatest import wait_until
 
 def allocated(n):
     """Bytes of disk data.mdb takes (st_blocks), not its apparent size."""
@@ -323,6 +325,44 @@ class DiskTest(NodeTestCase):
             self.assertEqual(pyval(c.hget("t", "k").values[0]), "v")
         self.assertNotIn("data.mdb is gone", n.stderr())
         self.assertEqual(n.stop(), 0, n.stderr())
+
+
+class FullDiskStartTest(RouterTestCase):
+    def test_workers_starting_on_a_full_disk_say_so_and_start_once_it_has_room(self):
+        # LMDB's lock file and the worker's state page are sized with
+        # ftruncate (a hole) and written through a map: on a full disk the
+        # worker died of SIGBUS at start, saying nothing. Their blocks are
+        # now allocated first: a clear error, and the worker starts once
+        # the disk has room again.
+        r = self.router(shards=1, start=False, router_yaml=["ready_timeout: 60s"])
+        os.makedirs(r.data_dir)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=700", "tmpfs",
+                                  r.data_dir], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL).returncode
+        if mounted != 0:
+            self.skipTest("cannot mount a tmpfs here (not root?)")
+
+        def unmount():
+            r.kill_all()
+            subprocess.run(["umount", r.data_dir], check=False)
+        self.addCleanup(unmount)
+        filler = os.path.join(r.data_dir, "filler")
+        subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=64k"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r.proc = r.spawn()
+        said = "lock.mdb: cannot allocate the lock file's"
+        self.assertTrue(wait_until(lambda: said in r.stderr(), 20), r.stderr()[-3000:])
+        log = r.stderr()
+        self.assertIn("No space left on device (free disk space on the data directory", log)
+        self.assertIn("shard-0.state: No space left on device", log)
+        self.assertNotIn("SIGBUS", log)
+        self.assertIsNone(r.proc.poll())
+        os.unlink(filler)
+        self.assertTrue(wait_until(lambda: "node ready" in r.stderr(), 40), r.stderr()[-3000:])
+        with r.client() as c:
+            self.assertEqual(c.hset("t", "k", "v").status, 200)
+        self.assertNotIn("SIGBUS", r.stderr())
+
 
 if __name__ == "__main__":
     unittest.main()
