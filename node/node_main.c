@@ -159,14 +159,19 @@ static void usage(FILE *f)
 static const char *check_path;
 
 /* A read of a damaged page faulted (a node or length pointing off the
- * map): that is the verdict. */
+ * map), or LMDB stopped on one it found inconsistent (its assertions call
+ * abort(), after saying which on stderr): that is the verdict. */
 static void on_check_fault(int sig)
 {
     static const char bus[] = ": damaged: a read of its pages faulted (SIGBUS)\n";
     static const char segv[] = ": damaged: a read of its pages faulted (SIGSEGV)\n";
+    static const char abrt[] = ": damaged: LMDB stopped on a page it found inconsistent (its "
+                               "assertion is above)\n";
     ssize_t w = write(STDOUT_FILENO, check_path, strlen(check_path));
     if (sig == SIGBUS)
         w = write(STDOUT_FILENO, bus, sizeof(bus) - 1);
+    else if (sig == SIGABRT)
+        w = write(STDOUT_FILENO, abrt, sizeof(abrt) - 1);
     else
         w = write(STDOUT_FILENO, segv, sizeof(segv) - 1);
     (void)w;
@@ -184,6 +189,8 @@ static int check_data(const char *path)
     check_path = path;
     sigaction(SIGSEGV, &sa, NULL);
     sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGABRT, &sa, NULL);
+    fflush(stdout); /* the verdict line is written by hand from the handler */
     int rc = kvs_lmdb_walk_file(path, &w, err, sizeof(err));
     if (rc == 0)
         printf("%s: sound: %llu tables, %llu pairs, %llu bytes of keys and values, %llu free "

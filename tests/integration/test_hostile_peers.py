@@ -28,7 +28,7 @@ import unittest
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
                      Node, cert_path, frame, free_port, free_ports, pb, recv_exact, req_hget,
-                     req_hset, req_ping, tls_yaml)
+                     req_hmset, req_hset, req_ping, tls_yaml)
 
 
 class FakePeer(LoopbackServer):
@@ -261,6 +261,28 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
                                  capture_output=True, timeout=TIMEOUT)
             self.assertEqual(out.returncode, 1, out)
             self.assertIn(b": damaged: ", out.stdout)
+
+    def test_check_data_gives_a_verdict_where_lmdb_stops_on_a_page(self):
+        # Pages zeroed in the middle of a copy: LMDB's own assertion
+        # (IS_LEAF in mdb_cursor_next) aborted kvs-node --check-data, which
+        # printed no verdict and died of SIGABRT. That is a verdict too.
+        other = self.managed(Node())
+        with other.client() as c:
+            for i in range(0, 3000, 100):
+                pairs = [(b"k%05d" % j, "v%d" % j * 50) for j in range(i, i + 100)]
+                self.assertEqual(c.call(req_hmset("t", pairs)).status, 200)
+            self.assertEqual(c.call(req_hset("big", b"b", "x" * 300000)).status, 200)
+        data = bytearray(snapshot_of(other.addr))
+        at = len(data) // 2 & ~4095
+        data[at:at + 16384] = bytes(16384)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "copy.mdb")
+            with open(path, "wb") as f:
+                f.write(data)
+            out = subprocess.run([os.path.join(BUILD_DIR, "kvs-node"), "--check-data", path],
+                                 capture_output=True, timeout=TIMEOUT)
+        self.assertEqual(out.returncode, 1, out)
+        self.assertIn(path.encode() + b": damaged: ", out.stdout)
 
     def assertSlowPeerGivenUp(self, chunk, every):
         """A peer sending `chunk` every `every` seconds (for 10 s), far
