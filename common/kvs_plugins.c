@@ -241,10 +241,9 @@ static int walk_checked(const char *path, char *out, size_t outlen, const char *
 
 /* Opens entry `i` and checks that it is a plugin of our ABI. The path is
  * resolved one name at a time, every directory on the way checked
- * (walk_checked), and what is loaded is the resolved path, so the
- * checked file is the one that runs unless someone the checks trust
- * swaps it. (Loading through /proc/self/fd would close even that, but a
- * plugin's $ORIGIN would then be /proc/self/fd: the libraries it ships
+ * (walk_checked), and what is loaded must still be the file checked, so
+ * it is the one that runs unless someone the checks trust swaps it. (Loading through /proc/self/fd
+ * would close even that, but a plugin's $ORIGIN would then be /proc/self/fd: the libraries it ships
  * beside itself would not be found.) */
 static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *where, char *err,
                     size_t errlen)
@@ -290,12 +289,15 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
     close(fd);
     if (rc != 0)
         return rc;
-    /* The walk's path must still name the file checked. */
-    if (stat(real, &at) != 0 || at.st_dev != st.st_dev || at.st_ino != st.st_ino)
+    /* The path must still name the file checked. It is loaded by the path
+     * as configured, not the resolved one: the dynamic loader takes a
+     * plugin's $ORIGIN from the name it was given, so a plugin linked
+     * into a directory of its libraries finds them there. */
+    if (stat(path, &at) != 0 || at.st_dev != st.st_dev || at.st_ino != st.st_ino)
         return plugin_error(err, errlen, "%s: %s changed while it was checked; not loaded", where,
                             pc->path);
     dlerror();
-    l->dl = dlopen(real, RTLD_NOW | RTLD_LOCAL);
+    l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {
         const char *why = dlerror();
         return plugin_error(err, errlen, "%s cannot be loaded: %s", where,

@@ -156,7 +156,7 @@ typedef struct part_s {
     int rebuilding, was_diverged, was_halted;
     int suspect;         /* one answer said the log ends below `next`: the next one decides
                             (the next one of the same round: an assignment ends a round) */
-    uint64_t suspect_ms; /* loop time of that answer: the next is asked a second later */
+    uint64_t suspect_ms; /* when that answer's question was asked: the next goes a second later */
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -195,8 +195,11 @@ struct node_ingest_s {
     uv_poll_t poll;
     uv_idle_t idle;
     uv_timer_t timer;
-    uv_timer_t retry;       /* re-assigns after a lost batch (backoff) */
-    uv_timer_t range_timer; /* re-assigns partitions found out of range */
+    uv_timer_t retry;         /* re-assigns after a lost batch (backoff) */
+    uv_timer_t range_timer;   /* re-assigns partitions found out of range */
+    uv_timer_t suspect_timer; /* asks about suspects again a second after the first time */
+    uint64_t range_asked_ms;  /* loop time the question in flight (range_busy) was asked */
+    int range_missed;         /* a partition went out of range while it was in flight */
     uv_work_t work;
     int work_busy;
     int checked;            /* the start-up check passed: later ones are rechecks */
@@ -1004,6 +1007,31 @@ static void pass_over(node_ingest_t *in, int failed)
         }
 }
 
+/* A second after a suspect's first question: the next (the tick would
+ * ask too, but up to a tick later). */
+static void on_suspect_timer(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    if (!in->stopping)
+        range_start(in); /* busy: range_done arms this again */
+}
+
+/* Arms the suspect timer for the earliest suspect's second question. */
+static void arm_suspects(node_ingest_t *in)
+{
+    uint64_t now = uv_now(in->loop), first = UINT64_MAX;
+    for (size_t i = 0; i < in->n_topics; i++)
+        for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
+            const part_t *pt = &in->topics[i].parts[p];
+            if (pt->suspect && pt->out_of_range && pt->suspect_ms + RANGE_RETRY_MS < first)
+                first = pt->suspect_ms + RANGE_RETRY_MS;
+        }
+    if (first == UINT64_MAX)
+        uv_timer_stop(&in->suspect_timer);
+    else
+        uv_timer_start(&in->suspect_timer, on_suspect_timer, first > now ? first - now : 0, 0);
+}
+
 /* Decides what becomes of a partition whose log was found to span
  * [lo, hi). Returns 1 when it is to be assigned again. */
 static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, int64_t hi)
@@ -1015,7 +1043,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
         /* A broker may lag a moment (a leader change): halting takes a
          * second answer, at the next tick, that says the same. */
         pt->suspect = 1;
-        pt->suspect_ms = uv_now(in->loop);
+        pt->suspect_ms = in->range_asked_ms;
         pt->out_of_range = 1;
         kvs_warn("kafka %s [%d]: the brokers say the log ends at offset %lld, below offset %lld "
                  "this shard applied; asking again to be sure",
@@ -1118,7 +1146,10 @@ static void range_done(uv_work_t *w, int status)
     in->n_ranges = 0;
     if (in->stopping)
         return;
+    arm_suspects(in);
     publish(in);
+    if (in->range_missed) /* its partitions: now, not at the next tick */
+        range_start(in);
     /* Not at once: should the fetch keep failing while the brokers say the
      * offset is there, this is one round a second, not a spin. */
     if (again)
@@ -1128,8 +1159,11 @@ static void range_done(uv_work_t *w, int status)
 /* Asks about every partition out of range, unless a question runs. */
 static void range_start(node_ingest_t *in)
 {
+    if (in->range_busy)
+        in->range_missed = 1; /* asked as soon as this round is done */
     if (in->range_busy || in->stopping || in->ranges == NULL)
         return;
+    in->range_missed = 0;
     uint64_t now = uv_now(in->loop);
     for (size_t i = 0; i < in->n_topics; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions; p++) {
@@ -1143,6 +1177,7 @@ static void range_start(node_ingest_t *in)
         }
     if (in->n_ranges == 0)
         return;
+    in->range_asked_ms = now;
     in->range_busy = 1;
     in->range_work.data = in;
     uv_queue_work(in->loop, &in->range_work, range_work, range_done);
@@ -2202,6 +2237,8 @@ static int start_queue(node_ingest_t *in)
     uv_timer_init(in->loop, &in->retry);
     uv_timer_init(in->loop, &in->range_timer);
     in->range_timer.data = in;
+    uv_timer_init(in->loop, &in->suspect_timer);
+    in->suspect_timer.data = in;
     in->retry.data = in;
     uv_timer_init(in->loop, &in->throttle_timer);
     in->throttle_timer.data = in;
@@ -2328,6 +2365,8 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->retry, NULL);
     if (in->range_timer.loop != NULL)
         uv_close((uv_handle_t *)&in->range_timer, NULL);
+    if (in->suspect_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->suspect_timer, NULL);
     if (in->throttle_timer.loop != NULL)
         uv_close((uv_handle_t *)&in->throttle_timer, NULL);
 }

@@ -2657,7 +2657,7 @@ static void mark_write(router_req_t *req)
 {
     if (req->client == NULL || req->bound_write)
         return;
-    req->bound_write = 1;
+    req->bound_write = req->wrote_bound = 1;
     router_client_session(req->client)->writes++;
 }
 

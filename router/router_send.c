@@ -144,14 +144,14 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 }
 
 /* Whether a request the client sent after `req` writes `req`'s table and
- * has gone out (to the topic's writer): a retry of `req` on another
+ * has gone out (to the topic's writer; answered or not): a retry of `req` on another
  * replica could then see that later write, a read answered with the
  * future of its own connection. Its failure stands instead. */
 static int later_write_of_table(const router_req_t *req)
 {
     const kvs_request_info_t *in = &req->info;
     for (const router_req_t *x = req->next; x != NULL; x = x->next)
-        if (x->bound_write && x->info.table_len == in->table_len &&
+        if (x->wrote_bound && x->info.table_len == in->table_len &&
             (in->table_len == 0 || memcmp(x->info.table, in->table, in->table_len) == 0))
             return 1;
     return 0;

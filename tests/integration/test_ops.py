@@ -1087,6 +1087,21 @@ class PluginTest(RouterTestCase):
         self.assertIn("origin: helper found beside the plugin", r.stderr())
         with r.client() as c:
             self.assertEqual(c.ping().message, "PONG")
+        r.close()
+        # Linked into a directory of its libraries: $ORIGIN is that of the
+        # name the config gives (as the dynamic loader has it).
+        real, linked = os.path.join(d, "real"), os.path.join(d, "linked")
+        os.mkdir(real)
+        os.mkdir(linked)
+        os.rename(os.path.join(d, "test_origin.so"), os.path.join(real, "test_origin.so"))
+        os.rename(os.path.join(d, "libtest_origin_helper.so"),
+                  os.path.join(linked, "libtest_origin_helper.so"))
+        os.symlink(os.path.join(real, "test_origin.so"), os.path.join(linked, "test_origin.so"))
+        r = self.router(shards=1, start=False)
+        with open(r.config, "a") as f:
+            f.write('plugins: ["%s/test_origin.so"]\n' % linked)
+        r.start()
+        self.assertIn("origin: helper found beside the plugin", r.stderr())
 
 
 class ReloadTest(RouterTestCase):

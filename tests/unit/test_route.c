@@ -2863,6 +2863,23 @@ KVS_TEST(replica_read_before_a_write_of_its_table_is_not_retried)
     Kvs__CommandResponse *a =
         kvs__command_response__unpack(&fx.arena.pb, rd->resp.len - 4, rd->resp.data + 4);
     CHECK(a != NULL && a->status == 503);
+    reply_status(1 - i, 200, ""); /* the write's answer: the session holds no more reads */
+    rd->next = NULL;
+    router_req_free(rd);
+    router_req_free(w);
+    /* So too when the write was answered first (applied: the other replica
+     * may well have it), while the read waits in the FIFO before it. */
+    clear_sent();
+    rd = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HGET, TABLE, fx.keys[2][1]);
+    w = route_key_req(KVS__COMMAND_REQUEST__COMMAND_HSET, TABLE, fx.keys[2][1]);
+    CHECK_EQ(fx.n_sent, 2);
+    rd->next = w;
+    i = fx.sent[0].len < fx.sent[1].len ? 0 : 1;
+    reply_status(1 - i, 200, "");
+    CHECK(!w->bound_write); /* answered: no longer in flight */
+    reply_status(i, 503, "catching up: lag 20000 records on topic t-users partition 3");
+    CHECK_EQ(fx.n_sent, 2);
+    CHECK(rd->done);
     rd->next = NULL;
     router_req_free(rd);
     router_req_free(w);
