@@ -120,6 +120,15 @@ int kvs_pos_format(const uint8_t *tok, size_t len, char *out, size_t cap)
     out[0] = '\0';
     while (rc == 0 && (rc = kvs_pos_iter_next(&it, &e)) == 1) {
         char one[KVS_POS_TOPIC_MAX + 48];
+        /* A topic name is Kafka's: letters, digits, '.', '_', '-'. Anything
+         * else (a terminal's escape sequence from a hostile server) makes
+         * the token malformed, never text to print. */
+        for (size_t i = 0; i < e.topic_len; i++) {
+            unsigned char ch = (unsigned char)e.topic[i];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
+                return KVS_EPROTO;
+        }
         int n = snprintf(one, sizeof(one), "%s%.*s:%u:%lld", o > 0 ? "," : "", (int)e.topic_len,
                          e.topic, e.partition, (long long)e.offset);
         rc = 0;

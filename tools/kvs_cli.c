@@ -947,7 +947,8 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0)
         return rc;
     rc = check_status(c, cmd, r);
-    if (rc == 0 && cmd->shape == SHAPE_LIST && r->n_values != kvs_msg_request_keys(&req)) {
+    if (rc == 0 && (cmd->shape == SHAPE_LIST || cmd->shape == SHAPE_VALUE) &&
+        r->n_values != kvs_msg_request_keys(&req)) {
         /* one value per key, in request order: fewer or more would pair
          * values with the wrong keys */
         fprintf(stderr,
@@ -1375,8 +1376,8 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
         return CLI_FAILED;
     }
     kvs_hash_hex(r->values[0]->binary_value.data, hex);
-    if (r->position.len > 0)
-        kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos));
+    if (r->position.len > 0 && kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos)))
+        snprintf(pos, sizeof(pos), "(not a position token)");
     printf("%s %lld keys at %s\n", hex, (long long)r->values[1]->integer_value, pos);
     return CLI_OK;
 }

@@ -627,6 +627,31 @@ class HostileServerTest(unittest.TestCase):
             self.assertEqual(p.returncode, 2, (cmd, p.stderr))
             self.assertEqual(p.stdout, b"", cmd)
             self.assertIn(b"protocol error: the answer holds 1 values for", p.stderr)
+        # A single key's command too: none, or two, is not its one value.
+        none, two = pb.CommandResponse(status=200), pb.CommandResponse(status=200)
+        two.values.add(string_value="a")
+        two.values.add(string_value="b")
+        for resp in (none, two):
+            for cmd in (["hget", "t", "k"], ["hset", "t", "k", "v"], ["hdel", "t", "k"],
+                        ["hexist", "t", "k"]):
+                port = self.serve(lambda conn: answer(conn, resp))
+                p, _ = self.cli(port, "--timeout", "2", *cmd)
+                self.assertEqual(p.returncode, 2, (cmd, p.stderr))
+                self.assertEqual(p.stdout, b"", cmd)
+                self.assertIn(b"protocol error: the answer holds %d values for 1 keys"
+                              % len(resp.values), p.stderr)
+
+    def test_a_position_naming_no_kafka_topic_is_not_printed(self):
+        # The topic of a position was printed byte for byte: a server could
+        # send the terminal an escape sequence through it.
+        tok = bytes([1, 5]) + b"\x1b]0;X" + bytes([1, 0, 1])
+        resp = pb.CommandResponse(status=200, position=tok)
+        resp.values.add()
+        port = self.serve(lambda conn: answer(conn, resp))
+        p, _ = self.cli(port, "--timeout", "2", "--position", "hset", "t", "k", "v")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"\x1b", p.stdout)
+        self.assertIn(b"position: (not a position token)", p.stdout)
 
     def test_bench_counts_a_404_as_not_found_only_for_reads(self):
         # Only Hget answers 404 (a key never written): to any other command

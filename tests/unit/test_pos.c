@@ -130,6 +130,11 @@ KVS_TEST(decodes_only_canonical_tokens)
         CHECK_EQ(kvs_pos_set_add_token(&s, bad[i].b, bad[i].n), KVS_EPROTO);
         kvs_pos_set_free(&s);
     }
+    /* a topic name Kafka cannot have (a terminal escape) is not text to print */
+    static const uint8_t esc[] = {0x01, 0x03, 0x1b, '[', 'm', 0x01, 0x00, 0x00};
+    char shown[64] = "untouched";
+    CHECK_EQ(kvs_pos_format(esc, sizeof(esc), shown, sizeof(shown)), KVS_EPROTO);
+    CHECK(strchr(shown, 0x1b) == NULL);
     /* a shorter topic sorts first on a common prefix: "t" < "tt" */
     static const uint8_t ok[] = {0x01, 0x01, 't', 0x01, 0x00, 0x00,
                                  0x02, 't',  't', 0x01, 0x00, 0x00};
