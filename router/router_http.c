@@ -232,6 +232,17 @@ static void parser_reset(http_conn_t *hc)
     hc->timeout_ms = 0;
 }
 
+/* Whether p[0..len) starts with what reads as a method: capital letters
+ * up to a space (a method HTTP does not define is 501; TLS or other bytes
+ * on this plain port are a malformed request, 400). */
+static int method_token(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len && i < 32 && p[i] >= 'A' && p[i] <= 'Z')
+        i++;
+    return i > 0 && i < len && p[i] == ' ';
+}
+
 /* kvs_conn's codec: feeds what the parser has not seen of p[0..len). */
 static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, size_t *used)
 {
@@ -246,7 +257,7 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
         hc->fed += http_parser_execute(&hc->parser, &settings, (const char *)p + hc->fed, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&hc->parser);
         if (!hc->complete && (e != HPE_OK || hc->parser.upgrade)) {
-            hc->error = e == HPE_INVALID_METHOD ? 501 : 400; /* a method HTTP has not */
+            hc->error = e == HPE_INVALID_METHOD && method_token(p, len) ? 501 : 400;
             return -1;
         }
     }

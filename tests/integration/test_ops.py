@@ -192,6 +192,8 @@ class MetricsTest(MetricsCase):
                          "HTTP/1.1 501 Not Implemented")  # a method HTTP does not define
         self.assertEqual(raw_http(p, b"FOOBAR /metrics HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 501 Not Implemented")
+        self.assertEqual(raw_http(p, b"\x01\x02\x03 /metrics HTTP/1.1\r\n\r\n"),
+                         "HTTP/1.1 400 Bad Request")  # bytes, not a method
         self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
                          "HTTP/1.1 400 Bad Request")
         self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"),
