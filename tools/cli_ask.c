@@ -67,6 +67,14 @@ static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
 int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, ProtobufCAllocator *pb,
                Kvs__CommandResponse **out, char *why, size_t len)
 {
+    size_t waiting = cli_net_unsolicited(net);
+    if (waiting > 0) {
+        snprintf(why, len,
+                 "the server sent %zu%s bytes nobody asked for: its answers no longer match "
+                 "the requests",
+                 waiting, waiting >= 4096 ? " or more" : "");
+        return KVS_EPROTO;
+    }
     size_t n = kvs__command_request__get_packed_size(q);
     if (n > KVS_FRAME_LEN_MASK) {
         snprintf(why, len, "request of %zu bytes cannot be framed (limit 2 GiB)", n);

@@ -304,6 +304,15 @@ int cli_net_send(cli_net_t *n, const uint8_t *p, size_t len, double deadline)
     return tls_flush(n, deadline);
 }
 
+size_t cli_net_unsolicited(cli_net_t *n)
+{
+    uint8_t peek[4096];
+    if (n->tls != NULL || n->fd < 0)
+        return 0;
+    ssize_t k = recv(n->fd, peek, sizeof(peek), MSG_PEEK | MSG_DONTWAIT);
+    return k > 0 ? (size_t)k : 0; /* 0: nothing, or the end (the send or read says so) */
+}
+
 int cli_net_recv(cli_net_t *n, uint8_t *p, size_t len, double deadline)
 {
     if (n->tls != NULL)

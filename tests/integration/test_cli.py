@@ -641,6 +641,31 @@ class HostileServerTest(unittest.TestCase):
                 self.assertIn(b"protocol error: the answer holds %d values for 1 keys"
                               % len(resp.values), p.stderr)
 
+    def test_an_answer_nobody_asked_for_ends_the_connection(self):
+        # A server that answers each request twice: in a session, every
+        # later command printed the answer of the one before it. Bytes
+        # waiting before a request is sent are now a protocol error, and
+        # the connection is dropped (the next command connects again).
+        first, second = pb.CommandResponse(status=200), pb.CommandResponse(status=200)
+        first.values.add(string_value="first")
+        second.values.add(string_value="second")
+
+        def twice(conn):
+            frames = b"".join(struct.pack(">I", len(m)) + m
+                              for m in (first.SerializeToString(), second.SerializeToString()))
+            while True:
+                (n,) = struct.unpack(">I", recv_exact(conn, 4))
+                recv_exact(conn, n)
+                conn.sendall(frames)
+        port = self.serve(twice)
+        p = subprocess.run([CLI, "--port", str(port), "--timeout", "2"],
+                           input=b"hget t a\nhget t b\nhget t c\n", capture_output=True,
+                           timeout=10)
+        self.assertEqual(p.stdout, b'"first"\n"first"\n', p.stderr)
+        self.assertIn(b"protocol error: the server sent %d bytes nobody asked for"
+                      % (4 + len(second.SerializeToString())), p.stderr)
+        self.assertNotIn(b"second", p.stdout)
+
     def test_a_position_naming_no_kafka_topic_is_not_printed(self):
         # The topic of a position was printed byte for byte: a server could
         # send the terminal an escape sequence through it.
