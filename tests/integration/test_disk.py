@@ -43,6 +43,23 @@ def map_size(client):
     return pairs["shard.000.map_size"]
 
 
+def mount_tmpfs(test, path, size, stop, why):
+    """Mounts a tmpfs of `size` on `path` (created), unmounted after
+    stop() when the test ends; skips the test (saying `why`) where
+    mounting is not allowed."""
+    os.makedirs(path)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size + ",mode=700", "tmpfs",
+                              path], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL).returncode
+    if mounted != 0:
+        test.skipTest(why)
+
+    def unmount():
+        stop()
+        subprocess.run(["umount", path], check=False)
+    test.addCleanup(unmount)
+
+
 class DiskTest(NodeTestCase):
     def assertStatus(self, resp, status):
         self.assertEqual(resp.status, status, resp.message)
@@ -69,18 +86,8 @@ class DiskTest(NodeTestCase):
     def on_tmpfs(self, n, size):
         """Starts node n (created with start=False) with its data_dir on a
         tmpfs of `size`; skips the test where mounting is not allowed."""
-        os.makedirs(n.data_dir)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size + ",mode=700", "tmpfs",
-                                  n.data_dir], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL).returncode
-        if mounted != 0:
-            self.skipTest("cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE variant ran")
-
-        def unmount():
-            n.kill9()
-            subprocess.run(["umount", n.data_dir], check=False)
-
-        self.addCleanup(unmount)
+        mount_tmpfs(self, n.data_dir, size, n.kill9,
+                    "cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE variant ran")
         n.start()
         return n
 
@@ -335,17 +342,7 @@ class FullDiskStartTest(RouterTestCase):
         # now allocated first: a clear error, and the worker starts once
         # the disk has room again.
         r = self.router(shards=1, start=False, router_yaml=["ready_timeout: 60s"])
-        os.makedirs(r.data_dir)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M,mode=700", "tmpfs",
-                                  r.data_dir], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL).returncode
-        if mounted != 0:
-            self.skipTest("cannot mount a tmpfs here (not root?)")
-
-        def unmount():
-            r.kill_all()
-            subprocess.run(["umount", r.data_dir], check=False)
-        self.addCleanup(unmount)
+        mount_tmpfs(self, r.data_dir, "4M", r.kill_all, "cannot mount a tmpfs here (not root?)")
         filler = os.path.join(r.data_dir, "filler")
         subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=64k"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
