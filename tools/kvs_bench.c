@@ -384,7 +384,7 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
     *status = 0;
     while (p < end) {
         uint64_t tag, v;
-        if (kvs_varint_get(&p, end, &tag) != 0)
+        if (kvs_varint_get(&p, end, &tag) != 0 || tag >> 3 == 0) /* field 0: not protobuf */
             return KVS_EPROTO;
         switch (tag & 7) {
         case 0:

@@ -710,6 +710,21 @@ class HostileServerTest(unittest.TestCase):
             else:
                 self.assertEqual(p.stderr, b"")
 
+    def test_bench_refuses_a_response_with_a_field_number_0(self):
+        # Field number 0 exists in no protobuf message: the status scanner
+        # stepped over it as over any field.
+        def zero(conn):
+            while True:
+                (n,) = struct.unpack(">I", recv_exact(conn, 4))
+                recv_exact(conn, n)
+                conn.sendall(struct.pack(">I", 2) + b"\x00\x01")  # field 0, varint 1
+        port = self.serve(zero)
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "5", "-t", "ping", "-q"],
+                           capture_output=True, timeout=20)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"sent a response that is not a kvs.CommandResponse (2 bytes)", p.stderr)
+
     def test_bench_says_which_error_came_before_a_close(self):
         # A server answers 413 to a frame past limits.max_frame and closes:
         # the failure names that answer, not only "closed the connection".
