@@ -323,6 +323,8 @@ typedef struct stored_s {
     size_t bytes;     /* of the stored values as answered (kvs_reads_stored_bound) */
     size_t found;     /* keys that exist */
     size_t key_bytes; /* of the keys that exist */
+    size_t largest;   /* the largest stored value as answered, and its key */
+    const ProtobufCBinaryData *largest_key;
 } stored_t;
 
 /* Looks up `keys` before anything is written, to bound the answer (as
@@ -338,7 +340,12 @@ static int stored_bytes(node_cmd_ctx_t *ctx, const kvs_resp_t *r, const char *ta
         const ProtobufCBinaryData *k = key_at(m, i);
         int rc = node_store_get(ctx->store, table, k->data, k->len, &v);
         if (rc == 0) {
-            out->bytes += kvs_reads_stored_bound(r->value_lengths, v.len);
+            size_t one = kvs_reads_stored_bound(r->value_lengths, v.len);
+            out->bytes += one;
+            if (out->largest_key == NULL || one > out->largest) {
+                out->largest = one;
+                out->largest_key = k;
+            }
             out->found++;
             out->key_bytes += k->len;
         } else if (rc != KVS_ENOTFOUND) {
@@ -366,9 +373,17 @@ static const ProtobufCBinaryData *hmdel_key(const void *m, size_t i)
  * router's share of the merged answer for this part). Returns 1 when it
  * answered 413. */
 static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd, size_t n,
-                            size_t bytes, uint32_t budget)
+                            size_t bytes, uint32_t budget, const stored_t *old)
 {
     size_t need = kvs_reads_write_bound(r->value_lengths, n, bytes);
+    /* One previous value no answer can hold (stored under a larger
+     * max_frame): fewer keys would not help, a larger limit would. */
+    size_t alone =
+        old->largest_key != NULL ? kvs_reads_write_bound(r->value_lengths, 1, old->largest) : 0;
+    if (alone > ctx->max_frame) {
+        kvs_reads_value_too_large(r, ctx->max_frame, cmd, old->largest_key, alone, 1);
+        return 1;
+    }
     if (budget == 0 || budget >= ctx->max_frame) {
         if (need <= ctx->max_frame)
             return 0;
@@ -408,7 +423,7 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = stored_bytes(ctx, r, m->table, m->n_pairs, hmset_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news, m->answer_budget))
+    if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news, m->answer_budget, &old))
         return 0;
     rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
     if (rc != 0)
@@ -433,7 +448,7 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     int rc = stored_bytes(ctx, r, m->table, m->n_keys, hmdel_key, m, &old);
     if (rc != 0)
         return rc;
-    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, old.bytes, m->answer_budget))
+    if (answer_too_large(ctx, r, "Hmdel", m->n_keys, old.bytes, m->answer_budget, &old))
         return 0;
     /* Only keys that exist are written: deleting absent keys costs nothing. */
     if (old.found > 0)

@@ -198,6 +198,9 @@ class OversizedAnswerTest(RouterTestCase):
                     resp = req()
                     self.assertEqual(resp.status, 413, "%s: %s" % (name, resp.message))
                     self.assertIn("limits.max_frame", resp.message, name)
+                    if name in ("Hset", "Hdel", "Hmset", "Hmdel"):  # fewer keys would not help
+                        self.assertIn("nothing was written; raise limits.max_frame to at least",
+                                      resp.message, name)
                     self.assertTrue("raise" in resp.message or "fewer keys" in resp.message,
                                     "%s: the message says what to do: %s" % (name, resp.message))
                 # Hscan: the pages before it, then 413 naming it.
@@ -215,6 +218,16 @@ class OversizedAnswerTest(RouterTestCase):
                 resp = c.hexist("big", huge)  # what fits is answered
                 self.assertEqual(resp.status, 200, resp.message)
                 self.assertTrue(resp.values[0].bool_value)
+            # Split over shards, the other shard's keys are written: 207
+            # naming what was not (the router cannot know the previous
+            # values before it sends the parts).
+            other = keys_by_shard("o", 1, parts, shards)[1 - s][0]
+            for name, req in (("Hmset", lambda: c.hmset("big", [(huge, b"x"), (other, b"y")])),
+                              ("Hmdel", lambda: c.hmdel("big", [huge, other]))):
+                resp = req()
+                self.assertEqual(resp.status, 207, "%s: %s" % (name, resp.message))
+                self.assertEqual([p.key for p in resp.pairs], [huge], name)
+                self.assertIn("raise limits.max_frame to at least", resp.message, name)
         by.finish()
         self.assertNotIn(" down", r.stderr()[log_from:], "no link may go down")
 
