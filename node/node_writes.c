@@ -624,7 +624,8 @@ static size_t answer_budget(const Kvs__CommandRequest *req)
 static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *items, size_t n,
                        size_t budget, int value_lengths, char *msg, size_t mlen)
 {
-    size_t olds = 0, news = 0;
+    size_t olds = 0, news = 0, largest = 0, tok = 64 + strlen(b->topic); /* the position */
+    const ProtobufCBinaryData *largest_key = NULL;
     for (size_t i = 0; i < n; i++) {
         node_slice_t v;
         size_t vlen = items[i].vlen;
@@ -639,18 +640,34 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
         }
         news += kvs_reads_stored_bound(value_lengths, vlen);
         int rc = node_store_get(wr->store, b->table, items[i].key->data, items[i].key->len, &v);
-        if (rc == 0)
-            olds += kvs_reads_stored_bound(value_lengths, v.len);
-        else if (rc != KVS_ENOTFOUND)
+        if (rc == 0) {
+            size_t one = kvs_reads_stored_bound(value_lengths, v.len);
+            olds += one;
+            if (largest_key == NULL || one > largest)
+                largest = one, largest_key = items[i].key;
+        } else if (rc != KVS_ENOTFOUND) {
             return rc;
+        }
+    }
+    /* One previous value no answer can hold (stored under a larger
+     * max_frame): the write would be applied and its answer fail. */
+    size_t alone =
+        largest_key != NULL ? kvs_reads_write_bound(value_lengths, 1, largest) + 24 + tok : 0;
+    if (alone > wr->max_frame) {
+        char shown[128];
+        snprintf(msg, mlen,
+                 "answer would take %zu bytes for the previous value of key \"%s\", more than "
+                 "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
+                 "nothing was written; raise limits.max_frame to at least %zu bytes to change it",
+                 alone, kvs_msg_quote(shown, sizeof(shown), largest_key->data, largest_key->len),
+                 wr->max_frame, alone);
+        return KVS_ETOOBIG;
     }
     /* The answer: the previous values (each stored now, or an earlier
      * pair's new value) and the position token. A split write's part may
      * carry a smaller budget (Hmset/Hmdel.answer_budget, set by the router). */
     size_t limit = budget > 0 && budget < wr->max_frame ? budget : wr->max_frame;
-    if (n > 1 &&
-        kvs_reads_write_bound(value_lengths, n, olds + news) + 24 * n + 64 + strlen(b->topic) >
-            limit) {
+    if (n > 1 && kvs_reads_write_bound(value_lengths, n, olds + news) + 24 * n + tok > limit) {
         snprintf(msg, mlen,
                  "answer would exceed %s (%zu bytes); nothing was written; send fewer keys per "
                  "request",

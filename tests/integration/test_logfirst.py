@@ -832,6 +832,36 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
                          sorted([a, b]))
         self.assertEqual(read_topic(m.bootstrap, "st", parts), [])
 
+    def test_a_write_whose_previous_value_no_answer_can_hold_writes_nothing(self):
+        # A value stored under a larger limits.max_frame: an Hset or Hdel
+        # of its key would answer it as the previous value. A direct
+        # write is refused (413, the size to raise max_frame to) before
+        # it writes; one through the topic was produced and applied, only
+        # its answer failing. It is now refused before anything is produced.
+        import re
+        parts = 2
+        m = self.mock({"users": parts})
+        r = self.router(m, [("users", "users", "raw", parts)], shards=1, max_frame="64KiB")
+        (k,) = keys_in_partition(0, parts, 1, "big")
+        with r.client() as c:
+            self.assertEqual(c.hset("users", k, b"v" * 20000).status, 200)
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        with open(r.config) as f:
+            text = re.sub(r"max_frame: [0-9A-Za-z]+", "max_frame: 8KiB", f.read())
+        with open(r.config, "w") as f:
+            f.write(text)
+        r.start()
+        with r.client() as c:
+            for req in (req_hset("users", k, b"small"), pb.CommandRequest(
+                    hdel=pb.Hdel(table="users", key=k))):
+                resp = c.call(req)
+                self.assertEqual(resp.status, 413, resp.message)
+                self.assertIn("nothing was written; raise limits.max_frame to at least",
+                              resp.message)
+                self.assertFalse(resp.outcome_unknown)
+        self.assertEqual(len(read_topic(m.bootstrap, "users", parts)), 1, "nothing produced")
+
     def test_no_record_written_twice_when_the_producer_retries(self):
         parts = 4
         m = self.mock({"users": parts}, control=True)
