@@ -1107,12 +1107,12 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(req_hset("users", b"k", b"y"))
             self.assertEqual(pyval(resp.values[0]), b"short")
 
-    def test_a_write_applied_whose_answer_does_not_fit_says_it_was_applied(self):
+    def test_a_write_whose_previous_value_does_not_fit_is_refused_before_it_is_produced(self):
         # A value stored while limits.max_frame was larger; after it was
-        # lowered, a log-first Hset of that key is applied, but the previous
-        # value cannot be answered. That answer must not be 413 (which
-        # always means nothing was written): 500 saying it was applied,
-        # with its position, outcome known.
+        # lowered, a log-first Hset of that key was produced and applied,
+        # and then answered 500 "was applied": its previous value cannot be
+        # answered. It is now refused before anything is produced (413
+        # always means nothing was written), as a direct write is.
         parts = 4
         m = self.mock({"users": parts})
         r = self.router(m, [("users", "users", "raw", parts)], shards=2)
@@ -1125,11 +1125,13 @@ class LogFirstTest(FreshnessFixtures, unittest.TestCase):
         r.start()
         with r.client() as c:
             resp = c.hset("users", b"k", b"small")
-            self.assertEqual(resp.status, 500, resp.message)
-            self.assertIn("was applied", resp.message)
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("nothing was written; raise limits.max_frame to at least", resp.message)
             self.assertFalse(resp.outcome_unknown)
-            self.assertTrue(resp.position, "the write's position, as every applied write has")
-            self.assertEqual(pyval(c.hget("users", b"k").values[0]), b"small")
+            self.assertFalse(resp.position)
+            self.assertTrue(c.call(pb.CommandRequest(hexist=pb.Hexist(
+                table="users", key=b"k"))).values[0].bool_value)
+        self.assertEqual(len(read_topic(m.bootstrap, "users", parts)), 1, "nothing produced")
 
     def test_broker_down_answers_may_or_may_not(self):
         parts = 4
