@@ -215,7 +215,15 @@ class HungProcessTest(RouterTestCase):
         # worker is stopped is taken as soon as the stop's SIGCONT runs it.
         r = self.node()
         worker0 = r.worker_pid(0)
+
+        def all_stopped():  # every thread: another one could take the signal first
+            states = []
+            for t in os.listdir("/proc/%d/task" % worker0):
+                with open("/proc/%d/task/%s/stat" % (worker0, t)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            return all(st in ("T", "t") for st in states)
         with stopped(worker0):
+            self.assertTrue(wait_until(all_stopped, 5), "the worker did not stop")
             os.kill(worker0, signal.SIGVTALRM)  # default action: the process dies
             r.proc.send_signal(signal.SIGTERM)
             try:
