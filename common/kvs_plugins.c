@@ -111,6 +111,11 @@ __attribute__((format(printf, 3, 4))) static int plugin_error(char *err, size_t 
 static int check_dir(const char *dir, const struct stat *st, const char *where, const char *name,
                      char *err, size_t errlen)
 {
+    if (st->st_uid != 0 && st->st_uid != geteuid()) /* its owner may change its mode too */
+        return plugin_error(err, errlen,
+                            "%s: %s is in %s, a directory owned by uid %u, neither root nor the "
+                            "user kvs runs as: that user could put their code in its place",
+                            where, name, dir, (unsigned)st->st_uid);
     if (st->st_mode & S_ISVTX)
         return 0;
     if (st->st_mode & S_IWOTH)
@@ -279,6 +284,11 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
                           "%s: %s is writable by every user (mode %04o): any of them could "
                           "make kvs run their code; chmod o-w it",
                           where, pc->path, (unsigned)(st.st_mode & 07777));
+    else if (st.st_uid != 0 && st.st_uid != geteuid())
+        rc = plugin_error(err, errlen,
+                          "%s: %s is owned by uid %u, neither root nor the user kvs runs as: "
+                          "that user could make kvs run their code",
+                          where, pc->path, (unsigned)st.st_uid);
     else {
         if (st.st_mode & S_IWGRP)
             kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the "

@@ -1045,6 +1045,37 @@ class PluginTest(RouterTestCase):
                     self.assertEqual(c.hset("ro_t", "k", 1).status, 403)
                 r.close()
 
+    def test_a_plugin_another_user_owns_or_whose_directory_they_own_is_refused(self):
+        # Mode bits are not all: the owner of the file, or of a directory
+        # on its way, may change them (and so the code kvs runs). Only root
+        # and the user kvs runs as are trusted.
+        if os.geteuid() != 0:
+            self.skipTest("giving files to another user needs root")
+        top = tempfile.mkdtemp(prefix="kvs-plug-")
+        self.addCleanup(shutil.rmtree, top, True)
+        theirs = os.path.join(top, "theirs")
+        os.mkdir(theirs, 0o755)
+        for d in (top, theirs):
+            os.chmod(d, 0o755)
+        in_theirs = os.path.join(theirs, "deny.so")
+        mine = os.path.join(top, "deny.so")
+        for so in (in_theirs, mine):
+            shutil.copy("%s/test_deny_writes.so" % PLUGINS, so)
+            os.chmod(so, 0o644)
+        os.chown(theirs, 65534, 65534)
+        os.chown(mine, 65534, 65534)
+        for path, why in ((in_theirs, "deny.so is in %s, a directory owned by uid 65534, neither "
+                                      "root nor the user kvs runs as" % theirs),
+                          (mine, "deny.so is owned by uid 65534, neither root nor the user kvs "
+                                 "runs as")):
+            with self.subTest(path=path):
+                r = self.router(shards=1, start=False)
+                with open(r.config, "a") as f:
+                    f.write('plugins: ["%s"]\n' % path)
+                p = r.spawn()
+                self.assertEqual(p.wait(WAIT), 78, r.stderr())
+                self.assertIn(why, r.stderr())
+
     def test_a_plugin_whose_directories_cannot_be_checked_is_refused(self):
         # The file opens, but the path it resolves to is longer than the
         # walk that checks its directories can follow: refused, not loaded
