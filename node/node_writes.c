@@ -191,7 +191,7 @@ static int record_digest(const void *key, size_t klen, const void *payload, size
     return kvs_crypto_sha256(p, n, 3, out);
 }
 
-static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[NODE_PRODUCE_ID_LEN])
+static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[KVS_RECORD_ID_LEN])
 {
     memcpy(id, wr->incarnation, 8);
     for (int i = 0; i < 8; i++)
@@ -693,7 +693,7 @@ static int check_records(node_writes_t *wr, const item_t *items, size_t n, char 
  * first record (nothing sent; `w` untouched). */
 static int send_all(node_writes_t *wr, wreq_t *w, const item_t *items, char *why, size_t wlen)
 {
-    uint8_t id[NODE_PRODUCE_ID_LEN];
+    uint8_t id[KVS_RECORD_ID_LEN];
     char msg[700];
     for (size_t i = 0; i < w->n; i++) {
         rec_t *r = w->recs[i];
