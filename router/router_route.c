@@ -205,6 +205,8 @@ void router_req_set_name(router_req_t *req, router_name_t *n)
 void router_req_free(router_req_t *req)
 {
     router_t *r = req->router;
+    if (req->wrote_bound && req->client != NULL) /* it leaves its client's FIFO */
+        router_client_session(req->client)->queued--;
     merge_free(req->merge);
     req->merge = NULL;
     free(req->rctx);
@@ -2657,7 +2659,9 @@ static void mark_write(router_req_t *req)
     if (req->client == NULL || req->bound_write)
         return;
     req->bound_write = req->wrote_bound = 1;
-    router_client_session(req->client)->writes++;
+    router_session_t *s = router_client_session(req->client);
+    s->writes++;
+    s->queued++;
 }
 
 /* Adds the session's positions in b's topic (of `partition`, or all when
