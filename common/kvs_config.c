@@ -39,6 +39,7 @@
 #include "kvs_addr.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
+#include "kvs_pos.h"
 #include "kvs_token.h"
 
 #include <assert.h>
@@ -56,7 +57,6 @@
 #include <yaml.h>
 
 #define KVS_TABLE_NAME_MAX 200
-#define KVS_TOPIC_NAME_MAX 249  /* Kafka's own limit */
 #define KVS_SOCKET_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 */
 #define KVS_PATH_MAX 4096       /* PATH_MAX, with the NUL */
 
@@ -869,10 +869,9 @@ static const char *topic_name_problem(const char *t)
     size_t len = strlen(t);
     if (len == 0)
         return "topic names must not be empty";
-    if (len > KVS_TOPIC_NAME_MAX)
+    if (len > KVS_POS_TOPIC_MAX)
         return "topic names must be at most 249 characters";
-    if (strcmp(t, ".") == 0 || strcmp(t, "..") == 0 ||
-        strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
+    if (!kvs_pos_topic_chars_ok(t, len))
         return "Kafka topic names use only letters, digits, '.', '_' and '-'";
     return NULL;
 }

@@ -27,7 +27,6 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -133,15 +132,14 @@ static int check_dir(const char *dir, const struct stat *st, const char *where, 
 
 #define WALK_LINKS 40 /* the kernel's own limit on links in one lookup */
 
-/* Resolves `path` as the kernel would, one name at a time, into `out` (a
- * path without symbolic links), checking every directory it goes
- * through with check_dir: each one above the file, above every link on
+/* Resolves `path` as the kernel would, one name at a time, checking
+ * every directory it goes through with check_dir: each one above the file, above every link on
  * the way and above what each link leads to (for a relative path, the
  * working directory and each one above it too). A path that cannot be
  * walked (too long, a loop of links, a name that cannot be looked at) is
  * refused: what was not checked does not run. */
-static int walk_checked(const char *path, char *out, size_t outlen, const char *where,
-                        const char *name, char *err, size_t errlen)
+static int walk_checked(const char *path, const char *where, const char *name, char *err,
+                        size_t errlen)
 {
     char cur[PATH_MAX], todo[2 * PATH_MAX], next[PATH_MAX], link[PATH_MAX];
     struct stat st;
@@ -240,39 +238,32 @@ static int walk_checked(const char *path, char *out, size_t outlen, const char *
                             "%s: cannot check the directories on the way to the plugin (%s), so "
                             "it is not loaded: %s",
                             where, why, name);
-    snprintf(out, outlen, "%s", cur[0] ? cur : "/");
     return 0;
 }
 
 /* Opens entry `i` and checks that it is a plugin of our ABI. The path is
  * resolved one name at a time, every directory on the way checked
- * (walk_checked), and what is loaded must still be the file checked, so
- * it is the one that runs unless someone the checks trust swaps it. (Loading through /proc/self/fd
- * would close even that, but a plugin's $ORIGIN would then be /proc/self/fd: the libraries it ships
- * beside itself would not be found.) */
+ * (walk_checked), and what is loaded must still be the file checked, so it
+ * is the one that runs unless someone the checks trust swaps it. (Loading
+ * through /proc/self/fd would close even that, but a plugin's $ORIGIN
+ * would then be /proc/self/fd: the libraries it ships beside itself would
+ * not be found.) */
 static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *where, char *err,
                     size_t errlen)
 {
     const kvs_plugin_conf_t *pc = &cfg->plugins[i];
-    char path[4200], real[PATH_MAX];
+    char path[4200];
     snprintf(path, sizeof(path), "%s%s", strchr(pc->path, '/') ? "" : "./", pc->path);
     /* dlopen opens whatever the path names: a FIFO would block this
      * process (and every worker) until some writer came, and opening a
-     * device may do something. So the path is stat'ed before it is opened
-     * (without blocking), and what was opened is checked again. */
+     * device may do something. So the file is stat'ed first, and again
+     * just before it is loaded: it must still be the file checked. */
     struct stat st, at;
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
-        return plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
-                            kvs_fs_kind(st.st_mode));
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return plugin_error(err, errlen,
-                            "%s cannot be loaded: %s: cannot open shared object file: %s", where,
-                            pc->path, strerror(errno));
     int rc = 0;
-    if (fstat(fd, &st) != 0)
-        rc = plugin_error(err, errlen, "%s cannot be loaded: %s: %s", where, pc->path,
-                          strerror(errno));
+    if (stat(path, &st) != 0)
+        rc =
+            plugin_error(err, errlen, "%s cannot be loaded: %s: cannot open shared object file: %s",
+                         where, pc->path, strerror(errno));
     else if (!S_ISREG(st.st_mode))
         rc = plugin_error(err, errlen, "%s: %s is %s, not a shared object file", where, pc->path,
                           kvs_fs_kind(st.st_mode));
@@ -294,15 +285,13 @@ static int open_one(const kvs_config_t *cfg, size_t i, loaded_t *l, const char *
             kvs_warn("%s: %s is writable by its group (mode %04o), whose members may change the "
                      "code kvs runs; chmod g-w it unless that is meant",
                      where, pc->path, (unsigned)(st.st_mode & 07777));
-        rc = walk_checked(path, real, sizeof(real), where, pc->path, err, errlen);
+        rc = walk_checked(path, where, pc->path, err, errlen);
     }
-    close(fd);
     if (rc != 0)
         return rc;
-    /* The path must still name the file checked. It is loaded by the path
-     * as configured, not the resolved one: the dynamic loader takes a
-     * plugin's $ORIGIN from the name it was given, so a plugin linked
-     * into a directory of its libraries finds them there. */
+    /* Loaded by the path as configured, not the resolved one: the dynamic
+     * loader takes a plugin's $ORIGIN from the name it was given, so a
+     * plugin linked into a directory of its libraries finds them there. */
     if (stat(path, &at) != 0 || at.st_dev != st.st_dev || at.st_ino != st.st_ino)
         return plugin_error(err, errlen, "%s: %s changed while it was checked; not loaded", where,
                             pc->path);

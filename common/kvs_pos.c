@@ -109,6 +109,18 @@ int64_t kvs_pos_find(const uint8_t *tok, size_t len, const char *topic, size_t t
     return -1;
 }
 
+int kvs_pos_topic_chars_ok(const void *t, size_t n)
+{
+    const unsigned char *c = t;
+    if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((c[i] >= 'a' && c[i] <= 'z') || (c[i] >= 'A' && c[i] <= 'Z') ||
+              (c[i] >= '0' && c[i] <= '9') || c[i] == '.' || c[i] == '_' || c[i] == '-'))
+            return 0;
+    return 1;
+}
+
 int kvs_pos_format(const uint8_t *tok, size_t len, char *out, size_t cap)
 {
     kvs_pos_iter_t it;
@@ -120,15 +132,11 @@ int kvs_pos_format(const uint8_t *tok, size_t len, char *out, size_t cap)
     out[0] = '\0';
     while (rc == 0 && (rc = kvs_pos_iter_next(&it, &e)) == 1) {
         char one[KVS_POS_TOPIC_MAX + 48];
-        /* A topic name is Kafka's: letters, digits, '.', '_', '-'. Anything
-         * else (a terminal's escape sequence from a hostile server) makes
-         * the token malformed, never text to print. */
-        for (size_t i = 0; i < e.topic_len; i++) {
-            unsigned char ch = (unsigned char)e.topic[i];
-            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
-                return KVS_EPROTO;
-        }
+        /* A topic name is Kafka's: anything else (a terminal's escape
+         * sequence from a hostile server) makes the token malformed, never
+         * text to print. */
+        if (!kvs_pos_topic_chars_ok(e.topic, e.topic_len))
+            return KVS_EPROTO;
         int n = snprintf(one, sizeof(one), "%s%.*s:%u:%lld", o > 0 ? "," : "", (int)e.topic_len,
                          e.topic, e.partition, (long long)e.offset);
         rc = 0;

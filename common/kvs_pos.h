@@ -42,6 +42,10 @@
 #define KVS_POS_VERSION 1
 #define KVS_POS_TOPIC_MAX 249
 
+/* Whether t[0..n) is made as Kafka makes topic names: letters, digits,
+ * '.', '_' and '-', and not "." or ".." (the length is the caller's). */
+int kvs_pos_topic_chars_ok(const void *t, size_t n);
+
 /* One position. `topic` is not NUL-terminated. */
 typedef struct kvs_pos_entry_s {
     const char *topic;

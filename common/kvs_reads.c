@@ -50,20 +50,28 @@ void kvs_reads_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd, const
                      hint);
 }
 
+void kvs_reads_value_too_large_text(char *out, size_t cap, size_t max_frame, const char *cmd,
+                                    const ProtobufCBinaryData *key, size_t need, int write)
+{
+    char shown[128];
+    snprintf(out, cap,
+             "%s answer would take %zu bytes for the %s value of key \"%s\", more than "
+             "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
+             "%sraise limits.max_frame to at least %zu bytes to %s it",
+             cmd, need, write ? "previous" : "stored",
+             kvs_msg_quote(shown, sizeof(shown), key->data, key->len), max_frame,
+             write ? "nothing was written; " : "", need, write ? "change" : "read");
+}
+
 void kvs_reads_value_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd,
                                const ProtobufCBinaryData *key, size_t need, int write)
 {
-    char shown[128];
+    char text[600];
+    kvs_reads_value_too_large_text(text, sizeof(text), max_frame, cmd, key, need, write);
     kvs_resp_abort(r);
     kvs_resp_begin(r, r->out);
     kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r,
-                     "%s answer would take %zu bytes for the %s value of key \"%s\", more than "
-                     "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
-                     "%sraise limits.max_frame to at least %zu bytes to %s it",
-                     cmd, need, write ? "previous" : "stored",
-                     kvs_msg_quote(shown, sizeof(shown), key->data, key->len), max_frame,
-                     write ? "nothing was written; " : "", need, write ? "change" : "read");
+    kvs_resp_message(r, "%s", text);
 }
 
 /* An answer's room for the pairs or values of a multi-key answer: the

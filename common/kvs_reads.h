@@ -107,4 +107,9 @@ void kvs_reads_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd, const
 void kvs_reads_value_too_large(kvs_resp_t *r, size_t max_frame, const char *cmd,
                                const ProtobufCBinaryData *key, size_t need, int write);
 
+/* Its message alone, into out[0..cap) (a write that answers later, such
+ * as a log-first one, refuses with it before it starts). */
+void kvs_reads_value_too_large_text(char *out, size_t cap, size_t max_frame, const char *cmd,
+                                    const ProtobufCBinaryData *key, size_t need, int write);
+
 #endif

@@ -417,8 +417,7 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
     node_slice_t v;
     if (in->own.claim == NULL || *in->own.outstanding == 0 ||
         rd_kafka_message_headers(m, &hdrs) != 0 ||
-        rd_kafka_header_get_last(hdrs, NODE_INGEST_OWN_HEADER, &id, &n) != 0 ||
-        n != NODE_INGEST_OWN_ID_LEN)
+        rd_kafka_header_get_last(hdrs, KVS_RECORD_HEADER, &id, &n) != 0 || n != KVS_RECORD_ID_LEN)
         return 0;
     int lengths = 0;
     kvs_buf_t *prev =

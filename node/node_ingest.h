@@ -21,6 +21,7 @@
 #include "kvs_config.h"
 #include "kvs_fresh.h"
 #include "kvs_metrics.h"
+#include "kvs_record.h"
 #include "kvs_resp.h"
 #include "kvs_shardstate.h"
 #include "node_store.h"
@@ -172,9 +173,6 @@ const char *node_ingest_resized_message(const kvs_binding_t *b, uint32_t now, ui
 int node_ingest_writable(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
 /* ---- this worker's own records (log-first writes, node_writes) ---------- */
-
-#define NODE_INGEST_OWN_HEADER "kvs.writer" /* = NODE_PRODUCE_HEADER */
-#define NODE_INGEST_OWN_ID_LEN 16
 
 typedef struct node_ingest_own_s {
     /* A record carrying header `id`, key and payload (NULL: a tombstone)

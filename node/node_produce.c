@@ -174,7 +174,7 @@ static rd_kafka_topic_t *topic_of(node_produce_t *pr, const kvs_binding_t *b)
 
 int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partition,
                       const void *key, size_t klen, const void *payload, size_t len,
-                      const uint8_t id[NODE_PRODUCE_ID_LEN], void *opaque, char *why, size_t whylen)
+                      const uint8_t id[KVS_RECORD_ID_LEN], void *opaque, char *why, size_t whylen)
 {
     rd_kafka_topic_t *rkt = topic_of(pr, b);
     if (pr->stopping || pr->failed || rkt == NULL) {
@@ -187,7 +187,7 @@ int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partit
         rd_kafka_producev(pr->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
                           RD_KAFKA_V_VALUE((void *)payload, plen),
-                          RD_KAFKA_V_HEADER(NODE_PRODUCE_HEADER, id, NODE_PRODUCE_ID_LEN),
+                          RD_KAFKA_V_HEADER(KVS_RECORD_HEADER, id, KVS_RECORD_ID_LEN),
                           RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         pr->outstanding++;

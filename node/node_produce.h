@@ -28,9 +28,6 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define NODE_PRODUCE_ID_LEN KVS_RECORD_ID_LEN
-#define NODE_PRODUCE_HEADER KVS_RECORD_HEADER
-
 typedef struct node_produce_s node_produce_t;
 
 /* The delivery report of one record. */
@@ -82,8 +79,7 @@ int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char 
  * partition unknown to the brokers); `why` says it in words. */
 int node_produce_send(node_produce_t *pr, const kvs_binding_t *b, int32_t partition,
                       const void *key, size_t klen, const void *payload, size_t len,
-                      const uint8_t id[NODE_PRODUCE_ID_LEN], void *opaque, char *why,
-                      size_t whylen);
+                      const uint8_t id[KVS_RECORD_ID_LEN], void *opaque, char *why, size_t whylen);
 
 /* Whether a record of a `klen`-byte key and a `len`-byte payload (with
  * kvs's header) fits the producer's message.max.bytes as librdkafka counts

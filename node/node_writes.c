@@ -191,7 +191,7 @@ static int record_digest(const void *key, size_t klen, const void *payload, size
     return kvs_crypto_sha256(p, n, 3, out);
 }
 
-static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[NODE_PRODUCE_ID_LEN])
+static void make_id(const node_writes_t *wr, uint64_t seq, uint8_t id[KVS_RECORD_ID_LEN])
 {
     memcpy(id, wr->incarnation, 8);
     for (int i = 0; i < 8; i++)
@@ -621,8 +621,9 @@ static size_t answer_budget(const Kvs__CommandRequest *req)
  * (kvs_reads_stored_bound): however large they are now, or become before
  * the records apply (a write of the same keys still on its way through
  * the topic), the answer stays within this bound. */
-static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *items, size_t n,
-                       size_t budget, int value_lengths, char *msg, size_t mlen)
+static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const char *cmd,
+                       const item_t *items, size_t n, size_t budget, int value_lengths, char *msg,
+                       size_t mlen)
 {
     size_t olds = 0, news = 0, largest = 0, tok = 64 + strlen(b->topic); /* the position */
     const ProtobufCBinaryData *largest_key = NULL;
@@ -654,13 +655,7 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const item_t *
     size_t alone =
         largest_key != NULL ? kvs_reads_write_bound(value_lengths, 1, largest) + 24 + tok : 0;
     if (alone > wr->max_frame) {
-        char shown[128];
-        snprintf(msg, mlen,
-                 "answer would take %zu bytes for the previous value of key \"%s\", more than "
-                 "limits.max_frame (%zu bytes) allows (it was stored under a larger limit); "
-                 "nothing was written; raise limits.max_frame to at least %zu bytes to change it",
-                 alone, kvs_msg_quote(shown, sizeof(shown), largest_key->data, largest_key->len),
-                 wr->max_frame, alone);
+        kvs_reads_value_too_large_text(msg, mlen, wr->max_frame, cmd, largest_key, alone, 1);
         return KVS_ETOOBIG;
     }
     /* The answer: the previous values (each stored now, or an earlier
@@ -698,7 +693,7 @@ static int check_records(node_writes_t *wr, const item_t *items, size_t n, char 
  * first record (nothing sent; `w` untouched). */
 static int send_all(node_writes_t *wr, wreq_t *w, const item_t *items, char *why, size_t wlen)
 {
-    uint8_t id[NODE_PRODUCE_ID_LEN];
+    uint8_t id[KVS_RECORD_ID_LEN];
     char msg[700];
     for (size_t i = 0; i < w->n; i++) {
         rec_t *r = w->recs[i];
@@ -790,8 +785,9 @@ int node_writes_request(node_writes_t *wr, const kvs_binding_t *b, const Kvs__Co
     int rc = collect_items(wr, b, req, arena, &items, &n, msg, sizeof(msg));
     if (rc == 0)
         rc = place_items(wr, b, items, n, msg, sizeof(msg), &status);
-    if (rc == 0 && (rc = check_sizes(wr, b, items, n, answer_budget(req), req->value_lengths, msg,
-                                     sizeof(msg))) == KVS_ETOOBIG)
+    if (rc == 0 &&
+        (rc = check_sizes(wr, b, kvs_msg_command_name(req->command_case), items, n,
+                          answer_budget(req), req->value_lengths, msg, sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;
     if (rc == 0 && (rc = check_records(wr, items, n, msg, sizeof(msg))) == KVS_ETOOBIG)
         status = KVS_STATUS_TOO_LARGE;

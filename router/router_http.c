@@ -103,7 +103,6 @@ struct http_conn_s {
     size_t url_len;
     int url_too_long;
     int headers_done;
-    size_t head_bytes; /* request line and header bytes seen (names and values) */
     /* The header being parsed (its pieces may come in several calls): its
      * name's first bytes, and whether it is timeout_header; that one's value. */
     char hname[sizeof(timeout_header)];
@@ -124,7 +123,6 @@ struct http_conn_s {
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *hc = p->data;
-    hc->head_bytes += len;
     if (hc->in_value) { /* a new header */
         hc->in_value = 0;
         hc->hname_len = 0;
@@ -137,7 +135,6 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *hc = p->data;
-    hc->head_bytes += len;
     if (!hc->in_value) { /* the first piece of this header's value */
         hc->in_value = 1;
         hc->is_timeout = hc->hname_len == sizeof(timeout_header) - 1 &&
@@ -179,7 +176,6 @@ static uint64_t parse_timeout(http_conn_t *hc)
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     http_conn_t *hc = p->data;
-    hc->head_bytes += len;
     if (hc->url_len + len > HTTP_MAX_URL) {
         hc->url_too_long = 1;
         return 0;
@@ -224,7 +220,6 @@ static void parser_reset(http_conn_t *hc)
     hc->url[0] = '\0';
     hc->url_too_long = 0;
     hc->headers_done = 0;
-    hc->head_bytes = 0;
     hc->hname_len = 0;
     hc->in_value = 0;
     hc->is_timeout = 0;

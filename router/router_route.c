@@ -205,6 +205,8 @@ void router_req_set_name(router_req_t *req, router_name_t *n)
 void router_req_free(router_req_t *req)
 {
     router_t *r = req->router;
+    if (req->wrote_bound && req->client != NULL) /* it leaves its client's FIFO */
+        router_client_session(req->client)->queued--;
     merge_free(req->merge);
     req->merge = NULL;
     free(req->rctx);
@@ -2081,25 +2083,24 @@ static int keep_keys(router_req_t *req, const Kvs__CommandRequest *q, size_t key
 static int record_refused(router_req_t *req, const kvs_binding_t *b, const Kvs__Kvpair *pair,
                           size_t i)
 {
-    char msg[700], where[64];
+    char msg[700];
     const uint8_t *payload;
     size_t len, max = req->router->record_max ? req->router->record_max : KVS_RECORD_MAX_DEFAULT;
-    if (req->redis) /* HSET's fields and values: the i-th value */
-        snprintf(where, sizeof(where), "value %zu", i + 1);
-    else
-        snprintf(where, sizeof(where), "Hmset.pairs[%zu].value", i);
-    if (!kvs_record_payload(b, pair->value, &payload, &len)) {
-        kvs_record_format_refusal(b, pair->value, where, msg, sizeof(msg));
+    int carried = kvs_record_payload(b, pair->value, &payload, &len);
+    size_t size = carried ? kvs_record_size(pair->key.len, len) : 0;
+    if (carried && size <= max)
+        return 0;                   /* every key of a large write comes here: nothing formatted */
+    char pair_at[48], value_at[64]; /* "Hmset.pairs[i]", or HSET's i-th "value" */
+    snprintf(pair_at, sizeof(pair_at), req->redis ? "value %zu" : "Hmset.pairs[%zu]",
+             req->redis ? i + 1 : i);
+    snprintf(value_at, sizeof(value_at), "%s%s", pair_at, req->redis ? "" : ".value");
+    if (!carried) {
+        kvs_record_format_refusal(b, pair->value, value_at, msg, sizeof(msg));
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, "%s", msg);
-        return 1;
+    } else {
+        kvs_record_too_large(size, max, msg, sizeof(msg));
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE, "%s: %s", pair_at, msg);
     }
-    size_t size = kvs_record_size(pair->key.len, len);
-    if (size <= max)
-        return 0;
-    kvs_record_too_large(size, max, msg, sizeof(msg));
-    if (!req->redis)
-        where[strlen(where) - 6] = '\0'; /* "Hmset.pairs[i]: value is too large" */
-    router_req_finish_status(req, KVS_STATUS_TOO_LARGE, "%s: %s", where, msg);
     return 1;
 }
 
@@ -2658,7 +2659,9 @@ static void mark_write(router_req_t *req)
     if (req->client == NULL || req->bound_write)
         return;
     req->bound_write = req->wrote_bound = 1;
-    router_client_session(req->client)->writes++;
+    router_session_t *s = router_client_session(req->client);
+    s->writes++;
+    s->queued++;
 }
 
 /* Adds the session's positions in b's topic (of `partition`, or all when

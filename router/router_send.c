@@ -150,6 +150,8 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 static int later_write_of_table(const router_req_t *req)
 {
     const kvs_request_info_t *in = &req->info;
+    if (req->client == NULL || router_client_session(req->client)->queued == 0)
+        return 0; /* none queued: no walk of its FIFO (up to limits.max_inflight) */
     for (const router_req_t *x = req->next; x != NULL; x = x->next)
         if (x->wrote_bound && x->info.table_len == in->table_len &&
             (in->table_len == 0 || memcmp(x->info.table, in->table, in->table_len) == 0))

@@ -50,6 +50,7 @@ typedef struct router_session_s {
     router_pos_t *pos; /* sorted by (binding, partition) */
     size_t n, cap;
     uint32_t writes;       /* writes to bound tables sent and not answered */
+    uint32_t queued;       /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;    /* requests with a part at a local worker, not answered */
     uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */

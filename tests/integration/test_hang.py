@@ -34,6 +34,16 @@ CLI = os.path.join(BUILD_DIR, "kvs-cli")
 WAIT = 15.0
 
 
+def all_threads_stopped(pid):
+    """Whether every thread of `pid` is stopped: SIGSTOP stops them one by
+    one, and a signal sent before the last stops may be taken by another."""
+    states = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return all(st in ("T", "t") for st in states)
+
+
 def timed(fn, *args, **kw):
     t = time.monotonic()
     out = fn(*args, **kw)
@@ -215,15 +225,9 @@ class HungProcessTest(RouterTestCase):
         # worker is stopped is taken as soon as the stop's SIGCONT runs it.
         r = self.node()
         worker0 = r.worker_pid(0)
-
-        def all_stopped():  # every thread: another one could take the signal first
-            states = []
-            for t in os.listdir("/proc/%d/task" % worker0):
-                with open("/proc/%d/task/%s/stat" % (worker0, t)) as f:
-                    states.append(f.read().rsplit(")", 1)[1].split()[0])
-            return all(st in ("T", "t") for st in states)
         with stopped(worker0):
-            self.assertTrue(wait_until(all_stopped, 5), "the worker did not stop")
+            self.assertTrue(wait_until(lambda: all_threads_stopped(worker0), 5),
+                            "the worker did not stop")
             os.kill(worker0, signal.SIGVTALRM)  # default action: the process dies
             r.proc.send_signal(signal.SIGTERM)
             try:
@@ -234,6 +238,27 @@ class HungProcessTest(RouterTestCase):
         self.assertEqual(rc, 1, log[-3000:])
         self.assertIn("shard 0 (pid %d) killed by signal %d" % (worker0, signal.SIGVTALRM), log)
         self.assertIn("stopped, but shard 0 was killed by signal %d (%s) while the node stopped"
+                      % (signal.SIGVTALRM, signal.strsignal(signal.SIGVTALRM)),
+                      log.splitlines()[-1])
+        self.assertTrue(r.wait_all_gone(5))
+
+
+    def test_a_router_process_that_dies_while_the_node_stops_makes_the_exit_status_1(self):
+        # The same for a router process: a crash while it drains.
+        r = self.node()
+        router1 = router_pids(r)[1]
+        with stopped(router1):
+            self.assertTrue(wait_until(lambda: all_threads_stopped(router1), 5),
+                            "the router process did not stop")
+            os.kill(router1, signal.SIGVTALRM)  # default action: the process dies
+            r.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = r.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.fail("kvs-router still ran after SIGTERM:\n" + r.stderr()[-3000:])
+        log = r.stderr()
+        self.assertEqual(rc, 1, log[-3000:])
+        self.assertIn("stopped, but router 1 was killed by signal %d (%s) while the node stopped"
                       % (signal.SIGVTALRM, signal.strsignal(signal.SIGVTALRM)),
                       log.splitlines()[-1])
         self.assertTrue(r.wait_all_gone(5))

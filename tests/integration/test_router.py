@@ -908,5 +908,28 @@ class SplitWriteMergeTest(RouterTestCase):
             self.assertIn("Hmset may or may not have written its keys", resp.message)
             self.assertEqual(pyval(c.hget("t", ks[0][0]).values[0]), "a")  # shard 0 wrote
 
+    def test_a_redis_split_write_the_router_cannot_merge_speaks_of_fields(self):
+        # The same through the Redis port: the client sent HSET about fields.
+        import redis
+        from routertest import free_port
+
+        def answer(req):
+            resp = pb.CommandResponse()
+            resp.status = 200
+            if req.WhichOneof("command") == "ping":
+                resp.message = "PONG"
+            return resp
+        fake = FakeShard(answer)
+        self.addCleanup(fake.close)
+        rport = free_port()
+        self.router(shards=2, partitions=PARTITIONS, remote={1: "127.0.0.1:%d" % fake.port},
+                    router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        ks = keys_by_shard("sw", 1, PARTITIONS, 2)
+        c = redis.Redis(host="127.0.0.1", port=rport, socket_timeout=10)
+        self.addCleanup(c.close)
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    "the command may or may not have written its fields"):
+            c.hset("t", mapping={ks[0][0]: "a", ks[1][0]: "b"})
+
 if __name__ == "__main__":
     unittest.main()

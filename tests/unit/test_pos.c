@@ -135,6 +135,9 @@ KVS_TEST(decodes_only_canonical_tokens)
     char shown[64] = "untouched";
     CHECK_EQ(kvs_pos_format(esc, sizeof(esc), shown, sizeof(shown)), KVS_EPROTO);
     CHECK(strchr(shown, 0x1b) == NULL);
+    CHECK(kvs_pos_topic_chars_ok("a.b-c_D9", 8));
+    CHECK(!kvs_pos_topic_chars_ok(".", 1) && !kvs_pos_topic_chars_ok("..", 2));
+    CHECK(!kvs_pos_topic_chars_ok("a b", 3) && !kvs_pos_topic_chars_ok("a:b", 3));
     /* a shorter topic sorts first on a common prefix: "t" < "tt" */
     static const uint8_t ok[] = {0x01, 0x01, 't', 0x01, 0x00, 0x00,
                                  0x02, 't',  't', 0x01, 0x00, 0x00};

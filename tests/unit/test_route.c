@@ -2882,7 +2882,9 @@ KVS_TEST(replica_read_before_a_write_of_its_table_is_not_retried)
     CHECK(rd->done);
     rd->next = NULL;
     router_req_free(rd);
+    CHECK_EQ(fx.session.queued, 1); /* the write is still in the FIFO */
     router_req_free(w);
+    CHECK_EQ(fx.session.queued, 0); /* none left: a failed read walks nothing */
 }
 
 KVS_TEST(replica_split_read_retries_its_part)
