@@ -751,15 +751,26 @@ static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
-/* A write to a table bound to no topic, on a shard with several replicas:
- * it would reach this copy only (kvs-router refuses it the same way).
- * Returns 1 when refused (answered), 0 to go on, or a negative error. */
+/* A write to a table bound to no topic, on a shard with several replicas
+ * (kvs-router refuses it the same way) or whose snapshot went to another
+ * node (node_handoff): it would reach this copy only. Returns 1 when
+ * refused (answered), 0 to go on, or a negative error. */
 static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
                            const void *table, size_t len, kvs_buf_t *out)
 {
-    if (ctx->replicas < 2 || !is_write_cmd(cmd) || ctx->ungated)
+    const char *copied = node_handoff_why(ctx->handoff);
+    if ((ctx->replicas < 2 && copied == NULL) || !is_write_cmd(cmd) || ctx->ungated)
         return 0;
-    int rc = kvs_msg_append_status(
+    int rc;
+    if (ctx->replicas < 2) {
+        rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
+                                   "%s: table \"%.*s\" is bound to no Kafka topic, and %s; nothing "
+                                   "was written (send it again once the move is over)",
+                                   kvs_msg_command_name(cmd), (int)(len > 200 ? 200 : len),
+                                   (const char *)table, copied);
+        return rc == 0 ? 1 : rc;
+    }
+    rc = kvs_msg_append_status(
         out, KVS_STATUS_BAD_REQUEST,
         "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u replicas: a write to "
         "an unbound table would reach one copy only. Bind the table to a topic (kafka.bindings) "

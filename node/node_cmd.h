@@ -14,6 +14,7 @@
 #include "kvs_msg.h"
 #include "kvs_reads.h"
 #include "node_digest.h"
+#include "node_handoff.h"
 #include "kvs_slowlog.h"
 #include "node_ingest.h"
 #include "node_reads.h"
@@ -52,6 +53,9 @@ typedef struct node_cmd_ctx_s {
     /* The shard has several replicas (cluster.nodes): writes to tables
      * bound to no topic are refused, as they would reach this copy only. */
     uint32_t replicas;
+    /* The shard's snapshot went to another node (node_handoff): writes to
+     * tables bound to no topic are refused with 503 (NULL: none). */
+    const node_handoff_t *handoff;
     node_digest_t *digest; /* the Digest command (NULL: not available) */
     /* The Snapshot command: hands the connection that asked over to the
      * snapshot sender (NULL: not available). Returns 0 when it took it, or

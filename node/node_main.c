@@ -109,6 +109,7 @@ typedef struct node_main_s {
     kvs_auth_t *auth;       /* users, or NULL */
     node_digest_t *digest;
     node_snapshot_t *snapshot;
+    node_handoff_t *handoff; /* the fence a snapshot sent raises */
     const char *config_path;
     const char *reload_from; /* --reload-from, or NULL */
     kvs_config_t *cfg;       /* the running config (live reload changes its live keys in place) */
@@ -987,7 +988,15 @@ int main(int argc, char **argv)
     node_server_set_digest(m.srv, m.digest);
     m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
                                    cfg->frame_timeout_ms);
-    node_server_set_snapshot(m.srv, m.snapshot);
+    char shard_dir[sizeof(m.shard_dir)];
+    snprintf(shard_dir, sizeof(shard_dir), "%s/shard-%ld", cfg->data_dir, args.shard);
+    if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, &m.handoff) != 0) {
+        kvs_error("out of memory");
+        m.exit_code = 1;
+        m.signals = 1;
+        begin_shutdown(&m);
+    }
+    node_server_set_snapshot(m.srv, m.snapshot, m.handoff);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
@@ -1010,6 +1019,7 @@ int main(int argc, char **argv)
     node_writes_free(m.writes);
     node_digest_free(m.digest);
     node_snapshot_free(m.snapshot);
+    node_handoff_free(m.handoff);
     node_ingest_free(m.ingest);    /* before the store: it may still hold a read */
     kvs_shardstate_close(m.state); /* not live: routers stop reading the environment */
     rc = node_store_close(store);

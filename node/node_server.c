@@ -174,6 +174,7 @@ struct node_server_s {
     node_server_turn_cb turn_cb;
     void *turn_arg;
     node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
+    node_handoff_t *handoff;   /* the fence the Snapshot command raises, or NULL */
     /* operations */
     kvs_hook_chain_t chain;
     const kvs_plugins_t *plugins;
@@ -610,6 +611,7 @@ static void on_turn_end(kvs_flusher_t *f)
     int rc = node_store_end_turn(srv->store); /* failures were handled by on_batch_failed */
     if (srv->turn_cb != NULL)
         srv->turn_cb(srv->turn_arg, rc);
+    node_snapshot_turn_end(srv->snapshot);
     while (srv->batch_members != NULL) {
         node_client_t *cl = srv->batch_members;
         srv->batch_members = cl->batch_next;
@@ -1182,6 +1184,8 @@ int node_server_reload(node_server_t *srv, const kvs_config_t *cfg)
         uv_timer_start(&srv->sync_timer, on_sync_timer, due < every ? due : every, every);
     }
     srv->cmd.replicas = kvs_config_replica_count(cfg, srv->cmd.shard); /* cluster.nodes is live */
+    if (srv->handoff != NULL)
+        node_handoff_update(srv->handoff, cfg);
     return 0;
 }
 
@@ -1324,17 +1328,31 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
         return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                                      "Snapshot must be alone on its connection (the stream "
                                      "takes it over): open a connection for it");
+    /* The fence first, then the copy: node_snapshot starts it after this
+     * turn's commit, so every write of an unbound table acknowledged here
+     * is in it, and none comes after (node_handoff). */
+    if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot)) {
+        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg);
+        if (rc != 0)
+            return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                                         "cannot record the snapshot of shard %u before sending "
+                                         "it: %s",
+                                         srv->cmd.shard, kvs_strerror(rc));
+    }
     int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
     if (rc != 0)
         return rc < 0 ? rc : 0;
     cl->streaming = 1;
     kvs_conn_pause(&cl->conn);
+    kvs_flusher_wake(&srv->flusher); /* the turn's end starts the copy */
     return 0;
 }
 
-void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn)
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn, node_handoff_t *handoff)
 {
     srv->snapshot = sn;
+    srv->handoff = handoff;
+    srv->cmd.handoff = handoff;
     srv->cmd.snapshot = sn != NULL ? take_snapshot : NULL;
     srv->cmd.snapshot_arg = srv;
 }

@@ -10,6 +10,7 @@
 #include "kvs_conn.h"
 #include "kvs_plugins.h"
 #include "node_digest.h"
+#include "node_handoff.h"
 #include "node_ingest.h"
 #include "node_reads.h"
 #include "node_snapshot.h"
@@ -54,8 +55,10 @@ void node_server_set_writes(node_server_t *srv, node_writes_t *writes);
 /* Sets the Digest command's state (NULL: not available). */
 void node_server_set_digest(node_server_t *srv, node_digest_t *digest);
 
-/* Sets the Snapshot command's sender (NULL: not available). */
-void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn);
+/* Sets the Snapshot command's sender (NULL: not available) and the fence
+ * a snapshot raises (node_handoff; NULL: none), which every reload then
+ * updates. */
+void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn, node_handoff_t *handoff);
 
 /* Executes a request now, without freshness checks (node_reads_exec_cb,
  * with the server as `arg`). */

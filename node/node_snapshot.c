@@ -56,6 +56,7 @@ struct node_snapshot_s {
     size_t chunk;
     uint64_t stall_ms;
     int active;       /* a snapshot is under way (until the copy and the pipe both ended) */
+    int due;          /* started, its copy not yet: it waits for the turn's commit */
     kvs_conn_t *conn; /* the receiver; NULL once gone */
     node_store_view_t *view;
     uv_work_t work;
@@ -148,7 +149,7 @@ static void on_check(uv_check_t *h);
  * listens), then everything is released. */
 static void finish(node_snapshot_t *sn)
 {
-    if (sn->work_busy || sn->pipe_open || !sn->active)
+    if (sn->work_busy || sn->pipe_open || !sn->active || sn->due)
         return;
     kvs_conn_t *c = sn->conn;
     if (c != NULL && sn->copy_rc == 0) {
@@ -347,18 +348,8 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
     sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);
     if (rc == 0) {
-        sn->work.data = sn;
-        rc = uv_queue_work(sn->loop, &sn->work, copy_work, copy_done);
-        if (rc == 0)
-            sn->work_busy = 1;
-        else {
-            close(sn->wfd);
-            sn->wfd = -1;
-            sn->copy_rc = rc;
-            close_pipe(sn); /* finish() answers the error */
-        }
-        if (rc == 0)
-            kvs_info("sending a snapshot of shard %u to %s", sn->shard, conn->peer);
+        sn->due = 1; /* node_snapshot_turn_end starts the copy */
+        kvs_info("sending a snapshot of shard %u to %s", sn->shard, conn->peer);
         return 0;
     }
     sn->active = sn->pipe_open; /* a pipe being closed still finishes it */
@@ -373,6 +364,27 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
     return rc == 0 ? 1 : rc;
 }
 
+void node_snapshot_turn_end(node_snapshot_t *sn)
+{
+    if (sn == NULL || !sn->due)
+        return;
+    sn->due = 0;
+    int rc = sn->conn == NULL ? -ECANCELED : 0; /* the receiver left meanwhile */
+    if (rc == 0) {
+        sn->work.data = sn;
+        rc = uv_queue_work(sn->loop, &sn->work, copy_work, copy_done);
+    }
+    if (rc == 0) {
+        sn->work_busy = 1;
+        return;
+    }
+    close(sn->wfd);
+    sn->wfd = -1;
+    sn->copy_rc = rc;
+    close_pipe(sn); /* finish() answers the error, if anyone listens */
+    finish(sn);     /* now, if the pipe had closed already */
+}
+
 void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn)
 {
     if (sn == NULL || sn->conn != conn)
@@ -385,6 +397,8 @@ void node_snapshot_free(node_snapshot_t *sn)
 {
     if (sn == NULL)
         return;
+    if (sn->wfd >= 0) /* a copy that never started */
+        close(sn->wfd);
     free(sn->rbuf);
     kvs_hash_free(sn->hash);
     free(sn);

@@ -26,6 +26,11 @@ node_snapshot_t *node_snapshot_new(uv_loop_t *loop, node_store_t *store, uint32_
  * being sent: one at a time) and returns 1, or a negative error. */
 int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out);
 
+/* The end of a loop turn, after its commit (node_server's flusher): a
+ * snapshot started in the turn begins its copy now, so the copy holds
+ * every write the turn acknowledges. */
+void node_snapshot_turn_end(node_snapshot_t *sn);
+
 /* The connection given to node_snapshot_start is closing: stop sending
  * (the copy thread is told through its pipe and ends). */
 void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn);

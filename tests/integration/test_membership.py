@@ -350,6 +350,80 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_shard_that_moves_loses_no_acknowledged_write_to_an_unbound_table(self):
+        # Shard 2 moves from b alone to a alone, with writes to a table
+        # bound to no topic coming through both nodes throughout. Once a's
+        # new worker copied b's, b's worker (until b reloads) must take no
+        # such write: it would reach that copy only, and retire with it.
+        # It answers 503 meanwhile (nothing written), also after a kill -9
+        # (the fence is on disk); once b reloads, b's router sends shard 2
+        # to a. Every write answered 200 must then be readable everywhere.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        keys = (b"h-%d" % i for i in range(10 ** 6) if shard_of_key(b"h-%d" % i) == 2)
+        acked, refused, lock, stop = {}, [], threading.Lock(), threading.Event()
+
+        def writer(router):
+            conn = [None]
+            while not stop.is_set():
+                with lock:
+                    key = next(keys)
+                try:
+                    if conn[0] is None:
+                        conn[0] = Client(router.addr, timeout=20)
+                    resp = conn[0].call(req_hset("plain", key, key.decode()))
+                except DRAINED:  # a drained router process: not executed
+                    conn[0].close()
+                    conn[0] = None
+                    continue
+                with lock:
+                    if resp.status == 200:
+                        acked[key] = router
+                    else:
+                        refused.append((router is b, resp.status, resp.message))
+                time.sleep(0.002)
+            conn[0].close()
+
+        threads = [threading.Thread(target=writer, args=(r,), daemon=True) for r in (a, b)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+            set_map(a, moved, bases)
+            self.reload(a, 1)
+            self.assertIn("shard 2 has no data yet: copying a snapshot from node b", a.stderr())
+            self.assertIn("shard 2 was copied to", b.stderr())
+            time.sleep(0.5)
+            self.restart_worker(b, 2)
+            with Client(b.socket_path(2)) as w:
+                resp = w.call(req_hset("plain", next(keys), "x"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn('table "plain" is bound to no Kafka topic, and shard 2 was copied to',
+                          resp.message)
+            self.assertIn("nothing was written", resp.message)
+            set_map(b, moved, bases)
+            self.reload(b, 1)
+            with lock:
+                before = len(acked)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        with lock:
+            self.assertGreater(len(acked), before)  # b's router writes to a now
+            self.assertTrue(refused, "no write was refused between the copy and b's reload")
+            self.assertEqual({r[1] for r in refused}, {503}, refused[:3])
+        for router in (a, b):
+            with router.client() as c:
+                for k in acked:
+                    resp = c.call(req_hget("plain", k))
+                    self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                     (200, k.decode()), (k, acked[k] is b, resp.message))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_shard_given_back_is_copied_afresh_not_served_as_it_left(self):
         # Shard 0 leaves a (its worker stops), is written on b meanwhile
         # (a table bound to no topic: no replay brings those rows), then

@@ -1,0 +1,175 @@
+/*
+ * Unit tests for node_handoff: the fence a snapshot sent raises on writes
+ * to tables bound to no topic, kept on disk, and when a map lifts it.
+ */
+#include "kvs_test.h"
+#include "node_handoff.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+static char dir[64], file[96];
+
+static void remove_dir(void)
+{
+    unlink(file);
+    rmdir(dir);
+}
+
+static void fresh_dir(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/kvs-test-handoff-%d", (int)getpid());
+    snprintf(file, sizeof(file), "%s/copied-out", dir);
+    remove_dir();
+    CHECK_EQ(mkdir(dir, 0700), 0);
+    atexit(remove_dir);
+}
+
+/* This node is "a"; shard 1's replicas are `nodes` (a YAML list of
+ * {name, shards} entries). */
+static kvs_config_t *config(const char *nodes)
+{
+    char text[1024], err[256];
+    kvs_config_t *cfg = NULL;
+    snprintf(text, sizeof(text), "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n%s", nodes);
+    int rc = kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "%s\n", err);
+    CHECK_EQ(rc, 0);
+    return cfg;
+}
+
+#define A_ALONE "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1]}\n"
+#define B_NONE "    - {name: b, address: \"127.0.0.1:2000\", shards: [0]}\n"
+#define B_TOO "    - {name: b, address: \"127.0.0.1:2000\", shards: [0, 1]}\n"
+#define A_GONE "    - {name: a, address: \"127.0.0.1:1000\", shards: [0]}\n"
+
+static node_handoff_t *open_at(const kvs_config_t *cfg)
+{
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 1, cfg, &h), 0);
+    return h;
+}
+
+KVS_TEST(no_file_no_fence)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(cfg);
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK(node_handoff_why(NULL) == NULL);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST(a_snapshot_fences_and_a_restart_keeps_it)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(cfg);
+    CHECK_EQ(node_handoff_fence(h, "127.0.0.1:5555", cfg), 0);
+    const char *why = node_handoff_why(h);
+    CHECK(why != NULL && strstr(why, "shard 1 was copied to 127.0.0.1:5555 at ") != NULL);
+    CHECK(access(file, F_OK) == 0);
+    node_handoff_free(h);
+    h = open_at(cfg); /* a restart: the map is the same */
+    why = node_handoff_why(h);
+    CHECK(why != NULL && strstr(why, "127.0.0.1:5555") != NULL);
+    node_handoff_update(h, cfg); /* a reload that left the map alone */
+    CHECK(node_handoff_why(h) != NULL);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST(a_map_without_this_node_keeps_it)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config(A_ALONE B_NONE), *moved = config(A_GONE B_TOO);
+    node_handoff_t *h = open_at(cfg);
+    CHECK_EQ(node_handoff_fence(h, "peer", cfg), 0);
+    node_handoff_update(h, moved); /* the worker is about to stop */
+    CHECK(node_handoff_why(h) != NULL);
+    CHECK(access(file, F_OK) == 0);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+    kvs_config_free(moved);
+}
+
+KVS_TEST(a_map_that_moved_on_lifts_it)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    CHECK_EQ(node_handoff_fence(h, "peer", alone), 0);
+    node_handoff_update(h, both); /* a replica was added: several replicas refuse anyway */
+    CHECK(node_handoff_why(h) == NULL);
+    CHECK(access(file, F_OK) != 0);
+    node_handoff_free(h);
+    /* Raised with {a, b}, a start with a alone lifts it too. */
+    h = open_at(both);
+    CHECK_EQ(node_handoff_fence(h, "peer", both), 0);
+    node_handoff_free(h);
+    h = open_at(alone);
+    CHECK(node_handoff_why(h) == NULL);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+KVS_TEST(the_order_of_the_map_is_not_a_change)
+{
+    fresh_dir();
+    kvs_config_t *ab = config(A_ALONE B_TOO), *ba = config(B_TOO A_ALONE);
+    node_handoff_t *h = open_at(ab);
+    CHECK_EQ(node_handoff_fence(h, "peer", ab), 0);
+    node_handoff_update(h, ba);
+    CHECK(node_handoff_why(h) != NULL);
+    node_handoff_free(h);
+    kvs_config_free(ab);
+    kvs_config_free(ba);
+}
+
+KVS_TEST(a_damaged_file_keeps_the_fence_until_removed)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, "garbage\n", 8), 8);
+    close(fd);
+    node_handoff_t *h = open_at(alone);
+    const char *why = node_handoff_why(h);
+    CHECK(why != NULL && strstr(why, "cannot be understood") != NULL);
+    node_handoff_update(h, both); /* no map lifts what it cannot read */
+    CHECK(node_handoff_why(h) != NULL);
+    node_handoff_free(h);
+    h = open_at(alone);
+    CHECK_EQ(unlink(file), 0); /* the operator's way out, then a reload */
+    node_handoff_update(h, alone);
+    CHECK(node_handoff_why(h) == NULL);
+    node_handoff_free(h);
+    h = open_at(alone); /* and a restart */
+    CHECK(node_handoff_why(h) == NULL);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+KVS_TEST(a_file_that_cannot_be_written_refuses_the_snapshot_but_fences)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(cfg);
+    CHECK_EQ(mkdir(file, 0700), 0); /* a directory where the file goes */
+    CHECK(node_handoff_fence(h, "peer", cfg) < 0);
+    CHECK(node_handoff_why(h) != NULL);
+    CHECK_EQ(rmdir(file), 0);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(a_snapshot_fences_and_a_restart_keeps_it),
+              KVS_CASE(a_map_without_this_node_keeps_it), KVS_CASE(a_map_that_moved_on_lifts_it),
+              KVS_CASE(the_order_of_the_map_is_not_a_change),
+              KVS_CASE(a_damaged_file_keeps_the_fence_until_removed),
+              KVS_CASE(a_file_that_cannot_be_written_refuses_the_snapshot_but_fences))
