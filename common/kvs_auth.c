@@ -63,6 +63,8 @@ struct kvs_auth_user_s {
     unsigned star_rights; /* rights granted on the pattern "*" */
 };
 
+enum { LANE_CLEAN, LANE_FAILED, LANES };
+
 typedef struct addr_count_s {
     char ip[64];
     kvs_window_t failures; /* over the last minute */
@@ -80,6 +82,7 @@ struct kvs_auth_attempt_s {
     char ip[64];        /* the address part of peer */
     addr_count_t *slot; /* the address entry this attempt keeps busy, or NULL */
     int parked;         /* waiting for its address's attempt in flight */
+    int lane;           /* LANE_CLEAN or LANE_FAILED, while queued */
     uint8_t token[KVS_TOKEN_MAX];
     size_t token_len;
     int ok;
@@ -98,7 +101,9 @@ struct kvs_auth_s {
     kvs_token_hash_t decoy; /* what unknown users are checked against */
     uint8_t key[KVS_CRYPTO_SHA256];
     unsigned running;
-    kvs_auth_attempt_t *head, *tail;          /* waiting to run (one per address at most) */
+    /* Waiting to run (one per address at most), in two lanes: addresses
+     * with no failure in the last minute go first (see admit). */
+    kvs_auth_attempt_t *head[LANES], *tail[LANES];
     kvs_auth_attempt_t *parked, *parked_tail; /* waiting for their address's turn */
     addr_count_t addrs[KVS_AUTH_ADDRESSES];
     kvs_log_budget_t log_budget; /* failure lines */
@@ -597,11 +602,14 @@ static void after_check(uv_work_t *w, int status)
 
 static void start_next(kvs_auth_t *a)
 {
-    while (a->running < KVS_AUTH_MAX_WORKERS && a->head != NULL) {
-        kvs_auth_attempt_t *at = a->head;
-        a->head = at->next;
-        if (a->head == NULL)
-            a->tail = NULL;
+    while (a->running < KVS_AUTH_MAX_WORKERS) {
+        int lane = a->head[LANE_CLEAN] != NULL ? LANE_CLEAN : LANE_FAILED;
+        kvs_auth_attempt_t *at = a->head[lane];
+        if (at == NULL)
+            break;
+        a->head[lane] = at->next;
+        if (a->head[lane] == NULL)
+            a->tail[lane] = NULL;
         at->running = 1;
         at->work.data = at;
         a->running++;
@@ -655,7 +663,7 @@ void kvs_auth_conn_close(kvs_auth_conn_t *ac)
         attempt_free(at);
         return;
     }
-    list_remove(&a->head, &a->tail, at);
+    list_remove(&a->head[at->lane], &a->tail[at->lane], at);
     attempt_done(a, at);
     start_next(a);
 }
@@ -702,7 +710,11 @@ static uint32_t decide_now(kvs_auth_t *a, kvs_auth_conn_t *ac, kvs_auth_user_t *
 }
 
 /* Queues `at` for a check, or parks it while its address has one in
- * flight. */
+ * flight. One check at a time per address keeps one address from making
+ * others wait; many addresses that fail could still fill the queue ahead
+ * of a user's first Auth, so an address that failed in the last minute
+ * (or that the table could not count) waits in the second lane, behind
+ * every address that did not. */
 static void admit(kvs_auth_t *a, kvs_auth_attempt_t *at)
 {
     addr_count_t *e = addr_slot(a, at->ip, 1);
@@ -713,9 +725,11 @@ static void admit(kvs_auth_t *a, kvs_auth_attempt_t *at)
     }
     at->parked = 0;
     at->slot = e;
+    at->lane = e != NULL && kvs_window_count(&e->failures, uv_now(a->loop)) == 0 ? LANE_CLEAN
+                                                                                 : LANE_FAILED;
     if (e != NULL)
         e->busy = 1;
-    list_append(&a->head, &a->tail, at);
+    list_append(&a->head[at->lane], &a->tail[at->lane], at);
     start_next(a);
 }
 

@@ -505,6 +505,60 @@ KVS_TEST(auth_one_check_at_a_time_per_address)
     env_close(&e);
 }
 
+/* Completion order of the attempts of auth_failed_addresses_wait_behind_clean_ones. */
+static int finished;
+
+static void on_order(void *arg, uint32_t st, const char *text, int close)
+{
+    int *order = arg;
+    (void)st, (void)text, (void)close;
+    *order = ++finished;
+}
+
+/* Many addresses that failed in the last minute, each with an Auth in
+ * the queue: a user's first Auth from an address that did not fail is
+ * checked before them (only the checks already running come first), not
+ * after every one of them. */
+KVS_TEST(auth_failed_addresses_wait_behind_clean_ones)
+{
+    env_t e;
+    env_init(&e, "limits: {auth_failures: 100, auth_failures_per_minute: 10}\n");
+    enum { N = 12 };
+    kvs_auth_conn_t hostile[N], user;
+    outcome_t first[N];
+    int order[N], user_order = 0;
+    char peer[N][32], msg[300];
+    int close;
+    Kvs__Auth wrong = KVS__AUTH__INIT, right = KVS__AUTH__INIT;
+    wrong.user = "alice";
+    wrong.token = "wrong";
+    right.user = "carol";
+    right.token = "c";
+    for (int i = 0; i < N; i++) {
+        snprintf(peer[i], sizeof(peer[i]), "10.5.0.%d:1000", i + 1);
+        kvs_auth_conn_init(&hostile[i], 0, 1);
+        begin_async(&e, &hostile[i], "alice", "wrong", peer[i], &first[i]);
+    }
+    CHECK_EQ(uv_run(&e.loop, UV_RUN_DEFAULT), 0); /* each address failed once */
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ(first[i].status, 401);
+        order[i] = 0;
+        CHECK_EQ(kvs_auth_begin(e.auth, &hostile[i], &wrong, peer[i], on_order, &order[i], msg,
+                                sizeof(msg), &close),
+                 0);
+    }
+    kvs_auth_conn_init(&user, 0, 1);
+    CHECK_EQ(kvs_auth_begin(e.auth, &user, &right, "10.6.0.1:1000", on_order, &user_order, msg,
+                            sizeof(msg), &close),
+             0);
+    CHECK_EQ(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
+    CHECK_STR(kvs_auth_user_name(&user), "carol");
+    CHECK(user_order >= 1 && user_order <= KVS_AUTH_MAX_WORKERS + 1);
+    for (int i = 0; i < N; i++)
+        CHECK(order[i] >= 1 && order[i] <= N + 1);
+    env_close(&e);
+}
+
 static double now_s(void)
 {
     return (double)uv_hrtime() / 1e9;
@@ -568,6 +622,7 @@ KVS_TEST_MAIN(KVS_CASE(token_round_trip_and_check), KVS_CASE(token_text_is_stric
               KVS_CASE(auth_failures_per_address_are_limited),
               KVS_CASE(auth_failures_counted_per_ipv6_64_and_ipv4_mapped_as_ipv4),
               KVS_CASE(auth_one_check_at_a_time_per_address),
+              KVS_CASE(auth_failed_addresses_wait_behind_clean_ones),
               KVS_CASE(auth_failures_cost_the_same_for_every_user),
               KVS_CASE(a_refused_address_is_not_forgotten_for_others),
               KVS_CASE(auth_cancelled_when_the_connection_goes), KVS_CASE(no_users_no_auth))
