@@ -7,7 +7,10 @@
  * and cluster.nodes names other replicas of the shard. Otherwise, or when
  * no peer can send a snapshot, the worker starts empty and ingestion
  * replays every bound topic from its beginning (auto.offset.reset
- * earliest), which is always correct, only slower.
+ * earliest), which is correct for those tables, only slower. A peer that
+ * answers 503 (busy with another snapshot, or starting) is not "cannot":
+ * the peers are asked again until one sends (next_peer), since tables
+ * bound to no topic exist only in the peers' copies.
  *
  * How: the peers are tried in map order. For each, a TCP connection to its
  * worker (the map's address + shard id; TLS with this node's tls.link
@@ -85,6 +88,7 @@
  * link, sends this much in a fraction of a second). */
 #define MIN_PROGRESS (64u * 1024u)
 #define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
+#define BUSY_RETRY_MS 1000u        /* peers that answered 503 are asked again after this */
 
 typedef struct node_bootstrap_s boot_t;
 
@@ -101,6 +105,8 @@ struct node_bootstrap_s {
     char dir[4200], part[4300], final[4300];
     kvs_replica_t peers[KVS_MAX_REPLICAS];
     int n_peers, next_peer;
+    int busy;         /* a peer answered 503 in this round: ask them all again (next_peer) */
+    unsigned rounds;  /* rounds asked again so far (logged every 30th) */
     const char *peer; /* the one being asked */
     kvs_listener_t listeners[2];
     kvs_tls_ctx_t *listener_tls[2]; /* tls.node on a TCP listener, as the server's; or NULL */
@@ -563,6 +569,8 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
             install(b);
         return;
     }
+    if (status == KVS_STATUS_UNAVAILABLE) /* busy sending another, or starting */
+        b->busy = 1;
     snprintf(why, sizeof(why), "it answered %u: %.*s", status,
              (int)(a.message_len > 500 ? 500 : a.message_len),
              a.message ? (const char *)a.message : "");
@@ -687,9 +695,30 @@ static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
     return rc;
 }
 
+static void on_retry(uv_timer_t *t)
+{
+    next_peer(t->data);
+}
+
+/* Asks the next peer; when every one failed, starts empty, unless one of
+ * them answered 503 (it sends another replica a snapshot, or starts):
+ * then every peer is asked again a second later, for as long as it takes
+ * (a membership change gives up at router.ready_timeout). Starting empty
+ * is correct for tables bound to topics only: a table bound to none
+ * lives only in the peers' copies. */
 static void next_peer(boot_t *b)
 {
     char why[400];
+    if (b->next_peer == b->n_peers && b->busy) {
+        b->busy = 0;
+        b->next_peer = 0;
+        if (b->rounds++ % 30 == 0)
+            kvs_info("shard %u: a replica is busy (503): asking every replica again each %u ms "
+                     "until one sends the snapshot",
+                     b->shard, BUSY_RETRY_MS);
+        uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
+        return;
+    }
     while (b->next_peer < b->n_peers) {
         const kvs_replica_t *p = &b->peers[b->next_peer++];
         b->peer = p->node;

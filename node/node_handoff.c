@@ -5,8 +5,6 @@
  *   # kvs: ... (what it is, for whoever finds it)
  *   peer HOST:PORT        who asked for the snapshot
  *   time 2026-12-03T15:05:35Z
- *   replicas a,b          the shard's replicas in this worker's map then
- *                         (names sorted; empty without cluster.nodes)
  */
 #include "node_handoff.h"
 #include "kvs_log.h"
@@ -21,126 +19,79 @@
 #include <unistd.h>
 
 #define FILE_NAME "copied-out"
-#define FILE_MAX 65536 /* larger is not a file this module wrote */
+#define FILE_MAX 4096 /* larger is not a file this module wrote */
 
 struct node_handoff_s {
     uint32_t shard;
-    char *path;     /* <shard_dir>/copied-out */
-    char *dir;      /* <shard_dir> */
-    int fenced;     /* writes to unbound tables are refused */
-    char *replicas; /* the map's replicas when fenced; NULL: not known (a damaged file) */
-    char why[512];
+    char *path; /* <shard_dir>/copied-out */
+    char *dir;  /* <shard_dir> */
+    int fenced; /* writes to unbound tables are refused */
+    char why[600];
 };
-
-static int cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* The shard's replicas in `cfg`: their names, sorted, joined by commas
- * ("" without cluster.nodes), or NULL when out of memory. */
-static char *replica_names(const kvs_config_t *cfg, uint32_t shard)
-{
-    const char **names = calloc(cfg->n_nodes + 1, sizeof(*names));
-    size_t n = 0, len = 1;
-    if (names == NULL)
-        return NULL;
-    for (size_t i = 0; i < cfg->n_nodes; i++)
-        if (kvs_node_serves(&cfg->nodes[i], shard)) {
-            names[n++] = cfg->nodes[i].name;
-            len += strlen(cfg->nodes[i].name) + 1;
-        }
-    qsort(names, n, sizeof(*names), cmp_names);
-    char *out = malloc(len);
-    if (out != NULL) {
-        size_t o = 0;
-        for (size_t i = 0; i < n; i++)
-            o += (size_t)sprintf(out + o, "%s%s", i > 0 ? "," : "", names[i]);
-        out[o] = '\0';
-    }
-    free(names);
-    return out;
-}
 
 static void set_why(node_handoff_t *h, const char *peer, const char *when)
 {
     snprintf(h->why, sizeof(h->why),
-             "shard %u was copied to %s at %s for another node (%s): until this node's map moves "
-             "the shard, a write here would reach this copy only",
+             "shard %u was copied to %.100s at %.40s for another node (%.300s): until this "
+             "node's map moves the shard, a write here would reach this copy only",
              h->shard, peer, when, h->path);
 }
 
-/* The value of the line "<key> VALUE" in text[0..n), copied, or NULL. */
-static char *line_value(const char *text, const char *key)
+/* The value of the line "<key> VALUE" in `text`, copied into out[cap]:
+ * 0, or -1 when there is none. */
+static int line_value(const char *text, const char *key, char *out, size_t cap)
 {
     size_t k = strlen(key);
     for (const char *p = text; p != NULL && *p != '\0';) {
         const char *end = strchr(p, '\n');
         size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
-        if (n > k && strncmp(p, key, k) == 0 && p[k] == ' ')
-            return strndup(p + k + 1, n - k - 1);
-        if (n == k && strncmp(p, key, k) == 0)
-            return strdup("");
+        if (n > k && strncmp(p, key, k) == 0 && p[k] == ' ') {
+            snprintf(out, cap, "%.*s", (int)(n - k - 1), p + k + 1);
+            return 0;
+        }
         p = end != NULL ? end + 1 : NULL;
     }
-    return NULL;
+    return -1;
 }
 
 /* Reads the file into h (fenced), or leaves h unfenced when there is none. */
-static int load(node_handoff_t *h)
+static void load(node_handoff_t *h)
 {
+    char text[FILE_MAX + 1], peer[128], when[64];
     int fd = open(h->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0 && errno == ENOENT)
-        return 0;
-    h->fenced = 1;
-    char *text = malloc(FILE_MAX + 1);
-    if (text == NULL) {
-        if (fd >= 0)
-            close(fd);
-        return -ENOMEM;
-    }
+        return;
     ssize_t got = fd >= 0 ? read(fd, text, FILE_MAX + 1) : -1;
     int err = fd < 0 || got < 0 ? errno : 0;
     if (fd >= 0)
         close(fd);
-    char *peer = NULL, *when = NULL;
+    h->fenced = 1;
     if (got >= 0 && got <= FILE_MAX) {
         text[got] = '\0';
-        peer = line_value(text, "peer");
-        when = line_value(text, "time");
-        h->replicas = line_value(text, "replicas");
+        if (line_value(text, "peer", peer, sizeof(peer)) == 0 &&
+            line_value(text, "time", when, sizeof(when)) == 0) {
+            set_why(h, peer, when);
+            return;
+        }
     }
-    free(text);
-    if (peer != NULL && when != NULL && h->replicas != NULL) {
-        set_why(h, peer, when);
-    } else {
-        free(h->replicas);
-        h->replicas = NULL;
-        snprintf(h->why, sizeof(h->why),
-                 "%s cannot be %s: it says this shard was copied to another node; remove it and "
-                 "reload once the shard's move is over or abandoned",
-                 h->path, err != 0 ? strerror(err) : "understood");
-    }
-    free(peer);
-    free(when);
-    return 0;
+    snprintf(h->why, sizeof(h->why),
+             "%.300s cannot be %s: it says this shard was copied to another node; remove it and "
+             "reload once the shard's move is over or abandoned",
+             h->path, err != 0 ? strerror(err) : "understood");
 }
 
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
                       node_handoff_t **out)
 {
     node_handoff_t *h = calloc(1, sizeof(*h));
-    if (h == NULL)
-        return -ENOMEM;
-    h->shard = shard;
     size_t n = strlen(shard_dir) + sizeof("/" FILE_NAME);
-    h->dir = strdup(shard_dir);
-    h->path = malloc(n);
-    if (h->dir == NULL || h->path == NULL ||
-        (snprintf(h->path, n, "%s/" FILE_NAME, shard_dir), load(h) != 0)) {
+    if (h == NULL || (h->dir = strdup(shard_dir)) == NULL || (h->path = malloc(n)) == NULL) {
         node_handoff_free(h);
         return -ENOMEM;
     }
+    h->shard = shard;
+    snprintf(h->path, n, "%s/" FILE_NAME, shard_dir);
+    load(h);
     if (h->fenced)
         kvs_warn("%s; writes to tables bound to no topic are refused here (503) until then",
                  h->why);
@@ -180,34 +131,53 @@ static int write_synced(const char *path, const char *dir, const char *text, siz
     return rc == 0 ? sync_dir(dir) : rc;
 }
 
-int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg)
+/* Removes the file and lowers the fence; 0, or a negative errno (logged:
+ * the fence stays). */
+static int lift(node_handoff_t *h)
 {
-    char when[32], *text = NULL;
+    int rc = unlink(h->path) == 0 || errno == ENOENT ? sync_dir(h->dir) : -errno;
+    if (rc != 0)
+        kvs_error("%s: cannot remove: %s; writes to tables bound to no topic stay refused", h->path,
+                  strerror(-rc));
+    else
+        h->fenced = 0;
+    return rc;
+}
+
+int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised)
+{
+    *raised = 0;
+    if (h->fenced || kvs_config_replica_count(cfg, h->shard) > 1)
+        return 0; /* up already (its file says since when), or not needed */
+    char when[32], text[600];
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    char *names = replica_names(cfg, h->shard);
-    int n = names == NULL ? -1
-                          : asprintf(&text,
-                                     "# kvs: shard %u was copied to another node; writes to "
-                                     "tables bound to no topic are refused here until this "
-                                     "node's map moves the shard (README, \"Moving a shard\")\n"
-                                     "peer %s\ntime %s\nreplicas %s\n",
-                                     h->shard, peer, when, names);
-    h->fenced = 1; /* whatever happens below: the caller may have told no one yet */
-    set_why(h, peer, when);
-    int rc = n < 0 ? -ENOMEM : write_synced(h->path, h->dir, text, (size_t)n);
-    free(text);
+    int n = snprintf(text, sizeof(text),
+                     "# kvs: shard %u was copied to another node; writes to tables bound to no "
+                     "topic are refused here until this node's map moves the shard (README, "
+                     "\"Moving a shard\")\npeer %.100s\ntime %s\n",
+                     h->shard, peer, when);
+    int rc = write_synced(h->path, h->dir, text, (size_t)n);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));
-        free(names);
+        unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
         return rc;
     }
-    free(h->replicas);
-    h->replicas = names;
+    h->fenced = 1;
+    *raised = 1;
+    set_why(h, peer, when);
     kvs_info("%s; writes to tables bound to no topic are refused here (503) until then", h->why);
     return 0;
+}
+
+void node_handoff_unfence(node_handoff_t *h)
+{
+    if (h->fenced && lift(h) == 0)
+        kvs_info("shard %u: its snapshot was not delivered: writes to tables bound to no topic are "
+                 "taken again",
+                 h->shard);
 }
 
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
@@ -219,30 +189,14 @@ void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg)
         kvs_info("shard %u: %s was removed: writes to tables bound to no topic are taken again",
                  h->shard, h->path);
         h->fenced = 0;
-        free(h->replicas);
-        h->replicas = NULL;
         return;
     }
-    if (h->replicas == NULL || !kvs_config_local(cfg, h->shard))
+    if (!kvs_config_local(cfg, h->shard) || kvs_config_replica_count(cfg, h->shard) < 2)
         return;
-    char *now = replica_names(cfg, h->shard);
-    if (now == NULL || strcmp(now, h->replicas) == 0) {
-        free(now);
-        return;
-    }
-    int rc = unlink(h->path) == 0 || errno == ENOENT ? sync_dir(h->dir) : -errno;
-    if (rc != 0) {
-        kvs_error("%s: cannot remove: %s; writes to tables bound to no topic stay refused", h->path,
-                  strerror(-rc));
-    } else {
-        kvs_info("shard %u: the map changed since its snapshot was sent (replicas were \"%s\", "
-                 "now \"%s\"): writes to tables bound to no topic are taken again",
-                 h->shard, h->replicas, now);
-        h->fenced = 0;
-        free(h->replicas);
-        h->replicas = NULL;
-    }
-    free(now);
+    if (lift(h) == 0)
+        kvs_info("shard %u: the map gives it %u replicas: writes to tables bound to no topic are "
+                 "refused for that now (400), and taken again once it is down to one",
+                 h->shard, kvs_config_replica_count(cfg, h->shard));
 }
 
 const char *node_handoff_why(const node_handoff_t *h)
@@ -256,6 +210,5 @@ void node_handoff_free(node_handoff_t *h)
         return;
     free(h->path);
     free(h->dir);
-    free(h->replicas);
     free(h);
 }

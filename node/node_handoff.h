@@ -12,17 +12,22 @@
  * written; the client sends it again, and once this node's map moves the
  * shard its router sends it to the new owner).
  *
- * The fence is kept in <shard_dir>/copied-out (written and synced before
- * the copy starts), so a restarted worker keeps it. It lifts when this
- * worker takes a map (at start or reload) in which the shard's replicas
- * are not those it had when the snapshot was sent, and this node is one
- * of them: the map moved on (with several replicas, such writes are
- * refused anyway, node_cmd). A map that no longer gives the shard to this
- * node keeps it: the worker is about to stop, and the writes its last
- * requests carry must not land in a directory that retires. When the
- * move the snapshot was for is abandoned, the map stays as it was: the
- * operator removes the file and reloads (README, "Moving a shard"); a
- * reload that finds the file gone lifts the fence whatever the map.
+ * The fence is raised only while the shard has one replica in this
+ * worker's map (with several, node_cmd refuses such writes anyway) and
+ * is kept in <shard_dir>/copied-out (written and synced before the copy
+ * starts), so a restarted worker keeps it. It lifts:
+ *   - when the snapshot it was raised for is not delivered (the receiver
+ *     left, or the copy failed: node_handoff_unfence), since no copy
+ *     exists then;
+ *   - when this worker takes a map (a reload, or a start) that gives the
+ *     shard several replicas, this node one of them: node_cmd's refusal
+ *     takes over, and once the map is down to this node alone again the
+ *     other copy is out of use;
+ *   - when the file is gone at a reload (the operator's way out, for a
+ *     move that was abandoned: README, "Moving a shard").
+ * A map that takes the shard from this node keeps it: the worker is about
+ * to stop, and the writes its last requests carry must not land in a
+ * directory that retires.
  */
 #ifndef NODE_HANDOFF_H
 #define NODE_HANDOFF_H
@@ -40,14 +45,20 @@ typedef struct node_handoff_s node_handoff_t;
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
                       node_handoff_t **out);
 
-/* A snapshot is about to be sent to `peer`: writes the file (synced, as
- * is its directory) and raises the fence. Returns 0, or a negative errno
- * (logged; the fence is up in memory all the same, and the caller must
- * not send the snapshot). */
-int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg);
+/* A snapshot is about to be sent to `peer`. With one replica in `cfg`,
+ * writes the file (synced, as is its directory) and raises the fence;
+ * *raised says whether this call raised it (0: it was up already, or the
+ * map has several replicas). Returns 0, or a negative errno (logged; the
+ * file is removed, the fence stays as it was, and the caller must not
+ * send the snapshot). */
+int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised);
 
-/* The worker took `cfg` (a reload): lifts the fence if the map moved on,
- * or if the file was removed (see above). */
+/* The snapshot a node_handoff_fence call raised the fence for was not
+ * delivered: lowers it again. */
+void node_handoff_unfence(node_handoff_t *h);
+
+/* The worker took `cfg` (a reload): lifts the fence if the map gives the
+ * shard several replicas, or if the file was removed (see above). */
 void node_handoff_update(node_handoff_t *h, const kvs_config_t *cfg);
 
 /* NULL when writes are taken; else why not, for the refusal's message. */

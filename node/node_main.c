@@ -960,6 +960,18 @@ int main(int argc, char **argv)
         kvs_config_free(cfg);
         return 1;
     }
+    char shard_dir[sizeof(m.shard_dir)];
+    snprintf(shard_dir, sizeof(shard_dir), "%s/shard-%ld", cfg->data_dir, args.shard);
+    if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, &m.handoff) != 0) {
+        kvs_error("out of memory");
+        kvs_shardstate_close(m.state);
+        node_store_close(store);
+        kvs_plugins_free(plugins);
+        kvs_auth_free(m.auth);
+        kvs_tls_ctx_free(m.tls);
+        kvs_config_free(cfg);
+        return 1;
+    }
     node_server_opts_t so = {
         .loop = m.loop,
         .store = store,
@@ -975,6 +987,7 @@ int main(int argc, char **argv)
         .plugins = plugins,
     };
     if (node_server_start(&so, &m.srv) != 0) {
+        node_handoff_free(m.handoff);
         kvs_shardstate_close(m.state);
         node_store_close(store);
         kvs_plugins_free(plugins);
@@ -988,14 +1001,6 @@ int main(int argc, char **argv)
     node_server_set_digest(m.srv, m.digest);
     m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
                                    cfg->frame_timeout_ms);
-    char shard_dir[sizeof(m.shard_dir)];
-    snprintf(shard_dir, sizeof(shard_dir), "%s/shard-%ld", cfg->data_dir, args.shard);
-    if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, &m.handoff) != 0) {
-        kvs_error("out of memory");
-        m.exit_code = 1;
-        m.signals = 1;
-        begin_shutdown(&m);
-    }
     node_server_set_snapshot(m.srv, m.snapshot, m.handoff);
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {

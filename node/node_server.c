@@ -175,6 +175,7 @@ struct node_server_s {
     void *turn_arg;
     node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
     node_handoff_t *handoff;   /* the fence the Snapshot command raises, or NULL */
+    int fence_raised;          /* by the snapshot being sent: lowered if it is not delivered */
     /* operations */
     kvs_hook_chain_t chain;
     const kvs_plugins_t *plugins;
@@ -1331,8 +1332,9 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
     /* The fence first, then the copy: node_snapshot starts it after this
      * turn's commit, so every write of an unbound table acknowledged here
      * is in it, and none comes after (node_handoff). */
-    if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot)) {
-        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg);
+    int raised = 0;
+    if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot) && srv->cmd.cfg != NULL) {
+        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg, &raised);
         if (rc != 0)
             return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                          "cannot record the snapshot of shard %u before sending "
@@ -1340,6 +1342,9 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
                                          srv->cmd.shard, kvs_strerror(rc));
     }
     int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
+    if (rc != 0 && raised)
+        node_handoff_unfence(srv->handoff); /* not sent */
+    srv->fence_raised = rc == 0 && raised;  /* snapshot_done lowers it if not delivered */
     if (rc != 0)
         return rc < 0 ? rc : 0;
     cl->streaming = 1;
@@ -1348,11 +1353,23 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
     return 0;
 }
 
+/* node_snapshot's end: a fence raised for a snapshot that was not
+ * delivered comes down (no copy exists). */
+static void snapshot_done(void *arg, int delivered)
+{
+    node_server_t *srv = arg;
+    if (srv->fence_raised && !delivered)
+        node_handoff_unfence(srv->handoff);
+    srv->fence_raised = 0;
+}
+
 void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn, node_handoff_t *handoff)
 {
     srv->snapshot = sn;
     srv->handoff = handoff;
     srv->cmd.handoff = handoff;
+    if (sn != NULL && handoff != NULL)
+        node_snapshot_set_done(sn, snapshot_done, srv);
     srv->cmd.snapshot = sn != NULL ? take_snapshot : NULL;
     srv->cmd.snapshot_arg = srv;
 }

@@ -55,8 +55,10 @@ struct node_snapshot_s {
     uint32_t shard;
     size_t chunk;
     uint64_t stall_ms;
-    int active;       /* a snapshot is under way (until the copy and the pipe both ended) */
-    int due;          /* started, its copy not yet: it waits for the turn's commit */
+    int active; /* a snapshot is under way (until the copy and the pipe both ended) */
+    int due;    /* started, its copy not yet: it waits for the turn's commit */
+    node_snapshot_done_cb done_cb;
+    void *done_arg;
     kvs_conn_t *conn; /* the receiver; NULL once gone */
     node_store_view_t *view;
     uv_work_t work;
@@ -93,6 +95,12 @@ node_snapshot_t *node_snapshot_new(uv_loop_t *loop, node_store_t *store, uint32_
     uv_unref((uv_handle_t *)&sn->check);
     sn->check.data = sn;
     return sn;
+}
+
+void node_snapshot_set_done(node_snapshot_t *sn, node_snapshot_done_cb cb, void *arg)
+{
+    sn->done_cb = cb;
+    sn->done_arg = arg;
 }
 
 int node_snapshot_busy(const node_snapshot_t *sn)
@@ -172,6 +180,8 @@ static void finish(node_snapshot_t *sn)
     }
     if (c != NULL)
         kvs_conn_close_after_flush(c);
+    if (sn->done_cb != NULL)
+        sn->done_cb(sn->done_arg, c != NULL && sn->copy_rc == 0);
     node_store_view_close(sn->view);
     sn->view = NULL;
     kvs_hash_free(sn->hash);
@@ -399,6 +409,7 @@ void node_snapshot_free(node_snapshot_t *sn)
         return;
     if (sn->wfd >= 0) /* a copy that never started */
         close(sn->wfd);
+    node_store_view_close(sn->view); /* its copy never started: finish never ran */
     free(sn->rbuf);
     kvs_hash_free(sn->hash);
     free(sn);

@@ -35,6 +35,12 @@ void node_snapshot_turn_end(node_snapshot_t *sn);
  * (the copy thread is told through its pipe and ends). */
 void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn);
 
+/* Told when each snapshot ends: `delivered` is 1 once its final frame
+ * (total and checksum) went on the receiver's connection, 0 when the
+ * receiver cannot have a copy (it left first, or the copy failed). */
+typedef void (*node_snapshot_done_cb)(void *arg, int delivered);
+void node_snapshot_set_done(node_snapshot_t *sn, node_snapshot_done_cb cb, void *arg);
+
 /* True while a snapshot is being sent (the copy thread runs). */
 int node_snapshot_busy(const node_snapshot_t *sn);
 

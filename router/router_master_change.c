@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -113,13 +114,23 @@ void router_master_retire_data(const master_t *m, uint32_t shard)
              shard, dir, strerror(errno));
 }
 
+/* Whether shard s's directory is moved aside once its worker is gone: its
+ * data misses every write from now on, and a later map that gives the
+ * shard back must copy it afresh, not serve it (router_master_retire_data).
+ * After a change that took, always. After one abandoned, only a copy the
+ * change made (its worker started without data): a retry must copy again,
+ * or it would serve the rows as they were then, and its peer, whose
+ * snapshot fence (node_handoff) the operator lifted, took writes since.
+ * Any other directory of an abandoned change's worker stays: it may be
+ * one the operator must look at, such as another shard's data that made
+ * the worker exit 78. */
+int router_master_retires_data(const master_t *m, uint32_t s)
+{
+    return !m->abandoned || (s < KVS_SHARDS_MAX && m->copied[s]);
+}
+
 /* No router process uses a worker the map no longer wants any more: stop
- * those. After a change that took (not one abandoned: its workers never
- * served, and their directory may be one the operator must look at, such
- * as another shard's data that made the worker exit 78), each one's data
- * directory is moved aside once the worker is gone
- * (router_master_retire_data): it misses every write from now on, and a
- * later map that gives the shard back must copy it afresh, not serve it. */
+ * those, and move their data aside (router_master_retires_data). */
 static void retire_workers(master_t *m)
 {
     for (uint32_t s = 0; s < m->cfg->shards && m->workers != NULL; s++) {
@@ -129,7 +140,7 @@ static void retire_workers(master_t *m)
         kvs_info("membership change: shard %u is no longer served here; its worker stops", s);
         if (router_sup_retire(m->workers, s) == 0 && running)
             m->n_retiring++; /* its exit moves the data (on_worker_event) */
-        else if (!m->abandoned)
+        else if (router_master_retires_data(m, s))
             router_master_retire_data(m, s);
     }
 }
@@ -351,6 +362,17 @@ static void start_next(void *arg)
     }
 }
 
+/* Whether shard s has no data.mdb here: its new worker will copy one. */
+static int no_data_yet(const master_t *m, uint32_t s)
+{
+    char dir[4200], data[4300];
+    struct stat st;
+    if (kvs_schema_shard_dir(dir, sizeof(dir), m->cfg->data_dir, s) != 0)
+        return 0;
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    return stat(data, &st) != 0 && errno == ENOENT;
+}
+
 /* The reload took a new map (m->cfg holds it, m->prev_cfg the old one):
  * workers for shards that became local, and once they serve a new
  * generation of router processes with the new snapshot, all within
@@ -363,11 +385,13 @@ void router_master_change_begin(master_t *m)
     m->n_local = count_local(m->cfg);
     m->changing = 1;
     m->abandoned = 0;
+    memset(m->copied, 0, sizeof(m->copied));
     uv_timer_start(&m->timer, on_change_timeout, change_timeout_ms(m), 0);
     for (uint32_t s = 0; s < m->cfg->shards && rc == 0; s++) {
         if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
             continue;
         kvs_info("membership change: shard %u is now served here too; starting its worker", s);
+        m->copied[s] = no_data_yet(m, s);
         rc = router_sup_add(m->workers, s); /* a failed spawn is retried, not an error */
         if (rc == 0)
             added[n++] = s;

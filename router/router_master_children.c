@@ -311,7 +311,7 @@ static void on_worker_event(void *arg, uint32_t shard, int running, int64_t stat
     if (m->shutting_down)
         stopped_unclean(m, "shard", shard, status, sig);
     if (!router_sup_wanted(m->workers, shard)) {
-        if (!kvs_config_local(m->cfg, shard) && !m->abandoned) /* see retire_workers */
+        if (!kvs_config_local(m->cfg, shard) && router_master_retires_data(m, shard))
             router_master_retire_data(m, shard);
         if (m->n_retiring > 0 && --m->n_retiring == 0 && !m->shutting_down)
             router_master_change_maybe_done(m);

@@ -80,6 +80,9 @@ struct master_s {
     rgen_t *next, *old;
     int changing;  /* new workers probed, or `next` starting */
     int abandoned; /* the change in progress failed (router_master_change_maybe_done says so) */
+    /* Per shard: the change's new worker started without data here, so
+     * what its directory holds now is the change's own copy of a peer. */
+    uint8_t copied[KVS_SHARDS_MAX];
     router_probe_t *probe; /* waits for the new workers to serve */
     kvs_config_t *prev_cfg;
     int next_config_fd;
@@ -139,6 +142,8 @@ void router_master_change_failed(master_t *m, const char *why);
 /* Moves the data directory of `shard`, whose worker the map no longer
  * wants and which is gone, to shard-N.retired-<UTC time> (logged). */
 void router_master_retire_data(const master_t *m, uint32_t shard);
+/* Whether a worker of `shard` leaving now has its data moved aside. */
+int router_master_retires_data(const master_t *m, uint32_t shard);
 /* The change is over: the previous map and snapshot are freed. */
 void router_master_change_maybe_done(master_t *m);
 /* Every process of the new generation listens: it serves, the old one drains. */

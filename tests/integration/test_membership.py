@@ -13,12 +13,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 import unittest
 
 from kafkatest import info_pairs, wait_until
-from kvstest import HOST, Client, free_port, pb, pyval, req_hget, req_hset
+from kvstest import HOST, Client, encode, free_port, pb, pyval, req_hget, req_hset
 from routertest import ClientThreads, config_place, edit_config as edit, procs_for_config
 from test_deploy import NotifySocket
 from test_ops import http_get, parse_metrics, total
@@ -421,6 +422,125 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     resp = c.call(req_hget("plain", k))
                     self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
                                      (200, k.decode()), (k, acked[k] is b, resp.message))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def keys_on(self, shard, prefix, n):
+        return [k for k in (b"%s-%d" % (prefix, i) for i in range(40 * n))
+                if shard_of_key(k) == shard][:n]
+
+    def write_all(self, router, keys, value):
+        with router.client() as c:
+            for k in keys:
+                resp = c.call(req_hset("plain", k, value))
+                self.assertEqual(resp.status, 200, resp.message)
+
+    def read_all(self, router, keys, value):
+        with router.client() as c:
+            for k in keys:
+                resp = c.call(req_hget("plain", k))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, value), (k, resp.message))
+
+    def test_a_snapshot_not_delivered_leaves_unbound_writes_taken(self):
+        # A Snapshot whose receiver leaves before the copy is sent: no copy
+        # exists, so the fence its start raised comes down again.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, _, _, a, b = self.a_and_b(layout)
+        keys = self.keys_on(2, b"p", 2)
+        req = pb.CommandRequest()
+        req.snapshot.SetInParent()
+        probe = Client(b.socket_path(2))
+        probe.send_raw(encode(req))
+        probe.close()
+        self.assertTrue(wait_until(
+            lambda: "its snapshot was not delivered: writes to tables bound to no topic are "
+                    "taken again" in b.stderr(), 10), b.stderr()[-3000:])
+        self.assertFalse(os.path.exists(os.path.join(b.data_dir, "shard-2", "copied-out")))
+        self.write_all(b, keys, "v")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_move_whose_only_peer_is_busy_waits_for_its_snapshot(self):
+        # b's worker is sending another snapshot (to a receiver that reads
+        # slowly) when a's new worker asks: 503. Starting empty would
+        # drop the unbound table's rows for good; a asks again until b
+        # sends it one.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        keys = self.keys_on(2, b"q", 400)  # 24 MB: more than the sender buffers
+        self.write_all(b, keys, "x" * 60000)
+        req = pb.CommandRequest()
+        req.snapshot.SetInParent()
+        slow = Client(b.socket_path(2), timeout=60)
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.send_raw(encode(req))
+        try:
+            self.assertTrue(wait_until(lambda: "sending a snapshot of shard 2" in b.stderr(), 10))
+            moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+            set_map(a, moved, bases)
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "shard 2: a replica is busy (503)" in a.stderr(), 10), a.stderr()[-3000:])
+        finally:
+            slow.close()
+        self.assertTrue(wait_until(lambda: changes_over(a) == 1, 40), a.stderr()[-3000:])
+        self.assertIn("membership change complete", a.stderr())
+        self.assertNotIn("no replica of shard 2 could send a snapshot", a.stderr())
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, keys, "x" * 60000)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_move_abandoned_after_its_copy_copies_again_when_retried(self):
+        # a's change copies shard 2 from b, then fails (its new router
+        # processes never serve). Its copy is moved aside, so once the
+        # operator lifted b's fence (README) and b took more writes, the
+        # retry copies again: every row is there after the move.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout, router_yaml=("ready_timeout: 3s",))
+        first, second = self.keys_on(2, b"r", 10), self.keys_on(2, b"s", 10)
+        self.write_all(b, first, "one")
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        stopped = []
+
+        def nexts():
+            return [p for p, argv in procs_for_config(a.config).items() if "--next" in argv]
+        try:
+            a.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: nexts(), 10), a.stderr()[-3000:])
+            for pid in nexts():
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 10))
+            self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 30))
+        finally:
+            for pid in stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
+        self.assertTrue(wait_until(
+            lambda: "shard 2's data moved to %s/shard-2.retired-" % a.data_dir in a.stderr(), 10),
+            a.stderr()[-3000:])
+        fence = os.path.join(b.data_dir, "shard-2", "copied-out")
+        self.assertTrue(os.path.exists(fence))
+        os.unlink(fence)  # the move was abandoned: README says how to lift the fence
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: "copied-out was removed: writes to tables bound to no topic are taken again"
+                    in b.stderr(), 10), b.stderr()[-3000:])
+        self.write_all(b, second, "two")
+        copies = a.stderr().count("copying a snapshot from node b")
+        self.reload(a, 2)
+        self.assertEqual(a.stderr().count("copying a snapshot from node b"), copies + 1)
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, first, "one")
+        self.read_all(a, second, "two")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
