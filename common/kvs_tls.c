@@ -54,6 +54,18 @@ struct kvs_tls_ctx_s {
     char *cert, *key, *ca, *ciphers, *ciphersuites, *what;
 };
 
+/* Where a byte stream stands among units that are a header (a type byte,
+ * then at its end the body's length, big-endian) and a body: TLS records
+ * (5-byte headers, the length in bytes 3-4). */
+typedef struct {
+    unsigned hdr; /* header bytes of the next unit seen so far */
+    uint8_t type; /* the latest header's type */
+    size_t len;   /* the latest header's length, assembled */
+    size_t left;  /* body bytes of the current unit still to come */
+} unit_pos_t;
+
+enum { REC_HDR = 5, REC_LEN_AT = 3 };
+
 struct kvs_tls_s {
     SSL *ssl;
     kvs_buf_t *out;     /* where ciphertext goes */
@@ -67,17 +79,40 @@ struct kvs_tls_s {
     int failed; /* 0, KVS_ETLS or KVS_ENOTLS */
     int nomem;  /* an output append failed */
     int shut;
-    int touched; /* ciphertext arrived */
-    int checked; /* the first bytes were checked for TLS */
-    /* Where the peer's ciphertext stands in its record framing (5-byte
-     * headers, the last two the body's length), for kvs_tls_mid_record. */
-    unsigned rec_hdr; /* header bytes of the next record seen so far (0..4) */
-    size_t rec_len;   /* the header's length, assembled */
-    size_t rec_left;  /* body bytes of the current record still to come */
+    int touched;        /* ciphertext arrived */
+    int checked;        /* the first bytes were checked for TLS */
+    unit_pos_t arrived; /* the peer's records as they arrive, for kvs_tls_mid_record */
     char err[320];
 };
 
 static _Thread_local uint8_t shared_in[SHARED_IN];
+
+/* Moves u over the first bytes of p[0..n), n > 0: those of the current
+ * body, else one header byte (hdr_size bytes a header, its length from
+ * len_at). Returns how many. A header just completed when it returns 0 in
+ * *body and u->hdr is 0; u->type and u->len are then what it announced. */
+static size_t unit_step(unit_pos_t *u, unsigned hdr_size, unsigned len_at, const uint8_t *p,
+                        size_t n, int *body)
+{
+    if (u->left > 0) {
+        size_t k = n < u->left ? n : u->left;
+        u->left -= k;
+        *body = 1;
+        return k;
+    }
+    *body = 0;
+    if (u->hdr == 0) {
+        u->type = *p;
+        u->len = 0;
+    } else if (u->hdr >= len_at) {
+        u->len = u->len << 8 | *p;
+    }
+    if (++u->hdr == hdr_size) {
+        u->hdr = 0;
+        u->left = u->len;
+    }
+    return 1;
+}
 
 /* ---- the BIO --------------------------------------------------------------- */
 
@@ -519,24 +554,9 @@ int kvs_tls_in_space(kvs_tls_t *t, size_t want, uint8_t **base, size_t *len)
 /* Follows the record framing over p[0..n), the next ciphertext bytes. */
 static void track_records(kvs_tls_t *t, const uint8_t *p, size_t n)
 {
-    while (n > 0) {
-        if (t->rec_left > 0) {
-            size_t k = n < t->rec_left ? n : t->rec_left;
-            t->rec_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        if (t->rec_hdr >= 3) /* the length: header bytes 3 and 4 */
-            t->rec_len = t->rec_len << 8 | *p;
-        p++;
-        n--;
-        if (++t->rec_hdr == 5) {
-            t->rec_left = t->rec_len;
-            t->rec_hdr = 0;
-            t->rec_len = 0;
-        }
-    }
+    int body;
+    for (size_t k; n > 0; p += k, n -= k)
+        k = unit_step(&t->arrived, REC_HDR, REC_LEN_AT, p, n, &body);
 }
 
 void kvs_tls_in_commit(kvs_tls_t *t, size_t n)
@@ -718,7 +738,7 @@ int kvs_tls_untouched(const kvs_tls_t *t)
 
 int kvs_tls_mid_record(const kvs_tls_t *t)
 {
-    return t->rec_hdr > 0 || t->rec_left > 0;
+    return t->arrived.hdr > 0 || t->arrived.left > 0;
 }
 
 const char *kvs_tls_error(const kvs_tls_t *t)
