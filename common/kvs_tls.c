@@ -370,6 +370,7 @@ static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t er
     SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_max_cert_list(s, KVS_TLS_MAX_CERT_LIST); /* see kvs_tls.h */
     int rc = set_versions(s, c, err, errlen);
     if (rc == 0)
         rc = set_ciphers(s, c, err, errlen);
