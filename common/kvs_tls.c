@@ -54,6 +54,20 @@ struct kvs_tls_ctx_s {
     char *cert, *key, *ca, *ciphers, *ciphersuites, *what;
 };
 
+/* Where a byte stream stands among units that are a header (a type byte,
+ * then at its end the body's length, big-endian) and a body: TLS records
+ * (5-byte headers, the length in bytes 3-4) or the handshake messages
+ * that records of type handshake carry (4-byte headers, bytes 1-3). */
+typedef struct {
+    unsigned hdr; /* header bytes of the next unit seen so far */
+    uint8_t type; /* the latest header's type */
+    size_t len;   /* the latest header's length, assembled */
+    size_t left;  /* body bytes of the current unit still to come */
+} unit_pos_t;
+
+enum { REC_HDR = 5, REC_LEN_AT = 3, HS_HDR = 4, HS_LEN_AT = 1 };
+enum { REC_CCS = 20, REC_HANDSHAKE = 22, HS_CERTIFICATE = 11, HS_CERTIFICATE_REQUEST = 13 };
+
 struct kvs_tls_s {
     SSL *ssl;
     kvs_buf_t *out;     /* where ciphertext goes */
@@ -67,17 +81,58 @@ struct kvs_tls_s {
     int failed; /* 0, KVS_ETLS or KVS_ENOTLS */
     int nomem;  /* an output append failed */
     int shut;
-    int touched; /* ciphertext arrived */
-    int checked; /* the first bytes were checked for TLS */
-    /* Where the peer's ciphertext stands in its record framing (5-byte
-     * headers, the last two the body's length), for kvs_tls_mid_record. */
-    unsigned rec_hdr; /* header bytes of the next record seen so far (0..4) */
-    size_t rec_len;   /* the header's length, assembled */
-    size_t rec_left;  /* body bytes of the current record still to come */
+    int touched;        /* ciphertext arrived */
+    int checked;        /* the first bytes were checked for TLS */
+    unit_pos_t arrived; /* the peer's records as they arrive, for kvs_tls_mid_record */
+    /* Until the handshake is done, the ciphertext OpenSSL reads is followed
+     * to bound the handshake messages the peer announces (bound_handshake). */
+    unit_pos_t given; /* its records */
+    unit_pos_t hs;    /* the handshake messages in its plaintext handshake records */
+    int peer_ccs;     /* the peer sent ChangeCipherSpec */
     char err[320];
 };
 
 static _Thread_local uint8_t shared_in[SHARED_IN];
+
+/* Moves u over the first bytes of p[0..n), n > 0: those of the current
+ * body, else one header byte (hdr_size bytes a header, its length from
+ * len_at). Returns how many. A header just completed when it returns 0 in
+ * *body and u->hdr is 0; u->type and u->len are then what it announced. */
+static size_t unit_step(unit_pos_t *u, unsigned hdr_size, unsigned len_at, const uint8_t *p,
+                        size_t n, int *body)
+{
+    if (u->left > 0) {
+        size_t k = n < u->left ? n : u->left;
+        u->left -= k;
+        *body = 1;
+        return k;
+    }
+    *body = 0;
+    if (u->hdr == 0) {
+        u->type = *p;
+        u->len = 0;
+    } else if (u->hdr >= len_at) {
+        u->len = u->len << 8 | *p;
+    }
+    if (++u->hdr == hdr_size) {
+        u->hdr = 0;
+        u->left = u->len;
+    }
+    return 1;
+}
+
+/* Marks the session failed with `code` and a reason. Returns code. */
+__attribute__((format(printf, 3, 4))) static int tls_fail(kvs_tls_t *t, int code, const char *fmt,
+                                                          ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof(t->err), fmt, ap);
+    va_end(ap);
+    t->failed = code;
+    ERR_clear_error();
+    return code;
+}
 
 /* ---- the BIO --------------------------------------------------------------- */
 
@@ -96,6 +151,48 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
     return 1;
 }
 
+/* Follows p[0..n), ciphertext about to be handed to OpenSSL during the
+ * handshake, and fails the session (returns KVS_ETLS) when a handshake
+ * message sent in the clear announces more than KVS_TLS_MAX_HANDSHAKE:
+ * before OpenSSL reads its header and sets aside room for it all. Its
+ * Certificate and CertificateRequest messages are OpenSSL's to bound
+ * (max_cert_list). Handshake records are plaintext but for TLS 1.2's
+ * Finished, which follows the peer's ChangeCipherSpec (TLS 1.3 encrypts
+ * in records of another type, and sends ChangeCipherSpec before a second
+ * ClientHello too, so its handshake records stay plaintext). OpenSSL reads
+ * a record once it has handled the ones before, so by the peer's
+ * ChangeCipherSpec it knows the version. */
+static int bound_handshake(kvs_tls_t *t, const uint8_t *p, size_t n)
+{
+    int body;
+    for (size_t k; n > 0; p += k, n -= k) {
+        k = unit_step(&t->given, REC_HDR, REC_LEN_AT, p, n, &body);
+        if (!body) {
+            if (t->given.hdr == 0 && t->given.type == REC_CCS)
+                t->peer_ccs = 1;
+            continue;
+        }
+        if (t->given.type != REC_HANDSHAKE ||
+            (t->peer_ccs && SSL_version(t->ssl) <= TLS1_2_VERSION))
+            continue;
+        for (size_t i = 0, m; i < k; i += m) {
+            m = unit_step(&t->hs, HS_HDR, HS_LEN_AT, p + i, k - i, &body);
+            uint8_t type = t->hs.type;
+            if (body || t->hs.hdr != 0 || t->hs.len <= KVS_TLS_MAX_HANDSHAKE - HS_HDR ||
+                type == HS_CERTIFICATE || type == HS_CERTIFICATE_REQUEST)
+                continue;
+            const char *name = type == 1   ? "ClientHello"
+                               : type == 2 ? "ServerHello"
+                                           : "handshake message";
+            return tls_fail(t, KVS_ETLS,
+                            "its %s (type %u) announces %zu bytes, more than the %d a handshake "
+                            "message may have",
+                            name, type, t->hs.len, KVS_TLS_MAX_HANDSHAKE - HS_HDR);
+        }
+    }
+    return 0;
+}
+
 static int bio_read(BIO *b, char *data, size_t len, size_t *readbytes)
 {
     kvs_tls_t *t = BIO_get_data(b);
@@ -109,11 +206,13 @@ static int bio_read(BIO *b, char *data, size_t len, size_t *readbytes)
         p = t->own.data + t->own_off;
         avail = t->own.len - t->own_off;
     }
-    if (avail == 0) {
-        BIO_set_retry_read(b); /* more may come: the owner decides about EOF */
+    size_t n = len < avail ? len : avail;
+    if (!t->ready && !t->failed)
+        bound_handshake(t, p, n); /* may fail the session */
+    if (n == 0 || t->failed) {    /* a failed session takes nothing more */
+        BIO_set_retry_read(b);    /* more may come: the owner decides about EOF */
         return 0;
     }
-    size_t n = len < avail ? len : avail;
     memcpy(data, p, n);
     if (t->src != NULL)
         t->src_off += n;
@@ -335,6 +434,7 @@ static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t er
     SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_max_cert_list(s, KVS_TLS_MAX_CERT_LIST); /* see kvs_tls.h */
     int rc = set_versions(s, c, err, errlen);
     if (rc == 0)
         rc = set_ciphers(s, c, err, errlen);
@@ -519,24 +619,9 @@ int kvs_tls_in_space(kvs_tls_t *t, size_t want, uint8_t **base, size_t *len)
 /* Follows the record framing over p[0..n), the next ciphertext bytes. */
 static void track_records(kvs_tls_t *t, const uint8_t *p, size_t n)
 {
-    while (n > 0) {
-        if (t->rec_left > 0) {
-            size_t k = n < t->rec_left ? n : t->rec_left;
-            t->rec_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        if (t->rec_hdr >= 3) /* the length: header bytes 3 and 4 */
-            t->rec_len = t->rec_len << 8 | *p;
-        p++;
-        n--;
-        if (++t->rec_hdr == 5) {
-            t->rec_left = t->rec_len;
-            t->rec_hdr = 0;
-            t->rec_len = 0;
-        }
-    }
+    int body;
+    for (size_t k; n > 0; p += k, n -= k)
+        k = unit_step(&t->arrived, REC_HDR, REC_LEN_AT, p, n, &body);
 }
 
 void kvs_tls_in_commit(kvs_tls_t *t, size_t n)
@@ -556,7 +641,9 @@ void kvs_tls_in_commit(kvs_tls_t *t, size_t n)
 
 void kvs_tls_in_done(kvs_tls_t *t)
 {
-    if (t->src != NULL && t->src_off < t->src_len) {
+    /* A failed session reads nothing more: its input is not kept (the
+     * connection may linger a while before it is freed). */
+    if (t->src != NULL && t->src_off < t->src_len && !t->failed) {
         /* Unread: into our own buffer, behind what it still holds. */
         if (kvs_buf_append(&t->own, t->src + t->src_off, t->src_len - t->src_off) != 0)
             t->nomem = 1;
@@ -579,19 +666,6 @@ static size_t peek_input(const kvs_tls_t *t, uint8_t b[4])
     if (n > 0)
         memcpy(b, p, n);
     return n;
-}
-
-/* Marks the session failed with `code` and a reason. Returns code. */
-__attribute__((format(printf, 3, 4))) static int tls_fail(kvs_tls_t *t, int code, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(t->err, sizeof(t->err), fmt, ap);
-    va_end(ap);
-    t->failed = code;
-    ERR_clear_error();
-    return code;
 }
 
 /* Before the first handshake step that reads: the peer's first bytes must
@@ -648,6 +722,10 @@ int kvs_tls_handshake(kvs_tls_t *t)
         return rc;
     ERR_clear_error();
     int r = SSL_do_handshake(t->ssl);
+    if (t->failed) { /* bound_handshake refused what OpenSSL was reading */
+        ERR_clear_error();
+        return t->failed;
+    }
     if (r == 1) {
         t->ready = 1;
         return 0;
@@ -718,7 +796,7 @@ int kvs_tls_untouched(const kvs_tls_t *t)
 
 int kvs_tls_mid_record(const kvs_tls_t *t)
 {
-    return t->rec_hdr > 0 || t->rec_left > 0;
+    return t->arrived.hdr > 0 || t->arrived.left > 0;
 }
 
 const char *kvs_tls_error(const kvs_tls_t *t)

@@ -42,6 +42,22 @@
 #define KVS_TLS_DEFAULT_CIPHERSUITES                                                               \
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
+/* What a peer's handshake may make OpenSSL hold. OpenSSL buffers each
+ * handshake message whole, at the length its 4-byte header announces,
+ * before the rest arrives: a peer that announces much and sends less
+ * holds that much until its handshake times out. OpenSSL's own limits are
+ * 128 KiB for a ClientHello and 100 KiB for a certificate chain.
+ * KVS_TLS_MAX_CERT_LIST bounds a Certificate (and CertificateRequest)
+ * message, plaintext or encrypted: room for a chain of several RSA-4096
+ * certificates, or the CA names of the system's whole CA bundle (about
+ * 12 KB; the test CA's chains are under 1 KB). KVS_TLS_MAX_HANDSHAKE
+ * bounds every other handshake message sent in the clear, its header
+ * included (a ClientHello is a few hundred bytes to a few KB): OpenSSL
+ * sets aside 16 KiB for the handshake anyway. A session that is sent more
+ * fails. */
+#define KVS_TLS_MAX_CERT_LIST 32768
+#define KVS_TLS_MAX_HANDSHAKE 16384
+
 typedef struct kvs_tls_ctx_s kvs_tls_ctx_t;
 typedef struct kvs_tls_s kvs_tls_t;
 

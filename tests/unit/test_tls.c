@@ -327,6 +327,78 @@ KVS_TEST(session_peer_names_of_a_verified_client)
     pair_free(&p);
 }
 
+/* Commits n bytes one at a time, running the handshake after each: it
+ * waits (-EAGAIN) until the last, then returns what it returns then. */
+static int handshake_bytewise(kvs_tls_t *t, const uint8_t *p, size_t n)
+{
+    kvs_buf_t b = {.data = (uint8_t *)p, .len = n, .cap = n};
+    for (size_t i = 0; i + 1 < n; i++) {
+        ship_part(&b, i, 1, t);
+        CHECK_EQ(kvs_tls_handshake(t), -EAGAIN);
+    }
+    ship_part(&b, n - 1, 1, t);
+    return kvs_tls_handshake(t);
+}
+
+/* OpenSSL sets aside room for a whole handshake message once its header
+ * arrives (128 KiB for a ClientHello): a message sent in the clear that
+ * announces more than KVS_TLS_MAX_HANDSHAKE fails the session at its
+ * header, even one split across records. */
+KVS_TEST(session_handshake_messages_announcing_too_much_are_refused)
+{
+    static const uint8_t huge[] = {0x16, 3, 1, 0, 2, 0x01, 0x01, /* 131000: 01 ff b8 */
+                                   0x16, 3, 1, 0, 2, 0xff, 0xb8};
+    static const uint8_t most[] = {0x16, 3, 1, 0x40, 0, 0x01, 0, 0x3f, 0xfc, 3, 3}; /* 16380 */
+    static const uint8_t more[] = {0x16, 3, 1, 0x40, 0, 0x01, 0, 0x3f, 0xfd};       /* 16381 */
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    kvs_tls_ctx_t *sctx = server_ctx(KVS_TLS_PEER_NONE);
+    kvs_tls_t *t;
+    CHECK_EQ(kvs_tls_new(sctx, NULL, &out, &t), 0);
+    CHECK_EQ(handshake_bytewise(t, huge, sizeof(huge)), KVS_ETLS);
+    CHECK_STR(kvs_tls_error(t), "its ClientHello (type 1) announces 131000 bytes, more than the "
+                                "16380 a handshake message may have");
+    kvs_tls_free(t);
+    CHECK_EQ(kvs_tls_new(sctx, NULL, &out, &t), 0);
+    CHECK_EQ(handshake_bytewise(t, most, sizeof(most)), -EAGAIN);
+    kvs_tls_free(t);
+    CHECK_EQ(kvs_tls_new(sctx, NULL, &out, &t), 0);
+    CHECK_EQ(handshake_bytewise(t, more, sizeof(more)), KVS_ETLS);
+    CHECK_CONTAINS(kvs_tls_error(t), "announces 16381 bytes");
+    kvs_tls_free(t);
+    kvs_tls_ctx_free(sctx);
+    kvs_buf_free(&out);
+}
+
+/* TLS 1.2 encrypts the Finished that follows ChangeCipherSpec in a
+ * handshake record: its bytes are no message header to bound, both ways;
+ * the client's Certificate before it is plaintext and passes. */
+KVS_TEST(session_tls12_mutual_handshake_passes_the_bound)
+{
+    char err[600];
+    kvs_tls_opts_t co = {.role = KVS_TLS_CLIENT,
+                         .cert = cert("alice.crt"),
+                         .key = cert("alice.key"),
+                         .ca = cert("ca.crt"),
+                         .peer = KVS_TLS_PEER_REQUIRE,
+                         .min_version = KVS_TLS_V12,
+                         .max_version = KVS_TLS_V12};
+    kvs_tls_ctx_t *c;
+    CHECK_EQ(kvs_tls_ctx_new(&co, &c, err, sizeof(err)), 0);
+    for (int i = 0; i < 20; i++) { /* each Finished is random bytes: 20 chances to misread */
+        pair_t p;
+        int crc;
+        pair_init(&p, server_ctx(KVS_TLS_PEER_REQUIRE), c, "localhost");
+        CHECK_EQ(pair_handshake(&p, &crc), 0);
+        CHECK_EQ(crc, 0);
+        CHECK_STR(kvs_tls_version(p.s), "TLSv1.2");
+        CHECK(kvs_tls_peer_verified(p.s));
+        p.cctx = NULL; /* kept for the next round */
+        pair_free(&p);
+    }
+    kvs_tls_ctx_free(c);
+}
+
 KVS_TEST(session_server_name_and_ca_are_checked)
 {
     pair_t p;
@@ -980,6 +1052,8 @@ KVS_TEST_MAIN(KVS_CASE(session_handshake_data_and_close_notify),
               KVS_CASE(session_client_cert_expired_wrong_ca_missing),
               KVS_CASE(session_peer_names_of_a_verified_client),
               KVS_CASE(session_server_name_and_ca_are_checked),
+              KVS_CASE(session_handshake_messages_announcing_too_much_are_refused),
+              KVS_CASE(session_tls12_mutual_handshake_passes_the_bound),
               KVS_CASE(session_plaintext_peer_is_not_tls), KVS_CASE(session_versions_are_enforced),
               KVS_CASE(context_reload_switches_new_sessions_only),
               KVS_CASE(context_files_that_are_not_files_are_refused),
