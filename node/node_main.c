@@ -883,6 +883,20 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     return 0;
 }
 
+/* The start failed after the configuration and the store were taken:
+ * releases what main holds (m->cfg included); returns the exit status, 1. */
+static int start_failed(node_main_t *m, node_store_t *store, kvs_plugins_t *plugins)
+{
+    node_handoff_free(m->handoff);
+    kvs_shardstate_close(m->state);
+    node_store_close(store);
+    kvs_plugins_free(plugins);
+    kvs_auth_free(m->auth);
+    kvs_tls_ctx_free(m->tls);
+    kvs_config_free(m->cfg);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     node_args_t args;
@@ -953,24 +967,13 @@ int main(int argc, char **argv)
     kvs_signals_release(m.loop, SIGHUP, 0); /* one that came meanwhile now reloads */
     if ((rc = kvs_auth_new(cfg, m.loop, &m.auth)) != 0) {
         kvs_error("users: cannot set up authentication: %s", kvs_strerror(rc));
-        kvs_shardstate_close(m.state);
-        node_store_close(store);
-        kvs_plugins_free(plugins);
-        kvs_tls_ctx_free(m.tls);
-        kvs_config_free(cfg);
-        return 1;
+        return start_failed(&m, store, plugins);
     }
     char shard_dir[sizeof(m.shard_dir)];
     snprintf(shard_dir, sizeof(shard_dir), "%s/shard-%ld", cfg->data_dir, args.shard);
     if (node_handoff_open(shard_dir, (uint32_t)args.shard, cfg, &m.handoff) != 0) {
         kvs_error("out of memory");
-        kvs_shardstate_close(m.state);
-        node_store_close(store);
-        kvs_plugins_free(plugins);
-        kvs_auth_free(m.auth);
-        kvs_tls_ctx_free(m.tls);
-        kvs_config_free(cfg);
-        return 1;
+        return start_failed(&m, store, plugins);
     }
     node_server_opts_t so = {
         .loop = m.loop,
@@ -986,16 +989,8 @@ int main(int argc, char **argv)
         .shard = (uint32_t)args.shard,
         .plugins = plugins,
     };
-    if (node_server_start(&so, &m.srv) != 0) {
-        node_handoff_free(m.handoff);
-        kvs_shardstate_close(m.state);
-        node_store_close(store);
-        kvs_plugins_free(plugins);
-        kvs_auth_free(m.auth);
-        kvs_tls_ctx_free(m.tls);
-        kvs_config_free(cfg);
-        return 1;
-    }
+    if (node_server_start(&so, &m.srv) != 0)
+        return start_failed(&m, store, plugins);
     node_store_set_fail_arg(store, m.srv);
     m.digest = node_digest_new(m.loop, store, cfg, (uint32_t)args.shard);
     node_server_set_digest(m.srv, m.digest);

@@ -505,10 +505,20 @@ class HungSenderTest(ManagedOnFailure, unittest.TestCase):
             self.assertFalse(os.path.exists(part))
             self.assertTrue(wait_until(w.serves, WAIT), w.stderr())
         # Once it runs, the sender drops the abandoned copy (a request that
-        # comes before its thread noticed is told 503, retry shortly): it
-        # writes, and sends a whole snapshot to the next who asks.
+        # comes before its thread noticed is told 503, retry shortly: a
+        # write to a table bound to no topic too, while the snapshot is
+        # being sent, node_handoff): it writes, and sends a whole snapshot
+        # to the next who asks.
         with sender.client() as c:
-            self.assertEqual(c.call(req_hset("t", b"after", "v")).status, 200)
+            answers = []
+
+            def writes():
+                answers.append(c.call(req_hset("t", b"after", "v")))
+                return answers[-1].status == 200
+            self.assertTrue(wait_until(writes, WAIT), answers[-1].message)
+            for a in answers[:-1]:
+                self.assertEqual(a.status, 503, a.message)
+                self.assertIn("shard 0 was copied to", a.message)
 
         def whole_snapshot():
             req = pb.CommandRequest()
