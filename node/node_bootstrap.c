@@ -7,10 +7,10 @@
  * and cluster.nodes names other replicas of the shard. Otherwise, or when
  * no peer can send a snapshot, the worker starts empty and ingestion
  * replays every bound topic from its beginning (auto.offset.reset
- * earliest), which is correct for those tables, only slower. A peer that
- * answers 503 (busy with another snapshot, or starting) is not "cannot":
- * the peers are asked again until one sends (next_peer), since tables
- * bound to no topic exist only in the peers' copies.
+ * earliest), which is correct for those tables, only slower. A peer busy
+ * sending another snapshot, or a shard moving in from nodes that hold its
+ * only copies, is not "cannot": the peers are asked again until one sends
+ * (next_peer), since tables bound to no topic exist only in their copies.
  *
  * How: the peers are tried in map order. For each, a TCP connection to its
  * worker (the map's address + shard id; TLS with this node's tls.link
@@ -56,6 +56,7 @@
  * worker for the same shard waits its turn (as it would for the store).
  */
 #include "node_bootstrap.h"
+#include "node_snapshot.h"
 #include "kvs_cluster.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
@@ -88,7 +89,7 @@
  * link, sends this much in a fraction of a second). */
 #define MIN_PROGRESS (64u * 1024u)
 #define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
-#define BUSY_RETRY_MS 1000u        /* peers that answered 503 are asked again after this */
+#define BUSY_RETRY_MS 1000u        /* peers are asked again after this (next_peer) */
 
 typedef struct node_bootstrap_s boot_t;
 
@@ -105,7 +106,9 @@ struct node_bootstrap_s {
     char dir[4200], part[4300], final[4300];
     kvs_replica_t peers[KVS_MAX_REPLICAS];
     int n_peers, next_peer;
-    int busy;         /* a peer answered 503 in this round: ask them all again (next_peer) */
+    int busy;         /* a peer is busy sending another snapshot: ask them all again */
+    int moving_in;    /* the map has no replica here: the shard moves in (see wanted) */
+    char last[200];   /* why the latest attempt failed, for the retry's log line */
     unsigned rounds;  /* rounds asked again so far (logged every 30th) */
     const char *peer; /* the one being asked */
     kvs_listener_t listeners[2];
@@ -240,6 +243,7 @@ static void attempt_over(boot_t *b, const char *why)
     }
     if (why != NULL) {
         kvs_warn("snapshot from %s failed: %s", b->peer, why);
+        snprintf(b->last, sizeof(b->last), "%s: %.*s", b->peer, (int)sizeof(b->last) - 70, why);
         unlink(b->part);
     }
     if (b->canceled || why == NULL) {
@@ -569,7 +573,11 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
             install(b);
         return;
     }
-    if (status == KVS_STATUS_UNAVAILABLE) /* busy sending another, or starting */
+    /* Busy sending another replica a snapshot: it has the data. Not a peer
+     * that answers 503 because it is itself copying or starting (two new
+     * replicas would wait for each other for ever). */
+    if (status == KVS_STATUS_UNAVAILABLE && a.message != NULL &&
+        memmem(a.message, a.message_len, NODE_SNAPSHOT_BUSY, strlen(NODE_SNAPSHOT_BUSY)) != NULL)
         b->busy = 1;
     snprintf(why, sizeof(why), "it answered %u: %.*s", status,
              (int)(a.message_len > 500 ? 500 : a.message_len),
@@ -700,22 +708,27 @@ static void on_retry(uv_timer_t *t)
     next_peer(t->data);
 }
 
-/* Asks the next peer; when every one failed, starts empty, unless one of
- * them answered 503 (it sends another replica a snapshot, or starts):
- * then every peer is asked again a second later, for as long as it takes
- * (a membership change gives up at router.ready_timeout). Starting empty
- * is correct for tables bound to topics only: a table bound to none
- * lives only in the peers' copies. */
+/* Asks the next peer; when every one failed, starts empty, which is
+ * correct for tables bound to topics only: a table bound to none lives
+ * only in the peers' copies. So every peer is asked again a second later,
+ * for as long as it takes, when one of them is busy sending another
+ * replica a snapshot (it has the data), or when the shard moves in
+ * (moving_in: its previous owners hold the only copies; a worker of one
+ * restarting, or a copy cut off, must not make it start without them). A
+ * membership change gives up at router.ready_timeout, and stops this
+ * worker. */
 static void next_peer(boot_t *b)
 {
     char why[400];
-    if (b->next_peer == b->n_peers && b->busy) {
+    if (b->next_peer == b->n_peers && (b->busy || b->moving_in)) {
+        if (b->rounds++ % 30 == 0)
+            kvs_info("shard %u: no replica sent a snapshot (%s): asking again every %u ms, %s",
+                     b->shard, b->last, BUSY_RETRY_MS,
+                     b->busy ? "as one is busy sending another"
+                             : "as the shard moves here from nodes that hold its only copies "
+                               "(cluster.bootstrap: replay starts it empty instead)");
         b->busy = 0;
         b->next_peer = 0;
-        if (b->rounds++ % 30 == 0)
-            kvs_info("shard %u: a replica is busy (503): asking every replica again each %u ms "
-                     "until one sends the snapshot",
-                     b->shard, BUSY_RETRY_MS);
         uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
         return;
     }
@@ -782,6 +795,10 @@ static int wanted(boot_t *b)
     for (int i = 0; i < n; i++)
         if (!all[i].local)
             b->peers[b->n_peers++] = all[i];
+    /* A membership change starts the worker of a shard that becomes local
+     * with the map the node serves until the switch, in which this node
+     * is not a replica of it: the peers are its owners until now. */
+    b->moving_in = b->n_peers > 0 && b->n_peers == n;
     return b->n_peers;
 }
 

@@ -1344,7 +1344,8 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
     int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
     if (rc != 0 && raised)
         node_handoff_unfence(srv->handoff); /* not sent */
-    srv->fence_raised = rc == 0 && raised;  /* snapshot_done lowers it if not delivered */
+    if (rc == 0)                    /* this snapshot's: snapshot_done lowers it if not delivered */
+        srv->fence_raised = raised; /* (not a refusal's: one snapshot may be in flight) */
     if (rc != 0)
         return rc < 0 ? rc : 0;
     cl->streaming = 1;

@@ -343,7 +343,7 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
 {
     if (sn->active) {
         int rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
-                                       "shard %u is already sending a snapshot (one at a time); "
+                                       "shard %u " NODE_SNAPSHOT_BUSY " (one at a time); "
                                        "retry shortly, or ask another replica",
                                        sn->shard);
         return rc == 0 ? 1 : rc;

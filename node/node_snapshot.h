@@ -14,6 +14,10 @@
 
 typedef struct node_snapshot_s node_snapshot_t;
 
+/* In the 503 answer to a Snapshot while another is being sent: a peer
+ * that has the data and will send it later (node_bootstrap asks again). */
+#define NODE_SNAPSHOT_BUSY "is already sending a snapshot"
+
 /* `max_frame`: limits.max_frame (chunks stay below it); `stall_ms`: a
  * receiver that takes nothing for this long is given up (0: never).
  * Returns NULL when out of memory. */

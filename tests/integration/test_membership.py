@@ -461,6 +461,31 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_snapshot_refused_while_another_is_sent_leaves_the_fence_to_that_one(self):
+        # A second Snapshot while one is being sent is refused (503, one at
+        # a time). The first is then not delivered (its receiver leaves):
+        # the fence it raised must come down, whatever the refusal did.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, _, _, a, b = self.a_and_b(layout)
+        self.write_all(b, self.keys_on(2, b"f", 400), "x" * 60000)  # more than is buffered
+        req = pb.CommandRequest()
+        req.snapshot.SetInParent()
+        first = Client(b.socket_path(2), timeout=60)
+        first.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        first.send_raw(encode(req))
+        self.assertTrue(wait_until(lambda: "sending a snapshot of shard 2" in b.stderr(), 10))
+        with Client(b.socket_path(2)) as second:
+            resp = second.call(req)
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertIn("is already sending a snapshot", resp.message)
+        first.close()
+        self.assertTrue(wait_until(
+            lambda: "its snapshot was not delivered: writes to tables bound to no topic are "
+                    "taken again" in b.stderr(), 10), b.stderr()[-3000:])
+        self.write_all(b, self.keys_on(2, b"g", 2), "v")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_move_whose_only_peer_is_busy_waits_for_its_snapshot(self):
         # b's worker is sending another snapshot (to a receiver that reads
         # slowly) when a's new worker asks: 503. Starting empty would
@@ -481,7 +506,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             set_map(a, moved, bases)
             a.proc.send_signal(signal.SIGHUP)
             self.assertTrue(wait_until(
-                lambda: "shard 2: a replica is busy (503)" in a.stderr(), 10), a.stderr()[-3000:])
+                lambda: "as one is busy sending another" in a.stderr(), 10), a.stderr()[-3000:])
         finally:
             slow.close()
         self.assertTrue(wait_until(lambda: changes_over(a) == 1, 40), a.stderr()[-3000:])
@@ -490,6 +515,29 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(b, moved, bases)
         self.reload(b, 1)
         self.read_all(a, keys, "x" * 60000)
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_move_whose_previous_owner_restarts_waits_for_its_snapshot(self):
+        # b's worker of shard 2 is killed -9 just as a's change begins: a's
+        # new worker finds it refused (or cut off) and, as the shard moves
+        # in from b alone, asks again until b's restarted worker sends it,
+        # rather than starting empty without the unbound table's rows.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        keys = self.keys_on(2, b"m", 40)
+        self.write_all(b, keys, "kept")
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        b.kill_worker(2)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: changes_over(a) == 1, 40), a.stderr()[-3000:])
+        self.assertIn("membership change complete", a.stderr())
+        self.assertNotIn("no replica of shard 2 could send a snapshot", a.stderr())
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, keys, "kept")
+        self.read_all(b, keys, "kept")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
