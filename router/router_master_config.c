@@ -340,6 +340,39 @@ static const char *reload_busy(const master_t *m, int map)
     return NULL;
 }
 
+/* A shard this node alone holds that the new map takes from it before
+ * any node copied it (its directory has no copied-out: node_handoff).
+ * Its worker would stop and its directory retire, and the rows of its
+ * tables bound to no topic exist nowhere else: the node taking it over
+ * must copy it from here first, and a new owner that reloads first does
+ * (node_bootstrap). Returns 1 with why[] said, or 0. */
+static int sole_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, char *why,
+                             size_t len)
+{
+    for (uint32_t s = 0; s < cur->shards; s++) {
+        char dir[4200], file[4300];
+        struct stat st;
+        if (!kvs_config_local(cur, s) || kvs_config_local(next, s) ||
+            kvs_config_replica_count(cur, s) > 1 ||
+            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
+            continue;
+        snprintf(file, sizeof(file), "%s/data.mdb", dir);
+        if (stat(file, &st) != 0)
+            continue; /* no data here to lose */
+        snprintf(file, sizeof(file), "%s/copied-out", dir);
+        if (stat(file, &st) == 0)
+            continue; /* copied, and fenced since: the copy holds every unbound row */
+        snprintf(why, len,
+                 "cluster.nodes takes shard %u from this node, which holds its only copy, before "
+                 "any node copied it (%.300s has no copied-out): the rows of its tables bound to "
+                 "no topic exist nowhere else. Reload the node that takes the shard over first "
+                 "(it copies it from here), then this one (README, Moving a shard)",
+                 s, dir);
+        return 1;
+    }
+    return 0;
+}
+
 /* The file, read and checked (see the file comment). Returns 0 when its
  * live keys were taken (the children may be told), nonzero (logged) when
  * nothing changed. *map is set when cluster.nodes changed: m->cfg then
@@ -363,6 +396,10 @@ int router_master_reload_config(master_t *m, int *map)
     } else if ((rc = kvs_config_reload_check(m->cfg, next, changed, sizeof(changed), fixed,
                                              sizeof(fixed))) != 0) {
         kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
+        kvs_error("reload refused: %s; the running configuration is unchanged", err);
+        m->reloads[2]++;
+    } else if (*map && sole_copy_leaving(m->cfg, next, err, sizeof(err))) {
+        rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
     } else if ((busy = reload_busy(m, *map)) != NULL) {

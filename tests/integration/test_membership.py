@@ -518,6 +518,40 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_the_only_copy_of_a_shard_is_not_given_up_before_it_was_copied(self):
+        # b holds shard 2 alone. A reload of b that takes it away before
+        # any node copied it is refused (its unbound rows exist nowhere
+        # else): b serves on. Once a copied it, b's reload is taken. Then
+        # a, now the only holder of rows written since, may not give the
+        # shard back before b copies it again.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        first, later = self.keys_on(2, b"o", 10), self.keys_on(2, b"l", 10)
+        self.write_all(b, first, "one")
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(b, moved, bases)
+        b.proc.send_signal(signal.SIGHUP)
+        refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
+                   "only copy, before any node copied it")
+        self.assertTrue(wait_until(lambda: refusal in b.stderr(), 10), b.stderr()[-3000:])
+        self.assertEqual(changes_over(b), 0)
+        self.assertEqual([d for d in os.listdir(b.data_dir) if ".retired-" in d], [])
+        self.read_all(b, first, "one")
+        set_map(a, moved, bases)
+        self.reload(a, 1)
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: changes_over(b) == 1, 40), b.stderr()[-3000:])
+        self.write_all(a, later, "two")
+        set_map(a, layout, bases)  # back to b, which has not copied a's rows
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: refusal in a.stderr(), 10), a.stderr()[-3000:])
+        self.assertEqual(changes_over(a), 1)
+        self.read_all(a, first, "one")
+        self.read_all(a, later, "two")
+        self.read_all(b, later, "two")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_move_whose_previous_owner_restarts_waits_for_its_snapshot(self):
         # b's worker of shard 2 is killed -9 just as a's change begins: a's
         # new worker finds it refused (or cut off) and, as the shard moves

@@ -624,8 +624,7 @@ class DigestManyPartitionsTest(ReplicaFixtures, unittest.TestCase):
             self._routers.append(r)
             self.addCleanup(r.close)
             routers.append(r)
-        for r in routers:
-            r.start()
+        self.start_all(*routers)  # b copies a's snapshot: a write sent to it meanwhile is a 503
         keys, i = {}, 0
         while len(keys) < parts:
             keys.setdefault(partition_of(b"m%d" % i, parts), b"m%d" % i)
