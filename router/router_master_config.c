@@ -340,25 +340,47 @@ static const char *reload_busy(const master_t *m, int map)
     return NULL;
 }
 
-/* A shard this node alone holds that the new map takes from it before
- * any node copied it (its directory has no copied-out: node_handoff).
- * Its worker would stop and its directory retire, and the rows of its
- * tables bound to no topic exist nowhere else: the node taking it over
- * must copy it from here first, and a new owner that reloads first does
- * (node_bootstrap). Returns 1 with why[] said, or 0. */
-static int sole_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, char *why,
+/* Whether some node that holds shard s in `cur` still holds it in `next`. */
+static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, uint32_t s)
+{
+    for (size_t i = 0; i < cur->n_nodes; i++) {
+        const kvs_node_t *n = kvs_config_node(next, cur->nodes[i].name);
+        if (kvs_node_serves(&cur->nodes[i], s) && n != NULL && kvs_node_serves(n, s))
+            return 1;
+    }
+    return 0;
+}
+
+/* A shard the new map takes from this node and from every node that
+ * holds it now, before a new holder copied it. Their directories would
+ * retire, and the rows of its tables bound to no topic exist nowhere
+ * else: new holders must copy first (a new owner that reloads first
+ * does, node_bootstrap). This node alone can tell it was copied when it
+ * held the shard alone: its directory then has copied-out (node_handoff
+ * raises it, and fences the copy, when a snapshot is sent). Returns 1
+ * with why[] said, or 0. */
+static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, char *why,
                              size_t len)
 {
     for (uint32_t s = 0; s < cur->shards; s++) {
         char dir[4200], file[4300];
         struct stat st;
         if (!kvs_config_local(cur, s) || kvs_config_local(next, s) ||
-            kvs_config_replica_count(cur, s) > 1 ||
+            kept_by_a_holder(cur, next, s) ||
             kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
             continue;
         snprintf(file, sizeof(file), "%s/data.mdb", dir);
         if (stat(file, &st) != 0)
             continue; /* no data here to lose */
+        uint32_t holders = kvs_config_replica_count(cur, s);
+        if (holders > 1) {
+            snprintf(why, len,
+                     "cluster.nodes takes shard %u from every node that holds it now (%u, this one "
+                     "included) at once: give its new holders the shard beside them first (they "
+                     "copy it), then take it from the old ones (README, Moving a shard)",
+                     s, holders);
+            return 1;
+        }
         snprintf(file, sizeof(file), "%s/copied-out", dir);
         if (stat(file, &st) == 0)
             continue; /* copied, and fenced since: the copy holds every unbound row */
@@ -366,7 +388,8 @@ static int sole_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                  "cluster.nodes takes shard %u from this node, which holds its only copy, before "
                  "any node copied it (%.300s has no copied-out): the rows of its tables bound to "
                  "no topic exist nowhere else. Reload the node that takes the shard over first "
-                 "(it copies it from here), then this one (README, Moving a shard)",
+                 "(it copies it from here), then this one; to exchange shards between nodes, "
+                 "first give each its new shards beside its old ones (README, Moving a shard)",
                  s, dir);
         return 1;
     }
@@ -398,7 +421,7 @@ int router_master_reload_config(master_t *m, int *map)
         kvs_config_reload_refusal(m->cfg, next, m->config_path, err, sizeof(err));
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;
-    } else if (*map && sole_copy_leaving(m->cfg, next, err, sizeof(err))) {
+    } else if (*map && last_copy_leaving(m->cfg, next, err, sizeof(err))) {
         rc = KVS_ECONFIG;
         kvs_error("reload refused: %s; the running configuration is unchanged", err);
         m->reloads[2]++;

@@ -552,6 +552,23 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_a_map_that_takes_a_shard_from_all_its_holders_at_once_is_refused(self):
+        # Shard 2 is on a and b; a map that gives it to d alone (which has
+        # not copied it) would retire both copies: each node refuses it.
+        layout = {"a": [0, 1, 2], "b": [2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout, ("a", "b", "d"))
+        away = {"a": [0, 1], "b": [3], "d": [2]}
+        for r in (a, b):
+            set_map(r, away, bases)
+            r.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(
+                lambda: "reload refused: cluster.nodes takes shard 2 from every node that holds it "
+                        "now (2, this one included) at once" in r.stderr(), 10), r.stderr()[-3000:])
+            self.assertEqual(changes_over(r), 0)
+            self.assertEqual([d for d in os.listdir(r.data_dir) if ".retired-" in d], [])
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_move_whose_previous_owner_restarts_waits_for_its_snapshot(self):
         # b's worker of shard 2 is killed -9 just as a's change begins: a's
         # new worker finds it refused (or cut off) and, as the shard moves
