@@ -758,8 +758,10 @@ static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
 static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
                            const void *table, size_t len, kvs_buf_t *out)
 {
+    if (!is_write_cmd(cmd) || ctx->ungated)
+        return 0; /* reads: nothing more to look at */
     const char *copied = node_handoff_why(ctx->handoff);
-    if ((ctx->replicas < 2 && copied == NULL) || !is_write_cmd(cmd) || ctx->ungated)
+    if (ctx->replicas < 2 && copied == NULL)
         return 0;
     int rc;
     if (ctx->replicas < 2) {

@@ -56,7 +56,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -362,17 +361,6 @@ static void start_next(void *arg)
     }
 }
 
-/* Whether shard s has no data.mdb here: its new worker will copy one. */
-static int no_data_yet(const master_t *m, uint32_t s)
-{
-    char dir[4200], data[4300];
-    struct stat st;
-    if (kvs_schema_shard_dir(dir, sizeof(dir), m->cfg->data_dir, s) != 0)
-        return 0;
-    snprintf(data, sizeof(data), "%s/data.mdb", dir);
-    return stat(data, &st) != 0 && errno == ENOENT;
-}
-
 /* The reload took a new map (m->cfg holds it, m->prev_cfg the old one):
  * workers for shards that became local, and once they serve a new
  * generation of router processes with the new snapshot, all within
@@ -391,7 +379,7 @@ void router_master_change_begin(master_t *m)
         if (!kvs_config_local(m->cfg, s) || router_sup_wanted(m->workers, s))
             continue;
         kvs_info("membership change: shard %u is now served here too; starting its worker", s);
-        m->copied[s] = no_data_yet(m, s);
+        m->copied[s] = router_master_shard_file(m->cfg, s, "data.mdb") == 0; /* it will copy */
         rc = router_sup_add(m->workers, s); /* a failed spawn is retried, not an error */
         if (rc == 0)
             added[n++] = s;

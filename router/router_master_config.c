@@ -269,6 +269,18 @@ static int resolve_listeners(master_t *m)
     return 0;
 }
 
+int router_master_shard_file(const kvs_config_t *cfg, uint32_t shard, const char *name)
+{
+    char dir[4200], file[4400];
+    struct stat st;
+    if (kvs_schema_shard_dir(dir, sizeof(dir), cfg->data_dir, shard) != 0)
+        return -ENAMETOOLONG;
+    snprintf(file, sizeof(file), "%s/%s", dir, name);
+    if (stat(file, &st) == 0)
+        return 1;
+    return errno == ENOENT ? 0 : -errno;
+}
+
 /* A shard the map does not give this node whose data directory is here
  * (dropped from the map while the node was down: a live change moves it
  * aside, router_master_retire_data). Not moved at start (a map mistyped
@@ -278,13 +290,9 @@ static int resolve_listeners(master_t *m)
 static void warn_unserved_data(const kvs_config_t *cfg)
 {
     for (uint32_t s = 0; s < cfg->shards; s++) {
-        char dir[4200], file[4300];
-        struct stat st;
-        if (kvs_config_local(cfg, s) ||
-            kvs_schema_shard_dir(dir, sizeof(dir), cfg->data_dir, s) != 0)
-            continue;
-        snprintf(file, sizeof(file), "%s/data.mdb", dir);
-        if (stat(file, &st) == 0)
+        char dir[4200];
+        if (!kvs_config_local(cfg, s) && router_master_shard_file(cfg, s, "data.mdb") == 1 &&
+            kvs_schema_shard_dir(dir, sizeof(dir), cfg->data_dir, s) == 0)
             kvs_warn("%s holds shard %u's data, but the map does not give this node shard %u: "
                      "move it aside or remove it before a map gives the shard back here (that "
                      "worker would serve it as it was when the shard left, not copy it afresh)",
@@ -363,15 +371,12 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                              size_t len)
 {
     for (uint32_t s = 0; s < cur->shards; s++) {
-        char dir[4200], file[4300];
-        struct stat st;
+        char dir[4200];
         if (!kvs_config_local(cur, s) || kvs_config_local(next, s) ||
             kept_by_a_holder(cur, next, s) ||
-            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
-            continue;
-        snprintf(file, sizeof(file), "%s/data.mdb", dir);
-        if (stat(file, &st) != 0)
-            continue; /* no data here to lose */
+            kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0 ||
+            router_master_shard_file(cur, s, "data.mdb") != 1)
+            continue; /* kept, or no data here to lose */
         uint32_t holders = kvs_config_replica_count(cur, s);
         if (holders > 1) {
             snprintf(why, len,
@@ -381,8 +386,7 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      s, holders);
             return 1;
         }
-        snprintf(file, sizeof(file), "%s/copied-out", dir);
-        if (stat(file, &st) == 0)
+        if (router_master_shard_file(cur, s, "copied-out") == 1)
             continue; /* copied, and fenced since: the copy holds every unbound row */
         snprintf(why, len,
                  "cluster.nodes takes shard %u from this node, which holds its only copy, before "

@@ -142,6 +142,9 @@ void router_master_change_failed(master_t *m, const char *why);
 /* Moves the data directory of `shard`, whose worker the map no longer
  * wants and which is gone, to shard-N.retired-<UTC time> (logged). */
 void router_master_retire_data(const master_t *m, uint32_t shard);
+/* Whether <data_dir>/shard-N/`name` exists: 1, 0 (it does not), or a
+ * negative errno when that cannot be told. */
+int router_master_shard_file(const kvs_config_t *cfg, uint32_t shard, const char *name);
 /* Whether a worker of `shard` leaving now has its data moved aside. */
 int router_master_retires_data(const master_t *m, uint32_t shard);
 /* The change is over: the previous map and snapshot are freed. */

@@ -218,17 +218,15 @@ class HungProcessTest(RouterTestCase):
         self.assertTrue(r.wait_all_gone(5))
 
 
-    def test_a_worker_that_dies_while_the_node_stops_makes_the_exit_status_1(self):
-        # A worker killed by a signal of nobody's stop (a crash) during the
-        # shutdown: kvs-router exited 0, as after a clean stop. It now exits
-        # 1 and its last line names the worker. A signal pending while the
-        # worker is stopped is taken as soon as the stop's SIGCONT runs it.
-        r = self.node()
-        worker0 = r.worker_pid(0)
-        with stopped(worker0):
-            self.assertTrue(wait_until(lambda: all_threads_stopped(worker0), 5),
-                            "the worker did not stop")
-            os.kill(worker0, signal.SIGVTALRM)  # default action: the process dies
+    def crash_while_stopping(self, r, pid):
+        """Kills child `pid` by a signal of nobody's stop (a crash) while
+        node r stops: the child is stopped (every thread), the signal made
+        pending, the node sent SIGTERM. Returns the node's log once it
+        exited, with status 1."""
+        with stopped(pid):
+            self.assertTrue(wait_until(lambda: all_threads_stopped(pid), 5),
+                            "process %d did not stop" % pid)
+            os.kill(pid, signal.SIGVTALRM)  # default action: the process dies
             r.proc.send_signal(signal.SIGTERM)
             try:
                 rc = r.proc.wait(WAIT)
@@ -236,6 +234,16 @@ class HungProcessTest(RouterTestCase):
                 self.fail("kvs-router still ran after SIGTERM:\n" + r.stderr()[-3000:])
         log = r.stderr()
         self.assertEqual(rc, 1, log[-3000:])
+        return log
+
+    def test_a_worker_that_dies_while_the_node_stops_makes_the_exit_status_1(self):
+        # A worker killed by a signal of nobody's stop (a crash) during the
+        # shutdown: kvs-router exited 0, as after a clean stop. It now exits
+        # 1 and its last line names the worker. A signal pending while the
+        # worker is stopped is taken as soon as the stop's SIGCONT runs it.
+        r = self.node()
+        worker0 = r.worker_pid(0)
+        log = self.crash_while_stopping(r, worker0)
         self.assertIn("shard 0 (pid %d) killed by signal %d" % (worker0, signal.SIGVTALRM), log)
         self.assertIn("stopped, but shard 0 was killed by signal %d (%s) while the node stopped"
                       % (signal.SIGVTALRM, signal.strsignal(signal.SIGVTALRM)),
@@ -246,18 +254,7 @@ class HungProcessTest(RouterTestCase):
     def test_a_router_process_that_dies_while_the_node_stops_makes_the_exit_status_1(self):
         # The same for a router process: a crash while it drains.
         r = self.node()
-        router1 = router_pids(r)[1]
-        with stopped(router1):
-            self.assertTrue(wait_until(lambda: all_threads_stopped(router1), 5),
-                            "the router process did not stop")
-            os.kill(router1, signal.SIGVTALRM)  # default action: the process dies
-            r.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = r.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.fail("kvs-router still ran after SIGTERM:\n" + r.stderr()[-3000:])
-        log = r.stderr()
-        self.assertEqual(rc, 1, log[-3000:])
+        log = self.crash_while_stopping(r, router_pids(r)[1])
         self.assertIn("stopped, but router 1 was killed by signal %d (%s) while the node stopped"
                       % (signal.SIGVTALRM, signal.strsignal(signal.SIGVTALRM)),
                       log.splitlines()[-1])

@@ -884,19 +884,25 @@ class FakeShard(LoopbackServer):
 
 
 class SplitWriteMergeTest(RouterTestCase):
-    def test_a_split_write_the_router_cannot_merge_is_not_said_unwritten(self):
-        # A part answered 200 with fewer previous values than keys: the
-        # router cannot merge the answer, but the other shard wrote its
-        # keys. Its 500 said nothing about that, which tells a client that
-        # nothing was written; it must say the keys may or may not be.
+    def fake_shard(self):
+        """A shard 1 that answers every write 200 with no values, whatever
+        its keys: a part the router cannot merge."""
         def answer(req):
             resp = pb.CommandResponse()
             resp.status = 200
             if req.WhichOneof("command") == "ping":
                 resp.message = "PONG"
-            return resp  # no values, whatever the keys
+            return resp
         fake = FakeShard(answer)
         self.addCleanup(fake.close)
+        return fake
+
+    def test_a_split_write_the_router_cannot_merge_is_not_said_unwritten(self):
+        # A part answered 200 with fewer previous values than keys: the
+        # router cannot merge the answer, but the other shard wrote its
+        # keys. Its 500 said nothing about that, which tells a client that
+        # nothing was written; it must say the keys may or may not be.
+        fake = self.fake_shard()
         r = self.router(shards=2, partitions=PARTITIONS,
                         remote={1: "127.0.0.1:%d" % fake.port})
         ks = keys_by_shard("sw", 1, PARTITIONS, 2)
@@ -913,14 +919,7 @@ class SplitWriteMergeTest(RouterTestCase):
         import redis
         from routertest import free_port
 
-        def answer(req):
-            resp = pb.CommandResponse()
-            resp.status = 200
-            if req.WhichOneof("command") == "ping":
-                resp.message = "PONG"
-            return resp
-        fake = FakeShard(answer)
-        self.addCleanup(fake.close)
+        fake = self.fake_shard()
         rport = free_port()
         self.router(shards=2, partitions=PARTITIONS, remote={1: "127.0.0.1:%d" % fake.port},
                     router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
