@@ -643,9 +643,13 @@ class HashCommandsTest(RespDiffTestCase):
             C("CONFIG", "GET", "appendonly", "append?nly", how="unordered"),
             C("CONFIG", "GET", "*", how="type"), C("CONFIG", "NOSUCH"),
             # A pattern is a C string to Redis: it ends at a NUL. A name
-            # is compared whole.
+            # is compared whole by kvs. Redis hashes the whole name but
+            # compares it as a C string, so it finds "save" for "save\0"
+            # only when the two hashes share a bucket under its random
+            # seed (about 1 run in 200): its answer is left unchecked.
             C("CONFIG", "GET", "sav*\0zzz"), C("CONFIG", "GET", "appendonl?\0x"),
-            C("CONFIG", "GET", "save\0*"), C("CONFIG", "GET", "save\0"),
+            D(["CONFIG", "GET", "save\0*"], b"*0\r\n", None),
+            D(["CONFIG", "GET", "save\0"], b"*0\r\n", None),
             C("COMMAND", "COUNT", how="type"), C("COMMAND", "COUNT", "x"),
             C("COMMAND", "NOSUCH"), C("COMMAND", how="type"), C("COMMAND", "INFO", how="type"),
             C("COMMAND", "INFO", "nosuch"), C("COMMAND", "DOCS", how="type"),
