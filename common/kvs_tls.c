@@ -250,12 +250,22 @@ static void bio_method_init(void)
 
 /* ---- contexts ------------------------------------------------------------- */
 
-/* The most recent OpenSSL error in words, or `fallback`. Clears the queue. */
+/* The most recent OpenSSL error in words, or `fallback`; a system call's
+ * error (a file that cannot be opened) when there is one, which OpenSSL 3
+ * reports only as "system lib" further up. Clears the queue. */
 static const char *ssl_reason(char *buf, size_t len, const char *fallback)
 {
     unsigned long e, last = 0;
-    while ((e = ERR_get_error()) != 0)
+    int sys = 0;
+    while ((e = ERR_get_error()) != 0) {
         last = e;
+        if (sys == 0 && ERR_SYSTEM_ERROR(e))
+            sys = ERR_GET_REASON(e);
+    }
+    if (sys != 0) {
+        snprintf(buf, len, "%s", strerror(sys));
+        return buf;
+    }
     if (last == 0)
         return fallback;
     const char *r = ERR_reason_error_string(last);

@@ -16,6 +16,13 @@
  * exits: 0, or EX_CONFIG with the loader's error (deploy/start.sh asks it
  * where the node keeps its lock).
  *
+ *   kvs-router --config FILE --check
+ *
+ * loads the config and its TLS material as the master would at a start or
+ * a reload and exits: 0, or EX_CONFIG with the error (as `nginx -t`; the
+ * systemd unit runs it before it sends SIGHUP, so that `systemctl reload`
+ * fails on a file with errors).
+ *
  * This file is also the router process the master starts:
  *
  *   kvs-router --config FILE --processes N --master PID [--next] --generation G --router I
@@ -129,6 +136,7 @@ typedef struct router_main_s {
     long master;             /* --master: the pid of the master that started this router process */
     const char *reload_from; /* --reload-from: the text a reload reads (the master's), or NULL */
     const char *print;       /* --print: the config key to print, or NULL */
+    int check;               /* --check: load the config and its TLS material, exit */
     int next; /* --next: a membership change's new generation (router_t.admin_next) */
     uv_signal_t sigterm, sigint, sigusr2;
     kvs_reload_sig_t sighup;
@@ -151,6 +159,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: kvs-router --config FILE\n"
                "       kvs-router --version\n"
                "       kvs-router --config FILE --print data_dir\n"
+               "       kvs-router --config FILE --check\n"
                "\n"
                "Starts a kvs node: spawns the local shard workers (kvs-node) and\n"
                "router.processes router processes, which serve clients on router.listen,\n"
@@ -158,7 +167,11 @@ static void usage(FILE *f)
                "\n"
                "--print data_dir: load FILE as the node would, print its data_dir (as\n"
                "written: relative to the directory the node runs in) and exit; a config\n"
-               "error is printed instead, with exit status 78.\n");
+               "error is printed instead, with exit status 78.\n"
+               "--check: load FILE and the TLS certificates, keys and CAs it names as the\n"
+               "node would at a start or a reload; exit 0, or print the error and exit 78.\n"
+               "A running node also refuses a reload that changes a key that cannot change\n"
+               "live (README, \"Live reload\"): --check cannot know the running config.\n");
 }
 
 /* A decimal number of --router, --generation, --processes or --master in [0, max];
@@ -183,6 +196,7 @@ static int parse_args(int argc, char **argv, router_main_t *m)
                                          {"next", no_argument, NULL, 'n'},
                                          {"reload-from", required_argument, NULL, 'R'},
                                          {"print", required_argument, NULL, 'P'},
+                                         {"check", no_argument, NULL, 'C'},
                                          {NULL, 0, NULL, 0}};
     int ch, bad = 0;
     m->index = m->gen = m->n_procs = m->master = -1;
@@ -210,6 +224,8 @@ static int parse_args(int argc, char **argv, router_main_t *m)
         } else if (ch == 'P') {
             m->print = optarg;
             bad |= strcmp(optarg, "data_dir") != 0; /* the one key asked for so far */
+        } else if (ch == 'C') {
+            m->check = 1;
         } else {
             bad = 1;
         }
@@ -220,7 +236,9 @@ static int parse_args(int argc, char **argv, router_main_t *m)
     if (m->index < 0 &&
         (m->gen >= 0 || m->n_procs >= 0 || m->master >= 0 || m->next || m->reload_from))
         bad = 1;
-    if (m->print != NULL && m->index >= 0)
+    if ((m->print != NULL || m->check) && m->index >= 0)
+        bad = 1;
+    if (m->print != NULL && m->check)
         bad = 1;
     if (bad || m->config_path == NULL || optind != argc) {
         usage(stderr);
@@ -814,6 +832,26 @@ static int print_data_dir(const char *path)
     return 0;
 }
 
+/* --check: the config at `path` and the TLS material it names, loaded as
+ * the master loads them. Returns the exit status. */
+static int check_config(const char *path)
+{
+    char err[1024];
+    kvs_config_t *cfg = NULL;
+    kvs_tls_ctx_t *tls = NULL, *link_tls = NULL;
+    if (kvs_config_load(path, &cfg, err, sizeof(err)) != 0 ||
+        router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0) {
+        fprintf(stderr, "kvs-router: %s\n", err);
+        kvs_config_free(cfg);
+        return EX_CONFIG;
+    }
+    kvs_tls_ctx_free(tls);
+    kvs_tls_ctx_free(link_tls);
+    kvs_config_free(cfg);
+    printf("kvs-router: %s: the configuration loads\n", path);
+    return kvs_fs_stdout_done("kvs-router");
+}
+
 int main(int argc, char **argv)
 {
     static router_main_t m; /* zeroed; lives for the whole process */
@@ -839,6 +877,8 @@ int main(int argc, char **argv)
         return 2;
     if (m.print != NULL)
         return print_data_dir(m.config_path);
+    if (m.check)
+        return check_config(m.config_path);
     if (m.index < 0)
         return router_master_run(m.config_path, argv[0]);
     return router_process_run(&m);

@@ -509,9 +509,18 @@ static int check_status(const cli_t *c, const cli_cmd_t *cmd, const Kvs__Command
 {
     if (r->status == KVS_STATUS_OK)
         return CLI_OK;
-    if (r->status == 0) { /* every kvs answer has one: this is no kvs server's */
+    if (r->status < 100 || r->status > 599) { /* kvs's are HTTP's: this is no kvs server's */
         fflush(stdout);
-        fprintf(stderr, "kvs-cli: protocol error: the answer has no status\n");
+        if (r->status == 0)
+            fprintf(stderr,
+                    "kvs-cli: %s: protocol error: the answer has no status (is this a kvs "
+                    "server?)\n",
+                    c->name);
+        else
+            fprintf(stderr,
+                    "kvs-cli: %s: protocol error: the answer's status %" PRIu32
+                    " is none kvs sends (is this a kvs server?)\n",
+                    c->name, r->status);
         return CLI_USAGE;
     }
     if (r->status == KVS_STATUS_NOT_FOUND && cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HGET) {
@@ -1176,16 +1185,21 @@ static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry 
     putchar('\n');
 }
 
-/* slowlog [N|reset]: the router's (or a worker's) slowest recent requests. */
+/* slowlog [N|reset]: the router's (or a worker's) slowest recent requests.
+ * N 0 shows none, as Redis's SLOWLOG GET 0 (the protocol's count 0 asks
+ * for the default, 10): the request still goes, for its errors. */
 static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int argc)
 {
     Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
     Kvs__Slowlog *m = cli_new(c, &kvs__slowlog__descriptor);
     Kvs__CommandResponse *r = NULL;
+    int none = 0;
     if (argc == 1 && arg_is(argv[0], "reset"))
         m->reset = 1;
     else if (argc == 1 && arg_count(argv[0], &m->count) != 0)
         return CLI_USAGE;
+    if (argc == 1 && !m->reset && m->count == 0)
+        none = m->count = 1;
     req.command_case = cmd->cc;
     req.slowlog = m;
     int rc = cli_call(c, &req, &r);
@@ -1195,9 +1209,9 @@ static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
         return rc;
     if (m->reset)
         puts("OK");
-    else if (r->ops == NULL || r->ops->n_slowlog == 0)
+    else if (none || r->ops == NULL || r->ops->n_slowlog == 0)
         puts(c->raw ? "" : "(empty)");
-    for (size_t i = 0; !m->reset && r->ops != NULL && i < r->ops->n_slowlog; i++)
+    for (size_t i = 0; !m->reset && !none && r->ops != NULL && i < r->ops->n_slowlog; i++)
         put_slowlog_entry(c, i, r->ops->slowlog[i]);
     return CLI_OK;
 }

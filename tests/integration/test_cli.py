@@ -749,7 +749,14 @@ class HostileServerTest(unittest.TestCase):
         port = self.serve(lambda conn: answer(conn, pb.CommandResponse()))
         p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
         self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertEqual(p.stderr, b"kvs-cli: protocol error: the answer has no status\n")
+        self.assertEqual(p.stderr, b"kvs-cli: %s:%d: protocol error: the answer has no status "
+                         b"(is this a kvs server?)\n" % (HOST.encode(), port))
+        # kvs's statuses are HTTP's: 1 is no kvs server's either
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=1)))
+        p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertEqual(p.stderr, b"kvs-cli: %s:%d: protocol error: the answer's status 1 is "
+                         b"none kvs sends (is this a kvs server?)\n" % (HOST.encode(), port))
 
     def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
         # A Digest answer whose first value is the integer 16 where the

@@ -385,9 +385,9 @@ def unit_copy(tmpdir):
     with open(os.path.join(DEPLOY, "kvs.service")) as f:
         text = f.read()
     router = os.path.join(os.path.abspath(BUILD_DIR), "kvs-router")
-    text, n = re.subn(r"^ExecStart=/usr/local/bin/kvs-router ", "ExecStart=%s " % router, text,
-                      flags=re.M)
-    assert n == 1, "ExecStart=/usr/local/bin/kvs-router not found in deploy/kvs.service"
+    text, n = re.subn(r"^(ExecStart|ExecReload)=/usr/local/bin/kvs-router ", r"\1=%s " % router,
+                      text, flags=re.M)
+    assert n == 2, "ExecStart/ExecReload=/usr/local/bin/kvs-router not found in kvs.service"
     path = os.path.join(tmpdir, "kvs.service")
     with open(path, "w") as f:
         f.write(text)
@@ -446,13 +446,19 @@ class UnitFileTest(unittest.TestCase):
 
     def test_what_the_unit_promises(self):
         s = unit_settings(os.path.join(DEPLOY, "kvs.service"))
-        want = {"Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
+        want = {"Type": "notify", "NotifyAccess": "main",
                 "KillMode": "mixed", "RestartPreventExitStatus": "78", "User": "kvs",
                 "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                 "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/kvs",
                 "WorkingDirectory": "/var/lib/kvs", "LogsDirectory": "kvs"}
         for k, v in want.items():
             self.assertEqual(s.get(k), [v], k)
+        # A reload checks the file first (systemctl reload fails on a file
+        # that does not load), with the config ExecStart runs, then signals.
+        config = s["ExecStart"][0].split("--config ", 1)[1]
+        self.assertEqual(s.get("ExecReload"), [
+            "/usr/local/bin/kvs-router --config %s --check" % config,
+            "/bin/kill -HUP $MAINPID"])
         self.assertGreaterEqual(int(s["LimitNOFILE"][0]), 65536)
         # The drain (10 s) and the workers' grace period (10 s) fit in the
         # stop timeout; the readiness timeout (router.ready_timeout, 30 s

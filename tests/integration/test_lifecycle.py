@@ -136,6 +136,42 @@ class LifecycleTest(RouterTestCase):
             self.assertOk(c.hset("t", "k", "v"))
         self.assertEqual(r.stop(), 0)
 
+    def test_check_loads_the_config_and_its_tls_material_and_starts_nothing(self):
+        """kvs-router --check (the systemd unit's ExecReload runs it before
+        SIGHUP): 0 for a file that loads; 78 and the loader's error for one
+        that does not, or whose TLS key cannot be read; nothing starts."""
+        router = os.path.join(BUILD_DIR, "kvs-router")
+        r = self.router(start=False, shards=2)
+
+        def check():
+            return subprocess.run([router, "--config", r.config, "--check"],
+                                  capture_output=True, text=True, timeout=30)
+        out = check()
+        self.assertEqual((out.returncode, out.stdout, out.stderr),
+                         (0, "kvs-router: %s: the configuration loads\n" % r.config, ""))
+        with open(r.config) as f:
+            good = f.read()
+        with open(r.config, "a") as f:
+            f.write("no_such_key: 1\n")
+        out = check()
+        self.assertEqual((out.returncode, out.stdout), (EX_CONFIG, ""), out.stderr)
+        self.assertRegex(out.stderr, r"^kvs-router: " + re.escape(r.config) +
+                         r":\d+:\d+: .*no_such_key")
+        missing = os.path.join(r.dir, "no-such.key")
+        with open(r.config, "w") as f:
+            f.write(good + "tls:\n  cert: %s\n  key: %s\n  router: {enabled: true}\n"
+                    % (missing.replace(".key", ".crt"), missing))
+        out = check()
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        # OpenSSL's "system lib" said as the system call's error
+        self.assertIn("tls.router.cert %s: cannot load: No such file or directory"
+                      % missing.replace(".key", ".crt"), out.stderr)
+        for bad in (["--check", "--print", "data_dir"], ["--check", "--router", "0"]):
+            out = subprocess.run([router, "--config", r.config] + bad, capture_output=True,
+                                 text=True, timeout=30)
+            self.assertEqual(out.returncode, 2, out.stderr)
+        self.assert_nothing_started(r)
+
     def reload_refused(self, make, remove, refused_router, refused_node):
         """Replaces the config file of a node (kvs-router) and of a kvs-node
         running alone with what make(path) creates, sends both SIGHUP, and

@@ -512,6 +512,10 @@ class SlowlogTest(RouterTestCase):
         self.assertRegex(lines[0], r'^1\) #2 \d{4}-\d\d-\d\dT[\d:.]+Z \d+\.\d{3} ms Hmget "users" '
                                    r'3 keys, status 200, client 127\.0\.0\.1:\d+$')
         self.assertRegex(lines[1], r'^2\) #1 .* Hset "users" 1 key, status 200, client ')
+        # 0 shows none, as Redis's SLOWLOG GET 0 (the protocol's 0 is "the default")
+        out = subprocess.run([CLI, "--port", str(r.port), "slowlog", "0"], capture_output=True,
+                             timeout=20)
+        self.assertEqual((out.returncode, out.stdout), (0, b"(empty)\n"), out.stderr)
         # RESP: SLOWLOG LEN / GET / RESET on the same log.
         rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
         self.addCleanup(rc.close)
