@@ -121,6 +121,17 @@ void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
     c->dec.max = max_frame;
 }
 
+void kvs_conn_cap_output(kvs_conn_t *c, size_t cap)
+{
+    size_t base = c->group != NULL && c->group->limits.high_water > 0 ? c->group->limits.high_water
+                                                                      : KVS_CONN_DEFAULT_HIGH_WATER;
+    c->high_water = cap > 0 && cap < base ? cap : base;
+    if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
+        c->flags &= ~KVS_CONN_OUTPUT_FULL;
+        conn_kick(c);
+    }
+}
+
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
 {
     if (!unproven)
