@@ -63,6 +63,10 @@
  * KVS_CONN_INPUT_FREE), so clients nobody knows cannot take the input
  * budget (limits.input_buffers) that users' large requests need. */
 #define KVS_AUTH_UNAUTH_FRAME 16384u
+/* The output a client that has not authenticated may have waiting before
+ * none of its requests are read (kvs_conn_cap_output): its answers are
+ * errors, Auth's and HELLO's, so a client reading them never meets it. */
+#define KVS_AUTH_UNAUTH_OUTPUT (64u * 1024u)
 
 typedef struct kvs_auth_s kvs_auth_t;
 typedef struct kvs_auth_user_s kvs_auth_user_t;

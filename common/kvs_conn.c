@@ -43,11 +43,13 @@
  * KVS_CONN_INPUT_FREE per member is charged to the group before it is
  * allocated; it is uncharged when the buffer shrinks or the member closes.
  * The sweep also gives back the empty buffers of members that read nothing
- * since the last sweep (conn_trim_idle).
+ * since the last sweep (conn_trim_idle), and the heap's free memory to the
+ * system when much of it is free (kvs_mem).
  */
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_log.h"
+#include "kvs_mem.h"
 #include "kvs_time.h"
 
 #include <arpa/inet.h>
@@ -117,6 +119,17 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
 void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
 {
     c->dec.max = max_frame;
+}
+
+void kvs_conn_cap_output(kvs_conn_t *c, size_t cap)
+{
+    size_t base = c->group != NULL && c->group->limits.high_water > 0 ? c->group->limits.high_water
+                                                                      : KVS_CONN_DEFAULT_HIGH_WATER;
+    c->high_water = cap > 0 && cap < base ? cap : base;
+    if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
+        c->flags &= ~KVS_CONN_OUTPUT_FULL;
+        conn_kick(c);
+    }
 }
 
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
@@ -1196,6 +1209,7 @@ static void on_sweep(uv_timer_t *t)
     uint64_t now = uv_now(g->loop);
     const kvs_conn_limits_t *lim = &g->limits;
     kvs_log_budget_flush(&g->log_budget, now);
+    kvs_mem_give_back(now); /* what members that closed, or trimmed, freed */
     for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
         next = c->grp_next; /* closing unlinks c */
         if (lim->frame_timeout_ms > 0 && c->partial_since_ms != 0 &&

@@ -226,6 +226,14 @@ int kvs_conn_init(kvs_conn_t *c, uv_loop_t *loop, int is_unix, uint32_t max_fram
  * KVS_CONN_INPUT_FREE and never draws on the group's input budget. */
 void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame);
 
+/* Caps `c`'s high-water mark at `cap` bytes (0: no cap, the group's mark,
+ * or KVS_CONN_DEFAULT_HIGH_WATER outside a group). Servers with users cap
+ * a client's until it authenticates (KVS_AUTH_UNAUTH_OUTPUT), so that one
+ * nobody knows, sending requests it never reads the answers of, holds
+ * that much output at most rather than limits.client_output / 4. Raising
+ * the mark lets delivery go on at once if it stopped at the old one. */
+void kvs_conn_cap_output(kvs_conn_t *c, size_t cap);
+
 /* Whether `c` has yet to prove who it is (servers with users, until the
  * client authenticates). An unproven member owed no answer is closed once
  * it has been unproven for its group's auth_timeout_ms, counted from the

@@ -376,6 +376,7 @@ static void client_frame_limit(router_client_t *cl)
     if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
         max = KVS_AUTH_UNAUTH_FRAME;
     kvs_conn_set_max_frame(&cl->conn, max);
+    kvs_conn_cap_output(&cl->conn, proven ? 0 : KVS_AUTH_UNAUTH_OUTPUT);
     /* limits.auth_timeout, and limits.max_clients's eviction order: a TLS
      * handshake not done yet is nobody, users or not */
     proven = proven && !kvs_conn_tls_pending(&cl->conn);

@@ -12,10 +12,11 @@ import time
 
 import redis
 
-from kvstest import (BUILD_DIR, Client, NodeTestCase, cert_path, pb, pyval, req_hget,
-                     req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset, req_hscan,
-                     req_hset, resp_exchange, tls_context, tls_yaml)
-from routertest import RouterTestCase, free_port, free_port_range, keys_by_shard, stopped
+from kvstest import (BUILD_DIR, SANITIZED, Client, NodeTestCase, cert_path, frame, pb, pyval,
+                     req_hget, req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset,
+                     req_hscan, req_hset, resp_exchange, tls_context, tls_yaml)
+from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard, router_pids,
+                        stopped)
 
 CLI = os.path.join(BUILD_DIR, "kvs-cli")
 BENCH = os.path.join(BUILD_DIR, "kvs-bench")
@@ -483,6 +484,44 @@ class AuthTest(RouterTestCase):
         self.assertIn(b'authentication as "alice" failed', p.stderr)
 
 
+def _status_kib(pid, what):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(what + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for pid %d" % (what, pid))
+
+
+def flood_unread(addr, data, clients=8, seconds=3.0, tls=None):
+    """`clients` connections to `addr` send `data` over and over for
+    `seconds`, as fast as they are read, reading nothing (a small receive
+    buffer each). Returns the bytes each sent."""
+    socks = []
+    try:
+        for _ in range(clients):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append([s, 0])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(addr)
+            s.setblocking(False)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            moved = False
+            for entry in socks:
+                try:
+                    n = entry[0].send(data[entry[1] % len(data):])
+                except BlockingIOError:
+                    continue
+                entry[1] += n
+                moved = True
+            if not moved:
+                time.sleep(0.05)
+        return [x[1] for x in socks]
+    finally:
+        for x in socks:
+            x[0].close()
+
+
 class RespAuthTest(RouterTestCase):
     """The same users and rights through the Redis protocol listener."""
 
@@ -562,6 +601,27 @@ class RespAuthTest(RouterTestCase):
             got = self.raw(data, 1)
             self.assertTrue(got.startswith(b"-NOAUTH a client that has not authenticated may "
                                            b"send requests of at most 16384 bytes"), got[:200])
+
+    def test_a_client_that_does_not_read_holds_little_output_before_auth(self):
+        """Clients that have not authenticated, pipelining commands and
+        never reading the NOAUTH errors, each made the router hold up to
+        limits.client_output / 4 (16 MiB) of them until auth_timeout: 20
+        such clients took ~350 MB. Until a client authenticates, its
+        requests stop being read at 64 KiB of answers waiting. After AUTH
+        a pipeline's answers may pile up as any user's do."""
+        r = self.resp_router()
+        pid = router_pids(r)[0]
+        base = _status_kib(pid, "RssAnon")
+        sent = flood_unread(("127.0.0.1", self.rport), b"HGET orders k\r\n" * 65536)
+        grown = (_status_kib(pid, "RssAnon") - base) * 1024
+        # (what the clients sent is mostly in the kernel's socket buffers)
+        if not SANITIZED:
+            self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
+                            % (grown / (1 << 20), sent))
+        # A pipeline after AUTH: its answers pile up past 64 KiB and all come.
+        n = 20000
+        got = self.raw(b"AUTH ops ops-pw\r\n" + b"HGET orders nosuch\r\n" * n, n + 1)
+        self.assertEqual(got, b"+OK\r\n" + b"$-1\r\n" * n)
 
     def test_auth_in_a_pipeline_applies_to_what_follows(self):
         self.resp_router()
@@ -749,6 +809,18 @@ class AuthNodeTest(NodeTestCase):
                     self.assertTrue(bob.at_eof())
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", n.stderr())
+
+    def test_a_client_that_does_not_read_holds_little_output_before_auth(self):
+        """As at the router: until a client of a worker's TCP port
+        authenticates, its requests stop being read at 64 KiB of answers
+        waiting, not limits.client_output / 4."""
+        n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "false"}))
+        base = _status_kib(n.pid, "RssAnon")
+        sent = flood_unread(n.addr, frame(req_hget("orders", "k").SerializeToString()) * 32768)
+        grown = (_status_kib(n.pid, "RssAnon") - base) * 1024
+        if not SANITIZED:
+            self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
+                            % (grown / (1 << 20), sent))
 
     def test_a_worker_takes_only_small_frames_before_auth(self):
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),

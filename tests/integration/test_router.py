@@ -343,9 +343,18 @@ class RouterTest(RouterTestCase):
                         self.assertEqual(page.cursor, b"S\x00\x01")
                     for s in range(1, SHARDS):
                         self.assertOk(c.hset("pipe", keys[s][0], "old"))
-                # Alone, the page still goes on across the shards.
+                # Alone, or followed by reads, the page still goes on
+                # across the shards.
                 resp = c.hscan("pipe", b"", 1000)
                 self.assertEqual((len(resp.pairs), resp.cursor), (2 * SHARDS, b""))
+                for _ in range(20):
+                    c.send_raw(encode(req_hscan("pipe", b"", 1000)) +
+                               b"".join(encode(req_hget("pipe", keys[s][0]))
+                                        for s in range(1, SHARDS)))
+                    page = c.recv()
+                    for _ in range(1, SHARDS):
+                        self.assertOk(c.recv())
+                    self.assertEqual((len(page.pairs), page.cursor), (2 * SHARDS, b""))
             r.close()
 
     def test_hscan_page_walks_at_most_16_shards(self):
