@@ -144,6 +144,27 @@ def recv_exact(sock, n):
     return buf
 
 
+def status_kib(pid, what):
+    """A field of /proc/PID/status in KiB ("RssAnon", "VmHWM", ...)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(what + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for pid %d" % (what, pid))
+
+
+def anon_growth_settled(pid, base_kib, bound, seconds=8.0):
+    """Bytes process `pid`'s RssAnon grew past `base_kib`, once it is below
+    `bound` or `seconds` passed (memory given back a sweep or two later);
+    at once in a sanitizer build, whose allocator keeps memory of its own."""
+    deadline = time.monotonic() + seconds
+    while True:
+        grown = (status_kib(pid, "RssAnon") - base_kib) * 1024
+        if SANITIZED or grown < bound or time.monotonic() > deadline:
+            return grown
+        time.sleep(0.2)
+
+
 def resp_exchange(port, data, lines=None, end=None, host="127.0.0.1", timeout=10.0):
     """Sends `data` to a Redis protocol port on a fresh connection and
     returns what came back once it holds `lines` lines (CRLFs), or ends

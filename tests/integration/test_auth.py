@@ -14,7 +14,7 @@ import redis
 
 from kvstest import (BUILD_DIR, SANITIZED, Client, NodeTestCase, cert_path, frame, pb, pyval,
                      req_hget, req_hgetall, req_hmdel, req_hmexist, req_hmget, req_hmset,
-                     req_hscan, req_hset, resp_exchange, tls_context, tls_yaml)
+                     req_hscan, req_hset, resp_exchange, status_kib, tls_context, tls_yaml)
 from routertest import (RouterTestCase, free_port, free_port_range, keys_by_shard, router_pids,
                         stopped)
 
@@ -484,14 +484,6 @@ class AuthTest(RouterTestCase):
         self.assertIn(b'authentication as "alice" failed', p.stderr)
 
 
-def _status_kib(pid, what):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(what + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s for pid %d" % (what, pid))
-
-
 def flood_unread(addr, data, clients=8, seconds=3.0, tls=None):
     """`clients` connections to `addr` send `data` over and over for
     `seconds`, as fast as they are read, reading nothing (a small receive
@@ -611,9 +603,9 @@ class RespAuthTest(RouterTestCase):
         a pipeline's answers may pile up as any user's do."""
         r = self.resp_router()
         pid = router_pids(r)[0]
-        base = _status_kib(pid, "RssAnon")
+        base = status_kib(pid, "RssAnon")
         sent = flood_unread(("127.0.0.1", self.rport), b"HGET orders k\r\n" * 65536)
-        grown = (_status_kib(pid, "RssAnon") - base) * 1024
+        grown = (status_kib(pid, "RssAnon") - base) * 1024
         # (what the clients sent is mostly in the kernel's socket buffers)
         if not SANITIZED:
             self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
@@ -815,9 +807,9 @@ class AuthNodeTest(NodeTestCase):
         authenticates, its requests stop being read at 64 KiB of answers
         waiting, not limits.client_output / 4."""
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "false"}))
-        base = _status_kib(n.pid, "RssAnon")
+        base = status_kib(n.pid, "RssAnon")
         sent = flood_unread(n.addr, frame(req_hget("orders", "k").SerializeToString()) * 32768)
-        grown = (_status_kib(n.pid, "RssAnon") - base) * 1024
+        grown = (status_kib(n.pid, "RssAnon") - base) * 1024
         if not SANITIZED:
             self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
                             % (grown / (1 << 20), sent))

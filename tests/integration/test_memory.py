@@ -31,7 +31,8 @@ import unittest
 
 from google.protobuf.internal import encoder
 
-from kvstest import SANITIZED, Client, frame, pb, pyval, req_hmdel, req_hmexist, req_hmget, req_hmset
+from kvstest import (SANITIZED, Client, anon_growth_settled, frame, pb, pyval, req_hmdel,
+                     req_hmexist, req_hmget, req_hmset, status_kib)
 from routertest import RouterTestCase, free_port, procs_for_config, router_pids
 from test_hostile_api import RespSocket, hlen
 
@@ -68,14 +69,6 @@ FLOODS = [
 ]
 
 
-def _status_kib(pid, what):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(what + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s for pid %d" % (what, pid))
-
-
 class MemoryTestCase(RouterTestCase):
     def start(self, router_yaml_extra=(), **kw):
         self.rport = free_port()
@@ -91,9 +84,9 @@ class MemoryTestCase(RouterTestCase):
         for pid in procs:
             with open("/proc/%d/clear_refs" % pid, "w") as f:
                 f.write("5")  # VmHWM := VmRSS
-            base[pid] = _status_kib(pid, "VmRSS")
+            base[pid] = status_kib(pid, "VmRSS")
         send()
-        return {pid: (_status_kib(pid, "VmHWM") - base[pid]) * 1024 for pid in procs}
+        return {pid: (status_kib(pid, "VmHWM") - base[pid]) * 1024 for pid in procs}
 
     def assertPeaksBelow(self, peaks, bound, what):
         if SANITIZED:
@@ -337,19 +330,14 @@ class IdleBuffersTest(MemoryTestCase):
         shard = r.shard_of("x")
         for addr, pid in ((r.addr, router_pids(r)[0]),
                           (r.socket_path(shard), r.worker_pid(shard))):
-            base = _status_kib(pid, "RssAnon")  # not LMDB's file pages a worker maps
+            base = status_kib(pid, "RssAnon")  # not LMDB's file pages a worker maps
             conns = [Client(addr, timeout=20) for _ in range(100)]
             try:
                 for c in conns:
                     self.assertEqual(c.hset("t", "x", big).status, 200)
                     got = c.hget("t", "x")
                     self.assertEqual((got.status, len(got.values[0].string_value)), (200, len(big)))
-                deadline = time.monotonic() + 8
-                while True:
-                    grown = (_status_kib(pid, "RssAnon") - base) * 1024
-                    if SANITIZED or grown < 16 * MIB or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
+                grown = anon_growth_settled(pid, base, 16 * MIB)
                 if not SANITIZED:
                     self.assertLess(grown, 16 * MIB, "%s: %.1f MiB held by 100 idle connections"
                                     % (addr, grown / MIB))
@@ -372,7 +360,7 @@ class IdleBuffersTest(MemoryTestCase):
             self.skipTest("RLIMIT_NOFILE %d is below the 1,700 descriptors this needs" % hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1700), hard))
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
-        base = _status_kib(pid, "RssAnon")
+        base = status_kib(pid, "RssAnon")
         start = b"*2\r\n$4\r\nECHO\r\n$100000\r\n" + b"x" * 1000
         for _ in range(3):
             socks = []
@@ -386,12 +374,7 @@ class IdleBuffersTest(MemoryTestCase):
             finally:
                 for s in socks:
                     s.close()
-            deadline = time.monotonic() + 8
-            while True:
-                grown = (_status_kib(pid, "RssAnon") - base) * 1024
-                if SANITIZED or grown < 16 * MIB or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            grown = anon_growth_settled(pid, base, 16 * MIB)
             if not SANITIZED:
                 self.assertLess(grown, 16 * MIB, "%.1f MiB resident after the crowd left"
                                 % (grown / MIB))
