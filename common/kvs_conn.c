@@ -121,11 +121,19 @@ void kvs_conn_set_max_frame(kvs_conn_t *c, uint32_t max_frame)
     c->dec.max = max_frame;
 }
 
+/* A group member's high-water mark: the group's (or the default), under
+ * the member's cap. */
+static size_t member_high_water(const kvs_conn_t *c, const kvs_conn_limits_t *limits)
+{
+    size_t base =
+        limits != NULL && limits->high_water > 0 ? limits->high_water : KVS_CONN_DEFAULT_HIGH_WATER;
+    return c->output_cap > 0 && c->output_cap < base ? c->output_cap : base;
+}
+
 void kvs_conn_cap_output(kvs_conn_t *c, size_t cap)
 {
-    size_t base = c->group != NULL && c->group->limits.high_water > 0 ? c->group->limits.high_water
-                                                                      : KVS_CONN_DEFAULT_HIGH_WATER;
-    c->high_water = cap > 0 && cap < base ? cap : base;
+    c->output_cap = cap;
+    c->high_water = member_high_water(c, c->group != NULL ? &c->group->limits : NULL);
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
         c->flags &= ~KVS_CONN_OUTPUT_FULL;
         conn_kick(c);
@@ -1354,8 +1362,9 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
     g->limits = *limits;
     for (kvs_conn_t *c = g->head, *next; c != NULL; c = next) {
         next = c->grp_next; /* a member past the new hard limit closes and leaves */
-        if (limits->high_water > 0)
-            c->high_water = limits->high_water;
+        if (limits->high_water > 0 ||
+            c->output_cap > 0) /* a client not authenticated keeps its cap */
+            c->high_water = member_high_water(c, limits);
         c->hard_limit = limits->hard_limit;
         if (!conn_check_hard(c))
             conn_output_drained(c);
@@ -1378,8 +1387,8 @@ void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
     g->head = c;
     g->count++;
     g->joined++;
-    if (g->limits.high_water > 0)
-        c->high_water = g->limits.high_water;
+    if (g->limits.high_water > 0 || c->output_cap > 0)
+        c->high_water = member_high_water(c, &g->limits);
     c->hard_limit = g->limits.hard_limit;
 }
 

@@ -177,6 +177,7 @@ struct kvs_conn_s {
     unsigned flags;    /* KVS_CONN_* */
     size_t high_water; /* no frames are delivered while pending output is at or above */
     size_t hard_limit; /* close when pending output passes this (0: no limit) */
+    size_t output_cap; /* kvs_conn_cap_output's cap on high_water, kept across reloads (0: none) */
     size_t held;       /* output the owner holds for this peer outside `out` */
     size_t owed;       /* requests the owner has not answered yet (for the idle timeout) */
     size_t max_write;  /* bytes per write (KVS_CONN_MAX_WRITE; smaller in tests) */

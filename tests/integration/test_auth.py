@@ -5,6 +5,7 @@ with kvs-cli hash-token at a low iteration count so each check is quick.
 """
 import fnmatch
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -484,34 +485,52 @@ class AuthTest(RouterTestCase):
         self.assertIn(b'authentication as "alice" failed', p.stderr)
 
 
-def flood_unread(addr, data, clients=8, seconds=3.0, tls=None):
-    """`clients` connections to `addr` send `data` over and over for
-    `seconds`, as fast as they are read, reading nothing (a small receive
-    buffer each). Returns the bytes each sent."""
-    socks = []
-    try:
-        for _ in range(clients):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append([s, 0])
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(addr)
-            s.setblocking(False)
+class Flooders:
+    """`clients` connections to `addr` that send and never read (a small
+    receive buffer each): flood(data, seconds) sends `data` over and over
+    on each, as fast as it is read; close() closes them."""
+
+    def __init__(self, addr, clients=8):
+        self.socks, self.sent = [], []
+        try:
+            for _ in range(clients):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                self.socks.append(s)
+                self.sent.append(0)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(addr)
+                s.setblocking(False)
+        except OSError:
+            self.close()
+            raise
+
+    def flood(self, data, seconds=3.0):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             moved = False
-            for entry in socks:
+            for i, s in enumerate(self.socks):
                 try:
-                    n = entry[0].send(data[entry[1] % len(data):])
-                except BlockingIOError:
-                    continue
-                entry[1] += n
-                moved = True
+                    self.sent[i] += s.send(data[self.sent[i] % len(data):])
+                    moved = True
+                except (BlockingIOError, ConnectionError):
+                    continue  # not read now, or closed (limits.auth_timeout)
             if not moved:
                 time.sleep(0.05)
-        return [x[1] for x in socks]
-    finally:
-        for x in socks:
-            x[0].close()
+        return list(self.sent)
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+
+
+def wait_reloaded(proc_out, before, at_least):
+    """Waits until `proc_out()` holds `at_least` more "configuration
+    reloaded" lines than `before`."""
+    deadline = time.monotonic() + 20
+    while proc_out().count("configuration reloaded") < before + at_least:
+        if time.monotonic() > deadline:
+            raise AssertionError("no reload: " + proc_out()[-2000:])
+        time.sleep(0.05)
 
 
 class RespAuthTest(RouterTestCase):
@@ -604,12 +623,20 @@ class RespAuthTest(RouterTestCase):
         r = self.resp_router()
         pid = router_pids(r)[0]
         base = status_kib(pid, "RssAnon")
-        sent = flood_unread(("127.0.0.1", self.rport), b"HGET orders k\r\n" * 65536)
-        grown = (status_kib(pid, "RssAnon") - base) * 1024
-        # (what the clients sent is mostly in the kernel's socket buffers)
-        if not SANITIZED:
-            self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
-                            % (grown / (1 << 20), sent))
+        f = Flooders(("127.0.0.1", self.rport))
+        self.addCleanup(f.close)
+        # and a live reload keeps the cap on the clients already there
+        for reload in (False, True):
+            if reload:
+                before = r.stderr().count("configuration reloaded")
+                r.proc.send_signal(signal.SIGHUP)
+                wait_reloaded(r.stderr, before, 2)  # the master and the router process
+            sent = f.flood(b"HGET orders k\r\n" * 65536)
+            grown = (status_kib(pid, "RssAnon") - base) * 1024
+            # (what the clients sent is mostly in the kernel's socket buffers)
+            if not SANITIZED:
+                self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes%s"
+                                % (grown / (1 << 20), sent, " (reloaded)" if reload else ""))
         # A pipeline after AUTH: its answers pile up past 64 KiB and all come.
         n = 20000
         got = self.raw(b"AUTH ops ops-pw\r\n" + b"HGET orders nosuch\r\n" * n, n + 1)
@@ -808,11 +835,18 @@ class AuthNodeTest(NodeTestCase):
         waiting, not limits.client_output / 4."""
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "false"}))
         base = status_kib(n.pid, "RssAnon")
-        sent = flood_unread(n.addr, frame(req_hget("orders", "k").SerializeToString()) * 32768)
-        grown = (status_kib(n.pid, "RssAnon") - base) * 1024
-        if not SANITIZED:
-            self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes"
-                            % (grown / (1 << 20), sent))
+        f = Flooders(n.addr)
+        self.addCleanup(f.close)
+        for reload in (False, True):
+            if reload:
+                before = n.stderr().count("configuration reloaded")
+                n.proc.send_signal(signal.SIGHUP)
+                wait_reloaded(n.stderr, before, 1)
+            sent = f.flood(frame(req_hget("orders", "k").SerializeToString()) * 32768)
+            grown = (status_kib(n.pid, "RssAnon") - base) * 1024
+            if not SANITIZED:
+                self.assertLess(grown, 8 << 20, "%.1f MiB for 8 clients that sent %s bytes%s"
+                                % (grown / (1 << 20), sent, " (reloaded)" if reload else ""))
 
     def test_a_worker_takes_only_small_frames_before_auth(self):
         n = self.node(extra_yaml=users_yaml() + tls_yaml(node={"enabled": "true"}),
