@@ -63,6 +63,7 @@ struct server_s {
     kvs_conn_group_t group;
     size_t max_write;      /* 0: the connection's default */
     size_t hold_per_frame; /* echo also holds this many bytes per frame (kvs_conn_hold) */
+    size_t output_cap;     /* kvs_conn_cap_output after joining (0: none) */
 
     /* Where the client connects. */
     uint16_t port;
@@ -81,6 +82,7 @@ struct server_s {
     int patch_pending;
     int stopped, frames_after_stop;
     size_t max_backlog, max_dec_cap;
+    size_t capped_backlog; /* max_backlog when the cap came off */
     atomic_int drain;
     int ticks_paused, resumed;
     int runs, run_frames, max_run; /* on_delivered: runs of frames */
@@ -155,6 +157,8 @@ static void on_connection(uv_stream_t *server, int status)
         kvs_conn_join(&s->conn, &s->group);
     if (s->high_water != 0)
         s->conn.high_water = s->high_water;
+    if (s->output_cap != 0)
+        kvs_conn_cap_output(&s->conn, s->output_cap);
     if (s->max_write != 0)
         s->conn.max_write = s->max_write;
     CHECK_EQ(kvs_conn_accept(&s->conn, server), 0);
@@ -902,6 +906,50 @@ KVS_TEST(output_mark_stops_execution_not_just_reading)
     CHECK(s.max_backlog < OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME);
 }
 
+/* Once delivery stopped at the cap: a reload of the group's limits keeps
+ * the cap (it stays stopped); lifting the cap resumes delivery at once,
+ * before the client reads anything; then the client reads. */
+static void cap_tick(server_t *s)
+{
+    kvs_conn_t *c = &s->conn;
+    if (s->stopped) {
+        if (s->frames_after_stop > 0)
+            atomic_store(&s->drain, 1);
+        return;
+    }
+    if (!(c->flags & KVS_CONN_OUTPUT_FULL))
+        return;
+    kvs_conn_group_set_limits(&s->group, &s->limits); /* a live reload */
+    CHECK_EQ(c->high_water, OB_HIGH_WATER);
+    CHECK(c->flags & KVS_CONN_OUTPUT_FULL);
+    s->stopped = 1;
+    s->capped_backlog = s->max_backlog;
+    kvs_conn_cap_output(c, 0); /* authenticated */
+    CHECK_EQ(c->high_water, s->limits.high_water);
+}
+
+/* A client not authenticated yet is held to its cap, under a group mark
+ * far above it, across a reload of the group's limits; once the cap is
+ * lifted its frames run again without waiting for it to read. */
+KVS_TEST(output_cap_holds_across_a_reload_and_lifts)
+{
+    server_t s;
+    server_init(&s, 0, client_flood_then_read);
+    s.use_group = 1;
+    s.limits.high_water = 1u << 30;
+    s.output_cap = OB_HIGH_WATER;
+    s.send_buffer = 16 * 1024;
+    s.client_rcvbuf = 16 * 1024;
+    s.on_frame = ob_frame;
+    s.on_tick = cap_tick;
+    s.tick_ms = 2;
+    server_run(&s);
+    CHECK_EQ(s.frames, OB_FRAMES);
+    CHECK(s.stopped);
+    CHECK(s.capped_backlog < OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME);
+    CHECK(s.max_backlog > OB_HIGH_WATER + KVS_FRAME_HEADER + OB_FRAME); /* lifted: ran unread */
+}
+
 /* Echo that also holds bytes for the peer, as the router holds answers
  * waiting for an earlier one, and never gives them back. */
 static void hold_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
@@ -1431,6 +1479,7 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(backpressure_stops_and_resumes_reading),
               KVS_CASE(pause_resume_delivers_buffered_frames),
               KVS_CASE(output_mark_stops_execution_not_just_reading),
+              KVS_CASE(output_cap_holds_across_a_reload_and_lifts),
               KVS_CASE(hard_limit_closes_with_held_output),
               KVS_CASE(output_larger_than_a_write_leaves_whole),
               KVS_CASE(buffers_shrink_after_a_burst),
