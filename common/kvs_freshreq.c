@@ -12,7 +12,7 @@
 
 int kvs_freshreq_applies(Kvs__CommandRequest__CommandCase cmd)
 {
-    return cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN && kvs_reads_is_read(cmd);
+    return kvs_reads_is_read(cmd);
 }
 
 void kvs_freshreq_init(kvs_freshreq_t *c, const kvs_config_t *cfg, uint32_t shard,
@@ -162,7 +162,7 @@ int kvs_freshreq_request(kvs_freshreq_t *c, const Kvs__CommandRequest *req, kvs_
     case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
         /* the two share their shape: {table, repeated keys} */
         return keys_partitions(c, req->hmget, arena);
-    default: /* Hgetall, Hscan: the whole table */
+    default: /* Hgetall, Hscan, Hlen: the whole table */
         owned_partitions(c);
         break;
     }

@@ -8,8 +8,8 @@
  * partition through a lookup function.
  *
  * Partitions touched: a key's partition by the binding's partitioner; with
- * `partitioner: none`, and for Hgetall and Hscan, every partition the
- * shard owns (p % shards == shard).
+ * `partitioner: none`, and for Hgetall, Hscan and Hlen, every partition
+ * the shard owns (p % shards == shard).
  *
  * The verdict kept is the worst (catching up > ahead > starting > behind
  * > serve), with the partition that gave it, so an answer can name it.
@@ -59,9 +59,10 @@ typedef struct kvs_freshreq_s {
     kvs_fresh_part_t state; /* the partition's state as looked up */
 } kvs_freshreq_t;
 
-/* Whether the rules hold back a read `cmd`: every read kvs_reads answers
- * but Hlen (it counts what is there, with no key to place). The worker
- * and the router's local reads ask the same. */
+/* Whether the rules hold back a read `cmd`: every read kvs_reads answers,
+ * Hlen too (a count of a table still catching up is as stale as its
+ * rows; it touches every partition the shard owns). The worker and the
+ * router's local reads ask the same. */
 int kvs_freshreq_applies(Kvs__CommandRequest__CommandCase cmd);
 
 /* Starts a check of a read of b's table on `shard` (verdict: serve). */
@@ -69,7 +70,7 @@ void kvs_freshreq_init(kvs_freshreq_t *c, const kvs_config_t *cfg, uint32_t shar
                        const kvs_binding_t *b, kvs_freshreq_lookup_fn lookup, void *arg);
 
 /* Checks every partition a decoded, valid read (Hget Hexist Hmget Hmexist
- * Hgetall Hscan) touches, with its min_position and accept_stale.
+ * Hgetall Hscan Hlen) touches, with its min_position and accept_stale.
  * Returns 0 or -ENOMEM (`arena` holds the positions collected). */
 int kvs_freshreq_request(kvs_freshreq_t *c, const Kvs__CommandRequest *req, kvs_arena_t *arena);
 

@@ -885,7 +885,7 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
         break;
     default:
         if (!kvs_freshreq_applies(req->command_case))
-            return 0; /* Hlen and the rest: as for any table */
+            return 0; /* not a read: as for any table */
         break;
     }
     if (refused != NULL) {

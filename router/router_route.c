@@ -2791,7 +2791,7 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     kvs_buf_init(&packed);
     if (b != NULL && is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
         mark_write(req);
-    if (b != NULL && is_read_cmd(q->command_case)) {
+    if (b != NULL && holds_for_writes(q->command_case)) { /* the reads, and Hlen */
         int rc = attach_positions(r, req, q, b, -1, &tok);
         if (rc > 0 && kvs_msg_append(&packed, &q->base, SIZE_MAX) == 0) {
             raw = packed.data + KVS_FRAME_HEADER; /* the raw paths forward q as it is now */

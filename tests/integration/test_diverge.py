@@ -250,10 +250,19 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(rc, 0, err)
         # 20 records behind, more than kafka.max_lag: the router's own read
         # of the environment refuses as the worker does.
+        # Hlen (Redis HLEN, EXISTS) too: it counted the emptied copy, 200.
+        hlen = pb.CommandRequest()
+        hlen.hlen.table = "users"
         with Client(r.addr) as c:
             resp = c.call(req_hget("users", b"r0"))
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("catching up", resp.message)
+            resp = c.call(hlen)
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("catching up", resp.message)
+            hlen.accept_stale = True  # what the copy holds now
+            resp = c.call(hlen)
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 0), resp.message)
         # Stopped before the rebuild applied any record (one per 5 s): the
         # restarted worker must still read the partition from its start.
         self.assertEqual(r.stop(), 0)

@@ -224,6 +224,14 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(with_options(req_hgetall("users"), pos_token([(topic, 1, 11)])))
             self.assertEqual(resp.status, 200, resp.message)
             self.assertEqual({p.key: pyval(p.value) for p in resp.pairs}, {key: b"v11"})
+            # Hlen (Redis HLEN, EXISTS) too: it counted whatever was applied
+            hlen = pb.CommandRequest()
+            hlen.hlen.table = "users"
+            resp = c.call(with_options(hlen, pos_token([(topic, 1, 5000)])))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("position ahead of the topic", resp.message)
+            resp = c.call(with_options(hlen, pos_token([(topic, 1, 11)])))
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 1), resp.message)
 
     def test_a_position_not_heard_of_yet_is_checked_with_the_brokers(self):
         """A record another writer just appended lies past the end a worker

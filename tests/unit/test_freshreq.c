@@ -206,20 +206,45 @@ KVS_TEST(positions_past_the_topic_take_no_memory)
     kvs_pos_set_free(&set);
 }
 
-/* The worker and the router's local reads ask this one question. */
-KVS_TEST(every_read_but_hlen_is_held_to_the_rules)
+/* The worker and the router's local reads ask this one question: every
+ * read, Hlen too (a count of a table catching up is as stale as its rows). */
+KVS_TEST(every_read_is_held_to_the_rules)
 {
     CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HGET));
     CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HEXIST));
     CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HMGET));
     CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HGETALL));
     CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HSCAN));
-    CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HLEN));
+    CHECK(kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HLEN));
     CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_HSET));
     CHECK(!kvs_freshreq_applies(KVS__COMMAND_REQUEST__COMMAND_PING));
 }
 
-KVS_TEST_MAIN(KVS_CASE(every_read_but_hlen_is_held_to_the_rules),
+/* Hlen counts the whole table: every partition the shard owns, and one
+ * far behind holds it back. */
+KVS_TEST(hlen_walks_the_owned_partitions)
+{
+    kvs_freshreq_t c;
+    Kvs__CommandRequest req = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Hlen m = KVS__HLEN__INIT;
+    m.table = "t";
+    req.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    req.hlen = &m;
+    setup(KVS_PARTITIONER_MURMUR2);
+    kvs_freshreq_init(&c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    CHECK_EQ(kvs_freshreq_request(&c, &req, &fx.arena), 0);
+    CHECK_EQ(c.verdict, KVS_FRESH_SERVE);
+    CHECK_EQ(fx.l.total, PARTS / SHARDS);
+    setup(KVS_PARTITIONER_MURMUR2);
+    fx.l.behind = SHARD + SHARDS;
+    kvs_freshreq_init(&c, &fx.cfg, SHARD, &fx.b, lookup, &fx.l);
+    CHECK_EQ(kvs_freshreq_request(&c, &req, &fx.arena), 0);
+    CHECK_EQ(c.verdict, KVS_FRESH_CATCHING_UP);
+    CHECK_EQ(c.partition, SHARD + SHARDS);
+    kvs_arena_close(&fx.arena);
+}
+
+KVS_TEST_MAIN(KVS_CASE(every_read_is_held_to_the_rules), KVS_CASE(hlen_walks_the_owned_partitions),
               KVS_CASE(many_keys_look_up_each_partition_once),
               KVS_CASE(no_partitioner_walks_the_owned_partitions_once),
               KVS_CASE(a_partition_behind_still_holds_the_read_back),
