@@ -150,6 +150,8 @@ typedef struct part_s {
     int diverged;     /* the log ends below `next`: halted, reads refused */
     int halted;       /* records before the log's start are gone, auto.offset.reset error */
     int restart;      /* next assignment at auto.offset.reset, not at `next` */
+    int64_t fetch_at; /* none stored: the offset the consumer was fetching when it went out of
+                         range, so records deleted before this shard read them count (-1) */
     int from_start;   /* rebuilt: with no stored offset, start at the log's first record */
     /* Rebuilt in a batch not known to have committed yet, and what it
      * was before (restored should that batch be lost). */
@@ -316,6 +318,7 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
     }
+    pt->fetch_at = -1;
     pt->committed_next = pt->next;
     pt->dirty = 0;
 }
@@ -885,6 +888,9 @@ static void out_of_range(node_ingest_t *in, const rd_kafka_message_t *m)
     if (!pt->owned || pt->diverged || pt->halted || pt->out_of_range)
         return;
     pt->out_of_range = 1;
+    /* With no offset stored yet, where the consumer was is where this
+     * shard's records start: those below the log's new start are lost. */
+    pt->fetch_at = pt->next < 0 && m->offset >= 0 ? m->offset : -1;
     kvs_warn("kafka %s [%d]: offset %lld is not in the partition's log (%s); asking the "
              "brokers where the log starts and ends",
              t->b->topic, m->partition, (long long)m->offset, rd_kafka_message_errstr(m));
@@ -1051,6 +1057,10 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
     }
     int suspected = pt->suspect;
     pt->suspect = 0;
+    /* Where this shard's records start: the next to apply, or with none
+     * stored the offset the consumer was fetching (fetch_at) */
+    int64_t at = pt->next >= 0 ? pt->next : pt->fetch_at;
+    pt->fetch_at = -1;
     if (pt->next >= 0 && pt->next > hi) {
         pt->diverged = 1;
         if (in->state != NULL)
@@ -1064,22 +1074,22 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   topic, p, (long long)hi, (long long)pt->next - 1);
         return 0;
     }
-    if (pt->next >= 0 && pt->next < lo && in->reset_error) {
+    if (at >= 0 && at < lo && in->reset_error) {
         pt->halted = 1;
         kvs_error("kafka %s [%d]: records %lld..%lld were deleted before this shard applied "
                   "them, and auto.offset.reset is \"error\": the partition is no longer "
                   "ingested; set kafka.properties auto.offset.reset to earliest or latest and "
                   "restart to skip them",
-                  topic, p, (long long)pt->next, (long long)lo - 1);
+                  topic, p, (long long)at, (long long)lo - 1);
         return 0;
     }
-    if (pt->next < 0) {
+    if (at < 0 || (pt->next < 0 && at >= lo)) {
         pt->restart = 1; /* nothing stored: wherever auto.offset.reset says */
         kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
                  topic, p, (long long)lo);
-    } else if (pt->next < lo) {
+    } else if (at < lo) {
         int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
-        int64_t from = pt->next > pt->lost_to ? pt->next : pt->lost_to;
+        int64_t from = at > pt->lost_to ? at : pt->lost_to;
         if (to > from) {
             pt->lost += (uint64_t)(to - from);
             pt->lost_to = to;
@@ -1087,7 +1097,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
         kvs_error("kafka %s [%d]: DATA LOST: %lld records, offsets %lld..%lld are gone (deleted "
                   "before this shard applied them)%s; resuming at offset %lld, the log's %s "
                   "(auto.offset.reset); Info counts them as lost%s",
-                  topic, p, (long long)(to - pt->next), (long long)pt->next, (long long)lo - 1,
+                  topic, p, (long long)(to - at), (long long)at, (long long)lo - 1,
                   to > lo ? ", and the records left before the log's end are passed over" : "",
                   (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start",
                   to > from ? ""
