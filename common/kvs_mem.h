@@ -9,8 +9,9 @@
  * some 100 MB resident per router process that nothing used, and more
  * such rounds moved it higher. malloc_trim(3) hands those free pages back
  * (madvise); it costs a walk of the heap's free lists, so it runs only
- * when the free memory is both large and at least what is in use, and at
- * most once a second per process (kvs_conn's group sweep calls it).
+ * when the free memory is both large and at least what is in use, and the
+ * heap is looked at no more than once a second per process (kvs_conn's
+ * group sweeps call it).
  *
  * Threads: the loop thread only (a process-wide "last run" time).
  */
@@ -23,10 +24,11 @@
 #define KVS_MEM_FREE_MIN (16u << 20) /* free heap bytes below which nothing is done */
 #define KVS_MEM_EVERY_MS 1000u       /* at most one trim per this many ms */
 
-/* Trims the heap when it holds at least KVS_MEM_FREE_MIN bytes free and
- * no less free than in use, and the last trim is KVS_MEM_EVERY_MS before
- * `now_ms` (a monotonic clock). Returns the free bytes it found when it
- * trimmed, else 0 (also where the allocator does not say: sanitizers). */
+/* Looks at the heap when the last look is KVS_MEM_EVERY_MS before
+ * `now_ms` (a monotonic clock), and trims it when it holds at least
+ * KVS_MEM_FREE_MIN bytes free and no less free than in use. Returns the
+ * free bytes it found when it trimmed, else 0 (also where the allocator
+ * does not say: sanitizers). */
 size_t kvs_mem_give_back(uint64_t now_ms);
 
 #endif

@@ -1088,7 +1088,10 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
         kvs_warn("kafka %s [%d]: the log now starts at offset %lld; resuming at auto.offset.reset",
                  topic, p, (long long)lo);
     } else if (at < lo) {
-        int64_t to = in->reset_offset == RD_KAFKA_OFFSET_END ? hi : lo;
+        /* where this partition starts without a record of it: a rebuilt
+         * one at the log's start, whatever auto.offset.reset says */
+        int end = start_of(in, pt) == RD_KAFKA_OFFSET_END;
+        int64_t to = end ? hi : lo;
         int64_t from = at > pt->lost_to ? at : pt->lost_to;
         if (to > from) {
             pt->lost += (uint64_t)(to - from);
@@ -1099,7 +1102,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   "(auto.offset.reset); Info counts them as lost%s",
                   topic, p, (long long)(to - at), (long long)at, (long long)lo - 1,
                   to > lo ? ", and the records left before the log's end are passed over" : "",
-                  (long long)to, in->reset_offset == RD_KAFKA_OFFSET_END ? "end" : "start",
+                  (long long)to, end ? "end" : "start",
                   to > from ? ""
                             : " (counted once already: the batch that stored the skip was lost)");
         skip_to(in, t, p, to);

@@ -18,8 +18,9 @@
  *
  *   kvs-router --config FILE --check
  *
- * loads the config and its TLS material as the master would at a start or
- * a reload and exits: 0, or EX_CONFIG with the error (as `nginx -t`; the
+ * loads the config, the TLS material and plugins it names, and checks its
+ * data_dir's permissions, as a start would, and exits: 0, or EX_CONFIG
+ * with the error (as `nginx -t`; the
  * systemd unit runs it before it sends SIGHUP, so that `systemctl reload`
  * fails on a file with errors).
  *
@@ -117,6 +118,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,8 +170,9 @@ static void usage(FILE *f)
                "--print data_dir: load FILE as the node would, print its data_dir (as\n"
                "written: relative to the directory the node runs in) and exit; a config\n"
                "error is printed instead, with exit status 78.\n"
-               "--check: load FILE and the TLS certificates, keys and CAs it names as the\n"
-               "node would at a start or a reload; exit 0, or print the error and exit 78.\n"
+               "--check: load FILE, the TLS certificates, keys and CAs and the plugins it\n"
+               "names, and check data_dir's permissions, as a start would; exit 0, or print\n"
+               "the error and exit 78.\n"
                "A running node also refuses a reload that changes a key that cannot change\n"
                "live (README, \"Live reload\"): --check cannot know the running config.\n");
 }
@@ -832,22 +835,29 @@ static int print_data_dir(const char *path)
     return 0;
 }
 
-/* --check: the config at `path` and the TLS material it names, loaded as
- * the master loads them. Returns the exit status. */
+/* --check: the config at `path`, the TLS material and plugins it names,
+ * loaded as a start loads them, and its data_dir's permissions when it
+ * exists (a start creates it). Returns the exit status. */
 static int check_config(const char *path)
 {
-    char err[1024];
+    char err[4400];
     kvs_config_t *cfg = NULL;
     kvs_tls_ctx_t *tls = NULL, *link_tls = NULL;
-    if (kvs_config_load(path, &cfg, err, sizeof(err)) != 0 ||
-        router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0) {
-        fprintf(stderr, "kvs-router: %s\n", err);
-        kvs_config_free(cfg);
-        return EX_CONFIG;
-    }
+    kvs_plugins_t *plugins = NULL;
+    struct stat st;
+    int rc = kvs_config_load(path, &cfg, err, sizeof(err)) != 0 ||
+             router_tls_load(cfg, &tls, &link_tls, err, sizeof(err)) != 0 ||
+             kvs_plugins_load(cfg, "router", -1, &plugins, err, sizeof(err)) != 0 ||
+             (stat(cfg->data_dir, &st) == 0 &&
+              kvs_fs_check_private(cfg->data_dir, err, sizeof(err)) != 0);
+    kvs_plugins_free(plugins);
     kvs_tls_ctx_free(tls);
     kvs_tls_ctx_free(link_tls);
     kvs_config_free(cfg);
+    if (rc) {
+        fprintf(stderr, "kvs-router: %s\n", err);
+        return EX_CONFIG;
+    }
     printf("kvs-router: %s: the configuration loads\n", path);
     return kvs_fs_stdout_done("kvs-router");
 }

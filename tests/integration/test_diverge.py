@@ -549,21 +549,30 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         # offset 0 when retention deleted the records it had not read (the
         # worker stopped meanwhile): one WARN line said the log now starts
         # elsewhere, and nothing counted the records, as if the shard had
-        # never been meant to read them.
-        m = self.mock({TOPIC: 1})
-        r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1)
-        self.assertTrue(wait_until(lambda: kafka_parts(info(r), TOPIC).get(0, {}).get("lag") == 0,
-                                   20), kafka_parts(info(r), TOPIC))
-        with stopped(r.worker_pid(0)):
-            recs = [(b"new-%d" % i, b"v" * 20000) for i in range(400)]  # 8 MB: the first go
-            produce(m.bootstrap, TOPIC, recs, **{"batch.num.messages": 10})
-            lo, hi = watermarks(m.bootstrap, TOPIC, 1)[0]
-        self.assertGreater(lo, 0, "the mock must have dropped records the node never read")
-        parts = self.wait_caught_up(r, TOPIC, {0: hi})
-        self.assertEqual((parts[0]["lost"], parts[0]["applied"]), (lo, hi - lo), parts[0])
-        self.assertEqual(self.lost_metric(r, 0), lo)
-        self.assertRegex(r.stderr(), r"ERROR +kafka %s \[0\]: DATA LOST: %d records, offsets "
-                                     r"0\.\.%d are gone" % (TOPIC, lo, lo - 1))
+        # never been meant to read them. A rebuilt one starts at the log's
+        # start whatever auto.offset.reset says: with "latest" it resumed
+        # at the log's end, the whole log counted lost.
+        for latest in (False, True):
+            with self.subTest(latest=latest):
+                m = self.mock({TOPIC: 1})
+                r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1,
+                                properties={"auto.offset.reset": "latest"} if latest else None)
+                self.assertTrue(wait_until(
+                    lambda: kafka_parts(info(r), TOPIC).get(0, {}).get("lag") == 0, 20))
+                if latest:
+                    rc, out, err = self.cli(r, "rebuild", "users")
+                    self.assertEqual(rc, 0, err)
+                with stopped(r.worker_pid(0)):
+                    recs = [(b"new-%d" % i, b"v" * 20000) for i in range(400)]  # 8 MB
+                    produce(m.bootstrap, TOPIC, recs, **{"batch.num.messages": 10})
+                    lo, hi = watermarks(m.bootstrap, TOPIC, 1)[0]
+                self.assertGreater(lo, 0, "the mock must have dropped records the node never read")
+                parts = self.wait_caught_up(r, TOPIC, {0: hi})
+                self.assertEqual((parts[0]["lost"], parts[0]["applied"]), (lo, hi - lo), parts[0])
+                self.assertEqual(self.lost_metric(r, 0), lo)
+                self.assertRegex(r.stderr(), r"ERROR +kafka %s \[0\]: DATA LOST: %d records, "
+                                             r"offsets 0\.\.%d are gone" % (TOPIC, lo, lo - 1))
+                r.close()
 
     def test_a_skip_made_again_after_its_batch_was_lost_is_counted_once(self):
         # The batch that stores a skip over deleted records fails (a full

@@ -166,6 +166,23 @@ class LifecycleTest(RouterTestCase):
         # OpenSSL's "system lib" said as the system call's error
         self.assertIn("tls.router.cert %s: cannot load: No such file or directory"
                       % missing.replace(".key", ".crt"), out.stderr)
+        # what a start refuses beyond the file: a plugin that cannot be
+        # loaded, a data_dir every user may write to
+        with open(r.config, "w") as f:
+            f.write(good + "plugins:\n  - {path: \"%s\"}\n" % os.path.join(r.dir, "no-such.so"))
+        out = check()
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        self.assertIn("plugins[0]", out.stderr)
+        self.assertIn("cannot be loaded", out.stderr)
+        with open(r.config, "w") as f:
+            f.write(good)
+        os.makedirs(r.data_dir, exist_ok=True)
+        os.chmod(r.data_dir, 0o777)
+        out = check()
+        self.assertEqual(out.returncode, EX_CONFIG, out.stderr)
+        self.assertIn("is writable by every user", out.stderr)
+        os.chmod(r.data_dir, 0o700)
+        self.assertEqual(check().returncode, 0)
         for bad in (["--check", "--print", "data_dir"], ["--check", "--router", "0"]):
             out = subprocess.run([router, "--config", r.config] + bad, capture_output=True,
                                  text=True, timeout=30)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import unittest
 
-from kvstest import pyval, req_hget, req_hgetall, req_hmget, req_hscan, req_hset, req_hdel
+from kvstest import pb, pyval, req_hget, req_hgetall, req_hmget, req_hscan, req_hset, req_hdel
 from routertest import Router, free_port, partition_of
 import kafkatest
 from kafkatest import (KCAT, info_pairs, ingest_yaml, kafka_parts, kcat_produce,
@@ -116,12 +116,14 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
         # write of the table is refused, on both shards, through the router
         # (its local reads included) and on the workers themselves.
         self.say_partitions(8)
+        hlen = pb.CommandRequest()  # Hlen (Redis HLEN, EXISTS) too
+        hlen.hlen.table = "users"
         with r.client() as c:
             self.assertTrue(wait_until(lambda: all(
                 c.call(req_hget("users", k)).status == 503 for k in keys), 10, 0.05),
                 "reads still served 10 s after the topic grew")
             reqs = [req_hget("users", k) for k in keys] + [
-                req_hmget("users", keys), req_hgetall("users"), req_hscan("users"),
+                req_hmget("users", keys), req_hgetall("users"), req_hscan("users"), hlen,
                 with_options(req_hget("users", keys[1]), stale=True),
                 req_hset("users", keys[2], "lost?"), req_hset("users", keys[3], "lost?"),
                 req_hdel("users", keys[1])]
