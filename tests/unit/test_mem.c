@@ -11,21 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The process's resident anonymous memory, in KiB (/proc/self/status). */
-static long rss_anon_kib(void)
-{
-    char line[256];
-    long kib = -1;
-    FILE *f = fopen("/proc/self/status", "r");
-    CHECK(f != NULL);
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    CHECK(kib >= 0);
-    return kib;
-}
-
 enum { BLOCKS = 800, BLOCK = 100 * 1024 };
 
 static void *big[BLOCKS], *small[BLOCKS];
@@ -66,6 +51,21 @@ KVS_TEST(not_while_little_is_free)
     CHECK_EQ(kvs_mem_give_back(5000), 0);
 }
 #else
+/* The process's resident anonymous memory, in KiB (/proc/self/status). */
+static long rss_anon_kib(void)
+{
+    char line[256];
+    long kib = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    CHECK(f != NULL);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    CHECK(kib >= 0);
+    return kib;
+}
+
 KVS_TEST(gives_back_free_memory_below_blocks_in_use)
 {
     fragment();
