@@ -630,6 +630,7 @@ static void send_request(boot_t *b, kvs_conn_t *c)
 {
     Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    s.node = b->cfg->node_name; /* the sender records who copied (node_handoff) */
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
     q.snapshot = &s;
     if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {

@@ -5,6 +5,11 @@
  *   # kvs: ... (what it is, for whoever finds it)
  *   peer HOST:PORT        who asked for the snapshot
  *   time 2026-12-03T15:05:35Z
+ *   node NAME             the node of the map that asked (Snapshot.node),
+ *                         one line per node that copied; none for a client
+ *
+ * The master reads the node lines (router_master_copied_by) before a
+ * reload takes the shard from this node.
  */
 #include "node_handoff.h"
 #include "kvs_log.h"
@@ -144,12 +149,47 @@ static int lift(node_handoff_t *h)
     return rc;
 }
 
-int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised)
+/* Adds "node NAME" to the file of a fence already up: one more node holds
+ * a copy. Returns 0 or a negative errno. */
+static int add_node(node_handoff_t *h, const char *node)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line), "node %.128s\n", node);
+    int fd = open(h->path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    int rc = write(fd, line, (size_t)n) == n && fsync(fd) == 0 ? 0 : -(errno ? errno : EIO);
+    close(fd);
+    return rc;
+}
+
+/* A node name fit for a line of the file: printable, no spaces. */
+static int name_ok(const char *node)
+{
+    if (node == NULL || node[0] == '\0' || strlen(node) > 128)
+        return 0;
+    for (const char *p = node; *p != '\0'; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+            return 0;
+    return 1;
+}
+
+int node_handoff_fence(node_handoff_t *h, const char *peer, const char *node,
+                       const kvs_config_t *cfg, int *raised)
 {
     *raised = 0;
+    if (!name_ok(node))
+        node = NULL;
+    if (h->fenced && node != NULL && kvs_config_replica_count(cfg, h->shard) <= 1) {
+        int rc = add_node(h, node);
+        if (rc != 0)
+            kvs_error("%s: cannot add node %s: %s; the snapshot is not sent", h->path, node,
+                      strerror(-rc));
+        return rc;
+    }
     if (h->fenced || kvs_config_replica_count(cfg, h->shard) > 1)
         return 0; /* up already (its file says since when), or not needed */
-    char when[32], text[600];
+    char when[32], text[800];
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
@@ -157,8 +197,9 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     int n = snprintf(text, sizeof(text),
                      "# kvs: shard %u was copied to another node; writes to tables bound to no "
                      "topic are refused here until this node's map moves the shard (README, "
-                     "\"Moving a shard\")\npeer %.100s\ntime %s\n",
-                     h->shard, peer, when);
+                     "\"Moving a shard\")\npeer %.100s\ntime %s\n%s%.128s%s",
+                     h->shard, peer, when, node != NULL ? "node " : "", node != NULL ? node : "",
+                     node != NULL ? "\n" : "");
     int rc = write_synced(h->path, h->dir, text, (size_t)n);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));

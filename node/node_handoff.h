@@ -45,13 +45,17 @@ typedef struct node_handoff_s node_handoff_t;
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
                       node_handoff_t **out);
 
-/* A snapshot is about to be sent to `peer`. With one replica in `cfg`,
- * writes the file (synced, as is its directory) and raises the fence;
- * *raised says whether this call raised it (0: it was up already, or the
- * map has several replicas). Returns 0, or a negative errno (logged; the
- * file is removed, the fence stays as it was, and the caller must not
- * send the snapshot). */
-int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised);
+/* A snapshot is about to be sent to `peer`, for node `node` of the map
+ * ("" or NULL: unnamed, a client's). With one replica in `cfg`, writes the
+ * file (synced, as is its directory) and raises the fence; *raised says
+ * whether this call raised it (0: it was up already, or the map has
+ * several replicas). With the fence up already, a named node is added to
+ * the file (a line "node NAME" per node that copied: a reload of this
+ * node may give the shard only to one of them). Returns 0, or a negative
+ * errno (logged; a file this call wrote is removed, the fence stays as it
+ * was, and the caller must not send the snapshot). */
+int node_handoff_fence(node_handoff_t *h, const char *peer, const char *node,
+                       const kvs_config_t *cfg, int *raised);
 
 /* The snapshot a node_handoff_fence call raised the fence for was not
  * delivered: lowers it again. */

@@ -1319,7 +1319,7 @@ void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
 
 /* node_cmd's Snapshot hook: the client that asked becomes the stream's
  * receiver, if the request is alone on its connection. */
-static int take_snapshot(void *arg, kvs_buf_t *out)
+static int take_snapshot(void *arg, const char *node, kvs_buf_t *out)
 {
     node_server_t *srv = arg;
     node_client_t *cl = srv->executing;
@@ -1335,7 +1335,7 @@ static int take_snapshot(void *arg, kvs_buf_t *out)
      * is in it, and none comes after (node_handoff). */
     int raised = 0;
     if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot) && srv->cmd.cfg != NULL) {
-        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg, &raised);
+        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, node, srv->cmd.cfg, &raised);
         if (rc != 0)
             return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                          "cannot record the snapshot of shard %u before sending "

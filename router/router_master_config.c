@@ -359,13 +359,54 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
+/* Shard s's copied-out file in this node's directory (node_handoff):
+ * whether one of the nodes it names as having copied the shard holds it
+ * in `next`. Returns 1, 0 (none of them, or it names none: a client's
+ * copy, or a file from before the names), or -1 when there is no file.
+ * `named` gets the names it lists, for the refusal. */
+static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next, uint32_t s,
+                              char *named, size_t len)
+{
+    char dir[4200], file[4400], text[4097];
+    named[0] = '\0';
+    if (kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
+        return 0;
+    snprintf(file, sizeof(file), "%s/copied-out", dir);
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? -1 : 0;
+    ssize_t got = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (got < 0)
+        return 0;
+    text[got] = '\0';
+    int kept = 0;
+    size_t used = 0;
+    for (char *line = text, *end; line != NULL && *line != '\0'; line = end) {
+        end = strchr(line, '\n');
+        if (end != NULL)
+            *end++ = '\0';
+        if (strncmp(line, "node ", 5) != 0 || line[5] == '\0')
+            continue;
+        const kvs_node_t *n = kvs_config_node(next, line + 5);
+        if (n != NULL && kvs_node_serves(n, s))
+            kept = 1;
+        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", line + 5);
+        if (w > 0 && (size_t)w < len - used)
+            used += (size_t)w;
+    }
+    return kept;
+}
+
 /* A shard the new map takes from this node and from every node that
  * holds it now, before a new holder copied it. Their directories would
  * retire, and the rows of its tables bound to no topic exist nowhere
  * else: new holders must copy first (a new owner that reloads first
  * does, node_bootstrap). This node alone can tell it was copied when it
  * held the shard alone: its directory then has copied-out (node_handoff
- * raises it, and fences the copy, when a snapshot is sent). Returns 1
+ * raises it, and fences the copy, when a snapshot is sent), naming the
+ * nodes that copied; one of them must hold the shard in the new map (a
+ * node that copied and was withdrawn again holds nothing). Returns 1
  * with why[] said, or 0. */
 static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, char *why,
                              size_t len)
@@ -386,8 +427,20 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      s, holders);
             return 1;
         }
-        if (router_master_shard_file(cur, s, "copied-out") == 1)
+        char named[600];
+        int copied = copied_to_a_holder(cur, next, s, named, sizeof(named));
+        if (copied == 1)
             continue; /* copied, and fenced since: the copy holds every unbound row */
+        if (copied == 0) {
+            snprintf(why, len,
+                     "cluster.nodes takes shard %u from this node, which holds its only copy, and "
+                     "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
+                     "of its tables bound to no topic would exist nowhere. Give the shard to a "
+                     "node that copied it, or reload the node that takes it over first (it "
+                     "copies it from here), then this one (README, Moving a shard)",
+                     s, dir, named[0] != '\0' ? named : "no node of the map");
+            return 1;
+        }
         snprintf(why, len,
                  "cluster.nodes takes shard %u from this node, which holds its only copy, before "
                  "any node copied it (%.300s has no copied-out): the rows of its tables bound to "

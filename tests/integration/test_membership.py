@@ -585,6 +585,36 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_the_only_copy_goes_only_to_a_node_that_copied_it(self):
+        # b holds shard 2 alone; a copies it (b's copied-out names a).
+        # A map that gives the shard to d instead, which never copied it
+        # (a node that copied and was withdrawn again is the same), was
+        # taken because copied-out existed: b retired its copy and d found
+        # no one to copy from. It is refused; the map that keeps a is taken.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout, ("a", "b", "d"))
+        rows = self.keys_on(2, b"c", 10)
+        self.write_all(b, rows, "kept")
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        self.reload(a, 1)  # a copies shard 2 from b
+        with open(os.path.join(b.data_dir, "shard-2", "copied-out")) as f:
+            self.assertIn("\nnode a\n", f.read())
+        set_map(b, {"a": [0, 1], "b": [0, 1, 3], "d": [2]}, bases)
+        b.proc.send_signal(signal.SIGHUP)
+        refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
+                   "only copy, and gives it to no node that copied it (%s/shard-2/copied-out "
+                   "names a)" % b.data_dir)
+        self.assertTrue(wait_until(lambda: refusal in b.stderr(), 10), b.stderr()[-3000:])
+        self.assertEqual(changes_over(b), 0)
+        self.assertEqual([x for x in os.listdir(b.data_dir) if ".retired-" in x], [])
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_map_that_takes_a_shard_from_all_its_holders_at_once_is_refused(self):
         # Shard 2 is on a and b; a map that gives it to d alone (which has
         # not copied it) would retire both copies: each node refuses it.
