@@ -115,10 +115,12 @@ static int sync_dir(const char *dir)
     return rc;
 }
 
-/* Writes text[0..n) to path, synced (file and directory). */
-static int write_synced(const char *path, const char *dir, const char *text, size_t n)
+/* Writes text[0..n) to path, synced: the file, and the directory for a
+ * new file; `append` adds it at the end of the existing file instead. */
+static int write_synced(const char *path, const char *dir, const char *text, size_t n, int append)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_CREAT | O_TRUNC),
+                  0600);
     if (fd < 0)
         return -errno;
     int rc = 0;
@@ -133,7 +135,7 @@ static int write_synced(const char *path, const char *dir, const char *text, siz
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
         rc = -errno;
-    return rc == 0 ? sync_dir(dir) : rc;
+    return rc == 0 && !append ? sync_dir(dir) : rc; /* appended: the entry is there already */
 }
 
 /* Removes the file and lowers the fence; 0, or a negative errno (logged:
@@ -155,12 +157,7 @@ static int add_node(node_handoff_t *h, const char *node)
 {
     char line[160];
     int n = snprintf(line, sizeof(line), "node %.128s\n", node);
-    int fd = open(h->path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return -errno;
-    int rc = write(fd, line, (size_t)n) == n && fsync(fd) == 0 ? 0 : -(errno ? errno : EIO);
-    close(fd);
-    return rc;
+    return write_synced(h->path, h->dir, line, (size_t)n, 1);
 }
 
 /* A node name fit for a line of the file: printable, no spaces. */
@@ -200,7 +197,7 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const char *node,
                      "\"Moving a shard\")\npeer %.100s\ntime %s\n%s%.128s%s",
                      h->shard, peer, when, node != NULL ? "node " : "", node != NULL ? node : "",
                      node != NULL ? "\n" : "");
-    int rc = write_synced(h->path, h->dir, text, (size_t)n);
+    int rc = write_synced(h->path, h->dir, text, (size_t)n, 0);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));
         unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
