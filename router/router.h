@@ -160,6 +160,13 @@ void router_client_close_after_answers(router_client_t *cl);
 /* The client's session (positions, held requests). */
 router_session_t *router_client_session(router_client_t *cl);
 
+/* `req` of client `cl` is a write (router_ops_note): the latest so far. */
+void router_client_note_write(router_client_t *cl, const router_req_t *req);
+
+/* Whether `cl` read a write after `req` (every such write is still in
+ * its FIFO, answered in order after `req`). O(1), for Hscan's page. */
+int router_client_write_after(const router_client_t *cl, const router_req_t *req);
+
 /* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
  * requests held back count against its output limits. */
 void router_client_hold(router_client_t *cl, ptrdiff_t delta);
@@ -212,6 +219,7 @@ struct router_req_s {
     router_client_t *client; /* NULL once the client is gone */
     kvs_auth_conn_t *who;    /* its client's identity when users are configured, else NULL */
     router_req_t *next;      /* client FIFO */
+    uint64_t seq;            /* its place among the client's requests (router_client_enqueue) */
     kvs_buf_t resp;
     size_t reserve;   /* output reserved for the answer while in flight (whole-table reads) */
     uint8_t raw;      /* resp holds the reply in the client's protocol (RESP), not a frame */

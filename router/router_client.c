@@ -78,6 +78,8 @@ struct router_client_s {
     int holding;               /* its run of frames holds local snapshots (router_local_hold) */
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
+    uint64_t reqs_read;       /* requests read so far: each one's seq */
+    uint64_t last_write;      /* seq of the latest write read (router_client_note_write) */
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
     int auth_closed;          /* limits.auth_failures reached: run nothing more it sent */
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
@@ -213,6 +215,17 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 1;
 }
 
+void router_client_note_write(router_client_t *cl, const router_req_t *req)
+{
+    if (req->seq > cl->last_write)
+        cl->last_write = req->seq;
+}
+
+int router_client_write_after(const router_client_t *cl, const router_req_t *req)
+{
+    return cl->last_write > req->seq;
+}
+
 router_req_t *router_client_enqueue(router_client_t *cl)
 {
     router_req_t *req = router_req_new(cl->router, cl);
@@ -228,6 +241,7 @@ router_req_t *router_client_enqueue(router_client_t *cl)
         cl->head = req;
     cl->tail = req;
     cl->inflight++;
+    req->seq = ++cl->reqs_read;
     kvs_request_info_t *in = &req->info;
     in->struct_size = sizeof(*in);
     in->command_name = "none";

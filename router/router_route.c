@@ -1464,17 +1464,6 @@ static int scan_cut(router_req_t *req, kvs_arena_t *arena)
     return 1;
 }
 
-/* Is a write among the client's requests read after `req`? Reads and the
- * front door's own commands (PING) cannot change what a page shows. The
- * walk is bounded by the requests a client may have in flight. */
-static int write_after(const router_req_t *req)
-{
-    for (const router_req_t *n = req->next; n != NULL; n = n->next)
-        if (n->info.write)
-            return 1;
-    return 0;
-}
-
 /* Rewrites a worker's Hscan cursor into the router's; a page whose shard
  * ended early goes on with the next shard (scan_next). */
 static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t *arena)
@@ -1489,13 +1478,14 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
         /* Not for a client gone (req->client NULL): nobody takes the page.
          * Nor once a write of the client's, read after this request, may
-         * be at the next shard already (write_after): a write this page
+         * be at the next shard already (router_client_write_after): a write this page
          * must not show (pipelined commands run in order); the page ends
          * at the shard boundary, and its cursor starts the next one. */
-        if (req->client != NULL && !write_after(req) && m->scan_req.len > 0 &&
-            next < m->router->shards && m->scan_pairs + w->n_pairs < m->scan_count &&
-            m->scan_hops + 1 < SCAN_HOPS_MAX && kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV &&
-            kvs_now_ns() < m->scan_until && scan_next(req, next, (uint32_t)w->n_pairs) == 0)
+        if (req->client != NULL && !router_client_write_after(req->client, req) &&
+            m->scan_req.len > 0 && next < m->router->shards &&
+            m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
+            kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&
+            scan_next(req, next, (uint32_t)w->n_pairs) == 0)
             return; /* req may be answered already */
     }
     if (m->scan_pages.len > 0) {
