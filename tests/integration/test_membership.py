@@ -597,9 +597,9 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.write_all(b, rows, "kept")
         moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
         set_map(a, moved, bases)
-        self.reload(a, 1)  # a copies shard 2 from b
-        with open(os.path.join(b.data_dir, "shard-2", "copied-out")) as f:
-            self.assertIn("\nnode a\n", f.read())
+        self.reload(a, 1)  # a copies shard 2 from b, and acknowledges it installed the copy
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
         set_map(b, {"a": [0, 1], "b": [0, 1, 3], "d": [2]}, bases)
         b.proc.send_signal(signal.SIGHUP)
         refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
@@ -609,6 +609,62 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(changes_over(b), 0)
         self.assertEqual([x for x in os.listdir(b.data_dir) if ".retired-" in x], [])
         set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def copied_out(self, router, shard=2):
+        try:
+            with open(os.path.join(router.data_dir, "shard-%d" % shard, "copied-out")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def test_a_move_whose_new_owner_is_killed_mid_copy_copies_again_at_its_restart(self):
+        # Shard 2 moves from b alone to a alone. a is killed -9 (every
+        # process) after b sent the snapshot and before a installed it (a's
+        # sync is slowed). b was recording a as holding a copy, so b's
+        # reload giving the shard away was taken and b's rows retired; and
+        # a, restarted from its file (where it holds the shard alone, with
+        # no peer), started it empty. Now b records a node only once it
+        # acknowledged the copy installed, so b's reload is refused; a's
+        # restart finds its moving-in marker and copies from b again, b
+        # records a, and b's reload is taken with every row kept.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
+        a.start()
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
+                        b.stderr()[-3000:])
+        marker = os.path.join(a.data_dir, "shard-2", "moving-in")
+        with open(marker) as f:
+            self.assertIn("\nfrom b %d 127.0.0.1\n" % (bases["b"] + 2), f.read())
+        a.kill_all()
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "shard-2", "data.mdb")))
+        self.assertIn("peer ", self.copied_out(b))  # fenced,
+        self.assertNotIn("node a", self.copied_out(b))  # but a never said it holds a copy
+        set_map(b, moved, bases)
+        b.proc.send_signal(signal.SIGHUP)
+        refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
+                   "only copy, and gives it to no node that copied it (%s/shard-2/copied-out "
+                   "names no node: none acknowledged an installed copy)" % b.data_dir)
+        self.assertTrue(wait_until(lambda: refusal in b.stderr(), 10), b.stderr()[-3000:])
+        del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
+        a.start()  # its file's map: shard 2 here alone
+        self.wait_workers(a)
+        self.assertIn("moving-in says it was moving here from node b: copying from its previous "
+                      "owners again", a.stderr())
+        self.assertFalse(os.path.exists(marker))
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
         self.reload(b, 1)
         self.read_all(a, rows, "kept")
         self.read_all(b, rows, "kept")
