@@ -133,11 +133,12 @@ struct node_bootstrap_s {
     size_t wlen;
     kvs_hash_t *hash;
     uint64_t got;
-    int verified;          /* the final frame matched: sync, check, rename */
-    char abandon[400];     /* why the attempt failed while a write was in flight ("" = no) */
-    char install_err[400]; /* why install_work refused the copy ("" = it did not) */
-    char placement[64];    /* kvs_schema_placement of this config: the copy's must be it */
-    int done;              /* copied, or gave up: close everything */
+    uint8_t digest[KVS_HASH_LEN]; /* what arrived, checked against the final frame */
+    int verified;                 /* the final frame matched: sync, check, rename */
+    char abandon[400];            /* why the attempt failed while a write was in flight ("" = no) */
+    char install_err[400];        /* why install_work refused the copy ("" = it did not) */
+    char placement[64];           /* kvs_schema_placement of this config: the copy's must be it */
+    int done;                     /* copied, or gave up: close everything */
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
     uint64_t end_delay_ms;  /* KVS_TEST_SNAPSHOT_END_DELAY_MS (test builds), or 0 */
@@ -395,7 +396,8 @@ static void acknowledge(boot_t *b)
     Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
     Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
     s.node = b->cfg->node_name;
-    s.installed = 1;
+    s.installed.data = b->digest;
+    s.installed.len = KVS_HASH_LEN;
     q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
     q.snapshot = &s;
     c->data = NULL; /* on_peer_closed frees it; the attempt is over */
@@ -532,6 +534,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
     const char *why = NULL;
     uint8_t mine[KVS_HASH_LEN];
     kvs_hash_digest(b->hash, mine);
+    memcpy(b->digest, mine, KVS_HASH_LEN);
     if (r == NULL || r->n_values != 2 ||
         r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
         r->values[1]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
@@ -853,13 +856,19 @@ static void mark_moving_in(boot_t *b)
                   b->marker, strerror(-rc), b->shard);
 }
 
-/* The peers a marker names (a move a stop cut off): their count, 0 when
- * there is no marker, or -1 when it names none that can be asked. */
+/* The peers a marker names (a move a stop cut off) go first in
+ * b->peers, before the map's that are not among them. Returns how many it
+ * names, 0 when there is no marker, or -1 when it cannot be read or names
+ * none that can be asked. */
 static int read_marker(boot_t *b)
 {
     FILE *f = fopen(b->marker, "re");
     if (f == NULL)
         return errno == ENOENT ? 0 : -1;
+    kvs_replica_t map[KVS_MAX_REPLICAS];
+    int n_map = b->n_peers, named = 0;
+    memcpy(map, b->peers, sizeof(map[0]) * (size_t)n_map);
+    b->n_peers = 0;
     char line[600], name[KVS_NODE_NAME_MAX + 2], host[260], addr[300];
     unsigned port;
     while (b->n_peers < KVS_MAX_REPLICAS && fgets(line, sizeof(line), f) != NULL) {
@@ -876,7 +885,15 @@ static int read_marker(boot_t *b)
         b->n_peers++;
     }
     fclose(f);
-    return b->n_peers > 0 ? b->n_peers : -1;
+    named = b->n_peers;
+    for (int i = 0; i < n_map && b->n_peers < KVS_MAX_REPLICAS; i++) {
+        int dup = 0;
+        for (int j = 0; j < named && !dup; j++)
+            dup = strcmp(b->peers[j].node, map[i].node) == 0;
+        if (!dup)
+            b->peers[b->n_peers++] = map[i];
+    }
+    return named > 0 ? named : -1;
 }
 
 /* The peers to ask, or 0 when no copy is wanted. */
@@ -902,7 +919,7 @@ static int wanted(boot_t *b)
      * with the map the node serves until the switch, in which this node
      * is not a replica of it: the peers are its owners until now. */
     b->moving_in = b->n_peers > 0 && b->n_peers == n;
-    if (!b->moving_in && b->n_peers == 0) {
+    if (!b->moving_in) { /* a move a stop cut off: its previous owners first, and wait for one */
         int got = read_marker(b);
         if (got > 0)
             kvs_warn("shard %u has no data, and %s says it was moving here from node %s%s: "

@@ -57,6 +57,7 @@
 #include "kvs_copied.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_resp.h"
@@ -138,6 +139,7 @@ struct node_client_s {
     int acking;                 /* its stream ended: waits for the receiver's acknowledgement */
     uint64_t ack_epoch;         /* the fence's epoch when the copy was taken (node_handoff) */
     char ack_node[KVS_NODE_NAME_MAX + 1]; /* the receiver's node, "" for a client */
+    uint8_t ack_hash[KVS_HASH_LEN];       /* the copy's checksum, which it must echo */
     uint64_t peer_checked_ns; /* uv_hrtime this run of frames found its peer there; 0: not yet */
 };
 
@@ -1334,7 +1336,7 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
 {
     node_server_t *srv = arg;
     node_client_t *cl = srv->executing;
-    if (req->installed)
+    if (req->installed.len > 0)
         return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
                                      "Snapshot.installed acknowledges a snapshot this worker "
                                      "sent, on that stream's connection only");
@@ -1380,15 +1382,16 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
 /* node_snapshot's end: a fence raised for a snapshot that was not
  * delivered comes down (no copy exists). A delivered one's receiver, a
  * node, is heard once more: its acknowledgement (on_ack). */
-static void snapshot_done(void *arg, kvs_conn_t *kept, int delivered)
+static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
 {
     node_server_t *srv = arg;
-    if (srv->fence_raised && !delivered)
+    if (srv->fence_raised && delivered == NULL)
         node_handoff_unfence(srv->handoff);
     srv->fence_raised = 0;
     if (kept != NULL) {
         node_client_t *cl = kept->data;
         cl->acking = 1;
+        memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
         kvs_conn_resume(kept);
     }
 }
@@ -1400,7 +1403,9 @@ static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload
 {
     Kvs__CommandRequest *q = kvs__command_request__unpack(NULL, len, payload);
     if (q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT &&
-        q->snapshot->installed && strcmp(q->snapshot->node, cl->ack_node) == 0)
+        q->snapshot->installed.len == KVS_HASH_LEN &&
+        memcmp(q->snapshot->installed.data, cl->ack_hash, KVS_HASH_LEN) == 0 &&
+        strcmp(q->snapshot->node, cl->ack_node) == 0)
         node_handoff_copied(srv->handoff, cl->ack_node, cl->ack_epoch);
     else
         kvs_warn("%s: its snapshot stream ended, and it sent something other than the copy's "

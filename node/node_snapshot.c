@@ -77,6 +77,7 @@ struct node_snapshot_s {
     uint64_t held_since;   /* uv_now when the current hold began */
     kvs_hash_t *hash;
     uint64_t total;
+    uint8_t digest[KVS_HASH_LEN]; /* the final frame's checksum */
     uint8_t *rbuf;
 };
 
@@ -165,6 +166,7 @@ static void finish(node_snapshot_t *sn)
         kvs_resp_t r;
         uint8_t digest[KVS_HASH_LEN], enc[KVS_HASH_LEN + 12];
         kvs_hash_digest(sn->hash, digest);
+        memcpy(sn->digest, digest, KVS_HASH_LEN);
         kvs_resp_begin(&r, &c->out);
         kvs_resp_status(&r, KVS_STATUS_OK);
         kvs_resp_message(&r, "snapshot of shard %u: %llu bytes", sn->shard,
@@ -186,7 +188,7 @@ static void finish(node_snapshot_t *sn)
     else if (kept != NULL)
         kvs_conn_queue(c); /* the final frame goes out; the connection stays */
     if (sn->done_cb != NULL)
-        sn->done_cb(sn->done_arg, kept, delivered);
+        sn->done_cb(sn->done_arg, kept, delivered ? sn->digest : NULL);
     node_store_view_close(sn->view);
     sn->view = NULL;
     kvs_hash_free(sn->hash);

@@ -42,13 +42,14 @@ void node_snapshot_turn_end(node_snapshot_t *sn);
  * (the copy thread is told through its pipe and ends). */
 void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn);
 
-/* Told when each snapshot ends: `delivered` is 1 once its final frame
- * (total and checksum) went on the receiver's connection, 0 when the
- * receiver cannot have a copy (it left first, or the copy failed).
+/* Told when each snapshot ends: `delivered` is the checksum its final
+ * frame carried (XXH3-128, KVS_HASH_LEN bytes) once that frame went on
+ * the receiver's connection, NULL when the receiver cannot have a copy
+ * (it left first, or the copy failed).
  * `kept`: for a delivered snapshot started with `keep`, the receiver's
  * connection, left open (the callee owns it from now on: the stream no
  * longer knows it); else NULL, and the stream closes it. */
-typedef void (*node_snapshot_done_cb)(void *arg, kvs_conn_t *kept, int delivered);
+typedef void (*node_snapshot_done_cb)(void *arg, kvs_conn_t *kept, const uint8_t *delivered);
 void node_snapshot_set_done(node_snapshot_t *sn, node_snapshot_done_cb cb, void *arg);
 
 /* True while a snapshot is being sent (the copy thread runs). */

@@ -429,7 +429,9 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
                      "of its tables bound to no topic would exist nowhere. Give the shard to a "
                      "node that copied it, or reload the node that takes it over first (it "
-                     "copies it from here), then this one (README, Moving a shard)",
+                     "copies it from here), then this one; if that node holds its copy "
+                     "already (this node never heard it was installed), give the shard to both "
+                     "first, then take it from this one (README, Moving a shard)",
                      s, dir,
                      named[0] != '\0' ? named : "no node: none acknowledged an installed copy");
             return 1;

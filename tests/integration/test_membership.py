@@ -671,6 +671,90 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
+        # b's copied-out names a node only on Snapshot.installed carrying
+        # the checksum b's stream ended with, on that stream's connection:
+        # not one sent ahead of the stream, nor one with another checksum
+        # (it named the node whatever was sent). Alone, it is refused.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, _, _, a, b = self.a_and_b(layout)
+
+        def snapshot(installed=b""):
+            req = pb.CommandRequest()
+            req.snapshot.node = "d"
+            req.snapshot.installed = installed
+            return req
+
+        with Client(b.socket_path(2)) as c:
+            resp = c.call(snapshot(b"\0" * 16))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("acknowledges a snapshot this worker sent", resp.message)
+
+        def stream(*early):
+            c = Client(b.socket_path(2), timeout=10)
+            c.send(snapshot())
+            if early:  # not in the same write: Snapshot must be alone on its connection
+                time.sleep(0.2)
+                c.send(*early)
+            while True:
+                resp = c.recv()
+                if resp.status != 206:
+                    self.assertEqual(resp.status, 200, resp.message)
+                    return c, resp.values[1].binary_value
+
+        c, digest = stream(snapshot(b"\0" * 16))  # sent before any of the stream was read
+        self.assertTrue(c.at_eof())
+        c.close()
+        c, _ = stream()
+        c.send(snapshot(bytes(x ^ 1 for x in digest)))
+        self.assertTrue(c.at_eof())
+        c.close()
+        self.assertIn("peer ", self.copied_out(b))
+        self.assertNotIn("node d", self.copied_out(b))
+        c, digest = stream()
+        c.send(snapshot(digest))
+        self.assertTrue(c.at_eof())
+        c.close()
+        self.assertTrue(wait_until(lambda: "\nnode d\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_move_cut_off_copies_from_its_previous_owner_though_the_map_names_a_peer(self):
+        # Shard 2 moves from b alone to a and c. a is killed -9 before it
+        # installed b's copy, and restarts with the new map, which names c
+        # (which has not copied yet): a asked c only, found no copy and
+        # started empty, although moving-in named b. It now asks b first,
+        # and waits for a copy.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "c": [0, 1]}
+        mock = self.mock()
+        bases = self.bases(["a", "b", "c"])
+        a, b, c = (self.node(mock, n, layout, bases) for n in "abc")
+        self.start_all(a, b, c)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
+        a.start()
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
+                        b.stderr()[-3000:])
+        a.kill_all()
+        del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
+        a.start()
+        self.wait_workers(a)
+        self.assertNotIn("no replica of shard 2 could send a snapshot", a.stderr())
+        with Client(a.socket_path(2), timeout=5) as w:
+            for k in rows:
+                resp = w.call(req_hget("plain", k))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, "kept"), (k, resp.message))
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        for r in (a, b, c):
+            self.assertEqual(r.stop(), 0)
+
     def test_a_map_that_takes_a_shard_from_all_its_holders_at_once_is_refused(self):
         # Shard 2 is on a and b; a map that gives it to d alone (which has
         # not copied it) would retire both copies: each node refuses it.
