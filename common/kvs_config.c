@@ -1238,9 +1238,7 @@ static int set_remote(cfg_ctx_t *ctx, const yaml_node_t *seq)
 
 /* ---- cluster.nodes ------------------------------------------------------------ */
 
-/* A node's name goes into consumer group names, log lines and file names:
- * keep it to characters that need no quoting anywhere. */
-static const char *node_name_problem(const char *t)
+const char *kvs_config_node_name_problem(const char *t)
 {
     size_t n = strlen(t);
     if (n == 0)
@@ -1314,7 +1312,7 @@ static int node_field(cfg_ctx_t *ctx, const char *label, size_t idx, const yaml_
     if (rc != 0)
         return rc;
     if (strcmp(k, "name") == 0) {
-        if ((why = node_name_problem(text)) != NULL)
+        if ((why = kvs_config_node_name_problem(text)) != NULL)
             return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
         marks[0] = val->start_mark;
         return store_string(ctx, &n->name, text);
@@ -1818,7 +1816,7 @@ static int check_nodes(cfg_ctx_t *ctx)
 {
     kvs_config_t *c = ctx->cfg;
     const yaml_mark_t *nodes = directive_mark(ctx, "cluster.nodes");
-    const char *why = node_name_problem(c->node_name);
+    const char *why = kvs_config_node_name_problem(c->node_name);
     if (c->node_name[0] != '\0' && why != NULL)
         return cfg_error(ctx, directive_mark(ctx, "node.name"), "node.name: %s (got \"%.80s\")",
                          why, c->node_name);

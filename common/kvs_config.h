@@ -429,6 +429,12 @@ uint32_t kvs_config_replica_count(const kvs_config_t *cfg, uint32_t shard);
 /* The node named `name` in cluster.nodes, or NULL. */
 const kvs_node_t *kvs_config_node(const kvs_config_t *cfg, const char *name);
 
+/* What is wrong with `name` as a node's name, or NULL when nothing is. A
+ * node's name goes into consumer group names, log lines and file names:
+ * it is kept to characters that need no quoting anywhere (letters,
+ * digits, '.', '_', '-'; 1 to KVS_NODE_NAME_MAX of them). */
+const char *kvs_config_node_name_problem(const char *name);
+
 /* Live reload: compares the running config `cur` with a freshly loaded
  * `next`. Writes the keys that differ and may change live into
  * changed[0..clen) ("log.level, limits.max_inflight", "" when none) and

@@ -111,3 +111,36 @@ int kvs_fs_stdout_done(const char *prog)
     fprintf(stderr, "%s: cannot write to standard output: %s\n", prog, strerror(errno));
     return EX_IOERR;
 }
+
+int kvs_fs_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+int kvs_fs_write_synced(const char *path, const char *dir, const char *text, size_t n, int append)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_CREAT | O_TRUNC),
+                  0600);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    for (size_t off = 0; rc == 0 && off < n;) {
+        ssize_t w = write(fd, text + off, n - off);
+        if (w < 0 && errno != EINTR)
+            rc = -errno;
+        else if (w == 0)
+            rc = -EIO; /* no progress and no error: never spin on it */
+        else if (w > 0)
+            off += (size_t)w;
+    }
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    if (close(fd) != 0 && rc == 0)
+        rc = -errno;
+    return rc == 0 && !append ? kvs_fs_sync_dir(dir) : rc; /* appended: the entry is there */
+}

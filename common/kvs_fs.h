@@ -34,6 +34,16 @@ const char *kvs_fs_kind(mode_t mode);
  * another -errno. */
 int kvs_lock_file(const char *path);
 
+/* fsync(2) of directory `dir`, so that an entry created, renamed or
+ * removed in it survives a crash. Returns 0 or -errno. */
+int kvs_fs_sync_dir(const char *dir);
+
+/* Writes text[0..n) to `path` (mode 0600, not following a symlink) and
+ * syncs it, and `dir` (its directory) for the new entry; `append` adds
+ * the text at the end of an existing file instead of replacing it.
+ * Returns 0 or -errno; after an error the file may hold part of the text. */
+int kvs_fs_write_synced(const char *path, const char *dir, const char *text, size_t n, int append);
+
 /* Flushes standard output after --version or --help: a write that failed
  * (a closed pipe, a full disk) must not end in exit status 0. Returns 0,
  * or EX_IOERR (74) after "<prog>: cannot write to standard output: ..."

@@ -103,11 +103,13 @@ struct node_bootstrap_s {
     uv_loop_t *loop;
     const kvs_config_t *cfg;
     uint32_t shard;
-    char dir[4200], part[4300], final[4300];
+    char dir[4200], part[4300], final[4300], marker[4300];
     kvs_replica_t peers[KVS_MAX_REPLICAS];
+    char names[KVS_MAX_REPLICAS][KVS_NODE_NAME_MAX + 1]; /* of peers read from the marker */
     int n_peers, next_peer;
     int busy;         /* a peer is busy sending another snapshot: ask them all again */
     int moving_in;    /* the map has no replica here: the shard moves in (see wanted) */
+    int from_marker;  /* its previous owners are the marker's (a move a stop cut off) */
     char last[200];   /* why the latest attempt failed, for the retry's log line */
     unsigned rounds;  /* rounds asked again so far (logged every 30th) */
     const char *peer; /* the one being asked */
@@ -131,11 +133,12 @@ struct node_bootstrap_s {
     size_t wlen;
     kvs_hash_t *hash;
     uint64_t got;
-    int verified;          /* the final frame matched: sync, check, rename */
-    char abandon[400];     /* why the attempt failed while a write was in flight ("" = no) */
-    char install_err[400]; /* why install_work refused the copy ("" = it did not) */
-    char placement[64];    /* kvs_schema_placement of this config: the copy's must be it */
-    int done;              /* copied, or gave up: close everything */
+    uint8_t digest[KVS_HASH_LEN]; /* what arrived, checked against the final frame */
+    int verified;                 /* the final frame matched: sync, check, rename */
+    char abandon[400];            /* why the attempt failed while a write was in flight ("" = no) */
+    char install_err[400];        /* why install_work refused the copy ("" = it did not) */
+    char placement[64];           /* kvs_schema_placement of this config: the copy's must be it */
+    int done;                     /* copied, or gave up: close everything */
     int canceled;
     uint64_t sync_delay_ms; /* KVS_TEST_SNAPSHOT_SYNC_DELAY_MS (test builds), or 0 */
     uint64_t end_delay_ms;  /* KVS_TEST_SNAPSHOT_END_DELAY_MS (test builds), or 0 */
@@ -378,11 +381,39 @@ static void install_work(uv_work_t *w)
         snprintf(b->install_err, sizeof(b->install_err), "the copy is not sound: %s", err);
 }
 
+/* The copy is in place (synced, as is its directory): the peer hears so
+ * on the stream's connection (kvs.proto, Snapshot.installed), and a
+ * sender that holds the shard alone records this node as holding a copy
+ * (node_handoff_copied), which a reload taking the shard from it needs.
+ * The connection closes once that is written. Without a node name, or
+ * when the peer closed first (an older sender), nothing is said: such a
+ * reload of the peer is then refused until this node copies again. */
+static void acknowledge(boot_t *b)
+{
+    kvs_conn_t *c = b->conn;
+    if (c == NULL || b->cfg->node_name[0] == '\0')
+        return;
+    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    s.node = b->cfg->node_name;
+    s.installed.data = b->digest;
+    s.installed.len = KVS_HASH_LEN;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
+    q.snapshot = &s;
+    c->data = NULL; /* on_peer_closed frees it; the attempt is over */
+    b->conn = NULL;
+    if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {
+        kvs_conn_close(c);
+        return;
+    }
+    kvs_conn_queue(c);
+    kvs_conn_close_after_flush(c);
+}
+
 /* The file is synced and checked: rename it into place, sync the directory. */
 static void on_installed(uv_work_t *w, int status)
 {
     boot_t *b = w->data;
-    int dfd;
     b->writing = 0;
     if (b->abandon[0] != '\0') {
         attempt_over(b, b->abandon);
@@ -398,12 +429,16 @@ static void on_installed(uv_work_t *w, int status)
         attempt_over(b, why);
         return;
     }
-    if ((dfd = open(b->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    if (unlink(b->marker) != 0 && errno != ENOENT)
+        kvs_warn("%s: cannot remove: %s (the next start ignores it: the copy is in place)",
+                 b->marker, strerror(errno));
+    int rc = kvs_fs_sync_dir(b->dir);
+    if (rc != 0)
+        kvs_warn("%s: cannot sync the directory: %s", b->dir, strerror(-rc));
     kvs_info("copied shard %u from %s: %llu bytes; ingestion resumes from the offsets in the copy",
              b->shard, b->peer, (unsigned long long)b->got);
+    if (rc == 0)
+        acknowledge(b);
     if (b->end_delay_ms > 0) { /* test hook: a signal caught now is dispatched after the copy */
         uint64_t until = uv_hrtime() + b->end_delay_ms * 1000000ull;
         for (uint64_t now; (now = uv_hrtime()) < until;)
@@ -499,6 +534,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
     const char *why = NULL;
     uint8_t mine[KVS_HASH_LEN];
     kvs_hash_digest(b->hash, mine);
+    memcpy(b->digest, mine, KVS_HASH_LEN);
     if (r == NULL || r->n_values != 2 ||
         r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
         r->values[1]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
@@ -727,7 +763,8 @@ static void next_peer(boot_t *b)
                      b->shard, b->last, BUSY_RETRY_MS,
                      b->busy ? "as one is busy sending another"
                              : "as the shard moves here from nodes that hold its only copies "
-                               "(cluster.bootstrap: replay starts it empty instead)");
+                               "(to start it empty instead: cluster.bootstrap: replay, and "
+                               "remove moving-in from its directory)");
         b->busy = 0;
         b->next_peer = 0;
         uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
@@ -781,6 +818,84 @@ static void read_test_hooks(boot_t *b)
                  (unsigned long long)b->sync_delay_ms);
 }
 
+/* ---- the move's marker ------------------------------------------------------------ */
+
+/* A shard that moves in (moving_in) is copied from its previous owners,
+ * which the map a membership change starts this worker with names. The
+ * map the node runs afterwards, and reads at a restart, names this node
+ * alone: a node killed while the copy ran would start the shard empty,
+ * without the rows of its tables bound to no topic, and its previous
+ * owner could then be reloaded and retire them. So <shard_dir>/moving-in
+ * names those owners, one line "from NODE PORT HOST" each, from before
+ * the first request until a copy is in place; a worker that finds it, and
+ * no peer in its map, asks them again (and never starts empty: its way
+ * out is removing the file). */
+#define MARKER_FILE "moving-in"
+
+static void mark_moving_in(boot_t *b)
+{
+    size_t cap = 400 + (size_t)b->n_peers * (KVS_NODE_NAME_MAX + 280), n = 0;
+    char *text = malloc(cap);
+    int rc = text == NULL ? -ENOMEM : 0;
+    if (rc == 0) {
+        n = (size_t)snprintf(text, cap,
+                             "# kvs: shard %u moves here from the nodes below, which hold its "
+                             "only copies; until one of their copies is in place, this node's "
+                             "worker asks them for it at every start (remove this file to start "
+                             "the shard empty instead)\n",
+                             b->shard);
+        for (int i = 0; i < b->n_peers; i++)
+            n += (size_t)snprintf(text + n, cap - n, "from %s %u %s\n", b->peers[i].node,
+                                  b->peers[i].addr.port, b->peers[i].addr.host);
+        rc = kvs_fs_write_synced(b->marker, b->dir, text, n, 0);
+    }
+    free(text);
+    if (rc != 0)
+        kvs_error("%s: cannot write: %s; if this node stops before the copy is in place, its "
+                  "next start does not know where shard %u comes from",
+                  b->marker, strerror(-rc), b->shard);
+}
+
+/* The peers a marker names (a move a stop cut off) go first in
+ * b->peers, before the map's that are not among them. Returns how many it
+ * names, 0 when there is no marker, or -1 when it cannot be read or names
+ * none that can be asked. */
+static int read_marker(boot_t *b)
+{
+    FILE *f = fopen(b->marker, "re");
+    if (f == NULL)
+        return errno == ENOENT ? 0 : -1;
+    kvs_replica_t map[KVS_MAX_REPLICAS];
+    int n_map = b->n_peers, named = 0;
+    memcpy(map, b->peers, sizeof(map[0]) * (size_t)n_map);
+    b->n_peers = 0;
+    char line[600], name[KVS_NODE_NAME_MAX + 2], host[260], addr[300];
+    unsigned port;
+    while (b->n_peers < KVS_MAX_REPLICAS && fgets(line, sizeof(line), f) != NULL) {
+        kvs_replica_t *p = &b->peers[b->n_peers];
+        if (sscanf(line, "from %65s %u %259s", name, &port, host) != 3 ||
+            kvs_config_node_name_problem(name) != NULL || port == 0 || port > 65535 ||
+            snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port) >=
+                (int)sizeof(addr) ||
+            kvs_addr_parse(addr, 0, &p->addr, NULL, 0) != 0)
+            continue;
+        memcpy(b->names[b->n_peers], name, sizeof(b->names[0]));
+        p->node = b->names[b->n_peers];
+        p->local = 0;
+        b->n_peers++;
+    }
+    fclose(f);
+    named = b->n_peers;
+    for (int i = 0; i < n_map && b->n_peers < KVS_MAX_REPLICAS; i++) {
+        int dup = 0;
+        for (int j = 0; j < named && !dup; j++)
+            dup = strcmp(b->peers[j].node, map[i].node) == 0;
+        if (!dup)
+            b->peers[b->n_peers++] = map[i];
+    }
+    return named > 0 ? named : -1;
+}
+
 /* The peers to ask, or 0 when no copy is wanted. */
 static int wanted(boot_t *b)
 {
@@ -788,8 +903,12 @@ static int wanted(boot_t *b)
     snprintf(b->dir, sizeof(b->dir), "%s/shard-%u", b->cfg->data_dir, b->shard);
     snprintf(b->final, sizeof(b->final), "%s/data.mdb", b->dir);
     snprintf(b->part, sizeof(b->part), "%s/data.mdb.part", b->dir);
-    if (stat(b->final, &st) == 0 || b->cfg->bootstrap != KVS_BOOTSTRAP_SNAPSHOT ||
-        b->cfg->n_nodes == 0)
+    snprintf(b->marker, sizeof(b->marker), "%s/" MARKER_FILE, b->dir);
+    if (stat(b->final, &st) == 0) {
+        unlink(b->marker); /* the copy is in place: a stop came before its removal */
+        return 0;
+    }
+    if (b->cfg->bootstrap != KVS_BOOTSTRAP_SNAPSHOT || b->cfg->n_nodes == 0)
         return 0;
     kvs_replica_t all[KVS_MAX_REPLICAS];
     int n = kvs_cluster_replicas(b->cfg, b->shard, all, KVS_MAX_REPLICAS, NULL, 0);
@@ -800,6 +919,16 @@ static int wanted(boot_t *b)
      * with the map the node serves until the switch, in which this node
      * is not a replica of it: the peers are its owners until now. */
     b->moving_in = b->n_peers > 0 && b->n_peers == n;
+    if (!b->moving_in) { /* a move a stop cut off: its previous owners first, and wait for one */
+        int got = read_marker(b);
+        if (got > 0)
+            kvs_warn("shard %u has no data, and %s says it was moving here from node %s%s: "
+                     "copying from its previous owners again",
+                     b->shard, b->marker, b->peers[0].node, got > 1 ? " and others" : "");
+        b->moving_in = b->from_marker = got > 0;
+        if (got < 0)
+            return -1;
+    }
     return b->n_peers;
 }
 
@@ -825,7 +954,7 @@ static int start(boot_t *b, const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx
 
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
                        const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls,
-                       node_bootstrap_t **running)
+                       node_bootstrap_t **running, char *err, size_t errlen)
 {
     boot_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
@@ -835,9 +964,16 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     b->shard = shard;
     b->fd = -1;
     kvs_schema_placement(b->placement, sizeof(b->placement), cfg->shards, cfg->partitions);
-    if (!wanted(b)) {
+    int want = wanted(b);
+    if (want <= 0) {
+        if (want < 0)
+            snprintf(err, errlen,
+                     "%s cannot be read, or names no node shard %u was moving here from: the "
+                     "shard is not started without the rows its previous owners hold; remove "
+                     "the file to start it empty",
+                     b->marker, shard);
         free(b);
-        return 0;
+        return want < 0 ? KVS_EDAMAGED : 0;
     }
     char lock[4300];
     int lock_fd = -1, rc = kvs_mkdir_p(b->dir);
@@ -857,6 +993,8 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     if (rc == 0) {
         read_test_hooks(b);
         unlink(b->part); /* a copy a crash interrupted */
+        if (b->moving_in && !b->from_marker)
+            mark_moving_in(b);
         rc = start(b, addrs, n_addrs, tls);
         if (rc == 0) {
             *running = b; /* node_bootstrap_stop may be called now */

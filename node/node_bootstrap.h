@@ -24,13 +24,16 @@
  * router retries elsewhere. Runs `loop` until it is done and leaves no
  * handle open. Returns 0 when the caller may open the store (a snapshot is
  * in place, none was needed, or no peer could send one: the topics are
- * then replayed from their beginning, as for any empty replica), or
- * -ECANCELED when node_bootstrap_stop was called meanwhile (exit). */
+ * then replayed from their beginning, as for any empty replica),
+ * -ECANCELED when node_bootstrap_stop was called meanwhile (exit), or
+ * KVS_EDAMAGED with err[0..errlen) said when the shard's move-in marker
+ * (node_bootstrap.c, "moving-in") cannot be read: the shard must not start
+ * empty, and nothing was done. */
 typedef struct node_bootstrap_s node_bootstrap_t;
 
 int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
                        const kvs_addr_t *addrs, size_t n_addrs, kvs_tls_ctx_t *tls,
-                       node_bootstrap_t **running);
+                       node_bootstrap_t **running, char *err, size_t errlen);
 
 /* SIGTERM or SIGINT came while the copy in *running runs: it stops
  * (node_bootstrap_run returns -ECANCELED). The caller's signal handles

@@ -1062,7 +1062,7 @@ static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, cons
         return node_cmd_execute(ctx, req, out);
     if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT)
         return ctx->snapshot != NULL
-                   ? ctx->snapshot(ctx->snapshot_arg, req->snapshot->node, out)
+                   ? ctx->snapshot(ctx->snapshot_arg, req->snapshot, out)
                    : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                            "Snapshot is not available on this server");
     if (b == NULL && table != NULL &&

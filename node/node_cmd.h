@@ -60,7 +60,7 @@ typedef struct node_cmd_ctx_s {
     /* The Snapshot command: hands the connection that asked over to the
      * snapshot sender (NULL: not available). Returns 0 when it took it, or
      * appends an error answer to `out`. */
-    int (*snapshot)(void *arg, const char *node, kvs_buf_t *out); /* node: Snapshot.node */
+    int (*snapshot)(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out);
     void *snapshot_arg;
     /* Operations (all optional). With `hooks`, node_cmd_frame runs the
      * RECEIVED and EXECUTED events of every request, filling `info` (the

@@ -15,7 +15,10 @@
  * The fence is raised only while the shard has one replica in this
  * worker's map (with several, node_cmd refuses such writes anyway) and
  * is kept in <shard_dir>/copied-out (written and synced before the copy
- * starts), so a restarted worker keeps it. It lifts:
+ * starts; kvs_copied has its format), so a restarted worker keeps it. The
+ * file also names each node of the map that acknowledged it installed a
+ * copy taken under the fence: the master gives the shard away only to
+ * one of those. It lifts:
  *   - when the snapshot it was raised for is not delivered (the receiver
  *     left, or the copy failed: node_handoff_unfence), since no copy
  *     exists then;
@@ -45,17 +48,27 @@ typedef struct node_handoff_s node_handoff_t;
 int node_handoff_open(const char *shard_dir, uint32_t shard, const kvs_config_t *cfg,
                       node_handoff_t **out);
 
-/* A snapshot is about to be sent to `peer`, for node `node` of the map
- * ("" or NULL: unnamed, a client's). With one replica in `cfg`, writes the
- * file (synced, as is its directory) and raises the fence; *raised says
- * whether this call raised it (0: it was up already, or the map has
- * several replicas). With the fence up already, a named node is added to
- * the file (a line "node NAME" per node that copied: a reload of this
- * node may give the shard only to one of them). Returns 0, or a negative
- * errno (logged; a file this call wrote is removed, the fence stays as it
- * was, and the caller must not send the snapshot). */
-int node_handoff_fence(node_handoff_t *h, const char *peer, const char *node,
-                       const kvs_config_t *cfg, int *raised);
+/* A snapshot is about to be sent to `peer`. With one replica in `cfg`,
+ * writes the file (synced, as is its directory) and raises the fence;
+ * *raised says whether this call raised it (0: it was up already, or the
+ * map has several replicas). Returns 0, or a negative errno (logged; a
+ * file this call wrote is removed, the fence stays as it was, and the
+ * caller must not send the snapshot). */
+int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised);
+
+/* Changes whenever the fence is raised or lifted: a copy taken at epoch E
+ * holds every unbound row this shard acknowledged only while the epoch is
+ * still E (the fence it was taken under stands). */
+uint64_t node_handoff_epoch(const node_handoff_t *h);
+
+/* Node `node` of the map acknowledged that it installed a copy taken at
+ * `epoch` (synced, in place: kvs.proto's Snapshot.installed). While that
+ * fence stands, adds "node NAME" to the file, once (synced): a reload of
+ * this node may then give the shard to that node alone. Nothing when the
+ * epoch passed or the name is not a node name. Returns 0, or a negative
+ * errno (logged: the node is not recorded, and such a reload stays
+ * refused). */
+int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch);
 
 /* The snapshot a node_handoff_fence call raised the fence for was not
  * delivered: lowers it again. */

@@ -868,9 +868,11 @@ static int prepare(node_main_t *m, const node_args_t *args, kvs_config_t **cfg, 
     m->loop = uv_default_loop();
     watch_stop_signals(m);
     rc = node_bootstrap_run(m->loop, *cfg, (uint32_t)args->shard, addrs, (size_t)*n_addrs, m->tls,
-                            &m->boot);
+                            &m->boot, err, sizeof(err));
     if (rc == -ECANCELED)
         return 0;
+    if (rc == KVS_EDAMAGED)
+        return config_fatal(m, "%s", err);
     if (rc != 0)
         kvs_warn("snapshot copy not attempted (%s): starting empty", kvs_strerror(rc));
     rc = open_store(m, *cfg, args->shard, store, err, sizeof(err));

@@ -54,8 +54,10 @@
  * then close. The caller closes the store after the loop ends.
  */
 #include "node_server.h"
+#include "kvs_copied.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_resp.h"
@@ -134,7 +136,11 @@ struct node_client_s {
     node_slot_t *auth_slot;     /* the Auth whose token is being checked, or NULL */
     node_client_t *prev, *next; /* all clients */
     int streaming;              /* handed to the snapshot sender: serves nothing else */
-    uint64_t peer_checked_ns;   /* uv_hrtime this run of frames found its peer there; 0: not yet */
+    int acking;                 /* its stream ended: waits for the receiver's acknowledgement */
+    uint64_t ack_epoch;         /* the fence's epoch when the copy was taken (node_handoff) */
+    char ack_node[KVS_NODE_NAME_MAX + 1]; /* the receiver's node, "" for a client */
+    uint8_t ack_hash[KVS_HASH_LEN];       /* the copy's checksum, which it must echo */
+    uint64_t peer_checked_ns; /* uv_hrtime this run of frames found its peer there; 0: not yet */
 };
 
 struct node_server_s {
@@ -759,11 +765,18 @@ static void on_delivered(kvs_conn_t *c)
     cl->peer_checked_ns = 0;
 }
 
+static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload, size_t len);
+
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     node_client_t *cl = c->data;
     node_server_t *srv = cl->srv;
     node_slot_t *slot = NULL;
+    if (cl->streaming) {
+        if (cl->acking)
+            on_ack(srv, cl, payload, len);
+        return;
+    }
     /* Before the first write of a run (the frames of one read), and again
      * before a later one once PEER_RECHECK_NS passed since: one poll(2),
      * paid by writes only. The worker may have hung on an earlier frame
@@ -1319,10 +1332,14 @@ void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
 
 /* node_cmd's Snapshot hook: the client that asked becomes the stream's
  * receiver, if the request is alone on its connection. */
-static int take_snapshot(void *arg, const char *node, kvs_buf_t *out)
+static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
 {
     node_server_t *srv = arg;
     node_client_t *cl = srv->executing;
+    if (req->installed.len > 0)
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Snapshot.installed acknowledges a snapshot this worker "
+                                     "sent, on that stream's connection only");
     if (cl == NULL || srv->snapshot == NULL)
         return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
     if (cl->head != NULL || srv->exec_slot != NULL || kvs_conn_has_frame(&cl->conn) ||
@@ -1335,20 +1352,27 @@ static int take_snapshot(void *arg, const char *node, kvs_buf_t *out)
      * is in it, and none comes after (node_handoff). */
     int raised = 0;
     if (srv->handoff != NULL && !node_snapshot_busy(srv->snapshot) && srv->cmd.cfg != NULL) {
-        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, node, srv->cmd.cfg, &raised);
+        int rc = node_handoff_fence(srv->handoff, cl->conn.peer, srv->cmd.cfg, &raised);
         if (rc != 0)
             return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                          "cannot record the snapshot of shard %u before sending "
                                          "it: %s",
                                          srv->cmd.shard, kvs_strerror(rc));
     }
-    int rc = node_snapshot_start(srv->snapshot, &cl->conn, out);
+    /* A node of the map acknowledges its copy once installed (kvs.proto):
+     * only then is it recorded as holding one. */
+    int keep = srv->handoff != NULL && kvs_copied_name_ok(req->node);
+    int rc = node_snapshot_start(srv->snapshot, &cl->conn, keep, out);
     if (rc != 0 && raised)
         node_handoff_unfence(srv->handoff); /* not sent */
     if (rc == 0)                    /* this snapshot's: snapshot_done lowers it if not delivered */
         srv->fence_raised = raised; /* (not a refusal's: one snapshot may be in flight) */
     if (rc != 0)
         return rc < 0 ? rc : 0;
+    if (keep) {
+        snprintf(cl->ack_node, sizeof(cl->ack_node), "%s", req->node);
+        cl->ack_epoch = node_handoff_epoch(srv->handoff);
+    }
     cl->streaming = 1;
     kvs_conn_pause(&cl->conn);
     kvs_flusher_wake(&srv->flusher); /* the turn's end starts the copy */
@@ -1356,13 +1380,40 @@ static int take_snapshot(void *arg, const char *node, kvs_buf_t *out)
 }
 
 /* node_snapshot's end: a fence raised for a snapshot that was not
- * delivered comes down (no copy exists). */
-static void snapshot_done(void *arg, int delivered)
+ * delivered comes down (no copy exists). A delivered one's receiver, a
+ * node, is heard once more: its acknowledgement (on_ack). */
+static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
 {
     node_server_t *srv = arg;
-    if (srv->fence_raised && !delivered)
+    if (srv->fence_raised && delivered == NULL)
         node_handoff_unfence(srv->handoff);
     srv->fence_raised = 0;
+    if (kept != NULL) {
+        node_client_t *cl = kept->data;
+        cl->acking = 1;
+        memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
+        kvs_conn_resume(kept);
+    }
+}
+
+/* A frame from a receiver whose stream ended: its acknowledgement that
+ * the copy is installed records its node (node_handoff_copied); the
+ * connection has served its purpose either way. */
+static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload, size_t len)
+{
+    Kvs__CommandRequest *q = kvs__command_request__unpack(NULL, len, payload);
+    if (q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT &&
+        q->snapshot->installed.len == KVS_HASH_LEN &&
+        memcmp(q->snapshot->installed.data, cl->ack_hash, KVS_HASH_LEN) == 0 &&
+        strcmp(q->snapshot->node, cl->ack_node) == 0)
+        node_handoff_copied(srv->handoff, cl->ack_node, cl->ack_epoch);
+    else
+        kvs_warn("%s: its snapshot stream ended, and it sent something other than the copy's "
+                 "acknowledgement: closed, node %s not recorded",
+                 cl->conn.peer, cl->ack_node);
+    kvs__command_request__free_unpacked(q, NULL);
+    cl->acking = 0;
+    kvs_conn_close(&cl->conn);
 }
 
 void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn, node_handoff_t *handoff)

@@ -56,6 +56,7 @@ struct node_snapshot_s {
     size_t chunk;
     uint64_t stall_ms;
     int active; /* a snapshot is under way (until the copy and the pipe both ended) */
+    int keep;   /* its receiver acknowledges: the connection outlives the stream */
     int due;    /* started, its copy not yet: it waits for the turn's commit */
     node_snapshot_done_cb done_cb;
     void *done_arg;
@@ -76,6 +77,7 @@ struct node_snapshot_s {
     uint64_t held_since;   /* uv_now when the current hold began */
     kvs_hash_t *hash;
     uint64_t total;
+    uint8_t digest[KVS_HASH_LEN]; /* the final frame's checksum */
     uint8_t *rbuf;
 };
 
@@ -164,6 +166,7 @@ static void finish(node_snapshot_t *sn)
         kvs_resp_t r;
         uint8_t digest[KVS_HASH_LEN], enc[KVS_HASH_LEN + 12];
         kvs_hash_digest(sn->hash, digest);
+        memcpy(sn->digest, digest, KVS_HASH_LEN);
         kvs_resp_begin(&r, &c->out);
         kvs_resp_status(&r, KVS_STATUS_OK);
         kvs_resp_message(&r, "snapshot of shard %u: %llu bytes", sn->shard,
@@ -178,10 +181,14 @@ static void finish(node_snapshot_t *sn)
                               sn->shard, (unsigned long long)sn->total, kvs_strerror(sn->copy_rc));
         kvs_error("snapshot to %s failed: %s", c->peer, kvs_strerror(sn->copy_rc));
     }
-    if (c != NULL)
+    int delivered = c != NULL && sn->copy_rc == 0;
+    kvs_conn_t *kept = delivered && sn->keep && sn->done_cb != NULL ? c : NULL;
+    if (c != NULL && kept == NULL)
         kvs_conn_close_after_flush(c);
+    else if (kept != NULL)
+        kvs_conn_queue(c); /* the final frame goes out; the connection stays */
     if (sn->done_cb != NULL)
-        sn->done_cb(sn->done_arg, c != NULL && sn->copy_rc == 0);
+        sn->done_cb(sn->done_arg, kept, delivered ? sn->digest : NULL);
     node_store_view_close(sn->view);
     sn->view = NULL;
     kvs_hash_free(sn->hash);
@@ -339,7 +346,7 @@ fail:
     return rc;
 }
 
-int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
+int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf_t *out)
 {
     if (sn->active) {
         int rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
@@ -351,6 +358,7 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out)
     sn->total = 0;
     sn->copy_rc = 0;
     sn->conn = conn;
+    sn->keep = keep;
     sn->active = 1;
     sn->queued = 0;
     sn->base = kvs_conn_backlog(conn);

@@ -26,9 +26,12 @@ node_snapshot_t *node_snapshot_new(uv_loop_t *loop, node_store_t *store, uint32_
 
 /* Starts streaming to `conn`, which from now on serves nothing else: the
  * caller pauses its delivery and tells node_snapshot_gone when it closes.
- * Returns 0, or appends an error answer to `out` (a snapshot is already
- * being sent: one at a time) and returns 1, or a negative error. */
-int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, kvs_buf_t *out);
+ * `keep`: the receiver acknowledges the copy (kvs.proto,
+ * Snapshot.installed), so a stream that ends well leaves the connection
+ * open, handed back through the done callback. Returns 0, or appends an
+ * error answer to `out` (a snapshot is already being sent: one at a time)
+ * and returns 1, or a negative error. */
+int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf_t *out);
 
 /* The end of a loop turn, after its commit (node_server's flusher): a
  * snapshot started in the turn begins its copy now, so the copy holds
@@ -39,10 +42,14 @@ void node_snapshot_turn_end(node_snapshot_t *sn);
  * (the copy thread is told through its pipe and ends). */
 void node_snapshot_gone(node_snapshot_t *sn, kvs_conn_t *conn);
 
-/* Told when each snapshot ends: `delivered` is 1 once its final frame
- * (total and checksum) went on the receiver's connection, 0 when the
- * receiver cannot have a copy (it left first, or the copy failed). */
-typedef void (*node_snapshot_done_cb)(void *arg, int delivered);
+/* Told when each snapshot ends: `delivered` is the checksum its final
+ * frame carried (XXH3-128, KVS_HASH_LEN bytes) once that frame went on
+ * the receiver's connection, NULL when the receiver cannot have a copy
+ * (it left first, or the copy failed).
+ * `kept`: for a delivered snapshot started with `keep`, the receiver's
+ * connection, left open (the callee owns it from now on: the stream no
+ * longer knows it); else NULL, and the stream closes it. */
+typedef void (*node_snapshot_done_cb)(void *arg, kvs_conn_t *kept, const uint8_t *delivered);
 void node_snapshot_set_done(node_snapshot_t *sn, node_snapshot_done_cb cb, void *arg);
 
 /* True while a snapshot is being sent (the copy thread runs). */

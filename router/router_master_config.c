@@ -35,6 +35,7 @@
 
 #include "kvs_addr.h"
 #include "kvs_conn.h"
+#include "kvs_copied.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
@@ -359,39 +360,30 @@ static int kept_by_a_holder(const kvs_config_t *cur, const kvs_config_t *next, u
     return 0;
 }
 
-/* Shard s's copied-out file in this node's directory (node_handoff):
- * whether one of the nodes it names as having copied the shard holds it
- * in `next`. Returns 1, 0 (none of them, or it names none: a client's
- * copy, or a file from before the names), or -1 when there is no file.
- * `named` gets the names it lists, for the refusal. */
+/* Shard s's copied-out file in this node's directory (node_handoff,
+ * kvs_copied): whether one of the nodes it names as having installed a
+ * copy holds the shard in `next`. Returns 1, 0 (none of them, it names
+ * none, or it cannot be read), or -1 when there is no file. `named` gets
+ * the names it lists, for the refusal. */
 static int copied_to_a_holder(const kvs_config_t *cur, const kvs_config_t *next, uint32_t s,
                               char *named, size_t len)
 {
-    char dir[4200], file[4400], text[4097];
+    char dir[4200], file[4400];
+    kvs_copied_t c;
     named[0] = '\0';
     if (kvs_schema_shard_dir(dir, sizeof(dir), cur->data_dir, s) != 0)
         return 0;
-    snprintf(file, sizeof(file), "%s/copied-out", dir);
-    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return errno == ENOENT ? -1 : 0;
-    ssize_t got = read(fd, text, sizeof(text) - 1);
-    close(fd);
-    if (got < 0)
-        return 0;
-    text[got] = '\0';
+    snprintf(file, sizeof(file), "%s/" KVS_COPIED_FILE, dir);
+    int rc = kvs_copied_read(file, &c);
+    if (rc != 0)
+        return rc == -ENOENT ? -1 : 0;
     int kept = 0;
     size_t used = 0;
-    for (char *line = text, *end; line != NULL && *line != '\0'; line = end) {
-        end = strchr(line, '\n');
-        if (end != NULL)
-            *end++ = '\0';
-        if (strncmp(line, "node ", 5) != 0 || line[5] == '\0')
-            continue;
-        const kvs_node_t *n = kvs_config_node(next, line + 5);
+    for (size_t i = 0; i < c.n_names; i++) {
+        const kvs_node_t *n = kvs_config_node(next, c.names[i]);
         if (n != NULL && kvs_node_serves(n, s))
             kept = 1;
-        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", line + 5);
+        int w = snprintf(named + used, len - used, "%s%s", used > 0 ? ", " : "", c.names[i]);
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
     }
@@ -437,8 +429,11 @@ static int last_copy_leaving(const kvs_config_t *cur, const kvs_config_t *next, 
                      "gives it to no node that copied it (%.300s/copied-out names %s): the rows "
                      "of its tables bound to no topic would exist nowhere. Give the shard to a "
                      "node that copied it, or reload the node that takes it over first (it "
-                     "copies it from here), then this one (README, Moving a shard)",
-                     s, dir, named[0] != '\0' ? named : "no node of the map");
+                     "copies it from here), then this one; if that node holds its copy "
+                     "already (this node never heard it was installed), give the shard to both "
+                     "first, then take it from this one (README, Moving a shard)",
+                     s, dir,
+                     named[0] != '\0' ? named : "no node: none acknowledged an installed copy");
             return 1;
         }
         snprintf(why, len,

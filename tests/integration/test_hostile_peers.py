@@ -401,7 +401,10 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
             self.assertEqual(w.proc.wait(10), 0, w.stderr())
         except subprocess.TimeoutExpired:
             self.fail("the worker lived on after SIGTERM:\n" + w.stderr())
-        self.assertIn("received SIGTERM: draining", w.stderr())
+        # Taken by the server, or by the copy while its acknowledgement to
+        # the peer is still being written: either way, not dropped.
+        self.assertTrue("received SIGTERM: draining" in w.stderr() or
+                        "signal during the snapshot copy: stopping" in w.stderr(), w.stderr())
 
     def test_clients_of_a_copying_worker_are_bounded_like_any_clients(self):
         # While it copies, the worker answers 503 on its TCP port, to anyone

@@ -597,9 +597,9 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.write_all(b, rows, "kept")
         moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
         set_map(a, moved, bases)
-        self.reload(a, 1)  # a copies shard 2 from b
-        with open(os.path.join(b.data_dir, "shard-2", "copied-out")) as f:
-            self.assertIn("\nnode a\n", f.read())
+        self.reload(a, 1)  # a copies shard 2 from b, and acknowledges it installed the copy
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
         set_map(b, {"a": [0, 1], "b": [0, 1, 3], "d": [2]}, bases)
         b.proc.send_signal(signal.SIGHUP)
         refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
@@ -614,6 +614,146 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.read_all(b, rows, "kept")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
+
+    def copied_out(self, router, shard=2):
+        try:
+            with open(os.path.join(router.data_dir, "shard-%d" % shard, "copied-out")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def test_a_move_whose_new_owner_is_killed_mid_copy_copies_again_at_its_restart(self):
+        # Shard 2 moves from b alone to a alone. a is killed -9 (every
+        # process) after b sent the snapshot and before a installed it (a's
+        # sync is slowed). b was recording a as holding a copy, so b's
+        # reload giving the shard away was taken and b's rows retired; and
+        # a, restarted from its file (where it holds the shard alone, with
+        # no peer), started it empty. Now b records a node only once it
+        # acknowledged the copy installed, so b's reload is refused; a's
+        # restart finds its moving-in marker and copies from b again, b
+        # records a, and b's reload is taken with every row kept.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
+        a.start()
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
+                        b.stderr()[-3000:])
+        marker = os.path.join(a.data_dir, "shard-2", "moving-in")
+        with open(marker) as f:
+            self.assertIn("\nfrom b %d 127.0.0.1\n" % (bases["b"] + 2), f.read())
+        a.kill_all()
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "shard-2", "data.mdb")))
+        self.assertIn("peer ", self.copied_out(b))  # fenced,
+        self.assertNotIn("node a", self.copied_out(b))  # but a never said it holds a copy
+        set_map(b, moved, bases)
+        b.proc.send_signal(signal.SIGHUP)
+        refusal = ("reload refused: cluster.nodes takes shard 2 from this node, which holds its "
+                   "only copy, and gives it to no node that copied it (%s/shard-2/copied-out "
+                   "names no node: none acknowledged an installed copy)" % b.data_dir)
+        self.assertTrue(wait_until(lambda: refusal in b.stderr(), 10), b.stderr()[-3000:])
+        del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
+        a.start()  # its file's map: shard 2 here alone
+        self.wait_workers(a)
+        self.assertIn("moving-in says it was moving here from node b: copying from its previous "
+                      "owners again", a.stderr())
+        self.assertFalse(os.path.exists(marker))
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
+        # b's copied-out names a node only on Snapshot.installed carrying
+        # the checksum b's stream ended with, on that stream's connection:
+        # not one sent ahead of the stream, nor one with another checksum
+        # (it named the node whatever was sent). Alone, it is refused.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, _, _, a, b = self.a_and_b(layout)
+
+        def snapshot(installed=b""):
+            req = pb.CommandRequest()
+            req.snapshot.node = "d"
+            req.snapshot.installed = installed
+            return req
+
+        with Client(b.socket_path(2)) as c:
+            resp = c.call(snapshot(b"\0" * 16))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("acknowledges a snapshot this worker sent", resp.message)
+
+        def stream(*early):
+            c = Client(b.socket_path(2), timeout=10)
+            c.send(snapshot())
+            if early:  # not in the same write: Snapshot must be alone on its connection
+                time.sleep(0.2)
+                c.send(*early)
+            while True:
+                resp = c.recv()
+                if resp.status != 206:
+                    self.assertEqual(resp.status, 200, resp.message)
+                    return c, resp.values[1].binary_value
+
+        c, digest = stream(snapshot(b"\0" * 16))  # sent before any of the stream was read
+        self.assertTrue(c.at_eof())
+        c.close()
+        c, _ = stream()
+        c.send(snapshot(bytes(x ^ 1 for x in digest)))
+        self.assertTrue(c.at_eof())
+        c.close()
+        self.assertIn("peer ", self.copied_out(b))
+        self.assertNotIn("node d", self.copied_out(b))
+        c, digest = stream()
+        c.send(snapshot(digest))
+        self.assertTrue(c.at_eof())
+        c.close()
+        self.assertTrue(wait_until(lambda: "\nnode d\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_a_move_cut_off_copies_from_its_previous_owner_though_the_map_names_a_peer(self):
+        # Shard 2 moves from b alone to a and c. a is killed -9 before it
+        # installed b's copy, and restarts with the new map, which names c
+        # (which has not copied yet): a asked c only, found no copy and
+        # started empty, although moving-in named b. It now asks b first,
+        # and waits for a copy.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "c": [0, 1]}
+        mock = self.mock()
+        bases = self.bases(["a", "b", "c"])
+        a, b, c = (self.node(mock, n, layout, bases) for n in "abc")
+        self.start_all(a, b, c)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
+        a.start()
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
+                        b.stderr()[-3000:])
+        a.kill_all()
+        del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
+        a.start()
+        self.wait_workers(a)
+        self.assertNotIn("no replica of shard 2 could send a snapshot", a.stderr())
+        with Client(a.socket_path(2), timeout=5) as w:
+            for k in rows:
+                resp = w.call(req_hget("plain", k))
+                self.assertEqual((resp.status, pyval(resp.values[0]) if resp.values else None),
+                                 (200, "kept"), (k, resp.message))
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
+                        self.copied_out(b))
+        for r in (a, b, c):
+            self.assertEqual(r.stop(), 0)
 
     def test_a_map_that_takes_a_shard_from_all_its_holders_at_once_is_refused(self):
         # Shard 2 is on a and b; a map that gives it to d alone (which has

@@ -4,6 +4,7 @@
  */
 #include "kvs_test.h"
 #include "node_handoff.h"
+#include "kvs_copied.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -54,7 +55,7 @@ static node_handoff_t *open_at(const kvs_config_t *cfg)
 static void fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int want_raised)
 {
     int raised = -1;
-    CHECK_EQ(node_handoff_fence(h, peer, "d", cfg, &raised), 0);
+    CHECK_EQ(node_handoff_fence(h, peer, cfg, &raised), 0);
     CHECK_EQ(raised, want_raised);
 }
 
@@ -180,7 +181,7 @@ KVS_TEST(a_file_that_cannot_be_written_refuses_the_snapshot)
     node_handoff_t *h = open_at(cfg);
     CHECK_EQ(mkdir(file, 0700), 0); /* a directory where the file goes */
     int raised = -1;
-    CHECK(node_handoff_fence(h, "peer", NULL, cfg, &raised) < 0);
+    CHECK(node_handoff_fence(h, "peer", cfg, &raised) < 0);
     CHECK_EQ(raised, 0);
     CHECK(node_handoff_why(h) == NULL); /* the caller does not send the snapshot */
     CHECK_EQ(rmdir(file), 0);
@@ -188,34 +189,98 @@ KVS_TEST(a_file_that_cannot_be_written_refuses_the_snapshot)
     kvs_config_free(cfg);
 }
 
-/* The file names every node of the map that copied the shard (the
- * master gives the shard only to one of them); a client's copy, unnamed,
- * adds nothing; a name that would break the file's lines is left out. */
-KVS_TEST(the_file_names_each_node_that_copied)
+static void read_file(char *text, size_t cap)
+{
+    FILE *f = fopen(file, "r");
+    CHECK(f != NULL);
+    size_t n = fread(text, 1, cap - 1, f);
+    fclose(f);
+    text[n] = '\0';
+}
+
+/* The file names each node of the map that acknowledged it installed a
+ * copy taken under the fence (the master gives the shard only to one of
+ * those), once; not a node whose copy was merely sent, nor one whose copy
+ * is from another fence's time, nor a name that is not a node's. */
+KVS_TEST(the_file_names_each_node_that_installed_a_copy)
 {
     fresh_dir();
     kvs_config_t *cfg = config(A_ALONE B_NONE);
     node_handoff_t *h = open_at(cfg);
-    fence(h, "127.0.0.1:5555", cfg, 1); /* "d" */
-    int raised = -1;
-    CHECK_EQ(node_handoff_fence(h, "127.0.0.1:6666", "e", cfg, &raised), 0);
-    CHECK_EQ(raised, 0);
-    CHECK_EQ(node_handoff_fence(h, "127.0.0.1:7777", NULL, cfg, &raised), 0);
-    CHECK_EQ(node_handoff_fence(h, "127.0.0.1:8888", "x y\nnode z", cfg, &raised), 0);
+    fence(h, "127.0.0.1:5555", cfg, 1);
+    uint64_t epoch = node_handoff_epoch(h);
     char text[4096];
-    FILE *f = fopen(file, "r");
-    CHECK(f != NULL);
-    size_t n = fread(text, 1, sizeof(text) - 1, f);
-    fclose(f);
-    text[n] = '\0';
-    CHECK_CONTAINS(text, "\nnode d\n");
-    CHECK_CONTAINS(text, "\nnode e\n");
+    read_file(text, sizeof(text));
+    CHECK(strstr(text, "node ") == NULL); /* sent, not yet installed */
+    CHECK_EQ(node_handoff_copied(h, "d", epoch), 0);
+    fence(h, "127.0.0.1:6666", cfg, 0); /* a second copy, for e */
+    CHECK_EQ(node_handoff_epoch(h), epoch);
+    CHECK_EQ(node_handoff_copied(h, "e", epoch), 0);
+    CHECK_EQ(node_handoff_copied(h, "d", epoch), 0); /* d again: named once */
+    CHECK_EQ(node_handoff_copied(h, "x y\nnode z", epoch), 0);
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nnode d\nnode e\n");
+    CHECK(strstr(strstr(text, "node d") + 1, "node d") == NULL);
     CHECK(strstr(text, "node z") == NULL && strstr(text, "node x") == NULL);
+    node_handoff_free(h);
+    h = open_at(cfg); /* a restart keeps the names, and the fence's time goes on */
+    CHECK(node_handoff_why(h) != NULL);
     node_handoff_free(h);
     kvs_config_free(cfg);
 }
 
-KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that_copied),
+KVS_TEST(a_copy_from_another_fences_time_is_not_recorded)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    fence(h, "peer", alone, 1);
+    uint64_t first = node_handoff_epoch(h);
+    node_handoff_update(h, both); /* lifted: writes taken since are in no copy of then */
+    CHECK(node_handoff_epoch(h) != first);
+    node_handoff_update(h, alone);
+    fence(h, "peer", alone, 1);
+    CHECK(node_handoff_epoch(h) != first);
+    CHECK_EQ(node_handoff_copied(h, "d", first), 0); /* its acknowledgement comes late */
+    char text[4096];
+    read_file(text, sizeof(text));
+    CHECK(strstr(text, "node d") == NULL);
+    node_handoff_unfence(h);
+    CHECK_EQ(node_handoff_copied(h, "d", node_handoff_epoch(h)), 0); /* no fence, no file */
+    CHECK(access(file, F_OK) != 0);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
+/* A line a crash cut short names nobody, and the next name goes on a line
+ * of its own rather than gluing onto it. */
+KVS_TEST(a_torn_line_names_nobody_and_the_next_starts_afresh)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config(A_ALONE B_NONE);
+    const char *torn = "# kvs\npeer 127.0.0.1:5555\ntime 2026-12-03T15:05:35Z\nnode ab";
+    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, torn, strlen(torn)), (ssize_t)strlen(torn));
+    close(fd);
+    node_handoff_t *h = open_at(cfg);
+    CHECK(node_handoff_why(h) != NULL && strstr(node_handoff_why(h), "5555") != NULL);
+    CHECK_EQ(node_handoff_copied(h, "c", node_handoff_epoch(h)), 0);
+    char text[4096];
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nnode ab (cut off)\nnode c\n");
+    kvs_copied_t c;
+    CHECK_EQ(kvs_copied_read(file, &c), 0);
+    CHECK_EQ(c.n_names, 1);
+    CHECK_EQ(strcmp(c.names[0], "c"), 0);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that_installed_a_copy),
+              KVS_CASE(a_copy_from_another_fences_time_is_not_recorded),
+              KVS_CASE(a_torn_line_names_nobody_and_the_next_starts_afresh),
               KVS_CASE(a_snapshot_fences_and_a_restart_keeps_it),
               KVS_CASE(a_snapshot_not_delivered_lowers_it),
               KVS_CASE(several_replicas_need_no_fence), KVS_CASE(a_map_without_this_node_keeps_it),

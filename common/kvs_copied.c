@@ -1,0 +1,88 @@
+/*
+ * kvs_copied: the copied-out file's format (see kvs_copied.h).
+ */
+#include "kvs_copied.h"
+#include "kvs_err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int kvs_copied_name_ok(const char *node)
+{
+    return node != NULL && kvs_config_node_name_problem(node) == NULL;
+}
+
+int kvs_copied_names(const kvs_copied_t *c, const char *node)
+{
+    for (size_t i = 0; i < c->n_names; i++)
+        if (strcmp(c->names[i], node) == 0)
+            return 1;
+    return 0;
+}
+
+/* Copies line[0..n) into out[cap] when it is "<key> VALUE" and fits:
+ * 1, else 0. */
+static int value_of(const char *line, size_t n, const char *key, char *out, size_t cap)
+{
+    size_t k = strlen(key);
+    if (n <= k + 1 || strncmp(line, key, k) != 0 || line[k] != ' ' || n - k - 1 >= cap)
+        return 0;
+    memcpy(out, line + k + 1, n - k - 1);
+    out[n - k - 1] = '\0';
+    return 1;
+}
+
+int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (memchr(text, '\0', len) != NULL)
+        return KVS_EINVAL;
+    out->whole = len == 0 || text[len - 1] == '\n';
+    char name[KVS_NODE_NAME_MAX + 1];
+    for (size_t at = 0; at < len;) {
+        const char *line = text + at, *end = memchr(line, '\n', len - at);
+        if (end == NULL)
+            break; /* cut short by a crash mid-append: not a line yet */
+        size_t n = (size_t)(end - line);
+        at += n + 1;
+        if (out->peer[0] == '\0' && value_of(line, n, "peer", out->peer, sizeof(out->peer)))
+            continue;
+        if (out->time[0] == '\0' && value_of(line, n, "time", out->time, sizeof(out->time)))
+            continue;
+        if (!value_of(line, n, "node", name, sizeof(name)) || !kvs_copied_name_ok(name) ||
+            kvs_copied_names(out, name))
+            continue;
+        if (out->n_names == KVS_COPIED_NAMES)
+            return KVS_EINVAL;
+        memcpy(out->names[out->n_names++], name, sizeof(name));
+    }
+    return out->peer[0] != '\0' && out->time[0] != '\0' ? 0 : KVS_EINVAL;
+}
+
+int kvs_copied_read(const char *path, kvs_copied_t *out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    char *text = malloc(KVS_COPIED_MAX + 1);
+    size_t got = 0;
+    int rc = text == NULL ? -ENOMEM : 0;
+    while (rc == 0 && got <= KVS_COPIED_MAX) {
+        ssize_t r = read(fd, text + got, KVS_COPIED_MAX + 1 - got);
+        if (r < 0 && errno != EINTR)
+            rc = -errno;
+        else if (r == 0)
+            break;
+        else if (r > 0)
+            got += (size_t)r;
+    }
+    close(fd);
+    if (rc == 0)
+        rc = got > KVS_COPIED_MAX ? KVS_EINVAL : kvs_copied_parse(text, got, out);
+    free(text);
+    return rc;
+}

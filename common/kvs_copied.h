@@ -1,0 +1,53 @@
+/*
+ * kvs_copied: a shard directory's copied-out file, the record a worker
+ * that holds a shard alone keeps once it sent the shard's snapshot
+ * (node_handoff writes it; the router's master reads it before a reload
+ * takes the shard from this node). A few lines of text:
+ *
+ *   # kvs: ...            what it is, for whoever finds it
+ *   peer HOST:PORT        who asked for the snapshot that raised the fence
+ *   time 2026-12-03T15:05:35Z
+ *   node NAME             a node of the map whose copy, taken under this
+ *                         fence, it acknowledged as installed; one line
+ *                         per node, none for a client's copy
+ *
+ * Only whole lines count: a line a crash cut short (no newline yet) is
+ * no name, and the next append starts on a line of its own.
+ */
+#ifndef KVS_COPIED_H
+#define KVS_COPIED_H
+
+#include "kvs_config.h"
+
+#include <stddef.h>
+
+#define KVS_COPIED_FILE "copied-out"
+#define KVS_COPIED_MAX (64u * 1024u) /* bytes: a larger file is not one kvs wrote */
+#define KVS_COPIED_NAMES 64          /* distinct nodes one fence records, at most */
+
+typedef struct {
+    char peer[128];
+    char time[64];
+    size_t n_names;
+    char names[KVS_COPIED_NAMES][KVS_NODE_NAME_MAX + 1];
+    int whole; /* the text ends with a newline (or is empty): an append needs none first */
+} kvs_copied_t;
+
+/* Parses text[0..len). Returns 0 with *out filled, or KVS_EINVAL when it
+ * is not such a file: no peer or time line, a NUL byte, or more than
+ * KVS_COPIED_NAMES distinct names. Repeated names count once. */
+int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out);
+
+/* Reads and parses `path` (not following a symlink). Returns 0, -ENOENT
+ * when there is no such file, KVS_EINVAL when it is not one (above, or
+ * larger than KVS_COPIED_MAX), or another negative errno. */
+int kvs_copied_read(const char *path, kvs_copied_t *out);
+
+/* Whether `node` is one of the names. */
+int kvs_copied_names(const kvs_copied_t *c, const char *node);
+
+/* Whether `node` may be written as a name: 1 to KVS_NODE_NAME_MAX
+ * printable bytes, no spaces. */
+int kvs_copied_name_ok(const char *node);
+
+#endif

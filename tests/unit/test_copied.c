@@ -1,0 +1,96 @@
+/*
+ * Unit tests for kvs_copied: the copied-out file's format, read whole,
+ * names counted once, a line cut short by a crash ignored.
+ */
+#include "kvs_copied.h"
+#include "kvs_err.h"
+#include "kvs_test.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#define HEAD "# kvs: shard 2 was copied\npeer 127.0.0.1:5555\ntime 2026-12-03T15:05:35Z\n"
+
+static kvs_copied_t c;
+
+static int parse(const char *text)
+{
+    return kvs_copied_parse(text, strlen(text), &c);
+}
+
+KVS_TEST(a_file_without_names)
+{
+    CHECK_EQ(parse(HEAD), 0);
+    CHECK_EQ(strcmp(c.peer, "127.0.0.1:5555"), 0);
+    CHECK_EQ(strcmp(c.time, "2026-12-03T15:05:35Z"), 0);
+    CHECK_EQ(c.n_names, 0);
+    CHECK(c.whole);
+    CHECK(!kvs_copied_names(&c, "a"));
+}
+
+KVS_TEST(names_count_once_and_odd_lines_are_skipped)
+{
+    CHECK_EQ(
+        parse(HEAD "node a\nnode b\nnode a\nnode x y\nnode \nnodea\npeer 10.0.0.1:1\nnode c\n"), 0);
+    CHECK_EQ(c.n_names, 3);
+    CHECK(kvs_copied_names(&c, "a") && kvs_copied_names(&c, "b") && kvs_copied_names(&c, "c"));
+    CHECK(!kvs_copied_names(&c, "x y") && !kvs_copied_names(&c, "x"));
+    CHECK_EQ(strcmp(c.peer, "127.0.0.1:5555"), 0); /* the first one */
+}
+
+KVS_TEST(a_line_cut_short_is_no_name)
+{
+    CHECK_EQ(parse(HEAD "node a\nnode bc"), 0);
+    CHECK_EQ(c.n_names, 1);
+    CHECK(!kvs_copied_names(&c, "bc") && !kvs_copied_names(&c, "b"));
+    CHECK(!c.whole);
+    CHECK_EQ(parse(HEAD "node ab (cut off)\nnode c\n"), 0); /* as node_handoff ends it */
+    CHECK_EQ(c.n_names, 1);
+    CHECK(kvs_copied_names(&c, "c"));
+}
+
+KVS_TEST(what_kvs_did_not_write_is_refused)
+{
+    CHECK_EQ(parse("node a\n"), KVS_EINVAL); /* no peer, no time */
+    CHECK_EQ(parse("peer x\nnode a\n"), KVS_EINVAL);
+    CHECK_EQ(kvs_copied_parse(HEAD "node a\0\n", sizeof(HEAD "node a\0\n") - 1, &c), KVS_EINVAL);
+    char text[8192];
+    size_t n = (size_t)snprintf(text, sizeof(text), HEAD);
+    for (int i = 0; i <= KVS_COPIED_NAMES; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "node n%d\n", i);
+    CHECK_EQ(kvs_copied_parse(text, n, &c), KVS_EINVAL); /* more than it records */
+}
+
+/* The file is read whole: a name past its first 4 KiB counts, and a file
+ * larger than KVS_COPIED_MAX is not one kvs wrote. */
+KVS_TEST(the_file_is_read_whole)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/kvs-test-copied-%d", (int)getpid());
+    unlink(path);
+    CHECK_EQ(kvs_copied_read(path, &c), -ENOENT);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(HEAD, f);
+    for (int i = 0; i < 1000; i++) /* one node that copied a thousand times */
+        fputs("node a\n", f);
+    fputs("node late\n", f);
+    fclose(f);
+    CHECK_EQ(kvs_copied_read(path, &c), 0);
+    CHECK_EQ(c.n_names, 2);
+    CHECK(kvs_copied_names(&c, "late"));
+    f = fopen(path, "a");
+    CHECK(f != NULL);
+    for (size_t i = 0; i < KVS_COPIED_MAX / 7; i++)
+        fputs("node a\n", f);
+    fclose(f);
+    CHECK_EQ(kvs_copied_read(path, &c), KVS_EINVAL);
+    unlink(path);
+    CHECK_EQ(mkfifo(path, 0600), 0); /* never blocks on a FIFO */
+    CHECK_EQ(kvs_copied_read(path, &c), KVS_EINVAL);
+    unlink(path);
+}
+
+KVS_TEST_MAIN(KVS_CASE(a_file_without_names), KVS_CASE(names_count_once_and_odd_lines_are_skipped),
+              KVS_CASE(a_line_cut_short_is_no_name), KVS_CASE(what_kvs_did_not_write_is_refused),
+              KVS_CASE(the_file_is_read_whole))
