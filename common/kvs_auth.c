@@ -794,3 +794,11 @@ uint32_t kvs_auth_begin(kvs_auth_t *a, kvs_auth_conn_t *ac, const Kvs__Auth *m, 
     admit(a, at);
     return 0;
 }
+
+void kvs_auth_bound_conn(kvs_conn_t *c, kvs_unproven_t *u, uint32_t max_frame, int proven)
+{
+    kvs_conn_set_max_frame(c, !proven && max_frame > KVS_AUTH_UNAUTH_FRAME ? KVS_AUTH_UNAUTH_FRAME
+                                                                           : max_frame);
+    kvs_conn_cap_output(c, proven ? 0 : KVS_AUTH_UNAUTH_OUTPUT);
+    kvs_unproven_set(u, c, !(proven && !kvs_conn_tls_pending(c)));
+}

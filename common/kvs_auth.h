@@ -46,6 +46,7 @@
 #define KVS_AUTH_H
 
 #include "kvs_config.h"
+#include "kvs_conn.h"
 #include "kvs_msg.h"
 #include "kvs_tls.h"
 
@@ -67,6 +68,15 @@
  * none of its requests are read (kvs_conn_cap_output): its answers are
  * errors, Auth's and HELLO's, so a client reading them never meets it. */
 #define KVS_AUTH_UNAUTH_OUTPUT (64u * 1024u)
+
+/* A server's bounds on client `c` for who it is now: limits.max_frame
+ * (`max_frame`) and no output cap once `proven` (authenticated, or no
+ * users configured), else KVS_AUTH_UNAUTH_FRAME and
+ * KVS_AUTH_UNAUTH_OUTPUT; and its place in `u` (limits.auth_timeout and
+ * limits.max_clients's eviction order), where a TLS handshake not done
+ * yet counts as nobody, users or not. Servers call it at accept, when the
+ * handshake ends and after each Auth. */
+void kvs_auth_bound_conn(kvs_conn_t *c, kvs_unproven_t *u, uint32_t max_frame, int proven);
 
 typedef struct kvs_auth_s kvs_auth_t;
 typedef struct kvs_auth_user_s kvs_auth_user_t;

@@ -645,16 +645,9 @@ static void on_turn_end(kvs_flusher_t *f)
 static void client_frame_limit(node_client_t *cl)
 {
     node_server_t *srv = cl->srv;
-    uint32_t max = srv->max_frame;
-    int proven = srv->auth == NULL || cl->auth.trusted || kvs_auth_user_name(&cl->auth) != NULL;
-    if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
-        max = KVS_AUTH_UNAUTH_FRAME;
-    kvs_conn_set_max_frame(&cl->conn, max);
-    kvs_conn_cap_output(&cl->conn, proven ? 0 : KVS_AUTH_UNAUTH_OUTPUT);
-    /* limits.auth_timeout, and limits.max_clients's eviction order: a TLS
-     * handshake not done yet is nobody, users or not */
-    proven = proven && !kvs_conn_tls_pending(&cl->conn);
-    kvs_unproven_set(&srv->unproven[cl->listener], &cl->conn, !proven);
+    kvs_auth_bound_conn(&cl->conn, &srv->unproven[cl->listener], srv->max_frame,
+                        srv->auth == NULL || cl->auth.trusted ||
+                            kvs_auth_user_name(&cl->auth) != NULL);
 }
 
 /* After an Auth: a client it left unproven (it failed) is the first to

@@ -385,16 +385,8 @@ static void unproven_to_front(router_client_t *cl)
 
 static void client_frame_limit(router_client_t *cl)
 {
-    uint32_t max = (uint32_t)cl->router->cfg->max_frame;
-    int proven = router_client_authenticated(cl);
-    if (!proven && max > KVS_AUTH_UNAUTH_FRAME)
-        max = KVS_AUTH_UNAUTH_FRAME;
-    kvs_conn_set_max_frame(&cl->conn, max);
-    kvs_conn_cap_output(&cl->conn, proven ? 0 : KVS_AUTH_UNAUTH_OUTPUT);
-    /* limits.auth_timeout, and limits.max_clients's eviction order: a TLS
-     * handshake not done yet is nobody, users or not */
-    proven = proven && !kvs_conn_tls_pending(&cl->conn);
-    kvs_unproven_set(&cl->router->unproven[cl->redis != NULL], &cl->conn, !proven);
+    kvs_auth_bound_conn(&cl->conn, &cl->router->unproven[cl->redis != NULL],
+                        (uint32_t)cl->router->cfg->max_frame, router_client_authenticated(cl));
 }
 
 /* limits.auth_failures reached: nothing more it sent runs (on_frame drops
