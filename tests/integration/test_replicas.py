@@ -416,6 +416,12 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.wait_workers(d)
         self.assertTrue(wait_until(lambda: d.stderr().count("copied shard") == SHARDS, 30),
                              d.stderr()[-3000:])
+        # Each copy's acknowledgement (Snapshot.installed) came back over
+        # TLS: a, which held every shard alone, names d as holding a copy.
+        for s in range(SHARDS):
+            path = os.path.join(a.data_dir, "shard-%d" % s, "copied-out")
+            self.assertTrue(wait_until(lambda: os.path.exists(path) and
+                                       "\nnode d\n" in open(path).read(), 10), path)
         self.assertNotIn("plaintext port", a.stderr() + d.stderr())
         for s in range(SHARDS):
             self.assertTrue(wait_until(lambda: all(
