@@ -532,9 +532,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
 {
     Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, p);
     const char *why = NULL;
-    uint8_t mine[KVS_HASH_LEN];
-    kvs_hash_digest(b->hash, mine);
-    memcpy(b->digest, mine, KVS_HASH_LEN);
+    kvs_hash_digest(b->hash, b->digest);
     if (r == NULL || r->n_values != 2 ||
         r->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE ||
         r->values[1]->kind_case != KVS__VALUE__KIND_BINARY_VALUE ||
@@ -542,7 +540,7 @@ static const char *check_final(boot_t *b, const uint8_t *p, size_t len)
         why = "the final frame is not a snapshot's";
     else if ((uint64_t)r->values[0]->integer_value != b->got)
         why = "the stream's length differs from what the peer sent";
-    else if (memcmp(r->values[1]->binary_value.data, mine, KVS_HASH_LEN) != 0)
+    else if (memcmp(r->values[1]->binary_value.data, b->digest, KVS_HASH_LEN) != 0)
         why = "the stream's checksum does not match: the copy is damaged";
     kvs__command_response__free_unpacked(r, NULL);
     return why;
