@@ -755,6 +755,23 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         for r in (a, b, c):
             self.assertEqual(r.stop(), 0)
 
+    def test_a_move_marker_that_cannot_be_read_keeps_the_shard_from_starting_empty(self):
+        # A moving-in marker that names no previous owner (damaged) must
+        # not be taken as "none": the node does not start, and says how
+        # to start the shard empty instead.
+        mock = self.mock()
+        bases = self.bases(["a"])
+        a = self.node(mock, "a", {"a": [0, 1, 2, 3]}, bases)
+        os.makedirs(os.path.join(a.data_dir, "shard-2"), mode=0o700)
+        with open(os.path.join(a.data_dir, "shard-2", "moving-in"), "w") as f:
+            f.write("from\n")
+        a.proc = a.spawn()
+        self.assertEqual(a.proc.wait(30), 78, a.stderr()[-3000:])
+        self.assertIn("shard-2/moving-in cannot be read, or names no node shard 2 was moving "
+                      "here from: the shard is not started without the rows its previous "
+                      "owners hold; remove the file to start it empty", a.stderr())
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "shard-2", "data.mdb")))
+
     def test_a_map_that_takes_a_shard_from_all_its_holders_at_once_is_refused(self):
         # Shard 2 is on a and b; a map that gives it to d alone (which has
         # not copied it) would retire both copies: each node refuses it.
