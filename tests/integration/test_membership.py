@@ -673,26 +673,31 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
     def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
         # b's copied-out names a node only on Snapshot.installed carrying
-        # the checksum b's stream ended with, on that stream's connection:
-        # not one sent ahead of the stream, nor one with another checksum
-        # (it named the node whatever was sent). Alone, it is refused.
+        # the checksum of a copy b sent that node: on the stream's
+        # connection, not one sent ahead of the stream, nor one with
+        # another checksum (it named the node whatever was sent). Said
+        # again on a connection of its own (the receiver cannot tell
+        # whether the first arrived), it counts for a copy b recorded as
+        # sent to that node, and for no other.
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         _, _, _, a, b = self.a_and_b(layout)
 
-        def snapshot(installed=b""):
+        def snapshot(installed=b"", node="d"):
             req = pb.CommandRequest()
-            req.snapshot.node = "d"
+            req.snapshot.node = node
             req.snapshot.installed = installed
             return req
 
         with Client(b.socket_path(2)) as c:
             resp = c.call(snapshot(b"\0" * 16))
+            self.assertEqual(resp.status, 404, resp.message)
+            self.assertIn("no record of a copy with this checksum sent to node d", resp.message)
+            resp = c.call(snapshot(b"\0" * 15))
             self.assertEqual(resp.status, 400, resp.message)
-            self.assertIn("acknowledges a snapshot this worker sent", resp.message)
 
-        def stream(*early):
+        def stream(*early, node="d"):
             c = Client(b.socket_path(2), timeout=10)
-            c.send(snapshot())
+            c.send(snapshot(node=node))
             if early:  # not in the same write: Snapshot must be alone on its connection
                 time.sleep(0.2)
                 c.send(*early)
@@ -705,17 +710,26 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         c, digest = stream(snapshot(b"\0" * 16))  # sent before any of the stream was read
         self.assertTrue(c.at_eof())
         c.close()
-        c, _ = stream()
+        c, digest = stream()
         c.send(snapshot(bytes(x ^ 1 for x in digest)))
         self.assertTrue(c.at_eof())
         c.close()
         self.assertIn("peer ", self.copied_out(b))
+        self.assertIn("\nsent d %s\n" % digest.hex(), self.copied_out(b))
         self.assertNotIn("node d", self.copied_out(b))
-        c, digest = stream()
-        c.send(snapshot(digest))
+        with Client(b.socket_path(2)) as c:
+            for wrong in (snapshot(bytes(x ^ 1 for x in digest)), snapshot(digest, node="e")):
+                resp = c.call(wrong)
+                self.assertEqual(resp.status, 404, resp.message)
+            self.assertNotIn("\nnode ", self.copied_out(b))
+            resp = c.call(snapshot(digest))  # said again, later, elsewhere
+            self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("\nnode d\n", self.copied_out(b))
+        c, digest = stream(node="e")
+        c.send(snapshot(digest, node="e"))
         self.assertTrue(c.at_eof())
         c.close()
-        self.assertTrue(wait_until(lambda: "\nnode d\n" in self.copied_out(b), 10),
+        self.assertTrue(wait_until(lambda: "\nnode e\n" in self.copied_out(b), 10),
                         self.copied_out(b))
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
