@@ -734,6 +734,41 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 
+    def test_an_acknowledgement_its_sender_missed_is_sent_again(self):
+        # Shard 2 moves from b alone to a alone. b's worker is killed -9
+        # after its stream ended and before a, installing the copy slowly,
+        # acknowledged it on the stream's connection: that acknowledgement
+        # went nowhere, b never named a, and b's reload giving the shard
+        # to a stayed refused for good. a now says it again on a
+        # connection of its own until b's restarted worker answers.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "3000"
+        a.start()
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "\nsent a " in self.copied_out(b), 20),
+                        b.stderr()[-3000:])
+        killed = b.kill_worker(2)
+        self.assertTrue(wait_until(lambda: b.worker_pid(2) not in (None, killed), 20),
+                        b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 30),
+                        a.stderr()[-3000:])
+        self.assertIn("shard 2: node b heard that this node installed its copy", a.stderr())
+        self.assertTrue(wait_until(
+            lambda: not os.path.exists(os.path.join(a.data_dir, "shard-2", "ack-owed")), 10))
+        self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
     def test_a_move_cut_off_copies_from_its_previous_owner_though_the_map_names_a_peer(self):
         # Shard 2 moves from b alone to a and c. a is killed -9 before it
         # installed b's copy, and restarts with the new map, which names c
