@@ -11,6 +11,7 @@
 #include "kvs_test.h"
 #include "kvs.pb-c.h"
 #include "node_ack.h"
+#include "node_bootstrap.h"
 
 #include <sys/stat.h>
 #include <uv.h>
@@ -277,5 +278,41 @@ KVS_TEST(stopped_mid_attempt_it_stays_owed)
     kvs_config_free(cfg);
 }
 
+/* A start that finds no copy in place voids what an earlier one owed (a
+ * stop came between the file and the rename: that copy is not installed,
+ * and must not be acknowledged); one that finds a copy keeps it, and
+ * removes a moving-in marker the stop left. */
+KVS_TEST(a_start_without_a_copy_voids_what_it_owed)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config();
+    static const uint32_t script[] = {200};
+    sender_t s;
+    sender_init(&s, script);
+    uint8_t digest[KVS_HASH_LEN] = {3};
+    owe(&s, digest);
+    char marker[160], data[160], err[256];
+    snprintf(marker, sizeof(marker), "%s/moving-in", shard_dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", shard_dir);
+    node_bootstrap_t *running = NULL;
+    CHECK_EQ(node_bootstrap_run(&s.loop, cfg, 1, NULL, 0, NULL, &running, err, sizeof(err)), 0);
+    CHECK(access(file, F_OK) != 0);
+    owe(&s, digest);
+    FILE *f = fopen(data, "w");
+    CHECK(f != NULL);
+    fclose(f);
+    f = fopen(marker, "w");
+    CHECK(f != NULL);
+    fputs("from b 1 127.0.0.1\n", f);
+    fclose(f);
+    CHECK_EQ(node_bootstrap_run(&s.loop, cfg, 1, NULL, 0, NULL, &running, err, sizeof(err)), 0);
+    CHECK_EQ(access(file, F_OK), 0);
+    CHECK(access(marker, F_OK) != 0);
+    unlink(data);
+    sender_close(&s);
+    kvs_config_free(cfg);
+}
+
 KVS_TEST_MAIN(KVS_CASE(peer_lines), KVS_CASE(sent_until_the_sender_records_it),
-              KVS_CASE(a_refusal_ends_it), KVS_CASE(stopped_mid_attempt_it_stays_owed))
+              KVS_CASE(a_refusal_ends_it), KVS_CASE(stopped_mid_attempt_it_stays_owed),
+              KVS_CASE(a_start_without_a_copy_voids_what_it_owed))
