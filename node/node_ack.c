@@ -185,7 +185,8 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
                  "is not needed",
                  a->shard, a->name, n, msg);
         done(a);
-    } else if (ans.status >= 400 && ans.status < 500) {
+    } else if (ans.status >= 400 && ans.status < 500 && ans.status != KVS_STATUS_UNAUTHENTICATED &&
+               ans.status != KVS_STATUS_FORBIDDEN) { /* those may be mended there: again */
         kvs_warn("shard %u: node %s answered %u to this node's acknowledgement of its copy: "
                  "%.*s; not sent again",
                  a->shard, a->name, ans.status, n, msg);
@@ -319,6 +320,8 @@ static void attempt(node_ack_t *a)
 static void try_again(node_ack_t *a, const char *why)
 {
     detach(a);
+    if (a->stopping)
+        return;
     if (a->failures++ % 10 == 0)
         kvs_warn("shard %u: cannot tell node %s yet that this node installed its copy (%s): "
                  "trying again in %u s, and while it fails up to every %u s",

@@ -17,8 +17,9 @@
  *    there, as when the shard has other replicas, or the copy was
  *    another fence's), 400 is an older kvs that takes the
  *    acknowledgement on the stream only;
- *  - a failure to resolve or connect, a 5xx, or no answer within
- *    ATTEMPT_MS is tried again after a pause that starts at 1 s and
+ *  - a failure to resolve or connect, a 5xx, 401 or 403 (the sender's
+ *    users or certificates may be mended), or no answer within
+ *    ATTEMPT_MS (10 s) is tried again after a pause that starts at 1 s and
  *    doubles up to 60 s, for as long as the worker runs, and at its next
  *    start.
  *

@@ -450,6 +450,8 @@ static void on_installed(uv_work_t *w, int status)
              b->shard, b->peer, (unsigned long long)b->got);
     if (rc == 0)
         acknowledge(b);
+    else /* the rename may not last: no acknowledgement, now or later */
+        node_ack_void(b->dir);
     if (b->end_delay_ms > 0) { /* test hook: a signal caught now is dispatched after the copy */
         uint64_t until = uv_hrtime() + b->end_delay_ms * 1000000ull;
         for (uint64_t now; (now = uv_hrtime()) < until;)

@@ -136,7 +136,7 @@ static int append(node_handoff_t *h, const char *node, const uint8_t *digest)
         free(c);
         return 0;
     }
-    if (rc == 0 && (digest != NULL ? c->n_sent : c->n_names) == KVS_COPIED_NAMES)
+    if (rc == 0 && (digest != NULL ? c->n_sent == KVS_COPIED_SENT : c->n_names == KVS_COPIED_NAMES))
         rc = KVS_EINVAL;
     if (rc == 0) {
         /* After a line a crash cut short, first end it as no name at all
@@ -193,18 +193,14 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
         return -ENOENT;
     kvs_copied_t *c = malloc(sizeof(*c));
     int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
-    if (rc == 0 && !kvs_copied_was_sent(c, node, digest))
+    if (rc == 0 && kvs_copied_names(c, node))
+        rc = 1; /* recorded before (the stream's acknowledgement arrived) */
+    else if (rc == 0 && !kvs_copied_was_sent(c, node, digest))
         rc = -ENOENT;
-    else if (rc == 0 && kvs_copied_names(c, node))
-        rc = 1; /* recorded before */
     free(c);
     if (rc == 0)
         return node_handoff_copied(h, node, h->epoch);
-    if (rc < 0 && rc != -ENOENT)
-        kvs_error("%s: cannot read: %s; node %s's acknowledgement of its copy of shard %u is "
-                  "not recorded",
-                  h->path, append_error(rc), node, h->shard);
-    return rc == 1 ? 0 : rc;
+    return rc == 1 ? 0 : rc; /* a file that cannot be read: the fence's refusals say so */
 }
 
 void node_handoff_unfence(node_handoff_t *h)

@@ -1002,6 +1002,10 @@ int main(int argc, char **argv)
     m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
                                    cfg->frame_timeout_ms);
     node_server_set_snapshot(m.srv, m.snapshot, m.handoff);
+    /* Before anything that may begin the shutdown, which stops it. */
+    if (node_ack_start(m.loop, cfg, (uint32_t)args.shard, &m.ack) != 0)
+        kvs_error("out of memory: an acknowledgement this shard's copy owes is sent at the next "
+                  "start");
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
@@ -1009,9 +1013,6 @@ int main(int argc, char **argv)
         m.signals = 1;
         begin_shutdown(&m);
     }
-    if (node_ack_start(m.loop, cfg, (uint32_t)args.shard, &m.ack) != 0)
-        kvs_error("out of memory: an acknowledgement this shard's copy owes is sent at the next "
-                  "start");
     watch_files(&m, cfg, args.shard, store);
     if (m.state != NULL)
         kvs_shardstate_publish(m.state, node_store_ident(store)); /* routers may read it now */

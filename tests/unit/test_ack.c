@@ -194,13 +194,14 @@ static void owe(const sender_t *s, const uint8_t *digest)
     CHECK_EQ(node_ack_owe(shard_dir, 1, &peer, digest), 0);
 }
 
-/* Owed, then sent: an answer the sender may give again later (503) is
- * tried again after a pause; 200 ends it and removes the file. */
+/* Owed, then sent: an answer the sender may give otherwise later (503,
+ * or 401 and 403: its users or certificates may be mended) is tried again
+ * after a pause; 200 ends it and removes the file. */
 KVS_TEST(sent_until_the_sender_records_it)
 {
     fresh_dir();
     kvs_config_t *cfg = config();
-    static const uint32_t script[] = {503, 200};
+    static const uint32_t script[] = {503, 403, 200};
     sender_t s;
     sender_init(&s, script);
     uint8_t digest[KVS_HASH_LEN];
@@ -218,8 +219,8 @@ KVS_TEST(sent_until_the_sender_records_it)
     node_ack_t *a = NULL;
     CHECK_EQ(node_ack_start(&s.loop, cfg, 1, &a), 0);
     CHECK(a != NULL);
-    CHECK(run_loop(&s, 5000, 0));
-    CHECK_EQ(s.requests, 2);
+    CHECK(run_loop(&s, 8000, 0));
+    CHECK_EQ(s.requests, 3);
     CHECK_STR(s.node, "a");
     CHECK_EQ(memcmp(s.installed, digest, KVS_HASH_LEN), 0);
     node_ack_stop(a);

@@ -310,6 +310,7 @@ KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
     h = open_at(alone); /* the worker restarted: the record holds */
     CHECK_EQ(node_handoff_reack(h, "d", d1), 0);
     CHECK_EQ(node_handoff_reack(h, "d", d1), 0); /* said again: recorded once */
+    CHECK_EQ(node_handoff_reack(h, "d", d2), 0); /* d is recorded: nothing more to do */
     read_file(text, sizeof(text));
     CHECK_CONTAINS(text, "\nnode d\n");
     CHECK(strstr(strstr(text, "node d") + 1, "node d") == NULL);
