@@ -24,6 +24,38 @@ int kvs_copied_names(const kvs_copied_t *c, const char *node)
     return 0;
 }
 
+int kvs_copied_was_sent(const kvs_copied_t *c, const char *node, const uint8_t digest[KVS_HASH_LEN])
+{
+    for (size_t i = 0; i < c->n_sent; i++)
+        if (strcmp(c->sent[i].node, node) == 0 &&
+            memcmp(c->sent[i].digest, digest, KVS_HASH_LEN) == 0)
+            return 1;
+    return 0;
+}
+
+static int hex_digit(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* "sent NAME HEX" (value: "NAME HEX") into *s: 1, else 0. */
+static int sent_of(const char *value, kvs_copied_sent_t *s)
+{
+    const char *sp = strchr(value, ' ');
+    size_t n = sp != NULL ? (size_t)(sp - value) : 0;
+    if (n == 0 || n > KVS_NODE_NAME_MAX || strlen(sp + 1) != 2 * KVS_HASH_LEN)
+        return 0;
+    memcpy(s->node, value, n);
+    s->node[n] = '\0';
+    for (size_t i = 0; i < KVS_HASH_LEN; i++) {
+        int hi = hex_digit(sp[1 + 2 * i]), lo = hex_digit(sp[2 + 2 * i]);
+        if (hi < 0 || lo < 0)
+            return 0;
+        s->digest[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return kvs_copied_name_ok(s->node);
+}
+
 /* Copies line[0..n) into out[cap] when it is "<key> VALUE" and fits:
  * 1, else 0. */
 static int value_of(const char *line, size_t n, const char *key, char *out, size_t cap)
@@ -42,7 +74,8 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
     if (memchr(text, '\0', len) != NULL)
         return KVS_EINVAL;
     out->whole = len == 0 || text[len - 1] == '\n';
-    char name[KVS_NODE_NAME_MAX + 1];
+    char name[KVS_NODE_NAME_MAX + 1], value[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 2];
+    kvs_copied_sent_t sent;
     for (size_t at = 0; at < len;) {
         const char *line = text + at, *end = memchr(line, '\n', len - at);
         if (end == NULL)
@@ -53,6 +86,12 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
             continue;
         if (out->time[0] == '\0' && value_of(line, n, "time", out->time, sizeof(out->time)))
             continue;
+        if (value_of(line, n, "sent", value, sizeof(value))) {
+            if (sent_of(value, &sent) && !kvs_copied_was_sent(out, sent.node, sent.digest) &&
+                out->n_sent < KVS_COPIED_SENT)
+                out->sent[out->n_sent++] = sent;
+            continue;
+        }
         if (!value_of(line, n, "node", name, sizeof(name)) || !kvs_copied_name_ok(name) ||
             kvs_copied_names(out, name))
             continue;

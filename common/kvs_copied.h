@@ -7,6 +7,10 @@
  *   # kvs: ...            what it is, for whoever finds it
  *   peer HOST:PORT        who asked for the snapshot that raised the fence
  *   time 2026-12-03T15:05:35Z
+ *   sent NAME HEX         a copy taken under this fence was sent whole to
+ *                         node NAME, ending with checksum HEX (XXH3-128,
+ *                         32 hex digits): that node's acknowledgement may
+ *                         come later, on a connection of its own
  *   node NAME             a node of the map whose copy, taken under this
  *                         fence, it acknowledged as installed; one line
  *                         per node, none for a client's copy
@@ -18,18 +22,27 @@
 #define KVS_COPIED_H
 
 #include "kvs_config.h"
+#include "kvs_hash.h"
 
 #include <stddef.h>
 
 #define KVS_COPIED_FILE "copied-out"
 #define KVS_COPIED_MAX (64u * 1024u) /* bytes: a larger file is not one kvs wrote */
 #define KVS_COPIED_NAMES 64          /* distinct nodes one fence records, at most */
+#define KVS_COPIED_SENT 64           /* copies one fence records as sent, at most */
+
+typedef struct {
+    char node[KVS_NODE_NAME_MAX + 1];
+    uint8_t digest[KVS_HASH_LEN];
+} kvs_copied_sent_t;
 
 typedef struct {
     char peer[128];
     char time[64];
     size_t n_names;
     char names[KVS_COPIED_NAMES][KVS_NODE_NAME_MAX + 1];
+    size_t n_sent; /* distinct sent lines; those past KVS_COPIED_SENT are not kept */
+    kvs_copied_sent_t sent[KVS_COPIED_SENT];
     int whole; /* the text ends with a newline (or is empty): an append needs none first */
 } kvs_copied_t;
 
@@ -45,6 +58,10 @@ int kvs_copied_read(const char *path, kvs_copied_t *out);
 
 /* Whether `node` is one of the names. */
 int kvs_copied_names(const kvs_copied_t *c, const char *node);
+
+/* Whether a copy ending with `digest` was sent to `node` (a sent line). */
+int kvs_copied_was_sent(const kvs_copied_t *c, const char *node,
+                        const uint8_t digest[KVS_HASH_LEN]);
 
 /* Whether `node` may be written as a name: 1 to KVS_NODE_NAME_MAX
  * printable bytes, no spaces. */

@@ -56,6 +56,7 @@
  * worker for the same shard waits its turn (as it would for the store).
  */
 #include "node_bootstrap.h"
+#include "node_ack.h"
 #include "node_snapshot.h"
 #include "kvs_cluster.h"
 #include "kvs_conn.h"
@@ -107,12 +108,13 @@ struct node_bootstrap_s {
     kvs_replica_t peers[KVS_MAX_REPLICAS];
     char names[KVS_MAX_REPLICAS][KVS_NODE_NAME_MAX + 1]; /* of peers read from the marker */
     int n_peers, next_peer;
-    int busy;         /* a peer is busy sending another snapshot: ask them all again */
-    int moving_in;    /* the map has no replica here: the shard moves in (see wanted) */
-    int from_marker;  /* its previous owners are the marker's (a move a stop cut off) */
-    char last[200];   /* why the latest attempt failed, for the retry's log line */
-    unsigned rounds;  /* rounds asked again so far (logged every 30th) */
-    const char *peer; /* the one being asked */
+    int busy;                   /* a peer is busy sending another snapshot: ask them all again */
+    int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
+    int from_marker;            /* its previous owners are the marker's (a move a stop cut off) */
+    char last[200];             /* why the latest attempt failed, for the retry's log line */
+    unsigned rounds;            /* rounds asked again so far (logged every 30th) */
+    const kvs_replica_t *asked; /* the peer being asked */
+    const char *peer;           /* its name */
     kvs_listener_t listeners[2];
     kvs_tls_ctx_t *listener_tls[2]; /* tls.node on a TCP listener, as the server's; or NULL */
     int n_listeners;
@@ -423,9 +425,18 @@ static void on_installed(uv_work_t *w, int status)
         attempt_over(b, status != 0 ? uv_strerror(status) : b->install_err);
         return;
     }
+    /* Owed before the copy is in place (node_ack): a stop in between
+     * leaves no copy, and the next start voids it (wanted). */
+    int owed =
+        b->cfg->node_name[0] != '\0' ? node_ack_owe(b->dir, b->shard, b->asked, b->digest) : 0;
+    if (owed != 0)
+        kvs_warn("%s/" NODE_ACK_FILE ": cannot write: %s; if node %s misses this node's "
+                 "acknowledgement of the copy, it is not sent again",
+                 b->dir, strerror(-owed), b->peer);
     if (rename(b->part, b->final) != 0) {
         char why[300];
         snprintf(why, sizeof(why), "cannot install %.200s: %s", b->final, strerror(errno));
+        node_ack_void(b->dir);
         attempt_over(b, why);
         return;
     }
@@ -439,6 +450,8 @@ static void on_installed(uv_work_t *w, int status)
              b->shard, b->peer, (unsigned long long)b->got);
     if (rc == 0)
         acknowledge(b);
+    else /* the rename may not last: no acknowledgement, now or later */
+        node_ack_void(b->dir);
     if (b->end_delay_ms > 0) { /* test hook: a signal caught now is dispatched after the copy */
         uint64_t until = uv_hrtime() + b->end_delay_ms * 1000000ull;
         for (uint64_t now; (now = uv_hrtime()) < until;)
@@ -770,6 +783,7 @@ static void next_peer(boot_t *b)
     }
     while (b->next_peer < b->n_peers) {
         const kvs_replica_t *p = &b->peers[b->next_peer++];
+        b->asked = p;
         b->peer = p->node;
         kvs_info("shard %u has no data yet: copying a snapshot from node %s", b->shard, p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
@@ -867,21 +881,10 @@ static int read_marker(boot_t *b)
     int n_map = b->n_peers, named = 0;
     memcpy(map, b->peers, sizeof(map[0]) * (size_t)n_map);
     b->n_peers = 0;
-    char line[600], name[KVS_NODE_NAME_MAX + 2], host[260], addr[300];
-    unsigned port;
-    while (b->n_peers < KVS_MAX_REPLICAS && fgets(line, sizeof(line), f) != NULL) {
-        kvs_replica_t *p = &b->peers[b->n_peers];
-        if (sscanf(line, "from %65s %u %259s", name, &port, host) != 3 ||
-            kvs_config_node_name_problem(name) != NULL || port == 0 || port > 65535 ||
-            snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port) >=
-                (int)sizeof(addr) ||
-            kvs_addr_parse(addr, 0, &p->addr, NULL, 0) != 0)
-            continue;
-        memcpy(b->names[b->n_peers], name, sizeof(b->names[0]));
-        p->node = b->names[b->n_peers];
-        p->local = 0;
-        b->n_peers++;
-    }
+    char line[600];
+    while (b->n_peers < KVS_MAX_REPLICAS && fgets(line, sizeof(line), f) != NULL)
+        if (node_ack_peer_line(line, "from", &b->peers[b->n_peers], b->names[b->n_peers]))
+            b->n_peers++;
     fclose(f);
     named = b->n_peers;
     for (int i = 0; i < n_map && b->n_peers < KVS_MAX_REPLICAS; i++) {
@@ -906,6 +909,7 @@ static int wanted(boot_t *b)
         unlink(b->marker); /* the copy is in place: a stop came before its removal */
         return 0;
     }
+    node_ack_void(b->dir); /* owed for a copy a stop kept from its place */
     if (b->cfg->bootstrap != KVS_BOOTSTRAP_SNAPSHOT || b->cfg->n_nodes == 0)
         return 0;
     kvs_replica_t all[KVS_MAX_REPLICAS];

@@ -123,34 +123,84 @@ uint64_t node_handoff_epoch(const node_handoff_t *h)
     return h->epoch;
 }
 
-int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
+/* Appends "sent NODE HEX" (digest set) or "node NODE" to the file,
+ * synced; when the file already says it, nothing. Returns 0, KVS_EINVAL (the file cannot be
+ * understood, or has no room for another name), or a negative errno. */
+static int append(node_handoff_t *h, const char *node, const uint8_t *digest)
 {
-    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
-        return 0; /* the copy is of another fence's time, or of none: it proves nothing now */
-    kvs_copied_t c;
-    char line[KVS_NODE_NAME_MAX + 24];
-    int rc = kvs_copied_read(h->path, &c);
-    if (rc == 0 && kvs_copied_names(&c, node))
+    kvs_copied_t *c = malloc(sizeof(*c));
+    char line[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 40], hex[2 * KVS_HASH_LEN + 1];
+    int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
+    if (rc == 0 &&
+        (digest != NULL ? kvs_copied_was_sent(c, node, digest) : kvs_copied_names(c, node))) {
+        free(c);
         return 0;
-    if (rc == 0 && c.n_names == KVS_COPIED_NAMES)
+    }
+    if (rc == 0 && (digest != NULL ? c->n_sent == KVS_COPIED_SENT : c->n_names == KVS_COPIED_NAMES))
         rc = KVS_EINVAL;
     if (rc == 0) {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
-        int n = snprintf(line, sizeof(line), "%snode %s\n", c.whole ? "" : " (cut off)\n", node);
+        const char *cut = c->whole ? "" : " (cut off)\n";
+        int n;
+        if (digest != NULL) {
+            kvs_hash_hex(digest, hex);
+            n = snprintf(line, sizeof(line), "%ssent %s %s\n", cut, node, hex);
+        } else
+            n = snprintf(line, sizeof(line), "%snode %s\n", cut, node);
         rc = kvs_fs_write_synced(h->path, h->dir, line, (size_t)n, 1);
     }
+    free(c);
+    return rc;
+}
+
+static const char *append_error(int rc)
+{
+    return rc == KVS_EINVAL ? "the file cannot be understood, or names too many nodes"
+                            : kvs_strerror(rc);
+}
+
+int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
+{
+    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
+        return 0; /* the copy is of another fence's time, or of none: it proves nothing now */
+    int rc = append(h, node, NULL);
     if (rc != 0)
         kvs_error("%s: cannot record that node %s installed its copy of shard %u: %s; a reload "
                   "giving the shard to %s alone is refused until it copies again",
-                  h->path, node, h->shard,
-                  rc == KVS_EINVAL ? "the file cannot be understood, "
-                                     "or names too many nodes"
-                                   : kvs_strerror(rc),
-                  node);
+                  h->path, node, h->shard, append_error(rc), node);
     else
         kvs_info("shard %u: node %s installed its copy (%s names it)", h->shard, node, h->path);
     return rc;
+}
+
+int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
+                      uint64_t epoch)
+{
+    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
+        return 0;
+    int rc = append(h, node, digest);
+    if (rc != 0)
+        kvs_error("%s: cannot record the copy of shard %u sent to node %s: %s; its "
+                  "acknowledgement is taken on the stream's connection only",
+                  h->path, h->shard, node, append_error(rc));
+    return rc;
+}
+
+int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN])
+{
+    if (!h->fenced || !kvs_copied_name_ok(node))
+        return -ENOENT;
+    kvs_copied_t *c = malloc(sizeof(*c));
+    int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
+    if (rc == 0 && kvs_copied_names(c, node))
+        rc = 1; /* recorded before (the stream's acknowledgement arrived) */
+    else if (rc == 0 && !kvs_copied_was_sent(c, node, digest))
+        rc = -ENOENT;
+    free(c);
+    if (rc == 0)
+        return node_handoff_copied(h, node, h->epoch);
+    return rc == 1 ? 0 : rc; /* a file that cannot be read: the fence's refusals say so */
 }
 
 void node_handoff_unfence(node_handoff_t *h)

@@ -36,6 +36,7 @@
 #define NODE_HANDOFF_H
 
 #include "kvs_config.h"
+#include "kvs_hash.h"
 
 #include <stdint.h>
 
@@ -69,6 +70,23 @@ uint64_t node_handoff_epoch(const node_handoff_t *h);
  * errno (logged: the node is not recorded, and such a reload stays
  * refused). */
 int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch);
+
+/* A copy taken at `epoch` was sent whole to node `node`, ending with
+ * checksum `digest`. While that fence stands, adds "sent NAME HEX" to the
+ * file (synced), so that the node's acknowledgement is still taken if it
+ * comes later on another connection (node_handoff_reack): after this
+ * worker restarted, or the stream's connection failed. Returns 0 (also
+ * when nothing is written: another fence's copy, or no node name), or a
+ * negative errno (logged). */
+int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
+                      uint64_t epoch);
+
+/* Node `node` says again, on a connection of its own, that it installed
+ * the copy ending with `digest`. Returns 0 once the file records the node
+ * (now or before), -ENOENT when the standing fence sent it no such copy
+ * (no fence, another fence's copy, or no copy at all: nothing to record),
+ * or another negative errno (logged). */
+int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN]);
 
 /* The snapshot a node_handoff_fence call raised the fence for was not
  * delivered: lowers it again. */

@@ -56,6 +56,7 @@
 #include "kvs_schema.h"
 #include "kvs_shardstate.h"
 #include "kvs_signals.h"
+#include "node_ack.h"
 #include "node_bootstrap.h"
 #include "kvs_plugins.h"
 #include "node_ingest.h"
@@ -110,6 +111,7 @@ typedef struct node_main_s {
     node_digest_t *digest;
     node_snapshot_t *snapshot;
     node_handoff_t *handoff; /* the fence a snapshot sent raises */
+    node_ack_t *ack;         /* an installed copy's acknowledgement, owed; or NULL */
     const char *config_path;
     const char *reload_from; /* --reload-from, or NULL */
     kvs_config_t *cfg;       /* the running config (live reload changes its live keys in place) */
@@ -387,6 +389,7 @@ static void on_drain_timeout(uv_timer_t *t)
 static void begin_shutdown(node_main_t *m)
 {
     kvs_reload_sig_stop(&m->sighup, SIGHUP); /* changes nothing now, never kills */
+    node_ack_stop(m->ack);
     node_digest_stop(m->digest);
     node_reads_stop(m->reads);
     node_writes_drain(m->writes);
@@ -999,6 +1002,10 @@ int main(int argc, char **argv)
     m.snapshot = node_snapshot_new(m.loop, store, (uint32_t)args.shard, (size_t)cfg->max_frame,
                                    cfg->frame_timeout_ms);
     node_server_set_snapshot(m.srv, m.snapshot, m.handoff);
+    /* Before anything that may begin the shutdown, which stops it. */
+    if (node_ack_start(m.loop, cfg, (uint32_t)args.shard, &m.ack) != 0)
+        kvs_error("out of memory: an acknowledgement this shard's copy owes is sent at the next "
+                  "start");
     if (start_ingest(&m, cfg, args.shard, store) != 0 ||
         start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
@@ -1020,6 +1027,7 @@ int main(int argc, char **argv)
     node_reads_free(m.reads);
     node_writes_free(m.writes);
     node_digest_free(m.digest);
+    node_ack_free(m.ack);
     node_snapshot_free(m.snapshot);
     node_handoff_free(m.handoff);
     node_ingest_free(m.ingest);    /* before the store: it may still hold a read */

@@ -1323,6 +1323,34 @@ void node_server_set_digest(node_server_t *srv, node_digest_t *digest)
     srv->cmd.digest = digest;
 }
 
+/* A Snapshot.installed on a connection of its own: a receiver saying
+ * again that it installed a copy this worker sent (node_ack), since it
+ * cannot tell whether the stream's acknowledgement arrived. */
+static int reack(node_server_t *srv, const Kvs__Snapshot *req, kvs_buf_t *out)
+{
+    if (req->installed.len != KVS_HASH_LEN || !kvs_copied_name_ok(req->node))
+        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
+                                     "Snapshot.installed takes a node's name and the %d-byte "
+                                     "checksum its copy ended with",
+                                     KVS_HASH_LEN);
+    if (srv->handoff == NULL)
+        return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
+    int rc = node_handoff_reack(srv->handoff, req->node, req->installed.data);
+    if (rc == -ENOENT)
+        return kvs_msg_append_status(out, KVS_STATUS_NOT_FOUND,
+                                     "shard %u has no record of a copy with this checksum sent "
+                                     "to node %s under the fence that stands (none stands, or "
+                                     "it is another's): nothing to acknowledge",
+                                     srv->cmd.shard, req->node);
+    if (rc != 0)
+        return kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                                     "cannot record node %s as holding a copy of shard %u: %s",
+                                     req->node, srv->cmd.shard, kvs_strerror(rc));
+    return kvs_msg_append_status(out, KVS_STATUS_OK,
+                                 "node %s is recorded as holding a copy of shard %u", req->node,
+                                 srv->cmd.shard);
+}
+
 /* node_cmd's Snapshot hook: the client that asked becomes the stream's
  * receiver, if the request is alone on its connection. */
 static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
@@ -1330,9 +1358,7 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
     node_server_t *srv = arg;
     node_client_t *cl = srv->executing;
     if (req->installed.len > 0)
-        return kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST,
-                                     "Snapshot.installed acknowledges a snapshot this worker "
-                                     "sent, on that stream's connection only");
+        return reack(srv, req, out);
     if (cl == NULL || srv->snapshot == NULL)
         return kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE, "Snapshot is not available here");
     if (cl->head != NULL || srv->exec_slot != NULL || kvs_conn_has_frame(&cl->conn) ||
@@ -1385,6 +1411,7 @@ static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
         node_client_t *cl = kept->data;
         cl->acking = 1;
         memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
+        node_handoff_sent(srv->handoff, cl->ack_node, delivered, cl->ack_epoch);
         kvs_conn_resume(kept);
     }
 }

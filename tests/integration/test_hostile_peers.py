@@ -406,6 +406,70 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertTrue("received SIGTERM: draining" in w.stderr() or
                         "signal during the snapshot copy: stopping" in w.stderr(), w.stderr())
 
+    def test_a_sender_that_never_answers_the_acknowledgement_holds_up_no_stop(self):
+        # The copy is installed, and the worker says so again on a
+        # connection of its own (its shard-0/ack-owed) to a sender that
+        # reads it and never answers: a SIGTERM still stops the worker at
+        # once, and so does a start that fails (a Kafka property librdkafka
+        # refuses): that one stopped before the acknowledgement's start
+        # and hung, its handles closed under it. The file stays for the
+        # next start, which is answered, and removes it.
+        other = self.managed(Node())
+        with other.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"key", "copied")).status, 200)
+        data = snapshot_of(other.addr)
+        mode = {"answer": False}
+
+        def answer(c):
+            if peer.requests[-1].snapshot.installed:  # the acknowledgement, said again
+                if mode["answer"]:
+                    r = pb.CommandResponse(status=200, message="recorded")
+                    c.sendall(frame(r.SerializeToString()))
+                    return
+                while c.recv(4096):  # until the worker closes it
+                    pass
+                return
+            c.sendall(chunk_frame(data) + final_frame({"integer_value": len(data)},
+                                                       {"binary_value": xxh3_128(data)}))
+            while c.recv(4096):  # the stream's acknowledgement; left unread
+                pass
+
+        peer = FakePeer(answer)
+        peer.threaded = True
+        self.addCleanup(peer.close)
+        w = self.worker(0, peer.port)
+        owed = os.path.join(w.shard_dir(), "ack-owed")
+        self.assertTrue(wait_until(lambda: len(peer.requests) >= 2, 3 * TIMEOUT), w.stderr())
+        again = peer.requests[1].snapshot
+        self.assertEqual((again.node, again.installed), ("new", xxh3_128(data)))
+        self.assertTrue(os.path.exists(owed))
+        start = time.monotonic()
+        self.assertEqual(w.stop(10), 0, w.stderr())
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertTrue(os.path.exists(owed))
+        with open(w.config, "a") as f:
+            f.write("kafka:\n  brokers: \"%s:%d\"\n  bindings:\n"
+                    "    - {topic: users, table: users, format: string}\n"
+                    "  properties: {fetch.wait.max.ms: \"notanumber\"}\n" % (HOST, free_port()))
+        w.start()
+        try:
+            code = w.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.assertNotIn(code, (None, 0), w.stderr()[-3000:])
+        self.assertTrue(os.path.exists(owed))
+        with open(w.config) as f:
+            text = f.read()
+        with open(w.config, "w") as f:
+            f.write(text[:text.index("kafka:")])
+        mode["answer"] = True
+        w.start()
+        self.assertTrue(wait_until(lambda: not os.path.exists(owed), 3 * TIMEOUT), w.stderr())
+        self.assertIn("node peer heard that this node installed its copy (recorded)", w.stderr())
+        with Client(w.addr) as c:
+            r = c.call(req_hget("t", b"key"))
+            self.assertEqual((r.status, r.values[0].string_value), (200, "copied"), r.message)
+
     def test_clients_of_a_copying_worker_are_bounded_like_any_clients(self):
         # While it copies, the worker answers 503 on its TCP port, to anyone
         # (before any Auth). Clients that start a 4 MiB frame and stop were

@@ -673,26 +673,31 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
     def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
         # b's copied-out names a node only on Snapshot.installed carrying
-        # the checksum b's stream ended with, on that stream's connection:
-        # not one sent ahead of the stream, nor one with another checksum
-        # (it named the node whatever was sent). Alone, it is refused.
+        # the checksum of a copy b sent that node: on the stream's
+        # connection, not one sent ahead of the stream, nor one with
+        # another checksum (it named the node whatever was sent). Said
+        # again on a connection of its own (the receiver cannot tell
+        # whether the first arrived), it counts for a copy b recorded as
+        # sent to that node, and for no other.
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         _, _, _, a, b = self.a_and_b(layout)
 
-        def snapshot(installed=b""):
+        def snapshot(installed=b"", node="d"):
             req = pb.CommandRequest()
-            req.snapshot.node = "d"
+            req.snapshot.node = node
             req.snapshot.installed = installed
             return req
 
         with Client(b.socket_path(2)) as c:
             resp = c.call(snapshot(b"\0" * 16))
+            self.assertEqual(resp.status, 404, resp.message)
+            self.assertIn("no record of a copy with this checksum sent to node d", resp.message)
+            resp = c.call(snapshot(b"\0" * 15))
             self.assertEqual(resp.status, 400, resp.message)
-            self.assertIn("acknowledges a snapshot this worker sent", resp.message)
 
-        def stream(*early):
+        def stream(*early, node="d"):
             c = Client(b.socket_path(2), timeout=10)
-            c.send(snapshot())
+            c.send(snapshot(node=node))
             if early:  # not in the same write: Snapshot must be alone on its connection
                 time.sleep(0.2)
                 c.send(*early)
@@ -705,18 +710,62 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         c, digest = stream(snapshot(b"\0" * 16))  # sent before any of the stream was read
         self.assertTrue(c.at_eof())
         c.close()
-        c, _ = stream()
+        c, digest = stream()
         c.send(snapshot(bytes(x ^ 1 for x in digest)))
         self.assertTrue(c.at_eof())
         c.close()
         self.assertIn("peer ", self.copied_out(b))
+        self.assertIn("\nsent d %s\n" % digest.hex(), self.copied_out(b))
         self.assertNotIn("node d", self.copied_out(b))
-        c, digest = stream()
-        c.send(snapshot(digest))
+        with Client(b.socket_path(2)) as c:
+            for wrong in (snapshot(bytes(x ^ 1 for x in digest)), snapshot(digest, node="e")):
+                resp = c.call(wrong)
+                self.assertEqual(resp.status, 404, resp.message)
+            self.assertNotIn("\nnode ", self.copied_out(b))
+            resp = c.call(snapshot(digest))  # said again, later, elsewhere
+            self.assertEqual(resp.status, 200, resp.message)
+        self.assertIn("\nnode d\n", self.copied_out(b))
+        c, digest = stream(node="e")
+        c.send(snapshot(digest, node="e"))
         self.assertTrue(c.at_eof())
         c.close()
-        self.assertTrue(wait_until(lambda: "\nnode d\n" in self.copied_out(b), 10),
+        self.assertTrue(wait_until(lambda: "\nnode e\n" in self.copied_out(b), 10),
                         self.copied_out(b))
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
+
+    def test_an_acknowledgement_its_sender_missed_is_sent_again(self):
+        # Shard 2 moves from b alone to a alone. b's worker is killed -9
+        # after its stream ended and before a, installing the copy slowly,
+        # acknowledged it on the stream's connection: that acknowledgement
+        # went nowhere, b never named a, and b's reload giving the shard
+        # to a stayed refused for good. a now says it again on a
+        # connection of its own until b's restarted worker answers.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "3000"
+        a.start()
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "\nsent a " in self.copied_out(b), 20),
+                        b.stderr()[-3000:])
+        killed = b.kill_worker(2)
+        self.assertTrue(wait_until(lambda: b.worker_pid(2) not in (None, killed), 20),
+                        b.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 30),
+                        a.stderr()[-3000:])
+        self.assertIn("shard 2: node b heard that this node installed its copy", a.stderr())
+        self.assertTrue(wait_until(
+            lambda: not os.path.exists(os.path.join(a.data_dir, "shard-2", "ack-owed")), 10))
+        self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
+        set_map(b, moved, bases)
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
 

@@ -61,6 +61,35 @@ KVS_TEST(what_kvs_did_not_write_is_refused)
     CHECK_EQ(kvs_copied_parse(text, n, &c), KVS_EINVAL); /* more than it records */
 }
 
+#define HEX_A "000102030405060708090a0b0c0d0e0f"
+
+/* "sent NAME HEX" lines: each distinct pair once, odd ones skipped, and
+ * past KVS_COPIED_SENT not kept (the file stays readable: they are not
+ * what keeps the fence). */
+KVS_TEST(sent_copies_are_read_with_their_checksums)
+{
+    uint8_t a[KVS_HASH_LEN], b[KVS_HASH_LEN];
+    for (int i = 0; i < KVS_HASH_LEN; i++)
+        a[i] = (uint8_t)i, b[i] = (uint8_t)(0xf0 + i);
+    CHECK_EQ(parse(HEAD "sent d " HEX_A "\nsent d " HEX_A "\nsent e " HEX_A
+                        "\nsent x\nsent f 0001\nsent g " HEX_A
+                        "ff\nsent h 000102030405060708090A0B0C0D0E0F"
+                        "\nsent i 0g0102030405060708090a0b0c0d0e0f\nsent " HEX_A "\nsent d " HEX_A),
+             0);
+    CHECK_EQ(c.n_sent, 2);
+    CHECK(kvs_copied_was_sent(&c, "d", a) && kvs_copied_was_sent(&c, "e", a));
+    CHECK(!kvs_copied_was_sent(&c, "d", b) && !kvs_copied_was_sent(&c, "h", a));
+    CHECK_EQ(c.n_names, 0); /* sent is no name */
+    char text[16384];
+    size_t n = (size_t)snprintf(text, sizeof(text), HEAD);
+    for (int i = 0; i <= KVS_COPIED_SENT; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "sent n%d " HEX_A "\n", i);
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "node a\n");
+    CHECK_EQ(kvs_copied_parse(text, n, &c), 0);
+    CHECK_EQ(c.n_sent, KVS_COPIED_SENT);
+    CHECK(kvs_copied_names(&c, "a"));
+}
+
 /* The file is read whole: a name past its first 4 KiB counts, and a file
  * larger than KVS_COPIED_MAX is not one kvs wrote. */
 KVS_TEST(the_file_is_read_whole)
@@ -91,6 +120,7 @@ KVS_TEST(the_file_is_read_whole)
     unlink(path);
 }
 
-KVS_TEST_MAIN(KVS_CASE(a_file_without_names), KVS_CASE(names_count_once_and_odd_lines_are_skipped),
+KVS_TEST_MAIN(KVS_CASE(sent_copies_are_read_with_their_checksums), KVS_CASE(a_file_without_names),
+              KVS_CASE(names_count_once_and_odd_lines_are_skipped),
               KVS_CASE(a_line_cut_short_is_no_name), KVS_CASE(what_kvs_did_not_write_is_refused),
               KVS_CASE(the_file_is_read_whole))

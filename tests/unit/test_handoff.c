@@ -278,7 +278,51 @@ KVS_TEST(a_torn_line_names_nobody_and_the_next_starts_afresh)
     kvs_config_free(cfg);
 }
 
+/* A copy sent whole is recorded with its checksum, so that its node's
+ * acknowledgement is taken later on a connection of its own, after a
+ * restart too: for that copy only (that node, that checksum, this fence),
+ * and only while the fence stands. */
+KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE), *both = config(A_ALONE B_TOO);
+    node_handoff_t *h = open_at(alone);
+    uint8_t d1[KVS_HASH_LEN], d2[KVS_HASH_LEN];
+    memset(d1, 0xa5, sizeof(d1));
+    memset(d2, 0x5a, sizeof(d2));
+    CHECK_EQ(node_handoff_reack(h, "d", d1), -ENOENT); /* no fence: nothing was sent */
+    fence(h, "peer", alone, 1);
+    uint64_t epoch = node_handoff_epoch(h);
+    CHECK_EQ(node_handoff_reack(h, "d", d1), -ENOENT); /* fenced, nothing sent to d */
+    CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0);
+    CHECK_EQ(node_handoff_sent(h, "d", d1, epoch), 0); /* once */
+    CHECK_EQ(node_handoff_sent(h, "x y", d1, epoch), 0);
+    CHECK_EQ(node_handoff_sent(h, "e", d2, epoch + 1), 0); /* another fence's copy */
+    char text[4096];
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nsent d a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5\n");
+    CHECK(strstr(strstr(text, "sent d") + 1, "sent d") == NULL);
+    CHECK(strstr(text, "sent e") == NULL && strstr(text, "sent x") == NULL);
+    CHECK(strstr(text, "node d") == NULL);             /* sent is not installed */
+    CHECK_EQ(node_handoff_reack(h, "d", d2), -ENOENT); /* another checksum */
+    CHECK_EQ(node_handoff_reack(h, "e", d1), -ENOENT); /* another node */
+    node_handoff_free(h);
+    h = open_at(alone); /* the worker restarted: the record holds */
+    CHECK_EQ(node_handoff_reack(h, "d", d1), 0);
+    CHECK_EQ(node_handoff_reack(h, "d", d1), 0); /* said again: recorded once */
+    CHECK_EQ(node_handoff_reack(h, "d", d2), 0); /* d is recorded: nothing more to do */
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nnode d\n");
+    CHECK(strstr(strstr(text, "node d") + 1, "node d") == NULL);
+    node_handoff_update(h, both); /* lifted: the file goes, and with it what was sent */
+    CHECK_EQ(node_handoff_reack(h, "d", d1), -ENOENT);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+    kvs_config_free(both);
+}
+
 KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that_installed_a_copy),
+              KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
               KVS_CASE(a_copy_from_another_fences_time_is_not_recorded),
               KVS_CASE(a_torn_line_names_nobody_and_the_next_starts_afresh),
               KVS_CASE(a_snapshot_fences_and_a_restart_keeps_it),
