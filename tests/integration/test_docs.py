@@ -160,6 +160,20 @@ class VersionTest(unittest.TestCase):
             self.assertEqual((p.returncode, p.stdout, p.stderr),
                              (0, "%s %s\n" % (exe, version), ""), exe)
 
+    def test_every_binary_says_how_it_is_used(self):
+        """`--help` prints the usage on stdout and exits 0; an option a
+        binary does not know exits 2 naming it on stderr, stdout empty."""
+        for exe in ("kvs-router", "kvs-node", "kvs-cli", "kvs-bench", "kvs-mock-kafka"):
+            p = subprocess.run([os.path.join(BUILD_DIR, exe), "--help"], capture_output=True,
+                               text=True, timeout=10)
+            self.assertEqual((p.returncode, p.stderr), (0, ""), exe)
+            self.assertTrue(p.stdout.startswith("usage: %s " % exe), (exe, p.stdout[:200]))
+            self.assertIn("--version", p.stdout, exe)
+            p = subprocess.run([os.path.join(BUILD_DIR, exe), "--no-such-option"],
+                               capture_output=True, text=True, timeout=10)
+            self.assertEqual((p.returncode, p.stdout), (2, ""), (exe, p.stderr))
+            self.assertIn("--no-such-option", p.stderr, exe)
+
     def test_version_and_help_that_cannot_be_written_do_not_exit_0(self):
         """A --version or --help whose output fails (/dev/full: ENOSPC; a
         pipe whose reader is gone: EPIPE, not a death by SIGPIPE) says so on
