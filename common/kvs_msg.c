@@ -1016,7 +1016,7 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
         return check_hmset(r->hmset, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
-        if (r->hscan->cursor.len > KVS_MAX_KEY + 16)
+        if (r->hscan->cursor.len > KVS_CURSOR_MAX)
             return bad(msg, len,
                        "Hscan.cursor is not a cursor this server returned; start "
                        "with an empty cursor");

@@ -17,8 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KVS_MAX_TABLE 200 /* bytes in a table name */
-#define KVS_MAX_KEY 511   /* bytes in a key: LMDB's compiled-in key limit */
+#define KVS_MAX_TABLE 200                 /* bytes in a table name */
+#define KVS_MAX_KEY 511                   /* bytes in a key: LMDB's compiled-in key limit */
+#define KVS_CURSOR_MAX (KVS_MAX_KEY + 16) /* bytes in an Hscan cursor (a key, and a little) */
 
 enum {
     KVS_STATUS_OK = 200,
