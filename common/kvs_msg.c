@@ -275,6 +275,16 @@ static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs
     return m;
 }
 
+Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                              uint32_t *status)
+{
+    uint32_t why;
+    ProtobufCMessage *m = unpack_bounded(&kvs__command_response__descriptor, arena, p, len, &why);
+    if (m == NULL && status != NULL)
+        *status = why;
+    return (Kvs__CommandResponse *)m;
+}
+
 static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                       size_t *n);
 static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v);

@@ -90,6 +90,17 @@ size_t kvs_msg_decode_budget(size_t len);
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status);
 
+/* Decodes a CommandResponse as kvs_msg_decode_request decodes a request:
+ * within kvs_msg_decode_budget(len) bytes, so that a peer's answer of tiny
+ * repeated elements (an empty pair is 2 bytes on the wire, 90 decoded)
+ * cannot make its reader spend 45 times what it sent. Memory from `arena`
+ * (NULL = malloc; then free with kvs__command_response__free_unpacked(r,
+ * NULL)). Returns NULL when the bytes are not a CommandResponse (*status
+ * = 400), would take more memory than that (413), or memory ran out
+ * (500); `status` may be NULL. */
+Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                              uint32_t *status);
+
 /* When the request at *p (*len bytes) gives its command several times in
  * a row, protobuf reads it as one command holding them all merged (a
  * client may concatenate encoded requests); protobuf-c would keep the last
