@@ -679,6 +679,16 @@ static int set_string(cfg_ctx_t *ctx, const directive_t *d, const char *text, co
     size_t badlen;
     if ((d->flags & F_NONEMPTY) && text[0] == '\0')
         return cfg_error(ctx, m, "%s must not be empty", d->path);
+    /* A path, a name or a list: a control character in one (a tab aside:
+     * lists may be spaced with them) is a mistake
+     * (a block scalar's newline), and would make `--print data_dir`, or a
+     * log line, say two things. */
+    for (const unsigned char *c = (const unsigned char *)text; *c != '\0'; c++)
+        if ((*c < 0x20 && *c != '\t') || *c == 0x7f)
+            return cfg_error(ctx, m,
+                             "%s must not contain control characters (byte 0x%02x at offset %zu; "
+                             "a block scalar such as | ends its text with a newline)",
+                             d->path, *c, (size_t)(c - (const unsigned char *)text));
     if ((d->flags & F_BROKERS) && text[0] != '\0' && check_brokers(text, &why, &bad, &badlen) != 0)
         return cfg_error(ctx, m,
                          "%s must be HOST[:PORT] or [IPV6][:PORT] entries separated by commas "

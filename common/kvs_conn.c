@@ -250,7 +250,7 @@ size_t kvs_conn_pending(const kvs_conn_t *c)
  * an oversized frame: conn_frame_error.) */
 static int conn_codec_hello(const kvs_conn_t *c, const uint8_t *p, size_t n)
 {
-    if (has(c, KVS_CONN_START_SEEN) || c->tls != NULL || n < 3)
+    if (has(c, KVS_CONN_START_SEEN) || c->tls != NULL || c->codec->plain_only || n < 3)
         return 0;
     return kvs_tls_looks_like_hello((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
                                     (uint32_t)p[2] << 8);

@@ -115,6 +115,10 @@ enum {
 typedef struct kvs_codec_s {
     int (*next)(void *state, const uint8_t *p, size_t len, size_t max, size_t *used);
     void *state;
+    /* The port has no TLS setting: a TLS handshake is input like any
+     * other, for next() to refuse (otherwise it ends the input with
+     * KVS_ETLSHELLO, logged as a TLS client on a plaintext port). */
+    int plain_only;
 } kvs_codec_t;
 
 /* A complete frame (or codec message: its bytes) arrived. The owner may

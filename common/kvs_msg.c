@@ -275,6 +275,16 @@ static ProtobufCMessage *unpack_bounded(const ProtobufCMessageDescriptor *d, kvs
     return m;
 }
 
+Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                              uint32_t *status)
+{
+    uint32_t why;
+    ProtobufCMessage *m = unpack_bounded(&kvs__command_response__descriptor, arena, p, len, &why);
+    if (m == NULL && status != NULL)
+        *status = why;
+    return (Kvs__CommandResponse *)m;
+}
+
 static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, const uint8_t **v,
                       size_t *n);
 static int read_varint32(const uint8_t **p, const uint8_t *end, uint64_t *v);
@@ -1016,7 +1026,7 @@ static uint32_t check_body(const Kvs__CommandRequest *r, const char *cmd, char *
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
         return check_hmset(r->hmset, msg, len);
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
-        if (r->hscan->cursor.len > KVS_MAX_KEY + 16)
+        if (r->hscan->cursor.len > KVS_CURSOR_MAX)
             return bad(msg, len,
                        "Hscan.cursor is not a cursor this server returned; start "
                        "with an empty cursor");

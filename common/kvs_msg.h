@@ -17,8 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KVS_MAX_TABLE 200 /* bytes in a table name */
-#define KVS_MAX_KEY 511   /* bytes in a key: LMDB's compiled-in key limit */
+#define KVS_MAX_TABLE 200                 /* bytes in a table name */
+#define KVS_MAX_KEY 511                   /* bytes in a key: LMDB's compiled-in key limit */
+#define KVS_CURSOR_MAX (KVS_MAX_KEY + 16) /* bytes in an Hscan cursor (a key, and a little) */
 
 enum {
     KVS_STATUS_OK = 200,
@@ -88,6 +89,17 @@ size_t kvs_msg_decode_budget(size_t len);
  * it failed stays in the arena until its reset. */
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status);
+
+/* Decodes a CommandResponse as kvs_msg_decode_request decodes a request:
+ * within kvs_msg_decode_budget(len) bytes, so that a peer's answer of tiny
+ * repeated elements (an empty pair is 2 bytes on the wire, 90 decoded)
+ * cannot make its reader spend 45 times what it sent. Memory from `arena`
+ * (NULL = malloc; then free with kvs__command_response__free_unpacked(r,
+ * NULL)). Returns NULL when the bytes are not a CommandResponse (*status
+ * = 400), would take more memory than that (413), or memory ran out
+ * (500); `status` may be NULL. */
+Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t *p, size_t len,
+                                              uint32_t *status);
 
 /* When the request at *p (*len bytes) gives its command several times in
  * a row, protobuf reads it as one command holding them all merged (a

@@ -66,6 +66,20 @@ int node_ack_peer_line(const char *line, const char *key, kvs_replica_t *p,
     return 1;
 }
 
+int node_ack_append_snapshot(kvs_buf_t *out, const char *node, const uint8_t *installed)
+{
+    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    s.node = (char *)node;
+    if (installed != NULL) {
+        s.installed.data = (uint8_t *)installed;
+        s.installed.len = KVS_HASH_LEN;
+    }
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
+    q.snapshot = &s;
+    return kvs_msg_append(out, &q.base, SIZE_MAX) != 0 ? -ENOMEM : 0;
+}
+
 static void file_path(char *out, size_t len, const char *shard_dir)
 {
     snprintf(out, len, "%s/" NODE_ACK_FILE, shard_dir);
@@ -213,14 +227,7 @@ static void send_ack(kvs_conn_t *c)
     node_ack_t *a = c->data;
     if (a == NULL)
         return;
-    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    s.node = (char *)a->cfg->node_name;
-    s.installed.data = a->digest;
-    s.installed.len = KVS_HASH_LEN;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
-    q.snapshot = &s;
-    if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {
+    if (node_ack_append_snapshot(&c->out, a->cfg->node_name, a->digest) != 0) {
         try_again(a, "out of memory");
         return;
     }

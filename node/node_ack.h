@@ -34,6 +34,7 @@
 
 #include "kvs_cluster.h"
 #include "kvs_config.h"
+#include "kvs_buf.h"
 #include "kvs_hash.h"
 
 #include <stdint.h>
@@ -58,6 +59,11 @@ void node_ack_void(const char *shard_dir);
  * when it is not one. node_bootstrap's moving-in marker has such lines. */
 int node_ack_peer_line(const char *line, const char *key, kvs_replica_t *p,
                        char name[KVS_NODE_NAME_MAX + 1]);
+
+/* Appends a Snapshot request from node `node` to `out`: the request for
+ * a copy (installed NULL), or the acknowledgement that the copy ending
+ * with `installed` is in place. Returns 0 or -ENOMEM. */
+int node_ack_append_snapshot(kvs_buf_t *out, const char *node, const uint8_t *installed);
 
 /* Sends the acknowledgement <data_dir>/shard-N owes, if any, from now on
  * (see above): *out is NULL when it owes none, or the node has no name.

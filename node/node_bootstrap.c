@@ -395,16 +395,9 @@ static void acknowledge(boot_t *b)
     kvs_conn_t *c = b->conn;
     if (c == NULL || b->cfg->node_name[0] == '\0')
         return;
-    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    s.node = b->cfg->node_name;
-    s.installed.data = b->digest;
-    s.installed.len = KVS_HASH_LEN;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
-    q.snapshot = &s;
     c->data = NULL; /* on_peer_closed frees it; the attempt is over */
     b->conn = NULL;
-    if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {
+    if (node_ack_append_snapshot(&c->out, b->cfg->node_name, b->digest) != 0) {
         kvs_conn_close(c);
         return;
     }
@@ -675,12 +668,8 @@ static void on_stall(uv_timer_t *t)
 /* Sends the one Snapshot request (after the TLS handshake, under TLS). */
 static void send_request(boot_t *b, kvs_conn_t *c)
 {
-    Kvs__Snapshot s = KVS__SNAPSHOT__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    s.node = b->cfg->node_name; /* the sender records who copied (node_handoff) */
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT;
-    q.snapshot = &s;
-    if (kvs_msg_append(&c->out, &q.base, SIZE_MAX) != 0) {
+    /* Named: the sender records who copied (node_handoff). */
+    if (node_ack_append_snapshot(&c->out, b->cfg->node_name, NULL) != 0) {
         attempt_over(b, "out of memory");
         return;
     }

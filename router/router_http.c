@@ -490,6 +490,7 @@ static void on_connection(uv_stream_t *server, int status)
     hc->conn.data = hc;
     hc->codec.next = codec_next;
     hc->codec.state = hc;
+    hc->codec.plain_only = 1; /* no TLS here: a TLS client's hello is a malformed request */
     hc->conn.codec = &hc->codec;
     parser_reset(hc);
     kvs_conn_join(&hc->conn, &h->group);

@@ -523,6 +523,19 @@ static int passthrough_executed(router_req_t *req, const uint8_t *payload, size_
     return 1;
 }
 
+/* Whether a part's answer has a status, as every worker's answer does:
+ * read from its first field (protobuf-c writes it first), or, when that
+ * is not one, from the whole answer decoded (another encoder's order). */
+static int has_status(const uint8_t *payload, size_t len)
+{
+    if (kvs_msg_answer_status(payload, len) != 0)
+        return 1;
+    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, payload);
+    int has = r != NULL && r->status != 0;
+    kvs__command_response__free_unpacked(r, NULL);
+    return has;
+}
+
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
                         const char *failure)
 {
@@ -532,7 +545,19 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     route_merge_t *m = req->merge;
     router_try_t *t = m != NULL ? &m->tries[part] : &req->try0;
     if (router_send_answered(req->router, req, t, part, payload, len, failure))
-        return;      /* sent to another replica: its answer comes later */
+        return; /* sent to another replica: its answer comes later */
+    /* Not an answer a worker gives: it proves nothing (a write may have
+     * run there: its failure says so). */
+    char why[160];
+    uint32_t bad = 0;
+    if (failure == NULL && !has_status(payload, len)) {
+        snprintf(why, sizeof(why),
+                 "shard %u sent an answer that is not a CommandResponse (it "
+                 "has no status)",
+                 m != NULL ? m->part_shard[part] : t->shard);
+        failure = why;
+        bad = KVS_STATUS_INTERNAL;
+    }
     if (m == NULL) { /* single part: pass the worker's answer through */
         const uint8_t *tok;
         size_t toklen;
@@ -550,10 +575,12 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
                                    : "; the write may or may not have been applied";
             char text[1024];
             int n = snprintf(text, sizeof(text), "%s%s", failure, tail);
-            req_status_frame(req, failure_status(req->cmd, len, 0), 1, NULL, text, sizeof(text), n);
+            req_status_frame(req, bad ? bad : failure_status(req->cmd, len, 0), 1, NULL, text,
+                             sizeof(text), n);
             router_req_complete(req);
         } else if (failure != NULL)
-            router_req_finish_status(req, failure_status(req->cmd, len, t->unsent), "%s", failure);
+            router_req_finish_status(req, bad ? bad : failure_status(req->cmd, len, t->unsent),
+                                     "%s", failure);
         else if (!passthrough_executed(req, payload, len) &&
                  (req->client == NULL || req->in_route ||
                   !router_client_deliver(req->client, req, payload, len))) {
@@ -565,7 +592,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     kvs_buf_t *a = &m->answers[part];
     a->len = 0;
     if (failure != NULL) {
-        m->failed[part] = failure_status(m->cmd, len, t->unsent);
+        m->failed[part] = bad ? bad : failure_status(m->cmd, len, t->unsent);
         if (kvs_buf_append(a, failure, strlen(failure) + 1) != 0)
             a->len = 0; /* part_failure says "router out of memory" */
     } else if (kvs_buf_append(a, payload, len) != 0) {
@@ -1472,6 +1499,13 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
     Kvs__CommandResponse *w = rs[0];
     uint32_t shard = m->part_shard[0], next = shard;
     ProtobufCBinaryData inner = w->cursor;
+    if (inner.len > KVS_CURSOR_MAX - 3) { /* the router's would be refused when sent back */
+        router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                 "shard %u answered an Hscan cursor of %zu bytes, longer than any "
+                                 "cursor it takes back (%u bytes): the walk cannot go on",
+                                 shard, inner.len, KVS_CURSOR_MAX);
+        return;
+    }
     if (inner.len == 0) {
         next = shard + 1; /* this shard is done */
         inner.data = NULL;

@@ -16,7 +16,7 @@
 /* Reads one answer frame before `deadline`. Its buffer grows with the bytes
  * that came, so a header announcing a large answer costs nothing until
  * the answer does. */
-static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
+static int read_answer(cli_net_t *net, double deadline, kvs_arena_t *arena,
                        Kvs__CommandResponse **out, char *why, size_t len)
 {
     uint8_t h[KVS_FRAME_HEADER];
@@ -54,17 +54,26 @@ static int read_answer(cli_net_t *net, double deadline, ProtobufCAllocator *pb,
         if (rc == 0)
             got = cap;
     }
+    uint32_t status = 0;
     if (rc == 0) /* unpacking copies what it keeps */
-        *out = kvs__command_response__unpack(pb, n, payload);
+        *out = kvs_msg_decode_response(arena, payload, n, &status);
     free(payload);
+    if (rc == 0 && *out == NULL && status == KVS_STATUS_INTERNAL)
+        return -ENOMEM;
     if (rc == 0 && *out == NULL) {
-        snprintf(why, len, "reply (%" PRIu32 " bytes) is not a kvs.CommandResponse", n);
+        if (status == KVS_STATUS_TOO_LARGE)
+            snprintf(why, len,
+                     "reply (%" PRIu32 " bytes) would take more than %zu bytes decoded, more "
+                     "than any kvs answer of its size",
+                     n, kvs_msg_decode_budget(n));
+        else
+            snprintf(why, len, "reply (%" PRIu32 " bytes) is not a kvs.CommandResponse", n);
         return KVS_EPROTO;
     }
     return rc;
 }
 
-int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, ProtobufCAllocator *pb,
+int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, kvs_arena_t *arena,
                Kvs__CommandResponse **out, char *why, size_t len)
 {
     size_t waiting = cli_net_unsolicited(net);
@@ -89,10 +98,10 @@ int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, Pro
     int rc = cli_net_send(net, buf, KVS_FRAME_HEADER + n, deadline);
     free(buf);
     if (rc == 0)
-        return read_answer(net, deadline, pb, out, why, len);
+        return read_answer(net, deadline, arena, out, why, len);
     if (rc != -EPIPE && rc != -ECONNRESET)
         return rc;
-    return read_answer(net, deadline, pb, out, why, len) == 0 ? 0 : rc;
+    return read_answer(net, deadline, arena, out, why, len) == 0 ? 0 : rc;
 }
 
 Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,

@@ -13,6 +13,7 @@
 #include "kvs.pb-c.h"
 #include "kvs_addr.h"
 #include "kvs_cluster.h"
+#include "kvs_msg.h"
 #include "kvs_tls.h"
 
 #include <stddef.h>
@@ -25,11 +26,13 @@
  * whole exchange within `timeout` seconds (0: none). A server that refuses
  * a request (too large, say) answers and closes, possibly before it read
  * all of it, so a failed send still looks for that answer. Returns 0 with *out unpacked
- * with `pb` (NULL: malloc; then free it with
- * kvs__command_response__free_unpacked), an error of cli_net_send or
+ * in `arena` (NULL: malloc; then free it with
+ * kvs__command_response__free_unpacked), within kvs_msg_decode_budget of
+ * its size (a server's answer cannot make kvs-cli spend 45 times what it
+ * sent), -ENOMEM, an error of cli_net_send or
  * cli_net_recv, or KVS_EPROTO with why[0..len) saying what is wrong with
  * the answer. */
-int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, ProtobufCAllocator *pb,
+int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, kvs_arena_t *arena,
                Kvs__CommandResponse **out, char *why, size_t len);
 
 /* Connects to `a` (over TLS with `tls` when `a` is TCP and `tls` is set),

@@ -416,7 +416,7 @@ static int response_status(const uint8_t *p, size_t len, uint32_t *status)
 /* Writes "STATUS message" of an error answer into `out`, made printable. */
 static void error_text(char *out, size_t cap, uint32_t st, const uint8_t *p, size_t len)
 {
-    Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, p);
+    Kvs__CommandResponse *m = kvs_msg_decode_response(NULL, p, len, NULL);
     int n = snprintf(out, cap, "%" PRIu32 " ", st);
     cli_text_copy(out + n, cap - (size_t)n, m != NULL && m->message != NULL ? m->message : "");
     if (m != NULL)
@@ -693,7 +693,7 @@ static void auth_answered(bench_client_t *c, const uint8_t *payload, size_t len)
     uint32_t st;
     c->authing = 0;
     if (response_status(payload, len, &st) != 0 || st != KVS_STATUS_OK) {
-        Kvs__CommandResponse *m = kvs__command_response__unpack(NULL, len, payload);
+        Kvs__CommandResponse *m = kvs_msg_decode_response(NULL, payload, len, NULL);
         char why[512];
         cli_text_copy(why, sizeof(why),
                       m != NULL && m->message != NULL ? m->message : "no valid answer");

@@ -9,7 +9,10 @@
  * a length-prefixed frame; the reply frame is checked (bit 31 set or more
  * than 1 GiB, the largest limits.max_frame, is a protocol error, since no
  * server sends that; its buffer grows as its bytes come) and decoded
- * with protobuf-c. `--timeout` bounds connecting and waiting for each reply.
+ * with protobuf-c within the budget a server gives a request of its size
+ * (kvs_msg_decode_response: 20 times it and 2 MiB; more is a protocol
+ * error, so a hostile server's flood of empty pairs cannot cost 45 times
+ * what it sent). `--timeout` bounds connecting and waiting for each reply.
  *
  * Memory: two arenas. `arena` holds what one command builds (its request,
  * values read from files, a session line's argument table) and is reset
@@ -230,7 +233,7 @@ static void cli_disconnect(cli_t *c)
 static int exchange(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandResponse **out, char *why,
                     size_t len)
 {
-    return cli_ask_on(&c->net, req, c->timeout, &c->reply.pb, out, why, len);
+    return cli_ask_on(&c->net, req, c->timeout, &c->reply, out, why, len);
 }
 
 static void report_io_error(const cli_t *c, int rc, const char *why)

@@ -588,6 +588,23 @@ class HostileServerTest(unittest.TestCase):
             for shard in range(4):
                 self.assertIn("shard %d" % shard, out)
 
+    def test_an_answer_that_would_decode_to_gigabytes_is_refused(self):
+        # 8 MiB of empty pairs (2 bytes each on the wire, some 90 decoded):
+        # kvs-cli decoded whatever came, 45 times its size (a 64 MiB answer
+        # took 2.9 GB). It now decodes an answer within the budget a server
+        # gives a request of its size, and says why not.
+        body = b"\x08\xc8\x01" + b"\x22\x00" * (4 << 20)
+
+        def flood(conn):
+            conn.recv(65536)
+            conn.sendall(struct.pack(">I", len(body)) + body)
+            time.sleep(1)
+        port = self.serve(flood)
+        p, _ = self.cli(port, "--timeout", "5", "hgetall", "t", limit=20)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"reply (%d bytes) would take more than" % len(body), p.stderr)
+        self.assertIn(b"more than any kvs answer of its size", p.stderr)
+
     def test_hscanall_stops_when_a_server_hands_back_its_cursor(self):
         # A page of pairs with the cursor it was asked with: each page took
         # under --timeout, so the walk printed the same pair for ever.

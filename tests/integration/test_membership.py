@@ -622,6 +622,23 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         except FileNotFoundError:
             return ""
 
+    def move_2_from_b_to_a_slowly(self, sync_delay_ms):
+        """Nodes a and b, b holding shard 2 alone with 20 rows "kept"; a
+        restarted to install copies slowly (its sync takes sync_delay_ms
+        more), given the map that moves shard 2 to it alone, and reloaded.
+        Returns (bases, a, b, rows, the new map)."""
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, bases, _, a, b = self.a_and_b(layout)
+        rows = self.keys_on(2, b"k", 20)
+        self.write_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = str(sync_delay_ms)
+        a.start()
+        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
+        set_map(a, moved, bases)
+        a.proc.send_signal(signal.SIGHUP)
+        return bases, a, b, rows, moved
+
     def test_a_move_whose_new_owner_is_killed_mid_copy_copies_again_at_its_restart(self):
         # Shard 2 moves from b alone to a alone. a is killed -9 (every
         # process) after b sent the snapshot and before a installed it (a's
@@ -632,16 +649,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # acknowledged the copy installed, so b's reload is refused; a's
         # restart finds its moving-in marker and copies from b again, b
         # records a, and b's reload is taken with every row kept.
-        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        _, bases, _, a, b = self.a_and_b(layout)
-        rows = self.keys_on(2, b"k", 20)
-        self.write_all(b, rows, "kept")
-        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
-        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
-        a.start()
-        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
-        set_map(a, moved, bases)
-        a.proc.send_signal(signal.SIGHUP)
+        bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(30000)
         self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
                         b.stderr()[-3000:])
         marker = os.path.join(a.data_dir, "shard-2", "moving-in")
@@ -741,16 +749,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # went nowhere, b never named a, and b's reload giving the shard
         # to a stayed refused for good. a now says it again on a
         # connection of its own until b's restarted worker answers.
-        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
-        _, bases, _, a, b = self.a_and_b(layout)
-        rows = self.keys_on(2, b"k", 20)
-        self.write_all(b, rows, "kept")
-        self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
-        a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "3000"
-        a.start()
-        moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
-        set_map(a, moved, bases)
-        a.proc.send_signal(signal.SIGHUP)
+        bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(3000)
         self.assertTrue(wait_until(lambda: "\nsent a " in self.copied_out(b), 20),
                         b.stderr()[-3000:])
         killed = b.kill_worker(2)

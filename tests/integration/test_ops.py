@@ -194,6 +194,12 @@ class MetricsTest(MetricsCase):
                          "HTTP/1.1 501 Not Implemented")
         self.assertEqual(raw_http(p, b"\x01\x02\x03 /metrics HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 400 Bad Request")  # bytes, not a method
+        # A TLS client: this port has no TLS setting, so its hello is a
+        # malformed request like any other (it was closed unanswered, and
+        # the log said to enable TLS on this listener, which it cannot).
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64
+        self.assertEqual(raw_http(p, hello), "HTTP/1.1 400 Bad Request")
+        self.assertNotIn("enable TLS on this listener", r.stderr())
         self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
                          "HTTP/1.1 400 Bad Request")
         self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"),

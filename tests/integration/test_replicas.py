@@ -662,7 +662,8 @@ class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
         part = partition_of(key, TOPIC_PARTS)
         pid = hung_node.worker_pid(shard)
         with router.client(timeout=20) as c:
-            self.assertEqual(c.call(req_hset(TABLE, key, "before")).status, 200)
+            before = c.call(req_hset(TABLE, key, "before"))
+            self.assertEqual(before.status, 200, before.message)  # once 503: say why next time
             os.kill(pid, signal.SIGSTOP)
             try:
                 abandoned = None

@@ -939,5 +939,71 @@ class SplitWriteMergeTest(RouterTestCase):
                                     "the command may or may not have written its fields"):
             c.hset("t", mapping={ks[0][0]: "a", ks[1][0]: "b"})
 
+class WorkerAnswerCheckTest(RouterTestCase):
+    """A remote worker whose answers are not a worker's: the router takes
+    them for what they prove, which is nothing."""
+
+    def fake(self, answer):
+        fake = FakeShard(answer)
+        self.addCleanup(fake.close)
+        return fake
+
+    def no_status(self, req):
+        resp = pb.CommandResponse()
+        if req.WhichOneof("command") == "ping":
+            resp.status, resp.message = 200, "PONG"
+        return resp  # anything else: empty, status 0
+
+    def test_a_split_write_part_answered_without_a_status_may_have_written(self):
+        # Shard 1 answers Hmset and Hmdel with an empty frame. The 207
+        # listed its keys as not written, which nobody knows: it may have
+        # written them. Reads of several shards passed the status 0 on.
+        fake = self.fake(self.no_status)
+        r = self.router(shards=2, partitions=PARTITIONS,
+                        remote={1: "127.0.0.1:%d" % fake.port})
+        ks = keys_by_shard("ns", 2, PARTITIONS, 2)
+        with r.client() as c:
+            for req in (req_hmset("t", [(ks[0][0], "a"), (ks[1][0], "b")]),
+                        req_hmdel("t", [ks[0][1], ks[1][1]])):
+                resp = c.call(req)
+                self.assertEqual(resp.status, 500, resp.message)
+                self.assertTrue(resp.outcome_unknown, resp.message)
+                self.assertEqual(len(resp.pairs), 0, resp.message)
+                self.assertIn("shard 1 sent an answer that is not a CommandResponse (it has no "
+                              "status)", resp.message)
+                self.assertIn("may or may not have written", resp.message)
+            for req in (req_hmget("t", [ks[0][0], ks[1][0]]), req_hget("t", ks[1][0]),
+                        req_hset("t", ks[1][0], "c")):
+                resp = c.call(req)
+                self.assertEqual(resp.status, 500, resp.message)
+                self.assertIn("shard 1 sent an answer that is not a CommandResponse",
+                              resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)  # the Hset: it may have run
+            self.assertEqual(pyval(c.hget("t", ks[0][0]).values[0]), "a")  # shard 0 wrote
+
+    def test_a_worker_cursor_no_client_could_send_back_ends_the_walk(self):
+        # Shard 1 answers Hscan with a page and a 60,000-byte cursor: it
+        # was passed on, and sent back it was refused (400) as no cursor
+        # of this cluster's. The router says what went wrong instead.
+        def answer(req):
+            resp = self.no_status(req)
+            if req.WhichOneof("command") == "hscan":
+                resp.status = 200
+                resp.cursor = b"c" * 60000
+                p = resp.pairs.add()
+                p.key = b"q"
+                p.value.string_value = "v"
+            return resp
+
+        fake = self.fake(answer)
+        r = self.router(shards=2, partitions=PARTITIONS,
+                        remote={1: "127.0.0.1:%d" % fake.port})
+        with r.client() as c:
+            resp = c.call(req_hscan("t", cursor=b"S\x00\x01", count=10))
+            self.assertEqual(resp.status, 500, resp.message)
+            self.assertIn("shard 1 answered an Hscan cursor of 60000 bytes", resp.message)
+            self.assertEqual(resp.cursor, b"")
+
+
 if __name__ == "__main__":
     unittest.main()

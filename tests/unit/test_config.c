@@ -423,6 +423,14 @@ KVS_TEST(null_and_wrong_type_values)
     parse_fails("data_dir:\n", "config.yaml:1:10: data_dir: expected a string, got null");
     parse_fails("data_dir: \"\"\n", "config.yaml:1:11: data_dir must not be empty");
     parse_fails("data_dir: [a, b]\n", "config.yaml:1:11: data_dir: expected a string, got a list");
+    /* A block scalar's newline made --print data_dir print two lines (the
+     * start script then checked the lock of another directory). */
+    parse_fails_with("data_dir: |\n  /tmp/x\n",
+                     "data_dir must not contain control characters (byte 0x0a at offset 6; a "
+                     "block scalar such as | ends its text with a newline)");
+    parse_fails_with("tls:\n  cert: \"a\\rb.pem\"\n",
+                     "tls.cert must not contain control characters (byte 0x0d at offset 1");
+    parse_fails_with("kafka: {group_id: \"g\\x7f\"}\n", "byte 0x7f at offset 1");
     parse_fails("cluster: 4\n", "config.yaml:1:10: cluster: expected a mapping, got \"4\"");
     parse_fails("kafka:\n  group_id: \"\"\n", "config.yaml:2:13: kafka.group_id must not be empty");
     parse_fails("kafka:\n  max_lag: -1\n",

@@ -899,6 +899,59 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
     CHECK(kvs_msg_decode_budget(SIZE_MAX / 2) == SIZE_MAX);
 }
 
+/* An answer is held to the same budget: a flood of empty pairs (2 bytes
+ * each on the wire) is refused as too large to decode, bytes that are not
+ * an answer as such, and an answer of real pairs decodes, in an arena or
+ * with malloc. */
+KVS_TEST(decode_response_is_held_to_the_budget)
+{
+    size_t n = 4 << 20, at = 0;
+    uint8_t *p = malloc(n + 16);
+    CHECK(p != NULL);
+    p[at++] = 0x08, p[at++] = 0xc8, p[at++] = 0x01; /* status 200 */
+    for (size_t i = 0; i < n; i += 2)
+        p[at++] = 0x22, p[at++] = 0; /* an empty pair */
+    uint32_t st = 0;
+    CHECK(kvs_msg_decode_response(NULL, p, at, &st) == NULL);
+    CHECK_EQ(st, KVS_STATUS_TOO_LARGE);
+    CHECK(kvs_msg_decode_response(NULL, (const uint8_t *)"\xff\xff", 2, &st) == NULL);
+    CHECK_EQ(st, KVS_STATUS_BAD_REQUEST);
+    free(p);
+    Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
+    Kvs__Kvpair pairs[1000], *pp[1000];
+    Kvs__Value vals[1000];
+    char keys[1000][8];
+    for (int i = 0; i < 1000; i++) {
+        kvs__kvpair__init(&pairs[i]);
+        kvs__value__init(&vals[i]);
+        snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+        pairs[i].key.data = (uint8_t *)keys[i];
+        pairs[i].key.len = strlen(keys[i]);
+        vals[i].kind_case = KVS__VALUE__KIND_STRING_VALUE;
+        vals[i].string_value.data = (uint8_t *)"v";
+        vals[i].string_value.len = 1;
+        pairs[i].value = &vals[i];
+        pp[i] = &pairs[i];
+    }
+    r.status = 200;
+    r.n_pairs = 1000;
+    r.pairs = pp;
+    size_t len = kvs__command_response__get_packed_size(&r);
+    p = malloc(len);
+    CHECK(p != NULL);
+    kvs__command_response__pack(&r, p);
+    Kvs__CommandResponse *d = kvs_msg_decode_response(NULL, p, len, &st);
+    CHECK(d != NULL && d->n_pairs == 1000 && d->status == 200);
+    kvs__command_response__free_unpacked(d, NULL);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    d = kvs_msg_decode_response(&a, p, len, NULL);
+    CHECK(d != NULL && d->n_pairs == 1000 && d->pairs[999]->value->string_value.len == 1 &&
+          d->pairs[999]->value->string_value.data[0] == 'v');
+    kvs_arena_close(&a);
+    free(p);
+}
+
 /* An Hmset the in-place decoder gives up on only at its last pair (a field
  * protobuf-c keeps as unknown) costs no more than the budget all the
  * same: what the in-place attempt took is not added to protobuf-c's. */
@@ -2422,6 +2475,7 @@ KVS_TEST(frame_writes_finds_writes_only)
 }
 
 KVS_TEST_MAIN(
+    KVS_CASE(decode_response_is_held_to_the_budget),
     KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
     KVS_CASE(answer_and_value_peek_agree_with_the_decoder), KVS_CASE(find_bytes_and_resp_position),
     KVS_CASE(resp_outcome_unknown), KVS_CASE(peek_agrees_with_full_validation),
