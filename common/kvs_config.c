@@ -35,6 +35,7 @@
  * Threads: no global state; parse as many configs in parallel as you like.
  */
 #include "kvs_config.h"
+#include "kvs_glob.h"
 
 #include "kvs_addr.h"
 #include "kvs_err.h"
@@ -1539,6 +1540,9 @@ static int parse_grant(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
                          "%s.allow: a table pattern must be 1 to 400 bytes (\"*\" is every "
                          "table)",
                          label);
+    const char *bad = kvs_glob_problem(pat);
+    if (bad != NULL)
+        return cfg_error(ctx, &key->start_mark, "%s: %s", path, bad);
     kvs_grant_t *g = &u->grants[u->n_grants++];
     if (store_string(ctx, &g->pattern, pat) != 0)
         return -ENOMEM;

@@ -606,8 +606,9 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             /* Compaction and transaction markers leave gaps too, so this is
              * a note, once per partition and run, not an error. */
             pt->gap_logged = 1;
-            kvs_warn("kafka %s [%d]: resumed at offset %lld but offsets %lld..%lld are gone "
-                     "(retention or compaction); auto.offset.reset decides what happens",
+            kvs_warn("kafka %s [%d]: resumed at offset %lld but offsets %lld..%lld are gone: "
+                     "removed by retention (auto.offset.reset chose where to resume) or by "
+                     "compaction, or taken by transaction markers; none of them is applied",
                      t->b->topic, m->partition, (long long)m->offset, (long long)pt->next,
                      (long long)m->offset - 1);
         }

@@ -132,12 +132,12 @@ static void advice(const node_placecheck_t *c, const char *topic, char *out, siz
                  "to tell them apart): set the one the producers use in the kafka.bindings "
                  "entry of topic %s",
                  list, topic);
-    else if (names(c->example_matches, list, sizeof(list)) > 0)
+    else if ((n = names(c->example_matches, list, sizeof(list))) > 0)
         snprintf(out, len,
-                 "no partitioner kvs knows places all of them where they came (%s fits the "
+                 "no partitioner kvs knows places all of them where they came (%s %s the "
                  "example only): if the producers choose partitions themselves, set partitioner: "
                  "none in the kafka.bindings entry of topic %s",
-                 list, topic);
+                 list, n > 1 ? "fit" : "fits", topic);
     else
         snprintf(out, len,
                  "no partitioner kvs knows (murmur2, crc32, fnv1a) places them where they came: "

@@ -440,6 +440,10 @@ KVS_TEST(null_and_wrong_type_values)
     kvs_config_t *c = parse_ok("kafka: {brokers: \"\"}\n");
     CHECK_STR(c->kafka_brokers, "");
     kvs_config_free(c);
+    /* A grant's pattern with a typo in a set (README, Security). */
+    parse_fails_with("users: [{name: u, allow: {\"[![:alphanum:]]*\": read}}]\n",
+                     "users[0].allow[\"[![:alphanum:]]*\"]: a set in it names a character class "
+                     "there is none of");
 }
 
 KVS_TEST(log_levels)
