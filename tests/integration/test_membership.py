@@ -72,6 +72,7 @@ class MoveTraffic(ClientThreads):
         self.acked = {}  # key -> (value, position, when)
         self.errors = []
         self.reconnects = 0
+        self.connected = set()  # the threads that have made a connection
         self.reads = 0
         self.pause = pause
         self.threads = [threading.Thread(target=self.writer, args=(w,), daemon=True)
@@ -86,6 +87,8 @@ class MoveTraffic(ClientThreads):
             try:
                 if conn[0] is None:
                     conn[0] = Client(self.router.addr, timeout=20)
+                    with self.lock:
+                        self.connected.add(threading.current_thread().name)
                 return conn[0].call(req)
             except DRAINED:
                 with self.lock:
@@ -219,7 +222,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(sorted(gen0.values()), [0, 0])
         traffic = MoveTraffic(a)
         traffic.start()
-        time.sleep(0.5)
+        # Readers connect once a write is half a second old: every client
+        # is on a router process of the first map before it changes (the
+        # reconnects counted below; seen: the change came first).
+        self.assertTrue(wait_until(lambda: len(traffic.connected) == len(traffic.threads), 10))
         # d joins: started with the map {a, b, d}, it copies a snapshot.
         layout_abd = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
         d = self.node(mock, "d", layout_abd, bases)
