@@ -374,20 +374,30 @@ class Router(Managed):
 
     def start(self):
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        # The Redis and metrics ports open just after the kvs port (the
+        # metrics one in the master): a test that talks to them at once
+        # must not find them closed. Their log lines say when (a probe
+        # connection would count as a client), counted from before this
+        # start: after a restart the first run's lines are in the log
+        # too (seen: a Redis client refused 1 ms before its port opened).
+        # Bounded; a test that makes one fail finds that out itself.
+        with open(self.config) as f:
+            text = f.read()
+        lines = []
+        m = re.search(r'resp_listen: "([0-9.]+:\d+)"', text)
+        if m:
+            lines.append("accepting Redis protocol clients on " + m.group(1))
+        m = re.search(r'metrics_listen: "([0-9.]+:\d+)"', text)
+        if m:
+            lines.append("serving metrics on http://%s/metrics" % m.group(1))
+        log = self.stderr()
+        before = [log.count(line) for line in lines]
         self.proc = self.spawn()
         self.wait_accepting("kvs-router", START_TIMEOUT)
-        # The Redis port opens just after the kvs port: a test that talks
-        # to it at once must not find it closed. Its log line says when (a
-        # probe connection would count as a client); bounded, and a test
-        # that makes it fail finds that out itself.
-        with open(self.config) as f:
-            m = re.search(r'resp_listen: "([0-9.]+:\d+)"', f.read())
-        if m:
-            line = "accepting Redis protocol clients on " + m.group(1)
-            deadline = time.monotonic() + 5
-            while (line not in self.stderr() and time.monotonic() < deadline
-                   and self.proc.poll() is None):
-                time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while (any(self.stderr().count(line) <= n for line, n in zip(lines, before))
+               and time.monotonic() < deadline and self.proc.poll() is None):
+            time.sleep(0.02)
 
     def workers(self):
         """{shard: pid} of the live kvs-node processes running this config."""
