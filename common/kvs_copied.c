@@ -33,26 +33,15 @@ int kvs_copied_was_sent(const kvs_copied_t *c, const char *node, const uint8_t d
     return 0;
 }
 
-static int hex_digit(char ch)
-{
-    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-}
-
 /* "sent NAME HEX" (value: "NAME HEX") into *s: 1, else 0. */
 static int sent_of(const char *value, kvs_copied_sent_t *s)
 {
     const char *sp = strchr(value, ' ');
     size_t n = sp != NULL ? (size_t)(sp - value) : 0;
-    if (n == 0 || n > KVS_NODE_NAME_MAX || strlen(sp + 1) != 2 * KVS_HASH_LEN)
+    if (n == 0 || n > KVS_NODE_NAME_MAX || kvs_hash_unhex(sp + 1, strlen(sp + 1), s->digest) != 0)
         return 0;
     memcpy(s->node, value, n);
     s->node[n] = '\0';
-    for (size_t i = 0; i < KVS_HASH_LEN; i++) {
-        int hi = hex_digit(sp[1 + 2 * i]), lo = hex_digit(sp[2 + 2 * i]);
-        if (hi < 0 || lo < 0)
-            return 0;
-        s->digest[i] = (uint8_t)(hi << 4 | lo);
-    }
     return kvs_copied_name_ok(s->node);
 }
 

@@ -62,3 +62,21 @@ void kvs_hash_hex(const uint8_t d[KVS_HASH_LEN], char out[2 * KVS_HASH_LEN + 1])
     }
     out[2 * KVS_HASH_LEN] = '\0';
 }
+
+static int hex_digit(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+int kvs_hash_unhex(const char *text, size_t len, uint8_t out[KVS_HASH_LEN])
+{
+    if (len != 2 * KVS_HASH_LEN)
+        return -1;
+    for (size_t i = 0; i < KVS_HASH_LEN; i++) {
+        int hi = hex_digit(text[2 * i]), lo = hex_digit(text[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}

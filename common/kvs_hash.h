@@ -40,4 +40,8 @@ void kvs_hash_once(const void *p, size_t len, uint8_t out[KVS_HASH_LEN]);
 /* Lowercase hex of a digest into out (33 bytes with the NUL). */
 void kvs_hash_hex(const uint8_t d[KVS_HASH_LEN], char out[2 * KVS_HASH_LEN + 1]);
 
+/* The digest kvs_hash_hex wrote: text[0..len) must be exactly its 32
+ * lowercase hex digits. Returns 0 with out[] filled, or -1. */
+int kvs_hash_unhex(const char *text, size_t len, uint8_t out[KVS_HASH_LEN]);
+
 #endif

@@ -127,15 +127,8 @@ static int read_owed(node_ack_t *a)
     for (int lines = 0; lines < FILE_MAX / 16 && fgets(line, sizeof(line), f) != NULL; lines++) {
         if (!to && node_ack_peer_line(line, "to", &a->peer, a->name))
             to = 1;
-        else if (!installed && sscanf(line, "installed %33s", hex) == 1 &&
-                 strlen(hex) == 2 * KVS_HASH_LEN) {
-            installed = 1;
-            for (int i = 0; i < KVS_HASH_LEN && installed; i++) {
-                unsigned byte;
-                installed = sscanf(hex + 2 * i, "%2x", &byte) == 1;
-                a->digest[i] = (uint8_t)byte;
-            }
-        }
+        else if (!installed && sscanf(line, "installed %33s", hex) == 1)
+            installed = kvs_hash_unhex(hex, strlen(hex), a->digest) == 0;
     }
     fclose(f);
     if (to && installed)

@@ -124,17 +124,25 @@ uint64_t node_handoff_epoch(const node_handoff_t *h)
 }
 
 /* Appends "sent NODE HEX" (digest set) or "node NODE" to the file,
- * synced; when the file already says it, nothing. Returns 0, KVS_EINVAL (the file cannot be
- * understood, or has no room for another name), or a negative errno. */
-static int append(node_handoff_t *h, const char *node, const uint8_t *digest)
+ * synced, in one read of it; with `only_if_sent`, the node line only when
+ * the file records a copy with that checksum sent to the node. Returns 0,
+ * 1 when the file already says it (nothing written), -ENOENT for no such
+ * copy, KVS_EINVAL (the file cannot be understood, or has no room for
+ * another line), or a negative errno. */
+static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
+                  const uint8_t *only_if_sent)
 {
     kvs_copied_t *c = malloc(sizeof(*c));
     char line[KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 40], hex[2 * KVS_HASH_LEN + 1];
     int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
     if (rc == 0 &&
-        (digest != NULL ? kvs_copied_was_sent(c, node, digest) : kvs_copied_names(c, node))) {
+        (digest != NULL ? kvs_copied_was_sent(c, node, digest) : kvs_copied_names(c, node)))
+        rc = 1;
+    else if (rc == 0 && only_if_sent != NULL && !kvs_copied_was_sent(c, node, only_if_sent))
+        rc = -ENOENT;
+    if (rc != 0) {
         free(c);
-        return 0;
+        return rc;
     }
     if (rc == 0 && (digest != NULL ? c->n_sent == KVS_COPIED_SENT : c->n_names == KVS_COPIED_NAMES))
         rc = KVS_EINVAL;
@@ -160,11 +168,13 @@ static const char *append_error(int rc)
                             : kvs_strerror(rc);
 }
 
-int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
+/* Records `node` (see append), and says so; a failure of a request's
+ * (only_if_sent) is said in its answer instead, not logged per request. */
+static int record_node(node_handoff_t *h, const char *node, const uint8_t *only_if_sent)
 {
-    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
-        return 0; /* the copy is of another fence's time, or of none: it proves nothing now */
-    int rc = append(h, node, NULL);
+    int rc = append(h, node, NULL, only_if_sent);
+    if (rc == 1 || rc == -ENOENT || (rc != 0 && only_if_sent != NULL))
+        return rc == 1 ? 0 : rc;
     if (rc != 0)
         kvs_error("%s: cannot record that node %s installed its copy of shard %u: %s; a reload "
                   "giving the shard to %s alone is refused until it copies again",
@@ -174,12 +184,21 @@ int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
     return rc;
 }
 
+int node_handoff_copied(node_handoff_t *h, const char *node, uint64_t epoch)
+{
+    if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
+        return 0; /* the copy is of another fence's time, or of none: it proves nothing now */
+    return record_node(h, node, NULL);
+}
+
 int node_handoff_sent(node_handoff_t *h, const char *node, const uint8_t digest[KVS_HASH_LEN],
                       uint64_t epoch)
 {
     if (!h->fenced || h->epoch != epoch || !kvs_copied_name_ok(node))
         return 0;
-    int rc = append(h, node, digest);
+    int rc = append(h, node, digest, NULL);
+    if (rc == 1)
+        return 0;
     if (rc != 0)
         kvs_error("%s: cannot record the copy of shard %u sent to node %s: %s; its "
                   "acknowledgement is taken on the stream's connection only",
@@ -191,16 +210,7 @@ int node_handoff_reack(node_handoff_t *h, const char *node, const uint8_t digest
 {
     if (!h->fenced || !kvs_copied_name_ok(node))
         return -ENOENT;
-    kvs_copied_t *c = malloc(sizeof(*c));
-    int rc = c == NULL ? -ENOMEM : kvs_copied_read(h->path, c);
-    if (rc == 0 && kvs_copied_names(c, node))
-        rc = 1; /* recorded before (the stream's acknowledgement arrived) */
-    else if (rc == 0 && !kvs_copied_was_sent(c, node, digest))
-        rc = -ENOENT;
-    free(c);
-    if (rc == 0)
-        return node_handoff_copied(h, node, h->epoch);
-    return rc == 1 ? 0 : rc; /* a file that cannot be read: the fence's refusals say so */
+    return record_node(h, node, digest); /* named before (the stream's acknowledgement came): 0 */
 }
 
 void node_handoff_unfence(node_handoff_t *h)

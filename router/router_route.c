@@ -504,14 +504,15 @@ static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len,
 
 /* EXECUTED for an answer passed through as the worker sent it. Returns 1
  * when a hook replaced it (`req` is then answered). */
-static int passthrough_executed(router_req_t *req, const uint8_t *payload, size_t len)
+static int passthrough_executed(router_req_t *req, uint32_t status, const uint8_t *payload,
+                                size_t len)
 {
     router_t *r = req->router;
     char msg[KVS_HOOK_MSG];
     if (req->internal || req->executed)
         return 0;
     req->executed = 1;
-    req->info.status = kvs_msg_answer_status(payload, len);
+    req->info.status = status;
     if (req->stopped || !kvs_hook_any(&r->chain, KVS_HOOK_EXECUTED))
         return 0;
     req->info.now_ns = kvs_now_ns();
@@ -523,17 +524,20 @@ static int passthrough_executed(router_req_t *req, const uint8_t *payload, size_
     return 1;
 }
 
-/* Whether a part's answer has a status, as every worker's answer does:
- * read from its first field (protobuf-c writes it first), or, when that
- * is not one, from the whole answer decoded (another encoder's order). */
-static int has_status(const uint8_t *payload, size_t len)
+/* A worker's answer's status, which every one has: read from its first
+ * field (protobuf-c writes it first), or, when that is not one, from the
+ * whole answer decoded within kvs_msg_decode_budget (another encoder's
+ * order; a peer's flood of tiny fields costs no more than a request's).
+ * 0 when it has none. */
+static uint32_t answer_status(const uint8_t *payload, size_t len)
 {
-    if (kvs_msg_answer_status(payload, len) != 0)
-        return 1;
-    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, payload);
-    int has = r != NULL && r->status != 0;
+    uint32_t st = kvs_msg_answer_status(payload, len);
+    if (st != 0)
+        return st;
+    Kvs__CommandResponse *r = kvs_msg_decode_response(NULL, payload, len, NULL);
+    st = r != NULL ? r->status : 0;
     kvs__command_response__free_unpacked(r, NULL);
-    return has;
+    return st;
 }
 
 void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t len,
@@ -549,11 +553,10 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     /* Not an answer a worker gives: it proves nothing (a write may have
      * run there: its failure says so). */
     char why[160];
-    uint32_t bad = 0;
-    if (failure == NULL && !has_status(payload, len)) {
+    uint32_t bad = 0, status = failure == NULL ? answer_status(payload, len) : 0;
+    if (failure == NULL && status == 0) {
         snprintf(why, sizeof(why),
-                 "shard %u sent an answer that is not a CommandResponse (it "
-                 "has no status)",
+                 "shard %u sent an answer that is not a CommandResponse (it has no status)",
                  m != NULL ? m->part_shard[part] : t->shard);
         failure = why;
         bad = KVS_STATUS_INTERNAL;
@@ -581,7 +584,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         } else if (failure != NULL)
             router_req_finish_status(req, bad ? bad : failure_status(req->cmd, len, t->unsent),
                                      "%s", failure);
-        else if (!passthrough_executed(req, payload, len) &&
+        else if (!passthrough_executed(req, status, payload, len) &&
                  (req->client == NULL || req->in_route ||
                   !router_client_deliver(req->client, req, payload, len))) {
             set_frame(&req->resp, payload, len);

@@ -615,11 +615,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(changes_over(b), 0)
         self.assertEqual([x for x in os.listdir(b.data_dir) if ".retired-" in x], [])
         set_map(b, moved, bases)
-        self.reload(b, 1)
-        self.read_all(a, rows, "kept")
-        self.read_all(b, rows, "kept")
-        self.assertEqual(a.stop(), 0)
-        self.assertEqual(b.stop(), 0)
+        self.move_taken_by_b(a, b, rows)
 
     def copied_out(self, router, shard=2):
         try:
@@ -627,6 +623,15 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                 return f.read()
         except FileNotFoundError:
             return ""
+
+    def move_taken_by_b(self, a, b, rows):
+        """b reloads the map a took, giving shard 2 away (one change):
+        both read every row "kept", and stop cleanly."""
+        self.reload(b, 1)
+        self.read_all(a, rows, "kept")
+        self.read_all(b, rows, "kept")
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(b.stop(), 0)
 
     def move_2_from_b_to_a_slowly(self, sync_delay_ms):
         """Nodes a and b, b holding shard 2 alone with 20 rows "kept"; a
@@ -679,11 +684,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertFalse(os.path.exists(marker))
         self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 10),
                         self.copied_out(b))
-        self.reload(b, 1)
-        self.read_all(a, rows, "kept")
-        self.read_all(b, rows, "kept")
-        self.assertEqual(a.stop(), 0)
-        self.assertEqual(b.stop(), 0)
+        self.move_taken_by_b(a, b, rows)
 
     def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
         # b's copied-out names a node only on Snapshot.installed carrying
@@ -768,11 +769,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
             lambda: not os.path.exists(os.path.join(a.data_dir, "shard-2", "ack-owed")), 10))
         self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
         set_map(b, moved, bases)
-        self.reload(b, 1)
-        self.read_all(a, rows, "kept")
-        self.read_all(b, rows, "kept")
-        self.assertEqual(a.stop(), 0)
-        self.assertEqual(b.stop(), 0)
+        self.move_taken_by_b(a, b, rows)
 
     def test_a_move_cut_off_copies_from_its_previous_owner_though_the_map_names_a_peer(self):
         # Shard 2 moves from b alone to a and c. a is killed -9 before it

@@ -96,6 +96,8 @@ typedef struct {
 
 static sender_t *g;
 
+#define OVERSIZED 1 /* a script entry: an answer larger than any node_ack takes */
+
 static void on_req(kvs_conn_t *c, const uint8_t *payload, size_t len)
 {
     Kvs__CommandRequest *q = kvs__command_request__unpack(NULL, len, payload);
@@ -106,8 +108,18 @@ static void on_req(kvs_conn_t *c, const uint8_t *payload, size_t len)
     kvs__command_request__free_unpacked(q, NULL);
     uint32_t status = g->script[g->requests++];
     if (status == 0)
-        return; /* a sender that hangs */
-    CHECK_EQ(kvs_msg_append_status(&c->out, status, "scripted %u", status), 0);
+        return;                /* a sender that hangs */
+    if (status == OVERSIZED) { /* a 200 past node_ack's bound on an answer (64 KiB) */
+        static uint8_t big[4 + 7 + 100000];
+        const uint32_t n = sizeof(big) - 4;
+        big[0] = (uint8_t)(n >> 24), big[1] = (uint8_t)(n >> 16);
+        big[2] = (uint8_t)(n >> 8), big[3] = (uint8_t)n;
+        /* status 200, message of 100,000 bytes (varint a0 8d 06) */
+        memcpy(big + 4, "\x08\xc8\x01\x12\xa0\x8d\x06", 7);
+        memset(big + 11, 'x', sizeof(big) - 11);
+        CHECK_EQ(kvs_buf_append(&c->out, big, sizeof(big)), 0);
+    } else
+        CHECK_EQ(kvs_msg_append_status(&c->out, status, "scripted %u", status), 0);
     kvs_conn_queue(c);
     kvs_conn_close_after_flush(c);
 }
@@ -314,6 +326,54 @@ KVS_TEST(a_start_without_a_copy_voids_what_it_owed)
     kvs_config_free(cfg);
 }
 
-KVS_TEST_MAIN(KVS_CASE(peer_lines), KVS_CASE(sent_until_the_sender_records_it),
-              KVS_CASE(a_refusal_ends_it), KVS_CASE(stopped_mid_attempt_it_stays_owed),
+/* An answer past the bound node_ack reads (64 KiB: a status line) is not
+ * read: the connection is dropped and the acknowledgement said again. */
+KVS_TEST(an_oversized_answer_is_not_taken)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config();
+    static const uint32_t script[] = {OVERSIZED, 200};
+    sender_t s;
+    sender_init(&s, script);
+    uint8_t digest[KVS_HASH_LEN] = {4};
+    owe(&s, digest);
+    node_ack_t *a = NULL;
+    CHECK_EQ(node_ack_start(&s.loop, cfg, 1, &a), 0);
+    CHECK(run_loop(&s, 5000, 0));
+    CHECK_EQ(s.requests, 2);
+    node_ack_stop(a);
+    sender_close(&s);
+    node_ack_free(a);
+    kvs_config_free(cfg);
+}
+
+/* A sender that takes the acknowledgement and never answers holds an
+ * attempt no longer than ATTEMPT_MS (10 s): then it is said again. */
+KVS_TEST(a_silent_sender_is_given_up_at_the_attempts_deadline)
+{
+    fresh_dir();
+    kvs_config_t *cfg = config();
+    static const uint32_t script[] = {0, 200};
+    sender_t s;
+    sender_init(&s, script);
+    uint8_t digest[KVS_HASH_LEN] = {5};
+    owe(&s, digest);
+    node_ack_t *a = NULL;
+    uint64_t start = uv_now(&s.loop);
+    CHECK_EQ(node_ack_start(&s.loop, cfg, 1, &a), 0);
+    CHECK(!run_loop(&s, 9000, 0)); /* within the deadline: still waiting */
+    CHECK_EQ(s.requests, 1);
+    CHECK(run_loop(&s, 6000, 0)); /* past it, and the pause: said again, heard */
+    CHECK_EQ(s.requests, 2);
+    CHECK(uv_now(&s.loop) - start >= 10000);
+    node_ack_stop(a);
+    sender_close(&s);
+    node_ack_free(a);
+    kvs_config_free(cfg);
+}
+
+KVS_TEST_MAIN(KVS_CASE(an_oversized_answer_is_not_taken),
+              KVS_CASE(a_silent_sender_is_given_up_at_the_attempts_deadline), KVS_CASE(peer_lines),
+              KVS_CASE(sent_until_the_sender_records_it), KVS_CASE(a_refusal_ends_it),
+              KVS_CASE(stopped_mid_attempt_it_stays_owed),
               KVS_CASE(a_start_without_a_copy_voids_what_it_owed))

@@ -74,4 +74,22 @@ KVS_TEST(sha256_of_pieces)
     CHECK(!kvs_crypto_equal(d, want, sizeof(d)));
 }
 
-KVS_TEST_MAIN(KVS_CASE(vectors), KVS_CASE(streamed_equals_one_shot), KVS_CASE(sha256_of_pieces))
+/* kvs_hash_unhex takes back exactly what kvs_hash_hex writes. */
+KVS_TEST(hex_round_trip)
+{
+    uint8_t d[KVS_HASH_LEN], back[KVS_HASH_LEN];
+    char hex[2 * KVS_HASH_LEN + 1];
+    for (int i = 0; i < KVS_HASH_LEN; i++)
+        d[i] = (uint8_t)(i * 37 + 5);
+    kvs_hash_hex(d, hex);
+    CHECK_EQ(kvs_hash_unhex(hex, strlen(hex), back), 0);
+    CHECK_EQ(memcmp(d, back, KVS_HASH_LEN), 0);
+    CHECK_EQ(kvs_hash_unhex(hex, strlen(hex) - 1, back), -1); /* short */
+    hex[3] = 'A';                                             /* kvs writes lowercase */
+    CHECK_EQ(kvs_hash_unhex(hex, strlen(hex), back), -1);
+    hex[3] = 'g';
+    CHECK_EQ(kvs_hash_unhex(hex, strlen(hex), back), -1);
+}
+
+KVS_TEST_MAIN(KVS_CASE(hex_round_trip), KVS_CASE(vectors), KVS_CASE(streamed_equals_one_shot),
+              KVS_CASE(sha256_of_pieces))
