@@ -140,6 +140,12 @@ void kvs_conn_cap_output(kvs_conn_t *c, size_t cap)
     }
 }
 
+void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why)
+{
+    c->deadline_ms = ms == 0 ? 0 : uv_now(c->h.handle.loop) + ms;
+    c->deadline_why = why;
+}
+
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
 {
     if (!unproven)
@@ -1247,6 +1253,12 @@ static void on_sweep(uv_timer_t *t)
                          "(it does not read)",
                          g->what, c->peer, kvs_conn_pending(c),
                          (unsigned long long)lim->output_timeout_ms);
+            kvs_conn_close(c);
+            continue;
+        }
+        if (c->deadline_ms != 0 && now >= c->deadline_ms) {
+            if (kvs_log_budget_take(&g->log_budget, now))
+                kvs_warn("closing %s %s: %s", g->what, c->peer, c->deadline_why);
             kvs_conn_close(c);
             continue;
         }

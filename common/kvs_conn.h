@@ -211,6 +211,8 @@ struct kvs_conn_s {
     int evicted;                    /* closed by kvs_unproven_evict */
     int keep_idle;                  /* never closed by its group's idle timeout (the owner's own
                                        peers: a link that is idle whenever nobody uses it) */
+    uint64_t deadline_ms;           /* loop time its group's sweep closes it at (0: none) */
+    const char *deadline_why;       /* what it did not do by then, for the log line */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
 };
@@ -246,6 +248,13 @@ void kvs_conn_cap_output(kvs_conn_t *c, size_t cap);
  * connection slots for ever). Servers call it at accept and at each change
  * of the client's identity. */
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
+
+/* Closes `c`, a group member, once `ms` milliseconds have passed from now
+ * (at its group's next sweep after them, within a second), whatever it
+ * does meanwhile; 0 takes a deadline away. `why` (static) says in the log
+ * line what the peer did not do in time. For a connection that now waits
+ * for one last thing from its peer. */
+void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why);
 
 /* Whether `c` speaks TLS and its handshake has not completed: a peer that
  * is nobody yet, users or not (servers count it unproven: it has

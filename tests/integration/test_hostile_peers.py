@@ -549,6 +549,34 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         self.assertIn("the receiver took less than 64 KiB of it in limits.frame_timeout",
                       node.stderr())
 
+    def test_a_receiver_that_never_acknowledges_is_closed(self):
+        # A node's receiver takes the whole stream and then says nothing:
+        # the connection that waits for its acknowledgement held a client
+        # slot for ever. It has 30 s (a sync and a rename); the copy stays
+        # recorded as sent, for an acknowledgement said again later.
+        node = self.managed(Node())
+        with node.client() as c:
+            self.assertEqual(c.call(req_hset("t", b"k", "v")).status, 200)
+        snap = pb.CommandRequest()
+        snap.snapshot.node = "quiet"
+        with Client(node.addr, timeout=TIMEOUT) as c:
+            c.send(snap)
+            while True:
+                r = c.recv()
+                if r.status != 206:
+                    break
+            self.assertEqual(r.status, 200, r.message)
+            ended = time.monotonic()
+            c.sock.settimeout(40)
+            self.assertEqual(c.sock.recv(1), b"")  # closed by the worker, not by the timeout
+            waited = time.monotonic() - ended
+        self.assertGreater(waited, 29)
+        self.assertLess(waited, 33)
+        self.assertIn("its snapshot stream ended 30 s ago and it has not acknowledged",
+                      node.stderr())
+        with open(os.path.join(node.data_dir, "shard-0", "copied-out")) as f:
+            self.assertIn("sent quiet " + r.values[1].binary_value.hex(), f.read())
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -1214,6 +1214,63 @@ KVS_TEST(auth_timeout_spares_a_member_that_authenticated)
     CHECK_EQ(s.frames, 2); /* the second answered after the timeout: still open */
 }
 
+/* A deadline closes a member whatever it does meanwhile; one taken away
+ * (0) closes nothing. */
+static void deadline_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    if (len == 4 && memcmp(p, "soon", 4) == 0)
+        kvs_conn_set_deadline(c, 300, "it was given 300 ms");
+    else if (len == 4 && memcmp(p, "ever", 4) == 0)
+        kvs_conn_set_deadline(c, 0, NULL);
+    echo_frame(c, p, len);
+}
+
+static void client_past_its_deadline(server_t *s, int fd)
+{
+    (void)s;
+    send_frame(fd, "soon", 4);
+    expect_frame(fd, "soon");
+    for (int i = 0; i < 3; i++) { /* talking does not count */
+        send_frame(fd, "ping", 4);
+        expect_frame(fd, "ping");
+        usleep(100 * 1000);
+    }
+    expect_eof(fd); /* closed by its deadline (and the sweep after it) */
+}
+
+KVS_TEST(deadline_closes_a_member_that_keeps_talking)
+{
+    server_t s;
+    server_init(&s, 0, client_past_its_deadline);
+    s.use_group = 1;
+    s.on_frame = deadline_frame;
+    server_run(&s);
+    CHECK_EQ(s.frames, 4);
+    CHECK(s.closed_before_done);
+}
+
+static void client_deadline_taken_away(server_t *s, int fd)
+{
+    (void)s;
+    send_frame(fd, "soon", 4);
+    expect_frame(fd, "soon");
+    send_frame(fd, "ever", 4);
+    expect_frame(fd, "ever");
+    usleep(1500 * 1000); /* past the deadline and a sweep after it */
+    send_frame(fd, "ping", 4);
+    expect_frame(fd, "ping");
+}
+
+KVS_TEST(deadline_taken_away_closes_nothing)
+{
+    server_t s;
+    server_init(&s, 0, client_deadline_taken_away);
+    s.use_group = 1;
+    s.on_frame = deadline_frame;
+    server_run(&s);
+    CHECK_EQ(s.frames, 3);
+}
+
 /* Asks for a 300 KiB echo and reads none of it for longer than the output
  * timeout (and the sweep after it); then finds that the server gave up on
  * it: the echo ends early, only what the kernels' buffers held. */
@@ -1489,6 +1546,8 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(idle_timeout_closes_an_idle_member),
               KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
               KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
+              KVS_CASE(deadline_closes_a_member_that_keeps_talking),
+              KVS_CASE(deadline_taken_away_closes_nothing),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
