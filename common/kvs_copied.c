@@ -24,13 +24,24 @@ int kvs_copied_names(const kvs_copied_t *c, const char *node)
     return 0;
 }
 
-int kvs_copied_was_sent(const kvs_copied_t *c, const char *node, const uint8_t digest[KVS_HASH_LEN])
+/* The entry of the copy last sent to `node`, or NULL. */
+static kvs_copied_sent_t *sent_to(const kvs_copied_t *c, const char *node)
 {
     for (size_t i = 0; i < c->n_sent; i++)
-        if (strcmp(c->sent[i].node, node) == 0 &&
-            memcmp(c->sent[i].digest, digest, KVS_HASH_LEN) == 0)
-            return 1;
-    return 0;
+        if (strcmp(c->sent[i].node, node) == 0)
+            return (kvs_copied_sent_t *)&c->sent[i];
+    return NULL;
+}
+
+int kvs_copied_sent_any(const kvs_copied_t *c, const char *node)
+{
+    return sent_to(c, node) != NULL;
+}
+
+int kvs_copied_was_sent(const kvs_copied_t *c, const char *node, const uint8_t digest[KVS_HASH_LEN])
+{
+    const kvs_copied_sent_t *s = sent_to(c, node);
+    return s != NULL && memcmp(s->digest, digest, KVS_HASH_LEN) == 0;
 }
 
 /* "sent NAME HEX" (value: "NAME HEX") into *s: 1, else 0. */
@@ -76,8 +87,13 @@ int kvs_copied_parse(const char *text, size_t len, kvs_copied_t *out)
         if (out->time[0] == '\0' && value_of(line, n, "time", out->time, sizeof(out->time)))
             continue;
         if (value_of(line, n, "sent", value, sizeof(value))) {
-            if (sent_of(value, &sent) && !kvs_copied_was_sent(out, sent.node, sent.digest) &&
-                out->n_sent < KVS_COPIED_SENT)
+            kvs_copied_sent_t *had;
+            out->sent_lines++;
+            if (!sent_of(value, &sent))
+                continue;
+            if ((had = sent_to(out, sent.node)) != NULL)
+                memcpy(had->digest, sent.digest, KVS_HASH_LEN); /* a later copy */
+            else if (out->n_sent < KVS_COPIED_SENT)
                 out->sent[out->n_sent++] = sent;
             continue;
         }

@@ -10,7 +10,10 @@
  *   sent NAME HEX         a copy taken under this fence was sent whole to
  *                         node NAME, ending with checksum HEX (XXH3-128,
  *                         32 hex digits): that node's acknowledgement may
- *                         come later, on a connection of its own
+ *                         come later, on a connection of its own. A node
+ *                         asks for one copy at a time, and asks again only
+ *                         when it has none installed: its latest line is
+ *                         the one that counts
  *   node NAME             a node of the map whose copy, taken under this
  *                         fence, it acknowledged as installed; one line
  *                         per node, none for a client's copy
@@ -29,7 +32,7 @@
 #define KVS_COPIED_FILE "copied-out"
 #define KVS_COPIED_MAX (64u * 1024u) /* bytes: a larger file is not one kvs wrote */
 #define KVS_COPIED_NAMES 64          /* distinct nodes one fence records, at most */
-#define KVS_COPIED_SENT 64           /* copies one fence records as sent, at most */
+#define KVS_COPIED_SENT 64           /* nodes one fence records copies sent to, at most */
 
 typedef struct {
     char node[KVS_NODE_NAME_MAX + 1];
@@ -41,9 +44,11 @@ typedef struct {
     char time[64];
     size_t n_names;
     char names[KVS_COPIED_NAMES][KVS_NODE_NAME_MAX + 1];
-    size_t n_sent; /* distinct sent lines; those past KVS_COPIED_SENT are not kept */
+    size_t n_sent; /* nodes with sent lines, each its latest; those past KVS_COPIED_SENT
+                      are not kept */
     kvs_copied_sent_t sent[KVS_COPIED_SENT];
-    int whole; /* the text ends with a newline (or is empty): an append needs none first */
+    size_t sent_lines; /* whole sent lines in the text, repeats and odd ones included */
+    int whole;         /* the text ends with a newline (or is empty): an append needs none first */
 } kvs_copied_t;
 
 /* Parses text[0..len). Returns 0 with *out filled, or KVS_EINVAL when it
@@ -59,9 +64,13 @@ int kvs_copied_read(const char *path, kvs_copied_t *out);
 /* Whether `node` is one of the names. */
 int kvs_copied_names(const kvs_copied_t *c, const char *node);
 
-/* Whether a copy ending with `digest` was sent to `node` (a sent line). */
+/* Whether the copy last sent to `node` ended with `digest` (its latest
+ * sent line). */
 int kvs_copied_was_sent(const kvs_copied_t *c, const char *node,
                         const uint8_t digest[KVS_HASH_LEN]);
+
+/* Whether a sent line names `node`, with whatever checksum. */
+int kvs_copied_sent_any(const kvs_copied_t *c, const char *node);
 
 /* Whether `node` may be written as a name: 1 to KVS_NODE_NAME_MAX
  * printable bytes, no spaces. */

@@ -89,6 +89,19 @@ static int lift(node_handoff_t *h)
     return rc;
 }
 
+/* The file's first lines (what it is, who asked, when) into text[cap]:
+ * their length. */
+static size_t head(const node_handoff_t *h, const char *peer, const char *when, char *text,
+                   size_t cap)
+{
+    int n = snprintf(text, cap,
+                     "# kvs: shard %u was copied to another node; writes to tables bound to no "
+                     "topic are refused here until this node's map moves the shard (README, "
+                     "\"Moving a shard\")\npeer %.100s\ntime %.60s\n",
+                     h->shard, peer, when);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *cfg, int *raised)
 {
     *raised = 0;
@@ -99,12 +112,8 @@ int node_handoff_fence(node_handoff_t *h, const char *peer, const kvs_config_t *
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    int n = snprintf(text, sizeof(text),
-                     "# kvs: shard %u was copied to another node; writes to tables bound to no "
-                     "topic are refused here until this node's map moves the shard (README, "
-                     "\"Moving a shard\")\npeer %.100s\ntime %s\n",
-                     h->shard, peer, when);
-    int rc = kvs_fs_write_synced(h->path, h->dir, text, (size_t)n, 0);
+    size_t n = head(h, peer, when, text, sizeof(text));
+    int rc = kvs_fs_write_synced(h->path, h->dir, text, n, 0);
     if (rc != 0) {
         kvs_error("%s: cannot write: %s; the snapshot is not sent", h->path, strerror(-rc));
         unlink(h->path); /* a part of it would keep the fence up, unreadable, at the next start */
@@ -123,12 +132,53 @@ uint64_t node_handoff_epoch(const node_handoff_t *h)
     return h->epoch;
 }
 
+/* Writes the file afresh from what `c` (its parse) records, with `node`'s
+ * latest copy now the one ending with `digest`: one sent line per node,
+ * so that a node copying again and again under one fence never fills it.
+ * Through a synced file renamed over it: a crash leaves the old file or
+ * the new one, and the fence up either way. 0 or a negative errno. */
+static int rewrite(node_handoff_t *h, const kvs_copied_t *c, const char *node,
+                   const uint8_t *digest)
+{
+    const size_t sent_line = KVS_NODE_NAME_MAX + 2 * KVS_HASH_LEN + 8;
+    size_t cap =
+        1024 + KVS_COPIED_NAMES * (KVS_NODE_NAME_MAX + 8) + (KVS_COPIED_SENT + 1) * sent_line;
+    size_t tlen = strlen(h->path) + sizeof(".new");
+    char *text = malloc(cap), *tmp = malloc(tlen), hex[2 * KVS_HASH_LEN + 1];
+    int rc = text == NULL || tmp == NULL ? -ENOMEM : 0;
+    if (rc == 0) {
+        size_t n = head(h, c->peer, c->time, text, cap);
+        for (size_t i = 0; i < c->n_names; i++)
+            n += (size_t)snprintf(text + n, cap - n, "node %s\n", c->names[i]);
+        for (size_t i = 0; i < c->n_sent; i++)
+            if (strcmp(c->sent[i].node, node) != 0) {
+                kvs_hash_hex(c->sent[i].digest, hex);
+                n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", c->sent[i].node, hex);
+            }
+        kvs_hash_hex(digest, hex);
+        n += (size_t)snprintf(text + n, cap - n, "sent %s %s\n", node, hex);
+        snprintf(tmp, tlen, "%s.new", h->path);
+        rc = kvs_fs_write_synced(tmp, h->dir, text, n, 0);
+        if (rc == 0 && rename(tmp, h->path) != 0)
+            rc = -errno;
+        if (rc == 0)
+            rc = kvs_fs_sync_dir(h->dir);
+        else
+            unlink(tmp);
+    }
+    free(text);
+    free(tmp);
+    return rc;
+}
+
 /* Appends "sent NODE HEX" (digest set) or "node NODE" to the file,
  * synced, in one read of it; with `only_if_sent`, the node line only when
- * the file records a copy with that checksum sent to the node. Returns 0,
- * 1 when the file already says it (nothing written), -ENOENT for no such
- * copy, KVS_EINVAL (the file cannot be understood, or has no room for
- * another line), or a negative errno. */
+ * the file records a copy with that checksum sent to the node. Once the
+ * file holds KVS_COPIED_SENT sent lines, a sent line rewrites it instead
+ * (each node's latest copy only). Returns 0, 1 when the file already says
+ * it (nothing written), -ENOENT for no such copy, KVS_EINVAL (the file
+ * cannot be understood, or has no room for another node), or a negative
+ * errno. */
 static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
                   const uint8_t *only_if_sent)
 {
@@ -144,9 +194,12 @@ static int append(node_handoff_t *h, const char *node, const uint8_t *digest,
         free(c);
         return rc;
     }
-    if (rc == 0 && (digest != NULL ? c->n_sent == KVS_COPIED_SENT : c->n_names == KVS_COPIED_NAMES))
+    if (digest != NULL ? c->n_sent == KVS_COPIED_SENT && !kvs_copied_sent_any(c, node)
+                       : c->n_names == KVS_COPIED_NAMES)
         rc = KVS_EINVAL;
-    if (rc == 0) {
+    else if (digest != NULL && c->sent_lines >= KVS_COPIED_SENT)
+        rc = rewrite(h, c, node, digest);
+    else {
         /* After a line a crash cut short, first end it as no name at all
          * (a cut "node abc" must not read as node "ab"). */
         const char *cut = c->whole ? "" : " (cut off)\n";

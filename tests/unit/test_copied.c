@@ -63,9 +63,9 @@ KVS_TEST(what_kvs_did_not_write_is_refused)
 
 #define HEX_A "000102030405060708090a0b0c0d0e0f"
 
-/* "sent NAME HEX" lines: each distinct pair once, odd ones skipped, and
- * past KVS_COPIED_SENT not kept (the file stays readable: they are not
- * what keeps the fence). */
+/* "sent NAME HEX" lines: each node's latest counts, odd ones are
+ * skipped (but counted as lines), and nodes past KVS_COPIED_SENT are not
+ * kept (the file stays readable: they are not what keeps the fence). */
 KVS_TEST(sent_copies_are_read_with_their_checksums)
 {
     uint8_t a[KVS_HASH_LEN], b[KVS_HASH_LEN];
@@ -80,6 +80,14 @@ KVS_TEST(sent_copies_are_read_with_their_checksums)
     CHECK(kvs_copied_was_sent(&c, "d", a) && kvs_copied_was_sent(&c, "e", a));
     CHECK(!kvs_copied_was_sent(&c, "d", b) && !kvs_copied_was_sent(&c, "h", a));
     CHECK_EQ(c.n_names, 0); /* sent is no name */
+    CHECK_EQ(c.sent_lines, 9); /* the last has no newline yet */
+    CHECK_EQ(
+        parse(HEAD "sent d " HEX_A "\nsent e " HEX_A "\nsent d f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff\n"),
+        0);
+    CHECK_EQ(c.n_sent, 2);
+    CHECK(kvs_copied_was_sent(&c, "d", b) && !kvs_copied_was_sent(&c, "d", a)); /* the later */
+    CHECK(kvs_copied_was_sent(&c, "e", a) && kvs_copied_sent_any(&c, "d"));
+    CHECK(!kvs_copied_sent_any(&c, "f"));
     char text[16384];
     size_t n = (size_t)snprintf(text, sizeof(text), HEAD);
     for (int i = 0; i <= KVS_COPIED_SENT; i++)

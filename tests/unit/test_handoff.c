@@ -5,6 +5,7 @@
 #include "kvs_test.h"
 #include "node_handoff.h"
 #include "kvs_copied.h"
+#include "kvs_err.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -321,8 +322,79 @@ KVS_TEST(a_sent_copy_is_acknowledged_later_on_its_checksum)
     kvs_config_free(both);
 }
 
+static size_t count(const char *text, const char *what)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, what)) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* A node that copies again and again under one fence (each install
+ * failed, and the bound tables changed the checksum meanwhile) never
+ * fills the file: once it holds KVS_COPIED_SENT sent lines, it is written
+ * afresh with each node's latest copy, the names kept. The latest copy's
+ * acknowledgement is taken; an earlier one's is not (the node has none of
+ * those installed). A KVS_COPIED_SENT+1th node is still refused. */
+KVS_TEST(a_node_that_copies_again_and_again_never_fills_the_file)
+{
+    fresh_dir();
+    kvs_config_t *alone = config(A_ALONE B_NONE);
+    node_handoff_t *h = open_at(alone);
+    fence(h, "peer", alone, 1);
+    uint64_t epoch = node_handoff_epoch(h);
+    uint8_t d[KVS_HASH_LEN], first[KVS_HASH_LEN], other[KVS_HASH_LEN];
+    memset(other, 0x77, sizeof(other));
+    CHECK_EQ(node_handoff_sent(h, "c", other, epoch), 0);
+    CHECK_EQ(node_handoff_copied(h, "c", epoch), 0);
+    CHECK_EQ(node_handoff_sent(h, "e", other, epoch), 0);
+    for (int i = 0; i < 3 * KVS_COPIED_SENT; i++) {
+        memset(d, 0, sizeof(d));
+        memcpy(d, &i, sizeof(i));
+        if (i == 0)
+            memcpy(first, d, sizeof(d));
+        CHECK_EQ(node_handoff_sent(h, "d", d, epoch), 0);
+    }
+    char text[16384];
+    read_file(text, sizeof(text));
+    CHECK(count(text, "\nsent ") <= KVS_COPIED_SENT);
+    char line[128], hex[2 * KVS_HASH_LEN + 1];
+    kvs_hash_hex(d, hex);
+    snprintf(line, sizeof(line), "\nsent d %s\n", hex);
+    CHECK_CONTAINS(text, line);
+    CHECK_EQ(count(text, "\nsent e 7777"), 1); /* the others' kept, once */
+    CHECK_EQ(count(text, "\nsent c 7777"), 1);
+    CHECK_EQ(count(text, "\nnode c\n"), 1);
+    CHECK_CONTAINS(text, "\npeer peer\n");
+    CHECK(strstr(text, "# kvs: shard 1 was copied") == text);
+    struct stat st;
+    char tmp[128];
+    snprintf(tmp, sizeof(tmp), "%s.new", file);
+    CHECK(lstat(tmp, &st) != 0); /* renamed into place */
+    node_handoff_free(h);
+    h = open_at(alone); /* still the fence, after a restart */
+    CHECK(node_handoff_why(h) != NULL);
+    CHECK_EQ(node_handoff_reack(h, "d", first), -ENOENT); /* superseded */
+    CHECK_EQ(node_handoff_reack(h, "e", other), 0);
+    CHECK_EQ(node_handoff_reack(h, "d", d), 0); /* the latest */
+    read_file(text, sizeof(text));
+    CHECK_CONTAINS(text, "\nnode d\n");
+    epoch = node_handoff_epoch(h);
+    char name[16];
+    for (int i = 3; i < KVS_COPIED_SENT; i++) { /* c, d, e and 61 more: as many as it keeps */
+        snprintf(name, sizeof(name), "n%d", i);
+        CHECK_EQ(node_handoff_sent(h, name, other, epoch), 0);
+    }
+    CHECK_EQ(node_handoff_sent(h, "late", other, epoch), KVS_EINVAL); /* one node too many */
+    CHECK_EQ(node_handoff_sent(h, "d", first, epoch), 0);             /* a known node's next copy */
+    CHECK_EQ(node_handoff_reack(h, "n63", other), 0);
+    node_handoff_free(h);
+    kvs_config_free(alone);
+}
+
 KVS_TEST_MAIN(KVS_CASE(no_file_no_fence), KVS_CASE(the_file_names_each_node_that_installed_a_copy),
               KVS_CASE(a_sent_copy_is_acknowledged_later_on_its_checksum),
+              KVS_CASE(a_node_that_copies_again_and_again_never_fills_the_file),
               KVS_CASE(a_copy_from_another_fences_time_is_not_recorded),
               KVS_CASE(a_torn_line_names_nobody_and_the_next_starts_afresh),
               KVS_CASE(a_snapshot_fences_and_a_restart_keeps_it),
