@@ -1317,6 +1317,33 @@ static int peek_field(const uint8_t **p, const uint8_t *end, uint64_t *tag, cons
     }
 }
 
+const char *kvs_msg_request_table_sent(const Kvs__CommandRequest *req, const uint8_t *payload,
+                                       size_t len, size_t *n)
+{
+    const char *table = kvs_msg_request_table(req), *sent = NULL;
+    const uint8_t *p = payload, *end = payload + len, *v, *body, *bend;
+    size_t got = 0, sent_len = 0;
+    uint64_t tag;
+    *n = table != NULL ? strlen(table) : 0;
+    if (table == NULL)
+        return NULL;
+    /* The last table field of the command's message is the one the
+     * decoder kept (across copies of the message too, which it merges). */
+    while (p < end && peek_field(&p, end, &tag, &body, &got) == 0) {
+        if (tag != ((uint64_t)req->command_case << 3 | 2))
+            continue;
+        for (bend = body + got; body < bend && peek_field(&body, bend, &tag, &v, &got) == 0;)
+            if (tag == (1u << 3 | 2)) {
+                sent = (const char *)v;
+                sent_len = got;
+            }
+    }
+    if (sent == NULL)
+        return table;
+    *n = sent_len;
+    return sent;
+}
+
 int kvs_msg_frame_writes(const uint8_t *p, size_t len)
 {
     const uint8_t *end = p + len;

@@ -285,6 +285,14 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c);
 /* The table a request names, or NULL (Ping, Info, Auth, no command). */
 const char *kvs_msg_request_table(const Kvs__CommandRequest *req);
 
+/* That table's name as `payload` (the bytes `req` was decoded from)
+ * sends it, with its length in *n: past a NUL byte in it, where the
+ * decoded name's strlen stops (a refused request's name, for the hooks
+ * and the slow log). Points into payload; the decoded name, with strlen,
+ * when the bytes cannot say; NULL (and 0) when the request names none. */
+const char *kvs_msg_request_table_sent(const Kvs__CommandRequest *req, const uint8_t *payload,
+                                       size_t len, size_t *n);
+
 /* How many keys a request names: 1 for the single-key commands, the
  * length of the key or pair list for the multi-key ones, 0 otherwise. */
 uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req);

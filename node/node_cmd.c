@@ -1104,8 +1104,13 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
         st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
     const char *table = kvs_msg_request_table(req);
     size_t tlen = table != NULL ? strlen(table) : 0;
-    if (hooks && !received) /* EXECUTED sees what a refused request asked for too */
-        hook_note(ctx, req->command_case, table, tlen, kvs_msg_request_keys(req), 1);
+    if (hooks && !received) { /* EXECUTED sees what a refused request asked for too, as sent */
+        size_t slen = tlen;
+        const char *sent = st == KVS_STATUS_OK
+                               ? table /* no NUL in it: strlen is its length */
+                               : kvs_msg_request_table_sent(req, payload, len, &slen);
+        hook_note(ctx, req->command_case, sent, slen, kvs_msg_request_keys(req), 1);
+    }
     if (st != KVS_STATUS_OK)
         return kvs_msg_append_status(out, st, "%s", msg);
     if (ctx->who != NULL && !allowed(ctx, req->command_case, table, tlen, out, &rc))

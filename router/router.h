@@ -300,8 +300,9 @@ int router_ops_reload(router_t *r, const kvs_config_t *cfg);
 
 /* Notes what hooks see of request `req`: command `cmd` on table[0..tlen)
  * (NULL: none), naming `keys` keys. The table is copied into the request
- * only while some hook reads it after RECEIVED (the slow log, plugins);
- * otherwise it points into the request's bytes until router_ops_forget. */
+ * now while some hook reads it after RECEIVED (the slow log, plugins);
+ * otherwise it points into the request's bytes until router_ops_forget
+ * copies it. */
 void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *table, size_t tlen,
                      uint32_t keys);
 
@@ -311,8 +312,9 @@ void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *t
  * RECEIVED already: 0. */
 int router_ops_received(router_t *r, router_req_t *req);
 
-/* The request's bytes are going: hooks that run later see no table
- * unless it was copied. */
+/* The request's bytes are going: the table is copied into the request
+ * if router_ops_note did not (a reload may add a hook that reads it while
+ * the request is in flight). */
 void router_ops_forget(router_req_t *req);
 
 /* Slowlog: answers `req` from the router's own log (end-to-end times,

@@ -78,9 +78,15 @@ void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *t
 
 void router_ops_forget(router_req_t *req)
 {
-    if (req->info.table != req->table_copy) {
-        req->info.table = NULL;
-        req->info.table_len = 0;
+    /* Kept even when no hook kept it at router_ops_note: a reload may add
+     * one (the slow log turned on) while the request is in flight. */
+    kvs_request_info_t *in = &req->info;
+    if (in->table != NULL && in->table != req->table_copy) {
+        size_t n =
+            in->table_len <= sizeof(req->table_copy) ? in->table_len : sizeof(req->table_copy);
+        memcpy(req->table_copy, in->table, n);
+        in->table = req->table_copy;
+        in->table_len = (uint32_t)n;
     }
 }
 

@@ -2917,10 +2917,13 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
         if (st == KVS_STATUS_OK)
             st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
-        const char *table = kvs_msg_request_table(q);
-        if (!received) /* EXECUTED sees what a refused request asked for too */
-            router_ops_note(r, req, q->command_case, table, table != NULL ? strlen(table) : 0,
-                            kvs_msg_request_keys(q));
+        if (!received) { /* EXECUTED sees what a refused request asked for too, as sent */
+            const char *table = kvs_msg_request_table(q);
+            size_t tlen = table != NULL ? strlen(table) : 0; /* no NUL in a valid one */
+            if (st != KVS_STATUS_OK)
+                table = kvs_msg_request_table_sent(q, payload, len, &tlen);
+            router_ops_note(r, req, q->command_case, table, tlen, kvs_msg_request_keys(q));
+        }
         if (st != KVS_STATUS_OK)
             router_req_finish_status(req, st, "%s", msg);
         else

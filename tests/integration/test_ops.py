@@ -551,15 +551,17 @@ class SlowlogTest(RouterTestCase):
         # encode a string that is not UTF-8.)
         r, rport, rc = self.logged_router()
         with r.client() as c:
-            for table in (b"\xff\xfe", b"a\xc3", b"x" + b"\xc3\xa9" * 150):
+            for table in (b"nul\x00x", b"\xff\xfe", b"a\xc3", b"x" + b"\xc3\xa9" * 150):
                 placeholder = "T" * len(table)
                 raw = req_hset(placeholder, "k", "v").SerializeToString()
                 self.assertEqual(raw.count(placeholder.encode()), 1)
                 c.send_raw(frame(raw.replace(placeholder.encode(), table)))
                 self.assertEqual(c.recv().status, 400)
-            resp = c.call(slowlog_req(count=3))
+            resp = c.call(slowlog_req(count=4))
         self.assertEqual(resp.status, 200, resp.message)
-        self.assertEqual([e.table for e in resp.ops.slowlog][1:], ["a\\xc3", "\\xff\\xfe"])
+        # a NUL byte, too, is shown where it is (the name was cut there)
+        self.assertEqual([e.table for e in resp.ops.slowlog][1:],
+                         ["a\\xc3", "\\xff\\xfe", "nul\\x00x"])
         self.assertTrue(resp.ops.slowlog[0].table.startswith("x\u00e9\u00e9"))
         self.assertTrue(resp.ops.slowlog[0].table.endswith("..."))
         got = rc.execute_command("SLOWLOG", "GET", "10")
@@ -1196,6 +1198,23 @@ class ReloadTest(RouterTestCase):
         self.hup(r, done + " (log.slow_threshold)", count=3)  # master, router, worker
         with r.client() as c:
             self.assertEqual(c.ping().message, "PONG")
+
+    def test_a_slow_log_turned_on_keeps_the_tables_of_requests_in_flight(self):
+        # Requests read while no hook kept table names, answered after a
+        # reload turned the slow log on: their entries showed table "".
+        r = self.router(shards=1, log="{level: info, slow_threshold: off}")
+        names = ["inflight_%02d" % i for i in range(20)]
+        with r.client() as c:
+            with stopped(r.worker_pid(0)):
+                c.send(*[req_hset(t, "k", "v") for t in names])
+                time.sleep(0.3)  # read by the router, held by the stopped worker
+                self.rewrite(r, "slow_threshold: off", "slow_threshold: 0")
+                self.hup(r, "configuration reloaded from %s (log.slow_threshold)" % r.config,
+                         count=2)  # master and router; the worker after it continues
+            self.assertEqual({c.recv().status for _ in names}, {200})
+            resp = c.call(slowlog_req(count=100))
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertEqual(sorted(e.table for e in resp.ops.slowlog if e.command == "Hset"), names)
 
     def test_good_config_reaches_router_and_workers(self):
         r = self.metrics_router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")

@@ -2474,7 +2474,41 @@ KVS_TEST(frame_writes_finds_writes_only)
     CHECK_EQ(kvs_msg_frame_writes((const uint8_t *)"\xff\xff\xff", 3), 0);
 }
 
+/* A table name as sent: past a NUL byte in it (refused, but hooks and
+ * the slow log show it whole), the last of several copies, and none for a
+ * command without one. */
+KVS_TEST(request_table_sent_is_the_name_on_the_wire)
+{
+    /* CommandRequest { hset (field KVS__COMMAND_REQUEST__COMMAND_HSET) {
+     * table = "a", table = "nul\0x" } } */
+    uint8_t wire[64];
+    size_t n = 0;
+    const uint8_t body[] = {0x0a, 1, 'a', 0x0a, 5, 'n', 'u', 'l', 0, 'x'};
+    wire[n++] = (uint8_t)(KVS__COMMAND_REQUEST__COMMAND_HSET << 3 | 2);
+    wire[n++] = (uint8_t)sizeof(body);
+    memcpy(wire + n, body, sizeof(body));
+    n += sizeof(body);
+    Kvs__CommandRequest *q = kvs__command_request__unpack(NULL, n, wire);
+    CHECK(q != NULL);
+    size_t len = 99;
+    const char *t = kvs_msg_request_table_sent(q, wire, n, &len);
+    CHECK_EQ(len, 5);
+    CHECK(memcmp(t, "nul\0x", 5) == 0);
+    CHECK_EQ(strlen(kvs_msg_request_table(q)), 3);    /* where the decoded name stops */
+    t = kvs_msg_request_table_sent(q, wire, 3, &len); /* bytes that cannot say: strlen's */
+    CHECK_EQ(len, 3);
+    CHECK(strcmp(t, "nul") == 0);
+    kvs__command_request__free_unpacked(q, NULL);
+    Kvs__CommandRequest ping = KVS__COMMAND_REQUEST__INIT;
+    Kvs__Ping p = KVS__PING__INIT;
+    ping.command_case = KVS__COMMAND_REQUEST__COMMAND_PING;
+    ping.ping = &p;
+    CHECK(kvs_msg_request_table_sent(&ping, wire, 0, &len) == NULL);
+    CHECK_EQ(len, 0);
+}
+
 KVS_TEST_MAIN(
+    KVS_CASE(request_table_sent_is_the_name_on_the_wire),
     KVS_CASE(decode_response_is_held_to_the_budget),
     KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
     KVS_CASE(answer_and_value_peek_agree_with_the_decoder), KVS_CASE(find_bytes_and_resp_position),
