@@ -535,6 +535,12 @@ static void on_timer(uv_timer_t *t)
         snprintf(why, sizeof(why), "%s; the requests in flight may or may not have been applied",
                  state);
         link_down_state(l, why, state);
+        /* What requests sent before it is up again are told: not that
+         * they waited (they are refused at once, unsent). */
+        snprintf(l->last_error, sizeof(l->last_error),
+                 "its link was reset after a request got no answer within router.timeout "
+                 "(%llu ms), and is reconnecting",
+                 (unsigned long long)l->timeout_ms);
         l->hung = 1; /* until the next connection says more (router_local reads on) */
         return;
     }
