@@ -8,9 +8,10 @@
  * no peer can send a snapshot, the worker starts empty and ingestion
  * replays every bound topic from its beginning (auto.offset.reset
  * earliest), which is correct for those tables, only slower. A peer busy
- * sending another snapshot, or a shard moving in from nodes that hold its
- * only copies, is not "cannot": the peers are asked again until one sends
- * (next_peer), since tables bound to no topic exist only in their copies.
+ * sending another snapshot, one that cannot be reached, or a shard moving
+ * in from nodes that hold its only copies, is not "cannot": the peers are
+ * asked again until one sends (next_peer), since tables bound to no topic
+ * exist only in their copies.
  *
  * How: the peers are tried in map order. For each, a TCP connection to its
  * worker (the map's address + shard id; TLS with this node's tls.link
@@ -109,6 +110,7 @@ struct node_bootstrap_s {
     char names[KVS_MAX_REPLICAS][KVS_NODE_NAME_MAX + 1]; /* of peers read from the marker */
     int n_peers, next_peer;
     int busy;                   /* a peer is busy sending another snapshot: ask them all again */
+    int unreachable;            /* a peer could not be reached: it may hold rows only it has */
     int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
     int from_marker;            /* its previous owners are the marker's (a move a stop cut off) */
     char last[200];             /* why the latest attempt failed, for the retry's log line */
@@ -247,7 +249,8 @@ static void attempt_over(boot_t *b, const char *why)
         b->fd = -1;
     }
     if (why != NULL) {
-        kvs_warn("snapshot from %s failed: %s", b->peer, why);
+        if (b->rounds % 30 == 0) /* asked again every second, maybe for long: said now and then */
+            kvs_warn("snapshot from %s failed: %s", b->peer, why);
         snprintf(b->last, sizeof(b->last), "%s: %.*s", b->peer, (int)sizeof(b->last) - 70, why);
         unlink(b->part);
     }
@@ -690,6 +693,7 @@ static void on_connected(uv_connect_t *req, int status)
     if (status != 0 || kvs_conn_start(c) != 0) {
         char why[200];
         snprintf(why, sizeof(why), "cannot connect: %s", uv_strerror(status));
+        b->unreachable = 1;
         attempt_over(b, why);
         return;
     }
@@ -704,6 +708,7 @@ static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
     int rc = kvs_resolve(b->loop, &p->addr, &ss);
     if (rc != 0) {
         snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));
+        b->unreachable = 1;
         return rc;
     }
     b->fd = open(b->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -735,8 +740,10 @@ static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
     rc = b->hash == NULL
              ? -ENOMEM
              : uv_tcp_connect(&b->connect_req, &c->h.tcp, (struct sockaddr *)&ss, on_connected);
-    if (rc != 0)
+    if (rc != 0) {
         snprintf(why, len, "cannot connect: %s", uv_strerror(rc));
+        b->unreachable = 1;
+    }
     return rc;
 }
 
@@ -753,19 +760,28 @@ static void on_retry(uv_timer_t *t)
  * (moving_in: its previous owners hold the only copies; a worker of one
  * restarting, or a copy cut off, must not make it start without them). A
  * membership change gives up at router.ready_timeout, and stops this
- * worker. */
+ * worker. So is it when a peer could not be reached (its worker
+ * restarting, its node down, a replica wiped while its peer was): that
+ * peer may hold rows no other has. A peer that answered, even 503 because
+ * it is itself copying or starting (a new cluster's replicas, started
+ * together), ends its share of the wait at once: it has no copy either.
+ * The way out is cluster.bootstrap: replay. */
 static void next_peer(boot_t *b)
 {
     char why[400];
-    if (b->next_peer == b->n_peers && (b->busy || b->moving_in)) {
+    if (b->next_peer == b->n_peers && (b->busy || b->moving_in || b->unreachable)) {
         if (b->rounds++ % 30 == 0)
             kvs_info("shard %u: no replica sent a snapshot (%s): asking again every %u ms, %s",
                      b->shard, b->last, BUSY_RETRY_MS,
-                     b->busy ? "as one is busy sending another"
-                             : "as the shard moves here from nodes that hold its only copies "
-                               "(to start it empty instead: cluster.bootstrap: replay, and "
-                               "remove moving-in from its directory)");
+                     b->busy        ? "as one is busy sending another"
+                     : b->moving_in ? "as the shard moves here from nodes that hold its only "
+                                      "copies (to start it empty instead: cluster.bootstrap: "
+                                      "replay, and remove moving-in from its directory)"
+                                    : "as one could not be reached and may hold rows of tables "
+                                      "bound to no topic that only it has (to start it empty "
+                                      "instead: cluster.bootstrap: replay)");
         b->busy = 0;
+        b->unreachable = 0;
         b->next_peer = 0;
         uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
         return;
@@ -774,7 +790,9 @@ static void next_peer(boot_t *b)
         const kvs_replica_t *p = &b->peers[b->next_peer++];
         b->asked = p;
         b->peer = p->node;
-        kvs_info("shard %u has no data yet: copying a snapshot from node %s", b->shard, p->node);
+        if (b->rounds % 30 == 0)
+            kvs_info("shard %u has no data yet: copying a snapshot from node %s", b->shard,
+                     p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
             b->window_got = 0;
             uv_timer_start(&b->timer, on_stall, stall_ms(b), stall_ms(b));

@@ -643,6 +643,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         rows = self.keys_on(2, b"k", 20)
         self.write_all(b, rows, "kept")
         self.assertEqual(a.stop(), 0)  # its next workers install copies slowly
+        self.sent_before = b.stderr().count("snapshot sent to")  # a new cluster's copies
         a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = str(sync_delay_ms)
         a.start()
         moved = {"a": [0, 1, 2], "b": [0, 1, 3]}
@@ -661,8 +662,9 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # restart finds its moving-in marker and copies from b again, b
         # records a, and b's reload is taken with every row kept.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(30000)
-        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
-                        b.stderr()[-3000:])
+        self.assertTrue(wait_until(
+            lambda: b.stderr().count("snapshot sent to") > self.sent_before, 20),
+            b.stderr()[-3000:])
         marker = os.path.join(a.data_dir, "shard-2", "moving-in")
         with open(marker) as f:
             self.assertIn("\nfrom b %d 127.0.0.1\n" % (bases["b"] + 2), f.read())
@@ -785,11 +787,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         rows = self.keys_on(2, b"k", 20)
         self.write_all(b, rows, "kept")
         self.assertEqual(a.stop(), 0)
+        sent = b.stderr().count("snapshot sent to")  # a new cluster's copies
         a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"] = "30000"
         a.start()
         set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
         a.proc.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 20),
+        self.assertTrue(wait_until(lambda: b.stderr().count("snapshot sent to") > sent, 20),
                         b.stderr()[-3000:])
         a.kill_all()
         del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
@@ -877,9 +880,10 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(a, moved, bases)
         shard0, hidden = a.socket_path(0), a.socket_path(0) + ".hidden"
         os.rename(shard0, hidden)
+        sent = b.stderr().count("snapshot sent to")  # a new cluster's copies
         try:
             a.proc.send_signal(signal.SIGHUP)
-            self.assertTrue(wait_until(lambda: "snapshot sent to" in b.stderr(), 10))
+            self.assertTrue(wait_until(lambda: b.stderr().count("snapshot sent to") > sent, 10))
             self.assertTrue(wait_until(lambda: "membership change failed" in a.stderr(), 30),
                             a.stderr()[-3000:])
         finally:

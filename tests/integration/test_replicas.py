@@ -11,6 +11,7 @@ Every wait is bounded; every process is killed at cleanup.
 """
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +90,7 @@ class ReplicaFixtures(LogsOnFailure):
                    extra_yaml=ingest_yaml(mock.bootstrap, [(TOPIC, TABLE, "string", TOPIC_PARTS)],
                                           "kvs", {"reconnect.backoff.max.ms": "500"}, max_lag)
                    + extra_yaml)
+        r.layout, r.n_processes = layout, processes
         self._routers.append(r)
         self.addCleanup(r.close)
         return r
@@ -108,6 +110,31 @@ class ReplicaFixtures(LogsOnFailure):
         for r in routers:
             self.wait_serving(r)
             self.wait_workers(r)
+        for r in routers:
+            self.wait_links(r)
+
+    def wait_links(self, router, timeout=30):
+        """Until each router process of `router` has its links to every
+        replica of every shard up, as its log says: a replica that copied
+        a snapshot (nodes of a new cluster copy what the first to start
+        began with) closed its links when its copy ended, and a router
+        connects again after a pause."""
+        if not hasattr(router, "layout"):
+            return  # not made by node(): its test knows its links
+        want = sum(1 for s in range(SHARDS) for shards in router.layout.values() if s in shards)
+        line = re.compile(r"(router\S*) +\w+ +link to shard (\d+) \(([^)]*)\) (up|down)")
+
+        tags = (["router"] if router.n_processes == 1 else
+                ["router[%d]" % i for i in range(router.n_processes)])
+
+        def up():
+            last = {}
+            for m in line.finditer(router.stderr()):
+                last.setdefault(m.group(1), {})[m.group(2), m.group(3)] = m.group(4)
+            return all(len(last.get(t, {})) >= want and set(last[t].values()) == {"up"}
+                       for t in tags)
+        self.assertTrue(wait_until(up, timeout), "links of node %s: %s" % (
+            router.name, [x for x in router.stderr().splitlines() if "link to shard" in x][-20:]))
 
     def wait_workers(self, router, timeout=30):
         """Until every worker of `router` answers Ping itself: a new
@@ -447,7 +474,9 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         rt["a"].stop()
         layout = {"a": [0, 1, 2, 3], "e": [0, 1, 2, 3]}
         bases.update(self.bases(["e"], avoid=bases.values()))
-        e = self.node(mock, "e", layout, bases)
+        # a cannot be reached, and may hold rows only it has: e would ask
+        # again until it answers; the operator's way out starts it empty
+        e = self.node(mock, "e", layout, bases, extra="  bootstrap: replay")
         e.start()
         self.wait_serving(e)
         self.wait_workers(e)
@@ -455,11 +484,42 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
             self.assertTrue(wait_until(lambda: all(
                 v["lag"] == 0 for v in kafka_parts(self.worker_info(e, s), TOPIC).values()), 30))
         log = e.stderr()
-        self.assertIn("could send a snapshot: starting empty", log)
+        self.assertNotIn("copying a snapshot", log)
         with e.client() as c:
             for i in range(50):
                 resp = c.call(req_hget(TABLE, b"r%d" % i))
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v%d" % i))
+
+    def test_a_new_replica_waits_for_a_peer_that_comes_back(self):
+        # A replica whose data was wiped started empty when no peer could
+        # be reached at that moment (its worker restarting, its node
+        # down): the rows of tables bound to no topic, which only the
+        # copies hold, were not there, and reads served by it missed them.
+        # It now asks again, and copies once the peer is back.
+        mock, bases, rt = self.cluster(layout={"a": [0, 1, 2, 3]})
+        keys = [b"u%d" % i for i in range(40)]
+        with rt["a"].client() as c:
+            for k in keys:
+                self.assertEqual(c.call(req_hset("loose", k, "v")).status, 200)  # no topic
+        rt["a"].stop()
+        layout = {"a": [0, 1, 2, 3], "e": [0, 1, 2, 3]}
+        bases.update(self.bases(["e"], avoid=bases.values()))
+        e = self.node(mock, "e", layout, bases)
+        e.start()
+        self.assertTrue(wait_until(lambda: "could not be reached and may hold rows" in e.stderr(),
+                                   20), e.stderr()[-3000:])
+        time.sleep(3)  # rounds of asking again
+        self.assertNotIn("starting empty", e.stderr())
+        rt["a"].start()
+        self.wait_serving(e)
+        self.wait_workers(e)
+        log = e.stderr()
+        self.assertNotIn("starting empty", log)
+        self.assertEqual(log.count("copied shard"), SHARDS, log[-3000:])
+        for k in keys:  # e's own copy, asked on its worker's socket
+            with e.worker_client(shard_of_key(k)) as w:
+                resp = w.call(req_hget("loose", k))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, "v"), resp.message)
 
     def test_hung_replica_costs_a_timeout_and_retries_stay_within_budget(self):
         layout = {"a": [0, 1], "b": [2, 3], "c": [0, 1, 2, 3]}
