@@ -142,7 +142,8 @@ void kvs_conn_cap_output(kvs_conn_t *c, size_t cap)
 
 void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why)
 {
-    c->deadline_ms = ms == 0 ? 0 : uv_now(c->h.handle.loop) + ms;
+    c->deadline_wait_ms = ms;
+    c->deadline_ms = 0; /* the sweep starts counting once nothing waits to be written */
     c->deadline_why = why;
 }
 
@@ -1256,11 +1257,17 @@ static void on_sweep(uv_timer_t *t)
             kvs_conn_close(c);
             continue;
         }
-        if (c->deadline_ms != 0 && now >= c->deadline_ms) {
-            if (kvs_log_budget_take(&g->log_budget, now))
-                kvs_warn("closing %s %s: %s", g->what, c->peer, c->deadline_why);
-            kvs_conn_close(c);
-            continue;
+        if (c->deadline_wait_ms != 0) {
+            if (kvs_conn_pending(c) > 0)
+                c->deadline_ms = 0; /* still being written: the wait has not begun */
+            else if (c->deadline_ms == 0)
+                c->deadline_ms = now + c->deadline_wait_ms;
+            else if (now >= c->deadline_ms) {
+                if (kvs_log_budget_take(&g->log_budget, now))
+                    kvs_warn("closing %s %s: %s", g->what, c->peer, c->deadline_why);
+                kvs_conn_close(c);
+                continue;
+            }
         }
         /* Closing after its output is written (SHUTTING) spares no one:
          * a peer that hung up its sending side and reads nothing would

@@ -211,7 +211,9 @@ struct kvs_conn_s {
     int evicted;                    /* closed by kvs_unproven_evict */
     int keep_idle;                  /* never closed by its group's idle timeout (the owner's own
                                        peers: a link that is idle whenever nobody uses it) */
-    uint64_t deadline_ms;           /* loop time its group's sweep closes it at (0: none) */
+    uint64_t deadline_wait_ms;      /* kvs_conn_set_deadline's wait (0: no deadline) */
+    uint64_t deadline_ms;           /* loop time it ends, counted once its output was all
+                                       written (0: not counting yet) */
     const char *deadline_why;       /* what it did not do by then, for the log line */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
@@ -249,11 +251,14 @@ void kvs_conn_cap_output(kvs_conn_t *c, size_t cap);
  * of the client's identity. */
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
 
-/* Closes `c`, a group member, once `ms` milliseconds have passed from now
- * (at its group's next sweep after them, within a second), whatever it
- * does meanwhile; 0 takes a deadline away. `why` (static) says in the log
- * line what the peer did not do in time. For a connection that now waits
- * for one last thing from its peer. */
+/* Closes `c`, a group member, once `ms` milliseconds have passed with
+ * none of its output left to write (at its group's next sweep after them,
+ * within a second), whatever it sends meanwhile: the time counts from the
+ * moment what it is owed has all been written, and again from the start
+ * whenever output waits. 0 takes a deadline away. `why` (static) says in
+ * the log line what the peer did not do in time. For a connection that
+ * now waits for one last thing from its peer, once it has what it asked
+ * for (a peer that reads slowly is not cut off with it unsent). */
 void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why);
 
 /* Whether `c` speaks TLS and its handshake has not completed: a peer that

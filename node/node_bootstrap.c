@@ -111,6 +111,8 @@ struct node_bootstrap_s {
     int n_peers, next_peer;
     int busy;                   /* a peer is busy sending another snapshot: ask them all again */
     int unreachable;            /* a peer could not be reached: it may hold rows only it has */
+    int connected;              /* the connection to the peer being asked completed */
+    int heard;                  /* ... and the peer sent a frame on it */
     int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
     int from_marker;            /* its previous owners are the marker's (a move a stop cut off) */
     char last[200];             /* why the latest attempt failed, for the retry's log line */
@@ -587,6 +589,7 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     char why[600];
     if (b == NULL)
         return;
+    b->heard = 1;
     if (kvs_msg_answer_peek(payload, len, &a) && a.status == 206 && a.n_values == 1 &&
         kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
         if (v.len == 0)
@@ -663,8 +666,13 @@ static void on_stall(uv_timer_t *t)
 {
     boot_t *b = t->data;
     char why[100];
-    snprintf(why, sizeof(why), "it sent less than %u KiB of the copy in limits.frame_timeout",
-             MIN_PROGRESS / 1024);
+    if (!b->heard) { /* not a peer that answered: one whose node is down, or that hangs */
+        b->unreachable = 1;
+        snprintf(why, sizeof(why), "no answer within limits.frame_timeout (%s)",
+                 b->connected ? "connected, nothing said" : "the connection did not complete");
+    } else
+        snprintf(why, sizeof(why), "it sent less than %u KiB of the copy in limits.frame_timeout",
+                 MIN_PROGRESS / 1024);
     attempt_over(b, why);
 }
 
@@ -697,6 +705,7 @@ static void on_connected(uv_connect_t *req, int status)
         attempt_over(b, why);
         return;
     }
+    b->connected = 1;
     if (c->tls == NULL)
         send_request(b, c);
 }
@@ -705,6 +714,7 @@ static void on_connected(uv_connect_t *req, int status)
 static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
 {
     struct sockaddr_storage ss;
+    b->connected = b->heard = 0;
     int rc = kvs_resolve(b->loop, &p->addr, &ss);
     if (rc != 0) {
         snprintf(why, len, "cannot resolve %s: %s", p->addr.host, uv_strerror(rc));

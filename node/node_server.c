@@ -1398,8 +1398,9 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
     return 0;
 }
 
-/* How long a receiver has, once its stream ended, to acknowledge the
- * copy on the stream's connection: installing it is a sync and a rename.
+/* How long a receiver has, once its stream was all written to it (a slow
+ * reader is not cut off: kvs_conn_set_deadline), to acknowledge the copy
+ * on the stream's connection: installing it is a sync and a rename.
  * One that misses it says it again on a connection of its own
  * (node_ack), recorded through the sent line; the stream's connection
  * does not hold a client slot for ever. */
@@ -1421,9 +1422,9 @@ static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
         memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
         node_handoff_sent(srv->handoff, cl->ack_node, delivered, cl->ack_epoch);
         kvs_conn_set_deadline(kept, ACK_WAIT_MS,
-                              "its snapshot stream ended 30 s ago and it has not acknowledged "
-                              "the copy on it (an acknowledgement on a connection of its own "
-                              "still counts)");
+                              "its snapshot stream was all written 30 s ago and it has not "
+                              "acknowledged the copy on it (an acknowledgement on a connection "
+                              "of its own still counts)");
         kvs_conn_resume(kept);
     }
 }

@@ -177,6 +177,25 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
         self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb.part")))
 
+    def test_a_peer_that_never_answers_is_waited_for(self):
+        # A peer that takes the request and says nothing (its worker
+        # stopped, or its node cut off) was given up after
+        # limits.frame_timeout like a peer that answered, and the new
+        # replica started empty, without the rows only that peer may
+        # hold. It is asked again, as a peer that cannot be reached is.
+        def silent(c):
+            time.sleep(1.5)  # past the worker's frame_timeout, then gone
+
+        peer = self.peer(silent)
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertTrue(wait_until(lambda: len(peer.requests) >= 3, 5 * TIMEOUT), w.stderr())
+        log = w.stderr()
+        self.assertIn("snapshot from peer failed: no answer within limits.frame_timeout "
+                      "(connected, nothing said)", log)
+        self.assertIn("as one could not be reached and may hold rows", log)
+        self.assertNotIn("starting empty", log)
+        self.assertIsNone(w.proc.poll())
+
     def test_a_checksum_sent_as_an_integer_is_refused(self):
         # An empty stream whose final frame carries the right length (0) and,
         # where the 16-byte checksum belongs, the integer 16: read as bytes,
@@ -572,7 +591,7 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
             waited = time.monotonic() - ended
         self.assertGreater(waited, 29)
         self.assertLess(waited, 33)
-        self.assertIn("its snapshot stream ended 30 s ago and it has not acknowledged",
+        self.assertIn("its snapshot stream was all written 30 s ago and it has not acknowledged",
                       node.stderr())
         with open(os.path.join(node.data_dir, "shard-0", "copied-out")) as f:
             self.assertIn("sent quiet " + r.values[1].binary_value.hex(), f.read())

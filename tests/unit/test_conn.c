@@ -1218,7 +1218,7 @@ KVS_TEST(auth_timeout_spares_a_member_that_authenticated)
  * (0) closes nothing. */
 static void deadline_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
 {
-    if (len == 4 && memcmp(p, "soon", 4) == 0)
+    if (len >= 4 && memcmp(p, "soon", 4) == 0)
         kvs_conn_set_deadline(c, 300, "it was given 300 ms");
     else if (len == 4 && memcmp(p, "ever", 4) == 0)
         kvs_conn_set_deadline(c, 0, NULL);
@@ -1259,6 +1259,36 @@ static void client_deadline_taken_away(server_t *s, int fd)
     usleep(1500 * 1000); /* past the deadline and a sweep after it */
     send_frame(fd, "ping", 4);
     expect_frame(fd, "ping");
+}
+
+/* The wait begins once what the peer is owed has been written: a peer
+ * that takes a large answer slowly is not closed with it unsent. */
+static void client_slow_reader_past_the_deadline(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *in = calloc(1, BIG_FRAME), *back = malloc(BIG_FRAME);
+    CHECK(in != NULL && back != NULL);
+    memcpy(in, "soon", 4);
+    send_frame(fd, in, BIG_FRAME);
+    usleep(2000 * 1000); /* past the deadline and sweeps after it, reading nothing */
+    CHECK_EQ(read_frame(fd, back, BIG_FRAME), BIG_FRAME);
+    CHECK(memcmp(in, back, BIG_FRAME) == 0);
+    expect_eof(fd); /* and then closed, once the wait has passed */
+    free(in);
+    free(back);
+}
+
+KVS_TEST(deadline_counts_once_the_output_is_written)
+{
+    server_t s;
+    server_init(&s, 0, client_slow_reader_past_the_deadline);
+    s.use_group = 1;
+    s.on_frame = deadline_frame;
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.closed_before_done);
 }
 
 KVS_TEST(deadline_taken_away_closes_nothing)
@@ -1547,6 +1577,7 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
               KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
               KVS_CASE(deadline_closes_a_member_that_keeps_talking),
+              KVS_CASE(deadline_counts_once_the_output_is_written),
               KVS_CASE(deadline_taken_away_closes_nothing),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
