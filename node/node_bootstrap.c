@@ -643,6 +643,11 @@ static void on_peer_error(kvs_conn_t *c, int err)
         snprintf(why, sizeof(why), "%s",
                  err == KVS_ECLOSED ? "the connection closed before the snapshot ended"
                                     : kvs_strerror(err));
+    /* Cut off, not refused: a peer whose worker stopped or died mid-copy
+     * (its node restarting it) has the data still, as one that cannot be
+     * reached may. */
+    if (err == KVS_ECLOSED) /* an EOF, a reset or a failed write: kvs_conn says it so */
+        b->unreachable = 1;
     attempt_over(b, why);
 }
 

@@ -196,6 +196,24 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         self.assertNotIn("starting empty", log)
         self.assertIsNone(w.proc.poll())
 
+    def test_a_peer_cut_off_mid_copy_is_asked_again(self):
+        # A peer whose connection ends in the middle of the copy (its
+        # worker stopped or died; its node restarts it) has the data still:
+        # the new replica started empty without it. It asks again.
+        def cut(c):
+            c.sendall(chunk_frame(b"x" * 1000))
+            c.close()
+
+        peer = self.peer(cut)
+        w = self.worker(0, peer.port, frame_timeout="1s")
+        self.assertTrue(wait_until(lambda: len(peer.requests) >= 3, 5 * TIMEOUT), w.stderr())
+        log = w.stderr()
+        self.assertIn("snapshot from peer failed: the connection closed before the snapshot "
+                      "ended", log)
+        self.assertIn("as one could not be reached and may hold rows", log)
+        self.assertNotIn("starting empty", log)
+        self.assertIsNone(w.proc.poll())
+
     def test_a_checksum_sent_as_an_integer_is_refused(self):
         # An empty stream whose final frame carries the right length (0) and,
         # where the 16-byte checksum belongs, the integer 16: read as bytes,
