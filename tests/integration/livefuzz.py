@@ -407,9 +407,42 @@ class Shadow:
         self.held = {}
         # bound: key -> the largest encoded value ever written to it
         self.largest = {}
+        # bound, once replicas may lag: the keys the owner's connection
+        # wrote and got a position for (see stale())
+        self.ctx = None
+        self.fresh = set()
+
+    def begin_session(self, ctx):
+        """The owner opened a new connection: the router holds no position
+        for it yet."""
+        self.ctx = ctx
+        self.fresh = set()
+
+    def written(self, resp, ks):
+        """A write of keys ks was answered: with a position, the router
+        attaches it to this connection's later reads of their partitions."""
+        if resp.status == 200 and len(resp.position) > 0:
+            self.fresh.update(ks)
+
+    def stale(self, k):
+        """True if a read of k may be answered by a replica that has not
+        applied the owner's last write of it yet. The router carries only
+        the positions of the connection's own writes (README, read-your-
+        writes): what an owner wrote on an earlier connection may be missing
+        from a replica that lags (a killed worker catching up, the other
+        node's replica behind the one that answered the write), so once
+        replicas may lag (ctx.replicas_lag) only keys the connection wrote
+        are read fresh."""
+        return (self.bound and self.ctx is not None and self.ctx.replicas_lag
+                and k not in self.fresh)
 
     def get(self, k):
-        return self.vals.get(k)
+        return UNKNOWN if self.stale(k) else self.vals.get(k)
+
+    def whole_unknown(self):
+        """A whole-table read (Hlen, Hgetall) cannot be checked."""
+        return (any(v is UNKNOWN for v in self.vals.values())
+                or any(self.stale(k) for k in self.keys))
 
     def begin_pipeline(self):
         self.held = {}
@@ -721,7 +754,7 @@ def gen_owned(rng, sh, ctx):
         r = req(hlen=pb.Hlen(table=sh.table))
 
         def check(resp):
-            if any(v is UNKNOWN for v in sh.vals.values()) or bound_read_503(resp, sh, ctx):
+            if sh.whole_unknown() or bound_read_503(resp, sh, ctx):
                 return None
             if resp.status != 200:
                 return "Hlen: %d %s" % (resp.status, resp.message)
@@ -732,7 +765,7 @@ def gen_owned(rng, sh, ctx):
     r = req(hgetall=pb.Hgetall(table=sh.table, keys_only=keys_only))
 
     def check(resp):
-        if any(v is UNKNOWN for v in sh.vals.values()) or bound_read_503(resp, sh, ctx):
+        if sh.whole_unknown() or bound_read_503(resp, sh, ctx):
             return None
         size = sum(len(a) + 16 + (0 if keys_only else enc_len(b)) for a, b in sh.vals.items())
         if resp.status == 413 and size > mf - 4096:
@@ -982,6 +1015,8 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
             if err:
                 ctx.findings.add(where, err)
                 return
+            for sh in shadows:
+                sh.begin_session(ctx)
             for _ in range(rng.randrange(1, 30)):
                 if time.monotonic() >= deadline:
                     break
@@ -1037,6 +1072,11 @@ def owner_thread(ctx, idx, seed, deadline, shadows):
                         raise Reconnect()
                     if e is not None:
                         msg = e.check(resp)
+                        if r.WhichOneof("command") in WRITES:
+                            cmd = getattr(r, r.WhichOneof("command"))
+                            for sh in shadows:
+                                if sh.table == cmd.table:
+                                    sh.written(resp, named_keys(cmd))
                         if msg:
                             ctx.findings.add(where, "table %s: %s"
                                              % (getattr(getattr(r, r.WhichOneof("command")),
@@ -1065,17 +1105,25 @@ def mark_unknown(batch, shadows):
         for sh in shadows:
             if getattr(cmd, "table", None) != sh.table:
                 continue
-            ks = []
-            if hasattr(cmd, "pair"):
-                ks = [cmd.pair.key]
-            elif hasattr(cmd, "pairs"):
-                ks = [p.key for p in cmd.pairs]
-            elif hasattr(cmd, "keys"):
-                ks = list(cmd.keys)
-            elif hasattr(cmd, "key"):
-                ks = [cmd.key]
-            for k in ks:
+            for k in named_keys(cmd):
                 sh.vals[k] = UNKNOWN
+
+
+# The owned-key commands that write.
+WRITES = {"hset", "hmset", "hdel", "hmdel", "hincr"}
+
+
+def named_keys(cmd):
+    """The keys an owned-key command names."""
+    if hasattr(cmd, "pair"):
+        return [cmd.pair.key]
+    if hasattr(cmd, "pairs"):
+        return [p.key for p in cmd.pairs]
+    if hasattr(cmd, "keys"):
+        return list(cmd.keys)
+    if hasattr(cmd, "key"):
+        return [cmd.key]
+    return []
 
 
 def mutator_thread(ctx, idx, seed, deadline):
