@@ -186,15 +186,8 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         def silent(c):
             time.sleep(1.5)  # past the worker's frame_timeout, then gone
 
-        peer = self.peer(silent)
-        w = self.worker(0, peer.port, frame_timeout="1s")
-        self.assertTrue(wait_until(lambda: len(peer.requests) >= 3, 5 * TIMEOUT), w.stderr())
-        log = w.stderr()
-        self.assertIn("snapshot from peer failed: no answer within limits.frame_timeout "
-                      "(connected, nothing said)", log)
-        self.assertIn("as one could not be reached and may hold rows", log)
-        self.assertNotIn("starting empty", log)
-        self.assertIsNone(w.proc.poll())
+        self.assertAskedAgain(silent, "no answer within limits.frame_timeout (connected, "
+                                      "nothing said)")
 
     def test_a_peer_cut_off_mid_copy_is_asked_again(self):
         # A peer whose connection ends in the middle of the copy (its
@@ -204,12 +197,17 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
             c.sendall(chunk_frame(b"x" * 1000))
             c.close()
 
-        peer = self.peer(cut)
+        self.assertAskedAgain(cut, "the connection closed before the snapshot ended")
+
+    def assertAskedAgain(self, answer, why):
+        """A worker whose one peer answers with `answer` fails for `why`,
+        takes that peer for one that cannot be reached (it may hold rows
+        only it has), and asks it again rather than start empty."""
+        peer = self.peer(answer)
         w = self.worker(0, peer.port, frame_timeout="1s")
         self.assertTrue(wait_until(lambda: len(peer.requests) >= 3, 5 * TIMEOUT), w.stderr())
         log = w.stderr()
-        self.assertIn("snapshot from peer failed: the connection closed before the snapshot "
-                      "ended", log)
+        self.assertIn("snapshot from peer failed: %s" % why, log)
         self.assertIn("as one could not be reached and may hold rows", log)
         self.assertNotIn("starting empty", log)
         self.assertIsNone(w.proc.poll())
