@@ -47,6 +47,7 @@
 #include "bench_hist.h"
 #include "cli_text.h"
 #include "kvs_addr.h"
+#include "kvs_config.h"
 #include "kvs_conn.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
@@ -72,10 +73,15 @@
 #define BENCH_MAX_STATUS 8 /* distinct statuses tracked by value */
 #define BENCH_PROGRESS_MS 250
 #define BENCH_WATCHDOG_MS 100
-/* Frames as large as any server's limits.max_frame may be (1 GiB): values
- * and answers are whatever the server takes and sends. A connection's
- * buffers follow the bytes that came, not this. */
+/* The largest frame --max-frame may allow, as the largest limits.max_frame
+ * (1 GiB). By default a frame may take what the workload needs
+ * (bench_frame_need) and at least BENCH_FRAME_FLOOR, kvs's default
+ * limits.max_frame: a server that announces more (hostile, or holding
+ * values a run with a larger -d wrote) ends the run at its frame header,
+ * before any of it is buffered, rather than costing the load generator
+ * up to 1 GiB per connection. */
 #define BENCH_MAX_FRAME (1u << 30)
+#define BENCH_FRAME_FLOOR (4u << 20)
 #define BENCH_MAX_VALUE BENCH_MAX_FRAME /* a request must still fit a frame */
 
 typedef enum { K_HSET, K_HGET, K_HMGET, K_PING, K_COUNT, K_MIXED = K_COUNT } bench_kind_t;
@@ -101,6 +107,7 @@ typedef struct bench_tmpl_s {
 typedef struct bench_opts_s {
     uint64_t clients, requests, pipeline, keyspace, value_size, keys, warmup, seed;
     uint64_t timeout; /* seconds without progress before giving up; 0: never */
+    uint64_t max_frame; /* --max-frame; 0: bench_frame_need's */
     double read_ratio;
     const char *table;
     const bench_test_t *tests[BENCH_MAX_TESTS];
@@ -162,6 +169,7 @@ struct bench_s {
     uint64_t rng;
     char name[400];             /* the server, for messages */
     char last_error[256];       /* an error answer, warmup included, for a broken connection */
+    char frame_why[160];        /* why a frame past --max-frame ends the run */
     uint32_t last_error_status; /* its status: the text is taken when the status changes */
     unsigned all_failed;        /* tests whose every measured answer was an error */
     bench_run_t run;
@@ -294,7 +302,7 @@ static int pack_request(bench_t *b, bench_kind_t kind, char digit, kvs_buf_t *ou
     bench_msgs_t m;
     fill_request(b, kind, k, keys, &m);
     out->len = 0;
-    int rc = kvs_msg_append(out, &m.req.base, BENCH_MAX_FRAME);
+    int rc = kvs_msg_append(out, &m.req.base, (size_t)b->o.max_frame);
     free(keys);
     return rc;
 }
@@ -353,8 +361,8 @@ static void tmpl_init_all(bench_t *b)
     for (int k = 0; k < K_COUNT; k++) {
         int rc = tmpl_build(b, (bench_kind_t)k, &b->tmpl[k]);
         if (rc == KVS_ETOOBIG)
-            bench_fail(b, "a request does not fit in a %u-byte frame (lower -d or --keys)",
-                       BENCH_MAX_FRAME);
+            bench_fail(b, "a request does not fit in a %" PRIu64 "-byte frame (lower -d or "
+                       "--keys, or raise --max-frame)", b->o.max_frame);
         if (rc != 0)
             bench_fail(b, "cannot build the %s request template: %s", TESTS[k].title,
                        kvs_strerror(rc));
@@ -762,8 +770,7 @@ static void on_conn_error(kvs_conn_t *conn, int err)
         return;
     }
     const char *why = err == KVS_ECLOSED   ? "the server closed the connection"
-                      : err == KVS_ETOOBIG ? "a response frame exceeds 1 GiB, the largest "
-                                             "limits.max_frame"
+                      : err == KVS_ETOOBIG ? b->frame_why
                       : err == KVS_EPROTO  ? "a response frame has the compressed bit set"
                       : err == KVS_ETLS || err == KVS_ENOTLS ? kvs_conn_tls_error(conn)
                                                              : kvs_strerror(err);
@@ -849,8 +856,8 @@ static void clients_connect(bench_t *b)
         c->sent_at = calloc(b->o.pipeline, sizeof(*c->sent_at));
         if (c->sent_at == NULL)
             bench_fail(b, "out of memory");
-        rc = kvs_conn_init(&c->conn, b->loop, a->is_unix, BENCH_MAX_FRAME, on_frame, on_conn_error,
-                           on_conn_close);
+        rc = kvs_conn_init(&c->conn, b->loop, a->is_unix, (size_t)b->o.max_frame, on_frame,
+                           on_conn_error, on_conn_close);
         if (rc != 0)
             bench_fail(b, "cannot create a connection: %s", uv_strerror(rc));
         c->conn.data = c;
@@ -904,6 +911,9 @@ static void usage(FILE *f)
             "      --token TOKEN      its token (default: the environment variable KVS_TOKEN)\n"
             "      --timeout SECONDS  give up when no connection completes and no answer\n"
             "                         comes for this long (default 10; 0 = wait forever)\n"
+            "      --max-frame SIZE   largest frame sent or taken, 1KiB..1GiB (\"64MiB\" or\n"
+            "                         bytes); a larger answer ends the run (default: what\n"
+            "                         the workload needs, at least 4MiB, kvs's default)\n"
             "Workload:\n"
             "  -c, --clients N        parallel connections (default 50)\n"
             "  -n, --requests N       requests per test (default 100000)\n"
@@ -1027,6 +1037,7 @@ enum {
     OPT_USER,
     OPT_TOKEN,
     OPT_TIMEOUT,
+    OPT_MAX_FRAME,
 };
 
 static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'},
@@ -1055,6 +1066,7 @@ static const struct option LONG_OPTS[] = {{"host", required_argument, NULL, 'h'}
                                           {"user", required_argument, NULL, OPT_USER},
                                           {"token", required_argument, NULL, OPT_TOKEN},
                                           {"timeout", required_argument, NULL, OPT_TIMEOUT},
+                                          {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
                                           {NULL, 0, NULL, 0}};
 
 /* Applies one connection option; returns 0 if `ch` is not one. */
@@ -1076,6 +1088,11 @@ static int parse_conn_opt(bench_opts_t *o, int ch, const char *arg)
         o->token = arg;
     } else if (ch == OPT_TIMEOUT) {
         o->timeout = parse_u64("--timeout", arg, 0, 86400);
+    } else if (ch == OPT_MAX_FRAME) {
+        uint64_t v;
+        if (kvs_config_parse_size(arg, &v) != 0 || v < 1024 || v > BENCH_MAX_FRAME)
+            usage_error("--max-frame wants a size from 1KiB to 1GiB, got \"%s\"", arg);
+        o->max_frame = v;
     } else if (ch >= OPT_TLS && ch <= OPT_INSECURE) {
         o->tls = 1;
         if (ch == OPT_CACERT)
@@ -1166,6 +1183,18 @@ static int parse_load_opt(bench_opts_t *o, int ch, const char *arg)
     return 1;
 }
 
+/* The frames the workload needs: its requests, and the answers a server
+ * holding only values of this run's size gives them (an Hmget's --keys
+ * values, an Hset's previous value), each pair with room to spare for
+ * keys and framing; at least BENCH_FRAME_FLOOR, at most BENCH_MAX_FRAME. */
+static uint64_t bench_frame_need(const bench_opts_t *o)
+{
+    uint64_t need = (o->keys + 1) * (o->value_size + 1024) + 65536;
+    if (need < BENCH_FRAME_FLOOR)
+        need = BENCH_FRAME_FLOOR;
+    return need > BENCH_MAX_FRAME ? BENCH_MAX_FRAME : need;
+}
+
 static void parse_args(int argc, char **argv, bench_opts_t *o)
 {
     int ch;
@@ -1188,6 +1217,8 @@ static void parse_args(int argc, char **argv, bench_opts_t *o)
         usage_error("unexpected argument \"%s\"", argv[optind]);
     if (o->user != NULL && o->token == NULL)
         o->token = getenv("KVS_TOKEN");
+    if (o->max_frame == 0)
+        o->max_frame = bench_frame_need(o);
 }
 
 /* ---- main ------------------------------------------------------------------------- */
@@ -1201,6 +1232,10 @@ int main(int argc, char **argv)
     b.loop = uv_default_loop();
     b.rng = b.o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     kvs_addr_format(&b.o.addr, b.name, sizeof(b.name));
+    snprintf(b.frame_why, sizeof(b.frame_why),
+             "a response frame is larger than %" PRIu64 " bytes (--max-frame: by default what "
+             "this workload's answers need, at least 4 MiB)",
+             b.o.max_frame);
     b.progress_on = isatty(STDERR_FILENO);
     if (b.o.tls)
         b.tls = tls_setup(&b.o);

@@ -762,6 +762,47 @@ class HostileServerTest(unittest.TestCase):
         self.assertIn(b"the server closed the connection; the last error answer was 413 frame "
                       b"too large\n", p.stderr)
 
+    def test_bench_ends_at_the_header_of_a_frame_past_its_max_frame(self):
+        # A server announcing a 64 MiB answer, of which it sends 1 MiB: kvs-bench
+        # took frames up to 1 GiB on every connection and waited for the
+        # rest until its timeout; it now ends the run at the header.
+        def huge(conn):
+            (n,) = struct.unpack(">I", recv_exact(conn, 4))
+            recv_exact(conn, n)
+            conn.sendall(struct.pack(">I", 64 << 20) + b"\x08" * (1 << 20))
+            while conn.recv(65536):
+                pass
+
+        port = self.serve(huge)
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        start = time.monotonic()
+        p = subprocess.run([bench, "--port", str(port), "-c", "1", "-n", "5", "-t", "ping", "-q",
+                            "--timeout", "30"], capture_output=True, timeout=40)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertLess(time.monotonic() - start, 5, p.stderr)
+        self.assertIn(b"broke during PING (0 of 5 responses received): a response frame is larger "
+                      b"than 4194304 bytes (--max-frame: by default what this workload's answers "
+                      b"need, at least 4 MiB)\n", p.stderr)
+
+    def test_bench_takes_answers_up_to_the_max_frame_it_is_given(self):
+        # 5 MiB answers: past the default for PING, within --max-frame 8MiB;
+        # and a workload of large values raises the default by itself.
+        big = pb.CommandResponse(status=200, message="x" * (5 << 20))
+        port = self.serve(lambda conn: answer_each(conn, big))
+        bench = os.path.join(BUILD_DIR, "kvs-bench")
+        base = [bench, "--port", str(port), "-c", "2", "-n", "6", "-q"]
+        p = subprocess.run(base + ["-t", "ping"], capture_output=True, timeout=40)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"a response frame is larger than 4194304 bytes", p.stderr)
+        for extra in (["-t", "ping", "--max-frame", "8MiB"], ["-t", "hset", "-d", "600000"]):
+            p = subprocess.run(base + extra, capture_output=True, timeout=40)
+            self.assertEqual(p.returncode, 0, (extra, p.stderr))
+            self.assertRegex(p.stdout, rb"^(PING|HSET): [0-9.]+ requests per second", extra)
+        for bad in ("1000", "2GiB", "lots"):
+            p = subprocess.run(base + ["--max-frame", bad], capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"--max-frame wants a size from 1KiB to 1GiB", p.stderr)
+
     def test_an_answer_without_a_status_is_a_protocol_error(self):
         port = self.serve(lambda conn: answer(conn, pb.CommandResponse()))
         p, _ = self.cli(port, "--timeout", "2", "hget", "t", "k")
