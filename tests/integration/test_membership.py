@@ -761,7 +761,11 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                         b.stderr()[-3000:])
         self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 30),
                         a.stderr()[-3000:])
-        self.assertIn("shard 2: node b heard that this node installed its copy", a.stderr())
+        # The line is there once b wrote it, before b synced it and then
+        # answered; a says it heard only once that answer arrives.
+        self.assertTrue(wait_until(
+            lambda: "shard 2: node b heard that this node installed its copy" in a.stderr(), 10),
+            a.stderr()[-3000:])
         self.assertTrue(wait_until(
             lambda: not os.path.exists(os.path.join(a.data_dir, "shard-2", "ack-owed")), 10))
         self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
