@@ -754,14 +754,24 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # to a stayed refused for good. a now says it again on a
         # connection of its own until b's restarted worker answers.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(3000)
-        self.assertTrue(wait_until(lambda: "\nsent a " in self.copied_out(b), 20),
-                        b.stderr()[-3000:])
+        # Killed once a has the whole stream, its last frame too: b's
+        # copied-out says "sent a" before that frame goes out (a kill
+        # then cuts the stream, and a copies again, acknowledging on the
+        # new stream's connection: not the case this test is about).
+        self.assertTrue(wait_until(
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+        self.assertIn("\nsent a ", self.copied_out(b))
         killed = b.kill_worker(2)
         self.assertTrue(wait_until(lambda: b.worker_pid(2) not in (None, killed), 20),
                         b.stderr()[-3000:])
         self.assertTrue(wait_until(lambda: "\nnode a\n" in self.copied_out(b), 30),
                         a.stderr()[-3000:])
-        self.assertIn("shard 2: node b heard that this node installed its copy", a.stderr())
+        # The line is there once b wrote it, before b synced it and then
+        # answered; a says it heard only once that answer arrives.
+        self.assertTrue(wait_until(
+            lambda: "shard 2: node b heard that this node installed its copy" in a.stderr(), 10),
+            a.stderr()[-3000:])
         self.assertTrue(wait_until(
             lambda: not os.path.exists(os.path.join(a.data_dir, "shard-2", "ack-owed")), 10))
         self.assertTrue(wait_until(lambda: changes_over(a) == 1, 30), a.stderr()[-3000:])
