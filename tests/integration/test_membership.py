@@ -709,9 +709,15 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
         def stream(*early, node="d"):
             c = Client(b.socket_path(2), timeout=10)
+            started = b.stderr().count("sending a snapshot of shard 2 to ")
             c.send(snapshot(node=node))
-            if early:  # not in the same write: Snapshot must be alone on its connection
-                time.sleep(0.2)
+            if early:
+                # Only once b's worker took the Snapshot (it says so after
+                # finding it alone on its connection): one that reads both
+                # in one go refuses the Snapshot (400), as it must.
+                self.assertTrue(wait_until(
+                    lambda: b.stderr().count("sending a snapshot of shard 2 to ") > started, 10),
+                    b.stderr()[-3000:])
                 c.send(*early)
             while True:
                 resp = c.recv()
