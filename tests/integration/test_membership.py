@@ -505,9 +505,13 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         bases = self.bases(list(layout))
         a, b = (self.node(mock, n, layout, bases, extra_yaml="limits: {frame_timeout: 2s}\n")
                 for n in ("a", "b"))
-        for r in (a, b):
-            r.proc = r.spawn()
-            time.sleep(0.5)
+        # b starts once every worker of a found it unreachable (a fixed
+        # head start let a's workers, slow to start, ask b once b answered).
+        a.proc = a.spawn()
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("as one could not be reached") >= SHARDS, 30),
+            a.stderr()[-3000:])
+        b.proc = b.spawn()
         for r in (a, b):
             r.wait_accepting("kvs-router", 30)
             self.wait_serving(r, timeout=30)
