@@ -661,9 +661,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # restart finds its moving-in marker and copies from b again, b
         # records a, and b's reload is taken with every row kept.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(30000)
+        # Killed once a has the whole stream (b says "snapshot sent to"
+        # before its last frame goes out: a kill then cuts the stream).
         self.assertTrue(wait_until(
-            lambda: b.stderr().count("snapshot sent to") > self.sent_before, 20),
-            b.stderr()[-3000:])
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+        self.assertGreater(b.stderr().count("snapshot sent to"), self.sent_before)
         marker = os.path.join(a.data_dir, "shard-2", "moving-in")
         with open(marker) as f:
             self.assertIn("\nfrom b %d 127.0.0.1\n" % (bases["b"] + 2), f.read())
@@ -807,8 +810,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         a.start()
         set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
         a.proc.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: b.stderr().count("snapshot sent to") > sent, 20),
-                        b.stderr()[-3000:])
+        # Killed once a has the whole stream (b says "snapshot sent to"
+        # before its last frame goes out: a kill then cuts the stream).
+        self.assertTrue(wait_until(
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+        self.assertGreater(b.stderr().count("snapshot sent to"), sent)
         a.kill_all()
         del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
         a.start()
