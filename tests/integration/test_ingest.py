@@ -66,15 +66,16 @@ class KafkaFixtures(LogsOnFailure):
         return m
 
     def router(self, mock, bindings, shards=4, properties=None, start=True, group_id="kvs",
-               max_lag=None, env=None, timeout=None, router_yaml=(), max_frame=None):
+               max_lag=None, env=None, timeout=None, router_yaml=(), max_frame=None,
+               log="{level: info}"):
         """A Router with Kafka ingestion: bindings [(topic, table, format,
         partitions)]; max_lag: kafka.max_lag; env: for the router and its
         workers (test hooks); timeout: router.timeout; router_yaml: more
-        entries of the router section."""
+        entries of the router section; log: its log section."""
         props = {"reconnect.backoff.max.ms": "500"}
         props.update(properties or {})
         r = Router(shards=shards, partitions=64, start=False, env=env, timeout=timeout,
-                   router_yaml=router_yaml, max_frame=max_frame,
+                   router_yaml=router_yaml, max_frame=max_frame, log=log,
                    extra_yaml=ingest_yaml(mock.bootstrap, bindings, group_id, props, max_lag))
         self._routers.append(r)
         self.addCleanup(r.close)

@@ -25,8 +25,11 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
         # write's own record, must not be taken for the write.
         parts = 4
         m = self.mock({"users": parts}, control=True)
+        # librdkafka's per-message debug lines say when kvs's record met
+        # the injected error (below).
         r = self.router(m, [("users", "users", "raw", parts)], shards=2,
-                        properties={"retry.backoff.ms": "1000"})
+                        properties={"retry.backoff.ms": "1000", "debug": "msg"},
+                        log="{level: debug}")
         key = b"victim"
         p = partition_of(key, parts)
         other = [k for k in keys_in_partition(p, parts, 2, "o") if k != key][0]
@@ -42,9 +45,16 @@ class HostileProducerTest(KafkaFixtures, unittest.TestCase):
             self.assertTrue(wait_until(lambda: pyval(c.hget("users", other).values[0]) == b"x",
                                        10))
         m.ctl("error Produce NOT_ENOUGH_REPLICAS 1")  # kvs's record is sent again 1 s later
+        mark = len(r.stderr())
         with r.client() as c:
             c.send(req_hset("users", key, b"v2"))
-            time.sleep(0.3)
+            # The forged record goes once kvs's own met the error: sent
+            # before that, it may take the error itself and land after
+            # kvs's record (its retry comes 100 ms later).
+            failed = "users [%d]: MessageSet with 1 message(s)" % p
+            self.assertTrue(wait_until(lambda: any(
+                failed in line and "Not enough in-sync replicas" in line
+                for line in r.stderr()[mark:].splitlines()), 10), r.stderr()[-3000:])
             prod.produce("users", key=other, value=b"evil", partition=p,
                          headers=[("kvs.writer", forged)])
             self.assertEqual(prod.flush(10), 0)

@@ -23,6 +23,7 @@ crash finds requests in flight whatever the machine's speed.
 """
 import functools
 import os
+import re
 import signal
 import socket
 import threading
@@ -278,12 +279,11 @@ class SnapshotKill9Test(NodeTestCase):
     def test_kill9_while_a_complete_copy_is_synced_then_restart_copies_again(self):
         peer, w = self.peer_and_worker(env={"KVS_TEST_SNAPSHOT_SYNC_DELAY_MS": "3000"})
         w.start()
-        # the whole copy is in data.mdb.part, being synced (3 s): kill it there
-        size = os.path.getsize(peer.data_file())
-        self.assertTrue(wait_until(lambda: os.path.exists(self.part(w)) and
-                                   os.path.getsize(self.part(w)) > size // 2, TIMEOUT),
+        # the whole copy is in data.mdb.part, being synced (3 s): kill it
+        # there (the hook says when the stream has ended and the sync starts)
+        self.assertTrue(wait_until(lambda: re.search(
+            r"test hook: the copy of shard 0 from \S+ is whole", w.stderr()), TIMEOUT),
                         w.stderr())
-        time.sleep(0.5)
         self.assertNotIn("copied shard", w.stderr())
         os.kill(w.proc.pid, signal.SIGKILL)
         w.proc.wait(TIMEOUT)

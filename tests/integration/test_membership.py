@@ -505,9 +505,13 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         bases = self.bases(list(layout))
         a, b = (self.node(mock, n, layout, bases, extra_yaml="limits: {frame_timeout: 2s}\n")
                 for n in ("a", "b"))
-        for r in (a, b):
-            r.proc = r.spawn()
-            time.sleep(0.5)
+        # b starts once every worker of a found it unreachable (a fixed
+        # head start let a's workers, slow to start, ask b once b answered).
+        a.proc = a.spawn()
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("as one could not be reached") >= SHARDS, 30),
+            a.stderr()[-3000:])
+        b.proc = b.spawn()
         for r in (a, b):
             r.wait_accepting("kvs-router", 30)
             self.wait_serving(r, timeout=30)
@@ -657,9 +661,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # restart finds its moving-in marker and copies from b again, b
         # records a, and b's reload is taken with every row kept.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(30000)
+        # Killed once a has the whole stream (b says "snapshot sent to"
+        # before its last frame goes out: a kill then cuts the stream).
         self.assertTrue(wait_until(
-            lambda: b.stderr().count("snapshot sent to") > self.sent_before, 20),
-            b.stderr()[-3000:])
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+        self.assertGreater(b.stderr().count("snapshot sent to"), self.sent_before)
         marker = os.path.join(a.data_dir, "shard-2", "moving-in")
         with open(marker) as f:
             self.assertIn("\nfrom b %d 127.0.0.1\n" % (bases["b"] + 2), f.read())
@@ -709,9 +716,15 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
 
         def stream(*early, node="d"):
             c = Client(b.socket_path(2), timeout=10)
+            started = b.stderr().count("sending a snapshot of shard 2 to ")
             c.send(snapshot(node=node))
-            if early:  # not in the same write: Snapshot must be alone on its connection
-                time.sleep(0.2)
+            if early:
+                # Only once b's worker took the Snapshot (it says so after
+                # finding it alone on its connection): one that reads both
+                # in one go refuses the Snapshot (400), as it must.
+                self.assertTrue(wait_until(
+                    lambda: b.stderr().count("sending a snapshot of shard 2 to ") > started, 10),
+                    b.stderr()[-3000:])
                 c.send(*early)
             while True:
                 resp = c.recv()
@@ -797,8 +810,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         a.start()
         set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
         a.proc.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: b.stderr().count("snapshot sent to") > sent, 20),
-                        b.stderr()[-3000:])
+        # Killed once a has the whole stream (b says "snapshot sent to"
+        # before its last frame goes out: a kill then cuts the stream).
+        self.assertTrue(wait_until(
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+        self.assertGreater(b.stderr().count("snapshot sent to"), sent)
         a.kill_all()
         del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
         a.start()
