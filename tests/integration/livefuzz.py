@@ -534,6 +534,20 @@ def kafka_503(resp, sh, ks, ctx):
     return True
 
 
+def fenced(resp, ctx):
+    """A write of an unbound table refused because a client took a whole
+    Snapshot of the shard from its worker (ctx.snapshots: an admin's
+    Snapshot sent straight to a worker): its worker refuses such writes
+    from then on, with 503 "shard N was copied to PEER ...; nothing was
+    written" (README, Unbound tables on a shard that moves). The write did
+    not happen."""
+    if (ctx.snapshots and resp.status == 503 and "was copied to" in resp.message
+            and "nothing was written" in resp.message):
+        ctx.count("write refused: the shard was copied")
+        return True
+    return False
+
+
 def bound_read_503(resp, sh, ctx):
     """A read of a bound table may get 503 while brokers or replicas are in
     trouble (catching up, behind a position, a shard unavailable)."""
@@ -568,6 +582,8 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
+            if fenced(resp, ctx):  # refused before its size is looked at
+                return None
             if not fits:
                 if resp.status != 413:
                     sh.vals[k] = UNKNOWN
@@ -614,7 +630,7 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
-            if kafka_503(resp, sh, [k], ctx):
+            if kafka_503(resp, sh, [k], ctx) or fenced(resp, ctx):
                 return None
             if prev is UNKNOWN:
                 if resp.status == 200:
@@ -668,7 +684,7 @@ def gen_owned(rng, sh, ctx):
             size += sum(o + 16 for o in olds if o)
             near = (size > mf // 4 or None in olds
                     or any(b is not None and len(a) + enc_len(b) > limit for a, b in zip(ks, vs)))
-            if kafka_503(resp, sh, ks, ctx):
+            if kafka_503(resp, sh, ks, ctx) or fenced(resp, ctx):
                 return None
             if resp.status == 200:
                 err = expect_values(resp, prev, name) if plain else None
@@ -726,6 +742,8 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
+            if fenced(resp, ctx):
+                return None
             if prev is UNKNOWN:
                 if resp.status == 200 and len(resp.values) == 1:
                     sh.vals[k] = pyval(resp.values[0])
@@ -803,6 +821,8 @@ def sane(resp, table, ctx):
         return "status %d without a message" % resp.status
     if resp.status == 503 and "computing another digest" in resp.message:
         return None  # Digests of one shard run one at a time (README, Replicas)
+    if fenced(resp, ctx):
+        return None
     if resp.status in SANE:
         return None
     if resp.status == 503 and ctx.kafka and ("Kafka" in resp.message or "kafka" in resp.message
@@ -1585,6 +1605,9 @@ class Ctx:
         # the key had before. Set from a worker's kill on (its writes go to
         # the other node's replica, then to the new worker catching up).
         self.replicas_lag = False
+        # clients talk to a worker directly, as users who may send it
+        # Snapshot (admin): see fenced()
+        self.snapshots = False
         # which owned keys an owner's shadow tracks (a worker's own listener
         # models the keys of its shard only)
         self.key_filter = None
