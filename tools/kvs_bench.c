@@ -169,7 +169,6 @@ struct bench_s {
     uint64_t rng;
     char name[400];             /* the server, for messages */
     char last_error[256];       /* an error answer, warmup included, for a broken connection */
-    char frame_why[160];        /* why a frame past --max-frame ends the run */
     uint32_t last_error_status; /* its status: the text is taken when the status changes */
     unsigned all_failed;        /* tests whose every measured answer was an error */
     bench_run_t run;
@@ -769,8 +768,13 @@ static void on_conn_error(kvs_conn_t *conn, int err)
         kvs_conn_close(conn);
         return;
     }
+    char too_big[160];
+    snprintf(too_big, sizeof(too_big),
+             "a response frame is larger than %" PRIu64 " bytes (--max-frame: by default what "
+             "this workload's answers need, at least 4 MiB)",
+             b->o.max_frame);
     const char *why = err == KVS_ECLOSED   ? "the server closed the connection"
-                      : err == KVS_ETOOBIG ? b->frame_why
+                      : err == KVS_ETOOBIG ? too_big
                       : err == KVS_EPROTO  ? "a response frame has the compressed bit set"
                       : err == KVS_ETLS || err == KVS_ENOTLS ? kvs_conn_tls_error(conn)
                                                              : kvs_strerror(err);
@@ -1232,10 +1236,6 @@ int main(int argc, char **argv)
     b.loop = uv_default_loop();
     b.rng = b.o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     kvs_addr_format(&b.o.addr, b.name, sizeof(b.name));
-    snprintf(b.frame_why, sizeof(b.frame_why),
-             "a response frame is larger than %" PRIu64 " bytes (--max-frame: by default what "
-             "this workload's answers need, at least 4 MiB)",
-             b.o.max_frame);
     b.progress_on = isatty(STDERR_FILENO);
     if (b.o.tls)
         b.tls = tls_setup(&b.o);

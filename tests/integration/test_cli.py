@@ -798,6 +798,12 @@ class HostileServerTest(unittest.TestCase):
             p = subprocess.run(base + extra, capture_output=True, timeout=40)
             self.assertEqual(p.returncode, 0, (extra, p.stderr))
             self.assertRegex(p.stdout, rb"^(PING|HSET): [0-9.]+ requests per second", extra)
+        # it bounds what kvs-bench sends too: a request past it is not built
+        p = subprocess.run(base + ["-t", "hset", "-d", "2000000", "--max-frame", "1MiB"],
+                           capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"a request does not fit in a 1048576-byte frame (lower -d or --keys, or "
+                      b"raise --max-frame)\n", p.stderr)
         for bad in ("1000", "2GiB", "lots"):
             p = subprocess.run(base + ["--max-frame", bad], capture_output=True, timeout=10)
             self.assertEqual(p.returncode, 2, p.stderr)

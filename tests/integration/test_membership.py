@@ -616,6 +616,16 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         set_map(b, moved, bases)
         self.move_taken_by_b(a, b, rows)
 
+    def wait_copy_whole(self, a):
+        """Waits until a, installing slowly (KVS_TEST_SNAPSHOT_SYNC_DELAY_MS),
+        has b's whole copy of shard 2, its last frame too: the moment to
+        kill either side. Not b's "snapshot sent to" or copied-out's "sent
+        a": b says both before that frame goes out, and a kill then cuts
+        the stream."""
+        self.assertTrue(wait_until(
+            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
+            a.stderr()[-3000:])
+
     def copied_out(self, router, shard=2):
         try:
             with open(os.path.join(router.data_dir, "shard-%d" % shard, "copied-out")) as f:
@@ -661,11 +671,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # restart finds its moving-in marker and copies from b again, b
         # records a, and b's reload is taken with every row kept.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(30000)
-        # Killed once a has the whole stream (b says "snapshot sent to"
-        # before its last frame goes out: a kill then cuts the stream).
-        self.assertTrue(wait_until(
-            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
-            a.stderr()[-3000:])
+        self.wait_copy_whole(a)
         self.assertGreater(b.stderr().count("snapshot sent to"), self.sent_before)
         marker = os.path.join(a.data_dir, "shard-2", "moving-in")
         with open(marker) as f:
@@ -767,13 +773,9 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         # to a stayed refused for good. a now says it again on a
         # connection of its own until b's restarted worker answers.
         bases, a, b, rows, moved = self.move_2_from_b_to_a_slowly(3000)
-        # Killed once a has the whole stream, its last frame too: b's
-        # copied-out says "sent a" before that frame goes out (a kill
-        # then cuts the stream, and a copies again, acknowledging on the
-        # new stream's connection: not the case this test is about).
-        self.assertTrue(wait_until(
-            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
-            a.stderr()[-3000:])
+        # (a copy cut off would be acknowledged on the next stream's
+        # connection: not the case this test is about)
+        self.wait_copy_whole(a)
         self.assertIn("\nsent a ", self.copied_out(b))
         killed = b.kill_worker(2)
         self.assertTrue(wait_until(lambda: b.worker_pid(2) not in (None, killed), 20),
@@ -810,11 +812,7 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         a.start()
         set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3], "c": [0, 1, 2]}, bases)
         a.proc.send_signal(signal.SIGHUP)
-        # Killed once a has the whole stream (b says "snapshot sent to"
-        # before its last frame goes out: a kill then cuts the stream).
-        self.assertTrue(wait_until(
-            lambda: "test hook: the copy of shard 2 from b is whole" in a.stderr(), 20),
-            a.stderr()[-3000:])
+        self.wait_copy_whole(a)
         self.assertGreater(b.stderr().count("snapshot sent to"), sent)
         a.kill_all()
         del a.env["KVS_TEST_SNAPSHOT_SYNC_DELAY_MS"]
