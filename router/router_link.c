@@ -253,6 +253,16 @@ static void link_up(router_link_t *l)
 {
     link_forget_addrs(l);
     l->handshaking = 0;
+    /* A worker that closed the last connection (it restarted, or ended a
+     * snapshot copy and serves now) starts with a clean record: the 503s
+     * and losses of the process before say nothing of this one, and a
+     * node's own new replica was passed over for up to 30 s. One this
+     * router reset because its worker hung keeps its avoidance: that
+     * worker still holds the socket, and most likely still hangs. */
+    if (!l->hung) {
+        l->avoid_ms = 0;
+        l->avoid_until = 0;
+    }
     l->hung = 0;
     l->up = 1;
     l->up_since = uv_now(l->loop);

@@ -19,8 +19,9 @@
  * soonest; then one that is down (a send to it fails at once, and the
  * caller moves on). A replica is avoided for a while after it failed a
  * request (500 ms, doubling while failures repeat, up to 30 s; an answer
- * that is not 503 ends it), so a hung or catching-up replica costs a
- * timeout or a retry now and then, not on every request.
+ * that is not 503 ends it, and so does a new connection to a worker that
+ * closed the last one: router_link), so a hung or catching-up replica
+ * costs a timeout or a retry now and then, not on every request.
  *
  * Retry budget (Finagle's RetryBudget): a token bucket per router. Every
  * read sent to a shard with replicas deposits retry_percent/100 of a token,

@@ -524,6 +524,46 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         for r in (a, b):
             self.assertEqual(r.stop(), 0)
 
+    def test_a_replica_that_copied_takes_its_own_nodes_writes_at_once(self):
+        # a starts first and asks b, not started, again each second; its
+        # workers answer 503 meanwhile, and a's router, asked for a row of
+        # the shard again and again, passes its own replica over for longer
+        # each time (500 ms, doubling, up to 30 s). b starts, a copies b's
+        # empty shards, and a's workers serve anew: new processes, with a
+        # clean record. a's router took b's replica instead for up to 30 s
+        # (a network hop for every write); with b's worker stopped, a write
+        # through a got 503 after router.timeout.
+        mock = self.mock()
+        layout = {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+        bases = self.bases(list(layout))
+        a, b = (self.node(mock, n, layout, bases, timeout="1s") for n in ("a", "b"))
+        key = b"own-1"
+        a.proc = a.spawn()
+        self.assertTrue(wait_until(
+            lambda: a.stderr().count("as one could not be reached") >= SHARDS, 30),
+            a.stderr()[-3000:])
+        a.wait_accepting("kvs-router", 30)
+        with a.client(timeout=20) as c:
+            for _ in range(8):  # 500 ms .. 30 s: a's own replica is the only one up
+                resp = c.call(req_hget(TABLE, key))
+                self.assertEqual(resp.status, 503, resp.message)
+        b.proc = b.spawn()
+        self.assertTrue(wait_until(lambda: a.stderr().count("copied shard") == SHARDS, 30),
+                        a.stderr()[-3000:])
+        for r in (a, b):
+            r.wait_accepting("kvs-router", 30)
+            self.wait_serving(r, timeout=30)
+            self.wait_workers(r, timeout=30)
+            self.wait_links(r)
+        pid = b.worker_pid(shard_of_key(key))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with a.client(timeout=20) as c:
+                resp = c.call(req_hset(TABLE, key, "v"))
+            self.assertEqual(resp.status, 200, resp.message)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def test_a_move_whose_only_peer_is_busy_waits_for_its_snapshot(self):
         # b's worker is sending another snapshot (to a receiver that reads
         # slowly) when a's new worker asks: 503. Starting empty would
