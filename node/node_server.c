@@ -1446,7 +1446,10 @@ static void on_ack(node_server_t *srv, node_client_t *cl, const uint8_t *payload
                  cl->conn.peer, cl->ack_node);
     kvs__command_request__free_unpacked(q, NULL);
     cl->acking = 0;
-    kvs_conn_close(&cl->conn);
+    /* The stream's last frames may still be queued (a receiver that sent
+     * its frame early is read in the turn the stream ended): they are
+     * owed, so they go out before the connection closes. */
+    kvs_conn_close_after_flush(&cl->conn);
 }
 
 void node_server_set_snapshot(node_server_t *srv, node_snapshot_t *sn, node_handoff_t *handoff)

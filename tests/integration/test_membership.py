@@ -736,6 +736,51 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                         self.copied_out(b))
         self.move_taken_by_b(a, b, rows)
 
+    def test_a_receiver_that_speaks_early_gets_its_whole_stream(self):
+        # A receiver whose frame arrives before its stream ended: b's
+        # worker read it in the turn the stream ended, found no
+        # acknowledgement, and closed the connection at once, dropping
+        # what was still queued (the final frame, and under load the
+        # stream's tail). It is owed all of it before the close.
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
+        _, _, _, a, b = self.a_and_b(layout)
+        big = "x" * 60000
+        with b.client(timeout=20) as c:
+            i = n = 0
+            while n < 40:  # some 2.4 MB in shard 2, past the socket's buffers
+                k = b"big-%d" % i
+                i += 1
+                if shard_of_key(k) != 2:
+                    continue
+                self.assertEqual(c.call(req_hset("loose", k, big)).status, 200)
+                n += 1
+        req = pb.CommandRequest()
+        req.snapshot.node = "d"
+        early = pb.CommandRequest()
+        early.snapshot.node = "d"
+        early.snapshot.installed = b"\0" * 16
+        with Client(b.socket_path(2), timeout=20) as c:
+            started = b.stderr().count("sending a snapshot of shard 2 to ")
+            c.send(req)
+            self.assertTrue(wait_until(
+                lambda: b.stderr().count("sending a snapshot of shard 2 to ") > started, 10),
+                b.stderr()[-3000:])
+            c.send(early)
+            # Nothing read yet: the stream's end finds the early frame.
+            self.assertTrue(wait_until(
+                lambda: "sent something other than the copy's acknowledgement" in b.stderr(),
+                20), b.stderr()[-3000:])
+            got = 0
+            while True:
+                resp = c.recv()
+                if resp.status != 206:
+                    break
+                got += len(resp.values[0].binary_value)
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(got, resp.values[0].integer_value, resp.message)
+            self.assertGreater(got, 2000000)
+            self.assertTrue(c.at_eof())
+
     def test_only_an_acknowledgement_echoing_the_copys_checksum_names_its_node(self):
         # b's copied-out names a node only on Snapshot.installed carrying
         # the checksum of a copy b sent that node: on the stream's
