@@ -22,7 +22,10 @@
  * snapshot, which keeps LMDB from reusing pages and the map from growing
  * (node_store views), so it must not last for ever. The clock runs only
  * while the stream is held back for the receiver, not while it waits for
- * the copy thread (this worker's own disk).
+ * the copy thread (this worker's own disk). Once the pipe ended, the same
+ * rule goes on with the connection (kvs_conn_set_min_progress) until the
+ * receiver took the stream's tail: a client slot, and up to the high-water
+ * mark of output, must not wait for ever either.
  *
  * Ending early: when the connection closes (the receiver left, a stall,
  * shutdown), the pipe's read end is closed; the copy thread's next write
@@ -181,6 +184,14 @@ static void finish(node_snapshot_t *sn)
                               sn->shard, (unsigned long long)sn->total, kvs_strerror(sn->copy_rc));
         kvs_error("snapshot to %s failed: %s", c->peer, kvs_strerror(sn->copy_rc));
     }
+    /* Nothing more follows what is queued: the stall rule goes on with
+     * the connection until the receiver has taken it all (a receiver
+     * that stopped reading once the copy was all read from the pipe held
+     * its connection, and up to the high-water mark, for ever). */
+    if (c != NULL && sn->stall_ms > 0)
+        kvs_conn_set_min_progress(c, MIN_PROGRESS, sn->stall_ms,
+                                  "the end of its snapshot stream is not being read "
+                                  "(limits.frame_timeout)");
     int delivered = c != NULL && sn->copy_rc == 0;
     kvs_conn_t *kept = delivered && sn->keep && sn->done_cb != NULL ? c : NULL;
     if (c != NULL && kept == NULL)
