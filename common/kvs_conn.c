@@ -265,7 +265,12 @@ static size_t conn_in_flight_sent(const kvs_conn_t *c)
 
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
-    return c->out.len + c->cout.len + (c->wbuf.len - c->woff) - conn_in_flight_sent(c);
+    return c->out.len + c->cout.len + (c->wbuf.len - c->woff);
+}
+
+size_t kvs_conn_unsent(const kvs_conn_t *c)
+{
+    return kvs_conn_backlog(c) - conn_in_flight_sent(c);
 }
 
 /* Bytes `c` handed to its socket, ever. */

@@ -420,9 +420,14 @@ int kvs_conn_reset_on_close(kvs_conn_t *c);
  * taken for gone. One poll(2) that does not wait. */
 int kvs_conn_peer_gone(const kvs_conn_t *c);
 
-/* Bytes queued or being written, less what the write under way has
- * already handed to the socket. */
+/* Bytes queued or being written. */
 size_t kvs_conn_backlog(const kvs_conn_t *c);
+
+/* The backlog less what the write under way has already handed to the
+ * socket: what the peer has yet to take, as a rule about its progress
+ * must count it (one uv_write may carry a whole high-water mark, and
+ * complete only once a slow reader took it all). */
+size_t kvs_conn_unsent(const kvs_conn_t *c);
 
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);

@@ -74,7 +74,7 @@ struct node_snapshot_s {
     uv_check_t check;
     int checking;
     uint64_t queued;       /* bytes of chunk frames put on the connection */
-    uint64_t base;         /* the connection's backlog when the snapshot started */
+    uint64_t base;         /* what the receiver had yet to take when the snapshot started */
     uint64_t window_taken; /* bytes the receiver had taken when the current window began */
     uint64_t window_left;  /* ms of it left, on a clock that runs only while held back */
     uint64_t held_since;   /* uv_now when the current hold began */
@@ -295,7 +295,7 @@ static void on_check(uv_check_t *h)
         sn->checking = 0;
         return;
     }
-    size_t backlog = kvs_conn_backlog(sn->conn);
+    size_t backlog = kvs_conn_unsent(sn->conn);
     uint64_t now = uv_now(sn->loop);
     uint64_t sent = sn->base + sn->queued;
     uint64_t taken = sent > backlog ? sent - backlog : 0;
@@ -372,7 +372,7 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf
     sn->keep = keep;
     sn->active = 1;
     sn->queued = 0;
-    sn->base = kvs_conn_backlog(conn);
+    sn->base = kvs_conn_unsent(conn);
     sn->window_taken = 0;
     sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);
