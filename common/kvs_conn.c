@@ -147,6 +147,15 @@ void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why)
     c->deadline_why = why;
 }
 
+void kvs_conn_set_min_progress(kvs_conn_t *c, size_t min_bytes, uint64_t window_ms,
+                               const char *why)
+{
+    c->progress_min = min_bytes;
+    c->progress_window_ms = window_ms;
+    c->progress_since_ms = 0; /* the sweep starts a window when it finds output waiting */
+    c->progress_why = why;
+}
+
 void kvs_conn_set_unproven(kvs_conn_t *c, int unproven)
 {
     if (!unproven)
@@ -242,9 +251,32 @@ int kvs_unproven_evict(kvs_unproven_t *u, int (*spared)(const kvs_conn_t *c), in
     return 1;
 }
 
+/* What the in-flight uv_write has already handed to the socket: libuv
+ * writes it piece by piece as the peer reads, and counts down the
+ * stream's write queue as it goes, long before the write completes (a
+ * write of a whole high-water mark to a slow reader takes a while). */
+static size_t conn_in_flight_sent(const kvs_conn_t *c)
+{
+    if (!has(c, KVS_CONN_WRITING) || has(c, KVS_CONN_CLOSING))
+        return 0;
+    size_t queued = uv_stream_get_write_queue_size(&c->h.stream);
+    return queued < c->wchunk ? c->wchunk - queued : 0;
+}
+
 size_t kvs_conn_backlog(const kvs_conn_t *c)
 {
     return c->out.len + c->cout.len + (c->wbuf.len - c->woff);
+}
+
+size_t kvs_conn_unsent(const kvs_conn_t *c)
+{
+    return kvs_conn_backlog(c) - conn_in_flight_sent(c);
+}
+
+/* Bytes `c` handed to its socket, ever. */
+static uint64_t conn_written(const kvs_conn_t *c)
+{
+    return c->written + conn_in_flight_sent(c);
 }
 
 size_t kvs_conn_pending(const kvs_conn_t *c)
@@ -805,6 +837,7 @@ static int conn_write_wbuf(kvs_conn_t *c)
             return n;
         if (n > 0) {
             c->woff += (size_t)n;
+            c->written += (uint64_t)n;
             if (c->group != NULL)
                 c->group->bytes_out += (uint64_t)n;
             if ((size_t)n == chunk)
@@ -837,6 +870,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     c->woff += c->wchunk;
+    c->written += c->wchunk;
     if (c->group != NULL)
         c->group->bytes_out += c->wchunk;
     int rc = conn_write_wbuf(c);
@@ -1256,6 +1290,23 @@ static void on_sweep(uv_timer_t *t)
                          (unsigned long long)lim->output_timeout_ms);
             kvs_conn_close(c);
             continue;
+        }
+        if (c->progress_min != 0) {
+            if (kvs_conn_pending(c) == 0) {
+                c->progress_since_ms = 0; /* nothing waits: no clock */
+            } else if (c->progress_since_ms == 0 ||
+                       conn_written(c) - c->progress_mark >= c->progress_min) {
+                c->progress_since_ms = now + 1; /* a new window (never 0) */
+                c->progress_mark = conn_written(c);
+            } else if (now - (c->progress_since_ms - 1) >= c->progress_window_ms) {
+                if (kvs_log_budget_take(&g->log_budget, now))
+                    kvs_warn("closing %s %s: %s: it took less than %zu bytes in %llu ms, "
+                             "%zu bytes still owed to it",
+                             g->what, c->peer, c->progress_why, c->progress_min,
+                             (unsigned long long)c->progress_window_ms, kvs_conn_pending(c));
+                kvs_conn_close(c);
+                continue;
+            }
         }
         if (c->deadline_wait_ms != 0) {
             if (kvs_conn_pending(c) > 0)

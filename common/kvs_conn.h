@@ -215,6 +215,12 @@ struct kvs_conn_s {
     uint64_t deadline_ms;           /* loop time it ends, counted once its output was all
                                        written (0: not counting yet) */
     const char *deadline_why;       /* what it did not do by then, for the log line */
+    uint64_t written;               /* bytes it wrote to its socket, ever */
+    size_t progress_min;            /* kvs_conn_set_min_progress's bytes (0: no rule) */
+    uint64_t progress_window_ms;    /* ... per this long */
+    uint64_t progress_since_ms;     /* loop time + 1 the current window began (0: none) */
+    uint64_t progress_mark;         /* `written` then */
+    const char *progress_why;       /* what it was owed, for the log line */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
 };
@@ -260,6 +266,18 @@ void kvs_conn_set_unproven(kvs_conn_t *c, int unproven);
  * now waits for one last thing from its peer, once it has what it asked
  * for (a peer that reads slowly is not cut off with it unsent). */
 void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why);
+
+/* Closes `c`, a group member, once output has waited for it for
+ * `window_ms` in which it took less than `min_bytes` (checked at its
+ * group's sweep, once a second): for a connection owed a last stretch of
+ * output that nothing more will follow, so that a peer that stops reading
+ * it does not hold the connection, and what waits for it, for ever. A
+ * peer that reads slowly but on keeps it (the rule a stream's sender
+ * keeps while the stream lasts). The clock runs only while output waits.
+ * 0 bytes takes the rule away. `why` (static) says, in the log line,
+ * what the peer does not read. */
+void kvs_conn_set_min_progress(kvs_conn_t *c, size_t min_bytes, uint64_t window_ms,
+                               const char *why);
 
 /* Whether `c` speaks TLS and its handshake has not completed: a peer that
  * is nobody yet, users or not (servers count it unproven: it has
@@ -404,6 +422,12 @@ int kvs_conn_peer_gone(const kvs_conn_t *c);
 
 /* Bytes queued or being written. */
 size_t kvs_conn_backlog(const kvs_conn_t *c);
+
+/* The backlog less what the write under way has already handed to the
+ * socket: what the peer has yet to take, as a rule about its progress
+ * must count it (one uv_write may carry a whole high-water mark, and
+ * complete only once a slow reader took it all). */
+size_t kvs_conn_unsent(const kvs_conn_t *c);
 
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);

@@ -22,7 +22,10 @@
  * snapshot, which keeps LMDB from reusing pages and the map from growing
  * (node_store views), so it must not last for ever. The clock runs only
  * while the stream is held back for the receiver, not while it waits for
- * the copy thread (this worker's own disk).
+ * the copy thread (this worker's own disk). Once the pipe ended, the same
+ * rule goes on with the connection (kvs_conn_set_min_progress) until the
+ * receiver took the stream's tail: a client slot, and up to the high-water
+ * mark of output, must not wait for ever either.
  *
  * Ending early: when the connection closes (the receiver left, a stall,
  * shutdown), the pipe's read end is closed; the copy thread's next write
@@ -71,7 +74,7 @@ struct node_snapshot_s {
     uv_check_t check;
     int checking;
     uint64_t queued;       /* bytes of chunk frames put on the connection */
-    uint64_t base;         /* the connection's backlog when the snapshot started */
+    uint64_t base;         /* what the receiver had yet to take when the snapshot started */
     uint64_t window_taken; /* bytes the receiver had taken when the current window began */
     uint64_t window_left;  /* ms of it left, on a clock that runs only while held back */
     uint64_t held_since;   /* uv_now when the current hold began */
@@ -181,6 +184,14 @@ static void finish(node_snapshot_t *sn)
                               sn->shard, (unsigned long long)sn->total, kvs_strerror(sn->copy_rc));
         kvs_error("snapshot to %s failed: %s", c->peer, kvs_strerror(sn->copy_rc));
     }
+    /* Nothing more follows what is queued: the stall rule goes on with
+     * the connection until the receiver has taken it all (a receiver
+     * that stopped reading once the copy was all read from the pipe held
+     * its connection, and up to the high-water mark, for ever). */
+    if (c != NULL && sn->stall_ms > 0)
+        kvs_conn_set_min_progress(c, MIN_PROGRESS, sn->stall_ms,
+                                  "the end of its snapshot stream is not being read "
+                                  "(limits.frame_timeout)");
     int delivered = c != NULL && sn->copy_rc == 0;
     kvs_conn_t *kept = delivered && sn->keep && sn->done_cb != NULL ? c : NULL;
     if (c != NULL && kept == NULL)
@@ -284,7 +295,7 @@ static void on_check(uv_check_t *h)
         sn->checking = 0;
         return;
     }
-    size_t backlog = kvs_conn_backlog(sn->conn);
+    size_t backlog = kvs_conn_unsent(sn->conn);
     uint64_t now = uv_now(sn->loop);
     uint64_t sent = sn->base + sn->queued;
     uint64_t taken = sent > backlog ? sent - backlog : 0;
@@ -361,7 +372,7 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf
     sn->keep = keep;
     sn->active = 1;
     sn->queued = 0;
-    sn->base = kvs_conn_backlog(conn);
+    sn->base = kvs_conn_unsent(conn);
     sn->window_taken = 0;
     sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);

@@ -283,10 +283,28 @@ class OverloadedWorkerMetricsTest(RouterTestCase):
                 except OSError:  # socket.timeout: queued behind the stopped worker
                     return False
 
+        done = threading.Event()
+
+        def fill(w):
+            # Writes for shard 0 until the router refuses one: the sockets
+            # on the way (loopback's grow as they fill) take some, the
+            # link 1 MiB. Bounded: 20 MiB at most, and a send that blocks
+            # 10 s (nothing is read any more) ends it.
+            try:
+                for _ in range(100):
+                    if done.is_set():
+                        return
+                    w.send_raw(encode(req_hset("t", keys[0][0], big)))
+            except OSError:
+                pass
+
         with stopped(r.worker_pid(0)), r.client() as w, r.client() as c:
-            for i in range(12):  # 2.4 MiB for shard 0: the socket takes some, the link 1 MiB
-                w.send_raw(encode(req_hset("t", keys[0][0], big)))
+            filler = threading.Thread(target=fill, args=(w,), daemon=True)
+            filler.start()
+            self.addCleanup(filler.join, 15)
+            self.addCleanup(done.set)
             self.assertTrue(wait_until(refused, 30), r.stderr()[-3000:])
+            done.set()
             resp = c.call(metrics_req())
             self.assertEqual(resp.status, 200, resp.message)
             self.assertIn("shard 0", resp.message)

@@ -584,6 +584,64 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         self.assertIn("the receiver took less than 64 KiB of it in limits.frame_timeout",
                       node.stderr())
 
+    def test_a_receiver_that_stops_reading_the_streams_end_is_closed(self):
+        # The stall rule held while the stream was read from the copy's
+        # pipe: a stream smaller than the high-water mark is all queued at
+        # once, and a receiver that then read nothing held its client
+        # slot, and the whole stream in the worker's memory, for ever. It
+        # must take 64 KiB per limits.frame_timeout of it, to its end.
+        node = self.managed(Node(extra_yaml="limits: {client_output: 64MiB, frame_timeout: 1s}\n"))
+        with node.client() as c:
+            for b in range(20):  # about 6 MB that no compaction shrinks
+                reqs = [req_hset("t", b"k%d-%d" % (b, i), os.urandom(3000)) for i in range(100)]
+                self.assertEqual({r.status for r in c.pipeline(reqs)}, {200})
+        snap = pb.CommandRequest()
+        snap.snapshot.SetInParent()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(TIMEOUT)
+        s.connect(node.addr)
+        s.sendall(frame(snap.SerializeToString()))
+        self.assertTrue(wait_until(lambda: "snapshot sent to " in node.stderr(), 20),
+                        node.stderr()[-3000:])
+        # Reading nothing: closed within the window and a sweep or two.
+        self.assertTrue(wait_until(
+            lambda: "the end of its snapshot stream is not being read" in node.stderr(), 5),
+            node.stderr()[-3000:])
+        got = b""
+        while True:  # what the kernels' buffers held, then the end
+            try:
+                data = s.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            got += data
+        statuses, at = [], 0
+        while at + 4 <= len(got):
+            n = struct.unpack(">I", got[at:at + 4])[0]
+            if at + 4 + n > len(got):
+                break  # cut inside a frame
+            r = pb.CommandResponse()
+            r.ParseFromString(got[at + 4:at + 4 + n])
+            statuses.append(r.status)
+            at += 4 + n
+        self.assertEqual(set(statuses), {206})  # cut short: no final frame
+        self.assertLess(at, 6000000)
+        # The slot and the snapshot are free: the next receiver gets its stream.
+        with Client(node.addr, timeout=TIMEOUT) as c:
+            c.send(snap)
+            total = 0
+            while True:
+                r = c.recv()
+                if r.status != 206:
+                    break
+                total += len(r.values[0].binary_value)
+            self.assertEqual(r.status, 200, r.message)
+            self.assertEqual(total, r.values[0].integer_value)
+            self.assertGreater(total, 6000000)
+
     def test_a_receiver_that_never_acknowledges_is_closed(self):
         # A node's receiver takes the whole stream and then says nothing:
         # the connection that waits for its acknowledgement held a client

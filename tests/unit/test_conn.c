@@ -1360,6 +1360,86 @@ KVS_TEST(output_timeout_spares_a_member_that_reads)
     CHECK_EQ(s.frames, 2); /* and the client read both echoes: never closed on the way */
 }
 
+/* A member owed a last stretch of output must take 16 KiB of it per
+ * 300 ms (kvs_conn_set_min_progress) while it waits: one that stops
+ * reading is closed; one that reads slowly but on is not, though the one
+ * write that carries its answer lasts much longer than 300 ms. */
+static void progress_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    kvs_conn_set_min_progress(c, 16 * 1024, 300, "the test's answer is not being read");
+    echo_frame(c, p, len);
+}
+
+static void client_stops_reading(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *big = calloc(1, BIG_FRAME);
+    CHECK(big != NULL);
+    send_frame(fd, big, BIG_FRAME);
+    usleep(2500 * 1000); /* the window and sweeps after it, reading nothing */
+    struct timeval tv = {5, 0};
+    CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    size_t got = 0;
+    for (;;) {
+        ssize_t r = recv(fd, big, BIG_FRAME, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        CHECK(r >= 0 || errno == ECONNRESET); /* not a timeout: the server is done */
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    free(big);
+    CHECK(got < BIG_FRAME); /* only what the kernels' buffers held */
+}
+
+KVS_TEST(min_progress_closes_a_member_that_stops_reading)
+{
+    server_t s;
+    server_init(&s, 0, client_stops_reading);
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    s.use_group = 1;
+    s.on_frame = progress_frame;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.closed_before_done);
+}
+
+static void client_reads_slowly(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *in = malloc(BIG_FRAME), *back = malloc(BIG_FRAME);
+    CHECK(in != NULL && back != NULL);
+    for (size_t i = 0; i < BIG_FRAME; i++)
+        in[i] = (uint8_t)(i * 31u + 7u);
+    send_frame(fd, in, BIG_FRAME);
+    uint8_t hdr[KVS_FRAME_HEADER];
+    CHECK_EQ(recv_all(fd, hdr, sizeof(hdr)), 0);
+    size_t got = 0;
+    while (got < BIG_FRAME) { /* 4 KiB per 50 ms: some 4 s in all, past sweeps */
+        size_t n = BIG_FRAME - got < 4096 ? BIG_FRAME - got : 4096;
+        CHECK_EQ(recv_all(fd, back + got, n), 0);
+        got += n;
+        usleep(50 * 1000);
+    }
+    CHECK(memcmp(in, back, BIG_FRAME) == 0);
+    free(in);
+    free(back);
+}
+
+KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
+{
+    server_t s;
+    server_init(&s, 0, client_reads_slowly);
+    s.send_buffer = 8 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    s.use_group = 1;
+    s.on_frame = progress_frame;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1); /* and the client read the whole echo: never closed on the way */
+}
+
 /* ---- runs of frames (on_delivered) ------------------------------------------------ */
 
 static void run_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
@@ -1581,6 +1661,8 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(deadline_taken_away_closes_nothing),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
+              KVS_CASE(min_progress_closes_a_member_that_stops_reading),
+              KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
               KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
               KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
