@@ -61,6 +61,7 @@
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "kvs_resp.h"
+#include "kvs_testhook.h"
 #include "kvs_time.h"
 #include "node_cmd.h"
 #include "node_slot.h"
@@ -143,6 +144,15 @@ struct node_client_s {
     uint64_t peer_checked_ns; /* uv_hrtime this run of frames found its peer there; 0: not yet */
 };
 
+/* How long a receiver has, once its stream was all written to it (a slow
+ * reader is not cut off: kvs_conn_set_deadline), to acknowledge the copy
+ * on the stream's connection: installing it is a sync and a rename.
+ * One that misses it says it again on a connection of its own
+ * (node_ack), recorded through the sent line; the stream's connection
+ * does not hold a client slot for ever. A test build's
+ * KVS_TEST_SNAPSHOT_ACK_WAIT_MS replaces it (a test need not wait 30 s). */
+#define ACK_WAIT_MS 30000u
+
 struct node_server_s {
     uv_loop_t *loop;
     node_store_t *store;
@@ -182,6 +192,8 @@ struct node_server_s {
     node_snapshot_t *snapshot; /* the Snapshot command's sender, or NULL */
     node_handoff_t *handoff;   /* the fence the Snapshot command raises, or NULL */
     int fence_raised;          /* by the snapshot being sent: lowered if it is not delivered */
+    uint64_t ack_wait_ms;      /* ACK_WAIT_MS (KVS_TEST_SNAPSHOT_ACK_WAIT_MS in a test build) */
+    char ack_why[200];         /* the log line's reason when it passes */
     /* operations */
     kvs_hook_chain_t chain;
     const kvs_plugins_t *plugins;
@@ -1236,6 +1248,15 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
                         KVS_LOG_PEER_LINES, KVS_LOG_PEER_WINDOW_MS);
     srv->store = o->store;
     srv->max_frame = o->max_frame;
+    srv->ack_wait_ms = ACK_WAIT_MS;
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_ACK_WAIT_MS", &srv->ack_wait_ms))
+        kvs_warn("test hook: a snapshot's receiver has %llu ms to acknowledge it "
+                 "(KVS_TEST_SNAPSHOT_ACK_WAIT_MS)",
+                 (unsigned long long)srv->ack_wait_ms);
+    snprintf(srv->ack_why, sizeof(srv->ack_why),
+             "its snapshot stream was all written %llu s ago and it has not acknowledged the "
+             "copy on it (an acknowledgement on a connection of its own still counts)",
+             (unsigned long long)(srv->ack_wait_ms / 1000));
     srv->cmd.store = o->store;
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;
@@ -1398,13 +1419,6 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
     return 0;
 }
 
-/* How long a receiver has, once its stream was all written to it (a slow
- * reader is not cut off: kvs_conn_set_deadline), to acknowledge the copy
- * on the stream's connection: installing it is a sync and a rename.
- * One that misses it says it again on a connection of its own
- * (node_ack), recorded through the sent line; the stream's connection
- * does not hold a client slot for ever. */
-#define ACK_WAIT_MS 30000u
 
 /* node_snapshot's end: a fence raised for a snapshot that was not
  * delivered comes down (no copy exists). A delivered one's receiver, a
@@ -1421,10 +1435,7 @@ static void snapshot_done(void *arg, kvs_conn_t *kept, const uint8_t *delivered)
         cl->acking = 1;
         memcpy(cl->ack_hash, delivered, KVS_HASH_LEN);
         node_handoff_sent(srv->handoff, cl->ack_node, delivered, cl->ack_epoch);
-        kvs_conn_set_deadline(kept, ACK_WAIT_MS,
-                              "its snapshot stream was all written 30 s ago and it has not "
-                              "acknowledged the copy on it (an acknowledgement on a connection "
-                              "of its own still counts)");
+        kvs_conn_set_deadline(kept, srv->ack_wait_ms, srv->ack_why);
         kvs_conn_resume(kept);
     }
 }

@@ -41,6 +41,15 @@
  *    never send one (node_cmd checks every answer); a node whose
  *    limits.max_frame is larger than this router's could, and one request
  *    is all it may cost.
+ *  - A replica router_replica avoids keeps its avoidance across a
+ *    reconnect: a peer that accepts and then fails every request (a
+ *    crash-looping worker, a broken node) would otherwise be handed a
+ *    client's request, and fail it, at every reconnect. Instead the link
+ *    asks the new connection's worker itself: a Ping of its own (ctx: the
+ *    link, never a request), sent as it comes up; a 200 ends the
+ *    avoidance (a worker that restarted, or ended a snapshot copy and
+ *    serves now, is not passed over for up to 30 s); anything else, or no
+ *    answer, leaves it. Nobody else sees the Ping or its answer.
  */
 #include "router_link.h"
 #include "kvs_err.h"
@@ -58,6 +67,9 @@
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
+
+/* CommandRequest {ping: {}}: the hello (invariants). */
+static const uint8_t link_ping[] = {0x5a, 0x00};
 
 static void link_connect(router_link_t *l);
 static void link_arm_timer(router_link_t *l);
@@ -115,6 +127,22 @@ static const char *link_peer(const router_link_t *l)
     return l->what != NULL ? "peer" : "worker";
 }
 
+/* The link's own Ping (invariants: a reconnect's hello) is answered
+ * here; everything else goes to on_reply. A hello that failed, or was
+ * answered anything but 200, leaves the avoidance as it is. */
+static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t *payload,
+                        size_t len, const char *failure)
+{
+    if (p.ctx != l) {
+        l->on_reply(p.ctx, p.part, payload, len, failure);
+        return;
+    }
+    if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK) {
+        l->avoid_ms = 0;
+        l->avoid_until = 0;
+    }
+}
+
 /* Fails every pending request with `why`. Callbacks may send new requests
  * (they fail at once, the link being down), so pop one at a time. */
 static void fail_all(router_link_t *l, const char *why)
@@ -123,7 +151,7 @@ static void fail_all(router_link_t *l, const char *why)
     snprintf(msg, sizeof(msg), "%s %u is unavailable: %s", link_what(l), l->shard, why);
     while (l->count > 0) {
         router_link_pending_t p = fifo_pop(l);
-        l->on_reply(p.ctx, p.part, NULL, 0, msg);
+        link_answer(l, p, NULL, 0, msg);
     }
 }
 
@@ -212,7 +240,7 @@ static void on_oversized(router_link_t *l, router_link_pending_t p, size_t len)
              "so the answer was dropped (that node's limits.max_frame is larger than this "
              "router's: give every node the same)",
              l->shard, len, l->max_frame);
-    l->on_reply(p.ctx, p.part, NULL, len, why);
+    link_answer(l, p, NULL, len, why);
 }
 
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
@@ -226,7 +254,7 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     if (payload == NULL)
         on_oversized(l, p, len);
     else
-        l->on_reply(p.ctx, p.part, payload, len, NULL);
+        link_answer(l, p, payload, len, NULL);
     if (l->conn == c)
         link_arm_timer(l);
 }
@@ -253,16 +281,12 @@ static void link_up(router_link_t *l)
 {
     link_forget_addrs(l);
     l->handshaking = 0;
-    /* A worker that closed the last connection (it restarted, or ended a
-     * snapshot copy and serves now) starts with a clean record: the 503s
-     * and losses of the process before say nothing of this one, and a
-     * node's own new replica was passed over for up to 30 s. One this
-     * router reset because its worker hung keeps its avoidance: that
-     * worker still holds the socket, and most likely still hangs. */
-    if (!l->hung) {
-        l->avoid_ms = 0;
-        l->avoid_until = 0;
-    }
+    /* An avoided replica's new connection may reach a worker that serves
+     * now (it restarted, or ended a snapshot copy): it is asked
+     * (invariants: the hello). Not one this router reset because its
+     * worker hung: that worker still holds the socket, and most likely
+     * still hangs (the Ping would only time out again). */
+    int hello = (l->avoid_ms != 0 || l->avoid_until != 0) && !l->hung;
     l->hung = 0;
     l->up = 1;
     l->up_since = uv_now(l->loop);
@@ -270,6 +294,10 @@ static void link_up(router_link_t *l)
     kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
              l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
+    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
+        kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
+                 "it stays avoided until a request it is sent succeeds",
+                 link_what(l), l->shard, l->addr_text);
     if (l->on_state != NULL)
         l->on_state(l, 1);
 }

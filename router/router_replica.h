@@ -19,9 +19,10 @@
  * soonest; then one that is down (a send to it fails at once, and the
  * caller moves on). A replica is avoided for a while after it failed a
  * request (500 ms, doubling while failures repeat, up to 30 s; an answer
- * that is not 503 ends it, and so does a new connection to a worker that
- * closed the last one: router_link), so a hung or catching-up replica
- * costs a timeout or a retry now and then, not on every request.
+ * that is not 503 ends it, and so does a 200 to the Ping a link sends its
+ * worker when it connects again: router_link), so a hung or catching-up
+ * replica costs a timeout or a retry now and then, not on every request,
+ * and one that accepts connections and fails every request costs none.
  *
  * Retry budget (Finagle's RetryBudget): a token bucket per router. Every
  * read sent to a shard with replicas deposits retry_percent/100 of a token,

@@ -660,8 +660,9 @@ class Node(Managed):
     tls = None  # a client ssl.SSLContext for the TCP listener (tls.node), or None
 
     def __init__(self, sync="batch", max_frame=None, extra_yaml="", storage=None, start=True,
-                 tls=None, log_level="info"):
+                 tls=None, log_level="info", env=None):
         self.tls = tls
+        self.env = env  # added to the environment kvs-node runs in
         self.dir = tempfile.mkdtemp(prefix="kvs-it-")
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "config.yaml")
@@ -709,7 +710,8 @@ class Node(Managed):
             self.proc = subprocess.Popen(
                 [self.exe, "--config", self.config, "--shard", "0",
                  "--listen", "%s:%d" % self.addr],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=dict(os.environ, **self.env) if self.env else None)
         finally:
             log.close()
         self.wait_accepting("kvs-node", TIMEOUT)

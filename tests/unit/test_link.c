@@ -509,6 +509,96 @@ KVS_TEST(a_peer_that_drops_every_connection_is_dialled_with_backoff)
     t_close(&t);
 }
 
+/* ---- the hello: an avoided replica's new connection ------------------------ */
+
+static uint8_t peer_in[256];
+static size_t peer_in_len;
+static int peer_closes;
+
+static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)h;
+    (void)hint;
+    *buf = uv_buf_init((char *)peer_in + peer_in_len, (unsigned)(sizeof(peer_in) - peer_in_len));
+}
+
+static void on_peer_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)s;
+    (void)buf;
+    if (n > 0)
+        peer_in_len += (size_t)n;
+}
+
+static void on_peer_closed(uv_handle_t *h)
+{
+    (void)h;
+    peer_closes++;
+}
+
+/* Drops the accepted peer's connection and waits for the link's next one,
+ * whose first bytes it then waits for: returns with the peer reading. */
+static void reconnect_and_read(tctx_t *t, router_link_t *l, size_t want)
+{
+    int closes = peer_closes;
+    uv_close((uv_handle_t *)&t->peer, on_peer_closed);
+    while (peer_closes == closes)
+        uv_run(&t->loop, UV_RUN_ONCE);
+    t->accepted = 0;
+    peer_in_len = 0;
+    uint64_t deadline = uv_now(&t->loop) + 5000;
+    while (!(t->accepted && l->up) && uv_now(&t->loop) < deadline)
+        uv_run(&t->loop, UV_RUN_ONCE);
+    CHECK(t->accepted && l->up);
+    CHECK_EQ(uv_read_start((uv_stream_t *)&t->peer, on_peer_alloc, on_peer_read), 0);
+    while (peer_in_len < want && uv_now(&t->loop) < deadline)
+        run_for(t, 10); /* a timer: nothing else may wake the loop */
+}
+
+/* A link router_replica avoids keeps its avoidance across a reconnect and
+ * asks the new connection's worker with a Ping of its own: a 503 (or a
+ * peer that drops it) leaves the avoidance, a 200 ends it; no request's
+ * callback hears of it. A link nobody avoids sends nothing of its own. */
+KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
+{
+    static const uint8_t ping[] = {0, 0, 0, 2, 0x5a, 0x00};
+    static const uint8_t busy[] = {0, 0, 0, 3, 0x08, 0xf7, 0x03}; /* status 503 */
+    static const uint8_t ok[] = {0, 0, 0, 3, 0x08, 0xc8, 0x01};   /* status 200 */
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start(&t, &l, "127.0.0.1");
+    while (!(l.up && t.accepted))
+        uv_run(&t.loop, UV_RUN_ONCE);
+
+    reconnect_and_read(&t, &l, 0); /* not avoided: no hello */
+    run_for(&t, 200);
+    CHECK_EQ(peer_in_len, 0);
+
+    l.avoid_ms = 4000;
+    l.avoid_until = uv_now(&t.loop) + 4000;
+    uint64_t until = l.avoid_until;
+    reconnect_and_read(&t, &l, sizeof(ping));
+    CHECK_EQ(peer_in_len, sizeof(ping));
+    CHECK(memcmp(peer_in, ping, sizeof(ping)) == 0);
+    CHECK_EQ(l.avoid_until, until); /* a new connection alone ends nothing */
+    peer_write(&t, busy, sizeof(busy));
+    run_for(&t, 200);
+    CHECK_EQ(l.avoid_until, until);
+    CHECK_EQ(l.avoid_ms, 4000);
+
+    reconnect_and_read(&t, &l, sizeof(ping)); /* asked again */
+    CHECK_EQ(peer_in_len, sizeof(ping));
+    peer_write(&t, ok, sizeof(ok));
+    run_for(&t, 200);
+    CHECK_EQ(l.avoid_until, 0);
+    CHECK_EQ(l.avoid_ms, 0);
+    CHECK(l.up);
+    CHECK_EQ(t.replies, 0);
+    router_link_stop(&l);
+    t_close(&t);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
               KVS_CASE(stop_while_connecting), KVS_CASE(stop_of_a_link_never_started),
@@ -516,4 +606,5 @@ KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(request_past_max_frame_is_refused_and_the_link_stays_up),
               KVS_CASE(timeout_counts_from_the_last_answer),
               KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied),
-              KVS_CASE(a_peer_that_drops_every_connection_is_dialled_with_backoff))
+              KVS_CASE(a_peer_that_drops_every_connection_is_dialled_with_backoff),
+              KVS_CASE(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance))
