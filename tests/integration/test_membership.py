@@ -56,6 +56,15 @@ def router_procs(router):
     return out
 
 
+def snapshot_req(installed=b"", node="d"):
+    """A Snapshot request from node `node`; with `installed`, its
+    acknowledgement of the copy with that checksum."""
+    req = pb.CommandRequest()
+    req.snapshot.node = node
+    req.snapshot.installed = installed
+    return req
+
+
 class MoveTraffic(ClientThreads):
     """Writers and readers through one node while its router processes are
     replaced. A client whose connection the node closes (a drained router
@@ -754,11 +763,8 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     continue
                 self.assertEqual(c.call(req_hset("loose", k, big)).status, 200)
                 n += 1
-        req = pb.CommandRequest()
-        req.snapshot.node = "d"
-        early = pb.CommandRequest()
-        early.snapshot.node = "d"
-        early.snapshot.installed = b"\0" * 16
+        req = snapshot_req()
+        early = snapshot_req(b"\0" * 16)
         with Client(b.socket_path(2), timeout=20) as c:
             started = b.stderr().count("sending a snapshot of shard 2 to ")
             c.send(req)
@@ -792,23 +798,17 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}
         _, _, _, a, b = self.a_and_b(layout)
 
-        def snapshot(installed=b"", node="d"):
-            req = pb.CommandRequest()
-            req.snapshot.node = node
-            req.snapshot.installed = installed
-            return req
-
         with Client(b.socket_path(2)) as c:
-            resp = c.call(snapshot(b"\0" * 16))
+            resp = c.call(snapshot_req(b"\0" * 16))
             self.assertEqual(resp.status, 404, resp.message)
             self.assertIn("no record of a copy with this checksum sent to node d", resp.message)
-            resp = c.call(snapshot(b"\0" * 15))
+            resp = c.call(snapshot_req(b"\0" * 15))
             self.assertEqual(resp.status, 400, resp.message)
 
         def stream(*early, node="d"):
             c = Client(b.socket_path(2), timeout=10)
             started = b.stderr().count("sending a snapshot of shard 2 to ")
-            c.send(snapshot(node=node))
+            c.send(snapshot_req(node=node))
             if early:
                 # Only once b's worker took the Snapshot (it says so after
                 # finding it alone on its connection): one that reads both
@@ -823,26 +823,27 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
                     self.assertEqual(resp.status, 200, resp.message)
                     return c, resp.values[1].binary_value
 
-        c, digest = stream(snapshot(b"\0" * 16))  # sent before any of the stream was read
+        c, digest = stream(snapshot_req(b"\0" * 16))  # sent before any of the stream was read
         self.assertTrue(c.at_eof())
         c.close()
         c, digest = stream()
-        c.send(snapshot(bytes(x ^ 1 for x in digest)))
+        c.send(snapshot_req(bytes(x ^ 1 for x in digest)))
         self.assertTrue(c.at_eof())
         c.close()
         self.assertIn("peer ", self.copied_out(b))
         self.assertIn("\nsent d %s\n" % digest.hex(), self.copied_out(b))
         self.assertNotIn("node d", self.copied_out(b))
         with Client(b.socket_path(2)) as c:
-            for wrong in (snapshot(bytes(x ^ 1 for x in digest)), snapshot(digest, node="e")):
+            for wrong in (snapshot_req(bytes(x ^ 1 for x in digest)),
+                          snapshot_req(digest, node="e")):
                 resp = c.call(wrong)
                 self.assertEqual(resp.status, 404, resp.message)
             self.assertNotIn("\nnode ", self.copied_out(b))
-            resp = c.call(snapshot(digest))  # said again, later, elsewhere
+            resp = c.call(snapshot_req(digest))  # said again, later, elsewhere
             self.assertEqual(resp.status, 200, resp.message)
         self.assertIn("\nnode d\n", self.copied_out(b))
         c, digest = stream(node="e")
-        c.send(snapshot(digest, node="e"))
+        c.send(snapshot_req(digest, node="e"))
         self.assertTrue(c.at_eof())
         c.close()
         self.assertTrue(wait_until(lambda: "\nnode e\n" in self.copied_out(b), 10),
