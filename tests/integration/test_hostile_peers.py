@@ -548,16 +548,19 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
     does not grow: writes that need room get 503) and sends no other
     snapshot, so the receiver must keep up, as a sender must."""
 
-    def test_a_receiver_that_trickles_is_given_up(self):
-        # Small frames: the stream's chunks, and the writes that carry them
-        # to the socket, are a few KiB each, so a receiver taking a few KiB
-        # a second completes one write after another.
-        node = self.managed(Node(extra_yaml="limits: {max_frame: 4KiB, client_output: 64KiB, "
-                                 "frame_timeout: 2s}\n"))
+    def filled_node(self, limits, batches):
+        """A node with these limits holding `batches` times 300 KB of
+        random values."""
+        node = self.managed(Node(extra_yaml="limits: {%s}\n" % limits))
         with node.client() as c:
-            for b in range(10):  # about 3 MB that no compaction shrinks
+            for b in range(batches):
                 reqs = [req_hset("t", b"k%d-%d" % (b, i), os.urandom(3000)) for i in range(100)]
                 self.assertEqual({r.status for r in c.pipeline(reqs)}, {200})
+        return node
+
+    def ask_snapshot(self, node):
+        """(request, socket): a Snapshot asked on a raw socket whose
+        receive buffer is 4 KiB, nothing read yet."""
         snap = pb.CommandRequest()
         snap.snapshot.SetInParent()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -566,6 +569,15 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         s.settimeout(TIMEOUT)
         s.connect(node.addr)
         s.sendall(frame(snap.SerializeToString()))
+        return snap, s
+
+    def test_a_receiver_that_trickles_is_given_up(self):
+        # Small frames: the stream's chunks, and the writes that carry them
+        # to the socket, are a few KiB each, so a receiver taking a few KiB
+        # a second completes one write after another.
+        node = self.filled_node("max_frame: 4KiB, client_output: 64KiB, frame_timeout: 2s",
+                                10)  # about 3 MB that no compaction shrinks
+        snap, s = self.ask_snapshot(node)
         got = 0
         deadline = time.monotonic() + 6  # three times frame_timeout
         while time.monotonic() < deadline:  # 2 KiB every 0.25 s: 8 KiB/s
@@ -590,19 +602,9 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         # once, and a receiver that then read nothing held its client
         # slot, and the whole stream in the worker's memory, for ever. It
         # must take 64 KiB per limits.frame_timeout of it, to its end.
-        node = self.managed(Node(extra_yaml="limits: {client_output: 64MiB, frame_timeout: 1s}\n"))
-        with node.client() as c:
-            for b in range(20):  # about 6 MB that no compaction shrinks
-                reqs = [req_hset("t", b"k%d-%d" % (b, i), os.urandom(3000)) for i in range(100)]
-                self.assertEqual({r.status for r in c.pipeline(reqs)}, {200})
-        snap = pb.CommandRequest()
-        snap.snapshot.SetInParent()
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(s.close)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.settimeout(TIMEOUT)
-        s.connect(node.addr)
-        s.sendall(frame(snap.SerializeToString()))
+        node = self.filled_node("client_output: 64MiB, frame_timeout: 1s",
+                                20)  # about 6 MB that no compaction shrinks
+        snap, s = self.ask_snapshot(node)
         self.assertTrue(wait_until(lambda: "snapshot sent to " in node.stderr(), 20),
                         node.stderr()[-3000:])
         # Reading nothing: closed within the window and a sweep or two.
