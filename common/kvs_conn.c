@@ -59,6 +59,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -268,15 +270,32 @@ size_t kvs_conn_backlog(const kvs_conn_t *c)
     return c->out.len + c->cout.len + (c->wbuf.len - c->woff);
 }
 
-size_t kvs_conn_unsent(const kvs_conn_t *c)
+/* Bytes in the socket's send queue its peer has not taken yet (TCP: not
+ * acknowledged; a unix socket: not read): the kernel may hold megabytes
+ * (TCP grows the buffer by itself), and wakes libuv to write more only
+ * once a third of it drained, so what the socket took says little of a
+ * slow reader's pace. 0 when it cannot tell. */
+static size_t conn_socket_queued(const kvs_conn_t *c)
 {
-    return kvs_conn_backlog(c) - conn_in_flight_sent(c);
+    uv_os_fd_t fd;
+    int n = 0;
+    if (has(c, KVS_CONN_CLOSING) || uv_fileno(&c->h.handle, &fd) != 0 ||
+        ioctl(fd, SIOCOUTQ, &n) != 0 || n < 0)
+        return 0;
+    return (size_t)n;
 }
 
-/* Bytes `c` handed to its socket, ever. */
-static uint64_t conn_written(const kvs_conn_t *c)
+size_t kvs_conn_untaken(const kvs_conn_t *c)
 {
-    return c->written + conn_in_flight_sent(c);
+    return kvs_conn_backlog(c) - conn_in_flight_sent(c) + conn_socket_queued(c);
+}
+
+/* Bytes of `c`'s output its peer took, ever. */
+static uint64_t conn_taken(const kvs_conn_t *c)
+{
+    uint64_t handed = c->written + conn_in_flight_sent(c);
+    size_t queued = conn_socket_queued(c);
+    return queued < handed ? handed - queued : 0;
 }
 
 size_t kvs_conn_pending(const kvs_conn_t *c)
@@ -1295,9 +1314,9 @@ static void on_sweep(uv_timer_t *t)
             if (kvs_conn_pending(c) == 0) {
                 c->progress_since_ms = 0; /* nothing waits: no clock */
             } else if (c->progress_since_ms == 0 ||
-                       conn_written(c) - c->progress_mark >= c->progress_min) {
+                       conn_taken(c) - c->progress_mark >= c->progress_min) {
                 c->progress_since_ms = now + 1; /* a new window (never 0) */
-                c->progress_mark = conn_written(c);
+                c->progress_mark = conn_taken(c);
             } else if (now - (c->progress_since_ms - 1) >= c->progress_window_ms) {
                 if (kvs_log_budget_take(&g->log_budget, now))
                     kvs_warn("closing %s %s: %s: it took less than %zu bytes in %llu ms, "

@@ -219,7 +219,7 @@ struct kvs_conn_s {
     size_t progress_min;            /* kvs_conn_set_min_progress's bytes (0: no rule) */
     uint64_t progress_window_ms;    /* ... per this long */
     uint64_t progress_since_ms;     /* loop time + 1 the current window began (0: none) */
-    uint64_t progress_mark;         /* `written` then */
+    uint64_t progress_mark;         /* bytes its peer had taken then */
     const char *progress_why;       /* what it was owed, for the log line */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
@@ -423,11 +423,12 @@ int kvs_conn_peer_gone(const kvs_conn_t *c);
 /* Bytes queued or being written. */
 size_t kvs_conn_backlog(const kvs_conn_t *c);
 
-/* The backlog less what the write under way has already handed to the
- * socket: what the peer has yet to take, as a rule about its progress
- * must count it (one uv_write may carry a whole high-water mark, and
- * complete only once a slow reader took it all). */
-size_t kvs_conn_unsent(const kvs_conn_t *c);
+/* What the peer has yet to take, as a rule about its pace must count it:
+ * the backlog less what the write under way already handed to the socket
+ * (one uv_write may carry a whole high-water mark, and complete only once
+ * a slow reader took it all), plus what waits in the socket's send queue
+ * (SIOCOUTQ: megabytes, for a TCP socket whose buffer grew). */
+size_t kvs_conn_untaken(const kvs_conn_t *c);
 
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);

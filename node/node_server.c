@@ -1249,14 +1249,19 @@ int node_server_start(const node_server_opts_t *o, node_server_t **out)
     srv->store = o->store;
     srv->max_frame = o->max_frame;
     srv->ack_wait_ms = ACK_WAIT_MS;
-    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_ACK_WAIT_MS", &srv->ack_wait_ms))
+    if (kvs_test_hook_u64("KVS_TEST_SNAPSHOT_ACK_WAIT_MS", &srv->ack_wait_ms)) {
+        if (srv->ack_wait_ms == 0)
+            srv->ack_wait_ms = 1; /* 0 would take the deadline away */
         kvs_warn("test hook: a snapshot's receiver has %llu ms to acknowledge it "
                  "(KVS_TEST_SNAPSHOT_ACK_WAIT_MS)",
                  (unsigned long long)srv->ack_wait_ms);
+    }
+    int whole = srv->ack_wait_ms % 1000 == 0;
     snprintf(srv->ack_why, sizeof(srv->ack_why),
-             "its snapshot stream was all written %llu s ago and it has not acknowledged the "
+             "its snapshot stream was all written %llu %s ago and it has not acknowledged the "
              "copy on it (an acknowledgement on a connection of its own still counts)",
-             (unsigned long long)(srv->ack_wait_ms / 1000));
+             (unsigned long long)(whole ? srv->ack_wait_ms / 1000 : srv->ack_wait_ms),
+             whole ? "s" : "ms");
     srv->cmd.store = o->store;
     srv->cmd.max_frame = o->max_frame;
     srv->cmd.max_tables = o->max_tables;

