@@ -1410,26 +1410,36 @@ KVS_TEST(min_progress_closes_a_member_that_stops_reading)
     CHECK(s.closed_before_done);
 }
 
-static void client_reads_slowly(server_t *s, int fd)
+/* Echoes `size` bytes and reads the answer `step` bytes per `pause_us`
+ * for `slow` steps (all of it: SIZE_MAX), then the rest at once; any
+ * close on the way fails the read. */
+static void slow_echo(int fd, size_t size, size_t step, unsigned pause_us, size_t slow)
 {
-    (void)s;
-    uint8_t *in = malloc(BIG_FRAME), *back = malloc(BIG_FRAME);
+    uint8_t *in = malloc(size), *back = malloc(size);
     CHECK(in != NULL && back != NULL);
-    for (size_t i = 0; i < BIG_FRAME; i++)
+    for (size_t i = 0; i < size; i++)
         in[i] = (uint8_t)(i * 31u + 7u);
-    send_frame(fd, in, BIG_FRAME);
+    send_frame(fd, in, size);
     uint8_t hdr[KVS_FRAME_HEADER];
     CHECK_EQ(recv_all(fd, hdr, sizeof(hdr)), 0);
     size_t got = 0;
-    while (got < BIG_FRAME) { /* 4 KiB per 50 ms: some 4 s in all, past sweeps */
-        size_t n = BIG_FRAME - got < 4096 ? BIG_FRAME - got : 4096;
+    for (size_t k = 0; k < slow && got < size; k++) {
+        size_t n = size - got < step ? size - got : step;
         CHECK_EQ(recv_all(fd, back + got, n), 0);
         got += n;
-        usleep(50 * 1000);
+        usleep(pause_us);
     }
-    CHECK(memcmp(in, back, BIG_FRAME) == 0);
+    if (got < size)
+        CHECK_EQ(recv_all(fd, back + got, size - got), 0);
+    CHECK(memcmp(in, back, size) == 0);
     free(in);
     free(back);
+}
+
+static void client_reads_slowly(server_t *s, int fd)
+{
+    (void)s;
+    slow_echo(fd, BIG_FRAME, 4096, 50 * 1000, SIZE_MAX); /* some 4 s in all, past sweeps */
 }
 
 KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
@@ -1454,23 +1464,7 @@ KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
 static void client_reads_slowly_behind_a_big_buffer(server_t *s, int fd)
 {
     (void)s;
-    uint8_t *in = malloc(HUGE_ECHO), *back = malloc(HUGE_ECHO);
-    CHECK(in != NULL && back != NULL);
-    for (size_t i = 0; i < HUGE_ECHO; i++)
-        in[i] = (uint8_t)(i * 13u + 5u);
-    send_frame(fd, in, HUGE_ECHO);
-    uint8_t hdr[KVS_FRAME_HEADER];
-    CHECK_EQ(recv_all(fd, hdr, sizeof(hdr)), 0);
-    size_t got = 0;
-    for (int i = 0; i < 24; i++) { /* 8 KiB per 200 ms for 4.8 s: sweeps, no new write */
-        CHECK_EQ(recv_all(fd, back + got, 8192), 0);
-        got += 8192;
-        usleep(200 * 1000);
-    }
-    CHECK_EQ(recv_all(fd, back + got, HUGE_ECHO - got), 0); /* the rest at once */
-    CHECK(memcmp(in, back, HUGE_ECHO) == 0);
-    free(in);
-    free(back);
+    slow_echo(fd, HUGE_ECHO, 8192, 200 * 1000, 24); /* 4.8 s: sweeps, and no new write */
 }
 
 KVS_TEST(min_progress_counts_what_the_peer_took_not_what_the_socket_took)
