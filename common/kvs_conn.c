@@ -1311,12 +1311,12 @@ static void on_sweep(uv_timer_t *t)
             continue;
         }
         if (c->progress_min != 0) {
+            uint64_t taken = kvs_conn_pending(c) > 0 ? conn_taken(c) : 0;
             if (kvs_conn_pending(c) == 0) {
                 c->progress_since_ms = 0; /* nothing waits: no clock */
-            } else if (c->progress_since_ms == 0 ||
-                       conn_taken(c) - c->progress_mark >= c->progress_min) {
+            } else if (c->progress_since_ms == 0 || taken - c->progress_mark >= c->progress_min) {
                 c->progress_since_ms = now + 1; /* a new window (never 0) */
-                c->progress_mark = conn_taken(c);
+                c->progress_mark = taken;
             } else if (now - (c->progress_since_ms - 1) >= c->progress_window_ms) {
                 if (kvs_log_budget_take(&g->log_budget, now))
                     kvs_warn("closing %s %s: %s: it took less than %zu bytes in %llu ms, "

@@ -220,7 +220,7 @@ struct kvs_conn_s {
     uint64_t progress_window_ms;    /* ... per this long */
     uint64_t progress_since_ms;     /* loop time + 1 the current window began (0: none) */
     uint64_t progress_mark;         /* bytes its peer had taken then */
-    const char *progress_why;       /* what it was owed, for the log line */
+    const char *progress_why;       /* what it does not read, for the log line */
     char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                     /* the owner's */
 };

@@ -507,6 +507,16 @@ class Client:
                                  "(%s): %r" % (e, payload[:80]))
         return resp
 
+    def recv_stream(self):
+        """Reads a Snapshot stream: its chunk frames (status 206) up to the
+        first other answer. Returns (that answer, the chunks' bytes)."""
+        data = bytearray()
+        while True:
+            r = self.recv()
+            if r.status != 206:
+                return r, bytes(data)
+            data += r.values[0].binary_value
+
     def call(self, req):
         self.send(req)
         return self.recv()

@@ -129,14 +129,9 @@ def snapshot_of(addr):
     length and checksum its final frame carries."""
     snap = pb.CommandRequest()
     snap.snapshot.SetInParent()
-    data = b""
     with Client(addr, timeout=TIMEOUT) as c:
         c.send(snap)
-        while True:
-            r = c.recv()
-            if r.status != 206:
-                break
-            data += r.values[0].binary_value
+        r, data = c.recv_stream()
     assert r.status == 200 and r.values[0].integer_value == len(data), r
     assert r.values[1].binary_value == xxh3_128(data), "checksum"
     return data
@@ -636,15 +631,10 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         # The slot and the snapshot are free: the next receiver gets its stream.
         with Client(node.addr, timeout=TIMEOUT) as c:
             c.send(snap)
-            total = 0
-            while True:
-                r = c.recv()
-                if r.status != 206:
-                    break
-                total += len(r.values[0].binary_value)
+            r, data = c.recv_stream()
             self.assertEqual(r.status, 200, r.message)
-            self.assertEqual(total, r.values[0].integer_value)
-            self.assertGreater(total, 6000000)
+            self.assertEqual(len(data), r.values[0].integer_value)
+            self.assertGreater(len(data), 6000000)
 
     def test_a_receiver_that_never_acknowledges_is_closed(self):
         # A node's receiver takes the whole stream and then says nothing:
@@ -659,10 +649,7 @@ class SnapshotReceiverTest(ManagedOnFailure, unittest.TestCase):
         snap.snapshot.node = "quiet"
         with Client(node.addr, timeout=TIMEOUT) as c:
             c.send(snap)
-            while True:
-                r = c.recv()
-                if r.status != 206:
-                    break
+            r, _ = c.recv_stream()
             self.assertEqual(r.status, 200, r.message)
             ended = time.monotonic()
             c.sock.settimeout(15)

@@ -124,6 +124,15 @@ static void link_start(tctx_t *t, router_link_t *l, const char *host)
     link_start_timeout(t, l, host, 1000);
 }
 
+/* Starts `l` on 127.0.0.1 with a `timeout_ms` timeout and runs the loop
+ * until it is up and the test's listener accepted it. */
+static void link_start_up(tctx_t *t, router_link_t *l, uint64_t timeout_ms)
+{
+    link_start_timeout(t, l, "127.0.0.1", timeout_ms);
+    while (!(l->up && t->accepted))
+        uv_run(&t->loop, UV_RUN_ONCE);
+}
+
 KVS_TEST(name_is_resolved_and_link_comes_up)
 {
     tctx_t t;
@@ -281,9 +290,7 @@ KVS_TEST(oversized_answer_fails_only_its_request)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start(&t, &l, "127.0.0.1");
-    while (!(l.up && t.accepted))
-        uv_run(&t.loop, UV_RUN_ONCE);
+    link_start_up(&t, &l, 1000);
     for (uintptr_t i = 1; i <= 3; i++)
         CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)i, 0), 0);
     static uint8_t big[20000];
@@ -321,9 +328,7 @@ KVS_TEST(request_past_max_frame_is_refused_and_the_link_stays_up)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start(&t, &l, "127.0.0.1");
-    while (!(l.up && t.accepted))
-        uv_run(&t.loop, UV_RUN_ONCE);
+    link_start_up(&t, &l, 1000);
     static uint8_t big[4097];
     memset(big, 'x', sizeof(big));
     CHECK_EQ(router_link_send(&l, big, sizeof(big), (void *)1, 0), KVS_ETOOBIG);
@@ -366,9 +371,7 @@ KVS_TEST(timeout_counts_from_the_last_answer)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start_timeout(&t, &l, "127.0.0.1", 2000);
-    while (!(l.up && t.accepted))
-        uv_run(&t.loop, UV_RUN_ONCE);
+    link_start_up(&t, &l, 2000);
     for (uintptr_t i = 1; i <= 3; i++)
         CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)i, 0), 0);
     uint64_t sent = uv_now(&t.loop);
@@ -405,9 +408,7 @@ KVS_TEST(requests_after_a_timeout_are_not_told_they_may_have_been_applied)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start_timeout(&t, &l, "127.0.0.1", 300);
-    while (!(l.up && t.accepted))
-        uv_run(&t.loop, UV_RUN_ONCE);
+    link_start_up(&t, &l, 300);
     CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)1, 0), 0);
     uint64_t deadline = uv_now(&t.loop) + 10000;
     while (t.replies < 1 && uv_now(&t.loop) < deadline)
@@ -567,9 +568,7 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start(&t, &l, "127.0.0.1");
-    while (!(l.up && t.accepted))
-        uv_run(&t.loop, UV_RUN_ONCE);
+    link_start_up(&t, &l, 1000);
 
     reconnect_and_read(&t, &l, 0); /* not avoided: no hello */
     run_for(&t, 200);
