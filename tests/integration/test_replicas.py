@@ -173,6 +173,30 @@ class ReplicaFixtures(LogsOnFailure):
                 time.sleep(0.05)
         self.fail("node %s does not serve every shard: %r" % (router.name, last))
 
+    def read_for(self, router, keys, seconds, threads=8):
+        """Hgets of random `keys` through `router` from `threads` clients
+        for `seconds`: (sorted latencies in s, {status: count})."""
+        lat, statuses, lock = [], {}, threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def reader(n):
+            rnd = random.Random(n)
+            with router.client(timeout=20) as c:
+                while time.monotonic() < stop:
+                    t0 = time.monotonic()
+                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
+                    with lock:
+                        lat.append(time.monotonic() - t0)
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        ts = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(seconds + 30)
+        lat.sort()
+        return lat, statuses
+
     def worker_info(self, router, shard):
         return info_pairs(router.socket_path(shard))
 
@@ -542,25 +566,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         for pid in hung:
             os.kill(pid, signal.SIGSTOP)
         self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in hung])
-        lat, statuses, lock = [], {}, threading.Lock()
-        stop = time.monotonic() + 4.0
-
-        def reader(n):
-            rnd = random.Random(n)
-            with a.client(timeout=20) as c:
-                while time.monotonic() < stop:
-                    t0 = time.monotonic()
-                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
-                    with lock:
-                        lat.append(time.monotonic() - t0)
-                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
-
-        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        lat.sort()
+        lat, statuses = self.read_for(a, keys, 4.0)
         p99 = lat[int(len(lat) * 0.99)]
         pairs = info_pairs(a.addr)
         reads, retries = pairs["router.replica_reads"], pairs["router.replica_retries"]
@@ -626,22 +632,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 if shard_of_key(k) in (2, 3):
                     self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
                     keys.append(k)
-        statuses, lock2 = {}, threading.Lock()
-        stop = time.monotonic() + 5.0
-
-        def reader(n):
-            rnd = random.Random(n)
-            with a.client(timeout=20) as c:
-                while time.monotonic() < stop:
-                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
-                    with lock2:
-                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
-
-        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        _, statuses = self.read_for(a, keys, 5.0)
         self.assertEqual(set(statuses), {200}, statuses)
         with lock:
             seen = [list(x) for x in conns]
