@@ -49,7 +49,11 @@
  *    link, never a request), sent as it comes up; a 200 ends the
  *    avoidance (a worker that restarted, or ended a snapshot copy and
  *    serves now, is not passed over for up to 30 s); anything else, or no
- *    answer, leaves it. Nobody else sees the Ping or its answer.
+ *    answer, leaves it. Nobody else sees the Ping or its answer. While it
+ *    is unanswered (l->asking) the link counts as avoided even if the
+ *    avoidance ran out meanwhile: the Ping is the one request that tries
+ *    the new connection, and what a client sent behind it would fail
+ *    with it.
  */
 #include "router_link.h"
 #include "kvs_err.h"
@@ -137,6 +141,7 @@ static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t
         l->on_reply(p.ctx, p.part, payload, len, failure);
         return;
     }
+    l->asking = 0;
     if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK) {
         l->avoid_ms = 0;
         l->avoid_until = 0;
@@ -294,7 +299,9 @@ static void link_up(router_link_t *l)
     kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
              l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
-    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
+    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) == 0)
+        l->asking = 1;
+    else if (hello)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
                  link_what(l), l->shard, l->addr_text);

@@ -83,6 +83,8 @@ struct router_link_s {
     const char *node;          /* the replica's node name ("" without a map), for messages */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
+    int asking;                /* its own Ping (a reconnect's hello) is unanswered: router_replica
+                                  sends no request here while another replica may take it */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
     router_link_closed_cb on_closed; /* NULL, or set before router_link_stop */

@@ -65,7 +65,7 @@ static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried,
     for (uint32_t k = 0; k < set->n; k++) {
         uint32_t i = (from + k) % set->n;
         const router_link_t *l = &links[set->first + i];
-        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now)
+        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now || l->asking)
             continue;
         if (l->addr.is_unix)
             return (int)(set->first + i); /* this node's own worker: no hop */

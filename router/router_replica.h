@@ -20,7 +20,8 @@
  * caller moves on). A replica is avoided for a while after it failed a
  * request (500 ms, doubling while failures repeat, up to 30 s; an answer
  * that is not 503 ends it, and so does a 200 to the Ping a link sends its
- * worker when it connects again: router_link), so a hung or catching-up
+ * worker when it connects again: router_link; while that Ping is
+ * unanswered the link counts as avoided), so a hung or catching-up
  * replica costs a timeout or a retry now and then, not on every request,
  * and one that accepts connections and fails every request costs none.
  *

@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -21,8 +22,9 @@ import unittest
 
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
-from kvstest import (BUILD_DIR, Client, LogsOnFailure, cert_path, free_port, free_ports, log_of, pb,
-                     pyval, req_hdel, req_hget, req_hset, tls_yaml)
+from kvstest import (BUILD_DIR, Client, LogsOnFailure, LoopbackServer, cert_path, free_port,
+                     free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hset,
+                     tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -170,6 +172,30 @@ class ReplicaFixtures(LogsOnFailure):
                 last = [(r.status, r.message) for r in resps if r.status not in (200, 404)]
                 time.sleep(0.05)
         self.fail("node %s does not serve every shard: %r" % (router.name, last))
+
+    def read_for(self, router, keys, seconds, threads=8):
+        """Hgets of random `keys` through `router` from `threads` clients
+        for `seconds`: (sorted latencies in s, {status: count})."""
+        lat, statuses, lock = [], {}, threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def reader(n):
+            rnd = random.Random(n)
+            with router.client(timeout=20) as c:
+                while time.monotonic() < stop:
+                    t0 = time.monotonic()
+                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
+                    with lock:
+                        lat.append(time.monotonic() - t0)
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        ts = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(seconds + 30)
+        lat.sort()
+        return lat, statuses
 
     def worker_info(self, router, shard):
         return info_pairs(router.socket_path(shard))
@@ -540,25 +566,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         for pid in hung:
             os.kill(pid, signal.SIGSTOP)
         self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in hung])
-        lat, statuses, lock = [], {}, threading.Lock()
-        stop = time.monotonic() + 4.0
-
-        def reader(n):
-            rnd = random.Random(n)
-            with a.client(timeout=20) as c:
-                while time.monotonic() < stop:
-                    t0 = time.monotonic()
-                    resp = c.call(req_hget(TABLE, rnd.choice(keys)))
-                    with lock:
-                        lat.append(time.monotonic() - t0)
-                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
-
-        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        lat.sort()
+        lat, statuses = self.read_for(a, keys, 4.0)
         p99 = lat[int(len(lat) * 0.99)]
         pairs = info_pairs(a.addr)
         reads, retries = pairs["router.replica_reads"], pairs["router.replica_retries"]
@@ -576,6 +584,67 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(refused, pairs.get("router.replica_retries_refused", refused))
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
+
+    def test_a_flapping_replica_is_asked_with_a_ping_not_handed_clients_requests(self):
+        """A remote "replica" that accepts every connection, reads what it
+        is sent and drops the connection (a broken node, a worker that
+        crash-loops behind a proxy): the router avoids it after the first
+        failure, and at each reconnect while it is avoided sends it only a
+        Ping of its own (README, Replicas: Reads), so clients' reads go to
+        the real replica and all succeed. A Ping left unanswered keeps the
+        link avoided even when the avoidance (0.5 s, doubling) runs out
+        meanwhile, so after a's first request on each link fails, the peer
+        is handed no client's request again."""
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
+        mock = self.mock()
+        bases = self.bases(layout)
+        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
+                for n in "ab"]
+        conns, lock = [], threading.Lock()
+
+        def flap(sock):
+            names = []
+            sock.settimeout(30)  # an idle link stays up until something is sent
+            try:
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
+                    names.append(pb.CommandRequest.FromString(recv_exact(sock, n))
+                                 .WhichOneof("command"))
+                    sock.settimeout(0.05)  # whatever came with it, then drop
+            except (OSError, EOFError):
+                pass
+            with lock:
+                conns.append(names)
+
+        for shard in (2, 3):
+            srv = LoopbackServer(flap, port=bases["f"] + shard, threaded=True)
+            self.addCleanup(srv.close)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_workers(r)
+        self.wait_serving(b)  # (not a: its probes of shards 2 and 3 may go to f)
+        keys, i = [], 0
+        with b.client() as c:  # b's own worker takes these writes
+            while len(keys) < 40:
+                k = b"f%d" % i
+                i += 1
+                if shard_of_key(k) in (2, 3):
+                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                    keys.append(k)
+        _, statuses = self.read_for(a, keys, 5.0)
+        self.assertEqual(set(statuses), {200}, statuses)
+        with lock:
+            seen = [list(x) for x in conns]
+        pings = [x for x in seen if x and set(x) == {"ping"}]
+        handed = [x for x in seen if any(name != "ping" for name in x)]
+        # Each reconnect is asked with a Ping alone (a link that sent the
+        # Ping and then clients' reads behind it would fail them all), and
+        # only the first connection of each of a's two links was handed
+        # clients' reads (b reads its own worker; its links stay idle).
+        self.assertGreaterEqual(len(pings), 4, seen)
+        self.assertFalse([x for x in handed if "ping" in x], seen)
+        self.assertLessEqual(len(handed), 2, seen)
 
     def test_pipelined_writes_of_a_key_are_applied_in_the_order_sent(self):
         # a routes only: its writes to shard 0 go to b or c. Two pipelined

@@ -3058,7 +3058,37 @@ KVS_TEST(replica_retry_budget)
     CHECK(router_budget_take(&b) && router_budget_take(&b) && !router_budget_take(&b)); /* cap */
 }
 
+/* A link whose own Ping to its new worker is unanswered (router_link: a
+ * reconnect's hello) counts as avoided, even once its avoidance ran out:
+ * what a client sent behind the Ping would fail with it. */
+KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
+{
+    router_link_t links[3];
+    memset(links, 0, sizeof(links));
+    router_set_t set = {.first = 0, .n = 3, .rr = 0};
+    for (int i = 0; i < 3; i++)
+        links[i].up = 1;
+    links[0].addr.is_unix = 1; /* this node's own worker */
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
+    links[0].avoid_ms = 500;
+    links[0].avoid_until = 900; /* ran out, but its Ping is unanswered */
+    links[0].asking = 1;
+    int i = router_replica_pick(links, &set, 0, 1000, -1);
+    CHECK(i == 1 || i == 2);
+    /* Nothing else healthy: the one asking is a last resort, like any
+     * avoided replica (before one that is down). */
+    links[1].asking = 1;
+    links[1].avoid_until = 950;
+    links[2].up = 0;
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
+    CHECK_EQ(router_replica_pick(links, &set, 1, 1000, -1), 1);
+    CHECK_EQ(router_replica_pick(links, &set, 3, 1000, -1), 2);
+    links[0].asking = 0; /* answered, not 200: its avoidance ran out */
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
+}
+
 KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
+              KVS_CASE(replica_pick_passes_over_a_link_asking_its_new_worker),
               KVS_CASE(replica_read_fails_once_every_replica_failed),
               KVS_CASE(replica_read_before_a_write_of_its_table_is_not_retried),
               KVS_CASE(replica_split_read_retries_its_part),
