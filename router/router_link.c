@@ -196,6 +196,7 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
 {
     int was_up = l->up;
     l->hung = 0; /* on_timer sets it again when that is why */
+    l->asking = 0; /* fail_all answers the Ping too; this holds if it was never queued */
     snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
@@ -299,12 +300,15 @@ static void link_up(router_link_t *l)
     kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
              l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
-    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) == 0)
-        l->asking = 1;
-    else if (hello)
+    /* Set first: a send that fails the link at once answers the Ping
+     * (link_answer clears it) before router_link_send returns. */
+    l->asking = hello;
+    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0) {
+        l->asking = 0;
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
                  link_what(l), l->shard, l->addr_text);
+    }
     if (l->on_state != NULL)
         l->on_state(l, 1);
 }

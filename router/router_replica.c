@@ -93,8 +93,10 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
         if (!usable(l)) {
             if (down < 0)
                 down = (int)(set->first + k);
-        } else if (avoided < 0 || l->avoid_until < links[avoided].avoid_until) {
-            avoided = (int)(set->first + k);
+        } else if (avoided < 0 || l->asking < links[avoided].asking ||
+                   (l->asking == links[avoided].asking &&
+                    l->avoid_until < links[avoided].avoid_until)) {
+            avoided = (int)(set->first + k); /* not behind a Ping, then the soonest */
         }
     }
     return avoided >= 0 ? avoided : down;

@@ -16,7 +16,8 @@
  * is up and not avoided, this node's own first (no network hop), else the
  * others in turn (a connection's writes: from one that connection
  * keeps); then one that is avoided, the one whose avoidance ends
- * soonest; then one that is down (a send to it fails at once, and the
+ * soonest among those not waiting for the answer to their link's own
+ * Ping, else among those that are; then one that is down (a send to it fails at once, and the
  * caller moves on). A replica is avoided for a while after it failed a
  * request (500 ms, doubling while failures repeat, up to 30 s; an answer
  * that is not 503 ends it, and so does a 200 to the Ping a link sends its

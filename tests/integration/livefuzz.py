@@ -412,6 +412,9 @@ class Shadow:
         # wrote and got a position for (see stale())
         self.ctx = None
         self.fresh = set()
+        # bound: key -> every value a write of it carried (None: absent, as
+        # at the start, or deleted): what a lagging replica may hold
+        self.ever = {}
 
     def begin_session(self, ctx):
         """The owner opened a new connection: the router holds no position
@@ -441,6 +444,25 @@ class Shadow:
     def get(self, k):
         return UNKNOWN if self.stale(k) else self.vals.get(k)
 
+    def could_be(self, k):
+        """For a key stale() makes unknown: the values a replica may hold
+        for it (None: absent), any one a write of it carried, since a
+        replica applies the same records, only later; None when k is not
+        stale (get() says what it holds, or that it is unknown)."""
+        if not self.stale(k):
+            return None
+        return self.ever.get(k, [None])
+
+    def exists(self, k):
+        """What Hexist of k must answer: True, False or UNKNOWN."""
+        v = self.get(k)
+        if v is not UNKNOWN:
+            return v is not None
+        c = self.could_be(k)
+        if c is not None and all(x is None for x in c):
+            return False  # never written: absent on every replica
+        return UNKNOWN
+
     def whole_unknown(self):
         """A whole-table read (Hlen, Hgetall) cannot be checked."""
         return (any(v is UNKNOWN for v in self.vals.values())
@@ -458,6 +480,7 @@ class Shadow:
         the pipeline began."""
         if self.bound:
             self.held.setdefault(k, [self.vals.get(k)]).append(v)
+            self.ever.setdefault(k, [None]).append(v)
             if v is not None:
                 self.largest[k] = max(self.largest.get(k, 0), enc_len(v))
 
@@ -495,6 +518,36 @@ def expect_values(resp, want, what):
             continue
         if not (g is None and w is None) and not same(g, w):
             return "%s: value %d is %s, model says %s" % (what, i, fmt(g), fmt(w))
+    return None
+
+
+def held_once(v, cands):
+    """True if the value read, v (None: absent), is one of cands."""
+    return any((v is None and c is None) or (c is not None and same(v, c)) for c in cands)
+
+
+def stale_read(resp, cands, what):
+    """The check of a single-key read of a key a lagging replica may
+    answer: 200 or 404, with a value it held once (Shadow.could_be)."""
+    if resp.status == 404:
+        return None if held_once(None, cands) else "%s: 404, but the key was never deleted" % what
+    if resp.status != 200 or len(resp.values) != 1:
+        return "%s: %d %s" % (what, resp.status, resp.message)
+    v = pyval(resp.values[0])
+    if not held_once(v, cands):
+        return "%s: %s, a value no write of it carried (%d did)" % (what, fmt(v), len(cands) - 1)
+    return None
+
+
+def stale_previous(resp, cands, what):
+    """The previous value a write of a key a lagging replica may have
+    applied answers with (200): one the key held once; cands None: not
+    checked (Shadow.could_be)."""
+    if cands is None or len(resp.values) != 1:
+        return None
+    v = pyval(resp.values[0])
+    if not held_once(v, cands):
+        return "%s: previous value %s, which no write of it carried" % (what, fmt(v))
     return None
 
 
@@ -586,9 +639,10 @@ def gen_owned(rng, sh, ctx):
             prev = sh.get(k)
             if not fits:
                 # A worker refuses such a pair before it writes or produces
-                # anything; one killed first (ctx.flaky) leaves a 503 that
-                # cannot know that: the model stays as it is.
-                if resp.status == 503 and ctx.flaky:
+                # anything; one killed first (its link lost: the router's
+                # 503 cannot know that) leaves the model as it is.
+                if (resp.status == 503 and ctx.flaky and resp.outcome_unknown
+                        and "is unavailable" in resp.message):
                     ctx.count("oversized Hset 503")
                     return None
                 if resp.status != 413:
@@ -601,6 +655,7 @@ def gen_owned(rng, sh, ctx):
             if prev is UNKNOWN:
                 if resp.status == 200 and not if_absent:
                     sh.vals[k] = v
+                    return stale_previous(resp, sh.could_be(k), "Hset %s" % fmt(k))
                 return None
             if resp.status == 413 and prev is not None and enc_len(prev) + enc_len(v) > mf - 1024:
                 return None  # the previous value does not fit the answer along the new one
@@ -620,8 +675,11 @@ def gen_owned(rng, sh, ctx):
 
         def check(resp):
             prev = sh.get(k)
-            if prev is UNKNOWN or bound_read_503(resp, sh, ctx):
+            if bound_read_503(resp, sh, ctx):
                 return None
+            if prev is UNKNOWN:
+                cands = sh.could_be(k)
+                return None if cands is None else stale_read(resp, cands, "Hget %s" % fmt(k))
             if prev is None:
                 if resp.status != 404:
                     return "Hget of absent %s: %d %s" % (fmt(k), resp.status, resp.message)
@@ -641,6 +699,7 @@ def gen_owned(rng, sh, ctx):
             if prev is UNKNOWN:
                 if resp.status == 200:
                     sh.vals.pop(k, None)
+                    return stale_previous(resp, sh.could_be(k), "Hdel %s" % fmt(k))
                 return None
             if resp.status != 200:
                 sh.vals[k] = UNKNOWN
@@ -658,9 +717,19 @@ def gen_owned(rng, sh, ctx):
                 return None
             size = sum(enc_len(w) + 8 for w in want if w is not None and w is not UNKNOWN)
             if any(w is UNKNOWN for w in want) or size > mf - 4096:
-                if resp.status in (200, 413):
+                if resp.status == 413:
                     return None
-                return "Hmget: %d %s" % (resp.status, resp.message)
+                if resp.status != 200:
+                    return "Hmget: %d %s" % (resp.status, resp.message)
+                # Keys a lagging replica may answer: a value they held once.
+                for i, (x, w) in enumerate(zip(ks, want)):
+                    cands = sh.could_be(x) if w is UNKNOWN else None
+                    if cands is not None and i < len(resp.values):
+                        v = pyval(resp.values[i])
+                        if not held_once(v, cands):
+                            return "Hmget: value %d is %s, which no write of %s carried" % (
+                                i, fmt(v), fmt(x))
+                return expect_values(resp, want, "Hmget")
             if resp.status != 200:
                 return "Hmget: %d %s" % (resp.status, resp.message)
             return expect_values(resp, want, "Hmget")
@@ -739,7 +808,7 @@ def gen_owned(rng, sh, ctx):
                 return None
             if resp.status != 200:
                 return "Hexist/Hmexist: %d %s" % (resp.status, resp.message)
-            want = [UNKNOWN if sh.get(x) is UNKNOWN else sh.get(x) is not None for x in ks]
+            want = [sh.exists(x) for x in ks]
             return expect_values(resp, want, "Hexist/Hmexist")
         return r, Expect(check)
     if c == 7:  # Hincr by_int

@@ -592,9 +592,12 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         failure, and at each reconnect while it is avoided sends it only a
         Ping of its own (README, Replicas: Reads), so clients' reads go to
         the real replica and all succeed. A Ping left unanswered keeps the
-        link avoided even when the avoidance (0.5 s, doubling) runs out
-        meanwhile, so after a's first request on each link fails, the peer
-        is handed no client's request again."""
+        link avoided even when the avoidance runs out meanwhile, so after
+        a's first requests on each link fail, the peer is handed no
+        client's request again. Two readers: each failed request doubles the
+        avoidance (0.5 s for one), so with few requests failing at once it
+        runs out within the reconnects of the 5 s (every 50 ms to 1 s),
+        and a router that sent requests behind its Ping would be seen."""
         layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
         mock = self.mock()
         bases = self.bases(layout)
@@ -624,6 +627,8 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         for r in (a, b):
             self.wait_workers(r)
         self.wait_serving(b)  # (not a: its probes of shards 2 and 3 may go to f)
+        for r in (a, b):  # f keeps a link that sent nothing open (30 s)
+            self.wait_links(r)
         keys, i = [], 0
         with b.client() as c:  # b's own worker takes these writes
             while len(keys) < 40:
@@ -632,7 +637,7 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                 if shard_of_key(k) in (2, 3):
                     self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
                     keys.append(k)
-        _, statuses = self.read_for(a, keys, 5.0)
+        _, statuses = self.read_for(a, keys, 5.0, threads=2)
         self.assertEqual(set(statuses), {200}, statuses)
         with lock:
             seen = [list(x) for x in conns]

@@ -3075,11 +3075,13 @@ KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
     links[0].asking = 1;
     int i = router_replica_pick(links, &set, 0, 1000, -1);
     CHECK(i == 1 || i == 2);
-    /* Nothing else healthy: the one asking is a last resort, like any
-     * avoided replica (before one that is down). */
-    links[1].asking = 1;
-    links[1].avoid_until = 950;
+    /* Nothing else healthy: an avoided replica is the last resort (before
+     * one that is down), one not behind its Ping first, then the soonest. */
+    links[1].avoid_ms = 8000;
+    links[1].avoid_until = 9000;
     links[2].up = 0;
+    CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 1);
+    links[1].asking = 1;
     CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
     CHECK_EQ(router_replica_pick(links, &set, 1, 1000, -1), 1);
     CHECK_EQ(router_replica_pick(links, &set, 3, 1000, -1), 2);
