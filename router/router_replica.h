@@ -14,15 +14,15 @@
  *
  * Choice (router_replica_pick): among the replicas not tried yet, one that
  * is up and not avoided, this node's own first (no network hop), else the
- * others in turn (a connection's writes: from one that connection
- * keeps); then one that is avoided, the one whose avoidance ends
- * soonest among those not waiting for the answer to their link's own
- * Ping, else among those that are; then one that is down (a send to it fails at once, and the
- * caller moves on). A replica is avoided for a while after it failed a
- * request (500 ms, doubling while failures repeat, up to 30 s; an answer
- * that is not 503 ends it, and so does a 200 to the Ping a link sends its
- * worker when it connects again: router_link; while that Ping is
- * unanswered the link counts as avoided), so a hung or catching-up
+ * others in turn (a connection's writes: from one that connection keeps);
+ * then one that is avoided, the one whose avoidance ends soonest among
+ * those not waiting for the answer to their link's own Ping, else among
+ * those that are; then one that is down (a send to it fails at once, and
+ * the caller moves on). A replica is avoided for a while after it failed a
+ * request (500 ms, doubling with each request that fails there, up to
+ * 30 s; an answer that is not 503 ends it, and so does a 200 to the Ping a
+ * link sends its worker when it connects again: router_link; while that
+ * Ping is unanswered the link counts as avoided), so a hung or catching-up
  * replica costs a timeout or a retry now and then, not on every request,
  * and one that accepts connections and fails every request costs none.
  *
