@@ -50,7 +50,7 @@
  *    avoidance (a worker that restarted, or ended a snapshot copy and
  *    serves now, is not passed over for up to 30 s); anything else, or no
  *    answer, leaves it. Nobody else sees the Ping or its answer. While it
- *    is unanswered (l->asking) the link counts as avoided even if the
+ *    is unanswered (router_link_asking) the link counts as avoided even if the
  *    avoidance ran out meanwhile: the Ping is the one request that tries
  *    the new connection, and what a client sent behind it would fail
  *    with it.
@@ -141,7 +141,6 @@ static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t
         l->on_reply(p.ctx, p.part, payload, len, failure);
         return;
     }
-    l->asking = 0;
     if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK) {
         l->avoid_ms = 0;
         l->avoid_until = 0;
@@ -196,7 +195,6 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
 {
     int was_up = l->up;
     l->hung = 0; /* on_timer sets it again when that is why */
-    l->asking = 0; /* fail_all answers the Ping too; this holds if it was never queued */
     snprintf(l->last_error, sizeof(l->last_error), "%s", state != NULL ? state : why);
     if (l->conn != NULL) {
         l->conn->data = NULL;
@@ -300,15 +298,10 @@ static void link_up(router_link_t *l)
     kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
              l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
-    /* Set first: a send that fails the link at once answers the Ping
-     * (link_answer clears it) before router_link_send returns. */
-    l->asking = hello;
-    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0) {
-        l->asking = 0;
+    if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
                  link_what(l), l->shard, l->addr_text);
-    }
     if (l->on_state != NULL)
         l->on_state(l, 1);
 }

@@ -83,8 +83,6 @@ struct router_link_s {
     const char *node;          /* the replica's node name ("" without a map), for messages */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
-    int asking;                /* its own Ping (a reconnect's hello) is unanswered: router_replica
-                                  sends no request here while another replica may take it */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
     router_link_closed_cb on_closed; /* NULL, or set before router_link_stop */
@@ -127,5 +125,15 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
  * loop ended. A zeroed link that was never started, or one already
  * stopped, is left alone (no on_closed). */
 void router_link_stop(router_link_t *l);
+
+/* True while the link's own Ping (a reconnect's hello, ctx: the link) is
+ * unanswered: sent first on a new connection, it is the oldest pending
+ * request until its answer, its failure or the link's fall pops it.
+ * router_replica sends no request here then while another replica may
+ * take it. */
+static inline int router_link_asking(const router_link_t *l)
+{
+    return l->count > 0 && l->fifo[l->head].ctx == (const void *)l;
+}
 
 #endif

@@ -65,7 +65,8 @@ static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried,
     for (uint32_t k = 0; k < set->n; k++) {
         uint32_t i = (from + k) % set->n;
         const router_link_t *l = &links[set->first + i];
-        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now || l->asking)
+        if ((tried & (1ull << i)) || !usable(l) || l->avoid_until > now ||
+            router_link_asking(l))
             continue;
         if (l->addr.is_unix)
             return (int)(set->first + i); /* this node's own worker: no hop */
@@ -77,6 +78,15 @@ static int pick_healthy(router_link_t *links, router_set_t *set, uint64_t tried,
     if (start < 0)
         set->rr = ((uint32_t)found + 1) % set->n;
     return (int)(set->first + (uint32_t)found);
+}
+
+/* Among avoided replicas, whether `b` is a better last resort than `a`:
+ * one not waiting for its Ping's answer, then the one whose avoidance
+ * ends soonest. */
+static int later_choice(const router_link_t *a, const router_link_t *b)
+{
+    int qa = router_link_asking(a), qb = router_link_asking(b);
+    return qb != qa ? qb < qa : b->avoid_until < a->avoid_until;
 }
 
 int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried, uint64_t now,
@@ -93,10 +103,8 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
         if (!usable(l)) {
             if (down < 0)
                 down = (int)(set->first + k);
-        } else if (avoided < 0 || l->asking < links[avoided].asking ||
-                   (l->asking == links[avoided].asking &&
-                    l->avoid_until < links[avoided].avoid_until)) {
-            avoided = (int)(set->first + k); /* not behind a Ping, then the soonest */
+        } else if (avoided < 0 || later_choice(&links[avoided], l)) {
+            avoided = (int)(set->first + k);
         }
     }
     return avoided >= 0 ? avoided : down;

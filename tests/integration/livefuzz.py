@@ -526,6 +526,18 @@ def held_once(v, cands):
     return any((v is None and c is None) or (c is not None and same(v, c)) for c in cands)
 
 
+def stale_previous(resp, cands, what, which="previous value"):
+    """The value a 200 of a key a lagging replica may answer carries (a
+    write's previous value, or a read's): one the key held once; cands
+    None: not checked (Shadow.could_be)."""
+    if cands is None or len(resp.values) != 1:
+        return None
+    v = pyval(resp.values[0])
+    if not held_once(v, cands):
+        return "%s: %s %s, which no write of it carried" % (what, which, fmt(v))
+    return None
+
+
 def stale_read(resp, cands, what):
     """The check of a single-key read of a key a lagging replica may
     answer: 200 or 404, with a value it held once (Shadow.could_be)."""
@@ -533,22 +545,7 @@ def stale_read(resp, cands, what):
         return None if held_once(None, cands) else "%s: 404, but the key was never deleted" % what
     if resp.status != 200 or len(resp.values) != 1:
         return "%s: %d %s" % (what, resp.status, resp.message)
-    v = pyval(resp.values[0])
-    if not held_once(v, cands):
-        return "%s: %s, a value no write of it carried (%d did)" % (what, fmt(v), len(cands) - 1)
-    return None
-
-
-def stale_previous(resp, cands, what):
-    """The previous value a write of a key a lagging replica may have
-    applied answers with (200): one the key held once; cands None: not
-    checked (Shadow.could_be)."""
-    if cands is None or len(resp.values) != 1:
-        return None
-    v = pyval(resp.values[0])
-    if not held_once(v, cands):
-        return "%s: previous value %s, which no write of it carried" % (what, fmt(v))
-    return None
+    return stale_previous(resp, cands, what, "value")
 
 
 def applied_unsent(resp, sh):
@@ -1104,11 +1101,14 @@ def history_of(history, keys, n=12):
     name one of `keys`, one line each, for a finding's message (UTC, as
     the nodes' logs)."""
     ks = set(keys)
-    mine = [h for h in history if ks & set(h[3])]
-    return "".join("\n    %s.%03dZ session %d: %s %s -> %d%s%s %s" % (
-        time.strftime("%H:%M:%S", time.gmtime(t)), int(t * 1000) % 1000, sess, name, b",".join(k[:16] for k in hk).decode("utf-8", "replace"), status,
-        " outcome_unknown" if unknown else "", " (position)" if pos else "", msg)
-        for t, sess, name, hk, status, unknown, pos, msg in mine[-n:])
+    lines = []
+    for t, sess, name, hk, status, unknown, pos, msg in [h for h in history
+                                                         if ks & set(h[3])][-n:]:
+        names = b",".join(k[:16] for k in hk).decode("utf-8", "replace")
+        lines.append("\n    %s.%03dZ session %d: %s %s -> %d%s%s %s" % (
+            time.strftime("%H:%M:%S", time.gmtime(t)), int(t * 1000) % 1000, sess, name, names,
+            status, " outcome_unknown" if unknown else "", " (position)" if pos else "", msg))
+    return "".join(lines)
 
 
 def owner_thread(ctx, idx, seed, deadline, shadows):

@@ -573,7 +573,7 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     reconnect_and_read(&t, &l, 0); /* not avoided: no hello */
     run_for(&t, 200);
     CHECK_EQ(peer_in_len, 0);
-    CHECK(!l.asking);
+    CHECK(!router_link_asking(&l));
 
     l.avoid_ms = 4000;
     l.avoid_until = uv_now(&t.loop) + 4000;
@@ -582,15 +582,15 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     CHECK_EQ(peer_in_len, sizeof(ping));
     CHECK(memcmp(peer_in, ping, sizeof(ping)) == 0);
     CHECK_EQ(l.avoid_until, until); /* a new connection alone ends nothing */
-    CHECK(l.asking); /* router_replica passes it over until the Ping is answered */
+    CHECK(router_link_asking(&l)); /* router_replica passes it over until the Ping is answered */
     peer_write(&t, busy, sizeof(busy));
     run_for(&t, 200);
     CHECK_EQ(l.avoid_until, until);
     CHECK_EQ(l.avoid_ms, 4000);
-    CHECK(!l.asking);
+    CHECK(!router_link_asking(&l));
 
     reconnect_and_read(&t, &l, sizeof(ping)); /* asked again; the peer drops it */
-    CHECK(l.asking);
+    CHECK(router_link_asking(&l));
     int closes = peer_closes;
     t.accepted = 0;
     uv_close((uv_handle_t *)&t.peer, on_peer_closed);
@@ -600,11 +600,11 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     while (l.up && uv_now(&t.loop) < deadline)
         uv_run(&t.loop, UV_RUN_ONCE);
     CHECK(!l.up);
-    CHECK(!l.asking);
+    CHECK(!router_link_asking(&l));
     CHECK_EQ(l.avoid_until, until);
     while (!(t.accepted && l.up) && uv_now(&t.loop) < deadline) /* it reconnects */
         uv_run(&t.loop, UV_RUN_ONCE);
-    CHECK(l.up && l.asking);
+    CHECK(l.up && router_link_asking(&l));
 
     reconnect_and_read(&t, &l, sizeof(ping)); /* asked again */
     CHECK_EQ(peer_in_len, sizeof(ping));
@@ -612,7 +612,7 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     run_for(&t, 200);
     CHECK_EQ(l.avoid_until, 0);
     CHECK_EQ(l.avoid_ms, 0);
-    CHECK(!l.asking);
+    CHECK(!router_link_asking(&l));
     CHECK(l.up);
     CHECK_EQ(t.replies, 0);
     router_link_stop(&l);

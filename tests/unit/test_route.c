@@ -3064,15 +3064,26 @@ KVS_TEST(replica_retry_budget)
 KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
 {
     router_link_t links[3];
+    router_link_pending_t fifo[3];
     memset(links, 0, sizeof(links));
+    memset(fifo, 0, sizeof(fifo));
     router_set_t set = {.first = 0, .n = 3, .rr = 0};
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         links[i].up = 1;
+        links[i].fifo = &fifo[i];
+        links[i].cap = 1;
+        fifo[i].ctx = &links[i]; /* the link's own Ping, pending while count is 1 */
+    }
     links[0].addr.is_unix = 1; /* this node's own worker */
     CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
     links[0].avoid_ms = 500;
     links[0].avoid_until = 900; /* ran out, but its Ping is unanswered */
-    links[0].asking = 1;
+    links[0].count = 1;
+    CHECK(router_link_asking(&links[0]));
+    fifo[2].ctx = &set; /* a client's request first: not asking */
+    links[2].count = 1;
+    CHECK(!router_link_asking(&links[2]));
+    links[2].count = 0;
     int i = router_replica_pick(links, &set, 0, 1000, -1);
     CHECK(i == 1 || i == 2);
     /* Nothing else healthy: an avoided replica is the last resort (before
@@ -3081,11 +3092,11 @@ KVS_TEST(replica_pick_passes_over_a_link_asking_its_new_worker)
     links[1].avoid_until = 9000;
     links[2].up = 0;
     CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 1);
-    links[1].asking = 1;
+    links[1].count = 1;
     CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
     CHECK_EQ(router_replica_pick(links, &set, 1, 1000, -1), 1);
     CHECK_EQ(router_replica_pick(links, &set, 3, 1000, -1), 2);
-    links[0].asking = 0; /* answered, not 200: its avoidance ran out */
+    links[0].count = 0; /* answered, not 200: its avoidance ran out */
     CHECK_EQ(router_replica_pick(links, &set, 0, 1000, -1), 0);
 }
 
