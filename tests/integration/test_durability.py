@@ -34,6 +34,7 @@ KILL_AFTER = (0.75, 0.5)  # seconds of streaming before each kill -9 (one per ro
 # Hmset rounds: more crashes, because only some crash points can split a batch.
 KILL_AFTER_HMSET = (0.4, 0.5, 0.6, 0.7, 0.4, 0.5, 0.6, 0.7)
 CAP = 20.0          # hard time cap for the stream
+FIRST_ACK_WAIT = 10.0  # longest wait for a round's first acknowledgement
 BATCH = 10          # keys per Hmset
 
 
@@ -153,12 +154,21 @@ class DurabilityTest(NodeTestCase):
                 s = Stream(c, functools.partial(encoder, table.encode()), prebuild)
                 s.start()
                 time.sleep(delay)
+                # A loaded machine (the ASan build beside the rest of CI,
+                # fdatasync queued behind other tests' writes) may not have
+                # committed the first batch yet: the crash must still come
+                # after at least one acknowledgement, or the round checks
+                # nothing. Wait for it, bounded.
+                first_ack = time.monotonic() + FIRST_ACK_WAIT
+                while s.acked == 0 and not s.bad and time.monotonic() < first_ack:
+                    time.sleep(0.01)
                 acked_before_kill = s.acked
                 n.kill9()
                 s.stop.set()
                 self.assertTrue(s.join(), "stream threads did not end after kill -9")
             self.assertEqual(s.bad, [], "non-200 answers before the crash")
-            self.assertGreater(acked_before_kill, 0, "nothing acknowledged in %.2f s" % delay)
+            self.assertGreater(acked_before_kill, 0, "nothing acknowledged in %.2f s"
+                               % (delay + FIRST_ACK_WAIT))
             self.assertFalse(s.finished, "the stream ended before kill -9; raise MAX_OPS")
             n.start()
             with n.client() as c, self.subTest(round=round_, table=table):
