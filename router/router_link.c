@@ -49,7 +49,12 @@
  *    link, never a request), sent as it comes up; a 200 ends the
  *    avoidance (a worker that restarted, or ended a snapshot copy and
  *    serves now, is not passed over for up to 30 s); anything else, or no
- *    answer, leaves it. Nobody else sees the Ping or its answer. While it
+ *    answer, counts as a failure (router_link_avoid). Nobody else sees the
+ *    Ping or its answer. A link reset because its worker hung asks too: a
+ *    worker that still hangs leaves the Ping unanswered, so the link is
+ *    passed over until the Ping times out, and again at the next
+ *    connection, rather than handed clients' requests each time its
+ *    avoidance runs out. While it
  *    is unanswered (router_link_asking) the link counts as avoided even if the
  *    avoidance ran out meanwhile: the Ping is the one request that tries
  *    the new connection, and what a client sent behind it would fail
@@ -132,8 +137,10 @@ static const char *link_peer(const router_link_t *l)
 }
 
 /* The link's own Ping (invariants: a reconnect's hello) is answered
- * here; everything else goes to on_reply. A hello that failed, or was
- * answered anything but 200, leaves the avoidance as it is. */
+ * here; everything else goes to on_reply. A 200 ends the avoidance; a
+ * hello that failed, or was answered anything else, is a failure like a
+ * request's: the avoidance goes on, renewed (doubled) if it ran out while
+ * the Ping was on its way. */
 static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t *payload,
                         size_t len, const char *failure)
 {
@@ -141,10 +148,10 @@ static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t
         l->on_reply(p.ctx, p.part, payload, len, failure);
         return;
     }
-    if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK) {
-        l->avoid_ms = 0;
-        l->avoid_until = 0;
-    }
+    if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK)
+        router_link_trust(l);
+    else
+        router_link_avoid(l, uv_now(l->loop));
 }
 
 /* Fails every pending request with `why`. Callbacks may send new requests
@@ -286,11 +293,12 @@ static void link_up(router_link_t *l)
     link_forget_addrs(l);
     l->handshaking = 0;
     /* An avoided replica's new connection may reach a worker that serves
-     * now (it restarted, or ended a snapshot copy): it is asked
-     * (invariants: the hello). Not one this router reset because its
-     * worker hung: that worker still holds the socket, and most likely
-     * still hangs (the Ping would only time out again). */
-    int hello = (l->avoid_ms != 0 || l->avoid_until != 0) && !l->hung;
+     * now (it restarted, ended a snapshot copy, or resumed after a hang):
+     * it is asked (invariants: the hello). A worker that still hangs
+     * leaves the Ping unanswered, and the link passed over, until the
+     * Ping times out and the link starts over: no client's request waits
+     * out router.timeout there meanwhile. */
+    int hello = l->avoid_ms != 0 || l->avoid_until != 0;
     l->hung = 0;
     l->up = 1;
     l->up_since = uv_now(l->loop);

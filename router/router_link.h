@@ -26,6 +26,9 @@
 
 typedef struct router_link_s router_link_t;
 
+#define ROUTER_AVOID_MIN_MS 500   /* the first avoidance of a replica (router_link_avoid) */
+#define ROUTER_AVOID_MAX_MS 30000 /* and the longest */
+
 /* A pending request's answer arrived (payload = encoded CommandResponse,
  * valid during the call), or it failed: payload NULL and `failure` says
  * why. With len 0 the link failed (answer 503: the request may or may not
@@ -82,7 +85,7 @@ struct router_link_s {
     int seen_up;               /* came up at least once (for the router's readiness) */
     const char *node;          /* the replica's node name ("" without a map), for messages */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
-    uint64_t avoid_ms;         /* ... and the next avoidance, doubling while failures repeat */
+    uint64_t avoid_ms;         /* ... and the last avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */
     uint64_t downs;            /* times the link went down after being up (metrics) */
     router_link_closed_cb on_closed; /* NULL, or set before router_link_stop */
@@ -125,6 +128,30 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
  * loop ended. A zeroed link that was never started, or one already
  * stopped, is left alone (no on_closed). */
 void router_link_stop(router_link_t *l);
+
+/* The replica behind `l` failed a request (the link broke or timed out,
+ * or the worker answered 503) at `now` (uv_now): router_replica prefers
+ * other replicas until l->avoid_until. One failure event counts once:
+ * while the link is avoided, the failures of the requests that were in
+ * flight with the first (a connection lost with 8 pending) change
+ * nothing; a failure after the avoidance ran out doubles it (0.5 s, then
+ * 1, 2, ... up to 30 s). */
+static inline void router_link_avoid(router_link_t *l, uint64_t now)
+{
+    if (l->avoid_until > now)
+        return; /* the same event: requests that were in flight with the first */
+    l->avoid_ms = l->avoid_ms == 0                        ? ROUTER_AVOID_MIN_MS
+                  : l->avoid_ms * 2 > ROUTER_AVOID_MAX_MS ? ROUTER_AVOID_MAX_MS
+                                                          : l->avoid_ms * 2;
+    l->avoid_until = now + l->avoid_ms;
+}
+
+/* `l` answered (anything but 503): it is not avoided any more. */
+static inline void router_link_trust(router_link_t *l)
+{
+    l->avoid_ms = 0;
+    l->avoid_until = 0;
+}
 
 /* True while the link's own Ping (a reconnect's hello, ctx: the link) is
  * unanswered: sent first on a new connection, it is the oldest pending

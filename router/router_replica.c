@@ -5,9 +5,6 @@
  */
 #include "router_replica.h"
 
-#define AVOID_MIN_MS 500
-#define AVOID_MAX_MS 30000
-
 void router_budget_init(router_budget_t *b, uint32_t percent, uint32_t burst)
 {
     b->cap = (uint64_t)burst * 1000;
@@ -108,18 +105,4 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
         }
     }
     return avoided >= 0 ? avoided : down;
-}
-
-void router_replica_failed(router_link_t *l, uint64_t now)
-{
-    l->avoid_ms = l->avoid_ms == 0                 ? AVOID_MIN_MS
-                  : l->avoid_ms * 2 > AVOID_MAX_MS ? AVOID_MAX_MS
-                                                   : l->avoid_ms * 2;
-    l->avoid_until = now + l->avoid_ms;
-}
-
-void router_replica_ok(router_link_t *l)
-{
-    l->avoid_ms = 0;
-    l->avoid_until = 0;
 }

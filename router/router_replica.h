@@ -19,12 +19,15 @@
  * those not waiting for the answer to their link's own Ping, else among
  * those that are; then one that is down (a send to it fails at once, and
  * the caller moves on). A replica is avoided for a while after it failed a
- * request (500 ms, doubling with each request that fails there, up to
- * 30 s; an answer that is not 503 ends it, and so does a 200 to the Ping a
- * link sends its worker when it connects again: router_link; while that
- * Ping is unanswered the link counts as avoided), so a hung or catching-up
- * replica costs a timeout or a retry now and then, not on every request,
- * and one that accepts connections and fails every request costs none.
+ * request (router_link_avoid: 500 ms, doubling with each failure after the
+ * last avoidance ran out, up to 30 s; the requests that fail together, in
+ * flight when a link broke, count once; an answer that is not 503 ends
+ * it, and so does a 200 to the Ping a link sends its worker when it
+ * connects again: router_link; while that Ping is unanswered the link
+ * counts as avoided), so a catching-up replica costs a retry now and
+ * then, not on every request, a hung one a timeout once (its links'
+ * Pings go unanswered after that), and one that accepts connections and
+ * fails every request costs none.
  *
  * Retry budget (Finagle's RetryBudget): a token bucket per router. Every
  * read sent to a shard with replicas deposits retry_percent/100 of a token,
@@ -89,11 +92,5 @@ int router_replica_pick(router_link_t *links, router_set_t *set, uint64_t tried,
 
 /* True when some replica of `set` outside `tried` is up. */
 int router_replica_any_up(const router_link_t *links, const router_set_t *set, uint64_t tried);
-
-/* A request failed on `l` (link loss, timeout, 503): avoid it for a while. */
-void router_replica_failed(router_link_t *l, uint64_t now);
-
-/* `l` answered: it is not avoided any more. */
-void router_replica_ok(router_link_t *l);
 
 #endif

@@ -168,11 +168,11 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     int failed = failure != NULL ? len == 0 : router_send_status(payload, len) == 503;
     if (!failed) {
         if (l->avoid_ms != 0)
-            router_replica_ok(l);
+            router_link_trust(l);
         return 0;
     }
     if (r->sets[t->shard].n > 1)
-        router_replica_failed(l, now_ms(r));
+        router_link_avoid(l, now_ms(r));
     if (t->bytes.len == 0 || !router_replica_any_up(r->links, &r->sets[t->shard], t->tried) ||
         later_write_of_table(req) || !router_budget_take(&r->budget))
         return 0;

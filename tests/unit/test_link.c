@@ -558,8 +558,9 @@ static void reconnect_and_read(tctx_t *t, router_link_t *l, size_t want)
 
 /* A link router_replica avoids keeps its avoidance across a reconnect and
  * asks the new connection's worker with a Ping of its own: a 503 (or a
- * peer that drops it) leaves the avoidance, a 200 ends it; no request's
- * callback hears of it. A link nobody avoids sends nothing of its own. */
+ * peer that drops it) is a failure (the avoidance goes on, renewed if it
+ * ran out), a 200 ends it; no request's callback hears of it. A link
+ * nobody avoids sends nothing of its own. */
 KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
 {
     static const uint8_t ping[] = {0, 0, 0, 2, 0x5a, 0x00};
@@ -582,7 +583,7 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     CHECK_EQ(peer_in_len, sizeof(ping));
     CHECK(memcmp(peer_in, ping, sizeof(ping)) == 0);
     CHECK_EQ(l.avoid_until, until); /* a new connection alone ends nothing */
-    CHECK(router_link_asking(&l)); /* router_replica passes it over until the Ping is answered */
+    CHECK(router_link_asking(&l));  /* router_replica passes it over until the Ping is answered */
     peer_write(&t, busy, sizeof(busy));
     run_for(&t, 200);
     CHECK_EQ(l.avoid_until, until);
@@ -606,6 +607,20 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
         uv_run(&t.loop, UV_RUN_ONCE);
     CHECK(l.up && router_link_asking(&l));
 
+    /* A 503 after the avoidance ran out while the Ping was on its way is a
+     * failure like a request's: the avoidance is renewed, doubled. */
+    l.avoid_ms = 500;
+    l.avoid_until = uv_now(&t.loop) + 50;
+    reconnect_and_read(&t, &l, sizeof(ping));
+    CHECK(router_link_asking(&l));
+    run_for(&t, 100);
+    CHECK(l.avoid_until <= uv_now(&t.loop) && router_link_asking(&l));
+    peer_write(&t, busy, sizeof(busy));
+    run_for(&t, 200);
+    CHECK(!router_link_asking(&l));
+    CHECK_EQ(l.avoid_ms, 1000);
+    CHECK(l.avoid_until > uv_now(&t.loop) + 500);
+
     reconnect_and_read(&t, &l, sizeof(ping)); /* asked again */
     CHECK_EQ(peer_in_len, sizeof(ping));
     peer_write(&t, ok, sizeof(ok));
@@ -619,6 +634,79 @@ KVS_TEST(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance)
     t_close(&t);
 }
 
+/* A link reset because its worker left a request unanswered for
+ * router.timeout asks the next connection's worker with a Ping too: a
+ * worker that still hangs leaves it unanswered, so the link counts as
+ * avoided (router_link_asking) until the Ping times out, which renews the
+ * avoidance, and the link starts over and asks again. No client's request
+ * waits out router.timeout there meanwhile. */
+KVS_TEST(a_link_reset_as_hung_asks_its_worker_on_the_next_connection)
+{
+    static const uint8_t ping[] = {0, 0, 0, 2, 0x5a, 0x00};
+    tctx_t t;
+    t_init(&t);
+    router_link_t l;
+    link_start_up(&t, &l, 300);
+    router_link_avoid(&l, uv_now(&t.loop)); /* what router_send does at a failure */
+    CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)1, 0), 0);
+    uint64_t deadline = uv_now(&t.loop) + 10000;
+    while (t.replies < 1 && uv_now(&t.loop) < deadline)
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK_EQ(t.replies, 1);
+    CHECK_CONTAINS(t.got[0].failure, "no answer within router.timeout");
+    CHECK(l.hung && !l.up);
+    reconnect_and_read(&t, &l, sizeof(ping));
+    CHECK_EQ(peer_in_len, sizeof(ping));
+    CHECK(memcmp(peer_in, ping, sizeof(ping)) == 0);
+    CHECK(router_link_asking(&l));
+    uint64_t first_until = l.avoid_until;
+    while (l.up && uv_now(&t.loop) < deadline) /* the worker still hangs */
+        uv_run(&t.loop, UV_RUN_ONCE);
+    CHECK(uv_now(&t.loop) > first_until); /* ran out while only the Ping kept it avoided */
+    CHECK(!l.up && l.hung);
+    CHECK_EQ(l.avoid_ms, 1000); /* the unanswered Ping renewed it, doubled */
+    CHECK(l.avoid_until > uv_now(&t.loop));
+    CHECK_EQ(t.replies, 1);                   /* the Ping's failure is nobody's answer */
+    reconnect_and_read(&t, &l, sizeof(ping)); /* asked again */
+    CHECK(memcmp(peer_in, ping, sizeof(ping)) == 0);
+    CHECK(router_link_asking(&l));
+    router_link_stop(&l);
+    t_close(&t);
+}
+
+/* One failure event counts once: the requests in flight with the first
+ * failure (a connection lost with 8 pending) fail while the link is
+ * already avoided and change nothing; a failure after the avoidance ran
+ * out doubles it, up to 30 s; an answer ends it. */
+KVS_TEST(avoidance_doubles_per_failure_event_not_per_request)
+{
+    router_link_t l;
+    memset(&l, 0, sizeof(l));
+    router_link_avoid(&l, 1000);
+    CHECK_EQ(l.avoid_ms, 500);
+    CHECK_EQ(l.avoid_until, 1500);
+    for (int i = 0; i < 7; i++)
+        router_link_avoid(&l, 1000 + (uint64_t)i);
+    CHECK_EQ(l.avoid_ms, 500);
+    CHECK_EQ(l.avoid_until, 1500);
+    router_link_avoid(&l, 1499);
+    CHECK_EQ(l.avoid_until, 1500);
+    router_link_avoid(&l, 1500);
+    CHECK_EQ(l.avoid_ms, 1000);
+    CHECK_EQ(l.avoid_until, 2500);
+    uint64_t now = 2500;
+    for (int i = 0; i < 10; i++) {
+        router_link_avoid(&l, now);
+        now = l.avoid_until;
+    }
+    CHECK_EQ(l.avoid_ms, 30000);
+    router_link_trust(&l);
+    CHECK_EQ(l.avoid_ms, 0);
+    CHECK_EQ(l.avoid_until, 0);
+    router_link_avoid(&l, now);
+    CHECK_EQ(l.avoid_ms, 500);
+}
+
 KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(numeric_address_is_not_resolved), KVS_CASE(stop_while_resolving),
               KVS_CASE(stop_while_connecting), KVS_CASE(stop_of_a_link_never_started),
@@ -627,4 +715,6 @@ KVS_TEST_MAIN(KVS_CASE(name_is_resolved_and_link_comes_up),
               KVS_CASE(timeout_counts_from_the_last_answer),
               KVS_CASE(requests_after_a_timeout_are_not_told_they_may_have_been_applied),
               KVS_CASE(a_peer_that_drops_every_connection_is_dialled_with_backoff),
-              KVS_CASE(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance))
+              KVS_CASE(an_avoided_link_asks_its_new_worker_and_only_a_200_ends_the_avoidance),
+              KVS_CASE(a_link_reset_as_hung_asks_its_worker_on_the_next_connection),
+              KVS_CASE(avoidance_doubles_per_failure_event_not_per_request))
