@@ -363,6 +363,16 @@ size_t kvs_msg_answer_bound(size_t n, size_t bytes);
  * max_frame is smaller). */
 size_t kvs_msg_pair_max(size_t max_frame);
 
+/* The 413 a write gets for a pair larger than kvs_msg_pair_max, and its
+ * printf arguments (a key of klen bytes, a value of vlen as stored). */
+#define KVS_MSG_PAIR_TOO_LARGE                                                                     \
+    "value is too large: key and value take %zu bytes (the value %zu as stored), and an "          \
+    "answer holding them must fit in limits.max_frame (%zu bytes), so a key and its value "        \
+    "may take at most %zu bytes"
+#define KVS_MSG_PAIR_TOO_LARGE_ARGS(max_frame, klen, vlen)                                         \
+    (size_t)(klen) + (size_t)(vlen), (size_t)(vlen), (size_t)(max_frame),                          \
+        kvs_msg_pair_max(max_frame)
+
 /* ---- responses -------------------------------------------------------- */
 
 /* Appends one frame holding `m` (header + packed bytes) to `out`. Returns 0,

@@ -118,20 +118,21 @@ static int encode_value(node_cmd_ctx_t *ctx, const Kvs__Value *v, node_slice_t *
 
 /* Every stored pair must be readable back: an Hget, Hscan or Hgetall answer
  * holding it (plus a cursor of up to a key) has to fit in max_frame. */
+static int pair_fits(const node_cmd_ctx_t *ctx, size_t klen, size_t vlen)
+{
+    return klen + vlen <= kvs_msg_pair_max(ctx->max_frame);
+}
+
 static int pair_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const ProtobufCBinaryData *key,
                           size_t vlen)
 {
-    size_t max = kvs_msg_pair_max(ctx->max_frame);
-    if (key->len + vlen <= max)
+    if (pair_fits(ctx, key->len, vlen))
         return 0;
     kvs_resp_abort(r);
     kvs_resp_begin(r, r->out);
     kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
-    kvs_resp_message(r,
-                     "value is too large: key and value take %zu bytes (the value %zu as "
-                     "stored), and an answer holding them must fit in limits.max_frame (%zu "
-                     "bytes), so a key and its value may take at most %zu bytes",
-                     key->len + vlen, vlen, ctx->max_frame, max);
+    kvs_resp_message(r, KVS_MSG_PAIR_TOO_LARGE,
+                     KVS_MSG_PAIR_TOO_LARGE_ARGS(ctx->max_frame, key->len, vlen));
     return 1;
 }
 
@@ -751,12 +752,38 @@ static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
+/* A write's largest pair as the store would hold it (key bytes and the
+ * value's encoded size): 0s for writes that carry no value. */
+typedef struct {
+    size_t klen, vlen;
+} pair_size_t;
+
+static pair_size_t largest_pair(const Kvs__CommandRequest *req)
+{
+    pair_size_t big = {0, 0};
+    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        big.klen = req->hset->pair->key.len;
+        big.vlen = kvs__value__get_packed_size(req->hset->pair->value);
+    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        for (size_t i = 0; i < req->hmset->n_pairs; i++) {
+            const Kvs__Kvpair *p = req->hmset->pairs[i];
+            size_t vlen = kvs__value__get_packed_size(p->value);
+            if (p->key.len + vlen > big.klen + big.vlen)
+                big = (pair_size_t){p->key.len, vlen};
+        }
+    }
+    return big;
+}
+
 /* A write to a table bound to no topic, on a shard with several replicas
  * (kvs-router refuses it the same way) or whose snapshot went to another
- * node (node_handoff): it would reach this copy only. Returns 1 when
- * refused (answered), 0 to go on, or a negative error. */
+ * node (node_handoff): it would reach this copy only. A write with a pair
+ * too large to store (`big`) is answered that first (413), as it would be
+ * at any other time: the refusal's 503 would have the client send it again
+ * once the move is over, for nothing. Returns 1 when refused (answered), 0
+ * to go on, or a negative error. */
 static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
-                           const void *table, size_t len, kvs_buf_t *out)
+                           const void *table, size_t len, pair_size_t big, kvs_buf_t *out)
 {
     if (!is_write_cmd(cmd) || ctx->ungated)
         return 0; /* reads: nothing more to look at */
@@ -764,6 +791,11 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     if (ctx->replicas < 2 && copied == NULL)
         return 0;
     int rc;
+    if (!pair_fits(ctx, big.klen, big.vlen)) {
+        rc = kvs_msg_append_status(out, KVS_STATUS_TOO_LARGE, KVS_MSG_PAIR_TOO_LARGE,
+                                   KVS_MSG_PAIR_TOO_LARGE_ARGS(ctx->max_frame, big.klen, big.vlen));
+        return rc == 0 ? 1 : rc;
+    }
     if (ctx->replicas < 2) {
         rc = kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                    "%s: table \"%.*s\" is bound to no Kafka topic, and %s; nothing "
@@ -1037,7 +1069,9 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);
     const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
-    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, out) : 0;
+    pair_size_t big = {pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET ? pk->key_len : 0,
+                       pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET ? pk->value_len : 0};
+    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, big, out) : 0;
     if (rc == 0 && b == NULL && is_write_cmd(pk->cmd)) {
         ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
         rc = foreign_refused(ctx, pk->cmd, pk->table, pk->table_len, &key, out);
@@ -1066,7 +1100,8 @@ static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, cons
                    : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                            "Snapshot is not available on this server");
     if (b == NULL && table != NULL &&
-        ((rc = unbound_refused(ctx, req->command_case, table, strlen(table), out)) != 0 ||
+        ((rc = unbound_refused(ctx, req->command_case, table, strlen(table), largest_pair(req),
+                               out)) != 0 ||
          (rc = foreign_refused_req(ctx, req, table, out)) != 0))
         return rc < 0 ? rc : 0;
     if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)

@@ -630,13 +630,9 @@ static int check_sizes(node_writes_t *wr, const kvs_binding_t *b, const char *cm
     for (size_t i = 0; i < n; i++) {
         node_slice_t v;
         size_t vlen = items[i].vlen;
-        if (items[i].key->len + vlen + KVS_MAX_KEY + 64 > wr->max_frame) {
-            snprintf(msg, mlen,
-                     "value is too large: key and value take %zu bytes (the value %zu as "
-                     "stored), and an answer holding them must fit in limits.max_frame (%zu "
-                     "bytes), so a key and its value may take at most %zu bytes",
-                     items[i].key->len + vlen, vlen, wr->max_frame,
-                     wr->max_frame - KVS_MAX_KEY - 64);
+        if (items[i].key->len + vlen > kvs_msg_pair_max(wr->max_frame)) {
+            snprintf(msg, mlen, KVS_MSG_PAIR_TOO_LARGE,
+                     KVS_MSG_PAIR_TOO_LARGE_ARGS(wr->max_frame, items[i].key->len, vlen));
             return KVS_ETOOBIG;
         }
         news += kvs_reads_stored_bound(value_lengths, vlen);

@@ -959,6 +959,57 @@ KVS_TEST(value_too_large_to_read_back_is_413)
     CHECK_EQ(node_store_table_count(fx.store), 0);
 }
 
+/* A write refused because of the shard's state (its snapshot went to
+ * another node, so writes to unbound tables wait for the move: 503; or it
+ * has several replicas: 400) is first checked for a pair too large to
+ * store: that is 413, as at any other time, so the client is not told to
+ * send it again once the move is over. Fast path (Hset) and full path
+ * (Hmset) alike; nothing is written. */
+KVS_TEST(a_refused_write_with_a_pair_too_large_is_413_first)
+{
+    setup(4096, 16);
+    char dir[] = "/tmp/kvs-test-cmd-fence-XXXXXX", text[512], err[256];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(text, sizeof(text),
+             "node: {name: a}\ncluster:\n  shards: 4\n  nodes:\n"
+             "    - {name: a, address: \"127.0.0.1:1000\", shards: [0, 1, 2, 3]}\n");
+    kvs_config_t *cfg = NULL;
+    CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
+    node_handoff_t *h = NULL;
+    CHECK_EQ(node_handoff_open(dir, 3, cfg, &h), 0);
+    int raised = 0;
+    CHECK_EQ(node_handoff_fence(h, "127.0.0.1:2000", cfg, &raised), 0);
+    CHECK_EQ(raised, 1);
+    fx.ctx.handoff = h;
+    char *v = repeat('v', 4000);
+    const char *keys[] = {"small", "big"};
+    const char *vals[] = {"ok", v};
+    for (int replicas = 1; replicas <= 2; replicas++) {
+        fx.ctx.replicas = (uint32_t)replicas;
+        Kvs__CommandResponse *r = hset(TABLE, "big", vstr(v));
+        check_status(r, 413);
+        CHECK_CONTAINS(r->message, "value is too large");
+        r = hmset(TABLE, 2, keys, vals);
+        check_status(r, 413);
+        CHECK_CONTAINS(r->message, "value is too large");
+        /* The same writes that fit get the refusal. */
+        r = hset(TABLE, "small", vstr("ok"));
+        check_status(r, replicas == 1 ? 503 : 400);
+        CHECK_CONTAINS(r->message, replicas == 1 ? "move is over" : "replicas");
+        check_status(hmset(TABLE, 1, keys, vals), replicas == 1 ? 503 : 400);
+    }
+    free(v);
+    end_turn();
+    fx.ctx.handoff = NULL;
+    fx.ctx.replicas = 0;
+    check_status(hget(TABLE, "big"), 404);
+    check_status(hget(TABLE, "small"), 404);
+    node_handoff_unfence(h);
+    node_handoff_free(h);
+    kvs_config_free(cfg);
+    CHECK_EQ(rmdir(dir), 0);
+}
+
 /* The largest pair allowed (511-byte key, value at the limit) is larger
  * than Hscan's soft page limit: it must still be returned, alone, with a
  * 511-byte cursor, and the frame must fit max_frame. */
@@ -1734,6 +1785,7 @@ KVS_TEST(slowlog_tables_are_utf8)
 }
 
 KVS_TEST_MAIN(
+    KVS_CASE(a_refused_write_with_a_pair_too_large_is_413_first),
     KVS_CASE(hooks_see_every_request_and_may_stop_it), KVS_CASE(metrics_and_slowlog_answers),
     KVS_CASE(slowlog_tables_are_utf8), KVS_CASE(answer_budget_refuses_before_writing),
     KVS_CASE(value_lengths_writes_are_priced_by_lengths),
