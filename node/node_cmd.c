@@ -758,10 +758,14 @@ typedef struct {
     size_t klen, vlen;
 } pair_size_t;
 
-static pair_size_t largest_pair(const Kvs__CommandRequest *req)
+/* The decoded request's (`req`), or the peeked Hset's (`pk`). */
+static pair_size_t largest_pair(const Kvs__CommandRequest *req, const kvs_peek_t *pk)
 {
     pair_size_t big = {0, 0};
-    if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+    if (req == NULL) {
+        if (pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET)
+            big = (pair_size_t){pk->key_len, pk->value_len};
+    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET) {
         big.klen = req->hset->pair->key.len;
         big.vlen = kvs__value__get_packed_size(req->hset->pair->value);
     } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
@@ -778,12 +782,13 @@ static pair_size_t largest_pair(const Kvs__CommandRequest *req)
 /* A write to a table bound to no topic, on a shard with several replicas
  * (kvs-router refuses it the same way) or whose snapshot went to another
  * node (node_handoff): it would reach this copy only. A write with a pair
- * too large to store (`big`) is answered that first (413), as it would be
+ * too large to store (largest_pair) is answered that first (413), as it would be
  * at any other time: the refusal's 503 would have the client send it again
  * once the move is over, for nothing. Returns 1 when refused (answered), 0
  * to go on, or a negative error. */
 static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase cmd,
-                           const void *table, size_t len, pair_size_t big, kvs_buf_t *out)
+                           const void *table, size_t len, const Kvs__CommandRequest *req,
+                           const kvs_peek_t *pk, kvs_buf_t *out)
 {
     if (!is_write_cmd(cmd) || ctx->ungated)
         return 0; /* reads: nothing more to look at */
@@ -791,6 +796,7 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     if (ctx->replicas < 2 && copied == NULL)
         return 0;
     int rc;
+    pair_size_t big = largest_pair(req, pk);
     if (!pair_fits(ctx, big.klen, big.vlen)) {
         rc = kvs_msg_append_status(out, KVS_STATUS_TOO_LARGE, KVS_MSG_PAIR_TOO_LARGE,
                                    KVS_MSG_PAIR_TOO_LARGE_ARGS(ctx->max_frame, big.klen, big.vlen));
@@ -1069,9 +1075,7 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
     if (st != 0)
         return kvs_msg_append_status(out, st, "%s", msg);
     const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
-    pair_size_t big = {pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET ? pk->key_len : 0,
-                       pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET ? pk->value_len : 0};
-    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, big, out) : 0;
+    rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, NULL, pk, out) : 0;
     if (rc == 0 && b == NULL && is_write_cmd(pk->cmd)) {
         ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
         rc = foreign_refused(ctx, pk->cmd, pk->table, pk->table_len, &key, out);
@@ -1100,8 +1104,8 @@ static int run_decoded(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, cons
                    : kvs_msg_append_status(out, KVS_STATUS_UNAVAILABLE,
                                            "Snapshot is not available on this server");
     if (b == NULL && table != NULL &&
-        ((rc = unbound_refused(ctx, req->command_case, table, strlen(table), largest_pair(req),
-                               out)) != 0 ||
+        ((rc = unbound_refused(ctx, req->command_case, table, strlen(table), req, NULL, out)) !=
+             0 ||
          (rc = foreign_refused_req(ctx, req, table, out)) != 0))
         return rc < 0 ? rc : 0;
     if (b == NULL || (rc = bound_request(ctx, b, req, payload, len, out)) == 0)
