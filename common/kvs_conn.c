@@ -149,8 +149,7 @@ void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why)
     c->deadline_why = why;
 }
 
-void kvs_conn_set_min_progress(kvs_conn_t *c, size_t min_bytes, uint64_t window_ms,
-                               const char *why)
+void kvs_conn_set_min_progress(kvs_conn_t *c, size_t min_bytes, uint64_t window_ms, const char *why)
 {
     c->progress_min = min_bytes;
     c->progress_window_ms = window_ms;
@@ -1311,8 +1310,13 @@ static void on_sweep(uv_timer_t *t)
             continue;
         }
         if (c->progress_min != 0) {
-            uint64_t taken = kvs_conn_pending(c) > 0 ? conn_taken(c) : 0;
-            if (kvs_conn_pending(c) == 0) {
+            /* Output waits for the peer wherever it is: in this process or
+             * in the socket's send queue, which a slow reader's kernel
+             * drains (and wakes libuv to refill) a third at a time, so the
+             * process's own backlog is often empty between its reads. */
+            size_t owed = kvs_conn_untaken(c) + c->held;
+            uint64_t taken = owed > 0 ? conn_taken(c) : 0;
+            if (owed == 0) {
                 c->progress_since_ms = 0; /* nothing waits: no clock */
             } else if (c->progress_since_ms == 0 || taken - c->progress_mark >= c->progress_min) {
                 c->progress_since_ms = now + 1; /* a new window (never 0) */
@@ -1322,7 +1326,7 @@ static void on_sweep(uv_timer_t *t)
                     kvs_warn("closing %s %s: %s: it took less than %zu bytes in %llu ms, "
                              "%zu bytes still owed to it",
                              g->what, c->peer, c->progress_why, c->progress_min,
-                             (unsigned long long)c->progress_window_ms, kvs_conn_pending(c));
+                             (unsigned long long)c->progress_window_ms, owed);
                 kvs_conn_close(c);
                 continue;
             }

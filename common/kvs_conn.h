@@ -269,13 +269,13 @@ void kvs_conn_set_deadline(kvs_conn_t *c, uint64_t ms, const char *why);
 
 /* Closes `c`, a group member, once output has waited for it for
  * `window_ms` in which it took less than `min_bytes` (checked at its
- * group's sweep, once a second): for a connection owed a last stretch of
- * output that nothing more will follow, so that a peer that stops reading
- * it does not hold the connection, and what waits for it, for ever. A
- * peer that reads slowly but on keeps it (the rule a stream's sender
- * keeps while the stream lasts). The clock runs only while output waits.
- * 0 bytes takes the rule away. `why` (static) says, in the log line,
- * what the peer does not read. */
+ * group's sweep, once a second): for a stream's receiver (node_snapshot
+ * sets it for the whole stream), so that a peer that stops reading, or
+ * trickles, does not hold the connection, and what waits for it, for
+ * ever. A peer that reads slowly but on keeps it. The clock runs only
+ * while output waits for the peer, in this process or in the socket's
+ * send queue (kvs_conn_untaken). 0 bytes takes the rule away. `why`
+ * (static) says, in the log line, what the peer does not read. */
 void kvs_conn_set_min_progress(kvs_conn_t *c, size_t min_bytes, uint64_t window_ms,
                                const char *why);
 

@@ -18,14 +18,14 @@
  * never keeping the loop awake) reads on once the receiver took enough.
  * A receiver that takes less than MIN_PROGRESS bytes in `stall_ms` of
  * being waited for (a stall, or a trickle of a few bytes at a time: as
- * node_bootstrap asks of a sender) is given up: the copy holds a read
- * snapshot, which keeps LMDB from reusing pages and the map from growing
- * (node_store views), so it must not last for ever. The clock runs only
- * while the stream is held back for the receiver, not while it waits for
- * the copy thread (this worker's own disk). Once the pipe ended, the same
- * rule goes on with the connection (kvs_conn_set_min_progress) until the
- * receiver took the stream's tail: a client slot, and up to the high-water
- * mark of output, must not wait for ever either.
+ * node_bootstrap asks of a sender) is given up, by the connection's own
+ * rule (kvs_conn_set_min_progress), set as the stream starts and kept to
+ * its end: the copy holds a read snapshot, which keeps LMDB from reusing
+ * pages and the map from growing (node_store views), so it must not last
+ * for ever, and a client slot, and up to the high-water mark of output,
+ * must not wait for ever either. The clock runs only while output waits
+ * for the receiver, not while the stream waits for the copy thread (this
+ * worker's own disk).
  *
  * Ending early: when the connection closes (the receiver left, a stall,
  * shutdown), the pipe's read end is closed; the copy thread's next write
@@ -73,11 +73,6 @@ struct node_snapshot_s {
     int pipe_open;
     uv_check_t check;
     int checking;
-    uint64_t queued;       /* bytes of chunk frames put on the connection */
-    uint64_t base;         /* what the receiver had yet to take when the snapshot started */
-    uint64_t window_taken; /* bytes the receiver had taken when the current window began */
-    uint64_t window_left;  /* ms of it left, on a clock that runs only while held back */
-    uint64_t held_since;   /* uv_now when the current hold began */
     kvs_hash_t *hash;
     uint64_t total;
     uint8_t digest[KVS_HASH_LEN]; /* the final frame's checksum */
@@ -184,14 +179,8 @@ static void finish(node_snapshot_t *sn)
                               sn->shard, (unsigned long long)sn->total, kvs_strerror(sn->copy_rc));
         kvs_error("snapshot to %s failed: %s", c->peer, kvs_strerror(sn->copy_rc));
     }
-    /* Nothing more follows what is queued: the stall rule goes on with
-     * the connection until the receiver has taken it all (a receiver
-     * that stopped reading once the copy was all read from the pipe held
-     * its connection, and up to the high-water mark, for ever). */
-    if (c != NULL && sn->stall_ms > 0)
-        kvs_conn_set_min_progress(c, MIN_PROGRESS, sn->stall_ms,
-                                  "the end of its snapshot stream is not being read "
-                                  "(limits.frame_timeout)");
+    /* Nothing more follows what is queued; the pace rule set at the start
+     * stays with the connection until the receiver has taken it all. */
     int delivered = c != NULL && sn->copy_rc == 0;
     kvs_conn_t *kept = delivered && sn->keep && sn->done_cb != NULL ? c : NULL;
     if (c != NULL && kept == NULL)
@@ -256,7 +245,6 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void hold_back(node_snapshot_t *sn)
 {
     uv_read_stop((uv_stream_t *)&sn->pipe);
-    sn->held_since = uv_now(sn->loop);
     sn->checking = 1;
     uv_check_start(&sn->check, on_check);
 }
@@ -275,13 +263,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     sn->total += (uint64_t)n;
     if (sn->conn == NULL)
         return;
-    size_t before = sn->conn->out.len;
     if (append_chunk(&sn->conn->out, sn->rbuf, (size_t)n) != 0) {
         kvs_error("snapshot to %s: out of memory; closing it", sn->conn->peer);
         kvs_conn_close(sn->conn); /* node_snapshot_gone follows */
         return;
     }
-    sn->queued += sn->conn->out.len - before;
     kvs_conn_queue(sn->conn);
     if (sn->conn != NULL && kvs_conn_backlog(sn->conn) >= sn->conn->high_water)
         hold_back(sn);
@@ -295,33 +281,12 @@ static void on_check(uv_check_t *h)
         sn->checking = 0;
         return;
     }
-    /* The receiver's pace is what it took (kvs_conn_untaken: not what its
-     * socket took, which may hold megabytes); the pipe is read on once the
-     * connection's own backlog is down (memory: at most the high-water
-     * mark waits in this process). */
-    size_t untaken = kvs_conn_untaken(sn->conn);
-    size_t backlog = kvs_conn_backlog(sn->conn);
-    uint64_t now = uv_now(sn->loop);
-    uint64_t sent = sn->base + sn->queued;
-    uint64_t taken = sent > untaken ? sent - untaken : 0;
-    if (taken < sn->window_taken) /* TLS: sealing added its records' overhead to the backlog */
-        sn->window_taken = taken;
-    if (taken - sn->window_taken >= MIN_PROGRESS) { /* enough: a new window */
-        sn->window_taken = taken;
-        sn->window_left = sn->stall_ms;
-        sn->held_since = now;
-    }
-    uint64_t held = now - sn->held_since;
-    if (backlog < sn->conn->high_water / 2) {
-        sn->window_left = held < sn->window_left ? sn->window_left - held : 0;
+    /* The pipe is read on once the connection's own backlog is down
+     * (memory: at most the high-water mark waits in this process). */
+    if (kvs_conn_backlog(sn->conn) < sn->conn->high_water / 2) {
         uv_check_stop(h);
         sn->checking = 0;
         uv_read_start((uv_stream_t *)&sn->pipe, on_alloc, on_read);
-    } else if (sn->stall_ms > 0 && held >= sn->window_left) {
-        kvs_warn("snapshot to %s: the receiver took less than %u KiB of it in limits.frame_timeout "
-                 "(%llu ms); giving up",
-                 sn->conn->peer, MIN_PROGRESS / 1024, (unsigned long long)sn->stall_ms);
-        kvs_conn_close(sn->conn);
     }
 }
 
@@ -376,12 +341,12 @@ int node_snapshot_start(node_snapshot_t *sn, kvs_conn_t *conn, int keep, kvs_buf
     sn->conn = conn;
     sn->keep = keep;
     sn->active = 1;
-    sn->queued = 0;
-    sn->base = kvs_conn_untaken(conn);
-    sn->window_taken = 0;
-    sn->window_left = sn->stall_ms;
     int rc = open_stream(sn);
     if (rc == 0) {
+        if (sn->stall_ms > 0)
+            kvs_conn_set_min_progress(conn, MIN_PROGRESS, sn->stall_ms,
+                                      "its snapshot stream is not being read "
+                                      "(limits.frame_timeout)");
         sn->due = 1; /* node_snapshot_turn_end starts the copy */
         kvs_info("sending a snapshot of shard %u to %s", sn->shard, conn->peer);
         return 0;

@@ -180,8 +180,7 @@ static void on_deadline(uv_timer_t *t)
             "case timed out after %d ms: accepted %d closed %d frames %d errors %d "
             "reading %d backlog %zu stopped %d events \"%s\"\n",
             s->deadline_ms ? (int)s->deadline_ms : DEADLINE_MS, s->accepted, s->closed, s->frames,
-            s->errors,
-            s->accepted ? (int)(s->conn.flags & KVS_CONN_READING) : -1,
+            s->errors, s->accepted ? (int)(s->conn.flags & KVS_CONN_READING) : -1,
             s->accepted ? kvs_conn_backlog(&s->conn) : 0, s->stopped, s->events);
     abort();
 }
@@ -364,9 +363,9 @@ static void server_run(server_t *s)
     CHECK_EQ(kvs_flusher_init(&s->flusher, &s->loop, s->before, s), 0);
     CHECK_EQ(uv_timer_init(&s->loop, &s->deadline), 0);
     s->deadline.data = s;
-    CHECK_EQ(uv_timer_start(&s->deadline, on_deadline, s->deadline_ms ? s->deadline_ms : DEADLINE_MS,
-                            0),
-             0);
+    CHECK_EQ(
+        uv_timer_start(&s->deadline, on_deadline, s->deadline_ms ? s->deadline_ms : DEADLINE_MS, 0),
+        0);
     CHECK_EQ(uv_timer_init(&s->loop, &s->tick), 0);
     s->tick.data = s;
     if (s->on_tick != NULL)
@@ -1410,6 +1409,48 @@ KVS_TEST(min_progress_closes_a_member_that_stops_reading)
     CHECK(s.closed_before_done);
 }
 
+/* The same rule when the whole answer left this process: the socket's
+ * send queue holds what the peer has not taken (its receive buffer is
+ * small, the server's send buffer large), the process's own backlog is
+ * empty, and the peer reads nothing. The clock runs on what the socket
+ * holds too, so the member is closed all the same (when it counted only
+ * the process's backlog, it waited for ever). */
+#define QUEUED_FRAME (48u * 1024u)
+
+static void client_leaves_it_in_the_queue(server_t *s, int fd)
+{
+    (void)s;
+    uint8_t *big = calloc(1, QUEUED_FRAME);
+    CHECK(big != NULL);
+    send_frame(fd, big, QUEUED_FRAME);
+    usleep(2500 * 1000); /* the window and sweeps after it, reading nothing */
+    /* Closed: what was queued, then the end (not a wait for more). */
+    struct timeval tv = {3, 0};
+    CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    for (;;) {
+        ssize_t r = recv(fd, big, QUEUED_FRAME, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        CHECK(r >= 0 || errno == ECONNRESET); /* not a timeout: the server closed it */
+        if (r <= 0)
+            break;
+    }
+    free(big);
+}
+
+KVS_TEST(min_progress_counts_what_the_socket_still_holds)
+{
+    server_t s;
+    server_init(&s, 0, client_leaves_it_in_the_queue);
+    s.send_buffer = 512 * 1024;
+    s.client_rcvbuf = 4 * 1024;
+    s.use_group = 1;
+    s.on_frame = progress_frame;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.closed_before_done);
+}
+
 /* Echoes `size` bytes and reads the answer `step` bytes per `pause_us`
  * for `slow` steps (all of it: SIZE_MAX), then the rest at once; any
  * close on the way fails the read. */
@@ -1703,6 +1744,7 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
               KVS_CASE(output_timeout_spares_a_member_that_reads),
               KVS_CASE(min_progress_closes_a_member_that_stops_reading),
+              KVS_CASE(min_progress_counts_what_the_socket_still_holds),
               KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
               KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
