@@ -1070,15 +1070,16 @@ static void write_partial(router_req_t *req, Kvs__CommandResponse **rs, const ui
         "", "; previous values left out: they do not fit limits.max_frame",
         "; previous values and keys left out: they do not fit limits.max_frame"};
     for (int stage = 0; stage < 3; stage++) {
-        int n = req->redis ? partial_in_fields(req, &out, wrote, refused, part_why(m, rs, first),
-                                               text, sizeof(text))
-                           : snprintf(text, sizeof(text),
-                                      "%s partly applied: the keys on %s were written (their "
-                                      "previous values are in values); the %zu key%s on %s were "
-                                      "not (listed in pairs): %s%s",
-                                      kvs_msg_command_name(m->cmd), wrote, unwritten,
-                                      unwritten == 1 ? "" : "s", refused, part_why(m, rs, first),
-                                      left_out[stage]);
+        int n = req->redis
+                    ? partial_in_fields(req, &out, wrote, refused, part_why(m, rs, first), text,
+                                        sizeof(text))
+                    : snprintf(text, sizeof(text),
+                               "%s partly applied: the keys on %s were written (their "
+                               "previous values are in values); the %zu key%s on %s %s "
+                               "not (listed in pairs): %s%s",
+                               kvs_msg_command_name(m->cmd), wrote, unwritten,
+                               unwritten == 1 ? "" : "s", refused, unwritten == 1 ? "was" : "were",
+                               part_why(m, rs, first), left_out[stage]);
         cut_text(text, n, sizeof(text), message_room(m->router));
         out.n_values = stage == 0 ? m->nkeys : 0;
         out.n_pairs = stage == 2 ? 0 : unwritten;

@@ -376,7 +376,7 @@ class UnavailableShardTest(HostileApiTestCase):
                     a = c.call(req)
                     self.assertStatus(a, 207, "shard 3 is unavailable", "cannot connect",
                                       "the keys on shards 0, 1, 2 were written",
-                                      "the 1 key on shard 3 were not")
+                                      "the 1 key on shard 3 was not")
                     self.assertNotIn("may or may not", a.message)
                     self.assertFalse(a.outcome_unknown)
                     self.assertEqual([p.key for p in a.pairs], [keys[3]])

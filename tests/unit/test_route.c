@@ -1175,7 +1175,7 @@ KVS_TEST(split_write_part_that_may_have_written_is_not_said_unwritten)
     reply_status(sent_to(1), 503, "the worker is shutting down; nothing was written, retry");
     r = answer_async();
     check_status(r, 207);
-    CHECK_CONTAINS(r->message, "the 1 key on shard 1 were not");
+    CHECK_CONTAINS(r->message, "the 1 key on shard 1 was not");
 }
 
 /* A 207 that does not fit max_frame leaves out the previous values first
@@ -1282,7 +1282,7 @@ KVS_TEST(split_write_with_a_down_shard_says_it_wrote_nothing)
     Kvs__CommandResponse *r = answer_async();
     check_status(r, 207);
     CHECK_CONTAINS(r->message, "the keys on shards 0, 1 were written");
-    CHECK_CONTAINS(r->message, "the 1 key on shard 3 were not");
+    CHECK_CONTAINS(r->message, "the 1 key on shard 3 was not");
     CHECK_CONTAINS(r->message, "shard 3 is unavailable: connect: connection refused");
     CHECK(strstr(r->message, "may or may not") == NULL);
     CHECK(!r->outcome_unknown); /* what happened is known */
