@@ -116,6 +116,18 @@ void kvs_arena_close(kvs_arena_t *a)
     a->head = NULL;
 }
 
+size_t kvs_utf8_cut(const char *text, size_t n)
+{
+    size_t i = n;
+    while (i > 0 && n - i < 4 && ((unsigned char)text[i - 1] & 0xc0) == 0x80)
+        i--; /* back to the last character's first byte */
+    if (i == 0)
+        return n;
+    unsigned char c = (unsigned char)text[i - 1];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+    return n - (i - 1) < len ? i - 1 : n; /* that character was cut: drop it */
+}
+
 int kvs_utf8_valid(const void *p, size_t n)
 {
     const uint8_t *s = p;
@@ -1831,11 +1843,13 @@ int kvs_msg_append(kvs_buf_t *out, const ProtobufCMessage *m, size_t max_frame)
 
 int kvs_msg_append_status(kvs_buf_t *out, uint32_t status, const char *fmt, ...)
 {
-    char text[512];
+    char text[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof(text)) /* cut: not inside a character (protobuf strings are UTF-8) */
+        text[kvs_utf8_cut(text, sizeof(text) - 1)] = '\0';
     Kvs__CommandResponse r = KVS__COMMAND_RESPONSE__INIT;
     r.status = status;
     r.message = text;

@@ -263,6 +263,11 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
  * most U+10FFFF): what protobuf runtimes demand of string fields. */
 int kvs_utf8_valid(const void *p, size_t n);
 
+/* The longest prefix of text[0..n) that does not end inside a UTF-8
+ * character (a cut of a longer text; `n` bytes are readable): n, or up to
+ * 3 bytes less. */
+size_t kvs_utf8_cut(const char *text, size_t n);
+
 /* Bytes of the printable character at s[0..n): 1 for printable ASCII, 2-4
  * for a well-formed UTF-8 character that is not a C1 control
  * (U+0080-U+009F) nor an invisible format character (bidi controls such as
@@ -379,7 +384,9 @@ size_t kvs_msg_pair_max(size_t max_frame);
  * -ENOMEM, or KVS_ETOOBIG when the packed size exceeds `max_frame`. */
 int kvs_msg_append(kvs_buf_t *out, const ProtobufCMessage *m, size_t max_frame);
 
-/* Appends a response frame with just a status and a printf-style message. */
+/* Appends a response frame with just a status and a printf-style message
+ * (at most 1,023 bytes of it: a longer one is cut at a whole UTF-8
+ * character). */
 int kvs_msg_append_status(kvs_buf_t *out, uint32_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

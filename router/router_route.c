@@ -308,16 +308,7 @@ static void cut_text(char *text, int n, size_t cap, size_t max)
         end = cap - 1;
     if (end > max)
         end = max;
-    size_t i = end;
-    while (i > 0 && end - i < 4 && ((unsigned char)text[i - 1] & 0xc0) == 0x80)
-        i--; /* back to the last character's first byte */
-    if (i > 0) {
-        unsigned char c = (unsigned char)text[i - 1];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-        if (end - (i - 1) < len)
-            end = i - 1; /* that character was cut: drop it */
-    }
-    text[end] = '\0';
+    text[kvs_utf8_cut(text, end)] = '\0';
 }
 
 /* Room for a message in an answer of at most max_frame bytes that holds

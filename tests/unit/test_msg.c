@@ -2507,7 +2507,49 @@ KVS_TEST(request_table_sent_is_the_name_on_the_wire)
     CHECK_EQ(len, 0);
 }
 
+/* A cut text ends at a whole UTF-8 character: a character cut in its
+ * middle is dropped whole, complete ones stay. */
+KVS_TEST(utf8_cut_never_ends_inside_a_character)
+{
+    const char *s = "ab\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"; /* a b é € 😀 */
+    static const size_t want[] = {0, 1, 2, 2, 4, 4, 4, 7, 7, 7, 7, 11};
+    for (size_t n = 0; n <= 11; n++)
+        CHECK_EQ(kvs_utf8_cut(s, n), want[n]);
+    CHECK_EQ(kvs_utf8_cut("\x80\x80", 2), 2); /* not UTF-8 to begin with: left as it is */
+}
+
+/* A status message longer than kvs_msg_append_status's 1 KiB is cut at a
+ * character: the answer stays a valid protobuf string, and decodes. */
+KVS_TEST(long_status_message_is_cut_at_a_character)
+{
+    char big[2000];
+    size_t n = 0;
+    while (n + 2 < sizeof(big) - 1) { /* "é" repeated, after one ASCII byte */
+        if (n == 0)
+            big[n++] = 'x';
+        big[n++] = (char)0xc3;
+        big[n++] = (char)0xa9;
+    }
+    big[n] = '\0';
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    CHECK_EQ(kvs_msg_append_status(&out, 503, "%s", big), 0);
+    int compressed = 1;
+    uint32_t len = kvs_frame_get_header(out.data, &compressed);
+    Kvs__CommandResponse *r = kvs__command_response__unpack(NULL, len, out.data + KVS_FRAME_HEADER);
+    CHECK(r != NULL);
+    CHECK_EQ(r->status, 503);
+    size_t m = strlen(r->message);
+    CHECK(m >= 1020 && m <= 1023);
+    CHECK(kvs_utf8_valid(r->message, m));
+    CHECK(memcmp(r->message, big, m) == 0);
+    kvs__command_response__free_unpacked(r, NULL);
+    kvs_buf_free(&out);
+}
+
 KVS_TEST_MAIN(
+    KVS_CASE(utf8_cut_never_ends_inside_a_character),
+    KVS_CASE(long_status_message_is_cut_at_a_character),
     KVS_CASE(request_table_sent_is_the_name_on_the_wire),
     KVS_CASE(decode_response_is_held_to_the_budget),
     KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
