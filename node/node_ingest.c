@@ -6,15 +6,18 @@
  * rebalancing). At start a background metadata query (in libuv's thread
  * pool, so reads are served meanwhile) checks every bound topic's partition
  * count against the configured one: a mismatch would silently misroute
- * keys, so it is fatal with a message saying what to set.
+ * keys, so it is fatal with a message saying what to set, when the node
+ * is starting: this is the shard's first worker (kvs-node --spawn 0) and
+ * the brokers answered the first query. A worker that replaces one that
+ * exited while the node ran, or whose brokers answered only later (the
+ * node served meanwhile), treats a mismatch as below: the node serves on.
  *
  * While running, the same query (for the bound topics only) runs every
  * topic.metadata.refresh.interval.ms (kvs sets 30 s; -1 turns it off): a
  * topic that got more partitions meanwhile (an admin's CreatePartitions)
  * now has its producers put keys on other partitions than kvs looks them
  * up on, and the new partitions are consumed by no one. Not fatal (the
- * other tables are fine, and a worker that exits would only be restarted
- * into the start-up check): every read and write of that table is refused
+ * other tables are fine): every read and write of that table is refused
  * with 503 naming both counts (kvs_fresh RESIZED, node_ingest_resized),
  * on this worker and on routers reading its environment (the state page),
  * with one ERROR line, until kvs restarts with the new layout (later
@@ -205,6 +208,8 @@ struct node_ingest_s {
     uv_work_t work;
     int work_busy;
     int checked;            /* the start-up check passed: later ones are rechecks */
+    int restarted;          /* node_ingest_opts_t.restarted */
+    int waited;             /* the start-up check waited for the brokers' first answer */
     uint64_t check_ms;      /* check partition counts this often once running; 0: never */
     uint64_t last_check_ms; /* uv_now when the last check started */
     uint64_t last_probe_ms; /* uv_now when end_probe last ran (see "end age") */
@@ -2014,9 +2019,22 @@ static void metadata_work(uv_work_t *w)
  * count yet is logged again. A topic missing from the answer (brokers
  * unreachable, the topic deleted) changes nothing: other checks deal
  * with that. */
-static void recheck_done(node_ingest_t *in)
+/* Topic t has t->actual partitions, not the binding's count: its table is
+ * refused from now on (logged once per new count). */
+static void mark_resized(node_ingest_t *in, topic_t *t)
 {
     char msg[1024];
+    if (t->resized == (uint32_t)t->actual)
+        return;
+    t->resized = (uint32_t)t->actual;
+    if (in->state != NULL)
+        kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), t->resized);
+    kvs_error("kafka: %s",
+              node_ingest_resized_message(t->b, t->resized, t->partitions, msg, sizeof(msg)));
+}
+
+static void recheck_done(node_ingest_t *in)
+{
     for (size_t i = 0; i < in->n_topics; i++) {
         topic_t *t = &in->topics[i];
         if (t->seen <= 0)
@@ -2025,13 +2043,8 @@ static void recheck_done(node_ingest_t *in)
         if (t->resized != 0 && (uint32_t)t->seen <= t->resized)
             continue; /* known, or an answer from before the change */
         t->actual = t->seen;
-        if ((uint32_t)t->actual == t->partitions)
-            continue;
-        t->resized = (uint32_t)t->actual;
-        if (in->state != NULL)
-            kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), t->resized);
-        kvs_error("kafka: %s",
-                  node_ingest_resized_message(t->b, t->resized, t->partitions, msg, sizeof(msg)));
+        if ((uint32_t)t->actual != t->partitions)
+            mark_resized(in, t);
     }
 }
 
@@ -2052,6 +2065,7 @@ static void metadata_done(uv_work_t *w, int status)
         topic_t *t = &in->topics[i];
         t->actual = t->seen;
         if (t->actual < 0) {
+            in->waited = 1;
             uint64_t now = uv_now(in->loop);
             if (in->last_err_log == 0 || now - in->last_err_log >= LOG_EVERY_MS) {
                 in->last_err_log = now;
@@ -2062,7 +2076,9 @@ static void metadata_done(uv_work_t *w, int status)
             start_metadata(in);
             return;
         }
-        if ((uint32_t)t->actual != t->partitions) {
+        if ((uint32_t)t->actual != t->partitions && (in->restarted || in->waited)) {
+            mark_resized(in, t); /* the node was serving: it serves on (start-up check) */
+        } else if ((uint32_t)t->actual != t->partitions) {
             snprintf(msg, sizeof(msg),
                      "kafka topic %s has %d partitions but kvs places table %s by %u (%s); set "
                      "partitions: %d in its kafka.bindings entry, or the keys would be looked up "
@@ -2305,6 +2321,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->shard = o->shard;
     in->store = o->store;
     in->on_fatal = o->on_fatal;
+    in->restarted = o->restarted;
     in->on_answer = o->on_answer;
     in->arg = o->arg;
     in->ask_timeout_ms = o->ask_timeout_ms > 0 ? o->ask_timeout_ms : 1000;

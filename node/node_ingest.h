@@ -49,6 +49,11 @@ typedef struct node_ingest_opts_s {
      * that waited for it may decide now. NULL: nobody listens. */
     void (*on_answer)(void *arg);
     int ask_timeout_ms; /* how long one such query may take (0: 1000) */
+    /* This worker replaces one that exited while the node ran (kvs-node
+     * --spawn N, N > 0): a bound topic whose partition count no longer
+     * matches its binding is then refused as when it grows while a worker
+     * runs, not fatal (the node serves on; see node_ingest.c). */
+    int restarted;
     void *arg;
 } node_ingest_opts_t;
 

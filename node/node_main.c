@@ -92,6 +92,7 @@ typedef struct node_args_s {
     int report_fd;   /* -1: none */
     int config_fd;   /* --config-fd: the text to start from, or -1 (read --config) */
     const char *reload_from; /* --reload-from: the text a reload reads, or NULL (--config) */
+    long spawn;              /* --spawn: this shard's workers started before this one */
 } node_args_t;
 
 typedef struct node_main_s {
@@ -152,7 +153,10 @@ static void usage(FILE *f)
                "                      picked up by a restart)\n"
                "  --reload-from PATH  a reload (SIGHUP) reads the text at PATH (kvs-router's\n"
                "                      snapshot of what it accepted, /proc/PID/fd/N), or FILE\n"
-               "                      if PATH cannot be opened; without it, FILE\n");
+               "                      if PATH cannot be opened; without it, FILE\n"
+               "  --spawn N           this shard's workers the node started before this one\n"
+               "                      (kvs-router: 0, then 1.. for restarts); with N > 0 a\n"
+               "                      bound topic's changed partition count is not fatal\n");
 }
 
 /* --check-data FILE: the whole-file walk (kvs_lmdb_walk_file), its verdict
@@ -217,6 +221,7 @@ static int parse_args(int argc, char **argv, node_args_t *a)
                                          {"report-fd", required_argument, NULL, 'r'},
                                          {"config-fd", required_argument, NULL, 'f'},
                                          {"reload-from", required_argument, NULL, 'R'},
+                                         {"spawn", required_argument, NULL, 'S'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"check-data", required_argument, NULL, 'D'},
@@ -243,6 +248,13 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             break;
         case 'R':
             a->reload_from = optarg;
+            break;
+        case 'S':
+            a->spawn = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || a->spawn < 0) {
+                fprintf(stderr, "kvs-node: --spawn must be a non-negative integer\n");
+                return -1;
+            }
             break;
         case 'u':
             a->socket = optarg;
@@ -580,7 +592,8 @@ static int start_reads(node_main_t *m, const kvs_config_t *cfg, long shard)
 }
 
 /* Starts Kafka ingestion when brokers and bindings are configured. */
-static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, node_store_t *store)
+static int start_ingest(node_main_t *m, const kvs_config_t *cfg, const node_args_t *args,
+                        node_store_t *store)
 {
     char err[512];
     if (cfg->kafka_brokers[0] == '\0' || cfg->n_bindings == 0)
@@ -588,12 +601,13 @@ static int start_ingest(node_main_t *m, const kvs_config_t *cfg, long shard, nod
     node_ingest_opts_t o = {
         .loop = m->loop,
         .cfg = cfg,
-        .shard = (uint32_t)shard,
+        .shard = (uint32_t)args->shard,
         .store = store,
         .state = m->state,
         .on_fatal = on_ingest_fatal,
         .on_answer = on_end_answer,
         .ask_timeout_ms = node_wait_ms(cfg) < 2000 ? (int)node_wait_ms(cfg) : 2000,
+        .restarted = args->spawn > 0,
         .arg = m,
     };
     int rc = node_ingest_start(&o, &m->ingest, err, sizeof(err));
@@ -1006,8 +1020,8 @@ int main(int argc, char **argv)
     if (node_ack_start(m.loop, cfg, (uint32_t)args.shard, &m.ack) != 0)
         kvs_error("out of memory: an acknowledgement this shard's copy owes is sent at the next "
                   "start");
-    if (start_ingest(&m, cfg, args.shard, store) != 0 ||
-        start_writes(&m, cfg, args.shard, store) != 0 || start_reads(&m, cfg, args.shard) != 0) {
+    if (start_ingest(&m, cfg, &args, store) != 0 || start_writes(&m, cfg, args.shard, store) != 0 ||
+        start_reads(&m, cfg, args.shard) != 0) {
         if (m.exit_code == 0)
             m.exit_code = 1;
         m.signals = 1;

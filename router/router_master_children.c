@@ -372,6 +372,7 @@ int router_master_start_workers(master_t *m)
         .fatal_status = EX_CONFIG,
         .on_event = on_worker_event,
         .arg = m,
+        .gen_flag = "--spawn", /* 0 for a shard's first worker, 1.. for its restarts */
     };
     int rc = router_sup_start(&o, &m->workers);
     free(local);

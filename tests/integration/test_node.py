@@ -428,6 +428,7 @@ class CommandLineTest(unittest.TestCase):
                 (["--shard", "x"], "--shard must be a non-negative integer"),
                 (["--shard", "0", "--report-fd", "2"], "--report-fd must be a file descriptor"),
                 (["--shard", "0", "--config-fd", "x"], "--config-fd must be a file descriptor"),
+                (["--shard", "0", "--spawn", "-1"], "--spawn must be a non-negative integer"),
                 (["--shard", "0", "--config-fd", "5", "--report-fd", "5"],
                  "--config-fd and --report-fd must be different descriptors")):
             out = subprocess.run([exe, "--config", "/nonexistent.yaml"] + args,

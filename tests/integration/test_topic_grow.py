@@ -200,8 +200,45 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
             self.assertEqual({st["topic_partitions"] for st in self.worker_info(r, s).values()},
                              {12})
 
+    def test_a_worker_restarted_after_the_topic_grew_serves_on(self):
+        # A worker that dies after the topic grew is restarted into the
+        # start-up check, which finds the count changed: it refuses the
+        # table as its predecessor did, and the node serves on (a fatal
+        # exit stopped the whole node, every table and shard).
+        r = self.grow_router()
+        keys = self.keys()
+        with r.client() as c:
+            self.assertEqual(c.call(req_hset("other", b"k", "v")).status, 200)
+        self.say_partitions(8)
+        with r.client() as c:
+            self.assertTrue(wait_until(lambda: all(
+                c.call(req_hget("users", k)).status == 503 for k in keys), 10, 0.05),
+                "reads still served 10 s after the topic grew")
+        old = r.kill_worker(0)
+        self.assertIsNotNone(r.wait_worker(0, not_pid=old, timeout=15), r.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: len(re.findall(
+            r"ERROR +kafka: topic users has 8 partitions", r.stderr())) >= 3, 15),
+            r.stderr()[-3000:])  # the two workers', then the new one's
+        with r.client() as c:
+            self.assertTrue(wait_until(
+                lambda: c.call(req_hget("other", b"k")).status == 200, 15, 0.05),
+                r.stderr()[-3000:])
+            for k in keys:  # both shards, the restarted one's too
+                got = c.call(req_hget("users", k))
+                self.assertEqual(got.status, 503, got.message)
+                self.assertRegex(got.message, REFUSED)
+            self.assertEqual(c.call(req_hset("other", b"k2", "v2")).status, 200)
+        self.assertTrue(r.alive(), r.stderr()[-3000:])
+        self.assertNotIn("stopping the node", r.stderr())
+        self.assertNotIn("exited with status 78", r.stderr())
+        with r.worker_client(0) as w:
+            got = w.call(req_hget("users", [k for k in keys if partition_of(k, 4) % 2 == 0][0]))
+            self.assertEqual(got.status, 503, got.message)
+            self.assertRegex(got.message, REFUSED)
+
     def test_grown_before_start_is_a_startup_error(self):
-        # The same counts at start: the worker refuses to run (EX_CONFIG).
+        # The same counts at a node's start: its first worker refuses to
+        # run (EX_CONFIG), and the node does not start.
         self.m = self.mock({"users": 4})
         self.counts = self.counts_path()
         self.say_partitions(8)
