@@ -364,7 +364,14 @@ static int batch_commit(node_store_t *s)
         int err = write_err(s, "commit", rc);
         kvs_dbimap_settle(&s->tables, 1);
         s->last_failed_gen = gen;
-        s->resync = s->meta_unsynced; /* its fdatasync may be what failed */
+        /* Its fdatasync may be what failed (node_store_sync), unless it
+         * failed for room: that is writing its own pages, before any sync,
+         * and the last commit's meta page is still dirty for the next sync
+         * to write. A commit for nothing there (node_store_sync's
+         * recommit) would take the few reusable pages a full disk has
+         * left, and the deletes that would free room failed for it. */
+        if (err != KVS_EFULL)
+            s->resync = s->meta_unsynced;
         read_release(s);
         if (gave_up(s))
             err = KVS_EBROKEN;
@@ -375,6 +382,7 @@ static int batch_commit(node_store_t *s)
     }
     kvs_dbimap_settle(&s->tables, 0);
     read_release(s); /* a snapshot from before this commit must not be read again */
+    s->resync = 0; /* its meta page is new, for the next sync to write: no recommit needed */
     return 0;
 }
 

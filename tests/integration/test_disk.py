@@ -199,6 +199,40 @@ class DiskTest(NodeTestCase):
         self.full_disk_deletes_then_writes(n)
         self.assertRegex(n.stderr(), "file system is full|No space left on device")
 
+    def deletes_after_failed_writes(self, n):
+        """storage.sync batch: writes fail on node n's full disk for 1.5 s
+        (longer than the 1 s periodic sync, which runs meanwhile); then every
+        delete of a stored key commits at once. A failed commit for room used
+        to count as a failed sync, and the periodic sync then committed anew
+        for nothing, taking the reusable pages the deletes needed: they got
+        507 for a second or so. (The failing writes are of 20 KB values: five
+        pages in a row, which no freed space holds, so none of them takes
+        those pages either.)"""
+        with n.client() as c:
+            stored = self.fill(c)
+            self.assertGreater(len(stored), 10)
+            deadline, i = time.monotonic() + 1.5, 0
+            while time.monotonic() < deadline:
+                self.assertStatus(c.hset("more", "m%d" % i, "v" * 20000), 507)
+                i += 1
+            for k in stored[:10]:
+                self.assertOk(c.hdel("fill", k))
+            self.assertEqual(c.hget("fill", stored[0]).status, 404)
+            self.assertEqual(pyval(c.hget("fill", stored[-1]).values[0]), "v" * 4000)
+        self.assertEqual(n.stop(), 0, n.stderr())
+        self.assertNotIn("committing anew", n.stderr())  # no sync failed
+
+    def test_deletes_work_after_writes_failed_for_a_while(self):
+        n = self.node(sync="batch")
+        with n.client() as c:
+            self.assertOk(c.hset("t", "warm", "up"))
+        n.limit_growth(512 << 10)
+        self.deletes_after_failed_writes(n)
+
+    def test_deletes_work_after_writes_failed_for_a_while_on_tmpfs(self):
+        n = self.on_tmpfs(self.node(start=False, sync="batch"), "2m")
+        self.deletes_after_failed_writes(n)
+
     # ---- a commit that fails -------------------------------------------------
 
     def test_a_full_disk_under_load_logs_a_bounded_number_of_lines(self):
