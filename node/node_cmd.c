@@ -780,7 +780,8 @@ static pair_size_t largest_pair(const Kvs__CommandRequest *req, const kvs_peek_t
 }
 
 /* A write to a table bound to no topic, on a shard with several replicas
- * (kvs-router refuses it the same way) or whose snapshot went to another
+ * (kvs-router refuses it the same way, with its 400 before any size
+ * check of the pairs) or whose snapshot went to another
  * node (node_handoff): it would reach this copy only. A write with a pair
  * too large to store (largest_pair) is answered that first (413), as it would be
  * at any other time: the refusal's 503 would have the client send it again

@@ -1108,6 +1108,11 @@ static void store_metrics(node_server_t *srv, kvs_mb_t *b)
                                 "Batches that failed to commit or were aborted (their requests "
                                 "were answered with errors)."),
                   (double)st.failed_batches, 1, "shard", sh);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_commit_recommits_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Commits anew (storage.sync batch) so that a new meta page is "
+                                "synced after a failed commit or sync left none."),
+                  (double)st.recommits, 1, "shard", sh);
 }
 
 static void conn_metrics(node_server_t *srv, kvs_mb_t *b)
@@ -1423,7 +1428,6 @@ static int take_snapshot(void *arg, const Kvs__Snapshot *req, kvs_buf_t *out)
     kvs_flusher_wake(&srv->flusher); /* the turn's end starts the copy */
     return 0;
 }
-
 
 /* node_snapshot's end: a fence raised for a snapshot that was not
  * delivered comes down (no copy exists). A delivered one's receiver, a

@@ -127,6 +127,7 @@ struct node_store_s {
     kvs_hist_t hist_writes; /* per committed batch */
     kvs_hist_t hist_commit; /* commit time, ns */
     uint64_t failed_batches;
+    uint64_t recommits;          /* node_store_sync's commits anew that succeeded */
     kvs_lmdb_ident_t ident;      /* data.mdb and lock.mdb as opened */
     unsigned pins;               /* views and copies other threads run: the map must not move */
     size_t check_at;             /* pages in use past which stale reader slots are looked for */
@@ -174,6 +175,10 @@ static int map_err(const char *what, int rc)
         kvs_error("%s: %s", what, mdb_strerror(rc));
     return code;
 }
+
+/* The room a recommit waits for (node_store_sync): far more than its few
+ * pages, so that it never takes the reusable pages of a full disk. */
+#define RECOMMIT_ROOM_PAGES 64
 
 /* True when the data file cannot take `need` more bytes: its file system
  * has less than that free, or the file is at its size limit (RLIMIT_FSIZE). */
@@ -339,11 +344,22 @@ static int batch_fail(node_store_t *s, const char *what, int rc)
     return batch_abort(s, write_err(s, what, rc));
 }
 
+/* Whether the commit of txn `txnid`, which succeeded, wrote a meta page:
+ * LMDB writes none for a txn that changed nothing (a batch whose only
+ * request was refused before it wrote), and then the environment's last
+ * txn is still the one before. */
+static int wrote_meta(node_store_t *s, size_t txnid)
+{
+    MDB_envinfo info;
+    return mdb_env_info(s->env, &info) == 0 && info.me_last_txnid == txnid;
+}
+
 static int batch_commit(node_store_t *s)
 {
     if (s->wtxn == NULL)
         return 0;
     uint64_t t0 = kvs_now_ns();
+    size_t txnid = mdb_txn_id(s->wtxn);
     int rc = mdb_txn_commit(s->wtxn); /* frees the txn, also when it fails */
     uint64_t gen = s->gen, writes = s->batch_writes;
     s->wtxn = NULL;
@@ -364,14 +380,7 @@ static int batch_commit(node_store_t *s)
         int err = write_err(s, "commit", rc);
         kvs_dbimap_settle(&s->tables, 1);
         s->last_failed_gen = gen;
-        /* Its fdatasync may be what failed (node_store_sync), unless it
-         * failed for room: that is writing its own pages, before any sync,
-         * and the last commit's meta page is still dirty for the next sync
-         * to write. A commit for nothing there (node_store_sync's
-         * recommit) would take the few reusable pages a full disk has
-         * left, and the deletes that would free room failed for it. */
-        if (err != KVS_EFULL)
-            s->resync = s->meta_unsynced;
+        s->resync = s->meta_unsynced; /* its fdatasync may be what failed (ENOSPC too) */
         read_release(s);
         if (gave_up(s))
             err = KVS_EBROKEN;
@@ -382,7 +391,8 @@ static int batch_commit(node_store_t *s)
     }
     kvs_dbimap_settle(&s->tables, 0);
     read_release(s); /* a snapshot from before this commit must not be read again */
-    s->resync = 0; /* its meta page is new, for the next sync to write: no recommit needed */
+    if (wrote_meta(s, txnid))
+        s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
     return 0;
 }
 
@@ -750,25 +760,38 @@ static int recommit(node_store_t *s)
 }
 
 /* With storage.sync batch a commit leaves its meta page unsynced, for this
- * (or the next commit) to sync. If a sync fails, the kernel may have
- * dropped that page's write-back for good: it stays in memory, marked
- * written, and a later sync that succeeds does not write it. The last
- * commit would then stay undone by power loss however old it grows. So
- * after a failed sync the next one first commits anew (recommit): a new
- * meta page, in the other slot, that the sync then writes. */
+ * (or the next commit) to sync. If a sync fails (a commit's own fdatasync
+ * too: a failed commit cannot tell which of its calls failed), the kernel
+ * may have dropped that page's write-back for good: it stays in memory,
+ * marked written, and a later sync that succeeds does not write it. The
+ * last commit would then stay undone by power loss however old it grows.
+ * So after a failure the next sync first commits anew (recommit): a new
+ * meta page, in the other slot, that the sync then writes; unless a commit
+ * since wrote one (batch_commit), or the file system has no room for it
+ * (RECOMMIT_ROOM_PAGES): then it waits. */
 int node_store_sync(node_store_t *s)
 {
     int pending = s->resync;
-    if (pending && s->wtxn == NULL && !s->broken) {
+    if (pending && s->wtxn == NULL && !s->broken &&
+        out_of_room(s, (uint64_t)RECOMMIT_ROOM_PAGES * s->psize)) {
+        /* A full disk: the commit would take the few reusable pages left,
+         * which the deletes that make room need. It waits for room; a
+         * commit that succeeds meanwhile writes a new meta page instead. */
+        if (!s->recommit_said)
+            kvs_info("a commit or sync failed since the last sync; the commit anew that writes a "
+                     "new meta page waits for room on the file system (or for the next write)");
+        s->recommit_said = 1;
+    } else if (pending && s->wtxn == NULL && !s->broken) {
         /* once per run of failures: a full disk fails the retry, or the
          * sync after it, every interval */
         if (!s->recommit_said)
-            kvs_info("a sync failed since the last one: committing anew so that a meta page "
-                     "naming every commit is written and synced");
+            kvs_info("a commit or sync failed since the last sync: committing anew so that a "
+                     "meta page naming every commit is written and synced");
         s->recommit_said = 1;
         int rc = recommit(s);
         if (rc != 0)
             return rc;
+        s->recommits++;
         pending = 0;
     }
     int rc = mdb_env_sync(s->env, 1);
@@ -796,6 +819,7 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out)
     out->batch_writes = &s->hist_writes;
     out->commit_ns = &s->hist_commit;
     out->failed_batches = s->failed_batches;
+    out->recommits = s->recommits;
 }
 
 void node_store_flush_logs(node_store_t *s)

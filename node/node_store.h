@@ -253,6 +253,7 @@ typedef struct node_store_stats_s {
     const kvs_hist_t *batch_writes; /* writes per committed batch (node_store_batch_bounds) */
     const kvs_hist_t *commit_ns;    /* time each commit took, ns (kvs_latency_bounds_ns) */
     uint64_t failed_batches;        /* batches that failed to commit or were aborted */
+    uint64_t recommits;             /* commits anew after a failure (node_store_sync) */
 } node_store_stats_t;
 
 /* Fills *out. Cheap (two LMDB calls that take no lock). */

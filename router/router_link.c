@@ -219,7 +219,9 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     if (was_up && uv_now(l->loop) - l->up_since >= BACKOFF_MAX_MS)
         l->backoff_ms = BACKOFF_MIN_MS; /* it worked for a while: reconnect soon */
     l->handshaking = 0;
-    if (was_up)
+    if (was_up && l->unanswered > 1)
+        kvs_debug("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
+    else if (was_up)
         kvs_warn("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
     /* The requests are told the state: a write's answer adds that it may
      * have been applied (router_route), a read's must not say so. */
@@ -303,8 +305,12 @@ static void link_up(router_link_t *l)
     l->up = 1;
     l->up_since = uv_now(l->loop);
     l->last_error[0] = '\0';
-    kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
-             l->tls ? " (TLS)" : "");
+    if (l->unanswered > 0)
+        kvs_debug("link to %s %u (%s) up%s; asking its worker again", link_what(l), l->shard,
+                  l->addr_text, l->tls ? " (TLS)" : "");
+    else
+        kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
+                 l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
     if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
@@ -579,11 +585,22 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
-        char why[160], state[64];
+        char why[200], state[64];
         snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);
-        snprintf(why, sizeof(why), "%s; the requests in flight may or may not have been applied",
-                 state);
+        if (router_link_asking(l)) {
+            /* Only its own Ping was waiting (clients' requests go
+             * elsewhere meanwhile): the worker still hangs. Said once; the
+             * link then keeps asking quietly until it answers. */
+            l->unanswered++;
+            snprintf(why, sizeof(why),
+                     "%s to its own Ping: its worker still does not answer; asking again at each "
+                     "reconnect (logged at debug level until it answers)",
+                     state);
+        } else {
+            snprintf(why, sizeof(why),
+                     "%s; the requests in flight may or may not have been applied", state);
+        }
         link_down_state(l, why, state);
         /* What requests sent before it is up again are told: not that
          * they waited (they are refused at once, unsent). */

@@ -65,9 +65,12 @@ struct router_link_s {
     int connecting;
     int handshaking; /* TLS: connected, the handshake under way (bounded by timeout_ms) */
     int up;
-    int hung; /* down since its worker left requests unanswered for timeout_ms (it is there,
-               * slow or stopped, serving from the same files), not since it closed or
-               * refused a connection: cleared by the next connection's outcome */
+    int hung;       /* down since its worker left requests unanswered for timeout_ms (it is there,
+                     * slow or stopped, serving from the same files), not since it closed or
+                     * refused a connection: cleared by the next connection's outcome */
+    int unanswered; /* the link's own Pings in a row that got no answer within timeout_ms
+                     * (a worker that hangs on): from the second, its resets and
+                     * reconnects are logged at debug level only */
     int stopping;
     uv_timer_t timer; /* reconnect backoff, and request deadlines */
     uint64_t backoff_ms;
@@ -151,6 +154,7 @@ static inline void router_link_trust(router_link_t *l)
 {
     l->avoid_ms = 0;
     l->avoid_until = 0;
+    l->unanswered = 0;
 }
 
 /* True while the link's own Ping (a reconnect's hello, ctx: the link) is
