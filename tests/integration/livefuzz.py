@@ -637,10 +637,17 @@ def gen_owned(rng, sh, ctx):
             if not fits:
                 # A worker refuses such a pair before it writes or produces
                 # anything; one killed first (its link lost: the router's
-                # 503 cannot know that) leaves the model as it is.
+                # 503 cannot know that) leaves the model as it is, and so
+                # does one restarted that copies its shard from a replica
+                # (it answers every request 503 until the copy is in place;
+                # README, Replicas: a new replica's writes).
                 if (resp.status == 503 and ctx.flaky and resp.outcome_unknown
                         and "is unavailable" in resp.message):
                     ctx.count("oversized Hset 503")
+                    return None
+                if (resp.status == 503 and ctx.flaky
+                        and "is copying a snapshot" in resp.message):
+                    ctx.count("oversized Hset 503 copying")
                     return None
                 if resp.status != 413:
                     sh.vals[k] = UNKNOWN
