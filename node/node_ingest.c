@@ -208,8 +208,9 @@ struct node_ingest_s {
     uv_work_t work;
     int work_busy;
     int checked;            /* the start-up check passed: later ones are rechecks */
-    int restarted;          /* node_ingest_opts_t.restarted */
-    int waited;             /* the start-up check waited for the brokers' first answer */
+    int serving;            /* the node served before the start-up check's answer (this
+                             * worker restarted, or the check waited for the brokers): a
+                             * mismatch is then refused as a resize, not fatal */
     uint64_t check_ms;      /* check partition counts this often once running; 0: never */
     uint64_t last_check_ms; /* uv_now when the last check started */
     uint64_t last_probe_ms; /* uv_now when end_probe last ran (see "end age") */
@@ -2065,7 +2066,7 @@ static void metadata_done(uv_work_t *w, int status)
         topic_t *t = &in->topics[i];
         t->actual = t->seen;
         if (t->actual < 0) {
-            in->waited = 1;
+            in->serving = 1;
             uint64_t now = uv_now(in->loop);
             if (in->last_err_log == 0 || now - in->last_err_log >= LOG_EVERY_MS) {
                 in->last_err_log = now;
@@ -2076,7 +2077,7 @@ static void metadata_done(uv_work_t *w, int status)
             start_metadata(in);
             return;
         }
-        if ((uint32_t)t->actual != t->partitions && (in->restarted || in->waited)) {
+        if ((uint32_t)t->actual != t->partitions && in->serving) {
             mark_resized(in, t); /* the node was serving: it serves on (start-up check) */
         } else if ((uint32_t)t->actual != t->partitions) {
             snprintf(msg, sizeof(msg),
@@ -2321,7 +2322,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     in->shard = o->shard;
     in->store = o->store;
     in->on_fatal = o->on_fatal;
-    in->restarted = o->restarted;
+    in->serving = o->restarted;
     in->on_answer = o->on_answer;
     in->arg = o->arg;
     in->ask_timeout_ms = o->ask_timeout_ms > 0 ? o->ask_timeout_ms : 1000;

@@ -211,6 +211,18 @@ static int check_data(const char *path)
     return out != 0 ? out : rc == 0 ? 0 : 1;
 }
 
+/* --NAME's value, a non-negative decimal, into *out: 0, or -1 (said). */
+static int count_arg(const char *name, const char *text, long *out)
+{
+    char *end;
+    *out = strtol(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || *out < 0) {
+        fprintf(stderr, "kvs-node: --%s must be a non-negative integer\n", name);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, node_args_t *a)
 {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
@@ -237,11 +249,8 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             a->config = optarg;
             break;
         case 's':
-            a->shard = strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || a->shard < 0) {
-                fprintf(stderr, "kvs-node: --shard must be a non-negative integer\n");
+            if (count_arg("shard", optarg, &a->shard) != 0)
                 return -1;
-            }
             break;
         case 'l':
             a->listen = optarg;
@@ -250,11 +259,8 @@ static int parse_args(int argc, char **argv, node_args_t *a)
             a->reload_from = optarg;
             break;
         case 'S':
-            a->spawn = strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || a->spawn < 0) {
-                fprintf(stderr, "kvs-node: --spawn must be a non-negative integer\n");
+            if (count_arg("spawn", optarg, &a->spawn) != 0)
                 return -1;
-            }
             break;
         case 'u':
             a->socket = optarg;

@@ -391,7 +391,7 @@ static int batch_commit(node_store_t *s)
     }
     kvs_dbimap_settle(&s->tables, 0);
     read_release(s); /* a snapshot from before this commit must not be read again */
-    if (wrote_meta(s, txnid))
+    if (s->resync && wrote_meta(s, txnid))
         s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
     return 0;
 }
