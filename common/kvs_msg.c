@@ -1824,6 +1824,26 @@ size_t kvs_msg_pair_max(size_t max_frame)
     return max_frame > KVS_MAX_KEY + 64 ? max_frame - KVS_MAX_KEY - 64 : 0;
 }
 
+void kvs_msg_largest_pair(const Kvs__CommandRequest *req, const kvs_peek_t *pk, size_t *klen,
+                          size_t *vlen)
+{
+    *klen = 0, *vlen = 0;
+    if (req == NULL) {
+        if (pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET)
+            *klen = pk->key_len, *vlen = pk->value_len;
+    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET) {
+        *klen = req->hset->pair->key.len;
+        *vlen = kvs__value__get_packed_size(req->hset->pair->value);
+    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
+        for (size_t i = 0; i < req->hmset->n_pairs; i++) {
+            const Kvs__Kvpair *p = req->hmset->pairs[i];
+            size_t v = kvs__value__get_packed_size(p->value);
+            if (p->key.len + v > *klen + *vlen)
+                *klen = p->key.len, *vlen = v;
+        }
+    }
+}
+
 /* ---- responses -------------------------------------------------------- */
 
 int kvs_msg_append(kvs_buf_t *out, const ProtobufCMessage *m, size_t max_frame)

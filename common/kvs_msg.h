@@ -378,6 +378,14 @@ size_t kvs_msg_pair_max(size_t max_frame);
     (size_t)(klen) + (size_t)(vlen), (size_t)(vlen), (size_t)(max_frame),                          \
         kvs_msg_pair_max(max_frame)
 
+/* A write's largest pair as a store holds it: its key's bytes (*klen) and
+ * its value's encoded size (*vlen), of the decoded request `req` or, when
+ * that is NULL, of the peeked request `pk`; 0s for a write that carries no
+ * value. For refusals that answer an oversized pair's 413 before their
+ * own (the same request would get it at any other time). */
+void kvs_msg_largest_pair(const Kvs__CommandRequest *req, const kvs_peek_t *pk, size_t *klen,
+                          size_t *vlen);
+
 /* ---- responses -------------------------------------------------------- */
 
 /* Appends one frame holding `m` (header + packed bytes) to `out`. Returns 0,

@@ -752,38 +752,10 @@ static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
            c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
 }
 
-/* A write's largest pair as the store would hold it (key bytes and the
- * value's encoded size): 0s for writes that carry no value. */
-typedef struct {
-    size_t klen, vlen;
-} pair_size_t;
-
-/* The decoded request's (`req`), or the peeked Hset's (`pk`). */
-static pair_size_t largest_pair(const Kvs__CommandRequest *req, const kvs_peek_t *pk)
-{
-    pair_size_t big = {0, 0};
-    if (req == NULL) {
-        if (pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HSET)
-            big = (pair_size_t){pk->key_len, pk->value_len};
-    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET) {
-        big.klen = req->hset->pair->key.len;
-        big.vlen = kvs__value__get_packed_size(req->hset->pair->value);
-    } else if (req->command_case == KVS__COMMAND_REQUEST__COMMAND_HMSET) {
-        for (size_t i = 0; i < req->hmset->n_pairs; i++) {
-            const Kvs__Kvpair *p = req->hmset->pairs[i];
-            size_t vlen = kvs__value__get_packed_size(p->value);
-            if (p->key.len + vlen > big.klen + big.vlen)
-                big = (pair_size_t){p->key.len, vlen};
-        }
-    }
-    return big;
-}
-
 /* A write to a table bound to no topic, on a shard with several replicas
- * (kvs-router refuses it the same way, with its 400 before any size
- * check of the pairs) or whose snapshot went to another
+ * (kvs-router refuses it the same way) or whose snapshot went to another
  * node (node_handoff): it would reach this copy only. A write with a pair
- * too large to store (largest_pair) is answered that first (413), as it would be
+ * too large to store (kvs_msg_largest_pair) is answered that first (413), as it would be
  * at any other time: the refusal's 503 would have the client send it again
  * once the move is over, for nothing. Returns 1 when refused (answered), 0
  * to go on, or a negative error. */
@@ -797,10 +769,11 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
     if (ctx->replicas < 2 && copied == NULL)
         return 0;
     int rc;
-    pair_size_t big = largest_pair(req, pk);
-    if (!pair_fits(ctx, big.klen, big.vlen)) {
+    size_t klen, vlen;
+    kvs_msg_largest_pair(req, pk, &klen, &vlen);
+    if (!pair_fits(ctx, klen, vlen)) {
         rc = kvs_msg_append_status(out, KVS_STATUS_TOO_LARGE, KVS_MSG_PAIR_TOO_LARGE,
-                                   KVS_MSG_PAIR_TOO_LARGE_ARGS(ctx->max_frame, big.klen, big.vlen));
+                                   KVS_MSG_PAIR_TOO_LARGE_ARGS(ctx->max_frame, klen, vlen));
         return rc == 0 ? 1 : rc;
     }
     if (ctx->replicas < 2) {

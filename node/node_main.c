@@ -155,8 +155,10 @@ static void usage(FILE *f)
                "                      snapshot of what it accepted, /proc/PID/fd/N), or FILE\n"
                "                      if PATH cannot be opened; without it, FILE\n"
                "  --spawn N           this shard's workers the node started before this one\n"
-               "                      (kvs-router: 0, then 1.. for restarts); with N > 0 a\n"
-               "                      bound topic's changed partition count is not fatal\n");
+               "                      (kvs-router: 0, then 1.. for restarts; from 1 for a\n"
+               "                      shard a membership change brings, served before on\n"
+               "                      the node it came from); with N > 0 a bound topic's\n"
+               "                      changed partition count is not fatal\n");
 }
 
 /* --check-data FILE: the whole-file walk (kvs_lmdb_walk_file), its verdict

@@ -373,6 +373,7 @@ int router_master_start_workers(master_t *m)
         .on_event = on_worker_event,
         .arg = m,
         .gen_flag = "--spawn", /* 0 for a shard's first worker, 1.. for its restarts */
+        .gen_added = 1,        /* a shard taken over was served before (kvs-node --spawn) */
     };
     int rc = router_sup_start(&o, &m->workers);
     free(local);

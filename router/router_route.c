@@ -462,14 +462,33 @@ static int is_retryable(Kvs__CommandRequest__CommandCase c)
     }
 }
 
-/* A write to a table bound to no topic, on a shard with several
- * replicas: there is no single writer (each replica would hold what was
- * written to it alone), so it is refused. Returns 1 when `req` was. */
-static int unbound_refused(router_t *r, router_req_t *req, Kvs__CommandRequest__CommandCase cmd,
+/* Whether a write to a table bound to no topic would go to a shard with
+ * several replicas: there is no single writer (each replica would hold
+ * what was written to it alone). */
+static int unbound_replicated(const router_t *r, Kvs__CommandRequest__CommandCase cmd,
+                              uint32_t shard)
+{
+    return is_write(cmd) && r->sets != NULL && r->sets[shard].n >= 2;
+}
+
+/* Refuses (400) a write to a table bound to no topic on a shard with
+ * several replicas (unbound_replicated), the decoded request `q`. A write
+ * with a pair too large to store gets that pair's 413 first, as it would
+ * at any other time and from a worker refusing the same write. Returns 1
+ * when `req` was refused. */
+static int unbound_refused(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                            const void *table, size_t tlen, uint32_t shard)
 {
-    if (!is_write(cmd) || r->sets == NULL || r->sets[shard].n < 2)
+    Kvs__CommandRequest__CommandCase cmd = q->command_case;
+    if (!unbound_replicated(r, cmd, shard))
         return 0;
+    size_t klen, vlen;
+    kvs_msg_largest_pair(q, NULL, &klen, &vlen);
+    if (klen + vlen > kvs_msg_pair_max(r->cfg->max_frame)) {
+        router_req_finish_status(req, KVS_STATUS_TOO_LARGE, KVS_MSG_PAIR_TOO_LARGE,
+                                 KVS_MSG_PAIR_TOO_LARGE_ARGS(r->cfg->max_frame, klen, vlen));
+        return 1;
+    }
     int n = tlen > 200 ? 200 : (int)tlen;
     router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
                              "%s: table \"%.*s\" is bound to no Kafka topic, and shard %u has %u "
@@ -2286,7 +2305,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         if (part_of_shard[shard_of[i]] != UINT32_MAX)
             continue; /* this shard's replicas were checked with an earlier key */
         part_of_shard[shard_of[i]] = nparts++;
-        if (b == NULL && unbound_refused(r, req, q->command_case, table, tlen, shard_of[i]))
+        if (b == NULL && unbound_refused(r, req, q, table, tlen, shard_of[i]))
             return;
     }
     if (nparts == 1) { /* all keys on one shard: forward as is */
@@ -2609,7 +2628,7 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
     if (key != NULL) {
         uint32_t shard = place_key(r, b, key->data, key->len);
         const char *table = kvs_msg_request_table(q);
-        if (b == NULL && unbound_refused(r, req, q->command_case, table, strlen(table), shard))
+        if (b == NULL && unbound_refused(r, req, q, table, strlen(table), shard))
             return;
         req->parts_left = 1;
         send_part(r, req, 0, shard, NULL, raw, rawlen, q);
@@ -2858,8 +2877,8 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
     if (read && read_key_here(r, req, shard, b, pk))
         return 1;
-    if (b == NULL && !read && unbound_refused(r, req, pk->cmd, pk->table, pk->table_len, shard))
-        return 1;
+    if (b == NULL && !read && unbound_replicated(r, pk->cmd, shard))
+        return 0; /* refused: the full path says why */
     if (b != NULL && !read)
         mark_write(req);
     else if (b != NULL)

@@ -66,6 +66,7 @@ typedef struct sup_worker_s {
     uint32_t shard;
     char shard_arg[12];      /* decimal shard id, the argv slot value */
     char gen_arg[12];        /* decimal spawn count, the gen_flag slot value */
+    uint32_t gen_first;      /* the generation of its first spawn */
     uint32_t spawns;         /* successful spawns so far */
     uv_process_t *proc;      /* live child's handle, NULL when not running */
     uv_pipe_t *report;       /* our end of the child's report_fd, NULL when none */
@@ -101,7 +102,7 @@ struct router_sup_s {
     void *arg;
     sup_worker_t *w;
     size_t n, cap; /* ids in use, ids room was made for (router_sup_add) */
-    uint32_t gen_base;
+    uint32_t gen_base, gen_added;
     uv_timer_t grace;
     uv_timer_t held; /* delivers the signals held for young children */
     size_t n_running;
@@ -259,6 +260,7 @@ static void worker_init(router_sup_t *s, sup_worker_t *w, uint32_t shard)
     w->sup = s;
     w->shard = shard;
     w->backoff_ms = s->backoff_min_ms;
+    w->gen_first = s->gen_base;
     snprintf(w->shard_arg, sizeof(w->shard_arg), "%" PRIu32, w->shard);
 }
 
@@ -287,6 +289,7 @@ static router_sup_t *sup_new(const router_sup_opts_t *o)
     s->n = o->n_shards;
     s->cap = o->max_shards > o->n_shards ? o->max_shards : o->n_shards;
     s->gen_base = o->gen_base;
+    s->gen_added = o->gen_added;
     s->w = calloc(s->cap > 0 ? s->cap : 1, sizeof(*s->w));
     if (s->w == NULL || sup_copy_argv(s, o) != 0 ||
         (o->file != NULL && (s->file = strdup(o->file)) == NULL)) {
@@ -456,7 +459,7 @@ static int worker_spawn(sup_worker_t *w)
         .stdio = stdio,
         .flags = s->detach ? UV_PROCESS_DETACHED : 0,
     };
-    snprintf(w->gen_arg, sizeof(w->gen_arg), "%" PRIu32, s->gen_base + w->spawns);
+    snprintf(w->gen_arg, sizeof(w->gen_arg), "%" PRIu32, w->gen_first + w->spawns);
     if (s->gen_slot != 0)
         s->argv[s->gen_slot] = w->gen_arg;
     s->argv[s->argc - 1] = w->shard_arg;
@@ -870,6 +873,8 @@ int router_sup_add(router_sup_t *s, uint32_t shard)
             return UV_ENOSPC;
         w = &s->w[s->n++];
         worker_init(s, w, shard);
+        if (s->gen_added > s->gen_base)
+            w->gen_first = s->gen_added;
         uv_timer_init(s->loop, &w->restart);
         w->restart.data = w;
         s->n_open++;
@@ -928,7 +933,7 @@ uint32_t router_sup_generation(const router_sup_t *s, uint32_t shard)
 {
     for (size_t i = 0; i < s->n; i++)
         if (s->w[i].shard == shard)
-            return s->gen_base + s->w[i].spawns;
+            return s->w[i].gen_first + s->w[i].spawns;
     return s->gen_base;
 }
 

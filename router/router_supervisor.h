@@ -120,6 +120,11 @@ typedef struct router_sup_opts_s {
     router_sup_line_cb on_line;     /* lines of the notify pipes; may be NULL */
     size_t max_shards;              /* ids router_sup_add may bring to; <= n_shards: none */
     uint32_t gen_base;              /* the generation of each id's first spawn */
+    /* The generation of the first spawn of an id router_sup_add brings,
+     * when larger than gen_base: kvs-node workers use 1 (--spawn 1), as
+     * a shard a running node takes over was served before, by the node
+     * it came from. */
+    uint32_t gen_added;
     const router_sup_fd_t *inherit; /* n_inherit descriptors every child gets. Copied */
     size_t n_inherit;
 } router_sup_opts_t;
@@ -189,8 +194,9 @@ size_t router_sup_signal(router_sup_t *s, int sig);
 int router_sup_signal_one(router_sup_t *s, uint32_t shard, int sig);
 
 /* Supervises one more id (up to max_shards in all) and spawns its child
- * now; a failed spawn is logged and retried with backoff, as a restart
- * would be. An id that was retired and has exited is taken up again.
+ * now (generation gen_added, when larger than gen_base); a failed spawn
+ * is logged and retried with backoff, as a restart would be. An id that
+ * was retired and has exited is taken up again, its count going on.
  * Returns 0, UV_EEXIST (supervised and not retired), UV_EBUSY (retired,
  * its child not yet exited), UV_ENOSPC (max_shards reached) or
  * UV_ECANCELED (holding or stopping). The first start is not announced
@@ -208,8 +214,9 @@ int router_sup_retire(router_sup_t *s, uint32_t shard);
  * waiting for a restart). */
 int router_sup_wanted(const router_sup_t *s, uint32_t shard);
 
-/* The generation `shard`'s next spawn would get (gen_base + spawns so
- * far): where a supervisor that replaces this one starts its count. */
+/* The generation `shard`'s next spawn would get (its first's, gen_base or
+ * gen_added, + spawns so far): where a supervisor that replaces this one
+ * starts its count. */
 uint32_t router_sup_generation(const router_sup_t *s, uint32_t shard);
 
 /* Replaces the args (router_sup_opts_t.args; copied) of the spawns from

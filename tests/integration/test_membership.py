@@ -319,6 +319,12 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         after = a.workers()
         self.assertEqual(sorted(after), [1, 2], log[-3000:])
         self.assertEqual(after[1], before[1])
+        # Shard 2 was served before (by b): its first worker here runs as
+        # a restarted one would (a grown topic is not fatal to the node).
+        for shard, spawn in ((1, b"0"), (2, b"1")):
+            with open("/proc/%d/cmdline" % after[shard], "rb") as f:
+                argv = f.read().split(b"\0")
+            self.assertEqual(argv[argv.index(b"--spawn") + 1], spawn, argv)
         # b takes the same map (its own shards stay; its routers stop
         # asking a for shard 0).
         set_map(b, moved, bases)

@@ -23,8 +23,8 @@ import unittest
 import kafkatest
 from kafkatest import MockKafka, info_pairs, ingest_yaml, kafka_parts, wait_until
 from kvstest import (BUILD_DIR, Client, LogsOnFailure, LoopbackServer, cert_path, free_port,
-                     free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hset,
-                     tls_yaml)
+                     free_ports, log_of, pb, pyval, recv_exact, req_hdel, req_hget, req_hmset,
+                     req_hset, tls_yaml)
 from routertest import ClientThreads, Router, partition_of
 
 SHARDS = 4
@@ -742,10 +742,30 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
                                   resp.message)
                 else:  # one copy: written as ever
                     self.assertEqual(resp.status, 200, resp.message)
+            # A pair too large to store gets its own 413 first, as it would
+            # at any other time (binding the table would not help it): a
+            # single Hset, and a split Hmset whose large pair goes to a
+            # shard of one copy.
+            huge = "x" * (4 * 1024 * 1024 - 300)  # fits a frame, not a store
+            resp = c.call(req_hset("plain", keys[0], huge))
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("key and its value may take at most", resp.message)
+            resp = c.call(req_hmset("plain", [(keys[0], "x"), (keys[2], huge)]))
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("value is too large", resp.message)
+            resp = c.call(req_hmset("plain", [(keys[0], "x"), (keys[2], "y")]))
+            self.assertEqual(resp.status, 400, resp.message)
+            self.assertIn("shard 0 has 2 replicas", resp.message)
+            resp = c.call(req_hget("plain", keys[2]))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertEqual(pyval(resp.values[0]), "x")  # neither Hmset wrote
         with Client(rt["b"].socket_path(0)) as w:  # a worker refuses it too
             resp = w.call(req_hset("plain", keys[0], "x"))
             self.assertEqual(resp.status, 400, resp.message)
             self.assertIn("Bind the table to a topic", resp.message)
+            resp = w.call(req_hset("plain", keys[0], huge))
+            self.assertEqual(resp.status, 413, resp.message)
+            self.assertIn("key and its value may take at most", resp.message)
 
 
 class DigestManyPartitionsTest(ReplicaFixtures, unittest.TestCase):

@@ -555,6 +555,41 @@ KVS_TEST(validate_hmset_pair_keys)
     expect_bad(&q.r, "Hmset.pairs[1].key is 512 bytes; the maximum is 511");
 }
 
+/* The largest pair of a write, as a store would hold it: the key's bytes
+ * and the value's encoded size; the same for a decoded Hset and the peek
+ * of its bytes; 0s for writes that carry no value. */
+KVS_TEST(largest_pair_of_a_write)
+{
+    req_t q;
+    size_t klen, vlen;
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HMSET, "t", bin("k"));
+    q.pvalue[1].string_value = bin("a much longer value than that key");
+    q.pair[2].key = bin("a long key, short value");
+    kvs_msg_largest_pair(&q.r, NULL, &klen, &vlen);
+    CHECK_EQ(klen, 1);
+    CHECK_EQ(vlen, kvs__value__get_packed_size(&q.pvalue[1]));
+    CHECK_EQ(vlen, 2 + strlen("a much longer value than that key"));
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HSET, "t", bin("key"));
+    q.value.string_value = bin("value");
+    kvs_msg_largest_pair(&q.r, NULL, &klen, &vlen);
+    CHECK_EQ(klen, 3);
+    CHECK_EQ(vlen, 7);
+    uint8_t buf[256];
+    kvs_peek_t pk;
+    size_t n = kvs__command_request__pack(&q.r, buf);
+    CHECK(kvs_msg_peek(buf, n, &pk) == 1);
+    kvs_msg_largest_pair(NULL, &pk, &klen, &vlen);
+    CHECK_EQ(klen, 3);
+    CHECK_EQ(vlen, 7);
+    req_make(&q, KVS__COMMAND_REQUEST__COMMAND_HDEL, "t", bin("key"));
+    kvs_msg_largest_pair(&q.r, NULL, &klen, &vlen);
+    CHECK_EQ(klen + vlen, 0);
+    n = kvs__command_request__pack(&q.r, buf);
+    CHECK(kvs_msg_peek(buf, n, &pk) == 1);
+    kvs_msg_largest_pair(NULL, &pk, &klen, &vlen);
+    CHECK_EQ(klen + vlen, 0);
+}
+
 KVS_TEST(validate_hscan_cursor)
 {
     static uint8_t cur[4096];
@@ -2548,6 +2583,7 @@ KVS_TEST(long_status_message_is_cut_at_a_character)
 }
 
 KVS_TEST_MAIN(
+    KVS_CASE(largest_pair_of_a_write),
     KVS_CASE(utf8_cut_never_ends_inside_a_character),
     KVS_CASE(long_status_message_is_cut_at_a_character),
     KVS_CASE(request_table_sent_is_the_name_on_the_wire),

@@ -819,8 +819,10 @@ KVS_TEST(detach_puts_workers_in_their_own_group)
  * descriptors appear at their child fds, and router_sup_signal reaches
  * every running child. */
 /* Ids added while running get a child each (not announced, like the
- * first ones); a retired id's child gets SIGTERM and is never restarted;
- * a retired id that exited may be added again; max_shards bounds ids. */
+ * first ones), from generation gen_added (kvs-node's workers: --spawn 1,
+ * the shard was served before); a retired id's child gets SIGTERM and is
+ * never restarted; a retired id that exited may be added again, its
+ * generations going on; max_shards bounds ids. */
 KVS_TEST(add_and_retire_ids_while_running)
 {
     tctx_t t;
@@ -832,6 +834,7 @@ KVS_TEST(add_and_retire_ids_while_running)
     o.max_shards = 3;
     o.gen_flag = "--generation";
     o.gen_base = 5;
+    o.gen_added = 9;
     o.backoff_min_ms = 20;
     CHECK_EQ(router_sup_start(&o, &t.sup), 0);
     pid_t p0 = wait_shard_pid(&t, 0, line, sizeof(line));
@@ -842,6 +845,9 @@ KVS_TEST(add_and_retire_ids_while_running)
     CHECK(router_sup_pid(t.sup, 2) > 0);
     pid_t p2 = wait_shard_pid(&t, 2, line, sizeof(line));
     CHECK_EQ(router_sup_pid(t.sup, 2), p2);
+    snprintf(want, sizeof(want), "%d --generation 9 --shard 2", (int)p2);
+    CHECK_STR(line, want);
+    CHECK_EQ(router_sup_generation(t.sup, 2), 10);
     CHECK_EQ(router_sup_add(t.sup, 2), UV_EEXIST);
     CHECK(router_sup_wanted(t.sup, 2));
     CHECK_EQ(t.n_ev, 0);
