@@ -35,7 +35,7 @@
  * of a message, which is then delivered as one "frame". Anything that is
  * not a well-formed request gets its 4xx: 400 for what the parser refuses
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
- * for another method, 501 for a method HTTP does not define, 414 for a URL
+ * for another method (CONNECT host:port and OPTIONS * too), 501 for a method HTTP does not define, 414 for a URL
  * over HTTP_MAX_URL bytes, 505 for a version other than HTTP/1.0 and 1.1
  * (a request line without one, too).
  *
@@ -375,8 +375,13 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     int method = hc->parser.method, too_long = hc->url_too_long;
     int version_ok = hc->parser.http_major == 1 && hc->parser.http_minor <= 1;
     uint64_t timeout_ms = hc->timeout_ms;
+    /* CONNECT names a host:port, OPTIONS may name the server ("*"): targets
+     * of other forms than a path, valid for their methods, answered 405. */
+    int connect = method == HTTP_CONNECT;
+    int server = method == HTTP_OPTIONS && hc->url_len == 1 && hc->url[0] == '*';
     http_parser_url_init(&u);
-    int bad_url = too_long || http_parser_parse_url(hc->url, hc->url_len, 0, &u) != 0;
+    int bad_url =
+        too_long || (!server && http_parser_parse_url(hc->url, hc->url_len, connect, &u) != 0);
     if (!bad_url && (u.field_set & (1u << UF_PATH)))
         snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len,
                  hc->url + u.field_data[UF_PATH].off);
@@ -387,6 +392,8 @@ static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         respond_text(hc, 414, "the URL is too long\n", NULL);
     else if (bad_url)
         respond_text(hc, 400, "the request target is not a URL\n", NULL);
+    else if (connect || server)
+        respond_text(hc, 405, "only GET is allowed on /metrics\n", "Allow: GET\r\n");
     else if (strcmp(path, "/metrics") != 0)
         respond_text(hc, 404, "not found: kvs serves only /metrics here\n", NULL);
     else if (method != HTTP_GET)

@@ -104,18 +104,25 @@ int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, kvs
     return read_answer(net, deadline, arena, out, why, len) == 0 ? 0 : rc;
 }
 
-Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
-                              double timeout, char *why, size_t len)
+/* cli_ask; *connected (may be NULL) says whether the connection (and its
+ * TLS handshake) was made. */
+static Kvs__CommandResponse *ask_addr(const kvs_addr_t *a, kvs_tls_ctx_t *tls,
+                                      const Kvs__CommandRequest *q, double timeout, char *why,
+                                      size_t len, int *connected)
 {
     cli_net_t net = {.fd = -1, .tls_ctx = a->is_unix ? NULL : tls};
     Kvs__CommandResponse *r = NULL;
     char port[8], err[400] = "";
     snprintf(port, sizeof(port), "%u", a->port);
+    if (connected != NULL)
+        *connected = 0;
     if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, err, sizeof(err)) !=
         0) {
         snprintf(why, len, "cannot connect: %s", err);
         return NULL;
     }
+    if (connected != NULL)
+        *connected = 1;
     int rc = cli_ask_on(&net, q, timeout, NULL, &r, err, sizeof(err));
     if (rc == -ETIMEDOUT)
         snprintf(why, len, "no answer within %g s (--timeout): the worker hangs or is overloaded",
@@ -130,47 +137,81 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
     return rc == 0 ? r : NULL;
 }
 
-/* ---- walks ------------------------------------------------------------------- */
-
-/* The name a replica's node is known by in a walk, or NULL (a local
- * worker's unix socket). */
-static const char *walk_key(const kvs_replica_t *rep)
+Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
+                              double timeout, char *why, size_t len)
 {
-    if (rep->node[0] != '\0')
-        return rep->node;
-    return rep->addr.is_unix ? NULL : rep->addr.host;
+    return ask_addr(a, tls, q, timeout, why, len, NULL);
 }
 
-static int walk_silent(const cli_walk_t *w, const char *key)
+/* ---- walks ------------------------------------------------------------------- */
+
+/* The name a replica is known by in a walk: for a question left
+ * unanswered (`hung`), its node's (its name in the map, or its host; a
+ * local worker's unix socket without a node name: its path), as a node
+ * that hangs hangs for all its shards; for connections that fail, a local
+ * worker's socket path, as each is one process (one that crash-loops says
+ * nothing of the others). */
+static const char *walk_key(const kvs_replica_t *rep, int hung)
+{
+    if (rep->addr.is_unix && (!hung || rep->node[0] == '\0'))
+        return rep->addr.path;
+    return rep->node[0] != '\0' ? rep->node : rep->addr.host;
+}
+
+/* The walk's entry for `key`; a new one when `add` (NULL when full). */
+static cli_walk_node_t *walk_node(cli_walk_t *w, const char *key, int add)
 {
     for (int i = 0; i < w->n; i++)
-        if (strcmp(w->silent[i], key) == 0)
-            return 1;
-    return 0;
+        if (strcmp(w->nodes[i].key, key) == 0)
+            return &w->nodes[i];
+    if (!add || w->n == CLI_WALK_MAX || strlen(key) >= sizeof(w->nodes[0].key))
+        return NULL;
+    cli_walk_node_t *n = &w->nodes[w->n++];
+    memset(n, 0, sizeof(*n));
+    snprintf(n->key, sizeof(n->key), "%s", key);
+    return n;
 }
 
 Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
                                    const Kvs__CommandRequest *q, double timeout, char *why,
                                    size_t len, int *skipped)
 {
-    const char *key = walk_key(rep);
+    double down_s = timeout > 0 && timeout < CLI_WALK_DOWN_S ? timeout : CLI_WALK_DOWN_S;
+    const char *hung_key = walk_key(rep, 1), *down_key = walk_key(rep, 0);
+    cli_walk_node_t *hung = walk_node(w, hung_key, 0), *down = walk_node(w, down_key, 0);
     if (skipped != NULL)
         *skipped = 0;
-    if (key != NULL && walk_silent(w, key)) {
-        snprintf(why, len,
-                 "not asked: node %s left a question unanswered for the whole timeout earlier "
-                 "in this command",
-                 key);
+    if ((hung != NULL && hung->silent == 1) || (down != NULL && down->silent == 2)) {
+        if (hung != NULL && hung->silent == 1)
+            snprintf(why, len,
+                     "not asked: node %s left a question unanswered for the whole timeout earlier "
+                     "in this command",
+                     hung_key);
+        else
+            snprintf(why, len,
+                     "not asked: %s %s could not be connected to for %g s earlier in this command",
+                     rep->addr.is_unix ? "the worker at" : "node", down_key, down_s);
         if (skipped != NULL)
             *skipped = 1;
         return NULL;
     }
+    int connected;
     double start = cli_net_now();
-    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, timeout, why, len);
-    /* Only a failure that took the whole timeout: a refused connection or
-     * an error answer costs nothing to meet again. */
-    if (r == NULL && key != NULL && timeout > 0 && cli_net_now() - start >= timeout * 0.9 &&
-        w->n < CLI_WALK_MAX && strlen(key) < sizeof(w->silent[0]))
-        snprintf(w->silent[w->n++], sizeof(w->silent[0]), "%s", key);
+    Kvs__CommandResponse *r = ask_addr(&rep->addr, tls, q, timeout, why, len, &connected);
+    double now = cli_net_now();
+    if (connected) {
+        if (down != NULL)
+            down->unreachable_since = 0;
+    } else if (down != NULL || (down = walk_node(w, down_key, 1)) != NULL) {
+        if (down->unreachable_since == 0)
+            down->unreachable_since = start;
+        if (now - down->unreachable_since >= down_s)
+            down->silent = 2;
+    }
+    /* Only a failure that took the whole timeout: an error answer costs
+     * nothing to meet again. */
+    if (r == NULL && timeout > 0 && now - start >= timeout * 0.9 &&
+        (hung != NULL || (hung = walk_node(w, hung_key, 1)) != NULL))
+        hung->silent = 1;
     return r;
 }

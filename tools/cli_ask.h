@@ -45,13 +45,26 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
 /* A walk over the cluster map (digest, rebuild): a node that let a question
  * use up the whole timeout without an answer (connect, TLS handshake or
  * the answer itself) is asked nothing more in that walk, so one hung node
- * serving many shards costs one timeout, not one per shard. A node is
- * known by its name in the map, or by its host (cluster.remote); a local
- * worker's unix socket is one process per shard and is always asked. */
+ * serving many shards costs one timeout, not one per shard. Nor is one
+ * that could not be connected to (refused, no socket, a failed handshake)
+ * again and again for CLI_WALK_DOWN_S, or the whole timeout when that is
+ * shorter: a restarting worker is back well within it, a node that is
+ * down is not, and a digest that asks again until replicas agree would
+ * otherwise spend its whole timeout on every shard of a node that is
+ * down. A node is known by its name in the map, or by its host
+ * (cluster.remote), a local worker by its unix socket (one process per
+ * shard). */
 #define CLI_WALK_MAX 64
+#define CLI_WALK_DOWN_S 1.0
+
+typedef struct cli_walk_node_s {
+    char key[256];
+    double unreachable_since; /* its first failed connection since it last took one; 0: none */
+    int silent;               /* asked nothing more: 1 hung, 2 down */
+} cli_walk_node_t;
 
 typedef struct cli_walk_s {
-    char silent[CLI_WALK_MAX][256];
+    cli_walk_node_t nodes[CLI_WALK_MAX]; /* those that failed once (the first CLI_WALK_MAX) */
     int n;
 } cli_walk_t;
 

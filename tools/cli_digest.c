@@ -10,7 +10,8 @@
  *
  * One request, one answer per connection, through cli_walk_ask (every
  * wait bounded, TLS when the replica is over TCP and a TLS context is
- * given; a node that let a question time out is asked nothing more).
+ * given; a node that let a question time out, or could not be connected
+ * to for a second, is asked nothing more).
  */
 #include "cli_digest.h"
 #include "cli_ask.h"
@@ -29,7 +30,7 @@
 
 typedef struct answer_s {
     int ok;                       /* 200 with a digest */
-    int skipped;                  /* its node is silent (cli_walk_ask): not asked */
+    int skipped;                  /* its node is silent or down (cli_walk_ask): not asked */
     char why[500];                /* otherwise */
     uint8_t digest[KVS_HASH_LEN]; /* when ok */
     int64_t keys;
@@ -50,6 +51,8 @@ int cli_digest_is_answer(const Kvs__CommandResponse *r)
 static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, const char *table,
                 double timeout, answer_t *out)
 {
+    char before[sizeof(out->why)]; /* the failure of the round before, if any */
+    snprintf(before, sizeof(before), "%s", out->ok || out->skipped ? "" : out->why);
     free(out->pos);
     memset(out, 0, sizeof(*out));
     Kvs__Digest d = KVS__DIGEST__INIT;
@@ -59,6 +62,9 @@ static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, con
     q.digest = &d;
     Kvs__CommandResponse *r =
         cli_walk_ask(w, rep, tls, &q, timeout, out->why, sizeof(out->why), &out->skipped);
+    if (r == NULL && out->skipped && before[0] != '\0') /* given up in this shard's rounds */
+        snprintf(out->why, sizeof(out->why), "%.400s (again and again: asked nothing more)",
+                 before);
     if (r == NULL)
         return;
     if (r->status == 200 && !cli_digest_is_answer(r)) {
@@ -111,18 +117,19 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
         return 1;
     }
     double deadline = cli_net_now() + timeout;
-    int settled = 0, failed = -1;
+    int settled = 0, failed = -1, skipped = 0;
     while (!settled) {
         failed = -1;
         for (int i = 0; i < n; i++) {
             ask(w, &reps[i], tls, table, timeout, &ans[i]);
             if (!ans[i].ok && failed < 0)
                 failed = i;
+            skipped |= ans[i].skipped;
         }
         settled = failed < 0;
         for (int i = 1; settled && i < n; i++)
             settled = same_position(&ans[0], &ans[i]);
-        if (settled || cli_net_now() >= deadline || (failed >= 0 && ans[failed].skipped))
+        if (settled || cli_net_now() >= deadline || skipped)
             break; /* a silent node will not answer the next round either */
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);

@@ -588,6 +588,41 @@ class HostileServerTest(unittest.TestCase):
             for shard in range(4):
                 self.assertIn("shard %d" % shard, out)
 
+    def test_a_down_node_costs_a_digest_a_second_and_a_restarting_one_is_waited_for(self):
+        # Node c is down (nothing listens: every connection is refused) and
+        # serves shards 1-3; node a serves shard 0 and comes up 0.4 s into
+        # the command. digest asks again until every replica answers, and
+        # spent its whole --timeout on each of c's shards (9 s here); c is
+        # now asked nothing more once its connections failed for a second,
+        # while a, refused for less than that, is asked until it answers.
+        base = free_ports(12)  # each node's workers take 4 ports: PORT + shard
+        ports = [base, base + 4, base + 8]
+        digest = pb.CommandResponse(status=200, values=[
+            pb.Value(binary_value=b"\x11" * 16), pb.Value(integer_value=7)])
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 4\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    "    - {name: c, address: \"127.0.0.1:%d\", shards: [1, 2, 3]}\n"
+                    % (self.dir, ports[0], ports[1], ports[2]))
+        start = time.monotonic()
+        p = subprocess.Popen([CLI, "--config", cfg, "--timeout", "3", "digest", "t"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        time.sleep(0.4)
+        self.servers.append(FakeServer(lambda conn: answer(conn, digest), ports[0]))
+        out = p.communicate(timeout=15)[0].decode()
+        elapsed = time.monotonic() - start
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn("shard 0: one copy\n  a                %s 7 keys" % ("11" * 16), out)
+        for shard in (1, 2, 3):
+            self.assertIn("shard %d: not every replica answered" % shard, out)
+        self.assertEqual(out.count("Connection refused (again and again: asked nothing more)"),
+                         1, out)
+        self.assertEqual(out.count("not asked: node c could not be connected to for 1 s"), 2, out)
+        self.assertLess(elapsed, 4.5, "digest took %.1f s:\n%s" % (elapsed, out))
+
     def test_an_answer_that_would_decode_to_gigabytes_is_refused(self):
         # 8 MiB of empty pairs (2 bytes each on the wire, some 90 decoded):
         # kvs-cli decoded whatever came, 45 times its size (a 64 MiB answer

@@ -188,6 +188,12 @@ class MetricsTest(MetricsCase):
         self.assertEqual(http_get(p, "/other")[0], 404)
         self.assertEqual(http_get(p, "/metrics", method="POST")[0], 405)
         self.assertEqual(http_get(p, "/metrics?x=1")[0], 200)  # a query string is fine
+        # Targets of other forms, well formed for their methods (they were
+        # answered 400, "not a URL").
+        self.assertEqual(raw_http(p, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % p),
+                         "HTTP/1.1 405 Method Not Allowed")
+        self.assertEqual(raw_http(p, b"OPTIONS * HTTP/1.1\r\n\r\n"),
+                         "HTTP/1.1 405 Method Not Allowed")
         self.assertEqual(raw_http(p, b"BREW /metrics HTCPCP/1.0\r\n\r\n"),
                          "HTTP/1.1 501 Not Implemented")  # a method HTTP does not define
         self.assertEqual(raw_http(p, b"FOOBAR /metrics HTTP/1.1\r\n\r\n"),

@@ -1539,21 +1539,30 @@ KVS_TEST(reload_refusal_names_file_and_line)
     kvs_config_t *d = parse_ok("storage: {sync: full}\n");
     kvs_config_t *e = parse_ok("storage: {sync: full}\ncluster: {shards: 8}\n");
     kvs_config_reload_refusal(e, d, "config.yaml", msg, sizeof(msg));
-    CHECK_STR(msg, "config.yaml: cluster.shards (not set) changed, which cannot change while the "
-                   "node runs (restart it for that)");
+    CHECK_STR(msg, "config.yaml: cluster.shards (no longer set) changed, which cannot change "
+                   "while the node runs (restart it for that)");
     kvs_config_t *f = parse_ok("storage: {sync: batch}\n");
     kvs_config_reload_refusal(e, f, "config.yaml", msg, sizeof(msg));
-    CHECK_STR(msg, "config.yaml:1:17: storage.sync, cluster.shards (not set) changed, which "
-                   "cannot change while the node runs (restart it for that)");
+    CHECK_STR(msg, "config.yaml:1:17: storage.sync, cluster.shards (no longer set) changed, "
+                   "which cannot change while the node runs (restart it for that)");
     kvs_config_reload_refusal(a, e, "config.yaml", msg, sizeof(msg));
     CHECK_STR(msg, "config.yaml:2:19: cluster.shards, storage.sync (line 1) changed, which cannot "
                    "change while the node runs (restart it for that)");
+    /* Keys set in neither file whose defaults follow tls.cert and tls.key
+     * (tls.router.cert, ...) changed with them: not named beside them. */
+    kvs_config_t *g = parse_ok("tls: {cert: /a.pem, key: /a.key}\n");
+    kvs_config_t *h = parse_ok("tls: {cert: /b.pem, key: /b.key}\n");
+    kvs_config_reload_refusal(g, h, "config.yaml", msg, sizeof(msg));
+    CHECK_STR(msg, "config.yaml:1:13: tls.cert, tls.key (line 1) changed, which cannot change "
+                   "while the node runs (restart it for that)");
     kvs_config_free(a);
     kvs_config_free(b);
     kvs_config_free(c);
     kvs_config_free(d);
     kvs_config_free(e);
     kvs_config_free(f);
+    kvs_config_free(g);
+    kvs_config_free(h);
 }
 
 KVS_TEST(tls_sections_inherit_and_check)
