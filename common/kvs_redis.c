@@ -64,7 +64,16 @@ static int fail(kvs_redis_parser_t *ps, const char *fmt, ...)
     vsnprintf(ps->errbuf, sizeof(ps->errbuf), fmt, ap);
     va_end(ap);
     ps->error = ps->errbuf;
+    ps->too_large = 0;
     kvs_redis_parser_reset(ps);
+    return -1;
+}
+
+/* A request past max_request: an error that says so (ps->too_large). */
+static int too_large(kvs_redis_parser_t *ps, size_t max_request)
+{
+    fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)", max_request);
+    ps->too_large = 1;
     return -1;
 }
 
@@ -192,13 +201,16 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
         if (p[pos] != '$')
             return fail(ps, "Protocol error: expected '$', got '%c'", p[pos]);
         long long n;
-        if (parse_ll(p + pos + 1, (size_t)(cr - p) - pos - 1, &n) != 0 || n < 0 ||
-            (unsigned long long)n > max_request)
+        if (parse_ll(p + pos + 1, (size_t)(cr - p) - pos - 1, &n) != 0 || n < 0)
             return fail(ps, "Protocol error: invalid bulk length");
+        if ((unsigned long long)n > max_request) { /* Redis's words for a length past its limit */
+            fail(ps, "Protocol error: invalid bulk length");
+            ps->too_large = 1;
+            return -1;
+        }
         size_t start = (size_t)(cr - p) + 2;
         if (start + (size_t)n + 2 > max_request)
-            return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
-                        max_request);
+            return too_large(ps, max_request);
         if (len < start + (size_t)n + 2)
             return 0; /* the bulk has not all arrived */
         ps->argc++;
@@ -317,12 +329,6 @@ static int split_inline(kvs_redis_parser_t *ps, const uint8_t *s, size_t n)
     }
     ps->argc = argc;
     return 1;
-}
-
-static int too_large(kvs_redis_parser_t *ps, size_t max_request)
-{
-    return fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)",
-                max_request);
 }
 
 /* An inline request: one line of at most KVS_REDIS_MAX_INLINE bytes (as

@@ -48,6 +48,7 @@ typedef struct kvs_redis_parser_s {
     size_t argc;
     kvs_redis_arg_t *argv;
     const char *error; /* after -1: the message, e.g. "Protocol error: ..." */
+    int too_large;     /* ... and it is about max_request (a well-formed length beyond it) */
 
     /* Progress through a multibulk not yet complete (an offset from the
      * start of the request, so the caller may move the bytes between calls;

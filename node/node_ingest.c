@@ -261,6 +261,7 @@ struct node_ingest_s {
     uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
     kvs_shardstate_t *state; /* the state page routers read, or NULL */
     uint64_t published_ms;   /* when the state page was last brought up to date */
+    uv_timer_t publish_timer; /* a commit's publish PUBLISH_EVERY_MS put off: it comes then */
     /* Asking the brokers for end offsets (node_ingest_ask_end): one query
      * at a time in the thread pool, for every partition asked since the
      * last one started. */
@@ -292,6 +293,15 @@ struct node_ingest_s {
 static void ingest_assign(node_ingest_t *in);
 static void on_idle(uv_idle_t *h);
 static void publish(node_ingest_t *in);
+
+/* A commit published nothing, the page having been brought up to date
+ * less than PUBLISH_EVERY_MS before: it is now, so the page is never more
+ * than that behind what was committed, even when that commit was the
+ * last of a burst. */
+static void on_publish_timer(uv_timer_t *h)
+{
+    publish(h->data);
+}
 static int part_short(node_ingest_t *in, const topic_t *t, int32_t p);
 
 /* ---- metadata keys ------------------------------------------------------ */
@@ -854,8 +864,13 @@ void node_ingest_turn_done(node_ingest_t *in, int rc)
                     in->state, (uint32_t)(in->topics[i].b - in->cfg->bindings), p, pt->diverged);
             pt->rebuilding = 0;
         }
-    if (in->state != NULL && uv_now(in->loop) - in->published_ms >= PUBLISH_EVERY_MS)
+    if (in->state == NULL)
+        return;
+    uint64_t since = uv_now(in->loop) - in->published_ms;
+    if (since >= PUBLISH_EVERY_MS)
         publish(in);
+    else if (!uv_is_active((uv_handle_t *)&in->publish_timer)) /* the last turn's too */
+        uv_timer_start(&in->publish_timer, on_publish_timer, PUBLISH_EVERY_MS - since, 0);
 }
 
 /* ---- out of range: a partition's log moved away under it ------------------------------ *
@@ -1515,6 +1530,8 @@ static void publish(node_ingest_t *in)
 {
     if (in->state == NULL)
         return;
+    if (in->publish_timer.loop != NULL)
+        uv_timer_stop(&in->publish_timer); /* what it would bring is brought now */
     in->published_ms = uv_now(in->loop);
     for (size_t i = 0; i < in->n_topics; i++) {
         topic_t *t = &in->topics[i];
@@ -2272,6 +2289,8 @@ static int start_queue(node_ingest_t *in)
     in->retry.data = in;
     uv_timer_init(in->loop, &in->throttle_timer);
     in->throttle_timer.data = in;
+    uv_timer_init(in->loop, &in->publish_timer);
+    in->publish_timer.data = in;
     return uv_poll_start(&in->poll, UV_READABLE, on_readable);
 }
 
@@ -2400,6 +2419,8 @@ void node_ingest_stop(node_ingest_t *in)
         uv_close((uv_handle_t *)&in->suspect_timer, NULL);
     if (in->throttle_timer.loop != NULL)
         uv_close((uv_handle_t *)&in->throttle_timer, NULL);
+    if (in->publish_timer.loop != NULL)
+        uv_close((uv_handle_t *)&in->publish_timer, NULL);
 }
 
 void node_ingest_free(node_ingest_t *in)

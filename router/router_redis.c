@@ -265,12 +265,10 @@ static int shown(const kvs_redis_arg_t *a)
 
 void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err, size_t unauth_max)
 {
-    /* The parser took the client's size limit for a bulk length beyond it
-     * ("invalid bulk length", Redis's words, said of a malformed one too)
-     * or a request past it. */
-    if (err == KVS_EPROTO && unauth_max > 0 && rs->ps.error != NULL &&
-        (strstr(rs->ps.error, "request larger than") != NULL ||
-         strstr(rs->ps.error, "invalid bulk length") != NULL))
+    /* A bulk length beyond the client's size limit ("invalid bulk length",
+     * Redis's words, which a malformed one gets too) or a request past it:
+     * the parser says which (ps.too_large). */
+    if (err == KVS_EPROTO && unauth_max > 0 && rs->ps.error != NULL && rs->ps.too_large)
         reply_error(req,
                     "NOAUTH a client that has not authenticated may send requests of at most %zu "
                     "bytes: authenticate first (AUTH, or HELLO with AUTH); the connection is "

@@ -806,7 +806,14 @@ class AuthTest(RespDiffTestCase):
                  (b"-NOAUTH a client that has not authenticated may send requests of at most "
                   b"16384 bytes: authenticate first (AUTH, or HELLO with AUTH); the connection is "
                   b"closed\r\n", True),
-                 (b"-ERR Protocol error: unauthenticated bulk length\r\n", True))]:
+                 (b"-ERR Protocol error: unauthenticated bulk length\r\n", True)),
+                # A malformed length is a protocol error, not a request too
+                # large (it was answered -NOAUTH ... at most 16384 bytes).
+                (b"*1\r\n$x\r\n", (b"-ERR Protocol error: invalid bulk length\r\n", True),
+                 (b"-ERR Protocol error: invalid bulk length\r\n", True)),
+                (b"*2\r\n$4\r\nAUTH\r\n$1a\r\n",
+                 (b"-ERR Protocol error: invalid bulk length\r\n", True),
+                 (b"-ERR Protocol error: invalid bulk length\r\n", True))]:
             k, r = self.conns()
             for conn in (k, r):
                 conn.sock.settimeout(0.3)

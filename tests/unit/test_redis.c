@@ -193,6 +193,13 @@ KVS_TEST(request_larger_than_the_limit_is_refused_early)
     const char a[] = "*1\r\n$2000\r\n";
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)a, sizeof(a) - 1, 1000, &used), -1);
     CHECK_STR(ps.error, "Protocol error: invalid bulk length");
+    CHECK(ps.too_large); /* Redis's words, said of a malformed length too: */
+    kvs_redis_parser_reset(&ps);
+    const char bad[] = "*1\r\n$2x\r\n";
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)bad, sizeof(bad) - 1, 1000, &used), -1);
+    CHECK_STR(ps.error, "Protocol error: invalid bulk length");
+    CHECK(!ps.too_large);
+    kvs_redis_parser_reset(&ps);
     const char b[] = "*2\r\n$600\r\n";
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)b, sizeof(b) - 1, 1000, &used), 0);
     char c[700] = "*2\r\n$600\r\n";
@@ -200,6 +207,7 @@ KVS_TEST(request_larger_than_the_limit_is_refused_early)
     memcpy(c + 610, "\r\n$600\r\n", 8);
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)c, 618, 1000, &used), -1);
     CHECK_STR(ps.error, "Protocol error: request larger than limits.max_frame (1000 bytes)");
+    CHECK(ps.too_large);
     teardown();
 }
 
