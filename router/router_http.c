@@ -35,9 +35,10 @@
  * of a message, which is then delivered as one "frame". Anything that is
  * not a well-formed request gets its 4xx: 400 for what the parser refuses
  * (the connection is then closed), 404 for another path, 405 (Allow: GET)
- * for another method (CONNECT host:port and OPTIONS * too), 501 for a method HTTP does not define, 414 for a URL
- * over HTTP_MAX_URL bytes, 505 for a version other than HTTP/1.0 and 1.1
- * (a request line without one, too).
+ * for another method (CONNECT host:port and OPTIONS * too), 501 for a
+ * method HTTP does not define, 414 for a URL over HTTP_MAX_URL bytes, 505
+ * for a version other than HTTP/1.0 and 1.1 (a request line without one,
+ * too).
  *
  * A scrape is handed to the owner's callback (the master's router_scrape,
  * which collects the families of every process of the node) with a token;
