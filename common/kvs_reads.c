@@ -358,7 +358,7 @@ int kvs_reads_finish(kvs_resp_t *r, size_t max_frame, Kvs__CommandRequest__Comma
         break;
     case KVS__COMMAND_REQUEST__COMMAND_INFO:
         snprintf(hint, sizeof(hint),
-                 "it lists eight numbers per Kafka partition this shard owns; raise "
+                 "it lists thirteen numbers per Kafka partition this shard owns; raise "
                  "limits.max_frame to at least %zu bytes",
                  n);
         break;

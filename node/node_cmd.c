@@ -399,8 +399,9 @@ static int answer_too_large(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *cmd,
     kvs_resp_status(r, KVS_STATUS_TOO_LARGE);
     kvs_resp_message(r,
                      "%s answer (the previous values of %zu key%s) could take up to %zu bytes, "
-                     "more than its answer_budget of %u bytes (its share of limits.max_frame, "
-                     "%zu bytes); nothing was written; send fewer keys per request",
+                     "more than its answer_budget of %u bytes (a split request's part gets "
+                     "its share of limits.max_frame, %zu bytes, from the router); nothing was "
+                     "written; send fewer keys per request",
                      cmd, n, n == 1 ? "" : "s", need, budget, ctx->max_frame);
     return 1;
 }

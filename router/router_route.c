@@ -1342,7 +1342,7 @@ static void merge_pairs_of(router_req_t *req, Kvs__CommandResponse **rs, uint32_
     }
     finish_packed(req, &out, kvs_msg_command_name(m->cmd),
                   m->cmd == KVS__COMMAND_REQUEST__COMMAND_INFO
-                      ? "it lists eight numbers per Kafka partition of every shard; raise "
+                      ? "it lists thirteen numbers per Kafka partition of every shard; raise "
                         "limits.max_frame"
                       : "read the table in pages with Hscan");
 }

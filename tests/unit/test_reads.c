@@ -164,6 +164,20 @@ KVS_TEST(answers_past_max_frame_are_413)
     CHECK_EQ(a->status, 413);
     CHECK_CONTAINS(a->message, "Hgetall answer would exceed limits.max_frame (1024 bytes)");
     CHECK_CONTAINS(a->message, "Hscan");
+    /* An Info too large says what it lists (thirteen numbers per
+     * partition: kvs.proto) and the limit that would hold it. */
+    kvs_resp_t r;
+    out.len = 0;
+    kvs_resp_begin(&r, &out);
+    kvs_resp_status(&r, 200);
+    kvs_resp_pair(&r, "k", 1, big, sizeof(big) - 1);
+    CHECK_EQ(kvs_reads_finish(&r, 100, KVS__COMMAND_REQUEST__COMMAND_INFO), 0);
+    a = kvs__command_response__unpack(&arena.pb, out.len - KVS_FRAME_HEADER,
+                                      out.data + KVS_FRAME_HEADER);
+    CHECK(a != NULL);
+    CHECK_EQ(a->status, 413);
+    CHECK_CONTAINS(a->message, "it lists thirteen numbers per Kafka partition this shard owns");
+    CHECK_CONTAINS(a->message, "raise limits.max_frame to at least");
     kvs_arena_close(&arena);
 }
 
