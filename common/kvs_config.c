@@ -2909,25 +2909,22 @@ void kvs_config_reload_refusal(const kvs_config_t *cur, const kvs_config_t *next
     }
     /* Keys set in neither file changed with a key whose value they take
      * (tls.router.cert follows tls.cert): named only when no other is. */
-    for (int inherited = 0; inherited < 2 && (!inherited || keys[0] == '\0'); inherited++) {
-        for (size_t i = 0; i < N_DIRECTIVES; i++) {
-            if (i == lead || key_change(&directives[i], cur, next, &name) != 2)
-                continue;
-            const struct kvs_config_pos_s *p = key_pos(next, i);
-            if (inherited != (p == NULL && key_pos(cur, i) == NULL))
-                continue;
-            char item[160];
-            if (p != NULL)
-                snprintf(item, sizeof(item), "%s (line %" PRIu32 ")", name, p->line);
-            else if (!inherited) /* the running file sets it: back to its default */
-                snprintf(item, sizeof(item), "%s (no longer set)", name);
-            else
-                snprintf(item, sizeof(item), "%s (not set: its default follows another key)",
-                         name);
-            list_add(keys, sizeof(keys), item);
-        }
+    char inherited[512] = "";
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        if (i == lead || key_change(&directives[i], cur, next, &name) != 2)
+            continue;
+        const struct kvs_config_pos_s *p = key_pos(next, i);
+        int was_set = key_pos(cur, i) != NULL; /* the running file sets it */
+        char item[160];
+        if (p != NULL)
+            snprintf(item, sizeof(item), "%s (line %" PRIu32 ")", name, p->line);
+        else if (was_set) /* back to its default */
+            snprintf(item, sizeof(item), "%s (no longer set)", name);
+        else
+            snprintf(item, sizeof(item), "%s (not set: its default follows another key)", name);
+        list_add(p != NULL || was_set ? keys : inherited, sizeof(keys), item);
     }
     snprintf(msg, len,
              "%s%s: %s changed, which cannot change while the node runs (restart it for that)",
-             file, where, keys);
+             file, where, keys[0] != '\0' ? keys : inherited);
 }

@@ -69,10 +69,14 @@ static int fail(kvs_redis_parser_t *ps, const char *fmt, ...)
     return -1;
 }
 
-/* A request past max_request: an error that says so (ps->too_large). */
-static int too_large(kvs_redis_parser_t *ps, size_t max_request)
+/* A request past max_request: an error that says so (ps->too_large), in
+ * Redis's words for a bulk length past it (`bulk`), else in kvs's. */
+static int too_large(kvs_redis_parser_t *ps, size_t max_request, int bulk)
 {
-    fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)", max_request);
+    if (bulk)
+        fail(ps, "Protocol error: invalid bulk length");
+    else
+        fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)", max_request);
     ps->too_large = 1;
     return -1;
 }
@@ -203,14 +207,11 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
         long long n;
         if (parse_ll(p + pos + 1, (size_t)(cr - p) - pos - 1, &n) != 0 || n < 0)
             return fail(ps, "Protocol error: invalid bulk length");
-        if ((unsigned long long)n > max_request) { /* Redis's words for a length past its limit */
-            fail(ps, "Protocol error: invalid bulk length");
-            ps->too_large = 1;
-            return -1;
-        }
+        if ((unsigned long long)n > max_request)
+            return too_large(ps, max_request, 1);
         size_t start = (size_t)(cr - p) + 2;
         if (start + (size_t)n + 2 > max_request)
-            return too_large(ps, max_request);
+            return too_large(ps, max_request, 0);
         if (len < start + (size_t)n + 2)
             return 0; /* the bulk has not all arrived */
         ps->argc++;
@@ -341,7 +342,7 @@ static int parse_inline(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, si
     const uint8_t *nl = memchr(p, '\n', len < lim + 2 ? len : lim + 2);
     size_t n = nl != NULL ? (size_t)(nl - p) : len;
     if (n > lim && lim < KVS_REDIS_MAX_INLINE)
-        return too_large(ps, max_request);
+        return too_large(ps, max_request, 0);
     if (n > lim)
         return fail(ps, "Protocol error: too big inline request");
     if (nl == NULL)
@@ -385,7 +386,7 @@ int kvs_redis_parse(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, size_t
     /* incomplete past the bound, in any part (a count line that never
      * ends, too) */
     if (rc == 0 && len > max_request)
-        return too_large(ps, max_request);
+        return too_large(ps, max_request, 0);
     return rc;
 }
 
