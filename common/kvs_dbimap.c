@@ -124,9 +124,11 @@ kvs_dbimap_entry_t *kvs_dbimap_lookup(kvs_dbimap_t *m, const char *name)
 
 int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pending)
 {
+    kvs_dbimap_entry_t *e = slot(m, name);
+    if (e->name != NULL)
+        return -EEXIST;
     if (m->n >= m->max_entries)
         return -ENOSPC;
-    kvs_dbimap_entry_t *e = slot(m, name);
     e->name = strdup(name);
     if (e->name == NULL)
         return -ENOMEM;

@@ -49,8 +49,8 @@ const kvs_dbimap_entry_t *kvs_dbimap_find(const kvs_dbimap_t *m, const char *nam
 /* The entry of `name`, for its owner to change its mark, or NULL. */
 kvs_dbimap_entry_t *kvs_dbimap_lookup(kvs_dbimap_t *m, const char *name);
 
-/* Adds `name` (not present). Returns 0, -ENOSPC (max_entries reached) or
- * -ENOMEM; nothing is added on error. */
+/* Adds `name`. Returns 0, -EEXIST (present), -ENOSPC (max_entries
+ * reached) or -ENOMEM; nothing is added on error. */
 int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pending);
 
 /* The transaction that opened the pending entries ended: committed

@@ -133,7 +133,8 @@ struct node_store_s {
     uint64_t map_size;
     kvs_dbimap_t tables; /* pending: created in the open batch */
     int emptied;         /* some table may be marked T_EMPTIED */
-    kvs_dbimap_entry_t *dropped; /* the tables the open batch dropped */
+    kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
+    kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
     uint32_t n_dropped;  /* ... room for storage.max_tables */
     int lock_fd;
     node_store_fail_cb fail_cb;
@@ -348,25 +349,25 @@ static void forget_dropped(node_store_t *s)
 }
 
 /* The batch that dropped s->dropped did not commit (no txn is open): the
- * tables that existed before it are there as they were, and LMDB closed
- * their handles; open them again, marked to be looked at by the next
- * commit. One created by that batch is gone with it. Should they not open
- * (LMDB's reader table full, the environment given up on), the
- * environment counts as broken, so that the worker exits and the next one
- * opens every table: a table left without a handle would read as missing. */
-static void restore_dropped(node_store_t *s)
+ * tables from before it are there as they were, and LMDB closed their
+ * handles; open them again (in a write txn that writes nothing: it needs
+ * no reader slot, and its commit makes the handles the environment's),
+ * marked to be looked at by the next commit. Should that fail (out of
+ * memory), the environment counts as broken, so that the worker exits and
+ * the next one opens every table: a table left without a handle would read
+ * as missing. Returns 0, or -1 when it counted the environment broken
+ * (nothing to do when LMDB gave up on it already: gave_up first). */
+static int restore_dropped(node_store_t *s)
 {
     MDB_txn *txn = NULL;
     MDB_dbi dbi;
-    if (s->n_dropped == 0)
-        return;
-    int rc = s->broken ? MDB_PANIC : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (s->n_dropped == 0 || s->broken) {
+        forget_dropped(s);
+        return 0;
+    }
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     for (uint32_t i = 0; rc == 0 && i < s->n_dropped; i++) {
         rc = mdb_dbi_open(txn, s->dropped[i].name, 0, &dbi);
-        if (rc == MDB_NOTFOUND) {
-            rc = 0;
-            continue;
-        }
         if (rc == 0 && kvs_dbimap_add(&s->tables, s->dropped[i].name, dbi, 1) != 0)
             rc = ENOMEM;
         if (rc == 0) {
@@ -376,14 +377,15 @@ static void restore_dropped(node_store_t *s)
     }
     if (txn != NULL)
         rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
-    kvs_dbimap_settle(&s->tables, rc != 0); /* handles a read txn opened are the env's on commit */
-    if (rc != 0 && !s->broken) {
+    kvs_dbimap_settle(&s->tables, rc != 0); /* pending until that commit */
+    if (rc != 0) {
         s->broken = 1;
         kvs_error("cannot open again %u table(s) a failed batch had dropped (%s): the "
                   "environment counts as broken, and the worker restarts to open them afresh",
                   s->n_dropped, mdb_strerror(rc));
     }
     forget_dropped(s);
+    return rc != 0 ? -1 : 0;
 }
 
 /* Fails the open batch with `err` (a KVS_E* code): LMDB cannot undo part
@@ -400,8 +402,7 @@ static int batch_abort(node_store_t *s, int err)
     s->wtxn = NULL;
     s->gen = 0;
     kvs_dbimap_settle(&s->tables, 1);
-    restore_dropped(s);
-    if (gave_up(s))
+    if (gave_up(s) || restore_dropped(s) != 0)
         err = KVS_EBROKEN;
     if (s->fail_cb != NULL)
         s->fail_cb(s->fail_arg, gen, err);
@@ -453,11 +454,10 @@ static int batch_commit(node_store_t *s)
          * (KVS_EBROKEN, gave_up). */
         int err = write_err(s, "commit", rc);
         kvs_dbimap_settle(&s->tables, 1);
-        restore_dropped(s);
         s->last_failed_gen = gen;
         s->resync = s->meta_unsynced; /* its fdatasync may be what failed (ENOSPC too) */
         read_release(s);
-        if (gave_up(s))
+        if (gave_up(s) || restore_dropped(s) != 0)
             err = KVS_EBROKEN;
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
@@ -633,14 +633,25 @@ static int drop_emptied(node_store_t *s)
         MDB_stat st;
         if (e->name == NULL || (e->mark & T_EMPTIED) == 0)
             continue;
-        e->mark &= ~T_EMPTIED;
-        if ((rc = mdb_stat(s->wtxn, e->dbi, &st)) == 0 && st.ms_entries > 0)
-            continue;
-        if (rc == 0 && (rc = mdb_drop(s->wtxn, e->dbi, 1)) == 0)
-            e->mark |= T_DROPPED;
+        if ((rc = mdb_stat(s->wtxn, e->dbi, &st)) != 0)
+            break; /* the mark stays: looked at again by a later commit */
+        if (st.ms_entries == 0 && (rc = mdb_drop(s->wtxn, e->dbi, 1)) != 0)
+            break;
+        e->mark = (e->mark & ~T_EMPTIED) | (st.ms_entries == 0 ? T_DROPPED : 0);
     }
-    s->emptied = rc != 0; /* marks past a failure stay */
-    s->n_dropped += kvs_dbimap_take(&s->tables, T_DROPPED, s->dropped + s->n_dropped);
+    s->emptied = rc != 0;
+    /* A table made in this batch (pending) is gone with it whatever
+     * happens: only those from before it are kept to be opened again, each
+     * at most once however often its name is made and dropped in the
+     * batch (made again, it is pending), so s->dropped holds at most
+     * max_tables. */
+    uint32_t n = kvs_dbimap_take(&s->tables, T_DROPPED, s->taken);
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->taken[i].pending)
+            free(s->taken[i].name);
+        else
+            s->dropped[s->n_dropped++] = s->taken[i];
+    }
     return rc != 0 ? batch_fail(s, "mdb_drop", rc) : 0;
 }
 
@@ -985,6 +996,12 @@ int node_store_view_open(node_store_t *s, const char *table, node_store_view_t *
         free(v);
         return -EAGAIN; /* created in the open batch: not in any snapshot yet */
     }
+    for (uint32_t i = 0; table != NULL && i < s->n_dropped; i++) {
+        if (strcmp(s->dropped[i].name, table) == 0) {
+            free(v);
+            return -EAGAIN; /* dropped in the open batch: still in the last snapshot */
+        }
+    }
     v->s = s;
     v->has_table = t != NULL;
     v->dbi = v->has_table ? t->dbi : 0;
@@ -1164,7 +1181,7 @@ static int tables_fit(const node_store_opts_t *o, const table_census_t *c, char 
         appendf(err, errlen, " and kafka.bindings need %u more not created yet", c->missing);
     appendf(err, errlen,
             ", but storage.max_tables is %u; set storage.max_tables to at least %u (with a "
-            "lower limit some tables would be unreachable; kvs never drops a table)",
+            "lower limit some tables would be unreachable)",
             o->max_tables, need);
     return KVS_ELIMIT;
 }
@@ -2006,7 +2023,8 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     kvs_log_budget_init(&s->write_errs, "lines about failed commits and syncs", KVS_LOG_PEER_LINES,
                         KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_dbimap_init(&s->tables, o->max_tables);
-    if (rc == 0 && (s->dropped = calloc((size_t)o->max_tables + 1, sizeof(*s->dropped))) == NULL)
+    if (rc == 0 && ((s->dropped = calloc((size_t)o->max_tables + 1, sizeof(*s->dropped))) == NULL ||
+                    (s->taken = calloc((size_t)o->max_tables + 1, sizeof(*s->taken))) == NULL))
         rc = -ENOMEM;
     if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
@@ -2067,6 +2085,7 @@ int node_store_close(node_store_t *s)
     if (s->dropped != NULL)
         forget_dropped(s);
     free(s->dropped);
+    free(s->taken);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s);

@@ -32,6 +32,9 @@ KVS_TEST(names_find_their_handles_up_to_the_limit)
     }
     CHECK_EQ(kvs_dbimap_add(&m, "one-too-many", 500, 0), -ENOSPC);
     CHECK(kvs_dbimap_find(&m, "one-too-many") == NULL);
+    CHECK_EQ(kvs_dbimap_add(&m, "t7", 600, 1), -EEXIST); /* kept as it was */
+    CHECK_EQ(dbi_of(&m, "t7"), 9);
+    CHECK_EQ(m.n_pending, 0);
     for (unsigned i = 0; i < 100; i++) {
         snprintf(name, sizeof(name), "t%u", i);
         CHECK_EQ(dbi_of(&m, name), i + 2);

@@ -895,6 +895,61 @@ KVS_TEST(a_failed_batch_keeps_the_tables_it_dropped)
     node_store_close(s);
 }
 
+/* One batch that makes and empties many tables at the limit: each new one
+ * takes the room of the one emptied before it, the same names come and
+ * go, and a view asked for a table dropped in the open batch waits for
+ * the commit (its snapshot still holds it). Then the batch fails: every
+ * table from before it is there again, once, and what it made is gone. */
+KVS_TEST(a_batch_that_churns_tables_at_the_limit_and_fails)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 4;
+    node_store_t *s = open_watched(o, &f);
+    const char *before[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++)
+        put_str(s, before[i], "k", before[i]);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_reserve(s, 100, 1000), 0);
+    del_str(s, "a", "k");
+    char name[16];
+    for (int i = 0; i < 20; i++) { /* 20 tables made and emptied: more than max_tables */
+        snprintf(name, sizeof(name), "u%d", i);
+        put_str(s, name, "k", "v");
+        del_str(s, name, "k");
+    }
+    node_store_view_t *v = NULL;
+    CHECK_EQ(node_store_view_open(s, "a", &v), -EAGAIN);
+    del_str(s, "b", "k");
+    put_str(s, "a", "k", "new"); /* "a" made anew, in the place "b" left */
+    del_str(s, "a", "k");        /* and emptied again */
+    put_str(s, "b", "k", "new");
+    CHECK_EQ(node_store_table_count(s), 4);
+    CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE);
+    CHECK_EQ(f.calls, 1);
+    CHECK_EQ(node_store_table_count(s), 4);
+    for (int i = 0; i < 4; i++)
+        CHECK(get_is(s, before[i], "k", before[i]));
+    CHECK(get_is(s, "u19", "k", NULL));
+    CHECK_EQ(node_store_put(s, "e", "k", 1, "v", 1), KVS_ELIMIT);
+    /* the same in a batch that commits */
+    del_str(s, "a", "k");
+    for (int i = 0; i < 20; i++) {
+        snprintf(name, sizeof(name), "u%d", i);
+        put_str(s, name, "k", "v");
+        del_str(s, name, "k");
+    }
+    put_str(s, "e", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 4);
+    CHECK(get_is(s, "a", "k", NULL));
+    CHECK(get_is(s, "e", "k", "v"));
+    CHECK_EQ(node_store_view_open(s, "a", &v), 0); /* gone: an empty view */
+    node_store_view_close(v);
+    node_store_close(s);
+}
+
 /* ---- table limit at open ---------------------------------------------- */
 
 /* Lowering storage.max_tables below the tables stored is refused at open,
@@ -1205,6 +1260,7 @@ KVS_TEST_MAIN(
     KVS_CASE(emptied_unbound_tables_give_their_room_back),
     KVS_CASE(a_table_emptied_under_a_view_is_dropped_later),
     KVS_CASE(a_failed_batch_keeps_the_tables_it_dropped),
+    KVS_CASE(a_batch_that_churns_tables_at_the_limit_and_fails),
     KVS_CASE(a_topic_bound_to_another_table_is_read_again_from_its_start),
     KVS_CASE(reopen_keeps_data), KVS_CASE(reset_lock_starts_a_new_lock_file),
     KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
