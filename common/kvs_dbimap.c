@@ -135,6 +135,7 @@ int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pend
     e->dbi = dbi;
     e->pending = pending != 0;
     e->mark = 0;
+    e->stamp = 0;
     m->n++;
     m->n_pending += e->pending;
     return 0;

@@ -29,6 +29,7 @@ typedef struct kvs_dbimap_entry_s {
     unsigned int dbi;
     int pending;       /* its transaction has not committed yet */
     unsigned int mark; /* the owner's bits: 0 when added */
+    uint64_t stamp;    /* the owner's: 0 when added */
 } kvs_dbimap_entry_t;
 
 typedef struct kvs_dbimap_s {

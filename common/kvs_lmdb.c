@@ -320,9 +320,15 @@ int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
     int rc = table_dbi(r, table, &dbi);
     /* A handle names its table, looked up again in each snapshot; but
      * mdb_stat of a table the writer dropped since (it emptied it) gives
-     * what the handle saw last: ask whether it still exists first. */
-    if (rc == 0)
+     * what the handle saw last: ask whether it still exists first, once
+     * per commit of the writer (the snapshot's txn id: the entry's stamp). */
+    kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&r->tables, table) : NULL;
+    uint64_t txnid = r->txn != NULL ? (uint64_t)mdb_txn_id(r->txn) : 0;
+    if (e != NULL && !e->pending && e->stamp != txnid) {
         rc = table_listed(r, table);
+        if (rc == 0)
+            e->stamp = txnid;
+    }
     if (rc == KVS_ENOTFOUND)
         return 0;
     return rc != 0 ? rc : kvs_lmdb_count(r->txn, dbi, n);
