@@ -3,9 +3,9 @@
  *
  * Linear probing with a keyed hash (SipHash-1-3 under a random key drawn
  * at init, so nobody outside the process can pick names that share a
- * probe run). Entries leave only when the transaction that opened them
- * failed (tables are never dropped), by backward-shift deletion, so no
- * probe run is ever cut and nothing is allocated.
+ * probe run). Entries leave when the transaction that opened them failed
+ * or when their owner takes them (a table dropped), by backward-shift
+ * deletion, so no probe run is ever cut and nothing is allocated.
  */
 #include "kvs_dbimap.h"
 
@@ -116,28 +116,43 @@ const kvs_dbimap_entry_t *kvs_dbimap_find(const kvs_dbimap_t *m, const char *nam
     return e->name != NULL ? e : NULL;
 }
 
+kvs_dbimap_entry_t *kvs_dbimap_lookup(kvs_dbimap_t *m, const char *name)
+{
+    kvs_dbimap_entry_t *e = slot(m, name);
+    return e->name != NULL ? e : NULL;
+}
+
 int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pending)
 {
+    kvs_dbimap_entry_t *e = slot(m, name);
+    if (e->name != NULL)
+        return -EEXIST;
     if (m->n >= m->max_entries)
         return -ENOSPC;
-    kvs_dbimap_entry_t *e = slot(m, name);
     e->name = strdup(name);
     if (e->name == NULL)
         return -ENOMEM;
     e->dbi = dbi;
     e->pending = pending != 0;
+    e->mark = 0;
+    e->stamp = 0;
     m->n++;
     m->n_pending += e->pending;
     return 0;
 }
 
-/* Empties slot i and moves the entries of the probe run behind it back so
- * that each stays reachable from its home slot (deletion for linear
- * probing: nothing is allocated, so forgetting cannot fail). */
-static void remove_at(kvs_dbimap_t *m, uint32_t i)
+/* Empties slot i, returning its entry (the name now the caller's), and moves the
+ * entries of the probe run behind it back so that each stays reachable
+ * from its home slot (deletion for linear probing: nothing is allocated,
+ * so forgetting cannot fail). An entry of a run that wraps past the
+ * array's end may move from its start to its end, behind a sweep going up:
+ * sweeps go again until what they look for is gone. */
+static kvs_dbimap_entry_t remove_at(kvs_dbimap_t *m, uint32_t i)
 {
     uint32_t mask = m->cap - 1;
-    free(m->slots[i].name);
+    kvs_dbimap_entry_t gone = m->slots[i];
+    m->n--;
+    m->n_pending -= m->slots[i].pending != 0;
     m->slots[i].name = NULL;
     for (uint32_t j = (i + 1) & mask; m->slots[j].name != NULL; j = (j + 1) & mask) {
         uint32_t home = (uint32_t)name_hash(m->key, m->slots[j].name) & mask;
@@ -149,22 +164,35 @@ static void remove_at(kvs_dbimap_t *m, uint32_t i)
         m->slots[j].name = NULL;
         i = j;
     }
+    return gone;
 }
 
 void kvs_dbimap_settle(kvs_dbimap_t *m, int drop_pending)
 {
-    if (m->n_pending == 0)
-        return;
-    for (uint32_t i = 0; i < m->cap; i++) {
-        /* A removal may move a later entry into slot i: look again. */
-        while (m->slots[i].name != NULL && m->slots[i].pending) {
-            if (drop_pending) {
-                remove_at(m, i);
-                m->n--;
-            } else {
+    if (!drop_pending) {
+        for (uint32_t i = 0; m->n_pending > 0 && i < m->cap; i++) {
+            if (m->slots[i].name != NULL && m->slots[i].pending) {
                 m->slots[i].pending = 0;
+                m->n_pending--;
             }
         }
+        return;
     }
-    m->n_pending = 0;
+    while (m->n_pending > 0)
+        for (uint32_t i = 0; i < m->cap; i++)
+            /* A removal may move a later entry into slot i: look again. */
+            while (m->slots[i].name != NULL && m->slots[i].pending)
+                free(remove_at(m, i).name);
+}
+
+uint32_t kvs_dbimap_take(kvs_dbimap_t *m, unsigned int bits, kvs_dbimap_entry_t *out)
+{
+    uint32_t want = 0, n = 0;
+    for (uint32_t i = 0; i < m->cap; i++)
+        want += m->slots[i].name != NULL && (m->slots[i].mark & bits) != 0;
+    while (n < want)
+        for (uint32_t i = 0; i < m->cap; i++)
+            while (m->slots[i].name != NULL && (m->slots[i].mark & bits) != 0)
+                out[n++] = remove_at(m, i);
+    return n;
 }

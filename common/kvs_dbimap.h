@@ -12,7 +12,9 @@
  * name against all of them (up to storage.max_tables). An entry added while the transaction that
  * opened its handle has not committed yet is "pending": if that transaction does not commit, LMDB
  * closes the handle, and kvs_dbimap_settle(m, 1) forgets every pending entry; if it commits,
- * kvs_dbimap_settle(m, 0) keeps them.
+ * kvs_dbimap_settle(m, 0) keeps them. An owner that closes handles (the
+ * worker drops emptied tables) takes their entries out with kvs_dbimap_take,
+ * by the bits it set in each entry's mark.
  *
  * Handles are LMDB's MDB_dbi (an unsigned int): this module does not
  * include lmdb.h.
@@ -25,7 +27,9 @@
 typedef struct kvs_dbimap_entry_s {
     char *name; /* NULL = empty slot */
     unsigned int dbi;
-    int pending; /* its transaction has not committed yet */
+    int pending;       /* its transaction has not committed yet */
+    unsigned int mark; /* the owner's bits: 0 when added */
+    uint64_t stamp;    /* the owner's: 0 when added */
 } kvs_dbimap_entry_t;
 
 typedef struct kvs_dbimap_s {
@@ -43,13 +47,21 @@ void kvs_dbimap_free(kvs_dbimap_t *m);
 /* The entry of `name`, or NULL. */
 const kvs_dbimap_entry_t *kvs_dbimap_find(const kvs_dbimap_t *m, const char *name);
 
-/* Adds `name` (not present). Returns 0, -ENOSPC (max_entries reached) or
- * -ENOMEM; nothing is added on error. */
+/* The entry of `name`, for its owner to change its mark, or NULL. */
+kvs_dbimap_entry_t *kvs_dbimap_lookup(kvs_dbimap_t *m, const char *name);
+
+/* Adds `name`. Returns 0, -EEXIST (present), -ENOSPC (max_entries
+ * reached) or -ENOMEM; nothing is added on error. */
 int kvs_dbimap_add(kvs_dbimap_t *m, const char *name, unsigned int dbi, int pending);
 
 /* The transaction that opened the pending entries ended: committed
  * (drop_pending 0: they stay, no longer pending) or not (1: forgotten).
  * Cannot fail. */
 void kvs_dbimap_settle(kvs_dbimap_t *m, int drop_pending);
+
+/* Removes every entry whose mark has one of `bits`, pending or not, and
+ * copies them to out[0..) (room for max_entries), whose names are now the
+ * caller's to free. Returns how many. Cannot fail. */
+uint32_t kvs_dbimap_take(kvs_dbimap_t *m, unsigned int bits, kvs_dbimap_entry_t *out);
 
 #endif

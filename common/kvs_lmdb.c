@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* ---- primitives ------------------------------------------------------------ */
 
@@ -129,24 +130,83 @@ struct kvs_lmdb_reader_s {
     /* The cursor of a scan under way: a caller that jumps out of one (the
      * router's SIGBUS guard, router_local) leaves it here for the close. */
     MDB_cursor *cursor;
+    kvs_dbimap_entry_t *gone; /* recycle_handles: room for max_tables */
+    uint64_t recycle_at;      /* CLOCK_MONOTONIC ms before which none is looked for */
 };
 
-/* No handle is left for `table` (this reader holds as many as
- * storage.max_tables allows): whether the table exists decides, looked up
- * in the main database, which names every table. A table nobody created
- * is KVS_ENOTFOUND, as always: on a shard at its limit any client can ask
- * for one, which is no storage error. An existing one is KVS_ELIMIT (the
- * writer holds more tables than this reader was opened for). */
-static int no_handle_left(kvs_lmdb_reader_t *r, const char *table)
+/* Whether `table` exists in the open snapshot, looked up in the main
+ * database, which names every table: 0, KVS_ENOTFOUND or KVS_ESTORE. */
+static int table_listed(kvs_lmdb_reader_t *r, const char *table)
 {
     MDB_dbi main_dbi;
     MDB_val k = {strlen(table), (void *)table}, v;
     int rc = mdb_dbi_open(r->txn, NULL, 0, &main_dbi); /* needs no handle slot */
     if (rc == 0)
         rc = mdb_get(r->txn, main_dbi, &k, &v);
-    if (rc == 0)
-        return KVS_ELIMIT;
-    return kvs_lmdb_err("looking up a table name", rc); /* MDB_NOTFOUND: KVS_ENOTFOUND */
+    return rc == 0 ? 0 : kvs_lmdb_err("looking up a table name", rc); /* MDB_NOTFOUND: KVS_ENOTFOUND */
+}
+
+#define MARK_GONE 1u /* recycle_handles: the table is not in the snapshot */
+#define RECYCLE_PAUSE_MS 1000
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Closes the handles of tables the open snapshot does not hold (the
+ * writer dropped them: it drops the tables it empties), so that their
+ * places serve tables that exist; without this, a reader of a shard whose
+ * clients keep making and emptying tables would soon hold only handles of
+ * tables long gone. Safe with the snapshot open: only this thread uses the
+ * reader, a handle is forgotten before it is closed, so nothing reads it
+ * again, and one opened in this snapshot (pending) is never closed. A
+ * look that frees nothing is not made again for RECYCLE_PAUSE_MS (the
+ * writer holds more tables than this reader has room for). Returns how
+ * many were closed. */
+static uint32_t recycle_handles(kvs_lmdb_reader_t *r)
+{
+    uint64_t now = mono_ms();
+    if (now < r->recycle_at)
+        return 0;
+    for (uint32_t i = 0; i < r->tables.cap; i++) {
+        kvs_dbimap_entry_t *e = &r->tables.slots[i];
+        if (e->name != NULL && !e->pending && table_listed(r, e->name) == KVS_ENOTFOUND)
+            e->mark = MARK_GONE;
+    }
+    uint32_t n = kvs_dbimap_take(&r->tables, MARK_GONE, r->gone);
+    for (uint32_t i = 0; i < n; i++) {
+        mdb_dbi_close(r->env, r->gone[i].dbi);
+        free(r->gone[i].name);
+    }
+    if (n == 0)
+        r->recycle_at = now + RECYCLE_PAUSE_MS;
+    return n;
+}
+
+/* No handle is left for `table` (this reader holds as many as
+ * storage.max_tables allows), and none could be recycled: whether the
+ * table exists decides. A table nobody created is KVS_ENOTFOUND, as
+ * always: on a shard at its limit any client can ask for one, which is no
+ * storage error. An existing one is KVS_ELIMIT (the writer holds more
+ * tables than this reader was opened for). */
+static int no_handle_left(kvs_lmdb_reader_t *r, const char *table)
+{
+    int rc = table_listed(r, table);
+    return rc == 0 ? KVS_ELIMIT : rc;
+}
+
+/* Every handle is taken: room for `table`'s if it exists and a handle of
+ * a table that does not can be closed. Returns 0 (room made),
+ * KVS_ENOTFOUND, KVS_ELIMIT or KVS_ESTORE. */
+static int make_room(kvs_lmdb_reader_t *r, const char *table)
+{
+    int rc = table_listed(r, table);
+    if (rc != 0)
+        return rc;
+    return recycle_handles(r) > 0 ? 0 : KVS_ELIMIT;
 }
 
 /* The DBI of `table` in the open snapshot. Returns 0, KVS_ENOTFOUND (no
@@ -159,9 +219,15 @@ static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
         *dbi = e->dbi;
         return 0;
     }
-    if (r->tables.n >= r->tables.max_entries)
-        return no_handle_left(r, table);
-    int rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    int rc;
+    if (r->tables.n >= r->tables.max_entries && (rc = make_room(r, table)) != 0)
+        return rc;
+    rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    if (rc == MDB_DBS_FULL) { /* LMDB holds handles this map forgot (-ENOMEM below) */
+        if ((rc = make_room(r, table)) != 0)
+            return rc;
+        rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    }
     if (rc == MDB_DBS_FULL)
         return no_handle_left(r, table);
     if (rc != 0)
@@ -252,6 +318,17 @@ int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
     MDB_dbi dbi;
     *n = 0;
     int rc = table_dbi(r, table, &dbi);
+    /* A handle names its table, looked up again in each snapshot; but
+     * mdb_stat of a table the writer dropped since (it emptied it) gives
+     * what the handle saw last: ask whether it still exists first, once
+     * per commit of the writer (the snapshot's txn id: the entry's stamp). */
+    kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&r->tables, table) : NULL;
+    uint64_t txnid = r->txn != NULL ? (uint64_t)mdb_txn_id(r->txn) : 0;
+    if (e != NULL && !e->pending && e->stamp != txnid) {
+        rc = table_listed(r, table);
+        if (rc == 0)
+            e->stamp = txnid;
+    }
     if (rc == KVS_ENOTFOUND)
         return 0;
     return rc != 0 ? rc : kvs_lmdb_count(r->txn, dbi, n);
@@ -427,6 +504,8 @@ int kvs_lmdb_reader_open(const kvs_lmdb_reader_opts_t *o, kvs_lmdb_reader_t **ou
     if (r == NULL)
         return -ENOMEM;
     int rc = kvs_dbimap_init(&r->tables, o->max_tables);
+    if (rc == 0 && (r->gone = calloc((size_t)o->max_tables + 1, sizeof(*r->gone))) == NULL)
+        rc = -ENOMEM;
     if (rc == 0)
         rc = env_open(r, o, err, errlen);
     if (rc == 0)
@@ -667,5 +746,6 @@ void kvs_lmdb_reader_close(kvs_lmdb_reader_t *r)
     if (r->env != NULL)
         mdb_env_close(r->env);
     kvs_dbimap_free(&r->tables);
+    free(r->gone);
     free(r);
 }

@@ -50,6 +50,20 @@
  * lock file), so a name not in the cache does not exist. A table created
  * inside a batch is "pending" until the commit: if the batch fails LMDB
  * closes its handle and we forget it.
+ *
+ * Dropping emptied tables. A table no key is left in reads exactly as a
+ * missing one (nothing), so one that is not bound to a topic is dropped
+ * (mdb_drop) in the batch that emptied it, just before its commit, or
+ * when a new table would not fit under storage.max_tables: its room is
+ * given back. Otherwise every name a client ever wrote would keep a place
+ * for good, and a Redis client, whose every key is a table, would use up
+ * the shard's limit. Tables bound to topics stay (they were made at open
+ * so that ingestion never meets the limit). Dropping closes the table's
+ * handle at once, also for other threads, so no table is dropped while
+ * another thread reads the environment (a digest, a snapshot: pins); its
+ * mark waits for a later commit. A batch that dropped tables and did not
+ * commit leaves them as they were before it, and without handles:
+ * restore_dropped opens them again.
  */
 #include "node_store.h"
 #include "kvs_dbimap.h"
@@ -90,6 +104,10 @@
 #define MAX_BATCH_PAGES 65536
 #define NAMES_SHOWN 5 /* table names an error message lists */
 #define NAME_CAP 256  /* longest table name read back, plus NUL (kvs allows 200) */
+/* A table's marks (kvs_dbimap_entry_t.mark) */
+#define T_BOUND 1u   /* named at open (bound to a topic): never dropped */
+#define T_EMPTIED 2u /* unbound, and a delete left it with no key: drop_emptied looks */
+#define T_DROPPED 4u /* dropped in the open batch: its entry is taken out */
 
 struct node_store_s {
     MDB_env *env;
@@ -114,6 +132,10 @@ struct node_store_s {
     size_t psize;
     uint64_t map_size;
     kvs_dbimap_t tables; /* pending: created in the open batch */
+    int emptied;         /* some table may be marked T_EMPTIED */
+    kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
+    kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
+    uint32_t n_dropped;  /* ... room for storage.max_tables */
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
@@ -145,6 +167,7 @@ const uint64_t node_store_batch_bounds[NODE_BATCH_BUCKETS] = {
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
 
 static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
+static int drop_emptied(node_store_t *s);
 
 /* ---- errors --------------------------------------------------------- */
 
@@ -316,6 +339,55 @@ static void say_broken(node_store_t *s)
     }
 }
 
+/* ---- dropping emptied tables (see the top of this file) ------------------- */
+
+static void forget_dropped(node_store_t *s)
+{
+    for (uint32_t i = 0; i < s->n_dropped; i++)
+        free(s->dropped[i].name);
+    s->n_dropped = 0;
+}
+
+/* The batch that dropped s->dropped did not commit (no txn is open): the
+ * tables from before it are there as they were, and LMDB closed their
+ * handles; open them again (in a write txn that writes nothing: it needs
+ * no reader slot, and its commit makes the handles the environment's),
+ * marked to be looked at by the next commit. Should that fail (out of
+ * memory), the environment counts as broken, so that the worker exits and
+ * the next one opens every table: a table left without a handle would read
+ * as missing. Returns 0, or -1 when it counted the environment broken
+ * (nothing to do when LMDB gave up on it already: gave_up first). */
+static int restore_dropped(node_store_t *s)
+{
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    if (s->n_dropped == 0 || s->broken) {
+        forget_dropped(s);
+        return 0;
+    }
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    for (uint32_t i = 0; rc == 0 && i < s->n_dropped; i++) {
+        rc = mdb_dbi_open(txn, s->dropped[i].name, 0, &dbi);
+        if (rc == 0 && kvs_dbimap_add(&s->tables, s->dropped[i].name, dbi, 1) != 0)
+            rc = ENOMEM;
+        if (rc == 0) {
+            kvs_dbimap_lookup(&s->tables, s->dropped[i].name)->mark = T_EMPTIED;
+            s->emptied = 1;
+        }
+    }
+    if (txn != NULL)
+        rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+    kvs_dbimap_settle(&s->tables, rc != 0); /* pending until that commit */
+    if (rc != 0) {
+        s->broken = 1;
+        kvs_error("cannot open again %u table(s) a failed batch had dropped (%s): the "
+                  "environment counts as broken, and the worker restarts to open them afresh",
+                  s->n_dropped, mdb_strerror(rc));
+    }
+    forget_dropped(s);
+    return rc != 0 ? -1 : 0;
+}
+
 /* Fails the open batch with `err` (a KVS_E* code): LMDB cannot undo part
  * of a txn, so the whole batch is aborted and its generation reported. */
 static int batch_abort(node_store_t *s, int err)
@@ -330,7 +402,7 @@ static int batch_abort(node_store_t *s, int err)
     s->wtxn = NULL;
     s->gen = 0;
     kvs_dbimap_settle(&s->tables, 1);
-    if (gave_up(s))
+    if (gave_up(s) || restore_dropped(s) != 0)
         err = KVS_EBROKEN;
     if (s->fail_cb != NULL)
         s->fail_cb(s->fail_arg, gen, err);
@@ -358,6 +430,9 @@ static int batch_commit(node_store_t *s)
 {
     if (s->wtxn == NULL)
         return 0;
+    int drc = drop_emptied(s);
+    if (drc != 0)
+        return drc; /* the batch failed */
     uint64_t t0 = kvs_now_ns();
     size_t txnid = mdb_txn_id(s->wtxn);
     int rc = mdb_txn_commit(s->wtxn); /* frees the txn, also when it fails */
@@ -382,7 +457,7 @@ static int batch_commit(node_store_t *s)
         s->last_failed_gen = gen;
         s->resync = s->meta_unsynced; /* its fdatasync may be what failed (ENOSPC too) */
         read_release(s);
-        if (gave_up(s))
+        if (gave_up(s) || restore_dropped(s) != 0)
             err = KVS_EBROKEN;
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
@@ -390,6 +465,7 @@ static int batch_commit(node_store_t *s)
         return err;
     }
     kvs_dbimap_settle(&s->tables, 0);
+    forget_dropped(s);
     read_release(s); /* a snapshot from before this commit must not be read again */
     if (s->resync && wrote_meta(s, txnid))
         s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
@@ -525,6 +601,60 @@ static void wrote(node_store_t *s, MDB_dbi dbi)
         s->depth = st.ms_depth;
 }
 
+/* After a delete from `table` (handle dbi) in the open batch: a table it
+ * left with no key is marked for drop_emptied, unless bound; the drop's
+ * path in the main database is priced in the batch now. */
+static void note_emptied(node_store_t *s, const char *table, MDB_dbi dbi)
+{
+    MDB_stat st;
+    kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, table);
+    if (e == NULL || (e->mark & (T_BOUND | T_EMPTIED)) != 0)
+        return;
+    if (mdb_stat(s->wtxn, dbi, &st) != 0 || st.ms_entries > 0)
+        return;
+    e->mark |= T_EMPTIED;
+    s->emptied = 1;
+    s->op_pages += write_pages(s, 0);
+}
+
+/* Drops, in the open batch, the tables marked T_EMPTIED that still hold no
+ * key (a later write of the batch may have filled one again), and takes
+ * them out of the handle cache: their names wait in s->dropped until the
+ * batch ends. Not while other threads read the environment (pins): the
+ * marks stay for a later commit. Returns 0, or the error that failed the
+ * batch. */
+static int drop_emptied(node_store_t *s)
+{
+    int rc = 0;
+    if (!s->emptied || s->pins > 0 || s->wtxn == NULL)
+        return 0;
+    for (uint32_t i = 0; rc == 0 && i < s->tables.cap; i++) {
+        kvs_dbimap_entry_t *e = &s->tables.slots[i];
+        MDB_stat st;
+        if (e->name == NULL || (e->mark & T_EMPTIED) == 0)
+            continue;
+        if ((rc = mdb_stat(s->wtxn, e->dbi, &st)) != 0)
+            break; /* the mark stays: looked at again by a later commit */
+        if (st.ms_entries == 0 && (rc = mdb_drop(s->wtxn, e->dbi, 1)) != 0)
+            break;
+        e->mark = (e->mark & ~T_EMPTIED) | (st.ms_entries == 0 ? T_DROPPED : 0);
+    }
+    s->emptied = rc != 0;
+    /* A table made in this batch (pending) is gone with it whatever
+     * happens: only those from before it are kept to be opened again, each
+     * at most once however often its name is made and dropped in the
+     * batch (made again, it is pending), so s->dropped holds at most
+     * max_tables. */
+    uint32_t n = kvs_dbimap_take(&s->tables, T_DROPPED, s->taken);
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->taken[i].pending)
+            free(s->taken[i].name);
+        else
+            s->dropped[s->n_dropped++] = s->taken[i];
+    }
+    return rc != 0 ? batch_fail(s, "mdb_drop", rc) : 0;
+}
+
 int node_store_reserve(node_store_t *s, size_t ops, size_t bytes)
 {
     /* each write's worst case, and each value's rounding to whole pages */
@@ -583,8 +713,13 @@ static int table_dbi(node_store_t *s, const char *table, int create, MDB_dbi *db
     }
     if (!create)
         return KVS_ENOTFOUND;
-    if (s->tables.n >= s->tables.max_entries)
-        return KVS_ELIMIT;
+    if (s->tables.n >= s->tables.max_entries) {
+        int rc = drop_emptied(s); /* room an emptied table holds */
+        if (rc != 0)
+            return rc;
+        if (s->tables.n >= s->tables.max_entries)
+            return KVS_ELIMIT;
+    }
     int rc = mdb_dbi_open(s->wtxn, table, MDB_CREATE, dbi);
     if (rc == MDB_DBS_FULL)
         return KVS_ELIMIT; /* refused before anything was written */
@@ -643,6 +778,7 @@ int node_store_del(node_store_t *s, const char *table, const void *key, size_t k
     if (rc != 0)
         return batch_fail(s, "mdb_del", rc);
     wrote(s, dbi);
+    note_emptied(s, table, dbi);
     return 0;
 }
 
@@ -680,6 +816,7 @@ int node_store_clear(node_store_t *s, const char *table)
     if (rc != 0)
         return batch_fail(s, "mdb_drop", rc);
     wrote(s, dbi);
+    note_emptied(s, table, dbi);
     return 0;
 }
 
@@ -858,6 +995,12 @@ int node_store_view_open(node_store_t *s, const char *table, node_store_view_t *
     if (t != NULL && t->pending) {
         free(v);
         return -EAGAIN; /* created in the open batch: not in any snapshot yet */
+    }
+    for (uint32_t i = 0; table != NULL && i < s->n_dropped; i++) {
+        if (strcmp(s->dropped[i].name, table) == 0) {
+            free(v);
+            return -EAGAIN; /* dropped in the open batch: still in the last snapshot */
+        }
     }
     v->s = s;
     v->has_table = t != NULL;
@@ -1038,7 +1181,7 @@ static int tables_fit(const node_store_opts_t *o, const table_census_t *c, char 
         appendf(err, errlen, " and kafka.bindings need %u more not created yet", c->missing);
     appendf(err, errlen,
             ", but storage.max_tables is %u; set storage.max_tables to at least %u (with a "
-            "lower limit some tables would be unreachable; kvs never drops a table)",
+            "lower limit some tables would be unreachable)",
             o->max_tables, need);
     return KVS_ELIMIT;
 }
@@ -1078,6 +1221,13 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
         if ((rc = kvs_dbimap_add(&s->tables, name, dbi, 0)) != 0)
             return rc;
         note_depth(s, txn, dbi);
+        MDB_stat st;
+        if (mdb_stat(txn, dbi, &st) == 0 && st.ms_entries == 0) {
+            /* emptied while pinned, or by a kvs that kept emptied tables:
+             * the first commit drops it (unless bound, below) */
+            kvs_dbimap_lookup(&s->tables, name)->mark = T_EMPTIED;
+            s->emptied = 1;
+        }
     }
     mdb_cursor_close(cur);
     for (size_t i = 0; i < o->n_tables; i++) {
@@ -1098,6 +1248,11 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
             return KVS_ESTORE;
         }
         rc = kvs_dbimap_add(&s->tables, o->tables[i], dbi, 0);
+    }
+    for (size_t i = 0; rc == 0 && i < o->n_tables; i++) {
+        kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, o->tables[i]);
+        if (e != NULL)
+            e->mark = T_BOUND;
     }
     return rc;
 }
@@ -1868,6 +2023,9 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
     kvs_log_budget_init(&s->write_errs, "lines about failed commits and syncs", KVS_LOG_PEER_LINES,
                         KVS_LOG_PEER_WINDOW_MS);
     int rc = kvs_dbimap_init(&s->tables, o->max_tables);
+    if (rc == 0 && ((s->dropped = calloc((size_t)o->max_tables + 1, sizeof(*s->dropped))) == NULL ||
+                    (s->taken = calloc((size_t)o->max_tables + 1, sizeof(*s->taken))) == NULL))
+        rc = -ENOMEM;
     if (rc == 0 && mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
         snprintf(err, errlen, "%s: cannot create directory: %s", o->dir, strerror(errno));
@@ -1924,6 +2082,10 @@ int node_store_close(node_store_t *s)
         mdb_env_close(s->env);
     }
     kvs_dbimap_free(&s->tables);
+    if (s->dropped != NULL)
+        forget_dropped(s);
+    free(s->dropped);
+    free(s->taken);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s);

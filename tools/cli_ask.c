@@ -104,25 +104,18 @@ int cli_ask_on(cli_net_t *net, const Kvs__CommandRequest *q, double timeout, kvs
     return read_answer(net, deadline, arena, out, why, len) == 0 ? 0 : rc;
 }
 
-/* cli_ask; *connected (may be NULL) says whether the connection (and its
- * TLS handshake) was made. */
-static Kvs__CommandResponse *ask_addr(const kvs_addr_t *a, kvs_tls_ctx_t *tls,
-                                      const Kvs__CommandRequest *q, double timeout, char *why,
-                                      size_t len, int *connected)
+Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
+                              double timeout, char *why, size_t len)
 {
     cli_net_t net = {.fd = -1, .tls_ctx = a->is_unix ? NULL : tls};
     Kvs__CommandResponse *r = NULL;
     char port[8], err[400] = "";
     snprintf(port, sizeof(port), "%u", a->port);
-    if (connected != NULL)
-        *connected = 0;
     if (cli_net_open(&net, a->is_unix ? a->path : NULL, a->host, port, timeout, err, sizeof(err)) !=
         0) {
         snprintf(why, len, "cannot connect: %s", err);
         return NULL;
     }
-    if (connected != NULL)
-        *connected = 1;
     int rc = cli_ask_on(&net, q, timeout, NULL, &r, err, sizeof(err));
     if (rc == -ETIMEDOUT)
         snprintf(why, len, "no answer within %g s (--timeout): the worker hangs or is overloaded",
@@ -135,12 +128,6 @@ static Kvs__CommandResponse *ask_addr(const kvs_addr_t *a, kvs_tls_ctx_t *tls,
                                      : strerror(-rc));
     cli_net_close(&net);
     return rc == 0 ? r : NULL;
-}
-
-Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs__CommandRequest *q,
-                              double timeout, char *why, size_t len)
-{
-    return ask_addr(a, tls, q, timeout, why, len, NULL);
 }
 
 /* ---- walks ------------------------------------------------------------------- */
@@ -158,18 +145,33 @@ static const char *walk_key(const kvs_replica_t *rep, int hung)
     return rep->node[0] != '\0' ? rep->node : rep->addr.host;
 }
 
-/* The walk's entry for `key`; a new one when `add` (NULL when full). */
+/* The walk's entry for `key`; a new one when `add` (NULL when out of
+ * memory: that node is not remembered). */
 static cli_walk_node_t *walk_node(cli_walk_t *w, const char *key, int add)
 {
     for (int i = 0; i < w->n; i++)
         if (strcmp(w->nodes[i].key, key) == 0)
             return &w->nodes[i];
-    if (!add || w->n == CLI_WALK_MAX || strlen(key) >= sizeof(w->nodes[0].key))
+    if (!add || strlen(key) >= sizeof(w->nodes[0].key))
         return NULL;
+    if (w->n == w->cap) {
+        int cap = w->cap > 0 ? 2 * w->cap : 16;
+        cli_walk_node_t *more = realloc(w->nodes, (size_t)cap * sizeof(*more));
+        if (more == NULL)
+            return NULL;
+        w->nodes = more;
+        w->cap = cap;
+    }
     cli_walk_node_t *n = &w->nodes[w->n++];
     memset(n, 0, sizeof(*n));
     snprintf(n->key, sizeof(n->key), "%s", key);
     return n;
+}
+
+void cli_walk_free(cli_walk_t *w)
+{
+    free(w->nodes);
+    memset(w, 0, sizeof(*w));
 }
 
 Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls,
@@ -189,17 +191,19 @@ Kvs__CommandResponse *cli_walk_ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_
                      hung_key);
         else
             snprintf(why, len,
-                     "not asked: %s %s could not be connected to for %g s earlier in this command",
+                     "not asked: %s %s gave no answer for %g s earlier in this command",
                      rep->addr.is_unix ? "the worker at" : "node", down_key, down_s);
         if (skipped != NULL)
             *skipped = 1;
         return NULL;
     }
-    int connected;
     double start = cli_net_now();
-    Kvs__CommandResponse *r = ask_addr(&rep->addr, tls, q, timeout, why, len, &connected);
+    Kvs__CommandResponse *r = cli_ask(&rep->addr, tls, q, timeout, why, len);
     double now = cli_net_now();
-    if (connected) {
+    /* An answer, even an error, shows a node serving. A connection made
+     * and then closed, or garbage, shows none: a peer that accepts and
+     * closes at once would otherwise be asked again and again. */
+    if (r != NULL) {
         if (down != NULL)
             down->unreachable_since = 0;
     } else if (down != NULL || (down = walk_node(w, down_key, 1)) != NULL) {

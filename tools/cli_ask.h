@@ -46,27 +46,30 @@ Kvs__CommandResponse *cli_ask(const kvs_addr_t *a, kvs_tls_ctx_t *tls, const Kvs
  * use up the whole timeout without an answer (connect, TLS handshake or
  * the answer itself) is asked nothing more in that walk, so one hung node
  * serving many shards costs one timeout, not one per shard. Nor is one
- * that could not be connected to (refused, no socket, a failed handshake)
- * again and again for CLI_WALK_DOWN_S, or the whole timeout when that is
- * shorter: a restarting worker is back well within it, a node that is
- * down is not, and a digest that asks again until replicas agree would
- * otherwise spend its whole timeout on every shard of a node that is
- * down. A node is known by its name in the map, or by its host
- * (cluster.remote), a local worker by its unix socket (one process per
- * shard). */
-#define CLI_WALK_MAX 64
+ * that gave no answer at all (refused, no socket, a failed handshake, a
+ * connection closed or garbage instead of an answer) again and again for
+ * CLI_WALK_DOWN_S, or the whole timeout when that is shorter: a
+ * restarting worker is back well within it, a node that is down is not,
+ * and a digest that asks again until replicas agree would otherwise spend
+ * its whole timeout on every shard of a node that is down. A node is
+ * known by its name in the map, or by its host (cluster.remote), a local
+ * worker by its unix socket (one process per shard). Every node that
+ * failed once is remembered, however many (memory allowing). */
 #define CLI_WALK_DOWN_S 1.0
 
 typedef struct cli_walk_node_s {
     char key[256];
-    double unreachable_since; /* its first failed connection since it last took one; 0: none */
+    double unreachable_since; /* its first failure without an answer since its last answer; 0: none */
     int silent;               /* asked nothing more: 1 hung, 2 down */
 } cli_walk_node_t;
 
 typedef struct cli_walk_s {
-    cli_walk_node_t nodes[CLI_WALK_MAX]; /* those that failed once (the first CLI_WALK_MAX) */
-    int n;
+    cli_walk_node_t *nodes; /* those that failed once */
+    int n, cap;
 } cli_walk_t;
+
+/* Frees what the walk remembers; it may be used again after. */
+void cli_walk_free(cli_walk_t *w);
 
 /* cli_ask to one replica, unless its node is known silent in this walk:
  * then NULL at once, why saying so, and *skipped set (may be NULL). */

@@ -164,10 +164,10 @@ int cli_digest_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tabl
                    const kvs_node_t *only, double timeout, int raw)
 {
     int rc = 0;
-    static cli_walk_t walk; /* one command per process */
-    walk.n = 0;
+    cli_walk_t walk = {0};
     for (uint32_t s = 0; s < cfg->shards; s++)
         if (only == NULL || kvs_node_serves(only, s))
             rc |= digest_shard(&walk, cfg, tls, s, table, timeout, raw);
+    cli_walk_free(&walk);
     return rc;
 }

@@ -46,8 +46,7 @@ int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tab
                     const kvs_node_t *only, double timeout)
 {
     int rc = 0;
-    static cli_walk_t walk; /* one command per process */
-    walk.n = 0;
+    cli_walk_t walk = {0};
     for (uint32_t s = 0; s < cfg->shards; s++) {
         if (only != NULL && !kvs_node_serves(only, s))
             continue;
@@ -61,5 +60,6 @@ int cli_rebuild_run(const kvs_config_t *cfg, kvs_tls_ctx_t *tls, const char *tab
             if (only == NULL || strcmp(reps[i].node, only->name) == 0)
                 rc |= rebuild_one(&walk, &reps[i], tls, s, table, timeout);
     }
+    cli_walk_free(&walk);
     return rc;
 }

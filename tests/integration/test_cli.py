@@ -620,8 +620,42 @@ class HostileServerTest(unittest.TestCase):
             self.assertIn("shard %d: not every replica answered" % shard, out)
         self.assertEqual(out.count("Connection refused (again and again: asked nothing more)"),
                          1, out)
-        self.assertEqual(out.count("not asked: node c could not be connected to for 1 s"), 2, out)
+        self.assertEqual(out.count("not asked: node c gave no answer for 1 s"), 2, out)
         self.assertLess(elapsed, 4.5, "digest took %.1f s:\n%s" % (elapsed, out))
+
+    def test_a_node_that_closes_every_connection_costs_a_digest_a_second(self):
+        # Node c accepts every connection and closes it at once (or answers
+        # bytes that are no answer): it answers nothing, as a node that is
+        # down, but the connection was made, so it was asked again every
+        # 100 ms until each of its shards' --timeout ran out (9 s here). A
+        # node that gave no answer for a second is now asked nothing more.
+        for behaviour in ("close", "garbage"):
+            base = free_ports(8)  # each node's workers take 4 ports: PORT + shard
+            ports = [base, base + 4]
+
+            def misbehave(conn, how=behaviour):
+                if how == "garbage":
+                    conn.recv(65536)
+                    conn.sendall(b"\x00\x00\x00\x03abc")
+            for shard in range(3):
+                self.servers.append(FakeServer(misbehave, ports[1] + shard))
+            cfg = os.path.join(self.dir, "kvs-%s.yaml" % behaviour)
+            with open(cfg, "w") as f:
+                f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 3\n"
+                        "  partitions: 6\n  nodes:\n"
+                        "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                        "    - {name: c, address: \"127.0.0.1:%d\", shards: [0, 1, 2]}\n"
+                        % (self.dir, ports[0], ports[1]))
+            start = time.monotonic()
+            p = subprocess.run([CLI, "--config", cfg, "--timeout", "3", "digest", "t"],
+                               input=b"", capture_output=True, timeout=15)
+            elapsed = time.monotonic() - start
+            out = (p.stdout + p.stderr).decode()
+            self.assertEqual(p.returncode, 1, out)
+            for shard in (0, 1, 2):
+                self.assertIn("shard %d: not every replica answered" % shard, out)
+            self.assertEqual(out.count("not asked: node c gave no answer for 1 s"), 2, out)
+            self.assertLess(elapsed, 4.5, "%s: digest took %.1f s:\n%s" % (behaviour, elapsed, out))
 
     def test_an_answer_that_would_decode_to_gigabytes_is_refused(self):
         # 8 MiB of empty pairs (2 bytes each on the wire, some 90 decoded):

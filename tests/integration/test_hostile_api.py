@@ -277,6 +277,62 @@ class TableLimitTest(HostileApiTestCase):
         self.assertNotIn("MDB_DBS_FULL", r.stderr())
 
 
+    def test_an_emptied_table_gives_its_room_back(self):
+        """A table whose last key is deleted is dropped (it read as empty
+        anyway): its place under storage.max_tables is free again, so a
+        Redis client that keeps creating and deleting hashes (each one a
+        table) never fills a shard. Its reads stay empty, also from the
+        router's own read-only view, which kept a handle of it; a table
+        bound to nothing but still holding keys stays; all of it holds
+        after a restart."""
+        r = self.start(shards=1, sync="none", resp=True, storage_yaml=["max_tables: 4"])
+
+        def tables(c):
+            info = {p.key: pyval(p.value) for p in c.call(pb.CommandRequest(info=pb.Info())).pairs}
+            return info.get(b"shard.000.tables")
+
+        with r.client() as c:
+            answers = c.pipeline([req_hset("t%d" % i, "k", i) for i in range(4)])
+            self.assertEqual([a.status for a in answers], [200] * 4)
+            self.assertStatus(c.hset("new", "k", 1), 507, 'cannot create table "new"')
+            self.assertEqual(c.call(hlen("t0")).values[0].integer_value, 1)  # a view handle
+            self.assertEqual(c.call(hlen("t0")).values[0].integer_value, 1)
+            self.assertStatus(c.call(pb.CommandRequest(hdel=pb.Hdel(table="t0", key=b"k"))), 200)
+            self.assertEqual(tables(c), 3)
+            self.assertEqual(c.call(hlen("t0")).values[0].integer_value, 0)
+            self.assertStatus(c.hget("t0", "k"), 404)
+            self.assertEqual(c.scan_all("t0"), [])
+            self.assertStatus(c.hset("new", "k", 1), 200)
+            self.assertStatus(c.hset("t0", "k", 1), 507, 'cannot create table "t0"')
+        s = self.resp_socket()
+        # 40 hashes made and emptied, one after another and all at once:
+        # every one fits in the one free place.
+        self.assertEqual(s.call("HDEL", "new", "k"), b":1")
+        for i in range(20):
+            key = "h%d" % i
+            self.assertEqual(s.call("HSET", key, "f", "v", "g", "w"), b":2", key)
+            self.assertEqual(s.call("EXISTS", key), b":1", key)
+            self.assertEqual(s.call("HDEL", key, "f", "g"), b":2", key)
+            self.assertEqual(s.call("EXISTS", key), b":0", key)
+            self.assertEqual(s.call("HLEN", key), b":0", key)
+        for i in range(20, 40):
+            key = "h%d" % i
+            s.sock.sendall(resp("HSET", key, "f", "v") + resp("HDEL", key, "f"))
+            self.assertEqual((s._reply(), s._reply()), (b":1", b":1"), key)
+        self.assertEqual(s.call("HSET", "last", "f", "v"), b":1")
+        self.assertEqual(s.call("EXISTS", "last"), b":1")
+        with r.client() as c:
+            self.assertEqual(tables(c), 4)
+        self.assertNotIn("local read failed", r.stderr())
+        self.assertEqual(r.stop(), 0)
+        r.start()
+        with r.client() as c:
+            self.assertEqual(tables(c), 4)
+            self.assertEqual([pyval(c.hget("t%d" % i, "k").values[0]) for i in (1, 2, 3)],
+                             [1, 2, 3])
+            self.assertStatus(c.hget("h39", "f"), 404)
+            self.assertStatus(c.hset("more", "k", 1), 507, 'cannot create table "more"')
+
 class DuplicateKeysTest(HostileApiTestCase):
     def test_a_key_twice_in_one_request_last_wins_on_every_path(self):
         """Hmset applies its pairs in request order, as that many Hsets would:

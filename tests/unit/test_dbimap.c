@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned dbi_of(const kvs_dbimap_t *m, const char *name)
 {
@@ -30,6 +32,9 @@ KVS_TEST(names_find_their_handles_up_to_the_limit)
     }
     CHECK_EQ(kvs_dbimap_add(&m, "one-too-many", 500, 0), -ENOSPC);
     CHECK(kvs_dbimap_find(&m, "one-too-many") == NULL);
+    CHECK_EQ(kvs_dbimap_add(&m, "t7", 600, 1), -EEXIST); /* kept as it was */
+    CHECK_EQ(dbi_of(&m, "t7"), 9);
+    CHECK_EQ(m.n_pending, 0);
     for (unsigned i = 0; i < 100; i++) {
         snprintf(name, sizeof(name), "t%u", i);
         CHECK_EQ(dbi_of(&m, name), i + 2);
@@ -92,6 +97,56 @@ KVS_TEST(forgetting_keeps_every_probe_run_whole)
     }
 }
 
+/* Entries taken by their mark (the worker's dropped tables), pending or
+ * not, in every pattern over many maps (each with its own key, so some
+ * probe runs wrap past the array's end): each marked name is handed over
+ * once, and every other is still found under its handle. */
+KVS_TEST(taking_marked_entries_hands_each_name_over_once)
+{
+    char name[32];
+    kvs_dbimap_entry_t taken[300];
+    for (unsigned trial = 0; trial < 64; trial++) {
+        unsigned pattern = 1 + trial % 7;
+        kvs_dbimap_t m;
+        CHECK_EQ(kvs_dbimap_init(&m, 300), 0);
+        unsigned marked = 0;
+        for (unsigned i = 0; i < 300; i++) {
+            snprintf(name, sizeof(name), "t-%u-%u", trial, i);
+            CHECK_EQ(kvs_dbimap_add(&m, name, i + 1, i % 3 == 0), 0);
+            if ((i % 8 & pattern) != 0) {
+                kvs_dbimap_lookup(&m, name)->mark = i % 2 ? 2u : 6u;
+                marked++;
+            }
+        }
+        CHECK_EQ(kvs_dbimap_take(&m, 2u, taken), marked);
+        CHECK_EQ(m.n, 300 - marked);
+        unsigned pending = 0;
+        for (unsigned i = 0; i < 300; i++) {
+            snprintf(name, sizeof(name), "t-%u-%u", trial, i);
+            int stays = (i % 8 & pattern) == 0;
+            pending += stays && i % 3 == 0;
+            CHECK_EQ(dbi_of(&m, name), stays ? i + 1 : 0);
+        }
+        CHECK_EQ(m.n_pending, pending);
+        for (unsigned k = 0; k < marked; k++) {
+            unsigned trial_of, i;
+            CHECK_EQ(sscanf(taken[k].name, "t-%u-%u", &trial_of, &i), 2);
+            CHECK_EQ(trial_of, trial);
+            CHECK((i % 8 & pattern) != 0);
+            CHECK_EQ(taken[k].dbi, i + 1);
+            CHECK_EQ(taken[k].pending, i % 3 == 0);
+            for (unsigned j = 0; j < k; j++)
+                CHECK(strcmp(taken[j].name, taken[k].name) != 0);
+        }
+        for (unsigned k = 0; k < marked; k++)
+            free(taken[k].name);
+        CHECK_EQ(kvs_dbimap_take(&m, 2u, taken), 0); /* nothing marked is left */
+        kvs_dbimap_settle(&m, 1);
+        CHECK_EQ(m.n, 300 - marked - pending);
+        kvs_dbimap_free(&m);
+    }
+}
+
 /* 32-bit FNV-1a: an unkeyed hash anyone can search for collisions. */
 static uint32_t fnv1a(const char *s)
 {
@@ -137,5 +192,6 @@ KVS_TEST(names_chosen_to_collide_do_not_pile_up)
 
 KVS_TEST_MAIN(KVS_CASE(names_find_their_handles_up_to_the_limit),
               KVS_CASE(forgetting_keeps_every_probe_run_whole),
+              KVS_CASE(taking_marked_entries_hands_each_name_over_once),
               KVS_CASE(names_chosen_to_collide_do_not_pile_up),
               KVS_CASE(pending_entries_stay_on_commit_and_go_on_failure))

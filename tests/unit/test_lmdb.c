@@ -320,6 +320,115 @@ KVS_TEST(missing_table_is_not_found_when_every_handle_is_taken)
     kvs_lmdb_reader_close(r);
 }
 
+static void writer_empties_a_table(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    put(s, "t", "a", "1");
+    put(s, "t", "b", "2");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 1: t holds two keys */
+    CHECK_EQ(node_store_del(s, "t", "a", 1), 0);
+    CHECK_EQ(node_store_del(s, "t", "b", 1), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 0);
+    peer_pause(); /* 2: t emptied, so dropped */
+    put(s, "t", "c", "3");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 3: t made anew */
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* A reader keeps its handle of a table the writer dropped (emptied) and
+ * made anew: each snapshot finds the table by name, so it counts and reads
+ * what is there then, never what the handle saw before. */
+KVS_TEST(a_table_dropped_by_the_writer_reads_as_missing)
+{
+    peer_t w;
+    kvs_slice_t v;
+    uint64_t n = 0;
+    char got[64] = "", buf[64];
+    fresh_dir();
+    peer_start(&w, writer_empties_a_table);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open();
+    for (int round = 0; round < 2; round++) { /* the handle opened, then kept */
+        CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+        CHECK_EQ(kvs_lmdb_reader_count(r, "t", &n), 0);
+        CHECK_EQ(n, 2);
+        kvs_lmdb_reader_end(r);
+    }
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_count(r, "t", &n), 0);
+    CHECK_EQ(n, 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "t", "a", 1, &v), KVS_ENOTFOUND);
+    CHECK_EQ(kvs_lmdb_reader_scan(r, "t", NULL, 0, collect, got), 0);
+    CHECK_STR(got, "");
+    kvs_lmdb_reader_end(r);
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    CHECK_STR(read_now(r, "t", "c", buf), "3");
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_count(r, "t", &n), 0);
+    CHECK_EQ(n, 1);
+    kvs_lmdb_reader_end(r);
+    peer_go(&w);
+    peer_join(&w);
+    kvs_lmdb_reader_close(r);
+}
+
+static void writer_swaps_a_table(void)
+{
+    node_store_t *s = store_open(1u << 20);
+    put(s, "a", "k", "1");
+    put(s, "b", "k", "2");
+    put(s, "c", "k", "3");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 1: a, b, c */
+    CHECK_EQ(node_store_del(s, "a", "k", 1), 0);
+    put(s, "d", "k", "4");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 2: b, c, d (a emptied: dropped) */
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* A reader with a handle for each of the max_tables tables it has room
+ * for: when the writer drops one and makes another, the dropped one's
+ * handle is closed to make room for the new one's, whose reads stay local
+ * (not KVS_ELIMIT, which sends them to the worker). */
+KVS_TEST(a_dropped_tables_handle_makes_room_for_a_new_one)
+{
+    peer_t w;
+    kvs_slice_t v;
+    uint64_t n = 9;
+    fresh_dir();
+    peer_start(&w, writer_swaps_a_table);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open_max(3);
+    static const char *const tables[] = {"a", "b", "c"};
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    for (size_t i = 0; i < 3; i++)
+        CHECK_EQ(kvs_lmdb_reader_get(r, tables[i], "k", 1, &v), 0);
+    kvs_lmdb_reader_end(r);
+    peer_go(&w);
+    CHECK(peer_wait(&w));
+    for (int round = 0; round < 2; round++) {
+        CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+        CHECK_EQ(kvs_lmdb_reader_get(r, "d", "k", 1, &v), 0);
+        CHECK(v.len == 1 && memcmp(v.p, "4", 1) == 0);
+        CHECK_EQ(kvs_lmdb_reader_get(r, "b", "k", 1, &v), 0);
+        CHECK_EQ(kvs_lmdb_reader_get(r, "c", "k", 1, &v), 0);
+        CHECK_EQ(kvs_lmdb_reader_get(r, "a", "k", 1, &v), KVS_ENOTFOUND);
+        CHECK_EQ(kvs_lmdb_reader_count(r, "a", &n), 0);
+        CHECK_EQ(n, 0);
+        kvs_lmdb_reader_end(r);
+    }
+    peer_go(&w);
+    peer_join(&w);
+    kvs_lmdb_reader_close(r);
+}
+
 static void writer_grows(void)
 {
     node_store_t *s = store_open(1u << 20); /* 1 MiB map, grown at the first write */
@@ -763,6 +872,8 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(walks_in_key_order_from_a_key),
               KVS_CASE(a_scan_jumped_out_of_leaves_nothing_after_close),
               KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
+              KVS_CASE(a_table_dropped_by_the_writer_reads_as_missing),
+              KVS_CASE(a_dropped_tables_handle_makes_room_for_a_new_one),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
               KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),

@@ -760,6 +760,196 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
     node_store_close(s);
 }
 
+/* ---- emptied tables are dropped ----------------------------------------- */
+
+static uint64_t count_of(node_store_t *s, const char *t)
+{
+    uint64_t n = 99;
+    CHECK_EQ(node_store_count(s, t, &n), 0);
+    return n;
+}
+
+static void del_str(node_store_t *s, const char *t, const char *k)
+{
+    CHECK_EQ(node_store_del(s, t, k, strlen(k)), 0);
+}
+
+/* A table a delete leaves with no key is dropped at the commit and gives
+ * its room under max_tables back, unless it is bound to a topic; one
+ * refilled before the commit stays; one that would stand in the way of a
+ * new table in the same batch goes before the new one is made. */
+KVS_TEST(emptied_unbound_tables_give_their_room_back)
+{
+    fresh_dir();
+    const char *bound[] = {"bound"};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 3;
+    o.tables = bound;
+    o.n_tables = 1;
+    node_store_t *s = open_ok(o);
+    put_str(s, "bound", "k", "v");
+    put_str(s, "a", "k", "v");
+    put_str(s, "b", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_put(s, "c", "k", 1, "v", 1), KVS_ELIMIT);
+    del_str(s, "a", "k");
+    del_str(s, "bound", "k");
+    CHECK_EQ(node_store_table_count(s), 3); /* until the commit */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 2); /* "a" went, "bound" stays */
+    CHECK(get_is(s, "a", "k", NULL));
+    CHECK_EQ(count_of(s, "a"), 0);
+    scan_seen_t seen = {.stop_at = -1};
+    CHECK_EQ(node_store_scan(s, "a", NULL, 0, collect, &seen), 0);
+    CHECK_EQ(seen.n, 0);
+    put_str(s, "c", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 3);
+    /* emptied and refilled in one batch: stays */
+    del_str(s, "b", "k");
+    put_str(s, "b", "k2", "v2");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 3);
+    CHECK(get_is(s, "b", "k2", "v2"));
+    /* emptied, then a new table at the limit, in one batch */
+    del_str(s, "c", "k");
+    put_str(s, "d", "k", "v");
+    CHECK_EQ(node_store_put(s, "a", "k", 1, "v", 1), KVS_ELIMIT); /* full again */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK(get_is(s, "c", "k", NULL));
+    CHECK(get_is(s, "d", "k", "v"));
+    CHECK_EQ(node_store_table_count(s), 3);
+    node_store_close(s);
+    s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 3);
+    CHECK(get_is(s, "b", "k2", "v2"));
+    CHECK(get_is(s, "d", "k", "v"));
+    CHECK(get_is(s, "bound", "k", NULL));
+    node_store_close(s);
+}
+
+/* While another thread reads the environment (a view: a digest, a
+ * snapshot) no table is dropped, since dropping closes its handle; the
+ * next commit after it ends does it, and so does the first after a
+ * restart for a table the store was closed with empty. */
+KVS_TEST(a_table_emptied_under_a_view_is_dropped_later)
+{
+    fresh_dir();
+    node_store_t *s = open_ok(opts(0, "p"));
+    put_str(s, "a", "k", "v");
+    put_str(s, "b", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_view_t *v = NULL;
+    CHECK_EQ(node_store_view_open(s, "a", &v), 0);
+    del_str(s, "a", "k");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 2);
+    node_store_view_close(v);
+    put_str(s, "b", "k2", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 1);
+    CHECK_EQ(node_store_view_open(s, NULL, &v), 0);
+    del_str(s, "b", "k");
+    del_str(s, "b", "k2");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_view_close(v);
+    CHECK_EQ(node_store_close(s), 0);
+    s = open_ok(opts(0, "p"));
+    CHECK_EQ(node_store_table_count(s), 1); /* "b", empty */
+    put_str(s, "c", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 1); /* "c" */
+    CHECK(get_is(s, "c", "k", "v"));
+    node_store_close(s);
+}
+
+/* A batch that dropped a table and then failed leaves it as it was,
+ * readable under a handle opened again, and the table it made is gone. */
+KVS_TEST(a_failed_batch_keeps_the_tables_it_dropped)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 2;
+    node_store_t *s = open_watched(o, &f);
+    put_str(s, "a", "k", "v");
+    put_str(s, "b", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_reserve(s, 3, 30), 0);
+    del_str(s, "a", "k");
+    put_str(s, "c", "k", "v"); /* drops "a" for room */
+    CHECK_EQ(node_store_table_count(s), 2);
+    CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE);
+    CHECK_EQ(f.calls, 1);
+    CHECK_EQ(node_store_table_count(s), 2);
+    CHECK(get_is(s, "a", "k", "v"));
+    CHECK(get_is(s, "c", "k", NULL));
+    CHECK_EQ(count_of(s, "a"), 1);
+    CHECK_EQ(node_store_put(s, "c", "k", 1, "v", 1), KVS_ELIMIT);
+    put_str(s, "a", "k2", "v2"); /* its handle writes */
+    CHECK_EQ(node_store_end_turn(s), 0);
+    del_str(s, "a", "k");
+    del_str(s, "a", "k2");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 1);
+    node_store_close(s);
+}
+
+/* One batch that makes and empties many tables at the limit: each new one
+ * takes the room of the one emptied before it, the same names come and
+ * go, and a view asked for a table dropped in the open batch waits for
+ * the commit (its snapshot still holds it). Then the batch fails: every
+ * table from before it is there again, once, and what it made is gone. */
+KVS_TEST(a_batch_that_churns_tables_at_the_limit_and_fails)
+{
+    fresh_dir();
+    failed_t f = {0};
+    node_store_opts_t o = opts(0, "p");
+    o.max_tables = 4;
+    node_store_t *s = open_watched(o, &f);
+    const char *before[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++)
+        put_str(s, before[i], "k", before[i]);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_reserve(s, 100, 1000), 0);
+    del_str(s, "a", "k");
+    char name[16];
+    for (int i = 0; i < 20; i++) { /* 20 tables made and emptied: more than max_tables */
+        snprintf(name, sizeof(name), "u%d", i);
+        put_str(s, name, "k", "v");
+        del_str(s, name, "k");
+    }
+    node_store_view_t *v = NULL;
+    CHECK_EQ(node_store_view_open(s, "a", &v), -EAGAIN);
+    del_str(s, "b", "k");
+    put_str(s, "a", "k", "new"); /* "a" made anew, in the place "b" left */
+    del_str(s, "a", "k");        /* and emptied again */
+    put_str(s, "b", "k", "new");
+    CHECK_EQ(node_store_table_count(s), 4);
+    CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE);
+    CHECK_EQ(f.calls, 1);
+    CHECK_EQ(node_store_table_count(s), 4);
+    for (int i = 0; i < 4; i++)
+        CHECK(get_is(s, before[i], "k", before[i]));
+    CHECK(get_is(s, "u19", "k", NULL));
+    CHECK_EQ(node_store_put(s, "e", "k", 1, "v", 1), KVS_ELIMIT);
+    /* the same in a batch that commits */
+    del_str(s, "a", "k");
+    for (int i = 0; i < 20; i++) {
+        snprintf(name, sizeof(name), "u%d", i);
+        put_str(s, name, "k", "v");
+        del_str(s, name, "k");
+    }
+    put_str(s, "e", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 4);
+    CHECK(get_is(s, "a", "k", NULL));
+    CHECK(get_is(s, "e", "k", "v"));
+    CHECK_EQ(node_store_view_open(s, "a", &v), 0); /* gone: an empty view */
+    node_store_view_close(v);
+    node_store_close(s);
+}
+
 /* ---- table limit at open ---------------------------------------------- */
 
 /* Lowering storage.max_tables below the tables stored is refused at open,
@@ -1067,6 +1257,10 @@ KVS_TEST_MAIN(
     KVS_CASE(many_small_writes_do_not_balloon_the_map),
     KVS_CASE(error_mid_reservation_aborts_the_batch), KVS_CASE(refuses_more_tables_than_max_tables),
     KVS_CASE(tables_named_at_open_are_created),
+    KVS_CASE(emptied_unbound_tables_give_their_room_back),
+    KVS_CASE(a_table_emptied_under_a_view_is_dropped_later),
+    KVS_CASE(a_failed_batch_keeps_the_tables_it_dropped),
+    KVS_CASE(a_batch_that_churns_tables_at_the_limit_and_fails),
     KVS_CASE(a_topic_bound_to_another_table_is_read_again_from_its_start),
     KVS_CASE(reopen_keeps_data), KVS_CASE(reset_lock_starts_a_new_lock_file),
     KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
