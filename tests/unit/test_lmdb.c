@@ -262,14 +262,20 @@ KVS_TEST(a_scan_jumped_out_of_leaves_nothing_after_close)
     kvs_lmdb_reader_close(r);
 }
 
-static void writer_three_tables(void)
+/* Tables a, b and c, one key each, committed. */
+static node_store_t *store_of_three_tables(void)
 {
     node_store_t *s = store_open(1u << 20);
     put(s, "a", "k", "1");
     put(s, "b", "k", "2");
     put(s, "c", "k", "3");
     CHECK_EQ(node_store_end_turn(s), 0);
-    CHECK_EQ(node_store_close(s), 0);
+    return s;
+}
+
+static void writer_three_tables(void)
+{
+    CHECK_EQ(node_store_close(store_of_three_tables()), 0);
 }
 
 static kvs_lmdb_reader_t *reader_open_max(uint32_t max_tables)
@@ -380,11 +386,7 @@ KVS_TEST(a_table_dropped_by_the_writer_reads_as_missing)
 
 static void writer_swaps_a_table(void)
 {
-    node_store_t *s = store_open(1u << 20);
-    put(s, "a", "k", "1");
-    put(s, "b", "k", "2");
-    put(s, "c", "k", "3");
-    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_t *s = store_of_three_tables();
     peer_pause(); /* 1: a, b, c */
     CHECK_EQ(node_store_del(s, "a", "k", 1), 0);
     put(s, "d", "k", "4");
