@@ -62,13 +62,23 @@ static void store_error(node_cmd_ctx_t *ctx, kvs_resp_t *r, const char *table, i
         kvs_resp_message(r, "storage is full; nothing from this request was stored (free disk "
                             "space on the data directory)");
         break;
-    case KVS_ELIMIT:
+    case KVS_ELIMIT: {
+        uint32_t emptied = node_store_tables_emptied(ctx->store);
         kvs_resp_status(r, KVS_STATUS_NO_SPACE);
-        kvs_resp_message(r,
-                         "cannot create table \"%s\": this shard already holds storage.max_tables "
-                         "(%u) tables; raise the limit in config.yaml",
-                         table, ctx->max_tables);
+        if (emptied > 0)
+            kvs_resp_message(r,
+                             "cannot create table \"%s\": this shard already holds "
+                             "storage.max_tables (%u) tables, %u of them emptied and dropped once "
+                             "the digest or snapshot reading the shard ends (try again then), or "
+                             "raise the limit in config.yaml",
+                             table, ctx->max_tables, emptied);
+        else
+            kvs_resp_message(r,
+                             "cannot create table \"%s\": this shard already holds "
+                             "storage.max_tables (%u) tables; raise the limit in config.yaml",
+                             table, ctx->max_tables);
         break;
+    }
     default:
         kvs_resp_status(r, KVS_STATUS_INTERNAL);
         kvs_resp_message(r, "storage error (%s); nothing from this request was stored",

@@ -969,6 +969,19 @@ const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)
     return &s->ident;
 }
 
+uint32_t node_store_tables_emptied(node_store_t *s)
+{
+    uint32_t n = 0;
+    MDB_txn *txn = s->emptied ? read_txn(s) : NULL;
+    for (uint32_t i = 0; txn != NULL && i < s->tables.cap; i++) {
+        const kvs_dbimap_entry_t *e = &s->tables.slots[i];
+        MDB_stat st;
+        n += e->name != NULL && (e->mark & T_EMPTIED) != 0 && mdb_stat(txn, e->dbi, &st) == 0 &&
+             st.ms_entries == 0;
+    }
+    return n;
+}
+
 uint32_t node_store_table_count(const node_store_t *s)
 {
     return s->tables.n;

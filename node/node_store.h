@@ -261,6 +261,10 @@ void node_store_stats(const node_store_t *s, node_store_stats_t *out);
 
 /* Number of tables, and the current map size in bytes. */
 uint32_t node_store_table_count(const node_store_t *s);
+/* Of those, the tables emptied but not dropped yet (a digest or snapshot
+ * reads the shard: they go with the first commit after it). Walks every
+ * table: for messages, not for each request. */
+uint32_t node_store_tables_emptied(node_store_t *s);
 uint64_t node_store_map_size(const node_store_t *s);
 
 #endif

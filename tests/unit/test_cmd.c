@@ -1335,6 +1335,38 @@ KVS_TEST(table_limit_is_507_naming_the_setting)
     CHECK_EQ(node_store_table_count(fx.store), 2);
 }
 
+/* An emptied table frees its place at the commit; while a digest or a
+ * snapshot reads the shard it waits, and the refusal says so. */
+KVS_TEST(table_limit_counts_an_emptied_table_only_while_the_shard_is_read)
+{
+    setup(KVS_FRAME_DEFAULT_MAX, 2);
+    put("t1", "k", "v1");
+    put("t2", "k", "v2");
+    end_turn();
+    node_store_view_t *v = NULL;
+    CHECK_EQ(node_store_view_open(fx.store, NULL, &v), 0); /* as a digest does */
+    check_status(hdel("t1", "k"), 200);
+    end_turn();
+    Kvs__CommandResponse *r = hset("t3", "k", vstr("v3"));
+    check_status(r, 507);
+    CHECK_CONTAINS(r->message, "storage.max_tables (2) tables, 1 of them emptied and dropped once "
+                               "the digest or snapshot reading the shard ends");
+    end_turn();
+    node_store_view_close(v);
+    check_status(hset("t3", "k", vstr("v3")), 200);
+    end_turn();
+    CHECK_EQ(node_store_table_count(fx.store), 2);
+    check_status(hdel("t2", "k"), 200);
+    end_turn();
+    CHECK_EQ(node_store_table_count(fx.store), 1);
+    check_str(value0(hget("t3", "k")), "v3");
+    r = hset("t4", "k", vstr("v4"));
+    check_status(r, 200);
+    r = hset("t5", "k", vstr("v5"));
+    check_status(r, 507);
+    CHECK_CONTAINS(r->message, "storage.max_tables (2) tables; raise the limit");
+}
+
 KVS_TEST(read_your_writes_within_a_turn)
 {
     setup_default();
@@ -1802,6 +1834,7 @@ KVS_TEST_MAIN(
     KVS_CASE(hmset_answer_over_max_frame_is_413), KVS_CASE(hmdel_answer_over_max_frame_is_413),
     KVS_CASE(hmexist_answer_over_max_frame_is_413), KVS_CASE(value_too_large_to_read_back_is_413),
     KVS_CASE(hscan_oversized_pair_makes_progress), KVS_CASE(table_limit_is_507_naming_the_setting),
+              KVS_CASE(table_limit_counts_an_emptied_table_only_while_the_shard_is_read),
     KVS_CASE(read_your_writes_within_a_turn), KVS_CASE(frames_append_in_request_order),
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
