@@ -134,8 +134,8 @@ struct node_store_s {
     kvs_dbimap_t tables; /* pending: created in the open batch */
     int emptied;         /* some table may be marked T_EMPTIED */
     kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
+    uint32_t n_dropped;          /* ... room for storage.max_tables */
     kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
-    uint32_t n_dropped;  /* ... room for storage.max_tables */
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
@@ -1235,10 +1235,13 @@ static int open_tables(node_store_t *s, MDB_txn *txn, const node_store_opts_t *o
             return rc;
         note_depth(s, txn, dbi);
         MDB_stat st;
-        if (mdb_stat(txn, dbi, &st) == 0 && st.ms_entries == 0) {
+        kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, name);
+        if (o->cfg != NULL && kvs_config_binding_n(o->cfg, name, k.mv_size) != NULL) {
+            e->mark = T_BOUND; /* a binding names it, Kafka on or off */
+        } else if (mdb_stat(txn, dbi, &st) == 0 && st.ms_entries == 0) {
             /* emptied while pinned, or by a kvs that kept emptied tables:
-             * the first commit drops it (unless bound, below) */
-            kvs_dbimap_lookup(&s->tables, name)->mark = T_EMPTIED;
+             * the first commit drops it */
+            e->mark = T_EMPTIED;
             s->emptied = 1;
         }
     }

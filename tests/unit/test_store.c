@@ -950,6 +950,50 @@ KVS_TEST(a_batch_that_churns_tables_at_the_limit_and_fails)
     node_store_close(s);
 }
 
+/* A table a binding names is never dropped, also when Kafka is off (the
+ * worker then names no tables to create): found empty at open it stays,
+ * while an unbound one found empty goes with the first commit. */
+KVS_TEST(an_empty_table_a_binding_names_stays_with_kafka_off)
+{
+    fresh_dir();
+    static const char yaml[] = "data_dir: /nonexistent\n"
+                               "cluster: {shards: 1, partitions: 16}\n"
+                               "kafka:\n"
+                               "  bindings: [{topic: events, table: kb}]\n";
+    kvs_config_t *cfg = NULL;
+    char err[512] = "";
+    int rc = kvs_config_parse("t.yaml", yaml, sizeof(yaml) - 1, &cfg, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "config: %s\n", err);
+    CHECK_EQ(rc, 0);
+    const char *bound[] = {"kb"};
+    node_store_opts_t o = opts(0, "p");
+    o.tables = bound; /* Kafka on: made at open */
+    o.n_tables = 1;
+    o.cfg = cfg;
+    node_store_t *s = open_ok(o);
+    node_store_view_t *v = NULL;
+    put_str(s, "u", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_view_open(s, NULL, &v), 0); /* "u" emptied stays, for now */
+    del_str(s, "u", "k");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    node_store_view_close(v);
+    CHECK_EQ(node_store_close(s), 0);
+    o.tables = NULL; /* Kafka off */
+    o.n_tables = 0;
+    s = open_ok(o);
+    CHECK_EQ(node_store_table_count(s), 2); /* kb and u, both empty */
+    put_str(s, "w", "k", "v");
+    CHECK_EQ(node_store_end_turn(s), 0);
+    CHECK_EQ(node_store_table_count(s), 2); /* kb and w */
+    node_store_view_t *kb = NULL;
+    CHECK_EQ(node_store_view_open(s, "kb", &kb), 0);
+    node_store_view_close(kb);
+    node_store_close(s);
+    kvs_config_free(cfg);
+}
+
 /* ---- table limit at open ---------------------------------------------- */
 
 /* Lowering storage.max_tables below the tables stored is refused at open,
@@ -1261,6 +1305,7 @@ KVS_TEST_MAIN(
     KVS_CASE(a_table_emptied_under_a_view_is_dropped_later),
     KVS_CASE(a_failed_batch_keeps_the_tables_it_dropped),
     KVS_CASE(a_batch_that_churns_tables_at_the_limit_and_fails),
+    KVS_CASE(an_empty_table_a_binding_names_stays_with_kafka_off),
     KVS_CASE(a_topic_bound_to_another_table_is_read_again_from_its_start),
     KVS_CASE(reopen_keeps_data), KVS_CASE(reset_lock_starts_a_new_lock_file),
     KVS_CASE(refuses_other_shard), KVS_CASE(refuses_other_placement),
