@@ -29,6 +29,7 @@
 #include "kvs_err.h"
 #include "kvs_log.h"
 #include "kvs_schema.h"
+#include "kvs_time.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -36,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 /* ---- primitives ------------------------------------------------------------ */
 
@@ -131,7 +131,7 @@ struct kvs_lmdb_reader_s {
      * router's SIGBUS guard, router_local) leaves it here for the close. */
     MDB_cursor *cursor;
     kvs_dbimap_entry_t *gone; /* recycle_handles: room for max_tables */
-    uint64_t recycle_at;      /* CLOCK_MONOTONIC ms before which none is looked for */
+    uint64_t recycle_at;      /* kvs_now_ns before which no handle is looked for */
 };
 
 /* Whether `table` exists in the open snapshot, looked up in the main
@@ -147,14 +147,8 @@ static int table_listed(kvs_lmdb_reader_t *r, const char *table)
 }
 
 #define MARK_GONE 1u /* recycle_handles: the table is not in the snapshot */
-#define RECYCLE_PAUSE_MS 1000
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+#define RECYCLE_IDLE_NS 1000000000ull /* after a look that freed nothing */
+#define RECYCLE_SHARE 10 /* a look costs one lookup per handle: pause 10x its time */
 
 /* Closes the handles of tables the open snapshot does not hold (the
  * writer dropped them: it drops the tables it empties), so that their
@@ -162,14 +156,17 @@ static uint64_t mono_ms(void)
  * clients keep making and emptying tables would soon hold only handles of
  * tables long gone. Safe with the snapshot open: only this thread uses the
  * reader, a handle is forgotten before it is closed, so nothing reads it
- * again, and one opened in this snapshot (pending) is never closed. A
- * look that frees nothing is not made again for RECYCLE_PAUSE_MS (the
- * writer holds more tables than this reader has room for). Returns how
- * many were closed. */
+ * again, and one opened in this snapshot (pending) is never closed. A look
+ * costs a lookup per handle (up to storage.max_tables, 32,000), so the
+ * next one waits RECYCLE_SHARE times as long as it took (the looks take
+ * at most a tenth of the thread however a client makes and empties
+ * tables), and a second after one that freed nothing (the writer holds
+ * more tables than this reader has room for); reads meanwhile go to the
+ * worker (KVS_ELIMIT). Returns how many were closed. */
 static uint32_t recycle_handles(kvs_lmdb_reader_t *r)
 {
-    uint64_t now = mono_ms();
-    if (now < r->recycle_at)
+    uint64_t start = kvs_now_ns();
+    if (start < r->recycle_at)
         return 0;
     for (uint32_t i = 0; i < r->tables.cap; i++) {
         kvs_dbimap_entry_t *e = &r->tables.slots[i];
@@ -181,26 +178,17 @@ static uint32_t recycle_handles(kvs_lmdb_reader_t *r)
         mdb_dbi_close(r->env, r->gone[i].dbi);
         free(r->gone[i].name);
     }
-    if (n == 0)
-        r->recycle_at = now + RECYCLE_PAUSE_MS;
+    uint64_t end = kvs_now_ns();
+    r->recycle_at = end + (n == 0 ? RECYCLE_IDLE_NS : RECYCLE_SHARE * (end - start));
     return n;
-}
-
-/* No handle is left for `table` (this reader holds as many as
- * storage.max_tables allows), and none could be recycled: whether the
- * table exists decides. A table nobody created is KVS_ENOTFOUND, as
- * always: on a shard at its limit any client can ask for one, which is no
- * storage error. An existing one is KVS_ELIMIT (the writer holds more
- * tables than this reader was opened for). */
-static int no_handle_left(kvs_lmdb_reader_t *r, const char *table)
-{
-    int rc = table_listed(r, table);
-    return rc == 0 ? KVS_ELIMIT : rc;
 }
 
 /* Every handle is taken: room for `table`'s if it exists and a handle of
  * a table that does not can be closed. Returns 0 (room made),
- * KVS_ENOTFOUND, KVS_ELIMIT or KVS_ESTORE. */
+ * KVS_ENOTFOUND (a table nobody created, as always: on a shard at its
+ * limit any client can ask for one, which is no storage error),
+ * KVS_ELIMIT (it exists, no room: its read goes to the worker) or
+ * KVS_ESTORE. */
 static int make_room(kvs_lmdb_reader_t *r, const char *table)
 {
     int rc = table_listed(r, table);
@@ -209,33 +197,32 @@ static int make_room(kvs_lmdb_reader_t *r, const char *table)
     return recycle_handles(r) > 0 ? 0 : KVS_ELIMIT;
 }
 
-/* The DBI of `table` in the open snapshot. Returns 0, KVS_ENOTFOUND (no
- * such table), KVS_ELIMIT (it exists, but no handle is left for it), or
- * KVS_ESTORE. */
-static int table_dbi(kvs_lmdb_reader_t *r, const char *table, MDB_dbi *dbi)
+/* The cache entry of `table` in the open snapshot, its handle opened if
+ * need be. Returns 0, KVS_ENOTFOUND (no such table), KVS_ELIMIT (it
+ * exists, but no handle is left for it), or KVS_ESTORE. */
+static int table_entry(kvs_lmdb_reader_t *r, const char *table, kvs_dbimap_entry_t **out)
 {
-    const kvs_dbimap_entry_t *e = kvs_dbimap_find(&r->tables, table);
-    if (e != NULL) {
-        *dbi = e->dbi;
+    MDB_dbi dbi;
+    if ((*out = kvs_dbimap_lookup(&r->tables, table)) != NULL)
         return 0;
-    }
     int rc;
     if (r->tables.n >= r->tables.max_entries && (rc = make_room(r, table)) != 0)
         return rc;
-    rc = mdb_dbi_open(r->txn, table, 0, dbi);
+    rc = mdb_dbi_open(r->txn, table, 0, &dbi);
     if (rc == MDB_DBS_FULL) { /* LMDB holds handles this map forgot (-ENOMEM below) */
         if ((rc = make_room(r, table)) != 0)
             return rc;
-        rc = mdb_dbi_open(r->txn, table, 0, dbi);
+        rc = mdb_dbi_open(r->txn, table, 0, &dbi);
+        if (rc == MDB_DBS_FULL)
+            return KVS_ELIMIT; /* make_room found the table */
     }
-    if (rc == MDB_DBS_FULL)
-        return no_handle_left(r, table);
     if (rc != 0)
         return rc == MDB_NOTFOUND ? KVS_ENOTFOUND : kvs_lmdb_err("mdb_dbi_open", rc);
-    rc = kvs_dbimap_add(&r->tables, table, *dbi, 1);
+    rc = kvs_dbimap_add(&r->tables, table, dbi, 1);
     if (rc != 0)
         return rc; /* the handle stays LMDB's; found again next time */
     r->commit = 1;
+    *out = kvs_dbimap_lookup(&r->tables, table);
     return 0;
 }
 
@@ -289,21 +276,21 @@ void kvs_lmdb_reader_end(kvs_lmdb_reader_t *r)
 int kvs_lmdb_reader_get(kvs_lmdb_reader_t *r, const char *table, const void *key, size_t klen,
                         kvs_slice_t *val)
 {
-    MDB_dbi dbi;
-    int rc = table_dbi(r, table, &dbi);
-    return rc != 0 ? rc : kvs_lmdb_get(r->txn, dbi, key, klen, val);
+    kvs_dbimap_entry_t *e;
+    int rc = table_entry(r, table, &e);
+    return rc != 0 ? rc : kvs_lmdb_get(r->txn, e->dbi, key, klen, val);
 }
 
 int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *from, size_t flen,
                          kvs_lmdb_scan_cb cb, void *arg)
 {
-    MDB_dbi dbi;
-    int rc = table_dbi(r, table, &dbi);
+    kvs_dbimap_entry_t *e;
+    int rc = table_entry(r, table, &e);
     if (rc == KVS_ENOTFOUND)
         return 0; /* a missing table walks nothing */
     if (rc != 0)
         return rc;
-    if ((rc = mdb_cursor_open(r->txn, dbi, &r->cursor)) != 0) {
+    if ((rc = mdb_cursor_open(r->txn, e->dbi, &r->cursor)) != 0) {
         r->cursor = NULL;
         return kvs_lmdb_err("mdb_cursor_open", rc);
     }
@@ -315,23 +302,20 @@ int kvs_lmdb_reader_scan(kvs_lmdb_reader_t *r, const char *table, const void *fr
 
 int kvs_lmdb_reader_count(kvs_lmdb_reader_t *r, const char *table, uint64_t *n)
 {
-    MDB_dbi dbi;
+    kvs_dbimap_entry_t *e;
     *n = 0;
-    int rc = table_dbi(r, table, &dbi);
+    int rc = table_entry(r, table, &e);
     /* A handle names its table, looked up again in each snapshot; but
      * mdb_stat of a table the writer dropped since (it emptied it) gives
      * what the handle saw last: ask whether it still exists first, once
-     * per commit of the writer (the snapshot's txn id: the entry's stamp). */
-    kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&r->tables, table) : NULL;
-    uint64_t txnid = r->txn != NULL ? (uint64_t)mdb_txn_id(r->txn) : 0;
-    if (e != NULL && !e->pending && e->stamp != txnid) {
-        rc = table_listed(r, table);
-        if (rc == 0)
-            e->stamp = txnid;
-    }
+     * per commit of the writer (the snapshot's txn id: the entry's stamp;
+     * one opened in this snapshot was just found). */
+    uint64_t txnid = rc == 0 ? (uint64_t)mdb_txn_id(r->txn) : 0;
+    if (rc == 0 && !e->pending && e->stamp != txnid && (rc = table_listed(r, table)) == 0)
+        e->stamp = txnid;
     if (rc == KVS_ENOTFOUND)
         return 0;
-    return rc != 0 ? rc : kvs_lmdb_count(r->txn, dbi, n);
+    return rc != 0 ? rc : kvs_lmdb_count(r->txn, e->dbi, n);
 }
 
 int kvs_lmdb_reader_meta(kvs_lmdb_reader_t *r, const char *key, kvs_slice_t *val)

@@ -591,26 +591,26 @@ static int batch_room(node_store_t *s, size_t bytes)
 }
 
 /* After a write to `dbi` succeeded: the reservation (if any) now holds a
- * write, and the tree may have grown a level. */
-static void wrote(node_store_t *s, MDB_dbi dbi)
+ * write, and the tree may have grown a level. Returns the keys `dbi` now
+ * holds (SIZE_MAX when unknown). */
+static size_t wrote(node_store_t *s, MDB_dbi dbi)
 {
     MDB_stat st;
     s->batch_writes++;
     s->reserve_wrote |= s->reserved;
-    if (mdb_stat(s->wtxn, dbi, &st) == 0 && st.ms_depth > s->depth)
+    if (mdb_stat(s->wtxn, dbi, &st) != 0)
+        return SIZE_MAX;
+    if (st.ms_depth > s->depth)
         s->depth = st.ms_depth;
+    return st.ms_entries;
 }
 
-/* After a delete from `table` (handle dbi) in the open batch: a table it
- * left with no key is marked for drop_emptied, unless bound; the drop's
- * path in the main database is priced in the batch now. */
-static void note_emptied(node_store_t *s, const char *table, MDB_dbi dbi)
+/* A delete (or clear) in the open batch left table `e` with no key: marked
+ * for drop_emptied, unless bound; the drop's path in the main database is
+ * priced in the batch now. */
+static void note_emptied(node_store_t *s, kvs_dbimap_entry_t *e)
 {
-    MDB_stat st;
-    kvs_dbimap_entry_t *e = kvs_dbimap_lookup(&s->tables, table);
-    if (e == NULL || (e->mark & (T_BOUND | T_EMPTIED)) != 0)
-        return;
-    if (mdb_stat(s->wtxn, dbi, &st) != 0 || st.ms_entries > 0)
+    if ((e->mark & (T_BOUND | T_EMPTIED)) != 0)
         return;
     e->mark |= T_EMPTIED;
     s->emptied = 1;
@@ -765,20 +765,18 @@ int node_store_del(node_store_t *s, const char *table, const void *key, size_t k
     int rc = node_store_get(s, table, key, klen, &old);
     if (rc != 0)
         return rc; /* absent: nothing to write, no batch to open */
-    rc = batch_room(s, klen);
-    MDB_dbi dbi;
-    if (rc == 0)
-        rc = table_dbi(s, table, 0, &dbi);
-    if (rc != 0)
-        return rc;
+    rc = batch_room(s, klen); /* may commit early: the entry is looked up after */
+    kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
+    if (rc != 0 || e == NULL)
+        return rc != 0 ? rc : KVS_ENOTFOUND;
     MDB_val k = {klen, (void *)key};
-    rc = mdb_del(s->wtxn, dbi, &k, NULL);
+    rc = mdb_del(s->wtxn, e->dbi, &k, NULL);
     if (rc == MDB_NOTFOUND)
         return KVS_ENOTFOUND;
     if (rc != 0)
         return batch_fail(s, "mdb_del", rc);
-    wrote(s, dbi);
-    note_emptied(s, table, dbi);
+    if (wrote(s, e->dbi) == 0)
+        note_emptied(s, e);
     return 0;
 }
 
@@ -807,16 +805,14 @@ int node_store_clear(node_store_t *s, const char *table)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */
     rc = batch_room(s, (size_t)pages * sizeof(uint64_t));
-    MDB_dbi dbi;
-    if (rc == 0)
-        rc = table_dbi(s, table, 0, &dbi);
-    if (rc != 0)
-        return rc;
-    rc = mdb_drop(s->wtxn, dbi, 0);
+    kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
+    if (rc != 0 || e == NULL)
+        return rc != 0 ? rc : KVS_ENOTFOUND;
+    rc = mdb_drop(s->wtxn, e->dbi, 0);
     if (rc != 0)
         return batch_fail(s, "mdb_drop", rc);
-    wrote(s, dbi);
-    note_emptied(s, table, dbi);
+    wrote(s, e->dbi);
+    note_emptied(s, e);
     return 0;
 }
 
