@@ -136,6 +136,8 @@ struct node_store_s {
     kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
     uint32_t n_dropped;          /* ... room for storage.max_tables */
     kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
+    uint64_t emptied_gen;        /* node_store_tables_emptied counted in batch gen-1 ... */
+    uint32_t emptied_seen;       /* ... these */
     int lock_fd;
     node_store_fail_cb fail_cb;
     void *fail_arg;
@@ -967,6 +969,10 @@ const kvs_lmdb_ident_t *node_store_ident(const node_store_t *s)
 
 uint32_t node_store_tables_emptied(node_store_t *s)
 {
+    /* Counted once per batch: a client sending refused requests by the
+     * thousand costs one walk of up to storage.max_tables per batch. */
+    if (s->emptied_gen == s->next_gen + 1)
+        return s->emptied_seen;
     uint32_t n = 0;
     MDB_txn *txn = s->emptied ? read_txn(s) : NULL;
     for (uint32_t i = 0; txn != NULL && i < s->tables.cap; i++) {
@@ -975,6 +981,8 @@ uint32_t node_store_tables_emptied(node_store_t *s)
         n += e->name != NULL && (e->mark & T_EMPTIED) != 0 && mdb_stat(txn, e->dbi, &st) == 0 &&
              st.ms_entries == 0;
     }
+    s->emptied_gen = s->next_gen + 1; /* 0: never counted */
+    s->emptied_seen = n;
     return n;
 }
 
