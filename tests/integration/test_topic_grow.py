@@ -57,6 +57,13 @@ class TopicGrowTest(KafkaFixtures, unittest.TestCase):
         self.addCleanup(r.close)
         r.start()
         self.assertTrue(wait_until(lambda: len(r.workers()) == 2, 10), r.workers())
+        # Each worker's start-up check answered (it then assigns its
+        # partitions): a count grown before that is the start-up error
+        # (test_grown_before_start_is_a_startup_error), not a grown topic.
+        # "node ready" can come first: it waits for the links, not Kafka.
+        self.assertTrue(wait_until(lambda: all(
+            "kafka: consuming 2 partition(s) owned by shard %d" % s in r.stderr()
+            for s in (0, 1)), 20), r.stderr()[-3000:])
         return r
 
     def counts_path(self):
