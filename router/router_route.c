@@ -1674,6 +1674,19 @@ static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_a
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
 }
 
+/* Answers 200 with the count `n` (Hlen, Hclear). */
+static void finish_count(router_req_t *req, int64_t n, const char *cmd)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = n;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.values = &vp;
+    out.n_values = 1;
+    finish_packed(req, &out, cmd, "");
+}
+
 /* Hlen: the shards' counts added up. */
 static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
 {
@@ -1688,14 +1701,7 @@ static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
         }
         sum += rs[i]->values[0]->integer_value;
     }
-    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
-    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
-    v.integer_value = sum;
-    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
-    out.status = KVS_STATUS_OK;
-    out.values = &vp;
-    out.n_values = 1;
-    finish_packed(req, &out, "Hlen", "");
+    finish_count(req, sum, "Hlen");
 }
 
 /* Appends text to `out` (a message being built), ignoring what does not
@@ -1767,14 +1773,7 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
         unknown |= state[i] == UNKNOWN;
     }
     if (status == 0) {
-        Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
-        v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
-        v.integer_value = sum;
-        Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
-        out.status = KVS_STATUS_OK;
-        out.values = &vp;
-        out.n_values = 1;
-        finish_packed(req, &out, "Hclear", "");
+        finish_count(req, sum, "Hclear");
         return;
     }
     if (emptied == 0 && !unknown) { /* nothing done anywhere: the first refusal says why */
