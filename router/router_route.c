@@ -1722,12 +1722,15 @@ static void text_add(char *out, size_t cap, size_t *at, const char *fmt, ...)
 
 /* Hclear: the shards' counts of removed keys added up. Each shard empties
  * its part in one transaction of its own, so when a part failed the table
- * may be partly emptied: the answer then has the first failure's status,
- * and a message saying which shards emptied their part (and how many keys
- * they removed), which refused (nothing done there), and which may or may
- * not have (a part sent whose answer was lost: outcome_unknown). When every
- * part was refused alike nothing was done anywhere, and the first refusal
- * is the answer, as for any request. */
+ * may be partly emptied. When every failed part certainly did nothing
+ * (refused, or never sent) and another emptied its part, the answer is
+ * 207; when a part may or may not have (sent and its answer lost, or an
+ * answer a worker does not give), the first failure's status with
+ * outcome_unknown. Either way the message says which shards emptied their
+ * part (and how many keys they removed), which did nothing, and which may
+ * have. When every part was refused and none may have run, nothing was
+ * done anywhere, and the first refusal is the answer, as for any
+ * request. */
 static void merge_clear(router_req_t *req, kvs_arena_t *arena)
 {
     enum { EMPTIED, REFUSED, UNKNOWN };
@@ -1781,24 +1784,28 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
                                  m->failed[first] ? part_failure(m, first) : rs[first]->message);
         return;
     }
-    char text[2048];
+    char text[2048], why[304];
     size_t at = 0;
-    text_add(text, sizeof(text), &at,
-             "Hclear emptied the table on %u of %u shards (%lld keys removed there)", emptied,
-             m->nparts, (long long)sum);
+    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards (%lld %s removed there)",
+             req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
+             (long long)sum, req->redis ? "fields" : "keys");
     for (uint32_t i = 0; i < m->nparts; i++) {
         if (state[i] == EMPTIED)
             continue;
-        const char *why = m->failed[i] ? part_failure(m, i)
-                          : rs[i] == NULL ? "its answer is not a CommandResponse"
-                                          : rs[i]->message;
-        text_add(text, sizeof(text), &at, "; shard %u %s: %.300s", m->part_shard[i],
+        const char *text_i = m->failed[i] ? part_failure(m, i)
+                             : rs[i] == NULL ? "its answer is not a CommandResponse"
+                                             : rs[i]->message;
+        size_t n = strlen(text_i) < sizeof(why) - 4 ? strlen(text_i) : sizeof(why) - 4;
+        memcpy(why, text_i, n); /* cut at a whole character: the answer must be UTF-8 */
+        why[kvs_utf8_cut(why, n)] = '\0';
+        text_add(text, sizeof(text), &at, "; shard %u %s: %s", m->part_shard[i],
                  state[i] == UNKNOWN ? "may or may not have emptied its part"
                                      : "did not empty its part (nothing done there)",
                  why);
     }
     text_add(text, sizeof(text), &at, "; send it again to empty the rest");
-    req_status_frame(req, status, unknown, NULL, text, sizeof(text), (int)at);
+    req_status_frame(req, unknown ? status : KVS_STATUS_PARTIAL, unknown, NULL, text,
+                     sizeof(text), (int)at);
     router_req_complete(req);
 }
 
@@ -2942,10 +2949,10 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
         if (req->redis)
             router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
-                                     "DEL of key \"%s\": it is bound to Kafka topic %s, whose "
-                                     "records are its fields, so kvs does not delete it whole; "
-                                     "delete its fields with HDEL (they produce tombstones); "
-                                     "nothing was deleted",
+                                     "key \"%s\" is bound to Kafka topic %s, whose records are "
+                                     "its fields, so kvs does not delete it whole; delete its "
+                                     "fields with HDEL (they produce tombstones); nothing was "
+                                     "deleted",
                                      b->table, b->topic);
         else
             router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,

@@ -1913,7 +1913,7 @@ def gen_resp_owned(rng, sh):
             had = len(sh.vals) > 0
             if r[0] != b":":
                 sh.vals = {k: UNKNOWN for k in fs}  # some shards may have emptied theirs
-                return None if b"Hclear emptied the table on" in r[1] else "DEL: %r" % (r,)
+                return None if b"DEL emptied the hash on" in r[1] else "DEL: %r" % (r,)
             sh.vals = {}
             if not unknown and r != (b":", b"1" if had else b"0"):
                 return "DEL: %r, model had %d fields" % (r, had)

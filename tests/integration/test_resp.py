@@ -289,8 +289,8 @@ class DelTest(RespTestCase):
             self.assertEqual(resp.status, 400)
             self.assertIn("bound to Kafka topic t-orders", resp.message)
             with self.assertRaisesRegex(redis.ResponseError,
-                                        'DEL of key "orders": it is bound to Kafka topic '
-                                        't-orders'):
+                                        'key "orders" is bound to Kafka topic t-orders, '
+                                        'whose records are its fields'):
                 c.delete("orders")
             # A missing table is 0 keys, and bad names get the usual 400.
             resp = pbc.call(pb.CommandRequest(hclear=pb.Hclear(table="nosuch")))

@@ -1757,10 +1757,26 @@ KVS_TEST(hclear_partly_done_says_which_shards)
         if (s != 2)
             reply_count(sent_to(s), 1);
     r = answer_async();
-    check_status(r, 503);
+    check_status(r, 207); /* partly done, and exactly known */
     CHECK(!r->outcome_unknown);
     CHECK_CONTAINS(r->message, "on 3 of 4 shards (3 keys removed");
     CHECK_CONTAINS(r->message, "shard 2 did not empty its part (nothing done there)");
+
+    /* A shard's words are cut at a whole character: the answer is UTF-8. */
+    fx.r.links[2].up = 1;
+    char words[400];
+    memset(words, 'a', 299);
+    strcpy(words + 299, "\xc3\xa9\xc3\xa9\xc3\xa9 and more");
+    route_hclear(TABLE);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s == 2)
+            reply_status(sent_to(s), 503, words);
+        else
+            reply_count(sent_to(s), 1);
+    r = answer_async();
+    check_status(r, 207);
+    CHECK(kvs_utf8_valid(r->message, strlen(r->message)));
+    CHECK_CONTAINS(r->message, "send it again");
 }
 
 /* Refused everywhere alike: nothing was done, and the refusal is the
