@@ -228,6 +228,7 @@ static unsigned needed_rights(Kvs__CommandRequest__CommandCase cmd)
     case KVS__COMMAND_REQUEST__COMMAND_HMSET:
     case KVS__COMMAND_REQUEST__COMMAND_HDEL:
     case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+    case KVS__COMMAND_REQUEST__COMMAND_HCLEAR:
         return KVS_RIGHT_WRITE;
     case KVS__COMMAND_REQUEST__COMMAND_PING:
     case KVS__COMMAND_REQUEST__COMMAND_AUTH:

@@ -9,7 +9,7 @@
  *
  * Authorization: every command needs a right on its table (read: Hget
  * Hmget Hexist Hmexist Hgetall Hscan Hlen; write: Hset Hmset Hdel Hmdel
- * Hincr; admin: Info, Metrics, Slowlog and Snapshot on the pattern "*",
+ * Hincr Hclear; admin: Info, Metrics, Slowlog and Snapshot on the pattern "*",
  * Digest and Rebuild on their table); Ping and Auth need none. A user's
  * rights on a table are the union of its grants whose glob matches the
  * table's name.

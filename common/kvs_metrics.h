@@ -54,7 +54,7 @@ static inline void kvs_hist_observe(kvs_hist_t *h, const uint64_t *bounds, unsig
 
 /* ---- requests by command and status -------------------------------------- */
 
-#define KVS_METRICS_COMMANDS 20 /* CommandRequest oneof cases 0..19; others count as 0 */
+#define KVS_METRICS_COMMANDS 22 /* CommandRequest oneof cases 0..21; others count as 0 */
 
 /* The statuses counted on their own; any other is "other". */
 enum {

@@ -735,6 +735,7 @@ const char *kvs_msg_command_name(Kvs__CommandRequest__CommandCase c)
         [KVS__COMMAND_REQUEST__COMMAND_INFO] = "Info",
         [KVS__COMMAND_REQUEST__COMMAND_HINCR] = "Hincr",
         [KVS__COMMAND_REQUEST__COMMAND_HLEN] = "Hlen",
+        [KVS__COMMAND_REQUEST__COMMAND_HCLEAR] = "Hclear",
         [KVS__COMMAND_REQUEST__COMMAND_AUTH] = "Auth",
         [KVS__COMMAND_REQUEST__COMMAND_DIGEST] = "Digest",
         [KVS__COMMAND_REQUEST__COMMAND_SNAPSHOT] = "Snapshot",
@@ -779,6 +780,8 @@ static const ProtobufCMessage *request_body(const Kvs__CommandRequest *r)
         return &r->hincr->base;
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         return &r->hlen->base;
+    case KVS__COMMAND_REQUEST__COMMAND_HCLEAR:
+        return &r->hclear->base;
     case KVS__COMMAND_REQUEST__COMMAND_AUTH:
         return &r->auth->base;
     case KVS__COMMAND_REQUEST__COMMAND_DIGEST:
@@ -841,7 +844,7 @@ int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
 {
     return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
            c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
 }
 
 uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len)

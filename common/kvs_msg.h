@@ -302,7 +302,7 @@ const char *kvs_msg_request_table_sent(const Kvs__CommandRequest *req, const uin
  * length of the key or pair list for the multi-key ones, 0 otherwise. */
 uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req);
 
-/* True for the commands that write (Hset Hmset Hdel Hmdel Hincr). */
+/* True for the commands that write (Hset Hmset Hdel Hmdel Hincr Hclear). */
 int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c);
 
 /* The status of an encoded CommandResponse, read from its first field
@@ -377,6 +377,13 @@ size_t kvs_msg_pair_max(size_t max_frame);
 #define KVS_MSG_PAIR_TOO_LARGE_ARGS(max_frame, klen, vlen)                                         \
     (size_t)(klen) + (size_t)(vlen), (size_t)(vlen), (size_t)(max_frame),                          \
         kvs_msg_pair_max(max_frame)
+
+/* The refusal of Hclear on a bound table (router and worker alike);
+ * arguments: the table, its topic. */
+#define KVS_MSG_HCLEAR_BOUND                                                                       \
+    "Hclear: table \"%s\" is bound to Kafka topic %s, whose records are its keys, so it is "       \
+    "not emptied here; delete its keys with Hdel or Hmdel (they produce tombstones), or "          \
+    "Rebuild it from the topic; nothing was written"
 
 /* A write's largest pair as a store holds it: its key's bytes (*klen) and
  * its value's encoded size (*vlen), of the decoded request `req` or, when

@@ -480,6 +480,31 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
     return old.found > 0 ? node_store_reserve_end(ctx->store, rc) : rc;
 }
 
+/* Hclear: every key of the table on this shard, in one transaction; the
+ * table is then dropped with the batch's commit (node_store: an emptied
+ * table bound to no topic). Bound tables never get here (bound_request). */
+static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
+{
+    const char *table = req->hclear->table;
+    uint64_t n = 0, pages = 0;
+    uint8_t enc[16];
+    int rc = node_store_count(ctx->store, table, &n);
+    if (rc == 0 && n > 0)
+        rc = node_store_table_pages(ctx->store, table, &pages);
+    if (rc == 0 && n > 0) {
+        /* What the drop writes is the free list: a page number per page. */
+        rc = node_store_reserve(ctx->store, 1, (size_t)pages * sizeof(uint64_t));
+        if (rc != 0)
+            return rc;
+        rc = node_store_reserve_end(ctx->store, node_store_clear(ctx->store, table));
+    }
+    if (rc != 0)
+        return rc;
+    kvs_resp_status(r, KVS_STATUS_OK);
+    kvs_resp_value(r, enc, kvs_value_encode_int(enc, n > INT64_MAX ? INT64_MAX : (int64_t)n));
+    return 0;
+}
+
 /* ---- reads and the rest ------------------------------------------------------ */
 
 /* The store as kvs_reads sees it: the turn's snapshot, or the open batch. */
@@ -652,6 +677,7 @@ static const cmd_fn commands[] = {
     [KVS__COMMAND_REQUEST__COMMAND_INFO] = cmd_info,
     [KVS__COMMAND_REQUEST__COMMAND_HINCR] = cmd_hincr,
     [KVS__COMMAND_REQUEST__COMMAND_HLEN] = cmd_read,
+    [KVS__COMMAND_REQUEST__COMMAND_HCLEAR] = cmd_hclear,
     [KVS__COMMAND_REQUEST__COMMAND_METRICS] = cmd_metrics,
     [KVS__COMMAND_REQUEST__COMMAND_SLOWLOG] = cmd_slowlog,
     [KVS__COMMAND_REQUEST__COMMAND_REBUILD] = cmd_rebuild,
@@ -760,7 +786,7 @@ static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
 {
     return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
            c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
 }
 
 /* A write to a table bound to no topic, on a shard with several replicas
@@ -906,6 +932,11 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
     case KVS__COMMAND_REQUEST__COMMAND_HINCR:
         refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
         break;
+    case KVS__COMMAND_REQUEST__COMMAND_HCLEAR: {
+        int rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND,
+                                       b->table, b->topic);
+        return rc == 0 ? 1 : rc;
+    }
     default:
         if (!kvs_freshreq_applies(req->command_case))
             return 0; /* not a read: as for any table */

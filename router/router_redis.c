@@ -78,6 +78,7 @@ enum {
     RC_HSCAN,
     RC_EXISTS,
     RC_TYPE, /* +hash, or +none for a table without fields */
+    RC_DEL,  /* 1 when the table had fields (DEL, UNLINK) */
     RC_INFO,
     RC_AUTH,          /* +OK */
     RC_HELLO,         /* HELLO ... AUTH: the HELLO reply once authenticated */
@@ -300,8 +301,8 @@ typedef void (*cmd_fn)(router_redis_t *rs, router_client_t *cl, router_req_t *re
 /* What args_refused checks before a command runs: its key (argument 1)
  * and where its hash fields are, from argument 2. */
 enum {
-    ARGS_FREE = 0, /* nothing (not a hash command, or DEL, which is refused anyway) */
-    ARGS_KEY,      /* the key: HGETALL, HKEYS, HVALS, HLEN, HSCAN, EXISTS */
+    ARGS_FREE = 0, /* nothing (not a hash command) */
+    ARGS_KEY,      /* the key: HGETALL, HKEYS, HVALS, HLEN, HSCAN, EXISTS, DEL */
     ARGS_FIELD,    /* the key and one field: HGET, HSTRLEN, HEXISTS, HSETNX, HINCRBY* */
     ARGS_FIELDS,   /* the key and every other argument: HMGET, HDEL */
     ARGS_PAIRS,    /* the key and field value pairs: HSET, HMSET */
@@ -1404,11 +1405,18 @@ static int answer_slowlog(const router_req_t *req, const Kvs__CommandResponse *a
     return 0;
 }
 
+/* DEL and UNLINK of one key: the table emptied on every shard (Hclear). */
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    (void)rs, (void)cl, (void)cmd;
-    reply_error(req, "ERR kvs does not delete a whole hash (a table spans every shard and may be "
-                     "bound to Kafka); delete its fields with HDEL");
+    if (rs->ps.argc != 2)
+        return reply_error(req, "ERR kvs answers DEL and UNLINK for one key at a time");
+    Kvs__Hclear m = KVS__HCLEAR__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
+        return;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
+    q.hclear = &m;
+    route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
@@ -1442,7 +1450,8 @@ static const cmd_t commands[] = {
     {"hscan", -3, "readonly", 1, 1, 1, cmd_hscan, RC_HSCAN, ARGS_KEY},
     {"exists", -2, "readonly fast", 1, -1, 1, cmd_hlen, RC_EXISTS, ARGS_KEY},
     {"type", 2, "readonly fast", 1, 1, 1, cmd_hlen, RC_TYPE, ARGS_KEY},
-    {"del", -2, "write", 1, -1, 1, cmd_del, RC_NONE, ARGS_FREE},
+    {"del", -2, "write", 1, -1, 1, cmd_del, RC_DEL, ARGS_KEY},
+    {"unlink", -2, "write fast", 1, -1, 1, cmd_del, RC_DEL, ARGS_KEY},
     {"ping", -1, "fast", 0, 0, 0, cmd_ping, RC_NONE, ARGS_FREE},
     {"echo", 2, "loading stale fast", 0, 0, 0, cmd_echo, RC_NONE, ARGS_FREE},
     {"info", -1, "loading stale", 0, 0, 0, cmd_info, RC_INFO, ARGS_FREE},
@@ -1586,7 +1595,7 @@ static const cmd_t *lookup_full(const kvs_redis_arg_t *a, const sub_t **sub)
  * keyspace ones (EXISTS, TYPE, DEL), the server's and the connection's. */
 static const char *command_group(const cmd_t *c)
 {
-    static const char *const generic[] = {"exists", "type", "del"};
+    static const char *const generic[] = {"exists", "type", "del", "unlink"};
     static const char *const server[] = {"info", "command", "config", "slowlog"};
     for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
         if (strcmp(c->name, generic[i]) == 0)
@@ -1768,6 +1777,8 @@ static uint32_t kvs_command_of(const cmd_t *cmd, size_t argc, uint32_t *keys)
         return KVS__COMMAND_REQUEST__COMMAND_HLEN;
     case RC_HSCAN:
         return KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    case RC_DEL:
+        return KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
     case RC_INFO:
         return KVS__COMMAND_REQUEST__COMMAND_INFO;
     default:
@@ -2073,6 +2084,8 @@ static int answer_ok(router_redis_t *rs, router_req_t *req, const Kvs__CommandRe
         if (req->rcmd == RC_TYPE)
             return kvs_redis_simple(out, n > 0 ? "hash" : "none");
         return kvs_redis_integer(out, req->rcmd == RC_EXISTS ? n > 0 : (int64_t)n);
+    case RC_DEL:
+        return kvs_redis_integer(out, v0 != NULL && v0->integer_value > 0);
     case RC_HSTRLEN: /* asked with value_lengths: values[0] is the length */
         if (is_empty(v0))
             return kvs_redis_integer(out, 0);

@@ -441,7 +441,8 @@ static int is_write(Kvs__CommandRequest__CommandCase cmd)
 {
     return cmd == KVS__COMMAND_REQUEST__COMMAND_HSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
            cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-           cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR;
+           cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR ||
+           cmd == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
 }
 
 /* Reads: sent again to another replica when the first fails them. */
@@ -1673,6 +1674,19 @@ static void merge_found_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_a
     finish_packed(req, &out, kvs_msg_command_name(m->cmd), "ask for fewer keys per request");
 }
 
+/* Answers 200 with the count `n` (Hlen, Hclear). */
+static void finish_count(router_req_t *req, int64_t n, const char *cmd)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = n;
+    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    out.status = KVS_STATUS_OK;
+    out.values = &vp;
+    out.n_values = 1;
+    finish_packed(req, &out, cmd, "");
+}
+
 /* Hlen: the shards' counts added up. */
 static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
 {
@@ -1687,14 +1701,112 @@ static void merge_sum(router_req_t *req, Kvs__CommandResponse **rs)
         }
         sum += rs[i]->values[0]->integer_value;
     }
-    Kvs__Value v = KVS__VALUE__INIT, *vp = &v;
-    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
-    v.integer_value = sum;
-    Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
-    out.status = KVS_STATUS_OK;
-    out.values = &vp;
-    out.n_values = 1;
-    finish_packed(req, &out, "Hlen", "");
+    finish_count(req, sum, "Hlen");
+}
+
+/* Appends text to `out` (a message being built), ignoring what does not
+ * fit: the message is cut at a character when it is sent. */
+static void text_add(char *out, size_t cap, size_t *at, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void text_add(char *out, size_t cap, size_t *at, const char *fmt, ...)
+{
+    va_list ap;
+    if (*at >= cap - 1)
+        return;
+    va_start(ap, fmt);
+    int n = vsnprintf(out + *at, cap - *at, fmt, ap);
+    va_end(ap);
+    *at = n < 0 ? *at : *at + (size_t)n < cap ? *at + (size_t)n : cap - 1;
+}
+
+/* Hclear: the shards' counts of removed keys added up. Each shard empties
+ * its part in one transaction of its own, so when a part failed the table
+ * may be partly emptied. When every failed part certainly did nothing
+ * (refused, or never sent) and another emptied its part, the answer is
+ * 207; when a part may or may not have (sent and its answer lost, or an
+ * answer a worker does not give), the first failure's status with
+ * outcome_unknown. Either way the message says which shards emptied their
+ * part (and how many keys they removed), which did nothing, and which may
+ * have. When every part was refused and none may have run, nothing was
+ * done anywhere, and the first refusal is the answer, as for any
+ * request. */
+static void merge_clear(router_req_t *req, kvs_arena_t *arena)
+{
+    enum { EMPTIED, REFUSED, UNKNOWN };
+    route_merge_t *m = req->merge;
+    int64_t sum = 0;
+    uint32_t status = 0, emptied = 0, first = 0;
+    int unknown = 0;
+    Kvs__CommandResponse **rs = kvs_arena_alloc(arena, m->nparts * sizeof(*rs));
+    uint8_t *state = kvs_arena_alloc(arena, m->nparts);
+    if (rs == NULL || state == NULL) {
+        router_req_finish_status(req, KVS_STATUS_INTERNAL,
+                                 "router out of memory; Hclear may or may not have emptied the "
+                                 "table on each shard: read it to find out");
+        return;
+    }
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        Kvs__CommandResponse *a = NULL;
+        if (!m->failed[i])
+            a = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
+        rs[i] = a;
+        uint32_t st = m->failed[i] ? m->failed[i]
+                      : a == NULL || a->status == 0 ? KVS_STATUS_INTERNAL
+                                                    : a->status;
+        if (st == KVS_STATUS_OK &&
+            (a->n_values != 1 || a->values[0]->kind_case != KVS__VALUE__KIND_INTEGER_VALUE))
+            st = KVS_STATUS_INTERNAL;
+        if (st == KVS_STATUS_OK) {
+            sum += a->values[0]->integer_value;
+            emptied++;
+            state[i] = EMPTIED;
+            continue;
+        }
+        if (status == 0)
+            status = st, first = i;
+        /* Sent and its answer lost, or an answer a worker does not give
+         * (500 too: a store failure aborts the batch, but a worker's 500
+         * does not prove that): it may have run there. */
+        if (m->failed[i])
+            state[i] = m->tries[i].unsent ? REFUSED : UNKNOWN;
+        else
+            state[i] = a == NULL || a->outcome_unknown || st == KVS_STATUS_INTERNAL ? UNKNOWN
+                                                                                   : REFUSED;
+        unknown |= state[i] == UNKNOWN;
+    }
+    if (status == 0) {
+        finish_count(req, sum, "Hclear");
+        return;
+    }
+    if (emptied == 0 && !unknown) { /* nothing done anywhere: the first refusal says why */
+        router_req_finish_status(req, status, "%s",
+                                 m->failed[first] ? part_failure(m, first) : rs[first]->message);
+        return;
+    }
+    char text[2048], why[304];
+    size_t at = 0;
+    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards (%lld %s removed there)",
+             req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
+             (long long)sum, req->redis ? "fields" : "keys");
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        if (state[i] == EMPTIED)
+            continue;
+        const char *text_i = m->failed[i] ? part_failure(m, i)
+                             : rs[i] == NULL ? "its answer is not a CommandResponse"
+                                             : rs[i]->message;
+        size_t n = strlen(text_i) < sizeof(why) - 4 ? strlen(text_i) : sizeof(why) - 4;
+        memcpy(why, text_i, n); /* cut at a whole character: the answer must be UTF-8 */
+        why[kvs_utf8_cut(why, n)] = '\0';
+        text_add(text, sizeof(text), &at, "; shard %u %s: %s", m->part_shard[i],
+                 state[i] == UNKNOWN ? "may or may not have emptied its part"
+                                     : "did not empty its part (nothing done there)",
+                 why);
+    }
+    text_add(text, sizeof(text), &at, "; send it again to empty the rest");
+    req_status_frame(req, unknown ? status : KVS_STATUS_PARTIAL, unknown, NULL, text,
+                     sizeof(text), (int)at);
+    router_req_complete(req);
 }
 
 /* A value of a part's answer: where its encoded Value lies in the answer. */
@@ -1833,6 +1945,11 @@ static void merge_finish(router_req_t *req)
     kvs_arena_t *arena = &m->router->merge_arena;
     if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_METRICS) {
         merge_metrics(req, arena);
+        kvs_arena_reset(arena);
+        return;
+    }
+    if (m->cmd == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
+        merge_clear(req, arena);
         kvs_arena_reset(arena);
         return;
     }
@@ -2340,13 +2457,13 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     send_parts(r, req, q, sel, count);
 }
 
-/* Hgetall, Hlen and Info: the same request `q` to every shard, answers
- * merged. */
+/* Hgetall, Hlen, Hclear and Info: the same request `q` to every shard,
+ * answers merged. */
 static void route_fanout(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                          const uint8_t *raw, size_t rawlen)
 {
     Kvs__CommandRequest__CommandCase cmd = q->command_case;
-    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN)
+    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN && cmd != KVS__COMMAND_REQUEST__COMMAND_HCLEAR)
         req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
@@ -2643,6 +2760,14 @@ static void route_placed(router_t *r, router_req_t *req, const Kvs__CommandReque
     case KVS__COMMAND_REQUEST__COMMAND_HLEN:
         route_fanout(r, req, q, raw, rawlen);
         break;
+    case KVS__COMMAND_REQUEST__COMMAND_HCLEAR: {
+        const char *table = kvs_msg_request_table(q);
+        for (uint32_t sh = 0; sh < r->shards; sh++)
+            if (unbound_refused(r, req, q, table, strlen(table), sh))
+                return; /* every shard's part is a write to an unbound table */
+        route_fanout(r, req, q, raw, rawlen);
+        break;
+    }
     case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
         route_hscan(r, req, q);
         break;
@@ -2821,6 +2946,19 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
         return;
+    if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
+        if (req->redis)
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                     "key \"%s\" is bound to Kafka topic %s, whose records are "
+                                     "its fields, so kvs does not delete it whole; delete its "
+                                     "fields with HDEL (they produce tombstones); nothing was "
+                                     "deleted",
+                                     b->table, b->topic);
+        else
+            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,
+                                     b->topic);
+        return;
+    }
     if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
         route_unplaced(r, req, q, b, raw, rawlen))
         return;

@@ -928,6 +928,18 @@ static int build_hgetall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
     return arg_string(c, "table name", argv[0], &req->hgetall->table);
 }
 
+/* hlen TABLE, hclear TABLE: {table} alone (Hlen and Hclear look alike). */
+static int build_table(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
+                       Kvs__CommandRequest *req)
+{
+    Kvs__Hlen *m = cli_new(c, cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HLEN
+                                  ? &kvs__hlen__descriptor
+                                  : &kvs__hclear__descriptor);
+    req->command_case = cmd->cc;
+    req->hlen = m; /* the oneof members share storage */
+    return arg_string(c, "table name", argv[0], &m->table);
+}
+
 /* hscan TABLE [CURSOR [COUNT]]; the cursor is bytes, "" = start. */
 static int build_hscan(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
                        Kvs__CommandRequest *req)
@@ -959,14 +971,23 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0)
         return rc;
     rc = check_status(c, cmd, r);
+    /* One value per key, in request order (fewer or more would pair values
+     * with the wrong keys); a table's count (hlen, hclear) is one value. */
+    uint32_t want = kvs_msg_request_keys(&req);
+    if (cmd->shape == SHAPE_VALUE && want == 0)
+        want = 1;
     if (rc == 0 && (cmd->shape == SHAPE_LIST || cmd->shape == SHAPE_VALUE) &&
-        r->n_values != kvs_msg_request_keys(&req)) {
-        /* one value per key, in request order: fewer or more would pair
-         * values with the wrong keys */
-        fprintf(stderr,
-                "kvs-cli: protocol error: the answer holds %zu values for %" PRIu32
-                " keys; nothing printed\n",
-                r->n_values, kvs_msg_request_keys(&req));
+        r->n_values != want) {
+        if (kvs_msg_request_keys(&req) > 0)
+            fprintf(stderr,
+                    "kvs-cli: protocol error: the answer holds %zu values for %" PRIu32
+                    " keys; nothing printed\n",
+                    r->n_values, want);
+        else
+            fprintf(stderr,
+                    "kvs-cli: protocol error: the answer holds %zu values, not one count; "
+                    "nothing printed\n",
+                    r->n_values);
         return CLI_USAGE;
     }
     if (rc == 0)
@@ -1443,6 +1464,10 @@ static const cli_cmd_t commands[] = {
      build_hgetall, SHAPE_PAIRS, run_simple},
     {"hkeys", "TABLE", "every key of a table (its values may be large)", 1, 1, 1, CC(HGETALL),
      build_hgetall, SHAPE_KEYS, run_simple},
+    {"hlen", "TABLE", "the number of keys of TABLE", 1, 1, 1, CC(HLEN), build_table, SHAPE_VALUE,
+     run_simple},
+    {"hclear", "TABLE", "delete every key of TABLE (bound to no topic); prints how many", 1, 1, 1,
+     CC(HCLEAR), build_table, SHAPE_VALUE, run_simple},
     {"hscan", "TABLE [CURSOR [COUNT]]", "one page in key order; CURSOR \"\" starts", 1, 3, 1,
      CC(HSCAN), build_hscan, SHAPE_SCAN, run_simple},
     {"hscanall", "TABLE [COUNT]", "every pair, fetched COUNT at a time", 1, 2, 1, CC(HSCAN), NULL,

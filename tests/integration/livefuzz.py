@@ -20,7 +20,7 @@ Client threads:
 - Resp: Redis commands of random arity and arguments, pipelined (one
   well-formed reply each), and mutated RESP streams (replies must still
   parse).
-- Resp owner: HSET/HGET/HDEL/HMGET/HINCRBY pipelines on its own unbound
+- Resp owner: HSET/HGET/HDEL/HMGET/HINCRBY/DEL pipelines on its own unbound
   table (own_r<n>), every reply predicted exactly (Redis's integer rules
   for HINCRBY, README's RESP Values).
 - Abuser: closes mid-frame, half-closes (every answer still comes, then
@@ -297,7 +297,7 @@ def gen_shared(rng, ctx):
     """A valid (well-encoded) request of any command, on shared tables, with
     edge sizes and counts. Returns (request, table or None)."""
     t = rand_table(rng, ctx.tables)
-    c = rng.randrange(22)
+    c = rng.randrange(23)
     mf = ctx.max_frame
     if c == 0:
         r = req(hget=pb.Hget(table=t, key=rand_key(rng)))
@@ -367,6 +367,8 @@ def gen_shared(rng, ctx):
         r = req(rebuild=pb.Rebuild(table=t))
     elif c == 20:
         r = req()  # no command
+    elif c == 22:
+        r = req(hclear=pb.Hclear(table=t))
     else:
         r = req(hget=pb.Hget(table=t, key=b"s%d" % rng.randrange(64)))
     if rng.random() < 0.1:
@@ -616,6 +618,29 @@ def gen_owned(rng, sh, ctx):
     keys = sh.keys
     c = rng.randrange(11 if not sh.bound else 7)
     k = rng.choice(keys)
+    if rng.random() < 0.015:  # Hclear: the whole table (a bound one refuses it)
+        r = req(hclear=pb.Hclear(table=sh.table))
+
+        def check(resp):
+            if sh.bound:
+                if resp.status != 400 or "bound to Kafka topic" not in resp.message:
+                    return "Hclear of bound %s: %d %s" % (sh.table, resp.status, resp.message)
+                return None
+            unknown = sh.whole_unknown()
+            had = len(sh.vals)
+            if resp.status != 200:
+                # Some shards may have emptied their part (the message says
+                # which): every key is unknown now.
+                sh.vals = {a: UNKNOWN for a in keys}
+                if ctx.flaky or (resp.status == 503 and ctx.snapshots):
+                    ctx.count("Hclear %d" % resp.status)
+                    return None
+                return "Hclear: %d %s" % (resp.status, resp.message)
+            sh.vals = {}
+            if not unknown and (len(resp.values) != 1 or resp.values[0].integer_value != had):
+                return "Hclear: %s, model had %d keys" % (resp, had)
+            return None
+        return r, Expect(check)
 
     def rv():
         if rng.random() < 0.04:
@@ -1358,7 +1383,7 @@ def mutator_session(ctx, rng, conn, where):
 RESP_COMMANDS = [b"HGET", b"HSET", b"HSETNX", b"HMSET", b"HMGET", b"HDEL", b"HEXISTS",
                  b"HGETALL", b"HKEYS", b"HVALS", b"HLEN", b"HSTRLEN", b"HINCRBY",
                  b"HINCRBYFLOAT", b"HSCAN", b"EXISTS", b"PING", b"ECHO", b"INFO", b"COMMAND",
-                 b"CLIENT", b"SELECT", b"HELLO", b"AUTH", b"CONFIG", b"SLOWLOG", b"DEL",
+                 b"CLIENT", b"SELECT", b"HELLO", b"AUTH", b"CONFIG", b"SLOWLOG", b"DEL", b"UNLINK",
                  b"GET", b"hset", b"HgEt", b"", b"MULTI", b"QUIT"]
 RESP_ARGS = [b"fz", b"fz1", b"rs", b"kb", b"ro", b"", b"__kvs", b"f1", b"f2", b"0", b"1", b"-1",
              b"9223372036854775807", b"9223372036854775808", b"-9223372036854775808", b"1e400",
@@ -1882,6 +1907,18 @@ def gen_resp_owned(rng, sh):
     fs = sh.keys
     t = sh.table.encode()
     c = rng.randrange(6)
+    if rng.random() < 0.015:  # DEL (or UNLINK) of the whole hash
+        def check(r):
+            unknown = any(v is UNKNOWN for v in sh.vals.values())
+            had = len(sh.vals) > 0
+            if r[0] != b":":
+                sh.vals = {k: UNKNOWN for k in fs}  # some shards may have emptied theirs
+                return None if b"DEL emptied the hash on" in r[1] else "DEL: %r" % (r,)
+            sh.vals = {}
+            if not unknown and r != (b":", b"1" if had else b"0"):
+                return "DEL: %r, model had %d fields" % (r, had)
+            return None
+        return [rng.choice([b"DEL", b"UNLINK"]), t], check
     if c == 0:  # HSET, distinct fields
         ks = rng.sample(fs, rng.randrange(1, 5))
         vs = [resp_value(rng) for _ in ks]

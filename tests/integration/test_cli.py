@@ -271,6 +271,23 @@ class CliTest(unittest.TestCase):
         self.assertEqual(self.ok("hkeys", "t"), '1) "b"\n2) "c\\x01"\n')
         self.assertEqual(self.ok("--raw", "hkeys", "t"), "b\nc\x01\n")
 
+    def test_hlen_and_hclear(self):
+        self.assertEqual(self.ok("hlen", "t"), "(integer) 0\n")
+        self.assertEqual(self.ok("hclear", "t"), "(integer) 0\n")
+        for i in range(5):
+            self.ok("hset", "t", "k%d" % i, "v")
+        self.ok("hset", "other", "k", "v")
+        self.assertEqual(self.ok("hlen", "t"), "(integer) 5\n")
+        self.assertEqual(self.ok("hclear", "t"), "(integer) 5\n")
+        self.assertEqual(self.ok("hlen", "t"), "(integer) 0\n")
+        self.assertEqual(self.ok("hgetall", "t"), "(empty)\n")
+        self.assertEqual(self.ok("hget", "other", "k"), '"v"\n')
+        # The emptied table was dropped: the shard holds "other" alone.
+        info = self.ok("--raw", "info")
+        self.assertIn("shard.000.tables\n1\n", info)
+        p = self.cli("hclear", "t", "extra")
+        self.assertEqual(p.returncode, 2)
+
     def test_hscan_paging(self):
         for i in range(1, 6):
             self.ok("hset", "t", "k%d" % i, "v%d" % i)

@@ -95,6 +95,14 @@ class RedisPyTest(RespTestCase):
         self.assertEqual(c.exists("h"), 1)
         self.assertEqual(c.exists("nosuchtable"), 0)
         self.assertTrue(c.execute_command("SELECT", 0))
+        # DEL and UNLINK of a hash: its fields on every shard.
+        c.hset("wide", mapping={"f%d" % i: "v" for i in range(64)})
+        self.assertEqual(c.delete("wide"), 1)
+        self.assertEqual((c.exists("wide"), c.hlen("wide"), c.hgetall("wide")), (0, 0, {}))
+        self.assertEqual(c.delete("wide"), 0)
+        self.assertEqual(c.unlink("h2"), 1)
+        self.assertEqual(c.unlink("h2"), 0)
+        self.assertEqual(c.hgetall("h"), {b"f3": b"v3", b"f4": b"v4"})  # other keys stay
 
     def test_errors_as_redis_gives_them(self):
         self.resp_router()
@@ -120,8 +128,10 @@ class RedisPyTest(RespTestCase):
             c.execute_command("HSET", "h", "f", "v", "g")
         with self.assertRaisesRegex(redis.ResponseError, "DB index is out of range"):
             c.execute_command("SELECT", 1)
-        with self.assertRaisesRegex(redis.ResponseError, "HDEL"):
-            c.delete("h")
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    "^kvs answers DEL and UNLINK for one key at a time$"):
+            c.delete("h", "a")
+        self.assertEqual(c.hget("h", "s"), b"abc")  # nothing deleted
         with self.assertRaisesRegex(redis.ResponseError, "reserved"):  # kvs's own rules
             c.hset("__kvs", "f", "v")
         # A key with a NUL byte is refused, never cut short to another table.
@@ -247,6 +257,49 @@ class CrossProtocolTest(RespTestCase):
             self.assertEqual((v.WhichOneof("kind"), v.integer_value), ("integer_value", -40))
             v = pbc.hget("y", "f").values[0]
             self.assertEqual((v.WhichOneof("kind"), v.string_value), ("string_value", "1.3"))
+
+
+class DelTest(RespTestCase):
+    def test_del_empties_every_shard_and_frees_the_tables(self):
+        # Through both doors, over 2 shards: Hclear (protobuf) and DEL
+        # empty the table on every shard, and the emptied tables are
+        # dropped (Info's per-shard count goes back).
+        r = self.resp_router(
+            extra="kafka:\n  bindings:\n    - {topic: t-orders, table: orders}\n")
+        c = self.redis()
+        c.hset("a", mapping={"f%d" % i: "x" * i for i in range(200)})
+        c.hset("b", mapping={"f%d" % i: "y" for i in range(50)})
+        with r.client() as pbc:
+            def tables():
+                resp = pbc.call(pb.CommandRequest(info=pb.Info()))
+                self.assertEqual(resp.status, 200, resp.message)
+                return sum(p.value.integer_value for p in resp.pairs
+                           if p.key.endswith(b".tables"))
+            before = tables()
+            resp = pbc.call(pb.CommandRequest(hclear=pb.Hclear(table="a")))
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 200),
+                             resp.message)
+            self.assertEqual(c.hlen("a"), 0)
+            self.assertEqual(tables(), before - 2)  # "a" had keys on both shards
+            self.assertEqual(c.delete("b"), 1)
+            self.assertEqual(tables(), before - 4)
+            # A table bound to a topic is its topic's: refused, nothing done
+            # (with Kafka off here, no write of it could be made anyway).
+            resp = pbc.call(pb.CommandRequest(hclear=pb.Hclear(table="orders")))
+            self.assertEqual(resp.status, 400)
+            self.assertIn("bound to Kafka topic t-orders", resp.message)
+            with self.assertRaisesRegex(redis.ResponseError,
+                                        'key "orders" is bound to Kafka topic t-orders, '
+                                        'whose records are its fields'):
+                c.delete("orders")
+            # A missing table is 0 keys, and bad names get the usual 400.
+            resp = pbc.call(pb.CommandRequest(hclear=pb.Hclear(table="nosuch")))
+            self.assertEqual((resp.status, resp.values[0].integer_value), (200, 0))
+            resp = pbc.call(pb.CommandRequest(hclear=pb.Hclear(table="__kvs")))
+            self.assertEqual(resp.status, 400)
+            self.assertIn("reserved", resp.message)
+        self.assertEqual(c.hset("a", "again", "1"), 1)  # the name is free to use again
+        self.assertEqual(c.hgetall("a"), {b"again": b"1"})
 
 
 class LargeValuesTest(RespTestCase):

@@ -388,7 +388,12 @@ class HashCommandsTest(RespDiffTestCase):
             C("hincrby", "h", "m", "1"),
             C("HSET", "bin", "\xff\x00", b"\x00\xfe\xff"), C("HGET", "bin", "\xff\x00"),
             C("HSTRLEN", "bin", "\xff\x00"),
-            C("EXISTS", "h"), C("EXISTS", "nokey"), C("EXISTS"), C("DEL"),
+            C("EXISTS", "h"), C("EXISTS", "nokey"), C("EXISTS"), C("DEL"), C("UNLINK"),
+            # DEL of one key: the whole hash, on every shard.
+            C("HSET", "gone", "a", "1", "b", "2", "c", "3"), C("DEL", "gone"), C("DEL", "gone"),
+            C("EXISTS", "gone"), C("HGETALL", "gone"), C("HLEN", "gone"), C("TYPE", "gone"),
+            C("DEL", "nokey"), C("HSET", "gone", "a", "9"), C("HGETALL", "gone"),
+            C("UNLINK", "gone"), C("UNLINK", "gone"), C("HGET", "gone", "a"),
             C("TYPE", "h"), C("TYPE", "nokey"), C("type", "h"), C("TYPE"), C("TYPE", "h", "x"),
             # A command of the wrong shape says so first, whatever its
             # key and fields (kvs's rules for them come after Redis's).
@@ -402,19 +407,22 @@ class HashCommandsTest(RespDiffTestCase):
 
     def test_deliberate_differences(self):
         """What kvs answers differently on purpose, each documented in the
-        README: one kvs table per Redis key, no strings, no whole-hash
-        delete, kvs's names and bounds."""
+        README: one kvs table per Redis key, no strings, no delete of
+        several keys at once, kvs's names and bounds."""
         unknown = b"-ERR unknown command '%s', with args beginning with: %s\r\n"
         self.run_session([
             C("HSET", "h", "f", "v"), C("HSET", "h2", "f", "v"),
-            D(["DEL", "h2"], b"-ERR kvs does not delete a whole hash (a table spans every shard "
-              b"and may be bound to Kafka); delete its fields with HDEL\r\n", b":1\r\n"),
             D(["EXISTS", "h", "h"], b"-ERR kvs answers EXISTS for one key at a time\r\n",
               b":2\r\n"),
             D(["GET", "h"], unknown % (b"GET", b"'h' "),
               b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
             D(["SET", "k", "v"], unknown % (b"SET", b"'k' 'v' "), b"+OK\r\n"),
             D(["HRANDFIELD", "h"], unknown % (b"HRANDFIELD", b"'h' "), b"$1\r\nf\r\n"),
+            C("HSET", "d1", "f", "v"),
+            D(["DEL", "d1", "d2"], b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n",
+              b":1\r\n"),
+            D(["UNLINK", "d1", "nokey"],
+              b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n", b":0\r\n"),
             C("HGETDEL", "h", "FIELDS", "1", "f"),  # Redis 8: unknown to both
             # A kvs table name holds no NUL: refused, never cut short to
             # name another table ("a").
@@ -656,9 +664,9 @@ class HashCommandsTest(RespDiffTestCase):
             C("COMMAND", "DOCS", "hget", how="type"),
             C("COMMAND", "INFO", "hget", "HSET", "hmget", "hmset", "hdel", "hexists", "hgetall",
               "hsetnx", "hincrby", "hincrbyfloat", "hkeys", "hvals", "hlen", "hstrlen", "hscan",
-              "exists", "type", "del", "nosuch", "ping", "echo", "select", "quit",
+              "exists", "type", "del", "unlink", "nosuch", "ping", "echo", "select", "quit",
               how="commands"),
-            C("COMMAND", "DOCS", "hget", "hscan", "hello", "exists", "type", "del", "ping",
+            C("COMMAND", "DOCS", "hget", "hscan", "hello", "exists", "type", "del", "unlink", "ping",
               "echo", "select", "quit", "auth", "client", "info", "command", "config",
               "slowlog", how="groups"),
             C("INFO", how="type"), C("INFO", "server", how="info"),

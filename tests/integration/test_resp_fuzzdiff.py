@@ -17,8 +17,7 @@ apart; HSETs of many fields (hashes of several pages); batches of writes
 and reads of one field. A session ends with QUIT, a random inline line of
 quotes and escapes, or one of its multibulks with a byte of its framing
 changed (compared until the server closes or falls silent). Each session
-starts with the keys emptied on both servers (kvs: HDEL of what HKEYS
-lists).
+starts with the keys emptied on both servers (kvs: DEL of each key).
 
 Replies are compared byte for byte except where README ("Where kvs answers
 differently from Redis, on purpose", "HSCAN cursors") says kvs differs;
@@ -51,7 +50,8 @@ exactly these normalizations are made:
       would exceed limits.max_frame (4194304 bytes)" instead (no kvs
       answer is larger than limits.max_frame, default 4 MiB);
   EXISTS of several keys: kvs must answer its "one key at a time" error;
-  DEL of keys: sent to kvs only, which must answer its refusal;
+  DEL or UNLINK of several keys: sent to kvs only, which must answer its
+      "one key at a time" refusal (of one key: compared as any command);
   a session's ending: the same as above, reply by reply, and where a
       changed frame makes a value a command, kvs's "unknown command" for
       one Redis has and kvs has not (GET, SET...), or "unknown subcommand"
@@ -130,15 +130,15 @@ HASH_CMDS = {  # name: (positions of its fields, whether it writes)
     b"HINCRBY": ([2], True), b"HINCRBYFLOAT": ([2], True), b"HMGET": ("rest", False),
     b"HDEL": ("rest", True), b"HGETALL": ([], False), b"HKEYS": ([], False),
     b"HVALS": ([], False), b"HLEN": ([], False), b"EXISTS": ([], False), b"HSCAN": ([], False),
-    b"TYPE": ([], False),
+    b"TYPE": ([], False), b"DEL": ([], True), b"UNLINK": ([], True),
 }
 KEYS = [b"h", b"g", b"\xc3\xa9t\xc3\xa9", b"t" * 200, b"missing"]  # the last one rarely used
-KVS_COMMANDS = {  # README, "Redis protocol (RESP)"; DEL is refused, not unknown
+KVS_COMMANDS = {  # README, "Redis protocol (RESP)"
     b"hget", b"hset", b"hsetnx", b"hmset", b"hmget", b"hdel", b"hexists", b"hgetall", b"hkeys",
     b"hvals", b"hlen", b"hstrlen", b"hincrby", b"hincrbyfloat", b"hscan", b"exists", b"type",
     b"ping",
     b"echo", b"info", b"command", b"client", b"select", b"hello", b"auth", b"config", b"slowlog",
-    b"quit", b"del"}
+    b"quit", b"del", b"unlink"}
 KVS_SUBCOMMANDS = {  # README: any other subcommand is unknown, whether Redis has it or not
     b"CLIENT": {b"id", b"getname", b"setname", b"setinfo", b"help"},
     b"COMMAND": {b"count", b"info", b"docs", b"help"},
@@ -197,6 +197,11 @@ def name_error(args):
         if i < len(args) and field_error(args[i]) is not None:
             return field_error(args[i])
     return None
+
+
+def several_deleted(args):
+    """DEL or UNLINK of several keys, which kvs refuses."""
+    return args[0].upper() in (b"DEL", b"UNLINK") and len(args) > 2
 
 
 def inline(args, rng):
@@ -427,7 +432,8 @@ class Gen:
             return Step([b"AUTH"] + [self.pick([b"x", b"default", b"bob", b""])
                                      for _ in range(self.rng.choice([0, 1, 2, 3]))])
         if r < 0.80:
-            return Step([b"DEL"] + [self.key(0) for _ in range(self.rng.choice([0, 1, 2]))])
+            return Step([self.pick([b"DEL", b"UNLINK"])] +
+                        [self.key(0) for _ in range(self.rng.choice([0, 1, 1, 2]))])
         if r < 0.85:  # what they answer aside (slow log, tables), their errors are Redis's
             return Step(how="errors", args=self.pick([
                 [b"SLOWLOG", b"GET", self.pick(NUMBERS)], [b"SLOWLOG", b"NOSUCH"],
@@ -471,7 +477,7 @@ class Gen:
             n = self.rng.randint(2, 8) if self.rng.random() < 0.7 else self.rng.randint(10, 60)
             while len(batch) < n:
                 s = self.hash_command() if self.rng.random() < 0.7 else self.other_command()
-                if s.how in ("walk", "hscan") or s.args[0].upper() == b"DEL" or name_error(s.args):
+                if s.how in ("walk", "hscan") or several_deleted(s.args) or name_error(s.args):
                     continue
                 batch.append(self.maybe_inline(s))
             return self.maybe_split(batch)
@@ -658,7 +664,7 @@ class RespFuzzDiffTest(RespDiffTestCase):
         "unknown subcommand" for a subcommand kvs has not (CLIENT LIST), or
         refuses a key or field that is not a kvs name (a changed length can
         cut a key short of UTF-8 or a field to nothing), or refuses DEL,
-        EXISTS of several keys (a changed length can make a value one) or
+        UNLINK or EXISTS of several keys (a changed length can make a value one) or
         an answer over limits.max_frame, or lists a hash in another
         order."""
         if kg[1] != rg[1]:
@@ -677,7 +683,7 @@ class RespFuzzDiffTest(RespDiffTestCase):
             sub = re.match(rb"-ERR unknown subcommand '(.*?)'\. Try (\w+) HELP\.\r\n$", kn[2])
             sub = sub and sub.group(1).lower() not in KVS_SUBCOMMANDS.get(sub.group(2), ())
             if kn[2] != rn[2] and unordered(kn) != unordered(rn) and not (m and m.group(1).lower() in self.redis_only) and not sub and not (
-                    re.match(rb"-ERR (the key |a hash field |kvs does not delete|kvs answers EXISTS "
+                    re.match(rb"-ERR (the key |a hash field |kvs answers (EXISTS|DEL and UNLINK) "
                              rb"for one key at a time)", kn[2])) and not (
                     len(rn[2]) > 3 << 20 and re.match(TOO_LARGE, kn[2])):
                 return False
@@ -690,11 +696,10 @@ class RespFuzzDiffTest(RespDiffTestCase):
         k = Conn(self.rport)
         try:
             for key in KEYS:
-                k.send(cmd(b"HKEYS", key))
-                fields = [f[1] for f in k.reply()[1]]
-                if fields:
-                    k.send(cmd(b"HDEL", key, *fields))
-                    self.assertEqual(k.reply()[2], b":%d\r\n" % len(fields))
+                k.send(cmd(b"HLEN", key))
+                had = k.reply()[2] != b":0\r\n"
+                k.send(cmd(b"DEL", key))
+                self.assertEqual(k.reply()[2], b":1\r\n" if had else b":0\r\n")
         finally:
             k.close()
 
@@ -715,11 +720,10 @@ class RespFuzzDiffTest(RespDiffTestCase):
         if len(batch) == 1 and batch[0].how == "walk":
             return self.walk_compare(k, r, batch[0])
         single = batch[0] if len(batch) == 1 else None
-        if single is not None and single.args[0].upper() == b"DEL" and len(single.args) > 1:
+        if single is not None and several_deleted(single.args):
             k.send(single.data())
             got = k.reply()
-            want = (b"-ERR kvs does not delete a whole hash (a table spans every shard and may "
-                    b"be bound to Kafka); delete its fields with HDEL\r\n")
+            want = b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n"
             if got is None or got[2] != want:
                 raise Mismatch("%r\n     kvs:   %r\n     want:  %r" % (single, got and got[2],
                                                                        want))

@@ -159,7 +159,8 @@ KVS_TEST(rights_by_command_and_table_pattern)
         {CMD(HSET), "pub", 403},       {CMD(HMSET), "pub", 403},        {CMD(HDEL), "pub", 403},
         {CMD(HMDEL), "pub", 403},      {CMD(HSET), "logs-1", 200},      {CMD(HGET), "logs-1", 403},
         {CMD(HSET), "logs-12", 403},   {CMD(HGET), "public", 403},      {CMD(HGET), "xorders", 403},
-        {CMD(INFO), NULL, 403},        {CMD(PING), NULL, 200},
+        {CMD(INFO), NULL, 403},        {CMD(PING), NULL, 200},          {CMD(HCLEAR), "orders", 200},
+        {CMD(HCLEAR), "pub", 403},     {CMD(HCLEAR), "logs-1", 200},    {CMD(HLEN), "logs-1", 403},
     };
     /* As alice (set the way a successful Auth sets it). */
     int done = 0;

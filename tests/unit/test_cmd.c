@@ -1606,6 +1606,81 @@ KVS_TEST(hlen_counts_keys)
     CHECK_EQ(value0(hlen(TABLE))->integer_value, 36);
 }
 
+static Kvs__CommandResponse *hclear(const char *t)
+{
+    Kvs__Hclear m = KVS__HCLEAR__INIT;
+    m.table = (char *)t;
+    return run_cmd(KVS__COMMAND_REQUEST__COMMAND_HCLEAR, &m);
+}
+
+/* Hclear removes every key of the table in the turn's batch and answers
+ * how many; the emptied table is dropped with the commit, so its place
+ * under max_tables is free again. A missing table is 0 keys. */
+KVS_TEST(hclear_empties_and_drops_the_table)
+{
+    setup(KVS_FRAME_DEFAULT_MAX, 2);
+    Kvs__CommandResponse *r = hclear("nosuch");
+    check_status(r, 200);
+    CHECK_EQ(value0(r)->integer_value, 0);
+    fill_numbered(TABLE, 300);
+    put("other", "k", "v");
+    end_turn();
+    CHECK_EQ(node_store_table_count(fx.store), 2);
+    r = hclear(TABLE);
+    check_status(r, 200);
+    CHECK_EQ(value0(r)->integer_value, 300);
+    CHECK_EQ(value0(hlen(TABLE))->integer_value, 0); /* the open batch shows it */
+    check_status(hget(TABLE, "k00007"), 404);
+    end_turn();
+    CHECK_EQ(node_store_table_count(fx.store), 1);
+    check_status(hget(TABLE, "k00007"), 404);
+    check_str(value0(hget("other", "k")), "v");
+    check_status(hset("third", "k", vstr("x")), 200); /* its place is free */
+    end_turn();
+    r = hclear(TABLE);
+    check_status(r, 200);
+    CHECK_EQ(value0(r)->integer_value, 0);
+    /* A table refilled after its Hclear in the same batch keeps the new key. */
+    r = hclear("third");
+    CHECK_EQ(value0(r)->integer_value, 1);
+    put("third", "again", "1");
+    end_turn();
+    CHECK_EQ(value0(hlen("third"))->integer_value, 1);
+    check_status(hget("third", "k"), 404);
+    check_str(value0(hget("third", "again")), "1");
+}
+
+/* Hclear is refused, changing nothing, on a table bound to a topic (its
+ * keys are the topic's records) and on a shard with several replicas or
+ * whose snapshot went elsewhere (as every write to an unbound table). */
+KVS_TEST(hclear_refused_on_bound_and_replicated_tables)
+{
+    setup_default();
+    char text[256], err[256];
+    snprintf(text, sizeof(text), "kafka:\n  bindings:\n    - {topic: t-users, table: orders}\n");
+    kvs_config_t *cfg = NULL;
+    CHECK_EQ(kvs_config_parse("test", text, strlen(text), &cfg, err, sizeof(err)), 0);
+    put("orders", "k", "v");
+    put(TABLE, "k", "v");
+    end_turn();
+    fx.ctx.cfg = cfg;
+    Kvs__CommandResponse *r = hclear("orders");
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hclear: table \"orders\" is bound to Kafka topic t-users");
+    CHECK_CONTAINS(r->message, "nothing was written");
+    fx.ctx.cfg = NULL;
+    fx.ctx.replicas = 2;
+    r = hclear(TABLE);
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hclear: table \"" TABLE "\" is bound to no Kafka topic, and "
+                               "shard 3 has 2 replicas");
+    fx.ctx.replicas = 0;
+    end_turn();
+    check_str(value0(hget("orders", "k")), "v");
+    check_str(value0(hget(TABLE, "k")), "v");
+    kvs_config_free(cfg);
+}
+
 /* ---- hooks, Metrics, Slowlog ----------------------------------------------------- */
 
 typedef struct seen_s {
@@ -1839,4 +1914,5 @@ KVS_TEST_MAIN(
     KVS_CASE(hset_if_absent_stores_only_new_keys),
     KVS_CASE(hincr_adds_to_integers_and_numeric_text), KVS_CASE(hincr_refuses_and_changes_nothing),
     KVS_CASE(hincr_by_decimal_adds_as_redis_does), KVS_CASE(hincr_reads_binary_value_as_its_text),
-    KVS_CASE(hlen_counts_keys))
+    KVS_CASE(hlen_counts_keys), KVS_CASE(hclear_empties_and_drops_the_table),
+    KVS_CASE(hclear_refused_on_bound_and_replicated_tables))

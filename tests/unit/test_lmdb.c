@@ -12,6 +12,7 @@
 #include "kvs_err.h"
 #include "kvs_lmdb.h"
 #include "kvs_test.h"
+#include "kvs_time.h"
 #include "node_store.h"
 
 #include <errno.h>
@@ -57,10 +58,16 @@ static void peer_start(peer_t *p, void (*fn)(void))
     p->pid = fork();
     CHECK(p->pid >= 0);
     if (p->pid == 0) {
+        /* The test's ends closed here: should the test die (a failed
+         * check), the child's read of `go` ends instead of waiting on. */
+        close(p->go[1]);
+        close(p->paused[0]);
         self = p;
         fn();
         _exit(0);
     }
+    close(p->go[0]);
+    close(p->paused[1]);
 }
 
 /* Test: waits until the child paused (or ended: 0). */
@@ -426,6 +433,53 @@ KVS_TEST(a_dropped_tables_handle_makes_room_for_a_new_one)
         CHECK_EQ(n, 0);
         kvs_lmdb_reader_end(r);
     }
+    peer_go(&w);
+    peer_join(&w);
+    kvs_lmdb_reader_close(r);
+}
+
+static void writer_drops_a(void)
+{
+    node_store_t *s = store_of_three_tables();
+    peer_pause(); /* 1: a, b, c */
+    CHECK_EQ(node_store_del(s, "a", "k", 1), 0);
+    CHECK_EQ(node_store_end_turn(s), 0);
+    peer_pause(); /* 2: b, c (a emptied: dropped) */
+    CHECK_EQ(node_store_close(s), 0);
+}
+
+/* The pace of the look for dead handles: one that freed nothing is not
+ * made again for a second (a reader of a shard holding more tables than
+ * it has room for would otherwise look up every handle at each read of
+ * another table), so a handle freed meanwhile serves only after it. */
+KVS_TEST(a_fruitless_look_for_dead_handles_waits_a_second)
+{
+    peer_t w;
+    kvs_slice_t v;
+    fresh_dir();
+    peer_start(&w, writer_drops_a);
+    CHECK(peer_wait(&w));
+    kvs_lmdb_reader_t *r = reader_open_max(2);
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "a", "k", 1, &v), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "b", "k", 1, &v), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "c", "k", 1, &v), KVS_ELIMIT); /* looked: nothing dead */
+    kvs_lmdb_reader_end(r);
+    uint64_t looked = kvs_now_ns();
+    peer_go(&w);
+    CHECK(peer_wait(&w)); /* "a" dropped */
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    int got = kvs_lmdb_reader_get(r, "c", "k", 1, &v);
+    kvs_lmdb_reader_end(r);
+    if (kvs_now_ns() - looked < 900000000ull) /* within the pause: not looked again */
+        CHECK_EQ(got, KVS_ELIMIT);
+    while (kvs_now_ns() - looked < 1100000000ull)
+        usleep(20000);
+    CHECK_EQ(kvs_lmdb_reader_begin(r), 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "c", "k", 1, &v), 0); /* a's handle made room */
+    CHECK(v.len == 1 && memcmp(v.p, "3", 1) == 0);
+    CHECK_EQ(kvs_lmdb_reader_get(r, "a", "k", 1, &v), KVS_ENOTFOUND);
+    kvs_lmdb_reader_end(r);
     peer_go(&w);
     peer_join(&w);
     kvs_lmdb_reader_close(r);
@@ -876,6 +930,7 @@ KVS_TEST_MAIN(KVS_CASE(reader_sees_every_commit_and_nothing_else),
               KVS_CASE(missing_table_is_not_found_when_every_handle_is_taken),
               KVS_CASE(a_table_dropped_by_the_writer_reads_as_missing),
               KVS_CASE(a_dropped_tables_handle_makes_room_for_a_new_one),
+              KVS_CASE(a_fruitless_look_for_dead_handles_waits_a_second),
               KVS_CASE(follows_the_writers_map_growth), KVS_CASE(refuses_what_its_worker_would),
               KVS_CASE(one_slot_and_stale_slots_cleared), KVS_CASE(identity_names_the_files),
               KVS_CASE(a_lone_data_file_is_checked_as_the_worker_would),

@@ -1692,6 +1692,114 @@ KVS_TEST(hlen_sums_every_shard)
     CHECK_CONTAINS(r->message, "shard 1");
 }
 
+/* Answers part `i` with 200 and the count `n` (Hlen, Hclear). */
+static void reply_count(size_t i, int64_t n)
+{
+    Kvs__Value v = KVS__VALUE__INIT, *vp[1] = {&v};
+    v.kind_case = KVS__VALUE__KIND_INTEGER_VALUE;
+    v.integer_value = n;
+    Kvs__CommandResponse part = KVS__COMMAND_RESPONSE__INIT;
+    part.status = 200;
+    part.n_values = 1;
+    part.values = vp;
+    reply(i, &part);
+}
+
+static void route_hclear(const char *table)
+{
+    Kvs__Hclear m = KVS__HCLEAR__INIT;
+    m.table = (char *)table;
+    route_cmd(KVS__COMMAND_REQUEST__COMMAND_HCLEAR, &m);
+}
+
+/* Hclear empties every shard's part and adds up the keys removed. */
+KVS_TEST(hclear_sums_every_shard)
+{
+    setup();
+    route_hclear(TABLE);
+    check_fanout_sent();
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_count(sent_to(s), 10 * (int64_t)s);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 200);
+    CHECK_EQ(r->n_values, 1);
+    CHECK_EQ(r->values[0]->integer_value, 0 + 10 + 20 + 30);
+    CHECK(!r->outcome_unknown);
+}
+
+/* A part that failed leaves the table partly emptied: the answer says
+ * which shards emptied theirs, which did not, and which may have (its
+ * answer lost after it was sent: outcome_unknown). */
+KVS_TEST(hclear_partly_done_says_which_shards)
+{
+    setup();
+    route_hclear(TABLE);
+    reply_count(sent_to(0), 5);
+    reply_failure(sent_to(1), "shard 1 is unavailable: link reset");
+    reply_status(sent_to(2), 507, "storage full on shard 2");
+    reply_count(sent_to(3), 7);
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 503); /* the first failure's */
+    CHECK(r->outcome_unknown);
+    CHECK_CONTAINS(r->message, "Hclear emptied the table on 2 of 4 shards (12 keys removed");
+    CHECK_CONTAINS(r->message, "shard 1 may or may not have emptied its part: shard 1 is "
+                               "unavailable: link reset");
+    CHECK_CONTAINS(r->message, "shard 2 did not empty its part (nothing done there): storage "
+                               "full on shard 2");
+    CHECK_CONTAINS(r->message, "send it again");
+    CHECK(strstr(r->message, "shard 0") == NULL && strstr(r->message, "shard 3") == NULL);
+
+    /* A shard that is down is not asked: it certainly did nothing. */
+    set_down(2);
+    route_hclear(TABLE);
+    CHECK_EQ(fx.n_sent, SHARDS - 1);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s != 2)
+            reply_count(sent_to(s), 1);
+    r = answer_async();
+    check_status(r, 207); /* partly done, and exactly known */
+    CHECK(!r->outcome_unknown);
+    CHECK_CONTAINS(r->message, "on 3 of 4 shards (3 keys removed");
+    CHECK_CONTAINS(r->message, "shard 2 did not empty its part (nothing done there)");
+
+    /* A shard's words are cut at a whole character: the answer is UTF-8. */
+    fx.r.links[2].up = 1;
+    char words[400];
+    memset(words, 'a', 299);
+    strcpy(words + 299, "\xc3\xa9\xc3\xa9\xc3\xa9 and more");
+    route_hclear(TABLE);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        if (s == 2)
+            reply_status(sent_to(s), 503, words);
+        else
+            reply_count(sent_to(s), 1);
+    r = answer_async();
+    check_status(r, 207);
+    CHECK(kvs_utf8_valid(r->message, strlen(r->message)));
+    CHECK_CONTAINS(r->message, "send it again");
+}
+
+/* Refused everywhere alike: nothing was done, and the refusal is the
+ * answer, as for any request. */
+KVS_TEST(hclear_refused_everywhere_is_the_refusal)
+{
+    setup();
+    route_hclear(TABLE);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_status(sent_to(s), 507, "cannot write: storage full");
+    Kvs__CommandResponse *r = answer_async();
+    check_status(r, 507);
+    CHECK(!r->outcome_unknown);
+    CHECK_EQ(strcmp(r->message, "cannot write: storage full"), 0);
+    /* A worker's 200 without a count is not an answer it gives. */
+    route_hclear(TABLE);
+    for (uint32_t s = 0; s < SHARDS; s++)
+        reply_status(sent_to(s), 200, "");
+    r = answer_async();
+    check_status(r, 500);
+    CHECK(r->outcome_unknown);
+}
+
 /* A shard that cannot answer does not hide the others from Info: it shows
  * as shard.<id>.unavailable, in key order. */
 KVS_TEST(info_reports_an_unavailable_shard)
@@ -3003,6 +3111,27 @@ KVS_TEST(replica_unbound_writes_refused)
     CHECK_EQ(fx.n_sent, 1);
 }
 
+/* A bound table is its topic's: Hclear is refused before any shard is
+ * asked, and so is one of an unbound table on shards with replicas. */
+KVS_TEST(hclear_refused_on_bound_and_replicated_tables)
+{
+    setup_bound("murmur2", (int)PARTITIONS);
+    route_hclear(TABLE);
+    CHECK_EQ(fx.n_sent, 0);
+    Kvs__CommandResponse *r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "is bound to Kafka topic t-users");
+    CHECK_CONTAINS(r->message, "Hdel or Hmdel");
+    teardown();
+    setup_replicas(10, 100);
+    route_hclear("plain");
+    CHECK_EQ(fx.n_sent, 0);
+    r = answer_sync();
+    check_status(r, 400);
+    CHECK_CONTAINS(r->message, "Hclear: table \"plain\" is bound to no Kafka topic, and shard 0 "
+                               "has 2 replicas");
+}
+
 KVS_TEST(replica_info_shows_retries)
 {
     setup_replicas(10, 100);
@@ -3110,6 +3239,9 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(replica_unbound_writes_refused), KVS_CASE(replica_retry_budget),
               KVS_CASE(replica_info_shows_retries),
               KVS_CASE(info_names_the_router_process_when_several), KVS_CASE(hlen_sums_every_shard),
+              KVS_CASE(hclear_sums_every_shard), KVS_CASE(hclear_partly_done_says_which_shards),
+              KVS_CASE(hclear_refused_everywhere_is_the_refusal),
+              KVS_CASE(hclear_refused_on_bound_and_replicated_tables),
               KVS_CASE(single_key_forwarded_raw), KVS_CASE(hmget_split_merge),
               KVS_CASE(hmset_split_merge), KVS_CASE(hmdel_split_merge),
               KVS_CASE(hmexist_split_merge), KVS_CASE(multi_key_on_one_shard_forwarded_raw),
