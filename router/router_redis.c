@@ -100,6 +100,16 @@ struct router_redis_s {
     int hello_ver;
     int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
     router_name_t *hello_name;
+    /* A DEL, UNLINK or EXISTS of several keys (several_keys): the keys
+     * still to route once the first key's request is (argv[more_from ..
+     * more_to), while the command runs), and, as the parts' answers are
+     * delivered in order, what they said so far (router_redis_fold). */
+    const struct cmd_s *more_cmd;
+    uint32_t more_from, more_to;
+    int64_t fold_n;      /* keys counted */
+    uint32_t fold_parts; /* parts folded */
+    kvs_buf_t fold_err;  /* the first part's error reply, or empty */
+    kvs_buf_t fold_tmp;  /* a part's own reply */
 };
 
 typedef struct cursor_slot_s {
@@ -162,6 +172,8 @@ void router_redis_free(router_redis_t *rs)
     kvs_redis_parser_close(&rs->ps);
     router_name_unref(rs->name);
     free(rs->hello_name);
+    kvs_buf_free(&rs->fold_err);
+    kvs_buf_free(&rs->fold_tmp);
     free(rs);
 }
 
@@ -590,18 +602,32 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
+/* A command on one key, whole: Hlen (HLEN, EXISTS, TYPE) or Hclear (DEL,
+ * UNLINK) of the table `key` names. */
+static void route_table_of(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                           const cmd_t *cmd, const kvs_redis_arg_t *key)
+{
+    int clear = cmd->rcmd == RC_DEL;
+    Kvs__Hlen m; /* Hlen and Hclear are alike: {table} */
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    protobuf_c_message_init(clear ? &kvs__hclear__descriptor : &kvs__hlen__descriptor, &m);
+    if ((m.table = text_of(rs, req, key)) == NULL)
+        return;
+    q.command_case =
+        clear ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR : KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    q.hlen = &m; /* the oneof members share storage */
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                         const cmd_t *cmd);
+
 /* HLEN, EXISTS and TYPE (a table exists, as a hash, when it has a key). */
 static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    if (cmd->rcmd == RC_EXISTS && rs->ps.argc != 2)
-        return reply_error(req, "ERR kvs answers EXISTS for one key at a time");
-    Kvs__Hlen m = KVS__HLEN__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
-        return;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
-    q.hlen = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    if (cmd->rcmd == RC_EXISTS && rs->ps.argc > 2)
+        return several_keys(rs, cl, req, cmd);
+    route_table_of(rs, cl, req, cmd, &rs->ps.argv[1]);
 }
 
 /* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
@@ -1405,18 +1431,90 @@ static int answer_slowlog(const router_req_t *req, const Kvs__CommandResponse *a
     return 0;
 }
 
-/* DEL and UNLINK of one key: the table emptied on every shard (Hclear). */
+/* DEL and UNLINK: each key's table emptied on every shard (Hclear). */
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    if (rs->ps.argc != 2)
-        return reply_error(req, "ERR kvs answers DEL and UNLINK for one key at a time");
-    Kvs__Hclear m = KVS__HCLEAR__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
-        return;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-    q.hclear = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    if (rs->ps.argc > 2)
+        return several_keys(rs, cl, req, cmd);
+    route_table_of(rs, cl, req, cmd, &rs->ps.argv[1]);
+}
+
+/* DEL, UNLINK or EXISTS of several keys: one request per key, consecutive
+ * in the client's FIFO, whose replies router_redis_fold folds into one.
+ * Checked for every key first, so that a refusal of one (a name that is
+ * no table's, a right the user lacks, a table bound to a topic for DEL)
+ * refuses the whole command with nothing done, as Redis checks a
+ * command's keys before it runs; past that, each key's request runs on
+ * its own (a failure on one shard of one key leaves the other keys
+ * deleted). `req` takes the first key; route_more the others, once `req`
+ * was routed. At most limits.max_inflight keys: each is a request the
+ * client holds. */
+static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                         const cmd_t *cmd)
+{
+    router_t *r = rs->r;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc;
+    int del = cmd->rcmd == RC_DEL;
+    Kvs__CommandRequest__CommandCase kc =
+        del ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR : KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    if (argc - 1 > r->cfg->max_inflight)
+        return reply_error(req,
+                           "ERR kvs answers %s for at most %u keys at a time "
+                           "(limits.max_inflight): %zu were given",
+                           cmd->name, r->cfg->max_inflight, argc - 1);
+    for (size_t i = 2; i < argc; i++) /* args_refused checked the first */
+        if (key_refused(req, &a[i]))
+            return;
+    for (size_t i = 1; i < argc && req->who != NULL; i++) {
+        char msg[512];
+        uint32_t st = kvs_auth_check(req->who, kc, a[i].p, a[i].len, msg, sizeof(msg));
+        if (st != KVS_STATUS_OK)
+            return reply_error_status(req, (uint16_t)st, "%s %s",
+                                      st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM",
+                                      msg);
+    }
+    for (size_t i = 1; i < argc && del; i++) {
+        const kvs_binding_t *b = kvs_config_binding_n(r->cfg, a[i].p, a[i].len);
+        if (b != NULL)
+            return reply_error(req,
+                               "ERR key \"%s\" is bound to Kafka topic %s, whose records are "
+                               "its fields, so kvs does not delete it whole; delete its fields "
+                               "with HDEL (they produce tombstones); nothing was deleted",
+                               b->table, b->topic);
+    }
+    rs->more_cmd = cmd;
+    rs->more_from = 2;
+    rs->more_to = (uint32_t)argc;
+    req->rfold = ROUTER_FOLD_PART;
+    route_table_of(rs, cl, req, cmd, &a[1]);
+}
+
+/* The keys after the first of several_keys, each its own request, routed
+ * as router_redis_command routes one. */
+static void route_more(router_redis_t *rs, router_client_t *cl)
+{
+    const cmd_t *cmd = rs->more_cmd;
+    uint32_t to = rs->more_to;
+    rs->more_to = 0;
+    for (uint32_t i = rs->more_from; i < to && !router_client_closing(cl); i++) {
+        router_req_t *req = router_client_enqueue(cl);
+        if (req == NULL)
+            return; /* the client is being closed for lack of memory */
+        const kvs_redis_arg_t *key = &rs->ps.argv[i];
+        req->rresp3 = (uint8_t)rs->resp3;
+        req->rfold = i + 1 == to ? ROUTER_FOLD_LAST : ROUTER_FOLD_PART;
+        req->in_route = 1;
+        router_ops_note(rs->r, req,
+                        cmd->rcmd == RC_DEL ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR
+                                            : KVS__COMMAND_REQUEST__COMMAND_HLEN,
+                        key->p, key->len, 0);
+        route_table_of(rs, cl, req, cmd, key);
+        req->in_route = 0;
+        router_ops_forget(req);
+        kvs_arena_reset(&rs->r->redis_arena);
+        router_client_routed(cl, req);
+    }
 }
 
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
@@ -1839,6 +1937,8 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     router_ops_forget(req); /* the arguments are going */
     kvs_arena_reset(&rs->r->redis_arena);
     router_client_routed(cl, req);
+    if (rs->more_to > 0)
+        route_more(rs, cl); /* several_keys: the other keys, now the first was routed */
     if (rs->quit)
         router_client_close_after_answers(cl);
 }
@@ -2258,8 +2358,9 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
     return 1;
 }
 
-int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
-                        kvs_buf_t *out)
+/* The reply of one kvs answer, as router_redis_answer. */
+static int answer_one(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                      kvs_buf_t *out)
 {
     int fast_rc;
     if (answer_fast(req, payload, len, out, &fast_rc) ||
@@ -2292,5 +2393,67 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
     else /* the router's own words are a Redis client's already (req->redis) */
         rc = kvs_redis_error(out, "ERR %s", a->message);
     kvs_arena_reset(ar);
+    return rc;
+}
+
+int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                        kvs_buf_t *out)
+{
+    if (!req->rfold)
+        return answer_one(rs, req, payload, len, out);
+    kvs_buf_t *part = &rs->fold_tmp;
+    part->len = 0;
+    int rc = answer_one(rs, req, payload, len, part);
+    if (rc == 0)
+        rc = router_redis_fold(rs, req, part->data, part->len, out);
+    return rc;
+}
+
+/* ---- several keys ------------------------------------------------------------------- */
+
+/* The count of an integer reply ":N\r\n", or -1 for any other reply. */
+static int64_t reply_count(const uint8_t *p, size_t len)
+{
+    int64_t n = 0;
+    if (len < 4 || p[0] != ':' || p[len - 2] != '\r' || p[len - 1] != '\n')
+        return -1;
+    for (size_t i = 1; i < len - 2; i++) {
+        if (p[i] < '0' || p[i] > '9' || n > INT64_MAX / 10 - 9)
+            return -1;
+        n = n * 10 + (p[i] - '0');
+    }
+    return n;
+}
+
+int router_redis_fold(router_redis_t *rs, router_req_t *req, const uint8_t *reply, size_t len,
+                      kvs_buf_t *out)
+{
+    int64_t n = reply_count(reply, len);
+    if (n >= 0) {
+        rs->fold_n += n;
+    } else if (rs->fold_err.len == 0) { /* the first failure is the reply */
+        uint32_t key = rs->fold_parts + 1;
+        size_t end = len >= 2 && reply[0] == '-' ? len - 2 : 0; /* its text, without \r\n */
+        char tail[160];
+        int t = snprintf(tail, sizeof(tail),
+                         " (key %u of the command%s)\r\n", key,
+                         req->rcmd == RC_DEL
+                             ? "; each key is deleted on its own: the others' went ahead"
+                             : "");
+        if ((end > 0 ? kvs_buf_append(&rs->fold_err, reply, end)
+                     : kvs_buf_append(&rs->fold_err, "-ERR internal error: no reply", 29)) != 0 ||
+            kvs_buf_append(&rs->fold_err, tail, (size_t)t) != 0) {
+            rs->fold_err.len = 0;
+            return -ENOMEM;
+        }
+    }
+    rs->fold_parts++;
+    if (req->rfold != ROUTER_FOLD_LAST)
+        return 0;
+    int rc = rs->fold_err.len > 0 ? kvs_buf_append(out, rs->fold_err.data, rs->fold_err.len)
+                                  : kvs_redis_integer(out, rs->fold_n);
+    rs->fold_n = 0;
+    rs->fold_parts = 0;
+    rs->fold_err.len = 0;
     return rc;
 }
