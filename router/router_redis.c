@@ -101,11 +101,15 @@ struct router_redis_s {
     int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
     router_name_t *hello_name;
     /* A DEL, UNLINK or EXISTS of several keys (several_keys): the keys
-     * still to route once the first key's request is (argv[more_from ..
-     * more_to), while the command runs), and, as the parts' answers are
+     * still to route once the first key's request is, copied (each a
+     * 4-byte length and its bytes: routing a request may have the
+     * connection parse the next command into `ps`, so the parser's
+     * arguments are not read after it), and, as the parts' answers are
      * delivered in order, what they said so far (router_redis_fold). */
     const struct cmd_s *more_cmd;
-    uint32_t more_from, more_to;
+    uint32_t more_n; /* keys in more_keys; 0: none to route */
+    uint8_t more_resp3;
+    kvs_buf_t more_keys;
     int64_t fold_n;      /* keys counted */
     uint32_t fold_parts; /* parts folded */
     kvs_buf_t fold_err;  /* the first part's error reply, or empty */
@@ -174,6 +178,7 @@ void router_redis_free(router_redis_t *rs)
     free(rs->hello_name);
     kvs_buf_free(&rs->fold_err);
     kvs_buf_free(&rs->fold_tmp);
+    kvs_buf_free(&rs->more_keys);
     free(rs);
 }
 
@@ -1483,9 +1488,16 @@ static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *
                                "with HDEL (they produce tombstones); nothing was deleted",
                                b->table, b->topic);
     }
+    kvs_buf_t *k = &rs->more_keys;
+    k->len = 0;
+    for (size_t i = 2; i < argc; i++) {
+        uint32_t n = (uint32_t)a[i].len; /* a table name: at most KVS_MAX_TABLE */
+        if (kvs_buf_append(k, &n, sizeof(n)) != 0 || kvs_buf_append(k, a[i].p, n) != 0)
+            return oom(req);
+    }
     rs->more_cmd = cmd;
-    rs->more_from = 2;
-    rs->more_to = (uint32_t)argc;
+    rs->more_n = (uint32_t)(argc - 2);
+    rs->more_resp3 = req->rresp3;
     req->rfold = ROUTER_FOLD_PART;
     route_table_of(rs, cl, req, cmd, &a[1]);
 }
@@ -1495,26 +1507,35 @@ static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *
 static void route_more(router_redis_t *rs, router_client_t *cl)
 {
     const cmd_t *cmd = rs->more_cmd;
-    uint32_t to = rs->more_to;
-    rs->more_to = 0;
-    for (uint32_t i = rs->more_from; i < to && !router_client_closing(cl); i++) {
+    uint32_t n = rs->more_n;
+    size_t at = 0;
+    rs->more_n = 0;
+    for (uint32_t i = 0; i < n && !router_client_closing(cl); i++) {
         router_req_t *req = router_client_enqueue(cl);
         if (req == NULL)
             return; /* the client is being closed for lack of memory */
-        const kvs_redis_arg_t *key = &rs->ps.argv[i];
-        req->rresp3 = (uint8_t)rs->resp3;
-        req->rfold = i + 1 == to ? ROUTER_FOLD_LAST : ROUTER_FOLD_PART;
+        uint32_t len;
+        memcpy(&len, rs->more_keys.data + at, sizeof(len));
+        kvs_redis_arg_t key = {rs->more_keys.data + at + sizeof(len), len};
+        at += sizeof(len) + len;
+        req->rresp3 = rs->more_resp3;
+        req->rfold = i + 1 == n ? ROUTER_FOLD_LAST : ROUTER_FOLD_PART;
         req->in_route = 1;
+        unsigned long failures = kvs_redis_reply_failures();
         router_ops_note(rs->r, req,
                         cmd->rcmd == RC_DEL ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR
                                             : KVS__COMMAND_REQUEST__COMMAND_HLEN,
-                        key->p, key->len, 0);
-        route_table_of(rs, cl, req, cmd, key);
+                        key.p, key.len, 0);
+        route_table_of(rs, cl, req, cmd, &key);
+        if (req->done && req->raw && kvs_redis_reply_failures() != failures)
+            req->resp.len = 0; /* a reply missing a piece is not sent: the client is closed */
         req->in_route = 0;
         router_ops_forget(req);
         kvs_arena_reset(&rs->r->redis_arena);
         router_client_routed(cl, req);
     }
+    if (rs->more_keys.cap > 64 * 1024)
+        kvs_buf_free(&rs->more_keys); /* one large command's keys are not kept for good */
 }
 
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
@@ -1937,7 +1958,7 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     router_ops_forget(req); /* the arguments are going */
     kvs_arena_reset(&rs->r->redis_arena);
     router_client_routed(cl, req);
-    if (rs->more_to > 0)
+    if (rs->more_n > 0)
         route_more(rs, cl); /* several_keys: the other keys, now the first was routed */
     if (rs->quit)
         router_client_close_after_answers(cl);
@@ -2403,7 +2424,10 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
         return answer_one(rs, req, payload, len, out);
     kvs_buf_t *part = &rs->fold_tmp;
     part->len = 0;
+    unsigned long failures = kvs_redis_reply_failures();
     int rc = answer_one(rs, req, payload, len, part);
+    if (rc == 0 && kvs_redis_reply_failures() != failures)
+        rc = -ENOMEM; /* a part's reply missing a piece: nothing folded (it is answered again) */
     if (rc == 0)
         rc = router_redis_fold(rs, req, part->data, part->len, out);
     return rc;
@@ -2425,35 +2449,55 @@ static int64_t reply_count(const uint8_t *p, size_t len)
     return n;
 }
 
+/* Keeps `reply` (an error, or anything but a count) as the command's
+ * reply, naming its key: the first failure is what a command of several
+ * keys answers. Returns 0 or -ENOMEM (nothing kept). */
+static int fold_error(router_redis_t *rs, const router_req_t *req, const uint8_t *reply,
+                      size_t len)
+{
+    size_t end = len >= 3 && reply[0] == '-' ? len - 2 : 0; /* its text, without \r\n */
+    char tail[160];
+    int t = snprintf(tail, sizeof(tail), " (key %u of the command%s)\r\n", rs->fold_parts + 1,
+                     req->rcmd == RC_DEL
+                         ? "; each key is deleted on its own: the others' went ahead"
+                         : "");
+    static const char none[] = "-ERR internal error: a reply that is neither a count nor an error";
+    if ((end > 0 ? kvs_buf_append(&rs->fold_err, reply, end)
+                 : kvs_buf_append(&rs->fold_err, none, sizeof(none) - 1)) != 0 ||
+        kvs_buf_append(&rs->fold_err, tail, (size_t)t) != 0) {
+        rs->fold_err.len = 0;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Folds each part's reply into the command's (rs->fold_*); the last part
+ * writes it. State changes only once nothing can fail, so a part whose
+ * reply could not be written (out of memory) is folded once when it is
+ * answered again. */
 int router_redis_fold(router_redis_t *rs, router_req_t *req, const uint8_t *reply, size_t len,
                       kvs_buf_t *out)
 {
     int64_t n = reply_count(reply, len);
-    if (n >= 0) {
-        rs->fold_n += n;
-    } else if (rs->fold_err.len == 0) { /* the first failure is the reply */
-        uint32_t key = rs->fold_parts + 1;
-        size_t end = len >= 2 && reply[0] == '-' ? len - 2 : 0; /* its text, without \r\n */
-        char tail[160];
-        int t = snprintf(tail, sizeof(tail),
-                         " (key %u of the command%s)\r\n", key,
-                         req->rcmd == RC_DEL
-                             ? "; each key is deleted on its own: the others' went ahead"
-                             : "");
-        if ((end > 0 ? kvs_buf_append(&rs->fold_err, reply, end)
-                     : kvs_buf_append(&rs->fold_err, "-ERR internal error: no reply", 29)) != 0 ||
-            kvs_buf_append(&rs->fold_err, tail, (size_t)t) != 0) {
-            rs->fold_err.len = 0;
-            return -ENOMEM;
-        }
-    }
-    rs->fold_parts++;
-    if (req->rfold != ROUTER_FOLD_LAST)
+    if (n < 0 && rs->fold_err.len == 0 && fold_error(rs, req, reply, len) != 0)
+        return -ENOMEM;
+    if (req->rfold != ROUTER_FOLD_LAST) {
+        rs->fold_n += n > 0 ? n : 0;
+        rs->fold_parts++;
         return 0;
+    }
+    size_t start = out->len;
+    unsigned long failures = kvs_redis_reply_failures();
     int rc = rs->fold_err.len > 0 ? kvs_buf_append(out, rs->fold_err.data, rs->fold_err.len)
-                                  : kvs_redis_integer(out, rs->fold_n);
+                                  : kvs_redis_integer(out, rs->fold_n + n);
+    if (rc != 0 || kvs_redis_reply_failures() != failures) {
+        out->len = start;
+        return -ENOMEM; /* kept: the first error stays the first when answered again */
+    }
     rs->fold_n = 0;
     rs->fold_parts = 0;
     rs->fold_err.len = 0;
-    return rc;
+    if (rs->fold_err.cap > 64 * 1024)
+        kvs_buf_free(&rs->fold_err);
+    return 0;
 }

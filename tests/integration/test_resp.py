@@ -7,8 +7,10 @@ back through the other.
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -330,6 +332,40 @@ class SeveralKeysTest(RespTestCase):
             p.hget("b", "f").delete("b", "a", "b").exists("a", "b", "a")
             p.hset("a", "g", "2").exists("a")
             self.assertEqual(p.execute(), [1, 1, 2, 1, 1, b"1", 1, 0, 1, 1], round)
+
+    def test_the_keys_of_a_command_read_on_resuming_are_its_own(self):
+        # A client paused at limits.max_inflight (the head request waits on
+        # a stopped worker) resumes with an EXISTS of several keys and a
+        # command after it: routing each key may have the connection parse
+        # that next command, and the keys routed are still the EXISTS's
+        # (they once were the next command's arguments: wrong counts, or a
+        # crash where its argument array was freed).
+        r = self.resp_router(shards=2)
+        c = self.redis()
+        c.hset("a", "x", "1")
+        c.hset("victim", "precious", "data")
+        on1 = next("f%d" % i for i in range(1000) if r.shard_of(b"f%d" % i) == 1)
+        on0 = [f for f in ("g%d" % i for i in range(5000)) if r.shard_of(f.encode()) == 0][:1023]
+        for big in (False, True):
+            p = c.pipeline(transaction=False)
+            p.hset("t", on1, "v")
+            for f in on0:
+                p.hset("t", f, "v")
+            if big:
+                p.exists(*(["a"] * 1024))
+            else:
+                p.exists("a", "nothere1", "nothere2")
+            p.hget("k0", "victim")
+            pid = r.worker_pid(1)
+            os.kill(pid, signal.SIGSTOP)
+            t = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
+            t.start()
+            try:
+                got = p.execute()
+            finally:
+                t.join()
+            self.assertEqual(got[-2:], [1024 if big else 1, None], big)
+            c.delete("t")
 
     def test_one_key_refused_refuses_all(self):
         # A table bound to a topic, or a key the user may not write, among
