@@ -149,6 +149,9 @@ void router_client_req_done(router_client_t *cl, router_req_t *req);
  * client is then closed). */
 router_req_t *router_client_enqueue(router_client_t *cl);
 
+/* Whether the client is being closed (its connection is closing). */
+int router_client_closing(const router_client_t *cl);
+
 /* `req` of `cl` went through router_route (or was finished by the front
  * door): accounts its reservation and delivers it if it is done. */
 void router_client_routed(router_client_t *cl, router_req_t *req);
@@ -227,6 +230,7 @@ struct router_req_s {
     uint8_t rcmd;     /* RESP clients: how the kvs answer is shown (router_redis) */
     uint8_t rflags;   /* ... and its options */
     uint8_t rresp3;   /* ... in RESP3: the protocol when its command was read */
+    uint8_t rfold;    /* ... one key of a DEL, UNLINK or EXISTS of several: ROUTER_FOLD_* */
     uint16_t rstatus; /* ... the status of an error reply the front door made, when not 400
                          (413 past a limit, 500 out of memory, 503 short of buffers) */
     void *rctx;       /* ... and its context (malloc'd, freed with the request) */

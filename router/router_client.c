@@ -96,13 +96,14 @@ static int client_write(router_client_t *cl, router_req_t *req, const uint8_t *p
 {
     kvs_buf_t *out = &cl->conn.out;
     if (cl->redis != NULL) {
-        if (req->raw)
+        if (req->raw && !req->rfold)
             return kvs_buf_append(out, req->resp.data, req->resp.len);
         /* A reply missing a piece (an array's header, a bulk's bytes)
          * would have the client take the rest for the next replies. */
         size_t start = out->len;
         unsigned long failures = kvs_redis_reply_failures();
-        int rc = router_redis_answer(cl->redis, req, payload, len, out);
+        int rc = req->raw ? router_redis_fold(cl->redis, req, req->resp.data, req->resp.len, out)
+                          : router_redis_answer(cl->redis, req, payload, len, out);
         if (rc == 0 && kvs_redis_reply_failures() != failures)
             rc = -ENOMEM;
         if (rc != 0)
@@ -156,7 +157,7 @@ static void client_flush_done(router_client_t *cl)
         router_req_send_event(req, KVS_HOOK_BEFORE_SEND);
         if (len == 0)
             rc = -ENOMEM;
-        else if (cl->redis == NULL || req->raw) /* a frame, or a reply already in RESP */
+        else if (cl->redis == NULL || (req->raw && !req->rfold)) /* a frame, or RESP already */
             rc = kvs_buf_append(&cl->conn.out, req->resp.data, len);
         else
             rc = client_write(cl, req, req->resp.data + KVS_FRAME_HEADER, len - KVS_FRAME_HEADER);
@@ -253,6 +254,11 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
+}
+
+int router_client_closing(const router_client_t *cl)
+{
+    return (cl->conn.flags & KVS_CONN_CLOSING) != 0;
 }
 
 void router_client_routed(router_client_t *cl, router_req_t *req)

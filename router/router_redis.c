@@ -100,6 +100,20 @@ struct router_redis_s {
     int hello_ver;
     int hello_rename; /* SETNAME given: hello_name (NULL = clear) */
     router_name_t *hello_name;
+    /* A DEL, UNLINK or EXISTS of several keys (several_keys): the keys
+     * still to route once the first key's request is, copied (each a
+     * 4-byte length and its bytes: routing a request may have the
+     * connection parse the next command into `ps`, so the parser's
+     * arguments are not read after it), and, as the parts' answers are
+     * delivered in order, what they said so far (router_redis_fold). */
+    const struct cmd_s *more_cmd;
+    uint32_t more_n; /* keys in more_keys; 0: none to route */
+    uint8_t more_resp3;
+    kvs_buf_t more_keys;
+    int64_t fold_n;      /* keys counted */
+    uint32_t fold_parts; /* parts folded */
+    kvs_buf_t fold_err;  /* the first part's error reply, or empty */
+    kvs_buf_t fold_tmp;  /* a part's own reply */
 };
 
 typedef struct cursor_slot_s {
@@ -162,6 +176,9 @@ void router_redis_free(router_redis_t *rs)
     kvs_redis_parser_close(&rs->ps);
     router_name_unref(rs->name);
     free(rs->hello_name);
+    kvs_buf_free(&rs->fold_err);
+    kvs_buf_free(&rs->fold_tmp);
+    kvs_buf_free(&rs->more_keys);
     free(rs);
 }
 
@@ -590,18 +607,32 @@ static void cmd_hgetall(router_redis_t *rs, router_client_t *cl, router_req_t *r
     route_request(rs, cl, req, &q, cmd->rcmd);
 }
 
+/* A command on one key, whole: Hlen (HLEN, EXISTS, TYPE) or Hclear (DEL,
+ * UNLINK) of the table `key` names. */
+static void route_table_of(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                           const cmd_t *cmd, const kvs_redis_arg_t *key)
+{
+    int clear = cmd->rcmd == RC_DEL;
+    Kvs__Hlen m; /* Hlen and Hclear are alike: {table} */
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    protobuf_c_message_init(clear ? &kvs__hclear__descriptor : &kvs__hlen__descriptor, &m);
+    if ((m.table = text_of(rs, req, key)) == NULL)
+        return;
+    q.command_case =
+        clear ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR : KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    q.hlen = &m; /* the oneof members share storage */
+    route_request(rs, cl, req, &q, cmd->rcmd);
+}
+
+static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                         const cmd_t *cmd);
+
 /* HLEN, EXISTS and TYPE (a table exists, as a hash, when it has a key). */
 static void cmd_hlen(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    if (cmd->rcmd == RC_EXISTS && rs->ps.argc != 2)
-        return reply_error(req, "ERR kvs answers EXISTS for one key at a time");
-    Kvs__Hlen m = KVS__HLEN__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
-        return;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HLEN;
-    q.hlen = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    if (cmd->rcmd == RC_EXISTS && rs->ps.argc > 2)
+        return several_keys(rs, cl, req, cmd);
+    route_table_of(rs, cl, req, cmd, &rs->ps.argv[1]);
 }
 
 /* HINCRBY's or HINCRBYFLOAT's increment a[3] into m (NULL: a scratch
@@ -1405,18 +1436,106 @@ static int answer_slowlog(const router_req_t *req, const Kvs__CommandResponse *a
     return 0;
 }
 
-/* DEL and UNLINK of one key: the table emptied on every shard (Hclear). */
+/* DEL and UNLINK: each key's table emptied on every shard (Hclear). */
 static void cmd_del(router_redis_t *rs, router_client_t *cl, router_req_t *req, const cmd_t *cmd)
 {
-    if (rs->ps.argc != 2)
-        return reply_error(req, "ERR kvs answers DEL and UNLINK for one key at a time");
-    Kvs__Hclear m = KVS__HCLEAR__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    if ((m.table = text_of(rs, req, &rs->ps.argv[1])) == NULL)
-        return;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-    q.hclear = &m;
-    route_request(rs, cl, req, &q, cmd->rcmd);
+    if (rs->ps.argc > 2)
+        return several_keys(rs, cl, req, cmd);
+    route_table_of(rs, cl, req, cmd, &rs->ps.argv[1]);
+}
+
+/* DEL, UNLINK or EXISTS of several keys: one request per key, consecutive
+ * in the client's FIFO, whose replies router_redis_fold folds into one.
+ * Checked for every key first, so that a refusal of one (a name that is
+ * no table's, a right the user lacks, a table bound to a topic for DEL)
+ * refuses the whole command with nothing done, as Redis checks a
+ * command's keys before it runs; past that, each key's request runs on
+ * its own (a failure on one shard of one key leaves the other keys
+ * deleted). `req` takes the first key; route_more the others, once `req`
+ * was routed. At most limits.max_inflight keys: each is a request the
+ * client holds. */
+static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *req,
+                         const cmd_t *cmd)
+{
+    router_t *r = rs->r;
+    const kvs_redis_arg_t *a = rs->ps.argv;
+    size_t argc = rs->ps.argc;
+    int del = cmd->rcmd == RC_DEL;
+    Kvs__CommandRequest__CommandCase kc =
+        del ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR : KVS__COMMAND_REQUEST__COMMAND_HLEN;
+    if (argc - 1 > r->cfg->max_inflight)
+        return reply_error(req,
+                           "ERR kvs answers %s for at most %u keys at a time "
+                           "(limits.max_inflight): %zu were given",
+                           cmd->name, r->cfg->max_inflight, argc - 1);
+    for (size_t i = 2; i < argc; i++) /* args_refused checked the first */
+        if (key_refused(req, &a[i]))
+            return;
+    for (size_t i = 1; i < argc && req->who != NULL; i++) {
+        char msg[512];
+        uint32_t st = kvs_auth_check(req->who, kc, a[i].p, a[i].len, msg, sizeof(msg));
+        if (st != KVS_STATUS_OK)
+            return reply_error_status(req, (uint16_t)st, "%s %s",
+                                      st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM",
+                                      msg);
+    }
+    for (size_t i = 1; i < argc && del; i++) {
+        const kvs_binding_t *b = kvs_config_binding_n(r->cfg, a[i].p, a[i].len);
+        if (b != NULL)
+            return reply_error(req,
+                               "ERR key \"%s\" is bound to Kafka topic %s, whose records are "
+                               "its fields, so kvs does not delete it whole; delete its fields "
+                               "with HDEL (they produce tombstones); nothing was deleted",
+                               b->table, b->topic);
+    }
+    kvs_buf_t *k = &rs->more_keys;
+    k->len = 0;
+    for (size_t i = 2; i < argc; i++) {
+        uint32_t n = (uint32_t)a[i].len; /* a table name: at most KVS_MAX_TABLE */
+        if (kvs_buf_append(k, &n, sizeof(n)) != 0 || kvs_buf_append(k, a[i].p, n) != 0)
+            return oom(req);
+    }
+    rs->more_cmd = cmd;
+    rs->more_n = (uint32_t)(argc - 2);
+    rs->more_resp3 = req->rresp3;
+    req->rfold = ROUTER_FOLD_PART;
+    route_table_of(rs, cl, req, cmd, &a[1]);
+}
+
+/* The keys after the first of several_keys, each its own request, routed
+ * as router_redis_command routes one. */
+static void route_more(router_redis_t *rs, router_client_t *cl)
+{
+    const cmd_t *cmd = rs->more_cmd;
+    uint32_t n = rs->more_n;
+    size_t at = 0;
+    rs->more_n = 0;
+    for (uint32_t i = 0; i < n && !router_client_closing(cl); i++) {
+        router_req_t *req = router_client_enqueue(cl);
+        if (req == NULL)
+            return; /* the client is being closed for lack of memory */
+        uint32_t len;
+        memcpy(&len, rs->more_keys.data + at, sizeof(len));
+        kvs_redis_arg_t key = {rs->more_keys.data + at + sizeof(len), len};
+        at += sizeof(len) + len;
+        req->rresp3 = rs->more_resp3;
+        req->rfold = i + 1 == n ? ROUTER_FOLD_LAST : ROUTER_FOLD_PART;
+        req->in_route = 1;
+        unsigned long failures = kvs_redis_reply_failures();
+        router_ops_note(rs->r, req,
+                        cmd->rcmd == RC_DEL ? KVS__COMMAND_REQUEST__COMMAND_HCLEAR
+                                            : KVS__COMMAND_REQUEST__COMMAND_HLEN,
+                        key.p, key.len, 0);
+        route_table_of(rs, cl, req, cmd, &key);
+        if (req->done && req->raw && kvs_redis_reply_failures() != failures)
+            req->resp.len = 0; /* a reply missing a piece is not sent: the client is closed */
+        req->in_route = 0;
+        router_ops_forget(req);
+        kvs_arena_reset(&rs->r->redis_arena);
+        router_client_routed(cl, req);
+    }
+    if (rs->more_keys.cap > 64 * 1024)
+        kvs_buf_free(&rs->more_keys); /* one large command's keys are not kept for good */
 }
 
 static void cmd_command(router_redis_t *rs, router_client_t *cl, router_req_t *req,
@@ -1839,6 +1958,8 @@ void router_redis_command(router_redis_t *rs, router_client_t *cl)
     router_ops_forget(req); /* the arguments are going */
     kvs_arena_reset(&rs->r->redis_arena);
     router_client_routed(cl, req);
+    if (rs->more_n > 0)
+        route_more(rs, cl); /* several_keys: the other keys, now the first was routed */
     if (rs->quit)
         router_client_close_after_answers(cl);
 }
@@ -2258,8 +2379,9 @@ static int answer_list(router_req_t *req, const uint8_t *payload, size_t len, kv
     return 1;
 }
 
-int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
-                        kvs_buf_t *out)
+/* The reply of one kvs answer, as router_redis_answer. */
+static int answer_one(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                      kvs_buf_t *out)
 {
     int fast_rc;
     if (answer_fast(req, payload, len, out, &fast_rc) ||
@@ -2293,4 +2415,89 @@ int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *pa
         rc = kvs_redis_error(out, "ERR %s", a->message);
     kvs_arena_reset(ar);
     return rc;
+}
+
+int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
+                        kvs_buf_t *out)
+{
+    if (!req->rfold)
+        return answer_one(rs, req, payload, len, out);
+    kvs_buf_t *part = &rs->fold_tmp;
+    part->len = 0;
+    unsigned long failures = kvs_redis_reply_failures();
+    int rc = answer_one(rs, req, payload, len, part);
+    if (rc == 0 && kvs_redis_reply_failures() != failures)
+        rc = -ENOMEM; /* a part's reply missing a piece: nothing folded (it is answered again) */
+    if (rc == 0)
+        rc = router_redis_fold(rs, req, part->data, part->len, out);
+    return rc;
+}
+
+/* ---- several keys ------------------------------------------------------------------- */
+
+/* The count of an integer reply ":N\r\n", or -1 for any other reply. */
+static int64_t reply_count(const uint8_t *p, size_t len)
+{
+    int64_t n = 0;
+    if (len < 4 || p[0] != ':' || p[len - 2] != '\r' || p[len - 1] != '\n')
+        return -1;
+    for (size_t i = 1; i < len - 2; i++) {
+        if (p[i] < '0' || p[i] > '9' || n > INT64_MAX / 10 - 9)
+            return -1;
+        n = n * 10 + (p[i] - '0');
+    }
+    return n;
+}
+
+/* Keeps `reply` (an error, or anything but a count) as the command's
+ * reply, naming its key: the first failure is what a command of several
+ * keys answers. Returns 0 or -ENOMEM (nothing kept). */
+static int fold_error(router_redis_t *rs, const router_req_t *req, const uint8_t *reply,
+                      size_t len)
+{
+    size_t end = len >= 3 && reply[0] == '-' ? len - 2 : 0; /* its text, without \r\n */
+    char tail[160];
+    int t = snprintf(tail, sizeof(tail), " (key %u of the command%s)\r\n", rs->fold_parts + 1,
+                     req->rcmd == RC_DEL
+                         ? "; each key is deleted on its own: the others' went ahead"
+                         : "");
+    static const char none[] = "-ERR internal error: a reply that is neither a count nor an error";
+    if ((end > 0 ? kvs_buf_append(&rs->fold_err, reply, end)
+                 : kvs_buf_append(&rs->fold_err, none, sizeof(none) - 1)) != 0 ||
+        kvs_buf_append(&rs->fold_err, tail, (size_t)t) != 0) {
+        rs->fold_err.len = 0;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Folds each part's reply into the command's (rs->fold_*); the last part
+ * writes it. State changes only once nothing can fail, so a part whose
+ * reply could not be written (out of memory) is folded once when it is
+ * answered again. */
+int router_redis_fold(router_redis_t *rs, router_req_t *req, const uint8_t *reply, size_t len,
+                      kvs_buf_t *out)
+{
+    int64_t n = reply_count(reply, len);
+    if (n < 0 && rs->fold_err.len == 0 && fold_error(rs, req, reply, len) != 0)
+        return -ENOMEM;
+    if (req->rfold != ROUTER_FOLD_LAST) {
+        rs->fold_n += n > 0 ? n : 0;
+        rs->fold_parts++;
+        return 0;
+    }
+    size_t start = out->len;
+    unsigned long failures = kvs_redis_reply_failures();
+    int rc = rs->fold_err.len > 0 ? kvs_buf_append(out, rs->fold_err.data, rs->fold_err.len)
+                                  : kvs_redis_integer(out, rs->fold_n + n);
+    if (rc != 0 || kvs_redis_reply_failures() != failures) {
+        out->len = start;
+        return -ENOMEM; /* kept: the first error stays the first when answered again */
+    }
+    rs->fold_n = 0;
+    rs->fold_parts = 0;
+    rs->fold_err.len = 0;
+    if (rs->fold_err.cap > 64 * 1024)
+        kvs_buf_free(&rs->fold_err);
+    return 0;
 }

@@ -4,7 +4,8 @@
  * client library. A Redis key is a kvs table, a hash field is a kvs key.
  *
  * Each RESP command becomes one router request in the client's FIFO, like
- * a protobuf frame: commands kvs answers by itself (PING, ECHO, HELLO,
+ * a protobuf frame (a DEL, UNLINK or EXISTS of several keys one per key,
+ * their replies folded into one): commands kvs answers by itself (PING, ECHO, HELLO,
  * COMMAND, CLIENT, SELECT, CONFIG GET, QUIT, AUTH) are finished here with
  * their RESP reply; the hash commands are turned into a kvs CommandRequest
  * and go through router_route, the same routing, fan-out, bounds and
@@ -64,6 +65,18 @@ void router_redis_input_error(router_redis_t *rs, router_req_t *req, int err, si
  * (an encoded CommandResponse). Returns 0 or -ENOMEM. */
 int router_redis_answer(router_redis_t *rs, router_req_t *req, const uint8_t *payload, size_t len,
                         kvs_buf_t *out);
+
+/* A RESP DEL, UNLINK or EXISTS of several keys runs as one request per key,
+ * consecutive in the client's FIFO (router_req_t.rfold): each part's reply
+ * is folded into the last one's, which replies for the whole command
+ * (router_redis_fold). */
+enum { ROUTER_FOLD_NONE = 0, ROUTER_FOLD_PART, ROUTER_FOLD_LAST };
+
+/* Folds the reply `reply[0..len)` (RESP, as the part's own command would
+ * have got it) of `req`, a part of a several-key command; for its last
+ * part, appends the command's reply to `out`. Returns 0 or -ENOMEM. */
+int router_redis_fold(router_redis_t *rs, router_req_t *req, const uint8_t *reply, size_t len,
+                      kvs_buf_t *out);
 
 /* The reply to a connection refused at limits.max_clients. */
 extern const char router_redis_too_many_clients[];

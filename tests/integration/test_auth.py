@@ -652,6 +652,21 @@ class RespAuthTest(RouterTestCase):
                           b"$1"])
         self.assertIn(b"-NOPERM user \"alice\" may not run Hset on table \"pub\"", got)
 
+    def test_del_of_several_keys_is_all_or_nothing_on_rights(self):
+        # alice may write orders*, not pub: a DEL naming both deletes
+        # nothing; an EXISTS needs read on every key.
+        self.resp_router()
+        got = self.raw(b"AUTH ops ops-pw\r\nHSET pub f 1\r\nHSET orders-1 f 1\r\n"
+                       b"AUTH alice alice-pw\r\nDEL orders-1 pub\r\nEXISTS orders-1 pub\r\n"
+                       b"EXISTS orders-1 other\r\nDEL orders-1 orders-2\r\n"
+                       b"EXISTS orders-1 pub\r\n", 9)
+        self.assertEqual(got.split(b"\r\n")[:9],
+                         [b"+OK", b":1", b":1", b"+OK",
+                          b"-NOPERM user \"alice\" may not run Hclear on table \"pub\": it "
+                          b"needs write", b":2",
+                          b"-NOPERM user \"alice\" may not run Hlen on table \"other\": it "
+                          b"needs read", b":1", b":1"])
+
     def test_hello_auth_switches_protocol_only_when_it_succeeds(self):
         self.resp_router()
         got = self.raw(b"HELLO 3\r\n", 1)

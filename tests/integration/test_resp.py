@@ -7,8 +7,10 @@ back through the other.
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -103,6 +105,18 @@ class RedisPyTest(RespTestCase):
         self.assertEqual(c.unlink("h2"), 1)
         self.assertEqual(c.unlink("h2"), 0)
         self.assertEqual(c.hgetall("h"), {b"f3": b"v3", b"f4": b"v4"})  # other keys stay
+        # Several keys at once, as Redis counts them.
+        c.hset("m1", "f", "v")
+        c.hset("m2", "f", "v")
+        self.assertEqual(c.exists("m1", "m2", "nosuch", "m1"), 3)
+        self.assertEqual(c.delete("m1", "nosuch", "m2", "m1"), 2)
+        self.assertEqual(c.exists("m1", "m2"), 0)
+        keys = ["w%d" % i for i in range(300)]
+        for k in keys[::2]:
+            c.hset(k, "f", k)
+        self.assertEqual(c.exists(*keys), 150)
+        self.assertEqual(c.unlink(*keys), 150)
+        self.assertEqual(c.exists(*keys), 0)
 
     def test_errors_as_redis_gives_them(self):
         self.resp_router()
@@ -128,9 +142,12 @@ class RedisPyTest(RespTestCase):
             c.execute_command("HSET", "h", "f", "v", "g")
         with self.assertRaisesRegex(redis.ResponseError, "DB index is out of range"):
             c.execute_command("SELECT", 1)
+        # DEL and EXISTS take at most limits.max_inflight keys (each is a
+        # request the client holds), checked before anything runs.
         with self.assertRaisesRegex(redis.ResponseError,
-                                    "^kvs answers DEL and UNLINK for one key at a time$"):
-            c.delete("h", "a")
+                                    "^kvs answers del for at most 1024 keys at a time "
+                                    r"\(limits.max_inflight\): 1025 were given$"):
+            c.delete("h", *["k%d" % i for i in range(1024)])
         self.assertEqual(c.hget("h", "s"), b"abc")  # nothing deleted
         with self.assertRaisesRegex(redis.ResponseError, "reserved"):  # kvs's own rules
             c.hset("__kvs", "f", "v")
@@ -300,6 +317,90 @@ class DelTest(RespTestCase):
             self.assertIn("reserved", resp.message)
         self.assertEqual(c.hset("a", "again", "1"), 1)  # the name is free to use again
         self.assertEqual(c.hgetall("a"), {b"again": b"1"})
+
+
+class SeveralKeysTest(RespTestCase):
+    def test_pipelined_commands_of_several_keys_fold_in_order(self):
+        # Each key of a DEL or EXISTS is a request of its own; the replies
+        # are folded into one per command, in order, however they pipeline.
+        self.resp_router()
+        c = self.redis()
+        for round in range(20):
+            p = c.pipeline(transaction=False)
+            p.hset("a", "f", "1").hset("b", "f", "1")
+            p.exists("a", "b", "c").delete("a", "c").exists("a", "b")
+            p.hget("b", "f").delete("b", "a", "b").exists("a", "b", "a")
+            p.hset("a", "g", "2").exists("a")
+            self.assertEqual(p.execute(), [1, 1, 2, 1, 1, b"1", 1, 0, 1, 1], round)
+
+    def test_the_keys_of_a_command_read_on_resuming_are_its_own(self):
+        # A client paused at limits.max_inflight (the head request waits on
+        # a stopped worker) resumes with an EXISTS of several keys and a
+        # command after it: routing each key may have the connection parse
+        # that next command, and the keys routed are still the EXISTS's
+        # (they once were the next command's arguments: wrong counts, or a
+        # crash where its argument array was freed).
+        r = self.resp_router(shards=2)
+        c = self.redis()
+        c.hset("a", "x", "1")
+        c.hset("victim", "precious", "data")
+        on1 = next("f%d" % i for i in range(1000) if r.shard_of(b"f%d" % i) == 1)
+        on0 = [f for f in ("g%d" % i for i in range(5000)) if r.shard_of(f.encode()) == 0][:1023]
+        for big in (False, True):
+            p = c.pipeline(transaction=False)
+            p.hset("t", on1, "v")
+            for f in on0:
+                p.hset("t", f, "v")
+            if big:
+                p.exists(*(["a"] * 1024))
+            else:
+                p.exists("a", "nothere1", "nothere2")
+            p.hget("k0", "victim")
+            pid = r.worker_pid(1)
+            os.kill(pid, signal.SIGSTOP)
+            t = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
+            t.start()
+            try:
+                got = p.execute()
+            finally:
+                t.join()
+            self.assertEqual(got[-2:], [1024 if big else 1, None], big)
+            c.delete("t")
+
+    def test_one_key_refused_refuses_all(self):
+        # A table bound to a topic, or a key the user may not write, among
+        # several: the whole command is refused, nothing deleted.
+        self.resp_router(
+            extra="kafka:\n  bindings:\n    - {topic: t-orders, table: orders}\n")
+        c = self.redis()
+        c.hset("x", "f", "v")
+        with self.assertRaisesRegex(redis.ResponseError,
+                                    'key "orders" is bound to Kafka topic t-orders.*nothing was '
+                                    'deleted'):
+            c.delete("x", "orders")
+        self.assertEqual(c.hget("x", "f"), b"v")
+
+    def test_a_key_that_fails_on_a_shard_names_itself_and_the_others_go_ahead(self):
+        # Shard 1 is another node's, down: no table can be emptied there
+        # (nor counted). The reply is the first key's error, naming the
+        # key; each key's delete went ahead on shard 0.
+        dead = free_port()
+        r = self.resp_router(shards=2, remote={1: "127.0.0.1:%d" % dead})
+        c = self.redis()
+        fields = [f for f in ("f%d" % i for i in range(40)) if r.shard_of(f.encode()) == 0][:3]
+        for t in ("ok1", "ok2"):
+            for f in fields:
+                c.hset(t, f, "v")
+        with self.assertRaisesRegex(
+                redis.ResponseError,
+                r"^DEL emptied the hash on 1 of 2 shards \(3 fields removed there\); shard 1 did "
+                r"not empty its part \(nothing done there\).*\(key 1 of the command; each key is "
+                r"deleted on its own: the others' went ahead\)$"):
+            c.delete("ok1", "ok2")
+        self.assertEqual([c.hget(t, fields[0]) for t in ("ok1", "ok2")], [None, None])
+        with self.assertRaisesRegex(redis.ResponseError, r"shard 1.*\(key 1 of the command\)$"):
+            c.exists("ok1", "ok2")
+        self.assertEqual(c.ping(), True)  # one reply per command: the connection is in step
 
 
 class LargeValuesTest(RespTestCase):

@@ -394,6 +394,13 @@ class HashCommandsTest(RespDiffTestCase):
             C("EXISTS", "gone"), C("HGETALL", "gone"), C("HLEN", "gone"), C("TYPE", "gone"),
             C("DEL", "nokey"), C("HSET", "gone", "a", "9"), C("HGETALL", "gone"),
             C("UNLINK", "gone"), C("UNLINK", "gone"), C("HGET", "gone", "a"),
+            # Several keys: each counted once per time it is named (EXISTS),
+            # deleted once (DEL), in any mix of present and missing.
+            C("HSET", "d1", "f", "v"), C("HSET", "d2", "f", "v", "g", "w"),
+            C("HSET", "d3", "f", "v"),
+            C("EXISTS", "d1", "d2", "nokey", "d1"), C("EXISTS", "nokey", "nokey2"),
+            C("DEL", "d1", "nokey", "d2", "d1"), C("EXISTS", "d1", "d2", "d3"),
+            C("UNLINK", "d3", "d3"), C("UNLINK", "d3", "nokey"), C("HGETALL", "d2"),
             C("TYPE", "h"), C("TYPE", "nokey"), C("type", "h"), C("TYPE"), C("TYPE", "h", "x"),
             # A command of the wrong shape says so first, whatever its
             # key and fields (kvs's rules for them come after Redis's).
@@ -412,17 +419,10 @@ class HashCommandsTest(RespDiffTestCase):
         unknown = b"-ERR unknown command '%s', with args beginning with: %s\r\n"
         self.run_session([
             C("HSET", "h", "f", "v"), C("HSET", "h2", "f", "v"),
-            D(["EXISTS", "h", "h"], b"-ERR kvs answers EXISTS for one key at a time\r\n",
-              b":2\r\n"),
             D(["GET", "h"], unknown % (b"GET", b"'h' "),
               b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
             D(["SET", "k", "v"], unknown % (b"SET", b"'k' 'v' "), b"+OK\r\n"),
             D(["HRANDFIELD", "h"], unknown % (b"HRANDFIELD", b"'h' "), b"$1\r\nf\r\n"),
-            C("HSET", "d1", "f", "v"),
-            D(["DEL", "d1", "d2"], b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n",
-              b":1\r\n"),
-            D(["UNLINK", "d1", "nokey"],
-              b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n", b":0\r\n"),
             C("HGETDEL", "h", "FIELDS", "1", "f"),  # Redis 8: unknown to both
             # A kvs table name holds no NUL: refused, never cut short to
             # name another table ("a").
@@ -440,6 +440,11 @@ class HashCommandsTest(RespDiffTestCase):
             D(["HSET", "", "f", "v"], EMPTY_KEY, b":1\r\n"),
             D(["HGET", "", "f"], EMPTY_KEY, b"$1\r\nv\r\n"),
             D(["HLEN", ""], EMPTY_KEY, b":1\r\n"),
+            # DEL and EXISTS of several keys check every key first: one kvs
+            # cannot name refuses the whole command, nothing deleted.
+            C("HSET", "d4", "f", "v"),
+            D(["DEL", "d4", ""], EMPTY_KEY, b":2\r\n"),  # Redis has a hash "" (above)
+            D(["EXISTS", "e", "d4", ""], EMPTY_KEY, b":0\r\n"),
             D(["HSET", "e", "", "v"], EMPTY_FIELD, b":1\r\n"),
             D(["HSET", "e", "f9", "v", "", "w"], EMPTY_FIELD, b":1\r\n"),
             D(["HEXISTS", "e", "f9"], b":0\r\n", b":1\r\n"),

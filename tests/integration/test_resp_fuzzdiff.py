@@ -49,9 +49,8 @@ exactly these normalizations are made:
   a reply Redis makes larger than 3 MiB: kvs may answer its "... answer
       would exceed limits.max_frame (4194304 bytes)" instead (no kvs
       answer is larger than limits.max_frame, default 4 MiB);
-  EXISTS of several keys: kvs must answer its "one key at a time" error;
-  DEL or UNLINK of several keys: sent to kvs only, which must answer its
-      "one key at a time" refusal (of one key: compared as any command);
+  DEL, UNLINK and EXISTS check every key's name before anything runs (one
+      bad name refuses the whole command, and Redis's keys are put back);
   a session's ending: the same as above, reply by reply, and where a
       changed frame makes a value a command, kvs's "unknown command" for
       one Redis has and kvs has not (GET, SET...), or "unknown subcommand"
@@ -129,8 +128,8 @@ HASH_CMDS = {  # name: (positions of its fields, whether it writes)
     b"HGET": ([2], False), b"HEXISTS": ([2], False), b"HSTRLEN": ([2], False),
     b"HINCRBY": ([2], True), b"HINCRBYFLOAT": ([2], True), b"HMGET": ("rest", False),
     b"HDEL": ("rest", True), b"HGETALL": ([], False), b"HKEYS": ([], False),
-    b"HVALS": ([], False), b"HLEN": ([], False), b"EXISTS": ([], False), b"HSCAN": ([], False),
-    b"TYPE": ([], False), b"DEL": ([], True), b"UNLINK": ([], True),
+    b"HVALS": ([], False), b"HLEN": ([], False), b"EXISTS": ("keys", False),
+    b"HSCAN": ([], False), b"TYPE": ([], False), b"DEL": ("keys", True), b"UNLINK": ("keys", True),
 }
 KEYS = [b"h", b"g", b"\xc3\xa9t\xc3\xa9", b"t" * 200, b"missing"]  # the last one rarely used
 KVS_COMMANDS = {  # README, "Redis protocol (RESP)"
@@ -185,6 +184,8 @@ def name_error(args):
     spec = HASH_CMDS.get(args[0].upper())
     if spec is None or len(args) < 2:
         return None
+    if spec[0] == "keys":  # every argument is a key
+        return next((key_error(a) for a in args[1:] if key_error(a) is not None), None)
     e = key_error(args[1])
     if e is not None:
         return e
@@ -197,11 +198,6 @@ def name_error(args):
         if i < len(args) and field_error(args[i]) is not None:
             return field_error(args[i])
     return None
-
-
-def several_deleted(args):
-    """DEL or UNLINK of several keys, which kvs refuses."""
-    return args[0].upper() in (b"DEL", b"UNLINK") and len(args) > 2
 
 
 def inline(args, rng):
@@ -368,8 +364,8 @@ class Gen:
             args = [b"HINCRBYFLOAT", k, self.field(), by]
         elif r < 0.92:
             args = [b"EXISTS" if self.rng.random() < 0.7 else b"TYPE", k]
-            if self.rng.random() < 0.1:
-                args.append(self.key())
+            if self.rng.random() < 0.2:
+                args += [self.key() for _ in range(self.rng.choice([1, 1, 2, 4]))]
         else:
             return self.hscan(k)
         return Step(self.arity_noise(args))
@@ -433,7 +429,7 @@ class Gen:
                                      for _ in range(self.rng.choice([0, 1, 2, 3]))])
         if r < 0.80:
             return Step([self.pick([b"DEL", b"UNLINK"])] +
-                        [self.key(0) for _ in range(self.rng.choice([0, 1, 1, 2]))])
+                        [self.key(0) for _ in range(self.rng.choice([0, 1, 1, 2, 3, 5]))])
         if r < 0.85:  # what they answer aside (slow log, tables), their errors are Redis's
             return Step(how="errors", args=self.pick([
                 [b"SLOWLOG", b"GET", self.pick(NUMBERS)], [b"SLOWLOG", b"NOSUCH"],
@@ -477,7 +473,7 @@ class Gen:
             n = self.rng.randint(2, 8) if self.rng.random() < 0.7 else self.rng.randint(10, 60)
             while len(batch) < n:
                 s = self.hash_command() if self.rng.random() < 0.7 else self.other_command()
-                if s.how in ("walk", "hscan") or several_deleted(s.args) or name_error(s.args):
+                if s.how in ("walk", "hscan") or name_error(s.args):
                     continue
                 batch.append(self.maybe_inline(s))
             return self.maybe_split(batch)
@@ -664,7 +660,8 @@ class RespFuzzDiffTest(RespDiffTestCase):
         "unknown subcommand" for a subcommand kvs has not (CLIENT LIST), or
         refuses a key or field that is not a kvs name (a changed length can
         cut a key short of UTF-8 or a field to nothing), or refuses DEL,
-        UNLINK or EXISTS of several keys (a changed length can make a value one) or
+        UNLINK or EXISTS of a bad name among several (a changed length can make a value
+        one) or
         an answer over limits.max_frame, or lists a hash in another
         order."""
         if kg[1] != rg[1]:
@@ -683,8 +680,7 @@ class RespFuzzDiffTest(RespDiffTestCase):
             sub = re.match(rb"-ERR unknown subcommand '(.*?)'\. Try (\w+) HELP\.\r\n$", kn[2])
             sub = sub and sub.group(1).lower() not in KVS_SUBCOMMANDS.get(sub.group(2), ())
             if kn[2] != rn[2] and unordered(kn) != unordered(rn) and not (m and m.group(1).lower() in self.redis_only) and not sub and not (
-                    re.match(rb"-ERR (the key |a hash field |kvs answers (EXISTS|DEL and UNLINK) "
-                             rb"for one key at a time)", kn[2])) and not (
+                    re.match(rb"-ERR (the key |a hash field )", kn[2])) and not (
                     len(rn[2]) > 3 << 20 and re.match(TOO_LARGE, kn[2])):
                 return False
         return True
@@ -720,18 +716,12 @@ class RespFuzzDiffTest(RespDiffTestCase):
         if len(batch) == 1 and batch[0].how == "walk":
             return self.walk_compare(k, r, batch[0])
         single = batch[0] if len(batch) == 1 else None
-        if single is not None and several_deleted(single.args):
-            k.send(single.data())
-            got = k.reply()
-            want = b"-ERR kvs answers DEL and UNLINK for one key at a time\r\n"
-            if got is None or got[2] != want:
-                raise Mismatch("%r\n     kvs:   %r\n     want:  %r" % (single, got and got[2],
-                                                                       want))
-            return
-        undo = None
+        undo = []
         if single is not None and name_error(single.args) and HASH_CMDS[
                 single.args[0].upper()][1]:
-            undo = (single.args[1], self.dump(single.args[1]))
+            keys = single.args[1:] if HASH_CMDS[single.args[0].upper()][0] == "keys" else [
+                single.args[1]]
+            undo = [(key, self.dump(key)) for key in dict.fromkeys(keys)]
         data = b"".join(s.data() for s in batch)
         for conn in (k, r):
             last = 0
@@ -748,8 +738,8 @@ class RespFuzzDiffTest(RespDiffTestCase):
                         s, " (in a pipelined batch of %d)" % len(batch) if len(batch) > 1 else "",
                         kn and kn[2], rn and rn[2]))
         finally:
-            if undo is not None:
-                self.restore(*undo)
+            for key, dumped in undo:
+                self.restore(key, dumped)
 
     def agree(self, s, kn, rn):
         kraw, rraw = kn[2], rn[2]
@@ -785,8 +775,6 @@ class RespFuzzDiffTest(RespDiffTestCase):
                 0, len(kn[1]), 2)) == want
         if name in UNORDERED or s.how == "unordered":
             return unordered(kn) == unordered(rn)
-        if name == b"EXISTS" and len(s.args) > 2:
-            return kraw == b"-ERR kvs answers EXISTS for one key at a time\r\n"
         if name == b"HSCAN" and rn[0] != b"-":
             if len(s.args) >= 3 and redis_number(s.args[2]) and (kraw.startswith(
                     b"-ERR invalid cursor") or kn[0] == b"*" and len(kn[1]) == 2
