@@ -782,13 +782,6 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 
 /* ---- tables bound to a Kafka topic ------------------------------------------------ */
 
-static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
-{
-    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-}
-
 /* A write to a table bound to no topic, on a shard with several replicas
  * (kvs-router refuses it the same way) or whose snapshot went to another
  * node (node_handoff): it would reach this copy only. A write with a pair
@@ -800,7 +793,7 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
                            const void *table, size_t len, const Kvs__CommandRequest *req,
                            const kvs_peek_t *pk, kvs_buf_t *out)
 {
-    if (!is_write_cmd(cmd) || ctx->ungated)
+    if (!kvs_msg_is_write(cmd) || ctx->ungated)
         return 0; /* reads: nothing more to look at */
     const char *copied = node_handoff_why(ctx->handoff);
     if (ctx->replicas < 2 && copied == NULL)
@@ -933,8 +926,8 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
         refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HCLEAR: {
-        int rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND,
-                                       b->table, b->topic);
+        int rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,
+                                       b->topic);
         return rc == 0 ? 1 : rc;
     }
     default:
@@ -1092,7 +1085,7 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
         return kvs_msg_append_status(out, st, "%s", msg);
     const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
     rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, NULL, pk, out) : 0;
-    if (rc == 0 && b == NULL && is_write_cmd(pk->cmd)) {
+    if (rc == 0 && b == NULL && kvs_msg_is_write(pk->cmd)) {
         ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
         rc = foreign_refused(ctx, pk->cmd, pk->table, pk->table_len, &key, out);
     }
