@@ -485,19 +485,9 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
  * table bound to no topic). Bound tables never get here (bound_request). */
 static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
-    const char *table = req->hclear->table;
-    uint64_t n = 0, pages = 0;
+    uint64_t n;
     uint8_t enc[16];
-    int rc = node_store_count(ctx->store, table, &n);
-    if (rc == 0 && n > 0)
-        rc = node_store_table_pages(ctx->store, table, &pages);
-    if (rc == 0 && n > 0) {
-        /* What the drop writes is the free list: a page number per page. */
-        rc = node_store_reserve(ctx->store, 1, (size_t)pages * sizeof(uint64_t));
-        if (rc != 0)
-            return rc;
-        rc = node_store_reserve_end(ctx->store, node_store_clear(ctx->store, table));
-    }
+    int rc = node_store_clear(ctx->store, req->hclear->table, &n); /* one write: priced there */
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
