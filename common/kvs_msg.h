@@ -390,6 +390,10 @@ size_t kvs_msg_pair_max(size_t max_frame);
     "Hclear: table \"%s\" is bound to Kafka topic %s, whose records are its keys, so it is "       \
     "not emptied here; delete its keys with Hdel or Hmdel (they produce tombstones), or "          \
     "Rebuild it from the topic; nothing was written"
+/* ... and of the Redis door's DEL or UNLINK of such a key (its fields). */
+#define KVS_MSG_DEL_BOUND                                                                          \
+    "key \"%s\" is bound to Kafka topic %s, whose records are its fields, so kvs does not "        \
+    "delete it whole; delete its fields with HDEL (they produce tombstones); nothing was deleted"
 
 /* A write's largest pair as a store holds it: its key's bytes (*klen) and
  * its value's encoded size (*vlen), of the decoded request `req` or, when

@@ -876,11 +876,14 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
  * been applied. */
 enum { PART_APPLIED = 1, PART_ACKED, PART_REFUSED, PART_UNKNOWN };
 
-/* Why part `i` failed: its worker's message, or the router's failure
- * (a part not sent, or sent with no answer). */
+/* Why part `i` failed: its worker's message, the router's failure (a part
+ * not sent, or sent with no answer), or an answer that did not decode
+ * (its bytes are no text). */
 static const char *part_why(const route_merge_t *m, Kvs__CommandResponse **rs, uint32_t i)
 {
-    return rs[i] != NULL ? rs[i]->message : part_failure(m, i);
+    return rs[i] != NULL  ? rs[i]->message
+           : m->failed[i] ? part_failure(m, i)
+                          : "its answer is not a CommandResponse";
 }
 
 /* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
@@ -1726,7 +1729,6 @@ static void text_add(char *out, size_t cap, size_t *at, const char *fmt, ...)
  * request. */
 static void merge_clear(router_req_t *req, kvs_arena_t *arena)
 {
-    enum { EMPTIED, REFUSED, UNKNOWN };
     route_merge_t *m = req->merge;
     int64_t sum = 0;
     uint32_t status = 0, emptied = 0, first = 0;
@@ -1753,7 +1755,7 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
         if (st == KVS_STATUS_OK) {
             sum += a->values[0]->integer_value;
             emptied++;
-            state[i] = EMPTIED;
+            state[i] = PART_APPLIED;
             continue;
         }
         if (status == 0)
@@ -1762,19 +1764,18 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
          * (500 too: a store failure aborts the batch, but a worker's 500
          * does not prove that): it may have run there. */
         if (m->failed[i])
-            state[i] = m->tries[i].unsent ? REFUSED : UNKNOWN;
+            state[i] = m->tries[i].unsent ? PART_REFUSED : PART_UNKNOWN;
         else
-            state[i] =
-                a == NULL || a->outcome_unknown || st == KVS_STATUS_INTERNAL ? UNKNOWN : REFUSED;
-        unknown |= state[i] == UNKNOWN;
+            state[i] = a == NULL || a->outcome_unknown || st == KVS_STATUS_INTERNAL ? PART_UNKNOWN
+                                                                                    : PART_REFUSED;
+        unknown |= state[i] == PART_UNKNOWN;
     }
     if (status == 0) {
         finish_count(req, sum, "Hclear");
         return;
     }
     if (emptied == 0 && !unknown) { /* nothing done anywhere: the first refusal says why */
-        router_req_finish_status(req, status, "%s",
-                                 m->failed[first] ? part_failure(m, first) : rs[first]->message);
+        router_req_finish_status(req, status, "%s", part_why(m, rs, first));
         return;
     }
     char text[2048], why[304];
@@ -1784,17 +1785,15 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
              req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
              (long long)sum, req->redis ? "fields" : "keys");
     for (uint32_t i = 0; i < m->nparts; i++) {
-        if (state[i] == EMPTIED)
+        if (state[i] == PART_APPLIED)
             continue;
-        const char *text_i = m->failed[i]    ? part_failure(m, i)
-                             : rs[i] == NULL ? "its answer is not a CommandResponse"
-                                             : rs[i]->message;
+        const char *text_i = part_why(m, rs, i);
         size_t n = strlen(text_i) < sizeof(why) - 4 ? strlen(text_i) : sizeof(why) - 4;
         memcpy(why, text_i, n); /* cut at a whole character: the answer must be UTF-8 */
         why[kvs_utf8_cut(why, n)] = '\0';
         text_add(text, sizeof(text), &at, "; shard %u %s: %s", m->part_shard[i],
-                 state[i] == UNKNOWN ? "may or may not have emptied its part"
-                                     : "did not empty its part (nothing done there)",
+                 state[i] == PART_UNKNOWN ? "may or may not have emptied its part"
+                                          : "did not empty its part (nothing done there)",
                  why);
     }
     text_add(text, sizeof(text), &at, "; send it again to empty the rest");
@@ -2942,16 +2941,9 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
-        if (req->redis)
-            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
-                                     "key \"%s\" is bound to Kafka topic %s, whose records are "
-                                     "its fields, so kvs does not delete it whole; delete its "
-                                     "fields with HDEL (they produce tombstones); nothing was "
-                                     "deleted",
-                                     b->table, b->topic);
-        else
-            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,
-                                     b->topic);
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 req->redis ? KVS_MSG_DEL_BOUND : KVS_MSG_HCLEAR_BOUND, b->table,
+                                 b->topic);
         return;
     }
     if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
