@@ -840,13 +840,6 @@ uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req)
     }
 }
 
-int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
-{
-    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-}
-
 uint32_t kvs_msg_answer_status(const uint8_t *p, size_t len)
 {
     uint32_t v = 0;

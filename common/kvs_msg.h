@@ -302,8 +302,14 @@ const char *kvs_msg_request_table_sent(const Kvs__CommandRequest *req, const uin
  * length of the key or pair list for the multi-key ones, 0 otherwise. */
 uint32_t kvs_msg_request_keys(const Kvs__CommandRequest *req);
 
-/* True for the commands that write (Hset Hmset Hdel Hmdel Hincr Hclear). */
-int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c);
+/* True for the commands that write (Hset Hmset Hdel Hmdel Hincr Hclear):
+ * the one list, for routers and workers alike (inline: the hot path asks). */
+static inline int kvs_msg_is_write(Kvs__CommandRequest__CommandCase c)
+{
+    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HMSET || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
+           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
+}
 
 /* The status of an encoded CommandResponse, read from its first field
  * without decoding (encoders write fields in number order, and status is
@@ -384,6 +390,10 @@ size_t kvs_msg_pair_max(size_t max_frame);
     "Hclear: table \"%s\" is bound to Kafka topic %s, whose records are its keys, so it is "       \
     "not emptied here; delete its keys with Hdel or Hmdel (they produce tombstones), or "          \
     "Rebuild it from the topic; nothing was written"
+/* ... and of the Redis door's DEL or UNLINK of such a key (its fields). */
+#define KVS_MSG_DEL_BOUND                                                                          \
+    "key \"%s\" is bound to Kafka topic %s, whose records are its fields, so kvs does not "        \
+    "delete it whole; delete its fields with HDEL (they produce tombstones); nothing was deleted"
 
 /* A write's largest pair as a store holds it: its key's bytes (*klen) and
  * its value's encoded size (*vlen), of the decoded request `req` or, when

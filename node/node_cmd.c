@@ -485,19 +485,9 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
  * table bound to no topic). Bound tables never get here (bound_request). */
 static int cmd_hclear(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
-    const char *table = req->hclear->table;
-    uint64_t n = 0, pages = 0;
+    uint64_t n;
     uint8_t enc[16];
-    int rc = node_store_count(ctx->store, table, &n);
-    if (rc == 0 && n > 0)
-        rc = node_store_table_pages(ctx->store, table, &pages);
-    if (rc == 0 && n > 0) {
-        /* What the drop writes is the free list: a page number per page. */
-        rc = node_store_reserve(ctx->store, 1, (size_t)pages * sizeof(uint64_t));
-        if (rc != 0)
-            return rc;
-        rc = node_store_reserve_end(ctx->store, node_store_clear(ctx->store, table));
-    }
+    int rc = node_store_clear(ctx->store, req->hclear->table, &n); /* one write: priced there */
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
@@ -782,13 +772,6 @@ static int run_fast(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, kvs_buf_t *out)
 
 /* ---- tables bound to a Kafka topic ------------------------------------------------ */
 
-static int is_write_cmd(Kvs__CommandRequest__CommandCase c)
-{
-    return c == KVS__COMMAND_REQUEST__COMMAND_HSET || c == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HDEL || c == KVS__COMMAND_REQUEST__COMMAND_HMDEL ||
-           c == KVS__COMMAND_REQUEST__COMMAND_HINCR || c == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-}
-
 /* A write to a table bound to no topic, on a shard with several replicas
  * (kvs-router refuses it the same way) or whose snapshot went to another
  * node (node_handoff): it would reach this copy only. A write with a pair
@@ -800,7 +783,7 @@ static int unbound_refused(node_cmd_ctx_t *ctx, Kvs__CommandRequest__CommandCase
                            const void *table, size_t len, const Kvs__CommandRequest *req,
                            const kvs_peek_t *pk, kvs_buf_t *out)
 {
-    if (!is_write_cmd(cmd) || ctx->ungated)
+    if (!kvs_msg_is_write(cmd) || ctx->ungated)
         return 0; /* reads: nothing more to look at */
     const char *copied = node_handoff_why(ctx->handoff);
     if (ctx->replicas < 2 && copied == NULL)
@@ -933,8 +916,8 @@ static int bound_request(node_cmd_ctx_t *ctx, const kvs_binding_t *b,
         refused = "Hincr (Redis HINCRBY/HINCRBYFLOAT)";
         break;
     case KVS__COMMAND_REQUEST__COMMAND_HCLEAR: {
-        int rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND,
-                                       b->table, b->topic);
+        int rc = kvs_msg_append_status(out, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,
+                                       b->topic);
         return rc == 0 ? 1 : rc;
     }
     default:
@@ -1092,7 +1075,7 @@ static int frame_peeked(node_cmd_ctx_t *ctx, const kvs_peek_t *pk, int hooks, kv
         return kvs_msg_append_status(out, st, "%s", msg);
     const kvs_binding_t *b = bound_table(ctx, pk->table, pk->table_len);
     rc = b == NULL ? unbound_refused(ctx, pk->cmd, pk->table, pk->table_len, NULL, pk, out) : 0;
-    if (rc == 0 && b == NULL && is_write_cmd(pk->cmd)) {
+    if (rc == 0 && b == NULL && kvs_msg_is_write(pk->cmd)) {
         ProtobufCBinaryData key = {pk->key_len, (uint8_t *)pk->key};
         rc = foreign_refused(ctx, pk->cmd, pk->table, pk->table_len, &key, out);
     }

@@ -1285,7 +1285,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
                                     parts * (sizeof(key) + sizeof(v)));
     if (rc != 0)
         return rc;
-    rc = node_store_clear(in->store, b->table);
+    rc = node_store_clear(in->store, b->table, NULL);
     for (uint32_t p = 0; p < t->partitions && rc == 0; p++) {
         if (!t->parts[p].owned)
             continue;

@@ -131,8 +131,8 @@ struct node_store_s {
     unsigned depth;           /* deepest tree seen (B-tree levels) */
     size_t psize;
     uint64_t map_size;
-    kvs_dbimap_t tables; /* pending: created in the open batch */
-    int emptied;         /* some table may be marked T_EMPTIED */
+    kvs_dbimap_t tables;         /* pending: created in the open batch */
+    int emptied;                 /* some table may be marked T_EMPTIED */
     kvs_dbimap_entry_t *dropped; /* the tables from before the open batch it dropped */
     uint32_t n_dropped;          /* ... room for storage.max_tables */
     kvs_dbimap_entry_t *taken;   /* drop_emptied's: room for storage.max_tables */
@@ -766,7 +766,7 @@ int node_store_del(node_store_t *s, const char *table, const void *key, size_t k
     node_slice_t old;
     int rc = node_store_get(s, table, key, klen, &old);
     if (rc != 0)
-        return rc; /* absent: nothing to write, no batch to open */
+        return rc;            /* absent: nothing to write, no batch to open */
     rc = batch_room(s, klen); /* may commit early: the entry is looked up after */
     kvs_dbimap_entry_t *e = rc == 0 ? kvs_dbimap_lookup(&s->tables, table) : NULL;
     if (rc != 0 || e == NULL)
@@ -782,27 +782,41 @@ int node_store_del(node_store_t *s, const char *table, const void *key, size_t k
     return 0;
 }
 
-int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages)
+/* `table`'s statistics as of the read snapshot (the open batch when one is
+ * open); all 0 for a table that does not exist. Returns 0 or an error. */
+static int table_stat(node_store_t *s, const char *table, MDB_stat *st)
 {
     MDB_dbi dbi;
-    MDB_stat st;
-    *pages = 0;
+    memset(st, 0, sizeof(*st));
     if (table_dbi(s, table, 0, &dbi) != 0)
         return 0;
     MDB_txn *txn = read_txn(s);
     if (txn == NULL)
         return KVS_ESTORE;
-    int rc = mdb_stat(txn, dbi, &st);
-    if (rc != 0)
-        return map_err("mdb_stat", rc);
-    *pages = (uint64_t)st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
-    return 0;
+    int rc = mdb_stat(txn, dbi, st);
+    return rc != 0 ? map_err("mdb_stat", rc) : 0;
 }
 
-int node_store_clear(node_store_t *s, const char *table)
+static uint64_t stat_pages(const MDB_stat *st)
 {
-    uint64_t pages;
-    int rc = node_store_table_pages(s, table, &pages);
+    return (uint64_t)st->ms_branch_pages + st->ms_leaf_pages + st->ms_overflow_pages;
+}
+
+int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages)
+{
+    MDB_stat st;
+    int rc = table_stat(s, table, &st);
+    *pages = stat_pages(&st);
+    return rc;
+}
+
+int node_store_clear(node_store_t *s, const char *table, uint64_t *removed)
+{
+    MDB_stat st;
+    int rc = table_stat(s, table, &st);
+    uint64_t pages = stat_pages(&st);
+    if (removed != NULL)
+        *removed = rc == 0 ? st.ms_entries : 0;
     if (rc != 0 || pages == 0)
         return rc; /* missing or empty: nothing to write */
     /* What the drop writes is the free list: a page number per page. */

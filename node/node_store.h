@@ -151,11 +151,13 @@ int node_store_count(node_store_t *s, const char *table, uint64_t *n);
  * 0 for a table that does not exist. Returns 0 or an error. */
 int node_store_table_pages(node_store_t *s, const char *table, uint64_t *pages);
 
-/* Empties `table` within the turn's batch (the table itself stays).
- * Returns 0 (also for a missing or empty table: then nothing is written)
- * or an error as for put. Price it in a reservation with 8 bytes per page
- * of node_store_table_pages: the free list it writes. */
-int node_store_clear(node_store_t *s, const char *table);
+/* Empties `table` within the turn's batch (the table itself stays; one
+ * bound to no topic is then dropped, as any emptied table), and sets
+ * *removed (may be NULL) to the keys it held. Returns 0 (also for a
+ * missing or empty table: then nothing is written) or an error as for
+ * put. It prices itself, 8 bytes per page of node_store_table_pages (the
+ * free list it writes); within a reservation, price it there. */
+int node_store_clear(node_store_t *s, const char *table, uint64_t *removed);
 
 /* Reads/writes kvs's own metadata (the reserved __kvs database) in the same
  * way as get/put: meta writes join the turn's batch, so data and the

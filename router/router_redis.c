@@ -1482,11 +1482,7 @@ static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *
     for (size_t i = 1; i < argc && del; i++) {
         const kvs_binding_t *b = kvs_config_binding_n(r->cfg, a[i].p, a[i].len);
         if (b != NULL)
-            return reply_error(req,
-                               "ERR key \"%s\" is bound to Kafka topic %s, whose records are "
-                               "its fields, so kvs does not delete it whole; delete its fields "
-                               "with HDEL (they produce tombstones); nothing was deleted",
-                               b->table, b->topic);
+            return reply_error(req, "ERR " KVS_MSG_DEL_BOUND, b->table, b->topic);
     }
     kvs_buf_t *k = &rs->more_keys;
     k->len = 0;

@@ -437,14 +437,6 @@ static void set_frame(kvs_buf_t *b, const uint8_t *payload, size_t len)
 static void merge_finish(router_req_t *req);
 static void merge_metrics(router_req_t *req, kvs_arena_t *arena);
 
-static int is_write(Kvs__CommandRequest__CommandCase cmd)
-{
-    return cmd == KVS__COMMAND_REQUEST__COMMAND_HSET || cmd == KVS__COMMAND_REQUEST__COMMAND_HDEL ||
-           cmd == KVS__COMMAND_REQUEST__COMMAND_HMSET ||
-           cmd == KVS__COMMAND_REQUEST__COMMAND_HMDEL || cmd == KVS__COMMAND_REQUEST__COMMAND_HINCR ||
-           cmd == KVS__COMMAND_REQUEST__COMMAND_HCLEAR;
-}
-
 /* Reads: sent again to another replica when the first fails them. */
 static int is_retryable(Kvs__CommandRequest__CommandCase c)
 {
@@ -469,7 +461,7 @@ static int is_retryable(Kvs__CommandRequest__CommandCase c)
 static int unbound_replicated(const router_t *r, Kvs__CommandRequest__CommandCase cmd,
                               uint32_t shard)
 {
-    return is_write(cmd) && r->sets != NULL && r->sets[shard].n >= 2;
+    return kvs_msg_is_write(cmd) && r->sets != NULL && r->sets[shard].n >= 2;
 }
 
 /* Refuses (400) a write to a table bound to no topic on a shard with
@@ -510,7 +502,7 @@ static uint32_t failure_status(Kvs__CommandRequest__CommandCase cmd, size_t len,
 {
     if (len == 0)
         return KVS_STATUS_UNAVAILABLE;
-    return is_write(cmd) && !unsent ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
+    return kvs_msg_is_write(cmd) && !unsent ? KVS_STATUS_INTERNAL : KVS_STATUS_TOO_LARGE;
 }
 
 /* EXECUTED for an answer passed through as the worker sent it. Returns 1
@@ -580,7 +572,8 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             note_position(req, tok, toklen);
         write_finished(req);
         forward_finished(req);
-        if (failure != NULL && is_write(req->cmd) && !t->unsent) { /* sent: it may have run */
+        if (failure != NULL && kvs_msg_is_write(req->cmd) &&
+            !t->unsent) { /* sent: it may have run */
             /* Said in words too: a Redis client sees only the message.
              * A link that timed out says it already. */
             const char *tail = len > 0 ? "; the write may have been applied there"
@@ -883,11 +876,14 @@ static void merge_keys(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
  * been applied. */
 enum { PART_APPLIED = 1, PART_ACKED, PART_REFUSED, PART_UNKNOWN };
 
-/* Why part `i` failed: its worker's message, or the router's failure
- * (a part not sent, or sent with no answer). */
+/* Why part `i` failed: its worker's message, the router's failure (a part
+ * not sent, or sent with no answer), or an answer that did not decode
+ * (its bytes are no text). */
 static const char *part_why(const route_merge_t *m, Kvs__CommandResponse **rs, uint32_t i)
 {
-    return rs[i] != NULL ? rs[i]->message : part_failure(m, i);
+    return rs[i] != NULL  ? rs[i]->message
+           : m->failed[i] ? part_failure(m, i)
+                          : "its answer is not a CommandResponse";
 }
 
 /* Writes "shard 1" or "shards 0, 2" (those whose part has outcome `o`, in
@@ -1733,7 +1729,6 @@ static void text_add(char *out, size_t cap, size_t *at, const char *fmt, ...)
  * request. */
 static void merge_clear(router_req_t *req, kvs_arena_t *arena)
 {
-    enum { EMPTIED, REFUSED, UNKNOWN };
     route_merge_t *m = req->merge;
     int64_t sum = 0;
     uint32_t status = 0, emptied = 0, first = 0;
@@ -1751,7 +1746,7 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
         if (!m->failed[i])
             a = kvs__command_response__unpack(&arena->pb, m->answers[i].len, m->answers[i].data);
         rs[i] = a;
-        uint32_t st = m->failed[i] ? m->failed[i]
+        uint32_t st = m->failed[i]                  ? m->failed[i]
                       : a == NULL || a->status == 0 ? KVS_STATUS_INTERNAL
                                                     : a->status;
         if (st == KVS_STATUS_OK &&
@@ -1760,7 +1755,7 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
         if (st == KVS_STATUS_OK) {
             sum += a->values[0]->integer_value;
             emptied++;
-            state[i] = EMPTIED;
+            state[i] = PART_APPLIED;
             continue;
         }
         if (status == 0)
@@ -1769,43 +1764,41 @@ static void merge_clear(router_req_t *req, kvs_arena_t *arena)
          * (500 too: a store failure aborts the batch, but a worker's 500
          * does not prove that): it may have run there. */
         if (m->failed[i])
-            state[i] = m->tries[i].unsent ? REFUSED : UNKNOWN;
+            state[i] = m->tries[i].unsent ? PART_REFUSED : PART_UNKNOWN;
         else
-            state[i] = a == NULL || a->outcome_unknown || st == KVS_STATUS_INTERNAL ? UNKNOWN
-                                                                                   : REFUSED;
-        unknown |= state[i] == UNKNOWN;
+            state[i] = a == NULL || a->outcome_unknown || st == KVS_STATUS_INTERNAL ? PART_UNKNOWN
+                                                                                    : PART_REFUSED;
+        unknown |= state[i] == PART_UNKNOWN;
     }
     if (status == 0) {
         finish_count(req, sum, "Hclear");
         return;
     }
     if (emptied == 0 && !unknown) { /* nothing done anywhere: the first refusal says why */
-        router_req_finish_status(req, status, "%s",
-                                 m->failed[first] ? part_failure(m, first) : rs[first]->message);
+        router_req_finish_status(req, status, "%s", part_why(m, rs, first));
         return;
     }
     char text[2048], why[304];
     size_t at = 0;
-    text_add(text, sizeof(text), &at, "%s emptied the %s on %u of %u shards (%lld %s removed there)",
+    text_add(text, sizeof(text), &at,
+             "%s emptied the %s on %u of %u shards (%lld %s removed there)",
              req->redis ? "DEL" : "Hclear", req->redis ? "hash" : "table", emptied, m->nparts,
              (long long)sum, req->redis ? "fields" : "keys");
     for (uint32_t i = 0; i < m->nparts; i++) {
-        if (state[i] == EMPTIED)
+        if (state[i] == PART_APPLIED)
             continue;
-        const char *text_i = m->failed[i] ? part_failure(m, i)
-                             : rs[i] == NULL ? "its answer is not a CommandResponse"
-                                             : rs[i]->message;
+        const char *text_i = part_why(m, rs, i);
         size_t n = strlen(text_i) < sizeof(why) - 4 ? strlen(text_i) : sizeof(why) - 4;
         memcpy(why, text_i, n); /* cut at a whole character: the answer must be UTF-8 */
         why[kvs_utf8_cut(why, n)] = '\0';
         text_add(text, sizeof(text), &at, "; shard %u %s: %s", m->part_shard[i],
-                 state[i] == UNKNOWN ? "may or may not have emptied its part"
-                                     : "did not empty its part (nothing done there)",
+                 state[i] == PART_UNKNOWN ? "may or may not have emptied its part"
+                                          : "did not empty its part (nothing done there)",
                  why);
     }
     text_add(text, sizeof(text), &at, "; send it again to empty the rest");
-    req_status_frame(req, unknown ? status : KVS_STATUS_PARTIAL, unknown, NULL, text,
-                     sizeof(text), (int)at);
+    req_status_frame(req, unknown ? status : KVS_STATUS_PARTIAL, unknown, NULL, text, sizeof(text),
+                     (int)at);
     router_req_complete(req);
 }
 
@@ -2392,8 +2385,9 @@ static void send_parts(router_t *r, router_req_t *req, const Kvs__CommandRequest
                                      "router out of memory; nothing was sent");
             return;
         }
-        if (is_write(req->cmd) && part_too_large(r, req, m->part_shard[p],
-                                                 protobuf_c_message_get_packed_size(&subs[p].base)))
+        if (kvs_msg_is_write(req->cmd) &&
+            part_too_large(r, req, m->part_shard[p],
+                           protobuf_c_message_get_packed_size(&subs[p].base)))
             return;
     }
     for (uint32_t p = 0; p < nparts; p++)
@@ -2452,7 +2446,7 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
         m->key_index[i] = count[p]++;
     }
     memset(count, 0, nparts * sizeof(*count)); /* now: each part's answer budget (0 = none) */
-    if (is_write(q->command_case) && plan_write(r, req, q, b, count) != 0)
+    if (kvs_msg_is_write(q->command_case) && plan_write(r, req, q, b, count) != 0)
         return;
     send_parts(r, req, q, sel, count);
 }
@@ -2947,16 +2941,9 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
-        if (req->redis)
-            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
-                                     "key \"%s\" is bound to Kafka topic %s, whose records are "
-                                     "its fields, so kvs does not delete it whole; delete its "
-                                     "fields with HDEL (they produce tombstones); nothing was "
-                                     "deleted",
-                                     b->table, b->topic);
-        else
-            router_req_finish_status(req, KVS_STATUS_BAD_REQUEST, KVS_MSG_HCLEAR_BOUND, b->table,
-                                     b->topic);
+        router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
+                                 req->redis ? KVS_MSG_DEL_BOUND : KVS_MSG_HCLEAR_BOUND, b->table,
+                                 b->topic);
         return;
     }
     if (b != NULL && b->partitioner == KVS_PARTITIONER_NONE &&
@@ -2965,7 +2952,8 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
     kvs_buf_t tok, packed;
     kvs_buf_init(&tok);
     kvs_buf_init(&packed);
-    if (b != NULL && is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
+    if (b != NULL &&
+        kvs_msg_is_write(q->command_case)) /* Hincr too: a worker refuses it, in order */
         mark_write(req);
     if (b != NULL && holds_for_writes(q->command_case)) { /* the reads, and Hlen */
         int rc = attach_positions(r, req, q, b, -1, &tok);

@@ -1406,6 +1406,18 @@ KVS_TEST(malformed_part_answer_is_500)
     r = answer_async();
     check_status(r, 500);
     CHECK_CONTAINS(r->message, "shard 3");
+
+    /* A split write's part whose answer has a status and then does not
+     * decode: it may have written (500, outcome unknown), and its bytes
+     * are never quoted as text. */
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    static const uint8_t half[] = {0x08, 0xc8, 0x01, 0x12, 0x7f, 'x'}; /* 200, then a cut field */
+    reply_bytes(sent_to(3), half, sizeof(half));
+    reply_values_from_keys(sent_to(0));
+    r = answer_async();
+    CHECK(r->outcome_unknown);
+    CHECK_CONTAINS(r->message, "shard 3 sent an answer that is not a CommandResponse");
+    CHECK(kvs_utf8_valid(r->message, strlen(r->message)));
 }
 
 /* ---- unavailable shards

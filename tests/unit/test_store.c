@@ -615,8 +615,8 @@ KVS_TEST(clear_empties_a_table_with_its_offsets)
     CHECK_EQ(node_store_table_pages(s, "missing", &n), 0);
     CHECK_EQ(n, 0);
     CHECK_EQ(node_store_reserve(s, 3, (size_t)pages * 8 + 64), 0);
-    CHECK_EQ(node_store_clear(s, "t"), 0);
-    CHECK_EQ(node_store_clear(s, "missing"), 0); /* nothing to write */
+    CHECK_EQ(node_store_clear(s, "t", NULL), 0);
+    CHECK_EQ(node_store_clear(s, "missing", NULL), 0); /* nothing to write */
     CHECK_EQ(node_store_meta_put(s, "kafka/x/0", "-2", 2), 0);
     CHECK_EQ(node_store_reserve_end(s, 0), 0);
     CHECK_EQ(node_store_count(s, "t", &n), 0); /* the batch reads its own writes */
@@ -649,7 +649,7 @@ KVS_TEST(clear_works_on_a_full_disk)
     uint64_t pages = 0, n = 1;
     CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
     CHECK_EQ(node_store_reserve(s, 1, (size_t)pages * 8), 0);
-    CHECK_EQ(node_store_clear(s, "t"), 0);
+    CHECK_EQ(node_store_clear(s, "t", NULL), 0);
     CHECK_EQ(node_store_reserve_end(s, 0), 0);
     CHECK_EQ(node_store_end_turn(s), 0);
     CHECK_EQ(node_store_count(s, "t", &n), 0);
