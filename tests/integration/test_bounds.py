@@ -12,11 +12,12 @@ import resource
 import select
 import socket
 import struct
+import threading
 import time
 import unittest
 
-from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, req_hget, req_hgetall,
-                     req_ping)
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, req_hget, req_hgetall,
+                     req_hmset, req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids
 
 MIB = 1 << 20
@@ -448,6 +449,32 @@ class RouterBoundsTest(RouterTestCase):
         self.assertGreater(served, 0)
         self.assertLess(grown, 30 * 2.5, "router grew by %.1f MiB for 30 clients" % grown)
 
+    def test_a_pipeline_of_large_writes_is_progress_not_a_hang(self):
+        """One client pipelines 40 Hmsets of 60,000 pairs (~0.8 MB each,
+        well within every limit) through one router process with
+        router.timeout 1 s: the workers answer each part in a few
+        milliseconds, so no link is taken for hung and every request is
+        answered 200. The router once delivered such frames from up to 32
+        reads of one wakeup without returning to its loop (seconds of
+        splitting), its requests to the workers unsent and their answers
+        unread, and reset the links as hung: 503 for everyone on them."""
+        r = self.router(shards=4, timeout="1s")
+        pairs = [(b"%05x" % i, b"") for i in range(60000)]
+        frame = encode(req_hmset("wide", pairs))
+        n = 40
+        s = raw_connect(r.addr, timeout=60.0)
+        self.addCleanup(s.close)
+        sender = threading.Thread(target=s.sendall, args=(frame * n,))
+        sender.start()
+        statuses = {}
+        for i in range(n):
+            payload = read_frame(s)
+            self.assertIsNotNone(payload, "answer %d missing" % i)
+            resp = pb.CommandResponse.FromString(payload)
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        sender.join()
+        self.assertEqual(statuses, {200: n})
+        self.assertNotIn("down: no answer within router.timeout", r.stderr())
 
 class NofileRouter(Router):
     """A router started with a hard RLIMIT_NOFILE of `nofile`."""
