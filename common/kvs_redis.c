@@ -760,8 +760,12 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
         if (!spend(budget))
             return -1;
         if (pi < plen && pat[pi] == '*') {
-            while (pi < plen && pat[pi] == '*')
+            /* Each star is a step: a run of millions costs what it reads. */
+            while (pi < plen && pat[pi] == '*') {
+                if (!spend(budget))
+                    return -1;
                 pi++;
+            }
             if (pi == plen)
                 return 1;
             star_p = pi; /* retry from here, one more byte of s eaten by the star */
@@ -794,7 +798,10 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
         pi = star_p; /* backtrack: the last star takes one more byte */
         si = ++star_s;
     }
-    while (pi < plen && pat[pi] == '*')
+    while (pi < plen && pat[pi] == '*') {
+        if (!spend(budget))
+            return -1;
         pi++;
+    }
     return pi == plen;
 }
