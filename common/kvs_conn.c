@@ -1309,9 +1309,11 @@ static void on_sweep(uv_timer_t *t)
                          "limits.frame_timeout (%llu ms)",
                          c->peer, (unsigned long long)lim->frame_timeout_ms);
             else
-                kvs_warn("closing %s: a request frame it started (%zu bytes so far) did not "
-                         "complete within limits.frame_timeout (%llu ms)",
-                         c->peer, kvs_frame_dec_pending(&c->dec),
+                kvs_warn("closing %s %s: a %s it started (%zu bytes so far) did not complete "
+                         "within %s (%llu ms)",
+                         g->what, c->peer, lim->frame_word ? lim->frame_word : "request frame",
+                         kvs_frame_dec_pending(&c->dec),
+                         lim->frame_timeout_name ? lim->frame_timeout_name : "limits.frame_timeout",
                          (unsigned long long)lim->frame_timeout_ms);
             kvs_conn_close(c);
             continue;

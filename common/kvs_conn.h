@@ -449,6 +449,10 @@ typedef struct kvs_conn_limits_s {
                                    into the socket within this (0: never) */
     size_t input_budget;        /* decoder bytes all members may hold beyond their free
                                    KVS_CONN_INPUT_FREE each (0: no limit) */
+    /* For log lines: what sets frame_timeout_ms, and what a frame is
+     * called (NULL: "limits.frame_timeout", "request frame"). */
+    const char *frame_timeout_name;
+    const char *frame_word;
 } kvs_conn_limits_t;
 
 struct kvs_conn_group_s {
