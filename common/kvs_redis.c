@@ -572,11 +572,14 @@ int kvs_redis_set(kvs_buf_t *b, size_t n, int resp3)
 
 /* The shortest decimal digits that read back as `v` (finite, not 0): up to
  * 17 digits in digits[], *nd of them, the point after *point of them
- * (negative: zeros before them). */
+ * (negative: zeros before them). A normal double's 15 digits, trailing
+ * zeros dropped, are its shortest when it has 15 or fewer (its 53 bits
+ * tell 15-digit decimals apart); a subnormal has fewer bits, so 1e-320's
+ * 15 digits are 9.99988867182683e-321: its digits are searched from one. */
 static void shortest_digits(double v, char *digits, int *nd, int *point)
 {
     char e[40];
-    for (int prec = 14; prec <= 16; prec++) { /* 15, 16, then 17 significant digits */
+    for (int prec = fabs(v) < DBL_MIN ? 0 : 14; prec <= 16; prec++) { /* digits - 1 */
         snprintf(e, sizeof(e), "%.*e", prec, v);
         if (prec == 16 || strtod(e, NULL) == v)
             break;

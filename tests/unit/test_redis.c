@@ -493,6 +493,13 @@ KVS_TEST(doubles_are_shortest_exact)
     CHECK_STR(s, "-0.00000015");
     kvs_redis_format_double(s, 1234.5);
     CHECK_STR(s, "1234.5");
+    /* Subnormals have fewer digits than 15 that read back as them. */
+    kvs_redis_format_double(s, 1e-320);
+    CHECK(strncmp(s, "0.0000", 6) == 0 && strlen(s) == 322 && s[321] == '1');
+    kvs_redis_format_double(s, -5e-324);
+    CHECK(strncmp(s, "-0.0000", 7) == 0 && strlen(s) == 327 && s[326] == '5');
+    kvs_redis_format_double(s, 2.5e-315);
+    CHECK(strlen(s) == 318 && strcmp(s + 316, "25") == 0);
     kvs_redis_format_double(s, -0.0);
     CHECK_STR(s, "0");
     kvs_redis_format_double(s, -INFINITY);
