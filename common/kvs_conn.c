@@ -674,11 +674,14 @@ static void conn_deliver(kvs_conn_t *c)
         c->turn_ns = 0;
     }
     c->turn_ns += kvs_now_ns() - since;
-    if (more) {
-        if (c->turn_ns >= KVS_CONN_TURN_NS)
-            c->flags |= KVS_CONN_YIELDED;
+    /* Past the turn's budget reading stops, whether this delivery ran out
+     * of its slice or not: reads whose frames each take less than a
+     * slice would otherwise go on for all of libuv's 32. */
+    int spent = c->turn_ns >= KVS_CONN_TURN_NS;
+    if (spent)
+        c->flags |= KVS_CONN_YIELDED;
+    if (more || spent)
         conn_kick_after(c, 1);
-    }
     conn_update_reading(c);
 }
 

@@ -89,6 +89,7 @@ struct server_s {
     int ticks_paused, resumed;
     int runs, run_frames, max_run;                   /* on_delivered: runs of frames */
     int turns, frame_turn, same_turn, max_same_turn; /* frames per loop turn */
+    uint64_t frame_ns;                               /* costly_frame: each one's cost */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -1576,12 +1577,11 @@ KVS_TEST(on_delivered_follows_each_run_of_frames)
 
 #define COSTLY_FRAMES 40
 #define COSTLY_SIZE 60000 /* a frame per 64 KiB read */
-#define COSTLY_NS 6000000 /* more than a slice (KVS_CONN_SLICE_NS) each */
 
 static void costly_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
 {
     server_t *s = c->data;
-    uint64_t until = kvs_now_ns() + COSTLY_NS;
+    uint64_t until = kvs_now_ns() + s->frame_ns;
     while (kvs_now_ns() < until)
         ;
     s->same_turn = s->frames > 0 && s->frame_turn == s->turns ? s->same_turn + 1 : 1;
@@ -1624,18 +1624,32 @@ static void client_costly_pipeline(server_t *s, int fd)
  * seconds). A 1 ms timer counts the loop's turns; at most four 6 ms
  * frames fit a 20 ms turn, and one more shares its count (read by the
  * kick in the following turn's timers, ahead of the counter). */
-KVS_TEST(costly_frames_yield_the_loop_between_slices)
+static int costly_run(uint64_t frame_ns)
 {
     server_t s;
     server_init(&s, 1, client_costly_pipeline);
     s.on_frame = costly_frame;
+    s.frame_ns = frame_ns;
     s.on_tick = count_turn;
     s.tick_ms = 1;
     s.deadline_ms = 20000;
     server_run(&s);
     CHECK_EQ(s.frames, COSTLY_FRAMES);
     CHECK(s.max_same_turn >= 1);
-    CHECK(s.max_same_turn <= 5);
+    return s.max_same_turn;
+}
+
+KVS_TEST(costly_frames_yield_the_loop_between_slices)
+{
+    CHECK(costly_run(6000000) <= 5); /* each past a slice */
+}
+
+/* Frames under a slice each, one per read: each delivery ends within its
+ * slice, and the turn's budget still stops reading (it was checked only
+ * when a slice ran out, so 32 reads of 2 ms frames held the loop 64 ms). */
+KVS_TEST(frames_within_a_slice_still_yield_at_the_turns_budget)
+{
+    CHECK(costly_run(2000000) <= 12); /* 10 in 20 ms, one past it, the kick's */
 }
 
 static void never(uv_timer_t *t)
@@ -1809,5 +1823,6 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
               KVS_CASE(costly_frames_yield_the_loop_between_slices),
+              KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
               KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
               KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
