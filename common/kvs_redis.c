@@ -579,10 +579,26 @@ int kvs_redis_set(kvs_buf_t *b, size_t n, int resp3)
 static void shortest_digits(double v, char *digits, int *nd, int *point)
 {
     char e[40];
-    for (int prec = fabs(v) < DBL_MIN ? 0 : 14; prec <= 16; prec++) { /* digits - 1 */
-        snprintf(e, sizeof(e), "%.*e", prec, v);
-        if (prec == 16 || strtod(e, NULL) == v)
-            break;
+    if (fabs(v) < DBL_MIN) {
+        /* More digits read back closer, so the digit counts that read
+         * back as v are all those from the shortest up: a binary search
+         * (5 tries, not up to 17). prec is the digits after the first. */
+        int lo = 0, hi = 16;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            snprintf(e, sizeof(e), "%.*e", mid, v);
+            if (strtod(e, NULL) == v)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        snprintf(e, sizeof(e), "%.*e", lo, v);
+    } else {
+        for (int prec = 14; prec <= 16; prec++) { /* 15, 16, then 17 significant digits */
+            snprintf(e, sizeof(e), "%.*e", prec, v);
+            if (prec == 16 || strtod(e, NULL) == v)
+                break;
+        }
     }
     const char *p = e + (e[0] == '-');
     int n = 0;
