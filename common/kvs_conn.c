@@ -21,8 +21,9 @@
  *    keeps the loop from other connections or its timers (the heartbeat
  *    the master watches). libuv reads a readable stream up to 32 times in
  *    one go, each read delivering for a slice of its own: once a loop
- *    turn's deliveries of a connection took KVS_CONN_TURN_NS (20 ms),
- *    reading stops (KVS_CONN_YIELDED) until the kick, in a later turn.
+ *    turn's deliveries of a connection took KVS_CONN_TURN_NS (20 ms; the
+ *    owner may set less, turn_budget_ns), reading stops
+ *    (KVS_CONN_YIELDED) until the kick, in a later turn.
  *    Without that, a client pipelining megabyte requests kept the router's
  *    loop for 32 of them (seconds), its links' answers unread and its
  *    requests to the workers unsent, until the links were taken for hung;
@@ -677,7 +678,7 @@ static void conn_deliver(kvs_conn_t *c)
     /* Past the turn's budget reading stops, whether this delivery ran out
      * of its slice or not: reads whose frames each take less than a
      * slice would otherwise go on for all of libuv's 32. */
-    int spent = c->turn_ns >= KVS_CONN_TURN_NS;
+    int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
     if (spent)
         c->flags |= KVS_CONN_YIELDED;
     if (more || spent)

@@ -204,6 +204,7 @@ struct kvs_conn_s {
     uint64_t last_input_ms;         /* loop time of the last bytes read */
     uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
     uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
+    uint64_t turn_budget_ns;        /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
     uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
     int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms;      /* loop time an incomplete frame started to wait (0: none) */

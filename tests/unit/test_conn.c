@@ -90,6 +90,7 @@ struct server_s {
     int runs, run_frames, max_run;                   /* on_delivered: runs of frames */
     int turns, frame_turn, same_turn, max_same_turn; /* frames per loop turn */
     uint64_t frame_ns;                               /* costly_frame: each one's cost */
+    uint64_t turn_budget_ns;                         /* the connection's (0: the default) */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -157,6 +158,7 @@ static void on_connection(uv_stream_t *server, int status)
     s->conn.data = s;
     s->conn.flusher = &s->flusher;
     s->conn.on_delivered = s->on_delivered;
+    s->conn.turn_budget_ns = s->turn_budget_ns;
     if (s->use_group)
         kvs_conn_join(&s->conn, &s->group);
     if (s->high_water != 0)
@@ -1624,12 +1626,13 @@ static void client_costly_pipeline(server_t *s, int fd)
  * seconds). A 1 ms timer counts the loop's turns; at most four 6 ms
  * frames fit a 20 ms turn, and one more shares its count (read by the
  * kick in the following turn's timers, ahead of the counter). */
-static int costly_run(uint64_t frame_ns)
+static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
 {
     server_t s;
     server_init(&s, 1, client_costly_pipeline);
     s.on_frame = costly_frame;
     s.frame_ns = frame_ns;
+    s.turn_budget_ns = budget_ns;
     s.on_tick = count_turn;
     s.tick_ms = 1;
     s.deadline_ms = 20000;
@@ -1641,7 +1644,7 @@ static int costly_run(uint64_t frame_ns)
 
 KVS_TEST(costly_frames_yield_the_loop_between_slices)
 {
-    CHECK(costly_run(6000000) <= 5); /* each past a slice */
+    CHECK(costly_run(6000000, 0) <= 5); /* each past a slice */
 }
 
 /* Frames under a slice each, one per read: each delivery ends within its
@@ -1649,7 +1652,13 @@ KVS_TEST(costly_frames_yield_the_loop_between_slices)
  * when a slice ran out, so 32 reads of 2 ms frames held the loop 64 ms). */
 KVS_TEST(frames_within_a_slice_still_yield_at_the_turns_budget)
 {
-    CHECK(costly_run(2000000) <= 12); /* 10 in 20 ms, one past it, the kick's */
+    CHECK(costly_run(2000000, 0) <= 12); /* 10 in 20 ms, one past it, the kick's */
+}
+
+/* An owner's smaller budget (a router's clients: a slice a turn). */
+KVS_TEST(an_owners_turn_budget_is_kept)
+{
+    CHECK(costly_run(2000000, KVS_CONN_SLICE_NS) <= 5); /* 3 in 5 ms, one past, the kick's */
 }
 
 static void never(uv_timer_t *t)
@@ -1824,5 +1833,6 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
               KVS_CASE(costly_frames_yield_the_loop_between_slices),
               KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
+              KVS_CASE(an_owners_turn_budget_is_kept),
               KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
               KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
