@@ -207,6 +207,49 @@ const char *kvs_addr_format(const kvs_addr_t *a, char *buf, size_t len)
     return buf;
 }
 
+/* A host as an address: 4 (IPv4, also IPv4-mapped IPv6) or 6 with its
+ * bytes in out[], 'L' for localhost, 0 for a name (or a zoned address). */
+static int host_kind(const char *host, uint8_t out[16])
+{
+    struct in6_addr v6;
+    if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0)
+        return 'L';
+    if (inet_pton(AF_INET, host, out) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, host, &v6) != 1)
+        return 0;
+    if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+        memcpy(out, &v6.s6_addr[12], 4);
+        return 4;
+    }
+    memcpy(out, &v6, 16);
+    return 6;
+}
+
+/* Whether an address kind/bytes pair is one "localhost" names. */
+static int localhost_is(int kind, const uint8_t *b)
+{
+    static const uint8_t v4[4] = {127, 0, 0, 1};
+    return (kind == 4 && memcmp(b, v4, 4) == 0) ||
+           (kind == 6 && memcmp(b, &in6addr_loopback, 16) == 0);
+}
+
+int kvs_addr_same_host(const kvs_addr_t *a, const kvs_addr_t *b)
+{
+    uint8_t x[16], y[16];
+    if (a->is_unix || b->is_unix)
+        return 0;
+    int kx = host_kind(a->host, x), ky = host_kind(b->host, y);
+    if (kx == 'L' || ky == 'L')
+        return kx == ky || (kx == 'L' ? localhost_is(ky, y) : localhost_is(kx, x));
+    if (kx != 0 || ky != 0)
+        return kx == ky && memcmp(x, y, kx == 4 ? 4 : 16) == 0;
+    size_t lx = strlen(a->host), ly = strlen(b->host);
+    lx -= lx > 1 && a->host[lx - 1] == '.';
+    ly -= ly > 1 && b->host[ly - 1] == '.';
+    return lx == ly && strncasecmp(a->host, b->host, lx) == 0;
+}
+
 int kvs_addr_is_loopback(const kvs_addr_t *a)
 {
     struct in_addr v4;

@@ -31,6 +31,13 @@ int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const ch
  * ::ffff:127.0.0.0/104) and ::1: addresses only this machine can reach. */
 int kvs_addr_is_loopback(const kvs_addr_t *a);
 
+/* Whether two TCP addresses' hosts name the same one: IP addresses are
+ * compared as addresses ("::ffff:127.0.0.1" is 127.0.0.1, "0:0::1" is
+ * ::1), "localhost" (with or without its final dot) is 127.0.0.1 and ::1,
+ * and host names are compared without regard to case or a final dot.
+ * Names are never resolved: two names of one host are not recognized. */
+int kvs_addr_same_host(const kvs_addr_t *a, const kvs_addr_t *b);
+
 /* A host as a tool's --host option gives it, into out[0..cap): "[::1]",
  * written as addresses are written with a port, loses its brackets; any
  * other text is copied. Returns 0, or -1 when it is empty or does not fit

@@ -1,8 +1,11 @@
 /*
- * kvs_buf: growable byte buffer. Capacity doubles (from 4 KiB) so a stream
- * of appends costs amortized O(1); memory is only returned by kvs_buf_free,
- * which connections call once a buffer that grew past KVS_CONN_KEEP_BUFFER
- * has drained.
+ * kvs_buf: growable byte buffer. Capacity doubles so a stream of appends
+ * costs amortized O(1); memory is only returned by kvs_buf_free, which
+ * connections call once a buffer that grew past KVS_CONN_KEEP_BUFFER has
+ * drained. The first allocation is the smallest power of two that holds
+ * what was asked (KVS_BUF_FIRST at least), not a fixed page: a router
+ * holds one buffer per answer it owes, thousands for a client that
+ * pipelines without reading, and most answers are a few bytes.
  */
 #include "kvs_buf.h"
 
@@ -31,7 +34,7 @@ int kvs_buf_reserve(kvs_buf_t *b, size_t extra)
     if (extra > SIZE_MAX / 2 - b->len)
         return -ENOMEM;
     size_t need = b->len + extra;
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : KVS_BUF_FIRST;
     while (cap < need)
         cap *= 2;
     uint8_t *p = realloc(b->data, cap);

@@ -9,6 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The smallest allocation a buffer makes (bytes; then it doubles). */
+#define KVS_BUF_FIRST 64u
+
 typedef struct kvs_buf_s {
     uint8_t *data; /* owned; NULL until the first reserve */
     size_t len;

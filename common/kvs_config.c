@@ -1779,12 +1779,13 @@ static const yaml_mark_t *directive_mark(cfg_ctx_t *ctx, const char *path)
 }
 
 /* Two nodes on one host whose port ranges (PORT .. PORT+shards-1) overlap
- * would have workers fight for a port. */
+ * would have workers fight for a port, or one node's workers would be
+ * taken for another's replicas (127.0.0.1 and localhost: one host). */
 static int nodes_collide(const kvs_config_t *c, const kvs_node_t *a, const kvs_node_t *b)
 {
     kvs_addr_t x, y;
     if (kvs_addr_parse(a->address, 0, &x, NULL, 0) != 0 ||
-        kvs_addr_parse(b->address, 0, &y, NULL, 0) != 0 || strcasecmp(x.host, y.host) != 0)
+        kvs_addr_parse(b->address, 0, &y, NULL, 0) != 0 || !kvs_addr_same_host(&x, &y))
         return 0;
     uint32_t lo = x.port < y.port ? x.port : y.port, hi = x.port < y.port ? y.port : x.port;
     return hi - lo < c->shards;

@@ -16,10 +16,19 @@
  *    resume and close requested from inside a frame callback take effect
  *    when the callback returns, never under the delivering loop's feet.
  *  - One delivery runs frames for at most KVS_CONN_SLICE_NS (5 ms): past
- *    it the rest wait for the next loop turn (the delivery kick), so one
- *    connection's pipeline of costly requests (a router's local reads of
- *    whole tables) never keeps the loop from other connections or its
- *    timers (the heartbeat the master watches).
+ *    it the rest wait for the delivery kick, so one connection's pipeline
+ *    of costly requests (a router's local reads of whole tables) never
+ *    keeps the loop from other connections or its timers (the heartbeat
+ *    the master watches). libuv reads a readable stream up to 32 times in
+ *    one go, each read delivering for a slice of its own: once a loop
+ *    turn's deliveries of a connection took KVS_CONN_TURN_NS (20 ms; the
+ *    owner may set less, turn_budget_ns), reading stops
+ *    (KVS_CONN_YIELDED) until the kick, in a later turn.
+ *    Without that, a client pipelining megabyte requests kept the router's
+ *    loop for 32 of them (seconds), its links' answers unread and its
+ *    requests to the workers unsent, until the links were taken for hung;
+ *    the turn's budget, larger than a slice, keeps a busy worker's batch
+ *    (one commit a turn) as large as several reads.
  *  - Delivery is allowed iff not paused, framing intact, not shutting or
  *    closing, and pending output below high_water. Reading is on iff
  *    delivery is allowed and input has not ended or been stopped. Neither is
@@ -627,7 +636,7 @@ static void conn_deliver(kvs_conn_t *c)
     if (has(c, KVS_CONN_DELIVERING))
         return; /* the outer loop picks up the rest */
     c->flags |= KVS_CONN_DELIVERING;
-    uint64_t since = kvs_now_ns();
+    uint64_t since = kvs_now_ns(), turn = uv_now(c->h.handle.loop);
     int more = 0; /* frames left for the next turn: the slice is over */
     while (conn_can_deliver(c)) {
         const uint8_t *p;
@@ -658,17 +667,29 @@ static void conn_deliver(kvs_conn_t *c)
         c->flags |= KVS_CONN_OUTPUT_FULL; /* resumes when the output drains */
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
         conn_charge(c, 0);
-    conn_update_reading(c);
     /* The rest after the loop polled: a zero-delay timer started from the
      * kick itself would be due again in the same run of timers, and the
      * loop would never poll (libuv runs due timers until none is). */
-    if (more)
+    if (c->turn_ms != turn) { /* the first delivery of this loop turn */
+        c->turn_ms = turn;
+        c->turn_ns = 0;
+    }
+    c->turn_ns += kvs_now_ns() - since;
+    /* Past the turn's budget reading stops, whether this delivery ran out
+     * of its slice or not: reads whose frames each take less than a
+     * slice would otherwise go on for all of libuv's 32. */
+    int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
+    if (spent)
+        c->flags |= KVS_CONN_YIELDED;
+    if (more || spent)
         conn_kick_after(c, 1);
+    conn_update_reading(c);
 }
 
 static void on_kick(uv_timer_t *t)
 {
     kvs_conn_t *c = t->data;
+    c->flags &= ~KVS_CONN_YIELDED; /* conn_deliver reads on, or yields again */
     conn_deliver(c);
     conn_track_partial(c);
     /* The answers just produced would otherwise wait for the flusher's
@@ -696,8 +717,8 @@ static void conn_update_reading(kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
         return;
-    int want = conn_can_deliver(c) &&
-               !has(c, KVS_CONN_READ_STOPPED | KVS_CONN_READ_EOF | KVS_CONN_READ_REFUSED);
+    int want = conn_can_deliver(c) && !has(c, KVS_CONN_READ_STOPPED | KVS_CONN_READ_EOF |
+                                                  KVS_CONN_READ_REFUSED | KVS_CONN_YIELDED);
     if (want && !has(c, KVS_CONN_READING)) {
         if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
             c->flags |= KVS_CONN_READING;
@@ -1292,9 +1313,11 @@ static void on_sweep(uv_timer_t *t)
                          "limits.frame_timeout (%llu ms)",
                          c->peer, (unsigned long long)lim->frame_timeout_ms);
             else
-                kvs_warn("closing %s: a request frame it started (%zu bytes so far) did not "
-                         "complete within limits.frame_timeout (%llu ms)",
-                         c->peer, kvs_frame_dec_pending(&c->dec),
+                kvs_warn("closing %s %s: a %s it started (%zu bytes so far) did not complete "
+                         "within %s (%llu ms)",
+                         g->what, c->peer, lim->frame_word ? lim->frame_word : "request frame",
+                         kvs_frame_dec_pending(&c->dec),
+                         lim->frame_timeout_name ? lim->frame_timeout_name : "limits.frame_timeout",
                          (unsigned long long)lim->frame_timeout_ms);
             kvs_conn_close(c);
             continue;

@@ -77,7 +77,8 @@
 #define KVS_CONN_KEEP_BUFFER (256u * 1024u)     /* a drained buffer above this is given back */
 #define KVS_CONN_IDLE_KEEP 4096u                /* ... and above this, once idle for a sweep */
 #define KVS_CONN_DEFAULT_HIGH_WATER (16u << 20) /* when the owner sets none */
-#define KVS_CONN_SLICE_NS 5000000u              /* frames run at most this long a turn */
+#define KVS_CONN_SLICE_NS 5000000u              /* frames run at most this long a delivery */
+#define KVS_CONN_TURN_NS 20000000u              /* ... and deliveries this long a loop turn */
 
 typedef struct kvs_conn_s kvs_conn_t;
 typedef struct kvs_flusher_s kvs_flusher_t;
@@ -103,6 +104,7 @@ enum {
     KVS_CONN_TLS_SHUT = 1u << 15,     /* close_notify is queued */
     KVS_CONN_START_SEEN = 1u << 16,   /* codec: the stream's start was checked for TLS */
     KVS_CONN_EOF_PENDING = 1u << 17,  /* TLS EOF: on_error once the messages before it are in */
+    KVS_CONN_YIELDED = 1u << 18,      /* the delivery slice ran out: no reading until the kick */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the
@@ -200,6 +202,9 @@ struct kvs_conn_s {
     kvs_conn_t *grp_prev, *grp_next;
     size_t charged;                 /* decoder bytes charged to the group's input budget */
     uint64_t last_input_ms;         /* loop time of the last bytes read */
+    uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
+    uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
+    uint64_t turn_budget_ns;        /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
     uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
     int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms;      /* loop time an incomplete frame started to wait (0: none) */
@@ -445,6 +450,10 @@ typedef struct kvs_conn_limits_s {
                                    into the socket within this (0: never) */
     size_t input_budget;        /* decoder bytes all members may hold beyond their free
                                    KVS_CONN_INPUT_FREE each (0: no limit) */
+    /* For log lines: what sets frame_timeout_ms, and what a frame is
+     * called (NULL: "limits.frame_timeout", "request frame"). */
+    const char *frame_timeout_name;
+    const char *frame_word;
 } kvs_conn_limits_t;
 
 struct kvs_conn_group_s {

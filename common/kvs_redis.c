@@ -572,14 +572,33 @@ int kvs_redis_set(kvs_buf_t *b, size_t n, int resp3)
 
 /* The shortest decimal digits that read back as `v` (finite, not 0): up to
  * 17 digits in digits[], *nd of them, the point after *point of them
- * (negative: zeros before them). */
+ * (negative: zeros before them). A normal double's 15 digits, trailing
+ * zeros dropped, are its shortest when it has 15 or fewer (its 53 bits
+ * tell 15-digit decimals apart); a subnormal has fewer bits, so 1e-320's
+ * 15 digits are 9.99988867182683e-321: its digits are searched from one. */
 static void shortest_digits(double v, char *digits, int *nd, int *point)
 {
     char e[40];
-    for (int prec = 14; prec <= 16; prec++) { /* 15, 16, then 17 significant digits */
-        snprintf(e, sizeof(e), "%.*e", prec, v);
-        if (prec == 16 || strtod(e, NULL) == v)
-            break;
+    if (fabs(v) < DBL_MIN) {
+        /* More digits read back closer, so the digit counts that read
+         * back as v are all those from the shortest up: a binary search
+         * (5 tries, not up to 17). prec is the digits after the first. */
+        int lo = 0, hi = 16;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            snprintf(e, sizeof(e), "%.*e", mid, v);
+            if (strtod(e, NULL) == v)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        snprintf(e, sizeof(e), "%.*e", lo, v);
+    } else {
+        for (int prec = 14; prec <= 16; prec++) { /* 15, 16, then 17 significant digits */
+            snprintf(e, sizeof(e), "%.*e", prec, v);
+            if (prec == 16 || strtod(e, NULL) == v)
+                break;
+        }
     }
     const char *p = e + (e[0] == '-');
     int n = 0;
@@ -760,8 +779,12 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
         if (!spend(budget))
             return -1;
         if (pi < plen && pat[pi] == '*') {
-            while (pi < plen && pat[pi] == '*')
+            /* Each star is a step: a run of millions costs what it reads. */
+            while (pi < plen && pat[pi] == '*') {
+                if (!spend(budget))
+                    return -1;
                 pi++;
+            }
             if (pi == plen)
                 return 1;
             star_p = pi; /* retry from here, one more byte of s eaten by the star */
@@ -794,7 +817,10 @@ int kvs_redis_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t sle
         pi = star_p; /* backtrack: the last star takes one more byte */
         si = ++star_s;
     }
-    while (pi < plen && pat[pi] == '*')
+    while (pi < plen && pat[pi] == '*') {
+        if (!spend(budget))
+            return -1;
         pi++;
+    }
     return pi == plen;
 }

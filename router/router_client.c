@@ -583,6 +583,11 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.on_ready = on_tls_ready;
     cl->conn.on_delivered = on_delivered;
     cl->conn.stamp_reads = 1;
+    /* A router commits nothing per turn (a worker does), so a client's
+     * requests take a slice of its turn, not the worker's 20 ms: twenty
+     * clients pipelining costly requests cost the others 100 ms a turn,
+     * not 400. */
+    cl->conn.turn_budget_ns = KVS_CONN_SLICE_NS;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
     if (r->clients != NULL)

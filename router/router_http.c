@@ -57,6 +57,7 @@
 #include "kvs_testhook.h"
 
 #include <http_parser.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,7 +258,13 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
             return -1;
         }
     }
-    if (hc->fed > max || (!hc->complete && len > max)) { /* this request passes the bound */
+    /* A body declared longer than the bound is refused once its headers
+     * are in, not after its bytes (which may never come). */
+    int declared_past = !hc->complete && hc->headers_done &&
+                        hc->parser.content_length != ULLONG_MAX &&
+                        hc->parser.content_length > (uint64_t)(max - hc->fed);
+    if (hc->fed > max || declared_past ||
+        (!hc->complete && len > max)) { /* this request passes the bound */
         hc->error = hc->headers_done ? 413 : hc->url_too_long ? 414 : 431;
         return -1;
     }
@@ -545,6 +552,8 @@ int router_http_start(uv_loop_t *loop, const char *listen, router_http_scrape_cb
         .high_water = 1, /* the next request once the last answer is in the socket */
         .hard_limit = 0,
         .frame_timeout_ms = timeout_ms,
+        .frame_timeout_name = "the metrics port's request time",
+        .frame_word = "request",
         .idle_timeout_ms = HTTP_IDLE_MS,
         .output_timeout_ms = timeout_ms,
     };

@@ -12,11 +12,12 @@ import resource
 import select
 import socket
 import struct
+import threading
 import time
 import unittest
 
-from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, req_hget, req_hgetall,
-                     req_ping)
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, req_hget, req_hgetall,
+                     req_hmset, req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids
 
 MIB = 1 << 20
@@ -401,6 +402,79 @@ class RouterBoundsTest(RouterTestCase):
             self.assertLess(time.monotonic(), deadline, r.stderr())
             time.sleep(0.1)
 
+
+    @unittest.skipIf(SANITIZED, "memory figures are ASan's in a sanitizer build")
+    def test_resp_clients_of_several_key_commands_that_do_not_read_are_bounded(self):
+        """30 RESP clients each pipeline EXISTS and DEL of 1,024 keys and
+        never read: each key is a request the client holds, so the router
+        stops reading a client at limits.max_inflight requests (twice that
+        with the last command's keys) and holds about 1-2 MB a client (the
+        README's Bounds), while another client is served."""
+        rport = free_port()
+        r, pids = self.router_and_pids(shards=2,
+                                        router_yaml=['resp_listen: "127.0.0.1:%d"' % rport])
+        keys = [b"t%d" % i for i in range(1024)]
+        def command(name):
+            parts = [name] + keys
+            return (b"*%d\r\n" % len(parts)) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        burst = (command(b"EXISTS") + command(b"DEL")) * 20  # 40,960 keys, ~0.5 MB
+        base = rss_anon(pids[0])
+        hostile = []
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", rport), timeout=10)
+            self.addCleanup(s.close)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            s.setblocking(False)
+            hostile.append([s, memoryview(burst)])
+        peak = base
+        deadline = time.monotonic() + 4.0
+        served = 0
+        with socket.create_connection(("127.0.0.1", rport), timeout=10) as other:
+            while time.monotonic() < deadline:
+                for h in hostile:
+                    try:
+                        if len(h[1]):
+                            h[1] = h[1][h[0].send(h[1]):]
+                    except BlockingIOError:
+                        pass
+                other.sendall(b"*4\r\n$4\r\nHSET\r\n$1\r\nx\r\n$1\r\nf\r\n$1\r\nv\r\n")
+                got = b""
+                while not got.endswith(b"\r\n"):
+                    got += other.recv(100)
+                self.assertIn(got, (b":0\r\n", b":1\r\n"))
+                served += 1
+                peak = max(peak, rss_anon(pids[0]))
+        grown = (peak - base) / MIB
+        self.assertGreater(served, 0)
+        self.assertLess(grown, 30 * 2.5, "router grew by %.1f MiB for 30 clients" % grown)
+
+    def test_a_pipeline_of_large_writes_is_progress_not_a_hang(self):
+        """One client pipelines 40 Hmsets of 60,000 pairs (~0.8 MB each,
+        well within every limit) through one router process with
+        router.timeout 1 s: the workers answer each part in a few
+        milliseconds, so no link is taken for hung and every request is
+        answered 200. The router once delivered such frames from up to 32
+        reads of one wakeup without returning to its loop (seconds of
+        splitting), its requests to the workers unsent and their answers
+        unread, and reset the links as hung: 503 for everyone on them."""
+        r = self.router(shards=4, timeout="1s")
+        pairs = [(b"%05x" % i, b"") for i in range(60000)]
+        frame = encode(req_hmset("wide", pairs))
+        n = 40
+        s = raw_connect(r.addr, timeout=60.0)
+        self.addCleanup(s.close)
+        sender = threading.Thread(target=s.sendall, args=(frame * n,))
+        sender.start()
+        statuses = {}
+        for i in range(n):
+            payload = read_frame(s)
+            self.assertIsNotNone(payload, "answer %d missing" % i)
+            resp = pb.CommandResponse.FromString(payload)
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        sender.join()
+        self.assertEqual(statuses, {200: n})
+        self.assertNotIn("down: no answer within router.timeout", r.stderr())
 
 class NofileRouter(Router):
     """A router started with a hard RLIMIT_NOFILE of `nofile`."""

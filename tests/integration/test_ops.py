@@ -219,6 +219,15 @@ class MetricsTest(MetricsCase):
                          "HTTP/1.1 414 URI Too Long")
         self.assertEqual(raw_http(p, b"POST /metrics HTTP/1.1\r\nContent-Length: 9000\r\n\r\n"
                                   + b"a" * 9000), "HTTP/1.1 413 Content Too Large")
+        # A body declared past the bound is refused once the headers are
+        # in, not after its bytes, which may never come (it waited for the
+        # port's 10 s request bound, and was closed unanswered).
+        start = time.monotonic()
+        self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+                                  b"abc"), "HTTP/1.1 413 Content Too Large")
+        self.assertLess(time.monotonic() - start, 5.0)
+        self.assertEqual(raw_http(p, b"GET /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+                         "HTTP/1.1 200 OK")
         self.assertEqual(raw_http(p, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n"),
                          "HTTP/1.1 414 URI Too Long")
         for version in (b" HTTP/9.9", b" HTTP/1.2", b" HTTP/2.0", b""):
@@ -444,7 +453,7 @@ class MetricsListenerBoundsTest(MetricsCase):
     def test_a_request_sent_a_byte_at_a_time_is_cut_off(self):
         # Slowloris: headers that never end are closed at the request
         # bound, however steadily their bytes come.
-        self.short_timeout_router()
+        router = self.short_timeout_router()
         with socket.create_connection((HOST, self.mport), timeout=10) as s:
             start = time.monotonic()
             closed = False
@@ -461,6 +470,13 @@ class MetricsListenerBoundsTest(MetricsCase):
             elapsed = time.monotonic() - start
         self.assertTrue(closed, "still open after %.1f s" % elapsed)
         self.assertLess(elapsed, 4.0)
+        # The log line names the port's own bound, not a config key.
+        self.assertTrue(wait_until(
+            lambda: "closing metrics client %s:" % HOST in router.stderr(), 5), router.stderr())
+        self.assertIn("a request it started", router.stderr())
+        self.assertIn("did not complete within the metrics port's request time (1000 ms)",
+                      router.stderr())
+        self.assertNotIn("limits.frame_timeout", router.stderr())
 
 
     def test_client_strings_never_become_labels(self):

@@ -261,8 +261,40 @@ KVS_TEST(loopback_forms)
     CHECK_EQ(loopback("localhost.example:1"), 0);
 }
 
+static int same(const char *x, const char *y)
+{
+    kvs_addr_t a, b;
+    CHECK_EQ(kvs_addr_parse(x, 0, &a, NULL, 0), 0);
+    CHECK_EQ(kvs_addr_parse(y, 0, &b, NULL, 0), 0);
+    CHECK_EQ(kvs_addr_same_host(&a, &b), kvs_addr_same_host(&b, &a));
+    return kvs_addr_same_host(&a, &b);
+}
+
+/* The cluster map's overlap check compares hosts as addresses: one node's
+ * workers written two ways were taken for two nodes' replicas. */
+KVS_TEST(same_host_forms)
+{
+    CHECK_EQ(same("127.0.0.1:1", "127.0.0.1:2"), 1);
+    CHECK_EQ(same("127.0.0.1:1", "localhost:2"), 1);
+    CHECK_EQ(same("127.0.0.1:1", "LOCALHOST.:2"), 1);
+    CHECK_EQ(same("[::1]:1", "localhost:2"), 1);
+    CHECK_EQ(same("[0:0::1]:1", "[::1]:2"), 1);
+    CHECK_EQ(same("[::ffff:127.0.0.1]:1", "127.0.0.1:2"), 1);
+    CHECK_EQ(same("[::ffff:10.1.2.3]:1", "10.1.2.3:2"), 1);
+    CHECK_EQ(same("Node-A.example:1", "node-a.example.:2"), 1);
+    CHECK_EQ(same("localhost:1", "localhost.:2"), 1);
+    CHECK_EQ(same("127.0.0.1:1", "127.0.0.2:2"), 0);
+    CHECK_EQ(same("127.0.0.2:1", "localhost:2"), 0);
+    CHECK_EQ(same("[::1]:1", "127.0.0.1:2"), 0);
+    CHECK_EQ(same("10.0.0.1:1", "[::ffff:10.0.0.2]:2"), 0);
+    CHECK_EQ(same("a.example:1", "b.example:2"), 0);
+    CHECK_EQ(same("a.example:1", "127.0.0.1:2"), 0);
+    CHECK_EQ(same("[fe80::1%eth0]:1", "[fe80::1%eth1]:2"), 0);
+    CHECK_EQ(same("[fe80::1%eth0]:1", "[fe80::1%eth0]:2"), 1);
+}
+
 KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_path),
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
               KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms),
-              KVS_CASE(host_arg_forms))
+              KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms))

@@ -1798,6 +1798,20 @@ KVS_TEST(cluster_nodes_errors)
                 "    - {name: b, address: \"h:103\", shards: [0]}\n",
                 "config.yaml:6:26: cluster.nodes[1].address h:103: its workers' ports (PORT .. "
                 "PORT+3) overlap those of cluster.nodes[0] (h:100) on the same host");
+    /* One host written two ways (one node's workers would be taken for
+     * another's replicas: "replicas agree" with a single copy). */
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"127.0.0.1:100\", shards: [0, 1]}\n"
+                "    - {name: b, address: \"localhost:100\", shards: [0, 1]}\n",
+                "config.yaml:6:26: cluster.nodes[1].address localhost:100: its workers' ports "
+                "(PORT .. PORT+1) overlap those of cluster.nodes[0] (127.0.0.1:100) on the same "
+                "host");
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"127.0.0.1:100\", shards: [0, 1]}\n"
+                "    - {name: b, address: \"[::ffff:127.0.0.1]:101\", shards: [0, 1]}\n",
+                "config.yaml:6:26: cluster.nodes[1].address [::ffff:127.0.0.1]:101: its workers' "
+                "ports (PORT .. PORT+1) overlap those of cluster.nodes[0] (127.0.0.1:100) on the "
+                "same host");
     parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
                 "    - {name: a, address: \"h:1\", shards: [0, 1, 2]}\n",
                 "config.yaml:5:41: cluster.nodes[0].shards names shard 2 but cluster.shards is 2 "

@@ -16,6 +16,7 @@
 #include "kvs_err.h"
 #include "kvs_frame.h"
 #include "kvs_test.h"
+#include "kvs_time.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -86,7 +87,10 @@ struct server_s {
     size_t capped_backlog; /* max_backlog when the cap came off */
     atomic_int drain;
     int ticks_paused, resumed;
-    int runs, run_frames, max_run; /* on_delivered: runs of frames */
+    int runs, run_frames, max_run;                   /* on_delivered: runs of frames */
+    int turns, frame_turn, same_turn, max_same_turn; /* frames per loop turn */
+    uint64_t frame_ns;                               /* costly_frame: each one's cost */
+    uint64_t turn_budget_ns;                         /* the connection's (0: the default) */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -154,6 +158,7 @@ static void on_connection(uv_stream_t *server, int status)
     s->conn.data = s;
     s->conn.flusher = &s->flusher;
     s->conn.on_delivered = s->on_delivered;
+    s->conn.turn_budget_ns = s->turn_budget_ns;
     if (s->use_group)
         kvs_conn_join(&s->conn, &s->group);
     if (s->high_water != 0)
@@ -1572,6 +1577,90 @@ KVS_TEST(on_delivered_follows_each_run_of_frames)
     CHECK(s.max_run <= 3);
 }
 
+#define COSTLY_FRAMES 40
+#define COSTLY_SIZE 60000 /* a frame per 64 KiB read */
+
+static void costly_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    uint64_t until = kvs_now_ns() + s->frame_ns;
+    while (kvs_now_ns() < until)
+        ;
+    s->same_turn = s->frames > 0 && s->frame_turn == s->turns ? s->same_turn + 1 : 1;
+    s->frame_turn = s->turns;
+    if (s->same_turn > s->max_same_turn)
+        s->max_same_turn = s->same_turn;
+    echo_frame(c, p, len);
+}
+
+static void count_turn(server_t *s)
+{
+    s->turns++;
+}
+
+/* Costly frames in one long write, the socket never empty while they
+ * run; the echoes are read once all are sent. */
+static void client_costly_pipeline(server_t *s, int fd)
+{
+    (void)s;
+    int big = 8 << 20;
+    CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big)), 0);
+    static uint8_t frame[COSTLY_SIZE], got[COSTLY_SIZE];
+    memset(frame, 'c', sizeof(frame));
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    for (int i = 0; i < COSTLY_FRAMES; i++)
+        append_frame(&out, frame, sizeof(frame));
+    send_all(fd, out.data, out.len);
+    kvs_buf_free(&out);
+    for (int i = 0; i < COSTLY_FRAMES; i++)
+        CHECK_EQ(read_frame(fd, got, sizeof(got)), sizeof(frame));
+}
+
+/* A connection whose frames outlast the delivery slice gives the loop a
+ * turn once its deliveries took KVS_CONN_TURN_NS: its other connections,
+ * timers and the flusher run between them. libuv reads a readable stream
+ * up to 32 times per wakeup, so without reading stopping, each read
+ * delivered a slice of its own and a pipeline of costly frames kept the
+ * loop for dozens of them (a router's links then went unread for
+ * seconds). A 1 ms timer counts the loop's turns; at most four 6 ms
+ * frames fit a 20 ms turn, and one more shares its count (read by the
+ * kick in the following turn's timers, ahead of the counter). */
+static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
+{
+    server_t s;
+    server_init(&s, 1, client_costly_pipeline);
+    s.on_frame = costly_frame;
+    s.frame_ns = frame_ns;
+    s.turn_budget_ns = budget_ns;
+    s.on_tick = count_turn;
+    s.tick_ms = 1;
+    s.deadline_ms = 20000;
+    server_run(&s);
+    CHECK_EQ(s.frames, COSTLY_FRAMES);
+    CHECK(s.max_same_turn >= 1);
+    return s.max_same_turn;
+}
+
+KVS_TEST(costly_frames_yield_the_loop_between_slices)
+{
+    CHECK(costly_run(6000000, 0) <= 5); /* each past a slice */
+}
+
+/* Frames under a slice each, one per read: each delivery ends within its
+ * slice, and the turn's budget still stops reading (it was checked only
+ * when a slice ran out, so 32 reads of 2 ms frames held the loop 64 ms). */
+KVS_TEST(frames_within_a_slice_still_yield_at_the_turns_budget)
+{
+    CHECK(costly_run(2000000, 0) <= 12); /* 10 in 20 ms, one past it, the kick's */
+}
+
+/* An owner's smaller budget (a router's clients: a slice a turn). */
+KVS_TEST(an_owners_turn_budget_is_kept)
+{
+    CHECK(costly_run(2000000, KVS_CONN_SLICE_NS) <= 5); /* 3 in 5 ms, one past, the kick's */
+}
+
 static void never(uv_timer_t *t)
 {
     (void)t;
@@ -1742,5 +1831,8 @@ KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
               KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
               KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
               KVS_CASE(on_delivered_follows_each_run_of_frames),
+              KVS_CASE(costly_frames_yield_the_loop_between_slices),
+              KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
+              KVS_CASE(an_owners_turn_budget_is_kept),
               KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
               KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))

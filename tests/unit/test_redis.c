@@ -493,6 +493,13 @@ KVS_TEST(doubles_are_shortest_exact)
     CHECK_STR(s, "-0.00000015");
     kvs_redis_format_double(s, 1234.5);
     CHECK_STR(s, "1234.5");
+    /* Subnormals have fewer digits than 15 that read back as them. */
+    kvs_redis_format_double(s, 1e-320);
+    CHECK(strncmp(s, "0.0000", 6) == 0 && strlen(s) == 322 && s[321] == '1');
+    kvs_redis_format_double(s, -5e-324);
+    CHECK(strncmp(s, "-0.0000", 7) == 0 && strlen(s) == 327 && s[326] == '5');
+    kvs_redis_format_double(s, 2.5e-315);
+    CHECK(strlen(s) == 318 && strcmp(s + 316, "25") == 0);
     kvs_redis_format_double(s, -0.0);
     CHECK_STR(s, "0");
     kvs_redis_format_double(s, -INFINITY);
@@ -595,6 +602,37 @@ KVS_TEST(glob_work_is_bounded_by_a_budget)
     CHECK(calls >= 2);
 }
 
+/* A run of stars, however long, is matched like one star, but reading
+ * it is work: a pattern of four million stars tried against each field of
+ * a page once cost seconds of the router's loop within a budget meant for
+ * milliseconds, since the run was charged as one step (and the stars
+ * ending a pattern as none). */
+KVS_TEST(glob_runs_of_stars_cost_their_length)
+{
+    size_t plen = 4000000;
+    uint8_t *pat = malloc(plen + 1);
+    CHECK(pat != NULL);
+    memset(pat, '*', plen);
+    pat[plen] = 'z'; /* stars then a byte: the run is read for every try */
+    const uint8_t key[] = "field";
+    uint64_t budget = 1000000;
+    CHECK_EQ(kvs_redis_glob(pat, plen + 1, key, sizeof(key) - 1, 0, &budget), -1);
+    CHECK_EQ(budget, 0);
+    budget = 1000000;
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key) - 1, 0, &budget), -1); /* all stars */
+    budget = 1000000;
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, 0, 0, &budget), -1); /* the end's stars */
+    budget = 3 * plen;
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, sizeof(key) - 1, 0, &budget), 1);
+    budget = 3 * plen;
+    CHECK_EQ(kvs_redis_glob(pat, plen + 1, key, sizeof(key) - 1, 0, &budget), 0);
+    CHECK_EQ(kvs_redis_glob(pat, plen, key, 0, 0, NULL), 1); /* unbounded: same answers */
+    free(pat);
+    CHECK(glob("a***c", "abc"));
+    CHECK(glob("***", ""));
+    CHECK(!glob("a**d", "abc"));
+}
+
 KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_the_counts),
               KVS_CASE(incomplete_request_holds_no_argument_memory),
               KVS_CASE(multibulk_byte_by_byte_keeps_progress),
@@ -605,4 +643,5 @@ KVS_TEST_MAIN(KVS_CASE(multibulk_whole), KVS_CASE(memory_follows_the_bytes_not_t
               KVS_CASE(arguments_as_numbers), KVS_CASE(replies_resp2_and_resp3),
               KVS_CASE(doubles_are_shortest_exact),
               KVS_CASE(long_doubles_as_redis_reads_and_writes_them), KVS_CASE(glob_like_redis),
-              KVS_CASE(glob_work_is_bounded_by_a_budget))
+              KVS_CASE(glob_work_is_bounded_by_a_budget),
+              KVS_CASE(glob_runs_of_stars_cost_their_length))
