@@ -152,6 +152,9 @@ router_req_t *router_client_enqueue(router_client_t *cl);
 /* Whether the client is being closed (its connection is closing). */
 int router_client_closing(const router_client_t *cl);
 
+/* Whether `req` is the oldest request `cl` has not yet answered. */
+int router_client_is_head(const router_client_t *cl, const router_req_t *req);
+
 /* `req` of `cl` went through router_route (or was finished by the front
  * door): accounts its reservation and delivers it if it is done. */
 void router_client_routed(router_client_t *cl, router_req_t *req);
@@ -252,8 +255,15 @@ struct router_req_s {
     kvs_buf_t held_payload;
     /* hooks: what they see of the request, and how far it got */
     kvs_request_info_t info;
-    uint8_t stopped;     /* a RECEIVED hook stopped it: no EXECUTED */
-    uint8_t executed;    /* EXECUTED ran */
+    uint8_t stopped;  /* a RECEIVED hook stopped it: no EXECUTED */
+    uint8_t executed; /* EXECUTED ran */
+    /* A Slowlog read behind requests of its client still unanswered waits
+     * to be the FIFO's head (router_ops_slowlog), so that it sees them
+     * logged, as Redis runs one command after the other: its count and
+     * reset until then. */
+    uint8_t deferred;
+    uint8_t slow_reset;
+    uint32_t slow_count;
     uint8_t internal;    /* not a client's (a metrics scrape): no hooks, not counted */
     router_name_t *name; /* the client's name when it was read (a reference), or NULL */
     void (*on_done)(router_req_t *req); /* internal requests: the answer is in resp */

@@ -142,12 +142,24 @@ static void client_track_inflight(router_client_t *cl)
         kvs_conn_resume(c);
 }
 
-/* Moves completed requests at the FIFO head into the output buffer. */
+/* Moves completed requests at the FIFO head into the output buffer. A
+ * Slowlog that waited for the requests before it runs when it comes to
+ * be the head (its completion flushes it, in a call of this function). */
 static void client_flush_done(router_client_t *cl)
 {
     int wrote = 0;
-    while (cl->head != NULL && cl->head->done) {
+    while (cl->head != NULL && (cl->head->done || cl->head->deferred)) {
         router_req_t *req = cl->head;
+        if (!req->done) {
+            Kvs__Slowlog q = KVS__SLOWLOG__INIT;
+            q.count = req->slow_count;
+            q.reset = req->slow_reset;
+            req->deferred = 0;
+            router_ops_slowlog(cl->router, req, &q); /* completes it */
+            if (cl->conn.flags & KVS_CONN_CLOSING)
+                return;
+            continue;
+        }
         cl->head = req->next;
         if (cl->head == NULL)
             cl->tail = NULL;
@@ -254,6 +266,11 @@ router_req_t *router_client_enqueue(router_client_t *cl)
     in->conn_id = cl->id;
     in->received_ns = cl->conn.read_ns; /* when its bytes were read: no clock read per request */
     return req;
+}
+
+int router_client_is_head(const router_client_t *cl, const router_req_t *req)
+{
+    return cl->head == req;
 }
 
 int router_client_closing(const router_client_t *cl)
@@ -469,8 +486,9 @@ static void on_conn_closed(kvs_conn_t *c)
     for (router_req_t *req = cl->head, *next; req != NULL; req = next) {
         next = req->next;
         req->next = NULL;
-        /* done; held (never sent); or an Auth (no part will finish it) */
-        if (req->done || req->held || req == cl->auth_req) {
+        /* done; held (never sent); a Slowlog waiting for its turn; or an
+         * Auth (no part will finish any of these) */
+        if (req->done || req->held || req->deferred || req == cl->auth_req) {
             router_req_free(req);
         } else {
             req->client = NULL;        /* frees itself when its parts answer */

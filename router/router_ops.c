@@ -109,6 +109,14 @@ void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q)
 {
     Kvs__OpsAnswer ops = KVS__OPS_ANSWER__INIT;
     Kvs__CommandResponse out = KVS__COMMAND_RESPONSE__INIT;
+    if (req->client != NULL && !router_client_is_head(req->client, req)) {
+        /* Requests before it are logged when they are answered: it runs
+         * once they all were (router_client's flush). */
+        req->deferred = 1;
+        req->slow_count = q->count;
+        req->slow_reset = q->reset;
+        return;
+    }
     if (kvs_slowlog_answer(&r->slowlog, q->count, &r->arena, &ops) != 0) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;

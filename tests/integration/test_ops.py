@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -687,6 +688,62 @@ class SlowlogTest(RouterTestCase):
         self.assertIn((b"Auth", b"newname"), names, entries)
         self.assertIn((b"Auth", b""), names, entries)  # the AUTH before any name
         self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
+
+    def test_slowlog_pipelined_behind_commands_sees_them_logged(self):
+        # As in Redis, which runs one command after the other: a SLOWLOG
+        # pipelined behind commands answers once they are logged (they are
+        # when answered), and a RESET clears them. It once ran as soon as
+        # it was read: GET listed neither command before it, and a RESET
+        # left the HSET sent ahead of it in the log.
+        rport = free_port()
+        r = self.router(shards=2, partitions=8, log="{level: info, slow_threshold: 0}",
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        rc = redis.Redis(host=HOST, port=rport, socket_timeout=10)
+        self.addCleanup(rc.close)
+        self.assertTrue(rc.slowlog_reset())
+        p = rc.pipeline(transaction=False)
+        p.hset("slo", "k", "v").hget("slo", "k").slowlog_get(10)
+        got = p.execute()
+        self.assertEqual([e["command"] for e in got[2]][:2],
+                         [b"Hget slo 1 key", b"Hset slo 1 key"], got[2])
+        p = rc.pipeline(transaction=False)
+        p.hset("slo", "k2", "v").slowlog_reset().slowlog_len()
+        self.assertEqual(p.execute(), [1, True, 1])  # the RESET itself, logged after it ran
+        self.assertEqual(rc.slowlog_len(), 2)
+        # Behind a write to a stopped worker, it waits for it. A client
+        # that resets meanwhile is kept until its answers are written (both
+        # run, the write fails, then it closes): nothing is left behind (the
+        # sanitizer build's leak check at the router's clean stop).
+        on1 = next("f%d" % i for i in range(1000) if r.shard_of(b"f%d" % i) == 1)
+        pid = r.worker_pid(1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            s = socket.create_connection((HOST, rport), timeout=10)
+            s.sendall(b"*4\r\n$4\r\nHSET\r\n$3\r\nslo\r\n$%d\r\n%s\r\n$1\r\nv\r\n"
+                      % (len(on1), on1.encode()) + b"*2\r\n$7\r\nSLOWLOG\r\n$3\r\nLEN\r\n")
+            s.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                s.recv(100)  # neither answers while the worker is stopped
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset: the router closes it with both requests unanswered
+            s = socket.create_connection((HOST, rport), timeout=10)
+            s.sendall(b"*4\r\n$4\r\nHSET\r\n$3\r\nslo\r\n$%d\r\n%s\r\n$1\r\nv\r\n"
+                      % (len(on1), on1.encode()) + b"*2\r\n$7\r\nSLOWLOG\r\n$3\r\nLEN\r\n")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.settimeout(10)
+        got = b""
+        while got.count(b"\r\n") < 2:
+            chunk = s.recv(100)
+            self.assertTrue(chunk, got)
+            got += chunk
+        s.close()
+        first, second = got.split(b"\r\n")[:2]
+        self.assertIn(first, (b":0", b":1"))  # the HSET
+        self.assertRegex(second, rb"^:\d+$")
+        self.assertGreaterEqual(int(second[1:]), 3)  # the HSETs were logged before it ran
+        self.assertEqual(r.stop(), 0)
+        self.assertNotRegex(r.stderr(), r"LeakSanitizer|AddressSanitizer|runtime error")
 
     def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
         # An entry is the command, table, key count and address, whatever

@@ -152,15 +152,20 @@ KVS_TEST(rights_by_command_and_table_pattern)
         const char *table;
         uint32_t want;
     } m[] = {
-        {CMD(HGET), "orders", 200},    {CMD(HSET), "orders-2024", 200}, {CMD(HMSET), "orders", 200},
-        {CMD(HDEL), "orders", 200},    {CMD(HMDEL), "ordersx", 200},    {CMD(HSCAN), "orders", 200},
-        {CMD(HGETALL), "orders", 200}, {CMD(HMEXIST), "orders", 200},   {CMD(HGET), "pub", 200},
-        {CMD(HMGET), "pub", 200},      {CMD(HEXIST), "pub", 200},       {CMD(HSCAN), "pub", 200},
-        {CMD(HSET), "pub", 403},       {CMD(HMSET), "pub", 403},        {CMD(HDEL), "pub", 403},
-        {CMD(HMDEL), "pub", 403},      {CMD(HSET), "logs-1", 200},      {CMD(HGET), "logs-1", 403},
-        {CMD(HSET), "logs-12", 403},   {CMD(HGET), "public", 403},      {CMD(HGET), "xorders", 403},
-        {CMD(INFO), NULL, 403},        {CMD(PING), NULL, 200},          {CMD(HCLEAR), "orders", 200},
-        {CMD(HCLEAR), "pub", 403},     {CMD(HCLEAR), "logs-1", 200},    {CMD(HLEN), "logs-1", 403},
+        {CMD(HGET), "orders", 200},    {CMD(HSET), "orders-2024", 200},
+        {CMD(HMSET), "orders", 200},   {CMD(HDEL), "orders", 200},
+        {CMD(HMDEL), "ordersx", 200},  {CMD(HSCAN), "orders", 200},
+        {CMD(HGETALL), "orders", 200}, {CMD(HMEXIST), "orders", 200},
+        {CMD(HGET), "pub", 200},       {CMD(HMGET), "pub", 200},
+        {CMD(HEXIST), "pub", 200},     {CMD(HSCAN), "pub", 200},
+        {CMD(HSET), "pub", 403},       {CMD(HMSET), "pub", 403},
+        {CMD(HDEL), "pub", 403},       {CMD(HMDEL), "pub", 403},
+        {CMD(HSET), "logs-1", 200},    {CMD(HGET), "logs-1", 403},
+        {CMD(HSET), "logs-12", 403},   {CMD(HGET), "public", 403},
+        {CMD(HGET), "xorders", 403},   {CMD(INFO), NULL, 403},
+        {CMD(PING), NULL, 200},        {CMD(HCLEAR), "orders", 200},
+        {CMD(HCLEAR), "pub", 403},     {CMD(HCLEAR), "logs-1", 200},
+        {CMD(HLEN), "logs-1", 403},
     };
     /* As alice (set the way a successful Auth sets it). */
     int done = 0;
@@ -556,9 +561,10 @@ KVS_TEST(auth_failed_addresses_wait_behind_clean_ones)
     CHECK_STR(kvs_auth_user_name(&user), "carol");
     /* It starts as soon as one of the checks running when it came ends,
      * and runs beside the other slot's, which ends at about the same time:
-     * so it ends third or fourth. N / 2 leaves room for a busy machine's
-     * scheduling; behind every failed address it would end last (N + 1). */
-    CHECK(user_order >= 1 && user_order <= N / 2);
+     * so it ends third or fourth. Behind every failed address it would end
+     * last (N + 1); a busy machine's scheduling (the sanitizer build on a
+     * loaded CI machine once ended it past N / 2) leaves it well before. */
+    CHECK(user_order >= 1 && user_order < N);
     for (int i = 0; i < N; i++)
         CHECK(order[i] >= 1 && order[i] <= N + 1);
     env_close(&e);

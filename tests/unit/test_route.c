@@ -172,6 +172,15 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta)
     CHECK(fx.held >= 0);
 }
 
+/* The test client answers its requests as they complete: each is its
+ * FIFO's head (a Slowlog runs at once). */
+int router_client_is_head(const router_client_t *cl, const router_req_t *req)
+{
+    CHECK(cl == CLIENT);
+    (void)req;
+    return 1;
+}
+
 void router_client_auth(router_client_t *cl, router_req_t *req, const Kvs__Auth *m)
 {
     (void)cl;
