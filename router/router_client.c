@@ -142,21 +142,37 @@ static void client_track_inflight(router_client_t *cl)
         kvs_conn_resume(c);
 }
 
+/* Runs the deferred Slowlog at the FIFO head in place: marked in_route,
+ * its completion does not flush (a flush per Slowlog, nested, for a
+ * pipeline of them), and its answer is accounted here as
+ * router_client_req_done would. The loop then writes it. */
+static void client_run_deferred(router_client_t *cl, router_req_t *req)
+{
+    Kvs__Slowlog q = KVS__SLOWLOG__INIT;
+    q.count = req->slow_count;
+    q.reset = req->slow_reset;
+    req->deferred = 0;
+    req->in_route = 1;
+    router_ops_slowlog(cl->router, req, &q); /* completes it */
+    req->in_route = 0;
+    kvs_conn_hold(&cl->conn, (ptrdiff_t)req->resp.len - (ptrdiff_t)req->reserve);
+    req->reserve = 0;
+}
+
 /* Moves completed requests at the FIFO head into the output buffer. A
  * Slowlog that waited for the requests before it runs when it comes to
- * be the head (its completion flushes it, in a call of this function). */
+ * be the head, unless the client is being closed meanwhile (past its
+ * output limit, say): it is then freed with the client. */
 static void client_flush_done(router_client_t *cl)
 {
     int wrote = 0;
     while (cl->head != NULL && (cl->head->done || cl->head->deferred)) {
         router_req_t *req = cl->head;
         if (!req->done) {
-            Kvs__Slowlog q = KVS__SLOWLOG__INIT;
-            q.count = req->slow_count;
-            q.reset = req->slow_reset;
-            req->deferred = 0;
-            router_ops_slowlog(cl->router, req, &q); /* completes it */
             if (cl->conn.flags & KVS_CONN_CLOSING)
+                return;
+            client_run_deferred(cl, req);
+            if (cl->conn.flags & KVS_CONN_CLOSING) /* the answer passed the limit */
                 return;
             continue;
         }

@@ -117,7 +117,12 @@ void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q)
         req->slow_reset = q->reset;
         return;
     }
-    if (kvs_slowlog_answer(&r->slowlog, q->count, &r->arena, &ops) != 0) {
+    /* An arena of its own: a deferred one runs from a client's flush,
+     * which may come inside another request's routing (r->arena's). */
+    kvs_arena_t arena;
+    kvs_arena_init(&arena);
+    if (kvs_slowlog_answer(&r->slowlog, q->count, &arena, &ops) != 0) {
+        kvs_arena_close(&arena);
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
         return;
     }
@@ -125,6 +130,7 @@ void router_ops_slowlog(router_t *r, router_req_t *req, const Kvs__Slowlog *q)
     out.ops = &ops;
     req->resp.len = 0;
     int rc = kvs_msg_append(&req->resp, &out.base, r->cfg->max_frame);
+    kvs_arena_close(&arena);
     if (rc == KVS_ETOOBIG) {
         router_req_finish_status(req, KVS_STATUS_TOO_LARGE,
                                  "Slowlog answer would exceed limits.max_frame (%llu bytes); ask "

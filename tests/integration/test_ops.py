@@ -745,6 +745,40 @@ class SlowlogTest(RouterTestCase):
         self.assertEqual(r.stop(), 0)
         self.assertNotRegex(r.stderr(), r"LeakSanitizer|AddressSanitizer|runtime error")
 
+    def test_a_long_pipeline_of_slowlogs_behind_a_write_runs_flat(self):
+        # Each deferred Slowlog once completed inside the flush that ran
+        # it, which flushed the next: 30,000 pipelined behind one write
+        # (limits.max_inflight raised) nested 30,000 flushes, past the
+        # router process's stack.
+        rport = free_port()
+        n = 30000
+        r = self.router(shards=2, partitions=8, max_inflight=n + 10,
+                        log="{level: info, slow_threshold: 0, slow_max: %d}" % (2 * n),
+                        router_yaml=['resp_listen: "%s:%d"' % (HOST, rport)])
+        on1 = next("f%d" % i for i in range(1000) if r.shard_of(b"f%d" % i) == 1)
+        pid = r.worker_pid(1)
+        s = socket.create_connection((HOST, rport), timeout=30)
+        self.addCleanup(s.close)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            s.sendall(b"*4\r\n$4\r\nHSET\r\n$3\r\nslo\r\n$%d\r\n%s\r\n$1\r\nv\r\n"
+                      % (len(on1), on1.encode()) + b"*2\r\n$7\r\nSLOWLOG\r\n$3\r\nLEN\r\n" * n)
+            time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        got = b""
+        while got.count(b"\r\n") < n + 1:
+            chunk = s.recv(1 << 16)
+            self.assertTrue(chunk, "closed after %d replies" % got.count(b"\r\n"))
+            got += chunk
+        replies = got.split(b"\r\n")[:n + 1]
+        self.assertIn(replies[0], (b":0", b":1"))
+        self.assertTrue(all(x.startswith(b":") for x in replies[1:]), replies[1:5])
+        # each one logged once answered, so each sees one more than the last
+        lens = [int(x[1:]) for x in replies[1:]]
+        self.assertEqual(lens[-1] - lens[0], n - 1)
+        self.assertIsNone(r.proc.poll())
+
     def test_slowlog_holds_no_arguments_and_answers_at_most_its_ring(self):
         # An entry is the command, table, key count and address, whatever
         # the request carried (here a 1000-field, 1 MiB Hmset); any count
