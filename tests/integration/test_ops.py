@@ -67,6 +67,17 @@ def http_get(port, path="/metrics", method="GET"):
         c.close()
 
 
+def read_lines(test, s, n):
+    """Reads from socket `s` until `n` CRLF-ended lines came; fails the test
+    if it closes first. Returns the bytes."""
+    got = b""
+    while got.count(b"\r\n") < n:
+        chunk = s.recv(1 << 16)
+        test.assertTrue(chunk, "closed after %d lines: %r" % (got.count(b"\r\n"), got[-200:]))
+        got += chunk
+    return got
+
+
 def raw_http(port, data):
     """Sends raw bytes; returns the status line of the answer."""
     with socket.create_connection((HOST, port), timeout=10) as s:
@@ -656,11 +667,7 @@ class SlowlogTest(RouterTestCase):
             s.sendall(b"CLIENT SETNAME first\r\nHSET t2 a 1\r\nCLIENT SETNAME second\r\n"
                       b"HGET t2 a\r\n")
             time.sleep(0.3)
-        got = b""
-        while got.count(b"\r\n") < 5:
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, got)
-            got += chunk
+        got = read_lines(self, s, 5)
         self.assertEqual(got, b"+OK\r\n:1\r\n+OK\r\n$1\r\n1\r\n")
         by_args = {tuple(e[3]): e for e in rc.execute_command("SLOWLOG", "GET", "-1")}
         self.assertEqual(by_args[(b"Hset", b"t2", b"1 key")][5], b"first")
@@ -725,18 +732,14 @@ class SlowlogTest(RouterTestCase):
             with self.assertRaises(socket.timeout):
                 s.recv(100)  # neither answers while the worker is stopped
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()  # a reset: the router closes it with both requests unanswered
+            s.close()  # a reset, both requests unanswered
             s = socket.create_connection((HOST, rport), timeout=10)
             s.sendall(b"*4\r\n$4\r\nHSET\r\n$3\r\nslo\r\n$%d\r\n%s\r\n$1\r\nv\r\n"
                       % (len(on1), on1.encode()) + b"*2\r\n$7\r\nSLOWLOG\r\n$3\r\nLEN\r\n")
         finally:
             os.kill(pid, signal.SIGCONT)
         s.settimeout(10)
-        got = b""
-        while got.count(b"\r\n") < 2:
-            chunk = s.recv(100)
-            self.assertTrue(chunk, got)
-            got += chunk
+        got = read_lines(self, s, 2)
         s.close()
         first, second = got.split(b"\r\n")[:2]
         self.assertIn(first, (b":0", b":1"))  # the HSET
@@ -766,12 +769,7 @@ class SlowlogTest(RouterTestCase):
             time.sleep(0.5)
         finally:
             os.kill(pid, signal.SIGCONT)
-        got = b""
-        while got.count(b"\r\n") < n + 1:
-            chunk = s.recv(1 << 16)
-            self.assertTrue(chunk, "closed after %d replies" % got.count(b"\r\n"))
-            got += chunk
-        replies = got.split(b"\r\n")[:n + 1]
+        replies = read_lines(self, s, n + 1).split(b"\r\n")[:n + 1]
         self.assertIn(replies[0], (b":0", b":1"))
         self.assertTrue(all(x.startswith(b":") for x in replies[1:]), replies[1:5])
         # each one logged once answered, so each sees one more than the last
