@@ -376,7 +376,11 @@ class ScrapeDeadlineTest(RouterTestCase):
             m, took["b"] = timed(self.scrape, "0.15")
             t.join(10)
         self.assertEqual(total(m, "kvs_metrics_source_up", shard="0"), 0)
-        self.assertLess(took["b"], 0.15, took)
+        # Answered at its deadline: ~75 ms, against ~165 ms when it waited
+        # for the next fan-out. The sanitizer build on a loaded CI machine
+        # once took 163 ms on the right path (slow client and router, not
+        # the wait): there only a gross failure is caught.
+        self.assertLess(took["b"], 0.5 if SANITIZED else 0.15, took)
         self.assertGreater(took["a"], 1, took)  # it did wait for the worker
 
     def test_a_short_deadline_right_after_a_fan_out_is_asked_for_sooner(self):
