@@ -636,7 +636,7 @@ static void conn_deliver(kvs_conn_t *c)
     if (has(c, KVS_CONN_DELIVERING))
         return; /* the outer loop picks up the rest */
     c->flags |= KVS_CONN_DELIVERING;
-    uint64_t since = kvs_now_ns(), turn = uv_now(c->h.handle.loop);
+    uint64_t since = kvs_now_ns(), now = since, turn = uv_now(c->h.handle.loop);
     int more = 0; /* frames left for the next turn: the slice is over */
     while (conn_can_deliver(c)) {
         const uint8_t *p;
@@ -649,7 +649,8 @@ static void conn_deliver(kvs_conn_t *c)
             break;
         }
         c->on_frame(c, p, len);
-        if (kvs_now_ns() - since >= KVS_CONN_SLICE_NS) {
+        now = kvs_now_ns(); /* one clock read a frame, the turn's count's too */
+        if (now - since >= KVS_CONN_SLICE_NS) {
             more = 1;
             break;
         }
@@ -667,17 +668,17 @@ static void conn_deliver(kvs_conn_t *c)
         c->flags |= KVS_CONN_OUTPUT_FULL; /* resumes when the output drains */
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
         conn_charge(c, 0);
-    /* The rest after the loop polled: a zero-delay timer started from the
-     * kick itself would be due again in the same run of timers, and the
-     * loop would never poll (libuv runs due timers until none is). */
     if (c->turn_ms != turn) { /* the first delivery of this loop turn */
         c->turn_ms = turn;
         c->turn_ns = 0;
     }
-    c->turn_ns += kvs_now_ns() - since;
+    c->turn_ns += now - since;
     /* Past the turn's budget reading stops, whether this delivery ran out
      * of its slice or not: reads whose frames each take less than a
-     * slice would otherwise go on for all of libuv's 32. */
+     * slice would otherwise go on for all of libuv's 32. The rest after
+     * the loop polled: a zero-delay timer started from the kick itself
+     * would be due again in the same run of timers, and the loop would
+     * never poll (libuv runs due timers until none is). */
     int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
     if (spent)
         c->flags |= KVS_CONN_YIELDED;

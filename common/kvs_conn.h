@@ -104,7 +104,8 @@ enum {
     KVS_CONN_TLS_SHUT = 1u << 15,     /* close_notify is queued */
     KVS_CONN_START_SEEN = 1u << 16,   /* codec: the stream's start was checked for TLS */
     KVS_CONN_EOF_PENDING = 1u << 17,  /* TLS EOF: on_error once the messages before it are in */
-    KVS_CONN_YIELDED = 1u << 18,      /* the delivery slice ran out: no reading until the kick */
+    KVS_CONN_YIELDED = 1u << 18,      /* the turn's delivery budget ran out: no reading until
+                                         the kick */
 };
 
 /* A message codec other than kvs frames (the Redis protocol), set by the

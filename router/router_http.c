@@ -258,13 +258,12 @@ static int codec_next(void *state, const uint8_t *p, size_t len, size_t max, siz
             return -1;
         }
     }
-    /* A body declared longer than the bound is refused once its headers
-     * are in, not after its bytes (which may never come). */
-    int declared_past = !hc->complete && hc->headers_done &&
-                        hc->parser.content_length != ULLONG_MAX &&
-                        hc->parser.content_length > (uint64_t)(max - hc->fed);
-    if (hc->fed > max || declared_past ||
-        (!hc->complete && len > max)) { /* this request passes the bound */
+    /* This request passes the bound: read past it, or (a body declared
+     * longer than what is left of it) refused once its headers are in,
+     * not after its bytes, which may never come. */
+    if (hc->fed > max || (!hc->complete && len > max) ||
+        (!hc->complete && hc->headers_done && hc->parser.content_length != ULLONG_MAX &&
+         hc->parser.content_length > (uint64_t)(max - hc->fed))) {
         hc->error = hc->headers_done ? 413 : hc->url_too_long ? 414 : 431;
         return -1;
     }
