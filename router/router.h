@@ -83,6 +83,7 @@ struct router_s {
     router_req_t *free_reqs; /* recycled requests: no malloc per request */
     size_t n_free_reqs;
     router_session_t *release; /* sessions whose held requests may go now */
+    uint32_t busy_sessions;    /* sessions with requests at workers (router_route: fair share) */
     kvs_buf_t scratch;         /* a request with positions attached, being sent */
     router_local_t *local;     /* reads of local shards answered here; NULL: local_reads off */
     kvs_buf_t local_out;       /* a part's answer built here, before it joins its merge */
@@ -246,6 +247,7 @@ struct router_req_s {
     int wrote_bound;   /* ... and stays so once answered (a later read's retry checks it) */
     router_try_t try0; /* a single-part request's replicas (multi-part: the merge's) */
     int fwd_local;     /* a part went to a local worker: counted in the session's `forwarded` */
+    int at_worker;     /* a part went to a worker: counted in the session's `at_workers` */
     /* Held back by the session (router_session.h) until earlier writes
      * are answered: the request's bytes, kept until it is routed. */
     int held;

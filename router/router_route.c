@@ -229,6 +229,54 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
+/* The most requests one busy connection may have at the workers now
+ * (router_session.h: fair share). */
+static uint32_t fair_share(const router_t *r)
+{
+    uint32_t busy = r->busy_sessions > 0 ? r->busy_sessions : 1;
+    uint32_t share = ROUTER_FAIR_TOTAL / busy;
+    return share > ROUTER_FAIR_MIN ? share : ROUTER_FAIR_MIN;
+}
+
+/* Puts `s` on the release list: its held requests may go, as far as
+ * release_session finds they may. */
+static void release_later(router_t *r, router_session_t *s)
+{
+    if (s->held == NULL || s->on_release_list)
+        return;
+    s->on_release_list = 1;
+    s->next = r->release;
+    r->release = s;
+}
+
+/* A part of `req` goes to a worker: counted in its connection's share. */
+static void count_at_worker(router_t *r, router_req_t *req)
+{
+    if (req->at_worker || req->client == NULL)
+        return;
+    req->at_worker = 1;
+    if (router_client_session(req->client)->at_workers++ == 0)
+        r->busy_sessions++;
+}
+
+/* `req` is answered: its connection's share has room for one more. */
+static void at_worker_finished(router_req_t *req)
+{
+    if (!req->at_worker)
+        return;
+    req->at_worker = 0;
+    if (req->client == NULL)
+        return;
+    router_t *r = req->router;
+    router_session_t *s = router_client_session(req->client);
+    if (s->at_workers == 0)
+        return;
+    if (--s->at_workers == 0 && r->busy_sessions > 0)
+        r->busy_sessions--;
+    if (s->at_workers < fair_share(r))
+        release_later(r, s);
+}
+
 /* A write to a bound table was answered (or failed): the session's reads
  * held behind it may go once no other is in flight. */
 static void write_finished(router_req_t *req)
@@ -241,12 +289,8 @@ static void write_finished(router_req_t *req)
     router_session_t *s = router_client_session(req->client);
     if (s->writes > 0)
         s->writes--;
-    if (s->writes == 0 && s->held != NULL && !s->on_release_list) {
-        router_t *r = req->router;
-        s->on_release_list = 1;
-        s->next = r->release;
-        r->release = s;
-    }
+    if (s->writes == 0)
+        release_later(req->router, s);
 }
 
 /* Notes a write answer's position in its connection's session. */
@@ -281,6 +325,7 @@ void router_req_complete(router_req_t *req)
     req->done = 1;
     write_finished(req);
     forward_finished(req);
+    at_worker_finished(req);
     merge_free(req->merge);
     req->merge = NULL;
     req_executed(req);
@@ -572,6 +617,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             note_position(req, tok, toklen);
         write_finished(req);
         forward_finished(req);
+        at_worker_finished(req);
         if (failure != NULL && kvs_msg_is_write(req->cmd) &&
             !t->unsent) { /* sent: it may have run */
             /* Said in words too: a Redis client sees only the message.
@@ -2084,6 +2130,7 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     if (read_here(r, req, part, shard, msg != NULL ? (const Kvs__CommandRequest *)msg : q))
         return;
     count_forward(r, req, shard);
+    count_at_worker(r, req);
     router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
@@ -2794,15 +2841,18 @@ static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
     return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
 }
 
-/* Holds `req` back when its session holds earlier requests, or when it
+/* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
- * tables are in flight. Returns 1 when held (or answered: out of memory). */
+ * tables are in flight, or when the session has its fair share of
+ * requests at the workers already. Returns 1 when held (or answered: out
+ * of memory). */
 static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len)
 {
     if (req->client == NULL || req->releasing)
         return 0;
     router_session_t *s = router_client_session(req->client);
-    if (s->held == NULL && !(bound_read && s->writes > 0))
+    if (s->held == NULL && !(bound_read && s->writes > 0) &&
+        s->at_workers < fair_share(req->router))
         return 0;
     req->held_payload.len = 0;
     if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
@@ -3081,6 +3131,8 @@ static void release_session(router_t *r, router_session_t *s)
         router_req_t *req = s->held;
         if (req->held_read && s->writes > 0)
             return; /* a write released just before it is in flight */
+        if (s->at_workers >= fair_share(r))
+            return; /* its share is taken again: its next answer releases more */
         s->held = req->held_next;
         if (s->held == NULL)
             s->held_tail = NULL;
@@ -3111,6 +3163,9 @@ void router_route_release(router_t *r)
 
 void router_route_forget(router_t *r, router_session_t *s)
 {
+    if (s->at_workers > 0 && r->busy_sessions > 0)
+        r->busy_sessions--; /* its requests still out no longer count (req->client is NULL) */
+    s->at_workers = 0;
     if (s->on_release_list) {
         for (router_session_t **p = &r->release; *p != NULL; p = &(*p)->next)
             if (*p == s) {

@@ -24,6 +24,15 @@
  *    from the environment at once: a pipelined write then read of any
  *    table reads the write, and reads are never answered out of order
  *    with the requests before them.
+ *  - Fair share: workers run what they are sent in the order it came, so
+ *    the requests clients have at the workers are what a newcomer's waits
+ *    behind. A connection with requests at workers (`at_workers`) is busy;
+ *    past an even share of ROUTER_FAIR_TOTAL requests among the busy
+ *    connections (at least ROUTER_FAIR_MIN) its further requests are held
+ *    like those behind a write, and go as its answers come back. One
+ *    connection alone keeps the whole share; many that flood a node each
+ *    get their part, and what anyone waits behind at a worker stays
+ *    about ROUTER_FAIR_TOTAL requests, whatever their number.
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the
@@ -40,6 +49,11 @@
 
 typedef struct router_req_s router_req_t;
 
+/* Fair share (above): requests at workers shared by the busy connections,
+ * and the least a connection's share may be. */
+#define ROUTER_FAIR_TOTAL 1024
+#define ROUTER_FAIR_MIN 16
+
 typedef struct router_pos_s {
     uint32_t binding; /* index in cfg->bindings */
     uint32_t partition;
@@ -52,6 +66,7 @@ typedef struct router_session_s {
     uint32_t writes;       /* writes to bound tables sent and not answered */
     uint32_t queued;       /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;    /* requests with a part at a local worker, not answered */
+    uint32_t at_workers;   /* requests with a part at any worker, not answered (fair share) */
     uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     struct router_session_s *next;  /* on the router's release list */

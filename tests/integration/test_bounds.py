@@ -16,9 +16,9 @@ import threading
 import time
 import unittest
 
-from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, req_hget, req_hgetall,
-                     req_hmset, req_ping)
-from routertest import Router, RouterTestCase, keys_by_shard, router_pids
+from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, pyval, req_hget,
+                     req_hgetall, req_hmset, req_hset, req_ping)
+from routertest import Router, RouterTestCase, keys_by_shard, router_pids, stopped
 
 MIB = 1 << 20
 
@@ -475,6 +475,37 @@ class RouterBoundsTest(RouterTestCase):
         sender.join()
         self.assertEqual(statuses, {200: n})
         self.assertNotIn("down: no answer within router.timeout", r.stderr())
+
+    def test_a_client_flooding_a_worker_gets_a_fair_share_of_it(self):
+        """A worker runs what it is sent in order, so a newcomer's request
+        waits behind every request other clients have at that worker. One
+        client pipelines 3,000 Hsets of one key (limits.max_inflight
+        raised to let it) while the worker is stopped, then a second client
+        writes the same key: the router sent the first client's requests
+        only up to the fair share (1,024 while it was the only busy
+        client) and held the rest, so the second client's write runs after
+        the 1,024th (its answer, the previous value, says which ran last),
+        and the held ones run after it, in order. The router once sent all
+        3,000 ahead of it."""
+        r = self.router(shards=1, partitions=8, max_inflight=4096)
+        n, share = 3000, 1024
+        flood, other = r.client(timeout=30), r.client(timeout=30)
+        self.addCleanup(flood.close)
+        self.addCleanup(other.close)
+        with stopped(r.worker_pid(0)):
+            flood.send(*[req_hset("fair", "x", str(i)) for i in range(1, n + 1)])
+            time.sleep(0.5)  # routed: the share sent, the rest held
+            other.send(req_hset("fair", "x", "other"))
+            time.sleep(0.3)
+        got = other.recv()
+        self.assertOk(got)
+        self.assertEqual(pyval(got.values[0]), str(share))
+        prev = [pyval(flood.recv().values[0]) for _ in range(n)]
+        self.assertEqual(prev[:share], [None] + [str(i) for i in range(1, share)])
+        self.assertEqual(prev[share], "other")  # the held ones ran after it, in order
+        self.assertEqual(prev[share + 1:], [str(i) for i in range(share + 1, n)])
+        self.assertEqual(pyval(other.hget("fair", "x").values[0]), str(n))
+
 
 class NofileRouter(Router):
     """A router started with a hard RLIMIT_NOFILE of `nofile`."""

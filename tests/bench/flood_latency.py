@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Fairness under floods, against any server that speaks RESP (a kvs
+router's resp_listen, or redis-server): N clients pipeline without reading
+for a few seconds, while one more client sends one HSET at a time and
+times each answer. Prints the command and the newcomer's latency
+percentiles.
+
+  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset] [--seconds 4]
+
+--kind del:  each flooder sends 40 pairs of EXISTS and DEL of 1,024 keys,
+             over and over;
+--kind hset: each sends 8,192 HSETs of 5,000 hashes, over and over.
+Loopback only; every socket has a timeout, and the run ends by itself.
+"""
+import argparse
+import socket
+import sys
+import threading
+import time
+
+
+def command(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("port", type=int)
+    ap.add_argument("--clients", type=int, default=30)
+    ap.add_argument("--kind", choices=("del", "hset"), default="del")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    o = ap.parse_args()
+    print("# %s" % " ".join([sys.argv[0]] + sys.argv[1:]), flush=True)
+    if o.kind == "del":
+        keys = ["k%d" % i for i in range(1024)]
+        burst = (command("EXISTS", *keys) + command("DEL", *keys)) * 40
+    else:
+        burst = b"".join(command("HSET", "h%d" % (i % 5000), "f", "v") for i in range(8192))
+    stop = time.monotonic() + o.seconds
+    socks = []
+
+    def flood():
+        try:
+            s = socket.create_connection(("127.0.0.1", o.port), timeout=5)
+        except OSError:
+            return
+        socks.append(s)
+        try:
+            while time.monotonic() < stop:
+                s.sendall(burst)
+        except OSError:  # a timeout once the server stops reading it, or a close
+            pass
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(o.clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    c = socket.create_connection(("127.0.0.1", o.port), timeout=10)
+    lat = []
+    while time.monotonic() < stop - 0.2:
+        t0 = time.perf_counter()
+        c.sendall(command("HSET", "newcomer", "f", "v"))
+        got = b""
+        while not got.endswith(b"\r\n"):
+            chunk = c.recv(100)
+            if not chunk:
+                sys.exit("the server closed the newcomer's connection")
+            got += chunk
+        lat.append(time.perf_counter() - t0)
+    c.close()
+    for s in socks:
+        s.close()
+    lat.sort()
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(len(lat) * p))] * 1e3
+
+    print("newcomer HSETs: %d, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms"
+          % (len(lat), pct(0.5), pct(0.9), pct(0.99), lat[-1] * 1e3))
+
+
+if __name__ == "__main__":
+    main()
