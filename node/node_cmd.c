@@ -437,7 +437,7 @@ static int cmd_hmset(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
         return rc;
     if (answer_too_large(ctx, r, "Hmset", m->n_pairs, old.bytes + news, m->answer_budget, &old))
         return 0;
-    rc = node_store_reserve(ctx->store, m->n_pairs, bytes);
+    rc = node_store_reserve(ctx->store, m->n_pairs, bytes, 1);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);
@@ -464,7 +464,7 @@ static int cmd_hmdel(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_re
         return 0;
     /* Only keys that exist are written: deleting absent keys costs nothing. */
     if (old.found > 0)
-        rc = node_store_reserve(ctx->store, old.found, old.key_bytes);
+        rc = node_store_reserve(ctx->store, old.found, old.key_bytes, 0);
     if (rc != 0)
         return rc;
     kvs_resp_status(r, KVS_STATUS_OK);

@@ -256,11 +256,11 @@ struct node_ingest_s {
      * the next end questions go unanswered, as the brokers' would when out
      * of reach, without asking them. 0 = off. */
     unsigned long unanswered;
-    node_ingest_own_t own;   /* this worker's own records (log-first writes) */
-    char *group;             /* the consumer group offsets are committed to */
-    uint64_t started_ms;     /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
-    kvs_shardstate_t *state; /* the state page routers read, or NULL */
-    uint64_t published_ms;   /* when the state page was last brought up to date */
+    node_ingest_own_t own;    /* this worker's own records (log-first writes) */
+    char *group;              /* the consumer group offsets are committed to */
+    uint64_t started_ms;      /* uv_now at start: partitions settle for NODE_INGEST_SETTLE_MS */
+    kvs_shardstate_t *state;  /* the state page routers read, or NULL */
+    uint64_t published_ms;    /* when the state page was last brought up to date */
     uv_timer_t publish_timer; /* a commit's publish PUBLISH_EVERY_MS put off: it comes then */
     /* Asking the brokers for end offsets (node_ingest_ask_end): one query
      * at a time in the thread pool, for every partition asked since the
@@ -599,7 +599,7 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
-    int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64);
+    int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64, 1);
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
@@ -943,7 +943,8 @@ static void skip_to(node_ingest_t *in, topic_t *t, int32_t p, int64_t to)
 {
     part_t *pt = &t->parts[p];
     pt->next = to;
-    int rc = node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN);
+    int rc =
+        node_store_reserve(in->store, 1, KVS_SCHEMA_OFFSETS_KEY_MAX + KVS_SCHEMA_OFFSETS_LEN, 0);
     if (rc == 0) {
         rc = part_save(in, t, p);
         if (rc == 0 && in->lose_skips > 0) {
@@ -1280,9 +1281,9 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     kvs_schema_offsets_encode(v, &o);
     int rc = node_store_table_pages(in->store, b->table, &pages);
     if (rc == 0)
-        rc = node_store_reserve(in->store, 1 + parts,
-                                (size_t)pages * sizeof(uint64_t) +
-                                    parts * (sizeof(key) + sizeof(v)));
+        rc = node_store_reserve(
+            in->store, 1 + parts,
+            (size_t)pages * sizeof(uint64_t) + parts * (sizeof(key) + sizeof(v)), 0);
     if (rc != 0)
         return rc;
     rc = node_store_clear(in->store, b->table, NULL);

@@ -23,14 +23,25 @@
  * file on a full disk are a SIGBUS, not an error. Without it LMDB keeps a
  * batch's dirty pages in memory and writes them at commit.
  *
- * Disk. kvs reserves no disk space ahead: LMDB grows the data file as it
- * writes, and reuses pages freed by earlier commits first (pages a commit
- * frees become reusable two commits later: LMDB keeps the previous snapshot
- * whole). A commit that cannot get space fails whole, before LMDB writes the
- * meta page, so the previous state stands, and fail_cb turns every answer of
- * the batch into an error. Deletes and overwrites mostly reuse freed pages,
- * so they keep working on a full disk whenever LMDB can commit them. Pages
- * a live snapshot may read are never reused, so a reader killed holding one
+ * Disk. LMDB grows the data file as it writes, and reuses pages freed by
+ * earlier commits first (pages a commit frees become reusable two commits
+ * later: LMDB keeps the previous snapshot whole). A commit that cannot get
+ * space fails whole, before LMDB writes the meta page, so the previous state
+ * stands, and fail_cb turns every answer of the batch into an error. Even a
+ * delete needs free pages (LMDB copies the pages it changes, and writes a
+ * freelist record of those it frees), so on a full disk with too few freed
+ * pages every delete would fail, for good, and space could never be freed
+ * through kvs. The worker therefore keeps the room: disk blocks for the
+ * DELETE_ROOM_PAGES past the last page in use, allocated past the end of
+ * the file (fallocate, FALLOC_FL_KEEP_SIZE: the file stays as LMDB wrote
+ * it) after each commit that grew the file into them. When the disk cannot
+ * give them (`tight`): writes that add data are refused (KVS_EFULL) unless
+ * the file's freed pages cover their price (LMDB takes freed pages before
+ * new ones, so they leave the room alone); batches are cut to half the
+ * room, so that each commit of deletes fits what is left of it; and the
+ * room is asked for again after each commit, and by a refused write at most
+ * once a ROOM_RETRY_MS, so writes go on once the disk has room. Pages a
+ * live snapshot may read are never reused, so a reader killed holding one
  * would make the file grow for good: dead readers' slots are cleared at
  * open and whenever the pages in use grew by an eighth (watch_dead_readers).
  *
@@ -156,6 +167,11 @@ struct node_store_s {
     unsigned pins;               /* views and copies other threads run: the map must not move */
     size_t check_at;             /* pages in use past which stale reader slots are looked for */
     kvs_log_budget_t write_errs; /* lines about failed commits and syncs (write_err) */
+    size_t room_end;             /* pages of data.mdb allocated for certain (the room's end) */
+    int tight;                   /* the disk could not give the room (Disk, above) */
+    size_t tight_free;           /* ... and the file's free pages after the last commit */
+    uint64_t room_asked_ms;      /* when the room was last asked for */
+    int room_said;               /* the file system keeps no room: logged */
 };
 
 struct node_store_view_s {
@@ -250,6 +266,112 @@ static int write_err(node_store_t *s, const char *what, int rc)
         return KVS_EFULL;
     }
     return log ? map_err(what, rc) : err_code(rc);
+}
+
+/* ---- room for deletes (Disk, above) --------------------------------------- */
+
+#define DELETE_ROOM_PAGES 128
+#define ROOM_RETRY_MS 1000
+
+/* Counts the free pages numbered `from` and above, walking LMDB's freelist
+ * with cursor `c` (one record per transaction that freed pages, its value a
+ * list of page numbers that starts with its length, as mdb_stat reads it).
+ * Returns the count, or -1 (LMDB's error). */
+static int64_t count_free(MDB_cursor *c, size_t from)
+{
+    MDB_val k, v;
+    int64_t n = 0;
+    int rc;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        const size_t *ids = v.mv_data; /* LMDB's pgno_t */
+        size_t len = v.mv_size / sizeof(size_t);
+        for (size_t i = 1; i < len && i <= ids[0]; i++)
+            n += ids[i] >= from;
+    }
+    return rc == MDB_NOTFOUND ? n : -1;
+}
+
+/* Asks the disk for the room past the last page in use. Returns 1 when the
+ * file has it, 0 when the disk is full. */
+static int ask_room(node_store_t *s)
+{
+    MDB_envinfo info;
+    int fd;
+    if (mdb_env_info(s->env, &info) != 0 || mdb_env_get_fd(s->env, &fd) != 0)
+        return !s->tight;
+    size_t used = (size_t)info.me_last_pgno + 1;
+    s->room_asked_ms = kvs_now_ns() / 1000000;
+    /* Blocks past the end of the file, which stays as LMDB wrote it:
+     * LMDB's writes there then need no new blocks. */
+    int rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)used * (off_t)s->psize,
+                       (off_t)DELETE_ROOM_PAGES * (off_t)s->psize) == 0
+                 ? 0
+                 : errno;
+    if (rc == 0) {
+        s->room_end = used + DELETE_ROOM_PAGES;
+        return 1;
+    }
+    if (rc == EINTR)
+        return !s->tight;            /* asked again after the next commit */
+    if (err_code(rc) != KVS_EFULL) { /* a file system without fallocate: no room is kept */
+        s->room_end = SIZE_MAX;
+        if (!s->room_said)
+            kvs_warn("cannot allocate room for deletes past the data file's end (%s): on a full "
+                     "disk, deletes may fail too",
+                     strerror(rc));
+        s->room_said = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* After a commit (and at open, no txn open): keeps the room, or notes that
+ * the disk cannot give it, and then how many pages the file has free. */
+static void keep_room(node_store_t *s)
+{
+    MDB_envinfo info;
+    if (!s->tight && mdb_env_info(s->env, &info) == 0 &&
+        s->room_end >= (size_t)info.me_last_pgno + 1 + DELETE_ROOM_PAGES)
+        return; /* the file did not grow into the room: no system call */
+    if (ask_room(s)) {
+        if (s->tight)
+            kvs_info("the disk has room again: writes are taken again");
+        s->tight = 0;
+        return;
+    }
+    if (!s->tight)
+        kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
+                 "that add data are refused (507) until it has, deletes go on",
+                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
+    s->tight = 1;
+    int64_t n = -1;
+    MDB_txn *txn;
+    MDB_cursor *c;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+        if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
+            n = count_free(c, 0);
+            mdb_cursor_close(c);
+        }
+        mdb_txn_abort(txn);
+    }
+    s->tight_free = n > 0 ? (size_t)n : 0;
+}
+
+/* Whether writes that add data, priced `pages`, must be refused: the disk
+ * is tight, and the file's free pages do not cover them and the open
+ * batch's writes (priced at their worst, so that they leave what is left
+ * of the room to deletes). */
+static int room_refuses(node_store_t *s, size_t pages)
+{
+    if (!s->tight)
+        return 0;
+    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && ask_room(s)) {
+        kvs_info("the disk has room again: writes are taken again");
+        s->tight = 0;
+        return 0;
+    }
+    size_t batch = s->wtxn != NULL ? s->op_pages : 0;
+    return batch + pages > s->tight_free;
 }
 
 /* ---- batches ----------------------------------------------------------- */
@@ -469,6 +591,7 @@ static int batch_commit(node_store_t *s)
     kvs_dbimap_settle(&s->tables, 0);
     forget_dropped(s);
     read_release(s); /* a snapshot from before this commit must not be read again */
+    keep_room(s);
     if (s->resync && wrote_meta(s, txnid))
         s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
     return 0;
@@ -559,6 +682,8 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     size_t budget = (total - s->used) / 2;
     if (budget > MAX_BATCH_PAGES)
         budget = MAX_BATCH_PAGES;
+    if (s->tight && budget > DELETE_ROOM_PAGES / 2)
+        budget = DELETE_ROOM_PAGES / 2; /* each commit fits what is left of the room */
     if (budget < need)
         budget = need;
     int rc = mdb_txn_begin(s->env, NULL, 0, &s->wtxn);
@@ -657,10 +782,12 @@ static int drop_emptied(node_store_t *s)
     return rc != 0 ? batch_fail(s, "mdb_drop", rc) : 0;
 }
 
-int node_store_reserve(node_store_t *s, size_t ops, size_t bytes)
+int node_store_reserve(node_store_t *s, size_t ops, size_t bytes, int adds)
 {
     /* each write's worst case, and each value's rounding to whole pages */
     size_t pages = ops * (write_pages(s, 0) + 1) + pages_of(s, bytes);
+    if (adds && room_refuses(s, pages))
+        return KVS_EFULL;
     if (s->wtxn == NULL || batch_pages(s, pages, bytes) > s->txn_budget) {
         int rc = batch_commit(s);
         if (rc == 0)
@@ -746,6 +873,8 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen)
 {
+    if (!s->reserved && room_refuses(s, write_pages(s, klen + vlen)))
+        return KVS_EFULL;
     int rc = batch_room(s, klen + vlen);
     if (rc != 0)
         return rc;
@@ -1813,11 +1942,10 @@ static void on_fault(int sig)
     siglongjmp(fault_jump, 1);
 }
 
-/* Counts the free pages numbered `from` and above, walking LMDB's freelist
- * (one record per transaction that freed pages, its value a list of page
- * numbers that starts with its length, as mdb_stat reads it). A read of a
- * page past the end of the file faults (SIGBUS): caught here, for the
- * walk only. Returns the count, or -1 (a fault, or LMDB's error). */
+/* count_free at open, on a file that may be cut short: a read of a page
+ * past the end of the file faults (SIGBUS), caught here for the walk only
+ * (its txn and cursor are kept where a fault leaves them). Returns the
+ * count, or -1 (a fault, or LMDB's error). */
 static int64_t free_pages_from(MDB_env *env, size_t from)
 {
     struct sigaction sa, prev;
@@ -1832,20 +1960,12 @@ static int64_t free_pages_from(MDB_env *env, size_t from)
     if (sigsetjmp(fault_jump, 1) == 0) {
         MDB_txn *t;
         MDB_cursor *c;
-        MDB_val k, v;
         int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
         if (rc == 0)
             txn = t;
         if (rc == 0 && (rc = mdb_cursor_open(t, 0, &c)) == 0) /* 0: the freelist */
             cur = c;
-        while (rc == 0 && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-            const size_t *ids = v.mv_data; /* LMDB's pgno_t */
-            size_t len = v.mv_size / sizeof(size_t);
-            for (size_t i = 1; i < len && i <= ids[0]; i++)
-                n += ids[i] >= from;
-        }
-        if (rc != MDB_NOTFOUND)
-            n = -1;
+        n = rc == 0 ? count_free(c, from) : -1;
     } else {
         n = -1; /* the walk faulted */
     }
@@ -2081,6 +2201,7 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
         return rc;
     }
     mdb_txn_reset(s->rtxn);
+    keep_room(s);
     *out = s;
     return 0;
 }

@@ -168,10 +168,13 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
 /* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
  * keys and values, so that they all land in the same LMDB txn (no early
  * commit between them): what makes a multi-key write atomic. Price only
- * writes that will happen (a delete of an absent key writes nothing). On
- * success the caller must call node_store_reserve_end after the writes;
- * on failure nothing was reserved. Returns 0 or an error as for put. */
-int node_store_reserve(node_store_t *s, size_t ops, size_t bytes);
+ * writes that will happen (a delete of an absent key writes nothing).
+ * `adds`: some of them add data (puts); on a disk too full to keep room
+ * for deletes such a reservation may be refused (KVS_EFULL), one of only
+ * deletes and metadata is not. On success the caller must call
+ * node_store_reserve_end after the writes; on failure nothing was
+ * reserved. Returns 0 or an error as for put. */
+int node_store_reserve(node_store_t *s, size_t ops, size_t bytes, int adds);
 
 /* Ends a reservation; `rc` is the caller's result for its writes. If rc is
  * an error and some of the reservation's writes were made, the whole batch

@@ -313,7 +313,7 @@ KVS_TEST(reserve_keeps_writes_in_one_batch)
     node_store_t *s = open_ok(opts(0, "p"));
     char key[32], val[200];
     memset(val, 'z', sizeof(val));
-    CHECK_EQ(node_store_reserve(s, 3000, 3000 * (sizeof(val) + 8)), 0);
+    CHECK_EQ(node_store_reserve(s, 3000, 3000 * (sizeof(val) + 8), 1), 0);
     uint64_t gen = node_store_batch_gen(s);
     CHECK(gen != 0);
     for (int i = 0; i < 3000; i++) {
@@ -614,7 +614,7 @@ KVS_TEST(clear_empties_a_table_with_its_offsets)
     CHECK(pages > 50); /* 300 KB of pairs */
     CHECK_EQ(node_store_table_pages(s, "missing", &n), 0);
     CHECK_EQ(n, 0);
-    CHECK_EQ(node_store_reserve(s, 3, (size_t)pages * 8 + 64), 0);
+    CHECK_EQ(node_store_reserve(s, 3, (size_t)pages * 8 + 64, 1), 0);
     CHECK_EQ(node_store_clear(s, "t", NULL), 0);
     CHECK_EQ(node_store_clear(s, "missing", NULL), 0); /* nothing to write */
     CHECK_EQ(node_store_meta_put(s, "kafka/x/0", "-2", 2), 0);
@@ -648,7 +648,7 @@ KVS_TEST(clear_works_on_a_full_disk)
     CHECK(fill(s, &f) > 10);
     uint64_t pages = 0, n = 1;
     CHECK_EQ(node_store_table_pages(s, "t", &pages), 0);
-    CHECK_EQ(node_store_reserve(s, 1, (size_t)pages * 8), 0);
+    CHECK_EQ(node_store_reserve(s, 1, (size_t)pages * 8, 1), 0);
     CHECK_EQ(node_store_clear(s, "t", NULL), 0);
     CHECK_EQ(node_store_reserve_end(s, 0), 0);
     CHECK_EQ(node_store_end_turn(s), 0);
@@ -723,7 +723,7 @@ KVS_TEST(many_small_writes_do_not_balloon_the_map)
     node_store_t *s = open_ok(o);
     put_str(s, "t", "k", "v");
     CHECK_EQ(node_store_end_turn(s), 0);
-    CHECK_EQ(node_store_reserve(s, 100000, 1000000), 0);
+    CHECK_EQ(node_store_reserve(s, 100000, 1000000, 1), 0);
     CHECK_EQ(node_store_reserve_end(s, 0), 0);
     CHECK_EQ(node_store_end_turn(s), 0);
     CHECK(node_store_map_size(s) <= 128u << 20);
@@ -739,7 +739,7 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
     node_store_t *s = open_watched(opts(0, "p"), &f);
     put_str(s, "t", "other", "client");
     uint64_t gen = node_store_batch_gen(s);
-    CHECK_EQ(node_store_reserve(s, 3, 30), 0);
+    CHECK_EQ(node_store_reserve(s, 3, 30, 1), 0);
     put_str(s, "t", "a", "1");
     put_str(s, "t", "b", "2");
     CHECK_EQ(node_store_reserve_end(s, KVS_ESTORE), KVS_ESTORE);
@@ -752,7 +752,7 @@ KVS_TEST(error_mid_reservation_aborts_the_batch)
     CHECK(get_is(s, "t", "other", NULL));
     /* An error before any write changes nothing. */
     put_str(s, "t", "other", "again");
-    CHECK_EQ(node_store_reserve(s, 1, 10), 0);
+    CHECK_EQ(node_store_reserve(s, 1, 10, 1), 0);
     CHECK_EQ(node_store_reserve_end(s, KVS_ELIMIT), KVS_ELIMIT);
     CHECK_EQ(node_store_end_turn(s), 0);
     CHECK(get_is(s, "t", "other", "again"));
@@ -875,7 +875,7 @@ KVS_TEST(a_failed_batch_keeps_the_tables_it_dropped)
     put_str(s, "a", "k", "v");
     put_str(s, "b", "k", "v");
     CHECK_EQ(node_store_end_turn(s), 0);
-    CHECK_EQ(node_store_reserve(s, 3, 30), 0);
+    CHECK_EQ(node_store_reserve(s, 3, 30, 1), 0);
     del_str(s, "a", "k");
     put_str(s, "c", "k", "v"); /* drops "a" for room */
     CHECK_EQ(node_store_table_count(s), 2);
@@ -911,7 +911,7 @@ KVS_TEST(a_batch_that_churns_tables_at_the_limit_and_fails)
     for (int i = 0; i < 4; i++)
         put_str(s, before[i], "k", before[i]);
     CHECK_EQ(node_store_end_turn(s), 0);
-    CHECK_EQ(node_store_reserve(s, 100, 1000), 0);
+    CHECK_EQ(node_store_reserve(s, 100, 1000, 1), 0);
     del_str(s, "a", "k");
     char name[16];
     for (int i = 0; i < 20; i++) { /* 20 tables made and emptied: more than max_tables */
