@@ -205,9 +205,11 @@ const char *kvs_auth_user_name(const kvs_auth_conn_t *ac)
     return ac->user != NULL ? ac->user->cfg->name : NULL;
 }
 
-int kvs_auth_conn_checking(const kvs_auth_conn_t *ac)
+int kvs_auth_conn_spared(const kvs_auth_conn_t *ac)
 {
-    return ac->pending != NULL && ac->pending->running;
+    const kvs_auth_attempt_t *at = ac->pending;
+    return at != NULL &&
+           (at->running || (!at->parked && at->slot != NULL && at->lane == LANE_CLEAN));
 }
 
 /* ---- authorization ------------------------------------------------------------ */

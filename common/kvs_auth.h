@@ -57,6 +57,7 @@
 #define KVS_AUTH_MAX_WORKERS 2    /* hash checks running at once */
 #define KVS_AUTH_LOG_PER_SECOND 5 /* failure log lines per second */
 #define KVS_AUTH_ADDRESSES 1024   /* client addresses whose failures are counted */
+#define KVS_AUTH_SPARED (KVS_AUTH_ADDRESSES + KVS_AUTH_MAX_WORKERS)
 /* The largest request (frame payload, or RESP command) a client may send
  * before it authenticates: room for Ping, Auth (a user name and a token of
  * at most KVS_TOKEN_MAX bytes) and HELLO ... AUTH ... SETNAME. Its input
@@ -118,10 +119,14 @@ const char *kvs_auth_by_certificate(kvs_auth_t *a, kvs_auth_conn_t *ac, const kv
 /* The user's name, or NULL. */
 const char *kvs_auth_user_name(const kvs_auth_conn_t *ac);
 
-/* 1 while the connection's Auth is being checked in the thread pool (at
- * most KVS_AUTH_MAX_WORKERS connections at a time); 0 when it has none, or
- * one that waits its turn (queued, or parked behind its address's). */
-int kvs_auth_conn_checking(const kvs_auth_conn_t *ac);
+/* 1 while the connection's Auth is being checked in the thread pool, or
+ * waits its turn in the first lane (its address failed no Auth in the
+ * last minute, and has no other attempt in flight): what limits.max_clients
+ * spares (kvs_unproven_evict). At most KVS_AUTH_SPARED connections at a
+ * time, each of a different address; 0 when it has no Auth, or one that is
+ * parked behind its address's or queued behind the addresses that failed
+ * nothing. */
+int kvs_auth_conn_spared(const kvs_auth_conn_t *ac);
 
 /* May the connection run `cmd` on table[0..tlen) (table NULL for commands
  * without one)? Returns 200, or 401 / 403 with the answer's message in

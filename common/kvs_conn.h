@@ -325,7 +325,7 @@ void kvs_unproven_closed(kvs_unproven_t *u, kvs_conn_t *c);
 
 /* The listener of `u` is at limits.max_clients: closes (kvs_conn_abort)
  * the oldest member, passing over those `spared` says to spare (a client
- * whose token is being checked right now), at most `max_spared` of them.
+ * whose Auth is being checked or waits its turn), at most `max_spared` of them.
  * Returns 1 when one was closed: its place is free (its descriptor goes
  * at once; the owner counts it until its close callback, so subtract
  * u->evicting from the connections counted against the cap). */

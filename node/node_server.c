@@ -670,12 +670,12 @@ static void auth_failed(node_client_t *cl)
         kvs_unproven_to_front(&cl->srv->unproven[cl->listener], &cl->conn);
 }
 
-/* Not one to close at limits.max_clients: its token is being checked
- * right now (KVS_AUTH_MAX_WORKERS at most in the process). */
-static int auth_checking(const kvs_conn_t *c)
+/* Not one to close at limits.max_clients: its token is being checked,
+ * or waits its turn in the first lane (kvs_auth_conn_spared). */
+static int auth_spared(const kvs_conn_t *c)
 {
     const node_client_t *cl = c->data;
-    return kvs_auth_conn_checking(&cl->auth);
+    return kvs_auth_conn_spared(&cl->auth);
 }
 
 static void on_auth_done(void *arg, uint32_t status, const char *msg, int close)
@@ -997,7 +997,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int li = server == &srv->listeners[1].stream ? 1 : 0;
     if (srv->listener_clients[li] - srv->unproven[li].evicting >= listener_cap(srv, server) &&
-        !kvs_unproven_evict(&srv->unproven[li], auth_checking, KVS_AUTH_MAX_WORKERS)) {
+        !kvs_unproven_evict(&srv->unproven[li], auth_spared, KVS_AUTH_SPARED)) {
         refuse_client(srv, server, li);
         return;
     }

@@ -403,14 +403,15 @@ static void on_conn_error(kvs_conn_t *c, int err)
  * limits.auth_timeout to authenticate in. Frames it sent
  * after an Auth are judged once that Auth is decided (it is paused
  * meanwhile). */
-/* Not one to close at limits.max_clients: its token is being checked
- * right now (KVS_AUTH_MAX_WORKERS at most in the process, so none of them
- * can shield the others; an attempt still waiting to run is dropped with
- * its client). */
-static int auth_checking(const kvs_conn_t *c)
+/* Not one to close at limits.max_clients: its token is being checked, or
+ * waits its turn in the first lane (kvs_auth_conn_spared): a user's first
+ * Auth queued behind a flood's is not closed before it is decided. Each
+ * such client costs a flood an address with no failure in the last minute
+ * and a check, after which that address waits in the second lane. */
+static int auth_spared(const kvs_conn_t *c)
 {
     const router_client_t *cl = c->data;
-    return kvs_auth_conn_checking(&cl->auth);
+    return kvs_auth_conn_spared(&cl->auth);
 }
 
 /* A client whose Auth failed (it is still unproven): the first to make
@@ -589,7 +590,7 @@ static void on_connection(uv_stream_t *server, int status)
                r->unproven[resp].evicting;
     if (admin ? r->n_admin_clients >= ROUTER_ADMIN_MAX_CLIENTS
               : n >= r->max_clients &&
-                    !kvs_unproven_evict(&r->unproven[resp], auth_checking, KVS_AUTH_MAX_WORKERS)) {
+                    !kvs_unproven_evict(&r->unproven[resp], auth_spared, KVS_AUTH_SPARED)) {
         refuse_client(r, server, resp, admin);
         return;
     }

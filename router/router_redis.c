@@ -826,7 +826,9 @@ static void cmd_hscan(router_redis_t *rs, router_client_t *cl, router_req_t *req
      * MATCH, no more than a page of the longest fields the pattern can be
      * matched against within ROUTER_REDIS_GLOB_STEPS (a field costs at
      * most about the pattern's length times its own, answer_scan), so
-     * that a smaller COUNT always gets past "pattern too costly". */
+     * that a smaller COUNT always gets past "pattern too costly", but for
+     * a pattern so long (some 32 KB) that even one field of the longest
+     * kind costs more: that one says to shorten the pattern. */
     int64_t least = SCAN_PAGE_MIN;
     if (match != NULL) {
         uint64_t fit = ROUTER_REDIS_GLOB_STEPS / (((uint64_t)match->len + 2) * (KVS_MAX_KEY + 1));
@@ -1476,8 +1478,7 @@ static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *
         uint32_t st = kvs_auth_check(req->who, kc, a[i].p, a[i].len, msg, sizeof(msg));
         if (st != KVS_STATUS_OK)
             return reply_error_status(req, (uint16_t)st, "%s %s",
-                                      st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM",
-                                      msg);
+                                      st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM", msg);
     }
     for (size_t i = 1; i < argc && del; i++) {
         const kvs_binding_t *b = kvs_config_binding_n(r->cfg, a[i].p, a[i].len);
@@ -2085,6 +2086,11 @@ static int answer_scan(router_redis_t *rs, router_req_t *req, const Kvs__Command
         const ProtobufCBinaryData *key = &a->pairs[i]->key;
         int m =
             req->rflags ? kvs_redis_glob(sc->pat, sc->plen, key->data, key->len, 0, &budget) : 1;
+        if (m < 0 && i == 0) /* no smaller COUNT helps: one field is the least page */
+            return kvs_redis_error(out,
+                                   "ERR MATCH pattern too costly to match against a field of %zu "
+                                   "bytes: use a shorter pattern (fewer or shorter [...] classes)",
+                                   key->len);
         if (m < 0)
             return kvs_redis_error(out,
                                    "ERR MATCH pattern too costly to match against a page of %zu "
@@ -2448,15 +2454,13 @@ static int64_t reply_count(const uint8_t *p, size_t len)
 /* Keeps `reply` (an error, or anything but a count) as the command's
  * reply, naming its key: the first failure is what a command of several
  * keys answers. Returns 0 or -ENOMEM (nothing kept). */
-static int fold_error(router_redis_t *rs, const router_req_t *req, const uint8_t *reply,
-                      size_t len)
+static int fold_error(router_redis_t *rs, const router_req_t *req, const uint8_t *reply, size_t len)
 {
     size_t end = len >= 3 && reply[0] == '-' ? len - 2 : 0; /* its text, without \r\n */
     char tail[160];
-    int t = snprintf(tail, sizeof(tail), " (key %u of the command%s)\r\n", rs->fold_parts + 1,
-                     req->rcmd == RC_DEL
-                         ? "; each key is deleted on its own: the others' went ahead"
-                         : "");
+    int t = snprintf(
+        tail, sizeof(tail), " (key %u of the command%s)\r\n", rs->fold_parts + 1,
+        req->rcmd == RC_DEL ? "; each key is deleted on its own: the others' went ahead" : "");
     static const char none[] = "-ERR internal error: a reply that is neither a count nor an error";
     if ((end > 0 ? kvs_buf_append(&rs->fold_err, reply, end)
                  : kvs_buf_append(&rs->fold_err, none, sizeof(none) - 1)) != 0 ||

@@ -415,6 +415,51 @@ class AuthTest(RouterTestCase):
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
+    def test_a_users_auth_queued_behind_a_flood_keeps_its_place(self):
+        # A flood from many addresses, some sending wrong tokens, keeps the
+        # two checks busy, and a user's first Auth (its token not yet
+        # remembered) waits behind theirs. The user was closed to make room
+        # for the flood's next connections before its turn came, at every
+        # try: shut out. An Auth waiting its turn in the first lane (its
+        # address failed nothing lately) is now spared like one being
+        # checked; the flood's connections that sent nothing make room.
+        users = dict(USERS)
+        users["slow"] = ("slow-pw", {"*": ["read"]})
+        token_hash("slow-pw")
+        slow = subprocess.run([CLI, "hash-token", "-", "1000000"], input=b"slow-pw",
+                              capture_output=True, timeout=30, check=True)
+        _HASHES["slow-pw"] = slow.stdout.decode().strip()  # every check costs ~0.5 s now
+        r = self.router(shards=1, partitions=8,
+                        extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+        frame = req_auth("alice", "wrong").SerializeToString()
+        wrong = struct.pack(">I", len(frame)) + frame
+
+        def from_addr(ip, first=b""):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.settimeout(10)
+            s.bind((ip, 0))
+            s.connect(("127.0.0.1", r.port))
+            if first:
+                s.sendall(first)
+            return s
+
+        for i in range(6):  # two checked, four waiting, each its own address
+            from_addr("127.0.1.%d" % (i + 1), wrong)
+        time.sleep(0.3)
+        user = r.client(timeout=30)
+        self.addCleanup(user.close)
+        user.send(req_auth("alice", USERS["alice"][0]))  # its turn comes in ~1.5 s
+        time.sleep(0.3)
+        for i in range(40):  # plain connections, many more than max_clients
+            from_addr("127.0.2.%d" % (i + 1))
+            time.sleep(0.01)
+        resp = user.recv()
+        self.assertEqual(resp.status, 200, resp.message)
+        self.assertOk(user.hset("orders", "k", 1))
+        self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
+                      "have not authenticated", r.stderr())
+
     def test_a_client_whose_auth_failed_is_the_first_to_make_room(self):
         # At limits.max_clients the client that presented a wrong token
         # goes before those that have not tried: a failed Auth must not
