@@ -621,6 +621,9 @@ static void conn_frame_error(kvs_conn_t *c, int err)
     conn_input_ended(c, err);
 }
 
+/* turn_ms after a kick's delivery: the next delivery continues its turn. */
+#define TURN_KICKED UINT64_MAX
+
 static int conn_can_deliver(const kvs_conn_t *c)
 {
     if (has(c, KVS_CONN_PAUSED | KVS_CONN_FRAME_ERROR | KVS_CONN_SHUTTING | KVS_CONN_LINGERING |
@@ -669,8 +672,9 @@ static void conn_deliver(kvs_conn_t *c)
     if (kvs_frame_dec_shrink(&c->dec, KVS_CONN_KEEP_BUFFER))
         conn_charge(c, 0);
     if (c->turn_ms != turn) { /* the first delivery of this loop turn */
+        if (c->turn_ms != TURN_KICKED)
+            c->turn_ns = 0;
         c->turn_ms = turn;
-        c->turn_ns = 0;
     }
     c->turn_ns += now - since;
     /* Past the turn's budget reading stops, whether this delivery ran out
@@ -692,6 +696,13 @@ static void on_kick(uv_timer_t *t)
     kvs_conn_t *c = t->data;
     c->flags &= ~KVS_CONN_YIELDED; /* conn_deliver reads on, or yields again */
     conn_deliver(c);
+    /* The kick runs among the loop's timers, before its poll, and libuv
+     * updates its time after the poll: the reads of the same turn would
+     * look like a new one and deliver for a whole budget more. The next
+     * delivery counts on from the kick's instead (if it comes in a later
+     * turn, that turn's budget is spent the sooner, by a slice at most). */
+    if (!has(c, KVS_CONN_CLOSING))
+        c->turn_ms = TURN_KICKED;
     conn_track_partial(c);
     /* The answers just produced would otherwise wait for the flusher's
      * check step, which runs only after the loop polled, and a poll with
