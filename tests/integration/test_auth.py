@@ -382,20 +382,26 @@ class AuthTest(RouterTestCase):
         self.assertIn("limits.max_clients reached, and it is the oldest of the clients that "
                       "have not authenticated", r.stderr())
 
-    def test_auths_being_checked_do_not_stop_eviction(self):
-        # At limits.max_clients a client whose token is being checked right
-        # now is spared (two at most in a process), but not one whose Auth
-        # waits its turn: otherwise a flood that keeps Auths waiting (one
-        # check at a time per address) would keep every user out for as
-        # long as its checks took.
+    def slow_checks_router(self, iterations):
+        """A one-shard router at max_clients 20 with a user whose token
+        hash takes `iterations` PBKDF2 rounds: every check costs that much
+        (a failure is checked against the dearest hash)."""
         users = dict(USERS)
         users["slow"] = ("slow-pw", {"*": ["read"]})
         token_hash("slow-pw")
-        slow = subprocess.run([CLI, "hash-token", "-", "2000000"], input=b"slow-pw",
+        slow = subprocess.run([CLI, "hash-token", "-", str(iterations)], input=b"slow-pw",
                               capture_output=True, timeout=30, check=True)
-        _HASHES["slow-pw"] = slow.stdout.decode().strip()  # every check costs ~1 s now
-        r = self.router(shards=1, partitions=8,
-                        extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+        _HASHES["slow-pw"] = slow.stdout.decode().strip()
+        return self.router(shards=1, partitions=8,
+                           extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+
+    def test_auths_being_checked_do_not_stop_eviction(self):
+        # At limits.max_clients a client whose token is being checked right
+        # now is spared (two at most in a process), but not one whose Auth
+        # is parked behind its own address's: otherwise one address that
+        # keeps Auths waiting (one check at a time per address) would keep
+        # every user out for as long as its checks took.
+        r = self.slow_checks_router(2000000)  # every check costs ~1 s
         frame = req_auth("alice", "wrong").SerializeToString()
         # one checked, 16 waiting for it (one address, one check)
         checking = [self.plain_socket(r, struct.pack(">I", len(frame)) + frame) for _ in range(17)]
@@ -423,14 +429,7 @@ class AuthTest(RouterTestCase):
         # try: shut out. An Auth waiting its turn in the first lane (its
         # address failed nothing lately) is now spared like one being
         # checked; the flood's connections that sent nothing make room.
-        users = dict(USERS)
-        users["slow"] = ("slow-pw", {"*": ["read"]})
-        token_hash("slow-pw")
-        slow = subprocess.run([CLI, "hash-token", "-", "1000000"], input=b"slow-pw",
-                              capture_output=True, timeout=30, check=True)
-        _HASHES["slow-pw"] = slow.stdout.decode().strip()  # every check costs ~0.5 s now
-        r = self.router(shards=1, partitions=8,
-                        extra_yaml=users_yaml(users, limits="max_clients: 20, auth_timeout: 60s"))
+        r = self.slow_checks_router(1000000)  # every check costs ~0.5 s
         frame = req_auth("alice", "wrong").SerializeToString()
         wrong = struct.pack(">I", len(frame)) + frame
 
