@@ -695,12 +695,16 @@ static void on_kick(uv_timer_t *t)
 {
     kvs_conn_t *c = t->data;
     c->flags &= ~KVS_CONN_YIELDED; /* conn_deliver reads on, or yields again */
+    if (c->turn_ms == TURN_KICKED)
+        c->turn_ms = 0; /* a kick always begins a turn of its own (below) */
     conn_deliver(c);
     /* The kick runs among the loop's timers, before its poll, and libuv
      * updates its time after the poll: the reads of the same turn would
      * look like a new one and deliver for a whole budget more. The next
      * delivery counts on from the kick's instead (if it comes in a later
-     * turn, that turn's budget is spent the sooner, by a slice at most). */
+     * turn, that turn's budget is spent the sooner, by a slice at most);
+     * the next kick starts over, else a connection whose kicks alone
+     * spent the budget would yield at every kick, never reading again. */
     if (!has(c, KVS_CONN_CLOSING))
         c->turn_ms = TURN_KICKED;
     conn_track_partial(c);

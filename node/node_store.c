@@ -169,9 +169,11 @@ struct node_store_s {
     kvs_log_budget_t write_errs; /* lines about failed commits and syncs (write_err) */
     size_t room_end;             /* pages of data.mdb allocated for certain (the room's end) */
     int tight;                   /* the disk could not give the room (Disk, above) */
-    size_t tight_free;           /* ... and the file's free pages after the last commit */
+    size_t tight_free;           /* ... and the reusable free pages after the last commit */
+    size_t tight_run;            /* ... the longest run of them in a row (in one record) */
     uint64_t room_asked_ms;      /* when the room was last asked for */
-    int room_said;               /* the file system keeps no room: logged */
+    size_t tight_room;           /* ... and the pages of the room left then */
+    int alone;                   /* the open batch takes no other write (tight, too large) */
 };
 
 struct node_store_view_s {
@@ -185,6 +187,7 @@ const uint64_t node_store_batch_bounds[NODE_BATCH_BUCKETS] = {
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
 
 static size_t batch_pages(const node_store_t *s, size_t op_pages, size_t bytes);
+static size_t pages_of(const node_store_t *s, size_t bytes);
 static int drop_emptied(node_store_t *s);
 
 /* ---- errors --------------------------------------------------------- */
@@ -272,27 +275,44 @@ static int write_err(node_store_t *s, const char *what, int rc)
 
 #define DELETE_ROOM_PAGES 128
 #define ROOM_RETRY_MS 1000
+/* While tight: the most a batch is priced at (a larger request is a batch
+ * of its own), and the room writes that add data must leave whole. */
+#define TIGHT_BATCH_PAGES (DELETE_ROOM_PAGES / 4)
+#define TIGHT_KEEP_PAGES (DELETE_ROOM_PAGES / 2)
 
 /* Counts the free pages numbered `from` and above, walking LMDB's freelist
- * with cursor `c` (one record per transaction that freed pages, its value a
- * list of page numbers that starts with its length, as mdb_stat reads it).
- * Returns the count, or -1 (LMDB's error). */
-static int64_t count_free(MDB_cursor *c, size_t from)
+ * with cursor `c` (one record per transaction that freed pages, keyed by
+ * its id, its value a sorted list of page numbers that starts with its
+ * length, as mdb_stat reads it), of the transactions before `before` only;
+ * *run: the longest run of pages in a row within one record. Returns the
+ * count, or -1 (LMDB's error). */
+static int64_t count_free(MDB_cursor *c, size_t from, size_t before, size_t *run)
 {
     MDB_val k, v;
     int64_t n = 0;
     int rc;
+    *run = 0;
     while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
-        const size_t *ids = v.mv_data; /* LMDB's pgno_t */
-        size_t len = v.mv_size / sizeof(size_t);
-        for (size_t i = 1; i < len && i <= ids[0]; i++)
+        size_t txnid;
+        if (k.mv_size != sizeof(txnid))
+            return -1;
+        memcpy(&txnid, k.mv_data, sizeof(txnid));
+        if (txnid >= before)
+            break;                     /* keyed by id: the rest are later */
+        const size_t *ids = v.mv_data; /* LMDB's pgno_t, sorted */
+        size_t len = v.mv_size / sizeof(size_t), r = 0;
+        for (size_t i = 1; i < len && i <= ids[0]; i++) {
             n += ids[i] >= from;
+            r = i > 1 && (ids[i] + 1 == ids[i - 1] || ids[i] == ids[i - 1] + 1) ? r + 1 : 1;
+            if (r > *run)
+                *run = r;
+        }
     }
-    return rc == MDB_NOTFOUND ? n : -1;
+    return rc == MDB_NOTFOUND || rc == 0 ? n : -1;
 }
 
 /* Asks the disk for the room past the last page in use. Returns 1 when the
- * file has it, 0 when the disk is full. */
+ * file has it (or the file system keeps none), 0 when the disk is full. */
 static int ask_room(node_store_t *s)
 {
     MDB_envinfo info;
@@ -300,7 +320,8 @@ static int ask_room(node_store_t *s)
     if (mdb_env_info(s->env, &info) != 0 || mdb_env_get_fd(s->env, &fd) != 0)
         return !s->tight;
     size_t used = (size_t)info.me_last_pgno + 1;
-    s->room_asked_ms = kvs_now_ns() / 1000000;
+    uint64_t now = kvs_now_ns() / 1000000;
+    s->room_asked_ms = now;
     /* Blocks past the end of the file, which stays as LMDB wrote it:
      * LMDB's writes there then need no new blocks. */
     int rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)used * (off_t)s->psize,
@@ -311,26 +332,64 @@ static int ask_room(node_store_t *s)
         s->room_end = used + DELETE_ROOM_PAGES;
         return 1;
     }
-    if (rc == EINTR)
-        return !s->tight;            /* asked again after the next commit */
-    if (err_code(rc) != KVS_EFULL) { /* a file system without fallocate: no room is kept */
+    if (err_code(rc) == KVS_EFULL)
+        return 0;
+    if (rc == EOPNOTSUPP || rc == ENOSYS) { /* a file system without fallocate: no room kept */
         s->room_end = SIZE_MAX;
-        if (!s->room_said)
-            kvs_warn("cannot allocate room for deletes past the data file's end (%s): on a full "
-                     "disk, deletes may fail too",
-                     strerror(rc));
-        s->room_said = 1;
+        kvs_warn("cannot allocate room for deletes past the data file's end (%s): on a full "
+                 "disk, deletes may fail too",
+                 strerror(rc));
         return 1;
     }
-    return 0;
+    /* Anything else (EINTR, EIO): no change now, asked again after the
+     * next commit that grows the file. */
+    if (kvs_log_budget_take(&s->write_errs, now))
+        kvs_warn("cannot allocate room for deletes past the data file's end: %s; asked again "
+                 "at the next commit",
+                 strerror(rc));
+    return !s->tight;
 }
 
-/* After a commit (and at open, no txn open): keeps the room, or notes that
- * the disk cannot give it, and then how many pages the file has free. */
-static void keep_room(node_store_t *s)
+/* Notes that the disk cannot give the room: from now on writes that add
+ * data may use only pages earlier commits freed, and leave the room whole
+ * (room_refuses). No txn may be open. */
+static void go_tight(node_store_t *s)
 {
     MDB_envinfo info;
-    if (!s->tight && mdb_env_info(s->env, &info) == 0 &&
+    MDB_txn *txn;
+    MDB_cursor *c;
+    int64_t n = -1;
+    if (!s->tight)
+        kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
+                 "that add data are refused (507) until it has, deletes go on",
+                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
+    s->tight = 1;
+    s->tight_room = 0;
+    s->tight_free = 0;
+    s->tight_run = 0;
+    if (mdb_env_info(s->env, &info) != 0)
+        return;
+    size_t used = (size_t)info.me_last_pgno + 1;
+    s->tight_room = s->room_end > used ? s->room_end - used : 0;
+    /* Pages the last commit freed are not reusable before the next one
+     * (LMDB keeps the previous snapshot whole): not counted. */
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+        if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
+            n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run);
+            mdb_cursor_close(c);
+        }
+        mdb_txn_abort(txn);
+    }
+    s->tight_free = n > 0 ? (size_t)n : 0;
+}
+
+/* After a commit (and at open, no txn open): keeps the room, or goes tight
+ * when the disk cannot give it. `failed`: the commit failed for want of
+ * room, so the room is asked for whatever is left of it. */
+static void keep_room(node_store_t *s, int failed)
+{
+    MDB_envinfo info;
+    if (!s->tight && !failed && mdb_env_info(s->env, &info) == 0 &&
         s->room_end >= (size_t)info.me_last_pgno + 1 + DELETE_ROOM_PAGES)
         return; /* the file did not grow into the room: no system call */
     if (ask_room(s)) {
@@ -339,29 +398,20 @@ static void keep_room(node_store_t *s)
         s->tight = 0;
         return;
     }
-    if (!s->tight)
-        kvs_warn("the disk has no room for the %zu KiB kept past the data for deletes: writes "
-                 "that add data are refused (507) until it has, deletes go on",
-                 (size_t)DELETE_ROOM_PAGES * s->psize / 1024);
-    s->tight = 1;
-    int64_t n = -1;
-    MDB_txn *txn;
-    MDB_cursor *c;
-    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
-        if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
-            n = count_free(c, 0);
-            mdb_cursor_close(c);
-        }
-        mdb_txn_abort(txn);
-    }
-    s->tight_free = n > 0 ? (size_t)n : 0;
+    go_tight(s);
 }
 
-/* Whether writes that add data, priced `pages`, must be refused: the disk
- * is tight, and the file's free pages do not cover them and the open
- * batch's writes (priced at their worst, so that they leave what is left
- * of the room to deletes). */
-static int room_refuses(node_store_t *s, size_t pages)
+/* Whether writes that add data, priced `pages` (at their worst) for
+ * `bytes` of keys and values, must be refused: the disk is tight, and they
+ * are priced over TIGHT_BATCH_PAGES, or they and the open batch's writes
+ * do not fit what may be used: the room above TIGHT_KEEP_PAGES, and the
+ * pages earlier commits freed (reusable now), except for `bytes` that may
+ * hold a value of several pages (which needs them in a row: freed pages
+ * seldom are, so it takes new ones). LMDB takes freed pages first; should
+ * it not (a reader's snapshot holds them), a batch takes TIGHT_BATCH_PAGES
+ * of the room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES
+ * of it at least. */
+static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
 {
     if (!s->tight)
         return 0;
@@ -370,8 +420,13 @@ static int room_refuses(node_store_t *s, size_t pages)
         s->tight = 0;
         return 0;
     }
-    size_t batch = s->wtxn != NULL ? s->op_pages : 0;
-    return batch + pages > s->tight_free;
+    /* with the open batch, or in a batch of its own after it commits */
+    size_t batch =
+        s->wtxn != NULL && !s->alone && s->op_pages + pages <= s->txn_budget ? s->op_pages : 0;
+    size_t usable = s->tight_room > TIGHT_KEEP_PAGES ? s->tight_room - TIGHT_KEEP_PAGES : 0;
+    if (bytes < s->psize / 2 || pages_of(s, bytes) <= s->tight_run)
+        usable += s->tight_free;
+    return pages > TIGHT_BATCH_PAGES || batch + pages > usable;
 }
 
 /* ---- batches ----------------------------------------------------------- */
@@ -528,6 +583,8 @@ static int batch_abort(node_store_t *s, int err)
     kvs_dbimap_settle(&s->tables, 1);
     if (gave_up(s) || restore_dropped(s) != 0)
         err = KVS_EBROKEN;
+    if (err == KVS_EFULL)
+        keep_room(s, 1);
     if (s->fail_cb != NULL)
         s->fail_cb(s->fail_arg, gen, err);
     say_broken(s);
@@ -583,6 +640,8 @@ static int batch_commit(node_store_t *s)
         read_release(s);
         if (gave_up(s) || restore_dropped(s) != 0)
             err = KVS_EBROKEN;
+        if (err == KVS_EFULL)
+            keep_room(s, 1); /* tight at once, not at the next commit that grows the file */
         if (s->fail_cb != NULL)
             s->fail_cb(s->fail_arg, gen, err);
         say_broken(s);
@@ -591,7 +650,7 @@ static int batch_commit(node_store_t *s)
     kvs_dbimap_settle(&s->tables, 0);
     forget_dropped(s);
     read_release(s); /* a snapshot from before this commit must not be read again */
-    keep_room(s);
+    keep_room(s, 0);
     if (s->resync && wrote_meta(s, txnid))
         s->resync = 0; /* a new meta page, for the next sync to write: no recommit needed */
     return 0;
@@ -682,10 +741,13 @@ static int batch_begin(node_store_t *s, size_t op_pages, size_t bytes)
     size_t budget = (total - s->used) / 2;
     if (budget > MAX_BATCH_PAGES)
         budget = MAX_BATCH_PAGES;
-    if (s->tight && budget > DELETE_ROOM_PAGES / 2)
-        budget = DELETE_ROOM_PAGES / 2; /* each commit fits what is left of the room */
-    if (budget < need)
+    s->alone = 0;
+    if (s->tight && budget > TIGHT_BATCH_PAGES)
+        budget = TIGHT_BATCH_PAGES; /* each commit fits what is left of the room */
+    if (budget < need) {
+        s->alone = s->tight; /* one request larger than that: no other joins its fate */
         budget = need;
+    }
     int rc = mdb_txn_begin(s->env, NULL, 0, &s->wtxn);
     if (rc != 0) {
         s->wtxn = NULL;
@@ -708,7 +770,7 @@ static int batch_room(node_store_t *s, size_t bytes)
     if (s->reserved) /* paid for by node_store_reserve; never split a reservation */
         return s->wtxn != NULL ? 0 : s->reserve_err;
     size_t pages = write_pages(s, bytes);
-    if (s->wtxn != NULL && batch_pages(s, pages, bytes) <= s->txn_budget) {
+    if (s->wtxn != NULL && !s->alone && batch_pages(s, pages, bytes) <= s->txn_budget) {
         s->op_pages += pages;
         s->bytes += bytes;
         return 0;
@@ -786,9 +848,9 @@ int node_store_reserve(node_store_t *s, size_t ops, size_t bytes, int adds)
 {
     /* each write's worst case, and each value's rounding to whole pages */
     size_t pages = ops * (write_pages(s, 0) + 1) + pages_of(s, bytes);
-    if (adds && room_refuses(s, pages))
+    if (adds && room_refuses(s, pages, bytes))
         return KVS_EFULL;
-    if (s->wtxn == NULL || batch_pages(s, pages, bytes) > s->txn_budget) {
+    if (s->wtxn == NULL || s->alone || batch_pages(s, pages, bytes) > s->txn_budget) {
         int rc = batch_commit(s);
         if (rc == 0)
             rc = batch_begin(s, pages, bytes);
@@ -873,7 +935,7 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen)
 {
-    if (!s->reserved && room_refuses(s, write_pages(s, klen + vlen)))
+    if (!s->reserved && room_refuses(s, write_pages(s, klen + vlen), klen + vlen))
         return KVS_EFULL;
     int rc = batch_room(s, klen + vlen);
     if (rc != 0)
@@ -1078,7 +1140,8 @@ int node_store_sync(node_store_t *s)
         return write_err(s, "mdb_env_sync", rc);
     }
     s->resync = pending;
-    s->recommit_said = 0; /* the next failure is announced again */
+    if (!pending)
+        s->recommit_said = 0; /* the next failure is announced again */
     return 0;
 }
 
@@ -1960,12 +2023,13 @@ static int64_t free_pages_from(MDB_env *env, size_t from)
     if (sigsetjmp(fault_jump, 1) == 0) {
         MDB_txn *t;
         MDB_cursor *c;
+        size_t run;
         int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
         if (rc == 0)
             txn = t;
         if (rc == 0 && (rc = mdb_cursor_open(t, 0, &c)) == 0) /* 0: the freelist */
             cur = c;
-        n = rc == 0 ? count_free(c, from) : -1;
+        n = rc == 0 ? count_free(c, from, SIZE_MAX, &run) : -1;
     } else {
         n = -1; /* the walk faulted */
     }
@@ -2201,7 +2265,7 @@ int node_store_open(const node_store_opts_t *o, node_store_t **out, char *err, s
         return rc;
     }
     mdb_txn_reset(s->rtxn);
-    keep_room(s);
+    keep_room(s, 0);
     *out = s;
     return 0;
 }

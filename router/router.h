@@ -252,6 +252,7 @@ struct router_req_s {
      * are answered: the request's bytes, kept until it is routed. */
     int held;
     int held_read;           /* it is a read of a bound table */
+    size_t held_reserve;     /* output it holds for its answer meanwhile (answer_reserve) */
     int releasing;           /* being routed from the held list: not held again */
     router_req_t *held_next; /* the session's held list */
     kvs_buf_t held_payload;

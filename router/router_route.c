@@ -2841,12 +2841,31 @@ static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
     return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
 }
 
+/* What routing `cmd` will reserve of its client's output for the answer
+ * (req->reserve): a frame for the whole-table reads, Info and Metrics. A
+ * held request holds it already, so that a client's held requests count
+ * against its output bound as they will once sent (released all at once,
+ * hundreds of Hgetalls reserved a frame each past limits.client_output). */
+static size_t answer_reserve(const router_t *r, Kvs__CommandRequest__CommandCase cmd)
+{
+    switch (cmd) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        return r->cfg->max_frame;
+    default:
+        return 0;
+    }
+}
+
 /* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight, or when the session has its fair share of
  * requests at the workers already. Returns 1 when held (or answered: out
  * of memory). */
-static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len)
+static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_t len,
+                size_t reserve)
 {
     if (req->client == NULL || req->releasing)
         return 0;
@@ -2861,13 +2880,14 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
     }
     req->held = 1;
     req->held_read = bound_read;
+    req->held_reserve = reserve;
     req->held_next = NULL;
     if (s->held_tail != NULL)
         s->held_tail->held_next = req;
     else
         s->held = req;
     s->held_tail = req;
-    router_client_hold(req->client, (ptrdiff_t)len);
+    router_client_hold(req->client, (ptrdiff_t)(len + reserve));
     return 1;
 }
 
@@ -2988,7 +3008,8 @@ static void route_decoded(router_t *r, router_req_t *req, Kvs__CommandRequest *q
                       router_ops_received(r, req)))
         return;
     const kvs_binding_t *b = table != NULL ? table_binding(r, table, strlen(table)) : NULL;
-    if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen))
+    if (hold(req, b != NULL && holds_for_writes(q->command_case), raw, rawlen,
+             answer_reserve(r, q->command_case)))
         return;
     if (b != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HCLEAR) {
         router_req_finish_status(req, KVS_STATUS_BAD_REQUEST,
@@ -3048,7 +3069,7 @@ static int route_peeked(router_t *r, router_req_t *req, const kvs_peek_t *pk,
         return 0; /* the full path asks every owning shard */
     int read = pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HGET ||
                pk->cmd == KVS__COMMAND_REQUEST__COMMAND_HEXIST;
-    if (hold(req, b != NULL && read, payload, len))
+    if (hold(req, b != NULL && read, payload, len, 0)) /* a key's answer: nothing reserved */
         return 1;
     uint32_t shard = place_key(r, b, pk->key, pk->key_len);
     if (read && read_key_here(r, req, shard, b, pk))
@@ -3140,7 +3161,7 @@ static void release_session(router_t *r, router_session_t *s)
         req->held_next = NULL;
         router_client_t *cl = req->client;
         size_t len = req->held_payload.len;
-        router_client_hold(cl, -(ptrdiff_t)len);
+        router_client_hold(cl, -(ptrdiff_t)(len + req->held_reserve));
         req->releasing = 1;
         router_route(r, req, req->held_payload.data, len);
         req->releasing = 0;

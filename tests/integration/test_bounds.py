@@ -506,6 +506,79 @@ class RouterBoundsTest(RouterTestCase):
         self.assertEqual(prev[share + 1:], [str(i) for i in range(share + 1, n)])
         self.assertEqual(pyval(other.hget("fair", "x").values[0]), str(n))
 
+    def count_answers(self, sock, n, idle=10.0):
+        """Reads frames from `sock` until `n` came or none came for `idle`
+        seconds; returns how many came."""
+        sock.settimeout(idle)
+        buf, got = b"", 0
+        while got < n:
+            try:
+                chunk = sock.recv(1 << 20)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 4:
+                size = struct.unpack(">I", buf[:4])[0]
+                if len(buf) < 4 + size:
+                    break
+                buf = buf[4 + size:]
+                got += 1
+        return got
+
+    def test_a_long_pipeline_of_small_requests_is_read_to_the_end(self):
+        """One client pipelines 300,000 Pings (each answered at once by the
+        router) and reads all the answers. A chain of delivery kicks once
+        kept counting one loop turn's budget without end: each kick found
+        it spent, yielded again, and the connection was never read again
+        (10,922 to 119,892 answers, then nothing, and its socket kept after
+        the client left)."""
+        r = self.router(shards=2, partitions=16)
+        n = 300000
+        s = raw_connect(r.addr, timeout=30.0)
+        self.addCleanup(s.close)
+        sender = threading.Thread(target=s.sendall, args=(encode(req_ping()) * n,), daemon=True)
+        sender.start()
+        self.assertEqual(self.count_answers(s, n), n)
+        sender.join(10)
+
+    def test_held_whole_table_reads_count_against_the_output_bound(self):
+        """A client whose requests the fair share holds (another client's
+        3,000 wait at the stopped worker) pipelines Hsets and then 400
+        Hgetalls, reading everything. Released together, the held Hgetalls
+        each reserved a frame of its output at once, past
+        limits.client_output, and the client was closed though it read
+        all; a held one now holds its reservation already, so the client
+        stops being read at the high-water mark as it would without the
+        share, and gets every answer."""
+        r = self.router(shards=1, partitions=8, max_inflight=4096,
+                        router_yaml=["local_reads: false"])
+        with r.client() as c:
+            self.assertOk(c.hset("small", "k", "v"))
+        a, b = raw_connect(r.addr, timeout=30.0), raw_connect(r.addr, timeout=30.0)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        counts = {}
+
+        def reader(name, sock, n):
+            counts[name] = self.count_answers(sock, n, idle=20.0)
+
+        with stopped(r.worker_pid(0)):
+            b.sendall(b"".join(encode(req_hset("tb", "k%d" % i, "v")) for i in range(3000)))
+            time.sleep(0.3)
+            a.sendall(b"".join(encode(req_hset("ta", "k%d" % i, "v")) for i in range(600)) +
+                      encode(req_hgetall("small")) * 400)
+            threads = [threading.Thread(target=reader, args=("a", a, 1000)),
+                       threading.Thread(target=reader, args=("b", b, 3000))]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+        for t in threads:
+            t.join(60)
+        self.assertEqual(counts, {"a": 1000, "b": 3000})
+        self.assertNotIn("more than limits.client_output", r.stderr())
+
 
 class NofileRouter(Router):
     """A router started with a hard RLIMIT_NOFILE of `nofile`."""
