@@ -462,6 +462,27 @@ class FullDiskStartTest(RouterTestCase):
             failed = [k for k in stored[:2000] if c.hdel("t", k).status != 200]
             self.assertEqual(failed, [])
 
+    def test_writes_come_back_once_the_disk_has_room_again(self):
+        """A worker that went tight (no room for the deletes' room) asks
+        for it again at most a second after refusing a write: once space
+        is freed outside kvs, writes are taken again, and the log says
+        so."""
+        r = self.router(shards=1, partitions=8, start=False)
+        mount_tmpfs(self, r.data_dir, "6M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        filler = os.path.join(r.data_dir, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (2 << 20))
+        r.start()
+        with r.client() as c:
+            self.fill_small(c, 50)
+            self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+            os.unlink(filler)
+            deadline = time.monotonic() + 5
+            while c.hset("t", "after", "v" * 100).status != 200:
+                self.assertLess(time.monotonic(), deadline, "writes never came back")
+                time.sleep(0.1)
+        self.assertIn("the disk has room again: writes are taken again", r.stderr())
+
 
 if __name__ == "__main__":
     unittest.main()
