@@ -35,12 +35,14 @@
  * DELETE_ROOM_PAGES past the last page in use, allocated past the end of
  * the file (fallocate, FALLOC_FL_KEEP_SIZE: the file stays as LMDB wrote
  * it) after each commit that grew the file into them. When the disk cannot
- * give them (`tight`): writes that add data are refused (KVS_EFULL) unless
- * the file's freed pages cover their price (LMDB takes freed pages before
- * new ones, so they leave the room alone); batches are cut to half the
- * room, so that each commit of deletes fits what is left of it; and the
- * room is asked for again after each commit, and by a refused write at most
- * once a ROOM_RETRY_MS, so writes go on once the disk has room. Pages a
+ * give them (`tight`, also at once after a commit failed for room): writes
+ * that add data are taken only into the room above its half and the pages
+ * earlier commits freed (room_refuses), refused (KVS_EFULL) otherwise;
+ * every batch is priced at a quarter of the room at most (a larger request
+ * is a batch of its own), so deletes keep a quarter of it whatever the
+ * writes did; and the room is asked for again after each commit, and by a
+ * refused write at most once a ROOM_RETRY_MS, so writes go on as before
+ * once the disk has room. Pages a
  * live snapshot may read are never reused, so a reader killed holding one
  * would make the file grow for good: dead readers' slots are cleared at
  * open and whenever the pages in use grew by an eighth (watch_dead_readers).
@@ -350,9 +352,19 @@ static int ask_room(node_store_t *s)
     return !s->tight;
 }
 
-/* Notes that the disk cannot give the room: from now on writes that add
- * data may use only pages earlier commits freed, and leave the room whole
- * (room_refuses). No txn may be open. */
+/* While tight: asks for the room again; returns 1 (and says so) when the
+ * disk has it now. */
+static int room_again(node_store_t *s)
+{
+    if (!ask_room(s))
+        return 0;
+    kvs_info("the disk has room again: writes are taken again");
+    s->tight = 0;
+    return 1;
+}
+
+/* Notes that the disk cannot give the room, what is left of it and the
+ * pages earlier commits freed, for room_refuses. No txn may be open. */
 static void go_tight(node_store_t *s)
 {
     MDB_envinfo info;
@@ -392,13 +404,8 @@ static void keep_room(node_store_t *s, int failed)
     if (!s->tight && !failed && mdb_env_info(s->env, &info) == 0 &&
         s->room_end >= (size_t)info.me_last_pgno + 1 + DELETE_ROOM_PAGES)
         return; /* the file did not grow into the room: no system call */
-    if (ask_room(s)) {
-        if (s->tight)
-            kvs_info("the disk has room again: writes are taken again");
-        s->tight = 0;
-        return;
-    }
-    go_tight(s);
+    if (s->tight ? !room_again(s) : !ask_room(s))
+        go_tight(s);
 }
 
 /* Whether writes that add data, priced `pages` (at their worst) for
@@ -415,11 +422,8 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
 {
     if (!s->tight)
         return 0;
-    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && ask_room(s)) {
-        kvs_info("the disk has room again: writes are taken again");
-        s->tight = 0;
+    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
         return 0;
-    }
     /* with the open batch, or in a batch of its own after it commits */
     size_t batch =
         s->wtxn != NULL && !s->alone && s->op_pages + pages <= s->txn_budget ? s->op_pages : 0;
@@ -935,7 +939,7 @@ int node_store_get(node_store_t *s, const char *table, const void *key, size_t k
 int node_store_put(node_store_t *s, const char *table, const void *key, size_t klen,
                    const void *val, size_t vlen)
 {
-    if (!s->reserved && room_refuses(s, write_pages(s, klen + vlen), klen + vlen))
+    if (s->tight && !s->reserved && room_refuses(s, write_pages(s, klen + vlen), klen + vlen))
         return KVS_EFULL;
     int rc = batch_room(s, klen + vlen);
     if (rc != 0)

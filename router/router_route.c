@@ -229,13 +229,15 @@ void router_req_free(router_req_t *req)
     r->n_free_reqs++;
 }
 
-/* The most requests one busy connection may have at the workers now
- * (router_session.h: fair share). */
-static uint32_t fair_share(const router_t *r)
+/* Whether a session with `at` requests at the workers has its fair share
+ * of them (router_session.h) and holds further ones. Below the least share
+ * no division is needed: the hot path's case. */
+static int share_taken(const router_t *r, uint32_t at)
 {
+    if (at < ROUTER_FAIR_MIN)
+        return 0;
     uint32_t busy = r->busy_sessions > 0 ? r->busy_sessions : 1;
-    uint32_t share = ROUTER_FAIR_TOTAL / busy;
-    return share > ROUTER_FAIR_MIN ? share : ROUTER_FAIR_MIN;
+    return at >= ROUTER_FAIR_TOTAL / busy;
 }
 
 /* Puts `s` on the release list: its held requests may go, as far as
@@ -273,7 +275,7 @@ static void at_worker_finished(router_req_t *req)
         return;
     if (--s->at_workers == 0 && r->busy_sessions > 0)
         r->busy_sessions--;
-    if (s->at_workers < fair_share(r))
+    if (s->held != NULL && !share_taken(r, s->at_workers))
         release_later(r, s);
 }
 
@@ -318,14 +320,21 @@ static void forward_finished(router_req_t *req)
     }
 }
 
+/* `req` is answered (or failed): what its session counted of it while it
+ * was out (bound writes, local forwards, the fair share) is given back. */
+static void session_answered(router_req_t *req)
+{
+    write_finished(req);
+    forward_finished(req);
+    at_worker_finished(req);
+}
+
 void router_req_complete(router_req_t *req)
 {
     if (req->merge != NULL) /* merging took time of its own: the hooks' clock must see it */
         req->router->flusher.now_ns = kvs_now_ns();
     req->done = 1;
-    write_finished(req);
-    forward_finished(req);
-    at_worker_finished(req);
+    session_answered(req);
     merge_free(req->merge);
     req->merge = NULL;
     req_executed(req);
@@ -615,9 +624,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
         if (req->bound_write && failure == NULL &&
             kvs_msg_find_bytes(payload, len, 6, &tok, &toklen) == 1) /* position */
             note_position(req, tok, toklen);
-        write_finished(req);
-        forward_finished(req);
-        at_worker_finished(req);
+        session_answered(req);
         if (failure != NULL && kvs_msg_is_write(req->cmd) &&
             !t->unsent) { /* sent: it may have run */
             /* Said in words too: a Redis client sees only the message.
@@ -2498,14 +2505,32 @@ static void route_multi(router_t *r, router_req_t *req, const Kvs__CommandReques
     send_parts(r, req, q, sel, count);
 }
 
+/* What routing `cmd` reserves of its client's output for the answer
+ * (req->reserve): a frame for the whole-table reads, Info and Metrics. A
+ * held request holds it already (hold), so that a client's held requests
+ * count against its output bound as they will once sent (released all at
+ * once, hundreds of Hgetalls reserved a frame each past
+ * limits.client_output). */
+static size_t answer_reserve(const router_t *r, Kvs__CommandRequest__CommandCase cmd)
+{
+    switch (cmd) {
+    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
+    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
+    case KVS__COMMAND_REQUEST__COMMAND_INFO:
+    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
+        return r->cfg->max_frame;
+    default:
+        return 0;
+    }
+}
+
 /* Hgetall, Hlen, Hclear and Info: the same request `q` to every shard,
  * answers merged. */
 static void route_fanout(router_t *r, router_req_t *req, const Kvs__CommandRequest *q,
                          const uint8_t *raw, size_t rawlen)
 {
     Kvs__CommandRequest__CommandCase cmd = q->command_case;
-    if (cmd != KVS__COMMAND_REQUEST__COMMAND_HLEN && cmd != KVS__COMMAND_REQUEST__COMMAND_HCLEAR)
-        req->reserve = r->cfg->max_frame; /* the answer may be as large as a frame */
+    req->reserve = answer_reserve(r, cmd); /* Hgetall and Info: as large as a frame */
     route_merge_t *m = merge_new(r, cmd, r->shards, 0);
     if (m == NULL) {
         router_req_finish_status(req, KVS_STATUS_INTERNAL, "router out of memory");
@@ -2523,7 +2548,7 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
 {
     const ProtobufCBinaryData *c = &q->hscan->cursor;
     uint32_t shard = 0;
-    req->reserve = r->cfg->max_frame;
+    req->reserve = answer_reserve(r, q->command_case);
     if (c->len > 0) {
         if (c->len < 3 || c->data[0] != CURSOR_TAG ||
             (shard = (uint32_t)c->data[1] << 8 | c->data[2]) >= r->shards) {
@@ -2662,7 +2687,7 @@ static void route_metrics(router_t *r, router_req_t *req, const Kvs__Metrics *q,
                           size_t rawlen)
 {
     uint32_t n = 0;
-    req->reserve = r->cfg->max_frame;
+    req->reserve = answer_reserve(r, KVS__COMMAND_REQUEST__COMMAND_METRICS);
     for (uint32_t s = 0; s < r->shards && !q->own; s++)
         n += local_link(r, s) >= 0;
     route_merge_t *m = merge_new(r, KVS__COMMAND_REQUEST__COMMAND_METRICS, n ? n : 1, 0);
@@ -2841,24 +2866,6 @@ static int holds_for_writes(Kvs__CommandRequest__CommandCase c)
     return is_read_cmd(c) || c == KVS__COMMAND_REQUEST__COMMAND_HLEN;
 }
 
-/* What routing `cmd` will reserve of its client's output for the answer
- * (req->reserve): a frame for the whole-table reads, Info and Metrics. A
- * held request holds it already, so that a client's held requests count
- * against its output bound as they will once sent (released all at once,
- * hundreds of Hgetalls reserved a frame each past limits.client_output). */
-static size_t answer_reserve(const router_t *r, Kvs__CommandRequest__CommandCase cmd)
-{
-    switch (cmd) {
-    case KVS__COMMAND_REQUEST__COMMAND_HGETALL:
-    case KVS__COMMAND_REQUEST__COMMAND_HSCAN:
-    case KVS__COMMAND_REQUEST__COMMAND_INFO:
-    case KVS__COMMAND_REQUEST__COMMAND_METRICS:
-        return r->cfg->max_frame;
-    default:
-        return 0;
-    }
-}
-
 /* Holds `req` back when its session holds earlier requests, when it
  * reads a bound table (`bound_read`) while the session's writes to bound
  * tables are in flight, or when the session has its fair share of
@@ -2871,7 +2878,7 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
         return 0;
     router_session_t *s = router_client_session(req->client);
     if (s->held == NULL && !(bound_read && s->writes > 0) &&
-        s->at_workers < fair_share(req->router))
+        !share_taken(req->router, s->at_workers))
         return 0;
     req->held_payload.len = 0;
     if (kvs_buf_append(&req->held_payload, payload, len) != 0) {
@@ -3152,7 +3159,7 @@ static void release_session(router_t *r, router_session_t *s)
         router_req_t *req = s->held;
         if (req->held_read && s->writes > 0)
             return; /* a write released just before it is in flight */
-        if (s->at_workers >= fair_share(r))
+        if (share_taken(r, s->at_workers))
             return; /* its share is taken again: its next answer releases more */
         s->held = req->held_next;
         if (s->held == NULL)

@@ -31,8 +31,12 @@
  *    connections (at least ROUTER_FAIR_MIN) its further requests are held
  *    like those behind a write, and go as its answers come back. One
  *    connection alone keeps the whole share; many that flood a node each
- *    get their part, and what anyone waits behind at a worker stays
- *    about ROUTER_FAIR_TOTAL requests, whatever their number.
+ *    get their part, and what anyone waits behind at a worker settles at
+ *    about ROUTER_FAIR_TOTAL requests (ROUTER_FAIR_MIN each past 64 busy
+ *    connections). The share is checked as requests are sent, so
+ *    connections that started one after another keep for a while what
+ *    they sent while it was larger (up to ROUTER_FAIR_TOTAL times the
+ *    n-th harmonic number in all).
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the

@@ -399,6 +399,23 @@ class FullDiskStartTest(RouterTestCase):
             self.assertEqual(c.hset("t", "k", "v").status, 200)
         self.assertNotIn("SIGBUS", r.stderr())
 
+    def fill_small(self, c, refusals):
+        """Writes 100-byte values to table t, 50 a pipeline, until `refusals`
+        of them got 507 (every other answer must be 200). Returns the keys
+        stored."""
+        stored, full, i = [], 0, 0
+        while full < refusals and i < 200000:
+            keys = ["k%07d" % (i + j) for j in range(50)]
+            i += 50
+            for k, a in zip(keys, c.pipeline(req_hset("t", k, "v" * 100) for k in keys)):
+                if a.status == 507:
+                    full += 1
+                else:
+                    self.assertEqual(a.status, 200, a.message)
+                    stored.append(k)
+        self.assertGreaterEqual(full, refusals, "the disk never filled up")
+        return stored
+
     def test_deletes_commit_on_a_full_disk_that_several_shards_share(self):
         """Two workers fill one small tmpfs with 100-byte values. A delete
         needs free pages too (LMDB copies the pages it changes), and with
@@ -411,18 +428,8 @@ class FullDiskStartTest(RouterTestCase):
         r = self.router(shards=2, partitions=8, start=False)
         mount_tmpfs(self, r.data_dir, "6M", r.kill_all, "cannot mount a tmpfs here (not root?)")
         r.start()
-        stored, full, i = [], 0, 0
         with r.client() as c:
-            while full < 100 and i < 200000:
-                keys = ["k%07d" % (i + j) for j in range(50)]
-                i += 50
-                for k, a in zip(keys, c.pipeline(req_hset("t", k, "v" * 100) for k in keys)):
-                    if a.status == 507:
-                        full += 1
-                    else:
-                        self.assertEqual(a.status, 200, a.message)
-                        stored.append(k)
-            self.assertGreaterEqual(full, 100, "the disk never filled up")
+            stored = self.fill_small(c, 100)
             self.assertGreater(len(stored), 5000)
             for k in stored[:200]:
                 a = c.hdel("t", k)
@@ -447,22 +454,34 @@ class FullDiskStartTest(RouterTestCase):
         r = self.router(shards=1, partitions=8, start=False)
         mount_tmpfs(self, r.data_dir, "8M", r.kill_all, "cannot mount a tmpfs here (not root?)")
         r.start()
-        stored, full, i = [], 0, 0
         with r.client() as c:
-            while full < 50 and i < 200000:
-                keys = ["k%07d" % (i + j) for j in range(50)]
-                i += 50
-                for k, a in zip(keys, c.pipeline(req_hset("t", k, "v" * 100) for k in keys)):
-                    if a.status == 507:
-                        full += 1
-                    else:
-                        self.assertEqual(a.status, 200, a.message)
-                        stored.append(k)
+            stored = self.fill_small(c, 50)
             self.assertGreater(len(stored), 2000)
             taken = sum(c.hset("t", "big%03d" % j, "x" * 4000).status == 200 for j in range(200))
             self.assertLess(taken, 20)
             failed = [k for k in stored[:2000] if c.hdel("t", k).status != 200]
             self.assertEqual(failed, [])
+
+    def test_writes_come_back_once_the_disk_has_room_again(self):
+        """A worker that went tight (no room for the deletes' room) asks
+        for it again at most a second after refusing a write: once space
+        is freed outside kvs, writes are taken again, and the log says
+        so."""
+        r = self.router(shards=1, partitions=8, start=False)
+        mount_tmpfs(self, r.data_dir, "6M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        filler = os.path.join(r.data_dir, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (2 << 20))
+        r.start()
+        with r.client() as c:
+            self.fill_small(c, 50)
+            self.assertIn("the disk has no room for the 512 KiB", r.stderr())
+            os.unlink(filler)
+            deadline = time.monotonic() + 5
+            while c.hset("t", "after", "v" * 100).status != 200:
+                self.assertLess(time.monotonic(), deadline, "writes never came back")
+                time.sleep(0.1)
+        self.assertIn("the disk has room again: writes are taken again", r.stderr())
 
 
 if __name__ == "__main__":
