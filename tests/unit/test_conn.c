@@ -601,11 +601,13 @@ static void bp_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
 }
 
 /* Once the server has stopped reading because of its backlog, let the
- * client start reading. */
+ * client start reading. (Reading also stops for a while when a loop
+ * turn's delivery budget is spent, KVS_CONN_YIELDED, as on a loaded
+ * machine: that is not the stop this waits for.) */
 static void bp_tick(server_t *s)
 {
     kvs_conn_t *c = &s->conn;
-    if (s->stopped || (c->flags & KVS_CONN_READING))
+    if (s->stopped || (c->flags & (KVS_CONN_READING | KVS_CONN_YIELDED)))
         return;
     CHECK(kvs_conn_backlog(c) >= c->high_water);
     s->stopped = 1;
