@@ -1327,6 +1327,26 @@ class ReloadTest(RouterTestCase):
         self.assertEqual(resp.status, 200, resp.message)
         self.assertEqual(sorted(e.table for e in resp.ops.slowlog if e.command == "Hset"), names)
 
+    def test_a_lowered_router_timeout_holds_for_a_request_behind_an_older_one(self):
+        """router.timeout lowered by a reload holds for requests sent from
+        then on, also behind one sent before it: the router watched only
+        the oldest request's deadline, so a request sent under the new 1 s
+        waited out the old 10 s (behind a request to the same stopped
+        worker) before its 503."""
+        r = self.router(shards=1, partitions=8, timeout="10s")
+        with r.client(timeout=30) as a, r.client(timeout=30) as b, stopped(r.worker_pid(0)):
+            a.send(req_hset("t", "k", "old"))
+            time.sleep(0.3)
+            self.rewrite(r, "timeout: 10s", "timeout: 1s")
+            self.hup(r, "configuration reloaded from %s (router.timeout)" % r.config, count=2)
+            t0 = time.monotonic()
+            got = b.call(req_hset("t", "k", "new"))
+            elapsed = time.monotonic() - t0
+            self.assertEqual(got.status, 503, got.message)
+            self.assertIn("no answer within router.timeout (1000 ms)", r.stderr())
+            self.assertLess(elapsed, 4.0)
+            self.assertEqual(a.recv().status, 503)  # the link was reset: it failed too
+
     def test_good_config_reaches_router_and_workers(self):
         r = self.metrics_router(shards=2, partitions=8, log="{level: warn, slow_threshold: off}")
         with r.client() as c:
