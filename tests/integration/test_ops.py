@@ -1187,10 +1187,24 @@ class PluginTest(RouterTestCase):
             os.chmod(so, 0o644)
         os.chown(theirs, 65534, 65534)
         os.chown(mine, 65534, 65534)
+        # A link another user owns, in a directory with the sticky bit: the
+        # link's owner may replace it with one to other code.
+        ours = os.path.join(top, "ours.so")
+        shutil.copy("%s/test_deny_writes.so" % PLUGINS, ours)
+        os.chmod(ours, 0o644)
+        sticky = os.path.join(top, "sticky")
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        their_link = os.path.join(sticky, "p.so")
+        os.symlink(ours, their_link)
+        os.lchown(their_link, 65534, 65534)
         for path, why in ((in_theirs, "deny.so is in %s, a directory owned by uid 65534, neither "
                                       "root nor the user kvs runs as" % theirs),
                           (mine, "deny.so is owned by uid 65534, neither root nor the user kvs "
-                                 "runs as")):
+                                 "runs as"),
+                          (their_link, "p.so goes through %s, a symbolic link owned by uid "
+                                       "65534, neither root nor the user kvs runs as"
+                                       % their_link)):
             with self.subTest(path=path):
                 r = self.router(shards=1, start=False)
                 with open(r.config, "a") as f:
