@@ -523,6 +523,11 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
  * output limits and is subject to its input limits until it closes. */
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 
+/* Whether `c`'s socket holds input not read yet (the peer sent something
+ * the loop has not taken in): for an owner choosing a connection to close
+ * as idle. */
+int kvs_conn_input_waiting(const kvs_conn_t *c);
+
 /* Accepts a pending connection from `server` only to refuse it: writes
  * `msg[0..len)` (a complete frame, small enough for the socket buffer; NULL
  * for nothing, as on a TLS listener) if the socket takes it at once, and
