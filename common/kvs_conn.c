@@ -1529,6 +1529,8 @@ int kvs_conn_input_waiting(const kvs_conn_t *c)
 {
     uv_os_fd_t fd;
     int n = 0;
+    if (c->codec == NULL && kvs_frame_dec_ready(&c->dec))
+        return 1;
     if (uv_fileno(&c->h.handle, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0)
         return 0;
     return n > 0;

@@ -523,9 +523,11 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
  * output limits and is subject to its input limits until it closes. */
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 
-/* Whether `c`'s socket holds input not read yet (the peer sent something
- * the loop has not taken in): for an owner choosing a connection to close
- * as idle. */
+/* Whether `c` holds input not taken in yet: bytes in its socket the loop
+ * has not read, or a whole frame read and not delivered (the peer sent
+ * something since). For an owner choosing a connection to close as idle,
+ * or about to take a peer that owes answers for hung after this process
+ * itself was held up. */
 int kvs_conn_input_waiting(const kvs_conn_t *c);
 
 /* Accepts a pending connection from `server` only to refuse it: writes
