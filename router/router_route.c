@@ -3157,8 +3157,8 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
             : kvs_msg_check_keys(payload, len, r->cfg->max_keys, &refused, msg, sizeof(msg));
     if (why == KVS_STATUS_INTERNAL)
         kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
-    else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command (not its table) */
-        router_ops_note(r, req, refused.cmd, NULL, 0, refused.keys);
+    else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command and its table */
+        router_ops_note(r, req, refused.cmd, refused.table, refused.table_len, refused.keys);
     else if (why == KVS_STATUS_OK &&
              (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
         kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));

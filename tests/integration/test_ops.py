@@ -997,6 +997,9 @@ class PluginTest(RouterTestCase):
         self.assertNotIn(("Hmget", "400"), requests)
         self.assertEqual([(e.command, e.status) for e in log.ops.slowlog][1:],
                          [("Hmget", 413), ("Hget", 400), ("Hmset", 413), ("Hmget", 413)])
+        # Both doors name the table of a command refused for its keys (the
+        # protobuf door once handed the hooks none).
+        self.assertEqual([log.ops.slowlog[i].table for i in (1, 3, 4)], ["t", "t", "t"])
         # A worker asked directly counts its refusal as the command too.
         with r.worker_client(0) as w:
             self.assertEqual(w.hmget("t", [b"a", b"b", b"c", b"d"]).status, 413)
