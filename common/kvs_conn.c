@@ -71,6 +71,7 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1524,6 +1525,17 @@ void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)
     c->hard_limit = g->limits.hard_limit;
 }
 
+int kvs_conn_input_waiting(const kvs_conn_t *c)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    if (c->codec == NULL && kvs_frame_dec_ready(&c->dec))
+        return 1;
+    if (uv_fileno(&c->h.handle, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0)
+        return 0;
+    return n > 0;
+}
+
 /* Refusing must not need memory: a listener whose pending connection is
  * not accepted stops accepting for good (libuv polls it again only after
  * uv_accept). Without memory for a handle, the spare takes the
@@ -1550,9 +1562,121 @@ static void on_refused_closed(uv_handle_t *h)
     }
 }
 
+/* A refused connection with a message is closed gently when it can: the
+ * message, then the end of our stream (shutdown), then whatever the peer
+ * sends is read and dropped until it closes too, for at most LINGER_MS.
+ * Closing a socket with unread input sends a reset instead, and a peer
+ * that gets the reset may lose the message written just before it (a
+ * burst of scrapers that sent their requests at once got resets, not the
+ * 503). At most LINGER_MAX at a time (each holds a descriptor, taken from
+ * the reserve kept beside max_clients); past that, or without memory, the
+ * connection is closed at once after reading what it sent already. */
+#define LINGER_MAX 16
+#define LINGER_MS 500
+#define LINGER_READ_MAX 65536 /* bytes read from a lingering peer before it is closed anyway */
+
+typedef struct lingering_s {
+    kvs_listener_t sock; /* first: its handle's address is the struct's */
+    uv_timer_t timer;
+    int open; /* handles not closed yet */
+    size_t got;
+    struct lingering_s *prev, *next; /* lingering: kvs_loop_close_all ends them */
+    char scratch[1024];
+} lingering_t;
+
+static lingering_t *lingering;
+static size_t n_lingering;
+
+static void on_linger_closed(uv_handle_t *h)
+{
+    lingering_t *l = h->data;
+    if (--l->open > 0)
+        return;
+    if (l->prev != NULL)
+        l->prev->next = l->next;
+    else
+        lingering = l->next;
+    if (l->next != NULL)
+        l->next->prev = l->prev;
+    free(l);
+    n_lingering--;
+}
+
+static void linger_end(lingering_t *l)
+{
+    if (!uv_is_closing(&l->sock.handle))
+        uv_close(&l->sock.handle, on_linger_closed);
+    if (!uv_is_closing((uv_handle_t *)&l->timer))
+        uv_close((uv_handle_t *)&l->timer, on_linger_closed);
+}
+
+static void on_linger_timer(uv_timer_t *t)
+{
+    linger_end(t->data);
+}
+
+static void on_linger_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lingering_t *l = h->data;
+    (void)hint;
+    *buf = uv_buf_init(l->scratch, sizeof(l->scratch));
+}
+
+static void on_linger_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    lingering_t *l = s->data;
+    (void)buf;
+    if (n > 0)
+        l->got += (size_t)n;
+    if (n < 0 || l->got > LINGER_READ_MAX)
+        linger_end(l);
+}
+
+/* Reads (and drops) what the refused peer has sent already, for a close
+ * without lingering. */
+static void refuse_drain(uv_stream_t *s)
+{
+    uv_os_fd_t fd;
+    char scratch[4096];
+    if (uv_fileno((uv_handle_t *)s, &fd) != 0)
+        return;
+    for (size_t got = 0; got < LINGER_READ_MAX;) {
+        ssize_t n = recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+        if (n <= 0)
+            return;
+        got += (size_t)n;
+    }
+}
+
+/* `s`, accepted and its message written, lingers (above). Returns 0, or
+ * nonzero when it cannot: the caller closes it. */
+static int linger(lingering_t *l, uv_loop_t *loop)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno(&l->sock.handle, &fd) != 0 || uv_timer_init(loop, &l->timer) != 0)
+        return -1;
+    l->sock.handle.data = l;
+    l->timer.data = l;
+    l->open = 2;
+    l->prev = NULL;
+    l->next = lingering;
+    if (lingering != NULL)
+        lingering->prev = l;
+    lingering = l;
+    n_lingering++;
+    shutdown(fd, SHUT_WR);
+    if (uv_read_start(&l->sock.stream, on_linger_alloc, on_linger_read) != 0 ||
+        uv_timer_start(&l->timer, on_linger_timer, LINGER_MS, 0) != 0)
+        linger_end(l);
+    return 0;
+}
+
 int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
 {
-    kvs_listener_t *h = malloc(sizeof(*h));
+    lingering_t *l = NULL;
+    if (msg != NULL && len > 0 && n_lingering < LINGER_MAX)
+        l = malloc(sizeof(*l));
+    kvs_listener_t *h = l != NULL ? &l->sock : malloc(sizeof(*h));
     if (h == NULL && refuse_spare_busy) {
         for (size_t i = 0; i < refuse_n_waiting; i++)
             if (refuse_waiting[i] == server)
@@ -1572,13 +1696,16 @@ int kvs_conn_refuse(uv_stream_t *server, const void *msg, size_t len)
         if (h == &refuse_spare)
             refuse_spare_busy = 0;
         else
-            free(h);
+            free(h); /* the lingering_t, when l: sock is its first member */
         return rc;
     }
     rc = uv_accept(server, &h->stream);
     if (rc == 0 && msg != NULL && len > 0) {
         uv_buf_t b = uv_buf_init((char *)msg, (unsigned)len);
         uv_try_write(&h->stream, &b, 1); /* best effort: the peer learns why */
+        if (l != NULL && linger(l, server->loop) == 0)
+            return 0;
+        refuse_drain(&h->stream);
     }
     uv_close(&h->handle, on_refused_closed);
     return rc;
@@ -1676,6 +1803,9 @@ static void close_any(uv_handle_t *h, void *arg)
 
 void kvs_loop_close_all(uv_loop_t *loop)
 {
+    for (lingering_t *l = lingering; l != NULL; l = l->next)
+        if (l->timer.loop == loop)
+            linger_end(l); /* freed once both handles closed */
     uv_walk(loop, close_any, NULL);
 }
 

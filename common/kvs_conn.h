@@ -523,6 +523,13 @@ void kvs_conn_group_close(kvs_conn_group_t *g);
  * output limits and is subject to its input limits until it closes. */
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g);
 
+/* Whether `c` holds input not taken in yet: bytes in its socket the loop
+ * has not read, or a whole frame read and not delivered (the peer sent
+ * something since). For an owner choosing a connection to close as idle,
+ * or about to take a peer that owes answers for hung after this process
+ * itself was held up. */
+int kvs_conn_input_waiting(const kvs_conn_t *c);
+
 /* Accepts a pending connection from `server` only to refuse it: writes
  * `msg[0..len)` (a complete frame, small enough for the socket buffer; NULL
  * for nothing, as on a TLS listener) if the socket takes it at once, and

@@ -143,12 +143,13 @@ static int table_listed(kvs_lmdb_reader_t *r, const char *table)
     int rc = mdb_dbi_open(r->txn, NULL, 0, &main_dbi); /* needs no handle slot */
     if (rc == 0)
         rc = mdb_get(r->txn, main_dbi, &k, &v);
-    return rc == 0 ? 0 : kvs_lmdb_err("looking up a table name", rc); /* MDB_NOTFOUND: KVS_ENOTFOUND */
+    return rc == 0 ? 0
+                   : kvs_lmdb_err("looking up a table name", rc); /* MDB_NOTFOUND: KVS_ENOTFOUND */
 }
 
-#define MARK_GONE 1u /* recycle_handles: the table is not in the snapshot */
+#define MARK_GONE 1u                  /* recycle_handles: the table is not in the snapshot */
 #define RECYCLE_IDLE_NS 1000000000ull /* after a look that freed nothing */
-#define RECYCLE_SHARE 10 /* a look costs one lookup per handle: pause 10x its time */
+#define RECYCLE_SHARE 10              /* a look costs one lookup per handle: pause 10x its time */
 
 /* Closes the handles of tables the open snapshot does not hold (the
  * writer dropped them: it drops the tables it empties), so that their
@@ -158,16 +159,18 @@ static int table_listed(kvs_lmdb_reader_t *r, const char *table)
  * reader, a handle is forgotten before it is closed, so nothing reads it
  * again, and one opened in this snapshot (pending) is never closed. A look
  * costs a lookup per handle (up to storage.max_tables, 32,000), so the
- * next one waits RECYCLE_SHARE times as long as it took (the looks take
+ * next one waits RECYCLE_SHARE times the CPU time it took (the looks take
  * at most a tenth of the thread however a client makes and empties
- * tables), and a second after one that freed nothing (the writer holds
+ * tables; CPU time, not wall time, so that a look on a loaded machine,
+ * paused while other processes ran, does not pause the next one for
+ * that too), and a second after one that freed nothing (the writer holds
  * more tables than this reader has room for); reads meanwhile go to the
  * worker (KVS_ELIMIT). Returns how many were closed. */
 static uint32_t recycle_handles(kvs_lmdb_reader_t *r)
 {
-    uint64_t start = kvs_now_ns();
-    if (start < r->recycle_at)
+    if (kvs_now_ns() < r->recycle_at)
         return 0;
+    uint64_t start = kvs_thread_cpu_ns();
     for (uint32_t i = 0; i < r->tables.cap; i++) {
         kvs_dbimap_entry_t *e = &r->tables.slots[i];
         if (e->name != NULL && !e->pending && table_listed(r, e->name) == KVS_ENOTFOUND)
@@ -178,8 +181,8 @@ static uint32_t recycle_handles(kvs_lmdb_reader_t *r)
         mdb_dbi_close(r->env, r->gone[i].dbi);
         free(r->gone[i].name);
     }
-    uint64_t end = kvs_now_ns();
-    r->recycle_at = end + (n == 0 ? RECYCLE_IDLE_NS : RECYCLE_SHARE * (end - start));
+    uint64_t cost = kvs_thread_cpu_ns() - start;
+    r->recycle_at = kvs_now_ns() + (n == 0 ? RECYCLE_IDLE_NS : RECYCLE_SHARE * cost);
     return n;
 }
 

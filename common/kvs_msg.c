@@ -1761,6 +1761,38 @@ size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__Com
     return n;
 }
 
+/* The table the last run of command members names (its last `table`
+ * field, as the decoder keeps), when it is a name kvs accepts (UTF-8, no
+ * NUL, at most KVS_MAX_TABLE bytes): *table points into p. Else none. */
+static void run_table(const uint8_t *p, size_t len, const uint8_t **table, size_t *table_len)
+{
+    const uint8_t *end = p + len, *q, *v, *f;
+    command_run_t run;
+    uint64_t tag = 0, vlen = 0, ftag = 0, flen = 0;
+    *table = NULL, *table_len = 0;
+    if (command_run(p, len, &run) != 0 || run.count == 0)
+        return;
+    for (q = run.at; q < end;) { /* command_run read it whole: nothing fails */
+        (void)read_varint32(&q, end, &tag);
+        v = q;
+        (void)skip_field(&q, end, tag);
+        if (command_member(tag) == 0 || kvs_varint_get(&v, end, &vlen) != 0)
+            continue;
+        for (const uint8_t *m = v, *mend = v + vlen; m < mend;) {
+            if (kvs_varint_get(&m, mend, &ftag) != 0)
+                break;
+            f = m;
+            if (skip_field(&m, mend, ftag) != 0)
+                break;
+            if (ftag == (1 << 3 | 2) && kvs_varint_get(&f, mend, &flen) == 0)
+                *table = f, *table_len = (size_t)flen;
+        }
+    }
+    if (*table != NULL && (*table_len > KVS_MAX_TABLE || !kvs_utf8_valid(*table, *table_len) ||
+                           memchr(*table, '\0', *table_len) != NULL))
+        *table = NULL, *table_len = 0;
+}
+
 uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
                             kvs_msg_refused_t *refused, char *msg, size_t mlen)
 {
@@ -1773,6 +1805,7 @@ uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
     if (refused != NULL) {
         refused->cmd = cmd;
         refused->keys = n < UINT32_MAX ? (uint32_t)n : UINT32_MAX;
+        run_table(p, len, &refused->table, &refused->table_len);
     }
     snprintf(msg, mlen,
              "%s names %zu %s, more than limits.max_keys (%u); nothing was done; send fewer "

@@ -138,12 +138,15 @@ size_t kvs_msg_count_keys(const uint8_t *p, size_t len, Kvs__CommandRequest__Com
 
 /* Refuses a request naming more than `max_keys` keys (limits.max_keys; 0
  * = no limit): returns 200, or 413 with msg saying the command, the count and the
- * limit, and, when `refused` is not NULL, the command and the count (up to
- * UINT32_MAX) in it, for the hooks and metrics. Call before decoding: the
- * count costs no memory, a decode of many keys does. */
+ * limit, and, when `refused` is not NULL, the command, the count (up to
+ * UINT32_MAX) and the table it names (pointing into p; NULL when it names
+ * none kvs would accept) in it, for the hooks and metrics. Call before
+ * decoding: the count costs no memory, a decode of many keys does. */
 typedef struct kvs_msg_refused_s {
     Kvs__CommandRequest__CommandCase cmd;
     uint32_t keys;
+    const uint8_t *table;
+    size_t table_len;
 } kvs_msg_refused_t;
 uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
                             kvs_msg_refused_t *refused, char *msg, size_t mlen);

@@ -133,7 +133,8 @@ static int check_dir(const char *dir, const struct stat *st, const char *where, 
 #define WALK_LINKS 40 /* the kernel's own limit on links in one lookup */
 
 /* Resolves `path` as the kernel would, one name at a time, checking
- * every directory it goes through with check_dir: each one above the file, above every link on
+ * that every link on the way is owned by root or this user, and every
+ * directory it goes through with check_dir: each one above the file, above every link on
  * the way and above what each link leads to (for a relative path, the
  * working directory and each one above it too). A path that cannot be
  * walked (too long, a loop of links, a name that cannot be looked at) is
@@ -205,6 +206,14 @@ static int walk_checked(const char *path, const char *where, const char *name, c
             why = strerror(errno);
             break;
         }
+        if (S_ISLNK(st.st_mode) && st.st_uid != 0 && st.st_uid != geteuid())
+            /* as for the file itself: in a directory with the sticky bit its
+             * owner may replace it with a link to other code */
+            return plugin_error(err, errlen,
+                                "%s: %s goes through %s, a symbolic link owned by uid %u, neither "
+                                "root nor the user kvs runs as: that user could make it name "
+                                "other code",
+                                where, name, next, (unsigned)st.st_uid);
         if (S_ISLNK(st.st_mode)) { /* go on with what it names, then the rest */
             ssize_t got = readlink(next, link, sizeof(link) - 1);
             size_t k = got > 0 ? (size_t)got : 0, tail = strlen(rest);

@@ -1129,8 +1129,8 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
             msg);
     why = kvs_msg_check_keys(payload, len, ctx->max_keys, &refused, msg, sizeof(msg));
     if (why != KVS_STATUS_OK) {
-        if (hooks && !received) /* EXECUTED sees the command refused (its table is not read) */
-            hook_note(ctx, refused.cmd, NULL, 0, refused.keys, 1);
+        if (hooks && !received) /* EXECUTED sees the command refused, and its table */
+            hook_note(ctx, refused.cmd, refused.table, refused.table_len, refused.keys, 1);
         return kvs_msg_append_status(out, why, "%s", msg);
     }
     Kvs__CommandRequest *req = kvs_msg_decode_merged(&ctx->arena, payload, len, &why);

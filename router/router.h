@@ -244,10 +244,10 @@ struct router_req_s {
     uint32_t parts_left;
     struct route_merge_s *merge; /* multi-part state, or NULL */
     int bound_write;             /* a write to a bound table, counted in the session's writes */
-    int wrote_bound;   /* ... and stays so once answered (a later read's retry checks it) */
-    router_try_t try0; /* a single-part request's replicas (multi-part: the merge's) */
-    int fwd_local;     /* a part went to a local worker: counted in the session's `forwarded` */
-    int at_worker;     /* a part went to a worker: counted in the session's `at_workers` */
+    int wrote_bound;    /* ... and stays so once answered (a later read's retry checks it) */
+    router_try_t try0;  /* a single-part request's replicas (multi-part: the merge's) */
+    int fwd_local;      /* a part went to a local worker: counted in the session's `forwarded` */
+    uint32_t at_worker; /* what its parts at workers cost, counted in the session's `at_workers` */
     /* Held back by the session (router_session.h) until earlier writes
      * are answered: the request's bytes, kept until it is routed. */
     int held;

@@ -6,9 +6,10 @@
  * the work:
  *  - at most HTTP_MAX_CONNS connections: at that count a new one takes the
  *    place of the one that waited longest for its client (no scrape in
- *    flight, no answer being written), so that clients holding slots
- *    idle never keep a scrape out; when every one is busy, the new one
- *    gets 503 and is closed;
+ *    flight, no answer being written, nothing read or accepted for
+ *    HTTP_EVICT_IDLE_MS, no input waiting), so that clients holding
+ *    slots idle never keep a scrape out for long;
+ *    when every one is busy, the new one gets 503 and is closed;
  *  - a request (line, headers and any body) may take HTTP_MAX_REQUEST
  *    bytes: past that, 431 while in the headers, 413 in a body, and the
  *    connection is closed;
@@ -65,6 +66,7 @@
 #include <strings.h>
 
 #define HTTP_MAX_CONNS 16
+#define HTTP_EVICT_IDLE_MS 250 /* a connection this quiet may be closed for a new one */
 #define HTTP_MAX_REQUEST 8192u
 #define HTTP_MAX_URL 1024u
 #define HTTP_TIMEOUT_MS 10000u
@@ -463,18 +465,23 @@ static void refuse(router_http_t *h, uv_stream_t *server)
 /* At HTTP_MAX_CONNS: closes the connection that has waited longest for
  * its client (read nothing for the longest time, with no scrape in flight
  * and no answer being written) to make room (a closing one has left the
- * group, which counts the others). Returns 0, or -1 when every connection
- * is busy. */
+ * group, which counts the others). One accepted or read from less than
+ * HTTP_EVICT_IDLE_MS ago, or whose socket holds input not read yet, is
+ * busy too: its request may be on its way in (a burst of scrapers, each
+ * accepted a moment before its request came, each closed the one before
+ * it unanswered). Returns 0, or -1 when every connection is busy. */
 static int evict_one(router_http_t *h)
 {
     http_conn_t *best = NULL;
+    uint64_t now = uv_now(h->loop);
     for (http_conn_t *hc = h->conns; hc != NULL; hc = hc->next)
         if (hc->conn.group != NULL && hc->scrape == NULL && hc->conn.output_since_ms == 0 &&
+            now - hc->conn.last_input_ms >= HTTP_EVICT_IDLE_MS &&
+            !kvs_conn_input_waiting(&hc->conn) &&
             (best == NULL || hc->conn.last_input_ms <= best->conn.last_input_ms))
             best = hc; /* newest first: on a tie, the older one */
     if (best == NULL)
         return -1;
-    uint64_t now = uv_now(h->loop);
     if (h->evicted_log_ms == 0 || now - h->evicted_log_ms >= 10000) {
         h->evicted_log_ms = now;
         kvs_warn("metrics listener: at %d connections, closing the one idle longest (%llu ms) "

@@ -14,7 +14,8 @@
  *    backoff, during a TLS handshake its deadline (router.timeout: a worker
  *    that accepts but never answers must not hold the link forever), while
  *    up it fires at the oldest request's deadline: router.timeout after it
- *    was sent or after the answer before it arrived, whichever is later.
+ *    was sent or after the answer before it arrived, whichever is later
+ *    (or a later request's, when a reload lowered router.timeout: fifo_push).
  *  - The backoff grows while attempts fail, and also while connections
  *    come up and go down at once: it starts over only when a connection
  *    that stayed up for BACKOFF_MAX_MS goes down. A peer that accepts and
@@ -104,7 +105,17 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     p->ctx = ctx;
     p->part = part;
     p->deadline = uv_now(l->loop) + l->timeout_ms;
+    /* The worker answers in order, so a request's answer comes after the
+     * oldest's: only a router.timeout lowered by a reload makes this one's
+     * deadline the earlier, and then the oldest's is brought to it (the
+     * timer watches the oldest): a worker that sends nothing for the new
+     * timeout after this was sent is hung by the new rule. */
+    int sooner = l->count > 0 && l->fifo[l->head].deadline > p->deadline;
+    if (sooner)
+        l->fifo[l->head].deadline = p->deadline;
     l->count++;
+    if (sooner)
+        link_arm_timer(l);
     return 0;
 }
 
@@ -584,7 +595,13 @@ static void on_timer(uv_timer_t *t)
             link_connect(l);
         return;
     }
-    if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
+    if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline && l->conn != NULL &&
+        kvs_conn_input_waiting(l->conn)) {
+        /* The worker did answer: this process did not read it (its loop
+         * was held up: stopped, or busy past the deadline; timers run
+         * before the loop polls for input). Its clock starts again. */
+        l->fifo[l->head].deadline = uv_now(l->loop) + l->timeout_ms;
+    } else if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
         char why[200], state[64];
         snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);
@@ -630,7 +647,8 @@ static void link_arm_timer(router_link_t *l)
         return;
     }
     /* Up: the timer need only fire no later than the oldest request's
-     * deadline. Deadlines only move later, so a timer already due sooner
+     * deadline. Deadlines move later (but for fifo_push's case, which this
+     * re-arms for, as it is sooner than the timer), so a timer already due sooner
      * is kept (it fires early and re-arms), and an idle link keeps its
      * timer until it fires and finds nothing due: re-arming on every
      * answer cost a timer-heap update per request. */

@@ -34,6 +34,7 @@
 #include "router_master_int.h"
 
 #include "kvs_addr.h"
+#include "kvs_cluster.h"
 #include "kvs_conn.h"
 #include "kvs_copied.h"
 #include "kvs_err.h"
@@ -301,6 +302,35 @@ static void warn_unserved_data(const kvs_config_t *cfg)
     }
 }
 
+/* A shard of this node with no data here and no other replica in the
+ * map, on a node that holds another shard's data: a new shard of a node
+ * that ran before, so most likely one a map changed while the nodes were
+ * down moved here (a live change copies it, router_master_change). Its
+ * worker starts it empty, which is right for a new shard and for tables
+ * bound to a topic (they replay it), but rows of tables bound to no topic
+ * stay where the shard was: said once, at start. */
+static void warn_empty_moved_shards(const kvs_config_t *cfg)
+{
+    int ran_before = 0;
+    for (uint32_t s = 0; s < cfg->shards && !ran_before; s++)
+        ran_before = router_master_shard_file(cfg, s, "data.mdb") == 1;
+    if (!ran_before || cfg->n_nodes == 0)
+        return;
+    for (uint32_t s = 0; s < cfg->shards; s++) {
+        kvs_replica_t r[KVS_MAX_REPLICAS];
+        if (!kvs_config_local(cfg, s) || router_master_shard_file(cfg, s, "data.mdb") != 0 ||
+            router_master_shard_file(cfg, s, "moving-in") != 0 ||
+            kvs_cluster_replicas(cfg, s, r, KVS_MAX_REPLICAS, NULL, 0) != 1)
+            continue;
+        kvs_warn("shard %u has no data here and the map names no other replica of it: its worker "
+                 "starts it empty (tables bound to a topic replay it). If another node held it "
+                 "before this map, rows of its tables bound to no topic are still in that node's "
+                 "shard-%u directory: only a live reload moves a shard's only copy (README, "
+                 "Moving a shard)",
+                 s, s);
+    }
+}
+
 /* Checks, then starts everything. Returns 0 (running: the loop decides),
  * or the exit status when nothing could start. */
 int router_master_prepare(master_t *m, const char *argv0)
@@ -320,6 +350,7 @@ int router_master_prepare(master_t *m, const char *argv0)
         return rc;
     router_master_remove_next_paths(m->cfg);
     warn_unserved_data(m->cfg);
+    warn_empty_moved_shards(m->cfg);
     m->n_procs = router_procs_count(m->cfg->router_processes);
     char exe[4200];
     size_t len = sizeof(exe);

@@ -251,20 +251,53 @@ static void release_later(router_t *r, router_session_t *s)
     r->release = s;
 }
 
-/* A part of `req` goes to a worker: counted in its connection's share. */
-static void count_at_worker(router_t *r, router_req_t *req)
+/* What a part carrying `q` (NULL: not decoded), `len` bytes encoded,
+ * costs a worker in units of the fair share (router_session.h). */
+static uint32_t part_cost(const Kvs__CommandRequest *q, size_t len)
 {
-    if (req->at_worker || req->client == NULL)
-        return;
-    req->at_worker = 1;
-    if (router_client_session(req->client)->at_workers++ == 0)
-        r->busy_sessions++;
+    size_t keys = 1;
+    if (q != NULL) {
+        switch (q->command_case) {
+        case KVS__COMMAND_REQUEST__COMMAND_HMSET:
+            keys = q->hmset->n_pairs;
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HMGET:
+            keys = q->hmget->n_keys;
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HMDEL:
+            keys = q->hmdel->n_keys;
+            break;
+        case KVS__COMMAND_REQUEST__COMMAND_HMEXIST:
+            keys = q->hmexist->n_keys;
+            break;
+        default:
+            break;
+        }
+    }
+    size_t cost = 1 + (keys > 1 ? (keys - 1) / ROUTER_FAIR_KEYS : 0) + len / ROUTER_FAIR_BYTES;
+    return cost < ROUTER_FAIR_TOTAL * 64 ? (uint32_t)cost : ROUTER_FAIR_TOTAL * 64;
 }
 
-/* `req` is answered: its connection's share has room for one more. */
+/* A part of `req` that costs `cost` goes to a worker: counted in its
+ * connection's share until `req` is answered. */
+static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
+{
+    if (req->client == NULL)
+        return;
+    router_session_t *s = router_client_session(req->client);
+    if (s->at_workers == 0)
+        r->busy_sessions++;
+    if (cost > UINT32_MAX - s->at_workers) /* unreachable: held long before */
+        cost = UINT32_MAX - s->at_workers;
+    req->at_worker += cost;
+    s->at_workers += cost;
+}
+
+/* `req` is answered: what it cost is off its connection's share. */
 static void at_worker_finished(router_req_t *req)
 {
-    if (!req->at_worker)
+    uint32_t cost = req->at_worker;
+    if (cost == 0)
         return;
     req->at_worker = 0;
     if (req->client == NULL)
@@ -273,7 +306,8 @@ static void at_worker_finished(router_req_t *req)
     router_session_t *s = router_client_session(req->client);
     if (s->at_workers == 0)
         return;
-    if (--s->at_workers == 0 && r->busy_sessions > 0)
+    s->at_workers -= cost < s->at_workers ? cost : s->at_workers;
+    if (s->at_workers == 0 && r->busy_sessions > 0)
         r->busy_sessions--;
     if (s->held != NULL && !share_taken(r, s->at_workers))
         release_later(r, s);
@@ -2137,7 +2171,10 @@ static void send_part(router_t *r, router_req_t *req, uint32_t part, uint32_t sh
     if (read_here(r, req, part, shard, msg != NULL ? (const Kvs__CommandRequest *)msg : q))
         return;
     count_forward(r, req, shard);
-    count_at_worker(r, req);
+    count_at_worker(r, req,
+                    msg != NULL ? part_cost((const Kvs__CommandRequest *)msg,
+                                            protobuf_c_message_get_packed_size(msg))
+                                : part_cost(q, rawlen));
     router_try_t *t = req->merge != NULL ? &req->merge->tries[part] : &req->try0;
     router_send_part(r, req, t, part, shard, msg, raw, rawlen, is_retryable(req->cmd));
 }
@@ -3120,8 +3157,8 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
             : kvs_msg_check_keys(payload, len, r->cfg->max_keys, &refused, msg, sizeof(msg));
     if (why == KVS_STATUS_INTERNAL)
         kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));
-    else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command (not its table) */
-        router_ops_note(r, req, refused.cmd, NULL, 0, refused.keys);
+    else if (why != KVS_STATUS_OK && !received) /* EXECUTED sees the command and its table */
+        router_ops_note(r, req, refused.cmd, refused.table, refused.table_len, refused.keys);
     else if (why == KVS_STATUS_OK &&
              (q = kvs_msg_decode_merged(&r->arena, payload, len, &why)) == NULL)
         kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg));

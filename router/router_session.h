@@ -25,18 +25,26 @@
  *    table reads the write, and reads are never answered out of order
  *    with the requests before them.
  *  - Fair share: workers run what they are sent in the order it came, so
- *    the requests clients have at the workers are what a newcomer's waits
- *    behind. A connection with requests at workers (`at_workers`) is busy;
- *    past an even share of ROUTER_FAIR_TOTAL requests among the busy
- *    connections (at least ROUTER_FAIR_MIN) its further requests are held
- *    like those behind a write, and go as its answers come back. One
- *    connection alone keeps the whole share; many that flood a node each
- *    get their part, and what anyone waits behind at a worker settles at
- *    about ROUTER_FAIR_TOTAL requests (ROUTER_FAIR_MIN each past 64 busy
- *    connections). The share is checked as requests are sent, so
- *    connections that started one after another keep for a while what
- *    they sent while it was larger (up to ROUTER_FAIR_TOTAL times the
- *    n-th harmonic number in all).
+ *    the work clients have at the workers is what a newcomer's request
+ *    waits behind. It is counted in units of about one small request's
+ *    work: a part sent to a worker costs one unit, one more per
+ *    ROUTER_FAIR_KEYS keys it names past the first (an Hmset's pairs, an
+ *    Hmget's keys: a key of a large request costs a worker about an
+ *    eighth of a request of its own), and one more per ROUTER_FAIR_BYTES
+ *    of its encoding (large values). A connection with
+ *    work at workers (`at_workers`) is busy; past an even share of
+ *    ROUTER_FAIR_TOTAL units among the busy connections (at least
+ *    ROUTER_FAIR_MIN) its further requests are held like those behind a
+ *    write, and go as its answers come back (a request alone may cost
+ *    more than the share: one goes whenever its connection has less than
+ *    ROUTER_FAIR_MIN at workers). One connection alone keeps the whole
+ *    share; many that flood a node each get their part, and what anyone
+ *    waits behind at a worker settles at about ROUTER_FAIR_TOTAL units
+ *    (ROUTER_FAIR_MIN each past 64 busy connections) plus a request
+ *    each. The share is checked as requests are sent, so connections that
+ *    started one after another keep for a while what they sent while it
+ *    was larger (up to ROUTER_FAIR_TOTAL times the n-th harmonic number
+ *    in all).
  *
  * Memory: one entry per partition the connection wrote to (at most the
  * bound topics' partitions), plus held requests, which count against the
@@ -53,10 +61,13 @@
 
 typedef struct router_req_s router_req_t;
 
-/* Fair share (above): requests at workers shared by the busy connections,
- * and the least a connection's share may be. */
+/* Fair share (above): units of work at workers shared by the busy
+ * connections, the least a connection's share may be, and the keys and
+ * the bytes of a request's encoding that cost a unit more. */
 #define ROUTER_FAIR_TOTAL 1024
 #define ROUTER_FAIR_MIN 16
+#define ROUTER_FAIR_BYTES 4096
+#define ROUTER_FAIR_KEYS 8
 
 typedef struct router_pos_s {
     uint32_t binding; /* index in cfg->bindings */
@@ -70,7 +81,7 @@ typedef struct router_session_s {
     uint32_t writes;       /* writes to bound tables sent and not answered */
     uint32_t queued;       /* writes to bound tables sent and still in the FIFO, answered or not */
     uint32_t forwarded;    /* requests with a part at a local worker, not answered */
-    uint32_t at_workers;   /* requests with a part at any worker, not answered (fair share) */
+    uint32_t at_workers;   /* units of work of its requests at workers (fair share) */
     uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
     struct router_session_s *next;  /* on the router's release list */

@@ -932,9 +932,9 @@ static int build_hgetall(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
 static int build_table(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv,
                        Kvs__CommandRequest *req)
 {
-    Kvs__Hlen *m = cli_new(c, cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HLEN
-                                  ? &kvs__hlen__descriptor
-                                  : &kvs__hclear__descriptor);
+    Kvs__Hlen *m =
+        cli_new(c, cmd->cc == KVS__COMMAND_REQUEST__COMMAND_HLEN ? &kvs__hlen__descriptor
+                                                                 : &kvs__hclear__descriptor);
     req->command_case = cmd->cc;
     req->hlen = m; /* the oneof members share storage */
     return arg_string(c, "table name", argv[0], &m->table);
@@ -976,8 +976,7 @@ static int run_simple(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     uint32_t want = kvs_msg_request_keys(&req);
     if (cmd->shape == SHAPE_VALUE && want == 0)
         want = 1;
-    if (rc == 0 && (cmd->shape == SHAPE_LIST || cmd->shape == SHAPE_VALUE) &&
-        r->n_values != want) {
+    if (rc == 0 && (cmd->shape == SHAPE_LIST || cmd->shape == SHAPE_VALUE) && r->n_values != want) {
         if (kvs_msg_request_keys(&req) > 0)
             fprintf(stderr,
                     "kvs-cli: protocol error: the answer holds %zu values for %" PRIu32
@@ -1263,9 +1262,17 @@ static int token_text(const cli_arg_t *argv, int argc, char *buf, size_t cap, si
         *len = argv[0].len;
         return 0;
     }
-    if (fgets(buf, (int)cap, stdin) == NULL)
-        return -1;
-    *len = strcspn(buf, "\r\n");
+    /* The first line, whole: a NUL or a lone CR in it is part of it (and
+     * refused, or hashed, as in an argument), not its end. */
+    size_t n = 0;
+    int ch = EOF;
+    while (n < cap && (ch = getchar()) != EOF && ch != '\n')
+        buf[n++] = (char)ch;
+    if (n == cap || (n == 0 && ch == EOF && ferror(stdin)))
+        return -1; /* longer than any token, or unreadable */
+    if (ch == '\n' && n > 0 && buf[n - 1] == '\r')
+        n--; /* a CRLF line end */
+    *len = n;
     return 0;
 }
 

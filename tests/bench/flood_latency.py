@@ -5,11 +5,12 @@ for a few seconds, while one more client sends one HSET at a time and
 times each answer. Prints the command and the newcomer's latency
 percentiles.
 
-  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset] [--seconds 4]
+  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset|hmset] [--seconds 4]
 
 --kind del:  each flooder sends 40 pairs of EXISTS and DEL of 1,024 keys,
              over and over;
---kind hset: each sends 8,192 HSETs of 5,000 hashes, over and over.
+--kind hset: each sends 8,192 HSETs of 5,000 hashes, over and over;
+--kind hmset: each sends 64 HSETs of 1,000 fields of one hash, over and over.
 Loopback only; every socket has a timeout, and the run ends by itself.
 """
 import argparse
@@ -31,15 +32,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("port", type=int)
     ap.add_argument("--clients", type=int, default=30)
-    ap.add_argument("--kind", choices=("del", "hset"), default="del")
+    ap.add_argument("--kind", choices=("del", "hset", "hmset"), default="del")
     ap.add_argument("--seconds", type=float, default=4.0)
     o = ap.parse_args()
     print("# %s" % " ".join([sys.argv[0]] + sys.argv[1:]), flush=True)
     if o.kind == "del":
         keys = ["k%d" % i for i in range(1024)]
         burst = (command("EXISTS", *keys) + command("DEL", *keys)) * 40
-    else:
+    elif o.kind == "hset":
         burst = b"".join(command("HSET", "h%d" % (i % 5000), "f", "v") for i in range(8192))
+    else:
+        pairs = [x for i in range(1000) for x in ("f%d" % i, "v")]
+        burst = b"".join(command("HSET", "m%d" % (i % 8), *pairs) for i in range(64))
     stop = time.monotonic() + o.seconds
     socks = []
 

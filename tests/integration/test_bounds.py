@@ -506,6 +506,35 @@ class RouterBoundsTest(RouterTestCase):
         self.assertEqual(prev[share + 1:], [str(i) for i in range(share + 1, n)])
         self.assertEqual(pyval(other.hget("fair", "x").values[0]), str(n))
 
+    def test_the_fair_share_counts_the_keys_a_request_writes(self):
+        """The share counts work, not requests: 40 pipelined Hmsets of 801
+        keys each are 32,000 key writes, and a newcomer once waited behind
+        all of them (350 ms behind one such flooder, where Redis answers in
+        0.3 ms). Each costs about a hundred units of the 1,024 (one per 8
+        keys past the first, one per 4 KiB), so the router sends about ten
+        and holds the rest: the newcomer's write of the flooder's key runs
+        after one of the first few Hmsets, not after the 40th."""
+        r = self.router(shards=1, partitions=8)
+        n, keys = 40, 801
+        flood, other = r.client(timeout=30), r.client(timeout=30)
+        self.addCleanup(flood.close)
+        self.addCleanup(other.close)
+        with stopped(r.worker_pid(0)):
+            flood.send(*[req_hmset("wfair", [(b"x", str(i))] +
+                                   [(b"k%d" % j, "v") for j in range(keys - 1)])
+                         for i in range(1, n + 1)])
+            time.sleep(0.5)  # routed: the share sent, the rest held
+            other.send(req_hset("wfair", "x", "other"))
+            time.sleep(0.3)
+        got = other.recv()
+        self.assertOk(got)
+        ran_before = int(pyval(got.values[0]))
+        self.assertGreaterEqual(ran_before, 2)
+        self.assertLessEqual(ran_before, 16)
+        prev = [pyval(flood.recv().values[0]) for _ in range(n)]
+        self.assertEqual(prev[ran_before], "other")  # the held ones ran after it, in order
+        self.assertEqual(pyval(other.hget("wfair", "x").values[0]), str(n))
+
     def count_answers(self, sock, n, idle=10.0):
         """Reads frames from `sock` until `n` came or none came for `idle`
         seconds; returns how many came."""

@@ -8,6 +8,8 @@ The fixture is self-contained on purpose (no dependency on kvstest.py).
 Environment: KVS_BUILD_DIR (default ../../build) locates kvs-node, kvs-cli
 and py/kvs_pb2.py (also found through PYTHONPATH).
 """
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -487,6 +489,42 @@ class CliTest(unittest.TestCase):
             self.assertEqual(p.returncode, 2, p.stderr)
             self.assertIn(expect, p.stderr)
             self.assertLess(elapsed, 2.5)
+
+
+class HashTokenTest(unittest.TestCase):
+    """kvs-cli hash-token: the hash it prints is PBKDF2-HMAC-SHA256 of the
+    whole token, from the argument or stdin's first line alike."""
+
+    def hash_of(self, args, stdin=b""):
+        p = subprocess.run([CLI, "hash-token"] + args, input=stdin, capture_output=True,
+                           timeout=20)
+        return p.returncode, p.stdout.decode().strip(), p.stderr.decode()
+
+    def assertHashes(self, stored, token):
+        scheme, iterations, salt, digest = stored.split("$")
+        self.assertEqual(scheme, "pbkdf2-sha256")
+        unb64 = lambda t: base64.b64decode(t + "=" * (-len(t) % 4))
+        want = hashlib.pbkdf2_hmac("sha256", token, unb64(salt), int(iterations), 32)
+        self.assertEqual(unb64(digest), want, "not the hash of %r" % token)
+
+    def test_stdin_and_argument_hash_the_same_whole_token(self):
+        for token in (b"alice-pw", b"ab\rcdef", "s\u00e9cret \u2713".encode()):
+            rc, out, err = self.hash_of([token.decode(), "1000"])
+            self.assertEqual(rc, 0, err)
+            self.assertHashes(out, token)
+            for end in (b"\n", b"\r\n", b""):
+                rc, out, err = self.hash_of(["-", "1000"], token + end + b"second line\n"
+                                            if end else token)
+                self.assertEqual(rc, 0, err)
+                self.assertHashes(out, token)
+
+    def test_a_token_on_stdin_with_a_nul_is_refused_not_cut_short(self):
+        # Stdin's first line was cut at its first NUL or CR: a NUL after
+        # one byte made the hash of a one-byte token, exit 0.
+        for stdin in (b"A\x00\xc3\xa9secret\n", b"\x00\n", b"\n", b"", b"x" * 5000 + b"\n"):
+            rc, out, err = self.hash_of(["-", "1000"], stdin)
+            self.assertEqual((rc, out), (2, ""), stdin[:20])
+            self.assertIn("give a token of 1 to", err)
 
 
 class FakeServer:

@@ -151,6 +151,30 @@ class HungProcessTest(RouterTestCase):
             self.assertTrue(write.outcome_unknown)
         self.assertIn("the requests in flight may or may not have been applied", r.stderr())
 
+    def test_a_router_held_up_past_router_timeout_takes_the_answers_waiting_for_it(self):
+        """A worker that answered is not hung because the router process
+        itself did not read the answers in time (stopped, or its loop busy
+        past router.timeout): its timers run before it polls for input, so
+        it took every link for hung and failed 200 writes the workers had
+        applied, 503 "may or may not have been applied"."""
+        r = self.router(shards=2, partitions=8, timeout="1s",
+                        router_yaml=["liveness_timeout: 20s"])
+        keys = keys_by_shard("k", 100, 8, 2)
+        reqs = [req_hset("t", k, "v") for ks in keys.values() for k in ks]
+        router = router_pids(r)[0]
+        with r.client(timeout=20) as c:
+            with stopped(r.worker_pid(0), r.worker_pid(1)):
+                c.send(*reqs)
+                time.sleep(0.5)  # sent to the workers, which answer once they run
+                os.kill(router, signal.SIGSTOP)
+            try:
+                time.sleep(2.0)  # the answers wait in the router's sockets, past router.timeout
+            finally:
+                os.kill(router, signal.SIGCONT)
+            got = [c.recv() for _ in reqs]
+        self.assertEqual([(a.status, a.message) for a in got if a.status != 200], [])
+        self.assertNotIn("no answer within router.timeout", r.stderr())
+
     def test_info_and_slowlog_with_a_stopped_worker(self):
         r = self.node(log="{level: info, slow_threshold: 0}")
         with stopped(r.worker_pid(0)):

@@ -1060,6 +1060,15 @@ class MembershipTest(ReplicaFixtures, unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(a.data_dir, "shard-0", "data.mdb")))
         self.assertEqual(a.stop(), 0)
         self.assertEqual(b.stop(), 0)
+        # A shard new to a node that ran before, with no other replica in a
+        # map changed while the nodes were down, starts empty: the start
+        # says where rows of its tables bound to no topic may be (once).
+        empty = "has no data here and the map names no other replica of it"
+        self.assertNotIn(empty, a.stderr())
+        set_map(a, {"a": [0, 1, 2], "b": [0, 1, 3]}, bases)
+        a.start()
+        self.assertEqual(re.findall(r"shard (\d+) " + empty, a.stderr()), ["2"])
+        self.assertEqual(a.stop(), 0)
 
     def test_a_change_whose_new_worker_never_serves_fails_and_the_old_map_serves_on(self):
         layout = {"a": [0, 1], "b": [0, 1, 2, 3]}

@@ -1472,13 +1472,32 @@ KVS_TEST(count_keys_on_the_wire)
     CHECK_EQ(cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET);
     CHECK_EQ(kvs_msg_check_keys(p, len, 5, NULL, text, sizeof(text)), KVS_STATUS_OK);
     CHECK_EQ(kvs_msg_check_keys(p, len, 0, NULL, text, sizeof(text)), KVS_STATUS_OK); /* no limit */
-    kvs_msg_refused_t refused = {0, 0};
+    kvs_msg_refused_t refused = {0, 0, NULL, 0};
     CHECK_EQ(kvs_msg_check_keys(p, len, 4, &refused, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
     CHECK_STR(text, "Hmset names 5 pairs, more than limits.max_keys (4); nothing was done; "
                     "send fewer keys per request");
     CHECK_EQ(refused.cmd, KVS__COMMAND_REQUEST__COMMAND_HMSET); /* for the hooks */
     CHECK_EQ(refused.keys, 5);
+    CHECK(refused.table_len == 6 && memcmp(refused.table, "events", 6) == 0); /* and its table */
     free(p);
+    /* A table name kvs would refuse (a NUL in it) is not handed on. */
+    Kvs__Hmget bad = KVS__HMGET__INIT;
+    Kvs__CommandRequest badq = KVS__COMMAND_REQUEST__INIT;
+    ProtobufCBinaryData bkeys[3] = {{1, (uint8_t *)"a"}, {1, (uint8_t *)"b"}, {1, (uint8_t *)"c"}};
+    bad.table = "ev";
+    bad.n_keys = 3;
+    bad.keys = bkeys;
+    badq.command_case = KVS__COMMAND_REQUEST__COMMAND_HMGET;
+    badq.hmget = &bad;
+    uint8_t wire[64];
+    len = kvs__command_request__pack(&badq, wire);
+    uint8_t *t = memchr(wire, 'e', len);
+    CHECK(t != NULL && t[1] == 'v');
+    CHECK_EQ(kvs_msg_check_keys(wire, len, 2, &refused, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK(refused.table_len == 2 && memcmp(refused.table, "ev", 2) == 0);
+    t[1] = '\0';
+    CHECK_EQ(kvs_msg_check_keys(wire, len, 2, &refused, text, sizeof(text)), KVS_STATUS_TOO_LARGE);
+    CHECK(refused.table == NULL && refused.table_len == 0);
 
     /* A command field sent twice in a row: both count (the decoder
      * merges them, as protobuf does); an unknown fixed32 or fixed64 field
@@ -2583,8 +2602,7 @@ KVS_TEST(long_status_message_is_cut_at_a_character)
 }
 
 KVS_TEST_MAIN(
-    KVS_CASE(largest_pair_of_a_write),
-    KVS_CASE(utf8_cut_never_ends_inside_a_character),
+    KVS_CASE(largest_pair_of_a_write), KVS_CASE(utf8_cut_never_ends_inside_a_character),
     KVS_CASE(long_status_message_is_cut_at_a_character),
     KVS_CASE(request_table_sent_is_the_name_on_the_wire),
     KVS_CASE(decode_response_is_held_to_the_budget),
