@@ -152,6 +152,31 @@ static unsigned mb_collect(unsigned nlabels, va_list ap, const char **labels)
     return nlabels;
 }
 
+void kvs_mb_tls_reloads(kvs_mb_t *b, kvs_tls_ctx_t *const *ctx, size_t n, const char *role,
+                        const char *who_label, const char *who)
+{
+    Kvs__MetricFamily *f =
+        kvs_mb_family(b, "kvs_tls_reloads_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                      "TLS certificate, key and CA reloads (SIGHUP) by settings and result: ok, "
+                      "error (the files did not load: the previous material is still used).");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t ok, failed;
+        if (ctx[i] == NULL)
+            continue;
+        kvs_tls_ctx_reloads(ctx[i], &ok, &failed);
+        const char *what = kvs_tls_ctx_what(ctx[i]);
+        if (who_label != NULL) {
+            kvs_mb_sample(b, f, (double)ok, 4, "role", role, who_label, who, "tls", what, "result",
+                          "ok");
+            kvs_mb_sample(b, f, (double)failed, 4, "role", role, who_label, who, "tls", what,
+                          "result", "error");
+        } else {
+            kvs_mb_sample(b, f, (double)ok, 3, "role", role, "tls", what, "result", "ok");
+            kvs_mb_sample(b, f, (double)failed, 3, "role", role, "tls", what, "result", "error");
+        }
+    }
+}
+
 void kvs_mb_sample(kvs_mb_t *b, Kvs__MetricFamily *f, double value, unsigned nlabels, ...)
 {
     const char *labels[2 * MB_MAX_LABELS];

@@ -25,6 +25,7 @@
 #include "kvs_msg.h"
 
 #include "kvs_time.h"
+#include "kvs_tls.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -153,6 +154,14 @@ void kvs_mb_hist(kvs_mb_t *b, Kvs__MetricFamily *f, const kvs_hist_t *h, const u
  * <prefix>request_duration_seconds. */
 void kvs_mb_requests(kvs_mb_t *b, const kvs_req_metrics_t *m, const char *prefix, const char *what,
                      unsigned nlabels, const char *const *labels);
+
+/* kvs_tls_reloads_total: the SIGHUP reloads of each TLS context of
+ * ctx[0..n) that is not NULL, by settings (tls.router, ...) and result
+ * (ok, error: the previous material kept), labelled role=`role` and
+ * who_label=`who` (shard; NULL: none, the caller's process label comes
+ * later). */
+void kvs_mb_tls_reloads(kvs_mb_t *b, kvs_tls_ctx_t *const *ctx, size_t n, const char *role,
+                        const char *who_label, const char *who);
 
 /* The process's own: kvs_process_resident_memory_bytes,
  * kvs_process_cpu_seconds_total, kvs_process_open_fds,

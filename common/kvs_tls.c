@@ -52,6 +52,7 @@ struct kvs_tls_ctx_s {
     SSL_CTX *ssl;
     kvs_tls_opts_t o; /* strings below are copies */
     char *cert, *key, *ca, *ciphers, *ciphersuites, *what;
+    uint64_t reloads[2]; /* kvs_tls_ctx_reload: taken, failed */
 };
 
 /* Where a byte stream stands among units that are a header (a type byte,
@@ -515,11 +516,18 @@ int kvs_tls_ctx_reload(kvs_tls_ctx_t *c, char *err, size_t errlen)
 {
     SSL_CTX *s;
     int rc = ctx_build(c, &s, err, errlen);
+    c->reloads[rc != 0]++;
     if (rc != 0)
         return rc;
     SSL_CTX_free(c->ssl); /* open sessions hold their own reference */
     c->ssl = s;
     return 0;
+}
+
+void kvs_tls_ctx_reloads(const kvs_tls_ctx_t *c, uint64_t *ok, uint64_t *failed)
+{
+    *ok = c->reloads[0];
+    *failed = c->reloads[1];
 }
 
 const char *kvs_tls_ctx_what(const kvs_tls_ctx_t *c)

@@ -100,6 +100,10 @@ int kvs_tls_ctx_new(const kvs_tls_opts_t *o, kvs_tls_ctx_t **out, char *err, siz
  * failure nothing changes and err says why. Returns 0 or KVS_ECONFIG. */
 int kvs_tls_ctx_reload(kvs_tls_ctx_t *c, char *err, size_t errlen);
 
+/* How many kvs_tls_ctx_reload calls took new material, and how many
+ * failed (the previous material kept), for the metrics. */
+void kvs_tls_ctx_reloads(const kvs_tls_ctx_t *c, uint64_t *ok, uint64_t *failed);
+
 /* The settings' name ("tls.router"). */
 const char *kvs_tls_ctx_what(const kvs_tls_ctx_t *c);
 

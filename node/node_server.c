@@ -1176,6 +1176,10 @@ static void server_metrics(void *arg, kvs_mb_t *b)
     for (int i = 0; i < 3; i++)
         kvs_mb_sample(b, f, (double)srv->reloads[i], 3, "role", "node", "shard", srv->shard_label,
                       "result", results[i]);
+    kvs_tls_ctx_t *tls = NULL; /* tls.node: the TCP listeners' (they share it) */
+    for (int i = 0; i < srv->n_listeners && tls == NULL; i++)
+        tls = srv->listener_tls[i];
+    kvs_mb_tls_reloads(b, &tls, 1, "node", "shard", srv->shard_label);
     kvs_mb_process(b, srv->start_time, 2, process);
 }
 

@@ -609,6 +609,8 @@ static void main_metrics(router_t *r, kvs_mb_t *b)
     static const char *const results[] = {"ok", "error", "refused"};
     for (int i = 0; i < 3; i++)
         kvs_mb_sample(b, f, (double)m->reloads[i], 2, "role", "router", "result", results[i]);
+    kvs_tls_ctx_t *const tls[] = {r->tls, r->link_tls};
+    kvs_mb_tls_reloads(b, tls, 2, "router", NULL, NULL);
     kvs_mb_process(b, m->start_time, 1, labels);
 }
 

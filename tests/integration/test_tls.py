@@ -392,6 +392,17 @@ class TlsRouterTest(RouterTestCase):
         self.assertIn("tls.router: reload failed, still using the previous material", r.stderr())
         with r.client() as c:
             self.assertEqual(c.sock.getpeercert()["subject"], ((("commonName", "kvs-node-b"),),))
+            # The metrics say so too (kvs_config_reloads_total says ok: the
+            # config file was taken both times).
+            m = c.call(pb.CommandRequest(metrics=pb.Metrics()))
+        reloads = {}
+        for f in m.ops.metrics:
+            for smp in f.samples:
+                ls = dict(zip(smp.labels[::2], smp.labels[1::2]))
+                if f.name == "kvs_tls_reloads_total":
+                    reloads[(ls["role"], ls["tls"], ls["result"])] = smp.value
+        self.assertEqual(reloads, {("router", "tls.router", "ok"): 1,
+                                   ("router", "tls.router", "error"): 1})
         self.assertTrue(r.alive())
         self.assertEqual(r.stop(), 0)
 
@@ -554,6 +565,12 @@ class TlsNodeTest(NodeTestCase):
         self.assertIn("tls.node certificate, key and CA reloaded", n.stderr())
         with n.client() as c:
             self.assertEqual(c.ping().message, "PONG")
+            m = c.call(pb.CommandRequest(metrics=pb.Metrics()))
+        reloads = {tuple(smp.labels): smp.value for f in m.ops.metrics
+                   if f.name == "kvs_tls_reloads_total" for smp in f.samples}
+        self.assertEqual(sorted(reloads.items()), [
+            (("role", "node", "shard", "0", "tls", "tls.node", "result", "error"), 0),
+            (("role", "node", "shard", "0", "tls", "tls.node", "result", "ok"), 1)])
 
 
 class TlsClusterTest(RouterTestCase):
