@@ -21,17 +21,27 @@ static size_t next_token(const unsigned char *p, size_t n, char tok[8])
     return k;
 }
 
-void cli_text_put(FILE *f, const char *s)
+static void put_escaped(FILE *f, const char *s, int backslash)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t n = strlen(s);
     char tok[8];
     while (n > 0) {
         size_t k = next_token(p, n, tok);
-        fputs(tok, f);
+        fputs(backslash && p[0] == '\\' ? "\\x5c" : tok, f);
         p += k;
         n -= k;
     }
+}
+
+void cli_text_put(FILE *f, const char *s)
+{
+    put_escaped(f, s, 0);
+}
+
+void cli_text_put_field(FILE *f, const char *s)
+{
+    put_escaped(f, s, 1);
 }
 
 void cli_text_copy(char *out, size_t cap, const char *s)

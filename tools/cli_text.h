@@ -16,6 +16,11 @@
 /* Writes s to f, escaped as above. */
 void cli_text_put(FILE *f, const char *s);
 
+/* Writes s to f escaped as above, and a backslash as \x5c too: a field
+ * of machine-read output (--raw), which a reader can then decode
+ * exactly (a name holding the text "\x0a" is not one holding a newline). */
+void cli_text_put_field(FILE *f, const char *s);
+
 /* Copies s into out[0..cap) escaped as above, cut at a whole character
  * when it does not fit; out is always terminated (cap > 0). */
 void cli_text_copy(char *out, size_t cap, const char *s);

@@ -1180,13 +1180,13 @@ static void put_slowlog_entry(const cli_t *c, size_t i, const Kvs__SlowlogEntry 
     if (c->raw) {
         printf("%" PRIu64 "\t%s.%03dZ\t%" PRIu64 "\t", e->id, when,
                (int)(e->time_us % 1000000 / 1000), e->duration_us);
-        cli_text_put(stdout, e->command);
+        cli_text_put_field(stdout, e->command);
         putchar('\t');
-        cli_text_put(stdout, e->table);
+        cli_text_put_field(stdout, e->table);
         printf("\t%" PRIu32 "\t%" PRIu32 "\t", e->keys, e->status);
-        cli_text_put(stdout, e->client);
+        cli_text_put_field(stdout, e->client);
         putchar('\t');
-        cli_text_put(stdout, e->client_name);
+        cli_text_put_field(stdout, e->client_name);
         putchar('\n');
         return;
     }

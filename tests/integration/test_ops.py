@@ -706,6 +706,16 @@ class SlowlogTest(RouterTestCase):
         fields = [ln.split(b"\t") for ln in raw.stdout.splitlines()]
         self.assertTrue(all(len(f) == 9 for f in fields), fields)
         self.assertIn(b"hello-named", [f[8] for f in fields if f[3] == b"Hlen"])
+        # A table named with the text "\x0a" and one with a newline in it
+        # print apart in --raw fields, each decoding to its own name.
+        with r.client() as c:
+            for name in ("a\\x0ab", "a\nb"):
+                self.assertEqual(c.hset(name, "k", 1).status, 200)
+        raw = subprocess.run([CLI, "--port", str(r.port), "--raw", "slowlog", "2"],
+                             capture_output=True, timeout=20)
+        self.assertEqual(raw.returncode, 0, raw.stderr)
+        tables = [ln.split(b"\t")[4] for ln in raw.stdout.splitlines()]
+        self.assertEqual(tables, [b"a\\x0ab", b"a\\x5cx0ab"])
         # An entry names the client as it was named when the command was
         # read, as Redis logs the name a command ran under, also when the
         # client renames itself before the answer comes (workers stopped).
