@@ -595,13 +595,13 @@ static void on_timer(uv_timer_t *t)
             link_connect(l);
         return;
     }
-    if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline && l->conn != NULL &&
-        kvs_conn_input_waiting(l->conn)) {
+    int due = l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline;
+    if (due && l->conn != NULL && kvs_conn_input_waiting(l->conn)) {
         /* The worker did answer: this process did not read it (its loop
          * was held up: stopped, or busy past the deadline; timers run
          * before the loop polls for input). Its clock starts again. */
         l->fifo[l->head].deadline = uv_now(l->loop) + l->timeout_ms;
-    } else if (l->count > 0 && uv_now(l->loop) >= l->fifo[l->head].deadline) {
+    } else if (due) {
         char why[200], state[64];
         snprintf(state, sizeof(state), "no answer within router.timeout (%llu ms)",
                  (unsigned long long)l->timeout_ms);

@@ -279,7 +279,9 @@ static uint32_t part_cost(const Kvs__CommandRequest *q, size_t len)
 }
 
 /* A part of `req` that costs `cost` goes to a worker: counted in its
- * connection's share until `req` is answered. */
+ * connection's share until `req` is answered. No sum overflows: a request
+ * is sent only below the share (1,024), and its parts (at most one per
+ * shard, 1,024) cost at most 65,536 each. */
 static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
 {
     if (req->client == NULL)
@@ -287,8 +289,6 @@ static void count_at_worker(router_t *r, router_req_t *req, uint32_t cost)
     router_session_t *s = router_client_session(req->client);
     if (s->at_workers == 0)
         r->busy_sessions++;
-    if (cost > UINT32_MAX - s->at_workers) /* unreachable: held long before */
-        cost = UINT32_MAX - s->at_workers;
     req->at_worker += cost;
     s->at_workers += cost;
 }

@@ -380,8 +380,7 @@ class FullDiskStartTest(RouterTestCase):
         # worker died of SIGBUS at start, saying nothing. Their blocks are
         # now allocated first: a clear error, and the worker starts once
         # the disk has room again.
-        r = self.router(shards=1, start=False, router_yaml=["ready_timeout: 60s"])
-        mount_tmpfs(self, r.data_dir, "4M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        r = self.tmpfs_router("4M", shards=1, router_yaml=["ready_timeout: 60s"])
         filler = os.path.join(r.data_dir, "filler")
         subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=64k"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -398,6 +397,13 @@ class FullDiskStartTest(RouterTestCase):
         with r.client() as c:
             self.assertEqual(c.hset("t", "k", "v").status, 200)
         self.assertNotIn("SIGBUS", r.stderr())
+
+    def tmpfs_router(self, size, **kw):
+        """A router, not started, whose data directory is a tmpfs of
+        `size` (skipped where no tmpfs can be mounted)."""
+        r = self.router(start=False, **kw)
+        mount_tmpfs(self, r.data_dir, size, r.kill_all, "cannot mount a tmpfs here (not root?)")
+        return r
 
     def fill_small(self, c, refusals):
         """Writes 100-byte values to table t, 50 a pipeline, until `refusals`
@@ -425,8 +431,7 @@ class FullDiskStartTest(RouterTestCase):
         worker now keeps room past its data for deletes: every delete
         commits, and once deletes freed pages, writes that fit in them
         are taken again."""
-        r = self.router(shards=2, partitions=8, start=False)
-        mount_tmpfs(self, r.data_dir, "6M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        r = self.tmpfs_router("6M", shards=2, partitions=8)
         r.start()
         with r.client() as c:
             stored = self.fill_small(c, 100)
@@ -451,8 +456,7 @@ class FullDiskStartTest(RouterTestCase):
         nothing, and then a quarter of single deletes failed for good (a
         probe: 540 of 2,000). Such writes now take at most the room above
         its half, so every delete commits."""
-        r = self.router(shards=1, partitions=8, start=False)
-        mount_tmpfs(self, r.data_dir, "8M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        r = self.tmpfs_router("8M", shards=1, partitions=8)
         r.start()
         with r.client() as c:
             stored = self.fill_small(c, 50)
@@ -467,8 +471,7 @@ class FullDiskStartTest(RouterTestCase):
         for it again at most a second after refusing a write: once space
         is freed outside kvs, writes are taken again, and the log says
         so."""
-        r = self.router(shards=1, partitions=8, start=False)
-        mount_tmpfs(self, r.data_dir, "6M", r.kill_all, "cannot mount a tmpfs here (not root?)")
+        r = self.tmpfs_router("6M", shards=1, partitions=8)
         filler = os.path.join(r.data_dir, "filler")
         with open(filler, "wb") as f:
             f.write(b"\0" * (2 << 20))
