@@ -633,6 +633,15 @@ static int conn_can_deliver(const kvs_conn_t *c)
     return kvs_conn_pending(c) < c->high_water;
 }
 
+/* Whether c's group has spent its bound on this turn's deliveries, with
+ * `extra` ns of c's current delivery counted in. */
+static int group_turn_spent(const kvs_conn_t *c, uint64_t extra)
+{
+    const kvs_conn_group_t *g = c->group;
+    return g != NULL && g->turn_budget_ns != 0 && !c->turn_exempt &&
+           g->turn_spent_ns + extra >= g->turn_budget_ns;
+}
+
 /* Hands every complete buffered frame to on_frame, until delivery is no
  * longer allowed. */
 static void conn_deliver(kvs_conn_t *c)
@@ -641,8 +650,14 @@ static void conn_deliver(kvs_conn_t *c)
         return; /* the outer loop picks up the rest */
     c->flags |= KVS_CONN_DELIVERING;
     uint64_t since = kvs_now_ns(), now = since, turn = uv_now(c->h.handle.loop);
+    kvs_conn_group_t *g = c->group;
     int more = 0; /* frames left for the next turn: the slice is over */
+    int held = 0; /* ... or the group's turn is */
     while (conn_can_deliver(c)) {
+        if (group_turn_spent(c, now - since) && conn_ready(c)) {
+            held = 1;
+            break;
+        }
         const uint8_t *p;
         size_t len;
         int rc = conn_next(c, &p, &len);
@@ -678,6 +693,12 @@ static void conn_deliver(kvs_conn_t *c)
         c->turn_ms = turn;
     }
     c->turn_ns += now - since;
+    if (g != NULL)
+        g->turn_spent_ns += now - since;
+    if (held) {
+        g->turns_held++;
+        c->flags |= KVS_CONN_YIELDED;
+    }
     /* Past the turn's budget reading stops, whether this delivery ran out
      * of its slice or not: reads whose frames each take less than a
      * slice would otherwise go on for all of libuv's 32. The rest after
@@ -687,7 +708,7 @@ static void conn_deliver(kvs_conn_t *c)
     int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
     if (spent)
         c->flags |= KVS_CONN_YIELDED;
-    if (more || spent)
+    if (more || spent || held)
         conn_kick_after(c, 1);
     conn_update_reading(c);
 }
@@ -1504,10 +1525,37 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
     }
 }
 
+static void on_turn_end(uv_check_t *h)
+{
+    kvs_conn_group_t *g = h->data;
+    g->turn_spent_ns = 0;
+}
+
+int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns)
+{
+    if (!g->turn_end_on) {
+        int rc = uv_check_init(g->loop, &g->turn_end);
+        if (rc != 0)
+            return rc;
+        g->turn_end.data = g;
+        g->turn_end_on = 1;
+        uv_check_start(&g->turn_end, on_turn_end);
+        uv_unref((uv_handle_t *)&g->turn_end);
+    }
+    g->turn_budget_ns = ns;
+    g->turn_spent_ns = 0;
+    return 0;
+}
+
 void kvs_conn_group_close(kvs_conn_group_t *g)
 {
     uv_timer_stop(&g->sweep);
     uv_close((uv_handle_t *)&g->sweep, NULL);
+    if (g->turn_end_on) {
+        uv_check_stop(&g->turn_end);
+        uv_close((uv_handle_t *)&g->turn_end, NULL);
+        g->turn_end_on = 0;
+    }
 }
 
 void kvs_conn_join(kvs_conn_t *c, kvs_conn_group_t *g)

@@ -206,6 +206,8 @@ struct kvs_conn_s {
     uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
     uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
     uint64_t turn_budget_ns;        /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
+    int turn_exempt;                /* not held by its group's bound on a turn (the owner's own
+                                       peers: the master's scrape link) */
     uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
     int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
     uint64_t partial_since_ms;      /* loop time an incomplete frame started to wait (0: none) */
@@ -470,6 +472,11 @@ struct kvs_conn_group_s {
     uint64_t bytes_out;          /* bytes members wrote */
     kvs_log_budget_t log_budget; /* the lines members cause (closing a peer that broke a rule) */
     char log_what[64];           /* "lines about clients", the budget's name */
+    uint64_t turn_budget_ns;     /* members' deliveries between two polls (0: no bound) */
+    uint64_t turn_spent_ns;      /* ... so far since the last poll's callbacks ran */
+    uint64_t turns_held;         /* deliveries put off to a later turn by that bound */
+    uv_check_t turn_end;         /* after each poll's callbacks: turn_spent_ns starts over */
+    int turn_end_on;             /* turn_end was initialized (closed with the group) */
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -515,6 +522,17 @@ int kvs_conn_may_log(kvs_conn_t *c);
  * hard limit is closed when it next queues output), timeouts from the next
  * sweep, the input budget from the next read. */
 void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *limits);
+
+/* Bounds the time the members' frames may take together in one loop
+ * turn (from the end of one poll's callbacks to the end of the next:
+ * the kicks of members held before run first, then the new reads):
+ * once `ns` are spent, a member about to deliver holds its frames, stops
+ * reading and is kicked in a later turn, after those held before it. A
+ * connection's own budget (turn_budget_ns) bounds one member; this bounds
+ * them all, so many busy members cannot keep the loop from polling, its
+ * timers and the connections of no group (links) for members x slice.
+ * 0 lifts the bound. Returns 0 or a uv error. */
+int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns);
 
 /* Closes the group's timer (members must have left or be closing). */
 void kvs_conn_group_close(kvs_conn_group_t *g);

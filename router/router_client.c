@@ -619,9 +619,8 @@ static void on_connection(uv_stream_t *server, int status)
     cl->conn.on_delivered = on_delivered;
     cl->conn.stamp_reads = 1;
     /* A router commits nothing per turn (a worker does), so a client's
-     * requests take a slice of its turn, not the worker's 20 ms: twenty
-     * clients pipelining costly requests cost the others 100 ms a turn,
-     * not 400. */
+     * requests take a slice of its turn, not the worker's 20 ms; the
+     * group bounds them all (router_client_listen). */
     cl->conn.turn_budget_ns = KVS_CONN_SLICE_NS;
     kvs_conn_join(&cl->conn, &r->group);
     cl->next = r->clients;
@@ -633,6 +632,7 @@ static void on_connection(uv_stream_t *server, int status)
     /* The master's scrape link stays connected, idle between scrapes:
      * limits.idle_timeout is for clients of the front doors. */
     cl->conn.keep_idle = admin;
+    cl->conn.turn_exempt = admin; /* ... and its scrapes are not held behind clients */
     r->n_admin_clients += (size_t)admin;
     int rc = kvs_conn_accept_tls(&cl->conn, server, r->tls != NULL && !admin ? r->tls : NULL);
     /* Tokens only where nobody can overhear them. The private socket's
@@ -786,6 +786,14 @@ int router_clients_listen(router_t *r)
     kvs_conn_limits_t limits;
     kvs_conn_limits_from_config(&limits, r->cfg);
     rc = kvs_conn_group_init(&r->group, r->loop, &limits, "client");
+    if (rc != 0)
+        return rc;
+    /* Each client's frames take a slice a turn (on_connection), all of
+     * them together KVS_CONN_TURN_NS: a thousand clients
+     * pipelining costly local reads would otherwise hold a turn for
+     * seconds, the links' answers unread and the heartbeat unsent (the
+     * master then kills the process, every client with it). */
+    rc = kvs_conn_group_bound_turn(&r->group, KVS_CONN_TURN_NS);
     if (rc != 0)
         return rc;
     /* Its own socket first: a process that cannot have it never joins

@@ -200,6 +200,11 @@ static void client_metrics(router_t *r, kvs_mb_t *b)
                   kvs_mb_family(b, "kvs_client_sent_bytes_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                                 "Bytes written to clients (both protocols)."),
                   (double)r->group.bytes_out, 0);
+    kvs_mb_sample(b,
+                  kvs_mb_family(b, "kvs_client_turns_held_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+                                "Times a client's requests waited for a later loop turn because "
+                                "all clients' requests had run 20 ms of this one."),
+                  (double)r->group.turns_held, 0);
 }
 
 static void link_metrics(router_t *r, kvs_mb_t *b)

@@ -5,12 +5,15 @@ for a few seconds, while one more client sends one HSET at a time and
 times each answer. Prints the command and the newcomer's latency
 percentiles.
 
-  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset|hmset] [--seconds 4]
+  tests/bench/flood_latency.py PORT [--clients 30] [--kind del|hset|hmset|hgetall] [--seconds 4]
 
 --kind del:  each flooder sends 40 pairs of EXISTS and DEL of 1,024 keys,
              over and over;
 --kind hset: each sends 8,192 HSETs of 5,000 hashes, over and over;
---kind hmset: each sends 64 HSETs of 1,000 fields of one hash, over and over.
+--kind hmset: each sends 64 HSETs of 1,000 fields of one hash, over and over;
+--kind hgetall: one hash of 100,000 fields is made first; each sends 256
+             HGETALLs of it, over and over, and the newcomer HGETs one of
+             its fields (the same shard's work) instead of its HSET.
 Loopback only; every socket has a timeout, and the run ends by itself.
 """
 import argparse
@@ -28,11 +31,26 @@ def command(*args):
     return out
 
 
+def make_big(port):
+    """The hash the hgetall flood reads: 100,000 fields of 16 bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    for i in range(0, 100000, 10000):
+        pairs = [x for j in range(i, i + 10000) for x in ("f%d" % j, "v" * 16)]
+        s.sendall(command("HSET", "big", *pairs))
+        got = b""
+        while not got.endswith(b"\r\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                sys.exit("the server closed the connection that makes the hash")
+            got += chunk
+    s.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("port", type=int)
     ap.add_argument("--clients", type=int, default=30)
-    ap.add_argument("--kind", choices=("del", "hset", "hmset"), default="del")
+    ap.add_argument("--kind", choices=("del", "hset", "hmset", "hgetall"), default="del")
     ap.add_argument("--seconds", type=float, default=4.0)
     o = ap.parse_args()
     print("# %s" % " ".join([sys.argv[0]] + sys.argv[1:]), flush=True)
@@ -41,9 +59,14 @@ def main():
         burst = (command("EXISTS", *keys) + command("DEL", *keys)) * 40
     elif o.kind == "hset":
         burst = b"".join(command("HSET", "h%d" % (i % 5000), "f", "v") for i in range(8192))
-    else:
+    elif o.kind == "hmset":
         pairs = [x for i in range(1000) for x in ("f%d" % i, "v")]
         burst = b"".join(command("HSET", "m%d" % (i % 8), *pairs) for i in range(64))
+    else:
+        make_big(o.port)
+        burst = command("HGETALL", "big") * 256
+    probe = command("HGET", "big", "f1") if o.kind == "hgetall" else command("HSET", "newcomer",
+                                                                             "f", "v")
     stop = time.monotonic() + o.seconds
     socks = []
 
@@ -67,10 +90,14 @@ def main():
     lat = []
     while time.monotonic() < stop - 0.2:
         t0 = time.perf_counter()
-        c.sendall(command("HSET", "newcomer", "f", "v"))
+        c.sendall(probe)
         got = b""
-        while not got.endswith(b"\r\n"):
-            chunk = c.recv(100)
+        while not got.endswith(b"\r\n") or got.startswith(b"$") and got.count(b"\r\n") < 2:
+            try:
+                chunk = c.recv(100)
+            except socket.timeout:
+                sys.exit("the newcomer's request had no answer within 10 s (after %d answered)"
+                         % len(lat))
             if not chunk:
                 sys.exit("the server closed the newcomer's connection")
             got += chunk
@@ -83,8 +110,8 @@ def main():
     def pct(p):
         return lat[min(len(lat) - 1, int(len(lat) * p))] * 1e3
 
-    print("newcomer HSETs: %d, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms"
-          % (len(lat), pct(0.5), pct(0.9), pct(0.99), lat[-1] * 1e3))
+    print("newcomer %ss: %d, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms"
+          % ("HGET" if o.kind == "hgetall" else "HSET", len(lat), pct(0.5), pct(0.9), pct(0.99), lat[-1] * 1e3))
 
 
 if __name__ == "__main__":

@@ -556,6 +556,50 @@ class FairnessTest(LocalReadsCase):
             for _ in range(60):  # and the pipeline is answered whole
                 self.assertEqual(c.recv().status, 413)
 
+    def test_many_pipelines_of_costly_local_reads_leave_the_loop_its_turns(self):
+        """Forty clients each pipeline two Hgetall of a table of 280,000
+        pairs (some 70 ms of the router's own work each). A connection's
+        frames run one slice a loop turn, but forty connections' slices
+        held one turn for 40 x 70 ms: the heartbeat went unsent and the
+        master killed the router process (router.liveness_timeout 2 s),
+        every client with it. The clients' deliveries of a loop turn are
+        now bounded together: the loop turns every request or so, its
+        heartbeat goes out, and every pipeline is answered whole."""
+        mport = free_port()
+        r = self.local_router(router_yaml=["liveness_timeout: 2s",
+                                           'metrics_listen: "127.0.0.1:%d"' % mport])
+        pid = router_pids(r)[0]
+        with r.client(timeout=60) as c:
+            keys = [b"%07d" % i for i in range(280000)]
+            for i in range(0, len(keys), 50000):
+                resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
+                self.assertEqual(resp.status, 200, resp.message)
+        clients = [r.client(timeout=120) for _ in range(40)]
+        for c in clients:
+            self.addCleanup(c.close)
+        for c in clients:
+            self.assertEqual(c.ping().status, 200)  # every one is accepted and served
+        for c in clients:
+            c.send_raw(encode(req_hgetall("big")) * 2)
+        oldest = 0.0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # the master's view while they run
+            status, _, body = http_get(mport)
+            self.assertEqual(status, 200, body)
+            m = parse_metrics(body)
+            self.assertEqual(total(m, "kvs_router_liveness_kills_total"), 0, r.stderr()[-3000:])
+            oldest = max(oldest, total(m, "kvs_router_heartbeat_age_seconds"))
+            time.sleep(0.1)
+        for c in clients:
+            for _ in range(2):
+                self.assertEqual(c.recv().status, 413)
+        self.assertEqual(router_pids(r)[0], pid, r.stderr()[-3000:])
+        self.assertNotIn("sent no heartbeat", r.stderr())
+        status, _, body = http_get(mport)
+        self.assertGreater(total(parse_metrics(body), "kvs_client_turns_held_total"), 0)
+        # Sent every 0.5 s: one at most a request late.
+        self.assertLess(oldest, 1.5, "the heartbeat was %.2f s old" % oldest)
+
 
 class ProcessesTest(LocalReadsCase):
     def conn_on(self, r, index, tries=200):

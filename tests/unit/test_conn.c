@@ -92,6 +92,7 @@ struct server_s {
     int turns, frame_turn, same_turn, max_same_turn; /* frames per loop turn */
     uint64_t frame_ns;                               /* costly_frame: each one's cost */
     uint64_t turn_budget_ns;                         /* the connection's (0: the default) */
+    uint64_t group_turn_ns;                          /* its group's bound (use_group) */
 };
 
 /* ---- server side --------------------------------------------------------- */
@@ -391,6 +392,8 @@ static void server_run(server_t *s)
     s->done.data = s;
     if (s->use_group)
         CHECK_EQ(kvs_conn_group_init(&s->group, &s->loop, &s->limits, "test client"), 0);
+    if (s->group_turn_ns != 0)
+        CHECK_EQ(kvs_conn_group_bound_turn(&s->group, s->group_turn_ns), 0);
     server_listen(s);
 
     CHECK_EQ(pthread_create(&s->thread, NULL, client_main, s), 0);
@@ -1635,18 +1638,27 @@ static void client_costly_pipeline(server_t *s, int fd)
  * seconds). A check handle counts the loop's turns (a turn's timers, the
  * kick among them, and its reads come before it): at most four 6 ms frames
  * fit a 20 ms turn, one more passes it. */
-static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
+static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t group_ns)
 {
     server_t s;
     server_init(&s, 1, client_costly_pipeline);
     s.on_frame = costly_frame;
     s.frame_ns = frame_ns;
     s.turn_budget_ns = budget_ns;
+    s.use_group = group_ns != 0;
+    s.group_turn_ns = group_ns;
     s.deadline_ms = 20000;
     server_run(&s);
     CHECK_EQ(s.frames, COSTLY_FRAMES);
     CHECK(s.max_same_turn >= 1);
+    if (group_ns != 0)
+        CHECK(s.group.turns_held > 0);
     return s.max_same_turn;
+}
+
+static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
+{
+    return costly_group_run(frame_ns, budget_ns, 0);
 }
 
 KVS_TEST(costly_frames_yield_the_loop_between_slices)
@@ -1666,6 +1678,14 @@ KVS_TEST(frames_within_a_slice_still_yield_at_the_turns_budget)
 KVS_TEST(an_owners_turn_budget_is_kept)
 {
     CHECK(costly_run(2000000, KVS_CONN_SLICE_NS) <= 5); /* 2 in 5 ms, one past it (+2) */
+}
+
+/* A group's bound on its members' deliveries of a turn holds a member
+ * whose own budget is larger: the rest wait for a later turn, and every
+ * frame is still delivered. */
+KVS_TEST(a_groups_turn_bound_holds_its_members)
+{
+    CHECK(costly_group_run(2000000, 0, 4000000) <= 4); /* 2 in 4 ms, one past it (+1) */
 }
 
 static void never(uv_timer_t *t)
@@ -1808,38 +1828,36 @@ KVS_TEST(peer_gone_after_a_tcp_reset_which_abort_sends)
     CHECK_EQ(uv_loop_close(&loop), 0);
 }
 
-KVS_TEST_MAIN(KVS_CASE(loop_close_all_leaves_nothing_to_run),
-              KVS_CASE(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event),
-              KVS_CASE(a_wake_never_spins_a_flusher_whose_check_is_gone),
-              KVS_CASE(echo_pipelined_frames_tcp), KVS_CASE(echo_pipelined_frames_unix),
-              KVS_CASE(oversized_header_gets_last_response_then_close),
-              KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
-              KVS_CASE(flusher_before_runs_before_bytes_leave),
-              KVS_CASE(backpressure_stops_and_resumes_reading),
-              KVS_CASE(pause_resume_delivers_buffered_frames),
-              KVS_CASE(output_mark_stops_execution_not_just_reading),
-              KVS_CASE(output_cap_holds_across_a_reload_and_lifts),
-              KVS_CASE(hard_limit_closes_with_held_output),
-              KVS_CASE(output_larger_than_a_write_leaves_whole),
-              KVS_CASE(buffers_shrink_after_a_burst),
-              KVS_CASE(frame_timeout_closes_a_stalled_frame),
-              KVS_CASE(frame_timeout_spares_a_frame_that_completes),
-              KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
-              KVS_CASE(idle_timeout_closes_an_idle_member),
-              KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
-              KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
-              KVS_CASE(deadline_closes_a_member_that_keeps_talking),
-              KVS_CASE(deadline_counts_once_the_output_is_written),
-              KVS_CASE(deadline_taken_away_closes_nothing),
-              KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
-              KVS_CASE(output_timeout_spares_a_member_that_reads),
-              KVS_CASE(min_progress_closes_a_member_that_stops_reading),
-              KVS_CASE(min_progress_counts_what_the_socket_still_holds),
-              KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
-              KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
-              KVS_CASE(on_delivered_follows_each_run_of_frames),
-              KVS_CASE(costly_frames_yield_the_loop_between_slices),
-              KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
-              KVS_CASE(an_owners_turn_budget_is_kept),
-              KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
-              KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
+KVS_TEST_MAIN(
+    KVS_CASE(loop_close_all_leaves_nothing_to_run),
+    KVS_CASE(output_queued_by_a_timer_leaves_without_waiting_for_the_next_event),
+    KVS_CASE(a_wake_never_spins_a_flusher_whose_check_is_gone), KVS_CASE(echo_pipelined_frames_tcp),
+    KVS_CASE(echo_pipelined_frames_unix), KVS_CASE(oversized_header_gets_last_response_then_close),
+    KVS_CASE(compressed_frame_is_eproto_then_close), KVS_CASE(peer_eof_is_eclosed),
+    KVS_CASE(flusher_before_runs_before_bytes_leave),
+    KVS_CASE(backpressure_stops_and_resumes_reading),
+    KVS_CASE(pause_resume_delivers_buffered_frames),
+    KVS_CASE(output_mark_stops_execution_not_just_reading),
+    KVS_CASE(output_cap_holds_across_a_reload_and_lifts),
+    KVS_CASE(hard_limit_closes_with_held_output), KVS_CASE(output_larger_than_a_write_leaves_whole),
+    KVS_CASE(buffers_shrink_after_a_burst), KVS_CASE(frame_timeout_closes_a_stalled_frame),
+    KVS_CASE(frame_timeout_spares_a_frame_that_completes),
+    KVS_CASE(input_budget_refuses_a_frame_that_does_not_fit),
+    KVS_CASE(idle_timeout_closes_an_idle_member),
+    KVS_CASE(auth_timeout_closes_a_member_that_never_authenticates),
+    KVS_CASE(auth_timeout_spares_a_member_that_authenticated),
+    KVS_CASE(deadline_closes_a_member_that_keeps_talking),
+    KVS_CASE(deadline_counts_once_the_output_is_written),
+    KVS_CASE(deadline_taken_away_closes_nothing),
+    KVS_CASE(output_timeout_closes_a_member_that_does_not_read),
+    KVS_CASE(output_timeout_spares_a_member_that_reads),
+    KVS_CASE(min_progress_closes_a_member_that_stops_reading),
+    KVS_CASE(min_progress_counts_what_the_socket_still_holds),
+    KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
+    KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
+    KVS_CASE(on_delivered_follows_each_run_of_frames),
+    KVS_CASE(costly_frames_yield_the_loop_between_slices),
+    KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
+    KVS_CASE(an_owners_turn_budget_is_kept), KVS_CASE(a_groups_turn_bound_holds_its_members),
+    KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
+    KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
