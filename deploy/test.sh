@@ -10,10 +10,15 @@ export KVS_DEPS_FLAGS=--test
 # The release build is the one deploy/start.sh makes (same directory, same
 # -O3 flags): what the tests pass is what the start command runs, and a
 # warning only -O3 finds fails here, not on a user's first start.
+# Each phase says how long it took (SECONDS: bash's clock), so a run that
+# nears CI's 15 minutes shows where they went.
 echo "== release build"
 "$top/deploy/build.sh" "$top/build" -DCMAKE_BUILD_TYPE=Release
+echo "== release build took ${SECONDS} s (packages checked first)"
+start=$SECONDS
 echo "== sanitizer build (ASan + UBSan)"
 "$top/deploy/build.sh" "$top/build-asan" -DCMAKE_BUILD_TYPE=Debug -DKVS_SANITIZE=ON
+echo "== sanitizer build took $((SECONDS - start)) s"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
