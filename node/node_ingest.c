@@ -1086,6 +1086,11 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
     pt->fetch_at = -1;
     if (pt->next >= 0 && pt->next > hi) {
         pt->diverged = 1;
+        /* The brokers' word now, after any of this worker's own records
+         * they acknowledged: those are in a log that is gone, and an end
+         * past them would say the partition ends above what was applied. */
+        pt->produced_end = -1;
+        pt->asked_end = hi;
         if (in->state != NULL)
             kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings),
                                         (uint32_t)p, 1);

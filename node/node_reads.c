@@ -116,15 +116,17 @@ static int answer_diverged(const check_t *c, kvs_buf_t *out)
     if (in != NULL && node_ingest_log_short(in, c->b, c->partition))
         return kvs_msg_append_status(
             out, KVS_STATUS_UNAVAILABLE,
-            "the brokers say topic %s partition %u ends at offset %lld, below offset %lld this "
-            "worker applied: checking whether its log diverged (the topic deleted and created "
+            "the brokers say topic %s partition %u's end offset (the next record's) is %lld, "
+            "below offset %lld this worker applied: checking whether its log diverged (the topic "
+            "deleted and created "
             "again, or its log truncated; README: \"When a topic's log diverges\"); retry "
             "shortly, or set accept_stale to read what it has",
             c->b->topic, c->partition, (long long)c->state.end, applied_to(c));
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
-        "diverged: topic %s partition %u now ends at offset %lld, but this worker had applied it "
-        "up to offset %lld (the topic was deleted and created again, or its log was truncated); "
+        "diverged: topic %s partition %u's end offset (the next record's) is now %lld, but this "
+        "worker had applied it up to offset %lld (the topic was deleted and created again, or its "
+        "log was truncated); "
         "the partition is not ingested until its table is rebuilt from the topic (README: "
         "\"When a topic's log diverges\"); set accept_stale to read what it has",
         c->b->topic, c->partition, (long long)c->state.end, applied_to(c));
@@ -157,9 +159,9 @@ static int answer_ahead(const check_t *c, kvs_buf_t *out)
     return kvs_msg_append_status(
         out, KVS_STATUS_UNAVAILABLE,
         "position ahead of the topic: the read needs offset %lld of topic %s partition %u, but "
-        "the partition ends at offset %lld as far as this worker knows; pass a position kvs "
-        "returned, or retry shortly if it was just written",
-        (long long)c->need, c->b->topic, c->partition, (long long)c->state.end - 1);
+        "the partition's end offset (the next record's) is %lld as far as this worker knows; "
+        "pass a position kvs returned, or retry shortly if it was just written",
+        (long long)c->need, c->b->topic, c->partition, (long long)c->state.end);
 }
 
 static int answer_starting(const check_t *c, kvs_buf_t *out)

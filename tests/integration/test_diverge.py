@@ -33,7 +33,9 @@ Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
 import os
 import resource
+import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -52,6 +54,63 @@ TOPIC = "users"
 def stale(req):
     req.accept_stale = True
     return req
+
+
+class Forwarder:
+    """A bootstrap address on loopback whose brokers can be swapped: each
+    connection is forwarded to `target` ("host:port") as it is when the
+    connection comes. So a running worker can be shown another cluster at
+    the address it was given (its client learns the new brokers' own
+    addresses from their metadata)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.stopping = threading.Event()
+        self.socks = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.bootstrap = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while not self.stopping.is_set():
+            try:
+                c, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            host, port = self.target.split(",")[0].rsplit(":", 1)
+            try:
+                u = socket.create_connection((host, int(port)), timeout=5)
+            except OSError:
+                c.close()
+                continue
+            for x in (c, u):
+                x.settimeout(None)
+                self.socks.append(x)
+            threading.Thread(target=self.pipe, args=(c, u), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(u, c), daemon=True).start()
+
+    @staticmethod
+    def pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stopping.set()
+        self.listener.close()
+        for x in self.socks:
+            x.close()
 
 
 @unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
@@ -145,6 +204,39 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         parts = self.wait_caught_up(r, TOPIC, ends)
         self.assertEqual({p: parts[p]["diverged"] for p in (0, 1)}, {0: 0, 1: 0})
         self.assert_values(r.addr, "users", first)
+
+    def test_a_diverged_partition_shows_the_brokers_end_not_its_own_writes(self):
+        """A log-first write, then the log it went to is gone under the
+        running worker (mock a dies; mock b, with 5 records, answers at
+        the same bootstrap address): the partition diverges, and Info and
+        the 503 give the brokers' end offset. They gave the end past the
+        worker's own write (51), which said the log ended above what it
+        had applied (offset 50)."""
+        a = self.mock({TOPIC: 1})
+        produce(a.bootstrap, TOPIC, [(b"k%d" % i, b"a") for i in range(50)])
+        fwd = Forwarder(a.bootstrap)
+        self.addCleanup(fwd.close)
+        r = self.router(fwd, [(TOPIC, "users", "raw", 1)], shards=1,
+                        properties={"topic.metadata.refresh.interval.ms": "1000"})
+        self.wait_caught_up(r, TOPIC, {0: 50})
+        with Client(r.addr) as c:
+            resp = c.call(req_hset("users", b"k1", b"mine"))
+            self.assertEqual(resp.status, 200, resp.message)
+        self.wait_caught_up(r, TOPIC, {0: 51})
+        a.close()
+        b = self.mock({TOPIC: 1})
+        produce(b.bootstrap, TOPIC, [(b"k%d" % i, b"b") for i in range(5)])
+        fwd.target = b.bootstrap
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 30),
+                        "the partition must be found diverged: %r" % self.parts(r))
+        part = self.parts(r)[0]
+        self.assertEqual((part["end_offset"], part["next_offset"]), (5, 51), part)
+        with Client(r.addr) as c:
+            resp = c.call(req_hget("users", b"k1"))
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("diverged: topic users partition 0's end offset (the next record's) "
+                          "is now 5, but this worker had applied it up to offset 50",
+                          resp.message)
 
     def test_rebuild_takes_the_new_topic(self):
         r, a, b, first, second, ends = self.recreate()

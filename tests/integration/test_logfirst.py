@@ -218,7 +218,8 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 5000)])))
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("position ahead of the topic: the read needs offset 5000 of topic "
-                          "users partition 1, but the partition ends at offset 11", resp.message)
+                          "users partition 1, but the partition's end offset (the next record's) is 12",
+                          resp.message)
             self.assertLess(time.monotonic() - t0, 1.0)
             # whole-table reads wait for every partition of the shard
             resp = c.call(with_options(req_hgetall("users"), pos_token([(topic, 1, 11)])))
@@ -264,7 +265,8 @@ class FreshnessTest(FreshnessFixtures, unittest.TestCase):
             resp = c.call(with_options(req_hget("users", key), pos_token([(topic, 1, 9)])))
             self.assertEqual(resp.status, 503, resp.message)
             self.assertIn("position ahead of the topic: the read needs offset 9 of topic users "
-                          "partition 1, but the partition ends at offset 1", resp.message)
+                          "partition 1, but the partition's end offset (the next record's) is 2",
+                          resp.message)
             self.assertLess(time.monotonic() - t0, 1.5)
 
     def test_an_unanswered_end_probe_does_not_refuse_reads_questions(self):
