@@ -115,6 +115,16 @@ class Forwarder:
 
 @unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
 class DivergeTest(KafkaFixtures, unittest.TestCase):
+    def router(self, mock, bindings, one_cluster=True, env=None, **kw):
+        """A topic \"created again\" here is a topic of another mock, which
+        is another Kafka cluster (its own id): one_cluster makes the worker
+        take it for the same cluster, as a topic created again in the same
+        Kafka is (KVS_TEST_ONE_CLUSTER)."""
+        env = dict(env or {})
+        if one_cluster:
+            env["KVS_TEST_ONE_CLUSTER"] = "1"
+        return super().router(mock, bindings, env=env, **kw)
+
     def point_at(self, router, old, new):
         """Rewrites the router's config to use the brokers of mock `new`
         instead of `old`."""
@@ -237,6 +247,64 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("diverged: topic users partition 0's end offset (the next record's) "
                           "is now 5, but this worker had applied it up to offset 50",
                           resp.message)
+
+    def test_brokers_that_become_another_cluster_diverge_until_rebuilt(self):
+        """The brokers at the bootstrap address become another Kafka
+        cluster (mock a dies; mock b answers there) whose log is longer
+        than what was applied: its offsets are other records. They were
+        ingested from the stored offset on (records 50..119 of b applied
+        over a's 0..49); now the topic diverges as a whole, by the
+        cluster's id stored with its records, also across a restart, and
+        a Rebuild reads it from b's start."""
+        a = self.mock({TOPIC: 1})
+        produce(a.bootstrap, TOPIC, [(b"k%d" % i, b"a-%d" % i) for i in range(50)])
+        fwd = Forwarder(a.bootstrap)
+        self.addCleanup(fwd.close)
+        r = self.router(fwd, [(TOPIC, "users", "raw", 1)], shards=1, one_cluster=False,
+                        properties={"topic.metadata.refresh.interval.ms": "1000"})
+        self.wait_caught_up(r, TOPIC, {0: 50})
+        a.close()
+        b = self.mock({TOPIC: 1})
+        produce(b.bootstrap, TOPIC, [(b"k%d" % i, b"b-%d" % i) for i in range(120)])
+        fwd.target = b.bootstrap
+
+        def moved():
+            self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 30),
+                            "the topic must be found diverged: %r" % self.parts(r))
+            time.sleep(1.0)  # and nothing of b's applied meanwhile either
+            part = self.parts(r)[0]
+            self.assertEqual((part["next_offset"], part["serving"]), (50, 0), part)
+            with Client(r.addr) as c:
+                resp = c.call(req_hget("users", b"k1"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertRegex(resp.message, r"diverged: topic users partition 0: the topic "
+                                 r"was applied from Kafka cluster \"[^\"]+\", and the brokers are "
+                                 r"now cluster \"[^\"]+\"")
+                self.assertIn("accept_stale", resp.message)
+                resp = c.call(stale(req_hget("users", b"k1")))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"a-1"), resp.message)
+                resp = c.call(stale(req_hget("users", b"k60")))
+                self.assertEqual(resp.status, 404, resp.message)
+                resp = c.call(req_hset("users", b"k1", b"new"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("was applied from Kafka cluster", resp.message)
+            self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 120),
+                             "a refused write must not reach the topic")
+
+        moved()
+        self.assertIn("DIVERGED: the brokers are Kafka cluster", r.stderr())
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.start()
+        moved()  # the id the records came from is stored with them
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, out + err)
+        self.wait_caught_up(r, TOPIC, {0: 120})
+        with Client(r.addr) as c:
+            for k in (b"k1", b"k60"):
+                resp = c.call(req_hget("users", k))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"b-" + k[1:]),
+                                 resp.message)
 
     def test_rebuild_takes_the_new_topic(self):
         r, a, b, first, second, ends = self.recreate()
