@@ -367,9 +367,14 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
  * the id of the cluster its records came from ("cluster/<topic>", with
  * the first records applied under it), and every batch first compares it
  * with the cluster the consumer (and, for log-first writes, the producer)
- * is connected to now: librdkafka keeps the id the brokers' metadata last
- * reported, and takes the new one before it fetches from that cluster.
- * Another id makes the topic's partitions diverged, as a log that ends
+ * is connected to now, as does every tick and every log-first write before
+ * it produces. librdkafka keeps the id the brokers' metadata last reported;
+ * it may fetch from a new cluster's broker before it reads that cluster's
+ * metadata (a consumer learns its group coordinator's address without
+ * any), so records of the new cluster can be applied before the check sees
+ * the change: the verdict then covers them too (the table is never served
+ * as current again until rebuilt). Another id makes the topic's partitions
+ * diverged, as a log that ends
  * below what was applied does: not ingested, reads and writes refused,
  * until a Rebuild reads the topic from the new cluster's start. Brokers
  * too old to report an id are not compared; a topic stored by an earlier
@@ -1344,9 +1349,15 @@ static void range_start(node_ingest_t *in)
     uv_queue_work(in->loop, &in->range_work, range_work, range_done);
 }
 
+void node_ingest_check_cluster(node_ingest_t *in)
+{
+    if (in != NULL && !in->stopping)
+        cluster_check(in);
+}
+
 const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b)
 {
-    topic_t *t = topic_of_binding(in, b);
+    topic_t *t = in != NULL ? topic_of_binding(in, b) : NULL;
     return t != NULL ? t->moved_why : NULL;
 }
 
@@ -1612,6 +1623,7 @@ static void on_tick(uv_timer_t *h)
     }
     if (!in->assigned)
         return;
+    cluster_check(in); /* also while no record comes */
     commit_group(in);
     range_start(in); /* partitions out of range the brokers did not answer for */
     check_start(in);

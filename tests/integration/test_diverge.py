@@ -31,6 +31,7 @@ drops the oldest batches beyond.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
+import itertools
 import os
 import resource
 import socket
@@ -262,9 +263,12 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         cluster (mock a dies; mock b answers there) whose log is longer
         than what was applied: its offsets are other records. They were
         ingested from the stored offset on (records 50..119 of b applied
-        over a's 0..49); now the topic diverges as a whole, by the
-        cluster's id stored with its records, also across a restart, and
-        a Rebuild reads it from b's start."""
+        over a's 0..49, served as current for good); now the topic
+        diverges as a whole, by the cluster's id stored with its records,
+        also across a restart (which then applies nothing of b's), and a
+        Rebuild reads it from b's start. librdkafka may fetch from b before
+        it reads b's metadata, so some of b's records may be applied in the
+        moment before the change is seen (README)."""
         a = self.mock({TOPIC: 1})
         produce(a.bootstrap, TOPIC, [(b"k%d" % i, b"a-%d" % i) for i in range(50)])
         fwd = Forwarder(a.bootstrap)
@@ -280,14 +284,25 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             # sanitizer build's heap hands out the same addresses each run.
             self.skipTest("both mock clusters have the id %s" % a_id)
         produce(b.bootstrap, TOPIC, [(b"k%d" % i, b"b-%d" % i) for i in range(120)])
+        answers, stop = [], threading.Event()
+
+        def write():  # log-first writes while the brokers change
+            with Client(r.addr, timeout=30) as c:
+                for i in itertools.count():
+                    if stop.is_set():
+                        break
+                    answers.append(c.call(req_hset("users", b"w%d" % i, b"x")))
+                    time.sleep(0.2)
+
+        writer = threading.Thread(target=write)
+        writer.start()
         fwd.target = b.bootstrap
 
         def moved():
             self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 30),
                             "the topic must be found diverged: %r" % self.parts(r))
-            time.sleep(1.0)  # and nothing of b's applied meanwhile either
             part = self.parts(r)[0]
-            self.assertEqual((part["next_offset"], part["serving"]), (50, 0), part)
+            self.assertEqual(part["serving"], 0, part)
             with Client(r.addr) as c:
                 resp = c.call(req_hget("users", b"k1"))
                 self.assertEqual(resp.status, 503, resp.message)
@@ -296,24 +311,40 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
                                  r"now cluster \"[^\"]+\"")
                 self.assertIn("accept_stale", resp.message)
                 resp = c.call(stale(req_hget("users", b"k1")))
-                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"a-1"), resp.message)
-                resp = c.call(stale(req_hget("users", b"k60")))
-                self.assertEqual(resp.status, 404, resp.message)
+                self.assertEqual(resp.status, 200, resp.message)
                 resp = c.call(req_hset("users", b"k1", b"new"))
                 self.assertEqual(resp.status, 503, resp.message)
                 self.assertIn("was applied from Kafka cluster", resp.message)
-            self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 120),
-                             "a refused write must not reach the topic")
+            return part["next_offset"]
 
-        moved()
+        applied = moved()
+        stop.set()
+        writer.join(40)
+        self.assertGreaterEqual(applied, 50)
+        # None was taken, nor said to be applied later, once it could
+        # reach the new cluster: one the producer sent there before a
+        # check saw the change is in that log, and may or may not count.
+        for resp in answers:
+            if resp.status == 200:
+                self.assertFalse(resp.message, "written before the change")
+                continue
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertNotIn("will be applied", resp.message)
+            if "Kafka acknowledged" in resp.message:
+                self.assertTrue(resp.outcome_unknown, resp.message)
+        sent = sum("Kafka acknowledged" in resp.message for resp in answers)
+        self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 120 + sent),
+                         "a refused write must not reach the topic")
         self.assertIn("DIVERGED: the brokers are Kafka cluster", r.stderr())
         self.assertEqual(r.stop(), 0)
         self.assertTrue(r.wait_all_gone())
         r.start()
-        moved()  # the id the records came from is stored with them
+        # The id the records came from is stored with them: at a start the
+        # check comes before any record, so nothing more of b's is applied.
+        self.assertEqual(moved(), applied)
         rc, out, err = self.cli(r, "rebuild", "users")
         self.assertEqual(rc, 0, out + err)
-        self.wait_caught_up(r, TOPIC, {0: 120})
+        self.wait_caught_up(r, TOPIC, {0: 120 + sent})
         with Client(r.addr) as c:
             for k in (b"k1", b"k60"):
                 resp = c.call(req_hget("users", k))
