@@ -633,13 +633,78 @@ static int conn_can_deliver(const kvs_conn_t *c)
     return kvs_conn_pending(c) < c->high_water;
 }
 
+/* Whether c's group bounds its deliveries of a turn. */
+static int group_bounds(const kvs_conn_t *c)
+{
+    return c->group != NULL && c->group->turn_budget_ns != 0 && !c->turn_exempt;
+}
+
 /* Whether c's group has spent its bound on this turn's deliveries, with
  * `extra` ns of c's current delivery counted in. */
 static int group_turn_spent(const kvs_conn_t *c, uint64_t extra)
 {
-    const kvs_conn_group_t *g = c->group;
-    return g != NULL && g->turn_budget_ns != 0 && !c->turn_exempt &&
-           g->turn_spent_ns + extra >= g->turn_budget_ns;
+    return group_bounds(c) && c->group->turn_spent_ns + extra >= c->group->turn_budget_ns;
+}
+
+static void on_group_turn(uv_timer_t *t);
+static void conn_kicked(kvs_conn_t *c);
+
+/* Queues c (frames left, reading stopped) behind the members held before
+ * it: the group's timer gives them their turns in that order, in a later
+ * loop turn (kicks of their own would run in the order libuv's timer heap
+ * keeps, which puts a member that ran, kicked again before the members it
+ * then held, first again: whole pipelines ran one after another). */
+static void group_hold(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (c->waiting_turn || has(c, KVS_CONN_CLOSING | KVS_CONN_LINGERING))
+        return;
+    c->waiting_turn = 1;
+    c->held_next = NULL;
+    c->held_prev = g->held_tail;
+    if (g->held_tail != NULL)
+        g->held_tail->held_next = c;
+    else
+        g->held_head = c;
+    g->held_tail = c;
+    g->n_held++;
+    if (!uv_is_active((uv_handle_t *)&g->turn_timer))
+        uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
+}
+
+static void group_unhold(kvs_conn_t *c)
+{
+    kvs_conn_group_t *g = c->group;
+    if (!c->waiting_turn)
+        return;
+    if (c->held_prev != NULL)
+        c->held_prev->held_next = c->held_next;
+    else
+        g->held_head = c->held_next;
+    if (c->held_next != NULL)
+        c->held_next->held_prev = c->held_prev;
+    else
+        g->held_tail = c->held_prev;
+    g->n_held--;
+    c->waiting_turn = 0;
+}
+
+/* A later loop turn: the held members take their turns in order, each
+ * once, until the group's bound for this turn is spent; those left wait
+ * for the next turn, first. Runs among the loop's timers, before the
+ * poll's reads, which then get what is left of the bound. */
+static void on_group_turn(uv_timer_t *t)
+{
+    kvs_conn_group_t *g = t->data;
+    for (size_t n = g->n_held; n > 0 && g->held_head != NULL; n--) {
+        if (g->turn_spent_ns >= g->turn_budget_ns)
+            break;
+        kvs_conn_t *c = g->held_head;
+        group_unhold(c);
+        conn_kicked(c); /* held again, at the tail, if frames are left */
+    }
+    if (g->held_head != NULL)
+        uv_timer_start(&g->turn_timer, on_group_turn, 1, 0);
 }
 
 /* Hands every complete buffered frame to on_frame, until delivery is no
@@ -708,14 +773,20 @@ static void conn_deliver(kvs_conn_t *c)
     int spent = c->turn_ns >= (c->turn_budget_ns ? c->turn_budget_ns : KVS_CONN_TURN_NS);
     if (spent)
         c->flags |= KVS_CONN_YIELDED;
-    if (more || spent || held)
+    if ((more || spent || held) && group_bounds(c)) {
+        /* Its turn comes after the members held before it (group_hold). */
+        c->flags |= KVS_CONN_YIELDED;
+        group_hold(c);
+    } else if (more || spent || held) {
         conn_kick_after(c, 1);
+    }
     conn_update_reading(c);
 }
 
-static void on_kick(uv_timer_t *t)
+/* Delivers c's buffered frames: its kick, or its turn in its group's
+ * queue of held members. */
+static void conn_kicked(kvs_conn_t *c)
 {
-    kvs_conn_t *c = t->data;
     c->flags &= ~KVS_CONN_YIELDED; /* conn_deliver reads on, or yields again */
     if (c->turn_ms == TURN_KICKED)
         c->turn_ms = 0; /* a kick always begins a turn of its own (below) */
@@ -736,6 +807,11 @@ static void on_kick(uv_timer_t *t)
      * flusher here keeps its order: `before` (the commit), then writes. */
     if (c->flusher != NULL && c->queued)
         kvs_flusher_run(c->flusher);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    conn_kicked(t->data);
 }
 
 /* Delivers buffered frames after `ms` (0: on the next loop turn). */
@@ -1235,6 +1311,7 @@ static void group_leave(kvs_conn_t *c)
     kvs_conn_group_t *g = c->group;
     if (g == NULL)
         return;
+    group_unhold(c);
     conn_charge(c, 0);
     if (c->grp_prev != NULL)
         c->grp_prev->grp_next = c->grp_next;
@@ -1537,7 +1614,13 @@ int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns)
         int rc = uv_check_init(g->loop, &g->turn_end);
         if (rc != 0)
             return rc;
+        rc = uv_timer_init(g->loop, &g->turn_timer);
+        if (rc != 0) {
+            uv_close((uv_handle_t *)&g->turn_end, NULL);
+            return rc;
+        }
         g->turn_end.data = g;
+        g->turn_timer.data = g;
         g->turn_end_on = 1;
         uv_check_start(&g->turn_end, on_turn_end);
         uv_unref((uv_handle_t *)&g->turn_end);
@@ -1554,6 +1637,8 @@ void kvs_conn_group_close(kvs_conn_group_t *g)
     if (g->turn_end_on) {
         uv_check_stop(&g->turn_end);
         uv_close((uv_handle_t *)&g->turn_end, NULL);
+        uv_timer_stop(&g->turn_timer);
+        uv_close((uv_handle_t *)&g->turn_timer, NULL);
         g->turn_end_on = 0;
     }
 }

@@ -201,36 +201,38 @@ struct kvs_conn_s {
     int queued;              /* on the flusher's list */
     kvs_conn_group_t *group; /* optional, see kvs_conn_join */
     kvs_conn_t *grp_prev, *grp_next;
-    size_t charged;                 /* decoder bytes charged to the group's input budget */
-    uint64_t last_input_ms;         /* loop time of the last bytes read */
-    uint64_t turn_ms;               /* loop time of the turn turn_ns counts deliveries of */
-    uint64_t turn_ns;               /* time spent delivering frames in that loop turn */
-    uint64_t turn_budget_ns;        /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
-    int turn_exempt;                /* not held by its group's bound on a turn (the owner's own
-                                       peers: the master's scrape link) */
-    uint64_t read_ns;               /* kvs_now_ns() of the last read, when stamp_reads is set */
-    int stamp_reads;                /* the owner wants read_ns (request latency from arrival) */
-    uint64_t partial_since_ms;      /* loop time an incomplete frame started to wait (0: none) */
-    uint64_t output_since_ms;       /* loop time pending output started to wait (0: none) */
-    uint64_t unproven_since_ms;     /* loop time its owner started to wait for it to authenticate
-                                       (kvs_conn_set_unproven; 0: authenticated, or no need) */
-    struct kvs_unproven_s *un_list; /* the unproven list it is on (kvs_unproven_set), or NULL */
-    kvs_conn_t *un_prev, *un_next;  /* its neighbours there */
-    int evicted;                    /* closed by kvs_unproven_evict */
-    int keep_idle;                  /* never closed by its group's idle timeout (the owner's own
-                                       peers: a link that is idle whenever nobody uses it) */
-    uint64_t deadline_wait_ms;      /* kvs_conn_set_deadline's wait (0: no deadline) */
-    uint64_t deadline_ms;           /* loop time it ends, counted once its output was all
-                                       written (0: not counting yet) */
-    const char *deadline_why;       /* what it did not do by then, for the log line */
-    uint64_t written;               /* bytes it wrote to its socket, ever */
-    size_t progress_min;            /* kvs_conn_set_min_progress's bytes (0: no rule) */
-    uint64_t progress_window_ms;    /* ... per this long */
-    uint64_t progress_since_ms;     /* loop time + 1 the current window began (0: none) */
-    uint64_t progress_mark;         /* bytes its peer had taken then */
-    const char *progress_why;       /* what it does not read, for the log line */
-    char peer[64];                  /* "1.2.3.4:5678", for log lines about this peer */
-    void *data;                     /* the owner's */
+    size_t charged;                    /* decoder bytes charged to the group's input budget */
+    uint64_t last_input_ms;            /* loop time of the last bytes read */
+    uint64_t turn_ms;                  /* loop time of the turn turn_ns counts deliveries of */
+    uint64_t turn_ns;                  /* time spent delivering frames in that loop turn */
+    uint64_t turn_budget_ns;           /* the owner's: deliveries a turn (0: KVS_CONN_TURN_NS) */
+    int turn_exempt;                   /* not held by its group's bound on a turn (the owner's own
+                                          peers: the master's scrape link) */
+    int waiting_turn;                  /* on its group's queue of held members */
+    kvs_conn_t *held_prev, *held_next; /* its neighbours there */
+    uint64_t read_ns;                  /* kvs_now_ns() of the last read, when stamp_reads is set */
+    int stamp_reads;                   /* the owner wants read_ns (request latency from arrival) */
+    uint64_t partial_since_ms;         /* loop time an incomplete frame started to wait (0: none) */
+    uint64_t output_since_ms;          /* loop time pending output started to wait (0: none) */
+    uint64_t unproven_since_ms;        /* loop time its owner started to wait for it to authenticate
+                                          (kvs_conn_set_unproven; 0: authenticated, or no need) */
+    struct kvs_unproven_s *un_list;    /* the unproven list it is on (kvs_unproven_set), or NULL */
+    kvs_conn_t *un_prev, *un_next;     /* its neighbours there */
+    int evicted;                       /* closed by kvs_unproven_evict */
+    int keep_idle;                     /* never closed by its group's idle timeout (the owner's own
+                                          peers: a link that is idle whenever nobody uses it) */
+    uint64_t deadline_wait_ms;         /* kvs_conn_set_deadline's wait (0: no deadline) */
+    uint64_t deadline_ms;              /* loop time it ends, counted once its output was all
+                                          written (0: not counting yet) */
+    const char *deadline_why;          /* what it did not do by then, for the log line */
+    uint64_t written;                  /* bytes it wrote to its socket, ever */
+    size_t progress_min;               /* kvs_conn_set_min_progress's bytes (0: no rule) */
+    uint64_t progress_window_ms;       /* ... per this long */
+    uint64_t progress_since_ms;        /* loop time + 1 the current window began (0: none) */
+    uint64_t progress_mark;            /* bytes its peer had taken then */
+    const char *progress_why;          /* what it does not read, for the log line */
+    char peer[64];                     /* "1.2.3.4:5678", for log lines about this peer */
+    void *data;                        /* the owner's */
 };
 
 /* Initializes `c` for `loop`. is_unix picks a pipe or a TCP handle. The
@@ -476,7 +478,13 @@ struct kvs_conn_group_s {
     uint64_t turn_spent_ns;      /* ... so far since the last poll's callbacks ran */
     uint64_t turns_held;         /* deliveries put off to a later turn by that bound */
     uv_check_t turn_end;         /* after each poll's callbacks: turn_spent_ns starts over */
-    int turn_end_on;             /* turn_end was initialized (closed with the group) */
+    int turn_end_on;             /* turn_end and turn_timer were initialized (closed with it) */
+    /* Members with frames left for a later turn (the bound, or their own
+     * slice, ran out), in the order they were held: turn_timer gives them
+     * their turns in that order, in the next loop turn. */
+    kvs_conn_t *held_head, *held_tail;
+    size_t n_held;
+    uv_timer_t turn_timer;
 };
 
 /* The limits config.yaml sets (limits.*): high water at a quarter of
@@ -525,9 +533,11 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
 
 /* Bounds the time the members' frames may take together in one loop
  * turn (from the end of one poll's callbacks to the end of the next:
- * the kicks of members held before run first, then the new reads):
- * once `ns` are spent, a member about to deliver holds its frames, stops
- * reading and is kicked in a later turn, after those held before it. A
+ * the members held before run first, then the new reads): once `ns` are
+ * spent, a member about to deliver holds its frames, stops reading and
+ * joins the group's queue; so does one whose own slice or turn budget
+ * ran out. The queue's members take their turns in order, one delivery
+ * each, in the next loop turn, as far as its bound goes. A
  * connection's own budget (turn_budget_ns) bounds one member; this bounds
  * them all, so many busy members cannot keep the loop from polling, its
  * timers and the connections of no group (links) for members x slice.

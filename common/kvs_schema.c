@@ -61,6 +61,11 @@ int kvs_schema_topic_table_key(char *buf, size_t len, const char *topic)
     return fit(snprintf(buf, len, "topic/%s", topic), len);
 }
 
+int kvs_schema_cluster_key(char *buf, size_t len, const char *topic)
+{
+    return fit(snprintf(buf, len, "cluster/%s", topic), len);
+}
+
 int kvs_schema_table_layout_key(char *buf, size_t len, const void *table, size_t tlen)
 {
     static const char prefix[] = "table/";

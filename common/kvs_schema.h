@@ -117,6 +117,15 @@ int kvs_schema_offsets_prefix(char *buf, size_t len, const char *topic);
  * again from its start for it). Returns its length, or -ENAMETOOLONG. */
 int kvs_schema_topic_table_key(char *buf, size_t len, const char *topic);
 
+/* The __kvs key naming the Kafka cluster a topic's partition records came
+ * from: "cluster/<topic>", whose value is the cluster's id as its brokers
+ * report it (empty: none known yet, as after a Rebuild). Offsets are
+ * positions in one cluster's log; in another cluster's (a disaster-recovery
+ * copy, brokers replaced by a new cluster at the same address) they mean
+ * nothing. Returns its length, or -ENAMETOOLONG. */
+#define KVS_SCHEMA_CLUSTER_ID_MAX 255 /* longest cluster id kept; a longer one is not compared */
+int kvs_schema_cluster_key(char *buf, size_t len, const char *topic);
+
 /* The __kvs key of a table's layout: "table/<table>" (table[0..tlen)),
  * present for a table bound to a topic, whose keys are placed by its
  * binding, absent for one bound to none (placed by murmur2 over

@@ -184,6 +184,10 @@ typedef struct topic_s {
     /* uv_now of the last skip logged, per kind: a flood of one kind, or on
      * one topic, hides no other */
     uint64_t last_skip_log[SKIP_KINDS];
+    /* The Kafka cluster its offsets are positions in (see "cluster"). */
+    char cluster[KVS_SCHEMA_CLUSTER_ID_MAX + 1]; /* as stored; "" none known */
+    int cluster_save;                            /* learned: stored with the next records */
+    char *moved_why; /* the brokers are another cluster: why its reads and writes are refused */
 } topic_t;
 
 struct node_ingest_s {
@@ -270,6 +274,7 @@ struct node_ingest_s {
     uint64_t ask_started, ask_done; /* queries started, and answered or failed */
     uint64_t ask_failed_ms;         /* uv_now when a query last went unanswered; 0 never */
     rd_kafka_t *asker;              /* the handle they go through (NULL: rk) */
+    int one_cluster; /* test hook: cluster ids not compared (each mock has its own) */
     int ask_timeout_ms;
     struct ask_s {
         offq_t q; /* q.off: the end */
@@ -349,6 +354,118 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
     kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
     return node_store_meta_put(in->store, key, v, sizeof(v));
+}
+
+/* ---- cluster: the Kafka cluster a topic's offsets belong to ------------------------- *
+ *
+ * Offsets are positions in one cluster's log. Brokers that become another
+ * cluster (kafka.brokers pointed at a disaster-recovery copy, whose
+ * offsets are its own; a broker replaced by a new cluster at the same
+ * address) hold other records at the same offsets: a partition whose new
+ * log is at least as long as what was applied would resume at the stored
+ * offset and mix two logs, found by no range check. So each topic stores
+ * the id of the cluster its records came from ("cluster/<topic>", with
+ * the first records applied under it), and every batch first compares it
+ * with the cluster the consumer (and, for log-first writes, the producer)
+ * is connected to now, as does every tick and every log-first write before
+ * it produces. librdkafka keeps the id the brokers' metadata last reported;
+ * it may fetch from a new cluster's broker before it reads that cluster's
+ * metadata (a consumer learns its group coordinator's address without
+ * any), so records of the new cluster can be applied before the check sees
+ * the change: the verdict then covers them too (the table is never served
+ * as current again until rebuilt). Another id makes the topic's partitions
+ * diverged, as a log that ends
+ * below what was applied does: not ingested, reads and writes refused,
+ * until a Rebuild reads the topic from the new cluster's start. Brokers
+ * too old to report an id are not compared; a topic stored by an earlier
+ * kvs takes the id of the cluster it finds at its first records. */
+
+static void cluster_load(node_ingest_t *in, topic_t *t)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    node_slice_t v;
+    t->cluster[0] = '\0';
+    t->cluster_save = 0;
+    if (kvs_schema_cluster_key(key, sizeof(key), t->b->topic) >= 0 &&
+        node_store_meta_get(in->store, key, &v) == 0 && v.len <= KVS_SCHEMA_CLUSTER_ID_MAX) {
+        memcpy(t->cluster, v.p, v.len);
+        t->cluster[v.len] = '\0';
+    }
+}
+
+static int cluster_save(node_ingest_t *in, topic_t *t)
+{
+    char key[KVS_SCHEMA_OFFSETS_KEY_MAX];
+    if (kvs_schema_cluster_key(key, sizeof(key), t->b->topic) < 0)
+        return 0; /* cannot be: the topic's offsets keys are longer */
+    t->cluster_save = 0;
+    return node_store_meta_put(in->store, key, t->cluster, strlen(t->cluster));
+}
+
+static void on_range_timer(uv_timer_t *h);
+
+/* Topic t's records came from cluster t->cluster, and the brokers are now
+ * cluster `now`: every partition it owns diverged. */
+static void cluster_moved(node_ingest_t *in, topic_t *t, const char *now)
+{
+    char was[2 * KVS_SCHEMA_CLUSTER_ID_MAX + 8], is[2 * KVS_SCHEMA_CLUSTER_ID_MAX + 8], why[2048];
+    kvs_msg_quote(was, sizeof(was), t->cluster, strlen(t->cluster));
+    kvs_msg_quote(is, sizeof(is), now, strlen(now));
+    snprintf(why, sizeof(why),
+             NODE_INGEST_DIVERGED "the topic was applied from Kafka cluster \"%s\", and the "
+                                  "brokers are now cluster \"%s\", whose offsets are other "
+                                  "records; it is not ingested until its table is rebuilt from "
+                                  "the topic (kvs-cli rebuild TABLE), or kafka.brokers names the "
+                                  "first cluster again (then restart)",
+             was, is);
+    free(t->moved_why);
+    t->moved_why = strdup(why); /* without memory, the partitions' own reason is given */
+    for (uint32_t p = 0; p < t->partitions; p++) {
+        if (!t->parts[p].owned)
+            continue;
+        t->parts[p].diverged = 1;
+        t->parts[p].produced_end = t->parts[p].asked_end = -1; /* ends in the other log */
+        if (in->state != NULL)
+            kvs_shardstate_set_diverged(in->state, (uint32_t)(t->b - in->cfg->bindings), p, 1);
+    }
+    kvs_error("kafka %s: DIVERGED: the brokers are Kafka cluster \"%s\", but this shard applied "
+              "the topic from cluster \"%s\": its offsets are not positions in this cluster's "
+              "log. The topic is no longer ingested and its reads and writes are refused (503) "
+              "until its table is rebuilt from the topic, or kafka.brokers names the first "
+              "cluster again and the node restarts; see the README, \"When a topic's log "
+              "diverges\"",
+              t->b->topic, is, was);
+    /* Fetching its partitions stops with the next assignment (not from
+     * inside a batch: the assignment pumps the queue itself). */
+    if (!in->stopping)
+        uv_timer_start(&in->range_timer, on_range_timer, 0, 0);
+}
+
+/* Compares the cluster each handle is connected to with each topic's:
+ * before a batch is applied, so no record of another cluster is. */
+static void cluster_check(node_ingest_t *in)
+{
+    rd_kafka_t *rks[2] = {in->rk, in->asker};
+    if (in->one_cluster)
+        return;
+    for (int k = 0; k < 2; k++) {
+        char *id = rks[k] != NULL ? rd_kafka_clusterid(rks[k], 0) : NULL;
+        if (id == NULL)
+            continue; /* no metadata yet, or brokers that report none */
+        size_t len = strlen(id);
+        for (size_t i = 0; i < in->n_topics && len <= KVS_SCHEMA_CLUSTER_ID_MAX; i++) {
+            topic_t *t = &in->topics[i];
+            if (t->moved_why != NULL || len == 0)
+                continue;
+            if (t->cluster[0] == '\0') {
+                memcpy(t->cluster, id, len + 1);
+                t->cluster_save = 1;
+            } else if (strcmp(t->cluster, id) != 0) {
+                cluster_moved(in, t, id);
+            }
+        }
+        rd_kafka_mem_free(rks[k], id);
+    }
 }
 
 /* Where a partition with no stored offset starts: auto.offset.reset, or
@@ -599,7 +716,9 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             consumer_event(in, msgs[i]);
     if (todo == 0)
         return 0;
-    int rc = node_store_reserve(in->store, n + parts, bytes + parts * 64, 1);
+    int rc =
+        node_store_reserve(in->store, n + parts + in->n_topics,
+                           bytes + parts * 64 + in->n_topics * (KVS_SCHEMA_CLUSTER_ID_MAX + 64), 1);
     if (rc != 0)
         return rc;
     if (in->pending_gen == 0)
@@ -615,8 +734,8 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
             !t->parts[m->partition].owned)
             continue; /* not ours: cannot happen with explicit assignment */
         part_t *pt = &t->parts[m->partition];
-        if (m->offset < pt->next)
-            continue; /* already applied (re-delivered after a re-assign) */
+        if (m->offset < pt->next || pt->diverged)
+            continue; /* already applied (re-delivered after a re-assign), or not this log's */
         if (pt->next >= 0 && m->offset > pt->next && pt->applied + pt->skipped > 0 &&
             !pt->gap_logged) {
             /* Compaction and transaction markers leave gaps too, so this is
@@ -632,8 +751,12 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
     }
     for (size_t i = 0; i < in->n_topics && rc == 0; i++)
         for (uint32_t p = 0; p < in->topics[i].partitions && rc == 0; p++)
-            if (in->topics[i].parts[p].dirty)
-                rc = part_save(in, &in->topics[i], (int32_t)p);
+            if (in->topics[i].parts[p].dirty) {
+                if (in->topics[i].cluster_save)
+                    rc = cluster_save(in, &in->topics[i]);
+                if (rc == 0)
+                    rc = part_save(in, &in->topics[i], (int32_t)p);
+            }
     return node_store_reserve_end(in->store, rc);
 }
 
@@ -643,6 +766,7 @@ static int apply_some(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n, si
 static int apply_batch(node_ingest_t *in, rd_kafka_message_t **msgs, size_t n)
 {
     int rc = 0;
+    cluster_check(in);
     for (size_t i = 0; i < n && rc == 0;) {
         size_t j = i + 1, bytes = record_bytes(msgs[i]);
         while (j < n && bytes + record_bytes(msgs[j]) <= RESERVE_BYTES)
@@ -815,6 +939,8 @@ static void rewind_all(node_ingest_t *in)
                 part_load(in, &in->topics[i], (int32_t)p);
                 in->topics[i].parts[p].ingested = in->topics[i].parts[p].committed_ingested;
             }
+    for (size_t i = 0; i < in->n_topics; i++)
+        cluster_load(in, &in->topics[i]); /* a learned id not stored is learned again */
     rebuilds_undo(in);
     node_store_end_turn(in->store); /* release the read snapshot part_load used */
     in->rewind = 0;
@@ -1223,11 +1349,25 @@ static void range_start(node_ingest_t *in)
     uv_queue_work(in->loop, &in->range_work, range_work, range_done);
 }
 
+void node_ingest_check_cluster(node_ingest_t *in)
+{
+    if (in != NULL && !in->stopping)
+        cluster_check(in);
+}
+
+const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b)
+{
+    topic_t *t = in != NULL ? topic_of_binding(in, b) : NULL;
+    return t != NULL ? t->moved_why : NULL;
+}
+
 const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)
 {
     topic_t *t = topic_of_binding(in, b);
     if (t == NULL || p >= t->partitions || !t->parts[p].owned)
         return NULL;
+    if (t->parts[p].diverged && t->moved_why != NULL)
+        return t->moved_why;
     if (t->parts[p].diverged)
         return "diverged: the partition no longer holds what this shard applied (the topic was "
                "created again, or its log truncated); rebuild the table from the topic (kvs-cli "
@@ -1287,11 +1427,16 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     int rc = node_store_table_pages(in->store, b->table, &pages);
     if (rc == 0)
         rc = node_store_reserve(
-            in->store, 1 + parts,
-            (size_t)pages * sizeof(uint64_t) + parts * (sizeof(key) + sizeof(v)), 0);
+            in->store, 2 + parts,
+            (size_t)pages * sizeof(uint64_t) + (parts + 1) * (sizeof(key) + sizeof(v)), 0);
     if (rc != 0)
         return rc;
     rc = node_store_clear(in->store, b->table, NULL);
+    /* Read again from whichever cluster the brokers are: its id is
+     * stored with the first records (an empty one: none known). */
+    t->cluster[0] = '\0';
+    if (rc == 0)
+        rc = cluster_save(in, t);
     for (uint32_t p = 0; p < t->partitions && rc == 0; p++) {
         if (!t->parts[p].owned)
             continue;
@@ -1315,6 +1460,8 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
             (*restarted)++;
         }
     node_placecheck_init(&t->check, t->b->partitioner, t->partitions);
+    free(t->moved_why); /* should the txn be lost, the next batch finds it out again */
+    t->moved_why = NULL;
     kvs_warn("kafka %s: table %s emptied on request (Rebuild); reading the %u partition(s) this "
              "shard owns again from the start",
              t->b->topic, t->b->table, *restarted);
@@ -1476,6 +1623,7 @@ static void on_tick(uv_timer_t *h)
     }
     if (!in->assigned)
         return;
+    cluster_check(in); /* also while no record comes */
     commit_group(in);
     range_start(in); /* partitions out of range the brokers did not answer for */
     check_start(in);
@@ -2329,6 +2477,11 @@ static void read_test_hooks(node_ingest_t *in)
         kvs_warn("test hook: the next %lu end questions go unanswered (KVS_TEST_ASKS_UNANSWERED)",
                  in->unanswered);
     }
+    if (kvs_test_hook_u64("KVS_TEST_ONE_CLUSTER", &n) && n != 0) {
+        in->one_cluster = 1;
+        kvs_warn("test hook: the brokers' cluster id is not compared with the one a topic's "
+                 "records came from (KVS_TEST_ONE_CLUSTER)");
+    }
     if (kvs_test_hook_u64("KVS_TEST_LOSE_SKIPS", &n)) {
         in->lose_skips = (unsigned long)n;
         kvs_warn("test hook: the batches of the next %lu skips fail (KVS_TEST_LOSE_SKIPS)",
@@ -2389,10 +2542,12 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         return rc;
     }
     /* Info shows the stored state even before Kafka answers. */
-    for (size_t i = 0; i < in->n_topics; i++)
+    for (size_t i = 0; i < in->n_topics; i++) {
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
+        cluster_load(in, &in->topics[i]);
+    }
     kvs_info("kafka: ingesting %zu topic(s) from %s (consumer group %s)", in->n_topics,
              in->cfg->kafka_brokers, in->group);
     start_metadata(in);
@@ -2443,6 +2598,7 @@ void node_ingest_free(node_ingest_t *in)
         if (in->topics[i].rkt != NULL)
             rd_kafka_topic_destroy(in->topics[i].rkt);
         free(in->topics[i].parts);
+        free(in->topics[i].moved_why);
     }
     free(in->topics);
     free(in->asks);

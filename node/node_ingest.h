@@ -133,6 +133,18 @@ int node_ingest_answered(const node_ingest_t *in, uint64_t ticket);
  * own it. Up to date after node_ingest_turn_done. */
 int64_t node_ingest_committed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+/* Compares the Kafka cluster the brokers are now with the one each
+ * topic's records came from (as every batch applied does): a write checks
+ * before it produces. */
+void node_ingest_check_cluster(node_ingest_t *in);
+
+/* Why binding b's table is refused as a whole: its brokers are another
+ * Kafka cluster than the one its records came from (every partition of it
+ * this worker owns diverged); NULL when they are not. The text starts with
+ * NODE_INGEST_DIVERGED. */
+#define NODE_INGEST_DIVERGED "diverged: "
+const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b);
+
 /* Why partition `p` of `b`'s topic is halted (no longer ingested: its
  * log diverged from this shard's data, or records were deleted before they
  * were applied and auto.offset.reset is error), or may be (the brokers say

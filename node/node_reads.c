@@ -113,6 +113,12 @@ static int answer_catching_up(const check_t *c, kvs_buf_t *out)
 static int answer_diverged(const check_t *c, kvs_buf_t *out)
 {
     node_ingest_t *in = rd_of(c)->ingest;
+    const char *moved = in != NULL ? node_ingest_moved(in, c->b) : NULL;
+    if (moved != NULL)
+        return kvs_msg_append_status(
+            out, KVS_STATUS_UNAVAILABLE,
+            NODE_INGEST_DIVERGED "topic %s partition %u: %s; set accept_stale to read what it has",
+            c->b->topic, c->partition, moved + strlen(NODE_INGEST_DIVERGED));
     if (in != NULL && node_ingest_log_short(in, c->b, c->partition))
         return kvs_msg_append_status(
             out, KVS_STATUS_UNAVAILABLE,

@@ -460,6 +460,14 @@ static void on_timer(uv_timer_t *t)
                      "have happened; read the key%s to find out",
                      kvs_msg_command_name(w->cmd), w->b->topic,
                      (unsigned long long)node_wait_ms(wr->cfg), w->n > 1 ? "s" : "");
+        else if (acked && node_ingest_moved(wr->ingest, w->b) != NULL)
+            /* The producer reached the other cluster before a check did. */
+            snprintf(msg, sizeof(msg),
+                     "%s: Kafka acknowledged the write, but topic %s is %s; the record is in the "
+                     "new cluster's log and takes effect only if the table is rebuilt from it: "
+                     "the write may or may not take effect",
+                     kvs_msg_command_name(w->cmd), w->b->topic,
+                     node_ingest_moved(wr->ingest, w->b));
         else if (acked)
             snprintf(msg, sizeof(msg),
                      "%s: Kafka acknowledged the write (see its position), but this worker did "
@@ -472,8 +480,8 @@ static void on_timer(uv_timer_t *t)
                      "or may not have happened; read the key%s to find out",
                      kvs_msg_command_name(w->cmd), (unsigned long long)node_wait_ms(wr->cfg),
                      w->b->topic, w->n > 1 ? "s" : "");
-        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, acked && placed ? OUTCOME_KNOWN : OUTCOME_UNKNOWN,
-                 msg);
+        int known = acked && placed && node_ingest_moved(wr->ingest, w->b) == NULL;
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, known ? OUTCOME_KNOWN : OUTCOME_UNKNOWN, msg);
     }
     arm_timer(wr);
 }
@@ -573,6 +581,9 @@ static int place_items(node_writes_t *wr, const kvs_binding_t *b, item_t *items,
                  b->table, b->topic, b->topic);
         return KVS_EINVAL;
     }
+    /* Brokers that became another cluster take no write meant for this
+     * table's log (node_ingest_halted says so below). */
+    node_ingest_check_cluster(wr->ingest);
     for (size_t i = 0; i < n; i++) {
         uint32_t p = kvs_place_partition_by(b->partitioner, items[i].key->data, items[i].key->len,
                                             partitions);

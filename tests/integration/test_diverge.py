@@ -31,6 +31,7 @@ drops the oldest batches beyond.
 
 Environment: KVS_BUILD_DIR (default ../../build), PYTHONPATH with build/py.
 """
+import itertools
 import os
 import resource
 import socket
@@ -49,6 +50,15 @@ from test_replicas import ReplicaFixtures
 
 HAVE_CK = kafkatest.Producer is not None
 TOPIC = "users"
+
+
+def cluster_id(bootstrap):
+    """The id of the Kafka cluster at `bootstrap`, as its metadata says."""
+    p = kafkatest.Producer({"bootstrap.servers": bootstrap})
+    try:
+        return p.list_topics(timeout=10).cluster_id
+    finally:
+        p.flush(1)
 
 
 def stale(req):
@@ -115,6 +125,16 @@ class Forwarder:
 
 @unittest.skipIf(not HAVE_CK, "python3-confluent-kafka is needed")
 class DivergeTest(KafkaFixtures, unittest.TestCase):
+    def router(self, mock, bindings, one_cluster=True, env=None, **kw):
+        """A topic \"created again\" here is a topic of another mock, which
+        is another Kafka cluster (its own id): one_cluster makes the worker
+        take it for the same cluster, as a topic created again in the same
+        Kafka is (KVS_TEST_ONE_CLUSTER)."""
+        env = dict(env or {})
+        if one_cluster:
+            env["KVS_TEST_ONE_CLUSTER"] = "1"
+        return super().router(mock, bindings, env=env, **kw)
+
     def point_at(self, router, old, new):
         """Rewrites the router's config to use the brokers of mock `new`
         instead of `old`."""
@@ -237,6 +257,99 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("diverged: topic users partition 0's end offset (the next record's) "
                           "is now 5, but this worker had applied it up to offset 50",
                           resp.message)
+
+    def test_brokers_that_become_another_cluster_diverge_until_rebuilt(self):
+        """The brokers at the bootstrap address become another Kafka
+        cluster (mock a dies; mock b answers there) whose log is longer
+        than what was applied: its offsets are other records. They were
+        ingested from the stored offset on (records 50..119 of b applied
+        over a's 0..49, served as current for good); now the topic
+        diverges as a whole, by the cluster's id stored with its records,
+        also across a restart (which then applies nothing of b's), and a
+        Rebuild reads it from b's start. librdkafka may fetch from b before
+        it reads b's metadata, so some of b's records may be applied in the
+        moment before the change is seen (README)."""
+        a = self.mock({TOPIC: 1})
+        produce(a.bootstrap, TOPIC, [(b"k%d" % i, b"a-%d" % i) for i in range(50)])
+        fwd = Forwarder(a.bootstrap)
+        self.addCleanup(fwd.close)
+        r = self.router(fwd, [(TOPIC, "users", "raw", 1)], shards=1, one_cluster=False,
+                        properties={"topic.metadata.refresh.interval.ms": "1000"})
+        self.wait_caught_up(r, TOPIC, {0: 50})
+        a_id = cluster_id(a.bootstrap)
+        a.close()
+        b = self.mock({TOPIC: 1})
+        if cluster_id(b.bootstrap) == a_id:
+            # A mock cluster's id is made from its address in memory, and a
+            # sanitizer build's heap hands out the same addresses each run.
+            self.skipTest("both mock clusters have the id %s" % a_id)
+        produce(b.bootstrap, TOPIC, [(b"k%d" % i, b"b-%d" % i) for i in range(120)])
+        answers, stop = [], threading.Event()
+
+        def write():  # log-first writes while the brokers change
+            with Client(r.addr, timeout=30) as c:
+                for i in itertools.count():
+                    if stop.is_set():
+                        break
+                    answers.append(c.call(req_hset("users", b"w%d" % i, b"x")))
+                    time.sleep(0.2)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        fwd.target = b.bootstrap
+
+        def moved():
+            self.assertTrue(wait_until(lambda: self.parts(r)[0]["diverged"] == 1, 30),
+                            "the topic must be found diverged: %r" % self.parts(r))
+            part = self.parts(r)[0]
+            self.assertEqual(part["serving"], 0, part)
+            with Client(r.addr) as c:
+                resp = c.call(req_hget("users", b"k1"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertRegex(resp.message, r"diverged: topic users partition 0: the topic "
+                                 r"was applied from Kafka cluster \"[^\"]+\", and the brokers are "
+                                 r"now cluster \"[^\"]+\"")
+                self.assertIn("accept_stale", resp.message)
+                resp = c.call(stale(req_hget("users", b"k1")))
+                self.assertEqual(resp.status, 200, resp.message)
+                resp = c.call(req_hset("users", b"k1", b"new"))
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertIn("was applied from Kafka cluster", resp.message)
+            return part["next_offset"]
+
+        applied = moved()
+        stop.set()
+        writer.join(40)
+        self.assertGreaterEqual(applied, 50)
+        # None was taken, nor said to be applied later, once it could
+        # reach the new cluster: one the producer sent there before a
+        # check saw the change is in that log, and may or may not count.
+        for resp in answers:
+            if resp.status == 200:
+                self.assertFalse(resp.message, "written before the change")
+                continue
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertNotIn("will be applied", resp.message)
+            if "Kafka acknowledged" in resp.message:
+                self.assertTrue(resp.outcome_unknown, resp.message)
+        sent = sum("Kafka acknowledged" in resp.message for resp in answers)
+        self.assertEqual(watermarks(b.bootstrap, TOPIC, 1)[0], (0, 120 + sent),
+                         "a refused write must not reach the topic")
+        self.assertIn("DIVERGED: the brokers are Kafka cluster", r.stderr())
+        self.assertEqual(r.stop(), 0)
+        self.assertTrue(r.wait_all_gone())
+        r.start()
+        # The id the records came from is stored with them: at a start the
+        # check comes before any record, so nothing more of b's is applied.
+        self.assertEqual(moved(), applied)
+        rc, out, err = self.cli(r, "rebuild", "users")
+        self.assertEqual(rc, 0, out + err)
+        self.wait_caught_up(r, TOPIC, {0: 120 + sent})
+        with Client(r.addr) as c:
+            for k in (b"k1", b"k60"):
+                resp = c.call(req_hget("users", k))
+                self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"b-" + k[1:]),
+                                 resp.message)
 
     def test_rebuild_takes_the_new_topic(self):
         r, a, b, first, second, ends = self.recreate()

@@ -525,6 +525,15 @@ class OpsTest(LocalReadsCase):
 
 
 class FairnessTest(LocalReadsCase):
+    def fill_big(self, r):
+        """Table "big" of 280,000 pairs: an Hgetall of it is some 70 ms of
+        the router's own work, answered 413 (past the frame)."""
+        with r.client(timeout=60) as c:
+            keys = [b"%07d" % i for i in range(280000)]
+            for i in range(0, len(keys), 50000):
+                resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
+                self.assertEqual(resp.status, 200, resp.message)
+
     def test_a_pipeline_of_costly_local_reads_leaves_room_for_others(self):
         """A client pipelines 60 Hgetall of a table of 280,000 pairs, each
         walked by the router itself and refused (413) once past the frame:
@@ -533,11 +542,8 @@ class FairnessTest(LocalReadsCase):
         for a missed heartbeat). A connection's frames now run 5 ms a turn:
         another client is answered within about one such read."""
         r = self.local_router()
+        self.fill_big(r)
         with r.client(timeout=60) as c:
-            keys = [b"%07d" % i for i in range(280000)]
-            for i in range(0, len(keys), 50000):
-                resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
-                self.assertEqual(resp.status, 200, resp.message)
             t = time.monotonic()
             resp = c.call(req_hgetall("big"))
             one = time.monotonic() - t
@@ -569,11 +575,7 @@ class FairnessTest(LocalReadsCase):
         r = self.local_router(router_yaml=["liveness_timeout: 2s",
                                            'metrics_listen: "127.0.0.1:%d"' % mport])
         pid = router_pids(r)[0]
-        with r.client(timeout=60) as c:
-            keys = [b"%07d" % i for i in range(280000)]
-            for i in range(0, len(keys), 50000):
-                resp = c.call(req_hmset("big", [(k, b"x") for k in keys[i:i + 50000]]))
-                self.assertEqual(resp.status, 200, resp.message)
+        self.fill_big(r)
         clients = [r.client(timeout=120) for _ in range(40)]
         for c in clients:
             self.addCleanup(c.close)
@@ -599,6 +601,42 @@ class FairnessTest(LocalReadsCase):
         self.assertGreater(total(parse_metrics(body), "kvs_client_turns_held_total"), 0)
         # Sent every 0.5 s: one at most a request late.
         self.assertLess(oldest, 1.5, "the heartbeat was %.2f s old" % oldest)
+
+
+    def test_busy_clients_take_their_turns_in_order(self):
+        """Three clients each pipeline twenty costly local reads at once:
+        their answers interleave, a request of each a turn. Held by the
+        bound on a turn, each client's own kick ran again before the
+        clients it had held, so whole pipelines ran one after another
+        (twenty A, twenty B, twenty C), the last client waiting for all."""
+        r = self.local_router()
+        self.fill_big(r)
+        clients = [r.client(timeout=120) for _ in range(3)]
+        for c in clients:
+            self.addCleanup(c.close)
+        order, lock = [], threading.Lock()
+
+        def read(i):
+            for _ in range(20):
+                self.assertEqual(clients[i].recv().status, 413)
+                with lock:
+                    order.append(i)
+
+        readers = [threading.Thread(target=read, args=(i,)) for i in range(3)]
+        for t in readers:
+            t.start()
+        for c in clients:
+            c.send_raw(encode(req_hgetall("big")) * 20)
+        for t in readers:
+            t.join(120)
+        self.assertEqual(len(order), 60, "not every answer came")
+        shown = "".join("ABC"[i] for i in order)
+        # By the time any client has 10 answers, every client has 5.
+        for n in range(len(order)):
+            counts = [order[:n + 1].count(i) for i in range(3)]
+            if max(counts) == 10:
+                self.assertGreaterEqual(min(counts), 5, shown)
+                break
 
 
 class ProcessesTest(LocalReadsCase):

@@ -80,6 +80,9 @@ KVS_TEST(binding_records_round_trip)
     CHECK_EQ(kvs_schema_table_layout_key(buf, sizeof(buf), "t\0x", 3), 9);
     CHECK(memcmp(buf, "table/t\0x", 10) == 0);
     CHECK_EQ(kvs_schema_topic_table_key(buf, 8, "users"), -ENAMETOOLONG);
+    CHECK_EQ(kvs_schema_cluster_key(buf, sizeof(buf), "users"), (int)strlen("cluster/users"));
+    CHECK_STR(buf, "cluster/users");
+    CHECK_EQ(kvs_schema_cluster_key(buf, 13, "users"), -ENAMETOOLONG);
     kvs_schema_layout(buf, sizeof(buf), "users.v2", "crc32", 12);
     CHECK_STR(buf, "topic=users.v2 partitioner=crc32 partitions=12");
     CHECK_EQ(
