@@ -211,6 +211,16 @@ struct node_ingest_s {
     int range_missed;         /* a partition went out of range while it was in flight */
     uv_work_t work;
     int work_busy;
+    /* The cluster ids librdkafka last took from the brokers' metadata, of
+     * the consumer and of the log-first producer ("" unknown): read in the
+     * thread pool (rd_kafka_clusterid allocates, and librdkafka aborts on
+     * a failed allocation: never on this loop's thread), compared here. */
+    char cid[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1];
+    char cid_meta[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1]; /* metadata_work's reading */
+    char cid_next[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1]; /* cid_work's reading */
+    rd_kafka_t *cid_rk[2];                           /* the handles cid_work reads */
+    uv_work_t cid_work;
+    int cid_busy;
     int checked;            /* the start-up check passed: later ones are rechecks */
     int serving;            /* the node served before the start-up check's answer (this
                              * worker restarted, or the check waited for the brokers): a
@@ -441,31 +451,77 @@ static void cluster_moved(node_ingest_t *in, topic_t *t, const char *now)
         uv_timer_start(&in->range_timer, on_range_timer, 0, 0);
 }
 
-/* Compares the cluster each handle is connected to with each topic's:
- * before a batch is applied, so no record of another cluster is. */
+/* In the thread pool: the cluster id each of rks[0..2) holds now. */
+static void cluster_read(rd_kafka_t *const rks[2], char out[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1])
+{
+    for (int k = 0; k < 2; k++) {
+        char *id = rks[k] != NULL ? rd_kafka_clusterid(rks[k], 0) : NULL;
+        out[k][0] = '\0';
+        if (id == NULL)
+            continue; /* no metadata yet, or brokers that report none */
+        if (strlen(id) <= KVS_SCHEMA_CLUSTER_ID_MAX)
+            memcpy(out[k], id, strlen(id) + 1);
+        rd_kafka_mem_free(rks[k], id);
+    }
+}
+
+/* Compares the cluster each handle was last read to be connected to with
+ * each topic's: before a batch is applied, so no record of another
+ * cluster is once the change was read. */
 static void cluster_check(node_ingest_t *in)
 {
-    rd_kafka_t *rks[2] = {in->rk, in->asker};
     if (in->one_cluster)
         return;
     for (int k = 0; k < 2; k++) {
-        char *id = rks[k] != NULL ? rd_kafka_clusterid(rks[k], 0) : NULL;
-        if (id == NULL)
-            continue; /* no metadata yet, or brokers that report none */
-        size_t len = strlen(id);
-        for (size_t i = 0; i < in->n_topics && len <= KVS_SCHEMA_CLUSTER_ID_MAX; i++) {
+        const char *id = in->cid[k];
+        if (id[0] == '\0')
+            continue;
+        for (size_t i = 0; i < in->n_topics; i++) {
             topic_t *t = &in->topics[i];
-            if (t->moved_why != NULL || len == 0)
+            if (t->moved_why != NULL)
                 continue;
             if (t->cluster[0] == '\0') {
-                memcpy(t->cluster, id, len + 1);
+                memcpy(t->cluster, id, strlen(id) + 1);
                 t->cluster_save = 1;
             } else if (strcmp(t->cluster, id) != 0) {
                 cluster_moved(in, t, id);
             }
         }
-        rd_kafka_mem_free(rks[k], id);
     }
+}
+
+/* Takes a reading of the ids (a thread's) for the comparisons. */
+static void cluster_take(node_ingest_t *in, char ids[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1])
+{
+    for (int k = 0; k < 2; k++)
+        if (ids[k][0] != '\0') /* an id once read is not forgotten for a moment without */
+            memcpy(in->cid[k], ids[k], sizeof(in->cid[k]));
+    cluster_check(in);
+}
+
+static void cid_work(uv_work_t *w)
+{
+    node_ingest_t *in = w->data;
+    cluster_read(in->cid_rk, in->cid_next);
+}
+
+static void cid_done(uv_work_t *w, int status)
+{
+    node_ingest_t *in = w->data;
+    in->cid_busy = 0;
+    if (status == 0 && !in->stopping)
+        cluster_take(in, in->cid_next);
+}
+
+/* Reads the ids again, unless a reading is under way (every tick). */
+static void cluster_refresh(node_ingest_t *in)
+{
+    if (in->cid_busy || in->stopping || in->one_cluster)
+        return;
+    in->cid_rk[0] = in->rk;
+    in->cid_rk[1] = in->asker;
+    in->cid_work.data = in;
+    in->cid_busy = uv_queue_work(in->loop, &in->cid_work, cid_work, cid_done) == 0;
 }
 
 /* Where a partition with no stored offset starts: auto.offset.reset, or
@@ -1351,8 +1407,10 @@ static void range_start(node_ingest_t *in)
 
 void node_ingest_check_cluster(node_ingest_t *in)
 {
-    if (in != NULL && !in->stopping)
+    if (in != NULL && !in->stopping) {
         cluster_check(in);
+        cluster_refresh(in);
+    }
 }
 
 const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b)
@@ -1623,7 +1681,7 @@ static void on_tick(uv_timer_t *h)
     }
     if (!in->assigned)
         return;
-    cluster_check(in); /* also while no record comes */
+    cluster_refresh(in); /* compared when read, also while no record comes */
     commit_group(in);
     range_start(in); /* partitions out of range the brokers did not answer for */
     check_start(in);
@@ -2167,6 +2225,7 @@ static void metadata_work(uv_work_t *w)
 {
     node_ingest_t *in = w->data;
     const struct rd_kafka_metadata *md = NULL;
+    in->cid_meta[0][0] = in->cid_meta[1][0] = '\0';
     for (size_t i = 0; i < in->n_topics; i++)
         in->topics[i].seen = -1;
     if (rd_kafka_metadata(in->rk, !in->checked, NULL, &md, METADATA_TIMEOUT_MS) != 0)
@@ -2180,6 +2239,10 @@ static void metadata_work(uv_work_t *w)
     }
     rd_kafka_metadata_destroy(md);
     read_counts_file(in);
+    /* The metadata just read carried the cluster's id: compared before the
+     * first assignment, so a start under another cluster applies nothing. */
+    rd_kafka_t *rks[2] = {in->rk, NULL};
+    cluster_read(rks, in->cid_meta);
 }
 
 /* A check while running: a topic whose count is no longer the placed one
@@ -2229,6 +2292,7 @@ static void metadata_done(uv_work_t *w, int status)
     in->work_busy = 0;
     if (in->stopping || status != 0)
         return;
+    cluster_take(in, in->cid_meta);
     if (in->checked) {
         recheck_done(in);
         return;
