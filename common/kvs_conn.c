@@ -697,8 +697,8 @@ static void on_group_turn(uv_timer_t *t)
 {
     kvs_conn_group_t *g = t->data;
     for (size_t n = g->n_held; n > 0 && g->held_head != NULL; n--) {
-        if (g->turn_spent_ns >= g->turn_budget_ns)
-            break;
+        if (g->turn_budget_ns != 0 && g->turn_spent_ns >= g->turn_budget_ns)
+            break; /* (a bound lifted lets those held under it all go) */
         kvs_conn_t *c = g->held_head;
         group_unhold(c);
         conn_kicked(c); /* held again, at the tail, if frames are left */

@@ -1638,10 +1638,22 @@ static void client_costly_pipeline(server_t *s, int fd)
  * seconds). A check handle counts the loop's turns (a turn's timers, the
  * kick among them, and its reads come before it): at most four 6 ms frames
  * fit a 20 ms turn, one more passes it. */
-static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t group_ns)
+/* on_tick: lifts the group's bound while the connection waits in its
+ * queue. */
+static void lift_while_queued(server_t *s)
+{
+    if (s->conn.waiting_turn && s->group.turn_budget_ns != 0)
+        CHECK_EQ(kvs_conn_group_bound_turn(&s->group, 0), 0);
+}
+
+static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t group_ns, int lift)
 {
     server_t s;
     server_init(&s, 1, client_costly_pipeline);
+    if (lift) {
+        s.on_tick = lift_while_queued;
+        s.tick_ms = 1;
+    }
     s.on_frame = costly_frame;
     s.frame_ns = frame_ns;
     s.turn_budget_ns = budget_ns;
@@ -1658,7 +1670,7 @@ static int costly_group_run(uint64_t frame_ns, uint64_t budget_ns, uint64_t grou
 
 static int costly_run(uint64_t frame_ns, uint64_t budget_ns)
 {
-    return costly_group_run(frame_ns, budget_ns, 0);
+    return costly_group_run(frame_ns, budget_ns, 0, 0);
 }
 
 KVS_TEST(costly_frames_yield_the_loop_between_slices)
@@ -1685,7 +1697,15 @@ KVS_TEST(an_owners_turn_budget_is_kept)
  * frame is still delivered. */
 KVS_TEST(a_groups_turn_bound_holds_its_members)
 {
-    CHECK(costly_group_run(2000000, 0, 4000000) <= 4); /* 2 in 4 ms, one past it (+1) */
+    CHECK(costly_group_run(2000000, 0, 4000000, 0) <= 4); /* 2 in 4 ms, one past it (+1) */
+}
+
+/* A bound lifted while a member waits in the queue lets it go: every
+ * frame is delivered (the queue's timer had kept comparing against a
+ * bound of 0, and held it for ever). */
+KVS_TEST(a_lifted_turn_bound_releases_its_held_members)
+{
+    costly_group_run(2000000, 0, 4000000, 1);
 }
 
 static void never(uv_timer_t *t)
@@ -1859,5 +1879,6 @@ KVS_TEST_MAIN(
     KVS_CASE(costly_frames_yield_the_loop_between_slices),
     KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
     KVS_CASE(an_owners_turn_budget_is_kept), KVS_CASE(a_groups_turn_bound_holds_its_members),
+    KVS_CASE(a_lifted_turn_bound_releases_its_held_members),
     KVS_CASE(peer_gone_after_a_unix_close_not_a_half_close),
     KVS_CASE(peer_gone_after_a_tcp_reset_which_abort_sends))
