@@ -377,18 +377,16 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
  * the id of the cluster its records came from ("cluster/<topic>", with
  * the first records applied under it), and every batch first compares it
  * with the cluster the consumer (and, for log-first writes, the producer)
- * is connected to now, as does every tick and every log-first write before
- * it produces. librdkafka keeps the id the brokers' metadata last reported;
- * it may fetch from a new cluster's broker before it reads that cluster's
- * metadata (a consumer learns its group coordinator's address without
- * any), so records of the new cluster can be applied before the check sees
- * the change: the verdict then covers them too (the table is never served
- * as current again until rebuilt). Another id makes the topic's partitions
- * diverged, as a log that ends
- * below what was applied does: not ingested, reads and writes refused,
- * until a Rebuild reads the topic from the new cluster's start. Brokers
- * too old to report an id are not compared; a topic stored by an earlier
- * kvs takes the id of the cluster it finds at its first records. */
+ * was last read (every tick, in the thread pool) to be connected to, as
+ * does every log-first write before it produces. librdkafka keeps the id the brokers' metadata last
+ * reported; it may fetch from a new cluster's broker before it reads that cluster's metadata (a
+ * consumer learns its group coordinator's address without any), so records of the new cluster can
+ * be applied before the check sees the change: the verdict then covers them too (the table is never
+ * served as current again until rebuilt). Another id makes the topic's partitions diverged, as a
+ * log that ends below what was applied does: not ingested, reads and writes refused, until a
+ * Rebuild reads the topic from the new cluster's start. Brokers too old to report an id are not
+ * compared; a topic stored by an earlier kvs takes the id of the cluster it finds at its first
+ * records. */
 
 static void cluster_load(node_ingest_t *in, topic_t *t)
 {
@@ -1407,10 +1405,8 @@ static void range_start(node_ingest_t *in)
 
 void node_ingest_check_cluster(node_ingest_t *in)
 {
-    if (in != NULL && !in->stopping) {
-        cluster_check(in);
-        cluster_refresh(in);
-    }
+    if (in != NULL && !in->stopping)
+        cluster_check(in); /* the tick's reading: no thread-pool job per write */
 }
 
 const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b)
