@@ -2072,6 +2072,10 @@ void node_ingest_info(node_ingest_t *in, kvs_resp_t *r)
             int n = snprintf(key, sizeof(key), "kafka.%s.%05u.", t->b->topic, p);
             snprintf(key + n, sizeof(key) - (size_t)n, "applied");
             info_int(r, key, (int64_t)pt->applied);
+            snprintf(key + n, sizeof(key) - (size_t)n, "cluster_id");
+            uint8_t id[KVS_SCHEMA_CLUSTER_ID_MAX + 11];
+            kvs_resp_pair(r, key, strlen(key), id,
+                          kvs_value_encode_bytes(id, 1, t->cluster, strlen(t->cluster)));
             snprintf(key + n, sizeof(key) - (size_t)n, "diverged");
             info_int(r, key, pt->diverged);
             snprintf(key + n, sizeof(key) - (size_t)n, "end_offset");

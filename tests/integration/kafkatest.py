@@ -283,6 +283,15 @@ def watermarks(bootstrap, topic, partitions, timeout=10.0):
         c.close()
 
 
+def cluster_id(bootstrap):
+    """The id of the Kafka cluster at `bootstrap`, as its metadata says."""
+    p = Producer({"bootstrap.servers": bootstrap})
+    try:
+        return p.list_topics(timeout=10).cluster_id
+    finally:
+        p.flush(1)
+
+
 def committed(bootstrap, group, topic, partitions, timeout=10.0):
     """{partition: committed offset} of consumer group `group` (negative =
     none committed)."""

@@ -43,22 +43,14 @@ import unittest
 from kvstest import BUILD_DIR, Client, pb, pyval, req_hget, req_hset
 from routertest import edit_config, partition_of, stopped
 import kafkatest
-from kafkatest import info, info_pairs, kafka_parts, produce, wait_until, watermarks
+from kafkatest import (cluster_id, info, info_pairs, kafka_parts, produce, wait_until,
+                       watermarks)
 from test_ingest import KafkaFixtures
 import test_replicas
 from test_replicas import ReplicaFixtures
 
 HAVE_CK = kafkatest.Producer is not None
 TOPIC = "users"
-
-
-def cluster_id(bootstrap):
-    """The id of the Kafka cluster at `bootstrap`, as its metadata says."""
-    p = kafkatest.Producer({"bootstrap.servers": bootstrap})
-    try:
-        return p.list_topics(timeout=10).cluster_id
-    finally:
-        p.flush(1)
 
 
 def stale(req):
@@ -277,6 +269,8 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
                         properties={"topic.metadata.refresh.interval.ms": "1000"})
         self.wait_caught_up(r, TOPIC, {0: 50})
         a_id = cluster_id(a.bootstrap)
+        self.assertTrue(a_id)
+        self.assertEqual(self.parts(r)[0]["cluster_id"], a_id)
         a.close()
         b = self.mock({TOPIC: 1})
         if cluster_id(b.bootstrap) == a_id:
@@ -303,6 +297,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
                             "the topic must be found diverged: %r" % self.parts(r))
             part = self.parts(r)[0]
             self.assertEqual(part["serving"], 0, part)
+            self.assertEqual(part["cluster_id"], a_id, "the cluster its offsets are in")
             with Client(r.addr) as c:
                 resp = c.call(req_hget("users", b"k1"))
                 self.assertEqual(resp.status, 503, resp.message)
@@ -345,6 +340,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         rc, out, err = self.cli(r, "rebuild", "users")
         self.assertEqual(rc, 0, out + err)
         self.wait_caught_up(r, TOPIC, {0: 120 + sent})
+        self.assertEqual(self.parts(r)[0]["cluster_id"], cluster_id(b.bootstrap))
         with Client(r.addr) as c:
             for k in (b"k1", b"k60"):
                 resp = c.call(req_hget("users", k))

@@ -33,8 +33,8 @@ import unittest
 from kvstest import BUILD_DIR, SANITIZED, Client, LogsOnFailure, Node, log_of, pb, pyval, req_hmget
 from routertest import Router, partition_of, procs_for_config
 import kafkatest
-from kafkatest import (KCAT, MockKafka, caught_up, committed, info, info_pairs, ingest_yaml,
-                       kafka_parts,
+from kafkatest import (KCAT, MockKafka, caught_up, cluster_id, committed, info, info_pairs,
+                       ingest_yaml, kafka_parts,
                        kcat_consume, kcat_produce, produce, wait_until, watermarks)
 
 HAVE_CK = kafkatest.Producer is not None
@@ -629,6 +629,9 @@ class IngestTest(KafkaFixtures, unittest.TestCase):
                          {p: (end, end, 0) for p, end in ends1.items()},
                          "while the brokers were down after a restart, Info must report the "
                          "per-partition next_offset/applied/skipped stored in LMDB")
+        if HAVE_CK:  # the cluster the stored offsets are positions in
+            self.assertEqual({s["cluster_id"] for s in while_down.values()},
+                             {cluster_id(m.bootstrap)})
 
     def test_injected_request_errors(self):
         topic, parts = "users", 8
