@@ -67,8 +67,12 @@ class HungProcessTest(RouterTestCase):
         # Router 0's own socket: the client port's connections could land on
         # the stopped router process (the kernel spreads them, SO_REUSEPORT).
         self.sock0 = os.path.join(r.data_dir, "router0.sock")
+        # Both router processes ready: one still starting may be stopped
+        # between its fork and its exec, where its signals are blocked, and
+        # die of the stop's SIGTERM before the signal a test sent it.
         self.assertTrue(wait_until(lambda: len(router_pids(r)) == 2 and
-                                   os.path.exists(self.sock0), WAIT))
+                                   os.path.exists(self.sock0) and
+                                   "router 1 of 2 ready" in r.stderr(), WAIT))
         with Client(self.sock0) as c:
             for ks in self.keys.values():
                 for k in ks:
