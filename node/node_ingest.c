@@ -412,6 +412,14 @@ static int cluster_save(node_ingest_t *in, topic_t *t)
 
 static void on_range_timer(uv_timer_t *h);
 
+/* A partition of this shard's stopped being applied: tells the owner of
+ * the writes that wait for it. */
+static void own_halted(node_ingest_t *in)
+{
+    if (in->own.halted != NULL)
+        in->own.halted(in->own.arg);
+}
+
 /* Topic t's records came from cluster t->cluster, and the brokers are now
  * cluster `now`: every partition it owns diverged. */
 static void cluster_moved(node_ingest_t *in, topic_t *t, const char *now)
@@ -443,6 +451,7 @@ static void cluster_moved(node_ingest_t *in, topic_t *t, const char *now)
               "cluster again and the node restarts; see the README, \"When a topic's log "
               "diverges\"",
               t->b->topic, is, was);
+    own_halted(in);
     /* Fetching its partitions stops with the next assignment (not from
      * inside a batch: the assignment pumps the queue itself). */
     if (!in->stopping)
@@ -1280,6 +1289,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   "and its reads and writes are refused (503) until its table is rebuilt from "
                   "the topic; see the README, \"When a topic's log diverges\"",
                   topic, p, (long long)hi, (long long)pt->next - 1);
+        own_halted(in);
         return 0;
     }
     if (at >= 0 && at < lo && in->reset_error) {
@@ -1289,6 +1299,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   "ingested; set kafka.properties auto.offset.reset to earliest or latest and "
                   "restart to skip them",
                   topic, p, (long long)at, (long long)lo - 1);
+        own_halted(in);
         return 0;
     }
     if (at < 0 || (pt->next < 0 && at >= lo)) {
@@ -2039,7 +2050,8 @@ int node_ingest_apply_delivered(node_ingest_t *in, const void *record)
      * record has next -1 too, and must not take it as its next one. */
     if (!in->assigned || in->stopping || in->rewind || in->throttle_ms > 0 || t == NULL ||
         m->offset < 0 || m->partition < 0 || (uint32_t)m->partition >= t->partitions ||
-        !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset || batch_lost(in))
+        !t->parts[m->partition].owned || t->parts[m->partition].next != m->offset ||
+        t->parts[m->partition].diverged || t->parts[m->partition].halted || batch_lost(in))
         return 0; /* not next in its partition: ingestion applies it when it reads it */
     int rc = apply_batch(in, &m, 1);
     if (rc != 0) {

@@ -205,6 +205,11 @@ typedef struct node_ingest_own_s {
                         uint64_t gen, const void *key, size_t klen, const void *payload, size_t len,
                         int *lengths);
     const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
+    /* A partition stopped being applied (node_ingest_halted now names it):
+     * the records waiting to be applied there may never be. Called from
+     * inside node_ingest's calls (the owner's own included): defer the
+     * work. May be NULL. */
+    void (*halted)(void *arg);
     void *arg;
 } node_ingest_own_t;
 

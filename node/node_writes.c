@@ -102,6 +102,7 @@ struct node_writes_s {
     rec_t *settle;      /* claimed records awaiting the commit verdict */
     wreq_t *head, *tail;
     uv_timer_t timer;
+    uv_timer_t halt_timer; /* a partition halted: answers the writes it strands */
     int draining, stopping;
 };
 
@@ -321,6 +322,47 @@ static void rec_settled(node_writes_t *wr, rec_t *r)
         wreq_succeed(wr, w);
 }
 
+/* Why an acknowledged record of w that is not applied yet may never be
+ * (its partition is no longer ingested: node_ingest_halted), or NULL;
+ * *part is that record's partition. A log found shorter than what was
+ * applied is still being checked, and may resume: it counts only when
+ * `checked_too` (the write's deadline). */
+static const char *acked_halted(node_writes_t *wr, const wreq_t *w, int checked_too, int32_t *part)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        const rec_t *r = w->recs[i];
+        if (!r->acked || r->applied || r->committed)
+            continue;
+        if (!checked_too && node_ingest_log_short(wr->ingest, w->b, (uint32_t)r->partition))
+            continue;
+        const char *why = node_ingest_halted(wr->ingest, w->b, (uint32_t)r->partition);
+        if (why != NULL) {
+            *part = r->partition;
+            return why;
+        }
+    }
+    return NULL;
+}
+
+/* Answers w, whose acknowledged record waits in a partition that is no
+ * longer ingested: at once, since waiting cannot settle it (the topic
+ * diverged, or its records were deleted unread: the record takes effect
+ * only if the partition is applied from that log again, by a rebuild or
+ * the first cluster back). */
+static void end_halted(node_writes_t *wr, wreq_t *w, int32_t part, const char *why)
+{
+    char msg[3072];
+    snprintf(msg, sizeof(msg),
+             "%s: Kafka acknowledged the write, but topic %s partition %d is not ingested by "
+             "this shard (%s); the record is in the log the brokers keep and takes effect only "
+             "if the partition is applied from it: the write may or may not take effect%s",
+             kvs_msg_command_name(w->cmd), w->b->topic, part, why,
+             w->n > 1 ? ", and other keys of this request may have been written; read the keys "
+                        "to find out"
+                      : "");
+    wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN, msg);
+}
+
 /* ---- the two halves ------------------------------------------------------------------ */
 
 static void on_delivery(void *arg, const node_delivery_t *d)
@@ -370,8 +412,12 @@ static void on_delivery(void *arg, const node_delivery_t *d)
         if (rc < 0)
             kvs_warn("applying an acknowledged write failed: %s", kvs_strerror(rc));
     }
+    int32_t part;
+    const char *why;
     if (r->committed)
         rec_settled(wr, r);
+    else if ((why = acked_halted(wr, w, 0, &part)) != NULL)
+        end_halted(wr, w, part, why); /* acknowledged after its partition halted */
 }
 
 static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
@@ -437,6 +483,28 @@ void node_writes_turn(node_writes_t *wr)
     }
 }
 
+/* A partition halted (node_ingest's call, deferred to here): the writes
+ * whose acknowledged records wait in it are answered now, not at their
+ * deadline. */
+static void on_halt_timer(uv_timer_t *t)
+{
+    node_writes_t *wr = t->data;
+    for (wreq_t *w = wr->head, *next; w != NULL; w = next) {
+        next = w->next;
+        int32_t part;
+        const char *why = acked_halted(wr, w, 0, &part);
+        if (why != NULL)
+            end_halted(wr, w, part, why);
+    }
+}
+
+static void on_halted(void *arg)
+{
+    node_writes_t *wr = arg;
+    if (!wr->stopping)
+        uv_timer_start(&wr->halt_timer, on_halt_timer, 0, 0);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     node_writes_t *wr = t->data;
@@ -449,6 +517,12 @@ static void on_timer(uv_timer_t *t)
             acked &= w->recs[i]->acked;
             placed &= w->recs[i]->offset >= 0;
         }
+        int32_t part;
+        const char *halted = acked_halted(wr, w, 1, &part);
+        if (halted != NULL) {
+            end_halted(wr, w, part, halted);
+            continue;
+        }
         /* Acknowledged without an offset (a broker saying "duplicate" of a
          * record it has, or one that says so wrongly) and not seen since:
          * no position can name it, and whether it is in the log is not
@@ -460,14 +534,6 @@ static void on_timer(uv_timer_t *t)
                      "have happened; read the key%s to find out",
                      kvs_msg_command_name(w->cmd), w->b->topic,
                      (unsigned long long)node_wait_ms(wr->cfg), w->n > 1 ? "s" : "");
-        else if (acked && node_ingest_moved(wr->ingest, w->b) != NULL)
-            /* The producer reached the other cluster before a check did. */
-            snprintf(msg, sizeof(msg),
-                     "%s: Kafka acknowledged the write, but topic %s is %s; the record is in the "
-                     "new cluster's log and takes effect only if the table is rebuilt from it: "
-                     "the write may or may not take effect",
-                     kvs_msg_command_name(w->cmd), w->b->topic,
-                     node_ingest_moved(wr->ingest, w->b));
         else if (acked)
             snprintf(msg, sizeof(msg),
                      "%s: Kafka acknowledged the write (see its position), but this worker did "
@@ -480,8 +546,8 @@ static void on_timer(uv_timer_t *t)
                      "or may not have happened; read the key%s to find out",
                      kvs_msg_command_name(w->cmd), (unsigned long long)node_wait_ms(wr->cfg),
                      w->b->topic, w->n > 1 ? "s" : "");
-        int known = acked && placed && node_ingest_moved(wr->ingest, w->b) == NULL;
-        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, known ? OUTCOME_KNOWN : OUTCOME_UNKNOWN, msg);
+        wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, acked && placed ? OUTCOME_KNOWN : OUTCOME_UNKNOWN,
+                 msg);
     }
     arm_timer(wr);
 }
@@ -864,6 +930,8 @@ int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *er
     }
     uv_timer_init(wr->loop, &wr->timer);
     wr->timer.data = wr;
+    uv_timer_init(wr->loop, &wr->halt_timer);
+    wr->halt_timer.data = wr;
     node_produce_opts_t po = {
         .loop = o->loop,
         .cfg = o->cfg,
@@ -875,7 +943,8 @@ int node_writes_start(const node_writes_opts_t *o, node_writes_t **out, char *er
     int rc = node_produce_start(&po, &wr->producer, err, errlen);
     if (rc != 0)
         return rc;
-    node_ingest_own_t own = {.claim = on_claim, .outstanding = &wr->outstanding, .arg = wr};
+    node_ingest_own_t own = {
+        .claim = on_claim, .outstanding = &wr->outstanding, .halted = on_halted, .arg = wr};
     node_ingest_set_own(o->ingest, &own);
     node_ingest_set_asker(o->ingest, node_produce_kafka(wr->producer));
     return 0;
@@ -899,6 +968,7 @@ void node_writes_stop(node_writes_t *wr)
                  "key to find out");
     node_produce_stop(wr->producer); /* every report left, from here */
     uv_close((uv_handle_t *)&wr->timer, NULL);
+    uv_close((uv_handle_t *)&wr->halt_timer, NULL);
 }
 
 void node_writes_free(node_writes_t *wr)

@@ -347,6 +347,51 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
                 self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"b-" + k[1:]),
                                  resp.message)
 
+    def test_a_write_waiting_when_the_brokers_become_another_cluster_is_answered_then(self):
+        """A log-first write Kafka acknowledged waits for ingestion to apply
+        it (slowed here to a record every 60 s). The brokers then become
+        another cluster: its partition is no longer ingested, so waiting
+        cannot settle the write, and it is answered 503 outcome_unknown as
+        soon as the change is seen, not at router.timeout (it waited all of
+        it, and was told it would be applied)."""
+        a = self.mock({TOPIC: 1})
+        fwd = Forwarder(a.bootstrap)
+        self.addCleanup(fwd.close)
+        r = self.router(fwd, [(TOPIC, "users", "raw", 1)], shards=1, one_cluster=False,
+                        timeout="120s", env={"KVS_TEST_INGEST_DELAY_MS": "60000"},
+                        properties={"topic.metadata.refresh.interval.ms": "1000"})
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["cluster_id"] != "", 30),
+                        "the first cluster's id must be learned")
+        a_id = self.parts(r)[0]["cluster_id"]
+        b = self.mock({TOPIC: 1})
+        if cluster_id(b.bootstrap) == a_id:
+            self.skipTest("both mock clusters have the id %s" % a_id)
+        got = []
+
+        def write():
+            with Client(r.addr, timeout=150) as c:
+                got.append(c.call(req_hset("users", b"k1", b"v")))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        self.assertTrue(wait_until(lambda: watermarks(a.bootstrap, TOPIC, 1)[0][1] == 1, 30),
+                        "Kafka must have the write's record")
+        switched = time.monotonic()
+        a.close()  # its connections end: the worker's next ones reach b
+        fwd.target = b.bootstrap
+        writer.join(60)
+        self.assertFalse(writer.is_alive(), "the write was not answered once the brokers changed")
+        self.assertLess(time.monotonic() - switched, 60)
+        resp = got[0]
+        self.assertEqual(resp.status, 503, resp.message)
+        self.assertTrue(resp.outcome_unknown, resp.message)
+        self.assertRegex(resp.message, r"^Hset: Kafka acknowledged the write, but topic users "
+                         r"partition 0 is not ingested by this shard \(diverged: the topic was "
+                         r"applied from Kafka cluster ")
+        self.assertIn("the write may or may not take effect", resp.message)
+        self.assertNotIn("will be applied", resp.message)
+        self.assertEqual(self.parts(r)[0]["diverged"], 1)
+
     def test_rebuild_takes_the_new_topic(self):
         r, a, b, first, second, ends = self.recreate()
         with Client(r.addr) as c:
