@@ -1535,7 +1535,11 @@ int kvs_conn_tls_from_config(const kvs_config_t *cfg, const kvs_tls_endpoint_t *
         .ciphersuites = cfg->tls_ciphersuites,
         .what = what,
     };
-    return kvs_tls_ctx_new(&o, out, err, errlen);
+    int rc = kvs_tls_ctx_new(&o, out, err, errlen);
+    char why[512];
+    if (rc == 0 && kvs_tls_ctx_unusable(*out, why, sizeof(why)))
+        kvs_warn("%s: peers that verify it refuse every connection", why);
+    return rc;
 }
 
 uint64_t kvs_conn_fd_limit(void)

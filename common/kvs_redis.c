@@ -69,12 +69,20 @@ static int fail(kvs_redis_parser_t *ps, const char *fmt, ...)
     return -1;
 }
 
+/* Redis's default proto-max-bulk-len: a bulk length it refuses too. */
+#define REDIS_MAX_BULK (512ull << 20)
+
 /* A request past max_request: an error that says so (ps->too_large), in
- * Redis's words for a bulk length past it (`bulk`), else in kvs's. */
-static int too_large(kvs_redis_parser_t *ps, size_t max_request, int bulk)
+ * kvs's words, or in Redis's for a bulk length past it (`bulk`, its
+ * length): Redis's own where Redis refuses it too, else naming the limit
+ * that only kvs has. */
+static int too_large(kvs_redis_parser_t *ps, size_t max_request, unsigned long long bulk)
 {
-    if (bulk)
+    if (bulk > REDIS_MAX_BULK)
         fail(ps, "Protocol error: invalid bulk length");
+    else if (bulk != 0)
+        fail(ps, "Protocol error: invalid bulk length (larger than limits.max_frame, %zu bytes)",
+             max_request);
     else
         fail(ps, "Protocol error: request larger than limits.max_frame (%zu bytes)", max_request);
     ps->too_large = 1;
@@ -208,7 +216,7 @@ static int parse_bulks(kvs_redis_parser_t *ps, const uint8_t *p, size_t len, siz
         if (parse_ll(p + pos + 1, (size_t)(cr - p) - pos - 1, &n) != 0 || n < 0)
             return fail(ps, "Protocol error: invalid bulk length");
         if ((unsigned long long)n > max_request)
-            return too_large(ps, max_request, 1);
+            return too_large(ps, max_request, (unsigned long long)n);
         size_t start = (size_t)(cr - p) + 2;
         if (start + (size_t)n + 2 > max_request)
             return too_large(ps, max_request, 0);

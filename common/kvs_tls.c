@@ -478,6 +478,53 @@ static int ctx_build(const kvs_tls_ctx_t *c, SSL_CTX **out, char *err, size_t er
     return 0;
 }
 
+/* `t` as OpenSSL prints it ("Jan  1 00:00:00 2026 GMT"). */
+static const char *time_text(const ASN1_TIME *t, char *buf, size_t len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n = b != NULL && ASN1_TIME_print(b, t) ? BIO_read(b, buf, (int)len - 1) : 0;
+    buf[n > 0 ? n : 0] = '\0';
+    BIO_free(b);
+    ERR_clear_error();
+    return n > 0 ? buf : "(a time that does not print)";
+}
+
+/* Why s's own certificate is of no use now, into why[0..len), or 0: one
+ * that expired or is not valid yet, or not meant for c's role (a server
+ * certificate without serverAuth among its extended key usages, or with a
+ * key usage that forbids it; clientAuth for a client). Every peer that
+ * verifies it refuses it. */
+static int cert_unusable(SSL_CTX *s, const kvs_tls_ctx_t *c, char *why, size_t len)
+{
+    char at[64];
+    X509 *x = SSL_CTX_get0_certificate(s);
+    if (x == NULL)
+        return 0;
+    int server = c->o.role == KVS_TLS_SERVER;
+    if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+        snprintf(why, len, "%s.cert %s expired on %s", c->what, c->cert,
+                 time_text(X509_get0_notAfter(x), at, sizeof(at)));
+    else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+        snprintf(why, len, "%s.cert %s is not valid before %s", c->what, c->cert,
+                 time_text(X509_get0_notBefore(x), at, sizeof(at)));
+    else if (X509_check_purpose(x, server ? X509_PURPOSE_SSL_SERVER : X509_PURPOSE_SSL_CLIENT, 0) !=
+             1)
+        snprintf(why, len,
+                 "%s.cert %s is not meant for a TLS %s: its extendedKeyUsage lacks %s (or its "
+                 "keyUsage forbids it)",
+                 c->what, c->cert, server ? "server" : "client",
+                 server ? "serverAuth" : "clientAuth");
+    else
+        return 0;
+    ERR_clear_error();
+    return 1;
+}
+
+int kvs_tls_ctx_unusable(const kvs_tls_ctx_t *c, char *why, size_t len)
+{
+    return cert_unusable(c->ssl, c, why, len);
+}
+
 static char *dup_or(const char *s, const char *def)
 {
     return strdup(s != NULL && s[0] != '\0' ? s : def);
@@ -515,7 +562,14 @@ int kvs_tls_ctx_new(const kvs_tls_opts_t *o, kvs_tls_ctx_t **out, char *err, siz
 int kvs_tls_ctx_reload(kvs_tls_ctx_t *c, char *err, size_t errlen)
 {
     SSL_CTX *s;
+    char why[512];
     int rc = ctx_build(c, &s, err, errlen);
+    if (rc == 0 && cert_unusable(s, c, why, sizeof(why))) {
+        /* Taken, no verifying peer would connect: the material in use
+         * may still be good. */
+        SSL_CTX_free(s);
+        rc = ctx_error(err, errlen, "%s: not taken", why);
+    }
     c->reloads[rc != 0]++;
     if (rc != 0)
         return rc;

@@ -97,8 +97,16 @@ int kvs_tls_ctx_new(const kvs_tls_opts_t *o, kvs_tls_ctx_t **out, char *err, siz
 
 /* Reads certificate, key and CA again from the same files. On success new
  * sessions use them (sessions already open keep what they have); on
- * failure nothing changes and err says why. Returns 0 or KVS_ECONFIG. */
+ * failure nothing changes and err says why: also when the certificate
+ * loads but no peer that verifies it would take it (kvs_tls_ctx_unusable).
+ * Returns 0 or KVS_ECONFIG. */
 int kvs_tls_ctx_reload(kvs_tls_ctx_t *c, char *err, size_t errlen);
+
+/* 1 with why[0..len) saying it when c's own certificate is of no use now
+ * (expired, not valid yet, or not meant for c's role by its key usages):
+ * every peer that verifies it refuses it. 0 when it is usable, or c has
+ * none. A start takes it anyway (nothing older to keep): warn. */
+int kvs_tls_ctx_unusable(const kvs_tls_ctx_t *c, char *why, size_t len);
 
 /* How many kvs_tls_ctx_reload calls took new material, and how many
  * failed (the previous material kept), for the metrics. */

@@ -2046,8 +2046,11 @@ static int reply_too_large(const router_req_t *req, kvs_buf_t *out, size_t start
                               max);
     else
         *rc = kvs_redis_error(out,
-                              "ERR HGETALL reply would exceed twice limits.max_frame (%llu bytes, "
+                              "ERR %s reply would exceed twice limits.max_frame (%llu bytes, "
                               "as Redis shows the values); read the hash in pages with HSCAN",
+                              req->rcmd == RC_HVALS   ? "HVALS"
+                              : req->rcmd == RC_HKEYS ? "HKEYS"
+                                                      : "HGETALL",
                               max);
     return 1;
 }

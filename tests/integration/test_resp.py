@@ -533,7 +533,7 @@ class LargeValuesTest(RespTestCase):
                 text = "0." + "0" * 323 + "5"
                 self.assertEqual(c.hget("fl", keys[0]), text.encode())
                 for call, what in ((lambda: c.hgetall("fl"), "HGETALL reply"),
-                                   (lambda: c.hvals("fl"), "HGETALL reply"),
+                                   (lambda: c.hvals("fl"), "HVALS reply"),
                                    (lambda: c.hmget("fl", keys), "HMGET reply"),
                                    (lambda: c.hscan("fl", 0, count=2500), "HSCAN page")):
                     with self.assertRaises(redis.ResponseError) as e:
@@ -774,7 +774,8 @@ class RawProtocolTest(RespTestCase):
              b"-ERR Protocol error: expected '$', got 'f'\r\n"),
             (b"*1\r\n$-5\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
             (b'HSET t "unterminated\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
-            (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n"),
+            (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length (larger "
+             b"than limits.max_frame, 4194304 bytes)\r\n"),
         ]
         for i, (data, want) in enumerate(cases):
             try:

@@ -872,7 +872,8 @@ class ProtocolErrorTest(RespDiffTestCase):
         waits for its end."""
         for data, want in [
                 (b"*1048577\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length\r\n"),
+                (b"*1\r\n$%d\r\n" % (8 << 20), b"-ERR Protocol error: invalid bulk length "
+                 b"(larger than limits.max_frame, 4194304 bytes)\r\n"),
                 (b"*1\0\r\n$4\r\nPING\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
                 (b"*1\r\n$4\0\r\nPING\r\n", b"-ERR Protocol error: invalid bulk length\r\n")]:
             kg, rg = self.exchange_until_close(data, 0.3)

@@ -591,7 +591,8 @@ def bound_difference(data, kg, rg):
     for the bytes it announces."""
     rest = kg[0][len(rg[0]):]
     return (kg[1] and not rg[1] and kg[0].startswith(rg[0])
-            and rest in (b"-ERR Protocol error: invalid bulk length\r\n",
+            and rest in (b"-ERR Protocol error: invalid bulk length (larger than "
+                         b"limits.max_frame, 4194304 bytes)\r\n",
                          b"-ERR Protocol error: invalid multibulk length\r\n")
             and max(int(n) for n in re.findall(rb"\d+", data)) > 1048576)
 

@@ -21,6 +21,7 @@ import warnings
 
 from kvstest import (BUILD_DIR, SANITIZED, NodeTestCase, cert_path, encode, pb, pyval, req_hget,
                      req_ping, tls_context, tls_yaml)
+from kafkatest import wait_until
 from routertest import RouterTestCase, free_port_range, keys_by_shard, router_pids, shard_of
 
 SHARDS = 4
@@ -404,6 +405,53 @@ class TlsRouterTest(RouterTestCase):
         self.assertEqual(reloads, {("router", "tls.router", "ok"): 1,
                                    ("router", "tls.router", "error"): 1})
         self.assertTrue(r.alive())
+        self.assertEqual(r.stop(), 0)
+
+    def test_a_certificate_no_client_would_take_is_warned_of_and_not_reloaded(self):
+        # An expired certificate, or one for clients only (clientAuth), loads
+        # like a good one, and every client that verifies refuses it: a
+        # reload took it (and logged it reloaded), leaving no client able
+        # to connect. It is now refused and the material in use stays; a
+        # start, with nothing older to keep, takes it with a warning.
+        d = tempfile.mkdtemp(prefix="kvs-rot-")
+        self.addCleanup(shutil.rmtree, d, True)
+        now = time.time()
+        bad = {}
+        for name, start, end in (("expired", now - 7200, now - 3600),
+                                 ("clientonly", now - 3600, now + 3600)):
+            os.mkdir(os.path.join(d, name))
+            short_lived_cert(os.path.join(d, name), "kvs-node", start, end)
+            bad[name] = (os.path.join(d, name, "cert.pem"), os.path.join(d, name, "key.pem"))
+        cur = (os.path.join(d, "cur.crt"), os.path.join(d, "cur.key"))
+        for src, dst in zip(bad["expired"], cur):
+            shutil.copy(src, dst)
+        r = self.router(shards=1, partitions=8, start=False, tls=tls_context(), extra_yaml=(
+            "tls:\n  cert: %s\n  key: %s\n  router: {enabled: true}\n" % cur))
+        r.start()
+        self.assertTrue(re.search(r"WARN +tls\.router\.cert \S+cur\.crt expired on \w+ +\d+ "
+                                  r"[\d:]+ \d+ GMT: peers that verify it refuse every "
+                                  r"connection", r.stderr()), r.stderr())
+        with self.assertRaises(ssl.SSLError):
+            r.client().close()
+        for src, dst in zip((cert_path("node.crt"), cert_path("node.key")), cur):
+            shutil.copy(src, dst)
+        os.kill(r.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(
+            lambda: "tls.router: certificate, key and CA reloaded" in r.stderr(), 5))
+        for name, why in (("expired", r"expired on \w+ +\d+ [\d:]+ \d+ GMT"),
+                          ("clientonly", r"is not meant for a TLS server: its extendedKeyUsage "
+                                         r"lacks serverAuth \(or its keyUsage forbids it\)")):
+            for src, dst in zip(bad[name], cur):
+                shutil.copy(src, dst)
+            before = len(r.stderr())
+            os.kill(r.pid, signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: "reload failed" in r.stderr()[before:], 5))
+            self.assertRegex(r.stderr()[before:],
+                             r"tls\.router: reload failed, still using the previous material: "
+                             r"tls\.router\.cert \S+cur\.crt " + why + ": not taken")
+            with r.client() as c:  # the good certificate still serves
+                self.assertEqual(c.sock.getpeercert()["subject"], ((("commonName", "kvs-node"),),))
+                self.assertEqual(c.ping().message, "PONG")
         self.assertEqual(r.stop(), 0)
 
     def test_unfinished_handshakes_make_room_and_time_out_without_users(self):

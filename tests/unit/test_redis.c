@@ -192,6 +192,12 @@ KVS_TEST(request_larger_than_the_limit_is_refused_early)
     size_t used;
     const char a[] = "*1\r\n$2000\r\n";
     CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)a, sizeof(a) - 1, 1000, &used), -1);
+    CHECK_STR(ps.error,
+              "Protocol error: invalid bulk length (larger than limits.max_frame, 1000 bytes)");
+    CHECK(ps.too_large);
+    kvs_redis_parser_reset(&ps);
+    const char huge[] = "*1\r\n$600000000\r\n"; /* past Redis's own limit: its words */
+    CHECK_EQ(kvs_redis_parse(&ps, (const uint8_t *)huge, sizeof(huge) - 1, 1000, &used), -1);
     CHECK_STR(ps.error, "Protocol error: invalid bulk length");
     CHECK(ps.too_large); /* Redis's words, said of a malformed length too: */
     kvs_redis_parser_reset(&ps);
