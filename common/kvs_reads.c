@@ -297,8 +297,14 @@ static int hgetall(const kvs_reads_src_t *src, const Kvs__Hgetall *m, kvs_resp_t
     return 0;
 }
 
-static int hscan(const kvs_reads_src_t *src, const Kvs__Hscan *m, kvs_resp_t *r)
+static int hscan(const kvs_reads_src_t *own, const Kvs__Hscan *m, kvs_resp_t *r)
 {
+    /* The asker's smaller frame (a router whose limits.max_frame is
+     * smaller than this node's) bounds the page as this node's would. */
+    kvs_reads_src_t asked = *own;
+    if (m->answer_budget != 0 && m->answer_budget < own->max_frame)
+        asked.max_frame = m->answer_budget;
+    const kvs_reads_src_t *src = &asked;
     uint32_t count = m->count == 0 ? KVS_SCAN_DEFAULT : m->count;
     if (count > KVS_SCAN_MAX)
         count = KVS_SCAN_MAX;

@@ -2604,6 +2604,11 @@ static void route_hscan(router_t *r, router_req_t *req, const Kvs__CommandReques
     req->merge = m;
     req->parts_left = 1;
     Kvs__Hscan inner = *q->hscan;
+    /* Pages of a worker with a larger max_frame (another node's) must fit
+     * this router's frames: a page past them could not be carried, and the
+     * walk could not go on. */
+    if (inner.answer_budget == 0 || inner.answer_budget > r->cfg->max_frame)
+        inner.answer_budget = (uint32_t)r->cfg->max_frame;
     Kvs__CommandRequest sub = KVS__COMMAND_REQUEST__INIT;
     sub.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
     sub.hscan = &inner;

@@ -675,6 +675,46 @@ class RouterTest(RouterTestCase):
             self.assertOk(resp)
         self.assertEqual(a.stop(), 0)
 
+    def test_hscan_through_a_node_with_a_smaller_max_frame_walks_a_remote_shard(self):
+        # Node A (max_frame 64 KiB) serves shard 0 and reads shard 1 from
+        # node B (1 MiB). B's pages of 10 values of 30 KB were 300 KB,
+        # which A's link cannot carry: every page of the walk was 413, and
+        # shard 1 could not be walked through A at all. A now says the
+        # largest page it takes, and B ends its pages there.
+        base_a, base_b = free_port_range(2), free_port_range(2)
+        for _ in range(20):
+            if abs(base_a - base_b) >= 2:
+                break
+            base_b = free_port_range(2)
+        a = self.router(start=False, name="A", shards=2, partitions=8, max_frame="64KiB",
+                        node_listen="127.0.0.1:%d" % base_a,
+                        remote={1: "127.0.0.1:%d" % (base_b + 1)})
+        b = self.router(start=False, name="B", shards=2, partitions=8, max_frame="1MiB",
+                        node_listen="127.0.0.1:%d" % base_b,
+                        remote={0: "127.0.0.1:%d" % base_a})
+        a.start()
+        b.start()
+        keys = keys_by_shard("big", 30, 8, 2)
+        self.wait_all_shards(a, [keys[0][0], keys[1][0]])
+        want = {k: b"v" * 30000 for k in keys[1][:30]}
+        with b.client() as cb:
+            for k, v in want.items():
+                self.assertOk(cb.hset("scan", k, v))
+        got, cursor, pages = {}, b"", 0
+        with a.client() as ca:
+            while True:
+                resp = ca.hscan("scan", cursor, 10)
+                self.assertOk(resp)
+                self.assertLessEqual(resp.ByteSize(), 64 * 1024)
+                got.update((p.key, pyval(p.value)) for p in resp.pairs)
+                pages += 1
+                cursor = resp.cursor
+                if not cursor:
+                    break
+                self.assertLess(pages, 40, "the walk does not end")
+        self.assertEqual(got, want)
+        self.assertGreater(pages, 3, "pages of at most 64 KiB")
+
     # ---- bad input ---------------------------------------------------------------------------
 
     def test_bad_input_answers_like_a_worker(self):
