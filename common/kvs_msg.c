@@ -575,7 +575,17 @@ typedef struct command_run_s {
     uint32_t member, count;
     const uint8_t *at;
     size_t body;
+    uint32_t before; /* command members before the run: the parser drops them */
 } command_run_t;
+
+/* Whether the request must be written again before protobuf-c reads it:
+ * its last command given more than once (merge_command), or commands
+ * before it, which protobuf-c would decode in full only to drop them (a
+ * frame of overridden commands cost 400 ms and its memory budget). */
+static int run_rewrites(const command_run_t *run)
+{
+    return run->count >= 2 || run->before > 0;
+}
 
 /* Finds the last run of command members in p[0..len). Returns 0, or -1
  * when the bytes are not a request protobuf-c reads (it judges those). */
@@ -597,7 +607,7 @@ static int command_run(const uint8_t *p, size_t len, command_run_t *run)
         if ((tag & 7) != 2)
             return -1; /* not a message: protobuf-c refuses it */
         if (member != run->member)
-            *run = (command_run_t){member, 0, at, 0};
+            *run = (command_run_t){member, 0, at, 0, run->before + run->count};
         run->count++;
         (void)kvs_varint_get(&v, end, &vlen);
         run->body += (size_t)vlen;
@@ -613,7 +623,7 @@ static int command_run(const uint8_t *p, size_t len, command_run_t *run)
  * + Hmset{t, [b]} is Hmset{t, [a, b]}. protobuf-c does not merge a oneof
  * member with itself: it keeps the last one alone (it would write [b]
  * only and answer 200). This writes the request protobuf reads, for the
- * request p[0..len) whose last run is `run` (count >= 2), into buf: one
+ * request p[0..len) whose last run is `run` (run_rewrites), into buf: one
  * merged member, the members before the run dropped (as a parser clears
  * them), every other field as it is. Returns its length, which is never
  * more than len: one tag and length replace two or more. */
@@ -646,16 +656,225 @@ static size_t merge_command(const uint8_t *p, size_t len, const command_run_t *r
     return n;
 }
 
+/* ---- nested messages given more than once -------------------------------------------
+ *
+ * A singular message field given more than once inside a message (Hset's
+ * pair twice, as two concatenated Hset requests give it; a Kvpair's value
+ * twice) is, to protobuf, one field holding their bodies one after the
+ * other: parsed so, a later copy's key "" replaces an earlier "k1", and a
+ * Value holding string_value "" then nothing is that empty string.
+ * protobuf-c decodes each copy and merges the results, and a copy's empty
+ * bytes read as "not set" there: the earlier key was kept (an Hset whose
+ * key protobuf reads as empty wrote k1), and the empty string was lost
+ * (a valid Hset was refused, "value is missing"). So such fields are
+ * joined on the wire, at every depth, before protobuf-c reads the bytes. */
+
+#define NESTED_DEPTH_MAX 8 /* deeper than any kvs message nests */
+
+/* The next field of p[*q..end): its tag, and where its value starts (*v).
+ * -1 when the bytes are not a field protobuf-c reads. */
+static int next_field(const uint8_t **q, const uint8_t *end, uint64_t *tag, const uint8_t **v)
+{
+    if (read_varint32(q, end, tag) != 0)
+        return -1;
+    *v = *q;
+    return skip_field(q, end, *tag);
+}
+
+/* The body of the length-delimited field whose value starts at v: *body
+ * and its length (skip_field checked that it fits). */
+static size_t field_body(const uint8_t *v, const uint8_t *end, const uint8_t **body)
+{
+    uint64_t n = 0;
+    (void)read_varint32(&v, end, &n);
+    *body = v;
+    return (size_t)n;
+}
+
+/* The field of d that a message field's tag names, when it is a message
+ * sent as one (length-delimited), else NULL. */
+static const ProtobufCFieldDescriptor *message_field(const ProtobufCMessageDescriptor *d,
+                                                     uint64_t tag)
+{
+    if ((tag & 7) != 2 || tag >> 3 > UINT32_MAX)
+        return NULL;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+    return f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE ? f : NULL;
+}
+
+/* Whether message d's bytes p[0..len) give a singular message field more
+ * than once, here or inside any message field. Bytes protobuf-c refuses
+ * answer 0 (it judges them). */
+static int nested_repeats(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len,
+                          int depth)
+{
+    const uint8_t *q = p, *end = p + len, *v = NULL, *body;
+    uint64_t tag = 0, seen = 0; /* singular message fields met, by index */
+    if (depth > NESTED_DEPTH_MAX)
+        return 0;
+    while (q < end) {
+        if (next_field(&q, end, &tag, &v) != 0)
+            return 0;
+        const ProtobufCFieldDescriptor *f = message_field(d, tag);
+        if (f == NULL)
+            continue;
+        size_t i = (size_t)(f - d->fields);
+        if (f->label != PROTOBUF_C_LABEL_REPEATED && i < 64) {
+            if (seen >> i & 1)
+                return 1;
+            seen |= 1ull << i;
+        }
+        size_t n = field_body(v, end, &body);
+        if (nested_repeats(f->descriptor, body, n, depth + 1))
+            return 1;
+    }
+    return 0;
+}
+
+/* Where a message's singular message field is given: its copies, the
+ * last one's value, and their bodies' length in all. */
+typedef struct copies_s {
+    uint32_t count;
+    const uint8_t *last;
+    size_t total;
+} copies_t;
+
+enum { JOIN_OK = 0, JOIN_BAD = 1, JOIN_NOMEM = 2 };
+
+/* Writes message d's bytes p[0..len) into buf as protobuf reads them,
+ * with each singular message field given once, where its last copy was,
+ * holding the copies' bodies joined, and the same done inside every
+ * message field. Returns the length written (at most len: joined copies
+ * drop tags and lengths); *rc is JOIN_BAD when the bytes are not a message
+ * protobuf-c reads (they are then left for it to refuse), JOIN_NOMEM when
+ * memory ran out. One pass to find the copies, one to write, and one more
+ * per field joined. */
+static size_t nested_join(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len,
+                          uint8_t *buf, int depth, int *rc)
+{
+    const uint8_t *q, *end = p + len, *at, *v = NULL, *body;
+    uint64_t tag = 0;
+    size_t n = 0, body_len;
+    copies_t copies[64];
+    memset(copies, 0, sizeof(copies));
+    if (depth > NESTED_DEPTH_MAX) {
+        memcpy(buf, p, len);
+        return len;
+    }
+    for (q = p; q < end;) {
+        if (next_field(&q, end, &tag, &v) != 0) {
+            *rc = JOIN_BAD;
+            return 0;
+        }
+        const ProtobufCFieldDescriptor *f = message_field(d, tag);
+        size_t i = f != NULL ? (size_t)(f - d->fields) : 64;
+        if (i < 64 && f->label != PROTOBUF_C_LABEL_REPEATED) {
+            copies[i].count++;
+            copies[i].last = v;
+            copies[i].total += field_body(v, end, &body);
+        }
+    }
+    for (q = p; q < end;) {
+        at = q;
+        (void)next_field(&q, end, &tag, &v); /* the first pass read them all */
+        const ProtobufCFieldDescriptor *f = message_field(d, tag);
+        if (f == NULL) {
+            memcpy(buf + n, at, (size_t)(q - at));
+            n += (size_t)(q - at);
+            continue;
+        }
+        size_t i = (size_t)(f - d->fields);
+        const copies_t *c = i < 64 && f->label != PROTOBUF_C_LABEL_REPEATED ? &copies[i] : NULL;
+        if (c != NULL && c->last != v)
+            continue; /* joined into its last copy */
+        body_len = field_body(v, end, &body);
+        uint8_t *joined = NULL;
+        if (c != NULL && c->count > 1) {
+            joined = malloc(c->total ? c->total : 1);
+            if (joined == NULL) {
+                *rc = JOIN_NOMEM;
+                return 0;
+            }
+            size_t j = 0;
+            const uint8_t *r, *w = NULL, *wb;
+            uint64_t rtag = 0;
+            for (r = p; r < end;) {
+                (void)next_field(&r, end, &rtag, &w);
+                if (rtag == tag) {
+                    size_t wn = field_body(w, end, &wb);
+                    memcpy(joined + j, wb, wn);
+                    j += wn;
+                }
+            }
+            body = joined;
+            body_len = c->total;
+        }
+        uint8_t *inner = malloc(body_len ? body_len : 1);
+        if (inner == NULL) {
+            free(joined);
+            *rc = JOIN_NOMEM;
+            return 0;
+        }
+        size_t m = nested_join(f->descriptor, body, body_len, inner, depth + 1, rc);
+        free(joined);
+        if (*rc != JOIN_OK) {
+            free(inner);
+            return 0;
+        }
+        n += kvs_varint_put(buf + n, tag);
+        n += kvs_varint_put(buf + n, m);
+        memcpy(buf + n, inner, m);
+        n += m;
+        free(inner);
+    }
+    return n;
+}
+
+/* The request p[0..len) with its nested message fields joined
+ * (nested_join) in `arena` (NULL: malloc, *owned set), or p itself when
+ * none repeats or the bytes are not a request protobuf-c reads (it refuses
+ * them). NULL when memory ran out. */
+static const uint8_t *nested_request(kvs_arena_t *arena, const uint8_t *p, size_t *len,
+                                     uint8_t **owned)
+{
+    *owned = NULL;
+    if (!nested_repeats(&kvs__command_request__descriptor, p, *len, 0))
+        return p;
+    uint8_t *out = arena != NULL ? kvs_arena_alloc(arena, *len) : malloc(*len);
+    if (out == NULL)
+        return NULL;
+    int rc = JOIN_OK;
+    size_t n = nested_join(&kvs__command_request__descriptor, p, *len, out, 0, &rc);
+    if (rc != JOIN_OK) {
+        if (arena == NULL)
+            free(out);
+        return rc == JOIN_BAD ? p : NULL;
+    }
+    if (arena == NULL)
+        *owned = out;
+    *len = n;
+    return out;
+}
+
 int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
 {
     command_run_t run;
-    if (command_run(*p, *len, &run) != 0 || run.count < 2)
-        return 0;
-    uint8_t *merged = kvs_arena_alloc(arena, *len);
-    if (merged == NULL)
+    const uint8_t *cur = *p;
+    size_t n = *len;
+    uint8_t *owned;
+    if (command_run(cur, n, &run) == 0 && run_rewrites(&run)) {
+        uint8_t *merged = kvs_arena_alloc(arena, n);
+        if (merged == NULL)
+            return -ENOMEM;
+        n = merge_command(cur, n, &run, merged);
+        cur = merged;
+    }
+    const uint8_t *joined = nested_request(arena, cur, &n, &owned);
+    if (joined == NULL)
         return -ENOMEM;
-    *len = merge_command(*p, *len, &run, merged);
-    *p = merged;
+    *p = joined;
+    *len = n;
     return 0;
 }
 
@@ -677,20 +896,29 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
                                             uint32_t *status)
 {
     command_run_t run;
-    if (command_run(p, len, &run) != 0 || run.count < 2)
-        return kvs_msg_decode_merged(arena, p, len, status);
     /* In the arena, the merged bytes live as long as the request decoded
      * from them; with malloc, protobuf-c copies what it keeps. */
-    uint8_t *merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
-    if (merged == NULL) {
-        if (status != NULL)
-            *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
-        return NULL;
+    uint8_t *merged = NULL, *owned = NULL;
+    if (command_run(p, len, &run) == 0 && run_rewrites(&run)) {
+        merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
+        if (merged == NULL) {
+            if (status != NULL)
+                *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
+            return NULL;
+        }
+        len = merge_command(p, len, &run, merged);
+        p = merged;
     }
-    Kvs__CommandRequest *q =
-        kvs_msg_decode_merged(arena, merged, merge_command(p, len, &run, merged), status);
-    if (arena == NULL)
+    const uint8_t *joined = nested_request(arena, p, &len, &owned);
+    Kvs__CommandRequest *q = NULL;
+    if (joined != NULL)
+        q = kvs_msg_decode_merged(arena, joined, len, status);
+    else if (status != NULL)
+        *status = KVS_STATUS_INTERNAL;
+    if (arena == NULL) {
         free(merged);
+        free(owned);
+    }
     return q;
 }
 

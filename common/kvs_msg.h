@@ -104,8 +104,12 @@ Kvs__CommandResponse *kvs_msg_decode_response(kvs_arena_t *arena, const uint8_t 
 /* When the request at *p (*len bytes) gives its command several times in
  * a row, protobuf reads it as one command holding them all merged (a
  * client may concatenate encoded requests); protobuf-c would keep the last
- * alone. This writes those merged bytes in `arena` and points *p and *len
- * at them; otherwise it changes nothing. kvs_msg_decode_request does it
+ * alone. Commands before that last run are dropped (protobuf-c would
+ * decode them in full first), and a singular message field given more than
+ * once at any depth is joined into one, as protobuf reads it (protobuf-c
+ * merges decoded copies, losing a later copy's empty bytes). This writes
+ * the bytes so rewritten in `arena` and points *p and *len at them;
+ * otherwise it changes nothing. kvs_msg_decode_request does it
  * itself; a router that forwards a request's bytes does it first, so that
  * a worker of any version reads the request the router routed. Returns 0,
  * or -ENOMEM (nothing changed). */

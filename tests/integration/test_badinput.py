@@ -236,7 +236,8 @@ class BadInputTest(NodeTestCase):
         # Sent to the worker itself: a bool of another wire type (true to
         # protobuf-c, an unknown field to protobuf), a bool varint past 64
         # bits (true to protobuf-c, false to C++), an unknown field in a
-        # Value that a second copy merges into (dropped by protobuf-c).
+        # Value that a second copy merges into (dropped by protobuf-c's
+        # merge; kvs joins the copies, as protobuf parses them).
         c = self.c
         past64 = b"\x28" + b"\x80" * 9 + b"\x02"
         for value, why in ((b"\x2a\x01\x01", "bool_value is sent as length-delimited"),
@@ -245,7 +246,7 @@ class BadInputTest(NodeTestCase):
             self.assertBad(c.recv(), "Hset.pair.value." + why)
         pair = ld(1, b"s001") + ld(2, ld(1, b"hijack") + b"\x48\x01") + ld(2, ld(1, b"x"))
         c.send_raw(frame(ld(4, ld(1, b"seed") + ld(2, pair))))
-        self.assertBad(c.recv(), "Hset.pair.value has unknown field 9")
+        self.assertBad(c.recv(), "Hset.pair.value has an unsupported field 9")
 
     def scenario_string_value_not_utf8(self):
         # Value.string_value is UTF-8 text. Storing other bytes would hand

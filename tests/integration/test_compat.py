@@ -349,10 +349,10 @@ class CompatTest(RouterTestCase):
             (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, b"\x28" + past64))),
              "Hmset.pairs[0].value.bool_value is a varint past 64 bits"),
             (ld(4, ld(1, t) + ld(2, new + b"\x38\x01") + ld(2, ld(2, ld(1, b"x")))),
-             "Hset.pair has unknown field 7 (varint)"),
+             "Hset.pair has an unsupported field 7"),
             (ld(5, ld(1, t) + ld(2, ld(1, b"wk") + ld(2, ld(1, b"new") + b"\x48\x01") +
                                 ld(2, ld(1, b"x")))),  # one pair, its value given twice
-             "Hmset.pairs[0].value has unknown field 9 (varint)"),
+             "Hmset.pairs[0].value has an unsupported field 9"),
             (ld(4, ld(1, t) + ld(2, new)) + b"\xa8\x06" + past64,  # accept_stale
              "CommandRequest.accept_stale is a varint past 64 bits"),
         ]

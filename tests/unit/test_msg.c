@@ -1245,6 +1245,135 @@ KVS_TEST(merge_request_gives_the_bytes_protobuf_reads)
     kvs_arena_close(&a);
 }
 
+/* A singular message field given twice inside the command (Hset's pair,
+ * a Kvpair's value) is one field holding both bodies, as protobuf parses
+ * it: a later key "" replaces "k1", and a Value holding string_value ""
+ * then nothing is that empty string. protobuf-c merged the decoded copies,
+ * where a later copy's empty bytes counted as not set: the Hset wrote k1
+ * (protobuf: 400, the key is empty), and the empty string was lost (400,
+ * the value is missing). */
+KVS_TEST(nested_messages_given_twice_read_as_protobuf_reads_them)
+{
+    static const uint8_t table[] = {0x0a, 2, 't', 'm'};
+    /* pair{key "k1", value{string_value "v1"}}, then pair{key ""} */
+    static const uint8_t pair1[] = {0x0a, 2, 'k', '1', 0x12, 4, 0x0a, 2, 'v', '1'};
+    static const uint8_t pair2[] = {0x0a, 0};
+    /* pair{key "k2", value{string_value ""}, value{}} */
+    static const uint8_t pair3[] = {0x0a, 2, 'k', '2', 0x12, 2, 0x0a, 0, 0x12, 0};
+    uint8_t p[128], body[64];
+    size_t n = 0, bn = 0;
+    char msg[200];
+    enum { HSET = 4, HMSET = 5 };
+    put_ld(body, &bn, 1, "tm", 2);
+    put_ld(body, &bn, 2, pair1, sizeof(pair1));
+    put_ld(p, &n, HSET, body, bn);
+    bn = 0;
+    put_ld(body, &bn, 2, pair2, sizeof(pair2));
+    put_ld(p, &n, HSET, body, bn);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, n, NULL);
+    CHECK(q != NULL && q->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET);
+    CHECK_EQ(q->hset->pair->key.len, 0u);
+    CHECK_EQ(kvs_msg_validate(q, msg, sizeof(msg)), KVS_STATUS_BAD_REQUEST);
+    CHECK_STR(msg, "Hset.pair.key is empty");
+    /* What a router forwards is what it read: the same bytes. */
+    const uint8_t *fw = p;
+    size_t fwlen = n;
+    CHECK_EQ(kvs_msg_merge_request(&a, &fw, &fwlen), 0);
+    q = kvs_msg_decode_merged(&a, fw, fwlen, NULL);
+    CHECK(q != NULL && q->hset->pair->key.len == 0u);
+    kvs_arena_close(&a);
+
+    for (int multi = 0; multi < 2; multi++) {
+        n = bn = 0;
+        put_ld(body, &bn, 1, table + 2, 2);
+        put_ld(body, &bn, 2, pair3, sizeof(pair3));
+        put_ld(p, &n, multi ? HMSET : HSET, body, bn);
+        kvs_arena_init(&a);
+        q = kvs_msg_decode_request(&a, p, n, NULL);
+        CHECK(q != NULL);
+        const Kvs__Kvpair *kp = multi ? q->hmset->pairs[0] : q->hset->pair;
+        CHECK(kp->value != NULL);
+        CHECK_EQ(kp->value->kind_case, KVS__VALUE__KIND_STRING_VALUE);
+        CHECK_EQ(kp->value->string_value.len, 0u);
+        CHECK_EQ(kvs_msg_validate(q, msg, sizeof(msg)), KVS_STATUS_OK);
+        kvs_arena_close(&a);
+        q = kvs_msg_decode_request(NULL, p, n, NULL); /* malloc'd: the same */
+        CHECK(q != NULL);
+        kp = multi ? q->hmset->pairs[0] : q->hset->pair;
+        CHECK(kp->value != NULL && kp->value->kind_case == KVS__VALUE__KIND_STRING_VALUE);
+        kvs__command_request__free_unpacked(q, NULL);
+    }
+}
+
+/* Joining reads bytes protobuf-c may refuse: every prefix of a request
+ * whose nested fields repeat, and every byte of it changed, is decoded or
+ * refused, and rewritten within its length (ASan watches the reads). */
+KVS_TEST(joining_nested_copies_survives_cut_and_changed_bytes)
+{
+    static const uint8_t pair1[] = {0x0a, 2, 'k', '1', 0x12, 4, 0x0a, 2, 'v', '1'};
+    static const uint8_t pair2[] = {0x0a, 0, 0x12, 2, 0x0a, 0, 0x12, 0};
+    uint8_t p[128], body[64], cut[128];
+    size_t n = 0, bn = 0;
+    put_ld(body, &bn, 1, "tm", 2);
+    put_ld(body, &bn, 2, pair1, sizeof(pair1));
+    put_ld(body, &bn, 2, pair2, sizeof(pair2));
+    put_ld(p, &n, 4, body, bn);
+    put_ld(p, &n, 4, body, bn);
+    for (size_t len = 0; len <= n; len++) {
+        for (size_t at = 0; at <= len; at++) {
+            for (int x = 0; x < (at < len ? 3 : 1); x++) {
+                memcpy(cut, p, len);
+                if (at < len)
+                    cut[at] ^= (uint8_t)(x == 0 ? 0x80 : x == 1 ? 0x07 : 0xff);
+                kvs_arena_t a;
+                kvs_arena_init(&a);
+                (void)kvs_msg_decode_request(&a, cut, len, NULL);
+                const uint8_t *fw = cut;
+                size_t fwlen = len;
+                CHECK_EQ(kvs_msg_merge_request(&a, &fw, &fwlen), 0);
+                CHECK(fwlen <= len);
+                kvs_arena_close(&a);
+                Kvs__CommandRequest *q = kvs_msg_decode_request(NULL, cut, len, NULL);
+                if (q != NULL)
+                    kvs__command_request__free_unpacked(q, NULL);
+            }
+        }
+    }
+}
+
+/* Commands overridden by a later one are dropped before decoding, as the
+ * parser drops them: a frame of 100,000 Hget+Hset followed by one Ping
+ * decoded them all first, and past the memory budget answered 413 (the
+ * same ending in two Pings was merged, and answered). */
+KVS_TEST(commands_overridden_by_a_later_one_are_not_decoded)
+{
+    static const uint8_t key[] = {0x0a, 1, 't', 0x12, 1, 'k'};
+    enum { HGET = 1, HSET = 4, PING = 11 };
+    size_t cap = 100000 * 12 + 16, n = 0;
+    uint8_t *p = malloc(cap);
+    CHECK(p != NULL);
+    for (int i = 0; i < 100000; i++) {
+        put_ld(p, &n, HGET, key, sizeof(key));
+        put_ld(p, &n, HSET, "", 0);
+    }
+    size_t ping_at = n;
+    put_ld(p, &n, PING, "", 0);
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    uint32_t status = 0;
+    Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, n, &status);
+    CHECK(q != NULL);
+    CHECK_EQ(q->command_case, KVS__COMMAND_REQUEST__COMMAND_PING);
+    const uint8_t *fw = p;
+    size_t fwlen = n;
+    CHECK_EQ(kvs_msg_merge_request(&a, &fw, &fwlen), 0);
+    CHECK_EQ(fwlen, n - ping_at); /* the Ping alone */
+    kvs_arena_close(&a);
+    free(p);
+}
+
 KVS_TEST(concatenated_requests_merge_as_protobuf_reads_them)
 {
     static const uint8_t hmset_a[] = {0x0a, 1, 't', 0x12, 7, 0x0a, 1, 'a', 0x12, 2, 0x18, 1};
@@ -2628,6 +2757,9 @@ KVS_TEST_MAIN(
     KVS_CASE(value_decoding_is_held_to_the_budget),
     KVS_CASE(keys_requests_decode_in_place_as_protobuf_c_reads_them),
     KVS_CASE(hmset_decodes_in_place_as_protobuf_c_reads_it),
+    KVS_CASE(nested_messages_given_twice_read_as_protobuf_reads_them),
+    KVS_CASE(commands_overridden_by_a_later_one_are_not_decoded),
+    KVS_CASE(joining_nested_copies_survives_cut_and_changed_bytes),
     KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
     KVS_CASE(merge_request_gives_the_bytes_protobuf_reads), KVS_CASE(long_bools_are_refused),
     KVS_CASE(check_wire_refuses_what_protobuf_reads_otherwise), KVS_CASE(resp_every_field_decodes),
