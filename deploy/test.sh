@@ -26,14 +26,13 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # (named asan/...) but the integration tests tests/asan_covered.txt lists:
 # the sanitizer build's other tests run every line and branch those run.
 # One ctest run over both builds, so that the long tests of both start first
-# and no build's last test runs alone. Five tests per two cores: most
+# and no build's last test runs alone. Two tests per core: most
 # integration tests spend their time waiting (for timeouts, restarts,
 # heartbeats), not computing; at three per two cores the cores were still
 # idle nearly half the time (user + sys 13 of 28 core-minutes) and the run
-# took 14 of its 15 minutes, at two per core 12, and as the suite grew 13
-# with the cores still idle nearly half the time (14 of 27 core-minutes).
-# KVS_TEST_JOBS=N runs N at a time instead.
-test_jobs=${KVS_TEST_JOBS:-$(((5 * jobs + 1) / 2))}
+# took 14 of its 15 minutes, at two per core 12. KVS_TEST_JOBS=N runs N at
+# a time instead.
+test_jobs=${KVS_TEST_JOBS:-$((2 * jobs))}
 both="$top/build-tests"
 mkdir -p "$both"
 printf 'subdirs("%s" "%s")\n' "$top/build" "$top/build-asan" > "$both/CTestTestfile.cmake"
