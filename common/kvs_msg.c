@@ -922,11 +922,44 @@ Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p
     return q;
 }
 
+#define V01_HSET                                                                                   \
+    "Hset has field 3, kvs 0.1's separate value: Hset is now {table = 1, Kvpair pair = 2} as in "  \
+    "the original KV protocol; regenerate the client from proto/kvs.proto"
+
+/* Whether the request p[0..len) ends with an Hset holding field 3 as
+ * length-delimited bytes: kvs 0.1's Hset {table, key, Value value = 3},
+ * whose key (field 2, now the pair) seldom decodes as a Kvpair, so the
+ * request fails to decode before its field 3 can be named. */
+static int v01_hset(const uint8_t *p, size_t len)
+{
+    command_run_t run;
+    const uint8_t *q, *end = p + len, *v = NULL, *f, *fv, *body;
+    uint64_t tag = 0, ftag = 0;
+    if (command_run(p, len, &run) != 0 || run.member != KVS__COMMAND_REQUEST__COMMAND_HSET)
+        return 0;
+    for (q = run.at; q < end;) { /* command_run read it whole: nothing fails */
+        (void)next_field(&q, end, &tag, &v);
+        if (command_member(tag) == 0)
+            continue;
+        size_t n = field_body(v, end, &body);
+        for (f = body; f < body + n;) {
+            if (next_field(&f, body + n, &ftag, &fv) != 0)
+                break;
+            if (ftag == (3 << 3 | 2))
+                return 1;
+        }
+    }
+    return 0;
+}
+
 uint32_t kvs_msg_decode_refusal(uint32_t status, const uint8_t *p, size_t len, char *msg,
                                 size_t mlen)
 {
     char why[256];
-    if (status == KVS_STATUS_TOO_LARGE)
+    if (status == KVS_STATUS_BAD_REQUEST && p != NULL && v01_hset(p, len))
+        snprintf(msg, mlen, "frame payload (%zu bytes) is not a valid kvs.CommandRequest: %s", len,
+                 V01_HSET);
+    else if (status == KVS_STATUS_TOO_LARGE)
         snprintf(msg, mlen,
                  "request of %zu bytes would take more than %zu bytes of memory to decode (%d "
                  "times its size and %d MiB): it holds too many keys, pairs or fields for its "
@@ -1315,10 +1348,7 @@ uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len)
                    req->base.unknown_fields[0].tag, cmd);
     if (body->n_unknown_fields > 0 && req->command_case == KVS__COMMAND_REQUEST__COMMAND_HSET &&
         body->unknown_fields[0].tag == 3)
-        return bad(msg, len,
-                   "Hset has field 3, kvs 0.1's separate value: Hset is now {table = 1, "
-                   "Kvpair pair = 2} as in the original KV protocol; regenerate the client "
-                   "from proto/kvs.proto");
+        return bad(msg, len, V01_HSET);
     if (body->n_unknown_fields > 0)
         return bad(msg, len, "unsupported command: %s has unknown field %u", cmd,
                    body->unknown_fields[0].tag);

@@ -1343,6 +1343,36 @@ KVS_TEST(joining_nested_copies_survives_cut_and_changed_bytes)
     }
 }
 
+/* A kvs 0.1 Hset {table, key, Value value = 3}: its key, read as the
+ * pair, seldom decodes as a Kvpair, so the request was refused naming a
+ * field of the key's bytes ("Hset.pair has unknown field 14 (32-bit)"
+ * for "user42"), not the schema change. Any key says it now. */
+KVS_TEST(a_kvs_0_1_hset_is_named_whatever_its_key)
+{
+    static const char *const keys[] = {"user42", "k1", "a", "42", "alice@example.com"};
+    static const uint8_t value[] = {0x0a, 5, 'a', 'l', 'i', 'c', 'e'};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        uint8_t p[128], body[64];
+        size_t n = 0, bn = 0;
+        put_ld(body, &bn, 1, "users", 5);
+        put_ld(body, &bn, 2, keys[i], strlen(keys[i]));
+        put_ld(body, &bn, 3, value, sizeof(value));
+        put_ld(p, &n, 4, body, bn);
+        kvs_arena_t a;
+        kvs_arena_init(&a);
+        uint32_t status = KVS_STATUS_OK;
+        char msg[512];
+        Kvs__CommandRequest *q = kvs_msg_decode_request(&a, p, n, &status);
+        if (q == NULL) {
+            CHECK_EQ(kvs_msg_decode_refusal(status, p, n, msg, sizeof(msg)), 400);
+        } else {
+            CHECK_EQ(kvs_msg_validate(q, msg, sizeof(msg)), KVS_STATUS_BAD_REQUEST);
+        }
+        CHECK(strstr(msg, "Hset has field 3, kvs 0.1's separate value") != NULL);
+        kvs_arena_close(&a);
+    }
+}
+
 /* Commands overridden by a later one are dropped before decoding, as the
  * parser drops them: a frame of 100,000 Hget+Hset followed by one Ping
  * decoded them all first, and past the memory budget answered 413 (the
@@ -2760,6 +2790,7 @@ KVS_TEST_MAIN(
     KVS_CASE(nested_messages_given_twice_read_as_protobuf_reads_them),
     KVS_CASE(commands_overridden_by_a_later_one_are_not_decoded),
     KVS_CASE(joining_nested_copies_survives_cut_and_changed_bytes),
+    KVS_CASE(a_kvs_0_1_hset_is_named_whatever_its_key),
     KVS_CASE(concatenated_requests_merge_as_protobuf_reads_them),
     KVS_CASE(merge_request_gives_the_bytes_protobuf_reads), KVS_CASE(long_bools_are_refused),
     KVS_CASE(check_wire_refuses_what_protobuf_reads_otherwise), KVS_CASE(resp_every_field_decodes),
