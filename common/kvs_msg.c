@@ -711,7 +711,10 @@ static int nested_repeats(const ProtobufCMessageDescriptor *d, const uint8_t *p,
 {
     const uint8_t *q = p, *end = p + len, *v = NULL, *body;
     uint64_t tag = 0, seen = 0; /* singular message fields met, by index */
-    if (depth > NESTED_DEPTH_MAX)
+    int holds = 0; /* a message of no message field has nothing to join (Hmget's keys) */
+    for (unsigned i = 0; i < d->n_fields && !holds; i++)
+        holds = d->fields[i].type == PROTOBUF_C_TYPE_MESSAGE;
+    if (depth > NESTED_DEPTH_MAX || !holds)
         return 0;
     while (q < end) {
         if (next_field(&q, end, &tag, &v) != 0)

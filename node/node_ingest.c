@@ -221,6 +221,7 @@ struct node_ingest_s {
     rd_kafka_t *cid_rk[2];                           /* the handles cid_work reads */
     uv_work_t cid_work;
     int cid_busy;
+    int cid_stale;          /* a reading or a topic's stored id changed: compare again */
     int checked;            /* the start-up check passed: later ones are rechecks */
     int serving;            /* the node served before the start-up check's answer (this
                              * worker restarted, or the check waited for the brokers): a
@@ -394,6 +395,7 @@ static void cluster_load(node_ingest_t *in, topic_t *t)
     node_slice_t v;
     t->cluster[0] = '\0';
     t->cluster_save = 0;
+    in->cid_stale = 1;
     if (kvs_schema_cluster_key(key, sizeof(key), t->b->topic) >= 0 &&
         node_store_meta_get(in->store, key, &v) == 0 && v.len <= KVS_SCHEMA_CLUSTER_ID_MAX) {
         memcpy(t->cluster, v.p, v.len);
@@ -477,8 +479,9 @@ static void cluster_read(rd_kafka_t *const rks[2], char out[2][KVS_SCHEMA_CLUSTE
  * cluster is once the change was read. */
 static void cluster_check(node_ingest_t *in)
 {
-    if (in->one_cluster)
-        return;
+    if (in->one_cluster || !in->cid_stale)
+        return; /* nothing compared changed since the last time */
+    in->cid_stale = 0;
     for (int k = 0; k < 2; k++) {
         const char *id = in->cid[k];
         if (id[0] == '\0')
@@ -501,8 +504,11 @@ static void cluster_check(node_ingest_t *in)
 static void cluster_take(node_ingest_t *in, char ids[2][KVS_SCHEMA_CLUSTER_ID_MAX + 1])
 {
     for (int k = 0; k < 2; k++)
-        if (ids[k][0] != '\0') /* an id once read is not forgotten for a moment without */
+        if (ids[k][0] != '\0' && strcmp(in->cid[k], ids[k]) != 0) {
+            /* an id once read is not forgotten for a moment without */
             memcpy(in->cid[k], ids[k], sizeof(in->cid[k]));
+            in->cid_stale = 1;
+        }
     cluster_check(in);
 }
 
@@ -1500,6 +1506,7 @@ int node_ingest_rebuild(node_ingest_t *in, const kvs_binding_t *b, uint32_t *res
     /* Read again from whichever cluster the brokers are: its id is
      * stored with the first records (an empty one: none known). */
     t->cluster[0] = '\0';
+    in->cid_stale = 1;
     if (rc == 0)
         rc = cluster_save(in, t);
     for (uint32_t p = 0; p < t->partitions && rc == 0; p++) {
