@@ -297,19 +297,29 @@ static int hgetall(const kvs_reads_src_t *src, const Kvs__Hgetall *m, kvs_resp_t
     return 0;
 }
 
+/* The least frame an asker's answer_budget may name: limits.max_frame's
+ * own least. A smaller one made the page's room (the frame less 1024
+ * for the cursor) wrap around: a page of count pairs of any size, held
+ * in memory before the answer was found too large. */
+#define KVS_READS_MIN_FRAME 1024u
+
 static int hscan(const kvs_reads_src_t *own, const Kvs__Hscan *m, kvs_resp_t *r)
 {
     /* The asker's smaller frame (a router whose limits.max_frame is
      * smaller than this node's) bounds the page as this node's would. */
     kvs_reads_src_t asked = *own;
     if (m->answer_budget != 0 && m->answer_budget < own->max_frame)
-        asked.max_frame = m->answer_budget;
+        asked.max_frame =
+            m->answer_budget < KVS_READS_MIN_FRAME ? KVS_READS_MIN_FRAME : m->answer_budget;
     const kvs_reads_src_t *src = &asked;
     uint32_t count = m->count == 0 ? KVS_SCAN_DEFAULT : m->count;
     if (count > KVS_SCAN_MAX)
         count = KVS_SCAN_MAX;
     /* Leave room for the cursor and the frame itself. */
-    scan_state_t st = {.src = src, .r = r, .left = count, .limit = src->max_frame - 1024};
+    scan_state_t st = {.src = src,
+                       .r = r,
+                       .left = count,
+                       .limit = src->max_frame > 1024 ? src->max_frame - 1024 : 0};
     kvs_resp_status(r, KVS_STATUS_OK);
     int rc = src->scan(src->arg, m->table, m->cursor.data, m->cursor.len, scan_one, &st);
     if (rc != 0)

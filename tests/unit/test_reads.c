@@ -149,6 +149,34 @@ KVS_TEST(hscan_pages_continue_at_the_cursor)
     kvs_arena_close(&arena);
 }
 
+/* An asker's answer_budget bounds the page as its own frame, but never
+ * below the least max_frame (1 KiB): a budget under the room a page
+ * keeps for its cursor (1024 bytes) wrapped around, and the page took
+ * every pair of the count whatever its size (here all five, ~1,220
+ * bytes, for a budget of 700: a hostile client's 10,000 large values). */
+KVS_TEST(an_hscan_answer_budget_below_the_least_frame_bounds_the_page)
+{
+    int rc;
+    kvs_arena_init(&arena);
+    Kvs__Hscan m = KVS__HSCAN__INIT;
+    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
+    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    q.hscan = &m;
+    m.table = TABLE;
+    m.count = 5;
+    static const uint32_t budgets[] = {1, 700, 1024};
+    for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+        m.answer_budget = budgets[i];
+        Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
+        CHECK_EQ(a->status, 200);
+        CHECK_EQ(a->n_pairs, 1); /* the least page: one pair */
+        CHECK_EQ(a->cursor.len, 1);
+    }
+    m.answer_budget = 0; /* none: the worker's own frame */
+    CHECK_EQ(run(&q, 1 << 20, &rc)->n_pairs, 5);
+    kvs_arena_close(&arena);
+}
+
 KVS_TEST(answers_past_max_frame_are_413)
 {
     int rc;
@@ -391,6 +419,7 @@ KVS_TEST(a_source_error_is_returned_with_nothing_answered)
 }
 
 KVS_TEST_MAIN(KVS_CASE(point_reads), KVS_CASE(hscan_pages_continue_at_the_cursor),
+              KVS_CASE(an_hscan_answer_budget_below_the_least_frame_bounds_the_page),
               KVS_CASE(answers_past_max_frame_are_413),
               KVS_CASE(keys_only_answers_keys_without_their_values),
               KVS_CASE(value_lengths_answer_each_stored_value_by_the_length_of_its_text),
