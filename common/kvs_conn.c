@@ -299,8 +299,7 @@ size_t kvs_conn_untaken(const kvs_conn_t *c)
     return kvs_conn_backlog(c) - conn_in_flight_sent(c) + conn_socket_queued(c);
 }
 
-/* Bytes of `c`'s output its peer took, ever. */
-static uint64_t conn_taken(const kvs_conn_t *c)
+uint64_t kvs_conn_taken(const kvs_conn_t *c)
 {
     uint64_t handed = c->written + conn_in_flight_sent(c);
     size_t queued = conn_socket_queued(c);
@@ -1453,7 +1452,7 @@ static void on_sweep(uv_timer_t *t)
              * drains (and wakes libuv to refill) a third at a time, so the
              * process's own backlog is often empty between its reads. */
             size_t owed = kvs_conn_untaken(c) + c->held;
-            uint64_t taken = owed > 0 ? conn_taken(c) : 0;
+            uint64_t taken = owed > 0 ? kvs_conn_taken(c) : 0;
             if (owed == 0) {
                 c->progress_since_ms = 0; /* nothing waits: no clock */
             } else if (c->progress_since_ms == 0 || taken - c->progress_mark >= c->progress_min) {

@@ -440,6 +440,10 @@ size_t kvs_conn_backlog(const kvs_conn_t *c);
  * (SIOCOUTQ: megabytes, for a TCP socket whose buffer grew). */
 size_t kvs_conn_untaken(const kvs_conn_t *c);
 
+/* Bytes of `c`'s output its peer took, ever: what was handed to the
+ * socket less what still waits in its send queue. */
+uint64_t kvs_conn_taken(const kvs_conn_t *c);
+
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);
 

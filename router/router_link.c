@@ -16,6 +16,8 @@
  *    up it fires at the oldest request's deadline: router.timeout after it
  *    was sent or after the answer before it arrived, whichever is later
  *    (or a later request's, when a reload lowered router.timeout: fifo_push).
+ *    While the worker still reads what was sent (link_taking) the clock
+ *    starts again: a request of megabytes is sent only once it was read.
  *  - The backoff grows while attempts fail, and also while connections
  *    come up and go down at once: it starts over only when a connection
  *    that stayed up for BACKOFF_MAX_MS goes down. A peer that accepts and
@@ -128,6 +130,7 @@ static router_link_pending_t fifo_pop(router_link_t *l)
     router_link_pending_t p = l->fifo[l->head];
     l->head = (l->head + 1) % l->cap;
     l->count--;
+    l->taking = 0;
     if (l->count > 0) {
         uint64_t dl = uv_now(l->loop) + l->timeout_ms;
         if (l->fifo[l->head].deadline < dl)
@@ -313,6 +316,8 @@ static void link_up(router_link_t *l)
      * out router.timeout there meanwhile. */
     int hello = l->avoid_ms != 0 || l->avoid_until != 0;
     l->hung = 0;
+    l->taken_mark = 0;
+    l->taking = 0;
     l->up = 1;
     l->up_since = uv_now(l->loop);
     l->last_error[0] = '\0';
@@ -576,6 +581,26 @@ static void link_connect(router_link_t *l)
 
 /* ---- timer ------------------------------------------------------------------ */
 
+/* At a due deadline: whether the worker is still taking in what was sent
+ * to it. A request's router.timeout counts from its sending, and a request
+ * of megabytes on a busy machine is sent only once the worker read it: a
+ * worker that reads is not hung, one that stops reading is, a timeout
+ * later. `taking` says the last due deadline found bytes waiting: the
+ * worker read some since, and if it took the last of them the clock starts
+ * once more, from now. Checked only when a deadline is due: a request sent
+ * whole at once is never asked about. */
+static int link_taking(router_link_t *l)
+{
+    int waiting = kvs_conn_untaken(l->conn) > 0;
+    if (!waiting && !l->taking)
+        return 0;
+    uint64_t taken = kvs_conn_taken(l->conn);
+    int more = taken != l->taken_mark;
+    l->taken_mark = taken;
+    l->taking = more && waiting;
+    return more;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     router_link_t *l = t->data;
@@ -600,6 +625,8 @@ static void on_timer(uv_timer_t *t)
         /* The worker did answer: this process did not read it (its loop
          * was held up: stopped, or busy past the deadline; timers run
          * before the loop polls for input). Its clock starts again. */
+        l->fifo[l->head].deadline = uv_now(l->loop) + l->timeout_ms;
+    } else if (due && l->conn != NULL && link_taking(l)) {
         l->fifo[l->head].deadline = uv_now(l->loop) + l->timeout_ms;
     } else if (due) {
         char why[200], state[64];

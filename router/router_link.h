@@ -76,6 +76,8 @@ struct router_link_s {
     uint64_t backoff_ms;
     uint64_t up_since; /* uv_now when it last came up */
     uint64_t timeout_ms;
+    uint64_t taken_mark; /* bytes its worker had taken at the last due deadline (link_taking) */
+    int taking;          /* ... and bytes still waited for it to take then */
     uint32_t max_frame;
     size_t max_queue;            /* bytes of requests queued before sends are refused (0: none) */
     router_link_pending_t *fifo; /* ring buffer */

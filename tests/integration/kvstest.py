@@ -188,11 +188,13 @@ class LoopbackServer:
     when `threaded`, else one after the other; close() stops it. Tests
     impersonate peers (a worker, a snapshot source) with it."""
 
-    def __init__(self, handle, port=None, threaded=False):
+    def __init__(self, handle, port=None, threaded=False, rcvbuf=None):
         self.handle = handle
         self.threaded = threaded
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:  # before listen: connections take it, and their window
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((HOST, port or 0))
         self.sock.listen(8)
         self.sock.settimeout(0.2)

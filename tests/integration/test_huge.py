@@ -257,7 +257,9 @@ class CliHugeValueTest(RouterTestCase):
     CLI = os.path.join(BUILD_DIR, "kvs-cli")
 
     def test_cli_prints_a_value_past_64_mib_whole_and_escaped(self):
-        r = self.router(shards=1, partitions=4, max_frame="80MiB")
+        # Writing 66 MiB takes the sanitizer build on a loaded machine
+        # seconds (receive, copy, commit): router.timeout is not the subject.
+        r = self.router(shards=1, partitions=4, max_frame="80MiB", timeout="60s")
         value = b"\x1b[2J\x07" + b"v" * (66 << 20)  # a terminal escape, then 66 MiB
         with r.client(timeout=60) as c:
             self.assertOk(c.hset("t", b"k", value))

@@ -1045,5 +1045,79 @@ class WorkerAnswerCheckTest(RouterTestCase):
             self.assertEqual(resp.cursor, b"")
 
 
+class SlowReader(LoopbackServer):
+    """A remote worker that reads a request `step` bytes at a time, `every`
+    s apart (through a small receive buffer, so that what it has not read
+    waits at the router), and stops reading for good once it read `stop`
+    bytes of a frame (None: never). It answers 200 to what it read whole."""
+
+    def __init__(self, step, every, stop=None):
+        self.step, self.every, self.stop = step, every, stop
+        super().__init__(self._frames, threaded=True, rcvbuf=32 << 10)
+
+    def _frames(self, c):
+        c.settimeout(60)
+        while not self.stopping:
+            hdr = c.recv(4, socket.MSG_WAITALL)
+            if len(hdr) < 4:
+                return
+            (n,) = struct.unpack(">I", hdr)
+            body = b""
+            while len(body) < n:
+                if self.stop is not None and len(body) >= self.stop:
+                    while not self.stopping:  # hangs, reading nothing more
+                        time.sleep(0.05)
+                    return
+                want = len(body) + min(self.step, n - len(body))
+                while len(body) < want:
+                    part = c.recv(want - len(body))
+                    if not part:
+                        return
+                    body += part
+                if n > self.step:
+                    time.sleep(self.every)
+            req = pb.CommandRequest.FromString(body)
+            resp = pb.CommandResponse(status=200)
+            if req.WhichOneof("command") == "ping":
+                resp.message = "PONG"
+            c.sendall(frame(resp.SerializeToString()))
+
+
+class LinkTimeoutTest(RouterTestCase):
+    """router.timeout counts from a request's sending: a request of
+    megabytes that its worker still reads is not yet sent."""
+
+    def slow(self, **kw):
+        fake = SlowReader(**kw)
+        self.addCleanup(fake.close)
+        r = self.router(shards=2, partitions=PARTITIONS, timeout="1s", max_frame="16MiB",
+                        remote={1: "127.0.0.1:%d" % fake.port})
+        return r, keys_by_shard("lt", 1, PARTITIONS, 2)[1][0]
+
+    def test_a_worker_still_reading_a_large_request_is_not_taken_for_hung(self):
+        # 4 MiB taken 256 KiB every 0.2 s: over 3 s of reading, three
+        # router.timeouts; each deadline finds it read more.
+        r, key = self.slow(step=256 << 10, every=0.2)
+        with r.client(timeout=30) as c:
+            t = time.monotonic()
+            resp = c.hset("t", key, b"v" * (4 << 20))
+            self.assertEqual(resp.status, 200, resp.message)
+            self.assertGreater(time.monotonic() - t, 2.5)  # it did read slowly
+            self.assertEqual(c.ping().status, 200)
+        self.assertNotIn("no answer within router.timeout", r.stderr())
+
+    def test_a_worker_that_stops_reading_a_request_is_taken_for_hung(self):
+        # It reads 1 MiB of 4 and no more: hung one router.timeout after the
+        # deadline that found it reading, not waited for as long as bytes wait.
+        r, key = self.slow(step=256 << 10, every=0.1, stop=1 << 20)
+        with r.client(timeout=30) as c:
+            t = time.monotonic()
+            resp = c.hset("t", key, b"v" * (4 << 20))
+            took = time.monotonic() - t
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("no answer within router.timeout (1000 ms)", resp.message)
+            self.assertLess(took, 4.0)
+
+
 if __name__ == "__main__":
     unittest.main()
