@@ -1605,6 +1605,11 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
     }
 }
 
+void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms)
+{
+    uv_timer_start(&g->sweep, on_sweep, ms, ms);
+}
+
 static void on_turn_end(uv_check_t *h)
 {
     kvs_conn_group_t *g = h->data;

@@ -548,6 +548,10 @@ void kvs_conn_group_set_limits(kvs_conn_group_t *g, const kvs_conn_limits_t *lim
  * 0 lifts the bound. Returns 0 or a uv error. */
 int kvs_conn_group_bound_turn(kvs_conn_group_t *g, uint64_t ns);
 
+/* Sweeps the group every `ms` rather than once a second (its timeouts
+ * then act within `ms` of passing; the unit tests' faster clock). */
+void kvs_conn_group_sweep_every(kvs_conn_group_t *g, uint64_t ms);
+
 /* Closes the group's timer (members must have left or be closing). */
 void kvs_conn_group_close(kvs_conn_group_t *g);
 

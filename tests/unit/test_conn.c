@@ -30,6 +30,9 @@
 #include <unistd.h>
 
 #define DEADLINE_MS 5000
+/* The groups' sweep runs this often here (once a second in the servers):
+ * the timeout cases wait for their timeout and a sweep or two after it. */
+#define SWEEP_MS 200
 
 typedef struct server_s server_t;
 
@@ -390,8 +393,10 @@ static void server_run(server_t *s)
     CHECK_EQ(uv_check_start(&s->turn, on_turn), 0);
     CHECK_EQ(uv_async_init(&s->loop, &s->done, on_done), 0);
     s->done.data = s;
-    if (s->use_group)
+    if (s->use_group) {
         CHECK_EQ(kvs_conn_group_init(&s->group, &s->loop, &s->limits, "test client"), 0);
+        kvs_conn_group_sweep_every(&s->group, SWEEP_MS);
+    }
     if (s->group_turn_ns != 0)
         CHECK_EQ(kvs_conn_group_bound_turn(&s->group, s->group_turn_ns), 0);
     server_listen(s);
@@ -1117,7 +1122,7 @@ static void client_slow_but_whole(server_t *s, int fd)
     memcpy(frame + KVS_FRAME_HEADER, "slow", 4);
     for (size_t i = 0; i < sizeof(frame); i++) {
         send_all(fd, frame + i, 1);
-        usleep(200 * 1000); /* 1.6 s in all, each gap below the timeout */
+        usleep(50 * 1000); /* 0.4 s in all, two sweeps */
     }
     expect_frame(fd, "slow");
 }
@@ -1127,7 +1132,7 @@ KVS_TEST(frame_timeout_spares_a_frame_that_completes)
     server_t s;
     server_init(&s, 0, client_slow_but_whole);
     s.use_group = 1;
-    s.limits.frame_timeout_ms = 2500;
+    s.limits.frame_timeout_ms = 1000;
     server_run(&s);
     CHECK_EQ(s.frames, 1); /* and the client got its echo: not closed on the way */
 }
@@ -1222,7 +1227,7 @@ static void client_authenticates(server_t *s, int fd)
     (void)s;
     send_frame(fd, "auth", 4);
     expect_frame(fd, "auth");
-    usleep(1500 * 1000); /* past the timeout and a sweep after it */
+    usleep(700 * 1000); /* past the timeout and two sweeps after it */
     send_frame(fd, "ping", 4);
     expect_frame(fd, "ping");
 }
@@ -1281,7 +1286,7 @@ static void client_deadline_taken_away(server_t *s, int fd)
     expect_frame(fd, "soon");
     send_frame(fd, "ever", 4);
     expect_frame(fd, "ever");
-    usleep(1500 * 1000); /* past the deadline and a sweep after it */
+    usleep(700 * 1000); /* past the deadline and two sweeps after it */
     send_frame(fd, "ping", 4);
     expect_frame(fd, "ping");
 }
@@ -1295,7 +1300,7 @@ static void client_slow_reader_past_the_deadline(server_t *s, int fd)
     CHECK(in != NULL && back != NULL);
     memcpy(in, "soon", 4);
     send_frame(fd, in, BIG_FRAME);
-    usleep(2000 * 1000); /* past the deadline and sweeps after it, reading nothing */
+    usleep(900 * 1000); /* past the deadline and sweeps after it, reading nothing */
     CHECK_EQ(read_frame(fd, back, BIG_FRAME), BIG_FRAME);
     CHECK(memcmp(in, back, BIG_FRAME) == 0);
     expect_eof(fd); /* and then closed, once the wait has passed */
@@ -1335,7 +1340,7 @@ static void client_never_reads(server_t *s, int fd)
     uint8_t *big = calloc(1, BIG_FRAME);
     CHECK(big != NULL);
     send_frame(fd, big, BIG_FRAME);
-    usleep(2500 * 1000);
+    usleep(1000 * 1000); /* the timeout and sweeps after it */
     struct timeval tv = {5, 0};
     CHECK_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
     size_t got = 0;
@@ -1369,7 +1374,7 @@ KVS_TEST(output_timeout_closes_a_member_that_does_not_read)
 static void client_reads_in_time(server_t *s, int fd)
 {
     client_one_big_echo(s, fd);
-    usleep(1500 * 1000);
+    usleep(700 * 1000);
     client_one_big_echo(s, fd);
 }
 
@@ -1380,7 +1385,7 @@ KVS_TEST(output_timeout_spares_a_member_that_reads)
     s.send_buffer = 8 * 1024;
     s.client_rcvbuf = 8 * 1024;
     s.use_group = 1;
-    s.limits.output_timeout_ms = 1000;
+    s.limits.output_timeout_ms = 400;
     server_run(&s);
     CHECK_EQ(s.frames, 2); /* and the client read both echoes: never closed on the way */
 }
@@ -1424,7 +1429,7 @@ static void client_stops_reading(server_t *s, int fd)
 {
     (void)s;
     /* late sweeps too; only what the kernels' buffers held comes */
-    CHECK(send_then_ignore(fd, BIG_FRAME, 3500 * 1000) < BIG_FRAME);
+    CHECK(send_then_ignore(fd, BIG_FRAME, 1200 * 1000) < BIG_FRAME);
 }
 
 /* Runs `client` against a member with the progress rule, with these
@@ -1459,7 +1464,7 @@ KVS_TEST(min_progress_closes_a_member_that_stops_reading)
 static void client_leaves_it_in_the_queue(server_t *s, int fd)
 {
     (void)s;
-    send_then_ignore(fd, QUEUED_FRAME, 2500 * 1000);
+    send_then_ignore(fd, QUEUED_FRAME, 1000 * 1000);
 }
 
 KVS_TEST(min_progress_counts_what_the_socket_still_holds)
@@ -1496,7 +1501,7 @@ static void slow_echo(int fd, size_t size, size_t step, unsigned pause_us, size_
 static void client_reads_slowly(server_t *s, int fd)
 {
     (void)s;
-    slow_echo(fd, BIG_FRAME, 4096, 50 * 1000, SIZE_MAX); /* some 4 s in all, past sweeps */
+    slow_echo(fd, BIG_FRAME, 4096, 15 * 1000, SIZE_MAX); /* over 1 s in all, past sweeps */
 }
 
 KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
@@ -1521,7 +1526,7 @@ KVS_TEST(min_progress_spares_a_member_that_reads_slowly)
 static void client_reads_slowly_behind_a_big_buffer(server_t *s, int fd)
 {
     (void)s;
-    slow_echo(fd, HUGE_ECHO, 8192, 200 * 1000, 24); /* 4.8 s: sweeps, and no new write */
+    slow_echo(fd, HUGE_ECHO, 8192, 80 * 1000, 15); /* 1.2 s: sweeps, and no new write */
 }
 
 KVS_TEST(min_progress_counts_what_the_peer_took_not_what_the_socket_took)
