@@ -21,6 +21,13 @@
 #define ANSWER_MAX 65536u   /* the answer is a status line: a larger frame is not one */
 #define FILE_MAX 4096       /* the file kvs writes is a few hundred bytes */
 
+static uint32_t attempt_ms = ATTEMPT_MS;
+
+void node_ack_set_attempt_ms(uint32_t ms)
+{
+    attempt_ms = ms;
+}
+
 typedef struct attempt_s { /* one connection; freed when its handles are closed */
     kvs_conn_t conn;       /* first: the close callback's pointer is the attempt's */
     uv_connect_t connect;
@@ -253,7 +260,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         uv_freeaddrinfo(res);
         if (!a->stopping) {
             a->late = 0;
-            try_again(a, "the address lookup took longer than 10 s");
+            snprintf(why, sizeof(why), "the address lookup took longer than %u ms", attempt_ms);
+            try_again(a, why);
         }
         return;
     }
@@ -295,7 +303,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 static void on_timer(uv_timer_t *t);
 
 /* Starts an attempt: the lookup (numeric addresses too: one path), then
- * the connection. Its deadline is ATTEMPT_MS. */
+ * the connection. Its deadline is attempt_ms (ATTEMPT_MS but in tests). */
 static void attempt(node_ack_t *a)
 {
     struct addrinfo hints;
@@ -305,7 +313,7 @@ static void attempt(node_ack_t *a)
     hints.ai_socktype = SOCK_STREAM;
     snprintf(port, sizeof(port), "%u", a->peer.addr.port);
     a->resolve.data = a;
-    uv_timer_start(&a->timer, on_timer, ATTEMPT_MS, 0);
+    uv_timer_start(&a->timer, on_timer, attempt_ms, 0);
     int rc = uv_getaddrinfo(a->loop, &a->resolve, on_resolved, a->peer.addr.host, port, &hints);
     if (rc != 0) {
         snprintf(why, sizeof(why), "cannot resolve %s: %s", a->peer.addr.host, uv_strerror(rc));
@@ -336,10 +344,13 @@ static void on_timer(uv_timer_t *t)
     if (a->resolving) { /* the deadline, in the lookup: its callback tries again */
         a->late = 1;
         uv_cancel((uv_req_t *)&a->resolve);
-    } else if (a->att != NULL) /* the deadline */
-        try_again(a, "no answer within 10 s");
-    else /* the pause is over */
+    } else if (a->att != NULL) { /* the deadline */
+        char why[64];
+        snprintf(why, sizeof(why), "no answer within %u ms", attempt_ms);
+        try_again(a, why);
+    } else { /* the pause is over */
         attempt(a);
+    }
 }
 
 /* ---- entry ---------------------------------------------------------------------------- */

@@ -70,6 +70,10 @@ int node_ack_append_snapshot(kvs_buf_t *out, const char *node, const uint8_t *in
  * Returns 0, or -ENOMEM. */
 int node_ack_start(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard, node_ack_t **out);
 
+/* The deadline of the attempts started from now on (10 s; the unit
+ * tests' shorter clock). */
+void node_ack_set_attempt_ms(uint32_t ms);
+
 /* Stops sending: closes its handles (the loop can end); NULL is a no-op. */
 void node_ack_stop(node_ack_t *a);
 

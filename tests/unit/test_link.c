@@ -356,11 +356,11 @@ KVS_TEST(request_past_max_frame_is_refused_and_the_link_stays_up)
     t_close(&t);
 }
 
-/* The worker answers at 1.2 s and 2.4 s after three requests were sent,
- * router.timeout being 2 s: the second answer comes later than 2 s after
- * its request but 1.2 s after the answer before it, so the worker is
+/* The worker answers at 0.6 s and 1.2 s after three requests were sent,
+ * router.timeout being 1 s: the second answer comes later than 1 s after
+ * its request but 0.6 s after the answer before it, so the worker is
  * making progress and the link stays up; the third, never answered, fails
- * 2 s after the second answer, and only then does the link go down. */
+ * 1 s after the second answer, and only then does the link go down. */
 static void answer_at(uv_timer_t *timer)
 {
     peer_frame(timer->data, "answer", 6);
@@ -371,7 +371,7 @@ KVS_TEST(timeout_counts_from_the_last_answer)
     tctx_t t;
     t_init(&t);
     router_link_t l;
-    link_start_up(&t, &l, 2000);
+    link_start_up(&t, &l, 1000);
     for (uintptr_t i = 1; i <= 3; i++)
         CHECK_EQ(router_link_send(&l, (const uint8_t *)"req", 3, (void *)i, 0), 0);
     uint64_t sent = uv_now(&t.loop);
@@ -379,17 +379,17 @@ KVS_TEST(timeout_counts_from_the_last_answer)
     uv_timer_init(&t.loop, &first);
     uv_timer_init(&t.loop, &second);
     first.data = second.data = &t;
-    uv_timer_start(&first, answer_at, 1200, 0);
-    uv_timer_start(&second, answer_at, 2400, 0);
+    uv_timer_start(&first, answer_at, 600, 0);
+    uv_timer_start(&second, answer_at, 1200, 0);
     uint64_t deadline = sent + 10000;
     while (t.replies < 3 && uv_now(&t.loop) < deadline)
         uv_run(&t.loop, UV_RUN_ONCE);
     CHECK_EQ(t.replies, 3);
     CHECK(t.got[0].has_payload);
-    CHECK(t.got[1].has_payload); /* answered 2.4 s after it was sent: still in time */
+    CHECK(t.got[1].has_payload); /* answered 1.2 s after it was sent: still in time */
     CHECK(!t.got[2].has_payload);
     CHECK_CONTAINS(t.got[2].failure, "no answer within router.timeout");
-    CHECK(uv_now(&t.loop) - sent >= 4400); /* 2 s after the second answer */
+    CHECK(uv_now(&t.loop) - sent >= 2200); /* 1 s after the second answer */
     CHECK_EQ(t.downs, 1);
     router_link_stop(&l);
     uv_close((uv_handle_t *)&first, NULL);
