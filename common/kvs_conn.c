@@ -306,6 +306,11 @@ uint64_t kvs_conn_taken(const kvs_conn_t *c)
     return queued < handed ? handed - queued : 0;
 }
 
+uint64_t kvs_conn_queued_total(const kvs_conn_t *c)
+{
+    return c->written + kvs_conn_backlog(c);
+}
+
 size_t kvs_conn_pending(const kvs_conn_t *c)
 {
     return kvs_conn_backlog(c) + c->held;

@@ -444,6 +444,12 @@ size_t kvs_conn_untaken(const kvs_conn_t *c);
  * socket less what still waits in its send queue. */
 uint64_t kvs_conn_taken(const kvs_conn_t *c);
 
+/* Bytes of output given to `c`, ever: what it wrote and what it still
+ * holds. The offset, on kvs_conn_taken's scale, where output appended now
+ * starts or ends (with TLS, output not yet encrypted counts at its own
+ * size: the offset runs behind by the records' overhead). No system call. */
+uint64_t kvs_conn_queued_total(const kvs_conn_t *c);
+
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);
 

@@ -16,8 +16,9 @@
  *    up it fires at the oldest request's deadline: router.timeout after it
  *    was sent or after the answer before it arrived, whichever is later
  *    (or a later request's, when a reload lowered router.timeout: fifo_push).
- *    While the worker still reads what was sent (link_taking) the clock
- *    starts again: a request of megabytes is sent only once it was read.
+ *    While the worker still reads the oldest request (link_taking) its
+ *    clock starts again: a request of megabytes is sent only once it was
+ *    read, as long as the worker takes LINK_MIN_TAKE of it per timeout.
  *  - The backoff grows while attempts fail, and also while connections
  *    come up and go down at once: it starts over only when a connection
  *    that stayed up for BACKOFF_MAX_MS goes down. A peer that accepts and
@@ -106,6 +107,7 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     router_link_pending_t *p = &l->fifo[(l->head + l->count) % l->cap];
     p->ctx = ctx;
     p->part = part;
+    p->start = p->end = kvs_conn_queued_total(l->conn); /* the caller sets end once it appended */
     p->deadline = uv_now(l->loop) + l->timeout_ms;
     /* The worker answers in order, so a request's answer comes after the
      * oldest's: only a router.timeout lowered by a reload makes this one's
@@ -119,6 +121,12 @@ static int fifo_push(router_link_t *l, void *ctx, uint32_t part)
     if (sooner)
         link_arm_timer(l);
     return 0;
+}
+
+/* The newest request's bytes were appended to the connection's output. */
+static void fifo_sent(router_link_t *l)
+{
+    l->fifo[(l->head + l->count - 1) % l->cap].end = kvs_conn_queued_total(l->conn);
 }
 
 /* Pops the oldest request. The next one's clock starts no earlier than
@@ -581,24 +589,35 @@ static void link_connect(router_link_t *l)
 
 /* ---- timer ------------------------------------------------------------------ */
 
-/* At a due deadline: whether the worker is still taking in what was sent
- * to it. A request's router.timeout counts from its sending, and a request
- * of megabytes on a busy machine is sent only once the worker read it: a
- * worker that reads is not hung, one that stops reading is, a timeout
- * later. `taking` says the last due deadline found bytes waiting: the
- * worker read some since, and if it took the last of them the clock starts
- * once more, from now. Checked only when a deadline is due: a request sent
- * whole at once is never asked about. */
+/* What a worker must take of a request per router.timeout while it reads
+ * it for the request's clock to start again: one that reads slower is
+ * taken for hung (1 MiB per 5 s, the default, is 200 KiB/s). */
+#define LINK_MIN_TAKE (1u << 20)
+
+/* At the oldest request's due deadline: whether the worker is still
+ * reading it. A request's router.timeout counts from its sending, and a
+ * request of megabytes to a busy worker is sent only once the worker read
+ * it. Its clock starts again while, since the last due deadline (or its
+ * sending), the worker took LINK_MIN_TAKE of its bytes or the last of
+ * them; later requests' bytes do not count (they have deadlines of their
+ * own). A request the worker had whole by the last due deadline is hung.
+ * At the first due deadline nobody knows when the worker took the last
+ * byte: a request of less than LINK_MIN_TAKE is taken to have been read at
+ * once (hung: the exact bound for the small requests nearly all are), a
+ * larger one gets one more timeout. One ioctl, at due deadlines only. */
 static int link_taking(router_link_t *l)
 {
-    int waiting = kvs_conn_untaken(l->conn) > 0;
-    if (!waiting && !l->taking)
-        return 0;
+    const router_link_pending_t *h = &l->fifo[l->head];
+    uint64_t from = l->taking ? l->taken_mark : h->start;
+    if (from >= h->end)
+        return 0; /* it had the whole request a timeout ago */
     uint64_t taken = kvs_conn_taken(l->conn);
-    int more = taken != l->taken_mark;
+    int first = !l->taking;
     l->taken_mark = taken;
-    l->taking = more && waiting;
-    return more;
+    l->taking = 1;
+    if (taken >= h->end) /* read to its end since: from now, or hung at once if small */
+        return !first || h->end - h->start >= LINK_MIN_TAKE;
+    return taken > from && taken - from >= LINK_MIN_TAKE;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -741,6 +760,7 @@ int router_link_send(router_link_t *l, const uint8_t *payload, size_t len, void 
         return -ENOMEM;
     kvs_buf_put(&l->conn->out, hdr, sizeof(hdr));
     kvs_buf_put(&l->conn->out, payload, len);
+    fifo_sent(l);
     kvs_conn_queue(l->conn);
     if (l->count == 1)
         link_arm_timer(l);
@@ -759,6 +779,7 @@ int router_link_send_msg(router_link_t *l, const ProtobufCMessage *m, void *ctx,
         l->count--; /* undo the push: nothing was sent */
         return rc;
     }
+    fifo_sent(l);
     kvs_conn_queue(l->conn);
     if (l->count == 1)
         link_arm_timer(l);

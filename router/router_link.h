@@ -49,6 +49,8 @@ typedef struct router_link_pending_s {
     void *ctx;
     uint32_t part;
     uint64_t deadline; /* uv_now-based, ms */
+    uint64_t start,
+        end; /* where its bytes are in the connection's output (kvs_conn_queued_total) */
 } router_link_pending_t;
 
 struct router_link_s {
@@ -76,8 +78,8 @@ struct router_link_s {
     uint64_t backoff_ms;
     uint64_t up_since; /* uv_now when it last came up */
     uint64_t timeout_ms;
-    uint64_t taken_mark; /* bytes its worker had taken at the last due deadline (link_taking) */
-    int taking;          /* ... and bytes still waited for it to take then */
+    uint64_t taken_mark; /* bytes its worker had taken at the oldest request's last due deadline */
+    int taking;          /* ... which was one it still read (link_taking) */
     uint32_t max_frame;
     size_t max_queue;            /* bytes of requests queued before sends are refused (0: none) */
     router_link_pending_t *fifo; /* ring buffer */

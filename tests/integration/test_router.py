@@ -1049,10 +1049,11 @@ class SlowReader(LoopbackServer):
     """A remote worker that reads a request `step` bytes at a time, `every`
     s apart (through a small receive buffer, so that what it has not read
     waits at the router), and stops reading for good once it read `stop`
-    bytes of a frame (None: never). It answers 200 to what it read whole."""
+    bytes of a frame (None: never). It answers 200 to what it read whole,
+    or nothing but Pings (answer=False)."""
 
-    def __init__(self, step, every, stop=None):
-        self.step, self.every, self.stop = step, every, stop
+    def __init__(self, step, every, stop=None, answer=True):
+        self.step, self.every, self.stop, self.answer = step, every, stop, answer
         super().__init__(self._frames, threaded=True, rcvbuf=32 << 10)
 
     def _frames(self, c):
@@ -1080,12 +1081,15 @@ class SlowReader(LoopbackServer):
             resp = pb.CommandResponse(status=200)
             if req.WhichOneof("command") == "ping":
                 resp.message = "PONG"
+            elif not self.answer:
+                continue
             c.sendall(frame(resp.SerializeToString()))
 
 
 class LinkTimeoutTest(RouterTestCase):
     """router.timeout counts from a request's sending: a request of
-    megabytes that its worker still reads is not yet sent."""
+    megabytes that its worker still reads, at 1 MiB or more per timeout,
+    is not yet sent."""
 
     def slow(self, **kw):
         fake = SlowReader(**kw)
@@ -1094,29 +1098,53 @@ class LinkTimeoutTest(RouterTestCase):
                         remote={1: "127.0.0.1:%d" % fake.port})
         return r, keys_by_shard("lt", 1, PARTITIONS, 2)[1][0]
 
-    def test_a_worker_still_reading_a_large_request_is_not_taken_for_hung(self):
-        # 4 MiB taken 256 KiB every 0.2 s: over 3 s of reading, three
-        # router.timeouts; each deadline finds it read more.
-        r, key = self.slow(step=256 << 10, every=0.2)
+    def hset_503(self, r, key, size, within):
         with r.client(timeout=30) as c:
             t = time.monotonic()
-            resp = c.hset("t", key, b"v" * (4 << 20))
+            resp = c.hset("t", key, b"v" * size)
+            took = time.monotonic() - t
+            self.assertEqual(resp.status, 503, resp.message)
+            self.assertIn("no answer within router.timeout (1000 ms)", resp.message)
+            self.assertTrue(resp.outcome_unknown, resp.message)
+            self.assertLess(took, within)
+
+    def test_a_worker_still_reading_a_large_request_is_not_taken_for_hung(self):
+        # 6 MiB taken 512 KiB every 0.2 s: over 2 s of reading, two
+        # router.timeouts; each deadline finds it read 2 MiB more.
+        r, key = self.slow(step=512 << 10, every=0.2)
+        with r.client(timeout=30) as c:
+            t = time.monotonic()
+            resp = c.hset("t", key, b"v" * (6 << 20))
             self.assertEqual(resp.status, 200, resp.message)
-            self.assertGreater(time.monotonic() - t, 2.5)  # it did read slowly
+            self.assertGreater(time.monotonic() - t, 2.0)  # it did read slowly
             self.assertEqual(c.ping().status, 200)
         self.assertNotIn("no answer within router.timeout", r.stderr())
 
     def test_a_worker_that_stops_reading_a_request_is_taken_for_hung(self):
-        # It reads 1 MiB of 4 and no more: hung one router.timeout after the
-        # deadline that found it reading, not waited for as long as bytes wait.
+        # It reads 1 MiB of 4 and no more: hung at the deadline after the
+        # one that found it reading, not waited for as long as bytes wait.
         r, key = self.slow(step=256 << 10, every=0.1, stop=1 << 20)
-        with r.client(timeout=30) as c:
+        self.hset_503(r, key, 4 << 20, 3.5)
+
+    def test_a_worker_that_reads_slower_than_a_mib_per_timeout_is_taken_for_hung(self):
+        # 16 KiB every 0.5 s: the 2 MiB would take two minutes.
+        r, key = self.slow(step=16 << 10, every=0.5)
+        self.hset_503(r, key, 2 << 20, 2.5)
+
+    def test_a_request_read_whole_is_not_held_by_a_later_one_being_read(self):
+        # An Hget the worker read at once and never answers, then a 6 MiB
+        # Hset it reads at 2.5 MiB/s: the Hget is hung a timeout after it
+        # was sent, whatever the worker does with the Hset.
+        r, key = self.slow(step=512 << 10, every=0.2, answer=False)
+        with r.client(timeout=30) as c, r.client(timeout=30) as big:
             t = time.monotonic()
-            resp = c.hset("t", key, b"v" * (4 << 20))
-            took = time.monotonic() - t
+            c.send(req_hget("t", key))
+            time.sleep(0.2)
+            big.send(req_hset("t", key, b"v" * (6 << 20)))
+            resp = c.recv()
             self.assertEqual(resp.status, 503, resp.message)
-            self.assertIn("no answer within router.timeout (1000 ms)", resp.message)
-            self.assertLess(took, 4.0)
+            self.assertLess(time.monotonic() - t, 2.0)
+            self.assertEqual(big.recv().status, 503)
 
 
 if __name__ == "__main__":
