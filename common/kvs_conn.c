@@ -370,7 +370,9 @@ int kvs_conn_has_frame(const kvs_conn_t *c)
 int kvs_conn_may_log(kvs_conn_t *c)
 {
     kvs_conn_group_t *g = c->group;
-    return g == NULL || kvs_log_budget_take(&g->log_budget, uv_now(g->loop));
+    if (g != NULL)
+        return kvs_log_budget_take(&g->log_budget, uv_now(g->loop));
+    return c->log_budget == NULL || kvs_log_budget_take(c->log_budget, uv_now(c->h.handle.loop));
 }
 
 /* Notes when pending output started to wait, for the output timeout. */

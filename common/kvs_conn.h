@@ -231,6 +231,8 @@ struct kvs_conn_s {
     uint64_t progress_since_ms;        /* loop time + 1 the current window began (0: none) */
     uint64_t progress_mark;            /* bytes its peer had taken then */
     const char *progress_why;          /* what it does not read, for the log line */
+    kvs_log_budget_t *log_budget;      /* optional, for a connection of no group: the budget
+                                          of the lines its peer causes (kvs_conn_may_log) */
     char peer[64];                     /* "1.2.3.4:5678", for log lines about this peer */
     void *data;                        /* the owner's */
 };
@@ -532,7 +534,8 @@ int kvs_conn_group_init(kvs_conn_group_t *g, uv_loop_t *loop, const kvs_conn_lim
 /* Whether a line about `c` that its peer caused (it broke a limit or a
  * rule) may be logged: a group member's lines are within the group's
  * budget (and counted there, printed or not), a connection of no group
- * (one of our own, such as a link) logs every one. */
+ * (one of our own, such as a link) within its own log_budget if it has
+ * one, else it logs every one. */
 int kvs_conn_may_log(kvs_conn_t *c);
 
 /* New limits for a running group (a live reload): members keep their

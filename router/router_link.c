@@ -80,6 +80,11 @@
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
+/* A link that keeps failing the same way (a TLS handshake the worker
+ * refuses) reconnects every BACKOFF_MAX_MS: its connections' lines are
+ * budgeted, then counted (one line a minute says how many were left out). */
+#define LINK_LOG_LINES 3
+#define LINK_LOG_WINDOW_MS 60000
 
 /* CommandRequest {ping: {}}: the hello (invariants). */
 static const uint8_t link_ping[] = {0x5a, 0x00};
@@ -469,6 +474,9 @@ static void link_dial(router_link_t *l, const struct sockaddr *sa)
                            on_conn_closed);
     c->data = l;
     c->flusher = l->flusher;
+    snprintf(l->log_what, sizeof(l->log_what), "lines about the link to %s %u (%s)", link_what(l),
+             l->shard, l->addr_text);
+    c->log_budget = &l->log_budget;
     c->stamp_reads = 1; /* answers' arrival times, for request metrics and the slow log */
     kvs_frame_dec_skip_oversized(&c->dec); /* an oversized answer fails its request only */
     /* A link must always read and deliver answers: stopping because its
@@ -725,6 +733,7 @@ int router_link_start(router_link_t *l, uv_loop_t *loop, uint32_t shard, const k
     l->on_reply = on_reply;
     l->on_state = on_state;
     l->backoff_ms = BACKOFF_MIN_MS;
+    kvs_log_budget_init(&l->log_budget, l->log_what, LINK_LOG_LINES, LINK_LOG_WINDOW_MS);
     snprintf(l->last_error, sizeof(l->last_error), "not connected yet");
     int rc = uv_timer_init(loop, &l->timer);
     if (rc != 0)

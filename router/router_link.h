@@ -58,6 +58,10 @@ struct router_link_s {
     uint32_t shard;
     kvs_addr_t addr;
     char addr_text[160];
+    /* The lines its connections' peers cause (a failing TLS handshake at
+     * every reconnect): LINK_LOG_LINES per LINK_LOG_WINDOW_MS. */
+    kvs_log_budget_t log_budget;
+    char log_what[200];
     kvs_conn_t *conn; /* NULL while down */
     uv_connect_t connect_req;
     uv_getaddrinfo_t resolve_req; /* a host name's lookup, in flight while `resolving` */

@@ -722,6 +722,12 @@ class TlsClusterTest(RouterTestCase):
             self.assertIn("shard 0", r.message)
             self.assertIn("TLS with the worker failed", r.message)
         self.assertIn("certificate has expired", a.stderr())
+        # The link dials again every second and fails the same way: its
+        # lines are budgeted (3 a minute), not one per attempt.
+        time.sleep(3.5)
+        failing = log_lines(b.stderr(), r"closing 127\.0\.0\.1:%d: TLS" % base_a)
+        self.assertGreaterEqual(len(failing), 1, b.stderr()[-3000:])
+        self.assertLessEqual(len(failing), 3, b.stderr()[-3000:])
 
 
 class KafkaSecretsTest(NodeTestCase):
