@@ -900,19 +900,22 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
             uint8_t *p = raw_multi(cmds[c], 1000000, klen, &len);
             /* Left in place: 16 bytes a key, at most 8 times the request. */
             decode_costs_at_most(p, len, KVS_STATUS_OK, 8 * len);
-            /* With a field protobuf-c keeps as unknown, protobuf-c decodes
-             * it, within the budget. */
+            /* With a field protobuf-c would keep as unknown: refused by
+             * the walk of the wire before anything is decoded (a request
+             * this large: KVS_MSG_WIRE_FIRST), the arena untouched. */
             uint8_t *last = p + len - (2 + klen); /* the last key becomes field 15: 0 */
             last[0] = 15 << 3;
             if (klen == 1)
                 last[1] = 0x80, last[2] = 0; /* 0 in two bytes */
             else
                 last[1] = 0;
-            decode_costs(p, len, KVS_STATUS_TOO_LARGE);
+            decode_costs_at_most(p, len, KVS_STATUS_BAD_REQUEST, 1);
             free(p);
         }
     /* Empty pairs (Hmset), and a flood of unknown fields (a varint of
-     * field 15 inside Hmget), 2 bytes each. */
+     * field 15 inside Hmget), 2 bytes each: the first decoded within the
+     * budget, the second refused before protobuf-c spent an allocation on
+     * each (150-300 ms a 4 MiB frame). */
     static const uint8_t flood[][2] = {{0x12, 0}, {15 << 3, 0}};
     for (size_t f = 0; f < 2; f++) {
         size_t n = 2 << 20, at = 0;
@@ -922,7 +925,20 @@ KVS_TEST(decode_budget_refuses_floods_of_tiny_keys)
         put_varint(p, &at, n);
         for (size_t i = 0; i < n; i += 2)
             p[at++] = flood[f][0], p[at++] = flood[f][1];
-        decode_costs(p, at, KVS_STATUS_TOO_LARGE);
+        if (f == 0)
+            decode_costs(p, at, KVS_STATUS_TOO_LARGE);
+        else
+            decode_costs_at_most(p, at, KVS_STATUS_BAD_REQUEST, 1);
+        free(p);
+    }
+    /* Below KVS_MSG_WIRE_FIRST, protobuf-c decodes the unknown field (the
+     * request is refused later, by kvs_msg_validate). */
+    {
+        size_t len;
+        uint8_t *p = raw_multi(cmds[0], 5000, 1, &len);
+        CHECK(len < KVS_MSG_WIRE_FIRST);
+        p[len - 3] = 15 << 3, p[len - 2] = 0x80, p[len - 1] = 0;
+        decode_costs(p, len, KVS_STATUS_OK);
         free(p);
     }
     CHECK_EQ(kvs_msg_decode_refusal(KVS_STATUS_TOO_LARGE, NULL, 3000000, text, sizeof(text)), 413);
@@ -989,21 +1005,31 @@ KVS_TEST(decode_response_is_held_to_the_budget)
 
 /* An Hmset the in-place decoder gives up on only at its last pair (a field
  * protobuf-c keeps as unknown) costs no more than the budget all the
- * same: what the in-place attempt took is not added to protobuf-c's. */
+ * same: what the in-place attempt took is not added to protobuf-c's. A
+ * large one is refused before either decodes it (KVS_MSG_WIRE_FIRST). */
 KVS_TEST(decode_budget_holds_when_in_place_gives_up_late)
 {
     for (size_t klen = 3; klen <= 8; klen += 5) {
-        size_t len;
-        uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 300000, klen, &len);
-        p[len - 2] = 7 << 3; /* the last value: {field 7: 1}, unknown */
-        kvs_arena_t a;
-        kvs_arena_init(&a);
-        Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, NULL);
-        CHECK(r != NULL && r->hmset->n_pairs == 300000); /* by protobuf-c: */
-        CHECK_EQ(r->hmset->pairs[299999]->value->base.n_unknown_fields, 1);
-        CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
-        kvs_arena_close(&a);
-        free(p);
+        for (size_t pairs = 3000; pairs <= 300000; pairs *= 100) {
+            size_t len;
+            uint8_t *p = raw_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, pairs, klen, &len);
+            p[len - 2] = 7 << 3; /* the last value: {field 7: 1}, unknown */
+            kvs_arena_t a;
+            kvs_arena_init(&a);
+            uint32_t st = 0;
+            Kvs__CommandRequest *r = kvs_msg_decode_request(&a, p, len, &st);
+            if (len < KVS_MSG_WIRE_FIRST) {
+                CHECK(r != NULL && r->hmset->n_pairs == pairs); /* by protobuf-c: */
+                CHECK_EQ(r->hmset->pairs[pairs - 1]->value->base.n_unknown_fields, 1);
+                CHECK(a.big <= kvs_msg_decode_budget(len) + 16384);
+            } else {
+                CHECK(r == NULL);
+                CHECK_EQ(st, KVS_STATUS_BAD_REQUEST);
+                CHECK(a.big <= 16384);
+            }
+            kvs_arena_close(&a);
+            free(p);
+        }
     }
 }
 
