@@ -16,6 +16,11 @@ size_t kvs_mem_give_back(uint64_t now_ms)
         return 0;
     ran = 1;
     last_ms = now_ms;
+    return kvs_mem_trim();
+}
+
+size_t kvs_mem_trim(void)
+{
     /* Both sum every arena: the loop thread's, and the thread pool's. */
     struct mallinfo2 mi = mallinfo2();
     if (mi.fordblks < KVS_MEM_FREE_MIN || mi.fordblks < mi.uordblks)

@@ -31,4 +31,8 @@
  * does not say: sanitizers). */
 size_t kvs_mem_give_back(uint64_t now_ms);
 
+/* The same at once, whenever it last ran: after a rare event that freed
+ * much (a configuration file loaded). */
+size_t kvs_mem_trim(void);
+
 #endif

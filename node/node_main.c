@@ -53,6 +53,7 @@
 #include "kvs_fs.h"
 #include "kvs_lmdb.h"
 #include "kvs_log.h"
+#include "kvs_mem.h"
 #include "kvs_schema.h"
 #include "kvs_shardstate.h"
 #include "kvs_signals.h"
@@ -666,6 +667,7 @@ static int reload_config(node_main_t *m)
                  changed[0] ? changed : "nothing changed");
     }
     kvs_config_free(next);
+    kvs_mem_trim(); /* what reading the file took (kvs_mem.h) */
     return rc;
 }
 

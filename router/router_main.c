@@ -97,6 +97,7 @@
 #include "kvs_err.h"
 #include "kvs_fs.h"
 #include "kvs_log.h"
+#include "kvs_mem.h"
 #include "kvs_plugins.h"
 #include "kvs_record.h"
 #include "kvs_signals.h"
@@ -563,6 +564,7 @@ static int reload_config(router_main_t *m)
                      "started with until the master replaces it");
     }
     kvs_config_free(next);
+    kvs_mem_trim(); /* what reading the file took (kvs_mem.h) */
     return rc;
 }
 

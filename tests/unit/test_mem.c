@@ -50,6 +50,12 @@ KVS_TEST(not_while_little_is_free)
 {
     CHECK_EQ(kvs_mem_give_back(5000), 0);
 }
+
+KVS_TEST(trim_now_whenever_the_last_one_ran)
+{
+    fragment();
+    CHECK_EQ(kvs_mem_trim(), 0);
+}
 #else
 /* The process's resident anonymous memory, in KiB (/proc/self/status). */
 static long rss_anon_kib(void)
@@ -86,6 +92,18 @@ KVS_TEST(at_most_once_a_second)
     CHECK(kvs_mem_give_back(5000 + KVS_MEM_EVERY_MS) > 0);
 }
 
+/* kvs_mem_trim: at once, whenever kvs_mem_give_back last ran (after a
+ * configuration file was loaded), on the same conditions. */
+KVS_TEST(trim_now_whenever_the_last_one_ran)
+{
+    fragment();
+    CHECK(kvs_mem_give_back(5000) > 0);
+    fragment();
+    long before = rss_anon_kib();
+    CHECK(kvs_mem_trim() >= (size_t)(BLOCKS - 1) * BLOCK); /* within the second */
+    CHECK(before - rss_anon_kib() >= 60 * 1024);
+}
+
 KVS_TEST(not_while_little_is_free)
 {
     /* 8 MiB free: under KVS_MEM_FREE_MIN */
@@ -115,4 +133,4 @@ KVS_TEST(not_while_little_is_free)
 #endif
 
 KVS_TEST_MAIN(KVS_CASE(gives_back_free_memory_below_blocks_in_use), KVS_CASE(at_most_once_a_second),
-              KVS_CASE(not_while_little_is_free))
+              KVS_CASE(trim_now_whenever_the_last_one_ran), KVS_CASE(not_while_little_is_free))
