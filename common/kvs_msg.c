@@ -881,6 +881,9 @@ int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
     return 0;
 }
 
+static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                            const uint8_t *end, int depth, size_t most);
+
 Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                            uint32_t *status)
 {
@@ -890,10 +893,13 @@ Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p,
     /* protobuf-c keeps each field it does not know, an allocation apiece:
      * a 4 MiB frame of 3-byte unknown fields cost 150-300 ms of decoding
      * before its decode budget ran out, twice a legitimate frame's. Every
-     * request kvs_msg_check_wire refuses is refused anyway, so a large one
-     * is walked first (no allocation): refused now, it is 400 naming the
-     * field (kvs_msg_decode_refusal). */
-    if (len >= KVS_MSG_WIRE_FIRST && kvs_msg_check_wire(p, len, NULL, 0) != KVS_STATUS_OK) {
+     * request holding such a field is refused anyway (kvs_msg_validate),
+     * so a large one is walked first (no allocation): one with more than
+     * KVS_MSG_UNKNOWN_MOST of them is 400 naming the first, decoded by
+     * nobody (kvs_msg_decode_refusal); with fewer, protobuf-c decodes it
+     * and kvs_msg_validate says what is wrong, as for a small one. */
+    if (len >= KVS_MSG_WIRE_FIRST && wire_unknowns(&kvs__command_request__descriptor, p, p + len, 0,
+                                                   KVS_MSG_UNKNOWN_MOST) > KVS_MSG_UNKNOWN_MOST) {
         if (status != NULL)
             *status = KVS_STATUS_BAD_REQUEST;
         return NULL;
@@ -1543,6 +1549,38 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
         p += n;
     }
     return KVS_STATUS_OK;
+}
+
+/* The fields of p[0..end), a message of type `d`, that protobuf-c would
+ * keep as unknown (at every depth), counted up to `most` + 1 (then it
+ * stops): protobuf-c allocates a record and a copy of the bytes for each
+ * before the decode budget can stop it. Bytes that are not fields end the
+ * count: protobuf-c refuses them before it allocates. */
+static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                            const uint8_t *end, int depth, size_t most)
+{
+    size_t count = 0;
+    if (depth > WIRE_DEPTH_MAX)
+        return 0;
+    while (p < end && count <= most) {
+        uint64_t tag, v, n = 0;
+        if (read_varint32(&p, end, &tag) != 0 || tag >> 3 == 0)
+            return count;
+        unsigned wt = (unsigned)(tag & 7);
+        if (wt == 0 && kvs_varint_get(&p, end, &v) != 0)
+            return count;
+        if ((wt == 1 && end - p < 8) || (wt == 5 && end - p < 4) || wt == 3 || wt == 4 || wt > 5 ||
+            (wt == 2 && (read_varint32(&p, end, &n) != 0 || n > (uint64_t)(end - p))))
+            return count;
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+        if (f == NULL)
+            count++;
+        else if (wt == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE)
+            count += wire_unknowns(f->descriptor, p, p + n, depth + 1, most - count);
+        p += wt == 1 ? 8 : wt == 5 ? 4 : n;
+    }
+    return count;
 }
 
 uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen)

@@ -117,9 +117,11 @@ int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len);
 
 /* kvs_msg_decode_request of bytes kvs_msg_merge_request already merged
  * (a router that forwards them): the same, without looking for a repeated
- * command again. A request of KVS_MSG_WIRE_FIRST bytes or more is checked
- * by kvs_msg_check_wire before protobuf-c decodes it (400 when it fails). */
+ * command again. A request of KVS_MSG_WIRE_FIRST bytes or more holding
+ * more than KVS_MSG_UNKNOWN_MOST fields protobuf-c would keep as unknown
+ * is refused (400) before it is decoded. */
 #define KVS_MSG_WIRE_FIRST (64u * 1024u)
+#define KVS_MSG_UNKNOWN_MOST 1000u
 Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                            uint32_t *status);
 
