@@ -333,6 +333,11 @@ void kvs_log_budget_flush(kvs_log_budget_t *b, uint64_t now_ms)
 {
     if (now_ms - b->start_ms < b->window_ms)
         return;
+    kvs_log_budget_end(b, now_ms);
+}
+
+void kvs_log_budget_end(kvs_log_budget_t *b, uint64_t now_ms)
+{
     if (b->dropped > 0)
         kvs_warn("%llu more %s were not logged in the last %llu s (at most %u are per %u s)",
                  (unsigned long long)b->dropped, b->what,

@@ -97,6 +97,9 @@ void kvs_log_budget_init(kvs_log_budget_t *b, const char *what, uint32_t max_lin
 int kvs_log_budget_take(kvs_log_budget_t *b, uint64_t now_ms);
 /* Prints the summary of a window that is over, if lines were left out. */
 void kvs_log_budget_flush(kvs_log_budget_t *b, uint64_t now_ms);
+/* Ends the window now, over or not (what caused the lines is over: a
+ * link came up): its summary, if lines were left out, and a new window. */
+void kvs_log_budget_end(kvs_log_budget_t *b, uint64_t now_ms);
 
 #define kvs_debug(...) kvs_log(KVS_LOG_DEBUG, __VA_ARGS__)
 #define kvs_info(...) kvs_log(KVS_LOG_INFO, __VA_ARGS__)

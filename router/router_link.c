@@ -91,6 +91,7 @@ static const uint8_t link_ping[] = {0x5a, 0x00};
 
 static void link_connect(router_link_t *l);
 static void link_arm_timer(router_link_t *l);
+static void on_timer(uv_timer_t *t);
 static void link_retry(router_link_t *l);
 
 /* ---- FIFO -------------------------------------------------------------- */
@@ -246,9 +247,16 @@ static void link_down_state(router_link_t *l, const char *why, const char *state
     if (was_up && uv_now(l->loop) - l->up_since >= BACKOFF_MAX_MS)
         l->backoff_ms = BACKOFF_MIN_MS; /* it worked for a while: reconnect soon */
     l->handshaking = 0;
+    /* A connection that went down within BACKOFF_MAX_MS of coming up (a
+     * worker that refuses the TLS client certificate once the handshake
+     * is over, at every reconnect) flaps: its up and down lines are
+     * budgeted with its connections' own, until one stays up. */
+    uint64_t now = uv_now(l->loop);
+    if (was_up)
+        l->flapping = now - l->up_since < BACKOFF_MAX_MS;
     if (was_up && l->unanswered > 1)
         kvs_debug("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
-    else if (was_up)
+    else if (was_up && (!l->flapping || kvs_log_budget_take(&l->log_budget, now)))
         kvs_warn("link to %s %u (%s) down: %s", link_what(l), l->shard, l->addr_text, why);
     /* The requests are told the state: a write's answer adds that it may
      * have been applied (router_route), a read's must not say so. */
@@ -337,10 +345,16 @@ static void link_up(router_link_t *l)
     if (l->unanswered > 0)
         kvs_debug("link to %s %u (%s) up%s; asking its worker again", link_what(l), l->shard,
                   l->addr_text, l->tls ? " (TLS)" : "");
-    else
+    else if (!l->flapping || kvs_log_budget_take(&l->log_budget, l->up_since))
         kvs_info("link to %s %u (%s) up%s", link_what(l), l->shard, l->addr_text,
                  l->tls ? " (TLS)" : "");
     link_arm_timer(l); /* ends a handshake deadline */
+    /* Lines were left out: once this connection has stayed up for
+     * BACKOFF_MAX_MS, on_timer says how many (a timer due sooner is kept:
+     * it re-arms through link_arm_timer). */
+    if (l->log_budget.dropped > 0 && (!uv_is_active((uv_handle_t *)&l->timer) ||
+                                      uv_timer_get_due_in(&l->timer) > BACKOFF_MAX_MS))
+        uv_timer_start(&l->timer, on_timer, BACKOFF_MAX_MS, 0);
     if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
@@ -633,6 +647,12 @@ static void on_timer(uv_timer_t *t)
     router_link_t *l = t->data;
     if (l->stopping)
         return;
+    /* The summary of the lines left out: once the link has stayed up for
+     * BACKOFF_MAX_MS (its failures are over), else when their window is. */
+    if (l->up && l->log_budget.dropped > 0 && uv_now(l->loop) - l->up_since >= BACKOFF_MAX_MS)
+        kvs_log_budget_end(&l->log_budget, uv_now(l->loop));
+    else
+        kvs_log_budget_flush(&l->log_budget, uv_now(l->loop));
     if (l->handshaking) {
         char why[160];
         snprintf(why, sizeof(why),
@@ -800,6 +820,7 @@ void router_link_stop(router_link_t *l)
     if (l->loop == NULL || l->stopping)
         return; /* never started (a failed start-up), or stopped already */
     int pending = l->count > 0;
+    kvs_log_budget_end(&l->log_budget, uv_now(l->loop));
     fail_all(l, "the router is shutting down");
     l->stopping = 1;
     if (l->conn != NULL) {

@@ -62,6 +62,7 @@ struct router_link_s {
      * every reconnect): LINK_LOG_LINES per LINK_LOG_WINDOW_MS. */
     kvs_log_budget_t log_budget;
     char log_what[200];
+    int flapping;     /* its last connection went down within BACKOFF_MAX_MS of coming up */
     kvs_conn_t *conn; /* NULL while down */
     uv_connect_t connect_req;
     uv_getaddrinfo_t resolve_req; /* a host name's lookup, in flight while `resolving` */

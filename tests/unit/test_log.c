@@ -966,8 +966,34 @@ KVS_TEST(budget_summary_comes_with_the_next_line_without_a_flush)
     free(text);
 }
 
+/* kvs_log_budget_end: the window ends now, over or not (a link came up):
+ * its summary if lines were left out, nothing otherwise, and a new window
+ * lets lines through again at once. */
+KVS_TEST(budget_ended_early_says_how_many_and_starts_again)
+{
+    kvs_log_init("router", 0, KVS_LOG_INFO);
+    kvs_log_budget_t b;
+    kvs_log_budget_init(&b, "lines about the link", 3, 60000);
+    uint64_t t0 = 0; /* the window begins with the budget */
+    for (int i = 0; i < 3 + 12; i++)
+        CHECK_EQ(kvs_log_budget_take(&b, t0 + (uint64_t)i * 1000), i < 3);
+    kvs_capture_t c;
+    kvs_capture_start(&c);
+    kvs_log_budget_end(&b, t0 + 20000); /* 20 s into a 60 s window */
+    kvs_log_budget_end(&b, t0 + 20001); /* nothing more left out: silent */
+    char *text = kvs_capture_end(&c, NULL);
+    CHECK_EQ(count_lines_with(text, "WARN  12 more lines about the link were not logged in the "
+                                    "last 20 s (at most 3 are per 60 s)\n"),
+             1);
+    CHECK_EQ(count_lines_with(text, "\n"), 1);
+    free(text);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(kvs_log_budget_take(&b, t0 + 20002), i < 3);
+}
+
 KVS_TEST_MAIN(KVS_CASE(budget_lets_a_burst_through_then_counts_and_says_how_many),
               KVS_CASE(budget_summary_comes_with_the_next_line_without_a_flush),
+              KVS_CASE(budget_ended_early_says_how_many_and_starts_again),
               KVS_CASE(router_index_in_text_and_json), KVS_CASE(level_parse_names),
               KVS_CASE(level_parse_rejects_other_strings), KVS_CASE(line_format_with_shard),
               KVS_CASE(line_format_without_shard), KVS_CASE(shard_zero_is_shown),
