@@ -1140,6 +1140,15 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
                 KVS_MAX_KEY);
         return CLI_USAGE;
     }
+    /* A name every server refuses has no place to show. */
+    if (argv[0].len > KVS_MAX_TABLE || !kvs_utf8_valid((const uint8_t *)argv[0].p, argv[0].len) ||
+        memchr(argv[0].p, 0, argv[0].len) != NULL) {
+        fprintf(stderr,
+                "kvs-cli: keyslot: a table name is UTF-8 text of 1 to %d bytes without NUL "
+                "bytes (every server refuses this one)\n",
+                KVS_MAX_TABLE);
+        return CLI_USAGE;
+    }
     const kvs_config_t *cfg = c->cfg;
     const kvs_binding_t *b = kvs_config_binding_n(cfg, argv[0].p, argv[0].len);
     uint32_t partitions = b != NULL && b->partitions > 0 ? b->partitions : cfg->partitions;

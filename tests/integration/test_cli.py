@@ -133,7 +133,7 @@ class CliTest(unittest.TestCase):
         argv = [CLI]
         if target:
             argv += ["--port", str(port or self.node.port)]
-        argv += [str(a) for a in args]
+        argv += [a if isinstance(a, bytes) else str(a) for a in args]
         return subprocess.run(argv, input=input if input is not None else b"",
                               capture_output=True, timeout=RUN_TIMEOUT)
 
@@ -405,6 +405,14 @@ class CliTest(unittest.TestCase):
         p = self.cli("--config", cfg, "keyslot", "users", "", target=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn(b"a key of 1 to 511 bytes", p.stderr)
+        # A table name every server refuses has no placement to show.
+        for name in ("t" * 201, "caf\xe9"):
+            arg = name.encode("latin-1")
+            p = self.cli("--config", cfg, "keyslot", arg, "k", target=False)
+            self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
+            self.assertIn(b"a table name is UTF-8 text of 1 to 200 bytes", p.stderr)
+        self.assertEqual(self.ok("--config", cfg, "--raw", "keyslot", "t" * 200, "k",
+                                 target=False).count(" "), 1)
         with open(cfg, "w") as f:
             f.write("kafka:\n  bindings:\n    - {topic: t, table: t, partitioner: sarama}\n")
         p = self.cli("--config", cfg, "keyslot", "t", "k", target=False)
