@@ -31,6 +31,8 @@
 typedef struct answer_s {
     int ok;                       /* 200 with a digest */
     int skipped;                  /* its node is silent or down (cli_walk_ask): not asked */
+    int refused;                  /* it answered 4xx: the request itself is wrong, as it would be
+                                     at every replica and in every round */
     char why[500];                /* otherwise */
     uint8_t digest[KVS_HASH_LEN]; /* when ok */
     int64_t keys;
@@ -72,6 +74,7 @@ static void ask(cli_walk_t *w, const kvs_replica_t *rep, kvs_tls_ctx_t *tls, con
                  r->message);
     } else if (r->status != 200) {
         snprintf(out->why, sizeof(out->why), "%u %s", r->status, r->message);
+        out->refused = r->status >= 400 && r->status < 500;
     } else if (r->position.len > 0 && (out->pos = malloc(r->position.len)) == NULL) {
         snprintf(out->why, sizeof(out->why), "out of memory");
     } else {
@@ -117,7 +120,7 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
         return 1;
     }
     double deadline = cli_net_now() + timeout;
-    int settled = 0, failed = -1, skipped = 0;
+    int settled = 0, failed = -1, skipped = 0, refused = 0;
     while (!settled) {
         failed = -1;
         for (int i = 0; i < n; i++) {
@@ -125,12 +128,13 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
             if (!ans[i].ok && failed < 0)
                 failed = i;
             skipped |= ans[i].skipped;
+            refused |= ans[i].refused;
         }
         settled = failed < 0;
         for (int i = 1; settled && i < n; i++)
             settled = same_position(&ans[0], &ans[i]);
-        if (settled || cli_net_now() >= deadline || skipped)
-            break; /* a silent node will not answer the next round either */
+        if (settled || cli_net_now() >= deadline || skipped || refused)
+            break; /* a silent node will not answer the next round either, nor a refusal change */
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -140,10 +144,11 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
             memcmp(ans[0].digest, ans[i].digest, KVS_HASH_LEN) == 0 && ans[0].keys == ans[i].keys;
     if (!raw)
         printf("shard %u: %s\n", shard,
-               failed >= 0 ? "not every replica answered"
-               : !settled  ? "replicas did not reach one position in time (writes still coming?)"
-               : agree     ? (n > 1 ? "replicas agree" : "one copy")
-                           : "REPLICAS DIFFER");
+               refused       ? "the request was refused"
+               : failed >= 0 ? "not every replica answered"
+               : !settled    ? "replicas did not reach one position in time (writes still coming?)"
+               : agree       ? (n > 1 ? "replicas agree" : "one copy")
+                             : "REPLICAS DIFFER");
     for (int i = 0; i < n; i++) {
         if (ans[i].ok)
             put_replica(&reps[i], &ans[i], raw, shard);

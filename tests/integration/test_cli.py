@@ -979,6 +979,28 @@ class HostileServerTest(unittest.TestCase):
         self.assertIn("shard 0: not every replica answered", out)
         self.assertIn("error: the answer holds no digest (200 )", out)
 
+    def test_a_digest_the_server_refuses_is_not_asked_again(self):
+        # A 400 (here: a table name too long) is what every replica says in
+        # every round: the walk stops at once, saying the request was
+        # refused, where it asked again until --timeout ran out.
+        refusal = pb.CommandResponse(status=400,
+                                     message="Digest.table is 201 bytes; the maximum is 200")
+        port = self.serve(lambda conn: answer(conn, refusal))
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    % (self.dir, port, free_ports(1)))
+        start = time.monotonic()
+        p = subprocess.run([CLI, "--config", cfg, "--timeout", "5", "digest", "t" * 201],
+                           input=b"", capture_output=True, timeout=15)
+        out = (p.stdout + p.stderr).decode()
+        self.assertEqual(p.returncode, 1, out)
+        self.assertLess(time.monotonic() - start, 2.5, out)
+        self.assertIn("shard 0: the request was refused", out)
+        self.assertIn("error: 400 Digest.table is 201 bytes; the maximum is 200", out)
+
     def test_a_write_of_unknown_outcome_exits_3(self):
         # CommandResponse.outcome_unknown: exit status 3, so that a script
         # can tell "may or may not have happened" from "did not happen".
