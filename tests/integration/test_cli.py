@@ -954,6 +954,17 @@ class HostileServerTest(unittest.TestCase):
         self.assertEqual(p.stderr, b"kvs-cli: %s:%d: protocol error: the answer's status 1 is "
                          b"none kvs sends (is this a kvs server?)\n" % (HOST.encode(), port))
 
+    def one_shard_on(self, port):
+        """A config whose one shard is served by node a at `port` (this
+        node, b, serves none): the cluster walk of digest and rebuild."""
+        cfg = os.path.join(self.dir, "kvs.yaml")
+        with open(cfg, "w") as f:
+            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
+                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
+                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
+                    % (self.dir, port, free_ports(1)))
+        return cfg
+
     def test_a_digest_answer_of_the_wrong_kinds_is_refused(self):
         # A Digest answer whose first value is the integer 16 where the
         # 16-byte digest belongs: read as bytes (the kinds share a union),
@@ -966,12 +977,7 @@ class HostileServerTest(unittest.TestCase):
         p, _ = self.cli(port, "--timeout", "2", "digest", "t")
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(b"the Digest answer holds no digest", p.stderr)
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                    % (self.dir, port, free_ports(1)))
+        cfg = self.one_shard_on(port)
         p = subprocess.run([CLI, "--config", cfg, "--timeout", "2", "digest", "t"], input=b"",
                            capture_output=True, timeout=8)
         out = (p.stdout + p.stderr).decode()
@@ -986,12 +992,7 @@ class HostileServerTest(unittest.TestCase):
         refusal = pb.CommandResponse(status=400,
                                      message="Digest.table is 201 bytes; the maximum is 200")
         port = self.serve(lambda conn: answer(conn, refusal))
-        cfg = os.path.join(self.dir, "kvs.yaml")
-        with open(cfg, "w") as f:
-            f.write("data_dir: %s\nnode: {name: b}\ncluster:\n  shards: 1\n  partitions: 8\n"
-                    "  nodes:\n    - {name: a, address: \"127.0.0.1:%d\", shards: [0]}\n"
-                    "    - {name: b, address: \"127.0.0.1:%d\", shards: []}\n"
-                    % (self.dir, port, free_ports(1)))
+        cfg = self.one_shard_on(port)
         start = time.monotonic()
         p = subprocess.run([CLI, "--config", cfg, "--timeout", "5", "digest", "t" * 201],
                            input=b"", capture_output=True, timeout=15)
