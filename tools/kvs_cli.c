@@ -1425,9 +1425,13 @@ static int run_digest(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, int
     if (rc != 0 || r == NULL)
         return rc;
     char hex[2 * KVS_HASH_LEN + 1], pos[1024] = "-";
-    if (!cli_digest_is_answer(r)) {
-        fprintf(stderr, "kvs-cli: %s: the Digest answer holds no digest\n", c->name);
-        return CLI_FAILED;
+    if (!cli_digest_is_answer(r)) { /* a 200 no kvs server sends: exit 2, as for others */
+        fprintf(stderr,
+                "kvs-cli: %s: protocol error: the Digest answer holds no digest (is this a kvs "
+                "server?)\n",
+                c->name);
+        cli_disconnect(c);
+        return CLI_USAGE;
     }
     kvs_hash_hex(r->values[0]->binary_value.data, hex);
     if (r->position.len > 0 && kvs_pos_format(r->position.data, r->position.len, pos, sizeof(pos)))

@@ -975,8 +975,9 @@ class HostileServerTest(unittest.TestCase):
         lie.values.add(binary_value=b"x" * 16)
         port = self.serve(lambda conn: answer(conn, lie))
         p, _ = self.cli(port, "--timeout", "2", "digest", "t")
-        self.assertEqual(p.returncode, 1, p.stderr)
-        self.assertIn(b"the Digest answer holds no digest", p.stderr)
+        self.assertEqual(p.returncode, 2, p.stderr)  # an answer no kvs server gives
+        self.assertIn(b"protocol error: the Digest answer holds no digest (is this a kvs server?)",
+                      p.stderr)
         cfg = self.one_shard_on(port)
         p = subprocess.run([CLI, "--config", cfg, "--timeout", "2", "digest", "t"], input=b"",
                            capture_output=True, timeout=8)
