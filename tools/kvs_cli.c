@@ -127,6 +127,8 @@ typedef struct cli_s {
     int raw;
     int session;     /* commands come from stdin */
     int stdin_taken; /* stdin carries commands or "@-" was read */
+    int connected;   /* a connection to the server was made once */
+    int unreachable; /* the first connection failed (a piped session ends there) */
     cli_net_t net;   /* the connection; net.fd is -1 when not connected */
     int use_tls;     /* --tls */
     const char *cacert, *cert, *key;
@@ -212,8 +214,10 @@ static int cli_connect(cli_t *c)
     if (cli_tls_setup(c) != 0)
         return CLI_USAGE;
     int rc = cli_net_open(&c->net, c->socket, c->host, c->port, c->timeout, why, sizeof(why));
-    if (rc == 0)
+    if (rc == 0) {
+        c->connected = 1;
         return 0;
+    }
     if (rc == KVS_ENOTFOUND)
         fprintf(stderr, "kvs-cli: cannot resolve host \"%s\": %s\n", c->host, why);
     else if (rc == KVS_ETLS)
@@ -287,8 +291,10 @@ static int cli_call(cli_t *c, const Kvs__CommandRequest *req, Kvs__CommandRespon
     int rc = 0;
     kvs_arena_reset(&c->reply);
     if (c->net.fd < 0) {
-        if (cli_connect(c) != 0)
+        if (cli_connect(c) != 0) {
+            c->unreachable = !c->connected;
             return CLI_USAGE;
+        }
         if (c->user != NULL && (rc = cli_auth(c, why, sizeof(why))) == CLI_FAILED) {
             cli_disconnect(c);
             return CLI_FAILED;
@@ -1776,8 +1782,11 @@ static int run_session(cli_t *c)
     int tty = isatty(STDIN_FILENO);
     c->session = 1;
     c->stdin_taken = 1;
-    if (cli_connect(c) != 0 && !tty)
-        return CLI_USAGE;
+    /* A terminal's user hears at once whether the server is there; a
+     * piped session connects at its first command that asks the server
+     * (keyslot and help need none), and ends there (exit 2) if it cannot. */
+    if (tty)
+        (void)cli_connect(c);
     cli_edit_t *e = tty && isatty(STDOUT_FILENO) ? session_editor(c) : NULL;
     if (e != NULL) {
         int rc = run_edited(c, e);
@@ -1800,6 +1809,10 @@ static int run_session(cli_t *c)
         }
         failed |= run_line(c, line, (size_t)n, &quit) != CLI_OK;
         fflush(stdout);
+        if (!tty && c->unreachable) {
+            free(line);
+            return CLI_USAGE;
+        }
     }
     free(line);
     return failed ? CLI_FAILED : CLI_OK;

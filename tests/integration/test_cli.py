@@ -452,6 +452,18 @@ class CliTest(unittest.TestCase):
         p = self.cli(port=port, input=b"ping\n")  # a piped session too
         self.assertEqual(p.returncode, 2)
         self.assertIn(b"Connection refused", p.stderr)
+        # A piped session connects at its first command that asks the
+        # server: keyslot before it runs (it needs none), and the session
+        # ends there, exit 2, running nothing after it.
+        cfg = os.path.join(self.node.dir, "slots.yaml")
+        with open(cfg, "w") as f:
+            f.write("cluster: {shards: 4, partitions: 64}\n")
+        p = self.cli("--config", cfg, "--raw", port=port, input=b"keyslot users u1\n")
+        self.assertEqual((p.returncode, p.stdout), (0, b"48 0\n"), p.stderr)
+        p = self.cli("--config", cfg, "--raw", port=port,
+                     input=b"keyslot users u1\nping\nkeyslot users u2\n")
+        self.assertEqual((p.returncode, p.stdout), (2, b"48 0\n"), p.stderr)
+        self.assertIn(b"Connection refused", p.stderr)
 
     def test_server_error_exits_1(self):
         p = self.cli("hset", "__x", "k", "v")
