@@ -1559,26 +1559,22 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
 static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                             const uint8_t *end, int depth, size_t most)
 {
+    const uint8_t *v = NULL, *body;
+    uint64_t tag = 0;
     size_t count = 0;
     if (depth > WIRE_DEPTH_MAX)
         return 0;
     while (p < end && count <= most) {
-        uint64_t tag, v, n = 0;
-        if (read_varint32(&p, end, &tag) != 0 || tag >> 3 == 0)
-            return count;
-        unsigned wt = (unsigned)(tag & 7);
-        if (wt == 0 && kvs_varint_get(&p, end, &v) != 0)
-            return count;
-        if ((wt == 1 && end - p < 8) || (wt == 5 && end - p < 4) || wt == 3 || wt == 4 || wt > 5 ||
-            (wt == 2 && (read_varint32(&p, end, &n) != 0 || n > (uint64_t)(end - p))))
+        if (next_field(&p, end, &tag, &v) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
             return count;
         const ProtobufCFieldDescriptor *f =
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
         if (f == NULL)
             count++;
-        else if (wt == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE)
-            count += wire_unknowns(f->descriptor, p, p + n, depth + 1, most - count);
-        p += wt == 1 ? 8 : wt == 5 ? 4 : n;
+        else if ((tag & 7) == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            size_t n = field_body(v, end, &body);
+            count += wire_unknowns(f->descriptor, body, body + n, depth + 1, most - count);
+        }
     }
     return count;
 }
