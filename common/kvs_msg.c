@@ -860,25 +860,35 @@ static const uint8_t *nested_request(kvs_arena_t *arena, const uint8_t *p, size_
     return out;
 }
 
-int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
+/* The request *p[0..*len) as protobuf reads it: its last command run
+ * merged and the commands before it dropped (merge_command), its nested
+ * message copies joined (nested_join); *p and *len are replaced when
+ * anything was written again. In `arena`, or with malloc when it is NULL
+ * (owned[0..1] then hold what to free). Returns 0, or -ENOMEM. */
+static int rewrite_request(kvs_arena_t *arena, const uint8_t **p, size_t *len, uint8_t *owned[2])
 {
     command_run_t run;
-    const uint8_t *cur = *p;
-    size_t n = *len;
-    uint8_t *owned;
-    if (command_run(cur, n, &run) == 0 && run_rewrites(&run)) {
-        uint8_t *merged = kvs_arena_alloc(arena, n);
+    owned[0] = owned[1] = NULL;
+    if (command_run(*p, *len, &run) == 0 && run_rewrites(&run)) {
+        uint8_t *merged = arena != NULL ? kvs_arena_alloc(arena, *len) : malloc(*len);
         if (merged == NULL)
             return -ENOMEM;
-        n = merge_command(cur, n, &run, merged);
-        cur = merged;
+        if (arena == NULL)
+            owned[0] = merged;
+        *len = merge_command(*p, *len, &run, merged);
+        *p = merged;
     }
-    const uint8_t *joined = nested_request(arena, cur, &n, &owned);
+    const uint8_t *joined = nested_request(arena, *p, len, &owned[1]);
     if (joined == NULL)
         return -ENOMEM;
     *p = joined;
-    *len = n;
     return 0;
+}
+
+int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
+{
+    uint8_t *owned[2];
+    return rewrite_request(arena, p, len, owned); /* an arena: nothing owned */
 }
 
 static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
@@ -915,30 +925,16 @@ Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p,
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status)
 {
-    command_run_t run;
-    /* In the arena, the merged bytes live as long as the request decoded
-     * from them; with malloc, protobuf-c copies what it keeps. */
-    uint8_t *merged = NULL, *owned = NULL;
-    if (command_run(p, len, &run) == 0 && run_rewrites(&run)) {
-        merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
-        if (merged == NULL) {
-            if (status != NULL)
-                *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
-            return NULL;
-        }
-        len = merge_command(p, len, &run, merged);
-        p = merged;
-    }
-    const uint8_t *joined = nested_request(arena, p, &len, &owned);
+    /* In the arena, the rewritten bytes live as long as the request
+     * decoded from them; with malloc, protobuf-c copies what it keeps. */
+    uint8_t *owned[2];
     Kvs__CommandRequest *q = NULL;
-    if (joined != NULL)
-        q = kvs_msg_decode_merged(arena, joined, len, status);
+    if (rewrite_request(arena, &p, &len, owned) == 0)
+        q = kvs_msg_decode_merged(arena, p, len, status);
     else if (status != NULL)
-        *status = KVS_STATUS_INTERNAL;
-    if (arena == NULL) {
-        free(merged);
-        free(owned);
-    }
+        *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
+    free(owned[0]);
+    free(owned[1]);
     return q;
 }
 
