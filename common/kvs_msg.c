@@ -860,25 +860,35 @@ static const uint8_t *nested_request(kvs_arena_t *arena, const uint8_t *p, size_
     return out;
 }
 
-int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
+/* The request *p[0..*len) as protobuf reads it: its last command run
+ * merged and the commands before it dropped (merge_command), its nested
+ * message copies joined (nested_join); *p and *len are replaced when
+ * anything was written again. In `arena`, or with malloc when it is NULL
+ * (owned[0..1] then hold what to free). Returns 0, or -ENOMEM. */
+static int rewrite_request(kvs_arena_t *arena, const uint8_t **p, size_t *len, uint8_t *owned[2])
 {
     command_run_t run;
-    const uint8_t *cur = *p;
-    size_t n = *len;
-    uint8_t *owned;
-    if (command_run(cur, n, &run) == 0 && run_rewrites(&run)) {
-        uint8_t *merged = kvs_arena_alloc(arena, n);
+    owned[0] = owned[1] = NULL;
+    if (command_run(*p, *len, &run) == 0 && run_rewrites(&run)) {
+        uint8_t *merged = arena != NULL ? kvs_arena_alloc(arena, *len) : malloc(*len);
         if (merged == NULL)
             return -ENOMEM;
-        n = merge_command(cur, n, &run, merged);
-        cur = merged;
+        if (arena == NULL)
+            owned[0] = merged;
+        *len = merge_command(*p, *len, &run, merged);
+        *p = merged;
     }
-    const uint8_t *joined = nested_request(arena, cur, &n, &owned);
+    const uint8_t *joined = nested_request(arena, *p, len, &owned[1]);
     if (joined == NULL)
         return -ENOMEM;
     *p = joined;
-    *len = n;
     return 0;
+}
+
+int kvs_msg_merge_request(kvs_arena_t *arena, const uint8_t **p, size_t *len)
+{
+    uint8_t *owned[2];
+    return rewrite_request(arena, p, len, owned); /* an arena: nothing owned */
 }
 
 static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
@@ -915,30 +925,16 @@ Kvs__CommandRequest *kvs_msg_decode_merged(kvs_arena_t *arena, const uint8_t *p,
 Kvs__CommandRequest *kvs_msg_decode_request(kvs_arena_t *arena, const uint8_t *p, size_t len,
                                             uint32_t *status)
 {
-    command_run_t run;
-    /* In the arena, the merged bytes live as long as the request decoded
-     * from them; with malloc, protobuf-c copies what it keeps. */
-    uint8_t *merged = NULL, *owned = NULL;
-    if (command_run(p, len, &run) == 0 && run_rewrites(&run)) {
-        merged = arena != NULL ? kvs_arena_alloc(arena, len) : malloc(len);
-        if (merged == NULL) {
-            if (status != NULL)
-                *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
-            return NULL;
-        }
-        len = merge_command(p, len, &run, merged);
-        p = merged;
-    }
-    const uint8_t *joined = nested_request(arena, p, &len, &owned);
+    /* In the arena, the rewritten bytes live as long as the request
+     * decoded from them; with malloc, protobuf-c copies what it keeps. */
+    uint8_t *owned[2];
     Kvs__CommandRequest *q = NULL;
-    if (joined != NULL)
-        q = kvs_msg_decode_merged(arena, joined, len, status);
+    if (rewrite_request(arena, &p, &len, owned) == 0)
+        q = kvs_msg_decode_merged(arena, p, len, status);
     else if (status != NULL)
-        *status = KVS_STATUS_INTERNAL;
-    if (arena == NULL) {
-        free(merged);
-        free(owned);
-    }
+        *status = KVS_STATUS_INTERNAL; /* len bytes: within any budget */
+    free(owned[0]);
+    free(owned[1]);
     return q;
 }
 
@@ -1559,26 +1555,22 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
 static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                             const uint8_t *end, int depth, size_t most)
 {
+    const uint8_t *v = NULL, *body;
+    uint64_t tag = 0;
     size_t count = 0;
     if (depth > WIRE_DEPTH_MAX)
         return 0;
     while (p < end && count <= most) {
-        uint64_t tag, v, n = 0;
-        if (read_varint32(&p, end, &tag) != 0 || tag >> 3 == 0)
-            return count;
-        unsigned wt = (unsigned)(tag & 7);
-        if (wt == 0 && kvs_varint_get(&p, end, &v) != 0)
-            return count;
-        if ((wt == 1 && end - p < 8) || (wt == 5 && end - p < 4) || wt == 3 || wt == 4 || wt > 5 ||
-            (wt == 2 && (read_varint32(&p, end, &n) != 0 || n > (uint64_t)(end - p))))
+        if (next_field(&p, end, &tag, &v) != 0 || tag >> 3 == 0 || tag >> 3 >= 1u << 29)
             return count;
         const ProtobufCFieldDescriptor *f =
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
         if (f == NULL)
             count++;
-        else if (wt == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE)
-            count += wire_unknowns(f->descriptor, p, p + n, depth + 1, most - count);
-        p += wt == 1 ? 8 : wt == 5 ? 4 : n;
+        else if ((tag & 7) == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            size_t n = field_body(v, end, &body);
+            count += wire_unknowns(f->descriptor, body, body + n, depth + 1, most - count);
+        }
     }
     return count;
 }

@@ -322,22 +322,26 @@ static void rec_settled(node_writes_t *wr, rec_t *r)
         wreq_succeed(wr, w);
 }
 
-/* Why an acknowledged record of w that is not applied yet may never be
- * (its partition is no longer ingested: node_ingest_halted), or NULL;
- * *part is that record's partition. A log found shorter than what was
- * applied is still being checked, and may resume: it counts only when
- * `checked_too` (the write's deadline). */
+/* Why record r of w, acknowledged and not applied yet, may never be (its
+ * partition is no longer ingested: node_ingest_halted), or NULL. A log
+ * found shorter than what was applied is still being checked, and may
+ * resume: it counts only when `checked_too` (the write's deadline). */
+static const char *rec_halted(node_writes_t *wr, const wreq_t *w, const rec_t *r, int checked_too)
+{
+    if (!r->acked || r->applied || r->committed)
+        return NULL;
+    if (!checked_too && node_ingest_log_short(wr->ingest, w->b, (uint32_t)r->partition))
+        return NULL;
+    return node_ingest_halted(wr->ingest, w->b, (uint32_t)r->partition);
+}
+
+/* The first record of w that rec_halted names: why, *part its partition. */
 static const char *acked_halted(node_writes_t *wr, const wreq_t *w, int checked_too, int32_t *part)
 {
     for (size_t i = 0; i < w->n; i++) {
-        const rec_t *r = w->recs[i];
-        if (!r->acked || r->applied || r->committed)
-            continue;
-        if (!checked_too && node_ingest_log_short(wr->ingest, w->b, (uint32_t)r->partition))
-            continue;
-        const char *why = node_ingest_halted(wr->ingest, w->b, (uint32_t)r->partition);
+        const char *why = rec_halted(wr, w, w->recs[i], checked_too);
         if (why != NULL) {
-            *part = r->partition;
+            *part = w->recs[i]->partition;
             return why;
         }
     }
@@ -419,8 +423,7 @@ static void on_delivery(void *arg, const node_delivery_t *d)
     const char *why;
     if (r->committed)
         rec_settled(wr, r);
-    else if (!r->applied && !node_ingest_log_short(wr->ingest, w->b, (uint32_t)r->partition) &&
-             (why = node_ingest_halted(wr->ingest, w->b, (uint32_t)r->partition)) != NULL)
+    else if ((why = rec_halted(wr, w, r, 0)) != NULL)
         end_halted(wr, w, r->partition, why);
 }
 

@@ -100,15 +100,6 @@ static int read_snapshot(const char *path, int *fd, char *err, size_t errlen, in
     return 0;
 }
 
-/* Loading a file takes some 200 bytes a value while it is read (a file of
- * 9000 users took 50 MB), freed below what the config keeps: the master
- * runs no sweep that would give it back (router processes and workers
- * do, kvs_conn's), so it does now. */
-static void config_loaded(void)
-{
-    kvs_mem_trim();
-}
-
 /* Reads the config file into a memfd (the snapshot every router process
  * loads) and loads the master's config from it. Returns 0, or EX_CONFIG
  * after logging why. */
@@ -130,7 +121,7 @@ static int load_snapshot(master_t *m)
         return EX_CONFIG;
     }
     snprintf(m->reload_arg, sizeof(m->reload_arg), "/proc/%ld/fd/%d", (long)getpid(), m->reload_fd);
-    config_loaded();
+    kvs_mem_trim(); /* what reading the file took: the master runs no sweep */
     return 0;
 }
 
@@ -570,7 +561,7 @@ int router_master_reload_config(master_t *m, int *map)
     if (fd >= 0)
         close(fd);
     kvs_config_free(next);
-    config_loaded();
+    kvs_mem_trim(); /* what reading the file took (kvs_mem.h) */
     if (rc != 0)
         *map = 0;
     return rc;

@@ -127,16 +127,24 @@ KVS_TEST(point_reads)
     kvs_arena_close(&arena);
 }
 
+/* An Hscan of TABLE, `count` pairs a page, from the start. */
+static void hscan_of_table(Kvs__CommandRequest *q, Kvs__Hscan *m, uint32_t count)
+{
+    kvs__hscan__init(m);
+    kvs__command_request__init(q);
+    q->command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
+    q->hscan = m;
+    m->table = TABLE;
+    m->count = count;
+}
+
 KVS_TEST(hscan_pages_continue_at_the_cursor)
 {
     int rc;
     kvs_arena_init(&arena);
-    Kvs__Hscan m = KVS__HSCAN__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
-    q.hscan = &m;
-    m.table = TABLE;
-    m.count = 3;
+    Kvs__Hscan m;
+    Kvs__CommandRequest q;
+    hscan_of_table(&q, &m, 3);
     Kvs__CommandResponse *a = run(&q, 1 << 20, &rc);
     CHECK_EQ(a->n_pairs, 3);
     CHECK_EQ(a->cursor.len, 1);
@@ -158,12 +166,9 @@ KVS_TEST(an_hscan_answer_budget_below_the_least_frame_bounds_the_page)
 {
     int rc;
     kvs_arena_init(&arena);
-    Kvs__Hscan m = KVS__HSCAN__INIT;
-    Kvs__CommandRequest q = KVS__COMMAND_REQUEST__INIT;
-    q.command_case = KVS__COMMAND_REQUEST__COMMAND_HSCAN;
-    q.hscan = &m;
-    m.table = TABLE;
-    m.count = 5;
+    Kvs__Hscan m;
+    Kvs__CommandRequest q;
+    hscan_of_table(&q, &m, 5);
     static const uint32_t budgets[] = {1, 700, 1024};
     for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
         m.answer_budget = budgets[i];
