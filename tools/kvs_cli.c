@@ -1147,8 +1147,13 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
         return CLI_USAGE;
     }
     /* A name every server refuses has no place to show. */
-    if (argv[0].len > KVS_MAX_TABLE || !kvs_utf8_valid((const uint8_t *)argv[0].p, argv[0].len) ||
-        memchr(argv[0].p, 0, argv[0].len) != NULL) {
+    kvs_table_fault_t fault = kvs_table_check(argv[0].p, argv[0].len);
+    if (fault == KVS_TABLE_RESERVED) {
+        fprintf(stderr, "kvs-cli: keyslot: table names starting with \"__\" belong to kvs "
+                        "(every server refuses this one)\n");
+        return CLI_USAGE;
+    }
+    if (fault != KVS_TABLE_OK) {
         fprintf(stderr,
                 "kvs-cli: keyslot: a table name is UTF-8 text of 1 to %d bytes without NUL "
                 "bytes (every server refuses this one)\n",

@@ -411,6 +411,9 @@ class CliTest(unittest.TestCase):
             p = self.cli("--config", cfg, "keyslot", arg, "k", target=False)
             self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
             self.assertIn(b"a table name is UTF-8 text of 1 to 200 bytes", p.stderr)
+        p = self.cli("--config", cfg, "keyslot", "__kvs", "k", target=False)
+        self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
+        self.assertIn(b'table names starting with "__" belong to kvs', p.stderr)
         self.assertEqual(self.ok("--config", cfg, "--raw", "keyslot", "t" * 200, "k",
                                  target=False).count(" "), 1)
         with open(cfg, "w") as f:
