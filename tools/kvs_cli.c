@@ -1250,11 +1250,19 @@ static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
         rc = check_status(c, cmd, r);
     if (rc != 0)
         return rc;
+    if (!m->reset && r->ops == NULL) { /* every kvs server answers a log, even empty */
+        fprintf(stderr,
+                "kvs-cli: %s: protocol error: the Slowlog answer holds no log (is this a kvs "
+                "server?)\n",
+                c->name);
+        cli_disconnect(c);
+        return CLI_USAGE;
+    }
     if (m->reset)
         puts("OK");
-    else if (none || r->ops == NULL || r->ops->n_slowlog == 0)
+    else if (none || r->ops->n_slowlog == 0)
         puts(c->raw ? "" : "(empty)");
-    for (size_t i = 0; !m->reset && !none && r->ops != NULL && i < r->ops->n_slowlog; i++)
+    for (size_t i = 0; !m->reset && !none && i < r->ops->n_slowlog; i++)
         put_slowlog_entry(c, i, r->ops->slowlog[i]);
     return CLI_OK;
 }

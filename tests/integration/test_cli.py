@@ -969,6 +969,15 @@ class HostileServerTest(unittest.TestCase):
         self.assertEqual(p.stderr, b"kvs-cli: %s:%d: protocol error: the answer's status 1 is "
                          b"none kvs sends (is this a kvs server?)\n" % (HOST.encode(), port))
 
+    def test_a_slowlog_answer_without_a_log_is_refused(self):
+        # Every kvs server answers Slowlog with a log (OpsAnswer), empty or
+        # not: a 200 without one is an answer no kvs server gives.
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=200)))
+        p, _ = self.cli(port, "--timeout", "2", "slowlog")
+        self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
+        self.assertIn(b"protocol error: the Slowlog answer holds no log (is this a kvs server?)",
+                      p.stderr)
+
     def one_shard_on(self, port):
         """A config whose one shard is served by node a at `port` (this
         node, b, serves none): the cluster walk of digest and rebuild."""
