@@ -40,6 +40,7 @@
 #include "kvs_addr.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
+#include "kvs_msg.h"
 #include "kvs_pos.h"
 #include "kvs_token.h"
 
@@ -57,7 +58,6 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define KVS_TABLE_NAME_MAX 200
 #define KVS_SOCKET_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 */
 #define KVS_PATH_MAX 4096       /* PATH_MAX, with the NUL */
 
@@ -862,16 +862,24 @@ static int each_entry(cfg_ctx_t *ctx, const yaml_node_t *seq,
 
 /* ---- kafka.bindings and kafka.properties ---------------------------------- */
 
-/* Table names as the node enforces them: 1..200 bytes, "__" is reserved. */
+/* Table names as every door enforces them (kvs_table_check); scalars
+ * hold no NUL (scalar_value) and libyaml reads only UTF-8. */
 static const char *table_name_problem(const char *t)
 {
-    if (t[0] == '\0')
+    switch (kvs_table_check(t, strlen(t))) {
+    case KVS_TABLE_OK:
+        return NULL;
+    case KVS_TABLE_EMPTY:
         return "table names must not be empty";
-    if (strlen(t) > KVS_TABLE_NAME_MAX)
+    case KVS_TABLE_LONG:
         return "table names must be at most 200 bytes";
-    if (strncmp(t, "__", 2) == 0)
-        return "table names must not start with \"__\" (reserved)";
-    return NULL;
+    case KVS_TABLE_NUL:
+    case KVS_TABLE_NOT_UTF8:
+        return "table names must be UTF-8 text";
+    case KVS_TABLE_RESERVED:
+        break;
+    }
+    return "table names must not start with \"__\" (reserved)";
 }
 
 /* Kafka's own topic rule: 1..249 of [a-zA-Z0-9._-], not "." or "..". */
@@ -1535,7 +1543,7 @@ static int parse_grant(cfg_ctx_t *ctx, const char *label, kvs_user_t *u,
     const char *pat = scalar_text(key);
     char path[300];
     snprintf(path, sizeof(path), "%s.allow[\"%.200s\"]", label, pat);
-    if (pat[0] == '\0' || strlen(pat) > 2 * KVS_TABLE_NAME_MAX)
+    if (pat[0] == '\0' || strlen(pat) > 2 * KVS_MAX_TABLE)
         return cfg_error(ctx, &key->start_mark,
                          "%s.allow: a table pattern must be 1 to 400 bytes (\"*\" is every "
                          "table)",

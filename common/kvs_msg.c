@@ -150,6 +150,25 @@ int kvs_utf8_valid(const void *p, size_t n)
     return 1;
 }
 
+kvs_table_fault_t kvs_table_check(const void *p, size_t n)
+{
+    const uint8_t *s = p;
+    if (n == 0)
+        return KVS_TABLE_EMPTY;
+    if (n > KVS_MAX_TABLE)
+        return KVS_TABLE_LONG;
+    size_t i = 0;
+    while (i < n && s[i] != 0 && s[i] < 0x80)
+        i++; /* the common case, checked in one pass: plain ASCII */
+    if (i < n && memchr(s + i, 0, n - i) != NULL)
+        return KVS_TABLE_NUL;
+    if (i < n && !kvs_utf8_valid(s + i, n - i))
+        return KVS_TABLE_NOT_UTF8;
+    if (n >= 2 && s[0] == '_' && s[1] == '_')
+        return KVS_TABLE_RESERVED;
+    return KVS_TABLE_OK;
+}
+
 /* Format characters that move or hide the text around them: bidi marks,
  * embeddings, overrides and isolates (text that reads in another order
  * than it is), the zero-width space and word joiners, the line and
@@ -1189,22 +1208,27 @@ static uint32_t bad(char *msg, size_t len, const char *fmt, ...)
 
 static uint32_t check_table(const char *cmd, const char *table, char *msg, size_t len)
 {
-    size_t n = strlen(table);
-    if (n == 0)
+    size_t n = strlen(table); /* a protobuf-c string: no NUL within */
+    switch (kvs_table_check(table, n)) {
+    case KVS_TABLE_OK:
+        return KVS_STATUS_OK;
+    case KVS_TABLE_EMPTY:
         return bad(msg, len, "%s.table is empty", cmd);
-    if (n > KVS_MAX_TABLE)
+    case KVS_TABLE_LONG:
         return bad(msg, len, "%s.table is %zu bytes; the maximum is %d", cmd, n, KVS_MAX_TABLE);
-    /* Before anything quotes the name: an answer's message is a protobuf
-     * string, and a client's decoder refuses the answer when it is not
-     * UTF-8 (kvs_msg_check_wire, which would say the same, runs later). */
-    if (!kvs_utf8_valid(table, n))
+    case KVS_TABLE_NUL:
+    case KVS_TABLE_NOT_UTF8:
+        /* Before anything quotes the name: an answer's message is a
+         * protobuf string, and a client's decoder refuses the answer when
+         * it is not UTF-8 (kvs_msg_check_wire, which would say the same,
+         * runs later). */
         return bad(msg, len,
                    "%s.table is not valid UTF-8 text; send arbitrary bytes as binary fields", cmd);
-    if (table[0] == '_' && table[1] == '_')
-        return bad(msg, len,
-                   "%s.table \"%s\" is reserved (names starting with \"__\" belong to kvs)", cmd,
-                   table);
-    return KVS_STATUS_OK;
+    case KVS_TABLE_RESERVED:
+        break;
+    }
+    return bad(msg, len, "%s.table \"%s\" is reserved (names starting with \"__\" belong to kvs)",
+               cmd, table);
 }
 
 static uint32_t check_key(const char *cmd, const char *field, long idx,
@@ -1671,11 +1695,6 @@ int kvs_msg_frame_writes(const uint8_t *p, size_t len)
 }
 
 /* A table name: NUL-free UTF-8. */
-static int name_ok(const uint8_t *p, size_t n)
-{
-    return memchr(p, 0, n) == NULL && kvs_utf8_valid(p, n);
-}
-
 /* A Value with exactly one known member of the right wire type; text is
  * UTF-8 (a NUL is a code point like any other there). */
 static int peek_value(const uint8_t *p, size_t len)
@@ -1759,9 +1778,7 @@ int kvs_msg_peek(const uint8_t *p, size_t len, kvs_peek_t *out)
             return 0; /* unknown or repeated field */
         }
     }
-    if (out->table == NULL || out->table_len == 0 || out->table_len > KVS_MAX_TABLE ||
-        (out->table[0] == '_' && out->table_len > 1 && out->table[1] == '_') ||
-        !name_ok(out->table, out->table_len))
+    if (out->table == NULL || kvs_table_check(out->table, out->table_len) != KVS_TABLE_OK)
         return 0;
     return out->key != NULL && out->key_len > 0 && out->key_len <= KVS_MAX_KEY;
 }

@@ -270,6 +270,20 @@ int kvs_msg_find_bytes(const uint8_t *p, size_t len, uint32_t field, const uint8
  * what to change written into msg[0..len). */
 uint32_t kvs_msg_validate(const Kvs__CommandRequest *req, char *msg, size_t len);
 
+/* What is wrong with a table name of n bytes at p: one rule for every
+ * door that names a table (protobuf requests, the RESP listener's keys,
+ * kvs-cli keyslot), each of which words the error in its own terms. */
+typedef enum {
+    KVS_TABLE_OK,
+    KVS_TABLE_EMPTY,
+    KVS_TABLE_LONG,     /* more than KVS_MAX_TABLE bytes */
+    KVS_TABLE_NUL,      /* a NUL byte: a C string of it would name another table */
+    KVS_TABLE_NOT_UTF8, /* a name is text (a protobuf string field) */
+    KVS_TABLE_RESERVED, /* starts with "__": kvs's own tables */
+} kvs_table_fault_t;
+
+kvs_table_fault_t kvs_table_check(const void *p, size_t n);
+
 /* True when p[0..n) is well-formed UTF-8 (no overlongs, no surrogates, at
  * most U+10FFFF): what protobuf runtimes demand of string fields. */
 int kvs_utf8_valid(const void *p, size_t n);

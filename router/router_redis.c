@@ -335,36 +335,35 @@ struct cmd_s {
     int args; /* ARGS_* */
 };
 
-/* A Redis key must be a kvs table name: 1 to KVS_MAX_TABLE bytes of UTF-8,
- * no NUL (a C string of it would end there, silently naming another
- * table), not starting with "__". Answers the error in Redis's terms (kvs's
- * own messages name protobuf fields) and returns 1 if it is not. */
+/* A Redis key must be a kvs table name (kvs_table_check). Answers the
+ * error in Redis's terms (kvs's own messages name protobuf fields) and
+ * returns 1 if it is not one. */
 static int key_refused(router_req_t *req, const kvs_redis_arg_t *a)
 {
-    size_t i = 0;
-    if (a->len > 0 && a->len <= KVS_MAX_TABLE && a->p[0] != '_') {
-        while (i < a->len && a->p[i] != 0 && a->p[i] < 0x80)
-            i++;
-        if (i == a->len)
-            return 0; /* the common case, checked in one pass: plain ASCII */
-    }
-    if (a->len == 0)
+    switch (kvs_table_check(a->p, a->len)) {
+    case KVS_TABLE_OK:
+        return 0;
+    case KVS_TABLE_EMPTY:
         reply_error(req, "ERR the key is empty: a key names a kvs table, of 1 to %d bytes",
                     KVS_MAX_TABLE);
-    else if (a->len > KVS_MAX_TABLE)
+        break;
+    case KVS_TABLE_LONG:
         reply_error(req, "ERR the key is %zu bytes: a key names a kvs table, of at most %d bytes",
                     a->len, KVS_MAX_TABLE);
-    else if (memchr(a->p, 0, a->len) != NULL)
+        break;
+    case KVS_TABLE_NUL:
         reply_error(req, "ERR the key (a kvs table name) holds a NUL byte (U+0000), which table "
                          "names may not contain");
-    else if (!kvs_utf8_valid(a->p, a->len))
+        break;
+    case KVS_TABLE_NOT_UTF8:
         reply_error(req, "ERR the key is not valid UTF-8: a key names a kvs table, whose name is "
                          "text");
-    else if (a->len >= 2 && a->p[0] == '_' && a->p[1] == '_')
+        break;
+    case KVS_TABLE_RESERVED:
         reply_error_quoting(req, "ERR the key '", a,
                             "' is reserved: kvs table names starting with \"__\" belong to kvs");
-    else
-        return 0;
+        break;
+    }
     return 1;
 }
 

@@ -1147,8 +1147,13 @@ static int run_keyslot(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
         return CLI_USAGE;
     }
     /* A name every server refuses has no place to show. */
-    if (argv[0].len > KVS_MAX_TABLE || !kvs_utf8_valid((const uint8_t *)argv[0].p, argv[0].len) ||
-        memchr(argv[0].p, 0, argv[0].len) != NULL) {
+    kvs_table_fault_t fault = kvs_table_check(argv[0].p, argv[0].len);
+    if (fault == KVS_TABLE_RESERVED) {
+        fprintf(stderr, "kvs-cli: keyslot: table names starting with \"__\" belong to kvs "
+                        "(every server refuses this one)\n");
+        return CLI_USAGE;
+    }
+    if (fault != KVS_TABLE_OK) {
         fprintf(stderr,
                 "kvs-cli: keyslot: a table name is UTF-8 text of 1 to %d bytes without NUL "
                 "bytes (every server refuses this one)\n",
@@ -1245,11 +1250,19 @@ static int run_slowlog(cli_t *c, const cli_cmd_t *cmd, const cli_arg_t *argv, in
         rc = check_status(c, cmd, r);
     if (rc != 0)
         return rc;
+    if (!m->reset && r->ops == NULL) { /* every kvs server answers a log, even empty */
+        fprintf(stderr,
+                "kvs-cli: %s: protocol error: the Slowlog answer holds no log (is this a kvs "
+                "server?)\n",
+                c->name);
+        cli_disconnect(c);
+        return CLI_USAGE;
+    }
     if (m->reset)
         puts("OK");
-    else if (none || r->ops == NULL || r->ops->n_slowlog == 0)
+    else if (none || r->ops->n_slowlog == 0)
         puts(c->raw ? "" : "(empty)");
-    for (size_t i = 0; !m->reset && !none && r->ops != NULL && i < r->ops->n_slowlog; i++)
+    for (size_t i = 0; !m->reset && !none && i < r->ops->n_slowlog; i++)
         put_slowlog_entry(c, i, r->ops->slowlog[i]);
     return CLI_OK;
 }

@@ -411,6 +411,9 @@ class CliTest(unittest.TestCase):
             p = self.cli("--config", cfg, "keyslot", arg, "k", target=False)
             self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
             self.assertIn(b"a table name is UTF-8 text of 1 to 200 bytes", p.stderr)
+        p = self.cli("--config", cfg, "keyslot", "__kvs", "k", target=False)
+        self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
+        self.assertIn(b'table names starting with "__" belong to kvs', p.stderr)
         self.assertEqual(self.ok("--config", cfg, "--raw", "keyslot", "t" * 200, "k",
                                  target=False).count(" "), 1)
         with open(cfg, "w") as f:
@@ -965,6 +968,15 @@ class HostileServerTest(unittest.TestCase):
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertEqual(p.stderr, b"kvs-cli: %s:%d: protocol error: the answer's status 1 is "
                          b"none kvs sends (is this a kvs server?)\n" % (HOST.encode(), port))
+
+    def test_a_slowlog_answer_without_a_log_is_refused(self):
+        # Every kvs server answers Slowlog with a log (OpsAnswer), empty or
+        # not: a 200 without one is an answer no kvs server gives.
+        port = self.serve(lambda conn: answer(conn, pb.CommandResponse(status=200)))
+        p, _ = self.cli(port, "--timeout", "2", "slowlog")
+        self.assertEqual((p.returncode, p.stdout), (2, b""), p.stderr)
+        self.assertIn(b"protocol error: the Slowlog answer holds no log (is this a kvs server?)",
+                      p.stderr)
 
     def one_shard_on(self, port):
         """A config whose one shard is served by node a at `port` (this

@@ -2779,6 +2779,28 @@ KVS_TEST(request_table_sent_is_the_name_on_the_wire)
 
 /* A cut text ends at a whole UTF-8 character: a character cut in its
  * middle is dropped whole, complete ones stay. */
+/* One rule for table names at every door: each fault named, in the
+ * order the doors word them (an ASCII run first, then what follows it). */
+KVS_TEST(table_check_names_each_fault)
+{
+    char longest[KVS_MAX_TABLE + 2];
+    memset(longest, 't', sizeof(longest));
+    CHECK_EQ(kvs_table_check("users", 5), KVS_TABLE_OK);
+    CHECK_EQ(kvs_table_check("_users", 6), KVS_TABLE_OK);
+    CHECK_EQ(kvs_table_check("a__", 3), KVS_TABLE_OK);
+    CHECK_EQ(kvs_table_check("caf\xc3\xa9", 5), KVS_TABLE_OK);
+    CHECK_EQ(kvs_table_check(longest, KVS_MAX_TABLE), KVS_TABLE_OK);
+    CHECK_EQ(kvs_table_check(longest, KVS_MAX_TABLE + 1), KVS_TABLE_LONG);
+    CHECK_EQ(kvs_table_check("", 0), KVS_TABLE_EMPTY);
+    CHECK_EQ(kvs_table_check("a\0b", 3), KVS_TABLE_NUL);
+    CHECK_EQ(kvs_table_check("caf\xc3\xa9\0", 6), KVS_TABLE_NUL); /* NUL after the ASCII run */
+    CHECK_EQ(kvs_table_check("caf\xe9", 4), KVS_TABLE_NOT_UTF8);
+    CHECK_EQ(kvs_table_check("\xc3\xa9\xff", 3), KVS_TABLE_NOT_UTF8);
+    CHECK_EQ(kvs_table_check("__", 2), KVS_TABLE_RESERVED);
+    CHECK_EQ(kvs_table_check("__kvs", 5), KVS_TABLE_RESERVED);
+    CHECK_EQ(kvs_table_check("__\xc3\xa9", 4), KVS_TABLE_RESERVED);
+}
+
 KVS_TEST(utf8_cut_never_ends_inside_a_character)
 {
     const char *s = "ab\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"; /* a b é € 😀 */
@@ -2819,7 +2841,7 @@ KVS_TEST(long_status_message_is_cut_at_a_character)
 
 KVS_TEST_MAIN(
     KVS_CASE(largest_pair_of_a_write), KVS_CASE(utf8_cut_never_ends_inside_a_character),
-    KVS_CASE(long_status_message_is_cut_at_a_character),
+    KVS_CASE(table_check_names_each_fault), KVS_CASE(long_status_message_is_cut_at_a_character),
     KVS_CASE(request_table_sent_is_the_name_on_the_wire),
     KVS_CASE(decode_response_is_held_to_the_budget),
     KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
