@@ -1907,6 +1907,11 @@ static void ask_start(node_ingest_t *in)
  * brokers last told. An idle partition of a healthy cluster stays below
  * about 1.5 intervals; one cut off grows without bound.
  *
+ * A halted partition (auto.offset.reset "error") is asked too: nothing
+ * fetches it, so only the probe tells how far its log runs ahead, and its
+ * reads are served only while that lag is within kafka.max_lag. A
+ * diverged one's reads are refused whatever its end.
+ *
  * The probe is the worker's own business and must not change what reads
  * get: its partitions go in a query of their own, only when no read's
  * question waits (an idle partition whose leader is slow or gone cannot
@@ -1928,8 +1933,7 @@ static void end_probe(node_ingest_t *in)
         topic_t *t = &in->topics[i];
         for (uint32_t p = 0; p < t->partitions; p++) {
             part_t *pt = &t->parts[p];
-            if (pt->owned && !pt->diverged && !pt->halted &&
-                now - pt->end_heard_ms >= in->check_ms / 2)
+            if (pt->owned && !pt->diverged && now - pt->end_heard_ms >= in->check_ms / 2)
                 pt->probe_end = 1;
         }
     }
