@@ -2312,6 +2312,7 @@ static void metadata_done(uv_work_t *w, int status)
 {
     node_ingest_t *in = w->data;
     char msg[600];
+    int rc;
     in->work_busy = 0;
     if (in->stopping || status != 0)
         return;
@@ -2348,6 +2349,11 @@ static void metadata_done(uv_work_t *w, int status)
             in->on_fatal(in->arg, msg);
             return;
         }
+        if ((uint32_t)t->actual == t->partitions &&
+            (rc = node_store_layouts_confirmed(in->store, t->b->topic)) != 0)
+            kvs_warn("kafka: the layout of table %s (topic %s) is not recorded yet: %s; the "
+                     "next start checks the binding again",
+                     t->b->table, t->b->topic, kvs_strerror(rc));
     }
     in->checked = 1;
     in->last_check_ms = uv_now(in->loop);
