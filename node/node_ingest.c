@@ -1024,8 +1024,8 @@ static void rewind_all(node_ingest_t *in)
     if (in->last_loss_log == 0 || now - in->last_loss_log >= LOG_EVERY_MS) {
         in->last_loss_log = now;
         kvs_warn("kafka: a write batch holding records was not stored (%s); re-reading from the "
-                 "last committed offsets in %llu ms (%u lost in a row, %lu since the last such "
-                 "line; logged at most every %d s)",
+                 "last committed offsets in %llu ms (%u not stored in a row, %lu since the last "
+                 "such line; logged at most every %d s)",
                  kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses, in->unlogged,
                  LOG_EVERY_MS / 1000);
         in->unlogged = 0;
