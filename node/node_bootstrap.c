@@ -166,8 +166,8 @@ static void on_waiter_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     const boot_t *b = w->b;
     if (b->conn == NULL && !b->writing && b->last[0] != '\0') /* between rounds */
         kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
-                              "shard %u is copying a snapshot to start as a new replica, and "
-                              "waits to ask again (%s); ask another replica",
+                              "shard %u is copying a snapshot to start as a new replica, "
+                              "between attempts (the last: %s); ask another replica",
                               b->shard, b->last);
     else
         kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,

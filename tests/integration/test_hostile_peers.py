@@ -411,8 +411,8 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         with Client(w.addr) as c:
             r = c.call(req_ping())
             self.assertEqual(r.status, 503, r.message)
-            self.assertIn("copying a snapshot to start as a new replica, and waits to ask "
-                          "again (peer: the copy would leave less than 64 MiB free", r.message)
+            self.assertIn("copying a snapshot to start as a new replica, between attempts "
+                          "(the last: peer: the copy would leave less than 64 MiB free", r.message)
 
     def test_a_copy_that_did_not_fit_is_made_once_the_disk_has_room(self):
         # A real peer's environment (about 8 MiB of a table bound to no
