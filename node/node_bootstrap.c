@@ -111,6 +111,9 @@ struct node_bootstrap_s {
     int n_peers, next_peer;
     int busy;                   /* a peer is busy sending another snapshot: ask them all again */
     int unreachable;            /* a peer could not be reached: it may hold rows only it has */
+    uint64_t short_need;        /* a copy stopped short of disk: the free bytes it needed, or 0 */
+    int disk_turn;              /* the node's bootstrap-disk.lock, held while copying after
+                                 * a shortage (one shard at a time), or -1 */
     int connected;              /* the connection to the peer being asked completed */
     int heard;                  /* ... and the peer sent a frame on it */
     int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
@@ -160,11 +163,17 @@ static void on_waiter_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     waiter_t *w = c->data;
     (void)payload;
     (void)len;
-    kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
-                          "shard %u is copying a snapshot from %s (%llu bytes so far) to start "
-                          "as a new replica; ask another replica",
-                          w->b->shard, w->b->peer ? w->b->peer : "a peer",
-                          (unsigned long long)w->b->got);
+    const boot_t *b = w->b;
+    if (b->conn == NULL && !b->writing && b->last[0] != '\0') /* between rounds */
+        kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
+                              "shard %u is copying a snapshot to start as a new replica, "
+                              "between attempts (the last: %s); ask another replica",
+                              b->shard, b->last);
+    else
+        kvs_msg_append_status(&c->out, KVS_STATUS_UNAVAILABLE,
+                              "shard %u is copying a snapshot from %s (%llu bytes so far) to "
+                              "start as a new replica; ask another replica",
+                              b->shard, b->peer ? b->peer : "a peer", (unsigned long long)b->got);
     kvs_conn_queue(c);
 }
 
@@ -214,9 +223,18 @@ static void on_waiter(uv_stream_t *server, int status)
 
 /* ---- the end ---------------------------------------------------------------------- */
 
+/* Gives up the node's turn to copy after a shortage (disk_room). */
+static void disk_turn_end(boot_t *b)
+{
+    if (b->disk_turn >= 0)
+        close(b->disk_turn);
+    b->disk_turn = -1;
+}
+
 static void end_all(boot_t *b)
 {
     b->done = 1;
+    disk_turn_end(b);
     for (int i = 0; i < b->n_listeners; i++)
         uv_close(&b->listeners[i].handle, NULL);
     b->n_listeners = 0;
@@ -250,6 +268,7 @@ static void attempt_over(boot_t *b, const char *why)
         close(b->fd);
         b->fd = -1;
     }
+    disk_turn_end(b);
     if (why != NULL) {
         if (b->rounds % 30 == 0) /* asked again every second, maybe for long: said now and then */
             kvs_warn("snapshot from %s failed: %s", b->peer, why);
@@ -600,6 +619,8 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
         if (v.len == 0)
             return; /* no progress: the stall deadline runs on */
         if (disk_short(b, v.len, why, sizeof(why))) {
+            if (b->short_need < b->got + v.len + DISK_RESERVE)
+                b->short_need = b->got + v.len + DISK_RESERVE;
             attempt_over(b, why);
             return;
         }
@@ -767,6 +788,47 @@ static int ask_peer(boot_t *b, const kvs_replica_t *p, char *why, size_t len)
     return rc;
 }
 
+/* After a copy stopped short of disk, the next round starts only once
+ * the disk has more room than that copy needed, and only in the node's
+ * turn: the shards of a new node copy at once, each checking free space on
+ * its own, so on a tight disk they would all stop short, and again at
+ * every retry. One at a time (an flock on data_dir/bootstrap-disk.lock,
+ * held for the attempt), the copies that fit are made. A copy that can
+ * never fit waits for ever, saying so every 30 s: starting empty would
+ * serve its tables bound to no topic empty. */
+static int disk_room(boot_t *b)
+{
+    struct statvfs st;
+    uint64_t avail = 0;
+    if (statvfs(b->dir, &st) == 0)
+        avail = (uint64_t)st.f_bavail * st.f_frsize;
+    if (avail >= b->short_need && b->disk_turn < 0) {
+        char path[4300];
+        snprintf(path, sizeof(path), "%s/bootstrap-disk.lock", b->cfg->data_dir);
+        int fd = kvs_lock_file(path);
+        if (fd >= 0) {
+            b->disk_turn = fd;
+            b->short_need = 0;
+            return 1;
+        }
+        if (fd != -EBUSY && b->rounds % 30 == 0)
+            kvs_warn("%s: %s (shard %u copies when it can take it)", path, strerror(-fd), b->shard);
+    }
+    if (b->rounds++ % 30 != 0)
+        return 0;
+    if (avail >= b->short_need)
+        kvs_info("shard %u: waiting for another shard of this node to finish its copy (after a "
+                 "disk shortage, copies go one at a time)",
+                 b->shard);
+    else
+        kvs_info("shard %u: the last copy from %s needed %llu MiB free and %llu MiB are: "
+                 "copying again once this disk has room (to start it empty instead: "
+                 "cluster.bootstrap: replay)",
+                 b->shard, b->peer, (unsigned long long)(b->short_need >> 20),
+                 (unsigned long long)(avail >> 20));
+    return 0;
+}
+
 static void on_retry(uv_timer_t *t)
 {
     next_peer(t->data);
@@ -789,7 +851,8 @@ static void on_retry(uv_timer_t *t)
 static void next_peer(boot_t *b)
 {
     char why[400];
-    if (b->next_peer == b->n_peers && (b->busy || b->moving_in || b->unreachable)) {
+    if (b->next_peer == b->n_peers &&
+        (b->busy || b->moving_in || b->unreachable || b->short_need > 0)) {
         if (b->rounds++ % 30 == 0)
             kvs_info("shard %u: no replica sent a snapshot (%s): asking again every %u ms, %s",
                      b->shard, b->last, BUSY_RETRY_MS,
@@ -797,12 +860,19 @@ static void next_peer(boot_t *b)
                      : b->moving_in ? "as the shard moves here from nodes that hold its only "
                                       "copies (to start it empty instead: cluster.bootstrap: "
                                       "replay, and remove moving-in from its directory)"
-                                    : "as one could not be reached and may hold rows of tables "
-                                      "bound to no topic that only it has (to start it empty "
-                                      "instead: cluster.bootstrap: replay)");
+                     : b->short_need > 0
+                         ? "once this disk has room for the copy, one shard of the node at a "
+                           "time (to start it empty instead: cluster.bootstrap: replay)"
+                         : "as one could not be reached and may hold rows of tables "
+                           "bound to no topic that only it has (to start it empty "
+                           "instead: cluster.bootstrap: replay)");
         b->busy = 0;
         b->unreachable = 0;
         b->next_peer = 0;
+        uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
+        return;
+    }
+    if (b->next_peer == 0 && b->short_need > 0 && !disk_room(b)) {
         uv_timer_start(&b->timer, on_retry, BUSY_RETRY_MS, 0);
         return;
     }
@@ -992,6 +1062,7 @@ int node_bootstrap_run(uv_loop_t *loop, const kvs_config_t *cfg, uint32_t shard,
     b->cfg = cfg;
     b->shard = shard;
     b->fd = -1;
+    b->disk_turn = -1;
     kvs_schema_placement(b->placement, sizeof(b->placement), cfg->shards, cfg->partitions);
     int want = wanted(b);
     if (want <= 0) {

@@ -1024,8 +1024,8 @@ static void rewind_all(node_ingest_t *in)
     if (in->last_loss_log == 0 || now - in->last_loss_log >= LOG_EVERY_MS) {
         in->last_loss_log = now;
         kvs_warn("kafka: a write batch holding records was not stored (%s); re-reading from the "
-                 "last committed offsets in %llu ms (%u lost in a row, %lu since the last such "
-                 "line; logged at most every %d s)",
+                 "last committed offsets in %llu ms (%u not stored in a row, %lu since the last "
+                 "such line; logged at most every %d s)",
                  kvs_strerror(in->rewind_err), (unsigned long long)delay, in->losses, in->unlogged,
                  LOG_EVERY_MS / 1000);
         in->unlogged = 0;
@@ -1907,6 +1907,11 @@ static void ask_start(node_ingest_t *in)
  * brokers last told. An idle partition of a healthy cluster stays below
  * about 1.5 intervals; one cut off grows without bound.
  *
+ * A halted partition (auto.offset.reset "error") is asked too: nothing
+ * fetches it, so only the probe tells how far its log runs ahead, and its
+ * reads are served only while that lag is within kafka.max_lag. A
+ * diverged one's reads are refused whatever its end.
+ *
  * The probe is the worker's own business and must not change what reads
  * get: its partitions go in a query of their own, only when no read's
  * question waits (an idle partition whose leader is slow or gone cannot
@@ -1928,8 +1933,7 @@ static void end_probe(node_ingest_t *in)
         topic_t *t = &in->topics[i];
         for (uint32_t p = 0; p < t->partitions; p++) {
             part_t *pt = &t->parts[p];
-            if (pt->owned && !pt->diverged && !pt->halted &&
-                now - pt->end_heard_ms >= in->check_ms / 2)
+            if (pt->owned && !pt->diverged && now - pt->end_heard_ms >= in->check_ms / 2)
                 pt->probe_end = 1;
         }
     }
@@ -2308,6 +2312,7 @@ static void metadata_done(uv_work_t *w, int status)
 {
     node_ingest_t *in = w->data;
     char msg[600];
+    int rc;
     in->work_busy = 0;
     if (in->stopping || status != 0)
         return;
@@ -2344,6 +2349,11 @@ static void metadata_done(uv_work_t *w, int status)
             in->on_fatal(in->arg, msg);
             return;
         }
+        if ((uint32_t)t->actual == t->partitions &&
+            (rc = node_store_layouts_confirmed(in->store, t->b->topic)) != 0)
+            kvs_warn("kafka: the layout of table %s (topic %s) is not recorded yet: %s; the "
+                     "next start checks the binding again",
+                     t->b->table, t->b->topic, kvs_strerror(rc));
     }
     in->checked = 1;
     in->last_check_ms = uv_now(in->loop);

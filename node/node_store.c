@@ -173,9 +173,11 @@ struct node_store_s {
     int tight;                   /* the disk could not give the room (Disk, above) */
     size_t tight_free;           /* ... and the reusable free pages after the last commit */
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
-    uint64_t room_asked_ms;      /* when the room was last asked for */
-    size_t tight_room;           /* ... and the pages of the room left then */
-    int alone;                   /* the open batch takes no other write (tight, too large) */
+    struct pending_layout_s *pending; /* layouts_check's, for node_store_layouts_confirmed */
+    size_t n_pending;
+    uint64_t room_asked_ms; /* when the room was last asked for */
+    size_t tight_room;      /* ... and the pages of the room left then */
+    int alone;              /* the open batch takes no other write (tight, too large) */
 };
 
 struct node_store_view_s {
@@ -1588,6 +1590,14 @@ static int topics_follow_tables(node_store_t *s, MDB_txn *txn, const node_store_
     return 0;
 }
 
+/* A bound table's new layout, recorded once the brokers confirm its
+ * topic's partition count (node_store_layouts_confirmed). */
+struct pending_layout_s {
+    char key[NAME_CAP + 16];
+    char text[512];
+    char topic[256];
+};
+
 /* How a table's keys are placed: by a binding (topic, partitioner,
  * partitions), or, bound to none, by murmur2 over cluster.partitions. */
 typedef struct layout_s {
@@ -1790,8 +1800,56 @@ static void layout_refusal(const node_store_opts_t *o, const char *table, uint64
                  now->partitions, table);
 }
 
+/* A bound table's binding changed (another topic, partitioner or
+ * partition count): the worker checks the topic's partition count with
+ * the brokers only after the store opened, and refuses to start when it
+ * is not the binding's. So the new layout is recorded once that check
+ * passed, not now: a start refused for a wrong count must leave the old
+ * layout, or the next start would take the wrong count for the one the
+ * keys were stored by. Returns 0 or an LMDB-style error (ENOMEM). */
+static int layout_defer(node_store_t *s, const char *key, const char *text, const char *topic)
+{
+    struct pending_layout_s *p = realloc(s->pending, (s->n_pending + 1) * sizeof(*p));
+    if (p == NULL)
+        return ENOMEM;
+    s->pending = p;
+    p += s->n_pending++;
+    snprintf(p->key, sizeof(p->key), "%s", key);
+    snprintf(p->text, sizeof(p->text), "%s", text);
+    snprintf(p->topic, sizeof(p->topic), "%s", topic);
+    return 0;
+}
+
+int node_store_layouts_confirmed(node_store_t *s, const char *topic)
+{
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < s->n_pending; i++)
+        if (strcmp(s->pending[i].topic, topic) == 0) {
+            n++;
+            bytes += strlen(s->pending[i].key) + strlen(s->pending[i].text);
+        }
+    if (n == 0)
+        return 0;
+    int rc = node_store_reserve(s, n, bytes, 0);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < s->n_pending && rc == 0; i++)
+        if (strcmp(s->pending[i].topic, topic) == 0)
+            rc = node_store_meta_put(s, s->pending[i].key, s->pending[i].text,
+                                     strlen(s->pending[i].text));
+    if ((rc = node_store_reserve_end(s, rc)) != 0)
+        return rc;
+    size_t kept = 0; /* a batch that fails is not retried: the next start defers again */
+    for (size_t i = 0; i < s->n_pending; i++)
+        if (strcmp(s->pending[i].topic, topic) != 0)
+            s->pending[kept++] = s->pending[i];
+    s->n_pending = kept;
+    return 0;
+}
+
 /* Checks every table against the layout the config now gives it, and
- * records that layout (o->cfg). A table that holds keys and went from
+ * records that layout (o->cfg; a bound table's changed binding once the
+ * brokers confirm it, layout_defer). A table that holds keys and went from
  * bound to unbound, or the reverse, is refused unless its keys stay where
  * reads look for them; a bound table whose binding changed otherwise
  * (partitioner, partitions, topic: the documented ways to fix or grow a
@@ -1865,7 +1923,11 @@ static int layouts_check(node_store_t *s, MDB_txn *txn, const node_store_opts_t 
         if (now.bound) {
             kvs_schema_layout(text, sizeof(text), now.topic, now.partitioner, now.partitions);
             MDB_val nv = {strlen(text), text};
-            if (had != 0 || lv.mv_size != nv.mv_size || memcmp(lv.mv_data, text, nv.mv_size) != 0)
+            int changed =
+                had != 0 || lv.mv_size != nv.mv_size || memcmp(lv.mv_data, text, nv.mv_size) != 0;
+            if (changed && had == 0 && cfg->kafka_brokers[0] != '\0')
+                rc = layout_defer(s, key, text, now.topic);
+            else if (changed)
                 rc = mdb_put(txn, s->meta, &lk, &nv, 0);
         } else if (had == 0) {
             rc = mdb_del(txn, s->meta, &lk, NULL);
@@ -2309,6 +2371,7 @@ int node_store_close(node_store_t *s)
         forget_dropped(s);
     free(s->dropped);
     free(s->taken);
+    free(s->pending);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s);

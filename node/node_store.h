@@ -165,6 +165,13 @@ int node_store_clear(node_store_t *s, const char *table, uint64_t *removed);
 int node_store_meta_get(node_store_t *s, const char *key, node_slice_t *val);
 int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_t vlen);
 
+/* The brokers confirmed that `topic` has the partition count its binding
+ * says: the layouts of its tables whose binding changed since they were
+ * stored are recorded now, in the turn's batch (they were not when the
+ * store opened, so that a start refused for a wrong count changes
+ * nothing). Returns 0 or an error as for put. */
+int node_store_layouts_confirmed(node_store_t *s, const char *topic);
+
 /* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
  * keys and values, so that they all land in the same LMDB txn (no early
  * commit between them): what makes a multi-key write atomic. Price only

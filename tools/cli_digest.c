@@ -146,9 +146,11 @@ static int digest_shard(cli_walk_t *w, const kvs_config_t *cfg, kvs_tls_ctx_t *t
         printf("shard %u: %s\n", shard,
                refused       ? "the request was refused"
                : failed >= 0 ? "not every replica answered"
-               : !settled    ? "replicas did not reach one position in time (writes still coming?)"
-               : agree       ? (n > 1 ? "replicas agree" : "one copy")
-                             : "REPLICAS DIFFER");
+               : !settled ? "replicas did not reach one position in time (writes still coming, or "
+                            "one stopped ingesting: see its Info for diverged or halted "
+                            "partitions)"
+               : agree    ? (n > 1 ? "replicas agree" : "one copy")
+                          : "REPLICAS DIFFER");
     for (int i = 0; i < n; i++) {
         if (ans[i].ok)
             put_replica(&reps[i], &ans[i], raw, shard);

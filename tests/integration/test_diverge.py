@@ -854,6 +854,36 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
             self.assertIn("auto.offset.reset", resp.message)
         self.assertEqual(watermarks(m.bootstrap, TOPIC, 1)[0][1], hi)
 
+    def test_a_halted_partition_whose_log_runs_on_is_refused_past_max_lag(self):
+        # Nothing fetches a halted partition: the worker must still learn
+        # where its log ends (the end probe, once per metadata refresh
+        # interval), or its lag stays frozen and the catch-up gate serves
+        # the old table however far the topic runs ahead.
+        r, m, lo, hi, kept = self.retention_setup(
+            {"auto.offset.reset": "error", "topic.metadata.refresh.interval.ms": "1000"})
+        edit_config(r, "kafka:\n", "kafka:\n  max_lag: %d\n" % (hi - 50 + 100))
+        r.start()
+        self.assertTrue(wait_until(lambda: self.parts(r)[0]["halted"] == 1, 20),
+                        "the partition must be halted")
+
+        def read():
+            with Client(r.addr) as c:
+                return c.call(req_hget("users", b"old-7"))
+        resp = read()
+        self.assertEqual((resp.status, pyval(resp.values[0])), (200, b"x"),
+                         "within max_lag: served")
+        produce(m.bootstrap, TOPIC, [(b"late-%d" % i, b"v") for i in range(200)],
+                **{"batch.num.messages": 50})
+        self.assertTrue(wait_until(lambda: read().status == 503, 15),
+                        "a halted partition %d records behind is served: %r"
+                        % (hi + 200 - 50, self.parts(r)[0]))
+        resp = read()
+        self.assertIn("catching up", resp.message)
+        parts = self.parts(r)
+        self.assertEqual((parts[0]["lag"], parts[0]["halted"], parts[0]["next_offset"]),
+                         (hi + 200 - 50, 1, 50), parts[0])
+        self.assertGreaterEqual(parts[0]["end_offset_age_ms"], 0, parts[0])
+
     def test_records_deleted_with_auto_offset_reset_latest_resume_at_the_log_end(self):
         # Restarted with auto.offset.reset latest (and kafka.max_lag 5)
         # after records it never read were deleted: the partition resumes

@@ -364,12 +364,24 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         # as the peer liked.
         self.assertSlowPeerGivenUp(b"x", 0.2)
 
+    def small_disk(self, w, size):
+        """Mounts a tmpfs of `size` on w's data_dir (only root may: the
+        test is skipped otherwise), unmounted after w stops."""
+        os.makedirs(w.data_dir)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=700" % size, "tmpfs",
+                           w.data_dir], capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here (not root?)")
+        self.addCleanup(lambda: subprocess.run(["umount", w.data_dir], check=False))
+        self.addCleanup(w.stop)  # before the unmount
+
     def test_a_copy_stops_before_it_fills_the_disk(self):
         # A peer whose copy is larger than this disk (here: one that sends
         # without end) used to fill the file system the other shards and
         # the log write to, until a write failed. The copy now stops while
-        # 64 MiB are still free. Needs a small file system: a tmpfs, which
-        # only root may mount.
+        # 64 MiB are still free. It is not asked again while the disk has
+        # no more room than it needed (each attempt would fill the disk up
+        # to the reserve again), and the worker does not start empty: the
+        # peer had the data (tables bound to no topic live only in copies).
         where = []
         least_free = []
 
@@ -380,19 +392,56 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
                 least_free.append(st.f_bavail * st.f_frsize)
         peer = self.peer(answer)
         w = self.managed(Worker(0, peer.port))
-        os.makedirs(w.data_dir)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m,mode=700", "tmpfs",
-                           w.data_dir], capture_output=True).returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (not root?)")
-        self.addCleanup(lambda: subprocess.run(["umount", w.data_dir], check=False))
-        self.addCleanup(w.stop)  # before the unmount
+        self.small_disk(w, "160m")
         where.append(w.data_dir)
         w.start()
-        self.assertGaveUpAndServes(w, "the copy would leave less than 64 MiB free on the "
-                                      "file system of %s/shard-0" % w.data_dir)
+        why = "snapshot from peer failed: the copy would leave less than 64 MiB free on the " \
+              "file system of %s/shard-0" % w.data_dir
+        self.assertTrue(wait_until(lambda: "once this disk has room for the copy" in w.stderr(),
+                                   3 * TIMEOUT), w.stderr())
+        self.assertIn(why, w.stderr())
         self.assertIn("it stops before it fills the disk", w.stderr())
         self.assertGreater(len(least_free), 50, "the copy ran a while")
         self.assertGreater(min(least_free), 62 << 20, "free space went below the reserve")
+        time.sleep(2.5)  # two more rounds: not asked again, not started empty
+        self.assertEqual(len(peer.requests), 1, w.stderr())
+        self.assertNotIn("starting empty", w.stderr())
+        self.assertIsNone(w.proc.poll())
+        self.assertFalse(os.path.exists(os.path.join(w.shard_dir(), "data.mdb.part")))
+        with Client(w.addr) as c:
+            r = c.call(req_ping())
+            self.assertEqual(r.status, 503, r.message)
+            self.assertIn("copying a snapshot to start as a new replica, between attempts "
+                          "(the last: peer: the copy would leave less than 64 MiB free", r.message)
+
+    def test_a_copy_that_did_not_fit_is_made_once_the_disk_has_room(self):
+        # A real peer's environment (about 8 MiB of a table bound to no
+        # topic) on a disk that leaves it too little above the 64 MiB
+        # reserve: the copy stops, and the new replica used to start empty
+        # and answer the table's reads as absent (200, nothing) though the
+        # peer holds it. It waits; once the disk is larger, it copies.
+        other = self.managed(Node())
+        value = b"v" * 1000
+        with other.client() as c:
+            for i in range(80):
+                r = c.call(req_hmset("t", [(b"k%d-%d" % (i, j), value) for j in range(100)]))
+                self.assertEqual(r.status, 200, r.message)
+        w = self.managed(Worker(0, other.port))
+        self.small_disk(w, "68m")
+        w.start()
+        self.assertTrue(wait_until(lambda: "once this disk has room for the copy" in w.stderr(),
+                                   3 * TIMEOUT), w.stderr())
+        self.assertIn("the copy would leave less than 64 MiB free", w.stderr())
+        self.assertNotIn("starting empty", w.stderr())
+        self.assertEqual(subprocess.run(["mount", "-o", "remount,size=120m", w.data_dir],
+                                        capture_output=True).returncode, 0)
+        self.assertTrue(wait_until(lambda: "copied shard 0 from peer" in w.stderr(), 3 * TIMEOUT),
+                        w.stderr())
+        self.assertTrue(wait_until(w.serves, TIMEOUT), w.stderr())
+        with Client(w.addr) as c:
+            r = c.call(req_hget("t", b"k79-99"))
+            self.assertEqual((r.status, r.values[0].binary_value), (200, value), r.message)
+        self.assertNotIn("starting empty", w.stderr())
 
     def test_a_slow_sync_of_a_complete_copy_is_not_taken_for_a_silent_peer(self):
         # Syncing the complete copy takes 2.5 s (a test hook for a slow

@@ -223,6 +223,35 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                      r"placed over 8 partitions \(4 when its keys were stored\): "
                                      r"[1-9]\d* of the \d+ keys sampled on this shard are looked "
                                      r"up on other shards from now on")
+        # Recorded once the brokers confirmed the count: said once, not at
+        # every start.
+        self.assertTrue(wait_until(lambda: "consuming" in r.stderr(), 20), r.stderr()[-3000:])
+        said = r.stderr().count("is now placed over 8 partitions")
+        self.assertEqual(r.stop(), 0)
+        r.start()
+        self.assertTrue(wait_until(lambda: r.stderr().count("consuming") >= 2 * 3, 20),
+                        r.stderr()[-3000:])
+        self.assertEqual(r.stderr().count("is now placed over 8 partitions"), said)
+
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_a_start_refused_for_a_wrong_partition_count_records_nothing(self):
+        """The brokers check a binding's count after the store opened: a
+        start refused because the topic has another count used to leave
+        that count recorded with the data, so the next start named it as
+        the binding the keys were placed by ("bind it again as it was")."""
+        m = self.mock({"users": 4})
+        r = self.kafka_router(m, ("users", "users", "string", 4), 64, shards=2)
+        self.fill_and_stop(m, r)
+        self.rewrite(r, "partitions: 4", "partitions: 8")
+        self.refused(r, r"kafka topic users has 4 partitions but kvs places table users by 8")
+        self.rewrite(r, "table: users,", "table: users2,")  # users is bound to no topic now
+        self.refused(r, r"\S+/shard-\d: table \"users\" holds \d+ key\(s\) placed by its "
+                        r"binding to topic users \(partitioner murmur2, 4 partitions\)")
+        self.rewrite(r, "table: users2,", "table: users,")
+        self.rewrite(r, "partitions: 8", "partitions: 4")
+        r.start()
+        self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
+        self.assertNotIn("is now placed", r.stderr())
 
     @unittest.skipIf(KCAT is None, "kcat is needed")
     def test_a_table_bound_to_another_topic_is_warned_of_until_rebuilt(self):
