@@ -81,6 +81,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <math.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -118,7 +119,7 @@ struct node_bootstrap_s {
     int heard;                  /* ... and the peer sent a frame on it */
     int moving_in;              /* the map has no replica here: the shard moves in (see wanted) */
     int from_marker;            /* its previous owners are the marker's (a move a stop cut off) */
-    char last[200];             /* why the latest attempt failed, for the retry's log line */
+    char last[800];             /* why the latest attempt failed, for the retry's log line */
     unsigned rounds;            /* rounds asked again so far (logged every 30th) */
     const kvs_replica_t *asked; /* the peer being asked */
     const char *peer;           /* its name */
@@ -821,11 +822,11 @@ static int disk_room(boot_t *b)
                  "disk shortage, copies go one at a time)",
                  b->shard);
     else
-        kvs_info("shard %u: the last copy from %s needed %llu MiB free and %llu MiB are: "
+        kvs_info("shard %u: the last copy from %s needed %.1f MiB free and %.1f MiB are: "
                  "copying again once this disk has room (to start it empty instead: "
                  "cluster.bootstrap: replay)",
-                 b->shard, b->peer, (unsigned long long)(b->short_need >> 20),
-                 (unsigned long long)(avail >> 20));
+                 b->shard, b->peer, ceil(b->short_need / 104857.6) / 10,
+                 floor(avail / 104857.6) / 10); /* never the same figure for both */
     return 0;
 }
 

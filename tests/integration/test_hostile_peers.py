@@ -413,6 +413,9 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
             self.assertEqual(r.status, 503, r.message)
             self.assertIn("copying a snapshot to start as a new replica, between attempts "
                           "(the last: peer: the copy would leave less than 64 MiB free", r.message)
+            # The whole reason, with its advice, not a cut of it.
+            self.assertIn("bytes copied so far): it stops before it fills the disk; make room, "
+                          "or give this replica a larger disk); ask another replica", r.message)
 
     def test_a_copy_that_did_not_fit_is_made_once_the_disk_has_room(self):
         # A real peer's environment (about 8 MiB of a table bound to no
