@@ -1497,6 +1497,7 @@ static uint32_t wire_bad(char *msg, size_t mlen, const wire_path_t *path, const 
  * Value.string_value must be UTF-8 and may hold U+0000 like any other
  * code point. */
 #define WIRE_DEPTH_MAX 16
+#define WIRE_NUL "holds a NUL byte" /* kvs_msg_check_request looks for it */
 static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                            const uint8_t *end, const wire_path_t *path, int depth, char *msg,
                            size_t mlen)
@@ -1551,7 +1552,7 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
                 return wire_bad(msg, mlen, path, f->name,
                                 "is not valid UTF-8 text; send arbitrary bytes as binary fields");
             if (f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL)
-                return wire_bad(msg, mlen, path, f->name, "holds a NUL byte (U+0000), which %s",
+                return wire_bad(msg, mlen, path, f->name, WIRE_NUL " (U+0000), which %s",
                                 strcmp(f->name, "table") == 0
                                     ? "table names may not contain"
                                     : "no text field but Value.string_value may hold");
@@ -1603,6 +1604,23 @@ uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen
 {
     wire_path_t top = {"CommandRequest", NULL, -1};
     return check_wire(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
+}
+
+uint32_t kvs_msg_check_request(const Kvs__CommandRequest *req, const uint8_t *p, size_t len,
+                               char *msg, size_t mlen)
+{
+    uint32_t st = kvs_msg_validate(req, msg, mlen);
+    if (st == KVS_STATUS_OK)
+        return kvs_msg_check_wire(p, len, msg, mlen);
+    /* The one fault the decoded request hides: a string field cut at a
+     * NUL byte (C strings). validate's other words say more than the
+     * wire's (an unsupported command, not an unknown field). */
+    char wire[512];
+    if (st == KVS_STATUS_BAD_REQUEST &&
+        kvs_msg_check_wire(p, len, wire, sizeof(wire)) != KVS_STATUS_OK &&
+        strstr(wire, WIRE_NUL) != NULL)
+        snprintf(msg, mlen, "%s", wire);
+    return st;
 }
 
 /* ---- fast path --------------------------------------------------------- */

@@ -173,6 +173,15 @@ uint32_t kvs_msg_check_keys(const uint8_t *p, size_t len, uint32_t max_keys,
  * it refused, it says why in words protobuf-c does not. */
 uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen);
 
+/* Both checks of a decoded request `req` whose frame is p[0..len): what
+ * servers run before executing it. kvs_msg_validate first (cheap); the
+ * wire walk when it passes, and also when it refused with 400 and the
+ * wire holds a string cut at a NUL byte, which the decoded request hides
+ * (a table name of one NUL byte decodes as empty): that message replaces
+ * validate's. Returns 200, or the status with the message in msg[0..mlen). */
+uint32_t kvs_msg_check_request(const Kvs__CommandRequest *req, const uint8_t *p, size_t len,
+                               char *msg, size_t mlen);
+
 /* Whether the encoded CommandRequest `p` carries a write (kvs_msg_is_write)
  * among its top-level fields, found from its wire bytes without decoding.
  * Bytes that do not parse as far as the write are taken for no write (the

@@ -1137,9 +1137,7 @@ static int frame_decoded(node_cmd_ctx_t *ctx, const uint8_t *payload, size_t len
     if (req == NULL)
         return kvs_msg_append_status(
             out, kvs_msg_decode_refusal(why, payload, len, msg, sizeof(msg)), "%s", msg);
-    uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
-    if (st == KVS_STATUS_OK)
-        st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
+    uint32_t st = kvs_msg_check_request(req, payload, len, msg, sizeof(msg));
     const char *table = kvs_msg_request_table(req);
     size_t tlen = table != NULL ? strlen(table) : 0;
     if (hooks && !received) { /* EXECUTED sees what a refused request asked for too, as sent */

@@ -3171,9 +3171,7 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
         router_req_finish_status(req, why, "%s", msg);
     } else {
         req->cmd = q->command_case;
-        uint32_t st = kvs_msg_validate(q, msg, sizeof(msg));
-        if (st == KVS_STATUS_OK)
-            st = kvs_msg_check_wire(payload, len, msg, sizeof(msg));
+        uint32_t st = kvs_msg_check_request(q, payload, len, msg, sizeof(msg));
         if (!received) { /* EXECUTED sees what a refused request asked for too, as sent */
             const char *table = kvs_msg_request_table(q);
             size_t tlen = table != NULL ? strlen(table) : 0; /* no NUL in a valid one */

@@ -288,6 +288,10 @@ class BadInputTest(NodeTestCase):
         self.assertEqual(c.hget("bad", "nul").status, 404, "a write to 'bad\\0x' landed in 'bad'")
         self.assertEqual(c.hset("seed\x00", "s001", "hijack").status, 400)
         self.assertEqual(pyval(c.hget("seed", "s001").values[0]), SEED[b"s001"])
+        # A name of NUL bytes only decodes as an empty one: named as sent.
+        r = c.hset("\x00", "nul", "v")
+        self.assertEqual(r.status, 400, r.message)
+        self.assertIn("Hset.table holds a NUL byte (U+0000)", r.message)
 
     def scenario_bad_requests_inside_a_pipeline(self):
         c = self.c

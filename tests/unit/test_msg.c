@@ -2801,6 +2801,38 @@ KVS_TEST(table_check_names_each_fault)
     CHECK_EQ(kvs_table_check("__\xc3\xa9", 4), KVS_TABLE_RESERVED);
 }
 
+/* kvs_msg_check_request: validate, then the wire walk, whose verdict says
+ * what a refused request really held. */
+static uint32_t check_request_bytes(const uint8_t *p, size_t len)
+{
+    kvs_arena_t a;
+    kvs_arena_init(&a);
+    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len, NULL);
+    CHECK(req != NULL);
+    msg[0] = '\0';
+    uint32_t st = kvs_msg_check_request(req, p, len, msg, sizeof(msg));
+    kvs_arena_close(&a);
+    return st;
+}
+
+KVS_TEST(check_request_tells_what_was_sent)
+{
+    /* A table of one NUL byte decodes as an empty name: the wire says NUL. */
+    static const uint8_t nul[] = {0x0a, 0x06, 0x0a, 0x01, 0x00, 0x12, 0x01, 'k'};
+    CHECK_EQ(check_request_bytes(nul, sizeof(nul)), KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hget.table holds a NUL byte (U+0000)");
+    /* A table truly empty, or a key missing: validate's own words. */
+    static const uint8_t empty[] = {0x0a, 0x03, 0x12, 0x01, 'k'};
+    CHECK_EQ(check_request_bytes(empty, sizeof(empty)), KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hget.table is empty");
+    static const uint8_t nokey[] = {0x0a, 0x03, 0x0a, 0x01, 't'};
+    CHECK_EQ(check_request_bytes(nokey, sizeof(nokey)), KVS_STATUS_BAD_REQUEST);
+    CHECK_CONTAINS(msg, "Hget.key");
+    /* Valid by both: 200. */
+    static const uint8_t ok[] = {0x0a, 0x06, 0x0a, 0x01, 't', 0x12, 0x01, 'k'};
+    CHECK_EQ(check_request_bytes(ok, sizeof(ok)), KVS_STATUS_OK);
+}
+
 KVS_TEST(utf8_cut_never_ends_inside_a_character)
 {
     const char *s = "ab\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"; /* a b é € 😀 */
@@ -2841,7 +2873,8 @@ KVS_TEST(long_status_message_is_cut_at_a_character)
 
 KVS_TEST_MAIN(
     KVS_CASE(largest_pair_of_a_write), KVS_CASE(utf8_cut_never_ends_inside_a_character),
-    KVS_CASE(table_check_names_each_fault), KVS_CASE(long_status_message_is_cut_at_a_character),
+    KVS_CASE(table_check_names_each_fault), KVS_CASE(check_request_tells_what_was_sent),
+    KVS_CASE(long_status_message_is_cut_at_a_character),
     KVS_CASE(request_table_sent_is_the_name_on_the_wire),
     KVS_CASE(decode_response_is_held_to_the_budget),
     KVS_CASE(encode_key_request_is_what_protobuf_c_packs),
