@@ -174,6 +174,7 @@ struct node_store_s {
     size_t tight_free;           /* ... and the reusable free pages after the last commit */
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
     size_t tight_later;          /* ... and those the last commit freed (reusable after one more) */
+    uint64_t later_ms;           /* when room_refuses last committed for them */
     struct pending_layout_s *pending; /* layouts_check's, for node_store_layouts_confirmed */
     size_t n_pending;
     uint64_t room_asked_ms; /* when the room was last asked for */
@@ -448,7 +449,9 @@ static int recommit(node_store_t *s, const char *what);
  * restarted). So a write refused for want of room, with no batch open and
  * more than TIGHT_LATER_MIN pages waiting so, first commits once with
  * nothing in it and counts again; that commit frees a few pages of its
- * own, fewer than TIGHT_LATER_MIN, so it does not repeat. */
+ * own, fewer than TIGHT_LATER_MIN, so it does not repeat (and should it
+ * free more, a flood of refused writes still costs at most one such
+ * commit per ROOM_RETRY_MS). */
 #define TIGHT_LATER_MIN 8
 
 static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
@@ -459,10 +462,13 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
         return 0;
     if (!room_short(s, pages, bytes))
         return 0;
+    uint64_t now = kvs_now_ns() / 1000000;
     if (pages > TIGHT_BATCH_PAGES || s->wtxn != NULL || s->broken ||
-        s->tight_later <= TIGHT_LATER_MIN)
+        s->tight_later <= TIGHT_LATER_MIN ||
+        (s->later_ms != 0 && now - s->later_ms < ROOM_RETRY_MS))
         return 1;
     s->tight_later = 0;
+    s->later_ms = now;
     if (recommit(s, "commit to reuse the pages the last commit freed") != 0)
         return 1;
     go_tight(s);
