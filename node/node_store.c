@@ -173,6 +173,8 @@ struct node_store_s {
     int tight;                   /* the disk could not give the room (Disk, above) */
     size_t tight_free;           /* ... and the reusable free pages after the last commit */
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
+    size_t tight_later;          /* ... and those the last commit freed (reusable after one more) */
+    uint64_t later_ms;           /* when room_refuses last committed for them */
     struct pending_layout_s *pending; /* layouts_check's, for node_store_layouts_confirmed */
     size_t n_pending;
     uint64_t room_asked_ms; /* when the room was last asked for */
@@ -381,6 +383,7 @@ static void go_tight(node_store_t *s)
     s->tight_room = 0;
     s->tight_free = 0;
     s->tight_run = 0;
+    s->tight_later = 0;
     if (mdb_env_info(s->env, &info) != 0)
         return;
     size_t used = (size_t)info.me_last_pgno + 1;
@@ -392,6 +395,13 @@ static void go_tight(node_store_t *s)
             n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run);
             mdb_cursor_close(c);
         }
+        size_t run;
+        int64_t all = -1;
+        if (n >= 0 && mdb_cursor_open(txn, 0, &c) == 0) {
+            all = count_free(c, 0, SIZE_MAX, &run);
+            mdb_cursor_close(c);
+        }
+        s->tight_later = all > n ? (size_t)(all - n) : 0;
         mdb_txn_abort(txn);
     }
     s->tight_free = n > 0 ? (size_t)n : 0;
@@ -420,12 +430,8 @@ static void keep_room(node_store_t *s, int failed)
  * it not (a reader's snapshot holds them), a batch takes TIGHT_BATCH_PAGES
  * of the room at most: deletes keep TIGHT_KEEP_PAGES - TIGHT_BATCH_PAGES
  * of it at least. */
-static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
+static int room_short(const node_store_t *s, size_t pages, size_t bytes)
 {
-    if (!s->tight)
-        return 0;
-    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
-        return 0;
     /* with the open batch, or in a batch of its own after it commits */
     size_t batch =
         s->wtxn != NULL && !s->alone && s->op_pages + pages <= s->txn_budget ? s->op_pages : 0;
@@ -433,6 +439,40 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
     if (bytes < s->psize / 2 || pages_of(s, bytes) <= s->tight_run)
         usable += s->tight_free;
     return pages > TIGHT_BATCH_PAGES || batch + pages > usable;
+}
+
+static int recommit(node_store_t *s, const char *what);
+
+/* Pages the last commit freed become reusable only after one more commit;
+ * while every write that adds data is refused, none comes (one Hclear on a
+ * full disk freed megabytes, and writes got 507 until the worker
+ * restarted). So a write refused for want of room, with no batch open and
+ * more than TIGHT_LATER_MIN pages waiting so, first commits once with
+ * nothing in it and counts again; that commit frees a few pages of its
+ * own, fewer than TIGHT_LATER_MIN, so it does not repeat (and should it
+ * free more, a flood of refused writes still costs at most one such
+ * commit per ROOM_RETRY_MS). */
+#define TIGHT_LATER_MIN 8
+
+static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
+{
+    if (!s->tight)
+        return 0;
+    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
+        return 0;
+    if (!room_short(s, pages, bytes))
+        return 0;
+    uint64_t now = kvs_now_ns() / 1000000;
+    if (pages > TIGHT_BATCH_PAGES || s->wtxn != NULL || s->broken ||
+        s->tight_later <= TIGHT_LATER_MIN ||
+        (s->later_ms != 0 && now - s->later_ms < ROOM_RETRY_MS))
+        return 1;
+    s->tight_later = 0;
+    s->later_ms = now;
+    if (recommit(s, "commit to reuse the pages the last commit freed") != 0)
+        return 1;
+    go_tight(s);
+    return room_short(s, pages, bytes);
 }
 
 /* ---- batches ----------------------------------------------------------- */
@@ -1077,7 +1117,7 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
 /* Commits a txn that rewrites the format record as it is, so that LMDB
  * writes a meta page again (the other one of its two), naming everything
  * committed. A commit that writes nothing writes no meta page. */
-static int recommit(node_store_t *s)
+static int recommit(node_store_t *s, const char *what)
 {
     MDB_txn *t = NULL;
     MDB_val k = {sizeof(KVS_SCHEMA_KEY_FORMAT) - 1, (void *)KVS_SCHEMA_KEY_FORMAT}, v;
@@ -1102,7 +1142,7 @@ static int recommit(node_store_t *s)
     read_release(s); /* a snapshot from before this commit must not be read again */
     if (rc != 0 && gave_up(s))
         say_broken(s);
-    return rc == 0 ? 0 : write_err(s, "commit after a failed sync", rc);
+    return rc == 0 ? 0 : write_err(s, what, rc);
 }
 
 /* With storage.sync batch a commit leaves its meta page unsynced, for this
@@ -1134,7 +1174,7 @@ int node_store_sync(node_store_t *s)
             kvs_info("a commit or sync failed since the last sync: committing anew so that a "
                      "meta page naming every commit is written and synced");
         s->recommit_said = 1;
-        int rc = recommit(s);
+        int rc = recommit(s, "commit after a failed sync");
         if (rc != 0)
             return rc;
         s->recommits++;

@@ -200,6 +200,33 @@ class DiskTest(NodeTestCase):
         self.assertRegex(n.stderr(), "file system is full|No space left on device|the disk has no "
                                      "room for the 512 KiB kept past the data for deletes")
 
+    def one_clear_then_writes(self, n):
+        """One Hclear on a full disk frees the table's pages, which LMDB
+        reuses only from the second commit after it: with every write that
+        adds data refused, no other commit came, and writes got 507 until
+        the worker restarted (a Redis client's DEL of a big hash does just
+        this). The next write now finds the room."""
+        with n.client() as c:
+            stored = self.fill(c, size=5000)
+            self.assertGreater(len(stored), 1000)
+            self.assertStatus(c.hset("t", "x", "v" * 5000), 507)
+            q = pb.CommandRequest()
+            q.hclear.table = "fill"
+            r = c.call(q)
+            self.assertOk(r)
+            self.assertEqual(r.values[0].integer_value, len(stored))
+            for i in range(5):
+                self.assertOk(c.hset("t", "after%d" % i, "v" * 5000))
+            self.assertEqual(pyval(c.hget("t", "after4").values[0]), "v" * 5000)
+        self.assertEqual(n.stop(), 0, n.stderr())
+
+    def test_writes_after_one_clear_on_a_full_tmpfs(self):
+        # (No RLIMIT_FSIZE variant: LMDB writes the freed pages' list into
+        # the room kept past the file's end, which that limit forbids, so
+        # there the Hclear itself is refused.)
+        n = self.on_tmpfs(self.node(start=False, sync="batch"), "20m")
+        self.one_clear_then_writes(n)
+
     def deletes_after_failed_writes(self, n):
         """storage.sync batch: writes fail on node n's full disk for 1.5 s
         (longer than the 1 s periodic sync, which runs meanwhile); then every
