@@ -167,12 +167,13 @@ void router_client_close_after_answers(router_client_t *cl);
 /* The client's session (positions, held requests). */
 router_session_t *router_client_session(router_client_t *cl);
 
-/* `req` of client `cl` is a write (router_ops_note): the latest so far. */
-void router_client_note_write(router_client_t *cl, const router_req_t *req);
+/* `req` of client `cl` names a table (router_ops_note): the latest so far. */
+void router_client_note_table(router_client_t *cl, const router_req_t *req);
 
-/* Whether `cl` read a write after `req` (every such write is still in
- * its FIFO, answered in order after `req`). O(1), for Hscan's page. */
-int router_client_write_after(const router_client_t *cl, const router_req_t *req);
+/* Whether `cl` read a request naming a table after `req` (pipelined: it
+ * may have run already, or run before `req` is answered). O(1), for
+ * Hscan's page. */
+int router_client_table_after(const router_client_t *cl, const router_req_t *req);
 
 /* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
  * requests held back count against its output limits. */

@@ -79,7 +79,7 @@ struct router_client_s {
     router_req_t *head, *tail; /* FIFO of requests, oldest first */
     uint32_t inflight;
     uint64_t reqs_read;       /* requests read so far: each one's seq */
-    uint64_t last_write;      /* seq of the latest write read (router_client_note_write) */
+    uint64_t last_table;      /* seq of the latest one naming a table (router_client_note_table) */
     int closing_when_drained; /* peer hung up or broke framing: close once answered */
     int auth_closed;          /* limits.auth_failures reached: run nothing more it sent */
     router_redis_t *redis;    /* a RESP client (router.resp_listen), else NULL */
@@ -244,15 +244,15 @@ int router_client_deliver(router_client_t *cl, router_req_t *req, const uint8_t 
     return 1;
 }
 
-void router_client_note_write(router_client_t *cl, const router_req_t *req)
+void router_client_note_table(router_client_t *cl, const router_req_t *req)
 {
-    if (req->seq > cl->last_write)
-        cl->last_write = req->seq;
+    if (req->seq > cl->last_table)
+        cl->last_table = req->seq;
 }
 
-int router_client_write_after(const router_client_t *cl, const router_req_t *req)
+int router_client_table_after(const router_client_t *cl, const router_req_t *req)
 {
-    return cl->last_write > req->seq;
+    return cl->last_table > req->seq;
 }
 
 router_req_t *router_client_enqueue(router_client_t *cl)

@@ -63,8 +63,8 @@ void router_ops_note(router_t *r, router_req_t *req, uint32_t cmd, const void *t
     in->command_name = kvs_msg_command_name((Kvs__CommandRequest__CommandCase)cmd);
     in->keys = keys;
     in->write = (uint32_t)kvs_msg_is_write((Kvs__CommandRequest__CommandCase)cmd);
-    if (in->write && req->client != NULL)
-        router_client_note_write(req->client, req); /* for Hscan pages read before it */
+    if (table != NULL && req->client != NULL)
+        router_client_note_table(req->client, req); /* for Hscan pages read before it */
     if (!req->internal && kvs_hook_keep_request(&r->chain) && table != NULL) {
         /* one byte past the longest name: a longer one (refused) still
          * looks too long to the hooks after (the slow log shows "...") */

@@ -1609,11 +1609,19 @@ static void merge_scan(router_req_t *req, Kvs__CommandResponse **rs, kvs_arena_t
         inner.data = NULL;
         size_t kept = m->scan_pages.len + 4 + m->answers[0].len;
         /* Not for a client gone (req->client NULL): nobody takes the page.
-         * Nor once a write of the client's, read after this request, may
-         * be at the next shard already (router_client_write_after): a write this page
-         * must not show (pipelined commands run in order); the page ends
-         * at the shard boundary, and its cursor starts the next one. */
-        if (req->client != NULL && !router_client_write_after(req->client, req) &&
+         * Nor once the client sent a request naming a table after this one
+         * (pipelined, router_client_table_after): it may have run at the
+         * next shard already, a write the page must not show, or a read
+         * that showed that shard older than the page would (pipelined
+         * commands run in order: an answer never shows what a later one
+         * does not). The page ends at the shard boundary, and its cursor
+         * starts the next one. A request after it that was not yet read
+         * when the page went on goes behind the page's part on the link
+         * (a connection with requests at a worker reads local shards
+         * there too), or names a shard the page has not reached yet: the
+         * next boundary sees it. A Ping or Info shows no table: the page
+         * goes on. */
+        if (req->client != NULL && !router_client_table_after(req->client, req) &&
             m->scan_req.len > 0 && next < m->router->shards &&
             m->scan_pairs + w->n_pairs < m->scan_count && m->scan_hops + 1 < SCAN_HOPS_MAX &&
             kept <= m->router->cfg->max_frame / SCAN_KEEP_DIV && kvs_now_ns() < m->scan_until &&

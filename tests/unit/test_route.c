@@ -149,20 +149,20 @@ router_session_t *router_client_session(router_client_t *cl)
     return &fx.session;
 }
 
-/* The test client's latest write (router_client_note_write), by seq. */
-static uint64_t last_write_seq;
+/* The test client's latest request naming a table (router_client_note_table). */
+static uint64_t table_seq;
 
-void router_client_note_write(router_client_t *cl, const router_req_t *req)
+void router_client_note_table(router_client_t *cl, const router_req_t *req)
 {
     CHECK(cl == CLIENT);
-    if (req->seq > last_write_seq)
-        last_write_seq = req->seq;
+    if (req->seq > table_seq)
+        table_seq = req->seq;
 }
 
-int router_client_write_after(const router_client_t *cl, const router_req_t *req)
+int router_client_table_after(const router_client_t *cl, const router_req_t *req)
 {
     CHECK(cl == CLIENT);
-    return last_write_seq > req->seq;
+    return table_seq > req->seq;
 }
 
 void router_client_hold(router_client_t *cl, ptrdiff_t delta)
