@@ -165,6 +165,18 @@ def anon_growth_settled(pid, base_kib, bound, seconds=8.0):
         time.sleep(0.2)
 
 
+def unmount(path):
+    """Unmounts `path`; a process killed a moment ago may still hold a file
+    there (EBUSY): asked again, then detached lazily, never left mounted."""
+    for _ in range(50):
+        if subprocess.run(["umount", path], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", path], check=False)
+
+
+
 def resp_exchange(port, data, lines=None, end=None, host="127.0.0.1", timeout=10.0):
     """Sends `data` to a Redis protocol port on a fresh connection and
     returns what came back once it holds `lines` lines (CRLFs), or ends

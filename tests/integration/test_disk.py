@@ -25,7 +25,7 @@ import threading
 import time
 import unittest
 
-from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset
+from kvstest import NodeTestCase, pb, pyval, req_hget, req_hmdel, req_hset, unmount
 from routertest import RouterTestCase
 from kafkatest import wait_until
 
@@ -54,10 +54,10 @@ def mount_tmpfs(test, path, size, stop, why):
     if mounted != 0:
         test.skipTest(why)
 
-    def unmount():
+    def unmount_stopped():
         stop()
-        subprocess.run(["umount", path], check=False)
-    test.addCleanup(unmount)
+        unmount(path)
+    test.addCleanup(unmount_stopped)
 
 
 class DiskTest(NodeTestCase):

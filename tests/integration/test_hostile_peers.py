@@ -28,7 +28,7 @@ import unittest
 from kafkatest import wait_until
 from kvstest import (BUILD_DIR, HOST, TIMEOUT, Client, LoopbackServer, Managed, ManagedOnFailure,
                      Node, cert_path, frame, free_port, free_ports, pb, recv_exact, req_hget,
-                     req_hmset, req_hset, req_ping, tls_yaml)
+                     req_hmset, req_hset, req_ping, tls_yaml, unmount)
 
 
 class FakePeer(LoopbackServer):
@@ -371,7 +371,7 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=700" % size, "tmpfs",
                            w.data_dir], capture_output=True).returncode != 0:
             self.skipTest("cannot mount a tmpfs here (not root?)")
-        self.addCleanup(lambda: subprocess.run(["umount", w.data_dir], check=False))
+        self.addCleanup(unmount, w.data_dir)
         self.addCleanup(w.stop)  # before the unmount
 
     def test_a_copy_stops_before_it_fills_the_disk(self):
