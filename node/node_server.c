@@ -227,7 +227,7 @@ static void append_unknown(kvs_buf_t *out)
                               "not be stored");
 }
 
-static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
+static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err, const char *cause)
 {
     for (uint32_t i = 0; i < n; i++) {
         if (err == KVS_EFULL)
@@ -240,7 +240,7 @@ static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err)
             kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
                                   "storage error (%s): the write batch holding this request was "
                                   "not stored",
-                                  kvs_strerror(err));
+                                  err == KVS_ESTORE ? cause : kvs_strerror(err));
     }
 }
 
@@ -257,7 +257,7 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
     if (n > 0) {
         if (out->len > from)
             out->len = from;
-        append_batch_errors(out, n, err);
+        append_batch_errors(out, n, err, node_store_cause(cl->srv->store));
     }
     cl->mark_gen = 0;
     cl->marked = 0;
@@ -266,7 +266,7 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
             continue;
         size_t before = s->buf.len;
         s->buf.len = 0;
-        append_batch_errors(&s->buf, 1, err);
+        append_batch_errors(&s->buf, 1, err, node_store_cause(cl->srv->store));
         kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)before);
         s->held = s->held - before + s->buf.len;
         s->gen = 0;

@@ -175,6 +175,7 @@ struct node_store_s {
     size_t tight_run;            /* ... the longest run of them in a row (in one record) */
     size_t tight_later;          /* ... and those the last commit freed (reusable after one more) */
     uint64_t later_ms;           /* when room_refuses last committed for them */
+    char cause[160]; /* the last storage error, as write_err met it (node_store_cause) */
     struct pending_layout_s *pending; /* layouts_check's, for node_store_layouts_confirmed */
     size_t n_pending;
     uint64_t room_asked_ms; /* when the room was last asked for */
@@ -274,7 +275,14 @@ static int write_err(node_store_t *s, const char *what, int rc)
                       what);
         return KVS_EFULL;
     }
+    if (err_code(rc) == KVS_ESTORE)
+        snprintf(s->cause, sizeof(s->cause), "%s: %s", what, mdb_strerror(rc));
     return log ? map_err(what, rc) : err_code(rc);
+}
+
+const char *node_store_cause(const node_store_t *s)
+{
+    return s->cause[0] != '\0' ? s->cause : "storage error";
 }
 
 /* ---- room for deletes (Disk, above) --------------------------------------- */

@@ -172,6 +172,11 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
  * nothing). Returns 0 or an error as for put. */
 int node_store_layouts_confirmed(node_store_t *s, const char *topic);
 
+/* What the last storage error (KVS_ESTORE) of a write was, as LMDB or
+ * the system said it ("mdb_txn_commit: Input/output error"), for the
+ * answers of the requests it failed; "storage error" before any. */
+const char *node_store_cause(const node_store_t *s);
+
 /* Reserves room in the turn's batch for `ops` writes totalling `bytes` of
  * keys and values, so that they all land in the same LMDB txn (no early
  * commit between them): what makes a multi-key write atomic. Price only

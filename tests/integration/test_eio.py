@@ -64,6 +64,7 @@ class Writer(PipelineThread):
         self.possible = {}
         self.written = []  # keys whose last known state is a value (Hdel candidates)
         self.seen503 = 0
+        self.failed_msgs = []  # the first 500s' messages
 
     def val(self):
         if self.rng.random() < 0.05:
@@ -118,6 +119,8 @@ class Writer(PipelineThread):
         return "%d%s" % (resp.status, "u" if resp.outcome_unknown else "")
 
     def answer(self, req, effects, resp):
+        if resp.status == 500 and len(self.failed_msgs) < 5:
+            self.failed_msgs.append(resp.message)
         bad = self.check(req, resp)
         if bad is None and resp.status == 200 and req.WhichOneof("command") == "hdel":
             k = req.hdel.key
@@ -241,6 +244,7 @@ class EioTest(RouterTestCase):
             for s, c in w.statuses.items():
                 statuses[s] = statuses.get(s, 0) + c
         out = {"answers": sum(w.answers for w in writers), "statuses": statuses,
+               "failed_msgs": [m for w in writers for m in w.failed_msgs],
                "check_s": round(time.monotonic() - t_served, 2),
                "keys": len(possible),
                "acked": sum(1 for p in possible.values() if len(p) == 1 and ABSENT not in p),
@@ -368,6 +372,9 @@ class EioTest(RouterTestCase):
         self.assertGreater(out["statuses"].get("500", 0), 0, out)
         self.assertEqual(out["gave_up"], 0, out)
         self.assertEqual(out["exits"], [], out)
+        # The answer names the cause, as the log does.
+        self.assertTrue(any("Input/output error" in m for m in out["failed_msgs"]),
+                        out["failed_msgs"])
 
 
 if __name__ == "__main__":
