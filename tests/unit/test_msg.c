@@ -127,17 +127,24 @@ static void req_make(req_t *q, Kvs__CommandRequest__CommandCase cc, char *table,
 
 static char msg[1024];
 
-/* Decodes `p` as a peer's request (with an arena) and validates it. */
-static uint32_t validate_bytes(const uint8_t *p, size_t len)
+/* Decodes `p` as a peer's request (with an arena) and checks it: with
+ * kvs_msg_validate alone, or (`wire`) with kvs_msg_check_request. */
+static uint32_t check_bytes(const uint8_t *p, size_t len, int wire)
 {
     kvs_arena_t a;
     kvs_arena_init(&a);
     Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len, NULL);
     CHECK(req != NULL);
     msg[0] = '\0';
-    uint32_t st = kvs_msg_validate(req, msg, sizeof(msg));
+    uint32_t st = wire ? kvs_msg_check_request(req, p, len, msg, sizeof(msg))
+                       : kvs_msg_validate(req, msg, sizeof(msg));
     kvs_arena_close(&a);
     return st;
+}
+
+static uint32_t validate_bytes(const uint8_t *p, size_t len)
+{
+    return check_bytes(p, len, 0);
 }
 
 static uint32_t validate(const Kvs__CommandRequest *r)
@@ -2805,14 +2812,7 @@ KVS_TEST(table_check_names_each_fault)
  * what a refused request really held. */
 static uint32_t check_request_bytes(const uint8_t *p, size_t len)
 {
-    kvs_arena_t a;
-    kvs_arena_init(&a);
-    Kvs__CommandRequest *req = kvs_msg_decode_request(&a, p, len, NULL);
-    CHECK(req != NULL);
-    msg[0] = '\0';
-    uint32_t st = kvs_msg_check_request(req, p, len, msg, sizeof(msg));
-    kvs_arena_close(&a);
-    return st;
+    return check_bytes(p, len, 1);
 }
 
 KVS_TEST(check_request_tells_what_was_sent)
