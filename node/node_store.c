@@ -298,23 +298,32 @@ const char *node_store_cause(const node_store_t *s)
  * with cursor `c` (one record per transaction that freed pages, keyed by
  * its id, its value a sorted list of page numbers that starts with its
  * length, as mdb_stat reads it), of the transactions before `before` only;
- * *run: the longest run of pages in a row within one record. Returns the
- * count, or -1 (LMDB's error). */
-static int64_t count_free(MDB_cursor *c, size_t from, size_t before, size_t *run)
+ * *run: the longest run of pages in a row within one record; *later (if
+ * not NULL): the pages of the transactions from `before` on, which the
+ * walk then counts too (else it stops there). Returns the count, or -1
+ * (LMDB's error). */
+static int64_t count_free(MDB_cursor *c, size_t from, size_t before, size_t *run, size_t *later)
 {
     MDB_val k, v;
     int64_t n = 0;
     int rc;
     *run = 0;
+    if (later != NULL)
+        *later = 0;
     while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
         size_t txnid;
         if (k.mv_size != sizeof(txnid))
             return -1;
         memcpy(&txnid, k.mv_data, sizeof(txnid));
-        if (txnid >= before)
-            break;                     /* keyed by id: the rest are later */
         const size_t *ids = v.mv_data; /* LMDB's pgno_t, sorted */
         size_t len = v.mv_size / sizeof(size_t), r = 0;
+        if (txnid >= before) { /* keyed by id: the rest are later */
+            if (later == NULL)
+                break;
+            for (size_t i = 1; i < len && i <= ids[0]; i++)
+                *later += ids[i] >= from;
+            continue;
+        }
         for (size_t i = 1; i < len && i <= ids[0]; i++) {
             n += ids[i] >= from;
             r = i > 1 && (ids[i] + 1 == ids[i - 1] || ids[i] == ids[i - 1] + 1) ? r + 1 : 1;
@@ -400,16 +409,11 @@ static void go_tight(node_store_t *s)
      * (LMDB keeps the previous snapshot whole): not counted. */
     if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
         if (mdb_cursor_open(txn, 0, &c) == 0) { /* 0: the freelist */
-            n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run);
+            n = count_free(c, 0, (size_t)info.me_last_txnid, &s->tight_run, &s->tight_later);
             mdb_cursor_close(c);
         }
-        size_t run;
-        int64_t all = -1;
-        if (n >= 0 && mdb_cursor_open(txn, 0, &c) == 0) {
-            all = count_free(c, 0, SIZE_MAX, &run);
-            mdb_cursor_close(c);
-        }
-        s->tight_later = all > n ? (size_t)(all - n) : 0;
+        if (n < 0)
+            s->tight_later = 0;
         mdb_txn_abort(txn);
     }
     s->tight_free = n > 0 ? (size_t)n : 0;
@@ -466,11 +470,11 @@ static int room_refuses(node_store_t *s, size_t pages, size_t bytes)
 {
     if (!s->tight)
         return 0;
-    if (kvs_now_ns() / 1000000 - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
+    uint64_t now = kvs_now_ns() / 1000000;
+    if (now - s->room_asked_ms >= ROOM_RETRY_MS && room_again(s))
         return 0;
     if (!room_short(s, pages, bytes))
         return 0;
-    uint64_t now = kvs_now_ns() / 1000000;
     if (pages > TIGHT_BATCH_PAGES || s->wtxn != NULL || s->broken ||
         s->tight_later <= TIGHT_LATER_MIN ||
         (s->later_ms != 0 && now - s->later_ms < ROOM_RETRY_MS))
@@ -2143,7 +2147,7 @@ static int64_t free_pages_from(MDB_env *env, size_t from)
             txn = t;
         if (rc == 0 && (rc = mdb_cursor_open(t, 0, &c)) == 0) /* 0: the freelist */
             cur = c;
-        n = rc == 0 ? count_free(c, from, SIZE_MAX, &run) : -1;
+        n = rc == 0 ? count_free(c, from, SIZE_MAX, &run, NULL) : -1;
     } else {
         n = -1; /* the walk faulted */
     }
