@@ -540,7 +540,7 @@ class FairnessTest(LocalReadsCase):
         some 70 ms of work each. They all ran in one go, so the router
         process served nobody else for seconds (300 of them got it killed
         for a missed heartbeat). A connection's frames now run 5 ms a turn:
-        another client is answered within about one such read."""
+        another client is answered within a few such reads."""
         r = self.local_router()
         self.fill_big(r)
         with r.client(timeout=60) as c:
@@ -557,7 +557,10 @@ class FairnessTest(LocalReadsCase):
                     self.assertEqual(other.ping().status, 200)
                     worst = max(worst, time.monotonic() - t)
                 time.sleep(0.1)
-            self.assertLess(worst, max(1.0, 4 * one),
+            # Before the 5 ms turns a ping waited for the whole pipeline
+            # (60 reads: some 60 * one); a loaded machine (CI runs several
+            # tests per core) stretches a turn, not the count of turns.
+            self.assertLess(worst, max(2.0, 6 * one),
                             "a ping waited %.2f s (one Hgetall: %.2f s)" % (worst, one))
             for _ in range(60):  # and the pipeline is answered whole
                 self.assertEqual(c.recv().status, 413)
