@@ -854,19 +854,22 @@ static void next_peer(boot_t *b)
     char why[400];
     if (b->next_peer == b->n_peers &&
         (b->busy || b->moving_in || b->unreachable || b->short_need > 0)) {
+        /* The disk first: a move-in waits for room as much as a new replica. */
+        const char *wait = b->busy             ? "as one is busy sending another"
+                           : b->short_need > 0 ? "once this disk has room for the copy, one "
+                                                 "shard of the node at a time"
+                           : b->moving_in      ? "as the shard moves here from nodes that "
+                                                 "hold its only copies"
+                                               : "as one could not be reached and may hold "
+                                                 "rows of tables bound to no topic that only "
+                                                 "it has";
         if (b->rounds++ % 30 == 0)
-            kvs_info("shard %u: no replica sent a snapshot (%s): asking again every %u ms, %s",
-                     b->shard, b->last, BUSY_RETRY_MS,
-                     b->busy        ? "as one is busy sending another"
-                     : b->moving_in ? "as the shard moves here from nodes that hold its only "
-                                      "copies (to start it empty instead: cluster.bootstrap: "
-                                      "replay, and remove moving-in from its directory)"
-                     : b->short_need > 0
-                         ? "once this disk has room for the copy, one shard of the node at a "
-                           "time (to start it empty instead: cluster.bootstrap: replay)"
-                         : "as one could not be reached and may hold rows of tables "
-                           "bound to no topic that only it has (to start it empty "
-                           "instead: cluster.bootstrap: replay)");
+            kvs_info("shard %u: no replica sent a snapshot (%s): asking again every %u ms, %s%s",
+                     b->shard, b->last, BUSY_RETRY_MS, wait,
+                     b->busy        ? ""
+                     : b->moving_in ? " (to start it empty instead: cluster.bootstrap: replay, "
+                                      "and remove moving-in from its directory)"
+                                    : " (to start it empty instead: cluster.bootstrap: replay)");
         b->busy = 0;
         b->unreachable = 0;
         b->next_peer = 0;
