@@ -491,6 +491,25 @@ static int too_many_keys(router_redis_t *rs, router_req_t *req, const cmd_t *cmd
     return 1;
 }
 
+/* Whether the client's user may not run `kc` on table `key`: if so, its
+ * -NOAUTH or -NOPERM is answered. For what a command checks before its
+ * request is routed (which authorizes too): a refusal that names the
+ * table's binding or its other keys must not reach a user who may not
+ * touch it. */
+static int not_allowed(router_req_t *req, Kvs__CommandRequest__CommandCase kc,
+                       const kvs_redis_arg_t *key)
+{
+    char msg[512];
+    if (req->who == NULL)
+        return 0;
+    uint32_t st = kvs_auth_check(req->who, kc, key->p, key->len, msg, sizeof(msg));
+    if (st == KVS_STATUS_OK)
+        return 0;
+    reply_error_status(req, (uint16_t)st, "%s %s",
+                       st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM", msg);
+    return 1;
+}
+
 /* HSET (several pairs), HMSET, HSETNX: one pair goes as Hset (HSETNX with
  * if_absent), several as one Hmset. Every one asks for value_lengths: its
  * reply (a count of new fields, +OK, 0 or 1) needs only whether each
@@ -512,6 +531,11 @@ static void cmd_hset(router_redis_t *rs, router_client_t *cl, router_req_t *req,
         return;
     const kvs_binding_t *b =
         rs->r->cfg->n_bindings > 0 ? kvs_config_binding_n(rs->r->cfg, a[1].p, a[1].len) : NULL;
+    if (b != NULL && b->format == KVS_FORMAT_STRING &&
+        not_allowed(
+            req, n == 1 ? KVS__COMMAND_REQUEST__COMMAND_HSET : KVS__COMMAND_REQUEST__COMMAND_HMSET,
+            &a[1]))
+        return; /* before the format's refusal below, which names the topic */
     Kvs__Kvpair *pairs = kvs_arena_alloc(ar, n * sizeof(*pairs));
     Kvs__Kvpair **pp = kvs_arena_alloc(ar, n * sizeof(*pp));
     if (pairs == NULL || pp == NULL)
@@ -1472,13 +1496,9 @@ static void several_keys(router_redis_t *rs, router_client_t *cl, router_req_t *
     for (size_t i = 2; i < argc; i++) /* args_refused checked the first */
         if (key_refused(req, &a[i]))
             return;
-    for (size_t i = 1; i < argc && req->who != NULL; i++) {
-        char msg[512];
-        uint32_t st = kvs_auth_check(req->who, kc, a[i].p, a[i].len, msg, sizeof(msg));
-        if (st != KVS_STATUS_OK)
-            return reply_error_status(req, (uint16_t)st, "%s %s",
-                                      st == KVS_STATUS_UNAUTHENTICATED ? "NOAUTH" : "NOPERM", msg);
-    }
+    for (size_t i = 1; i < argc; i++)
+        if (not_allowed(req, kc, &a[i]))
+            return;
     for (size_t i = 1; i < argc && del; i++) {
         const kvs_binding_t *b = kvs_config_binding_n(r->cfg, a[i].p, a[i].len);
         if (b != NULL)

@@ -641,6 +641,33 @@ class RespAuthTest(RouterTestCase):
         with self.assertRaisesRegex(redis.exceptions.RedisError, "WRONGPASS|Invalid"):
             bad.ping()
 
+    def test_a_table_bound_with_format_string_is_named_only_to_its_writers(self):
+        """HSET of bytes that are not UTF-8 to a table bound with format:
+        string is refused naming the table's topic and format; that refusal
+        came before the user's rights were checked, so a user who may not
+        touch the table learnt its binding. Such a user gets NOPERM, as for
+        any other value; a writer still gets the format's error."""
+        self.rport = free_port()
+        kafka = ("kafka:\n  brokers: \"127.0.0.1:%d\"\n  bindings:\n"
+                 "    - {topic: hiddentopic, table: secretbound, format: string, "
+                 "partitions: 2}\n" % free_port())
+        self.router(shards=2, partitions=8, extra_yaml=users_yaml() + kafka,
+                    router_yaml=['resp_listen: "127.0.0.1:%d"' % self.rport])
+        alice = self.redis(username="alice", password="alice-pw")
+        for call in (lambda: alice.hset("secretbound", "k", b"\xff"),
+                     lambda: alice.hsetnx("secretbound", "k", b"\xff"),
+                     lambda: alice.hset("secretbound", mapping={"k": "ok", "k2": b"\xff"}),
+                     lambda: alice.execute_command("HMSET", "secretbound", "k", b"\xff")):
+            with self.assertRaises(redis.exceptions.NoPermissionError) as e:
+                call()
+            self.assertIn('user "alice" may not run', str(e.exception))
+            self.assertNotIn("hiddentopic", str(e.exception))
+        ops = self.redis(username="ops", password="ops-pw")
+        with self.assertRaisesRegex(redis.exceptions.ResponseError,
+                                    "value 1 is not UTF-8 text, but table 'secretbound' is bound "
+                                    "to topic hiddentopic with format: string"):
+            ops.hset("secretbound", "k", b"\xff")
+
     def test_large_requests_wait_for_auth(self):
         self.resp_router()
         big = b"*4\r\n$4\r\nHSET\r\n$6\r\norders\r\n$1\r\nf\r\n$20000\r\n" + b"v" * 20000 + b"\r\n"
