@@ -365,6 +365,31 @@ static int load_identity(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t e
     return 0;
 }
 
+/* Every certificate of a CA file must be able to vouch for others: a CA
+ * (basicConstraints CA:TRUE, or keyCertSign) or a self-signed one (a
+ * pinned certificate, its own anchor). A leaf copied over the CA file by
+ * mistake loads without a word, and then every peer's certificate is
+ * refused (unknown ca): after a SIGHUP, every client certificate and
+ * every link between nodes at once. Returns 0 or KVS_ECONFIG. */
+static int check_anchors(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
+{
+    STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(s));
+    for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+        X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+        if (x == NULL || X509_check_ca(x) != 0 || X509_self_signed(x, 0) == 1)
+            continue;
+        char subject[256];
+        X509_NAME_oneline(X509_get_subject_name(x), subject, sizeof(subject));
+        return ctx_error(err, errlen,
+                         "%s.ca %s: the certificate of %s is not a CA's (basicConstraints "
+                         "CA:FALSE, not self-signed): it cannot vouch for any peer, so every "
+                         "peer's certificate would be refused; name the file of the CA that "
+                         "signs them",
+                         c->what, c->ca, subject);
+    }
+    return 0;
+}
+
 static int load_trust(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
 {
     char why[160];
@@ -382,6 +407,8 @@ static int load_trust(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errl
     if (!SSL_CTX_load_verify_locations(s, c->ca, NULL))
         return ctx_error(err, errlen, "%s.ca %s: cannot load: %s", c->what, c->ca,
                          ssl_reason(why, sizeof(why), "not a PEM CA bundle"));
+    if (check_anchors(s, c, err, errlen) != 0)
+        return KVS_ECONFIG;
     if (server) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(c->ca);
         if (names == NULL)

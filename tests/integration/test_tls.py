@@ -455,6 +455,33 @@ class TlsRouterTest(RouterTestCase):
                 self.assertEqual(c.ping().message, "PONG")
         self.assertEqual(r.stop(), 0)
 
+    def test_a_ca_file_holding_a_leaf_certificate_is_not_reloaded(self):
+        # A leaf copied over the CA file (cp node.crt ca.crt): a SIGHUP took
+        # it ("certificate, key and CA reloaded") and every client
+        # certificate was refused from then on, the nodes' own included.
+        # It is now refused and the CA in use stays.
+        d = tempfile.mkdtemp(prefix="kvs-ca-")
+        self.addCleanup(shutil.rmtree, d, True)
+        ca = os.path.join(d, "ca.crt")
+        shutil.copy(cert_path("ca.crt"), ca)
+        r = self.router(shards=1, partitions=8, start=False, tls=tls_context(cert="alice"),
+                        extra_yaml=tls_yaml(router={"enabled": "true", "client_cert": "require"})
+                        .replace(cert_path("ca.crt"), ca))
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.ping().message, "PONG")
+        shutil.copy(cert_path("node.crt"), ca)
+        before = len(r.stderr())
+        os.kill(r.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "reload failed" in r.stderr()[before:], 5),
+                        r.stderr()[before:])
+        self.assertIn("tls.router: reload failed, still using the previous material: "
+                      "tls.router.ca %s: the certificate of /CN=kvs-node is not a CA's" % ca,
+                      r.stderr()[before:])
+        with r.client() as c:  # alice's certificate is still verified by the old CA
+            self.assertEqual(c.ping().message, "PONG")
+        self.assertEqual(r.stop(), 0)
+
     def test_unfinished_handshakes_make_room_and_time_out_without_users(self):
         # No users: every client that finishes its handshake may do
         # everything, but one that never does is nobody yet. At
@@ -546,6 +573,12 @@ class TlsRouterTest(RouterTestCase):
              'tls.router.ciphersuites "TLS_NOPE"'),
             (tls_yaml(router={"enabled": "true", "client_cert": "sometimes"}),
              "client_cert must be one of none, optional, require"),
+            # A leaf certificate where the CA belongs: it loaded, and every
+            # client certificate was then refused (unknown ca).
+            (tls_yaml(router={"enabled": "true", "client_cert": "optional"}).replace(
+                cert_path("ca.crt"), cert_path("alice.crt")),
+             "tls.router.ca %s: the certificate of /CN=alice is not a CA's (basicConstraints "
+             "CA:FALSE, not self-signed)" % cert_path("alice.crt")),
         ]
         # A key protected by a passphrase: refused, never asked for (OpenSSL's
         # default prompted "Enter PEM pass phrase:" on stderr).
