@@ -124,7 +124,10 @@ static void gen_inodes(const master_t *m, const rgen_t *g, size_t l, uint64_t *o
 /* Is anything but our routers (of every generation) listening on a
  * client port? Returns 0 when not (or when the kernel cannot say: warned
  * once), else 1 + the index of the port (m->listen_name) after logging
- * what is there. */
+ * what is there. Before any router process was started (none listens),
+ * any socket there is another's: the node stops before its routers join
+ * the port and take some of that process's clients (a second kvs node
+ * given a serving node's port answered them, then stopped). */
 int router_master_foreign_listener(master_t *m)
 {
     uint64_t ours[3 * KVS_ROUTER_PROCESSES_MAX];
@@ -144,6 +147,14 @@ int router_master_foreign_listener(master_t *m)
         if (rc != 1)
             continue;
         const char *spec = l == 0 ? m->cfg->router_listen : m->cfg->resp_listen;
+        if (m->routers == NULL) {
+            kvs_error("%s %s is already listened on by a process that is not one of this node's "
+                      "routers (a socket of uid %u, inode %llu: another kvs node, or another "
+                      "server, given the same port?); this node does not start: stop it or "
+                      "choose another port",
+                      m->listen_name[l], spec, who.uid, (unsigned long long)who.inode);
+            return (int)l + 1;
+        }
         kvs_error("%s %s is shared with a process that is not one of this node's routers (a "
                   "socket of uid %u, inode %llu, listens on the same port with SO_REUSEPORT and "
                   "would take part of the clients: another kvs node given the same port?); stop "

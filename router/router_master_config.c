@@ -350,6 +350,8 @@ int router_master_prepare(master_t *m, const char *argv0)
     if ((rc = take_lock(m)) != 0 || (rc = check_tls(m->cfg)) != 0 ||
         (rc = resolve_listeners(m)) != 0)
         return rc;
+    if (router_master_foreign_listener(m) != 0)
+        return 1; /* logged; becoming ready checks again, once the routers listen */
     router_master_remove_next_paths(m->cfg);
     warn_unserved_data(m->cfg);
     warn_empty_moved_shards(m->cfg);

@@ -759,10 +759,13 @@ class ProcsStartTest(ProcsTestCase):
         r = self.on_port(port)
         rc, log = self.exits_at_once(r)
         self.assertEqual(rc, 1, log)
-        self.assertIn("cannot listen on %s:%d: address already in use (another process holds "
-                      "this port without sharing it" % (HOST, port), log)
-        self.assertRegex(log.splitlines()[-1],
-                         r"router ERROR stopped: router \d could not start: cannot listen")
+        # Found before any router process starts (the bind would fail too:
+        # "cannot listen on ...: address already in use").
+        self.assertIn("router.listen %s:%d is already listened on by a process that is not one "
+                      "of this node's routers (a socket of uid %d, inode %d: another kvs node, or "
+                      "another server, given the same port?)"
+                      % (HOST, port, os.getuid(), os.fstat(s.fileno()).st_ino), log)
+        self.assertNotIn("router 0 of", log)
         self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
 
     def test_a_router_process_killed_during_the_start_is_restarted(self):
@@ -821,15 +824,44 @@ class ProcsStartTest(ProcsTestCase):
         self.assertNotIn("did not come up", log)
         self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
 
-    def test_port_shared_with_another_reuseport_socket_fails_the_start(self):
-        port = free_port()
+    def reuseport_listener(self, port):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(s.close)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((HOST, port))
         s.listen(1)
+        return s
+
+    def test_port_shared_with_another_reuseport_socket_fails_the_start(self):
+        """Another process of this user listening with SO_REUSEPORT (a
+        serving kvs node, say) is found before any router process starts:
+        they joined the port first, took part of its new clients and
+        answered them (writes acknowledged by a node that then stopped)."""
+        port = free_port()
+        s = self.reuseport_listener(port)
         r = self.on_port(port)
         rc, log = self.exits_at_once(r)
+        self.assertEqual(rc, 1, log)
+        self.assertIn("router.listen %s:%d is already listened on by a process that is not one "
+                      "of this node's routers (a socket of uid %d, inode %d"
+                      % (HOST, port, os.getuid(), os.fstat(s.fileno()).st_ino), log)
+        self.assertNotIn("accepting clients", log)
+        self.assertNotIn("router 0 of", log)  # no router process was started
+        self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
+
+    def test_port_shared_once_the_routers_listen_fails_the_start(self):
+        # A socket that joins the port after the first check, while the
+        # router processes start (two nodes started at once), is found
+        # once they listen.
+        port = free_port()
+        r = self.on_port(port)
+        r.env = dict(r.env or {}, KVS_TEST_ROUTER_READY_DELAY_MS="1000")
+        r.proc = r.spawn()
+        self.assertTrue(wait_until(lambda: "taking the sockets in" in r.stderr(), 10),
+                        r.stderr())
+        s = self.reuseport_listener(port)
+        rc = r.proc.wait(15)
+        log = r.stderr()
         self.assertEqual(rc, 1, log)
         self.assertIn("router.listen %s:%d is shared with a process that is not one of this "
                       "node's routers (a socket of uid %d, inode %d"
