@@ -45,6 +45,12 @@
 
 #define KVS_FRESH_DEFAULT_MAX_LAG 10000
 
+/* topic_partitions while the binding's partition count changed since the
+ * table's data was stored and the brokers have not confirmed the new one:
+ * refused as RESIZED is (the keys may not be where the count places
+ * them), until they answer. */
+#define KVS_FRESH_UNCONFIRMED UINT32_MAX
+
 /* What a copy knows about one partition. */
 typedef struct kvs_fresh_part_s {
     int64_t next; /* offset of the next record to apply (all below are applied); -1 unknown */

@@ -177,7 +177,8 @@ typedef struct topic_s {
     uint32_t partitions; /* expected (configured) */
     int32_t actual;      /* from the brokers; -1 = not known yet */
     int32_t seen;        /* what the metadata query in flight found (-1: not there) */
-    uint32_t resized;    /* the largest count seen once not `partitions` after start; 0 */
+    uint32_t resized;    /* the largest count seen once not `partitions` after start, or
+                          * KVS_FRESH_UNCONFIRMED until the first check; 0 */
     rd_kafka_topic_t *rkt;
     part_t *parts;           /* indexed by partition */
     node_placecheck_t check; /* are records on their keys' partitions? */
@@ -2010,6 +2011,15 @@ uint32_t node_ingest_resized(node_ingest_t *in, const kvs_binding_t *b)
 const char *node_ingest_resized_message(const kvs_binding_t *b, uint32_t now, uint32_t placed,
                                         char *buf, size_t len)
 {
+    if (now == KVS_FRESH_UNCONFIRMED) {
+        snprintf(buf, len,
+                 "kafka.bindings places table %s by %u partitions of topic %s, not by the count "
+                 "its data was stored by, and the brokers have not confirmed the topic's count yet "
+                 "(unreachable?): its reads and writes are refused until they do, as a wrong "
+                 "count would look keys up, and produce them, on the wrong partitions",
+                 b->table, placed, b->topic);
+        return buf;
+    }
     snprintf(buf, len,
              "topic %s has %u partitions, but kvs placed table %s on %u: its producers now put "
              "keys on other partitions than kvs looks them up on, so the table's reads and "
@@ -2209,8 +2219,10 @@ void node_ingest_metrics(node_ingest_t *in, kvs_mb_t *b, const char *shard)
                       "table by (partitions were added): the table's reads and writes are "
                       "refused until kvs restarts with the new layout.");
     for (size_t i = 0; i < in->n_topics; i++)
-        kvs_mb_sample(b, fr, (double)(in->topics[i].resized != 0), 2, "shard", shard, "topic",
-                      in->topics[i].b->topic);
+        kvs_mb_sample(
+            b, fr,
+            (double)(in->topics[i].resized != 0 && in->topics[i].resized != KVS_FRESH_UNCONFIRMED),
+            2, "shard", shard, "topic", in->topics[i].b->topic);
 }
 
 /* ---- metadata check and assignment ------------------------------------------------ */
@@ -2279,14 +2291,19 @@ static void metadata_work(uv_work_t *w)
  * with that. */
 /* Topic t has t->actual partitions, not the binding's count: its table is
  * refused from now on (logged once per new count). */
+static void set_resized(node_ingest_t *in, topic_t *t, uint32_t n)
+{
+    t->resized = n;
+    if (in->state != NULL)
+        kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), n);
+}
+
 static void mark_resized(node_ingest_t *in, topic_t *t)
 {
     char msg[1024];
     if (t->resized == (uint32_t)t->actual)
         return;
-    t->resized = (uint32_t)t->actual;
-    if (in->state != NULL)
-        kvs_shardstate_set_resized(in->state, (uint32_t)(t->b - in->cfg->bindings), t->resized);
+    set_resized(in, t, (uint32_t)t->actual);
     kvs_error("kafka: %s",
               node_ingest_resized_message(t->b, t->resized, t->partitions, msg, sizeof(msg)));
 }
@@ -2354,6 +2371,12 @@ static void metadata_done(uv_work_t *w, int status)
             kvs_warn("kafka: the layout of table %s (topic %s) is not recorded yet: %s; the "
                      "next start checks the binding again",
                      t->b->table, t->b->topic, kvs_strerror(rc));
+        if ((uint32_t)t->actual == t->partitions && t->resized == KVS_FRESH_UNCONFIRMED) {
+            set_resized(in, t, 0);
+            kvs_info("kafka: topic %s has %u partitions, as kafka.bindings places table %s by: "
+                     "its reads and writes are served",
+                     t->b->topic, t->partitions, t->b->table);
+        }
     }
     in->checked = 1;
     in->last_check_ms = uv_now(in->loop);
@@ -2640,6 +2663,15 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
             if (in->topics[i].parts[p].owned)
                 part_load(in, &in->topics[i], (int32_t)p);
         cluster_load(in, &in->topics[i]);
+        topic_t *t = &in->topics[i];
+        uint32_t was = node_store_layout_unconfirmed(in->store, t->b->topic);
+        if (was != 0) {
+            set_resized(in, t, KVS_FRESH_UNCONFIRMED);
+            kvs_warn("kafka: kafka.bindings places table %s by %u partitions of topic %s, its "
+                     "data here was stored by %u: its reads and writes wait for the brokers to "
+                     "confirm the count",
+                     t->b->table, t->partitions, t->b->topic, was);
+        }
     }
     kvs_info("kafka: ingesting %zu topic(s) from %s (consumer group %s)", in->n_topics,
              in->cfg->kafka_brokers, in->group);

@@ -1648,6 +1648,7 @@ struct pending_layout_s {
     char key[NAME_CAP + 16];
     char text[512];
     char topic[256];
+    uint32_t was_partitions; /* the recorded count when the new one differs, else 0 */
 };
 
 /* How a table's keys are placed: by a binding (topic, partitioner,
@@ -1859,7 +1860,8 @@ static void layout_refusal(const node_store_opts_t *o, const char *table, uint64
  * passed, not now: a start refused for a wrong count must leave the old
  * layout, or the next start would take the wrong count for the one the
  * keys were stored by. Returns 0 or an LMDB-style error (ENOMEM). */
-static int layout_defer(node_store_t *s, const char *key, const char *text, const char *topic)
+static int layout_defer(node_store_t *s, const char *key, const char *text, const char *topic,
+                        uint32_t was_partitions)
 {
     struct pending_layout_s *p = realloc(s->pending, (s->n_pending + 1) * sizeof(*p));
     if (p == NULL)
@@ -1869,6 +1871,15 @@ static int layout_defer(node_store_t *s, const char *key, const char *text, cons
     snprintf(p->key, sizeof(p->key), "%s", key);
     snprintf(p->text, sizeof(p->text), "%s", text);
     snprintf(p->topic, sizeof(p->topic), "%s", topic);
+    p->was_partitions = was_partitions;
+    return 0;
+}
+
+uint32_t node_store_layout_unconfirmed(const node_store_t *s, const char *topic)
+{
+    for (size_t i = 0; i < s->n_pending; i++)
+        if (s->pending[i].was_partitions != 0 && strcmp(s->pending[i].topic, topic) == 0)
+            return s->pending[i].was_partitions;
     return 0;
 }
 
@@ -1978,7 +1989,8 @@ static int layouts_check(node_store_t *s, MDB_txn *txn, const node_store_opts_t 
             int changed =
                 had != 0 || lv.mv_size != nv.mv_size || memcmp(lv.mv_data, text, nv.mv_size) != 0;
             if (changed && had == 0 && cfg->kafka_brokers[0] != '\0')
-                rc = layout_defer(s, key, text, now.topic);
+                rc = layout_defer(s, key, text, now.topic,
+                                  was.partitions != now.partitions ? was.partitions : 0);
             else if (changed)
                 rc = mdb_put(txn, s->meta, &lk, &nv, 0);
         } else if (had == 0) {

@@ -172,6 +172,12 @@ int node_store_meta_put(node_store_t *s, const char *key, const void *val, size_
  * nothing). Returns 0 or an error as for put. */
 int node_store_layouts_confirmed(node_store_t *s, const char *topic);
 
+/* The partition count a table bound to `topic` was recorded with, when
+ * its binding now names another and the brokers have not confirmed it
+ * yet (node_store_layouts_confirmed); else 0. Until they do, the keys
+ * the router places by the new count may not be where it looks. */
+uint32_t node_store_layout_unconfirmed(const node_store_t *s, const char *topic);
+
 /* What the last storage error (KVS_ESTORE) of a write was, as LMDB or
  * the system said it ("mdb_txn_commit: Input/output error"), for the
  * answers of the requests it failed; "storage error" before any. */

@@ -10,12 +10,14 @@ table and what to set; never answer 404 for a key it holds.
 Every wait is bounded; every process is killed at cleanup.
 """
 import os
+import shutil
 import subprocess
+import tempfile
 import unittest
 
 from kvstest import pyval, req_hmget, req_hset
 from routertest import Router, edit_config, procs_for_config
-from kafkatest import KCAT, ingest_yaml, kcat_produce, wait_until
+from kafkatest import KCAT, ingest_yaml, kcat_consume, kcat_produce, wait_until
 from test_ingest import KafkaFixtures
 
 EX_CONFIG = 78
@@ -254,6 +256,101 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         r.start()
         self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
         self.assertNotIn("is now placed", r.stderr())
+
+    @unittest.skipIf(KCAT is None, "kcat is needed")
+    def test_a_new_partition_count_waits_for_the_brokers_to_confirm_it(self):
+        """A binding's count changed while the brokers are down at the
+        start: nothing checked it, so reads were placed by the new count
+        (34 of 60 stored keys answered 404) and writes were produced by it
+        to the wrong partitions, answered 200, then found missing. The
+        table's reads and writes are now refused (503) until the brokers
+        confirm the count; a wrong one is then refused as a resize."""
+        m = self.mock({"users": 8}, control=True)
+        r = self.kafka_router(m, ("users", "users", "string", 8), 64, shards=3)
+        self.fill_and_stop(m, r)
+        m.ctl("broker-down all")
+        self.rewrite(r, "partitions: 8", "partitions: 12")
+        r.start()
+        self.assertTrue(wait_until(lambda: "wait for the brokers to confirm" in r.stderr(), 10),
+                        r.stderr()[-3000:])
+        self.assertRegex(r.stderr(), r"node\[\d\] WARN +kafka: kafka.bindings places table users "
+                                     r"by 12 partitions of topic users, its data here was stored "
+                                     r"by 8")
+        unconfirmed = ("kafka.bindings places table users by 12 partitions of topic users, not by "
+                       "the count its data was stored by, and the brokers have not confirmed")
+        with r.client() as c:
+            for k in KEYS[:8]:
+                got = c.hget("users", k)
+                self.assertEqual(got.status, 503, got.message)
+                self.assertIn(unconfirmed, got.message)
+            got = c.call(req_hset("users", b"new-key", "x"))
+            self.assertEqual(got.status, 503, got.message)
+            self.assertIn(unconfirmed, got.message)
+        # (every worker's first metadata query has failed: each serves its
+        # other tables, and takes a count the brokers say later as a resize)
+        self.assertTrue(wait_until(lambda: r.stderr().count("no metadata for topic users yet")
+                                   >= 3, 10), r.stderr()[-3000:])
+        m.ctl("broker-up all")
+        # The brokers say 8: the table stays refused, as a grown topic's is
+        # (the node was serving), and the next start is refused.
+        resized = "topic users has 8 partitions, but kvs placed table users on 12"
+        self.assertTrue(wait_until(lambda: r.stderr().count(resized) >= 3, 20),
+                        r.stderr()[-3000:])
+        with r.client() as c:
+            got = c.hget("users", KEYS[0])
+            self.assertEqual(got.status, 503, got.message)
+            self.assertIn(resized, got.message)
+        self.assertEqual(r.stop(), 0)
+        self.assertEqual(len(kcat_consume(m.bootstrap, "users")), len(KEYS))  # nothing produced
+        self.rewrite(r, "partitions: 12", "partitions: 8")
+        r.start()
+        self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
+
+    def test_a_grown_topic_confirmed_late_is_served_by_its_new_count(self):
+        """The same change the brokers confirm once they answer: reads and
+        writes wait until then, and are served after. (The mock cannot
+        add partitions: KVS_TEST_TOPIC_PARTITIONS_FILE stands for the
+        brokers' count, as in test_topic_grow; the topic has 8.)"""
+        d = tempfile.mkdtemp(prefix="kvs-counts-")
+        self.addCleanup(shutil.rmtree, d, True)
+        counts = os.path.join(d, "counts")
+        with open(counts, "w") as f:
+            f.write("users 4\n")
+        m = self.mock({"users": 8}, control=True)
+        r = Router(shards=2, partitions=64, start=False,
+                   env={"KVS_TEST_TOPIC_PARTITIONS_FILE": counts},
+                   extra_yaml=ingest_yaml(m.bootstrap, [("users", "users", "string", 4)],
+                                          properties={"reconnect.backoff.max.ms": "500"}))
+        self._routers.append(r)
+        self.addCleanup(r.close)
+        r.start()
+        with r.client() as c:
+            for k in KEYS:
+                got = c.call(req_hset("users", k, "v1"))
+                self.assertEqual(got.status, 200, got.message)
+        self.assertEqual(r.stop(), 0)
+        with open(counts, "w") as f:
+            f.write("users 8\n")  # the topic grew while the node was stopped
+        m.ctl("broker-down all")
+        self.rewrite(r, "partitions: 4", "partitions: 8")
+        r.start()
+        with r.client() as c:
+            got = c.hget("users", KEYS[0])
+            self.assertEqual(got.status, 503, got.message)
+            self.assertIn("the brokers have not confirmed", got.message)
+        m.ctl("broker-up all")
+        self.assertTrue(wait_until(lambda: r.stderr().count("its reads and writes are served")
+                                   >= 2, 20), r.stderr()[-3000:])
+        with r.client() as c:
+            # (the workers' producers reconnect to the brokers on their own time)
+            last = []
+            self.assertTrue(wait_until(lambda: last.append(c.call(req_hset("users", b"new-key",
+                                                                          "x"))) or
+                                       last[-1].status == 200, 20), last[-1].message)
+            self.assertTrue(wait_until(lambda: c.hget("users", b"new-key").status == 200, 10))
+            self.assertEqual(pyval(c.hget("users", b"new-key").values[0]), "x")
+            got = c.call(req_hmget("users", KEYS))  # the keys that moved: README
+            self.assertEqual(got.status, 200, got.message)
 
     @unittest.skipIf(KCAT is None, "kcat is needed")
     def test_a_table_bound_to_another_topic_is_warned_of_until_rebuilt(self):
