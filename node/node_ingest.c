@@ -1301,6 +1301,11 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
     }
     if (at >= 0 && at < lo && in->reset_error) {
         pt->halted = 1;
+        /* The brokers just said where its log ends: Info's age counts from
+         * now (only the end probe asks again: nothing fetches it). */
+        if (hi > pt->asked_end)
+            pt->asked_end = hi;
+        pt->end_heard_ms = uv_now(in->loop);
         kvs_error("kafka %s [%d]: records %lld..%lld were deleted before this shard applied "
                   "them, and auto.offset.reset is \"error\": the partition is no longer "
                   "ingested; set kafka.properties auto.offset.reset to earliest or latest and "

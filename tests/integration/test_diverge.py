@@ -847,6 +847,9 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         # Not diverged: reads go on, and the catch-up gate judges the lag.
         resp = info_pairs(r.socket_path(0))
         self.assertEqual(resp["kafka.%s.00000.lag" % TOPIC], hi - 50)
+        # The end came from the brokers' answer that found the gap: its age
+        # counts from it (it said -1, "never", until the end probe asked).
+        self.assertGreaterEqual(resp["kafka.%s.00000.end_offset_age_ms" % TOPIC], 0, resp)
         # A write would never be applied: refused before it reaches the topic.
         with Client(r.addr) as c:
             resp = c.call(req_hset("users", "k", b"v"))
