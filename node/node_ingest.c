@@ -2566,7 +2566,14 @@ static int start_queue(node_ingest_t *in)
     in->throttle_timer.data = in;
     uv_timer_init(in->loop, &in->publish_timer);
     in->publish_timer.data = in;
-    return uv_poll_start(&in->poll, UV_READABLE, on_readable);
+    int started = uv_poll_start(&in->poll, UV_READABLE, on_readable);
+    /* The pipe is written only when the queue goes from empty to not
+     * empty: an event queued before it was enabled (an error of brokers
+     * down at the start) would keep it from ever being written. One byte
+     * of our own has the queue served once. */
+    if (started == 0 && write(in->pipefd[1], "1", 1) < 0)
+        kvs_warn("kafka: cannot wake the consumer's queue: %s", strerror(errno));
+    return started;
 }
 
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act

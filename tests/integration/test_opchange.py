@@ -342,7 +342,11 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         self.assertTrue(wait_until(lambda: r.stderr().count("its reads and writes are served")
                                    >= 2, 20), r.stderr()[-3000:])
         with r.client() as c:
-            # (the workers' producers reconnect to the brokers on their own time)
+            # (the workers' producers reconnect to the brokers on their own
+            # time.) A producer started with the brokers down once never
+            # served a delivery report again: an event queued before its
+            # queue's wake-up pipe was enabled kept the pipe from being
+            # written; every write then got "no acknowledgement" for good.
             last = []
             self.assertTrue(wait_until(lambda: last.append(c.call(req_hset("users", b"new-key",
                                                                           "x"))) or
