@@ -10,6 +10,7 @@ table and what to set; never answer 404 for a key it holds.
 Every wait is bounded; every process is killed at cleanup.
 """
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -227,13 +228,17 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
                                      r"up on other shards from now on")
         # Recorded once the brokers confirmed the count: said once, not at
         # every start.
-        # (every worker past its check: it recorded the layout then)
-        self.assertTrue(wait_until(lambda: r.stderr().count("consuming") >= 3, 20),
-                        r.stderr()[-3000:])
+        # (every worker past its check: it recorded the layout then; a
+        # worker may say "consuming" twice, so each is counted once)
+        def consuming(since):
+            return {m.group(1) for m in re.finditer(r"node\[(\d+)\] INFO +kafka: consuming",
+                                                    r.stderr()[since:])}
+        self.assertTrue(wait_until(lambda: len(consuming(0)) == 3, 20), r.stderr()[-3000:])
         said = r.stderr().count("is now placed over 8 partitions")
         self.assertEqual(r.stop(), 0)
+        second = len(r.stderr())
         r.start()
-        self.assertTrue(wait_until(lambda: r.stderr().count("consuming") >= 2 * 3, 20),
+        self.assertTrue(wait_until(lambda: len(consuming(second)) == 3, 20),
                         r.stderr()[-3000:])
         self.assertEqual(r.stderr().count("is now placed over 8 partitions"), said)
 
