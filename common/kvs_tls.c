@@ -365,29 +365,37 @@ static int load_identity(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t e
     return 0;
 }
 
-/* Every certificate of a CA file must be able to vouch for others: a CA
- * (basicConstraints CA:TRUE, or keyCertSign) or a self-signed one (a
- * pinned certificate, its own anchor). A leaf copied over the CA file by
- * mistake loads without a word, and then every peer's certificate is
- * refused (unknown ca): after a SIGHUP, every client certificate and
- * every link between nodes at once. Returns 0 or KVS_ECONFIG. */
+/* A CA file must hold a certificate a chain can end at: OpenSSL verifies
+ * a peer's chain only up to a self-signed certificate of the file (a root
+ * CA, or a pinned self-signed certificate), as kvs does not set
+ * X509_V_FLAG_PARTIAL_CHAIN. A leaf, or an intermediate CA alone, copied
+ * over the CA file by mistake loads without a word, and then every peer's
+ * certificate is refused (unknown ca): after a SIGHUP, every client
+ * certificate and every link between nodes at once. Other certificates
+ * beside a root (intermediates, even leaves: a full-chain file) are fine.
+ * Returns 0 or KVS_ECONFIG. */
 static int check_anchors(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)
 {
     STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(s));
+    X509 *first = NULL;
     for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
         X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
-        if (x == NULL || X509_check_ca(x) != 0 || X509_self_signed(x, 0) == 1)
-            continue;
-        char subject[256];
-        X509_NAME_oneline(X509_get_subject_name(x), subject, sizeof(subject));
-        return ctx_error(err, errlen,
-                         "%s.ca %s: the certificate of %s is not a CA's (basicConstraints "
-                         "CA:FALSE, not self-signed): it cannot vouch for any peer, so every "
-                         "peer's certificate would be refused; name the file of the CA that "
-                         "signs them",
-                         c->what, c->ca, subject);
+        if (x != NULL && X509_self_signed(x, 0) == 1)
+            return 0;
+        if (first == NULL)
+            first = x;
     }
-    return 0;
+    if (first == NULL)
+        return 0; /* no certificate at all: loading it said so already */
+    char subject[256], issuer[256];
+    X509_NAME_oneline(X509_get_subject_name(first), subject, sizeof(subject));
+    X509_NAME_oneline(X509_get_issuer_name(first), issuer, sizeof(issuer));
+    return ctx_error(err, errlen,
+                     "%s.ca %s holds no self-signed (root) certificate (the first is %s, issued "
+                     "by %s): a peer's chain is verified up to a root in this file, so every "
+                     "peer's certificate would be refused; name the file of the root CA that "
+                     "signs them (intermediates may go with it)",
+                     c->what, c->ca, subject, issuer);
 }
 
 static int load_trust(SSL_CTX *s, const kvs_tls_ctx_t *c, char *err, size_t errlen)

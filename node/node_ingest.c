@@ -2617,6 +2617,13 @@ static void read_test_hooks(node_ingest_t *in)
     }
 }
 
+/* The first metadata answer, asked synchronously by node_ingest_start. */
+static void on_first_check(uv_timer_t *h)
+{
+    node_ingest_t *in = h->data;
+    metadata_done(&in->work, 0);
+}
+
 int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *err, size_t errlen)
 {
     char why[512];
@@ -2670,6 +2677,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         return rc;
     }
     /* Info shows the stored state even before Kafka answers. */
+    size_t unconfirmed = 0;
     for (size_t i = 0; i < in->n_topics; i++) {
         for (uint32_t p = 0; p < in->topics[i].partitions; p++)
             if (in->topics[i].parts[p].owned)
@@ -2679,6 +2687,7 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
         uint32_t was = node_store_layout_unconfirmed(in->store, t->b->topic);
         if (was != 0) {
             set_resized(in, t, KVS_FRESH_UNCONFIRMED);
+            unconfirmed++;
             kvs_warn("kafka: kafka.bindings places table %s by %u partitions of topic %s, its "
                      "data here was stored by %u: its reads and writes wait for the brokers to "
                      "confirm the count",
@@ -2687,8 +2696,23 @@ int node_ingest_start(const node_ingest_opts_t *o, node_ingest_t **out, char *er
     }
     kvs_info("kafka: ingesting %zu topic(s) from %s (consumer group %s)", in->n_topics,
              in->cfg->kafka_brokers, in->group);
-    start_metadata(in);
     *out = in;
+    if (unconfirmed == 0) {
+        start_metadata(in);
+        return 0;
+    }
+    /* A changed count is asked of the brokers before the worker serves (at
+     * most METADATA_TIMEOUT_MS), and their answer is taken at the start of
+     * the loop's first turn, before any request is read: the table is
+     * served at once, or a wrong count stops the start (exit 78) as any
+     * start-up mismatch does; unanswered, it stays refused until the
+     * brokers answer (the retries metadata_done starts). Asked in the
+     * thread pool instead, it was refused for the few milliseconds a
+     * reachable broker takes. */
+    in->work_busy = 1;
+    in->work.data = in;
+    metadata_work(&in->work);
+    uv_timer_start(&in->timer, on_first_check, 0, 0);
     return 0;
 }
 

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -195,8 +196,8 @@ static int v4_of(const struct sockaddr *a, struct in_addr *v4)
 
 /* Whether wildcard `any` takes connections to `b`: an IPv6 wildcard takes
  * every address (a dual-stack socket, IPV6_V6ONLY off, takes IPv4 too;
- * sock_diag does not say which), an IPv4 one only IPv4 addresses, their
- * IPv6-mapped forms and the other wildcards. */
+ * the census looks at IPV6_V6ONLY itself), an IPv4 one only IPv4
+ * addresses, their IPv6-mapped forms and the other wildcards. */
 static int any_takes(const struct sockaddr *any, const struct sockaddr *b)
 {
     struct in_addr v4;
@@ -273,14 +274,32 @@ typedef struct {
     int found;
 } census_t;
 
+/* Whether the dump's IPv6 socket `h` has IPV6_V6ONLY set (the kernel adds
+ * INET_DIAG_SKV6ONLY to every IPv6 listener's entry, as `ss` shows it). */
+static int diag_v6only(const struct nlmsghdr *h)
+{
+    const struct inet_diag_msg *d = NLMSG_DATA(h);
+    if (d->idiag_family != AF_INET6)
+        return 0;
+    int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof(*d));
+    for (const struct rtattr *a = (const struct rtattr *)(d + 1); RTA_OK(a, len);
+         a = RTA_NEXT(a, len))
+        if (a->rta_type == INET_DIAG_SKV6ONLY && RTA_PAYLOAD(a) >= 1)
+            return *(const uint8_t *)RTA_DATA(a) != 0;
+    return 0;
+}
+
 /* Looks at one socket of the dump. */
-static void census_one(census_t *c, const struct inet_diag_msg *d)
+static void census_one(census_t *c, const struct nlmsghdr *h)
 {
     router_port_sock_t s;
-    diag_sock(d, &s);
+    struct in_addr v4;
+    diag_sock(NLMSG_DATA(h), &s);
     const struct sockaddr *sa = (const struct sockaddr *)&s.addr;
     if (c->found || port_of(sa) != port_of(c->addr) || !router_ports_overlap(sa, c->addr))
         return;
+    if (v4_of(c->addr, &v4) && diag_v6only(h))
+        return; /* an IPv6-only socket takes no IPv4 connection */
     for (size_t i = 0; i < c->n_ours; i++)
         if (c->ours[i] == s.inode)
             return;
@@ -308,7 +327,7 @@ static int diag_read(int fd, census_t *c)
                 return e->error != 0 ? e->error : -EIO;
             }
             if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg)))
-                census_one(c, NLMSG_DATA(h));
+                census_one(c, h);
         }
     }
 }

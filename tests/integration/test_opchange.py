@@ -311,11 +311,12 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         r.start()
         self.assertEqual(self.hmget(r, "users"), ["v1"] * len(KEYS))
 
-    def test_a_grown_topic_confirmed_late_is_served_by_its_new_count(self):
-        """The same change the brokers confirm once they answer: reads and
-        writes wait until then, and are served after. (The mock cannot
-        add partitions: KVS_TEST_TOPIC_PARTITIONS_FILE stands for the
-        brokers' count, as in test_topic_grow; the topic has 8.)"""
+    def grown_node(self):
+        """A node of 2 shards whose table users, bound to topic users by 4
+        partitions, holds KEYS = "v1", stopped; the topic (of 8 on the mock)
+        is then said to have 8 (KVS_TEST_TOPIC_PARTITIONS_FILE: the mock
+        cannot add partitions) and the binding says 8. Returns (mock,
+        router)."""
         d = tempfile.mkdtemp(prefix="kvs-counts-")
         self.addCleanup(shutil.rmtree, d, True)
         counts = os.path.join(d, "counts")
@@ -336,8 +337,29 @@ class OpChangeTest(KafkaFixtures, unittest.TestCase):
         self.assertEqual(r.stop(), 0)
         with open(counts, "w") as f:
             f.write("users 8\n")  # the topic grew while the node was stopped
-        m.ctl("broker-down all")
         self.rewrite(r, "partitions: 4", "partitions: 8")
+        return m, r
+
+    def test_a_grown_topic_the_brokers_confirm_at_the_start_is_served_at_once(self):
+        """The workers ask the brokers before they serve: a table whose new
+        count is not confirmed yet is refused, and was, for the few
+        milliseconds a reachable broker's answer took (503 to the first
+        requests after a start)."""
+        m, r = self.grown_node()
+        r.start()
+        with r.client() as c:
+            got = c.call(req_hmget("users", KEYS))
+            self.assertEqual(got.status, 200, got.message)
+            got = c.call(req_hset("users", b"new-key", "x"))
+            self.assertEqual(got.status, 200, got.message)
+
+    def test_a_grown_topic_confirmed_late_is_served_by_its_new_count(self):
+        """The same change the brokers confirm once they answer: reads and
+        writes wait until then, and are served after. (The mock cannot
+        add partitions: KVS_TEST_TOPIC_PARTITIONS_FILE stands for the
+        brokers' count, as in test_topic_grow; the topic has 8.)"""
+        m, r = self.grown_node()
+        m.ctl("broker-down all")
         r.start()
         with r.client() as c:
             got = c.hget("users", KEYS[0])

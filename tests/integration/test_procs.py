@@ -849,6 +849,27 @@ class ProcsStartTest(ProcsTestCase):
         self.assertNotIn("router 0 of", log)  # no router process was started
         self.assertTrue(r.wait_all_gone(5), procs_for_config(r.config))
 
+    def test_an_ipv6_only_listener_on_the_port_does_not_stop_an_ipv4_node(self):
+        """[::]:P with IPV6_V6ONLY takes no IPv4 connection, and the kernel
+        lets 127.0.0.1:P bind beside it: the check took every IPv6 wildcard
+        for dual-stack and refused the start."""
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        port = free_port()
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            s.bind(("::", port))
+        except OSError as e:
+            self.skipTest("cannot bind [::]: %s" % e)
+        s.listen(1)
+        r = self.on_port(port)
+        r.start()
+        with r.client() as c:
+            self.assertEqual(c.ping().status, 200)
+        self.assertEqual(r.stop(), 0)
+
     def test_port_shared_once_the_routers_listen_fails_the_start(self):
         # A socket that joins the port after the first check, while the
         # router processes start (two nodes started at once), is found

@@ -476,9 +476,20 @@ class TlsRouterTest(RouterTestCase):
         self.assertTrue(wait_until(lambda: "reload failed" in r.stderr()[before:], 5),
                         r.stderr()[before:])
         self.assertIn("tls.router: reload failed, still using the previous material: "
-                      "tls.router.ca %s: the certificate of /CN=kvs-node is not a CA's" % ca,
-                      r.stderr()[before:])
+                      "tls.router.ca %s holds no self-signed (root) certificate (the first is "
+                      "/CN=kvs-node" % ca, r.stderr()[before:])
         with r.client() as c:  # alice's certificate is still verified by the old CA
+            self.assertEqual(c.ping().message, "PONG")
+        # A root with other certificates beside it (a full-chain file) is fine.
+        with open(ca, "wb") as f:
+            for name in ("node.crt", "ca.crt"):
+                with open(cert_path(name), "rb") as g:
+                    f.write(g.read())
+        before = len(r.stderr())
+        os.kill(r.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "tls.router: certificate, key and CA reloaded"
+                                   in r.stderr()[before:], 5), r.stderr()[before:])
+        with r.client() as c:
             self.assertEqual(c.ping().message, "PONG")
         self.assertEqual(r.stop(), 0)
 
@@ -577,8 +588,8 @@ class TlsRouterTest(RouterTestCase):
             # client certificate was then refused (unknown ca).
             (tls_yaml(router={"enabled": "true", "client_cert": "optional"}).replace(
                 cert_path("ca.crt"), cert_path("alice.crt")),
-             "tls.router.ca %s: the certificate of /CN=alice is not a CA's (basicConstraints "
-             "CA:FALSE, not self-signed)" % cert_path("alice.crt")),
+             "tls.router.ca %s holds no self-signed (root) certificate (the first is "
+             "/CN=alice, issued by /CN=kvs test CA)" % cert_path("alice.crt")),
         ]
         # A key protected by a passphrase: refused, never asked for (OpenSSL's
         # default prompted "Enter PEM pass phrase:" on stderr).
