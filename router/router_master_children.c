@@ -147,19 +147,15 @@ int router_master_foreign_listener(master_t *m)
         if (rc != 1)
             continue;
         const char *spec = l == 0 ? m->cfg->router_listen : m->cfg->resp_listen;
-        if (m->routers == NULL) {
-            kvs_error("%s %s is already listened on by a process that is not one of this node's "
-                      "routers (a socket of uid %u, inode %llu: another kvs node, or another "
-                      "server, given the same port?); this node does not start: stop it or "
-                      "choose another port",
-                      m->listen_name[l], spec, who.uid, (unsigned long long)who.inode);
-            return (int)l + 1;
-        }
-        kvs_error("%s %s is shared with a process that is not one of this node's routers (a "
-                  "socket of uid %u, inode %llu, listens on the same port with SO_REUSEPORT and "
-                  "would take part of the clients: another kvs node given the same port?); stop "
-                  "it or choose another port",
-                  m->listen_name[l], spec, who.uid, (unsigned long long)who.inode);
+        int before = m->routers == NULL; /* no router process started yet */
+        kvs_error("%s %s is %s a process that is not one of this node's routers (a socket of "
+                  "uid %u, inode %llu%s); %sstop it or choose another port",
+                  m->listen_name[l], spec, before ? "already listened on by" : "shared with",
+                  who.uid, (unsigned long long)who.inode,
+                  before ? ": another kvs node, or another server, given the same port?"
+                         : ", listens on the same port with SO_REUSEPORT and would take part "
+                           "of the clients: another kvs node given the same port?",
+                  before ? "this node does not start: " : "");
         return (int)l + 1;
     }
     return 0;
