@@ -2547,8 +2547,9 @@ static int start_queue(node_ingest_t *in)
         return -errno;
     rd_kafka_poll_set_consumer(in->rk);
     in->q = rd_kafka_queue_get_consumer(in->rk);
-    rd_kafka_queue_io_event_enable(in->q, in->pipefd[1], "1", 1);
-    int rc = uv_poll_init(in->loop, &in->poll, in->pipefd[0]);
+    int rc = node_kafka_queue_pipe(in->q, in->pipefd[1]);
+    if (rc == 0)
+        rc = uv_poll_init(in->loop, &in->poll, in->pipefd[0]);
     if (rc != 0)
         return rc;
     in->poll.data = in;
@@ -2566,14 +2567,7 @@ static int start_queue(node_ingest_t *in)
     in->throttle_timer.data = in;
     uv_timer_init(in->loop, &in->publish_timer);
     in->publish_timer.data = in;
-    int started = uv_poll_start(&in->poll, UV_READABLE, on_readable);
-    /* The pipe is written only when the queue goes from empty to not
-     * empty: an event queued before it was enabled (an error of brokers
-     * down at the start) would keep it from ever being written. One byte
-     * of our own has the queue served once. */
-    if (started == 0 && write(in->pipefd[1], "1", 1) < 0)
-        kvs_warn("kafka: cannot wake the consumer's queue: %s", strerror(errno));
-    return started;
+    return uv_poll_start(&in->poll, UV_READABLE, on_readable);
 }
 
 /* KVS_TEST_INGEST_DELAY_MS: slows ingestion down for tests that must act

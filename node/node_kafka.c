@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, const char *client,
                     char *err, size_t errlen)
@@ -87,6 +88,12 @@ void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *r
 {
     snprintf(out, len, "kvs-%s%sshard-%u%s%s", cfg->node_name, cfg->node_name[0] ? "-" : "", shard,
              role[0] ? "-" : "", role);
+}
+
+int node_kafka_queue_pipe(rd_kafka_queue_t *q, int fd)
+{
+    rd_kafka_queue_io_event_enable(q, fd, "1", 1);
+    return write(fd, "1", 1) == 1 ? 0 : -errno;
 }
 
 /* ---- bounded destroy ------------------------------------------------------------- */

@@ -17,8 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct rd_kafka_conf_s; /* rdkafka.h's rd_kafka_conf_t */
-struct rd_kafka_s;      /* rdkafka.h's rd_kafka_t */
+struct rd_kafka_conf_s;  /* rdkafka.h's rd_kafka_conf_t */
+struct rd_kafka_s;       /* rdkafka.h's rd_kafka_t */
+struct rd_kafka_queue_s; /* rdkafka.h's rd_kafka_queue_t */
 
 typedef struct node_kafka_prop_s {
     const char *key;
@@ -59,6 +60,16 @@ void node_kafka_client_id(const kvs_config_t *cfg, uint32_t shard, const char *r
 /* How long a worker's stop waits for its Kafka clients to close, all of
  * them together: well within the router's stop grace for a worker (10 s). */
 #define NODE_KAFKA_CLOSE_MS 3000
+
+/* Has queue `q` write a byte to pipe end `fd` when events arrive
+ * (rd_kafka_queue_io_event_enable), and writes one now. librdkafka writes
+ * only when the queue goes from empty to not empty: an event queued
+ * before this (the brokers down as the client started: an error within
+ * its first milliseconds) would keep it from ever writing, and the queue
+ * would never be served again (a producer's delivery reports: writes
+ * answered "no acknowledgement" for good while Kafka took them). The
+ * byte of kvs's own has the queue served once. Returns 0 or -errno. */
+int node_kafka_queue_pipe(struct rd_kafka_queue_s *q, int fd);
 
 /* rd_kafka_destroy_flags(rk, flags), waiting at most timeout_ms from the
  * process's first call (the clients share that budget: a stop closes them

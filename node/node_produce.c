@@ -254,21 +254,13 @@ static int start_poll(node_produce_t *pr)
     if (pipe2(pr->pipefd, O_NONBLOCK | O_CLOEXEC) != 0)
         return -errno;
     pr->q = rd_kafka_queue_get_main(pr->rk);
-    rd_kafka_queue_io_event_enable(pr->q, pr->pipefd[1], "1", 1);
-    int rc = uv_poll_init(pr->loop, &pr->poll, pr->pipefd[0]);
+    int rc = node_kafka_queue_pipe(pr->q, pr->pipefd[1]);
+    if (rc == 0)
+        rc = uv_poll_init(pr->loop, &pr->poll, pr->pipefd[0]);
     if (rc != 0)
         return rc;
     pr->poll.data = pr;
-    rc = uv_poll_start(&pr->poll, UV_READABLE, on_readable);
-    /* librdkafka writes to the pipe only when the queue goes from empty to
-     * not empty: what was queued before this (the brokers being down as
-     * the producer started: an error event within the first milliseconds)
-     * would keep it from ever being written, and no delivery report would
-     * be served again (writes answered "no acknowledgement" for good while
-     * Kafka took them). One byte of our own has the queue served once. */
-    if (rc == 0 && write(pr->pipefd[1], "1", 1) < 0)
-        serve(pr);
-    return rc;
+    return uv_poll_start(&pr->poll, UV_READABLE, on_readable);
 }
 
 int node_produce_start(const node_produce_opts_t *o, node_produce_t **out, char *err, size_t errlen)
