@@ -1497,10 +1497,11 @@ static uint32_t wire_bad(char *msg, size_t mlen, const wire_path_t *path, const 
  * Value.string_value must be UTF-8 and may hold U+0000 like any other
  * code point. */
 #define WIRE_DEPTH_MAX 16
-#define WIRE_NUL "holds a NUL byte" /* kvs_msg_check_request looks for it */
+/* *nul is set when the fault found is a NUL byte in a string field: the
+ * one fault kvs_msg_check_request reports over validate's. */
 static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                            const uint8_t *end, const wire_path_t *path, int depth, char *msg,
-                           size_t mlen)
+                           size_t mlen, int *nul)
 {
     static const char *const wire_names[8] = {"varint",      "64-bit",     "length-delimited",
                                               "start-group", "end-group",  "32-bit",
@@ -1551,11 +1552,13 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
             if (!kvs_utf8_valid(p, n))
                 return wire_bad(msg, mlen, path, f->name,
                                 "is not valid UTF-8 text; send arbitrary bytes as binary fields");
-            if (f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL)
-                return wire_bad(msg, mlen, path, f->name, WIRE_NUL " (U+0000), which %s",
+            if (f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, n) != NULL) {
+                *nul = 1;
+                return wire_bad(msg, mlen, path, f->name, "holds a NUL byte (U+0000), which %s",
                                 strcmp(f->name, "table") == 0
                                     ? "table names may not contain"
                                     : "no text field but Value.string_value may hold");
+            }
         } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
             /* Paths read as users write them: Hset.pair.value.string_value
              * (the command's message name, then field names). */
@@ -1563,7 +1566,7 @@ static uint32_t check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *p
             wire_path_t sub = {depth == 0 ? fd->short_name : f->name, depth == 0 ? NULL : path, -1};
             if (depth > 0 && f->label == PROTOBUF_C_LABEL_REPEATED)
                 sub.idx = id < 16 ? (int64_t)nth[id]++ : -1;
-            uint32_t st = check_wire(fd, p, p + n, &sub, depth + 1, msg, mlen);
+            uint32_t st = check_wire(fd, p, p + n, &sub, depth + 1, msg, mlen, nul);
             if (st != KVS_STATUS_OK)
                 return st;
         }
@@ -1600,10 +1603,17 @@ static size_t wire_unknowns(const ProtobufCMessageDescriptor *d, const uint8_t *
     return count;
 }
 
-uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen)
+static uint32_t check_request_wire(const uint8_t *p, size_t len, char *msg, size_t mlen, int *nul)
 {
     wire_path_t top = {"CommandRequest", NULL, -1};
-    return check_wire(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen);
+    *nul = 0;
+    return check_wire(&kvs__command_request__descriptor, p, p + len, &top, 0, msg, mlen, nul);
+}
+
+uint32_t kvs_msg_check_wire(const uint8_t *p, size_t len, char *msg, size_t mlen)
+{
+    int nul;
+    return check_request_wire(p, len, msg, mlen, &nul);
 }
 
 uint32_t kvs_msg_check_request(const Kvs__CommandRequest *req, const uint8_t *p, size_t len,
@@ -1616,9 +1626,9 @@ uint32_t kvs_msg_check_request(const Kvs__CommandRequest *req, const uint8_t *p,
      * NUL byte (C strings). validate's other words say more than the
      * wire's (an unsupported command, not an unknown field). */
     char wire[512];
+    int nul;
     if (st == KVS_STATUS_BAD_REQUEST &&
-        kvs_msg_check_wire(p, len, wire, sizeof(wire)) != KVS_STATUS_OK &&
-        strstr(wire, WIRE_NUL) != NULL)
+        check_request_wire(p, len, wire, sizeof(wire), &nul) != KVS_STATUS_OK && nul)
         snprintf(msg, mlen, "%s", wire);
     return st;
 }
@@ -2164,6 +2174,7 @@ int kvs_msg_decode_value(kvs_arena_t *arena, const uint8_t *p, size_t len, Kvs__
 int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
 {
     char msg[160];
+    int nul;
     uint32_t why; /* a valid Value costs about its size: only unknown fields pass the budget */
     Kvs__Value *v = (Kvs__Value *)unpack_bounded(&kvs__value__descriptor, arena, p, len, &why);
     if (v == NULL && why == KVS_STATUS_INTERNAL) {
@@ -2173,7 +2184,7 @@ int kvs_msg_value_valid(kvs_arena_t *arena, const uint8_t *p, size_t len)
     int ok = v != NULL && v->kind_case != KVS__VALUE__KIND__NOT_SET &&
              v->base.n_unknown_fields == 0 &&
              check_wire(&kvs__value__descriptor, p, p + len, &(wire_path_t){"Value", NULL, -1}, 1,
-                        msg, sizeof(msg)) == KVS_STATUS_OK;
+                        msg, sizeof(msg), &nul) == KVS_STATUS_OK;
     kvs_arena_reset(arena);
     return ok;
 }
