@@ -250,6 +250,14 @@ int kvs_addr_same_host(const kvs_addr_t *a, const kvs_addr_t *b)
     return lx == ly && strncasecmp(a->host, b->host, lx) == 0;
 }
 
+int kvs_addr_is_unspecified(const kvs_addr_t *a)
+{
+    uint8_t x[16];
+    static const uint8_t zero[16] = {0};
+    int k = a->is_unix ? 0 : host_kind(a->host, x);
+    return (k == 4 || k == 6) && memcmp(x, zero, k == 4 ? 4 : 16) == 0;
+}
+
 int kvs_addr_is_loopback(const kvs_addr_t *a)
 {
     struct in_addr v4;

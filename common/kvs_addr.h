@@ -31,6 +31,11 @@ int kvs_addr_parse_why(const char *s, int allow_port0, kvs_addr_t *out, const ch
  * ::ffff:127.0.0.0/104) and ::1: addresses only this machine can reach. */
 int kvs_addr_is_loopback(const kvs_addr_t *a);
 
+/* True for the unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0): a
+ * listener's "every address", which names no host to connect to (a
+ * connection to it reaches the connecting machine itself). */
+int kvs_addr_is_unspecified(const kvs_addr_t *a);
+
 /* Whether two TCP addresses' hosts name the same one: IP addresses are
  * compared as addresses ("::ffff:127.0.0.1" is 127.0.0.1, "0:0::1" is
  * ::1), "localhost" (with or without its final dot) is 127.0.0.1 and ::1,

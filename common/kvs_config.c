@@ -1172,6 +1172,12 @@ static int set_properties(cfg_ctx_t *ctx, const yaml_node_t *map)
 
 /* ---- cluster.remote ------------------------------------------------------- */
 
+/* The map's and cluster.remote's addresses are where peers connect. */
+#define UNSPECIFIED_PEER                                                                           \
+    "the unspecified address names no host (a connection to it reaches the connecting machine "    \
+    "itself): give the serving node's own address; node.listen: \"0.0.0.0:PORT\" makes a "         \
+    "node's workers listen on every address"
+
 static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
                         const yaml_node_pair_t *pair, int *have_shard)
 {
@@ -1201,6 +1207,9 @@ static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
         return unknown_key(ctx, key, label);
     if (check_listen(text, &port, &why) != 0)
         return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
+    kvs_addr_t a;
+    if (kvs_addr_parse(text, 0, &a, NULL, 0) == 0 && kvs_addr_is_unspecified(&a))
+        return cfg_error(ctx, &val->start_mark, "%s %s: %s", path, text, UNSPECIFIED_PEER);
     return store_string(ctx, &r->address, text);
 }
 
@@ -1813,6 +1822,9 @@ static int check_node(cfg_ctx_t *ctx, size_t i)
                              "cluster.nodes[%zu].shards names shard %u but cluster.shards is %u "
                              "(ids 0..%u)",
                              i, n->shards[k], c->shards, c->shards - 1);
+    if (kvs_addr_parse(n->address, 0, &a, NULL, 0) == 0 && kvs_addr_is_unspecified(&a))
+        return cfg_error(ctx, &m[1], "cluster.nodes[%zu].address %s: %s", i, n->address,
+                         UNSPECIFIED_PEER);
     if (kvs_addr_parse(n->address, 0, &a, NULL, 0) == 0 && (uint32_t)a.port + c->shards - 1 > 65535)
         return cfg_error(ctx, &m[1],
                          "cluster.nodes[%zu].address port %u + highest shard id %u is past "
@@ -1874,6 +1886,46 @@ static int check_nodes(cfg_ctx_t *ctx)
         if (n > KVS_MAX_REPLICAS)
             return cfg_error(ctx, nodes, "shard %u is served by %u nodes; at most %d may serve one",
                              s, n, KVS_MAX_REPLICAS);
+    }
+    return 0;
+}
+
+/* This node's client, RESP and metrics ports against the map's worker
+ * ports (PORT .. PORT + shards - 1) on this host: a peer's router would
+ * take this node's listener for a worker (and this node's router its own,
+ * when the map puts a node's workers on it). A node is on this host when
+ * its address is loopback or this node's own (the host compared as
+ * kvs_addr_same_host does), and a listener clashes with it when it
+ * listens on every address or on that node's. */
+static int check_map_ports(cfg_ctx_t *ctx)
+{
+    const kvs_config_t *c = ctx->cfg;
+    static const char *const names[] = {"router.listen", "router.resp_listen",
+                                        "router.metrics_listen"};
+    const char *specs[] = {c->router_listen, c->resp_listen, c->metrics_listen};
+    kvs_addr_t self, l, n;
+    if (c->self == NULL || kvs_addr_parse(c->self->address, 0, &self, NULL, 0) != 0)
+        return 0;
+    for (size_t k = 0; k < sizeof(specs) / sizeof(specs[0]); k++) {
+        if (specs[k] == NULL || specs[k][0] == '\0' ||
+            kvs_addr_parse(specs[k], 1, &l, NULL, 0) != 0 || l.is_unix)
+            continue;
+        for (size_t i = 0; i < c->n_nodes; i++) {
+            if (kvs_addr_parse(c->nodes[i].address, 0, &n, NULL, 0) != 0 || l.port < n.port ||
+                (uint32_t)(l.port - n.port) >= c->shards)
+                continue;
+            int here = kvs_addr_is_loopback(&n) || kvs_addr_same_host(&n, &self);
+            if (!(kvs_addr_same_host(&l, &n) || (here && kvs_addr_is_unspecified(&l))))
+                continue;
+            const yaml_mark_t *m = directive_mark(ctx, names[k]); /* else the default's */
+            return cfg_error(
+                ctx, m != NULL ? m : &ctx->node_marks[3 * i + 1],
+                "%s %s: port %u is the port of shard %u's worker of cluster.nodes[%zu] "
+                "(%s, %s: shard N listens on PORT+N) on this host; choose a port "
+                "outside every node's PORT .. PORT+%u",
+                names[k], specs[k], l.port, l.port - n.port, i, c->nodes[i].name,
+                c->nodes[i].address, c->shards - 1);
+        }
     }
     return 0;
 }
@@ -2371,6 +2423,8 @@ static int build(cfg_ctx_t *ctx, yaml_parser_t *parser)
         rc = check_remote(ctx);
     if (rc == 0)
         rc = check_nodes(ctx);
+    if (rc == 0)
+        rc = check_map_ports(ctx);
     if (rc == 0)
         rc = check_paths(ctx);
     if (rc == 0)

@@ -261,6 +261,27 @@ KVS_TEST(loopback_forms)
     CHECK_EQ(loopback("localhost.example:1"), 0);
 }
 
+static int unspecified(const char *s)
+{
+    kvs_addr_t a = parse_ok(s, 0);
+    return kvs_addr_is_unspecified(&a);
+}
+
+/* "Every address" in each form it is written: a cluster map that named a
+ * node so had its peers connect to themselves. */
+KVS_TEST(unspecified_forms)
+{
+    CHECK_EQ(unspecified("0.0.0.0:1"), 1);
+    CHECK_EQ(unspecified("[::]:1"), 1);
+    CHECK_EQ(unspecified("[0:0::0]:1"), 1);
+    CHECK_EQ(unspecified("[::ffff:0.0.0.0]:1"), 1);
+    CHECK_EQ(unspecified("0.0.0.1:1"), 0);
+    CHECK_EQ(unspecified("[::1]:1"), 0);
+    CHECK_EQ(unspecified("localhost:1"), 0);
+    CHECK_EQ(unspecified("zero.example:1"), 0);
+    CHECK_EQ(unspecified("unix:/tmp/x.sock"), 0);
+}
+
 static int same(const char *x, const char *y)
 {
     kvs_addr_t a, b;
@@ -297,4 +318,4 @@ KVS_TEST_MAIN(KVS_CASE(host_port), KVS_CASE(ipv6_in_brackets), KVS_CASE(unix_pat
               KVS_CASE(bad_ports), KVS_CASE(missing_colon), KVS_CASE(ipv6_without_brackets),
               KVS_CASE(too_long), KVS_CASE(hosts_are_validated), KVS_CASE(format_round_trip),
               KVS_CASE(format_port0_and_truncation), KVS_CASE(loopback_forms),
-              KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms))
+              KVS_CASE(host_arg_forms), KVS_CASE(same_host_forms), KVS_CASE(unspecified_forms))

@@ -1831,6 +1831,45 @@ KVS_TEST(cluster_nodes_errors)
                 "    - {name: a, address: \"h:65534\", shards: [0, 1, 2, 3]}\n",
                 "config.yaml:5:26: cluster.nodes[0].address port 65534 + highest shard id 3 is "
                 "past 65535 (shard N listens on PORT+N)");
+    /* "Every address" is no peer's address (a peer would reach itself:
+     * one node's workers counted as two replicas). */
+    parse_fails("node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                "    - {name: a, address: \"127.0.0.1:100\", shards: [0, 1]}\n"
+                "    - {name: b, address: \"0.0.0.0:200\", shards: [0, 1]}\n",
+                "config.yaml:6:26: cluster.nodes[1].address 0.0.0.0:200: the unspecified address "
+                "names no host (a connection to it reaches the connecting machine itself): give "
+                "the serving node's own address; node.listen: \"0.0.0.0:PORT\" makes a node's "
+                "workers listen on every address");
+    parse_fails_with("node: {name: a}\ncluster:\n  shards: 1\n  nodes:\n"
+                     "    - {name: a, address: \"[::]:100\", shards: [0]}\n",
+                     "cluster.nodes[0].address [::]:100: the unspecified address names no host");
+    parse_fails_with(
+        "cluster:\n  shards: 2\n  remote: [{shard: 1, address: \"[::ffff:0.0.0.0]:9\"}]\n",
+        "cluster.remote[0].address [::ffff:0.0.0.0]:9: the unspecified address");
+    /* This node's listeners on a worker port of the map on this host (a
+     * peer, or this node, would link to the listener as to a worker). */
+    parse_fails("router: {listen: \"127.0.0.1:201\"}\nnode: {name: a}\ncluster:\n  shards: 2\n"
+                "  nodes:\n"
+                "    - {name: a, address: \"127.0.0.1:100\", shards: [0, 1]}\n"
+                "    - {name: c, address: \"localhost:200\", shards: [1]}\n",
+                "config.yaml:1:18: router.listen 127.0.0.1:201: port 201 is the port of shard 1's "
+                "worker of cluster.nodes[1] (c, localhost:200: shard N listens on PORT+N) on this "
+                "host; choose a port outside every node's PORT .. PORT+1");
+    parse_fails_with("router: {resp_listen: \"0.0.0.0:100\"}\nnode: {name: a}\ncluster:\n"
+                     "  shards: 2\n  nodes:\n"
+                     "    - {name: a, address: \"10.0.0.1:100\", shards: [0, 1]}\n",
+                     "router.resp_listen 0.0.0.0:100: port 100 is the port of shard 0's worker of "
+                     "cluster.nodes[0] (a, 10.0.0.1:100");
+    parse_fails_with("router: {metrics_listen: \"10.0.0.2:201\"}\nnode: {name: a}\ncluster:\n"
+                     "  shards: 2\n  nodes:\n"
+                     "    - {name: a, address: \"10.0.0.1:100\", shards: [0, 1]}\n"
+                     "    - {name: b, address: \"10.0.0.2:200\", shards: [0, 1]}\n",
+                     "router.metrics_listen 10.0.0.2:201: port 201 is the port of shard 1's");
+    /* Other hosts' workers, or another address of this host, are no clash. */
+    kvs_config_free(parse_ok("router: {listen: \"0.0.0.0:201\", resp_listen: \"127.0.0.1:100\"}\n"
+                             "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+                             "    - {name: a, address: \"10.0.0.1:100\", shards: [0, 1]}\n"
+                             "    - {name: b, address: \"10.0.0.2:200\", shards: [0, 1]}\n"));
     parse_fails(
         "cluster: {bootstrap: copy}\n",
         "config.yaml:1:22: cluster.bootstrap must be one of snapshot, replay (got \"copy\")");
