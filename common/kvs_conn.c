@@ -316,6 +316,17 @@ size_t kvs_conn_pending(const kvs_conn_t *c)
     return kvs_conn_backlog(c) + c->held;
 }
 
+int kvs_conn_output_full(kvs_conn_t *c, size_t not_output)
+{
+    size_t pending = kvs_conn_pending(c);
+    if (not_output > pending)
+        not_output = pending;
+    if (pending - not_output < c->high_water)
+        return 0;
+    c->resume_below = c->high_water + not_output; /* conn_output_drained kicks a delivery */
+    return 1;
+}
+
 /* A codec's plaintext stream that starts with a TLS record header: a TLS
  * client on a plaintext port. (A kvs frame decoder sees the same bytes as
  * an oversized frame: conn_frame_error.) */
@@ -406,6 +417,10 @@ static void conn_output_drained(kvs_conn_t *c)
         c->output_since_ms = 0; /* all taken: the output timeout starts over */
     if (has(c, KVS_CONN_OUTPUT_FULL) && kvs_conn_pending(c) < c->high_water) {
         c->flags &= ~KVS_CONN_OUTPUT_FULL;
+        conn_kick(c);
+    }
+    if (c->resume_below != 0 && kvs_conn_pending(c) < c->resume_below) {
+        c->resume_below = 0;
         conn_kick(c);
     }
     conn_update_reading(c);

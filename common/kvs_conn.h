@@ -186,8 +186,9 @@ struct kvs_conn_s {
     size_t hard_limit; /* close when pending output passes this (0: no limit) */
     size_t output_cap; /* kvs_conn_cap_output's cap on high_water, kept across reloads (0: none) */
     size_t held;       /* output the owner holds for this peer outside `out` */
-    size_t owed;       /* requests the owner has not answered yet (for the idle timeout) */
-    size_t max_write;  /* bytes per write (KVS_CONN_MAX_WRITE; smaller in tests) */
+    size_t resume_below; /* kvs_conn_output_full said yes: kick when pending is below */
+    size_t owed;         /* requests the owner has not answered yet (for the idle timeout) */
+    size_t max_write;    /* bytes per write (KVS_CONN_MAX_WRITE; smaller in tests) */
     kvs_conn_frame_cb on_frame;
     kvs_conn_error_cb on_error;
     kvs_conn_close_cb on_close;
@@ -454,6 +455,13 @@ uint64_t kvs_conn_queued_total(const kvs_conn_t *c);
 
 /* Pending output: the backlog plus what the owner holds (kvs_conn_hold). */
 size_t kvs_conn_pending(const kvs_conn_t *c);
+
+/* Whether pending output, less `not_output` bytes of what the owner holds
+ * (requests it queued itself, counted as held), is at the high-water
+ * mark, where frames stop being delivered. If so, the owner's work held
+ * back for it resumes as delivery does: once the output drains, a
+ * delivery runs (on_delivered is called, frames or not). */
+int kvs_conn_output_full(kvs_conn_t *c, size_t not_output);
 
 /* ---- groups: limits shared by a listener's connections ------------------ */
 

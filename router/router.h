@@ -178,6 +178,10 @@ int router_client_table_after(const router_client_t *cl, const router_req_t *req
 /* The client's connection holds `delta` more bytes for it (kvs_conn_hold):
  * requests held back count against its output limits. */
 void router_client_hold(router_client_t *cl, ptrdiff_t delta);
+/* Whether the client's output, less `not_output` bytes of it (requests
+ * it holds), is at its high-water mark; if so, its draining calls
+ * router_route_resume. */
+int router_client_output_full(router_client_t *cl, size_t not_output);
 
 /* A single-part request's answer arrived: when `req` is at the head of its
  * client's FIFO, the frame goes straight into the client's output (one
@@ -291,6 +295,11 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 /* Routes the held requests of the sessions on r->release that may go now
  * (the flusher's `before` step, so never inside another routing). */
 void router_route_release(router_t *r);
+
+/* The client of session `s` may take answers again (its output drained
+ * below the high-water mark): its held requests are released as far as
+ * they may go, in the flusher's `before` step. */
+void router_route_resume(router_t *r, router_session_t *s);
 
 /* Forgets a closing client's held requests and its place on the release
  * list; the requests are freed. */

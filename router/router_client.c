@@ -216,6 +216,11 @@ void router_client_hold(router_client_t *cl, ptrdiff_t delta)
     kvs_conn_hold(&cl->conn, delta);
 }
 
+int router_client_output_full(router_client_t *cl, size_t not_output)
+{
+    return kvs_conn_output_full(&cl->conn, not_output);
+}
+
 void router_client_req_done(router_client_t *cl, router_req_t *req)
 {
     /* The reservation becomes the answer; may close the client. */
@@ -319,6 +324,7 @@ static void on_delivered(kvs_conn_t *c)
         cl->holding = 0;
         router_local_release(cl->router->local);
     }
+    router_route_resume(cl->router, &cl->session); /* requests held for its output */
 }
 
 static void on_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)

@@ -109,6 +109,12 @@ typedef struct route_merge_s {
     uint32_t scan_pairs;
     uint32_t scan_hops;
     uint64_t scan_until; /* kvs_now_ns() past which the page takes no more shards */
+    /* The bytes of answers kept in `answers` that count as the client's
+     * held output (router_client_hold) until the merge ends: parts that
+     * wait for a slow shard's are output the client will be sent. */
+    size_t held;
+    uint32_t orphan_failed; /* its client left: the first failed part's status */
+    uint32_t orphan_ok;     /* ... and how many parts answered 200 */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -202,11 +208,23 @@ void router_req_set_name(router_req_t *req, router_name_t *n)
     req->info.client_name = n != NULL ? n->text : "";
 }
 
+/* The merge's kept answers stop counting as its client's output. */
+static void merge_unhold(router_req_t *req)
+{
+    route_merge_t *m = req->merge;
+    if (m == NULL || m->held == 0)
+        return;
+    if (req->client != NULL)
+        router_client_hold(req->client, -(ptrdiff_t)m->held);
+    m->held = 0;
+}
+
 void router_req_free(router_req_t *req)
 {
     router_t *r = req->router;
     if (req->wrote_bound && req->client != NULL) /* it leaves its client's FIFO */
         router_client_session(req->client)->queued--;
+    merge_unhold(req);
     merge_free(req->merge);
     req->merge = NULL;
     free(req->rctx);
@@ -369,6 +387,7 @@ void router_req_complete(router_req_t *req)
         req->router->flusher.now_ns = kvs_now_ns();
     req->done = 1;
     session_answered(req);
+    merge_unhold(req);
     merge_free(req->merge);
     req->merge = NULL;
     req_executed(req);
@@ -524,6 +543,7 @@ static void set_frame(kvs_buf_t *b, const uint8_t *payload, size_t len)
 
 static void merge_finish(router_req_t *req);
 static void merge_metrics(router_req_t *req, kvs_arena_t *arena);
+static int is_split_write(const route_merge_t *m);
 
 /* Reads: sent again to another replica when the first fails them. */
 static int is_retryable(Kvs__CommandRequest__CommandCase c)
@@ -685,6 +705,22 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     }
     kvs_buf_t *a = &m->answers[part];
     a->len = 0;
+    if (req->client == NULL && req->on_done == NULL) {
+        /* Its client left: nobody reads the merged answer, so no part's
+         * is kept (a slow shard would have the others' wait in memory). */
+        uint32_t st = bad ? bad : failure != NULL ? failure_status(m->cmd, len, t->unsent) : status;
+        if (st == KVS_STATUS_OK)
+            m->orphan_ok++;
+        else if (m->orphan_failed == 0)
+            m->orphan_failed = st;
+        if (--req->parts_left == 0)
+            router_req_finish_status(req,
+                                     m->orphan_failed == 0                   ? KVS_STATUS_OK
+                                     : m->orphan_ok > 0 && is_split_write(m) ? KVS_STATUS_PARTIAL
+                                                                             : m->orphan_failed,
+                                     "the client went away before every shard answered");
+        return;
+    }
     if (failure != NULL) {
         m->failed[part] = bad ? bad : failure_status(m->cmd, len, t->unsent);
         if (kvs_buf_append(a, failure, strlen(failure) + 1) != 0)
@@ -694,6 +730,11 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
          * it may have been applied: the merge says so). */
         a->len = 0;
         m->failed[part] = KVS_STATUS_INTERNAL;
+    } else if (req->parts_left > 1) {
+        /* Kept for the parts still out: the client's output (it is
+         * paused at the high-water mark, closed past the limit). */
+        m->held += len;
+        router_client_hold(req->client, (ptrdiff_t)len);
     }
     if (--req->parts_left == 0)
         merge_finish(req);
@@ -2944,6 +2985,7 @@ static int hold(router_req_t *req, int bound_read, const uint8_t *payload, size_
     else
         s->held = req;
     s->held_tail = req;
+    s->held_bytes += len + reserve;
     router_client_hold(req->client, (ptrdiff_t)(len + reserve));
     return 1;
 }
@@ -3200,7 +3242,13 @@ void router_route(router_t *r, router_req_t *req, const uint8_t *payload, size_t
 /* ---- releasing held requests ------------------------------------------------------ */
 
 /* Routes the session's held requests that may go now, in order: up to
- * the first read of a bound table while a write is (again) in flight. */
+ * the first read of a bound table while a write is (again) in flight, or
+ * while the client's answers (its output, less these requests' own bytes)
+ * are at its high-water mark, as its frames would wait: the fair share
+ * bounds what a session has at the workers, not what their answers
+ * weigh, so a client pipelining large answers and not reading them was
+ * sent every one (and closed past limits.client_output). The client's
+ * output draining resumes it (router_route_resume). */
 static void release_session(router_t *r, router_session_t *s)
 {
     while (s->held != NULL) {
@@ -3209,13 +3257,16 @@ static void release_session(router_t *r, router_session_t *s)
             return; /* a write released just before it is in flight */
         if (share_taken(r, s->at_workers))
             return; /* its share is taken again: its next answer releases more */
+        router_client_t *cl = req->client;
+        if (router_client_output_full(cl, s->held_bytes))
+            return; /* its output draining releases more */
         s->held = req->held_next;
         if (s->held == NULL)
             s->held_tail = NULL;
         req->held = 0;
         req->held_next = NULL;
-        router_client_t *cl = req->client;
         size_t len = req->held_payload.len;
+        s->held_bytes -= len + req->held_reserve;
         router_client_hold(cl, -(ptrdiff_t)(len + req->held_reserve));
         req->releasing = 1;
         router_route(r, req, req->held_payload.data, len);
@@ -3237,6 +3288,14 @@ void router_route_release(router_t *r)
     }
 }
 
+void router_route_resume(router_t *r, router_session_t *s)
+{
+    if (s->held == NULL)
+        return;
+    release_later(r, s);
+    kvs_flusher_wake(&r->flusher);
+}
+
 void router_route_forget(router_t *r, router_session_t *s)
 {
     if (s->at_workers > 0 && r->busy_sessions > 0)
@@ -3251,4 +3310,5 @@ void router_route_forget(router_t *r, router_session_t *s)
         s->on_release_list = 0;
     }
     s->held = s->held_tail = NULL; /* the requests are in the client's FIFO, freed with it */
+    s->held_bytes = 0;
 }

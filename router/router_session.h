@@ -84,6 +84,7 @@ typedef struct router_session_s {
     uint32_t at_workers;   /* units of work of its requests at workers (fair share) */
     uint32_t replica_pref; /* where its writes' choice of replica starts (router_replica) */
     router_req_t *held, *held_tail; /* requests waiting for them, in arrival order */
+    size_t held_bytes;              /* what they count as the client's output (hold) */
     struct router_session_s *next;  /* on the router's release list */
     int on_release_list;
 } router_session_t;

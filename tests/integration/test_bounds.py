@@ -17,7 +17,7 @@ import time
 import unittest
 
 from kvstest import (SANITIZED, Client, NodeTestCase, encode, free_port, pb, pyval, req_hget,
-                     req_hgetall, req_hmset, req_hset, req_ping)
+                     req_hgetall, req_hmget, req_hmset, req_hset, req_ping)
 from routertest import Router, RouterTestCase, keys_by_shard, router_pids, stopped
 
 MIB = 1 << 20
@@ -246,6 +246,68 @@ class RouterBoundsTest(RouterTestCase):
         for i in range(100):  # not closed: every answer comes
             self.assertEqual(read_frame(hostile), expected, "answer %d" % i)
         self.assertNotIn("limits.client_output", r.stderr())
+
+    def test_split_parts_waiting_for_a_stopped_shard_count_as_output(self):
+        """A client pipelines Hmgets of two keys, a 1 MiB value on shard 0
+        and a small one on shard 1, whose worker is stopped. Shard 0's
+        parts wait in the router for shard 1's: they are output owed to the
+        client, so the client stops being read at the high-water mark and
+        is closed past limits.client_output, and the router's memory stays
+        near that bound. They were counted nowhere: 100 such Hmgets grew
+        the router by 100 MiB (400 by 400), and another client is served
+        throughout. Parts that answer for a closed client are not kept."""
+        r = self.router(shards=2, partitions=8, timeout="20s",
+                        extra_yaml="limits: {client_output: 16MiB}\n",
+                        router_yaml=["local_reads: false"])
+        keys = keys_by_shard("k", 1, 8, 2)
+        a, b = keys[0][0], keys[1][0]
+        with r.client() as c:
+            self.assertOk(c.hset("t", a, b"x" * MIB))
+            self.assertOk(c.hset("t", b, "y"))
+        rp = router_pids(r)[0]
+        base = rss_anon(rp)
+        hostile = raw_connect(r.addr)
+        self.addCleanup(hostile.close)
+        with stopped(r.worker_pid(1)):
+            hostile.sendall(encode(req_hmget("t", [a, b])) * 100)
+            time.sleep(1.5)
+            grown = (rss_anon(rp) - base) >> 20
+            with r.client() as other:
+                self.assertOk(other.hget("t", a))
+        if not SANITIZED:
+            self.assertLess(grown, 48, "router grew by %d MiB" % grown)
+        self.assertTrue(closed_by_peer(hostile, 10.0))
+        self.assertIn("more than limits.client_output", r.stderr())
+        with r.client() as c:
+            resp = c.call(req_hmget("t", [a, b]))
+            self.assertOk(resp)
+            self.assertEqual([len(pyval(v)) for v in resp.values], [MIB, 1])
+
+    def test_held_requests_wait_while_the_clients_answers_are_at_high_water(self):
+        """40 pipelined Hmgets of 1,000 keys over two shards (3.5 MB of
+        answer each, 140 MB in all), read only after a second: the fair
+        share sends about eight at a time, and the others are released as
+        answers come back only while the client's output is under the
+        high-water mark, as its frames would be read. The router released
+        them regardless and closed the client past limits.client_output
+        (64 MiB here) after one answer; now it gets all 40."""
+        r = self.router(shards=2, partitions=64, router_yaml=["local_reads: false"])
+        with r.client(timeout=30) as c:
+            for i in range(0, 1000, 100):
+                self.assertOk(c.hmset("t", [("k%05d" % j, b"v" * 3500)
+                                            for j in range(i, i + 100)]))
+        hostile = raw_connect(r.addr, timeout=60.0)
+        self.addCleanup(hostile.close)
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        hostile.sendall(encode(req_hmget("t", ["k%05d" % j for j in range(1000)])) * 40)
+        time.sleep(1.0)
+        for i in range(40):
+            payload = read_frame(hostile)
+            self.assertIsNotNone(payload, "answer %d missing" % i)
+            resp = pb.CommandResponse()
+            resp.ParseFromString(payload)
+            self.assertEqual((resp.status, len(resp.values)), (200, 1000))
+        self.assertNotIn("more than limits.client_output", r.stderr())
 
     def test_stalled_partial_frames_are_bounded_in_memory_and_time(self):
         """20 connections each stall one byte short of a 4 MiB frame: past
