@@ -1337,6 +1337,7 @@ static int range_decide(node_ingest_t *in, topic_t *t, int32_t p, int64_t lo, in
                   to > from ? ""
                             : " (counted once already: the batch that stored the skip was lost)");
         skip_to(in, t, p, to);
+        own_halted(in); /* writes acknowledged in the gap are never applied here */
     } else {
         if (hi > pt->asked_end)
             pt->asked_end = hi; /* the end as they said: part_short no longer holds */
@@ -1456,6 +1457,13 @@ const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32
         return "the brokers say the partition's log ends below what this shard applied, and "
                "whether it diverged is being checked; retry shortly";
     return NULL;
+}
+
+int node_ingest_passed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, int64_t offset)
+{
+    topic_t *t = topic_of_binding(in, b);
+    return t != NULL && p < t->partitions && t->parts[p].owned && offset >= 0 &&
+           offset < t->parts[p].lost_to;
 }
 
 int node_ingest_log_short(node_ingest_t *in, const kvs_binding_t *b, uint32_t p)

@@ -153,6 +153,12 @@ const char *node_ingest_moved(node_ingest_t *in, const kvs_binding_t *b);
  * neither. Writes to it are refused: they would never be applied. */
 const char *node_ingest_halted(node_ingest_t *in, const kvs_binding_t *b, uint32_t p);
 
+/* Whether this shard moved partition p of b's topic past `offset` without
+ * applying it: records deleted before it read them, where
+ * auto.offset.reset (earliest, latest) resumed past them (logged as DATA
+ * LOST). Such a record is never applied here (until a rebuild). */
+int node_ingest_passed(node_ingest_t *in, const kvs_binding_t *b, uint32_t p, int64_t offset);
+
 /* 1 while the brokers say partition `p`'s log ends below what this shard
  * applied and the check whether it diverged has not decided: its reads
  * are refused as a diverged partition's (kvs_fresh_part_t.diverged), with
@@ -205,8 +211,9 @@ typedef struct node_ingest_own_s {
                         uint64_t gen, const void *key, size_t klen, const void *payload, size_t len,
                         int *lengths);
     const size_t *outstanding; /* records produced and not settled: 0 = skip headers */
-    /* A partition stopped being applied (node_ingest_halted now names it):
-     * the records waiting to be applied there may never be. Called from
+    /* A partition stopped being applied (node_ingest_halted now names it),
+     * or resumed past records deleted unread (node_ingest_passed): the
+     * records waiting to be applied there may never be. Called from
      * inside node_ingest's calls (the owner's own included): defer the
      * work. May be NULL. */
     void (*halted)(void *arg);

@@ -322,48 +322,68 @@ static void rec_settled(node_writes_t *wr, rec_t *r)
         wreq_succeed(wr, w);
 }
 
+/* A record this shard passed over (node_ingest_passed): rec_halted's
+ * answer for it, which end_halted words as its own. */
+static const char PASSED[] = "passed over";
+
 /* Why record r of w, acknowledged and not applied yet, may never be (its
- * partition is no longer ingested: node_ingest_halted), or NULL. A log
- * found shorter than what was applied is still being checked, and may
- * resume: it counts only when `checked_too` (the write's deadline). */
+ * partition is no longer ingested: node_ingest_halted; or ingestion went
+ * on past it: PASSED), or NULL. A log found shorter than what was applied
+ * is still being checked, and may resume: it counts only when
+ * `checked_too` (the write's deadline). */
 static const char *rec_halted(node_writes_t *wr, const wreq_t *w, const rec_t *r, int checked_too)
 {
     if (!r->acked || r->applied || r->committed)
         return NULL;
+    if (node_ingest_passed(wr->ingest, w->b, (uint32_t)r->partition, r->offset))
+        return PASSED;
     if (!checked_too && node_ingest_log_short(wr->ingest, w->b, (uint32_t)r->partition))
         return NULL;
     return node_ingest_halted(wr->ingest, w->b, (uint32_t)r->partition);
 }
 
-/* The first record of w that rec_halted names: why, *part its partition. */
-static const char *acked_halted(node_writes_t *wr, const wreq_t *w, int checked_too, int32_t *part)
+/* The first record of w that rec_halted names: why, *rec that record. */
+static const char *acked_halted(node_writes_t *wr, const wreq_t *w, int checked_too,
+                                const rec_t **rec)
 {
     for (size_t i = 0; i < w->n; i++) {
         const char *why = rec_halted(wr, w, w->recs[i], checked_too);
         if (why != NULL) {
-            *part = w->recs[i]->partition;
+            *rec = w->recs[i];
             return why;
         }
     }
     return NULL;
 }
 
-/* Answers w, whose acknowledged record waits in a partition that is no
- * longer ingested: at once, since waiting cannot settle it (the topic
- * diverged, or its records were deleted unread: the record takes effect
- * only if the partition is applied from that log again, by a rebuild or
- * the first cluster back). */
-static void end_halted(node_writes_t *wr, wreq_t *w, int32_t part, const char *why)
+/* Answers w, whose acknowledged record r waits in a partition that is no
+ * longer ingested, or was passed over: at once, since waiting cannot
+ * settle it (the topic diverged, or its records were deleted unread: the
+ * record takes effect only if the partition is applied from that log
+ * again, by a rebuild or the first cluster back; deleted, it never takes
+ * effect here, though a replica that read it before may have applied it). */
+static void end_halted(node_writes_t *wr, wreq_t *w, const rec_t *r, const char *why)
 {
     char msg[3072];
-    snprintf(msg, sizeof(msg),
-             "%s: Kafka acknowledged the write, but topic %s partition %d is not ingested by "
-             "this shard (%s); the record is in the log the brokers keep and takes effect only "
-             "if the partition is applied from it: the write may or may not take effect%s",
-             kvs_msg_command_name(w->cmd), w->b->topic, part, why,
-             w->n > 1 ? ", and other keys of this request may have been written; read the keys "
-                        "to find out"
-                      : "");
+    const char *more = w->n > 1 ? ", and other keys of this request may have been written; read "
+                                  "the keys to find out"
+                                : "";
+    if (why == PASSED)
+        snprintf(msg, sizeof(msg),
+                 "%s: Kafka acknowledged the write (topic %s partition %d offset %lld), but the "
+                 "record was deleted from the partition before this shard applied it, and "
+                 "auto.offset.reset resumed past it (logged as DATA LOST): it was not applied "
+                 "here, and a replica that read it before may have: the write may or may not "
+                 "have taken effect%s",
+                 kvs_msg_command_name(w->cmd), w->b->topic, r->partition, (long long)r->offset,
+                 more);
+    else
+        snprintf(msg, sizeof(msg),
+                 "%s: Kafka acknowledged the write, but topic %s partition %d is not ingested by "
+                 "this shard (%s); the record is in the log the brokers keep and takes effect "
+                 "only if the partition is applied from it: the write may or may not take "
+                 "effect%s",
+                 kvs_msg_command_name(w->cmd), w->b->topic, r->partition, why, more);
     wreq_end(wr, w, KVS_STATUS_UNAVAILABLE, OUTCOME_UNKNOWN, msg);
 }
 
@@ -424,7 +444,7 @@ static void on_delivery(void *arg, const node_delivery_t *d)
     if (r->committed)
         rec_settled(wr, r);
     else if ((why = rec_halted(wr, w, r, 0)) != NULL)
-        end_halted(wr, w, r->partition, why);
+        end_halted(wr, w, r, why);
 }
 
 static kvs_buf_t *on_claim(void *arg, const uint8_t *id, int32_t partition, int64_t offset,
@@ -498,10 +518,10 @@ static void on_halt_timer(uv_timer_t *t)
     node_writes_t *wr = t->data;
     for (wreq_t *w = wr->head, *next; w != NULL; w = next) {
         next = w->next;
-        int32_t part;
-        const char *why = acked_halted(wr, w, 0, &part);
+        const rec_t *r;
+        const char *why = acked_halted(wr, w, 0, &r);
         if (why != NULL)
-            end_halted(wr, w, part, why);
+            end_halted(wr, w, r, why);
     }
 }
 
@@ -524,10 +544,10 @@ static void on_timer(uv_timer_t *t)
             acked &= w->recs[i]->acked;
             placed &= w->recs[i]->offset >= 0;
         }
-        int32_t part;
-        const char *halted = acked_halted(wr, w, 1, &part);
+        const rec_t *r;
+        const char *halted = acked_halted(wr, w, 1, &r);
         if (halted != NULL) {
-            end_halted(wr, w, part, halted);
+            end_halted(wr, w, r, halted);
             continue;
         }
         /* Acknowledged without an offset (a broker saying "duplicate" of a

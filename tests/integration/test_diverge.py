@@ -392,6 +392,54 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         self.assertNotIn("will be applied", resp.message)
         self.assertEqual(self.parts(r)[0]["diverged"], 1)
 
+    def test_a_write_whose_record_was_deleted_unread_is_answered_may_or_may_not(self):
+        """A log-first write Kafka acknowledged at offset 1 waits for the
+        worker, whose fetches fail meanwhile (an injected error); retention
+        then deletes offsets 0 and up before it reads them, and
+        auto.offset.reset (earliest, latest) resumes past them: the record
+        is never applied here. It was answered at its deadline "it will be
+        applied: read with this position", and a read at that position
+        then found no key; it is now answered 503 outcome_unknown as soon
+        as the worker resumes past it."""
+        for reset in ("earliest", "latest"):
+            with self.subTest(reset=reset):
+                m = self.mock({TOPIC: 1}, control=True)
+                r = self.router(m, [(TOPIC, "users", "raw", 1)], shards=1, timeout="60s",
+                                properties={"auto.offset.reset": reset})
+                self.wait_caught_up(r, TOPIC, {0: 0})
+                m.ctl("error Fetch NOT_LEADER_FOR_PARTITION 100000")
+                time.sleep(1)
+                produce(m.bootstrap, TOPIC, [(b"ext", b"v")])  # the write is not next
+                got = []
+
+                def write():
+                    with Client(r.addr, timeout=90) as c:
+                        got.append(c.call(req_hset("users", b"mine", b"acked")))
+
+                writer = threading.Thread(target=write)
+                writer.start()
+                self.assertTrue(wait_until(lambda: watermarks(m.bootstrap, TOPIC, 1)[0][1] == 2,
+                                           30), "Kafka must have the write's record")
+                produce(m.bootstrap, TOPIC, [(b"flood-%d" % i, b"z" * 200000) for i in range(40)],
+                        **{"linger.ms": 0, "batch.size": 250000})
+                self.assertGreater(watermarks(m.bootstrap, TOPIC, 1)[0][0], 1,
+                                   "the mock must have dropped the write's record")
+                resumed = time.monotonic()
+                m.ctl("clear-errors Fetch")
+                writer.join(50)
+                self.assertFalse(writer.is_alive(), "the write was not answered")
+                self.assertLess(time.monotonic() - resumed, 30)  # not at its 48 s deadline
+                resp = got[0]
+                self.assertEqual(resp.status, 503, resp.message)
+                self.assertTrue(resp.outcome_unknown, resp.message)
+                self.assertRegex(resp.message, r"^Hset: Kafka acknowledged the write \(topic "
+                                 r"users partition 0 offset 1\), but the record was deleted from "
+                                 r"the partition before this shard applied it, and "
+                                 r"auto.offset.reset resumed past it")
+                self.assertNotIn("will be applied", resp.message)
+                self.assertIn("DATA LOST", r.stderr())
+                r.close()
+
     def test_rebuild_takes_the_new_topic(self):
         r, a, b, first, second, ends = self.recreate()
         with Client(r.addr) as c:
