@@ -40,6 +40,7 @@
 #include "kvs_addr.h"
 #include "kvs_err.h"
 #include "kvs_fs.h"
+#include "kvs_hash.h"
 #include "kvs_msg.h"
 #include "kvs_pos.h"
 #include "kvs_token.h"
@@ -1845,6 +1846,39 @@ static int check_node(cfg_ctx_t *ctx, size_t i)
     return 0;
 }
 
+static int cmp_node_name(const void *a, const void *b)
+{
+    return strcmp((*(const kvs_node_t *const *)a)->name, (*(const kvs_node_t *const *)b)->name);
+}
+
+/* c->map_digest (see kvs_config.h); -ENOMEM. Names are unique. */
+static int map_digest(kvs_config_t *c)
+{
+    const kvs_node_t **by_name = calloc(c->n_nodes, sizeof(*by_name));
+    kvs_hash_t *h = kvs_hash_new();
+    if (by_name == NULL || h == NULL) {
+        free(by_name);
+        kvs_hash_free(h);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < c->n_nodes; i++)
+        by_name[i] = &c->nodes[i];
+    qsort(by_name, c->n_nodes, sizeof(*by_name), cmp_node_name);
+    uint32_t head[2] = {c->shards, c->partitions};
+    kvs_hash_field(h, head, sizeof(head));
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        const kvs_node_t *n = by_name[i];
+        kvs_hash_field(h, n->name, strlen(n->name));
+        kvs_hash_field(h, n->address, strlen(n->address));
+        kvs_hash_field(h, n->shards, n->n_shards * sizeof(*n->shards));
+    }
+    kvs_hash_digest(h, c->map_digest);
+    c->has_map_digest = 1;
+    kvs_hash_free(h);
+    free(by_name);
+    return 0;
+}
+
 /* The map as a whole: not mixed with cluster.remote, this node in it,
  * every shard served, no shard on more than KVS_MAX_REPLICAS nodes. */
 static int check_nodes(cfg_ctx_t *ctx)
@@ -1887,6 +1921,8 @@ static int check_nodes(cfg_ctx_t *ctx)
             return cfg_error(ctx, nodes, "shard %u is served by %u nodes; at most %d may serve one",
                              s, n, KVS_MAX_REPLICAS);
     }
+    if (map_digest(c) != 0)
+        return cfg_error(ctx, nodes, "out of memory");
     return 0;
 }
 
@@ -2910,6 +2946,13 @@ void kvs_config_apply_map(kvs_config_t *cur, kvs_config_t *next)
     next->nodes = nodes;
     next->n_nodes = n;
     next->self = self;
+    uint8_t digest[sizeof(cur->map_digest)];
+    int has = cur->has_map_digest;
+    memcpy(digest, cur->map_digest, sizeof(digest));
+    memcpy(cur->map_digest, next->map_digest, sizeof(digest));
+    cur->has_map_digest = next->has_map_digest;
+    memcpy(next->map_digest, digest, sizeof(digest));
+    next->has_map_digest = has;
 }
 
 /* How directive `d` differs between `cur` and `next`: 0 not at all, 1

@@ -287,6 +287,13 @@ typedef struct kvs_config_s {
     kvs_bootstrap_t bootstrap;
     char *node_name;        /* node.name; "" when unset */
     const kvs_node_t *self; /* this node's entry in `nodes`, or NULL without a map */
+    /* With a map: XXH3-128 of cluster.shards, cluster.partitions and every
+     * node's name, address and shards (nodes taken by name, so the order
+     * they are listed in does not count). A worker answers Ping with it
+     * (CommandResponse.cluster_map) and a router compares a peer's with
+     * its own. */
+    uint8_t map_digest[16];
+    int has_map_digest;
 
     char *router_listen;
     char *resp_listen; /* "" = no Redis protocol listener */

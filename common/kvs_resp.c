@@ -26,6 +26,7 @@
 #define F_POSITION 6
 #define F_OPS 7
 #define F_OUTCOME_UNKNOWN 8
+#define F_CLUSTER_MAP 9
 /* Kvpair fields */
 #define F_PAIR_KEY 1
 #define F_PAIR_VALUE 2
@@ -172,6 +173,11 @@ void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len)
 void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len)
 {
     put_len_field(r, F_OPS, packed, len);
+}
+
+void kvs_resp_cluster_map(kvs_resp_t *r, const void *digest, size_t len)
+{
+    put_len_field(r, F_CLUSTER_MAP, digest, len);
 }
 
 void kvs_resp_outcome_unknown(kvs_resp_t *r)

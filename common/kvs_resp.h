@@ -63,6 +63,9 @@ void kvs_resp_position(kvs_resp_t *r, const void *tok, size_t len);
 /* `ops` (field 7): `packed` is an encoded kvs.OpsAnswer. */
 void kvs_resp_ops(kvs_resp_t *r, const void *packed, size_t len);
 
+/* `cluster_map` (field 9): a worker's map digest, in its Ping answer. */
+void kvs_resp_cluster_map(kvs_resp_t *r, const void *digest, size_t len);
+
 /* CommandResponse.outcome_unknown (field 8): an error answer to a write
  * that may or may not have happened. */
 void kvs_resp_outcome_unknown(kvs_resp_t *r);

@@ -528,12 +528,15 @@ static int cmd_read(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_res
     return kvs_reads_execute(&src, req, r);
 }
 
+/* PONG, and with a cluster map its digest: a router linking to this
+ * worker from another node compares it with its own. */
 static int cmd_ping(node_cmd_ctx_t *ctx, const Kvs__CommandRequest *req, kvs_resp_t *r)
 {
-    (void)ctx;
     (void)req;
     kvs_resp_status(r, KVS_STATUS_OK);
     kvs_resp_message(r, "PONG");
+    if (ctx->cfg != NULL && ctx->cfg->has_map_digest)
+        kvs_resp_cluster_map(r, ctx->cfg->map_digest, sizeof(ctx->cfg->map_digest));
     return 0;
 }
 

@@ -67,6 +67,7 @@
 #include "router_link.h"
 #include "kvs_err.h"
 #include "kvs_frame.h"
+#include "kvs_hash.h"
 #include "kvs_log.h"
 #include "kvs_msg.h"
 #include "router_liveness.h"
@@ -88,6 +89,11 @@
 
 /* CommandRequest {ping: {}}: the hello (invariants). */
 static const uint8_t link_ping[] = {0x5a, 0x00};
+/* Connections a link asks its worker's cluster map on: its first. A
+ * peer that drops connections it is sent anything on would otherwise
+ * have every one of them flap at the Ping (and a link to a node has a
+ * link to each of its shards beside it, which ask too). */
+#define LINK_MAP_ASKS 1
 
 static void link_connect(router_link_t *l);
 static void link_arm_timer(router_link_t *l);
@@ -169,9 +175,40 @@ static const char *link_peer(const router_link_t *l)
  * hello that failed, or was answered anything else, is a failure like a
  * request's: the avoidance goes on, renewed (doubled) if it ran out while
  * the Ping was on its way. */
+/* The answer to the link's map Ping: the worker's map digest, when it
+ * has one (workers of earlier builds, or without cluster.nodes, send
+ * none), against this router's. Maps differ while a membership change is
+ * rolled out to the nodes one by one; one that stays is a mistake: the
+ * nodes place keys and replicas differently (each may take itself for a
+ * shard's only holder and take writes the other never sees). */
+static void link_map_answer(router_link_t *l, const uint8_t *payload, size_t len)
+{
+    const uint8_t *d;
+    size_t n;
+    if (payload != NULL)
+        l->map_answered = 1;
+    if (payload == NULL || kvs_msg_find_bytes(payload, len, 9, &d, &n) != 1 || n != KVS_HASH_LEN ||
+        memcmp(d, l->map_digest, KVS_HASH_LEN) == 0)
+        return;
+    char theirs[2 * KVS_HASH_LEN + 1], ours[2 * KVS_HASH_LEN + 1];
+    kvs_hash_hex(d, theirs);
+    kvs_hash_hex(l->map_digest, ours);
+    kvs_warn("link to %s %u (%s%s%s): the worker there runs another cluster map (digest %.12s, "
+             "this router's %.12s): cluster.shards, cluster.partitions or cluster.nodes differ "
+             "between the nodes' configs, so they place keys and replicas differently. "
+             "Expected only while a membership change is being reloaded into every node; "
+             "otherwise give every node the same map",
+             link_what(l), l->shard, l->addr_text, l->node != NULL && l->node[0] ? ", node " : "",
+             l->node != NULL ? l->node : "", theirs, ours);
+}
+
 static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t *payload,
                         size_t len, const char *failure)
 {
+    if (p.ctx == &l->map_ask) {
+        link_map_answer(l, payload, len);
+        return;
+    }
     if (p.ctx != l) {
         l->on_reply(p.ctx, p.part, payload, len, failure);
         return;
@@ -358,6 +395,11 @@ static void link_up(router_link_t *l)
     if (hello && router_link_send(l, link_ping, sizeof(link_ping), l, 0) != 0)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
+                 link_what(l), l->shard, l->addr_text);
+    if (l->map_digest != NULL && !l->addr.is_unix && !l->map_answered &&
+        l->map_asks++ < LINK_MAP_ASKS &&
+        router_link_send(l, link_ping, sizeof(link_ping), &l->map_ask, 0) != 0)
+        kvs_warn("link to %s %u (%s): cannot ask its worker for its cluster map (out of memory)",
                  link_what(l), l->shard, l->addr_text);
     if (l->on_state != NULL)
         l->on_state(l, 1);

@@ -94,8 +94,16 @@ struct router_link_s {
     router_link_reply_cb on_reply;
     router_link_state_cb on_state;
     char last_error[320];
-    int seen_up;               /* came up at least once (for the router's readiness) */
-    const char *node;          /* the replica's node name ("" without a map), for messages */
+    int seen_up;      /* came up at least once (for the router's readiness) */
+    const char *node; /* the replica's node name ("" without a map), for messages */
+    /* This router's map digest (kvs_config_t.map_digest), or NULL: a TCP
+     * link then asks its worker's with a Ping of its own as it comes up
+     * (ctx: &map_ask), and warns when they differ: on its first
+     * connection (LINK_MAP_ASKS). */
+    const uint8_t *map_digest;
+    char map_ask;
+    int map_asks;              /* connections it was asked on */
+    int map_answered;          /* an answer came (with or without a digest) */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the last avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */

@@ -713,12 +713,23 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
             m->orphan_ok++;
         else if (m->orphan_failed == 0)
             m->orphan_failed = st;
-        if (--req->parts_left == 0)
-            router_req_finish_status(req,
-                                     m->orphan_failed == 0                   ? KVS_STATUS_OK
-                                     : m->orphan_ok > 0 && is_split_write(m) ? KVS_STATUS_PARTIAL
-                                                                             : m->orphan_failed,
-                                     "the client went away before every shard answered");
+        if (--req->parts_left > 0)
+            return;
+        for (uint32_t i = 0; i < m->nparts; i++) { /* the parts answered before it left */
+            uint32_t was = m->failed[i] ? m->failed[i]
+                           : m->answers[i].len > 0
+                               ? answer_status(m->answers[i].data, m->answers[i].len)
+                               : 0;
+            if (was == KVS_STATUS_OK)
+                m->orphan_ok++;
+            else if (was != 0 && m->orphan_failed == 0)
+                m->orphan_failed = was;
+        }
+        router_req_finish_status(req,
+                                 m->orphan_failed == 0                   ? KVS_STATUS_OK
+                                 : m->orphan_ok > 0 && is_split_write(m) ? KVS_STATUS_PARTIAL
+                                                                         : m->orphan_failed,
+                                 "the client went away before every shard answered");
         return;
     }
     if (failure != NULL) {
@@ -730,7 +741,7 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
          * it may have been applied: the merge says so). */
         a->len = 0;
         m->failed[part] = KVS_STATUS_INTERNAL;
-    } else if (req->parts_left > 1) {
+    } else if (req->parts_left > 1 && req->client != NULL) {
         /* Kept for the parts still out: the client's output (it is
          * paused at the high-water mark, closed past the limit). */
         m->held += len;

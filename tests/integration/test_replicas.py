@@ -803,6 +803,44 @@ class DigestManyPartitionsTest(ReplicaFixtures, unittest.TestCase):
         self.assertEqual(out.count(" %d keys at %s:0:0," % (parts, TOPIC)), 2, out)
 
 
+class MapAgreementTest(ReplicaFixtures, unittest.TestCase):
+    """Every node must run the same cluster map. Nodes whose maps
+    disagreed served on without a word: with a's map giving it shards 0
+    and 1 and b's giving b shards 0, 2 and 3, each took itself for shard
+    0's only holder, took writes of it the other never saw, and answered
+    the same key differently for good. A worker answers Ping with its
+    map's digest, and a router compares it with its own as each link to
+    another node comes up: each node now names the other's map as
+    different. The same map listed in another order is the same map."""
+
+    def setUp(self):
+        self.start_fixtures()
+
+    def test_nodes_whose_maps_differ_say_so(self):
+        mock = self.mock()
+        bases = self.bases(["a", "b"])
+        a = self.node(mock, "a", {"a": [0, 1], "b": [2, 3]}, bases)
+        b = self.node(mock, "b", {"a": [1], "b": [0, 2, 3]}, bases)
+        a.start()
+        b.start()
+        said = "the worker there runs another cluster map"
+        for r, peer in ((a, "b"), (b, "a")):
+            self.assertTrue(wait_until(lambda: said in r.stderr(), 30),
+                            "node %s never named node %s's map" % (r.name, peer))
+            self.assertRegex(r.stderr(), r"link to shard \d \(127\.0\.0\.1:\d+, node %s\): %s "
+                             r"\(digest [0-9a-f]{12}, this router's [0-9a-f]{12}\)" % (peer, said))
+
+    def test_the_same_map_in_another_order_is_the_same(self):
+        mock = self.mock()
+        bases = self.bases(["a", "b"])
+        a = self.node(mock, "a", {"a": [0, 1, 2, 3], "b": [2, 3]}, bases)
+        b = self.node(mock, "b", {"b": [3, 2], "a": [3, 2, 1, 0]}, bases)
+        self.start_all(a, b)
+        time.sleep(1.0)  # the links' map Pings are answered
+        for r in (a, b):
+            self.assertNotIn("another cluster map", r.stderr())
+
+
 class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
     """A write the router gave up on (no answer within router.timeout: 503,
     "may or may not have been applied") while the replica it was sent to

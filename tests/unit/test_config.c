@@ -1732,6 +1732,53 @@ KVS_TEST(secret_kafka_properties)
     "    - {name: b, address: \"127.0.0.1:9710\", shards: [1, 0]}\n"                               \
     "    - {name: c-2.x, address: \"host.example:9700\", shards: [2, 3]}\n"
 
+/* The map's digest: what a worker's Ping carries and a router compares.
+ * Order does not count (nodes by name, shards sorted); every field does. */
+KVS_TEST(cluster_map_digest)
+{
+    static const char *const same[] = {
+        "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
+        "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+        "    - {name: b, address: \"g:1\", shards: [1]}\n",
+        "node: {name: b}\ncluster:\n  shards: 2\n  nodes:\n"
+        "    - {name: b, address: \"g:1\", shards: [1]}\n"
+        "    - {name: a, address: \"h:1\", shards: [1, 0]}\n",
+    };
+    static const char *const other[] = {
+        "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n" /* b's shards */
+        "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+        "    - {name: b, address: \"g:1\", shards: [0]}\n",
+        "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n" /* b's address */
+        "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+        "    - {name: b, address: \"g:2\", shards: [1]}\n",
+        "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n" /* b's name */
+        "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+        "    - {name: c, address: \"g:1\", shards: [1]}\n",
+        "node: {name: a}\ncluster:\n  shards: 2\n  partitions: 8\n  nodes:\n"
+        "    - {name: a, address: \"h:1\", shards: [0, 1]}\n"
+        "    - {name: b, address: \"g:1\", shards: [1]}\n",
+    };
+    kvs_config_t *x = parse_ok(same[0]), *y = parse_ok(same[1]);
+    CHECK(x->has_map_digest && y->has_map_digest);
+    CHECK_EQ(memcmp(x->map_digest, y->map_digest, sizeof(x->map_digest)), 0);
+    for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+        kvs_config_t *z = parse_ok(other[i]);
+        CHECK(z->has_map_digest);
+        CHECK(memcmp(x->map_digest, z->map_digest, sizeof(x->map_digest)) != 0);
+        /* a reload's new map brings its digest (the worker's Ping) */
+        kvs_config_apply_map(y, z);
+        CHECK(memcmp(y->map_digest, z->map_digest, sizeof(y->map_digest)) != 0);
+        kvs_config_apply_map(y, z); /* and back */
+        CHECK_EQ(memcmp(x->map_digest, y->map_digest, sizeof(x->map_digest)), 0);
+        kvs_config_free(z);
+    }
+    kvs_config_free(y);
+    y = parse_ok("cluster: {shards: 2}\n"); /* no map: no digest */
+    CHECK(!y->has_map_digest);
+    kvs_config_free(y);
+    kvs_config_free(x);
+}
+
 KVS_TEST(cluster_nodes_map)
 {
     kvs_config_t *c = parse_ok("node: {name: b}\n" MAP3 "router: {retry_percent: 20, "
@@ -1986,27 +2033,27 @@ KVS_TEST(apply_live_swaps_only_live_values)
 KVS_TEST_MAIN(
     KVS_CASE(load_from_a_snapshot_or_the_file), KVS_CASE(tls_sections_inherit_and_check),
     KVS_CASE(users_and_their_grants), KVS_CASE(file_mode_warnings),
-    KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_nodes_map), KVS_CASE(cluster_nodes_errors),
-    KVS_CASE(cluster_remote_and_router_keys), KVS_CASE(ops_keys_defaults_and_values),
-    KVS_CASE(plugins_list), KVS_CASE(reload_check_names_the_keys),
-    KVS_CASE(reload_refusal_names_file_and_line), KVS_CASE(reload_check_classifies_main_keys),
-    KVS_CASE(reload_check_cluster_map_is_live), KVS_CASE(apply_live_swaps_only_live_values),
-    KVS_CASE(defaults_from_empty_string), KVS_CASE(comments_and_empty_sections_are_defaults),
-    KVS_CASE(full_file_parses), KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key),
-    KVS_CASE(duplicate_key), KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards),
-    KVS_CASE(bad_sync_enum), KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values),
-    KVS_CASE(listen_addresses), KVS_CASE(kafka_brokers_addresses),
-    KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels), KVS_CASE(log_formats),
-    KVS_CASE(bindings_default_format_and_block_style), KVS_CASE(bindings_errors),
-    KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates), KVS_CASE(kafka_properties),
-    KVS_CASE(kafka_file_properties_are_checked), KVS_CASE(kafka_plugin_paths_are_checked),
-    KVS_CASE(yaml_syntax_error), KVS_CASE(top_level_must_be_one_mapping),
-    KVS_CASE(aliases_are_bounded), KVS_CASE(alias_expansion_is_bounded),
-    KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused), KVS_CASE(many_keys_cost_n_log_n),
-    KVS_CASE(long_broker_lists_cost_their_length), KVS_CASE(unique_lists_are_bounded),
-    KVS_CASE(reader_errors_have_positions), KVS_CASE(data_dir_length), KVS_CASE(ready_timeout),
-    KVS_CASE(liveness_timeout), KVS_CASE(local_reads), KVS_CASE(router_processes),
-    KVS_CASE(load_from_descriptor), KVS_CASE(error_buffer_is_optional_and_bounded),
-    KVS_CASE(load_from_temp_file), KVS_CASE(load_missing_file_and_directory),
-    KVS_CASE(parse_size_table), KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null),
-    KVS_CASE(bindings_partitioner))
+    KVS_CASE(secret_kafka_properties), KVS_CASE(cluster_map_digest), KVS_CASE(cluster_nodes_map),
+    KVS_CASE(cluster_nodes_errors), KVS_CASE(cluster_remote_and_router_keys),
+    KVS_CASE(ops_keys_defaults_and_values), KVS_CASE(plugins_list),
+    KVS_CASE(reload_check_names_the_keys), KVS_CASE(reload_refusal_names_file_and_line),
+    KVS_CASE(reload_check_classifies_main_keys), KVS_CASE(reload_check_cluster_map_is_live),
+    KVS_CASE(apply_live_swaps_only_live_values), KVS_CASE(defaults_from_empty_string),
+    KVS_CASE(comments_and_empty_sections_are_defaults), KVS_CASE(full_file_parses),
+    KVS_CASE(unknown_top_level_key), KVS_CASE(unknown_nested_key), KVS_CASE(duplicate_key),
+    KVS_CASE(shards_range_and_type), KVS_CASE(partitions_less_than_shards), KVS_CASE(bad_sync_enum),
+    KVS_CASE(bad_size_values), KVS_CASE(bad_duration_values), KVS_CASE(listen_addresses),
+    KVS_CASE(kafka_brokers_addresses), KVS_CASE(null_and_wrong_type_values), KVS_CASE(log_levels),
+    KVS_CASE(log_formats), KVS_CASE(bindings_default_format_and_block_style),
+    KVS_CASE(bindings_errors), KVS_CASE(bindings_table_name_length), KVS_CASE(bindings_duplicates),
+    KVS_CASE(kafka_properties), KVS_CASE(kafka_file_properties_are_checked),
+    KVS_CASE(kafka_plugin_paths_are_checked), KVS_CASE(yaml_syntax_error),
+    KVS_CASE(top_level_must_be_one_mapping), KVS_CASE(aliases_are_bounded),
+    KVS_CASE(alias_expansion_is_bounded), KVS_CASE(nesting_is_bounded), KVS_CASE(tags_are_refused),
+    KVS_CASE(many_keys_cost_n_log_n), KVS_CASE(long_broker_lists_cost_their_length),
+    KVS_CASE(unique_lists_are_bounded), KVS_CASE(reader_errors_have_positions),
+    KVS_CASE(data_dir_length), KVS_CASE(ready_timeout), KVS_CASE(liveness_timeout),
+    KVS_CASE(local_reads), KVS_CASE(router_processes), KVS_CASE(load_from_descriptor),
+    KVS_CASE(error_buffer_is_optional_and_bounded), KVS_CASE(load_from_temp_file),
+    KVS_CASE(load_missing_file_and_directory), KVS_CASE(parse_size_table),
+    KVS_CASE(parse_duration_table), KVS_CASE(free_accepts_null), KVS_CASE(bindings_partitioner))
