@@ -139,6 +139,22 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
     def parts(self, router):
         return kafka_parts(info(router), TOPIC)
 
+    def write_until_produced(self, router, mock, key, end, timeout):
+        """An Hset of `key` in a thread of its own, returned once TOPIC's
+        partition 0 ends at `end` (Kafka has the write's record), with the
+        list its answer goes into."""
+        got = []
+
+        def write():
+            with Client(router.addr, timeout=timeout) as c:
+                got.append(c.call(req_hset("users", key, b"acked")))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        self.assertTrue(wait_until(lambda: watermarks(mock.bootstrap, TOPIC, 1)[0][1] == end, 30),
+                        "Kafka must have the write's record")
+        return writer, got
+
     def cli(self, router, *args):
         """kvs-cli --config <router's config> ARGS: (exit status, stdout, stderr)."""
         p = subprocess.run([os.path.join(BUILD_DIR, "kvs-cli"), "--config", router.config,
@@ -366,16 +382,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
         b = self.mock({TOPIC: 1})
         if cluster_id(b.bootstrap) == a_id:
             self.skipTest("both mock clusters have the id %s" % a_id)
-        got = []
-
-        def write():
-            with Client(r.addr, timeout=150) as c:
-                got.append(c.call(req_hset("users", b"k1", b"v")))
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        self.assertTrue(wait_until(lambda: watermarks(a.bootstrap, TOPIC, 1)[0][1] == 1, 30),
-                        "Kafka must have the write's record")
+        writer, got = self.write_until_produced(r, a, b"k1", 1, timeout=150)
         switched = time.monotonic()
         a.close()  # its connections end: the worker's next ones reach b
         fwd.target = b.bootstrap
@@ -410,16 +417,7 @@ class DivergeTest(KafkaFixtures, unittest.TestCase):
                 m.ctl("error Fetch NOT_LEADER_FOR_PARTITION 100000")
                 time.sleep(1)
                 produce(m.bootstrap, TOPIC, [(b"ext", b"v")])  # the write is not next
-                got = []
-
-                def write():
-                    with Client(r.addr, timeout=90) as c:
-                        got.append(c.call(req_hset("users", b"mine", b"acked")))
-
-                writer = threading.Thread(target=write)
-                writer.start()
-                self.assertTrue(wait_until(lambda: watermarks(m.bootstrap, TOPIC, 1)[0][1] == 2,
-                                           30), "Kafka must have the write's record")
+                writer, got = self.write_until_produced(r, m, b"mine", 2, timeout=90)
                 produce(m.bootstrap, TOPIC, [(b"flood-%d" % i, b"z" * 200000) for i in range(40)],
                         **{"linger.ms": 0, "batch.size": 250000})
                 self.assertGreater(watermarks(m.bootstrap, TOPIC, 1)[0][0], 1,
