@@ -2239,6 +2239,39 @@ KVS_TEST(orphaned_request_frees_itself)
     CHECK_EQ(fx.done_calls, 0);
 }
 
+static uint32_t executed_status; /* the last EXECUTED event's status */
+
+static uint32_t note_executed(void *state, kvs_hook_event_t ev, const kvs_request_info_t *req,
+                              char *msg, size_t msglen)
+{
+    (void)state;
+    (void)msg;
+    (void)msglen;
+    if (ev == KVS_HOOK_EXECUTED)
+        executed_status = req->status;
+    return 0;
+}
+
+/* An orphan keeps no part's answer, but what it records (hooks, the audit
+ * log, metrics) counts every part: one applied before its client left and
+ * two refused after make a split write's 207, not the refusal. */
+KVS_TEST(orphaned_split_write_records_every_parts_outcome)
+{
+    setup();
+    CHECK_EQ(kvs_hook_add(&fx.r.chain, KVS_HOOK_MASK(KVS_HOOK_EXECUTED), note_executed, NULL, 0),
+             0);
+    const char *keys[] = {fx.keys[0][0], fx.keys[2][0], fx.keys[3][0]};
+    route_multi(KVS__COMMAND_REQUEST__COMMAND_HMSET, 3, keys);
+    reply_values_from_keys(sent_to(0));
+    orphan();
+    executed_status = 0;
+    reply_status(sent_to(2), 507, "full");
+    CHECK_EQ(executed_status, 0);
+    reply_status(sent_to(3), 507, "full");
+    CHECK_EQ(executed_status, KVS_STATUS_PARTIAL);
+    CHECK_EQ(fx.done_calls, 0);
+}
+
 /* An Hscan page whose client went away, before it was sent or between two
  * of its shards, ends where it is: it does not go on to read the next
  * shards for nobody (and frees itself). */
@@ -3348,7 +3381,9 @@ KVS_TEST_MAIN(KVS_CASE(replica_read_prefers_local_and_retries_elsewhere),
               KVS_CASE(hscan_forged_cursor_is_400),
               KVS_CASE(worker_commands_are_refused_saying_where_to_send_them),
               KVS_CASE(ping_answered_locally), KVS_CASE(bad_input_is_400_like_a_worker),
-              KVS_CASE(orphaned_request_frees_itself), KVS_CASE(orphaned_hscan_page_does_not_go_on),
+              KVS_CASE(orphaned_request_frees_itself),
+              KVS_CASE(orphaned_split_write_records_every_parts_outcome),
+              KVS_CASE(orphaned_hscan_page_does_not_go_on),
               KVS_CASE(hscan_page_goes_on_for_half_a_timeout_only),
               KVS_CASE(bound_table_placed_by_its_partitioner),
               KVS_CASE(unbound_table_beside_bindings_is_murmur2),
