@@ -1173,12 +1173,6 @@ static int set_properties(cfg_ctx_t *ctx, const yaml_node_t *map)
 
 /* ---- cluster.remote ------------------------------------------------------- */
 
-/* The map's and cluster.remote's addresses are where peers connect. */
-#define UNSPECIFIED_PEER                                                                           \
-    "the unspecified address names no host (a connection to it reaches the connecting machine "    \
-    "itself): give the serving node's own address; node.listen: \"0.0.0.0:PORT\" makes a "         \
-    "node's workers listen on every address"
-
 static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
                         const yaml_node_pair_t *pair, int *have_shard)
 {
@@ -1208,9 +1202,6 @@ static int remote_field(cfg_ctx_t *ctx, const char *label, kvs_remote_t *r,
         return unknown_key(ctx, key, label);
     if (check_listen(text, &port, &why) != 0)
         return cfg_error(ctx, &val->start_mark, "%s: %s (got \"%.80s\")", path, why, text);
-    kvs_addr_t a;
-    if (kvs_addr_parse(text, 0, &a, NULL, 0) == 0 && kvs_addr_is_unspecified(&a))
-        return cfg_error(ctx, &val->start_mark, "%s %s: %s", path, text, UNSPECIFIED_PEER);
     return store_string(ctx, &r->address, text);
 }
 
@@ -1796,6 +1787,13 @@ static const yaml_mark_t *directive_mark(cfg_ctx_t *ctx, const char *path)
     return ctx->seen[i] ? &ctx->marks[i] : NULL;
 }
 
+/* The map's addresses are where peers connect (a node's own included:
+ * its peers read the same map). */
+#define UNSPECIFIED_PEER                                                                           \
+    "the unspecified address names no host (a connection to it reaches the connecting machine "    \
+    "itself): give the serving node's own address; node.listen: \"0.0.0.0:PORT\" makes a "         \
+    "node's workers listen on every address"
+
 /* Two nodes on one host whose port ranges (PORT .. PORT+shards-1) overlap
  * would have workers fight for a port, or one node's workers would be
  * taken for another's replicas (127.0.0.1 and localhost: one host). */
@@ -1926,8 +1924,17 @@ static int check_nodes(cfg_ctx_t *ctx)
     return 0;
 }
 
-/* This node's client, RESP and metrics ports against the map's worker
- * ports (PORT .. PORT + shards - 1) on this host: a peer's router would
+static int node_serves(const kvs_node_t *n, uint32_t shard)
+{
+    for (size_t k = 0; k < n->n_shards; k++)
+        if (n->shards[k] == shard)
+            return 1;
+    return 0;
+}
+
+/* This node's client, RESP and metrics ports against the ports of the
+ * workers the map runs on this host (PORT + N for each shard N a node
+ * serves): a peer's router would
  * take this node's listener for a worker (and this node's router its own,
  * when the map puts a node's workers on it). A node is on this host when
  * its address is loopback or this node's own (the host compared as
@@ -1948,7 +1955,7 @@ static int check_map_ports(cfg_ctx_t *ctx)
             continue;
         for (size_t i = 0; i < c->n_nodes; i++) {
             if (kvs_addr_parse(c->nodes[i].address, 0, &n, NULL, 0) != 0 || l.port < n.port ||
-                (uint32_t)(l.port - n.port) >= c->shards)
+                !node_serves(&c->nodes[i], (uint32_t)(l.port - n.port)))
                 continue;
             int here = kvs_addr_is_loopback(&n) || kvs_addr_same_host(&n, &self);
             if (!(kvs_addr_same_host(&l, &n) || (here && kvs_addr_is_unspecified(&l))))

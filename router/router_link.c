@@ -89,11 +89,9 @@
 
 /* CommandRequest {ping: {}}: the hello (invariants). */
 static const uint8_t link_ping[] = {0x5a, 0x00};
-/* Connections a link asks its worker's cluster map on: its first. A
- * peer that drops connections it is sent anything on would otherwise
- * have every one of them flap at the Ping (and a link to a node has a
- * link to each of its shards beside it, which ask too). */
-#define LINK_MAP_ASKS 1
+/* Map Pings a link lets go unanswered (dropped, timed out) before it asks
+ * no more (link_map_ask). */
+#define LINK_MAP_LOST 1
 
 static void link_connect(router_link_t *l);
 static void link_arm_timer(router_link_t *l);
@@ -170,11 +168,23 @@ static const char *link_peer(const router_link_t *l)
     return l->what != NULL ? "peer" : "worker";
 }
 
-/* The link's own Ping (invariants: a reconnect's hello) is answered
- * here; everything else goes to on_reply. A 200 ends the avoidance; a
- * hello that failed, or was answered anything else, is a failure like a
- * request's: the avoidance goes on, renewed (doubled) if it ran out while
- * the Ping was on its way. */
+/* The link's map Ping (ctx: &map_ask), on a connection that has not
+ * had one answered 200: on the first connection, and again on a later one
+ * (or on this one, once a client's request was answered, a second on)
+ * while the worker answers it otherwise (a worker copying a snapshot, or
+ * starting, answers 503). Asked no more once an ask went unanswered
+ * (LINK_MAP_LOST): a peer that drops connections it is sent anything on
+ * would otherwise have every one flap at the Ping. */
+static void link_map_ask(router_link_t *l)
+{
+    if (l->map_digest == NULL || l->addr.is_unix || l->map_answered || l->map_asking ||
+        l->map_lost >= LINK_MAP_LOST)
+        return;
+    l->map_next_ms = uv_now(l->loop) + 1000;
+    if (router_link_send(l, link_ping, sizeof(link_ping), &l->map_ask, 0) == 0)
+        l->map_asking = 1;
+}
+
 /* The answer to the link's map Ping: the worker's map digest, when it
  * has one (workers of earlier builds, or without cluster.nodes, send
  * none), against this router's. Maps differ while a membership change is
@@ -185,9 +195,15 @@ static void link_map_answer(router_link_t *l, const uint8_t *payload, size_t len
 {
     const uint8_t *d;
     size_t n;
-    if (payload != NULL)
-        l->map_answered = 1;
-    if (payload == NULL || kvs_msg_find_bytes(payload, len, 9, &d, &n) != 1 || n != KVS_HASH_LEN ||
+    l->map_asking = 0;
+    if (payload == NULL) {
+        l->map_lost++;
+        return;
+    }
+    if (kvs_msg_answer_status(payload, len) != KVS_STATUS_OK)
+        return; /* asked again (link_map_ask) */
+    l->map_answered = 1;
+    if (kvs_msg_find_bytes(payload, len, 9, &d, &n) != 1 || n != KVS_HASH_LEN ||
         memcmp(d, l->map_digest, KVS_HASH_LEN) == 0)
         return;
     char theirs[2 * KVS_HASH_LEN + 1], ours[2 * KVS_HASH_LEN + 1];
@@ -202,6 +218,11 @@ static void link_map_answer(router_link_t *l, const uint8_t *payload, size_t len
              l->node != NULL ? l->node : "", theirs, ours);
 }
 
+/* The link's own Ping (invariants: a reconnect's hello) is answered
+ * here; everything else goes to on_reply. A 200 ends the avoidance; a
+ * hello that failed, or was answered anything else, is a failure like a
+ * request's: the avoidance goes on, renewed (doubled) if it ran out while
+ * the Ping was on its way. */
 static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t *payload,
                         size_t len, const char *failure)
 {
@@ -211,6 +232,8 @@ static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t
     }
     if (p.ctx != l) {
         l->on_reply(p.ctx, p.part, payload, len, failure);
+        if (payload != NULL && l->up && !l->map_answered && uv_now(l->loop) >= l->map_next_ms)
+            link_map_ask(l);
         return;
     }
     if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK)
@@ -396,11 +419,7 @@ static void link_up(router_link_t *l)
         kvs_warn("link to %s %u (%s): cannot ask its worker whether it serves (out of memory); "
                  "it stays avoided until a request it is sent succeeds",
                  link_what(l), l->shard, l->addr_text);
-    if (l->map_digest != NULL && !l->addr.is_unix && !l->map_answered &&
-        l->map_asks++ < LINK_MAP_ASKS &&
-        router_link_send(l, link_ping, sizeof(link_ping), &l->map_ask, 0) != 0)
-        kvs_warn("link to %s %u (%s): cannot ask its worker for its cluster map (out of memory)",
-                 link_what(l), l->shard, l->addr_text);
+    link_map_ask(l);
     if (l->on_state != NULL)
         l->on_state(l, 1);
 }

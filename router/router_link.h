@@ -98,12 +98,14 @@ struct router_link_s {
     const char *node; /* the replica's node name ("" without a map), for messages */
     /* This router's map digest (kvs_config_t.map_digest), or NULL: a TCP
      * link then asks its worker's with a Ping of its own as it comes up
-     * (ctx: &map_ask), and warns when they differ: on its first
-     * connection (LINK_MAP_ASKS). */
+     * (ctx: &map_ask), and warns when they differ: until a worker
+     * answers it 200 (link_map_ask). */
     const uint8_t *map_digest;
     char map_ask;
-    int map_asks;              /* connections it was asked on */
-    int map_answered;          /* an answer came (with or without a digest) */
+    int map_asking;            /* a map Ping is in flight */
+    int map_answered;          /* one was answered 200 (with or without a digest) */
+    int map_lost;              /* ... and how many went unanswered */
+    uint64_t map_next_ms;      /* uv_now before which a connection up asks no second time */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the last avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */

@@ -830,6 +830,27 @@ class MapAgreementTest(ReplicaFixtures, unittest.TestCase):
             self.assertRegex(r.stderr(), r"link to shard \d \(127\.0\.0\.1:\d+, node %s\): %s "
                              r"\(digest [0-9a-f]{12}, this router's [0-9a-f]{12}\)" % (peer, said))
 
+    def test_a_peer_that_first_answers_503_is_asked_again(self):
+        """d copies a snapshot from a at its start (slowed): a's links to
+        d meet its copy's listener first, which answers every request 503,
+        so a's map Pings were answered and never asked again, and a never
+        named d's map (d's has a routing node x more). A link now asks
+        until a worker answers it 200."""
+        mock = self.mock()
+        bases = self.bases(["a", "d", "x"])
+        both = {"a": [0, 1, 2, 3], "d": [0, 1, 2, 3]}
+        a = self.node(mock, "a", both, bases, extra="  bootstrap: replay")
+        d = self.node(mock, "d", dict(both, x=[]), bases,
+                      env={"KVS_TEST_SNAPSHOT_SYNC_DELAY_MS": "3000"})
+        a.start()
+        self.wait_workers(a)
+        d.start()
+        self.assertTrue(wait_until(lambda: "copying a snapshot" in d.stderr(), 20))
+        self.wait_workers(d, 60)
+        said = "the worker there runs another cluster map"
+        self.assertTrue(wait_until(lambda: a.stderr().count(said) == SHARDS, 30),
+                        [x for x in a.stderr().splitlines() if "link to shard" in x][-12:])
+
     def test_the_same_map_in_another_order_is_the_same(self):
         mock = self.mock()
         bases = self.bases(["a", "b"])

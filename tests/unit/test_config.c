@@ -1890,9 +1890,10 @@ KVS_TEST(cluster_nodes_errors)
     parse_fails_with("node: {name: a}\ncluster:\n  shards: 1\n  nodes:\n"
                      "    - {name: a, address: \"[::]:100\", shards: [0]}\n",
                      "cluster.nodes[0].address [::]:100: the unspecified address names no host");
-    parse_fails_with(
-        "cluster:\n  shards: 2\n  remote: [{shard: 1, address: \"[::ffff:0.0.0.0]:9\"}]\n",
-        "cluster.remote[0].address [::ffff:0.0.0.0]:9: the unspecified address");
+    /* cluster.remote (no map, no replicas) connects where it is told: on
+     * one host, 0.0.0.0 reaches the other node's workers, as it did. */
+    kvs_config_free(
+        parse_ok("cluster:\n  shards: 2\n  remote: [{shard: 1, address: \"0.0.0.0:9\"}]\n"));
     /* This node's listeners on a worker port of the map on this host (a
      * peer, or this node, would link to the listener as to a worker). */
     parse_fails("router: {listen: \"127.0.0.1:201\"}\nnode: {name: a}\ncluster:\n  shards: 2\n"
@@ -1912,6 +1913,17 @@ KVS_TEST(cluster_nodes_errors)
                      "    - {name: a, address: \"10.0.0.1:100\", shards: [0, 1]}\n"
                      "    - {name: b, address: \"10.0.0.2:200\", shards: [0, 1]}\n",
                      "router.metrics_listen 10.0.0.2:201: port 201 is the port of shard 1's");
+    /* Ports of shards a node does not serve are no worker's: a routing
+     * node (no shards) whose map address is its client port, a node
+     * serving shards 2 and 3 only. */
+    kvs_config_free(parse_ok("router: {listen: \"0.0.0.0:9700\"}\nnode: {name: r}\ncluster:\n"
+                             "  shards: 4\n  nodes:\n"
+                             "    - {name: a, address: \"10.0.0.1:9700\", shards: [0, 1, 2, 3]}\n"
+                             "    - {name: r, address: \"10.0.0.9:9700\", shards: []}\n"));
+    kvs_config_free(parse_ok("router: {listen: \"127.0.0.1:9800\"}\nnode: {name: a}\ncluster:\n"
+                             "  shards: 4\n  nodes:\n"
+                             "    - {name: a, address: \"127.0.0.1:9700\", shards: [0, 1]}\n"
+                             "    - {name: b, address: \"127.0.0.1:9800\", shards: [2, 3]}\n"));
     /* Other hosts' workers, or another address of this host, are no clash. */
     kvs_config_free(parse_ok("router: {listen: \"0.0.0.0:201\", resp_listen: \"127.0.0.1:100\"}\n"
                              "node: {name: a}\ncluster:\n  shards: 2\n  nodes:\n"
