@@ -1599,6 +1599,73 @@ KVS_TEST(on_delivered_follows_each_run_of_frames)
     CHECK(s.max_run <= 3);
 }
 
+/* ---- work an owner holds for the output (kvs_conn_output_full) ----------------------- */
+
+/* The first frame makes the output full by what the owner holds, as the
+ * router's answers waiting for a client do. */
+static void full_frame(kvs_conn_t *c, const uint8_t *p, size_t len)
+{
+    server_t *s = c->data;
+    echo_frame(c, p, len); /* counts it */
+    if (s->frames != 1)
+        return;
+    kvs_conn_hold(c, (ptrdiff_t)c->high_water);
+    CHECK_EQ(kvs_conn_output_full(c, c->high_water), 0); /* less what is not output: room */
+    CHECK_EQ(kvs_conn_output_full(c, 0), 1);
+}
+
+/* The timer gives the held output back: the owner's held work must be
+ * told (a delivery runs though no frame came). */
+static void full_release(server_t *s)
+{
+    if (s->frames == 1 && !s->ticks_paused) {
+        s->ticks_paused = 1;
+        kvs_conn_hold(&s->conn, -(ptrdiff_t)s->conn.high_water);
+    }
+}
+
+static void full_delivered(kvs_conn_t *c)
+{
+    server_t *s = c->data;
+    if (s->ticks_paused && !s->resumed) {
+        s->resumed = 1;
+        atomic_store(&s->drain, 1);
+    }
+}
+
+/* One frame, its echo, then waits (not closing: no end of input to run a
+ * delivery) until the server saw the delivery it waits for. */
+static void client_one_then_wait(server_t *s, int fd)
+{
+    kvs_buf_t out;
+    kvs_buf_init(&out);
+    append_frame(&out, "x", 1);
+    send_all(fd, out.data, out.len);
+    kvs_buf_free(&out);
+    expect_frame(fd, "x");
+    for (int i = 0; i < 10000 && !atomic_load(&s->drain); i++)
+        usleep(1000);
+    CHECK(atomic_load(&s->drain));
+}
+
+/* An owner that holds work while its output is full (the router's
+ * requests held for a client's answers) learns when the output drained:
+ * kvs_conn_output_full arms a delivery, which runs even with no frame to
+ * deliver, once pending output is below the mark (the work held not
+ * counted). Without it the held work waited for a frame that never came. */
+KVS_TEST(output_full_resumes_the_owner_when_it_drains)
+{
+    server_t s;
+    server_init(&s, 1, client_one_then_wait);
+    s.on_frame = full_frame;
+    s.on_delivered = full_delivered;
+    s.on_tick = full_release;
+    s.tick_ms = 50;
+    server_run(&s);
+    CHECK_EQ(s.frames, 1);
+    CHECK(s.resumed);
+}
+
 #define COSTLY_FRAMES 40
 #define COSTLY_SIZE 60000 /* a frame per 64 KiB read */
 
@@ -1888,6 +1955,7 @@ KVS_TEST_MAIN(
     KVS_CASE(min_progress_spares_a_member_that_reads_slowly),
     KVS_CASE(min_progress_counts_what_the_peer_took_not_what_the_socket_took),
     KVS_CASE(on_delivered_follows_each_run_of_frames),
+    KVS_CASE(output_full_resumes_the_owner_when_it_drains),
     KVS_CASE(costly_frames_yield_the_loop_between_slices),
     KVS_CASE(frames_within_a_slice_still_yield_at_the_turns_budget),
     KVS_CASE(an_owners_turn_budget_is_kept), KVS_CASE(a_groups_turn_bound_holds_its_members),
