@@ -207,6 +207,7 @@ static void link_map_answer(router_link_t *l, const uint8_t *payload, size_t len
         memcmp(d, l->map_digest, KVS_HASH_LEN) == 0)
         return;
     char theirs[2 * KVS_HASH_LEN + 1], ours[2 * KVS_HASH_LEN + 1];
+    l->map_differs++;
     kvs_hash_hex(d, theirs);
     kvs_hash_hex(l->map_digest, ours);
     kvs_warn("link to %s %u (%s%s%s): the worker there runs another cluster map (digest %.12s, "

@@ -106,6 +106,7 @@ struct router_link_s {
     int map_answered;          /* one was answered 200 (with or without a digest) */
     int map_lost;              /* ... and how many went unanswered */
     uint64_t map_next_ms;      /* uv_now before which a connection up asks no second time */
+    uint32_t map_differs;      /* answers that named another map (a metric) */
     uint64_t avoid_until;      /* router_replica: prefer other replicas until then (uv_now) */
     uint64_t avoid_ms;         /* ... and the last avoidance, doubling while failures repeat */
     uint64_t oversized_log_ms; /* last log line about an oversized answer */

@@ -219,6 +219,10 @@ static void link_metrics(router_t *r, kvs_mb_t *b)
         kvs_mb_family(b, "kvs_shard_link_failures_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
                       "Times the link went down (its pending requests got 503, or another "
                       "replica).");
+    Kvs__MetricFamily *maps = kvs_mb_family(
+        b, "kvs_shard_link_cluster_map_mismatches_total", KVS__METRIC_FAMILY__TYPE__COUNTER,
+        "Times the link's worker, on another node, answered the link's map check with another "
+        "cluster map than this router's (README, The cluster map).");
     for (uint32_t i = 0; i < r->n_links && r->links != NULL; i++) {
         const router_link_t *l = &r->links[i];
         const char *shard = kvs_mb_printf(b, "%u", l->shard);
@@ -228,6 +232,8 @@ static void link_metrics(router_t *r, kvs_mb_t *b)
         kvs_mb_sample(b, pend, (double)l->count, 3, "shard", shard, "node", node, "location",
                       where);
         kvs_mb_sample(b, downs, (double)l->downs, 3, "shard", shard, "node", node, "location",
+                      where);
+        kvs_mb_sample(b, maps, (double)l->map_differs, 3, "shard", shard, "node", node, "location",
                       where);
     }
 }

@@ -829,6 +829,21 @@ class MapAgreementTest(ReplicaFixtures, unittest.TestCase):
                             "node %s never named node %s's map" % (r.name, peer))
             self.assertRegex(r.stderr(), r"link to shard \d \(127\.0\.0\.1:\d+, node %s\): %s "
                              r"\(digest [0-9a-f]{12}, this router's [0-9a-f]{12}\)" % (peer, said))
+        # and counted, per link (every link to the other node asks)
+        self.assertTrue(wait_until(lambda: self.map_mismatches(a, "b") == 2, 30))
+        self.assertEqual(self.map_mismatches(a, "a"), 0)  # its own workers: not asked
+
+    def map_mismatches(self, router, node):
+        """kvs_shard_link_cluster_map_mismatches_total of `router`'s links
+        to `node`'s workers."""
+        req = pb.CommandRequest()
+        req.metrics.SetInParent()
+        with router.client() as c:
+            resp = c.call(req)
+        self.assertEqual(resp.status, 200, resp.message)
+        return sum(x.value for f in resp.ops.metrics
+                   if f.name == "kvs_shard_link_cluster_map_mismatches_total" for x in f.samples
+                   if dict(zip(x.labels[::2], x.labels[1::2])).get("node") == node)
 
     def test_a_peer_that_first_answers_503_is_asked_again(self):
         """d copies a snapshot from a at its start (slowed): a's links to
@@ -860,6 +875,7 @@ class MapAgreementTest(ReplicaFixtures, unittest.TestCase):
         time.sleep(1.0)  # the links' map Pings are answered
         for r in (a, b):
             self.assertNotIn("another cluster map", r.stderr())
+        self.assertEqual(self.map_mismatches(a, "b"), 0)
 
 
 class AbandonedWriteTest(ReplicaFixtures, unittest.TestCase):
