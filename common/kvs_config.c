@@ -1924,14 +1924,6 @@ static int check_nodes(cfg_ctx_t *ctx)
     return 0;
 }
 
-static int node_serves(const kvs_node_t *n, uint32_t shard)
-{
-    for (size_t k = 0; k < n->n_shards; k++)
-        if (n->shards[k] == shard)
-            return 1;
-    return 0;
-}
-
 /* This node's client, RESP and metrics ports against the ports of the
  * workers the map runs on this host (PORT + N for each shard N a node
  * serves): a peer's router would
@@ -1955,7 +1947,7 @@ static int check_map_ports(cfg_ctx_t *ctx)
             continue;
         for (size_t i = 0; i < c->n_nodes; i++) {
             if (kvs_addr_parse(c->nodes[i].address, 0, &n, NULL, 0) != 0 || l.port < n.port ||
-                !node_serves(&c->nodes[i], (uint32_t)(l.port - n.port)))
+                !kvs_node_serves(&c->nodes[i], (uint32_t)(l.port - n.port)))
                 continue;
             int here = kvs_addr_is_loopback(&n) || kvs_addr_same_host(&n, &self);
             if (!(kvs_addr_same_host(&l, &n) || (here && kvs_addr_is_unspecified(&l))))

@@ -233,8 +233,9 @@ static void link_answer(router_link_t *l, router_link_pending_t p, const uint8_t
     }
     if (p.ctx != l) {
         l->on_reply(p.ctx, p.part, payload, len, failure);
-        if (payload != NULL && l->up && !l->map_answered && uv_now(l->loop) >= l->map_next_ms)
-            link_map_ask(l);
+        if (l->map_digest != NULL && !l->map_answered && payload != NULL && l->up &&
+            uv_now(l->loop) >= l->map_next_ms)
+            link_map_ask(l); /* (local links have no digest: one load on the hot path) */
         return;
     }
     if (payload != NULL && kvs_msg_answer_status(payload, len) == KVS_STATUS_OK)

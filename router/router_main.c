@@ -415,7 +415,8 @@ static int start_links(router_main_t *m)
                 return rc;
             l->data = m;
             l->node = reps[i].node;
-            l->map_digest = cfg->has_map_digest ? cfg->map_digest : NULL;
+            if (cfg->has_map_digest && !reps[i].addr.is_unix) /* another node's worker */
+                l->map_digest = cfg->map_digest;
             if (reps[i].addr.is_unix) /* this node's own worker, a child of the master */
                 l->peer_parent = (pid_t)m->master;
             l->max_queue = (size_t)cfg->client_output;

@@ -113,8 +113,6 @@ typedef struct route_merge_s {
      * held output (router_client_hold) until the merge ends: parts that
      * wait for a slow shard's are output the client will be sent. */
     size_t held;
-    uint32_t orphan_failed; /* its client left: the first failed part's status */
-    uint32_t orphan_ok;     /* ... and how many parts answered 200 */
 } route_merge_t;
 
 /* ---- request lifecycle ---------------------------------------------------- */
@@ -707,28 +705,28 @@ void router_route_reply(void *ctx, uint32_t part, const uint8_t *payload, size_t
     a->len = 0;
     if (req->client == NULL && req->on_done == NULL) {
         /* Its client left: nobody reads the merged answer, so no part's
-         * is kept (a slow shard would have the others' wait in memory). */
+         * is kept (a slow shard would have the others' wait in memory),
+         * only a failure's status. Once all answered, a part with no
+         * failure and no answer kept answered 200 after the client left. */
         uint32_t st = bad ? bad : failure != NULL ? failure_status(m->cmd, len, t->unsent) : status;
-        if (st == KVS_STATUS_OK)
-            m->orphan_ok++;
-        else if (m->orphan_failed == 0)
-            m->orphan_failed = st;
+        if (st != KVS_STATUS_OK)
+            m->failed[part] = st;
         if (--req->parts_left > 0)
             return;
-        for (uint32_t i = 0; i < m->nparts; i++) { /* the parts answered before it left */
+        uint32_t first = 0, ok = 0;
+        for (uint32_t i = 0; i < m->nparts; i++) {
             uint32_t was = m->failed[i] ? m->failed[i]
-                           : m->answers[i].len > 0
-                               ? answer_status(m->answers[i].data, m->answers[i].len)
-                               : 0;
-            if (was == KVS_STATUS_OK)
-                m->orphan_ok++;
-            else if (was != 0 && m->orphan_failed == 0)
-                m->orphan_failed = was;
+                           : m->answers[i].len == 0
+                               ? KVS_STATUS_OK
+                               : answer_status(m->answers[i].data, m->answers[i].len);
+            ok += was == KVS_STATUS_OK;
+            if (was != KVS_STATUS_OK && first == 0)
+                first = was;
         }
         router_req_finish_status(req,
-                                 m->orphan_failed == 0                   ? KVS_STATUS_OK
-                                 : m->orphan_ok > 0 && is_split_write(m) ? KVS_STATUS_PARTIAL
-                                                                         : m->orphan_failed,
+                                 first == 0                    ? KVS_STATUS_OK
+                                 : ok > 0 && is_split_write(m) ? KVS_STATUS_PARTIAL
+                                                               : first,
                                  "the client went away before every shard answered");
         return;
     }

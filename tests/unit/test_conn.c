@@ -1637,11 +1637,7 @@ static void full_delivered(kvs_conn_t *c)
  * delivery) until the server saw the delivery it waits for. */
 static void client_one_then_wait(server_t *s, int fd)
 {
-    kvs_buf_t out;
-    kvs_buf_init(&out);
-    append_frame(&out, "x", 1);
-    send_all(fd, out.data, out.len);
-    kvs_buf_free(&out);
+    send_frame(fd, "x", 1);
     expect_frame(fd, "x");
     for (int i = 0; i < 10000 && !atomic_load(&s->drain); i++)
         usleep(1000);
