@@ -212,7 +212,7 @@ struct node_server_s {
 
 /* A batch whose commit failed writing LMDB's meta page (KVS_EBROKEN) may be
  * on disk or not: its answers say outcome_unknown. */
-static void append_unknown(kvs_buf_t *out)
+static int append_unknown(kvs_buf_t *out)
 {
     kvs_resp_t r;
     kvs_resp_begin(&r, out);
@@ -221,27 +221,31 @@ static void append_unknown(kvs_buf_t *out)
                          "request failed, and it may or may not be stored (read the keys to "
                          "find out); this shard's worker restarts");
     kvs_resp_outcome_unknown(&r);
-    if (kvs_resp_end(&r) != 0)
-        kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
-                              "storage error: the write batch holding this request may or may "
-                              "not be stored");
+    return kvs_resp_end(&r);
 }
 
-static void append_batch_errors(kvs_buf_t *out, uint32_t n, int err, const char *cause)
+/* Appends n error answers for requests of a failed batch. Returns 0, or an
+ * error when not all of them fit (out of memory): then `out` holds fewer
+ * answers than requests, and the caller must not send it as it is. */
+static int append_batch_errors(kvs_buf_t *out, uint32_t n, int err, const char *cause)
 {
     for (uint32_t i = 0; i < n; i++) {
+        int rc;
         if (err == KVS_EFULL)
-            kvs_msg_append_status(out, KVS_STATUS_NO_SPACE,
-                                  "storage is full: the write batch holding this request was "
-                                  "not stored (free disk space on the data directory)");
+            rc = kvs_msg_append_status(out, KVS_STATUS_NO_SPACE,
+                                       "storage is full: the write batch holding this request "
+                                       "was not stored (free disk space on the data directory)");
         else if (err == KVS_EBROKEN)
-            append_unknown(out);
+            rc = append_unknown(out);
         else
-            kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
-                                  "storage error (%s): the write batch holding this request was "
-                                  "not stored",
-                                  err == KVS_ESTORE ? cause : kvs_strerror(err));
+            rc = kvs_msg_append_status(out, KVS_STATUS_INTERNAL,
+                                       "storage error (%s): the write batch holding this request "
+                                       "was not stored",
+                                       err == KVS_ESTORE ? cause : kvs_strerror(err));
+        if (rc != 0)
+            return rc;
     }
+    return 0;
 }
 
 /* Replaces a client's responses from the failed batch with errors: those
@@ -257,7 +261,15 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
     if (n > 0) {
         if (out->len > from)
             out->len = from;
-        append_batch_errors(out, n, err, node_store_cause(cl->srv->store));
+        /* Fewer answers than requests would have the client take each
+         * later answer for the request before it (a 200 for a write that
+         * failed): without room for all of them, the connection goes. */
+        if (append_batch_errors(out, n, err, node_store_cause(cl->srv->store)) != 0) {
+            kvs_error("out of memory for the answers of a failed write batch; closing the "
+                      "connection");
+            out->len = from;
+            kvs_conn_close(&cl->conn);
+        }
     }
     cl->mark_gen = 0;
     cl->marked = 0;
@@ -265,8 +277,9 @@ static void rewrite_failed(node_client_t *cl, uint64_t gen, int err, size_t from
         if (!s->done || s->gen != gen)
             continue;
         size_t before = s->buf.len;
-        s->buf.len = 0;
-        append_batch_errors(&s->buf, 1, err, node_store_cause(cl->srv->store));
+        s->buf.len = 0; /* left empty if the error does not fit: flush_slots closes */
+        if (append_batch_errors(&s->buf, 1, err, node_store_cause(cl->srv->store)) != 0)
+            s->buf.len = 0;
         kvs_conn_hold(&cl->conn, (ptrdiff_t)s->buf.len - (ptrdiff_t)before);
         s->held = s->held - before + s->buf.len;
         s->gen = 0;

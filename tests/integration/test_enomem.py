@@ -48,7 +48,7 @@ import threading
 import time
 import unittest
 
-from kvstest import BUILD_DIR, SANITIZED, Client, pb, pyval, req_hget, req_hgetall, \
+from kvstest import BUILD_DIR, SANITIZED, Client, encode, pb, pyval, req_hget, req_hgetall, \
     req_hmget, req_hmset, req_hscan, req_hset, tls_context, tls_yaml
 from pipelinetest import CLOSED, PipelineThread
 from routertest import START_TIMEOUT, RouterTestCase, free_port, free_port_range
@@ -755,6 +755,110 @@ class LogFirstEnomemTest(KafkaFixtures, unittest.TestCase):
                 return c.hset("users", b"after", b"v").status == 200
         except (OSError, EOFError):
             return False
+
+
+@unittest.skipIf(SANITIZED, "ASan replaces the allocator: no allocation shim there")
+class FailedBatchAnswersTest(RouterTestCase):
+    """A write batch whose commit fails has its answers, 200s already in the
+    worker's output buffer, replaced by errors, which are longer. When the
+    buffer cannot grow for them, the worker must close the connection: an
+    output with fewer answers than requests had the router take each later
+    answer for the request before it, a 200 for a write that was not
+    stored among them (node_server.c rewrite_failed). Here a client
+    pipelines 1,500 writes every 250 ms while, for one second, every commit
+    fails (writes to the data directory fail with ENOSPC) and so does every
+    allocation of at least 128 KiB by the worker's loop; then a pipeline
+    alternating writes (200) and reads of a missing key (404) must be
+    answered in step, and
+    every key must hold what its answer said."""
+
+    def test_answers_of_a_failed_batch_that_do_not_fit_close_the_connection(self):
+        eio = os.path.join(BUILD_DIR, "libkvs_test_eio.so")
+        self.assertTrue(os.path.exists(SHIM), SHIM)
+        self.assertTrue(os.path.exists(eio), eio)
+        window_ms = 1000
+        at_ms = int(time.time() * 1000) + 3500
+        env = {"LD_PRELOAD": SHIM + " " + eio,
+               "KVS_TEST_ENOMEM_ROLE": "node", "KVS_TEST_ENOMEM_THREAD": "main",
+               "KVS_TEST_ENOMEM_EVERY": "1", "KVS_TEST_ENOMEM_MIN_SIZE": str(128 << 10),
+               "KVS_TEST_ENOMEM_AT_MS": str(at_ms), "KVS_TEST_ENOMEM_FOR_MS": str(window_ms),
+               "KVS_TEST_EIO_ROLE": "node", "KVS_TEST_EIO_CALLS": "write",
+               "KVS_TEST_EIO_ERRNO": "ENOSPC", "KVS_TEST_EIO_EVERY": "1",
+               "KVS_TEST_EIO_AT_MS": str(at_ms), "KVS_TEST_EIO_FOR_MS": str(window_ms)}
+        r = self.router(start=False, shards=1, partitions=4, sync="batch", timeout="2s", env=env)
+        r.env["KVS_TEST_EIO_PATH"] = r.data_dir
+        r.start()
+        answered = {}
+        with r.client(timeout=10.0) as c:
+            self.assertEqual(c.hset("w", b"before", b"v").status, 200)
+            # Pipelines of 1,500 writes every 250 ms, from 1 s before the
+            # window to 1 s after it: each is one batch of the worker, whose
+            # errors (over 128 KiB) cannot be built in the window, and the
+            # 200s of those after it follow well within router.timeout.
+            t0 = at_ms / 1000.0 - 1.0
+            self.assertGreater(t0 - time.time(), 0.05, "the node took too long to start")
+            chunks = [[b"in-%02d-%04d" % (i, j) for j in range(1500)] for i in range(14)]
+            data = [b"".join(encode(req_hset("w", k, b"x")) for k in ch) for ch in chunks]
+
+            def sender():
+                try:
+                    for i, d in enumerate(data):
+                        time.sleep(max(0.0, t0 + i * 0.25 - time.time()))
+                        c.sock.sendall(d)
+                except OSError:
+                    pass  # the reader sees the shortfall
+            t = threading.Thread(target=sender, daemon=True)
+            t.start()
+            keys = [k for ch in chunks for k in ch]
+            for k in keys:
+                answered[k] = c.recv()
+            t.join(30)
+        log = r.stderr()
+        self.assertRegex(log, r"write batch \d+ failed: storage is full",
+                         "no write batch failed in the window: the test tested nothing")
+        self.assertIn("kvs-test-enomem: pid", log)
+
+        def in_step():
+            try:
+                with r.client(timeout=10.0) as c:
+                    reqs, keys = [], []
+                    for i in range(400):
+                        k = b"after-%d-%05d" % (time.monotonic_ns(), i)
+                        reqs += [req_hset("w", k, b"y"), req_hget("w", b"never-written")]
+                        keys.append(k)
+                    got = pipeline_threaded(c, reqs, timeout=30)
+            except (OSError, EOFError) as e:
+                self.why = repr(e)
+                return False
+            statuses = [a.status for a in got]
+            self.why = "answers out of step: %r" % (statuses[:40],)
+            for k, a in zip(keys, got[0::2]):
+                answered[k] = a
+            # 503s while the link to the worker comes back, or 507s while
+            # the worker finds room again after the window, are no fault
+            # of order; a 200 for the read or a 404 for a write is.
+            for i, st in enumerate(statuses):
+                want = 200 if i % 2 == 0 else 404
+                if st != want and st in (503, 507):
+                    return False
+                self.assertEqual(st, want, self.why)
+            return True
+        self.why = ""
+        self.assertTrue(wait_until(in_step, 20, 0.2), self.why)
+        with r.client(timeout=10.0) as c:
+            ks = sorted(answered)
+            for at in range(0, len(ks), 500):
+                part = ks[at:at + 500]
+                resp = c.hmget("w", part)
+                self.assertEqual(resp.status, 200, resp.message)
+                for k, v in zip(part, resp.values):
+                    a = answered[k]
+                    if a.status == 200:
+                        self.assertIsNotNone(pyval(v), "key %r answered 200, not stored" % k)
+                    elif not a.outcome_unknown:
+                        self.assertIsNone(pyval(v), "key %r answered %d %s, but stored"
+                                          % (k, a.status, a.message))
+        self.assertIsNone(r.proc.poll(), r.stderr()[-3000:])
 
 
 if __name__ == "__main__":
