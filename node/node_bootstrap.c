@@ -93,6 +93,14 @@
 #define MIN_PROGRESS (64u * 1024u)
 #define DISK_RESERVE (64ull << 20) /* a copy leaves at least this much free (disk_short) */
 #define BUSY_RETRY_MS 1000u        /* peers are asked again after this (next_peer) */
+/* A peer says something (its first frame: a chunk, or a 503 "busy") this
+ * soon after it is asked, or limits.frame_timeout if shorter; a worker
+ * answers a Snapshot at once. A peer that hangs (stopped, or an address
+ * that accepts and says nothing) is given up for the next one this soon,
+ * not after frame_timeout, which may be as long as router.ready_timeout
+ * (30 s each by default) and so would fail a membership change that adds
+ * a replica while the first peer in the map hangs. */
+#define FIRST_ANSWER_MS 5000u
 
 typedef struct node_bootstrap_s boot_t;
 
@@ -508,6 +516,12 @@ static uint64_t stall_ms(const boot_t *b)
     return b->cfg->frame_timeout_ms ? b->cfg->frame_timeout_ms : 30000;
 }
 
+/* The deadline for the peer's first frame (FIRST_ANSWER_MS). */
+static uint64_t first_answer_ms(const boot_t *b)
+{
+    return stall_ms(b) < FIRST_ANSWER_MS ? stall_ms(b) : FIRST_ANSWER_MS;
+}
+
 static void on_written(uv_fs_t *req)
 {
     boot_t *b = req->data;
@@ -614,6 +628,8 @@ static void on_peer_frame(kvs_conn_t *c, const uint8_t *payload, size_t len)
     char why[600];
     if (b == NULL)
         return;
+    if (!b->heard) /* it answers: from now on, what it sends is timed (MIN_PROGRESS) */
+        uv_timer_start(&b->timer, on_stall, stall_ms(b), stall_ms(b));
     b->heard = 1;
     if (kvs_msg_answer_peek(payload, len, &a) && a.status == 206 && a.n_values == 1 &&
         kvs_msg_value_peek(a.value, a.value_len, &v) && v.kind == KVS__VALUE__KIND_BINARY_VALUE) {
@@ -700,7 +716,8 @@ static void on_stall(uv_timer_t *t)
     char why[100];
     if (!b->heard) { /* not a peer that answered: one whose node is down, or that hangs */
         b->unreachable = 1;
-        snprintf(why, sizeof(why), "no answer within limits.frame_timeout (%s)",
+        snprintf(why, sizeof(why), "no answer within %llu ms (%s)",
+                 (unsigned long long)first_answer_ms(b),
                  b->connected ? "connected, nothing said" : "the connection did not complete");
     } else
         snprintf(why, sizeof(why), "it sent less than %u KiB of the copy in limits.frame_timeout",
@@ -889,7 +906,7 @@ static void next_peer(boot_t *b)
                      p->node);
         if (ask_peer(b, p, why, sizeof(why)) == 0) {
             b->window_got = 0;
-            uv_timer_start(&b->timer, on_stall, stall_ms(b), stall_ms(b));
+            uv_timer_start(&b->timer, on_stall, first_answer_ms(b), stall_ms(b));
             return;
         }
         attempt_over(b, why); /* recurses into next_peer once cleaned up */

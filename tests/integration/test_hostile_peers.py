@@ -181,8 +181,27 @@ class SnapshotPeerTest(ManagedOnFailure, unittest.TestCase):
         def silent(c):
             time.sleep(1.5)  # past the worker's frame_timeout, then gone
 
-        self.assertAskedAgain(silent, "no answer within limits.frame_timeout (connected, "
-                                      "nothing said)")
+        self.assertAskedAgain(silent, "no answer within 1000 ms (connected, nothing said)")
+
+    def test_a_silent_first_peer_is_passed_over_within_five_seconds(self):
+        # With limits.frame_timeout at its 30 s (as long as
+        # router.ready_timeout), a first peer in the map that takes the
+        # request and hangs was waited on for all of it, and a membership
+        # change adding this replica failed before the next peer was
+        # asked. A peer's first answer is due within 5 s.
+        asked = []
+
+        def silent(c):
+            asked.append(time.monotonic())
+            time.sleep(12)
+
+        peer = self.peer(silent)
+        w = self.worker(0, peer.port, frame_timeout="30s")
+        self.assertTrue(wait_until(lambda: asked, TIMEOUT), w.stderr())
+        why = "snapshot from peer failed: no answer within 5000 ms (connected, nothing said)"
+        self.assertTrue(wait_until(lambda: why in w.stderr(), 8), w.stderr())
+        self.assertLess(time.monotonic() - asked[0], 8)
+        self.assertIsNone(w.proc.poll())
 
     def test_a_peer_cut_off_mid_copy_is_asked_again(self):
         # A peer whose connection ends in the middle of the copy (its
