@@ -165,7 +165,10 @@ int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32
     if (r->sets == NULL || t->link >= r->n_links)
         return 0;
     router_link_t *l = &r->links[t->link];
-    int failed = failure != NULL ? len == 0 : router_send_status(payload, len) == 503;
+    /* Any failure: the link's (len 0), or an answer dropped for its size
+     * (len, what it announced; only reads are retried, a write may have
+     * been applied). */
+    int failed = failure != NULL || router_send_status(payload, len) == 503;
     if (!failed) {
         if (l->avoid_ms != 0)
             router_link_trust(l);

@@ -20,8 +20,10 @@ void router_send_part(router_t *r, router_req_t *req, router_try_t *t, uint32_t 
 
 /* Part `part` of `req`, last sent as `t` says, got its answer (payload)
  * or failed (`failure`, as router_link_reply_cb). Notes how the replica
- * did; for a retryable read that failed there (link loss, timeout, 503),
- * sends it to another replica when one is left and the budget allows:
+ * did; for a retryable read that failed there (link loss, timeout, 503,
+ * an answer larger than limits.max_frame: a replica with a larger one, or
+ * a peer that is not a worker), sends it to another replica when one is
+ * left and the budget allows:
  * returns 1 then (the answer will come again), else 0 (use this one). */
 int router_send_answered(router_t *r, router_req_t *req, router_try_t *t, uint32_t part,
                          const uint8_t *payload, size_t len, const char *failure);

@@ -590,6 +590,56 @@ class ReplicaTest(ReplicaFixtures, unittest.TestCase):
         self.assertGreaterEqual(statuses.get(200, 0), len(lat) * 0.99, statuses)
         self.assertGreater(len(lat), 200)
 
+    def test_an_answer_over_max_frame_from_one_replica_is_read_from_another(self):
+        """A remote "replica" that answers every request with a frame
+        larger than limits.max_frame (a node configured with a larger one,
+        or a peer that is no worker): the router drops the answer and keeps
+        the link, and a read that got it goes to the other replica, as
+        after a 503, instead of failing with 413 (that node's copy of the
+        key was never read). Probe LL: 1-3 reads per run answered 413."""
+        layout = {"a": [0, 1], "b": [0, 1, 2, 3], "f": [2, 3]}
+        mock = self.mock()
+        bases = self.bases(layout)
+        a, b = [self.node(mock, n, layout, bases, timeout="2s", extra="  bootstrap: replay")
+                for n in "ab"]
+        big = (4 << 20) + 1  # limits.max_frame (its 4 MiB default) + 1
+        asked, lock = [], threading.Lock()
+
+        def oversized(sock):
+            sock.settimeout(30)
+            try:
+                while True:
+                    (n,) = struct.unpack(">I", recv_exact(sock, 4))
+                    name = pb.CommandRequest.FromString(recv_exact(sock, n)).WhichOneof("command")
+                    with lock:
+                        asked.append(name)
+                    sock.sendall(struct.pack(">I", big) + bytes(big))
+            except (OSError, EOFError):
+                pass
+
+        for shard in (2, 3):
+            srv = LoopbackServer(oversized, port=bases["f"] + shard, threaded=True)
+            self.addCleanup(srv.close)
+        for r in (a, b):
+            r.start()
+        for r in (a, b):
+            self.wait_workers(r)
+        self.wait_serving(b)
+        keys, i = [], 0
+        with b.client() as c:
+            while len(keys) < 40:
+                k = b"o%d" % i
+                i += 1
+                if shard_of_key(k) in (2, 3):
+                    self.assertEqual(c.call(req_hset(TABLE, k, "v")).status, 200)
+                    keys.append(k)
+        _, statuses = self.read_for(a, keys, 3.0, threads=2)
+        with lock:
+            reads = [x for x in asked if x == "hget"]
+        self.assertGreater(len(reads), 0, "no read went to the oversized replica: %r" % asked)
+        self.assertEqual(set(statuses), {200}, statuses)
+        self.assertIn("more than limits.max_frame", a.stderr())
+
     def test_a_flapping_replica_is_asked_with_a_ping_not_handed_clients_requests(self):
         """A remote "replica" that accepts every connection, reads what it
         is sent and drops the connection (a broken node, a worker that
