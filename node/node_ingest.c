@@ -133,8 +133,10 @@ typedef struct part_s {
     uint64_t applied;   /* records applied, ever */
     uint64_t skipped;   /* records skipped (no key, bad payload, a repeat), ever */
     uint64_t misplaced; /* of the applied ones, those on another partition than their key's */
-    uint64_t ingested;  /* records this process took from Kafka (not stored: a replica
-                           bootstrapped from a snapshot shows only the tail it read) */
+    uint32_t n_writers; /* worker runs whose records were applied here last (repeat_of_applied) */
+    kvs_schema_writer_t writers[KVS_SCHEMA_WRITERS];
+    uint64_t ingested;           /* records this process took from Kafka (not stored: a replica
+                                    bootstrapped from a snapshot shows only the tail it read) */
     uint64_t committed_ingested; /* `ingested` as of the last commit: a lost batch's records,
                                     read again, count once */
     uint64_t lost;          /* records this process moved `next` over, never applied: deleted before
@@ -165,10 +167,6 @@ typedef struct part_s {
     int suspect;         /* one answer said the log ends below `next`: the next one decides
                             (the next one of the same round: an assignment ends a round) */
     uint64_t suspect_ms; /* when that answer's question was asked: the next goes a second later */
-    /* The log-first records applied here last (repeat_of_applied): stored
-     * with the offsets. Last: the fields above are the hot ones. */
-    uint32_t n_recent;
-    kvs_schema_recent_t recent[KVS_SCHEMA_RECENT];
 } part_t;
 
 /* One partition asked about in a ListOffsets query (list_offsets): the
@@ -353,13 +351,13 @@ static void part_load(node_ingest_t *in, topic_t *t, int32_t p)
         pt->applied = o.applied;
         pt->skipped = o.skipped;
         pt->misplaced = o.misplaced;
-        pt->n_recent = o.n_recent;
-        memcpy(pt->recent, o.recent, sizeof(pt->recent));
+        pt->n_writers = o.n_writers;
+        memcpy(pt->writers, o.writers, sizeof(pt->writers));
     } else {
         pt->from_start = 0;
         pt->next = -1; /* none stored: start at auto.offset.reset */
         pt->applied = pt->skipped = pt->misplaced = 0;
-        pt->n_recent = 0;
+        pt->n_writers = 0;
     }
     pt->fetch_at = -1;
     pt->committed_next = pt->next;
@@ -375,8 +373,8 @@ static int part_save(node_ingest_t *in, topic_t *t, int32_t p)
                               .applied = pt->applied,
                               .skipped = pt->skipped,
                               .misplaced = pt->misplaced,
-                              .n_recent = pt->n_recent};
-    memcpy(o.recent, pt->recent, sizeof(o.recent));
+                              .n_writers = pt->n_writers};
+    memcpy(o.writers, pt->writers, sizeof(o.writers));
     meta_key(key, sizeof(key), t, p);
     size_t len = kvs_schema_offsets_encode(v, &o);
     pt->dirty = 0;
@@ -658,25 +656,24 @@ static int capture_own(node_ingest_t *in, topic_t *t, const rd_kafka_message_t *
 
 /* ---- repeats: a record the log holds twice --------------------------------------- *
  *
- * A broker may append a produce request twice: librdkafka's mock cluster
- * checks an idempotent producer's sequence numbers only for transactional
- * producers, so a request retried after a lost answer lands twice (and a
- * later request may land before an earlier one retried: the log's order
- * is not the order the records were sent in), and a producer may replay
- * records it read. Applied again after later writes of its key, the
- * second copy of a log-first write would bring its value back, undoing
- * acknowledged writes. Each partition keeps its most recently applied
- * log-first records (kvs_schema_recent_t: run, sequence number, hash of
- * key and payload); a record equal to one of them is a second copy,
- * skipped. Nothing else is: a run never gives two records one sequence
- * number, and a record that only borrows an id (another key or payload)
- * is no copy. A copy that comes after more than KVS_SCHEMA_RECENT other
- * log-first records of its partition is applied again, as before. The
- * entries are stored with the offsets, so every replica, and a worker
- * after a restart, decides alike. */
+ * A broker may append a produce request twice (librdkafka's mock cluster
+ * checks sequence numbers only for transactional producers; a request
+ * retried across an epoch bump). Applying the second copy of a log-first
+ * write after later writes of its key would bring its value back, undoing
+ * acknowledged writes. Each partition keeps, for the worker runs whose
+ * records it applied most recently, the highest sequence number applied
+ * and that record's hash (kvs_schema_writer_t): a record of such a run
+ * below it, or equal to it with the same hash, is a second copy, skipped.
+ * A first copy is never below: a run produces its records to a partition
+ * in sequence order (node_writes assigns the numbers as it sends them, and
+ * never sends one again), and its idempotent producer keeps that order.
+ * The entries are stored with the offsets, so every replica, and a worker
+ * after a restart, decides alike. A record forging another run's id can
+ * hide that run's later records here, as it could overwrite them: those
+ * writes are never claimed, so they are answered as unknown, never 200. */
 
-/* Whether m is a second copy of a recent log-first record of this
- * partition; when not, a log-first record becomes the newest entry. */
+/* Whether m repeats a record of a kvs write this partition applied; when
+ * not, a record of a kvs write becomes its run's newest entry. */
 static int repeat_of_applied(part_t *pt, const rd_kafka_message_t *m)
 {
     rd_kafka_headers_t *hdrs;
@@ -690,16 +687,21 @@ static int repeat_of_applied(part_t *pt, const rd_kafka_message_t *m)
     for (int i = 0; i < 8; i++)
         seq = seq << 8 | id[8 + i];
     uint64_t hash = kvs_hash_record(m->key, m->key_len, m->payload, m->len);
-    for (uint32_t i = 0; i < pt->n_recent; i++)
-        if (pt->recent[i].seq == seq && pt->recent[i].hash == hash &&
-            memcmp(pt->recent[i].run, id, 8) == 0)
-            return 1;
-    if (pt->n_recent < KVS_SCHEMA_RECENT)
-        pt->n_recent++;
-    memmove(&pt->recent[1], &pt->recent[0], (pt->n_recent - 1) * sizeof(pt->recent[0]));
-    memcpy(pt->recent[0].run, id, 8);
-    pt->recent[0].seq = seq;
-    pt->recent[0].hash = hash;
+    uint32_t i = 0;
+    while (i < pt->n_writers && memcmp(pt->writers[i].run, id, 8) != 0)
+        i++;
+    if (i < pt->n_writers &&
+        (seq < pt->writers[i].seq || (seq == pt->writers[i].seq && hash == pt->writers[i].hash)))
+        return 1;
+    if (i == pt->n_writers) { /* a run not among them: the least recent one makes room */
+        if (pt->n_writers < KVS_SCHEMA_WRITERS)
+            pt->n_writers++;
+        i = pt->n_writers - 1;
+    }
+    memmove(&pt->writers[1], &pt->writers[0], i * sizeof(pt->writers[0]));
+    memcpy(pt->writers[0].run, id, 8);
+    pt->writers[0].seq = seq;
+    pt->writers[0].hash = hash;
     return 0;
 }
 
